@@ -1,0 +1,3 @@
+from pomlia_hpc.cli import main
+
+main()

@@ -1,0 +1,1 @@
+"""automl room of pomlia-hpc (see DESIGN.md)."""

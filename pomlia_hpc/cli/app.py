@@ -1,0 +1,100 @@
+"""The root typer app, global options and error handling shared by all command groups."""
+
+from __future__ import annotations
+
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from pomlia_hpc import __version__
+from pomlia_hpc.config import load_settings
+from pomlia_hpc.errors import PomliaError
+from pomlia_hpc.registry import Registry
+from pomlia_hpc.workspace import Workspace
+
+console = Console()
+err_console = Console(stderr=True)
+
+app = typer.Typer(
+    name="pomlia",
+    help=(
+        "pomlia-hpc: fingerprint biomedical image datasets, find similar ones, run AutoML as "
+        "cluster jobs, serve and monitor the best model."
+    ),
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    pretty_exceptions_enable=False,
+)
+
+
+@dataclass
+class Context:
+    """What every command needs: the workspace and (opened lazily) the registry."""
+
+    home: Path | None = None
+    db_url: str | None = None
+    cluster: str | None = None
+    _registry: Registry | None = None
+
+    @property
+    def workspace(self) -> Workspace:
+        settings = load_settings(
+            {
+                "workspace": {"home": self.home},
+                "registry": {"url": self.db_url},
+                "cluster": {"profile": self.cluster},
+            }
+        )
+        return Workspace.from_settings(settings)
+
+    def registry(self) -> Registry:
+        if self._registry is None:
+            ws = self.workspace
+            self._registry = Registry.open(ws.db_url, busy_timeout_s=ws.sqlite_busy_timeout_s)
+        return self._registry
+
+
+STATE = Context()
+
+
+def _version(value: bool) -> None:
+    if value:
+        console.print(f"pomlia-hpc {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    home: Annotated[
+        Path | None,
+        typer.Option("--home", help="Workspace directory (env POMLIA_HOME; default ./pomlia-home)."),
+    ] = None,
+    db_url: Annotated[
+        str | None,
+        typer.Option("--db-url", help="Registry database URL (env POMLIA_DB_URL; default SQLite)."),
+    ] = None,
+    cluster: Annotated[
+        str | None,
+        typer.Option(
+            "--cluster", help="Cluster profile from configs/cluster/ (env POMLIA_CLUSTER)."
+        ),
+    ] = None,
+    version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
+    ] = False,
+) -> None:
+    STATE.home, STATE.db_url, STATE.cluster = home, db_url, cluster
+
+
+def main() -> None:
+    """Console-script entry point: run the app; a :class:`PomliaError` is one line, exit 2."""
+    try:
+        app()
+    except PomliaError as exc:
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        sys.exit(exc.exit_code)

@@ -1,0 +1,61 @@
+"""``pomlia init`` and ``pomlia status``."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.table import Table
+from sqlalchemy import select
+
+from pomlia_hpc.cli.app import STATE, app, console
+from pomlia_hpc.cluster.records import refresh_slurm_jobs
+from pomlia_hpc.config import load_cluster_profile
+from pomlia_hpc.errors import ClusterError
+from pomlia_hpc.registry import Job
+
+
+@app.command()
+def init() -> None:
+    """Create a workspace: the directory layout and the registry (idempotent)."""
+    ws = STATE.workspace
+    ws.create()
+    reg = STATE.registry()
+    console.print(f"workspace [bold]{ws.home}[/] ready; registry {reg.display_url()}")
+
+
+def jobs_table(rows: list[Job], title: str) -> Table:
+    """Render job rows as a rich table (shared by ``status`` and ``jobs list``)."""
+    table = Table(title=title)
+    for col in ("id", "name", "backend", "scheduler id", "state", "requeues", "submitted",
+                "ended", "exit cause"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        table.add_row(
+            str(r.id), r.name, r.backend, r.scheduler_id, r.state, str(r.requeue_count),
+            f"{r.submitted_at:%Y-%m-%d %H:%M:%S}" if r.submitted_at else "",
+            f"{r.ended_at:%H:%M:%S}" if r.ended_at else "",
+            (r.exit_cause or "")[:80],
+        )
+    return table
+
+
+@app.command()
+def status(
+    limit: Annotated[int, typer.Option(help="How many recent jobs to show.")] = 10,
+) -> None:
+    """Show the workspace, registry URL, cluster backend and the most recent jobs."""
+    ws = STATE.workspace
+    profile = load_cluster_profile(ws.cluster_profile)
+    console.print(f"workspace : {ws.home}{'' if ws.exists else '  (not initialised: pomlia init)'}")
+    reg = STATE.registry()
+    console.print(f"registry  : {reg.display_url()}")
+    where = f" partition={profile.partition}" if profile.partition else ""
+    console.print(f"cluster   : profile '{ws.cluster_profile}' (backend {profile.backend}{where})")
+    try:
+        refresh_slurm_jobs(reg)
+    except ClusterError as exc:
+        console.print(f"[yellow]could not poll Slurm: {exc}[/]")
+    with reg.session() as s:
+        rows = list(s.scalars(select(Job).order_by(Job.id.desc()).limit(limit)))
+    console.print(jobs_table(rows, f"recent jobs ({len(rows)})"))

@@ -1,0 +1,73 @@
+"""``pomlia jobs list/show/cancel``: the job log in the registry."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+from rich.table import Table
+from sqlalchemy import select
+
+from pomlia_hpc.cli.app import STATE, app, console
+from pomlia_hpc.cli.core import jobs_table
+from pomlia_hpc.cluster.executor import cancel_scheduler_job
+from pomlia_hpc.cluster.records import FINAL_STATES, refresh_slurm_jobs, update_job
+from pomlia_hpc.errors import ClusterError, NotFoundError
+from pomlia_hpc.registry import Job
+
+jobs_app = typer.Typer(help="List, inspect and cancel jobs recorded in the registry.",
+                       no_args_is_help=True)
+app.add_typer(jobs_app, name="jobs")
+
+
+def _get(job_id: int) -> Job:
+    with STATE.registry().session() as s:
+        row = s.get(Job, job_id)
+        if row is None:
+            raise NotFoundError(f"job {job_id} is not in the registry (see `pomlia jobs list`)")
+        return row
+
+
+@jobs_app.command("list")
+def list_jobs(
+    limit: Annotated[int, typer.Option(help="How many jobs to show, newest first.")] = 50,
+    state: Annotated[str | None, typer.Option(help="Only jobs in this state.")] = None,
+) -> None:
+    """List recorded jobs, newest first (Slurm states refreshed with one sacct call)."""
+    reg = STATE.registry()
+    try:
+        refresh_slurm_jobs(reg)
+    except ClusterError as exc:
+        console.print(f"[yellow]could not poll Slurm: {exc}[/]")
+    with reg.session() as s:
+        q = select(Job).order_by(Job.id.desc()).limit(limit)
+        if state:
+            q = q.where(Job.state == state.upper())
+        rows = list(s.scalars(q))
+    console.print(jobs_table(rows, f"jobs ({len(rows)})"))
+
+
+@jobs_app.command("show")
+def show(job_id: Annotated[int, typer.Argument(help="Registry id of the job.")]) -> None:
+    """Show one job in full, with the traceback of a failure."""
+    row = _get(job_id)
+    table = Table(show_header=False)
+    for key in ("id", "name", "backend", "scheduler_id", "array_job_id", "array_index", "state",
+                "submitted_at", "started_at", "ended_at", "requeue_count", "exit_cause", "folder"):
+        table.add_row(key, str(getattr(row, key)))
+    console.print(table)
+    if row.traceback:
+        console.print("[bold]traceback[/]")
+        console.print(row.traceback, highlight=False, markup=False)
+
+
+@jobs_app.command("cancel")
+def cancel(job_id: Annotated[int, typer.Argument(help="Registry id of the job.")]) -> None:
+    """Cancel a job (scancel on Slurm, SIGINT to a local process)."""
+    row = _get(job_id)
+    if row.state in FINAL_STATES:
+        console.print(f"job {job_id} already ended ({row.state})")
+        return
+    cancel_scheduler_job(row.backend, row.scheduler_id)
+    update_job(STATE.registry(), job_id, state="CANCELLED", exit_cause="cancelled by user")
+    console.print(f"job {job_id} ({row.backend} {row.scheduler_id}) cancelled")

@@ -1,0 +1,59 @@
+"""Resource profiles → submitit parameters, in one place.
+
+A :class:`~pomlia_hpc.config.ClusterProfile` says what a cluster offers and what a job gets by
+default; a job may override single keys (``cpus_per_task=4``). Unknown keys are rejected with
+the list of valid ones, so ``gpu=1`` instead of ``gpus_per_node=1`` never silently runs on CPU.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pomlia_hpc.config import ClusterProfile
+from pomlia_hpc.errors import ConfigError
+
+#: Keys a single job may override.
+JOB_RESOURCE_KEYS = ("cpus_per_task", "gpus_per_node", "mem_gb", "time_min", "partition", "qos")
+
+
+def with_overrides(profile: ClusterProfile, overrides: dict[str, Any] | None) -> ClusterProfile:
+    """Return ``profile`` with per-job ``overrides`` applied (validated)."""
+    if not overrides:
+        return profile
+    unknown = sorted(set(overrides) - set(JOB_RESOURCE_KEYS))
+    if unknown:
+        raise ConfigError(
+            f"unknown resource key(s) {', '.join(unknown)}; valid keys: "
+            f"{', '.join(JOB_RESOURCE_KEYS)}"
+        )
+    data = profile.model_dump()
+    data.update({k: v for k, v in overrides.items() if v is not None})
+    try:
+        return ClusterProfile.model_validate(data)
+    except Exception as exc:  # pydantic.ValidationError: keep the message short
+        raise ConfigError(f"bad resource value in {overrides}: {exc}") from exc
+
+
+def submitit_parameters(profile: ClusterProfile, *, name: str) -> dict[str, Any]:
+    """Parameters for ``submitit.AutoExecutor.update_parameters`` from a profile."""
+    params: dict[str, Any] = {
+        "name": name,
+        "timeout_min": profile.time_min,
+        "cpus_per_task": profile.cpus_per_task,
+        "gpus_per_node": profile.gpus_per_node,
+        "tasks_per_node": 1,
+        "nodes": 1,
+    }
+    if profile.backend == "slurm":
+        params["mem_gb"] = profile.mem_gb
+        params["slurm_signal_delay_s"] = profile.signal_delay_s
+        params["slurm_array_parallelism"] = profile.max_parallel
+        if profile.partition:
+            params["slurm_partition"] = profile.partition
+        if profile.account:
+            params["slurm_account"] = profile.account
+        if profile.qos:
+            params["slurm_qos"] = profile.qos
+        if profile.setup:
+            params["slurm_setup"] = list(profile.setup)
+    return params

@@ -1,0 +1,192 @@
+"""Typed configuration: YAML files in ``configs/`` loaded into frozen pydantic models.
+
+Precedence, lowest first: ``configs/defaults.yaml`` → ``<home>/pomlia.yaml`` (if present) →
+environment (``POMLIA_HOME``, ``POMLIA_DB_URL``, ``POMLIA_CLUSTER``) → explicit overrides
+(CLI flags). A key that a model does not know is an error that names the file, the key and the
+valid keys, so a typo never silently falls back to a default.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal, TypeVar
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from pomlia_hpc.errors import ConfigError
+
+CONFIG_DIR_ENV = "POMLIA_CONFIG_DIR"
+
+
+def config_dir() -> Path:
+    """The directory holding ``defaults.yaml`` and ``cluster/*.yaml``."""
+    env = os.environ.get(CONFIG_DIR_ENV)
+    return Path(env) if env else Path(__file__).resolve().parents[1] / "configs"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ClusterProfile(_Strict):
+    """Resources and scheduler settings for one cluster (a file in ``configs/cluster/``)."""
+
+    backend: Literal["local", "debug", "slurm"] = "local"
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    gpus_per_node: int = Field(0, ge=0)
+    cpus_per_task: int = Field(1, ge=1)
+    mem_gb: float = Field(2.0, gt=0)
+    time_min: int = Field(60, ge=1)
+    max_array_size: int = Field(1000, ge=1)
+    max_parallel: int = Field(2, ge=1)
+    signal_delay_s: int = Field(90, ge=0)
+    setup: tuple[str, ...] = ()
+
+
+class WorkspaceConfig(_Strict):
+    home: Path = Path("./pomlia-home")
+
+
+class RegistryConfig(_Strict):
+    url: str | None = None
+    sqlite_busy_timeout_s: float = Field(60.0, gt=0)
+
+
+class ClusterConfig(_Strict):
+    profile: str = "local"
+
+
+class Settings(_Strict):
+    """Everything read from configuration, after all overrides."""
+
+    workspace: WorkspaceConfig = WorkspaceConfig()
+    registry: RegistryConfig = RegistryConfig()
+    cluster: ClusterConfig = ClusterConfig()
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read config file ({exc.strerror})") from exc
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
+    return data
+
+
+_M = TypeVar("_M", bound=BaseModel)
+
+
+def _validate(model: type[_M], data: Mapping[str, Any], source: str) -> _M:
+    """Validate ``data`` into ``model``; turn pydantic's error into one readable message."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            sub: type[BaseModel] = model
+            for part in err["loc"][:-1]:
+                ann = sub.model_fields[str(part)].annotation
+                if isinstance(ann, type) and issubclass(ann, BaseModel):
+                    sub = ann
+            valid = ", ".join(sorted(sub.model_fields))
+            raise ConfigError(f"{source}: unknown key '{loc}'; valid keys: {valid}") from exc
+        raise ConfigError(
+            f"{source}: bad value for '{loc}': {err['msg']} (got {err.get('input')!r})"
+        ) from exc
+
+
+def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in over.items():
+        if isinstance(value, Mapping) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_settings(
+    overrides: Mapping[str, Any] | None = None, *, env: Mapping[str, str] | None = None
+) -> Settings:
+    """Load :class:`Settings` from defaults, the workspace file, environment and ``overrides``.
+
+    ``overrides`` uses the nested layout of the YAML (``{"cluster": {"profile": "slurm"}}``);
+    ``None`` values in it are ignored so CLI flags that were not given change nothing.
+    """
+    env = os.environ if env is None else env
+    defaults_path = config_dir() / "defaults.yaml"
+    data = _read_yaml(defaults_path)
+    _validate(Settings, data, str(defaults_path))
+
+    env_layer: dict[str, Any] = {}
+    if env.get("POMLIA_HOME"):
+        env_layer.setdefault("workspace", {})["home"] = env["POMLIA_HOME"]
+    if env.get("POMLIA_DB_URL"):
+        env_layer.setdefault("registry", {})["url"] = env["POMLIA_DB_URL"]
+    if env.get("POMLIA_CLUSTER"):
+        env_layer.setdefault("cluster", {})["profile"] = env["POMLIA_CLUSTER"]
+    flag_layer = _drop_none(overrides or {})
+
+    # The workspace file is found with the home that env/flags select.
+    home = Path(
+        _merge(_merge(data, env_layer), flag_layer).get("workspace", {}).get("home", "pomlia-home")
+    )
+    ws_file = home / "pomlia.yaml"
+    if ws_file.is_file():
+        ws_data = _read_yaml(ws_file)
+        _validate(Settings, _merge(data, ws_data), str(ws_file))
+        data = _merge(data, ws_data)
+    data = _merge(_merge(data, env_layer), flag_layer)
+    return _validate(Settings, data, "settings (after environment and flags)")
+
+
+def _drop_none(d: Mapping[str, Any]) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in d.items():
+        if isinstance(value, Mapping):
+            inner = _drop_none(value)
+            if inner:
+                out[key] = inner
+        elif value is not None:
+            out[key] = value
+    return out
+
+
+def cluster_profiles() -> list[str]:
+    """Names of the cluster profiles shipped in ``configs/cluster/``."""
+    return sorted(p.stem for p in (config_dir() / "cluster").glob("*.yaml"))
+
+
+def load_cluster_profile(name_or_path: str, **overrides: Any) -> ClusterProfile:
+    """Load a cluster profile by name (``configs/cluster/NAME.yaml``) or by path to a YAML file.
+
+    ``overrides`` replace single keys (an unknown key is an error listing the valid ones).
+    """
+    path = Path(name_or_path)
+    if path.suffix not in (".yaml", ".yml"):
+        path = config_dir() / "cluster" / f"{name_or_path}.yaml"
+    if not path.is_file():
+        raise ConfigError(
+            f"cluster profile '{name_or_path}' not found at {path}; "
+            f"known profiles: {', '.join(cluster_profiles())}"
+        )
+    data = _read_yaml(path)
+    profile = _validate(ClusterProfile, data, str(path))
+    if overrides:
+        profile = _validate(
+            ClusterProfile, {**data, **_drop_none(overrides)}, f"{path} (with overrides)"
+        )
+    return profile

@@ -1,0 +1,1 @@
+"""data room of pomlia-hpc (see DESIGN.md)."""

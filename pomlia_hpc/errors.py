@@ -1,0 +1,38 @@
+"""Errors a user can act on.
+
+Every error raised for bad input or a bad environment is a :class:`PomliaError`. Its message says
+what is wrong, where (file, field, key) and what was expected; the CLI prints it as one line and
+exits non-zero, without a traceback.
+"""
+
+from __future__ import annotations
+
+
+class PomliaError(Exception):
+    """An error with a message meant for the user. ``exit_code`` is what the CLI returns."""
+
+    exit_code: int = 2
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.hint = hint
+
+    def __str__(self) -> str:
+        return self.message if self.hint is None else f"{self.message}\n  hint: {self.hint}"
+
+
+class ConfigError(PomliaError):
+    """A configuration file, key or value is wrong."""
+
+
+class InputError(PomliaError):
+    """A dataset, image or other user input is malformed."""
+
+
+class NotFoundError(PomliaError):
+    """A named thing (dataset, job, model, ...) is not in the registry."""
+
+
+class ClusterError(PomliaError):
+    """The cluster backend refused or failed an operation."""

@@ -1,0 +1,1 @@
+"""fingerprint room of pomlia-hpc (see DESIGN.md)."""

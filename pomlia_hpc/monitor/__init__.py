@@ -1,0 +1,1 @@
+"""monitor room of pomlia-hpc (see DESIGN.md)."""

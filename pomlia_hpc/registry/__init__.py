@@ -1,0 +1,31 @@
+"""The registry: image DB and model DB (SQLAlchemy; SQLite by default, PostgreSQL by URL)."""
+
+from pomlia_hpc.registry.db import Registry
+from pomlia_hpc.registry.models import (
+    Base,
+    Dataset,
+    DatasetVersion,
+    Deployment,
+    Encoder,
+    FingerprintSet,
+    Job,
+    Model,
+    MonitorReport,
+    Run,
+    Task,
+)
+
+__all__ = [
+    "Base",
+    "Dataset",
+    "DatasetVersion",
+    "Deployment",
+    "Encoder",
+    "FingerprintSet",
+    "Job",
+    "Model",
+    "MonitorReport",
+    "Registry",
+    "Run",
+    "Task",
+]

@@ -1,0 +1,165 @@
+"""The registry's tables: the image DB (datasets, versions, fingerprints) and the model DB
+(encoders, runs/trials, models, deployments, monitor reports), plus the job log.
+
+Free-form metadata goes into JSON columns; everything that is queried or joined on is a
+column of its own. Times are timezone-aware UTC.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+def utcnow() -> datetime:
+    """The current time, UTC, timezone-aware."""
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, list[Any]: JSON}
+
+
+class Dataset(Base):
+    __tablename__ = "datasets"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    description: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class DatasetVersion(Base):
+    """One immutable dataset version = one Zarr store; ``version`` is its content hash."""
+
+    __tablename__ = "dataset_versions"
+    __table_args__ = (UniqueConstraint("dataset_id", "version"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    dataset_id: Mapped[int] = mapped_column(ForeignKey("datasets.id"), index=True)
+    version: Mapped[str] = mapped_column(String(64))
+    parent_id: Mapped[int | None] = mapped_column(ForeignKey("dataset_versions.id"))
+    store_path: Mapped[str] = mapped_column(Text)
+    n_images: Mapped[int] = mapped_column(Integer, default=0)
+    meta: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    fingerprint: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Task(Base):
+    """A learning problem: a dataset version, a metric and a task type."""
+
+    __tablename__ = "tasks"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    dataset_version_id: Mapped[int] = mapped_column(ForeignKey("dataset_versions.id"))
+    metric: Mapped[str] = mapped_column(String(32))
+    task_type: Mapped[str] = mapped_column(String(32))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Encoder(Base):
+    """A trained fingerprint autoencoder."""
+
+    __tablename__ = "encoders"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    config: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    dataset_version_ids: Mapped[list[Any]] = mapped_column(default=list)
+    loss_curve: Mapped[list[Any]] = mapped_column(default=list)
+    checkpoint_path: Mapped[str] = mapped_column(Text, default="")
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id"))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class FingerprintSet(Base):
+    """The embeddings of one dataset version under one encoder."""
+
+    __tablename__ = "fingerprint_sets"
+    __table_args__ = (UniqueConstraint("encoder_id", "dataset_version_id"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    encoder_id: Mapped[int] = mapped_column(ForeignKey("encoders.id"), index=True)
+    dataset_version_id: Mapped[int] = mapped_column(ForeignKey("dataset_versions.id"))
+    embeddings_path: Mapped[str] = mapped_column(Text)
+    n_vectors: Mapped[int] = mapped_column(Integer, default=0)
+    mean: Mapped[list[Any]] = mapped_column(default=list)
+    status: Mapped[str] = mapped_column(String(16), default="pending")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Job(Base):
+    """One cluster job (or one task of an array) submitted through :mod:`pomlia_hpc.cluster`."""
+
+    __tablename__ = "jobs"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    backend: Mapped[str] = mapped_column(String(16))
+    scheduler_id: Mapped[str] = mapped_column(String(64), index=True)
+    array_job_id: Mapped[str | None] = mapped_column(String(64))
+    array_index: Mapped[int | None] = mapped_column(Integer)
+    name: Mapped[str] = mapped_column(String(128), default="")
+    folder: Mapped[str] = mapped_column(Text, default="")
+    state: Mapped[str] = mapped_column(String(32), default="PENDING", index=True)
+    submitted_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    requeue_count: Mapped[int] = mapped_column(Integer, default=0)
+    exit_cause: Mapped[str | None] = mapped_column(Text)
+    traceback: Mapped[str | None] = mapped_column(Text)
+    meta: Mapped[dict[str, Any]] = mapped_column(default=dict)
+
+
+class Run(Base):
+    """A training run; an AutoML trial is a run with a study name and a budget."""
+
+    __tablename__ = "runs"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    task_id: Mapped[int | None] = mapped_column(ForeignKey("tasks.id"), index=True)
+    study: Mapped[str | None] = mapped_column(String(128), index=True)
+    config: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    budget: Mapped[float | None] = mapped_column(Float)
+    metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    cost_s: Mapped[float | None] = mapped_column(Float)
+    status: Mapped[str] = mapped_column(String(16), default="running")
+    error: Mapped[str | None] = mapped_column(Text)
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id"))
+    dataset_version_id: Mapped[int | None] = mapped_column(ForeignKey("dataset_versions.id"))
+    encoder_id: Mapped[int | None] = mapped_column(ForeignKey("encoders.id"))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Model(Base):
+    """A trained classifier with its lineage and (once exported) its model card."""
+
+    __tablename__ = "models"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(128), unique=True)
+    task_id: Mapped[int | None] = mapped_column(ForeignKey("tasks.id"))
+    run_id: Mapped[int | None] = mapped_column(ForeignKey("runs.id"))
+    path: Mapped[str] = mapped_column(Text, default="")
+    card: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    lineage: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Deployment(Base):
+    __tablename__ = "deployments"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"), index=True)
+    bundle_path: Mapped[str] = mapped_column(Text, default="")
+    address: Mapped[str | None] = mapped_column(String(256))
+    status: Mapped[str] = mapped_column(String(16), default="created")
+    job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id"))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class MonitorReport(Base):
+    __tablename__ = "monitor_reports"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    deployment_id: Mapped[int | None] = mapped_column(ForeignKey("deployments.id"), index=True)
+    model_id: Mapped[int | None] = mapped_column(ForeignKey("models.id"))
+    drift: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    triggered: Mapped[bool] = mapped_column(default=False)
+    report_path: Mapped[str] = mapped_column(Text, default="")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

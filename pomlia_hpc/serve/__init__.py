@@ -1,0 +1,1 @@
+"""serve room of pomlia-hpc (see DESIGN.md)."""

@@ -1,0 +1,1 @@
+"""strategy room of pomlia-hpc (see DESIGN.md)."""

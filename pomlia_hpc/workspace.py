@@ -1,0 +1,84 @@
+"""Where things live: one workspace directory (``POMLIA_HOME``) per project.
+
+Layout::
+
+    <home>/
+      registry.db          SQLite registry (unless a PostgreSQL URL is configured)
+      pomlia.yaml          optional workspace config (overrides configs/defaults.yaml)
+      stores/              Zarr dataset stores, one per dataset version
+      embeddings/          per-encoder embedding arrays
+      indexes/             FAISS indexes
+      models/              encoders, classifiers, exported bundles
+      runs/                AutoML studies and trial checkpoints
+      jobs/                submitit job folders (scripts, logs, pickles)
+      logs/                prediction / feedback logs from servers
+      reports/             monitoring reports
+      tmp/                 staging area; renamed into place when complete
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from pomlia_hpc.config import Settings, load_settings
+
+SUBDIRS = (
+    "stores",
+    "embeddings",
+    "indexes",
+    "models",
+    "runs",
+    "jobs",
+    "logs",
+    "reports",
+    "tmp",
+)
+
+
+@dataclass(frozen=True)
+class Workspace:
+    """Paths of one workspace and the registry URL it uses."""
+
+    home: Path
+    db_url: str
+    cluster_profile: str
+    sqlite_busy_timeout_s: float = 60.0
+
+    @classmethod
+    def from_settings(cls, settings: Settings | None = None) -> Workspace:
+        """Build the workspace from loaded settings (defaults + env + flags)."""
+        s = settings or load_settings()
+        home = s.workspace.home.expanduser().resolve()
+        url = s.registry.url or f"sqlite:///{home / 'registry.db'}"
+        return cls(
+            home=home,
+            db_url=url,
+            cluster_profile=s.cluster.profile,
+            sqlite_busy_timeout_s=s.registry.sqlite_busy_timeout_s,
+        )
+
+    def path(self, *parts: str) -> Path:
+        """A path inside the workspace."""
+        return self.home.joinpath(*parts)
+
+    @property
+    def stores(self) -> Path:
+        return self.home / "stores"
+
+    @property
+    def jobs(self) -> Path:
+        return self.home / "jobs"
+
+    @property
+    def tmp(self) -> Path:
+        return self.home / "tmp"
+
+    def create(self) -> None:
+        """Create the directory layout (idempotent)."""
+        for sub in SUBDIRS:
+            (self.home / sub).mkdir(parents=True, exist_ok=True)
+
+    @property
+    def exists(self) -> bool:
+        return all((self.home / sub).is_dir() for sub in SUBDIRS)
