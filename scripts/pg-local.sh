@@ -37,7 +37,7 @@ die() { printf '[pg-local] ERROR: %s\n' "$*" >&2; exit 1; }
 
 pg_bin_dir() {
     local d
-    d=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)
+    d=$(printf '%s\n' /usr/lib/postgresql/*/bin | sort -V | tail -n 1)
     [[ -n $d && -x $d/pg_ctl ]] || return 1
     echo "$d"
 }
@@ -70,7 +70,7 @@ server_port() { sed -n 4p "$DATA/postmaster.pid" 2>/dev/null; }
 port_in_use() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 psql_admin() {
-    as_pg psql -X -q -v ON_ERROR_STOP=1 -h "$SOCK_DIR" -p "$PORT" -U postgres -d postgres "$@"
+    as_pg "$(pg_bin_dir)/psql" -X -q -v ON_ERROR_STOP=1 -h "$SOCK_DIR" -p "$PORT" -U postgres -d postgres "$@"
 }
 
 tail_log() {
@@ -121,8 +121,8 @@ cmd_start() {
         fi
         port_in_use "$PORT" &&
             die "port $PORT on 127.0.0.1 is taken by another server; set POMLIA_PG_PORT"
-        # The server outlives this script: start it in its own session.
-        if ! as_pg setsid "$bin/pg_ctl" -D "$DATA" -l "$LOG_FILE" -w -t "$TIMEOUT" \
+        # pg_ctl puts the postmaster in its own session, so it outlives this script.
+        if ! as_pg "$bin/pg_ctl" -D "$DATA" -l "$LOG_FILE" -w -t "$TIMEOUT" \
             -o "-c listen_addresses=127.0.0.1 -p $PORT -c unix_socket_directories=$SOCK_DIR" \
             start >/dev/null; then
             tail_log
@@ -155,7 +155,7 @@ cmd_status() {
     local port
     port=$(server_port)
     echo "postgres   running (pid $(server_pid), port $port, data dir $DATA)"
-    if PGPASSWORD=$DB_PASS psql -X -q -w -h 127.0.0.1 -p "$port" -U "$DB_USER" -d "$DB_NAME" \
+    if PGPASSWORD=$DB_PASS "$(pg_bin_dir)/psql" -X -q -w -h 127.0.0.1 -p "$port" -U "$DB_USER" -d "$DB_NAME" \
         -tAc 'select 1' >/dev/null 2>&1; then
         echo "connect    ok as $DB_USER to $DB_NAME"
         echo "$URL"

@@ -324,6 +324,9 @@ start_mariadb() {
                 { tail_log "$LOGS/mariadb-install.log"; die "mariadb-install-db failed"; }
         fi
         chown -R mysql:mysql "$DB_DATA"
+        # --no-defaults: ignore /etc/mysql, so a system MariaDB (port 3306) is left alone.
+        # slurmdbd still logs "Database settings not recommended values:
+        # innodb_buffer_pool_size"; harmless for a test cluster.
         launch mariadbd mariadbd --no-defaults --user=mysql --datadir="$DB_DATA" \
             --socket="$DB_SOCKET" --pid-file="$DB_RUN/mysqld.pid" \
             --port="$DB_PORT" --bind-address=127.0.0.1 --skip-name-resolve \

@@ -14,6 +14,7 @@ the number of concurrent processes the same way.
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import threading
@@ -151,12 +152,15 @@ def normalize_state(state: str) -> str:
             "NO": "FAILED"}.get(s, s)
 
 
+_EXC_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt|Failure)\b(:.*)?$")
+
+
 def _exit_cause(state: str, traceback: str | None) -> str:
+    """One line for the job table: the exception line of a traceback, else the state."""
     if traceback:
-        # The last non-empty line of a Python traceback names the exception.
-        lines = [ln.strip() for ln in traceback.strip().splitlines() if ln.strip()]
+        lines = [ln.strip() for ln in traceback.strip().splitlines()]
         for line in reversed(lines):
-            if not line.startswith(("File ", "^", "raise ", "return ")) and ":" in line:
+            if _EXC_LINE.match(line) and not line.startswith("submitit."):
                 return line[:500]
     return state
 

@@ -1,0 +1,42 @@
+# pomlia-hpc — the two commands a newcomer needs: `make demo` and `make test`.
+SHELL := /bin/bash
+VENV  := .venv
+PY    := $(VENV)/bin/python
+export POMLIA_TEST_PG_URL ?= postgresql+psycopg://pomlia:pomlia@127.0.0.1:5432/pomlia_test
+
+.PHONY: help venv demo test test-fast services services-stop lint bench clean
+
+help:  ## Show the targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed -E 's/:.*## /\t/'
+
+venv:  ## Create .venv and install the pinned stack (no-op when up to date)
+	@bash scripts/setup-venv.sh
+
+demo: venv  ## Run the main job end to end on the embedded default (local executor, SQLite)
+	$(PY) -m pomlia_hpc.demo
+
+services:  ## Start the test services: single-node Slurm and PostgreSQL on 127.0.0.1
+	@bash scripts/slurm-local.sh start
+	@bash scripts/pg-local.sh start
+
+services-stop:  ## Stop the test services this project started
+	-@bash scripts/slurm-local.sh stop
+	-@bash scripts/pg-local.sh stop
+
+test: venv services  ## Install, start the test services, run the whole suite
+	$(VENV)/bin/pytest -p no:cacheprovider $(PYTEST_ARGS)
+
+test-fast: venv  ## The suite without Slurm and PostgreSQL
+	$(VENV)/bin/pytest -m "not slurm and not postgres" $(PYTEST_ARGS)
+
+lint: venv  ## ruff + mypy
+	$(VENV)/bin/ruff check pomlia_hpc tests scripts
+	$(VENV)/bin/ruff format --check pomlia_hpc tests scripts
+	$(VENV)/bin/mypy
+
+bench: venv  ## Run the benchmarks (JSON + tables under bench-results/)
+	@mkdir -p bench-results
+	@for b in scripts/bench/*.py; do echo "== $$b"; $(PY) $$b --out bench-results || exit 1; done
+
+clean:  ## Remove the demo workspace and caches (keeps .venv)
+	rm -rf pomlia-home .pytest_cache .mypy_cache .ruff_cache bench-results

@@ -1,0 +1,241 @@
+"""Reading dataset stores: one Zarr v3 group per dataset version (the stable reader API).
+
+Layout of a store (``<home>/stores/<name>/<version>.zarr``)::
+
+    images   uint8 (N, H, W, C)  chunked along N only: chunk = (chunk_rows, H, W, C),
+                                 Blosc-zstd compressed; C is 1 (gray) or 3 (RGB)
+    labels   int32 (N, L)        L = 1 for single-label tasks (class index),
+                                 L = n_classes for multi-label tasks (0/1 per class)
+    split    int8  (N,)          0 = train, 1 = val, 2 = test; rows are ordered by split, so
+                                 each split is one contiguous row range (``meta["splits"]``)
+    attrs["pomlia"]              metadata dict (see below)
+    attrs["fingerprint"]         the explicit fingerprint JSON (see ``explicit_fingerprint``)
+
+``meta`` keys that readers may rely on: ``name``, ``version``, ``task_type`` (MedMNIST's
+strings: ``"multi-class"``, ``"binary-class"``, ``"multi-label, binary-class"``,
+``"ordinal-regression"``), ``class_names`` (list[str]), ``n_classes``, ``channels``, ``height``,
+``width``, ``size`` (= height for square images), ``n_images``, ``chunk_rows``, ``splits``
+(``{"train": [start, stop], "val": [...], "test": [...]}``, row ranges, stop exclusive),
+``label_distribution`` (``{split: [count per class]}``), ``source`` (dict), ``ingested_at``
+(ISO time, UTC), ``parent`` (parent version id or ``None``), ``content_hash``.
+
+Typical use (fingerprint extraction, AutoML)::
+
+    from pomlia_hpc.data.store import open_version
+    ds = open_version(workspace, "pathmnist")          # newest version
+    ds = open_version(registry, "pathmnist@3fa2c1")    # a version, by id or unique prefix
+    for start, stop in ds.chunk_ranges():               # whole chunks: one read each
+        x = ds.read_rows(start, stop)                   # uint8 (n, H, W, C)
+        y = ds.read_labels(start, stop)                 # int32 (n, L)
+    lo, hi = ds.split_range("train")
+
+``open_version`` accepts a :class:`~pomlia_hpc.registry.Registry`, a
+:class:`~pomlia_hpc.workspace.Workspace` (its registry is opened) or, via :func:`open_store`,
+a path to a store directory. This API is stable: new keys may be added to ``meta``; nothing
+listed here changes meaning.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import zarr
+from sqlalchemy import select
+
+from pomlia_hpc.errors import InputError, NotFoundError
+from pomlia_hpc.registry import Dataset, DatasetVersion, Registry
+from pomlia_hpc.workspace import Workspace
+
+SPLITS: tuple[str, ...] = ("train", "val", "test")
+"""Split names; the code stored in ``split`` is the index in this tuple."""
+
+SPLIT_CODE: dict[str, int] = {s: i for i, s in enumerate(SPLITS)}
+
+META_ATTR = "pomlia"
+FINGERPRINT_ATTR = "fingerprint"
+STORE_SUFFIX = ".zarr"
+
+_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def check_name(name: str) -> str:
+    """Return ``name`` if it is a valid dataset name (a Python identifier), else raise."""
+    if not _NAME_RE.match(name) or len(name) > 128:
+        raise InputError(
+            f"dataset name '{name}' is not valid: expected an identifier "
+            "(letters, digits and '_', not starting with a digit, at most 128 characters)"
+        )
+    return name
+
+
+def store_path(workspace: Workspace, name: str, version: str) -> Path:
+    """Where the store of ``name`` at ``version`` lives inside ``workspace``."""
+    return workspace.stores / name / f"{version}{STORE_SUFFIX}"
+
+
+@dataclass(frozen=True)
+class DatasetStore:
+    """Read access to one published dataset version (see the module docstring for the layout)."""
+
+    path: Path
+
+    @cached_property
+    def group(self) -> zarr.Group:
+        try:
+            return zarr.open_group(str(self.path), mode="r")
+        except Exception as exc:  # zarr raises several types for a missing/broken group
+            raise InputError(
+                f"dataset store '{self.path}' cannot be opened: expected a Zarr v3 group "
+                f"({type(exc).__name__}: {exc})"
+            ) from exc
+
+    @cached_property
+    def meta(self) -> dict[str, Any]:
+        """The metadata dict (task_type, class_names, channels, size, splits, ...)."""
+        return dict(self.group.attrs.get(META_ATTR, {}))
+
+    @cached_property
+    def fingerprint(self) -> dict[str, Any]:
+        """The explicit fingerprint JSON (empty dict if not computed yet)."""
+        return dict(self.group.attrs.get(FINGERPRINT_ATTR, {}))
+
+    @property
+    def images(self) -> zarr.Array:
+        """uint8 array (N, H, W, C), chunked along N."""
+        arr = self.group["images"]
+        assert isinstance(arr, zarr.Array)
+        return arr
+
+    @property
+    def labels(self) -> zarr.Array:
+        """int32 array (N, L)."""
+        arr = self.group["labels"]
+        assert isinstance(arr, zarr.Array)
+        return arr
+
+    @property
+    def split(self) -> zarr.Array:
+        """int8 array (N,): 0 train, 1 val, 2 test."""
+        arr = self.group["split"]
+        assert isinstance(arr, zarr.Array)
+        return arr
+
+    @property
+    def name(self) -> str:
+        return str(self.meta.get("name", self.path.parent.name))
+
+    @property
+    def version(self) -> str:
+        return str(self.meta.get("version", self.path.name.removesuffix(STORE_SUFFIX)))
+
+    @property
+    def ref(self) -> str:
+        """``name@version``."""
+        return f"{self.name}@{self.version}"
+
+    @property
+    def n_images(self) -> int:
+        return int(self.images.shape[0])
+
+    @property
+    def chunk_rows(self) -> int:
+        """Rows (images) per chunk of ``images``; reads aligned to it touch whole chunks."""
+        return int(self.images.chunks[0])
+
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """(H, W, C) of one image."""
+        h, w, c = self.images.shape[1:]
+        return int(h), int(w), int(c)
+
+    @property
+    def task_type(self) -> str:
+        return str(self.meta["task_type"])
+
+    @property
+    def class_names(self) -> list[str]:
+        return [str(c) for c in self.meta["class_names"]]
+
+    def split_range(self, split: str) -> tuple[int, int]:
+        """Row range [start, stop) of ``split`` ("train", "val" or "test")."""
+        if split not in SPLITS:
+            raise InputError(f"split '{split}' is not known: expected one of {', '.join(SPLITS)}")
+        lo, hi = self.meta["splits"].get(split, [0, 0])
+        return int(lo), int(hi)
+
+    def chunk_ranges(self, start: int = 0, stop: int | None = None) -> Iterator[tuple[int, int]]:
+        """Chunk-aligned row ranges covering [start, stop)."""
+        stop = self.n_images if stop is None else min(stop, self.n_images)
+        step = self.chunk_rows
+        pos = start
+        while pos < stop:
+            nxt = min(stop, (pos // step + 1) * step)
+            yield pos, nxt
+            pos = nxt
+
+    def read_rows(self, start: int, stop: int) -> np.ndarray:
+        """Images of rows [start, stop): uint8 (n, H, W, C)."""
+        return np.asarray(self.images[start:stop])
+
+    def read_labels(self, start: int = 0, stop: int | None = None) -> np.ndarray:
+        """Labels of rows [start, stop): int32 (n, L)."""
+        return np.asarray(self.labels[start : self.n_images if stop is None else stop])
+
+    def read_split(self, split: str) -> tuple[np.ndarray, np.ndarray]:
+        """All images and labels of one split (loads them into memory; small sets only)."""
+        lo, hi = self.split_range(split)
+        return self.read_rows(lo, hi), self.read_labels(lo, hi)
+
+
+def open_store(path: str | Path) -> DatasetStore:
+    """Open the store directory at ``path``."""
+    p = Path(path)
+    if not (p / "zarr.json").is_file():
+        raise NotFoundError(f"no dataset store at '{p}': expected a directory with zarr.json")
+    return DatasetStore(p)
+
+
+def parse_ref(ref: str) -> tuple[str, str | None]:
+    """Split ``"name@version"`` into (name, version or None)."""
+    name, _, version = ref.partition("@")
+    return name, (version or None)
+
+
+def find_version(registry: Registry, ref: str) -> DatasetVersion:
+    """The registry row for ``"name"`` (newest version) or ``"name@version"`` (id or unique
+    prefix)."""
+    name, version = parse_ref(ref)
+    with registry.session() as s:
+        ds = s.scalar(select(Dataset).where(Dataset.name == name))
+        if ds is None:
+            known = ", ".join(s.scalars(select(Dataset.name).order_by(Dataset.name))) or "none"
+            raise NotFoundError(f"dataset '{name}' is not registered (registered: {known})")
+        q = select(DatasetVersion).where(DatasetVersion.dataset_id == ds.id)
+        rows = list(s.scalars(q.order_by(DatasetVersion.id.desc())))
+        if version is None:
+            if not rows:
+                raise NotFoundError(f"dataset '{name}' has no versions")
+            return rows[0]
+        hits = [r for r in rows if r.version.startswith(version)]
+        if len(hits) == 1:
+            return hits[0]
+        known = ", ".join(r.version for r in rows) or "none"
+        what = "is ambiguous" if hits else "is not known"
+        raise NotFoundError(f"version '{version}' of dataset '{name}' {what} (versions: {known})")
+
+
+def open_version(where: Registry | Workspace, ref: str) -> DatasetStore:
+    """Open the store of ``ref`` (``"name"`` = newest version, or ``"name@version"``)."""
+    registry = (
+        where
+        if isinstance(where, Registry)
+        else Registry.open(where.db_url, busy_timeout_s=where.sqlite_busy_timeout_s)
+    )
+    row = find_version(registry, ref)
+    return open_store(row.store_path)

@@ -1,0 +1,101 @@
+"""The cluster layer on the local (subprocess) and debug (in-process) backends."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import jobfns
+import pytest
+from sqlalchemy import select
+
+from pomlia_hpc.cluster import Executor, JobFailedError, distributed_env, expand_hostlist, wait_all
+from pomlia_hpc.errors import ConfigError
+from pomlia_hpc.registry import Job, Registry
+
+
+@pytest.fixture
+def reg(tmp_path: Path) -> Registry:
+    return Registry.open(f"sqlite:///{tmp_path / 'registry.db'}")
+
+
+def test_local_submit_records_job(tmp_path: Path, reg: Registry) -> None:
+    ex = Executor.from_profile("local", tmp_path / "jobs", reg)
+    h = ex.submit(jobfns.add, 2, 3, name="add")
+    assert h.result() == 5
+    with reg.session() as s:
+        row = s.scalars(select(Job)).one()
+    assert (row.backend, row.name, row.state, row.scheduler_id) == ("local", "add", "COMPLETED",
+                                                                     h.job_id)
+    assert row.ended_at is not None
+
+
+def test_local_array_caps_parallelism(tmp_path: Path, reg: Registry) -> None:
+    log = tmp_path / "log"
+    log.mkdir()
+    ex = Executor.from_profile("local", tmp_path / "jobs", reg, max_parallel=2)
+    handles = ex.map_array(lambda x: jobfns.square_logged(x, str(log), 0.3), list(range(6)))
+    assert [h.result() for h in handles] == [x * x for x in range(6)]
+    spans = [tuple(map(float, p.read_text().split()[:2])) for p in log.iterdir()]
+    # At any job's start, how many others were running? Never more than max_parallel - 1.
+    overlap = max(sum(1 for s, e in spans if s <= start < e) for start, _ in spans)
+    assert overlap <= 2
+    with reg.session() as s:
+        assert len(list(s.scalars(select(Job)))) == 6
+
+
+def test_failing_job_traceback_reaches_caller_and_registry(tmp_path: Path, reg: Registry) -> None:
+    ex = Executor.from_profile("local", tmp_path / "jobs", reg)
+    h = ex.submit(jobfns.boom, "bad pixel spacing", name="boom")
+    with pytest.raises(JobFailedError) as exc:
+        h.result()
+    assert "ValueError: bad pixel spacing" in (exc.value.traceback or "")
+    assert exc.value.state == "FAILED"
+    with reg.session() as s:
+        row = s.scalars(select(Job)).one()
+    assert row.state == "FAILED"
+    assert "ValueError: bad pixel spacing" in (row.traceback or "")
+    assert "bad pixel spacing" in (row.exit_cause or "")
+
+
+def test_local_cancel(tmp_path: Path, reg: Registry) -> None:
+    ex = Executor.from_profile("local", tmp_path / "jobs", reg)
+    h = ex.submit(jobfns.sleep_for, 60)
+    h.cancel()
+    with pytest.raises(JobFailedError):
+        h.result()
+    with reg.session() as s:
+        assert s.scalars(select(Job)).one().state in ("CANCELLED", "FAILED", "INTERRUPTED")
+
+
+def test_debug_executor_runs_in_process(tmp_path: Path) -> None:
+    ex = Executor.from_profile("debug", tmp_path / "jobs")
+    handles = ex.map_array(lambda x: x + 1, [1, 2, 3])
+    assert wait_all(handles, poll_s=0.01) == [2, 3, 4]
+
+
+def test_unknown_resource_key_rejected(tmp_path: Path) -> None:
+    ex = Executor.from_profile("local", tmp_path / "jobs")
+    with pytest.raises(ConfigError, match="valid keys: cpus_per_task"):
+        ex.submit(jobfns.add, 1, 2, resources={"cpu": 4})
+
+
+def test_hostlist_expansion() -> None:
+    assert expand_hostlist("gpu[01-03,07],cpu5") == ["gpu01", "gpu02", "gpu03", "gpu07", "cpu5"]
+    assert expand_hostlist("hkn0401") == ["hkn0401"]
+    assert expand_hostlist("n[8-10]x") == ["n8x", "n9x", "n10x"]
+
+
+def test_distributed_env_from_slurm() -> None:
+    env = {"SLURM_JOB_ID": "4242", "SLURM_PROCID": "3", "SLURM_LOCALID": "1",
+           "SLURM_NTASKS": "8", "SLURM_JOB_NODELIST": "hkn[0401-0402]"}
+    out = distributed_env(env)
+    assert out == {"RANK": "3", "LOCAL_RANK": "1", "WORLD_SIZE": "8", "MASTER_ADDR": "hkn0401",
+                   "MASTER_PORT": str(20000 + 4242)}
+    # Values a launcher already set win.
+    assert distributed_env({**env, "MASTER_PORT": "1234"})["MASTER_PORT"] == "1234"
+
+
+def test_distributed_env_outside_slurm() -> None:
+    out = distributed_env({})
+    assert (out["RANK"], out["WORLD_SIZE"], out["MASTER_ADDR"]) == ("0", "1", "127.0.0.1")
+    assert 0 < int(out["MASTER_PORT"]) < 65536

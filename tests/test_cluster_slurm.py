@@ -1,0 +1,108 @@
+"""The cluster layer against the real single-node Slurm of scripts/slurm-local.sh."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+import jobfns
+import pytest
+from sqlalchemy import select
+
+from pomlia_hpc.cluster import Executor, JobFailedError, wait_all
+from pomlia_hpc.cluster import records
+from pomlia_hpc.registry import Job, Registry
+
+pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("slurm")]
+
+
+@pytest.fixture
+def reg(tmp_path: Path) -> Registry:
+    return Registry.open(f"sqlite:///{tmp_path / 'registry.db'}")
+
+
+def _slurm(tmp_path: Path, reg: Registry, **over: object) -> Executor:
+    return Executor.from_profile("slurm-local", tmp_path / "jobs", reg, **over)
+
+
+def _rows(reg: Registry) -> list[Job]:
+    with reg.session() as s:
+        return list(s.scalars(select(Job).order_by(Job.id)))
+
+
+def test_function(tmp_path: Path, reg: Registry) -> None:
+    h = _slurm(tmp_path, reg).submit(jobfns.add, 20, 22, name="add")
+    assert h.result() == 42
+    (row,) = _rows(reg)
+    assert (row.backend, row.state, row.scheduler_id) == ("slurm", "COMPLETED", h.job_id)
+    assert row.started_at is not None and row.ended_at is not None
+
+
+def test_array_of_8_polled_with_one_sacct_per_poll(tmp_path: Path, reg: Registry) -> None:
+    log = tmp_path / "log"
+    log.mkdir()
+    ex = _slurm(tmp_path, reg)
+    handles = ex.map_array(lambda x: jobfns.square_logged(x, str(log)), list(range(8)))
+    array_ids = {h.job_id.split("_")[0] for h in handles}
+    assert len(array_ids) == 1  # one Slurm array
+    before = records.SACCT_CALLS
+    changed = records.refresh_slurm_jobs(reg)  # one poll over all 8 rows
+    assert records.SACCT_CALLS == before + 1
+    assert changed >= 0
+    assert wait_all(handles, poll_s=0.5) == [x * x for x in range(8)]
+    rows = _rows(reg)
+    assert [r.array_index for r in rows] == list(range(8))
+    assert {r.state for r in rows} == {"COMPLETED"}
+
+
+def test_array_split_at_max_array_size(tmp_path: Path, reg: Registry) -> None:
+    ex = _slurm(tmp_path, reg, max_array_size=3)
+    handles = ex.map_array(lambda x: x + 100, list(range(7)))
+    assert len({h.job_id.split("_")[0] for h in handles}) == 3  # 3 + 3 + 1
+    assert wait_all(handles, poll_s=0.5) == [x + 100 for x in range(7)]
+
+
+def test_failing_job(tmp_path: Path, reg: Registry) -> None:
+    h = _slurm(tmp_path, reg).submit(jobfns.boom, "label out of range")
+    with pytest.raises(JobFailedError) as exc:
+        h.result()
+    assert "ValueError: label out of range" in (exc.value.traceback or "")
+    (row,) = _rows(reg)
+    assert row.state == "FAILED"
+    assert "ValueError: label out of range" in (row.traceback or "")
+
+
+def test_cancelled_job(tmp_path: Path, reg: Registry) -> None:
+    h = _slurm(tmp_path, reg).submit(jobfns.sleep_for, 300)
+    deadline = time.time() + 60
+    while h.state != "RUNNING" and time.time() < deadline:
+        time.sleep(0.5)
+    subprocess.run(["scancel", h.job_id], check=True)
+    t0 = time.time()
+    with pytest.raises(JobFailedError) as exc:
+        h.result()
+    assert time.time() - t0 < 120  # nothing hangs
+    assert exc.value.state == "CANCELLED"
+    (row,) = _rows(reg)
+    assert row.state == "CANCELLED"
+
+
+def test_checkpointable_job_requeues_and_resumes(tmp_path: Path, reg: Registry) -> None:
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    job = jobfns.SlowSum(str(markers))
+    h = _slurm(tmp_path, reg).submit(job, 40, 0.25)
+    deadline = time.time() + 60
+    while not (markers / "started-1").exists() and time.time() < deadline:
+        time.sleep(0.2)
+    time.sleep(2.0)  # let it make some progress
+    subprocess.run(["scancel", "--signal=USR2", h.job_id], check=True)
+    out = h.result()
+    assert out["total"] == sum(range(40))
+    assert len(out["attempts"]) >= 2  # it ran again after the requeue
+    resumed_at = int((markers / "started-2").read_text())
+    assert resumed_at > 0  # the second attempt started from the checkpoint, not from zero
+    (row,) = _rows(reg)
+    assert row.state == "COMPLETED"
+    assert row.requeue_count >= 1

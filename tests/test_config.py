@@ -1,0 +1,81 @@
+from pathlib import Path
+
+import pytest
+
+from pomlia_hpc.cluster.resources import submitit_parameters, with_overrides
+from pomlia_hpc.config import cluster_profiles, load_cluster_profile, load_settings
+from pomlia_hpc.errors import ConfigError
+from pomlia_hpc.workspace import Workspace
+
+
+def test_defaults_load() -> None:
+    s = load_settings(env={})
+    assert s.cluster.profile == "local"
+    assert s.registry.url is None
+    ws = Workspace.from_settings(s)
+    assert ws.db_url.startswith("sqlite:///") and ws.db_url.endswith("registry.db")
+
+
+def test_env_and_flags_override(tmp_path: Path) -> None:
+    env = {"POMLIA_HOME": str(tmp_path), "POMLIA_CLUSTER": "haicore",
+           "POMLIA_DB_URL": "postgresql+psycopg://u:p@h/db"}
+    s = load_settings(env=env)
+    assert (s.workspace.home, s.cluster.profile) == (tmp_path, "haicore")
+    assert s.registry.url == "postgresql+psycopg://u:p@h/db"
+    s2 = load_settings({"cluster": {"profile": "debug"}, "registry": {"url": None}}, env=env)
+    assert s2.cluster.profile == "debug"  # flag beats env
+    assert s2.registry.url == "postgresql+psycopg://u:p@h/db"  # None flag changes nothing
+
+
+def test_workspace_file_typo_names_file_key_and_valid_keys(tmp_path: Path) -> None:
+    (tmp_path / "pomlia.yaml").write_text("registry:\n  urll: sqlite:///x.db\n")
+    with pytest.raises(ConfigError) as exc:
+        load_settings(env={"POMLIA_HOME": str(tmp_path)})
+    msg = str(exc.value)
+    assert str(tmp_path / "pomlia.yaml") in msg
+    assert "registry.urll" in msg
+    assert "sqlite_busy_timeout_s, url" in msg
+
+
+def test_cluster_profiles_shipped() -> None:
+    assert {"local", "debug", "haicore", "slurm-local"} <= set(cluster_profiles())
+    hc = load_cluster_profile("haicore")
+    assert hc.backend == "slurm" and hc.gpus_per_node >= 1 and hc.max_array_size > 0
+
+
+def test_cluster_profile_unknown_key(tmp_path: Path) -> None:
+    p = tmp_path / "mine.yaml"
+    p.write_text("backend: slurm\npartiton: gpu\n")
+    with pytest.raises(ConfigError, match=r"unknown key 'partiton'; valid keys: .*partition"):
+        load_cluster_profile(str(p))
+
+
+def test_cluster_profile_bad_value(tmp_path: Path) -> None:
+    p = tmp_path / "mine.yaml"
+    p.write_text("backend: kubernetes\n")
+    with pytest.raises(ConfigError, match="backend"):
+        load_cluster_profile(str(p))
+
+
+def test_unknown_profile_lists_known() -> None:
+    with pytest.raises(ConfigError, match="known profiles: .*haicore"):
+        load_cluster_profile("nope")
+
+
+def test_resource_override_rejects_unknown_key() -> None:
+    prof = load_cluster_profile("haicore")
+    with pytest.raises(ConfigError, match=r"unknown resource key\(s\) gpus; valid keys: "):
+        with_overrides(prof, {"gpus": 2})
+    assert with_overrides(prof, {"gpus_per_node": 2}).gpus_per_node == 2
+
+
+def test_submitit_parameters_from_profile() -> None:
+    prof = load_cluster_profile("haicore", account="hk-project-x")
+    params = submitit_parameters(prof, name="t")
+    assert params["slurm_partition"] == "normal"
+    assert params["slurm_account"] == "hk-project-x"
+    assert params["slurm_array_parallelism"] == prof.max_parallel
+    assert params["timeout_min"] == prof.time_min
+    assert params["slurm_setup"] == list(prof.setup)
+    local = submitit_parameters(load_cluster_profile("local"), name="t")
+    assert not any(k.startswith("slurm_") for k in local)
