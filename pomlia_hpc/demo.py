@@ -34,8 +34,10 @@ def stage_array(ws: Workspace, reg: Registry) -> None:
     bad = [p for p in parts if isinstance(p, Exception)]
     if bad:
         raise SystemExit(f"demo: {len(bad)} array task(s) failed: {bad[0]}")
-    console.print(f"8 tasks done in {time.perf_counter() - t0:.1f} s; "
-                  f"pi ≈ {sum(parts):.6f} (error {abs(sum(parts) - math.pi):.1e})")
+    console.print(
+        f"8 tasks done in {time.perf_counter() - t0:.1f} s; "
+        f"pi ≈ {sum(parts):.6f} (error {abs(sum(parts) - math.pi):.1e})"
+    )
 
 
 def main() -> int:

@@ -89,8 +89,9 @@ def slurm_available() -> bool:
     if shutil.which("sinfo") is None:
         return False
     try:
-        out = subprocess.run(["sinfo", "-h", "-o", "%T"], capture_output=True, text=True,
-                             timeout=10, check=False)
+        out = subprocess.run(
+            ["sinfo", "-h", "-o", "%T"], capture_output=True, text=True, timeout=10, check=False
+        )
     except subprocess.TimeoutExpired:
         return False
     return out.returncode == 0 and any(
@@ -113,7 +114,6 @@ def shared_tmp(tmp_path: Path) -> Path:
 
 def pytest_configure(config: pytest.Config) -> None:
     import cloudpickle
-
     import jobfns  # tests/ is on sys.path (rootdir conftest)
 
     cloudpickle.register_pickle_by_value(jobfns)

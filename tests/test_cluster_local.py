@@ -24,8 +24,12 @@ def test_local_submit_records_job(tmp_path: Path, reg: Registry) -> None:
     assert h.result() == 5
     with reg.session() as s:
         row = s.scalars(select(Job)).one()
-    assert (row.backend, row.name, row.state, row.scheduler_id) == ("local", "add", "COMPLETED",
-                                                                     h.job_id)
+    assert (row.backend, row.name, row.state, row.scheduler_id) == (
+        "local",
+        "add",
+        "COMPLETED",
+        h.job_id,
+    )
     assert row.ended_at is not None
 
 
@@ -86,11 +90,21 @@ def test_hostlist_expansion() -> None:
 
 
 def test_distributed_env_from_slurm() -> None:
-    env = {"SLURM_JOB_ID": "4242", "SLURM_PROCID": "3", "SLURM_LOCALID": "1",
-           "SLURM_NTASKS": "8", "SLURM_JOB_NODELIST": "hkn[0401-0402]"}
+    env = {
+        "SLURM_JOB_ID": "4242",
+        "SLURM_PROCID": "3",
+        "SLURM_LOCALID": "1",
+        "SLURM_NTASKS": "8",
+        "SLURM_JOB_NODELIST": "hkn[0401-0402]",
+    }
     out = distributed_env(env)
-    assert out == {"RANK": "3", "LOCAL_RANK": "1", "WORLD_SIZE": "8", "MASTER_ADDR": "hkn0401",
-                   "MASTER_PORT": str(20000 + 4242)}
+    assert out == {
+        "RANK": "3",
+        "LOCAL_RANK": "1",
+        "WORLD_SIZE": "8",
+        "MASTER_ADDR": "hkn0401",
+        "MASTER_PORT": str(20000 + 4242),
+    }
     # Values a launcher already set win.
     assert distributed_env({**env, "MASTER_PORT": "1234"})["MASTER_PORT"] == "1234"
 

@@ -10,8 +10,7 @@ import jobfns
 import pytest
 from sqlalchemy import select
 
-from pomlia_hpc.cluster import Executor, JobFailedError, wait_all
-from pomlia_hpc.cluster import records
+from pomlia_hpc.cluster import Executor, JobFailedError, records, wait_all
 from pomlia_hpc.registry import Job, Registry
 
 pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("slurm")]
@@ -48,7 +47,7 @@ def test_array_of_8_polled_with_one_sacct_per_poll(tmp_path: Path, reg: Registry
     assert len(array_ids) == 1  # one Slurm array
     before = records.SACCT_CALLS
     changed = records.refresh_slurm_jobs(reg)  # one poll over all 8 rows
-    assert records.SACCT_CALLS == before + 1
+    assert before + 1 == records.SACCT_CALLS
     assert changed >= 0
     assert wait_all(handles, poll_s=0.5) == [x * x for x in range(8)]
     rows = _rows(reg)

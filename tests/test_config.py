@@ -17,8 +17,11 @@ def test_defaults_load() -> None:
 
 
 def test_env_and_flags_override(tmp_path: Path) -> None:
-    env = {"POMLIA_HOME": str(tmp_path), "POMLIA_CLUSTER": "haicore",
-           "POMLIA_DB_URL": "postgresql+psycopg://u:p@h/db"}
+    env = {
+        "POMLIA_HOME": str(tmp_path),
+        "POMLIA_CLUSTER": "haicore",
+        "POMLIA_DB_URL": "postgresql+psycopg://u:p@h/db",
+    }
     s = load_settings(env=env)
     assert (s.workspace.home, s.cluster.profile) == (tmp_path, "haicore")
     assert s.registry.url == "postgresql+psycopg://u:p@h/db"
@@ -58,7 +61,7 @@ def test_cluster_profile_bad_value(tmp_path: Path) -> None:
 
 
 def test_unknown_profile_lists_known() -> None:
-    with pytest.raises(ConfigError, match="known profiles: .*haicore"):
+    with pytest.raises(ConfigError, match=r"known profiles: .*haicore"):
         load_cluster_profile("nope")
 
 

@@ -3,10 +3,9 @@ arguments, calls the library and renders the result."""
 
 from __future__ import annotations
 
-from pomlia_hpc.cli.app import app, main
-
 # Command groups register themselves on import.
 from pomlia_hpc.cli import core as _core  # noqa: F401  (init, status, demo)
 from pomlia_hpc.cli import jobs as _jobs  # noqa: F401
+from pomlia_hpc.cli.app import app, main
 
 __all__ = ["app", "main"]

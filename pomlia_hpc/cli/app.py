@@ -71,7 +71,9 @@ def _version(value: bool) -> None:
 def _root(
     home: Annotated[
         Path | None,
-        typer.Option("--home", help="Workspace directory (env POMLIA_HOME; default ./pomlia-home)."),
+        typer.Option(
+            "--home", help="Workspace directory (env POMLIA_HOME; default ./pomlia-home)."
+        ),
     ] = None,
     db_url: Annotated[
         str | None,
@@ -88,7 +90,9 @@ def _root(
         typer.Option("--version", callback=_version, is_eager=True, help="Print the version."),
     ] = False,
 ) -> None:
-    STATE.home, STATE.db_url, STATE.cluster = home, db_url, cluster
+    if STATE._registry is not None:  # a previous invocation in the same process (tests)
+        STATE._registry.dispose()
+    STATE.home, STATE.db_url, STATE.cluster, STATE._registry = home, db_url, cluster, None
 
 
 def main() -> None:

@@ -27,12 +27,26 @@ def init() -> None:
 def jobs_table(rows: list[Job], title: str) -> Table:
     """Render job rows as a rich table (shared by ``status`` and ``jobs list``)."""
     table = Table(title=title)
-    for col in ("id", "name", "backend", "scheduler id", "state", "requeues", "submitted",
-                "ended", "exit cause"):
+    for col in (
+        "id",
+        "name",
+        "backend",
+        "scheduler id",
+        "state",
+        "requeues",
+        "submitted",
+        "ended",
+        "exit cause",
+    ):
         table.add_column(col, overflow="fold")
     for r in rows:
         table.add_row(
-            str(r.id), r.name, r.backend, r.scheduler_id, r.state, str(r.requeue_count),
+            str(r.id),
+            r.name,
+            r.backend,
+            r.scheduler_id,
+            r.state,
+            str(r.requeue_count),
             f"{r.submitted_at:%Y-%m-%d %H:%M:%S}" if r.submitted_at else "",
             f"{r.ended_at:%H:%M:%S}" if r.ended_at else "",
             (r.exit_cause or "")[:80],

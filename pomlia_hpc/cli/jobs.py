@@ -15,8 +15,9 @@ from pomlia_hpc.cluster.records import FINAL_STATES, refresh_slurm_jobs, update_
 from pomlia_hpc.errors import ClusterError, NotFoundError
 from pomlia_hpc.registry import Job
 
-jobs_app = typer.Typer(help="List, inspect and cancel jobs recorded in the registry.",
-                       no_args_is_help=True)
+jobs_app = typer.Typer(
+    help="List, inspect and cancel jobs recorded in the registry.", no_args_is_help=True
+)
 app.add_typer(jobs_app, name="jobs")
 
 
@@ -52,8 +53,21 @@ def show(job_id: Annotated[int, typer.Argument(help="Registry id of the job.")])
     """Show one job in full, with the traceback of a failure."""
     row = _get(job_id)
     table = Table(show_header=False)
-    for key in ("id", "name", "backend", "scheduler_id", "array_job_id", "array_index", "state",
-                "submitted_at", "started_at", "ended_at", "requeue_count", "exit_cause", "folder"):
+    for key in (
+        "id",
+        "name",
+        "backend",
+        "scheduler_id",
+        "array_job_id",
+        "array_index",
+        "state",
+        "submitted_at",
+        "started_at",
+        "ended_at",
+        "requeue_count",
+        "exit_cause",
+        "folder",
+    ):
         table.add_row(key, str(getattr(row, key)))
     console.print(table)
     if row.traceback:

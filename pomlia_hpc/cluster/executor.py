@@ -102,8 +102,13 @@ class JobHandle:
             self._executor._drop_pending(self)
             self._fail_submission(ClusterError("cancelled before submission"))
         if self.record_id is not None and self._executor.registry is not None:
-            update_job(self._executor.registry, self.record_id, state="CANCELLED",
-                       exit_cause="cancelled by user", ended_at=datetime.now(UTC))
+            update_job(
+                self._executor.registry,
+                self.record_id,
+                state="CANCELLED",
+                exit_cause="cancelled by user",
+                ended_at=datetime.now(UTC),
+            )
 
     def result(self) -> Any:
         """Wait for the job and return its value; raise :class:`JobFailedError` if it failed."""
@@ -124,7 +129,8 @@ class JobHandle:
                 fields["exit_cause"] = _exit_cause(state, tb)
                 update_job(reg, self.record_id, **fields)
             raise JobFailedError(
-                f"job {job.job_id} ended {state}: {_exit_cause(state, tb)}", state=state,
+                f"job {job.job_id} ended {state}: {_exit_cause(state, tb)}",
+                state=state,
                 traceback=tb,
             ) from exc
         if reg is not None and self.record_id is not None:
@@ -148,8 +154,9 @@ class JobHandle:
 def normalize_state(state: str) -> str:
     """Map submitit/Slurm state strings onto the registry's vocabulary."""
     s = state.split()[0].upper() if state else "UNKNOWN"
-    return {"FINISHED": "COMPLETED", "DONE": "COMPLETED", "READY": "PENDING",
-            "NO": "FAILED"}.get(s, s)
+    return {"FINISHED": "COMPLETED", "DONE": "COMPLETED", "READY": "PENDING", "NO": "FAILED"}.get(
+        s, s
+    )
 
 
 _EXC_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt|Failure)\b(:.*)?$")
@@ -175,8 +182,9 @@ class Executor:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.registry = registry
-        self._pending: list[tuple[JobHandle, Callable[..., Any], tuple[Any, ...], ClusterProfile,
-                                  str]] = []
+        self._pending: list[
+            tuple[JobHandle, Callable[..., Any], tuple[Any, ...], ClusterProfile, str]
+        ] = []
         self._running: list[JobHandle] = []
         self._lock = threading.Lock()
         self._feeder: threading.Thread | None = None
@@ -258,7 +266,9 @@ class Executor:
             ex = self._submitit(profile, name)
             if previous is not None:
                 # Chunks run one after the other so that max_parallel holds for the whole array.
-                ex.update_parameters(slurm_additional_parameters={"dependency": f"afterany:{previous}"})
+                ex.update_parameters(
+                    slurm_additional_parameters={"dependency": f"afterany:{previous}"}
+                )
             with ex.batch():
                 jobs = [ex.submit(fn, item) for item in chunk]
             array_id = str(jobs[0].job_id).split("_")[0]
@@ -343,8 +353,9 @@ def wait_all(
 def cancel_scheduler_job(backend: str, scheduler_id: str) -> None:
     """Cancel a job by its scheduler id from any process (used by ``pomlia jobs cancel``)."""
     if backend == "slurm":
-        proc = subprocess.run(["scancel", scheduler_id], capture_output=True, text=True,
-                              check=False)
+        proc = subprocess.run(
+            ["scancel", scheduler_id], capture_output=True, text=True, check=False
+        )
         if proc.returncode != 0:
             raise ClusterError(f"scancel {scheduler_id} failed: {proc.stderr.strip()}")
     elif backend == "local":

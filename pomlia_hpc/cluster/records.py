@@ -20,8 +20,17 @@ from pomlia_hpc.errors import ClusterError
 from pomlia_hpc.registry import Job, Registry
 
 FINAL_STATES = frozenset(
-    {"COMPLETED", "FAILED", "CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "BOOT_FAIL",
-     "DEADLINE", "INTERRUPTED"}
+    {
+        "COMPLETED",
+        "FAILED",
+        "CANCELLED",
+        "TIMEOUT",
+        "OUT_OF_MEMORY",
+        "NODE_FAIL",
+        "BOOT_FAIL",
+        "DEADLINE",
+        "INTERRUPTED",
+    }
 )
 
 #: How many times ``sacct`` was run by this process (tests check one call per poll).
@@ -95,8 +104,17 @@ def sacct_states(job_ids: Iterable[str]) -> dict[str, SchedulerState]:
     ids = sorted({jid.split("_")[0] for jid in job_ids})
     if not ids:
         return {}
-    cmd = ["sacct", "-n", "-P", "-X", "-D", "-o", "JobID,State,Start,End,ExitCode",
-           "-j", ",".join(ids)]
+    cmd = [
+        "sacct",
+        "-n",
+        "-P",
+        "-X",
+        "-D",
+        "-o",
+        "JobID,State,Start,End,ExitCode",
+        "-j",
+        ",".join(ids),
+    ]
     SACCT_CALLS += 1
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)

@@ -29,7 +29,7 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
 
 def make_engine(url: str, *, busy_timeout_s: float = 60.0) -> Engine:
-    """Create an engine for ``url``; SQLite gets WAL mode and a busy timeout of ``busy_timeout_s``."""
+    """Create an engine for ``url``; SQLite gets WAL mode and a busy timeout (seconds)."""
     try:
         parsed = make_url(url)
     except Exception as exc:
@@ -38,9 +38,7 @@ def make_engine(url: str, *, busy_timeout_s: float = 60.0) -> Engine:
         if parsed.database and parsed.database != ":memory:":
             Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
         # NullPool: a connection per session, so forked job processes never share one.
-        engine = create_engine(
-            url, poolclass=NullPool, connect_args={"timeout": busy_timeout_s}
-        )
+        engine = create_engine(url, poolclass=NullPool, connect_args={"timeout": busy_timeout_s})
         _sqlite_setup(engine, busy_timeout_s)
         return engine
     return create_engine(url, pool_pre_ping=True)

@@ -1,0 +1,114 @@
+"""The ``pomlia`` command: help everywhere, version, init/status, jobs list/show/cancel."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import jobfns
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from pomlia_hpc import __version__
+from pomlia_hpc.cli import app
+from pomlia_hpc.cli.app import console
+from pomlia_hpc.cluster import Executor, JobFailedError
+from pomlia_hpc.registry import Registry
+from pomlia_hpc.workspace import Workspace
+
+runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def wide_console() -> Iterator[None]:
+    # Rich wraps tables at 80 columns when not on a terminal; widen so cells stay whole.
+    old = console.width
+    console.width = 250
+    yield
+    console.width = old
+
+
+def _all_commands(cmd: Any, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    out = [path]
+    if hasattr(cmd, "commands"):
+        for name, sub in cmd.commands.items():
+            out += _all_commands(sub, (*path, name))
+    return out
+
+
+def test_every_command_has_help() -> None:
+    root = typer.main.get_command(app)
+    paths = _all_commands(root)
+    assert ("jobs", "cancel") in paths and ("status",) in paths
+    for path in paths:
+        res = runner.invoke(app, [*path, "--help"])
+        assert res.exit_code == 0, (path, res.output)
+        cmd = root
+        for p in path:
+            cmd = cmd.commands[p]
+        assert (cmd.help or "").strip(), f"`pomlia {' '.join(path)}` has no help text"
+
+
+def test_version() -> None:
+    res = runner.invoke(app, ["--version"])
+    assert res.exit_code == 0 and __version__ in res.output
+
+
+def test_init_and_status(tmp_path: Path) -> None:
+    home = tmp_path / "ws"
+    res = runner.invoke(app, ["--home", str(home), "init"])
+    assert res.exit_code == 0, res.output
+    assert Workspace(home, "", "local").exists
+    assert (home / "registry.db").is_file()
+    res = runner.invoke(app, ["--home", str(home), "status"])
+    assert res.exit_code == 0, res.output
+    assert "registry" in res.output and "backend local" in res.output
+
+
+def test_bad_config_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    (tmp_path / "pomlia.yaml").write_text("clusterr: {}\n")
+    env = {**os.environ, "POMLIA_HOME": str(tmp_path)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "pomlia_hpc", "status"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert "unknown key 'clusterr'" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_jobs_list_show_cancel(workspace: Workspace) -> None:
+    reg = Registry.open(workspace.db_url)
+    ex = Executor.from_profile("local", workspace.jobs, reg)
+    done = ex.submit(jobfns.boom, "no such channel", name="failing")
+    with pytest.raises(JobFailedError):
+        done.result()
+    slow = ex.submit(jobfns.sleep_for, 120, name="sleeper")
+
+    res = runner.invoke(app, ["jobs", "list"])
+    assert res.exit_code == 0, res.output
+    assert "sleeper" in res.output and "FAILED" in res.output
+
+    res = runner.invoke(app, ["jobs", "show", str(done.record_id)])
+    assert res.exit_code == 0
+    assert "ValueError: no such channel" in res.output
+
+    res = runner.invoke(app, ["jobs", "cancel", str(slow.record_id)])
+    assert res.exit_code == 0, res.output
+    deadline = time.time() + 30
+    while not slow.done() and time.time() < deadline:
+        time.sleep(0.2)
+    assert slow.done()  # the process really stopped
+    res = runner.invoke(app, ["jobs", "list", "--state", "cancelled"])
+    assert "sleeper" in res.output
+
+    res = runner.invoke(app, ["jobs", "show", "999"])
+    assert res.exit_code != 0
