@@ -79,6 +79,11 @@ def store_path(workspace: Workspace, name: str, version: str) -> Path:
     return workspace.stores / name / f"{version}{STORE_SUFFIX}"
 
 
+def _attr_dict(group: zarr.Group, key: str) -> dict[str, Any]:
+    value = group.attrs.get(key, {})
+    return dict(value) if isinstance(value, dict) else {}
+
+
 @dataclass(frozen=True)
 class DatasetStore:
     """Read access to one published dataset version (see the module docstring for the layout)."""
@@ -98,12 +103,12 @@ class DatasetStore:
     @cached_property
     def meta(self) -> dict[str, Any]:
         """The metadata dict (task_type, class_names, channels, size, splits, ...)."""
-        return dict(self.group.attrs.get(META_ATTR, {}))
+        return _attr_dict(self.group, META_ATTR)
 
     @cached_property
     def fingerprint(self) -> dict[str, Any]:
         """The explicit fingerprint JSON (empty dict if not computed yet)."""
-        return dict(self.group.attrs.get(FINGERPRINT_ATTR, {}))
+        return _attr_dict(self.group, FINGERPRINT_ATTR)
 
     @property
     def images(self) -> zarr.Array:
