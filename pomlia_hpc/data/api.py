@@ -1,0 +1,312 @@
+"""The data room's library API: ingest, list, show, verify, sample grids.
+
+::
+
+    from pomlia_hpc.data.api import ingest
+    rec = ingest(workspace, registry, "pathmnist", "medmnist:pathmnist", root="/data/medmnist")
+    rec = ingest(workspace, registry, "mine", "/data/mine.npz", class_names=["a", "b"])
+    rec.version, rec.store_path, rec.created, rec.fingerprint
+
+Everything here raises :class:`~pomlia_hpc.errors.PomliaError` subclasses for bad input; the
+CLI (``pomlia data``) only parses and renders.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy import select
+
+from pomlia_hpc.data.explicit_fingerprint import compute_fingerprint, label_counts
+from pomlia_hpc.data.sources import Source, open_source
+from pomlia_hpc.data.store import (
+    FINGERPRINT_ATTR,
+    META_ATTR,
+    SPLITS,
+    DatasetStore,
+    check_name,
+    find_version,
+    open_store,
+    store_path,
+)
+from pomlia_hpc.data.versioning import (
+    VERSION_CHARS,
+    VersionRecord,
+    content_hash,
+    latest_version,
+    publish,
+    record_version,
+)
+from pomlia_hpc.data.writer import StoreWriter
+from pomlia_hpc.errors import InputError
+from pomlia_hpc.registry import Dataset, DatasetVersion, Registry
+from pomlia_hpc.workspace import Workspace
+
+ProgressFn = Callable[[str, int, int], None]
+"""progress(stage, images_done_since_last_call, images_total); stages "ingest", "fingerprint"."""
+
+STORE_FORMAT = 1
+
+
+def _writable_dirs(workspace: Workspace, name: str) -> Path:
+    """Create the store and staging folders; a readable error if they cannot be written."""
+    staging = workspace.tmp / f"ingest-{name}-{uuid.uuid4().hex[:12]}"
+    for path in (workspace.stores / name, staging):
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+            probe = path / f".probe-{os.getpid()}"
+            probe.write_bytes(b"")
+            probe.unlink()
+        except OSError as exc:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise InputError(
+                f"store path '{path}' is not writable ({exc.strerror or exc}): expected a "
+                "writable directory inside the workspace (POMLIA_HOME / --home)"
+            ) from exc
+    return staging
+
+
+def _split_codes(src: Source) -> np.ndarray:
+    return np.concatenate(
+        [np.full(src.split_sizes.get(s, 0), i, np.int8) for i, s in enumerate(SPLITS)]
+    )
+
+
+def _meta(name: str, src: Source, writer: StoreWriter, labels: np.ndarray, digests: dict[str, Any],
+          full_hash: str, parent: str | None) -> dict[str, Any]:
+    info = src.label_info
+    offsets = src.split_offsets()
+    splits = {s: [offsets[s], offsets[s] + src.split_sizes.get(s, 0)] for s in SPLITS}
+    multi = info.task_type.startswith("multi-label")
+    dist = {
+        s: [int(c) for c in label_counts(labels[lo:hi], info.n_classes, multi)]
+        for s, (lo, hi) in splits.items()
+    }
+    return {
+        "format": STORE_FORMAT,
+        "name": name,
+        "version": full_hash[:VERSION_CHARS],
+        "content_hash": full_hash,
+        "parent": parent,
+        "task_type": info.task_type,
+        "class_names": info.class_names,
+        "n_classes": info.n_classes,
+        "label_width": info.label_width,
+        "channels": src.channels,
+        "height": src.height,
+        "width": src.width,
+        "size": src.height,
+        "n_images": src.n_images,
+        "chunk_rows": writer.chunk_rows,
+        "splits": splits,
+        "split_sizes": {s: src.split_sizes.get(s, 0) for s in SPLITS},
+        "label_distribution": dist,
+        "source": src.describe(),
+        "ingested_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "chunk_hashes": digests,
+    }
+
+
+def ingest(
+    workspace: Workspace,
+    registry: Registry,
+    name: str,
+    source: str | Path | Source,
+    *,
+    progress: ProgressFn | None = None,
+    workers: int = 2,
+    **options: Any,
+) -> VersionRecord:
+    """Ingest ``source`` as a version of dataset ``name``; return its registry record.
+
+    ``source`` and ``options`` are as in :func:`pomlia_hpc.data.sources.open_source`. Identical
+    content gives the existing version (``created=False``) and no second copy; new content
+    gives a new version whose parent is the dataset's newest version. On any error nothing is
+    published or registered and the staging folder is removed.
+    """
+    check_name(name)
+    staging = _writable_dirs(workspace, name)
+    src: Source | None = None
+    try:
+        src = open_source(source, **options)
+        writer = StoreWriter(staging / "store.zarr", src.n_images,
+                             (src.height, src.width, src.channels), src.label_info.label_width,
+                             workers=workers)
+        try:
+            for start, rows in src.iter_rows(writer.chunk_rows):
+                writer.put(start, rows)
+                if progress:
+                    progress("ingest", len(rows), src.n_images)
+        except BaseException:
+            writer.abort()
+            raise
+        labels = src.labels()
+        digests = writer.finish(labels, _split_codes(src))
+        header = {
+            "format": STORE_FORMAT,
+            "shape": [src.n_images, src.height, src.width, src.channels],
+            "chunk_rows": writer.chunk_rows,
+            "task_type": src.label_info.task_type,
+            "class_names": src.label_info.class_names,
+            "label_width": src.label_info.label_width,
+            "split_sizes": {s: src.split_sizes.get(s, 0) for s in SPLITS},
+        }
+        full = content_hash(header, digests)
+        version = full[:VERSION_CHARS]
+        final = store_path(workspace, name, version)
+        if not final.exists():
+            prev = latest_version(registry, name)
+            meta = _meta(name, src, writer, labels, digests, full,
+                         prev.version if prev and prev.version != version else None)
+            writer.group.attrs[META_ATTR] = meta
+            staged = DatasetStore(staging / "store.zarr")
+            fp_progress = (lambda k: progress("fingerprint", k, src.n_images)) if progress else None
+            fp = compute_fingerprint(staged, workers=workers, progress=fp_progress)
+            writer.group.attrs[FINGERPRINT_ATTR] = fp
+            publish(staging / "store.zarr", final)
+        done = open_store(final)
+        return record_version(registry, name, version, final, done.n_images, done.meta,
+                              done.fingerprint)
+    finally:
+        if src is not None and hasattr(src, "close"):
+            src.close()
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+@dataclass(frozen=True)
+class VersionSummary:
+    """One row of ``data list``."""
+
+    name: str
+    version: str
+    parent: str | None
+    n_images: int
+    task_type: str
+    n_classes: int
+    image_size: tuple[int, int]
+    channels: int
+    created_at: datetime
+    store_path: str
+
+
+def list_versions(registry: Registry, name: str | None = None) -> list[VersionSummary]:
+    """All registered versions (of ``name`` if given), oldest first."""
+    with registry.session() as s:
+        q = select(Dataset.name, DatasetVersion).join(
+            Dataset, Dataset.id == DatasetVersion.dataset_id
+        )
+        if name is not None:
+            q = q.where(Dataset.name == name)
+        rows = list(s.execute(q.order_by(Dataset.name, DatasetVersion.id)))
+        by_id = {v.id: v.version for _, v in rows}
+        out = []
+        for ds_name, v in rows:
+            parent = by_id.get(v.parent_id) if v.parent_id else None
+            if v.parent_id and parent is None:
+                p = s.get(DatasetVersion, v.parent_id)
+                parent = p.version if p else None
+            m = v.meta
+            out.append(VersionSummary(
+                name=ds_name, version=v.version, parent=parent, n_images=v.n_images,
+                task_type=str(m.get("task_type", "")), n_classes=int(m.get("n_classes", 0)),
+                image_size=(int(m.get("height", 0)), int(m.get("width", 0))),
+                channels=int(m.get("channels", 0)), created_at=v.created_at,
+                store_path=v.store_path,
+            ))
+    return out
+
+
+def show(registry: Registry, ref: str) -> VersionRecord:
+    """The record of ``name`` (newest) or ``name@version``."""
+    row = find_version(registry, ref)
+    name = ref.partition("@")[0]
+    parent = None
+    if row.parent_id:
+        with registry.session() as s:
+            p = s.get(DatasetVersion, row.parent_id)
+            parent = p.version if p else None
+    return VersionRecord(
+        id=row.id, dataset_id=row.dataset_id, name=name, version=row.version, parent=parent,
+        store_path=Path(row.store_path), n_images=row.n_images, meta=dict(row.meta),
+        fingerprint=dict(row.fingerprint), created=False,
+    )
+
+
+@dataclass
+class VerifyResult:
+    """Outcome of verifying one version."""
+
+    ref: str
+    store_path: str
+    ok: bool = True
+    damaged_chunks: list[int] = field(default_factory=list)
+    problems: list[str] = field(default_factory=list)
+
+    def fail(self, problem: str) -> None:
+        self.ok = False
+        self.problems.append(problem)
+
+
+def _verify_one(ref: str, row: DatasetVersion, progress: ProgressFn | None) -> VerifyResult:
+    from pomlia_hpc.data.writer import sha256_hex
+
+    res = VerifyResult(ref, row.store_path)
+    expected = row.meta.get("chunk_hashes") or {}
+    try:
+        store = open_store(row.store_path)
+        images = store.images
+    except Exception as exc:  # a store too damaged to open is a finding, not a crash
+        res.fail(f"store cannot be opened: {exc}")
+        return res
+    want = list(expected.get("images", []))
+    n_chunks = (store.n_images + store.chunk_rows - 1) // store.chunk_rows
+    if len(want) != n_chunks:
+        res.fail(f"registry lists {len(want)} image chunks, the store has {n_chunks}")
+    digests = []
+    for idx, (lo, hi) in enumerate(store.chunk_ranges()):
+        try:
+            got = sha256_hex(np.ascontiguousarray(images[lo:hi]))
+        except Exception:  # undecodable chunk bytes
+            got = ""
+        digests.append(got)
+        if idx >= len(want) or got != want[idx]:
+            res.damaged_chunks.append(idx)
+        if progress:
+            progress("verify", hi - lo, store.n_images)
+    if res.damaged_chunks:
+        res.fail(f"{len(res.damaged_chunks)} damaged image chunk(s): "
+                 f"{', '.join(map(str, res.damaged_chunks[:20]))} (rows of chunk i: "
+                 f"i*{store.chunk_rows} .. (i+1)*{store.chunk_rows}-1)")
+    for arr in ("labels", "split"):
+        try:
+            data = np.asarray(store.labels[:] if arr == "labels" else store.split[:])
+            got = sha256_hex(data.astype("<i4") if arr == "labels" else data)
+        except Exception:
+            got = ""
+        if got != expected.get(arr):
+            res.fail(f"array '{arr}' is damaged (hash differs)")
+    return res
+
+
+def verify(registry: Registry, ref: str | None = None,
+           progress: ProgressFn | None = None) -> list[VerifyResult]:
+    """Recompute the chunk hashes of one version (``ref``) or of all versions and compare them
+    with the registry's; a damaged or missing chunk is reported by index."""
+    if ref is not None:
+        row = find_version(registry, ref)
+        return [_verify_one(f"{ref.partition('@')[0]}@{row.version}", row, progress)]
+    with registry.session() as s:
+        rows = list(s.execute(
+            select(Dataset.name, DatasetVersion)
+            .join(Dataset, Dataset.id == DatasetVersion.dataset_id)
+            .order_by(Dataset.name, DatasetVersion.id)
+        ))
+    return [_verify_one(f"{n}@{v.version}", v, progress) for n, v in rows]

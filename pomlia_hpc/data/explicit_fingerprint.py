@@ -1,0 +1,171 @@
+"""The explicit (human-readable) fingerprint of a dataset version, in the spirit of nnU-Net's
+``dataset_fingerprint.json``.
+
+Computed chunk by chunk with dask over the store's ``images`` array: each task reads one chunk
+and returns small summaries (a 256-bin histogram per channel, a near-constant count and one
+64-bit hash per image); only those are kept, so memory is a few chunks however large the set.
+Intensity statistics are exact (uint8 histograms).
+
+Fields (``version`` 1):
+
+- ``n_images``, ``counts`` (per split), ``image_size`` ([H, W]), ``channels``
+- ``n_classes``, ``task_type``, ``class_balance``: per split ``counts`` per class (positives per
+  label for multi-label), ``fractions``, ``imbalance_ratio`` (largest / smallest non-empty
+  class), ``normalized_entropy`` (1 = perfectly balanced), ``empty_classes``
+- ``intensity``: per channel ``mean``, ``std``, ``min``, ``max`` and ``percentiles`` (0.5, 1, 5,
+  25, 50, 75, 95, 99, 99.5), in uint8 grey levels 0..255
+- ``near_constant``: images whose pixel standard deviation is below
+  ``NEAR_CONSTANT_STD`` grey levels: ``count`` and ``fraction``
+- ``duplicates``: exact pixel duplicates by hash: ``unique_images``, ``duplicate_images``
+  (rows equal to an earlier row), ``groups``, and ``across_splits`` (val/test images whose
+  pixels also occur in train: leakage)
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable
+from typing import Any
+
+import dask
+import dask.array as da
+import numpy as np
+from dask.callbacks import Callback
+
+from pomlia_hpc.data.store import SPLITS, DatasetStore
+
+NEAR_CONSTANT_STD = 2.0
+PERCENTILES = (0.5, 1, 5, 25, 50, 75, 95, 99, 99.5)
+FINGERPRINT_VERSION = 1
+
+
+def _chunk_stats(x: np.ndarray) -> tuple[np.ndarray, int, np.ndarray]:
+    """(C, 256) histogram, near-constant count and per-image uint64 hashes of one chunk."""
+    b, _h, _w, c = x.shape
+    hist = np.stack([np.bincount(x[..., k].ravel(), minlength=256) for k in range(c)])
+    flat = x.reshape(b, -1)
+    std = flat.astype(np.float32).std(axis=1)
+    near = int((std < NEAR_CONSTANT_STD).sum())
+    hashes = np.frombuffer(
+        b"".join(hashlib.blake2b(row.tobytes(), digest_size=8).digest() for row in flat),
+        dtype=np.uint64,
+    )
+    return hist.astype(np.int64), near, hashes
+
+
+class _Progress(Callback):
+    def __init__(self, report: Callable[[int], None]) -> None:
+        super().__init__()
+        self._report = report
+
+    def _posttask(self, key: Any, result: Any, dsk: Any, state: Any, worker_id: Any) -> None:
+        if isinstance(result, tuple) and len(result) == 3:
+            self._report(len(result[2]))
+
+
+def _percentile(hist: np.ndarray, q: float) -> float:
+    cdf = np.cumsum(hist)
+    return float(np.searchsorted(cdf, q / 100.0 * cdf[-1], side="left"))
+
+
+def _intensity(hist: np.ndarray) -> list[dict[str, Any]]:
+    levels = np.arange(256, dtype=np.float64)
+    out = []
+    for h in hist:
+        total = max(int(h.sum()), 1)
+        mean = float((h * levels).sum() / total)
+        var = float((h * (levels - mean) ** 2).sum() / total)
+        nz = np.flatnonzero(h)
+        out.append({
+            "mean": round(mean, 3),
+            "std": round(var**0.5, 3),
+            "min": int(nz[0]) if nz.size else 0,
+            "max": int(nz[-1]) if nz.size else 0,
+            "percentiles": {str(q): _percentile(h, q) for q in PERCENTILES},
+        })
+    return out
+
+
+def _balance(counts: np.ndarray) -> dict[str, Any]:
+    total = max(int(counts.sum()), 1)
+    frac = counts / total
+    nonzero = counts[counts > 0]
+    p = frac[frac > 0]
+    ent = float(-(p * np.log(p)).sum() / np.log(len(counts))) if len(counts) > 1 else 1.0
+    return {
+        "counts": [int(c) for c in counts],
+        "fractions": [round(float(f), 5) for f in frac],
+        "imbalance_ratio": round(float(nonzero.max() / nonzero.min()), 3) if nonzero.size else None,
+        "normalized_entropy": round(ent, 4),
+        "empty_classes": [int(i) for i in np.flatnonzero(counts == 0)],
+    }
+
+
+def label_counts(labels: np.ndarray, n_classes: int, multi_label: bool) -> np.ndarray:
+    """Images per class (single-label) or positives per label (multi-label)."""
+    if multi_label:
+        return labels.sum(axis=0).astype(np.int64)
+    return np.bincount(labels[:, 0], minlength=n_classes).astype(np.int64)
+
+
+def _duplicates(hashes: np.ndarray, ranges: dict[str, tuple[int, int]]) -> dict[str, Any]:
+    uniq, counts = np.unique(hashes, return_counts=True)
+    train = hashes[slice(*ranges["train"])] if "train" in ranges else hashes[:0]
+    across = {}
+    for s in ("val", "test"):
+        if s in ranges:
+            across[s] = int(np.isin(hashes[slice(*ranges[s])], train).sum())
+    return {
+        "unique_images": len(uniq),
+        "duplicate_images": int(len(hashes) - len(uniq)),
+        "groups": int((counts > 1).sum()),
+        "across_splits": across,
+    }
+
+
+def compute_fingerprint(
+    store: DatasetStore,
+    *,
+    workers: int = 2,
+    progress: Callable[[int], None] | None = None,
+) -> dict[str, Any]:
+    """The explicit fingerprint of ``store`` (see the module docstring); ``progress`` is called
+    with the number of images of every chunk done."""
+    images = da.from_array(store.images, chunks=store.images.chunks, asarray=True)
+    tasks = [dask.delayed(_chunk_stats)(blk) for blk in images.to_delayed().ravel()]
+    callbacks = [_Progress(progress)] if progress else []
+    with dask.config.set(scheduler="threads", num_workers=workers), dask.callbacks.add_callbacks(
+        *callbacks
+    ):
+        results = dask.compute(*tasks)
+    h, w, c = store.image_shape
+    hist = sum((r[0] for r in results), np.zeros((c, 256), np.int64))
+    near = sum(r[1] for r in results)
+    hashes = np.concatenate([r[2] for r in results]) if results else np.zeros(0, np.uint64)
+    meta = store.meta
+    n = store.n_images
+    ranges = {s: r for s in SPLITS if (r := store.split_range(s))[1] > r[0]}
+    labels = store.read_labels()
+    multi = str(meta["task_type"]).startswith("multi-label")
+    n_classes = int(meta["n_classes"])
+    balance = {
+        s: _balance(label_counts(labels[lo:hi], n_classes, multi)) for s, (lo, hi) in ranges.items()
+    }
+    balance["all"] = _balance(label_counts(labels, n_classes, multi))
+    return {
+        "version": FINGERPRINT_VERSION,
+        "n_images": n,
+        "counts": {s: hi - lo for s, (lo, hi) in ranges.items()},
+        "image_size": [h, w],
+        "channels": c,
+        "n_classes": n_classes,
+        "task_type": meta["task_type"],
+        "class_balance": balance,
+        "intensity": _intensity(hist),
+        "near_constant": {
+            "threshold_std": NEAR_CONSTANT_STD,
+            "count": int(near),
+            "fraction": round(near / max(n, 1), 6),
+        },
+        "duplicates": _duplicates(hashes, ranges),
+    }

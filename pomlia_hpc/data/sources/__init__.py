@@ -1,0 +1,76 @@
+"""Dataset sources: MedMNIST flags, npz files with MedMNIST's keys, image folders, HDF5 files.
+
+:func:`open_source` picks the kind from what ``source`` is and checks everything it can before
+a single pixel is written (keys, shapes, dtypes, label counts and ranges, sizes in a folder).
+
+=============================  ============================================================
+``source``                     options
+=============================  ============================================================
+``"medmnist:pathmnist"`` or a  ``size`` (28/64/128/224), ``root``, ``download`` (bool),
+MedMNIST flag (no such path)   ``mirror`` (base URL)
+``x.npz``                      ``class_names``, ``n_classes``, ``task_type``
+a folder                       ``task_type``, ``val_fraction``, ``test_fraction``
+``x.h5`` / ``x.hdf5``          ``images``, ``labels``, ``split``, ``class_names``,
+                               ``n_classes``, ``task_type``, ``val_fraction``, ``test_fraction``
+=============================  ============================================================
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pomlia_hpc.data.medmnist_info import is_flag
+from pomlia_hpc.data.sources.base import LabelDecl, Source, take_options
+from pomlia_hpc.errors import InputError
+
+HDF5_SUFFIXES = (".h5", ".hdf5", ".he5", ".hdf")
+_LABEL_OPTS = ("class_names", "n_classes", "task_type")
+_FRACTIONS = ("val_fraction", "test_fraction")
+
+
+def open_source(source: str | Path | Source, **options: Any) -> Source:
+    """Open and validate ``source`` (see the module docstring for kinds and options)."""
+    if isinstance(source, Source):
+        take_options("prepared", options, ())
+        return source
+    text = str(source)
+    opts = {k: v for k, v in options.items() if v is not None}
+    if text.startswith("medmnist:") or (not Path(text).exists() and is_flag(text)):
+        from pomlia_hpc.data.sources.medmnist import medmnist_source
+
+        take_options("MedMNIST", opts, ("size", "root", "download", "mirror"))
+        return medmnist_source(
+            text.removeprefix("medmnist:"),
+            int(opts.get("size", 28)),
+            opts.get("root"),
+            download_ok=bool(opts.get("download", True)),
+            mirror=opts.get("mirror"),
+        )
+    path = Path(text).expanduser()
+    if not path.exists():
+        raise InputError(f"source '{path}' does not exist: expected an .npz file, an HDF5 file, "
+                         "an image folder or a MedMNIST flag")
+    if path.is_dir():
+        from pomlia_hpc.data.sources.folder import FolderSource
+
+        take_options("folder", opts, ("task_type", *_FRACTIONS))
+        decl = LabelDecl.from_options(opts)
+        return FolderSource(path, decl, **{k: float(v) for k, v in opts.items()})
+    suffix = path.suffix.lower()
+    if suffix == ".npz":
+        from pomlia_hpc.data.sources.npz import NpzSource
+
+        take_options("npz", opts, _LABEL_OPTS)
+        return NpzSource(path, LabelDecl.from_options(opts))
+    if suffix in HDF5_SUFFIXES:
+        from pomlia_hpc.data.sources.hdf5 import Hdf5Source
+
+        take_options("HDF5", opts, ("images", "labels", "split", *_LABEL_OPTS, *_FRACTIONS))
+        decl = LabelDecl.from_options(opts)
+        return Hdf5Source(path, decl, **opts)
+    raise InputError(f"source file '{path}' has suffix '{suffix}': expected .npz, "
+                     f"{', '.join(HDF5_SUFFIXES)} or a folder")
+
+
+__all__ = ["LabelDecl", "Source", "open_source"]

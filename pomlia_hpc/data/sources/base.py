@@ -1,0 +1,238 @@
+"""What every source gives the ingest: shapes, labels, and image batches as uint8 (b, H, W, C).
+
+Pixel rules, the same for every source:
+
+- ``uint8`` is stored as it is;
+- ``uint16`` (16-bit PNG/TIFF, HDF5, npz) is scaled linearly so that the largest value in the
+  whole dataset becomes 255 (``0 .. max`` -> ``0 .. 255``; the max is found in a first pass and
+  recorded as ``meta["intensity_scaling"]``), because 12-bit scanners would be almost black if
+  scaled by 65535;
+- float images must be finite and in [0, 1]; they are scaled by 255 and rounded;
+- anything else is refused with a message naming the file and the field.
+
+Label rules: (N,) or (N, 1) class indices, or (N, L) 0/1 for multi-label; integer dtype (float
+labels are accepted only when every value is a whole number); single-label values must lie in
+[0, n_classes) where n_classes is declared (MedMNIST INFO, ``class_names`` or ``n_classes``)
+or else inferred as max + 1.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pomlia_hpc.data.store import SPLITS
+from pomlia_hpc.errors import InputError
+
+TASK_TYPES = ("multi-class", "binary-class", "multi-label, binary-class", "ordinal-regression")
+
+
+@dataclass
+class PixelConverter:
+    """Converts one source's pixel arrays to uint8 (b, H, W, C), checking values on the way."""
+
+    where: str  # "file 'x.npz', key 'train_images'" — used in every message
+    dtype: np.dtype[Any]
+    scale_max: float | None = None  # set for uint16 after the first pass
+
+    def __post_init__(self) -> None:
+        ok = self.dtype in (np.uint8, np.uint16) or np.issubdtype(self.dtype, np.floating)
+        if not ok:
+            raise InputError(
+                f"{self.where} has dtype {self.dtype}: expected uint8, uint16 or float in [0, 1]"
+            )
+
+    @property
+    def needs_max(self) -> bool:
+        return self.dtype == np.uint16
+
+    def observe(self, batch: np.ndarray) -> None:
+        """First pass for uint16: remember the largest value."""
+        if batch.size:
+            m = float(batch.max())
+            self.scale_max = m if self.scale_max is None else max(self.scale_max, m)
+
+    def __call__(self, batch: np.ndarray, first_row: int = 0) -> np.ndarray:
+        x = batch if batch.ndim == 4 else batch[..., None]
+        if x.dtype == np.uint8:
+            return x
+        if x.dtype == np.uint16:
+            top = max(self.scale_max or 65535.0, 1.0)
+            return (x.astype(np.float32) * (255.0 / top) + 0.5).astype(np.uint8)
+        bad = ~np.isfinite(x)
+        if bad.any():
+            row = first_row + int(np.argwhere(bad)[0][0])
+            raise InputError(f"{self.where} has NaN or infinite values (row {row}): expected "
+                             "finite floats in [0, 1]")
+        lo, hi = float(x.min()), float(x.max())
+        if lo < 0.0 or hi > 1.0:
+            raise InputError(f"{self.where} has float values in [{lo:g}, {hi:g}]: expected "
+                             "floats in [0, 1]")
+        return (x * 255.0 + 0.5).astype(np.uint8)
+
+    def scaling(self) -> dict[str, Any] | None:
+        if self.dtype == np.uint8:
+            return None
+        if self.dtype == np.uint16:
+            return {"from": "uint16", "max": self.scale_max, "to": "uint8 0..255 linear"}
+        return {"from": str(self.dtype), "range": [0, 1], "to": "uint8 0..255 linear"}
+
+
+def image_shape(where: str, shape: Sequence[int]) -> tuple[int, int, int]:
+    """(H, W, C) from an array shape (N, H, W) or (N, H, W, C) with C 1 or 3."""
+    if len(shape) == 3:
+        return int(shape[1]), int(shape[2]), 1
+    if len(shape) == 4 and shape[3] in (1, 3):
+        return int(shape[1]), int(shape[2]), int(shape[3])
+    raise InputError(
+        f"{where} has shape {tuple(shape)}: expected (N, H, W) or (N, H, W, C) with C = 1 or 3"
+    )
+
+
+def normalize_labels(where: str, labels: np.ndarray, n_images: int) -> np.ndarray:
+    """Check count and dtype of one split's labels; return int64 (n, L)."""
+    y = labels[:, None] if labels.ndim == 1 else labels
+    if y.ndim != 2:
+        raise InputError(f"{where} has shape {labels.shape}: expected (N,) or (N, L)")
+    if y.shape[0] != n_images:
+        raise InputError(
+            f"{where} has {y.shape[0]} labels but the images have {n_images}: expected one "
+            "label row per image"
+        )
+    if y.dtype == np.bool_ or np.issubdtype(y.dtype, np.integer):
+        return y.astype(np.int64)
+    if np.issubdtype(y.dtype, np.floating) and np.all(np.isfinite(y)) and np.all(y == np.round(y)):
+        return y.astype(np.int64)
+    raise InputError(f"{where} has dtype {y.dtype}: expected integer class labels")
+
+
+@dataclass(frozen=True)
+class LabelDecl:
+    """What the user (or MedMNIST INFO) declares about labels; None = infer."""
+
+    class_names: tuple[str, ...] | None = None
+    n_classes: int | None = None
+    task_type: str | None = None
+
+    @classmethod
+    def from_options(cls, options: dict[str, Any]) -> LabelDecl:
+        names = options.pop("class_names", None)
+        if isinstance(names, str):
+            names = [s.strip() for s in names.split(",") if s.strip()]
+        n = options.pop("n_classes", None)
+        task = options.pop("task_type", None)
+        if task is not None and task not in TASK_TYPES:
+            raise InputError(f"task_type '{task}' is not known: expected one of {TASK_TYPES}")
+        return cls(tuple(names) if names else None, None if n is None else int(n), task)
+
+
+@dataclass
+class LabelInfo:
+    """Resolved label metadata of a source."""
+
+    task_type: str
+    class_names: list[str]
+    label_width: int
+
+    @property
+    def n_classes(self) -> int:
+        return len(self.class_names)
+
+
+def resolve_labels(decl: LabelDecl, parts: dict[str, tuple[str, np.ndarray]]) -> LabelInfo:
+    """Check label values against the declared classes (or infer them); ``parts`` maps split
+    to (where, int64 labels (n, L))."""
+    widths = {y.shape[1] for _, y in parts.values()}
+    if len(widths) > 1:
+        raise InputError(
+            "labels have different widths across splits "
+            f"({', '.join(f'{w}: {y.shape[1]}' for w, y in parts.values())}): expected one width"
+        )
+    width = widths.pop() if widths else 1
+    multi = width > 1 or (decl.task_type or "").startswith("multi-label")
+    if multi:
+        n = width
+        if decl.class_names is not None and len(decl.class_names) != n:
+            raise InputError(f"class_names has {len(decl.class_names)} names: expected {n} "
+                             "(one per multi-label column)")
+        for where, y in parts.values():
+            bad = (y != 0) & (y != 1)
+            if bad.any():
+                r, c = np.argwhere(bad)[0]
+                raise InputError(f"{where} has value {y[r, c]} at row {r}, column {c}: expected "
+                                 "0 or 1 (multi-label)")
+        names = list(decl.class_names or [str(i) for i in range(n)])
+        return LabelInfo("multi-label, binary-class", names, n)
+    n_declared = len(decl.class_names) if decl.class_names is not None else decl.n_classes
+    for where, y in parts.values():
+        if y.size and y.min() < 0:
+            raise InputError(f"{where} has label {y.min()}: expected class indices >= 0")
+        if n_declared is not None and y.size and y.max() >= n_declared:
+            row = int(np.argmax(y[:, 0] >= n_declared))
+            raise InputError(
+                f"{where} has label {y.max()} (row {row}) out of the declared class range: "
+                f"expected 0 .. {n_declared - 1}"
+            )
+    if n_declared is None:
+        n_declared = max((int(y.max()) + 1 for _, y in parts.values() if y.size), default=1)
+    names = list(decl.class_names or [str(i) for i in range(n_declared)])
+    task = decl.task_type or ("binary-class" if n_declared == 2 else "multi-class")
+    return LabelInfo(task, names, 1)
+
+
+@dataclass
+class Source(ABC):
+    """A dataset to ingest. Subclasses set the fields in ``__init__`` after validating input."""
+
+    path: Path
+    kind: str = ""
+    height: int = 0
+    width: int = 0
+    channels: int = 0
+    split_sizes: dict[str, int] = field(default_factory=dict)
+    label_info: LabelInfo = field(default_factory=lambda: LabelInfo("multi-class", [], 1))
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_images(self) -> int:
+        return sum(self.split_sizes.values())
+
+    def split_offsets(self) -> dict[str, int]:
+        """First store row of each split (rows are ordered train, val, test)."""
+        out, pos = {}, 0
+        for s in SPLITS:
+            out[s] = pos
+            pos += self.split_sizes.get(s, 0)
+        return out
+
+    @abstractmethod
+    def labels(self) -> np.ndarray:
+        """int32 (N, L) labels in store order (train rows, then val, then test)."""
+
+    @abstractmethod
+    def iter_rows(self, batch_rows: int) -> Iterator[tuple[int, np.ndarray]]:
+        """(first store row, uint8 (b, H, W, C)) batches; together they cover every row once."""
+
+    def describe(self) -> dict[str, Any]:
+        """What goes into ``meta["source"]``."""
+        return {"kind": self.kind, "path": str(self.path), **self.extra}
+
+    def check_nonempty(self) -> None:
+        if self.n_images == 0:
+            raise InputError(f"{self.kind} source '{self.path}' has zero images: expected at "
+                             "least one")
+
+
+def take_options(kind: str, options: dict[str, Any], allowed: Sequence[str]) -> None:
+    """Refuse options that ``kind`` does not know, listing the ones it does."""
+    unknown = sorted(k for k, v in options.items() if k not in allowed and v is not None)
+    if unknown:
+        raise InputError(
+            f"option(s) {', '.join(unknown)} do not apply to a {kind} source: expected "
+            f"{', '.join(allowed) or 'none'}"
+        )

@@ -1,0 +1,223 @@
+"""Image-folder sources: one sub-folder per class; PNG, JPEG or TIFF; 8/16-bit; gray or RGB.
+
+Layouts::
+
+    root/<class>/<image>                 splits assigned by a hash of the file's path
+    root/{train,val,test}/<class>/<image> splits given by the folders
+
+Without split folders each file goes to train/val/test by a hash of its path relative to
+``root`` (``val_fraction``, ``test_fraction``; default 0.1 each), so adding files never moves
+the existing ones to another split. Files under a class folder may sit in nested folders;
+hidden files (``.name``) are skipped. Every image must have the size of the first one. A
+dataset is RGB if any of its images is colour (gray ones are then replicated to 3 channels).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import tifffile
+from PIL import Image, UnidentifiedImageError
+
+from pomlia_hpc.data.sources.base import LabelDecl, LabelInfo, PixelConverter, Source
+from pomlia_hpc.data.store import SPLITS
+from pomlia_hpc.errors import InputError
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+_GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
+_COLOR_MODES = {"RGB", "RGBA", "P", "PA", "CMYK", "YCbCr", "LAB", "HSV", "RGBX"}
+
+
+@dataclass(frozen=True)
+class _Header:
+    height: int
+    width: int
+    channels: int  # 1 or 3 after conversion
+    depth: str  # "uint8", "uint16" or "float32"
+
+
+def _is_tiff(path: Path) -> bool:
+    return path.suffix.lower() in (".tif", ".tiff")
+
+
+def _unreadable(path: Path, exc: Exception) -> InputError:
+    return InputError(
+        f"image file '{path}' cannot be read ({type(exc).__name__}: {exc}): expected a valid "
+        "PNG, JPEG or TIFF image"
+    )
+
+
+def _tiff_header(path: Path) -> _Header:
+    with tifffile.TiffFile(path) as tf:
+        page = tf.pages[0]
+        shape, dtype = tuple(page.shape), np.dtype(page.dtype)
+    if len(shape) == 2 or (len(shape) == 3 and shape[2] == 1):
+        ch = 1
+    elif len(shape) == 3 and shape[2] in (3, 4):
+        ch = 3
+    else:
+        raise InputError(f"image file '{path}' has shape {shape}: expected (H, W), (H, W, 3) "
+                         "or (H, W, 4)")
+    depth = {np.dtype(np.uint8): "uint8", np.dtype(np.uint16): "uint16"}.get(dtype)
+    if depth is None and np.issubdtype(dtype, np.floating):
+        depth = "float32"
+    if depth is None:
+        raise InputError(f"image file '{path}' has pixel type {dtype}: expected 8- or 16-bit "
+                         "unsigned integers or floats in [0, 1]")
+    return _Header(int(shape[0]), int(shape[1]), ch, depth)
+
+
+def _pil_header(path: Path) -> _Header:
+    with Image.open(path) as im:
+        mode, (w, h) = im.mode, im.size
+    if mode in _GRAY_MODES:
+        ch = 1
+    elif mode in _COLOR_MODES:
+        ch = 3
+    else:
+        raise InputError(f"image file '{path}' has PIL mode {mode}: expected gray or RGB")
+    depth = "uint16" if mode.startswith("I") else ("float32" if mode == "F" else "uint8")
+    return _Header(h, w, ch, depth)
+
+
+def read_header(path: Path) -> _Header:
+    """Size, channels and bit depth of one image file, without decoding its pixels."""
+    try:
+        return _tiff_header(path) if _is_tiff(path) else _pil_header(path)
+    except InputError:
+        raise
+    except (UnidentifiedImageError, OSError, ValueError, tifffile.TiffFileError) as exc:
+        raise _unreadable(path, exc) from exc
+
+
+def read_image(path: Path, channels: int, depth: str) -> np.ndarray:
+    """Pixels of one file as (H, W, channels) in dtype ``depth``."""
+    try:
+        if _is_tiff(path):
+            x = np.asarray(tifffile.imread(path))
+        else:
+            with Image.open(path) as im:
+                if depth == "uint8":
+                    im2 = im.convert("L" if channels == 1 and im.mode in _GRAY_MODES else "RGB")
+                    x = np.asarray(im2)
+                else:
+                    x = np.asarray(im)
+    except (UnidentifiedImageError, OSError, ValueError, tifffile.TiffFileError) as exc:
+        raise _unreadable(path, exc) from exc
+    if x.ndim == 3 and x.shape[2] == 4:
+        x = x[..., :3]  # drop alpha
+    if x.ndim == 3 and x.shape[2] == 1:
+        x = x[..., 0]
+    if depth == "uint16" and x.dtype != np.uint16:
+        if x.size and (x.min() < 0 or x.max() > 65535):
+            raise InputError(f"image file '{path}' has values outside 0..65535: expected 16-bit")
+        x = x.astype(np.uint16)
+    if x.ndim == 2:
+        x = np.repeat(x[..., None], channels, axis=2)
+    return x.astype(depth, copy=False)
+
+
+def _split_of(rel: str, val_fraction: float, test_fraction: float) -> str:
+    u = int.from_bytes(hashlib.sha256(rel.encode()).digest()[:8], "big") / 2.0**64
+    if u < test_fraction:
+        return "test"
+    if u < test_fraction + val_fraction:
+        return "val"
+    return "train"
+
+
+def _visible(path: Path) -> list[Path]:
+    return sorted(p for p in path.iterdir() if not p.name.startswith("."))
+
+
+class FolderSource(Source):
+    """Class sub-folders of images (see the module docstring for layouts and rules)."""
+
+    def __init__(
+        self,
+        path: Path,
+        decl: LabelDecl | None = None,
+        *,
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.1,
+    ) -> None:
+        super().__init__(path=path, kind="folder")
+        if not val_fraction >= 0 and test_fraction >= 0 and val_fraction + test_fraction < 1:
+            raise InputError(f"val_fraction {val_fraction} + test_fraction {test_fraction}: "
+                             "expected fractions >= 0 that sum to less than 1")
+        entries = _visible(path)
+        split_dirs = {p.name for p in entries if p.is_dir()} & set(SPLITS)
+        by_split = bool(entries) and all(p.is_dir() and p.name in SPLITS for p in entries)
+        roots = {p.name: p for p in entries} if by_split else {"": path}
+        files: dict[str, list[tuple[Path, str]]] = {s: [] for s in SPLITS}
+        classes: set[str] = set()
+        for split_name, root in roots.items():
+            for cdir in _visible(root):
+                if not cdir.is_dir():
+                    hint = " (or train/val/test folders)" if split_dirs else ""
+                    raise InputError(f"'{cdir}' is a file in the dataset folder: expected one "
+                                     f"sub-folder per class{hint}")
+                classes.add(cdir.name)
+                for f in sorted(cdir.rglob("*")):
+                    hidden = any(p.startswith(".") for p in f.relative_to(cdir).parts)
+                    if f.is_dir() or hidden:
+                        continue
+                    if f.suffix.lower() not in IMAGE_SUFFIXES:
+                        raise InputError(f"file '{f}' is not an image: expected one of "
+                                         f"{', '.join(IMAGE_SUFFIXES)}")
+                    rel = f.relative_to(path).as_posix()
+                    split = split_name or _split_of(rel, val_fraction, test_fraction)
+                    files[split].append((f, cdir.name))
+        self.class_names = sorted(classes)
+        self._files = [item for s in SPLITS for item in files[s]]
+        self.split_sizes = {s: len(files[s]) for s in SPLITS if files[s]}
+        if not self._files:
+            raise InputError(f"image folder '{path}' has zero images: expected class sub-folders "
+                             f"holding {', '.join(IMAGE_SUFFIXES)} files")
+        self._scan()
+        n = len(self.class_names)
+        decl = decl or LabelDecl()
+        task = decl.task_type or ("binary-class" if n == 2 else "multi-class")
+        self.label_info = LabelInfo(task, self.class_names, 1)
+        self.extra = {"layout": "split folders" if by_split else "class folders",
+                      "val_fraction": None if by_split else val_fraction,
+                      "test_fraction": None if by_split else test_fraction}
+
+    def _scan(self) -> None:
+        """First pass over headers: one size, one bit depth; any colour image makes it RGB."""
+        first_path, first = self._files[0][0], read_header(self._files[0][0])
+        channels = first.channels
+        for f, _ in self._files[1:]:
+            h = read_header(f)
+            if (h.height, h.width) != (first.height, first.width):
+                raise InputError(
+                    f"image file '{f}' is {h.height}x{h.width} px: expected "
+                    f"{first.height}x{first.width} like '{first_path}' (all images of a "
+                    "dataset must have one size)"
+                )
+            if h.depth != first.depth:
+                raise InputError(f"image file '{f}' has pixel type {h.depth}: expected "
+                                 f"{first.depth} like '{first_path}'")
+            channels = max(channels, h.channels)
+        self.height, self.width, self.channels = first.height, first.width, channels
+        self._depth = first.depth
+        self._convert = PixelConverter(f"image folder '{self.path}'", np.dtype(first.depth))
+        if self._convert.needs_max:
+            for f, _ in self._files:
+                self._convert.observe(read_image(f, channels, self._depth))
+            self.extra["intensity_scaling"] = self._convert.scaling()
+
+    def labels(self) -> np.ndarray:
+        index = {c: i for i, c in enumerate(self.class_names)}
+        return np.asarray([[index[c]] for _, c in self._files], np.int32).reshape(-1, 1)
+
+    def iter_rows(self, batch_rows: int) -> Iterator[tuple[int, np.ndarray]]:
+        for lo in range(0, len(self._files), batch_rows):
+            chunk = self._files[lo : lo + batch_rows]
+            raw = np.stack([read_image(f, self.channels, self._depth) for f, _ in chunk])
+            self._convert.where = f"image folder '{self.path}' (file '{chunk[0][0]}' onwards)"
+            yield lo, self._convert(raw)

@@ -1,0 +1,146 @@
+"""HDF5 sources: image and label datasets named by their paths inside the file.
+
+Options: ``images`` (path of an (N, H, W) or (N, H, W, C) dataset), ``labels`` (path of (N,) or
+(N, L)), optional ``split`` (path of an (N,) dataset holding 0/1/2 or the strings
+"train"/"val"/"test"). Without ``split``, row ``i`` goes to a split by a hash of ``i``
+(``val_fraction``, ``test_fraction``, default 0.1 each). Images are read in batches (one pass),
+so the file can be larger than memory.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+
+from pomlia_hpc.data.sources.base import (
+    LabelDecl,
+    PixelConverter,
+    Source,
+    image_shape,
+    normalize_labels,
+    resolve_labels,
+)
+from pomlia_hpc.data.store import SPLIT_CODE, SPLITS
+from pomlia_hpc.errors import InputError
+
+
+def _dataset_paths(f: h5py.File) -> list[str]:
+    out: list[str] = []
+    f.visititems(lambda name, obj: out.append(name) if isinstance(obj, h5py.Dataset) else None)
+    return out
+
+
+def _hash_splits(n: int, val_fraction: float, test_fraction: float) -> np.ndarray:
+    """Deterministic split codes for rows 0..n-1 (independent of n, so appending keeps them)."""
+    idx = np.arange(n, dtype=np.uint64)
+    # splitmix64: a good 64-bit mix, vectorised; uint64 arithmetic wraps as intended.
+    with np.errstate(over="ignore"):
+        z = idx + np.uint64(0x9E3779B97F4A7C15)
+        z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        z = z ^ (z >> np.uint64(31))
+    u = (z >> np.uint64(11)).astype(np.float64) / 2.0**53
+    return np.where(u < test_fraction, 2, np.where(u < test_fraction + val_fraction, 1, 0)).astype(
+        np.int8
+    )
+
+
+class Hdf5Source(Source):
+    """Images, labels (and optionally split codes) from datasets inside one HDF5 file."""
+
+    def __init__(
+        self,
+        path: Path,
+        decl: LabelDecl | None = None,
+        *,
+        images: str | None = None,
+        labels: str | None = None,
+        split: str | None = None,
+        val_fraction: float = 0.1,
+        test_fraction: float = 0.1,
+    ) -> None:
+        super().__init__(path=path, kind="hdf5")
+        if not images or not labels:
+            raise InputError(f"HDF5 file '{path}': expected the options images=PATH and "
+                             "labels=PATH (paths of the datasets inside the file)")
+        try:
+            self._file = h5py.File(path, "r")
+        except OSError as exc:
+            raise InputError(f"HDF5 file '{path}' cannot be opened ({exc}): expected an HDF5 "
+                             "file") from exc
+        self._img = self._dataset(images, "images")
+        lab = self._dataset(labels, "labels")
+        where = f"HDF5 file '{path}', dataset '{images}'"
+        self.height, self.width, self.channels = image_shape(where, self._img.shape)
+        self._convert = PixelConverter(where, self._img.dtype)
+        n = int(self._img.shape[0])
+        if n == 0:
+            raise InputError(f"{where} has zero images: expected at least one")
+        y = normalize_labels(f"HDF5 file '{path}', dataset '{labels}'", np.asarray(lab[()]), n)
+        if split:
+            codes = self._split_codes(split, n)
+        else:
+            codes = _hash_splits(n, val_fraction, test_fraction)
+        self._codes = codes
+        self._order = np.argsort(codes, kind="stable")
+        self.split_sizes = {s: int((codes == i).sum()) for i, s in enumerate(SPLITS)}
+        self._y = y[self._order]
+        parts = {s: (f"HDF5 file '{path}', dataset '{labels}'", self._y[codes[self._order] == i])
+                 for i, s in enumerate(SPLITS)}
+        self.label_info = resolve_labels(decl or LabelDecl(), parts)
+        self.extra = {"images": images, "labels": labels, "split": split}
+        if self._convert.needs_max:
+            for lo in range(0, n, 4096):
+                self._convert.observe(np.asarray(self._img[lo : lo + 4096]))
+            self.extra["intensity_scaling"] = self._convert.scaling()
+
+    def _dataset(self, name: str, option: str) -> h5py.Dataset:
+        obj = self._file.get(name)
+        if not isinstance(obj, h5py.Dataset):
+            found = ", ".join(_dataset_paths(self._file)) or "none"
+            raise InputError(f"HDF5 file '{self.path}' has no dataset at path '{name}' (option "
+                             f"{option}): expected one of: {found}")
+        return obj
+
+    def _split_codes(self, name: str, n: int) -> np.ndarray:
+        raw = np.asarray(self._dataset(name, "split")[()])
+        where = f"HDF5 file '{self.path}', dataset '{name}'"
+        if raw.shape != (n,):
+            raise InputError(f"{where} has shape {raw.shape}: expected ({n},), one code per image")
+        if raw.dtype.kind in "SUO":
+            text = np.asarray([v.decode() if isinstance(v, bytes) else str(v) for v in raw])
+            bad = ~np.isin(text, SPLITS)
+            if bad.any():
+                raise InputError(f"{where} has value '{text[bad][0]}': expected train, val or test")
+            return np.asarray([SPLIT_CODE[t] for t in text], np.int8)
+        if not np.issubdtype(raw.dtype, np.integer) or raw.min() < 0 or raw.max() > 2:
+            raise InputError(f"{where} has values outside 0..2: expected 0 (train), 1 (val), "
+                             "2 (test)")
+        return raw.astype(np.int8)
+
+    def labels(self) -> np.ndarray:
+        return self._y.astype(np.int32)
+
+    def iter_rows(self, batch_rows: int) -> Iterator[tuple[int, np.ndarray]]:
+        """One pass in file order; rows are scattered to their split's range (runs per split)."""
+        n = int(self._img.shape[0])
+        offsets = self.split_offsets()
+        cursor = {i: offsets[s] for i, s in enumerate(SPLITS)}
+        for lo in range(0, n, batch_rows):
+            raw = np.asarray(self._img[lo : lo + batch_rows])
+            x = self._convert(raw, first_row=lo)
+            codes = self._codes[lo : lo + len(x)]
+            for code in np.unique(codes):
+                sel = x[codes == code]
+                yield cursor[int(code)], sel
+                cursor[int(code)] += len(sel)
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), **self.extra}
+
+    def close(self) -> None:
+        self._file.close()

@@ -1,0 +1,138 @@
+"""npz sources: any npz with MedMNIST's keys, and MedMNIST itself (by flag and size)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pomlia_hpc.data.medmnist_info import FlagInfo
+from pomlia_hpc.data.npzstream import NpyMember, NpzFile
+from pomlia_hpc.data.sources.base import (
+    LabelDecl,
+    PixelConverter,
+    Source,
+    image_shape,
+    normalize_labels,
+    resolve_labels,
+)
+from pomlia_hpc.data.store import SPLITS
+from pomlia_hpc.errors import InputError
+
+
+class NpzSource(Source):
+    """An npz with ``{split}_images`` / ``{split}_labels`` for split in train, val, test.
+
+    ``train_*`` is required; ``val_*`` and ``test_*`` are optional but come in pairs. With
+    ``flag`` (a MedMNIST :class:`FlagInfo`) all six keys are required and the shapes, channels
+    and labels are checked against MedMNIST's INFO.
+    """
+
+    def __init__(
+        self,
+        path: Path,
+        decl: LabelDecl | None = None,
+        *,
+        flag: FlagInfo | None = None,
+        size: int | None = None,
+    ) -> None:
+        super().__init__(path=path, kind="medmnist" if flag else "npz")
+        self._npz = NpzFile(path)
+        self._members: dict[str, NpyMember] = {}
+        self._convert: dict[str, PixelConverter] = {}
+        decl = decl or LabelDecl()
+        if flag is not None:
+            decl = LabelDecl(flag.class_names, None, flag.task_type)
+            self.extra = {"flag": flag.flag, "size": size}
+        keys = set(self._npz.keys)
+        required = {"train"} | (set(SPLITS) if flag else set())
+        for split in SPLITS:
+            has = {f"{split}_images", f"{split}_labels"} & keys
+            if split in required or has:
+                self._npz.require(f"{split}_images")
+                self._npz.require(f"{split}_labels")
+                self._members[split] = self._npz.member(f"{split}_images")
+        shapes = {}
+        for split, m in self._members.items():
+            where = self._where(f"{split}_images")
+            shapes[split] = image_shape(where, m.shape)
+            self._convert[split] = PixelConverter(where, m.dtype)
+            if m.n_rows == 0 and split == "train":
+                raise InputError(f"{where} has zero images: expected at least one")
+            self.split_sizes[split] = m.n_rows
+        if len(set(shapes.values())) > 1:
+            raise InputError(
+                f"npz file '{path}' has images of different sizes across splits "
+                f"({', '.join(f'{s}: {v}' for s, v in shapes.items())}): expected one (H, W, C)"
+            )
+        self.height, self.width, self.channels = shapes["train"]
+        parts = {
+            split: (
+                self._where(f"{split}_labels"),
+                normalize_labels(
+                    self._where(f"{split}_labels"),
+                    self._npz.load(f"{split}_labels"),
+                    self.split_sizes[split],
+                ),
+            )
+            for split in self._members
+        }
+        self._labels = parts
+        self.label_info = resolve_labels(decl, parts)
+        if flag is not None:
+            self._check_flag(flag, size)
+        self.check_nonempty()
+        self._first_pass()
+
+    def _where(self, key: str) -> str:
+        return f"npz file '{self.path}', key '{key}'"
+
+    def _check_flag(self, flag: FlagInfo, size: int | None) -> None:
+        where = self._where("train_images")
+        if self.channels != flag.channels:
+            raise InputError(f"{where} has {self.channels} channel(s): expected "
+                             f"{flag.channels} for MedMNIST '{flag.flag}'")
+        if size is not None and (self.height, self.width) != (size, size):
+            raise InputError(f"{where} has images of {self.height}x{self.width} px: expected "
+                             f"{size}x{size} for '{flag.file_name(size)}'")
+        if self.label_info.label_width != flag.label_width:
+            raise InputError(f"{self._where('train_labels')} has {self.label_info.label_width} "
+                             f"label column(s): expected {flag.label_width}")
+
+    def _first_pass(self) -> None:
+        """uint16 images: one pass to find the dataset-wide max (see the pixel rules)."""
+        if not any(c.needs_max for c in self._convert.values()):
+            return
+        top = 0.0
+        for split, m in self._members.items():
+            conv = self._convert[split]
+            for batch in m.iter_rows(4096):
+                conv.observe(batch)
+            top = max(top, conv.scale_max or 0.0)
+        for conv in self._convert.values():
+            conv.scale_max = top
+        self.extra["intensity_scaling"] = self._convert["train"].scaling()
+
+    def labels(self) -> np.ndarray:
+        return np.concatenate([self._labels[s][1] for s in self._members]).astype(np.int32)
+
+    def iter_rows(self, batch_rows: int) -> Iterator[tuple[int, np.ndarray]]:
+        offsets = self.split_offsets()
+        for split, m in self._members.items():
+            pos = offsets[split]
+            done = 0
+            for batch in m.iter_rows(batch_rows):
+                yield pos + done, self._convert[split](batch, first_row=done)
+                done += len(batch)
+
+    def describe(self) -> dict[str, Any]:
+        out = super().describe()
+        scaling = self._convert["train"].scaling()
+        if scaling:
+            out["intensity_scaling"] = scaling
+        return out
+
+    def close(self) -> None:
+        self._npz.close()

@@ -1,0 +1,138 @@
+"""Version ids, atomic publishing and registry records of dataset versions.
+
+Version id = the first 16 hex digits of a SHA-256 over the content: a header (shape, task
+type, class names, split sizes, chunk rows), the SHA-256 of every image chunk in order, and
+the SHA-256 of the labels and split arrays. Source paths and ingest times are not content, so
+the same pixels and labels from another file give the same version.
+
+Publishing: a store is written under ``<home>/tmp/`` and renamed to
+``<home>/stores/<name>/<version>.zarr`` (same file system, so the rename is atomic). If that
+path already exists the content is already there: the new copy is dropped. Only then is the
+version recorded in the registry, so an interrupted ingest leaves nothing that ``data list``
+or ``open_version`` can see, and re-running it finishes the job.
+"""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from pomlia_hpc.registry import Dataset, DatasetVersion, Registry
+
+VERSION_CHARS = 16
+
+
+def content_hash(header: dict[str, Any], digests: dict[str, Any]) -> str:
+    """Full SHA-256 hex of a store's content (see the module docstring)."""
+    h = hashlib.sha256()
+    h.update(json.dumps(header, sort_keys=True, separators=(",", ":")).encode())
+    for d in digests["images"]:
+        h.update(bytes.fromhex(d))
+    h.update(bytes.fromhex(digests["labels"]))
+    h.update(bytes.fromhex(digests["split"]))
+    return h.hexdigest()
+
+
+def publish(tmp_store: Path, final: Path) -> bool:
+    """Rename ``tmp_store`` to ``final``; False (and ``tmp_store`` removed) if ``final`` exists."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    if final.exists():
+        shutil.rmtree(tmp_store, ignore_errors=True)
+        return False
+    try:
+        tmp_store.rename(final)
+    except OSError as exc:  # another ingest of the same content won the race
+        if exc.errno in (errno.ENOTEMPTY, errno.EEXIST) and final.exists():
+            shutil.rmtree(tmp_store, ignore_errors=True)
+            return False
+        raise
+    return True
+
+
+@dataclass(frozen=True)
+class VersionRecord:
+    """What :func:`ingest` returns: the registry row's fields plus whether it is new."""
+
+    id: int
+    dataset_id: int
+    name: str
+    version: str
+    parent: str | None
+    store_path: Path
+    n_images: int
+    meta: dict[str, Any]
+    fingerprint: dict[str, Any]
+    created: bool
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}@{self.version}"
+
+
+def latest_version(registry: Registry, name: str) -> DatasetVersion | None:
+    with registry.session() as s:
+        ds = s.scalar(select(Dataset).where(Dataset.name == name))
+        if ds is None:
+            return None
+        return s.scalar(
+            select(DatasetVersion)
+            .where(DatasetVersion.dataset_id == ds.id)
+            .order_by(DatasetVersion.id.desc())
+            .limit(1)
+        )
+
+
+def _to_record(name: str, row: DatasetVersion, parent: str | None, created: bool) -> VersionRecord:
+    return VersionRecord(
+        id=row.id, dataset_id=row.dataset_id, name=name, version=row.version, parent=parent,
+        store_path=Path(row.store_path), n_images=row.n_images, meta=dict(row.meta),
+        fingerprint=dict(row.fingerprint), created=created,
+    )
+
+
+def record_version(
+    registry: Registry,
+    name: str,
+    version: str,
+    store_path: Path,
+    n_images: int,
+    meta: dict[str, Any],
+    fingerprint: dict[str, Any],
+) -> VersionRecord:
+    """Get or create the Dataset and DatasetVersion rows; the parent is the newest version."""
+    with registry.session() as s:
+        ds = s.scalar(select(Dataset).where(Dataset.name == name))
+        if ds is None:
+            ds = Dataset(name=name, description=str(meta.get("description", "")))
+            s.add(ds)
+            s.flush()
+        existing = s.scalar(
+            select(DatasetVersion).where(
+                DatasetVersion.dataset_id == ds.id, DatasetVersion.version == version
+            )
+        )
+        if existing is not None:
+            parent_row = s.get(DatasetVersion, existing.parent_id) if existing.parent_id else None
+            return _to_record(name, existing, parent_row.version if parent_row else None, False)
+        parent = s.scalar(
+            select(DatasetVersion)
+            .where(DatasetVersion.dataset_id == ds.id)
+            .order_by(DatasetVersion.id.desc())
+            .limit(1)
+        )
+        row = DatasetVersion(
+            dataset_id=ds.id, version=version, parent_id=parent.id if parent else None,
+            store_path=str(store_path), n_images=n_images,
+            meta={**meta, "parent": parent.version if parent else None},
+            fingerprint=fingerprint,
+        )
+        s.add(row)
+        s.flush()
+        return _to_record(name, row, parent.version if parent else None, True)
