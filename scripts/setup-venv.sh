@@ -22,7 +22,10 @@ if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$want" ]; then
 fi
 
 export PATH="$PWD/$VENV/bin:$PATH"
-pip() { "$VENV/bin/python" -m pip --disable-pip-version-check "$@"; }
+# This machine's pip config lists local wheel folders that may be absent; drop that noise only.
+pip() {
+  "$VENV/bin/python" -m pip --disable-pip-version-check "$@" 2>&1 | { grep -v "^WARNING: Location 'file:" || true; }
+}
 echo "[setup] installing the pinned stack (first time: ~4 minutes, ~6 GB)"
 pip install -q --upgrade pip
 # pyrfr (SMAC's random forest) builds from source and needs swig on PATH; pip's isolated build
