@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -56,9 +57,35 @@ ProgressFn = Callable[[str, int, int], None]
 STORE_FORMAT = 1
 
 
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def clean_stale_staging(workspace: Workspace) -> list[Path]:
+    """Remove staging folders of ingests on this host whose process is gone (killed ingests).
+
+    Staging names are ``ingest-<name>~<host>~<pid>~<random>``; folders of other hosts (a shared
+    file system) are left alone, as their process may still run."""
+    removed = []
+    host = socket.gethostname().replace("~", "-")
+    for path in workspace.tmp.glob("ingest-*~*~*~*") if workspace.tmp.is_dir() else []:
+        _name, h, pid, _rand = path.name.rsplit("~", 3)
+        if h == host and pid.isdigit() and not _pid_alive(int(pid)):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
 def _writable_dirs(workspace: Workspace, name: str) -> Path:
     """Create the store and staging folders; a readable error if they cannot be written."""
-    staging = workspace.tmp / f"ingest-{name}-{uuid.uuid4().hex[:12]}"
+    host = socket.gethostname().replace("~", "-")
+    staging = workspace.tmp / f"ingest-{name}~{host}~{os.getpid()}~{uuid.uuid4().hex[:8]}"
     for path in (workspace.stores / name, staging):
         try:
             path.mkdir(parents=True, exist_ok=True)
@@ -134,6 +161,7 @@ def ingest(
     """
     check_name(name)
     staging = _writable_dirs(workspace, name)
+    clean_stale_staging(workspace)
     src: Source | None = None
     try:
         src = open_source(source, **options)

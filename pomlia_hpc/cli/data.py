@@ -1,0 +1,213 @@
+"""``pomlia data add/synth/list/show/verify``: datasets in, as versioned Zarr stores."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
+from rich.table import Table
+
+from pomlia_hpc.cli.app import STATE, app, console
+from pomlia_hpc.data.medmnist_info import FLAGS_2D
+
+# The library (zarr, dask, h5py) is imported inside the commands, so `pomlia --help` and other
+# command groups do not pay for it.
+
+data_app = typer.Typer(
+    help="Datasets in: MedMNIST, npz, image folders, HDF5 -> versioned Zarr stores.",
+    no_args_is_help=True,
+)
+app.add_typer(data_app, name="data")
+
+
+@contextmanager
+def _progress() -> Iterator[Callable[[str, int, int], None]]:
+    """A rich progress bar per stage, driven by the library's progress callback."""
+    with Progress(
+        "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
+        TimeRemainingColumn(), console=console, transient=True,
+    ) as bar:
+        tasks: dict[str, Any] = {}
+
+        def report(stage: str, advance: int, total: int) -> None:
+            if stage not in tasks:
+                tasks[stage] = bar.add_task(f"{stage:12s}", total=total)
+            bar.advance(tasks[stage], advance)
+
+        yield report
+
+
+@data_app.command("add")
+def add(
+    name: Annotated[str, typer.Argument(help="Dataset name (an identifier, e.g. pathmnist).")],
+    source: Annotated[
+        str | None,
+        typer.Argument(
+            help="An .npz, an HDF5 file, an image folder, or medmnist:FLAG. Default: NAME as a "
+            "MedMNIST flag."
+        ),
+    ] = None,
+    size: Annotated[int | None, typer.Option(help="MedMNIST image size: 28, 64, 128, 224.")] = None,
+    root: Annotated[
+        Path | None,
+        typer.Option(help="Folder holding MedMNIST npz files (env POMLIA_MEDMNIST_ROOT)."),
+    ] = None,
+    download: Annotated[
+        bool | None, typer.Option("--download/--no-download", help="Download missing MedMNIST "
+                                  "files (md5-checked).")
+    ] = None,
+    mirror: Annotated[str | None, typer.Option(help="Base URL replacing MedMNIST's.")] = None,
+    images: Annotated[str | None, typer.Option(help="HDF5: path of the image dataset.")] = None,
+    labels: Annotated[str | None, typer.Option(help="HDF5: path of the label dataset.")] = None,
+    split: Annotated[
+        str | None, typer.Option(help="HDF5: path of the split dataset (0/1/2 or names).")
+    ] = None,
+    class_names: Annotated[
+        str | None, typer.Option(help="Comma-separated class names (npz, HDF5).")
+    ] = None,
+    n_classes: Annotated[int | None, typer.Option(help="Declared number of classes.")] = None,
+    task_type: Annotated[str | None, typer.Option(help="multi-class, binary-class, ...")] = None,
+    val_fraction: Annotated[
+        float | None, typer.Option(help="Folder/HDF5 without splits: share of val (0.1).")
+    ] = None,
+    test_fraction: Annotated[
+        float | None, typer.Option(help="Folder/HDF5 without splits: share of test (0.1).")
+    ] = None,
+) -> None:
+    """Ingest a dataset as a new version (or find the identical existing one)."""
+    from pomlia_hpc.data.api import ingest
+
+    src = source or (f"medmnist:{name}" if name in FLAGS_2D else None)
+    if src is None:
+        raise typer.BadParameter(f"'{name}' is not a MedMNIST flag: give a SOURCE",
+                                 param_hint="SOURCE")
+    opts: dict[str, Any] = dict(
+        size=size, root=root, download=download, mirror=mirror, images=images, labels=labels,
+        split=split, class_names=class_names, n_classes=n_classes, task_type=task_type,
+        val_fraction=val_fraction, test_fraction=test_fraction,
+    )
+    ws = STATE.workspace
+    ws.create()
+    with _progress() as report:
+        rec = ingest(ws, STATE.registry(), name, src, progress=report,
+                     **{k: v for k, v in opts.items() if v is not None})
+    what = "new version" if rec.created else "identical content: existing version"
+    parent = f", parent {rec.parent}" if rec.parent else ""
+    console.print(f"{what} [bold]{rec.ref}[/] ({rec.n_images} images{parent})")
+    console.print(f"store: {rec.store_path}")
+
+
+@data_app.command("synth")
+def synth(
+    out: Annotated[Path, typer.Argument(help="Output folder for the 12 npz files.")],
+    scale: Annotated[float, typer.Option(help="Split sizes = MedMNIST's times this.")] = 0.01,
+    seed: Annotated[int, typer.Option(help="Random seed (output is deterministic).")] = 0,
+    size: Annotated[int, typer.Option(help="Image size: 28, 64, 128 or 224.")] = 28,
+) -> None:
+    """Write 12 MedMNIST look-alike npz files (exact layouts, synthetic pixels)."""
+    from pomlia_hpc.data.synth import STYLES, write_lookalikes
+
+    with Progress(console=console, transient=True) as bar:
+        task = bar.add_task("look-alikes", total=len(FLAGS_2D))
+        paths = write_lookalikes(out, scale=scale, seed=seed, size=size,
+                                 progress=lambda _f: bar.advance(task))
+    table = Table(title=f"look-alikes in {out} (scale {scale}, seed {seed}, {size} px)")
+    for col in ("file", "MiB", "style"):
+        table.add_column(col, overflow="fold")
+    for p, flag in zip(paths, FLAGS_2D, strict=True):
+        table.add_row(p.name, f"{p.stat().st_size / 2**20:.2f}", STYLES[flag])
+    console.print(table)
+
+
+@data_app.command("list")
+def list_cmd(
+    name: Annotated[str | None, typer.Argument(help="Only versions of this dataset.")] = None,
+) -> None:
+    """List registered datasets and their versions."""
+    from pomlia_hpc.data.api import list_versions
+
+    rows = list_versions(STATE.registry(), name)
+    table = Table(title=f"dataset versions ({len(rows)})")
+    for col in ("name", "version", "parent", "images", "task", "classes", "size", "ch",
+                "created"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        table.add_row(r.name, r.version, r.parent or "", str(r.n_images), r.task_type,
+                      str(r.n_classes), f"{r.image_size[0]}x{r.image_size[1]}", str(r.channels),
+                      f"{r.created_at:%Y-%m-%d %H:%M}")
+    console.print(table)
+
+
+def _render(ref: str, parent: str | None, meta: dict[str, Any], fp: dict[str, Any]) -> None:
+    table = Table(title=ref, show_header=False)
+    table.add_column("field", style="bold")
+    table.add_column("value", overflow="fold")
+    sizes = meta.get("split_sizes", {})
+    rows = [
+        ("parent", parent or "-"),
+        ("task", str(meta.get("task_type"))),
+        ("classes", f"{meta.get('n_classes')}: {', '.join(meta.get('class_names', []))}"),
+        ("images", f"{meta.get('n_images')} ({', '.join(f'{k} {v}' for k, v in sizes.items())})"),
+        ("image size", f"{meta.get('height')}x{meta.get('width')} px, {meta.get('channels')} ch"),
+        ("chunk rows", str(meta.get("chunk_rows"))),
+        ("source", json.dumps(meta.get("source", {}))),
+        ("ingested", str(meta.get("ingested_at"))),
+    ]
+    for k, v in rows:
+        table.add_row(k, v)
+    console.print(table)
+    console.print("[bold]explicit fingerprint[/]")
+    console.print_json(json.dumps(fp))
+
+
+@data_app.command("show")
+def show_cmd(
+    ref: Annotated[str, typer.Argument(help="NAME (newest version) or NAME@VERSION.")],
+    grid: Annotated[
+        Path | None, typer.Option(help="Write a sample grid PNG (rows = classes) here.")
+    ] = None,
+    per_class: Annotated[int, typer.Option(help="Images per class in the grid.")] = 8,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the record as JSON.")] = False,
+) -> None:
+    """Show a version: metadata and its explicit fingerprint."""
+    from pomlia_hpc.data.api import show
+
+    rec = show(STATE.registry(), ref)
+    meta = {k: v for k, v in rec.meta.items() if k != "chunk_hashes"}
+    if as_json:
+        console.print_json(json.dumps({"ref": rec.ref, "parent": rec.parent,
+                                       "store_path": str(rec.store_path), "meta": meta,
+                                       "fingerprint": rec.fingerprint}))
+    else:
+        _render(rec.ref, rec.parent, meta, rec.fingerprint)
+    if grid is not None:
+        from pomlia_hpc.data.grid import sample_grid
+        from pomlia_hpc.data.store import open_store
+
+        path = sample_grid(open_store(rec.store_path), grid, per_class=per_class)
+        console.print(f"sample grid: {path}")
+
+
+@data_app.command("verify")
+def verify_cmd(
+    ref: Annotated[str | None, typer.Argument(help="NAME or NAME@VERSION; default all.")] = None,
+) -> None:
+    """Recompute chunk hashes and report damaged chunks (exit 1 if any version is damaged)."""
+    from pomlia_hpc.data.api import verify
+
+    with _progress() as report:
+        results = verify(STATE.registry(), ref, progress=report)
+    table = Table(title=f"verified {len(results)} version(s)")
+    for col in ("version", "status", "damaged chunks", "problems"):
+        table.add_column(col, overflow="fold")
+    for r in results:
+        table.add_row(r.ref, "[green]ok[/]" if r.ok else "[red]DAMAGED[/]",
+                      ", ".join(map(str, r.damaged_chunks)), "; ".join(r.problems))
+    console.print(table)
+    if not all(r.ok for r in results):
+        raise typer.Exit(1)
