@@ -92,7 +92,6 @@ def add(
         val_fraction=val_fraction, test_fraction=test_fraction,
     )
     ws = STATE.workspace
-    ws.create()
     with _progress() as report:
         rec = ingest(ws, STATE.registry(), name, src, progress=report,
                      **{k: v for k, v in opts.items() if v is not None})

@@ -183,9 +183,9 @@ class FolderSource(Source):
         decl = decl or LabelDecl()
         task = decl.task_type or ("binary-class" if n == 2 else "multi-class")
         self.label_info = LabelInfo(task, self.class_names, 1)
-        self.extra = {"layout": "split folders" if by_split else "class folders",
-                      "val_fraction": None if by_split else val_fraction,
-                      "test_fraction": None if by_split else test_fraction}
+        self.extra.update({"layout": "split folders" if by_split else "class folders",
+                           "val_fraction": None if by_split else val_fraction,
+                           "test_fraction": None if by_split else test_fraction})
 
     def _scan(self) -> None:
         """First pass over headers: one size, one bit depth; any colour image makes it RGB."""

@@ -1,0 +1,245 @@
+"""Every bad-input case of `pomlia data add`: one message naming the file, the field and what
+was expected; exit 2; no version registered; nothing half-written visible."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import zipfile
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from data_support import nothing_visible, open_registry, tiny_arrays, write_npz
+from PIL import Image
+
+from pomlia_hpc.cli import main
+from pomlia_hpc.cli.app import err_console
+from pomlia_hpc.data.api import list_versions
+from pomlia_hpc.workspace import Workspace
+
+
+@pytest.fixture(autouse=True)
+def wide_errors() -> Iterator[None]:
+    old = err_console.width
+    err_console.width = 500  # one message = one line, whatever the terminal
+    yield
+    err_console.width = old
+
+
+Run = Callable[..., str]
+
+
+@pytest.fixture
+def add(workspace: Workspace, monkeypatch: pytest.MonkeyPatch,
+        capsys: pytest.CaptureFixture[str]) -> Run:
+    """Run `pomlia data add NAME SOURCE [options]` in-process; return the error line, after
+    checking exit 2, nothing registered and nothing visible."""
+
+    def run(source: object, *opts: str, name: str = "bad", home: Path | None = None) -> str:
+        argv = ["pomlia", "--home", str(home or workspace.home), "data", "add", name,
+                str(source), *opts]
+        monkeypatch.setattr(sys, "argv", argv)
+        with pytest.raises(SystemExit) as ex:
+            main()
+        err = capsys.readouterr().err.strip()
+        assert ex.value.code == 2, err
+        assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err, err
+        if home is None:
+            reg = open_registry(workspace)
+            assert list_versions(reg) == []
+            reg.dispose()
+            assert nothing_visible(workspace, name)
+        return err
+
+    return run
+
+
+def _arrays() -> dict[str, np.ndarray]:
+    return tiny_arrays("bloodmnist", (40, 7, 13))
+
+
+def test_truncated_npz(add: Run, tmp_path: Path) -> None:
+    p = write_npz(tmp_path / "t.npz", _arrays())
+    p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
+    err = add(p)
+    assert str(p) in err and "truncated" in err and "expected a zip archive" in err
+
+
+def test_damaged_npz_member_found_while_streaming(add: Run, tmp_path: Path) -> None:
+    arrays = tiny_arrays("tissuemnist", (9000, 10, 10))  # > 1 chunk: some chunks get written
+    p = write_npz(tmp_path / "d.npz", arrays)
+    with zipfile.ZipFile(p) as z:
+        info = z.getinfo("train_images.npy")
+    data = bytearray(p.read_bytes())
+    start = info.header_offset + 30 + len(info.filename) + len(info.extra)
+    mid = start + info.compress_size * 3 // 4
+    data[mid : mid + 64] = bytes(64)
+    p.write_bytes(bytes(data))
+    err = add(p)
+    assert str(p) in err and "'train_images'" in err and "damaged" in err and "expected" in err
+
+
+def test_missing_key(add: Run, tmp_path: Path) -> None:
+    a = _arrays()
+    del a["val_labels"]
+    err = add(write_npz(tmp_path / "m.npz", a))
+    assert "m.npz" in err and "no key 'val_labels'" in err and "expected MedMNIST's keys" in err
+
+
+def test_image_label_count_mismatch(add: Run, tmp_path: Path) -> None:
+    a = _arrays()
+    a["test_labels"] = a["test_labels"][:-2]
+    err = add(write_npz(tmp_path / "c.npz", a))
+    assert "c.npz" in err and "'test_labels'" in err and "11 labels but the images have 13" in err
+
+
+def test_wrong_image_dtype(add: Run, tmp_path: Path) -> None:
+    a = _arrays()
+    a["train_images"] = a["train_images"].astype(np.int32)
+    err = add(write_npz(tmp_path / "w.npz", a))
+    assert "'train_images' has dtype int32: expected uint8, uint16 or float in [0, 1]" in err
+
+
+def test_wrong_label_dtype(add: Run, tmp_path: Path) -> None:
+    a = _arrays()
+    a["train_labels"] = a["train_labels"].astype(str)
+    err = add(write_npz(tmp_path / "w.npz", a))
+    assert "'train_labels'" in err and "expected integer class labels" in err
+
+
+def test_float_images_with_nan(add: Run, tmp_path: Path) -> None:
+    a = _arrays()
+    x = a["train_images"].astype(np.float32) / 255
+    x[25, 3, 3, 1] = np.nan
+    a["train_images"] = x
+    err = add(write_npz(tmp_path / "n.npz", a))
+    assert "n.npz" in err and "'train_images'" in err and "NaN" in err and "row 25" in err
+    assert "expected finite floats in [0, 1]" in err
+
+
+def test_zero_images(add: Run, tmp_path: Path) -> None:
+    a = {"train_images": np.zeros((0, 28, 28), np.uint8),
+         "train_labels": np.zeros((0, 1), np.uint8)}
+    err = add(write_npz(tmp_path / "z.npz", a))
+    assert "z.npz" in err and "'train_images' has zero images: expected at least one" in err
+
+
+def test_empty_folder_has_zero_images(add: Run, tmp_path: Path) -> None:
+    (tmp_path / "empty" / "cls").mkdir(parents=True)
+    err = add(tmp_path / "empty")
+    assert "zero images" in err and "expected" in err
+
+
+def _folder(root: Path, n: int = 3) -> Path:
+    for cls in ("a", "b"):
+        (root / cls).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            Image.fromarray(np.full((16, 16), 10 * i, np.uint8)).save(root / cls / f"{i}.png")
+    return root
+
+
+def test_mixed_sizes_in_folder(add: Run, tmp_path: Path) -> None:
+    root = _folder(tmp_path / "f")
+    Image.fromarray(np.zeros((20, 16), np.uint8)).save(root / "b" / "odd.png")
+    err = add(root)
+    assert str(root / "b" / "odd.png") in err and "is 20x16 px: expected 16x16" in err
+
+
+def test_unreadable_image_in_folder(add: Run, tmp_path: Path) -> None:
+    root = _folder(tmp_path / "f")
+    (root / "a" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n this is not a PNG")
+    err = add(root)
+    assert str(root / "a" / "broken.png") in err and "cannot be read" in err
+    assert "expected a valid PNG, JPEG or TIFF image" in err
+
+
+def test_truncated_image_found_while_decoding(add: Run, tmp_path: Path) -> None:
+    root = _folder(tmp_path / "f")
+    rng = np.random.default_rng(0)
+    p = root / "b" / "cut.png"
+    Image.fromarray(rng.integers(0, 255, (16, 16), dtype=np.uint8)).save(p)
+    p.write_bytes(p.read_bytes()[:80])  # header intact, pixel data cut
+    err = add(root)
+    assert str(p) in err and "cannot be read" in err
+
+
+def test_non_image_file_in_folder(add: Run, tmp_path: Path) -> None:
+    root = _folder(tmp_path / "f")
+    (root / "a" / "notes.txt").write_text("hello")
+    err = add(root)
+    assert str(root / "a" / "notes.txt") in err and "is not an image: expected one of .png" in err
+
+
+def test_hdf5_path_missing(add: Run, tmp_path: Path) -> None:
+    p = tmp_path / "d.h5"
+    with h5py.File(p, "w") as f:
+        f["imgs"] = np.zeros((4, 8, 8), np.uint8)
+        f["meta/labels"] = np.zeros(4, np.int64)
+    err = add(p, "--images", "imgs", "--labels", "labels")
+    assert str(p) in err and "no dataset at path 'labels' (option labels)" in err
+    assert "expected one of: imgs, meta/labels" in err
+
+
+def test_labels_out_of_declared_range(add: Run, tmp_path: Path) -> None:
+    a = _arrays()
+    a["val_labels"] = a["val_labels"].copy()
+    a["val_labels"][4] = 9
+    err = add(write_npz(tmp_path / "r.npz", a), "--n-classes", "8")
+    assert "r.npz" in err and "'val_labels' has label 9 (row 4) out of the declared class range" \
+        in err and "expected 0 .. 7" in err
+
+
+def test_medmnist_labels_out_of_info_range(add: Run, tmp_path: Path) -> None:
+    a = tiny_arrays("breastmnist", (10, 2, 2))
+    a["train_labels"] = np.full_like(a["train_labels"], 2)
+    root = tmp_path / "root"
+    root.mkdir()
+    write_npz(root / "breastmnist.npz", a)
+    err = add("medmnist:breastmnist", "--root", str(root))
+    assert "breastmnist.npz" in err and "'train_labels' has label 2" in err
+    assert "expected 0 .. 1" in err
+
+
+@pytest.mark.parametrize("name", ["1abc", "has-dash", "has space", "a/b", ""])
+def test_name_not_an_identifier(add: Run, tmp_path: Path, name: str) -> None:
+    err = add(write_npz(tmp_path / "ok.npz", _arrays()), name=name)
+    assert f"dataset name '{name}' is not valid: expected an identifier" in err
+
+
+def test_store_path_not_writable(add: Run, tmp_path: Path) -> None:
+    home = tmp_path / "ws"
+    home.mkdir()
+    (home / "stores").write_text("a file where the stores folder should be")
+    err = add(write_npz(tmp_path / "ok.npz", _arrays()), home=home)
+    assert f"store path '{home / 'stores' / 'bad'}' is not writable" in err
+    assert "expected a writable directory" in err
+    assert not (home / "tmp").exists() or not list((home / "tmp").iterdir())
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root ignores file permissions")
+def test_store_path_read_only(add: Run, tmp_path: Path, workspace: Workspace) -> None:
+    workspace.stores.chmod(0o500)
+    try:
+        err = add(write_npz(tmp_path / "ok.npz", _arrays()))
+    finally:
+        workspace.stores.chmod(0o700)
+    assert "is not writable" in err
+
+
+def test_exit_code_and_message_from_the_real_command(tmp_path: Path) -> None:
+    """The console script itself (not just in-process): exit 2, one 'error:' message."""
+    a = _arrays()
+    del a["train_images"]
+    p = write_npz(tmp_path / "x.npz", a)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pomlia_hpc", "--home", str(tmp_path / "ws"), "data", "add",
+         "x", str(p)], capture_output=True, text=True, timeout=120, check=False,
+        env={**os.environ, "COLUMNS": "400"},
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.startswith("error: ") and "no key 'train_images'" in proc.stderr
+    assert "Traceback" not in proc.stderr
