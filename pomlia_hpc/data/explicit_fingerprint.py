@@ -29,6 +29,7 @@ from typing import Any
 
 import dask
 import dask.array as da
+import dask.threaded
 import numpy as np
 from dask.callbacks import Callback
 
@@ -39,16 +40,29 @@ PERCENTILES = (0.5, 1, 5, 25, 50, 75, 95, 99, 99.5)
 FINGERPRINT_VERSION = 1
 
 
+def _image_std(flat: np.ndarray, block: int = 256) -> np.ndarray:
+    """Per-row pixel standard deviation of uint8 rows (b, P), float64 (b,).
+
+    Sums in integers and squares in float32 blocks: about 2x faster than ``std`` on a float
+    copy of the whole chunk and with a small temporary."""
+    p = flat.shape[1]
+    mean = flat.sum(axis=1, dtype=np.uint64).astype(np.float64) / p
+    sq = np.empty(len(flat), np.float64)
+    for lo in range(0, len(flat), block):
+        f = flat[lo : lo + block].astype(np.float32)
+        sq[lo : lo + block] = np.einsum("ij,ij->i", f, f, dtype=np.float64)
+    return np.sqrt(np.maximum(sq / p - mean**2, 0.0))
+
+
 def _chunk_stats(x: np.ndarray) -> tuple[np.ndarray, int, np.ndarray]:
     """(C, 256) histogram, near-constant count and per-image uint64 hashes of one chunk."""
     b, _h, _w, c = x.shape
     hist = np.stack([np.bincount(x[..., k].ravel(), minlength=256) for k in range(c)])
     flat = x.reshape(b, -1)
-    std = flat.astype(np.float32).std(axis=1)
-    near = int((std < NEAR_CONSTANT_STD).sum())
+    near = int((_image_std(flat) < NEAR_CONSTANT_STD).sum())
+    # SHA-1 is used as a fast content hash (duplicates), not for security.
     hashes = np.frombuffer(
-        b"".join(hashlib.blake2b(row.tobytes(), digest_size=8).digest() for row in flat),
-        dtype=np.uint64,
+        b"".join(hashlib.sha1(row.data).digest()[:8] for row in flat), dtype=np.uint64
     )
     return hist.astype(np.int64), near, hashes
 
@@ -134,10 +148,10 @@ def compute_fingerprint(
     images = da.from_array(store.images, chunks=store.images.chunks, asarray=True)
     tasks = [dask.delayed(_chunk_stats)(blk) for blk in images.to_delayed().ravel()]
     callbacks = [_Progress(progress)] if progress else []
-    with dask.config.set(scheduler="threads", num_workers=workers), dask.callbacks.add_callbacks(
-        *callbacks
-    ):
-        results = dask.compute(*tasks)
+    # The threaded scheduler's get, passed directly: naming "threads" makes dask import
+    # distributed first to look for a client (0.4 s), which this never uses.
+    with dask.callbacks.add_callbacks(*callbacks):
+        results = dask.compute(*tasks, scheduler=dask.threaded.get, num_workers=workers)
     h, w, c = store.image_shape
     hist = sum((r[0] for r in results), np.zeros((c, 256), np.int64))
     near = sum(r[1] for r in results)
