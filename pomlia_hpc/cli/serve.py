@@ -1,0 +1,238 @@
+"""``pomlia model register/export/list/demo``, ``pomlia serve`` and ``pomlia deploy``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+from sqlalchemy import select
+
+from pomlia_hpc.cli.app import STATE, app, console
+from pomlia_hpc.errors import InputError
+
+model_app = typer.Typer(help="Register, export and list trained classifiers.", no_args_is_help=True)
+app.add_typer(model_app, name="model")
+
+ModelArg = Annotated[str, typer.Argument(help="Registry model name or id.")]
+
+
+@model_app.command("register")
+def register(
+    name: Annotated[str, typer.Argument(help="Name for the model (unique).")],
+    checkpoint: Annotated[Path, typer.Argument(help="Classifier checkpoint (save_classifier).")],
+    task_id: Annotated[int | None, typer.Option(help="Registry id of its task.")] = None,
+    run_id: Annotated[
+        int | None, typer.Option(help="Registry id of the run that trained it.")
+    ] = None,
+) -> None:
+    """Register a classifier checkpoint as a model."""
+    from pomlia_hpc.serve.bundle import register_model
+
+    row = register_model(STATE.registry(), name, checkpoint, task_id=task_id, run_id=run_id)
+    console.print(f"model [bold]{row.name}[/] registered (id {row.id})")
+
+
+@model_app.command("export")
+def export(
+    model: ModelArg,
+    encoder: Annotated[
+        Path | None,
+        typer.Option(
+            help="Fingerprint encoder to ship (ONNX/TorchScript: float32 NCHW in [0,1] → vector)."
+        ),
+    ] = None,
+    atol: Annotated[float, typer.Option(help="Allowed |ONNX - PyTorch| on random inputs.")] = 1e-4,
+) -> None:
+    """Export MODEL to TorchScript + ONNX + model card (checked against PyTorch), registered."""
+    from pomlia_hpc.serve.export import export_model
+
+    with console.status(f"exporting {model} (TorchScript, ONNX, parity check)"):
+        res = export_model(STATE.registry(), STATE.workspace, model, encoder=encoder, atol=atol)
+    diffs = ", ".join(f"{k} {v:.2g}" for k, v in res.max_abs_diff.items()) or "unchanged"
+    console.print(
+        f"bundle [bold]{res.bundle.root}[/] version {res.bundle.version} "
+        f"(max |diff| vs PyTorch: {diffs})"
+    )
+
+
+@model_app.command("list")
+def list_models(limit: Annotated[int, typer.Option(help="How many, newest first.")] = 50) -> None:
+    """List registered models with their task, architecture and export state."""
+    from pomlia_hpc.registry import Model
+
+    with STATE.registry().session() as s:
+        rows = list(s.scalars(select(Model).order_by(Model.id.desc()).limit(limit)))
+    table = Table(title=f"models ({len(rows)})")
+    for col in ("id", "name", "task", "arch", "labels", "exported version", "created"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        card = r.card or {}
+        table.add_row(
+            str(r.id),
+            r.name,
+            str((card.get("task") or {}).get("type", "")),
+            str(card.get("architecture", "")),
+            str(len(card.get("label_names", []))),
+            str((card.get("export") or {}).get("version", "")),
+            f"{r.created_at:%Y-%m-%d %H:%M}" if r.created_at else "",
+        )
+    console.print(table)
+
+
+@model_app.command("demo")
+def demo(
+    name: Annotated[str, typer.Argument(help="Name for the demo model.")] = "demo",
+    arch: Annotated[str, typer.Option(help="Architecture (pomlia_hpc.nets).")] = "small_cnn",
+    image_size: Annotated[int, typer.Option(help="Input size in px.")] = 28,
+    channels: Annotated[int, typer.Option(help="Input channels.")] = 3,
+    classes: Annotated[int, typer.Option(help="Number of labels.")] = 9,
+    task_type: Annotated[
+        str, typer.Option(help="multi-class, binary, multi-label, ordinal.")
+    ] = "multi-class",
+) -> None:
+    """Register and export an untrained demo classifier (to try `pomlia serve`)."""
+    from pomlia_hpc.serve.demo import register_demo_model
+
+    ws = STATE.workspace
+    ws.create()
+    with console.status(f"creating and exporting demo model {name}"):
+        res = register_demo_model(
+            STATE.registry(),
+            ws,
+            name,
+            arch=arch,
+            image_size=image_size,
+            channels=channels,
+            num_classes=classes,
+            task_type=task_type,
+        )
+    console.print(
+        f"demo model [bold]{name}[/] exported to {res.bundle.root}; "
+        f"serve it with: pomlia serve {name}"
+    )
+
+
+@app.command()
+def serve(
+    model: Annotated[
+        str,
+        typer.Argument(help="Registry model name/id, or the path of an exported bundle directory."),
+    ],
+    host: Annotated[str | None, typer.Option(help="Interface (default 127.0.0.1).")] = None,
+    port: Annotated[int | None, typer.Option(help="Port (default 8000; 0: a free one).")] = None,
+    config: Annotated[Path | None, typer.Option(help="Serve settings YAML (see docs).")] = None,
+    backend: Annotated[
+        str | None, typer.Option(help="auto (torch on GPU, else onnxruntime), onnx or torch.")
+    ] = None,
+    threads: Annotated[int | None, typer.Option(help="Inference threads (default: cores).")] = None,
+    max_batch: Annotated[
+        int | None, typer.Option(help="Images per model call (default 32).")
+    ] = None,
+    max_wait_ms: Annotated[
+        float | None, typer.Option(help="Longest wait for a batch to fill, ms (default 5).")
+    ] = None,
+    no_batching: Annotated[
+        bool,
+        typer.Option("--no-batching", help="One request per model call (max batch 1, no wait)."),
+    ] = False,
+    max_upload_mb: Annotated[
+        float | None, typer.Option(help="Upload limit, MiB (default 16).")
+    ] = None,
+    token_file: Annotated[
+        Path | None,
+        typer.Option(
+            help="File with the bearer token for /v1/feedback (else env POMLIA_SERVE_TOKEN)."
+        ),
+    ] = None,
+    log_dir: Annotated[
+        Path | None,
+        typer.Option(help="Prediction log directory (default <home>/logs/predictions/<model>)."),
+    ] = None,
+    address_file: Annotated[
+        Path | None, typer.Option(help="Write http://HOST:PORT here once ready.")
+    ] = None,
+    deployment_id: Annotated[int | None, typer.Option(help="Deployment id for the log.")] = None,
+) -> None:
+    """Serve MODEL over REST until SIGTERM/Ctrl-C (FastAPI + uvicorn, dynamic batching)."""
+    from pomlia_hpc.serve.config import load_serve_config
+    from pomlia_hpc.serve.exported import CARD, ExportedBundle
+    from pomlia_hpc.serve.predlog import log_dir as default_log_dir
+    from pomlia_hpc.serve.server import run_server
+
+    overrides = {
+        "host": host,
+        "port": port,
+        "backend": backend,
+        "threads": threads,
+        "max_batch": max_batch,
+        "max_wait_ms": max_wait_ms,
+        "max_upload_mb": max_upload_mb,
+        "token_file": token_file,
+        "log_dir": log_dir,
+        "address_file": address_file,
+        "deployment_id": deployment_id,
+    }
+    if no_batching:
+        overrides.update(max_batch=1, max_wait_ms=0.0)
+    cfg = load_serve_config(config, overrides)
+    path = Path(model)
+    if (path / CARD).is_file():
+        bundle = ExportedBundle.open(path)
+    elif path.exists() or "/" in model:
+        raise InputError(
+            f"{path}: not an exported bundle (no {CARD}); expected a bundle "
+            "directory or a registry model name"
+        )
+    else:
+        from pomlia_hpc.serve.export import bundle_for_model, export_model
+
+        reg = STATE.registry()
+        found = bundle_for_model(reg, model)
+        if found is None:
+            console.print(f"model {model} has no export yet: exporting it first")
+            found = export_model(reg, STATE.workspace, model).bundle
+        bundle = found
+    logs = cfg.log_dir or default_log_dir(STATE.workspace.path("logs"), bundle.name)
+    run_server(bundle, cfg, logs)
+
+
+@app.command()
+def deploy(
+    model: ModelArg,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Deployment directory (default <home>/models/<name>/deploy/<version>)."),
+    ] = None,
+    profile: Annotated[
+        str | None,
+        typer.Option(help="Cluster profile for the #SBATCH lines (default: the workspace's)."),
+    ] = None,
+    submit: Annotated[
+        bool,
+        typer.Option(
+            "--submit", help="sbatch the job now (needs pomlia-serve.sif built in the directory)."
+        ),
+    ] = False,
+) -> None:
+    """Write MODEL's bundle, Apptainer definition and sbatch script (and optionally submit)."""
+    from pomlia_hpc.config import load_cluster_profile
+    from pomlia_hpc.serve.deploy import submit_deployment, write_deployment
+
+    ws = STATE.workspace
+    prof = load_cluster_profile(profile or ws.cluster_profile)
+    res = write_deployment(STATE.registry(), ws, model, prof, out_dir=out)
+    console.print(f"deployment {res.deployment_id} written to [bold]{res.directory}[/]")
+    console.print(
+        f"  build : cd {res.directory} && apptainer build pomlia-serve.sif apptainer.def",
+        highlight=False,
+    )
+    console.print(
+        f"  serve : cd {res.directory} && sbatch serve.sbatch   "
+        "(the address is printed in the job output and written to ./address)",
+        highlight=False,
+    )
+    if submit:
+        res = submit_deployment(STATE.registry(), res)
+        console.print(f"submitted: registry job {res.job_id}")

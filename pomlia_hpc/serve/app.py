@@ -1,0 +1,449 @@
+"""The REST API (FastAPI): predict, feedback, health, readiness, model card, metrics, docs.
+
+Why FastAPI + uvicorn rather than LitServe: one process whose event loop parses requests while a
+single worker thread owns the model keeps every core for the model on a small CPU node, and the
+durable-log-before-answer rule needs a hook between the model and the response, which our own
+batcher (``batching.py``, 200 lines) gives directly. LitServe's batching runs the model in
+separate worker processes fed through queues, an extra copy and hop per request.
+
+Every refusal is a JSON ``{"error": message, "status": code}`` with a 4xx code; an unexpected
+exception is a 500 with a generic message (and its traceback in the server log), which the
+schemathesis test checks never happens.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import re
+from collections.abc import AsyncGenerator, AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from fastapi import Depends, FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, Field
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.formparsers import MultiPartException, MultiPartParser
+
+from pomlia_hpc import __version__
+from pomlia_hpc.serve.config import ServeConfig
+from pomlia_hpc.serve.decode import (
+    IMAGE_TYPES,
+    InputSpec,
+    Limits,
+    RequestError,
+    base_type,
+    decode,
+)
+from pomlia_hpc.serve.exported import ExportedBundle
+from pomlia_hpc.serve.fingerprint import FingerprintFn, encoder_fingerprint
+from pomlia_hpc.serve.metrics import MetricsMiddleware, ServerMetrics
+from pomlia_hpc.serve.predictor import Predictor, now_iso
+from pomlia_hpc.serve.predlog import PredictionLog
+from pomlia_hpc.serve.runtime import load_runtime
+from pomlia_hpc.serve.security import BearerGuard, load_token
+
+log = logging.getLogger("pomlia.serve")
+
+ROUTES = frozenset(
+    {
+        "/v1/predict",
+        "/v1/feedback",
+        "/health",
+        "/ready",
+        "/v1/model",
+        "/metrics",
+        "/docs",
+        "/redoc",
+        "/openapi.json",
+    }
+)
+PREDICTION_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+class ErrorBody(BaseModel):
+    error: str
+    status: int
+
+
+class Prediction(BaseModel):
+    id: str = Field(description="prediction id: send it back with /v1/feedback")
+    label: str | list[str] = Field(description="the label (a list for multi-label tasks)")
+    label_index: int | list[int]
+    probabilities: dict[str, float] = Field(description="label name -> probability")
+
+
+class PredictResponse(BaseModel):
+    model: str
+    model_version: str
+    predictions: list[Prediction]
+
+
+class FeedbackIn(BaseModel):
+    prediction_id: str = Field(
+        description="the id /v1/predict returned", examples=["0123456789abcdef0123456789abcdef"]
+    )
+    label: str | int | list[str | int] = Field(
+        description="the true label: a name or an index; a list for multi-label tasks"
+    )
+
+
+class FeedbackOut(BaseModel):
+    id: str
+    prediction_id: str
+    recorded: bool
+
+
+class Status(BaseModel):
+    status: str
+    model: str | None = None
+    model_version: str | None = None
+
+
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorBody, "description": text}
+    for code, text in (
+        (400, "bad input: corrupt image, wrong size or channel count, bad multipart"),
+        (401, "missing or wrong bearer token"),
+        (403, "route disabled (no token configured)"),
+        (413, "upload, image side or image count over the limit"),
+        (415, "unsupported content type"),
+        (422, "request body does not match the schema"),
+        (503, "not ready or shutting down"),
+    )
+}
+
+_BINARY = {"schema": {"type": "string", "format": "binary"}}
+_PREDICT_BODY = {
+    "requestBody": {
+        "required": True,
+        "description": (
+            "One image as the raw body (PNG, JPEG, TIFF, or NPY: (H,W[,C]) one image, "
+            "(N,H,W[,C]) a batch), or several files as multipart/form-data (any field name, "
+            "order kept). Size and channels must match /v1/model's 'input'."
+        ),
+        "content": {
+            **{t: _BINARY for t in (*IMAGE_TYPES, "application/x-npy", "application/octet-stream")},
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "properties": {
+                        "file": {"type": "array", "items": {"type": "string", "format": "binary"}}
+                    },
+                    "required": ["file"],
+                }
+            },
+        },
+    }
+}
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message, "status": status}, status_code=status, headers=headers)
+
+
+def _json(payload: Any) -> Response:
+    # json.dumps directly: FastAPI's jsonable_encoder walk costs more than the model at batch 1.
+    return Response(json.dumps(payload, separators=(",", ":")), media_type="application/json")
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise RequestError(413, f"upload of {declared} bytes exceeds the limit of {limit} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise RequestError(413, f"upload exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _files(request: Request, body: bytes, limits: Limits) -> list[tuple[str, str, bytes]]:
+    """(name for messages, content type, bytes) of each uploaded file, in request order."""
+    ctype = base_type(request.headers.get("content-type"))
+    if ctype != "multipart/form-data":
+        return [("body", ctype, body)]
+
+    async def stream() -> AsyncGenerator[bytes, None]:
+        yield body
+
+    try:
+        form = await MultiPartParser(
+            request.headers,
+            stream(),
+            max_files=limits.max_images,
+            max_fields=32,
+            max_part_size=64 * 1024,
+        ).parse()
+    except MultiPartException as exc:
+        raise RequestError(400, f"multipart body: {exc.message}") from exc
+    out: list[tuple[str, str, bytes]] = []
+    try:
+        for i, (field, value) in enumerate(form.multi_items()):
+            if isinstance(value, UploadFile):
+                data = await value.read()
+                out.append((f"part '{field[:40]}' #{i}", value.content_type or "", data))
+    finally:
+        await form.close()
+    if not out:
+        raise RequestError(400, "multipart body holds no file; send images as file parts")
+    return out
+
+
+def create_app(
+    bundle: ExportedBundle,
+    config: ServeConfig,
+    log_dir: Path,
+    *,
+    fingerprint: FingerprintFn | None = None,
+    on_ready: Any = None,
+) -> FastAPI:
+    """Build the app for ``bundle``. The model, batcher and log start in the lifespan, so
+    nothing runs until a server starts it; ``on_ready()`` (optional) is called then."""
+    spec = InputSpec(bundle.image_size, bundle.channels)
+    limits = Limits(config.max_upload_bytes, config.max_side_px, config.max_images)
+    guard = BearerGuard(load_token(config.token_file))
+    metrics = ServerMetrics()
+    state: dict[str, Any] = {"predictor": None, "draining": False}
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        runtime = await asyncio.to_thread(load_runtime, bundle, config.backend, config.threads)
+        fp, kind = fingerprint, "custom"
+        if fp is None and bundle.encoder_file is not None:
+            fp, kind = encoder_fingerprint(bundle.encoder_file), "encoder"
+        predictor = Predictor(
+            bundle,
+            runtime,
+            PredictionLog(log_dir, fsync=config.log_fsync),
+            metrics,
+            max_batch=config.max_batch,
+            max_wait_s=config.max_wait_ms / 1000.0,
+            fingerprint=fp,
+            fingerprint_kind=kind,
+            deployment_id=config.deployment_id,
+        )
+        state["predictor"] = predictor
+        log.info(
+            "model %s (%s) on %s/%s ready",
+            bundle.name,
+            bundle.version,
+            runtime.backend,
+            runtime.device,
+        )
+        if on_ready is not None:
+            on_ready()
+        try:
+            yield
+        finally:
+            state["draining"] = True
+            # Uvicorn has already waited for in-flight requests; this answers anything still
+            # queued and writes every record before the process exits.
+            await asyncio.to_thread(predictor.close)
+
+    app = FastAPI(
+        title=f"pomlia-hpc model server: {bundle.name}",
+        version=__version__,
+        description=(
+            f"Classifier '{bundle.name}' (version {bundle.version}, task {bundle.task_type}, "
+            f"{bundle.channels}-channel {bundle.image_size}x{bundle.image_size} px input). "
+            "Every prediction and feedback is logged durably before it is answered."
+        ),
+        lifespan=lifespan,
+    )
+    app.add_middleware(MetricsMiddleware, metrics=metrics, routes=ROUTES)
+
+    @app.exception_handler(RequestError)
+    async def _request_error(_r: Request, exc: RequestError) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
+        return _error(exc.status, exc.message, headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(_r: Request, exc: RequestValidationError) -> JSONResponse:
+        first = exc.errors()[0] if exc.errors() else {}
+        where = ".".join(str(p) for p in first.get("loc", ()))
+        return _error(422, f"{where}: {first.get('msg', 'invalid request')}")
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_r: Request, exc: StarletteHTTPException) -> JSONResponse:
+        return _error(exc.status_code, str(exc.detail), dict(exc.headers or {}) or None)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_r: Request, exc: Exception) -> JSONResponse:
+        log.exception("unexpected error", exc_info=exc)
+        return _error(500, "internal server error")
+
+    bearer = HTTPBearer(auto_error=False, description="the server's token (POMLIA_SERVE_TOKEN)")
+
+    async def require_token(
+        request: Request, _creds: HTTPAuthorizationCredentials | None = Depends(bearer)
+    ) -> None:
+        # A dependency runs before the body is validated: no token, no schema hints.
+        guard.check(request.headers.get("authorization"))
+
+    def predictor() -> Predictor:
+        p = state["predictor"]
+        if p is None or state["draining"] or not p.ready:
+            raise RequestError(503, "the model is not ready (starting, failing or shutting down)")
+        assert isinstance(p, Predictor)
+        return p
+
+    @app.post(
+        "/v1/predict",
+        response_model=PredictResponse,
+        responses=_ERRORS,
+        openapi_extra=_PREDICT_BODY,
+        summary="Classify one image or a batch",
+    )
+    async def predict(request: Request) -> Response:
+        pred = predictor()
+        body = await _read_body(request, limits.max_upload_bytes)
+        arrays = [
+            decode(data, ctype, spec, limits, what)
+            for what, ctype, data in await _files(request, body, limits)
+        ]
+        images = arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+        if len(images) > limits.max_images:
+            raise RequestError(
+                413, f"{len(images)} images, at most {limits.max_images} per request"
+            )
+        try:
+            predictions = await pred.predict(images)
+        except RuntimeError as exc:  # batcher closed or log failed: not the client's fault
+            raise RequestError(503, f"prediction not recorded: {exc}") from exc
+        return _json(
+            {"model": bundle.name, "model_version": bundle.version, "predictions": predictions}
+        )
+
+    @app.post(
+        "/v1/feedback",
+        response_model=FeedbackOut,
+        responses=_ERRORS,
+        dependencies=[Depends(require_token)],
+        summary="Record the true label of a prediction (bearer token)",
+    )
+    async def feedback(item: FeedbackIn) -> Response:
+        pred = predictor()
+        if not PREDICTION_ID.fullmatch(item.prediction_id):
+            raise RequestError(
+                400, "prediction_id: expected the 32-hex-digit id /v1/predict returned"
+            )
+        names, indices = _labels(item.label, bundle)
+        record = {
+            "type": "feedback",
+            "id": _new_id(),
+            "time": now_iso(),
+            "prediction_id": item.prediction_id,
+            "model": bundle.name,
+            "model_version": bundle.version,
+            "deployment": config.deployment_id,
+            "label": names if bundle.task_type == "multi-label" else names[0],
+            "label_index": indices if bundle.task_type == "multi-label" else indices[0],
+        }
+        await _append_durably(pred.log, record)
+        metrics.feedback.inc()
+        return _json({"id": record["id"], "prediction_id": item.prediction_id, "recorded": True})
+
+    @app.get("/health", response_model=Status, summary="Liveness: the process answers")
+    async def health() -> Response:
+        return _json({"status": "ok"})
+
+    @app.get(
+        "/ready",
+        response_model=Status,
+        responses={503: _ERRORS[503]},
+        summary="Readiness: model loaded, worker and log healthy",
+    )
+    async def ready() -> Response:
+        predictor()
+        return _json({"status": "ready", "model": bundle.name, "model_version": bundle.version})
+
+    @app.get("/v1/model", summary="The model card")
+    async def model_card() -> Response:
+        card = dict(bundle.card)
+        card["serving"] = {
+            "max_batch": config.max_batch,
+            "max_wait_ms": config.max_wait_ms,
+            "max_upload_bytes": limits.max_upload_bytes,
+            "max_images": limits.max_images,
+            "max_side_px": limits.max_side_px,
+        }
+        return _json(card)
+
+    @app.get(
+        "/metrics",
+        summary="Prometheus metrics",
+        responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}},
+    )
+    async def prometheus() -> Response:
+        p = state["predictor"]
+        if p is not None:
+            metrics.queue_depth.set(p.batcher.depth)
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    return app
+
+
+def _new_id() -> str:
+    import uuid
+
+    return uuid.uuid4().hex
+
+
+def _labels(
+    label: str | int | list[str | int], bundle: ExportedBundle
+) -> tuple[list[str], list[int]]:
+    values = label if isinstance(label, list) else [label]
+    if bundle.task_type != "multi-label" and len(values) != 1:
+        raise RequestError(
+            400, f"label: task '{bundle.task_type}' takes one label, got {len(values)}"
+        )
+    names, indices = [], []
+    for v in values:
+        if isinstance(v, int) and not isinstance(v, bool) and 0 <= v < len(bundle.labels):
+            idx = v
+        elif isinstance(v, str) and v in bundle.labels:
+            idx = bundle.labels.index(v)
+        else:
+            shown = ", ".join(bundle.labels[:20])
+            raise RequestError(
+                400,
+                f"label: {str(v)[:60]!r} is not a label of this model; "
+                f"expected a name ({shown}) or an index "
+                f"0..{len(bundle.labels) - 1}",
+            )
+        names.append(bundle.labels[idx])
+        indices.append(idx)
+    return names, indices
+
+
+async def _append_durably(plog: PredictionLog, record: dict[str, Any]) -> None:
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[None] = loop.create_future()
+
+    def done(error: BaseException | None) -> None:
+        def settle() -> None:
+            if fut.done():
+                return
+            if error is None:
+                fut.set_result(None)
+            else:
+                fut.set_exception(RequestError(503, f"feedback not recorded: {error}"))
+
+        loop.call_soon_threadsafe(settle)
+
+    try:
+        plog.append([record], done)
+    except RuntimeError as exc:
+        raise RequestError(503, f"feedback not recorded: {exc}") from exc
+    await fut

@@ -1,0 +1,79 @@
+"""Server settings: a YAML file (``pomlia serve --config serve.yaml``) and/or CLI flags.
+
+Example ``serve.yaml``::
+
+    host: 0.0.0.0
+    port: 8000
+    max_batch: 32          # images per model call; 1 turns dynamic batching off
+    max_wait_ms: 5         # how long the first request of a batch waits for company
+    max_upload_mb: 16
+    token_file: ~/.pomlia/serve.token   # or env POMLIA_SERVE_TOKEN
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from pomlia_hpc.errors import ConfigError
+
+
+class ServeConfig(BaseModel):
+    """Everything ``pomlia serve`` can be told. Times in ms or s as named; sizes in MiB/px."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=0, le=65535)
+    backend: Literal["auto", "onnx", "torch"] = "auto"
+    threads: int | None = Field(None, ge=1, description="inference threads (default: cores)")
+    max_batch: int = Field(32, ge=1, le=4096)
+    max_wait_ms: float = Field(5.0, ge=0, le=1000)
+    max_upload_mb: float = Field(16.0, gt=0, le=1024)
+    max_side_px: int = Field(4096, ge=8)
+    max_images: int = Field(256, ge=1)
+    token_file: Path | None = None
+    log_dir: Path | None = Field(None, description="default <home>/logs/predictions/<model>")
+    log_fsync: bool = True
+    deployment_id: int | None = None
+    graceful_timeout_s: float = Field(30.0, ge=0)
+    address_file: Path | None = None
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * 1024 * 1024)
+
+
+def load_serve_config(
+    path: Path | None = None, overrides: Mapping[str, Any] | None = None
+) -> ServeConfig:
+    """Read ``path`` (if given) and apply ``overrides`` (``None`` values are ignored)."""
+    data: dict[str, Any] = {}
+    source = "serve settings"
+    if path is not None:
+        source = str(path)
+        try:
+            loaded = yaml.safe_load(Path(path).read_text())
+        except OSError as exc:
+            raise ConfigError(f"{path}: cannot read serve config ({exc.strerror})") from exc
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"{path}: expected a mapping at the top level")
+        data.update(loaded or {})
+    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    try:
+        return ServeConfig.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "extra_forbidden":
+            valid = ", ".join(sorted(ServeConfig.model_fields))
+            raise ConfigError(f"{source}: unknown key '{key}'; valid keys: {valid}") from exc
+        raise ConfigError(
+            f"{source}: bad value for '{key}': {err['msg']} (got {err.get('input')!r})"
+        ) from exc

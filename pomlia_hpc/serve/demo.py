@@ -1,0 +1,65 @@
+"""A registered, exported demo classifier, for trying the server, its tests and the benchmark
+before any AutoML run exists. The network is untrained (random weights, fixed seed): serving
+cost does not depend on what the weights learned."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from pomlia_hpc.nets import build_classifier
+from pomlia_hpc.registry import Registry
+from pomlia_hpc.serve.bundle import register_model, save_classifier
+from pomlia_hpc.serve.export import ExportResult, export_checkpoint, export_model
+from pomlia_hpc.workspace import Workspace
+
+
+def demo_labels(task_type: str, num_classes: int) -> list[str]:
+    """Readable label names: ``class_0 ..`` (``finding_0 ..`` for multi-label)."""
+    stem = "finding" if task_type == "multi-label" else "class"
+    return [f"{stem}_{i}" for i in range(num_classes)]
+
+
+def save_demo_checkpoint(
+    path: Path,
+    *,
+    arch: str = "small_cnn",
+    image_size: int = 28,
+    channels: int = 3,
+    num_classes: int = 9,
+    task_type: str = "multi-class",
+    seed: int = 0,
+) -> Path:
+    """Write an untrained classifier checkpoint to ``path`` and return it."""
+    torch.manual_seed(seed)
+    model = build_classifier(arch, num_classes, channels, image_size=image_size)
+    save_classifier(
+        path,
+        model,
+        arch=arch,
+        num_classes=num_classes,
+        in_channels=channels,
+        image_size=image_size,
+        task_type=task_type,
+        label_names=demo_labels(task_type, num_classes),
+        metrics={"note": "untrained demo model"},
+        lineage={"source": "pomlia_hpc.serve.demo"},
+    )
+    return path
+
+
+def demo_bundle(out_root: Path, *, name: str = "demo", **kwargs: object) -> ExportResult:
+    """Checkpoint + export without a registry (for the benchmark): ``out_root/<version>/``."""
+    ckpt = save_demo_checkpoint(out_root / f"{name}.pt", **kwargs)  # type: ignore[arg-type]
+    return export_checkpoint(ckpt, out_root / "bundles", name=name)
+
+
+def register_demo_model(
+    registry: Registry, workspace: Workspace, name: str = "demo", **kwargs: object
+) -> ExportResult:
+    """Save, register and export a demo model named ``name`` in ``workspace``."""
+    ckpt = workspace.path("models", name, "checkpoint.pt")
+    save_demo_checkpoint(ckpt, **kwargs)  # type: ignore[arg-type]
+    register_model(registry, name, ckpt)
+    return export_model(registry, workspace, name)

@@ -1,0 +1,245 @@
+"""Export a classifier checkpoint to a servable bundle: TorchScript + ONNX + model card.
+
+The ONNX graph comes from ``torch.onnx.export(dynamo=True)`` with a dynamic batch axis. Every
+export is checked before it becomes visible: onnxruntime's and TorchScript's outputs on random
+inputs (batch 1 and 7) must equal eager PyTorch's within ``atol`` (default 1e-4). The bundle is
+written under a temporary name in the same directory and renamed into place; its directory name
+is the model version (a hash of the checkpoint), so re-exporting the same weights is a no-op.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import tempfile
+import warnings
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pomlia_hpc.errors import InputError, PomliaError
+from pomlia_hpc.registry import Registry
+from pomlia_hpc.serve.bundle import (
+    LoadedClassifier,
+    load_classifier,
+    model_card,
+    resolve_model,
+    update_card,
+)
+from pomlia_hpc.serve.exported import CARD, ONNX, TORCHSCRIPT, ExportedBundle
+from pomlia_hpc.serve.fingerprint import STATS_KIND, stats_dim
+from pomlia_hpc.workspace import Workspace
+
+PARITY_BATCHES = (1, 7)
+
+
+class ExportError(PomliaError):
+    """An export failed its checks (e.g. ONNX and PyTorch disagree)."""
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    """Where the bundle is and how closely the exported graphs match eager PyTorch."""
+
+    bundle: ExportedBundle
+    max_abs_diff: dict[str, float]
+    reused: bool
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file, read in ``chunk``-byte pieces."""
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _export_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path) -> None:
+    batch = torch.export.Dim("batch", min=1, max=65536)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # exporter chatter; failures still raise
+        torch.onnx.export(
+            model,
+            (example,),
+            str(path),
+            input_names=["images"],
+            output_names=["logits"],
+            dynamic_shapes=({0: batch},),
+            dynamo=True,
+            verbose=False,
+            external_data=False,
+        )
+
+
+def _onnx_outputs(path: Path, x: np.ndarray) -> np.ndarray:
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return np.asarray(sess.run(None, {sess.get_inputs()[0].name: x})[0])
+
+
+def _check_parity(
+    loaded: LoadedClassifier, onnx_path: Path, ts_path: Path, atol: float, seed: int
+) -> dict[str, float]:
+    meta = loaded.meta
+    gen = torch.Generator().manual_seed(seed)
+    ts_model = torch.jit.load(str(ts_path), map_location="cpu")
+    worst = {"onnx": 0.0, "torchscript": 0.0}
+    for n in PARITY_BATCHES:
+        x = torch.randn(n, meta.in_channels, meta.image_size, meta.image_size, generator=gen)
+        with torch.inference_mode():
+            ref = loaded.model(x).numpy()
+            ts_out = ts_model(x).numpy()
+        onnx_out = _onnx_outputs(onnx_path, x.numpy())
+        for key, out in (("onnx", onnx_out), ("torchscript", ts_out)):
+            if out.shape != ref.shape:
+                raise ExportError(
+                    f"{key} export returns shape {out.shape} for batch {n}, expected {ref.shape}"
+                )
+            worst[key] = max(worst[key], float(np.abs(out - ref).max()))
+    for key, diff in worst.items():
+        if not diff <= atol:
+            raise ExportError(
+                f"{loaded.path}: the {key} export differs from PyTorch by {diff:.3g} "
+                f"(allowed {atol:g}); the bundle was not written"
+            )
+    return worst
+
+
+def _encoder_dim(path: Path, channels: int, size: int) -> int:
+    x = np.random.default_rng(0).random((2, channels, size, size), dtype=np.float32)
+    try:
+        if path.suffix == ".onnx":
+            out = _onnx_outputs(path, x)
+        else:
+            enc = torch.jit.load(str(path), map_location="cpu")
+            with torch.inference_mode():
+                out = enc(torch.from_numpy(x)).numpy()
+    except Exception as exc:
+        raise InputError(
+            f"encoder {path}: cannot run it on a (2, {channels}, {size}, {size}) float32 batch "
+            f"in [0, 1] ({exc}); expected an ONNX or TorchScript module mapping images to vectors"
+        ) from exc
+    return int(np.asarray(out).reshape(2, -1).shape[1])
+
+
+def export_checkpoint(
+    checkpoint: str | Path,
+    out_root: str | Path,
+    *,
+    name: str,
+    task: Mapping[str, Any] | None = None,
+    encoder: str | Path | None = None,
+    atol: float = 1e-4,
+    seed: int = 0,
+) -> ExportResult:
+    """Export ``checkpoint`` to ``out_root/<version>/`` and return the bundle.
+
+    ``encoder``: optional ONNX (``.onnx``) or TorchScript (``.ts``/``.pt``) fingerprint encoder
+    that maps float32 NCHW images in [0, 1] to vectors; without it the server logs the explicit
+    statistics fingerprint (see :mod:`pomlia_hpc.serve.fingerprint`).
+    Raises :class:`ExportError` when an export disagrees with PyTorch by more than ``atol``.
+    """
+    ckpt = Path(checkpoint)
+    loaded = load_classifier(ckpt)
+    meta = loaded.meta
+    version = sha256_file(ckpt)[:12]
+    out_root = Path(out_root)
+    final = out_root / version
+    if (final / CARD).is_file() and encoder is None:
+        return ExportResult(ExportedBundle.open(final), {}, reused=True)
+    out_root.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{version}.tmp-", dir=out_root))
+    tmp.chmod(0o755)  # mkdtemp makes it private; the bundle is read by servers and jobs
+    try:
+        example = torch.zeros(2, meta.in_channels, meta.image_size, meta.image_size)
+        with torch.inference_mode(), warnings.catch_warnings():
+            # TorchScript is deprecated in torch 2.x but still the portable GPU format here.
+            warnings.simplefilter("ignore", FutureWarning)
+            traced = torch.jit.trace(loaded.model, example)
+            traced.save(str(tmp / TORCHSCRIPT))
+            _export_onnx(loaded.model, example, tmp / ONNX)
+            diffs = _check_parity(loaded, tmp / ONNX, tmp / TORCHSCRIPT, atol, seed)
+
+        fingerprint: dict[str, Any] = {
+            "kind": STATS_KIND,
+            "dim": stats_dim(meta.in_channels),
+            "input": "images scaled to [0, 1]",
+        }
+        if encoder is not None:
+            enc = Path(encoder)
+            if not enc.is_file():
+                raise InputError(f"encoder file {enc} does not exist")
+            target = "encoder.onnx" if enc.suffix == ".onnx" else "encoder.ts"
+            shutil.copyfile(enc, tmp / target)
+            fingerprint = {
+                "kind": "encoder",
+                "file": target,
+                "dim": _encoder_dim(tmp / target, meta.in_channels, meta.image_size),
+                "input": "float32 NCHW images scaled to [0, 1]",
+                "source": str(enc.resolve()),
+            }
+        card = model_card(meta, name=name, task=task)
+        card.update(
+            model_version=version,
+            checkpoint_sha256=sha256_file(ckpt),
+            fingerprint=fingerprint,
+            export={"atol": atol, "max_abs_diff": diffs, "torch": torch.__version__},
+            files={p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()},
+        )
+        (tmp / CARD).write_text(json.dumps(card, indent=2, sort_keys=True))
+        if final.exists():  # a re-export with a new encoder replaces the old bundle
+            shutil.rmtree(final)
+        tmp.replace(final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return ExportResult(ExportedBundle.open(final), diffs, reused=False)
+
+
+def export_model(
+    registry: Registry,
+    workspace: Workspace,
+    ref: str,
+    *,
+    encoder: str | Path | None = None,
+    atol: float = 1e-4,
+) -> ExportResult:
+    """Export registry model ``ref`` (name or id) to ``<home>/models/<name>/bundles/<version>/``
+    and record the bundle in the model's card (``card["export"]``)."""
+    row = resolve_model(registry, ref)
+    if not row.path:
+        raise InputError(f"model '{row.name}' has no checkpoint path in the registry")
+    task: dict[str, Any] = {"id": row.task_id} if row.task_id is not None else {}
+    result = export_checkpoint(
+        row.path,
+        workspace.path("models", row.name, "bundles"),
+        name=row.name,
+        task=task,
+        encoder=encoder,
+        atol=atol,
+    )
+    card = dict(row.card)
+    card.update({k: v for k, v in result.bundle.card.items() if k not in ("files",)})
+    card["export"] = {
+        **dict(result.bundle.card.get("export", {})),
+        "bundle": str(result.bundle.root),
+        "version": result.bundle.version,
+    }
+    update_card(registry, row.id, card)
+    return result
+
+
+def bundle_for_model(registry: Registry, ref: str) -> ExportedBundle | None:
+    """The bundle recorded for registry model ``ref`` by its last export, if it still exists."""
+    row = resolve_model(registry, ref)
+    path = (row.card.get("export") or {}).get("bundle")
+    if path and (Path(path) / CARD).is_file():
+        return ExportedBundle.open(path)
+    return None

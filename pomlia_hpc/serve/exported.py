@@ -1,0 +1,137 @@
+"""Reading an exported bundle (what ``pomlia model export`` writes and the server loads).
+
+Layout of a bundle directory::
+
+    card.json      the model card, plus "model_version" and "files" (name -> sha256)
+    model.onnx     the classifier for onnxruntime (CPU serving)
+    model.ts       the same classifier as TorchScript (GPU serving)
+    encoder.onnx   optional: the task's fingerprint encoder (or encoder.ts)
+
+This module imports neither torch nor onnxruntime, so a CPU server starts fast.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pomlia_hpc.errors import InputError, NotFoundError
+
+CARD = "card.json"
+ONNX = "model.onnx"
+TORCHSCRIPT = "model.ts"
+ENCODER_FILES = ("encoder.onnx", "encoder.ts")
+TASK_TYPES = ("multi-class", "binary", "multi-label", "ordinal")
+
+
+@dataclass(frozen=True)
+class ExportedBundle:
+    """A validated bundle directory and its card."""
+
+    root: Path
+    card: dict[str, Any]
+
+    @classmethod
+    def open(cls, root: str | Path) -> ExportedBundle:
+        """Read and check ``root/card.json`` and the files it names; errors name file and field."""
+        root = Path(root).resolve()
+        card_path = root / CARD
+        if not card_path.is_file():
+            raise NotFoundError(f"{root} is not an exported model bundle: {CARD} is missing")
+        try:
+            card = json.loads(card_path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise InputError(f"{card_path}: not valid JSON ({exc})") from exc
+        if not isinstance(card, dict):
+            raise InputError(f"{card_path}: expected a JSON object")
+        bundle = cls(root=root, card=card)
+        bundle._check(card_path)
+        return bundle
+
+    def _check(self, card_path: Path) -> None:
+        c = self.card
+
+        def field(path: str, kind: type) -> Any:
+            node: Any = c
+            for part in path.split("."):
+                if not isinstance(node, dict) or part not in node:
+                    raise InputError(f"{card_path}: field '{path}' is missing")
+                node = node[part]
+            if not isinstance(node, kind) or isinstance(node, bool):
+                raise InputError(f"{card_path}: field '{path}' should be {kind.__name__}")
+            return node
+
+        field("name", str)
+        field("model_version", str)
+        if field("task.type", str) not in TASK_TYPES:
+            raise InputError(f"{card_path}: field 'task.type' should be one of {TASK_TYPES}")
+        labels = field("label_names", list)
+        if not labels:
+            raise InputError(f"{card_path}: field 'label_names' is empty")
+        for key in ("input.image_size", "input.channels"):
+            if field(key, int) < 1:
+                raise InputError(f"{card_path}: field '{key}' should be a positive integer")
+        for key in ("preprocessing.mean", "preprocessing.std"):
+            if len(field(key, list)) != self.channels:
+                raise InputError(f"{card_path}: field '{key}' needs {self.channels} values")
+        files = field("files", dict)
+        for name in files:
+            if Path(name).name != name:
+                raise InputError(
+                    f"{card_path}: field 'files' names '{name}', expected a bare "
+                    "file name inside the bundle"
+                )
+            if not (self.root / name).is_file():
+                raise NotFoundError(f"{card_path}: names file '{name}', which is missing")
+        if ONNX not in files and TORCHSCRIPT not in files:
+            raise InputError(f"{card_path}: field 'files' names neither {ONNX} nor {TORCHSCRIPT}")
+
+    @property
+    def name(self) -> str:
+        return str(self.card["name"])
+
+    @property
+    def version(self) -> str:
+        return str(self.card["model_version"])
+
+    @property
+    def task_type(self) -> str:
+        return str(self.card["task"]["type"])
+
+    @property
+    def labels(self) -> list[str]:
+        return [str(x) for x in self.card["label_names"]]
+
+    @property
+    def image_size(self) -> int:
+        return int(self.card["input"]["image_size"])
+
+    @property
+    def channels(self) -> int:
+        return int(self.card["input"]["channels"])
+
+    @property
+    def mean(self) -> list[float]:
+        return [float(x) for x in self.card["preprocessing"]["mean"]]
+
+    @property
+    def std(self) -> list[float]:
+        return [float(x) for x in self.card["preprocessing"]["std"]]
+
+    @property
+    def scale(self) -> float:
+        return float(self.card["preprocessing"].get("scale", 1.0 / 255.0))
+
+    def file(self, name: str) -> Path | None:
+        """Path of bundle file ``name`` if the card lists it."""
+        return self.root / name if name in self.card["files"] else None
+
+    @property
+    def encoder_file(self) -> Path | None:
+        """The fingerprint encoder shipped in the bundle, if any (ONNX preferred)."""
+        for name in ENCODER_FILES:
+            if (p := self.file(name)) is not None:
+                return p
+        return None

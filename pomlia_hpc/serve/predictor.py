@@ -1,0 +1,150 @@
+"""The inference pipeline behind ``/v1/predict``: batch → model → outputs → durable log → answer.
+
+:class:`Predictor` owns the runtime, the dynamic batcher and the prediction log. Its
+``process`` runs on the batcher's thread: normalise, run the model, turn logits into labels and
+probabilities, fingerprint the inputs, and build both the answers and the log records. Its
+``finish`` appends the records to the log and releases the answers only once they are durable.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+
+from pomlia_hpc.serve.batching import Deliver, DynamicBatcher
+from pomlia_hpc.serve.exported import ExportedBundle
+from pomlia_hpc.serve.fingerprint import STATS_KIND, FingerprintFn, stats_fingerprint
+from pomlia_hpc.serve.metrics import ServerMetrics
+from pomlia_hpc.serve.predlog import PredictionLog, Record
+from pomlia_hpc.serve.runtime import Runtime, normalize_, probabilities, to_nchw
+
+Prediction = dict[str, Any]
+
+
+@dataclass(frozen=True)
+class BatchResult:
+    """What one request gets back (``predictions``) and what is logged for it (``records``)."""
+
+    predictions: list[Prediction]
+    records: list[Record]
+
+
+def now_iso() -> str:
+    """Current UTC time, ISO 8601 with microseconds."""
+    return datetime.now(UTC).isoformat(timespec="microseconds")
+
+
+class Predictor:
+    """Runs predictions for one bundle; see the module docstring."""
+
+    def __init__(
+        self,
+        bundle: ExportedBundle,
+        runtime: Runtime,
+        log: PredictionLog,
+        metrics: ServerMetrics,
+        *,
+        max_batch: int,
+        max_wait_s: float,
+        fingerprint: FingerprintFn | None = None,
+        fingerprint_kind: str = STATS_KIND,
+        deployment_id: int | None = None,
+    ) -> None:
+        self.bundle = bundle
+        self.runtime = runtime
+        self.log = log
+        self.metrics = metrics
+        self.labels = bundle.labels
+        self.multi_label = bundle.task_type == "multi-label"
+        self._mean = np.asarray(bundle.mean, dtype=np.float32)
+        self._std = np.asarray(bundle.std, dtype=np.float32)
+        self._fingerprint = fingerprint or stats_fingerprint
+        self._fingerprint_kind = fingerprint_kind if fingerprint else STATS_KIND
+        self._deployment = deployment_id
+        self.batcher: DynamicBatcher[BatchResult] = DynamicBatcher(
+            self.process,
+            self.finish,
+            max_batch=max_batch,
+            max_wait_s=max_wait_s,
+            on_batch=metrics.observe_batch,
+            name="model-worker",
+        )
+
+    async def predict(self, images: np.ndarray) -> list[Prediction]:
+        """Classify float32 NHWC images in [0, 1]; returns one prediction per image."""
+        self.metrics.queue_depth.set(self.batcher.depth)
+        result = await self.batcher.submit(images)
+        return result.predictions
+
+    @property
+    def ready(self) -> bool:
+        return self.batcher.alive and self.log.healthy
+
+    def close(self) -> None:
+        """Answer everything queued, then close the log (which writes what is left)."""
+        self.batcher.close()
+        self.log.close()
+
+    def process(self, arrays: Sequence[np.ndarray]) -> list[BatchResult]:
+        """Run the model on the concatenated arrays; split the outputs back per request."""
+        images = arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+        x = to_nchw(images)
+        fps = np.round(self._fingerprint(x).astype(np.float64), 4)  # before normalising x
+        probs = probabilities(
+            self.runtime.logits(normalize_(x, self._mean, self._std)), self.bundle.task_type
+        )
+        when = now_iso()
+        out: list[BatchResult] = []
+        start = 0
+        for arr in arrays:
+            preds, recs = [], []
+            for i in range(start, start + len(arr)):
+                pred = self._prediction(probs[i])
+                preds.append(pred)
+                recs.append(self._record(pred, fps[i], when))
+            out.append(BatchResult(preds, recs))
+            start += len(arr)
+        return out
+
+    def finish(self, results: Sequence[BatchResult], deliver: Deliver) -> None:
+        """Log every record of the batch durably, then answer (see :mod:`.predlog`)."""
+        self.log.append([r for res in results for r in res.records], deliver)
+
+    def _prediction(self, p: np.ndarray) -> Prediction:
+        probs = {name: round(float(v), 6) for name, v in zip(self.labels, p, strict=True)}
+        label: str | list[str]
+        index: int | list[int]
+        if self.multi_label:
+            index = [int(i) for i in np.flatnonzero(p >= 0.5)]
+            label = [self.labels[i] for i in index]
+        else:
+            index = int(np.argmax(p))
+            label = self.labels[index]
+        return {
+            "id": uuid.uuid4().hex,
+            "label": label,
+            "label_index": index,
+            "probabilities": probs,
+        }
+
+    def _record(self, pred: Prediction, fingerprint: np.ndarray, when: str) -> Record:
+        return {
+            "type": "prediction",
+            "id": pred["id"],
+            "time": when,
+            "model": self.bundle.name,
+            "model_version": self.bundle.version,
+            "deployment": self._deployment,
+            "fingerprint_kind": self._fingerprint_kind,
+            "fingerprint": fingerprint.tolist(),
+            "output": {
+                "label": pred["label"],
+                "label_index": pred["label_index"],
+                "probabilities": list(pred["probabilities"].values()),
+            },
+        }

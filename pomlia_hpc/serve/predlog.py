@@ -1,0 +1,192 @@
+"""The prediction log: every prediction and every feedback, appended durably as JSON lines.
+
+Layout (read by the monitoring job)::
+
+    <workspace>/logs/predictions/<model name>/<start time>-<host>-<pid>-<seq>.jsonl
+
+Each server process writes its own files (one writer, so no two processes ever append to the same
+file, which shared file systems do not make atomic). One line per record::
+
+    {"type": "prediction", "id": ..., "time": ..., "model": ..., "model_version": ...,
+     "fingerprint_kind": ..., "fingerprint": [...], "output": {"label": ..., ...}}
+    {"type": "feedback", "id": ..., "time": ..., "prediction_id": ..., "label": ..., ...}
+
+Durability: one writer thread takes every record queued since its last write, writes them,
+flushes and ``fsync``s once (group commit), and only then runs the callbacks that answer the
+requests. So an answered request is on disk, and a crash loses at most requests that were never
+answered. ``close()`` (on SIGTERM, after the server drained) writes what is still queued.
+A file is rotated after ``max_bytes``; a torn last line (power loss mid-write) is skipped by
+:func:`read_records`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import socket
+import threading
+import time
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+Record = dict[str, Any]
+Callback = Callable[[BaseException | None], None]
+
+
+class LogClosedError(RuntimeError):
+    """The log was closed; no more records are accepted."""
+
+
+@dataclass(frozen=True)
+class _Entry:
+    lines: bytes
+    count: int
+    done: Callback | None
+
+
+def log_dir(logs_root: Path, model_name: str) -> Path:
+    """Where the records of ``model_name`` go under the workspace's ``logs/``."""
+    return logs_root / "predictions" / model_name
+
+
+class PredictionLog:
+    """Append-only JSON-lines log with one writer thread and group-committed fsyncs.
+
+    ``append(records, done)`` is thread-safe and returns at once; ``done(None)`` runs on the
+    writer thread after the records are on disk, ``done(error)`` if writing them failed.
+    ``written`` counts records made durable.
+    """
+
+    def __init__(
+        self, directory: Path, *, max_bytes: int = 256 * 1024 * 1024, fsync: bool = True
+    ) -> None:
+        self.directory = Path(directory)
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.max_bytes = max_bytes
+        self.fsync = fsync
+        self.written = 0
+        self.commits = 0
+        self._stem = (
+            f"{time.strftime('%Y%m%dT%H%M%S', time.gmtime())}-"
+            f"{_safe(socket.gethostname())}-{os.getpid()}"
+        )
+        self._seq = 0
+        self._fd = -1
+        self._size = 0
+        self._queue: queue.Queue[_Entry | None] = queue.Queue()
+        self._lock = threading.Lock()
+        self._closed = False
+        self._error: BaseException | None = None
+        self._open_next()
+        self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
+        self._thread.start()
+
+    @property
+    def path(self) -> Path:
+        """The file being written now."""
+        return self.directory / f"{self._stem}-{self._seq:04d}.jsonl"
+
+    @property
+    def healthy(self) -> bool:
+        return self._error is None and self._thread.is_alive() and not self._closed
+
+    def append(self, records: Sequence[Record], done: Callback | None = None) -> None:
+        """Queue ``records``; ``done(error_or_None)`` runs once they are durable (or failed)."""
+        lines = b"".join(
+            json.dumps(r, separators=(",", ":"), allow_nan=False).encode() + b"\n" for r in records
+        )
+        with self._lock:
+            if self._closed:
+                raise LogClosedError("the prediction log is closed")
+            if self._error is not None:
+                raise LogClosedError(f"the prediction log failed: {self._error}")
+            self._queue.put(_Entry(lines, len(records), done))
+
+    def close(self, timeout: float | None = None) -> None:
+        """Write everything queued, fsync, close the file and stop the thread."""
+        with self._lock:
+            if not self._closed:
+                self._closed = True
+                self._queue.put(None)
+        self._thread.join(timeout)
+
+    def _open_next(self) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+            self._seq += 1
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        self._size = 0
+        _fsync_dir(self.directory)  # the new file's name is durable too
+
+    def _run(self) -> None:
+        stop = False
+        while not stop:
+            first = self._queue.get()
+            group: list[_Entry] = []
+            if first is None:
+                stop = True
+            else:
+                group.append(first)
+            while True:  # everything queued meanwhile joins this commit
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stop = True
+                else:
+                    group.append(item)
+            if group:
+                self._commit(group)
+        os.close(self._fd)
+
+    def _commit(self, group: list[_Entry]) -> None:
+        data = b"".join(e.lines for e in group)
+        error: BaseException | None = None
+        try:
+            if self._size and self._size + len(data) > self.max_bytes:
+                self._open_next()
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self._fd, view) :]
+            if self.fsync:
+                os.fsync(self._fd)
+            self._size += len(data)
+        except OSError as exc:
+            # The requests of this group get the error instead of an answer, and the server
+            # reports not-ready from now on.
+            self._error = error = exc
+        else:
+            self.written += sum(e.count for e in group)
+            self.commits += 1
+        for e in group:
+            if e.done is not None:
+                e.done(error)
+
+
+def _safe(text: str) -> str:
+    return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in text)[:64] or "host"
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def read_records(directory: Path, kind: str | None = None) -> Iterator[Record]:
+    """Every record under ``directory`` (files in name order, i.e. by start time), optionally
+    only those of ``kind`` (``"prediction"`` or ``"feedback"``). A torn last line is skipped."""
+    for path in sorted(Path(directory).glob("*.jsonl")):
+        with path.open("rb") as f:
+            for raw in f:
+                if not raw.endswith(b"\n"):
+                    break  # torn tail of a crashed writer
+                rec = json.loads(raw)
+                if kind is None or rec.get("type") == kind:
+                    yield rec

@@ -1,0 +1,123 @@
+"""Running the exported classifier: onnxruntime on CPU, TorchScript on GPU.
+
+``auto`` picks TorchScript on CUDA when a GPU is visible and onnxruntime otherwise. The
+onnxruntime session does not spin-wait between runs: spinning threads would take the cores the
+event loop needs to parse the next requests.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from pomlia_hpc.errors import InputError
+from pomlia_hpc.serve.exported import ONNX, TORCHSCRIPT, ExportedBundle
+
+LogitsFn = Callable[[np.ndarray], np.ndarray]
+BACKENDS = ("auto", "onnx", "torch")
+
+
+def default_threads() -> int:
+    """CPU threads for inference: the Slurm allocation if any, else the cores we may use."""
+    slurm = os.environ.get("SLURM_CPUS_PER_TASK")
+    if slurm and slurm.isdigit():
+        return max(1, int(slurm))
+    return max(1, len(os.sched_getaffinity(0)))
+
+
+@dataclass(frozen=True)
+class Runtime:
+    """A loaded model: ``logits(x)`` maps float32 NCHW to (N, num_classes) float32."""
+
+    backend: str
+    device: str
+    logits: LogitsFn
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+    except ImportError:
+        return False
+    return bool(torch.cuda.is_available())
+
+
+def load_runtime(
+    bundle: ExportedBundle, backend: str = "auto", threads: int | None = None
+) -> Runtime:
+    """Load the bundle's model with ``backend`` (``auto``, ``onnx`` or ``torch``)."""
+    if backend not in BACKENDS:
+        raise InputError(f"backend '{backend}' is unknown; expected one of {', '.join(BACKENDS)}")
+    threads = threads or default_threads()
+    if backend == "auto":
+        backend = "torch" if bundle.file(TORCHSCRIPT) and _cuda_available() else "onnx"
+    if backend == "onnx":
+        path = bundle.file(ONNX)
+        if path is None:
+            raise InputError(f"{bundle.root}: the bundle has no {ONNX}")
+        return Runtime("onnx", "cpu", _onnx_logits(str(path), threads))
+    path = bundle.file(TORCHSCRIPT)
+    if path is None:
+        raise InputError(f"{bundle.root}: the bundle has no {TORCHSCRIPT}")
+    return _torch_runtime(str(path), threads)
+
+
+def _onnx_logits(path: str, threads: int) -> LogitsFn:
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    sess = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+    name = sess.get_inputs()[0].name
+
+    def logits(x: np.ndarray) -> np.ndarray:
+        return np.asarray(sess.run(None, {name: x})[0], dtype=np.float32)
+
+    return logits
+
+
+def _torch_runtime(path: str, threads: int) -> Runtime:
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cpu":
+        torch.set_num_threads(threads)
+    module = torch.jit.load(path, map_location=device).eval()
+
+    def logits(x: np.ndarray) -> np.ndarray:
+        with torch.inference_mode():
+            t = torch.from_numpy(x).to(device, non_blocking=True)
+            return module(t).float().cpu().numpy()
+
+    return Runtime("torch", device, logits)
+
+
+def to_nchw(images: np.ndarray) -> np.ndarray:
+    """Float32 NHWC → a new contiguous float32 NCHW array."""
+    n, h, w, c = images.shape
+    out = np.empty((n, c, h, w), dtype=np.float32)
+    np.copyto(out, images.transpose(0, 3, 1, 2))
+    return out
+
+
+def normalize_(x: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """``(x - mean[c]) / std[c]`` on float32 NCHW, in place (one pass each, no temporaries)."""
+    x -= mean.reshape(1, -1, 1, 1)
+    x *= (1.0 / std).astype(np.float32).reshape(1, -1, 1, 1)
+    return x
+
+
+def probabilities(logits: np.ndarray, task_type: str) -> np.ndarray:
+    """Sigmoid per label for multi-label tasks, softmax over labels otherwise."""
+    z = logits.astype(np.float64)
+    if task_type == "multi-label":
+        return 1.0 / (1.0 + np.exp(-z))
+    z = z - z.max(axis=1, keepdims=True)
+    e = np.exp(z)
+    return e / e.sum(axis=1, keepdims=True)

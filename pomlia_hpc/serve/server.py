@@ -1,0 +1,91 @@
+"""Running the app under uvicorn, and finding out where it listens.
+
+The listening socket is bound here, before uvicorn starts, so ``port: 0`` picks a free port and
+the real address is known. Once the model is loaded the address is printed (``serving NAME at
+http://HOST:PORT``) and, if asked, written to ``address_file`` (temp name, then rename), which
+is how the sbatch script and the tests find a server.
+
+SIGTERM / SIGINT: uvicorn stops accepting connections, waits up to ``graceful_timeout_s`` for
+in-flight requests, then the app's lifespan answers anything still queued and closes the
+prediction log. The process exits 0.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import sys
+from pathlib import Path
+
+import uvicorn
+
+from pomlia_hpc.serve.app import create_app
+from pomlia_hpc.serve.config import ServeConfig
+from pomlia_hpc.serve.exported import ExportedBundle
+
+
+def bind_socket(host: str, port: int) -> socket.socket:
+    """A listening TCP socket on ``host:port`` (``port`` 0: a free one)."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(2048)  # connections wait in the backlog while the model loads
+    sock.set_inheritable(True)
+    return sock
+
+
+def public_address(host: str, port: int) -> str:
+    """``http://HOST:PORT`` that other machines can use (the node's name for 0.0.0.0)."""
+    shown = socket.getfqdn() if host in ("0.0.0.0", "::", "") else host
+    if ":" in shown:
+        shown = f"[{shown}]"
+    return f"http://{shown}:{port}"
+
+
+def write_address(path: Path, address: str) -> None:
+    """Write ``address`` + newline to ``path`` atomically."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(address + "\n")
+    tmp.replace(path)
+
+
+def run_server(bundle: ExportedBundle, config: ServeConfig, log_dir: Path) -> None:
+    """Serve ``bundle`` until SIGTERM/SIGINT; blocks."""
+    sock = bind_socket(config.host, config.port)
+    port = int(sock.getsockname()[1])
+    address = public_address(config.host, port)
+
+    def on_ready() -> None:
+        print(f"serving {bundle.name} ({bundle.version}) at {address}", flush=True)
+        print(f"prediction log: {log_dir}", flush=True)
+        if config.address_file is not None:
+            write_address(config.address_file, address)
+
+    logging.basicConfig(
+        level=logging.INFO,
+        stream=sys.stderr,
+        format="%(asctime)s %(name)s %(levelname)s %(message)s",
+    )
+    app = create_app(bundle, config, log_dir, on_ready=on_ready)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            lifespan="on",
+            access_log=False,
+            log_level="warning",
+            timeout_graceful_shutdown=int(config.graceful_timeout_s) or None,
+            # uvloop and httptools when installed (the C parser halves per-request overhead).
+            loop="auto",
+            http="auto",
+            backlog=2048,
+        )
+    )
+    try:
+        server.run(sockets=[sock])
+    finally:
+        sock.close()
+        if config.address_file is not None:
+            config.address_file.unlink(missing_ok=True)

@@ -1,0 +1,254 @@
+"""Classifier checkpoints, registry rows and the export to TorchScript + ONNX + model card."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from pomlia_hpc.cli import app
+from pomlia_hpc.errors import InputError, NotFoundError, PomliaError
+from pomlia_hpc.nets import ARCHITECTURES, build_classifier
+from pomlia_hpc.registry import Model, Registry
+from pomlia_hpc.serve.bundle import (
+    load_classifier,
+    normalize_task_type,
+    register_model,
+    save_classifier,
+)
+from pomlia_hpc.serve.demo import save_demo_checkpoint
+from pomlia_hpc.serve.export import ExportError, export_checkpoint, export_model
+from pomlia_hpc.serve.exported import ExportedBundle
+from pomlia_hpc.workspace import Workspace
+
+
+@pytest.mark.parametrize("arch", ARCHITECTURES)
+def test_every_architecture_maps_images_to_logits(arch: str) -> None:
+    for size in (28, 64) if arch == "resnet18" else (28,):
+        model = build_classifier(arch, 5, in_channels=1, image_size=size).eval()
+        with torch.inference_mode():
+            out = model(torch.rand(2, 1, size, size))
+        assert out.shape == (2, 5)
+
+
+def test_resnet18_small_input_stem_keeps_resolution() -> None:
+    small = build_classifier("resnet18", 3, image_size=28)
+    big = build_classifier("resnet18", 3, image_size=64)
+    imagenet = build_classifier("resnet18_imagenet", 3, image_size=28)
+    assert small.conv1.stride == (1, 1) and isinstance(small.maxpool, torch.nn.Identity)
+    assert big.conv1.stride == (1, 1) and isinstance(big.maxpool, torch.nn.MaxPool2d)
+    assert imagenet.conv1.stride == (2, 2)
+
+
+def test_unknown_architecture_lists_the_known_ones() -> None:
+    with pytest.raises(InputError, match="small_cnn"):
+        build_classifier("resnet999", 3)
+
+
+def test_task_types_accept_medmnist_spellings() -> None:
+    assert normalize_task_type("multi-label, binary-class") == "multi-label"
+    assert normalize_task_type("ordinal-regression") == "ordinal"
+    with pytest.raises(InputError, match="segmentation"):
+        normalize_task_type("segmentation")
+
+
+def test_checkpoint_round_trip(tmp_path: Path) -> None:
+    torch.manual_seed(0)
+    model = build_classifier("small_cnn", 4, 1, image_size=28).eval()
+    meta = save_classifier(
+        tmp_path / "m.pt",
+        model,
+        arch="small_cnn",
+        num_classes=4,
+        in_channels=1,
+        image_size=28,
+        task_type="binary-class",
+        label_names=list("abcd"),
+        metrics={"auc": 0.9},
+        lineage={"run_id": 7},
+    )
+    assert meta.task_type == "binary"
+    loaded = load_classifier(tmp_path / "m.pt")
+    x = torch.rand(3, 1, 28, 28)
+    with torch.inference_mode():
+        assert torch.equal(loaded.model(x), model(x))
+    assert loaded.meta.label_names == ("a", "b", "c", "d")
+    assert loaded.meta.metrics == {"auc": 0.9}
+    assert not list(tmp_path.glob(".*tmp*"))  # no temp file left behind
+
+
+def test_save_rejects_weights_that_do_not_fit_the_arch(tmp_path: Path) -> None:
+    model = build_classifier("small_cnn", 4, 3)
+    with pytest.raises(InputError, match="do not fit arch 'small_cnn'"):
+        save_classifier(
+            tmp_path / "m.pt",
+            model,
+            arch="small_cnn",
+            num_classes=5,
+            in_channels=3,
+            image_size=28,
+            task_type="multi-class",
+            label_names=list("abcde"),
+        )
+    assert not (tmp_path / "m.pt").exists()
+
+
+def test_save_rejects_wrong_number_of_label_names(tmp_path: Path) -> None:
+    model = build_classifier("small_cnn", 4, 3)
+    with pytest.raises(InputError, match="'label_names' has 2 names, expected num_classes=4"):
+        save_classifier(
+            tmp_path / "m.pt",
+            model,
+            arch="small_cnn",
+            num_classes=4,
+            in_channels=3,
+            image_size=28,
+            task_type="multi-class",
+            label_names=["a", "b"],
+        )
+
+
+def test_load_rejects_a_file_that_is_not_a_checkpoint(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.pt"
+    torch.save({"weights": 1}, bad)
+    with pytest.raises(InputError, match="'format'"):
+        load_classifier(bad)
+    with pytest.raises(NotFoundError):
+        load_classifier(tmp_path / "missing.pt")
+
+
+def test_register_model_creates_a_row_and_refuses_a_taken_name(
+    tmp_path: Path, workspace: Workspace
+) -> None:
+    reg = Registry.open(workspace.db_url)
+    ckpt = save_demo_checkpoint(tmp_path / "c.pt", num_classes=3)
+    row = register_model(reg, "m1", ckpt, lineage={"dataset": "pathmnist"})
+    with reg.session() as s:
+        stored = s.get(Model, row.id)
+        assert stored is not None
+        assert stored.card["label_names"] == ["class_0", "class_1", "class_2"]
+        assert stored.lineage["dataset"] == "pathmnist"
+        assert stored.path == str(ckpt.resolve())
+    with pytest.raises(PomliaError, match="already registered"):
+        register_model(reg, "m1", ckpt)
+
+
+@pytest.fixture(scope="module")
+def small_export(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(checkpoint, bundle dir) of a small_cnn multi-label model (1 channel, 28 px), exported
+    once for this module."""
+    tmp = tmp_path_factory.mktemp("small")
+    ckpt = save_demo_checkpoint(tmp / "c.pt", task_type="multi-label", channels=1, num_classes=6)
+    return ckpt, export_checkpoint(ckpt, tmp / "bundles", name="m").bundle.root
+
+
+@pytest.fixture
+def small_bundle(small_export: tuple[Path, Path]) -> Path:
+    return small_export[1]
+
+
+def _assert_parity(ckpt: Path, root: Path, channels: int, size: int) -> None:
+    """ONNX (onnxruntime) and TorchScript outputs equal eager PyTorch within 1e-4 on fresh
+    random inputs, at a batch size the export's own check did not try."""
+    model = load_classifier(ckpt).model
+    sess = ort.InferenceSession(str(root / "model.onnx"), providers=["CPUExecutionProvider"])
+    x = torch.randn(11, channels, size, size, generator=torch.Generator().manual_seed(5))
+    with torch.inference_mode():
+        ref = model(x).numpy()
+    got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
+    assert np.abs(got - ref).max() <= 1e-4
+    ts = torch.jit.load(str(root / "model.ts"))
+    with torch.inference_mode():
+        assert np.abs(ts(x).numpy() - ref).max() <= 1e-4
+
+
+def test_small_cnn_export_matches_pytorch(small_export: tuple[Path, Path]) -> None:
+    ckpt, root = small_export
+    bundle = ExportedBundle.open(root)
+    assert set(bundle.card["files"]) == {"model.onnx", "model.ts"}
+    assert bundle.task_type == "multi-label"
+    assert (bundle.channels, bundle.image_size) == (1, 28)
+    assert bundle.card["export"]["max_abs_diff"]["onnx"] <= 1e-4
+    assert bundle.card["fingerprint"] == {
+        **bundle.card["fingerprint"],
+        "kind": "stats-thumb-v1",
+        "dim": 66,
+    }
+    _assert_parity(ckpt, root, 1, 28)
+    # Same weights again: same version, nothing rewritten.
+    again = export_checkpoint(ckpt, root.parent, name="m")
+    assert again.reused and again.bundle.root == root
+
+
+def test_resnet18_export_matches_pytorch(tmp_path: Path) -> None:
+    ckpt = save_demo_checkpoint(tmp_path / "c.pt", arch="resnet18", channels=3, image_size=28)
+    res = export_checkpoint(ckpt, tmp_path / "bundles", name="r18")
+    assert res.max_abs_diff["onnx"] <= 1e-4 and res.max_abs_diff["torchscript"] <= 1e-4
+    _assert_parity(ckpt, res.bundle.root, 3, 28)
+
+
+def test_export_refuses_when_outputs_disagree(tmp_path: Path) -> None:
+    ckpt = save_demo_checkpoint(tmp_path / "c.pt")
+    with pytest.raises(ExportError, match="differs from PyTorch"):
+        export_checkpoint(ckpt, tmp_path / "bundles", name="m", atol=-1.0)
+    assert not any((tmp_path / "bundles").iterdir())  # nothing half-written visible
+
+
+def test_export_ships_an_encoder_for_fingerprints(tmp_path: Path) -> None:
+    ckpt = save_demo_checkpoint(tmp_path / "c.pt", channels=3)
+    enc = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, stride=2), torch.nn.AdaptiveAvgPool2d(2))
+    scripted = torch.jit.script(enc)
+    scripted.save(str(tmp_path / "enc.ts"))
+    res = export_checkpoint(ckpt, tmp_path / "bundles", name="m", encoder=tmp_path / "enc.ts")
+    assert res.bundle.card["fingerprint"]["kind"] == "encoder"
+    assert res.bundle.card["fingerprint"]["dim"] == 16
+    assert res.bundle.encoder_file == res.bundle.root / "encoder.ts"
+
+
+def test_bundle_card_errors_name_the_field(tmp_path: Path, small_bundle: Path) -> None:
+    root = tmp_path / "b"
+    shutil.copytree(small_bundle, root)
+    card = json.loads((root / "card.json").read_text())
+    card["input"]["channels"] = "three"
+    (root / "card.json").write_text(json.dumps(card))
+    with pytest.raises(InputError, match=r"'input\.channels' should be int"):
+        ExportedBundle.open(root)
+    card["input"]["channels"] = 1
+    card["files"]["../../etc/passwd"] = "x"
+    (root / "card.json").write_text(json.dumps(card))
+    with pytest.raises(InputError, match="bare file name"):
+        ExportedBundle.open(root)
+
+
+def test_export_command_registers_the_bundle(tmp_path: Path, workspace: Workspace) -> None:
+    reg = Registry.open(workspace.db_url)
+    ckpt = save_demo_checkpoint(tmp_path / "c.pt", num_classes=3, task_type="ordinal")
+    register_model(reg, "grade", ckpt)
+    runner = CliRunner()
+    result = runner.invoke(app, ["model", "export", "grade"])
+    assert result.exit_code == 0, result.output
+    with reg.session() as s:
+        row = s.query(Model).filter_by(name="grade").one()
+        bundle_dir = Path(row.card["export"]["bundle"])
+        assert row.card["model_version"] == bundle_dir.name
+    assert bundle_dir.parent == workspace.path("models", "grade", "bundles")
+    card = json.loads((bundle_dir / "card.json").read_text())
+    for key in ("task", "label_names", "input", "preprocessing", "metrics", "lineage"):
+        assert key in card
+    listed = runner.invoke(app, ["model", "list"])
+    assert "grade" in listed.output and bundle_dir.name in listed.output
+    missing = runner.invoke(app, ["model", "export", "nope"])
+    assert missing.exit_code != 0
+    assert isinstance(missing.exception, NotFoundError)
+
+
+def test_export_model_unknown_name(workspace: Workspace) -> None:
+    reg = Registry.open(workspace.db_url)
+    with pytest.raises(NotFoundError, match="known models: \\(none\\)"):
+        export_model(reg, workspace, "ghost")
