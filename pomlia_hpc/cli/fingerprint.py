@@ -1,0 +1,264 @@
+"""``pomlia fingerprint train|extract``, ``pomlia index build``, ``pomlia similar`` and
+``pomlia plot latent``: parse, call :mod:`pomlia_hpc.fingerprint`, render."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from pydantic import ValidationError
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from sqlalchemy import select
+
+from pomlia_hpc.cli.app import STATE, app, console
+from pomlia_hpc.errors import InputError, NotFoundError
+from pomlia_hpc.registry import Encoder
+
+fingerprint_app = typer.Typer(
+    help="Train the fingerprint autoencoder and embed datasets with it.", no_args_is_help=True
+)
+index_app = typer.Typer(help="FAISS indexes over an encoder's embeddings.", no_args_is_help=True)
+plot_app = typer.Typer(help="Figures of the latent space.", no_args_is_help=True)
+app.add_typer(fingerprint_app, name="fingerprint")
+app.add_typer(index_app, name="index")
+app.add_typer(plot_app, name="plot")
+
+EncoderOpt = Annotated[
+    str | None,
+    typer.Option("--encoder", "-e", help="Encoder name or id (default: the only one registered)."),
+]
+
+
+def _encoder(name: str | None) -> str:
+    if name is not None:
+        return name
+    with STATE.registry().session() as s:
+        names = list(s.scalars(select(Encoder.name).order_by(Encoder.id)))
+    if len(names) == 1:
+        return names[0]
+    if not names:
+        raise NotFoundError("no encoder is registered", hint="run `pomlia fingerprint train`")
+    raise InputError(f"several encoders are registered ({', '.join(names)}): pass --encoder")
+
+
+def _progress() -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        console=console,
+    )
+
+
+def _resources(cpus: int | None, gpus: int | None) -> dict[str, Any] | None:
+    res = {k: v for k, v in {"cpus_per_task": cpus, "gpus_per_node": gpus}.items() if v}
+    return res or None
+
+
+@fingerprint_app.command("train")
+def train(
+    datasets: Annotated[list[str], typer.Argument(help="Dataset versions: name or name@version.")],
+    name: Annotated[str, typer.Option("--name", "-n", help="Name of the new encoder.")],
+    latent_dim: Annotated[int, typer.Option("--latent-dim", "-d", help="Latent size d.")] = 16,
+    size: Annotated[int, typer.Option(help="Input size in px: 28 or 64.")] = 28,
+    stem: Annotated[str, typer.Option(help="ResNet stem: imagenet (paper) or small.")] = "imagenet",
+    epochs: Annotated[int, typer.Option(help="Epochs.")] = 10,
+    batch_size: Annotated[int, typer.Option(help="Images per process per step.")] = 128,
+    lr: Annotated[float, typer.Option(help="Adam learning rate.")] = 1e-3,
+    split: Annotated[
+        str, typer.Option(help="Rows to train on: train, val, test or all.")
+    ] = "train",
+    max_images: Annotated[
+        int | None, typer.Option(help="At most this many images per dataset.")
+    ] = None,
+    processes: Annotated[int, typer.Option(help="Data-parallel ranks (gloo on CPU).")] = 1,
+    workers: Annotated[int, typer.Option(help="DataLoader workers per rank.")] = 1,
+    precision: Annotated[str, typer.Option(help="fp32 or bf16.")] = "fp32",
+    zero_stage: Annotated[int, typer.Option(help="DeepSpeed ZeRO stage 0-2.")] = 0,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    cpus: Annotated[int | None, typer.Option(help="CPUs for the job.")] = None,
+    gpus: Annotated[int | None, typer.Option(help="GPUs for the job.")] = None,
+) -> None:
+    """Train the ResNet-18 autoencoder on DATASETS as a cluster job and register it."""
+    from pomlia_hpc.fingerprint.train import TrainConfig, train_encoder
+
+    try:
+        config = TrainConfig.model_validate(
+            {
+                "encoder": {"latent_dim": latent_dim, "image_size": size, "stem": stem},
+                "epochs": epochs,
+                "batch_size": batch_size,
+                "lr": lr,
+                "split": split,
+                "max_images_per_dataset": max_images,
+                "processes": processes,
+                "num_workers": workers,
+                "precision": precision,
+                "zero_stage": zero_stage,
+                "seed": seed,
+            }
+        )
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise InputError(
+            f"option '{'.'.join(str(p) for p in err['loc'])}': {err['msg']} "
+            f"(got {err.get('input')!r})"
+        ) from exc
+    ws = STATE.workspace
+    ws.create()
+    with console.status(f"training encoder '{name}' ({epochs} epochs) as a job ..."):
+        enc = train_encoder(
+            STATE.registry(), ws, name, datasets, config, resources=_resources(cpus, gpus)
+        )
+    table = Table(title=f"encoder {enc.name} (id {enc.id})")
+    table.add_column("epoch", justify="right")
+    table.add_column("MSE loss", justify="right")
+    for i, loss in enumerate(enc.loss_curve, 1):
+        table.add_row(str(i), f"{loss:.6f}")
+    console.print(table)
+    console.print(f"checkpoint {enc.checkpoint_path}")
+
+
+@fingerprint_app.command("extract")
+def extract(
+    datasets: Annotated[list[str], typer.Argument(help="Dataset versions: name or name@version.")],
+    encoder: EncoderOpt = None,
+    shards: Annotated[int | None, typer.Option(help="Shards per dataset (array tasks).")] = None,
+    shard_rows: Annotated[
+        int | None, typer.Option(help="Or: about this many images per shard.")
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 256,
+    patch_grid: Annotated[
+        int, typer.Option(help="Also embed g x g tiles of each image (patch fingerprints).")
+    ] = 1,
+    force: Annotated[bool, typer.Option(help="Recompute even complete embeddings.")] = False,
+    cpus: Annotated[int | None, typer.Option(help="CPUs per shard.")] = None,
+    gpus: Annotated[int | None, typer.Option(help="GPUs per shard.")] = None,
+) -> None:
+    """Embed DATASETS with an encoder as an array job (complete shards are skipped)."""
+    from pomlia_hpc.fingerprint.extract import extract as run_extract
+
+    ws = STATE.workspace
+    ws.create()
+    with _progress() as bar:
+        task = bar.add_task("extracting shards", total=None)
+
+        def report(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        results = run_extract(
+            STATE.registry(),
+            ws,
+            _encoder(encoder),
+            datasets,
+            shards=shards,
+            shard_rows=shard_rows,
+            batch_size=batch_size,
+            patch_grid=patch_grid,
+            force=force,
+            resources=_resources(cpus, gpus),
+            progress=report,
+        )
+    table = Table(title="embeddings")
+    for col in ("dataset", "vectors", "shards", "run now", "status"):
+        table.add_column(col)
+    for r in results:
+        table.add_row(r.ref, str(r.n_vectors), str(r.shards), str(r.shards_run), r.status)
+    console.print(table)
+
+
+@index_app.command("build")
+def build(
+    encoder: EncoderOpt = None,
+    factory: Annotated[
+        str | None, typer.Option(help="faiss index_factory string (default: Flat up to 1M).")
+    ] = None,
+    metric: Annotated[str, typer.Option(help="l2 or ip (cosine).")] = "l2",
+    nprobe: Annotated[int | None, typer.Option(help="Lists an IVF search visits.")] = None,
+    patches: Annotated[bool, typer.Option(help="Index the patch embeddings instead.")] = False,
+    rebuild: Annotated[bool, typer.Option(help="Rebuild from scratch.")] = False,
+) -> None:
+    """Build (or extend with newly extracted datasets) the FAISS index of an encoder."""
+    from pomlia_hpc.fingerprint.index import build_index
+
+    if metric not in ("l2", "ip"):
+        raise InputError(f"option '--metric': expected 'l2' or 'ip', got '{metric}'")
+    with _progress() as bar:
+        task = bar.add_task("adding vectors", total=None)
+        res = build_index(
+            STATE.registry(),
+            STATE.workspace,
+            _encoder(encoder),
+            factory=factory,
+            metric="ip" if metric == "ip" else "l2",
+            kind="patches" if patches else "images",
+            nprobe=nprobe,
+            rebuild=rebuild,
+            progress=lambda d, t: bar.update(task, completed=d, total=t),
+        )
+    what = "rebuilt" if res.rebuilt else ("extended" if res.added_sets else "up to date")
+    console.print(
+        f"index {what}: {res.factory}, {res.ntotal} vectors, generation {res.generation} "
+        f"({res.path})"
+    )
+    for ref in res.added_sets:
+        console.print(f"  added {ref}")
+
+
+@app.command("similar")
+def similar(
+    dataset: Annotated[str, typer.Argument(help="Query dataset: name or name@version.")],
+    encoder: EncoderOpt = None,
+    k: Annotated[int, typer.Option("--k", help="How many datasets.")] = 5,
+    distance: Annotated[str, typer.Option(help="mean, frechet, mmd or kl.")] = "frechet",
+    images: Annotated[
+        int | None, typer.Option(help="List the N nearest images of other datasets instead.")
+    ] = None,
+    split: Annotated[str | None, typer.Option(help="Query only this split's images.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """The datasets (or, with --images, the images) most similar to DATASET."""
+    from pomlia_hpc.fingerprint.similar import nearest_images, similar_datasets
+
+    reg, enc = STATE.registry(), _encoder(encoder)
+    if images is not None:
+        hits = nearest_images(reg, STATE.workspace, enc, dataset, images, split=split)
+        rows = [[h.ref, h.split, h.row, h.distance] for h in hits]
+        cols = ["dataset", "split", "row", "distance"]
+        title = f"{len(hits)} nearest images to {dataset} (encoder {enc})"
+    else:
+        found = similar_datasets(reg, enc, dataset, k, distance)
+        rows = [[r.ref, r.distance, r.n_vectors] for r in found]
+        cols = ["dataset", f"{distance} distance", "images"]
+        title = f"datasets nearest to {dataset} (encoder {enc})"
+    if as_json:
+        typer.echo(json.dumps([dict(zip(cols, r, strict=True)) for r in rows]))
+        return
+    table = Table(title=title)
+    for c in cols:
+        table.add_column(c)
+    for r in rows:
+        table.add_row(*(f"{v:.4g}" if isinstance(v, float) else str(v) for v in r))
+    console.print(table)
+
+
+@plot_app.command("latent")
+def latent(
+    datasets: Annotated[
+        list[str] | None, typer.Argument(help="Datasets (default: all extracted).")
+    ] = None,
+    encoder: EncoderOpt = None,
+    out: Annotated[Path | None, typer.Option(help="Folder for the PNGs.")] = None,
+) -> None:
+    """Write the latent scatter of test samples (Figure 5) and per-dataset means (Figure 6)."""
+    from pomlia_hpc.fingerprint.plots import plot_encoder_latent
+
+    enc = _encoder(encoder)
+    folder = out or STATE.workspace.path("reports", "latent", enc)
+    paths = plot_encoder_latent(STATE.registry(), enc, datasets or None, folder)
+    for p in paths:
+        console.print(f"wrote {p}")

@@ -1,0 +1,470 @@
+"""Sharded extraction: embed dataset versions with a trained encoder as an array job.
+
+Layout, one Zarr group per (encoder, dataset version)::
+
+    <home>/embeddings/<encoder>/<dataset>/<version>.zarr
+        z         float32 (N, d)          chunk = (chunk_rows of the image store, d)
+        patches   float32 (N, g*g, d)     only with patch_grid = g > 1: one vector per tile
+        attrs["pomlia"]  {encoder, dataset, version, latent_dim, shards: [[start, stop], ...]}
+    <home>/embeddings/<encoder>/<dataset>/<version>.shards/NNNN.done   one JSON per finished shard
+
+Shard ``i`` owns rows ``shards[i]`` (whole chunks of the image store, so also whole chunks of
+``z``): it reads those chunks (the next one is read on a thread while the current one is being
+embedded), writes only its own aligned region of ``z``, and finally writes its ``.done`` file by
+atomic rename. The plan (``shards``) is fixed when the array is created, so a re-run submits
+only the shards without a ``.done`` file; a shard killed half-way (even with SIGKILL, in the
+middle of a chunk write) simply runs again and rewrites its whole region. Each chunk is embedded
+in batches that start at the chunk start, so the vectors do not depend on how rows are grouped
+into shards or runs: a resumed extraction is bitwise identical to an uninterrupted one (with the
+same number of threads and the same device).
+
+The submitting process records one :class:`~pomlia_hpc.registry.FingerprintSet` per version
+(``status``: running → complete, ``mean`` = the mean embedding, the paper's dataset
+fingerprint); jobs never write to the registry.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import os
+import shutil
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from queue import Queue
+from typing import Any
+
+import numpy as np
+import torch
+import zarr
+from sqlalchemy import select
+
+from pomlia_hpc.cluster import Executor, JobHandle
+from pomlia_hpc.data.store import DatasetStore, find_version, open_store
+from pomlia_hpc.errors import ClusterError, InputError
+from pomlia_hpc.fingerprint.autoencoder import Autoencoder, to_input
+from pomlia_hpc.fingerprint.io import atomic_write_text, group_meta, open_array
+from pomlia_hpc.fingerprint.train import cpus_available, get_encoder, load_checkpoint
+from pomlia_hpc.registry import Encoder, FingerprintSet, Registry
+from pomlia_hpc.workspace import Workspace
+
+#: Default images per shard when neither ``shards`` nor ``shard_rows`` is given.
+DEFAULT_SHARD_ROWS = 200_000
+
+
+@dataclass(frozen=True)
+class ShardSpec:
+    """One array task: embed rows [start, stop) of ``store_path`` into ``out_path``."""
+
+    store_path: str
+    out_path: str
+    checkpoint: str
+    shard: int
+    start: int
+    stop: int
+    batch_size: int = 256
+    patch_grid: int = 1
+    threads: int | None = None
+    device: str = "auto"
+
+
+def embeddings_path(workspace: Workspace, encoder: str, store: DatasetStore) -> Path:
+    """Where the embeddings of ``store`` under ``encoder`` live."""
+    return workspace.path("embeddings", encoder, store.name, f"{store.version}.zarr")
+
+
+def marker_dir(out_path: str | Path) -> Path:
+    """The folder of ``.done`` files of an embeddings group."""
+    p = Path(out_path)
+    return p.with_name(p.name.removesuffix(".zarr") + ".shards")
+
+
+def marker(out_path: str | Path, shard: int) -> Path:
+    return marker_dir(out_path) / f"{shard:04d}.done"
+
+
+# ----------------------------------------------------------------------------- the shard job
+
+_MODEL_CACHE: dict[str, Autoencoder] = {}
+
+
+def _model(checkpoint: str, device: torch.device) -> Autoencoder:
+    key = f"{checkpoint}:{device}"
+    if key not in _MODEL_CACHE:
+        model, _cfg = load_checkpoint(checkpoint)
+        _MODEL_CACHE[key] = model.to(device)
+    return _MODEL_CACHE[key]
+
+
+def _prefetch(store: DatasetStore, start: int, stop: int) -> Iterator[tuple[int, np.ndarray]]:
+    """Whole chunks of rows [start, stop), the next one read on a thread meanwhile."""
+    q: Queue[tuple[int, np.ndarray] | BaseException | None] = Queue(maxsize=2)
+
+    def reader() -> None:
+        try:
+            for a, b in store.chunk_ranges(start, stop):
+                q.put((a, store.read_rows(a, b)))
+            q.put(None)
+        except BaseException as exc:  # re-raised in the consumer
+            q.put(exc)
+
+    threading.Thread(target=reader, daemon=True).start()
+    while (item := q.get()) is not None:
+        if isinstance(item, BaseException):
+            raise item
+        yield item
+
+
+def tiles(images: np.ndarray, grid: int) -> np.ndarray:
+    """Split uint8 images (n, H, W, C) into grid x grid tiles: (n * grid**2, H/grid, W/grid, C),
+    tiles of one image consecutive, row-major."""
+    n, h, w, c = images.shape
+    th, tw = h // grid, w // grid
+    x = images[:, : th * grid, : tw * grid]
+    x = x.reshape(n, grid, th, grid, tw, c).transpose(0, 1, 3, 2, 4, 5)
+    return np.ascontiguousarray(x.reshape(n * grid * grid, th, tw, c))
+
+
+@torch.inference_mode()
+def embed_images(
+    model: Autoencoder, images: np.ndarray, batch_size: int, device: torch.device
+) -> np.ndarray:
+    """float32 (n, d) latent vectors of uint8 images (n, H, W, C), in batches of
+    ``batch_size`` starting at row 0 (so a row's vector depends only on its batch)."""
+    out = []
+    size = model.config.image_size
+    for i in range(0, len(images), batch_size):
+        x = to_input(images[i : i + batch_size], size).to(device)
+        out.append(model.encode(x).float().cpu().numpy())
+    d = model.config.latent_dim
+    return np.concatenate(out) if out else np.zeros((0, d), np.float32)
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def run_shard(spec: ShardSpec) -> dict[str, Any]:
+    """Embed one shard (the array-task callable). Returns the shard's ``.done`` record."""
+    done = marker(spec.out_path, spec.shard)
+    if done.exists():
+        return dict(json.loads(done.read_text()))
+    t0 = time.perf_counter()
+    torch.set_num_threads(spec.threads or cpus_available())
+    device = _device(spec.device)
+    model = _model(spec.checkpoint, device)
+    store = open_store(spec.store_path)
+    z = open_array(spec.out_path, "z", mode="r+")
+    patches = open_array(spec.out_path, "patches", mode="r+") if spec.patch_grid > 1 else None
+    total = np.zeros(model.config.latent_dim, np.float64)
+    for a, images in _prefetch(store, spec.start, spec.stop):
+        emb = embed_images(model, images, spec.batch_size, device)
+        z[a : a + len(emb)] = emb
+        total += emb.sum(axis=0, dtype=np.float64)
+        if patches is not None:
+            g = spec.patch_grid
+            pe = embed_images(model, tiles(images, g), spec.batch_size, device)
+            patches[a : a + len(emb)] = pe.reshape(len(emb), g * g, -1)
+    record = {
+        "shard": spec.shard,
+        "start": spec.start,
+        "stop": spec.stop,
+        "sum": total.tolist(),
+        "seconds": time.perf_counter() - t0,
+        "host": os.uname().nodename,
+    }
+    atomic_write_text(done, json.dumps(record))
+    return record
+
+
+# ----------------------------------------------------------------------------- planning
+
+
+def plan_shards(
+    store: DatasetStore, n_shards: int | None, shard_rows: int | None
+) -> list[tuple[int, int]]:
+    """Split all rows of ``store`` into at most ``n_shards`` ranges of whole chunks (or ranges
+    of about ``shard_rows`` images)."""
+    n, step = store.n_images, store.chunk_rows
+    n_chunks = max(1, math.ceil(n / step))
+    if n_shards is None:
+        n_shards = math.ceil(n / (shard_rows or DEFAULT_SHARD_ROWS))
+    n_shards = max(1, min(n_shards, n_chunks))
+    bounds = [round(i * n_chunks / n_shards) * step for i in range(n_shards + 1)]
+    return [(a, min(b, n)) for a, b in itertools.pairwise(bounds) if a < min(b, n)]
+
+
+def _prepare(
+    out: Path,
+    store: DatasetStore,
+    encoder: Encoder,
+    latent_dim: int,
+    plan: list[tuple[int, int]],
+    patch_grid: int,
+    force: bool,
+) -> list[tuple[int, int]]:
+    """Create the embeddings group (or reuse it and its plan); returns the shard plan."""
+    if force:
+        shutil.rmtree(out, ignore_errors=True)
+        shutil.rmtree(marker_dir(out), ignore_errors=True)
+    if (out / "zarr.json").exists():
+        meta = group_meta(out)
+        if (
+            meta.get("latent_dim") == latent_dim
+            and meta.get("patch_grid", 1) == patch_grid
+            and meta.get("n_images") == store.n_images
+        ):
+            return [(int(a), int(b)) for a, b in meta["shards"]]
+        shutil.rmtree(out)  # stale layout: start over
+        shutil.rmtree(marker_dir(out), ignore_errors=True)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    g = zarr.open_group(str(out), mode="w")
+    n, rows = store.n_images, store.chunk_rows
+    g.create_array(
+        "z", shape=(n, latent_dim), chunks=(rows, latent_dim), dtype="float32", fill_value=np.nan
+    )
+    if patch_grid > 1:
+        k = patch_grid * patch_grid
+        g.create_array(
+            "patches",
+            shape=(n, k, latent_dim),
+            chunks=(rows, k, latent_dim),
+            dtype="float32",
+            fill_value=np.nan,
+        )
+    g.attrs["pomlia"] = {
+        "encoder": encoder.name,
+        "encoder_id": encoder.id,
+        "dataset": store.name,
+        "version": store.version,
+        "latent_dim": latent_dim,
+        "n_images": n,
+        "patch_grid": patch_grid,
+        "splits": store.meta.get("splits", {}),
+        "shards": [list(p) for p in plan],
+    }
+    marker_dir(out).mkdir(parents=True, exist_ok=True)
+    return plan
+
+
+# ----------------------------------------------------------------------------- submission
+
+
+@dataclass(frozen=True)
+class ExtractResult:
+    """What one ``extract`` call did for one dataset version."""
+
+    ref: str
+    fingerprint_set_id: int
+    n_vectors: int
+    shards: int
+    shards_run: int
+    status: str
+
+
+def _record(registry: Registry, encoder_id: int, version_id: int, path: Path, **fields: Any) -> int:
+    with registry.session() as s:
+        q = select(FingerprintSet).where(
+            FingerprintSet.encoder_id == encoder_id,
+            FingerprintSet.dataset_version_id == version_id,
+        )
+        row = s.scalar(q) or FingerprintSet(
+            encoder_id=encoder_id, dataset_version_id=version_id, embeddings_path=str(path)
+        )
+        row.embeddings_path = str(path)
+        for k, v in fields.items():
+            setattr(row, k, v)
+        s.add(row)
+        s.flush()
+        return int(row.id)
+
+
+@dataclass(frozen=True)
+class DatasetPlan:
+    """One dataset version of an extraction: its shard plan and its fingerprint-set row."""
+
+    ref: str
+    version_id: int
+    fs_id: int
+    out: Path
+    shards: list[tuple[int, int]]
+    missing: list[int]
+
+
+@dataclass(frozen=True)
+class ExtractionPlan:
+    """What :func:`plan_extraction` prepared: per dataset, and the array tasks to run."""
+
+    encoder: Encoder
+    datasets: list[DatasetPlan]
+    specs: list[ShardSpec]
+
+
+def plan_extraction(
+    registry: Registry,
+    workspace: Workspace,
+    encoder: int | str | Encoder,
+    datasets: list[str],
+    *,
+    shards: int | None = None,
+    shard_rows: int | None = None,
+    batch_size: int = 256,
+    patch_grid: int = 1,
+    threads: int | None = None,
+    force: bool = False,
+) -> ExtractionPlan:
+    """Create the embeddings arrays (or reuse them and their shard plans) and list the shards
+    that have no ``.done`` file yet. Records each version's fingerprint set as running."""
+    if not datasets:
+        raise InputError("no datasets given: expected at least one dataset (name or name@version)")
+    if patch_grid < 1:
+        raise InputError(f"patch grid {patch_grid}: expected an integer >= 1")
+    if batch_size < 1:
+        raise InputError(f"batch size {batch_size}: expected an integer >= 1")
+    enc = get_encoder(registry, encoder)
+    if not enc.checkpoint_path:
+        raise InputError(f"encoder '{enc.name}' has no checkpoint: train it first")
+    latent_dim = int(load_checkpoint(enc.checkpoint_path)[1].latent_dim)
+    specs: list[ShardSpec] = []
+    plans: list[DatasetPlan] = []
+    for ref in datasets:
+        row = find_version(registry, ref)
+        store = open_store(row.store_path)
+        out = embeddings_path(workspace, enc.name, store)
+        ranges = _prepare(
+            out, store, enc, latent_dim, plan_shards(store, shards, shard_rows), patch_grid, force
+        )
+        missing = [i for i in range(len(ranges)) if not marker(out, i).exists()]
+        specs.extend(
+            ShardSpec(
+                store_path=str(store.path),
+                out_path=str(out),
+                checkpoint=enc.checkpoint_path,
+                shard=i,
+                start=ranges[i][0],
+                stop=ranges[i][1],
+                batch_size=batch_size,
+                patch_grid=patch_grid,
+                threads=threads,
+            )
+            for i in missing
+        )
+        fs_id = _record(registry, enc.id, row.id, out, status="running" if missing else "complete")
+        plans.append(DatasetPlan(store.ref, row.id, fs_id, out, ranges, missing))
+    return ExtractionPlan(enc, plans, specs)
+
+
+def finish_extraction(registry: Registry, plan: ExtractionPlan) -> list[ExtractResult]:
+    """Record every dataset of ``plan`` whose shards are all done as complete (with its mean
+    embedding, from the shards' sums), the others as failed."""
+    results = []
+    for ds in plan.datasets:
+        done = [marker(ds.out, i) for i in range(len(ds.shards))]
+        n = ds.shards[-1][1] if ds.shards else 0
+        if all(p.exists() for p in done):
+            total = np.sum([json.loads(p.read_text())["sum"] for p in done], axis=0)
+            mean = (np.asarray(total) / max(n, 1)).tolist()
+            status = "complete"
+            _record(
+                registry,
+                plan.encoder.id,
+                ds.version_id,
+                ds.out,
+                status=status,
+                n_vectors=n,
+                mean=mean,
+            )
+        else:
+            status = "failed"
+            _record(registry, plan.encoder.id, ds.version_id, ds.out, status=status)
+        results.append(ExtractResult(ds.ref, ds.fs_id, n, len(ds.shards), len(ds.missing), status))
+    return results
+
+
+def extract(
+    registry: Registry,
+    workspace: Workspace,
+    encoder: int | str | Encoder,
+    datasets: list[str],
+    *,
+    executor: Executor | None = None,
+    shards: int | None = None,
+    shard_rows: int | None = None,
+    batch_size: int = 256,
+    patch_grid: int = 1,
+    threads: int | None = None,
+    force: bool = False,
+    resources: dict[str, Any] | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[ExtractResult]:
+    """Embed ``datasets`` (refs ``name[@version]``) with ``encoder`` as one array job of shards.
+
+    Complete shards are skipped; a finished dataset version is a no-op unless ``force``.
+    ``threads`` (default: the CPUs the job was given) sets torch's threads in each shard.
+    ``progress(done, total)`` is called as shards finish. Raises :class:`ClusterError` naming
+    the failed shards (the others stay done; running again retries only the failed ones).
+    """
+    plan = plan_extraction(
+        registry,
+        workspace,
+        encoder,
+        datasets,
+        shards=shards,
+        shard_rows=shard_rows,
+        batch_size=batch_size,
+        patch_grid=patch_grid,
+        threads=threads,
+        force=force,
+    )
+    outcomes = _run(plan.specs, registry, workspace, executor, resources, progress)
+    results = finish_extraction(registry, plan)
+    failed = [(s, o) for s, o in zip(plan.specs, outcomes, strict=True) if isinstance(o, Exception)]
+    if failed:
+        names = ", ".join(f"{Path(s.out_path).parent.name} shard {s.shard}" for s, _ in failed)
+        raise ClusterError(
+            f"{len(failed)} extraction shard(s) failed ({names}): {failed[0][1]}",
+            hint="run the same command again to retry only the failed shards",
+        )
+    return results
+
+
+def _run(
+    specs: list[ShardSpec],
+    registry: Registry,
+    workspace: Workspace,
+    executor: Executor | None,
+    resources: dict[str, Any] | None,
+    progress: Callable[[int, int], None] | None,
+) -> list[Any]:
+    if not specs:
+        return []
+    ex = executor or Executor.from_profile(workspace.cluster_profile, workspace.jobs, registry)
+    handles: list[JobHandle] = ex.map_array(
+        run_shard, specs, name="fingerprint-extract", resources=resources
+    )
+    while True:
+        done = sum(h.done() for h in handles)
+        if progress is not None:
+            progress(done, len(handles))
+        if done == len(handles):
+            break
+        time.sleep(0.5)
+    out: list[Any] = []
+    for h in handles:
+        try:
+            out.append(h.result())
+        except ClusterError as exc:
+            out.append(exc)
+    return out
+
+
+def read_embeddings(path: str | Path, start: int = 0, stop: int | None = None) -> np.ndarray:
+    """float32 (n, d) embeddings of rows [start, stop) of the group at ``path``."""
+    z = open_array(path, "z")
+    return np.asarray(z[start : z.shape[0] if stop is None else stop])

@@ -1,0 +1,457 @@
+"""FAISS index over all embeddings of one encoder (image level, or patch level).
+
+Ids. A vector's 64-bit FAISS id is ``fingerprint_set_id << 32 | local`` where ``local`` is the
+row of the dataset version (image index) or ``row * tiles + tile`` for patch indexes; the
+manifest maps each fingerprint set to its ``name@version`` and split row ranges, so every hit
+maps back to (dataset version, split, row).
+
+Kinds. ``Flat`` (exact; L2 or inner product) is the default up to :data:`EXACT_LIMIT` vectors;
+any :func:`faiss.index_factory` string (``IVF4096,Flat``, ``IVF1024,PQ16``, ``HNSW32``, ...)
+can be given instead, and above the limit the default becomes ``IVF{4*sqrt(N)},Flat``. With
+``metric="ip"`` vectors are L2-normalised (cosine similarity). When ``faiss-gpu`` and a GPU are
+present, the IVF coarse quantiser is trained on the GPU.
+
+Publishing. Each build writes a new generation folder ``gen-NNNNNN`` (index.faiss +
+manifest.json) under a temporary name, renames it into place and then atomically replaces the
+``current`` symlink, so a reader never sees a half-written index. Adding a newly extracted
+dataset version loads the current index, adds only the new vectors (an IVF index keeps its
+trained quantiser) and publishes the result as the next generation; the rest is not rebuilt.
+
+Layout: ``<home>/indexes/<encoder>/{images,patches}/{current -> gen-NNNNNN, gen-NNNNNN/}``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import faiss
+import numpy as np
+import zarr
+from sqlalchemy import select
+
+from pomlia_hpc.errors import InputError, NotFoundError
+from pomlia_hpc.fingerprint.io import group_meta, open_array
+from pomlia_hpc.fingerprint.train import get_encoder
+from pomlia_hpc.registry import Dataset, DatasetVersion, Encoder, FingerprintSet, Registry
+from pomlia_hpc.workspace import Workspace
+
+#: Up to this many vectors the default index is exact (Flat).
+EXACT_LIMIT = 1_000_000
+#: Vectors used to train an IVF/PQ index (sampled evenly from all sets).
+TRAIN_SAMPLE = 262_144
+#: Inverted lists an IVF search visits unless the index or the caller says otherwise.
+DEFAULT_NPROBE = 16
+#: Generations kept on disk besides the current one (readers may still hold the previous one).
+KEEP_OLD_GENERATIONS = 1
+
+Metric = Literal["l2", "ip"]
+Kind = Literal["images", "patches"]
+SPLITS = ("train", "val", "test")
+
+
+def default_factory(n_vectors: int) -> str:
+    """``Flat`` up to :data:`EXACT_LIMIT` vectors, else an IVF with about 4 sqrt(N) lists."""
+    if n_vectors <= EXACT_LIMIT:
+        return "Flat"
+    nlist = 1 << round(math.log2(4 * math.sqrt(n_vectors)))
+    return f"IVF{nlist},Flat"
+
+
+def new_index(dim: int, factory: str, metric: Metric) -> faiss.Index:
+    """An empty index of ``factory`` that accepts 64-bit ids (IDMap-wrapped when needed)."""
+    faiss_metric = faiss.METRIC_INNER_PRODUCT if metric == "ip" else faiss.METRIC_L2
+    try:
+        index = faiss.index_factory(dim, factory, faiss_metric)
+    except RuntimeError as exc:
+        raise InputError(
+            f"index factory string '{factory}' is not valid for dimension {dim}: expected a "
+            f"faiss index_factory string such as 'Flat', 'IVF1024,Flat', 'IVF256,PQ16', 'HNSW32' "
+            f"({str(exc).strip().splitlines()[-1][:160]})"
+        ) from exc
+    if faiss.try_extract_index_ivf(index) is None and not isinstance(index, faiss.IndexIDMap):
+        index = faiss.IndexIDMap2(index)
+    return index
+
+
+def gpu_available() -> bool:
+    """True when this faiss build has GPU support and sees at least one GPU."""
+    return hasattr(faiss, "StandardGpuResources") and faiss.get_num_gpus() > 0
+
+
+def train_index(index: faiss.Index, sample: np.ndarray, *, use_gpu: bool | None = None) -> str:
+    """Train ``index`` on ``sample`` (float32 (n, d)) if it needs training; returns where it
+    was trained: "none", "cpu" or "gpu"."""
+    if index.is_trained:
+        return "none"
+    ivf = faiss.try_extract_index_ivf(index)
+    if (use_gpu if use_gpu is not None else gpu_available()) and ivf is not None:
+        # Train the coarse quantiser with GPU k-means (the slow part), then the rest on CPU.
+        d, nlist = ivf.d, ivf.nlist
+        km = faiss.Clustering(d, nlist)
+        km.niter, km.max_points_per_centroid = 20, 256
+        res = faiss.StandardGpuResources()
+        flat = (
+            faiss.GpuIndexFlatIP(res, d)
+            if ivf.metric_type == faiss.METRIC_INNER_PRODUCT
+            else faiss.GpuIndexFlatL2(res, d)
+        )
+        km.train(sample, flat)
+        centroids = faiss.vector_float_to_array(km.centroids).reshape(nlist, d)
+        ivf.quantizer.add(centroids)
+        index.train(sample)  # fine quantiser (PQ) if any; the coarse one is now trained
+        return "gpu"
+    ivf_lists = ivf.nlist if ivf is not None else 0
+    if len(sample) < ivf_lists:
+        raise InputError(
+            f"an index with {ivf_lists} inverted lists needs at least that many training "
+            f"vectors, got {len(sample)}: use fewer lists (e.g. IVF{max(1, len(sample) // 39)}"
+            ",Flat) or the exact default"
+        )
+    index.train(sample)
+    return "cpu"
+
+
+def search_params(
+    index: faiss.Index, nprobe: int | None, exclude: list[tuple[int, int]]
+) -> tuple[Any, list[Any]]:
+    """faiss SearchParameters with ``nprobe`` (IVF) and an id-range exclusion selector, plus
+    the SWIG objects the parameters point to (keep them alive during the search)."""
+    keep: list[Any] = []
+    sel = None
+    if exclude:
+        ranges = [faiss.IDSelectorRange(a, b) for a, b in exclude]
+        keep.extend(ranges)
+        combined: Any = ranges[0]
+        for r in ranges[1:]:
+            combined = faiss.IDSelectorOr(combined, r)
+            keep.append(combined)
+        sel = faiss.IDSelectorNot(combined)
+        keep.append(sel)
+    if faiss.try_extract_index_ivf(index) is not None:
+        ivf_params: Any = faiss.SearchParametersIVF()
+        ivf_params.nprobe = nprobe or DEFAULT_NPROBE
+        if sel is not None:
+            ivf_params.sel = sel
+        return ivf_params, keep
+    if sel is None:
+        return None, keep
+    params: Any = faiss.SearchParameters()
+    params.sel = sel
+    return params, keep
+
+
+# ----------------------------------------------------------------------------- manifest
+
+
+@dataclass
+class SetEntry:
+    """One fingerprint set inside an index."""
+
+    fs_id: int
+    ref: str
+    n_images: int
+    tiles: int
+    splits: dict[str, list[int]]
+
+    @property
+    def id_base(self) -> int:
+        return self.fs_id << 32
+
+
+@dataclass
+class Manifest:
+    """What an index generation holds."""
+
+    encoder: str
+    kind: str
+    factory: str
+    metric: str
+    dim: int
+    nprobe: int | None
+    sets: dict[int, SetEntry] = field(default_factory=dict)
+    ntotal: int = 0
+    generation: int = 0
+    trained_on: str = "none"
+
+    def to_json(self) -> str:
+        data = {k: v for k, v in self.__dict__.items() if k != "sets"}
+        data["sets"] = [s.__dict__ for s in self.sets.values()]
+        return json.dumps(data, indent=1)
+
+    @classmethod
+    def from_json(cls, text: str) -> Manifest:
+        data = json.loads(text)
+        sets = {int(s["fs_id"]): SetEntry(**s) for s in data.pop("sets")}
+        return cls(**data, sets=sets)
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search result mapped back to its image (and tile for patch indexes)."""
+
+    ref: str
+    split: str
+    row: int
+    distance: float
+    tile: int | None = None
+    fs_id: int = 0
+
+
+def _split_of(splits: dict[str, list[int]], row: int) -> str:
+    for name in SPLITS:
+        lo, hi = splits.get(name, [0, 0])
+        if lo <= row < hi:
+            return name
+    return "unknown"
+
+
+# ----------------------------------------------------------------------------- loaded index
+
+
+class LoadedIndex:
+    """An index generation opened for search."""
+
+    def __init__(self, index: faiss.Index, manifest: Manifest, path: Path) -> None:
+        self.index = index
+        self.manifest = manifest
+        self.path = path
+        self._gpu: Any = None
+
+    @property
+    def normalize(self) -> bool:
+        return self.manifest.metric == "ip"
+
+    def search(
+        self,
+        queries: np.ndarray,
+        k: int,
+        *,
+        exclude_sets: tuple[int, ...] = (),
+        nprobe: int | None = None,
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(distances, ids), each (q, k); distances are L2 (not squared) or 1 - cosine, and
+        missing results have id -1. Vectors of ``exclude_sets`` are never returned."""
+        q = np.ascontiguousarray(queries, dtype=np.float32)
+        if self.normalize:
+            q = q / np.maximum(np.linalg.norm(q, axis=1, keepdims=True), 1e-12)
+        excl = [(s << 32, (s + 1) << 32) for s in exclude_sets]
+        params, _keep = search_params(self.index, nprobe or self.manifest.nprobe, excl)
+        dist, ids = self.index.search(q, k, params=params)
+        dist = 1.0 - dist if self.normalize else np.sqrt(np.maximum(dist, 0.0))
+        return dist, ids
+
+    def decode(self, vector_id: int, distance: float = 0.0) -> Hit:
+        """Map a FAISS id back to (dataset version, split, row[, tile])."""
+        fs_id, local = int(vector_id) >> 32, int(vector_id) & 0xFFFFFFFF
+        entry = self.manifest.sets.get(fs_id)
+        if entry is None:
+            raise NotFoundError(f"id {vector_id} belongs to no dataset of index {self.path}")
+        row, tile = (
+            (local // entry.tiles, local % entry.tiles) if entry.tiles > 1 else (local, None)
+        )
+        return Hit(entry.ref, _split_of(entry.splits, row), row, float(distance), tile, fs_id)
+
+
+def index_root(workspace: Workspace, encoder: str, kind: Kind = "images") -> Path:
+    return workspace.path("indexes", encoder, kind)
+
+
+def load_index(
+    registry: Registry, workspace: Workspace, encoder: int | str | Encoder, kind: Kind = "images"
+) -> LoadedIndex:
+    """Open the current index generation of ``encoder``."""
+    enc = get_encoder(registry, encoder)
+    current = index_root(workspace, enc.name, kind) / "current"
+    try:
+        gen = current.resolve(strict=True)
+        manifest = Manifest.from_json((gen / "manifest.json").read_text())
+    except (OSError, RuntimeError) as exc:
+        raise NotFoundError(
+            f"encoder '{enc.name}' has no {kind} index at {current}",
+            hint=f"run `pomlia index build --encoder {enc.name}`",
+        ) from exc
+    return LoadedIndex(faiss.read_index(str(gen / "index.faiss")), manifest, gen)
+
+
+# ----------------------------------------------------------------------------- building
+
+
+def complete_sets(registry: Registry, encoder_id: int) -> list[tuple[FingerprintSet, str]]:
+    """Complete fingerprint sets of an encoder with their ``name@version``, by id."""
+    with registry.session() as s:
+        q = (
+            select(FingerprintSet, Dataset.name, DatasetVersion.version)
+            .join(DatasetVersion, DatasetVersion.id == FingerprintSet.dataset_version_id)
+            .join(Dataset, Dataset.id == DatasetVersion.dataset_id)
+            .where(FingerprintSet.encoder_id == encoder_id, FingerprintSet.status == "complete")
+            .order_by(FingerprintSet.id)
+        )
+        out = []
+        for fs, name, version in s.execute(q):
+            s.expunge(fs)
+            out.append((fs, f"{name}@{version}"))
+        return out
+
+
+def _entry(fs: FingerprintSet, ref: str, kind: Kind) -> SetEntry:
+    g = zarr.open_group(fs.embeddings_path, mode="r")
+    meta = group_meta(fs.embeddings_path)
+    if kind == "patches":
+        if "patches" not in g:
+            raise InputError(
+                f"embeddings of '{ref}' ({fs.embeddings_path}) have no patches: expected an "
+                "extraction with --patch-grid > 1"
+            )
+        tiles = int(open_array(fs.embeddings_path, "patches").shape[1])
+    else:
+        tiles = 1
+    return SetEntry(fs.id, ref, int(fs.n_vectors), tiles, dict(meta.get("splits", {})))
+
+
+def _blocks(entry: SetEntry, path: str, kind: Kind) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(ids, vectors) of one set, a chunk of rows at a time."""
+    arr = open_array(path, "z" if kind == "images" else "patches")
+    rows = int(arr.chunks[0])
+    step = rows * max(1, 65536 // (rows * entry.tiles))  # whole chunks, ~64k vectors a block
+    for a in range(0, entry.n_images, step):
+        b = min(entry.n_images, a + step)
+        x = np.asarray(arr[a:b], dtype=np.float32).reshape(-1, arr.shape[-1])
+        ids = entry.id_base + np.arange(a * entry.tiles, b * entry.tiles, dtype=np.int64)
+        yield ids, x
+
+
+def _prep(x: np.ndarray, metric: str) -> np.ndarray:
+    x = np.ascontiguousarray(x, dtype=np.float32)
+    if metric == "ip":
+        faiss.normalize_L2(x)
+    return x
+
+
+def _sample(entries: list[tuple[SetEntry, str]], kind: Kind, n: int, metric: str) -> np.ndarray:
+    total = sum(e.n_images * e.tiles for e, _ in entries)
+    keep = min(1.0, n / max(total, 1))
+    rng = np.random.default_rng(0)
+    parts = [x[rng.random(len(x)) < keep] for e, p in entries for _ids, x in _blocks(e, p, kind)]
+    return _prep(np.concatenate(parts), metric)
+
+
+@dataclass(frozen=True)
+class BuildResult:
+    path: Path
+    generation: int
+    factory: str
+    ntotal: int
+    added_sets: list[str]
+    rebuilt: bool
+
+
+def build_index(
+    registry: Registry,
+    workspace: Workspace,
+    encoder: int | str | Encoder,
+    *,
+    factory: str | None = None,
+    metric: Metric = "l2",
+    kind: Kind = "images",
+    nprobe: int | None = None,
+    rebuild: bool = False,
+    use_gpu: bool | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> BuildResult:
+    """Build or extend the ``kind`` index of ``encoder`` over its complete fingerprint sets.
+
+    Without ``rebuild``, a current index of the same factory/metric gets only the sets it lacks
+    (nothing to add: nothing is written). A set that changed or vanished forces a rebuild.
+    ``progress(vectors_done, vectors_total)`` is called while adding.
+    """
+    if metric not in ("l2", "ip"):
+        raise InputError(f"metric '{metric}': expected 'l2' or 'ip'")
+    enc = get_encoder(registry, encoder)
+    sets = complete_sets(registry, enc.id)
+    if not sets:
+        raise NotFoundError(
+            f"encoder '{enc.name}' has no complete embeddings",
+            hint=f"run `pomlia fingerprint extract --encoder {enc.name} DATASET...`",
+        )
+    entries = {fs.id: (_entry(fs, ref, kind), fs.embeddings_path) for fs, ref in sets}
+    dim = int(open_array(sets[0][0].embeddings_path, "z").shape[1])
+    total = sum(e.n_images * e.tiles for e, _ in entries.values())
+    root = index_root(workspace, enc.name, kind)
+    current: LoadedIndex | None = None
+    if not rebuild and (root / "current").exists():
+        current = load_index(registry, workspace, enc, kind)
+        m = current.manifest
+        same = (factory in (None, m.factory)) and m.metric == metric and m.dim == dim
+        unchanged = all(
+            sid in entries and entries[sid][0].n_images == e.n_images for sid, e in m.sets.items()
+        )
+        if not (same and unchanged):
+            current = None
+    if current is not None:
+        index, manifest = current.index, current.manifest
+        new = [sid for sid in entries if sid not in manifest.sets]
+        if not new:
+            return BuildResult(
+                current.path, manifest.generation, manifest.factory, manifest.ntotal, [], False
+            )
+        if nprobe is not None:
+            manifest.nprobe = nprobe
+    else:
+        fac = factory or default_factory(total)
+        index = new_index(dim, fac, metric)
+        manifest = Manifest(enc.name, kind, fac, metric, dim, nprobe)
+        new = list(entries)
+        if not index.is_trained:
+            manifest.trained_on = train_index(
+                index, _sample(list(entries.values()), kind, TRAIN_SAMPLE, metric), use_gpu=use_gpu
+            )
+    todo = sum(entries[s][0].n_images * entries[s][0].tiles for s in new)
+    done = 0
+    for sid in new:
+        entry, path = entries[sid]
+        for ids, x in _blocks(entry, path, kind):
+            index.add_with_ids(_prep(x, metric), ids)
+            done += len(ids)
+            if progress is not None:
+                progress(done, todo)
+        manifest.sets[sid] = entry
+    manifest.ntotal = int(index.ntotal)
+    published = _publish(root, index, manifest)
+    return BuildResult(
+        published,
+        manifest.generation,
+        manifest.factory,
+        manifest.ntotal,
+        [entries[s][0].ref for s in new],
+        current is None,
+    )
+
+
+def _publish(root: Path, index: faiss.Index, manifest: Manifest) -> Path:
+    root.mkdir(parents=True, exist_ok=True)
+    gens = sorted(p for p in root.glob("gen-*") if p.is_dir() and "." not in p.name)
+    manifest.generation = (int(gens[-1].name[4:]) + 1) if gens else 1
+    final = root / f"gen-{manifest.generation:06d}"
+    tmp = root / f".{final.name}.{os.getpid()}.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        faiss.write_index(index, str(tmp / "index.faiss"))
+        (tmp / "manifest.json").write_text(manifest.to_json())
+        tmp.rename(final)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    link_tmp = root / f".current.{os.getpid()}.tmp"
+    link_tmp.unlink(missing_ok=True)
+    link_tmp.symlink_to(final.name)
+    link_tmp.replace(root / "current")
+    for old in gens[: max(0, len(gens) - KEEP_OLD_GENERATIONS)]:
+        shutil.rmtree(old, ignore_errors=True)
+    return final

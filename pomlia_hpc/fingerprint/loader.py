@@ -1,0 +1,156 @@
+"""Training batches streamed from Zarr dataset stores, whole chunks at a time.
+
+Random access to single images of a chunked store would decompress a whole chunk per image, so
+the stream reads whole chunks in a shuffled order and shuffles rows inside a buffer of several
+chunks (like WebDataset's shuffle buffer). Every process of a data-parallel job gets exactly the
+same number of batches (DeepSpeed's all-reduce would hang otherwise): the shuffled row stream of
+an epoch is cut into ``world`` equal parts of whole batches, and each DataLoader worker takes a
+contiguous run of batches of its process's part. Decoding and conversion to float happen in the
+workers, so the training loop only runs forward/backward.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, IterableDataset, get_worker_info
+
+from pomlia_hpc.data.store import open_store
+from pomlia_hpc.fingerprint.autoencoder import to_input
+
+
+@dataclass(frozen=True)
+class Source:
+    """Rows [start, stop) of the store at ``path``."""
+
+    path: str
+    start: int
+    stop: int
+
+
+@dataclass(frozen=True)
+class _Segment:
+    source: int
+    start: int
+    stop: int
+
+
+def _segments(sources: Sequence[Source]) -> list[_Segment]:
+    out: list[_Segment] = []
+    for i, src in enumerate(sources):
+        store = open_store(src.path)
+        out.extend(_Segment(i, a, b) for a, b in store.chunk_ranges(src.start, src.stop))
+    return out
+
+
+def steps_per_epoch(n_rows: int, batch_size: int, world: int) -> int:
+    """Batches each of ``world`` processes runs per epoch (the remainder rows are skipped)."""
+    return n_rows // (batch_size * world)
+
+
+class StoreStream(IterableDataset[torch.Tensor]):
+    """One epoch of shuffled batches (float32 (B, 3, S, S) in [0, 1]) for process ``rank``."""
+
+    def __init__(
+        self,
+        sources: Sequence[Source],
+        *,
+        batch_size: int,
+        image_size: int,
+        epoch: int,
+        seed: int = 0,
+        rank: int = 0,
+        world: int = 1,
+        buffer_chunks: int = 4,
+    ) -> None:
+        super().__init__()
+        self.sources = list(sources)
+        self.segments = _segments(self.sources)
+        self.batch_size = batch_size
+        self.image_size = image_size
+        self.epoch = epoch
+        self.seed = seed
+        self.rank = rank
+        self.world = world
+        self.buffer_chunks = buffer_chunks
+        self.n_rows = sum(s.stop - s.start for s in self.segments)
+        self.steps = steps_per_epoch(self.n_rows, batch_size, world)
+
+    def __len__(self) -> int:
+        return self.steps
+
+    def _order(self) -> list[_Segment]:
+        rng = np.random.default_rng([self.seed, self.epoch])
+        return [self.segments[i] for i in rng.permutation(len(self.segments))]
+
+    def _rows(self, order: list[_Segment], lo: int, hi: int) -> Iterator[torch.Tensor]:
+        """Float images of stream positions [lo, hi), one whole-chunk read at a time."""
+        stores = {}
+        pos = 0
+        for seg in order:
+            n = seg.stop - seg.start
+            a, b = max(lo, pos), min(hi, pos + n)
+            if a < b:
+                if seg.source not in stores:
+                    stores[seg.source] = open_store(self.sources[seg.source].path)
+                images = stores[seg.source].read_rows(seg.start, seg.stop)
+                yield to_input(images[a - pos : b - pos], self.image_size)
+            pos += n
+            if pos >= hi:
+                return
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        info = get_worker_info()
+        n_workers, worker = (1, 0) if info is None else (info.num_workers, info.id)
+        per_worker = -(-self.steps // n_workers)
+        first = min(self.steps, worker * per_worker)
+        last = min(self.steps, first + per_worker)
+        base = self.rank * self.steps * self.batch_size
+        lo = base + first * self.batch_size
+        hi = base + last * self.batch_size
+        rng = np.random.default_rng([self.seed, self.epoch, self.rank, worker])
+        bs = self.batch_size
+        buffer: list[torch.Tensor] = []
+        held = 0
+        want = max(
+            bs, self.buffer_chunks * max((s.stop - s.start for s in self.segments), default=1)
+        )
+        for block in self._rows(self._order(), lo, hi):
+            buffer.append(block)
+            held += len(block)
+            if held >= want:
+                yield from self._drain(buffer, rng, keep_tail=True)
+                held = sum(len(b) for b in buffer)
+        yield from self._drain(buffer, rng, keep_tail=False)
+
+    def _drain(
+        self, buffer: list[torch.Tensor], rng: np.random.Generator, *, keep_tail: bool
+    ) -> Iterator[torch.Tensor]:
+        if not buffer:
+            return
+        x = torch.cat(buffer)
+        x = x[torch.from_numpy(rng.permutation(len(x)))]
+        bs = self.batch_size
+        n_full = len(x) // bs
+        # Keep half the buffer back while streaming, so rows of consecutive chunks mix.
+        n_out = max(0, n_full - (n_full // 2 if keep_tail else 0))
+        for i in range(n_out):
+            yield x[i * bs : (i + 1) * bs]
+        buffer.clear()
+        rest = x[n_out * bs :]
+        if len(rest):
+            buffer.append(rest)
+
+
+def make_loader(stream: StoreStream, num_workers: int) -> DataLoader[torch.Tensor]:
+    """A DataLoader over ``stream`` that decodes in ``num_workers`` processes and prefetches."""
+    return DataLoader(
+        stream,
+        batch_size=None,
+        num_workers=num_workers,
+        prefetch_factor=4 if num_workers > 0 else None,
+        persistent_workers=False,
+    )

@@ -1,0 +1,116 @@
+"""The paper's latent-space figures, as PNG files.
+
+* Figure 5 (``latent_scatter.png``): test-split embeddings of each dataset, one colour per
+  dataset, with a legend.
+* Figure 6 (``latent_means.png``): each dataset's mean embedding, labelled.
+
+For ``d = 2`` the latent axes are plotted as they are; for ``d > 2`` both figures use the same
+2-D PCA projection, fitted on the pooled test embeddings (axis labels say so). Files are written
+to a temporary name and renamed, so a half-drawn PNG never appears.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only; no display on cluster nodes
+
+import matplotlib.pyplot as plt
+import numpy as np
+
+from pomlia_hpc.errors import InputError
+from pomlia_hpc.fingerprint.index import complete_sets
+from pomlia_hpc.fingerprint.io import atomic_write_bytes
+from pomlia_hpc.fingerprint.similar import embedding_sample, fingerprint_set
+from pomlia_hpc.fingerprint.train import get_encoder
+from pomlia_hpc.registry import Encoder, Registry
+
+#: Points per dataset in the scatter (evenly spaced test rows).
+SCATTER_MAX = 500
+
+
+def project_2d(
+    samples: dict[str, np.ndarray],
+) -> tuple[dict[str, np.ndarray], str, np.ndarray, np.ndarray]:
+    """Project every sample to 2-D: identity for d <= 2, else PCA on the pooled samples.
+    Returns (projected samples, axis-label prefix, centre, axes (d, 2))."""
+    pooled = np.concatenate(list(samples.values()))
+    d = pooled.shape[1]
+    center = np.zeros(d)
+    if d <= 2:
+        axes = np.eye(d, 2)
+        return {k: v @ axes for k, v in samples.items()}, "z", center, axes
+    center = pooled.mean(0)
+    _u, _s, vt = np.linalg.svd(pooled - center, full_matrices=False)
+    axes = vt[:2].T
+    return {k: (v - center) @ axes for k, v in samples.items()}, "PC", center, axes
+
+
+def _png(fig: plt.Figure, path: Path) -> Path:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+def plot_latent(
+    samples: dict[str, np.ndarray],
+    means: dict[str, np.ndarray],
+    out_dir: str | Path,
+    title: str = "",
+) -> tuple[Path, Path]:
+    """Write Figure 5 and Figure 6 for ``samples`` (dataset → (n, d) test embeddings) and
+    ``means`` (dataset → (d,) mean embedding); returns the two PNG paths."""
+    if not samples:
+        raise InputError("no datasets to plot: expected at least one extracted dataset")
+    out = Path(out_dir)
+    proj, prefix, center, axes = project_2d(samples)
+    colours = plt.get_cmap("tab20" if len(samples) > 10 else "tab10")
+    fig, ax = plt.subplots(figsize=(7, 6))
+    for i, (name, xy) in enumerate(proj.items()):
+        ax.scatter(xy[:, 0], xy[:, 1], s=6, alpha=0.6, color=colours(i % colours.N), label=name)
+    ax.set_xlabel(f"{prefix}1")
+    ax.set_ylabel(f"{prefix}2")
+    ax.set_title(f"Latent space, test samples{' — ' + title if title else ''}")
+    ax.legend(markerscale=3, fontsize=8, loc="best", frameon=True)
+    scatter = _png(fig, out / "latent_scatter.png")
+
+    fig, ax = plt.subplots(figsize=(7, 6))
+    for i, (name, mu) in enumerate(means.items()):
+        xy = (np.asarray(mu, float) - center) @ axes
+        ax.scatter([xy[0]], [xy[1]], s=60, color=colours(i % colours.N), label=name)
+        ax.annotate(name, (xy[0], xy[1]), fontsize=7, xytext=(4, 4), textcoords="offset points")
+    ax.set_xlabel(f"{prefix}1")
+    ax.set_ylabel(f"{prefix}2")
+    ax.set_title(f"Mean embedding per dataset{' — ' + title if title else ''}")
+    ax.legend(fontsize=8, loc="best")
+    mean_plot = _png(fig, out / "latent_means.png")
+    return scatter, mean_plot
+
+
+def plot_encoder_latent(
+    registry: Registry,
+    encoder: int | str | Encoder,
+    datasets: list[str] | None,
+    out_dir: str | Path,
+) -> tuple[Path, Path]:
+    """Figures 5 and 6 for ``datasets`` (default: every dataset extracted with ``encoder``),
+    using up to :data:`SCATTER_MAX` test embeddings per dataset."""
+    enc = get_encoder(registry, encoder)
+    refs = datasets or [ref for _fs, ref in complete_sets(registry, enc.id)]
+    samples, means = {}, {}
+    for ref in refs:
+        fs, full = fingerprint_set(registry, enc, ref)
+        x = embedding_sample(registry, enc, full, SCATTER_MAX, split="test")
+        if len(x) == 0:  # a dataset without a test split: use all rows
+            x = embedding_sample(registry, enc, full, SCATTER_MAX)
+        label = (
+            full.split("@")[0]
+            if [r.split("@")[0] for r in refs].count(full.split("@")[0]) <= 1
+            else full
+        )
+        samples[label], means[label] = x, np.asarray(fs.mean, float)
+    return plot_latent(samples, means, out_dir, title=f"encoder {enc.name}")

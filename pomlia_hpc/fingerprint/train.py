@@ -1,0 +1,405 @@
+"""Training the fingerprint autoencoder as a (resumable) cluster job with DeepSpeed.
+
+:func:`train_encoder` resolves the dataset versions, submits one :class:`TrainJob` through the
+cluster layer, waits, and registers the :class:`~pomlia_hpc.registry.Encoder` (config, dataset
+version ids, loss per epoch, checkpoint, job). The job itself never writes to the registry.
+
+Inside the job, ``processes`` data-parallel ranks train with DeepSpeed (NCCL on GPUs, gloo on
+CPU). A job launched with several Slurm tasks uses them as ranks (RANK/WORLD_SIZE from
+``SLURM_*``); otherwise the job spawns ``processes`` local ranks itself. After every epoch all
+ranks write a DeepSpeed checkpoint (``<out>/checkpoints/epoch-NNNN``) and rank 0 then points
+``latest.json`` at it by atomic rename; a restarted job (Slurm requeue after preemption, or the
+same command run again) resumes from there. When all epochs are done rank 0 writes
+``<out>/encoder.pt`` (fp32 weights + config + loss curve), which :func:`load_encoder` reads.
+
+Files under ``<home>/models/encoders/<name>/``::
+
+    encoder.pt          final weights (written last: its presence means "trained")
+    latest.json         {"epoch": k, "tag": "epoch-000k", "loss_curve": [...]}
+    checkpoints/        DeepSpeed checkpoints (the last two epochs are kept)
+    train_log.jsonl     one line per epoch: epoch, loss, images, seconds
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import socket
+import time
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, Field
+from sqlalchemy import select
+
+from pomlia_hpc.cluster import Checkpointable, Executor, apply_distributed_env
+from pomlia_hpc.data.store import check_name, find_version, open_store
+from pomlia_hpc.errors import InputError, NotFoundError, PomliaError
+from pomlia_hpc.fingerprint.autoencoder import Autoencoder, EncoderConfig, reconstruction_loss
+from pomlia_hpc.fingerprint.io import atomic_write_bytes, atomic_write_text
+from pomlia_hpc.fingerprint.loader import Source, StoreStream, make_loader, steps_per_epoch
+from pomlia_hpc.registry import DatasetVersion, Encoder, Registry
+from pomlia_hpc.workspace import Workspace
+
+
+class TrainConfig(BaseModel):
+    """Hyper-parameters of one encoder training (stored in the registry with the encoder)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    encoder: EncoderConfig = EncoderConfig()
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(128, ge=1, description="images per process per step")
+    lr: float = Field(1e-3, gt=0)
+    seed: int = 0
+    split: Literal["train", "val", "test", "all"] = "train"
+    max_images_per_dataset: int | None = Field(None, ge=1)
+    processes: int = Field(1, ge=1, description="data-parallel ranks the job spawns")
+    num_workers: int = Field(1, ge=0, description="DataLoader worker processes per rank")
+    precision: Literal["fp32", "bf16"] = "fp32"
+    zero_stage: int = Field(0, ge=0, le=2)
+
+
+def encoder_dir(workspace: Workspace, name: str) -> Path:
+    """Folder of the encoder called ``name`` (weights, checkpoints, log)."""
+    return workspace.path("models", "encoders", name)
+
+
+# ----------------------------------------------------------------------------- the job
+
+
+class TrainJob(Checkpointable):
+    """The training job: ``TrainJob(config, sources, out_dir)()`` → result dict.
+
+    Progress lives in files under ``out_dir``, so the callable pickled again by submitit on a
+    requeue (see :class:`~pomlia_hpc.cluster.Checkpointable`) needs no state of its own.
+    """
+
+    def __init__(self, config: TrainConfig, sources: list[Source], out_dir: str) -> None:
+        self.config = config
+        self.sources = sources
+        self.out_dir = out_dir
+
+    def __call__(self) -> dict[str, Any]:
+        if int(os.environ.get("SLURM_NTASKS", "1")) > 1 or self.config.processes == 1:
+            apply_distributed_env()
+            return _train_rank(self.config, self.sources, self.out_dir, cpu_share=1)
+        return _spawn(self.config, self.sources, self.out_dir)
+
+
+def _spawn(config: TrainConfig, sources: list[Source], out_dir: str) -> dict[str, Any]:
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    mp.spawn(
+        _spawned_rank,
+        args=(config, sources, out_dir, config.processes, port),
+        nprocs=config.processes,
+        join=True,
+    )
+    return _read_result(Path(out_dir))
+
+
+def _spawned_rank(
+    rank: int, config: TrainConfig, sources: list[Source], out_dir: str, world: int, port: int
+) -> None:
+    os.environ.update(
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(world),
+        MASTER_ADDR="127.0.0.1",
+        MASTER_PORT=str(port),
+    )
+    _train_rank(config, sources, out_dir, cpu_share=world)
+
+
+def cpus_available() -> int:
+    """CPUs this process may use: Slurm's allocation, else the affinity mask."""
+    return int(os.environ.get("SLURM_CPUS_PER_TASK", "0")) or len(os.sched_getaffinity(0))
+
+
+def _ds_config(config: TrainConfig) -> dict[str, Any]:
+    return {
+        "train_micro_batch_size_per_gpu": config.batch_size,
+        "gradient_accumulation_steps": 1,
+        "zero_optimization": {"stage": config.zero_stage},
+        "zero_allow_untested_optimizer": True,
+        "bf16": {"enabled": config.precision == "bf16"},
+        "steps_per_print": 1 << 30,
+        "wall_clock_breakdown": False,
+    }
+
+
+def _read_latest(out: Path) -> dict[str, Any] | None:
+    try:
+        data = json.loads((out / "latest.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def _read_result(out: Path) -> dict[str, Any]:
+    latest = _read_latest(out) or {}
+    return {
+        "checkpoint_path": str(out / "encoder.pt"),
+        "loss_curve": latest.get("loss_curve", []),
+        "epochs": latest.get("epoch", 0),
+        "resumed_from": latest.get("resumed_from", 0),
+    }
+
+
+def _train_rank(
+    config: TrainConfig, sources: list[Source], out_dir: str, *, cpu_share: int
+) -> dict[str, Any]:
+    """Train on this rank (RANK/WORLD_SIZE/... already in the environment); ``cpu_share``
+    ranks share this process's CPUs."""
+    import deepspeed  # heavy import: only inside the job
+
+    out = Path(out_dir)
+    (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    torch.set_num_threads(max(1, cpus_available() // cpu_share))
+    torch.manual_seed(config.seed)  # identical initial weights on every rank
+    use_cuda = torch.cuda.is_available()
+    if use_cuda:
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    model = Autoencoder(config.encoder)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    engine, *_ = deepspeed.initialize(
+        model=model, optimizer=optimizer, config=_ds_config(config), dist_init_required=True
+    )
+
+    latest = _read_latest(out)
+    start_epoch, curve = 0, []
+    if latest is not None:
+        engine.load_checkpoint(str(out / "checkpoints"), tag=latest["tag"])
+        start_epoch, curve = int(latest["epoch"]), list(latest["loss_curve"])
+    resumed_from = start_epoch
+    n_rows = sum(s.stop - s.start for s in sources)
+    if steps_per_epoch(n_rows, config.batch_size, world) == 0:
+        raise InputError(
+            f"training set has {n_rows} images, fewer than one batch of {config.batch_size} "
+            f"per process ({world} processes): lower batch_size"
+        )
+    dtype = torch.bfloat16 if config.precision == "bf16" else torch.float32
+    for epoch in range(start_epoch, config.epochs):
+        t0 = time.perf_counter()
+        stream = StoreStream(
+            sources,
+            batch_size=config.batch_size,
+            image_size=config.encoder.image_size,
+            epoch=epoch,
+            seed=config.seed,
+            rank=rank,
+            world=world,
+        )
+        total = torch.zeros(2, dtype=torch.float64)
+        engine.train()
+        for x in make_loader(stream, config.num_workers):
+            x = x.to(engine.device, dtype=dtype, non_blocking=True)
+            loss = reconstruction_loss(engine, x)
+            engine.backward(loss)
+            engine.step()
+            total += torch.tensor([float(loss) * len(x), len(x)], dtype=torch.float64)
+        if world > 1:
+            torch.distributed.all_reduce(total)
+        epoch_loss = float(total[0] / total[1])
+        curve.append(epoch_loss)
+        tag = f"epoch-{epoch + 1:04d}"
+        engine.save_checkpoint(str(out / "checkpoints"), tag=tag, client_state={"epoch": epoch + 1})
+        if world > 1:
+            torch.distributed.barrier()
+        if rank == 0:
+            info = {"epoch": epoch + 1, "tag": tag, "loss_curve": curve}
+            atomic_write_text(
+                out / "latest.json", json.dumps(info | {"resumed_from": resumed_from})
+            )
+            with (out / "train_log.jsonl").open("a") as fh:
+                seconds = time.perf_counter() - t0
+                fh.write(
+                    json.dumps(
+                        {
+                            "epoch": epoch + 1,
+                            "loss": epoch_loss,
+                            "images": int(total[1]),
+                            "seconds": seconds,
+                        }
+                    )
+                    + "\n"
+                )
+            print(
+                f"epoch {epoch + 1}/{config.epochs} loss {epoch_loss:.6f} "
+                f"({int(total[1])} images, {seconds:.1f} s)",
+                flush=True,
+            )
+            _prune_checkpoints(out / "checkpoints", keep=(tag, f"epoch-{epoch:04d}"))
+    if rank == 0:
+        write_checkpoint(out / "encoder.pt", engine.module, config, curve)
+    if world > 1:
+        torch.distributed.barrier()
+    result = _read_result(out)
+    result["resumed_from"] = resumed_from
+    return result
+
+
+def _prune_checkpoints(folder: Path, keep: tuple[str, ...]) -> None:
+    for path in folder.iterdir():
+        if path.is_dir() and path.name.startswith("epoch-") and path.name not in keep:
+            shutil.rmtree(path, ignore_errors=True)
+
+
+# ----------------------------------------------------------------------------- submission
+
+
+def _sources(
+    registry: Registry, refs: list[str], config: TrainConfig
+) -> tuple[list[Source], list[DatasetVersion]]:
+    if not refs:
+        raise InputError("no datasets given: expected at least one dataset (name or name@version)")
+    sources, rows = [], []
+    for ref in refs:
+        row = find_version(registry, ref)
+        store = open_store(row.store_path)
+        lo, hi = (0, store.n_images) if config.split == "all" else store.split_range(config.split)
+        if config.max_images_per_dataset is not None:
+            hi = min(hi, lo + config.max_images_per_dataset)
+        if hi <= lo:
+            raise InputError(f"dataset '{ref}' has no '{config.split}' images to train on")
+        sources.append(Source(str(store.path), lo, hi))
+        rows.append(row)
+    return sources, rows
+
+
+def train_encoder(
+    registry: Registry,
+    workspace: Workspace,
+    name: str,
+    datasets: list[str],
+    config: TrainConfig | None = None,
+    *,
+    executor: Executor | None = None,
+    resources: dict[str, Any] | None = None,
+) -> Encoder:
+    """Train (or finish training) the encoder ``name`` on ``datasets`` as one cluster job, wait
+    for it, and register it. Re-running with the same name resumes an unfinished training and
+    returns the registered encoder of a finished one.
+    """
+    check_name(name)
+    config = config or TrainConfig()
+    with registry.session() as s:
+        existing = s.scalar(select(Encoder).where(Encoder.name == name))
+    if (
+        existing is not None
+        and existing.checkpoint_path
+        and Path(existing.checkpoint_path).exists()
+    ):
+        return existing
+    sources, rows = _sources(registry, datasets, config)
+    out = encoder_dir(workspace, name)
+    out.mkdir(parents=True, exist_ok=True)
+    ex = executor or Executor.from_profile(workspace.cluster_profile, workspace.jobs, registry)
+    handle = ex.submit(
+        TrainJob(config, sources, str(out)), name=f"fingerprint-train-{name}", resources=resources
+    )
+    result = handle.result()
+    return register_encoder(
+        registry,
+        name,
+        config,
+        [r.id for r in rows],
+        list(result["loss_curve"]),
+        result["checkpoint_path"],
+        job_id=handle.record_id,
+    )
+
+
+def register_encoder(
+    registry: Registry,
+    name: str,
+    config: TrainConfig,
+    dataset_version_ids: list[int],
+    loss_curve: list[float],
+    checkpoint_path: str | Path,
+    *,
+    job_id: int | None = None,
+) -> Encoder:
+    """Insert (or update) the registry row of encoder ``name``; returns it (detached)."""
+    with registry.session() as s:
+        row = s.scalar(select(Encoder).where(Encoder.name == name)) or Encoder(name=name)
+        row.config = config.model_dump()
+        row.dataset_version_ids = list(dataset_version_ids)
+        row.loss_curve = list(loss_curve)
+        row.checkpoint_path = str(checkpoint_path)
+        row.job_id = job_id
+        s.add(row)
+        s.flush()
+        s.expunge(row)
+    return row
+
+
+def write_checkpoint(
+    path: Path, model: torch.nn.Module, config: TrainConfig, loss_curve: list[float]
+) -> Path:
+    """Write the final ``encoder.pt`` (fp32 weights, encoder config, loss curve) atomically."""
+    state = {k: v.detach().float().cpu() for k, v in model.state_dict().items()}
+    payload = {
+        "config": config.encoder.model_dump(),
+        "state_dict": state,
+        "loss_curve": list(loss_curve),
+        "train_config": config.model_dump(),
+    }
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    return atomic_write_bytes(path, buf.getvalue())
+
+
+# ----------------------------------------------------------------------------- loading
+
+
+def get_encoder(registry: Registry, encoder: int | str | Encoder) -> Encoder:
+    """The registry row of an encoder given by id, name (or the row itself)."""
+    if isinstance(encoder, Encoder):
+        return encoder
+    with registry.session() as s:
+        if isinstance(encoder, int) or (isinstance(encoder, str) and encoder.isdigit()):
+            row = s.get(Encoder, int(encoder))
+        else:
+            row = s.scalar(select(Encoder).where(Encoder.name == encoder))
+        if row is None:
+            known = ", ".join(s.scalars(select(Encoder.name).order_by(Encoder.id))) or "none"
+            raise NotFoundError(f"encoder '{encoder}' is not registered (registered: {known})")
+        s.expunge(row)
+        return row
+
+
+def load_checkpoint(path: str | Path) -> tuple[Autoencoder, EncoderConfig]:
+    """Load ``encoder.pt`` written by the training job: (model in eval mode, its config)."""
+    p = Path(path)
+    try:
+        payload = torch.load(p, map_location="cpu", weights_only=True)
+        cfg = EncoderConfig.model_validate(payload["config"])
+        model = Autoencoder(cfg)
+        model.load_state_dict(payload["state_dict"])
+    except FileNotFoundError as exc:
+        raise NotFoundError(f"encoder checkpoint '{p}' does not exist") from exc
+    except (KeyError, RuntimeError, ValueError, OSError) as exc:
+        raise PomliaError(
+            f"encoder checkpoint '{p}' cannot be read: expected a file written by "
+            f"`pomlia fingerprint train` ({type(exc).__name__}: {str(exc)[:200]})"
+        ) from exc
+    return model.eval(), cfg
+
+
+def load_encoder(
+    registry: Registry, encoder: int | str | Encoder
+) -> tuple[Autoencoder, EncoderConfig]:
+    """The trained autoencoder (eval mode, CPU) and its config, by encoder id or name."""
+    row = get_encoder(registry, encoder)
+    if not row.checkpoint_path:
+        raise NotFoundError(f"encoder '{row.name}' has no checkpoint yet (training unfinished)")
+    return load_checkpoint(row.checkpoint_path)

@@ -1,0 +1,224 @@
+"""Sharded extraction: aligned shard plans, local array jobs, skipping finished shards, and a
+shard killed with SIGKILL mid-write giving bitwise identical embeddings once re-run."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from dataclasses import asdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import zarr
+from fingerprint_support import make_dataset, make_encoder
+from sqlalchemy import select
+
+from pomlia_hpc.cluster import Executor
+from pomlia_hpc.data.store import open_version
+from pomlia_hpc.errors import InputError, NotFoundError
+from pomlia_hpc.fingerprint.extract import (
+    embed_images,
+    extract,
+    finish_extraction,
+    marker,
+    plan_extraction,
+    plan_shards,
+    read_embeddings,
+    run_shard,
+    tiles,
+)
+from pomlia_hpc.fingerprint.train import load_encoder
+from pomlia_hpc.registry import FingerprintSet, Registry
+from pomlia_hpc.workspace import Workspace
+
+
+@pytest.fixture
+def reg(workspace: Workspace) -> Registry:
+    return Registry.open(workspace.db_url)
+
+
+@pytest.fixture(autouse=True)
+def _restore_threads() -> Iterator[None]:
+    """Shards run in this process set torch's thread count; put it back afterwards."""
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
+
+
+def _bits(x: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(x, dtype=np.float32).view(np.uint32)
+
+
+def _chunk_files(out: Path) -> list[Path]:
+    return [p for p in (out / "z").rglob("*") if p.is_file() and p.name != "zarr.json"]
+
+
+def test_shard_plan_is_chunk_aligned_and_covers_all_rows(
+    workspace: Workspace, reg: Registry
+) -> None:
+    ref = make_dataset(workspace, reg, "blood", sizes=(50, 10, 23), chunk_rows=16)  # 83 rows
+    store = open_version(reg, ref)
+    for n_shards in (1, 2, 3, 5, 6, 100):
+        plan = plan_shards(store, n_shards, None)
+        assert plan[0][0] == 0 and plan[-1][1] == 83
+        assert all(b == c for (_, b), (c, _) in itertools.pairwise(plan))
+        assert all(a % 16 == 0 for a, _ in plan)  # starts on chunk boundaries
+        assert len(plan) == min(n_shards, 6)  # never more shards than chunks
+    assert len(plan_shards(store, None, 32)) == 3  # about 32 rows per shard
+
+
+def test_local_array_extraction_matches_in_memory_embedding(
+    workspace: Workspace, reg: Registry
+) -> None:
+    a = make_dataset(workspace, reg, "blood", "bloodmnist", (40, 8, 16), chunk_rows=16)
+    b = make_dataset(workspace, reg, "breast", "breastmnist", (30, 6, 12), chunk_rows=32)
+    make_encoder(workspace, reg, "enc", latent_dim=4)
+    # Four array tasks at once (2 per dataset): one wave of job processes.
+    ex = Executor.from_profile("local", workspace.jobs, reg, max_parallel=4)
+    seen: list[tuple[int, int]] = []
+    results = extract(
+        reg,
+        workspace,
+        "enc",
+        [a, b],
+        executor=ex,
+        shards=2,
+        threads=1,
+        batch_size=8,
+        progress=lambda d, t: seen.append((d, t)),
+    )
+    assert [(r.n_vectors, r.shards, r.shards_run, r.status) for r in results] == [
+        (64, 2, 2, "complete"),
+        (48, 2, 2, "complete"),
+    ]
+    assert seen[-1] == (4, 4)
+    model, _cfg = load_encoder(reg, "enc")
+    torch.set_num_threads(1)
+    for ref, res in zip((a, b), results, strict=True):
+        store = open_version(reg, ref)
+        with reg.session() as s:
+            fs = s.get(FingerprintSet, res.fingerprint_set_id)
+            assert fs is not None
+        z = read_embeddings(fs.embeddings_path)
+        assert z.shape == (store.n_images, 4) and np.isfinite(z).all()
+        # Chunk by chunk, in batches from each chunk's start: what the shards do.
+        expected = np.concatenate(
+            [
+                embed_images(model, store.read_rows(lo, hi), 8, torch.device("cpu"))
+                for lo, hi in store.chunk_ranges()
+            ]
+        )
+        np.testing.assert_array_equal(_bits(z), _bits(expected))
+        np.testing.assert_allclose(fs.mean, z.astype(np.float64).mean(0), rtol=1e-6)
+        assert (fs.status, fs.n_vectors) == ("complete", store.n_images)
+
+    # Everything done: a second run submits nothing.
+    again = extract(reg, workspace, "enc", [a, b], executor=ex, shards=5)
+    assert [r.shards_run for r in again] == [0, 0]
+
+
+def test_shard_killed_mid_write_reruns_to_bitwise_identical_embeddings(
+    workspace: Workspace, reg: Registry
+) -> None:
+    # Many small chunks so the shard is still writing when it is killed.
+    ref = make_dataset(workspace, reg, "organ", "organamnist", (900, 60, 240), chunk_rows=8)
+    make_encoder(workspace, reg, "enc", latent_dim=8)
+    plan = plan_extraction(reg, workspace, "enc", [ref], shards=3, threads=1, batch_size=8)
+    victim = plan.specs[1]
+    out = Path(victim.out_path)
+    script = (
+        "import json, sys\n"
+        "from pomlia_hpc.fingerprint.extract import ShardSpec, run_shard\n"
+        "run_shard(ShardSpec(**json.loads(sys.argv[1])))\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script, json.dumps(asdict(victim))])
+    deadline = time.time() + 120
+    try:
+        while len(_chunk_files(out)) < 3:
+            assert proc.poll() is None, "the shard ended before it could be killed"
+            assert time.time() < deadline, "the shard wrote nothing within 120 s"
+            time.sleep(0.002)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    assert not marker(out, 1).exists()
+    n_chunks_shard = (victim.stop - victim.start) // 8
+    assert 0 < len(_chunk_files(out)) < n_chunks_shard  # killed part-way
+
+    # Run again (in this process: the array-job path is covered above) ...
+    again = plan_extraction(reg, workspace, "enc", [ref], shards=3, threads=1, batch_size=8)
+    assert [s.shard for s in again.specs] == [0, 1, 2]
+    for spec in again.specs:
+        run_shard(spec)
+    (res,) = finish_extraction(reg, again)
+    assert res.status == "complete"
+    resumed = read_embeddings(out)
+    # ... and compare with an uninterrupted run from scratch.
+    fresh = plan_extraction(
+        reg, workspace, "enc", [ref], shards=3, threads=1, batch_size=8, force=True
+    )
+    assert not _chunk_files(out)
+    for spec in fresh.specs:
+        run_shard(spec)
+    np.testing.assert_array_equal(_bits(read_embeddings(out)), _bits(resumed))
+
+
+def test_rerun_repairs_a_torn_chunk_and_skips_done_shards(
+    workspace: Workspace, reg: Registry
+) -> None:
+    ref = make_dataset(workspace, reg, "blood", sizes=(40, 8, 16), chunk_rows=16)
+    make_encoder(workspace, reg, "enc", latent_dim=4)
+    plan = plan_extraction(reg, workspace, "enc", [ref], shards=2, threads=1)
+    for spec in plan.specs:
+        run_shard(spec)
+    out = Path(plan.specs[0].out_path)
+    good = read_embeddings(out)
+    # What a kill during a chunk write can leave: no .done file and a truncated chunk file.
+    marker(out, 1).unlink()
+    chunk = sorted(_chunk_files(out))[-1]
+    chunk.write_bytes(chunk.read_bytes()[:7])
+    with pytest.raises(Exception):  # noqa: B017  (the codec's error type is not ours)
+        read_embeddings(out)
+    done_before = marker(out, 0).stat().st_mtime_ns
+    plan2 = plan_extraction(reg, workspace, "enc", [ref], shards=5, threads=1)
+    assert [s.shard for s in plan2.specs] == [1]  # the stored plan wins; shard 0 is skipped
+    run_shard(plan2.specs[0])
+    assert marker(out, 0).stat().st_mtime_ns == done_before
+    np.testing.assert_array_equal(_bits(read_embeddings(out)), _bits(good))
+
+
+def test_patch_embeddings(workspace: Workspace, reg: Registry) -> None:
+    ref = make_dataset(workspace, reg, "blood", sizes=(20, 4, 8), chunk_rows=16)
+    make_encoder(workspace, reg, "enc", latent_dim=4)
+    plan = plan_extraction(reg, workspace, "enc", [ref], shards=1, patch_grid=2, threads=1)
+    run_shard(plan.specs[0])
+    patches = np.asarray(zarr.open_group(plan.specs[0].out_path, mode="r")["patches"][:])
+    assert patches.shape == (32, 4, 4) and np.isfinite(patches).all()
+    images = open_version(reg, ref).read_rows(0, 2)
+    t = tiles(images, 2)
+    assert t.shape == (8, 14, 14, 3)
+    np.testing.assert_array_equal(t[1], images[0, :14, 14:])  # row-major: tile 1 = top right
+
+
+def test_bad_inputs(workspace: Workspace, reg: Registry) -> None:
+    ref = make_dataset(workspace, reg, "blood", sizes=(20, 4, 8))
+    with pytest.raises(NotFoundError, match="encoder 'nope' is not registered"):
+        extract(reg, workspace, "nope", [ref])
+    make_encoder(workspace, reg, "enc")
+    with pytest.raises(NotFoundError, match="dataset 'missing' is not registered"):
+        extract(reg, workspace, "enc", ["missing"])
+    with pytest.raises(InputError, match="patch grid 0"):
+        extract(reg, workspace, "enc", [ref], patch_grid=0)
+    with pytest.raises(InputError, match="no datasets given"):
+        extract(reg, workspace, "enc", [])
+    with reg.session() as s:
+        assert s.scalars(select(FingerprintSet)).first() is None  # nothing recorded
