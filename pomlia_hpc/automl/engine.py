@@ -1,0 +1,531 @@
+"""The training engine: one classifier for one task under one configuration, with DeepSpeed.
+
+:func:`train` reads the task's dataset store, builds the network (:mod:`pomlia_hpc.nets`), sets
+its initial weights (scratch, the fingerprint encoder's, a registered model's), trains it in the
+configuration's mode (full fine-tune, linear probe, freeze then unfreeze) with the configuration's
+optimizer, augmentation and extra images, and evaluates it on the validation and test splits
+(:mod:`pomlia_hpc.automl.metrics`).
+
+DeepSpeed runs it (``deepspeed.initialize`` with a torch optimizer, so no DeepSpeed op has to be
+compiled for the optimizer): ZeRO stage and bf16 come from :class:`EngineOptions`; on CPU the
+process group is gloo with the rank/world of :func:`pomlia_hpc.cluster.apply_distributed_env`.
+
+Checkpoints and resume. After every epoch the engine writes a DeepSpeed checkpoint (weights and
+optimizer state) under ``workdir/ckpt/epoch-E`` and then, atomically, ``workdir/state.json``
+naming it; only then is the previous epoch's checkpoint deleted, so a kill at any moment leaves
+one complete checkpoint. A call with ``epochs`` larger than the checkpoint's epoch continues from
+it: that is how a configuration promoted by Hyperband to a larger budget resumes instead of
+starting again, and how a job requeued by Slurm picks up where it stopped. The learning rates do
+not depend on the total number of epochs (no schedule to the end), so training for 3 epochs and
+then 6 more equals training for 9.
+
+Freezing is done with per-group learning rates (the body's group gets lr 0) rather than by
+toggling ``requires_grad``: ZeRO partitions only the parameters that require gradients when it is
+initialised, so parameters unfrozen later would never be updated. Only the linear probe, which
+never unfreezes, sets ``requires_grad=False`` on the body (cheaper backward).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.nn import functional
+from torch.nn.modules.batchnorm import _BatchNorm
+
+from pomlia_hpc.automl.metrics import evaluate
+from pomlia_hpc.automl.space import TrainConfig
+from pomlia_hpc.cluster import apply_distributed_env
+from pomlia_hpc.data.store import open_store
+from pomlia_hpc.errors import InputError
+from pomlia_hpc.nets import build_classifier
+from pomlia_hpc.serve.bundle import normalize_task_type, save_classifier
+
+STATE_FILE = "state.json"
+CKPT_DIR = "ckpt"
+
+#: Parameter-name prefix of each architecture's classification head.
+HEAD_PREFIX = {
+    "small_cnn": "head.",
+    "resnet18": "fc.",
+    "resnet18_imagenet": "fc.",
+    "resnet34": "fc.",
+    "mobilenet_v3_small": "classifier.",
+}
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """How to run (not what to learn). ``device``: ``auto`` (CUDA when present), ``cpu`` or
+    ``cuda``; ``bf16``: ``None`` = on for CUDA, off on CPU (3-4x slower there without AMX);
+    ``threads``: torch CPU threads (the job's CPUs; ``None`` leaves torch's default)."""
+
+    zero_stage: int = 0
+    bf16: bool | None = None
+    device: str = "auto"
+    threads: int | None = None
+    eval_batch_size: int = 256
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> EngineOptions:
+        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
+
+
+@dataclass(frozen=True)
+class TrainRequest:
+    """Everything one training call needs; plain data, so it pickles into a cluster job.
+
+    ``workdir`` holds this configuration's checkpoints (shared by its budgets); ``model_path``
+    is where the trained classifier is written (:func:`pomlia_hpc.serve.bundle.save_classifier`).
+    ``init_weights``: a ``torch.save``-d state dict (required unless ``config.init`` is
+    ``scratch``); ``extra_data``: an npz with ``images`` (N, H, W, C) uint8 and ``labels`` (N, L)
+    in the task's label space, of which the first ``config.extra_n`` rows are added to training.
+    """
+
+    store_path: str
+    task_type: str
+    config: TrainConfig
+    epochs: int
+    workdir: str
+    model_path: str
+    config_key: str = ""
+    init_weights: str | None = None
+    extra_data: str | None = None
+    options: EngineOptions = field(default_factory=EngineOptions)
+    lineage: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What a training call reports. Times in seconds; ``gpu_hours`` is 0 on CPU."""
+
+    metrics: dict[str, dict[str, float]]
+    epochs: int
+    start_epoch: int
+    cost_s: float
+    gpu_hours: float
+    device: str
+    model_path: str
+    history: list[dict[str, float]]
+    init_loaded: int = 0
+    n_train: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @property
+    def epochs_run(self) -> int:
+        """Epochs trained by this call (the budget it spent)."""
+        return self.epochs - self.start_epoch
+
+
+# ----------------------------------------------------------------------------- data
+
+
+@dataclass
+class _Split:
+    x: torch.Tensor  # uint8 (N, C, H, W)
+    y: torch.Tensor  # int64 (N,) class index, or float (N, L) for multi-label
+
+
+def _as_split(images: np.ndarray, labels: np.ndarray, multilabel: bool) -> _Split:
+    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous()
+    lab = torch.from_numpy(np.asarray(labels, dtype=np.int64))
+    y = lab.float() if multilabel else lab.reshape(len(lab), -1)[:, 0]
+    return _Split(x, y)
+
+
+def _load_extra(
+    path: str, n: int, shape: tuple[int, int, int], n_labels: int
+) -> tuple[np.ndarray, np.ndarray]:
+    with np.load(path) as z:
+        if "images" not in z or "labels" not in z:
+            raise InputError(f"extra data '{path}': expected arrays 'images' and 'labels'")
+        images, labels = z["images"][:n], z["labels"][:n]
+    if images.shape[1:] != shape or labels.ndim != 2 or labels.shape[1] != n_labels:
+        raise InputError(
+            f"extra data '{path}': expected images (N, {shape[0]}, {shape[1]}, {shape[2]}) and "
+            f"labels (N, {n_labels}), got {images.shape} and {labels.shape}"
+        )
+    return images, labels
+
+
+def _normalize(x: torch.Tensor) -> torch.Tensor:
+    """uint8 → float in [-1, 1]: the default preprocessing of :mod:`pomlia_hpc.serve.bundle`."""
+    return (x.float() / 255.0 - 0.5) / 0.5
+
+
+def augment(x: torch.Tensor, kind: str, gen: torch.Generator) -> torch.Tensor:
+    """Augment a float batch (N, C, H, W): ``flip`` (random horizontal flips), ``flip_crop``
+    (flips and random shifts of up to 2 px, reflect-padded), ``none``."""
+    if kind == "none":
+        return x
+    flip = torch.rand(len(x), generator=gen) < 0.5
+    x = torch.where(flip[:, None, None, None], x.flip(3), x)
+    if kind == "flip_crop":
+        pad = 2
+        h, w = x.shape[2:]
+        padded = functional.pad(x, (pad, pad, pad, pad), mode="reflect")
+        offs = torch.randint(0, 2 * pad + 1, (len(x), 2), generator=gen).tolist()
+        x = torch.stack([padded[i, :, dy : dy + h, dx : dx + w] for i, (dy, dx) in enumerate(offs)])
+    elif kind != "flip":
+        raise InputError(f"augmentation '{kind}' is not known: expected none, flip or flip_crop")
+    return x
+
+
+# ----------------------------------------------------------------------------- model
+
+
+def head_prefix(arch: str) -> str:
+    """Parameter-name prefix of the classification head of ``arch``."""
+    return HEAD_PREFIX.get(arch, "fc.")
+
+
+def load_initial_weights(model: nn.Module, path: str, head: str) -> int:
+    """Copy the tensors of the state dict at ``path`` whose names and shapes match ``model``
+    (the head is skipped when its shape differs, e.g. another number of classes). Returns how
+    many tensors were copied; none is an :class:`InputError` (the weights fit another network)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise InputError(f"initial weights '{path}' cannot be read ({exc})") from exc
+    if isinstance(state, dict) and "state_dict" in state:
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise InputError(f"initial weights '{path}': expected a state dict")
+    own = model.state_dict()
+    take = {
+        k: v
+        for k, v in state.items()
+        if k in own and isinstance(v, torch.Tensor) and v.shape == own[k].shape
+    }
+    body = [k for k in take if not k.startswith(head)]
+    if not body:
+        raise InputError(
+            f"initial weights '{path}': no tensor matches the network's names and shapes "
+            f"(expected e.g. {next(iter(own))} {tuple(own[next(iter(own))].shape)})"
+        )
+    model.load_state_dict(take, strict=False)
+    return len(take)
+
+
+def _param_groups(model: nn.Module, head: str, cfg: TrainConfig) -> list[dict[str, Any]]:
+    body = [p for n, p in model.named_parameters() if not n.startswith(head)]
+    top = [p for n, p in model.named_parameters() if n.startswith(head)]
+    if cfg.mode == "linear_probe":
+        for p in body:
+            p.requires_grad_(False)
+        return [{"params": top, "name": "head"}]
+    return [{"params": body, "name": "body"}, {"params": top, "name": "head"}]
+
+
+def _lrs(cfg: TrainConfig, epoch: int) -> tuple[float, float]:
+    """(body lr, head lr) for ``epoch`` (0-based)."""
+    if cfg.mode == "linear_probe":
+        return 0.0, cfg.lr_head
+    if cfg.mode == "freeze_unfreeze" and epoch < cfg.unfreeze_epoch:
+        return 0.0, cfg.lr_head
+    return cfg.lr, cfg.lr
+
+
+def _body_frozen(cfg: TrainConfig, epoch: int) -> bool:
+    return cfg.mode == "linear_probe" or (
+        cfg.mode == "freeze_unfreeze" and epoch < cfg.unfreeze_epoch
+    )
+
+
+def _torch_optimizer(groups: list[dict[str, Any]], cfg: TrainConfig) -> torch.optim.Optimizer:
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(
+            groups, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay
+        )
+    if cfg.optimizer == "adamw":
+        return torch.optim.AdamW(groups, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    raise InputError(f"optimizer '{cfg.optimizer}' is not known: expected adamw or sgd")
+
+
+def _set_train_mode(model: nn.Module, head: str, body_frozen: bool) -> None:
+    model.train()
+    if body_frozen:  # a frozen body keeps its BatchNorm statistics too
+        for name, mod in model.named_modules():
+            if isinstance(mod, _BatchNorm) and not f"{name}.".startswith(head):
+                mod.eval()
+
+
+# ----------------------------------------------------------------------------- checkpoints
+
+
+def read_state(workdir: str | Path) -> dict[str, Any] | None:
+    """The last complete checkpoint's record in ``workdir`` (``None``: no checkpoint yet)."""
+    path = Path(workdir) / STATE_FILE
+    if not path.is_file():
+        return None
+    return dict(json.loads(path.read_text()))
+
+
+def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    tmp.replace(path)
+
+
+def _resolve_device(opt: EngineOptions) -> str:
+    if opt.device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if opt.device not in ("cpu", "cuda"):
+        raise InputError(f"device '{opt.device}' is not known: expected auto, cpu or cuda")
+    if opt.device == "cuda" and not torch.cuda.is_available():
+        raise InputError("device 'cuda' was asked for but torch sees no CUDA device")
+    return opt.device
+
+
+def _quiet_deepspeed() -> None:
+    from deepspeed.utils import logger as ds_logger
+
+    ds_logger.setLevel(logging.WARNING)
+
+
+# ----------------------------------------------------------------------------- training
+
+
+ProgressFn = Callable[[int, int, dict[str, float]], None]
+"""progress(epoch done (1-based), epochs, epoch record)."""
+
+
+def train(req: TrainRequest, progress: ProgressFn | None = None) -> TrainResult:
+    """Train (or continue training) ``req.config`` to ``req.epochs`` epochs; evaluate; save.
+
+    Raises :class:`InputError` for unusable inputs (store, weights, extra data) and lets
+    training errors (out of memory, ...) propagate: the caller records them.
+    """
+    t0 = time.perf_counter()
+    cfg, opt = req.config, req.options
+    if req.epochs < 1:
+        raise InputError(f"epochs={req.epochs}: expected at least 1")
+    if opt.zero_stage not in (0, 1, 2, 3):
+        raise InputError(f"zero_stage={opt.zero_stage}: expected 0, 1, 2 or 3")
+    if opt.threads:
+        torch.set_num_threads(opt.threads)
+    device = _resolve_device(opt)
+    bf16 = (device == "cuda") if opt.bf16 is None else bool(opt.bf16)
+    task_type = normalize_task_type(req.task_type)
+    multilabel = task_type == "multi-label"
+    workdir = Path(req.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    state = read_state(workdir)
+    start_epoch = int(state["epoch"]) if state else 0
+    if state and req.config_key and state.get("config_key") not in ("", req.config_key):
+        raise InputError(
+            f"checkpoint in '{workdir}' belongs to configuration "
+            f"{state.get('config_key')}, not {req.config_key}"
+        )
+    if start_epoch > req.epochs:
+        raise InputError(
+            f"checkpoint in '{workdir}' is at epoch {start_epoch}, beyond the "
+            f"requested {req.epochs} epochs"
+        )
+
+    store = open_store(req.store_path)
+    h, w, c = store.image_shape
+    class_names = store.class_names
+    splits = {s: _as_split(*store.read_split(s), multilabel) for s in ("train", "val", "test")}
+    n_out = int(splits["train"].y.shape[1]) if multilabel else len(class_names)
+    train_x, train_y = splits["train"].x, splits["train"].y
+    if cfg.extra_n > 0:
+        if not req.extra_data:
+            raise InputError("configuration asks for extra images but no extra data was given")
+        ex_img, ex_lab = _load_extra(
+            req.extra_data, cfg.extra_n, (h, w, c), n_out if multilabel else 1
+        )
+        extra = _as_split(ex_img, ex_lab, multilabel)
+        train_x, train_y = torch.cat([train_x, extra.x]), torch.cat([train_y, extra.y])
+    if len(train_x) < 2:
+        raise InputError(f"store '{req.store_path}': expected at least 2 training images")
+
+    torch.manual_seed(opt.seed)
+    model = build_classifier(cfg.arch, n_out, c, image_size=h)
+    head = head_prefix(cfg.arch)
+    loaded = 0
+    if cfg.init != "scratch" and start_epoch == 0:
+        if not req.init_weights:
+            raise InputError(f"init '{cfg.init}' needs initial weights; none were given")
+        loaded = load_initial_weights(model, req.init_weights, head)
+    if bf16 and device == "cpu":
+        # DeepSpeed casts parameters but not buffers; CPU batch norm wants one dtype for both.
+        for buf in model.buffers():
+            if buf.is_floating_point():
+                buf.data = buf.data.bfloat16()
+
+    import deepspeed
+
+    _quiet_deepspeed()
+    apply_distributed_env()
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    groups = _param_groups(model, head, cfg)
+    ds_config = {
+        "train_micro_batch_size_per_gpu": cfg.batch_size,
+        "gradient_accumulation_steps": 1,
+        "train_batch_size": cfg.batch_size * world,
+        "zero_optimization": {"stage": opt.zero_stage},
+        # ZeRO only "tests" Adam-family optimisers; SGD partitions the same way.
+        "zero_allow_untested_optimizer": True,
+        "bf16": {"enabled": bf16},
+        "steps_per_print": 10**9,
+        "wall_clock_breakdown": False,
+    }
+    engine, _, _, _ = deepspeed.initialize(
+        model=model, optimizer=_torch_optimizer(groups, cfg), config=ds_config
+    )
+    ckpt_dir = workdir / CKPT_DIR
+    history: list[dict[str, float]] = list(state.get("history", [])) if state else []
+    if state:
+        path, _client = engine.load_checkpoint(
+            str(ckpt_dir),
+            tag=state["tag"],
+            load_optimizer_states=True,
+            load_lr_scheduler_states=False,
+        )
+        if path is None:
+            raise InputError(f"checkpoint '{ckpt_dir / state['tag']}' could not be loaded")
+
+    dtype = torch.bfloat16 if bf16 else torch.float32
+    dev = engine.device
+    rank = int(os.environ.get("RANK", "0"))
+    for epoch in range(start_epoch, req.epochs):
+        t_epoch = time.perf_counter()
+        body_lr, head_lr = _lrs(cfg, epoch)
+        for group in engine.optimizer.param_groups:
+            group["lr"] = head_lr if group.get("name") == "head" else body_lr
+        _set_train_mode(engine.module, head, _body_frozen(cfg, epoch))
+        gen = torch.Generator().manual_seed(opt.seed * 100_003 + epoch)
+        order = torch.randperm(len(train_x), generator=gen)
+        # Each rank takes its share of the shuffled rows (one rank on a single device).
+        order = order[rank::world]
+        total, seen = 0.0, 0
+        for start in range(0, len(order), cfg.batch_size):
+            idx = order[start : start + cfg.batch_size]
+            if len(idx) < 2:  # batch norm cannot train on one image
+                continue
+            xb = augment(_normalize(train_x[idx]), cfg.augmentation, gen)
+            yb = train_y[idx].to(dev)
+            logits = engine(xb.to(dev, dtype=dtype)).float()
+            if multilabel:
+                loss = functional.binary_cross_entropy_with_logits(logits, yb)
+            else:
+                loss = functional.cross_entropy(logits, yb)
+            engine.backward(loss)
+            engine.step()
+            total += float(loss.detach()) * len(idx)
+            seen += len(idx)
+        record = {
+            "epoch": epoch + 1,
+            "train_loss": total / max(seen, 1),
+            "seconds": time.perf_counter() - t_epoch,
+        }
+        if not math.isfinite(record["train_loss"]):
+            raise FloatingPointError(
+                f"training loss is {record['train_loss']} at epoch "
+                f"{epoch + 1} (learning rate too large?)"
+            )
+        history.append(record)
+        tag = f"epoch-{epoch + 1}"
+        engine.save_checkpoint(
+            str(ckpt_dir), tag=tag, client_state={"epoch": epoch + 1}, save_latest=False
+        )
+        if rank == 0:
+            _write_json_atomic(
+                workdir / STATE_FILE,
+                {"epoch": epoch + 1, "tag": tag, "config_key": req.config_key, "history": history},
+            )
+            for old in ckpt_dir.glob("epoch-*"):
+                if old.name != tag:
+                    shutil.rmtree(old, ignore_errors=True)
+        if progress:
+            progress(epoch + 1, req.epochs, record)
+
+    metrics = {
+        s: _evaluate(engine.module, splits[s], task_type, dev, dtype, opt.eval_batch_size)
+        for s in ("val", "test")
+    }
+    wall = time.perf_counter() - t0
+    if rank == 0:
+        _save_model(req, engine.module, n_out, (h, c), class_names, metrics, task_type)
+    return TrainResult(
+        metrics=metrics,
+        epochs=req.epochs,
+        start_epoch=start_epoch,
+        cost_s=wall,
+        gpu_hours=wall / 3600.0 * world if device == "cuda" else 0.0,
+        device=device,
+        model_path=req.model_path,
+        history=history,
+        init_loaded=loaded,
+        n_train=len(train_x),
+    )
+
+
+@torch.no_grad()
+def _evaluate(
+    model: nn.Module,
+    split: _Split,
+    task_type: str,
+    dev: torch.device,
+    dtype: torch.dtype,
+    batch: int,
+) -> dict[str, float]:
+    model.eval()
+    scores = []
+    for start in range(0, len(split.x), batch):
+        logits = model(_normalize(split.x[start : start + batch]).to(dev, dtype=dtype)).float()
+        probs = torch.sigmoid(logits) if task_type == "multi-label" else logits.softmax(1)
+        scores.append(probs.cpu().numpy())
+    y_true = split.y.numpy()
+    if y_true.ndim == 1:
+        y_true = y_true[:, None]
+    return evaluate(task_type, y_true.astype(np.int64), np.concatenate(scores))
+
+
+def _save_model(
+    req: TrainRequest,
+    model: nn.Module,
+    n_out: int,
+    hc: tuple[int, int],
+    class_names: list[str],
+    metrics: dict[str, dict[str, float]],
+    task_type: str,
+) -> None:
+    h, c = hc
+    fresh = build_classifier(req.config.arch, n_out, c, image_size=h)
+    state = {
+        k: v.detach().float().cpu() if v.is_floating_point() else v.detach().cpu()
+        for k, v in model.state_dict().items()
+    }
+    fresh.load_state_dict(state)
+    labels = class_names if len(class_names) == n_out else [str(i) for i in range(n_out)]
+    save_classifier(
+        req.model_path,
+        fresh,
+        arch=req.config.arch,
+        num_classes=n_out,
+        in_channels=c,
+        image_size=h,
+        task_type=task_type,
+        label_names=labels,
+        metrics=metrics,
+        lineage={**req.lineage, "config_key": req.config_key, "epochs": req.epochs},
+    )

@@ -1,0 +1,127 @@
+"""Task metrics as MedMNIST's evaluator computes them, plus macro F1.
+
+ACC and AUC come from ``medmnist.evaluator.getACC`` / ``getAUC`` with MedMNIST's task strings, so
+a number here means what it means in the MedMNIST v2 paper:
+
+* multi-class and ordinal: ACC of the argmax; AUC = mean one-vs-rest AUC over the classes;
+* binary: ACC of ``p(class 1) > 0.5``; AUC of ``p(class 1)``;
+* multi-label: ACC and AUC averaged over the labels, a label predicted when its sigmoid > 0.5.
+
+``f1_macro`` is scikit-learn's macro F1 of the same predictions (over the labels for multi-label).
+
+Small evaluation sets (look-alike tests, scarce data) can miss a class entirely, and then
+``roc_auc_score`` is undefined for it and MedMNIST's ``getAUC`` raises or returns NaN. We then
+average the same per-class AUCs over the classes where it is defined and say so in
+``auc_classes`` (how many classes entered the mean); with no class defined AUC is NaN.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Mapping
+
+import numpy as np
+from medmnist.evaluator import getACC, getAUC
+from sklearn.metrics import f1_score, roc_auc_score
+
+from pomlia_hpc.errors import InputError
+from pomlia_hpc.serve.bundle import normalize_task_type
+
+#: Metric names a task may optimise (all: higher is better, in [0, 1]).
+METRICS: tuple[str, ...] = ("acc", "auc", "f1_macro")
+
+_MEDMNIST_TASK = {
+    "multi-class": "multi-class",
+    "binary": "binary-class",
+    "multi-label": "multi-label, binary-class",
+    "ordinal": "ordinal-regression",
+}
+
+
+def medmnist_task(task_type: str) -> str:
+    """MedMNIST's spelling of ``task_type`` (any spelling :func:`normalize_task_type` knows)."""
+    return _MEDMNIST_TASK[normalize_task_type(task_type)]
+
+
+def check_metric(metric: str) -> str:
+    """Return ``metric`` if it is one of :data:`METRICS`, else raise :class:`InputError`."""
+    if metric not in METRICS:
+        raise InputError(f"metric '{metric}' is not known: expected one of {', '.join(METRICS)}")
+    return metric
+
+
+def _auc_defined_classes(y_true: np.ndarray, y_score: np.ndarray, task: str) -> tuple[float, int]:
+    """MedMNIST's per-class AUC averaged over the classes where it is defined."""
+    aucs: list[float] = []
+    if task == "multi-label, binary-class":
+        columns = [(y_true[:, i], y_score[:, i]) for i in range(y_score.shape[1])]
+    elif task == "binary-class":
+        columns = [(y_true[:, 0], y_score[:, -1])]
+    else:
+        columns = [
+            ((y_true[:, 0] == i).astype(float), y_score[:, i]) for i in range(y_score.shape[1])
+        ]
+    for truth, score in columns:
+        if len(np.unique(truth)) == 2:
+            aucs.append(float(roc_auc_score(truth, score)))
+    return (float(np.mean(aucs)) if aucs else math.nan), len(aucs)
+
+
+def evaluate(task_type: str, y_true: np.ndarray, y_score: np.ndarray) -> dict[str, float]:
+    """ACC, AUC and macro F1 of ``y_score`` against ``y_true``.
+
+    ``y_true``: int (N, 1) class indices, or (N, L) 0/1 for multi-label.
+    ``y_score``: float (N, C) probabilities: softmax over classes, or one sigmoid per label.
+    Returns ``{"acc", "auc", "f1_macro", "auc_classes", "n"}`` (``n``: images evaluated).
+    """
+    task = medmnist_task(task_type)
+    y_true = np.asarray(y_true)
+    y_score = np.asarray(y_score, dtype=np.float64)
+    if y_true.ndim == 1:
+        y_true = y_true[:, None]
+    if y_true.shape[0] != y_score.shape[0] or y_score.ndim != 2:
+        raise InputError(
+            f"evaluate: expected y_true (N, L) and y_score (N, C) with the same N, got "
+            f"{y_true.shape} and {y_score.shape}"
+        )
+    n = int(y_true.shape[0])
+    if n < 2:
+        # MedMNIST's functions squeeze their inputs, which breaks on a single image.
+        raise InputError(f"evaluate: expected at least 2 images, got {n}")
+    acc = float(getACC(y_true, y_score, task))
+    n_auc = y_score.shape[1] if task != "binary-class" else 1
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            auc = float(getAUC(y_true, y_score, task))
+    except ValueError:  # older scikit-learn raises on a class without positives
+        auc = math.nan
+    if math.isnan(auc):  # newer scikit-learn returns NaN (with a warning) instead
+        auc, n_auc = _auc_defined_classes(y_true, y_score, task)
+    if task == "multi-label, binary-class":
+        pred: np.ndarray = (y_score > 0.5).astype(int)
+        f1 = f1_score(y_true, pred, average="macro", zero_division=0)
+    elif task == "binary-class":
+        f1 = f1_score(
+            y_true[:, 0],
+            (y_score[:, -1] > 0.5).astype(int),
+            average="macro",
+            labels=[0, 1],
+            zero_division=0,
+        )
+    else:
+        f1 = f1_score(
+            y_true[:, 0],
+            y_score.argmax(axis=1),
+            average="macro",
+            labels=list(range(y_score.shape[1])),
+            zero_division=0,
+        )
+    return {"acc": acc, "auc": auc, "f1_macro": float(f1), "auc_classes": n_auc, "n": n}
+
+
+def objective_cost(metrics: Mapping[str, float], metric: str) -> float:
+    """What the optimiser minimises: ``1 - metric`` (1.0, the worst, when it is NaN)."""
+    value = float(metrics[check_metric(metric)])
+    return 1.0 if math.isnan(value) else 1.0 - value

@@ -1,0 +1,232 @@
+"""Ask/tell optimisers behind one small interface: SMAC-Hyperband and random search.
+
+:class:`SmacHyperband` wraps SMAC3's multi-fidelity facade (Hyperband intensifier, budget =
+epochs) with pyrfr's random forest, whose results repeat for a fixed seed. Its state
+(runhistory, intensifier, stats) is saved after every ask and every tell, each file written to a
+temporary name and renamed, so a killed driver leaves a consistent state; a resumed study reloads
+it, and :meth:`running` returns the trials that were out when the driver stopped.
+
+:class:`RandomSearch` samples the same space uniformly, every trial at the largest budget: the
+baseline of ``scripts/bench/automl.py``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+from ConfigSpace import Configuration, ConfigurationSpace
+
+from pomlia_hpc.automl.space import config_key, plain_values
+from pomlia_hpc.errors import PomliaError
+
+
+@dataclass(frozen=True)
+class Proposal:
+    """A trial to run: a configuration at a budget (epochs, possibly fractional for SMAC)."""
+
+    config: Configuration
+    budget: float
+    info: Any = None  # SMAC's TrialInfo
+
+    @property
+    def values(self) -> dict[str, Any]:
+        return plain_values(self.config)
+
+    @property
+    def key(self) -> str:
+        return config_key(self.values)
+
+    @property
+    def epochs(self) -> int:
+        """Whole epochs to train to: the budget rounded, at least 1."""
+        return max(1, round(self.budget))
+
+    @property
+    def origin(self) -> str:
+        return str(self.config.origin or "")
+
+
+class SearchOptimizer(Protocol):
+    """What the study driver needs from an optimiser."""
+
+    def ask(self) -> Proposal: ...
+
+    def tell(self, proposal: Proposal, cost: float, *, crashed: bool, time_s: float) -> None: ...
+
+    def running(self) -> list[Proposal]: ...
+
+
+def _atomic(path: Path, write: Callable[[Path], object]) -> None:
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.json")
+    write(tmp)
+    tmp.replace(path)
+
+
+def _dummy_target(config: Configuration, seed: int = 0, budget: float = 1.0) -> float:
+    raise RuntimeError("trials run as cluster jobs; SMAC is driven by ask/tell only")
+
+
+class SmacHyperband:
+    """SMAC3 multi-fidelity (Hyperband, ``eta``) over ``space``; state under ``folder``."""
+
+    def __init__(
+        self,
+        space: ConfigurationSpace,
+        folder: Path,
+        *,
+        n_trials: int,
+        min_epochs: float,
+        max_epochs: float,
+        eta: int = 3,
+        seed: int = 0,
+        initial: list[Configuration] | None = None,
+        n_initial: int | None = None,
+        resume: bool = False,
+    ) -> None:
+        from smac import Scenario
+        from smac.facade.old.multi_fidelity_facade_pyrfr import MultiFidelityRFRFacade as Facade
+
+        scenario = Scenario(
+            space,
+            name="smac",
+            output_directory=folder,
+            deterministic=True,
+            n_trials=max(n_trials, 1),
+            min_budget=min_epochs,
+            max_budget=max_epochs,
+            seed=seed,
+        )
+        out = scenario.output_directory
+        if resume:
+            if not (out / "scenario.json").is_file():
+                raise PomliaError(f"no SMAC state to resume in '{out}'")
+            # SMAC asks on stdin when the saved scenario differs; never let it.
+            if Scenario.load(out) != scenario:
+                raise PomliaError(
+                    f"the SMAC state in '{out}' belongs to another search space or "
+                    "budget; start a new study instead of --resume"
+                )
+        elif out.exists() and any(out.iterdir()):
+            raise PomliaError(f"SMAC state already exists in '{out}'; use --resume")
+        warm = list(initial or [])
+        n_random = n_initial if n_initial is not None else max(1, round(0.25 * n_trials))
+        design = Facade.get_initial_design(
+            scenario, n_configs=max(0, n_random - len(warm)), additional_configs=warm
+        )
+        self._smac = Facade(
+            scenario,
+            _dummy_target,
+            intensifier=Facade.get_intensifier(scenario, eta=eta),
+            initial_design=design,
+            overwrite=not resume,
+            logging_level=logging.ERROR,
+        )
+        self._out = out
+        self.save()
+
+    def ask(self) -> Proposal:
+        info = self._smac.ask()
+        self.save()
+        return Proposal(info.config, float(info.budget or 1.0), info)
+
+    def tell(self, proposal: Proposal, cost: float, *, crashed: bool, time_s: float) -> None:
+        from smac.runhistory import StatusType, TrialValue
+
+        status = StatusType.CRASHED if crashed else StatusType.SUCCESS
+        self._smac.tell(
+            proposal.info, TrialValue(cost=cost, time=time_s, status=status), save=False
+        )
+        self.save()
+
+    def running(self) -> list[Proposal]:
+        return [
+            Proposal(t.config, float(t.budget or 1.0), t)
+            for t in self._smac.runhistory.get_running_trials()
+        ]
+
+    def save(self) -> None:
+        """Write stats, runhistory and intensifier state, each atomically."""
+        smbo = self._smac.optimizer
+        stats = {
+            "used_walltime": smbo.used_walltime,
+            "used_target_function_walltime": smbo.used_target_function_walltime,
+            "used_target_function_cputime": smbo.used_target_function_cputime,
+            "last_update": time.time(),
+            "finished": False,
+        }
+        self._out.mkdir(parents=True, exist_ok=True)
+        _atomic(self._out / "runhistory.json", smbo.runhistory.save)
+        _atomic(self._out / "intensifier.json", smbo.intensifier.save)
+        _atomic(
+            self._out / "optimization.json", lambda p: p.write_text(json.dumps(stats, indent=2))
+        )
+
+
+class RandomSearch:
+    """Uniform random configurations, each at ``max_epochs``; ``initial`` ones first."""
+
+    def __init__(
+        self,
+        space: ConfigurationSpace,
+        folder: Path,
+        *,
+        max_epochs: float,
+        seed: int = 0,
+        initial: list[Configuration] | None = None,
+        resume: bool = False,
+    ) -> None:
+        self._space = space
+        self._budget = float(max_epochs)
+        self._seed = seed
+        self._initial = list(initial or [])
+        self._path = folder / "random_search.json"
+        folder.mkdir(parents=True, exist_ok=True)
+        self._n_asked = 0
+        self._running: list[dict[str, Any]] = []
+        if resume and self._path.is_file():
+            state = json.loads(self._path.read_text())
+            self._n_asked = int(state["n_asked"])
+            self._running = list(state["running"])
+        elif not resume and self._path.exists():
+            raise PomliaError(f"random-search state already exists in '{self._path}'; use --resume")
+        self.save()
+
+    def _config(self, index: int) -> Configuration:
+        if index < len(self._initial):
+            return self._initial[index]
+        # One seed per index: the sequence is the same however often the study was resumed.
+        self._space.seed(self._seed * 1_000_003 + index)
+        config = self._space.sample_configuration()
+        config.origin = "Random search"
+        return config
+
+    def ask(self) -> Proposal:
+        config = self._config(self._n_asked)
+        self._n_asked += 1
+        self._running.append({"values": plain_values(config), "origin": config.origin})
+        self.save()
+        return Proposal(config, self._budget)
+
+    def tell(self, proposal: Proposal, cost: float, *, crashed: bool, time_s: float) -> None:
+        key = proposal.key
+        self._running = [r for r in self._running if config_key(r["values"]) != key]
+        self.save()
+
+    def running(self) -> list[Proposal]:
+        out = []
+        for r in self._running:
+            config = Configuration(self._space, values=r["values"])
+            config.origin = r.get("origin")
+            out.append(Proposal(config, self._budget))
+        return out
+
+    def save(self) -> None:
+        state = {"n_asked": self._n_asked, "running": self._running}
+        _atomic(self._path, lambda p: p.write_text(json.dumps(state, indent=1)))

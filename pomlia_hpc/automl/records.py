@@ -1,0 +1,203 @@
+"""AutoML trials as registry runs, and the lineage of the models they produce.
+
+Only the submitting process (the study driver) writes these rows; trial jobs write result files.
+Run ``status``: ``pending`` (created, not yet submitted), ``running``, ``ok``, ``crashed``.
+``config`` holds the hyperparameters plus the configuration's key and origin; ``metrics`` holds
+``val`` and ``test`` metric dicts, the ``objective`` (the task metric on ``val``) and the epoch
+accounting (``epochs``, ``start_epoch``, ``epochs_run``), or the ``cause`` of a crash.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, select
+
+import pomlia_hpc
+from pomlia_hpc.registry import Job, Registry, Run, Task
+
+OK, CRASHED, RUNNING, PENDING = "ok", "crashed", "running", "pending"
+FINISHED = (OK, CRASHED)
+
+
+def code_version() -> dict[str, str]:
+    """The package version and, in a git checkout, the commit (``-dirty`` with local edits)."""
+    out = {"version": pomlia_hpc.__version__}
+    root = Path(pomlia_hpc.__file__).resolve().parents[1]
+    try:
+        sha = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=10,
+            check=False,
+        )
+        if sha.returncode == 0 and sha.stdout.strip():
+            dirty = subprocess.run(
+                [
+                    "git",
+                    "-C",
+                    str(root),
+                    "status",
+                    "--porcelain",
+                    "--untracked-files=no",
+                    "pomlia_hpc",
+                ],
+                capture_output=True,
+                text=True,
+                timeout=10,
+                check=False,
+            )
+            out["commit"] = sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+    except (OSError, subprocess.TimeoutExpired):
+        pass
+    return out
+
+
+def create_run(
+    registry: Registry,
+    *,
+    task_id: int,
+    study: str,
+    config: dict[str, Any],
+    epochs: int,
+    dataset_version_id: int,
+    encoder_id: int | None,
+) -> int:
+    """Insert a ``pending`` run for one trial; returns its id."""
+    with registry.session() as s:
+        row = Run(
+            task_id=task_id,
+            study=study,
+            config=config,
+            budget=float(epochs),
+            metrics={},
+            status=PENDING,
+            dataset_version_id=dataset_version_id,
+            encoder_id=encoder_id,
+        )
+        s.add(row)
+        s.flush()
+        return int(row.id)
+
+
+def mark_running(
+    registry: Registry, run_id: int, job_id: int | None, *, start_epoch: int = 0
+) -> None:
+    """The trial's job was submitted; ``start_epoch``: the checkpoint it continues from."""
+    with registry.session() as s:
+        row = s.get(Run, run_id)
+        if row is not None:
+            row.status, row.job_id = RUNNING, job_id
+            row.metrics = {"start_epoch": start_epoch}
+
+
+def finish_run(
+    registry: Registry,
+    run_id: int,
+    *,
+    status: str,
+    metrics: dict[str, Any],
+    cost_s: float | None,
+    error: str | None = None,
+) -> None:
+    """Record a trial's outcome (``ok`` or ``crashed``)."""
+    with registry.session() as s:
+        row = s.get(Run, run_id)
+        if row is None:
+            return
+        row.status, row.metrics, row.cost_s, row.error = status, dict(metrics), cost_s, error
+
+
+def find_run(registry: Registry, study: str, key: str, epochs: int) -> Run | None:
+    """The run of configuration ``key`` at ``epochs`` in ``study`` (newest if several)."""
+    with registry.session() as s:
+        rows = list(
+            s.scalars(
+                select(Run)
+                .where(Run.study == study, Run.budget == float(epochs))
+                .order_by(Run.id.desc())
+            )
+        )
+        for row in rows:
+            if (row.config or {}).get("config_key") == key:
+                s.expunge(row)
+                return row
+    return None
+
+
+def study_runs(registry: Registry, study: str) -> list[Run]:
+    """All runs of ``study``, oldest first."""
+    with registry.session() as s:
+        rows = list(s.scalars(select(Run).where(Run.study == study).order_by(Run.id)))
+        for r in rows:
+            s.expunge(r)
+        return rows
+
+
+def count_runs(registry: Registry, study: str) -> int:
+    with registry.session() as s:
+        return int(s.scalar(select(func.count(Run.id)).where(Run.study == study)) or 0)
+
+
+def job_of(registry: Registry, job_id: int | None) -> Job | None:
+    if job_id is None:
+        return None
+    with registry.session() as s:
+        row = s.get(Job, job_id)
+        if row is not None:
+            s.expunge(row)
+        return row
+
+
+@dataclass(frozen=True)
+class RunRow:
+    """One line of ``pomlia runs list``."""
+
+    id: int
+    task: str
+    study: str
+    status: str
+    epochs: float | None
+    config: dict[str, Any]
+    metrics: dict[str, Any]
+    cost_s: float | None
+    job: str
+    error: str
+    created_at: datetime | None
+
+
+def list_runs(
+    registry: Registry, task: str | None = None, study: str | None = None, limit: int = 200
+) -> list[RunRow]:
+    """Runs, newest first, optionally of one task (name or id) and/or one study."""
+    with registry.session() as s:
+        q = select(Run, Task.name, Job.scheduler_id).join(
+            Task, Run.task_id == Task.id, isouter=True
+        )
+        q = q.join(Job, Run.job_id == Job.id, isouter=True)
+        if task is not None:
+            q = q.where((Task.name == task) | (Task.id == (int(task) if task.isdigit() else -1)))
+        if study is not None:
+            q = q.where(Run.study == study)
+        rows = s.execute(q.order_by(Run.id.desc()).limit(limit)).all()
+        return [
+            RunRow(
+                id=r.id,
+                task=tname or "",
+                study=r.study or "",
+                status=r.status,
+                epochs=r.budget,
+                config=dict(r.config or {}),
+                metrics=dict(r.metrics or {}),
+                cost_s=r.cost_s,
+                job=sched or "",
+                error=(r.error or "").split("\n")[0],
+                created_at=r.created_at,
+            )
+            for r, tname, sched in rows
+        ]

@@ -1,0 +1,139 @@
+"""Where pretrained weights and extra images come from: three small plug-in functions.
+
+The study driver calls them once (they need the registry) and hands the trial jobs plain files:
+
+* :func:`encoder_weights` — the fingerprint autoencoder's ResNet-18 encoder
+  (:func:`pomlia_hpc.fingerprint.train.load_encoder`), as a state dict for the classifier of the
+  same stem (``resnet18`` for ``stem="small"``, ``resnet18_imagenet`` otherwise);
+* :func:`model_weights` — a registered model's classifier weights;
+* :func:`nearest_extra` — the N nearest images in other datasets
+  (:func:`pomlia_hpc.fingerprint.similar.nearest_images`), each labelled like its nearest
+  training image in the encoder's latent space, resized to the task's image shape.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pomlia_hpc.data.store import DatasetStore, open_store
+from pomlia_hpc.errors import NotFoundError
+from pomlia_hpc.registry import Registry
+from pomlia_hpc.workspace import Workspace
+
+
+@dataclass(frozen=True)
+class WeightSource:
+    """Initial weights saved for trial jobs: the file, the architecture they fit, the registry
+    id and name of where they came from."""
+
+    path: str
+    arch: str
+    id: int
+    name: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": self.path, "arch": self.arch, "id": self.id, "name": self.name}
+
+
+def _save_state(state: dict[str, torch.Tensor], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+
+
+def encoder_weights(registry: Registry, encoder: str, in_channels: int, out: Path) -> WeightSource:
+    """Save the encoder's backbone weights for an ``in_channels`` classifier to ``out``."""
+    from pomlia_hpc.fingerprint.autoencoder import backbone_state_dict
+    from pomlia_hpc.fingerprint.train import get_encoder, load_encoder
+
+    row = get_encoder(registry, encoder)
+    model, cfg = load_encoder(registry, row)
+    _save_state(backbone_state_dict(model, in_channels=in_channels), out)
+    arch = "resnet18" if getattr(cfg, "stem", "imagenet") == "small" else "resnet18_imagenet"
+    return WeightSource(str(out), arch, int(row.id), row.name)
+
+
+def model_weights(registry: Registry, model: str, out: Path) -> WeightSource:
+    """Save a registered model's weights to ``out``."""
+    from pomlia_hpc.serve.bundle import load_classifier, resolve_model
+
+    row = resolve_model(registry, model)
+    loaded = load_classifier(row.path)
+    _save_state(loaded.model.state_dict(), out)
+    return WeightSource(str(out), loaded.meta.arch, int(row.id), row.name)
+
+
+def _fit_images(images: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
+    """Resize (bilinear) and convert channels (gray ↔ RGB) to ``shape`` = (H, W, C)."""
+    h, w, c = shape
+    x = torch.from_numpy(np.ascontiguousarray(images)).float()
+    if x.ndim == 3:
+        x = x[..., None]
+    x = x.permute(0, 3, 1, 2)
+    if x.shape[1] != c:
+        x = x.mean(1, keepdim=True) if c == 1 else x[:, :1].expand(-1, c, -1, -1)
+    if tuple(x.shape[2:]) != (h, w):
+        x = torch.nn.functional.interpolate(
+            x, size=(h, w), mode="bilinear", antialias=True, align_corners=False
+        )
+    return x.clamp(0, 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+def nearest_extra(
+    registry: Registry,
+    workspace: Workspace,
+    encoder: str,
+    dataset: str,
+    n: int,
+    out: Path,
+    *,
+    max_train: int = 20_000,
+) -> Path:
+    """Write ``out`` (npz: ``images``, ``labels``) with the ``n`` images of other datasets
+    nearest to the training split of ``dataset`` (:func:`pomlia_hpc.fingerprint.similar.
+    nearest_images` over ``encoder``'s FAISS index), fitted to the dataset's image shape.
+
+    Their labels come from the task itself: each image takes the label of its nearest training
+    image in the encoder's latent space (1-NN over up to ``max_train`` evenly spaced training
+    images), so extra images enter the task's label space. Rows are nearest first."""
+    from pomlia_hpc.data.store import find_version, open_version
+    from pomlia_hpc.fingerprint.extract import embed_images
+    from pomlia_hpc.fingerprint.similar import nearest_images
+    from pomlia_hpc.fingerprint.train import load_encoder
+
+    hits = nearest_images(registry, workspace, encoder, dataset, n, split="train")
+    if not hits:
+        raise NotFoundError(
+            f"no nearest images for '{dataset}' in encoder '{encoder}''s index "
+            "(is another dataset indexed?)"
+        )
+    store = open_store(find_version(registry, dataset).store_path)
+    shape = store.image_shape
+    stores: dict[str, DatasetStore] = {}
+    images = []
+    for hit in hits:
+        src = stores.setdefault(hit.ref, open_version(registry, hit.ref))
+        images.append(_fit_images(src.read_rows(hit.row, hit.row + 1), shape)[0])
+    extra = np.stack(images)
+    lo, hi = store.split_range("train")
+    rows = np.unique(np.linspace(lo, hi - 1, min(max_train, hi - lo)).round().astype(int))
+    train_x = np.concatenate([store.read_rows(int(r), int(r) + 1) for r in rows])
+    train_y = np.concatenate([store.read_labels(int(r), int(r) + 1) for r in rows])
+    model, _cfg = load_encoder(registry, encoder)
+    cpu = torch.device("cpu")
+    z_train = torch.from_numpy(embed_images(model, train_x, 256, cpu))
+    z_extra = torch.from_numpy(embed_images(model, extra, 256, cpu))
+    nearest = torch.cdist(z_extra, z_train).argmin(dim=1).numpy()
+    labels = train_y[nearest].astype(np.int32)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = out.with_name(f".{out.stem}.{os.getpid()}.tmp.npz")
+    np.savez(tmp, images=extra, labels=labels)
+    tmp.replace(out)
+    return out

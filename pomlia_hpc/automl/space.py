@@ -1,0 +1,319 @@
+"""The AutoML search space: development strategies and hyperparameters (ConfigSpace).
+
+=================  ===========================================  ===============================
+hyperparameter     values                                       active when
+=================  ===========================================  ===============================
+``arch``           ``small_cnn``, ``resnet18``,                 always
+                   ``mobilenet_v3_small`` (``SpaceOptions``)
+``init``           ``scratch``; ``encoder`` (the fingerprint    a pretrained source is given
+                   autoencoder's ResNet-18); ``model`` (a
+                   registered model's weights)
+``mode``           ``full`` fine-tune, ``linear_probe`` (head   ``init`` is in the space;
+                   only), ``freeze_unfreeze`` (head only, then  forbidden with ``scratch``
+                   everything from ``unfreeze_epoch`` on)       unless ``full``
+``lr``             1e-4 .. 1e-1, log (whole network)            ``mode`` is full/freeze_unfreeze
+``lr_head``        1e-3 .. 3e-1, log (head while the body is    ``mode`` is linear_probe/
+                   frozen: a probe on fixed features takes      freeze_unfreeze
+                   larger steps than a whole network)
+``unfreeze_epoch`` 1 .. 3 (epochs of head-only training)        ``mode`` = freeze_unfreeze
+``optimizer``      ``adamw``, ``sgd``                           always
+``momentum``       0.5 .. 0.99                                  ``optimizer`` = sgd
+``weight_decay``   1e-6 .. 1e-2, log                            always
+``batch_size``     32, 64, 128 (ordinal)                        always
+``augmentation``   ``none``, ``flip``, ``flip_crop``            always
+``extra_data``     ``none``, ``nearest``                        nearest images are available
+``extra_n``        100 .. ``max_extra`` (log), images added     ``extra_data`` = nearest
+=================  ===========================================  ===============================
+
+``init=encoder`` only fits the architecture the encoder's weights were trained as, and
+``init=model`` only the registered model's architecture: forbidden clauses exclude the other
+pairs. Epochs are not in the space: they are the budget (fidelity) that Hyperband assigns.
+Learning rates do not depend on the epoch count, so a configuration promoted to a larger budget
+can continue from its checkpoint (see :mod:`pomlia_hpc.automl.engine`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from ConfigSpace import (
+    Categorical,
+    Configuration,
+    ConfigurationSpace,
+    EqualsCondition,
+    Float,
+    ForbiddenAndConjunction,
+    ForbiddenEqualsClause,
+    ForbiddenInClause,
+    InCondition,
+    Integer,
+    OrdinalHyperparameter,
+)
+
+from pomlia_hpc.errors import InputError
+from pomlia_hpc.nets import ARCHITECTURES
+
+DEFAULT_ARCHS: tuple[str, ...] = ("small_cnn", "resnet18", "mobilenet_v3_small")
+AUGMENTATIONS: tuple[str, ...] = ("none", "flip", "flip_crop")
+MODES: tuple[str, ...] = ("full", "linear_probe", "freeze_unfreeze")
+OPTIMIZERS: tuple[str, ...] = ("adamw", "sgd")
+BATCH_SIZES: tuple[int, ...] = (32, 64, 128)
+
+
+@dataclass(frozen=True)
+class SpaceOptions:
+    """What the space offers. ``encoder_arch`` / ``model_arch``: the architecture that the
+    fingerprint encoder's / the registered model's weights fit (``None``: that source is not
+    offered); ``extra_data``: whether nearest images from similar datasets can be added."""
+
+    archs: tuple[str, ...] = DEFAULT_ARCHS
+    encoder_arch: str | None = None
+    model_arch: str | None = None
+    extra_data: bool = False
+    max_extra: int = 2000
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["archs"] = list(self.archs)
+        return d
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> SpaceOptions:
+        return cls(
+            archs=tuple(data.get("archs", DEFAULT_ARCHS)),
+            encoder_arch=data.get("encoder_arch"),
+            model_arch=data.get("model_arch"),
+            extra_data=bool(data.get("extra_data", False)),
+            max_extra=int(data.get("max_extra", 2000)),
+        )
+
+
+def _check_options(opt: SpaceOptions) -> None:
+    for arch in (*opt.archs, opt.encoder_arch, opt.model_arch):
+        if arch is not None and arch not in ARCHITECTURES:
+            raise InputError(
+                f"search space: architecture '{arch}' is not known; expected one of "
+                f"{', '.join(ARCHITECTURES)}"
+            )
+    if not opt.archs:
+        raise InputError("search space: expected at least one architecture in 'archs'")
+    if opt.extra_data and opt.max_extra < 100:
+        raise InputError(f"search space: max_extra={opt.max_extra}, expected >= 100")
+
+
+def build_space(options: SpaceOptions | None = None, seed: int = 0) -> ConfigurationSpace:
+    """The search space for ``options`` (see the module docstring), seeded for sampling."""
+    opt = options or SpaceOptions()
+    _check_options(opt)
+    archs = list(dict.fromkeys([*opt.archs, *(a for a in (opt.encoder_arch, opt.model_arch) if a)]))
+    cs = ConfigurationSpace(seed=seed)
+    arch = Categorical("arch", archs, default=archs[0])
+    optimizer = Categorical("optimizer", list(OPTIMIZERS), default="adamw")
+    momentum = Float("momentum", (0.5, 0.99), default=0.9)
+    cs.add(
+        [
+            arch,
+            optimizer,
+            momentum,
+            Float("weight_decay", (1e-6, 1e-2), log=True, default=1e-4),
+            OrdinalHyperparameter("batch_size", list(BATCH_SIZES), default_value=64),
+            Categorical("augmentation", list(AUGMENTATIONS), default="flip"),
+        ]
+    )
+    cs.add(EqualsCondition(momentum, optimizer, "sgd"))
+
+    sources = [s for s, a in (("encoder", opt.encoder_arch), ("model", opt.model_arch)) if a]
+    lr = Float("lr", (1e-4, 1e-1), log=True, default=1e-3)
+    if sources:
+        init = Categorical("init", ["scratch", *sources], default="scratch")
+        mode = Categorical("mode", list(MODES), default="full")
+        lr_head = Float("lr_head", (1e-3, 3e-1), log=True, default=1e-2)
+        unfreeze = Integer("unfreeze_epoch", (1, 3), default=1)
+        cs.add([init, mode, lr, lr_head, unfreeze])
+        cs.add(
+            [
+                InCondition(lr, mode, ["full", "freeze_unfreeze"]),
+                InCondition(lr_head, mode, ["linear_probe", "freeze_unfreeze"]),
+                EqualsCondition(unfreeze, mode, "freeze_unfreeze"),
+            ]
+        )
+        cs.add(
+            ForbiddenAndConjunction(
+                ForbiddenEqualsClause(init, "scratch"),
+                ForbiddenInClause(mode, ["linear_probe", "freeze_unfreeze"]),
+            )
+        )
+        for source, fits in (("encoder", opt.encoder_arch), ("model", opt.model_arch)):
+            others = [a for a in archs if a != fits]
+            if fits and others:
+                cs.add(
+                    ForbiddenAndConjunction(
+                        ForbiddenEqualsClause(init, source), ForbiddenInClause(arch, others)
+                    )
+                )
+    else:
+        cs.add(lr)
+    if opt.extra_data:
+        extra = Categorical("extra_data", ["none", "nearest"], default="none")
+        extra_n = Integer("extra_n", (100, opt.max_extra), log=True, default=500)
+        cs.add([extra, extra_n])
+        cs.add(EqualsCondition(extra_n, extra, "nearest"))
+    return cs
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """One point of the space with inactive hyperparameters filled in (what the engine runs)."""
+
+    arch: str = "small_cnn"
+    init: str = "scratch"
+    mode: str = "full"
+    lr: float = 1e-3
+    lr_head: float = 1e-2
+    unfreeze_epoch: int = 1
+    optimizer: str = "adamw"
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    batch_size: int = 64
+    augmentation: str = "flip"
+    extra_n: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_values(cls, values: Mapping[str, Any]) -> TrainConfig:
+        """Build from a configuration's values (a ``Configuration`` or its dict)."""
+        v = dict(values)
+        extra_n = int(v.get("extra_n", 0)) if v.get("extra_data") == "nearest" else 0
+        return cls(
+            arch=str(v.get("arch", "small_cnn")),
+            init=str(v.get("init", "scratch")),
+            mode=str(v.get("mode", "full")),
+            lr=float(v.get("lr", 1e-3)),
+            lr_head=float(v.get("lr_head", 1e-2)),
+            unfreeze_epoch=int(v.get("unfreeze_epoch", 1)),
+            optimizer=str(v.get("optimizer", "adamw")),
+            momentum=float(v.get("momentum", 0.9)),
+            weight_decay=float(v.get("weight_decay", 1e-4)),
+            batch_size=int(v.get("batch_size", 64)),
+            augmentation=str(v.get("augmentation", "flip")),
+            extra_n=extra_n,
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def plain_values(values: Mapping[str, Any]) -> dict[str, Any]:
+    """A configuration's values as plain JSON types (ConfigSpace hands out numpy scalars)."""
+    out: dict[str, Any] = {}
+    for k in sorted(values):
+        v = values[k]
+        out[k] = v.item() if hasattr(v, "item") else v
+    return out
+
+
+def config_key(values: Mapping[str, Any]) -> str:
+    """A short stable id of a configuration (hash of its sorted values)."""
+    text = json.dumps(plain_values(values), sort_keys=True)
+    return hashlib.sha1(text.encode()).hexdigest()[:12]
+
+
+def make_configuration(
+    space: ConfigurationSpace, values: Mapping[str, Any], where: str
+) -> Configuration:
+    """Validate ``values`` against ``space``; :class:`InputError` naming ``where`` and the
+    hyperparameter on failure. Inactive hyperparameters may be left out."""
+    known = set(space.keys())
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise InputError(
+            f"{where}: unknown hyperparameter(s) {', '.join(unknown)}; expected some of "
+            f"{', '.join(sorted(known))}"
+        )
+    try:
+        # Every hyperparameter at its default, the file's values over them, then drop what
+        # the conditions make inactive (parents before children: topological order).
+        full = {name: hp.default_value for name, hp in space.items()}
+        full.update(values)
+        for name in space.keys():  # noqa: SIM118 (ConfigSpace keeps topological order)
+            hp = space[name]
+            if not _active(space, name, full):
+                full.pop(name)
+                if name in values:
+                    parents = ", ".join(p.name for p in space.parents_of.get(name, []))
+                    raise InputError(
+                        f"{where}: hyperparameter '{name}' is inactive with the other values "
+                        f"(it depends on {parents})"
+                    )
+            elif name in values and not hp.legal_value(full[name]):
+                raise InputError(
+                    f"{where}: value {full[name]!r} of '{name}' is not legal; "
+                    f"expected {_describe(hp)}"
+                )
+        config = Configuration(space, values=full)
+        config.check_valid_configuration()
+    except InputError:
+        raise
+    except Exception as exc:  # ConfigSpace raises several types (forbidden, illegal value)
+        raise InputError(f"{where}: not a valid configuration ({exc})") from exc
+    return config
+
+
+def _active(space: ConfigurationSpace, name: str, values: Mapping[str, Any]) -> bool:
+    for cond in space.parent_conditions_of.get(name, []):
+        parent_values = {p.name: values.get(p.name) for p in space.parents_of[name]}
+        if any(v is None for v in parent_values.values()):
+            return False
+        if not cond.satisfied_by_value(parent_values):
+            return False
+    return True
+
+
+def _describe(hp: Any) -> str:
+    if hasattr(hp, "choices"):
+        return "one of " + ", ".join(map(str, hp.choices))
+    if hasattr(hp, "sequence"):
+        return "one of " + ", ".join(map(str, hp.sequence))
+    return f"a number in [{hp.lower}, {hp.upper}]"
+
+
+def load_initial_configs(path: str | Path, space: ConfigurationSpace) -> list[Configuration]:
+    """Read warm-start configurations from a YAML or JSON file: a list of mappings from
+    hyperparameter name to value (or a mapping with a ``configs`` list, as the recommender
+    writes). Each entry is validated against ``space``."""
+    p = Path(path)
+    try:
+        data = yaml.safe_load(p.read_text())
+    except OSError as exc:
+        raise InputError(f"initial configurations file '{p}' cannot be read ({exc})") from exc
+    except yaml.YAMLError as exc:
+        raise InputError(f"initial configurations file '{p}' is not YAML/JSON ({exc})") from exc
+    if isinstance(data, dict) and "configs" in data:
+        data = data["configs"]
+    if not isinstance(data, list) or not data:
+        raise InputError(
+            f"initial configurations file '{p}': expected a non-empty list of mappings "
+            "(hyperparameter: value)"
+        )
+    return configs_from_values(data, space, str(p))
+
+
+def configs_from_values(
+    entries: Sequence[Any], space: ConfigurationSpace, source: str
+) -> list[Configuration]:
+    """Validate a list of value mappings (see :func:`load_initial_configs`)."""
+    out: list[Configuration] = []
+    for i, entry in enumerate(entries):
+        where = f"{source}: entry {i}"
+        if not isinstance(entry, Mapping):
+            raise InputError(f"{where}: expected a mapping, got {type(entry).__name__}")
+        config = make_configuration(space, entry, where)
+        config.origin = "Initial design: warm start"
+        out.append(config)
+    return out

@@ -1,0 +1,85 @@
+"""Registered tasks: a dataset version, a metric and a task type under one name."""
+
+from __future__ import annotations
+
+import re
+
+from sqlalchemy import select
+
+from pomlia_hpc.automl.metrics import check_metric
+from pomlia_hpc.data.store import find_version, open_store
+from pomlia_hpc.errors import InputError, NotFoundError, PomliaError
+from pomlia_hpc.registry import Dataset, DatasetVersion, Registry, Task
+from pomlia_hpc.serve.bundle import normalize_task_type
+
+_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def add_task(
+    registry: Registry, name: str, dataset: str, metric: str, task_type: str | None = None
+) -> Task:
+    """Register task ``name`` on dataset version ``dataset`` (``name`` or ``name@version``)
+    with ``metric`` (acc, auc, f1_macro). ``task_type`` defaults to the dataset's own
+    (multi-class, binary, multi-label, ordinal); a different one is an error."""
+    if not _NAME_RE.match(name):
+        raise InputError(
+            f"task name '{name}' is not valid: expected letters, digits, '_', '.', "
+            "'-' (at most 64, starting with a letter or digit)"
+        )
+    check_metric(metric)
+    version = find_version(registry, dataset)
+    store_type = normalize_task_type(
+        str(open_store(version.store_path).meta.get("task_type", "multi-class"))
+    )
+    if task_type is not None and normalize_task_type(task_type) != store_type:
+        raise InputError(
+            f"task type '{task_type}' does not match dataset '{dataset}', whose "
+            f"labels are {store_type}"
+        )
+    with registry.session() as s:
+        if s.scalar(select(Task).where(Task.name == name)) is not None:
+            raise PomliaError(f"task '{name}' already exists; expected a new name")
+        row = Task(name=name, dataset_version_id=version.id, metric=metric, task_type=store_type)
+        s.add(row)
+        s.flush()
+        s.expunge(row)
+        return row
+
+
+def get_task(registry: Registry, ref: str | int) -> Task:
+    """The task named ``ref`` (or with id ``ref``)."""
+    with registry.session() as s:
+        row = s.scalar(select(Task).where(Task.name == str(ref)))
+        if row is None and str(ref).isdigit():
+            row = s.get(Task, int(ref))
+        if row is None:
+            known = ", ".join(s.scalars(select(Task.name).order_by(Task.id))) or "none"
+            raise NotFoundError(
+                f"task '{ref}' is not registered (tasks: {known})",
+                hint="pomlia task add NAME --dataset D --metric M",
+            )
+        s.expunge(row)
+        return row
+
+
+def task_dataset(registry: Registry, task: Task) -> tuple[DatasetVersion, str]:
+    """The task's dataset version row and its ``name@version`` ref."""
+    with registry.session() as s:
+        version = s.get(DatasetVersion, task.dataset_version_id)
+        if version is None:
+            raise NotFoundError(
+                f"dataset version {task.dataset_version_id} of task "
+                f"'{task.name}' is missing from the registry"
+            )
+        ds = s.get(Dataset, version.dataset_id)
+        s.expunge(version)
+        return version, f"{ds.name if ds else '?'}@{version.version}"
+
+
+def list_tasks(registry: Registry) -> list[tuple[Task, str]]:
+    """All tasks with their dataset refs, oldest first."""
+    with registry.session() as s:
+        rows = list(s.scalars(select(Task).order_by(Task.id)))
+        for r in rows:
+            s.expunge(r)
+    return [(t, task_dataset(registry, t)[1]) for t in rows]
