@@ -1,1 +1,67 @@
-"""fingerprint room of pomlia-hpc (see DESIGN.md)."""
+"""Fingerprints: find the known datasets and images most similar to a new one.
+
+Stages (each a library call; the ``pomlia`` CLI only wraps them)::
+
+    train_encoder(registry, workspace, "ae16", ["pathmnist", "bloodmnist"], TrainConfig(...))
+        ResNet-18 autoencoder (MSE, Adam) trained as one resumable cluster job with DeepSpeed;
+        registers an Encoder row (config, dataset versions, loss per epoch, checkpoint)
+    extract(registry, workspace, "ae16", ["pathmnist", "newset@3fa2c1"], shards=8)
+        embeddings as an array job of chunk-aligned shards -> one FingerprintSet per version
+    build_index(registry, workspace, "ae16", factory=None, metric="l2")
+        FAISS index over all embeddings of the encoder (new datasets are added, not rebuilt)
+    similar_datasets(registry, "ae16", "newset", k=5, distance="frechet")
+    nearest_images(registry, workspace, "ae16", "newset", n=1000)
+    plots.plot_encoder_latent(registry, "ae16", None, out_dir)  # the paper's Figures 5, 6
+
+For other rooms (AutoML, strategy):
+
+* ``load_encoder(registry, encoder_id_or_name) -> (Autoencoder, EncoderConfig)`` — the trained
+  model in eval mode; ``backbone_state_dict(model, in_channels)`` gives its ResNet-18 weights
+  without the latent layer, to initialise a classifier (``nets.build_classifier`` with
+  ``"resnet18_imagenet"``, or ``"resnet18"`` for an encoder trained with ``stem="small"``).
+* ``nearest_images(registry, workspace, encoder, dataset_ref, n)`` → ``[NearestImage(ref,
+  split, row, distance)]``: images of *other* datasets nearest to the dataset, nearest first
+  (read one with ``open_version(registry, hit.ref).read_rows(hit.row, hit.row + 1)``).
+* ``similar_datasets(registry, encoder, dataset_ref, k, distance)`` → ``[SimilarDataset(ref,
+  distance, n_vectors)]`` nearest first; ``distance`` in :data:`DISTANCES` (``mean`` = the
+  paper's mean-embedding distance, ``frechet``, ``mmd``, ``kl``).
+* ``dataset_fingerprint(registry, encoder, dataset_ref)`` → mean embedding + explicit
+  fingerprint JSON; ``embedding_sample(...)`` → an (n, d) sample of a dataset's embeddings.
+
+Modules: ``autoencoder`` (model, input conversion), ``loader`` (chunk-wise shuffled batches from
+Zarr), ``train`` (job, checkpoints, registry), ``extract`` (shards), ``index`` (FAISS),
+``distances``, ``similar``, ``plots``, ``io`` (atomic files).
+"""
+
+from pomlia_hpc.fingerprint.autoencoder import Autoencoder, EncoderConfig, backbone_state_dict
+from pomlia_hpc.fingerprint.distances import DISTANCES
+from pomlia_hpc.fingerprint.extract import extract
+from pomlia_hpc.fingerprint.index import build_index, load_index
+from pomlia_hpc.fingerprint.similar import (
+    NearestImage,
+    SimilarDataset,
+    dataset_fingerprint,
+    embedding_sample,
+    nearest_images,
+    similar_datasets,
+)
+from pomlia_hpc.fingerprint.train import TrainConfig, load_encoder, train_encoder
+
+__all__ = [
+    "DISTANCES",
+    "Autoencoder",
+    "EncoderConfig",
+    "NearestImage",
+    "SimilarDataset",
+    "TrainConfig",
+    "backbone_state_dict",
+    "build_index",
+    "dataset_fingerprint",
+    "embedding_sample",
+    "extract",
+    "load_encoder",
+    "load_index",
+    "nearest_images",
+    "similar_datasets",
+    "train_encoder",
+]

@@ -25,6 +25,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import shutil
 import socket
 import time
@@ -36,7 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
 from pomlia_hpc.cluster import Checkpointable, Executor, apply_distributed_env
-from pomlia_hpc.data.store import check_name, find_version, open_store
+from pomlia_hpc.data.store import find_version, open_store
 from pomlia_hpc.errors import InputError, NotFoundError, PomliaError
 from pomlia_hpc.fingerprint.autoencoder import Autoencoder, EncoderConfig, reconstruction_loss
 from pomlia_hpc.fingerprint.io import atomic_write_bytes, atomic_write_text
@@ -61,6 +62,16 @@ class TrainConfig(BaseModel):
     num_workers: int = Field(1, ge=0, description="DataLoader worker processes per rank")
     precision: Literal["fp32", "bf16"] = "fp32"
     zero_stage: int = Field(0, ge=0, le=2)
+
+
+def check_encoder_name(name: str) -> str:
+    """Return ``name`` if it is a valid encoder name (it becomes a folder name), else raise."""
+    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}", name) or name.isdigit():
+        raise InputError(
+            f"encoder name '{name}' is not valid: expected letters, digits, '_', '.' or '-' "
+            "(at most 128, not starting with '.' or '-', not all digits)"
+        )
+    return name
 
 
 def encoder_dir(workspace: Workspace, name: str) -> Path:
@@ -289,7 +300,7 @@ def train_encoder(
     for it, and register it. Re-running with the same name resumes an unfinished training and
     returns the registered encoder of a finished one.
     """
-    check_name(name)
+    check_encoder_name(name)
     config = config or TrainConfig()
     with registry.session() as s:
         existing = s.scalar(select(Encoder).where(Encoder.name == name))
@@ -300,6 +311,12 @@ def train_encoder(
     ):
         return existing
     sources, rows = _sources(registry, datasets, config)
+    n_rows = sum(s.stop - s.start for s in sources)
+    if steps_per_epoch(n_rows, config.batch_size, config.processes) == 0:
+        raise InputError(
+            f"training set has {n_rows} images, fewer than one batch of {config.batch_size} "
+            f"per process ({config.processes} processes): lower batch_size"
+        )
     out = encoder_dir(workspace, name)
     out.mkdir(parents=True, exist_ok=True)
     ex = executor or Executor.from_profile(workspace.cluster_profile, workspace.jobs, registry)

@@ -1,0 +1,176 @@
+"""The autoencoder, its input conversion, the Zarr batch stream, and training as a job with
+DeepSpeed: registration, resuming from the last epoch checkpoint, two data-parallel ranks."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from fingerprint_support import make_dataset
+
+from pomlia_hpc.cluster import Executor
+from pomlia_hpc.data.store import open_version
+from pomlia_hpc.errors import InputError, NotFoundError
+from pomlia_hpc.fingerprint.autoencoder import (
+    Autoencoder,
+    EncoderConfig,
+    backbone_state_dict,
+    to_input,
+)
+from pomlia_hpc.fingerprint.loader import Source, StoreStream
+from pomlia_hpc.fingerprint.train import (
+    TrainConfig,
+    TrainJob,
+    encoder_dir,
+    load_encoder,
+    train_encoder,
+)
+from pomlia_hpc.nets import build_classifier
+from pomlia_hpc.registry import Job, Registry
+from pomlia_hpc.workspace import Workspace
+
+
+@pytest.fixture
+def reg(workspace: Workspace) -> Registry:
+    return Registry.open(workspace.db_url)
+
+
+@pytest.mark.parametrize(("size", "d"), [(28, 2), (64, 16)])
+def test_autoencoder_shapes(size: int, d: int) -> None:
+    model = Autoencoder(EncoderConfig(latent_dim=d, image_size=size)).eval()
+    x = torch.rand(3, 3, size, size)
+    with torch.no_grad():
+        assert model.encode(x).shape == (3, d)
+        y = model(x)
+    assert y.shape == x.shape and float(y.min()) >= 0.0 and float(y.max()) <= 1.0
+    convt = [m for m in model.decoder if isinstance(m, torch.nn.ConvTranspose2d)]
+    assert len(convt) == 5  # the paper's decoder
+    assert model.encoder.fc.in_features == 512 and model.encoder.fc.out_features == d
+
+
+def test_to_input_gray_rgb_and_resize() -> None:
+    gray = np.full((2, 28, 28, 1), 255, np.uint8)
+    x = to_input(gray, 28)
+    assert x.shape == (2, 3, 28, 28) and float(x.min()) == 1.0
+    rgb = np.zeros((1, 64, 64, 3), np.uint8)
+    rgb[..., 0] = 255
+    y = to_input(rgb, 28)  # resized to the encoder's input size
+    assert y.shape == (1, 3, 28, 28)
+    assert torch.allclose(y[0, 0], torch.ones(28, 28)) and float(y[0, 1:].abs().max()) == 0.0
+    with pytest.raises(InputError, match=r"expected \(N, H, W, C\) with C = 1 or 3"):
+        to_input(np.zeros((1, 28, 28, 2), np.uint8), 28)
+    with pytest.raises(ValueError, match="image_size"):
+        EncoderConfig(image_size=32)  # type: ignore[arg-type]
+
+
+def test_backbone_weights_initialise_a_classifier() -> None:
+    model = Autoencoder(EncoderConfig(latent_dim=8)).eval()
+    clf = build_classifier("resnet18_imagenet", num_classes=5, in_channels=1).eval()
+    missing, unexpected = clf.load_state_dict(backbone_state_dict(model, 1), strict=False)
+    assert set(missing) == {"fc.weight", "fc.bias"} and not unexpected
+    # A gray image through the classifier's trunk = the encoder's trunk on it repeated to RGB.
+    gray = torch.rand(2, 1, 28, 28)
+    trunk = torch.nn.Sequential(*list(clf.children())[:-1])
+    enc_trunk = torch.nn.Sequential(*list(model.encoder.children())[:-1])
+    with torch.no_grad():
+        torch.testing.assert_close(trunk(gray), enc_trunk(gray.expand(-1, 3, -1, -1)))
+    small = Autoencoder(EncoderConfig(latent_dim=8, stem="small"))
+    clf_small = build_classifier("resnet18", num_classes=5, in_channels=3, image_size=28)
+    clf_small.load_state_dict(backbone_state_dict(small), strict=False)
+
+
+def test_stream_gives_every_rank_equal_batches_of_disjoint_rows(
+    workspace: Workspace, reg: Registry
+) -> None:
+    a = make_dataset(workspace, reg, "blood", sizes=(70, 5, 5), chunk_rows=16)
+    b = make_dataset(workspace, reg, "breast", "breastmnist", (45, 5, 5), chunk_rows=8)
+    sources = []
+    for ref in (a, b):
+        store = open_version(reg, ref)
+        lo, hi = store.split_range("train")
+        sources.append(Source(str(store.path), lo, hi))
+    seen = []
+    lengths = []
+    for rank in range(2):
+        stream = StoreStream(sources, batch_size=8, image_size=28, epoch=3, rank=rank, world=2)
+        batches = list(stream)
+        lengths.append(len(batches))
+        assert all(x.shape == (8, 3, 28, 28) for x in batches)
+        seen.extend(batches)
+    assert (
+        lengths
+        == [7, 7]
+        == [StoreStream(sources, batch_size=8, image_size=28, epoch=0, world=2).steps] * 2
+    )  # 115 // 16
+    # No image twice: compare raw bytes of all streamed images.
+    keys = {x.numpy().tobytes() for batch in seen for x in batch}
+    assert len(keys) == 7 * 2 * 8
+    # Different epochs shuffle differently; the same epoch repeats exactly.
+    e3 = next(iter(StoreStream(sources, batch_size=8, image_size=28, epoch=3, world=2)))
+    e4 = next(iter(StoreStream(sources, batch_size=8, image_size=28, epoch=4, world=2)))
+    assert torch.equal(e3, seen[0]) and not torch.equal(e3, e4)
+
+
+def _cfg(**over: object) -> TrainConfig:
+    base: dict[str, object] = {
+        "encoder": {"latent_dim": 2},
+        "epochs": 1,
+        "batch_size": 16,
+        "num_workers": 1,
+        "max_images_per_dataset": 48,
+    }
+    return TrainConfig.model_validate(base | over)
+
+
+def test_train_register_and_resume(workspace: Workspace, reg: Registry) -> None:
+    a = make_dataset(workspace, reg, "blood", sizes=(48, 4, 4), chunk_rows=16)
+    b = make_dataset(workspace, reg, "organ", "organamnist", (48, 4, 4), chunk_rows=16)
+    ex = Executor.from_profile("local", workspace.jobs, reg)
+    enc = train_encoder(reg, workspace, "ae", [a, b], _cfg(), executor=ex)
+    assert len(enc.loss_curve) == 1 and enc.loss_curve[0] > 0
+    assert enc.config["encoder"]["latent_dim"] == 2 and len(enc.dataset_version_ids) == 2
+    with reg.session() as s:
+        job = s.get(Job, enc.job_id)
+        assert job is not None and job.state == "COMPLETED"
+    model, cfg = load_encoder(reg, "ae")
+    assert cfg.latent_dim == 2 and not model.training
+    out = encoder_dir(workspace, "ae")
+    assert json.loads((out / "latest.json").read_text())["epoch"] == 1
+    # Same name again: already trained, nothing runs.
+    assert train_encoder(reg, workspace, "ae", [a, b], _cfg(), executor=ex).id == enc.id
+
+    # A longer run in the same folder resumes after the epoch-1 checkpoint (what a requeued
+    # job does after preemption) and keeps the first epoch's loss.
+    sources = [Source(str(open_version(reg, r).path), 0, 48) for r in (a, b)]
+    res = ex.submit(TrainJob(_cfg(epochs=2), sources, str(out))).result()
+    assert res["resumed_from"] == 1
+    assert len(res["loss_curve"]) == 2 and res["loss_curve"][0] == enc.loss_curve[0]
+    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert [e["epoch"] for e in log] == [1, 2] and all(e["images"] == 96 for e in log)
+
+
+def test_two_data_parallel_ranks(workspace: Workspace, reg: Registry) -> None:
+    a = make_dataset(workspace, reg, "blood", sizes=(64, 4, 4), chunk_rows=16)
+    ex = Executor.from_profile("local", workspace.jobs, reg)
+    cfg = _cfg(processes=2, num_workers=0, max_images_per_dataset=64)
+    enc = train_encoder(reg, workspace, "ae2", [a], cfg, executor=ex)
+    log = (encoder_dir(workspace, "ae2") / "train_log.jsonl").read_text().splitlines()
+    assert json.loads(log[0])["images"] == 64  # 2 ranks x 2 steps x 16, all-reduced
+    assert Path(enc.checkpoint_path).is_file()
+
+
+def test_bad_training_inputs(workspace: Workspace, reg: Registry) -> None:
+    a = make_dataset(workspace, reg, "blood", sizes=(8, 2, 2))
+    with pytest.raises(NotFoundError, match="dataset 'nope' is not registered"):
+        train_encoder(reg, workspace, "ae", ["nope"], _cfg())
+    with pytest.raises(InputError, match="no datasets given"):
+        train_encoder(reg, workspace, "ae", [], _cfg())
+    with pytest.raises(InputError, match="encoder name 'bad name' is not valid"):
+        train_encoder(reg, workspace, "bad name", [a], _cfg())
+    with pytest.raises(InputError, match="8 images, fewer than one batch of 16"):
+        train_encoder(reg, workspace, "ae", [a], _cfg())
+    with pytest.raises(NotFoundError, match="encoder 'ae' is not registered"):
+        load_encoder(reg, "ae")
