@@ -1,0 +1,365 @@
+"""``pomlia task add/list``, ``pomlia automl run``, ``pomlia runs list``, ``pomlia models list``."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.live import Live
+from rich.table import Table
+from rich.text import Text
+
+from pomlia_hpc.cli.app import STATE, app, console
+from pomlia_hpc.errors import InputError
+
+task_app = typer.Typer(
+    help="Register learning tasks (dataset version, metric, task type).", no_args_is_help=True
+)
+automl_app = typer.Typer(
+    help="AutoML studies: SMAC-Hyperband over training strategies.", no_args_is_help=True
+)
+runs_app = typer.Typer(help="Training runs (AutoML trials) in the registry.", no_args_is_help=True)
+models_app = typer.Typer(help="Registered models with their lineage.", no_args_is_help=True)
+app.add_typer(task_app, name="task")
+app.add_typer(automl_app, name="automl")
+app.add_typer(runs_app, name="runs")
+app.add_typer(models_app, name="models")
+
+
+@task_app.command("add")
+def task_add(
+    name: Annotated[str, typer.Argument(help="Task name (unique).")],
+    dataset: Annotated[str, typer.Option("--dataset", help="Dataset NAME or NAME@VERSION.")],
+    metric: Annotated[str, typer.Option("--metric", help="acc, auc or f1_macro.")],
+    task_type: Annotated[
+        str | None,
+        typer.Option(
+            "--task-type",
+            help="multi-class, binary, multi-label, ordinal (default: the dataset's).",
+        ),
+    ] = None,
+) -> None:
+    """Register task NAME: a dataset version, the metric to optimise and the task type."""
+    from pomlia_hpc.automl.tasks import add_task, task_dataset
+
+    reg = STATE.registry()
+    row = add_task(reg, name, dataset, metric, task_type)
+    console.print(
+        f"task [bold]{row.name}[/] (id {row.id}): {task_dataset(reg, row)[1]}, "
+        f"{row.task_type}, metric {row.metric}"
+    )
+
+
+@task_app.command("list")
+def task_list() -> None:
+    """List the registered tasks."""
+    from pomlia_hpc.automl.tasks import list_tasks
+
+    table = Table(title="tasks")
+    for col in ("id", "name", "dataset", "type", "metric"):
+        table.add_column(col)
+    for t, ref in list_tasks(STATE.registry()):
+        table.add_row(str(t.id), t.name, ref, t.task_type, t.metric)
+    console.print(table)
+
+
+def _profile_for(executor: str) -> str:
+    """``local``, ``slurm`` (the configured Slurm profile) or a cluster profile name."""
+    from pomlia_hpc.config import load_cluster_profile
+
+    if executor != "slurm":
+        return executor
+    configured = STATE.workspace.cluster_profile
+    if load_cluster_profile(configured).backend == "slurm":
+        return configured
+    raise InputError(
+        f"--executor slurm: the configured cluster profile '{configured}' is not a Slurm "
+        "profile; pass --cluster PROFILE (e.g. haicore, slurm-local) or --executor PROFILE"
+    )
+
+
+def _fmt(x: float | None, digits: int = 3) -> str:
+    return "" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+
+
+def study_table(view: Any) -> Table:
+    """The live table of a study (a :class:`~pomlia_hpc.automl.study.StudyView`)."""
+    budget = f" / {view.budget_epochs}" if view.budget_epochs else ""
+    best = view.best
+    caption = (
+        f"best so far: run {best.run_id} ({best.summary}, {best.epochs} ep) "
+        f"val {view.metric} {_fmt(best.objective)}, test {_fmt(best.test)}"
+        if best
+        else "best so far: none yet"
+    )
+    table = Table(
+        title=f"study {view.name}: {len(view.trials)}/{view.n_trials} trials, "
+        f"{view.spent_epochs}{budget} epochs",
+        caption=caption,
+    )
+    for col in (
+        "run",
+        "configuration",
+        "epochs",
+        "status",
+        f"val {view.metric}",
+        f"test {view.metric}",
+        "cost s",
+        "job",
+        "cause",
+    ):
+        table.add_column(col, overflow="fold")
+    style = {"ok": "green", "crashed": "red", "running": "yellow", "pending": "dim"}
+    for t in view.trials[-30:]:
+        mark = " *" if best is not None and t.run_id == best.run_id else ""
+        epochs = f"{t.start_epoch}→{t.epochs}" if t.start_epoch else str(t.epochs)
+        table.add_row(
+            f"{t.run_id}{mark}",
+            t.summary,
+            epochs,
+            Text(t.status, style=style.get(t.status, "")),
+            _fmt(t.objective),
+            _fmt(t.test),
+            _fmt(t.cost_s, 1),
+            t.job,
+            t.cause[:60],
+        )
+    return table
+
+
+@automl_app.command("run")
+def automl_run(
+    task: Annotated[str, typer.Argument(help="Registered task name or id.")],
+    trials: Annotated[
+        int, typer.Option("--trials", help="Trials (jobs) at most, promotions included.")
+    ] = 20,
+    max_epochs: Annotated[int, typer.Option("--max-epochs", help="Largest budget (epochs).")] = 9,
+    min_epochs: Annotated[int, typer.Option("--min-epochs", help="Smallest budget.")] = 1,
+    eta: Annotated[int, typer.Option(help="Hyperband's eta: keep 1/eta per rung.")] = 3,
+    parallel: Annotated[int, typer.Option("--parallel", help="Trials running at once.")] = 2,
+    executor: Annotated[
+        str,
+        typer.Option(
+            "--executor",
+            help="local, slurm (the --cluster profile) or a cluster profile name.",
+        ),
+    ] = "local",
+    optimizer: Annotated[str, typer.Option(help="smac (Hyperband) or random.")] = "smac",
+    study: Annotated[str | None, typer.Option(help="Study name (default TASK-time).")] = None,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue the study (--study, or the task's newest).")
+    ] = False,
+    initial: Annotated[
+        Path | None,
+        typer.Option(
+            "--initial",
+            help="Warm start: YAML/JSON list of configurations (initial design).",
+        ),
+    ] = None,
+    budget_epochs: Annotated[
+        int | None,
+        typer.Option("--budget-epochs", help="Stop asking once this many epochs were given out."),
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Optimiser and training seed.")] = 0,
+    archs: Annotated[
+        str | None,
+        typer.Option(
+            help="Comma-separated architectures to search (default small_cnn,resnet18,"
+            "mobilenet_v3_small)."
+        ),
+    ] = None,
+    encoder: Annotated[
+        str | None, typer.Option(help="Fingerprint encoder whose weights become init=encoder.")
+    ] = None,
+    init_model: Annotated[
+        str | None,
+        typer.Option("--init-model", help="Registered model whose weights become init=model."),
+    ] = None,
+    extra_data: Annotated[
+        bool,
+        typer.Option(
+            "--extra-data", help="Offer the nearest images from similar datasets (needs --encoder)."
+        ),
+    ] = False,
+    zero_stage: Annotated[int, typer.Option("--zero-stage", help="DeepSpeed ZeRO stage.")] = 0,
+    bf16: Annotated[
+        bool | None, typer.Option("--bf16/--no-bf16", help="bf16 training (default: on CUDA only).")
+    ] = None,
+    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
+    mem_gb: Annotated[float | None, typer.Option("--mem-gb", help="Memory per trial job.")] = None,
+    time_min: Annotated[
+        int | None, typer.Option("--time-min", help="Time limit per trial.")
+    ] = None,
+    gpus: Annotated[int | None, typer.Option("--gpus", help="GPUs per trial job.")] = None,
+) -> None:
+    """Run an AutoML study on TASK: SMAC-Hyperband (budget = epochs), trials as cluster jobs."""
+    import yaml
+
+    from pomlia_hpc.automl.engine import EngineOptions
+    from pomlia_hpc.automl.space import DEFAULT_ARCHS, SpaceOptions
+    from pomlia_hpc.automl.study import create_study, latest_study, load_spec, run_study
+
+    ws = STATE.workspace
+    ws.create()
+    reg = STATE.registry()
+    if resume:
+        spec = load_spec(ws, study or latest_study(ws, task))
+    else:
+        warm: list[dict[str, Any]] = []
+        if initial is not None:
+            try:
+                data = yaml.safe_load(initial.read_text())
+            except (OSError, yaml.YAMLError) as exc:
+                raise InputError(
+                    f"--initial {initial}: cannot read it as YAML/JSON ({exc})"
+                ) from exc
+            warm = data.get("configs", data) if isinstance(data, dict) else data
+            if not isinstance(warm, list):
+                raise InputError(f"--initial {initial}: expected a list of configurations")
+        if extra_data and encoder is None:
+            raise InputError("--extra-data needs --encoder (the fingerprint index to search)")
+        resources = {
+            k: v
+            for k, v in (("mem_gb", mem_gb), ("time_min", time_min), ("gpus_per_node", gpus))
+            if v is not None
+        }
+        arch_list = tuple(a.strip() for a in archs.split(",")) if archs else DEFAULT_ARCHS
+        spec = create_study(
+            reg,
+            ws,
+            task,
+            name=study,
+            n_trials=trials,
+            max_epochs=max_epochs,
+            min_epochs=min_epochs,
+            eta=eta,
+            parallel=parallel,
+            executor=_profile_for(executor),
+            optimizer=optimizer,
+            seed=seed,
+            budget_epochs=budget_epochs,
+            engine=EngineOptions(zero_stage=zero_stage, bf16=bf16, device=device),
+            space=SpaceOptions(archs=arch_list),
+            resources=resources,
+            encoder=encoder,
+            init_model=init_model,
+            extra_data=extra_data,
+            initial_configs=warm,
+        )
+    console.print(
+        f"study [bold]{spec.name}[/] on task {spec.task} ({spec.dataset}, metric "
+        f"{spec.metric}), {spec.optimizer}, executor '{spec.executor}'"
+    )
+    with Live(console=console, refresh_per_second=2) as live:
+        result = run_study(
+            reg, ws, spec, resume=resume, on_update=lambda view: live.update(study_table(view))
+        )
+    if result.best_run_id is None:
+        console.print(
+            f"[red]no trial finished[/] ({result.n_crashed} crashed); see "
+            f"`pomlia runs list --task {spec.task}`"
+        )
+        raise typer.Exit(1)
+    m = result.best_metrics or {}
+    console.print(
+        f"best: run {result.best_run_id}, val {spec.metric} {_fmt(m.get('objective'))}, test "
+        f"{_fmt((m.get('test') or {}).get(spec.metric))}; model [bold]{result.model_name}[/] "
+        f"registered; {result.n_ok} ok, {result.n_crashed} crashed, {result.spent_epochs} "
+        f"epochs, {result.wall_s:.0f} s"
+    )
+
+
+@runs_app.command("list")
+def runs_list(
+    task: Annotated[str | None, typer.Option("--task", help="Only runs of this task.")] = None,
+    study: Annotated[str | None, typer.Option("--study", help="Only runs of this study.")] = None,
+    limit: Annotated[int, typer.Option(help="How many, newest first.")] = 50,
+) -> None:
+    """List training runs with configuration, budget, metrics, cost, status and job."""
+    from pomlia_hpc.automl.records import list_runs
+    from pomlia_hpc.automl.study import _summary
+
+    rows = list_runs(STATE.registry(), task=task, study=study, limit=limit)
+    table = Table(title=f"runs ({len(rows)})")
+    for col in (
+        "id",
+        "task",
+        "study",
+        "configuration",
+        "epochs",
+        "status",
+        "val acc/auc",
+        "test acc/auc",
+        "cost s",
+        "job",
+        "error",
+    ):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        val, test = r.metrics.get("val") or {}, r.metrics.get("test") or {}
+        table.add_row(
+            str(r.id),
+            r.task,
+            r.study,
+            _summary(r.config),
+            _fmt(r.epochs, 0),
+            r.status,
+            "/".join(_fmt(val.get(k)) for k in ("acc", "auc") if k in val),
+            "/".join(_fmt(test.get(k)) for k in ("acc", "auc") if k in test),
+            _fmt(r.cost_s, 1),
+            r.job,
+            r.error[:60],
+        )
+    console.print(table)
+
+
+@models_app.command("list")
+def models_list(
+    task: Annotated[str | None, typer.Option("--task", help="Only models of this task.")] = None,
+    limit: Annotated[int, typer.Option(help="How many, newest first.")] = 50,
+) -> None:
+    """List registered models with their lineage (task, dataset version, run, code version)."""
+    from sqlalchemy import select
+
+    from pomlia_hpc.registry import Model, Task
+
+    with STATE.registry().session() as s:
+        q = select(Model, Task.name).join(Task, Model.task_id == Task.id, isouter=True)
+        if task is not None:
+            q = q.where(Task.name == task)
+        rows = s.execute(q.order_by(Model.id.desc()).limit(limit)).all()
+    table = Table(title=f"models ({len(rows)})")
+    for col in (
+        "id",
+        "name",
+        "task",
+        "dataset",
+        "run",
+        "study",
+        "arch",
+        "metric",
+        "code",
+        "created",
+    ):
+        table.add_column(col, overflow="fold")
+    for m, tname in rows:
+        lin, card = m.lineage or {}, m.card or {}
+        metrics = card.get("metrics") or {}
+        metric = lin.get("metric")
+        score = (metrics.get("test") or {}).get(metric) if metric else None
+        code = lin.get("code_version") or {}
+        table.add_row(
+            str(m.id),
+            m.name,
+            tname or "",
+            str(lin.get("dataset", "")),
+            str(m.run_id or ""),
+            str(lin.get("study", "")),
+            str(card.get("architecture", "")),
+            f"test {metric} {_fmt(score)}" if score is not None else "",
+            str(code.get("commit", code.get("version", ""))),
+            f"{m.created_at:%Y-%m-%d %H:%M}" if m.created_at else "",
+        )
+    console.print(table)

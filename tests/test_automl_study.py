@@ -1,0 +1,164 @@
+"""An AutoML study on look-alike data with the local executor: records, crashes, the best
+model's lineage, and the CLI views (``task add``, ``runs list``, ``models list``)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import torch
+from automl_support import FAST, tiny_task
+from sqlalchemy import select
+from typer.testing import CliRunner
+
+from pomlia_hpc.automl import records
+from pomlia_hpc.automl.space import SpaceOptions
+from pomlia_hpc.automl.study import create_study, load_spec, run_study
+from pomlia_hpc.cli import app
+from pomlia_hpc.errors import InputError, PomliaError
+from pomlia_hpc.nets import build_classifier
+from pomlia_hpc.registry import Job, Model, Registry, Run
+from pomlia_hpc.serve.bundle import load_classifier, register_model, save_classifier
+from pomlia_hpc.workspace import Workspace
+
+
+@pytest.fixture(autouse=True)
+def wide_console() -> Iterator[None]:
+    from pomlia_hpc.cli.app import console
+
+    old = console.width
+    console.width = 250  # one table row per line, whatever the terminal
+    yield
+    console.width = old
+
+
+def _donor(ws: Workspace, reg: Registry) -> str:
+    """A registered 8-class small CNN (untrained) to start from."""
+    path = ws.path("models", "donor.pt")
+    save_classifier(
+        path,
+        build_classifier("small_cnn", 8, 3),
+        arch="small_cnn",
+        num_classes=8,
+        in_channels=3,
+        image_size=28,
+        task_type="multi-class",
+        label_names=[str(i) for i in range(8)],
+    )
+    register_model(reg, "donor", path)
+    return "donor"
+
+
+def test_study_records_every_trial_and_goes_on_after_a_crash(workspace: Workspace) -> None:
+    reg = Registry.open(workspace.db_url)
+    tiny_task(workspace, reg, "blood", sizes=(64, 24, 24))
+    donor = _donor(workspace, reg)
+    spec = create_study(
+        reg,
+        workspace,
+        "blood",
+        name="s1",
+        n_trials=3,
+        max_epochs=2,
+        min_epochs=1,
+        eta=2,
+        parallel=2,
+        space=SpaceOptions(archs=("small_cnn",)),
+        init_model=donor,
+        n_initial=2,
+        initial_configs=[{**FAST, "init": "model", "mode": "full"}, FAST],
+    )
+    assert load_spec(workspace, "s1") == spec
+    assert spec.init_model is not None and spec.init_model["arch"] == "small_cnn"
+    # The prepared weights get damaged on the way: that trial's job raises.
+    Path(spec.init_model["path"]).write_bytes(b"not a checkpoint")
+    seen: list[int] = []
+    result = run_study(
+        reg,
+        workspace,
+        spec,
+        poll_s=0.3,
+        on_update=lambda v: seen.append(sum(t.status == "running" for t in v.trials)),
+    )
+    assert max(seen) == 2  # two trials out at once
+    runs = records.study_runs(reg, "s1")
+    assert len(runs) == 3 and result.n_ok + result.n_crashed == 3
+    crashed = [r for r in runs if r.status == "crashed"]
+    assert len(crashed) >= 1
+    bad = crashed[0]
+    assert bad.config["init"] == "model" and "initial weights" in bad.metrics["cause"]
+    assert "Traceback" in (bad.error or "") and bad.job_id is not None
+    ok = [r for r in runs if r.status == "ok"]
+    assert ok, "the study went on after the crash"
+    for r in runs:
+        assert r.task_id is not None and r.dataset_version_id == spec.dataset_version_id
+        assert r.job_id is not None and r.budget in (1.0, 2.0) and r.cost_s is not None
+        assert r.config["config_key"] and r.config["arch"] == "small_cnn"
+    for r in ok:
+        assert set(r.metrics["val"]) >= {"acc", "auc", "f1_macro"}
+        assert r.metrics["objective"] == r.metrics["val"]["acc"]
+    # SMAC was told about the crash (status CRASHED = 2 in its runhistory)
+    rh = json.loads(next(workspace.path("runs", "s1", "smac").rglob("runhistory.json")).read_text())
+    assert sorted(d["status"] for d in rh["data"]).count(2) == len(crashed)
+    # the best model, registered with its lineage
+    assert result.model_name == "s1-best" and result.best_run_id in {r.id for r in ok}
+    with reg.session() as s:
+        model = s.scalar(select(Model).where(Model.name == "s1-best"))
+        jobs = list(s.scalars(select(Job)))
+    assert model is not None and model.run_id == result.best_run_id
+    lin = model.lineage
+    assert lin["task"] == "blood" and lin["dataset_version_id"] == spec.dataset_version_id
+    assert lin["run_id"] == result.best_run_id and lin["code_version"]["version"]
+    assert load_classifier(model.path).meta.arch == "small_cnn"
+    assert len(jobs) == 3 and {j.state for j in jobs} <= {"COMPLETED", "FAILED"}
+
+    # the CLI views
+    cli = CliRunner()
+    out = cli.invoke(app, ["runs", "list", "--task", "blood"])
+    assert out.exit_code == 0, out.output
+    assert "crashed" in out.output and "ok" in out.output and "s1" in out.output
+    out = cli.invoke(app, ["models", "list"])
+    assert out.exit_code == 0 and "s1-best" in out.output and "blood" in out.output
+    # a finished study cannot be created again under the same name
+    with pytest.raises(PomliaError, match="already exists"):
+        create_study(reg, workspace, "blood", name="s1")
+
+
+def test_task_cli_and_input_errors(workspace: Workspace, tmp_path: Path) -> None:
+    from automl_support import tiny_dataset
+
+    reg = Registry.open(workspace.db_url)
+    ref = tiny_dataset(workspace, reg, "derma", flag="dermamnist", sizes=(8, 4, 4))
+    cli = CliRunner()
+    out = cli.invoke(app, ["task", "add", "skin", "--dataset", ref, "--metric", "auc"])
+    assert out.exit_code == 0, out.output
+    assert "multi-class" in out.output and "auc" in out.output
+    out = cli.invoke(app, ["task", "add", "skin2", "--dataset", "derma", "--metric", "recall"])
+    assert out.exit_code != 0 and "metric 'recall' is not known" in str(out.exception)
+    out = cli.invoke(
+        app,
+        ["task", "add", "skin3", "--dataset", "derma", "--metric", "acc", "--task-type", "binary"],
+    )
+    assert "does not match dataset" in str(out.exception)
+    out = cli.invoke(app, ["task", "list"])
+    assert "skin" in out.output
+    with pytest.raises(InputError, match="max-epochs=1"):
+        create_study(reg, workspace, "skin", min_epochs=2, max_epochs=1)
+    with pytest.raises(InputError, match="initial configurations: entry 0"):
+        create_study(reg, workspace, "skin", initial_configs=[{"arch": "vgg99"}])
+    warm = tmp_path / "warm.yaml"
+    warm.write_text("arch: small_cnn\n")
+    out = cli.invoke(app, ["automl", "run", "skin", "--initial", str(warm)])
+    assert "expected a list of configurations" in str(out.exception)
+    with reg.session() as s:
+        assert s.scalar(select(Run.id)) is None  # nothing ran
+
+
+def test_train_only_state_checks() -> None:
+    # guard: the test helper's fast config is a valid point of the default space
+    from pomlia_hpc.automl.space import build_space, make_configuration
+
+    make_configuration(build_space(), FAST, "FAST")
+    assert torch.get_num_threads() >= 1
