@@ -134,7 +134,8 @@ def get_distance(name: str) -> Callable[[np.ndarray, np.ndarray], float]:
 
 def intensity_histogram(images: np.ndarray, bins: int = 32) -> np.ndarray:
     """Normalised histogram of all pixel values of uint8 images (any shape), ``bins`` bins."""
-    h = np.bincount(np.asarray(images, np.uint8).ravel() * bins // 256, minlength=bins)
+    values = np.asarray(images, np.uint8).ravel().astype(np.int64)  # no uint8 overflow
+    h = np.bincount(values * bins // 256, minlength=bins)
     return h / max(h.sum(), 1)
 
 

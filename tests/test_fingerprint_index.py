@@ -1,0 +1,136 @@
+"""FAISS index: ids back to (dataset version, split, row), incremental add without rebuild,
+atomic publishing, IVF/IP factories, patch indexes, exclusion of a dataset."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import faiss
+import numpy as np
+import pytest
+from fingerprint_support import make_dataset, make_encoder
+
+from pomlia_hpc.data.store import open_version
+from pomlia_hpc.errors import InputError, NotFoundError
+from pomlia_hpc.fingerprint.extract import (
+    finish_extraction,
+    plan_extraction,
+    read_embeddings,
+    run_shard,
+)
+from pomlia_hpc.fingerprint.index import build_index, default_factory, load_index
+from pomlia_hpc.registry import Registry
+from pomlia_hpc.workspace import Workspace
+
+
+@pytest.fixture
+def reg(workspace: Workspace) -> Registry:
+    return Registry.open(workspace.db_url)
+
+
+def _extract(reg: Registry, ws: Workspace, refs: list[str], patch_grid: int = 1) -> None:
+    """Extraction in this process (the array-job path is tested in test_fingerprint_extract)."""
+    plan = plan_extraction(reg, ws, "enc", refs, shards=2, threads=1, patch_grid=patch_grid)
+    for spec in plan.specs:
+        run_shard(spec)
+    assert {r.status for r in finish_extraction(reg, plan)} == {"complete"}
+
+
+def emb_path(workspace: Workspace, reg: Registry, ref: str) -> Path:
+    store = open_version(reg, ref)
+    return workspace.path("embeddings", "enc", store.name, f"{store.version}.zarr")
+
+
+@pytest.fixture
+def two_sets(workspace: Workspace, reg: Registry) -> list[str]:
+    refs = [
+        make_dataset(workspace, reg, "blood", "bloodmnist", (30, 6, 12)),
+        make_dataset(workspace, reg, "organ", "organamnist", (20, 5, 9)),
+    ]
+    make_encoder(workspace, reg, "enc", latent_dim=4)
+    _extract(reg, workspace, refs)
+    return refs
+
+
+def test_exact_index_maps_ids_back_to_images(
+    workspace: Workspace, reg: Registry, two_sets: list[str]
+) -> None:
+    res = build_index(reg, workspace, "enc")
+    assert (res.factory, res.ntotal, res.generation, res.rebuilt) == ("Flat", 82, 1, True)
+    idx = load_index(reg, workspace, "enc")
+    z = read_embeddings(emb_path(workspace, reg, two_sets[1]))
+    for row in (0, 19, 20, 24, 25, 33):  # first/last of train, val, test
+        dist, ids = idx.search(z[row : row + 1], 1)
+        hit = idx.decode(int(ids[0, 0]), float(dist[0, 0]))
+        assert (hit.ref, hit.row) == (two_sets[1], row)
+        assert hit.split == ("train" if row < 20 else "val" if row < 25 else "test")
+        assert hit.distance == pytest.approx(0.0, abs=1e-3)
+
+
+def test_new_dataset_is_added_without_rebuilding(
+    workspace: Workspace, reg: Registry, two_sets: list[str]
+) -> None:
+    first = build_index(reg, workspace, "enc", factory="IVF4,Flat")
+    assert first.rebuilt and first.factory == "IVF4,Flat"
+    # Nothing new: nothing is written.
+    same = build_index(reg, workspace, "enc")
+    assert (same.generation, same.added_sets, same.rebuilt) == (1, [], False)
+    before = load_index(reg, workspace, "enc")
+    centroids = faiss.extract_index_ivf(before.index).quantizer.reconstruct_n(0, 4)
+
+    third = make_dataset(workspace, reg, "derma", "dermamnist", (16, 4, 4))
+    _extract(reg, workspace, [third])
+    res = build_index(reg, workspace, "enc")
+    assert (res.generation, res.rebuilt, res.added_sets, res.ntotal) == (2, False, [third], 106)
+    after = load_index(reg, workspace, "enc")
+    # The trained IVF quantiser is kept: the index was extended, not retrained.
+    np.testing.assert_array_equal(
+        faiss.extract_index_ivf(after.index).quantizer.reconstruct_n(0, 4), centroids
+    )
+    root = workspace.path("indexes", "enc", "images")
+    assert (root / "current").resolve().name == "gen-000002"
+    assert not [p for p in root.iterdir() if p.name.startswith(".")]  # no temp leftovers
+    # A full rebuild on request.
+    assert build_index(reg, workspace, "enc", rebuild=True).rebuilt
+
+
+def test_inner_product_metric_and_exclusion(
+    workspace: Workspace, reg: Registry, two_sets: list[str]
+) -> None:
+    build_index(reg, workspace, "enc", metric="ip")
+    idx = load_index(reg, workspace, "enc")
+    blood_fs = next(s for s, e in idx.manifest.sets.items() if e.ref == two_sets[0])
+    z = read_embeddings(emb_path(workspace, reg, two_sets[0]))
+    dist, ids = idx.search(z[:3], 5, exclude_sets=(blood_fs,))
+    hits = [idx.decode(int(i)) for i in ids.ravel()]
+    assert {h.ref for h in hits} == {two_sets[1]}  # own dataset excluded
+    assert ((dist >= -1e-5) & (dist <= 2 + 1e-5)).all()  # 1 - cosine
+    dist_self, _ = idx.search(z[:3], 1)
+    np.testing.assert_allclose(dist_self[:, 0], 0.0, atol=1e-5)
+
+
+def test_patch_index(workspace: Workspace, reg: Registry) -> None:
+    ref = make_dataset(workspace, reg, "blood", "bloodmnist", (10, 2, 4))
+    make_encoder(workspace, reg, "enc", latent_dim=4)
+    _extract(reg, workspace, [ref], patch_grid=2)
+    res = build_index(reg, workspace, "enc", kind="patches")
+    assert res.ntotal == 16 * 4
+    idx = load_index(reg, workspace, "enc", kind="patches")
+    hit = idx.decode((idx.manifest.sets[next(iter(idx.manifest.sets))].fs_id << 32) + 4 * 11 + 3)
+    assert (hit.row, hit.tile, hit.split) == (11, 3, "val")
+
+
+def test_index_errors(workspace: Workspace, reg: Registry, two_sets: list[str]) -> None:
+    with pytest.raises(InputError, match="index factory string 'IVFx' is not valid"):
+        build_index(reg, workspace, "enc", factory="IVFx")
+    with pytest.raises(InputError, match="needs at least that many training vectors"):
+        build_index(reg, workspace, "enc", factory="IVF1024,Flat")
+    with pytest.raises(NotFoundError, match="has no images index"):
+        load_index(reg, workspace, "enc")
+    with pytest.raises(InputError, match="have no patches"):
+        build_index(reg, workspace, "enc", kind="patches")
+    make_encoder(workspace, reg, "empty")
+    with pytest.raises(NotFoundError, match="encoder 'empty' has no complete embeddings"):
+        build_index(reg, workspace, "empty")
+    assert default_factory(1_000_000) == "Flat"
+    assert default_factory(4_000_000) == "IVF8192,Flat"

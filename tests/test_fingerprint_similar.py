@@ -1,0 +1,133 @@
+"""Dataset distances, similar datasets, nearest images of other datasets, latent plots."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from fingerprint_support import make_dataset, make_encoder
+
+from pomlia_hpc.data.store import open_version
+from pomlia_hpc.errors import InputError, NotFoundError
+from pomlia_hpc.fingerprint.distances import (
+    DISTANCES,
+    get_distance,
+    intensity_baseline,
+    intensity_histogram,
+)
+from pomlia_hpc.fingerprint.extract import finish_extraction, plan_extraction, run_shard
+from pomlia_hpc.fingerprint.index import build_index
+from pomlia_hpc.fingerprint.plots import plot_encoder_latent
+from pomlia_hpc.fingerprint.similar import (
+    dataset_fingerprint,
+    embedding_sample,
+    nearest_images,
+    similar_datasets,
+)
+from pomlia_hpc.registry import Registry
+from pomlia_hpc.workspace import Workspace
+
+
+@pytest.mark.parametrize("name", sorted(DISTANCES))
+def test_distance_properties(name: str) -> None:
+    fn = get_distance(name)
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(400, 6))
+    a2 = rng.normal(size=(300, 6))  # same distribution, other sample
+    near = rng.normal(size=(300, 6)) + 0.3
+    far = rng.normal(size=(300, 6)) * 2.0 + 2.0
+    assert fn(a, a) == pytest.approx(0.0, abs=1e-6)
+    assert fn(a, far) == pytest.approx(fn(far, a), rel=1e-6)  # symmetric
+    assert fn(a, a2) < fn(a, near) < fn(a, far)
+    with pytest.raises(InputError, match="same d"):
+        fn(a, np.zeros((3, 5)))
+
+
+def test_unknown_distance_and_baseline() -> None:
+    with pytest.raises(InputError, match="distance 'cosine' is not known: expected one of"):
+        get_distance("cosine")
+    dark, bright = np.zeros((4, 8, 8), np.uint8), np.full((4, 8, 8), 250, np.uint8)
+    h_dark, h_bright = intensity_histogram(dark), intensity_histogram(bright)
+    assert h_dark.sum() == pytest.approx(1.0) and h_dark[0] == 1.0 and h_bright[-1] == 1.0
+    assert intensity_baseline(1, h_dark, 1, h_dark) == 0.0
+    assert intensity_baseline(1, h_dark, 1, h_bright) == 2.0
+    assert intensity_baseline(1, h_dark, 3, h_dark) == float("inf")
+
+
+@pytest.fixture
+def world(workspace: Workspace) -> tuple[Registry, list[str]]:
+    """Two look-alike samples of bloodmnist (different seeds) and one of organamnist and
+    dermamnist, extracted with a seeded untrained encoder."""
+    reg = Registry.open(workspace.db_url)
+    refs = [
+        make_dataset(workspace, reg, "blood_a", "bloodmnist", (60, 8, 30), seed=0),
+        make_dataset(workspace, reg, "blood_b", "bloodmnist", (60, 8, 30), seed=1),
+        make_dataset(workspace, reg, "organ", "organamnist", (60, 8, 30), seed=0),
+        make_dataset(workspace, reg, "derma", "dermamnist", (60, 8, 30), seed=0),
+    ]
+    make_encoder(workspace, reg, "enc", latent_dim=8)
+    plan = plan_extraction(reg, workspace, "enc", refs, shards=1, threads=1)
+    for spec in plan.specs:
+        run_shard(spec)
+    finish_extraction(reg, plan)
+    return reg, refs
+
+
+@pytest.mark.parametrize("distance", sorted(DISTANCES))
+def test_similar_datasets_finds_the_sibling(
+    world: tuple[Registry, list[str]], distance: str
+) -> None:
+    reg, refs = world
+    found = similar_datasets(reg, "enc", "blood_a", k=5, distance=distance)
+    assert found[0].ref == refs[1]
+    assert len(found) == 3 and all(r.n_vectors == 98 for r in found)
+    assert [r.distance for r in found] == sorted(r.distance for r in found)
+    assert [r.ref for r in similar_datasets(reg, "enc", "blood_a", k=1, distance=distance)] == [
+        refs[1]
+    ]
+
+
+def test_nearest_images_come_from_other_datasets(
+    workspace: Workspace, world: tuple[Registry, list[str]]
+) -> None:
+    reg, refs = world
+    with pytest.raises(NotFoundError, match="no images index"):
+        nearest_images(reg, workspace, "enc", "blood_a", 10)
+    build_index(reg, workspace, "enc")
+    hits = nearest_images(reg, workspace, "enc", "blood_a", 50, split="train")
+    assert len(hits) == 50
+    assert len({(h.ref, h.row) for h in hits}) == 50  # distinct images
+    assert all(h.ref != refs[0] for h in hits)
+    assert [h.distance for h in hits] == sorted(h.distance for h in hits)
+    # Most of the nearest images are the sibling's; each hit is a readable image.
+    assert sum(h.ref == refs[1] for h in hits) >= 40
+    h = hits[0]
+    store = open_version(reg, h.ref)
+    lo, hi = store.split_range(h.split)
+    assert lo <= h.row < hi and store.read_rows(h.row, h.row + 1).shape == (1, 28, 28, 3)
+    # More than the other datasets hold: all of them, no more.
+    assert len(nearest_images(reg, workspace, "enc", "blood_a", 10_000)) == 3 * 98
+
+
+def test_fingerprint_and_plots(workspace: Workspace, world: tuple[Registry, list[str]]) -> None:
+    reg, refs = world
+    fp = dataset_fingerprint(reg, "enc", "organ")
+    assert fp["dataset"] == refs[2] and fp["n_vectors"] == 98 and len(fp["mean"]) == 8
+    assert fp["explicit"]["channels"] == 1  # organamnist is gray
+    np.testing.assert_allclose(
+        fp["mean"], embedding_sample(reg, "enc", "organ", 10_000).mean(0), rtol=1e-5
+    )
+    assert embedding_sample(reg, "enc", "organ", 10, split="test").shape == (10, 8)
+    out = workspace.path("reports", "latent")
+    scatter, means = plot_encoder_latent(reg, "enc", None, out)
+    for p in (scatter, means):
+        assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 10_000
+
+
+def test_similar_errors(workspace: Workspace) -> None:
+    reg = Registry.open(workspace.db_url)
+    ref = make_dataset(workspace, reg, "blood", sizes=(10, 2, 2))
+    make_encoder(workspace, reg, "enc")
+    with pytest.raises(NotFoundError, match=r"no embeddings under encoder 'enc' \(not extracted"):
+        similar_datasets(reg, "enc", ref)
+    with pytest.raises(InputError, match="k=0"):
+        similar_datasets(reg, "enc", ref, k=0)
