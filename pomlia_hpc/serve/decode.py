@@ -126,14 +126,11 @@ def _decode_image(data: bytes, ctype: str, limits: Limits, what: str) -> np.ndar
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             img = Image.open(io.BytesIO(data), formats=[PIL_FORMATS[ctype]])
-    except (
-        UnidentifiedImageError,
-        OSError,
-        ValueError,
-        SyntaxError,
-        Image.DecompressionBombError,
-        Image.DecompressionBombWarning,
-    ) as exc:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise RequestError(
+            413, f"{what}: image dimensions exceed the limit of {limits.max_side_px} px per side"
+        ) from exc
+    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
         raise RequestError(400, f"{what}: corrupt or unreadable {ctype} image ({exc})") from exc
     frames: list[np.ndarray] = []
     try:

@@ -63,3 +63,16 @@ def register_demo_model(
     save_demo_checkpoint(ckpt, **kwargs)  # type: ignore[arg-type]
     register_model(registry, name, ckpt)
     return export_model(registry, workspace, name)
+
+
+def cached_demo_bundle(cache_root: Path, **kwargs: object) -> Path:
+    """The bundle dir of a demo model with these settings, exported once per ``cache_root``
+    (tests share one export per pytest session this way)."""
+    key = "-".join(f"{k}={v}" for k, v in sorted(kwargs.items())) or "default"
+    root = cache_root / key
+    marker = root / "bundle-path.txt"
+    if marker.is_file():
+        return Path(marker.read_text())
+    res = demo_bundle(root, **kwargs)
+    marker.write_text(str(res.bundle.root))
+    return res.bundle.root

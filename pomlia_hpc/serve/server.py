@@ -7,15 +7,18 @@ is how the sbatch script and the tests find a server.
 
 SIGTERM / SIGINT: uvicorn stops accepting connections, waits up to ``graceful_timeout_s`` for
 in-flight requests, then the app's lifespan answers anything still queued and closes the
-prediction log. The process exits 0.
+prediction log. After SIGTERM the process exits 0 (SIGINT is re-raised, as uvicorn does).
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
+import signal
 import socket
 import sys
+from collections.abc import Generator
 from pathlib import Path
 
 import uvicorn
@@ -52,6 +55,20 @@ def write_address(path: Path, address: str) -> None:
     tmp.replace(path)
 
 
+class _DrainingServer(uvicorn.Server):
+    """Uvicorn re-raises SIGTERM after its graceful shutdown, so the process dies "killed by
+    signal". Once the app has drained and closed its log that is misleading (a Slurm job or a
+    test sees a crash), so a captured SIGTERM ends the process with exit code 0 instead."""
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Generator[None, None, None]:
+        with super().capture_signals():
+            yield
+            captured = getattr(self, "_captured_signals", None)
+            if isinstance(captured, list):
+                captured[:] = [s for s in captured if s != signal.SIGTERM]
+
+
 def run_server(bundle: ExportedBundle, config: ServeConfig, log_dir: Path) -> None:
     """Serve ``bundle`` until SIGTERM/SIGINT; blocks."""
     sock = bind_socket(config.host, config.port)
@@ -70,7 +87,7 @@ def run_server(bundle: ExportedBundle, config: ServeConfig, log_dir: Path) -> No
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
     app = create_app(bundle, config, log_dir, on_ready=on_ready)
-    server = uvicorn.Server(
+    server = _DrainingServer(
         uvicorn.Config(
             app,
             lifespan="on",

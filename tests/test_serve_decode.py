@@ -1,0 +1,171 @@
+"""Upload decoding: every accepted format, and every bad input refused with a 4xx message."""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pomlia_hpc.serve.decode import InputSpec, Limits, RequestError, decode
+from pomlia_hpc.serve.fingerprint import stats_dim, stats_fingerprint
+
+RGB28 = InputSpec(image_size=28, channels=3)
+GREY28 = InputSpec(image_size=28, channels=1)
+LIMITS = Limits(max_upload_bytes=1 << 20, max_side_px=512, max_images=8)
+
+
+def encode(arr: np.ndarray, fmt: str, **kw: object) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, fmt, **kw)
+    return buf.getvalue()
+
+
+def npy(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, arr)
+    return buf.getvalue()
+
+
+def refused(data: bytes, ctype: str | None, spec: InputSpec = RGB28) -> RequestError:
+    with pytest.raises(RequestError) as info:
+        decode(data, ctype, spec, LIMITS)
+    assert 400 <= info.value.status < 500
+    return info.value
+
+
+@pytest.fixture
+def rgb() -> np.ndarray:
+    return np.random.default_rng(0).integers(0, 256, (28, 28, 3), dtype=np.uint8)
+
+
+@pytest.mark.parametrize(("fmt", "ctype"), [("PNG", "image/png"), ("TIFF", "image/tiff")])
+def test_lossless_formats_decode_exactly(rgb: np.ndarray, fmt: str, ctype: str) -> None:
+    out = decode(encode(rgb, fmt), ctype, RGB28, LIMITS)
+    assert out.shape == (1, 28, 28, 3) and out.dtype == np.float32
+    np.testing.assert_allclose(out[0] * 255, rgb, atol=1e-3)
+
+
+def test_jpeg_and_sniffed_octet_stream(rgb: np.ndarray) -> None:
+    smooth = np.broadcast_to(np.linspace(0, 255, 28, dtype=np.uint8)[None, :, None], (28, 28, 3))
+    out = decode(
+        encode(np.ascontiguousarray(smooth), "JPEG", quality=95), "image/jpeg", RGB28, LIMITS
+    )
+    assert out.shape == (1, 28, 28, 3)
+    assert np.abs(out[0] * 255 - smooth).mean() < 5  # lossy, but the same picture
+    assert decode(encode(rgb, "PNG"), "application/octet-stream", RGB28, LIMITS).shape[0] == 1
+
+
+def test_grey_png_and_16_bit() -> None:
+    grey = np.arange(28 * 28, dtype=np.uint16).reshape(28, 28) * 50
+    out = decode(encode(grey, "PNG"), "image/png", GREY28, LIMITS)
+    assert out.shape == (1, 28, 28, 1)
+    np.testing.assert_allclose(out[0, :, :, 0], grey / 65535, atol=1e-6)
+
+
+def test_multipage_tiff_is_a_batch(rgb: np.ndarray) -> None:
+    frames = [Image.fromarray(np.full((28, 28, 3), v, np.uint8)) for v in (0, 100, 200)]
+    buf = io.BytesIO()
+    frames[0].save(buf, "TIFF", save_all=True, append_images=frames[1:])
+    out = decode(buf.getvalue(), "image/tiff", RGB28, LIMITS)
+    assert out.shape == (3, 28, 28, 3)
+    np.testing.assert_allclose(out[:, 0, 0, 0] * 255, [0, 100, 200], atol=1e-3)
+
+
+@pytest.mark.parametrize(
+    ("shape", "spec", "n"),
+    [
+        ((28, 28, 3), RGB28, 1),
+        ((5, 28, 28, 3), RGB28, 5),
+        ((28, 28), GREY28, 1),
+        ((4, 28, 28), GREY28, 4),
+        ((2, 28, 28, 1), GREY28, 2),
+    ],
+)
+def test_npy_layouts(shape: tuple[int, ...], spec: InputSpec, n: int) -> None:
+    arr = np.random.default_rng(1).random(shape, dtype=np.float32)
+    out = decode(npy(arr), "application/x-npy", spec, LIMITS)
+    assert out.shape == (n, 28, 28, spec.channels)
+    np.testing.assert_array_equal(out.reshape(-1), arr.reshape(-1))
+
+
+@pytest.mark.parametrize(
+    ("data", "ctype", "status", "message"),
+    [
+        (b"", "image/png", 400, "empty body"),
+        (b"hello world", "image/png", 400, "unrecognised first bytes"),
+        (b"hello", "text/plain", 415, "'text/plain' is not supported"),
+        (b"\x89PNG\r\n\x1a\n" + b"\x00" * 40, "image/png", 400, "corrupt"),
+    ],
+)
+def test_garbage_is_refused(data: bytes, ctype: str, status: int, message: str) -> None:
+    err = refused(data, ctype)
+    assert err.status == status and message in err.message
+
+
+def test_truncated_png_and_declared_type_mismatch(rgb: np.ndarray) -> None:
+    png = encode(rgb, "PNG")
+    assert "corrupt" in refused(png[: len(png) // 2], "image/png").message
+    err = refused(png, "image/jpeg")
+    assert err.status == 415 and "declared as image/jpeg but the data is image/png" in err.message
+
+
+def test_wrong_size_and_channel_count(rgb: np.ndarray) -> None:
+    err = refused(encode(np.zeros((32, 32, 3), np.uint8), "PNG"), "image/png")
+    assert "32x32 px, the model expects 28x28" in err.message
+    err = refused(encode(rgb, "PNG"), "image/png", GREY28)
+    assert "3 channel(s), the model expects 1" in err.message
+    rgba = np.zeros((28, 28, 4), np.uint8)
+    assert "4 channel(s)" in refused(encode(rgba, "PNG"), "image/png").message
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        crc = zlib.crc32(kind + data) & 0xFFFFFFFF
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", crc)
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", ihdr)
+        + chunk(b"IDAT", zlib.compress(b""))
+        + chunk(b"IEND", b"")
+    )
+
+
+def test_decompression_bomb_is_refused_from_the_header() -> None:
+    err = refused(_png_header_only(100_000, 100_000), "image/png")
+    assert err.status == 413 and "limit of 512 px" in err.message
+    err = refused(_png_header_only(600, 20), "image/png")  # under Pillow's bomb limit: ours
+    assert err.status == 413 and "600x20 px, larger than the limit of 512 px" in err.message
+
+
+def test_npy_refusals() -> None:
+    obj = np.array([None, 1], dtype=object)
+    buf = io.BytesIO()
+    np.save(buf, obj, allow_pickle=True)
+    assert "dtype object is not supported" in refused(buf.getvalue(), "application/x-npy").message
+    good = npy(np.zeros((28, 28, 3), np.uint8))
+    assert "header announces" in refused(good[:-10], "application/x-npy").message
+    assert "NPY shape" in refused(npy(np.zeros(5, np.uint8)), "application/x-npy").message
+    big = npy(np.zeros((9, 28, 28, 3), np.uint8))
+    assert refused(big, "application/x-npy").status == 413  # 9 images > max_images 8
+    nan = np.full((28, 28, 3), np.nan, np.float32)
+    assert "finite" in refused(npy(nan), "application/x-npy").message
+    huge_header = npy(np.zeros((1, 600, 2, 3), np.uint8))
+    assert refused(huge_header, "application/x-npy").status == 413
+
+
+def test_stats_fingerprint_layout() -> None:
+    x = np.random.default_rng(2).random((2, 3, 28, 28), dtype=np.float32)
+    fp = stats_fingerprint(x)
+    assert fp.shape == (2, stats_dim(3))
+    np.testing.assert_allclose(fp[:, :3], x.mean(axis=(2, 3)), atol=1e-5)
+    np.testing.assert_allclose(fp[:, 3:6], x.std(axis=(2, 3)), atol=1e-4)
+    # First thumbnail cell of channel 0 averages the top-left 3x3 block (28 px -> 3/4 px blocks).
+    np.testing.assert_allclose(fp[:, 6], x[:, 0, :3, :3].mean(axis=(1, 2)), atol=1e-5)
+    # The thumbnail average equals the image mean.
+    np.testing.assert_allclose(fp[:, 6:70].mean(axis=1), x[:, 0].mean(axis=(1, 2)), atol=1e-2)

@@ -1,0 +1,242 @@
+"""The REST API against a real server process on 127.0.0.1 over HTTP."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from pomlia_hpc.errors import PomliaError
+from pomlia_hpc.serve.bundle import load_classifier
+from pomlia_hpc.serve.demo import cached_demo_bundle
+from pomlia_hpc.serve.local import LocalServer
+from pomlia_hpc.serve.predlog import read_records
+
+TOKEN = "test-token-0123456789abcdef"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
+    bundle = cached_demo_bundle(tmp_path_factory.getbasetemp() / "serve-demo", num_classes=4)
+    logs = tmp_path_factory.mktemp("logs")
+    srv = LocalServer(
+        bundle,
+        logs,
+        env={"POMLIA_SERVE_TOKEN": TOKEN},
+        args=["--max-upload-mb", "0.5", "--max-batch", "8"],
+    )
+    with srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def client(server: LocalServer) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.url, timeout=30) as c:
+        yield c
+
+
+def png(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(arr).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def npy(arr: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, arr)
+    return buf.getvalue()
+
+
+def images(n: int, seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, 28, 28, 3), dtype=np.uint8)
+
+
+def test_health_ready_card_and_docs(client: httpx.Client) -> None:
+    assert client.get("/health").json() == {"status": "ok"}
+    ready = client.get("/ready").json()
+    assert ready["status"] == "ready" and ready["model"] == "demo"
+    card = client.get("/v1/model").json()
+    assert card["label_names"] == ["class_0", "class_1", "class_2", "class_3"]
+    assert card["input"]["image_size"] == 28 and card["input"]["channels"] == 3
+    assert card["serving"]["max_batch"] == 8
+    spec = client.get("/openapi.json").json()
+    assert {"/v1/predict", "/v1/feedback", "/health", "/ready", "/v1/model", "/metrics"} <= set(
+        spec["paths"]
+    )
+    assert "multipart/form-data" in spec["paths"]["/v1/predict"]["post"]["requestBody"]["content"]
+    docs = client.get("/docs")
+    assert docs.status_code == 200 and "swagger" in docs.text.lower()
+
+
+def test_predictions_equal_pytorch_on_the_same_pixels(
+    client: httpx.Client, server: LocalServer
+) -> None:
+    imgs = images(3)
+    resp = client.post(
+        "/v1/predict", content=npy(imgs), headers={"content-type": "application/x-npy"}
+    )
+    assert resp.status_code == 200, resp.text
+    body = resp.json()
+    assert body["model"] == "demo" and len(body["predictions"]) == 3
+    ckpt = next(server.bundle.parents[1].glob("*.pt"))
+    model = load_classifier(ckpt).model
+    x = (torch.from_numpy(imgs).permute(0, 3, 1, 2).float() / 255 - 0.5) / 0.5
+    with torch.inference_mode():
+        expected = torch.softmax(model(x), dim=1).numpy()
+    got = np.array([list(p["probabilities"].values()) for p in body["predictions"]])
+    np.testing.assert_allclose(got, expected, atol=1e-4)
+    labels = [p["label"] for p in body["predictions"]]
+    assert labels == [f"class_{i}" for i in expected.argmax(axis=1)]
+    assert len({p["id"] for p in body["predictions"]}) == 3
+
+
+def test_every_format_one_or_many(client: httpx.Client) -> None:
+    imgs = images(4, seed=1)
+    single = client.post(
+        "/v1/predict", content=png(imgs[0]), headers={"content-type": "image/png"}
+    ).json()["predictions"]
+    tiff = io.BytesIO()
+    Image.fromarray(imgs[2]).save(tiff, "TIFF")
+    jpeg = io.BytesIO()
+    Image.fromarray(imgs[3]).save(jpeg, "JPEG")
+    files = [
+        ("file", ("a.png", png(imgs[0]), "image/png")),
+        ("file", ("b.npy", npy(imgs[1]), "application/x-npy")),
+        ("file", ("c.tif", tiff.getvalue(), "image/tiff")),
+        ("file", ("d.jpg", jpeg.getvalue(), "image/jpeg")),
+    ]
+    resp = client.post("/v1/predict", files=files)
+    assert resp.status_code == 200, resp.text
+    preds = resp.json()["predictions"]
+    assert len(preds) == 4
+    # Order is kept: the PNG part gets the same answer as the same PNG alone.
+    assert preds[0]["probabilities"] == pytest.approx(single[0]["probabilities"], abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "status", "message"),
+    [
+        ({"content": b"hello", "headers": {"content-type": "text/plain"}}, 415, "not supported"),
+        (
+            {"content": b"\x89PNG\r\n\x1a\nbroken", "headers": {"content-type": "image/png"}},
+            400,
+            "corrupt",
+        ),
+        (
+            {
+                "content": png(np.zeros((32, 32, 3), np.uint8)),
+                "headers": {"content-type": "image/png"},
+            },
+            400,
+            "model expects 28x28",
+        ),
+        (
+            {
+                "content": png(np.zeros((28, 28), np.uint8)),
+                "headers": {"content-type": "image/png"},
+            },
+            400,
+            "the model expects 3",
+        ),
+        (
+            {"content": b"\x00" * 600_000, "headers": {"content-type": "image/png"}},
+            413,
+            "exceeds the limit",
+        ),
+        (
+            {
+                "content": npy(np.zeros((300, 28, 28, 3), np.uint8)),
+                "headers": {"content-type": "application/x-npy"},
+            },
+            413,
+            "exceeds the limit",
+        ),
+        ({"files": {"note": (None, b"text, not a file")}}, 400, "holds no file"),
+        ({"content": b"", "headers": {"content-type": "image/png"}}, 400, "empty body"),
+    ],
+)
+def test_bad_uploads_are_4xx_with_a_message(
+    client: httpx.Client, kwargs: dict[str, object], status: int, message: str
+) -> None:
+    resp = client.post("/v1/predict", **kwargs)  # type: ignore[arg-type]
+    assert resp.status_code == status, resp.text
+    body = resp.json()
+    assert body["status"] == status and message in body["error"]
+
+
+def test_unknown_route_and_method_are_json_errors(client: httpx.Client) -> None:
+    assert client.get("/nope").json() == {"error": "Not Found", "status": 404}
+    assert client.get("/v1/predict").status_code == 405
+
+
+def test_feedback_needs_the_token_and_a_known_label(client: httpx.Client) -> None:
+    pid = client.post(
+        "/v1/predict", content=npy(images(1)[0]), headers={"content-type": "application/x-npy"}
+    ).json()["predictions"][0]["id"]
+    good = {"prediction_id": pid, "label": "class_2"}
+    assert client.post("/v1/feedback", json=good).status_code == 401
+    wrong = client.post("/v1/feedback", json=good, headers={"Authorization": "Bearer wrong"})
+    assert wrong.status_code == 401 and wrong.headers["www-authenticate"] == "Bearer"
+    ok = client.post("/v1/feedback", json=good, headers=AUTH)
+    assert ok.status_code == 200 and ok.json()["recorded"] is True
+    by_index = client.post("/v1/feedback", json={"prediction_id": pid, "label": 3}, headers=AUTH)
+    assert by_index.status_code == 200
+    bad_label = client.post(
+        "/v1/feedback", json={"prediction_id": pid, "label": "cat"}, headers=AUTH
+    )
+    assert bad_label.status_code == 400 and "not a label of this model" in bad_label.json()["error"]
+    bad_id = client.post(
+        "/v1/feedback", json={"prediction_id": "../../x", "label": 1}, headers=AUTH
+    )
+    assert bad_id.status_code == 400
+    missing = client.post("/v1/feedback", json={"label": 1}, headers=AUTH)
+    assert missing.status_code == 422 and "prediction_id" in missing.json()["error"]
+
+
+def test_metrics_count_requests_latency_batches_and_errors(client: httpx.Client) -> None:
+    client.post("/v1/predict", content=b"x", headers={"content-type": "text/plain"})
+    text = client.get("/metrics").text
+    assert 'pomlia_requests_total{method="POST",route="/v1/predict",status="200"}' in text
+    assert 'pomlia_request_errors_total{route="/v1/predict",status="415"}' in text
+    assert "pomlia_request_latency_seconds_bucket" in text
+    assert "pomlia_batch_size_images_count" in text
+    assert 'route="other"' in text  # /nope is not a label of its own
+
+
+def test_log_holds_every_answered_prediction_and_feedback(
+    client: httpx.Client, server: LocalServer
+) -> None:
+    answered = [
+        p["id"]
+        for n in (1, 2, 5)
+        for p in client.post(
+            "/v1/predict",
+            content=npy(images(n, seed=n)),
+            headers={"content-type": "application/x-npy"},
+        ).json()["predictions"]
+    ]
+    records = {r["id"]: r for r in read_records(server.log_dir, "prediction")}
+    for pid in answered:
+        rec = records[pid]
+        assert rec["model"] == "demo" and rec["fingerprint_kind"] == "stats-thumb-v1"
+        assert len(rec["fingerprint"]) == 198 and len(rec["output"]["probabilities"]) == 4
+    feedback = list(read_records(server.log_dir, "feedback"))
+    assert feedback and all(f["prediction_id"] in records for f in feedback)
+    for path in server.log_dir.glob("*.jsonl"):
+        for line in path.read_text().splitlines():
+            json.loads(line)
+
+
+def test_server_refuses_a_bundle_path_that_is_not_a_bundle(tmp_path: Path) -> None:
+    srv = LocalServer(tmp_path, tmp_path / "logs", startup_timeout_s=30)
+    with pytest.raises(PomliaError, match="exited with 2") as info:
+        srv.start()
+    assert "not an exported bundle (no card.json)" in " ".join(str(info.value).split())
