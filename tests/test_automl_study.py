@@ -51,6 +51,7 @@ def _donor(ws: Workspace, reg: Registry) -> str:
     return "donor"
 
 
+@pytest.mark.slow
 def test_study_records_every_trial_and_goes_on_after_a_crash(workspace: Workspace) -> None:
     reg = Registry.open(workspace.db_url)
     tiny_task(workspace, reg, "blood", sizes=(64, 24, 24))

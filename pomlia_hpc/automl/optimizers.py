@@ -69,6 +69,14 @@ def _atomic(path: Path, write: Callable[[Path], object]) -> None:
     tmp.replace(path)
 
 
+def _without_meta(scenario: Any) -> dict[str, Any]:
+    from smac import Scenario
+
+    data = dict(Scenario.make_serializable(scenario))
+    data.pop("_meta", None)
+    return data
+
+
 def _dummy_target(config: Configuration, seed: int = 0, budget: float = 1.0) -> float:
     raise RuntimeError("trials run as cluster jobs; SMAC is driven by ask/tell only")
 
@@ -107,8 +115,11 @@ class SmacHyperband:
         if resume:
             if not (out / "scenario.json").is_file():
                 raise PomliaError(f"no SMAC state to resume in '{out}'")
-            # SMAC asks on stdin when the saved scenario differs; never let it.
-            if Scenario.load(out) != scenario:
+            # SMAC asks on stdin when the saved scenario differs; never let it. (Its own check
+            # runs after the facade has added its meta data, and ignores the space.)
+            old = Scenario.load(out)
+            same = old.configspace == space and _without_meta(old) == _without_meta(scenario)
+            if not same:
                 raise PomliaError(
                     f"the SMAC state in '{out}' belongs to another search space or "
                     "budget; start a new study instead of --resume"

@@ -464,7 +464,11 @@ class StudyRunner:
         last_emit = time.monotonic()
         while True:
             while len(self.active) < self.spec.parallel and self._may_ask():
-                self._start(opt, opt.ask())
+                proposal = opt.ask()
+                if resume:  # SMAC may ask again for a trial the registry already knows
+                    self._recover(opt, proposal)
+                else:
+                    self._start(opt, proposal)
             if not self.active:
                 break
             changed = False

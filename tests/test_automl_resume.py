@@ -1,0 +1,99 @@
+"""A study driver (``pomlia automl run``) killed in the middle and restarted with ``--resume``
+finishes the study without repeating a finished trial; a promoted configuration continues from
+its lower-budget checkpoint."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from automl_support import FAST, tiny_task, warm_file
+from sqlalchemy import func, select
+
+from pomlia_hpc.automl import records
+from pomlia_hpc.registry import Job, Model, Registry
+from pomlia_hpc.workspace import Workspace
+
+pytestmark = pytest.mark.slow
+
+
+def _cmd(ws: Workspace, warm: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "pomlia_hpc",
+        "--home",
+        str(ws.home),
+        "automl",
+        "run",
+        "blood",
+        "--trials",
+        "3",
+        "--max-epochs",
+        "2",
+        "--min-epochs",
+        "1",
+        "--eta",
+        "2",
+        "--parallel",
+        "1",
+        "--archs",
+        "small_cnn",
+        "--initial",
+        str(warm),
+        "--study",
+        "r1",
+        *extra,
+    ]
+
+
+def test_killed_driver_resumes_without_repeating_trials(
+    workspace: Workspace, tmp_path: Path
+) -> None:
+    reg = Registry.open(workspace.db_url)
+    tiny_task(workspace, reg, "blood", sizes=(64, 24, 24))
+    warm = warm_file(tmp_path / "warm.yaml", [FAST])
+    env = {**os.environ, "COLUMNS": "200"}
+    log = (tmp_path / "driver1.log").open("w")
+    driver = subprocess.Popen(_cmd(workspace, warm), stdout=log, stderr=subprocess.STDOUT, env=env)
+    deadline = time.time() + 240
+    try:
+        while True:
+            runs = records.study_runs(reg, "r1")
+            done = [r for r in runs if r.status == "ok"]
+            out = [r for r in runs if r.status == "running" and r.job_id is not None]
+            if done and out:
+                break
+            assert driver.poll() is None, (tmp_path / "driver1.log").read_text()
+            assert time.time() < deadline, "the first trial did not finish in time"
+            time.sleep(0.3)
+    finally:
+        driver.send_signal(signal.SIGKILL)  # no clean-up: as if the node died
+        driver.wait()
+    finished_before = {(r.config["config_key"], r.budget) for r in done}
+
+    resumed = subprocess.run(
+        _cmd(workspace, warm, "--resume"), capture_output=True, text=True, env=env, timeout=300
+    )
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "best: run" in resumed.stdout
+
+    runs = records.study_runs(reg, "r1")
+    assert len(runs) == 3 and {r.status for r in runs} == {"ok"}
+    keys = [(r.config["config_key"], r.budget) for r in runs]
+    assert len(set(keys)) == 3 and finished_before <= set(keys)
+    with reg.session() as s:
+        n_jobs = s.scalar(select(func.count(Job.id)))
+        model = s.scalar(select(Model).where(Model.name == "r1-best"))
+    assert n_jobs == 3  # each trial ran once: none was submitted again after the restart
+    assert model is not None and model.lineage["study"] == "r1"
+    # Hyperband promoted a configuration from 1 to 2 epochs: it continued from epoch 1
+    promoted = [r for r in runs if r.budget == 2.0 and r.metrics["start_epoch"] == 1]
+    assert len(promoted) == 1 and promoted[0].metrics["epochs_run"] == 1
+    assert (promoted[0].config["config_key"], 1.0) in keys
+    assert len(promoted[0].metrics["history"]) == 2

@@ -1,0 +1,86 @@
+"""An AutoML study whose trials are jobs on the real single-node Slurm: two at once, one of
+them cancelled with ``scancel`` (recorded as crashed), and the study still finishes."""
+
+from __future__ import annotations
+
+import subprocess
+import threading
+import time
+
+import pytest
+from automl_support import FAST, tiny_task
+
+from pomlia_hpc.automl import records
+from pomlia_hpc.automl.space import SpaceOptions
+from pomlia_hpc.automl.study import StudyResult, create_study, run_study
+from pomlia_hpc.cluster import refresh_slurm_jobs
+from pomlia_hpc.registry import Job, Registry
+from pomlia_hpc.workspace import Workspace
+
+pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.usefixtures("slurm")]
+
+
+def test_slurm_trials_in_parallel_and_a_cancelled_one(workspace: Workspace) -> None:
+    reg = Registry.open(workspace.db_url)
+    tiny_task(workspace, reg, "blood", sizes=(64, 24, 24))
+    slow = {**FAST, "batch_size": 32, "augmentation": "flip_crop"}
+    spec = create_study(
+        reg,
+        workspace,
+        "blood",
+        name="sl",
+        n_trials=3,
+        max_epochs=2,
+        min_epochs=1,
+        eta=2,
+        parallel=2,
+        executor="slurm-local",
+        space=SpaceOptions(archs=("small_cnn",)),
+        initial_configs=[FAST, slow],
+        n_initial=2,
+        resources={"mem_gb": 3},
+    )
+    out: dict[str, StudyResult | BaseException] = {}
+
+    def drive() -> None:
+        try:
+            out["result"] = run_study(reg, workspace, spec, poll_s=0.5)
+        except BaseException as exc:  # re-raised below, in the test's thread
+            out["result"] = exc
+
+    driver = threading.Thread(target=drive, daemon=True)
+    driver.start()
+    # Wait until both first trials are RUNNING on Slurm at the same time, then cancel one.
+    deadline = time.time() + 180
+    victim: str | None = None
+    while victim is None:
+        assert time.time() < deadline, "two trials never ran at the same time"
+        running = [r for r in records.study_runs(reg, "sl") if r.status == "running"]
+        ids = [r.job_id for r in running if r.job_id is not None]
+        if len(ids) == 2:
+            refresh_slurm_jobs(reg, ids)
+            with reg.session() as s:
+                jobs = [s.get(Job, i) for i in ids]
+                if all(j is not None and j.state == "RUNNING" for j in jobs):
+                    victim = jobs[1].scheduler_id  # type: ignore[union-attr]
+        time.sleep(0.3)
+    subprocess.run(["scancel", victim], check=True)
+    driver.join(timeout=300)
+    assert not driver.is_alive(), "the study did not finish"
+    result = out["result"]
+    if isinstance(result, BaseException):
+        raise result
+
+    runs = records.study_runs(reg, "sl")
+    assert len(runs) == 3
+    with reg.session() as s:
+        by_sched = {s.get(Job, r.job_id).scheduler_id: r for r in runs}  # type: ignore[union-attr]
+    cancelled = by_sched[victim]
+    assert cancelled.status == "crashed" and cancelled.metrics["state"] == "CANCELLED"
+    assert "cancelled" in cancelled.metrics["cause"] and (cancelled.error or "").startswith(
+        "CANCELLED"
+    )
+    assert result.n_crashed == 1 and result.n_ok == 2
+    assert result.model_name == "sl-best"
+    ok = [r for r in runs if r.status == "ok"]
+    assert all(r.metrics["device"] == "cpu" and r.cost_s for r in ok)
