@@ -1,0 +1,99 @@
+"""`pomlia fingerprint train|extract`, `pomlia index build`, `pomlia similar` and
+`pomlia plot latent` end to end on ingested look-alikes, with jobs on the local executor."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from pomlia_hpc.cli import app
+from pomlia_hpc.cli.app import console
+from pomlia_hpc.errors import PomliaError
+from pomlia_hpc.workspace import Workspace
+
+runner = CliRunner()
+
+
+@pytest.fixture(autouse=True)
+def wide_console() -> Iterator[None]:
+    old = console.width
+    console.width = 250
+    yield
+    console.width = old
+
+
+def _ok(*args: str) -> str:
+    res = runner.invoke(app, list(args))
+    assert res.exit_code == 0, (args, res.output, res.exception)
+    return res.output
+
+
+def test_train_extract_index_similar_plot(workspace: Workspace, tmp_path: Path) -> None:
+    la = tmp_path / "la"
+    _ok("data", "synth", "--scale", "0.005", str(la))
+    for flag in ("bloodmnist", "organamnist", "pneumoniamnist"):
+        _ok("data", "add", flag, "--root", str(la))
+
+    text = _ok(
+        "fingerprint", "train", "-n", "ae", "bloodmnist", "organamnist", "pneumoniamnist",
+        "-d", "2", "--epochs", "1", "--batch-size", "16", "--max-images", "32",
+        "--workers", "0",
+    )  # fmt: skip
+    assert "encoder ae (id 1)" in text and "MSE loss" in text
+
+    text = _ok("fingerprint", "extract", "bloodmnist", "organamnist", "pneumoniamnist")
+    assert text.count("complete") == 3 and "pneumoniamnist" in text
+
+    text = _ok("index", "build")  # the only encoder is the default
+    assert "index rebuilt: Flat" in text and "generation 1" in text
+
+    text = _ok("similar", "bloodmnist", "--k", "2", "--distance", "mmd", "--json")
+    found = json.loads(text)
+    assert len(found) == 2 and {r["dataset"].split("@")[0] for r in found} == {
+        "organamnist",
+        "pneumoniamnist",
+    }
+    text = _ok("similar", "bloodmnist", "--images", "7", "--json", "-e", "ae")
+    hits = json.loads(text)
+    assert len(hits) == 7 and not any(h["dataset"].startswith("bloodmnist@") for h in hits)
+    assert {h["split"] for h in hits} <= {"train", "val", "test"}
+    text = _ok("similar", "organamnist")
+    assert "frechet distance" in text
+
+    out = tmp_path / "figs"
+    text = _ok("plot", "latent", "--out", str(out))
+    assert (out / "latent_scatter.png").is_file() and (out / "latent_means.png").is_file()
+
+
+def test_errors_are_one_line_exit_2(tmp_path: Path) -> None:
+    # In-process: the library raises one PomliaError with the message ...
+    for args, message in [
+        (("similar", "pathmnist"), "no encoder is registered"),
+        (("fingerprint", "train", "-n", "ae", "pathmnist"), "dataset 'pathmnist' is not"),
+        (("fingerprint", "train", "-n", "ae", "x", "--size", "32"), "option 'encoder.image_size'"),
+        (("fingerprint", "extract", "-e", "ae", "pathmnist"), "encoder 'ae' is not registered"),
+        (("index", "build", "-e", "ae", "--metric", "cos"), "expected 'l2' or 'ip'"),
+        (("plot", "latent", "-e", "ae"), "encoder 'ae' is not registered"),
+    ]:
+        res = runner.invoke(app, ["--home", str(tmp_path / "ws"), *args])
+        assert isinstance(res.exception, PomliaError), (args, res.output, res.exception)
+        assert message in str(res.exception), (args, str(res.exception))
+    # ... which the console script prints as one line, exit status 2.
+    env = {**os.environ, "POMLIA_HOME": str(tmp_path / "ws")}
+    proc = subprocess.run(
+        [sys.executable, "-m", "pomlia_hpc", "similar", "pathmnist"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("error: no encoder is registered"), proc.stderr
