@@ -386,3 +386,12 @@ def test_killed_ingest_leaves_no_version_and_reruns(workspace: Workspace, reg: R
     rec = ingest(workspace, reg, "killed", npz)  # ... is cleaned up by the re-run
     assert rec.created and rec.n_images == 9020
     assert nothing_visible(workspace, "other") and not list(workspace.tmp.iterdir())
+
+
+@pytest.mark.parametrize("shape", [(3, 5, 7, 3), (1, 1, 1, 1), (2, 3, 3, 1), (4, 28, 28, 3)])
+def test_pair_histogram_is_exact(shape: tuple[int, int, int, int]) -> None:
+    from pomlia_hpc.data.explicit_fingerprint import _histogram
+
+    x = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
+    ref = np.stack([np.bincount(x[..., k].ravel(), minlength=256) for k in range(shape[-1])])
+    np.testing.assert_array_equal(_histogram(x), ref)
