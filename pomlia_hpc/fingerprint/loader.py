@@ -11,6 +11,7 @@ workers, so the training loop only runs forward/backward.
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
@@ -145,6 +146,14 @@ class StoreStream(IterableDataset[torch.Tensor]):
             buffer.append(rest)
 
 
+def _worker_init(_worker_id: int) -> None:
+    # Slurm signals every process of the job step: USR2 (checkpoint before preemption or the
+    # time limit) would kill a worker by default, and the training process would then die of
+    # "DataLoader worker exited unexpectedly" before it could checkpoint and requeue.
+    signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+    torch.set_num_threads(1)  # workers only decode; leave the cores to the model
+
+
 def make_loader(stream: StoreStream, num_workers: int) -> DataLoader[torch.Tensor]:
     """A DataLoader over ``stream`` that decodes in ``num_workers`` processes and prefetches."""
     return DataLoader(
@@ -153,4 +162,5 @@ def make_loader(stream: StoreStream, num_workers: int) -> DataLoader[torch.Tenso
         num_workers=num_workers,
         prefetch_factor=4 if num_workers > 0 else None,
         persistent_workers=False,
+        worker_init_fn=_worker_init if num_workers > 0 else None,
     )
