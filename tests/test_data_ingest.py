@@ -395,3 +395,11 @@ def test_pair_histogram_is_exact(shape: tuple[int, int, int, int]) -> None:
     x = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
     ref = np.stack([np.bincount(x[..., k].ravel(), minlength=256) for k in range(shape[-1])])
     np.testing.assert_array_equal(_histogram(x), ref)
+
+
+def test_folder_split_fractions_are_checked(workspace: Workspace, reg: Registry,
+                                            tmp_path: Path) -> None:
+    _save_png(tmp_path / "f" / "a" / "0.png", np.zeros((4, 4), np.uint8))
+    with pytest.raises(InputError, match="expected fractions >= 0 that sum to less than 1"):
+        ingest(workspace, reg, "f", tmp_path / "f", val_fraction=0.6, test_fraction=0.5)
+    assert nothing_visible(workspace, "f")

@@ -146,7 +146,7 @@ class FolderSource(Source):
         test_fraction: float = 0.1,
     ) -> None:
         super().__init__(path=path, kind="folder")
-        if not val_fraction >= 0 and test_fraction >= 0 and val_fraction + test_fraction < 1:
+        if not (val_fraction >= 0 and test_fraction >= 0 and val_fraction + test_fraction < 1):
             raise InputError(f"val_fraction {val_fraction} + test_fraction {test_fraction}: "
                              "expected fractions >= 0 that sum to less than 1")
         entries = _visible(path)

@@ -72,6 +72,15 @@ class Hdf5Source(Source):
         except OSError as exc:
             raise InputError(f"HDF5 file '{path}' cannot be opened ({exc}): expected an HDF5 "
                              "file") from exc
+        try:
+            self._validate(images, labels, split, decl, val_fraction, test_fraction)
+        except BaseException:
+            self._file.close()
+            raise
+
+    def _validate(self, images: str, labels: str, split: str | None, decl: LabelDecl | None,
+                  val_fraction: float, test_fraction: float) -> None:
+        path = self.path
         self._img = self._dataset(images, "images")
         lab = self._dataset(labels, "labels")
         where = f"HDF5 file '{path}', dataset '{images}'"

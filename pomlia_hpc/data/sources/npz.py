@@ -42,6 +42,14 @@ class NpzSource(Source):
         self._npz = NpzFile(path)
         self._members: dict[str, NpyMember] = {}
         self._convert: dict[str, PixelConverter] = {}
+        try:
+            self._validate(decl, flag, size)
+        except BaseException:
+            self._npz.close()
+            raise
+
+    def _validate(self, decl: LabelDecl | None, flag: FlagInfo | None, size: int | None) -> None:
+        path = self.path
         decl = decl or LabelDecl()
         if flag is not None:
             decl = LabelDecl(flag.class_names, None, flag.task_type)
