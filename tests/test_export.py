@@ -22,7 +22,7 @@ from pomlia_hpc.serve.bundle import (
     register_model,
     save_classifier,
 )
-from pomlia_hpc.serve.demo import save_demo_checkpoint
+from pomlia_hpc.serve.demo import cached_demo_bundle, save_demo_checkpoint
 from pomlia_hpc.serve.export import ExportError, export_checkpoint, export_model
 from pomlia_hpc.serve.exported import ExportedBundle
 from pomlia_hpc.workspace import Workspace
@@ -143,9 +143,14 @@ def test_register_model_creates_a_row_and_refuses_a_taken_name(
 def small_export(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(checkpoint, bundle dir) of a small_cnn multi-label model (1 channel, 28 px), exported
     once for this module."""
-    tmp = tmp_path_factory.mktemp("small")
-    ckpt = save_demo_checkpoint(tmp / "c.pt", task_type="multi-label", channels=1, num_classes=6)
-    return ckpt, export_checkpoint(ckpt, tmp / "bundles", name="m").bundle.root
+    # Shared with test_serve_predlog.py through the session's cache (one export).
+    root = cached_demo_bundle(
+        tmp_path_factory.getbasetemp() / "serve-ml",
+        task_type="multi-label",
+        num_classes=5,
+        channels=1,
+    )
+    return root.parents[1] / "demo.pt", root
 
 
 @pytest.fixture
@@ -182,7 +187,7 @@ def test_small_cnn_export_matches_pytorch(small_export: tuple[Path, Path]) -> No
     }
     _assert_parity(ckpt, root, 1, 28)
     # Same weights again: same version, nothing rewritten.
-    again = export_checkpoint(ckpt, root.parent, name="m")
+    again = export_checkpoint(ckpt, root.parent, name="demo")
     assert again.reused and again.bundle.root == root
 
 

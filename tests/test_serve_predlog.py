@@ -104,8 +104,16 @@ def test_batcher_off_runs_one_request_per_call_and_never_splits() -> None:
     off.close()
 
 
-def test_multi_label_predictor_uses_sigmoid(tmp_path: Path) -> None:
-    root = cached_demo_bundle(tmp_path / "ml", task_type="multi-label", num_classes=5, channels=1)
+def test_multi_label_predictor_uses_sigmoid(
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    # The same settings as test_export.py's multi-label model: one export per session.
+    root = cached_demo_bundle(
+        tmp_path_factory.getbasetemp() / "serve-ml",
+        task_type="multi-label",
+        num_classes=5,
+        channels=1,
+    )
     bundle = ExportedBundle.open(root)
     log = PredictionLog(tmp_path / "logs")
     pred = Predictor(

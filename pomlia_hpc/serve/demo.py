@@ -73,6 +73,6 @@ def cached_demo_bundle(cache_root: Path, **kwargs: object) -> Path:
     marker = root / "bundle-path.txt"
     if marker.is_file():
         return Path(marker.read_text())
-    res = demo_bundle(root, **kwargs)
+    res = demo_bundle(root, **kwargs)  # type: ignore[arg-type]
     marker.write_text(str(res.bundle.root))
     return res.bundle.root

@@ -1,0 +1,216 @@
+"""The Apptainer definition, its runscript and test (run natively: Apptainer cannot run here),
+and ``pomlia deploy``'s directory with the sbatch script (run natively with bash)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+from typer.testing import CliRunner
+
+from pomlia_hpc.cli import app
+from pomlia_hpc.registry import Deployment, Registry
+from pomlia_hpc.serve.bundle import register_model
+from pomlia_hpc.serve.demo import cached_demo_bundle
+from pomlia_hpc.serve.deploy import SOURCE_ITEMS, parse_def, render_def
+from pomlia_hpc.serve.predlog import read_records
+from pomlia_hpc.serve.smoke import smoke
+from pomlia_hpc.workspace import Workspace
+
+REPO = Path(__file__).resolve().parents[1]
+DEF = REPO / "containers" / "apptainer.def"
+SBATCH = REPO / "jobs" / "serve.sbatch"
+REQUIRED_SECTIONS = {
+    "arguments",
+    "files",
+    "post",
+    "environment",
+    "runscript",
+    "test",
+    "labels",
+    "help",
+}
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return cached_demo_bundle(tmp_path_factory.getbasetemp() / "serve-demo", num_classes=4)
+
+
+def native_env(**extra: str) -> dict[str, str]:
+    """The environment a container would give, but with this venv's ``pomlia`` on PATH."""
+    env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"}
+    env.pop("POMLIA_SERVE_TOKEN", None)
+    env.update(extra)
+    return env
+
+
+def wait_for(path: Path, proc: subprocess.Popen[bytes], timeout: float = 90) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.is_file() and path.read_text().strip():
+            return path.read_text().strip()
+        assert proc.poll() is None, f"exited early with {proc.returncode}"
+        time.sleep(0.1)
+    raise TimeoutError(path)
+
+
+def test_definition_has_every_section_and_pins_the_stack() -> None:
+    header, sections = parse_def(DEF.read_text())
+    assert header["Bootstrap"] == "docker" and header["From"].startswith("python:3.11")
+    assert set(sections) >= REQUIRED_SECTIONS
+    # "<source> <destination>"; the source may be a template such as "{{ SRC }}/x".
+    files = dict(
+        line.strip().rsplit(maxsplit=1) for line in sections["files"].splitlines() if line.strip()
+    )
+    for item in SOURCE_ITEMS:
+        assert files[f"{{{{ SRC }}}}/{item}"] == f"/opt/pomlia/src/{item}"
+    assert files["{{ BUNDLE }}"] == "/opt/pomlia/bundle"
+    post = sections["post"]
+    assert "pip install --no-cache-dir -r requirements.lock" in post  # the pinned versions
+    assert "--no-deps" in post and "pip check" in post
+    assert "exec pomlia serve" in sections["runscript"]
+    assert "pomlia_hpc.serve.smoke" in sections["test"]
+
+
+def test_rendered_definition_has_no_template_left() -> None:
+    text = render_def(DEF.read_text(), {"SRC": "src", "BUNDLE": "bundle"})
+    header, sections = parse_def(text)
+    assert "{{" not in text and "arguments" not in sections
+    assert "src/requirements.lock /opt/pomlia/src/requirements.lock" in sections["files"]
+    assert "bundle /opt/pomlia/bundle" in sections["files"]
+    assert header["From"].startswith("python:3.11")
+
+
+def test_runscript_serves_the_bundle(bundle: Path, tmp_path: Path) -> None:
+    _, sections = parse_def(DEF.read_text())
+    address = tmp_path / "address"
+    env = native_env(
+        POMLIA_BUNDLE=str(bundle),
+        POMLIA_SERVE_HOST="127.0.0.1",
+        POMLIA_SERVE_PORT="0",
+        POMLIA_LOG_DIR=str(tmp_path / "logs"),
+    )
+    proc = subprocess.Popen(
+        ["bash", "-c", sections["runscript"], "runscript", "--address-file", str(address)], env=env
+    )
+    try:
+        url = wait_for(address, proc)
+        out = smoke(url)
+        assert out["model"] == "demo"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+    assert [r["id"] for r in read_records(tmp_path / "logs")] == [out["id"]]
+
+
+def test_definition_test_section_passes(bundle: Path) -> None:
+    _, sections = parse_def(DEF.read_text())
+    proc = subprocess.run(
+        ["bash", "-c", sections["test"]],
+        env=native_env(POMLIA_BUNDLE=str(bundle)),
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "smoke test ok" in proc.stdout
+
+
+def register_exported(workspace: Workspace, bundle: Path) -> Registry:
+    """Register the cached demo checkpoint as 'demo' with its existing export (no re-export)."""
+    reg = Registry.open(workspace.db_url)
+    card = {**json.loads((bundle / "card.json").read_text()), "export": {"bundle": str(bundle)}}
+    register_model(reg, "demo", next(bundle.parents[1].glob("*.pt")), card=card)
+    return reg
+
+
+@pytest.fixture
+def deployed(workspace: Workspace, bundle: Path) -> tuple[Registry, Path]:
+    """A workspace with model 'demo' registered (the cached checkpoint) and `pomlia deploy`
+    run with the haicore profile."""
+    reg = register_exported(workspace, bundle)
+    result = CliRunner().invoke(app, ["deploy", "demo", "--profile", "haicore"])
+    assert result.exit_code == 0, result.output
+    (directory,) = workspace.path("models", "demo", "deploy").iterdir()
+    return reg, directory
+
+
+def test_deploy_writes_a_buildable_directory(deployed: tuple[Registry, Path]) -> None:
+    reg, directory = deployed
+    _, sections = parse_def((directory / "apptainer.def").read_text())
+    assert "{{" not in (directory / "apptainer.def").read_text()
+    for line in sections["files"].splitlines():
+        source = line.strip().rsplit(maxsplit=1)[0]
+        assert (directory / source).exists(), f"%files source {source} missing"
+    assert (directory / "bundle" / "card.json").is_file()
+    assert (directory / "src" / "pomlia_hpc" / "serve" / "app.py").is_file()
+    assert not list((directory / "src").rglob("__pycache__"))
+    script = (directory / "serve.sbatch").read_text()
+    for line in (
+        "#SBATCH --gres=gpu:1",
+        "#SBATCH --partition=normal",
+        "#SBATCH --mem=64G",
+        "#SBATCH --time=04:00:00",
+        "#SBATCH --cpus-per-task=8",
+        "#SBATCH --signal=B:TERM@60",
+        "module load devel/cuda/12.4",
+        f"DEPLOY_DIR=${{POMLIA_DEPLOY_DIR:-{directory}}}",
+    ):
+        assert line in script
+    assert (
+        subprocess.run(["bash", "-n", str(directory / "serve.sbatch")], check=False).returncode == 0
+    )
+    with reg.session() as s:
+        (dep,) = s.query(Deployment).all()
+        assert dep.status == "created" and dep.bundle_path == str(directory / "bundle")
+    again = CliRunner().invoke(app, ["deploy", "demo"])
+    assert again.exit_code != 0 and "already exists" in str(again.exception)
+    submit = CliRunner().invoke(
+        app, ["deploy", "demo", "--out", str(directory.parent / "x"), "--submit"]
+    )
+    assert submit.exit_code != 0 and "build it first" in str(submit.exception)
+
+
+def test_sbatch_script_runs_the_server_and_prints_its_address(
+    workspace: Workspace, bundle: Path, tmp_path: Path
+) -> None:
+    register_exported(workspace, bundle)
+    out = tmp_path / "deploy dir"  # a space: the script must quote its paths
+    result = CliRunner().invoke(app, ["deploy", "demo", "--profile", "local", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    env = native_env(POMLIA_SERVE_RUNTIME="native", POMLIA_SERVE_HOST="127.0.0.1")
+    missing_image = subprocess.run(
+        ["bash", str(out / "serve.sbatch")],
+        capture_output=True,
+        text=True,
+        env={**env, "POMLIA_SERVE_RUNTIME": "apptainer"},
+        check=False,
+        timeout=60,
+    )
+    assert missing_image.returncode == 2 and "apptainer build" in missing_image.stderr
+    log = tmp_path / "job.out"
+    with log.open("wb") as f:
+        proc = subprocess.Popen(
+            ["bash", str(out / "serve.sbatch")], env=env, stdout=f, stderr=subprocess.STDOUT
+        )
+    try:
+        url = wait_for(out / "address", proc)
+        assert url.startswith("http://127.0.0.1:")
+        assert httpx.get(f"{url}/ready").status_code == 200
+        smoke(url)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        code = proc.wait(60)
+    text = log.read_text()
+    assert code == 0, text
+    assert f"at {url}" in text  # the address is printed in the job output
+    assert len(list(read_records(out / "logs", "prediction"))) == 1
