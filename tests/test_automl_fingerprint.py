@@ -1,0 +1,83 @@
+"""The fingerprint plug-ins of AutoML: the encoder's weights as ``init=encoder`` and the
+nearest images of other datasets as extra training data, with the real index (issue 4)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from automl_support import tiny_task
+from ConfigSpace import Configuration
+from fingerprint_support import make_dataset, make_encoder
+
+from pomlia_hpc.automl.engine import train
+from pomlia_hpc.automl.optimizers import Proposal
+from pomlia_hpc.automl.sources import nearest_extra
+from pomlia_hpc.automl.study import StudyRunner, create_study
+from pomlia_hpc.data.store import open_version
+from pomlia_hpc.fingerprint.extract import finish_extraction, plan_extraction, run_shard
+from pomlia_hpc.fingerprint.index import build_index
+from pomlia_hpc.registry import Registry
+from pomlia_hpc.workspace import Workspace
+
+
+@pytest.fixture
+def world(workspace: Workspace) -> Registry:
+    """Task 'blood' on a bloodmnist look-alike, two other datasets, an encoder and its index."""
+    reg = Registry.open(workspace.db_url)
+    tiny_task(workspace, reg, "blood", sizes=(40, 16, 16))
+    refs = [
+        open_version(reg, "blood_data").ref,
+        make_dataset(workspace, reg, "blood_b", "bloodmnist", (60, 8, 8), seed=1),
+        make_dataset(workspace, reg, "organ", "organamnist", (60, 8, 8), seed=0),
+    ]
+    make_encoder(workspace, reg, "enc", latent_dim=8)
+    plan = plan_extraction(reg, workspace, "enc", refs, shards=1, threads=1)
+    for spec in plan.specs:
+        run_shard(spec)
+    finish_extraction(reg, plan)
+    build_index(reg, workspace, "enc")
+    return reg
+
+
+def test_nearest_images_become_labelled_extra_data(world: Registry, workspace: Workspace) -> None:
+    reg = world
+    out = workspace.path("runs", "x", "extra.npz")
+    nearest_extra(reg, workspace, "enc", "blood_data", 30, out)
+    with np.load(out) as z:
+        images, labels = z["images"], z["labels"]
+    assert images.shape == (30, 28, 28, 3) and images.dtype == np.uint8  # organ is gray: RGB now
+    train_labels = open_version(reg, "blood_data").read_split("train")[1]
+    assert labels.shape == (30, 1) and set(labels[:, 0]) <= set(train_labels[:, 0])
+
+
+def test_study_with_encoder_init_and_extra_images(world: Registry, workspace: Workspace) -> None:
+    reg = world
+    spec = create_study(
+        reg, workspace, "blood", name="fp", encoder="enc", extra_data=True, n_trials=1, max_epochs=1
+    )
+    assert spec.encoder is not None and spec.encoder["arch"] == "resnet18_imagenet"
+    assert spec.space["encoder_arch"] == "resnet18_imagenet" and spec.space["extra_data"]
+    runner = StudyRunner(reg, workspace, spec)
+    values = {
+        "arch": "resnet18_imagenet",
+        "init": "encoder",
+        "mode": "linear_probe",
+        "lr_head": 0.05,
+        "optimizer": "adamw",
+        "weight_decay": 1e-4,
+        "batch_size": 32,
+        "augmentation": "none",
+        "extra_data": "nearest",
+        "extra_n": 100,
+    }
+    proposal = Proposal(Configuration(runner.space, values=values), 1.0)
+    request = runner._request(
+        proposal,
+        workspace.path("runs", "fp", "c"),
+        workspace.path("runs", "fp", "c", "m.pt"),
+        run_id=1,
+    )
+    assert request.init_weights == spec.encoder["path"] and request.extra_data
+    result = train(request)
+    assert result.n_train == 40 + 100
+    assert result.init_loaded == 120  # the whole ResNet-18 body came from the encoder
