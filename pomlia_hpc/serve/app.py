@@ -45,7 +45,14 @@ from pomlia_hpc.serve.decode import (
 )
 from pomlia_hpc.serve.exported import ExportedBundle
 from pomlia_hpc.serve.fingerprint import FingerprintFn, encoder_fingerprint
-from pomlia_hpc.serve.metrics import MetricsMiddleware, ServerMetrics
+from pomlia_hpc.serve.metrics import (
+    ASGIApp,
+    MetricsMiddleware,
+    Receive,
+    Scope,
+    Send,
+    ServerMetrics,
+)
 from pomlia_hpc.serve.predictor import Predictor, now_iso
 from pomlia_hpc.serve.predlog import PredictionLog
 from pomlia_hpc.serve.runtime import load_runtime
@@ -207,7 +214,7 @@ def create_app(
     *,
     fingerprint: FingerprintFn | None = None,
     on_ready: Any = None,
-) -> FastAPI:
+) -> ServingApp:
     """Build the app for ``bundle``. The model, batcher and log start in the lifespan, so
     nothing runs until a server starts it; ``on_ready()`` (optional) is called then."""
     spec = InputSpec(bundle.image_size, bundle.channels)
@@ -261,7 +268,6 @@ def create_app(
         ),
         lifespan=lifespan,
     )
-    app.add_middleware(MetricsMiddleware, metrics=metrics, routes=ROUTES)
 
     @app.exception_handler(RequestError)
     async def _request_error(_r: Request, exc: RequestError) -> JSONResponse:
@@ -306,6 +312,9 @@ def create_app(
         summary="Classify one image or a batch",
     )
     async def predict(request: Request) -> Response:
+        return await handle_predict(request)
+
+    async def handle_predict(request: Request) -> Response:
         pred = predictor()
         body = await _read_body(request, limits.max_upload_bytes)
         arrays = [
@@ -391,7 +400,43 @@ def create_app(
             metrics.queue_depth.set(p.batcher.depth)
         return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
 
-    return app
+    async def fast_predict(scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            response = await handle_predict(Request(scope, receive))
+        except RequestError as exc:
+            response = _error(exc.status, exc.message)
+        except Exception as exc:
+            log.exception("unexpected error", exc_info=exc)
+            response = _error(500, "internal server error")
+        await response(scope, receive, send)
+
+    return ServingApp(app, fast_predict, metrics)
+
+
+class ServingApp:
+    """The ASGI app uvicorn runs: metrics around everything, and ``POST /v1/predict`` taken
+    straight to its handler.
+
+    Why the shortcut: FastAPI's stack (routing, dependency solving, four middleware layers)
+    costs about 0.2 ms per request on this 2-core machine, more than decoding a 64 px PNG; the
+    hot route skips it and calls the same handler the FastAPI route wraps, so behaviour,
+    errors and the OpenAPI description are identical. Every other route goes through FastAPI.
+    """
+
+    def __init__(self, api: FastAPI, predict: ASGIApp, metrics: ServerMetrics) -> None:
+        self.api = api
+        self.metrics = metrics
+        self._predict = predict
+        self._inner = MetricsMiddleware(self._route, metrics, ROUTES)
+
+    async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and scope["path"] == "/v1/predict" and scope["method"] == "POST":
+            await self._predict(scope, receive, send)
+        else:
+            await self.api(scope, receive, send)
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        await self._inner(scope, receive, send)
 
 
 def _new_id() -> str:
