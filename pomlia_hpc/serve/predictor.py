@@ -8,7 +8,7 @@ probabilities, fingerprint the inputs, and build both the answers and the log re
 
 from __future__ import annotations
 
-import uuid
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -94,19 +94,52 @@ class Predictor:
         """Run the model on the concatenated arrays; split the outputs back per request."""
         images = arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
         x = to_nchw(images)
-        fps = np.round(self._fingerprint(x).astype(np.float64), 4)  # before normalising x
+        # Fingerprint before normalising x in place; float32 rows go to the log as they are.
+        fps = np.round(self._fingerprint(x), 4).astype(np.float32)
         probs = probabilities(
             self.runtime.logits(normalize_(x, self._mean, self._std)), self.bundle.task_type
         )
+        rows = np.round(probs, 6).tolist()
+        labels = self.labels
+        indices: list[Any]
+        if self.multi_label:
+            indices = [np.flatnonzero(p >= 0.5).tolist() for p in probs]
+            names: list[Any] = [[labels[i] for i in idx] for idx in indices]
+        else:
+            indices = probs.argmax(axis=1).tolist()
+            names = [labels[i] for i in indices]
         when = now_iso()
         out: list[BatchResult] = []
         start = 0
         for arr in arrays:
             preds, recs = [], []
             for i in range(start, start + len(arr)):
-                pred = self._prediction(probs[i])
-                preds.append(pred)
-                recs.append(self._record(pred, fps[i], when))
+                pid = os.urandom(16).hex()  # 128 random bits, like uuid4, a third of the cost
+                preds.append(
+                    {
+                        "id": pid,
+                        "label": names[i],
+                        "label_index": indices[i],
+                        "probabilities": dict(zip(labels, rows[i], strict=True)),
+                    }
+                )
+                recs.append(
+                    {
+                        "type": "prediction",
+                        "id": pid,
+                        "time": when,
+                        "model": self.bundle.name,
+                        "model_version": self.bundle.version,
+                        "deployment": self._deployment,
+                        "fingerprint_kind": self._fingerprint_kind,
+                        "fingerprint": fps[i],
+                        "output": {
+                            "label": names[i],
+                            "label_index": indices[i],
+                            "probabilities": rows[i],
+                        },
+                    }
+                )
             out.append(BatchResult(preds, recs))
             start += len(arr)
         return out
@@ -114,37 +147,3 @@ class Predictor:
     def finish(self, results: Sequence[BatchResult], deliver: Deliver) -> None:
         """Log every record of the batch durably, then answer (see :mod:`.predlog`)."""
         self.log.append([r for res in results for r in res.records], deliver)
-
-    def _prediction(self, p: np.ndarray) -> Prediction:
-        probs = {name: round(float(v), 6) for name, v in zip(self.labels, p, strict=True)}
-        label: str | list[str]
-        index: int | list[int]
-        if self.multi_label:
-            index = [int(i) for i in np.flatnonzero(p >= 0.5)]
-            label = [self.labels[i] for i in index]
-        else:
-            index = int(np.argmax(p))
-            label = self.labels[index]
-        return {
-            "id": uuid.uuid4().hex,
-            "label": label,
-            "label_index": index,
-            "probabilities": probs,
-        }
-
-    def _record(self, pred: Prediction, fingerprint: np.ndarray, when: str) -> Record:
-        return {
-            "type": "prediction",
-            "id": pred["id"],
-            "time": when,
-            "model": self.bundle.name,
-            "model_version": self.bundle.version,
-            "deployment": self._deployment,
-            "fingerprint_kind": self._fingerprint_kind,
-            "fingerprint": fingerprint.tolist(),
-            "output": {
-                "label": pred["label"],
-                "label_index": pred["label_index"],
-                "probabilities": list(pred["probabilities"].values()),
-            },
-        }
