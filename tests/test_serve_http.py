@@ -13,8 +13,9 @@ import pytest
 import torch
 from PIL import Image
 
-from pomlia_hpc.errors import PomliaError
+from pomlia_hpc.errors import ConfigError, PomliaError
 from pomlia_hpc.serve.bundle import load_classifier
+from pomlia_hpc.serve.config import load_serve_config
 from pomlia_hpc.serve.demo import cached_demo_bundle
 from pomlia_hpc.serve.local import LocalServer
 from pomlia_hpc.serve.predlog import read_records
@@ -240,3 +241,15 @@ def test_server_refuses_a_bundle_path_that_is_not_a_bundle(tmp_path: Path) -> No
     with pytest.raises(PomliaError, match="exited with 2") as info:
         srv.start()
     assert "not an exported bundle (no card.json)" in " ".join(str(info.value).split())
+
+
+def test_serve_config_file_errors_name_the_key(tmp_path: Path) -> None:
+    cfg = tmp_path / "serve.yaml"
+    cfg.write_text("max_batch: 64\nmax_wiat_ms: 3\n")
+    with pytest.raises(ConfigError, match=r"unknown key 'max_wiat_ms'; valid keys: .*max_wait_ms"):
+        load_serve_config(cfg)
+    cfg.write_text("max_batch: 0\n")
+    with pytest.raises(ConfigError, match="bad value for 'max_batch'"):
+        load_serve_config(cfg)
+    cfg.write_text("max_batch: 64\nport: 9000\n")
+    assert load_serve_config(cfg, {"port": 9100, "host": None}).model_dump()["port"] == 9100

@@ -228,3 +228,13 @@ def test_sigterm_under_load_loses_no_answered_prediction(bundle: Path, tmp_path:
     assert max(logged.values()) == 1
     # Anything logged but not answered can only be a request whose client gave up.
     assert len(set(logged) - set(answered)) <= 16 * 2
+
+
+def test_torch_backend_agrees_with_onnxruntime(bundle: Path) -> None:
+    b = ExportedBundle.open(bundle)
+    x = np.random.default_rng(3).standard_normal((5, 3, 28, 28)).astype(np.float32)
+    onnx = load_runtime(b, "onnx", threads=1)
+    ts = load_runtime(b, "torch", threads=1)
+    assert (onnx.backend, ts.backend) == ("onnx", "torch")
+    assert load_runtime(b, "auto").backend == ("torch" if ts.device == "cuda" else "onnx")
+    np.testing.assert_allclose(ts.logits(x), onnx.logits(x), atol=1e-4)

@@ -1,7 +1,10 @@
 """Dynamic batching: requests from the event loop are grouped into one model call.
 
 One worker thread owns the model. It takes the oldest request, then keeps taking queued ones
-until the batch holds ``max_batch`` images or ``max_wait_s`` has passed since it took the first.
+until the batch holds ``max_batch`` images, or ``max_wait_s`` has passed since it took the
+first, or no new request arrived for ``idle_gap_s`` (1 ms: requests of one wave arrive back to
+back, so a pause means everyone in flight is already in the batch; waiting on would only idle
+the model, which matters most in closed loops such as the benchmark's clients).
 A request is never split; one larger than ``max_batch`` runs alone. ``max_batch=1`` turns
 batching off (one request per model call, same code path), which is what the benchmark compares.
 
@@ -69,13 +72,15 @@ class DynamicBatcher(Generic[R]):
         *,
         max_batch: int = 32,
         max_wait_s: float = 0.005,
+        idle_gap_s: float = 0.001,
         on_batch: Callable[[int, float], None] | None = None,
         name: str = "batcher",
     ) -> None:
-        if max_batch < 1 or max_wait_s < 0:
-            raise ValueError("max_batch must be >= 1 and max_wait_s >= 0")
+        if max_batch < 1 or max_wait_s < 0 or idle_gap_s <= 0:
+            raise ValueError("max_batch must be >= 1, max_wait_s >= 0 and idle_gap_s > 0")
         self.max_batch = max_batch
         self.max_wait_s = max_wait_s
+        self.idle_gap_s = idle_gap_s
         self._process = process
         self._finish: FinishFn[R] = finish or (lambda _results, deliver: deliver(None))
         self._on_batch = on_batch
@@ -119,8 +124,10 @@ class DynamicBatcher(Generic[R]):
         while n < self.max_batch:
             remaining = deadline - time.perf_counter()
             try:
+                # Wait for company only while requests keep coming: a gap of idle_gap_s means
+                # the current wave has arrived, and waiting longer would idle the model.
                 item = (
-                    self._queue.get(timeout=remaining)
+                    self._queue.get(timeout=min(remaining, self.idle_gap_s))
                     if remaining > 0
                     else self._queue.get_nowait()
                 )
