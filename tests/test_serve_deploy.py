@@ -1,5 +1,6 @@
-"""The Apptainer definition, its runscript and test (run natively: Apptainer cannot run here),
-and ``pomlia deploy``'s directory with the sbatch script (run natively with bash)."""
+"""The Apptainer definition, its runscript and test (run natively with /bin/sh, as Apptainer
+would: Apptainer cannot run here), and ``pomlia deploy``'s directory with the sbatch script
+(run natively with bash)."""
 
 from __future__ import annotations
 
@@ -74,7 +75,7 @@ def test_definition_has_every_section_and_pins_the_stack() -> None:
         assert files[f"{{{{ SRC }}}}/{item}"] == f"/opt/pomlia/src/{item}"
     assert files["{{ BUNDLE }}"] == "/opt/pomlia/bundle"
     post = sections["post"]
-    assert "pip install --no-cache-dir -r requirements.lock" in post  # the pinned versions
+    assert "--no-build-isolation -r requirements.lock" in post  # the pinned versions
     assert "--no-deps" in post and "pip check" in post
     assert "exec pomlia serve" in sections["runscript"]
     assert "pomlia_hpc.serve.smoke" in sections["test"]
@@ -99,7 +100,7 @@ def test_runscript_serves_the_bundle(bundle: Path, tmp_path: Path) -> None:
         POMLIA_LOG_DIR=str(tmp_path / "logs"),
     )
     proc = subprocess.Popen(
-        ["bash", "-c", sections["runscript"], "runscript", "--address-file", str(address)], env=env
+        ["sh", "-c", sections["runscript"], "runscript", "--address-file", str(address)], env=env
     )
     try:
         url = wait_for(address, proc)
@@ -114,7 +115,7 @@ def test_runscript_serves_the_bundle(bundle: Path, tmp_path: Path) -> None:
 def test_definition_test_section_passes(bundle: Path) -> None:
     _, sections = parse_def(DEF.read_text())
     proc = subprocess.run(
-        ["bash", "-c", sections["test"]],
+        ["sh", "-c", sections["test"]],
         env=native_env(POMLIA_BUNDLE=str(bundle)),
         capture_output=True,
         text=True,
