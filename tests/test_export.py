@@ -257,3 +257,38 @@ def test_export_model_unknown_name(workspace: Workspace) -> None:
     reg = Registry.open(workspace.db_url)
     with pytest.raises(NotFoundError, match="known models: \\(none\\)"):
         export_model(reg, workspace, "ghost")
+
+
+def test_export_ships_the_task_encoder_from_the_registry(
+    tmp_path: Path, workspace: Workspace
+) -> None:
+    from pomlia_hpc.fingerprint.autoencoder import Autoencoder, EncoderConfig
+    from pomlia_hpc.registry import Encoder
+    from pomlia_hpc.serve.fingerprint import encoder_fingerprint
+
+    reg = Registry.open(workspace.db_url)
+    cfg = EncoderConfig(latent_dim=8, image_size=28)
+    torch.manual_seed(1)
+    autoencoder = Autoencoder(cfg).eval()
+    torch.save(
+        {"config": cfg.model_dump(), "state_dict": autoencoder.state_dict()},
+        tmp_path / "encoder.pt",
+    )
+    with reg.session() as s:
+        row = Encoder(name="ae", checkpoint_path=str(tmp_path / "encoder.pt"))
+        s.add(row)
+        s.flush()
+        enc_id = row.id
+    ckpt = save_demo_checkpoint(tmp_path / "c.pt", channels=1, num_classes=3)
+    register_model(reg, "grey", ckpt, lineage={"encoder_id": enc_id})
+    res = export_model(reg, workspace, "grey")
+    fp = res.bundle.card["fingerprint"]
+    assert (fp["kind"], fp["encoder_name"], fp["dim"]) == ("encoder", "ae", 8)
+    assert res.bundle.encoder_file == res.bundle.root / "encoder.ts"
+    # The shipped encoder gives the autoencoder's latent of the grey image repeated to RGB.
+    x = torch.rand(3, 1, 28, 28)
+    got = encoder_fingerprint(res.bundle.encoder_file)(x.numpy())
+    with torch.inference_mode():
+        ref = autoencoder.encode(x.expand(-1, 3, -1, -1)).numpy()
+    np.testing.assert_allclose(got, ref, atol=1e-5)
+    assert export_model(reg, workspace, "grey").reused  # same weights, same encoder: one export

@@ -38,9 +38,10 @@ def register(
 def export(
     model: ModelArg,
     encoder: Annotated[
-        Path | None,
+        str | None,
         typer.Option(
-            help="Fingerprint encoder to ship (ONNX/TorchScript: float32 NCHW in [0,1] → vector)."
+            help="Fingerprint encoder to ship: a file (ONNX/TorchScript: float32 NCHW in [0,1] → "
+            "vector) or a registry encoder name/id. Default: the task's encoder, if any."
         ),
     ] = None,
     atol: Annotated[float, typer.Option(help="Allowed |ONNX - PyTorch| on random inputs.")] = 1e-4,

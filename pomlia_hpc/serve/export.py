@@ -21,9 +21,10 @@ from typing import Any
 
 import numpy as np
 import torch
+from sqlalchemy import select
 
 from pomlia_hpc.errors import InputError, PomliaError
-from pomlia_hpc.registry import Registry
+from pomlia_hpc.registry import FingerprintSet, Model, Registry, Task
 from pomlia_hpc.serve.bundle import (
     LoadedClassifier,
     load_classifier,
@@ -136,6 +137,7 @@ def export_checkpoint(
     name: str,
     task: Mapping[str, Any] | None = None,
     encoder: str | Path | None = None,
+    encoder_info: Mapping[str, Any] | None = None,
     atol: float = 1e-4,
     seed: int = 0,
 ) -> ExportResult:
@@ -143,16 +145,28 @@ def export_checkpoint(
 
     ``encoder``: optional ONNX (``.onnx``) or TorchScript (``.ts``/``.pt``) fingerprint encoder
     that maps float32 NCHW images in [0, 1] to vectors; without it the server logs the explicit
-    statistics fingerprint (see :mod:`pomlia_hpc.serve.fingerprint`).
+    statistics fingerprint (see :mod:`pomlia_hpc.serve.fingerprint`). ``encoder_info`` (e.g. the
+    registry encoder's id and name) goes into the card; its ``key`` (default: the file's hash)
+    is part of the version, so the same weights with the same encoder are exported once.
     Raises :class:`ExportError` when an export disagrees with PyTorch by more than ``atol``.
     """
     ckpt = Path(checkpoint)
     loaded = load_classifier(ckpt)
     meta = loaded.meta
-    version = sha256_file(ckpt)[:12]
+    ckpt_sha = sha256_file(ckpt)
+    info = dict(encoder_info or {})
+    if encoder is not None:
+        if not Path(encoder).is_file():
+            raise InputError(f"encoder file {encoder} does not exist")
+        info.setdefault("key", sha256_file(Path(encoder)))
+    version = (
+        ckpt_sha[:12]
+        if encoder is None
+        else hashlib.sha256(f"{ckpt_sha}:{info['key']}".encode()).hexdigest()[:12]
+    )
     out_root = Path(out_root)
     final = out_root / version
-    if (final / CARD).is_file() and encoder is None:
+    if (final / CARD).is_file():
         return ExportResult(ExportedBundle.open(final), {}, reused=True)
     out_root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{version}.tmp-", dir=out_root))
@@ -174,8 +188,6 @@ def export_checkpoint(
         }
         if encoder is not None:
             enc = Path(encoder)
-            if not enc.is_file():
-                raise InputError(f"encoder file {enc} does not exist")
             target = "encoder.onnx" if enc.suffix == ".onnx" else "encoder.ts"
             shutil.copyfile(enc, tmp / target)
             fingerprint = {
@@ -183,19 +195,17 @@ def export_checkpoint(
                 "file": target,
                 "dim": _encoder_dim(tmp / target, meta.in_channels, meta.image_size),
                 "input": "float32 NCHW images scaled to [0, 1]",
-                "source": str(enc.resolve()),
+                **{k: v for k, v in info.items() if k != "key"},
             }
         card = model_card(meta, name=name, task=task)
         card.update(
             model_version=version,
-            checkpoint_sha256=sha256_file(ckpt),
+            checkpoint_sha256=ckpt_sha,
             fingerprint=fingerprint,
             export={"atol": atol, "max_abs_diff": diffs, "torch": torch.__version__},
             files={p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()},
         )
         (tmp / CARD).write_text(json.dumps(card, indent=2, sort_keys=True))
-        if final.exists():  # a re-export with a new encoder replaces the old bundle
-            shutil.rmtree(final)
         tmp.replace(final)
     finally:
         if tmp.exists():
@@ -212,19 +222,41 @@ def export_model(
     atol: float = 1e-4,
 ) -> ExportResult:
     """Export registry model ``ref`` (name or id) to ``<home>/models/<name>/bundles/<version>/``
-    and record the bundle in the model's card (``card["export"]``)."""
+    and record the bundle in the model's card (``card["export"]``).
+
+    ``encoder``: a file (ONNX/TorchScript), or a registry encoder name/id. Without it, the
+    task's encoder is shipped when there is one: the model's ``lineage["encoder_id"]``, else the
+    newest encoder with complete fingerprints of the task's dataset version (see
+    :func:`task_encoder`); so the logged fingerprints compare with the training set's.
+    """
     row = resolve_model(registry, ref)
     if not row.path:
         raise InputError(f"model '{row.name}' has no checkpoint path in the registry")
     task: dict[str, Any] = {"id": row.task_id} if row.task_id is not None else {}
-    result = export_checkpoint(
-        row.path,
-        workspace.path("models", row.name, "bundles"),
-        name=row.name,
-        task=task,
-        encoder=encoder,
-        atol=atol,
-    )
+    enc_file: Path | None = None
+    enc_info: dict[str, Any] | None = None
+    tmp_dir = Path(tempfile.mkdtemp(prefix="pomlia-encoder-"))
+    try:
+        if encoder is not None and Path(encoder).is_file():
+            enc_file = Path(encoder)
+        else:
+            enc_id = str(encoder) if encoder is not None else task_encoder(registry, row)
+            if enc_id is not None:
+                meta = load_classifier(row.path).meta
+                enc_file, enc_info = trace_registry_encoder(
+                    registry, enc_id, meta.in_channels, meta.image_size, tmp_dir / "encoder.ts"
+                )
+        result = export_checkpoint(
+            row.path,
+            workspace.path("models", row.name, "bundles"),
+            name=row.name,
+            task=task,
+            encoder=enc_file,
+            encoder_info=enc_info,
+            atol=atol,
+        )
+    finally:
+        shutil.rmtree(tmp_dir, ignore_errors=True)
     card = dict(row.card)
     card.update({k: v for k, v in result.bundle.card.items() if k not in ("files",)})
     card["export"] = {
@@ -243,3 +275,77 @@ def bundle_for_model(registry: Registry, ref: str) -> ExportedBundle | None:
     if path and (Path(path) / CARD).is_file():
         return ExportedBundle.open(path)
     return None
+
+
+def task_encoder(registry: Registry, model: Model) -> int | None:
+    """The fingerprint encoder of ``model``'s task: ``lineage["encoder_id"]``, else the newest
+    encoder with complete fingerprints of the task's dataset version; None if neither."""
+    lineage_id = (model.lineage or {}).get("encoder_id")
+    if isinstance(lineage_id, int):
+        return lineage_id
+    if model.task_id is None:
+        return None
+    with registry.session() as s:
+        task = s.get(Task, model.task_id)
+        if task is None:
+            return None
+        return s.scalar(
+            select(FingerprintSet.encoder_id)
+            .where(FingerprintSet.dataset_version_id == task.dataset_version_id)
+            .where(FingerprintSet.status == "complete")
+            .order_by(FingerprintSet.id.desc())
+            .limit(1)
+        )
+
+
+class _BundleEncoder(torch.nn.Module):
+    """Adapts the fingerprint autoencoder to the bundle's encoder contract: float32 NCHW in
+    [0, 1] at the classifier's size and channels in; the latent vector out. Grey images are
+    repeated to 3 channels and resized to the encoder's size, as the fingerprint extraction
+    does (:func:`pomlia_hpc.fingerprint.autoencoder.to_input`)."""
+
+    def __init__(
+        self, autoencoder: torch.nn.Module, in_channels: int, size: int, encoder_size: int
+    ) -> None:
+        super().__init__()
+        self.autoencoder = autoencoder
+        self.repeat = in_channels == 1
+        self.resize = size != encoder_size
+        self.encoder_size = encoder_size
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.repeat:
+            x = x.expand(-1, 3, -1, -1)
+        if self.resize:
+            x = torch.nn.functional.interpolate(
+                x,
+                size=(self.encoder_size, self.encoder_size),
+                mode="bilinear",
+                antialias=True,
+                align_corners=False,
+            )
+        return self.autoencoder.encode(x)  # type: ignore[operator]
+
+
+def trace_registry_encoder(
+    registry: Registry, encoder: int | str, in_channels: int, image_size: int, out: Path
+) -> tuple[Path, dict[str, Any]]:
+    """TorchScript of registry encoder ``encoder`` adapted to the classifier's input, at
+    ``out``; returns it with the card info (id, name, key = the checkpoint's hash)."""
+    from pomlia_hpc.fingerprint.train import get_encoder, load_checkpoint
+
+    row = get_encoder(registry, encoder)
+    if not row.checkpoint_path:
+        raise InputError(f"encoder '{row.name}' has no checkpoint yet (training unfinished)")
+    autoencoder, cfg = load_checkpoint(row.checkpoint_path)
+    module = _BundleEncoder(autoencoder, in_channels, image_size, cfg.image_size).eval()
+    example = torch.rand(2, in_channels, image_size, image_size)
+    with torch.inference_mode(), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.jit.trace(module, example).save(str(out))
+    info = {
+        "encoder_id": row.id,
+        "encoder_name": row.name,
+        "key": sha256_file(Path(row.checkpoint_path)),
+    }
+    return out, info
