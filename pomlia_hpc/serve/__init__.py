@@ -1,1 +1,16 @@
-"""serve room of pomlia-hpc (see DESIGN.md)."""
+"""Serving: export a trained classifier, serve it over REST, package it for Apptainer/Slurm.
+
+Modules, in the order a model goes through them:
+
+* ``bundle``     checkpoint format (``save_classifier``/``load_classifier``), registry models
+* ``export``     TorchScript + ONNX + model card, checked against PyTorch (``export_model``)
+* ``exported``   reading an exported bundle (no torch import: fast server start)
+* ``runtime``    onnxruntime on CPU, TorchScript on GPU; preprocessing, probabilities
+* ``decode``     uploads (PNG, JPEG, TIFF, NPY) to arrays, every bad input a 4xx
+* ``batching``   dynamic batching on one model thread
+* ``predictor``  batch -> model -> outputs -> durable log -> answer
+* ``predlog``    the append-only, group-committed prediction/feedback log (``read_records``)
+* ``fingerprint``  pluggable input fingerprints for the log (encoder, or explicit statistics)
+* ``app``, ``metrics``, ``security``, ``config``, ``server``  the FastAPI app and its process
+* ``deploy``, ``smoke``, ``local``, ``demo``  Apptainer/sbatch files, checks and helpers
+"""
