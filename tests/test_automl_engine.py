@@ -161,6 +161,13 @@ def test_train_checkpoints_each_epoch_and_resumes(
         assert 0.0 <= second.metrics[split]["acc"] <= 1.0
     model = load_classifier(tmp_path / "model-e3.pt")
     assert model.meta.arch == "small_cnn" and model.meta.num_classes == 8
+    # batch norm statistics were recomputed over the training images under the final weights
+    x, _ = open_version(reg, ref).read_split("train")
+    xt = (torch.from_numpy(x).permute(0, 3, 1, 2).float() / 255.0 - 0.5) / 0.5
+    with torch.no_grad():
+        conv = model.model.features[0](xt)
+    bn = model.model.features[1]
+    assert torch.allclose(bn.running_mean, conv.mean(dim=(0, 2, 3)), atol=1e-4)
     assert model.meta.metrics["val"]["acc"] == pytest.approx(second.metrics["val"]["acc"])
     with pytest.raises(InputError, match="beyond the requested 2"):
         train(_request(store, tmp_path, cfg, 2))

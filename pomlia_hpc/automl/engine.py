@@ -458,6 +458,8 @@ def train(req: TrainRequest, progress: ProgressFn | None = None) -> TrainResult:
         if progress:
             progress(epoch + 1, req.epochs, record)
 
+    if not _body_frozen(cfg, req.epochs - 1):
+        recalibrate_batchnorm(engine.module, train_x, dev, dtype, opt.eval_batch_size)
     metrics = {
         s: _evaluate(engine.module, splits[s], task_type, dev, dtype, opt.eval_batch_size)
         for s in ("val", "test")
@@ -477,6 +479,35 @@ def train(req: TrainRequest, progress: ProgressFn | None = None) -> TrainResult:
         init_loaded=loaded,
         n_train=len(train_x),
     )
+
+
+@torch.no_grad()
+def recalibrate_batchnorm(
+    model: nn.Module, images: torch.Tensor, dev: torch.device, dtype: torch.dtype, batch: int
+) -> None:
+    """Recompute every BatchNorm's running statistics as the plain average over the training
+    images (no augmentation) under the final weights, like ``torch.optim.swa_utils.update_bn``.
+
+    Why: the running averages (momentum 0.1) trail weights that moved fast during a short
+    training run, and a network that fits its training images with batch statistics can then
+    be near chance in eval mode (measured on a look-alike: 83 % vs 29 % training accuracy after
+    4 epochs of 8 steps). The checkpoint keeps the unrecalibrated statistics, so training that
+    continues from it is the same as training that never stopped.
+    """
+    bns = [m for m in model.modules() if isinstance(m, _BatchNorm)]
+    if not bns:
+        return
+    momenta = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative average over all batches
+    model.train()
+    for start in range(0, len(images), batch):
+        chunk = images[start : start + batch]
+        if len(chunk) > 1 or start == 0:  # one image: no batch statistics (1x1 feature maps)
+            model(_normalize(chunk).to(dev, dtype=dtype))
+    for m, momentum in zip(bns, momenta, strict=True):
+        m.momentum = momentum
 
 
 @torch.no_grad()
