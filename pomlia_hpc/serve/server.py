@@ -69,6 +69,17 @@ class _DrainingServer(uvicorn.Server):
                 captured[:] = [s for s in captured if s != signal.SIGTERM]
 
 
+def _single_threaded_blas() -> None:
+    """One BLAS thread: the server's numpy products are tiny (the fingerprint thumbnails), and
+    OpenBLAS's extra threads spin after each call, taking cores from onnxruntime and the event
+    loop."""
+    try:
+        from threadpoolctl import threadpool_limits
+    except ImportError:  # not installed: BLAS keeps its default
+        return
+    threadpool_limits(1, user_api="blas")
+
+
 def run_server(bundle: ExportedBundle, config: ServeConfig, log_dir: Path) -> None:
     """Serve ``bundle`` until SIGTERM/SIGINT; blocks."""
     sock = bind_socket(config.host, config.port)
@@ -81,6 +92,7 @@ def run_server(bundle: ExportedBundle, config: ServeConfig, log_dir: Path) -> No
         if config.address_file is not None:
             write_address(config.address_file, address)
 
+    _single_threaded_blas()
     logging.basicConfig(
         level=logging.INFO,
         stream=sys.stderr,
