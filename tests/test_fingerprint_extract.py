@@ -28,6 +28,7 @@ from pomlia_hpc.fingerprint.extract import (
     embed_images,
     extract,
     finish_extraction,
+    group_shards,
     marker,
     plan_extraction,
     plan_shards,
@@ -73,6 +74,19 @@ def test_shard_plan_is_chunk_aligned_and_covers_all_rows(
         assert all(a % 16 == 0 for a, _ in plan)  # starts on chunk boundaries
         assert len(plan) == min(n_shards, 6)  # never more shards than chunks
     assert len(plan_shards(store, None, 32)) == 3  # about 32 rows per shard
+
+
+def test_small_shards_are_packed_into_tasks(workspace: Workspace, reg: Registry) -> None:
+    refs = [
+        make_dataset(workspace, reg, f"d{i}", sizes=(20 + 10 * i, 4, 4), chunk_rows=8)
+        for i in range(4)
+    ]  # 28, 38, 48, 58 rows
+    make_encoder(workspace, reg, "enc")
+    specs = plan_extraction(reg, workspace, "enc", refs).specs
+    assert len(specs) == 4  # one shard per small dataset
+    tasks = group_shards(specs, 100)
+    assert [[s.stop for s in t] for t in tasks] == [[28, 38], [48], [58]]
+    assert group_shards(specs, None) == [[s] for s in specs]
 
 
 def test_local_array_extraction_matches_in_memory_embedding(

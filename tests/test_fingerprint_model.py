@@ -152,13 +152,19 @@ def test_train_register_and_resume(workspace: Workspace, reg: Registry) -> None:
     assert [e["epoch"] for e in log] == [1, 2] and all(e["images"] == 96 for e in log)
 
 
-def test_two_data_parallel_ranks(workspace: Workspace, reg: Registry) -> None:
+def test_two_data_parallel_ranks_bf16_zero1(workspace: Workspace, reg: Registry) -> None:
     a = make_dataset(workspace, reg, "blood", sizes=(64, 4, 4), chunk_rows=16)
     ex = Executor.from_profile("local", workspace.jobs, reg)
-    cfg = _cfg(processes=2, num_workers=0, max_images_per_dataset=64)
+    cfg = _cfg(
+        processes=2, num_workers=0, max_images_per_dataset=64, precision="bf16", zero_stage=1
+    )
     enc = train_encoder(reg, workspace, "ae2", [a], cfg, executor=ex)
     log = (encoder_dir(workspace, "ae2") / "train_log.jsonl").read_text().splitlines()
     assert json.loads(log[0])["images"] == 64  # 2 ranks x 2 steps x 16, all-reduced
+    model, _ = load_encoder(reg, "ae2")  # exported as fp32
+    assert {p.dtype for p in model.state_dict().values() if p.is_floating_point()} == {
+        torch.float32
+    }
     assert Path(enc.checkpoint_path).is_file()
 
 

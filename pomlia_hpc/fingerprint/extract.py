@@ -18,7 +18,9 @@ in batches that start at the chunk start, so the vectors do not depend on how ro
 into shards or runs: a resumed extraction is bitwise identical to an uninterrupted one (with the
 same number of threads and the same device).
 
-The submitting process records one :class:`~pomlia_hpc.registry.FingerprintSet` per version
+Small shards (several small datasets) are packed into one array task of about
+``shard_rows`` images (:func:`group_shards`), so a job start-up is paid per task, not per
+dataset. The submitting process records one :class:`~pomlia_hpc.registry.FingerprintSet` per version
 (``status``: running → complete, ``mean`` = the mean embedding, the paper's dataset
 fingerprint); jobs never write to the registry.
 """
@@ -407,8 +409,11 @@ def extract(
 
     Complete shards are skipped; a finished dataset version is a no-op unless ``force``.
     ``threads`` (default: the CPUs the job was given) sets torch's threads in each shard.
-    ``progress(done, total)`` is called as shards finish. Raises :class:`ClusterError` naming
-    the failed shards (the others stay done; running again retries only the failed ones).
+    With ``shards`` each shard is one array task; otherwise shards of about ``shard_rows``
+    images (default :data:`DEFAULT_SHARD_ROWS`) are packed into tasks of about that many
+    images. ``progress(done, total)`` is called as tasks finish. Raises
+    :class:`ClusterError` naming the failed shards (the others stay done; running again
+    retries only the failed ones).
     """
     plan = plan_extraction(
         registry,
@@ -422,9 +427,17 @@ def extract(
         threads=threads,
         force=force,
     )
-    outcomes = _run(plan.specs, registry, workspace, executor, resources, progress)
+    tasks = group_shards(
+        plan.specs, None if shards is not None else (shard_rows or DEFAULT_SHARD_ROWS)
+    )
+    outcomes = _run(tasks, registry, workspace, executor, resources, progress)
     results = finish_extraction(registry, plan)
-    failed = [(s, o) for s, o in zip(plan.specs, outcomes, strict=True) if isinstance(o, Exception)]
+    failed = [
+        (s, o)
+        for task, o in zip(tasks, outcomes, strict=True)
+        if isinstance(o, Exception)
+        for s in task
+    ]
     if failed:
         names = ", ".join(f"{Path(s.out_path).parent.name} shard {s.shard}" for s, _ in failed)
         raise ClusterError(
@@ -434,8 +447,35 @@ def extract(
     return results
 
 
+def group_shards(specs: list[ShardSpec], target_rows: int | None) -> list[list[ShardSpec]]:
+    """Pack shards into array tasks. With ``target_rows``, consecutive shards share a task while
+    it holds at most ``target_rows`` images (a shard is never split), so many small datasets do
+    not cost one job start-up each; with ``None`` (the caller fixed the shard count), one shard
+    per task."""
+    if target_rows is None:
+        return [[s] for s in specs]
+    tasks: list[list[ShardSpec]] = []
+    current: list[ShardSpec] = []
+    rows = 0
+    for spec in specs:
+        n = spec.stop - spec.start
+        if current and rows + n > target_rows:
+            tasks.append(current)
+            current, rows = [], 0
+        current.append(spec)
+        rows += n
+    if current:
+        tasks.append(current)
+    return tasks
+
+
+def run_shards(specs: list[ShardSpec]) -> list[dict[str, Any]]:
+    """Run several shards one after the other (one array task; the encoder is loaded once)."""
+    return [run_shard(s) for s in specs]
+
+
 def _run(
-    specs: list[ShardSpec],
+    specs: list[list[ShardSpec]],
     registry: Registry,
     workspace: Workspace,
     executor: Executor | None,
@@ -446,7 +486,7 @@ def _run(
         return []
     ex = executor or Executor.from_profile(workspace.cluster_profile, workspace.jobs, registry)
     handles: list[JobHandle] = ex.map_array(
-        run_shard, specs, name="fingerprint-extract", resources=resources
+        run_shards, specs, name="fingerprint-extract", resources=resources
     )
     while True:
         done = sum(h.done() for h in handles)

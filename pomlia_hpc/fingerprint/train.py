@@ -184,6 +184,12 @@ def _train_rank(
     engine, *_ = deepspeed.initialize(
         model=model, optimizer=optimizer, config=_ds_config(config), dist_init_required=True
     )
+    if config.precision == "bf16":
+        # DeepSpeed casts parameters only; BatchNorm's running statistics must follow, or
+        # batch_norm refuses bf16 inputs with fp32 statistics (seen on CPU).
+        for buf in engine.module.buffers():
+            if buf.is_floating_point():
+                buf.data = buf.data.to(torch.bfloat16)
 
     latest = _read_latest(out)
     start_epoch, curve = 0, []

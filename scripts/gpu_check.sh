@@ -1,0 +1,168 @@
+#!/usr/bin/env bash
+# GPU check of the fingerprint stage (issue 4, point 8). On a CUDA machine, in under 8 minutes:
+#   1. one DeepSpeed bf16 training epoch of the ResNet-18 autoencoder (a real job through the
+#      `local` executor with 1 GPU: train_encoder -> TrainJob -> deepspeed.initialize, NCCL),
+#   2. extraction throughput on the GPU (run_shard from a Zarr store) against the encoder's raw
+#      forward on in-memory GPU tensors,
+#   3. a faiss-gpu IVF index build (GPU k-means) and search against exact Flat search,
+# then prints a short table. Not part of the test suite. Exit status: 0 when all three ran,
+# 1 when a step failed or was skipped (faiss-gpu missing), 3 when there is no usable GPU.
+#
+#   bash scripts/gpu_check.sh                 # uses .venv/bin/python if present
+#   PY=/path/to/python IMAGES=200000 bash scripts/gpu_check.sh
+#
+# Status: written without access to a GPU; it has NOT been run on one yet (see
+# docs/BENCHMARKS.md). The CPU paths it calls are tested; the CUDA ones are not.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+PY=${PY:-}
+if [[ -z "$PY" ]]; then
+    if [[ -x .venv/bin/python ]]; then PY=.venv/bin/python; else PY=python3; fi
+fi
+IMAGES=${IMAGES:-100000}       # images in the look-alike store (28 px, RGB)
+EPOCH_IMAGES=${EPOCH_IMAGES:-50000}
+VECTORS=${VECTORS:-1000000}
+LIMIT_S=${LIMIT_S:-450}        # whole script: stay under 8 minutes
+
+fail() { echo "gpu_check: $*" >&2; exit 3; }
+
+command -v nvidia-smi >/dev/null 2>&1 || fail "nvidia-smi not found: this is not a CUDA machine"
+nvidia-smi -L >/dev/null 2>&1 || fail "nvidia-smi sees no GPU (driver not loaded?)"
+"$PY" -c 'import pomlia_hpc' 2>/dev/null \
+    || fail "'$PY' cannot import pomlia_hpc: create the venv first (make venv)"
+"$PY" - <<'EOF' || fail "torch sees no CUDA device (CPU-only torch build, or CUDA_VISIBLE_DEVICES empty)"
+import sys, torch
+sys.exit(0 if torch.cuda.is_available() and torch.cuda.device_count() > 0 else 1)
+EOF
+nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+
+export IMAGES EPOCH_IMAGES VECTORS
+exec timeout --signal=KILL "$LIMIT_S" "$PY" - <<'EOF'
+import os, sys, tempfile, time, traceback
+import numpy as np
+import torch
+
+from pomlia_hpc.cluster import Executor
+from pomlia_hpc.data.api import ingest
+from pomlia_hpc.data.store import open_version
+from pomlia_hpc.data.synth import make_split, write_npz
+from pomlia_hpc.fingerprint.autoencoder import to_input
+from pomlia_hpc.fingerprint.extract import plan_extraction, run_shard
+from pomlia_hpc.fingerprint.index import gpu_available, new_index, train_index
+from pomlia_hpc.fingerprint.train import TrainConfig, load_encoder, train_encoder
+from pomlia_hpc.registry import Registry
+from pomlia_hpc.workspace import Workspace
+
+n_images = int(os.environ["IMAGES"])
+epoch_images = int(os.environ["EPOCH_IMAGES"])
+n_vectors = int(os.environ["VECTORS"])
+rows: list[tuple[str, str, str]] = []
+ok = True
+
+home = tempfile.mkdtemp(prefix="pomlia-gpu-check-")
+ws = Workspace(home=__import__("pathlib").Path(home), db_url=f"sqlite:///{home}/registry.db",
+               cluster_profile="local")
+ws.create()
+reg = Registry.open(ws.db_url)
+x, y = make_split("pathmnist", min(n_images, 20_000), seed=0, size=28)
+reps = -(-n_images // len(x))
+images = np.concatenate([x ^ np.uint8(i) for i in range(reps)])[:n_images]
+labels = np.concatenate([y] * reps)[:n_images]
+npz = write_npz(ws.tmp / "gpu.npz", {"train_images": images, "train_labels": labels},
+                compress=False)
+ingest(ws, reg, "gpuset", npz, class_names=[str(i) for i in range(9)])
+print(f"store: {n_images} images of 28 px", flush=True)
+
+# 1. one DeepSpeed bf16 epoch, as a job with one GPU
+try:
+    cfg = TrainConfig.model_validate({
+        "encoder": {"latent_dim": 64}, "epochs": 1, "batch_size": 512, "precision": "bf16",
+        "max_images_per_dataset": epoch_images, "num_workers": 4,
+    })
+    ex = Executor.from_profile("local", ws.jobs, reg)
+    t0 = time.perf_counter()
+    enc = train_encoder(reg, ws, "gpu_ae", ["gpuset"], cfg, executor=ex,
+                        resources={"gpus_per_node": 1, "cpus_per_task": 8})
+    wall = time.perf_counter() - t0
+    log = (ws.path("models", "encoders", "gpu_ae", "train_log.jsonl")).read_text().splitlines()
+    import json
+    epoch = json.loads(log[-1])
+    rows.append(("DeepSpeed bf16 epoch", f"{epoch['images'] / epoch['seconds']:.0f} img/s",
+                 f"loss {enc.loss_curve[-1]:.4f}; epoch {epoch['seconds']:.1f} s, job {wall:.0f} s"))
+except Exception:
+    ok = False
+    traceback.print_exc()
+    rows.append(("DeepSpeed bf16 epoch", "FAILED", "see traceback above"))
+
+# 2. extraction on the GPU: end to end from Zarr vs raw forward on GPU tensors
+try:
+    if not any(r[0] == "DeepSpeed bf16 epoch" and r[1] != "FAILED" for r in rows):
+        from pomlia_hpc.fingerprint.autoencoder import Autoencoder
+        from pomlia_hpc.fingerprint.train import encoder_dir, register_encoder, write_checkpoint
+        cfg = TrainConfig.model_validate({"encoder": {"latent_dim": 64}})
+        p = write_checkpoint(encoder_dir(ws, "gpu_ae") / "encoder.pt", Autoencoder(cfg.encoder),
+                             cfg, [])
+        register_encoder(reg, "gpu_ae", cfg, [], [], p)
+    dev = torch.device("cuda")
+    model, _ = load_encoder(reg, "gpu_ae")
+    model = model.to(dev)
+    store = open_version(reg, "gpuset")
+    batches = [to_input(store.read_rows(i, min(n_images, i + 1024)), 28).to(dev)
+               for i in range(0, n_images, 1024)]
+    with torch.inference_mode():
+        model.encode(batches[0]); torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        for b in batches:
+            model.encode(b)
+        torch.cuda.synchronize()
+        raw = n_images / (time.perf_counter() - t0)
+    del batches
+    plan = plan_extraction(reg, ws, "gpu_ae", ["gpuset"], shards=1, batch_size=1024, force=True)
+    t0 = time.perf_counter()
+    run_shard(plan.specs[0])
+    e2e = n_images / (time.perf_counter() - t0)
+    rows.append(("extraction (GPU)", f"{e2e:.0f} img/s",
+                 f"raw forward {raw:.0f} img/s; ratio {e2e / raw:.2f}"))
+except Exception:
+    ok = False
+    traceback.print_exc()
+    rows.append(("extraction (GPU)", "FAILED", "see traceback above"))
+
+# 3. faiss-gpu: IVF trained with GPU k-means, searched on the GPU, against exact Flat
+try:
+    import faiss
+    if not gpu_available():
+        raise RuntimeError("faiss has no GPU support here: pip install faiss-gpu (same version)")
+    rng = np.random.default_rng(0)
+    centers = rng.normal(size=(1000, 64)).astype(np.float32) * 4
+    xb = (centers[rng.integers(0, 1000, n_vectors)] + rng.normal(size=(n_vectors, 64))).astype(np.float32)
+    xq = (centers[rng.integers(0, 1000, 10000)] + rng.normal(size=(10000, 64))).astype(np.float32)
+    res = faiss.StandardGpuResources()
+    flat = faiss.index_cpu_to_gpu(res, 0, faiss.IndexFlatL2(64))
+    flat.add(xb)
+    t0 = time.perf_counter(); _, truth = flat.search(xq, 10); flat_qps = len(xq) / (time.perf_counter() - t0)
+    ivf = new_index(64, "IVF4096,Flat", "l2")
+    t0 = time.perf_counter()
+    where = train_index(ivf, xb[:262144], use_gpu=True)
+    ivf.add_with_ids(xb, np.arange(n_vectors, dtype=np.int64))
+    build = time.perf_counter() - t0
+    gpu_ivf = faiss.index_cpu_to_gpu(res, 0, ivf)
+    gpu_ivf.nprobe = 32
+    t0 = time.perf_counter(); _, got = gpu_ivf.search(xq, 10); qps = len(xq) / (time.perf_counter() - t0)
+    recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(got, truth)])
+    rows.append(("faiss-gpu IVF4096 nprobe 32", f"{qps:.0f} q/s",
+                 f"recall@10 {recall:.3f}; Flat {flat_qps:.0f} q/s; trained on {where}, "
+                 f"build {build:.1f} s, {n_vectors} vectors"))
+except Exception as exc:
+    ok = False
+    traceback.print_exc()
+    rows.append(("faiss-gpu", "FAILED/SKIPPED", str(exc)[:80]))
+
+print()
+print(f"GPU check ({torch.cuda.get_device_name(0)}, torch {torch.__version__})")
+print(f"{'step':<30} {'result':<16} details")
+for step, result, details in rows:
+    print(f"{step:<30} {result:<16} {details}")
+sys.exit(0 if ok else 1)
+EOF
