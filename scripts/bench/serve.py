@@ -48,9 +48,13 @@ TARGETS = {
 
 
 def model_throughput(
-    bundle: ExportedBundle, batches: list[int], seconds: float
+    bundle: ExportedBundle,
+    batches: list[int],
+    seconds: float,
+    cpu_ms: dict[int, float] | None = None,
 ) -> dict[int, float]:
-    """onnxruntime images/s on in-memory float32 batches, same session settings as the server."""
+    """onnxruntime images/s on in-memory float32 batches, same session settings as the server.
+    ``cpu_ms`` (if given) receives the process CPU milliseconds per image for each batch size."""
     rt = load_runtime(bundle, "onnx")
     size, ch = bundle.image_size, bundle.channels
     out = {}
@@ -58,12 +62,20 @@ def model_throughput(
         x = np.random.default_rng(0).random((b, ch, size, size), dtype=np.float32)
         for _ in range(3):
             rt.logits(x)
-        n, t0 = 0, time.perf_counter()
+        n, t0, c0 = 0, time.perf_counter(), time.process_time()
         while time.perf_counter() - t0 < seconds:
             rt.logits(x)
             n += b
         out[b] = n / (time.perf_counter() - t0)
+        if cpu_ms is not None:
+            cpu_ms[b] = (time.process_time() - c0) * 1000.0 / n
     return out
+
+
+def process_cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` (all its threads) so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def request_bytes(host: str, port: int, size: int, images: int) -> bytes:
@@ -142,13 +154,22 @@ def _batch_stats(url: str) -> tuple[float, float]:
 
 
 def run_cell(
-    url: str, size: int, images: int, concurrency: int, warmup: float, duration: float
+    url: str,
+    size: int,
+    images: int,
+    concurrency: int,
+    warmup: float,
+    duration: float,
+    server_pid: int,
 ) -> dict[str, Any]:
     host, port = url.removeprefix("http://").rsplit(":", 1)
     req = request_bytes(host, int(port), size, images)
     calls0, images0 = _batch_stats(url)
+    srv0, cli0 = process_cpu_s(server_pid), time.process_time()
     lat, errors = _run(_load(url, req, concurrency, warmup, duration))
+    srv1, cli1 = process_cpu_s(server_pid), time.process_time()
     calls1, images1 = _batch_stats(url)
+    served = max(images1 - images0, 1.0)  # warm-up included, like the CPU times
     arr = np.asarray(lat) * 1000.0
     return {
         "requests": len(lat),
@@ -158,6 +179,9 @@ def run_cell(
         "p50_ms": float(np.percentile(arr, 50)) if len(arr) else None,
         "p99_ms": float(np.percentile(arr, 99)) if len(arr) else None,
         "mean_batch_images": (images1 - images0) / max(calls1 - calls0, 1.0),
+        # CPU per image barely depends on what else runs on the machine, unlike throughput.
+        "server_cpu_ms_per_image": (srv1 - srv0) * 1000.0 / served,
+        "client_cpu_ms_per_image": (cli1 - cli0) * 1000.0 / served,
         "loadavg_1min": os.getloadavg()[0],
     }
 
@@ -205,22 +229,56 @@ def evaluate(model: dict[int, dict[int, float]], cells: list[dict[str, Any]]) ->
     return verdict
 
 
+def cpu_projection(cells: list[dict[str, Any]]) -> dict[str, float]:
+    """The throughput targets recomputed from CPU cost per image (server + client), which the
+    other sessions' load on this shared machine disturbs far less than wall-clock rates."""
+
+    def find(px: int, images: int, conc: int, batching: bool) -> dict[str, Any] | None:
+        for c in cells:
+            if (c["px"], c["images"], c["concurrency"], c["batching"]) == (
+                px,
+                images,
+                conc,
+                batching,
+            ):
+                return c
+        return None
+
+    out: dict[str, float] = {}
+    on, off = find(64, 1, 32, True), find(64, 1, 32, False)
+    if on is not None:
+        out["single_64px_c32_vs_model"] = on["cpu_projected_vs_model"]
+    if on is not None and off is not None:
+        cost = lambda c: c["server_cpu_ms_per_image"] + c["client_cpu_ms_per_image"]  # noqa: E731
+        out["batching_on_vs_off_64px_c32"] = cost(off) / cost(on)
+    batch28 = [
+        c["cpu_projected_vs_model"]
+        for c in cells
+        if c["px"] == 28 and c["images"] == 32 and c["batching"]
+    ]
+    if batch28:
+        out["batch32_28px_vs_model"] = max(batch28)
+    return out
+
+
 def table(result: dict[str, Any]) -> str:
     lines = [
-        "| px | batch | model img/s (start) | (end) | used: best |",
-        "| --- | --- | --- | --- | --- |",
+        "| px | batch | model img/s (start) | (end) | used: best | model CPU ms/img |",
+        "| --- | --- | --- | --- | --- | --- |",
     ]
     for size, rates in result["model_images_per_s"].items():
         for b, r in rates.items():
             lines.append(
                 f"| {size} | {b} | {result['model_images_per_s_start'][size][b]:,.0f} | "
-                f"{result['model_images_per_s_end'][size][b]:,.0f} | {r:,.0f} |"
+                f"{result['model_images_per_s_end'][size][b]:,.0f} | {r:,.0f} | "
+                f"{result['model_cpu_ms_per_image'][size][b]:.2f} |"
             )
     lines += [
         "",
         "| px | images/request | batching | concurrency | images/s | p50 ms | p99 ms "
-        "| vs model best | mean batch | errors |",
-        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+        "| vs model best | mean batch | CPU ms/img server + client | CPU-projected vs model "
+        "| errors |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for c in result["cells"]:
         best = max(result["model_images_per_s"][c["px"]].values())
@@ -229,13 +287,18 @@ def table(result: dict[str, Any]) -> str:
         lines.append(
             f"| {c['px']} | {c['images']} | {'on' if c['batching'] else 'off'} | "
             f"{c['concurrency']} | {c['images_per_s']:,.0f} | {p50} | {p99} | "
-            f"{c['images_per_s'] / best:.2f} | {c['mean_batch_images']:.1f} | {c['errors']} |"
+            f"{c['images_per_s'] / best:.2f} | {c['mean_batch_images']:.1f} | "
+            f"{c['server_cpu_ms_per_image']:.2f} + {c['client_cpu_ms_per_image']:.2f} | "
+            f"{c['cpu_projected_vs_model']:.2f} | {c['errors']} |"
         )
     lines += ["", "| target | value | required | met |", "| --- | --- | --- | --- |"]
     for key, v in result["targets"].items():
         val = "-" if v["value"] is None else f"{v['value']:.2f}"
         op = "<" if key.startswith("p99") else ">="
         lines.append(f"| {key} | {val} | {op} {v['target']} | {'yes' if v['met'] else 'NO'} |")
+    lines += ["", "| CPU-projected (idle machine) | value |", "| --- | --- |"]
+    for key, value in result.get("cpu_projection", {}).items():
+        lines.append(f"| {key} | {value:.2f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -267,6 +330,7 @@ def main() -> int:
         "model_images_per_s_start": {},
         "model_images_per_s_end": {},
         "model_images_per_s": {},
+        "model_cpu_ms_per_image": {},
         "cells": [],
     }
     print(f"bench: arch {args.arch}, {args.duration:g} s per cell, work dir {work}", flush=True)
@@ -276,8 +340,10 @@ def main() -> int:
     }
     model_s = 2.0 if args.quick else 5.0
     for s, b in bundles.items():
-        rates = model_throughput(b, [1, 8, 32], model_s)
+        cpu: dict[int, float] = {}
+        rates = model_throughput(b, [1, 8, 32], model_s, cpu)
         result["model_images_per_s_start"][s] = rates
+        result["model_cpu_ms_per_image"][s] = cpu
         print(
             f"model {s} px: " + ", ".join(f"batch {k}: {v:,.0f} img/s" for k, v in rates.items()),
             flush=True,
@@ -290,9 +356,12 @@ def main() -> int:
                 else ["--no-batching"]
             )
             with LocalServer(b.root, work / "logs" / f"{s}-{batching}", args=extra) as srv:
+                assert srv.proc is not None
                 for images in args.images:
                     for conc in args.concurrency:
-                        cell = run_cell(srv.url, s, images, conc, args.warmup, args.duration)
+                        cell = run_cell(
+                            srv.url, s, images, conc, args.warmup, args.duration, srv.proc.pid
+                        )
                         cell.update(px=s, images=images, concurrency=conc, batching=batching)
                         result["cells"].append(cell)
                         print(
@@ -306,8 +375,11 @@ def main() -> int:
     # The model again at the end: the machine is shared and noisy, so the ceiling used for the
     # ratios is the better of the two measurements (the stricter comparison).
     for s, b in bundles.items():
-        end = model_throughput(b, [1, 8, 32], model_s)
+        cpu_end: dict[int, float] = {}
+        end = model_throughput(b, [1, 8, 32], model_s, cpu_end)
         result["model_images_per_s_end"][s] = end
+        cpu_start = result["model_cpu_ms_per_image"][s]
+        result["model_cpu_ms_per_image"][s] = {k: min(cpu_start[k], cpu_end[k]) for k in cpu_start}
         start = result["model_images_per_s_start"][s]
         result["model_images_per_s"][s] = {k: max(start[k], end[k]) for k in start}
         print(
@@ -317,6 +389,14 @@ def main() -> int:
         )
     result["machine"]["loadavg_end"] = os.getloadavg()
     result["targets"] = evaluate(result["model_images_per_s"], result["cells"])
+    for c in result["cells"]:
+        # What "vs model best" would be on an idle machine if CPU is the only limit: the
+        # model's cheapest CPU cost per image over the server's plus the client's.
+        best_cpu = min(result["model_cpu_ms_per_image"][c["px"]].values())
+        c["cpu_projected_vs_model"] = best_cpu / (
+            c["server_cpu_ms_per_image"] + c["client_cpu_ms_per_image"]
+        )
+    result["cpu_projection"] = cpu_projection(result["cells"])
     (args.out / "serve.json").write_text(json.dumps(result, indent=2))
     md = table(result)
     (args.out / "serve.md").write_text(md)
