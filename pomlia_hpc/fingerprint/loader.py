@@ -147,11 +147,24 @@ class StoreStream(IterableDataset[torch.Tensor]):
 
 
 def _worker_init(_worker_id: int) -> None:
-    # Slurm signals every process of the job step: USR2 (checkpoint before preemption or the
-    # time limit) would kill a worker by default, and the training process would then die of
-    # "DataLoader worker exited unexpectedly" before it could checkpoint and requeue.
+    # Slurm signals every process of the job step. USR2 (checkpoint before preemption or the
+    # time limit) is for the training process: in a worker, submitit's inherited handler would
+    # requeue the job a second time (and fail), the default action would kill the worker.
+    # The worker starts with USR2 blocked (see iterate); ignore it, then unblock.
     signal.signal(signal.SIGUSR2, signal.SIG_IGN)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGUSR2})
     torch.set_num_threads(1)  # workers only decode; leave the cores to the model
+
+
+def iterate(loader: DataLoader[torch.Tensor]) -> Iterator[torch.Tensor]:
+    """Iterate ``loader`` with its workers started while USR2 is blocked, so a checkpoint
+    signal that arrives while they start is handled by this process, not by a worker."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR2})
+    try:
+        it = iter(loader)
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+    yield from it
 
 
 def make_loader(stream: StoreStream, num_workers: int) -> DataLoader[torch.Tensor]:

@@ -41,7 +41,13 @@ from pomlia_hpc.data.store import find_version, open_store
 from pomlia_hpc.errors import InputError, NotFoundError, PomliaError
 from pomlia_hpc.fingerprint.autoencoder import Autoencoder, EncoderConfig, reconstruction_loss
 from pomlia_hpc.fingerprint.io import atomic_write_bytes, atomic_write_text
-from pomlia_hpc.fingerprint.loader import Source, StoreStream, make_loader, steps_per_epoch
+from pomlia_hpc.fingerprint.loader import (
+    Source,
+    StoreStream,
+    iterate,
+    make_loader,
+    steps_per_epoch,
+)
 from pomlia_hpc.registry import DatasetVersion, Encoder, Registry
 from pomlia_hpc.workspace import Workspace
 
@@ -217,12 +223,12 @@ def _train_rank(
         )
         total = torch.zeros(2, dtype=torch.float64)
         engine.train()
-        for x in make_loader(stream, config.num_workers):
+        for x in iterate(make_loader(stream, config.num_workers)):
             x = x.to(engine.device, dtype=dtype, non_blocking=True)
             loss = reconstruction_loss(engine, x)
             engine.backward(loss)
             engine.step()
-            total += torch.tensor([float(loss) * len(x), len(x)], dtype=torch.float64)
+            total += torch.tensor([float(loss.detach()) * len(x), len(x)], dtype=torch.float64)
         if world > 1:
             torch.distributed.all_reduce(total)
         epoch_loss = float(total[0] / total[1])
