@@ -1,54 +1,173 @@
 """``make demo``: the main job end to end on the embedded default.
 
 Local executor, SQLite registry, local Zarr stores and generated data, in ``./pomlia-home``
-(or ``POMLIA_HOME``). Each stage is recorded in the registry; ``pomlia status`` shows the jobs.
+(or ``POMLIA_HOME``). The demo is the user's journey through the ``pomlia`` command, one stage
+after the other, each recorded in the registry:
+
+1. generate MedMNIST look-alikes (no download needed) and ingest six of them;
+2. train the fingerprint autoencoder, extract embeddings as an array job, build the index;
+3. ask which known datasets are most similar to the new task's dataset;
+4. register the task and run a small SMAC-Hyperband AutoML study (trials are jobs);
+5. export the best model and serve it over HTTP on 127.0.0.1; send one image.
+
+Re-running is cheap: finished stages are reused (same dataset versions, same encoder,
+complete embeddings) and a new study is run. ``pomlia status`` shows the jobs afterwards.
 """
 
 from __future__ import annotations
 
-import math
+import io
+import os
+import signal
+import subprocess
 import sys
 import time
 
+import httpx
+import numpy as np
 from rich.console import Console
+from sqlalchemy import select
 
-from pomlia_hpc.cluster import Executor, wait_all
-from pomlia_hpc.config import load_cluster_profile
-from pomlia_hpc.registry import Registry
+from pomlia_hpc.data.store import open_version
+from pomlia_hpc.registry import Encoder, Registry, Task
+from pomlia_hpc.serve.smoke import wait_ready
 from pomlia_hpc.workspace import Workspace
 
 console = Console()
 
+#: Known datasets (the "past") and the new task's dataset.
+KNOWN = ("pathmnist", "bloodmnist", "dermamnist", "organamnist", "breastmnist")
+NEW = "pneumoniamnist"
+ENCODER = "demo-ae"
+TASK = "demo-pneumonia"
 
-def _partial_pi(shard: int, n_shards: int = 8, terms: int = 200_000) -> float:
-    """One shard of the Leibniz series for pi: a stand-in compute job for the array stage."""
-    return sum(4.0 * (-1) ** k / (2 * k + 1) for k in range(shard, terms, n_shards))
+
+def pomlia(*args: str) -> None:
+    """Run one ``pomlia`` command as a user would; stop the demo if it fails."""
+    console.print(f"[bold cyan]$ pomlia {' '.join(args)}[/]")
+    proc = subprocess.run([sys.executable, "-m", "pomlia_hpc", *args], check=False)
+    if proc.returncode != 0:
+        raise SystemExit(f"demo: `pomlia {' '.join(args)}` failed (exit {proc.returncode})")
 
 
-def stage_array(ws: Workspace, reg: Registry) -> None:
-    ex = Executor(load_cluster_profile(ws.cluster_profile), ws.jobs, reg)
-    console.rule(f"[bold]array job ({ex.backend} backend)")
-    t0 = time.perf_counter()
-    handles = ex.map_array(_partial_pi, list(range(8)), name="demo-array")
-    parts = wait_all(handles, poll_s=0.2)
-    bad = [p for p in parts if isinstance(p, Exception)]
-    if bad:
-        raise SystemExit(f"demo: {len(bad)} array task(s) failed: {bad[0]}")
-    console.print(
-        f"8 tasks done in {time.perf_counter() - t0:.1f} s; "
-        f"pi ≈ {sum(parts):.6f} (error {abs(sum(parts) - math.pi):.1e})"
-    )
+def _exists(reg: Registry, model: type[Encoder] | type[Task], name: str) -> bool:
+    with reg.session() as s:
+        return s.scalar(select(model.id).where(model.name == name)) is not None
+
+
+def serve_and_ask(ws: Workspace, reg: Registry, model: str) -> None:
+    """Start ``pomlia serve`` on a free loopback port, classify one test image, stop it."""
+    addr = ws.tmp / "demo-serve.addr"
+    addr.unlink(missing_ok=True)
+    cmd = [
+        sys.executable,
+        "-m",
+        "pomlia_hpc",
+        "serve",
+        model,
+        "--port",
+        "0",
+        "--address-file",
+        str(addr),
+    ]
+    console.print(f"[bold cyan]$ pomlia serve {model} --port 0 --address-file {addr}[/]")
+    server = subprocess.Popen(cmd)
+    try:
+        url = wait_ready(None, addr, timeout_s=120)
+        store = open_version(reg, NEW)
+        lo, _ = store.split_range("test")
+        image = store.read_rows(lo, lo + 1)[0]
+        truth = store.class_names[int(store.read_labels(lo, lo + 1)[0, 0])]
+        buf = io.BytesIO()
+        np.save(buf, image)
+        answer = httpx.post(
+            f"{url}/v1/predict",
+            content=buf.getvalue(),
+            headers={"content-type": "application/x-npy"},
+            timeout=30,
+        )
+        answer.raise_for_status()
+        pred = answer.json()["predictions"][0]
+        console.print(
+            f"POST {url}/v1/predict → label [bold]{pred['label']}[/] "
+            f"(true: {truth}), probabilities {pred['probabilities']}"
+        )
+    finally:
+        server.send_signal(signal.SIGTERM)  # drains in-flight requests, flushes the log
+        server.wait(60)
 
 
 def main() -> int:
     ws = Workspace.from_settings()
-    ws.create()
+    t0 = time.perf_counter()
+    raw = ws.home / "raw-lookalikes"
+    pomlia("init")
     reg = Registry.open(ws.db_url, busy_timeout_s=ws.sqlite_busy_timeout_s)
-    console.print(f"workspace {ws.home}, registry {reg.display_url()}")
-    stage_array(ws, reg)
-    console.print("[green]demo finished[/]; see `pomlia status`")
+
+    console.rule("[bold]1. data: MedMNIST look-alikes → versioned Zarr stores")
+    if not (raw / f"{NEW}.npz").is_file():
+        pomlia("data", "synth", "--scale", "0.02", str(raw))
+    for flag in (*KNOWN, NEW):
+        pomlia("data", "add", flag, "--root", str(raw))
+    pomlia("data", "list")
+
+    console.rule("[bold]2. fingerprints: autoencoder, sharded extraction, FAISS index")
+    if not _exists(reg, Encoder, ENCODER):
+        pomlia(
+            "fingerprint",
+            "train",
+            *KNOWN,
+            "--name",
+            ENCODER,
+            "--latent-dim",
+            "16",
+            "--epochs",
+            "2",
+            "--max-images",
+            "400",
+        )
+    pomlia("fingerprint", "extract", *KNOWN, NEW, "--encoder", ENCODER, "--shards", "1")
+    pomlia("index", "build", "--encoder", ENCODER)
+
+    console.rule(f"[bold]3. which known datasets resemble {NEW}?")
+    pomlia("similar", NEW, "--encoder", ENCODER, "--k", "3")
+    pomlia("similar", NEW, "--encoder", ENCODER, "--images", "5")
+
+    console.rule("[bold]4. AutoML: SMAC-Hyperband, every trial a job")
+    if not _exists(reg, Task, TASK):
+        pomlia("task", "add", TASK, "--dataset", NEW, "--metric", "auc")
+    study = f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
+    pomlia(
+        "automl",
+        "run",
+        TASK,
+        "--study",
+        study,
+        "--trials",
+        "4",
+        "--max-epochs",
+        "3",
+        "--parallel",
+        "2",
+        "--archs",
+        "small_cnn",
+        "--encoder",
+        ENCODER,
+    )
+    pomlia("runs", "list", "--task", TASK)
+
+    console.rule("[bold]5. deploy: export, serve over HTTP, one request")
+    model = f"{study}-best"
+    pomlia("model", "export", model)
+    serve_and_ask(ws, reg, model)
+
+    pomlia("status", "--limit", "5")
+    console.print(
+        f"[green]demo finished in {time.perf_counter() - t0:.0f} s[/]; workspace {ws.home}"
+    )
     return 0
 
 
 if __name__ == "__main__":
+    os.environ.setdefault("COLUMNS", "120")
     sys.exit(main())
