@@ -68,7 +68,7 @@ def test_local_cancel(tmp_path: Path, reg: Registry) -> None:
     with pytest.raises(JobFailedError):
         h.result()
     with reg.session() as s:
-        assert s.scalars(select(Job)).one().state in ("CANCELLED", "FAILED", "INTERRUPTED")
+        assert s.scalars(select(Job)).one().state == "CANCELLED"
 
 
 def test_debug_executor_runs_in_process(tmp_path: Path) -> None:

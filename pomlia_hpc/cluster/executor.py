@@ -122,9 +122,11 @@ class JobHandle:
                 fields: dict[str, Any] = {"traceback": tb, "ended_at": datetime.now(UTC)}
                 if self._executor.profile.backend == "slurm":
                     refresh_slurm_jobs(reg, [self.record_id])
-                    with reg.session() as s:
-                        row = s.get(Job, self.record_id)
-                        state = row.state if row and row.state in FINAL_STATES else state
+                with reg.session() as s:
+                    row = s.get(Job, self.record_id)
+                    # Slurm's final state, or a cancellation recorded by cancel(), wins.
+                    if row and row.state in FINAL_STATES and row.state != "COMPLETED":
+                        state = row.state
                 fields["state"] = state
                 fields["exit_cause"] = _exit_cause(state, tb)
                 update_job(reg, self.record_id, **fields)
@@ -147,7 +149,9 @@ class JobHandle:
                 state = normalize_state(job.state)
             except Exception:
                 state = "FAILED"
-            return (state if state in FINAL_STATES else "FAILED"), text
+            # A job without a result never "completed", whatever the process exit code says.
+            ok = state in FINAL_STATES and state != "COMPLETED"
+            return (state if ok else "FAILED"), text
         return "FAILED", text
 
 
