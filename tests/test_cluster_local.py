@@ -105,11 +105,13 @@ def test_distributed_env_from_slurm() -> None:
         "MASTER_ADDR": "hkn0401",
         "MASTER_PORT": str(20000 + 4242),
     }
-    # Values a launcher already set win.
-    assert distributed_env({**env, "MASTER_PORT": "1234"})["MASTER_PORT"] == "1234"
+    # Values torchrun set win; values merely inherited from a parent process do not.
+    assert distributed_env({**env, "MASTER_PORT": "1234"})["MASTER_PORT"] == str(20000 + 4242)
+    launched = {**env, "MASTER_PORT": "1234", "TORCHELASTIC_RUN_ID": "x"}
+    assert distributed_env(launched)["MASTER_PORT"] == "1234"
 
 
 def test_distributed_env_outside_slurm() -> None:
-    out = distributed_env({})
+    out = distributed_env({"MASTER_PORT": "50297", "RANK": "3"})  # leftovers of a parent
     assert (out["RANK"], out["WORLD_SIZE"], out["MASTER_ADDR"]) == ("0", "1", "127.0.0.1")
     assert 0 < int(out["MASTER_PORT"]) < 65536

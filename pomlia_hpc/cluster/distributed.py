@@ -45,8 +45,10 @@ def _free_port() -> int:
 def distributed_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
     """The RANK/LOCAL_RANK/WORLD_SIZE/MASTER_ADDR/MASTER_PORT a process should use.
 
-    Values already set in ``environ`` win (a launcher such as torchrun set them). Under Slurm the
-    port is derived from the job id so that every task of a job agrees on it without talking.
+    Under torchrun (``TORCHELASTIC_RUN_ID`` set) the launcher's values win. Otherwise values
+    merely inherited from a parent process are ignored: a submitting process that trained
+    in-process may still listen on its MASTER_PORT, and every job it starts would collide on it.
+    Under Slurm the port is derived from the job id so that all tasks of a job agree on it.
     """
     env = os.environ if environ is None else environ
     out: dict[str, str] = {}
@@ -67,9 +69,10 @@ def distributed_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
             "MASTER_ADDR": "127.0.0.1",
             "MASTER_PORT": str(_free_port()),
         }
-    for key in out:
-        if key in env:
-            out[key] = env[key]
+    if "TORCHELASTIC_RUN_ID" in env:
+        for key in out:
+            if key in env:
+                out[key] = env[key]
     return out
 
 
