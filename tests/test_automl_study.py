@@ -4,6 +4,7 @@ model's lineage, and the CLI views (``task add``, ``runs list``, ``models list``
 from __future__ import annotations
 
 import json
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -52,7 +53,16 @@ def _donor(ws: Workspace, reg: Registry) -> str:
 
 
 @pytest.mark.slow
-def test_study_records_every_trial_and_goes_on_after_a_crash(workspace: Workspace) -> None:
+def test_study_records_every_trial_and_goes_on_after_a_crash(
+    workspace: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The driver's own distributed variables (here: a port already taken, as after in-process
+    # DeepSpeed training) must not leak into the trial jobs.
+    taken = socket.socket()
+    taken.bind(("127.0.0.1", 0))
+    taken.listen()
+    monkeypatch.setenv("MASTER_PORT", str(taken.getsockname()[1]))
+    monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
     reg = Registry.open(workspace.db_url)
     tiny_task(workspace, reg, "blood", sizes=(64, 24, 24))
     donor = _donor(workspace, reg)
@@ -125,6 +135,7 @@ def test_study_records_every_trial_and_goes_on_after_a_crash(workspace: Workspac
     # a finished study cannot be created again under the same name
     with pytest.raises(PomliaError, match="already exists"):
         create_study(reg, workspace, "blood", name="s1")
+    taken.close()
 
 
 def test_task_cli_and_input_errors(workspace: Workspace, tmp_path: Path) -> None:

@@ -19,6 +19,8 @@ from typing import Any
 from pomlia_hpc.automl.engine import TrainRequest, train
 from pomlia_hpc.cluster import Checkpointable
 
+DIST_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
 
 def read_result(path: str | Path) -> dict[str, Any] | None:
     """The result a trial job wrote to ``path`` (``None`` if it has not finished)."""
@@ -39,6 +41,12 @@ class TrialJob(Checkpointable):
         self.result_path = result_path
 
     def __call__(self) -> dict[str, Any]:
+        # A trial is one process launched by the cluster layer, never by torchrun: rank/port
+        # variables inherited from the submitting process (which may itself have trained with
+        # DeepSpeed and still listen on its MASTER_PORT) must not win over this job's own.
+        for key in DIST_VARS:
+            os.environ.pop(key, None)
+
         def log(epoch: int, epochs: int, rec: dict[str, float]) -> None:
             print(
                 f"epoch {epoch}/{epochs} loss {rec['train_loss']:.4f} ({rec['seconds']:.1f} s)",

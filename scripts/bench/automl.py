@@ -22,7 +22,7 @@ deploy at that point). ``fraction``: the budget SMAC-Hyperband needed for its be
 metric to reach random search's final one, divided by the total budget (per seed, and for the
 mean curves); ``>1`` means it did not reach it.
 
-    python scripts/bench/automl.py --out bench-results            # full run (~40 min, 2 cores)
+    python scripts/bench/automl.py --out bench-results            # full run (~55 min, 2 cores)
     python scripts/bench/automl.py --quick --out /tmp/bench       # smoke run (~5 min)
 
 Writes ``automl.json`` (every trial), ``automl.md`` (the table) and ``automl.png`` (the curves)
