@@ -16,7 +16,9 @@ def open_registry(ws: Workspace) -> Registry:
 
 
 def tiny_arrays(
-    flag: str = "bloodmnist", sizes: tuple[int, int, int] = (40, 7, 13), seed: int = 0,
+    flag: str = "bloodmnist",
+    sizes: tuple[int, int, int] = (40, 7, 13),
+    seed: int = 0,
     size: int = 28,
 ) -> dict[str, np.ndarray]:
     """MedMNIST-keyed arrays of a look-alike with the given (train, val, test) sizes."""

@@ -34,14 +34,23 @@ Run = Callable[..., str]
 
 
 @pytest.fixture
-def add(workspace: Workspace, monkeypatch: pytest.MonkeyPatch,
-        capsys: pytest.CaptureFixture[str]) -> Run:
+def add(
+    workspace: Workspace, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> Run:
     """Run `pomlia data add NAME SOURCE [options]` in-process; return the error line, after
     checking exit 2, nothing registered and nothing visible."""
 
     def run(source: object, *opts: str, name: str = "bad", home: Path | None = None) -> str:
-        argv = ["pomlia", "--home", str(home or workspace.home), "data", "add", name,
-                str(source), *opts]
+        argv = [
+            "pomlia",
+            "--home",
+            str(home or workspace.home),
+            "data",
+            "add",
+            name,
+            str(source),
+            *opts,
+        ]
         monkeypatch.setattr(sys, "argv", argv)
         with pytest.raises(SystemExit) as ex:
             main()
@@ -122,8 +131,10 @@ def test_float_images_with_nan(add: Run, tmp_path: Path) -> None:
 
 
 def test_zero_images(add: Run, tmp_path: Path) -> None:
-    a = {"train_images": np.zeros((0, 28, 28), np.uint8),
-         "train_labels": np.zeros((0, 1), np.uint8)}
+    a = {
+        "train_images": np.zeros((0, 28, 28), np.uint8),
+        "train_labels": np.zeros((0, 1), np.uint8),
+    }
     err = add(write_npz(tmp_path / "z.npz", a))
     assert "z.npz" in err and "'train_images' has zero images: expected at least one" in err
 
@@ -189,8 +200,11 @@ def test_labels_out_of_declared_range(add: Run, tmp_path: Path) -> None:
     a["val_labels"] = a["val_labels"].copy()
     a["val_labels"][4] = 9
     err = add(write_npz(tmp_path / "r.npz", a), "--n-classes", "8")
-    assert "r.npz" in err and "'val_labels' has label 9 (row 4) out of the declared class range" \
-        in err and "expected 0 .. 7" in err
+    assert (
+        "r.npz" in err
+        and "'val_labels' has label 9 (row 4) out of the declared class range" in err
+        and "expected 0 .. 7" in err
+    )
 
 
 def test_medmnist_labels_out_of_info_range(add: Run, tmp_path: Path) -> None:
@@ -236,8 +250,21 @@ def test_exit_code_and_message_from_the_real_command(tmp_path: Path) -> None:
     del a["train_images"]
     p = write_npz(tmp_path / "x.npz", a)
     proc = subprocess.run(
-        [sys.executable, "-m", "pomlia_hpc", "--home", str(tmp_path / "ws"), "data", "add",
-         "x", str(p)], capture_output=True, text=True, timeout=120, check=False,
+        [
+            sys.executable,
+            "-m",
+            "pomlia_hpc",
+            "--home",
+            str(tmp_path / "ws"),
+            "data",
+            "add",
+            "x",
+            str(p),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
         env={**os.environ, "COLUMNS": "400"},
     )
     assert proc.returncode == 2

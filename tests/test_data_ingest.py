@@ -46,11 +46,17 @@ def _concat(arrays: dict[str, np.ndarray], kind: str) -> np.ndarray:
 # ----------------------------------------------------------------------------- layout
 
 
-def test_npz_roundtrip_layout_and_registry(workspace: Workspace, reg: Registry, tmp_path: Path
-                                           ) -> None:
+def test_npz_roundtrip_layout_and_registry(
+    workspace: Workspace, reg: Registry, tmp_path: Path
+) -> None:
     arrays = tiny_arrays("bloodmnist", (40, 7, 13))
-    rec = ingest(workspace, reg, "blood", write_npz(tmp_path / "b.npz", arrays),
-                 class_names=list(flag_info("bloodmnist").class_names))
+    rec = ingest(
+        workspace,
+        reg,
+        "blood",
+        write_npz(tmp_path / "b.npz", arrays),
+        class_names=list(flag_info("bloodmnist").class_names),
+    )
     assert rec.created and rec.parent is None and rec.n_images == 60
     assert rec.store_path == workspace.stores / "blood" / f"{rec.version}.zarr"
     ds = open_version(workspace, "blood")
@@ -83,8 +89,9 @@ def test_multilabel_labels_kept(workspace: Workspace, reg: Registry, tmp_path: P
     assert ds.fingerprint["class_balance"]["all"]["counts"] == ds.read_labels().sum(0).tolist()
 
 
-def test_records_on_each_registry_backend(workspace: Workspace, registry: Registry,
-                                          tmp_path: Path) -> None:
+def test_records_on_each_registry_backend(
+    workspace: Workspace, registry: Registry, tmp_path: Path
+) -> None:
     rec = ingest(workspace, registry, "blood", tiny_npz(tmp_path / "b.npz"))
     again = ingest(workspace, registry, "blood", tiny_npz(tmp_path / "b2.npz"))
     assert again.version == rec.version and not again.created
@@ -113,7 +120,9 @@ def test_identical_content_same_version_changed_content_new_child(
     assert show(reg, f"organ@{second.version}").parent == first.version
     listed = list_versions(reg, "organ")
     assert [(v.version, v.parent) for v in listed] == [
-        (first.version, None), (second.version, first.version)]
+        (first.version, None),
+        (second.version, first.version),
+    ]
     with pytest.raises(NotFoundError, match="not known"):
         open_version(reg, "organ@ffffffff")
     with pytest.raises(NotFoundError, match="not registered"):
@@ -149,15 +158,18 @@ def test_writer_reports_missing_rows(tmp_path: Path) -> None:
 # ----------------------------------------------------------------------------- MedMNIST
 
 
-def test_medmnist_flag_from_local_root(workspace: Workspace, reg: Registry, tmp_path: Path
-                                       ) -> None:
+def test_medmnist_flag_from_local_root(workspace: Workspace, reg: Registry, tmp_path: Path) -> None:
     root = tmp_path / "mm"
     write_lookalikes(root, scale=0.002, seed=0, flags=["pneumoniamnist"])
     write_lookalikes(root, scale=0.002, seed=0, size=64, flags=["pneumoniamnist"])
     rec = ingest(workspace, reg, "pneu", "medmnist:pneumoniamnist", root=root)
     rec64 = ingest(workspace, reg, "pneu64", "pneumoniamnist", root=root, size=64)
-    assert rec.meta["source"] == {"kind": "medmnist", "path": str(root / "pneumoniamnist.npz"),
-                                  "flag": "pneumoniamnist", "size": 28}
+    assert rec.meta["source"] == {
+        "kind": "medmnist",
+        "path": str(root / "pneumoniamnist.npz"),
+        "flag": "pneumoniamnist",
+        "size": 28,
+    }
     assert rec.meta["class_names"] == ["normal", "pneumonia"]
     assert rec.meta["task_type"] == "binary-class"
     assert open_store(rec64.store_path).image_shape == (64, 64, 1)
@@ -214,8 +226,9 @@ def _save_png(path: Path, arr: np.ndarray) -> None:
     Image.fromarray(arr).save(path)
 
 
-def test_folder_gray_rgb_jpeg_and_hash_splits(workspace: Workspace, reg: Registry,
-                                              tmp_path: Path) -> None:
+def test_folder_gray_rgb_jpeg_and_hash_splits(
+    workspace: Workspace, reg: Registry, tmp_path: Path
+) -> None:
     root = tmp_path / "imgs"
     rng = np.random.default_rng(0)
     for i in range(12):
@@ -237,12 +250,18 @@ def test_folder_gray_rgb_jpeg_and_hash_splits(workspace: Workspace, reg: Registr
     ds2 = open_store(ingest(workspace, reg, "pets", root).store_path)
     assert ds2.n_images == 26
     assert sum(b - a for a, b in ds2.meta["splits"].values()) == 26
-    assert sum(abs((b2 - a2) - (b - a)) for (a, b), (a2, b2) in
-               zip(before.values(), ds2.meta["splits"].values(), strict=True)) == 1
+    assert (
+        sum(
+            abs((b2 - a2) - (b - a))
+            for (a, b), (a2, b2) in zip(before.values(), ds2.meta["splits"].values(), strict=True)
+        )
+        == 1
+    )
 
 
-def test_folder_with_split_folders_16bit_and_tiff(workspace: Workspace, reg: Registry,
-                                                  tmp_path: Path) -> None:
+def test_folder_with_split_folders_16bit_and_tiff(
+    workspace: Workspace, reg: Registry, tmp_path: Path
+) -> None:
     root = tmp_path / "ct"
     for split, n in (("train", 4), ("val", 2), ("test", 2)):
         for cls, level in (("lo", 1000), ("hi", 4000)):
@@ -270,8 +289,9 @@ def test_folder_with_split_folders_16bit_and_tiff(workspace: Workspace, reg: Reg
 
 
 @pytest.mark.parametrize("split_kind", ["int", "str", None])
-def test_hdf5_rows_follow_their_split_and_labels(workspace: Workspace, reg: Registry,
-                                                 tmp_path: Path, split_kind: str | None) -> None:
+def test_hdf5_rows_follow_their_split_and_labels(
+    workspace: Workspace, reg: Registry, tmp_path: Path, split_kind: str | None
+) -> None:
     n = 50
     rng = np.random.default_rng(1)
     labels = rng.integers(0, 5, n)
@@ -287,15 +307,15 @@ def test_hdf5_rows_follow_their_split_and_labels(workspace: Workspace, reg: Regi
         elif split_kind == "str":
             f.create_dataset("data/s", data=np.array([SPLITS[c] for c in codes], dtype="S5"))
     opts = {"split": "data/s"} if split_kind else {}
-    rec = ingest(workspace, reg, "h", path, images="data/x", labels="data/y", n_classes=5,
-                 **opts)
+    rec = ingest(workspace, reg, "h", path, images="data/x", labels="data/y", n_classes=5, **opts)
     ds = open_store(rec.store_path)
     x, y, s = ds.read_rows(0, n)[:, 0, 0, 0], ds.read_labels()[:, 0], ds.split[:]
     np.testing.assert_array_equal(x // 40, y)  # every image kept its own label
     assert np.all(np.diff(s) >= 0)  # rows ordered by split
     if split_kind:
-        assert ds.meta["split_sizes"] == {sp: int((codes == i).sum()) for i, sp in
-                                          enumerate(SPLITS)}
+        assert ds.meta["split_sizes"] == {
+            sp: int((codes == i).sum()) for i, sp in enumerate(SPLITS)
+        }
         # Within a split, file order is kept.
         np.testing.assert_array_equal(x[s == 0], images[codes == 0][:, 0, 0])
 
@@ -312,8 +332,15 @@ def test_explicit_fingerprint_values(workspace: Workspace, reg: Registry, tmp_pa
     te = rng.integers(0, 256, (6, 8, 8), dtype=np.uint8)
     te[2] = tr[10]  # leaks into test
     ytr, yte = np.arange(30) % 3, np.array([0, 0, 0, 0, 1, 1])
-    p = write_npz(tmp_path / "f.npz", {"train_images": tr, "train_labels": ytr[:, None],
-                                       "test_images": te, "test_labels": yte[:, None]})
+    p = write_npz(
+        tmp_path / "f.npz",
+        {
+            "train_images": tr,
+            "train_labels": ytr[:, None],
+            "test_images": te,
+            "test_labels": yte[:, None],
+        },
+    )
     fp = ingest(workspace, reg, "fp", p).fingerprint
     assert fp["counts"] == {"train": 30, "test": 6} and fp["image_size"] == [8, 8]
     assert fp["channels"] == 1 and fp["n_classes"] == 3
@@ -333,8 +360,9 @@ def test_explicit_fingerprint_values(workspace: Workspace, reg: Registry, tmp_pa
 # ----------------------------------------------------------------------------- verify
 
 
-def test_verify_names_damaged_and_missing_chunks(workspace: Workspace, reg: Registry,
-                                                 tmp_path: Path) -> None:
+def test_verify_names_damaged_and_missing_chunks(
+    workspace: Workspace, reg: Registry, tmp_path: Path
+) -> None:
     arrays = tiny_arrays("tissuemnist", (9000, 10, 10))  # 2 chunks of 8192 gray images
     rec = ingest(workspace, reg, "t", write_npz(tmp_path / "t.npz", arrays))
     assert [r.ok for r in verify(reg)] == [True]
@@ -374,11 +402,17 @@ _KILLED_INGEST = textwrap.dedent("""
 """)
 
 
-def test_killed_ingest_leaves_no_version_and_reruns(workspace: Workspace, reg: Registry,
-                                                    tmp_path: Path) -> None:
+def test_killed_ingest_leaves_no_version_and_reruns(
+    workspace: Workspace, reg: Registry, tmp_path: Path
+) -> None:
     npz = tiny_npz(tmp_path / "k.npz", "tissuemnist", sizes=(9000, 10, 10))
-    proc = subprocess.run([sys.executable, "-c", _KILLED_INGEST, str(workspace.home), str(npz)],
-                          capture_output=True, text=True, timeout=120, check=False)
+    proc = subprocess.run(
+        [sys.executable, "-c", _KILLED_INGEST, str(workspace.home), str(npz)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
     assert proc.returncode == -9, proc.stderr
     assert list(workspace.tmp.glob("ingest-killed*"))  # the staging folder it left ...
     assert not list((workspace.stores / "killed").glob("*.zarr"))
@@ -397,8 +431,9 @@ def test_pair_histogram_is_exact(shape: tuple[int, int, int, int]) -> None:
     np.testing.assert_array_equal(_histogram(x), ref)
 
 
-def test_folder_split_fractions_are_checked(workspace: Workspace, reg: Registry,
-                                            tmp_path: Path) -> None:
+def test_folder_split_fractions_are_checked(
+    workspace: Workspace, reg: Registry, tmp_path: Path
+) -> None:
     _save_png(tmp_path / "f" / "a" / "0.png", np.zeros((4, 4), np.uint8))
     with pytest.raises(InputError, match="expected fractions >= 0 that sum to less than 1"):
         ingest(workspace, reg, "f", tmp_path / "f", val_fraction=0.6, test_fraction=0.5)

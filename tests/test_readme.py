@@ -35,8 +35,7 @@ def test_readme_command_runs(cmd: str, tmp_path: Path) -> None:
     env.pop("POMLIA_DB_URL", None)
     env.pop("POMLIA_CLUSTER", None)
     argv = [sys.executable, "-m", "pomlia_hpc", *shlex.split(cmd)[1:]]
-    proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300,
-                          check=False)
+    proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300, check=False)
     assert "Traceback" not in proc.stderr, proc.stderr
     # An example may refer to data or ids that a fresh workspace lacks: then it must end with
     # pomlia's one-line error (exit 2), never a crash or a usage error (a wrong option).

@@ -29,8 +29,12 @@ app.add_typer(data_app, name="data")
 def _progress() -> Iterator[Callable[[str, int, int], None]]:
     """A rich progress bar per stage, driven by the library's progress callback."""
     with Progress(
-        "[progress.description]{task.description}", BarColumn(), MofNCompleteColumn(),
-        TimeRemainingColumn(), console=console, transient=True,
+        "[progress.description]{task.description}",
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
     ) as bar:
         tasks: dict[str, Any] = {}
 
@@ -58,8 +62,10 @@ def add(
         typer.Option(help="Folder holding MedMNIST npz files (env POMLIA_MEDMNIST_ROOT)."),
     ] = None,
     download: Annotated[
-        bool | None, typer.Option("--download/--no-download", help="Download missing MedMNIST "
-                                  "files (md5-checked).")
+        bool | None,
+        typer.Option(
+            "--download/--no-download", help="Download missing MedMNIST files (md5-checked)."
+        ),
     ] = None,
     mirror: Annotated[str | None, typer.Option(help="Base URL replacing MedMNIST's.")] = None,
     images: Annotated[str | None, typer.Option(help="HDF5: path of the image dataset.")] = None,
@@ -84,17 +90,33 @@ def add(
 
     src = source or (f"medmnist:{name}" if name in FLAGS_2D else None)
     if src is None:
-        raise typer.BadParameter(f"'{name}' is not a MedMNIST flag: give a SOURCE",
-                                 param_hint="SOURCE")
+        raise typer.BadParameter(
+            f"'{name}' is not a MedMNIST flag: give a SOURCE", param_hint="SOURCE"
+        )
     opts: dict[str, Any] = dict(
-        size=size, root=root, download=download, mirror=mirror, images=images, labels=labels,
-        split=split, class_names=class_names, n_classes=n_classes, task_type=task_type,
-        val_fraction=val_fraction, test_fraction=test_fraction,
+        size=size,
+        root=root,
+        download=download,
+        mirror=mirror,
+        images=images,
+        labels=labels,
+        split=split,
+        class_names=class_names,
+        n_classes=n_classes,
+        task_type=task_type,
+        val_fraction=val_fraction,
+        test_fraction=test_fraction,
     )
     ws = STATE.workspace
     with _progress() as report:
-        rec = ingest(ws, STATE.registry(), name, src, progress=report,
-                     **{k: v for k, v in opts.items() if v is not None})
+        rec = ingest(
+            ws,
+            STATE.registry(),
+            name,
+            src,
+            progress=report,
+            **{k: v for k, v in opts.items() if v is not None},
+        )
     what = "new version" if rec.created else "identical content: existing version"
     parent = f", parent {rec.parent}" if rec.parent else ""
     console.print(f"{what} [bold]{rec.ref}[/] ({rec.n_images} images{parent})")
@@ -113,8 +135,9 @@ def synth(
 
     with Progress(console=console, transient=True) as bar:
         task = bar.add_task("look-alikes", total=len(FLAGS_2D))
-        paths = write_lookalikes(out, scale=scale, seed=seed, size=size,
-                                 progress=lambda _f: bar.advance(task))
+        paths = write_lookalikes(
+            out, scale=scale, seed=seed, size=size, progress=lambda _f: bar.advance(task)
+        )
     table = Table(title=f"look-alikes in {out} (scale {scale}, seed {seed}, {size} px)")
     for col in ("file", "MiB", "style"):
         table.add_column(col, overflow="fold")
@@ -132,13 +155,20 @@ def list_cmd(
 
     rows = list_versions(STATE.registry(), name)
     table = Table(title=f"dataset versions ({len(rows)})")
-    for col in ("name", "version", "parent", "images", "task", "classes", "size", "ch",
-                "created"):
+    for col in ("name", "version", "parent", "images", "task", "classes", "size", "ch", "created"):
         table.add_column(col, overflow="fold")
     for r in rows:
-        table.add_row(r.name, r.version, r.parent or "", str(r.n_images), r.task_type,
-                      str(r.n_classes), f"{r.image_size[0]}x{r.image_size[1]}", str(r.channels),
-                      f"{r.created_at:%Y-%m-%d %H:%M}")
+        table.add_row(
+            r.name,
+            r.version,
+            r.parent or "",
+            str(r.n_images),
+            r.task_type,
+            str(r.n_classes),
+            f"{r.image_size[0]}x{r.image_size[1]}",
+            str(r.channels),
+            f"{r.created_at:%Y-%m-%d %H:%M}",
+        )
     console.print(table)
 
 
@@ -179,9 +209,17 @@ def show_cmd(
     rec = show(STATE.registry(), ref)
     meta = {k: v for k, v in rec.meta.items() if k != "chunk_hashes"}
     if as_json:
-        console.print_json(json.dumps({"ref": rec.ref, "parent": rec.parent,
-                                       "store_path": str(rec.store_path), "meta": meta,
-                                       "fingerprint": rec.fingerprint}))
+        console.print_json(
+            json.dumps(
+                {
+                    "ref": rec.ref,
+                    "parent": rec.parent,
+                    "store_path": str(rec.store_path),
+                    "meta": meta,
+                    "fingerprint": rec.fingerprint,
+                }
+            )
+        )
     else:
         _render(rec.ref, rec.parent, meta, rec.fingerprint)
     if grid is not None:
@@ -205,8 +243,12 @@ def verify_cmd(
     for col in ("version", "status", "damaged chunks", "problems"):
         table.add_column(col, overflow="fold")
     for r in results:
-        table.add_row(r.ref, "[green]ok[/]" if r.ok else "[red]DAMAGED[/]",
-                      ", ".join(map(str, r.damaged_chunks)), "; ".join(r.problems))
+        table.add_row(
+            r.ref,
+            "[green]ok[/]" if r.ok else "[red]DAMAGED[/]",
+            ", ".join(map(str, r.damaged_chunks)),
+            "; ".join(r.problems),
+        )
     console.print(table)
     if not all(r.ok for r in results):
         raise typer.Exit(1)

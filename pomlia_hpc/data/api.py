@@ -107,8 +107,15 @@ def _split_codes(src: Source) -> np.ndarray:
     )
 
 
-def _meta(name: str, src: Source, writer: StoreWriter, labels: np.ndarray, digests: dict[str, Any],
-          full_hash: str, parent: str | None) -> dict[str, Any]:
+def _meta(
+    name: str,
+    src: Source,
+    writer: StoreWriter,
+    labels: np.ndarray,
+    digests: dict[str, Any],
+    full_hash: str,
+    parent: str | None,
+) -> dict[str, Any]:
     info = src.label_info
     offsets = src.split_offsets()
     splits = {s: [offsets[s], offsets[s] + src.split_sizes.get(s, 0)] for s in SPLITS}
@@ -165,9 +172,13 @@ def ingest(
     src: Source | None = None
     try:
         src = open_source(source, **options)
-        writer = StoreWriter(staging / "store.zarr", src.n_images,
-                             (src.height, src.width, src.channels), src.label_info.label_width,
-                             workers=workers)
+        writer = StoreWriter(
+            staging / "store.zarr",
+            src.n_images,
+            (src.height, src.width, src.channels),
+            src.label_info.label_width,
+            workers=workers,
+        )
         try:
             for start, rows in src.iter_rows(writer.chunk_rows):
                 writer.put(start, rows)
@@ -192,8 +203,15 @@ def ingest(
         final = store_path(workspace, name, version)
         if not final.exists():
             prev = latest_version(registry, name)
-            meta = _meta(name, src, writer, labels, digests, full,
-                         prev.version if prev and prev.version != version else None)
+            meta = _meta(
+                name,
+                src,
+                writer,
+                labels,
+                digests,
+                full,
+                prev.version if prev and prev.version != version else None,
+            )
             writer.group.attrs[META_ATTR] = meta
             staged = DatasetStore(staging / "store.zarr")
             fp_progress = (lambda k: progress("fingerprint", k, src.n_images)) if progress else None
@@ -201,8 +219,9 @@ def ingest(
             writer.group.attrs[FINGERPRINT_ATTR] = fp
             publish(staging / "store.zarr", final)
         done = open_store(final)
-        return record_version(registry, name, version, final, done.n_images, done.meta,
-                              done.fingerprint)
+        return record_version(
+            registry, name, version, final, done.n_images, done.meta, done.fingerprint
+        )
     finally:
         if src is not None and hasattr(src, "close"):
             src.close()
@@ -242,13 +261,20 @@ def list_versions(registry: Registry, name: str | None = None) -> list[VersionSu
                 p = s.get(DatasetVersion, v.parent_id)
                 parent = p.version if p else None
             m = v.meta
-            out.append(VersionSummary(
-                name=ds_name, version=v.version, parent=parent, n_images=v.n_images,
-                task_type=str(m.get("task_type", "")), n_classes=int(m.get("n_classes", 0)),
-                image_size=(int(m.get("height", 0)), int(m.get("width", 0))),
-                channels=int(m.get("channels", 0)), created_at=v.created_at,
-                store_path=v.store_path,
-            ))
+            out.append(
+                VersionSummary(
+                    name=ds_name,
+                    version=v.version,
+                    parent=parent,
+                    n_images=v.n_images,
+                    task_type=str(m.get("task_type", "")),
+                    n_classes=int(m.get("n_classes", 0)),
+                    image_size=(int(m.get("height", 0)), int(m.get("width", 0))),
+                    channels=int(m.get("channels", 0)),
+                    created_at=v.created_at,
+                    store_path=v.store_path,
+                )
+            )
     return out
 
 
@@ -262,9 +288,16 @@ def show(registry: Registry, ref: str) -> VersionRecord:
             p = s.get(DatasetVersion, row.parent_id)
             parent = p.version if p else None
     return VersionRecord(
-        id=row.id, dataset_id=row.dataset_id, name=name, version=row.version, parent=parent,
-        store_path=Path(row.store_path), n_images=row.n_images, meta=dict(row.meta),
-        fingerprint=dict(row.fingerprint), created=False,
+        id=row.id,
+        dataset_id=row.dataset_id,
+        name=name,
+        version=row.version,
+        parent=parent,
+        store_path=Path(row.store_path),
+        n_images=row.n_images,
+        meta=dict(row.meta),
+        fingerprint=dict(row.fingerprint),
+        created=False,
     )
 
 
@@ -310,9 +343,11 @@ def _verify_one(ref: str, row: DatasetVersion, progress: ProgressFn | None) -> V
         if progress:
             progress("verify", hi - lo, store.n_images)
     if res.damaged_chunks:
-        res.fail(f"{len(res.damaged_chunks)} damaged image chunk(s): "
-                 f"{', '.join(map(str, res.damaged_chunks[:20]))} (rows of chunk i: "
-                 f"i*{store.chunk_rows} .. (i+1)*{store.chunk_rows}-1)")
+        res.fail(
+            f"{len(res.damaged_chunks)} damaged image chunk(s): "
+            f"{', '.join(map(str, res.damaged_chunks[:20]))} (rows of chunk i: "
+            f"i*{store.chunk_rows} .. (i+1)*{store.chunk_rows}-1)"
+        )
     for arr in ("labels", "split"):
         try:
             data = np.asarray(store.labels[:] if arr == "labels" else store.split[:])
@@ -324,17 +359,20 @@ def _verify_one(ref: str, row: DatasetVersion, progress: ProgressFn | None) -> V
     return res
 
 
-def verify(registry: Registry, ref: str | None = None,
-           progress: ProgressFn | None = None) -> list[VerifyResult]:
+def verify(
+    registry: Registry, ref: str | None = None, progress: ProgressFn | None = None
+) -> list[VerifyResult]:
     """Recompute the chunk hashes of one version (``ref``) or of all versions and compare them
     with the registry's; a damaged or missing chunk is reported by index."""
     if ref is not None:
         row = find_version(registry, ref)
         return [_verify_one(f"{ref.partition('@')[0]}@{row.version}", row, progress)]
     with registry.session() as s:
-        rows = list(s.execute(
-            select(Dataset.name, DatasetVersion)
-            .join(Dataset, Dataset.id == DatasetVersion.dataset_id)
-            .order_by(Dataset.name, DatasetVersion.id)
-        ))
+        rows = list(
+            s.execute(
+                select(Dataset.name, DatasetVersion)
+                .join(Dataset, Dataset.id == DatasetVersion.dataset_id)
+                .order_by(Dataset.name, DatasetVersion.id)
+            )
+        )
     return [_verify_one(f"{n}@{v.version}", v, progress) for n, v in rows]

@@ -110,13 +110,15 @@ def _intensity(hist: np.ndarray) -> list[dict[str, Any]]:
         mean = float((h * levels).sum() / total)
         var = float((h * (levels - mean) ** 2).sum() / total)
         nz = np.flatnonzero(h)
-        out.append({
-            "mean": round(mean, 3),
-            "std": round(var**0.5, 3),
-            "min": int(nz[0]) if nz.size else 0,
-            "max": int(nz[-1]) if nz.size else 0,
-            "percentiles": {str(q): _percentile(h, q) for q in PERCENTILES},
-        })
+        out.append(
+            {
+                "mean": round(mean, 3),
+                "std": round(var**0.5, 3),
+                "min": int(nz[0]) if nz.size else 0,
+                "max": int(nz[-1]) if nz.size else 0,
+                "percentiles": {str(q): _percentile(h, q) for q in PERCENTILES},
+            }
+        )
     return out
 
 

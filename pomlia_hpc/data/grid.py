@@ -22,9 +22,7 @@ def _pick(
     return np.sort(rng.choice(hits, size=min(k, len(hits)), replace=False)) if len(hits) else hits
 
 
-def sample_grid(
-    store: DatasetStore, out: str | Path, *, per_class: int = 8, seed: int = 0
-) -> Path:
+def sample_grid(store: DatasetStore, out: str | Path, *, per_class: int = 8, seed: int = 0) -> Path:
     """Write a grid of ``per_class`` random images per class (first ``MAX_ROWS`` classes) to
     ``out`` (PNG, written atomically); images under 64 px are enlarged for legibility."""
     out = Path(out)
@@ -50,8 +48,10 @@ def sample_grid(
         canvas.save(tmp, format="PNG")
         tmp.replace(out)
     except OSError as exc:
-        raise InputError(f"sample grid '{out}' cannot be written ({exc.strerror or exc}): "
-                         "expected a writable path") from exc
+        raise InputError(
+            f"sample grid '{out}' cannot be written ({exc.strerror or exc}): "
+            "expected a writable path"
+        ) from exc
     finally:
         tmp.unlink(missing_ok=True)
     return out

@@ -186,8 +186,15 @@ def _derma(rng: np.random.Generator, y: Array, size: int) -> Array:
     n = len(y)
     yy, xx = _grid(size)
     colors = np.asarray(
-        [[0.45, 0.25, 0.15], [0.60, 0.35, 0.25], [0.30, 0.15, 0.10], [0.75, 0.30, 0.30],
-         [0.20, 0.12, 0.12], [0.55, 0.45, 0.30], [0.80, 0.20, 0.25]],
+        [
+            [0.45, 0.25, 0.15],
+            [0.60, 0.35, 0.25],
+            [0.30, 0.15, 0.10],
+            [0.75, 0.30, 0.30],
+            [0.20, 0.12, 0.12],
+            [0.55, 0.45, 0.30],
+            [0.80, 0.20, 0.25],
+        ],
         np.float32,
     )
     k = y[:, 0]
@@ -212,8 +219,9 @@ def _oct(rng: np.random.Generator, y: Array, size: int) -> Array:
     layers = layers + 0.7 * np.exp(-((bottom / 0.06) ** 2))
     cx = _jit(rng, n, 0.4)
     fluid = _blob(yy, xx, tilt[:, 0, 0] * cx + 0.02, cx, 0.14, 0.3)
-    cysts = sum(_blob(yy, xx, 0.02 + _jit(rng, n, 0.1), _jit(rng, n, 0.7), 0.06, 0.06)
-                for _ in range(3))
+    cysts = sum(
+        _blob(yy, xx, 0.02 + _jit(rng, n, 0.1), _jit(rng, n, 0.7), 0.06, 0.06) for _ in range(3)
+    )
     layers = layers - 0.9 * np.where(_col(k) == 0, fluid, 0.0)
     layers = layers - 0.8 * np.where(_col(k) == 1, cysts, 0.0)
     speckle = 0.12 * rng.standard_normal(layers.shape, dtype=np.float32)
@@ -299,8 +307,11 @@ def _tissue(rng: np.random.Generator, y: Array, size: int) -> Array:
 
 
 def _organ(view: str) -> Callable[[np.random.Generator, Array, int], Array]:
-    ry, rx, oy = {"axial": (0.6, 0.85, 0.0), "coronal": (0.88, 0.55, 0.0),
-                  "sagittal": (0.88, 0.42, 0.05)}[view]
+    ry, rx, oy = {
+        "axial": (0.6, 0.85, 0.0),
+        "coronal": (0.88, 0.55, 0.0),
+        "sagittal": (0.88, 0.42, 0.05),
+    }[view]
 
     def style(rng: np.random.Generator, y: Array, size: int) -> Array:
         n = len(y)
@@ -362,9 +373,9 @@ def _labels(flag: str, n: int, rng: np.random.Generator) -> Array:
 # ----------------------------------------------------------------------------- public API
 
 
-def make_split(flag: str, n: int, seed: int = 0, size: int = 28, split: str = "train") -> tuple[
-    Array, Array
-]:
+def make_split(
+    flag: str, n: int, seed: int = 0, size: int = 28, split: str = "train"
+) -> tuple[Array, Array]:
     """``n`` look-alike images and labels of one split: uint8 (n, S, S[, 3]), uint8 (n, L)."""
     info = flag_info(flag)
     check_size(size)
@@ -387,9 +398,9 @@ def make_split(flag: str, n: int, seed: int = 0, size: int = 28, split: str = "t
     return images, labels
 
 
-def make_lookalike(flag: str, scale: float = 0.01, seed: int = 0, size: int = 28) -> dict[
-    str, Array
-]:
+def make_lookalike(
+    flag: str, scale: float = 0.01, seed: int = 0, size: int = 28
+) -> dict[str, Array]:
     """All six arrays of one look-alike dataset, in memory, keyed like MedMNIST's npz."""
     out: dict[str, Array] = {}
     for split, n in split_sizes(flag, scale).items():

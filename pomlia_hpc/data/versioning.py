@@ -91,9 +91,16 @@ def latest_version(registry: Registry, name: str) -> DatasetVersion | None:
 
 def _to_record(name: str, row: DatasetVersion, parent: str | None, created: bool) -> VersionRecord:
     return VersionRecord(
-        id=row.id, dataset_id=row.dataset_id, name=name, version=row.version, parent=parent,
-        store_path=Path(row.store_path), n_images=row.n_images, meta=dict(row.meta),
-        fingerprint=dict(row.fingerprint), created=created,
+        id=row.id,
+        dataset_id=row.dataset_id,
+        name=name,
+        version=row.version,
+        parent=parent,
+        store_path=Path(row.store_path),
+        n_images=row.n_images,
+        meta=dict(row.meta),
+        fingerprint=dict(row.fingerprint),
+        created=created,
     )
 
 
@@ -128,8 +135,11 @@ def record_version(
             .limit(1)
         )
         row = DatasetVersion(
-            dataset_id=ds.id, version=version, parent_id=parent.id if parent else None,
-            store_path=str(store_path), n_images=n_images,
+            dataset_id=ds.id,
+            version=version,
+            parent_id=parent.id if parent else None,
+            store_path=str(store_path),
+            n_images=n_images,
             meta={**meta, "parent": parent.version if parent else None},
             fingerprint=fingerprint,
         )

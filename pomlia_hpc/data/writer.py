@@ -46,14 +46,16 @@ def compressor() -> BloscCodec:
     zstd-1 2 MiB blocks 351 / 757 / 0.880; zstd-1 1 MiB 302 / 613 / 0.880; zstd-3 default
     blocks 120 / 349 / 0.904; lz4 bit-shuffle 874 / 1133 / 0.941 (larger than the npz);
     zlib-6 (the npz itself) 21 / 119 / 0.913."""
-    return BloscCodec(typesize=1, cname=CNAME, clevel=CLEVEL, shuffle="bitshuffle",
-                      blocksize=BLOCKSIZE)
+    return BloscCodec(
+        typesize=1, cname=CNAME, clevel=CLEVEL, shuffle="bitshuffle", blocksize=BLOCKSIZE
+    )
 
 
 def _numcodecs_blosc() -> numcodecs.Blosc:
     """The numcodecs codec zarr's :func:`compressor` uses to encode a chunk (same settings)."""
-    return numcodecs.Blosc(cname=CNAME, clevel=CLEVEL, shuffle=numcodecs.Blosc.BITSHUFFLE,
-                           blocksize=BLOCKSIZE)
+    return numcodecs.Blosc(
+        cname=CNAME, clevel=CLEVEL, shuffle=numcodecs.Blosc.BITSHUFFLE, blocksize=BLOCKSIZE
+    )
 
 
 def chunk_rows_for(height: int, width: int, channels: int) -> int:
@@ -88,8 +90,12 @@ class StoreWriter:
         self.n_chunks = (n + self.chunk_rows - 1) // self.chunk_rows
         self.group = zarr.open_group(str(path), mode="w-", zarr_format=3)
         self.images = self.group.create_array(
-            "images", shape=(n, *shape), chunks=(self.chunk_rows, *shape), dtype="uint8",
-            compressors=compressor(), fill_value=0,
+            "images",
+            shape=(n, *shape),
+            chunks=(self.chunk_rows, *shape),
+            dtype="uint8",
+            compressors=compressor(),
+            fill_value=0,
             dimension_names=("image", "height", "width", "channel"),
         )
         self._label_width = label_width
@@ -128,8 +134,10 @@ class StoreWriter:
     def put(self, start: int, rows: np.ndarray) -> None:
         """Place uint8 ``rows`` (b, H, W, C) at store rows [start, start + b)."""
         if rows.shape[1:] != self.shape or rows.dtype != np.uint8:
-            raise InputError(f"rows of shape {rows.shape[1:]} / {rows.dtype}: expected "
-                             f"{self.shape} uint8 (all images of a dataset need one size)")
+            raise InputError(
+                f"rows of shape {rows.shape[1:]} / {rows.dtype}: expected "
+                f"{self.shape} uint8 (all images of a dataset need one size)"
+            )
         pos, end = start, start + len(rows)
         while pos < end:
             idx = pos // self.chunk_rows
@@ -141,7 +149,9 @@ class StoreWriter:
                 self._submit(idx, np.ascontiguousarray(part))
             else:
                 buf, filled = self._buffers.get(idx) or (
-                    np.empty((c_len, *self.shape), np.uint8), 0)
+                    np.empty((c_len, *self.shape), np.uint8),
+                    0,
+                )
                 buf[pos - c_lo : pos - c_lo + take] = part
                 filled += take
                 if filled == c_len:
@@ -158,15 +168,26 @@ class StoreWriter:
             self._collect(self._pending.popleft())
         self._pool.shutdown()
         if self._buffers or len(self._digests) != self.n_chunks:
-            raise InputError(f"store '{self.path}': {self.rows_written} of {self.n} rows were "
-                             "written: expected every row once (source delivered too few rows)")
+            raise InputError(
+                f"store '{self.path}': {self.rows_written} of {self.n} rows were "
+                "written: expected every row once (source delivered too few rows)"
+            )
         labels = np.ascontiguousarray(labels, dtype=np.int32)
         split = np.ascontiguousarray(split, dtype=np.int8)
-        self.group.create_array("labels", data=labels, chunks=(max(1, min(len(labels), 1 << 20)),
-                                self._label_width), compressors=compressor(),
-                                dimension_names=("image", "label"))
-        self.group.create_array("split", data=split, chunks=(max(1, min(len(split), 1 << 20)),),
-                                compressors=compressor(), dimension_names=("image",))
+        self.group.create_array(
+            "labels",
+            data=labels,
+            chunks=(max(1, min(len(labels), 1 << 20)), self._label_width),
+            compressors=compressor(),
+            dimension_names=("image", "label"),
+        )
+        self.group.create_array(
+            "split",
+            data=split,
+            chunks=(max(1, min(len(split), 1 << 20)),),
+            compressors=compressor(),
+            dimension_names=("image",),
+        )
         return {
             "images": [self._digests[i] for i in range(self.n_chunks)],
             "labels": sha256_hex(labels.astype("<i4")),

@@ -98,8 +98,12 @@ def child_load(npz: Path) -> dict[str, Any]:
         x, y = d["train_images"], d["train_labels"]
     dt = time.perf_counter() - t0
     checksum = int(x[:: max(1, len(x) // 97)].sum()) + int(y.sum())  # touch the data
-    return {"seconds": dt, "cpu_seconds": time.process_time() - c0, "n": len(x),
-            "checksum": checksum}
+    return {
+        "seconds": dt,
+        "cpu_seconds": time.process_time() - c0,
+        "n": len(x),
+        "checksum": checksum,
+    }
 
 
 def child_ingest(npz: Path, home: Path) -> dict[str, Any]:
@@ -117,8 +121,14 @@ def child_ingest(npz: Path, home: Path) -> dict[str, Any]:
     t1 = time.perf_counter()
     compute_fingerprint(open_store(rec.store_path))
     fp_dt = time.perf_counter() - t1
-    return {"seconds": dt, "cpu_seconds": cpu, "fingerprint_seconds": fp_dt, "n": rec.n_images,
-            "store_bytes": _dir_bytes(rec.store_path), "chunk_rows": rec.meta["chunk_rows"]}
+    return {
+        "seconds": dt,
+        "cpu_seconds": cpu,
+        "fingerprint_seconds": fp_dt,
+        "n": rec.n_images,
+        "store_bytes": _dir_bytes(rec.store_path),
+        "chunk_rows": rec.meta["chunk_rows"],
+    }
 
 
 def run_child(kind: str, npz: Path, home: Path | None = None, n: int = 0) -> dict[str, Any]:
@@ -127,8 +137,18 @@ def run_child(kind: str, npz: Path, home: Path | None = None, n: int = 0) -> dic
 
     with tempfile.NamedTemporaryFile(suffix=".json", delete=False) as tf:
         result_path = Path(tf.name)
-    argv = [sys.executable, __file__, "--child", kind, "--npz", str(npz),
-            "--result", str(result_path), "--n", str(n)]
+    argv = [
+        sys.executable,
+        __file__,
+        "--child",
+        kind,
+        "--npz",
+        str(npz),
+        "--result",
+        str(result_path),
+        "--n",
+        str(n),
+    ]
     if home is not None:
         argv += ["--home", str(home)]
     proc = subprocess.Popen(argv)
@@ -168,23 +188,27 @@ def measure(npz: Path, work: Path, repeat: int) -> dict[str, Any]:
         "n_images": n,
         "pixel_mb": round(pixel_mb, 1),
         "npz_bytes": npz_bytes,
-        "np_load": {"seconds": round(load["seconds"], 3),
-                    "cpu_seconds": round(load["cpu_seconds"], 3),
-                    "images_per_s": round(n / load["seconds"]),
-                    "mb_per_s": round(pixel_mb / load["seconds"], 1),
-                    "peak_rss_gib": round(load["peak_rss_bytes"] / 2**30, 3),
-                    "sampled_peak_rss_gib": round(load["sampled_peak_rss_bytes"] / 2**30, 3),
-                    "all_seconds": [round(r["seconds"], 3) for r in loads]},
-        "ingest": {"seconds": round(ing["seconds"], 3),
-                   "cpu_seconds": round(ing["cpu_seconds"], 3),
-                   "images_per_s": round(n / ing["seconds"]),
-                   "mb_per_s": round(pixel_mb / ing["seconds"], 1),
-                   "fingerprint_alone_seconds": round(ing["fingerprint_seconds"], 3),
-                   "peak_rss_gib": round(ing["peak_rss_bytes"] / 2**30, 3),
-                   "sampled_peak_rss_gib": round(ing["sampled_peak_rss_bytes"] / 2**30, 3),
-                   "store_bytes": ing["store_bytes"],
-                   "chunk_rows": ing["chunk_rows"],
-                   "all_seconds": [round(r["seconds"], 3) for r in ingests]},
+        "np_load": {
+            "seconds": round(load["seconds"], 3),
+            "cpu_seconds": round(load["cpu_seconds"], 3),
+            "images_per_s": round(n / load["seconds"]),
+            "mb_per_s": round(pixel_mb / load["seconds"], 1),
+            "peak_rss_gib": round(load["peak_rss_bytes"] / 2**30, 3),
+            "sampled_peak_rss_gib": round(load["sampled_peak_rss_bytes"] / 2**30, 3),
+            "all_seconds": [round(r["seconds"], 3) for r in loads],
+        },
+        "ingest": {
+            "seconds": round(ing["seconds"], 3),
+            "cpu_seconds": round(ing["cpu_seconds"], 3),
+            "images_per_s": round(n / ing["seconds"]),
+            "mb_per_s": round(pixel_mb / ing["seconds"], 1),
+            "fingerprint_alone_seconds": round(ing["fingerprint_seconds"], 3),
+            "peak_rss_gib": round(ing["peak_rss_bytes"] / 2**30, 3),
+            "sampled_peak_rss_gib": round(ing["sampled_peak_rss_bytes"] / 2**30, 3),
+            "store_bytes": ing["store_bytes"],
+            "chunk_rows": ing["chunk_rows"],
+            "all_seconds": [round(r["seconds"], 3) for r in ingests],
+        },
         "ingest_vs_np_load": round(load["seconds"] / ing["seconds"], 3),
         # CPU seconds (all threads) of ingest per CPU second of np.load: the work done, which
         # depends much less on what else runs on the machine than the wall-clock ratio.
@@ -194,10 +218,12 @@ def measure(npz: Path, work: Path, repeat: int) -> dict[str, Any]:
 
 
 def table(res: dict[str, Any]) -> str:
-    rows = ["| set | images | npz MB | np.load img/s (MB/s) | ingest img/s (MB/s) | ingest / "
-            "np.load (speed) | CPU s ingest / np.load | store MB | store / npz | "
-            "peak RSS np.load | peak RSS ingest |",
-            "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    rows = [
+        "| set | images | npz MB | np.load img/s (MB/s) | ingest img/s (MB/s) | ingest / "
+        "np.load (speed) | CPU s ingest / np.load | store MB | store / npz | "
+        "peak RSS np.load | peak RSS ingest |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for key in ("main", "big"):
         r = res.get(key)
         if not r:
@@ -213,8 +239,10 @@ def table(res: dict[str, Any]) -> str:
         )
     t = res["targets_met"]
     rows.append("")
-    rows.append(f"Load average (1, 5, 15 min) before {res['load_average_before']}, after "
-                f"{res['load_average_after']} on {res['machine']}.")
+    rows.append(
+        f"Load average (1, 5, 15 min) before {res['load_average_before']}, after "
+        f"{res['load_average_after']} on {res['machine']}."
+    )
     rows.append("Targets: " + ", ".join(f"{k} {'met' if v else 'MISSED'}" for k, v in t.items()))
     return "\n".join(rows)
 
@@ -267,7 +295,8 @@ def main() -> None:
     }
     if "big" in res:
         res["targets_met"]["big_ingest_peak_rss_gib"] = (
-            res["big"]["ingest"]["peak_rss_gib"] < TARGETS["big_ingest_peak_rss_gib"])
+            res["big"]["ingest"]["peak_rss_gib"] < TARGETS["big_ingest_peak_rss_gib"]
+        )
     res["load_average_after"] = [round(v, 2) for v in os.getloadavg()]
     res["wall_seconds"] = round(time.time() - t0, 1)
     (args.out / "ingest.json").write_text(json.dumps(res, indent=2))

@@ -49,8 +49,10 @@ def open_source(source: str | Path | Source, **options: Any) -> Source:
         )
     path = Path(text).expanduser()
     if not path.exists():
-        raise InputError(f"source '{path}' does not exist: expected an .npz file, an HDF5 file, "
-                         "an image folder or a MedMNIST flag")
+        raise InputError(
+            f"source '{path}' does not exist: expected an .npz file, an HDF5 file, "
+            "an image folder or a MedMNIST flag"
+        )
     if path.is_dir():
         from pomlia_hpc.data.sources.folder import FolderSource
 
@@ -69,8 +71,10 @@ def open_source(source: str | Path | Source, **options: Any) -> Source:
         take_options("HDF5", opts, ("images", "labels", "split", *_LABEL_OPTS, *_FRACTIONS))
         decl = LabelDecl.from_options(opts)
         return Hdf5Source(path, decl, **opts)
-    raise InputError(f"source file '{path}' has suffix '{suffix}': expected .npz, "
-                     f"{', '.join(HDF5_SUFFIXES)} or a folder")
+    raise InputError(
+        f"source file '{path}' has suffix '{suffix}': expected .npz, "
+        f"{', '.join(HDF5_SUFFIXES)} or a folder"
+    )
 
 
 __all__ = ["LabelDecl", "Source", "open_source"]

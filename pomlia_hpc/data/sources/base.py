@@ -67,12 +67,15 @@ class PixelConverter:
         bad = ~np.isfinite(x)
         if bad.any():
             row = first_row + int(np.argwhere(bad)[0][0])
-            raise InputError(f"{self.where} has NaN or infinite values (row {row}): expected "
-                             "finite floats in [0, 1]")
+            raise InputError(
+                f"{self.where} has NaN or infinite values (row {row}): expected "
+                "finite floats in [0, 1]"
+            )
         lo, hi = float(x.min()), float(x.max())
         if lo < 0.0 or hi > 1.0:
-            raise InputError(f"{self.where} has float values in [{lo:g}, {hi:g}]: expected "
-                             "floats in [0, 1]")
+            raise InputError(
+                f"{self.where} has float values in [{lo:g}, {hi:g}]: expected floats in [0, 1]"
+            )
         return (x * 255.0 + 0.5).astype(np.uint8)
 
     def scaling(self) -> dict[str, Any] | None:
@@ -158,14 +161,18 @@ def resolve_labels(decl: LabelDecl, parts: dict[str, tuple[str, np.ndarray]]) ->
     if multi:
         n = width
         if decl.class_names is not None and len(decl.class_names) != n:
-            raise InputError(f"class_names has {len(decl.class_names)} names: expected {n} "
-                             "(one per multi-label column)")
+            raise InputError(
+                f"class_names has {len(decl.class_names)} names: expected {n} "
+                "(one per multi-label column)"
+            )
         for where, y in parts.values():
             bad = (y != 0) & (y != 1)
             if bad.any():
                 r, c = np.argwhere(bad)[0]
-                raise InputError(f"{where} has value {y[r, c]} at row {r}, column {c}: expected "
-                                 "0 or 1 (multi-label)")
+                raise InputError(
+                    f"{where} has value {y[r, c]} at row {r}, column {c}: expected "
+                    "0 or 1 (multi-label)"
+                )
         names = list(decl.class_names or [str(i) for i in range(n)])
         return LabelInfo("multi-label, binary-class", names, n)
     n_declared = len(decl.class_names) if decl.class_names is not None else decl.n_classes
@@ -224,8 +231,9 @@ class Source(ABC):
 
     def check_nonempty(self) -> None:
         if self.n_images == 0:
-            raise InputError(f"{self.kind} source '{self.path}' has zero images: expected at "
-                             "least one")
+            raise InputError(
+                f"{self.kind} source '{self.path}' has zero images: expected at least one"
+            )
 
 
 def take_options(kind: str, options: dict[str, Any], allowed: Sequence[str]) -> None:

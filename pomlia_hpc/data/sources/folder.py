@@ -60,14 +60,17 @@ def _tiff_header(path: Path) -> _Header:
     elif len(shape) == 3 and shape[2] in (3, 4):
         ch = 3
     else:
-        raise InputError(f"image file '{path}' has shape {shape}: expected (H, W), (H, W, 3) "
-                         "or (H, W, 4)")
+        raise InputError(
+            f"image file '{path}' has shape {shape}: expected (H, W), (H, W, 3) or (H, W, 4)"
+        )
     depth = {np.dtype(np.uint8): "uint8", np.dtype(np.uint16): "uint16"}.get(dtype)
     if depth is None and np.issubdtype(dtype, np.floating):
         depth = "float32"
     if depth is None:
-        raise InputError(f"image file '{path}' has pixel type {dtype}: expected 8- or 16-bit "
-                         "unsigned integers or floats in [0, 1]")
+        raise InputError(
+            f"image file '{path}' has pixel type {dtype}: expected 8- or 16-bit "
+            "unsigned integers or floats in [0, 1]"
+        )
     return _Header(int(shape[0]), int(shape[1]), ch, depth)
 
 
@@ -147,8 +150,10 @@ class FolderSource(Source):
     ) -> None:
         super().__init__(path=path, kind="folder")
         if not (val_fraction >= 0 and test_fraction >= 0 and val_fraction + test_fraction < 1):
-            raise InputError(f"val_fraction {val_fraction} + test_fraction {test_fraction}: "
-                             "expected fractions >= 0 that sum to less than 1")
+            raise InputError(
+                f"val_fraction {val_fraction} + test_fraction {test_fraction}: "
+                "expected fractions >= 0 that sum to less than 1"
+            )
         entries = _visible(path)
         split_dirs = {p.name for p in entries if p.is_dir()} & set(SPLITS)
         by_split = bool(entries) and all(p.is_dir() and p.name in SPLITS for p in entries)
@@ -159,16 +164,20 @@ class FolderSource(Source):
             for cdir in _visible(root):
                 if not cdir.is_dir():
                     hint = " (or train/val/test folders)" if split_dirs else ""
-                    raise InputError(f"'{cdir}' is a file in the dataset folder: expected one "
-                                     f"sub-folder per class{hint}")
+                    raise InputError(
+                        f"'{cdir}' is a file in the dataset folder: expected one "
+                        f"sub-folder per class{hint}"
+                    )
                 classes.add(cdir.name)
                 for f in sorted(cdir.rglob("*")):
                     hidden = any(p.startswith(".") for p in f.relative_to(cdir).parts)
                     if f.is_dir() or hidden:
                         continue
                     if f.suffix.lower() not in IMAGE_SUFFIXES:
-                        raise InputError(f"file '{f}' is not an image: expected one of "
-                                         f"{', '.join(IMAGE_SUFFIXES)}")
+                        raise InputError(
+                            f"file '{f}' is not an image: expected one of "
+                            f"{', '.join(IMAGE_SUFFIXES)}"
+                        )
                     rel = f.relative_to(path).as_posix()
                     split = split_name or _split_of(rel, val_fraction, test_fraction)
                     files[split].append((f, cdir.name))
@@ -176,16 +185,22 @@ class FolderSource(Source):
         self._files = [item for s in SPLITS for item in files[s]]
         self.split_sizes = {s: len(files[s]) for s in SPLITS if files[s]}
         if not self._files:
-            raise InputError(f"image folder '{path}' has zero images: expected class sub-folders "
-                             f"holding {', '.join(IMAGE_SUFFIXES)} files")
+            raise InputError(
+                f"image folder '{path}' has zero images: expected class sub-folders "
+                f"holding {', '.join(IMAGE_SUFFIXES)} files"
+            )
         self._scan()
         n = len(self.class_names)
         decl = decl or LabelDecl()
         task = decl.task_type or ("binary-class" if n == 2 else "multi-class")
         self.label_info = LabelInfo(task, self.class_names, 1)
-        self.extra.update({"layout": "split folders" if by_split else "class folders",
-                           "val_fraction": None if by_split else val_fraction,
-                           "test_fraction": None if by_split else test_fraction})
+        self.extra.update(
+            {
+                "layout": "split folders" if by_split else "class folders",
+                "val_fraction": None if by_split else val_fraction,
+                "test_fraction": None if by_split else test_fraction,
+            }
+        )
 
     def _scan(self) -> None:
         """First pass over headers: one size, one bit depth; any colour image makes it RGB."""
@@ -200,8 +215,10 @@ class FolderSource(Source):
                     "dataset must have one size)"
                 )
             if h.depth != first.depth:
-                raise InputError(f"image file '{f}' has pixel type {h.depth}: expected "
-                                 f"{first.depth} like '{first_path}'")
+                raise InputError(
+                    f"image file '{f}' has pixel type {h.depth}: expected "
+                    f"{first.depth} like '{first_path}'"
+                )
             channels = max(channels, h.channels)
         self.height, self.width, self.channels = first.height, first.width, channels
         self._depth = first.depth

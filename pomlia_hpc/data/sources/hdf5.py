@@ -65,21 +65,31 @@ class Hdf5Source(Source):
     ) -> None:
         super().__init__(path=path, kind="hdf5")
         if not images or not labels:
-            raise InputError(f"HDF5 file '{path}': expected the options images=PATH and "
-                             "labels=PATH (paths of the datasets inside the file)")
+            raise InputError(
+                f"HDF5 file '{path}': expected the options images=PATH and "
+                "labels=PATH (paths of the datasets inside the file)"
+            )
         try:
             self._file = h5py.File(path, "r")
         except OSError as exc:
-            raise InputError(f"HDF5 file '{path}' cannot be opened ({exc}): expected an HDF5 "
-                             "file") from exc
+            raise InputError(
+                f"HDF5 file '{path}' cannot be opened ({exc}): expected an HDF5 file"
+            ) from exc
         try:
             self._validate(images, labels, split, decl, val_fraction, test_fraction)
         except BaseException:
             self._file.close()
             raise
 
-    def _validate(self, images: str, labels: str, split: str | None, decl: LabelDecl | None,
-                  val_fraction: float, test_fraction: float) -> None:
+    def _validate(
+        self,
+        images: str,
+        labels: str,
+        split: str | None,
+        decl: LabelDecl | None,
+        val_fraction: float,
+        test_fraction: float,
+    ) -> None:
         path = self.path
         self._img = self._dataset(images, "images")
         lab = self._dataset(labels, "labels")
@@ -98,8 +108,10 @@ class Hdf5Source(Source):
         self._order = np.argsort(codes, kind="stable")
         self.split_sizes = {s: int((codes == i).sum()) for i, s in enumerate(SPLITS)}
         self._y = y[self._order]
-        parts = {s: (f"HDF5 file '{path}', dataset '{labels}'", self._y[codes[self._order] == i])
-                 for i, s in enumerate(SPLITS)}
+        parts = {
+            s: (f"HDF5 file '{path}', dataset '{labels}'", self._y[codes[self._order] == i])
+            for i, s in enumerate(SPLITS)
+        }
         self.label_info = resolve_labels(decl or LabelDecl(), parts)
         self.extra = {"images": images, "labels": labels, "split": split}
         if self._convert.needs_max:
@@ -111,8 +123,10 @@ class Hdf5Source(Source):
         obj = self._file.get(name)
         if not isinstance(obj, h5py.Dataset):
             found = ", ".join(_dataset_paths(self._file)) or "none"
-            raise InputError(f"HDF5 file '{self.path}' has no dataset at path '{name}' (option "
-                             f"{option}): expected one of: {found}")
+            raise InputError(
+                f"HDF5 file '{self.path}' has no dataset at path '{name}' (option "
+                f"{option}): expected one of: {found}"
+            )
         return obj
 
     def _split_codes(self, name: str, n: int) -> np.ndarray:
@@ -127,8 +141,9 @@ class Hdf5Source(Source):
                 raise InputError(f"{where} has value '{text[bad][0]}': expected train, val or test")
             return np.asarray([SPLIT_CODE[t] for t in text], np.int8)
         if not np.issubdtype(raw.dtype, np.integer) or raw.min() < 0 or raw.max() > 2:
-            raise InputError(f"{where} has values outside 0..2: expected 0 (train), 1 (val), "
-                             "2 (test)")
+            raise InputError(
+                f"{where} has values outside 0..2: expected 0 (train), 1 (val), 2 (test)"
+            )
         return raw.astype(np.int8)
 
     def labels(self) -> np.ndarray:

@@ -80,8 +80,10 @@ def medmnist_file(
         return path
     url = f"{mirror.rstrip('/')}/{name}" if mirror else info.url(size)
     expected = md5 or info.md5(size)
-    place = (f"place '{name}' (md5 {expected}, from {info.url(size)}) in '{base}', or pass "
-             "--root DIR pointing to the folder that holds it")
+    place = (
+        f"place '{name}' (md5 {expected}, from {info.url(size)}) in '{base}', or pass "
+        "--root DIR pointing to the folder that holds it"
+    )
     if not download_ok:
         raise InputError(
             f"MedMNIST file '{name}' is not in '{base}' and downloads are off: {place}"

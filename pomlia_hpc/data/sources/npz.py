@@ -100,14 +100,20 @@ class NpzSource(Source):
     def _check_flag(self, flag: FlagInfo, size: int | None) -> None:
         where = self._where("train_images")
         if self.channels != flag.channels:
-            raise InputError(f"{where} has {self.channels} channel(s): expected "
-                             f"{flag.channels} for MedMNIST '{flag.flag}'")
+            raise InputError(
+                f"{where} has {self.channels} channel(s): expected "
+                f"{flag.channels} for MedMNIST '{flag.flag}'"
+            )
         if size is not None and (self.height, self.width) != (size, size):
-            raise InputError(f"{where} has images of {self.height}x{self.width} px: expected "
-                             f"{size}x{size} for '{flag.file_name(size)}'")
+            raise InputError(
+                f"{where} has images of {self.height}x{self.width} px: expected "
+                f"{size}x{size} for '{flag.file_name(size)}'"
+            )
         if self.label_info.label_width != flag.label_width:
-            raise InputError(f"{self._where('train_labels')} has {self.label_info.label_width} "
-                             f"label column(s): expected {flag.label_width}")
+            raise InputError(
+                f"{self._where('train_labels')} has {self.label_info.label_width} "
+                f"label column(s): expected {flag.label_width}"
+            )
 
     def _first_pass(self) -> None:
         """uint16 images: one pass to find the dataset-wide max (see the pixel rules)."""
