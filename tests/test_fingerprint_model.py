@@ -129,7 +129,11 @@ def test_train_register_and_resume(workspace: Workspace, reg: Registry) -> None:
     a = make_dataset(workspace, reg, "blood", sizes=(48, 4, 4), chunk_rows=16)
     b = make_dataset(workspace, reg, "organ", "organamnist", (48, 4, 4), chunk_rows=16)
     ex = Executor.from_profile("local", workspace.jobs, reg)
-    enc = train_encoder(reg, workspace, "ae", [a, b], _cfg(), executor=ex)
+    seen: list[tuple[int, int]] = []
+    enc = train_encoder(
+        reg, workspace, "ae", [a, b], _cfg(), executor=ex, progress=lambda d, t: seen.append((d, t))
+    )
+    assert seen[-1] == (1, 1)
     assert len(enc.loss_curve) == 1 and enc.loss_curve[0] > 0
     assert enc.config["encoder"]["latent_dim"] == 2 and len(enc.dataset_version_ids) == 2
     with reg.session() as s:

@@ -110,9 +110,16 @@ def train(
         ) from exc
     ws = STATE.workspace
     ws.create()
-    with console.status(f"training encoder '{name}' ({epochs} epochs) as a job ..."):
+    with _progress() as bar:
+        task = bar.add_task(f"training '{name}' (epochs)", total=epochs)
         enc = train_encoder(
-            STATE.registry(), ws, name, datasets, config, resources=_resources(cpus, gpus)
+            STATE.registry(),
+            ws,
+            name,
+            datasets,
+            config,
+            resources=_resources(cpus, gpus),
+            progress=lambda done, total: bar.update(task, completed=done, total=total),
         )
     table = Table(title=f"encoder {enc.name} (id {enc.id})")
     table.add_column("epoch", justify="right")

@@ -29,6 +29,7 @@ import re
 import shutil
 import socket
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -307,10 +308,12 @@ def train_encoder(
     *,
     executor: Executor | None = None,
     resources: dict[str, Any] | None = None,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Encoder:
     """Train (or finish training) the encoder ``name`` on ``datasets`` as one cluster job, wait
     for it, and register it. Re-running with the same name resumes an unfinished training and
-    returns the registered encoder of a finished one.
+    returns the registered encoder of a finished one. ``progress(epochs_done, epochs)`` is
+    called while the job runs (from its ``latest.json``).
     """
     check_encoder_name(name)
     config = config or TrainConfig()
@@ -335,7 +338,13 @@ def train_encoder(
     handle = ex.submit(
         TrainJob(config, sources, str(out)), name=f"fingerprint-train-{name}", resources=resources
     )
+    while not handle.done():
+        if progress is not None:
+            progress(int((_read_latest(out) or {}).get("epoch", 0)), config.epochs)
+        time.sleep(1.0)
     result = handle.result()
+    if progress is not None:
+        progress(len(result["loss_curve"]), config.epochs)
     return register_encoder(
         registry,
         name,
