@@ -90,8 +90,13 @@ def test_new_dataset_is_added_without_rebuilding(
     root = workspace.path("indexes", "enc", "images")
     assert (root / "current").resolve().name == "gen-000002"
     assert not [p for p in root.iterdir() if p.name.startswith(".")]  # no temp leftovers
-    # A full rebuild on request.
+    # A full rebuild on request, and when a dataset was extracted again.
     assert build_index(reg, workspace, "enc", rebuild=True).rebuilt
+    assert not build_index(reg, workspace, "enc").rebuilt
+    plan = plan_extraction(reg, workspace, "enc", [third], shards=1, threads=1, force=True)
+    run_shard(plan.specs[0])
+    finish_extraction(reg, plan)
+    assert build_index(reg, workspace, "enc").rebuilt
 
 
 def test_inner_product_metric_and_exclusion(

@@ -159,6 +159,8 @@ class SetEntry:
     n_images: int
     tiles: int
     splits: dict[str, list[int]]
+    #: When the embeddings array was created (ns): a forced re-extraction changes it.
+    stamp: int = 0
 
     @property
     def id_base(self) -> int:
@@ -312,7 +314,8 @@ def _entry(fs: FingerprintSet, ref: str, kind: Kind) -> SetEntry:
         tiles = int(open_array(fs.embeddings_path, "patches").shape[1])
     else:
         tiles = 1
-    return SetEntry(fs.id, ref, int(fs.n_vectors), tiles, dict(meta.get("splits", {})))
+    stamp = (Path(fs.embeddings_path) / "zarr.json").stat().st_mtime_ns
+    return SetEntry(fs.id, ref, int(fs.n_vectors), tiles, dict(meta.get("splits", {})), stamp)
 
 
 def _blocks(entry: SetEntry, path: str, kind: Kind) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -368,7 +371,8 @@ def build_index(
     """Build or extend the ``kind`` index of ``encoder`` over its complete fingerprint sets.
 
     Without ``rebuild``, a current index of the same factory/metric gets only the sets it lacks
-    (nothing to add: nothing is written). A set that changed or vanished forces a rebuild.
+    (nothing to add: nothing is written). A set that vanished or was extracted again
+    (``--force``) forces a rebuild.
     ``progress(vectors_done, vectors_total)`` is called while adding.
     """
     if metric not in ("l2", "ip"):
@@ -390,7 +394,9 @@ def build_index(
         m = current.manifest
         same = (factory in (None, m.factory)) and m.metric == metric and m.dim == dim
         unchanged = all(
-            sid in entries and entries[sid][0].n_images == e.n_images for sid, e in m.sets.items()
+            sid in entries
+            and (entries[sid][0].n_images, entries[sid][0].stamp) == (e.n_images, e.stamp)
+            for sid, e in m.sets.items()
         )
         if not (same and unchanged):
             current = None

@@ -1,9 +1,10 @@
 """Fingerprint quality: is each half-dataset's nearest dataset its own other half?
 
-The 12 MedMNIST look-alikes (``pomlia_hpc.data.synth``, 28 px, ``--scale`` of MedMNIST's
-sizes) are each split into two disjoint halves (every split shuffled with a fixed seed and cut
-in two), and the 24 halves are ingested as datasets ``<flag>_a`` / ``<flag>_b`` with
-:func:`pomlia_hpc.data.api.ingest`. One encoder is trained on the train splits of all 24 halves
+The 12 MedMNIST look-alikes (``pomlia_hpc.data.synth``, 28 px, each with MedMNIST's size
+capped at ``--images``, 1000 by default: BreastMNIST keeps its 780) are each split into two
+disjoint halves (every split shuffled with a fixed seed and cut in two), and the 24 halves
+are ingested as datasets ``<flag>_a`` / ``<flag>_b`` with :func:`pomlia_hpc.data.api.ingest`.
+One encoder is trained on the train splits of all 24 halves
 (:func:`train_encoder` as a local job: DeepSpeed, gloo, CPU), every half is embedded
 (:func:`extract`), and for each half and each distance :func:`similar_datasets` ranks the other
 23 halves. Top-1 sibling accuracy = halves whose nearest dataset is their sibling, out of 24.
@@ -52,9 +53,11 @@ from pomlia_hpc.workspace import Workspace
 TARGET = 24
 
 
-def make_halves(flag: str, scale: float, seed: int, folder: Path) -> tuple[Path, Path]:
-    """Write ``<flag>_a.npz`` and ``<flag>_b.npz``: disjoint halves of each split."""
-    full = make_lookalike(flag, scale=scale, seed=seed, size=28)
+def make_halves(flag: str, images: int, seed: int, folder: Path) -> tuple[Path, Path]:
+    """Write ``<flag>_a.npz`` and ``<flag>_b.npz``: disjoint halves of each split of a
+    look-alike with min(MedMNIST's size, ``images``) images."""
+    real = sum(flag_info(flag).n_samples.values())
+    full = make_lookalike(flag, scale=min(1.0, images / real), seed=seed, size=28)
     rng = np.random.default_rng([seed, FLAGS_2D.index(flag)])
     halves: list[dict[str, np.ndarray]] = [{}, {}]
     for split in ("train", "val", "test"):
@@ -118,7 +121,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     names: list[str] = []
     for flag in FLAGS_2D:
         info = flag_info(flag)
-        for path in make_halves(flag, args.scale, args.seed, ws.tmp):
+        for path in make_halves(flag, args.images, args.seed, ws.tmp):
             name = path.stem
             ingest(
                 ws, reg, name, path, class_names=list(info.class_names), task_type=info.task_type
@@ -181,7 +184,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 def table(res: dict[str, Any]) -> str:
     a = res["args"]
     lines = [
-        f"Fingerprint quality — 12 look-alikes x 2 halves, scale {a['scale']}, 28 px, "
+        f"Fingerprint quality — 12 look-alikes x 2 halves, min(MedMNIST size, {a['images']}) "
+        "images per look-alike, 28 px, "
         f"d = {a['latent_dim']}, {a['epochs']} epochs ({res['date']}, {res['machine']}, "
         f"load average {res['load_avg'][0]:.1f} → {res['load_avg'][1]:.1f})",
         "",
@@ -205,15 +209,17 @@ def table(res: dict[str, Any]) -> str:
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", type=Path, default=Path("bench-results"))
-    p.add_argument("--scale", type=float, default=0.02, help="look-alike size vs MedMNIST")
+    p.add_argument(
+        "--images", type=int, default=1000, help="images per dataset (at most MedMNIST's)"
+    )
     p.add_argument("--latent-dim", type=int, default=16)
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--max-train", type=int, default=250, help="train images per half")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--quick", action="store_true", help="scale 0.01, 1 epoch")
+    p.add_argument("--quick", action="store_true", help="400 images per dataset, 1 epoch")
     args = p.parse_args()
     if args.quick:
-        args.scale, args.epochs, args.max_train = 0.01, 1, 100
+        args.images, args.epochs, args.max_train = 400, 1, 100
     res = run(args)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "fingerprint_quality.json").write_text(json.dumps(res, indent=1))
