@@ -66,6 +66,8 @@ def test_train_extract_index_similar_plot(workspace: Workspace, tmp_path: Path) 
     assert {h["split"] for h in hits} <= {"train", "val", "test"}
     text = _ok("similar", "organamnist")
     assert "frechet distance" in text
+    fp = json.loads(_ok("fingerprint", "show", "pneumoniamnist"))
+    assert len(fp["mean"]) == 2 and fp["explicit"] and fp["dataset"].startswith("pneumoniamnist@")
 
     out = tmp_path / "figs"
     text = _ok("plot", "latent", "--out", str(out))

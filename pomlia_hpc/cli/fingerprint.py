@@ -178,6 +178,18 @@ def extract(
     console.print(table)
 
 
+@fingerprint_app.command("show")
+def show(
+    dataset: Annotated[str, typer.Argument(help="Dataset: name or name@version.")],
+    encoder: EncoderOpt = None,
+) -> None:
+    """Print a dataset's fingerprint as JSON: mean embedding and the explicit fingerprint."""
+    from pomlia_hpc.fingerprint.similar import dataset_fingerprint
+
+    fp = dataset_fingerprint(STATE.registry(), _encoder(encoder), dataset)
+    typer.echo(json.dumps(fp, indent=1))
+
+
 @index_app.command("build")
 def build(
     encoder: EncoderOpt = None,
