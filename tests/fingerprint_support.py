@@ -1,8 +1,8 @@
-"""Helpers shared by the fingerprint tests: small look-alike dataset versions in a workspace.
+"""Helpers shared by the fingerprint tests: small look-alike dataset versions in a workspace,
+and an untrained registered encoder.
 
-Stores are written in the layout documented in :mod:`pomlia_hpc.data.store` and registered as
-Dataset/DatasetVersion rows, with a chosen (small) chunk size so that sharding and chunk
-alignment are exercised on tiny data.
+Stores are written by the data room's :class:`~pomlia_hpc.data.writer.StoreWriter` with a
+chosen (small) chunk size, so that sharding and chunk alignment are exercised on tiny data.
 """
 
 from __future__ import annotations
@@ -11,11 +11,13 @@ import hashlib
 
 import numpy as np
 import torch
-import zarr
-from zarr.codecs import BloscCodec
 
-from pomlia_hpc.data.store import store_path
+from pomlia_hpc.data.explicit_fingerprint import compute_fingerprint
+from pomlia_hpc.data.medmnist_info import flag_info
+from pomlia_hpc.data.store import FINGERPRINT_ATTR, META_ATTR, SPLITS, DatasetStore, store_path
 from pomlia_hpc.data.synth import make_split
+from pomlia_hpc.data.versioning import record_version
+from pomlia_hpc.data.writer import StoreWriter
 from pomlia_hpc.fingerprint.autoencoder import Autoencoder, EncoderConfig
 from pomlia_hpc.fingerprint.train import (
     TrainConfig,
@@ -23,7 +25,7 @@ from pomlia_hpc.fingerprint.train import (
     register_encoder,
     write_checkpoint,
 )
-from pomlia_hpc.registry import Dataset, DatasetVersion, Encoder, Registry
+from pomlia_hpc.registry import Encoder, Registry
 from pomlia_hpc.workspace import Workspace
 
 
@@ -38,10 +40,13 @@ def make_dataset(
     size: int = 28,
     seed: int = 0,
 ) -> str:
-    """Write a look-alike of ``flag`` with (train, val, test) sizes as dataset ``name``;
-    returns its ``name@version`` ref."""
+    """Write a look-alike of ``flag`` with (train, val, test) sizes as dataset ``name``, with
+    the data room's own writer, explicit fingerprint and registry record but ``chunk_rows``
+    images per chunk (ingest picks ~8 MB chunks: one chunk for a tiny set); returns its
+    ``name@version`` ref."""
+    info = flag_info(flag)
     xs, ys = [], []
-    for split, n in zip(("train", "val", "test"), sizes, strict=True):
+    for split, n in zip(SPLITS, sizes, strict=True):
         x, y = make_split(flag, n, seed=seed, size=size, split=split)
         xs.append(x if x.ndim == 4 else x[..., None])
         ys.append(y.astype(np.int32))
@@ -49,60 +54,31 @@ def make_dataset(
     split = np.repeat(np.arange(3, dtype=np.int8), sizes)
     version = hashlib.sha256(images.tobytes()).hexdigest()[:12]
     path = store_path(workspace, name, version)
-    g = zarr.open_group(str(path), mode="w")
-    codec = BloscCodec(cname="zstd", clevel=3, shuffle="bitshuffle", typesize=1)
-    arr = g.create_array(
-        "images",
-        shape=images.shape,
-        chunks=(chunk_rows, *images.shape[1:]),
-        dtype="uint8",
-        compressors=codec,
-    )
-    arr[:] = images
-    g.create_array("labels", shape=labels.shape, dtype="int32")[:] = labels
-    g.create_array("split", shape=split.shape, dtype="int8")[:] = split
-    bounds = np.cumsum((0, *sizes))
-    splits = {
-        s: [int(bounds[i]), int(bounds[i + 1])] for i, s in enumerate(("train", "val", "test"))
-    }
+    path.parent.mkdir(parents=True, exist_ok=True)
     h, w, c = images.shape[1:]
+    writer = StoreWriter(path, len(images), (h, w, c), labels.shape[1], chunk_rows=chunk_rows)
+    writer.put(0, images)
+    writer.finish(labels, split)
+    bounds = np.cumsum((0, *sizes))
     meta = {
         "name": name,
         "version": version,
-        "task_type": "multi-class",
+        "task_type": info.task_type,
+        "class_names": list(info.class_names),
+        "n_classes": info.n_classes,
+        "label_width": info.label_width,
         "channels": int(c),
         "height": int(h),
         "width": int(w),
         "size": int(h),
         "n_images": len(images),
         "chunk_rows": chunk_rows,
-        "splits": splits,
-        "class_names": [],
-        "n_classes": 0,
+        "splits": {s: [int(bounds[i]), int(bounds[i + 1])] for i, s in enumerate(SPLITS)},
     }
-    mean = float(images.mean())
-    fingerprint = {
-        "n_images": len(images),
-        "channels": int(c),
-        "size": int(h),
-        "intensity": {"mean": mean},
-    }
-    g.attrs["pomlia"] = meta
-    g.attrs["fingerprint"] = fingerprint
-    with registry.session() as s:
-        ds = Dataset(name=name)
-        s.add(ds)
-        s.flush()
-        s.add(
-            DatasetVersion(
-                dataset_id=ds.id,
-                version=version,
-                store_path=str(path),
-                n_images=len(images),
-                meta=meta,
-                fingerprint=fingerprint,
-            )
-        )
+    writer.group.attrs[META_ATTR] = meta
+    fingerprint = compute_fingerprint(DatasetStore(path), workers=1)
+    writer.group.attrs[FINGERPRINT_ATTR] = fingerprint
+    record_version(registry, name, version, path, len(images), meta, fingerprint)
     return f"{name}@{version}"
 
 
