@@ -110,10 +110,11 @@ def score(distances: dict[str, dict[str, float]]) -> dict[str, Any]:
     }
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
-    home = Path(tempfile.mkdtemp(prefix="pomlia-fpq-"))
+def run(args: argparse.Namespace, home: Path) -> dict[str, Any]:
+    """The whole benchmark in a fresh workspace at ``home``."""
     ws = Workspace(home=home, db_url=f"sqlite:///{home / 'registry.db'}", cluster_profile="local")
     ws.create()
+    print(f"workspace {home}", flush=True)
     reg = Registry.open(ws.db_url)
     timings: dict[str, float] = {}
     load_start = os.getloadavg()[0]
@@ -216,11 +217,16 @@ def main() -> int:
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--max-train", type=int, default=250, help="train images per half")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--keep", action="store_true", help="keep the workspace (printed path)")
     p.add_argument("--quick", action="store_true", help="400 images per dataset, 1 epoch")
     args = p.parse_args()
     if args.quick:
         args.images, args.epochs, args.max_train = 400, 1, 100
-    res = run(args)
+    if args.keep:
+        res = run(args, Path(tempfile.mkdtemp(prefix="pomlia-fpq-")))
+    else:
+        with tempfile.TemporaryDirectory(prefix="pomlia-fpq-") as tmp:
+            res = run(args, Path(tmp))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "fingerprint_quality.json").write_text(json.dumps(res, indent=1))
     text = table(res)
