@@ -10,6 +10,9 @@
 #
 #   bash scripts/gpu_check.sh                 # uses .venv/bin/python if present
 #   PY=/path/to/python IMAGES=200000 bash scripts/gpu_check.sh
+#   DEVICE=cpu IMAGES=2000 EPOCH_IMAGES=1000 VECTORS=20000 bash scripts/gpu_check.sh
+#                                             # smoke run of the same code on the CPU (fp32,
+#                                             # faiss-cpu); tests/test_gpu_check.py runs it
 #
 # Status: written without access to a GPU; it has NOT been run on one yet (see
 # docs/BENCHMARKS.md). The CPU paths it calls are tested; the CUDA ones are not.
@@ -25,19 +28,24 @@ EPOCH_IMAGES=${EPOCH_IMAGES:-50000}
 VECTORS=${VECTORS:-1000000}
 LIMIT_S=${LIMIT_S:-450}        # whole script: stay under 8 minutes
 
+DEVICE=${DEVICE:-cuda}         # cpu: the smoke run, no GPU needed
+
 fail() { echo "gpu_check: $*" >&2; exit 3; }
 
-command -v nvidia-smi >/dev/null 2>&1 || fail "nvidia-smi not found: this is not a CUDA machine"
-nvidia-smi -L >/dev/null 2>&1 || fail "nvidia-smi sees no GPU (driver not loaded?)"
 "$PY" -c 'import pomlia_hpc' 2>/dev/null \
     || fail "'$PY' cannot import pomlia_hpc: create the venv first (make venv)"
+[[ "$DEVICE" == cuda || "$DEVICE" == cpu ]] || fail "DEVICE must be cuda or cpu, got '$DEVICE'"
+if [[ "$DEVICE" == cuda ]]; then
+command -v nvidia-smi >/dev/null 2>&1 || fail "nvidia-smi not found: this is not a CUDA machine"
+nvidia-smi -L >/dev/null 2>&1 || fail "nvidia-smi sees no GPU (driver not loaded?)"
 "$PY" - <<'EOF' || fail "torch sees no CUDA device (CPU-only torch build, or CUDA_VISIBLE_DEVICES empty)"
 import sys, torch
 sys.exit(0 if torch.cuda.is_available() and torch.cuda.device_count() > 0 else 1)
 EOF
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+fi
 
-export IMAGES EPOCH_IMAGES VECTORS
+export IMAGES EPOCH_IMAGES VECTORS DEVICE
 exec timeout --signal=KILL "$LIMIT_S" "$PY" - <<'EOF'
 import os, sys, tempfile, time, traceback
 import numpy as np
@@ -57,6 +65,15 @@ from pomlia_hpc.workspace import Workspace
 n_images = int(os.environ["IMAGES"])
 epoch_images = int(os.environ["EPOCH_IMAGES"])
 n_vectors = int(os.environ["VECTORS"])
+gpu = os.environ["DEVICE"] == "cuda"
+dev = torch.device(os.environ["DEVICE"])
+
+
+def sync() -> None:
+    if gpu:
+        torch.cuda.synchronize()
+
+
 rows: list[tuple[str, str, str]] = []
 ok = True
 
@@ -66,6 +83,7 @@ ws = Workspace(home=__import__("pathlib").Path(home), db_url=f"sqlite:///{home}/
 ws.create()
 reg = Registry.open(ws.db_url)
 x, y = make_split("pathmnist", min(n_images, 20_000), seed=0, size=28)
+# repeats of the 20,000 generated images, each XOR-ed with its repeat number (distinct content)
 reps = -(-n_images // len(x))
 images = np.concatenate([x ^ np.uint8(i) for i in range(reps)])[:n_images]
 labels = np.concatenate([y] * reps)[:n_images]
@@ -77,81 +95,83 @@ print(f"store: {n_images} images of 28 px", flush=True)
 # 1. one DeepSpeed bf16 epoch, as a job with one GPU
 try:
     cfg = TrainConfig.model_validate({
-        "encoder": {"latent_dim": 64}, "epochs": 1, "batch_size": 512, "precision": "bf16",
+        "encoder": {"latent_dim": 64}, "epochs": 1, "batch_size": 512,
+        "precision": "bf16" if gpu else "fp32",
         "max_images_per_dataset": epoch_images, "num_workers": 4,
     })
     ex = Executor.from_profile("local", ws.jobs, reg)
     t0 = time.perf_counter()
     enc = train_encoder(reg, ws, "gpu_ae", ["gpuset"], cfg, executor=ex,
-                        resources={"gpus_per_node": 1, "cpus_per_task": 8})
+                        resources={"gpus_per_node": 1, "cpus_per_task": 8} if gpu else {})
     wall = time.perf_counter() - t0
     log = (ws.path("models", "encoders", "gpu_ae", "train_log.jsonl")).read_text().splitlines()
     import json
     epoch = json.loads(log[-1])
-    rows.append(("DeepSpeed bf16 epoch", f"{epoch['images'] / epoch['seconds']:.0f} img/s",
+    rows.append(("DeepSpeed bf16 epoch" if gpu else "DeepSpeed fp32 epoch (CPU)", f"{epoch['images'] / epoch['seconds']:.0f} img/s",
                  f"loss {enc.loss_curve[-1]:.4f}; epoch {epoch['seconds']:.1f} s, job {wall:.0f} s"))
 except Exception:
     ok = False
     traceback.print_exc()
-    rows.append(("DeepSpeed bf16 epoch", "FAILED", "see traceback above"))
+    rows.append(("DeepSpeed epoch", "FAILED", "see traceback above"))
 
 # 2. extraction on the GPU: end to end from Zarr vs raw forward on GPU tensors
 try:
-    if not any(r[0] == "DeepSpeed bf16 epoch" and r[1] != "FAILED" for r in rows):
+    if rows[-1][1] == "FAILED":  # go on with an untrained encoder
         from pomlia_hpc.fingerprint.autoencoder import Autoencoder
         from pomlia_hpc.fingerprint.train import encoder_dir, register_encoder, write_checkpoint
         cfg = TrainConfig.model_validate({"encoder": {"latent_dim": 64}})
         p = write_checkpoint(encoder_dir(ws, "gpu_ae") / "encoder.pt", Autoencoder(cfg.encoder),
                              cfg, [])
         register_encoder(reg, "gpu_ae", cfg, [], [], p)
-    dev = torch.device("cuda")
     model, _ = load_encoder(reg, "gpu_ae")
     model = model.to(dev)
     store = open_version(reg, "gpuset")
     batches = [to_input(store.read_rows(i, min(n_images, i + 1024)), 28).to(dev)
                for i in range(0, n_images, 1024)]
     with torch.inference_mode():
-        model.encode(batches[0]); torch.cuda.synchronize()
+        model.encode(batches[0]); sync()
         t0 = time.perf_counter()
         for b in batches:
             model.encode(b)
-        torch.cuda.synchronize()
+        sync()
         raw = n_images / (time.perf_counter() - t0)
     del batches
     plan = plan_extraction(reg, ws, "gpu_ae", ["gpuset"], shards=1, batch_size=1024, force=True)
     t0 = time.perf_counter()
     run_shard(plan.specs[0])
     e2e = n_images / (time.perf_counter() - t0)
-    rows.append(("extraction (GPU)", f"{e2e:.0f} img/s",
+    rows.append((f"extraction ({dev.type})", f"{e2e:.0f} img/s",
                  f"raw forward {raw:.0f} img/s; ratio {e2e / raw:.2f}"))
 except Exception:
     ok = False
     traceback.print_exc()
-    rows.append(("extraction (GPU)", "FAILED", "see traceback above"))
+    rows.append((f"extraction ({dev.type})", "FAILED", "see traceback above"))
 
 # 3. faiss-gpu: IVF trained with GPU k-means, searched on the GPU, against exact Flat
 try:
     import faiss
-    if not gpu_available():
+    if gpu and not gpu_available():
         raise RuntimeError("faiss has no GPU support here: pip install faiss-gpu (same version)")
     rng = np.random.default_rng(0)
     centers = rng.normal(size=(1000, 64)).astype(np.float32) * 4
     xb = (centers[rng.integers(0, 1000, n_vectors)] + rng.normal(size=(n_vectors, 64))).astype(np.float32)
     xq = (centers[rng.integers(0, 1000, 10000)] + rng.normal(size=(10000, 64))).astype(np.float32)
-    res = faiss.StandardGpuResources()
-    flat = faiss.index_cpu_to_gpu(res, 0, faiss.IndexFlatL2(64))
+    res = faiss.StandardGpuResources() if gpu else None
+    on_dev = (lambda index: faiss.index_cpu_to_gpu(res, 0, index)) if gpu else (lambda index: index)
+    nlist = 4096 if n_vectors >= 262144 else max(16, n_vectors // 256)
+    flat = on_dev(faiss.IndexFlatL2(64))
     flat.add(xb)
     t0 = time.perf_counter(); _, truth = flat.search(xq, 10); flat_qps = len(xq) / (time.perf_counter() - t0)
-    ivf = new_index(64, "IVF4096,Flat", "l2")
+    ivf = new_index(64, f"IVF{nlist},Flat", "l2")
     t0 = time.perf_counter()
-    where = train_index(ivf, xb[:262144], use_gpu=True)
+    where = train_index(ivf, xb[:262144], use_gpu=gpu)
     ivf.add_with_ids(xb, np.arange(n_vectors, dtype=np.int64))
     build = time.perf_counter() - t0
-    gpu_ivf = faiss.index_cpu_to_gpu(res, 0, ivf)
-    gpu_ivf.nprobe = 32
-    t0 = time.perf_counter(); _, got = gpu_ivf.search(xq, 10); qps = len(xq) / (time.perf_counter() - t0)
+    dev_ivf = on_dev(ivf)
+    dev_ivf.nprobe = 32
+    t0 = time.perf_counter(); _, got = dev_ivf.search(xq, 10); qps = len(xq) / (time.perf_counter() - t0)
     recall = np.mean([len(set(a) & set(b)) / 10 for a, b in zip(got, truth)])
-    rows.append(("faiss-gpu IVF4096 nprobe 32", f"{qps:.0f} q/s",
+    rows.append((f"faiss-{dev.type} IVF{nlist} nprobe 32", f"{qps:.0f} q/s",
                  f"recall@10 {recall:.3f}; Flat {flat_qps:.0f} q/s; trained on {where}, "
                  f"build {build:.1f} s, {n_vectors} vectors"))
 except Exception as exc:
@@ -160,7 +180,8 @@ except Exception as exc:
     rows.append(("faiss-gpu", "FAILED/SKIPPED", str(exc)[:80]))
 
 print()
-print(f"GPU check ({torch.cuda.get_device_name(0)}, torch {torch.__version__})")
+name = torch.cuda.get_device_name(0) if gpu else "CPU smoke run"
+print(f"GPU check ({name}, torch {torch.__version__})")
 print(f"{'step':<30} {'result':<16} details")
 for step, result, details in rows:
     print(f"{step:<30} {result:<16} {details}")

@@ -32,6 +32,17 @@ def _missing(what: str, how: str) -> None:
 
 
 @pytest.fixture
+def wide_console() -> Iterator[None]:
+    """Rich wraps tables at 80 columns off a terminal; widen so each table row stays one line."""
+    from pomlia_hpc.cli.app import console
+
+    old = console.width
+    console.width = 250
+    yield
+    console.width = old
+
+
+@pytest.fixture
 def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Workspace:
     """A fresh workspace in tmp_path, also selected for the CLI through POMLIA_HOME."""
     home = tmp_path / "home"
@@ -41,6 +52,24 @@ def workspace(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Workspace:
     ws = Workspace(home=home, db_url=f"sqlite:///{home / 'registry.db'}", cluster_profile="local")
     ws.create()
     return ws
+
+
+@pytest.fixture
+def reg(workspace: Workspace) -> Iterator[Registry]:
+    """The workspace's own registry (SQLite)."""
+    r = Registry.open(workspace.db_url)
+    yield r
+    r.dispose()
+
+
+@pytest.fixture
+def restore_torch_threads() -> Iterator[None]:
+    """Jobs run in the test process set torch's thread count; put it back afterwards."""
+    import torch
+
+    n = torch.get_num_threads()
+    yield
+    torch.set_num_threads(n)
 
 
 def pg_available() -> bool:

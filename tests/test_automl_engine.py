@@ -31,11 +31,6 @@ from pomlia_hpc.workspace import Workspace
 OPTS = EngineOptions(threads=1)
 
 
-@pytest.fixture
-def reg(workspace: Workspace) -> Registry:
-    return Registry.open(workspace.db_url)
-
-
 def _request(
     store: str,
     tmp: Path,

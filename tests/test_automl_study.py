@@ -1,11 +1,10 @@
 """An AutoML study on look-alike data with the local executor: records, crashes, the best
-model's lineage, and the CLI views (``task add``, ``runs list``, ``models list``)."""
+model's lineage, and the CLI views (``task add``, ``runs list``, ``model list``)."""
 
 from __future__ import annotations
 
 import json
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,15 +23,7 @@ from pomlia_hpc.registry import Job, Model, Registry, Run
 from pomlia_hpc.serve.bundle import load_classifier, register_model, save_classifier
 from pomlia_hpc.workspace import Workspace
 
-
-@pytest.fixture(autouse=True)
-def wide_console() -> Iterator[None]:
-    from pomlia_hpc.cli.app import console
-
-    old = console.width
-    console.width = 250  # one table row per line, whatever the terminal
-    yield
-    console.width = old
+pytestmark = pytest.mark.usefixtures("wide_console")
 
 
 def _donor(ws: Workspace, reg: Registry) -> str:
@@ -130,7 +121,7 @@ def test_study_records_every_trial_and_goes_on_after_a_crash(
     out = cli.invoke(app, ["runs", "list", "--task", "blood"])
     assert out.exit_code == 0, out.output
     assert "crashed" in out.output and "ok" in out.output and "s1" in out.output
-    out = cli.invoke(app, ["models", "list"])
+    out = cli.invoke(app, ["model", "list"])
     assert out.exit_code == 0 and "s1-best" in out.output and "blood" in out.output
     # a finished study cannot be created again under the same name
     with pytest.raises(PomliaError, match="already exists"):

@@ -6,7 +6,6 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,6 @@ from typer.testing import CliRunner
 
 from pomlia_hpc import __version__
 from pomlia_hpc.cli import app
-from pomlia_hpc.cli.app import console
 from pomlia_hpc.cluster import Executor, JobFailedError
 from pomlia_hpc.registry import Registry
 from pomlia_hpc.workspace import Workspace
@@ -25,13 +23,7 @@ from pomlia_hpc.workspace import Workspace
 runner = CliRunner()
 
 
-@pytest.fixture(autouse=True)
-def wide_console() -> Iterator[None]:
-    # Rich wraps tables at 80 columns when not on a terminal; widen so cells stay whole.
-    old = console.width
-    console.width = 250
-    yield
-    console.width = old
+pytestmark = pytest.mark.usefixtures("wide_console")
 
 
 def _all_commands(cmd: Any, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:

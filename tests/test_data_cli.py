@@ -3,59 +3,43 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
+from cli_support import cli_ok, runner
 from PIL import Image
-from typer.testing import CliRunner
 
 from pomlia_hpc.cli import app
-from pomlia_hpc.cli.app import console
 from pomlia_hpc.data.medmnist_info import FLAGS_2D
 from pomlia_hpc.workspace import Workspace
 
-runner = CliRunner()
-
-
-@pytest.fixture(autouse=True)
-def wide_console() -> Iterator[None]:
-    old = console.width
-    console.width = 250
-    yield
-    console.width = old
-
-
-def _ok(*args: str) -> str:
-    res = runner.invoke(app, list(args))
-    assert res.exit_code == 0, (args, res.output, res.exception)
-    return res.output
+pytestmark = pytest.mark.usefixtures("wide_console")
 
 
 def test_synth_add_list_show_verify(workspace: Workspace, tmp_path: Path) -> None:
     out = tmp_path / "la"
-    text = _ok("data", "synth", "--scale", "0.005", "--seed", "3", str(out))
+    text = cli_ok("data", "synth", "--scale", "0.005", "--seed", "3", str(out))
     assert sorted(p.name for p in out.iterdir()) == sorted(f"{f}.npz" for f in FLAGS_2D)
     assert "H&E-like" in text  # the documented style is shown
-    text = _ok("data", "add", "chestmnist", "--root", str(out))
+    text = cli_ok("data", "add", "chestmnist", "--root", str(out))
     assert "new version chestmnist@" in text
     version = text.split("chestmnist@")[1].split()[0]
-    text = _ok("data", "add", "chestmnist", "--root", str(out))
+    text = cli_ok("data", "add", "chestmnist", "--root", str(out))
     assert f"identical content: existing version chestmnist@{version}" in text
-    _ok("data", "add", "organs", str(out / "organsmnist.npz"))
-    text = _ok("data", "list")
+    cli_ok("data", "add", "organs", str(out / "organsmnist.npz"))
+    text = cli_ok("data", "list")
     assert "chestmnist" in text and version in text and "organs" in text
     assert "multi-label" in text
     grid = tmp_path / "grid.png"
-    text = _ok("data", "show", f"chestmnist@{version[:8]}", "--grid", str(grid))
+    text = cli_ok("data", "show", f"chestmnist@{version[:8]}", "--grid", str(grid))
     assert "explicit fingerprint" in text and '"near_constant"' in text and "atelectasis" in text
     with Image.open(grid) as im:
         assert im.width > 8 * 28 and im.height >= 14 * 28  # one row per label
-    payload = json.loads(_ok("data", "show", "organs", "--json"))
+    payload = json.loads(cli_ok("data", "show", "organs", "--json"))
     assert payload["meta"]["n_classes"] == 11 and payload["fingerprint"]["channels"] == 1
     assert "chunk_hashes" not in payload["meta"]
-    text = _ok("data", "verify")
+    text = cli_ok("data", "verify")
     assert text.count(" ok ") == 2
 
 
@@ -63,7 +47,7 @@ def test_verify_exits_1_and_names_the_damaged_chunk(workspace: Workspace, tmp_pa
     x = np.random.default_rng(0).integers(0, 255, (10000, 28, 28), dtype=np.uint8)
     y = np.arange(10000)[:, None] % 2
     np.savez(tmp_path / "b.npz", train_images=x, train_labels=y)
-    _ok("data", "add", "big", str(tmp_path / "b.npz"))
+    cli_ok("data", "add", "big", str(tmp_path / "b.npz"))
     (store,) = (workspace.stores / "big").iterdir()
     chunk = store / "images" / "c" / "1" / "0" / "0" / "0"
     chunk.write_bytes(chunk.read_bytes()[:-100])  # truncated chunk file

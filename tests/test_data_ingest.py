@@ -17,7 +17,7 @@ import h5py
 import numpy as np
 import pytest
 import tifffile
-from data_support import nothing_visible, open_registry, tiny_arrays, tiny_npz, write_npz
+from data_support import nothing_visible, tiny_arrays, tiny_npz, write_npz
 from PIL import Image
 from sqlalchemy import select
 
@@ -30,13 +30,6 @@ from pomlia_hpc.data.writer import StoreWriter
 from pomlia_hpc.errors import InputError, NotFoundError
 from pomlia_hpc.registry import Dataset, DatasetVersion, Registry
 from pomlia_hpc.workspace import Workspace
-
-
-@pytest.fixture
-def reg(workspace: Workspace) -> Iterator[Registry]:
-    r = open_registry(workspace)
-    yield r
-    r.dispose()
 
 
 def _concat(arrays: dict[str, np.ndarray], kind: str) -> np.ndarray:

@@ -231,6 +231,7 @@ def test_bundle_card_errors_name_the_field(tmp_path: Path, small_bundle: Path) -
         ExportedBundle.open(root)
 
 
+@pytest.mark.usefixtures("wide_console")
 def test_export_command_registers_the_bundle(tmp_path: Path, workspace: Workspace) -> None:
     reg = Registry.open(workspace.db_url)
     ckpt = save_demo_checkpoint(tmp_path / "c.pt", num_classes=3, task_type="ordinal")

@@ -7,70 +7,54 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
+from cli_support import cli_ok, runner
 
 from pomlia_hpc.cli import app
-from pomlia_hpc.cli.app import console
 from pomlia_hpc.errors import PomliaError
 from pomlia_hpc.workspace import Workspace
 
-runner = CliRunner()
-
-
-@pytest.fixture(autouse=True)
-def wide_console() -> Iterator[None]:
-    old = console.width
-    console.width = 250
-    yield
-    console.width = old
-
-
-def _ok(*args: str) -> str:
-    res = runner.invoke(app, list(args))
-    assert res.exit_code == 0, (args, res.output, res.exception)
-    return res.output
+pytestmark = pytest.mark.usefixtures("wide_console")
 
 
 def test_train_extract_index_similar_plot(workspace: Workspace, tmp_path: Path) -> None:
     la = tmp_path / "la"
-    _ok("data", "synth", "--scale", "0.005", str(la))
+    cli_ok("data", "synth", "--scale", "0.005", str(la))
     for flag in ("bloodmnist", "organamnist", "pneumoniamnist"):
-        _ok("data", "add", flag, "--root", str(la))
+        cli_ok("data", "add", flag, "--root", str(la))
 
-    text = _ok(
+    text = cli_ok(
         "fingerprint", "train", "-n", "ae", "bloodmnist", "organamnist", "pneumoniamnist",
         "-d", "2", "--epochs", "1", "--batch-size", "16", "--max-images", "32",
         "--workers", "0",
     )  # fmt: skip
     assert "encoder ae (id 1)" in text and "MSE loss" in text
 
-    text = _ok("fingerprint", "extract", "bloodmnist", "organamnist", "pneumoniamnist")
+    text = cli_ok("fingerprint", "extract", "bloodmnist", "organamnist", "pneumoniamnist")
     assert text.count("complete") == 3 and "pneumoniamnist" in text
 
-    text = _ok("index", "build")  # the only encoder is the default
+    text = cli_ok("index", "build")  # the only encoder is the default
     assert "index rebuilt: Flat" in text and "generation 1" in text
 
-    text = _ok("similar", "bloodmnist", "--k", "2", "--distance", "mmd", "--json")
+    text = cli_ok("similar", "bloodmnist", "--k", "2", "--distance", "mmd", "--json")
     found = json.loads(text)
     assert len(found) == 2 and {r["dataset"].split("@")[0] for r in found} == {
         "organamnist",
         "pneumoniamnist",
     }
-    text = _ok("similar", "bloodmnist", "--images", "7", "--json", "-e", "ae")
+    text = cli_ok("similar", "bloodmnist", "--images", "7", "--json", "-e", "ae")
     hits = json.loads(text)
     assert len(hits) == 7 and not any(h["dataset"].startswith("bloodmnist@") for h in hits)
     assert {h["split"] for h in hits} <= {"train", "val", "test"}
-    text = _ok("similar", "organamnist")
+    text = cli_ok("similar", "organamnist")
     assert "frechet distance" in text
-    fp = json.loads(_ok("fingerprint", "show", "pneumoniamnist"))
+    fp = json.loads(cli_ok("fingerprint", "show", "pneumoniamnist"))
     assert len(fp["mean"]) == 2 and fp["explicit"] and fp["dataset"].startswith("pneumoniamnist@")
 
     out = tmp_path / "figs"
-    text = _ok("plot", "latent", "--out", str(out))
+    text = cli_ok("plot", "latent", "--out", str(out))
     assert (out / "latent_scatter.png").is_file() and (out / "latent_means.png").is_file()
 
 

@@ -10,7 +10,6 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import asdict
 from pathlib import Path
 
@@ -40,18 +39,7 @@ from pomlia_hpc.fingerprint.train import load_encoder
 from pomlia_hpc.registry import FingerprintSet, Registry
 from pomlia_hpc.workspace import Workspace
 
-
-@pytest.fixture
-def reg(workspace: Workspace) -> Registry:
-    return Registry.open(workspace.db_url)
-
-
-@pytest.fixture(autouse=True)
-def _restore_threads() -> Iterator[None]:
-    """Shards run in this process set torch's thread count; put it back afterwards."""
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
+pytestmark = pytest.mark.usefixtures("restore_torch_threads")
 
 
 def _bits(x: np.ndarray) -> np.ndarray:

@@ -23,11 +23,6 @@ from pomlia_hpc.registry import Registry
 from pomlia_hpc.workspace import Workspace
 
 
-@pytest.fixture
-def reg(workspace: Workspace) -> Registry:
-    return Registry.open(workspace.db_url)
-
-
 def _extract(reg: Registry, ws: Workspace, refs: list[str], patch_grid: int = 1) -> None:
     """Extraction in this process (the array-job path is tested in test_fingerprint_extract)."""
     plan = plan_extraction(reg, ws, "enc", refs, shards=2, threads=1, patch_grid=patch_grid)

@@ -33,11 +33,6 @@ from pomlia_hpc.registry import Job, Registry
 from pomlia_hpc.workspace import Workspace
 
 
-@pytest.fixture
-def reg(workspace: Workspace) -> Registry:
-    return Registry.open(workspace.db_url)
-
-
 @pytest.mark.parametrize(("size", "d"), [(28, 2), (64, 16)])
 def test_autoencoder_shapes(size: int, d: int) -> None:
     model = Autoencoder(EncoderConfig(latent_dim=d, image_size=size)).eval()

@@ -6,12 +6,10 @@ from __future__ import annotations
 import json
 import subprocess
 import time
-from collections.abc import Iterator
 from dataclasses import replace
 
 import numpy as np
 import pytest
-import torch
 from fingerprint_support import make_dataset, make_encoder
 from sqlalchemy import select
 
@@ -23,19 +21,7 @@ from pomlia_hpc.fingerprint.train import TrainConfig, TrainJob, encoder_dir
 from pomlia_hpc.registry import Job, Registry
 from pomlia_hpc.workspace import Workspace
 
-pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("slurm")]
-
-
-@pytest.fixture
-def reg(workspace: Workspace) -> Registry:
-    return Registry.open(workspace.db_url)
-
-
-@pytest.fixture(autouse=True)
-def _restore_threads() -> Iterator[None]:
-    n = torch.get_num_threads()
-    yield
-    torch.set_num_threads(n)
+pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("slurm", "restore_torch_threads")]
 
 
 def test_extraction_as_slurm_array(workspace: Workspace, reg: Registry) -> None:

@@ -1,4 +1,4 @@
-"""``pomlia task add/list``, ``pomlia automl run``, ``pomlia runs list``, ``pomlia models list``."""
+"""``pomlia task add/list``, ``pomlia automl run``, and ``pomlia runs list``."""
 
 from __future__ import annotations
 
@@ -21,11 +21,9 @@ automl_app = typer.Typer(
     help="AutoML studies: SMAC-Hyperband over training strategies.", no_args_is_help=True
 )
 runs_app = typer.Typer(help="Training runs (AutoML trials) in the registry.", no_args_is_help=True)
-models_app = typer.Typer(help="Registered models with their lineage.", no_args_is_help=True)
 app.add_typer(task_app, name="task")
 app.add_typer(automl_app, name="automl")
 app.add_typer(runs_app, name="runs")
-app.add_typer(models_app, name="models")
 
 
 @task_app.command("add")
@@ -311,55 +309,5 @@ def runs_list(
             _fmt(r.cost_s, 1),
             r.job,
             r.error[:60],
-        )
-    console.print(table)
-
-
-@models_app.command("list")
-def models_list(
-    task: Annotated[str | None, typer.Option("--task", help="Only models of this task.")] = None,
-    limit: Annotated[int, typer.Option(help="How many, newest first.")] = 50,
-) -> None:
-    """List registered models with their lineage (task, dataset version, run, code version)."""
-    from sqlalchemy import select
-
-    from pomlia_hpc.registry import Model, Task
-
-    with STATE.registry().session() as s:
-        q = select(Model, Task.name).join(Task, Model.task_id == Task.id, isouter=True)
-        if task is not None:
-            q = q.where(Task.name == task)
-        rows = s.execute(q.order_by(Model.id.desc()).limit(limit)).all()
-    table = Table(title=f"models ({len(rows)})")
-    for col in (
-        "id",
-        "name",
-        "task",
-        "dataset",
-        "run",
-        "study",
-        "arch",
-        "metric",
-        "code",
-        "created",
-    ):
-        table.add_column(col, overflow="fold")
-    for m, tname in rows:
-        lin, card = m.lineage or {}, m.card or {}
-        metrics = card.get("metrics") or {}
-        metric = lin.get("metric")
-        score = (metrics.get("test") or {}).get(metric) if metric else None
-        code = lin.get("code_version") or {}
-        table.add_row(
-            str(m.id),
-            m.name,
-            tname or "",
-            str(lin.get("dataset", "")),
-            str(m.run_id or ""),
-            str(lin.get("study", "")),
-            str(card.get("architecture", "")),
-            f"test {metric} {_fmt(score)}" if score is not None else "",
-            str(code.get("commit", code.get("version", ""))),
-            f"{m.created_at:%Y-%m-%d %H:%M}" if m.created_at else "",
         )
     console.print(table)

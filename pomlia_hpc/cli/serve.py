@@ -59,25 +59,50 @@ def export(
 
 
 @model_app.command("list")
-def list_models(limit: Annotated[int, typer.Option(help="How many, newest first.")] = 50) -> None:
-    """List registered models with their task, architecture and export state."""
-    from pomlia_hpc.registry import Model
+def list_models(
+    task: Annotated[str | None, typer.Option("--task", help="Only models of this task.")] = None,
+    limit: Annotated[int, typer.Option(help="How many, newest first.")] = 50,
+) -> None:
+    """List registered models: task, lineage (dataset, run, study), test metric, export state."""
+    from pomlia_hpc.registry import Model, Task
 
     with STATE.registry().session() as s:
-        rows = list(s.scalars(select(Model).order_by(Model.id.desc()).limit(limit)))
+        q = select(Model, Task.name).join(Task, Model.task_id == Task.id, isouter=True)
+        if task is not None:
+            q = q.where(Task.name == task)
+        rows = s.execute(q.order_by(Model.id.desc()).limit(limit)).all()
     table = Table(title=f"models ({len(rows)})")
-    for col in ("id", "name", "task", "arch", "labels", "exported version", "created"):
+    for col in (
+        "id",
+        "name",
+        "task",
+        "dataset",
+        "run",
+        "study",
+        "arch",
+        "metric",
+        "exported",
+        "code",
+        "created",
+    ):
         table.add_column(col, overflow="fold")
-    for r in rows:
-        card = r.card or {}
+    for m, task_name in rows:
+        lin, card = m.lineage or {}, m.card or {}
+        metric = lin.get("metric")
+        score = ((card.get("metrics") or {}).get("test") or {}).get(metric) if metric else None
+        code = lin.get("code_version") or {}
         table.add_row(
-            str(r.id),
-            r.name,
-            str((card.get("task") or {}).get("type", "")),
+            str(m.id),
+            m.name,
+            task_name or str((card.get("task") or {}).get("type", "")),
+            str(lin.get("dataset", "")),
+            str(m.run_id or ""),
+            str(lin.get("study", "")),
             str(card.get("architecture", "")),
-            str(len(card.get("label_names", []))),
+            f"test {metric} {score:.3f}" if isinstance(score, (int, float)) else "",
             str((card.get("export") or {}).get("version", "")),
-            f"{r.created_at:%Y-%m-%d %H:%M}" if r.created_at else "",
+            str(code.get("commit", code.get("version", ""))),
+            f"{m.created_at:%Y-%m-%d %H:%M}" if m.created_at else "",
         )
     console.print(table)
 

@@ -45,6 +45,7 @@ from pomlia_hpc.data.versioning import (
     latest_version,
     publish,
     record_version,
+    to_record,
 )
 from pomlia_hpc.data.writer import StoreWriter
 from pomlia_hpc.errors import InputError
@@ -287,18 +288,7 @@ def show(registry: Registry, ref: str) -> VersionRecord:
         with registry.session() as s:
             p = s.get(DatasetVersion, row.parent_id)
             parent = p.version if p else None
-    return VersionRecord(
-        id=row.id,
-        dataset_id=row.dataset_id,
-        name=name,
-        version=row.version,
-        parent=parent,
-        store_path=Path(row.store_path),
-        n_images=row.n_images,
-        meta=dict(row.meta),
-        fingerprint=dict(row.fingerprint),
-        created=False,
-    )
+    return to_record(name, row, parent, created=False)
 
 
 @dataclass

@@ -89,7 +89,8 @@ def latest_version(registry: Registry, name: str) -> DatasetVersion | None:
         )
 
 
-def _to_record(name: str, row: DatasetVersion, parent: str | None, created: bool) -> VersionRecord:
+def to_record(name: str, row: DatasetVersion, parent: str | None, created: bool) -> VersionRecord:
+    """The record of registry row ``row`` of dataset ``name``; ``parent``: its version string."""
     return VersionRecord(
         id=row.id,
         dataset_id=row.dataset_id,
@@ -127,7 +128,7 @@ def record_version(
         )
         if existing is not None:
             parent_row = s.get(DatasetVersion, existing.parent_id) if existing.parent_id else None
-            return _to_record(name, existing, parent_row.version if parent_row else None, False)
+            return to_record(name, existing, parent_row.version if parent_row else None, False)
         parent = s.scalar(
             select(DatasetVersion)
             .where(DatasetVersion.dataset_id == ds.id)
@@ -145,4 +146,4 @@ def record_version(
         )
         s.add(row)
         s.flush()
-        return _to_record(name, row, parent.version if parent else None, True)
+        return to_record(name, row, parent.version if parent else None, True)

@@ -1,0 +1,50 @@
+"""``scripts/gpu_check.sh``: its CPU smoke run executes every step, and without a GPU the CUDA run
+stops at once with exit 3 and a reason. (The CUDA paths themselves need a GPU machine.)"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "gpu_check.sh"
+
+
+def _run(**env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["bash", str(SCRIPT)],
+        env={**os.environ, "PY": sys.executable, **env},
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+@pytest.mark.slow
+def test_cpu_smoke_run_executes_all_three_steps() -> None:
+    res = _run(DEVICE="cpu", IMAGES="1500", EPOCH_IMAGES="600", VECTORS="20000")
+    assert res.returncode == 0, res.stdout + res.stderr
+    table = res.stdout[res.stdout.index("GPU check (CPU smoke run") :]
+    assert re.search(r"DeepSpeed fp32 epoch \(CPU\)\s+\d+ img/s\s+loss \d", table), table
+    assert re.search(r"extraction \(cpu\)\s+\d+ img/s\s+raw forward \d+ img/s", table), table
+    m = re.search(r"faiss-cpu IVF78 nprobe 32\s+\d+ q/s\s+recall@10 ([0-9.]+)", table)
+    assert m is not None, table
+    assert float(m.group(1)) > 0.5  # a working IVF search, not an empty one
+
+
+def test_cuda_run_without_gpu_exits_3_with_reason() -> None:
+    if shutil.which("nvidia-smi"):
+        pytest.skip("this machine has nvidia-smi; the no-GPU path is not reachable")
+    res = _run()
+    assert res.returncode == 3
+    assert "nvidia-smi not found" in res.stderr
+
+
+def test_bad_device_is_refused() -> None:
+    res = _run(DEVICE="tpu")
+    assert res.returncode == 3 and "DEVICE must be cuda or cpu" in res.stderr
