@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import signal
+import time
 from pathlib import Path
 
 import jobfns
@@ -9,6 +11,7 @@ import pytest
 from sqlalchemy import select
 
 from pomlia_hpc.cluster import Executor, JobFailedError, distributed_env, expand_hostlist, wait_all
+from pomlia_hpc.cluster.executor import cancel_scheduler_job
 from pomlia_hpc.errors import ConfigError
 from pomlia_hpc.registry import Job, Registry
 
@@ -69,6 +72,26 @@ def test_local_cancel(tmp_path: Path, reg: Registry) -> None:
         h.result()
     with reg.session() as s:
         assert s.scalars(select(Job)).one().state == "CANCELLED"
+
+
+@pytest.mark.parametrize("how", ["handle", "scheduler id"])
+def test_local_cancel_when_sigint_is_ignored(tmp_path: Path, reg: Registry, how: str) -> None:
+    # A job started from a background job of a non-interactive shell inherits SIGINT ignored;
+    # cancel must still stop it (SIGKILL after the grace period).
+    old = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        ex = Executor.from_profile("local", tmp_path / "jobs", reg)
+        h = ex.submit(jobfns.sleep_for, 120)
+        t0 = time.monotonic()
+        if how == "handle":
+            h.cancel()
+        else:
+            cancel_scheduler_job("local", h.job_id)
+        with pytest.raises(JobFailedError):
+            h.result()
+    finally:
+        signal.signal(signal.SIGINT, old)
+    assert time.monotonic() - t0 < 60  # stopped, not slept to the end
 
 
 def test_debug_executor_runs_in_process(tmp_path: Path) -> None:

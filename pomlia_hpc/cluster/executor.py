@@ -13,6 +13,7 @@ the number of concurrent processes the same way.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -59,6 +60,10 @@ class JobHandle:
         self._error: BaseException | None = None
 
     def _bind(self, job: submitit.Job[Any]) -> None:
+        if self._executor.profile.backend == "local":
+            # submitit waits up to 15 s for a result file that a shared filesystem may show
+            # late; a local job's folder is on this machine, and a killed job never writes one.
+            job._results_timeout_s = 2
         self._job = job
         self._submitted.set()
 
@@ -95,9 +100,14 @@ class JobHandle:
         return self.submitted and self.job().done()
 
     def cancel(self) -> None:
-        """Cancel the job (``scancel`` on Slurm, SIGINT for a local process)."""
+        """Cancel the job (``scancel`` on Slurm; SIGINT for a local process, then SIGKILL if it
+        still runs after :data:`LOCAL_CANCEL_GRACE_S`)."""
         if self.submitted:
-            self.job().cancel(check=False)
+            job = self.job()
+            job.cancel(check=False)
+            process = getattr(job, "_process", None)  # submitit's LocalJob keeps its Popen
+            if isinstance(process, subprocess.Popen):
+                threading.Thread(target=_kill_after_grace, args=(process,), daemon=True).start()
         else:
             self._executor._drop_pending(self)
             self._fail_submission(ClusterError("cancelled before submission"))
@@ -354,6 +364,33 @@ def wait_all(
     return out
 
 
+#: Seconds a cancelled local job may take to stop after SIGINT before it gets SIGKILL. A process
+#: can ignore SIGINT without meaning to: it inherits SIG_IGN when started from a background job
+#: of a non-interactive shell (cron, nohup scripts), and Python then keeps it.
+LOCAL_CANCEL_GRACE_S = 5.0
+
+
+def _kill_after_grace(process: subprocess.Popen[Any]) -> None:
+    try:
+        process.wait(LOCAL_CANCEL_GRACE_S)
+    except subprocess.TimeoutExpired:
+        process.kill()
+
+
+def _pid_alive(pid: int) -> bool:
+    """Whether process ``pid`` still runs (an exited, not yet reaped zombie does not)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:  # Linux: the state is the field after the parenthesised command name
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+    except (OSError, IndexError):
+        return True
+
+
 def cancel_scheduler_job(backend: str, scheduler_id: str) -> None:
     """Cancel a job by its scheduler id from any process (used by ``pomlia jobs cancel``)."""
     if backend == "slurm":
@@ -364,10 +401,18 @@ def cancel_scheduler_job(backend: str, scheduler_id: str) -> None:
             raise ClusterError(f"scancel {scheduler_id} failed: {proc.stderr.strip()}")
     elif backend == "local":
         try:
-            os.kill(int(scheduler_id), signal.SIGINT)
-        except ProcessLookupError:
-            pass
+            pid = int(scheduler_id)
         except ValueError as exc:
             raise ClusterError(f"local job id '{scheduler_id}' is not a process id") from exc
+        try:
+            os.kill(pid, signal.SIGINT)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + LOCAL_CANCEL_GRACE_S
+        while _pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if _pid_alive(pid):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
     else:
         raise ClusterError(f"jobs of backend '{backend}' run in-process and cannot be cancelled")
