@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import subprocess
 import time
 from pathlib import Path
 
@@ -13,6 +14,7 @@ from sqlalchemy import select
 from pomlia_hpc.cluster import Executor, JobFailedError, distributed_env, expand_hostlist, wait_all
 from pomlia_hpc.cluster.executor import cancel_scheduler_job
 from pomlia_hpc.errors import ConfigError
+from pomlia_hpc.processes import pid_alive
 from pomlia_hpc.registry import Job, Registry
 
 
@@ -138,3 +140,19 @@ def test_distributed_env_outside_slurm() -> None:
     out = distributed_env({"MASTER_PORT": "50297", "RANK": "3"})  # leftovers of a parent
     assert (out["RANK"], out["WORLD_SIZE"], out["MASTER_ADDR"]) == ("0", "1", "127.0.0.1")
     assert 0 < int(out["MASTER_PORT"]) < 65536
+
+
+def test_pid_alive_running_zombie_and_gone() -> None:
+    running = subprocess.Popen(["sleep", "30"])
+    exited = subprocess.Popen(["true"])
+    try:
+        assert pid_alive(running.pid)
+        deadline = time.monotonic() + 10
+        while pid_alive(exited.pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert not pid_alive(exited.pid)  # exited, not yet reaped: a zombie counts as gone
+    finally:
+        running.kill()
+        running.wait()
+        exited.wait()
+    assert not pid_alive(running.pid)

@@ -37,6 +37,7 @@ from pomlia_hpc.cluster.records import (
 from pomlia_hpc.cluster.resources import submitit_parameters, with_overrides
 from pomlia_hpc.config import ClusterProfile, load_cluster_profile
 from pomlia_hpc.errors import ClusterError
+from pomlia_hpc.processes import pid_alive
 from pomlia_hpc.registry import Job, Registry
 
 
@@ -377,20 +378,6 @@ def _kill_after_grace(process: subprocess.Popen[Any]) -> None:
         process.kill()
 
 
-def _pid_alive(pid: int) -> bool:
-    """Whether process ``pid`` still runs (an exited, not yet reaped zombie does not)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # Linux: the state is the field after the parenthesised command name
-        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
-
-
 def cancel_scheduler_job(backend: str, scheduler_id: str) -> None:
     """Cancel a job by its scheduler id from any process (used by ``pomlia jobs cancel``)."""
     if backend == "slurm":
@@ -409,9 +396,9 @@ def cancel_scheduler_job(backend: str, scheduler_id: str) -> None:
         except ProcessLookupError:
             return
         deadline = time.monotonic() + LOCAL_CANCEL_GRACE_S
-        while _pid_alive(pid) and time.monotonic() < deadline:
+        while pid_alive(pid) and time.monotonic() < deadline:
             time.sleep(0.1)
-        if _pid_alive(pid):
+        if pid_alive(pid):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
     else:

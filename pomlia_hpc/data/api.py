@@ -49,6 +49,7 @@ from pomlia_hpc.data.versioning import (
 )
 from pomlia_hpc.data.writer import StoreWriter
 from pomlia_hpc.errors import InputError
+from pomlia_hpc.processes import pid_alive
 from pomlia_hpc.registry import Dataset, DatasetVersion, Registry
 from pomlia_hpc.workspace import Workspace
 
@@ -56,16 +57,6 @@ ProgressFn = Callable[[str, int, int], None]
 """progress(stage, images_done_since_last_call, images_total); stages "ingest", "fingerprint"."""
 
 STORE_FORMAT = 1
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def clean_stale_staging(workspace: Workspace) -> list[Path]:
@@ -77,7 +68,7 @@ def clean_stale_staging(workspace: Workspace) -> list[Path]:
     host = socket.gethostname().replace("~", "-")
     for path in workspace.tmp.glob("ingest-*~*~*~*") if workspace.tmp.is_dir() else []:
         _name, h, pid, _rand = path.name.rsplit("~", 3)
-        if h == host and pid.isdigit() and not _pid_alive(int(pid)):
+        if h == host and pid.isdigit() and not pid_alive(int(pid)):
             shutil.rmtree(path, ignore_errors=True)
             removed.append(path)
     return removed
