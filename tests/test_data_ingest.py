@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import functools
 import http.server
+import os
 import re
 import shutil
+import socket
 import subprocess
 import sys
 import textwrap
@@ -21,7 +23,7 @@ from data_support import nothing_visible, tiny_arrays, tiny_npz, write_npz
 from PIL import Image
 from sqlalchemy import select
 
-from pomlia_hpc.data.api import ingest, list_versions, show, verify
+from pomlia_hpc.data.api import clean_stale_staging, ingest, list_versions, show, verify
 from pomlia_hpc.data.medmnist_info import flag_info
 from pomlia_hpc.data.sources.medmnist import medmnist_file
 from pomlia_hpc.data.store import SPLITS, open_store, open_version
@@ -431,3 +433,16 @@ def test_folder_split_fractions_are_checked(
     with pytest.raises(InputError, match="expected fractions >= 0 that sum to less than 1"):
         ingest(workspace, reg, "f", tmp_path / "f", val_fraction=0.6, test_fraction=0.5)
     assert nothing_visible(workspace, "f")
+
+
+def test_stale_staging_of_killed_ingests_is_removed(workspace: Workspace) -> None:
+    host = socket.gethostname().replace("~", "-")
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # reaped: its pid is free (and not reused within this test)
+    stale = workspace.tmp / f"ingest-a~{host}~{dead.pid}~0001"
+    live = workspace.tmp / f"ingest-b~{host}~{os.getpid()}~0002"
+    elsewhere = workspace.tmp / f"ingest-c~other-node~{dead.pid}~0003"
+    for path in (stale, live, elsewhere):
+        (path / "images").mkdir(parents=True)
+    assert clean_stale_staging(workspace) == [stale]
+    assert not stale.exists() and live.is_dir() and elsewhere.is_dir()
