@@ -2,7 +2,9 @@
 SHELL := /bin/bash
 VENV  := .venv
 PY    := $(VENV)/bin/python
-export POMLIA_TEST_PG_URL ?= postgresql+psycopg://pomlia:pomlia@127.0.0.1:5432/pomlia_test
+POMLIA_PG_PORT ?= 5432
+export POMLIA_PG_PORT
+export POMLIA_TEST_PG_URL ?= postgresql+psycopg://pomlia:pomlia@127.0.0.1:$(POMLIA_PG_PORT)/pomlia_test
 
 .PHONY: help venv demo test test-fast services services-stop lint bench clean
 

@@ -10,9 +10,20 @@ STAMP=$VENV/.pomlia-installed
 
 hash_inputs() { cat requirements.lock pyproject.toml | sha256sum | cut -d' ' -f1; }
 
+# A venv without a working pip (e.g. left by a failed first run on a Debian without
+# python3-venv) is rebuilt rather than reused.
+if [ -x "$VENV/bin/python" ] && ! "$VENV/bin/python" -m pip --version >/dev/null 2>&1; then
+  echo "[setup] $VENV has no working pip: recreating it"
+  rm -rf "$VENV"
+fi
 if [ ! -x "$VENV/bin/python" ]; then
   echo "[setup] creating $VENV with $($PY --version)"
-  "$PY" -m venv "$VENV"
+  if ! "$PY" -m venv "$VENV" || ! "$VENV/bin/python" -m pip --version >/dev/null 2>&1; then
+    rm -rf "$VENV"
+    echo "[setup] error: '$PY -m venv' could not create a venv with pip; on Debian/Ubuntu" \
+      "install python3-venv (apt-get install python3-venv), or set PYTHON=/path/to/python3.11" >&2
+    exit 1
+  fi
 fi
 
 want=$(hash_inputs)
