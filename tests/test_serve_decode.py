@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import struct
+import tracemalloc
 import zlib
 
 import numpy as np
@@ -169,3 +170,72 @@ def test_stats_fingerprint_layout() -> None:
     np.testing.assert_allclose(fp[:, 6], x[:, 0, :3, :3].mean(axis=(1, 2)), atol=1e-5)
     # The thumbnail average equals the image mean.
     np.testing.assert_allclose(fp[:, 6:70].mean(axis=1), x[:, 0].mean(axis=(1, 2)), atol=1e-2)
+
+
+def _tiff(frames: list[Image.Image], **kw: object) -> bytes:
+    buf = io.BytesIO()
+    frames[0].save(buf, "TIFF", save_all=True, append_images=frames[1:], **kw)
+    return buf.getvalue()
+
+
+def test_compressed_tiff_pages_of_the_wrong_size_are_refused_before_decoding() -> None:
+    # 3 pages of 2048 px RGB compress to a few KB each but would decode to 150 MiB of float32.
+    pages = [Image.new("RGB", (2048, 2048), (v, 0, 0)) for v in (10, 20, 30)]
+    data = _tiff(pages, compression="tiff_adobe_deflate")
+    assert len(data) < 200_000
+    limits = Limits(max_side_px=4096, max_images=8)
+    tracemalloc.start()
+    try:
+        with pytest.raises(RequestError) as info:
+            decode(data, "image/tiff", RGB28, limits)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert info.value.status == 400
+    assert "page 1: image is 2048x2048 px, the model expects 28x28" in info.value.message
+    assert peak < 8 * 2**20  # one decoded page alone would be 12 MiB (uint8) + 48 MiB (float)
+
+
+def test_a_bad_page_after_good_ones_is_named() -> None:
+    pages = [Image.new("RGB", (28, 28)), Image.new("L", (28, 28)), Image.new("RGB", (28, 28))]
+    err = refused(_tiff(pages), "image/tiff")
+    assert err.status == 400
+    assert "page 2: image has 1 channel(s), the model expects 3" in err.message
+
+
+def test_files_of_one_request_share_the_image_budget() -> None:
+    pages = [Image.new("RGB", (28, 28)) for _ in range(3)]
+    assert decode(_tiff(pages), "image/tiff", RGB28, LIMITS, budget=3).shape[0] == 3
+    with pytest.raises(RequestError) as info:
+        decode(_tiff(pages), "image/tiff", RGB28, LIMITS, budget=2)
+    assert info.value.status == 413
+    assert "3 images, at most 8 per request (2 left after the earlier files)" in (
+        info.value.message
+    )
+    arr = npy(np.zeros((3, 28, 28, 3), np.uint8))
+    with pytest.raises(RequestError) as info:
+        decode(arr, "application/x-npy", RGB28, LIMITS, budget=2)
+    assert info.value.status == 413
+
+
+def test_float_pixels_outside_unit_range_are_refused_as_at_ingest() -> None:
+    err = refused(npy(np.full((28, 28, 3), 255.0, np.float32)), "application/x-npy")
+    assert err.status == 400 and "float pixels in [255, 255]; expected floats in [0, 1]" in (
+        err.message
+    )
+    neg = np.zeros((28, 28), np.float32)
+    neg[0, 0] = -0.5
+    err = refused(encode(neg, "TIFF"), "image/tiff", GREY28)  # a mode 'F' TIFF
+    assert "float pixels in [-0.5, 0]" in err.message
+    edge = np.linspace(0, 1, 28 * 28, dtype=np.float64).reshape(28, 28)
+    out = decode(npy(edge), "application/x-npy", GREY28, LIMITS)
+    assert out.min() == 0.0 and out.max() == 1.0
+
+
+def test_3d_npy_for_a_grey_model_names_both_readings() -> None:
+    grey64 = InputSpec(image_size=64, channels=1)
+    err = refused(npy(np.zeros((5, 32, 32), np.uint8)), "application/x-npy", grey64)
+    assert err.status == 400
+    assert "as one (H, W, C) image it is 32x5 px with 32 channel(s)" in err.message
+    assert "as (N, H, W) grey images 5 of 32x32 px" in err.message
+    assert "(N, 64, 64)" in err.message

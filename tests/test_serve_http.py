@@ -173,6 +173,34 @@ def test_bad_uploads_are_4xx_with_a_message(
     assert body["status"] == status and message in body["error"]
 
 
+def _tiff_pages(n: int) -> bytes:
+    pages = [Image.new("RGB", (28, 28), (i % 256, 0, 0)) for i in range(n)]
+    buf = io.BytesIO()
+    pages[0].save(
+        buf, "TIFF", save_all=True, append_images=pages[1:], compression="tiff_adobe_deflate"
+    )
+    return buf.getvalue()
+
+
+def test_multipart_files_share_the_image_limit(client: httpx.Client) -> None:
+    small = png(np.zeros((28, 28, 3), np.uint8))
+    too_many_files = [("file", (f"{i}.png", small, "image/png")) for i in range(257)]
+    resp = client.post("/v1/predict", files=too_many_files)
+    assert resp.status_code == 413, resp.text
+    assert "Too many files" in resp.json()["error"]
+    # 200 + 100 pages: the second file is refused before its pages are decoded.
+    files = [
+        ("file", ("a.tif", _tiff_pages(200), "image/tiff")),
+        ("file", ("b.tif", _tiff_pages(100), "image/tiff")),
+    ]
+    resp = client.post("/v1/predict", files=files)
+    assert resp.status_code == 413, resp.text
+    assert (
+        "#1: 100 images, at most 256 per request (56 left after the earlier files)"
+        in (resp.json()["error"])
+    )
+
+
 def test_unknown_route_and_method_are_json_errors(client: httpx.Client) -> None:
     assert client.get("/nope").json() == {"error": "Not Found", "status": 404}
     assert client.get("/v1/predict").status_code == 405

@@ -193,7 +193,9 @@ async def _files(request: Request, body: bytes, limits: Limits) -> list[tuple[st
             max_part_size=64 * 1024,
         ).parse()
     except MultiPartException as exc:
-        raise RequestError(400, f"multipart body: {exc.message}") from exc
+        # Starlette says which limit was hit only in words; too many files is a count limit.
+        too_many = exc.message.startswith("Too many files")
+        raise RequestError(413 if too_many else 400, f"multipart body: {exc.message}") from exc
     out: list[tuple[str, str, bytes]] = []
     try:
         for i, (field, value) in enumerate(form.multi_items()):
@@ -317,15 +319,12 @@ def create_app(
     async def handle_predict(request: Request) -> Response:
         pred = predictor()
         body = await _read_body(request, limits.max_upload_bytes)
-        arrays = [
-            decode(data, ctype, spec, limits, what)
-            for what, ctype, data in await _files(request, body, limits)
-        ]
+        arrays: list[np.ndarray] = []
+        budget = limits.max_images  # shared by all files, checked before each is decoded
+        for what, ctype, data in await _files(request, body, limits):
+            arrays.append(decode(data, ctype, spec, limits, what, budget=budget))
+            budget -= len(arrays[-1])
         images = arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
-        if len(images) > limits.max_images:
-            raise RequestError(
-                413, f"{len(images)} images, at most {limits.max_images} per request"
-            )
         try:
             predictions = await pred.predict(images)
         except RuntimeError as exc:  # batcher closed or log failed: not the client's fault

@@ -2,11 +2,18 @@
 
 Accepted: PNG, JPEG, TIFF (every page of a multi-page TIFF is one image) and NPY. An NPY array
 is channel-last: (H, W) one grey image, (H, W, C) one image, (N, H, W, C) a batch, and (N, H, W)
-a batch of grey images when the model has one channel. 8-bit and 16-bit pixels are scaled to
-[0, 1]; float pixels are taken as already in [0, 1] and must be finite.
+a batch of grey images when the model has one channel.
 
-Dimensions are checked from the header, before any pixel is decoded, so a decompression bomb
-never allocates memory. Nothing from the request is ever used as a path.
+Scaling to [0, 1]: 8-bit pixels are divided by 255, 16-bit pixels by 65535 (the full 16-bit
+range, whatever the training set's own maximum was), 32-bit integer pixels (16-bit PNGs open
+so) by 65535 and must lie in 0..65535; float pixels are taken as they are and must be finite
+and in [0, 1], the rule ingest applies (:mod:`pomlia_hpc.data.sources.base`).
+
+Every frame's size and channel count are checked against the model from the header, before
+any of its pixels is decoded, and the number of images against the request's budget before the
+first frame is decoded. So a decompression bomb (say a compressed multi-page TIFF of 4096 px
+pages, 75 KB each) is refused without decoding a pixel, and what is decoded is at most
+``max_images`` frames of the model's own size. Nothing from the request is ever used as a path.
 """
 
 from __future__ import annotations
@@ -86,13 +93,22 @@ def base_type(content_type: str | None) -> str:
 
 
 def decode(
-    data: bytes, content_type: str | None, spec: InputSpec, limits: Limits, what: str = "upload"
+    data: bytes,
+    content_type: str | None,
+    spec: InputSpec,
+    limits: Limits,
+    what: str = "upload",
+    *,
+    budget: int | None = None,
 ) -> np.ndarray:
     """Decode one uploaded file into float32 NHWC in [0, 1] that fits ``spec``.
 
-    ``what`` names the file in error messages (e.g. ``"part 'file' #2"``).
-    Raises :class:`RequestError` (400, 413 or 415) for anything else.
+    ``what`` names the file in error messages (e.g. ``"part 'file' #2"``). ``budget`` is how
+    many images this file may still hold (default ``limits.max_images``): the files of one
+    multipart request share ``max_images`` between them. Raises :class:`RequestError` (400,
+    413 or 415) for anything else, before decoding any pixel where the header tells.
     """
+    budget = limits.max_images if budget is None else budget
     declared = base_type(content_type)
     if not data:
         raise RequestError(400, f"{what}: empty body; expected a PNG, JPEG, TIFF or NPY file")
@@ -115,13 +131,39 @@ def decode(
     ):
         raise RequestError(415, f"{what}: declared as {declared} but the data is {actual}")
     if actual in NPY_TYPES:
-        images = _decode_npy(data, spec, limits, what)
-    else:
-        images = _decode_image(data, actual, limits, what)
-    return _check_shape(images, spec, limits, what)
+        return _decode_npy(data, spec, limits, what, budget)
+    return _decode_image(data, actual, spec, limits, what, budget)
 
 
-def _decode_image(data: bytes, ctype: str, limits: Limits, what: str) -> np.ndarray:
+def _too_many(what: str, n: int, limits: Limits, budget: int) -> RequestError:
+    earlier = "" if budget >= limits.max_images else f" ({budget} left after the earlier files)"
+    return RequestError(
+        413, f"{what}: {n} images, at most {limits.max_images} per request{earlier}"
+    )
+
+
+def _check_frame(what: str, w: int, h: int, c: int, spec: InputSpec, limits: Limits) -> None:
+    """Refuse a ``w`` x ``h`` px, ``c``-channel image that the model cannot take."""
+    if max(w, h) > limits.max_side_px:
+        raise RequestError(
+            413,
+            f"{what}: image is {w}x{h} px, larger than the limit of "
+            f"{limits.max_side_px} px per side",
+        )
+    if (h, w) != (spec.image_size, spec.image_size):
+        raise RequestError(
+            400,
+            f"{what}: image is {w}x{h} px, the model expects {spec.image_size}x{spec.image_size}",
+        )
+    if c != spec.channels:
+        raise RequestError(
+            400, f"{what}: image has {c} channel(s), the model expects {spec.channels}"
+        )
+
+
+def _decode_image(
+    data: bytes, ctype: str, spec: InputSpec, limits: Limits, what: str, budget: int
+) -> np.ndarray:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -135,20 +177,14 @@ def _decode_image(data: bytes, ctype: str, limits: Limits, what: str) -> np.ndar
     frames: list[np.ndarray] = []
     try:
         n_frames = int(getattr(img, "n_frames", 1))
-        if n_frames > limits.max_images:
-            raise RequestError(
-                413, f"{what}: {n_frames} pages, at most {limits.max_images} images per request"
-            )
+        if n_frames > budget:
+            raise _too_many(what, n_frames, limits, budget)
         for i in range(n_frames):
-            img.seek(i)
+            img.seek(i)  # reads the page's header only; its pixels are decoded in _pixels
+            where = what if n_frames == 1 else f"{what} page {i + 1}"
             w, h = img.size
-            if max(w, h) > limits.max_side_px:
-                raise RequestError(
-                    413,
-                    f"{what}: image is {w}x{h} px, larger than the limit of "
-                    f"{limits.max_side_px} px per side",
-                )
-            frames.append(_pixels(img, what))
+            _check_frame(where, w, h, _mode_channels(img, where), spec, limits)
+            frames.append(_pixels(img, where))
     except RequestError:
         raise
     except (
@@ -166,9 +202,6 @@ def _decode_image(data: bytes, ctype: str, limits: Limits, what: str) -> np.ndar
         raise RequestError(400, f"{what}: corrupt {ctype} image ({exc})") from exc
     finally:
         img.close()
-    shapes = {f.shape for f in frames}
-    if len(shapes) != 1:
-        raise RequestError(400, f"{what}: TIFF pages differ in size or channels {sorted(shapes)}")
     return np.stack(frames)
 
 
@@ -179,19 +212,24 @@ def struct_error() -> type[Exception]:
     return struct.error
 
 
-def _pixels(img: Image.Image, what: str) -> np.ndarray:
-    """One frame → float32 HWC in [0, 1]."""
+def _mode_channels(img: Image.Image, what: str) -> int:
+    """Channels the frame will have once decoded, from its header (mode) alone."""
     mode = img.mode
     if mode == "P":  # a palette image is its RGB (or RGBA) rendering
-        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
-        mode = img.mode
-    if mode == "1":
-        img = img.convert("L")
-        mode = "L"
+        return 4 if "transparency" in img.info else 3
     if mode not in MODE_CHANNELS:
         raise RequestError(
             400, f"{what}: pixel mode '{mode}' is not supported; expected grey, RGB or RGBA"
         )
+    return MODE_CHANNELS[mode]
+
+
+def _pixels(img: Image.Image, what: str) -> np.ndarray:
+    """One frame → float32 HWC in [0, 1] (decodes its pixels)."""
+    if img.mode == "P":
+        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
+    elif img.mode == "1":
+        img = img.convert("L")
     arr = np.asarray(img)
     if arr.ndim == 2:
         arr = arr[:, :, None]
@@ -203,17 +241,66 @@ def _to_unit_float(arr: np.ndarray, what: str) -> np.ndarray:
         return np.multiply(arr, np.float32(1 / 255), dtype=np.float32)
     if arr.dtype in (np.uint16, np.dtype(">u2"), np.dtype("<u2")):
         return np.multiply(arr, np.float32(1 / 65535), dtype=np.float32)
-    if arr.dtype.kind in "iu":  # 32-bit integer TIFFs: the 16-bit range is the common case
-        return np.clip(arr.astype(np.float32) * np.float32(1 / 65535), 0.0, 1.0)
+    if arr.dtype.kind in "iu":  # 32-bit integer pixels: Pillow opens 16-bit PNGs so
+        lo, hi = int(arr.min()), int(arr.max())
+        if lo < 0 or hi > 65535:
+            raise RequestError(
+                400,
+                f"{what}: integer pixels in [{lo}, {hi}]; expected 8-bit or 16-bit values "
+                "(0..65535)",
+            )
+        return np.multiply(arr, np.float32(1 / 65535), dtype=np.float32)
     if arr.dtype.kind == "f":
         out = arr.astype(np.float32)
         if not np.isfinite(out).all():
             raise RequestError(400, f"{what}: float pixels must be finite (found NaN or inf)")
+        fmin, fmax = float(out.min()), float(out.max())
+        if fmin < 0.0 or fmax > 1.0:
+            raise RequestError(
+                400,
+                f"{what}: float pixels in [{fmin:g}, {fmax:g}]; expected floats in [0, 1] "
+                "(or send 8-bit or 16-bit integers)",
+            )
         return out
     raise RequestError(400, f"{what}: pixel type {arr.dtype} is not supported")
 
 
-def _decode_npy(data: bytes, spec: InputSpec, limits: Limits, what: str) -> np.ndarray:
+def _npy_layout(
+    shape: tuple[int, ...], spec: InputSpec, limits: Limits, what: str, budget: int
+) -> tuple[int, int, int, int]:
+    """(N, H, W, C) of an NPY array of ``shape``, checked against the model and limits."""
+    size = spec.image_size
+    grey_batch = len(shape) == 3 and spec.channels == 1 and shape[1:] == (size, size)
+    if len(shape) == 2:
+        n, h, w, c = 1, shape[0], shape[1], 1
+    elif grey_batch:
+        n, h, w, c = shape[0], shape[1], shape[2], 1
+    elif len(shape) == 3:
+        n, (h, w, c) = 1, shape
+    else:
+        n, h, w, c = shape
+    if max(h, w) > limits.max_side_px:
+        raise RequestError(
+            413, f"{what}: image side {max(h, w)} px exceeds the limit of {limits.max_side_px} px"
+        )
+    if n > budget:
+        raise _too_many(what, n, limits, budget)
+    fits = (h, w, c) == (size, size, spec.channels)
+    if len(shape) == 3 and spec.channels == 1 and not fits:
+        # Both readings of a 3-D array are plausible for a grey model; name them both.
+        raise RequestError(
+            400,
+            f"{what}: NPY shape {shape} fits neither reading: as one (H, W, C) image it is "
+            f"{shape[1]}x{shape[0]} px with {shape[2]} channel(s), as (N, H, W) grey images "
+            f"{shape[0]} of {shape[2]}x{shape[1]} px; the model expects {size}x{size} px grey "
+            f"images: ({size}, {size}), ({size}, {size}, 1), (N, {size}, {size}) or "
+            f"(N, {size}, {size}, 1)",
+        )
+    _check_frame(what, w, h, c, spec, limits)
+    return n, h, w, c
+
+
+def _decode_npy(data: bytes, spec: InputSpec, limits: Limits, what: str, budget: int) -> np.ndarray:
     fmt = np.lib.format
     buf = io.BytesIO(data)
     try:
@@ -231,24 +318,13 @@ def _decode_npy(data: bytes, spec: InputSpec, limits: Limits, what: str) -> np.n
             400,
             f"{what}: NPY dtype {dtype} is not supported; expected one of {', '.join(NPY_DTYPES)}",
         )
-    if not 2 <= len(shape) <= 4 or any(int(s) < 1 for s in shape):
+    shape = tuple(int(s) for s in shape)
+    if not 2 <= len(shape) <= 4 or any(s < 1 for s in shape):
         raise RequestError(
             400,
-            f"{what}: NPY shape {tuple(shape)}: expected (H, W), (H, W, C), "
-            "(N, H, W) or (N, H, W, C)",
+            f"{what}: NPY shape {shape}: expected (H, W), (H, W, C), (N, H, W) or (N, H, W, C)",
         )
-    if len(shape) == 4 or (
-        len(shape) == 3
-        and spec.channels == 1
-        and tuple(shape[1:]) == (spec.image_size, spec.image_size)
-    ):
-        sides = tuple(shape[1:3])
-    else:
-        sides = tuple(shape[0:2])
-    if max(int(s) for s in sides) > limits.max_side_px:
-        raise RequestError(
-            413, f"{what}: image side {max(sides)} px exceeds the limit of {limits.max_side_px} px"
-        )
+    nhwc = _npy_layout(shape, spec, limits, what, budget)
     count = int(np.prod(shape))
     offset = buf.tell()
     if len(data) - offset != count * dtype.itemsize:
@@ -258,25 +334,5 @@ def _decode_npy(data: bytes, spec: InputSpec, limits: Limits, what: str) -> np.n
             f"announces {count * dtype.itemsize}",
         )
     arr = np.frombuffer(data, dtype=dtype, count=count, offset=offset)
-    arr = arr.reshape(shape, order="F" if fortran else "C")
-    if arr.ndim == 2:
-        arr = arr[None, :, :, None]
-    elif arr.ndim == 3:
-        arr = arr[:, :, :, None] if tuple(sides) == tuple(shape[1:3]) else arr[None]
+    arr = arr.reshape(shape, order="F" if fortran else "C").reshape(nhwc)
     return _to_unit_float(np.ascontiguousarray(arr), what)
-
-
-def _check_shape(images: np.ndarray, spec: InputSpec, limits: Limits, what: str) -> np.ndarray:
-    n, h, w, c = images.shape
-    if n > limits.max_images:
-        raise RequestError(413, f"{what}: {n} images, at most {limits.max_images} per request")
-    if (h, w) != (spec.image_size, spec.image_size):
-        raise RequestError(
-            400,
-            f"{what}: image is {w}x{h} px, the model expects {spec.image_size}x{spec.image_size}",
-        )
-    if c != spec.channels:
-        raise RequestError(
-            400, f"{what}: image has {c} channel(s), the model expects {spec.channels}"
-        )
-    return images
