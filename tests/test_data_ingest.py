@@ -239,6 +239,9 @@ def test_folder_gray_rgb_jpeg_and_hash_splits(
     x, y = ds.read_rows(0, 25), ds.read_labels()[:, 0]
     gray = x[:, 0, 0, 0] == x[:, 0, 0, 2]
     assert np.all(x[gray & (y == 0), 0, 0, 0] < 60) and np.all(x[gray & (y == 1), 0, 0, 0] > 180)
+    # Within a split rows are in hash order, not all cats then all dogs.
+    lo, hi = ds.split_range("train")
+    assert set(y[lo:hi]) == {0, 1} and np.any(np.diff(y[lo:hi]) < 0)
     # Adding a file never moves the existing ones to another split.
     before = {s: ds.split_range(s) for s in SPLITS}
     _save_png(root / "cat" / "c99.png", np.full((16, 16), 50, np.uint8))

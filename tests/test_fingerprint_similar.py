@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
+import zarr
 from fingerprint_support import make_dataset, make_encoder
 
 from pomlia_hpc.data.store import open_version
@@ -18,6 +21,7 @@ from pomlia_hpc.fingerprint.extract import finish_extraction, plan_extraction, r
 from pomlia_hpc.fingerprint.index import build_index
 from pomlia_hpc.fingerprint.plots import plot_encoder_latent
 from pomlia_hpc.fingerprint.similar import (
+    _sample_rows,
     dataset_fingerprint,
     embedding_sample,
     nearest_images,
@@ -84,6 +88,31 @@ def test_similar_datasets_finds_the_sibling(
     assert [r.ref for r in similar_datasets(reg, "enc", "blood_a", k=1, distance=distance)] == [
         refs[1]
     ]
+
+
+def test_mean_distance_uses_the_exact_stored_means(world: tuple[Registry, list[str]]) -> None:
+    reg, refs = world
+    mean = {r: np.asarray(dataset_fingerprint(reg, "enc", r)["mean"]) for r in refs}
+    # A 3-vector sample's mean is far from the mean of all 98: the result must not use it.
+    found = similar_datasets(reg, "enc", "blood_a", k=5, distance="mean", max_samples=3)
+    for r in found:
+        assert r.distance == pytest.approx(np.linalg.norm(mean[refs[0]] - mean[r.ref]), rel=1e-9)
+
+
+def test_sample_of_class_sorted_rows_covers_every_class(tmp_path: Path) -> None:
+    # Rows sorted by class (as many HDF5 files store them), chunks larger than the sample:
+    # a sample read from a few whole chunks would see only the first and last classes.
+    n_classes, per_class, chunk = 10, 640, 64
+    cls = np.repeat(np.arange(n_classes), per_class).astype(np.float32)
+    g = zarr.open_group(str(tmp_path / "emb.zarr"), mode="w")
+    z = g.create_array("z", shape=(len(cls), 2), chunks=(chunk, 2), dtype="float32")
+    z[:] = np.stack([cls, cls], 1)
+    x = _sample_rows(str(tmp_path / "emb.zarr"), 0, len(cls), 20)
+    counts = np.bincount(x[:, 0].astype(int), minlength=n_classes)
+    assert len(x) == 20 and counts.min() >= 1 and counts.max() <= 3
+    # The same within a sub-range (one split): only its own classes, all of them.
+    x = _sample_rows(str(tmp_path / "emb.zarr"), 2 * per_class, 7 * per_class, 10)
+    assert sorted(set(x[:, 0].astype(int))) == [2, 3, 4, 5, 6]
 
 
 def test_nearest_images_come_from_other_datasets(

@@ -83,21 +83,31 @@ def fingerprint_set(
     return fs, store.ref
 
 
+#: A sample of a large range reads at least this many of its chunks (all of them if fewer).
+SAMPLE_MIN_CHUNKS = 64
+#: ... and at least this many times as many chunks as would hold the sample.
+SAMPLE_CHUNK_FACTOR = 8
+
+
 def _sample_rows(path: str, lo: int, hi: int, max_n: int) -> np.ndarray:
+    """Up to ``max_n`` rows of ``z`` in [lo, hi), evenly spaced (deterministic).
+
+    A large range is sampled from a subset of its chunks, evenly spread over the range: many
+    more chunks than would hold ``max_n`` rows, since rows are often sorted by class within a
+    split (image folders, HDF5 files) and a few chunks would cover only a few classes."""
     arr: Any = zarr.open_group(path, mode="r")["z"]
     n = hi - lo
     if n <= 0:
         return np.zeros((0, arr.shape[1]), np.float32)
     if n > 4 * max_n:
-        # Read an evenly spaced subset of whole chunks instead of everything.
         step = int(arr.chunks[0])
         chunks = list(range(lo // step, math.ceil(hi / step)))
-        want = min(len(chunks), math.ceil(2 * max_n / step) + 1)
-        pick = [chunks[i] for i in np.linspace(0, len(chunks) - 1, want).round().astype(int)]
+        want = max(SAMPLE_MIN_CHUNKS, SAMPLE_CHUNK_FACTOR * math.ceil(max_n / step))
+        pick = np.linspace(0, len(chunks) - 1, min(len(chunks), want)).round().astype(int)
         x = np.concatenate(
             [
                 np.asarray(arr[max(lo, c * step) : min(hi, (c + 1) * step)])
-                for c in sorted(set(pick))
+                for c in sorted({chunks[i] for i in pick})
             ]
         )
     else:
@@ -146,20 +156,28 @@ def similar_datasets(
     max_samples: int = 5000,
     include_same_dataset: bool = False,
 ) -> list[SimilarDataset]:
-    """The ``k`` datasets whose embedding distributions are nearest to ``ref``'s."""
+    """The ``k`` datasets whose embedding distributions are nearest to ``ref``'s.
+
+    ``mean`` compares the stored mean embeddings (exact, over all vectors); the other
+    distances compare samples of up to ``max_samples`` vectors per dataset."""
     if k < 1:
         raise InputError(f"k={k}: expected an integer >= 1")
     fn = get_distance(distance)
     enc = get_encoder(registry, encoder)
     fs, full = fingerprint_set(registry, enc, ref)
-    query = _sample_rows(fs.embeddings_path, 0, fs.n_vectors, max_samples)
+
+    def sample(s: FingerprintSet) -> np.ndarray:
+        if distance == "mean":  # exact: the stored mean of all vectors, not a sample's
+            return np.asarray([s.mean], np.float64)
+        return _sample_rows(s.embeddings_path, 0, s.n_vectors, max_samples)
+
+    query = sample(fs)
     name = full.split("@")[0]
     out = []
     for other, other_ref in complete_sets(registry, enc.id):
         if other.id == fs.id or (not include_same_dataset and other_ref.split("@")[0] == name):
             continue
-        sample = _sample_rows(other.embeddings_path, 0, other.n_vectors, max_samples)
-        out.append(SimilarDataset(other_ref, fn(query, sample), other.n_vectors))
+        out.append(SimilarDataset(other_ref, fn(query, sample(other)), other.n_vectors))
     out.sort(key=lambda r: r.distance)
     return out[:k]
 

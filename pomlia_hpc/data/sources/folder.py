@@ -7,9 +7,10 @@ Layouts::
 
 Without split folders each file goes to train/val/test by a hash of its path relative to
 ``root`` (``val_fraction``, ``test_fraction``; default 0.1 each), so adding files never moves
-the existing ones to another split. Files under a class folder may sit in nested folders;
-hidden files (``.name``) are skipped. Every image must have the size of the first one. A
-dataset is RGB if any of its images is colour (gray ones are then replicated to 3 channels).
+the existing ones to another split. Within a split, rows are ordered by another hash of that
+path (deterministic, and not class by class). Files under a class folder may sit in nested
+folders; hidden files (``.name``) are skipped. Every image must have the size of the first one.
+A dataset is RGB if any of its images is colour (gray ones are then replicated to 3 channels).
 """
 
 from __future__ import annotations
@@ -124,8 +125,9 @@ def read_image(path: Path, channels: int, depth: str) -> np.ndarray:
     return x.astype(depth, copy=False)
 
 
-def _split_of(rel: str, val_fraction: float, test_fraction: float) -> str:
-    u = int.from_bytes(hashlib.sha256(rel.encode()).digest()[:8], "big") / 2.0**64
+def _split_of(digest: bytes, val_fraction: float, test_fraction: float) -> str:
+    """The split of a file from the SHA-256 ``digest`` of its relative path (first 8 bytes)."""
+    u = int.from_bytes(digest[:8], "big") / 2.0**64
     if u < test_fraction:
         return "test"
     if u < test_fraction + val_fraction:
@@ -158,7 +160,8 @@ class FolderSource(Source):
         split_dirs = {p.name for p in entries if p.is_dir()} & set(SPLITS)
         by_split = bool(entries) and all(p.is_dir() and p.name in SPLITS for p in entries)
         roots = {p.name: p for p in entries} if by_split else {"": path}
-        files: dict[str, list[tuple[Path, str]]] = {s: [] for s in SPLITS}
+        # Per split: (order key, file, class); the key is bytes 8..16 of the path's SHA-256.
+        files: dict[str, list[tuple[bytes, Path, str]]] = {s: [] for s in SPLITS}
         classes: set[str] = set()
         for split_name, root in roots.items():
             for cdir in _visible(root):
@@ -178,11 +181,13 @@ class FolderSource(Source):
                             f"file '{f}' is not an image: expected one of "
                             f"{', '.join(IMAGE_SUFFIXES)}"
                         )
-                    rel = f.relative_to(path).as_posix()
-                    split = split_name or _split_of(rel, val_fraction, test_fraction)
-                    files[split].append((f, cdir.name))
+                    digest = hashlib.sha256(f.relative_to(path).as_posix().encode()).digest()
+                    split = split_name or _split_of(digest, val_fraction, test_fraction)
+                    files[split].append((digest[8:16], f, cdir.name))
         self.class_names = sorted(classes)
-        self._files = [item for s in SPLITS for item in files[s]]
+        # Rows in hash order, not class by class: any run of rows (a chunk, a shuffle buffer,
+        # the first N) then holds a mix of classes; adding files keeps the others' order.
+        self._files = [(f, c) for s in SPLITS for _key, f, c in sorted(files[s])]
         self.split_sizes = {s: len(files[s]) for s in SPLITS if files[s]}
         if not self._files:
             raise InputError(
