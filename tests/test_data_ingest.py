@@ -429,6 +429,23 @@ def test_pair_histogram_is_exact(shape: tuple[int, int, int, int]) -> None:
     np.testing.assert_array_equal(_histogram(x), ref)
 
 
+@pytest.mark.parametrize("size", [28, 64])
+def test_near_constant_looks_at_every_channel(size: int) -> None:
+    from pomlia_hpc.data.explicit_fingerprint import _chunk_stats
+
+    rng = np.random.default_rng(0)
+    x = np.zeros((4, size, size, 3), np.uint8)
+    x[0] = (200, 30, 30)  # one flat colour: near-constant
+    x[1, ..., 0] = 128  # red flat, green and blue noise: not near-constant
+    x[1, ..., 1:] = rng.integers(0, 256, (size, size, 2))
+    x[2, ..., :2] = 90  # only blue varies
+    x[2, ..., 2] = rng.integers(0, 256, (size, size))
+    x[3] = rng.integers(0, 256, (size, size, 3))
+    assert _chunk_stats(x)[1] == 1
+    assert _chunk_stats(x[:1])[1] == 1 and _chunk_stats(x[1:2])[1] == 0
+    assert _chunk_stats(x[2:3])[1] == 0
+
+
 def test_folder_split_fractions_are_checked(
     workspace: Workspace, reg: Registry, tmp_path: Path
 ) -> None:

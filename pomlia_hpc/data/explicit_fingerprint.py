@@ -15,7 +15,8 @@ Fields (``version`` 1):
 - ``intensity``: per channel ``mean``, ``std``, ``min``, ``max`` and ``percentiles`` (0.5, 1, 5,
   25, 50, 75, 95, 99, 99.5), in uint8 grey levels 0..255
 - ``near_constant``: images whose pixel standard deviation (over at least 512 evenly spaced
-  pixels) is below ``NEAR_CONSTANT_STD`` grey levels: ``count`` and ``fraction``
+  pixels) is below ``NEAR_CONSTANT_STD`` grey levels in every channel (a flat colour counts):
+  ``count`` and ``fraction``
 - ``duplicates``: exact pixel duplicates by hash: ``unique_images``, ``duplicate_images``
   (rows equal to an earlier row), ``groups``, and ``across_splits`` (val/test images whose
   pixels also occur in train: leakage)
@@ -40,20 +41,24 @@ PERCENTILES = (0.5, 1, 5, 25, 50, 75, 95, 99, 99.5)
 FINGERPRINT_VERSION = 1
 
 
-def _image_std(flat: np.ndarray, block: int = 256, samples: int = 512) -> np.ndarray:
-    """Per-row pixel standard deviation of uint8 rows (b, P), float64 (b,), estimated from
-    ``samples`` or more evenly spaced pixels per row (all pixels when P < 2 * samples).
+def _image_std(x: np.ndarray, block: int = 256, samples: int = 512) -> np.ndarray:
+    """Per-image pixel standard deviation of uint8 images (b, H, W, C), float64 (b,): the
+    largest over the channels, each estimated from ``samples`` or more evenly spaced pixels
+    (all pixels when H * W < 2 * samples).
 
+    Pixels, not raw bytes, are sampled so that every channel is seen whatever the image size.
     Only used to flag near-constant images, for which 512 pixels are plenty; sums in integers
     and squares in float32 blocks keep it fast and its temporaries small."""
-    flat = flat[:, :: max(1, flat.shape[1] // samples)]
-    p = flat.shape[1]
-    mean = flat.sum(axis=1, dtype=np.uint64).astype(np.float64) / p
-    sq = np.empty(len(flat), np.float64)
-    for lo in range(0, len(flat), block):
-        f = flat[lo : lo + block].astype(np.float32)
-        sq[lo : lo + block] = np.einsum("ij,ij->i", f, f, dtype=np.float64)
-    return np.sqrt(np.maximum(sq / p - mean**2, 0.0))
+    b, c = x.shape[0], x.shape[-1]
+    pixels = x.reshape(b, -1, c)
+    pixels = pixels[:, :: max(1, pixels.shape[1] // samples)]  # (b, p, C)
+    p = pixels.shape[1]
+    mean = pixels.sum(axis=1, dtype=np.uint64).astype(np.float64) / p  # (b, C)
+    sq = np.empty((b, c), np.float64)
+    for lo in range(0, b, block):
+        f = pixels[lo : lo + block].astype(np.float32)
+        sq[lo : lo + block] = np.einsum("ipc,ipc->ic", f, f, dtype=np.float64)
+    return np.sqrt(np.maximum(sq / p - mean**2, 0.0)).max(axis=1)
 
 
 def _histogram(x: np.ndarray) -> np.ndarray:
@@ -79,7 +84,7 @@ def _chunk_stats(x: np.ndarray) -> tuple[np.ndarray, int, np.ndarray]:
     b = x.shape[0]
     hist = _histogram(x)
     flat = x.reshape(b, -1)
-    near = int((_image_std(flat) < NEAR_CONSTANT_STD).sum())
+    near = int((_image_std(x) < NEAR_CONSTANT_STD).sum())
     # SHA-1 is used as a fast content hash (duplicates), not for security.
     hashes = np.frombuffer(
         b"".join(hashlib.sha1(row.data).digest()[:8] for row in flat), dtype=np.uint64
