@@ -230,6 +230,22 @@ def test_feedback_needs_the_token_and_a_known_label(client: httpx.Client) -> Non
     assert missing.status_code == 422 and "prediction_id" in missing.json()["error"]
 
 
+def test_feedback_checks_the_token_before_reading_a_bounded_body(client: httpx.Client) -> None:
+    json_type = {"content-type": "application/json"}
+    anonymous = client.post("/v1/feedback", content=b"{", headers=json_type)
+    assert anonymous.status_code == 401, anonymous.text
+    malformed = client.post("/v1/feedback", content=b"{", headers={**AUTH, **json_type})
+    assert malformed.status_code == 422 and "Invalid JSON" in malformed.json()["error"]
+    big = json.dumps({"prediction_id": "a" * 100_000, "label": 0}).encode()
+    too_big = client.post("/v1/feedback", content=big, headers={**AUTH, **json_type})
+    assert too_big.status_code == 413 and "limit of 65536 bytes" in too_big.json()["error"]
+    form = client.post("/v1/feedback", data={"label": "1"}, headers=AUTH)
+    assert form.status_code == 415 and "expected application/json" in form.json()["error"]
+    spec = client.get("/openapi.json").json()["paths"]["/v1/feedback"]["post"]
+    body_schema = spec["requestBody"]["content"]["application/json"]["schema"]
+    assert body_schema["required"] == ["prediction_id", "label"]
+
+
 def test_metrics_count_requests_latency_batches_and_errors(client: httpx.Client) -> None:
     client.post("/v1/predict", content=b"x", headers={"content-type": "text/plain"})
     text = client.get("/metrics").text

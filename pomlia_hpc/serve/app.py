@@ -28,7 +28,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
@@ -153,6 +153,16 @@ _PREDICT_BODY = {
 }
 
 
+#: Largest /v1/feedback body, bytes: a prediction id and a few labels need far less.
+FEEDBACK_MAX_BYTES = 64 * 1024
+_FEEDBACK_BODY = {
+    "requestBody": {
+        "required": True,
+        "content": {"application/json": {"schema": FeedbackIn.model_json_schema()}},
+    }
+}
+
+
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": message, "status": status}, status_code=status, headers=headers)
 
@@ -173,6 +183,22 @@ async def _read_body(request: Request, limit: int) -> bytes:
             raise RequestError(413, f"upload exceeds the limit of {limit} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
+
+
+async def _feedback_body(request: Request) -> FeedbackIn:
+    """The /v1/feedback body, read with a bound and validated; 413, 415 or 422 otherwise."""
+    ctype = base_type(request.headers.get("content-type"))
+    if ctype and ctype != "application/json" and not ctype.endswith("+json"):
+        raise RequestError(
+            415, f"content type '{ctype}' is not supported; expected application/json"
+        )
+    body = await _read_body(request, FEEDBACK_MAX_BYTES)
+    try:
+        return FeedbackIn.model_validate_json(body)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(("body", *(str(p) for p in first["loc"])))
+        raise RequestError(422, f"{where}: {first['msg']}") from exc
 
 
 async def _files(request: Request, body: bytes, limits: Limits) -> list[tuple[str, str, bytes]]:
@@ -338,9 +364,14 @@ def create_app(
         response_model=FeedbackOut,
         responses=_ERRORS,
         dependencies=[Depends(require_token)],
+        openapi_extra=_FEEDBACK_BODY,
         summary="Record the true label of a prediction (bearer token)",
     )
-    async def feedback(item: FeedbackIn) -> Response:
+    async def feedback(request: Request) -> Response:
+        # The body is read here, not by FastAPI: the token dependency has run by now, so an
+        # anonymous client gets its 401 before a byte of its body is read, and the read is
+        # bounded (FastAPI would parse a body of any size).
+        item = await _feedback_body(request)
         pred = predictor()
         if not PREDICTION_ID.fullmatch(item.prediction_id):
             raise RequestError(
