@@ -23,11 +23,15 @@ def tiny_dataset(
     flag: str = "bloodmnist",
     sizes: tuple[int, int, int] = (96, 32, 48),
     seed: int = 0,
+    val_label: int | None = None,
 ) -> str:
-    """Ingest a look-alike of ``flag`` (28 px) with (train, val, test) sizes; returns the ref."""
+    """Ingest a look-alike of ``flag`` (28 px) with (train, val, test) sizes; returns the ref.
+    ``val_label``: give every validation image this label (a split where AUC is undefined)."""
     arrays: dict[str, np.ndarray] = {}
     for split, n in zip(("train", "val", "test"), sizes, strict=True):
         x, y = make_split(flag, n, seed=seed, size=28, split=split)
+        if split == "val" and val_label is not None:
+            y = np.full_like(y, val_label)
         arrays[f"{split}_images"], arrays[f"{split}_labels"] = x, y
     path = ws.tmp / f"{name}.npz"
     ws.tmp.mkdir(parents=True, exist_ok=True)

@@ -114,7 +114,7 @@ class TrainRequest:
 class TrainResult:
     """What a training call reports. Times in seconds; ``gpu_hours`` is 0 on CPU."""
 
-    metrics: dict[str, dict[str, float]]
+    metrics: dict[str, dict[str, float | None]]  # None: undefined on that split
     epochs: int
     start_epoch: int
     cost_s: float
@@ -518,7 +518,7 @@ def _evaluate(
     dev: torch.device,
     dtype: torch.dtype,
     batch: int,
-) -> dict[str, float]:
+) -> dict[str, float | None]:
     model.eval()
     scores = []
     for start in range(0, len(split.x), batch):
@@ -537,7 +537,7 @@ def _save_model(
     n_out: int,
     hc: tuple[int, int],
     class_names: list[str],
-    metrics: dict[str, dict[str, float]],
+    metrics: dict[str, dict[str, float | None]],
     task_type: str,
 ) -> None:
     h, c = hc

@@ -12,7 +12,10 @@ a number here means what it means in the MedMNIST v2 paper:
 Small evaluation sets (look-alike tests, scarce data) can miss a class entirely, and then
 ``roc_auc_score`` is undefined for it and MedMNIST's ``getAUC`` raises or returns NaN. We then
 average the same per-class AUCs over the classes where it is defined and say so in
-``auc_classes`` (how many classes entered the mean); with no class defined AUC is NaN.
+``auc_classes`` (how many classes entered the mean). With no class defined (e.g. a validation
+split of one class) AUC is ``None``: undefined, never NaN, because run metrics are stored as JSON
+and PostgreSQL's ``json`` rejects NaN; :func:`objective_cost` counts an undefined metric as the
+worst.
 """
 
 from __future__ import annotations
@@ -51,7 +54,9 @@ def check_metric(metric: str) -> str:
     return metric
 
 
-def _auc_defined_classes(y_true: np.ndarray, y_score: np.ndarray, task: str) -> tuple[float, int]:
+def _auc_defined_classes(
+    y_true: np.ndarray, y_score: np.ndarray, task: str
+) -> tuple[float | None, int]:
     """MedMNIST's per-class AUC averaged over the classes where it is defined."""
     aucs: list[float] = []
     if task == "multi-label, binary-class":
@@ -65,15 +70,16 @@ def _auc_defined_classes(y_true: np.ndarray, y_score: np.ndarray, task: str) -> 
     for truth, score in columns:
         if len(np.unique(truth)) == 2:
             aucs.append(float(roc_auc_score(truth, score)))
-    return (float(np.mean(aucs)) if aucs else math.nan), len(aucs)
+    return (float(np.mean(aucs)) if aucs else None), len(aucs)
 
 
-def evaluate(task_type: str, y_true: np.ndarray, y_score: np.ndarray) -> dict[str, float]:
+def evaluate(task_type: str, y_true: np.ndarray, y_score: np.ndarray) -> dict[str, float | None]:
     """ACC, AUC and macro F1 of ``y_score`` against ``y_true``.
 
     ``y_true``: int (N, 1) class indices, or (N, L) 0/1 for multi-label.
     ``y_score``: float (N, C) probabilities: softmax over classes, or one sigmoid per label.
-    Returns ``{"acc", "auc", "f1_macro", "auc_classes", "n"}`` (``n``: images evaluated).
+    Returns ``{"acc", "auc", "f1_macro", "auc_classes", "n"}`` (``n``: images evaluated); a
+    metric that is undefined on these images is ``None``.
     """
     task = medmnist_task(task_type)
     y_true = np.asarray(y_true)
@@ -91,13 +97,14 @@ def evaluate(task_type: str, y_true: np.ndarray, y_score: np.ndarray) -> dict[st
         raise InputError(f"evaluate: expected at least 2 images, got {n}")
     acc = float(getACC(y_true, y_score, task))
     n_auc = y_score.shape[1] if task != "binary-class" else 1
+    auc: float | None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             auc = float(getAUC(y_true, y_score, task))
     except ValueError:  # older scikit-learn raises on a class without positives
         auc = math.nan
-    if math.isnan(auc):  # newer scikit-learn returns NaN (with a warning) instead
+    if not math.isfinite(auc):  # newer scikit-learn returns NaN (with a warning) instead
         auc, n_auc = _auc_defined_classes(y_true, y_score, task)
     if task == "multi-label, binary-class":
         pred: np.ndarray = (y_score > 0.5).astype(int)
@@ -121,7 +128,10 @@ def evaluate(task_type: str, y_true: np.ndarray, y_score: np.ndarray) -> dict[st
     return {"acc": acc, "auc": auc, "f1_macro": float(f1), "auc_classes": n_auc, "n": n}
 
 
-def objective_cost(metrics: Mapping[str, float], metric: str) -> float:
-    """What the optimiser minimises: ``1 - metric`` (1.0, the worst, when it is NaN)."""
-    value = float(metrics[check_metric(metric)])
-    return 1.0 if math.isnan(value) else 1.0 - value
+def objective_cost(metrics: Mapping[str, float | None], metric: str) -> float:
+    """What the optimiser minimises: ``1 - metric`` (1.0, the worst, when the metric is
+    undefined: ``None``, or NaN in results written before undefined metrics became ``None``)."""
+    value = metrics.get(check_metric(metric))
+    if value is None or not math.isfinite(float(value)):
+        return 1.0
+    return 1.0 - float(value)

@@ -5,10 +5,14 @@ Run ``status``: ``pending`` (created, not yet submitted), ``running``, ``ok``, `
 ``config`` holds the hyperparameters plus the configuration's key and origin; ``metrics`` holds
 ``val`` and ``test`` metric dicts, the ``objective`` (the task metric on ``val``) and the epoch
 accounting (``epochs``, ``start_epoch``, ``epochs_run``), or the ``cause`` of a crash.
+
+Non-finite floats (NaN, infinities) are stored as ``null``: these columns are JSON, and
+PostgreSQL's ``json`` type rejects NaN (a driver would die mid-study on a ``DataError``).
 """
 
 from __future__ import annotations
 
+import math
 import subprocess
 from dataclasses import dataclass
 from datetime import datetime
@@ -58,6 +62,22 @@ def code_version() -> dict[str, str]:
     return out
 
 
+def json_safe(value: Any) -> Any:
+    """``value`` with every non-finite float (in nested dicts, lists and tuples) replaced by
+    ``None``, so that it can be stored in a JSON column on any registry backend."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def _finite(value: float | None) -> float | None:
+    return None if value is None or not math.isfinite(value) else value
+
+
 def create_run(
     registry: Registry,
     *,
@@ -73,7 +93,7 @@ def create_run(
         row = Run(
             task_id=task_id,
             study=study,
-            config=config,
+            config=json_safe(config),
             budget=float(epochs),
             metrics={},
             status=PENDING,
@@ -110,7 +130,8 @@ def finish_run(
         row = s.get(Run, run_id)
         if row is None:
             return
-        row.status, row.metrics, row.cost_s, row.error = status, dict(metrics), cost_s, error
+        row.status, row.error = status, error
+        row.metrics, row.cost_s = json_safe(dict(metrics)), _finite(cost_s)
 
 
 def find_run(registry: Registry, study: str, key: str, epochs: int) -> Run | None:

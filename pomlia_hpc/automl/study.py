@@ -642,10 +642,13 @@ class StudyRunner:
     ) -> None:
         val, test = result["metrics"]["val"], result["metrics"]["test"]
         cost = objective_cost(val, self.spec.metric)
+        objective = val.get(self.spec.metric)
+        if objective is not None and not math.isfinite(objective):
+            objective = None  # NaN in a result written before undefined metrics became None
         metrics = {
             "val": val,
             "test": test,
-            "objective": val[self.spec.metric],
+            "objective": objective,
             "epochs": result["epochs"],
             "start_epoch": result["start_epoch"],
             "epochs_run": result["epochs"] - result["start_epoch"],
@@ -671,8 +674,8 @@ class StudyRunner:
             old.summary,
             old.epochs,
             records.OK,
-            val[self.spec.metric],
-            test[self.spec.metric],
+            objective,
+            test.get(self.spec.metric),
             float(result["cost_s"]),
             old.job,
             "",
@@ -772,7 +775,7 @@ class StudyRunner:
         ok = [
             v
             for v in self._views.values()
-            if v.status == records.OK and v.objective is not None and not math.isnan(v.objective)
+            if v.status == records.OK and v.objective is not None and math.isfinite(v.objective)
         ]
         if not ok:
             return None

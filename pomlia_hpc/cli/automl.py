@@ -255,10 +255,18 @@ def automl_run(
             reg, ws, spec, resume=resume, on_update=lambda view: live.update(study_table(view))
         )
     if result.best_run_id is None:
-        console.print(
-            f"[red]no trial finished[/] ({result.n_crashed} crashed); see "
-            f"`pomlia runs list --task {spec.task}`"
-        )
+        if result.n_ok:
+            # They trained, but the metric cannot be computed on this validation split.
+            console.print(
+                f"[red]no best model[/]: {result.n_ok} trial(s) finished ok but their validation "
+                f"{spec.metric} is undefined (e.g. only one class in the validation split), "
+                f"{result.n_crashed} crashed; see `pomlia runs list --study {spec.name}`"
+            )
+        else:
+            console.print(
+                f"[red]no trial finished[/] ({result.n_crashed} crashed); see "
+                f"`pomlia runs list --task {spec.task}`"
+            )
         raise typer.Exit(1)
     m = result.best_metrics or {}
     console.print(

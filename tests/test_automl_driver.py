@@ -1,0 +1,65 @@
+"""The study driver when things go wrong: undefined metrics, a driver stopped early, failed
+submissions, and trial jobs that ended or vanished while the driver was away."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from automl_support import FAST, tiny_task, warm_file
+from typer.testing import CliRunner
+
+from pomlia_hpc.automl import records
+from pomlia_hpc.cli import app
+from pomlia_hpc.registry import Registry
+from pomlia_hpc.workspace import Workspace
+
+pytestmark = pytest.mark.usefixtures("wide_console")
+
+
+def _run_cli(*args: str) -> tuple[int, str]:
+    """Exit code and output of ``pomlia automl run ARGS``; an exception other than the CLI's
+    own exit (a driver that died) fails the test."""
+    out = CliRunner().invoke(app, ["automl", "run", *args])
+    if out.exception is not None and not isinstance(out.exception, SystemExit):
+        raise AssertionError(f"the driver died: {out.exception!r}\n{out.output}")
+    return out.exit_code, out.output
+
+
+@pytest.mark.slow
+def test_undefined_validation_auc_is_stored_as_null_on_every_backend(
+    db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One class in the validation split: AUC is undefined there. PostgreSQL's json rejects NaN,
+    # so a NaN used to kill the driver with a DataError (and SQLite hid it as "0 crashed").
+    home = tmp_path / "home"
+    monkeypatch.setenv("POMLIA_HOME", str(home))
+    monkeypatch.setenv("POMLIA_DB_URL", db_url)
+    monkeypatch.delenv("POMLIA_CLUSTER", raising=False)
+    ws = Workspace(home=home, db_url=db_url, cluster_profile="local")
+    ws.create()
+    reg = Registry.open(db_url)
+    tiny_task(ws, reg, "breast", flag="breastmnist", metric="auc", sizes=(32, 8, 8), val_label=0)
+    warm = warm_file(tmp_path / "warm.yaml", [FAST])
+    code, text = _run_cli(
+        "breast",
+        "--trials",
+        "1",
+        "--max-epochs",
+        "1",
+        "--optimizer",
+        "random",
+        "--archs",
+        "small_cnn",
+        "--initial",
+        str(warm),
+        "--study",
+        "u",
+    )
+    assert code == 1, text
+    assert "1 trial(s) finished ok but their validation auc is undefined" in text
+    (run,) = records.study_runs(reg, "u")
+    assert run.status == "ok" and run.metrics["val"]["auc"] is None
+    assert run.metrics["objective"] is None and run.metrics["val"]["auc_classes"] == 0
+    assert run.metrics["test"]["auc"] is not None  # the test split has both classes
+    reg.dispose()
