@@ -3,6 +3,7 @@ submissions, and trial jobs that ended or vanished while the driver was away."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,10 @@ from automl_support import FAST, tiny_task, warm_file
 from typer.testing import CliRunner
 
 from pomlia_hpc.automl import records
+from pomlia_hpc.automl.space import SpaceOptions
+from pomlia_hpc.automl.study import create_study, run_study
 from pomlia_hpc.cli import app
+from pomlia_hpc.errors import PomliaError
 from pomlia_hpc.registry import Registry
 from pomlia_hpc.workspace import Workspace
 
@@ -63,3 +67,28 @@ def test_undefined_validation_auc_is_stored_as_null_on_every_backend(
     assert run.metrics["objective"] is None and run.metrics["val"]["auc_classes"] == 0
     assert run.metrics["test"]["auc"] is not None  # the test split has both classes
     reg.dispose()
+
+
+@pytest.mark.slow
+def test_driver_stopped_before_smacs_first_save_can_resume(
+    workspace: Workspace, reg: Registry
+) -> None:
+    tiny_task(workspace, reg, "blood", sizes=(16, 8, 8))
+    spec = create_study(
+        reg,
+        workspace,
+        "blood",
+        name="s",
+        n_trials=1,
+        max_epochs=1,
+        space=SpaceOptions(archs=("small_cnn",)),
+        initial_configs=[FAST],
+    )
+    # The driver was killed here: study.json written, no SMAC state, no trial recorded.
+    assert not (workspace.path("runs", "s") / "smac").exists()
+    result = run_study(reg, workspace, spec, resume=True, poll_s=0.2)
+    assert result.n_ok == 1 and result.best_run_id is not None
+    # A study with recorded trials but no SMAC state is not silently restarted.
+    shutil.rmtree(workspace.path("runs", "s", "smac"))
+    with pytest.raises(PomliaError, match=r"no SMAC state to resume .* has recorded trials"):
+        run_study(reg, workspace, spec, resume=True)

@@ -97,7 +97,11 @@ class SmacHyperband:
         initial: list[Configuration] | None = None,
         n_initial: int | None = None,
         resume: bool = False,
+        fresh_if_missing: bool = False,
     ) -> None:
+        """``resume``: continue from the state saved under ``folder`` (an error when there is
+        none, unless ``fresh_if_missing``: then start afresh, as for a driver that was stopped
+        before SMAC's first save and had not recorded any trial)."""
         from smac import Scenario
         from smac.facade.old.multi_fidelity_facade_pyrfr import MultiFidelityRFRFacade as Facade
 
@@ -112,9 +116,15 @@ class SmacHyperband:
             seed=seed,
         )
         out = scenario.output_directory
-        if resume:
+        fresh = resume and fresh_if_missing and not (out / "scenario.json").is_file()
+        if fresh:
+            resume = False  # nothing of SMAC's to continue from: its first save never happened
+        elif resume:
             if not (out / "scenario.json").is_file():
-                raise PomliaError(f"no SMAC state to resume in '{out}'")
+                raise PomliaError(
+                    f"no SMAC state to resume in '{out}', but the study has recorded trials; "
+                    "start a new study (another --study name) instead of --resume"
+                )
             # SMAC asks on stdin when the saved scenario differs; never let it. (Its own check
             # runs after the facade has added its meta data, and ignores the space.)
             old = Scenario.load(out)
@@ -124,7 +134,7 @@ class SmacHyperband:
                     f"the SMAC state in '{out}' belongs to another search space or "
                     "budget; start a new study instead of --resume"
                 )
-        elif out.exists() and any(out.iterdir()):
+        elif not fresh and out.exists() and any(out.iterdir()):
             raise PomliaError(f"SMAC state already exists in '{out}'; use --resume")
         warm = list(initial or [])
         n_random = n_initial if n_initial is not None else max(1, round(0.25 * n_trials))

@@ -447,6 +447,9 @@ class StudyRunner:
             initial=initial,
             n_initial=s.n_initial,
             resume=resume,
+            # A driver stopped before SMAC's first save left no state and no trial: start SMAC
+            # afresh rather than leave a study that can neither resume nor be created again.
+            fresh_if_missing=resume and not records.study_runs(self.registry, s.name),
         )
 
     # -- the loop --------------------------------------------------------------------------
