@@ -3,6 +3,7 @@ submissions, and trial jobs that ended or vanished while the driver was away."""
 
 from __future__ import annotations
 
+import os
 import shutil
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from pomlia_hpc.automl import records
 from pomlia_hpc.automl.space import SpaceOptions
 from pomlia_hpc.automl.study import create_study, run_study
 from pomlia_hpc.cli import app
-from pomlia_hpc.errors import PomliaError
+from pomlia_hpc.errors import ClusterError, PomliaError
 from pomlia_hpc.registry import Registry
 from pomlia_hpc.workspace import Workspace
 
@@ -92,3 +93,45 @@ def test_driver_stopped_before_smacs_first_save_can_resume(
     shutil.rmtree(workspace.path("runs", "s", "smac"))
     with pytest.raises(PomliaError, match=r"no SMAC state to resume .* has recorded trials"):
         run_study(reg, workspace, spec, resume=True)
+
+
+@pytest.mark.slow
+@pytest.mark.slurm
+@pytest.mark.usefixtures("slurm")
+def test_failed_submission_stops_the_study_and_resume_submits_it(
+    workspace: Workspace, reg: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tiny_task(workspace, reg, "blood", sizes=(16, 8, 8))
+    spec = create_study(
+        reg,
+        workspace,
+        "blood",
+        name="sf",
+        n_trials=1,
+        max_epochs=1,
+        executor="slurm-local",
+        optimizer="random",
+        space=SpaceOptions(archs=("small_cnn",)),
+        initial_configs=[FAST],
+    )
+    # sbatch refuses the job, as when slurmctld is down (faked at the subprocess boundary).
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "sbatch").write_text(
+        "#!/bin/sh\necho 'sbatch: error: Slurm controller not responding' >&2\nexit 1\n"
+    )
+    (fake / "sbatch").chmod(0o755)
+    real_path = os.environ["PATH"]
+    monkeypatch.setenv("PATH", f"{fake}:{real_path}")
+    with pytest.raises(ClusterError, match="could not be submitted") as err:
+        run_study(reg, workspace, spec, poll_s=0.2)
+    assert "controller not responding" in str(err.value) and "--resume" in str(err.value)
+    (run,) = records.study_runs(reg, "sf")
+    assert run.status == "submit_failed" and "controller not responding" in (run.error or "")
+    assert run.job_id is None
+
+    monkeypatch.setenv("PATH", real_path)  # the scheduler is back
+    result = run_study(reg, workspace, spec, resume=True, poll_s=0.5)
+    (again,) = records.study_runs(reg, "sf")
+    assert again.id == run.id and again.status == "ok" and again.error is None
+    assert result.n_ok == 1 and result.best_run_id == run.id

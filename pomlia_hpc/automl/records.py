@@ -1,7 +1,9 @@
 """AutoML trials as registry runs, and the lineage of the models they produce.
 
 Only the submitting process (the study driver) writes these rows; trial jobs write result files.
-Run ``status``: ``pending`` (created, not yet submitted), ``running``, ``ok``, ``crashed``.
+Run ``status``: ``pending`` (created, not yet submitted), ``running``, ``ok``, ``crashed``, or
+``submit_failed`` (the scheduler refused the job, ``error`` says why; a resumed study submits it
+again).
 ``config`` holds the hyperparameters plus the configuration's key and origin; ``metrics`` holds
 ``val`` and ``test`` metric dicts, the ``objective`` (the task metric on ``val``) and the epoch
 accounting (``epochs``, ``start_epoch``, ``epochs_run``), or the ``cause`` of a crash.
@@ -25,7 +27,7 @@ import pomlia_hpc
 from pomlia_hpc.registry import Job, Registry, Run, Task
 
 OK, CRASHED, RUNNING, PENDING = "ok", "crashed", "running", "pending"
-FINISHED = (OK, CRASHED)
+SUBMIT_FAILED = "submit_failed"
 
 
 def code_version() -> dict[str, str]:
@@ -112,8 +114,16 @@ def mark_running(
     with registry.session() as s:
         row = s.get(Run, run_id)
         if row is not None:
-            row.status, row.job_id = RUNNING, job_id
+            row.status, row.job_id, row.error = RUNNING, job_id, None
             row.metrics = {"start_epoch": start_epoch}
+
+
+def mark_submit_failed(registry: Registry, run_id: int, error: str) -> None:
+    """The trial's job could not be submitted (``error``: the scheduler's message)."""
+    with registry.session() as s:
+        row = s.get(Run, run_id)
+        if row is not None:
+            row.status, row.error = SUBMIT_FAILED, error
 
 
 def finish_run(

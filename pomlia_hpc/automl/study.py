@@ -31,7 +31,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from ConfigSpace import Configuration
 
@@ -323,6 +323,11 @@ def _summary(values: dict[str, Any]) -> str:
     return " ".join(parts)
 
 
+def _job_name(study: str, run_id: int) -> str:
+    """The name of trial run ``run_id``'s job (how a resumed driver finds it)."""
+    return f"automl-{study}-{run_id}"
+
+
 def _cause(exc: JobFailedError) -> str:
     """One line: why a trial job ended without a result."""
     tb = exc.traceback or ""
@@ -537,15 +542,21 @@ class StudyRunner:
         )
         try:
             request = self._request(proposal, workdir, model_path, run_id)
-            handle = self.executor.submit(
-                TrialJob(request, str(result_path)),
-                name=f"automl-{self.spec.name}-{run_id}",
-                resources=self.spec.resources or None,
-            )
         except PomliaError as exc:
             # The trial could not even start (e.g. extra images unavailable): a crash too.
             self._record_crash(opt, run_id, proposal, str(exc), str(exc), 0.0)
             return
+        try:
+            handle = self.executor.submit(
+                TrialJob(request, str(result_path)),
+                name=_job_name(self.spec.name, run_id),
+                resources=self.spec.resources or None,
+            )
+        except (RuntimeError, OSError, PomliaError) as exc:
+            # sbatch failed (submitit's FailedJobError/FailedSubmissionError are RuntimeErrors),
+            # often transiently (slurmctld down, a full queue): not the configuration's fault, so
+            # SMAC is not told "crashed"; the run is kept for --resume to submit again.
+            self._submit_failed(run_id, proposal, exc)
         records.mark_running(self.registry, run_id, handle.record_id, start_epoch=start)
         self.active[run_id] = _Active(run_id, proposal, handle, time.time())
         self._views[run_id] = TrialView(
@@ -561,6 +572,35 @@ class StudyRunner:
             "",
             start,
         )
+
+    def _submit_failed(self, run_id: int, proposal: Proposal, exc: BaseException) -> NoReturn:
+        """Record that run ``run_id``'s job could not be submitted and stop the study."""
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        records.mark_submit_failed(self.registry, run_id, f"submission failed: {message}")
+        old = self._views[run_id]
+        self._views[run_id] = TrialView(
+            run_id,
+            old.key,
+            old.summary,
+            old.epochs,
+            records.SUBMIT_FAILED,
+            None,
+            None,
+            None,
+            "",
+            message[:300],
+            old.start_epoch,
+        )
+        self._emit()
+        out = [str(a.handle.job_id) for a in self.active.values()]
+        still = f"; its running jobs ({', '.join(out)}) go on" if out else ""
+        raise ClusterError(
+            f"study '{self.spec.name}' stopped: the job of trial run {run_id} "
+            f"({proposal.epochs} epochs) could not be submitted to executor "
+            f"'{self.spec.executor}': {message[:500]}{still}",
+            hint=f"once the scheduler accepts jobs again, `pomlia automl run {self.spec.task} "
+            f"--study {self.spec.name} --resume` submits it and continues the study",
+        ) from exc
 
     def _request(
         self, proposal: Proposal, workdir: Path, model_path: Path, run_id: int
