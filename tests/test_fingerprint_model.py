@@ -140,6 +140,13 @@ def test_train_register_and_resume(workspace: Workspace, reg: Registry) -> None:
     assert json.loads((out / "latest.json").read_text())["epoch"] == 1
     # Same name again: already trained, nothing runs.
     assert train_encoder(reg, workspace, "ae", [a, b], _cfg(), executor=ex).id == enc.id
+    # Same name, other options or datasets: refused, naming the field (nothing runs).
+    with pytest.raises(
+        InputError, match=r"encoder 'ae' was trained with config.epochs = 1 but this run asks for 2"
+    ):
+        train_encoder(reg, workspace, "ae", [a, b], _cfg(epochs=2), executor=ex)
+    with pytest.raises(InputError, match=rf"datasets = \['{a}', '{b}'\] .* asks for \['{a}'\]"):
+        train_encoder(reg, workspace, "ae", [a], _cfg(), executor=ex)
 
     # A longer run in the same folder resumes after the epoch-1 checkpoint (what a requeued
     # job does after preemption) and keeps the first epoch's loss.
@@ -149,6 +156,14 @@ def test_train_register_and_resume(workspace: Workspace, reg: Registry) -> None:
     assert len(res["loss_curve"]) == 2 and res["loss_curve"][0] == enc.loss_curve[0]
     log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
     assert [e["epoch"] for e in log] == [1, 2] and all(e["images"] == 96 for e in log)
+
+    # Unfinished (no encoder.pt, as after a killed job): resuming under other options would
+    # mix two trainings in one checkpoint, so it is refused too.
+    (out / "encoder.pt").unlink()
+    with pytest.raises(InputError, match=r"encoder 'ae' was started with config.lr = 0.001 "):
+        train_encoder(reg, workspace, "ae", [a, b], _cfg(lr=0.01), executor=ex)
+    with pytest.raises(InputError, match=r"config.encoder.latent_dim = 2 but this run asks for 3"):
+        train_encoder(reg, workspace, "ae", [a, b], _cfg(encoder={"latent_dim": 3}), executor=ex)
 
 
 def test_two_data_parallel_ranks_bf16_zero1(workspace: Workspace, reg: Registry) -> None:

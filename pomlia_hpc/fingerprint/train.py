@@ -14,6 +14,8 @@ same command run again) resumes from there. When all epochs are done rank 0 writ
 
 Files under ``<home>/models/encoders/<name>/``::
 
+    config.json         {"config": TrainConfig, "datasets": [name@version, ...]}, written at
+                        submission: a re-run under the same name must ask for the same
     encoder.pt          final weights (written last: its presence means "trained")
     latest.json         {"epoch": k, "tag": "epoch-000k", "loss_curve": [...]}
     checkpoints/        DeepSpeed checkpoints (the last two epochs are kept)
@@ -49,7 +51,7 @@ from pomlia_hpc.fingerprint.loader import (
     make_loader,
     steps_per_epoch,
 )
-from pomlia_hpc.registry import DatasetVersion, Encoder, Registry
+from pomlia_hpc.registry import Dataset, DatasetVersion, Encoder, Registry
 from pomlia_hpc.workspace import Workspace
 
 
@@ -79,6 +81,10 @@ def check_encoder_name(name: str) -> str:
             "(at most 128, not starting with '.' or '-', not all digits)"
         )
     return name
+
+
+#: File in the encoder folder recording what a training was started with.
+TRAINING_RECORD = "config.json"
 
 
 def encoder_dir(workspace: Workspace, name: str) -> Path:
@@ -285,7 +291,8 @@ def _sources(
 ) -> tuple[list[Source], list[DatasetVersion]]:
     if not refs:
         raise InputError("no datasets given: expected at least one dataset (name or name@version)")
-    sources, rows = [], []
+    sources: list[Source] = []
+    rows: list[DatasetVersion] = []
     for ref in refs:
         row = find_version(registry, ref)
         store = open_store(row.store_path)
@@ -311,12 +318,16 @@ def train_encoder(
     progress: Callable[[int, int], None] | None = None,
 ) -> Encoder:
     """Train (or finish training) the encoder ``name`` on ``datasets`` as one cluster job, wait
-    for it, and register it. Re-running with the same name resumes an unfinished training and
-    returns the registered encoder of a finished one. ``progress(epochs_done, epochs)`` is
-    called while the job runs (from its ``latest.json``).
+    for it, and register it. Re-running with the same name, datasets and ``config`` resumes
+    an unfinished training and returns the registered encoder of a finished one; other
+    datasets or options raise :class:`InputError` naming the first field that differs.
+    ``progress(epochs_done, epochs)`` is called while the job runs (from its ``latest.json``).
     """
     check_encoder_name(name)
     config = config or TrainConfig()
+    sources, rows = _sources(registry, datasets, config)
+    wanted = {"config": config.model_dump(mode="json"), "datasets": _refs(registry, rows)}
+    out = encoder_dir(workspace, name)
     with registry.session() as s:
         existing = s.scalar(select(Encoder).where(Encoder.name == name))
     if (
@@ -324,16 +335,22 @@ def train_encoder(
         and existing.checkpoint_path
         and Path(existing.checkpoint_path).exists()
     ):
+        trained = {
+            "config": existing.config,
+            "datasets": _refs(registry, existing.dataset_version_ids),
+        }
+        _check_same_training(name, "trained", trained, wanted)
         return existing
-    sources, rows = _sources(registry, datasets, config)
+    record = out / TRAINING_RECORD
+    if record.exists():
+        _check_same_training(name, "started", json.loads(record.read_text()), wanted)
     n_rows = sum(s.stop - s.start for s in sources)
     if steps_per_epoch(n_rows, config.batch_size, config.processes) == 0:
         raise InputError(
             f"training set has {n_rows} images, fewer than one batch of {config.batch_size} "
             f"per process ({config.processes} processes): lower batch_size"
         )
-    out = encoder_dir(workspace, name)
-    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(record, json.dumps(wanted, indent=1))
     ex = executor or Executor.from_profile(workspace.cluster_profile, workspace.jobs, registry)
     handle = ex.submit(
         TrainJob(config, sources, str(out)), name=f"fingerprint-train-{name}", resources=resources
@@ -354,6 +371,41 @@ def train_encoder(
         result["checkpoint_path"],
         job_id=handle.record_id,
     )
+
+
+def _refs(registry: Registry, version_ids: list[int] | list[DatasetVersion]) -> list[str]:
+    """``name@version`` of dataset versions (rows or ids), in the given order."""
+    ids = [v if isinstance(v, int) else v.id for v in version_ids]
+    with registry.session() as s:
+        q = select(DatasetVersion.id, Dataset.name, DatasetVersion.version).join(
+            Dataset, Dataset.id == DatasetVersion.dataset_id
+        )
+        known = {i: f"{n}@{v}" for i, n, v in s.execute(q.where(DatasetVersion.id.in_(ids)))}
+    return [known.get(i, f"dataset version id {i}") for i in ids]
+
+
+def _flatten(value: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in value.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _check_same_training(name: str, state: str, old: dict[str, Any], new: dict[str, Any]) -> None:
+    """Refuse a run of encoder ``name`` that asks for other datasets or options than the
+    training it would reuse (``state`` "trained") or resume ("started")."""
+    before, now = _flatten(old), _flatten(new)
+    for key in sorted(before.keys() | now.keys()):
+        if before.get(key) != now.get(key):
+            raise InputError(
+                f"encoder '{name}' was {state} with {key} = {before.get(key)!r} but this run "
+                f"asks for {now.get(key)!r}: expected the same datasets and options as before "
+                f"to {'reuse' if state == 'trained' else 'resume'} it",
+                hint="choose another --name for a new encoder",
+            )
 
 
 def register_encoder(
