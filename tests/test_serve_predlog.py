@@ -4,11 +4,15 @@ concurrent load and across SIGTERM (counted, against real server processes)."""
 from __future__ import annotations
 
 import asyncio
+import errno
 import io
+import os
+import queue
 import signal
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -21,7 +25,7 @@ from pomlia_hpc.serve.exported import ExportedBundle
 from pomlia_hpc.serve.local import LocalServer
 from pomlia_hpc.serve.metrics import ServerMetrics
 from pomlia_hpc.serve.predictor import Predictor
-from pomlia_hpc.serve.predlog import LogClosedError, PredictionLog, read_records
+from pomlia_hpc.serve.predlog import LogClosedError, LogWriteError, PredictionLog, read_records
 from pomlia_hpc.serve.runtime import load_runtime
 
 
@@ -61,6 +65,53 @@ def test_log_rotates_and_reader_skips_a_torn_tail(tmp_path: Path) -> None:
     with files[-1].open("ab") as f:
         f.write(b'{"type": "feedback", "id": "torn')  # a crash mid-line
     assert [r["id"] for r in read_records(tmp_path, "feedback")] == list(range(20))
+
+
+class TornWriteLog(PredictionLog):
+    """Its second write stops half-way with ENOSPC, once the test says so (``release``), so
+    the test can queue another group behind the failing one."""
+
+    def __init__(self, directory: Path) -> None:
+        self.writes = 0
+        self.entered, self.release = threading.Event(), threading.Event()
+        super().__init__(directory)
+
+    def _write_all(self, data: bytes) -> None:
+        self.writes += 1
+        if self.writes == 2:
+            self.entered.set()
+            self.release.wait(30)
+            os.write(self._fd, data[: len(data) // 2])
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        super()._write_all(data)
+
+
+def test_a_failed_write_is_cut_back_and_nothing_is_written_after_it(tmp_path: Path) -> None:
+    log = TornWriteLog(tmp_path)
+    outcome: queue.Queue[tuple[str, BaseException | None]] = queue.Queue()
+
+    def record(key: str) -> tuple[list[dict[str, object]], Callable[[BaseException | None], None]]:
+        return [{"type": "prediction", "id": key, "pad": "x" * 100}], lambda e: outcome.put(
+            (key, e)
+        )
+
+    log.append(*record("first"))
+    assert outcome.get(timeout=30) == ("first", None)
+    log.append(*record("torn"))
+    assert log.entered.wait(30)
+    log.append(*record("queued behind"))  # accepted: the failure is not known yet
+    log.release.set()
+    results = dict(outcome.get(timeout=30) for _ in range(2))
+    assert isinstance(results["torn"], LogWriteError)
+    assert isinstance(results["queued behind"], LogWriteError)
+    assert "No space left on device" in str(results["torn"])
+    with pytest.raises(LogWriteError, match="failed earlier"):
+        log.append(*record("late"))
+    assert not log.healthy
+    log.close()
+    (path,) = tmp_path.glob("*.jsonl")
+    assert path.read_bytes().count(b"\n") == 1 and path.read_bytes().endswith(b"\n")
+    assert [r["id"] for r in read_records(tmp_path)] == ["first"]
 
 
 def test_batcher_groups_requests_and_drains_on_close() -> None:

@@ -32,8 +32,10 @@ from pydantic import BaseModel, Field, ValidationError
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.requests import ClientDisconnect
 
 from pomlia_hpc import __version__
+from pomlia_hpc.serve.batching import BatcherClosedError
 from pomlia_hpc.serve.config import ServeConfig
 from pomlia_hpc.serve.decode import (
     IMAGE_TYPES,
@@ -54,7 +56,7 @@ from pomlia_hpc.serve.metrics import (
     ServerMetrics,
 )
 from pomlia_hpc.serve.predictor import Predictor, now_iso
-from pomlia_hpc.serve.predlog import PredictionLog
+from pomlia_hpc.serve.predlog import LogClosedError, LogWriteError, PredictionLog
 from pomlia_hpc.serve.runtime import load_runtime
 from pomlia_hpc.serve.security import BearerGuard, load_token
 
@@ -165,6 +167,12 @@ _FEEDBACK_BODY = {
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
     return JSONResponse({"error": message, "status": status}, status_code=status, headers=headers)
+
+
+def _client_gone() -> JSONResponse:
+    """The client hung up mid-upload: not a server error, nothing to log. 499 ("client closed
+    request", nginx's code) is what the metrics count; uvicorn drops the answer itself."""
+    return _error(499, "client closed the request before its body was read")
 
 
 def _json(payload: Any) -> Response:
@@ -312,6 +320,10 @@ def create_app(
     async def _http_error(_r: Request, exc: StarletteHTTPException) -> JSONResponse:
         return _error(exc.status_code, str(exc.detail), dict(exc.headers or {}) or None)
 
+    @app.exception_handler(ClientDisconnect)
+    async def _disconnect(_r: Request, _exc: ClientDisconnect) -> JSONResponse:
+        return _client_gone()
+
     @app.exception_handler(Exception)
     async def _unexpected(_r: Request, exc: Exception) -> JSONResponse:
         log.exception("unexpected error", exc_info=exc)
@@ -353,7 +365,8 @@ def create_app(
         images = arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
         try:
             predictions = await pred.predict(images)
-        except RuntimeError as exc:  # batcher closed or log failed: not the client's fault
+        except (BatcherClosedError, LogClosedError, LogWriteError) as exc:
+            # Shutting down, or the log cannot be written: not the client's fault, retry later.
             raise RequestError(503, f"prediction not recorded: {exc}") from exc
         return _json(
             {"model": bundle.name, "model_version": bundle.version, "predictions": predictions}
@@ -435,6 +448,8 @@ def create_app(
             response = await handle_predict(Request(scope, receive))
         except RequestError as exc:
             response = _error(exc.status, exc.message)
+        except ClientDisconnect:
+            response = _client_gone()
         except Exception as exc:
             log.exception("unexpected error", exc_info=exc)
             response = _error(500, "internal server error")
@@ -519,6 +534,6 @@ async def _append_durably(plog: PredictionLog, record: dict[str, Any]) -> None:
 
     try:
         plog.append([record], done)
-    except RuntimeError as exc:
+    except (LogClosedError, LogWriteError) as exc:
         raise RequestError(503, f"feedback not recorded: {exc}") from exc
     await fut

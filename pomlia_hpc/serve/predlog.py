@@ -21,7 +21,9 @@ A file is rotated after ``max_bytes``; a torn last line (power loss mid-write) i
 
 from __future__ import annotations
 
+import contextlib
 import json
+import logging
 import os
 import queue
 import socket
@@ -34,6 +36,7 @@ from typing import Any
 
 import orjson
 
+log = logging.getLogger("pomlia.serve")
 Record = dict[str, Any]
 _ORJSON = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE
 Callback = Callable[[BaseException | None], None]
@@ -41,6 +44,11 @@ Callback = Callable[[BaseException | None], None]
 
 class LogClosedError(RuntimeError):
     """The log was closed; no more records are accepted."""
+
+
+class LogWriteError(RuntimeError):
+    """Records could not be made durable (disk full, I/O error): what every callback and caller
+    sees, whatever the OS error was, so the server answers 503 for all of them."""
 
 
 @dataclass(frozen=True)
@@ -59,7 +67,8 @@ class PredictionLog:
     """Append-only JSON-lines log with one writer thread and group-committed fsyncs.
 
     ``append(records, done)`` is thread-safe and returns at once; ``done(None)`` runs on the
-    writer thread after the records are on disk, ``done(error)`` if writing them failed.
+    writer thread after the records are on disk, ``done(LogWriteError)`` if writing them failed.
+    After a failed write the file is cut back to its last commit and nothing more is written.
     ``written`` counts records made durable.
     """
 
@@ -104,7 +113,7 @@ class PredictionLog:
             if self._closed:
                 raise LogClosedError("the prediction log is closed")
             if self._error is not None:
-                raise LogClosedError(f"the prediction log failed: {self._error}")
+                raise LogWriteError(f"the prediction log failed earlier: {self._error}")
             self._queue.put(_Entry(lines, len(records), done))
 
     def close(self, timeout: float | None = None) -> None:
@@ -118,6 +127,7 @@ class PredictionLog:
     def _open_next(self) -> None:
         if self._fd >= 0:
             os.close(self._fd)
+            self._fd = -1  # never a stale number: the OS may hand it to another file
             self._seq += 1
         self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         self._size = 0
@@ -143,30 +153,54 @@ class PredictionLog:
                     group.append(item)
             if group:
                 self._commit(group)
-        os.close(self._fd)
+        if self._fd >= 0:  # -1 if a rotation failed
+            os.close(self._fd)
 
     def _commit(self, group: list[_Entry]) -> None:
         data = b"".join(e.lines for e in group)
-        error: BaseException | None = None
-        try:
-            if self._size and self._size + len(data) > self.max_bytes:
-                self._open_next()
-            view = memoryview(data)
-            while view:
-                view = view[os.write(self._fd, view) :]
-            if self.fsync:
-                os.fsync(self._fd)
-            self._size += len(data)
-        except OSError as exc:
-            # The requests of this group get the error instead of an answer, and the server
-            # reports not-ready from now on.
-            self._error = error = exc
+        error: LogWriteError | None = None
+        if self._error is not None:
+            # Groups queued before the failure was seen: nothing more is written after a failed
+            # write, so the file never holds records after a gap or a torn line.
+            error = LogWriteError(f"the prediction log failed earlier: {self._error}")
         else:
-            self.written += sum(e.count for e in group)
-            self.commits += 1
+            try:
+                if self._size and self._size + len(data) > self.max_bytes:
+                    self._open_next()
+                self._write_all(data)
+                if self.fsync:
+                    os.fsync(self._fd)
+            except OSError as exc:
+                # The requests of this group get the error instead of an answer, the server
+                # reports not-ready from now on, and the file is cut back to its last commit
+                # (a partial write, e.g. on ENOSPC, would leave a torn line mid-file).
+                self._rollback()
+                log.error(
+                    "prediction log %s: write failed, no more records taken: %s", self.path, exc
+                )
+                # The message goes to clients: the reason, not the server's paths.
+                self._error = error = LogWriteError(
+                    f"cannot write the prediction log ({exc.strerror or type(exc).__name__})"
+                )
+            else:
+                self._size += len(data)
+                self.written += sum(e.count for e in group)
+                self.commits += 1
         for e in group:
             if e.done is not None:
                 e.done(error)
+
+    def _write_all(self, data: bytes) -> None:
+        """Write ``data`` to the current file (``os.write`` may write only part at a time)."""
+        view = memoryview(data)
+        while view:
+            view = view[os.write(self._fd, view) :]
+
+    def _rollback(self) -> None:
+        """Cut the current file back to its committed size (best effort: the disk may be gone)."""
+        if self._fd >= 0:
+            with contextlib.suppress(OSError):
+                os.ftruncate(self._fd, self._size)
 
 
 def _safe(text: str) -> str:
