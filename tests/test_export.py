@@ -18,6 +18,7 @@ from pomlia_hpc.nets import ARCHITECTURES, build_classifier
 from pomlia_hpc.registry import Model, Registry
 from pomlia_hpc.serve.bundle import (
     load_classifier,
+    model_card,
     normalize_task_type,
     register_model,
     save_classifier,
@@ -81,6 +82,11 @@ def test_checkpoint_round_trip(tmp_path: Path) -> None:
     assert loaded.meta.label_names == ("a", "b", "c", "d")
     assert loaded.meta.metrics == {"auc": 0.9}
     assert not list(tmp_path.glob(".*tmp*"))  # no temp file left behind
+    # The card says how the server scales pixels, and nothing it does not apply.
+    pre = model_card(loaded.meta, name="m")["preprocessing"]
+    assert "scale" not in pre and pre["input_scaling"]["uint8"] == "x / 255"
+    assert "x / 65535" in pre["input_scaling"]["uint16"]
+    assert "[0, 1]" in pre["input_scaling"]["float"]
 
 
 def test_save_rejects_weights_that_do_not_fit_the_arch(tmp_path: Path) -> None:

@@ -55,23 +55,33 @@ def normalize_task_type(task_type: str) -> str:
     return key
 
 
+#: How the server scales uploaded pixels to [0, 1] (:mod:`pomlia_hpc.serve.decode`), written
+#: into every model card so a client can match what the network saw in training.
+INPUT_SCALING = {
+    "uint8": "x / 255",
+    "uint16": (
+        "x / 65535, the full 16-bit range; ingest scaled 16-bit training images by the "
+        "dataset's own maximum (its intensity_scaling metadata), so for such data send "
+        "float32 x / max in [0, 1] instead"
+    ),
+    "float": "as sent; must be finite and in [0, 1], else the request is refused (400)",
+}
+
+
 @dataclass(frozen=True)
 class Preprocessing:
-    """How pixels become the network's input: ``(pixel * scale - mean[c]) / std[c]``, NCHW float32.
-
-    ``scale`` is 1/255 for 8-bit images; float images already in [0, 1] skip it.
-    """
+    """How pixels become the network's input: pixels scaled to [0, 1] as
+    :data:`INPUT_SCALING` says, then ``(x - mean[c]) / std[c]``, NCHW float32."""
 
     mean: tuple[float, ...]
     std: tuple[float, ...]
-    scale: float = 1.0 / 255.0
     layout: str = "NCHW"
 
     def to_dict(self) -> dict[str, Any]:
         return {
+            "input_scaling": dict(INPUT_SCALING),
             "mean": list(self.mean),
             "std": list(self.std),
-            "scale": self.scale,
             "layout": self.layout,
         }
 
@@ -130,8 +140,7 @@ class ClassifierMeta:
             prep = Preprocessing(
                 mean=tuple(float(x) for x in pre["mean"]),
                 std=tuple(float(x) for x in pre["std"]),
-                scale=float(pre.get("scale", 1.0 / 255.0)),
-            )
+            )  # an old checkpoint's 'scale' (always 1/255, never applied) is ignored
         except (KeyError, TypeError, ValueError) as exc:
             raise InputError(
                 f"{source}: field 'preprocessing' should hold lists 'mean' and 'std' ({exc})"

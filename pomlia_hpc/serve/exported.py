@@ -120,10 +120,6 @@ class ExportedBundle:
     def std(self) -> list[float]:
         return [float(x) for x in self.card["preprocessing"]["std"]]
 
-    @property
-    def scale(self) -> float:
-        return float(self.card["preprocessing"].get("scale", 1.0 / 255.0))
-
     def file(self, name: str) -> Path | None:
         """Path of bundle file ``name`` if the card lists it."""
         return self.root / name if name in self.card["files"] else None
