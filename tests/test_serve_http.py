@@ -295,5 +295,10 @@ def test_serve_config_file_errors_name_the_key(tmp_path: Path) -> None:
     cfg.write_text("max_batch: 0\n")
     with pytest.raises(ConfigError, match="bad value for 'max_batch'"):
         load_serve_config(cfg)
+    cfg.write_text("graceful_timeout_s: 0\n")  # uvicorn would wait forever
+    with pytest.raises(ConfigError, match="bad value for 'graceful_timeout_s'"):
+        load_serve_config(cfg)
+    cfg.write_text("graceful_timeout_s: 0.2\n")
+    assert load_serve_config(cfg).graceful_timeout_whole_s == 1
     cfg.write_text("max_batch: 64\nport: 9000\n")
     assert load_serve_config(cfg, {"port": 9100, "host": None}).model_dump()["port"] == 9100

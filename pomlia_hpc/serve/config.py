@@ -12,6 +12,7 @@ Example ``serve.yaml``::
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -40,12 +41,22 @@ class ServeConfig(BaseModel):
     log_dir: Path | None = Field(None, description="default <home>/logs/predictions/<model>")
     log_fsync: bool = True
     deployment_id: int | None = None
-    graceful_timeout_s: float = Field(30.0, ge=0)
+    graceful_timeout_s: float = Field(
+        30.0,
+        gt=0,
+        description="longest wait for in-flight requests on SIGTERM, s (rounded up to whole s)",
+    )
     address_file: Path | None = None
 
     @property
     def max_upload_bytes(self) -> int:
         return int(self.max_upload_mb * 1024 * 1024)
+
+    @property
+    def graceful_timeout_whole_s(self) -> int:
+        """``graceful_timeout_s`` rounded up: uvicorn takes whole seconds, where 0 or None
+        would mean waiting forever."""
+        return math.ceil(self.graceful_timeout_s)
 
 
 def load_serve_config(

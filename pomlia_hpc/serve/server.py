@@ -105,7 +105,7 @@ def run_server(bundle: ExportedBundle, config: ServeConfig, log_dir: Path) -> No
             lifespan="on",
             access_log=False,
             log_level="warning",
-            timeout_graceful_shutdown=int(config.graceful_timeout_s) or None,
+            timeout_graceful_shutdown=config.graceful_timeout_whole_s,
             # uvloop and httptools when installed (the C parser halves per-request overhead).
             loop="auto",
             http="auto",
