@@ -3,11 +3,18 @@
 from __future__ import annotations
 
 import multiprocessing as mp
+import queue
+from datetime import UTC, datetime, timedelta, timezone
+from pathlib import Path
 
-from sqlalchemy import func, inspect, select
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import func, inspect, select, text
 
 from pomlia_hpc.cluster.records import record_submission
-from pomlia_hpc.registry import Dataset, DatasetVersion, Job, Registry
+from pomlia_hpc.errors import ConfigError
+from pomlia_hpc.registry import Base, Dataset, DatasetVersion, Job, Registry
 from pomlia_hpc.registry.db import current_revision, head_revision
 
 TABLES = {
@@ -29,6 +36,76 @@ def test_migrations_create_schema(registry: Registry) -> None:
     names = set(inspect(registry.engine).get_table_names())
     assert names >= TABLES
     assert current_revision(registry.engine) == head_revision()
+    with registry.engine.connect() as conn:
+        ctx = MigrationContext.configure(
+            conn, opts={"compare_type": True, "compare_server_default": True}
+        )
+        assert compare_metadata(ctx, Base.metadata) == []  # models and migrations agree
+
+
+def test_times_come_back_aware_utc(registry: Registry) -> None:
+    berlin = timezone(timedelta(hours=2))
+    started = datetime(2026, 7, 1, 12, 0, tzinfo=berlin)
+    (rid,) = record_submission(registry, backend="slurm", scheduler_ids=["1"], name="x", folder="/")
+    with registry.session() as s:
+        row = s.get(Job, rid)
+        assert row is not None
+        row.started_at = started
+    with registry.session() as s:
+        row = s.get(Job, rid)
+        assert row is not None
+        assert row.started_at == started and row.started_at.tzinfo == UTC
+        assert row.submitted_at.tzinfo == UTC
+
+
+def _opener(url: str, barrier: mp.synchronize.Barrier, out: mp.Queue[str]) -> None:
+    barrier.wait()
+    try:
+        Registry.open(url).dispose()
+        out.put("ok")
+    except Exception as exc:
+        out.put(f"{type(exc).__name__}: {exc}")
+
+
+def test_fresh_registry_opened_by_several_processes_at_once(db_url: str) -> None:
+    ctx = mp.get_context("spawn")
+    barrier = ctx.Barrier(4)
+    out: mp.Queue[str] = ctx.Queue()
+    procs = [ctx.Process(target=_opener, args=(db_url, barrier, out)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    try:
+        results = [out.get(timeout=120) for _ in procs]
+    except queue.Empty:
+        results = ["no answer"]
+    for p in procs:
+        p.join(30)
+    assert results == ["ok"] * 4
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("postgres://pomlia:s3cret@127.0.0.1/x", "unknown database driver 'postgres'"),
+        ("mysql://pomlia:s3cret@127.0.0.1/x", "driver for 'mysql' is not installed"),
+        ("postgresql+psycopg://pomlia:s3cret@127.0.0.1:1/x", "cannot open the database"),
+    ],
+)
+def test_bad_registry_url_is_one_clear_error(url: str, expected: str) -> None:
+    with pytest.raises(ConfigError) as exc:
+        Registry.open(url)
+    msg = str(exc.value)
+    assert expected in msg and "pomlia:***@127.0.0.1" in msg and "s3cret" not in msg
+
+
+def test_schema_newer_than_code_is_one_clear_error(tmp_path: Path) -> None:
+    url = f"sqlite:///{tmp_path / 'registry.db'}"
+    reg = Registry.open(url)
+    with reg.engine.begin() as conn:
+        conn.execute(text("UPDATE alembic_version SET version_num = 'f00dfeed'"))
+    reg.dispose()
+    with pytest.raises(ConfigError, match=r"schema revision f00dfeed is newer than this pomlia"):
+        Registry.open(url)
 
 
 def test_reopen_is_idempotent(db_url: str) -> None:

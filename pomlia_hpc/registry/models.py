@@ -11,12 +11,37 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import JSON, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+from sqlalchemy.types import TypeDecorator
 
 
 def utcnow() -> datetime:
     """The current time, UTC, timezone-aware."""
     return datetime.now(UTC)
+
+
+class UTCDateTime(TypeDecorator[datetime]):
+    """``DateTime(timezone=True)`` that always gives back aware UTC datetimes.
+
+    SQLite keeps no zone and returns naive values; comparing those with the aware values the
+    code computes makes every comparison unequal (and ordering raise). Values are stored in UTC
+    (a naive value is taken to be UTC already) and read back as UTC on every backend. The
+    column type is unchanged, so the migrations stay as they are.
+    """
+
+    impl = DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
+
+    def process_result_value(self, value: datetime | None, dialect: Dialect) -> datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=UTC) if value.tzinfo is None else value.astimezone(UTC)
 
 
 class Base(DeclarativeBase):
@@ -28,7 +53,7 @@ class Dataset(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     name: Mapped[str] = mapped_column(String(128), unique=True)
     description: Mapped[str] = mapped_column(Text, default="")
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class DatasetVersion(Base):
@@ -44,7 +69,7 @@ class DatasetVersion(Base):
     n_images: Mapped[int] = mapped_column(Integer, default=0)
     meta: Mapped[dict[str, Any]] = mapped_column(default=dict)
     fingerprint: Mapped[dict[str, Any]] = mapped_column(default=dict)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class Task(Base):
@@ -56,7 +81,7 @@ class Task(Base):
     dataset_version_id: Mapped[int] = mapped_column(ForeignKey("dataset_versions.id"))
     metric: Mapped[str] = mapped_column(String(32))
     task_type: Mapped[str] = mapped_column(String(32))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class Encoder(Base):
@@ -70,7 +95,7 @@ class Encoder(Base):
     loss_curve: Mapped[list[Any]] = mapped_column(default=list)
     checkpoint_path: Mapped[str] = mapped_column(Text, default="")
     job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id"))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class FingerprintSet(Base):
@@ -85,7 +110,7 @@ class FingerprintSet(Base):
     n_vectors: Mapped[int] = mapped_column(Integer, default=0)
     mean: Mapped[list[Any]] = mapped_column(default=list)
     status: Mapped[str] = mapped_column(String(16), default="pending")
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class Job(Base):
@@ -100,9 +125,9 @@ class Job(Base):
     name: Mapped[str] = mapped_column(String(128), default="")
     folder: Mapped[str] = mapped_column(Text, default="")
     state: Mapped[str] = mapped_column(String(32), default="PENDING", index=True)
-    submitted_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
-    ended_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True))
+    submitted_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    ended_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
     requeue_count: Mapped[int] = mapped_column(Integer, default=0)
     exit_cause: Mapped[str | None] = mapped_column(Text)
     traceback: Mapped[str | None] = mapped_column(Text)
@@ -125,7 +150,7 @@ class Run(Base):
     job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id"))
     dataset_version_id: Mapped[int | None] = mapped_column(ForeignKey("dataset_versions.id"))
     encoder_id: Mapped[int | None] = mapped_column(ForeignKey("encoders.id"))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class Model(Base):
@@ -139,7 +164,7 @@ class Model(Base):
     path: Mapped[str] = mapped_column(Text, default="")
     card: Mapped[dict[str, Any]] = mapped_column(default=dict)
     lineage: Mapped[dict[str, Any]] = mapped_column(default=dict)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class Deployment(Base):
@@ -150,7 +175,7 @@ class Deployment(Base):
     address: Mapped[str | None] = mapped_column(String(256))
     status: Mapped[str] = mapped_column(String(16), default="created")
     job_id: Mapped[int | None] = mapped_column(ForeignKey("jobs.id"))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
 
 
 class MonitorReport(Base):
@@ -162,4 +187,4 @@ class MonitorReport(Base):
     metrics: Mapped[dict[str, Any]] = mapped_column(default=dict)
     triggered: Mapped[bool] = mapped_column(default=False)
     report_path: Mapped[str] = mapped_column(Text, default="")
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
