@@ -88,8 +88,9 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 _M = TypeVar("_M", bound=BaseModel)
 
 
-def _validate(model: type[_M], data: Mapping[str, Any], source: str) -> _M:
-    """Validate ``data`` into ``model``; turn pydantic's error into one readable message."""
+def validate_model(model: type[_M], data: Mapping[str, Any], source: str) -> _M:
+    """Validate ``data`` into ``model``; turn pydantic's error into one :class:`ConfigError`
+    line that names ``source``, the key, what is wrong and the value given."""
     try:
         return model.model_validate(data)
     except ValidationError as exc:
@@ -129,7 +130,7 @@ def load_settings(
     env = os.environ if env is None else env
     defaults_path = config_dir() / "defaults.yaml"
     data = _read_yaml(defaults_path)
-    _validate(Settings, data, str(defaults_path))
+    validate_model(Settings, data, str(defaults_path))
 
     env_layer: dict[str, Any] = {}
     if env.get("POMLIA_HOME"):
@@ -143,14 +144,14 @@ def load_settings(
     # The workspace file is found with the home that env/flags select.
     home = Path(
         _merge(_merge(data, env_layer), flag_layer).get("workspace", {}).get("home", "pomlia-home")
-    )
+    ).expanduser()
     ws_file = home / "pomlia.yaml"
     if ws_file.is_file():
         ws_data = _read_yaml(ws_file)
-        _validate(Settings, _merge(data, ws_data), str(ws_file))
+        validate_model(Settings, _merge(data, ws_data), str(ws_file))
         data = _merge(data, ws_data)
     data = _merge(_merge(data, env_layer), flag_layer)
-    return _validate(Settings, data, "settings (after environment and flags)")
+    return validate_model(Settings, data, "settings (after environment and flags)")
 
 
 def _drop_none(d: Mapping[str, Any]) -> dict[str, Any]:
@@ -184,9 +185,9 @@ def load_cluster_profile(name_or_path: str, **overrides: Any) -> ClusterProfile:
             f"known profiles: {', '.join(cluster_profiles())}"
         )
     data = _read_yaml(path)
-    profile = _validate(ClusterProfile, data, str(path))
+    profile = validate_model(ClusterProfile, data, str(path))
     if overrides:
-        profile = _validate(
+        profile = validate_model(
             ClusterProfile, {**data, **_drop_none(overrides)}, f"{path} (with overrides)"
         )
     return profile

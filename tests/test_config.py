@@ -82,3 +82,22 @@ def test_submitit_parameters_from_profile() -> None:
     assert params["slurm_setup"] == list(prof.setup)
     local = submitit_parameters(load_cluster_profile("local"), name="t")
     assert not any(k.startswith("slurm_") for k in local)
+
+
+def test_workspace_file_found_under_a_home_with_tilde(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))
+    (tmp_path / "ws").mkdir()
+    (tmp_path / "ws" / "pomlia.yaml").write_text("cluster:\n  profile: debug\n")
+    assert load_settings(env={"POMLIA_HOME": "~/ws"}).cluster.profile == "debug"
+
+
+def test_resource_override_bad_value_is_one_line() -> None:
+    with pytest.raises(ConfigError) as exc:
+        with_overrides(load_cluster_profile("local"), {"cpus_per_task": 0})
+    msg = str(exc.value)
+    assert msg == (
+        "job resources: bad value for 'cpus_per_task': "
+        "Input should be greater than or equal to 1 (got 0)"
+    )

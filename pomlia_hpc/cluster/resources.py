@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pomlia_hpc.config import ClusterProfile
+from pomlia_hpc.config import ClusterProfile, validate_model
 from pomlia_hpc.errors import ConfigError
 
 #: Keys a single job may override.
@@ -28,10 +28,7 @@ def with_overrides(profile: ClusterProfile, overrides: dict[str, Any] | None) ->
         )
     data = profile.model_dump()
     data.update({k: v for k, v in overrides.items() if v is not None})
-    try:
-        return ClusterProfile.model_validate(data)
-    except Exception as exc:  # pydantic.ValidationError: keep the message short
-        raise ConfigError(f"bad resource value in {overrides}: {exc}") from exc
+    return validate_model(ClusterProfile, data, "job resources")
 
 
 def submitit_parameters(profile: ClusterProfile, *, name: str) -> dict[str, Any]:
