@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from pomlia_hpc import __version__
 from pomlia_hpc.cli import app
 from pomlia_hpc.cluster import Executor, JobFailedError
-from pomlia_hpc.registry import Registry
+from pomlia_hpc.registry import Job, Registry
 from pomlia_hpc.workspace import Workspace
 
 runner = CliRunner()
@@ -88,6 +88,8 @@ def test_jobs_list_show_cancel(workspace: Workspace) -> None:
     res = runner.invoke(app, ["jobs", "list"])
     assert res.exit_code == 0, res.output
     assert "sleeper" in res.output and "FAILED" in res.output
+    (sleeper_line,) = [ln for ln in res.output.splitlines() if "sleeper" in ln]
+    assert "RUNNING" in sleeper_line  # the local process is looked at, not only result()
 
     res = runner.invoke(app, ["jobs", "show", str(done.record_id)])
     assert res.exit_code == 0
@@ -101,6 +103,13 @@ def test_jobs_list_show_cancel(workspace: Workspace) -> None:
     assert slow.done()  # the process really stopped
     res = runner.invoke(app, ["jobs", "list", "--state", "cancelled"])
     assert "sleeper" in res.output
+    with reg.session() as sess:
+        row = sess.get(Job, slow.record_id)
+        assert row is not None and row.ended_at is not None
+
+    # An ended job keeps its state: nothing is signalled, nothing recorded.
+    res = runner.invoke(app, ["jobs", "cancel", str(done.record_id)])
+    assert res.exit_code == 0 and "already ended (FAILED)" in res.output
 
     res = runner.invoke(app, ["jobs", "show", "999"])
     assert res.exit_code != 0

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import signal
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -12,8 +13,9 @@ import pytest
 from sqlalchemy import select
 
 from pomlia_hpc.cluster import Executor, JobFailedError, distributed_env, expand_hostlist, wait_all
-from pomlia_hpc.cluster.executor import cancel_scheduler_job
-from pomlia_hpc.errors import ConfigError
+from pomlia_hpc.cluster.executor import cancel_recorded_job, cancel_scheduler_job
+from pomlia_hpc.cluster.records import record_submission, refresh_jobs, this_host
+from pomlia_hpc.errors import ClusterError, ConfigError
 from pomlia_hpc.processes import pid_alive
 from pomlia_hpc.registry import Job, Registry
 
@@ -156,3 +158,93 @@ def test_pid_alive_running_zombie_and_gone() -> None:
         running.wait()
         exited.wait()
     assert not pid_alive(running.pid)
+
+
+def _wait_all_in_thread(handles: list, timeout_s: float = 120) -> list:
+    """wait_all in a thread, so that a hang fails the test instead of stopping the run."""
+    out: dict[str, list] = {}
+    t = threading.Thread(target=lambda: out.setdefault("r", wait_all(handles, poll_s=0.1)))
+    t.daemon = True
+    t.start()
+    t.join(timeout_s)
+    assert not t.is_alive(), "wait_all still waiting"
+    return out["r"]
+
+
+def test_wait_all_returns_for_failed_and_cancelled_submissions(tmp_path: Path) -> None:
+    # max_parallel=1: a failed submission that kept its slot would stop every later job.
+    ex = Executor.from_profile("local", tmp_path / "jobs", None, max_parallel=1)
+    unpicklable = threading.Lock()
+    handles = ex.map_array(lambda x: x, [unpicklable, 1, 2, 3])
+    handles[3].cancel()  # still queued behind 1 and 2
+    out = _wait_all_in_thread(handles)
+    assert out[1:3] == [1, 2]
+    assert isinstance(out[0], ClusterError) and not isinstance(out[0], JobFailedError)
+    assert isinstance(out[3], ClusterError) and "cancelled before submission" in str(out[3])
+    assert handles[0].done() and handles[3].done() and not handles[3].submitted
+
+
+def test_local_rows_follow_the_process_without_result(tmp_path: Path, reg: Registry) -> None:
+    ex = Executor.from_profile("local", tmp_path / "jobs", reg)
+    slow = ex.submit(jobfns.sleep_for, 120, name="slow")
+    ok = ex.submit(jobfns.add, 1, 2, name="ok")
+    bad = ex.submit(jobfns.boom, "x", name="bad")
+    deadline = time.monotonic() + 60
+    while not (ok.done() and bad.done()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    refresh_jobs(reg)  # what `pomlia jobs list` does in another process; no result() called
+    with reg.session() as s:
+        states = {r.name: r.state for r in s.scalars(select(Job))}
+        ended = {r.name: r.ended_at for r in s.scalars(select(Job))}
+    assert states == {"slow": "RUNNING", "ok": "COMPLETED", "bad": "FAILED"}
+    assert ended["slow"] is None and ended["ok"] is not None
+    slow.cancel()
+
+
+def test_cancel_refuses_a_pid_that_is_not_a_job(tmp_path: Path, reg: Registry) -> None:
+    other = subprocess.Popen(["sleep", "60"])
+    try:
+        with pytest.raises(ClusterError, match=f"process {other.pid} is not the submitit job"):
+            cancel_scheduler_job("local", str(other.pid), folder=str(tmp_path))
+        # A recorded job whose pid now runs something else has ended: it is not signalled.
+        (rid,) = record_submission(
+            reg,
+            backend="local",
+            scheduler_ids=[str(other.pid)],
+            name="gone",
+            folder=str(tmp_path),
+            meta={"host": this_host()},
+        )
+        assert cancel_recorded_job(reg, rid) == "FAILED"
+        assert pid_alive(other.pid)
+    finally:
+        other.kill()
+        other.wait()
+
+
+def test_cancel_after_completion_keeps_the_state(tmp_path: Path, reg: Registry) -> None:
+    ex = Executor.from_profile("local", tmp_path / "jobs", reg)
+    h = ex.submit(jobfns.add, 1, 2)
+    assert h.result() == 3
+    h.cancel()
+    assert cancel_recorded_job(reg, h.record_id or 0) == "COMPLETED"
+    with reg.session() as s:
+        assert s.scalars(select(Job)).one().state == "COMPLETED"
+
+
+def test_cancelled_row_gets_an_end_time(tmp_path: Path, reg: Registry) -> None:
+    ex = Executor.from_profile("local", tmp_path / "jobs", reg)
+    h = ex.submit(jobfns.sleep_for, 120)
+    assert cancel_recorded_job(reg, h.record_id or 0) is None
+    with reg.session() as s:
+        row = s.scalars(select(Job)).one()
+    assert (row.state, row.exit_cause) == ("CANCELLED", "cancelled by user")
+    assert row.ended_at is not None
+
+
+def test_local_job_inside_a_slurm_allocation_is_not_a_slurm_task() -> None:
+    env = {"SLURM_JOB_ID": "4242", "SLURM_PROCID": "3", "SUBMITIT_EXECUTOR": "local"}
+    out = distributed_env(env)
+    assert (out["RANK"], out["WORLD_SIZE"], out["MASTER_ADDR"]) == ("0", "1", "127.0.0.1")
+    assert out["MASTER_PORT"] != str(20000 + 4242)
+    assert distributed_env({**env, "SUBMITIT_EXECUTOR": "slurm"})["RANK"] == "3"

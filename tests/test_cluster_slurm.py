@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import subprocess
 import time
 from pathlib import Path
@@ -36,6 +37,16 @@ def test_function(tmp_path: Path, reg: Registry) -> None:
     (row,) = _rows(reg)
     assert (row.backend, row.state, row.scheduler_id) == ("slurm", "COMPLETED", h.job_id)
     assert row.started_at is not None and row.ended_at is not None
+    # The recorded end is Slurm's End, not when result() collected the value.
+    assert row.ended_at == records.sacct_states([h.job_id])[h.job_id].ended_at
+
+
+def test_cancel_after_completion_keeps_completed(tmp_path: Path, reg: Registry) -> None:
+    h = _slurm(tmp_path, reg).submit(jobfns.add, 1, 1)
+    assert h.result() == 2
+    h.cancel()
+    (row,) = _rows(reg)
+    assert (row.state, row.exit_cause) == ("COMPLETED", None)
 
 
 def test_array_of_8_polled_with_one_sacct_per_poll(tmp_path: Path, reg: Registry) -> None:
@@ -60,6 +71,17 @@ def test_array_split_at_max_array_size(tmp_path: Path, reg: Registry) -> None:
     handles = ex.map_array(lambda x: x + 100, list(range(7)))
     assert len({h.job_id.split("_")[0] for h in handles}) == 3  # 3 + 3 + 1
     assert wait_all(handles, poll_s=0.5) == [x + 100 for x in range(7)]
+    # The chunks ran one after the other: none started before the previous one ended.
+    rows = _rows(reg)
+    chunks = [
+        [r for r in rows if r.array_job_id == a]
+        for a in dict.fromkeys(r.array_job_id for r in rows)
+    ]
+    assert [len(c) for c in chunks] == [3, 3, 1]
+    for before, after in itertools.pairwise(chunks):
+        last_end = max(r.ended_at for r in before if r.ended_at is not None)
+        first_start = min(r.started_at for r in after if r.started_at is not None)
+        assert first_start >= last_end
 
 
 def test_failing_job(tmp_path: Path, reg: Registry) -> None:

@@ -9,7 +9,7 @@ from rich.table import Table
 from sqlalchemy import select
 
 from pomlia_hpc.cli.app import STATE, app, console
-from pomlia_hpc.cluster.records import refresh_slurm_jobs
+from pomlia_hpc.cluster.records import refresh_jobs
 from pomlia_hpc.config import load_cluster_profile
 from pomlia_hpc.errors import ClusterError
 from pomlia_hpc.registry import Job
@@ -67,7 +67,7 @@ def status(
     where = f" partition={profile.partition}" if profile.partition else ""
     console.print(f"cluster   : profile '{ws.cluster_profile}' (backend {profile.backend}{where})")
     try:
-        refresh_slurm_jobs(reg)
+        refresh_jobs(reg)
     except ClusterError as exc:
         console.print(f"[yellow]could not poll Slurm: {exc}[/]")
     with reg.session() as s:

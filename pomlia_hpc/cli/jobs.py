@@ -10,8 +10,8 @@ from sqlalchemy import select
 
 from pomlia_hpc.cli.app import STATE, app, console
 from pomlia_hpc.cli.core import jobs_table
-from pomlia_hpc.cluster.executor import cancel_scheduler_job
-from pomlia_hpc.cluster.records import FINAL_STATES, refresh_slurm_jobs, update_job
+from pomlia_hpc.cluster.executor import cancel_recorded_job
+from pomlia_hpc.cluster.records import refresh_jobs
 from pomlia_hpc.errors import ClusterError, NotFoundError
 from pomlia_hpc.registry import Job
 
@@ -37,7 +37,7 @@ def list_jobs(
     """List recorded jobs, newest first (Slurm states refreshed with one sacct call)."""
     reg = STATE.registry()
     try:
-        refresh_slurm_jobs(reg)
+        refresh_jobs(reg)
     except ClusterError as exc:
         console.print(f"[yellow]could not poll Slurm: {exc}[/]")
     with reg.session() as s:
@@ -51,6 +51,11 @@ def list_jobs(
 @jobs_app.command("show")
 def show(job_id: Annotated[int, typer.Argument(help="Registry id of the job.")]) -> None:
     """Show one job in full, with the traceback of a failure."""
+    _get(job_id)
+    try:
+        refresh_jobs(STATE.registry(), [job_id])
+    except ClusterError as exc:
+        console.print(f"[yellow]could not poll Slurm: {exc}[/]")
     row = _get(job_id)
     table = Table(show_header=False)
     for key in (
@@ -79,9 +84,8 @@ def show(job_id: Annotated[int, typer.Argument(help="Registry id of the job.")])
 def cancel(job_id: Annotated[int, typer.Argument(help="Registry id of the job.")]) -> None:
     """Cancel a job (scancel on Slurm, SIGINT to a local process)."""
     row = _get(job_id)
-    if row.state in FINAL_STATES:
-        console.print(f"job {job_id} already ended ({row.state})")
+    ended = cancel_recorded_job(STATE.registry(), job_id)
+    if ended is not None:
+        console.print(f"job {job_id} already ended ({ended})")
         return
-    cancel_scheduler_job(row.backend, row.scheduler_id)
-    update_job(STATE.registry(), job_id, state="CANCELLED", exit_cause="cancelled by user")
     console.print(f"job {job_id} ({row.backend} {row.scheduler_id}) cancelled")

@@ -52,7 +52,11 @@ def distributed_env(environ: Mapping[str, str] | None = None) -> dict[str, str]:
     """
     env = os.environ if environ is None else environ
     out: dict[str, str] = {}
-    if "SLURM_JOB_ID" in env and "SLURM_PROCID" in env:
+    # A local submitit job started inside a Slurm allocation (salloc, an interactive job)
+    # inherits SLURM_* from the shell, though it is one process of its own: all such jobs would
+    # take the same rank and port. submitit marks its local jobs with SUBMITIT_EXECUTOR=local.
+    in_slurm_task = env.get("SUBMITIT_EXECUTOR") != "local"
+    if in_slurm_task and "SLURM_JOB_ID" in env and "SLURM_PROCID" in env:
         nodelist = env.get("SLURM_JOB_NODELIST") or env.get("SLURM_NODELIST") or "127.0.0.1"
         out = {
             "RANK": env["SLURM_PROCID"],

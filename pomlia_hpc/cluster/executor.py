@@ -26,17 +26,23 @@ from pathlib import Path
 from typing import Any
 
 import submitit
+from sqlalchemy import select
 from submitit.core.utils import UncompletedJobError
 
 from pomlia_hpc.cluster.records import (
     FINAL_STATES,
+    is_local_job_process,
+    mark_cancelled,
     record_submission,
+    refresh_jobs,
     refresh_slurm_jobs,
+    sacct_states,
+    this_host,
     update_job,
 )
 from pomlia_hpc.cluster.resources import submitit_parameters, with_overrides
 from pomlia_hpc.config import ClusterProfile, load_cluster_profile
-from pomlia_hpc.errors import ClusterError
+from pomlia_hpc.errors import ClusterError, NotFoundError
 from pomlia_hpc.processes import pid_alive
 from pomlia_hpc.registry import Job, Registry
 
@@ -59,6 +65,8 @@ class JobHandle:
         self._job: submitit.Job[Any] | None = None
         self._submitted = threading.Event()
         self._error: BaseException | None = None
+        #: Set when Slurm reports the job ended in a state submitit keeps waiting on.
+        self.given_up_state: str | None = None
 
     def _bind(self, job: submitit.Job[Any]) -> None:
         if self._executor.profile.backend == "local":
@@ -98,46 +106,101 @@ class JobHandle:
         return normalize_state(self.job().state)
 
     def done(self) -> bool:
+        """Whether the job has ended, or will never run (its submission failed or was
+        cancelled before it happened)."""
+        if self._error is not None or self.given_up_state is not None:
+            return True
         return self.submitted and self.job().done()
 
     def cancel(self) -> None:
         """Cancel the job (``scancel`` on Slurm; SIGINT for a local process, then SIGKILL if it
-        still runs after :data:`LOCAL_CANCEL_GRACE_S`)."""
-        if self.submitted:
-            job = self.job()
+        still runs after :data:`LOCAL_CANCEL_GRACE_S`).
+
+        A job that has already ended keeps its state; a throttled job that was not submitted yet
+        never will be. Raises :class:`ClusterError` if ``scancel`` refuses a running job."""
+        if self._executor._drop_pending(self):
+            self._fail_submission(ClusterError("cancelled before submission"))
+            return
+        try:
+            job = self.job(None)  # waits for a submission the feeder may have under way
+        except ClusterError:
+            return  # its submission failed: nothing runs, nothing to cancel
+        if self._ended_state(job) is not None:
+            return
+        if self._executor.backend == "slurm":
+            try:
+                cancel_scheduler_job("slurm", str(job.job_id))
+            except ClusterError:
+                if self._ended_state(job) is not None:
+                    return  # it ended between our look and scancel
+                raise
+        else:
             job.cancel(check=False)
             process = getattr(job, "_process", None)  # submitit's LocalJob keeps its Popen
             if isinstance(process, subprocess.Popen):
                 threading.Thread(target=_kill_after_grace, args=(process,), daemon=True).start()
-        else:
-            self._executor._drop_pending(self)
-            self._fail_submission(ClusterError("cancelled before submission"))
         if self.record_id is not None and self._executor.registry is not None:
-            update_job(
-                self._executor.registry,
-                self.record_id,
-                state="CANCELLED",
-                exit_cause="cancelled by user",
-                ended_at=datetime.now(UTC),
-            )
+            mark_cancelled(self._executor.registry, self.record_id)
+
+    def _ended_state(self, job: submitit.Job[Any]) -> str | None:
+        """The job's final state if it has ended (Slurm: asked now, recorded), else None."""
+        reg, rid = self._executor.registry, self.record_id
+        if self._executor.backend == "slurm":
+            if reg is not None and rid is not None:
+                refresh_slurm_jobs(reg, [rid])
+                with reg.session() as s:
+                    row = s.get(Job, rid)
+                    state = row.state if row is not None else "UNKNOWN"
+            else:
+                st = sacct_states([str(job.job_id)]).get(str(job.job_id))
+                state = st.state if st is not None else "UNKNOWN"
+        else:
+            state = normalize_state(job.state) if job.done() else "RUNNING"
+        return state if state in FINAL_STATES else None
+
+    def _wait(self, job: submitit.Job[Any]) -> None:
+        """Wait until ``job`` is done or, on Slurm, ended for good in a state that submitit
+        keeps waiting on (PREEMPTED on a cluster that cancels preempted jobs)."""
+        if self._executor.backend != "slurm":
+            return  # submitit's own wait is right for local and debug jobs
+        last_check = time.monotonic()
+        while not job.done():
+            if self.given_up_state is not None:
+                return
+            if time.monotonic() - last_check >= SLURM_FINAL_CHECK_S:
+                last_check = time.monotonic()
+                st = sacct_states([str(job.job_id)]).get(str(job.job_id))
+                if st is not None and _ended_for_good(st.state, st.ended_at):
+                    self.given_up_state = st.state
+                    return
+            time.sleep(1.0)
 
     def result(self) -> Any:
         """Wait for the job and return its value; raise :class:`JobFailedError` if it failed."""
         job = self.job(None)
         reg = self._executor.registry
+        slurm = self._executor.profile.backend == "slurm"
+        self._wait(job)
         try:
+            if self.given_up_state is not None and not job.done():
+                raise UncompletedJobError(f"job {job.job_id} ended {self.given_up_state}")
             value = job.result()
         except UncompletedJobError as exc:
             state, tb = self._failure_details(job, exc)
+            if self.given_up_state is not None:
+                state = self.given_up_state
             if reg is not None and self.record_id is not None:
-                fields: dict[str, Any] = {"traceback": tb, "ended_at": datetime.now(UTC)}
-                if self._executor.profile.backend == "slurm":
+                fields: dict[str, Any] = {"traceback": tb}
+                if slurm:
                     refresh_slurm_jobs(reg, [self.record_id])
                 with reg.session() as s:
                     row = s.get(Job, self.record_id)
                     # Slurm's final state, or a cancellation recorded by cancel(), wins.
                     if row and row.state in FINAL_STATES and row.state != "COMPLETED":
                         state = row.state
+                    # Slurm's End time, if sacct gave one, is when the job ended; now is later.
+                    ended = row.ended_at if row is not None and slurm else None
+                fields["ended_at"] = ended or datetime.now(UTC)
                 fields["state"] = state
                 fields["exit_cause"] = _exit_cause(state, tb)
                 update_job(reg, self.record_id, **fields)
@@ -147,9 +210,16 @@ class JobHandle:
                 traceback=tb,
             ) from exc
         if reg is not None and self.record_id is not None:
-            if self._executor.profile.backend == "slurm":
+            fields = {"state": "COMPLETED", "exit_cause": None}
+            if slurm:
                 refresh_slurm_jobs(reg, [self.record_id])
-            update_job(reg, self.record_id, state="COMPLETED", ended_at=datetime.now(UTC))
+                with reg.session() as s:
+                    row = s.get(Job, self.record_id)
+                    if row is None or row.ended_at is None:
+                        fields["ended_at"] = datetime.now(UTC)
+            else:
+                fields["ended_at"] = datetime.now(UTC)
+            update_job(reg, self.record_id, **fields)
         return value
 
     @staticmethod
@@ -164,6 +234,22 @@ class JobHandle:
             ok = state in FINAL_STATES and state != "COMPLETED"
             return (state if ok else "FAILED"), text
         return "FAILED", text
+
+
+#: Seconds between the ``sacct`` calls with which a waiting ``result()`` looks for a Slurm job
+#: that ended in a state submitit does not count as done.
+SLURM_FINAL_CHECK_S = 30.0
+
+#: Seconds after a preemption without a new attempt from which a job counts as ended: a cluster
+#: that requeues preempted jobs has started the next attempt by then.
+PREEMPT_GRACE_S = 120.0
+
+
+def _ended_for_good(state: str, ended_at: datetime | None) -> bool:
+    """Whether a job that submitit still counts as unfinished has really ended."""
+    if state != "PREEMPTED" or ended_at is None:
+        return False
+    return (datetime.now(UTC) - ended_at).total_seconds() >= PREEMPT_GRACE_S
 
 
 def normalize_state(state: str) -> str:
@@ -194,7 +280,8 @@ class Executor:
         self, profile: ClusterProfile, folder: Path | str, registry: Registry | None = None
     ) -> None:
         self.profile = profile
-        self.folder = Path(folder)
+        # Absolute, as submitit puts it on a local job's command line (see is_local_job_process).
+        self.folder = Path(folder).expanduser().absolute()
         self.folder.mkdir(parents=True, exist_ok=True)
         self.registry = registry
         self._pending: list[
@@ -231,6 +318,7 @@ class Executor:
                 name=name,
                 folder=str(self.folder),
                 array_job_id=array_id,
+                meta={"host": this_host()} if self.backend == "local" else None,
             )
         )
 
@@ -323,6 +411,8 @@ class Executor:
             try:
                 job = self._submitit(profile, name).submit(fn, *args)
             except Exception as exc:
+                with self._lock:
+                    self._running.remove(handle)  # it holds no max_parallel slot
                 handle._fail_submission(exc)
                 continue
             (handle.record_id,) = self._record([str(job.job_id)], name, None)
@@ -336,9 +426,14 @@ class Executor:
             self._pump()
             time.sleep(0.1)
 
-    def _drop_pending(self, handle: JobHandle) -> None:
+    def _drop_pending(self, handle: JobHandle) -> bool:
+        """Remove ``handle`` from the queue of unsubmitted jobs; False if it is not queued
+        (submitted, being submitted, or never throttled)."""
         with self._lock:
-            self._pending = [p for p in self._pending if p[0] is not handle]
+            kept = [p for p in self._pending if p[0] is not handle]
+            dropped = len(kept) != len(self._pending)
+            self._pending = kept
+            return dropped
 
 
 def wait_all(
@@ -346,23 +441,49 @@ def wait_all(
 ) -> list[Any]:
     """Wait for all ``handles``; return results in order (exceptions in place of failures).
 
+    A job that never ran (its submission failed, or it was cancelled before submission) gives
+    the :class:`ClusterError` that says so.
+
     On Slurm each poll refreshes every job's registry row with one ``sacct`` call.
     """
     reg = registry or (handles[0]._executor.registry if handles else None)
     while not all(h.done() for h in handles):
-        if reg is not None:
-            ids = [h.record_id for h in handles if h.submitted and h.record_id is not None]
-            slurm = [i for i in ids if i is not None]
-            if slurm and handles[0]._executor.backend == "slurm":
-                refresh_slurm_jobs(reg, slurm)
+        waiting = [h for h in handles if h.submitted and not h.done()]
+        if waiting and handles[0]._executor.backend == "slurm":
+            _poll_slurm(waiting, reg)
         time.sleep(poll_s)
     out: list[Any] = []
     for h in handles:
+        if h._error is not None:
+            out.append(ClusterError(f"job never ran: {h._error}"))
+            continue
         try:
             out.append(h.result())
         except JobFailedError as exc:
             out.append(exc)
     return out
+
+
+def _poll_slurm(handles: Sequence[JobHandle], reg: Registry | None) -> None:
+    """One ``sacct`` for all ``handles``: refresh their rows, and give up on jobs that ended in
+    a state submitit keeps waiting on."""
+    if reg is not None and all(h.record_id is not None for h in handles):
+        ids = [h.record_id for h in handles if h.record_id is not None]
+        refresh_slurm_jobs(reg, ids)
+        with reg.session() as s:
+            rows = {
+                r.id: (r.state, r.ended_at) for r in s.scalars(select(Job).where(Job.id.in_(ids)))
+            }
+        for h in handles:
+            state, ended = rows.get(h.record_id or -1, ("UNKNOWN", None))
+            if _ended_for_good(state, ended):
+                h.given_up_state = state
+        return
+    states = sacct_states(h.job_id for h in handles)
+    for h in handles:
+        st = states.get(h.job_id)
+        if st is not None and _ended_for_good(st.state, st.ended_at):
+            h.given_up_state = st.state
 
 
 #: Seconds a cancelled local job may take to stop after SIGINT before it gets SIGKILL. A process
@@ -378,8 +499,12 @@ def _kill_after_grace(process: subprocess.Popen[Any]) -> None:
         process.kill()
 
 
-def cancel_scheduler_job(backend: str, scheduler_id: str) -> None:
-    """Cancel a job by its scheduler id from any process (used by ``pomlia jobs cancel``)."""
+def cancel_scheduler_job(backend: str, scheduler_id: str, *, folder: str | None = None) -> None:
+    """Cancel a job by its scheduler id from any process (used by ``pomlia jobs cancel``).
+
+    A local job is signalled only if its pid still runs submitit's job controller (for
+    ``folder``, when given): after the job ended, the pid may belong to an unrelated process.
+    """
     if backend == "slurm":
         proc = subprocess.run(
             ["scancel", scheduler_id], capture_output=True, text=True, check=False
@@ -391,6 +516,14 @@ def cancel_scheduler_job(backend: str, scheduler_id: str) -> None:
             pid = int(scheduler_id)
         except ValueError as exc:
             raise ClusterError(f"local job id '{scheduler_id}' is not a process id") from exc
+        if not pid_alive(pid):
+            return
+        if not is_local_job_process(pid, folder):
+            raise ClusterError(
+                f"process {pid} is not the submitit job controller"
+                + (f" of {folder}" if folder else "")
+                + "; the job has ended and its pid was reused: nothing signalled"
+            )
         try:
             os.kill(pid, signal.SIGINT)
         except ProcessLookupError:
@@ -403,3 +536,35 @@ def cancel_scheduler_job(backend: str, scheduler_id: str) -> None:
                 os.kill(pid, signal.SIGKILL)
     else:
         raise ClusterError(f"jobs of backend '{backend}' run in-process and cannot be cancelled")
+
+
+def cancel_recorded_job(registry: Registry, record_id: int) -> str | None:
+    """Cancel the job of registry row ``record_id`` and record it CANCELLED (with its end time).
+
+    Returns None when cancelled, or the final state of a job that had already ended (then
+    nothing is signalled and its row keeps that state)."""
+    refresh_jobs(registry, [record_id])
+    with registry.session() as s:
+        row = s.get(Job, record_id)
+        if row is None:
+            raise NotFoundError(f"job {record_id} is not in the registry (see `pomlia jobs list`)")
+        backend, scheduler_id, state = row.backend, row.scheduler_id, row.state
+        folder, host = row.folder, row.meta.get("host")
+    if state in FINAL_STATES:
+        return state
+    if backend == "local" and host not in (None, this_host()):
+        raise ClusterError(f"job {record_id} runs on host {host}; cancel it there")
+    try:
+        cancel_scheduler_job(backend, scheduler_id, folder=folder or None)
+    except ClusterError:
+        refresh_jobs(registry, [record_id])
+        with registry.session() as s:
+            row = s.get(Job, record_id)
+            if row is not None and row.state in FINAL_STATES:
+                return row.state  # it ended between the refresh and the signal
+        raise
+    if not mark_cancelled(registry, record_id):
+        with registry.session() as s:
+            row = s.get(Job, record_id)
+            return row.state if row is not None else None
+    return None

@@ -2,21 +2,25 @@
 
 The submitting process writes the rows (jobs never write to the registry themselves: SQLite on a
 shared file system is fragile). State of any number of Slurm jobs is read with ONE ``sacct``
-call per poll, not one per job.
+call per poll, not one per job; local jobs are polled through ``/proc`` and their result files.
 """
 
 from __future__ import annotations
 
+import pickletools
 import re
+import socket
 import subprocess
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import and_, or_, select
 
 from pomlia_hpc.errors import ClusterError
+from pomlia_hpc.processes import pid_alive
 from pomlia_hpc.registry import Job, Registry
 
 FINAL_STATES = frozenset(
@@ -30,8 +34,15 @@ FINAL_STATES = frozenset(
         "BOOT_FAIL",
         "DEADLINE",
         "INTERRUPTED",
+        "PREEMPTED",  # the last attempt: a requeued job shows a later PENDING/RUNNING attempt
     }
 )
+
+#: Final states after which Slurm may still requeue the job (``--requeue`` after a node failure
+#: or a preemption). Routine polls keep asking about such rows for :data:`REQUEUE_WINDOW_S`
+#: seconds after they ended, so that a later attempt replaces the failed one.
+REQUEUABLE_STATES = frozenset({"NODE_FAIL", "PREEMPTED"})
+REQUEUE_WINDOW_S = 24 * 3600.0
 
 #: How many times ``sacct`` was run by this process (tests check one call per poll).
 SACCT_CALLS = 0
@@ -49,11 +60,13 @@ class SchedulerState:
 
 
 def _parse_time(text: str) -> datetime | None:
+    """A sacct time (the cluster's local time, no zone) as an aware UTC datetime."""
     if not text or text in ("Unknown", "None"):
         return None
     try:
-        # sacct prints local time without zone; the test cluster and most clusters run UTC.
-        return datetime.fromisoformat(text).replace(tzinfo=UTC)
+        # astimezone() on a naive datetime takes it as this machine's local time, which is the
+        # time zone sacct printed it in (same cluster).
+        return datetime.fromisoformat(text).astimezone(UTC)
     except ValueError:
         return None
 
@@ -165,36 +178,154 @@ def update_job(registry: Registry, job_id: int, **fields: Any) -> None:
             setattr(row, key, value)
 
 
+def mark_cancelled(registry: Registry, job_id: int) -> bool:
+    """Record that the user cancelled job row ``job_id``, unless it had already ended.
+
+    Returns whether the row was changed."""
+    with registry.session() as s:
+        row = s.get(Job, job_id)
+        if row is None or row.state in FINAL_STATES:
+            return False
+        row.state = "CANCELLED"
+        row.exit_cause = "cancelled by user"
+        row.ended_at = datetime.now(UTC)
+        return True
+
+
+def merge_scheduler_state(row: Job, st: SchedulerState) -> dict[str, Any]:
+    """The fields of ``row`` that change when the scheduler reports ``st`` (empty: none).
+
+    A final row does not go back to an unfinished state unless Slurm started a new attempt
+    (more requeues) or the row ended in a requeuable state: an answer without either was read
+    before the row's end (a cancellation, say) was recorded.
+    """
+    final = st.state in FINAL_STATES
+    if (
+        row.state in FINAL_STATES
+        and not final
+        and row.state not in REQUEUABLE_STATES
+        and st.requeue_count <= row.requeue_count
+    ):
+        return {}
+    new: dict[str, Any] = {
+        "state": st.state,
+        "started_at": st.started_at or row.started_at,
+        "ended_at": st.ended_at if final else None,
+        "requeue_count": max(row.requeue_count, st.requeue_count),
+    }
+    if not final or st.state == "COMPLETED":
+        new["exit_cause"] = None  # a failed earlier attempt no longer explains anything
+    elif not row.exit_cause or row.state != st.state:
+        new["exit_cause"] = f"{st.state} (exit code {st.exit_code})"
+    return {k: v for k, v in new.items() if getattr(row, k) != v}
+
+
 def refresh_slurm_jobs(registry: Registry, job_ids: Sequence[int] | None = None) -> int:
     """Poll Slurm once for every unfinished Slurm job row (or those in ``job_ids``).
 
-    Returns how many rows changed. The rows' exit cause is set for jobs that ended badly.
+    Unfinished includes rows that ended in a requeuable state less than
+    :data:`REQUEUE_WINDOW_S` seconds ago. Returns how many rows changed. No transaction is
+    open while ``sacct`` runs (up to a minute), so other registry users are never blocked.
     """
     with registry.session() as s:
-        q = select(Job).where(Job.backend == "slurm")
+        q = select(Job.id, Job.scheduler_id).where(Job.backend == "slurm")
         if job_ids is not None:
             q = q.where(Job.id.in_(job_ids))
         else:
-            q = q.where(Job.state.not_in(FINAL_STATES))
-        rows = list(s.scalars(q))
-        if not rows:
-            return 0
-        states = sacct_states(r.scheduler_id for r in rows)
+            since = datetime.now(UTC) - timedelta(seconds=REQUEUE_WINDOW_S)
+            requeuable = and_(
+                Job.state.in_(REQUEUABLE_STATES),
+                or_(Job.ended_at.is_(None), Job.ended_at >= since),
+            )
+            q = q.where(or_(Job.state.not_in(FINAL_STATES), requeuable))
+        targets = [(rid, sid) for rid, sid in s.execute(q)]
+    if not targets:
+        return 0
+    states = sacct_states(sid for _, sid in targets)
+    changed = 0
+    with registry.session() as s:
+        for rid, sid in targets:
+            st = states.get(sid)
+            row = s.get(Job, rid) if st is not None else None
+            if row is None or st is None:
+                continue
+            new = merge_scheduler_state(row, st)
+            if new:
+                changed += 1
+                for k, v in new.items():
+                    setattr(row, k, v)
+    return changed
+
+
+def this_host() -> str:
+    """The name local jobs record as their host (a pid means nothing on another machine)."""
+    return socket.gethostname()
+
+
+def is_local_job_process(pid: int, folder: str | None) -> bool:
+    """Whether ``pid`` runs submitit's local job controller (for the job ``folder``, if given).
+
+    Guards against signalling, or taking for a running job, an unrelated process that reuses
+    the pid of a job that has ended."""
+    if not pid_alive(pid):
+        return False
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode()
+    except OSError:
+        return False
+    return "submitit" in cmdline and (folder is None or folder in cmdline)
+
+
+def local_result_outcome(folder: str, scheduler_id: str) -> str | None:
+    """``"success"`` or ``"error"`` from a local job's result pickle; None if there is none.
+
+    Reads only the pickle's first string (submitit stores ``(outcome, value)``): the value is
+    never unpickled, so nothing of the job's code or data is loaded."""
+    path = Path(folder) / f"{scheduler_id}_0_result.pkl"
+    try:
+        with path.open("rb") as f:
+            for _op, arg, _pos in pickletools.genops(f):
+                if isinstance(arg, str):
+                    return arg
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def refresh_local_jobs(registry: Registry, job_ids: Sequence[int] | None = None) -> int:
+    """Bring unfinished local job rows of this host up to date (RUNNING, COMPLETED, FAILED).
+
+    Only the submitting process's ``result()`` records the traceback; this poll tells a
+    ``pomlia jobs list`` in another process whether the job still runs. Returns how many rows
+    changed."""
+    host = this_host()
+    with registry.session() as s:
+        q = select(Job).where(Job.backend == "local", Job.state.not_in(FINAL_STATES))
+        if job_ids is not None:
+            q = q.where(Job.id.in_(job_ids))
+        rows = [r for r in s.scalars(q) if r.meta.get("host") == host]
         changed = 0
         for row in rows:
-            st = states.get(row.scheduler_id)
-            if st is None:
+            new: dict[str, Any]
+            if not row.scheduler_id.isdigit():
                 continue
-            new = {
-                "state": st.state,
-                "started_at": st.started_at or row.started_at,
-                "ended_at": st.ended_at if st.state in FINAL_STATES else None,
-                "requeue_count": max(row.requeue_count, st.requeue_count),
-            }
-            if st.state in FINAL_STATES and st.state != "COMPLETED" and not row.exit_cause:
-                new["exit_cause"] = f"{st.state} (exit code {st.exit_code})"
-            if any(getattr(row, k) != v for k, v in new.items()):
+            if is_local_job_process(int(row.scheduler_id), row.folder):
+                new = {"state": "RUNNING"}
+            else:
+                outcome = local_result_outcome(row.folder, row.scheduler_id)
+                if outcome == "success":
+                    new = {"state": "COMPLETED", "exit_cause": None}
+                else:
+                    cause = "error raised" if outcome == "error" else "ended without a result"
+                    new = {"state": "FAILED", "exit_cause": f"FAILED ({cause})"}
+                new["ended_at"] = datetime.now(UTC)
+            if row.state != new["state"]:
                 changed += 1
                 for k, v in new.items():
                     setattr(row, k, v)
         return changed
+
+
+def refresh_jobs(registry: Registry, job_ids: Sequence[int] | None = None) -> int:
+    """:func:`refresh_slurm_jobs` and :func:`refresh_local_jobs`; returns rows changed."""
+    return refresh_slurm_jobs(registry, job_ids) + refresh_local_jobs(registry, job_ids)

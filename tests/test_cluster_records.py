@@ -1,0 +1,195 @@
+"""Job rows against what the scheduler says: sacct parsing, state mapping, the poll's locking.
+
+Real Slurm cannot be made to fail a node or preempt a job here; those states are fed to the
+pure mapping function as sacct lines (or, for the poll, through a stubbed ``sacct_states``).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pomlia_hpc.cluster import executor, records
+from pomlia_hpc.cluster.executor import Executor, JobHandle
+from pomlia_hpc.cluster.records import (
+    SchedulerState,
+    merge_scheduler_state,
+    parse_sacct,
+    record_submission,
+    refresh_slurm_jobs,
+)
+from pomlia_hpc.registry import Job, Registry
+
+
+@pytest.fixture
+def reg(tmp_path: Path) -> Iterator[Registry]:
+    r = Registry.open(f"sqlite:///{tmp_path / 'registry.db'}")
+    yield r
+    r.dispose()
+
+
+def _sacct_time(t: datetime) -> str:
+    """``t`` as sacct prints it: this machine's local time, no zone."""
+    return t.astimezone().replace(tzinfo=None).isoformat(timespec="seconds")
+
+
+def _row(reg: Registry, rid: int) -> Job:
+    with reg.session() as s:
+        row = s.get(Job, rid)
+        assert row is not None
+        return row
+
+
+def test_node_fail_then_requeued_then_completed(
+    reg: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    now = datetime.now(UTC).replace(microsecond=0)
+    t = [_sacct_time(now + timedelta(minutes=m)) for m in range(4)]
+    answers = iter(
+        [
+            f"77|NODE_FAIL|{t[0]}|{t[1]}|0:0",
+            f"77|NODE_FAIL|{t[0]}|{t[1]}|0:0\n77|RUNNING|{t[2]}|Unknown|0:0",
+            f"77|NODE_FAIL|{t[0]}|{t[1]}|0:0\n77|COMPLETED|{t[2]}|{t[3]}|0:0",
+        ]
+    )
+    monkeypatch.setattr(records, "sacct_states", lambda ids: parse_sacct(next(answers)))
+    (rid,) = record_submission(reg, backend="slurm", scheduler_ids=["77"], name="x", folder="/")
+
+    refresh_slurm_jobs(reg)
+    row = _row(reg, rid)
+    assert (row.state, row.exit_cause) == ("NODE_FAIL", "NODE_FAIL (exit code 0:0)")
+    assert row.ended_at == now + timedelta(minutes=1)
+
+    refresh_slurm_jobs(reg)  # a routine poll still looks at a recent NODE_FAIL row
+    row = _row(reg, rid)
+    assert (row.state, row.requeue_count, row.ended_at, row.exit_cause) == (
+        "RUNNING",
+        1,
+        None,
+        None,
+    )
+    assert row.started_at == now + timedelta(minutes=2)
+
+    refresh_slurm_jobs(reg)
+    row = _row(reg, rid)
+    assert (row.state, row.exit_cause) == ("COMPLETED", None)
+    assert row.ended_at == now + timedelta(minutes=3)
+
+
+def test_preempted_without_a_later_attempt_is_final() -> None:
+    st = parse_sacct("5|PREEMPTED|2026-01-01T01:00:00|2026-01-01T02:00:00|0:0")["5"]
+    assert st.state in records.FINAL_STATES
+    new = merge_scheduler_state(Job(state="RUNNING", requeue_count=0), st)
+    assert new["state"] == "PREEMPTED" and new["ended_at"] == st.ended_at
+    assert new["exit_cause"] == "PREEMPTED (exit code 0:0)"
+    requeued = parse_sacct(
+        "5|PREEMPTED|2026-01-01T01:00:00|2026-01-01T02:00:00|0:0\n5|PENDING|Unknown|Unknown|0:0"
+    )["5"]
+    assert (requeued.state, requeued.requeue_count) == ("PENDING", 1)
+    assert merge_scheduler_state(Job(state="PREEMPTED", requeue_count=0), requeued)["state"] == (
+        "PENDING"
+    )
+
+
+def test_stale_answer_does_not_undo_a_recorded_cancellation() -> None:
+    row = Job(state="CANCELLED", requeue_count=0, exit_cause="cancelled by user")
+    assert merge_scheduler_state(row, SchedulerState("RUNNING")) == {}
+
+
+def test_sacct_times_are_local_time(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TZ", "Europe/Berlin")
+    time.tzset()
+    try:
+        st = parse_sacct("9|COMPLETED|2026-07-01T12:00:00|2026-07-01T12:30:00|0:0")["9"]
+    finally:
+        monkeypatch.undo()
+        time.tzset()
+    assert st.started_at == datetime(2026, 7, 1, 10, 0, tzinfo=UTC)  # CEST is UTC+2
+
+
+def test_unchanged_state_changes_no_row(reg: Registry, monkeypatch: pytest.MonkeyPatch) -> None:
+    st = SchedulerState("RUNNING", datetime(2026, 1, 1, 3, tzinfo=UTC), None, "0:0", 0)
+    monkeypatch.setattr(records, "sacct_states", lambda ids: {"77": st})
+    (rid,) = record_submission(reg, backend="slurm", scheduler_ids=["77"], name="x", folder="/")
+    assert [refresh_slurm_jobs(reg) for _ in range(3)] == [1, 0, 0]
+    row = _row(reg, rid)
+    assert row.started_at == st.started_at and row.submitted_at.tzinfo is not None
+
+
+def test_poll_holds_no_lock_while_sacct_runs(
+    reg: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    record_submission(reg, backend="slurm", scheduler_ids=["77"], name="x", folder="/")
+    other = Registry(reg.url, busy_timeout_s=0.2)
+    written: list[int] = []
+
+    def sacct_while_others_write(ids: Any) -> dict[str, SchedulerState]:
+        # While sacct runs (up to a minute on a busy cluster), others must be able to write.
+        written.extend(
+            record_submission(other, backend="local", scheduler_ids=["1"], name="y", folder="/")
+        )
+        return {"77": SchedulerState("RUNNING")}
+
+    monkeypatch.setattr(records, "sacct_states", sacct_while_others_write)
+    assert refresh_slurm_jobs(reg) == 1
+    other.dispose()
+    assert len(written) == 1
+
+
+class _FinishedSlurmJob:
+    job_id = "77"
+
+    def done(self) -> bool:
+        return True
+
+    def result(self) -> int:
+        return 42
+
+
+def test_result_keeps_slurms_end_time(
+    tmp_path: Path, reg: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    end = datetime(2026, 1, 1, 4, tzinfo=UTC)
+    st = SchedulerState("COMPLETED", datetime(2026, 1, 1, 3, tzinfo=UTC), end, "0:0")
+    monkeypatch.setattr(records, "sacct_states", lambda ids: {"77": st})
+    ex = Executor.from_profile("slurm-local", tmp_path / "jobs", reg)
+    (rid,) = record_submission(reg, backend="slurm", scheduler_ids=["77"], name="x", folder="/")
+    h = JobHandle(ex, rid)
+    h._bind(_FinishedSlurmJob())  # type: ignore[arg-type]
+    assert h.result() == 42
+    assert _row(reg, rid).ended_at == end
+
+
+def test_preempted_for_good_only_after_the_grace_period() -> None:
+    now = datetime.now(UTC)
+    assert not executor._ended_for_good("PREEMPTED", now)
+    assert executor._ended_for_good("PREEMPTED", now - timedelta(hours=1))
+    assert not executor._ended_for_good("RUNNING", now - timedelta(hours=1))
+
+
+class _PreemptedSlurmJob(_FinishedSlurmJob):
+    state = "PREEMPTED"
+
+    def done(self) -> bool:
+        return False  # submitit keeps waiting on PREEMPTED
+
+
+def test_wait_all_gives_up_on_a_job_preempted_for_good(
+    tmp_path: Path, reg: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ended = datetime.now(UTC) - timedelta(hours=1)
+    st = SchedulerState("PREEMPTED", ended - timedelta(hours=1), ended, "0:0")
+    monkeypatch.setattr(records, "sacct_states", lambda ids: {"77": st})
+    ex = Executor.from_profile("slurm-local", tmp_path / "jobs", reg)
+    (rid,) = record_submission(reg, backend="slurm", scheduler_ids=["77"], name="x", folder="/")
+    h = JobHandle(ex, rid)
+    h._bind(_PreemptedSlurmJob())  # type: ignore[arg-type]
+    (out,) = executor.wait_all([h], poll_s=0.01)
+    assert isinstance(out, executor.JobFailedError) and out.state == "PREEMPTED"
+    row = _row(reg, rid)
+    assert (row.state, row.ended_at) == ("PREEMPTED", ended)  # Slurm's End, not the give-up time
