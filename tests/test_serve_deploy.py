@@ -156,7 +156,14 @@ def test_deploy_writes_a_buildable_directory(deployed: tuple[Registry, Path]) ->
     assert (directory / "src" / "pomlia_hpc" / "serve" / "app.py").is_file()
     assert not list((directory / "src").rglob("__pycache__"))
     script = (directory / "serve.sbatch").read_text()
+    with reg.session() as s:
+        (dep,) = s.query(Deployment).all()
+        assert dep.status == "created" and dep.bundle_path == str(directory / "bundle")
+    home = directory.parents[3]  # <home>/models/demo/deploy/<version>
     for line in (
+        # The monitor's directory, and the deployment id on every record.
+        f"LOG_DIR=${{POMLIA_LOG_DIR:-{home / 'logs' / 'predictions' / 'demo'}}}",
+        f"DEPLOYMENT_ID=${{POMLIA_DEPLOYMENT_ID:-{dep.id}}}",
         "#SBATCH --gres=gpu:1",
         "#SBATCH --partition=normal",
         "#SBATCH --mem=64G",
@@ -170,9 +177,6 @@ def test_deploy_writes_a_buildable_directory(deployed: tuple[Registry, Path]) ->
     assert (
         subprocess.run(["bash", "-n", str(directory / "serve.sbatch")], check=False).returncode == 0
     )
-    with reg.session() as s:
-        (dep,) = s.query(Deployment).all()
-        assert dep.status == "created" and dep.bundle_path == str(directory / "bundle")
     again = CliRunner().invoke(app, ["deploy", "demo"])
     assert again.exit_code != 0 and "already exists" in str(again.exception)
     submit = CliRunner().invoke(
@@ -184,10 +188,12 @@ def test_deploy_writes_a_buildable_directory(deployed: tuple[Registry, Path]) ->
 def test_sbatch_script_runs_the_server_and_prints_its_address(
     workspace: Workspace, bundle: Path, tmp_path: Path
 ) -> None:
-    register_exported(workspace, bundle)
+    reg = register_exported(workspace, bundle)
     out = tmp_path / "deploy dir"  # a space: the script must quote its paths
     result = CliRunner().invoke(app, ["deploy", "demo", "--profile", "local", "--out", str(out)])
     assert result.exit_code == 0, result.output
+    with reg.session() as s:
+        (deployment_id,) = s.query(Deployment.id).filter_by(bundle_path=str(out / "bundle")).one()
     env = native_env(POMLIA_SERVE_RUNTIME="native", POMLIA_SERVE_HOST="127.0.0.1")
     missing_image = subprocess.run(
         ["bash", str(out / "serve.sbatch")],
@@ -214,4 +220,7 @@ def test_sbatch_script_runs_the_server_and_prints_its_address(
     text = log.read_text()
     assert code == 0, text
     assert f"at {url}" in text  # the address is printed in the job output
-    assert len(list(read_records(out / "logs", "prediction"))) == 1
+    # Logged where the monitor reads, under the deployment's id.
+    (record,) = read_records(workspace.path("logs", "predictions", "demo"), "prediction")
+    assert record["deployment"] == deployment_id
+    assert not (out / "logs").exists()

@@ -6,8 +6,11 @@ Layout written (atomically: a temp directory renamed into place)::
       bundle/          the exported model (card.json, model.onnx, model.ts)
       src/             the project source snapshot the image installs (with requirements.lock)
       apptainer.def    containers/apptainer.def with SRC=src, BUNDLE=bundle filled in
-      serve.sbatch     jobs/serve.sbatch with the cluster profile's #SBATCH lines
-      logs/            the prediction log when served from here (bound to /logs)
+      serve.sbatch     jobs/serve.sbatch with the cluster profile's #SBATCH lines, the
+                       deployment id and the prediction log directory filled in
+
+The server logs to ``<home>/logs/predictions/<name>/`` (bound at ``/logs`` in the container),
+where the monitoring job reads, and each record carries the deployment id.
 
 Then, on the cluster: ``apptainer build pomlia-serve.sif apptainer.def && sbatch serve.sbatch``
 (or ``pomlia deploy MODEL --submit`` once the image exists).
@@ -29,6 +32,7 @@ from pomlia_hpc.errors import ClusterError, InputError
 from pomlia_hpc.registry import Deployment, Registry
 from pomlia_hpc.serve.bundle import resolve_model
 from pomlia_hpc.serve.export import bundle_for_model, export_model
+from pomlia_hpc.serve.predlog import log_dir
 from pomlia_hpc.workspace import Workspace
 
 SOURCE_ROOT = Path(__file__).resolve().parents[2]
@@ -116,8 +120,18 @@ def sbatch_directives(profile: ClusterProfile, *, name: str) -> list[str]:
     return [f"#SBATCH {line}" for line in lines]
 
 
-def render_sbatch(template: str, profile: ClusterProfile, *, name: str, deploy_dir: Path) -> str:
-    """The template with the profile's ``#SBATCH`` lines and ``DEPLOY_DIR`` set."""
+def render_sbatch(
+    template: str,
+    profile: ClusterProfile,
+    *,
+    name: str,
+    deploy_dir: Path,
+    deployment_id: int,
+    log_dir: Path,
+) -> str:
+    """The template with the profile's ``#SBATCH`` lines, and ``DEPLOY_DIR``,
+    ``DEPLOYMENT_ID`` and ``LOG_DIR`` (the prediction log directory) set; the environment
+    (``POMLIA_DEPLOY_DIR`` ...) still overrides them when the job is submitted."""
     lines = template.splitlines()
     first = next(i for i, line in enumerate(lines) if line.startswith("#SBATCH"))
     kept = [line for line in lines if not line.startswith("#SBATCH")]
@@ -126,6 +140,8 @@ def render_sbatch(template: str, profile: ClusterProfile, *, name: str, deploy_d
     settings = (
         "# >>> pomlia deploy settings (rewritten by `pomlia deploy`)\n"
         f"DEPLOY_DIR=${{POMLIA_DEPLOY_DIR:-{shlex.quote(str(deploy_dir))}}}\n"
+        f"DEPLOYMENT_ID=${{POMLIA_DEPLOYMENT_ID:-{int(deployment_id)}}}\n"
+        f"LOG_DIR=${{POMLIA_LOG_DIR:-{shlex.quote(str(log_dir))}}}\n"
         + (f"{setup}\n" if setup else "")
         + "# <<< pomlia deploy settings"
     )
@@ -168,7 +184,14 @@ def write_deployment(
     if target.exists():
         raise InputError(f"deploy directory {target} already exists; remove it or pass --out")
     target.parent.mkdir(parents=True, exist_ok=True)
+    # The row first: its id goes into the script, so every record the server logs names it.
+    with registry.session() as s:
+        dep = Deployment(model_id=row.id, bundle_path=str(target / "bundle"), status="created")
+        s.add(dep)
+        s.flush()
+        dep_id = dep.id
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    written = False
     try:
         shutil.copytree(bundle.root, tmp / "bundle")
         (tmp / "src").mkdir()
@@ -182,19 +205,20 @@ def write_deployment(
             profile,
             name=f"pomlia-serve-{row.name}"[:64],
             deploy_dir=target,
+            deployment_id=dep_id,
+            log_dir=log_dir(workspace.path("logs"), row.name),
         )
         (tmp / "serve.sbatch").write_text(sbatch)
         (tmp / "serve.sbatch").chmod(0o755)
-        (tmp / "logs").mkdir()
         tmp.rename(target)
+        written = True
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    with registry.session() as s:
-        dep = Deployment(model_id=row.id, bundle_path=str(target / "bundle"), status="created")
-        s.add(dep)
-        s.flush()
-        dep_id = dep.id
+        if not written:  # no directory, no deployment
+            with registry.session() as s:
+                if (orphan := s.get(Deployment, dep_id)) is not None:
+                    s.delete(orphan)
     return DeployResult(target, dep_id, target / "apptainer.def", target / "serve.sbatch")
 
 
