@@ -549,13 +549,15 @@ def cancel_recorded_job(registry: Registry, record_id: int) -> str | None:
         if row is None:
             raise NotFoundError(f"job {record_id} is not in the registry (see `pomlia jobs list`)")
         backend, scheduler_id, state = row.backend, row.scheduler_id, row.state
-        folder, host = row.folder, row.meta.get("host")
+        folder, host = row.folder, (row.meta or {}).get("host")
     if state in FINAL_STATES:
         return state
     if backend == "local" and host not in (None, this_host()):
         raise ClusterError(f"job {record_id} runs on host {host}; cancel it there")
     try:
-        cancel_scheduler_job(backend, scheduler_id, folder=folder or None)
+        # Older rows may hold a relative folder; submitit's command line has it absolute.
+        absolute = folder if folder and Path(folder).is_absolute() else None
+        cancel_scheduler_job(backend, scheduler_id, folder=absolute)
     except ClusterError:
         refresh_jobs(registry, [record_id])
         with registry.session() as s:

@@ -303,7 +303,7 @@ def refresh_local_jobs(registry: Registry, job_ids: Sequence[int] | None = None)
         q = select(Job).where(Job.backend == "local", Job.state.not_in(FINAL_STATES))
         if job_ids is not None:
             q = q.where(Job.id.in_(job_ids))
-        rows = [r for r in s.scalars(q) if r.meta.get("host") == host]
+        rows = [r for r in s.scalars(q) if (r.meta or {}).get("host") == host]
         changed = 0
         for row in rows:
             new: dict[str, Any]
