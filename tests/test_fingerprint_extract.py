@@ -3,6 +3,7 @@ shard killed with SIGKILL mid-write giving bitwise identical embeddings once re-
 
 from __future__ import annotations
 
+import importlib
 import itertools
 import json
 import os
@@ -10,7 +11,7 @@ import signal
 import subprocess
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,7 @@ from sqlalchemy import select
 
 from pomlia_hpc.cluster import Executor
 from pomlia_hpc.data.store import open_version
-from pomlia_hpc.errors import InputError, NotFoundError
+from pomlia_hpc.errors import ClusterError, InputError, NotFoundError, PomliaError
 from pomlia_hpc.fingerprint.extract import (
     embed_images,
     extract,
@@ -33,13 +34,17 @@ from pomlia_hpc.fingerprint.extract import (
     plan_shards,
     read_embeddings,
     run_shard,
+    run_shards,
     tiles,
 )
+from pomlia_hpc.fingerprint.similar import fingerprint_set
 from pomlia_hpc.fingerprint.train import load_encoder
 from pomlia_hpc.registry import FingerprintSet, Registry
 from pomlia_hpc.workspace import Workspace
 
 pytestmark = pytest.mark.usefixtures("restore_torch_threads")
+# The module (the package re-exports its function ``extract`` under the same name).
+extract_module = importlib.import_module("pomlia_hpc.fingerprint.extract")
 
 
 def _bits(x: np.ndarray) -> np.ndarray:
@@ -222,5 +227,110 @@ def test_bad_inputs(workspace: Workspace, reg: Registry) -> None:
         extract(reg, workspace, "enc", [ref], patch_grid=0)
     with pytest.raises(InputError, match="no datasets given"):
         extract(reg, workspace, "enc", [])
+    with pytest.raises(InputError, match=r"shards=0: expected an integer >= 1"):
+        extract(reg, workspace, "enc", [ref], shards=0)
+    with pytest.raises(InputError, match=r"shard_rows=-5: expected an integer >= 1"):
+        extract(reg, workspace, "enc", [ref], shard_rows=-5)
+    with pytest.raises(InputError, match=r"shards=2 and shard_rows=10: expected at most one"):
+        extract(reg, workspace, "enc", [ref], shards=2, shard_rows=10)
     with reg.session() as s:
         assert s.scalars(select(FingerprintSet)).first() is None  # nothing recorded
+
+
+def _run_all(reg: Registry, workspace: Workspace, ref: str, **kw: object) -> list[int]:
+    plan = plan_extraction(reg, workspace, "enc", [ref], shards=2, threads=1, **kw)  # type: ignore[arg-type]
+    for spec in plan.specs:
+        run_shard(spec)
+    assert [r.status for r in finish_extraction(reg, plan)] == ["complete"]
+    return [s.shard for s in plan.specs]
+
+
+def test_retrained_encoder_under_the_same_name_is_extracted_again(
+    workspace: Workspace, reg: Registry
+) -> None:
+    ref = make_dataset(workspace, reg, "blood", sizes=(20, 4, 8), chunk_rows=16)
+    make_encoder(workspace, reg, "enc", latent_dim=4, seed=0)
+    assert _run_all(reg, workspace, ref) == [0, 1]
+    fs, _ = fingerprint_set(reg, "enc", ref)
+    old = read_embeddings(fs.embeddings_path)
+    make_encoder(workspace, reg, "enc", latent_dim=4, seed=1)  # new weights, same shape
+    assert _run_all(reg, workspace, ref) == [0, 1]  # not reused: every shard runs again
+    new = read_embeddings(fs.embeddings_path)
+    model, _cfg = load_encoder(reg, "enc")  # this process's model cache must not serve seed 0
+    torch.set_num_threads(1)
+    images = open_version(reg, ref).read_rows(0, 32)
+    np.testing.assert_array_equal(
+        _bits(new), _bits(embed_images(model, images, 256, torch.device("cpu")))
+    )
+    assert not np.array_equal(old, new)
+    assert _run_all(reg, workspace, ref) == []  # unchanged weights: reused
+
+
+def test_force_marks_the_set_running_before_removing_its_vectors(
+    workspace: Workspace, reg: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ref = make_dataset(workspace, reg, "blood", sizes=(20, 4, 8), chunk_rows=16)
+    make_encoder(workspace, reg, "enc", latent_dim=4)
+    _run_all(reg, workspace, ref)
+    seen: list[str] = []
+    create = extract_module._create
+
+    def spy(*args: object, **kw: object) -> None:
+        with reg.session() as s:
+            seen.append(s.scalars(select(FingerprintSet.status)).one())
+        create(*args, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(extract_module, "_create", spy)
+    plan_extraction(reg, workspace, "enc", [ref], shards=2, force=True)
+    assert seen == ["running"]  # already running when the old vectors were removed
+    with pytest.raises(NotFoundError, match="extraction running"):
+        fingerprint_set(reg, "enc", ref)
+
+
+def test_done_markers_of_another_plan_do_not_count(workspace: Workspace, reg: Registry) -> None:
+    ref = make_dataset(workspace, reg, "blood", sizes=(40, 8, 16), chunk_rows=16)  # 64 rows
+    make_encoder(workspace, reg, "enc", latent_dim=4)
+    plan = plan_extraction(reg, workspace, "enc", [ref], shards=2, threads=1)
+    assert [(s.start, s.stop) for s in plan.specs] == [(0, 32), (32, 64)]
+    run_shard(plan.specs[0])
+    out = Path(plan.specs[0].out_path)
+    # A marker whose rows are not those of the stored plan (left by an older plan).
+    marker(out, 1).write_text(json.dumps({"shard": 1, "start": 48, "stop": 64, "sum": [0] * 4}))
+    (res,) = finish_extraction(reg, plan)
+    assert res.status == "failed"
+    again = plan_extraction(reg, workspace, "enc", [ref], shards=2, threads=1)
+    assert [s.shard for s in again.specs] == [1]
+    # A task whose range is not the stored plan's is refused, not run.
+    bad = replace(again.specs[0], start=48)
+    with pytest.raises(InputError, match=r"asks for rows \[48, 64\) but the stored plan has rows"):
+        run_shard(bad)
+    run_shard(again.specs[0])
+    assert [r.status for r in finish_extraction(reg, again)] == ["complete"]
+    assert np.isfinite(read_embeddings(out)).all()
+
+
+def test_one_failed_shard_does_not_fail_the_others_of_its_task(
+    workspace: Workspace, reg: Registry
+) -> None:
+    a = make_dataset(workspace, reg, "blood", sizes=(20, 4, 8), chunk_rows=16)
+    b = make_dataset(workspace, reg, "organ", "organamnist", (20, 4, 8), chunk_rows=16)
+    make_encoder(workspace, reg, "enc", latent_dim=4)
+    # Damage a chunk of the first dataset: its shard fails when it reads it.
+    chunk = sorted(p for p in (open_version(reg, a).path / "images").rglob("*") if p.is_file())
+    chunk = [p for p in chunk if p.name != "zarr.json"]
+    chunk[0].write_bytes(chunk[0].read_bytes()[:7])
+    specs = plan_extraction(reg, workspace, "enc", [a, b], threads=1).specs
+    assert len(specs) == 2 and len(group_shards(specs, 1000)) == 1  # one task, two datasets
+    with pytest.raises(PomliaError, match=r"1 of 2 shard\(s\) failed: blood/\w+ shard 0: "):
+        run_shards(specs)
+    assert not marker(specs[0].out_path, 0).exists() and marker(specs[1].out_path, 0).exists()
+    # Through the cluster layer: only the failed shard is named; the other dataset completes.
+    marker(specs[1].out_path, 0).unlink()
+    ex = Executor.from_profile("local", workspace.jobs, reg)
+    with pytest.raises(
+        ClusterError, match=r"^1 extraction shard\(s\) failed \(blood/\w+ shard 0\)"
+    ):
+        extract(reg, workspace, "enc", [a, b], executor=ex, threads=1)
+    with reg.session() as s:
+        status = dict(s.execute(select(FingerprintSet.id, FingerprintSet.status)).all())
+    assert sorted(status.values()) == ["complete", "failed"]

@@ -5,14 +5,18 @@ Layout, one Zarr group per (encoder, dataset version)::
     <home>/embeddings/<encoder>/<dataset>/<version>.zarr
         z         float32 (N, d)          chunk = (chunk_rows of the image store, d)
         patches   float32 (N, g*g, d)     only with patch_grid = g > 1: one vector per tile
-        attrs["pomlia"]  {encoder, dataset, version, latent_dim, shards: [[start, stop], ...]}
+        attrs["pomlia"]  {encoder, encoder_sha256, dataset, version, latent_dim,
+                          shards: [[start, stop], ...]}
     <home>/embeddings/<encoder>/<dataset>/<version>.shards/NNNN.done   one JSON per finished shard
 
 Shard ``i`` owns rows ``shards[i]`` (whole chunks of the image store, so also whole chunks of
 ``z``): it reads those chunks (the next one is read on a thread while the current one is being
 embedded), writes only its own aligned region of ``z``, and finally writes its ``.done`` file by
 atomic rename. The plan (``shards``) is fixed when the array is created, so a re-run submits
-only the shards without a ``.done`` file; a shard killed half-way (even with SIGKILL, in the
+only the shards without a ``.done`` file (one whose rows differ from the plan's does not count,
+and a task whose rows differ is refused). The group is reused only while the encoder file
+(SHA-256), latent size, patch grid and image count are unchanged; otherwise, or with
+``force``, the set is marked running before the group is recreated. A shard killed half-way (even with SIGKILL, in the
 middle of a chunk write) simply runs again and rewrites its whole region. Each chunk is embedded
 in batches that start at the chunk start, so the vectors do not depend on how rows are grouped
 into shards or runs: a resumed extraction is bitwise identical to an uninterrupted one (with the
@@ -27,6 +31,7 @@ fingerprint); jobs never write to the registry.
 
 from __future__ import annotations
 
+import hashlib
 import itertools
 import json
 import math
@@ -47,7 +52,7 @@ from sqlalchemy import select
 
 from pomlia_hpc.cluster import Executor, JobHandle
 from pomlia_hpc.data.store import DatasetStore, find_version, open_store
-from pomlia_hpc.errors import ClusterError, InputError
+from pomlia_hpc.errors import ClusterError, InputError, PomliaError
 from pomlia_hpc.fingerprint.autoencoder import Autoencoder, to_input
 from pomlia_hpc.fingerprint.io import atomic_write_text, group_meta, open_array
 from pomlia_hpc.fingerprint.train import cpus_available, get_encoder, load_checkpoint
@@ -91,15 +96,27 @@ def marker(out_path: str | Path, shard: int) -> Path:
 
 # ----------------------------------------------------------------------------- the shard job
 
-_MODEL_CACHE: dict[str, Autoencoder] = {}
+_MODEL_CACHE: dict[tuple[str, int, int, int, str], Autoencoder] = {}
 
 
 def _model(checkpoint: str, device: torch.device) -> Autoencoder:
-    key = f"{checkpoint}:{device}"
+    # Keyed by the file's identity too: an encoder retrained under the same name (a new file,
+    # written by rename) must not be served from the cache of a long-lived process.
+    st = Path(checkpoint).stat()
+    key = (checkpoint, st.st_ino, st.st_size, st.st_mtime_ns, str(device))
     if key not in _MODEL_CACHE:
         model, _cfg = load_checkpoint(checkpoint)
         _MODEL_CACHE[key] = model.to(device)
     return _MODEL_CACHE[key]
+
+
+def checkpoint_digest(path: str | Path) -> str:
+    """SHA-256 (hex) of an encoder checkpoint file: which weights an embeddings group holds."""
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(1 << 20):
+            h.update(block)
+    return h.hexdigest()
 
 
 def _prefetch(store: DatasetStore, start: int, stop: int) -> Iterator[tuple[int, np.ndarray]]:
@@ -154,9 +171,19 @@ def _device(name: str) -> torch.device:
 
 def run_shard(spec: ShardSpec) -> dict[str, Any]:
     """Embed one shard (the array-task callable). Returns the shard's ``.done`` record."""
+    planned = group_meta(spec.out_path).get("shards", [])
+    stored = tuple(planned[spec.shard]) if spec.shard < len(planned) else None
+    if stored != (spec.start, spec.stop):
+        has = f"rows [{stored[0]}, {stored[1]})" if stored else "no such shard"
+        raise InputError(
+            f"shard {spec.shard} of '{spec.out_path}' asks for rows [{spec.start}, {spec.stop}) "
+            f"but the stored plan has {has}: expected a task of the current plan (the "
+            "embeddings were re-planned since it was submitted)",
+            hint="run `pomlia fingerprint extract` again",
+        )
+    if (record := done_record(spec.out_path, spec.shard, (spec.start, spec.stop))) is not None:
+        return record
     done = marker(spec.out_path, spec.shard)
-    if done.exists():
-        return dict(json.loads(done.read_text()))
     t0 = time.perf_counter()
     torch.set_num_threads(spec.threads or cpus_available())
     device = _device(spec.device)
@@ -188,11 +215,23 @@ def run_shard(spec: ShardSpec) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- planning
 
 
+def check_sharding(n_shards: int | None, shard_rows: int | None) -> None:
+    """Refuse a shard count or shard size below 1, or both at once."""
+    if n_shards is not None and shard_rows is not None:
+        raise InputError(
+            f"shards={n_shards} and shard_rows={shard_rows}: expected at most one of them"
+        )
+    for name, value in (("shards", n_shards), ("shard_rows", shard_rows)):
+        if value is not None and value < 1:
+            raise InputError(f"{name}={value}: expected an integer >= 1")
+
+
 def plan_shards(
     store: DatasetStore, n_shards: int | None, shard_rows: int | None
 ) -> list[tuple[int, int]]:
     """Split all rows of ``store`` into at most ``n_shards`` ranges of whole chunks (or ranges
     of about ``shard_rows`` images)."""
+    check_sharding(n_shards, shard_rows)
     n, step = store.n_images, store.chunk_rows
     n_chunks = max(1, math.ceil(n / step))
     if n_shards is None:
@@ -202,29 +241,37 @@ def plan_shards(
     return [(a, min(b, n)) for a, b in itertools.pairwise(bounds) if a < min(b, n)]
 
 
-def _prepare(
+def _stored_plan(
+    out: Path, store: DatasetStore, latent_dim: int, patch_grid: int, digest: str
+) -> list[tuple[int, int]] | None:
+    """The shard plan of the embeddings group at ``out`` if it can be reused (same encoder
+    weights, latent size, patch grid and image count), else None."""
+    if not (out / "zarr.json").exists():
+        return None
+    meta = group_meta(out)
+    fits = (
+        meta.get("encoder_sha256") == digest
+        and meta.get("latent_dim") == latent_dim
+        and meta.get("patch_grid", 1) == patch_grid
+        and meta.get("n_images") == store.n_images
+    )
+    return [(int(a), int(b)) for a, b in meta["shards"]] if fits else None
+
+
+def _create(
     out: Path,
     store: DatasetStore,
     encoder: Encoder,
+    digest: str,
     latent_dim: int,
     plan: list[tuple[int, int]],
     patch_grid: int,
-    force: bool,
-) -> list[tuple[int, int]]:
-    """Create the embeddings group (or reuse it and its plan); returns the shard plan."""
-    if force:
-        shutil.rmtree(out, ignore_errors=True)
-        shutil.rmtree(marker_dir(out), ignore_errors=True)
-    if (out / "zarr.json").exists():
-        meta = group_meta(out)
-        if (
-            meta.get("latent_dim") == latent_dim
-            and meta.get("patch_grid", 1) == patch_grid
-            and meta.get("n_images") == store.n_images
-        ):
-            return [(int(a), int(b)) for a, b in meta["shards"]]
-        shutil.rmtree(out)  # stale layout: start over
-        shutil.rmtree(marker_dir(out), ignore_errors=True)
+) -> None:
+    """(Re)create the embeddings group at ``out``: NaN-filled, no shard done."""
+    # The .done files go first: a crash between the two removals must not leave markers of
+    # the old vectors next to a new, empty group.
+    shutil.rmtree(marker_dir(out), ignore_errors=True)
+    shutil.rmtree(out, ignore_errors=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     g = zarr.open_group(str(out), mode="w")
     n, rows = store.n_images, store.chunk_rows
@@ -243,6 +290,7 @@ def _prepare(
     g.attrs["pomlia"] = {
         "encoder": encoder.name,
         "encoder_id": encoder.id,
+        "encoder_sha256": digest,
         "dataset": store.name,
         "version": store.version,
         "latent_dim": latent_dim,
@@ -252,7 +300,17 @@ def _prepare(
         "shards": [list(p) for p in plan],
     }
     marker_dir(out).mkdir(parents=True, exist_ok=True)
-    return plan
+
+
+def done_record(out_path: str | Path, shard: int, rows: tuple[int, int]) -> dict[str, Any] | None:
+    """The ``.done`` record of ``shard`` if it exists and covers ``rows`` (start, stop), else
+    None (a marker of another plan does not count)."""
+    try:
+        record = json.loads(marker(out_path, shard).read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return None
+    ok = isinstance(record, dict) and (record.get("start"), record.get("stop")) == tuple(rows)
+    return record if ok else None
 
 
 # ----------------------------------------------------------------------------- submission
@@ -329,20 +387,27 @@ def plan_extraction(
         raise InputError(f"patch grid {patch_grid}: expected an integer >= 1")
     if batch_size < 1:
         raise InputError(f"batch size {batch_size}: expected an integer >= 1")
+    check_sharding(shards, shard_rows)
     enc = get_encoder(registry, encoder)
     if not enc.checkpoint_path:
         raise InputError(f"encoder '{enc.name}' has no checkpoint: train it first")
     latent_dim = int(load_checkpoint(enc.checkpoint_path)[1].latent_dim)
+    digest = checkpoint_digest(enc.checkpoint_path)
     specs: list[ShardSpec] = []
     plans: list[DatasetPlan] = []
     for ref in datasets:
         row = find_version(registry, ref)
         store = open_store(row.store_path)
         out = embeddings_path(workspace, enc.name, store)
-        ranges = _prepare(
-            out, store, enc, latent_dim, plan_shards(store, shards, shard_rows), patch_grid, force
-        )
-        missing = [i for i in range(len(ranges)) if not marker(out, i).exists()]
+        stored = None if force else _stored_plan(out, store, latent_dim, patch_grid, digest)
+        if stored is None:
+            # Marked running before the old vectors are removed, so no reader (or crash in
+            # between) ever sees "complete" over a new, NaN-filled array.
+            _record(registry, enc.id, row.id, out, status="running")
+            stored = plan_shards(store, shards, shard_rows)
+            _create(out, store, enc, digest, latent_dim, stored, patch_grid)
+        ranges = stored
+        missing = [i for i, r in enumerate(ranges) if done_record(out, i, r) is None]
         specs.extend(
             ShardSpec(
                 store_path=str(store.path),
@@ -367,10 +432,10 @@ def finish_extraction(registry: Registry, plan: ExtractionPlan) -> list[ExtractR
     embedding, from the shards' sums), the others as failed."""
     results = []
     for ds in plan.datasets:
-        done = [marker(ds.out, i) for i in range(len(ds.shards))]
+        done = [done_record(ds.out, i, r) for i, r in enumerate(ds.shards)]
         n = ds.shards[-1][1] if ds.shards else 0
-        if all(p.exists() for p in done):
-            total = np.sum([json.loads(p.read_text())["sum"] for p in done], axis=0)
+        if all(d is not None for d in done):
+            total = np.sum([d["sum"] for d in done if d is not None], axis=0)
             mean = (np.asarray(total) / max(n, 1)).tolist()
             status = "complete"
             _record(
@@ -411,9 +476,9 @@ def extract(
     ``threads`` (default: the CPUs the job was given) sets torch's threads in each shard.
     With ``shards`` each shard is one array task; otherwise shards of about ``shard_rows``
     images (default :data:`DEFAULT_SHARD_ROWS`) are packed into tasks of about that many
-    images. ``progress(done, total)`` is called as tasks finish. Raises
-    :class:`ClusterError` naming the failed shards (the others stay done; running again
-    retries only the failed ones).
+    images (giving both, or a value below 1, raises :class:`InputError`).
+    ``progress(done, total)`` is called as tasks finish. Raises :class:`ClusterError` naming
+    the failed shards (the others stay done; running again retries only the failed ones).
     """
     plan = plan_extraction(
         registry,
@@ -432,16 +497,18 @@ def extract(
     )
     outcomes = _run(tasks, registry, workspace, executor, resources, progress)
     results = finish_extraction(registry, plan)
+    # A shard failed if it left no .done file: a failed task may hold shards that succeeded.
     failed = [
-        (s, o)
-        for task, o in zip(tasks, outcomes, strict=True)
-        if isinstance(o, Exception)
+        s
+        for task in tasks
         for s in task
+        if done_record(s.out_path, s.shard, (s.start, s.stop)) is None
     ]
     if failed:
-        names = ", ".join(f"{Path(s.out_path).parent.name} shard {s.shard}" for s, _ in failed)
+        names = ", ".join(shard_name(s) for s in failed)
+        causes = [str(o) for o in outcomes if isinstance(o, Exception)] or ["no .done file"]
         raise ClusterError(
-            f"{len(failed)} extraction shard(s) failed ({names}): {failed[0][1]}",
+            f"{len(failed)} extraction shard(s) failed ({names}): {causes[0]}",
             hint="run the same command again to retry only the failed shards",
         )
     return results
@@ -469,9 +536,26 @@ def group_shards(specs: list[ShardSpec], target_rows: int | None) -> list[list[S
     return tasks
 
 
+def shard_name(spec: ShardSpec) -> str:
+    """``<dataset>/<version> shard <i>``: how messages name a shard."""
+    out = Path(spec.out_path)
+    return f"{out.parent.name}/{out.name.removesuffix('.zarr')} shard {spec.shard}"
+
+
 def run_shards(specs: list[ShardSpec]) -> list[dict[str, Any]]:
-    """Run several shards one after the other (one array task; the encoder is loaded once)."""
-    return [run_shard(s) for s in specs]
+    """Run several shards one after the other (one array task; the encoder is loaded once).
+
+    Shards of other datasets packed into the same task still run when one fails; the task
+    then raises one error naming every failed shard."""
+    records, errors = [], []
+    for spec in specs:
+        try:
+            records.append(run_shard(spec))
+        except Exception as exc:
+            errors.append(f"{shard_name(spec)}: {type(exc).__name__}: {exc}")
+    if errors:
+        raise PomliaError(f"{len(errors)} of {len(specs)} shard(s) failed: {'; '.join(errors)}")
+    return records
 
 
 def _run(
