@@ -453,6 +453,26 @@ def test_folder_split_fractions_are_checked(
     with pytest.raises(InputError, match="expected fractions >= 0 that sum to less than 1"):
         ingest(workspace, reg, "f", tmp_path / "f", val_fraction=0.6, test_fraction=0.5)
     assert nothing_visible(workspace, "f")
+    # HDF5 files without a split dataset are split by the same rule.
+    h5 = tmp_path / "d.h5"
+    with h5py.File(h5, "w") as f:
+        f["x"], f["y"] = np.zeros((20, 4, 4), np.uint8), np.arange(20) % 2
+    for val, test in ((0.7, 0.6), (-0.5, 0.1), (0.1, -0.2)):
+        with pytest.raises(
+            InputError,
+            match=rf"HDF5 file '.*d.h5': val_fraction {val} \+ test_fraction {test}: expected",
+        ):
+            ingest(
+                workspace,
+                reg,
+                "h",
+                h5,
+                images="x",
+                labels="y",
+                val_fraction=val,
+                test_fraction=test,
+            )
+    assert nothing_visible(workspace, "h")
 
 
 def test_stale_staging_of_killed_ingests_is_removed(workspace: Workspace) -> None:

@@ -86,6 +86,15 @@ class PixelConverter:
         return {"from": str(self.dtype), "range": [0, 1], "to": "uint8 0..255 linear"}
 
 
+def check_split_fractions(where: str, val_fraction: float, test_fraction: float) -> None:
+    """Refuse hash-split fractions below 0, or summing to 1 or more (no train rows left)."""
+    if not (val_fraction >= 0 and test_fraction >= 0 and val_fraction + test_fraction < 1):
+        raise InputError(
+            f"{where}: val_fraction {val_fraction} + test_fraction {test_fraction}: "
+            "expected fractions >= 0 that sum to less than 1"
+        )
+
+
 def image_shape(where: str, shape: Sequence[int]) -> tuple[int, int, int]:
     """(H, W, C) from an array shape (N, H, W) or (N, H, W, C) with C 1 or 3."""
     if len(shape) == 3:

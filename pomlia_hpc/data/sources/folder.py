@@ -24,7 +24,13 @@ import numpy as np
 import tifffile
 from PIL import Image, UnidentifiedImageError
 
-from pomlia_hpc.data.sources.base import LabelDecl, LabelInfo, PixelConverter, Source
+from pomlia_hpc.data.sources.base import (
+    LabelDecl,
+    LabelInfo,
+    PixelConverter,
+    Source,
+    check_split_fractions,
+)
 from pomlia_hpc.data.store import SPLITS
 from pomlia_hpc.errors import InputError
 
@@ -151,11 +157,7 @@ class FolderSource(Source):
         test_fraction: float = 0.1,
     ) -> None:
         super().__init__(path=path, kind="folder")
-        if not (val_fraction >= 0 and test_fraction >= 0 and val_fraction + test_fraction < 1):
-            raise InputError(
-                f"val_fraction {val_fraction} + test_fraction {test_fraction}: "
-                "expected fractions >= 0 that sum to less than 1"
-            )
+        check_split_fractions(f"image folder '{path}'", val_fraction, test_fraction)
         entries = _visible(path)
         split_dirs = {p.name for p in entries if p.is_dir()} & set(SPLITS)
         by_split = bool(entries) and all(p.is_dir() and p.name in SPLITS for p in entries)

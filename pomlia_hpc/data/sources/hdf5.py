@@ -20,6 +20,7 @@ from pomlia_hpc.data.sources.base import (
     LabelDecl,
     PixelConverter,
     Source,
+    check_split_fractions,
     image_shape,
     normalize_labels,
     resolve_labels,
@@ -69,6 +70,7 @@ class Hdf5Source(Source):
                 f"HDF5 file '{path}': expected the options images=PATH and "
                 "labels=PATH (paths of the datasets inside the file)"
             )
+        check_split_fractions(f"HDF5 file '{path}'", val_fraction, test_fraction)
         try:
             self._file = h5py.File(path, "r")
         except OSError as exc:
