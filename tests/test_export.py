@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnxruntime as ort
@@ -12,6 +13,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
+import pomlia_hpc.serve.export as export_mod
 from pomlia_hpc.cli import app
 from pomlia_hpc.errors import InputError, NotFoundError, PomliaError
 from pomlia_hpc.nets import ARCHITECTURES, build_classifier
@@ -202,6 +204,25 @@ def test_resnet18_export_matches_pytorch(tmp_path: Path) -> None:
     res = export_checkpoint(ckpt, tmp_path / "bundles", name="r18")
     assert res.max_abs_diff["onnx"] <= 1e-4 and res.max_abs_diff["torchscript"] <= 1e-4
     _assert_parity(ckpt, res.bundle.root, 3, 28)
+
+
+def test_a_concurrent_export_of_the_same_version_reuses_the_winner(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ckpt = save_demo_checkpoint(tmp_path / "c.pt")
+    winner = export_checkpoint(ckpt, tmp_path / "first", name="m").bundle.root
+    racing_root = tmp_path / "bundles"
+    real_check = export_mod._check_parity
+
+    def other_export_finishes_meanwhile(*args: Any, **kwargs: Any) -> dict[str, float]:
+        out = real_check(*args, **kwargs)
+        shutil.copytree(winner, racing_root / winner.name)
+        return out
+
+    monkeypatch.setattr(export_mod, "_check_parity", other_export_finishes_meanwhile)
+    res = export_checkpoint(ckpt, racing_root, name="m")
+    assert res.reused and res.bundle.root == racing_root / winner.name
+    assert [p.name for p in racing_root.iterdir()] == [winner.name]  # our temp copy is gone
 
 
 def test_export_refuses_when_outputs_disagree(tmp_path: Path) -> None:

@@ -206,7 +206,14 @@ def export_checkpoint(
             files={p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()},
         )
         (tmp / CARD).write_text(json.dumps(card, indent=2, sort_keys=True))
-        tmp.replace(final)
+        try:
+            tmp.replace(final)
+        except OSError:  # ENOTEMPTY/EEXIST: the directory appeared since the check above
+            if not (final / CARD).is_file():
+                raise
+            # A concurrent export of the same weights (and encoder) finished first; its bundle
+            # is this one, so use it and drop ours.
+            return ExportResult(ExportedBundle.open(final), diffs, reused=True)
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
