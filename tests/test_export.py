@@ -145,6 +145,11 @@ def test_register_model_creates_a_row_and_refuses_a_taken_name(
         assert stored.path == str(ckpt.resolve())
     with pytest.raises(PomliaError, match="already registered"):
         register_model(reg, "m1", ckpt)
+    # The name becomes part of paths (models/<name>/, logs/predictions/<name>/).
+    for bad in ("../escape", "a/b", ".hidden", "with space", "tail\n", "x" * 129, ""):
+        with pytest.raises(InputError, match=r"model name .* is not valid: expected letters"):
+            register_model(reg, bad, ckpt)
+    assert register_model(reg, "study-7.v2_best", ckpt).name == "study-7.v2_best"
 
 
 @pytest.fixture(scope="module")

@@ -2,17 +2,14 @@
 
 from __future__ import annotations
 
-import re
-
 from sqlalchemy import select
 
 from pomlia_hpc.automl.metrics import check_metric
 from pomlia_hpc.data.store import find_version, open_store
 from pomlia_hpc.errors import InputError, NotFoundError, PomliaError
+from pomlia_hpc.names import validate_name
 from pomlia_hpc.registry import Dataset, DatasetVersion, Registry, Task
 from pomlia_hpc.serve.bundle import normalize_task_type
-
-_NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
 
 
 def add_task(
@@ -21,11 +18,7 @@ def add_task(
     """Register task ``name`` on dataset version ``dataset`` (``name`` or ``name@version``)
     with ``metric`` (acc, auc, f1_macro). ``task_type`` defaults to the dataset's own
     (multi-class, binary, multi-label, ordinal); a different one is an error."""
-    if not _NAME_RE.match(name):
-        raise InputError(
-            f"task name '{name}' is not valid: expected letters, digits, '_', '.', "
-            "'-' (at most 64, starting with a letter or digit)"
-        )
+    validate_name("task", name)
     check_metric(metric)
     version = find_version(registry, dataset)
     store_type = normalize_task_type(

@@ -24,6 +24,7 @@ from sqlalchemy import select
 from torch import nn
 
 from pomlia_hpc.errors import InputError, NotFoundError, PomliaError
+from pomlia_hpc.names import validate_name
 from pomlia_hpc.nets import build_classifier
 from pomlia_hpc.registry import Model, Registry
 
@@ -37,6 +38,9 @@ _TASK_ALIASES = {
     "multilabel": "multi-label",
     "ordinal-regression": "ordinal",
 }
+
+#: Longest model name: room for a study's best model, ``<study name (<= 96)>-best``.
+MODEL_NAME_MAX = 128
 
 #: Default input normalisation: pixels scaled to [0, 1], then (x - 0.5) / 0.5 per channel,
 #: the transform MedMNIST's reference training uses.
@@ -302,8 +306,10 @@ def register_model(
 
     ``card`` defaults to :func:`model_card` of the checkpoint's metadata; ``lineage`` is merged
     over the checkpoint's own lineage, with ``task_id`` and ``run_id``. A name already taken
-    is an error (names identify served models and their logs).
+    is an error (names identify served models and their logs). ``name`` must follow
+    :func:`pomlia_hpc.names.validate_name`: it becomes part of paths.
     """
+    validate_name("model", name, max_len=MODEL_NAME_MAX)
     p = Path(path).resolve()
     meta = read_meta(p)
     full_lineage = {**meta.lineage, **dict(lineage or {})}
