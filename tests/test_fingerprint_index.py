@@ -3,6 +3,11 @@ atomic publishing, IVF/IP factories, patch indexes, exclusion of a dataset."""
 
 from __future__ import annotations
 
+import importlib
+import json
+import os
+import socket
+import subprocess
 from pathlib import Path
 
 import faiss
@@ -92,6 +97,39 @@ def test_new_dataset_is_added_without_rebuilding(
     run_shard(plan.specs[0])
     finish_extraction(reg, plan)
     assert build_index(reg, workspace, "enc").rebuilt
+
+
+def test_publishing_takes_a_free_generation_and_removes_killed_builds_temp(
+    workspace: Workspace, reg: Registry, two_sets: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    build_index(reg, workspace, "enc")
+    root = workspace.path("indexes", "enc", "images")
+    host = socket.gethostname().replace("~", "-")
+    dead = subprocess.Popen(["true"])
+    dead.wait()  # reaped: its pid is free (and not reused within this test)
+    stale = root / f".gen~{host}~{dead.pid}.tmp"
+    stale.mkdir()
+    (stale / "index.faiss").write_bytes(b"half")
+    stale_link = root / f".current~{host}~{dead.pid}.tmp"
+    stale_link.symlink_to("gen-000001")
+    live = root / f".gen~{host}~{os.getppid()}.tmp"  # a running process's build
+    elsewhere = root / f".gen~other-node~{dead.pid}.tmp"  # maybe running on another node
+    for path in (live, elsewhere):
+        path.mkdir()
+    # A concurrent build published generation 1 after this one listed the folder: the first
+    # pick is taken, so it must move on to the next number, leaving generation 1 as it was.
+    module = importlib.import_module("pomlia_hpc.fingerprint.index")
+    picks = iter([1])
+    real = module._next_generation
+    monkeypatch.setattr(module, "_next_generation", lambda r: next(picks, None) or real(r))
+    gen1 = (root / "gen-000001" / "index.faiss").read_bytes()
+    res = build_index(reg, workspace, "enc", rebuild=True)
+    assert res.generation == 2 and (root / "current").resolve().name == "gen-000002"
+    assert load_index(reg, workspace, "enc").manifest.generation == 2
+    assert json.loads((root / "gen-000001" / "manifest.json").read_text())["generation"] == 1
+    assert (root / "gen-000001" / "index.faiss").read_bytes() == gen1
+    assert not stale.exists() and not stale_link.is_symlink()
+    assert live.is_dir() and elsewhere.is_dir()
 
 
 def test_inner_product_metric_and_exclusion(

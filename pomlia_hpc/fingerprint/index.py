@@ -12,8 +12,10 @@ can be given instead, and above the limit the default becomes ``IVF{4*sqrt(N)},F
 present, the IVF coarse quantiser is trained on the GPU.
 
 Publishing. Each build writes a new generation folder ``gen-NNNNNN`` (index.faiss +
-manifest.json) under a temporary name, renames it into place and then atomically replaces the
-``current`` symlink, so a reader never sees a half-written index. Adding a newly extracted
+manifest.json) under a temporary name, flushes it to disk, renames it into place (the next free
+number: two concurrent builds never share one) and then atomically replaces the ``current``
+symlink, so a reader never sees a half-written index. Temporary folders of killed builds on this
+host are removed by the next build. Adding a newly extracted
 dataset version loads the current index, adds only the new vectors (an IVF index keeps its
 trained quantiser) and publishes the result as the next generation; the rest is not rebuilt.
 
@@ -22,10 +24,12 @@ Layout: ``<home>/indexes/<encoder>/{images,patches}/{current -> gen-NNNNNN, gen-
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
 import shutil
+import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,9 +40,10 @@ import numpy as np
 import zarr
 from sqlalchemy import select
 
-from pomlia_hpc.errors import InputError, NotFoundError
-from pomlia_hpc.fingerprint.io import group_meta, open_array
+from pomlia_hpc.errors import InputError, NotFoundError, PomliaError
+from pomlia_hpc.fingerprint.io import atomic_write_text, fsync_path, group_meta, open_array
 from pomlia_hpc.fingerprint.train import get_encoder
+from pomlia_hpc.processes import pid_alive
 from pomlia_hpc.registry import Dataset, DatasetVersion, Encoder, FingerprintSet, Registry
 from pomlia_hpc.workspace import Workspace
 
@@ -440,24 +445,78 @@ def build_index(
     )
 
 
+def _host() -> str:
+    return socket.gethostname().replace("~", "-")
+
+
+def clean_stale_tmp(root: Path) -> list[Path]:
+    """Remove temporary generation folders and links (``.gen~<host>~<pid>.tmp``,
+    ``.current~<host>~<pid>.tmp``) of builds on this host whose process is gone (killed
+    builds); those of other hosts are left alone, as their build may still run."""
+    removed = []
+    for path in root.glob(".*~*~*.tmp"):
+        _kind, host, pid = path.name.removesuffix(".tmp").rsplit("~", 2)
+        if host == _host() and pid.isdigit() and not pid_alive(int(pid)):
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+def _generations(root: Path) -> list[int]:
+    """Published generation numbers under ``root``, ascending."""
+    return sorted(
+        int(p.name[4:]) for p in root.glob("gen-*") if p.name[4:].isdigit() and p.is_dir()
+    )
+
+
+def _next_generation(root: Path) -> int:
+    gens = _generations(root)
+    return gens[-1] + 1 if gens else 1
+
+
 def _publish(root: Path, index: faiss.Index, manifest: Manifest) -> Path:
+    """Write ``index`` and ``manifest`` as the next generation and point ``current`` at it.
+
+    Files are flushed to disk before the rename, so a crash never leaves a published but empty
+    generation. Two builds that pick the same number: the later rename fails (the folder is
+    not empty) and that build takes the next number."""
     root.mkdir(parents=True, exist_ok=True)
-    gens = sorted(p for p in root.glob("gen-*") if p.is_dir() and "." not in p.name)
-    manifest.generation = (int(gens[-1].name[4:]) + 1) if gens else 1
-    final = root / f"gen-{manifest.generation:06d}"
-    tmp = root / f".{final.name}.{os.getpid()}.tmp"
+    clean_stale_tmp(root)
+    tag = f"{_host()}~{os.getpid()}.tmp"
+    tmp = root / f".gen~{tag}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()
     try:
         faiss.write_index(index, str(tmp / "index.faiss"))
-        (tmp / "manifest.json").write_text(manifest.to_json())
-        tmp.rename(final)
+        fsync_path(tmp / "index.faiss")
+        for _attempt in range(1000):
+            manifest.generation = _next_generation(root)
+            atomic_write_text(tmp / "manifest.json", manifest.to_json())
+            fsync_path(tmp)
+            final = root / f"gen-{manifest.generation:06d}"
+            try:
+                tmp.rename(final)
+                break
+            except OSError as exc:
+                if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+                    raise
+        else:
+            raise PomliaError(f"index folder '{root}': no free generation number after 1000 tries")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    link_tmp = root / f".current.{os.getpid()}.tmp"
+    fsync_path(root)
+    link_tmp = root / f".current~{tag}"
     link_tmp.unlink(missing_ok=True)
     link_tmp.symlink_to(final.name)
     link_tmp.replace(root / "current")
-    for old in gens[: max(0, len(gens) - KEEP_OLD_GENERATIONS)]:
-        shutil.rmtree(old, ignore_errors=True)
+    fsync_path(root)
+    # Older generations beyond the ones kept go; newer ones belong to a concurrent build.
+    current = (root / "current").resolve()
+    older = [g for g in _generations(root) if g < manifest.generation]
+    for g in older[: max(0, len(older) - KEEP_OLD_GENERATIONS)]:
+        if (old := root / f"gen-{g:06d}") != current:
+            shutil.rmtree(old, ignore_errors=True)
     return final
