@@ -12,7 +12,9 @@ from pomlia_hpc.automl.tasks import add_task
 from pomlia_hpc.data.api import ingest
 from pomlia_hpc.data.medmnist_info import flag_info
 from pomlia_hpc.data.synth import make_split
+from pomlia_hpc.nets import build_classifier
 from pomlia_hpc.registry import Registry
+from pomlia_hpc.serve.bundle import register_model, save_classifier
 from pomlia_hpc.workspace import Workspace
 
 
@@ -71,3 +73,20 @@ FAST = {
 def warm_file(path: Path, configs: list[dict[str, object]]) -> Path:
     path.write_text(yaml.safe_dump(configs))
     return path
+
+
+def donor_model(ws: Workspace, reg: Registry, name: str = "donor") -> str:
+    """A registered 8-class small CNN (untrained) to start from; returns its name."""
+    path = ws.path("models", f"{name}.pt")
+    save_classifier(
+        path,
+        build_classifier("small_cnn", 8, 3),
+        arch="small_cnn",
+        num_classes=8,
+        in_channels=3,
+        image_size=28,
+        task_type="multi-class",
+        label_names=[str(i) for i in range(8)],
+    )
+    register_model(reg, name, path)
+    return name

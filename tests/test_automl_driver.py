@@ -5,18 +5,22 @@ from __future__ import annotations
 
 import os
 import shutil
+import time
 from pathlib import Path
 
 import pytest
-from automl_support import FAST, tiny_task, warm_file
+from automl_support import FAST, donor_model, tiny_task, warm_file
+from sqlalchemy import select
 from typer.testing import CliRunner
 
 from pomlia_hpc.automl import records
 from pomlia_hpc.automl.space import SpaceOptions
-from pomlia_hpc.automl.study import create_study, run_study
+from pomlia_hpc.automl.study import StudyRunner, _Orphan, create_study, run_study
 from pomlia_hpc.cli import app
+from pomlia_hpc.cluster.executor import cancel_scheduler_job
+from pomlia_hpc.cluster.records import record_submission
 from pomlia_hpc.errors import ClusterError, PomliaError
-from pomlia_hpc.registry import Registry
+from pomlia_hpc.registry import Job, Registry, Run
 from pomlia_hpc.workspace import Workspace
 
 pytestmark = pytest.mark.usefixtures("wide_console")
@@ -135,3 +139,91 @@ def test_failed_submission_stops_the_study_and_resume_submits_it(
     (again,) = records.study_runs(reg, "sf")
     assert again.id == run.id and again.status == "ok" and again.error is None
     assert result.n_ok == 1 and result.best_run_id == run.id
+
+
+def _jobs_named(reg: Registry, name: str) -> list[Job]:
+    with reg.session() as s:
+        rows = list(s.scalars(select(Job).where(Job.name == name).order_by(Job.id)))
+        for r in rows:
+            s.expunge(r)
+    return rows
+
+
+@pytest.mark.slow
+def test_resume_settles_jobs_that_ended_while_the_driver_was_away(
+    workspace: Workspace, reg: Registry
+) -> None:
+    tiny_task(workspace, reg, "blood", sizes=(16, 8, 8))
+    donor = donor_model(workspace, reg)
+    bad = {**FAST, "init": "model", "mode": "full"}
+    spec = create_study(
+        reg,
+        workspace,
+        "blood",
+        name="aw",
+        n_trials=3,
+        max_epochs=1,
+        parallel=3,
+        optimizer="random",
+        space=SpaceOptions(archs=("small_cnn",)),
+        init_model=donor,
+        initial_configs=[bad, FAST, {**FAST, "lr": 0.001}],
+    )
+    assert spec.init_model is not None
+    Path(spec.init_model["path"]).write_bytes(b"not a checkpoint")  # trial 1's job will fail
+    # A first driver submits the three trials and stops watching them.
+    first = StudyRunner(reg, workspace, spec)
+    opt = first._optimizer(resume=False)
+    for _ in range(3):
+        first._start(opt, opt.ask())
+    failed, unlinked, cancelled = (first.active[k] for k in sorted(first.active))
+    cancel_scheduler_job("local", str(cancelled.handle.job_id))  # cancelled while away
+    with reg.session() as s:  # the driver died between submitting and linking the job
+        row = s.get(Run, unlinked.run_id)
+        assert row is not None
+        row.status, row.job_id, row.metrics = "pending", None, {}
+    deadline = time.time() + 240
+    while not (failed.handle.done() and unlinked.handle.done()):
+        assert time.time() < deadline, "the first driver's jobs did not end"
+        time.sleep(0.3)
+
+    result = run_study(reg, workspace, spec, resume=True, poll_s=0.2)
+    runs = {r.id: r for r in records.study_runs(reg, "aw")}
+    assert len(runs) == 3 and result.n_ok == 2 and result.n_crashed == 1
+    # the failed job is a crash with its cause, not run again
+    crash = runs[failed.run_id]
+    assert crash.status == "crashed" and "initial weights" in crash.metrics["cause"]
+    (job,) = _jobs_named(reg, f"automl-aw-{failed.run_id}")
+    assert job.state == "FAILED" and job.ended_at is not None and "Traceback" in job.traceback
+    # the unlinked job was adopted, not submitted a second time
+    (job,) = _jobs_named(reg, f"automl-aw-{unlinked.run_id}")
+    assert runs[unlinked.run_id].status == "ok" and runs[unlinked.run_id].job_id == job.id
+    assert job.state == "COMPLETED" and job.ended_at is not None
+    # the cancelled one never had its chance: submitted again
+    old, new = _jobs_named(reg, f"automl-aw-{cancelled.run_id}")
+    assert runs[cancelled.run_id].status == "ok" and runs[cancelled.run_id].job_id == new.id
+    assert old.ended_at is not None and "resubmitted" in (old.exit_cause or "")
+
+
+@pytest.mark.slurm
+@pytest.mark.usefixtures("slurm")
+def test_orphan_waits_through_accounting_errors_and_a_job_slurm_never_knew_is_lost(
+    workspace: Workspace, reg: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (jid,) = record_submission(
+        reg, backend="slurm", scheduler_ids=["987654321"], name="automl-x-1", folder="f"
+    )
+    job = records.job_of(reg, jid)
+    assert job is not None
+    orphan = _Orphan(reg, job, tmp_path / "result.json")
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "sacct").write_text("#!/bin/sh\necho 'slurmdbd: connection refused' >&2\nexit 1\n")
+    (fake / "sacct").chmod(0o755)
+    real_path = os.environ["PATH"]
+    monkeypatch.setenv("PATH", f"{fake}:{real_path}")
+    StudyRunner._poll([orphan])
+    assert not orphan.done()  # a hiccup of the accounting says nothing: keep waiting
+    monkeypatch.setenv("PATH", real_path)
+    StudyRunner._poll([orphan])  # the real sacct: no such job
+    assert orphan.done() and orphan.lost(cancelled_too=False)

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from automl_support import FAST, tiny_task
+from automl_support import FAST, donor_model, tiny_task
 from sqlalchemy import select
 from typer.testing import CliRunner
 
@@ -18,29 +18,11 @@ from pomlia_hpc.automl.space import SpaceOptions
 from pomlia_hpc.automl.study import create_study, load_spec, run_study
 from pomlia_hpc.cli import app
 from pomlia_hpc.errors import InputError, PomliaError
-from pomlia_hpc.nets import build_classifier
 from pomlia_hpc.registry import Job, Model, Registry, Run
-from pomlia_hpc.serve.bundle import load_classifier, register_model, save_classifier
+from pomlia_hpc.serve.bundle import load_classifier
 from pomlia_hpc.workspace import Workspace
 
 pytestmark = pytest.mark.usefixtures("wide_console")
-
-
-def _donor(ws: Workspace, reg: Registry) -> str:
-    """A registered 8-class small CNN (untrained) to start from."""
-    path = ws.path("models", "donor.pt")
-    save_classifier(
-        path,
-        build_classifier("small_cnn", 8, 3),
-        arch="small_cnn",
-        num_classes=8,
-        in_channels=3,
-        image_size=28,
-        task_type="multi-class",
-        label_names=[str(i) for i in range(8)],
-    )
-    register_model(reg, "donor", path)
-    return "donor"
 
 
 @pytest.mark.slow
@@ -56,7 +38,7 @@ def test_study_records_every_trial_and_goes_on_after_a_crash(
     monkeypatch.setenv("MASTER_ADDR", "127.0.0.1")
     reg = Registry.open(workspace.db_url)
     tiny_task(workspace, reg, "blood", sizes=(64, 24, 24))
-    donor = _donor(workspace, reg)
+    donor = donor_model(workspace, reg)
     spec = create_study(
         reg,
         workspace,

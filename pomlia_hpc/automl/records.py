@@ -21,7 +21,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 
 import pomlia_hpc
 from pomlia_hpc.registry import Job, Registry, Run, Task
@@ -170,16 +170,27 @@ def study_runs(registry: Registry, study: str) -> list[Run]:
         return rows
 
 
-def count_runs(registry: Registry, study: str) -> int:
-    with registry.session() as s:
-        return int(s.scalar(select(func.count(Run.id)).where(Run.study == study)) or 0)
-
-
 def job_of(registry: Registry, job_id: int | None) -> Job | None:
+    """The job row ``job_id`` (``None`` for ``None`` or a missing row)."""
     if job_id is None:
         return None
     with registry.session() as s:
         row = s.get(Job, job_id)
+        if row is not None:
+            s.expunge(row)
+        return row
+
+
+def newest_job_named(registry: Registry, name: str, folder: str) -> Job | None:
+    """The newest job called ``name`` submitted from ``folder`` (a trial job recorded by the
+    cluster layer whose run was not linked to it before the driver stopped)."""
+    with registry.session() as s:
+        row = s.scalar(
+            select(Job)
+            .where(Job.name == name, Job.folder == folder)
+            .order_by(Job.id.desc())
+            .limit(1)
+        )
         if row is not None:
             s.expunge(row)
         return row

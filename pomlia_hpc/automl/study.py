@@ -28,7 +28,7 @@ import re
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn
@@ -46,14 +46,14 @@ from pomlia_hpc.automl.space import (
     configs_from_values,
 )
 from pomlia_hpc.automl.tasks import get_task, task_dataset
-from pomlia_hpc.automl.trial import TrialJob, read_result
+from pomlia_hpc.automl.trial import TrialJob, failure_path, read_failure, read_result
 from pomlia_hpc.cluster import Executor, JobFailedError, JobHandle, sacct_states
-from pomlia_hpc.cluster.executor import cancel_scheduler_job
-from pomlia_hpc.cluster.records import FINAL_STATES
+from pomlia_hpc.cluster.records import FINAL_STATES, SchedulerState, update_job
 from pomlia_hpc.config import load_cluster_profile
 from pomlia_hpc.data.store import open_store
 from pomlia_hpc.errors import ClusterError, InputError, NotFoundError, PomliaError
-from pomlia_hpc.registry import Registry, Run
+from pomlia_hpc.processes import pid_alive
+from pomlia_hpc.registry import Job, Registry, Run
 from pomlia_hpc.workspace import Workspace
 
 SPEC_FILE = "study.json"
@@ -347,39 +347,78 @@ def _cause(exc: JobFailedError) -> str:
 # ----------------------------------------------------------------------------- the driver
 
 
+#: Seconds between two scheduler polls for the jobs of a previous driver (one ``sacct`` for all).
+ORPHAN_POLL_S = 5.0
+
+
 class _Orphan:
-    """A trial job submitted by a driver that is gone: wait for its result file or its end."""
+    """A trial job submitted by a driver that is gone. The runner asks the scheduler about all
+    orphans at once (:meth:`StudyRunner._poll_orphans`); :meth:`update` takes the answer."""
 
-    def __init__(self, backend: str, scheduler_id: str, result_path: Path) -> None:
-        self.backend, self.scheduler_id, self.result_path = backend, scheduler_id, result_path
-        self.job_id = scheduler_id
-        self.record_id: int | None = None
+    def __init__(self, registry: Registry, job: Job, result_path: Path) -> None:
+        self.registry, self.record_id, self.result_path = registry, int(job.id), result_path
+        self.backend, self.job_id = job.backend, job.scheduler_id
+        #: The scheduler's state; ``None``: unknown to it (never ran, or long forgotten).
+        self.state: str | None = "PENDING"
+        self.ended_at: datetime | None = None
 
-    def alive(self) -> bool:
-        if self.backend == "slurm":
-            try:
-                st = sacct_states([self.scheduler_id]).get(self.scheduler_id)
-            except ClusterError:
-                return False
-            return st is not None and st.state not in FINAL_STATES
-        if self.backend == "local" and self.scheduler_id.isdigit():
-            try:
-                stat = Path(f"/proc/{self.scheduler_id}/stat").read_text()
-            except OSError:
-                return False
-            return stat.rsplit(")", 1)[-1].split()[0] != "Z"  # a zombie has ended
-        return False
+    def update(self, state: SchedulerState | None) -> None:
+        """Take the scheduler's answer for this job (``None``: it does not know the job)."""
+        self.state = state.state if state is not None else None
+        self.ended_at = state.ended_at if state is not None else None
+
+    def check_local(self) -> None:
+        """A local job is a process of this machine: running while its pid lives."""
+        if self.job_id.isdigit() and pid_alive(int(self.job_id)):
+            self.state = "RUNNING"
+        elif self.result_path.is_file():
+            self.state = "COMPLETED"
+        elif read_failure(self.result_path) is not None:
+            self.state = "FAILED"
+        else:
+            self.state = None  # gone without a trace: killed, as if cancelled
+
+    @property
+    def ended(self) -> bool:
+        return self.state is None or self.state in FINAL_STATES
 
     def done(self) -> bool:
-        return self.result_path.is_file() or not self.alive()
+        return self.result_path.is_file() or self.ended
+
+    def lost(self, *, cancelled_too: bool) -> bool:
+        """Ended without a result and without a failure of its own: safe to run again."""
+        if self.result_path.is_file() or read_failure(self.result_path) is not None:
+            return False
+        return self.state is None or (cancelled_too and self.state == "CANCELLED")
+
+    def _finish_row(self, state: str, **fields: Any) -> None:
+        update_job(
+            self.registry,
+            self.record_id,
+            state=state,
+            ended_at=self.ended_at or datetime.now(UTC),
+            **fields,
+        )
+
+    def forget(self) -> None:
+        """Close the job's row: the trial is submitted again as a new job."""
+        self._finish_row(
+            self.state or "FAILED",
+            exit_cause=f"{self.state or 'unknown to the scheduler'}; the trial was resubmitted",
+        )
 
     def result(self) -> dict[str, Any]:
+        """The trial's result, or :class:`JobFailedError` with the job's state and traceback."""
         res = read_result(self.result_path)
-        if res is None:
-            raise JobFailedError(
-                f"job {self.scheduler_id} ended without a result", state="FAILED", traceback=None
-            )
-        return res
+        if res is not None:
+            self._finish_row("COMPLETED")
+            return res
+        error, tb = read_failure(self.result_path) or ("no result", None)
+        known = self.state
+        # A job without a result did not complete, whatever its exit code said.
+        state = known if known is not None and known != "COMPLETED" else "FAILED"
+        self._finish_row(state, exit_cause=error[:500], traceback=tb)
+        raise JobFailedError(f"job {self.job_id} ended {state}: {error}", state=state, traceback=tb)
 
 
 @dataclass
@@ -413,6 +452,7 @@ class StudyRunner:
         self.space = build_space(SpaceOptions.from_dict(spec.space), seed=spec.seed)
         self.engine = EngineOptions.from_dict(spec.engine)
         self.active: dict[int, _Active] = {}
+        self._orphans_polled = -math.inf  # time.monotonic() of the last poll
         self._executor: Executor | None = None
         self._views: dict[int, TrialView] = {}
 
@@ -480,10 +520,11 @@ class StudyRunner:
             if not self.active:
                 break
             changed = False
+            self._poll_orphans()
             for run_id, act in list(self.active.items()):
                 if act.handle.done():
+                    del self.active[run_id]  # before collecting: a lost orphan is resubmitted
                     self._collect(opt, act)
-                    del self.active[run_id]
                     changed = True
             if changed or time.monotonic() - last_emit > 2.0:
                 self._emit()
@@ -535,6 +576,7 @@ class StudyRunner:
                 encoder_id=encoder_id,
             )
         workdir, model_path, result_path = self._paths(key, epochs, run_id)
+        failure_path(result_path).unlink(missing_ok=True)  # from an attempt that was lost
         state = read_state(workdir)
         start = int(state["epoch"]) if state else 0
         self._views[run_id] = TrialView(
@@ -662,7 +704,41 @@ class StudyRunner:
             )
         return path
 
+    def _poll_orphans(self) -> None:
+        """Ask the scheduler about the previous driver's jobs still out, at most every
+        :data:`ORPHAN_POLL_S` seconds."""
+        orphans = [
+            a.handle
+            for a in self.active.values()
+            if isinstance(a.handle, _Orphan) and not a.handle.ended
+        ]
+        if orphans and time.monotonic() - self._orphans_polled >= ORPHAN_POLL_S:
+            self._orphans_polled = time.monotonic()
+            self._poll(orphans)
+
+    @staticmethod
+    def _poll(orphans: list[_Orphan]) -> None:
+        """Update the state of ``orphans``: one ``sacct`` for all Slurm jobs among them."""
+        slurm = [o for o in orphans if o.backend == "slurm"]
+        if slurm:
+            try:
+                states = sacct_states(o.job_id for o in slurm)
+            except ClusterError:
+                pass  # an accounting hiccup says nothing about the jobs: ask again next poll
+            else:
+                for o in slurm:
+                    o.update(states.get(o.job_id))
+        for o in orphans:
+            if o.backend != "slurm":
+                o.check_local()
+
     def _collect(self, opt: SearchOptimizer, act: _Active) -> None:
+        if isinstance(act.handle, _Orphan) and act.handle.lost(cancelled_too=False):
+            # The scheduler no longer knows the job and it left no result or failure: nothing
+            # was learnt, so it runs again (from its last checkpoint) rather than "crashing".
+            act.handle.forget()
+            self._start(opt, act.proposal, run_id=act.run_id)
+            return
         try:
             result = act.handle.result()
         except JobFailedError as exc:
@@ -780,19 +856,39 @@ class StudyRunner:
             opt.tell(proposal, 1.0, crashed=True, time_s=run.cost_s or 0.0)
             return
         _, _, result_path = self._paths(proposal.key, proposal.epochs, run.id)
-        result = read_result(result_path)
-        if result is not None:  # finished while the driver was away
-            self._record_ok(opt, run.id, proposal, result)
-            return
         job = records.job_of(self.registry, run.job_id)
-        if job is not None:
-            orphan = _Orphan(job.backend, job.scheduler_id, result_path)
-            if orphan.alive():  # still training: wait for it instead of starting again
-                orphan.record_id = job.id
-                self.active[run.id] = _Active(run.id, proposal, orphan, time.time())
-                self._views[run.id] = self._view_of_run(run)
-                return
-        self._start(opt, proposal, run_id=run.id)  # continues from its last checkpoint
+        if job is None and run.job_id is None and run.status == records.PENDING:
+            # Perhaps submitted, but the driver stopped before linking the job to its run.
+            job = records.newest_job_named(
+                self.registry, _job_name(self.spec.name, run.id), str(self.executor.folder)
+            )
+            if job is not None:
+                start = int(dict(run.metrics or {}).get("start_epoch", 0))
+                records.mark_running(self.registry, run.id, job.id, start_epoch=start)
+        if job is None:
+            result = read_result(result_path)
+            if result is not None:  # finished while the driver was away
+                self._record_ok(opt, run.id, proposal, result)
+            else:  # never submitted, or refused: submit it now
+                self._start(opt, proposal, run_id=run.id)
+            return
+        orphan = _Orphan(self.registry, job, result_path)
+        act = _Active(run.id, proposal, orphan, time.time())
+        self.active[run.id] = act
+        self._views[run.id] = replace(
+            self._view_of_run(run), status=records.RUNNING, job=job.scheduler_id
+        )
+        if not orphan.result_path.is_file():
+            self._poll([orphan])
+        if not orphan.done():
+            return  # still queued or training (or the scheduler could not say): wait for it
+        del self.active[run.id]
+        if orphan.lost(cancelled_too=True):
+            # Cancelled or forgotten while nobody watched: the trial never had its chance.
+            orphan.forget()
+            self._start(opt, proposal, run_id=run.id)  # continues from its last checkpoint
+            return
+        self._collect(opt, act)  # its result, or a crash (failed, timed out, out of memory)
 
     def _view_of_run(self, run: Run) -> TrialView:
         m = dict(run.metrics or {})
@@ -916,19 +1012,3 @@ def run_study(
 ) -> StudyResult:
     """Run (or with ``resume``, continue) the study ``spec``; see :class:`StudyRunner`."""
     return StudyRunner(registry, workspace, spec, on_update=on_update, poll_s=poll_s).run(resume)
-
-
-def cancel_orphans(registry: Registry, study: str) -> list[str]:
-    """Cancel the jobs of ``study``'s runs still marked running (a driver that will not come
-    back); returns their scheduler ids."""
-    out = []
-    for run in records.study_runs(registry, study):
-        if run.status == records.RUNNING:
-            job = records.job_of(registry, run.job_id)
-            if job is not None:
-                try:
-                    cancel_scheduler_job(job.backend, job.scheduler_id)
-                    out.append(job.scheduler_id)
-                except ClusterError:
-                    pass
-    return out

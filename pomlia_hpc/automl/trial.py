@@ -3,7 +3,9 @@
 The job never touches the registry (SQLite on a shared file system is fragile): it returns its
 result to the submitting process through the cluster layer and also writes it, atomically, to
 ``result_path``, so a driver that was killed and restarted finds the results of trials that
-finished while it was away. :class:`TrialJob` is checkpointable: when Slurm preempts it or its
+finished while it was away. When training raises, the job writes ``failure.json`` (the
+traceback) beside it before failing, so that a restarted driver can tell a trial that failed from
+one that was cancelled or lost. :class:`TrialJob` is checkpointable: when Slurm preempts it or its
 time runs out it is requeued and :func:`~pomlia_hpc.automl.engine.train` resumes from the last
 epoch's checkpoint.
 """
@@ -13,6 +15,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +23,9 @@ from pomlia_hpc.automl.engine import TrainRequest, train
 from pomlia_hpc.cluster import Checkpointable
 
 DIST_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
+
+
+FAILURE_FILE = "failure.json"
 
 
 def read_result(path: str | Path) -> dict[str, Any] | None:
@@ -31,6 +37,27 @@ def read_result(path: str | Path) -> dict[str, Any] | None:
         return dict(json.loads(p.read_text()))
     except (OSError, ValueError):
         return None
+
+
+def failure_path(result_path: str | Path) -> Path:
+    """Where the job whose result goes to ``result_path`` writes its traceback if it fails."""
+    return Path(result_path).with_name(FAILURE_FILE)
+
+
+def read_failure(result_path: str | Path) -> tuple[str, str] | None:
+    """(the exception in one line, the traceback) of a trial job that raised; ``None``: it did
+    not, or has not yet."""
+    data = read_result(failure_path(result_path))
+    if data is None:
+        return None
+    return str(data.get("error", "")), str(data.get("traceback", ""))
+
+
+def _write_atomic(path: Path, data: dict[str, Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    tmp.replace(path)
 
 
 class TrialJob(Checkpointable):
@@ -53,11 +80,17 @@ class TrialJob(Checkpointable):
                 flush=True,
             )
 
-        result = train(self.request, progress=log).to_dict()
-        path = Path(self.result_path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(result, indent=1))
-        tmp.replace(path)
+        try:
+            result = train(self.request, progress=log).to_dict()
+        except Exception as exc:
+            # Not BaseException: a cancelled local job gets SIGINT (KeyboardInterrupt), and a
+            # cancelled trial is not a failed one.
+            error = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
+            _write_atomic(
+                failure_path(self.result_path),
+                {"error": error, "traceback": traceback.format_exc()},
+            )
+            raise
+        _write_atomic(Path(self.result_path), result)
         sys.stdout.flush()
         return result
