@@ -285,6 +285,15 @@ def test_server_refuses_a_bundle_path_that_is_not_a_bundle(tmp_path: Path) -> No
     with pytest.raises(PomliaError, match="exited with 2") as info:
         srv.start()
     assert "not an exported bundle (no card.json)" in " ".join(str(info.value).split())
+    assert not srv.address_file.parent.exists()  # its temporary directory is removed
+
+
+def test_local_server_removes_its_temporary_directory(tmp_path: Path) -> None:
+    probe = LocalServer(tmp_path, tmp_path / "logs")
+    tmp = probe.address_file.parent
+    assert tmp.is_dir()
+    assert probe.stop() is None  # never started: nothing to signal, the directory still goes
+    assert not tmp.exists()
 
 
 def test_serve_config_file_errors_name_the_key(tmp_path: Path) -> None:

@@ -150,6 +150,8 @@ class DynamicBatcher(Generic[R]):
             self._queue.not_empty.notify()
 
     def _run(self) -> None:
+        # close() puts the stop marker last (under the lock that submit() takes), so every
+        # request queued before it is taken, and answered, before the loop sees the marker.
         stop = False
         while not stop:
             first = self._queue.get()
@@ -157,14 +159,6 @@ class DynamicBatcher(Generic[R]):
                 break
             batch, stop = self._take_batch(first)
             self._run_batch(batch)
-        # Drain: anything queued before close() is still answered.
-        while True:
-            try:
-                item = self._queue.get_nowait()
-            except queue.Empty:
-                break
-            if item is not None:
-                self._run_batch([item])
 
     def _run_batch(self, batch: list[_Item[R]]) -> None:
         t0 = time.perf_counter()

@@ -8,6 +8,7 @@ collide on a port.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -40,9 +41,11 @@ class LocalServer:
         self.args = list(args)
         self.env = {**os.environ, **(env or {})}
         self.startup_timeout_s = startup_timeout_s
+        # Address file and (unless ``stdout`` is given) the server's output; removed by stop().
         self._tmp = Path(tempfile.mkdtemp(prefix="pomlia-srv-"))
         self.address_file = self._tmp / "address"
         self.output = stdout or (self._tmp / "server.log")
+        self._kept_tail = ""  # the output's tail once stop() removed the file
         self.proc: subprocess.Popen[bytes] | None = None
         self.url = ""
 
@@ -73,6 +76,7 @@ class LocalServer:
         deadline = time.monotonic() + self.startup_timeout_s
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
+                self.stop()
                 raise PomliaError(f"server exited with {self.proc.returncode}: {self.log_tail()}")
             if self.address_file.is_file():
                 self.url = self.address_file.read_text().strip()
@@ -86,10 +90,11 @@ class LocalServer:
         raise PomliaError(f"server not ready after {self.startup_timeout_s} s: {self.log_tail()}")
 
     def log_tail(self, chars: int = 3000) -> str:
+        """The last ``chars`` characters the server printed (kept after stop())."""
         try:
             return self.output.read_text(errors="replace")[-chars:]
         except OSError:
-            return ""
+            return self._kept_tail[-chars:]
 
     def signal(self, sig: int = signal.SIGTERM) -> None:
         if self.proc is not None and self.proc.poll() is None:
@@ -105,11 +110,16 @@ class LocalServer:
             return self.proc.wait()
 
     def stop(self, timeout: float = 60.0) -> int | None:
-        """SIGTERM, then wait (the server drains and closes its log)."""
-        if self.proc is None:
-            return None
-        self.signal(signal.SIGTERM)
-        return self.wait(timeout)
+        """SIGTERM, then wait (the server drains and closes its log); then remove the temporary
+        directory (the output's tail stays readable through :meth:`log_tail`)."""
+        code = None
+        if self.proc is not None:
+            self.signal(signal.SIGTERM)
+            code = self.wait(timeout)
+        if self._tmp.exists():
+            self._kept_tail = self.log_tail(64 * 1024)
+            shutil.rmtree(self._tmp, ignore_errors=True)
+        return code
 
     def __enter__(self) -> LocalServer:
         return self.start()

@@ -1,5 +1,5 @@
 """One end-to-end request against a running server: read its card, send one image that fits
-it, check the answer. Used by the Apptainer ``%test`` and the sbatch script.
+it, check the answer. Used by the Apptainer ``%test``; works against any running server.
 
 ``python -m pomlia_hpc.serve.smoke --url http://host:8000`` or ``--address-file FILE`` (waits
 for the file and for ``/ready``). Exit 0 and one summary line on success, 1 otherwise.
