@@ -97,6 +97,24 @@ def test_auc_with_a_class_missing_averages_the_defined_classes() -> None:
     assert objective_cost(one, "auc") == 1.0
 
 
+def test_macro_f1_averages_over_the_classes_present() -> None:
+    # perfect predictions on a 3-class split without class 2: F1 is 1, not 2/3
+    y = np.array([[0], [1], [0], [1]])
+    m = evaluate("multi-class", y, np.eye(3)[y[:, 0]])
+    assert m["f1_macro"] == pytest.approx(1.0) and m["f1_classes"] == 2
+    # a class predicted but absent from the truth counts (its F1 is 0)
+    m = evaluate("ordinal", y, np.eye(3)[[0, 1, 2, 1]])
+    assert m["f1_classes"] == 3 and m["f1_macro"] < 1.0
+    # multi-label: a label without positives in truth and predictions is left out
+    yl = np.array([[1, 0, 0], [0, 1, 0], [1, 1, 0]])
+    m = evaluate("multi-label", yl, yl * 0.9)
+    assert m["f1_macro"] == pytest.approx(1.0) and m["f1_classes"] == 2
+    # multi-label with a single label (MedMNIST's functions raise IndexError on it)
+    m = evaluate("multi-label", np.array([[0], [1], [1]]), np.array([[0.2], [0.8], [0.4]]))
+    assert m["acc"] == pytest.approx(2 / 3) and m["auc"] == pytest.approx(1.0)
+    assert m["f1_macro"] == pytest.approx(f1_score([0, 1, 1], [0, 1, 0]))  # of label 0
+
+
 # ----------------------------------------------------------------------------- space
 
 

@@ -7,7 +7,8 @@ a number here means what it means in the MedMNIST v2 paper:
 * binary: ACC of ``p(class 1) > 0.5``; AUC of ``p(class 1)``;
 * multi-label: ACC and AUC averaged over the labels, a label predicted when its sigmoid > 0.5.
 
-``f1_macro`` is scikit-learn's macro F1 of the same predictions (over the labels for multi-label).
+``f1_macro`` is scikit-learn's macro F1 of the same predictions, averaged over the classes (for
+multi-label: the labels) present in the truth or the predictions; ``f1_classes`` says how many.
 
 Small evaluation sets (look-alike tests, scarce data) can miss a class entirely, and then
 ``roc_auc_score`` is undefined for it and MedMNIST's ``getAUC`` raises or returns NaN. We then
@@ -78,7 +79,8 @@ def evaluate(task_type: str, y_true: np.ndarray, y_score: np.ndarray) -> dict[st
 
     ``y_true``: int (N, 1) class indices, or (N, L) 0/1 for multi-label.
     ``y_score``: float (N, C) probabilities: softmax over classes, or one sigmoid per label.
-    Returns ``{"acc", "auc", "f1_macro", "auc_classes", "n"}`` (``n``: images evaluated); a
+    Returns ``{"acc", "auc", "f1_macro", "auc_classes", "f1_classes", "n"}`` (``n``: images
+    evaluated; ``*_classes``: how many classes entered the mean); a
     metric that is undefined on these images is ``None``.
     """
     task = medmnist_task(task_type)
@@ -95,37 +97,53 @@ def evaluate(task_type: str, y_true: np.ndarray, y_score: np.ndarray) -> dict[st
     if n < 2:
         # MedMNIST's functions squeeze their inputs, which breaks on a single image.
         raise InputError(f"evaluate: expected at least 2 images, got {n}")
-    acc = float(getACC(y_true, y_score, task))
-    n_auc = y_score.shape[1] if task != "binary-class" else 1
     auc: float | None
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            auc = float(getAUC(y_true, y_score, task))
-    except ValueError:  # older scikit-learn raises on a class without positives
-        auc = math.nan
-    if not math.isfinite(auc):  # newer scikit-learn returns NaN (with a warning) instead
+    if task == "multi-label, binary-class" and y_score.shape[1] == 1:
+        # MedMNIST squeezes (N, 1) to (N,) and then indexes a second axis: compute its
+        # definitions (the mean over labels, here one) directly.
+        acc = float(np.mean((y_score[:, 0] > 0.5) == (y_true[:, 0] > 0.5)))
         auc, n_auc = _auc_defined_classes(y_true, y_score, task)
+    else:
+        acc = float(getACC(y_true, y_score, task))
+        n_auc = y_score.shape[1] if task != "binary-class" else 1
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                auc = float(getAUC(y_true, y_score, task))
+        except ValueError:  # older scikit-learn raises on a class without positives
+            auc = math.nan
+        if not math.isfinite(auc):  # newer scikit-learn returns NaN (with a warning) instead
+            auc, n_auc = _auc_defined_classes(y_true, y_score, task)
+    f1, n_f1 = _f1_macro(y_true, y_score, task)
+    return {
+        "acc": acc,
+        "auc": auc,
+        "f1_macro": f1,
+        "auc_classes": n_auc,
+        "f1_classes": n_f1,
+        "n": n,
+    }
+
+
+def _f1_macro(y_true: np.ndarray, y_score: np.ndarray, task: str) -> tuple[float | None, int]:
+    """Macro F1 over the classes (labels) that occur in the truth or the predictions, and how
+    many those are. A class absent from both has no F1 (scikit-learn would count it as 0, so
+    perfect predictions on a split missing a class would score below 1)."""
     if task == "multi-label, binary-class":
         pred: np.ndarray = (y_score > 0.5).astype(int)
-        f1 = f1_score(y_true, pred, average="macro", zero_division=0)
-    elif task == "binary-class":
-        f1 = f1_score(
-            y_true[:, 0],
-            (y_score[:, -1] > 0.5).astype(int),
-            average="macro",
-            labels=[0, 1],
-            zero_division=0,
-        )
+        truth = (y_true > 0.5).astype(int)
+        cols = [i for i in range(truth.shape[1]) if truth[:, i].any() or pred[:, i].any()]
+        if not cols:
+            return None, 0
+        f1 = f1_score(truth[:, cols], pred[:, cols], average="macro", zero_division=0)
+        return float(f1), len(cols)
+    if task == "binary-class":
+        truth, pred = y_true[:, 0], (y_score[:, -1] > 0.5).astype(int)
     else:
-        f1 = f1_score(
-            y_true[:, 0],
-            y_score.argmax(axis=1),
-            average="macro",
-            labels=list(range(y_score.shape[1])),
-            zero_division=0,
-        )
-    return {"acc": acc, "auc": auc, "f1_macro": float(f1), "auc_classes": n_auc, "n": n}
+        truth, pred = y_true[:, 0], y_score.argmax(axis=1)
+    labels = sorted({int(v) for v in truth} | {int(v) for v in pred})
+    f1 = f1_score(truth, pred, average="macro", labels=labels, zero_division=0)
+    return float(f1), len(labels)
 
 
 def objective_cost(metrics: Mapping[str, float | None], metric: str) -> float:
