@@ -67,6 +67,13 @@ def test_errors_are_one_line_exit_2(tmp_path: Path) -> None:
         (("fingerprint", "extract", "-e", "ae", "pathmnist"), "encoder 'ae' is not registered"),
         (("index", "build", "-e", "ae", "--metric", "cos"), "expected 'l2' or 'ip'"),
         (("plot", "latent", "-e", "ae"), "encoder 'ae' is not registered"),
+        (("similar", "x", "--split", "test"), "option '--split' needs --images N"),
+        (("similar", "x", "--images", "5", "--distance", "mmd"), "option '--distance' applies"),
+        (("similar", "x", "--images", "5", "--k", "3"), "option '--k' applies"),
+        (
+            ("fingerprint", "extract", "-e", "ae", "x", "--shards", "2", "--shard-rows", "9"),
+            "shards=2 and shard_rows=9: expected at most one",
+        ),
     ]:
         res = runner.invoke(app, ["--home", str(tmp_path / "ws"), *args])
         assert isinstance(res.exception, PomliaError), (args, res.output, res.exception)
@@ -83,3 +90,9 @@ def test_errors_are_one_line_exit_2(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.startswith("error: no encoder is registered"), proc.stderr
+    # Shard counts and sizes below 1 are usage errors (exit 2), not silent defaults.
+    for option in ("--shards", "--shard-rows"):
+        res = runner.invoke(
+            app, ["--home", str(tmp_path / "ws"), "fingerprint", "extract", "x", option, "0"]
+        )
+        assert res.exit_code == 2 and f"'{option}': Input should be greater" in res.output

@@ -134,9 +134,11 @@ def train(
 def extract(
     datasets: Annotated[list[str], typer.Argument(help="Dataset versions: name or name@version.")],
     encoder: EncoderOpt = None,
-    shards: Annotated[int | None, typer.Option(help="Shards per dataset (array tasks).")] = None,
+    shards: Annotated[
+        int | None, typer.Option(min=1, help="Shards per dataset (array tasks).")
+    ] = None,
     shard_rows: Annotated[
-        int | None, typer.Option(help="Or: about this many images per shard.")
+        int | None, typer.Option(min=1, help="Or: about this many images per shard.")
     ] = None,
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 256,
     patch_grid: Annotated[
@@ -232,17 +234,31 @@ def build(
 def similar(
     dataset: Annotated[str, typer.Argument(help="Query dataset: name or name@version.")],
     encoder: EncoderOpt = None,
-    k: Annotated[int, typer.Option("--k", help="How many datasets.")] = 5,
-    distance: Annotated[str, typer.Option(help="mean, frechet, mmd or kl.")] = "frechet",
+    k: Annotated[int | None, typer.Option("--k", help="How many datasets [default: 5].")] = None,
+    distance: Annotated[
+        str | None, typer.Option(help="mean, frechet, mmd or kl [default: frechet].")
+    ] = None,
     images: Annotated[
         int | None, typer.Option(help="List the N nearest images of other datasets instead.")
     ] = None,
-    split: Annotated[str | None, typer.Option(help="Query only this split's images.")] = None,
+    split: Annotated[
+        str | None, typer.Option(help="With --images: query only this split's images.")
+    ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
 ) -> None:
     """The datasets (or, with --images, the images) most similar to DATASET."""
     from pomlia_hpc.fingerprint.similar import nearest_images, similar_datasets
 
+    # Options of the other mode are refused rather than silently ignored.
+    if images is None and split is not None:
+        raise InputError("option '--split' needs --images N: datasets are compared on all rows")
+    for option, value in (("--k", k), ("--distance", distance)):
+        if images is not None and value is not None:
+            raise InputError(
+                f"option '{option}' applies to similar datasets, not to --images (nearest "
+                "images are ranked by the index's own metric): expected one or the other"
+            )
+    k, distance = k or 5, distance or "frechet"
     reg, enc = STATE.registry(), _encoder(encoder)
     if images is not None:
         hits = nearest_images(reg, STATE.workspace, enc, dataset, images, split=split)
