@@ -12,7 +12,13 @@ from automl_support import tiny_dataset
 from medmnist.evaluator import getACC, getAUC
 from sklearn.metrics import f1_score
 
-from pomlia_hpc.automl.engine import EngineOptions, TrainRequest, read_state, train
+from pomlia_hpc.automl.engine import (
+    EngineOptions,
+    TrainRequest,
+    rank_share,
+    read_state,
+    train,
+)
 from pomlia_hpc.automl.metrics import evaluate, medmnist_task, objective_cost
 from pomlia_hpc.automl.sources import encoder_weights
 from pomlia_hpc.automl.space import (
@@ -113,6 +119,14 @@ def test_macro_f1_averages_over_the_classes_present() -> None:
     m = evaluate("multi-label", np.array([[0], [1], [1]]), np.array([[0.2], [0.8], [0.4]]))
     assert m["acc"] == pytest.approx(2 / 3) and m["auc"] == pytest.approx(1.0)
     assert m["f1_macro"] == pytest.approx(f1_score([0, 1, 1], [0, 1, 0]))  # of label 0
+
+
+def test_ranks_get_equal_shares_of_the_rows() -> None:
+    order = torch.randperm(11, generator=torch.Generator().manual_seed(0))
+    shares = [rank_share(order, r, 3) for r in range(3)]
+    assert [len(x) for x in shares] == [3, 3, 3]  # 2 rows dropped: equal batch counts
+    assert len(set(torch.cat(shares).tolist())) == 9
+    assert torch.equal(rank_share(order, 0, 1), order)
 
 
 # ----------------------------------------------------------------------------- space

@@ -137,6 +137,8 @@ def test_task_cli_and_input_errors(workspace: Workspace, tmp_path: Path) -> None
     warm.write_text("arch: small_cnn\n")
     out = cli.invoke(app, ["automl", "run", "skin", "--initial", str(warm)])
     assert "expected a list of configurations" in str(out.exception)
+    out = cli.invoke(app, ["automl", "run", "skin", "--gpus", "2"])
+    assert out.exit_code != 0 and "--gpus 2: expected 0 or 1" in str(out.exception)
     with reg.session() as s:
         assert s.scalar(select(Run.id)) is None  # nothing ran
 

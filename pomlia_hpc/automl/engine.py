@@ -128,11 +128,6 @@ class TrainResult:
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
-    @property
-    def epochs_run(self) -> int:
-        """Epochs trained by this call (the budget it spent)."""
-        return self.epochs - self.start_epoch
-
 
 # ----------------------------------------------------------------------------- data
 
@@ -413,9 +408,7 @@ def train(req: TrainRequest, progress: ProgressFn | None = None) -> TrainResult:
             group["lr"] = head_lr if group.get("name") == "head" else body_lr
         _set_train_mode(engine.module, head, _body_frozen(cfg, epoch))
         gen = torch.Generator().manual_seed(opt.seed * 100_003 + epoch)
-        order = torch.randperm(len(train_x), generator=gen)
-        # Each rank takes its share of the shuffled rows (one rank on a single device).
-        order = order[rank::world]
+        order = rank_share(torch.randperm(len(train_x), generator=gen), rank, world)
         total, seen = 0.0, 0
         for start in range(0, len(order), cfg.batch_size):
             idx = order[start : start + cfg.batch_size]
@@ -479,6 +472,14 @@ def train(req: TrainRequest, progress: ProgressFn | None = None) -> TrainResult:
         init_loaded=loaded,
         n_train=len(train_x),
     )
+
+
+def rank_share(order: torch.Tensor, rank: int, world: int) -> torch.Tensor:
+    """Rank ``rank``'s share of the shuffled row indices ``order``: every ``world``-th row.
+    The remainder (``len(order) % world`` rows) is dropped so that every rank runs the same
+    number of batches: one extra step on one rank would wait forever in its all-reduce."""
+    usable = len(order) - len(order) % world
+    return order[:usable][rank::world]
 
 
 @torch.no_grad()

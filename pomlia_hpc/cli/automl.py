@@ -190,7 +190,10 @@ def automl_run(
     time_min: Annotated[
         int | None, typer.Option("--time-min", help="Time limit per trial.")
     ] = None,
-    gpus: Annotated[int | None, typer.Option("--gpus", help="GPUs per trial job.")] = None,
+    gpus: Annotated[
+        int | None,
+        typer.Option("--gpus", help="GPUs per trial job (0 or 1: a trial is one process)."),
+    ] = None,
 ) -> None:
     """Run an AutoML study on TASK: SMAC-Hyperband (budget = epochs), trials as cluster jobs."""
     import yaml
@@ -216,6 +219,12 @@ def automl_run(
             warm = data.get("configs", data) if isinstance(data, dict) else data
             if not isinstance(warm, list):
                 raise InputError(f"--initial {initial}: expected a list of configurations")
+        if gpus is not None and not 0 <= gpus <= 1:
+            # One process per trial (tasks_per_node=1) trains on one GPU: more would sit idle.
+            raise InputError(
+                f"--gpus {gpus}: expected 0 or 1; a trial trains on one GPU (multi-GPU trials "
+                "need one process per GPU, tasks_per_node=N, which is not supported yet)"
+            )
         if extra_data and encoder is None:
             raise InputError("--extra-data needs --encoder (the fingerprint index to search)")
         resources = {
