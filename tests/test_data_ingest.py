@@ -429,6 +429,42 @@ def test_pair_histogram_is_exact(shape: tuple[int, int, int, int]) -> None:
     np.testing.assert_array_equal(_histogram(x), ref)
 
 
+@pytest.mark.parametrize("kind", ["hdf5", "npz"])
+def test_uint16_first_pass_reads_batches_of_bounded_bytes(
+    workspace: Workspace,
+    reg: Registry,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    kind: str,
+) -> None:
+    from pomlia_hpc.data.sources.base import PixelConverter
+    from pomlia_hpc.data.writer import CHUNK_TARGET_BYTES
+
+    # 72 images of 256 x 256 uint16 = 9.4 MB: more than one batch's worth of bytes.
+    images = np.zeros((72, 256, 256), np.uint16)
+    images[:, 0, 0] = np.arange(72) * 50
+    labels = np.arange(72) % 2
+    seen: list[int] = []
+    observe = PixelConverter.observe
+
+    def spy(self: PixelConverter, batch: np.ndarray) -> None:
+        seen.append(batch.nbytes)
+        observe(self, batch)
+
+    monkeypatch.setattr(PixelConverter, "observe", spy)
+    if kind == "hdf5":
+        path = tmp_path / "d.h5"
+        with h5py.File(path, "w") as f:
+            f["x"], f["y"] = images, labels
+        rec = ingest(workspace, reg, "big", path, images="x", labels="y")
+    else:
+        path = write_npz(tmp_path / "d.npz", {"train_images": images, "train_labels": labels})
+        rec = ingest(workspace, reg, "big", path)
+    assert sum(seen) == images.nbytes and len(seen) > 1
+    assert max(seen) <= CHUNK_TARGET_BYTES
+    assert open_store(rec.store_path).meta["source"]["intensity_scaling"]["max"] == 71 * 50
+
+
 @pytest.mark.parametrize("size", [28, 64])
 def test_near_constant_looks_at_every_channel(size: int) -> None:
     from pomlia_hpc.data.explicit_fingerprint import _chunk_stats

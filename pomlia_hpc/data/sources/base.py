@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from pomlia_hpc.data.store import SPLITS
+from pomlia_hpc.data.writer import CHUNK_TARGET_BYTES
 from pomlia_hpc.errors import InputError
 
 TASK_TYPES = ("multi-class", "binary-class", "multi-label, binary-class", "ordinal-regression")
@@ -84,6 +85,14 @@ class PixelConverter:
         if self.dtype == np.uint16:
             return {"from": "uint16", "max": self.scale_max, "to": "uint8 0..255 linear"}
         return {"from": str(self.dtype), "range": [0, 1], "to": "uint8 0..255 linear"}
+
+
+def first_pass_rows(shape: Sequence[int], itemsize: int) -> int:
+    """Images per read of the uint16 first pass over a source array of ``shape`` (N, H, W[, C])
+    with ``itemsize`` bytes per value: about :data:`CHUNK_TARGET_BYTES`, so the pass needs
+    little memory however large the images."""
+    per_image = max(1, int(np.prod(shape[1:], dtype=np.int64)) * itemsize)
+    return max(1, CHUNK_TARGET_BYTES // per_image)
 
 
 def check_split_fractions(where: str, val_fraction: float, test_fraction: float) -> None:

@@ -21,6 +21,7 @@ from pomlia_hpc.data.sources.base import (
     PixelConverter,
     Source,
     check_split_fractions,
+    first_pass_rows,
     image_shape,
     normalize_labels,
     resolve_labels,
@@ -117,8 +118,9 @@ class Hdf5Source(Source):
         self.label_info = resolve_labels(decl or LabelDecl(), parts)
         self.extra = {"images": images, "labels": labels, "split": split}
         if self._convert.needs_max:
-            for lo in range(0, n, 4096):
-                self._convert.observe(np.asarray(self._img[lo : lo + 4096]))
+            step = first_pass_rows(self._img.shape, self._img.dtype.itemsize)
+            for lo in range(0, n, step):
+                self._convert.observe(np.asarray(self._img[lo : lo + step]))
             self.extra["intensity_scaling"] = self._convert.scaling()
 
     def _dataset(self, name: str, option: str) -> h5py.Dataset:

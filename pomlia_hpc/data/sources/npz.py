@@ -14,6 +14,7 @@ from pomlia_hpc.data.sources.base import (
     LabelDecl,
     PixelConverter,
     Source,
+    first_pass_rows,
     image_shape,
     normalize_labels,
     resolve_labels,
@@ -122,7 +123,7 @@ class NpzSource(Source):
         top = 0.0
         for split, m in self._members.items():
             conv = self._convert[split]
-            for batch in m.iter_rows(4096):
+            for batch in m.iter_rows(first_pass_rows(m.shape, m.dtype.itemsize)):
                 conv.observe(batch)
             top = max(top, conv.scale_max or 0.0)
         for conv in self._convert.values():
