@@ -6,8 +6,9 @@ name       what
 mean       Euclidean distance between the mean embeddings (the paper's fingerprint)
 frechet    Fréchet distance between Gaussians fitted to a and b (as FID):
            |mu_a - mu_b|^2 + tr(C_a + C_b - 2 (C_a C_b)^(1/2))
-mmd        maximum mean discrepancy with a Gaussian kernel, bandwidth = median pairwise
-           distance of the pooled sample (biased estimate, reported as sqrt(MMD^2))
+mmd        maximum mean discrepancy with the Gaussian kernel exp(-|x - y|^2 / m), m = the
+           median squared pairwise distance of (up to 1000 evenly spaced rows of) the pooled
+           sample (biased estimate, reported as sqrt(MMD^2))
 kl         binned symmetric KL divergence: both samples projected on the pooled sample's
            top principal axes (at most 8); per axis, histograms over shared bins (20, over
            the pooled 0.5-99.5 % range, add-half smoothing); KL(a|b) + KL(b|a) summed over
@@ -81,7 +82,8 @@ def _sqdist(x: np.ndarray, y: np.ndarray) -> np.ndarray:
 
 
 def mmd(a: np.ndarray, b: np.ndarray) -> float:
-    """sqrt of the (biased) squared MMD with a median-heuristic Gaussian kernel."""
+    """sqrt of the (biased) squared MMD with the kernel exp(-|x - y|^2 / m), m the median
+    squared pairwise distance of the pooled sample (see the module docstring)."""
     a, b = _check(a, b)
     a, b = _even(a, MMD_MAX), _even(b, MMD_MAX)
     pooled = np.concatenate([a, b])
