@@ -16,11 +16,11 @@ atomic rename. The plan (``shards``) is fixed when the array is created, so a re
 only the shards without a ``.done`` file (one whose rows differ from the plan's does not count,
 and a task whose rows differ is refused). The group is reused only while the encoder file
 (SHA-256), latent size, patch grid and image count are unchanged; otherwise, or with
-``force``, the set is marked running before the group is recreated. A shard killed half-way (even with SIGKILL, in the
-middle of a chunk write) simply runs again and rewrites its whole region. Each chunk is embedded
-in batches that start at the chunk start, so the vectors do not depend on how rows are grouped
-into shards or runs: a resumed extraction is bitwise identical to an uninterrupted one (with the
-same number of threads and the same device).
+``force``, the set is marked running before the group is recreated. A shard killed half-way
+(even with SIGKILL, in the middle of a chunk write) simply runs again and rewrites its whole
+region. Each chunk is embedded in batches that start at the chunk start, so the vectors do not
+depend on how rows are grouped into shards or runs: a resumed extraction is bitwise identical
+to an uninterrupted one (with the same number of threads and the same device).
 
 Small shards (several small datasets) are packed into one array task of about
 ``shard_rows`` images (:func:`group_shards`), so a job start-up is paid per task, not per
