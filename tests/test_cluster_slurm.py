@@ -69,18 +69,24 @@ def test_array_of_8_polled_with_one_sacct_per_poll(tmp_path: Path, reg: Registry
 def test_array_split_at_max_array_size(tmp_path: Path, reg: Registry) -> None:
     ex = _slurm(tmp_path, reg, max_array_size=3)
     handles = ex.map_array(lambda x: x + 100, list(range(7)))
-    assert len({h.job_id.split("_")[0] for h in handles}) == 3  # 3 + 3 + 1
+    array_ids = list(dict.fromkeys(h.job_id.split("_")[0] for h in handles))
+    assert len(array_ids) == 3  # 3 + 3 + 1
     assert wait_all(handles, poll_s=0.5) == [x + 100 for x in range(7)]
-    # The chunks ran one after the other: none started before the previous one ended.
-    rows = _rows(reg)
-    chunks = [
-        [r for r in rows if r.array_job_id == a]
-        for a in dict.fromkeys(r.array_job_id for r in rows)
-    ]
+    # The chunks ran one after the other: none started before the previous one ended (times
+    # from sacct: a row's end is the collection time when sacct had no End yet).
+    chunks = [[h.job_id for h in handles if h.job_id.split("_")[0] == a] for a in array_ids]
     assert [len(c) for c in chunks] == [3, 3, 1]
+    deadline = time.time() + 60
+    while True:  # slurmdbd records the last tasks' times a moment after they end
+        times = records.sacct_states(h.job_id for h in handles)
+        known = all(j in times and times[j].ended_at is not None for c in chunks for j in c)
+        if known or time.time() > deadline:
+            break
+        time.sleep(1)
+    assert known, times
     for before, after in itertools.pairwise(chunks):
-        last_end = max(r.ended_at for r in before if r.ended_at is not None)
-        first_start = min(r.started_at for r in after if r.started_at is not None)
+        last_end = max(e for j in before if (e := times[j].ended_at) is not None)
+        first_start = min(s for j in after if (s := times[j].started_at) is not None)
         assert first_start >= last_end
 
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import submitit
-from sqlalchemy import select
+from sqlalchemy import func, select
 from submitit.core.utils import UncompletedJobError
 
 from pomlia_hpc.cluster.records import (
@@ -192,7 +192,7 @@ class JobHandle:
             if reg is not None and self.record_id is not None:
                 fields: dict[str, Any] = {"traceback": tb}
                 if slurm:
-                    refresh_slurm_jobs(reg, [self.record_id])
+                    settle_slurm_rows(reg, [self.record_id])
                 with reg.session() as s:
                     row = s.get(Job, self.record_id)
                     # Slurm's final state, or a cancellation recorded by cancel(), wins.
@@ -212,7 +212,7 @@ class JobHandle:
         if reg is not None and self.record_id is not None:
             fields = {"state": "COMPLETED", "exit_cause": None}
             if slurm:
-                refresh_slurm_jobs(reg, [self.record_id])
+                settle_slurm_rows(reg, [self.record_id])
                 with reg.session() as s:
                     row = s.get(Job, self.record_id)
                     if row is None or row.ended_at is None:
@@ -243,6 +243,25 @@ SLURM_FINAL_CHECK_S = 30.0
 #: Seconds after a preemption without a new attempt from which a job counts as ended: a cluster
 #: that requeues preempted jobs has started the next attempt by then.
 PREEMPT_GRACE_S = 120.0
+
+
+#: Seconds to wait for ``sacct`` to show the End of Slurm jobs that have written their result:
+#: slurmdbd records it a moment after the job ends. After that the collection time is used.
+SLURM_END_WAIT_S = 10.0
+
+
+def settle_slurm_rows(reg: Registry, ids: Sequence[int]) -> None:
+    """Refresh the Slurm rows ``ids`` until each has an end time (at most
+    :data:`SLURM_END_WAIT_S` seconds), so that the recorded end and state are Slurm's."""
+    deadline = time.monotonic() + SLURM_END_WAIT_S
+    while True:
+        refresh_slurm_jobs(reg, ids)
+        with reg.session() as s:
+            q = select(func.count()).select_from(Job)
+            missing = s.scalar(q.where(Job.id.in_(ids), Job.ended_at.is_(None)))
+        if not missing or time.monotonic() >= deadline:
+            return
+        time.sleep(0.5)
 
 
 def _ended_for_good(state: str, ended_at: datetime | None) -> bool:
@@ -452,6 +471,9 @@ def wait_all(
         if waiting and handles[0]._executor.backend == "slurm":
             _poll_slurm(waiting, reg)
         time.sleep(poll_s)
+    recorded = [h.record_id for h in handles if h.submitted and h.record_id is not None]
+    if reg is not None and recorded and handles[0]._executor.backend == "slurm":
+        settle_slurm_rows(reg, recorded)  # one wait for all, not one per result() below
     out: list[Any] = []
     for h in handles:
         if h._error is not None:
