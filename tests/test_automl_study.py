@@ -136,7 +136,10 @@ def test_task_cli_and_input_errors(workspace: Workspace, tmp_path: Path) -> None
     warm = tmp_path / "warm.yaml"
     warm.write_text("arch: small_cnn\n")
     out = cli.invoke(app, ["automl", "run", "skin", "--initial", str(warm)])
-    assert "expected a list of configurations" in str(out.exception)
+    assert "expected a non-empty list of configurations" in str(out.exception)
+    warm.write_text("[]\n")
+    out = cli.invoke(app, ["automl", "run", "skin", "--initial", str(warm)])
+    assert f"'{warm}': expected a non-empty list" in str(out.exception)
     out = cli.invoke(app, ["automl", "run", "skin", "--gpus", "2"])
     assert out.exit_code != 0 and "--gpus 2: expected 0 or 1" in str(out.exception)
     with reg.session() as s:

@@ -144,23 +144,6 @@ def finish_run(
         row.metrics, row.cost_s = json_safe(dict(metrics)), _finite(cost_s)
 
 
-def find_run(registry: Registry, study: str, key: str, epochs: int) -> Run | None:
-    """The run of configuration ``key`` at ``epochs`` in ``study`` (newest if several)."""
-    with registry.session() as s:
-        rows = list(
-            s.scalars(
-                select(Run)
-                .where(Run.study == study, Run.budget == float(epochs))
-                .order_by(Run.id.desc())
-            )
-        )
-        for row in rows:
-            if (row.config or {}).get("config_key") == key:
-                s.expunge(row)
-                return row
-    return None
-
-
 def study_runs(registry: Registry, study: str) -> list[Run]:
     """All runs of ``study``, oldest first."""
     with registry.session() as s:

@@ -283,10 +283,11 @@ def _describe(hp: Any) -> str:
     return f"a number in [{hp.lower}, {hp.upper}]"
 
 
-def load_initial_configs(path: str | Path, space: ConfigurationSpace) -> list[Configuration]:
-    """Read warm-start configurations from a YAML or JSON file: a list of mappings from
-    hyperparameter name to value (or a mapping with a ``configs`` list, as the recommender
-    writes). Each entry is validated against ``space``."""
+def read_initial_values(path: str | Path) -> list[Any]:
+    """The entries of a warm-start file, not yet validated: a YAML or JSON list of mappings
+    from hyperparameter name to value (or a mapping with a ``configs`` list, as the
+    recommender writes). An unreadable file or anything but a non-empty list is an
+    :class:`InputError` naming the file."""
     p = Path(path)
     try:
         data = yaml.safe_load(p.read_text())
@@ -298,10 +299,16 @@ def load_initial_configs(path: str | Path, space: ConfigurationSpace) -> list[Co
         data = data["configs"]
     if not isinstance(data, list) or not data:
         raise InputError(
-            f"initial configurations file '{p}': expected a non-empty list of mappings "
-            "(hyperparameter: value)"
+            f"initial configurations file '{p}': expected a non-empty list of configurations "
+            "(mappings hyperparameter: value)"
         )
-    return configs_from_values(data, space, str(p))
+    return data
+
+
+def load_initial_configs(path: str | Path, space: ConfigurationSpace) -> list[Configuration]:
+    """Read warm-start configurations (:func:`read_initial_values`), each validated against
+    ``space``."""
+    return configs_from_values(read_initial_values(path), space, str(Path(path)))
 
 
 def configs_from_values(

@@ -453,6 +453,8 @@ class StudyRunner:
         self.engine = EngineOptions.from_dict(spec.engine)
         self.active: dict[int, _Active] = {}
         self._orphans_polled = -math.inf  # time.monotonic() of the last poll
+        #: Runs recorded before this driver started, by (configuration key, epochs).
+        self._known: dict[tuple[str, int], Run] = {}
         self._executor: Executor | None = None
         self._views: dict[int, TrialView] = {}
 
@@ -467,7 +469,9 @@ class StudyRunner:
             )
         return self._executor
 
-    def _optimizer(self, resume: bool) -> SearchOptimizer:
+    def _optimizer(self, resume: bool, has_runs: bool = False) -> SearchOptimizer:
+        """The study's optimiser, new or (``resume``) reloaded; ``has_runs``: the registry
+        holds trials of this study."""
         initial: list[Configuration] = configs_from_values(
             self.spec.initial_configs, self.space, "initial configurations"
         )
@@ -494,7 +498,7 @@ class StudyRunner:
             resume=resume,
             # A driver stopped before SMAC's first save left no state and no trial: start SMAC
             # afresh rather than leave a study that can neither resume nor be created again.
-            fresh_if_missing=resume and not records.study_runs(self.registry, s.name),
+            fresh_if_missing=resume and not has_runs,
         )
 
     # -- the loop --------------------------------------------------------------------------
@@ -502,9 +506,12 @@ class StudyRunner:
         """Run the study to its end (trials or epoch budget used up, all trials back)."""
         t0 = time.perf_counter()
         self.folder.mkdir(parents=True, exist_ok=True)
-        opt = self._optimizer(resume)
-        for run in records.study_runs(self.registry, self.spec.name):
+        runs = records.study_runs(self.registry, self.spec.name)
+        opt = self._optimizer(resume, has_runs=bool(runs))
+        for run in runs:  # oldest first: the newest run of a (configuration, epochs) wins
             self._views[run.id] = self._view_of_run(run)
+            key = str((run.config or {}).get("config_key", ""))
+            self._known[(key, round(run.budget or 0))] = run
         if resume:
             for proposal in opt.running():
                 self._recover(opt, proposal)
@@ -839,7 +846,7 @@ class StudyRunner:
     # -- resume ----------------------------------------------------------------------------
     def _recover(self, opt: SearchOptimizer, proposal: Proposal) -> None:
         """Settle a trial that was out when the previous driver stopped."""
-        run = records.find_run(self.registry, self.spec.name, proposal.key, proposal.epochs)
+        run = self._known.pop((proposal.key, proposal.epochs), None)
         if run is None:  # asked, but the driver died before recording it
             self._start(opt, proposal)
             return

@@ -127,8 +127,28 @@ def study_table(view: Any) -> Table:
     return table
 
 
+#: ``automl run`` parameters that still apply with ``--resume`` (the rest are the study's own).
+_RESUME_PARAMS = frozenset({"task", "study", "resume"})
+
+
+def _ignored_on_resume(ctx: typer.Context) -> list[str]:
+    """The options given on the command line that ``--resume`` ignores, as ``--name``."""
+    given: list[str] = []
+    for param in ctx.command.params:
+        name = param.name or ""
+        source = ctx.get_parameter_source(name)
+        # By name: typer bundles its own copy of click, whose enum is not click's.
+        if name not in _RESUME_PARAMS and getattr(source, "name", "") in (
+            "COMMANDLINE",
+            "ENVIRONMENT",
+        ):
+            given.append(max(param.opts, key=len) if param.opts else name)
+    return given
+
+
 @automl_app.command("run")
 def automl_run(
+    ctx: typer.Context,
     task: Annotated[str, typer.Argument(help="Registered task name or id.")],
     trials: Annotated[
         int, typer.Option("--trials", help="Trials (jobs) at most, promotions included.")
@@ -196,10 +216,8 @@ def automl_run(
     ] = None,
 ) -> None:
     """Run an AutoML study on TASK: SMAC-Hyperband (budget = epochs), trials as cluster jobs."""
-    import yaml
-
     from pomlia_hpc.automl.engine import EngineOptions
-    from pomlia_hpc.automl.space import DEFAULT_ARCHS, SpaceOptions
+    from pomlia_hpc.automl.space import DEFAULT_ARCHS, SpaceOptions, read_initial_values
     from pomlia_hpc.automl.study import create_study, latest_study, load_spec, run_study
 
     ws = STATE.workspace
@@ -207,18 +225,15 @@ def automl_run(
     reg = STATE.registry()
     if resume:
         spec = load_spec(ws, study or latest_study(ws, task))
+        ignored = _ignored_on_resume(ctx)
+        if ignored:
+            # Same command line with --resume is the natural way to restart: warn, not refuse.
+            console.print(
+                f"[yellow]note:[/] --resume continues study {spec.name} with the options it "
+                f"was created with (see its study.json); ignored: {', '.join(ignored)}"
+            )
     else:
-        warm: list[dict[str, Any]] = []
-        if initial is not None:
-            try:
-                data = yaml.safe_load(initial.read_text())
-            except (OSError, yaml.YAMLError) as exc:
-                raise InputError(
-                    f"--initial {initial}: cannot read it as YAML/JSON ({exc})"
-                ) from exc
-            warm = data.get("configs", data) if isinstance(data, dict) else data
-            if not isinstance(warm, list):
-                raise InputError(f"--initial {initial}: expected a list of configurations")
+        warm = read_initial_values(initial) if initial is not None else []
         if gpus is not None and not 0 <= gpus <= 1:
             # One process per trial (tasks_per_node=1) trains on one GPU: more would sit idle.
             raise InputError(
