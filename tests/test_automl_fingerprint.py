@@ -3,15 +3,20 @@ nearest images of other datasets as extra training data, with the real index (is
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 import numpy as np
 import pytest
-from automl_support import tiny_task
+from automl_support import FAST, tiny_task
 from ConfigSpace import Configuration
 from fingerprint_support import make_dataset, make_encoder
 
+from pomlia_hpc.automl import sources
 from pomlia_hpc.automl.engine import train
 from pomlia_hpc.automl.optimizers import Proposal
-from pomlia_hpc.automl.sources import nearest_extra
+from pomlia_hpc.automl.sources import nearest_extra, read_rows_at
+from pomlia_hpc.automl.space import make_configuration
 from pomlia_hpc.automl.study import StudyRunner, create_study
 from pomlia_hpc.data.store import open_version
 from pomlia_hpc.fingerprint.extract import finish_extraction, plan_extraction, run_shard
@@ -50,6 +55,16 @@ def test_nearest_images_become_labelled_extra_data(world: Registry, workspace: W
     assert labels.shape == (30, 1) and set(labels[:, 0]) <= set(train_labels[:, 0])
 
 
+def test_rows_read_chunk_by_chunk_come_back_in_the_order_asked(
+    world: Registry, workspace: Workspace
+) -> None:
+    store = open_version(world, "organ")
+    rows = np.array([70, 3, 3, 41, 0, store.n_images - 1])
+    one_by_one = np.concatenate([store.read_rows(int(r), int(r) + 1) for r in rows])
+    assert store.n_images > store.chunk_rows  # several chunks are involved
+    assert np.array_equal(read_rows_at(store, rows), one_by_one.reshape(len(rows), 28, 28, 1))
+
+
 def test_study_with_encoder_init_and_extra_images(world: Registry, workspace: Workspace) -> None:
     reg = world
     spec = create_study(
@@ -79,5 +94,34 @@ def test_study_with_encoder_init_and_extra_images(world: Registry, workspace: Wo
     )
     assert request.init_weights == spec.encoder["path"] and request.extra_data
     result = train(request)
-    assert result.n_train == 40 + 100
+    assert result.n_train == 40 + 100 and result.n_extra == 100
     assert result.init_loaded == 120  # the whole ResNet-18 body came from the encoder
+
+
+def test_an_extra_pool_smaller_than_asked_is_prepared_once_and_its_size_recorded(
+    world: Registry, workspace: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = create_study(
+        world, workspace, "blood", name="fx", encoder="enc", extra_data=True, max_epochs=1
+    )
+    runner = StudyRunner(world, workspace, spec)
+    calls: list[int] = []
+    real = sources.nearest_extra
+
+    def counted(*args: Any, **kw: Any) -> Path:
+        calls.append(args[4])
+        return real(*args, **kw)
+
+    monkeypatch.setattr(sources, "nearest_extra", counted)
+    path = runner._extra_file(100)
+    with np.load(path) as z:
+        available, requested = int(z["labels"].shape[0]), int(z["requested"])
+    assert requested == 2000 and 100 <= available < 2000  # the index holds fewer images
+    runner._extra_file(500)
+    runner._extra_file(2000)
+    assert calls == [2000]  # an exhausted pool is not searched again for every trial
+    values = {**FAST, "init": "scratch", "extra_data": "nearest", "extra_n": 500}
+    proposal = Proposal(make_configuration(runner.space, values, "test"), 1.0)
+    work = workspace.path("runs", "fx", "c")
+    result = train(runner._request(proposal, work, work / "m.pt", run_id=1))
+    assert result.n_extra == available and result.n_train == 40 + available

@@ -94,7 +94,8 @@ class TrainRequest:
     is where the trained classifier is written (:func:`pomlia_hpc.serve.bundle.save_classifier`).
     ``init_weights``: a ``torch.save``-d state dict (required unless ``config.init`` is
     ``scratch``); ``extra_data``: an npz with ``images`` (N, H, W, C) uint8 and ``labels`` (N, L)
-    in the task's label space, of which the first ``config.extra_n`` rows are added to training.
+    in the task's label space, of which the first ``config.extra_n`` rows (all N if fewer) are
+    added to training (:attr:`TrainResult.n_extra` says how many).
     """
 
     store_path: str
@@ -124,6 +125,7 @@ class TrainResult:
     history: list[dict[str, float]]
     init_loaded: int = 0
     n_train: int = 0
+    n_extra: int = 0  # extra images trained on: fewer than asked when the pool had fewer
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -341,6 +343,7 @@ def train(req: TrainRequest, progress: ProgressFn | None = None) -> TrainResult:
     splits = {s: _as_split(*store.read_split(s), multilabel) for s in ("train", "val", "test")}
     n_out = int(splits["train"].y.shape[1]) if multilabel else len(class_names)
     train_x, train_y = splits["train"].x, splits["train"].y
+    n_extra = 0
     if cfg.extra_n > 0:
         if not req.extra_data:
             raise InputError("configuration asks for extra images but no extra data was given")
@@ -349,6 +352,7 @@ def train(req: TrainRequest, progress: ProgressFn | None = None) -> TrainResult:
         )
         extra = _as_split(ex_img, ex_lab, multilabel)
         train_x, train_y = torch.cat([train_x, extra.x]), torch.cat([train_y, extra.y])
+        n_extra = len(ex_img)
     if len(train_x) < 2:
         raise InputError(f"store '{req.store_path}': expected at least 2 training images")
 
@@ -471,6 +475,7 @@ def train(req: TrainRequest, progress: ProgressFn | None = None) -> TrainResult:
         history=history,
         init_loaded=loaded,
         n_train=len(train_x),
+        n_extra=n_extra,
     )
 
 

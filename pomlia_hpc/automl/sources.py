@@ -86,6 +86,24 @@ def _fit_images(images: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:
     return x.clamp(0, 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
+def read_rows_at(store: DatasetStore, rows: np.ndarray) -> np.ndarray:
+    """Images of the given rows (any order, repeats allowed), in that order.
+
+    Rows are read chunk by chunk in ascending order, one slice per chunk spanning the rows
+    needed there, so that each compressed chunk is decompressed once (a one-row read costs a
+    whole chunk's decompression)."""
+    rows = np.asarray(rows, dtype=np.int64)
+    wanted = np.unique(rows)
+    out = np.empty((len(wanted), *store.image_shape), dtype=np.uint8)
+    chunk = wanted // store.chunk_rows
+    for c in np.unique(chunk):
+        sel = np.nonzero(chunk == c)[0]
+        lo, hi = int(wanted[sel[0]]), int(wanted[sel[-1]]) + 1
+        block = store.read_rows(lo, hi).reshape(hi - lo, *store.image_shape)
+        out[sel] = block[wanted[sel] - lo]
+    return out[np.searchsorted(wanted, rows)]
+
+
 def nearest_extra(
     registry: Registry,
     workspace: Workspace,
@@ -96,9 +114,11 @@ def nearest_extra(
     *,
     max_train: int = 20_000,
 ) -> Path:
-    """Write ``out`` (npz: ``images``, ``labels``) with the ``n`` images of other datasets
-    nearest to the training split of ``dataset`` (:func:`pomlia_hpc.fingerprint.similar.
-    nearest_images` over ``encoder``'s FAISS index), fitted to the dataset's image shape.
+    """Write ``out`` (npz: ``images``, ``labels``, ``requested``) with the ``n`` images of other
+    datasets nearest to the training split of ``dataset`` (:func:`pomlia_hpc.fingerprint.
+    similar.nearest_images` over ``encoder``'s FAISS index), fitted to the dataset's image
+    shape. Fewer than ``n`` rows when the index holds fewer: ``requested`` keeps ``n``, so a
+    caller can tell an exhausted pool from a smaller request.
 
     Their labels come from the task itself: each image takes the label of its nearest training
     image in the encoder's latent space (1-NN over up to ``max_train`` evenly spaced training
@@ -116,16 +136,15 @@ def nearest_extra(
         )
     store = open_store(find_version(registry, dataset).store_path)
     shape = store.image_shape
-    stores: dict[str, DatasetStore] = {}
-    images = []
-    for hit in hits:
-        src = stores.setdefault(hit.ref, open_version(registry, hit.ref))
-        images.append(_fit_images(src.read_rows(hit.row, hit.row + 1), shape)[0])
-    extra = np.stack(images)
+    extra = np.empty((len(hits), *shape), dtype=np.uint8)
+    for ref in dict.fromkeys(hit.ref for hit in hits):  # each source dataset once, in order
+        at = np.array([i for i, hit in enumerate(hits) if hit.ref == ref])
+        src = open_version(registry, ref)
+        extra[at] = _fit_images(read_rows_at(src, np.array([hits[i].row for i in at])), shape)
     lo, hi = store.split_range("train")
     rows = np.unique(np.linspace(lo, hi - 1, min(max_train, hi - lo)).round().astype(int))
-    train_x = np.concatenate([store.read_rows(int(r), int(r) + 1) for r in rows])
-    train_y = np.concatenate([store.read_labels(int(r), int(r) + 1) for r in rows])
+    train_x = read_rows_at(store, rows)
+    train_y = store.read_labels(lo, hi)[rows - lo]
     model, _cfg = load_encoder(registry, encoder)
     cpu = torch.device("cpu")
     z_train = torch.from_numpy(embed_images(model, train_x, 256, cpu))
@@ -134,6 +153,6 @@ def nearest_extra(
     labels = train_y[nearest].astype(np.int32)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(f".{out.stem}.{os.getpid()}.tmp.npz")
-    np.savez(tmp, images=extra, labels=labels)
+    np.savez(tmp, images=extra, labels=labels, requested=np.int64(n))
     tmp.replace(out)
     return out

@@ -687,17 +687,20 @@ class StudyRunner:
 
     def _extra_file(self, n: int) -> Path:
         """The npz of extra images for this study (the largest N asked so far is prepared
-        once; smaller N take its first rows, which are the nearest)."""
+        once; smaller N take its first rows, which are the nearest). Prepared again only for
+        an N larger than any asked before: when the index held fewer images than asked, asking
+        again cannot give more."""
         from pomlia_hpc.automl.sources import nearest_extra
 
         path = self.folder / "extra" / "nearest.npz"
-        have = 0
+        requested = 0
         if path.is_file():
             import numpy as np
 
             with np.load(path) as z:
                 have = int(z["labels"].shape[0])
-        if have < n:
+                requested = int(z["requested"]) if "requested" in z else have
+        if requested < n:
             max_n = int(SpaceOptions.from_dict(self.spec.space).max_extra)
             if self.spec.extra_encoder is None:
                 raise InputError("extra images need an encoder; this study has none")
@@ -782,6 +785,7 @@ class StudyRunner:
             "device": result.get("device"),
             "model_path": result.get("model_path"),
             "n_train": result.get("n_train"),
+            "n_extra": result.get("n_extra", 0),  # may be fewer than the configured extra_n
             "init_loaded": result.get("init_loaded"),
             "history": result.get("history", []),
         }
