@@ -13,10 +13,13 @@ A study lives in ``<home>/runs/<study>/``::
 The driver (:class:`StudyRunner`) asks the optimiser for trials, submits up to ``parallel`` at a
 time through the cluster layer, records each as a registry run (:mod:`.records`), tells the
 optimiser the outcome (a failed, cancelled, timed-out or out-of-memory job is ``crashed``, with
-its cause and traceback kept) and goes on. With ``resume`` it reloads the optimiser, adopts the
-results of trials that finished while it was away, reattaches to jobs still running and
-resubmits the others (they continue from their last epoch checkpoint), so no finished trial runs
-twice. At the end the best configuration's model is registered with its lineage.
+its cause and traceback kept) and goes on. A job the scheduler refuses stops the study (the run
+is ``submit_failed``) until ``resume``. With ``resume`` it reloads the optimiser, adopts the
+results of trials that finished while it was away, records those whose jobs failed (failed,
+out of memory, timed out) as crashed, reattaches to jobs still queued or running, and resubmits
+the ones cancelled, lost or never submitted (they continue from their last epoch checkpoint), so
+no finished trial runs twice. At the end the best configuration's model is registered with its
+lineage.
 """
 
 from __future__ import annotations
