@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 from pathlib import Path
+
+import psutil
 
 
 def pid_alive(pid: int) -> bool:
@@ -21,3 +25,31 @@ def pid_alive(pid: int) -> bool:
         return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
     except (OSError, IndexError):
         return True
+
+
+def ignores_signal(pid: int, sig: signal.Signals) -> bool:
+    """Whether process ``pid`` ignores ``sig`` (Linux ``/proc``; False when unknown).
+
+    A process started from a background job of a non-interactive shell (cron, ``nohup cmd &``)
+    inherits SIGINT ignored, and Python then keeps it ignored: such a job never sees a SIGINT."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("SigIgn:"):
+                return bool(int(line.split()[1], 16) >> (int(sig) - 1) & 1)
+    except (OSError, ValueError):
+        pass
+    return False
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL process ``pid`` and all its descendants (a job controller and its tasks).
+
+    Killing only the controller would leave its tasks running on, orphaned."""
+    try:
+        parent = psutil.Process(pid)
+        family = [parent, *parent.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return
+    for proc in family:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.kill()

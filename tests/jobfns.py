@@ -48,3 +48,10 @@ class SlowSum(Checkpointable):
             self.i += 1
             time.sleep(step_s)
         return {"total": self.total, "attempts": self.attempts}
+
+
+def touch_after(path: str, seconds: float) -> str:
+    """Sleep, then create ``path``: a job whose task outliving a cancel leaves a trace."""
+    time.sleep(seconds)
+    Path(path).touch()
+    return path

@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import jobfns
+import psutil
 import pytest
 from sqlalchemy import select
 
@@ -81,11 +82,15 @@ def test_local_cancel(tmp_path: Path, reg: Registry) -> None:
 @pytest.mark.parametrize("how", ["handle", "scheduler id"])
 def test_local_cancel_when_sigint_is_ignored(tmp_path: Path, reg: Registry, how: str) -> None:
     # A job started from a background job of a non-interactive shell inherits SIGINT ignored;
-    # cancel must still stop it (SIGKILL after the grace period).
+    # cancel must still stop it: the controller and its task (which would otherwise run on).
+    trace = tmp_path / "task-outlived-the-cancel"
     old = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         ex = Executor.from_profile("local", tmp_path / "jobs", reg)
-        h = ex.submit(jobfns.sleep_for, 120)
+        h = ex.submit(jobfns.touch_after, str(trace), 8)
+        deadline = time.monotonic() + 60  # wait until the task process runs
+        while not psutil.Process(int(h.job_id)).children() and time.monotonic() < deadline:
+            time.sleep(0.1)
         t0 = time.monotonic()
         if how == "handle":
             h.cancel()
@@ -95,7 +100,9 @@ def test_local_cancel_when_sigint_is_ignored(tmp_path: Path, reg: Registry, how:
             h.result()
     finally:
         signal.signal(signal.SIGINT, old)
-    assert time.monotonic() - t0 < 60  # stopped, not slept to the end
+    assert time.monotonic() - t0 < 8  # stopped, not slept to the end
+    time.sleep(10)
+    assert not trace.exists()  # the task was killed too, not orphaned
 
 
 def test_debug_executor_runs_in_process(tmp_path: Path) -> None:

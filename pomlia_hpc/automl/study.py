@@ -611,37 +611,16 @@ class StudyRunner:
             self._submit_failed(run_id, proposal, exc)
         records.mark_running(self.registry, run_id, handle.record_id, start_epoch=start)
         self.active[run_id] = _Active(run_id, proposal, handle, time.time())
-        self._views[run_id] = TrialView(
-            run_id,
-            key,
-            _summary(values),
-            epochs,
-            records.RUNNING,
-            None,
-            None,
-            None,
-            handle.job_id,
-            "",
-            start,
+        self._views[run_id] = replace(
+            self._views[run_id], status=records.RUNNING, job=handle.job_id
         )
 
     def _submit_failed(self, run_id: int, proposal: Proposal, exc: BaseException) -> NoReturn:
         """Record that run ``run_id``'s job could not be submitted and stop the study."""
         message = " ".join(str(exc).split()) or type(exc).__name__
         records.mark_submit_failed(self.registry, run_id, f"submission failed: {message}")
-        old = self._views[run_id]
-        self._views[run_id] = TrialView(
-            run_id,
-            old.key,
-            old.summary,
-            old.epochs,
-            records.SUBMIT_FAILED,
-            None,
-            None,
-            None,
-            "",
-            message[:300],
-            old.start_epoch,
+        self._views[run_id] = replace(
+            self._views[run_id], status=records.SUBMIT_FAILED, job="", cause=message[:300]
         )
         self._emit()
         out = [str(a.handle.job_id) for a in self.active.values()]
@@ -800,19 +779,14 @@ class StudyRunner:
             cost_s=float(result["cost_s"]),
         )
         opt.tell(proposal, cost, crashed=False, time_s=float(result["cost_s"]))
-        old = self._views[run_id]
-        self._views[run_id] = TrialView(
-            run_id,
-            old.key,
-            old.summary,
-            old.epochs,
-            records.OK,
-            objective,
-            test.get(self.spec.metric),
-            float(result["cost_s"]),
-            old.job,
-            "",
-            int(result["start_epoch"]),
+        self._views[run_id] = replace(
+            self._views[run_id],
+            status=records.OK,
+            objective=objective,
+            test=test.get(self.spec.metric),
+            cost_s=float(result["cost_s"]),
+            cause="",
+            start_epoch=int(result["start_epoch"]),
         )
 
     def _record_crash(

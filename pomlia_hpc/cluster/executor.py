@@ -13,7 +13,6 @@ the number of concurrent processes the same way.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import re
 import signal
@@ -43,7 +42,7 @@ from pomlia_hpc.cluster.records import (
 from pomlia_hpc.cluster.resources import submitit_parameters, with_overrides
 from pomlia_hpc.config import ClusterProfile, load_cluster_profile
 from pomlia_hpc.errors import ClusterError, NotFoundError
-from pomlia_hpc.processes import pid_alive
+from pomlia_hpc.processes import ignores_signal, kill_tree, pid_alive
 from pomlia_hpc.registry import Job, Registry
 
 
@@ -515,10 +514,16 @@ LOCAL_CANCEL_GRACE_S = 5.0
 
 
 def _kill_after_grace(process: subprocess.Popen[Any]) -> None:
-    try:
-        process.wait(LOCAL_CANCEL_GRACE_S)
-    except subprocess.TimeoutExpired:
-        process.kill()
+    """Give a SIGINT-ed local job controller the grace period, then kill it and its tasks."""
+    if ignores_signal(process.pid, signal.SIGINT):
+        kill_tree(process.pid)  # the SIGINT was lost: no point waiting
+    else:
+        try:
+            process.wait(LOCAL_CANCEL_GRACE_S)
+            return
+        except subprocess.TimeoutExpired:
+            kill_tree(process.pid)
+    process.wait()
 
 
 def cancel_scheduler_job(backend: str, scheduler_id: str, *, folder: str | None = None) -> None:
@@ -546,6 +551,9 @@ def cancel_scheduler_job(backend: str, scheduler_id: str, *, folder: str | None 
                 + (f" of {folder}" if folder else "")
                 + "; the job has ended and its pid was reused: nothing signalled"
             )
+        if ignores_signal(pid, signal.SIGINT):
+            kill_tree(pid)  # a SIGINT would be lost
+            return
         try:
             os.kill(pid, signal.SIGINT)
         except ProcessLookupError:
@@ -554,8 +562,7 @@ def cancel_scheduler_job(backend: str, scheduler_id: str, *, folder: str | None 
         while pid_alive(pid) and time.monotonic() < deadline:
             time.sleep(0.1)
         if pid_alive(pid):
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(pid, signal.SIGKILL)
+            kill_tree(pid)
     else:
         raise ClusterError(f"jobs of backend '{backend}' run in-process and cannot be cancelled")
 
