@@ -41,7 +41,8 @@ import zarr
 from sqlalchemy import select
 
 from pomlia_hpc.errors import InputError, NotFoundError, PomliaError
-from pomlia_hpc.fingerprint.io import atomic_write_text, fsync_path, group_meta, open_array
+from pomlia_hpc.files import fsync_path
+from pomlia_hpc.fingerprint.io import atomic_write_text, group_meta, open_array
 from pomlia_hpc.fingerprint.train import get_encoder
 from pomlia_hpc.processes import pid_alive
 from pomlia_hpc.registry import Dataset, DatasetVersion, Encoder, FingerprintSet, Registry

@@ -31,15 +31,6 @@ def atomic_write_bytes(path: Path, data: bytes) -> Path:
     return path
 
 
-def fsync_path(path: Path) -> None:
-    """Flush a file's data, or a folder's entries (renames into it), to disk."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
 def atomic_write_text(path: Path, text: str) -> Path:
     """Text version of :func:`atomic_write_bytes` (UTF-8)."""
     return atomic_write_bytes(path, text.encode())

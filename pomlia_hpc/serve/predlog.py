@@ -36,6 +36,8 @@ from typing import Any
 
 import orjson
 
+from pomlia_hpc.files import fsync_path
+
 log = logging.getLogger("pomlia.serve")
 Record = dict[str, Any]
 _ORJSON = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE
@@ -131,7 +133,7 @@ class PredictionLog:
             self._seq += 1
         self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
         self._size = 0
-        _fsync_dir(self.directory)  # the new file's name is durable too
+        fsync_path(self.directory)  # the new file's name is durable too
 
     def _run(self) -> None:
         stop = False
@@ -205,14 +207,6 @@ class PredictionLog:
 
 def _safe(text: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in text)[:64] or "host"
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def read_records(directory: Path, kind: str | None = None) -> Iterator[Record]:
