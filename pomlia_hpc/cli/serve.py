@@ -180,8 +180,25 @@ def serve(
         Path | None, typer.Option(help="Write http://HOST:PORT here once ready.")
     ] = None,
     deployment_id: Annotated[int | None, typer.Option(help="Deployment id for the log.")] = None,
+    keep_inputs: Annotated[
+        bool | None,
+        typer.Option(
+            "--keep-inputs/--no-keep-inputs",
+            help="Store every decoded input durably next to the log, keyed by prediction id "
+            "(for `pomlia data harvest`). Off by default.",
+        ),
+    ] = None,
+    inputs_quota_mb: Annotated[
+        float | None, typer.Option(help="Kept inputs: byte quota, MiB (default 1024).")
+    ] = None,
+    inputs_retention_days: Annotated[
+        float | None, typer.Option(help="Kept inputs: retention period, days (default 30).")
+    ] = None,
 ) -> None:
-    """Serve MODEL over REST until SIGTERM/Ctrl-C (FastAPI + uvicorn, dynamic batching)."""
+    """Serve MODEL over REST until SIGTERM/Ctrl-C (FastAPI + uvicorn, dynamic batching).
+
+    MODEL may be a deployment slot (`pomlia deploy promote`) or its `current` link: the server
+    then follows the link and swaps to a new bundle without dropping a request."""
     from pomlia_hpc.serve.config import load_serve_config
     from pomlia_hpc.serve.exported import CARD, ExportedBundle
     from pomlia_hpc.serve.predlog import log_dir as default_log_dir
@@ -199,12 +216,26 @@ def serve(
         "log_dir": log_dir,
         "address_file": address_file,
         "deployment_id": deployment_id,
+        "keep_inputs": keep_inputs,
+        "inputs_quota_mb": inputs_quota_mb,
+        "inputs_retention_days": inputs_retention_days,
     }
     if no_batching:
         overrides.update(max_batch=1, max_wait_ms=0.0)
     cfg = load_serve_config(config, overrides)
     path = Path(model)
-    if (path / CARD).is_file():
+    follow: Path | None = None
+    log_name: str | None = None
+    slot_link = None if "/" in model else _slot_link(model)
+    if path.is_symlink() and (path / CARD).is_file():
+        follow = path.absolute()
+        bundle = ExportedBundle.open(path)
+    elif slot_link is not None:
+        follow, log_name = slot_link, model
+        bundle = ExportedBundle.open(slot_link)
+        if cfg.address_file is None:
+            cfg = cfg.model_copy(update={"address_file": slot_link.parent / "address"})
+    elif (path / CARD).is_file():
         bundle = ExportedBundle.open(path)
     elif path.exists() or "/" in model:
         raise InputError(
@@ -220,8 +251,21 @@ def serve(
             console.print(f"model {model} has no export yet: exporting it first")
             found = export_model(reg, STATE.workspace, model).bundle
         bundle = found
-    logs = cfg.log_dir or default_log_dir(STATE.workspace.path("logs"), bundle.name)
-    run_server(bundle, cfg, logs)
+    logs = cfg.log_dir or default_log_dir(STATE.workspace.path("logs"), log_name or bundle.name)
+    if follow is not None:
+        console.print(f"following {follow}: a new bundle there is swapped in without downtime")
+    run_server(bundle, cfg, logs, follow=follow)
+
+
+def _slot_link(name: str) -> Path | None:
+    """The ``current`` link of deployment slot ``name``, if that slot exists."""
+    from pomlia_hpc.serve.slots import current_link
+
+    try:
+        link = current_link(STATE.workspace, name)
+    except InputError:
+        return None
+    return link if link.is_symlink() else None
 
 
 @app.command()

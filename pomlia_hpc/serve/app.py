@@ -6,6 +6,13 @@ durable-log-before-answer rule needs a hook between the model and the response, 
 batcher (``batching.py``, 200 lines) gives directly. LitServe's batching runs the model in
 separate worker processes fed through queues, an extra copy and hop per request.
 
+Hot swap: a server started on a link (a deployment slot's ``current``, see
+:mod:`pomlia_hpc.serve.slots`) moves to the bundle the link names when it changes (checked every
+``watch_interval_s``) or on ``POST /v1/admin/reload`` (bearer token). The new bundle's model is
+loaded beside the old one, new requests go to it, and the old batcher answers what it holds;
+both write to the same prediction log, each record naming the model version that produced it.
+A request that reached the old batcher after it closed is run by the new one, so none fails.
+
 Every refusal is a JSON ``{"error": message, "status": code}`` with a 4xx code; an unexpected
 exception is a 500 with a generic message (and its traceback in the server log), which the
 schemathesis test checks never happens.
@@ -14,7 +21,9 @@ schemathesis test checks never happens.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import os
 import re
 from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import asynccontextmanager
@@ -35,6 +44,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.requests import ClientDisconnect
 
 from pomlia_hpc import __version__
+from pomlia_hpc.errors import PomliaError
 from pomlia_hpc.serve.batching import BatcherClosedError
 from pomlia_hpc.serve.config import ServeConfig
 from pomlia_hpc.serve.decode import (
@@ -47,6 +57,7 @@ from pomlia_hpc.serve.decode import (
 )
 from pomlia_hpc.serve.exported import ExportedBundle
 from pomlia_hpc.serve.fingerprint import FingerprintFn, encoder_fingerprint
+from pomlia_hpc.serve.inbox import Inbox, inputs_dir
 from pomlia_hpc.serve.metrics import (
     ASGIApp,
     MetricsMiddleware,
@@ -73,6 +84,7 @@ ROUTES = frozenset(
         "/docs",
         "/redoc",
         "/openapi.json",
+        "/v1/admin/reload",
     }
 )
 PREDICTION_ID = re.compile(r"^[0-9a-f]{32}$")
@@ -111,6 +123,14 @@ class FeedbackOut(BaseModel):
     recorded: bool
 
 
+class ReloadOut(BaseModel):
+    reloaded: bool
+    model: str
+    model_version: str
+    previous_model: str | None = None
+    previous_version: str | None = None
+
+
 class Status(BaseModel):
     status: str
     model: str | None = None
@@ -124,6 +144,7 @@ _ERRORS: dict[int | str, dict[str, Any]] = {
         (401, "missing or wrong bearer token"),
         (403, "route disabled (no token configured)"),
         (413, "upload, image side or image count over the limit"),
+        (409, "reload refused: no link followed, or a bundle of another input or labels"),
         (415, "unsupported content type"),
         (422, "request body does not match the schema"),
         (503, "not ready or shutting down"),
@@ -250,49 +271,123 @@ def create_app(
     *,
     fingerprint: FingerprintFn | None = None,
     on_ready: Any = None,
+    follow: Path | None = None,
 ) -> ServingApp:
     """Build the app for ``bundle``. The model, batcher and log start in the lifespan, so
-    nothing runs until a server starts it; ``on_ready()`` (optional) is called then."""
+    nothing runs until a server starts it; ``on_ready()`` (optional) is called then.
+    ``follow``: the link ``bundle`` was found through; the server swaps to where it points."""
     spec = InputSpec(bundle.image_size, bundle.channels)
     limits = Limits(config.max_upload_bytes, config.max_side_px, config.max_images)
     guard = BearerGuard(load_token(config.token_file))
     metrics = ServerMetrics()
-    state: dict[str, Any] = {"predictor": None, "draining": False}
+    state: dict[str, Any] = {"predictor": None, "draining": False, "refused": None}
+    swap_lock = asyncio.Lock()
 
-    @asynccontextmanager
-    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
-        runtime = await asyncio.to_thread(load_runtime, bundle, config.backend, config.threads)
+    def make_predictor(b: ExportedBundle, plog: PredictionLog) -> Predictor:
+        runtime = load_runtime(b, config.backend, config.threads)
         fp, kind = fingerprint, "custom"
-        if fp is None and bundle.encoder_file is not None:
-            fp, kind = encoder_fingerprint(bundle.encoder_file), "encoder"
-        predictor = Predictor(
-            bundle,
+        if fp is None and b.encoder_file is not None:
+            fp, kind = encoder_fingerprint(b.encoder_file), "encoder"
+        pred = Predictor(
+            b,
             runtime,
-            PredictionLog(log_dir, fsync=config.log_fsync),
+            plog,
             metrics,
             max_batch=config.max_batch,
             max_wait_s=config.max_wait_ms / 1000.0,
             fingerprint=fp,
             fingerprint_kind=kind,
             deployment_id=config.deployment_id,
+            keep_inputs=config.keep_inputs,
         )
-        state["predictor"] = predictor
-        log.info(
-            "model %s (%s) on %s/%s ready",
-            bundle.name,
-            bundle.version,
-            runtime.backend,
-            runtime.device,
-        )
+        log.info("model %s (%s) on %s/%s ready", b.name, b.version, runtime.backend, runtime.device)
+        return pred
+
+    async def reload() -> dict[str, Any]:
+        """Swap to the bundle ``follow`` names now (no-op if it is the one served)."""
+        if follow is None:
+            raise RequestError(
+                409,
+                "this server was started on a bundle directory, not on a deployment link: "
+                "nothing to reload (serve a slot's link to use hot swap)",
+            )
+        async with swap_lock:
+            old = current()
+            target = Path(os.path.realpath(follow))
+            same = {"model": old.bundle.name, "model_version": old.bundle.version}
+            if target == old.bundle.root:
+                return {"reloaded": False, **same}
+            try:
+                new_bundle = await asyncio.to_thread(ExportedBundle.open, target)
+            except PomliaError as exc:
+                raise RequestError(409, f"link {follow} names {target}: {exc}") from exc
+            if problem := _incompatible(old.bundle, new_bundle):
+                raise RequestError(409, f"{target}: {problem}; the server keeps {old.bundle.name}")
+            new = await asyncio.to_thread(make_predictor, new_bundle, old.log)
+            state["predictor"] = new
+            # New requests already go to ``new``; the old batcher answers what it holds.
+            await asyncio.to_thread(old.close, close_log=False)
+            metrics.swaps.inc()
+            log.info(
+                "hot swap: %s (%s) -> %s (%s)",
+                old.bundle.name,
+                old.bundle.version,
+                new.bundle.name,
+                new.bundle.version,
+            )
+            return {
+                "reloaded": True,
+                "model": new.bundle.name,
+                "model_version": new.bundle.version,
+                "previous_model": old.bundle.name,
+                "previous_version": old.bundle.version,
+            }
+
+    async def watch(link: Path) -> None:
+        while True:
+            await asyncio.sleep(config.watch_interval_s)
+            target = Path(os.path.realpath(link))
+            pred = state["predictor"]
+            if pred is None or target == pred.bundle.root or target == state["refused"]:
+                continue
+            try:
+                await reload()
+            except RequestError as exc:
+                state["refused"] = target  # said once, not every interval
+                log.error("hot swap refused: %s", exc.message)
+            except Exception:
+                log.exception("hot swap to %s failed; still serving %s", target, pred.bundle.name)
+                state["refused"] = target
+
+    @asynccontextmanager
+    async def lifespan(_app: FastAPI) -> AsyncIterator[None]:
+        inbox = None
+        if config.keep_inputs:
+            inbox = Inbox(
+                inputs_dir(log_dir),
+                quota_bytes=config.inputs_quota_bytes,
+                retention_s=config.inputs_retention_days * 86400.0,
+                fsync=config.log_fsync,
+            )
+        plog = PredictionLog(log_dir, fsync=config.log_fsync, sidecar=inbox)
+        state["predictor"] = await asyncio.to_thread(make_predictor, bundle, plog)
+        watcher = None
+        if follow is not None and config.watch_interval_s > 0:
+            watcher = asyncio.create_task(watch(follow))
         if on_ready is not None:
             on_ready()
         try:
             yield
         finally:
+            if watcher is not None:
+                watcher.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await watcher
             state["draining"] = True
             # Uvicorn has already waited for in-flight requests; this answers anything still
             # queued and writes every record before the process exits.
-            await asyncio.to_thread(predictor.close)
+            async with swap_lock:
+                await asyncio.to_thread(state["predictor"].close)
 
     app = FastAPI(
         title=f"pomlia-hpc model server: {bundle.name}",
@@ -337,7 +432,7 @@ def create_app(
         # A dependency runs before the body is validated: no token, no schema hints.
         guard.check(request.headers.get("authorization"))
 
-    def predictor() -> Predictor:
+    def current() -> Predictor:
         p = state["predictor"]
         if p is None or state["draining"] or not p.ready:
             raise RequestError(503, "the model is not ready (starting, failing or shutting down)")
@@ -355,7 +450,7 @@ def create_app(
         return await handle_predict(request)
 
     async def handle_predict(request: Request) -> Response:
-        pred = predictor()
+        pred = current()
         body = await _read_body(request, limits.max_upload_bytes)
         arrays: list[np.ndarray] = []
         budget = limits.max_images  # shared by all files, checked before each is decoded
@@ -364,12 +459,23 @@ def create_app(
             budget -= len(arrays[-1])
         images = arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
         try:
-            predictions = await pred.predict(images)
+            try:
+                predictions = await pred.predict(images)
+            except BatcherClosedError:
+                # Swapped out between lookup and submit: the new model answers instead.
+                if (newer := current()) is pred:
+                    raise
+                pred = newer
+                predictions = await pred.predict(images)
         except (BatcherClosedError, LogClosedError, LogWriteError) as exc:
             # Shutting down, or the log cannot be written: not the client's fault, retry later.
             raise RequestError(503, f"prediction not recorded: {exc}") from exc
         return _json(
-            {"model": bundle.name, "model_version": bundle.version, "predictions": predictions}
+            {
+                "model": pred.bundle.name,
+                "model_version": pred.bundle.version,
+                "predictions": predictions,
+            }
         )
 
     @app.post(
@@ -385,7 +491,8 @@ def create_app(
         # anonymous client gets its 401 before a byte of its body is read, and the read is
         # bounded (FastAPI would parse a body of any size).
         item = await _feedback_body(request)
-        pred = predictor()
+        pred = current()
+        bundle = pred.bundle
         if not PREDICTION_ID.fullmatch(item.prediction_id):
             raise RequestError(
                 400, "prediction_id: expected the 32-hex-digit id /v1/predict returned"
@@ -417,12 +524,23 @@ def create_app(
         summary="Readiness: model loaded, worker and log healthy",
     )
     async def ready() -> Response:
-        predictor()
-        return _json({"status": "ready", "model": bundle.name, "model_version": bundle.version})
+        b = current().bundle
+        return _json({"status": "ready", "model": b.name, "model_version": b.version})
+
+    @app.post(
+        "/v1/admin/reload",
+        response_model=ReloadOut,
+        responses=_ERRORS,
+        dependencies=[Depends(require_token)],
+        summary="Swap to the bundle the followed link names now (bearer token)",
+    )
+    async def admin_reload() -> Response:
+        return _json(await reload())
 
     @app.get("/v1/model", summary="The model card")
     async def model_card() -> Response:
-        card = dict(bundle.card)
+        p = state["predictor"]
+        card = dict((p.bundle if p is not None else bundle).card)
         card["serving"] = {
             "max_batch": config.max_batch,
             "max_wait_ms": config.max_wait_ms,
@@ -482,6 +600,20 @@ class ServingApp:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self._inner(scope, receive, send)
+
+
+def _incompatible(old: ExportedBundle, new: ExportedBundle) -> str | None:
+    """Why ``new`` cannot replace ``old`` in a running server (clients and feedback rely on
+    the input spec and the labels), or None."""
+    for what, a, b in (
+        ("image size", old.image_size, new.image_size),
+        ("channels", old.channels, new.channels),
+        ("task type", old.task_type, new.task_type),
+        ("label names", old.labels, new.labels),
+    ):
+        if a != b:
+            return f"its {what} ({b}) differ from the served model's ({a})"
+    return None
 
 
 def _new_id() -> str:

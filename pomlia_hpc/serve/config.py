@@ -8,6 +8,9 @@ Example ``serve.yaml``::
     max_wait_ms: 5         # how long the first request of a batch waits for company
     max_upload_mb: 16
     token_file: ~/.pomlia/serve.token   # or env POMLIA_SERVE_TOKEN
+    keep_inputs: false     # store every decoded input next to the log (opt-in)
+    inputs_quota_mb: 1024  # oldest kept inputs removed beyond this
+    inputs_retention_days: 30
 """
 
 from __future__ import annotations
@@ -47,6 +50,16 @@ class ServeConfig(BaseModel):
         description="longest wait for in-flight requests on SIGTERM, s (rounded up to whole s)",
     )
     address_file: Path | None = None
+    keep_inputs: bool = Field(False, description="store every decoded input (see serve.inbox)")
+    inputs_quota_mb: float = Field(1024.0, gt=0, description="kept inputs: byte quota, MiB")
+    inputs_retention_days: float = Field(30.0, gt=0, description="kept inputs: retention, days")
+    watch_interval_s: float = Field(
+        1.0, ge=0, description="how often a server started on a link checks it, s (0: never)"
+    )
+
+    @property
+    def inputs_quota_bytes(self) -> int:
+        return int(self.inputs_quota_mb * 1024 * 1024)
 
     @property
     def max_upload_bytes(self) -> int:

@@ -74,6 +74,7 @@ class ServerMetrics:
         self.images = Counter("pomlia_images", "Images classified", registry=r)
         self.feedback = Counter("pomlia_feedback", "Feedback records accepted", registry=r)
         self.queue_depth = Gauge("pomlia_queue_depth", "Requests waiting for the model", registry=r)
+        self.swaps = Counter("pomlia_model_swaps", "Hot swaps to another bundle", registry=r)
 
     def observe_batch(self, images: int, seconds: float) -> None:
         self.batch_size.observe(images)

@@ -4,6 +4,9 @@
 ``process`` runs on the batcher's thread: normalise, run the model, turn logits into labels and
 probabilities, fingerprint the inputs, and build both the answers and the log records. Its
 ``finish`` appends the records to the log and releases the answers only once they are durable.
+With ``keep_inputs`` each image also becomes an inbox record (:mod:`.inbox`), committed with
+its log record. Several predictors may share one log: a hot swap (:mod:`.app`) starts the new
+bundle's predictor on the running log and closes the old one's batcher only.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import numpy as np
 from pomlia_hpc.serve.batching import Deliver, DynamicBatcher
 from pomlia_hpc.serve.exported import ExportedBundle
 from pomlia_hpc.serve.fingerprint import STATS_KIND, FingerprintFn, stats_fingerprint
+from pomlia_hpc.serve.inbox import encode_image
 from pomlia_hpc.serve.metrics import ServerMetrics
 from pomlia_hpc.serve.predlog import PredictionLog, Record
 from pomlia_hpc.serve.runtime import Runtime, normalize_, probabilities, to_nchw
@@ -32,6 +36,7 @@ class BatchResult:
 
     predictions: list[Prediction]
     records: list[Record]
+    inputs: bytes = b""
 
 
 def now_iso() -> str:
@@ -54,8 +59,10 @@ class Predictor:
         fingerprint: FingerprintFn | None = None,
         fingerprint_kind: str = STATS_KIND,
         deployment_id: int | None = None,
+        keep_inputs: bool = False,
     ) -> None:
         self.bundle = bundle
+        self.keep_inputs = keep_inputs
         self.runtime = runtime
         self.log = log
         self.metrics = metrics
@@ -85,10 +92,12 @@ class Predictor:
     def ready(self) -> bool:
         return self.batcher.alive and self.log.healthy
 
-    def close(self) -> None:
-        """Answer everything queued, then close the log (which writes what is left)."""
+    def close(self, *, close_log: bool = True) -> None:
+        """Answer everything queued, then close the log (which writes what is left); with
+        ``close_log=False`` (a hot swap) the log stays open for the next predictor."""
         self.batcher.close()
-        self.log.close()
+        if close_log:
+            self.log.close()
 
     def process(self, arrays: Sequence[np.ndarray]) -> list[BatchResult]:
         """Run the model on the concatenated arrays; split the outputs back per request."""
@@ -112,7 +121,7 @@ class Predictor:
         out: list[BatchResult] = []
         start = 0
         for arr in arrays:
-            preds, recs = [], []
+            preds, recs, kept = [], [], []
             for i in range(start, start + len(arr)):
                 pid = os.urandom(16).hex()  # 128 random bits, like uuid4, a third of the cost
                 preds.append(
@@ -140,10 +149,17 @@ class Predictor:
                         },
                     }
                 )
-            out.append(BatchResult(preds, recs))
+                if self.keep_inputs:
+                    recs[-1]["input_kept"] = True
+                    kept.append(encode_image(pid, when, images[i]))
+            out.append(BatchResult(preds, recs, b"".join(kept)))
             start += len(arr)
         return out
 
     def finish(self, results: Sequence[BatchResult], deliver: Deliver) -> None:
         """Log every record of the batch durably, then answer (see :mod:`.predlog`)."""
-        self.log.append([r for res in results for r in res.records], deliver)
+        self.log.append(
+            [r for res in results for r in res.records],
+            deliver,
+            inputs=b"".join(res.inputs for res in results) if self.keep_inputs else b"",
+        )

@@ -17,6 +17,10 @@ requests. So an answered request is on disk, and a crash loses at most requests 
 answered. ``close()`` (on SIGTERM, after the server drained) writes what is still queued.
 A file is rotated after ``max_bytes``; a torn last line (power loss mid-write) is skipped by
 :func:`read_records`.
+
+Kept inputs (``--keep-inputs``): a ``sidecar`` :class:`~.inbox.Inbox` receives each group's
+input images in the same commit, written and fsynced before the group's log lines, so a logged
+prediction marked ``"input_kept": true`` always has its image on disk.
 """
 
 from __future__ import annotations
@@ -32,11 +36,14 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from pomlia_hpc.files import fsync_path
+
+if TYPE_CHECKING:
+    from pomlia_hpc.serve.inbox import Inbox
 
 log = logging.getLogger("pomlia.serve")
 Record = dict[str, Any]
@@ -58,6 +65,7 @@ class _Entry:
     lines: bytes
     count: int
     done: Callback | None
+    inputs: bytes = b""
 
 
 def log_dir(logs_root: Path, model_name: str) -> Path:
@@ -75,9 +83,15 @@ class PredictionLog:
     """
 
     def __init__(
-        self, directory: Path, *, max_bytes: int = 256 * 1024 * 1024, fsync: bool = True
+        self,
+        directory: Path,
+        *,
+        max_bytes: int = 256 * 1024 * 1024,
+        fsync: bool = True,
+        sidecar: Inbox | None = None,
     ) -> None:
         self.directory = Path(directory)
+        self.sidecar = sidecar
         self.directory.mkdir(parents=True, exist_ok=True)
         self.max_bytes = max_bytes
         self.fsync = fsync
@@ -107,8 +121,11 @@ class PredictionLog:
     def healthy(self) -> bool:
         return self._error is None and self._thread.is_alive() and not self._closed
 
-    def append(self, records: Sequence[Record], done: Callback | None = None) -> None:
-        """Queue ``records``; ``done(error_or_None)`` runs once they are durable (or failed)."""
+    def append(
+        self, records: Sequence[Record], done: Callback | None = None, inputs: bytes = b""
+    ) -> None:
+        """Queue ``records``; ``done(error_or_None)`` runs once they are durable (or failed).
+        ``inputs`` (inbox records of their images) go to the sidecar in the same commit."""
         # orjson: 20x faster than json on the fingerprint floats, and numpy arrays as lists.
         lines = b"".join(orjson.dumps(r, option=_ORJSON) for r in records)
         with self._lock:
@@ -116,7 +133,7 @@ class PredictionLog:
                 raise LogClosedError("the prediction log is closed")
             if self._error is not None:
                 raise LogWriteError(f"the prediction log failed earlier: {self._error}")
-            self._queue.put(_Entry(lines, len(records), done))
+            self._queue.put(_Entry(lines, len(records), done, inputs))
 
     def close(self, timeout: float | None = None) -> None:
         """Write everything queued, fsync, close the file and stop the thread."""
@@ -157,6 +174,8 @@ class PredictionLog:
                 self._commit(group)
         if self._fd >= 0:  # -1 if a rotation failed
             os.close(self._fd)
+        if self.sidecar is not None:
+            self.sidecar.close()
 
     def _commit(self, group: list[_Entry]) -> None:
         data = b"".join(e.lines for e in group)
@@ -167,6 +186,9 @@ class PredictionLog:
             error = LogWriteError(f"the prediction log failed earlier: {self._error}")
         else:
             try:
+                if self.sidecar is not None:
+                    # Inputs first: a logged prediction never lacks its kept image.
+                    self.sidecar.write(b"".join(e.inputs for e in group))
                 if self._size and self._size + len(data) > self.max_bytes:
                     self._open_next()
                 self._write_all(data)

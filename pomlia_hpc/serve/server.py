@@ -80,8 +80,11 @@ def _single_threaded_blas() -> None:
     threadpool_limits(1, user_api="blas")
 
 
-def run_server(bundle: ExportedBundle, config: ServeConfig, log_dir: Path) -> None:
-    """Serve ``bundle`` until SIGTERM/SIGINT; blocks."""
+def run_server(
+    bundle: ExportedBundle, config: ServeConfig, log_dir: Path, *, follow: Path | None = None
+) -> None:
+    """Serve ``bundle`` until SIGTERM/SIGINT; blocks. ``follow``: the link to watch for a
+    hot swap (see :mod:`pomlia_hpc.serve.app`)."""
     sock = bind_socket(config.host, config.port)
     port = int(sock.getsockname()[1])
     address = public_address(config.host, port)
@@ -98,7 +101,7 @@ def run_server(bundle: ExportedBundle, config: ServeConfig, log_dir: Path) -> No
         stream=sys.stderr,
         format="%(asctime)s %(name)s %(levelname)s %(message)s",
     )
-    app = create_app(bundle, config, log_dir, on_ready=on_ready)
+    app = create_app(bundle, config, log_dir, on_ready=on_ready, follow=follow)
     server = _DrainingServer(
         uvicorn.Config(
             app,
@@ -117,4 +120,14 @@ def run_server(bundle: ExportedBundle, config: ServeConfig, log_dir: Path) -> No
     finally:
         sock.close()
         if config.address_file is not None:
-            config.address_file.unlink(missing_ok=True)
+            _remove_own_address(config.address_file, address)
+
+
+def _remove_own_address(path: Path, address: str) -> None:
+    """Remove the address file only if it still holds this server's address: during a
+    switch on Slurm the new job has already written its own, which must stay."""
+    try:
+        if path.read_text().strip() == address:
+            path.unlink(missing_ok=True)
+    except OSError:
+        pass

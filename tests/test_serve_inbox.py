@@ -1,0 +1,93 @@
+"""Kept inputs: the inbox's record format, torn tails, quota and retention, and the commit it
+shares with the prediction log (inputs on disk before the log line, before the answer)."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pomlia_hpc.serve.inbox import Inbox, encode_image, read_inputs
+from pomlia_hpc.serve.predlog import PredictionLog, read_records
+
+
+def _u8(seed: int, shape: tuple[int, ...] = (8, 8, 3)) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, shape, dtype=np.uint8)
+
+
+def test_round_trip_keeps_8_bit_inputs_exactly_and_floats_as_floats(tmp_path: Path) -> None:
+    inbox = Inbox(tmp_path)
+    u8 = _u8(0)
+    f32 = np.random.default_rng(1).random((8, 8, 1), dtype=np.float32)
+    inbox.write(encode_image("a" * 32, "t0", u8.astype(np.float32) / np.float32(255)))
+    inbox.write(encode_image("b" * 32, "t1", f32))
+    inbox.close()
+    got = {k.id: k for k in read_inputs(tmp_path)}
+    assert got["a" * 32].image.dtype == np.uint8
+    np.testing.assert_array_equal(got["a" * 32].image, u8)
+    assert got["b" * 32].image.dtype == np.float32
+    np.testing.assert_array_equal(got["b" * 32].image, f32)
+    assert [k.id for k in read_inputs(tmp_path, ids=["b" * 32])] == ["b" * 32]
+
+
+def test_torn_or_damaged_tail_is_skipped(tmp_path: Path) -> None:
+    inbox = Inbox(tmp_path)
+    for i in range(3):
+        inbox.write(encode_image(f"{i:032x}", "t", _u8(i).astype(np.float32) / 255))
+    inbox.close()
+    path = inbox.path
+    whole = path.read_bytes()
+    path.write_bytes(whole[:-10])  # power loss in the middle of the last record
+    assert [k.id for k in read_inputs(tmp_path)] == [f"{i:032x}" for i in range(2)]
+    damaged = bytearray(whole)
+    damaged[-20] ^= 0xFF  # a flipped byte in the last payload: its CRC fails
+    path.write_bytes(bytes(damaged))
+    assert len(list(read_inputs(tmp_path))) == 2
+
+
+def test_quota_removes_oldest_chunks_and_retention_removes_expired(tmp_path: Path) -> None:
+    record = encode_image("c" * 32, "t", _u8(0, (32, 32, 3)).astype(np.float32) / 255)
+    inbox = Inbox(tmp_path, quota_bytes=len(record) * 8, chunk_bytes=len(record) * 2)
+    for _ in range(20):
+        inbox.write(record)
+    files = sorted(tmp_path.glob("*.pin"))
+    assert sum(p.stat().st_size for p in files) <= inbox.quota_bytes
+    assert inbox.removed_files > 0 and inbox.path in files  # the open chunk is never removed
+    old = files[0]
+    os.utime(old, (time.time() - 10 * 86400, time.time() - 10 * 86400))
+    assert old not in inbox.prune()  # 10 days old, 30 days kept
+    short = Inbox(tmp_path, retention_s=86400.0)  # a new server with a 1-day retention
+    assert not old.exists() and short.path.exists()
+
+
+def test_inputs_are_durable_before_the_log_line_and_the_answer(tmp_path: Path) -> None:
+    inbox = Inbox(tmp_path / "inputs")
+    plog = PredictionLog(tmp_path, sidecar=inbox)
+    answered = threading.Event()
+    seen: dict[str, object] = {}
+
+    def done(err: BaseException | None) -> None:
+        # Runs after the commit: both the input and its record must already be readable.
+        seen["inputs"] = [k.id for k in read_inputs(tmp_path / "inputs")]
+        seen["records"] = [r["id"] for r in read_records(tmp_path)]
+        seen["err"] = err
+        answered.set()
+
+    pid = "d" * 32
+    plog.append(
+        [{"type": "prediction", "id": pid, "input_kept": True}],
+        done,
+        inputs=encode_image(pid, "t", _u8(3).astype(np.float32) / 255),
+    )
+    assert answered.wait(10)
+    plog.close()
+    assert seen == {"inputs": [pid], "records": [pid], "err": None}
+
+
+def test_inbox_refuses_nonsense_settings(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="positive"):
+        Inbox(tmp_path, quota_bytes=0)

@@ -1,0 +1,157 @@
+"""Hot swap over real HTTP on 127.0.0.1: a server started on a slot's ``current`` link moves to
+a new bundle while 16 clients keep sending requests, with no error and every answer logged
+(and its input kept) under the version that produced it."""
+
+from __future__ import annotations
+
+import io
+import threading
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+
+from pomlia_hpc.serve.demo import cached_demo_bundle
+from pomlia_hpc.serve.exported import ExportedBundle
+from pomlia_hpc.serve.inbox import inputs_dir, read_inputs
+from pomlia_hpc.serve.local import LocalServer
+from pomlia_hpc.serve.predlog import read_records
+from pomlia_hpc.serve.slots import point
+
+TOKEN = "swap-token-0123456789abcdef"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+CLIENTS = 16
+
+
+def _npy(seed: int) -> bytes:
+    buf = io.BytesIO()
+    np.save(buf, np.random.default_rng(seed).integers(0, 256, (28, 28, 3), dtype=np.uint8))
+    return buf.getvalue()
+
+
+@pytest.fixture(scope="module")
+def bundles(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    root = tmp_path_factory.getbasetemp() / "serve-demo"
+    return {
+        "a": cached_demo_bundle(root, num_classes=4, seed=1),
+        "b": cached_demo_bundle(root, num_classes=4, seed=2),
+        "other": cached_demo_bundle(root, num_classes=5, seed=1),
+    }
+
+
+class Load:
+    """``CLIENTS`` threads, each sending one image at a time until stopped."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.stop = threading.Event()
+        self.answers: list[tuple[str, str]] = []  # (prediction id, model version)
+        self.errors: list[str] = []
+        self._lock = threading.Lock()
+        self._threads = [threading.Thread(target=self._run, args=(i,)) for i in range(CLIENTS)]
+
+    def _run(self, i: int) -> None:
+        body = _npy(i)
+        with httpx.Client(base_url=self.url, timeout=60) as c:
+            while not self.stop.is_set():
+                try:
+                    r = c.post(
+                        "/v1/predict", content=body, headers={"content-type": "application/x-npy"}
+                    )
+                except httpx.HTTPError as exc:
+                    with self._lock:
+                        self.errors.append(repr(exc))
+                    continue
+                with self._lock:
+                    if r.status_code != 200:
+                        self.errors.append(f"{r.status_code} {r.text[:200]}")
+                    else:
+                        js = r.json()
+                        self.answers.append((js["predictions"][0]["id"], js["model_version"]))
+
+    def versions(self) -> set[str]:
+        with self._lock:
+            return {v for _, v in self.answers}
+
+    def __enter__(self) -> Load:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *_exc: object) -> None:
+        self.stop.set()
+        for t in self._threads:
+            t.join(60)
+
+
+def _wait(cond: object, timeout: float = 60.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if cond():  # type: ignore[operator]
+            return
+        time.sleep(0.05)
+    raise AssertionError("condition not met in time")
+
+
+def _served(tmp_path: Path, first: Path, *args: str) -> tuple[Path, Path, LocalServer]:
+    link = tmp_path / "serving" / "slot" / "current"
+    point(link, first)
+    logs = tmp_path / "logs"
+    srv = LocalServer(link, logs, env={"POMLIA_SERVE_TOKEN": TOKEN}, args=list(args))
+    return link, logs, srv
+
+
+def test_swap_under_load_drops_nothing_and_logs_every_answer(
+    tmp_path: Path, bundles: dict[str, Path]
+) -> None:
+    va = ExportedBundle.open(bundles["a"]).version
+    vb = ExportedBundle.open(bundles["b"]).version
+    link, logs, srv = _served(tmp_path, bundles["a"], "--keep-inputs")
+    with srv, Load(srv.url) as load:
+        _wait(lambda: len(load.answers) >= 50)
+        point(link, bundles["b"])  # the server notices within its watch interval (1 s)
+        _wait(lambda: vb in load.versions())
+        n = len(load.answers)
+        _wait(lambda: len(load.answers) >= n + 50)
+    assert load.errors == []
+    assert load.versions() == {va, vb}
+    # Every answer is in the log under the version that answered, and its input is kept.
+    logged = {r["id"]: r["model_version"] for r in read_records(logs, "prediction")}
+    assert dict(load.answers).items() <= logged.items()
+    kept = {k.id for k in read_inputs(inputs_dir(logs))}
+    assert {pid for pid, _ in load.answers} <= kept
+
+
+def test_reload_endpoint_needs_the_token_and_refuses_another_input_spec(
+    tmp_path: Path, bundles: dict[str, Path]
+) -> None:
+    cfg = tmp_path / "serve.yaml"
+    cfg.write_text("watch_interval_s: 0\n")  # only the endpoint swaps
+    link, _logs, srv = _served(tmp_path, bundles["a"], "--config", str(cfg))
+    vb = ExportedBundle.open(bundles["b"]).version
+    with srv, httpx.Client(base_url=srv.url, timeout=60) as c:
+        assert c.post("/v1/admin/reload").status_code == 401
+        assert c.post("/v1/admin/reload", headers=AUTH).json()["reloaded"] is False
+        point(link, bundles["other"])
+        refused = c.post("/v1/admin/reload", headers=AUTH)
+        assert refused.status_code == 409 and "label names" in refused.json()["error"]
+        point(link, bundles["b"])
+        with Load(srv.url) as load:
+            _wait(lambda: len(load.answers) >= 30)
+            done = c.post("/v1/admin/reload", headers=AUTH).json()
+            assert done["reloaded"] is True and done["model_version"] == vb
+            n = len(load.answers)
+            _wait(lambda: len(load.answers) >= n + 30)
+        assert load.errors == []
+        assert c.get("/ready").json()["model_version"] == vb
+
+
+def test_a_bundle_directory_is_not_reloadable(bundles: dict[str, Path], tmp_path: Path) -> None:
+    with (
+        LocalServer(bundles["a"], tmp_path, env={"POMLIA_SERVE_TOKEN": TOKEN}) as srv,
+        httpx.Client(base_url=srv.url, timeout=60) as c,
+    ):
+        r = c.post("/v1/admin/reload", headers=AUTH)
+        assert r.status_code == 409 and "not on a deployment link" in r.json()["error"]
