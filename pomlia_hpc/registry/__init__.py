@@ -1,6 +1,7 @@
 """The registry: image DB and model DB (SQLAlchemy; SQLite by default, PostgreSQL by URL)."""
 
 from pomlia_hpc.registry.db import Registry
+from pomlia_hpc.registry.knowledge import KbDataset, KbResult, KbSource, Recommendation
 from pomlia_hpc.registry.models import (
     Base,
     Dataset,
@@ -23,8 +24,12 @@ __all__ = [
     "Encoder",
     "FingerprintSet",
     "Job",
+    "KbDataset",
+    "KbResult",
+    "KbSource",
     "Model",
     "MonitorReport",
+    "Recommendation",
     "Registry",
     "Run",
     "Task",

@@ -1,0 +1,98 @@
+"""``pomlia strategy import/sources/eval`` and ``pomlia recommend``."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from pomlia_hpc.cli.app import STATE, app, console
+
+strategy_app = typer.Typer(
+    help="The strategy knowledge base: published results and the registry's runs.",
+    no_args_is_help=True,
+)
+app.add_typer(strategy_app, name="strategy")
+
+
+@strategy_app.command("import")
+def strategy_import(
+    file: Annotated[Path, typer.Argument(help="Results in the long format (docs/strategy.md).")],
+    source: Annotated[str, typer.Option("--source", help="Name of this table in the KB.")],
+    meta: Annotated[
+        Path | None,
+        typer.Option("--meta", help="Meta-features per data set (unless given as meta_ columns)."),
+    ] = None,
+    replace: Annotated[
+        bool, typer.Option("--replace", help="Replace a source of the same name.")
+    ] = False,
+) -> None:
+    """Import a table of published results, all or nothing (one transaction)."""
+    from pomlia_hpc.strategy.kb import import_table
+
+    rep = import_table(STATE.registry(), file, source, meta_path=meta, replace=replace)
+    again = f", replacing {rep.replaced}" if rep.replaced else ""
+    console.print(
+        f"source [bold]{rep.source}[/]: {rep.n_results} results on {rep.n_datasets} data sets "
+        f"from {rep.file}{again} ({rep.seconds:.2f} s)"
+    )
+
+
+@strategy_app.command("sources")
+def strategy_sources() -> None:
+    """List the imported sources."""
+    from pomlia_hpc.strategy.kb import list_sources
+
+    table = Table(title="knowledge-base sources")
+    for col in ("name", "results", "data sets", "metrics", "file"):
+        table.add_column(col, overflow="fold")
+    for s in list_sources(STATE.registry()):
+        table.add_row(s.name, str(s.n_results), str(s.n_datasets), ", ".join(s.metrics), s.file)
+    console.print(table)
+
+
+def _f(x: float | None, digits: int = 2) -> str:
+    return "" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+
+
+@strategy_app.command("eval")
+def strategy_eval(
+    source: Annotated[
+        str, typer.Option("--source", help="Imported source, or 'registry' for the runs.")
+    ],
+    metric: Annotated[str, typer.Option("--metric", help="acc, auc or f1_macro.")],
+    k: Annotated[int, typer.Option("--k", help="Regret of the best of the top k.")] = 3,
+    cheap: Annotated[
+        bool,
+        typer.Option("--cheap", help="Only strategies with inputs <= 64 px or frozen features."),
+    ] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Leave-one-dataset-out: regret of the recommender's top-1 and best-of-top-k against
+    random, best-mean, best-mean-rank and nearest-data-set baselines (metric points)."""
+    from pomlia_hpc.strategy.service import evaluate_source
+
+    result = evaluate_source(STATE.registry(), source, metric, k=k, cheap=cheap)
+    data = result.to_dict()
+    data["metric"], data["source"] = metric, source
+    if as_json:
+        typer.echo(json.dumps(data, indent=1))
+        return
+    table = Table(
+        title=f"leave-one-dataset-out on {source}, {metric}: {len(result.datasets)} data sets, "
+        f"{result.n_strategies} strategies ({result.restriction}); regret in points"
+    )
+    for col in ("method", "top-1 regret", f"best-of-top-{k} regret"):
+        table.add_column(col)
+    for name, summary in data["summary"].items():
+        table.add_row(name, _f(summary["top1_mean"]), _f(summary["topk_mean"]))
+    console.print(table)
+
+
+def _strategy_text(s: dict[str, Any]) -> str:
+    extra = " +nearest images" if s.get("extra_data") == "nearest" else ""
+    return f"{s.get('arch')} {s.get('init')}/{s.get('mode')} {s.get('img_size')}px{extra}"

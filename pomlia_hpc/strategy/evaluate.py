@@ -1,0 +1,151 @@
+"""Leave-one-dataset-out evaluation of the recommender against baselines in the same run.
+
+For each data set ``i``: the learner is fitted on the other data sets only (its bandwidth chosen
+by a nested leave-one-out among them), ranks the strategies for ``i``'s meta-features, and the
+regret of its first pick and of the best of its first ``k`` is measured on ``i``'s published
+values, in metric points (x 100), against the best strategy on ``i``. Baselines, fitted on the
+same other data sets:
+
+- ``random``: a uniformly random strategy (the exact expectation: for the best of ``k`` distinct
+  random picks, ``sum_r P(min rank = r) * regret_r``);
+- ``best_mean``: the strategies with the best mean value over the other data sets;
+- ``best_rank``: the best mean rank (rank 1 = best on a data set; ties share their mean rank);
+- ``nearest``: the ranking of the nearest data set by meta-features (standardised as for the
+  learner).
+
+``cheap``: the same with the candidates restricted to inputs <= 64 px or frozen features
+(``linear_probe``, ``knn``); regret then against the best cheap strategy.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from pomlia_hpc.errors import InputError
+from pomlia_hpc.strategy.learner import (
+    LEARNER,
+    LEARNER_VERSION,
+    KernelRegret,
+    Matrix,
+    Standardizer,
+    top_k_regret,
+)
+
+METHODS: tuple[str, ...] = (LEARNER, "random", "best_mean", "best_rank", "nearest")
+FROZEN_MODES: frozenset[str] = frozenset({"linear_probe", "knn"})
+
+
+def cheap_mask(m: Matrix, max_px: int = 64) -> np.ndarray:
+    """Strategies with inputs of at most ``max_px`` pixels or frozen features."""
+    return np.array(
+        [int(s.get("img_size", 0)) <= max_px or s.get("mode") in FROZEN_MODES for s in m.strategies]
+    )
+
+
+def _random_regret(values: np.ndarray, cand: np.ndarray, k: int) -> float:
+    known = cand & np.isfinite(values)
+    v = np.sort(values[known])[::-1]  # best first
+    n = len(v)
+    r = 100.0 * (v[0] - v)
+    k = min(k, n)
+    # P(the best of k distinct uniform picks has rank j) = C(n-1-j, k-1) / C(n, k)
+    p = np.array([math.comb(n - 1 - j, k - 1) for j in range(n)], float) / math.comb(n, k)
+    return float((p * r).sum())
+
+
+def _rank_rows(values: np.ndarray) -> np.ndarray:
+    """Per row, rank 1 = best; ties get their mean rank; NaN cells stay NaN."""
+    out = np.full(values.shape, np.nan)
+    for i, row in enumerate(values):
+        ok = np.isfinite(row)
+        v = row[ok]
+        order = np.argsort(-v, kind="stable")
+        ranks = np.empty(len(v))
+        ranks[order] = np.arange(1, len(v) + 1)
+        for val in np.unique(v):  # mean rank for ties
+            tie = v == val
+            if tie.sum() > 1:
+                ranks[tie] = ranks[tie].mean()
+        out[i, ok] = ranks
+    return out
+
+
+def _order(score: np.ndarray, cand: np.ndarray) -> np.ndarray:
+    """Indices of candidates by ``score`` descending (NaN last)."""
+    s = np.where(cand & np.isfinite(score), score, -np.inf)
+    o = np.argsort(-s, kind="stable")
+    return o[cand[o]]
+
+
+@dataclass
+class MethodResult:
+    top1: list[float] = field(default_factory=list)
+    topk: list[float] = field(default_factory=list)
+
+    def summary(self) -> dict[str, float]:
+        return {
+            "top1_mean": float(np.nanmean(self.top1)) if self.top1 else math.nan,
+            "topk_mean": float(np.nanmean(self.topk)) if self.topk else math.nan,
+        }
+
+
+@dataclass
+class EvalResult:
+    """Per method, the per-data-set regrets (points) and their means."""
+
+    metric: str
+    k: int
+    datasets: list[str]
+    n_strategies: int
+    restriction: str
+    methods: dict[str, MethodResult]
+    bandwidths: list[float]
+    learner: str = LEARNER
+    learner_version: str = LEARNER_VERSION
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["summary"] = {name: m.summary() for name, m in self.methods.items()}
+        d["bandwidths"] = [None if math.isinf(h) else h for h in self.bandwidths]
+        return d
+
+
+def loo(m: Matrix, *, k: int = 3, cheap: bool = False, max_px: int = 64) -> EvalResult:
+    """Leave-one-dataset-out over ``m`` (see the module docstring)."""
+    n = len(m.datasets)
+    if n < 3:
+        raise InputError(
+            f"leave-one-dataset-out needs at least 3 data sets with results; this selection "
+            f"has {n} ({', '.join(m.datasets) or 'none'})"
+        )
+    cand = cheap_mask(m, max_px) if cheap else np.ones(len(m.keys), bool)
+    results = {name: MethodResult() for name in METHODS}
+    hs: list[float] = []
+    used: list[str] = []
+    for i in range(n):
+        v = m.values[i]
+        if not np.isfinite(v[cand]).any():
+            continue
+        used.append(m.datasets[i])
+        others = [j for j in range(n) if j != i]
+        train = m.subset(others)
+        learner = KernelRegret(k=k).fit(train, cand)
+        hs.append(learner.h)
+        orders = {
+            LEARNER: learner.rank(m.features[i], cand).order,
+            "best_mean": _order(np.nanmean(train.values, axis=0), cand),
+            "best_rank": _order(-np.nanmean(_rank_rows(train.values), axis=0), cand),
+        }
+        d = Standardizer(train.features).distances(m.features[i][None, :], train.features)[0]
+        orders["nearest"] = _order(train.values[int(np.argmin(d))], cand)
+        for name, order in orders.items():
+            results[name].top1.append(top_k_regret(v, order, 1, cand))
+            results[name].topk.append(top_k_regret(v, order, k, cand))
+        results["random"].top1.append(_random_regret(v, cand, 1))
+        results["random"].topk.append(_random_regret(v, cand, k))
+    restriction = f"inputs <= {max_px} px or frozen features" if cheap else "all strategies"
+    return EvalResult("", k, used, int(cand.sum()), restriction, results, hs)

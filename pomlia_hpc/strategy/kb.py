@@ -1,0 +1,373 @@
+"""The knowledge base: published results imported into the registry, plus the registry's runs.
+
+:func:`import_table` validates a long-format file (:mod:`.longformat`) completely, then writes it
+in one transaction: any error leaves the registry as it was. :func:`load` gathers
+:class:`Observation` rows for one metric from any imported source and from the registry's own
+runs (every task; crashed runs count as failures of their strategy).
+
+A registry run's strategy is its configuration reduced to the strategy fields (architecture,
+initial weights, training mode, input size = the data set's, extra images); its value is the
+test metric of the run with the best validation metric among that strategy's runs on the task.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import delete, func, insert, select
+
+from pomlia_hpc.errors import InputError, NotFoundError
+from pomlia_hpc.names import validate_name
+from pomlia_hpc.registry import (
+    DatasetVersion,
+    KbDataset,
+    KbResult,
+    KbSource,
+    Registry,
+    Run,
+    Task,
+)
+from pomlia_hpc.strategy.longformat import (
+    METRICS,
+    ResultTable,
+    normalize_task_type,
+    read_results,
+    strategy_key,
+)
+
+#: The pseudo-source of the registry's own runs.
+REGISTRY_SOURCE = "registry"
+
+
+@dataclass(frozen=True)
+class ImportReport:
+    source: str
+    file: str
+    n_results: int
+    n_datasets: int
+    replaced: int
+    seconds: float
+
+
+@dataclass(frozen=True)
+class Observation:
+    """One (data set, strategy, metric) figure of the knowledge base."""
+
+    source: str
+    dataset: str
+    strategy: dict[str, Any]
+    key: str
+    value: float | None  # None: every run of this strategy failed
+    std: float | None = None
+    cost_s: float | None = None
+    n_runs: int = 1
+    n_failed: int = 0
+    evidence: tuple[int, ...] = ()  # registry run ids
+    hparams: tuple[dict[str, Any], ...] = ()  # the best runs' hyperparameters
+
+
+@dataclass
+class KnowledgeBase:
+    """Observations of one metric and the meta-features of the data sets they name."""
+
+    metric: str
+    observations: list[Observation] = field(default_factory=list)
+    meta: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def datasets(self) -> list[str]:
+        return sorted({o.dataset for o in self.observations if o.value is not None})
+
+
+def _sha256(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _known_meta(registry: Registry, exclude_source: str | None) -> dict[str, dict[str, Any]]:
+    """Meta-features imported before (any other source), by data set name."""
+    with registry.session() as s:
+        q = select(KbDataset.name, KbDataset.meta, KbSource.name).join(
+            KbSource, KbDataset.source_id == KbSource.id
+        )
+        return {name: dict(meta) for name, meta, src in s.execute(q) if src != exclude_source}
+
+
+def import_table(
+    registry: Registry,
+    path: str | Path,
+    source: str,
+    *,
+    meta_path: str | Path | None = None,
+    replace: bool = False,
+) -> ImportReport:
+    """Validate ``path`` (and ``meta_path``) and store them as source ``source``, all in one
+    transaction. An existing source is an error unless ``replace`` (then its rows go)."""
+    t0 = time.perf_counter()
+    validate_name("source", source)
+    if source == REGISTRY_SOURCE:
+        raise InputError(f"source name '{source}' is reserved for the registry's own runs")
+    p = Path(path)
+    table: ResultTable = read_results(p, meta_path, _known_meta(registry, source))
+    replaced = 0
+    with registry.session() as s:
+        old = s.scalar(select(KbSource).where(KbSource.name == source))
+        if old is not None and not replace:
+            raise InputError(
+                f"source '{source}' was already imported ({old.n_results} results from "
+                f"{old.file}); pass --replace to replace it, or choose another --source"
+            )
+        if old is not None:
+            replaced = old.n_results
+            # Explicit deletes: SQLite only cascades with foreign keys on, which the
+            # registry sets, but being explicit keeps PostgreSQL and SQLite alike.
+            s.execute(delete(KbResult).where(KbResult.source_id == old.id))
+            s.execute(delete(KbDataset).where(KbDataset.source_id == old.id))
+            s.delete(old)
+            s.flush()
+        src = KbSource(
+            name=source,
+            file=str(p),
+            sha256=_sha256(p),
+            n_results=len(table.rows),
+            meta={"meta_file": str(meta_path) if meta_path else None},
+        )
+        s.add(src)
+        s.flush()
+        ids: dict[str, int] = {}
+        for name in sorted({r.dataset for r in table.rows}):
+            ds = KbDataset(source_id=src.id, name=name, meta=table.meta[name])
+            s.add(ds)
+            s.flush()
+            ids[name] = ds.id
+        s.execute(
+            insert(KbResult),
+            [
+                {
+                    "source_id": src.id,
+                    "dataset_id": ids[r.dataset],
+                    "strategy": r.strategy,
+                    "strategy_key": r.strategy_key,
+                    "metric": r.metric,
+                    "value": r.value,
+                    "std": r.std,
+                    "n_seeds": r.n_seeds,
+                    "cost_s": r.cost_s,
+                    "gpu_hours": r.gpu_hours,
+                    "line": r.line,
+                }
+                for r in table.rows
+            ],
+        )
+    return ImportReport(
+        source, str(p), len(table.rows), len(ids), replaced, time.perf_counter() - t0
+    )
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    name: str
+    file: str
+    n_results: int
+    n_datasets: int
+    metrics: list[str]
+
+
+def list_sources(registry: Registry) -> list[SourceInfo]:
+    """The imported sources (oldest first) with their sizes and metrics."""
+    with registry.session() as s:
+        out = []
+        for src in s.scalars(select(KbSource).order_by(KbSource.id)):
+            n_ds = s.scalar(select(func.count()).where(KbDataset.source_id == src.id)) or 0
+            metrics = sorted(
+                s.scalars(select(KbResult.metric).where(KbResult.source_id == src.id).distinct())
+            )
+            out.append(SourceInfo(src.name, src.file, src.n_results, int(n_ds), metrics))
+        return out
+
+
+def _check_sources(registry: Registry, sources: Iterable[str]) -> None:
+    with registry.session() as s:
+        known = set(s.scalars(select(KbSource.name)))
+    for name in sources:
+        if name != REGISTRY_SOURCE and name not in known:
+            shown = ", ".join(sorted(known | {REGISTRY_SOURCE}))
+            raise NotFoundError(
+                f"knowledge-base source '{name}' is not imported (known: {shown})",
+                hint="pomlia strategy import FILE --source NAME",
+            )
+
+
+def load(registry: Registry, metric: str, sources: Iterable[str] | None = None) -> KnowledgeBase:
+    """Observations of ``metric`` from ``sources`` (default: every imported source plus the
+    registry's runs; name ``registry`` for the runs)."""
+    if metric not in METRICS:
+        raise InputError(f"metric '{metric}' is not known: expected one of {', '.join(METRICS)}")
+    wanted = list(sources) if sources is not None else None
+    if wanted is not None:
+        _check_sources(registry, wanted)
+    kb = KnowledgeBase(metric)
+    with registry.session() as s:
+        q = (
+            select(
+                KbSource.name,
+                KbDataset.name,
+                KbResult.strategy,
+                KbResult.strategy_key,
+                KbResult.value,
+                KbResult.std,
+                KbResult.cost_s,
+            )
+            .join(KbDataset, KbResult.dataset_id == KbDataset.id)
+            .join(KbSource, KbResult.source_id == KbSource.id)
+            .where(KbResult.metric == metric)
+        )
+        if wanted is not None:
+            q = q.where(KbSource.name.in_(wanted))
+        for src, ds, strategy, key, value, std, cost in s.execute(q):
+            kb.observations.append(Observation(src, ds, dict(strategy), key, value, std, cost))
+        mq = select(KbDataset.name, KbDataset.meta).join(
+            KbSource, KbDataset.source_id == KbSource.id
+        )
+        if wanted is not None:
+            mq = mq.where(KbSource.name.in_(wanted))
+        for name, meta in s.execute(mq):
+            kb.meta.setdefault(name, dict(meta))
+    if wanted is None or REGISTRY_SOURCE in wanted:
+        obs, meta = registry_observations(registry, metric)
+        kb.observations.extend(obs)
+        kb.meta.update(meta)
+    return kb
+
+
+# ----------------------------------------------------------------------------- registry runs
+
+
+def version_meta(fingerprint: dict[str, Any], task_type: str) -> dict[str, Any]:
+    """Meta-features of a registered data set version from its explicit fingerprint."""
+    counts = dict(fingerprint.get("counts") or {})
+    size = fingerprint.get("image_size") or [0, 0]
+    meta: dict[str, Any] = {
+        "task_type": normalize_task_type(task_type) or task_type,
+        "n_channels": int(fingerprint.get("channels") or 1),
+        "n_classes": int(fingerprint.get("n_classes") or 2),
+        "n_train": int(counts.get("train") or fingerprint.get("n_images") or 1),
+        "image_size": int(size[0] or 28),
+        "dims": 2,
+    }
+    for split in ("val", "test"):
+        if counts.get(split):
+            meta[f"n_{split}"] = int(counts[split])
+    balance = (fingerprint.get("class_balance") or {}).get("all") or {}
+    if balance.get("normalized_entropy") is not None:
+        meta["balance_entropy"] = float(balance["normalized_entropy"])
+    intensity = fingerprint.get("intensity") or []
+    if intensity:
+        meta["intensity_mean"] = sum(float(c["mean"]) for c in intensity) / len(intensity)
+        meta["intensity_std"] = sum(float(c["std"]) for c in intensity) / len(intensity)
+    return meta
+
+
+#: The run configuration keys that make up a strategy (the rest are hyperparameters).
+HPARAMS: tuple[str, ...] = (
+    "lr",
+    "lr_head",
+    "optimizer",
+    "momentum",
+    "weight_decay",
+    "batch_size",
+    "augmentation",
+    "unfreeze_epoch",
+    "extra_n",
+)
+
+
+def run_strategy(config: dict[str, Any], image_size: int) -> dict[str, Any]:
+    """The strategy fields of a run's configuration."""
+    return {
+        "arch": str(config.get("arch", "small_cnn")),
+        "init": str(config.get("init", "scratch")),
+        "mode": str(config.get("mode", "full")),
+        "img_size": int(image_size),
+        "extra_data": str(config.get("extra_data", "none")),
+    }
+
+
+def registry_observations(
+    registry: Registry, metric: str, exclude_task: str | None = None
+) -> tuple[list[Observation], dict[str, dict[str, Any]]]:
+    """One observation per (task, strategy) over the registry's finished runs of tasks whose
+    metric is ``metric`` (failed ones included), and the tasks' meta-features by task name."""
+    with registry.session() as s:
+        tasks = {
+            tid: (name, ttype, fp)
+            for tid, name, ttype, fp in s.execute(
+                select(Task.id, Task.name, Task.task_type, DatasetVersion.fingerprint)
+                .join(DatasetVersion, Task.dataset_version_id == DatasetVersion.id)
+                .where(Task.metric == metric)
+            )
+            if name != exclude_task
+        }
+        if not tasks:
+            return [], {}
+        # Only scalar JSON paths are read: a run's metrics also hold its training curve, and
+        # decoding 100,000 of those would dominate the answer time.
+        q = select(
+            Run.id,
+            Run.task_id,
+            Run.status,
+            Run.cost_s,
+            Run.config["arch"].as_string(),
+            Run.config["init"].as_string(),
+            Run.config["mode"].as_string(),
+            Run.config["extra_data"].as_string(),
+            Run.metrics["objective"].as_float(),
+            Run.metrics["test"][metric].as_float(),
+        ).where(Run.task_id.in_(list(tasks)), Run.status.in_(("ok", "crashed")))
+        rows = s.execute(q).all()
+    meta = {name: version_meta(dict(fp or {}), ttype) for name, ttype, fp in tasks.values()}
+    groups: dict[tuple[int, str], list[Any]] = defaultdict(list)
+    strategies: dict[tuple[int, str], dict[str, Any]] = {}
+    for r in rows:
+        name = tasks[r[1]][0]
+        config = {"arch": r[4] or "small_cnn", "init": r[5] or "scratch", "mode": r[6] or "full"}
+        config["extra_data"] = r[7] or "none"
+        strategy = run_strategy(config, meta[name]["image_size"])
+        key = strategy_key(strategy)
+        groups[(r[1], key)].append(r)
+        strategies[(r[1], key)] = strategy
+    out = []
+    for (task_id, key), runs in groups.items():
+        ok = [r for r in runs if r[2] == "ok" and r[8] is not None and r[9] is not None]
+        failed = sum(r[2] == "crashed" for r in runs)
+        best = max(ok, key=lambda r: (r[8], -r[0])) if ok else None
+        costs = sorted(r[3] for r in ok if r[3] is not None)
+        out.append(
+            Observation(
+                REGISTRY_SOURCE,
+                tasks[task_id][0],
+                strategies[(task_id, key)],
+                key,
+                float(best[9]) if best is not None else None,
+                None,
+                costs[len(costs) // 2] if costs else None,
+                len(runs),
+                failed,
+                (int(best[0]),) if best is not None else (),
+            )
+        )
+    return out, meta
+
+
+def run_hparams(registry: Registry, run_ids: Iterable[int]) -> dict[int, dict[str, Any]]:
+    """The hyperparameters of the given runs (for the recommendation's ranges)."""
+    ids = list(run_ids)
+    if not ids:
+        return {}
+    with registry.session() as s:
+        rows = s.execute(select(Run.id, Run.config).where(Run.id.in_(ids))).all()
+    return {rid: {k: v for k, v in (cfg or {}).items() if k in HPARAMS} for rid, cfg in rows}

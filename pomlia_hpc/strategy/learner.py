@@ -1,0 +1,311 @@
+"""Meta-features, the data set x strategy matrix, and the learner that ranks strategies.
+
+The learner (``kernel-regret``): a strategy's expected regret on a new data set is the
+similarity-weighted mean of its regrets on the known data sets, regret being the distance in
+metric points (x 100) to the best strategy known on that data set. Weights are
+``exp(-d^2 / (2 h^2))`` over a distance ``d`` between standardised meta-features (plus, when
+given, a fingerprint distance). The bandwidth ``h`` is chosen by leave-one-dataset-out over the
+training data sets only (nested: the data set being recommended for never takes part), from
+:data:`BANDWIDTHS`; ``h = inf`` is the plain mean, so the learner can fall back on "best mean".
+
+Missing cells (a strategy never tried on a data set) count as that data set's median regret, a
+typical strategy; failed runs move a strategy's regret towards the data set's worst in
+proportion to its failure rate. numpy only: this package never imports torch.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from pomlia_hpc.strategy.kb import KnowledgeBase
+
+LEARNER = "kernel-regret"
+LEARNER_VERSION = "1"
+BANDWIDTHS: tuple[float, ...] = (0.3, 0.5, 0.7, 1.0, 1.5, 2.0, 3.0, math.inf)
+FEATURES: tuple[str, ...] = (
+    "log10_n_train",
+    "rgb",
+    "log_n_classes",
+    "binary",
+    "multi_label",
+    "ordinal",
+    "log2_image_size",
+    "dims3",
+    "balance_entropy",
+    "intensity_mean",
+    "intensity_std",
+)
+
+
+def meta_vector(meta: Mapping[str, Any]) -> np.ndarray:
+    """The numeric meta-features (:data:`FEATURES`) of one data set; NaN where unknown."""
+    t = str(meta.get("task_type", ""))
+
+    def num(key: str, f: Any = float) -> float:
+        v = meta.get(key)
+        return float(f(float(v))) if v is not None else math.nan
+
+    return np.array(
+        [
+            num("n_train", lambda v: math.log10(max(v, 1.0))),
+            num("n_channels", lambda v: float(v >= 3)),
+            num("n_classes", lambda v: math.log(max(v, 1.0))),
+            float(t == "binary"),
+            float(t == "multi-label"),
+            float(t == "ordinal"),
+            num("image_size", lambda v: math.log2(max(v, 1.0))),
+            num("dims", lambda v: float(v == 3)),
+            num("balance_entropy"),
+            num("intensity_mean", lambda v: v / 255.0),
+            num("intensity_std", lambda v: v / 255.0),
+        ],
+        dtype=np.float64,
+    )
+
+
+@dataclass
+class Matrix:
+    """Data sets x strategies: ``values`` in [0, 1] (NaN: not tried or only failures),
+    ``fail`` the failure rate, ``features`` the meta-vectors."""
+
+    datasets: list[str]
+    keys: list[str]
+    strategies: list[dict[str, Any]]
+    values: np.ndarray
+    fail: np.ndarray
+    std: np.ndarray
+    cost_s: np.ndarray
+    features: np.ndarray
+    evidence: dict[tuple[int, int], tuple[int, ...]] = field(default_factory=dict)
+    sources: dict[str, str] = field(default_factory=dict)
+
+    def subset(self, rows: Sequence[int]) -> Matrix:
+        idx = list(rows)
+        return Matrix(
+            [self.datasets[i] for i in idx],
+            self.keys,
+            self.strategies,
+            self.values[idx],
+            self.fail[idx],
+            self.std[idx],
+            self.cost_s[idx],
+            self.features[idx],
+            {},
+            self.sources,
+        )
+
+
+def build_matrix(kb: KnowledgeBase, *, min_datasets: int = 1) -> Matrix:
+    """The matrix of ``kb``; data sets without meta-features are left out (the importer
+    refuses them, so only registry tasks without a fingerprint can lack them)."""
+    datasets = sorted({o.dataset for o in kb.observations if o.dataset in kb.meta})
+    count: dict[str, int] = {}
+    strat: dict[str, dict[str, Any]] = {}
+    for o in kb.observations:
+        if o.dataset in kb.meta:
+            count[o.key] = count.get(o.key, 0) + 1
+            strat.setdefault(o.key, o.strategy)
+    keys = sorted(k for k, c in count.items() if c >= min_datasets)
+    di = {d: i for i, d in enumerate(datasets)}
+    si = {k: j for j, k in enumerate(keys)}
+    shape = (len(datasets), len(keys))
+    values, fail = np.full(shape, np.nan), np.zeros(shape)
+    std, cost = np.full(shape, np.nan), np.full(shape, np.nan)
+    evidence: dict[tuple[int, int], tuple[int, ...]] = {}
+    sources: dict[str, str] = {}
+    for o in kb.observations:
+        if o.dataset not in di or o.key not in si:
+            continue
+        i, j = di[o.dataset], si[o.key]
+        sources[o.dataset] = o.source
+        if o.value is not None:
+            values[i, j] = o.value
+        fail[i, j] = o.n_failed / max(o.n_runs, 1)
+        std[i, j] = o.std if o.std is not None else np.nan
+        cost[i, j] = o.cost_s if o.cost_s is not None else np.nan
+        if o.evidence:
+            evidence[(i, j)] = o.evidence
+    features = (
+        np.stack([meta_vector(kb.meta[d]) for d in datasets])
+        if datasets
+        else np.zeros((0, len(FEATURES)))
+    )
+    return Matrix(
+        datasets,
+        keys,
+        [strat[k] for k in keys],
+        values,
+        fail,
+        std,
+        cost,
+        features,
+        evidence,
+        sources,
+    )
+
+
+def regrets(values: np.ndarray, fail: np.ndarray | None = None) -> np.ndarray:
+    """Regret in metric points (x 100) per cell; missing cells get the row's median regret,
+    failures move a cell towards the row's worst regret (see the module docstring)."""
+    best = np.nanmax(np.where(np.isnan(values), -np.inf, values), axis=1, keepdims=True)
+    r = 100.0 * (best - values)
+    with warnings.catch_warnings():  # a row without any value: its median is NaN
+        warnings.simplefilter("ignore", RuntimeWarning)
+        med = np.nanmedian(r, axis=1, keepdims=True)
+    worst = np.nanmax(np.where(np.isnan(r), -np.inf, r), axis=1, keepdims=True)
+    r = np.where(np.isnan(r), np.broadcast_to(med, r.shape), r)
+    if fail is not None:
+        all_failed = np.isnan(values) & (fail > 0)
+        r = np.where(all_failed, np.broadcast_to(worst, r.shape), (1 - fail) * r + fail * worst)
+    return np.asarray(r)
+
+
+class Standardizer:
+    """Scales meta-features by the spread over the training data sets; a distance averages
+    over the features both data sets have (NaN-aware), times the number of features."""
+
+    def __init__(self, features: np.ndarray) -> None:
+        with warnings.catch_warnings():  # all-NaN feature columns: "unknown", not an error
+            warnings.simplefilter("ignore", RuntimeWarning)
+            self.mean = np.nanmean(features, axis=0) if len(features) else 0.0
+            sd = np.nanstd(features, axis=0) if len(features) else 1.0
+        self.sd = np.where(np.isfinite(sd) & (sd > 1e-9), sd, np.nan)
+
+    def distances(self, a: np.ndarray, b: np.ndarray) -> np.ndarray:
+        """Distances between each row of ``a`` (m, F) and each row of ``b`` (n, F)."""
+        za = (a - self.mean) / self.sd
+        zb = (b - self.mean) / self.sd
+        diff = za[:, None, :] - zb[None, :, :]
+        both = np.isfinite(diff)
+        n = both.sum(axis=2)
+        sq = np.where(both, diff**2, 0.0).sum(axis=2)
+        usable = int(np.isfinite(self.sd).sum()) or 1
+        with np.errstate(all="ignore"):
+            d2 = np.where(n > 0, sq / np.maximum(n, 1) * usable, np.inf)
+        return np.sqrt(d2)
+
+
+def kernel_weights(d: np.ndarray, h: float) -> np.ndarray:
+    """Weights ``exp(-d^2 / (2 h^2))`` normalised to sum 1 (uniform for ``h = inf`` or when
+    every weight underflows)."""
+    if math.isinf(h):
+        w = np.ones_like(d)
+    else:
+        dd = np.where(np.isfinite(d), d, 1e6)
+        w = np.exp(-(dd**2) / (2 * h * h) + (dd.min() ** 2) / (2 * h * h))
+    s = w.sum()
+    return w / s if s > 0 else np.full_like(d, 1.0 / len(d))
+
+
+@dataclass(frozen=True)
+class Ranking:
+    """The learner's answer for one data set: strategies best first."""
+
+    order: np.ndarray  # strategy indices, best first
+    expected_regret: np.ndarray  # per strategy, points
+    expected_value: np.ndarray  # per strategy, [0, 1]
+    value_sd: np.ndarray  # per strategy, [0, 1]
+    weights: np.ndarray  # per training data set
+    bandwidth: float
+
+
+def top_k_regret(
+    values: np.ndarray, order: Sequence[int] | np.ndarray, k: int, candidates: np.ndarray
+) -> float:
+    """Regret (points) of the best of the first ``k`` of ``order`` against the best candidate,
+    on one data set's ``values`` (NaN cells: not known, skipped)."""
+    known = candidates & np.isfinite(values)
+    best = float(values[known].max())
+    picks = [j for j in order if known[j]][:k]
+    return 100.0 * (best - float(values[picks].max())) if picks else math.nan
+
+
+class KernelRegret:
+    """The learner of the module docstring. ``fit`` picks the bandwidth by nested LOO."""
+
+    name = LEARNER
+    version = LEARNER_VERSION
+
+    def __init__(self, bandwidths: Sequence[float] = BANDWIDTHS, k: int = 3) -> None:
+        self.bandwidths = tuple(bandwidths)
+        self.k = k
+        self.h = math.inf
+        self._train: Matrix | None = None
+
+    def fit(
+        self,
+        train: Matrix,
+        candidates: np.ndarray | None = None,
+        extra_d: np.ndarray | None = None,
+    ) -> KernelRegret:
+        """Remember ``train``; choose ``h`` minimising mean top-1 plus best-of-``k`` regret
+        when each training data set in turn is left out. ``extra_d``: an added distance
+        between the training data sets (n, n), e.g. from fingerprints."""
+        self._train = train
+        self._r = regrets(train.values, train.fail)
+        self._std = Standardizer(train.features)
+        n = len(train.datasets)
+        cand = np.ones(len(train.keys), bool) if candidates is None else candidates
+        if n < 3 or len(self.bandwidths) == 1:
+            self.h = self.bandwidths[0] if len(self.bandwidths) == 1 else math.inf
+            return self
+        d_all = self._std.distances(train.features, train.features)
+        if extra_d is not None:
+            d_all = np.sqrt(d_all**2 + extra_d**2)
+        best: tuple[float, float] | None = None
+        for h in self.bandwidths:
+            loss = 0.0
+            for i in range(n):
+                others = [j for j in range(n) if j != i]
+                w = kernel_weights(d_all[i, others], h)
+                score = np.where(cand, w @ self._r[others], np.inf)
+                order = np.argsort(score, kind="stable")
+                v = train.values[i]
+                if not np.isfinite(v[cand]).any():
+                    continue
+                loss += top_k_regret(v, order, 1, cand) + top_k_regret(v, order, self.k, cand)
+            if best is None or loss < best[0] - 1e-9:
+                best = (loss, h)
+        assert best is not None
+        self.h = best[1]
+        return self
+
+    def distances(self, features: np.ndarray) -> np.ndarray:
+        assert self._train is not None
+        return self._std.distances(features[None, :], self._train.features)[0]
+
+    def rank(
+        self,
+        features: np.ndarray,
+        candidates: np.ndarray | None = None,
+        extra_d: np.ndarray | None = None,
+    ) -> Ranking:
+        """Rank the strategies for a data set with meta-vector ``features``; ``extra_d``:
+        added distances to each training data set."""
+        train = self._train
+        assert train is not None, "fit first"
+        d = self.distances(features)
+        if extra_d is not None:
+            d = np.sqrt(d**2 + extra_d**2)
+        w = kernel_weights(d, self.h)
+        cand = np.ones(len(train.keys), bool) if candidates is None else candidates
+        exp_r = w @ self._r
+        score = np.where(cand, exp_r, np.inf)
+        order = np.argsort(score, kind="stable")
+        order = order[cand[order]]
+        vals = train.values
+        known = np.isfinite(vals)
+        wk = w[:, None] * known
+        tot = wk.sum(axis=0)
+        with np.errstate(all="ignore"):
+            mean = np.where(tot > 0, (wk * np.nan_to_num(vals)).sum(axis=0) / tot, np.nan)
+            var = np.where(
+                tot > 0, (wk * (np.nan_to_num(vals) - mean) ** 2).sum(axis=0) / tot, np.nan
+            )
+        return Ranking(order, exp_r, mean, np.sqrt(var), w, self.h)

@@ -1,0 +1,354 @@
+"""The long format of published results, read and validated (no database here).
+
+One CSV row per (data set, strategy, metric)::
+
+    dataset,arch,init,mode,img_size,metric,value,std,n_seeds
+    bloodmnist,ResNet-18,pretrained,full,28,acc,0.9193,0.0037,3
+
+=============  ========  ===============================================================
+column         required  meaning
+=============  ========  ===============================================================
+``dataset``    yes       data set name (matched to the meta-features)
+``arch``       yes       architecture, free text (``ResNet-18``, ``resnet18``, ...)
+``init``       yes       initial weights: ``scratch``, ``pretrained``, ``imagenet``,
+                         ``encoder``, ``model`` or another word
+``mode``       yes       ``full``, ``linear_probe``, ``freeze_unfreeze``, ``knn``,
+                         ``automl`` or another word
+``img_size``   yes       input size in pixels (integer >= 1)
+``metric``     yes       ``acc``, ``auc`` or ``f1_macro``
+``value``      yes       the metric, a fraction in [0, 1] (not percent)
+``extra_data`` no        ``none`` (default) or ``nearest``
+``std``        no        standard deviation over seeds, same scale as ``value``
+``n_seeds``    no        number of seeds (integer >= 1)
+``cost_s``     no        wall seconds of one training run
+``gpu_hours``  no        GPU hours of one training run
+``meta_*``     no        meta-features as columns (see below), the same on every row of a
+                         data set
+=============  ========  ===============================================================
+
+Meta-features (a second file, or ``meta_``-prefixed columns): ``dataset``, ``task_type``
+(``multi-class``, ``binary``, ``multi-label``, ``ordinal``), ``n_channels``, ``n_classes``,
+``n_train`` are required; ``n_val``, ``n_test``, ``image_size``, ``dims`` are optional
+integers; ``license`` and ``notes`` optional text. An empty optional cell means "unknown".
+
+Every problem is an :class:`~pomlia_hpc.errors.InputError` naming the file, the line (the
+header is line 1) and the column, and saying what was expected.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import math
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pomlia_hpc.errors import InputError
+
+#: Metrics a result may report (the task metrics of :mod:`pomlia_hpc.automl.metrics`; kept
+#: here so this package never imports torch).
+METRICS: tuple[str, ...] = ("acc", "auc", "f1_macro")
+TASK_TYPES: tuple[str, ...] = ("multi-class", "binary", "multi-label", "ordinal")
+_TASK_ALIASES = {
+    "multi-class": "multi-class",
+    "multiclass": "multi-class",
+    "binary": "binary",
+    "binary-class": "binary",
+    "multi-label": "multi-label",
+    "multilabel": "multi-label",
+    "multi-label, binary-class": "multi-label",
+    "ordinal": "ordinal",
+    "ordinal-regression": "ordinal",
+}
+
+STRATEGY_FIELDS: tuple[str, ...] = ("arch", "init", "mode", "img_size", "extra_data")
+REQUIRED: tuple[str, ...] = ("dataset", "arch", "init", "mode", "img_size", "metric", "value")
+OPTIONAL_NUMBERS: tuple[str, ...] = ("std", "n_seeds", "cost_s", "gpu_hours")
+META_REQUIRED: tuple[str, ...] = ("task_type", "n_channels", "n_classes", "n_train")
+META_INTS: tuple[str, ...] = ("n_channels", "n_classes", "n_train")
+META_OPTIONAL_INTS: tuple[str, ...] = ("n_val", "n_test", "image_size", "dims")
+META_TEXT: tuple[str, ...] = ("license", "notes")
+META_PREFIX = "meta_"
+
+
+@dataclass(frozen=True)
+class ResultRow:
+    """One validated row: ``strategy`` holds the :data:`STRATEGY_FIELDS`."""
+
+    line: int
+    dataset: str
+    strategy: dict[str, Any]
+    metric: str
+    value: float
+    std: float | None = None
+    n_seeds: int | None = None
+    cost_s: float | None = None
+    gpu_hours: float | None = None
+
+    @property
+    def strategy_key(self) -> str:
+        return strategy_key(self.strategy)
+
+
+@dataclass
+class ResultTable:
+    """A validated file: its rows and the meta-features of each data set it names."""
+
+    path: Path
+    rows: list[ResultRow]
+    meta: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+
+def strategy_key(strategy: Mapping[str, Any]) -> str:
+    """A short stable id of a strategy (16 hex digits of the SHA-1 of its sorted JSON)."""
+    text = json.dumps({k: strategy[k] for k in sorted(strategy)}, sort_keys=True)
+    return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
+def normalize_task_type(value: str) -> str | None:
+    """One of :data:`TASK_TYPES` for any known spelling (MedMNIST's too), else ``None``."""
+    return _TASK_ALIASES.get(value.strip().lower())
+
+
+def _rows(path: Path) -> Iterator[tuple[int, dict[str, str]]]:
+    """(line number, row) pairs; an unreadable file is one :class:`InputError`."""
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            if reader.fieldnames is None:
+                raise InputError(f"{path}: the file is empty; expected a CSV header line")
+            for row in reader:
+                if None in row:
+                    raise InputError(
+                        f"{path}: line {reader.line_num}: more cells than the header's "
+                        f"{len(reader.fieldnames)} columns"
+                    )
+                yield reader.line_num, row
+    except OSError as exc:
+        raise InputError(f"{path}: cannot be read ({exc.strerror})") from exc
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: not UTF-8 text ({exc.reason})") from exc
+    except csv.Error as exc:
+        raise InputError(f"{path}: not a valid CSV file ({exc})") from exc
+
+
+def _header(path: Path) -> list[str]:
+    try:
+        with path.open(newline="", encoding="utf-8") as f:
+            first = next(csv.reader(f), None)
+    except OSError as exc:
+        raise InputError(f"{path}: cannot be read ({exc.strerror})") from exc
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: not UTF-8 text ({exc.reason})") from exc
+    if not first:
+        raise InputError(f"{path}: the file is empty; expected a CSV header line")
+    return [c.strip() for c in first]
+
+
+class _Cell:
+    """Parses the cells of one row with messages naming file, line and column."""
+
+    def __init__(self, path: Path, line: int, row: Mapping[str, str]) -> None:
+        self.path, self.line, self.row = path, line, row
+
+    def fail(self, column: str, expected: str) -> InputError:
+        got = self.row.get(column, "")
+        return InputError(
+            f"{self.path}: line {self.line}, column '{column}': {got!r} is not valid; "
+            f"expected {expected}; nothing was imported"
+        )
+
+    def text(self, column: str, *, required: bool = True) -> str:
+        value = (self.row.get(column) or "").strip()
+        if required and not value:
+            raise self.fail(column, "a non-empty value")
+        return value
+
+    def number(
+        self, column: str, *, required: bool = True, low: float = -math.inf, high: float = math.inf
+    ) -> float | None:
+        text = self.text(column, required=required)
+        if not text:
+            return None
+        expected = f"a finite number in [{low:g}, {high:g}]"
+        try:
+            value = float(text)
+        except ValueError:
+            raise self.fail(column, expected) from None
+        if not math.isfinite(value) or not low <= value <= high:
+            raise self.fail(column, expected)
+        return value
+
+    def integer(self, column: str, *, required: bool = True, low: int = 0) -> int | None:
+        text = self.text(column, required=required)
+        if not text:
+            return None
+        try:
+            value = int(text)
+        except ValueError:
+            raise self.fail(column, f"an integer >= {low}") from None
+        if value < low:
+            raise self.fail(column, f"an integer >= {low}")
+        return value
+
+
+def _meta_of(cell: _Cell, prefix: str) -> dict[str, Any]:
+    """The meta-features of one row (columns ``prefix + name``)."""
+    task = cell.text(prefix + "task_type")
+    task_type = normalize_task_type(task)
+    if task_type is None:
+        raise cell.fail(prefix + "task_type", "one of " + ", ".join(TASK_TYPES))
+    meta: dict[str, Any] = {"task_type": task_type}
+    for name in META_INTS + META_OPTIONAL_INTS:
+        required = name in META_REQUIRED
+        if required or prefix + name in cell.row:
+            low = 2 if name == "dims" else 1
+            value = cell.integer(prefix + name, required=required, low=low)
+            if value is not None:
+                meta[name] = value
+    for name in META_TEXT:
+        if prefix + name in cell.row and cell.text(prefix + name, required=False):
+            meta[name] = cell.text(prefix + name)
+    return meta
+
+
+def read_meta(path: str | Path) -> dict[str, dict[str, Any]]:
+    """Meta-features per data set from a meta-feature file (see the module docstring)."""
+    p = Path(path)
+    columns = _header(p)
+    allowed = {"dataset", *META_REQUIRED, *META_OPTIONAL_INTS, *META_INTS, *META_TEXT}
+    _check_columns(p, columns, ("dataset", *META_REQUIRED), allowed)
+    out: dict[str, dict[str, Any]] = {}
+    first: dict[str, int] = {}
+    for line, row in _rows(p):
+        cell = _Cell(p, line, row)
+        name = cell.text("dataset")
+        if name in out:
+            raise InputError(
+                f"{p}: line {line}, column 'dataset': data set '{name}' was already described "
+                f"on line {first[name]}; expected one line per data set; nothing was imported"
+            )
+        out[name], first[name] = _meta_of(cell, ""), line
+    return out
+
+
+def _check_columns(
+    path: Path, columns: list[str], required: tuple[str, ...], allowed: set[str]
+) -> None:
+    missing = [c for c in required if c not in columns]
+    if missing:
+        raise InputError(
+            f"{path}: line 1: missing column(s) {', '.join(missing)}; expected at least "
+            f"{', '.join(required)}; nothing was imported"
+        )
+    unknown = [c for c in columns if c not in allowed]
+    if unknown:
+        raise InputError(
+            f"{path}: line 1: unknown column(s) {', '.join(unknown)}; expected some of "
+            f"{', '.join(sorted(allowed))}; nothing was imported"
+        )
+    dup = sorted({c for c in columns if columns.count(c) > 1})
+    if dup:
+        raise InputError(f"{path}: line 1: column(s) {', '.join(dup)} appear twice")
+
+
+def read_results(
+    path: str | Path,
+    meta_path: str | Path | None = None,
+    known_meta: Mapping[str, dict[str, Any]] | None = None,
+) -> ResultTable:
+    """Read and validate a long-format file. Meta-features come from ``meta_`` columns, from
+    the file ``meta_path``, or from ``known_meta`` (imported before), in that order; a data set
+    with none of them is an error naming the first line that uses it."""
+    p = Path(path)
+    columns = _header(p)
+    meta_cols = [c for c in columns if c.startswith(META_PREFIX)]
+    allowed = {*REQUIRED, "extra_data", *OPTIONAL_NUMBERS, *meta_cols}
+    _check_columns(p, columns, REQUIRED, allowed)
+    if meta_cols:
+        names = {c[len(META_PREFIX) :] for c in meta_cols}
+        allowed_meta = {*META_REQUIRED, *META_OPTIONAL_INTS, *META_INTS, *META_TEXT}
+        bad = sorted(names - allowed_meta)
+        if bad:
+            raise InputError(
+                f"{p}: line 1: unknown meta-feature column(s) "
+                f"{', '.join(META_PREFIX + b for b in bad)}; expected meta_ plus one of "
+                f"{', '.join(sorted(allowed_meta))}; nothing was imported"
+            )
+        absent = [META_PREFIX + c for c in META_REQUIRED if c not in names]
+        if absent:
+            raise InputError(
+                f"{p}: line 1: meta-feature columns are given, but {', '.join(absent)} "
+                "is missing; nothing was imported"
+            )
+    file_meta = dict(read_meta(meta_path)) if meta_path is not None else {}
+    row_meta: dict[str, tuple[int, dict[str, Any]]] = {}
+    rows: list[ResultRow] = []
+    seen: dict[tuple[str, str, str], int] = {}
+    for line, row in _rows(p):
+        cell = _Cell(p, line, row)
+        dataset = cell.text("dataset")
+        metric = cell.text("metric").lower()
+        if metric not in METRICS:
+            raise cell.fail("metric", "one of " + ", ".join(METRICS))
+        value = cell.number("value", low=0.0, high=1.0)
+        assert value is not None
+        extra = cell.text("extra_data", required=False) or "none"
+        if extra not in ("none", "nearest"):
+            raise cell.fail("extra_data", "none or nearest (or empty)")
+        strategy = {
+            "arch": cell.text("arch"),
+            "init": cell.text("init"),
+            "mode": cell.text("mode"),
+            "img_size": cell.integer("img_size", low=1),
+            "extra_data": extra,
+        }
+        n_seeds = cell.integer("n_seeds", required=False, low=1) if "n_seeds" in row else None
+        result = ResultRow(
+            line=line,
+            dataset=dataset,
+            strategy=strategy,
+            metric=metric,
+            value=value,
+            std=cell.number("std", required=False, low=0.0, high=1.0) if "std" in row else None,
+            n_seeds=n_seeds,
+            cost_s=cell.number("cost_s", required=False, low=0.0) if "cost_s" in row else None,
+            gpu_hours=(
+                cell.number("gpu_hours", required=False, low=0.0) if "gpu_hours" in row else None
+            ),
+        )
+        key = (dataset, result.strategy_key, metric)
+        if key in seen:
+            raise InputError(
+                f"{p}: line {line}: duplicates line {seen[key]} (same dataset, strategy "
+                f"columns {', '.join(STRATEGY_FIELDS)} and metric); expected one row per "
+                "(dataset, strategy, metric); nothing was imported"
+            )
+        seen[key] = line
+        if meta_cols:
+            meta = _meta_of(cell, META_PREFIX)
+            if dataset in row_meta and row_meta[dataset][1] != meta:
+                raise InputError(
+                    f"{p}: line {line}: meta-features of '{dataset}' differ from line "
+                    f"{row_meta[dataset][0]}; expected the same meta_ values on every row of "
+                    "a data set; nothing was imported"
+                )
+            row_meta.setdefault(dataset, (line, meta))
+        elif dataset not in file_meta and dataset not in (known_meta or {}):
+            where = f"the meta-feature file {meta_path}" if meta_path else "meta_ columns"
+            raise InputError(
+                f"{p}: line {line}, column 'dataset': data set '{dataset}' has no "
+                f"meta-features (not in {where}, nor imported before); expected its task "
+                "type, channels, classes and training size; nothing was imported"
+            )
+        rows.append(result)
+    if not rows:
+        raise InputError(f"{p}: no result rows after the header; nothing was imported")
+    used = {r.dataset for r in rows}
+    meta_out = {d: m for d, (_, m) in row_meta.items()}
+    for d in used - set(meta_out):
+        meta_out[d] = dict(file_meta.get(d) or (known_meta or {})[d])
+    return ResultTable(p, rows, meta_out)

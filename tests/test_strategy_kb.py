@@ -1,0 +1,167 @@
+"""The strategy knowledge base: long-format import (all or nothing), the shipped tables, LOO."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sqlalchemy import func, select
+from typer.testing import CliRunner
+
+from pomlia_hpc.cli import app
+from pomlia_hpc.errors import InputError
+from pomlia_hpc.registry import KbResult, KbSource, Registry
+from pomlia_hpc.strategy import evaluate, kb, learner
+from pomlia_hpc.strategy.kb import KnowledgeBase, Observation
+
+DATA = Path(__file__).resolve().parents[1] / "pomlia_hpc" / "strategy" / "data"
+HEADER = "dataset,arch,init,mode,img_size,metric,value,std\n"
+META = "dataset,task_type,n_channels,n_classes,n_train\na,multi-class,3,8,1000\nb,binary,1,2,500\n"
+GOOD = HEADER + "a,resnet18,scratch,full,28,acc,0.91,0.01\nb,resnet18,scratch,full,28,acc,0.8,\n"
+
+
+def _write(tmp_path: Path, text: str, name: str = "r.csv") -> Path:
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def _n_results(reg: Registry) -> int:
+    with reg.session() as s:
+        return int(s.scalar(select(func.count()).select_from(KbResult)) or 0)
+
+
+def test_import_good_file(reg: Registry, tmp_path: Path) -> None:
+    rep = kb.import_table(
+        reg, _write(tmp_path, GOOD), "t", meta_path=_write(tmp_path, META, "m.csv")
+    )
+    assert (rep.n_results, rep.n_datasets) == (2, 2)
+    got = kb.load(reg, "acc", ["t"])
+    assert sorted(o.value for o in got.observations) == [0.8, 0.91]
+    assert got.meta["b"]["task_type"] == "binary"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        (HEADER.replace(",metric", "") + "a,r,s,full,28,0.9,\n", "missing column(s) metric"),
+        (GOOD + "a,vgg,scratch,full,28,top5,0.9,\n", "line 4, column 'metric'"),
+        (GOOD + "a,vgg,scratch,full,28,acc,high,\n", "line 4, column 'value'"),
+        (GOOD + "a,vgg,scratch,full,28,acc,nan,\n", "line 4, column 'value'"),
+        (GOOD + "a,vgg,scratch,full,28,acc,91.0,\n", "line 4, column 'value'"),
+        (GOOD + "a,resnet18,scratch,full,28,acc,0.5,\n", "line 4: duplicates line 2"),
+        (GOOD + "c,vgg,scratch,full,28,acc,0.5,\n", "line 4, column 'dataset': data set 'c'"),
+        (GOOD + "a,vgg,scratch,full,big,acc,0.5,\n", "line 4, column 'img_size'"),
+        (HEADER.replace("std", "sdt") + "a,r,s,full,28,acc,0.9,\n", "unknown column(s) sdt"),
+    ],
+)
+def test_bad_file_is_one_error_and_nothing_imported(
+    reg: Registry, tmp_path: Path, text: str, expected: str
+) -> None:
+    path = _write(tmp_path, text)
+    with pytest.raises(InputError) as err:
+        kb.import_table(reg, path, "t", meta_path=_write(tmp_path, META, "m.csv"))
+    assert expected in str(err.value)
+    assert str(path) in str(err.value)
+    assert _n_results(reg) == 0
+    with reg.session() as s:
+        assert s.scalar(select(func.count()).select_from(KbSource)) == 0
+
+
+def test_meta_as_columns_and_conflicts(reg: Registry, tmp_path: Path) -> None:
+    head = "dataset,arch,init,mode,img_size,metric,value,meta_task_type,meta_n_channels,"
+    head += "meta_n_classes,meta_n_train\n"
+    ok = head + "a,r,s,full,28,acc,0.9,binary,1,2,100\na,r,s,full,64,acc,0.9,binary,1,2,100\n"
+    assert kb.import_table(reg, _write(tmp_path, ok), "cols").n_results == 2
+    bad = head + "z,r,s,full,28,acc,0.9,binary,1,2,100\nz,r,s,full,64,acc,0.9,binary,1,2,999\n"
+    with pytest.raises(InputError, match="line 3: meta-features of 'z' differ from line 2"):
+        kb.import_table(reg, _write(tmp_path, bad, "b.csv"), "cols2")
+    with pytest.raises(InputError, match="already imported"):
+        kb.import_table(reg, _write(tmp_path, ok), "cols")
+    assert kb.import_table(reg, _write(tmp_path, ok), "cols", replace=True).replaced == 2
+    assert _n_results(reg) == 2
+
+
+def test_shipped_tables_import(reg: Registry) -> None:
+    meta = DATA / "medmnist_meta_features.csv"
+    plus = kb.import_table(reg, DATA / "medmnist_plus_doerrich2025.csv", "plus", meta_path=meta)
+    v2 = kb.import_table(reg, DATA / "medmnist_v2_yang2023.csv", "v2", meta_path=meta)
+    assert (plus.n_results, plus.n_datasets) == (2400, 12)
+    assert (v2.n_results, v2.n_datasets) == (264, 18)
+    m = learner.build_matrix(kb.load(reg, "acc", ["plus"]))
+    assert m.values.shape == (12, 120) and np.isfinite(m.values).all()
+
+
+def _synthetic(n_groups: int = 3, per_group: int = 4, n_strat: int = 30) -> learner.Matrix:
+    """Data sets in groups with different meta-features; each group has its own best
+    strategies, so a learner that uses the meta-features must beat random and best-mean."""
+    rng = np.random.default_rng(0)
+    group_pref = rng.normal(0, 0.05, (n_groups, n_strat))
+    obs, meta = [], {}
+    for g in range(n_groups):
+        for i in range(per_group):
+            name = f"g{g}d{i}"
+            meta[name] = {
+                "task_type": "multi-class",
+                "n_channels": 3 if g % 2 else 1,
+                "n_classes": 2 + 4 * g,
+                "n_train": 10 ** (3 + g),
+            }
+            vals = 0.7 + group_pref[g] + rng.normal(0, 0.005, n_strat)
+            for s in range(n_strat):
+                strat = {"arch": f"a{s}", "init": "scratch", "mode": "full", "img_size": 28}
+                key = f"{s:04d}"
+                obs.append(Observation("syn", name, strat, key, float(vals[s])))
+    return learner.build_matrix(KnowledgeBase("acc", obs, meta))
+
+
+def test_loo_learner_beats_random_and_best_mean_on_synthetic() -> None:
+    res = evaluate.loo(_synthetic()).to_dict()["summary"]
+    ours = res["kernel-regret"]
+    assert ours["top1_mean"] < 0.5 * res["random"]["top1_mean"]
+    assert ours["top1_mean"] < res["best_mean"]["top1_mean"]
+    assert ours["topk_mean"] <= res["best_mean"]["topk_mean"]
+
+
+def test_loo_needs_three_datasets() -> None:
+    m = _synthetic(1, 2)
+    with pytest.raises(InputError, match="at least 3 data sets"):
+        evaluate.loo(m)
+
+
+def test_random_baseline_is_exact() -> None:
+    v = np.array([0.9, 0.8, 0.7])
+    cand = np.ones(3, bool)
+    # top-1: mean regret (0 + 10 + 20) / 3; best of 2 distinct: pairs (0,10,0) -> 10/3
+    assert evaluate._random_regret(v, cand, 1) == pytest.approx(10.0)
+    assert evaluate._random_regret(v, cand, 2) == pytest.approx(10.0 / 3)
+
+
+def test_cli_import_and_eval_json(workspace: object, tmp_path: Path) -> None:
+    runner = CliRunner()
+    meta = str(DATA / "medmnist_meta_features.csv")
+    table = str(DATA / "medmnist_plus_doerrich2025.csv")
+    out = runner.invoke(app, ["strategy", "import", table, "--source", "p", "--meta", meta])
+    assert out.exit_code == 0, out.output
+    out = runner.invoke(app, ["strategy", "eval", "--source", "p", "--metric", "acc", "--json"])
+    assert out.exit_code == 0, out.output
+    import json
+
+    data = json.loads(out.output)
+    assert len(data["datasets"]) == 12
+    assert data["summary"]["best_mean"]["top1_mean"] == pytest.approx(1.7675, abs=1e-3)
+    assert data["summary"]["kernel-regret"]["top1_mean"] < data["summary"]["best_mean"]["top1_mean"]
+    bad = runner.invoke(app, ["strategy", "eval", "--source", "nope", "--metric", "acc"])
+    assert bad.exit_code != 0
+
+
+def test_strategy_package_does_not_import_torch() -> None:
+    code = (
+        "import sys, pomlia_hpc.strategy.kb, pomlia_hpc.strategy.learner, "
+        "pomlia_hpc.strategy.evaluate, pomlia_hpc.strategy.service;"
+        "sys.exit(1 if 'torch' in sys.modules else 0)"
+    )
+    assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
