@@ -91,3 +91,39 @@ def test_inputs_are_durable_before_the_log_line_and_the_answer(tmp_path: Path) -
 def test_inbox_refuses_nonsense_settings(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="positive"):
         Inbox(tmp_path, quota_bytes=0)
+
+
+def test_feedback_joins_kept_inputs_by_prediction_id_within_the_window(tmp_path: Path) -> None:
+    from datetime import UTC, datetime
+
+    from pomlia_hpc.serve.labelled import labelled_inputs
+
+    plog = PredictionLog(tmp_path, sidecar=Inbox(tmp_path / "inputs"))
+    ids = [f"{i:032x}" for i in range(4)]
+    for i, pid in enumerate(ids[:3]):  # the fourth prediction's input was not kept
+        img = _u8(i).astype(np.float32) / 255
+        plog.append(
+            [{"type": "prediction", "id": pid, "model_version": "v1"}],
+            inputs=encode_image(pid, "t", img),
+        )
+    fb = [
+        (ids[0], 1, "2026-01-01T00:00:00+00:00"),  # before the window
+        (ids[1], 2, "2026-02-01T00:00:00+00:00"),
+        (ids[2], "x", "2026-02-01T00:00:00+00:00"),  # not an index: counted, not used
+        (ids[3], 0, "2026-02-01T00:00:00+00:00"),  # no kept input
+        (ids[1], 3, "2026-02-02T00:00:00+00:00"),  # a second label: the last one wins
+    ]
+    plog.append(
+        [{"type": "feedback", "prediction_id": p, "label_index": y, "time": t} for p, y, t in fb]
+    )
+    plog.close()
+    got = labelled_inputs(tmp_path, since=datetime(2026, 1, 15, tzinfo=UTC))
+    assert got.ids == [ids[1]] and got.labels == [[3]] and got.versions == ["v1"]
+    np.testing.assert_array_equal(got.image_array()[0], _u8(1))
+    assert got.counts == {
+        "feedback": 5,
+        "outside_window": 1,
+        "bad_label": 1,
+        "no_input": 1,
+        "used": 1,
+    }

@@ -149,13 +149,15 @@ def ingest(
     *,
     progress: ProgressFn | None = None,
     workers: int = 2,
+    parent: str | None = None,
     **options: Any,
 ) -> VersionRecord:
     """Ingest ``source`` as a version of dataset ``name``; return its registry record.
 
     ``source`` and ``options`` are as in :func:`pomlia_hpc.data.sources.open_source`. Identical
     content gives the existing version (``created=False``) and no second copy; new content
-    gives a new version whose parent is the dataset's newest version. On any error nothing is
+    gives a new version whose parent is the dataset's newest version (or version ``parent``,
+    as a harvest asks: the model's training version). On any error nothing is
     published or registered and the staging folder is removed.
     """
     check_name(name)
@@ -193,17 +195,14 @@ def ingest(
         full = content_hash(header, digests)
         version = full[:VERSION_CHARS]
         final = store_path(workspace, name, version)
-        if not final.exists():
+        parent_version = parent
+        if parent_version is None:
             prev = latest_version(registry, name)
-            meta = _meta(
-                name,
-                src,
-                writer,
-                labels,
-                digests,
-                full,
-                prev.version if prev and prev.version != version else None,
-            )
+            parent_version = prev.version if prev else None
+        if parent_version == version:
+            parent_version = None
+        if not final.exists():
+            meta = _meta(name, src, writer, labels, digests, full, parent_version)
             writer.group.attrs[META_ATTR] = meta
             staged = DatasetStore(staging / "store.zarr")
             fp_progress = (lambda k: progress("fingerprint", k, src.n_images)) if progress else None
@@ -212,7 +211,14 @@ def ingest(
             publish(staging / "store.zarr", final)
         done = open_store(final)
         return record_version(
-            registry, name, version, final, done.n_images, done.meta, done.fingerprint
+            registry,
+            name,
+            version,
+            final,
+            done.n_images,
+            done.meta,
+            done.fingerprint,
+            parent=parent_version if parent is not None else None,
         )
     finally:
         if src is not None and hasattr(src, "close"):

@@ -113,8 +113,11 @@ def record_version(
     n_images: int,
     meta: dict[str, Any],
     fingerprint: dict[str, Any],
+    *,
+    parent: str | None = None,
 ) -> VersionRecord:
-    """Get or create the Dataset and DatasetVersion rows; the parent is the newest version."""
+    """Get or create the Dataset and DatasetVersion rows; the parent is version ``parent`` if
+    given, else the newest version."""
     with registry.session() as s:
         ds = s.scalar(select(Dataset).where(Dataset.name == name))
         if ds is None:
@@ -129,21 +132,19 @@ def record_version(
         if existing is not None:
             parent_row = s.get(DatasetVersion, existing.parent_id) if existing.parent_id else None
             return to_record(name, existing, parent_row.version if parent_row else None, False)
-        parent = s.scalar(
-            select(DatasetVersion)
-            .where(DatasetVersion.dataset_id == ds.id)
-            .order_by(DatasetVersion.id.desc())
-            .limit(1)
-        )
+        q = select(DatasetVersion).where(DatasetVersion.dataset_id == ds.id)
+        if parent is not None:
+            q = q.where(DatasetVersion.version == parent)
+        parent_row = s.scalar(q.order_by(DatasetVersion.id.desc()).limit(1))
         row = DatasetVersion(
             dataset_id=ds.id,
             version=version,
-            parent_id=parent.id if parent else None,
+            parent_id=parent_row.id if parent_row else None,
             store_path=str(store_path),
             n_images=n_images,
-            meta={**meta, "parent": parent.version if parent else None},
+            meta={**meta, "parent": parent_row.version if parent_row else None},
             fingerprint=fingerprint,
         )
         s.add(row)
         s.flush()
-        return to_record(name, row, parent.version if parent else None, True)
+        return to_record(name, row, parent_row.version if parent_row else None, True)

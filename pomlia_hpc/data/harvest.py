@@ -1,0 +1,164 @@
+"""Harvest: labelled production images become a new version of a model's training dataset.
+
+The new version's parent is the version the model was trained on. It holds every row of the
+parent, split as before, plus the new images, each assigned to train, val or test by a hash of
+its key (the prediction id), so the same image always lands in the same split whatever else is
+harvested with it. Rows stay ordered by split; within a split the parent's rows come first::
+
+    train: parent train | new train      val: parent val | new val
+    test:  parent test (the fixed test split) | new test (the "production" test subset)
+
+``meta["source"]["harvest"]`` records the provenance (model, window, counts, where the images
+came from) and the two test ranges the gate compares champion and challenger on:
+``fixed_test_rows`` and ``production_test_rows`` (store rows, stop exclusive).
+
+This module only builds the version from arrays; finding the labelled images (the prediction
+log and the kept inputs) is the serving room's (:mod:`pomlia_hpc.serve.labelled`), and the
+command that joins both is the loop's (:mod:`pomlia_hpc.loop.harvest`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pomlia_hpc.data.api import ingest
+from pomlia_hpc.data.sources.base import LabelInfo, Source
+from pomlia_hpc.data.store import SPLITS, DatasetStore, open_store
+from pomlia_hpc.data.versioning import VersionRecord
+from pomlia_hpc.errors import InputError
+from pomlia_hpc.registry import DatasetVersion, Registry
+from pomlia_hpc.workspace import Workspace
+
+#: Default share of new images per split (train, val, test).
+FRACTIONS = (0.6, 0.1, 0.3)
+
+
+def hash_split(key: str, fractions: Sequence[float] = FRACTIONS) -> str:
+    """The split of the image with ``key``: a stable function of the key alone."""
+    u = int.from_bytes(hashlib.sha256(key.encode()).digest()[:8], "big") / 2.0**64
+    edge = 0.0
+    for split, share in zip(SPLITS, fractions, strict=True):
+        edge += share
+        if u < edge:
+            return split
+    return SPLITS[-1]
+
+
+@dataclass(frozen=True)
+class NewImages:
+    """Labelled images to add: uint8 (n, H, W, C), int labels (n, L), one key per image."""
+
+    images: np.ndarray
+    labels: np.ndarray
+    keys: list[str]
+
+    def __post_init__(self) -> None:
+        n = len(self.keys)
+        if self.images.shape[0] != n or self.labels.shape[0] != n:
+            raise InputError(
+                f"harvest: {self.images.shape[0]} images, {self.labels.shape[0]} labels and "
+                f"{n} keys: expected one label and one key per image"
+            )
+
+
+class HarvestSource(Source):
+    """The parent store's rows plus the new images, in the row order of the module docstring."""
+
+    def __init__(
+        self,
+        parent: DatasetStore,
+        new: NewImages,
+        provenance: dict[str, Any],
+        fractions: Sequence[float] = FRACTIONS,
+    ) -> None:
+        super().__init__(path=parent.path, kind="harvest")
+        h, w, c = parent.image_shape
+        if new.images.dtype != np.uint8 or new.images.shape[1:] != (h, w, c):
+            raise InputError(
+                f"harvest: new images are {new.images.dtype} {tuple(new.images.shape[1:])}: "
+                f"expected uint8 ({h}, {w}, {c}) like {parent.ref}"
+            )
+        self.height, self.width, self.channels = h, w, c
+        self._parent = parent
+        self._new = new
+        order = {
+            s: [i for i, k in enumerate(new.keys) if hash_split(k, fractions) == s] for s in SPLITS
+        }
+        self._new_rows = {s: np.asarray(v, dtype=np.int64) for s, v in order.items()}
+        for s in SPLITS:
+            lo, hi = parent.split_range(s)
+            self.split_sizes[s] = (hi - lo) + len(order[s])
+        meta = parent.meta
+        self.label_info = LabelInfo(
+            str(meta["task_type"]), [str(x) for x in meta["class_names"]], int(meta["label_width"])
+        )
+        offsets = self.split_offsets()
+        test_lo, test_hi = parent.split_range("test")
+        fixed_end = offsets["test"] + (test_hi - test_lo)
+        self.extra["harvest"] = {
+            **provenance,
+            "parent": parent.ref,
+            "n_new": len(new.keys),
+            "new_per_split": {s: len(order[s]) for s in SPLITS},
+            "split_fractions": list(fractions),
+            "fixed_test_rows": [offsets["test"], fixed_end],
+            "production_test_rows": [fixed_end, fixed_end + len(order["test"])],
+        }
+
+    def labels(self) -> np.ndarray:
+        parts = []
+        for s in SPLITS:
+            lo, hi = self._parent.split_range(s)
+            parts.append(self._parent.read_labels(lo, hi))
+            parts.append(
+                self._new.labels[self._new_rows[s]].reshape(-1, self.label_info.label_width)
+            )
+        return np.concatenate(parts).astype(np.int32)
+
+    def iter_rows(self, batch_rows: int) -> Iterator[tuple[int, np.ndarray]]:
+        pos = 0
+        for s in SPLITS:
+            lo, hi = self._parent.split_range(s)
+            for start in range(lo, hi, batch_rows):
+                rows = self._parent.read_rows(start, min(hi, start + batch_rows))
+                yield pos, rows
+                pos += len(rows)
+            idx = self._new_rows[s]
+            for start in range(0, len(idx), batch_rows):
+                rows = self._new.images[idx[start : start + batch_rows]]
+                yield pos, rows
+                pos += len(rows)
+
+
+def harvest_version(
+    workspace: Workspace,
+    registry: Registry,
+    parent: DatasetVersion,
+    dataset_name: str,
+    new: NewImages,
+    provenance: dict[str, Any],
+    *,
+    fractions: Sequence[float] = FRACTIONS,
+) -> VersionRecord:
+    """Ingest ``parent`` plus ``new`` as a version of ``dataset_name`` whose parent is
+    ``parent``. The same inputs give the same version (``created=False``) and no copy."""
+    if not new.keys:
+        raise InputError(
+            "harvest: no labelled images to add; expected predictions with kept inputs "
+            "(`pomlia serve --keep-inputs`) and feedback labels in the window"
+        )
+    store = open_store(Path(parent.store_path))
+    source = HarvestSource(store, new, provenance, fractions)
+    return ingest(workspace, registry, dataset_name, source, parent=parent.version)
+
+
+def harvest_info(meta: dict[str, Any]) -> dict[str, Any] | None:
+    """The harvest provenance of a version's metadata, or None for an ordinary ingest."""
+    info = (meta.get("source") or {}).get("harvest")
+    return dict(info) if isinstance(info, dict) else None

@@ -1,0 +1,1 @@
+"""The loop: production feedback -> harvest -> retrain -> gate -> hot swap (see driver)."""

@@ -1,0 +1,107 @@
+"""Labelled production inputs: feedback labels joined with kept inputs by prediction id.
+
+What the harvest (:mod:`pomlia_hpc.loop.harvest`) and the gate read. A prediction counts when
+its feedback arrived inside the window (``since`` <= feedback time < ``until``) and its input
+was kept (``pomlia serve --keep-inputs``); the last label sent for an id wins. Counts of what
+was left out, and why, come back with the rows, so nothing is dropped without a trace.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pomlia_hpc.serve.inbox import inputs_dir, read_inputs
+from pomlia_hpc.serve.predlog import read_records
+
+
+@dataclass
+class LabelledInputs:
+    """Rows in prediction-time order: ids, uint8 images (n, H, W, C), label indices (n, L),
+    the model version that answered each, and counts of what was left out."""
+
+    ids: list[str] = field(default_factory=list)
+    images: list[np.ndarray] = field(default_factory=list)
+    labels: list[list[int]] = field(default_factory=list)
+    versions: list[str] = field(default_factory=list)
+    feedback_times: list[str] = field(default_factory=list)
+    counts: dict[str, int] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def image_array(self) -> np.ndarray:
+        return np.stack(self.images) if self.images else np.zeros((0, 0, 0, 0), np.uint8)
+
+    def label_array(self) -> np.ndarray:
+        return np.asarray(self.labels, dtype=np.int64).reshape(len(self.labels), -1)
+
+    def last_time(self) -> str | None:
+        return max(self.feedback_times) if self.feedback_times else None
+
+
+def _when(text: Any) -> datetime | None:
+    try:
+        t = datetime.fromisoformat(str(text))
+    except ValueError:
+        return None
+    return t if t.tzinfo else t.replace(tzinfo=UTC)
+
+
+def _as_indices(value: Any) -> list[int] | None:
+    values = value if isinstance(value, list) else [value]
+    if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
+        return [int(v) for v in values]
+    return None
+
+
+def labelled_inputs(
+    log_dir: Path,
+    *,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    multi_label_width: int | None = None,
+) -> LabelledInputs:
+    """Join the feedback under ``log_dir`` with the inputs kept there (see module docstring).
+    ``multi_label_width``: for multi-label models, the label list becomes a 0/1 row."""
+    out = LabelledInputs()
+    counts = {"feedback": 0, "outside_window": 0, "bad_label": 0, "no_input": 0, "used": 0}
+    labels: dict[str, tuple[list[int], str]] = {}
+    for rec in read_records(log_dir, "feedback"):
+        counts["feedback"] += 1
+        t = _when(rec.get("time"))
+        if t is None or (since is not None and t < since) or (until is not None and t >= until):
+            counts["outside_window"] += 1
+            continue
+        idx = _as_indices(rec.get("label_index"))
+        if idx is None:
+            counts["bad_label"] += 1
+            continue
+        labels[str(rec.get("prediction_id"))] = (idx, str(rec.get("time")))
+    versions = {
+        r["id"]: str(r.get("model_version", ""))
+        for r in read_records(log_dir, "prediction")
+        if r.get("id") in labels
+    }
+    seen: set[str] = set()
+    for kept in read_inputs(inputs_dir(log_dir), ids=labels):
+        if kept.id in seen:  # an id is kept once; a copied chunk file must not count twice
+            continue
+        seen.add(kept.id)
+        idx, when = labels[kept.id]
+        row = idx
+        if multi_label_width is not None:
+            row = [1 if i in idx else 0 for i in range(multi_label_width)]
+        out.ids.append(kept.id)
+        out.images.append(kept.as_uint8())
+        out.labels.append(row)
+        out.versions.append(versions.get(kept.id, ""))
+        out.feedback_times.append(when)
+    counts["no_input"] = len(labels) - len(seen)
+    counts["used"] = len(seen)
+    out.counts = counts
+    return out

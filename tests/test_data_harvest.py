@@ -1,0 +1,74 @@
+"""Harvest at the data level: parent rows plus hash-split new images, parent = the given
+version, the fixed and production test ranges recorded, the same inputs give the same version."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pomlia_hpc.data.api import ingest
+from pomlia_hpc.data.harvest import NewImages, harvest_info, harvest_version, hash_split
+from pomlia_hpc.data.store import find_version, open_store
+from pomlia_hpc.errors import InputError
+from pomlia_hpc.registry import Registry
+from pomlia_hpc.workspace import Workspace
+from tests.data_support import tiny_arrays, tiny_npz
+
+
+def _new(n: int, seed: int = 5) -> NewImages:
+    a = tiny_arrays("bloodmnist", sizes=(n, 0, 0), seed=seed)
+    return NewImages(
+        a["train_images"], a["train_labels"], [f"{seed:04d}{i:028x}" for i in range(n)]
+    )
+
+
+def test_harvest_adds_new_rows_per_split_under_the_given_parent(
+    tmp_path: Path, workspace: Workspace, reg: Registry
+) -> None:
+    base = ingest(workspace, reg, "blood", tiny_npz(tmp_path / "a.npz"))
+    # A newer, unrelated version exists: the harvest's parent must still be ``base``.
+    other = ingest(workspace, reg, "blood", tiny_npz(tmp_path / "b.npz", seed=9))
+    new = _new(30)
+    rec = harvest_version(
+        workspace, reg, find_version(reg, base.ref), "blood", new, {"model": "m1"}
+    )
+    assert rec.created and rec.parent == base.version and rec.parent != other.version
+    store = open_store(rec.store_path)
+    info = harvest_info(store.meta)
+    assert info is not None and info["model"] == "m1" and info["n_new"] == 30
+    per = {s: sum(hash_split(k) == s for k in new.keys) for s in ("train", "val", "test")}
+    assert info["new_per_split"] == per
+    parent = open_store(base.store_path)
+    for split in ("train", "val", "test"):
+        lo, hi = store.split_range(split)
+        plo, phi = parent.split_range(split)
+        assert hi - lo == (phi - plo) + per[split]
+        np.testing.assert_array_equal(
+            store.read_rows(lo, lo + (phi - plo)), parent.read_rows(plo, phi)
+        )
+    flo, fhi = info["fixed_test_rows"]
+    plo, phi = info["production_test_rows"]
+    assert (flo, fhi) == (store.split_range("test")[0], store.split_range("test")[0] + 13)
+    assert (plo, phi) == (fhi, store.split_range("test")[1])
+    test_keys = [i for i, k in enumerate(new.keys) if hash_split(k) == "test"]
+    np.testing.assert_array_equal(store.read_rows(plo, phi), new.images[test_keys])
+    np.testing.assert_array_equal(store.read_labels(plo, phi)[:, 0], new.labels[test_keys, 0])
+    again = harvest_version(
+        workspace, reg, find_version(reg, base.ref), "blood", new, {"model": "m1"}
+    )
+    assert not again.created and again.version == rec.version
+
+
+def test_harvest_refuses_nothing_and_wrong_shapes(
+    tmp_path: Path, workspace: Workspace, reg: Registry
+) -> None:
+    base = find_version(reg, ingest(workspace, reg, "blood", tiny_npz(tmp_path / "a.npz")).ref)
+    empty = NewImages(np.zeros((0, 28, 28, 3), np.uint8), np.zeros((0, 1), np.int64), [])
+    with pytest.raises(InputError, match="no labelled images"):
+        harvest_version(workspace, reg, base, "blood", empty, {})
+    wrong = NewImages(np.zeros((2, 14, 14, 3), np.uint8), np.zeros((2, 1), np.int64), ["a", "b"])
+    with pytest.raises(InputError, match=r"expected uint8 \(28, 28, 3\)"):
+        harvest_version(workspace, reg, base, "blood", wrong, {})
+    assert len(list((workspace.stores / "blood").glob("*.zarr"))) == 1
