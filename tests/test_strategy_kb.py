@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 from typer.testing import CliRunner
 
 from pomlia_hpc.cli import app
-from pomlia_hpc.errors import InputError
+from pomlia_hpc.errors import InputError, NotFoundError
 from pomlia_hpc.registry import KbResult, KbSource, Registry
 from pomlia_hpc.strategy import evaluate, kb, learner
 from pomlia_hpc.strategy.kb import KnowledgeBase, Observation
@@ -155,13 +155,15 @@ def test_cli_import_and_eval_json(workspace: object, tmp_path: Path) -> None:
     assert data["summary"]["best_mean"]["top1_mean"] == pytest.approx(1.7675, abs=1e-3)
     assert data["summary"]["kernel-regret"]["top1_mean"] < data["summary"]["best_mean"]["top1_mean"]
     bad = runner.invoke(app, ["strategy", "eval", "--source", "nope", "--metric", "acc"])
-    assert bad.exit_code != 0
+    assert isinstance(bad.exception, NotFoundError) and "'nope' is not imported" in str(
+        bad.exception
+    )
 
 
 def test_strategy_package_does_not_import_torch() -> None:
     code = (
         "import sys, pomlia_hpc.strategy.kb, pomlia_hpc.strategy.learner, "
-        "pomlia_hpc.strategy.evaluate, pomlia_hpc.strategy.service;"
+        "pomlia_hpc.strategy.evaluate, pomlia_hpc.strategy.service, pomlia_hpc.strategy.recommend;"
         "sys.exit(1 if 'torch' in sys.modules else 0)"
     )
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0

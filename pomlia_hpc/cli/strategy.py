@@ -96,3 +96,74 @@ def strategy_eval(
 def _strategy_text(s: dict[str, Any]) -> str:
     extra = " +nearest images" if s.get("extra_data") == "nearest" else ""
     return f"{s.get('arch')} {s.get('init')}/{s.get('mode')} {s.get('img_size')}px{extra}"
+
+
+@app.command("recommend")
+def recommend_cmd(
+    task: Annotated[str, typer.Argument(help="Registered task name or id.")],
+    k: Annotated[int, typer.Option("--k", help="How many strategies.")] = 5,
+    max_cost: Annotated[
+        float | None,
+        typer.Option("--max-cost", help="Only strategies expected to train within SECONDS."),
+    ] = None,
+    max_gpu_hours: Annotated[
+        float | None, typer.Option("--max-gpu-hours", help="Only strategies within GPU hours.")
+    ] = None,
+    source: Annotated[
+        list[str] | None,
+        typer.Option("--source", help="Knowledge-base source(s) (default: all + registry)."),
+    ] = None,
+    write_initial: Annotated[
+        Path | None,
+        typer.Option(
+            "--write-initial",
+            help="Write the AutoML configurations for `pomlia automl run --initial FILE`.",
+        ),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
+) -> None:
+    """The top-k strategies for TASK: expected metric +- spread over similar data sets,
+    expected cost, evidence, and the cost/metric Pareto front. Each answer is recorded."""
+    from pomlia_hpc.strategy.recommend import recommend
+    from pomlia_hpc.strategy.recommend import write_initial as write
+
+    answer = recommend(
+        STATE.registry(),
+        task,
+        k=k,
+        max_cost_s=max_cost,
+        max_gpu_hours=max_gpu_hours,
+        sources=source or None,
+    )
+    n_written = write(answer, write_initial) if write_initial is not None else None
+    if as_json:
+        typer.echo(json.dumps(answer, indent=1, default=str))
+        return
+    similar = ", ".join(f"{s['dataset']} ({s['weight']:.2f})" for s in answer["similar"][:3])
+    table = Table(
+        title=f"recommendation {answer.get('recommendation_id')} for {answer['task']} "
+        f"({answer['metric']}), {answer['n_datasets']} known data sets, "
+        f"{answer['n_strategies']} strategies",
+        caption=f"similar ({answer['similarity']}): {similar}",
+    )
+    for col in ("#", "strategy", f"expected {answer['metric']}", "cost s", "GPU h", "evidence"):
+        table.add_column(col, overflow="fold")
+    for r in answer["strategies"]:
+        ev = "; ".join(f"{e['dataset']} {e['value']:.3f}" for e in r["evidence"][:2])
+        exp = "" if r["expected"] is None else f"{r['expected']:.3f} ± {r['spread'] or 0:.3f}"
+        table.add_row(
+            str(r["rank"]),
+            _strategy_text(r["strategy"]) + (f"\n→ {r['note']}" if r["note"] else ""),
+            exp,
+            f"{r['cost']['wall_s']:.0f} ({r['cost']['basis']})",
+            f"{r['cost']['gpu_hours']:.3f}",
+            ev,
+        )
+    console.print(table)
+    front = ", ".join(
+        f"{_strategy_text(p['strategy'])} {p['expected'] or 0:.3f} @ {p['cost']['wall_s']:.0f} s"
+        for p in answer["pareto"][:6]
+    )
+    console.print(f"Pareto front (cheapest first): {front}")
+    if n_written is not None:
+        console.print(f"wrote {n_written} AutoML configuration(s) to {write_initial}")

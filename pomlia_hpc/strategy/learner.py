@@ -83,7 +83,7 @@ class Matrix:
     cost_s: np.ndarray
     features: np.ndarray
     evidence: dict[tuple[int, int], tuple[int, ...]] = field(default_factory=dict)
-    sources: dict[str, str] = field(default_factory=dict)
+    sources: dict[tuple[int, int], str] = field(default_factory=dict)  # per cell
 
     def subset(self, rows: Sequence[int]) -> Matrix:
         idx = list(rows)
@@ -97,7 +97,7 @@ class Matrix:
             self.cost_s[idx],
             self.features[idx],
             {},
-            self.sources,
+            {},
         )
 
 
@@ -118,12 +118,12 @@ def build_matrix(kb: KnowledgeBase, *, min_datasets: int = 1) -> Matrix:
     values, fail = np.full(shape, np.nan), np.zeros(shape)
     std, cost = np.full(shape, np.nan), np.full(shape, np.nan)
     evidence: dict[tuple[int, int], tuple[int, ...]] = {}
-    sources: dict[str, str] = {}
+    sources: dict[tuple[int, int], str] = {}
     for o in kb.observations:
         if o.dataset not in di or o.key not in si:
             continue
         i, j = di[o.dataset], si[o.key]
-        sources[o.dataset] = o.source
+        sources[(i, j)] = o.source
         if o.value is not None:
             values[i, j] = o.value
         fail[i, j] = o.n_failed / max(o.n_runs, 1)

@@ -1,0 +1,94 @@
+"""Expected training cost of a strategy on a data set of a given size.
+
+Two sources, best first:
+
+1. **Measured**: the registry's own runs of the strategy (median wall seconds of its successful
+   runs), scaled linearly by training-set size (images per epoch).
+2. **Estimated** from compute: forward multiply-adds per image at 224 px (published figures of
+   the architectures, :data:`GMACS_224`) scaled by ``(img_size / 224)^2``; training costs 3x a
+   forward pass (forward + backward) per image and epoch; frozen features (``linear_probe``,
+   ``knn``) cost one forward pass per image (the head's training is negligible). Epochs:
+   :data:`EPOCHS`. The device rate :data:`DEVICE_TMACS` is an assumption (an A100-class GPU at
+   mixed precision, effective, not peak) and every estimate says so (``basis = "estimate"``).
+
+GPU hours = wall seconds / 3600 on one GPU.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+#: Forward GMACs per 224 px RGB image (the architectures' published figures).
+GMACS_224: dict[str, float] = {
+    "vgg16": 15.5,
+    "alexnet": 0.71,
+    "resnet18": 1.82,
+    "resnet34": 3.67,
+    "resnet50": 4.11,
+    "densenet121": 2.87,
+    "efficientnetb4": 1.55,
+    "vitb16": 17.6,
+    "clipvitb16": 17.6,
+    "eva02vitb16": 17.6,
+    "dinovitb16": 17.6,
+    "samvitb16": 17.6,
+    "mobilenetv3small": 0.06,
+    "smallcnn": 0.35,  # 3 conv blocks at 224 px, computed from the layer sizes
+}
+#: Epochs assumed for a full training run (MedMNIST+ trained end to end for up to 100 epochs
+#: with early stopping; our AutoML default budget is smaller).
+EPOCHS = {"full": 30.0, "freeze_unfreeze": 30.0, "linear_probe": 1.0, "knn": 1.0}
+#: Effective tera multiply-accumulates per second of the assumed device.
+DEVICE_TMACS = 20.0
+#: Fixed start-up seconds of a job (scheduler, data loading, model build).
+OVERHEAD_S = 30.0
+
+
+def arch_key(arch: str) -> str:
+    """``ResNet-18`` / ``resnet18`` / ``DINO-ViT-B/16`` → the key of :data:`GMACS_224`."""
+    return re.sub(r"[^a-z0-9]", "", arch.lower())
+
+
+@dataclass(frozen=True)
+class Cost:
+    wall_s: float
+    gpu_hours: float
+    basis: str  # "measured" (registry runs) or "estimate" (compute model)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"wall_s": self.wall_s, "gpu_hours": self.gpu_hours, "basis": self.basis}
+
+
+def estimate(strategy: Mapping[str, Any], n_train: int) -> Cost:
+    """Compute-model estimate for ``strategy`` on ``n_train`` training images."""
+    key = arch_key(str(strategy.get("arch", "")))
+    gmacs = GMACS_224.get(key, GMACS_224.get(re.sub(r"\d+$", "", key), 2.0))
+    size = float(strategy.get("img_size") or 224)
+    mode = str(strategy.get("mode", "full"))
+    frozen = mode in ("linear_probe", "knn")
+    passes = (1.0 if frozen else 3.0) * EPOCHS.get(mode, EPOCHS["full"])
+    macs = gmacs * 1e9 * (size / 224.0) ** 2 * passes * max(n_train, 1)
+    wall = OVERHEAD_S + macs / (DEVICE_TMACS * 1e12)
+    return Cost(wall, wall / 3600.0, "estimate")
+
+
+def measured(cost_s: float, n_train_then: int, n_train_now: int) -> Cost:
+    """A measured run time scaled linearly by training-set size."""
+    wall = float(cost_s) * max(n_train_now, 1) / max(n_train_then, 1)
+    return Cost(wall, wall / 3600.0, "measured")
+
+
+def pareto_front(costs: list[float], values: list[float]) -> list[int]:
+    """Indices of the points that no other point beats on both cost (lower) and value
+    (higher), cheapest first."""
+    order = sorted(range(len(costs)), key=lambda i: (costs[i], -values[i]))
+    front, best = [], -math.inf
+    for i in order:
+        if values[i] > best + 1e-12:
+            front.append(i)
+            best = values[i]
+    return front

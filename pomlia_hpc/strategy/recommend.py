@@ -1,0 +1,481 @@
+"""``pomlia recommend TASK``: the top-k strategies for a registered task, with evidence.
+
+Steps: the task's meta-features (its data set version's explicit fingerprint, task type and
+metric); the knowledge base for the task's metric (every imported source and the registry's
+runs, the task's own included); the ``kernel-regret`` learner (:mod:`.learner`), fitted with a
+nested leave-one-out bandwidth; when the task's data set and known tasks share an encoder with
+complete embeddings, their fingerprint distance (the fingerprint room's ``mean`` distance:
+Euclidean distance of the stored mean embeddings, as :func:`pomlia_hpc.fingerprint.distances.
+mean_distance`) is added to the meta-feature distance, scaled by its median; otherwise metadata
+alone. Each strategy gets an expected metric (+- spread over similar data sets), an expected
+cost (:mod:`.cost`), evidence, and its translation into the AutoML space
+(:mod:`pomlia_hpc.automl.space`) where one exists. The answer is recorded in
+``recommendations``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from sqlalchemy import select
+
+from pomlia_hpc.errors import InputError, NotFoundError
+from pomlia_hpc.registry import (
+    DatasetVersion,
+    Encoder,
+    FingerprintSet,
+    Model,
+    Recommendation,
+    Registry,
+    Task,
+)
+from pomlia_hpc.strategy import cost as costs
+from pomlia_hpc.strategy.kb import load, run_hparams, version_meta
+from pomlia_hpc.strategy.learner import (
+    LEARNER,
+    LEARNER_VERSION,
+    KernelRegret,
+    build_matrix,
+    meta_vector,
+)
+
+#: Architectures of the AutoML space, by :func:`pomlia_hpc.strategy.cost.arch_key`.
+SPACE_ARCHS = {
+    "smallcnn": "small_cnn",
+    "resnet18": "resnet18",
+    "resnet34": "resnet34",
+    "mobilenetv3small": "mobilenet_v3_small",
+    "resnet18imagenet": "resnet18_imagenet",
+}
+FROZEN = ("linear_probe", "knn")
+
+
+@dataclass(frozen=True)
+class TargetTask:
+    id: int
+    name: str
+    metric: str
+    task_type: str
+    dataset_version_id: int
+    meta: dict[str, Any]
+
+
+def get_target(registry: Registry, ref: str) -> TargetTask:
+    """The task named (or numbered) ``ref`` with its meta-features."""
+    with registry.session() as s:
+        task = s.scalar(select(Task).where(Task.name == ref))
+        if task is None and ref.isdigit():
+            task = s.get(Task, int(ref))
+        if task is None:
+            known = ", ".join(s.scalars(select(Task.name).order_by(Task.id))) or "none"
+            raise NotFoundError(
+                f"task '{ref}' is not registered (tasks: {known})",
+                hint="pomlia task add NAME --dataset D --metric M",
+            )
+        version = s.get(DatasetVersion, task.dataset_version_id)
+        fp = dict(version.fingerprint or {}) if version is not None else {}
+        return TargetTask(
+            task.id,
+            task.name,
+            task.metric,
+            task.task_type,
+            task.dataset_version_id,
+            version_meta(fp, task.task_type),
+        )
+
+
+@dataclass(frozen=True)
+class Sources:
+    """Initial weights available for this task."""
+
+    encoder: str | None = None  # encoder name
+    encoder_arch: str | None = None
+    model: str | None = None  # a registered model of a similar task
+    model_arch: str | None = None
+    model_task: str | None = None
+    imagenet: tuple[str, ...] = ()  # architectures with ImageNet weights on local disk
+
+
+def _imagenet_local() -> tuple[str, ...]:
+    """Architectures whose torchvision ImageNet weights are in the local torch hub cache."""
+    home = Path(os.environ.get("TORCH_HOME", Path.home() / ".cache" / "torch"))
+    folder = home / "hub" / "checkpoints"
+    found = []
+    if folder.is_dir():
+        for prefix, arch in (("resnet18-", "resnet18"), ("resnet34-", "resnet34")):
+            if any(p.name.startswith(prefix) for p in folder.iterdir()):
+                found.append(arch)
+    return tuple(found)
+
+
+def _fingerprint_distances(
+    registry: Registry, target: TargetTask, names: list[str]
+) -> tuple[np.ndarray | None, str | None]:
+    """Scaled fingerprint distances from the target to each of ``names`` (registry tasks; 1.0,
+    "typical", where unknown), under the encoder sharing the most complete sets; or None."""
+    with registry.session() as s:
+        sets = s.execute(
+            select(
+                FingerprintSet.encoder_id, FingerprintSet.dataset_version_id, FingerprintSet.mean
+            ).where(FingerprintSet.status == "complete")
+        ).all()
+        task_version = dict(s.execute(select(Task.name, Task.dataset_version_id)).all())
+        enc_names = dict(s.execute(select(Encoder.id, Encoder.name)).all())
+    by_enc: dict[int, dict[int, np.ndarray]] = {}
+    for enc, ver, mean in sets:
+        if mean:
+            by_enc.setdefault(enc, {})[ver] = np.asarray(mean, np.float64)
+    usable = {e: m for e, m in by_enc.items() if target.dataset_version_id in m}
+    if not usable:
+        return None, None
+    versions = [task_version.get(n) for n in names]
+    enc = max(usable, key=lambda e: sum(v in usable[e] for v in versions))
+    means = usable[enc]
+    q = means[target.dataset_version_id]
+    raw = np.array(
+        [float(np.linalg.norm(means[v] - q)) if v in means else math.nan for v in versions]
+    )
+    known = raw[np.isfinite(raw) & (raw > 0)]
+    if not len(known):
+        return None, None
+    scaled = np.where(np.isfinite(raw), raw / float(np.median(known)), 1.0)
+    return scaled, enc_names.get(enc)
+
+
+def available_sources(registry: Registry, target: TargetTask, similar_tasks: list[str]) -> Sources:
+    """Initial weights this task could start from: an encoder with the task's embeddings, the
+    best registered model of the most similar task, ImageNet weights on local disk."""
+    with registry.session() as s:
+        enc = s.execute(
+            select(Encoder.name, Encoder.config)
+            .join(FingerprintSet, FingerprintSet.encoder_id == Encoder.id)
+            .where(
+                FingerprintSet.dataset_version_id == target.dataset_version_id,
+                FingerprintSet.status == "complete",
+            )
+            .order_by(Encoder.id.desc())
+            .limit(1)
+        ).first()
+        model = None
+        tasks = dict(s.execute(select(Task.name, Task.id)).all())
+        for name in similar_tasks:
+            tid = tasks.get(name)
+            if tid is None or tid == target.id:
+                continue
+            row = s.execute(
+                select(Model.name, Model.lineage)
+                .where(Model.task_id == tid)
+                .order_by(Model.id.desc())
+                .limit(1)
+            ).first()
+            if row is not None:
+                arch = (row[1] or {}).get("config", {}).get("arch")
+                model = (row[0], arch, name)
+                break
+    encoder_arch = None
+    if enc is not None:
+        stem = (enc[1] or {}).get("stem", "imagenet")
+        encoder_arch = "resnet18" if stem == "small" else "resnet18_imagenet"
+    return Sources(
+        encoder=enc[0] if enc else None,
+        encoder_arch=encoder_arch,
+        model=model[0] if model else None,
+        model_arch=model[1] if model else None,
+        model_task=model[2] if model else None,
+        imagenet=_imagenet_local(),
+    )
+
+
+def to_automl(strategy: dict[str, Any], src: Sources) -> tuple[dict[str, Any] | None, str]:
+    """The strategy as AutoML hyperparameter values (``None`` if the space cannot express it)
+    and a note on what was substituted."""
+    arch = SPACE_ARCHS.get(costs.arch_key(str(strategy.get("arch", ""))))
+    mode = str(strategy.get("mode", "full"))
+    init = str(strategy.get("init", "scratch"))
+    if mode not in ("full", "linear_probe", "freeze_unfreeze", "knn"):
+        return None, f"training mode '{mode}' is not in the AutoML space"
+    if arch is None:
+        return None, f"architecture '{strategy.get('arch')}' is not in the AutoML space"
+    notes = []
+    values: dict[str, Any] = {"arch": arch}
+    if init == "scratch":
+        if mode in FROZEN:
+            return None, "frozen features need pretrained weights"
+    else:
+        if src.encoder_arch and costs.arch_key(src.encoder_arch).startswith(costs.arch_key(arch)):
+            values.update(arch=src.encoder_arch, init="encoder")
+            notes.append(f"pretrained weights: the fingerprint encoder '{src.encoder}'")
+        elif src.model_arch and costs.arch_key(src.model_arch).startswith(costs.arch_key(arch)):
+            values.update(arch=src.model_arch, init="model")
+            notes.append(f"pretrained weights: model '{src.model}' of task '{src.model_task}'")
+        elif mode in FROZEN:
+            return None, "no pretrained weights of this architecture are available here"
+        else:
+            notes.append("no pretrained weights of this architecture here: trained from scratch")
+    if "init" in values:
+        values["mode"] = "linear_probe" if mode in FROZEN else mode
+        if mode == "knn":
+            notes.append("k-NN on frozen features mapped to a linear probe")
+    if strategy.get("extra_data") == "nearest":
+        values["extra_data"] = "nearest"
+    return values, "; ".join(notes)
+
+
+def with_hparams(values: dict[str, Any], hparams: dict[str, Any]) -> dict[str, Any]:
+    """``values`` plus the hyperparameters of a run that are active for them (conditions of
+    :func:`pomlia_hpc.automl.space.build_space`)."""
+    out = dict(values)
+    mode = values.get("mode", "full")
+    for key, v in hparams.items():
+        if v is None or key in out:
+            continue
+        if key == "lr" and mode == "linear_probe":
+            continue
+        if key == "lr_head" and mode not in ("linear_probe", "freeze_unfreeze"):
+            continue
+        if key == "unfreeze_epoch" and mode != "freeze_unfreeze":
+            continue
+        if key == "momentum" and hparams.get("optimizer") != "sgd":
+            continue
+        if key == "extra_n" and values.get("extra_data") != "nearest":
+            continue
+        out[key] = v
+    return out
+
+
+def _ranges(hparams: list[dict[str, Any]]) -> dict[str, Any]:
+    """Hyperparameter ranges over the given runs: [min, max] of numbers, values seen else."""
+    out: dict[str, Any] = {}
+    for key in sorted({k for h in hparams for k in h}):
+        vals = [h[key] for h in hparams if key in h and h[key] is not None]
+        if vals and all(isinstance(v, int | float) and not isinstance(v, bool) for v in vals):
+            out[key] = [min(vals), max(vals)]
+        elif vals:
+            out[key] = sorted({str(v) for v in vals})
+    return out
+
+
+@dataclass
+class Recommended:
+    rank: int
+    strategy: dict[str, Any]
+    expected: float | None
+    spread: float | None
+    expected_regret: float
+    cost: dict[str, Any]
+    failure_rate: float
+    evidence: list[dict[str, Any]]
+    automl: dict[str, Any] | None
+    note: str
+    hparam_ranges: dict[str, Any] = field(default_factory=dict)
+
+
+def recommend(
+    registry: Registry,
+    task: str,
+    *,
+    k: int = 5,
+    max_cost_s: float | None = None,
+    max_gpu_hours: float | None = None,
+    sources: list[str] | None = None,
+    record: bool = True,
+) -> dict[str, Any]:
+    """The top-``k`` strategies for ``task`` (see the module docstring), as a JSON-able dict."""
+    t0 = time.perf_counter()
+    if k < 1:
+        raise InputError(f"--k {k}: expected an integer >= 1")
+    target = get_target(registry, task)
+    kb = load(registry, target.metric, sources)
+    m = build_matrix(kb)
+    if len(m.datasets) < 2:
+        raise NotFoundError(
+            f"the knowledge base has results on {len(m.datasets)} data set(s) for metric "
+            f"'{target.metric}'; expected at least 2",
+            hint="pomlia strategy import FILE --source NAME (see docs/strategy.md)",
+        )
+    fp_d, encoder = _fingerprint_distances(registry, target, m.datasets)
+    extra_train = None
+    if fp_d is not None:
+        extra_train = np.ones((len(m.datasets), len(m.datasets)))  # unknown pairs: typical
+        np.fill_diagonal(extra_train, 0.0)
+    learner = KernelRegret().fit(m, extra_d=extra_train)
+    ranking = learner.rank(meta_vector(target.meta), extra_d=fp_d)
+    n_train = int(target.meta.get("n_train", 1))
+    w = ranking.weights
+    near = [m.datasets[i] for i in np.argsort(-w)[:5]]
+    src = available_sources(registry, target, near)
+
+    def cost_of(j: int) -> costs.Cost:
+        measured = [
+            (m.cost_s[i, j], kb.meta[m.datasets[i]].get("n_train", 1))
+            for i in np.argsort(-w)
+            if np.isfinite(m.cost_s[i, j])
+        ]
+        if measured:
+            c, n_then = measured[0]
+            return costs.measured(float(c), int(n_then), n_train)
+        return costs.estimate(m.strategies[j], n_train)
+
+    order = list(ranking.order)
+    all_costs = {j: cost_of(j) for j in order}
+    allowed = [
+        j
+        for j in order
+        if (max_cost_s is None or all_costs[j].wall_s <= max_cost_s)
+        and (max_gpu_hours is None or all_costs[j].gpu_hours <= max_gpu_hours)
+    ]
+    picked = allowed[:k]
+    evidence_runs = [rid for (_, j), ids in m.evidence.items() if j in set(allowed) for rid in ids]
+    hp = run_hparams(registry, evidence_runs)
+    # The warm start: the first k distinct configurations of the ranking that the AutoML space
+    # can express, each with the hyperparameters of its best run on the most similar task.
+    initial: list[dict[str, Any]] = []
+    for j in allowed:
+        values, _ = to_automl(m.strategies[j], src)
+        if values is None:
+            continue
+        runs = [m.evidence[(int(i), j)][0] for i in np.argsort(-w) if (int(i), j) in m.evidence]
+        if runs and runs[0] in hp:
+            values = with_hparams(values, hp[runs[0]])
+        if values not in initial:
+            initial.append(values)
+        if len(initial) >= k:
+            break
+    out = []
+    for rank, j in enumerate(picked, 1):
+        ev: list[dict[str, Any]] = []
+        for i in np.argsort(-w):
+            if np.isfinite(m.values[i, j]) and len(ev) < 3:
+                ev.append(
+                    {
+                        "dataset": m.datasets[i],
+                        "source": m.sources.get((int(i), j), ""),
+                        "value": float(m.values[i, j]),
+                        "weight": round(float(w[i]), 4),
+                        "runs": list(m.evidence.get((int(i), j), ())),
+                    }
+                )
+        values, note = to_automl(m.strategies[j], src)
+        runs_hp = [hp[r] for e in ev for r in e["runs"] if r in hp]
+        fail = float(np.average(m.fail[:, j], weights=w)) if w.sum() > 0 else 0.0
+        out.append(
+            Recommended(
+                rank,
+                m.strategies[j],
+                _num(ranking.expected_value[j]),
+                _num(ranking.value_sd[j]),
+                round(float(ranking.expected_regret[j]), 3),
+                all_costs[j].to_dict(),
+                round(fail, 3),
+                ev,
+                values,
+                note,
+                _ranges(runs_hp),
+            )
+        )
+    front = costs.pareto_front(
+        [all_costs[j].wall_s for j in allowed],
+        [float(np.nan_to_num(ranking.expected_value[j], nan=-1.0)) for j in allowed],
+    )
+    pareto = [
+        {
+            "strategy": m.strategies[allowed[i]],
+            "expected": _num(ranking.expected_value[allowed[i]]),
+            "cost": all_costs[allowed[i]].to_dict(),
+        }
+        for i in front
+    ]
+    answer: dict[str, Any] = {
+        "task": target.name,
+        "metric": target.metric,
+        "meta": target.meta,
+        "similar": [
+            {"dataset": m.datasets[i], "weight": round(float(w[i]), 4)} for i in np.argsort(-w)[:5]
+        ],
+        "similarity": f"meta-features + fingerprint ({encoder})" if encoder else "meta-features",
+        "bandwidth": None if math.isinf(learner.h) else learner.h,
+        "sources_of_weights": {
+            "encoder": src.encoder,
+            "model": src.model,
+            "imagenet_local": list(src.imagenet),
+        },
+        "strategies": [r.__dict__ for r in out],
+        "pareto": pareto,
+        "initial": initial,
+        "n_datasets": len(m.datasets),
+        "n_strategies": len(m.keys),
+        "learner": LEARNER,
+        "learner_version": LEARNER_VERSION,
+        "seconds": 0.0,
+    }
+    if record:
+        answer["recommendation_id"] = _record(registry, target, answer, k, max_cost_s, sources)
+    answer["seconds"] = round(time.perf_counter() - t0, 3)
+    return answer
+
+
+def _num(x: float) -> float | None:
+    return None if x is None or not math.isfinite(float(x)) else round(float(x), 5)
+
+
+def _record(
+    registry: Registry,
+    target: TargetTask,
+    answer: dict[str, Any],
+    k: int,
+    max_cost_s: float | None,
+    sources: list[str] | None,
+) -> int:
+    with registry.session() as s:
+        row = Recommendation(
+            task_id=target.id,
+            task=target.name,
+            learner=LEARNER,
+            learner_version=LEARNER_VERSION,
+            inputs={
+                "k": k,
+                "max_cost_s": max_cost_s,
+                "sources": sources,
+                "meta": target.meta,
+                "metric": target.metric,
+                "n_datasets": answer["n_datasets"],
+            },
+            output={
+                k2: answer[k2]
+                for k2 in ("strategies", "pareto", "similar", "similarity", "initial")
+            },
+        )
+        s.add(row)
+        s.flush()
+        return int(row.id)
+
+
+def write_initial(answer: dict[str, Any], path: str | Path) -> int:
+    """Write the recommendation's AutoML configurations (``initial``) as the JSON that
+    ``pomlia automl run --initial`` reads; returns how many. Atomic (temporary file, rename)."""
+    import json
+
+    configs = answer.get("initial") or []
+    if not configs:
+        raise InputError(
+            "none of the recommended strategies can be expressed in the AutoML space here "
+            "(architectures or weights missing); nothing written"
+        )
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
+    data = {
+        "task": answer["task"],
+        "recommendation_id": answer.get("recommendation_id"),
+        "learner": f"{answer['learner']} {answer['learner_version']}",
+        "configs": configs,
+    }
+    tmp.write_text(json.dumps(data, indent=1))
+    tmp.replace(p)
+    return len(configs)

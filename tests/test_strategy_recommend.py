@@ -1,0 +1,99 @@
+"""``pomlia recommend``: JSON answer, recorded recommendation, warm-start file for AutoML."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from automl_support import tiny_task
+from sqlalchemy import select
+from typer.testing import CliRunner
+
+from pomlia_hpc.automl.space import SpaceOptions, build_space, load_initial_configs
+from pomlia_hpc.cli import app
+from pomlia_hpc.errors import InputError, NotFoundError
+from pomlia_hpc.registry import Recommendation, Registry, Run, Task
+from pomlia_hpc.strategy import kb
+from pomlia_hpc.strategy.cost import pareto_front
+from pomlia_hpc.workspace import Workspace
+
+DATA = Path(__file__).resolve().parents[1] / "pomlia_hpc" / "strategy" / "data"
+
+
+def _runs(reg: Registry, task: str) -> None:
+    """Finished trials of ``task`` (one crashed), as a study driver records them."""
+    hp = {"optimizer": "adamw", "batch_size": 64, "weight_decay": 1e-4, "augmentation": "flip"}
+    with reg.session() as s:
+        tid = s.scalar(select(Task.id).where(Task.name == task))
+        for i, (arch, val) in enumerate([("small_cnn", 0.8), ("resnet18", 0.9)]):
+            s.add(
+                Run(
+                    task_id=tid,
+                    study="s",
+                    config={"arch": arch, "lr": 0.001 * (i + 1), **hp},
+                    budget=3.0,
+                    metrics={"objective": val, "val": {"acc": val}, "test": {"acc": val - 0.01}},
+                    cost_s=10.0 * (i + 1),
+                    status="ok",
+                )
+            )
+        s.add(Run(task_id=tid, study="s", config={"arch": "mobilenet_v3_small"}, status="crashed"))
+
+
+def test_recommend_json_recorded_and_initial_file(
+    workspace: Workspace, reg: Registry, tmp_path: Path
+) -> None:
+    meta = DATA / "medmnist_meta_features.csv"
+    kb.import_table(reg, DATA / "medmnist_plus_doerrich2025.csv", "plus", meta_path=meta)
+    tiny_task(workspace, reg, "blood", "bloodmnist", "acc")
+    tiny_task(workspace, reg, "derm", "dermamnist", "acc", seed=1)
+    _runs(reg, "derm")
+    out_file = tmp_path / "init.json"
+    res = CliRunner().invoke(
+        app, ["recommend", "blood", "--k", "3", "--json", "--write-initial", str(out_file)]
+    )
+    assert res.exit_code == 0, res.output
+    answer = json.loads(res.output)
+    assert answer["task"] == "blood" and len(answer["strategies"]) == 3
+    first = answer["strategies"][0]
+    assert {"strategy", "expected", "spread", "cost", "evidence"} <= set(first)
+    assert first["cost"]["wall_s"] > 0 and first["evidence"]
+    assert answer["pareto"] and answer["n_datasets"] == 13  # 12 published + the derm task
+    # the registry's runs count, the crashed one as a failure of its strategy
+    mobilenet = [s for s in answer["strategies"] if s["strategy"]["arch"] == "mobilenet_v3_small"]
+    assert all(s["failure_rate"] > 0 for s in mobilenet)
+    with reg.session() as s:
+        row = s.get(Recommendation, answer["recommendation_id"])
+        assert row is not None and row.task == "blood" and row.learner == "kernel-regret"
+        assert row.output["strategies"][0]["strategy"] == first["strategy"]
+    configs = load_initial_configs(out_file, build_space(SpaceOptions()))
+    assert 1 <= len(configs) <= 3
+    assert {c["arch"] for c in configs} <= {"small_cnn", "resnet18", "mobilenet_v3_small"}
+    # the derm runs' hyperparameters travel with their strategies
+    assert any(c.get("lr") in (0.001, 0.002) for c in configs)
+
+
+def test_recommend_max_cost_and_bad_input(workspace: Workspace, reg: Registry) -> None:
+    meta = DATA / "medmnist_meta_features.csv"
+    kb.import_table(reg, DATA / "medmnist_plus_doerrich2025.csv", "plus", meta_path=meta)
+    tiny_task(workspace, reg, "blood", "bloodmnist", "acc")
+    runner = CliRunner()
+    res = runner.invoke(app, ["recommend", "blood", "--max-cost", "30.5", "--json"])
+    assert res.exit_code == 0, res.output
+    answer = json.loads(res.output)
+    assert answer["strategies"]
+    assert all(s["cost"]["wall_s"] <= 30.5 for s in answer["strategies"])
+    bad = runner.invoke(app, ["recommend", "nosuchtask"])
+    assert isinstance(bad.exception, NotFoundError) and "not registered" in str(bad.exception)
+    bad = runner.invoke(app, ["recommend", "blood", "--k", "0"])
+    assert isinstance(bad.exception, InputError) and "--k 0" in str(bad.exception)
+
+
+def test_pareto_front() -> None:
+    assert pareto_front([3.0, 1.0, 2.0, 4.0], [0.9, 0.5, 0.4, 0.95]) == [1, 0, 3]
+
+
+def test_recommend_without_knowledge_is_one_error(workspace: Workspace, reg: Registry) -> None:
+    tiny_task(workspace, reg, "blood", "bloodmnist", "acc")
+    res = CliRunner().invoke(app, ["recommend", "blood"])
+    assert isinstance(res.exception, NotFoundError) and "strategy import" in str(res.exception)
