@@ -56,6 +56,13 @@ def export(
         f"bundle [bold]{res.bundle.root}[/] version {res.bundle.version} "
         f"(max |diff| vs PyTorch: {diffs})"
     )
+    if res.reference is not None:
+        console.print(f"monitoring reference: {res.reference}")
+    else:
+        console.print(
+            "no monitoring reference (no training dataset recorded for the model); create one "
+            f"with: pomlia monitor reference {model} --data DATASET[@VERSION]"
+        )
 
 
 @model_app.command("list")

@@ -12,6 +12,7 @@ from pomlia_hpc.registry.models import (
     Job,
     Model,
     MonitorReport,
+    RetrainRequest,
     Run,
     Task,
 )
@@ -31,6 +32,7 @@ __all__ = [
     "MonitorReport",
     "Recommendation",
     "Registry",
+    "RetrainRequest",
     "Run",
     "Task",
 ]

@@ -188,3 +188,19 @@ class MonitorReport(Base):
     triggered: Mapped[bool] = mapped_column(default=False)
     report_path: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class RetrainRequest(Base):
+    """A request to run the loop again for a model: written by the monitor when its alarm
+    rings (``reason`` says which tests, ``meta`` holds their p-values); the loop consumes it
+    (``status``: open → taken → done, or dismissed)."""
+
+    __tablename__ = "retrain_requests"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"), index=True)
+    monitor_report_id: Mapped[int | None] = mapped_column(ForeignKey("monitor_reports.id"))
+    reason: Mapped[str] = mapped_column(Text, default="")
+    status: Mapped[str] = mapped_column(String(16), default="open", index=True)
+    meta: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime())

@@ -56,7 +56,7 @@ from pomlia_hpc.serve.decode import (
     decode,
 )
 from pomlia_hpc.serve.exported import ExportedBundle
-from pomlia_hpc.serve.fingerprint import FingerprintFn, encoder_fingerprint
+from pomlia_hpc.serve.fingerprint import FingerprintFn, bundle_fingerprint
 from pomlia_hpc.serve.inbox import Inbox, inputs_dir
 from pomlia_hpc.serve.metrics import (
     ASGIApp,
@@ -286,8 +286,8 @@ def create_app(
     def make_predictor(b: ExportedBundle, plog: PredictionLog) -> Predictor:
         runtime = load_runtime(b, config.backend, config.threads)
         fp, kind = fingerprint, "custom"
-        if fp is None and b.encoder_file is not None:
-            fp, kind = encoder_fingerprint(b.encoder_file), "encoder"
+        if fp is None:
+            fp, kind = bundle_fingerprint(b.encoder_file)
         pred = Predictor(
             b,
             runtime,

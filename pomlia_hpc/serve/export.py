@@ -9,6 +9,7 @@ is the model version (a hash of the checkpoint), so re-exporting the same weight
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -34,6 +35,7 @@ from pomlia_hpc.serve.bundle import (
 )
 from pomlia_hpc.serve.exported import CARD, ONNX, TORCHSCRIPT, ExportedBundle
 from pomlia_hpc.serve.fingerprint import STATS_KIND, stats_dim
+from pomlia_hpc.serve.reference import REFERENCE_FILE, reference_for_model
 from pomlia_hpc.workspace import Workspace
 
 PARITY_BATCHES = (1, 7)
@@ -50,6 +52,9 @@ class ExportResult:
     bundle: ExportedBundle
     max_abs_diff: dict[str, float]
     reused: bool
+    #: The monitoring reference (``monitor-reference.npz``), when the model's validation data
+    #: is known (see :mod:`pomlia_hpc.serve.reference`).
+    reference: Path | None = None
 
 
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
@@ -264,8 +269,16 @@ def export_model(
         )
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
+    reference = result.bundle.root / REFERENCE_FILE
+    if not reference.is_file():
+        # The monitor compares the prediction log with this: fingerprints and outputs of the
+        # validation images, computed exactly as the server computes what it logs.
+        reference = reference_for_model(registry, result.bundle, row) or reference
+    result = dataclasses.replace(result, reference=reference if reference.is_file() else None)
     card = dict(row.card)
     card.update({k: v for k, v in result.bundle.card.items() if k not in ("files",)})
+    if result.reference is not None:
+        card["monitor_reference"] = str(result.reference)
     card["export"] = {
         **dict(result.bundle.card.get("export", {})),
         "bundle": str(result.bundle.root),

@@ -24,7 +24,10 @@ import numpy as np
 FingerprintFn = Callable[[np.ndarray], np.ndarray]
 
 STATS_KIND = "stats-thumb-v1"
+ENCODER_KIND = "encoder"
 THUMB = 8
+#: Decimals the logged vectors keep (the monitor's reference is rounded the same way).
+LOG_DECIMALS = 4
 
 
 def stats_dim(channels: int) -> int:
@@ -86,3 +89,18 @@ def encoder_fingerprint(path: Path, threads: int = 1) -> FingerprintFn:
             return np.asarray(module(x).numpy()).reshape(len(images), -1)
 
     return run_ts
+
+
+def bundle_fingerprint(encoder_file: Path | None) -> tuple[FingerprintFn, str]:
+    """The fingerprint function the server logs for a bundle, and its kind: the shipped
+    encoder (``encoder``) when there is one, else ``stats-thumb-v1``. The monitor's reference
+    is computed with this same function, so logged and reference vectors compare."""
+    if encoder_file is not None:
+        return encoder_fingerprint(encoder_file), ENCODER_KIND
+    return stats_fingerprint, STATS_KIND
+
+
+def logged_vectors(fn: FingerprintFn, images_nchw: np.ndarray) -> np.ndarray:
+    """``fn`` on float32 NCHW images in [0, 1], as written to the log: rounded to
+    :data:`LOG_DECIMALS` decimals, float32 (N, D)."""
+    return np.round(fn(images_nchw), LOG_DECIMALS).astype(np.float32)

@@ -21,7 +21,12 @@ import numpy as np
 
 from pomlia_hpc.serve.batching import Deliver, DynamicBatcher
 from pomlia_hpc.serve.exported import ExportedBundle
-from pomlia_hpc.serve.fingerprint import STATS_KIND, FingerprintFn, stats_fingerprint
+from pomlia_hpc.serve.fingerprint import (
+    STATS_KIND,
+    FingerprintFn,
+    logged_vectors,
+    stats_fingerprint,
+)
 from pomlia_hpc.serve.inbox import encode_image
 from pomlia_hpc.serve.metrics import ServerMetrics
 from pomlia_hpc.serve.predlog import PredictionLog, Record
@@ -104,7 +109,7 @@ class Predictor:
         images = arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
         x = to_nchw(images)
         # Fingerprint before normalising x in place; float32 rows go to the log as they are.
-        fps = np.round(self._fingerprint(x), 4).astype(np.float32)
+        fps = logged_vectors(self._fingerprint, x)
         probs = probabilities(
             self.runtime.logits(normalize_(x, self._mean, self._std)), self.bundle.task_type
         )

@@ -1,0 +1,170 @@
+"""``pomlia monitor run/show/history/reference/schedule/unschedule``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from pomlia_hpc.cli.app import STATE, app, console, err_console
+from pomlia_hpc.errors import InputError
+
+monitor_app = typer.Typer(
+    help="Drift and performance checks on a served model's prediction log; reports; nightly "
+    "schedules on Slurm.",
+    no_args_is_help=True,
+)
+app.add_typer(monitor_app, name="monitor")
+
+TargetArg = Annotated[
+    str, typer.Argument(help="Registry model name or id, or deployment:ID (one deployment).")
+]
+
+
+def _say(message: str) -> None:
+    # stderr, flushed: progress shows in a Slurm output file too, and stdout stays JSON-able.
+    err_console.print(message, highlight=False)
+
+
+@monitor_app.command("run")
+def run(
+    target: TargetArg,
+    window: Annotated[
+        str, typer.Option(help="Window before --until (or now): e.g. 90m, 24h, 7d.")
+    ] = "24h",
+    since: Annotated[
+        str | None,
+        typer.Option(help="Window start, ISO 8601 (UTC if no zone); overrides --window."),
+    ] = None,
+    until: Annotated[str | None, typer.Option(help="Window end, ISO 8601 (default now).")] = None,
+    alpha: Annotated[float, typer.Option(help="Family-wise false-alarm rate of the alarm.")] = 0.05,
+    permutations: Annotated[int, typer.Option(help="MMD permutations.")] = 1000,
+    max_vectors: Annotated[
+        int, typer.Option(help="Fingerprints sampled from the window for the input tests.")
+    ] = 1000,
+    on_alarm: Annotated[
+        str | None,
+        typer.Option(
+            help="Shell command run on an alarm (env: POMLIA_REPORT_JSON, POMLIA_REPORT_HTML, "
+            "POMLIA_MODEL, POMLIA_RETRAIN_REQUEST)."
+        ),
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+) -> None:
+    """Test the window of MODEL's prediction log against its reference; write a JSON and an
+    HTML report. Exit status: 0 no alarm (or an empty window), 1 alarm, 2 error."""
+    from pomlia_hpc.monitor.run import ALARM_EXIT, monitor_run, parse_duration, parse_time
+
+    if max_vectors < 10:
+        raise InputError(f"--max-vectors {max_vectors}: expected at least 10")
+    res = monitor_run(
+        STATE.registry(),
+        STATE.workspace,
+        target,
+        since=parse_time(since, "--since") if since else None,
+        until=parse_time(until, "--until") if until else None,
+        window=parse_duration(window),
+        alpha=alpha,
+        n_perm=permutations,
+        max_vectors=max_vectors,
+        on_alarm=on_alarm,
+        progress=_say,
+    )
+    if as_json:
+        typer.echo(json.dumps(res.report, indent=2))
+    else:
+        rep = res.report
+        console.print(
+            f"[bold]{rep['model']}[/] {rep['status'].upper()}: {rep['volume']['predictions']} "
+            f"predictions; reasons: {', '.join(rep['reasons']) or 'none'}"
+        )
+        for note in rep["quality"].get("warnings", []) + rep["notes"]:
+            console.print(f"  - {note}", highlight=False)
+        console.print(f"report {res.report_id}: {res.html_path}")
+        if res.retrain_request_id is not None:
+            console.print(f"retrain request {res.retrain_request_id} recorded")
+    if res.alarm:
+        raise typer.Exit(ALARM_EXIT)
+
+
+@monitor_app.command("show")
+def show(
+    report: Annotated[int, typer.Argument(help="Report id (see `pomlia monitor history`).")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the JSON report.")] = False,
+) -> None:
+    """Show one report: status, tests, and where its HTML page is."""
+    from pomlia_hpc.monitor.history import get_report
+
+    row, data = get_report(STATE.registry(), report)
+    if as_json:
+        typer.echo(json.dumps(data, indent=2))
+        return
+    console.print(
+        f"report {row.id}: [bold]{data['model']}[/] {data['status'].upper()} "
+        f"window {data['window']['since']} → {data['window']['until']}, "
+        f"{data['volume']['predictions']} predictions"
+    )
+    table = Table()
+    for col in ("test", "family", "statistic", "p-value", "rejected"):
+        table.add_column(col)
+    for t in data["tests"]:
+        table.add_row(
+            t["name"],
+            t["family"],
+            f"{t['statistic']:.4g}" if t["statistic"] is not None else "",
+            f"{t['p_value']:.4g}" if t["p_value"] is not None else "",
+            "yes" if t["rejected"] else "no",
+        )
+    console.print(table)
+    for note in data["quality"].get("warnings", []) + data["notes"]:
+        console.print(f"  - {note}", highlight=False)
+    console.print(f"HTML: {Path(row.report_path).with_name('report.html')}")
+
+
+@monitor_app.command("history")
+def history_cmd(
+    target: TargetArg,
+    limit: Annotated[int, typer.Option(help="How many, newest first.")] = 20,
+) -> None:
+    """List MODEL's monitoring reports, newest first."""
+    from pomlia_hpc.monitor.history import list_reports
+
+    rows = list_reports(STATE.registry(), target, limit)
+    table = Table(title=f"monitor reports ({len(rows)})")
+    for col in ("id", "created", "status", "predictions", "labels", "accuracy", "alarm", "path"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        perf = (r.metrics or {}).get("performance") or {}
+        acc = perf.get("accuracy")
+        table.add_row(
+            str(r.id),
+            f"{r.created_at:%Y-%m-%d %H:%M}",
+            str((r.metrics or {}).get("status", "")),
+            str((r.metrics or {}).get("predictions", "")),
+            str(perf.get("labels", "")),
+            f"{acc:.3f}" if isinstance(acc, float) else "",
+            "yes" if r.triggered else "no",
+            r.report_path,
+        )
+    console.print(table)
+
+
+@monitor_app.command("reference")
+def reference(
+    model: Annotated[str, typer.Argument(help="Registry model name or id (exported).")],
+    data: Annotated[
+        str | None,
+        typer.Option(help="Dataset NAME[@VERSION]; default: the one the model was trained on."),
+    ] = None,
+    split: Annotated[str, typer.Option(help="Split of the dataset to use.")] = "val",
+) -> None:
+    """(Re)compute MODEL's monitoring reference: the fingerprints and outputs the server would
+    log for the validation images (written next to the exported bundle)."""
+    from pomlia_hpc.monitor.reference import create_reference
+
+    with console.status(f"computing the monitoring reference of {model}"):
+        path = create_reference(STATE.registry(), model, data=data, split=split)
+    console.print(f"monitoring reference written: {path}")

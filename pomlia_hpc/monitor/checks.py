@@ -1,0 +1,186 @@
+"""All checks of one window against the reference: which tests run, with which share of alpha,
+and the data-quality summary.
+
+Alpha is split before any p-value is seen: when the window has at least
+:data:`MIN_LABELS` feedback labels, the accuracy test gets half of it (a labelled drop is the
+most direct evidence) and the drift tests share the other half equally; otherwise the drift
+tests share all of it. Input-drift tests need :data:`MIN_VECTORS` fingerprints.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from pomlia_hpc.monitor.logread import LogWindow
+from pomlia_hpc.monitor.stats import (
+    N_PERM,
+    CheckResult,
+    classifier_test,
+    combine,
+    confidence_test,
+    ks_test,
+    label_test,
+    mmd_test,
+    performance_test,
+)
+from pomlia_hpc.serve.fingerprint import STATS_KIND
+from pomlia_hpc.serve.reference import Reference
+
+MIN_VECTORS = 10
+MIN_LABELS = 30
+#: Reference vectors used by the input tests at most (a seeded subset): the MMD's kernel
+#: matrix is (reference + window)², and 1,000 reference vectors already make the reference
+#: side's noise small next to a window of a few hundred.
+MAX_REFERENCE = 1000
+#: An image whose per-channel standard deviation is below this (pixels in [0, 1]) counts as
+#: near-constant (blank, saturated or a test pattern).
+NEAR_CONSTANT_STD = 0.01
+
+
+@dataclass
+class CheckOutcome:
+    """The tests (with their alpha weights and Holm decisions), the alarm and the notes."""
+
+    tests: list[CheckResult]
+    alarm: bool
+    performance: dict[str, Any] | None
+    quality: dict[str, Any]
+    notes: list[str] = field(default_factory=list)
+    #: Arrays for the plots (not in the JSON): standardised reference / window sample.
+    reference_vectors: np.ndarray | None = None
+    window_vectors: np.ndarray | None = None
+
+
+def _labels_as_index(values: list[Any]) -> np.ndarray:
+    return np.asarray([v if isinstance(v, int) else -1 for v in values], dtype=np.int64)
+
+
+def _performance(win: LogWindow, ref: Reference) -> tuple[CheckResult | None, dict[str, Any]]:
+    pairs = [(p, t) for p, t, _ in win.feedback]
+    info: dict[str, Any] = {
+        "labels": len(pairs),
+        "coverage": len(pairs) / win.n_predictions if win.n_predictions else 0.0,
+        "unmatched_feedback": win.feedback_unmatched,
+    }
+    if ref.task_type == "multi-label":
+        correct = sum(1 for p, t in pairs if sorted(p or []) == sorted(t or []))
+    else:
+        correct = sum(1 for p, t in pairs if p == t)
+    if not pairs:
+        return None, info
+    ref_correct = round(ref.accuracy * ref.n)
+    res = performance_test(correct, len(pairs), ref_correct, ref.n)
+    info.update(res.detail, accuracy=res.statistic)
+    return res, info
+
+
+def _quality(win: LogWindow, ref: Reference, vectors: np.ndarray) -> dict[str, Any]:
+    rejected = sum(win.rejections.values())
+    total = win.n_predictions + rejected
+    q: dict[str, Any] = {
+        "requests": total,
+        "predictions": win.n_predictions,
+        "rejected": rejected,
+        "rejected_share": rejected / total if total else 0.0,
+        "rejections_by_reason": dict(win.rejections.most_common()),
+        "bad_fingerprints": win.bad_fingerprints,
+    }
+    warnings: list[str] = []
+    if ref.fingerprint_kind == STATS_KIND and len(vectors):
+        # stats-thumb-v1 layout: C means, then C standard deviations, then the thumbnail.
+        c = len(ref.fingerprints[0]) // 66
+        std = vectors[:, c : 2 * c].max(axis=1)
+        share = float(np.mean(std < NEAR_CONSTANT_STD))
+        ref_share = float(np.mean(ref.fingerprints[:, c : 2 * c].max(axis=1) < NEAR_CONSTANT_STD))
+        q["near_constant_share"] = share
+        q["near_constant_share_reference"] = ref_share
+        if share > max(0.01, 2 * ref_share):
+            warnings.append(
+                f"{share:.1%} of the sampled inputs are near-constant (reference {ref_share:.1%})"
+            )
+    else:
+        q["near_constant_share"] = None
+    if total and rejected / total > 0.05:
+        top = ", ".join(f"{k} {v}" for k, v in win.rejections.most_common(3))
+        warnings.append(f"{rejected / total:.1%} of requests were refused ({top})")
+    if win.bad_fingerprints:
+        warnings.append(
+            f"{win.bad_fingerprints} predictions logged a fingerprint of another kind or "
+            f"length than the reference's ({ref.fingerprint_kind}); they are not in the "
+            "input-drift tests"
+        )
+    q["warnings"] = warnings
+    return q
+
+
+def run_checks(
+    win: LogWindow,
+    ref: Reference,
+    *,
+    alpha: float = 0.05,
+    n_perm: int = N_PERM,
+    seed: int = 0,
+) -> CheckOutcome:
+    """Every applicable test of ``win`` against ``ref``, combined by weighted Holm."""
+    notes: list[str] = []
+    dim = ref.fingerprints.shape[1]
+    vectors = win.fingerprint_matrix(dim)
+    drift: list[CheckResult] = []
+    ref_vec = ref.fingerprints
+    if len(ref_vec) > MAX_REFERENCE:
+        idx = np.random.default_rng(seed).choice(len(ref_vec), MAX_REFERENCE, replace=False)
+        ref_vec = ref_vec[np.sort(idx)]
+    if len(vectors) >= MIN_VECTORS:
+        drift.append(mmd_test(ref_vec, vectors, n_perm=n_perm, seed=seed))
+        drift.append(ks_test(ref_vec, vectors))
+        drift.append(classifier_test(ref_vec, vectors, seed=seed))
+        if win.n_predictions > len(vectors):
+            notes.append(
+                f"input-drift tests use a uniform random sample of {len(vectors)} of the "
+                f"window's {win.n_predictions} fingerprints"
+            )
+    else:
+        notes.append(
+            f"input-drift tests skipped: {len(vectors)} fingerprints in the window, "
+            f"at least {MIN_VECTORS} needed"
+        )
+    if win.n_predictions:
+        if ref.task_type != "multi-label":
+            drift.append(
+                label_test(ref.pred_index, _labels_as_index(win.pred_index), len(ref.label_names))
+            )
+        drift.append(confidence_test(ref.confidence, np.asarray(win.confidence, np.float64)))
+    perf, perf_info = _performance(win, ref)
+    tests = list(drift)
+    drift_share = 1.0
+    if perf is not None and perf_info["labels"] >= MIN_LABELS:
+        perf.weight = 0.5
+        drift_share = 0.5
+        tests.append(perf)
+    elif perf is not None:
+        perf.weight = 0.0
+        tests.append(perf)
+        notes.append(
+            f"accuracy from {perf_info['labels']} labels is reported but not tested "
+            f"(at least {MIN_LABELS} labels needed)"
+        )
+    for t in drift:
+        t.weight = drift_share / len(drift)
+    alarm = combine(tests, alpha) if tests else False
+    rv, wv = (None, None)
+    if len(vectors):
+        mu, sd = ref_vec.mean(axis=0), ref_vec.std(axis=0)
+        sd = np.where(sd > 1e-6, sd, 1.0)
+        rv, wv = (ref_vec - mu) / sd, (vectors - mu) / sd
+    return CheckOutcome(
+        tests=tests,
+        alarm=alarm,
+        performance=perf_info if win.feedback or win.n_predictions else None,
+        quality=_quality(win, ref, vectors),
+        notes=notes,
+        reference_vectors=rv,
+        window_vectors=wv,
+    )

@@ -1,0 +1,43 @@
+"""Reading recorded monitoring reports back (``pomlia monitor show`` / ``history``)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from pomlia_hpc.errors import InputError, NotFoundError
+from pomlia_hpc.monitor.reference import resolve_model_id
+from pomlia_hpc.registry import MonitorReport, Registry
+
+
+def get_report(registry: Registry, report_id: int) -> tuple[MonitorReport, dict[str, Any]]:
+    """The registry row of report ``report_id`` and its JSON file's content."""
+    with registry.session() as s:
+        row = s.get(MonitorReport, report_id)
+        if row is None:
+            last = s.scalar(select(MonitorReport.id).order_by(MonitorReport.id.desc()).limit(1))
+            raise NotFoundError(
+                f"monitor report {report_id} is not in the registry "
+                f"(newest: {last if last is not None else 'none'})"
+            )
+    path = Path(row.report_path)
+    try:
+        data = json.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise NotFoundError(f"report {report_id}: its file {path} is gone") from exc
+    except (OSError, json.JSONDecodeError) as exc:
+        raise InputError(f"report {report_id}: {path} is not readable JSON ({exc})") from exc
+    return row, data
+
+
+def list_reports(registry: Registry, ref: str, limit: int = 20) -> list[MonitorReport]:
+    """Reports of model ``ref`` (name, id or ``deployment:ID``), newest first."""
+    model_id, deployment_id = resolve_model_id(registry, ref)
+    with registry.session() as s:
+        q = select(MonitorReport).where(MonitorReport.model_id == model_id)
+        if deployment_id is not None:
+            q = q.where(MonitorReport.deployment_id == deployment_id)
+        return list(s.scalars(q.order_by(MonitorReport.id.desc()).limit(limit)))

@@ -1,0 +1,268 @@
+"""The monitoring report as one self-contained HTML page: plots are PNGs embedded as base64
+``data:`` URIs, no scripts, no external files, so the page reads straight off a cluster file
+system (or as an e-mail attachment).
+
+Plots: p-value and statistic of each test over the history of reports; accuracy from feedback
+over time with its 95% interval; reference vs window fingerprints in the reference's first two
+principal components; the most drifting fingerprint dimensions; predicted-label shares; volume
+per hour.
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+from collections.abc import Sequence
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # no display on cluster nodes
+import matplotlib.pyplot as plt
+import numpy as np
+from matplotlib.figure import Figure
+
+from pomlia_hpc.monitor.checks import CheckOutcome
+from pomlia_hpc.registry import MonitorReport
+from pomlia_hpc.serve.reference import Reference
+
+_CSS = """
+body{font-family:system-ui,sans-serif;margin:2em auto;max-width:1100px;color:#222}
+h1{font-size:1.5em}h2{font-size:1.2em;margin-top:1.6em;border-bottom:1px solid #ccc}
+table{border-collapse:collapse;margin:.5em 0}td,th{border:1px solid #ccc;padding:3px 8px;
+text-align:left}th{background:#f3f3f3}.alarm{color:#fff;background:#c0392b;padding:2px 8px}
+.ok{color:#fff;background:#27ae60;padding:2px 8px}.empty{color:#fff;background:#7f8c8d;
+padding:2px 8px}img{max-width:100%;border:1px solid #eee;margin:.4em 0}.rej{font-weight:bold;
+color:#c0392b}li{margin:.2em 0}
+"""
+
+
+def _png(fig: Figure) -> str:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return base64.b64encode(buf.getvalue()).decode("ascii")
+
+
+def _img(fig: Figure, alt: str) -> str:
+    return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{_png(fig)}">'
+
+
+def _history_points(
+    past: Sequence[MonitorReport], report: dict[str, Any]
+) -> tuple[list[str], list[dict[str, Any]]]:
+    """(label per report, {test name: test dict} per report), oldest first, current last."""
+    labels, tests = [], []
+    for row in past:
+        labels.append(f"#{row.id}")
+        tests.append(dict(row.drift or {}))
+    labels.append("now")
+    tests.append({t["name"]: t for t in report["tests"]})
+    return labels, tests
+
+
+def plot_history(past: Sequence[MonitorReport], report: dict[str, Any]) -> str:
+    labels, tests = _history_points(past, report)
+    names = sorted({n for t in tests for n in t})
+    if not names:
+        return ""
+    x = np.arange(len(labels))
+    fig, (ax_p, ax_s) = plt.subplots(2, 1, figsize=(9, 6), sharex=True)
+    for name in names:
+        p = [t.get(name, {}).get("p_value") for t in tests]
+        s = [t.get(name, {}).get("statistic") for t in tests]
+        pv = np.array([v if v is not None else np.nan for v in p], dtype=float)
+        sv = np.array([v if v is not None else np.nan for v in s], dtype=float)
+        ax_p.plot(x, np.clip(pv, 1e-6, 1), marker="o", label=name)
+        scale = np.nanmax(np.abs(sv)) if np.any(np.isfinite(sv)) else 1.0
+        ax_s.plot(x, sv / (scale or 1.0), marker="o", label=name)
+    ax_p.set_yscale("log")
+    ax_p.axhline(report["alpha"], color="k", ls="--", lw=1, label=f"alpha {report['alpha']}")
+    ax_p.set_ylabel("p-value")
+    ax_p.legend(fontsize=7, ncol=4)
+    ax_s.set_ylabel("statistic / its max")
+    ax_s.set_xticks(x, labels, rotation=45, fontsize=7)
+    ax_p.set_title("tests over the history of reports")
+    return _img(fig, "p-values and statistics over the history of reports")
+
+
+def plot_metric(past: Sequence[MonitorReport], report: dict[str, Any]) -> str:
+    points = []
+    for row in past:
+        perf = (row.metrics or {}).get("performance") or {}
+        if perf.get("labels"):
+            points.append((f"#{row.id}", perf))
+    if report["performance"] and report["performance"].get("labels"):
+        points.append(("now", report["performance"]))
+    if not points:
+        return ""
+    fig, ax = plt.subplots(figsize=(9, 3.2))
+    x = np.arange(len(points))
+    acc = np.array([p["accuracy"] for _, p in points], dtype=float)
+    lo = np.array([p["interval_95"][0] for _, p in points], dtype=float)
+    hi = np.array([p["interval_95"][1] for _, p in points], dtype=float)
+    ax.errorbar(x, acc, yerr=[acc - lo, hi - acc], fmt="o-", capsize=4, label="accuracy (95% CI)")
+    ax.axhline(report["reference"]["accuracy"], color="k", ls="--", lw=1, label="validation")
+    ax.set_xticks(x, [k for k, _ in points], rotation=45, fontsize=7)
+    ax.set_ylim(0, 1.02)
+    ax.set_ylabel("accuracy on feedback")
+    ax.legend(fontsize=8)
+    ax.set_title("performance over time")
+    return _img(fig, "accuracy over time with its interval")
+
+
+def plot_projection(outcome: CheckOutcome) -> str:
+    rv, wv = outcome.reference_vectors, outcome.window_vectors
+    if rv is None or wv is None or len(rv) < 3 or rv.shape[1] < 2:
+        return ""
+    mu = rv.mean(axis=0)
+    _, _, vt = np.linalg.svd(rv - mu, full_matrices=False)
+    pr, pw = (rv - mu) @ vt[:2].T, (wv - mu) @ vt[:2].T
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    ax.scatter(pr[:, 0], pr[:, 1], s=6, alpha=0.35, label=f"reference ({len(pr)})")
+    ax.scatter(pw[:, 0], pw[:, 1], s=8, alpha=0.6, label=f"window ({len(pw)})", c="C3")
+    ax.set_xlabel("PC 1 of the reference")
+    ax.set_ylabel("PC 2")
+    ax.legend(fontsize=8)
+    ax.set_title("fingerprints: reference vs window")
+    return _img(fig, "reference vs window in two principal components")
+
+
+def plot_dimensions(report: dict[str, Any]) -> str:
+    ks = next((t for t in report["tests"] if t["name"] == "ks"), None)
+    if not ks or not ks["detail"].get("top"):
+        return ""
+    top = ks["detail"]["top"]
+    fig, ax = plt.subplots(figsize=(7, 3.2))
+    ax.bar([str(d["dim"]) for d in top], [d["ks"] for d in top], color="C1")
+    ax.set_xlabel("fingerprint dimension")
+    ax.set_ylabel("KS statistic")
+    ax.set_title("most drifting dimensions")
+    return _img(fig, "most drifting fingerprint dimensions")
+
+
+def plot_labels(report: dict[str, Any], ref: Reference) -> str:
+    lab = next((t for t in report["tests"] if t["name"] == "labels"), None)
+    if not lab:
+        return ""
+    names = ref.label_names
+    x = np.arange(len(names))
+    fig, ax = plt.subplots(figsize=(8, 3))
+    ax.bar(x - 0.2, lab["detail"]["reference_share"], 0.4, label="reference")
+    ax.bar(x + 0.2, lab["detail"]["window_share"], 0.4, label="window")
+    ax.set_xticks(x, [n[:14] for n in names], rotation=45, fontsize=7)
+    ax.set_ylabel("share of predictions")
+    ax.legend(fontsize=8)
+    ax.set_title("predicted labels")
+    return _img(fig, "predicted-label shares")
+
+
+def plot_volume(report: dict[str, Any]) -> str:
+    per_hour = report["volume"]["per_hour"]
+    if not per_hour:
+        return ""
+    fig, ax = plt.subplots(figsize=(8, 2.6))
+    ax.bar(range(len(per_hour)), [n for _, n in per_hour], color="C2")
+    step = max(1, len(per_hour) // 12)
+    ax.set_xticks(
+        range(0, len(per_hour), step), [h[5:] for h, _ in per_hour][::step], rotation=45, fontsize=7
+    )
+    ax.set_ylabel("predictions / hour")
+    ax.set_title("volume")
+    return _img(fig, "predictions per hour")
+
+
+def _table(rows: list[list[str]], head: list[str]) -> str:
+    out = ["<table><tr>", *(f"<th>{html.escape(h)}</th>" for h in head), "</tr>"]
+    for r in rows:
+        out.append("<tr>" + "".join(f"<td>{c}</td>" for c in r) + "</tr>")
+    out.append("</table>")
+    return "".join(out)
+
+
+def _fmt(v: Any) -> str:
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return html.escape(str(v))
+
+
+def render_html(
+    report: dict[str, Any],
+    past: Sequence[MonitorReport],
+    outcome: CheckOutcome | None,
+    ref: Reference,
+) -> str:
+    """The whole page for ``report`` (history ``past`` oldest first)."""
+    e = html.escape
+    status = report["status"]
+    parts = [
+        "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
+        f"<title>pomlia monitor: {e(report['model'])} {e(report['window']['until'])}</title>",
+        f"<style>{_CSS}</style></head><body>",
+        f"<h1>Monitoring report: {e(report['model'])} "
+        f"<span class='{e(status)}'>{e(status.upper())}</span></h1>",
+        _table(
+            [
+                ["model version", e(report["model_version"])],
+                ["deployment", e(str(report["deployment_id"] or "all"))],
+                ["window", f"{e(report['window']['since'])} → {e(report['window']['until'])}"],
+                ["predictions", _fmt(report["volume"]["predictions"])],
+                ["reference", f"{e(ref.source)}, {ref.n} images, accuracy {ref.accuracy:.3f}"],
+                ["alpha (family-wise)", _fmt(report["alpha"])],
+                ["reasons", e(", ".join(report["reasons"]) or "none")],
+            ],
+            ["", ""],
+        ),
+    ]
+    if report["tests"]:
+        rows = [
+            [
+                e(t["family"]),
+                f"<span class='{'rej' if t['rejected'] else ''}'>{e(t['name'])}</span>",
+                _fmt(t["statistic"]),
+                _fmt(t["p_value"]),
+                _fmt(t["weight"] * report["alpha"]),
+                "yes" if t["rejected"] else "no",
+            ]
+            for t in report["tests"]
+        ]
+        parts += [
+            "<h2>Tests</h2>",
+            _table(rows, ["family", "test", "statistic", "p-value", "alpha share", "rejected"]),
+        ]
+    perf = report["performance"]
+    if perf and perf.get("labels"):
+        lo, hi = perf["interval_95"]
+        parts += [
+            "<h2>Performance from feedback</h2>",
+            f"<p>accuracy {perf['accuracy']:.3f} (95% interval {lo:.3f} to {hi:.3f}) from "
+            f"{perf['labels']} labels (coverage {perf['coverage']:.1%}); validation "
+            f"{perf['validation_accuracy']:.3f}.</p>",
+        ]
+    plots = [plot_history(past, report), plot_metric(past, report)]
+    if outcome is not None:
+        plots += [plot_projection(outcome), plot_dimensions(report), plot_labels(report, ref)]
+    plots.append(plot_volume(report))
+    parts += ["<h2>Plots</h2>", *[p for p in plots if p]]
+    parts.append(
+        "<p>Least typical recent inputs: not shown (this server does not store inputs).</p>"
+    )
+    q = report["quality"]
+    notes = list(q.get("warnings", [])) + list(report["notes"])
+    parts += ["<h2>Data quality and notes</h2>"]
+    if "requests" in q:
+        parts.append(
+            _table(
+                [
+                    ["requests", _fmt(q["requests"])],
+                    ["rejected share", _fmt(q["rejected_share"])],
+                    ["rejections by reason", e(str(q["rejections_by_reason"]) or "{}")],
+                    ["near-constant inputs", _fmt(q.get("near_constant_share"))],
+                ],
+                ["", ""],
+            )
+        )
+    parts.append("<ul>" + "".join(f"<li>{e(n)}</li>" for n in notes) + "</ul>")
+    parts.append("</body></html>")
+    return "\n".join(parts)

@@ -1,0 +1,201 @@
+"""Reading a model's prediction log for one time window.
+
+The server writes ``<logs>/predictions/<model>/<start>-<host>-<pid>-<seq>.jsonl``, one file per
+server process and rotation (:mod:`pomlia_hpc.serve.predlog`). This reader goes through every
+such file once, streaming (a log of a million predictions is about 1.7 GB), and keeps:
+
+* for predictions of the reference's model version inside the window: the predicted label, the
+  confidence and the time of every one, and the fingerprint of a uniform random sample of at
+  most ``max_vectors`` of them (reservoir sampling; the drift tests need no more, see
+  :mod:`pomlia_hpc.monitor.tests`);
+* feedback labels matched to those predictions (feedback may arrive in a later file);
+* counts of everything it skipped, and why: records of other model versions (by version),
+  records of other models (a file copied into the wrong folder), lines that are not JSON
+  (corrupt), a torn last line (a writer that crashed mid-line), fingerprints of the wrong
+  kind or length, and refused requests by reason (``rejection`` records, when the server
+  writes them).
+
+Files whose last change is before the window cannot hold records of it and are not opened.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+#: Corrupt lines quoted in the report at most (file and line number), so a broken file does
+#: not flood it.
+MAX_EXAMPLES = 5
+
+
+@dataclass
+class LogWindow:
+    """What :func:`read_window` found; see the module docstring."""
+
+    model: str
+    version: str
+    since: datetime
+    until: datetime
+    files_read: int = 0
+    files_skipped_old: int = 0
+    lines: int = 0
+    torn_lines: int = 0
+    corrupt_lines: int = 0
+    corrupt_examples: list[str] = field(default_factory=list)
+    unreadable_files: list[str] = field(default_factory=list)
+    other_versions: Counter[str] = field(default_factory=Counter)
+    other_models: Counter[str] = field(default_factory=Counter)
+    bad_fingerprints: int = 0
+    other_deployments: int = 0
+    rejections: Counter[str] = field(default_factory=Counter)
+    #: Per prediction of the window (version = reference's): predicted index, confidence, time.
+    pred_index: list[Any] = field(default_factory=list)
+    confidence: list[float] = field(default_factory=list)
+    times: list[str] = field(default_factory=list)
+    #: Sampled fingerprints (rows) and the ids of their predictions.
+    vectors: list[np.ndarray] = field(default_factory=list)
+    vector_ids: list[str] = field(default_factory=list)
+    #: Feedback matched to a prediction of the window: (predicted, true label, feedback time).
+    feedback: list[tuple[Any, Any, str]] = field(default_factory=list)
+    feedback_unmatched: int = 0
+
+    @property
+    def n_predictions(self) -> int:
+        return len(self.pred_index)
+
+    def fingerprint_matrix(self, dim: int) -> np.ndarray:
+        """The sampled fingerprints as float32 (m, dim)."""
+        if not self.vectors:
+            return np.zeros((0, dim), dtype=np.float32)
+        return np.stack(self.vectors).astype(np.float32)
+
+
+def iso(t: datetime) -> str:
+    """``t`` in the log's format (UTC, microseconds), so times compare as strings."""
+    return t.isoformat(timespec="microseconds")
+
+
+def log_files(directory: Path) -> list[Path]:
+    """The ``*.jsonl`` files of one model's log folder, in name order (= start time)."""
+    if not directory.is_dir():
+        return []
+    return sorted(p for p in directory.glob("*.jsonl") if p.is_file())
+
+
+def _confidence(out: dict[str, Any], multi_label: bool) -> float:
+    probs = out.get("probabilities") or []
+    if not probs:
+        return float("nan")
+    if multi_label:
+        return float(2.0 * np.mean(np.abs(np.asarray(probs, dtype=np.float64) - 0.5)))
+    return float(max(probs))
+
+
+def read_window(
+    directory: Path,
+    *,
+    model: str,
+    version: str,
+    kind: str,
+    dim: int,
+    since: datetime,
+    until: datetime,
+    multi_label: bool = False,
+    max_vectors: int = 1000,
+    seed: int = 0,
+    deployment: int | None = None,
+) -> LogWindow:
+    """Read every log file under ``directory`` for predictions of ``model`` at ``version``
+    with ``since <= time < until`` (aware datetimes), only those of ``deployment`` when
+    given; see the module docstring."""
+    win = LogWindow(model=model, version=version, since=since, until=until)
+    lo, hi = iso(since), iso(until)
+    since_ts = since.timestamp()
+    rng = np.random.default_rng(seed)
+    seen_in_window = 0  # reservoir sampling over predictions with a valid fingerprint
+    pred_of: dict[str, Any] = {}  # prediction id -> predicted index, for the feedback join
+    feedback: dict[str, tuple[Any, str]] = {}  # the last label sent for each prediction
+    for path in log_files(directory):
+        try:
+            if path.stat().st_mtime < since_ts - 1.0:  # 1 s of clock slack
+                win.files_skipped_old += 1
+                continue
+            fh = path.open("rb")
+        except OSError as exc:
+            win.unreadable_files.append(f"{path.name}: {exc.strerror}")
+            continue
+        win.files_read += 1
+        with fh:
+            for lineno, raw in enumerate(fh, 1):
+                if not raw.endswith(b"\n"):
+                    win.torn_lines += 1  # the last line of a crashed writer
+                    break
+                win.lines += 1
+                try:
+                    rec = orjson.loads(raw)
+                    rtype = rec["type"]
+                except (orjson.JSONDecodeError, KeyError, TypeError):
+                    win.corrupt_lines += 1
+                    if len(win.corrupt_examples) < MAX_EXAMPLES:
+                        win.corrupt_examples.append(f"{path.name}:{lineno}")
+                    continue
+                if rec.get("model") != model:
+                    win.other_models[str(rec.get("model"))] += 1
+                    continue
+                if deployment is not None and rec.get("deployment") != deployment:
+                    win.other_deployments += 1
+                    continue
+                if rtype == "feedback":
+                    feedback[str(rec.get("prediction_id"))] = (
+                        rec.get("label_index"),
+                        str(rec.get("time", "")),
+                    )
+                    continue
+                if rtype == "rejection":
+                    t = str(rec.get("time", ""))
+                    if lo <= t < hi:
+                        win.rejections[str(rec.get("reason", "unknown"))] += 1
+                    continue
+                if rtype != "prediction":
+                    continue
+                t = str(rec.get("time", ""))
+                if not lo <= t < hi:
+                    continue
+                if rec.get("model_version") != version:
+                    win.other_versions[str(rec.get("model_version"))] += 1
+                    continue
+                out = rec.get("output") or {}
+                pid = str(rec.get("id"))
+                pred_of[pid] = out.get("label_index")
+                win.pred_index.append(out.get("label_index"))
+                win.confidence.append(_confidence(out, multi_label))
+                win.times.append(t)
+                fp = rec.get("fingerprint")
+                if (
+                    rec.get("fingerprint_kind") != kind
+                    or not isinstance(fp, list)
+                    or len(fp) != dim
+                ):
+                    win.bad_fingerprints += 1
+                    continue
+                seen_in_window += 1
+                if len(win.vectors) < max_vectors:
+                    win.vectors.append(np.asarray(fp, dtype=np.float32))
+                    win.vector_ids.append(pid)
+                else:
+                    j = int(rng.integers(seen_in_window))
+                    if j < max_vectors:
+                        win.vectors[j] = np.asarray(fp, dtype=np.float32)
+                        win.vector_ids[j] = pid
+    for pid, (label, t) in feedback.items():
+        if pid in pred_of:
+            win.feedback.append((pred_of[pid], label, t))
+        elif t >= lo:
+            win.feedback_unmatched += 1
+    return win

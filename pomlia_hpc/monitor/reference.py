@@ -1,0 +1,101 @@
+"""Finding what to monitor: the model (or deployment), its exported bundle and its reference.
+
+``pomlia monitor run`` takes a model name or id, or ``deployment:ID``; the reference is the
+bundle's ``monitor-reference.npz`` written at export (:mod:`pomlia_hpc.serve.reference`).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from pomlia_hpc.errors import InputError, NotFoundError
+from pomlia_hpc.registry import Deployment, Model, Registry
+from pomlia_hpc.serve.bundle import resolve_model
+from pomlia_hpc.serve.export import bundle_for_model
+from pomlia_hpc.serve.exported import ExportedBundle
+from pomlia_hpc.serve.reference import (
+    REFERENCE_FILE,
+    Reference,
+    read_reference,
+    reference_for_model,
+)
+
+
+@dataclass(frozen=True)
+class Target:
+    """What a monitor run looks at: a model, optionally one deployment of it."""
+
+    model: Model
+    deployment_id: int | None
+    bundle: ExportedBundle
+
+    @property
+    def label(self) -> str:
+        suffix = f" (deployment {self.deployment_id})" if self.deployment_id is not None else ""
+        return f"{self.model.name}{suffix}"
+
+
+def _how_to_create(name: str) -> str:
+    return f"create it with: pomlia monitor reference {name} --data DATASET[@VERSION] [--split val]"
+
+
+def resolve_model_id(registry: Registry, ref: str) -> tuple[int, int | None]:
+    """(model id, deployment id or None) of ``ref``: a model name or id, or ``deployment:ID``."""
+    if ref.startswith("deployment:"):
+        raw = ref.removeprefix("deployment:")
+        if not raw.isdigit():
+            raise InputError(f"'{ref}': expected deployment:ID with a number, e.g. deployment:3")
+        with registry.session() as s:
+            dep = s.get(Deployment, int(raw))
+            if dep is None:
+                raise NotFoundError(f"deployment {raw} is not in the registry")
+            return dep.model_id, int(raw)
+    return resolve_model(registry, ref).id, None
+
+
+def resolve_target(registry: Registry, ref: str) -> Target:
+    """``ref``: a model name or id, or ``deployment:ID``. The model must be exported."""
+    model_id, deployment_id = resolve_model_id(registry, ref)
+    model = resolve_model(registry, str(model_id))
+    bundle = bundle_for_model(registry, str(model.id))
+    if bundle is None:
+        raise NotFoundError(
+            f"model '{model.name}' has no exported bundle; export it first: "
+            f"pomlia model export {model.name}"
+        )
+    return Target(model, deployment_id, bundle)
+
+
+def load_reference(target: Target) -> Reference:
+    """The reference of the target's bundle, checked to belong to this model version."""
+    path = target.bundle.root / REFERENCE_FILE
+    if not path.is_file():
+        raise NotFoundError(
+            f"model '{target.model.name}' (version {target.bundle.version}) has no monitoring "
+            f"reference ({path} is missing)",
+            hint=_how_to_create(target.model.name),
+        )
+    ref = read_reference(path)
+    if ref.model != target.bundle.name or ref.model_version != target.bundle.version:
+        raise InputError(
+            f"monitoring reference {path} was computed for model '{ref.model}' version "
+            f"{ref.model_version}, not '{target.bundle.name}' version {target.bundle.version}",
+            hint=_how_to_create(target.model.name),
+        )
+    return ref
+
+
+def create_reference(
+    registry: Registry, ref: str, *, data: str | None = None, split: str = "val"
+) -> Path:
+    """(Re)compute the reference of model ``ref``'s bundle from ``data``'s ``split``
+    (default: the dataset the model was trained on)."""
+    target = resolve_target(registry, ref)
+    path = reference_for_model(registry, target.bundle, target.model, data=data, split=split)
+    if path is None:
+        raise InputError(
+            f"model '{target.model.name}' records no training dataset; pass one: "
+            f"pomlia monitor reference {target.model.name} --data DATASET[@VERSION]"
+        )
+    return path

@@ -1,0 +1,333 @@
+"""One monitor run: read the window, test it, write the report, record it, act on an alarm.
+
+Reports go to ``<home>/reports/<model>/<UTC time>-<random>/`` (``report.json`` for machines,
+``report.html`` for people), written in a temporary folder that is renamed into place, then
+recorded in the registry's ``monitor_reports``; if recording fails the folder is removed, so a
+report is either complete and recorded or absent. An alarm also records a ``retrain_requests``
+row (for the loop) and runs the ``--on-alarm`` command, if any, with the report's paths in its
+environment (``POMLIA_REPORT_JSON``, ``POMLIA_REPORT_HTML``, ``POMLIA_MODEL``,
+``POMLIA_RETRAIN_REQUEST``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import tempfile
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from pomlia_hpc.errors import InputError
+from pomlia_hpc.monitor.checks import CheckOutcome, run_checks
+from pomlia_hpc.monitor.logread import LogWindow, read_window
+from pomlia_hpc.monitor.reference import Target, load_reference, resolve_target
+from pomlia_hpc.monitor.stats import N_PERM
+from pomlia_hpc.registry import MonitorReport, Registry, RetrainRequest
+from pomlia_hpc.serve.predlog import log_dir
+from pomlia_hpc.serve.reference import Reference
+from pomlia_hpc.workspace import Workspace
+
+FORMAT = "pomlia-monitor-report/1"
+#: Exit status of ``pomlia monitor run`` when the alarm rings (errors exit 2).
+ALARM_EXIT = 1
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
+_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+
+Progress = Callable[[str], None]
+
+
+def parse_duration(text: str) -> timedelta:
+    """``"90s"``, ``"30m"``, ``"24h"``, ``"7d"``, ``"2w"`` → timedelta."""
+    m = _DURATION.match(text)
+    if not m or float(m.group(1)) <= 0:
+        raise InputError(
+            f"duration '{text}' is not valid; expected a positive number and a unit s, m, h, "
+            "d or w (e.g. 24h)"
+        )
+    return timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2)])
+
+
+def parse_time(text: str, what: str) -> datetime:
+    """ISO 8601 date or time (a time without zone is UTC)."""
+    try:
+        t = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise InputError(
+            f"{what} '{text}' is not a valid time; expected ISO 8601, e.g. 2026-12-01T02:00"
+        ) from exc
+    return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
+
+
+@dataclass(frozen=True)
+class RunResult:
+    """What a run produced: the report (as written), its files and registry rows."""
+
+    report: dict[str, Any]
+    json_path: Path
+    html_path: Path
+    report_id: int
+    retrain_request_id: int | None
+    hook_status: int | None
+
+    @property
+    def alarm(self) -> bool:
+        return bool(self.report["alarm"])
+
+
+def _log_summary(win: LogWindow) -> dict[str, Any]:
+    return {
+        "files_read": win.files_read,
+        "files_skipped_before_window": win.files_skipped_old,
+        "lines": win.lines,
+        "torn_lines": win.torn_lines,
+        "corrupt_lines": win.corrupt_lines,
+        "corrupt_examples": win.corrupt_examples,
+        "unreadable_files": win.unreadable_files,
+        "other_versions": dict(win.other_versions),
+        "other_models": dict(win.other_models),
+    }
+
+
+def _log_notes(win: LogWindow, version: str) -> list[str]:
+    notes = []
+    if win.torn_lines:
+        notes.append(f"{win.torn_lines} torn last line(s) skipped (a server stopped mid-write)")
+    if win.corrupt_lines:
+        notes.append(
+            f"{win.corrupt_lines} corrupt line(s) skipped, e.g. {', '.join(win.corrupt_examples)}"
+        )
+    for item in win.unreadable_files:
+        notes.append(f"log file not readable: {item}")
+    if win.other_models:
+        what = ", ".join(f"'{k}' ({v})" for k, v in win.other_models.most_common(5))
+        notes.append(f"records of other models in this model's log folder skipped: {what}")
+    if win.other_versions:
+        what = ", ".join(f"{k} ({v})" for k, v in win.other_versions.most_common(5))
+        notes.append(
+            f"predictions of other model versions not tested (the reference is for {version}): "
+            f"{what}"
+        )
+    return notes
+
+
+def _volume(times: list[str]) -> list[list[Any]]:
+    """Predictions per hour: [[hour ISO, count], ...]."""
+    per_hour = Counter(t[:13] for t in times)
+    return [[f"{h}:00", n] for h, n in sorted(per_hour.items())]
+
+
+def build_report(
+    target: Target,
+    ref: Reference,
+    win: LogWindow,
+    outcome: CheckOutcome | None,
+    *,
+    alpha: float,
+) -> dict[str, Any]:
+    """The JSON report (see ``docs/MONITORING.md`` for the fields)."""
+    notes = _log_notes(win, ref.model_version)
+    tests = outcome.tests if outcome else []
+    status = "empty"
+    if outcome is not None:
+        notes += outcome.notes
+        status = "alarm" if outcome.alarm else "ok"
+    else:
+        notes.append("no predictions of this model version in the window: nothing to test")
+    return {
+        "format": FORMAT,
+        "model": target.model.name,
+        "model_id": target.model.id,
+        "deployment_id": target.deployment_id,
+        "model_version": ref.model_version,
+        "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        "window": {"since": win.since.isoformat(), "until": win.until.isoformat()},
+        "alpha": alpha,
+        "status": status,
+        "alarm": status == "alarm",
+        "reasons": [f"{t.name} (p={t.p_value:.3g})" for t in tests if t.rejected],
+        "reference": {
+            "source": ref.source,
+            "n": ref.n,
+            "accuracy": ref.accuracy,
+            "fingerprint_kind": ref.fingerprint_kind,
+            "created_at": ref.created_at,
+        },
+        "log": _log_summary(win),
+        "volume": {"predictions": win.n_predictions, "per_hour": _volume(win.times)},
+        "tests": [t.to_dict() for t in tests],
+        "performance": outcome.performance if outcome else None,
+        "quality": outcome.quality if outcome else {"warnings": []},
+        "notes": notes,
+    }
+
+
+def history(registry: Registry, model_id: int, limit: int = 60) -> list[MonitorReport]:
+    """The model's last ``limit`` reports, oldest first."""
+    with registry.session() as s:
+        rows = list(
+            s.scalars(
+                select(MonitorReport)
+                .where(MonitorReport.model_id == model_id)
+                .order_by(MonitorReport.id.desc())
+                .limit(limit)
+            )
+        )
+    return rows[::-1]
+
+
+def _write(folder: Path, report: dict[str, Any], html: str) -> None:
+    (folder / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True))
+    (folder / "report.html").write_text(html)
+
+
+def _record(
+    registry: Registry, target: Target, report: dict[str, Any], folder: Path
+) -> tuple[int, int | None]:
+    with registry.session() as s:
+        row = MonitorReport(
+            deployment_id=target.deployment_id,
+            model_id=target.model.id,
+            drift={t["name"]: t for t in report["tests"]},
+            metrics={
+                "status": report["status"],
+                "window": report["window"],
+                "predictions": report["volume"]["predictions"],
+                "performance": report["performance"],
+                "model_version": report["model_version"],
+            },
+            triggered=report["alarm"],
+            report_path=str(folder / "report.json"),
+        )
+        s.add(row)
+        s.flush()
+        request_id = None
+        if report["alarm"]:
+            req = RetrainRequest(
+                model_id=target.model.id,
+                monitor_report_id=row.id,
+                reason="monitor alarm: " + ", ".join(report["reasons"]),
+                meta={
+                    "model_version": report["model_version"],
+                    "window": report["window"],
+                    "report": str(folder / "report.json"),
+                    "deployment_id": target.deployment_id,
+                },
+            )
+            s.add(req)
+            s.flush()
+            request_id = req.id
+        return row.id, request_id
+
+
+def _run_hook(command: str, env: dict[str, str], progress: Progress) -> int:
+    progress(f"alarm: running hook: {command}")
+    try:
+        done = subprocess.run(
+            command, shell=True, env={**os.environ, **env}, timeout=300, check=False
+        )
+    except subprocess.TimeoutExpired:
+        progress("alarm hook did not finish within 300 s; left it")
+        return 124
+    if done.returncode:
+        progress(f"alarm hook exited with status {done.returncode}")
+    return done.returncode
+
+
+def monitor_run(
+    registry: Registry,
+    workspace: Workspace,
+    ref: str,
+    *,
+    since: datetime | None = None,
+    until: datetime | None = None,
+    window: timedelta = timedelta(hours=24),
+    alpha: float = 0.05,
+    n_perm: int = N_PERM,
+    max_vectors: int = 1000,
+    on_alarm: str | None = None,
+    seed: int = 0,
+    progress: Progress = lambda _m: None,
+) -> RunResult:
+    """Monitor ``ref`` (model name/id or ``deployment:ID``) over [since, until) (default: the
+    ``window`` before now); see the module docstring."""
+    from pomlia_hpc.monitor.html import render_html
+
+    if not 0 < alpha < 1:
+        raise InputError(f"alpha {alpha} is not valid; expected a number between 0 and 1")
+    if n_perm < 1:
+        raise InputError(f"permutations {n_perm} is not valid; expected at least 1")
+    until = until or datetime.now(UTC)
+    since = since or until - window
+    if since >= until:
+        raise InputError(f"window start {since.isoformat()} is not before its end {until}")
+    target = resolve_target(registry, ref)
+    reference = load_reference(target)
+    folder_in = log_dir(workspace.path("logs"), target.model.name)
+    progress(f"reading {folder_in} from {since.isoformat()} to {until.isoformat()}")
+    win = read_window(
+        folder_in,
+        model=target.model.name,
+        version=reference.model_version,
+        kind=reference.fingerprint_kind,
+        dim=int(reference.fingerprints.shape[1]),
+        since=since,
+        until=until,
+        multi_label=reference.task_type == "multi-label",
+        max_vectors=max_vectors,
+        seed=seed,
+        deployment=target.deployment_id,
+    )
+    progress(
+        f"{win.n_predictions} predictions and {len(win.feedback)} labels in the window "
+        f"({win.files_read} files, {win.lines} lines)"
+    )
+    outcome = None
+    if win.n_predictions:
+        progress("testing (MMD, KS, classifier, labels, confidence, accuracy)")
+        outcome = run_checks(win, reference, alpha=alpha, n_perm=n_perm, seed=seed)
+    report = build_report(target, reference, win, outcome, alpha=alpha)
+    past = history(registry, target.model.id)
+    html = render_html(report, past, outcome, reference)
+    parent = workspace.path("reports", target.model.name)
+    parent.mkdir(parents=True, exist_ok=True)
+    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+    final = parent / f"{stamp}-{uuid.uuid4().hex[:6]}"
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=parent))
+    try:
+        _write(tmp, report, html)
+        tmp.chmod(0o755)
+        tmp.rename(final)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    try:
+        report_id, request_id = _record(registry, target, report, final)
+    except BaseException:
+        shutil.rmtree(final, ignore_errors=True)  # not recorded: not visible either
+        raise
+    progress(f"report {report_id}: {report['status']} → {final / 'report.html'}")
+    hook_status = None
+    if report["alarm"] and on_alarm:
+        hook_status = _run_hook(
+            on_alarm,
+            {
+                "POMLIA_REPORT_JSON": str(final / "report.json"),
+                "POMLIA_REPORT_HTML": str(final / "report.html"),
+                "POMLIA_MODEL": target.model.name,
+                "POMLIA_RETRAIN_REQUEST": str(request_id or ""),
+            },
+            progress,
+        )
+    return RunResult(
+        report, final / "report.json", final / "report.html", report_id, request_id, hook_status
+    )

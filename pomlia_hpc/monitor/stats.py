@@ -1,0 +1,251 @@
+"""Two-sample tests of a monitoring window against the reference, and the combined alarm.
+
+Each test returns a :class:`CheckResult` with a p-value that is valid under "the window comes
+from the reference distribution" (checked by ``scripts/bench/monitor.py``: false-alarm rate per
+test and overall, with Wilson intervals, over hundreds of no-drift windows):
+
+* :func:`mmd_test` - kernel MMD on standardised fingerprints, Gaussian kernel with the median
+  heuristic, p-value from ``n_perm`` permutations with the +1 correction. The kernel matrix is
+  computed once; each permutation only re-weights it (one matrix product for all of them).
+* :func:`ks_test` - Kolmogorov-Smirnov per dimension, Bonferroni over dimensions.
+* :func:`classifier_test` - a logistic regression learns to tell window from reference on one
+  half; its accuracy on the other (held-out) half is compared with chance by an exact binomial
+  test (no fixed AUC threshold).
+* :func:`label_test` - chi-square on predicted-label counts; :func:`confidence_test` - KS on
+  the model's confidence.
+* :func:`performance_test` - accuracy on feedback labels with a Wilson interval and a one-sided
+  two-proportion z-test for a drop below the validation accuracy.
+
+:func:`combine` runs a weighted Holm procedure over the tests: the alarm rings when any test is
+rejected, which happens with probability at most ``alpha`` when nothing changed, whatever the
+dependence between the tests.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from scipy import stats
+
+#: Permutations of the MMD test (the +1-corrected p-value cannot go below 1 / (n_perm + 1)).
+N_PERM = 1000
+
+
+@dataclass
+class CheckResult:
+    """One test: ``p_value`` in (0, 1]; ``weight`` its share of alpha in :func:`combine`."""
+
+    name: str
+    family: str
+    statistic: float
+    p_value: float
+    detail: dict[str, Any] = field(default_factory=dict)
+    weight: float = 1.0
+    rejected: bool = False
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "family": self.family,
+            "statistic": _finite(self.statistic),
+            "p_value": _finite(self.p_value),
+            "weight": self.weight,
+            "rejected": self.rejected,
+            "detail": self.detail,
+        }
+
+
+def _finite(x: float) -> float | None:
+    return float(x) if math.isfinite(x) else None
+
+
+def standardise(ref: np.ndarray, win: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Scale both by the reference's per-dimension mean and std; dimensions constant in the
+    reference keep a unit scale (so a change there still counts)."""
+    mu = ref.mean(axis=0)
+    sd = ref.std(axis=0)
+    sd = np.where(sd > 1e-6, sd, 1.0)
+    return ((ref - mu) / sd).astype(np.float32), ((win - mu) / sd).astype(np.float32)
+
+
+def _sq_dists(z: np.ndarray) -> np.ndarray:
+    sq = np.einsum("ij,ij->i", z, z)
+    d2 = sq[:, None] + sq[None, :] - 2.0 * (z @ z.T)
+    np.maximum(d2, 0.0, out=d2)
+    return d2
+
+
+def mmd_test(
+    ref: np.ndarray, win: np.ndarray, *, n_perm: int = N_PERM, seed: int = 0
+) -> CheckResult:
+    """Kernel MMD² (biased V-statistic) of standardised ``ref`` (n, d) vs ``win`` (m, d)."""
+    n, m = len(ref), len(win)
+    r, w = standardise(ref, win)
+    z = np.concatenate([r, w])
+    d2 = _sq_dists(z)
+    off = d2[~np.eye(n + m, dtype=bool)]
+    bandwidth = float(np.median(off)) or 1.0
+    kernel = np.exp(-d2 / bandwidth).astype(np.float32)
+    rng = np.random.default_rng(seed)
+    # Column 0 is the observed split; columns 1.. are permutations of it. Weights +1/n on the
+    # reference side, -1/m on the window side: MMD² = a^T K a.
+    base = np.concatenate([np.full(n, 1.0 / n), np.full(m, -1.0 / m)]).astype(np.float32)
+    weights = np.empty((n + m, n_perm + 1), dtype=np.float32)
+    weights[:, 0] = base
+    for j in range(1, n_perm + 1):
+        weights[:, j] = base[rng.permutation(n + m)]
+    values = np.einsum("ip,ip->p", weights, kernel @ weights)
+    observed = float(values[0])
+    exceed = int(np.sum(values[1:] >= observed - 1e-7 * abs(observed)))
+    return CheckResult(
+        "mmd",
+        "input",
+        observed,
+        (1 + exceed) / (1 + n_perm),
+        {"n_reference": n, "n_window": m, "permutations": n_perm, "bandwidth": bandwidth},
+    )
+
+
+def ks_test(ref: np.ndarray, win: np.ndarray, top: int = 10) -> CheckResult:
+    """KS per dimension, Bonferroni-corrected minimum p; ``detail.top`` the ``top`` most
+    drifting dimensions (largest KS statistic) with their p-values."""
+    d = ref.shape[1]
+    res = stats.ks_2samp(ref, win, axis=0, method="asymp")
+    stat = np.nan_to_num(np.atleast_1d(res.statistic), nan=0.0)
+    pvals = np.nan_to_num(np.atleast_1d(res.pvalue), nan=1.0)
+    order = np.argsort(-stat)[:top]
+    return CheckResult(
+        "ks",
+        "input",
+        float(stat.max()) if d else 0.0,
+        float(min(1.0, d * pvals.min())) if d else 1.0,
+        {
+            "dimensions": d,
+            "correction": "bonferroni",
+            "top": [
+                {"dim": int(i), "ks": float(stat[i]), "p_value": float(pvals[i])} for i in order
+            ],
+        },
+    )
+
+
+def classifier_test(ref: np.ndarray, win: np.ndarray, *, seed: int = 0) -> CheckResult:
+    """Domain classifier: held-out accuracy of a logistic regression, exact binomial p-value
+    against 0.5 (balanced classes, so chance is exactly one half)."""
+    from sklearn.linear_model import LogisticRegression
+
+    rng = np.random.default_rng(seed)
+    k = min(len(ref), len(win))
+    r = ref[rng.choice(len(ref), k, replace=False)]
+    w = win[rng.choice(len(win), k, replace=False)]
+    rs, ws = standardise(r, w)
+    # Each class split in halves: train on one half of each, test on the other.
+    pr, pw = rng.permutation(k), rng.permutation(k)
+    h = k // 2
+    x_train = np.concatenate([rs[pr[:h]], ws[pw[:h]]])
+    y_train = np.r_[np.zeros(h), np.ones(h)]
+    x_test = np.concatenate([rs[pr[h:]], ws[pw[h:]]])
+    y_test = np.r_[np.zeros(k - h), np.ones(k - h)]
+    if h < 2:
+        return CheckResult("classifier", "input", float("nan"), 1.0, {"note": "too few samples"})
+    clf = LogisticRegression(C=0.1, max_iter=300)
+    clf.fit(x_train, y_train)
+    correct = int(np.sum(clf.predict(x_test) == y_test))
+    p = float(stats.binomtest(correct, len(y_test), 0.5, alternative="greater").pvalue)
+    return CheckResult(
+        "classifier",
+        "input",
+        correct / len(y_test),
+        p,
+        {"held_out": len(y_test), "correct": correct, "model": "logistic regression, C=0.1"},
+    )
+
+
+def label_test(ref_labels: np.ndarray, win_labels: np.ndarray, n_labels: int) -> CheckResult:
+    """Chi-square test of homogeneity of predicted-label counts (labels never predicted by
+    either side are left out)."""
+    a = np.bincount(ref_labels.astype(int), minlength=n_labels)[:n_labels]
+    b = np.bincount(win_labels.astype(int), minlength=n_labels)[:n_labels]
+    keep = (a + b) > 0
+    detail = {
+        "reference_share": (a / max(1, a.sum())).round(4).tolist(),
+        "window_share": (b / max(1, b.sum())).round(4).tolist(),
+    }
+    if keep.sum() < 2 or b.sum() == 0:
+        return CheckResult("labels", "prediction", 0.0, 1.0, detail)
+    chi2, p, dof, _ = stats.chi2_contingency(np.stack([a[keep], b[keep]]), correction=False)
+    detail["dof"] = int(dof)
+    return CheckResult("labels", "prediction", float(chi2), float(p), detail)
+
+
+def confidence_test(ref_conf: np.ndarray, win_conf: np.ndarray) -> CheckResult:
+    """KS test of the model's confidence, window vs reference."""
+    w = win_conf[np.isfinite(win_conf)]
+    if len(w) == 0:
+        return CheckResult("confidence", "prediction", 0.0, 1.0, {"note": "no confidences"})
+    res = stats.ks_2samp(ref_conf, w, method="asymp")
+    return CheckResult(
+        "confidence",
+        "prediction",
+        float(res.statistic),
+        float(res.pvalue),
+        {"reference_mean": float(np.mean(ref_conf)), "window_mean": float(np.mean(w))},
+    )
+
+
+def wilson(k: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Wilson score interval for ``k`` successes out of ``n``."""
+    if n == 0:
+        return (0.0, 1.0)
+    z = float(stats.norm.ppf(0.5 + level / 2))
+    p = k / n
+    den = 1 + z * z / n
+    mid = (p + z * z / (2 * n)) / den
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / den
+    return (max(0.0, mid - half), min(1.0, mid + half))
+
+
+def performance_test(correct: int, n: int, ref_correct: int, ref_n: int) -> CheckResult:
+    """One-sided pooled two-proportion z-test of "window accuracy < validation accuracy"."""
+    acc = correct / n if n else float("nan")
+    ref_acc = ref_correct / ref_n
+    lo, hi = wilson(correct, n)
+    pooled = (correct + ref_correct) / (n + ref_n)
+    se = math.sqrt(max(pooled * (1 - pooled), 1e-12) * (1 / n + 1 / ref_n))
+    z = (ref_acc - acc) / se
+    return CheckResult(
+        "accuracy",
+        "performance",
+        acc,
+        float(stats.norm.sf(z)),
+        {
+            "labels": n,
+            "correct": correct,
+            "interval_95": [lo, hi],
+            "validation_accuracy": ref_acc,
+            "validation_n": ref_n,
+            "drop": ref_acc - acc,
+            "z": z,
+        },
+    )
+
+
+def combine(results: Sequence[CheckResult], alpha: float = 0.05) -> bool:
+    """Weighted Holm over ``results`` (uses each ``weight``; sets ``rejected``); True when any
+    test is rejected. Family-wise error rate <= ``alpha`` under any dependence."""
+    live = [r for r in results if r.weight > 0]
+    total = sum(r.weight for r in live)
+    for r in results:
+        r.rejected = False
+    remaining = total
+    for r in sorted(live, key=lambda r: r.p_value / r.weight):
+        if r.p_value <= alpha * r.weight / remaining:
+            r.rejected = True
+            remaining -= r.weight
+        else:
+            break
+    return any(r.rejected for r in results)

@@ -1,0 +1,257 @@
+"""The monitoring reference of a bundle: what the server would have logged for the model's
+validation images, kept beside the bundle as ``monitor-reference.npz``.
+
+The monitor compares a window of the prediction log with this reference, so it must be computed
+with exactly the server's functions: the same fingerprint function and rounding
+(:func:`pomlia_hpc.serve.fingerprint.bundle_fingerprint`, :func:`logged_vectors`), the same
+pixel scaling (uint8 / 255), normalisation and runtime (onnxruntime on CPU). It also holds the
+true labels and the model's predictions on them, so the monitor knows the validation accuracy,
+the predicted-label distribution and the confidence distribution to expect.
+
+Written atomically (temporary name, then rename) into the bundle directory; the bundle's card
+is not changed (its version is a hash of the weights, and the reference depends on data too).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pomlia_hpc.errors import InputError, NotFoundError
+from pomlia_hpc.registry import DatasetVersion, Model, Registry, Task
+from pomlia_hpc.serve.exported import ExportedBundle
+from pomlia_hpc.serve.fingerprint import bundle_fingerprint, logged_vectors
+from pomlia_hpc.serve.runtime import load_runtime, normalize_, probabilities, to_nchw
+
+REFERENCE_FILE = "monitor-reference.npz"
+FORMAT = "pomlia-monitor-reference/1"
+#: Validation images used at most (a seeded random subset beyond it): 5,000 vectors estimate
+#: the reference distribution far more tightly than any monitoring window of a few hundred.
+MAX_IMAGES = 5000
+BATCH = 256
+
+
+@dataclass(frozen=True)
+class Reference:
+    """Reference vectors and outputs of one model version.
+
+    ``fingerprints`` float32 (n, d); ``labels`` true label index (n,) (multi-label: (n, L) 0/1);
+    ``pred_index`` predicted index (n,) (multi-label: (n, L) 0/1); ``confidence`` the top
+    probability (n,) (multi-label: the mean distance of each probability from 0.5, times 2).
+    """
+
+    model: str
+    model_version: str
+    fingerprint_kind: str
+    task_type: str
+    label_names: list[str]
+    source: str
+    fingerprints: np.ndarray
+    labels: np.ndarray
+    pred_index: np.ndarray
+    confidence: np.ndarray
+    created_at: str
+    path: Path | None = None
+
+    @property
+    def n(self) -> int:
+        return len(self.fingerprints)
+
+    @property
+    def accuracy(self) -> float:
+        """Validation accuracy of the model on the reference images (exact-match for
+        multi-label)."""
+        if self.task_type == "multi-label":
+            return float(np.mean(np.all(self.pred_index == self.labels, axis=1)))
+        return float(np.mean(self.pred_index == self.labels))
+
+
+def confidence_of(probs: np.ndarray, task_type: str) -> np.ndarray:
+    """Per-image confidence: top probability, or for multi-label 2 * mean |p - 0.5|."""
+    if task_type == "multi-label":
+        return np.asarray(2.0 * np.abs(probs - 0.5).mean(axis=1), dtype=np.float32)
+    return np.asarray(probs.max(axis=1), dtype=np.float32)
+
+
+def compute_reference(
+    bundle: ExportedBundle,
+    images: np.ndarray,
+    labels: np.ndarray,
+    *,
+    source: str,
+    threads: int | None = None,
+) -> Reference:
+    """Reference of ``bundle`` on uint8 NHWC ``images`` with true ``labels`` (n, L) or (n,).
+
+    Raises :class:`InputError` when the images do not fit the model (size, channels)."""
+    if images.ndim != 4 or images.shape[1:] != (
+        bundle.image_size,
+        bundle.image_size,
+        bundle.channels,
+    ):
+        raise InputError(
+            f"reference data from {source}: images of shape {tuple(images.shape[1:])}, expected "
+            f"({bundle.image_size}, {bundle.image_size}, {bundle.channels}) for model "
+            f"'{bundle.name}'"
+        )
+    if len(images) == 0:
+        raise InputError(f"reference data from {source}: the split holds no images")
+    if images.dtype != np.uint8:
+        raise InputError(f"reference data from {source}: expected uint8 pixels, got {images.dtype}")
+    fp_fn, kind = bundle_fingerprint(bundle.encoder_file)
+    runtime = load_runtime(bundle, "onnx", threads)
+    mean = np.asarray(bundle.mean, dtype=np.float32)
+    std = np.asarray(bundle.std, dtype=np.float32)
+    fps, probs = [], []
+    for lo in range(0, len(images), BATCH):
+        # Exactly the server's path: uint8 / 255 (decode), NCHW, fingerprint, normalise, run.
+        x = to_nchw(images[lo : lo + BATCH].astype(np.float32) / 255.0)
+        fps.append(logged_vectors(fp_fn, x))
+        probs.append(
+            probabilities(runtime.logits(normalize_(x, mean, std)), bundle.task_type).astype(
+                np.float32
+            )
+        )
+    p = np.concatenate(probs)
+    y = np.asarray(labels)
+    if bundle.task_type == "multi-label":
+        pred = (p >= 0.5).astype(np.int8)
+        y = y.reshape(len(y), -1).astype(np.int8)
+    else:
+        pred = p.argmax(axis=1).astype(np.int32)
+        y = y.reshape(len(y), -1)[:, 0].astype(np.int32)
+    return Reference(
+        model=bundle.name,
+        model_version=bundle.version,
+        fingerprint_kind=kind,
+        task_type=bundle.task_type,
+        label_names=bundle.labels,
+        source=source,
+        fingerprints=np.concatenate(fps),
+        labels=y,
+        pred_index=pred,
+        confidence=confidence_of(p, bundle.task_type),
+        created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+    )
+
+
+def write_reference(bundle: ExportedBundle, ref: Reference) -> Path:
+    """Write ``ref`` to ``<bundle>/monitor-reference.npz`` atomically; returns the path."""
+    meta = {
+        "format": FORMAT,
+        "model": ref.model,
+        "model_version": ref.model_version,
+        "fingerprint_kind": ref.fingerprint_kind,
+        "task_type": ref.task_type,
+        "label_names": ref.label_names,
+        "source": ref.source,
+        "created_at": ref.created_at,
+        "n": ref.n,
+        "accuracy": ref.accuracy,
+    }
+    path = bundle.root / REFERENCE_FILE
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with tmp.open("wb") as fh:
+            np.savez_compressed(
+                fh,
+                meta=np.asarray(json.dumps(meta)),
+                fingerprints=ref.fingerprints,
+                labels=ref.labels,
+                pred_index=ref.pred_index,
+                confidence=ref.confidence,
+            )
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path
+
+
+def read_reference(path: Path) -> Reference:
+    """Read a reference file; a missing or malformed file is a clear error naming it."""
+    if not path.is_file():
+        raise NotFoundError(f"monitoring reference {path} does not exist")
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            meta: dict[str, Any] = json.loads(str(z["meta"]))
+            arrays = {k: np.asarray(z[k]) for k in ("fingerprints", "labels", "pred_index")}
+            conf = np.asarray(z["confidence"])
+    except (OSError, ValueError, KeyError, json.JSONDecodeError) as exc:
+        raise InputError(f"monitoring reference {path}: not a readable reference ({exc})") from exc
+    if meta.get("format") != FORMAT:
+        raise InputError(f"monitoring reference {path}: field 'format' should be '{FORMAT}'")
+    return Reference(
+        model=str(meta["model"]),
+        model_version=str(meta["model_version"]),
+        fingerprint_kind=str(meta["fingerprint_kind"]),
+        task_type=str(meta["task_type"]),
+        label_names=[str(x) for x in meta["label_names"]],
+        source=str(meta["source"]),
+        fingerprints=arrays["fingerprints"].astype(np.float32),
+        labels=arrays["labels"],
+        pred_index=arrays["pred_index"],
+        confidence=conf.astype(np.float32),
+        created_at=str(meta["created_at"]),
+        path=path,
+    )
+
+
+def subsample(n: int, limit: int = MAX_IMAGES, seed: int = 0) -> np.ndarray:
+    """Sorted row indices: all ``n`` rows, or a seeded random ``limit`` of them."""
+    if n <= limit:
+        return np.arange(n)
+    return np.sort(np.random.default_rng(seed).choice(n, size=limit, replace=False))
+
+
+def model_dataset_store(registry: Registry, model: Model) -> str | None:
+    """Store path of the dataset version ``model`` was trained on: its lineage's
+    ``dataset_version_id``, else its task's dataset version; None when neither is known."""
+    with registry.session() as s:
+        dv_id = (model.lineage or {}).get("dataset_version_id")
+        if not isinstance(dv_id, int) and model.task_id is not None:
+            task = s.get(Task, model.task_id)
+            dv_id = task.dataset_version_id if task is not None else None
+        if not isinstance(dv_id, int):
+            return None
+        row = s.get(DatasetVersion, dv_id)
+        return row.store_path if row is not None else None
+
+
+def reference_for_model(
+    registry: Registry,
+    bundle: ExportedBundle,
+    model: Model,
+    *,
+    data: str | None = None,
+    split: str = "val",
+    limit: int = MAX_IMAGES,
+) -> Path | None:
+    """Compute and write the reference of ``bundle`` from the ``split`` of dataset ``data``
+    (``name[@version]``; default: the dataset the model was trained on). Returns the file, or
+    None when no dataset is given and none is recorded for the model."""
+    from pomlia_hpc.data.store import open_store, open_version
+
+    if data is not None:
+        store = open_version(registry, data)
+    else:
+        path = model_dataset_store(registry, model)
+        if path is None:
+            return None
+        store = open_store(path)
+    lo, hi = store.split_range(split)
+    if hi <= lo:
+        raise InputError(
+            f"dataset {store.ref} has no '{split}' images to build the monitoring reference "
+            "from; expected a split with images (choose another with --split)"
+        )
+    rows = lo + subsample(hi - lo, limit)
+    images = np.asarray(store.images.get_orthogonal_selection((rows,)))
+    labels = np.asarray(store.labels.get_orthogonal_selection((rows,)))
+    ref = compute_reference(bundle, images, labels, source=f"{store.ref} [{split}]")
+    return write_reference(bundle, ref)

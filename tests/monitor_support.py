@@ -1,0 +1,102 @@
+"""Helpers for the monitor tests: a registered, exported demo model with a reference computed
+from look-alike validation images, and prediction logs written by the server's own code
+(:class:`Predictor` and :class:`PredictionLog`), so the records are exactly what a server logs.
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import orjson
+
+from pomlia_hpc.data.synth import make_split
+from pomlia_hpc.registry import Registry
+from pomlia_hpc.serve.demo import register_demo_model
+from pomlia_hpc.serve.exported import ExportedBundle
+from pomlia_hpc.serve.metrics import ServerMetrics
+from pomlia_hpc.serve.predictor import Predictor
+from pomlia_hpc.serve.predlog import PredictionLog, log_dir
+from pomlia_hpc.serve.reference import compute_reference, write_reference
+from pomlia_hpc.serve.runtime import load_runtime
+from pomlia_hpc.workspace import Workspace
+
+FLAG = "bloodmnist"  # RGB 28 px, 8 classes
+CLASSES = 8
+
+
+def images(n: int, seed: int = 0, split: str = "test") -> tuple[np.ndarray, np.ndarray]:
+    """``n`` look-alike images uint8 (n, 28, 28, 3) and labels (n,)."""
+    x, y = make_split(FLAG, n, seed=seed, size=28, split=split)
+    return x, y[:, 0].astype(int)
+
+
+def demo_model(reg: Registry, ws: Workspace, name: str = "blood", n_ref: int = 300) -> Path:
+    """Register + export an (untrained) demo model and write its reference from ``n_ref``
+    validation look-alikes; returns the bundle directory."""
+    res = register_demo_model(reg, ws, name, channels=3, num_classes=CLASSES)
+    x, y = images(n_ref, split="val")
+    ref = compute_reference(res.bundle, x, y, source=f"{FLAG} look-alike [val]", threads=1)
+    write_reference(res.bundle, ref)
+    return res.bundle.root
+
+
+def log_predictions(
+    ws: Workspace,
+    bundle_dir: Path,
+    x: np.ndarray,
+    *,
+    when: datetime | None = None,
+    labels: np.ndarray | None = None,
+    deployment: int | None = None,
+) -> list[dict[str, Any]]:
+    """Run the server's predictor on uint8 ``x`` and log the records (one new log file, as a
+    new server process would); ``when`` rewrites their time; ``labels`` adds feedback."""
+    bundle = ExportedBundle.open(bundle_dir)
+    directory = log_dir(ws.path("logs"), bundle.name)
+    log = PredictionLog(directory, fsync=False)
+    pred = Predictor(
+        bundle,
+        load_runtime(bundle, "onnx", threads=1),
+        log,
+        ServerMetrics(),
+        max_batch=64,
+        max_wait_s=0.0,
+        deployment_id=deployment,
+    )
+    try:
+        results = pred.process([x.astype(np.float32) / 255.0])
+    finally:
+        pred.batcher.close()
+    records = results[0].records
+    t = (when or datetime.now(UTC)).isoformat(timespec="microseconds")
+    for r in records:
+        r["time"] = t
+    feedback = []
+    if labels is not None:
+        for r, y in zip(records, labels, strict=True):
+            feedback.append(
+                {
+                    "type": "feedback",
+                    "id": os.urandom(16).hex(),
+                    "time": t,
+                    "prediction_id": r["id"],
+                    "model": bundle.name,
+                    "model_version": bundle.version,
+                    "deployment": deployment,
+                    "label": f"class_{int(y)}",
+                    "label_index": int(y),
+                }
+            )
+    log.append(records + feedback)
+    log.close()
+    return records
+
+
+def append_lines(path: Path, *lines: bytes | dict[str, Any]) -> None:
+    with path.open("ab") as f:
+        for line in lines:
+            f.write(line if isinstance(line, bytes) else orjson.dumps(line) + b"\n")
