@@ -57,7 +57,10 @@ def log_predictions(
     new server process would); ``when`` rewrites their time; ``labels`` adds feedback."""
     bundle = ExportedBundle.open(bundle_dir)
     directory = log_dir(ws.path("logs"), bundle.name)
-    log = PredictionLog(directory, fsync=False)
+    # Written in a side folder, then moved in under a name of its own: each call is one more
+    # server process's file (two calls in the same second would otherwise share a name).
+    staging = directory.parent / f".staging-{os.urandom(4).hex()}"
+    log = PredictionLog(staging, fsync=False)
     pred = Predictor(
         bundle,
         load_runtime(bundle, "onnx", threads=1),
@@ -93,10 +96,14 @@ def log_predictions(
             )
     log.append(records + feedback)
     log.close()
+    directory.mkdir(parents=True, exist_ok=True)
+    for path in staging.glob("*.jsonl"):
+        path.rename(directory / f"{path.stem}-{os.urandom(3).hex()}.jsonl")
+    staging.rmdir()
     return records
 
 
 def append_lines(path: Path, *lines: bytes | dict[str, Any]) -> None:
     with path.open("ab") as f:
         for line in lines:
-            f.write(line if isinstance(line, bytes) else orjson.dumps(line) + b"\n")
+            f.write(line if isinstance(line, bytes) else orjson.dumps(line, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n")

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -182,7 +183,7 @@ def read_reference(path: Path) -> Reference:
             meta: dict[str, Any] = json.loads(str(z["meta"]))
             arrays = {k: np.asarray(z[k]) for k in ("fingerprints", "labels", "pred_index")}
             conf = np.asarray(z["confidence"])
-    except (OSError, ValueError, KeyError, json.JSONDecodeError) as exc:
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
         raise InputError(f"monitoring reference {path}: not a readable reference ({exc})") from exc
     if meta.get("format") != FORMAT:
         raise InputError(f"monitoring reference {path}: field 'format' should be '{FORMAT}'")

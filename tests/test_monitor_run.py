@@ -1,0 +1,285 @@
+"""``pomlia monitor run/show/history/reference`` end to end on a real exported model whose
+prediction log is written by the server's own predictor; bad input gives one clear message."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sqlalchemy import func, select
+from typer.testing import CliRunner
+
+from monitor_support import append_lines, demo_model, images, log_predictions
+from pomlia_hpc.cli import app
+from pomlia_hpc.data.synth import make_split
+from pomlia_hpc.errors import PomliaError
+from pomlia_hpc.registry import MonitorReport, Registry, RetrainRequest
+from pomlia_hpc.serve.predlog import log_dir
+from pomlia_hpc.serve.reference import REFERENCE_FILE, read_reference, write_reference
+from pomlia_hpc.workspace import Workspace
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Workspace, Registry, Path]]:
+    """One workspace with an exported demo model 'blood' and its reference (export is slow)."""
+    home = tmp_path_factory.mktemp("monitor") / "home"
+    ws = Workspace(home=home, db_url=f"sqlite:///{home / 'registry.db'}", cluster_profile="local")
+    ws.create()
+    reg = Registry.open(ws.db_url)
+    bundle = demo_model(reg, ws)
+    yield ws, reg, bundle
+    reg.dispose()
+
+
+@pytest.fixture
+def fresh(
+    env: tuple[Workspace, Registry, Path], monkeypatch: pytest.MonkeyPatch
+) -> tuple[Workspace, Registry, Path]:
+    """``env`` with an empty prediction log, selected for the CLI."""
+    ws, reg, bundle = env
+    shutil.rmtree(log_dir(ws.path("logs"), "blood"), ignore_errors=True)
+    monkeypatch.setenv("POMLIA_HOME", str(ws.home))
+    monkeypatch.delenv("POMLIA_DB_URL", raising=False)
+    return env
+
+
+def monitor(*args: str) -> tuple[int, str]:
+    """(exit status, output) of ``pomlia monitor ARGS`` in-process; a PomliaError is what the
+    console script prints as one line with exit status 2 (checked by a subprocess test)."""
+    res = runner.invoke(app, ["monitor", *args])
+    if isinstance(res.exception, PomliaError):
+        return res.exception.exit_code, res.output + str(res.exception)
+    assert res.exception is None or isinstance(res.exception, SystemExit), res.exception
+    return res.exit_code, res.output
+
+
+def n_rows(reg: Registry, table: type) -> int:
+    with reg.session() as s:
+        return int(s.scalar(select(func.count()).select_from(table)) or 0)
+
+
+def test_no_drift_window_is_ok_and_recorded(fresh: tuple[Workspace, Registry, Path]) -> None:
+    ws, reg, bundle = fresh
+    x, _ = images(200)
+    log_predictions(ws, bundle, x)
+    before, requests = n_rows(reg, MonitorReport), n_rows(reg, RetrainRequest)
+    code, out = monitor("run", "blood", "--json")
+    assert code == 0, out
+    report = json.loads(out[out.index("{") :])
+    assert report["status"] == "ok" and not report["alarm"]
+    assert report["volume"]["predictions"] == 200
+    assert {t["name"] for t in report["tests"]} == {
+        "mmd",
+        "ks",
+        "classifier",
+        "labels",
+        "confidence",
+    }
+    assert all(t["p_value"] > 0.01 for t in report["tests"])
+    mmd = next(t for t in report["tests"] if t["name"] == "mmd")
+    assert mmd["detail"]["permutations"] == 1000
+    assert n_rows(reg, MonitorReport) == before + 1
+    assert n_rows(reg, RetrainRequest) == requests
+    code, out = monitor("history", "blood")
+    assert code == 0 and "ok" in out
+
+
+def test_foreign_data_alarms_with_a_retrain_request_and_the_hook(
+    fresh: tuple[Workspace, Registry, Path], tmp_path: Path
+) -> None:
+    ws, reg, bundle = fresh
+    x, _ = images(100)
+    log_predictions(ws, bundle, x)
+    foreign, _ = make_split("pathmnist", 100, size=28)
+    log_predictions(ws, bundle, foreign)  # a second server process: a second file
+    marker = tmp_path / "hook.txt"
+    code, out = monitor("run", "blood", "--on-alarm", f'echo "$POMLIA_MODEL $POMLIA_REPORT_JSON" > {marker}')
+    assert code == 1, out
+    assert "ALARM" in out and "mmd" in out
+    model, report_path = marker.read_text().split()
+    assert model == "blood" and Path(report_path).is_file()
+    report = json.loads(Path(report_path).read_text())
+    assert report["alarm"] and report["log"]["files_read"] == 2
+    with reg.session() as s:
+        req = s.scalars(select(RetrainRequest).order_by(RetrainRequest.id.desc())).first()
+        assert req is not None and req.status == "open" and "mmd" in req.reason
+        row = s.get(MonitorReport, req.monitor_report_id)
+        assert row is not None and row.triggered and row.report_path == report_path
+    html = Path(report_path).with_name("report.html").read_text()
+    assert html.count("data:image/png;base64,") >= 4 and "ALARM" in html
+    code, out = monitor("show", str(req.monitor_report_id))
+    assert code == 0 and "mmd" in out and "report.html" in out
+
+
+def test_accuracy_drop_on_feedback_is_detected(
+    fresh: tuple[Workspace, Registry, Path], tmp_path: Path
+) -> None:
+    """With a reference whose labels are the model's own predictions (accuracy 1), feedback
+    that disagrees on 30% of 100 images is a significant drop; 2% is not tested as one."""
+    ws, reg, bundle = fresh
+    ref_path = bundle / REFERENCE_FILE
+    original = ref_path.read_bytes()
+    ref = read_reference(ref_path)
+    try:
+        from dataclasses import replace
+
+        from pomlia_hpc.serve.exported import ExportedBundle
+
+        write_reference(ExportedBundle.open(bundle), replace(ref, labels=ref.pred_index.copy()))
+        x, _ = images(100)
+        records = log_predictions(ws, bundle, x)
+        shutil.rmtree(log_dir(ws.path("logs"), "blood"))
+        pred = np.array([r["output"]["label_index"] for r in records])
+        wrong = pred.copy()
+        wrong[:30] = (wrong[:30] + 1) % 8
+        log_predictions(ws, bundle, x, labels=wrong)
+        code, out = monitor("run", "blood", "--json")
+        report = json.loads(out[out.index("{") :])
+        perf = report["performance"]
+        assert perf["labels"] == 100 and perf["coverage"] == 1.0
+        assert abs(perf["accuracy"] - 0.70) < 1e-9
+        assert perf["interval_95"][0] < 0.70 < perf["interval_95"][1]
+        assert code == 1 and any(r.startswith("accuracy") for r in report["reasons"])
+    finally:
+        ref_path.write_bytes(original)
+
+
+def test_empty_window_reports_so_without_alarm(fresh: tuple[Workspace, Registry, Path]) -> None:
+    ws, _reg, bundle = fresh
+    x, _ = images(20)
+    log_predictions(ws, bundle, x, when=datetime.now(UTC) - timedelta(days=3))
+    code, out = monitor("run", "blood", "--window", "24h", "--json")
+    assert code == 0, out
+    report = json.loads(out[out.index("{") :])
+    assert report["status"] == "empty" and report["tests"] == []
+    assert any("nothing to test" in n for n in report["notes"])
+    # An explicit window around the old records finds them.
+    since = (datetime.now(UTC) - timedelta(days=4)).isoformat()
+    code, out = monitor("run", "blood", "--since", since, "--json")
+    report = json.loads(out[out.index("{") :])
+    assert report["volume"]["predictions"] == 20
+
+
+def test_torn_corrupt_and_foreign_lines_are_skipped_and_counted(
+    fresh: tuple[Workspace, Registry, Path],
+) -> None:
+    ws, _reg, bundle = fresh
+    x, _ = images(60)
+    records = log_predictions(ws, bundle, x)
+    folder = log_dir(ws.path("logs"), "blood")
+    (first,) = folder.glob("*.jsonl")
+    other_version = dict(records[0], id="f" * 32, model_version="0123456789ab")
+    append_lines(first, b"{not json\n", other_version)
+    append_lines(first, b'{"type": "prediction", "id": "torn')  # a crash mid-line
+    stray = folder / "20200101T000000-otherhost-1-0000.jsonl"  # a copied file of another model
+    append_lines(stray, dict(records[1], model="pathology"), dict(records[2], model="pathology"))
+    (folder / "notes.txt").write_text("not a log file")
+    code, out = monitor("run", "blood", "--json")
+    assert code == 0, out
+    report = json.loads(out[out.index("{") :])
+    log = report["log"]
+    assert report["volume"]["predictions"] == 60
+    assert log["torn_lines"] == 1 and log["corrupt_lines"] == 1
+    assert log["corrupt_examples"] == [f"{first.name}:{len(records) + 1}"]
+    assert log["other_models"] == {"pathology": 2}
+    assert log["other_versions"] == {"0123456789ab": 1}
+    notes = " ".join(report["notes"])
+    assert "torn" in notes and "corrupt" in notes and "pathology" in notes
+    assert "0123456789ab" in notes
+
+
+def test_deployment_filter(fresh: tuple[Workspace, Registry, Path]) -> None:
+    ws, reg, bundle = fresh
+    from pomlia_hpc.registry import Deployment, Model
+
+    with reg.session() as s:
+        model_id = s.scalar(select(Model.id).where(Model.name == "blood"))
+        assert model_id is not None
+        dep = Deployment(model_id=model_id, bundle_path=str(bundle))
+        s.add(dep)
+        s.flush()
+        dep_id = dep.id
+    x, _ = images(30)
+    log_predictions(ws, bundle, x[:20], deployment=dep_id)
+    log_predictions(ws, bundle, x[20:])
+    code, out = monitor("run", f"deployment:{dep_id}", "--json")
+    report = json.loads(out[out.index("{") :])
+    assert code == 0 and report["volume"]["predictions"] == 20
+    assert report["deployment_id"] == dep_id
+    code, out = monitor("run", "deployment:99999")
+    assert code == 2 and "deployment 99999 is not in the registry" in out
+
+
+def test_bad_targets_and_options_are_one_clear_message(
+    fresh: tuple[Workspace, Registry, Path],
+) -> None:
+    _ws, reg, _bundle = fresh
+    before = n_rows(reg, MonitorReport)
+    for args, message in (
+        (["run", "nope"], "model 'nope' is not in the registry"),
+        (["run", "blood", "--window", "soon"], "duration 'soon' is not valid"),
+        (["run", "blood", "--since", "yesterday"], "--since 'yesterday' is not a valid time"),
+        (["run", "blood", "--alpha", "2"], "alpha 2.0 is not valid"),
+        (["show", "4242"], "monitor report 4242 is not in the registry"),
+        (["history", "nope"], "model 'nope' is not in the registry"),
+    ):
+        code, out = monitor(*args)
+        assert code == 2, (args, out)
+        assert message in " ".join(out.split()), (args, out)
+        assert "Traceback" not in out
+    assert n_rows(reg, MonitorReport) == before
+
+
+def test_missing_or_foreign_reference_says_how_to_create_it(
+    fresh: tuple[Workspace, Registry, Path],
+) -> None:
+    _ws, _reg, bundle = fresh
+    ref_path = bundle / REFERENCE_FILE
+    original = ref_path.read_bytes()
+    try:
+        ref_path.unlink()
+        code, out = monitor("run", "blood")
+        text = " ".join(out.split())
+        assert code == 2 and "has no monitoring reference" in text
+        assert "pomlia monitor reference blood --data" in text
+        from dataclasses import replace
+
+        from pomlia_hpc.serve.exported import ExportedBundle
+
+        ref_path.write_bytes(original)
+        ref = read_reference(ref_path)
+        write_reference(ExportedBundle.open(bundle), replace(ref, model_version="000000000000"))
+        code, out = monitor("run", "blood")
+        text = " ".join(out.split())
+        assert code == 2 and "version 000000000000" in text and "pomlia monitor reference" in text
+        ref_path.write_bytes(b"PK\x03\x04 broken")
+        code, out = monitor("run", "blood")
+        assert code == 2 and "not a readable reference" in " ".join(out.split())
+        code, out = monitor("reference", "blood")
+        assert code == 2 and "records no training dataset" in " ".join(out.split())
+    finally:
+        ref_path.write_bytes(original)
+
+
+def test_console_script_prints_one_line_without_traceback(
+    fresh: tuple[Workspace, Registry, Path],
+) -> None:
+    import subprocess
+    import sys
+
+    proc = subprocess.run(
+        [sys.executable, "-m", "pomlia_hpc", "monitor", "run", "nope"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=120,
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.startswith("error: model 'nope' is not in the registry"), proc.stderr
