@@ -106,4 +106,6 @@ def log_predictions(
 def append_lines(path: Path, *lines: bytes | dict[str, Any]) -> None:
     with path.open("ab") as f:
         for line in lines:
-            f.write(line if isinstance(line, bytes) else orjson.dumps(line, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n")
+            if isinstance(line, dict):
+                line = orjson.dumps(line, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n"
+            f.write(line)

@@ -11,10 +11,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from monitor_support import append_lines, demo_model, images, log_predictions
 from sqlalchemy import func, select
 from typer.testing import CliRunner
 
-from monitor_support import append_lines, demo_model, images, log_predictions
 from pomlia_hpc.cli import app
 from pomlia_hpc.data.synth import make_split
 from pomlia_hpc.errors import PomliaError
@@ -43,7 +43,7 @@ def fresh(
     env: tuple[Workspace, Registry, Path], monkeypatch: pytest.MonkeyPatch
 ) -> tuple[Workspace, Registry, Path]:
     """``env`` with an empty prediction log, selected for the CLI."""
-    ws, reg, bundle = env
+    ws = env[0]
     shutil.rmtree(log_dir(ws.path("logs"), "blood"), ignore_errors=True)
     monkeypatch.setenv("POMLIA_HOME", str(ws.home))
     monkeypatch.delenv("POMLIA_DB_URL", raising=False)
@@ -100,7 +100,8 @@ def test_foreign_data_alarms_with_a_retrain_request_and_the_hook(
     foreign, _ = make_split("pathmnist", 100, size=28)
     log_predictions(ws, bundle, foreign)  # a second server process: a second file
     marker = tmp_path / "hook.txt"
-    code, out = monitor("run", "blood", "--on-alarm", f'echo "$POMLIA_MODEL $POMLIA_REPORT_JSON" > {marker}')
+    hook = f'echo "$POMLIA_MODEL $POMLIA_REPORT_JSON" > {marker}'
+    code, out = monitor("run", "blood", "--on-alarm", hook)
     assert code == 1, out
     assert "ALARM" in out and "mmd" in out
     model, report_path = marker.read_text().split()
@@ -122,8 +123,8 @@ def test_accuracy_drop_on_feedback_is_detected(
     fresh: tuple[Workspace, Registry, Path], tmp_path: Path
 ) -> None:
     """With a reference whose labels are the model's own predictions (accuracy 1), feedback
-    that disagrees on 30% of 100 images is a significant drop; 2% is not tested as one."""
-    ws, reg, bundle = fresh
+    that disagrees on 30% of 100 images is a significant drop."""
+    ws, _reg, bundle = fresh
     ref_path = bundle / REFERENCE_FILE
     original = ref_path.read_bytes()
     ref = read_reference(ref_path)
