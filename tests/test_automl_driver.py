@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 
 import pytest
-from automl_support import FAST, donor_model, tiny_task, warm_file
 from sqlalchemy import select
 from typer.testing import CliRunner
 
@@ -22,6 +21,7 @@ from pomlia_hpc.cluster.records import record_submission
 from pomlia_hpc.errors import ClusterError, PomliaError
 from pomlia_hpc.registry import Job, Registry, Run
 from pomlia_hpc.workspace import Workspace
+from tests.fixtures.factories import FAST, donor_model, tiny_task, warm_file
 
 pytestmark = pytest.mark.usefixtures("wide_console")
 

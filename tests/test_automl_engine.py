@@ -8,7 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from automl_support import tiny_dataset
 from medmnist.evaluator import getACC, getAUC
 from sklearn.metrics import f1_score
 
@@ -33,6 +32,7 @@ from pomlia_hpc.nets import build_classifier
 from pomlia_hpc.registry import Registry
 from pomlia_hpc.serve.bundle import load_classifier
 from pomlia_hpc.workspace import Workspace
+from tests.fixtures.factories import tiny_dataset
 
 OPTS = EngineOptions(threads=1)
 

@@ -8,9 +8,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from automl_support import FAST, tiny_task
 from ConfigSpace import Configuration
-from fingerprint_support import make_dataset, make_encoder
 
 from pomlia_hpc.automl import sources
 from pomlia_hpc.automl.engine import train
@@ -23,6 +21,7 @@ from pomlia_hpc.fingerprint.extract import finish_extraction, plan_extraction, r
 from pomlia_hpc.fingerprint.index import build_index
 from pomlia_hpc.registry import Registry
 from pomlia_hpc.workspace import Workspace
+from tests.fixtures.factories import FAST, make_dataset, make_encoder, tiny_task
 
 
 @pytest.fixture

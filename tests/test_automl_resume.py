@@ -12,12 +12,12 @@ import time
 from pathlib import Path
 
 import pytest
-from automl_support import FAST, tiny_task, warm_file
 from sqlalchemy import func, select
 
 from pomlia_hpc.automl import records
 from pomlia_hpc.registry import Job, Model, Registry
 from pomlia_hpc.workspace import Workspace
+from tests.fixtures.factories import FAST, tiny_task, warm_file
 
 pytestmark = pytest.mark.slow
 

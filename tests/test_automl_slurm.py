@@ -8,7 +8,6 @@ import threading
 import time
 
 import pytest
-from automl_support import FAST, tiny_task
 
 from pomlia_hpc.automl import records
 from pomlia_hpc.automl.space import SpaceOptions
@@ -16,6 +15,7 @@ from pomlia_hpc.automl.study import StudyResult, create_study, run_study
 from pomlia_hpc.cluster import refresh_slurm_jobs
 from pomlia_hpc.registry import Job, Registry
 from pomlia_hpc.workspace import Workspace
+from tests.fixtures.factories import FAST, tiny_task
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.usefixtures("slurm")]
 

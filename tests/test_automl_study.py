@@ -9,7 +9,6 @@ from pathlib import Path
 
 import pytest
 import torch
-from automl_support import FAST, donor_model, tiny_task
 from sqlalchemy import select
 from typer.testing import CliRunner
 
@@ -21,6 +20,7 @@ from pomlia_hpc.errors import InputError, PomliaError
 from pomlia_hpc.registry import Job, Model, Registry, Run
 from pomlia_hpc.serve.bundle import load_classifier
 from pomlia_hpc.workspace import Workspace
+from tests.fixtures.factories import FAST, donor_model, tiny_task
 
 pytestmark = pytest.mark.usefixtures("wide_console")
 

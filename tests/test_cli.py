@@ -9,7 +9,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import jobfns
 import pytest
 import typer
 from typer.testing import CliRunner
@@ -19,6 +18,7 @@ from pomlia_hpc.cli import app
 from pomlia_hpc.cluster import Executor, JobFailedError
 from pomlia_hpc.registry import Job, Registry
 from pomlia_hpc.workspace import Workspace
+from tests.fixtures import jobfns
 
 runner = CliRunner()
 

@@ -8,7 +8,6 @@ import threading
 import time
 from pathlib import Path
 
-import jobfns
 import psutil
 import pytest
 from sqlalchemy import select
@@ -19,11 +18,7 @@ from pomlia_hpc.cluster.records import record_submission, refresh_jobs, this_hos
 from pomlia_hpc.errors import ClusterError, ConfigError
 from pomlia_hpc.processes import pid_alive
 from pomlia_hpc.registry import Job, Registry
-
-
-@pytest.fixture
-def reg(tmp_path: Path) -> Registry:
-    return Registry.open(f"sqlite:///{tmp_path / 'registry.db'}")
+from tests.fixtures import jobfns
 
 
 def test_local_submit_records_job(tmp_path: Path, reg: Registry) -> None:

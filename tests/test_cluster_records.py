@@ -7,15 +7,12 @@ pure mapping function as sacct lines (or, for the poll, through a stubbed ``sacc
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-from pomlia_hpc.cluster import executor, records
-from pomlia_hpc.cluster.executor import Executor, JobHandle
+from pomlia_hpc.cluster import records
 from pomlia_hpc.cluster.records import (
     SchedulerState,
     merge_scheduler_state,
@@ -24,13 +21,6 @@ from pomlia_hpc.cluster.records import (
     refresh_slurm_jobs,
 )
 from pomlia_hpc.registry import Job, Registry
-
-
-@pytest.fixture
-def reg(tmp_path: Path) -> Iterator[Registry]:
-    r = Registry.open(f"sqlite:///{tmp_path / 'registry.db'}")
-    yield r
-    r.dispose()
 
 
 def _sacct_time(t: datetime) -> str:
@@ -139,57 +129,3 @@ def test_poll_holds_no_lock_while_sacct_runs(
     assert refresh_slurm_jobs(reg) == 1
     other.dispose()
     assert len(written) == 1
-
-
-class _FinishedSlurmJob:
-    job_id = "77"
-
-    def done(self) -> bool:
-        return True
-
-    def result(self) -> int:
-        return 42
-
-
-def test_result_keeps_slurms_end_time(
-    tmp_path: Path, reg: Registry, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    end = datetime(2026, 1, 1, 4, tzinfo=UTC)
-    st = SchedulerState("COMPLETED", datetime(2026, 1, 1, 3, tzinfo=UTC), end, "0:0")
-    monkeypatch.setattr(records, "sacct_states", lambda ids: {"77": st})
-    ex = Executor.from_profile("slurm-local", tmp_path / "jobs", reg)
-    (rid,) = record_submission(reg, backend="slurm", scheduler_ids=["77"], name="x", folder="/")
-    h = JobHandle(ex, rid)
-    h._bind(_FinishedSlurmJob())  # type: ignore[arg-type]
-    assert h.result() == 42
-    assert _row(reg, rid).ended_at == end
-
-
-def test_preempted_for_good_only_after_the_grace_period() -> None:
-    now = datetime.now(UTC)
-    assert not executor._ended_for_good("PREEMPTED", now)
-    assert executor._ended_for_good("PREEMPTED", now - timedelta(hours=1))
-    assert not executor._ended_for_good("RUNNING", now - timedelta(hours=1))
-
-
-class _PreemptedSlurmJob(_FinishedSlurmJob):
-    state = "PREEMPTED"
-
-    def done(self) -> bool:
-        return False  # submitit keeps waiting on PREEMPTED
-
-
-def test_wait_all_gives_up_on_a_job_preempted_for_good(
-    tmp_path: Path, reg: Registry, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    ended = datetime.now(UTC) - timedelta(hours=1)
-    st = SchedulerState("PREEMPTED", ended - timedelta(hours=1), ended, "0:0")
-    monkeypatch.setattr(records, "sacct_states", lambda ids: {"77": st})
-    ex = Executor.from_profile("slurm-local", tmp_path / "jobs", reg)
-    (rid,) = record_submission(reg, backend="slurm", scheduler_ids=["77"], name="x", folder="/")
-    h = JobHandle(ex, rid)
-    h._bind(_PreemptedSlurmJob())  # type: ignore[arg-type]
-    (out,) = executor.wait_all([h], poll_s=0.01)
-    assert isinstance(out, executor.JobFailedError) and out.state == "PREEMPTED"
-    row = _row(reg, rid)
-    assert (row.state, row.ended_at) == ("PREEMPTED", ended)  # Slurm's End, not the give-up time

@@ -7,19 +7,14 @@ import subprocess
 import time
 from pathlib import Path
 
-import jobfns
 import pytest
 from sqlalchemy import select
 
 from pomlia_hpc.cluster import Executor, JobFailedError, records, wait_all
 from pomlia_hpc.registry import Job, Registry
+from tests.fixtures import jobfns
 
 pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("slurm")]
-
-
-@pytest.fixture
-def reg(tmp_path: Path) -> Registry:
-    return Registry.open(f"sqlite:///{tmp_path / 'registry.db'}")
 
 
 def _slurm(tmp_path: Path, reg: Registry, **over: object) -> Executor:

@@ -13,13 +13,13 @@ from pathlib import Path
 import h5py
 import numpy as np
 import pytest
-from data_support import nothing_visible, open_registry, tiny_arrays, write_npz
 from PIL import Image
 
 from pomlia_hpc.cli import main
 from pomlia_hpc.cli.app import err_console
 from pomlia_hpc.data.api import list_versions
 from pomlia_hpc.workspace import Workspace
+from tests.fixtures.factories import nothing_visible, open_registry, tiny_arrays, write_npz
 
 
 @pytest.fixture(autouse=True)

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from cli_support import cli_ok, runner
 from PIL import Image
 
 from pomlia_hpc.cli import app
 from pomlia_hpc.data.medmnist_info import FLAGS_2D
 from pomlia_hpc.workspace import Workspace
+from tests.fixtures.cli import cli_ok, runner
 
 pytestmark = pytest.mark.usefixtures("wide_console")
 

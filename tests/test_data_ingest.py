@@ -19,7 +19,6 @@ import h5py
 import numpy as np
 import pytest
 import tifffile
-from data_support import nothing_visible, tiny_arrays, tiny_npz, write_npz
 from PIL import Image
 from sqlalchemy import select
 
@@ -32,6 +31,7 @@ from pomlia_hpc.data.writer import StoreWriter
 from pomlia_hpc.errors import InputError, NotFoundError
 from pomlia_hpc.registry import Dataset, DatasetVersion, Registry
 from pomlia_hpc.workspace import Workspace
+from tests.fixtures.factories import nothing_visible, tiny_arrays, tiny_npz, write_npz
 
 
 def _concat(arrays: dict[str, np.ndarray], kind: str) -> np.ndarray:

@@ -10,11 +10,11 @@ import sys
 from pathlib import Path
 
 import pytest
-from cli_support import cli_ok, runner
 
 from pomlia_hpc.cli import app
 from pomlia_hpc.errors import PomliaError
 from pomlia_hpc.workspace import Workspace
+from tests.fixtures.cli import cli_ok, runner
 
 pytestmark = pytest.mark.usefixtures("wide_console")
 

@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 import torch
 import zarr
-from fingerprint_support import make_dataset, make_encoder
 from sqlalchemy import select
 
 from pomlia_hpc.cluster import Executor
@@ -41,6 +40,7 @@ from pomlia_hpc.fingerprint.similar import fingerprint_set
 from pomlia_hpc.fingerprint.train import load_encoder
 from pomlia_hpc.registry import FingerprintSet, Registry
 from pomlia_hpc.workspace import Workspace
+from tests.fixtures.factories import make_dataset, make_encoder
 
 pytestmark = pytest.mark.usefixtures("restore_torch_threads")
 # The module (the package re-exports its function ``extract`` under the same name).

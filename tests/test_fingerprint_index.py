@@ -13,7 +13,6 @@ from pathlib import Path
 import faiss
 import numpy as np
 import pytest
-from fingerprint_support import make_dataset, make_encoder
 
 from pomlia_hpc.data.store import open_version
 from pomlia_hpc.errors import InputError, NotFoundError
@@ -26,6 +25,7 @@ from pomlia_hpc.fingerprint.extract import (
 from pomlia_hpc.fingerprint.index import build_index, default_factory, load_index
 from pomlia_hpc.registry import Registry
 from pomlia_hpc.workspace import Workspace
+from tests.fixtures.factories import make_dataset, make_encoder
 
 
 def _extract(reg: Registry, ws: Workspace, refs: list[str], patch_grid: int = 1) -> None:

@@ -9,7 +9,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from fingerprint_support import make_dataset
 
 from pomlia_hpc.cluster import Executor
 from pomlia_hpc.data.store import open_version
@@ -31,6 +30,7 @@ from pomlia_hpc.fingerprint.train import (
 from pomlia_hpc.nets import build_classifier
 from pomlia_hpc.registry import Job, Registry
 from pomlia_hpc.workspace import Workspace
+from tests.fixtures.factories import make_dataset
 
 
 @pytest.mark.parametrize(("size", "d"), [(28, 2), (64, 16)])

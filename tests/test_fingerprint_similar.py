@@ -7,7 +7,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
-from fingerprint_support import make_dataset, make_encoder
 
 from pomlia_hpc.data.store import open_version
 from pomlia_hpc.errors import InputError, NotFoundError
@@ -29,6 +28,7 @@ from pomlia_hpc.fingerprint.similar import (
 )
 from pomlia_hpc.registry import Registry
 from pomlia_hpc.workspace import Workspace
+from tests.fixtures.factories import make_dataset, make_encoder
 
 
 @pytest.mark.parametrize("name", sorted(DISTANCES))

@@ -10,7 +10,6 @@ from dataclasses import replace
 
 import numpy as np
 import pytest
-from fingerprint_support import make_dataset, make_encoder
 from sqlalchemy import select
 
 from pomlia_hpc.cluster import Executor
@@ -20,6 +19,7 @@ from pomlia_hpc.fingerprint.loader import Source
 from pomlia_hpc.fingerprint.train import TrainConfig, TrainJob, encoder_dir
 from pomlia_hpc.registry import Job, Registry
 from pomlia_hpc.workspace import Workspace
+from tests.fixtures.factories import make_dataset, make_encoder
 
 pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("slurm", "restore_torch_threads")]
 

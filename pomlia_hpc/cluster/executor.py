@@ -28,6 +28,7 @@ import submitit
 from sqlalchemy import func, select
 from submitit.core.utils import UncompletedJobError
 
+from pomlia_hpc.cluster import records
 from pomlia_hpc.cluster.records import (
     FINAL_STATES,
     is_local_job_process,
@@ -168,7 +169,10 @@ class JobHandle:
                 return
             if time.monotonic() - last_check >= SLURM_FINAL_CHECK_S:
                 last_check = time.monotonic()
-                st = sacct_states([str(job.job_id)]).get(str(job.job_id))
+                try:
+                    st = sacct_states([str(job.job_id)]).get(str(job.job_id))
+                except ClusterError:
+                    continue  # an accounting hiccup says nothing about the job: ask again later
                 if st is not None and _ended_for_good(st.state, st.ended_at):
                     self.given_up_state = st.state
                     return
@@ -254,7 +258,10 @@ def settle_slurm_rows(reg: Registry, ids: Sequence[int]) -> None:
     :data:`SLURM_END_WAIT_S` seconds), so that the recorded end and state are Slurm's."""
     deadline = time.monotonic() + SLURM_END_WAIT_S
     while True:
-        refresh_slurm_jobs(reg, ids)
+        try:
+            refresh_slurm_jobs(reg, ids)
+        except ClusterError:
+            pass  # an accounting hiccup: ask again until the deadline, then keep what is known
         with reg.session() as s:
             q = select(func.count()).select_from(Job)
             missing = s.scalar(q.where(Job.id.in_(ids), Job.ended_at.is_(None)))
@@ -267,7 +274,7 @@ def _ended_for_good(state: str, ended_at: datetime | None) -> bool:
     """Whether a job that submitit still counts as unfinished has really ended."""
     if state != "PREEMPTED" or ended_at is None:
         return False
-    return (datetime.now(UTC) - ended_at).total_seconds() >= PREEMPT_GRACE_S
+    return (records.utcnow() - ended_at).total_seconds() >= PREEMPT_GRACE_S
 
 
 def normalize_state(state: str) -> str:
@@ -487,7 +494,15 @@ def wait_all(
 
 def _poll_slurm(handles: Sequence[JobHandle], reg: Registry | None) -> None:
     """One ``sacct`` for all ``handles``: refresh their rows, and give up on jobs that ended in
-    a state submitit keeps waiting on."""
+    a state submitit keeps waiting on. A failing ``sacct`` (slurmdbd restarting, a timeout) says
+    nothing about the jobs: this poll changes nothing and the next one asks again."""
+    try:
+        _poll_slurm_once(handles, reg)
+    except ClusterError:
+        return
+
+
+def _poll_slurm_once(handles: Sequence[JobHandle], reg: Registry | None) -> None:
     if reg is not None and all(h.record_id is not None for h in handles):
         ids = [h.record_id for h in handles if h.record_id is not None]
         refresh_slurm_jobs(reg, ids)

@@ -48,6 +48,12 @@ REQUEUE_WINDOW_S = 24 * 3600.0
 SACCT_CALLS = 0
 
 
+def utcnow() -> datetime:
+    """Now, aware UTC: what the grace and requeue windows are measured against (one place, so
+    tests can move it)."""
+    return datetime.now(UTC)
+
+
 @dataclass(frozen=True)
 class SchedulerState:
     """What the scheduler says about one job (or array task)."""

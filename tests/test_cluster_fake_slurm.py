@@ -1,0 +1,208 @@
+"""Slurm-only logic of the cluster layer, through the fake Slurm (fast, no cluster needed):
+accounting hiccups, preemption grace and requeue, a checkpoint-requeue on USR2, cancellation,
+array chunks chained by dependencies. ``tests/test_cluster_slurm.py`` is the integration proof
+of the same paths on the real single-node Slurm."""
+
+from __future__ import annotations
+
+import itertools
+import subprocess
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import select
+
+from pomlia_hpc.cluster import Executor, JobFailedError, executor, records, wait_all
+from pomlia_hpc.errors import ClusterError
+from pomlia_hpc.registry import Job, Registry
+from tests.fixtures import jobfns
+from tests.fixtures.clock import FakeClock
+from tests.fixtures.fake_slurm import FakeSlurm
+from tests.fixtures.waiting import wait_until
+
+
+def _slurm(tmp_path: Path, reg: Registry, **over: Any) -> Executor:
+    return Executor.from_profile("slurm-local", tmp_path / "jobs", reg, **over)
+
+
+def _row(reg: Registry, rid: int | None) -> Job:
+    with reg.session() as s:
+        row = s.get(Job, rid)
+        assert row is not None
+        s.expunge(row)
+        return row
+
+
+def _in_thread(fn: Any, *args: Any, **kw: Any) -> tuple[threading.Thread, dict[str, Any]]:
+    out: dict[str, Any] = {}
+
+    def target() -> None:
+        try:
+            out["value"] = fn(*args, **kw)
+        except BaseException as exc:  # checked by the test
+            out["value"] = exc
+
+    t = threading.Thread(target=target, daemon=True)
+    t.start()
+    return t, out
+
+
+def test_one_sacct_call_per_poll_for_an_array(
+    tmp_path: Path, reg: Registry, fake_slurm: FakeSlurm
+) -> None:
+    fake_slurm.hold()
+    handles = _slurm(tmp_path, reg).map_array(jobfns.negate, list(range(6)))
+    assert len({h.job_id.split("_")[0] for h in handles}) == 1  # one Slurm array
+    before = len(fake_slurm.calls("sacct"))
+    records.refresh_slurm_jobs(reg)
+    assert len(fake_slurm.calls("sacct")) == before + 1
+    fake_slurm.release()
+    assert wait_all(handles, poll_s=0.1) == [-x for x in range(6)]
+
+
+def test_an_accounting_hiccup_does_not_end_the_wait(
+    tmp_path: Path, reg: Registry, fake_slurm: FakeSlurm
+) -> None:
+    fake_slurm.hold()
+    (h,) = _slurm(tmp_path, reg).map_array(jobfns.negate, [7])
+    fake_slurm.fail_next("sacct", "sacct: error: slurmdbd: connection refused", times=3)
+    with pytest.raises(ClusterError, match="connection refused"):
+        records.sacct_states([h.job_id])  # the hiccup is visible to a direct caller...
+    waiter, out = _in_thread(wait_all, [h], poll_s=0.05)
+    wait_until(lambda: not fake_slurm.failures_left("sacct"), what="the failing sacct calls")
+    assert waiter.is_alive(), out
+    fake_slurm.run(h.job_id)
+    waiter.join(60)
+    assert out["value"] == [-7]  # ...but a waiting wait_all() asks again at the next poll
+    assert _row(reg, h.record_id).state == "COMPLETED"
+
+
+@pytest.mark.parametrize("wait", ["result", "wait_all"])
+def test_preempted_job_counts_as_ended_only_after_the_grace_period(
+    wait: str,
+    tmp_path: Path,
+    reg: Registry,
+    fake_slurm: FakeSlurm,
+    clock: FakeClock,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(executor, "SLURM_FINAL_CHECK_S", 0.1)
+    fake_slurm.hold()
+    h = _slurm(tmp_path, reg).submit(jobfns.add, 1, 2)
+    fake_slurm.set_state(h.job_id, "PREEMPTED")
+    slurm_end = records.sacct_states([h.job_id])[h.job_id].ended_at
+    if wait == "result":
+        waiter, out = _in_thread(h.result)
+    else:
+        waiter, out = _in_thread(lambda: wait_all([h], poll_s=0.05)[0])
+    n = len(fake_slurm.calls("sacct"))
+    wait_until(lambda: len(fake_slurm.calls("sacct")) > n + 2, what="polls during the grace")
+    assert waiter.is_alive() and h.given_up_state is None  # within the grace: may be requeued
+    clock.advance(executor.PREEMPT_GRACE_S + 1)
+    waiter.join(30)
+    # result() raises the failure; wait_all() returns it in place of the value
+    assert isinstance(out["value"], JobFailedError) and out["value"].state == "PREEMPTED"
+    row = _row(reg, h.record_id)
+    assert (row.state, row.ended_at) == ("PREEMPTED", slurm_end)  # Slurm's End, not give-up time
+
+
+def test_result_keeps_slurms_end_time(
+    tmp_path: Path, reg: Registry, fake_slurm: FakeSlurm, clock: FakeClock
+) -> None:
+    fake_slurm.hold()
+    h = _slurm(tmp_path, reg).submit(jobfns.add, 40, 2)
+    fake_slurm.run(h.job_id)
+    clock.advance(3600)  # collected an hour after the job ended
+    assert h.result() == 42
+    row = _row(reg, h.record_id)
+    assert row.ended_at == records.sacct_states([h.job_id])[h.job_id].ended_at
+    assert row.started_at is not None and row.started_at <= row.ended_at
+
+
+def test_preempted_then_requeued_job_completes_with_its_requeue_counted(
+    tmp_path: Path, reg: Registry, fake_slurm: FakeSlurm, clock: FakeClock
+) -> None:
+    fake_slurm.hold()
+    h = _slurm(tmp_path, reg).submit(jobfns.add, 2, 3)
+    fake_slurm.set_state(h.job_id, "PREEMPTED")
+    records.refresh_slurm_jobs(reg)
+    assert _row(reg, h.record_id).state == "PREEMPTED"
+    clock.advance(60)  # the cluster requeues it within the grace period
+    fake_slurm.set_state(h.job_id, "PENDING", new_attempt=True)
+    assert records.refresh_slurm_jobs(reg) == 1
+    assert _row(reg, h.record_id).state == "PENDING"  # a requeued row goes back to waiting
+    fake_slurm.run(h.job_id)
+    assert h.result() == 5
+    row = _row(reg, h.record_id)
+    assert (row.state, row.requeue_count, row.exit_cause) == ("COMPLETED", 1, None)
+
+
+def test_usr2_checkpoints_requeues_and_resumes(
+    tmp_path: Path, reg: Registry, fake_slurm: FakeSlurm
+) -> None:
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    h = _slurm(tmp_path, reg).submit(jobfns.SlowSum(str(markers)), 30, 0.05)
+    wait_until(lambda: (markers / "started-1").exists(), what="the first attempt")
+    wait_until(lambda: fake_slurm.tasks()[h.job_id]["step_pid"], what="the job step")
+    time.sleep(0.3)  # let it make some progress
+    subprocess.run(["scancel", "--signal=USR2", h.job_id], check=True)
+    out = h.result()
+    assert out["total"] == sum(range(30)) and out["attempts"] == [0, 1]
+    assert int((markers / "started-2").read_text()) > 0  # resumed from its checkpoint
+    attempts = [a["state"] for a in fake_slurm.tasks()[h.job_id]["attempts"]]
+    assert attempts == ["REQUEUED", "COMPLETED"]
+    row = _row(reg, h.record_id)
+    assert (row.state, row.requeue_count) == ("COMPLETED", 1)
+
+
+def test_cancelled_running_job(tmp_path: Path, reg: Registry, fake_slurm: FakeSlurm) -> None:
+    h = _slurm(tmp_path, reg).submit(jobfns.sleep_for, 300)
+    wait_until(lambda: fake_slurm.state(h.job_id) == "RUNNING", what="the job to run")
+    h.cancel()
+    with pytest.raises(JobFailedError) as exc:
+        h.result()
+    assert exc.value.state == "CANCELLED"
+    assert fake_slurm.calls("scancel") == [["scancel", h.job_id]]
+    assert _row(reg, h.record_id).state == "CANCELLED"
+
+
+def _last_attempts(tasks: list[dict[str, Any]], job: str) -> list[dict[str, Any]]:
+    return [t["attempts"][-1] for t in tasks if job in (t["array_id"], t["id"])]
+
+
+def test_array_chunks_are_chained_by_dependencies(
+    tmp_path: Path, reg: Registry, fake_slurm: FakeSlurm
+) -> None:
+    handles = _slurm(tmp_path, reg, max_array_size=2).map_array(jobfns.negate, list(range(5)))
+    assert wait_all(handles, poll_s=0.1) == [-x for x in range(5)]
+    arrays = list(dict.fromkeys(h.job_id.split("_")[0] for h in handles))
+    assert len(arrays) == 3  # 2 + 2 + 1
+    tasks = fake_slurm.submitted()
+    # A chunk of one is submitted as a plain job (its id is its own array id).
+    deps = {(t["array_id"] or t["id"]): t["dependency"] for t in tasks}
+    assert deps == {
+        arrays[0]: None,
+        arrays[1]: f"afterany:{arrays[0]}",
+        arrays[2]: f"afterany:{arrays[1]}",
+    }
+    for before, after in itertools.pairwise(arrays):
+        ended = max(a["end"] for a in _last_attempts(tasks, before))
+        started = min(a["start"] for a in _last_attempts(tasks, after))
+        assert started >= ended
+    with reg.session() as s:
+        rows = list(s.scalars(select(Job).order_by(Job.id)))
+        assert [r.array_job_id for r in rows] == [arrays[0]] * 2 + [arrays[1]] * 2 + [arrays[2]]
+
+
+def test_a_refused_submission_is_a_cluster_error(
+    tmp_path: Path, reg: Registry, fake_slurm: FakeSlurm
+) -> None:
+    fake_slurm.fail_next("sbatch", "sbatch: error: Batch job submission failed: QOS limit")
+    with pytest.raises(RuntimeError, match="QOS limit"):  # submitit's FailedJobError
+        _slurm(tmp_path, reg).submit(jobfns.add, 1, 1)
+    with reg.session() as s:
+        assert s.scalars(select(Job)).first() is None  # nothing recorded for a refused job
