@@ -112,7 +112,7 @@ def test_study_records_every_trial_and_goes_on_after_a_crash(
 
 
 def test_task_cli_and_input_errors(workspace: Workspace, tmp_path: Path) -> None:
-    from automl_support import tiny_dataset
+    from tests.fixtures.factories import tiny_dataset
 
     reg = Registry.open(workspace.db_url)
     ref = tiny_dataset(workspace, reg, "derma", flag="dermamnist", sizes=(8, 4, 4))

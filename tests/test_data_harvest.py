@@ -14,7 +14,7 @@ from pomlia_hpc.data.store import find_version, open_store
 from pomlia_hpc.errors import InputError
 from pomlia_hpc.registry import Registry
 from pomlia_hpc.workspace import Workspace
-from tests.data_support import tiny_arrays, tiny_npz
+from tests.fixtures.factories import tiny_arrays, tiny_npz
 
 
 def _new(n: int, seed: int = 5) -> NewImages:
