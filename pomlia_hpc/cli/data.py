@@ -84,6 +84,14 @@ def add(
     test_fraction: Annotated[
         float | None, typer.Option(help="Folder/HDF5 without splits: share of test (0.1).")
     ] = None,
+    max_classes: Annotated[
+        int | None,
+        typer.Option(help="Refuse more classes or label columns than this (default 500)."),
+    ] = None,
+    max_side_px: Annotated[
+        int | None,
+        typer.Option(help="Refuse images with a side longer than this, px (default 4096)."),
+    ] = None,
 ) -> None:
     """Ingest a dataset as a new version (or find the identical existing one)."""
     from pomlia_hpc.data.api import ingest
@@ -106,6 +114,8 @@ def add(
         task_type=task_type,
         val_fraction=val_fraction,
         test_fraction=test_fraction,
+        max_classes=max_classes,
+        max_side_px=max_side_px,
     )
     ws = STATE.workspace
     with _progress() as report:

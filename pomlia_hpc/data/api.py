@@ -75,10 +75,12 @@ def clean_stale_staging(workspace: Workspace) -> list[Path]:
 
 
 def _writable_dirs(workspace: Workspace, name: str) -> Path:
-    """Create the store and staging folders; a readable error if they cannot be written."""
+    """Create the staging folder and check that the stores folder is writable; a readable
+    error if not. ``stores/<name>/`` itself is made only when a version is published, so a
+    refused ingest leaves no empty folder behind."""
     host = socket.gethostname().replace("~", "-")
     staging = workspace.tmp / f"ingest-{name}~{host}~{os.getpid()}~{uuid.uuid4().hex[:8]}"
-    for path in (workspace.stores / name, staging):
+    for path in (workspace.stores, staging):
         try:
             path.mkdir(parents=True, exist_ok=True)
             probe = path / f".probe-{os.getpid()}"

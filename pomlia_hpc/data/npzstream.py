@@ -7,6 +7,7 @@ from the zip stream, compressed or not, so memory stays at one batch.
 
 from __future__ import annotations
 
+import math
 import zipfile
 import zlib
 from collections.abc import Iterator
@@ -76,6 +77,18 @@ class NpyMember:
             raise InputError(self._msg("is stored in Fortran order: expected C order"))
         if self.dtype.hasobject:
             raise InputError(self._msg(f"has dtype {self.dtype}: expected a numeric array"))
+        # The header is a claim; the zip directory says how many bytes the member inflates to.
+        # A header that announces more (or less) is refused here, before any data is read, so
+        # a small file claiming a huge array costs nothing.
+        size = npz._zip.getinfo(f"{key}.npy").file_size
+        need = self._offset + math.prod(self.shape) * self.dtype.itemsize
+        if size != need:
+            raise InputError(
+                self._msg(
+                    f"declares shape {self.shape} of {self.dtype} ({need} bytes with its "
+                    f"header) but holds {size} bytes: expected the data its header announces"
+                )
+            )
 
     def _msg(self, what: str) -> str:
         return f"npz file '{self.npz.path}', key '{self.key}' {what}"
@@ -123,6 +136,31 @@ class NpyMember:
             except _READ_ERRORS as exc:
                 raise InputError(
                     self._msg(f"is truncated or damaged: expected {n} rows ({exc})")
+                ) from exc
+
+    def iter_image_pieces(self, max_bytes: int) -> Iterator[tuple[int, int, np.ndarray]]:
+        """``(row, first line, lines)`` for every row (image) in order, each read in pieces of
+        at most ``max_bytes`` (at least one line of pixels): ``lines`` is (1, h, W[, C]). For
+        images too large to hold twice (a float64 image is 8x its uint8 form)."""
+        if len(self.shape) < 2:
+            raise ValueError("pieces need rows of at least one dimension")
+        height = self.shape[1]
+        line_shape = self.shape[2:]
+        line_bytes = max(1, math.prod(line_shape) * self.dtype.itemsize)
+        step = max(1, max_bytes // line_bytes)
+        with self._open() as fh:
+            try:
+                fh.read(self._offset)
+                for row in range(self.n_rows):
+                    for lo in range(0, height, step):
+                        h = min(step, height - lo)
+                        buf = fh.read(h * line_bytes)
+                        if len(buf) != h * line_bytes:
+                            raise EOFError(f"ends in row {row}")
+                        yield row, lo, np.frombuffer(buf, self.dtype).reshape((1, h, *line_shape))
+            except _READ_ERRORS as exc:
+                raise InputError(
+                    self._msg(f"is truncated or damaged: expected {self.n_rows} rows ({exc})")
                 ) from exc
 
     def read_all(self) -> np.ndarray:

@@ -13,6 +13,9 @@ a folder                       ``task_type``, ``val_fraction``, ``test_fraction`
 ``x.h5`` / ``x.hdf5``          ``images``, ``labels``, ``split``, ``class_names``,
                                ``n_classes``, ``task_type``, ``val_fraction``, ``test_fraction``
 =============================  ============================================================
+
+Every kind also takes ``max_classes`` and ``max_side_px`` (:class:`~pomlia_hpc.data.sources.
+base.IngestLimits`): caps checked from declared shapes before anything is read.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from pomlia_hpc.data.medmnist_info import is_flag
-from pomlia_hpc.data.sources.base import LabelDecl, Source, take_options
+from pomlia_hpc.data.sources.base import IngestLimits, LabelDecl, Source, take_options
 from pomlia_hpc.errors import InputError
 
 HDF5_SUFFIXES = (".h5", ".hdf5", ".he5", ".hdf")
@@ -36,6 +39,7 @@ def open_source(source: str | Path | Source, **options: Any) -> Source:
         return source
     text = str(source)
     opts = {k: v for k, v in options.items() if v is not None}
+    limits = IngestLimits.from_options(opts)
     if text.startswith("medmnist:") or (not Path(text).exists() and is_flag(text)):
         from pomlia_hpc.data.sources.medmnist import medmnist_source
 
@@ -46,6 +50,7 @@ def open_source(source: str | Path | Source, **options: Any) -> Source:
             opts.get("root"),
             download_ok=bool(opts.get("download", True)),
             mirror=opts.get("mirror"),
+            limits=limits,
         )
     path = Path(text).expanduser()
     if not path.exists():
@@ -58,23 +63,24 @@ def open_source(source: str | Path | Source, **options: Any) -> Source:
 
         take_options("folder", opts, ("task_type", *_FRACTIONS))
         decl = LabelDecl.from_options(opts)
-        return FolderSource(path, decl, **{k: float(v) for k, v in opts.items()})
+        fractions = {k: float(v) for k, v in opts.items()}
+        return FolderSource(path, decl, limits=limits, **fractions)
     suffix = path.suffix.lower()
     if suffix == ".npz":
         from pomlia_hpc.data.sources.npz import NpzSource
 
         take_options("npz", opts, _LABEL_OPTS)
-        return NpzSource(path, LabelDecl.from_options(opts))
+        return NpzSource(path, LabelDecl.from_options(opts), limits=limits)
     if suffix in HDF5_SUFFIXES:
         from pomlia_hpc.data.sources.hdf5 import Hdf5Source
 
         take_options("HDF5", opts, ("images", "labels", "split", *_LABEL_OPTS, *_FRACTIONS))
         decl = LabelDecl.from_options(opts)
-        return Hdf5Source(path, decl, **opts)
+        return Hdf5Source(path, decl, limits=limits, **opts)
     raise InputError(
         f"source file '{path}' has suffix '{suffix}': expected .npz, "
         f"{', '.join(HDF5_SUFFIXES)} or a folder"
     )
 
 
-__all__ = ["LabelDecl", "Source", "open_source"]
+__all__ = ["IngestLimits", "LabelDecl", "Source", "open_source"]

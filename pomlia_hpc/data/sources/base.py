@@ -14,6 +14,12 @@ Label rules: (N,) or (N, 1) class indices, or (N, L) 0/1 for multi-label; intege
 labels are accepted only when every value is a whole number); single-label values must lie in
 [0, n_classes) where n_classes is declared (MedMNIST INFO, ``class_names`` or ``n_classes``)
 or else inferred as max + 1.
+
+Limits (:class:`IngestLimits`, options ``max_classes`` and ``max_side_px``): at most
+``max_classes`` classes or label columns, declared or inferred, and images of at most
+``max_side_px`` px per side. Both are checked from the declared shapes (npy headers, HDF5
+shapes, image headers) before any pixel or label is read, so a small file that claims a huge
+array is refused in constant memory.
 """
 
 from __future__ import annotations
@@ -31,6 +37,41 @@ from pomlia_hpc.data.writer import CHUNK_TARGET_BYTES
 from pomlia_hpc.errors import InputError
 
 TASK_TYPES = ("multi-class", "binary-class", "multi-label, binary-class", "ordinal-regression")
+
+MAX_CLASSES = 500
+"""Default cap on classes (or multi-label columns) of an ingested dataset."""
+
+MAX_SIDE_PX = 4096
+"""Default cap on the image side at ingest, px (the server refuses larger uploads too)."""
+
+
+@dataclass(frozen=True)
+class IngestLimits:
+    """Caps that keep a hostile or careless file from taking the machine's memory."""
+
+    max_classes: int = MAX_CLASSES
+    max_side_px: int = MAX_SIDE_PX
+
+    @classmethod
+    def from_options(cls, options: dict[str, Any]) -> IngestLimits:
+        """Pop ``max_classes`` / ``max_side_px`` from ``options`` (defaults when absent)."""
+        out = {}
+        for key in ("max_classes", "max_side_px"):
+            value = options.pop(key, None)
+            if value is None:
+                continue
+            if isinstance(value, bool) or int(value) < 1:
+                raise InputError(f"option {key} is {value!r}: expected a whole number >= 1")
+            out[key] = int(value)
+        return cls(**out)
+
+    def check_classes(self, where: str, n: int, what: str = "classes") -> None:
+        """Refuse more than ``max_classes`` classes (or label columns)."""
+        if n > self.max_classes:
+            raise InputError(
+                f"{where} has {n} {what}: expected at most {self.max_classes} "
+                "(raise the cap with --max-classes if this is really meant)"
+            )
 
 
 @dataclass
@@ -104,15 +145,46 @@ def check_split_fractions(where: str, val_fraction: float, test_fraction: float)
         )
 
 
-def image_shape(where: str, shape: Sequence[int]) -> tuple[int, int, int]:
-    """(H, W, C) from an array shape (N, H, W) or (N, H, W, C) with C 1 or 3."""
+def check_side(where: str, height: int, width: int, limits: IngestLimits) -> None:
+    """Refuse images with a side of 0 or over ``limits.max_side_px``."""
+    if min(height, width) < 1 or max(height, width) > limits.max_side_px:
+        raise InputError(
+            f"{where} has images of {height}x{width} px: expected sides of 1 .. "
+            f"{limits.max_side_px} px (raise the cap with --max-side-px if this is really meant)"
+        )
+
+
+def image_shape(
+    where: str, shape: Sequence[int], limits: IngestLimits | None = None
+) -> tuple[int, int, int]:
+    """(H, W, C) from an array shape (N, H, W) or (N, H, W, C) with C 1 or 3, within
+    ``limits`` (default :class:`IngestLimits`)."""
     if len(shape) == 3:
-        return int(shape[1]), int(shape[2]), 1
-    if len(shape) == 4 and shape[3] in (1, 3):
-        return int(shape[1]), int(shape[2]), int(shape[3])
-    raise InputError(
-        f"{where} has shape {tuple(shape)}: expected (N, H, W) or (N, H, W, C) with C = 1 or 3"
-    )
+        hwc = int(shape[1]), int(shape[2]), 1
+    elif len(shape) == 4 and shape[3] in (1, 3):
+        hwc = int(shape[1]), int(shape[2]), int(shape[3])
+    else:
+        raise InputError(
+            f"{where} has shape {tuple(shape)}: expected (N, H, W) or (N, H, W, C) with C = 1 or 3"
+        )
+    check_side(where, hwc[0], hwc[1], limits or IngestLimits())
+    return hwc
+
+
+def check_label_shape(
+    where: str, shape: Sequence[int], n_images: int, limits: IngestLimits
+) -> None:
+    """Check a label array's declared ``shape`` before reading it: (N,) or (N, L) with one
+    row per image and at most ``limits.max_classes`` columns."""
+    if len(shape) not in (1, 2):
+        raise InputError(f"{where} has shape {tuple(shape)}: expected (N,) or (N, L)")
+    if int(shape[0]) != n_images:
+        raise InputError(
+            f"{where} has {shape[0]} labels but the images have {n_images}: expected one "
+            "label row per image"
+        )
+    if len(shape) == 2:
+        limits.check_classes(where, int(shape[1]), "label columns")
 
 
 def normalize_labels(where: str, labels: np.ndarray, n_images: int) -> np.ndarray:
@@ -165,9 +237,18 @@ class LabelInfo:
         return len(self.class_names)
 
 
-def resolve_labels(decl: LabelDecl, parts: dict[str, tuple[str, np.ndarray]]) -> LabelInfo:
+def resolve_labels(
+    decl: LabelDecl,
+    parts: dict[str, tuple[str, np.ndarray]],
+    limits: IngestLimits | None = None,
+) -> LabelInfo:
     """Check label values against the declared classes (or infer them); ``parts`` maps split
-    to (where, int64 labels (n, L))."""
+    to (where, int64 labels (n, L)). More classes than ``limits.max_classes`` are refused."""
+    limits = limits or IngestLimits()
+    if decl.class_names is not None:
+        limits.check_classes("class_names", len(decl.class_names), "names")
+    if decl.n_classes is not None:
+        limits.check_classes("option n_classes", decl.n_classes)
     widths = {y.shape[1] for _, y in parts.values()}
     if len(widths) > 1:
         raise InputError(
@@ -175,6 +256,7 @@ def resolve_labels(decl: LabelDecl, parts: dict[str, tuple[str, np.ndarray]]) ->
             f"({', '.join(f'{w}: {y.shape[1]}' for w, y in parts.values())}): expected one width"
         )
     width = widths.pop() if widths else 1
+    limits.check_classes("labels", width, "label columns")
     multi = width > 1 or (decl.task_type or "").startswith("multi-label")
     if multi:
         n = width
@@ -204,6 +286,9 @@ def resolve_labels(decl: LabelDecl, parts: dict[str, tuple[str, np.ndarray]]) ->
                 f"expected 0 .. {n_declared - 1}"
             )
     if n_declared is None:
+        for where, y in parts.values():
+            if y.size:  # a label of 10**9 would otherwise make 10**9 class names
+                limits.check_classes(where, int(y.max()) + 1, "classes (largest label + 1)")
         n_declared = max((int(y.max()) + 1 for _, y in parts.values() if y.size), default=1)
     names = list(decl.class_names or [str(i) for i in range(n_declared)])
     task = decl.task_type or ("binary-class" if n_declared == 2 else "multi-class")

@@ -25,10 +25,12 @@ import tifffile
 from PIL import Image, UnidentifiedImageError
 
 from pomlia_hpc.data.sources.base import (
+    IngestLimits,
     LabelDecl,
     LabelInfo,
     PixelConverter,
     Source,
+    check_side,
     check_split_fractions,
 )
 from pomlia_hpc.data.store import SPLITS
@@ -155,8 +157,10 @@ class FolderSource(Source):
         *,
         val_fraction: float = 0.1,
         test_fraction: float = 0.1,
+        limits: IngestLimits | None = None,
     ) -> None:
         super().__init__(path=path, kind="folder")
+        self._limits = limits or IngestLimits()
         check_split_fractions(f"image folder '{path}'", val_fraction, test_fraction)
         entries = _visible(path)
         split_dirs = {p.name for p in entries if p.is_dir()} & set(SPLITS)
@@ -187,6 +191,7 @@ class FolderSource(Source):
                     split = split_name or _split_of(digest, val_fraction, test_fraction)
                     files[split].append((digest[8:16], f, cdir.name))
         self.class_names = sorted(classes)
+        self._limits.check_classes(f"image folder '{path}'", len(classes), "class folders")
         # Rows in hash order, not class by class: any run of rows (a chunk, a shuffle buffer,
         # the first N) then holds a mix of classes; adding files keeps the others' order.
         self._files = [(f, c) for s in SPLITS for _key, f, c in sorted(files[s])]
@@ -212,6 +217,7 @@ class FolderSource(Source):
     def _scan(self) -> None:
         """First pass over headers: one size, one bit depth; any colour image makes it RGB."""
         first_path, first = self._files[0][0], read_header(self._files[0][0])
+        check_side(f"image file '{first_path}'", first.height, first.width, self._limits)
         channels = first.channels
         for f, _ in self._files[1:]:
             h = read_header(f)

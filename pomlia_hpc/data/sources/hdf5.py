@@ -17,9 +17,11 @@ import h5py
 import numpy as np
 
 from pomlia_hpc.data.sources.base import (
+    IngestLimits,
     LabelDecl,
     PixelConverter,
     Source,
+    check_label_shape,
     check_split_fractions,
     first_pass_rows,
     image_shape,
@@ -64,8 +66,10 @@ class Hdf5Source(Source):
         split: str | None = None,
         val_fraction: float = 0.1,
         test_fraction: float = 0.1,
+        limits: IngestLimits | None = None,
     ) -> None:
         super().__init__(path=path, kind="hdf5")
+        self._limits = limits or IngestLimits()
         if not images or not labels:
             raise InputError(
                 f"HDF5 file '{path}': expected the options images=PATH and "
@@ -97,12 +101,14 @@ class Hdf5Source(Source):
         self._img = self._dataset(images, "images")
         lab = self._dataset(labels, "labels")
         where = f"HDF5 file '{path}', dataset '{images}'"
-        self.height, self.width, self.channels = image_shape(where, self._img.shape)
+        self.height, self.width, self.channels = image_shape(where, self._img.shape, self._limits)
         self._convert = PixelConverter(where, self._img.dtype)
         n = int(self._img.shape[0])
         if n == 0:
             raise InputError(f"{where} has zero images: expected at least one")
-        y = normalize_labels(f"HDF5 file '{path}', dataset '{labels}'", np.asarray(lab[()]), n)
+        lab_where = f"HDF5 file '{path}', dataset '{labels}'"
+        check_label_shape(lab_where, lab.shape, n, self._limits)  # before reading it
+        y = normalize_labels(lab_where, np.asarray(lab[()]), n)
         if split:
             codes = self._split_codes(split, n)
         else:
@@ -115,7 +121,7 @@ class Hdf5Source(Source):
             s: (f"HDF5 file '{path}', dataset '{labels}'", self._y[codes[self._order] == i])
             for i, s in enumerate(SPLITS)
         }
-        self.label_info = resolve_labels(decl or LabelDecl(), parts)
+        self.label_info = resolve_labels(decl or LabelDecl(), parts, self._limits)
         self.extra = {"images": images, "labels": labels, "split": split}
         if self._convert.needs_max:
             step = first_pass_rows(self._img.shape, self._img.dtype.itemsize)

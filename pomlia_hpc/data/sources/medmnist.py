@@ -13,6 +13,7 @@ import urllib.request
 from pathlib import Path
 
 from pomlia_hpc.data.medmnist_info import FlagInfo, check_size, default_root, flag_info
+from pomlia_hpc.data.sources.base import IngestLimits
 from pomlia_hpc.data.sources.npz import NpzSource
 from pomlia_hpc.errors import InputError
 
@@ -105,8 +106,9 @@ def medmnist_source(
     *,
     download_ok: bool = True,
     mirror: str | None = None,
+    limits: IngestLimits | None = None,
 ) -> NpzSource:
     """A source for MedMNIST ``flag`` at ``size`` px (checked against INFO)."""
     info: FlagInfo = flag_info(flag)
     path = medmnist_file(flag, size, root, download_ok=download_ok, mirror=mirror)
-    return NpzSource(path, flag=info, size=size)
+    return NpzSource(path, flag=info, size=size, limits=limits)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -11,9 +12,11 @@ import numpy as np
 from pomlia_hpc.data.medmnist_info import FlagInfo
 from pomlia_hpc.data.npzstream import NpyMember, NpzFile
 from pomlia_hpc.data.sources.base import (
+    IngestLimits,
     LabelDecl,
     PixelConverter,
     Source,
+    check_label_shape,
     first_pass_rows,
     image_shape,
     normalize_labels,
@@ -21,6 +24,10 @@ from pomlia_hpc.data.sources.base import (
 )
 from pomlia_hpc.data.store import SPLITS
 from pomlia_hpc.errors import InputError
+
+PIECE_BYTES = 16 << 20
+"""Images larger than this (in the file's dtype) are read in pieces of lines of about this
+many bytes, so an image is never held in memory in its source dtype as a whole."""
 
 
 class NpzSource(Source):
@@ -38,8 +45,10 @@ class NpzSource(Source):
         *,
         flag: FlagInfo | None = None,
         size: int | None = None,
+        limits: IngestLimits | None = None,
     ) -> None:
         super().__init__(path=path, kind="medmnist" if flag else "npz")
+        self._limits = limits or IngestLimits()
         self._npz = NpzFile(path)
         self._members: dict[str, NpyMember] = {}
         self._convert: dict[str, PixelConverter] = {}
@@ -66,7 +75,7 @@ class NpzSource(Source):
         shapes = {}
         for split, m in self._members.items():
             where = self._where(f"{split}_images")
-            shapes[split] = image_shape(where, m.shape)
+            shapes[split] = image_shape(where, m.shape, self._limits)
             self._convert[split] = PixelConverter(where, m.dtype)
             if m.n_rows == 0 and split == "train":
                 raise InputError(f"{where} has zero images: expected at least one")
@@ -77,6 +86,10 @@ class NpzSource(Source):
                 f"({', '.join(f'{s}: {v}' for s, v in shapes.items())}): expected one (H, W, C)"
             )
         self.height, self.width, self.channels = shapes["train"]
+        for split, m in self._members.items():  # before a single label is read
+            key = f"{split}_labels"
+            labels_shape = self._npz.member(key).shape
+            check_label_shape(self._where(key), labels_shape, m.n_rows, self._limits)
         parts = {
             split: (
                 self._where(f"{split}_labels"),
@@ -89,7 +102,7 @@ class NpzSource(Source):
             for split in self._members
         }
         self._labels = parts
-        self.label_info = resolve_labels(decl, parts)
+        self.label_info = resolve_labels(decl, parts, self._limits)
         if flag is not None:
             self._check_flag(flag, size)
         self.check_nonempty()
@@ -123,8 +136,12 @@ class NpzSource(Source):
         top = 0.0
         for split, m in self._members.items():
             conv = self._convert[split]
-            for batch in m.iter_rows(first_pass_rows(m.shape, m.dtype.itemsize)):
-                conv.observe(batch)
+            if self._large(m):
+                for _row, _lo, piece in m.iter_image_pieces(PIECE_BYTES):
+                    conv.observe(piece)
+            else:
+                for batch in m.iter_rows(first_pass_rows(m.shape, m.dtype.itemsize)):
+                    conv.observe(batch)
             top = max(top, conv.scale_max or 0.0)
         for conv in self._convert.values():
             conv.scale_max = top
@@ -137,10 +154,30 @@ class NpzSource(Source):
         offsets = self.split_offsets()
         for split, m in self._members.items():
             pos = offsets[split]
+            if self._large(m):
+                yield from self._iter_large(m, self._convert[split], pos)
+                continue
             done = 0
             for batch in m.iter_rows(batch_rows):
                 yield pos + done, self._convert[split](batch, first_row=done)
                 done += len(batch)
+
+    @staticmethod
+    def _large(m: NpyMember) -> bool:
+        return math.prod(m.row_shape) * m.dtype.itemsize > PIECE_BYTES
+
+    def _iter_large(
+        self, m: NpyMember, conv: PixelConverter, pos: int
+    ) -> Iterator[tuple[int, np.ndarray]]:
+        """One image per batch, read and converted piece by piece (see :data:`PIECE_BYTES`)."""
+        shape = (1, self.height, self.width, self.channels)
+        out = np.empty(shape, np.uint8)
+        for row, lo, piece in m.iter_image_pieces(PIECE_BYTES):
+            h = piece.shape[1]
+            out[:, lo : lo + h] = conv(piece, first_row=row)
+            if lo + h == self.height:
+                yield pos + row, out  # the writer may still hold it: a new one per image
+                out = np.empty(shape, np.uint8)
 
     def describe(self) -> dict[str, Any]:
         out = super().describe()
