@@ -422,11 +422,11 @@ def test_killed_ingest_leaves_no_version_and_reruns(
 
 @pytest.mark.parametrize("shape", [(3, 5, 7, 3), (1, 1, 1, 1), (2, 3, 3, 1), (4, 28, 28, 3)])
 def test_pair_histogram_is_exact(shape: tuple[int, int, int, int]) -> None:
-    from pomlia_hpc.data.explicit_fingerprint import _histogram
+    from pomlia_hpc.data.explicit_fingerprint import pair_histogram
 
     x = np.random.default_rng(0).integers(0, 256, shape, dtype=np.uint8)
     ref = np.stack([np.bincount(x[..., k].ravel(), minlength=256) for k in range(shape[-1])])
-    np.testing.assert_array_equal(_histogram(x), ref)
+    np.testing.assert_array_equal(pair_histogram(x), ref)
 
 
 @pytest.mark.parametrize("kind", ["hdf5", "npz"])
@@ -467,7 +467,7 @@ def test_uint16_first_pass_reads_batches_of_bounded_bytes(
 
 @pytest.mark.parametrize("size", [28, 64])
 def test_near_constant_looks_at_every_channel(size: int) -> None:
-    from pomlia_hpc.data.explicit_fingerprint import _chunk_stats
+    from pomlia_hpc.data.explicit_fingerprint import chunk_stats
 
     rng = np.random.default_rng(0)
     x = np.zeros((4, size, size, 3), np.uint8)
@@ -477,9 +477,9 @@ def test_near_constant_looks_at_every_channel(size: int) -> None:
     x[2, ..., :2] = 90  # only blue varies
     x[2, ..., 2] = rng.integers(0, 256, (size, size))
     x[3] = rng.integers(0, 256, (size, size, 3))
-    assert _chunk_stats(x)[1] == 1
-    assert _chunk_stats(x[:1])[1] == 1 and _chunk_stats(x[1:2])[1] == 0
-    assert _chunk_stats(x[2:3])[1] == 0
+    assert chunk_stats(x)[1] == 1
+    assert chunk_stats(x[:1])[1] == 1 and chunk_stats(x[1:2])[1] == 0
+    assert chunk_stats(x[2:3])[1] == 0
 
 
 def test_folder_split_fractions_are_checked(

@@ -217,14 +217,14 @@ def test_a_concurrent_export_of_the_same_version_reuses_the_winner(
     ckpt = save_demo_checkpoint(tmp_path / "c.pt")
     winner = export_checkpoint(ckpt, tmp_path / "first", name="m").bundle.root
     racing_root = tmp_path / "bundles"
-    real_check = export_mod._check_parity
+    real_check = export_mod.check_parity
 
     def other_export_finishes_meanwhile(*args: Any, **kwargs: Any) -> dict[str, float]:
         out = real_check(*args, **kwargs)
         shutil.copytree(winner, racing_root / winner.name)
         return out
 
-    monkeypatch.setattr(export_mod, "_check_parity", other_export_finishes_meanwhile)
+    monkeypatch.setattr(export_mod, "check_parity", other_export_finishes_meanwhile)
     res = export_checkpoint(ckpt, racing_root, name="m")
     assert res.reused and res.bundle.root == racing_root / winner.name
     assert [p.name for p in racing_root.iterdir()] == [winner.name]  # our temp copy is gone

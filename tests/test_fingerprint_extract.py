@@ -273,14 +273,14 @@ def test_force_marks_the_set_running_before_removing_its_vectors(
     make_encoder(workspace, reg, "enc", latent_dim=4)
     _run_all(reg, workspace, ref)
     seen: list[str] = []
-    create = extract_module._create
+    create = extract_module.create_embeddings
 
     def spy(*args: object, **kw: object) -> None:
         with reg.session() as s:
             seen.append(s.scalars(select(FingerprintSet.status)).one())
         create(*args, **kw)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(extract_module, "_create", spy)
+    monkeypatch.setattr(extract_module, "create_embeddings", spy)
     plan_extraction(reg, workspace, "enc", [ref], shards=2, force=True)
     assert seen == ["running"]  # already running when the old vectors were removed
     with pytest.raises(NotFoundError, match="extraction running"):

@@ -120,8 +120,8 @@ def test_publishing_takes_a_free_generation_and_removes_killed_builds_temp(
     # pick is taken, so it must move on to the next number, leaving generation 1 as it was.
     module = importlib.import_module("pomlia_hpc.fingerprint.index")
     picks = iter([1])
-    real = module._next_generation
-    monkeypatch.setattr(module, "_next_generation", lambda r: next(picks, None) or real(r))
+    real = module.next_generation
+    monkeypatch.setattr(module, "next_generation", lambda r: next(picks, None) or real(r))
     gen1 = (root / "gen-000001" / "index.faiss").read_bytes()
     res = build_index(reg, workspace, "enc", rebuild=True)
     assert res.generation == 2 and (root / "current").resolve().name == "gen-000002"

@@ -20,10 +20,10 @@ from pomlia_hpc.fingerprint.extract import finish_extraction, plan_extraction, r
 from pomlia_hpc.fingerprint.index import build_index
 from pomlia_hpc.fingerprint.plots import plot_encoder_latent
 from pomlia_hpc.fingerprint.similar import (
-    _sample_rows,
     dataset_fingerprint,
     embedding_sample,
     nearest_images,
+    sample_rows,
     similar_datasets,
 )
 from pomlia_hpc.registry import Registry
@@ -107,11 +107,11 @@ def test_sample_of_class_sorted_rows_covers_every_class(tmp_path: Path) -> None:
     g = zarr.open_group(str(tmp_path / "emb.zarr"), mode="w")
     z = g.create_array("z", shape=(len(cls), 2), chunks=(chunk, 2), dtype="float32")
     z[:] = np.stack([cls, cls], 1)
-    x = _sample_rows(str(tmp_path / "emb.zarr"), 0, len(cls), 20)
+    x = sample_rows(str(tmp_path / "emb.zarr"), 0, len(cls), 20)
     counts = np.bincount(x[:, 0].astype(int), minlength=n_classes)
     assert len(x) == 20 and counts.min() >= 1 and counts.max() <= 3
     # The same within a sub-range (one split): only its own classes, all of them.
-    x = _sample_rows(str(tmp_path / "emb.zarr"), 2 * per_class, 7 * per_class, 10)
+    x = sample_rows(str(tmp_path / "emb.zarr"), 2 * per_class, 7 * per_class, 10)
     assert sorted(set(x[:, 0].astype(int))) == [2, 3, 4, 5, 6]
 
 

@@ -52,7 +52,7 @@ def _npy(arr: np.ndarray) -> bytes:
 class FullDiskLog(PredictionLog):
     """A prediction log on a disk that is full: every write fails with ENOSPC."""
 
-    def _write_all(self, data: bytes) -> None:
+    def write_all(self, data: bytes) -> None:
         raise OSError(28, os.strerror(28))
 
 

@@ -76,14 +76,14 @@ class TornWriteLog(PredictionLog):
         self.entered, self.release = threading.Event(), threading.Event()
         super().__init__(directory)
 
-    def _write_all(self, data: bytes) -> None:
+    def write_all(self, data: bytes) -> None:
         self.writes += 1
         if self.writes == 2:
             self.entered.set()
             self.release.wait(30)
-            os.write(self._fd, data[: len(data) // 2])
+            super().write_all(data[: len(data) // 2])
             raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
-        super()._write_all(data)
+        super().write_all(data)
 
 
 def test_a_failed_write_is_cut_back_and_nothing_is_written_after_it(tmp_path: Path) -> None:

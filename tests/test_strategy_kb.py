@@ -136,8 +136,8 @@ def test_random_baseline_is_exact() -> None:
     v = np.array([0.9, 0.8, 0.7])
     cand = np.ones(3, bool)
     # top-1: mean regret (0 + 10 + 20) / 3; best of 2 distinct: pairs (0,10,0) -> 10/3
-    assert evaluate._random_regret(v, cand, 1) == pytest.approx(10.0)
-    assert evaluate._random_regret(v, cand, 2) == pytest.approx(10.0 / 3)
+    assert evaluate.random_regret(v, cand, 1) == pytest.approx(10.0)
+    assert evaluate.random_regret(v, cand, 2) == pytest.approx(10.0 / 3)
 
 
 def test_cli_import_and_eval_json(workspace: object, tmp_path: Path) -> None:

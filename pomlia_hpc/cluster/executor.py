@@ -13,6 +13,7 @@ the number of concurrent processes the same way.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import signal
@@ -258,10 +259,9 @@ def settle_slurm_rows(reg: Registry, ids: Sequence[int]) -> None:
     :data:`SLURM_END_WAIT_S` seconds), so that the recorded end and state are Slurm's."""
     deadline = time.monotonic() + SLURM_END_WAIT_S
     while True:
-        try:
+        # An accounting hiccup: ask again until the deadline, then keep what is known.
+        with contextlib.suppress(ClusterError):
             refresh_slurm_jobs(reg, ids)
-        except ClusterError:
-            pass  # an accounting hiccup: ask again until the deadline, then keep what is known
         with reg.session() as s:
             q = select(func.count()).select_from(Job)
             missing = s.scalar(q.where(Job.id.in_(ids), Job.ended_at.is_(None)))

@@ -61,7 +61,7 @@ def _image_std(x: np.ndarray, block: int = 256, samples: int = 512) -> np.ndarra
     return np.sqrt(np.maximum(sq / p - mean**2, 0.0)).max(axis=1)
 
 
-def _histogram(x: np.ndarray) -> np.ndarray:
+def pair_histogram(x: np.ndarray) -> np.ndarray:
     """(C, 256) int64 histogram of a uint8 (..., C) array.
 
     Counts pixel pairs as uint16 (65,536 bins over half as many values), then adds the two
@@ -79,10 +79,10 @@ def _histogram(x: np.ndarray) -> np.ndarray:
     return out
 
 
-def _chunk_stats(x: np.ndarray) -> tuple[np.ndarray, int, np.ndarray]:
+def chunk_stats(x: np.ndarray) -> tuple[np.ndarray, int, np.ndarray]:
     """(C, 256) histogram, near-constant count and per-image uint64 hashes of one chunk."""
     b = x.shape[0]
-    hist = _histogram(x)
+    hist = pair_histogram(x)
     flat = x.reshape(b, -1)
     near = int((_image_std(x) < NEAR_CONSTANT_STD).sum())
     # SHA-1 is used as a fast content hash (duplicates), not for security.
@@ -173,7 +173,7 @@ def compute_fingerprint(
     """The explicit fingerprint of ``store`` (see the module docstring); ``progress`` is called
     with the number of images of every chunk done."""
     images = da.from_array(store.images, chunks=store.images.chunks, asarray=True)
-    tasks = [dask.delayed(_chunk_stats)(blk) for blk in images.to_delayed().ravel()]
+    tasks = [dask.delayed(chunk_stats)(blk) for blk in images.to_delayed().ravel()]
     callbacks = [_Progress(progress)] if progress else []
     # The threaded scheduler's get, passed directly: naming "threads" makes dask import
     # distributed first to look for a client (0.4 s), which this never uses.

@@ -258,7 +258,7 @@ def _stored_plan(
     return [(int(a), int(b)) for a, b in meta["shards"]] if fits else None
 
 
-def _create(
+def create_embeddings(
     out: Path,
     store: DatasetStore,
     encoder: Encoder,
@@ -405,7 +405,7 @@ def plan_extraction(
             # between) ever sees "complete" over a new, NaN-filled array.
             _record(registry, enc.id, row.id, out, status="running")
             stored = plan_shards(store, shards, shard_rows)
-            _create(out, store, enc, digest, latent_dim, stored, patch_grid)
+            create_embeddings(out, store, enc, digest, latent_dim, stored, patch_grid)
         ranges = stored
         missing = [i for i, r in enumerate(ranges) if done_record(out, i, r) is None]
         specs.extend(

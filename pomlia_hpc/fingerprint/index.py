@@ -473,7 +473,7 @@ def _generations(root: Path) -> list[int]:
     )
 
 
-def _next_generation(root: Path) -> int:
+def next_generation(root: Path) -> int:
     gens = _generations(root)
     return gens[-1] + 1 if gens else 1
 
@@ -494,7 +494,7 @@ def _publish(root: Path, index: faiss.Index, manifest: Manifest) -> Path:
         faiss.write_index(index, str(tmp / "index.faiss"))
         fsync_path(tmp / "index.faiss")
         for _attempt in range(1000):
-            manifest.generation = _next_generation(root)
+            manifest.generation = next_generation(root)
             atomic_write_text(tmp / "manifest.json", manifest.to_json())
             fsync_path(tmp)
             final = root / f"gen-{manifest.generation:06d}"

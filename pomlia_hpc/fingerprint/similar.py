@@ -89,7 +89,7 @@ SAMPLE_MIN_CHUNKS = 64
 SAMPLE_CHUNK_FACTOR = 8
 
 
-def _sample_rows(path: str, lo: int, hi: int, max_n: int) -> np.ndarray:
+def sample_rows(path: str, lo: int, hi: int, max_n: int) -> np.ndarray:
     """Up to ``max_n`` rows of ``z`` in [lo, hi), evenly spaced (deterministic).
 
     A large range is sampled from a subset of its chunks, evenly spread over the range: many
@@ -130,7 +130,7 @@ def embedding_sample(
     lo, hi = 0, fs.n_vectors
     if split is not None:
         lo, hi = open_store(find_version(registry, full).store_path).split_range(split)
-    return _sample_rows(fs.embeddings_path, lo, hi, max_n)
+    return sample_rows(fs.embeddings_path, lo, hi, max_n)
 
 
 def dataset_fingerprint(registry: Registry, encoder: EncoderRef, ref: str) -> dict[str, Any]:
@@ -169,7 +169,7 @@ def similar_datasets(
     def sample(s: FingerprintSet) -> np.ndarray:
         if distance == "mean":  # exact: the stored mean of all vectors, not a sample's
             return np.asarray([s.mean], np.float64)
-        return _sample_rows(s.embeddings_path, 0, s.n_vectors, max_samples)
+        return sample_rows(s.embeddings_path, 0, s.n_vectors, max_samples)
 
     query = sample(fs)
     name = full.split("@")[0]
@@ -208,7 +208,7 @@ def nearest_images(
     lo, hi = 0, fs.n_vectors
     if split is not None:
         lo, hi = open_store(find_version(registry, full).store_path).split_range(split)
-    queries = _sample_rows(fs.embeddings_path, lo, hi, max_queries)
+    queries = sample_rows(fs.embeddings_path, lo, hi, max_queries)
     available = index.manifest.ntotal - sum(
         index.manifest.sets[s].n_images * index.manifest.sets[s].tiles
         for s in exclude

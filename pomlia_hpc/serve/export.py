@@ -90,7 +90,7 @@ def _onnx_outputs(path: Path, x: np.ndarray) -> np.ndarray:
     return np.asarray(sess.run(None, {sess.get_inputs()[0].name: x})[0])
 
 
-def _check_parity(
+def check_parity(
     loaded: LoadedClassifier, onnx_path: Path, ts_path: Path, atol: float, seed: int
 ) -> dict[str, float]:
     meta = loaded.meta
@@ -184,7 +184,7 @@ def export_checkpoint(
             traced = torch.jit.trace(loaded.model, example)
             traced.save(str(tmp / TORCHSCRIPT))
             _export_onnx(loaded.model, example, tmp / ONNX)
-            diffs = _check_parity(loaded, tmp / ONNX, tmp / TORCHSCRIPT, atol, seed)
+            diffs = check_parity(loaded, tmp / ONNX, tmp / TORCHSCRIPT, atol, seed)
 
         fingerprint: dict[str, Any] = {
             "kind": STATS_KIND,

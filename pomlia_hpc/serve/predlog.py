@@ -191,7 +191,7 @@ class PredictionLog:
                     self.sidecar.write(b"".join(e.inputs for e in group))
                 if self._size and self._size + len(data) > self.max_bytes:
                     self._open_next()
-                self._write_all(data)
+                self.write_all(data)
                 if self.fsync:
                     os.fsync(self._fd)
             except OSError as exc:
@@ -214,7 +214,7 @@ class PredictionLog:
             if e.done is not None:
                 e.done(error)
 
-    def _write_all(self, data: bytes) -> None:
+    def write_all(self, data: bytes) -> None:
         """Write ``data`` to the current file (``os.write`` may write only part at a time)."""
         view = memoryview(data)
         while view:

@@ -46,7 +46,7 @@ def cheap_mask(m: Matrix, max_px: int = 64) -> np.ndarray:
     )
 
 
-def _random_regret(values: np.ndarray, cand: np.ndarray, k: int) -> float:
+def random_regret(values: np.ndarray, cand: np.ndarray, k: int) -> float:
     known = cand & np.isfinite(values)
     v = np.sort(values[known])[::-1]  # best first
     n = len(v)
@@ -145,7 +145,7 @@ def loo(m: Matrix, *, k: int = 3, cheap: bool = False, max_px: int = 64) -> Eval
         for name, order in orders.items():
             results[name].top1.append(top_k_regret(v, order, 1, cand))
             results[name].topk.append(top_k_regret(v, order, k, cand))
-        results["random"].top1.append(_random_regret(v, cand, 1))
-        results["random"].topk.append(_random_regret(v, cand, k))
+        results["random"].top1.append(random_regret(v, cand, 1))
+        results["random"].topk.append(random_regret(v, cand, k))
     restriction = f"inputs <= {max_px} px or frozen features" if cheap else "all strategies"
     return EvalResult("", k, used, int(cand.sum()), restriction, results, hs)
