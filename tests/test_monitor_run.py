@@ -11,7 +11,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from monitor_support import append_lines, demo_model, images, log_predictions
 from sqlalchemy import func, select
 from typer.testing import CliRunner
 
@@ -22,6 +21,7 @@ from pomlia_hpc.registry import MonitorReport, Registry, RetrainRequest
 from pomlia_hpc.serve.predlog import log_dir
 from pomlia_hpc.serve.reference import REFERENCE_FILE, read_reference, write_reference
 from pomlia_hpc.workspace import Workspace
+from tests.monitor_support import append_lines, demo_model, images, log_predictions
 
 runner = CliRunner()
 

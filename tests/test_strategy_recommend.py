@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from automl_support import tiny_task
 from sqlalchemy import select
 from typer.testing import CliRunner
 
@@ -16,6 +15,7 @@ from pomlia_hpc.registry import Recommendation, Registry, Run, Task
 from pomlia_hpc.strategy import kb
 from pomlia_hpc.strategy.cost import pareto_front
 from pomlia_hpc.workspace import Workspace
+from tests.fixtures.factories import tiny_task
 
 DATA = Path(__file__).resolve().parents[1] / "pomlia_hpc" / "strategy" / "data"
 
