@@ -1,0 +1,64 @@
+"""The monitoring reference: written at export from the model's validation split, equal to
+what the server logs for the same images, and recomputable with ``pomlia monitor reference``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from monitor_support import log_predictions
+from pomlia_hpc.cli import app
+from pomlia_hpc.data.api import ingest
+from pomlia_hpc.data.synth import make_split
+from pomlia_hpc.registry import Registry
+from pomlia_hpc.serve.bundle import register_model
+from pomlia_hpc.serve.demo import save_demo_checkpoint
+from pomlia_hpc.serve.export import export_model
+from pomlia_hpc.serve.reference import REFERENCE_FILE, read_reference
+from pomlia_hpc.workspace import Workspace
+
+
+def _dataset(ws: Workspace, reg: Registry, tmp_path: Path) -> tuple[int, np.ndarray, np.ndarray]:
+    arrays = {}
+    for split, n in (("train", 20), ("val", 24), ("test", 5)):
+        x, y = make_split("bloodmnist", n, seed=1, size=28, split=split)
+        arrays[f"{split}_images"], arrays[f"{split}_labels"] = x, y
+    path = tmp_path / "blood.npz"
+    np.savez(path, **arrays)
+    rec = ingest(ws, reg, "blood", path, class_names=[f"c{i}" for i in range(8)], workers=1)
+    return rec.id, arrays["val_images"], arrays["val_labels"][:, 0]
+
+
+def test_export_writes_the_reference_the_server_would_log(
+    workspace: Workspace, reg: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dv_id, val_x, val_y = _dataset(workspace, reg, tmp_path)
+    ckpt = save_demo_checkpoint(tmp_path / "m.pt", channels=3, num_classes=8)
+    register_model(reg, "blood-model", ckpt, lineage={"dataset_version_id": dv_id})
+    res = export_model(reg, workspace, "blood-model")
+    assert res.reference == res.bundle.root / REFERENCE_FILE
+    ref = read_reference(res.reference)
+    assert ref.n == 24 and ref.model_version == res.bundle.version
+    assert ref.source.startswith("blood@") and ref.source.endswith("[val]")
+    np.testing.assert_array_equal(ref.labels, val_y)
+    # The server, given the same validation images, logs exactly the reference's vectors and
+    # outputs (same fingerprint function, rounding, scaling and runtime).
+    records = log_predictions(workspace, res.bundle.root, val_x)
+    logged = np.array([r["fingerprint"] for r in records], dtype=np.float32)
+    np.testing.assert_array_equal(logged, ref.fingerprints)
+    assert [r["output"]["label_index"] for r in records] == ref.pred_index.tolist()
+    assert records[0]["fingerprint_kind"] == ref.fingerprint_kind == "stats-thumb-v1"
+    np.testing.assert_allclose(
+        [max(r["output"]["probabilities"]) for r in records], ref.confidence, atol=1e-6
+    )
+    # Recomputing it from another split through the CLI replaces it.
+    monkeypatch.setenv("POMLIA_HOME", str(workspace.home))
+    res_cli = CliRunner().invoke(
+        app, ["monitor", "reference", "blood-model", "--data", "blood", "--split", "test"]
+    )
+    assert res_cli.exit_code == 0, res_cli.output
+    assert read_reference(res.reference).n == 5
+    assert "[test]" in read_reference(res.reference).source

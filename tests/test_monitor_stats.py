@@ -1,0 +1,97 @@
+"""The monitor's tests on synthetic data: valid p-values without a shift, power with one, and
+the weighted Holm combination."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pomlia_hpc.monitor.stats import (
+    CheckResult,
+    classifier_test,
+    combine,
+    confidence_test,
+    ks_test,
+    label_test,
+    mmd_test,
+    performance_test,
+    wilson,
+)
+
+
+def gauss(n: int, d: int, shift: float = 0.0, seed: int = 0) -> np.ndarray:
+    return (np.random.default_rng(seed).normal(size=(n, d)) + shift).astype(np.float32)
+
+
+def test_mmd_p_value_is_plus_one_corrected_and_tracks_the_shift() -> None:
+    ref = gauss(300, 8)
+    same = mmd_test(ref, gauss(100, 8, seed=1), n_perm=200)
+    shifted = mmd_test(ref, gauss(100, 8, shift=0.5, seed=1), n_perm=200)
+    assert same.p_value > 0.05
+    assert shifted.p_value == pytest.approx(1 / 201)  # no permutation beats the real split
+    assert shifted.statistic > same.statistic > 0
+
+
+def test_mmd_null_p_values_are_roughly_uniform() -> None:
+    ref = gauss(200, 4)
+    ps = [mmd_test(ref, gauss(50, 4, seed=s), n_perm=199, seed=s).p_value for s in range(40)]
+    assert 0.25 < float(np.mean(ps)) < 0.75
+    assert sum(p <= 0.05 for p in ps) <= 6  # 2 expected at 5%
+
+
+def test_ks_bonferroni_and_most_drifting_dimension() -> None:
+    ref, win = gauss(400, 20), gauss(150, 20, seed=2)
+    win[:, 7] += 1.0
+    res = ks_test(ref, win, top=3)
+    assert res.detail["top"][0]["dim"] == 7
+    assert res.p_value == pytest.approx(min(1.0, 20 * res.detail["top"][0]["p_value"]))
+    assert res.p_value < 1e-6
+    assert ks_test(ref, gauss(150, 20, seed=3)).p_value > 0.05
+
+
+def test_classifier_uses_held_out_accuracy_and_a_binomial_test() -> None:
+    ref = gauss(400, 10)
+    null = classifier_test(ref, gauss(200, 10, seed=4))
+    assert null.detail["held_out"] == 200 and null.p_value > 0.05
+    alt = classifier_test(ref, gauss(200, 10, shift=0.6, seed=4))
+    assert alt.statistic > 0.7 and alt.p_value < 1e-6
+
+
+def test_prediction_drift_tests() -> None:
+    rng = np.random.default_rng(0)
+    ref_labels = rng.integers(0, 4, 2000)
+    same = label_test(ref_labels, rng.integers(0, 4, 200), 4)
+    skewed = label_test(ref_labels, np.r_[np.zeros(120, int), rng.integers(0, 4, 80)], 4)
+    assert same.p_value > 0.05 and skewed.p_value < 1e-6
+    ref_conf = rng.uniform(0.5, 1.0, 2000)
+    assert confidence_test(ref_conf, rng.uniform(0.5, 1.0, 200)).p_value > 0.05
+    assert confidence_test(ref_conf, rng.uniform(0.3, 0.8, 200)).p_value < 1e-6
+
+
+def test_performance_test_and_wilson_interval() -> None:
+    lo, hi = wilson(170, 200)
+    assert lo < 0.85 < hi and hi - lo < 0.11
+    drop = performance_test(150, 200, 1700, 2000)  # 75% vs 85%
+    same = performance_test(170, 200, 1700, 2000)
+    rise = performance_test(190, 200, 1700, 2000)
+    assert drop.p_value < 0.001 < same.p_value
+    assert rise.p_value > 0.9  # one-sided: better is no alarm
+    assert drop.detail["drop"] == pytest.approx(0.10)
+
+
+def test_weighted_holm() -> None:
+    def tests(*ps: float, weights: tuple[float, ...] | None = None) -> list[CheckResult]:
+        ws = weights or tuple(1.0 / len(ps) for _ in ps)
+        return [
+            CheckResult(f"t{i}", "x", 0.0, p, weight=w)
+            for i, (p, w) in enumerate(zip(ps, ws, strict=True))
+        ]
+
+    ts = tests(0.011, 0.02, 0.5, 0.9, 0.9)  # Bonferroni level 0.01: nothing
+    assert not combine(ts, 0.05) and not any(t.rejected for t in ts)
+    ts = tests(0.009, 0.0124, 0.5, 0.9, 0.9)  # first at 0.01, then 0.0125: Holm steps down
+    assert combine(ts, 0.05) and [t.rejected for t in ts] == [True, True, False, False, False]
+    ts = tests(0.02, 0.5, 0.5, weights=(0.5, 0.25, 0.25))  # weight 0.5: level 0.025
+    assert combine(ts, 0.05) and ts[0].rejected
+    ts = tests(0.0001, 0.5, weights=(0.0, 1.0))  # a weight of 0 is reported, never tested
+    assert not combine(ts, 0.05)
