@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from monitor_support import log_predictions
 from pomlia_hpc.cli import app
 from pomlia_hpc.data.api import ingest
 from pomlia_hpc.data.synth import make_split
@@ -19,6 +18,7 @@ from pomlia_hpc.serve.demo import save_demo_checkpoint
 from pomlia_hpc.serve.export import export_model
 from pomlia_hpc.serve.reference import REFERENCE_FILE, read_reference
 from pomlia_hpc.workspace import Workspace
+from tests.monitor_support import log_predictions
 
 
 def _dataset(ws: Workspace, reg: Registry, tmp_path: Path) -> tuple[int, np.ndarray, np.ndarray]:
