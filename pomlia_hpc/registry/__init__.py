@@ -1,7 +1,14 @@
 """The registry: image DB and model DB (SQLAlchemy; SQLite by default, PostgreSQL by URL)."""
 
 from pomlia_hpc.registry.db import Registry
-from pomlia_hpc.registry.knowledge import KbDataset, KbResult, KbSource, Recommendation
+from pomlia_hpc.registry.knowledge import (
+    KbDataset,
+    KbResult,
+    KbRunSeen,
+    KbRunStats,
+    KbSource,
+    Recommendation,
+)
 from pomlia_hpc.registry.models import (
     Base,
     Dataset,
@@ -27,6 +34,8 @@ __all__ = [
     "Job",
     "KbDataset",
     "KbResult",
+    "KbRunSeen",
+    "KbRunStats",
     "KbSource",
     "Model",
     "MonitorReport",

@@ -76,3 +76,34 @@ class Recommendation(Base):
     inputs: Mapped[dict[str, Any]] = mapped_column(default=dict)
     output: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class KbRunStats(Base):
+    """The registry's runs summarised per (task, strategy), folded in incrementally (a run once,
+    when it has finished: ``ok`` or ``crashed``), so a recommendation reads a few thousand rows
+    instead of every run's JSON."""
+
+    __tablename__ = "kb_run_stats"
+    __table_args__ = (UniqueConstraint("task_id", "strategy_key"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    task_id: Mapped[int] = mapped_column(ForeignKey("tasks.id", ondelete="CASCADE"), index=True)
+    strategy_key: Mapped[str] = mapped_column(String(16))
+    strategy: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    n_runs: Mapped[int] = mapped_column(Integer, default=0)
+    n_failed: Mapped[int] = mapped_column(Integer, default=0)
+    best_run_id: Mapped[int | None] = mapped_column(Integer)
+    best_objective: Mapped[float | None] = mapped_column(Float)
+    best_value: Mapped[float | None] = mapped_column(Float)
+    cost_sum: Mapped[float] = mapped_column(Float, default=0.0)
+    n_cost: Mapped[int] = mapped_column(Integer, default=0)
+
+
+class KbRunSeen(Base):
+    """The runs examined for :class:`KbRunStats`: ``done`` once folded in; not done while the
+    run was still pending or running (examined again at the next refresh)."""
+
+    __tablename__ = "kb_run_seen"
+    run_id: Mapped[int] = mapped_column(
+        ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True, autoincrement=False
+    )
+    done: Mapped[bool] = mapped_column(default=True, index=True)

@@ -7,14 +7,14 @@ runs (every task; crashed runs count as failures of their strategy).
 
 A registry run's strategy is its configuration reduced to the strategy fields (architecture,
 initial weights, training mode, input size = the data set's, extra images); its value is the
-test metric of the run with the best validation metric among that strategy's runs on the task.
+test metric of the run with the best validation metric among that strategy's runs on the task
+(kept up to date incrementally by :mod:`.runstats`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import time
-from collections import defaultdict
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,17 +28,18 @@ from pomlia_hpc.registry import (
     DatasetVersion,
     KbDataset,
     KbResult,
+    KbRunStats,
     KbSource,
     Registry,
     Run,
     Task,
 )
+from pomlia_hpc.strategy import runstats
 from pomlia_hpc.strategy.longformat import (
     METRICS,
     ResultTable,
     normalize_task_type,
     read_results,
-    strategy_key,
 )
 
 #: The pseudo-source of the registry's own runs.
@@ -272,7 +273,7 @@ def version_meta(fingerprint: dict[str, Any], task_type: str) -> dict[str, Any]:
     return meta
 
 
-#: The run configuration keys that make up a strategy (the rest are hyperparameters).
+#: The run configuration keys that are hyperparameters (not strategy fields).
 HPARAMS: tuple[str, ...] = (
     "lr",
     "lr_head",
@@ -286,81 +287,42 @@ HPARAMS: tuple[str, ...] = (
 )
 
 
-def run_strategy(config: dict[str, Any], image_size: int) -> dict[str, Any]:
-    """The strategy fields of a run's configuration."""
-    return {
-        "arch": str(config.get("arch", "small_cnn")),
-        "init": str(config.get("init", "scratch")),
-        "mode": str(config.get("mode", "full")),
-        "img_size": int(image_size),
-        "extra_data": str(config.get("extra_data", "none")),
-    }
-
-
 def registry_observations(
     registry: Registry, metric: str, exclude_task: str | None = None
 ) -> tuple[list[Observation], dict[str, dict[str, Any]]]:
     """One observation per (task, strategy) over the registry's finished runs of tasks whose
-    metric is ``metric`` (failed ones included), and the tasks' meta-features by task name."""
+    metric is ``metric`` (failed ones included; see :mod:`.runstats`, refreshed first), and
+    the tasks' meta-features by task name."""
     with registry.session() as s:
         tasks = {
-            tid: (name, ttype, fp)
-            for tid, name, ttype, fp in s.execute(
-                select(Task.id, Task.name, Task.task_type, DatasetVersion.fingerprint)
-                .join(DatasetVersion, Task.dataset_version_id == DatasetVersion.id)
-                .where(Task.metric == metric)
+            tid: (name, ttype, metric_, dict(fp or {}))
+            for tid, name, ttype, metric_, fp in s.execute(
+                select(
+                    Task.id, Task.name, Task.task_type, Task.metric, DatasetVersion.fingerprint
+                ).join(DatasetVersion, Task.dataset_version_id == DatasetVersion.id)
             )
-            if name != exclude_task
         }
-        if not tasks:
-            return [], {}
-        # Only scalar JSON paths are read: a run's metrics also hold its training curve, and
-        # decoding 100,000 of those would dominate the answer time.
-        q = select(
-            Run.id,
-            Run.task_id,
-            Run.status,
-            Run.cost_s,
-            Run.config["arch"].as_string(),
-            Run.config["init"].as_string(),
-            Run.config["mode"].as_string(),
-            Run.config["extra_data"].as_string(),
-            Run.metrics["objective"].as_float(),
-            Run.metrics["test"][metric].as_float(),
-        ).where(Run.task_id.in_(list(tasks)), Run.status.in_(("ok", "crashed")))
-        rows = s.execute(q).all()
-    meta = {name: version_meta(dict(fp or {}), ttype) for name, ttype, fp in tasks.values()}
-    groups: dict[tuple[int, str], list[Any]] = defaultdict(list)
-    strategies: dict[tuple[int, str], dict[str, Any]] = {}
-    for r in rows:
-        name = tasks[r[1]][0]
-        config = {"arch": r[4] or "small_cnn", "init": r[5] or "scratch", "mode": r[6] or "full"}
-        config["extra_data"] = r[7] or "none"
-        strategy = run_strategy(config, meta[name]["image_size"])
-        key = strategy_key(strategy)
-        groups[(r[1], key)].append(r)
-        strategies[(r[1], key)] = strategy
+    meta_all = {tid: version_meta(fp, ttype) for tid, (_, ttype, _, fp) in tasks.items()}
+    runstats.refresh(registry, {tid: int(m["image_size"]) for tid, m in meta_all.items()})
+    wanted = {tid for tid, (name, _, m, _) in tasks.items() if m == metric and name != exclude_task}
     out = []
-    for (task_id, key), runs in groups.items():
-        ok = [r for r in runs if r[2] == "ok" and r[8] is not None and r[9] is not None]
-        failed = sum(r[2] == "crashed" for r in runs)
-        best = max(ok, key=lambda r: (r[8], -r[0])) if ok else None
-        costs = sorted(r[3] for r in ok if r[3] is not None)
-        out.append(
-            Observation(
-                REGISTRY_SOURCE,
-                tasks[task_id][0],
-                strategies[(task_id, key)],
-                key,
-                float(best[9]) if best is not None else None,
-                None,
-                costs[len(costs) // 2] if costs else None,
-                len(runs),
-                failed,
-                (int(best[0]),) if best is not None else (),
+    with registry.session() as s:
+        for st in s.scalars(select(KbRunStats).where(KbRunStats.task_id.in_(wanted))):
+            out.append(
+                Observation(
+                    REGISTRY_SOURCE,
+                    tasks[st.task_id][0],
+                    dict(st.strategy),
+                    st.strategy_key,
+                    st.best_value,
+                    None,
+                    st.cost_sum / st.n_cost if st.n_cost else None,
+                    st.n_runs,
+                    st.n_failed,
+                    (st.best_run_id,) if st.best_run_id is not None else (),
+                )
             )
-        )
-    return out, meta
+    return out, {tasks[t][0]: meta_all[t] for t in wanted}
 
 
 def run_hparams(registry: Registry, run_ids: Iterable[int]) -> dict[int, dict[str, Any]]:

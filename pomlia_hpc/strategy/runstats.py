@@ -1,0 +1,130 @@
+"""The registry's runs, summarised per (task, strategy) and kept up to date incrementally.
+
+:func:`refresh` examines the runs newer than the newest one examined before, plus those that
+were still pending or running then (``kb_run_seen.done`` false): finished runs (``ok`` or
+``crashed``) are folded into ``kb_run_stats`` and marked done, the others are examined again
+next time. All in one transaction: each run is counted once, however often and from however
+many processes the knowledge base is read. The first refresh of a large registry reads every
+run once; afterwards only the new and the unfinished ones (an id range and a short list, so the
+query does not scan the runs table).
+
+Per (task, strategy): the number of runs and of crashed runs, the run with the best validation
+objective and its test metric (the task's own metric), and the summed wall seconds of the
+successful runs (for their mean).
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+from sqlalchemy import delete, func, insert, select
+from sqlalchemy.exc import IntegrityError
+
+from pomlia_hpc.registry import KbRunSeen, KbRunStats, Registry, Run, Task
+from pomlia_hpc.strategy.longformat import strategy_key
+
+FINAL = ("ok", "crashed")
+
+
+def run_strategy(config: dict[str, Any], image_size: int) -> dict[str, Any]:
+    """The strategy fields of a run's configuration (the rest are hyperparameters)."""
+    return {
+        "arch": str(config.get("arch") or "small_cnn"),
+        "init": str(config.get("init") or "scratch"),
+        "mode": str(config.get("mode") or "full"),
+        "img_size": int(image_size),
+        "extra_data": str(config.get("extra_data") or "none"),
+    }
+
+
+def _strategy_of(row: Any, image_size: int) -> dict[str, Any]:
+    config = {"arch": row[4], "init": row[5], "mode": row[6], "extra_data": row[7]}
+    return run_strategy(config, image_size)
+
+
+def refresh(registry: Registry, image_sizes: dict[int, int]) -> int:
+    """Fold the finished runs not counted yet; returns how many. ``image_sizes``: the input
+    size of each task (by id), part of a strategy. Another process folding the same runs at the
+    same moment makes this one's transaction fail on ``kb_run_seen`` (nothing of it stays);
+    it then reads what the other one folded."""
+    try:
+        return _refresh(registry, image_sizes)
+    except IntegrityError:
+        return 0  # folded by a concurrent refresh
+
+
+def _refresh(registry: Registry, image_sizes: dict[int, int]) -> int:
+    with registry.session() as s:
+        metric_of = dict(s.execute(select(Task.id, Task.metric)).all())
+        newest = s.scalar(select(func.max(KbRunSeen.run_id))) or 0
+        waiting = select(KbRunSeen.run_id).where(KbRunSeen.done.is_(False))
+        q = select(
+            Run.id,
+            Run.task_id,
+            Run.status,
+            Run.cost_s,
+            Run.config["arch"].as_string(),
+            Run.config["init"].as_string(),
+            Run.config["mode"].as_string(),
+            Run.config["extra_data"].as_string(),
+            Run.metrics["objective"].as_float(),
+            Run.metrics["test"],
+        ).where((Run.id > newest) | Run.id.in_(waiting))
+        examined = s.execute(q).all()
+        if not examined:
+            return 0
+        rows = [r for r in examined if r[2] in FINAL and r[1] is not None]
+        again = {r[0] for r in examined if r[2] not in FINAL}
+        # Waiting runs (ids up to ``newest``) that have finished leave the waiting list;
+        # unfinished ones already waiting stay; new unfinished ones join it.
+        finished_waiting = [r[0] for r in examined if r[2] in FINAL and r[0] <= newest]
+        if finished_waiting:
+            s.execute(delete(KbRunSeen).where(KbRunSeen.run_id.in_(finished_waiting)))
+        known_waiting = set(s.scalars(waiting))
+        new_waiting = [{"run_id": i, "done": False} for i in again - known_waiting]
+        groups: dict[tuple[int, str], list[Any]] = defaultdict(list)
+        keys: dict[tuple[Any, ...], str] = {}  # strategy fields -> key, computed once each
+        for r in rows:
+            fields = (r[4], r[5], r[6], r[7], image_sizes.get(r[1], 28))
+            key = keys.get(fields)
+            if key is None:
+                key = keys[fields] = strategy_key(_strategy_of(r, fields[4]))
+            groups[(r[1], key)].append(r)
+        existing = {
+            (st.task_id, st.strategy_key): st
+            for st in s.scalars(
+                select(KbRunStats).where(KbRunStats.task_id.in_({t for t, _ in groups}))
+            )
+        }
+        for (task_id, key), runs in groups.items():
+            st = existing.get((task_id, key))
+            if st is None:
+                st = KbRunStats(
+                    task_id=task_id,
+                    strategy_key=key,
+                    strategy=_strategy_of(runs[0], image_sizes.get(task_id, 28)),
+                    n_runs=0,
+                    n_failed=0,
+                    cost_sum=0.0,
+                    n_cost=0,
+                )
+                s.add(st)
+            metric = metric_of.get(task_id, "acc")
+            st.n_runs += len(runs)
+            st.n_failed += sum(r[2] == "crashed" for r in runs)
+            for r in runs:
+                if r[2] != "ok" or r[8] is None:
+                    continue
+                if r[3] is not None:
+                    st.cost_sum += float(r[3])
+                    st.n_cost += 1
+                value = (r[9] or {}).get(metric) if isinstance(r[9], dict) else None
+                if value is None:
+                    continue
+                if st.best_objective is None or r[8] > st.best_objective:
+                    st.best_objective, st.best_value, st.best_run_id = r[8], value, r[0]
+        done = [{"run_id": r[0], "done": True} for r in examined if r[2] in FINAL]
+        if done or new_waiting:
+            s.execute(insert(KbRunSeen), done + new_waiting)
+        return len(rows)

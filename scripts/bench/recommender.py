@@ -1,0 +1,254 @@
+"""Strategy recommender: leave-one-dataset-out quality, import speed, answer time.
+
+1. **Quality** (``pomlia strategy eval``): leave-one-dataset-out over the shipped MedMNIST+
+   table (ACC and AUC; all strategies and cheap ones: inputs <= 64 px or frozen features) and
+   the MedMNIST v2 benchmark, regret in metric points of the ``kernel-regret`` learner's top-1
+   and best-of-top-3 against random, best-mean, best-mean-rank and nearest-data-set baselines
+   computed in the same run. Targets (MedMNIST+, ACC): top-1 <= 1.0, best-of-3 <= 0.3.
+2. **Import**: ``import_table`` of the MedMNIST+ table (2,400 rows) into a fresh SQLite
+   registry, median of ``--repeats``. Target < 5 s.
+3. **Answer time**: ``recommend`` (recording included) with ``--runs`` generated runs in the
+   registry (20 tasks on generated data set versions, 5 architectures x 3 initialisations,
+   each run with a 9-epoch training history in its metrics, 2 % crashed), the MedMNIST+ table
+   imported, median of ``--repeats`` after the first answer (reported apart: it folds every
+   run into ``kb_run_stats`` once, see :mod:`pomlia_hpc.strategy.runstats`). Target < 1 s at
+   100,000 runs.
+
+    python scripts/bench/recommender.py --out bench-results           # ~2 min here
+    python scripts/bench/recommender.py --runs 20000 --out /tmp/bench  # quicker
+
+Writes ``recommender.json`` and ``recommender.md`` to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import statistics
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import insert
+
+from pomlia_hpc.registry import Dataset, DatasetVersion, Registry, Run, Task
+from pomlia_hpc.strategy import evaluate, kb
+from pomlia_hpc.strategy.learner import build_matrix
+from pomlia_hpc.strategy.recommend import recommend
+
+DATA = Path(__file__).resolve().parents[2] / "pomlia_hpc" / "strategy" / "data"
+META = DATA / "medmnist_meta_features.csv"
+PLUS = DATA / "medmnist_plus_doerrich2025.csv"
+V2 = DATA / "medmnist_v2_yang2023.csv"
+
+
+def _load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def quality(reg: Registry) -> list[dict[str, Any]]:
+    kb.import_table(reg, PLUS, "medmnist_plus", meta_path=META)
+    kb.import_table(reg, V2, "medmnist_v2", meta_path=META)
+    rows = []
+    for source, metric, cheap in (
+        ("medmnist_plus", "acc", False),
+        ("medmnist_plus", "acc", True),
+        ("medmnist_plus", "auc", False),
+        ("medmnist_plus", "auc", True),
+        ("medmnist_v2", "acc", False),
+        ("medmnist_v2", "auc", False),
+    ):
+        m = build_matrix(kb.load(reg, metric, [source]))
+        t0 = time.perf_counter()
+        res = evaluate.loo(m, cheap=cheap)
+        d = res.to_dict()
+        rows.append(
+            {
+                "source": source,
+                "metric": metric,
+                "restriction": res.restriction,
+                "n_datasets": len(res.datasets),
+                "n_strategies": res.n_strategies,
+                "summary": d["summary"],
+                "per_dataset": {
+                    name: dict(zip(res.datasets, [round(x, 3) for x in mr.top1], strict=True))
+                    for name, mr in res.methods.items()
+                    if name == "kernel-regret"
+                },
+                "bandwidths": d["bandwidths"],
+                "seconds": round(time.perf_counter() - t0, 2),
+            }
+        )
+        print(f"  {source} {metric} {res.restriction}: {d['summary']}", flush=True)
+    return rows
+
+
+def import_speed(tmp: Path, repeats: int) -> dict[str, Any]:
+    times = []
+    for i in range(repeats):
+        reg = Registry.open(f"sqlite:///{tmp / f'import{i}.db'}")
+        rep = kb.import_table(reg, PLUS, "medmnist_plus", meta_path=META)
+        times.append(rep.seconds)
+        reg.dispose()
+    return {"rows": 2400, "seconds": times, "median_s": statistics.median(times)}
+
+
+def _generate(reg: Registry, n_runs: int, seed: int = 0) -> str:
+    """``n_runs`` runs over 20 generated tasks; returns the name of the task to recommend for."""
+    rng = random.Random(seed)
+    archs = ["small_cnn", "resnet18", "mobilenet_v3_small", "resnet34", "resnet18_imagenet"]
+    inits = [("scratch", "full"), ("encoder", "linear_probe"), ("encoder", "freeze_unfreeze")]
+    task_ids = []
+    with reg.session() as s:
+        for t in range(20):
+            ds = Dataset(name=f"gen{t}")
+            s.add(ds)
+            s.flush()
+            n_train = rng.choice([500, 2000, 10000, 80000])
+            fp = {
+                "counts": {"train": n_train, "val": n_train // 8, "test": n_train // 4},
+                "image_size": [rng.choice([28, 64]), 28],
+                "channels": rng.choice([1, 3]),
+                "n_classes": rng.choice([2, 4, 8, 11]),
+                "class_balance": {"all": {"normalized_entropy": rng.uniform(0.6, 1.0)}},
+                "intensity": [{"mean": rng.uniform(50, 200), "std": rng.uniform(20, 70)}],
+            }
+            ver = DatasetVersion(
+                dataset_id=ds.id, version=f"v{t}", store_path="/nonexistent", fingerprint=fp
+            )
+            s.add(ver)
+            s.flush()
+            task = Task(
+                name=f"gen{t}", dataset_version_id=ver.id, metric="acc", task_type="multi-class"
+            )
+            s.add(task)
+            s.flush()
+            task_ids.append(task.id)
+    batch: list[dict[str, Any]] = []
+    for i in range(n_runs):
+        arch = rng.choice(archs)
+        init, mode = rng.choice(inits)
+        val = rng.uniform(0.3, 0.95)
+        crashed = rng.random() < 0.02
+        history = [{"epoch": e, "loss": rng.uniform(0.1, 2), "val": val} for e in range(9)]
+        batch.append(
+            {
+                "task_id": rng.choice(task_ids),
+                "study": f"study{i // 40}",
+                "config": {
+                    "arch": arch,
+                    "init": init,
+                    "mode": mode,
+                    "lr": 10 ** rng.uniform(-4, -1),
+                    "optimizer": "adamw",
+                    "batch_size": 64,
+                    "weight_decay": 1e-4,
+                    "augmentation": "flip",
+                    "config_key": f"{i:012x}",
+                },
+                "budget": float(rng.choice([1, 3, 9])),
+                "metrics": {}
+                if crashed
+                else {
+                    "objective": val,
+                    "val": {"acc": val, "auc": val},
+                    "test": {"acc": val - 0.01, "auc": val},
+                    "history": history,
+                },
+                "cost_s": rng.uniform(10, 500),
+                "status": "crashed" if crashed else "ok",
+            }
+        )
+        if len(batch) == 5000:
+            with reg.session() as s:
+                s.execute(insert(Run), batch)
+            batch = []
+    if batch:
+        with reg.session() as s:
+            s.execute(insert(Run), batch)
+    return "gen0"
+
+
+def answer_time(tmp: Path, n_runs: int, repeats: int) -> dict[str, Any]:
+    reg = Registry.open(f"sqlite:///{tmp / 'answer.db'}")
+    t0 = time.perf_counter()
+    task = _generate(reg, n_runs)
+    gen_s = time.perf_counter() - t0
+    kb.import_table(reg, PLUS, "medmnist_plus", meta_path=META)
+    t0 = time.perf_counter()
+    recommend(reg, task, k=5)  # the first answer folds every run into kb_run_stats
+    first_s = time.perf_counter() - t0
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        ans = recommend(reg, task, k=5)
+        times.append(time.perf_counter() - t0)
+    reg.dispose()
+    return {
+        "runs": n_runs,
+        "generate_s": round(gen_s, 1),
+        "first_s": round(first_s, 2),
+        "seconds": [round(t, 3) for t in times],
+        "median_s": statistics.median(times),
+        "n_datasets": ans["n_datasets"],
+        "n_strategies": ans["n_strategies"],
+    }
+
+
+def _md(res: dict[str, Any]) -> str:
+    lines = [
+        f"Load average at start: {res['load_start']}; at end: {res['load_end']}.",
+        "",
+        "| source | metric | candidates | method | top-1 regret | best-of-top-3 regret |",
+        "| --- | --- | --- | --- | ---: | ---: |",
+    ]
+    for q in res["quality"]:
+        for name, s in q["summary"].items():
+            lines.append(
+                f"| {q['source']} | {q['metric']} | {q['restriction']} ({q['n_strategies']}) "
+                f"| {name} | {s['top1_mean']:.2f} | {s['topk_mean']:.2f} |"
+            )
+    imp, ans = res["import"], res["answer"]
+    lines += [
+        "",
+        f"Import of MedMNIST+ ({imp['rows']} rows): median {imp['median_s']:.2f} s "
+        f"(runs {', '.join(f'{t:.2f}' for t in imp['seconds'])}).",
+        f"recommend with {ans['runs']:,} runs in the registry ({ans['n_datasets']} data sets, "
+        f"{ans['n_strategies']} strategies): median {ans['median_s']:.3f} s "
+        f"(runs {', '.join(map(str, ans['seconds']))}); the first answer, which folds all "
+        f"runs into the summary table once, took {ans['first_s']:.1f} s.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--out", type=Path, default=Path("bench-results"))
+    ap.add_argument("--runs", type=int, default=100_000)
+    ap.add_argument("--repeats", type=int, default=5)
+    a = ap.parse_args()
+    a.out.mkdir(parents=True, exist_ok=True)
+    res: dict[str, Any] = {"load_start": _load(), "machine": platform.node()}
+    with tempfile.TemporaryDirectory() as d:
+        tmp = Path(d)
+        print("quality (leave-one-dataset-out)", flush=True)
+        reg = Registry.open(f"sqlite:///{tmp / 'quality.db'}")
+        res["quality"] = quality(reg)
+        reg.dispose()
+        print("import speed", flush=True)
+        res["import"] = import_speed(tmp, a.repeats)
+        print(f"answer time with {a.runs:,} runs", flush=True)
+        res["answer"] = answer_time(tmp, a.runs, a.repeats)
+    res["load_end"] = _load()
+    (a.out / "recommender.json").write_text(json.dumps(res, indent=1))
+    md = _md(res)
+    (a.out / "recommender.md").write_text(md)
+    print(md)
+
+
+if __name__ == "__main__":
+    main()

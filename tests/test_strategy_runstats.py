@@ -1,0 +1,68 @@
+"""The registry's runs in the knowledge base: folded in once each, unfinished ones later."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pomlia_hpc.registry import Dataset, DatasetVersion, Registry, Run, Task
+from pomlia_hpc.strategy import kb
+
+
+def _task(reg: Registry, name: str = "t") -> int:
+    with reg.session() as s:
+        ds = Dataset(name=name)
+        s.add(ds)
+        s.flush()
+        fp = {"counts": {"train": 100}, "image_size": [28, 28], "channels": 1, "n_classes": 2}
+        ver = DatasetVersion(dataset_id=ds.id, version="v1", store_path="-", fingerprint=fp)
+        s.add(ver)
+        s.flush()
+        task = Task(name=name, dataset_version_id=ver.id, metric="acc", task_type="binary")
+        s.add(task)
+        s.flush()
+        return int(task.id)
+
+
+def _run(reg: Registry, task_id: int, arch: str, status: str, val: float | None = None) -> int:
+    metrics: dict[str, Any] = {}
+    if val is not None:
+        metrics = {"objective": val, "val": {"acc": val}, "test": {"acc": val - 0.05}}
+    with reg.session() as s:
+        run = Run(task_id=task_id, config={"arch": arch}, metrics=metrics, status=status)
+        run.cost_s = 10.0
+        s.add(run)
+        s.flush()
+        return int(run.id)
+
+
+def _finish(reg: Registry, run_id: int, val: float) -> None:
+    with reg.session() as s:
+        run = s.get(Run, run_id)
+        assert run is not None
+        run.status = "ok"
+        run.metrics = {"objective": val, "val": {"acc": val}, "test": {"acc": val - 0.05}}
+
+
+def _by_arch(reg: Registry) -> dict[str, kb.Observation]:
+    obs, meta = kb.registry_observations(reg, "acc")
+    assert meta["t"]["n_train"] == 100
+    return {o.strategy["arch"]: o for o in obs}
+
+
+def test_runs_counted_once_and_unfinished_ones_later(reg: Registry) -> None:
+    tid = _task(reg)
+    _run(reg, tid, "small_cnn", "ok", 0.7)
+    _run(reg, tid, "small_cnn", "crashed")
+    waiting = _run(reg, tid, "resnet18", "running")
+    got = _by_arch(reg)
+    assert (got["small_cnn"].n_runs, got["small_cnn"].n_failed) == (2, 1)
+    assert got["small_cnn"].value is not None
+    assert abs(got["small_cnn"].value - 0.65) < 1e-9
+    assert "resnet18" not in got  # still running: not counted yet
+    assert _by_arch(reg)["small_cnn"].n_runs == 2  # read again: nothing counted twice
+    _finish(reg, waiting, 0.9)
+    best = _run(reg, tid, "small_cnn", "ok", 0.8)
+    got = _by_arch(reg)
+    assert got["resnet18"].n_runs == 1 and got["resnet18"].value is not None
+    assert got["small_cnn"].n_runs == 3 and got["small_cnn"].evidence == (best,)
+    assert _by_arch(reg)["resnet18"].n_runs == 1
