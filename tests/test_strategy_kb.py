@@ -34,12 +34,12 @@ def _n_results(reg: Registry) -> int:
         return int(s.scalar(select(func.count()).select_from(KbResult)) or 0)
 
 
-def test_import_good_file(reg: Registry, tmp_path: Path) -> None:
+def test_import_good_file(registry: Registry, tmp_path: Path) -> None:
     rep = kb.import_table(
-        reg, _write(tmp_path, GOOD), "t", meta_path=_write(tmp_path, META, "m.csv")
+        registry, _write(tmp_path, GOOD), "t", meta_path=_write(tmp_path, META, "m.csv")
     )
     assert (rep.n_results, rep.n_datasets) == (2, 2)
-    got = kb.load(reg, "acc", ["t"])
+    got = kb.load(registry, "acc", ["t"])
     assert sorted(o.value for o in got.observations) == [0.8, 0.91]
     assert got.meta["b"]["task_type"] == "binary"
 
@@ -59,30 +59,30 @@ def test_import_good_file(reg: Registry, tmp_path: Path) -> None:
     ],
 )
 def test_bad_file_is_one_error_and_nothing_imported(
-    reg: Registry, tmp_path: Path, text: str, expected: str
+    registry: Registry, tmp_path: Path, text: str, expected: str
 ) -> None:
     path = _write(tmp_path, text)
     with pytest.raises(InputError) as err:
-        kb.import_table(reg, path, "t", meta_path=_write(tmp_path, META, "m.csv"))
+        kb.import_table(registry, path, "t", meta_path=_write(tmp_path, META, "m.csv"))
     assert expected in str(err.value)
     assert str(path) in str(err.value)
-    assert _n_results(reg) == 0
-    with reg.session() as s:
+    assert _n_results(registry) == 0
+    with registry.session() as s:
         assert s.scalar(select(func.count()).select_from(KbSource)) == 0
 
 
-def test_meta_as_columns_and_conflicts(reg: Registry, tmp_path: Path) -> None:
+def test_meta_as_columns_and_conflicts(registry: Registry, tmp_path: Path) -> None:
     head = "dataset,arch,init,mode,img_size,metric,value,meta_task_type,meta_n_channels,"
     head += "meta_n_classes,meta_n_train\n"
     ok = head + "a,r,s,full,28,acc,0.9,binary,1,2,100\na,r,s,full,64,acc,0.9,binary,1,2,100\n"
-    assert kb.import_table(reg, _write(tmp_path, ok), "cols").n_results == 2
+    assert kb.import_table(registry, _write(tmp_path, ok), "cols").n_results == 2
     bad = head + "z,r,s,full,28,acc,0.9,binary,1,2,100\nz,r,s,full,64,acc,0.9,binary,1,2,999\n"
     with pytest.raises(InputError, match="line 3: meta-features of 'z' differ from line 2"):
-        kb.import_table(reg, _write(tmp_path, bad, "b.csv"), "cols2")
+        kb.import_table(registry, _write(tmp_path, bad, "b.csv"), "cols2")
     with pytest.raises(InputError, match="already imported"):
-        kb.import_table(reg, _write(tmp_path, ok), "cols")
-    assert kb.import_table(reg, _write(tmp_path, ok), "cols", replace=True).replaced == 2
-    assert _n_results(reg) == 2
+        kb.import_table(registry, _write(tmp_path, ok), "cols")
+    assert kb.import_table(registry, _write(tmp_path, ok), "cols", replace=True).replaced == 2
+    assert _n_results(registry) == 2
 
 
 def test_shipped_tables_import(reg: Registry) -> None:

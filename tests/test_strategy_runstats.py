@@ -49,7 +49,8 @@ def _by_arch(reg: Registry) -> dict[str, kb.Observation]:
     return {o.strategy["arch"]: o for o in obs}
 
 
-def test_runs_counted_once_and_unfinished_ones_later(reg: Registry) -> None:
+def test_runs_counted_once_and_unfinished_ones_later(registry: Registry) -> None:
+    reg = registry
     tid = _task(reg)
     _run(reg, tid, "small_cnn", "ok", 0.7)
     _run(reg, tid, "small_cnn", "crashed")

@@ -1,7 +1,7 @@
 """strategy run stats
 
-Revision ID: 0003
-Revises: 0002
+Revision ID: 0004
+Revises: 0003
 Create Date: 2026-12-02 04:36:40.821188
 
 Summaries of the registry's runs per (task, strategy) for the strategy recommender, folded
@@ -11,8 +11,8 @@ in incrementally (kb_run_seen: the runs already examined, done once counted).
 import sqlalchemy as sa
 from alembic import op
 
-revision = "0003"
-down_revision = "0002"
+revision = "0004"
+down_revision = "0003"
 branch_labels = None
 depends_on = None
 
