@@ -17,9 +17,10 @@ venv:  ## Create .venv and install the pinned stack (no-op when up to date)
 demo: venv  ## Run the main job end to end on the embedded default (local executor, SQLite)
 	$(PY) -m pomlia_hpc.demo
 
-services:  ## Start the test services: single-node Slurm and PostgreSQL on 127.0.0.1
+services:  ## Start the test services: single-node Slurm and PostgreSQL on 127.0.0.1, Chromium
 	@bash scripts/slurm-local.sh start
 	@bash scripts/pg-local.sh start
+	@bash scripts/browser-local.sh install
 
 services-stop:  ## Stop the test services this project started
 	-@bash scripts/slurm-local.sh stop

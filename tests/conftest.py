@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 
 from tests.fixtures import jobfns
+from tests.fixtures.browser import browser
 from tests.fixtures.clock import clock
 from tests.fixtures.fake_slurm import fake_slurm
 from tests.fixtures.registries import (
@@ -24,6 +25,7 @@ from tests.fixtures.registries import (
 from tests.fixtures.services import slurm
 
 __all__ = [
+    "browser",
     "clock",
     "db_url",
     "fake_slurm",

@@ -4,6 +4,7 @@ prediction log is written by the server's own predictor; bad input gives one cle
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
@@ -21,6 +22,7 @@ from pomlia_hpc.registry import MonitorReport, Registry, RetrainRequest
 from pomlia_hpc.serve.predlog import log_dir
 from pomlia_hpc.serve.reference import REFERENCE_FILE, read_reference, write_reference
 from pomlia_hpc.workspace import Workspace
+from tests.fixtures.browser import Browser
 from tests.monitor_support import append_lines, demo_model, images, log_predictions
 
 runner = CliRunner()
@@ -284,3 +286,39 @@ def test_console_script_prints_one_line_without_traceback(
     )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.startswith("error: model 'nope' is not in the registry"), proc.stderr
+
+
+def test_report_page_in_headless_chromium(
+    fresh: tuple[Workspace, Registry, Path], browser: Browser, tmp_path: Path
+) -> None:
+    """The HTML report as a person sees it: it loads offline, every plot decodes, the console
+    stays clean; a page with a broken image fails the same check (the check can fail)."""
+    ws, _reg, bundle = fresh
+    x, y = images(120)
+    log_predictions(ws, bundle, x, labels=y)
+    foreign, _ = make_split("dermamnist", 80, size=28)
+    log_predictions(ws, bundle, foreign)
+    code, out = monitor("run", "blood", "--json")
+    report = json.loads(out[out.index("{") :])
+    assert code == 1 and report["alarm"]
+    html_path = report_dir(ws, "blood")[-1] / "report.html"
+    page = browser.check(html_path)
+    assert page.title.startswith("pomlia monitor: blood")
+    assert "Monitoring report: blood" in page.text and "mmd" in page.text
+    assert len(page.images) >= 5, page.images
+    assert page.broken_images == [], page.broken_images
+    assert all(i["naturalWidth"] > 100 and i["naturalHeight"] > 50 for i in page.images)
+    assert page.console_errors == [], page.console_errors
+    browser.screenshot(Path(os.environ.get("POMLIA_TEST_SHOTS", tmp_path)) / "report.png")
+    # The same check on a page with a missing image and a script error must complain.
+    bad = tmp_path / "bad.html"
+    bad.write_text(
+        "<html><head><title>bad</title></head><body><img src='missing.png' alt='x'>"
+        "<script>undefinedFunction()</script></body></html>"
+    )
+    page = browser.check(bad)
+    assert len(page.broken_images) == 1 and page.console_errors
+
+
+def report_dir(ws: Workspace, model: str) -> list[Path]:
+    return sorted(p for p in ws.path("reports", model).iterdir() if not p.name.startswith("."))
