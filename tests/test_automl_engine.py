@@ -28,9 +28,9 @@ from pomlia_hpc.automl.space import (
 )
 from pomlia_hpc.data.store import open_version
 from pomlia_hpc.errors import InputError
-from pomlia_hpc.nets import build_classifier
+from pomlia_hpc.models.checkpoint import load_classifier
+from pomlia_hpc.models.nets import build_classifier
 from pomlia_hpc.registry import Registry
-from pomlia_hpc.serve.bundle import load_classifier
 from pomlia_hpc.workspace import Workspace
 from tests.fixtures.factories import tiny_dataset
 

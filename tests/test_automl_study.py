@@ -17,8 +17,8 @@ from pomlia_hpc.automl.space import SpaceOptions
 from pomlia_hpc.automl.study import create_study, load_spec, run_study
 from pomlia_hpc.cli import app
 from pomlia_hpc.errors import InputError, PomliaError
+from pomlia_hpc.models.checkpoint import load_classifier
 from pomlia_hpc.registry import Job, Model, Registry, Run
-from pomlia_hpc.serve.bundle import load_classifier
 from pomlia_hpc.workspace import Workspace
 from tests.fixtures.factories import FAST, donor_model, tiny_task
 

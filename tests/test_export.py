@@ -16,18 +16,16 @@ from typer.testing import CliRunner
 import pomlia_hpc.serve.export as export_mod
 from pomlia_hpc.cli import app
 from pomlia_hpc.errors import InputError, NotFoundError, PomliaError
-from pomlia_hpc.nets import ARCHITECTURES, build_classifier
+from pomlia_hpc.models.archs import ARCHITECTURES
+from pomlia_hpc.models.card import model_card
+from pomlia_hpc.models.catalog import register_model
+from pomlia_hpc.models.checkpoint import load_classifier, save_classifier
+from pomlia_hpc.models.nets import build_classifier
 from pomlia_hpc.registry import Model, Registry
-from pomlia_hpc.serve.bundle import (
-    load_classifier,
-    model_card,
-    normalize_task_type,
-    register_model,
-    save_classifier,
-)
 from pomlia_hpc.serve.demo import cached_demo_bundle, save_demo_checkpoint
 from pomlia_hpc.serve.export import ExportError, export_checkpoint, export_model
 from pomlia_hpc.serve.exported import ExportedBundle
+from pomlia_hpc.vocab import normalize_task_type
 from pomlia_hpc.workspace import Workspace
 
 

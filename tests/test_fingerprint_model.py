@@ -27,7 +27,7 @@ from pomlia_hpc.fingerprint.train import (
     load_encoder,
     train_encoder,
 )
-from pomlia_hpc.nets import build_classifier
+from pomlia_hpc.models.nets import build_classifier
 from pomlia_hpc.registry import Job, Registry
 from pomlia_hpc.workspace import Workspace
 from tests.fixtures.factories import make_dataset

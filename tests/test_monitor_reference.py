@@ -12,8 +12,8 @@ from typer.testing import CliRunner
 from pomlia_hpc.cli import app
 from pomlia_hpc.data.api import ingest
 from pomlia_hpc.data.synth import make_split
+from pomlia_hpc.models.catalog import register_model
 from pomlia_hpc.registry import Registry
-from pomlia_hpc.serve.bundle import register_model
 from pomlia_hpc.serve.demo import save_demo_checkpoint
 from pomlia_hpc.serve.export import export_model
 from pomlia_hpc.serve.reference import REFERENCE_FILE, read_reference

@@ -17,8 +17,8 @@ import pytest
 from typer.testing import CliRunner
 
 from pomlia_hpc.cli import app
+from pomlia_hpc.models.catalog import register_model
 from pomlia_hpc.registry import Deployment, Registry
-from pomlia_hpc.serve.bundle import register_model
 from pomlia_hpc.serve.demo import cached_demo_bundle
 from pomlia_hpc.serve.deploy import SOURCE_ITEMS, parse_def, render_def
 from pomlia_hpc.serve.predlog import read_records

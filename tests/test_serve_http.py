@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 
 from pomlia_hpc.errors import ConfigError, PomliaError
-from pomlia_hpc.serve.bundle import load_classifier
+from pomlia_hpc.models.checkpoint import load_classifier
 from pomlia_hpc.serve.config import load_serve_config
 from pomlia_hpc.serve.demo import cached_demo_bundle
 from pomlia_hpc.serve.local import LocalServer

@@ -1,9 +1,10 @@
 """The training engine: one classifier for one task under one configuration, with DeepSpeed.
 
-:func:`train` reads the task's dataset store, builds the network (:mod:`pomlia_hpc.nets`), sets
-its initial weights (scratch, the fingerprint encoder's, a registered model's), trains it in the
-configuration's mode (full fine-tune, linear probe, freeze then unfreeze) with the configuration's
-optimizer, augmentation and extra images, and evaluates it on the validation and test splits
+:func:`train` reads the task's dataset store, builds the network
+(:mod:`pomlia_hpc.models.nets`), sets its initial weights (scratch, the fingerprint encoder's,
+a registered model's), trains it in the configuration's mode (full fine-tune, linear probe,
+freeze then unfreeze) with the configuration's optimizer, augmentation and extra images, and
+evaluates it on the validation and test splits
 (:mod:`pomlia_hpc.automl.metrics`).
 
 DeepSpeed runs it (``deepspeed.initialize`` with a torch optimizer, so no DeepSpeed op has to be
@@ -49,8 +50,9 @@ from pomlia_hpc.automl.space import TrainConfig
 from pomlia_hpc.cluster import apply_distributed_env
 from pomlia_hpc.data.store import open_store
 from pomlia_hpc.errors import InputError
-from pomlia_hpc.nets import build_classifier
-from pomlia_hpc.serve.bundle import normalize_task_type, save_classifier
+from pomlia_hpc.models.checkpoint import save_classifier
+from pomlia_hpc.models.nets import build_classifier
+from pomlia_hpc.vocab import TaskType, normalize_task_type
 
 STATE_FILE = "state.json"
 CKPT_DIR = "ckpt"
@@ -91,7 +93,8 @@ class TrainRequest:
     """Everything one training call needs; plain data, so it pickles into a cluster job.
 
     ``workdir`` holds this configuration's checkpoints (shared by its budgets); ``model_path``
-    is where the trained classifier is written (:func:`pomlia_hpc.serve.bundle.save_classifier`).
+    is where the trained classifier is written
+    (:func:`pomlia_hpc.models.checkpoint.save_classifier`).
     ``init_weights``: a ``torch.save``-d state dict (required unless ``config.init`` is
     ``scratch``); ``extra_data``: an npz with ``images`` (N, H, W, C) uint8 and ``labels`` (N, L)
     in the task's label space, of which the first ``config.extra_n`` rows (all N if fewer) are
@@ -163,7 +166,7 @@ def _load_extra(
 
 
 def _normalize(x: torch.Tensor) -> torch.Tensor:
-    """uint8 → float in [-1, 1]: the default preprocessing of :mod:`pomlia_hpc.serve.bundle`."""
+    """uint8 → float in [-1, 1]: the default preprocessing of :mod:`pomlia_hpc.models.card`."""
     return (x.float() / 255.0 - 0.5) / 0.5
 
 
@@ -321,7 +324,7 @@ def train(req: TrainRequest, progress: ProgressFn | None = None) -> TrainResult:
     device = _resolve_device(opt)
     bf16 = (device == "cuda") if opt.bf16 is None else bool(opt.bf16)
     task_type = normalize_task_type(req.task_type)
-    multilabel = task_type == "multi-label"
+    multilabel = task_type == TaskType.MULTI_LABEL
     workdir = Path(req.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     state = read_state(workdir)
@@ -529,7 +532,7 @@ def _evaluate(
     scores = []
     for start in range(0, len(split.x), batch):
         logits = model(_normalize(split.x[start : start + batch]).to(dev, dtype=dtype)).float()
-        probs = torch.sigmoid(logits) if task_type == "multi-label" else logits.softmax(1)
+        probs = torch.sigmoid(logits) if task_type == TaskType.MULTI_LABEL else logits.softmax(1)
         scores.append(probs.cpu().numpy())
     y_true = split.y.numpy()
     if y_true.ndim == 1:

@@ -30,22 +30,10 @@ from medmnist.evaluator import getACC, getAUC
 from sklearn.metrics import f1_score, roc_auc_score
 
 from pomlia_hpc.errors import InputError
-from pomlia_hpc.serve.bundle import normalize_task_type
+from pomlia_hpc.vocab import medmnist_task
 
 #: Metric names a task may optimise (all: higher is better, in [0, 1]).
 METRICS: tuple[str, ...] = ("acc", "auc", "f1_macro")
-
-_MEDMNIST_TASK = {
-    "multi-class": "multi-class",
-    "binary": "binary-class",
-    "multi-label": "multi-label, binary-class",
-    "ordinal": "ordinal-regression",
-}
-
-
-def medmnist_task(task_type: str) -> str:
-    """MedMNIST's spelling of ``task_type`` (any spelling :func:`normalize_task_type` knows)."""
-    return _MEDMNIST_TASK[normalize_task_type(task_type)]
 
 
 def check_metric(metric: str) -> str:

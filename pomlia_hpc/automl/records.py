@@ -25,9 +25,16 @@ from sqlalchemy import select
 
 import pomlia_hpc
 from pomlia_hpc.registry import Job, Registry, Run, Task
+from pomlia_hpc.vocab import RunStatus
 
-OK, CRASHED, RUNNING, PENDING = "ok", "crashed", "running", "pending"
-SUBMIT_FAILED = "submit_failed"
+# Short names for the run statuses (:class:`pomlia_hpc.vocab.RunStatus`), as plain strings.
+OK, CRASHED, RUNNING, PENDING = (
+    RunStatus.OK.value,
+    RunStatus.CRASHED.value,
+    RunStatus.RUNNING.value,
+    RunStatus.PENDING.value,
+)
+SUBMIT_FAILED = RunStatus.SUBMIT_FAILED.value
 
 
 def code_version() -> dict[str, str]:

@@ -62,7 +62,8 @@ def encoder_weights(registry: Registry, encoder: str, in_channels: int, out: Pat
 
 def model_weights(registry: Registry, model: str, out: Path) -> WeightSource:
     """Save a registered model's weights to ``out``."""
-    from pomlia_hpc.serve.bundle import load_classifier, resolve_model
+    from pomlia_hpc.models.catalog import resolve_model
+    from pomlia_hpc.models.checkpoint import load_classifier
 
     row = resolve_model(registry, model)
     loaded = load_classifier(row.path)

@@ -57,7 +57,7 @@ from ConfigSpace import (
 )
 
 from pomlia_hpc.errors import InputError
-from pomlia_hpc.nets import ARCHITECTURES
+from pomlia_hpc.models.archs import ARCHITECTURES
 
 DEFAULT_ARCHS: tuple[str, ...] = ("small_cnn", "resnet18", "mobilenet_v3_small")
 AUGMENTATIONS: tuple[str, ...] = ("none", "flip", "flip_crop")

@@ -28,7 +28,6 @@ import json
 import math
 import os
 import re
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
@@ -55,6 +54,7 @@ from pomlia_hpc.cluster.records import FINAL_STATES, SchedulerState, update_job
 from pomlia_hpc.config import load_cluster_profile
 from pomlia_hpc.data.store import open_store
 from pomlia_hpc.errors import ClusterError, InputError, NotFoundError, PomliaError
+from pomlia_hpc.models.catalog import promote_checkpoint
 from pomlia_hpc.processes import pid_alive
 from pomlia_hpc.registry import Job, Registry, Run
 from pomlia_hpc.workspace import Workspace
@@ -954,21 +954,7 @@ class StudyRunner:
         return summary
 
     def _register_best(self, run: Run) -> str:
-        from pomlia_hpc.registry import Model
-        from pomlia_hpc.serve.bundle import register_model
-
         name = f"{self.spec.name}-best"
-        with self.registry.session() as s:
-            from sqlalchemy import select
-
-            if s.scalar(select(Model.id).where(Model.name == name)) is not None:
-                return name  # a resumed study that had already finished
-        src = Path(run.metrics["model_path"])
-        dst = self.workspace.path("models", f"{name}.pt")
-        dst.parent.mkdir(parents=True, exist_ok=True)
-        tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
-        shutil.copyfile(src, tmp)
-        tmp.replace(dst)
         lineage = {
             "task": self.spec.task,
             "task_id": self.spec.task_id,
@@ -983,8 +969,16 @@ class StudyRunner:
         }
         if run.encoder_id is not None:
             lineage["encoder_id"] = run.encoder_id
-        register_model(
-            self.registry, name, dst, task_id=self.spec.task_id, run_id=run.id, lineage=lineage
+        # exist_ok: a resumed study that had already finished keeps its model.
+        promote_checkpoint(
+            self.registry,
+            self.workspace,
+            name,
+            run.metrics["model_path"],
+            task_id=self.spec.task_id,
+            run_id=run.id,
+            lineage=lineage,
+            exist_ok=True,
         )
         return name
 

@@ -9,7 +9,7 @@ from pomlia_hpc.data.store import find_version, open_store
 from pomlia_hpc.errors import InputError, NotFoundError, PomliaError
 from pomlia_hpc.names import validate_name
 from pomlia_hpc.registry import Dataset, DatasetVersion, Registry, Task
-from pomlia_hpc.serve.bundle import normalize_task_type
+from pomlia_hpc.vocab import normalize_task_type
 
 
 def add_task(

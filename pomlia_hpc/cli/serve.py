@@ -28,7 +28,7 @@ def register(
     ] = None,
 ) -> None:
     """Register a classifier checkpoint as a model."""
-    from pomlia_hpc.serve.bundle import register_model
+    from pomlia_hpc.models.catalog import register_model
 
     row = register_model(STATE.registry(), name, checkpoint, task_id=task_id, run_id=run_id)
     console.print(f"model [bold]{row.name}[/] registered (id {row.id})")
@@ -117,7 +117,7 @@ def list_models(
 @model_app.command("demo")
 def demo(
     name: Annotated[str, typer.Argument(help="Name for the demo model.")] = "demo",
-    arch: Annotated[str, typer.Option(help="Architecture (pomlia_hpc.nets).")] = "small_cnn",
+    arch: Annotated[str, typer.Option(help="Architecture (see models.archs).")] = "small_cnn",
     image_size: Annotated[int, typer.Option(help="Input size in px.")] = 28,
     channels: Annotated[int, typer.Option(help="Input channels.")] = 3,
     classes: Annotated[int, typer.Option(help="Number of labels.")] = 9,

@@ -22,26 +22,11 @@ from sqlalchemy import and_, or_, select
 from pomlia_hpc.errors import ClusterError
 from pomlia_hpc.processes import pid_alive
 from pomlia_hpc.registry import Job, Registry
+from pomlia_hpc.vocab import FINAL_STATES, REQUEUABLE_STATES
 
-FINAL_STATES = frozenset(
-    {
-        "COMPLETED",
-        "FAILED",
-        "CANCELLED",
-        "TIMEOUT",
-        "OUT_OF_MEMORY",
-        "NODE_FAIL",
-        "BOOT_FAIL",
-        "DEADLINE",
-        "INTERRUPTED",
-        "PREEMPTED",  # the last attempt: a requeued job shows a later PENDING/RUNNING attempt
-    }
-)
-
-#: Final states after which Slurm may still requeue the job (``--requeue`` after a node failure
-#: or a preemption). Routine polls keep asking about such rows for :data:`REQUEUE_WINDOW_S`
-#: seconds after they ended, so that a later attempt replaces the failed one.
-REQUEUABLE_STATES = frozenset({"NODE_FAIL", "PREEMPTED"})
+#: Routine polls keep asking about rows in :data:`REQUEUABLE_STATES` (the vocabulary's final
+#: states after which Slurm may still requeue) for this many seconds after they ended, so that
+#: a later attempt replaces the failed one.
 REQUEUE_WINDOW_S = 24 * 3600.0
 
 #: How many times ``sacct`` was run by this process (tests check one call per poll).

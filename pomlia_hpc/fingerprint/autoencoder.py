@@ -9,8 +9,8 @@ encoder embeds stores of any resolution. The encoder sees ``(x - 0.5) / 0.5``; t
 reconstructs ``x`` itself (sigmoid output).
 
 ``stem="imagenet"`` keeps torchvision's stem unchanged (the paper); ``stem="small"`` uses the
-3x3 stride-1 stem of :mod:`pomlia_hpc.nets` ``resnet18`` for inputs up to 32 px, so the trained
-encoder can initialise that classifier (see :func:`backbone_state_dict`).
+3x3 stride-1 stem of :mod:`pomlia_hpc.models.nets` ``resnet18`` for inputs up to 32 px, so the
+trained encoder can initialise that classifier (see :func:`backbone_state_dict`).
 """
 
 from __future__ import annotations

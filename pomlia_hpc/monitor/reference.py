@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pomlia_hpc.errors import InputError, NotFoundError
+from pomlia_hpc.models.catalog import resolve_model
 from pomlia_hpc.registry import Deployment, Model, Registry
-from pomlia_hpc.serve.bundle import resolve_model
 from pomlia_hpc.serve.export import bundle_for_model
 from pomlia_hpc.serve.exported import ExportedBundle
 from pomlia_hpc.serve.reference import (

@@ -9,7 +9,7 @@ from pomlia_hpc.registry.knowledge import (
     KbSource,
     Recommendation,
 )
-from pomlia_hpc.registry.models import (
+from pomlia_hpc.registry.schema import (
     Base,
     Dataset,
     DatasetVersion,

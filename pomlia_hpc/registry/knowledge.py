@@ -16,7 +16,7 @@ from typing import Any
 from sqlalchemy import Float, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.orm import Mapped, mapped_column
 
-from pomlia_hpc.registry.models import Base, UTCDateTime, utcnow
+from pomlia_hpc.registry.schema import Base, UTCDateTime, utcnow
 
 
 class KbSource(Base):

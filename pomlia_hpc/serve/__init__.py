@@ -1,8 +1,9 @@
 """Serving: export a trained classifier, serve it over REST, package it for Apptainer/Slurm.
 
+The checkpoint format, model cards and the model catalog live in :mod:`pomlia_hpc.models`.
+
 Modules, in the order a model goes through them:
 
-* ``bundle``     checkpoint format (``save_classifier``/``load_classifier``), registry models
 * ``export``     TorchScript + ONNX + model card, checked against PyTorch (``export_model``)
 * ``exported``   reading an exported bundle (no torch import: fast server start)
 * ``runtime``    onnxruntime on CPU, TorchScript on GPU; preprocessing, probabilities

@@ -8,9 +8,10 @@ from pathlib import Path
 
 import torch
 
-from pomlia_hpc.nets import build_classifier
+from pomlia_hpc.models.catalog import register_model
+from pomlia_hpc.models.checkpoint import save_classifier
+from pomlia_hpc.models.nets import build_classifier
 from pomlia_hpc.registry import Registry
-from pomlia_hpc.serve.bundle import register_model, save_classifier
 from pomlia_hpc.serve.export import ExportResult, export_checkpoint, export_model
 from pomlia_hpc.workspace import Workspace
 

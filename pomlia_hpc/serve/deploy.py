@@ -29,8 +29,8 @@ from pathlib import Path
 from pomlia_hpc.cluster.records import record_submission
 from pomlia_hpc.config import ClusterProfile
 from pomlia_hpc.errors import ClusterError, InputError
+from pomlia_hpc.models.catalog import resolve_model
 from pomlia_hpc.registry import Deployment, Registry
-from pomlia_hpc.serve.bundle import resolve_model
 from pomlia_hpc.serve.export import bundle_for_model, export_model
 from pomlia_hpc.serve.predlog import log_dir
 from pomlia_hpc.workspace import Workspace

@@ -25,14 +25,10 @@ import torch
 from sqlalchemy import select
 
 from pomlia_hpc.errors import InputError, PomliaError
+from pomlia_hpc.models.card import model_card
+from pomlia_hpc.models.catalog import resolve_model, update_card
+from pomlia_hpc.models.checkpoint import LoadedClassifier, load_classifier
 from pomlia_hpc.registry import FingerprintSet, Model, Registry, Task
-from pomlia_hpc.serve.bundle import (
-    LoadedClassifier,
-    load_classifier,
-    model_card,
-    resolve_model,
-    update_card,
-)
 from pomlia_hpc.serve.exported import CARD, ONNX, TORCHSCRIPT, ExportedBundle
 from pomlia_hpc.serve.fingerprint import STATS_KIND, stats_dim
 from pomlia_hpc.serve.reference import REFERENCE_FILE, reference_for_model

@@ -18,12 +18,12 @@ from pathlib import Path
 from typing import Any
 
 from pomlia_hpc.errors import InputError, NotFoundError
+from pomlia_hpc.vocab import TASK_TYPES
 
 CARD = "card.json"
 ONNX = "model.onnx"
 TORCHSCRIPT = "model.ts"
 ENCODER_FILES = ("encoder.onnx", "encoder.ts")
-TASK_TYPES = ("multi-class", "binary", "multi-label", "ordinal")
 
 
 @dataclass(frozen=True)

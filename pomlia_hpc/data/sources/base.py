@@ -35,8 +35,10 @@ import numpy as np
 from pomlia_hpc.data.store import SPLITS
 from pomlia_hpc.data.writer import CHUNK_TARGET_BYTES
 from pomlia_hpc.errors import InputError
+from pomlia_hpc.vocab import MEDMNIST_TASK_TYPES
 
-TASK_TYPES = ("multi-class", "binary-class", "multi-label, binary-class", "ordinal-regression")
+#: Task types a source may declare, in MedMNIST's spelling (what dataset stores keep).
+TASK_TYPES = MEDMNIST_TASK_TYPES
 
 MAX_CLASSES = 500
 """Default cap on classes (or multi-label columns) of an ingested dataset."""

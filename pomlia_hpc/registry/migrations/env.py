@@ -3,7 +3,7 @@
 from alembic import context
 from sqlalchemy import create_engine, text
 
-from pomlia_hpc.registry.models import Base
+from pomlia_hpc.registry.schema import Base
 
 #: Key of the PostgreSQL advisory lock that serialises migrations (any constant; "pomlia" in hex).
 MIGRATION_LOCK_KEY = 0x706F6D6C6961

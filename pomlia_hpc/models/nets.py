@@ -1,4 +1,4 @@
-"""Classifier architectures shared by training (AutoML) and serving.
+"""Classifier networks shared by training (AutoML) and serving (names: :mod:`.archs`).
 
 One entry point, :func:`build_classifier`, builds a fresh (untrained) network from an
 architecture name; a checkpoint stores that name plus the arguments, so serving rebuilds the very
@@ -22,9 +22,9 @@ import torchvision
 from torch import nn
 
 from pomlia_hpc.errors import InputError
+from pomlia_hpc.models.archs import ARCHITECTURES, SMALL_INPUT_PX, check_arch
 
-#: Largest input (px) for which the small-input stems skip every early down-sampling.
-SMALL_INPUT_PX = 32
+__all__ = ["ARCHITECTURES", "SMALL_INPUT_PX", "SmallCNN", "build_classifier"]
 
 
 def _resnet(
@@ -91,8 +91,9 @@ _BUILDERS: dict[str, Callable[[int, int, int], nn.Module]] = {
     "small_cnn": lambda n, c, s: SmallCNN(n, c),
 }
 
-#: Architecture names :func:`build_classifier` accepts.
-ARCHITECTURES: tuple[str, ...] = tuple(sorted(_BUILDERS))
+# The torch-free name list must name exactly these builders.
+if tuple(sorted(_BUILDERS)) != ARCHITECTURES:
+    raise RuntimeError("pomlia_hpc.models.archs.ARCHITECTURES does not match the builders")
 
 
 def build_classifier(
@@ -105,10 +106,7 @@ def build_classifier(
     module docstring); pass the size the model will be trained and served at.
     Raises :class:`InputError` for an unknown ``arch`` or a non-positive size.
     """
-    if arch not in _BUILDERS:
-        raise InputError(
-            f"unknown architecture '{arch}'; expected one of: {', '.join(ARCHITECTURES)}"
-        )
+    check_arch(arch)
     if num_classes < 1 or in_channels < 1 or image_size < 8:
         raise InputError(
             f"architecture '{arch}': expected num_classes >= 1, in_channels >= 1 and "

@@ -1,0 +1,137 @@
+"""The model catalog: registry ``Model`` rows for classifier checkpoints.
+
+:func:`register_model` adds a checkpoint under a name, :func:`resolve_model` finds one by name
+or id, :func:`promote_checkpoint` copies a run's checkpoint into the workspace's ``models/``
+folder and registers it with its lineage (what AutoML does with a study's best trial), and
+:func:`update_card` replaces a model's card (the exporter adds file hashes to it).
+
+Model names follow :func:`pomlia_hpc.names.validate_name`: they become parts of paths.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from pomlia_hpc.errors import NotFoundError, PomliaError
+from pomlia_hpc.models.card import MODEL_NAME_MAX, model_card
+from pomlia_hpc.names import validate_name
+from pomlia_hpc.registry import Model, Registry
+from pomlia_hpc.workspace import Workspace
+
+
+def register_model(
+    registry: Registry,
+    name: str,
+    path: str | Path,
+    task_id: int | None = None,
+    run_id: int | None = None,
+    card: Mapping[str, Any] | None = None,
+    lineage: Mapping[str, Any] | None = None,
+) -> Model:
+    """Create the registry ``Model`` row for the checkpoint at ``path`` and return it.
+
+    ``card`` defaults to :func:`~pomlia_hpc.models.card.model_card` of the checkpoint's
+    metadata; ``lineage`` is merged over the checkpoint's own lineage, with ``task_id`` and
+    ``run_id``. A name already taken is an error (names identify served models and their logs).
+    """
+    # Imported here, not at the top: reading a checkpoint needs torch, and resolving or
+    # updating a model must not (the strategy room and the CPU server import this module).
+    from pomlia_hpc.models.checkpoint import read_meta
+
+    validate_name("model", name, max_len=MODEL_NAME_MAX)
+    p = Path(path).resolve()
+    meta = read_meta(p)
+    full_lineage = {**meta.lineage, **dict(lineage or {})}
+    if task_id is not None:
+        full_lineage["task_id"] = task_id
+    if run_id is not None:
+        full_lineage["run_id"] = run_id
+    card_dict = dict(card) if card is not None else model_card(meta, name=name)
+    card_dict.setdefault("lineage", full_lineage)
+    with registry.session() as s:
+        existing = s.scalar(select(Model).where(Model.name == name))
+        if existing is not None:
+            raise PomliaError(
+                f"model name '{name}' is already registered (id {existing.id}); expected a new name"
+            )
+        row = Model(
+            name=name,
+            task_id=task_id,
+            run_id=run_id,
+            path=str(p),
+            card=card_dict,
+            lineage=full_lineage,
+        )
+        s.add(row)
+        s.flush()
+        return row
+
+
+def find_model(registry: Registry, name: str) -> Model | None:
+    """The ``Model`` row named exactly ``name``, or ``None``."""
+    with registry.session() as s:
+        return s.scalar(select(Model).where(Model.name == name))
+
+
+def promote_checkpoint(
+    registry: Registry,
+    workspace: Workspace,
+    name: str,
+    checkpoint: str | Path,
+    *,
+    task_id: int | None = None,
+    run_id: int | None = None,
+    lineage: Mapping[str, Any] | None = None,
+    exist_ok: bool = False,
+) -> Model:
+    """Copy ``checkpoint`` (a run's output, which a later run may overwrite or a clean-up may
+    delete) to ``<workspace>/models/<name>.pt`` and register it as model ``name`` with
+    ``lineage``.
+
+    The copy is atomic (temp name, then rename). With ``exist_ok``, a model already registered
+    under ``name`` is returned unchanged: a resumed study that had already promoted its best.
+    """
+    validate_name("model", name, max_len=MODEL_NAME_MAX)
+    if exist_ok:
+        existing = find_model(registry, name)
+        if existing is not None:
+            return existing
+    dst = workspace.path("models", f"{name}.pt")
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
+    try:
+        shutil.copyfile(checkpoint, tmp)
+        tmp.replace(dst)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return register_model(registry, name, dst, task_id=task_id, run_id=run_id, lineage=lineage)
+
+
+def resolve_model(registry: Registry, ref: str) -> Model:
+    """The ``Model`` row named ``ref`` (or with id ``ref``); :class:`NotFoundError` otherwise."""
+    with registry.session() as s:
+        row = s.scalar(select(Model).where(Model.name == ref))
+        if row is None and ref.isdigit():
+            row = s.get(Model, int(ref))
+        if row is None:
+            names = list(s.scalars(select(Model.name).order_by(Model.id.desc()).limit(10)))
+            raise NotFoundError(
+                f"model '{ref}' is not in the registry; known models: "
+                f"{', '.join(names) if names else '(none)'}"
+            )
+        return row
+
+
+def update_card(registry: Registry, model_id: int, card: Mapping[str, Any]) -> None:
+    """Replace the card of model ``model_id`` (a new dict, so SQLAlchemy sees the change)."""
+    with registry.session() as s:
+        row = s.get(Model, model_id)
+        if row is None:
+            raise NotFoundError(f"model id {model_id} is not in the registry")
+        row.card = dict(card)

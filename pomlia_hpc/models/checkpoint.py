@@ -1,0 +1,124 @@
+"""The classifier checkpoint format: writing and reading one trained network.
+
+A checkpoint is one ``torch.save`` file holding a format tag, a JSON-able ``meta`` dict (see
+:class:`~pomlia_hpc.models.card.ClassifierMeta`) and the ``state_dict``. Loading rebuilds the
+network with :func:`pomlia_hpc.models.nets.build_classifier` from ``meta`` and loads the
+weights, so the file never pickles code and is read with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from pomlia_hpc.errors import InputError, NotFoundError
+from pomlia_hpc.models.card import ClassifierMeta, Preprocessing
+from pomlia_hpc.models.nets import build_classifier
+
+FORMAT = "pomlia-classifier/1"
+
+
+@dataclass(frozen=True)
+class LoadedClassifier:
+    """A network in eval mode and the metadata it was saved with."""
+
+    model: nn.Module
+    meta: ClassifierMeta
+    path: Path
+
+
+def _atomic_torch_save(obj: Any, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        torch.save(obj, tmp)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def save_classifier(
+    path: str | Path,
+    model: nn.Module,
+    *,
+    arch: str,
+    num_classes: int,
+    in_channels: int,
+    image_size: int,
+    task_type: str,
+    label_names: Sequence[str],
+    metrics: Mapping[str, Any] | None = None,
+    lineage: Mapping[str, Any] | None = None,
+    preprocessing: Preprocessing | None = None,
+) -> ClassifierMeta:
+    """Write ``model``'s weights and metadata to ``path`` (atomically: temp name, then rename).
+
+    ``model`` must be what ``build_classifier(arch, num_classes, in_channels,
+    image_size=image_size)`` builds; this is checked by loading the weights into a fresh copy.
+    ``preprocessing`` defaults to :meth:`Preprocessing.default`.
+    """
+    meta = ClassifierMeta.from_dict(
+        {
+            "arch": arch,
+            "num_classes": num_classes,
+            "in_channels": in_channels,
+            "image_size": image_size,
+            "task_type": task_type,
+            "label_names": list(label_names),
+            "preprocessing": (preprocessing or Preprocessing.default(in_channels)).to_dict(),
+            "metrics": dict(metrics or {}),
+            "lineage": dict(lineage or {}),
+            "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        },
+        f"save_classifier({path})",
+    )
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    fresh = build_classifier(arch, num_classes, in_channels, image_size=image_size)
+    try:
+        fresh.load_state_dict(state)
+    except RuntimeError as exc:
+        raise InputError(
+            f"save_classifier({path}): the model's weights do not fit arch '{arch}' with "
+            f"num_classes={num_classes}, in_channels={in_channels}, image_size={image_size}"
+        ) from exc
+    _atomic_torch_save({"format": FORMAT, "meta": meta.to_dict(), "state_dict": state}, Path(path))
+    return meta
+
+
+def read_meta(path: str | Path) -> ClassifierMeta:
+    """Read only the metadata of a checkpoint (still loads the file; weights are small)."""
+    return _load_raw(Path(path))[0]
+
+
+def _load_raw(path: Path) -> tuple[ClassifierMeta, dict[str, torch.Tensor]]:
+    if not path.is_file():
+        raise NotFoundError(f"classifier checkpoint {path} does not exist")
+    try:
+        raw = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise InputError(f"{path}: not a readable classifier checkpoint ({exc})") from exc
+    if not isinstance(raw, dict) or raw.get("format") != FORMAT:
+        raise InputError(f"{path}: field 'format' should be '{FORMAT}'")
+    return ClassifierMeta.from_dict(raw.get("meta") or {}, f"{path} [meta]"), raw["state_dict"]
+
+
+def load_classifier(path: str | Path) -> LoadedClassifier:
+    """Rebuild the network saved at ``path`` and load its weights; the model is in eval mode."""
+    p = Path(path)
+    meta, state = _load_raw(p)
+    model = build_classifier(
+        meta.arch, meta.num_classes, meta.in_channels, image_size=meta.image_size
+    )
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise InputError(f"{p}: weights do not match arch '{meta.arch}' ({exc})") from exc
+    model.eval()
+    return LoadedClassifier(model=model, meta=meta, path=p)

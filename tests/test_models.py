@@ -1,0 +1,103 @@
+"""The models room and the shared vocabulary: names, torch-free imports, the catalog."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pomlia_hpc.errors import InputError, NotFoundError, PomliaError
+from pomlia_hpc.models.archs import ARCHITECTURES, check_arch
+from pomlia_hpc.models.catalog import promote_checkpoint, resolve_model
+from pomlia_hpc.registry import Registry
+from pomlia_hpc.serve.demo import save_demo_checkpoint
+from pomlia_hpc.vocab import (
+    FINAL_STATES,
+    MEDMNIST_TASK_TYPES,
+    TASK_TYPES,
+    JobState,
+    RunStatus,
+    medmnist_task,
+    normalize_task_type,
+)
+from pomlia_hpc.workspace import Workspace
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _modules_after_import(*modules: str) -> set[str]:
+    """The names in ``sys.modules`` of a fresh interpreter after importing ``modules``."""
+    code = (
+        "import sys\n"
+        + "".join(f"import {m}\n" for m in modules)
+        + "print('\\n'.join(sorted(sys.modules)))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=REPO, capture_output=True, text=True, check=True
+    )
+    return set(out.stdout.split())
+
+
+def test_torch_free_modules_do_not_import_torch() -> None:
+    loaded = _modules_after_import(
+        "pomlia_hpc.vocab",
+        "pomlia_hpc.models",
+        "pomlia_hpc.models.archs",
+        "pomlia_hpc.models.card",
+        "pomlia_hpc.models.catalog",
+        "pomlia_hpc.automl.space",
+    )
+    assert "torch" not in loaded
+
+
+def test_automl_imports_nothing_from_serve() -> None:
+    loaded = _modules_after_import(
+        *(
+            f"pomlia_hpc.automl.{p.stem}"
+            for p in sorted((REPO / "pomlia_hpc" / "automl").glob("*.py"))
+            if p.stem != "__init__"
+        )
+    )
+    assert "pomlia_hpc.automl.engine" in loaded
+    assert not {m for m in loaded if m.startswith("pomlia_hpc.serve")}
+
+
+def test_unknown_architecture_is_one_clear_error() -> None:
+    # That every name builds is tested in test_export; models.nets refuses to import when the
+    # torch-free list and its builders differ.
+    assert "small_cnn" in ARCHITECTURES
+    with pytest.raises(InputError, match="unknown architecture 'vgg'; expected one of"):
+        check_arch("vgg")
+
+
+def test_vocabulary_spellings() -> None:
+    assert TASK_TYPES == ("multi-class", "binary", "multi-label", "ordinal")
+    for ours, theirs in zip(TASK_TYPES, MEDMNIST_TASK_TYPES, strict=True):
+        assert normalize_task_type(theirs) == ours
+        assert normalize_task_type(ours.upper()) == ours
+        assert medmnist_task(ours) == theirs
+        assert type(normalize_task_type(ours)) is str  # stored in YAML and database rows
+    with pytest.raises(InputError, match="task type 'regression' is not supported"):
+        normalize_task_type("regression")
+    assert RunStatus.OK == "ok"
+    assert JobState.COMPLETED in FINAL_STATES
+    assert JobState.RUNNING not in FINAL_STATES
+
+
+def test_promote_checkpoint_copies_and_registers_with_lineage(
+    workspace: Workspace, reg: Registry, tmp_path: Path
+) -> None:
+    src = save_demo_checkpoint(tmp_path / "run" / "model.pt", num_classes=3)
+    row = promote_checkpoint(reg, workspace, "m1", src, lineage={"study": "s"}, exist_ok=True)
+    assert Path(row.path) == workspace.path("models", "m1.pt")
+    assert Path(row.path).read_bytes() == src.read_bytes()
+    assert resolve_model(reg, "m1").lineage["study"] == "s"
+    # A resumed study promotes again: the model stays as it is.
+    src.unlink()
+    assert promote_checkpoint(reg, workspace, "m1", src, exist_ok=True).id == row.id
+    with pytest.raises(PomliaError, match="already registered"):
+        promote_checkpoint(reg, workspace, "m1", row.path)
+    with pytest.raises(NotFoundError, match="known models: m1"):
+        resolve_model(reg, "m2")
