@@ -32,10 +32,11 @@ test: venv services  ## Install, start the test services, run the whole suite
 test-fast: venv  ## The suite without Slurm and PostgreSQL
 	$(VENV)/bin/pytest -m "not slurm and not postgres" $(PYTEST_ARGS)
 
-lint: venv  ## ruff + mypy
+lint: venv  ## ruff + mypy + the layer contract (import-linter)
 	$(VENV)/bin/ruff check pomlia_hpc tests scripts
 	$(VENV)/bin/ruff format --check pomlia_hpc tests scripts
 	$(VENV)/bin/mypy
+	$(VENV)/bin/lint-imports --no-cache
 
 bench: venv  ## Run the benchmarks (JSON + tables under bench-results/)
 	@mkdir -p bench-results
