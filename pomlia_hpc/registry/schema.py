@@ -204,3 +204,53 @@ class RetrainRequest(Base):
     meta: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     updated_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+
+
+class LoopRun(Base):
+    """One pass of the loop for a deployment slot: harvest → ... → redeploy.
+
+    ``stages`` maps each finished stage to what it produced (ids, paths), so a driver that was
+    killed resumes after the last finished stage; ``stage`` is the one running or last run."""
+
+    __tablename__ = "loop_runs"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    slot: Mapped[str] = mapped_column(String(128), index=True)
+    champion_id: Mapped[int | None] = mapped_column(ForeignKey("models.id"))
+    trigger: Mapped[str] = mapped_column(String(32), default="manual")
+    request_id: Mapped[int | None] = mapped_column(ForeignKey("retrain_requests.id"))
+    report_id: Mapped[int | None] = mapped_column(ForeignKey("monitor_reports.id"))
+    status: Mapped[str] = mapped_column(String(16), default="running", index=True)
+    stage: Mapped[str] = mapped_column(String(32), default="")
+    stages: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class GateDecision(Base):
+    """A champion/challenger comparison for a slot: the decision and its evidence."""
+
+    __tablename__ = "gate_decisions"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    slot: Mapped[str] = mapped_column(String(128), index=True)
+    champion_id: Mapped[int | None] = mapped_column(ForeignKey("models.id"))
+    challenger_id: Mapped[int] = mapped_column(ForeignKey("models.id"))
+    loop_run_id: Mapped[int | None] = mapped_column(ForeignKey("loop_runs.id"))
+    passed: Mapped[bool] = mapped_column(default=False)
+    forced: Mapped[bool] = mapped_column(default=False)
+    evidence: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+
+
+class Promotion(Base):
+    """One change of the model a slot serves (``kind``: initial, promoted, forced, rollback)."""
+
+    __tablename__ = "promotions"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    slot: Mapped[str] = mapped_column(String(128), index=True)
+    model_id: Mapped[int] = mapped_column(ForeignKey("models.id"))
+    bundle_path: Mapped[str] = mapped_column(Text)
+    kind: Mapped[str] = mapped_column(String(16))
+    gate_id: Mapped[int | None] = mapped_column(ForeignKey("gate_decisions.id"))
+    loop_run_id: Mapped[int | None] = mapped_column(ForeignKey("loop_runs.id"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)

@@ -1,0 +1,194 @@
+"""The champion/challenger gate: score both models on the same images, decide, record.
+
+The images come from a harvested dataset version (:mod:`pomlia_hpc.data.harvest`): its fixed
+test split (the parent's test rows, where the challenger must not be worse, within
+``margin``) and its production test subset (recent labelled production images never trained
+on, where it must be better at level ``alpha``); see :mod:`pomlia_hpc.loop.stats`.
+
+Every decision is a :class:`~pomlia_hpc.registry.GateDecision` row with its evidence (both
+tests' counts, accuracies, bound and p-value, the data version and row ranges). ``force``
+records the decision as forced: the caller may promote anyway, and the row says so.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from sqlalchemy import select
+
+from pomlia_hpc.data.harvest import harvest_info
+from pomlia_hpc.data.store import DatasetStore, find_version, open_store
+from pomlia_hpc.errors import InputError
+from pomlia_hpc.loop.promote import champion
+from pomlia_hpc.loop.stats import GateResult, PairedCounts, decide
+from pomlia_hpc.registry import DatasetVersion, GateDecision, Model, Registry
+from pomlia_hpc.serve.bundle import load_classifier, resolve_model
+
+#: Defaults: a challenger may be at most 2 accuracy points worse on the fixed test split
+#: (at 95% confidence), and must be better on production data at alpha 0.05.
+DEFAULT_MARGIN = 0.02
+DEFAULT_ALPHA = 0.05
+
+
+@dataclass(frozen=True)
+class GateOutcome:
+    """The recorded decision: its row id, the statistics, and whether it was forced."""
+
+    id: int
+    result: GateResult
+    forced: bool
+    champion: str | None
+    challenger: str
+    data: str
+
+    @property
+    def promote(self) -> bool:
+        """Whether the challenger goes on the slot (passed, or forced)."""
+        return self.result.passed or self.forced
+
+
+def correct(model: Model, images: np.ndarray, labels: np.ndarray, batch: int = 256) -> np.ndarray:
+    """Per-image correctness (bool) of ``model`` on uint8 NHWC ``images``; multi-label tasks
+    count an image as right when every label is."""
+    import torch
+
+    loaded = load_classifier(model.path)
+    meta = loaded.meta
+    mean = torch.tensor(meta.preprocessing.mean).view(1, -1, 1, 1)
+    std = torch.tensor(meta.preprocessing.std).view(1, -1, 1, 1)
+    out = []
+    with torch.inference_mode():
+        for lo in range(0, len(images), batch):
+            x = torch.from_numpy(np.ascontiguousarray(images[lo : lo + batch])).permute(0, 3, 1, 2)
+            logits = loaded.model((x.float() / 255.0 - mean) / std)
+            y = labels[lo : lo + batch]
+            if meta.task_type == "multi-label":
+                pred = (logits > 0).numpy().astype(np.int64)
+                out.append((pred == y).all(axis=1))
+            else:
+                out.append(logits.argmax(dim=1).numpy() == y[:, 0])
+    return np.concatenate(out) if out else np.zeros(0, bool)
+
+
+def _rows(store: DatasetStore, rng: list[int]) -> tuple[np.ndarray, np.ndarray]:
+    lo, hi = int(rng[0]), int(rng[1])
+    return store.read_rows(lo, hi), store.read_labels(lo, hi).astype(np.int64)
+
+
+def gate_data(registry: Registry, challenger: Model, data_ref: str | None) -> DatasetVersion:
+    """The harvested version the gate reads: ``data_ref``, else the challenger's training
+    version; an :class:`InputError` if it has no production test subset."""
+    if data_ref is not None:
+        return find_version(registry, data_ref)
+    vid = (challenger.lineage or {}).get("dataset_version_id")
+    with registry.session() as s:
+        row = s.get(DatasetVersion, vid) if isinstance(vid, int) else None
+    if row is None or harvest_info(row.meta) is None:
+        raise InputError(
+            f"model {challenger.name} was not trained on a harvested dataset version, so there "
+            "is no production test subset to gate on; pass --data NAME@VERSION of a harvested "
+            "version (`pomlia data harvest`), or --force to promote without a gate"
+        )
+    return row
+
+
+def run_gate(
+    registry: Registry,
+    slot: str,
+    challenger_ref: str,
+    *,
+    data_ref: str | None = None,
+    margin: float = DEFAULT_MARGIN,
+    alpha: float = DEFAULT_ALPHA,
+    force: bool = False,
+    loop_run_id: int | None = None,
+) -> GateOutcome:
+    """Compare the slot's champion with ``challenger_ref`` and record the decision (see the
+    module docstring). Within one loop run a decision is made once and then read back."""
+    chal = resolve_model(registry, challenger_ref)
+    champ_entry = champion(registry, slot)
+    if champ_entry is None:
+        raise InputError(f"slot '{slot}' serves no model yet: promote a first one (no gate needed)")
+    if loop_run_id is not None:
+        with registry.session() as s:
+            done = s.scalar(
+                select(GateDecision).where(
+                    GateDecision.loop_run_id == loop_run_id, GateDecision.challenger_id == chal.id
+                )
+            )
+        if done is not None:
+            return _outcome(done, champ_entry.model, chal.name)
+    champ = resolve_model(registry, str(champ_entry.model_id))
+    version = gate_data(registry, chal, data_ref)
+    info = harvest_info(version.meta)
+    if info is None:
+        raise InputError(
+            f"dataset version {version.version} is not a harvest: it has no production test subset"
+        )
+    store = open_store(version.store_path)
+    counts = {}
+    for key in ("fixed_test_rows", "production_test_rows"):
+        x, y = _rows(store, info[key])
+        counts[key] = PairedCounts.of(correct(champ, x, y), correct(chal, x, y))
+    result = decide(
+        counts["fixed_test_rows"], counts["production_test_rows"], margin=margin, alpha=alpha
+    )
+    evidence: dict[str, Any] = {
+        **_finite(result.to_dict()),
+        "data": store.ref,
+        "fixed_test_rows": info["fixed_test_rows"],
+        "production_test_rows": info["production_test_rows"],
+        "champion": champ.name,
+        "challenger": chal.name,
+    }
+    with registry.session() as s:
+        row = GateDecision(
+            slot=slot,
+            champion_id=champ.id,
+            challenger_id=chal.id,
+            loop_run_id=loop_run_id,
+            passed=result.passed,
+            forced=force,
+            evidence=evidence,
+        )
+        s.add(row)
+        s.flush()
+        return GateOutcome(row.id, result, force, champ.name, chal.name, store.ref)
+
+
+def _finite(d: dict[str, Any]) -> dict[str, Any]:
+    """NaN and infinities (no images) as None: JSON columns on PostgreSQL refuse them."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            out[k] = _finite(v)
+        elif isinstance(v, float) and not np.isfinite(v):
+            out[k] = None
+        else:
+            out[k] = v
+    return out
+
+
+def _num(v: Any) -> float:
+    return float("nan") if v is None else float(v)
+
+
+def _outcome(row: GateDecision, champion_name: str, challenger_name: str) -> GateOutcome:
+    ev = row.evidence
+    fixed = PairedCounts(**{k: ev["fixed_test"][k] for k in PairedCounts.__dataclass_fields__})
+    prod = PairedCounts(**{k: ev["production"][k] for k in PairedCounts.__dataclass_fields__})
+    result = GateResult(
+        bool(ev["passed"]),
+        bool(ev["noninferior"]),
+        bool(ev["superior"]),
+        float(ev["margin"]),
+        float(ev["alpha"]),
+        fixed,
+        prod,
+        _num(ev["lower_bound"]),
+        _num(ev["p_value"]),
+        str(ev["reason"]),
+    )
+    return GateOutcome(row.id, result, row.forced, champion_name, challenger_name, str(ev["data"]))

@@ -1,0 +1,156 @@
+"""What a deployment slot serves, and every change of it, recorded.
+
+A slot (:mod:`pomlia_hpc.serve.slots`) is a stable name, a ``current`` link to a bundle and a
+history of :class:`~pomlia_hpc.registry.Promotion` rows. The row is written after the link has
+moved, in the same call; :func:`put_on_slot` first looks for a row of the same loop run and
+model, so a driver killed between the two (or run twice) neither records nor moves twice.
+
+Kinds: ``initial`` (the slot's first model), ``promoted`` (the gate passed), ``forced``
+(``--force`` past a failed or missing gate), ``rollback`` (back to the previous champion).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from sqlalchemy import select
+
+from pomlia_hpc.errors import InputError, NotFoundError
+from pomlia_hpc.registry import GateDecision, Model, Promotion, Registry
+from pomlia_hpc.serve.export import bundle_for_model, export_model
+from pomlia_hpc.serve.slots import current_link, point
+from pomlia_hpc.workspace import Workspace
+
+KINDS = ("initial", "promoted", "forced", "rollback")
+
+
+@dataclass(frozen=True)
+class SlotEntry:
+    """One promotion, readable without a session."""
+
+    id: int
+    slot: str
+    model_id: int
+    model: str
+    bundle_path: str
+    kind: str
+    gate_id: int | None
+    loop_run_id: int | None
+    created_at: datetime
+
+
+def _entry(p: Promotion, model_name: str) -> SlotEntry:
+    return SlotEntry(
+        p.id,
+        p.slot,
+        p.model_id,
+        model_name,
+        p.bundle_path,
+        p.kind,
+        p.gate_id,
+        p.loop_run_id,
+        p.created_at,
+    )
+
+
+def history(registry: Registry, slot: str) -> list[SlotEntry]:
+    """The slot's promotions, oldest first."""
+    with registry.session() as s:
+        rows = s.execute(
+            select(Promotion, Model.name)
+            .join(Model, Model.id == Promotion.model_id)
+            .where(Promotion.slot == slot)
+            .order_by(Promotion.id)
+        ).all()
+    return [_entry(p, name) for p, name in rows]
+
+
+def champion(registry: Registry, slot: str) -> SlotEntry | None:
+    """What the slot serves now (its newest promotion), or None for a new slot."""
+    rows = history(registry, slot)
+    return rows[-1] if rows else None
+
+
+def put_on_slot(
+    registry: Registry,
+    workspace: Workspace,
+    slot: str,
+    model_ref: str,
+    *,
+    kind: str,
+    gate_id: int | None = None,
+    loop_run_id: int | None = None,
+) -> SlotEntry:
+    """Export ``model_ref`` if needed, point the slot's link at its bundle and record it."""
+    if kind not in KINDS:
+        raise InputError(f"promotion kind '{kind}' is not known: expected one of {KINDS}")
+    bundle = (
+        bundle_for_model(registry, model_ref) or export_model(registry, workspace, model_ref).bundle
+    )
+    link = current_link(workspace, slot)
+    with registry.session() as s:
+        model = s.scalar(select(Model).where(Model.name == bundle.name))
+        if model is None:
+            raise NotFoundError(f"model '{bundle.name}' is not in the registry")
+        if loop_run_id is not None:
+            done = s.scalar(
+                select(Promotion).where(
+                    Promotion.loop_run_id == loop_run_id, Promotion.model_id == model.id
+                )
+            )
+            if done is not None:
+                point(link, Path(done.bundle_path))  # the link may not have moved before a kill
+                return _entry(done, model.name)
+    point(link, bundle.root)
+    with registry.session() as s:
+        row = Promotion(
+            slot=slot,
+            model_id=model.id,
+            bundle_path=str(bundle.root),
+            kind=kind,
+            gate_id=gate_id,
+            loop_run_id=loop_run_id,
+        )
+        s.add(row)
+        s.flush()
+        return _entry(row, model.name)
+
+
+def rollback(registry: Registry, workspace: Workspace, slot: str) -> SlotEntry:
+    """Serve the champion before the current one again (recorded as ``rollback``)."""
+    rows = history(registry, slot)
+    if not rows:
+        raise NotFoundError(f"slot '{slot}' has never served a model; nothing to roll back")
+    now = rows[-1]
+    earlier = [r for r in rows[:-1] if r.model_id != now.model_id]
+    if not earlier:
+        raise InputError(
+            f"slot '{slot}' has served only {now.model}; there is no previous champion to "
+            "roll back to"
+        )
+    back = earlier[-1]
+    if not (Path(back.bundle_path) / "card.json").is_file():
+        raise NotFoundError(
+            f"the bundle of {back.model} ({back.bundle_path}) is gone; export it again with "
+            f"`pomlia model export {back.model}` and promote it with --force"
+        )
+    point(current_link(workspace, slot), Path(back.bundle_path))
+    with registry.session() as s:
+        row = Promotion(
+            slot=slot, model_id=back.model_id, bundle_path=back.bundle_path, kind="rollback"
+        )
+        s.add(row)
+        s.flush()
+        return _entry(row, back.model)
+
+
+def gate_decisions(registry: Registry, slot: str) -> list[GateDecision]:
+    """The slot's gate decisions, oldest first."""
+    with registry.session() as s:
+        return list(
+            s.scalars(
+                select(GateDecision).where(GateDecision.slot == slot).order_by(GateDecision.id)
+            )
+        )

@@ -1,0 +1,70 @@
+"""Helpers for the loop tests: untrained classifiers whose predictions serve as labels, a
+served-model log with kept inputs written directly (the server itself is tested elsewhere)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from pomlia_hpc.nets import build_classifier
+from pomlia_hpc.registry import Model, Registry
+from pomlia_hpc.serve.bundle import register_model, save_classifier
+from pomlia_hpc.serve.inbox import Inbox, encode_image, inputs_dir
+from pomlia_hpc.serve.predlog import PredictionLog
+
+CLASSES = [f"c{i}" for i in range(4)]
+
+
+def make_model(registry: Registry, root: Path, name: str, seed: int, version_id: int) -> Model:
+    """An untrained small CNN (28 px, 3 channels, 4 classes) registered with its training
+    dataset version in its lineage."""
+    torch.manual_seed(seed)
+    net = build_classifier("small_cnn", len(CLASSES), 3, image_size=28)
+    path = root / f"{name}.pt"
+    save_classifier(
+        path,
+        net,
+        arch="small_cnn",
+        num_classes=len(CLASSES),
+        in_channels=3,
+        image_size=28,
+        task_type="multi-class",
+        label_names=CLASSES,
+    )
+    return register_model(registry, name, path, lineage={"dataset_version_id": version_id})
+
+
+def predict(model: Model, images: np.ndarray) -> np.ndarray:
+    """Class indices ``model`` predicts for uint8 NHWC ``images``."""
+    from pomlia_hpc.serve.bundle import load_classifier
+
+    loaded = load_classifier(model.path)
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0
+    with torch.inference_mode():
+        return loaded.model((x - 0.5) / 0.5).argmax(1).numpy()
+
+
+def write_production(
+    log_dir: Path, images: np.ndarray, labels: np.ndarray, *, when: str | None = None
+) -> list[str]:
+    """Predictions with kept inputs and one feedback label each, as a server would log them."""
+    when = when or datetime.now(UTC).isoformat()
+    plog = PredictionLog(log_dir, sidecar=Inbox(inputs_dir(log_dir)))
+    ids = [
+        f"{np.random.default_rng([i, len(images)]).integers(1 << 62):032x}"
+        for i in range(len(images))
+    ]
+    for pid, img in zip(ids, images, strict=True):
+        rec = {"type": "prediction", "id": pid, "time": when, "model_version": "v0"}
+        plog.append([rec], inputs=encode_image(pid, when, img.astype(np.float32) / 255))
+    plog.append(
+        [
+            {"type": "feedback", "prediction_id": pid, "label_index": int(y), "time": when}
+            for pid, y in zip(ids, labels, strict=True)
+        ]
+    )
+    plog.close()
+    return ids

@@ -1,0 +1,85 @@
+"""Harvest → gate → promote → rollback, on a registry and a workspace, with untrained models
+whose predictions stand in for the truth (so which model is "better" is known exactly)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pomlia_hpc.data.api import ingest
+from pomlia_hpc.data.harvest import harvest_info
+from pomlia_hpc.data.store import find_version, open_store
+from pomlia_hpc.errors import InputError
+from pomlia_hpc.loop.gate import run_gate
+from pomlia_hpc.loop.harvest import harvest
+from pomlia_hpc.loop.promote import champion, gate_decisions, history, put_on_slot, rollback
+from pomlia_hpc.registry import Registry
+from pomlia_hpc.serve.predlog import log_dir
+from pomlia_hpc.serve.slots import current_bundle, current_link
+from pomlia_hpc.workspace import Workspace
+from tests.loop_support import CLASSES, make_model, predict, write_production
+
+
+def _images(n: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, 28, 28, 3), dtype=np.uint8)
+
+
+def test_harvest_gate_promote_rollback(tmp_path: Path, workspace: Workspace, reg: Registry) -> None:
+    # Parent data: its test labels are what the future challenger predicts.
+    x = {s: _images(n, i) for i, (s, n) in enumerate((("train", 40), ("val", 10), ("test", 60)))}
+    npz = tmp_path / "base.npz"
+    np.savez(
+        npz,
+        **{f"{s}_images": v for s, v in x.items()},
+        **{f"{s}_labels": np.zeros((len(v), 1), np.int64) for s, v in x.items()},
+    )
+    probe = ingest(workspace, reg, "probe", npz, class_names=CLASSES)  # to build the labeller
+    chal_probe = make_model(reg, tmp_path, "probe-chal", 2, probe.id)
+    labels = {s: predict(chal_probe, v) for s, v in x.items()}
+    np.savez(
+        npz,
+        **{f"{s}_images": v for s, v in x.items()},
+        **{f"{s}_labels": labels[s][:, None] for s in x},
+    )
+    base = ingest(workspace, reg, "shift", npz, class_names=CLASSES)
+    make_model(reg, tmp_path, "champion", 1, base.id)
+
+    first = put_on_slot(reg, workspace, "champion", "champion", kind="initial")
+    link = current_link(workspace, "champion")
+    assert current_bundle(link) == Path(first.bundle_path) and first.kind == "initial"
+
+    # Production: 200 images labelled with what the challenger will say.
+    prod = _images(200, 7)
+    chal_like = make_model(reg, tmp_path, "oracle", 2, base.id)
+    write_production(log_dir(workspace.path("logs"), "champion"), prod, predict(chal_like, prod))
+    got = harvest(reg, workspace, "champion")
+    assert got.record.parent == base.version and got.counts["used"] == 200
+    info = harvest_info(open_store(got.record.store_path).meta)
+    assert info is not None and info["model"] == "champion" and info["until"]
+    again = harvest(reg, workspace, "champion", until=got.until)
+    assert again.record.version == got.record.version and not again.record.created
+
+    make_model(reg, tmp_path, "challenger", 2, got.record.id)
+    with pytest.raises(InputError, match="not trained on a harvested"):
+        run_gate(reg, "champion", "oracle")
+    out = run_gate(reg, "champion", "challenger", loop_run_id=None)
+    assert out.result.passed, out.result.reason
+    ev = gate_decisions(reg, "champion")[-1].evidence
+    assert ev["production"]["n"] == info["new_per_split"]["test"] and ev["p_value"] < 0.05
+    assert ev["fixed_test"]["challenger_accuracy"] == 1.0
+    put_on_slot(reg, workspace, "champion", "challenger", kind="promoted", gate_id=out.id)
+    assert champion(reg, "champion").model == "challenger"  # type: ignore[union-attr]
+    assert current_bundle(link) != Path(first.bundle_path)
+
+    # The champion is now the challenger; the old model fails the gate, forced is recorded.
+    back = run_gate(reg, "champion", "champion", data_ref=got.record.ref, force=True)
+    assert not back.result.passed and back.forced and back.promote
+    assert gate_decisions(reg, "champion")[-1].forced
+
+    rb = rollback(reg, workspace, "champion")
+    assert rb.model == "champion" and rb.kind == "rollback"
+    assert current_bundle(link) == Path(first.bundle_path)
+    assert [h.kind for h in history(reg, "champion")] == ["initial", "promoted", "rollback"]
+    assert find_version(reg, got.record.ref).parent_id == base.id
