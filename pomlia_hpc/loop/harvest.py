@@ -115,7 +115,5 @@ def harvest(
         "answered_by": dict(Counter(got.versions)),
     }
     new = NewImages(got.image_array(), got.label_array(), got.ids)
-    if len(got) == 0:
-        new = NewImages(got.image_array().reshape(0, *parent_shape(parent)), got.label_array(), [])
     record = harvest_version(workspace, registry, parent, dataset, new, provenance)
     return HarvestOutcome(record, model.name, logs, since, until, got.counts)
