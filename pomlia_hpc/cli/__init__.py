@@ -9,6 +9,7 @@ from pomlia_hpc.cli import core as _core  # noqa: F401  (init, status, demo)
 from pomlia_hpc.cli import data as _data  # noqa: F401
 from pomlia_hpc.cli import fingerprint as _fingerprint  # noqa: F401  (index, similar, plot)
 from pomlia_hpc.cli import jobs as _jobs  # noqa: F401
+from pomlia_hpc.cli import loop as _loop  # noqa: F401  (data harvest, deploy promote, loop)
 from pomlia_hpc.cli import monitor as _monitor  # noqa: F401  (monitor run/show/history/...)
 from pomlia_hpc.cli import serve as _serve  # noqa: F401  (model, serve, deploy)
 from pomlia_hpc.cli import strategy as _strategy  # noqa: F401  (strategy, recommend)

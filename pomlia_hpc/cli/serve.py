@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 from sqlalchemy import select
+from typer.core import TyperGroup
 
 from pomlia_hpc.cli.app import STATE, app, console
 from pomlia_hpc.errors import InputError
@@ -275,7 +276,29 @@ def _slot_link(name: str) -> Path | None:
     return link if link.is_symlink() else None
 
 
-@app.command()
+class _DeployGroup(TyperGroup):
+    """``pomlia deploy MODEL ...`` keeps working beside ``pomlia deploy promote ...``: a first
+    argument that is not a subcommand runs ``deploy write``."""
+
+    def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
+        first = next((a for a in args if not a.startswith("-")), None)
+        if first is not None and first not in self.commands and "--help" not in args[:1]:
+            args = ["write", *args]
+        return super().parse_args(ctx, args)
+
+
+deploy_app = typer.Typer(
+    cls=_DeployGroup,
+    help=(
+        "Deploy a model: `pomlia deploy MODEL` writes its Slurm/Apptainer directory; "
+        "`promote`, `rollback` and `history` manage a deployment slot (hot swap, gate)."
+    ),
+    no_args_is_help=True,
+)
+app.add_typer(deploy_app, name="deploy")
+
+
+@deploy_app.command("write")
 def deploy(
     model: ModelArg,
     out: Annotated[

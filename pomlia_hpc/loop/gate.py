@@ -21,7 +21,7 @@ from sqlalchemy import select
 from pomlia_hpc.data.harvest import harvest_info
 from pomlia_hpc.data.store import DatasetStore, find_version, open_store
 from pomlia_hpc.errors import InputError
-from pomlia_hpc.loop.promote import champion
+from pomlia_hpc.loop.promote import SlotEntry, champion, put_on_slot
 from pomlia_hpc.loop.stats import GateResult, PairedCounts, decide
 from pomlia_hpc.registry import DatasetVersion, GateDecision, Model, Registry
 from pomlia_hpc.serve.bundle import load_classifier, resolve_model
@@ -192,3 +192,53 @@ def _outcome(row: GateDecision, champion_name: str, challenger_name: str) -> Gat
         str(ev["reason"]),
     )
     return GateOutcome(row.id, result, row.forced, champion_name, challenger_name, str(ev["data"]))
+
+
+def promote_with_gate(
+    registry: Registry,
+    workspace: Any,
+    slot: str,
+    model_ref: str,
+    *,
+    force: bool = False,
+    data_ref: str | None = None,
+    margin: float = DEFAULT_MARGIN,
+    alpha: float = DEFAULT_ALPHA,
+) -> tuple[GateOutcome | None, SlotEntry | None]:
+    """Put ``model_ref`` on ``slot`` by hand: directly on an empty slot, else through the gate
+    (a failed gate leaves the champion, unless ``force``). Returns (gate, promotion or None)."""
+    if champion(registry, slot) is None:
+        return None, put_on_slot(registry, workspace, slot, model_ref, kind="initial")
+    try:
+        outcome = run_gate(
+            registry, slot, model_ref, data_ref=data_ref, margin=margin, alpha=alpha, force=force
+        )
+    except InputError:
+        if not force:
+            raise
+        outcome = _forced_without_data(registry, slot, model_ref)
+    if not outcome.promote:
+        return outcome, None
+    kind = "promoted" if outcome.result.passed else "forced"
+    return outcome, put_on_slot(registry, workspace, slot, model_ref, kind=kind, gate_id=outcome.id)
+
+
+def _forced_without_data(registry: Registry, slot: str, model_ref: str) -> GateOutcome:
+    """A forced promotion with no gate data: recorded as a failed, forced decision."""
+    chal = resolve_model(registry, model_ref)
+    entry = champion(registry, slot)
+    empty = PairedCounts(0, 0, 0, 0, 0)
+    reason = "forced without a gate: no harvested data to compare on"
+    result = GateResult(False, False, False, 0.0, 0.5, empty, empty, float("nan"), 1.0, reason)
+    with registry.session() as s:
+        row = GateDecision(
+            slot=slot,
+            champion_id=entry.model_id if entry else None,
+            challenger_id=chal.id,
+            passed=False,
+            forced=True,
+            evidence={**_finite(result.to_dict()), "data": None, "challenger": chal.name},
+        )
+        s.add(row)
+        s.flush()
+        return GateOutcome(row.id, result, True, entry.model if entry else None, chal.name, "")

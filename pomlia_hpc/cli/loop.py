@@ -1,0 +1,290 @@
+"""``pomlia data harvest``, ``pomlia deploy promote/rollback/history``, ``pomlia loop
+run/watch/show`` and ``pomlia lineage``: production feedback back into development."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from pomlia_hpc.cli.app import STATE, app, console
+from pomlia_hpc.cli.data import data_app
+from pomlia_hpc.cli.serve import deploy_app
+from pomlia_hpc.errors import InputError
+
+loop_app = typer.Typer(
+    help="The loop: harvest labelled production data, retrain, gate, hot-swap the server.",
+    no_args_is_help=True,
+)
+app.add_typer(loop_app, name="loop")
+
+SlotArg = Annotated[
+    str, typer.Argument(help="Deployment slot (the name `pomlia serve SLOT` follows).")
+]
+MARGIN_HELP = "Non-inferiority margin on the fixed test split (accuracy points as a fraction)."
+ALPHA_HELP = "Significance level of both gate tests."
+
+
+def _time(text: str | None, what: str) -> datetime | None:
+    if text is None:
+        return None
+    try:
+        t = datetime.fromisoformat(text)
+    except ValueError as exc:
+        raise InputError(
+            f"{what} '{text}': expected an ISO date or time, e.g. 2026-12-01 or "
+            "2026-12-01T08:00:00+00:00"
+        ) from exc
+    return t if t.tzinfo else t.replace(tzinfo=UTC)
+
+
+@data_app.command("harvest")
+def harvest_cmd(
+    model: Annotated[
+        str, typer.Argument(help="Deployment slot or model whose labelled inputs to harvest.")
+    ],
+    since: Annotated[
+        str | None,
+        typer.Option(help="Feedback from this time (ISO; default: end of the last harvest)."),
+    ] = None,
+    until: Annotated[
+        str | None, typer.Option(help="Feedback before this time (default now).")
+    ] = None,
+    log_dir: Annotated[
+        Path | None, typer.Option(help="Prediction log folder (default the model's/slot's).")
+    ] = None,
+) -> None:
+    """Labelled production images (kept inputs + feedback) → a new version of the model's
+    training dataset (parent = that version; new images split by hash; production test rows
+    kept for the gate)."""
+    from pomlia_hpc.loop.harvest import harvest
+
+    ws = STATE.workspace
+    with console.status(f"harvesting labelled inputs of {model}"):
+        out = harvest(
+            STATE.registry(),
+            ws,
+            model,
+            since=_time(since, "--since"),
+            until=_time(until, "--until"),
+            log_dir=log_dir,
+        )
+    rec = out.record
+    info = rec.meta["source"]["harvest"]
+    what = "new version" if rec.created else "existing version (same content)"
+    console.print(
+        f"{what} [bold]{rec.ref}[/] (parent {rec.parent}): {info['n_new']} labelled production "
+        f"images added, per split {info['new_per_split']}; production test rows "
+        f"{info['production_test_rows']}, fixed test rows {info['fixed_test_rows']}"
+    )
+    console.print(f"feedback counts: {out.counts}", highlight=False)
+
+
+@deploy_app.command("promote")
+def promote_cmd(
+    slot: SlotArg,
+    model: Annotated[str, typer.Argument(help="Registry model to put on the slot.")],
+    force: Annotated[
+        bool, typer.Option("--force", help="Promote even if the gate fails (recorded as forced).")
+    ] = False,
+    data: Annotated[
+        str | None,
+        typer.Option(help="Harvested dataset version to gate on (default: MODEL's training data)."),
+    ] = None,
+    margin: Annotated[float, typer.Option(help=MARGIN_HELP)] = 0.02,
+    alpha: Annotated[float, typer.Option(help=ALPHA_HELP)] = 0.05,
+) -> None:
+    """Put MODEL on deployment SLOT: the first model goes on directly; later ones must pass
+    the champion/challenger gate (or --force). Servers following the slot swap to it."""
+    from pomlia_hpc.loop.gate import promote_with_gate
+
+    with console.status(f"gating and promoting {model} on {slot}"):
+        gate, entry = promote_with_gate(
+            STATE.registry(),
+            STATE.workspace,
+            slot,
+            model,
+            force=force,
+            data_ref=data,
+            margin=margin,
+            alpha=alpha,
+        )
+    if gate is not None:
+        verdict = "[green]passed[/]" if gate.result.passed else "[red]failed[/]"
+        console.print(f"gate {gate.id}: {verdict}{' (forced)' if gate.forced else ''}")
+        console.print(f"  {gate.result.reason}", highlight=False)
+    if entry is None:
+        console.print(f"{model} was [bold]not[/] promoted; the slot keeps its champion")
+        raise typer.Exit(1)
+    console.print(f"slot [bold]{slot}[/] now serves {entry.model} ({entry.kind})")
+
+
+@deploy_app.command("rollback")
+def rollback_cmd(slot: SlotArg) -> None:
+    """Return SLOT to its previous champion (recorded; servers following it swap back)."""
+    from pomlia_hpc.loop.promote import rollback
+
+    entry = rollback(STATE.registry(), STATE.workspace, slot)
+    console.print(f"slot [bold]{slot}[/] rolled back to {entry.model}")
+
+
+@deploy_app.command("history")
+def history_cmd(slot: SlotArg) -> None:
+    """What SLOT served when, and each gate decision with its evidence."""
+    from pomlia_hpc.loop.promote import gate_decisions, history
+
+    reg = STATE.registry()
+    table = Table(title=f"slot {slot}")
+    for col in ("id", "time", "model", "kind", "gate", "loop run"):
+        table.add_column(col)
+    for e in history(reg, slot):
+        table.add_row(
+            str(e.id),
+            f"{e.created_at:%Y-%m-%d %H:%M:%S}",
+            e.model,
+            e.kind,
+            str(e.gate_id or ""),
+            str(e.loop_run_id or ""),
+        )
+    console.print(table)
+    gates = Table(title="gate decisions")
+    for col in (
+        "id",
+        "challenger",
+        "champion",
+        "decision",
+        "fixed test acc",
+        "production acc",
+        "p",
+    ):
+        gates.add_column(col)
+    for g in gate_decisions(reg, slot):
+        ev = g.evidence or {}
+        fixed, prod = ev.get("fixed_test") or {}, ev.get("production") or {}
+        gates.add_row(
+            str(g.id),
+            str(ev.get("challenger", g.challenger_id)),
+            str(ev.get("champion", g.champion_id)),
+            ("passed" if g.passed else "failed") + (", forced" if g.forced else ""),
+            _pair(fixed),
+            _pair(prod),
+            f"{ev['p_value']:.3g}" if isinstance(ev.get("p_value"), float) else "",
+        )
+    console.print(gates)
+
+
+def _pair(counts: dict[str, object]) -> str:
+    a, b, n = counts.get("champion_accuracy"), counts.get("challenger_accuracy"), counts.get("n")
+    if not isinstance(a, float) or not isinstance(b, float):
+        return ""
+    return f"{a:.3f} → {b:.3f} (n={n})"
+
+
+@loop_app.command("run")
+def loop_run(
+    slot: SlotArg,
+    trials: Annotated[int, typer.Option(help="AutoML trials at most.")] = 6,
+    max_epochs: Annotated[int, typer.Option(help="Largest training budget, epochs.")] = 6,
+    parallel: Annotated[int, typer.Option(help="Trials running at once.")] = 2,
+    archs: Annotated[
+        str | None, typer.Option(help="Architectures to search (default: the champion's).")
+    ] = None,
+    optimizer: Annotated[str, typer.Option(help="smac or random.")] = "smac",
+    executor: Annotated[str, typer.Option(help="local, slurm or a cluster profile.")] = "local",
+    margin: Annotated[float, typer.Option(help=MARGIN_HELP)] = 0.02,
+    alpha: Annotated[float, typer.Option(help=ALPHA_HELP)] = 0.05,
+    force: Annotated[
+        bool, typer.Option("--force", help="Redeploy even if the gate fails (recorded).")
+    ] = False,
+    min_labels: Annotated[
+        int, typer.Option(help="Fewest labelled production images to go on.")
+    ] = 20,
+    since: Annotated[
+        str | None, typer.Option(help="Harvest feedback from this time (default: last harvest).")
+    ] = None,
+    new: Annotated[
+        bool, typer.Option("--new", help="Start a new run even if one is unfinished.")
+    ] = False,
+    no_recommend: Annotated[
+        bool, typer.Option("--no-recommend", help="Plain AutoML, no recommender warm start.")
+    ] = False,
+) -> None:
+    """One pass of the loop for SLOT: harvest → ingest → fingerprints → recommend → AutoML →
+    challenger → gate → export → redeploy. Rerun after a crash: finished stages are skipped."""
+    from pomlia_hpc.loop.api import run_loop
+    from pomlia_hpc.loop.stages import LoopSettings
+
+    cfg = LoopSettings(
+        trials=trials,
+        max_epochs=max_epochs,
+        parallel=parallel,
+        archs=tuple(a.strip() for a in archs.split(",")) if archs else None,
+        optimizer=optimizer,
+        executor=executor,
+        margin=margin,
+        alpha=alpha,
+        force=force,
+        min_labels=min_labels,
+        recommend=not no_recommend,
+    )
+    STATE.workspace.create()
+    res = run_loop(
+        STATE.registry(),
+        STATE.workspace,
+        slot,
+        cfg,
+        since=_time(since, "--since"),
+        new=new,
+        progress=lambda line: console.print(line, highlight=False),
+    )
+    _render_result(res)
+
+
+def _render_result(res: object) -> None:
+    from pomlia_hpc.loop.driver import LoopResult
+
+    assert isinstance(res, LoopResult)
+    style = {"done": "green", "stopped": "yellow", "failed": "red"}[res.status]
+    console.print(f"loop run {res.run_id}: [{style}]{res.status}[/] {res.message}")
+    if res.status == "failed":
+        raise typer.Exit(1)
+
+
+@loop_app.command("show")
+def loop_show(slot: SlotArg) -> None:
+    """The slot's loop runs and what each stage produced."""
+    from sqlalchemy import select
+
+    from pomlia_hpc.registry import LoopRun
+
+    with STATE.registry().session() as s:
+        runs = s.scalars(select(LoopRun).where(LoopRun.slot == slot).order_by(LoopRun.id)).all()
+    if not runs:
+        console.print(f"slot {slot} has no loop runs")
+        return
+    for r in runs:
+        console.print(
+            f"[bold]loop run {r.id}[/] {r.status} (trigger {r.trigger}, started "
+            f"{r.created_at:%Y-%m-%d %H:%M:%S}){' stage ' + r.stage if r.stage else ''}"
+        )
+        for name, out in r.stages.items():
+            if name != "params":
+                console.print(f"  {name}: {out}", highlight=False)
+        if r.error:
+            console.print(f"  [red]{r.error.splitlines()[0]}[/]", highlight=False)
+
+
+@app.command("lineage")
+def lineage_cmd(
+    model: Annotated[str, typer.Argument(help="Registry model name or id.")],
+) -> None:
+    """How MODEL came to be: promotions, gate, loop run (retrain request, monitor report),
+    study, harvested dataset version, and the champion it replaced, back to the start."""
+    from pomlia_hpc.loop.lineage import lineage
+
+    for step in lineage(STATE.registry(), model):
+        indent = "" if step.kind in ("model", "replaced") else "  "
+        console.print(f"{indent}[bold]{step.kind}[/] {step.text}", highlight=False)

@@ -1,0 +1,66 @@
+"""``pomlia loop run SLOT``: one pass of the loop for a deployment slot (see :mod:`.stages`).
+
+The run's parameters are fixed when it is created: the champion, the harvest window (from the
+end of the window that built the champion's training data, or ``since``, to now) and the
+settings. A second call while a run of the slot is unfinished resumes that run (its settings,
+not the new ones); ``new=True`` starts another.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+
+from pomlia_hpc.errors import InputError
+from pomlia_hpc.loop.driver import LoopResult, Progress, Stage, open_run, run_stages
+from pomlia_hpc.loop.harvest import default_since, training_version
+from pomlia_hpc.loop.promote import champion
+from pomlia_hpc.loop.stages import STAGES, LoopSettings
+from pomlia_hpc.registry import Registry
+from pomlia_hpc.serve.bundle import resolve_model
+from pomlia_hpc.workspace import Workspace
+
+
+def run_loop(
+    registry: Registry,
+    workspace: Workspace,
+    slot: str,
+    settings: LoopSettings | None = None,
+    *,
+    since: datetime | None = None,
+    trigger: str = "manual",
+    request_id: int | None = None,
+    report_id: int | None = None,
+    new: bool = False,
+    stages: tuple[Stage, ...] = STAGES,
+    progress: Progress = print,
+) -> LoopResult:
+    """Create (or resume) the slot's loop run and run its unfinished stages."""
+    entry = champion(registry, slot)
+    if entry is None:
+        raise InputError(
+            f"deployment slot '{slot}' serves no model; put one on it first: "
+            f"`pomlia deploy promote {slot} MODEL`"
+        )
+    model = resolve_model(registry, str(entry.model_id))
+    parent, _ = training_version(registry, model)
+    start = since or default_since(parent)
+    params = {
+        "champion_id": model.id,
+        "champion": model.name,
+        "since": start.isoformat() if start else None,
+        "until": datetime.now(UTC).isoformat(),
+        "settings": (settings or LoopSettings()).to_dict(),
+    }
+    run_id, resumed = open_run(
+        registry,
+        slot,
+        champion_id=model.id,
+        params=params,
+        trigger=trigger,
+        request_id=request_id,
+        report_id=report_id,
+        new=new,
+    )
+    if resumed:
+        progress(f"resuming loop run {run_id} of slot {slot} (its own settings and window)")
+    return run_stages(registry, workspace, run_id, stages, progress=progress)

@@ -1,0 +1,362 @@
+"""The loop's stages, in order: each a function of the :class:`~.driver.LoopContext` that
+finds what it would create before creating it (see :mod:`.driver` for why).
+
+harvest      labelled production inputs of the slot's log in the run's window → an npz file
+ingest       parent (the champion's training version) + those images → a new dataset version
+fingerprints embeddings of the new version with the champion's encoder, added to its index
+recommend    a task on the new version; the recommender's top configurations (if it can)
+automl       a study on that task, warm-started from the champion's configuration and the
+             recommendation, with the configured budget (resumed if it exists)
+challenger   the study's best model, linked to this loop run and the champion
+gate         champion vs challenger on the fixed and production test rows (recorded)
+export       the challenger's bundle (TorchScript + ONNX + card)
+redeploy     the slot's link moves to the bundle (servers following it swap); recorded
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pomlia_hpc.data.harvest import NewImages, harvest_version
+from pomlia_hpc.errors import PomliaError
+from pomlia_hpc.loop.driver import LoopContext, LoopError, Stage, StageOutput
+from pomlia_hpc.loop.gate import DEFAULT_ALPHA, DEFAULT_MARGIN, run_gate
+from pomlia_hpc.loop.harvest import training_version
+from pomlia_hpc.loop.promote import put_on_slot
+from pomlia_hpc.registry import Model, Task
+from pomlia_hpc.serve.bundle import resolve_model
+from pomlia_hpc.serve.labelled import labelled_inputs
+from pomlia_hpc.serve.predlog import log_dir
+
+
+@dataclass(frozen=True)
+class LoopSettings:
+    """The budget and the gate of a loop run (fixed when the run is created)."""
+
+    trials: int = 6
+    max_epochs: int = 6
+    min_epochs: int = 1
+    parallel: int = 2
+    archs: tuple[str, ...] | None = None  # default: the champion's architecture
+    optimizer: str = "smac"
+    executor: str = "local"
+    budget_epochs: int | None = None
+    margin: float = DEFAULT_MARGIN
+    alpha: float = DEFAULT_ALPHA
+    force: bool = False
+    min_labels: int = 20
+    seed: int = 0
+    recommend: bool = True
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["archs"] = list(self.archs) if self.archs else None
+        return d
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> LoopSettings:
+        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
+        if known.get("archs"):
+            known["archs"] = tuple(known["archs"])
+        return cls(**known)
+
+
+def settings(ctx: LoopContext) -> LoopSettings:
+    return LoopSettings.from_dict(ctx.params.get("settings", {}))
+
+
+def champion_model(ctx: LoopContext) -> Model:
+    return resolve_model(ctx.registry, str(ctx.params["champion_id"]))
+
+
+def run_folder(ctx: LoopContext) -> Path:
+    return ctx.workspace.path("runs", "loop", f"{ctx.slot}-{ctx.run_id}")
+
+
+def _when(text: str | None) -> datetime | None:
+    return datetime.fromisoformat(text) if text else None
+
+
+def harvest_stage(ctx: LoopContext) -> StageOutput:
+    cfg = settings(ctx)
+    logs = log_dir(ctx.workspace.path("logs"), ctx.slot)
+    since, until = _when(ctx.params.get("since")), _when(ctx.params["until"])
+    parent, _ = training_version(ctx.registry, champion_model(ctx))
+    multi = str(parent.meta.get("task_type", "")).startswith("multi-label")
+    width = int(parent.meta.get("n_classes", 0)) if multi else None
+    got = labelled_inputs(logs, since=since, until=until, multi_label_width=width)
+    if len(got) < cfg.min_labels:
+        raise LoopError(
+            f"only {len(got)} labelled production image(s) with kept inputs in the window "
+            f"(need {cfg.min_labels}; counts {got.counts}); serve with --keep-inputs and send "
+            "feedback, or lower --min-labels"
+        )
+    folder = run_folder(ctx)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "harvest.npz"
+    tmp = folder / f".harvest.{os.getpid()}.npz"
+    np.savez(tmp, images=got.image_array(), labels=got.label_array(), ids=np.asarray(got.ids))
+    tmp.replace(path)
+    return {
+        "file": str(path),
+        "n": len(got),
+        "counts": got.counts,
+        "log": str(logs),
+        "since": ctx.params.get("since"),
+        "until": ctx.params["until"],
+    }
+
+
+def ingest_stage(ctx: LoopContext) -> StageOutput:
+    h = ctx.out("harvest")
+    champ = champion_model(ctx)
+    parent, dataset = training_version(ctx.registry, champ)
+    with np.load(h["file"]) as z:
+        new = NewImages(z["images"], z["labels"], [str(x) for x in z["ids"]])
+    provenance = {
+        "model": champ.name,
+        "model_id": champ.id,
+        "log": ctx.slot,
+        "since": h["since"],
+        "until": h["until"],
+        "counts": h["counts"],
+        "loop_run_id": ctx.run_id,
+    }
+    rec = harvest_version(ctx.workspace, ctx.registry, parent, dataset, new, provenance)
+    return {
+        "dataset_version_id": rec.id,
+        "ref": rec.ref,
+        "parent": f"{dataset}@{parent.version}",
+        "created": rec.created,
+        "n_images": rec.n_images,
+    }
+
+
+def fingerprints_stage(ctx: LoopContext) -> StageOutput:
+    from pomlia_hpc.serve.export import task_encoder
+
+    champ = champion_model(ctx)
+    encoder_id = task_encoder(ctx.registry, champ)
+    if encoder_id is None:
+        return {"skipped": "the champion has no fingerprint encoder (its task has none)"}
+    from pomlia_hpc.fingerprint import build_index, extract
+
+    ref = ctx.out("ingest")["ref"]
+    results = extract(ctx.registry, ctx.workspace, encoder_id, [ref], shards=1)
+    built = build_index(ctx.registry, ctx.workspace, encoder_id)
+    return {
+        "encoder_id": encoder_id,
+        "n_vectors": sum(r.n_vectors for r in results),
+        "index": str(built.path),
+        "index_vectors": built.ntotal,
+        "added": built.added_sets,
+    }
+
+
+def _task_of(ctx: LoopContext, champ: Model) -> tuple[str, int]:
+    """The loop run's task on the new version (created once): ``<slot>-loop<run id>``."""
+    from sqlalchemy import select
+
+    from pomlia_hpc.automl.tasks import add_task
+
+    name = f"{ctx.slot}-loop{ctx.run_id}"[:64]
+    metric = "acc"
+    with ctx.registry.session() as s:
+        found = s.scalar(select(Task).where(Task.name == name))
+        if found is not None:
+            return found.name, found.id
+        if champ.task_id is not None and (t := s.get(Task, champ.task_id)) is not None:
+            metric = t.metric
+    task = add_task(ctx.registry, name, ctx.out("ingest")["ref"], metric)
+    return task.name, task.id
+
+
+def recommend_stage(ctx: LoopContext) -> StageOutput:
+    champ = champion_model(ctx)
+    task, task_id = _task_of(ctx, champ)
+    out: dict[str, Any] = {"task": task, "task_id": task_id}
+    if not settings(ctx).recommend:
+        return {**out, "skipped": "recommendation turned off"}
+    try:
+        from pomlia_hpc.strategy.recommend import recommend
+    except ImportError:  # an installation without the strategy room
+        return {**out, "skipped": "no recommender installed"}
+    try:
+        answer = recommend(ctx.registry, task, k=3)
+    except PomliaError as exc:
+        return {**out, "skipped": f"no recommendation: {exc}"}
+    configs = list(answer.get("initial") or [])
+    path = run_folder(ctx) / "recommended.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(configs))
+    return {**out, "recommendation_id": answer.get("recommendation_id"), "configs": str(path)}
+
+
+def _warm_configs(ctx: LoopContext, champ: Model) -> list[tuple[str, dict[str, Any]]]:
+    """(source, values) warm-start candidates: the champion's configuration first."""
+    out: list[tuple[str, dict[str, Any]]] = []
+    config = (champ.lineage or {}).get("config")
+    if isinstance(config, dict) and config:
+        out.append(("champion", dict(config)))
+    rec = ctx.out("recommend").get("configs")
+    if rec and Path(rec).is_file():
+        out += [("recommendation", dict(c)) for c in json.loads(Path(rec).read_text())]
+    return out
+
+
+def automl_stage(ctx: LoopContext) -> StageOutput:
+    from pomlia_hpc.automl.space import SpaceOptions
+    from pomlia_hpc.automl.study import (
+        SPEC_FILE,
+        StudySpec,
+        create_study,
+        load_spec,
+        run_study,
+        study_dir,
+    )
+
+    cfg = settings(ctx)
+    champ = champion_model(ctx)
+    task = ctx.out("recommend")["task"]
+    name = f"{ctx.slot}-loop{ctx.run_id}"[:96]
+    resumed = (study_dir(ctx.workspace, name) / SPEC_FILE).is_file()
+    used: list[str] = []
+    spec: StudySpec | None = None
+    if resumed:
+        spec = load_spec(ctx.workspace, name)
+    else:
+        arch = str((champ.card or {}).get("architecture") or "")
+        archs = cfg.archs or ((arch,) if arch else None)
+        candidates = _warm_configs(ctx, champ)
+        if archs:
+            candidates = [(k, c) for k, c in candidates if c.get("arch", archs[0]) in archs]
+        # The recommendation may name values outside this space: fall back to fewer configs.
+        for take in (candidates, candidates[:1], []):
+            try:
+                spec = create_study(
+                    ctx.registry,
+                    ctx.workspace,
+                    task,
+                    name=name,
+                    n_trials=cfg.trials,
+                    max_epochs=cfg.max_epochs,
+                    min_epochs=cfg.min_epochs,
+                    parallel=cfg.parallel,
+                    executor=cfg.executor,
+                    optimizer=cfg.optimizer,
+                    seed=cfg.seed,
+                    budget_epochs=cfg.budget_epochs,
+                    space=SpaceOptions(archs=archs) if archs else None,
+                    initial_configs=[c for _, c in take],
+                )
+                used = [k for k, _ in take]
+                break
+            except PomliaError as exc:
+                if not take:
+                    raise
+                ctx.progress(f"warm start with {len(take)} configuration(s) refused: {exc}")
+    assert spec is not None
+    result = run_study(ctx.registry, ctx.workspace, spec, resume=resumed)
+    if result.model_name is None:
+        raise LoopError(
+            f"study {name}: no trial produced a model ({result.n_ok} ok, "
+            f"{result.n_crashed} crashed); see `pomlia runs list --study {name}`"
+        )
+    return {
+        "study": name,
+        "model": result.model_name,
+        "best_run_id": result.best_run_id,
+        "n_ok": result.n_ok,
+        "n_crashed": result.n_crashed,
+        "spent_epochs": result.spent_epochs,
+        "warm_start": used,
+        "resumed": resumed,
+    }
+
+
+def challenger_stage(ctx: LoopContext) -> StageOutput:
+    champ = champion_model(ctx)
+    name = ctx.out("automl")["model"]
+    with ctx.registry.session() as s:
+        from sqlalchemy import select
+
+        row = s.scalar(select(Model).where(Model.name == name))
+        if row is None:
+            raise LoopError(f"the study's best model {name} is not in the registry")
+        row.lineage = {
+            **(row.lineage or {}),
+            "loop_run_id": ctx.run_id,
+            "slot": ctx.slot,
+            "champion": champ.name,
+        }
+        metrics = (row.card or {}).get("metrics") or {}
+        return {"model": row.name, "model_id": row.id, "test": metrics.get("test")}
+
+
+def gate_stage(ctx: LoopContext) -> StageOutput:
+    cfg = settings(ctx)
+    outcome = run_gate(
+        ctx.registry,
+        ctx.slot,
+        ctx.out("challenger")["model"],
+        data_ref=ctx.out("ingest")["ref"],
+        margin=cfg.margin,
+        alpha=cfg.alpha,
+        force=cfg.force,
+        loop_run_id=ctx.run_id,
+    )
+    r = outcome.result
+    out: StageOutput = {
+        "gate_id": outcome.id,
+        "passed": r.passed,
+        "forced": outcome.forced,
+        "reason": r.reason,
+        "p_value": r.p_value,
+        "production_accuracy": [r.production.champion_accuracy, r.production.challenger_accuracy],
+        "fixed_test_accuracy": [r.fixed_test.champion_accuracy, r.fixed_test.challenger_accuracy],
+    }
+    if not outcome.promote:
+        out["stop"] = f"gate refused the challenger: {r.reason}"
+    return out
+
+
+def export_stage(ctx: LoopContext) -> StageOutput:
+    from pomlia_hpc.serve.export import export_model
+
+    res = export_model(ctx.registry, ctx.workspace, ctx.out("challenger")["model"])
+    return {"bundle": str(res.bundle.root), "version": res.bundle.version, "reused": res.reused}
+
+
+def redeploy_stage(ctx: LoopContext) -> StageOutput:
+    g = ctx.out("gate")
+    entry = put_on_slot(
+        ctx.registry,
+        ctx.workspace,
+        ctx.slot,
+        ctx.out("challenger")["model"],
+        kind="promoted" if g["passed"] else "forced",
+        gate_id=g["gate_id"],
+        loop_run_id=ctx.run_id,
+    )
+    return {"promotion_id": entry.id, "model": entry.model, "bundle": entry.bundle_path}
+
+
+STAGES: tuple[Stage, ...] = (
+    ("harvest", harvest_stage),
+    ("ingest", ingest_stage),
+    ("fingerprints", fingerprints_stage),
+    ("recommend", recommend_stage),
+    ("automl", automl_stage),
+    ("challenger", challenger_stage),
+    ("gate", gate_stage),
+    ("export", export_stage),
+    ("redeploy", redeploy_stage),
+)
+STAGE_NAMES = tuple(name for name, _ in STAGES)
