@@ -9,9 +9,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from pomlia_hpc.nets import build_classifier
+from pomlia_hpc.models.catalog import register_model
+from pomlia_hpc.models.checkpoint import save_classifier
+from pomlia_hpc.models.nets import build_classifier
 from pomlia_hpc.registry import Model, Registry
-from pomlia_hpc.serve.bundle import register_model, save_classifier
 from pomlia_hpc.serve.inbox import Inbox, encode_image, inputs_dir
 from pomlia_hpc.serve.predlog import PredictionLog
 
@@ -39,7 +40,7 @@ def make_model(registry: Registry, root: Path, name: str, seed: int, version_id:
 
 def predict(model: Model, images: np.ndarray) -> np.ndarray:
     """Class indices ``model`` predicts for uint8 NHWC ``images``."""
-    from pomlia_hpc.serve.bundle import load_classifier
+    from pomlia_hpc.models.checkpoint import load_classifier
 
     loaded = load_classifier(model.path)
     x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 255.0

@@ -15,8 +15,8 @@ from pomlia_hpc.loop.driver import LoopResult, Progress, Stage, open_run, run_st
 from pomlia_hpc.loop.harvest import default_since, training_version
 from pomlia_hpc.loop.promote import champion
 from pomlia_hpc.loop.stages import STAGES, LoopSettings
+from pomlia_hpc.models.catalog import resolve_model
 from pomlia_hpc.registry import Registry
-from pomlia_hpc.serve.bundle import resolve_model
 from pomlia_hpc.workspace import Workspace
 
 

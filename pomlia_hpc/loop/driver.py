@@ -28,7 +28,7 @@ from sqlalchemy import select
 
 from pomlia_hpc.errors import PomliaError
 from pomlia_hpc.registry import LoopRun, Registry
-from pomlia_hpc.registry.models import utcnow
+from pomlia_hpc.registry.schema import utcnow
 from pomlia_hpc.workspace import Workspace
 
 KILL_ENV = "POMLIA_LOOP_KILL_AT"

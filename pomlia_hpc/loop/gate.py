@@ -23,8 +23,9 @@ from pomlia_hpc.data.store import DatasetStore, find_version, open_store
 from pomlia_hpc.errors import InputError
 from pomlia_hpc.loop.promote import SlotEntry, champion, put_on_slot
 from pomlia_hpc.loop.stats import GateResult, PairedCounts, decide
+from pomlia_hpc.models.catalog import resolve_model
+from pomlia_hpc.models.checkpoint import load_classifier
 from pomlia_hpc.registry import DatasetVersion, GateDecision, Model, Registry
-from pomlia_hpc.serve.bundle import load_classifier, resolve_model
 
 #: Defaults: a challenger may be at most 2 accuracy points worse on the fixed test split
 #: (at 95% confidence), and must be better on production data at alpha 0.05.

@@ -19,8 +19,8 @@ from pomlia_hpc.data.harvest import NewImages, harvest_info, harvest_version
 from pomlia_hpc.data.versioning import VersionRecord
 from pomlia_hpc.errors import InputError
 from pomlia_hpc.loop.promote import champion
+from pomlia_hpc.models.catalog import resolve_model
 from pomlia_hpc.registry import Dataset, DatasetVersion, Model, Registry, Task
-from pomlia_hpc.serve.bundle import resolve_model
 from pomlia_hpc.serve.labelled import labelled_inputs
 from pomlia_hpc.serve.predlog import log_dir as default_log_dir
 from pomlia_hpc.workspace import Workspace

@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import select
 
 from pomlia_hpc.data.harvest import harvest_info
+from pomlia_hpc.models.catalog import resolve_model
 from pomlia_hpc.registry import (
     Dataset,
     DatasetVersion,
@@ -24,7 +25,6 @@ from pomlia_hpc.registry import (
     Promotion,
     Registry,
 )
-from pomlia_hpc.serve.bundle import resolve_model
 
 MAX_DEPTH = 20
 

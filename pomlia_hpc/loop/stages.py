@@ -30,8 +30,8 @@ from pomlia_hpc.loop.driver import LoopContext, LoopError, Stage, StageOutput
 from pomlia_hpc.loop.gate import DEFAULT_ALPHA, DEFAULT_MARGIN, run_gate
 from pomlia_hpc.loop.harvest import training_version
 from pomlia_hpc.loop.promote import put_on_slot
+from pomlia_hpc.models.catalog import resolve_model
 from pomlia_hpc.registry import Model, Task
-from pomlia_hpc.serve.bundle import resolve_model
 from pomlia_hpc.serve.labelled import labelled_inputs
 from pomlia_hpc.serve.predlog import log_dir
 
