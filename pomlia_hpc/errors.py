@@ -36,3 +36,20 @@ class NotFoundError(PomliaError):
 
 class ClusterError(PomliaError):
     """The cluster backend refused or failed an operation."""
+
+
+class DataIntegrityError(PomliaError):
+    """Stored data differs from what was recorded at ingest (a damaged or undecodable chunk).
+    Running the same command again fails the same way; ``pomlia data verify`` lists the
+    damage."""
+
+
+def integrity_failure(text: str | None) -> DataIntegrityError | None:
+    """The :class:`DataIntegrityError` a job's traceback (or error text) reports, re-created,
+    so that the process that waited for the job stops with the reader's own one-line message
+    instead of a generic job failure; None if ``text`` reports none."""
+    for line in reversed((text or "").splitlines()):
+        _, found, message = line.partition("DataIntegrityError: ")
+        if found and "pomlia data verify" in message:
+            return DataIntegrityError(message.strip())
+    return None

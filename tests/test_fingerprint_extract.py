@@ -22,7 +22,12 @@ from sqlalchemy import select
 
 from pomlia_hpc.cluster import Executor
 from pomlia_hpc.data.store import open_version
-from pomlia_hpc.errors import ClusterError, InputError, NotFoundError, PomliaError
+from pomlia_hpc.errors import (
+    DataIntegrityError,
+    InputError,
+    NotFoundError,
+    PomliaError,
+)
 from pomlia_hpc.fingerprint.extract import (
     embed_images,
     extract,
@@ -325,12 +330,16 @@ def test_one_failed_shard_does_not_fail_the_others_of_its_task(
         run_shards(specs)
     assert not marker(specs[0].out_path, 0).exists() and marker(specs[1].out_path, 0).exists()
     # Through the cluster layer: only the failed shard is named; the other dataset completes.
+    # The cause is an undecodable chunk, so the error points to `pomlia data verify`, not to
+    # running the same command again (which would fail the same way).
     marker(specs[1].out_path, 0).unlink()
     ex = Executor.from_profile("local", workspace.jobs, reg)
     with pytest.raises(
-        ClusterError, match=r"^1 extraction shard\(s\) failed \(blood/\w+ shard 0\)"
-    ):
+        DataIntegrityError, match=r"^1 extraction shard\(s\) failed \(blood/\w+ shard 0\)"
+    ) as info:
         extract(reg, workspace, "enc", [a, b], executor=ex, threads=1)
+    assert "cannot be decoded" in str(info.value) and f"pomlia data verify {a}" in str(info.value)
+    assert "same command again" not in str(info.value)
     with reg.session() as s:
         status = dict(s.execute(select(FingerprintSet.id, FingerprintSet.status)).all())
     assert sorted(status.values()) == ["complete", "failed"]

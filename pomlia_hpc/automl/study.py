@@ -53,7 +53,13 @@ from pomlia_hpc.cluster import Executor, JobFailedError, JobHandle, sacct_states
 from pomlia_hpc.cluster.records import FINAL_STATES, SchedulerState, update_job
 from pomlia_hpc.config import load_cluster_profile
 from pomlia_hpc.data.store import open_store
-from pomlia_hpc.errors import ClusterError, InputError, NotFoundError, PomliaError
+from pomlia_hpc.errors import (
+    ClusterError,
+    InputError,
+    NotFoundError,
+    PomliaError,
+    integrity_failure,
+)
 from pomlia_hpc.models.catalog import promote_checkpoint
 from pomlia_hpc.processes import pid_alive
 from pomlia_hpc.registry import Job, Registry, Run
@@ -745,6 +751,11 @@ class StudyRunner:
                 time.time() - act.started,
                 state=exc.state,
             )
+            damage = integrity_failure(exc.traceback or str(exc))
+            if damage is not None:
+                # Every trial reads the same data: stop the study (nothing trained on damaged
+                # data is registered) rather than let each trial crash on the same chunk.
+                raise damage from exc
             return
         self._record_ok(opt, act.run_id, act.proposal, result)
 

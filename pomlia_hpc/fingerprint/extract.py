@@ -52,7 +52,13 @@ from sqlalchemy import select
 
 from pomlia_hpc.cluster import Executor, JobHandle
 from pomlia_hpc.data.store import DatasetStore, find_version, open_store
-from pomlia_hpc.errors import ClusterError, InputError, PomliaError
+from pomlia_hpc.errors import (
+    ClusterError,
+    DataIntegrityError,
+    InputError,
+    PomliaError,
+    integrity_failure,
+)
 from pomlia_hpc.fingerprint.autoencoder import Autoencoder, to_input
 from pomlia_hpc.fingerprint.io import atomic_write_text, group_meta, open_array
 from pomlia_hpc.fingerprint.train import cpus_available, get_encoder, load_checkpoint
@@ -507,6 +513,12 @@ def extract(
     if failed:
         names = ", ".join(shard_name(s) for s in failed)
         causes = [str(o) for o in outcomes if isinstance(o, Exception)] or ["no .done file"]
+        for o in outcomes:  # running again would fail the same way: name the damage instead
+            damage = integrity_failure(getattr(o, "traceback", None) or str(o))
+            if damage is not None:
+                raise DataIntegrityError(
+                    f"{len(failed)} extraction shard(s) failed ({names}): {damage}"
+                )
         raise ClusterError(
             f"{len(failed)} extraction shard(s) failed ({names}): {causes[0]}",
             hint="run the same command again to retry only the failed shards",

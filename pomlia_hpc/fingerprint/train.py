@@ -39,9 +39,9 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
-from pomlia_hpc.cluster import Checkpointable, Executor, apply_distributed_env
+from pomlia_hpc.cluster import Checkpointable, Executor, JobFailedError, apply_distributed_env
 from pomlia_hpc.data.store import find_version, open_store
-from pomlia_hpc.errors import InputError, NotFoundError, PomliaError
+from pomlia_hpc.errors import InputError, NotFoundError, PomliaError, integrity_failure
 from pomlia_hpc.fingerprint.autoencoder import Autoencoder, EncoderConfig, reconstruction_loss
 from pomlia_hpc.fingerprint.io import atomic_write_bytes, atomic_write_text
 from pomlia_hpc.fingerprint.loader import (
@@ -359,7 +359,13 @@ def train_encoder(
         if progress is not None:
             progress(int((_read_latest(out) or {}).get("epoch", 0)), config.epochs)
         time.sleep(1.0)
-    result = handle.result()
+    try:
+        result = handle.result()
+    except JobFailedError as exc:
+        damage = integrity_failure(exc.traceback or str(exc))
+        if damage is not None:  # a damaged chunk: running again would fail the same way
+            raise damage from exc
+        raise
     if progress is not None:
         progress(len(result["loss_curve"]), config.epochs)
     return register_encoder(
