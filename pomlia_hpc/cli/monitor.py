@@ -168,3 +168,73 @@ def reference(
     with console.status(f"computing the monitoring reference of {model}"):
         path = create_reference(STATE.registry(), model, data=data, split=split)
     console.print(f"monitoring reference written: {path}")
+
+
+@monitor_app.command("schedule")
+def schedule_cmd(
+    model: Annotated[str, typer.Argument(help="Registry model name or id (exported).")],
+    at: Annotated[
+        str,
+        typer.Option(
+            help="Time of day of the runs, HH:MM (cluster's local time); '' for none: the "
+            "first run one period from now."
+        ),
+    ] = "02:00",
+    every: Annotated[str, typer.Option(help="Period: 1d (nightly), 12h, 1w, ...")] = "1d",
+    window: Annotated[
+        str | None, typer.Option(help="Window each run tests (default: the period).")
+    ] = None,
+    on_alarm: Annotated[
+        str | None, typer.Option(help="Shell command each run calls on an alarm.")
+    ] = None,
+    replace: Annotated[
+        bool, typer.Option(help="Replace an existing chain instead of refusing.")
+    ] = False,
+    chain: Annotated[
+        bool,
+        typer.Option(help="Internal: resubmission from a running job of the chain.", hidden=True),
+    ] = False,
+) -> None:
+    """Run the monitor of MODEL on Slurm every period (a self-resubmitting job chain,
+    jobs/monitor.sbatch); prints equivalent cron and scrontab lines."""
+    from pomlia_hpc.monitor.schedule import job_name, schedule
+
+    res = schedule(
+        STATE.registry(),
+        STATE.workspace,
+        model,
+        every=every,
+        at=at or None,
+        window=window,
+        on_alarm=on_alarm,
+        chain=chain,
+        replace=replace,
+    )
+    if res.job_id is None:
+        console.print(f"no job submitted: {res.note}")
+        return
+    console.print(
+        f"job {res.job_id} ({job_name(model)}) submitted, begins {res.begin:%Y-%m-%d %H:%M:%S}; "
+        f"settings {res.conf}"
+    )
+    if not chain:
+        if res.cron:
+            console.print("or, from cron (one run per line, no chain):", highlight=False)
+            console.print(f"  {res.cron}", highlight=False, soft_wrap=True)
+        if res.scrontab:
+            console.print("or, with scrontab (where the site enables it):", highlight=False)
+            for line in res.scrontab.splitlines():
+                console.print(f"  {line}", highlight=False, soft_wrap=True)
+        if not res.cron:
+            console.print(f"(no cron line: period {every} has no cron equivalent)")
+
+
+@monitor_app.command("unschedule")
+def unschedule_cmd(
+    model: Annotated[str, typer.Argument(help="Registry model name or id.")],
+) -> None:
+    """End MODEL's monitoring chain: cancel its queued and running jobs."""
+    from pomlia_hpc.monitor.schedule import unschedule
+
+    ids = unschedule(STATE.registry(), STATE.workspace, model)
+    console.print(f"cancelled: {', '.join(ids)}" if ids else "no monitoring job was queued")

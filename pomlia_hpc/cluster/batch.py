@@ -1,0 +1,97 @@
+"""Plain sbatch scripts by job name: submit one (with a begin time and a dependency), list the
+jobs of a name, cancel them all. For jobs that are shell scripts rather than Python callables
+(e.g. the self-resubmitting nightly monitor, :mod:`pomlia_hpc.monitor.schedule`).
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+
+from pomlia_hpc.errors import ClusterError
+
+TIMEOUT_S = 60
+
+
+@dataclass(frozen=True)
+class QueuedJob:
+    """One job of ``squeue``: id, state (PENDING, RUNNING ...), begin time as Slurm prints it."""
+
+    job_id: str
+    state: str
+    begin: str
+
+
+def _run(cmd: Sequence[str]) -> str:
+    if shutil.which(cmd[0]) is None:
+        raise ClusterError(f"{cmd[0]} not found: run this on a Slurm login node")
+    try:
+        out = subprocess.run(
+            list(cmd), capture_output=True, text=True, check=False, timeout=TIMEOUT_S
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise ClusterError(f"{cmd[0]} did not answer within {TIMEOUT_S} s") from exc
+    if out.returncode != 0:
+        raise ClusterError(f"{cmd[0]} refused: {out.stderr.strip() or out.stdout.strip()}")
+    return out.stdout
+
+
+def slurm_time(t: datetime) -> str:
+    """``t`` as sbatch's ``--begin`` wants it: local wall time ``YYYY-MM-DDTHH:MM:SS``
+    (Slurm reads it in the controller's time zone)."""
+    return t.astimezone().strftime("%Y-%m-%dT%H:%M:%S")
+
+
+def submit_script(
+    script: Path,
+    *,
+    name: str,
+    begin: datetime | None = None,
+    singleton: bool = True,
+    env: Mapping[str, str] | None = None,
+    output: Path | None = None,
+    extra: Sequence[str] = (),
+) -> str:
+    """``sbatch`` ``script`` as job ``name``; returns the job id. ``env`` is exported on top of
+    the caller's environment; ``singleton`` adds ``--dependency=singleton``."""
+    cmd = ["sbatch", "--parsable", f"--job-name={name}"]
+    if begin is not None:
+        cmd.append(f"--begin={slurm_time(begin)}")
+    if singleton:
+        cmd.append("--dependency=singleton")
+    if env:
+        bad = [k for k, v in env.items() if "," in v or "," in k]
+        if bad:
+            raise ClusterError(f"environment values for sbatch must not contain ',': {bad}")
+        cmd.append("--export=ALL," + ",".join(f"{k}={v}" for k, v in env.items()))
+    if output is not None:
+        cmd.append(f"--output={output}")
+    cmd += [*extra, str(script)]
+    return _run(cmd).strip().split(";")[0]
+
+
+def jobs_named(name: str) -> list[QueuedJob]:
+    """This user's queued or running jobs called ``name``."""
+    import getpass
+
+    out = _run(["squeue", "-h", "-u", getpass.getuser(), "-n", name, "-o", "%i|%T|%S"])
+    jobs = []
+    for line in out.splitlines():
+        parts = line.strip().split("|")
+        if len(parts) == 3:
+            jobs.append(QueuedJob(*parts))
+    return jobs
+
+
+def cancel_named(name: str) -> list[str]:
+    """Cancel all of this user's jobs called ``name``; returns the ids that were queued."""
+    import getpass
+
+    ids = [j.job_id for j in jobs_named(name)]
+    if ids:
+        _run(["scancel", "-u", getpass.getuser(), "-n", name])
+    return ids

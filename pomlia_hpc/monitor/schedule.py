@@ -1,0 +1,210 @@
+"""Nightly monitoring on Slurm: a self-resubmitting job chain per model.
+
+``schedule`` writes the chain's settings to ``<home>/jobs/monitor/<model>/schedule.env``,
+copies ``jobs/monitor.sbatch`` beside it and submits it as job ``pomlia-monitor-<model>`` with
+``--begin`` at the next occurrence of ``--at`` (every ``--every``) and
+``--dependency=singleton``. Each run submits the next one (``chain=True``) before it monitors,
+unless a job of the chain is already queued: a requeued or doubly submitted job then adds
+nothing, so one chain per model survives. ``unschedule`` removes the settings file (a run that
+starts later does nothing, and no run can resubmit) and cancels every queued job of the name.
+
+Slurm starts a job at the first scheduling pass after its begin time (every second with this
+project's test cluster, ``sched_interval=1``; typically 60 s on a production cluster), so a
+period of a few seconds works in tests and a nightly run starts within about a minute.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import shutil
+import sys
+import time
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from pomlia_hpc.cluster.batch import QueuedJob, cancel_named, jobs_named, submit_script
+from pomlia_hpc.errors import InputError
+from pomlia_hpc.monitor.reference import load_reference, resolve_target
+from pomlia_hpc.monitor.run import parse_duration
+from pomlia_hpc.registry import Registry
+from pomlia_hpc.workspace import Workspace
+
+SOURCE_ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = Path("jobs") / "monitor.sbatch"
+JOB_PREFIX = "pomlia-monitor-"
+
+
+def job_name(model: str) -> str:
+    """The Slurm job name of ``model``'s chain (also the singleton key)."""
+    return f"{JOB_PREFIX}{model}"
+
+
+def parse_at(text: str) -> tuple[int, int]:
+    """``"02:00"`` → (2, 0)."""
+    hh, sep, mm = text.partition(":")
+    if not (sep and hh.isdigit() and mm.isdigit() and int(hh) < 24 and int(mm) < 60):
+        raise InputError(f"--at '{text}' is not valid; expected a time of day HH:MM, e.g. 02:00")
+    return int(hh), int(mm)
+
+
+def next_begin(at: str | None, every: timedelta, now: datetime | None = None) -> datetime:
+    """The next start strictly after ``now`` (local time): today's ``at`` plus whole periods,
+    or ``now + every`` without ``at``."""
+    now = (now or datetime.now().astimezone()).replace(microsecond=0)
+    if at is None:
+        return now + every
+    h, m = parse_at(at)
+    t = now.replace(hour=h, minute=m, second=0)
+    if t > now:
+        back = (t - now - timedelta(seconds=1)) // every  # earlier slots today still ahead
+        return t - back * every
+    periods = (now - t) // every + 1
+    return t + periods * every
+
+
+@dataclass(frozen=True)
+class Scheduled:
+    """What ``schedule`` did: the job, when it starts, and the lines for cron/scrontab."""
+
+    job_id: str | None
+    begin: datetime
+    conf: Path
+    script: Path
+    cron: str | None
+    scrontab: str | None
+    note: str = ""
+
+
+def _cron_fields(at: str | None, every: timedelta) -> str | None:
+    h, m = parse_at(at) if at else (0, 0)
+    if every == timedelta(days=1):
+        return f"{m} {h} * * *"
+    if every == timedelta(hours=1):
+        return f"{m} * * * *"
+    if every == timedelta(weeks=1):
+        return f"{m} {h} * * 0"
+    return None
+
+
+def _write_conf(
+    path: Path,
+    *,
+    model: str,
+    every: str,
+    at: str | None,
+    window: str,
+    on_alarm: str | None,
+    workspace: Workspace,
+) -> None:
+    values = {
+        "MODEL": model,
+        "EVERY": every,
+        "AT": at or "",
+        "WINDOW": window,
+        "ON_ALARM": on_alarm or "",
+        "PY": sys.executable,
+        "POMLIA_HOME": str(workspace.home),
+        "POMLIA_DB_URL": workspace.db_url,
+    }
+    text = "# written by `pomlia monitor schedule`; removed by `pomlia monitor unschedule`\n"
+    text += "".join(f"export {k}={shlex.quote(v)}\n" for k, v in values.items())
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    tmp.replace(path)
+
+
+def schedule(
+    registry: Registry,
+    workspace: Workspace,
+    model: str,
+    *,
+    every: str = "1d",
+    at: str | None = "02:00",
+    window: str | None = None,
+    on_alarm: str | None = None,
+    chain: bool = False,
+    replace: bool = False,
+) -> Scheduled:
+    """Submit the next run of ``model``'s chain (see the module docstring). ``window``
+    defaults to ``every``. ``chain``: called from a running job of the chain (resubmission:
+    keeps its settings, adds nothing when the next run is already queued)."""
+    period = parse_duration(every)
+    if at is not None:
+        parse_at(at)
+    target = resolve_target(registry, model)
+    name = target.model.name
+    folder = workspace.path("jobs", "monitor", name)
+    conf, script = folder / "schedule.env", folder / "monitor.sbatch"
+    begin = next_begin(at, period)
+    jname = job_name(name)
+    queued = [j for j in jobs_named(jname) if j.job_id != os.environ.get("SLURM_JOB_ID")]
+    cron = scron = None
+    if chain:
+        if not conf.is_file():
+            return Scheduled(None, begin, conf, script, None, None, "unscheduled: no next run")
+        pending = [j for j in queued if j.state == "PENDING"]
+        if pending:
+            return Scheduled(
+                None, begin, conf, script, None, None, f"next run already queued: {_ids(pending)}"
+            )
+    else:
+        load_reference(target)  # fail now, not at 02:00, if the monitor cannot run
+        parse_duration(window or every)
+        if queued and not replace:
+            raise InputError(
+                f"model '{name}' is already scheduled (job {_ids(queued)}); "
+                f"end it with `pomlia monitor unschedule {name}` or pass --replace"
+            )
+        if queued:
+            cancel_named(jname)
+        folder.mkdir(parents=True, exist_ok=True)
+        _write_conf(
+            conf,
+            model=name,
+            every=every,
+            at=at,
+            window=window or every,
+            on_alarm=on_alarm,
+            workspace=workspace,
+        )
+        shutil.copyfile(SOURCE_ROOT / SCRIPT, script)
+        script.chmod(0o755)
+        fields = _cron_fields(at, period)
+        if fields:
+            cron = (
+                f"{fields} sbatch --job-name={jname} --dependency=singleton "
+                f"--export=ALL,POMLIA_MONITOR_CONF={conf},POMLIA_MONITOR_ONCE=1 {script}"
+            )
+            scron = (
+                f"#SCRON --job-name={jname} --time=01:00:00\n{fields} {sys.executable} -m "
+                f"pomlia_hpc --home {shlex.quote(str(workspace.home))} monitor run "
+                f"{shlex.quote(name)} --window {window or every}"
+            )
+    job_id = submit_script(
+        script,
+        name=jname,
+        begin=begin,
+        env={"POMLIA_MONITOR_CONF": str(conf)},
+        output=folder / "slurm-%j.out",
+    )
+    return Scheduled(job_id, begin, conf, script, cron, scron)
+
+
+def _ids(jobs: list[QueuedJob]) -> str:
+    return ", ".join(f"{j.job_id} {j.state.lower()}" for j in jobs)
+
+
+def unschedule(registry: Registry, workspace: Workspace, model: str) -> list[str]:
+    """End ``model``'s chain; returns the cancelled job ids."""
+    from pomlia_hpc.serve.bundle import resolve_model
+
+    name = resolve_model(registry, model).name
+    workspace.path("jobs", "monitor", name, "schedule.env").unlink(missing_ok=True)
+    cancelled = cancel_named(job_name(name))
+    # A run that was resubmitting at this very moment may have queued one more job; the
+    # settings file is gone, so it cannot do so again: one more look catches it.
+    time.sleep(1.0)
+    cancelled += cancel_named(job_name(name))
+    return cancelled

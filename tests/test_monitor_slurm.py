@@ -1,0 +1,92 @@
+"""The nightly monitor on the real single-node Slurm, with the period compressed to seconds:
+the chain runs twice (two reports), refuses a second chain, and unschedule leaves no job."""
+
+from __future__ import annotations
+
+import time
+from datetime import UTC
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+from typer.testing import CliRunner
+
+from pomlia_hpc.cli import app
+from pomlia_hpc.cluster.batch import jobs_named
+from pomlia_hpc.errors import InputError
+from pomlia_hpc.monitor.schedule import job_name, next_begin
+from pomlia_hpc.registry import MonitorReport, Registry
+from pomlia_hpc.workspace import Workspace
+from tests.monitor_support import demo_model, images, log_predictions
+
+pytestmark = pytest.mark.slurm
+runner = CliRunner()
+
+
+def reports(reg: Registry) -> int:
+    with reg.session() as s:
+        return int(s.scalar(select(func.count()).select_from(MonitorReport)) or 0)
+
+
+def test_chain_runs_twice_and_unschedule_leaves_no_job(
+    slurm: None, workspace: Workspace, reg: Registry
+) -> None:
+    bundle = demo_model(reg, workspace, n_ref=100)
+    x, _ = images(40)
+    log_predictions(workspace, bundle, x)
+    res = runner.invoke(app, ["monitor", "schedule", "blood", "--at", "", "--every", "3s"])
+    assert res.exit_code == 0, (res.output, res.exception)
+    assert "submitted" in res.output and "no cron line" in res.output
+    name = job_name("blood")
+    try:
+        with pytest.raises(InputError, match="already scheduled"):
+            runner.invoke(
+                app, ["monitor", "schedule", "blood", "--every", "3s"], catch_exceptions=False
+            )
+        deadline = time.monotonic() + 90
+        while reports(reg) < 2 and time.monotonic() < deadline:
+            time.sleep(0.5)
+        outputs = sorted(workspace.path("jobs", "monitor", "blood").glob("slurm-*.out"))
+        logs = "\n".join(p.read_text() for p in outputs)
+        assert reports(reg) >= 2, logs
+        # Each run submitted the next one: at any time one job of the chain is queued.
+        assert len([j for j in jobs_named(name) if j.state == "PENDING"]) <= 1
+    finally:
+        res = runner.invoke(app, ["monitor", "unschedule", "blood"])
+    assert res.exit_code == 0 and "cancelled" in res.output, res.output
+    time.sleep(2)
+    assert jobs_named(name) == []
+    assert not workspace.path("jobs", "monitor", "blood", "schedule.env").exists()
+    with reg.session() as s:
+        paths = [Path(p) for p in s.scalars(select(MonitorReport.report_path))]
+    assert all(p.is_file() and p.with_name("report.html").is_file() for p in paths)
+
+
+def test_daily_schedule_prints_cron_and_scrontab_lines(
+    slurm: None, workspace: Workspace, reg: Registry
+) -> None:
+    demo_model(reg, workspace, n_ref=50)
+    res = runner.invoke(app, ["monitor", "schedule", "blood", "--at", "02:30"])
+    try:
+        assert res.exit_code == 0, (res.output, res.exception)
+        out = " ".join(res.output.split())
+        assert "30 2 * * * sbatch --job-name=pomlia-monitor-blood --dependency=singleton" in out
+        assert "#SCRON --job-name=pomlia-monitor-blood" in out
+        (job,) = jobs_named(job_name("blood"))
+        assert job.state == "PENDING" and "02:30:00" in job.begin
+    finally:
+        runner.invoke(app, ["monitor", "unschedule", "blood"])
+    assert jobs_named(job_name("blood")) == []
+
+
+def test_next_begin() -> None:
+    from datetime import datetime, timedelta
+
+    tz = UTC
+    now = datetime(2026, 12, 2, 5, 0, 0, tzinfo=tz)
+    day = timedelta(days=1)
+    assert next_begin("02:00", day, now) == datetime(2026, 12, 3, 2, 0, tzinfo=tz)
+    assert next_begin("06:15", day, now) == datetime(2026, 12, 2, 6, 15, tzinfo=tz)
+    assert next_begin("06:15", timedelta(hours=1), now) == datetime(2026, 12, 2, 5, 15, tzinfo=tz)
+    assert next_begin("05:00", timedelta(hours=6), now) == datetime(2026, 12, 2, 11, 0, tzinfo=tz)
+    assert next_begin(None, timedelta(seconds=5), now) == now + timedelta(seconds=5)
