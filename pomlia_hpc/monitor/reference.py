@@ -12,8 +12,7 @@ from pathlib import Path
 from pomlia_hpc.errors import InputError, NotFoundError
 from pomlia_hpc.models.catalog import resolve_model
 from pomlia_hpc.registry import Deployment, Model, Registry
-from pomlia_hpc.serve.export import bundle_for_model
-from pomlia_hpc.serve.exported import ExportedBundle
+from pomlia_hpc.serve.exported import CARD, ExportedBundle
 from pomlia_hpc.serve.reference import (
     REFERENCE_FILE,
     Reference,
@@ -58,7 +57,10 @@ def resolve_target(registry: Registry, ref: str) -> Target:
     """``ref``: a model name or id, or ``deployment:ID``. The model must be exported."""
     model_id, deployment_id = resolve_model_id(registry, ref)
     model = resolve_model(registry, str(model_id))
-    bundle = bundle_for_model(registry, str(model.id))
+    # The bundle its last export recorded (serve.export.bundle_for_model's rule, without
+    # importing the exporter: it needs torch, and a monitor run should start fast).
+    path = (model.card.get("export") or {}).get("bundle")
+    bundle = ExportedBundle.open(path) if path and (Path(path) / CARD).is_file() else None
     if bundle is None:
         raise NotFoundError(
             f"model '{model.name}' has no exported bundle; export it first: "

@@ -198,7 +198,7 @@ def _ids(jobs: list[QueuedJob]) -> str:
 
 def unschedule(registry: Registry, workspace: Workspace, model: str) -> list[str]:
     """End ``model``'s chain; returns the cancelled job ids."""
-    from pomlia_hpc.serve.bundle import resolve_model
+    from pomlia_hpc.models.catalog import resolve_model
 
     name = resolve_model(registry, model).name
     workspace.path("jobs", "monitor", name, "schedule.env").unlink(missing_ok=True)
