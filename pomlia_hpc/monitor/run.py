@@ -120,9 +120,8 @@ def _log_notes(win: LogWindow, version: str) -> list[str]:
     return notes
 
 
-def _volume(times: list[str]) -> list[list[Any]]:
+def _volume(per_hour: Counter[str]) -> list[list[Any]]:
     """Predictions per hour: [[hour ISO, count], ...]."""
-    per_hour = Counter(t[:13] for t in times)
     return [[f"{h}:00", n] for h, n in sorted(per_hour.items())]
 
 
@@ -163,7 +162,7 @@ def build_report(
             "created_at": ref.created_at,
         },
         "log": _log_summary(win),
-        "volume": {"predictions": win.n_predictions, "per_hour": _volume(win.times)},
+        "volume": {"predictions": win.n_predictions, "per_hour": _volume(win.per_hour)},
         "tests": [t.to_dict() for t in tests],
         "performance": outcome.performance if outcome else None,
         "quality": outcome.quality if outcome else {"warnings": []},

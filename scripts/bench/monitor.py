@@ -1,0 +1,499 @@
+"""Benchmark the monitor: false-alarm rate (calibration), power per shift, and speed.
+
+Setup, on MedMNIST look-alikes (``pomlia_hpc.data.synth``; default bloodmnist, RGB 28 px,
+8 classes): the classifier is a multinomial logistic regression on the fingerprints of 2,000
+training images (a cheap stand-in for the exported CNN: the monitor only sees a model's
+outputs). The reference is 1,000 validation images, fingerprinted with the server's own function
+(``stats-thumb-v1``, rounded as logged) and passed through the classifier. Windows are drawn from
+held-out in-distribution images (the test split) and then shifted:
+
+* corruption families of ``pomlia_hpc.data.corruptions`` (MedMNIST-C's) at severities 1-5,
+  applied to the window's images;
+* class prior: half of the window is drawn from one class (chosen per window), the other half
+  from the natural distribution (total-variation distance 0.5 * (1 - p_class) from the
+  reference priors);
+* foreign data: 10 / 25 / 50 % of the window from another look-alike dataset (default
+  pathmnist);
+* accuracy drop: labelled in-distribution windows whose feedback labels are changed on 10
+  points' worth of correctly predicted images (input and prediction distribution unchanged).
+
+Each window goes through :func:`pomlia_hpc.monitor.checks.run_checks`, the function
+``pomlia monitor run`` uses (MMD with 1,000 permutations, KS, classifier, labels, confidence,
+accuracy; weighted Holm at alpha 0.05). Baselines in the same run, built so they can lose: a
+t-test on mean image brightness (alpha 0.05), and a domain classifier with a fixed AUC > 0.55
+rule (Evidently's default rule for embedding drift).
+
+Speed: a log of N predictions (default 1,000,000) written as a server writes it, then
+``pomlia monitor run`` in a separate process under ``/usr/bin/time`` (wall time, peak memory).
+
+    python scripts/bench/monitor.py --out bench-results                  # full run
+    python scripts/bench/monitor.py --quick --out /tmp/bench-monitor     # smoke run
+
+Writes ``monitor.json`` and ``monitor.md`` to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from scipy import stats
+from sklearn.linear_model import LogisticRegression
+from sklearn.metrics import roc_auc_score
+from sklearn.model_selection import cross_val_predict
+
+from pomlia_hpc.data.corruptions import FAMILIES, corrupt
+from pomlia_hpc.data.synth import make_split
+from pomlia_hpc.monitor.checks import run_checks
+from pomlia_hpc.monitor.logread import LogWindow
+from pomlia_hpc.monitor.stats import wilson
+from pomlia_hpc.serve.fingerprint import STATS_KIND, logged_vectors, stats_fingerprint
+from pomlia_hpc.serve.reference import Reference, confidence_of
+from pomlia_hpc.serve.runtime import to_nchw
+
+SIZES = (50, 100, 200, 500)
+ALPHA = 0.05
+FAILING_LOUDLY_BEST = 0.51  # Rabanser et al. 2019: best average power over their shifts, n=200
+
+
+@dataclass
+class Pool:
+    """Fingerprints, true labels, predictions and confidences of a set of images."""
+
+    fp: np.ndarray
+    y: np.ndarray
+    pred: np.ndarray
+    conf: np.ndarray
+
+    def take(self, idx: np.ndarray) -> Pool:
+        return Pool(self.fp[idx], self.y[idx], self.pred[idx], self.conf[idx])
+
+
+class Setup:
+    """Classifier, reference and the pools windows are drawn from."""
+
+    def __init__(self, flag: str, foreign: str, n_pool: int, seed: int) -> None:
+        x_tr, y_tr = make_split(flag, 2000, seed=seed, split="train")
+        x_val, y_val = make_split(flag, 1000, seed=seed, split="val")
+        self.x_pool, y_pool = make_split(flag, n_pool, seed=seed, split="test")
+        x_for, y_for = make_split(foreign, n_pool, seed=seed, split="test")
+        self.clf = LogisticRegression(C=1.0, max_iter=1000)
+        fp_tr = fingerprints(x_tr)
+        self.mu, self.sd = fp_tr.mean(axis=0), fp_tr.std(axis=0) + 1e-6
+        self.clf.fit((fp_tr - self.mu) / self.sd, y_tr[:, 0])
+        val = self.pool(x_val, y_val)
+        self.labels = [f"class_{i}" for i in range(int(self.clf.classes_.max()) + 1)]
+        self.reference = Reference(
+            model="bench",
+            model_version="bench",
+            fingerprint_kind=STATS_KIND,
+            task_type="multi-class",
+            label_names=self.labels,
+            source=f"{flag} look-alike [val]",
+            fingerprints=val.fp,
+            labels=val.y,
+            pred_index=val.pred,
+            confidence=val.conf,
+            created_at="",
+        )
+        self.clean = self.pool(self.x_pool, y_pool)
+        self.foreign = self.pool(x_for, np.full(y_for.shape, -1))
+        self._corrupted: dict[tuple[str, int], Pool] = {}
+
+    def pool(self, x: np.ndarray, y: np.ndarray) -> Pool:
+        fp = fingerprints(x)
+        probs = self.clf.predict_proba((fp - self.mu) / self.sd)
+        return Pool(
+            fp, y[:, 0].astype(int), probs.argmax(axis=1), confidence_of(probs, "multi-class")
+        )
+
+    def corrupted(self, family: str, severity: int) -> Pool:
+        key = (family, severity)
+        if key not in self._corrupted:
+            rng = np.random.default_rng(severity)
+            x = corrupt(self.x_pool, family, severity, rng)
+            self._corrupted[key] = self.pool(x, self.clean.y[:, None])
+        return self._corrupted[key]
+
+
+def fingerprints(x: np.ndarray) -> np.ndarray:
+    """What the server logs for uint8 NHWC images (see pomlia_hpc.serve.predictor)."""
+    return logged_vectors(stats_fingerprint, to_nchw(x.astype(np.float32) / 255.0))
+
+
+def window(pool: Pool, fp: np.ndarray | None = None, feedback: list[Any] | None = None) -> Any:
+    win = LogWindow(model="bench", version="bench", since=None, until=None)  # type: ignore[arg-type]
+    win.vectors = list(pool.fp if fp is None else fp)
+    win.pred_index = pool.pred.tolist()
+    win.confidence.extend(pool.conf.tolist())
+    win.feedback = feedback or []
+    return win
+
+
+# ----------------------------------------------------------------------------- shifts
+
+Draw = Callable[[np.random.Generator, int], Pool]
+
+
+def concat(a: Pool, b: Pool) -> Pool:
+    return Pool(
+        *(np.concatenate([u, v]) for u, v in zip(vars(a).values(), vars(b).values(), strict=True))
+    )
+
+
+def shifts(s: Setup) -> dict[str, Draw]:
+    n_clean = len(s.clean.y)
+
+    def clean(rng: np.random.Generator, n: int) -> Pool:
+        return s.clean.take(rng.choice(n_clean, n, replace=False))
+
+    def corrupted(family: str, severity: int) -> Draw:
+        return lambda rng, n: s.corrupted(family, severity).take(
+            rng.choice(n_clean, n, replace=False)
+        )
+
+    def prior(rng: np.random.Generator, n: int) -> Pool:
+        c = int(rng.integers(len(s.labels)))
+        k = int(rng.binomial(n, 0.5))
+        members = np.flatnonzero(s.clean.y == c)
+        return concat(s.clean.take(rng.choice(members, k, replace=True)), clean(rng, n - k))
+
+    def foreign(share: float) -> Draw:
+        def draw(rng: np.random.Generator, n: int) -> Pool:
+            k = round(share * n)
+            alien = s.foreign.take(rng.choice(len(s.foreign.y), k, replace=False))
+            return concat(alien, clean(rng, n - k))
+
+        return draw
+
+    out: dict[str, Draw] = {"none": clean}
+    for family in FAMILIES:
+        for sev in range(1, 6):
+            out[f"{family}-{sev}"] = corrupted(family, sev)
+    out["prior-50%"] = prior
+    for share in (0.10, 0.25, 0.50):
+        out[f"foreign-{round(share * 100)}%"] = foreign(share)
+    return out
+
+
+# ----------------------------------------------------------------------------- baselines
+
+
+def baseline_mean_t(ref: np.ndarray, win: np.ndarray, channels: int) -> bool:
+    """Trivial detector: Welch t-test on mean image brightness."""
+    return bool(
+        stats.ttest_ind(ref[:, :channels].mean(1), win[:, :channels].mean(1), equal_var=False)[1]
+        < ALPHA
+    )
+
+
+def baseline_auc_rule(ref: np.ndarray, win: np.ndarray, rng: np.random.Generator) -> bool:
+    """Domain classifier with a fixed rule: cross-validated ROC AUC > 0.55 means drift."""
+    r = ref[rng.choice(len(ref), len(win), replace=False)]
+    x = np.concatenate([r, win])
+    x = (x - x.mean(0)) / (x.std(0) + 1e-6)
+    y = np.r_[np.zeros(len(r)), np.ones(len(win))]
+    p = cross_val_predict(
+        LogisticRegression(C=0.1, max_iter=300), x, y, cv=2, method="predict_proba"
+    )[:, 1]
+    return bool(roc_auc_score(y, p) > 0.55)
+
+
+# ----------------------------------------------------------------------------- experiments
+
+
+def evaluate(s: Setup, draw: Draw, n: int, reps: int, seed: int, perms: int) -> dict[str, Any]:
+    """Run ``reps`` windows of size ``n``; rates of each test (at nominal alpha and at its Holm
+    share), the overall alarm and the baselines."""
+    rng = np.random.default_rng(seed)
+    counts: dict[str, int] = {}
+    channels = s.reference.fingerprints.shape[1] // 66
+    for r in range(reps):
+        pool = draw(rng, n)
+        outcome = run_checks(window(pool), s.reference, alpha=ALPHA, n_perm=perms, seed=r)
+        hits = {"alarm": outcome.alarm}
+        for t in outcome.tests:
+            hits[f"{t.name}@0.05"] = t.p_value <= ALPHA
+            hits[f"{t.name}@holm"] = t.rejected
+        hits["baseline_mean_t"] = baseline_mean_t(s.reference.fingerprints, pool.fp, channels)
+        hits["baseline_auc>0.55"] = baseline_auc_rule(s.reference.fingerprints, pool.fp, rng)
+        for k, v in hits.items():
+            counts[k] = counts.get(k, 0) + int(v)
+    return {
+        k: {"rate": v / reps, "k": v, "n": reps, "ci95": wilson(v, reps)} for k, v in counts.items()
+    }
+
+
+def accuracy_drop(
+    s: Setup, n: int, reps: int, drop: float, seed: int, perms: int
+) -> dict[str, Any]:
+    """Labelled windows; feedback labels of ``drop * n`` correct predictions made wrong."""
+    rng = np.random.default_rng(seed)
+    alarm = perf = 0
+    accs = []
+    for r in range(reps):
+        pool = s.clean.take(rng.choice(len(s.clean.y), n, replace=False))
+        y = pool.y.copy()
+        correct = np.flatnonzero(pool.pred == y)
+        k = min(len(correct), round(drop * n))
+        flip = rng.choice(correct, k, replace=False)
+        y[flip] = (y[flip] + 1 + rng.integers(len(s.labels) - 1, size=k)) % len(s.labels)
+        feedback = [(int(p), int(t), "") for p, t in zip(pool.pred, y, strict=True)]
+        outcome = run_checks(window(pool, feedback=feedback), s.reference, n_perm=perms, seed=r)
+        alarm += outcome.alarm
+        perf += any(t.name == "accuracy" and t.rejected for t in outcome.tests)
+        accs.append(float(np.mean(pool.pred == y)))
+    return {
+        "n_labels": n,
+        "drop": drop,
+        "validation_accuracy": s.reference.accuracy,
+        "window_accuracy_mean": float(np.mean(accs)),
+        "accuracy_test_power": {"rate": perf / reps, "ci95": wilson(perf, reps), "n": reps},
+        "alarm_power": {"rate": alarm / reps, "ci95": wilson(alarm, reps), "n": reps},
+    }
+
+
+def speed(records: int, seed: int) -> dict[str, Any]:
+    """Write a log of ``records`` predictions as servers write it (one file per 200,000, in the
+    last 23 hours), then time ``pomlia monitor run`` on it in a child process."""
+    import resource
+
+    import orjson
+
+    from pomlia_hpc.registry import Registry
+    from pomlia_hpc.serve.demo import register_demo_model
+    from pomlia_hpc.serve.predlog import log_dir
+    from pomlia_hpc.serve.reference import compute_reference, write_reference
+    from pomlia_hpc.workspace import Workspace
+
+    home = Path(tempfile.mkdtemp(prefix="pomlia-bench-monitor-"))
+    ws = Workspace(home=home, db_url=f"sqlite:///{home / 'registry.db'}", cluster_profile="local")
+    ws.create()
+    reg = Registry.open(ws.db_url)
+    bundle = register_demo_model(reg, ws, "bench", channels=3, num_classes=8).bundle
+    x_val, y_val = make_split("bloodmnist", 1000, seed=seed, split="val")
+    write_reference(bundle, compute_reference(bundle, x_val, y_val, source="bench", threads=2))
+    x, _ = make_split("bloodmnist", 2000, seed=seed, split="test")
+    fps = fingerprints(x)
+    folder = log_dir(ws.path("logs"), "bench")
+    folder.mkdir(parents=True)
+    t0 = time.time()
+    now = time.time()
+    rng = np.random.default_rng(seed)
+    per_file = 200_000
+    probs = np.round(rng.dirichlet(np.ones(8), size=4096), 6)
+    opt = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE
+    from datetime import UTC, datetime
+
+    for f in range(math.ceil(records / per_file)):
+        lines = []
+        for i in range(f * per_file, min(records, (f + 1) * per_file)):
+            t = datetime.fromtimestamp(now - 82800 + 82800 * i / records, UTC)
+            p = probs[i % 4096]
+            lines.append(
+                orjson.dumps(
+                    {
+                        "type": "prediction",
+                        "id": os.urandom(16).hex(),
+                        "time": t.isoformat(timespec="microseconds"),
+                        "model": "bench",
+                        "model_version": bundle.version,
+                        "deployment": None,
+                        "fingerprint_kind": STATS_KIND,
+                        "fingerprint": fps[i % len(fps)],
+                        "output": {
+                            "label": f"class_{int(p.argmax())}",
+                            "label_index": int(p.argmax()),
+                            "probabilities": p.tolist(),
+                        },
+                    },
+                    option=opt,
+                )
+            )
+        (folder / f"20261201T000000-bench-{f}-0000.jsonl").write_bytes(b"".join(lines))
+    write_s = time.time() - t0
+    size = sum(p.stat().st_size for p in folder.glob("*.jsonl"))
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    t0 = time.time()
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pomlia_hpc",
+            "--home",
+            str(home),
+            "monitor",
+            "run",
+            "bench",
+            "--window",
+            "24h",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "OMP_NUM_THREADS": "2", "OPENBLAS_NUM_THREADS": "2"},
+        check=False,
+    )
+    wall = time.time() - t0
+    peak_kb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    report = json.loads(proc.stdout) if proc.stdout.strip().startswith("{") else {}
+    reg.dispose()
+    subprocess.run(["rm", "-rf", str(home)], check=False)
+    return {
+        "records": records,
+        "log_bytes": size,
+        "write_s": round(write_s, 1),
+        "run_wall_s": round(wall, 1),
+        "run_peak_rss_mb": round(max(peak_kb, before) / 1024, 1),
+        "exit_status": proc.returncode,
+        "predictions_in_report": (report.get("volume") or {}).get("predictions"),
+        "stderr_tail": proc.stderr[-800:],
+    }
+
+
+def power_table(results: dict[str, dict[int, dict[str, Any]]], key: str) -> list[str]:
+    rows = ["| shift | " + " | ".join(f"n={n}" for n in SIZES) + " |", "|---" * 5 + "|"]
+    for name, by_n in results.items():
+        cells = [f"{by_n[n][key]['rate']:.2f}" if n in by_n else "" for n in SIZES]
+        rows.append(f"| {name} | " + " | ".join(cells) + " |")
+    return rows
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", type=Path, default=Path("bench-results"))
+    ap.add_argument("--flag", default="bloodmnist")
+    ap.add_argument("--foreign", default="pathmnist")
+    ap.add_argument("--null-windows", type=int, default=500, help="no-drift windows at n=200")
+    ap.add_argument("--null-windows-other", type=int, default=100, help="... at other n")
+    ap.add_argument("--reps", type=int, default=30, help="windows per shift at n=200")
+    ap.add_argument("--reps-other", type=int, default=10, help="windows per shift at other n")
+    ap.add_argument("--acc-reps", type=int, default=200)
+    ap.add_argument("--permutations", type=int, default=1000)
+    ap.add_argument("--speed-records", type=int, default=1_000_000)
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--quick", action="store_true", help="small smoke run")
+    a = ap.parse_args()
+    if a.quick:
+        a.null_windows, a.null_windows_other, a.reps, a.reps_other = 40, 10, 4, 2
+        a.acc_reps, a.speed_records = 20, 20_000
+    a.out.mkdir(parents=True, exist_ok=True)
+    t_start = time.time()
+    print(f"setup: {a.flag} look-alike, foreign {a.foreign}", flush=True)
+    s = Setup(a.flag, a.foreign, 3000, a.seed)
+    print(f"  classifier validation accuracy {s.reference.accuracy:.3f}", flush=True)
+    draws = shifts(s)
+    results: dict[str, dict[int, dict[str, Any]]] = {}
+    for name, draw in draws.items():
+        results[name] = {}
+        for n in SIZES:
+            if name == "none":
+                reps = a.null_windows if n == 200 else a.null_windows_other
+            else:
+                reps = a.reps if n == 200 else a.reps_other
+            t0 = time.time()
+            results[name][n] = evaluate(s, draw, n, reps, a.seed + n, a.permutations)
+            print(
+                f"  {name:14s} n={n:3d} x{reps:3d}: alarm {results[name][n]['alarm']['rate']:.2f} "
+                f"({time.time() - t0:.0f} s, load {os.getloadavg()[0]:.1f})",
+                flush=True,
+            )
+    acc = accuracy_drop(s, 200, a.acc_reps, 0.10, a.seed, a.permutations)
+    acc_null = accuracy_drop(s, 200, a.acc_reps, 0.0, a.seed + 1, a.permutations)
+    print(f"  accuracy drop 10 points, 200 labels: {acc['alarm_power']}", flush=True)
+    print(f"speed: {a.speed_records} logged predictions", flush=True)
+    sp = speed(a.speed_records, a.seed)
+    print(f"  {sp}", flush=True)
+
+    corr = [f"{f}-{v}" for f in FAMILIES for v in (3, 4, 5)]
+    all_shifts = [k for k in results if k != "none"]
+    at200 = {k: results[k][200]["alarm"]["rate"] for k in all_shifts}
+    summary = {
+        "false_alarm_n200": results["none"][200],
+        "power_corruptions_sev3plus_n200": float(np.mean([at200[k] for k in corr])),
+        "power_foreign25_n200": at200["foreign-25%"],
+        "power_all_shifts_n200": float(np.mean(list(at200.values()))),
+        "failing_loudly_best_n200": FAILING_LOUDLY_BEST,
+        "baseline_mean_t_all_shifts_n200": float(
+            np.mean([results[k][200]["baseline_mean_t"]["rate"] for k in all_shifts])
+        ),
+        "baseline_auc_rule_all_shifts_n200": float(
+            np.mean([results[k][200]["baseline_auc>0.55"]["rate"] for k in all_shifts])
+        ),
+        "accuracy_drop_10pt_200_labels": acc,
+        "accuracy_no_drop_200_labels": acc_null,
+        "speed": sp,
+    }
+    meta = {
+        "args": vars(a) | {"out": str(a.out)},
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "cpus": os.cpu_count(),
+        "load_avg_end": os.getloadavg(),
+        "wall_s": round(time.time() - t_start),
+    }
+    (a.out / "monitor.json").write_text(
+        json.dumps({"meta": meta, "summary": summary, "results": results}, indent=1)
+    )
+    null = results["none"]
+    lines = [
+        "### False-alarm rate (no drift), 95% Wilson interval",
+        "",
+        "| n | windows | overall alarm | "
+        + " | ".join(k.removesuffix("@0.05") for k in null[200] if k.endswith("@0.05"))
+        + " | baseline mean t | baseline AUC>0.55 |",
+        "|---" * (5 + sum(k.endswith("@0.05") for k in null[200])) + "|",
+    ]
+    for n in SIZES:
+        row = null[n]
+
+        def fmt(c: dict[str, Any]) -> str:
+            return f"{c['rate']:.3f} [{c['ci95'][0]:.3f}, {c['ci95'][1]:.3f}]"
+
+        tests = [fmt(row[k]) for k in null[200] if k.endswith("@0.05") and k in row]
+        lines.append(
+            f"| {n} | {row['alarm']['n']} | {fmt(row['alarm'])} | "
+            + " | ".join(tests)
+            + f" | {fmt(row['baseline_mean_t'])} | {fmt(row['baseline_auc>0.55'])} |"
+        )
+    lines += ["", "### Power of the overall alarm (share of shifted windows alarmed)", ""]
+    lines += power_table(results, "alarm")
+    lines += ["", "### Baseline: t-test on mean brightness", ""]
+    lines += power_table(results, "baseline_mean_t")
+    lines += [
+        "",
+        "### Summary at n = 200",
+        "",
+        f"- corruptions, severity >= 3, averaged over families: "
+        f"{summary['power_corruptions_sev3plus_n200']:.3f} (target >= 0.9)",
+        f"- 25% foreign data: {summary['power_foreign25_n200']:.3f} (target >= 0.9)",
+        f"- average over all {len(all_shifts)} shifts: {summary['power_all_shifts_n200']:.3f} "
+        f"(Failing Loudly's best: {FAILING_LOUDLY_BEST}; baselines: mean-brightness t-test "
+        f"{summary['baseline_mean_t_all_shifts_n200']:.3f}, AUC>0.55 rule "
+        f"{summary['baseline_auc_rule_all_shifts_n200']:.3f})",
+        f"- accuracy drop of 10 points from 200 labels (validation accuracy "
+        f"{acc['validation_accuracy']:.3f}): alarm power {acc['alarm_power']['rate']:.3f}, "
+        f"accuracy-test power {acc['accuracy_test_power']['rate']:.3f}; without a drop: alarm "
+        f"rate {acc_null['alarm_power']['rate']:.3f}",
+        f"- speed: {sp['records']} predictions ({sp['log_bytes'] / 1e9:.2f} GB of log): "
+        f"{sp['run_wall_s']} s wall, peak RSS {sp['run_peak_rss_mb']} MB "
+        f"(exit {sp['exit_status']}, load average at end {meta['load_avg_end'][0]:.1f})",
+    ]
+    (a.out / "monitor.md").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()
