@@ -91,7 +91,15 @@ async def running(app: appmod.ServingApp) -> AsyncIterator[httpx.AsyncClient]:
         await task
 
 
-def test_a_failed_log_write_is_a_503_for_predictions_and_feedback(make_app: Any) -> None:
+def test_a_failed_log_write_is_a_503_for_predictions_and_feedback(
+    make_app: Any, tmp_path: Path
+) -> None:
+    # The feedback below is for a prediction an earlier run of this server logged (the app
+    # reads the ids it issued from its log at start; an unknown id would be a 404).
+    (tmp_path / "logs").mkdir()
+    earlier = '{"type": "prediction", "id": "%s", "deployment": null}\n' % ("0" * 32)
+    (tmp_path / "logs" / "00000000-earlier.jsonl").write_text(earlier)
+
     async def main() -> None:
         async with running(make_app(FullDiskLog)) as client:
             resp = await client.post(

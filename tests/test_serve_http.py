@@ -216,7 +216,9 @@ def test_feedback_needs_the_token_and_a_known_label(client: httpx.Client) -> Non
     assert wrong.status_code == 401 and wrong.headers["www-authenticate"] == "Bearer"
     ok = client.post("/v1/feedback", json=good, headers=AUTH)
     assert ok.status_code == 200 and ok.json()["recorded"] is True
-    by_index = client.post("/v1/feedback", json={"prediction_id": pid, "label": 3}, headers=AUTH)
+    by_index = client.post(
+        "/v1/feedback", json={"prediction_id": pid, "label": 3, "replaces": True}, headers=AUTH
+    )
     assert by_index.status_code == 200
     bad_label = client.post(
         "/v1/feedback", json={"prediction_id": pid, "label": "cat"}, headers=AUTH

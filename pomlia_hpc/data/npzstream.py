@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 import zipfile
-import zlib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -19,7 +18,11 @@ from numpy.lib import format as npy_format
 
 from pomlia_hpc.errors import InputError
 
-_READ_ERRORS = (zipfile.BadZipFile, zlib.error, EOFError, OSError, ValueError)
+# Damaged input makes zipfile, zlib and numpy's header parser (ast.literal_eval on file bytes)
+# raise a dozen types (BadZipFile, zlib.error, EOFError, NotImplementedError, SyntaxError,
+# tokenize.TokenError, RecursionError, ...; found by tests/test_fuzz.py): every one of them is
+# a file that cannot be read, said in one message, never a traceback.
+_READ_ERRORS = (Exception,)
 
 
 class NpzFile:
@@ -31,7 +34,7 @@ class NpzFile:
             self._zip = zipfile.ZipFile(path)
         except FileNotFoundError as exc:
             raise InputError(f"npz file '{path}' does not exist") from exc
-        except (zipfile.BadZipFile, OSError) as exc:
+        except Exception as exc:  # BadZipFile, OSError, ValueError, NotImplementedError...
             raise InputError(
                 f"npz file '{path}' is truncated or not an npz file: expected a zip archive "
                 f"of .npy arrays ({exc})"

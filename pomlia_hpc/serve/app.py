@@ -37,7 +37,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, Field, StrictBool, StrictInt, StrictStr, ValidationError
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
@@ -57,7 +57,9 @@ from pomlia_hpc.serve.decode import (
 )
 from pomlia_hpc.serve.exported import ExportedBundle
 from pomlia_hpc.serve.fingerprint import FingerprintFn, bundle_fingerprint
+from pomlia_hpc.serve.guards import timed_receive
 from pomlia_hpc.serve.inbox import Inbox, inputs_dir
+from pomlia_hpc.serve.issued import IssuedIds, feedback_refusal
 from pomlia_hpc.serve.metrics import (
     ASGIApp,
     MetricsMiddleware,
@@ -109,11 +111,15 @@ class PredictResponse(BaseModel):
 
 
 class FeedbackIn(BaseModel):
-    prediction_id: str = Field(
+    # Strict types: JSON true is not class 1, "3" is not index 3, 2.0 is not an index.
+    prediction_id: StrictStr = Field(
         description="the id /v1/predict returned", examples=["0123456789abcdef0123456789abcdef"]
     )
-    label: str | int | list[str | int] = Field(
-        description="the true label: a name or an index; a list for multi-label tasks"
+    label: StrictStr | StrictInt | list[StrictStr | StrictInt] = Field(
+        description="the true label: a class name or an index; a list for multi-label tasks"
+    )
+    replaces: StrictBool = Field(
+        False, description="true to replace a label sent earlier for this prediction (else 409)"
     )
 
 
@@ -187,6 +193,8 @@ _FEEDBACK_BODY = {
 
 
 def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    if status == 408:  # the rest of the body may still come: the connection cannot be reused
+        headers = {**(headers or {}), "Connection": "close"}
     return JSONResponse({"error": message, "status": status}, status_code=status, headers=headers)
 
 
@@ -280,7 +288,12 @@ def create_app(
     limits = Limits(config.max_upload_bytes, config.max_side_px, config.max_images)
     guard = BearerGuard(load_token(config.token_file))
     metrics = ServerMetrics()
-    state: dict[str, Any] = {"predictor": None, "draining": False, "refused": None}
+    state: dict[str, Any] = {
+        "predictor": None,
+        "draining": False,
+        "refused": None,
+        "issued": IssuedIds(config.feedback_window),
+    }
     swap_lock = asyncio.Lock()
 
     def make_predictor(b: ExportedBundle, plog: PredictionLog) -> Predictor:
@@ -299,6 +312,7 @@ def create_app(
             fingerprint_kind=kind,
             deployment_id=config.deployment_id,
             keep_inputs=config.keep_inputs,
+            issued=state["issued"],
         )
         log.info("model %s (%s) on %s/%s ready", b.name, b.version, runtime.backend, runtime.device)
         return pred
@@ -369,6 +383,9 @@ def create_app(
                 retention_s=config.inputs_retention_days * 86400.0,
                 fsync=config.log_fsync,
             )
+        state["issued"] = await asyncio.to_thread(
+            IssuedIds.from_log, log_dir, config.deployment_id, config.feedback_window
+        )
         plog = PredictionLog(log_dir, fsync=config.log_fsync, sidecar=inbox)
         state["predictor"] = await asyncio.to_thread(make_predictor, bundle, plog)
         watcher = None
@@ -498,6 +515,13 @@ def create_app(
                 400, "prediction_id: expected the 32-hex-digit id /v1/predict returned"
             )
         names, indices = _labels(item.label, bundle)
+        issued: IssuedIds = state["issued"]
+        had_label = issued.labelled(item.prediction_id)
+        refusal = feedback_refusal(
+            issued.claim(item.prediction_id, replaces=item.replaces), item.prediction_id
+        )
+        if refusal is not None:
+            raise refusal
         record = {
             "type": "feedback",
             "id": _new_id(),
@@ -509,7 +533,13 @@ def create_app(
             "label": names if bundle.task_type == "multi-label" else names[0],
             "label_index": indices if bundle.task_type == "multi-label" else indices[0],
         }
-        await _append_durably(pred.log, record)
+        if had_label:
+            record["replaces"] = True
+        try:
+            await _append_durably(pred.log, record)
+        except BaseException:
+            issued.release(item.prediction_id, had_label=had_label)
+            raise
         metrics.feedback.inc()
         return _json({"id": record["id"], "prediction_id": item.prediction_id, "recorded": True})
 
@@ -573,7 +603,7 @@ def create_app(
             response = _error(500, "internal server error")
         await response(scope, receive, send)
 
-    return ServingApp(app, fast_predict, metrics)
+    return ServingApp(app, fast_predict, metrics, config.body_timeout_s)
 
 
 class ServingApp:
@@ -586,13 +616,18 @@ class ServingApp:
     errors and the OpenAPI description are identical. Every other route goes through FastAPI.
     """
 
-    def __init__(self, api: FastAPI, predict: ASGIApp, metrics: ServerMetrics) -> None:
+    def __init__(
+        self, api: FastAPI, predict: ASGIApp, metrics: ServerMetrics, body_timeout_s: float = 30.0
+    ) -> None:
         self.api = api
         self.metrics = metrics
         self._predict = predict
         self._inner = MetricsMiddleware(self._route, metrics, ROUTES)
+        self.body_timeout_s = body_timeout_s
 
     async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            receive = timed_receive(receive, self.body_timeout_s)
         if scope["type"] == "http" and scope["path"] == "/v1/predict" and scope["method"] == "POST":
             await self._predict(scope, receive, send)
         else:

@@ -53,6 +53,15 @@ class ServeConfig(BaseModel):
     keep_inputs: bool = Field(False, description="store every decoded input (see serve.inbox)")
     inputs_quota_mb: float = Field(1024.0, gt=0, description="kept inputs: byte quota, MiB")
     inputs_retention_days: float = Field(30.0, gt=0, description="kept inputs: retention, days")
+    feedback_window: int = Field(
+        200_000, ge=1, description="prediction ids remembered for feedback (404 beyond)"
+    )
+    max_head_kb: float = Field(32.0, gt=0, description="request line + headers, KiB (431)")
+    max_headers: int = Field(100, ge=1, description="header fields per request (431)")
+    head_timeout_s: float = Field(10.0, gt=0, description="time for a request's head, s (408)")
+    body_timeout_s: float = Field(
+        30.0, gt=0, description="longest wait for more body bytes, s (408)"
+    )
     watch_interval_s: float = Field(
         1.0, ge=0, description="how often a server started on a link checks it, s (0: never)"
     )
@@ -60,6 +69,10 @@ class ServeConfig(BaseModel):
     @property
     def inputs_quota_bytes(self) -> int:
         return int(self.inputs_quota_mb * 1024 * 1024)
+
+    @property
+    def max_head_bytes(self) -> int:
+        return int(self.max_head_kb * 1024)
 
     @property
     def max_upload_bytes(self) -> int:

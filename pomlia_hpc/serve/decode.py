@@ -311,8 +311,12 @@ def _decode_npy(data: bytes, spec: InputSpec, limits: Limits, what: str, budget:
             shape, fortran, dtype = fmt.read_array_header_2_0(buf)
         else:
             raise ValueError(f"NPY version {version}")
-    except (ValueError, SyntaxError, OSError, TypeError) as exc:
-        raise RequestError(400, f"{what}: corrupt NPY header ({exc})") from exc
+    except Exception as exc:  # numpy's header parser (ast.literal_eval on
+        # client bytes) raises ValueError, SyntaxError, tokenize.TokenError, RecursionError,
+        # MemoryError...: every one of them means a malformed header, never a server error.
+        raise RequestError(
+            400, f"{what}: corrupt NPY header ({type(exc).__name__}: {str(exc)[:200]})"
+        ) from exc
     if dtype.hasobject or dtype.name not in NPY_DTYPES:
         raise RequestError(
             400,

@@ -28,6 +28,7 @@ from pomlia_hpc.serve.fingerprint import (
     stats_fingerprint,
 )
 from pomlia_hpc.serve.inbox import encode_image
+from pomlia_hpc.serve.issued import IssuedIds
 from pomlia_hpc.serve.metrics import ServerMetrics
 from pomlia_hpc.serve.predlog import PredictionLog, Record
 from pomlia_hpc.serve.runtime import Runtime, normalize_, probabilities, to_nchw
@@ -65,8 +66,10 @@ class Predictor:
         fingerprint_kind: str = STATS_KIND,
         deployment_id: int | None = None,
         keep_inputs: bool = False,
+        issued: IssuedIds | None = None,
     ) -> None:
         self.bundle = bundle
+        self.issued = issued
         self.keep_inputs = keep_inputs
         self.runtime = runtime
         self.log = log
@@ -163,6 +166,8 @@ class Predictor:
 
     def finish(self, results: Sequence[BatchResult], deliver: Deliver) -> None:
         """Log every record of the batch durably, then answer (see :mod:`.predlog`)."""
+        if self.issued is not None:  # before the answer: feedback may follow at once
+            self.issued.add(r["id"] for res in results for r in res.records)
         self.log.append(
             [r for res in results for r in res.records],
             deliver,

@@ -26,6 +26,7 @@ import uvicorn
 from pomlia_hpc.serve.app import create_app
 from pomlia_hpc.serve.config import ServeConfig
 from pomlia_hpc.serve.exported import ExportedBundle
+from pomlia_hpc.serve.guards import guarded_protocol
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
@@ -109,9 +110,11 @@ def run_server(
             access_log=False,
             log_level="warning",
             timeout_graceful_shutdown=config.graceful_timeout_whole_s,
-            # uvloop and httptools when installed (the C parser halves per-request overhead).
+            # uvloop when installed.
             loop="auto",
-            http="auto",
+            # httptools (the C parser halves per-request overhead) with bounds on the request
+            # head and its time (see serve.guards); uvicorn itself has none for httptools.
+            http=guarded_protocol(config.max_head_bytes, config.max_headers, config.head_timeout_s),
             backlog=2048,
         )
     )

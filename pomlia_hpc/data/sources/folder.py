@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import tifffile
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from pomlia_hpc.data.sources.base import (
     IngestLimits,
@@ -102,7 +102,7 @@ def read_header(path: Path) -> _Header:
         return _tiff_header(path) if _is_tiff(path) else _pil_header(path)
     except InputError:
         raise
-    except (UnidentifiedImageError, OSError, ValueError, tifffile.TiffFileError) as exc:
+    except Exception as exc:  # Pillow and tifffile raise many types for damaged files
         raise _unreadable(path, exc) from exc
 
 
@@ -118,7 +118,7 @@ def read_image(path: Path, channels: int, depth: str) -> np.ndarray:
                     x = np.asarray(im2)
                 else:
                     x = np.asarray(im)
-    except (UnidentifiedImageError, OSError, ValueError, tifffile.TiffFileError) as exc:
+    except Exception as exc:  # Pillow and tifffile raise many types for damaged files
         raise _unreadable(path, exc) from exc
     if x.ndim == 3 and x.shape[2] == 4:
         x = x[..., :3]  # drop alpha
