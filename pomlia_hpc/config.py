@@ -9,9 +9,9 @@ valid keys, so a typo never silently falls back to a default.
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, TypeVar, get_args
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -69,7 +69,8 @@ class Settings(_Strict):
     cluster: ClusterConfig = ClusterConfig()
 
 
-def _read_yaml(path: Path) -> dict[str, Any]:
+def read_yaml(path: Path) -> dict[str, Any]:
+    """Read a YAML file whose top level is a mapping; any problem is one :class:`ConfigError`."""
     try:
         text = path.read_text()
     except OSError as exc:
@@ -97,16 +98,39 @@ def validate_model(model: type[_M], data: Mapping[str, Any], source: str) -> _M:
         err = exc.errors()[0]
         loc = ".".join(str(p) for p in err["loc"])
         if err["type"] == "extra_forbidden":
-            sub: type[BaseModel] = model
-            for part in err["loc"][:-1]:
-                ann = sub.model_fields[str(part)].annotation
-                if isinstance(ann, type) and issubclass(ann, BaseModel):
-                    sub = ann
+            sub = _model_at(model, err["loc"][:-1])
             valid = ", ".join(sorted(sub.model_fields))
             raise ConfigError(f"{source}: unknown key '{loc}'; valid keys: {valid}") from exc
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        if err["type"] == "value_error":  # a cross-field check: its message names the keys
+            where = f" in '{loc}'" if loc else ""
+            raise ConfigError(f"{source}: {msg}{where}") from exc
         raise ConfigError(
-            f"{source}: bad value for '{loc}': {err['msg']} (got {err.get('input')!r})"
+            f"{source}: bad value for '{loc}': {msg} (got {err.get('input')!r})"
         ) from exc
+
+
+def _model_at(model: type[BaseModel], loc: Sequence[int | str]) -> type[BaseModel]:
+    """The model class that holds the key at ``loc`` (list indices and optional sections
+    are looked through), for the list of valid keys in an error."""
+    sub = model
+    for part in loc:
+        if isinstance(part, int) or str(part) not in sub.model_fields:
+            continue
+        found = _inner_model(sub.model_fields[str(part)].annotation)
+        if found is not None:
+            sub = found
+    return sub
+
+
+def _inner_model(ann: Any) -> type[BaseModel] | None:
+    if isinstance(ann, type) and issubclass(ann, BaseModel):
+        return ann
+    for arg in get_args(ann):
+        found = _inner_model(arg)
+        if found is not None:
+            return found
+    return None
 
 
 def _merge(base: dict[str, Any], over: Mapping[str, Any]) -> dict[str, Any]:
@@ -129,7 +153,7 @@ def load_settings(
     """
     env = os.environ if env is None else env
     defaults_path = config_dir() / "defaults.yaml"
-    data = _read_yaml(defaults_path)
+    data = read_yaml(defaults_path)
     validate_model(Settings, data, str(defaults_path))
 
     env_layer: dict[str, Any] = {}
@@ -147,7 +171,7 @@ def load_settings(
     ).expanduser()
     ws_file = home / "pomlia.yaml"
     if ws_file.is_file():
-        ws_data = _read_yaml(ws_file)
+        ws_data = read_yaml(ws_file)
         validate_model(Settings, _merge(data, ws_data), str(ws_file))
         data = _merge(data, ws_data)
     data = _merge(_merge(data, env_layer), flag_layer)
@@ -184,7 +208,7 @@ def load_cluster_profile(name_or_path: str, **overrides: Any) -> ClusterProfile:
             f"cluster profile '{name_or_path}' not found at {path}; "
             f"known profiles: {', '.join(cluster_profiles())}"
         )
-    data = _read_yaml(path)
+    data = read_yaml(path)
     profile = validate_model(ClusterProfile, data, str(path))
     if overrides:
         profile = validate_model(

@@ -354,11 +354,27 @@ class Executor:
         *args: Any,
         name: str = "pomlia",
         resources: dict[str, Any] | None = None,
+        after_ok: Sequence[JobHandle] = (),
         **kwargs: Any,
     ) -> JobHandle:
-        """Submit ``fn(*args, **kwargs)`` as one job."""
+        """Submit ``fn(*args, **kwargs)`` as one job. ``after_ok``: Slurm jobs that must end
+        COMPLETED before this one starts (``--dependency=afterok``); if one fails, Slurm
+        cancels this one (``--kill-on-invalid-dep``). Only the Slurm backend chains jobs."""
         profile = with_overrides(self.profile, resources)
-        job = self._submitit(profile, name).submit(fn, *args, **kwargs)
+        ex = self._submitit(profile, name)
+        if after_ok:
+            if profile.backend != "slurm":
+                raise ClusterError(
+                    f"job dependencies need the slurm backend, not {profile.backend}"
+                )
+            ids = ":".join(h.job_id for h in after_ok)
+            ex.update_parameters(
+                slurm_additional_parameters={
+                    "dependency": f"afterok:{ids}",
+                    "kill-on-invalid-dep": "yes",
+                }
+            )
+        job = ex.submit(fn, *args, **kwargs)
         (rid,) = self._record([str(job.job_id)], name, None)
         handle = JobHandle(self, rid)
         handle._bind(job)

@@ -1,0 +1,204 @@
+"""``pomlia pipeline run|status``: parse, call :mod:`pomlia_hpc.pipeline`, render."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from pomlia_hpc.cli.app import STATE, app, console
+from pomlia_hpc.errors import InputError, NotFoundError
+
+pipeline_app = typer.Typer(
+    help="The whole loop from one YAML file: stages as cluster jobs, skipped when done.",
+    no_args_is_help=True,
+)
+app.add_typer(pipeline_app, name="pipeline")
+
+
+def _fmt_h(hours: float | None) -> str:
+    if hours is None:
+        return "?"
+    if hours < 1 / 60:
+        return f"{hours * 3600:.0f} s"
+    return f"{hours * 60:.1f} min" if hours < 1 else f"{hours:.2f} h"
+
+
+def _plan_table(plan: object) -> Table:
+    from pomlia_hpc.pipeline.runner import Plan
+    from pomlia_hpc.pipeline.stage import PlannedJob
+
+    assert isinstance(plan, Plan)
+    table = Table(
+        title=f"pipeline {plan.spec.name}: profile '{plan.profile_name}' "
+        f"(backend {plan.profile.backend}), stages run {plan.mode}"
+    )
+    for col in ("stage", "action", "jobs", "resources per job", "est. time per job", "GPU-h"):
+        table.add_column(col, overflow="fold")
+    for sp in plan.stages:
+        jobs: list[PlannedJob | None] = list(sp.jobs) or [None]
+        first = True
+        for j in jobs:
+            r = j.resources if j is not None else None
+            table.add_row(
+                sp.stage.name if first else "",
+                sp.action if first else "",
+                f"{j.count} x {j.what}" if j is not None else "(in the stage process)",
+                f"{r.cpus_per_task} CPU, {r.gpus_per_node} GPU, {r.mem_gb:g} GB, {r.time_min} min"
+                if r is not None
+                else "",
+                _fmt_h(j.hours) if j is not None else "",
+                f"{j.gpu_hours:.2f}" if j is not None else "",
+            )
+            first = False
+    return table
+
+
+@pipeline_app.command("run")
+def run(
+    file: Annotated[Path, typer.Argument(help="The pipeline file (YAML).")],
+    cluster: Annotated[
+        str | None,
+        typer.Option("--cluster", help="Cluster profile (else the global --cluster / config)."),
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the plan (stages, jobs, GPU-hours) only.")
+    ] = False,
+    wait: Annotated[
+        bool, typer.Option("--wait", help="On Slurm: wait for the stage jobs to end.")
+    ] = False,
+) -> None:
+    """Run PIPELINE.yaml: every stage whose outputs are missing or out of date.
+
+    On a local profile the stages run here, one after the other. On a Slurm profile every
+    stage becomes one job chained with afterok (or one driver job, execution.mode: driver),
+    and the command returns; `pomlia pipeline status NAME` shows the stages. Running it again
+    skips finished stages and resumes at a failed one.
+    """
+    from pomlia_hpc.config import read_yaml
+    from pomlia_hpc.pipeline import runner
+    from pomlia_hpc.pipeline.spec import load_pipeline
+
+    spec = load_pipeline(file)
+    if cluster is not None:
+        STATE.cluster = cluster
+    ws = STATE.workspace
+    ws.create()
+    reg = STATE.registry()
+    ctx = runner.context_for(
+        ws, reg, spec, log=lambda m: console.print(m, highlight=False, markup=False)
+    )
+    plan = runner.make_plan(ctx, ws.cluster_profile)
+    console.print(_plan_table(plan))
+    a = spec.estimate
+    console.print(
+        f"estimated GPU-hours of the stages to run: {plan.gpu_hours:.2f}"
+        + (" (some sizes unknown before ingest: '?')" if plan.unknown_estimates else "")
+        + f"; assumed per GPU: encoder {a.train_images_per_s:g} img/s, extraction "
+        f"{a.extract_images_per_s:g} img/s, trials {a.classifier_images_per_s:g} img/s "
+        "(set them under 'estimate:')",
+        highlight=False,
+    )
+    if plan.driver is not None:
+        r = plan.driver.resources
+        console.print(
+            f"plus {plan.driver.count} x {plan.driver.what}: {r.cpus_per_task} CPU, "
+            f"{r.mem_gb:g} GB, {r.time_min} min",
+            highlight=False,
+        )
+    if dry_run:
+        return
+    snapshot = runner.snapshot_spec(ctx, read_yaml(file), str(file))
+    if plan.mode == "in-process":
+        outcome = runner.run_in_process(ctx, plan)
+        ran = [s for s, o in outcome.items() if o == "done"]
+        console.print(
+            f"[green]pipeline {spec.name} finished[/]: {len(ran)} stage(s) ran, "
+            f"{len(outcome) - len(ran)} skipped"
+        )
+        _print_status(ctx)
+        return
+    jobs = runner.submit(ctx, plan, snapshot)
+    if not jobs:
+        console.print(f"[green]pipeline {spec.name}: every stage is up to date[/]")
+        return
+    for stage, info in jobs.items():
+        console.print(f"  {stage}: job {info['job']} (Slurm {info['scheduler_id']})")
+    console.print(f"watch it with: pomlia pipeline status {spec.name}")
+    if wait:
+        _wait(ctx)
+
+
+def _wait(ctx: object) -> None:
+    from pomlia_hpc.pipeline import runner
+
+    assert isinstance(ctx, runner.StageContext)
+    last = ""
+    while True:
+        rows = runner.pipeline_status(ctx)
+        line = ", ".join(f"{r.stage}={r.state}" for r in rows)
+        if line != last:
+            console.print(f"{time.strftime('%H:%M:%S')} {line}", highlight=False)
+            last = line
+        active = [r for r in rows if r.job is not None and r.job_state not in runner.FINAL_STATES]
+        if not active:
+            break
+        time.sleep(2.0)
+    _print_status(ctx)
+    if any(r.state in ("failed", "cancelled") for r in rows):
+        raise typer.Exit(1)
+
+
+def _print_status(ctx: object) -> None:
+    from pomlia_hpc.pipeline import runner
+
+    assert isinstance(ctx, runner.StageContext)
+    table = Table(title=f"pipeline {ctx.spec.name} ({ctx.folder})")
+    for col in ("stage", "state", "job", "Slurm/pid", "job state", "started", "ended", "detail"):
+        table.add_column(col, overflow="fold")
+    style = {"done": "green", "failed": "red", "running": "yellow", "stale": "yellow"}
+    for r in runner.pipeline_status(ctx):
+        table.add_row(
+            r.stage,
+            f"[{style.get(r.state, 'white')}]{r.state}[/]",
+            str(r.job or ""),
+            r.scheduler_id,
+            r.job_state,
+            r.started_at[11:19],
+            r.ended_at[11:19],
+            r.detail,
+        )
+    console.print(table)
+
+
+@pipeline_app.command("status")
+def status(
+    name: Annotated[
+        str | None,
+        typer.Argument(help="Pipeline name or file (default: the only one in the workspace)."),
+    ] = None,
+) -> None:
+    """Show each stage of a pipeline: done / stale / failed / running, with its job's state."""
+    from pomlia_hpc.pipeline import runner
+    from pomlia_hpc.pipeline.spec import load_pipeline
+
+    ws = STATE.workspace
+    if name is not None and Path(name).suffix in (".yaml", ".yml"):
+        spec = load_pipeline(name)
+    else:
+        known = runner.known_pipelines(ws)
+        if name is None:
+            if len(known) != 1:
+                raise InputError(
+                    f"{len(known)} pipelines in {ws.home} ({', '.join(known) or 'none'}): name one"
+                )
+            name = known[0]
+        if name not in known:
+            raise NotFoundError(
+                f"pipeline '{name}' has not run in {ws.home} (known: {', '.join(known) or 'none'})"
+            )
+        spec = runner.load_snapshot(ws.path("pipelines", name, runner.SPEC_SNAPSHOT))
+    _print_status(runner.context_for(ws, STATE.registry(), spec))

@@ -1,0 +1,30 @@
+"""``pomlia report``: parse, call :func:`pomlia_hpc.report.build_report`, render."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from pomlia_hpc.cli.app import STATE, app, console
+
+
+@app.command("report")
+def report(
+    out: Annotated[
+        Path | None,
+        typer.Option("--out", help="Folder for the HTML pages (default <home>/reports/html)."),
+    ] = None,
+) -> None:
+    """Write a static, self-contained HTML report of the workspace (opens without a server):
+    datasets, fingerprints, studies, models and deployments, monitor history, pipelines."""
+    from pomlia_hpc.report import build_report
+
+    res = build_report(
+        STATE.registry(),
+        STATE.workspace,
+        out,
+        progress=lambda title: console.print(f"  {title}", highlight=False),
+    )
+    console.print(f"report: {res.folder / 'index.html'} ({len(res.pages)} pages)")

@@ -1,0 +1,341 @@
+"""Plan, run and watch a pipeline.
+
+How stages run depends on the cluster profile's backend:
+
+* ``local`` / ``debug``: in the calling process, one after the other; each stage submits its
+  own work (training job, extraction array, trials) through the profile as usual.
+* ``slurm``, ``execution.mode: chain`` (default): every stage that has to run becomes one small
+  Slurm job (the stage's driver: 1 CPU by default), chained to the previous one with
+  ``--dependency=afterok`` and ``--kill-on-invalid-dep=yes``; the command returns at once.
+  A stage job submits its heavy work (GPU jobs, arrays) through the same profile and waits.
+* ``slurm``, ``execution.mode: driver``: one requeue-safe job runs all stages in order.
+
+Every stage is skipped when its outputs exist for the same inputs (see
+:mod:`pomlia_hpc.pipeline.stage`), so running the same file again after a failure resumes at
+the failed stage, and a requeued driver job continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from pomlia_hpc.cluster import Checkpointable, Executor
+from pomlia_hpc.cluster.records import FINAL_STATES, refresh_jobs
+from pomlia_hpc.config import ClusterProfile, load_cluster_profile
+from pomlia_hpc.errors import PomliaError
+from pomlia_hpc.pipeline.spec import PipelineSpec, parse_pipeline
+from pomlia_hpc.pipeline.stage import (
+    PlannedJob,
+    Stage,
+    StageContext,
+    atomic_write_json,
+    is_fresh,
+    now,
+    read_json,
+    resources_of,
+    run_stage,
+    stage_key,
+)
+from pomlia_hpc.pipeline.stages import active_stages
+from pomlia_hpc.registry import Job, Registry
+from pomlia_hpc.workspace import Workspace
+
+SPEC_SNAPSHOT = "spec.json"
+RUN_FILE = "run.json"
+
+
+@dataclass(frozen=True)
+class StagePlan:
+    """One stage in a plan: ``action`` is ``skip`` (fresh outputs) or ``run``."""
+
+    stage: Stage
+    action: str
+    key: str | None
+    jobs: list[PlannedJob]
+
+
+@dataclass(frozen=True)
+class Plan:
+    spec: PipelineSpec
+    profile_name: str
+    profile: ClusterProfile
+    mode: str  # in-process, chain or driver
+    stages: list[StagePlan]
+    driver: PlannedJob | None = None  # the per-stage (chain) or whole-run (driver) job
+
+    @property
+    def gpu_hours(self) -> float:
+        return sum(j.gpu_hours for sp in self.stages if sp.action == "run" for j in sp.jobs)
+
+    @property
+    def unknown_estimates(self) -> bool:
+        return any(j.hours is None for sp in self.stages for j in sp.jobs)
+
+
+def make_plan(ctx: StageContext, profile_name: str) -> Plan:
+    """What running ``ctx.spec`` with ``profile_name`` would do, without doing any of it."""
+    spec = ctx.spec
+    profile = load_cluster_profile(profile_name)
+    mode = spec.execution.mode if profile.backend == "slurm" else "in-process"
+    plans: list[StagePlan] = []
+    will_run: set[str] = set()
+    for stage in active_stages(spec):
+        fresh = not (set(stage.needs) & will_run) and is_fresh(ctx, stage)
+        if not fresh:
+            will_run.add(stage.name)
+        plans.append(
+            StagePlan(
+                stage,
+                "skip" if fresh else "run",
+                stage_key(ctx, stage),
+                stage.jobs(spec, profile),
+            )
+        )
+    driver = None
+    if mode != "in-process":
+        res = resources_of(
+            profile.model_copy(update={"gpus_per_node": 0}), spec.execution.resources
+        )
+        what = "stage job (one per stage, afterok)" if mode == "chain" else "driver job"
+        n = len(will_run) if mode == "chain" else 1
+        driver = PlannedJob(what, n, res, None)
+    return Plan(spec, profile_name, profile, mode, plans, driver)
+
+
+# -- running --------------------------------------------------------------------------------
+
+
+def snapshot_spec(ctx: StageContext, data: dict[str, Any], source: str) -> Path:
+    """Keep the file as validated, so stage jobs read what was submitted even if it changes."""
+    path = ctx.folder / SPEC_SNAPSHOT
+    atomic_write_json(path, {"data": data, "source": source, "base_dir": str(ctx.spec._base_dir)})
+    return path
+
+
+def load_snapshot(path: Path) -> PipelineSpec:
+    snap = json.loads(path.read_text())
+    return parse_pipeline(snap["data"], snap["source"], Path(snap["base_dir"]))
+
+
+@contextmanager
+def pipeline_lock(folder: Path) -> Iterator[None]:
+    """Hold ``folder/lock`` so two processes never run stages of one pipeline at once."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with (folder / "lock").open("a") as fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            raise PomliaError(
+                f"pipeline '{folder.name}' is being run by another process (lock {folder / 'lock'})"
+            ) from exc
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def run_in_process(ctx: StageContext, plan: Plan) -> dict[str, str]:
+    """Run the plan's stages here, in order; returns stage → skipped/done."""
+    outcome: dict[str, str] = {}
+    with pipeline_lock(ctx.folder):
+        _write_run(ctx, plan, {})
+        for sp in plan.stages:
+            outcome[sp.stage.name] = run_stage(ctx, sp.stage)
+    return outcome
+
+
+@dataclass
+class StageJob:
+    """One stage as a cluster job (chain mode): rebuilds its context from the snapshot."""
+
+    snapshot: str
+    stage: str
+    home: str
+    db_url: str
+    profile: str
+
+    def __call__(self) -> str:
+        ctx = job_context(self.snapshot, self.home, self.db_url, self.profile)
+        stage = next(s for s in active_stages(ctx.spec) if s.name == self.stage)
+        with pipeline_lock(ctx.folder):
+            return run_stage(ctx, stage)
+
+
+class DriverJob(Checkpointable):
+    """All stages in one job (driver mode). Requeue-safe: finished stages are skipped, and each
+    stage resumes its own work (training from its checkpoint, extraction from done shards,
+    a study from its saved state)."""
+
+    def __init__(self, snapshot: str, home: str, db_url: str, profile: str) -> None:
+        self.args = (snapshot, home, db_url, profile)
+
+    def __call__(self) -> dict[str, str]:
+        ctx = job_context(*self.args)
+        out: dict[str, str] = {}
+        with pipeline_lock(ctx.folder):
+            for stage in active_stages(ctx.spec):
+                out[stage.name] = run_stage(ctx, stage)
+        return out
+
+
+def job_context(snapshot: str, home: str, db_url: str, profile: str) -> StageContext:
+    """The context of a stage job: the spec snapshot, the workspace and registry it ran with."""
+    ws = Workspace(home=Path(home), db_url=db_url, cluster_profile=profile)
+    reg = Registry.open(db_url, busy_timeout_s=ws.sqlite_busy_timeout_s)
+    return StageContext(load_snapshot(Path(snapshot)), ws, reg, log=lambda m: print(m, flush=True))
+
+
+def submit(ctx: StageContext, plan: Plan, snapshot: Path) -> dict[str, dict[str, Any]]:
+    """Submit the plan's stages as Slurm jobs (chain or driver); returns stage → job info."""
+    check_not_running(ctx)
+    ws = ctx.workspace
+    ex = Executor(plan.profile, ws.jobs, ctx.registry)
+    res = ctx.spec.execution.resources.as_overrides() or {}
+    res.setdefault("gpus_per_node", 0)
+    args = (str(snapshot), str(ws.home), ws.db_url, plan.profile_name)
+    jobs: dict[str, dict[str, Any]] = {}
+    if plan.mode == "driver":
+        h = ex.submit(DriverJob(*args), name=f"pipeline-{ctx.spec.name}", resources=res)
+        info = {"job": h.record_id, "scheduler_id": h.job_id}
+        jobs = {sp.stage.name: info for sp in plan.stages if sp.action == "run"}
+    else:
+        previous = None
+        for sp in plan.stages:
+            if sp.action == "skip":
+                continue
+            job = StageJob(args[0], sp.stage.name, *args[1:])
+            h = ex.submit(
+                job,
+                name=f"pipeline-{ctx.spec.name}-{sp.stage.name}",
+                resources=res,
+                after_ok=[previous] if previous is not None else [],
+            )
+            jobs[sp.stage.name] = {"job": h.record_id, "scheduler_id": h.job_id}
+            previous = h
+    _write_run(ctx, plan, jobs)
+    return jobs
+
+
+def _write_run(ctx: StageContext, plan: Plan, jobs: dict[str, dict[str, Any]]) -> None:
+    atomic_write_json(
+        ctx.folder / RUN_FILE,
+        {
+            "pipeline": ctx.spec.name,
+            "mode": plan.mode,
+            "profile": plan.profile_name,
+            "submitted_at": now(),
+            "stages": {
+                sp.stage.name: {"action": sp.action, **jobs.get(sp.stage.name, {})}
+                for sp in plan.stages
+            },
+        },
+    )
+
+
+def check_not_running(ctx: StageContext) -> None:
+    """Refuse to submit while jobs of this pipeline's last submission are still queued or
+    running (a second chain would run the same stages twice)."""
+    run = read_json(ctx.folder / RUN_FILE) or {}
+    ids = [int(v["job"]) for v in run.get("stages", {}).values() if v.get("job") is not None]
+    if not ids:
+        return
+    refresh_jobs(ctx.registry, ids)
+    with ctx.registry.session() as s:
+        live = [
+            f"{r.name} ({r.scheduler_id}, {r.state})"
+            for r in s.scalars(select(Job).where(Job.id.in_(ids)))
+            if r.state not in FINAL_STATES
+        ]
+    if live:
+        raise PomliaError(
+            f"pipeline '{ctx.spec.name}' has jobs queued or running: {', '.join(live)}",
+            hint=f"wait, or cancel them: pomlia pipeline status {ctx.spec.name}",
+        )
+
+
+# -- status ---------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StageStatus:
+    """One row of ``pomlia pipeline status``."""
+
+    stage: str
+    state: str  # done, stale, failed, running, skipped, pending, not run
+    job: int | None = None
+    scheduler_id: str = ""
+    job_state: str = ""
+    started_at: str = ""
+    ended_at: str = ""
+    detail: str = ""
+    outputs: dict[str, Any] = field(default_factory=dict)
+
+
+_BAD_END = frozenset({"CANCELLED", "FAILED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL"})
+
+
+def pipeline_status(ctx: StageContext) -> list[StageStatus]:
+    """Each stage's record, its current freshness and its job's state (refreshed)."""
+    run = read_json(ctx.folder / RUN_FILE) or {}
+    run_stages = run.get("stages", {})
+    ids = [int(v["job"]) for v in run_stages.values() if v.get("job") is not None]
+    rows: dict[int, Job] = {}
+    if ids:
+        refresh_jobs(ctx.registry, ids)
+        with ctx.registry.session() as s:
+            rows = {r.id: r for r in s.scalars(select(Job).where(Job.id.in_(ids)))}
+    out = []
+    for stage in active_stages(ctx.spec):
+        rec = ctx.record(stage.name) or {}
+        info = run_stages.get(stage.name, {})
+        job = rows.get(int(info["job"])) if info.get("job") is not None else None
+        state = str(rec.get("status", "not run"))
+        if state == "done" and not is_fresh(ctx, stage):
+            state = "stale"  # the file or an upstream output changed since
+        if job is not None and job.state not in FINAL_STATES and state != "running":
+            state = "pending" if job.state == "PENDING" else state
+        ended_badly = job is not None and job.state in _BAD_END
+        if ended_badly and state not in ("done", "failed"):
+            # A stage job killed mid-run never wrote "failed"; one never started was cancelled.
+            state = "failed" if rec.get("status") == "running" else "cancelled"
+        detail = str(rec.get("error") or (job.exit_cause if job is not None else "") or "")
+        out.append(
+            StageStatus(
+                stage=stage.name,
+                state=state,
+                job=job.id if job is not None else None,
+                scheduler_id=job.scheduler_id if job is not None else "",
+                job_state=job.state if job is not None else "",
+                started_at=str(rec.get("started_at", "")),
+                ended_at=str(rec.get("ended_at", "")),
+                detail=detail[:200],
+                outputs=dict(rec.get("outputs", {})),
+            )
+        )
+    return out
+
+
+def known_pipelines(workspace: Workspace) -> list[str]:
+    root = workspace.path("pipelines")
+    return (
+        sorted(p.name for p in root.iterdir() if (p / SPEC_SNAPSHOT).is_file())
+        if root.is_dir()
+        else []
+    )
+
+
+def context_for(
+    workspace: Workspace,
+    registry: Registry,
+    spec: PipelineSpec,
+    log: Callable[[str], None] = print,
+) -> StageContext:
+    return StageContext(spec, workspace, registry, log=log)

@@ -1,0 +1,270 @@
+"""The pipeline file: a strict, typed description of the whole loop (``PIPELINE.yaml``).
+
+Every section is a frozen pydantic model that forbids unknown keys, so a typo is one error
+line naming the file and the key (``configs/pipelines/x.yaml: unknown key 'encoder.epoch';
+valid keys: ...``), exactly as for the configuration files. Relative paths in the file are
+relative to the file's folder, so a pipeline can be run from anywhere.
+
+Sections (all but ``name`` and ``datasets`` optional; a missing section is a skipped stage):
+
+``lookalikes``  generate MedMNIST look-alike npz files first (offline runs and tests)
+``datasets``    what to ingest: MedMNIST flags, npz/HDF5 files or image folders
+``encoder``     the fingerprint encoder: objective, latent size d, epochs, resources
+``extract``     sharded extraction of every dataset (array job)
+``index``       the FAISS index over the embeddings
+``figures``     Figures 5/6 and the agglomerative clustering of dataset fingerprints (ARI)
+``tasks``       learning tasks: dataset + metric
+``recommend``   the strategy recommender's warm start for each task's AutoML study
+``automl``      the study per task: trials, budgets, parallel trials
+``export``      TorchScript + ONNX + model card of each task's best model
+``deploy``      the Apptainer deployment directory (and optionally its Slurm job)
+``monitor``     the nightly monitor schedule of each deployment
+``execution``   how the stages run: a chain of Slurm jobs or one driver job
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+
+from pomlia_hpc.config import read_yaml, validate_model
+from pomlia_hpc.errors import ConfigError
+
+_NAME = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}"
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Resources(_Strict):
+    """Per-job resources; ``None`` keeps the cluster profile's value."""
+
+    cpus_per_task: int | None = Field(None, ge=1)
+    gpus_per_node: int | None = Field(None, ge=0)
+    mem_gb: float | None = Field(None, gt=0)
+    time_min: int | None = Field(None, ge=1)
+
+    def as_overrides(self) -> dict[str, Any] | None:
+        """The set keys, as :func:`pomlia_hpc.cluster.resources.with_overrides` takes them."""
+        out = {k: v for k, v in self.model_dump().items() if v is not None}
+        return out or None
+
+
+class Lookalikes(_Strict):
+    """Generate MedMNIST look-alikes into ``out`` (relative: inside the workspace)."""
+
+    out: str = "raw-lookalikes"
+    scale: float = Field(0.01, gt=0, le=1)
+    size: Literal[28, 64] = 28
+    seed: int = 0
+    flags: tuple[str, ...] | None = None
+
+
+class DatasetSpec(_Strict):
+    """One dataset: exactly one of ``medmnist``, ``file``, ``folder``."""
+
+    name: str = Field(pattern=f"^{_NAME}$")
+    medmnist: str | None = None
+    file: str | None = None
+    folder: str | None = None
+    size: Literal[28, 64, 128, 224] = 28
+    root: str | None = None
+    download: bool = False
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _one_source(self) -> DatasetSpec:
+        given = [k for k in ("medmnist", "file", "folder") if getattr(self, k)]
+        if len(given) != 1:
+            raise ValueError(
+                f"dataset '{self.name}' needs exactly one of medmnist, file, folder "
+                f"(got {', '.join(given) or 'none'})"
+            )
+        return self
+
+
+class EncoderSpec(_Strict):
+    """The fingerprint encoder, trained as one job on ``datasets`` (default: all)."""
+
+    name: str = Field(pattern=f"^{_NAME}$")
+    datasets: tuple[str, ...] | None = None
+    objective: str | None = None
+    latent_dim: int = Field(16, ge=1, le=4096)
+    image_size: Literal[28, 64] = 28
+    stem: Literal["imagenet", "small"] = "imagenet"
+    epochs: int = Field(10, ge=1)
+    batch_size: int = Field(128, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    max_images: int | None = Field(None, ge=1)
+    processes: int = Field(1, ge=1)
+    precision: Literal["fp32", "bf16"] = "fp32"
+    seed: int = 0
+    resources: Resources = Resources()
+
+
+class ExtractSpec(_Strict):
+    shards: int | None = Field(None, ge=1)
+    shard_rows: int | None = Field(None, ge=1)
+    batch_size: int = Field(256, ge=1)
+    resources: Resources = Resources()
+
+    @model_validator(mode="after")
+    def _one(self) -> ExtractSpec:
+        if self.shards is not None and self.shard_rows is not None:
+            raise ValueError("give shards or shard_rows, not both")
+        return self
+
+
+class IndexSpec(_Strict):
+    factory: str | None = None
+    metric: Literal["l2", "ip"] = "l2"
+
+
+class FiguresSpec(_Strict):
+    """Figures 5 and 6 (latent scatter and means) and, with ``groups``, how well an
+    agglomerative clustering of the dataset fingerprints recovers these groups (ARI)."""
+
+    latent: bool = True
+    groups: tuple[tuple[str, ...], ...] | None = None
+    linkage: Literal["average", "complete", "single", "ward"] = "average"
+
+
+class TaskSpec(_Strict):
+    name: str = Field(pattern=f"^{_NAME}$")
+    dataset: str
+    metric: Literal["acc", "auc", "f1_macro"] = "acc"
+
+
+class RecommendSpec(_Strict):
+    """Warm-start each task's study with the recommender's top ``k`` configurations."""
+
+    k: int = Field(3, ge=1)
+
+
+class AutoMLSpec(_Strict):
+    trials: int = Field(20, ge=1)
+    max_epochs: int = Field(9, ge=1)
+    min_epochs: int = Field(1, ge=1)
+    parallel: int = Field(2, ge=1)
+    optimizer: Literal["smac", "random"] = "smac"
+    archs: tuple[str, ...] | None = None
+    use_encoder: bool = True
+    extra_data: bool = False
+    seed: int = 0
+    resources: Resources = Resources()
+
+
+class ExportSpec(_Strict):
+    enabled: bool = True
+
+
+class DeploySpec(_Strict):
+    enabled: bool = True
+    submit: bool = False
+
+
+class MonitorSpec(_Strict):
+    """A nightly monitor job per deployment (``at``: HH:MM, cluster time)."""
+
+    at: str = Field("02:00", pattern=r"^([01]\d|2[0-3]):[0-5]\d$")
+    enabled: bool = True
+
+
+class DriverSpec(_Strict):
+    """How the stages run on a Slurm profile: ``chain`` = one job per stage chained with
+    ``afterok`` dependencies; ``driver`` = one requeue-safe job that runs the stages in order.
+    Local profiles always run the stages in the calling process."""
+
+    mode: Literal["chain", "driver"] = "chain"
+    resources: Resources = Resources(cpus_per_task=1, mem_gb=4, time_min=24 * 60)
+
+
+class Assumptions(_Strict):
+    """Throughputs (images/s per GPU) behind the dry run's GPU-hour estimate."""
+
+    train_images_per_s: float = Field(6000.0, gt=0)
+    extract_images_per_s: float = Field(20000.0, gt=0)
+    classifier_images_per_s: float = Field(5000.0, gt=0)
+
+
+class PipelineSpec(_Strict):
+    """The whole pipeline file."""
+
+    name: str = Field(pattern=f"^{_NAME}$")
+    description: str = ""
+    lookalikes: Lookalikes | None = None
+    datasets: tuple[DatasetSpec, ...] = Field(min_length=1)
+    encoder: EncoderSpec | None = None
+    extract: ExtractSpec | None = None
+    index: IndexSpec | None = None
+    figures: FiguresSpec | None = None
+    tasks: tuple[TaskSpec, ...] = ()
+    recommend: RecommendSpec | None = None
+    automl: AutoMLSpec | None = None
+    export: ExportSpec | None = None
+    deploy: DeploySpec | None = None
+    monitor: MonitorSpec | None = None
+    execution: DriverSpec = DriverSpec()
+    estimate: Assumptions = Assumptions()
+    #: Folder of the pipeline file; relative paths in it are resolved against this.
+    _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
+
+    @field_validator("datasets")
+    @classmethod
+    def _unique(cls, v: tuple[DatasetSpec, ...]) -> tuple[DatasetSpec, ...]:
+        names = [d.name for d in v]
+        dup = sorted({n for n in names if names.count(n) > 1})
+        if dup:
+            raise ValueError(f"dataset names must be unique; repeated: {', '.join(dup)}")
+        return v
+
+    @model_validator(mode="after")
+    def _references(self) -> PipelineSpec:
+        known = {d.name for d in self.datasets}
+        refs: list[tuple[str, str]] = [(f"tasks.{t.name}.dataset", t.dataset) for t in self.tasks]
+        if self.encoder and self.encoder.datasets:
+            refs += [("encoder.datasets", d) for d in self.encoder.datasets]
+        for group in self.figures.groups if self.figures and self.figures.groups else ():
+            refs += [("figures.groups", d) for d in group]
+        for where, ref in refs:
+            if ref.split("@")[0] not in known:
+                raise ValueError(
+                    f"{where}: dataset '{ref}' is not declared under datasets "
+                    f"(declared: {', '.join(sorted(known))})"
+                )
+        for section in ("extract", "index", "figures"):
+            if getattr(self, section) is not None and self.encoder is None:
+                raise ValueError(f"section '{section}' needs an 'encoder' section")
+        if self.automl is not None and not self.tasks:
+            raise ValueError("section 'automl' needs at least one entry under 'tasks'")
+        for section in ("recommend", "export"):
+            if getattr(self, section) is not None and self.automl is None:
+                raise ValueError(f"section '{section}' needs an 'automl' section")
+        if self.deploy is not None and self.export is None:
+            raise ValueError("section 'deploy' needs an 'export' section")
+        if self.monitor is not None and self.deploy is None:
+            raise ValueError("section 'monitor' needs a 'deploy' section")
+        return self
+
+    def path(self, value: str) -> Path:
+        """``value`` as a path: absolute, or relative to the pipeline file's folder."""
+        p = Path(value).expanduser()
+        return p if p.is_absolute() else (self._base_dir / p).resolve()
+
+
+def parse_pipeline(data: dict[str, Any], source: str, base_dir: Path) -> PipelineSpec:
+    """Validate ``data`` (the YAML mapping) into a :class:`PipelineSpec`; one error line."""
+    spec = validate_model(PipelineSpec, data, source)
+    spec._base_dir = base_dir
+    return spec
+
+
+def load_pipeline(path: str | Path) -> PipelineSpec:
+    """Read and validate a pipeline file."""
+    p = Path(path).expanduser()
+    if not p.is_file():
+        raise ConfigError(f"pipeline file {p} does not exist")
+    return parse_pipeline(read_yaml(p), str(p), p.resolve().parent)

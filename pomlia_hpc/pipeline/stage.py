@@ -1,0 +1,219 @@
+"""What a stage is, what it remembers, and how it is skipped when its inputs are unchanged.
+
+A stage reads the spec section it owns and the *outputs* of the stages it needs, and returns
+its own outputs as JSON (dataset versions, an encoder checkpoint digest, a study's best model).
+Its **key** is a hash of exactly those inputs (plus, for stages that read files outside the
+workspace, the size and modification time of those files). A stage whose record says ``done``
+with the same key, and whose outputs are still there, is skipped; any other stage runs. Since
+a key depends on the upstream stages' outputs rather than on their keys, a data stage that is
+re-run and produces the same dataset versions (they are content hashes) leaves everything
+downstream skipped.
+
+Records live in ``<home>/pipelines/<name>/stages/<stage>.json`` and are replaced atomically.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from pomlia_hpc.config import ClusterProfile
+from pomlia_hpc.pipeline.spec import PipelineSpec, Resources
+from pomlia_hpc.registry import Registry
+from pomlia_hpc.workspace import Workspace
+
+#: Bump when a stage's outputs change meaning, so older records do not count as done.
+RECORD_FORMAT = 1
+
+
+def pipeline_dir(workspace: Workspace, name: str) -> Path:
+    """``<home>/pipelines/<name>``: the spec snapshot, stage records and run file."""
+    return workspace.path("pipelines", name)
+
+
+def atomic_write_json(path: Path, data: Any) -> None:
+    """Write JSON to a temporary file in ``path``'s folder, then rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(data, fh, indent=1, sort_keys=True, default=str)
+            fh.flush()
+            os.fsync(fh.fileno())
+        Path(tmp).replace(path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def read_json(path: Path) -> dict[str, Any] | None:
+    """The JSON object in ``path``, or None if it is missing or unreadable."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def content_key(data: Any) -> str:
+    """sha256 of the canonical JSON of ``data`` (hex, 64 characters)."""
+    text = json.dumps(data, sort_keys=True, separators=(",", ":"), default=_jsonable)
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "model_dump"):  # a spec section
+        return value.model_dump(mode="json")
+    return str(value)
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds")
+
+
+@dataclass
+class StageContext:
+    """Everything a running stage needs."""
+
+    spec: PipelineSpec
+    workspace: Workspace
+    registry: Registry
+    log: Callable[[str], None] = print
+    #: The running stage's content key (set by :func:`run_stage`).
+    key: str = ""
+
+    @property
+    def folder(self) -> Path:
+        return pipeline_dir(self.workspace, self.spec.name)
+
+    def progress(self, what: str) -> Callable[[int, int], None]:
+        """A ``progress(done, total)`` callback that logs ``what done/total`` when it changes
+        (long work prints progress also into a Slurm output file)."""
+        last: list[tuple[int, int]] = []
+
+        def report(done: int, total: int) -> None:
+            if not last or last[0] != (done, total):
+                last[:] = [(done, total)]
+                self.log(f"  {what} {done}/{total}")
+
+        return report
+
+    def record_path(self, stage: str) -> Path:
+        return self.folder / "stages" / f"{stage}.json"
+
+    def record(self, stage: str) -> dict[str, Any] | None:
+        return read_json(self.record_path(stage))
+
+    def outputs(self, stage: str) -> dict[str, Any]:
+        """The outputs of a finished upstream stage (a stage runs only after its needs)."""
+        rec = self.record(stage)
+        if rec is None or rec.get("status") != "done":
+            raise RuntimeError(f"stage '{stage}' has not finished; it must run first")
+        return dict(rec["outputs"])
+
+
+@dataclass(frozen=True)
+class PlannedJob:
+    """One job (or array) a stage submits, with an estimate of its length."""
+
+    what: str
+    count: int
+    resources: ClusterProfile
+    hours: float | None = None  # wall hours of one job (estimate)
+
+    @property
+    def gpu_hours(self) -> float:
+        if self.hours is None:
+            return 0.0
+        return self.hours * self.count * self.resources.gpus_per_node
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A step of the pipeline. ``enabled(spec)`` says whether the file asks for it;
+    ``section(spec)`` is the part of the file that keys it; ``external(spec)`` identifies
+    files outside the workspace it reads; ``run`` does the work and returns the outputs;
+    ``still_there`` checks that recorded outputs were not deleted since; ``jobs`` lists the
+    jobs it will submit (for ``--dry-run``)."""
+
+    name: str
+    needs: tuple[str, ...]
+    summary: str
+    enabled: Callable[[PipelineSpec], bool]
+    section: Callable[[PipelineSpec], Any]
+    run: Callable[[StageContext], dict[str, Any]]
+    jobs: Callable[[PipelineSpec, ClusterProfile], list[PlannedJob]]
+    still_there: Callable[[StageContext, dict[str, Any]], bool] = lambda _c, _o: True
+    external: Callable[[PipelineSpec], Any] = lambda _s: None
+    tags: tuple[str, ...] = field(default=())
+
+
+def resources_of(profile: ClusterProfile, res: Resources | None) -> ClusterProfile:
+    """``profile`` with a section's resource overrides applied."""
+    from pomlia_hpc.cluster.resources import with_overrides
+
+    return with_overrides(profile, res.as_overrides() if res is not None else None)
+
+
+def stage_key(ctx: StageContext, stage: Stage) -> str | None:
+    """The stage's content key, or None when an upstream stage has no finished outputs yet."""
+    upstream: dict[str, Any] = {}
+    for need in stage.needs:
+        rec = ctx.record(need)
+        if rec is None or rec.get("status") != "done":
+            return None
+        upstream[need] = rec["outputs"]
+    return content_key(
+        {
+            "format": RECORD_FORMAT,
+            "stage": stage.name,
+            "section": stage.section(ctx.spec),
+            "external": stage.external(ctx.spec),
+            "upstream": upstream,
+        }
+    )
+
+
+def is_fresh(ctx: StageContext, stage: Stage) -> bool:
+    """Whether ``stage`` finished before with the same key and its outputs still exist."""
+    key = stage_key(ctx, stage)
+    rec = ctx.record(stage.name)
+    if key is None or rec is None or rec.get("status") != "done" or rec.get("key") != key:
+        return False
+    return stage.still_there(ctx, rec.get("outputs", {}))
+
+
+def run_stage(ctx: StageContext, stage: Stage, *, job_id: int | None = None) -> str:
+    """Run ``stage`` unless it is fresh; record the outcome. Returns ``skipped`` or ``done``;
+    a failure is recorded (with its error) and raised."""
+    if is_fresh(ctx, stage):
+        ctx.log(f"[{stage.name}] skipped: outputs exist for the same inputs")
+        return "skipped"
+    key = stage_key(ctx, stage)
+    if key is None:
+        raise RuntimeError(f"stage '{stage.name}' cannot start: {', '.join(stage.needs)} first")
+    path = ctx.record_path(stage.name)
+    started = now()
+    base = {"stage": stage.name, "key": key, "started_at": started, "job": job_id}
+    atomic_write_json(path, {**base, "status": "running", "outputs": {}})
+    ctx.log(f"[{stage.name}] running: {stage.summary}")
+    ctx.key = key
+    try:
+        outputs = stage.run(ctx)
+    except BaseException as exc:
+        atomic_write_json(
+            path,
+            {**base, "status": "failed", "outputs": {}, "ended_at": now(), "error": str(exc)},
+        )
+        ctx.log(f"[{stage.name}] failed: {exc}")
+        raise
+    atomic_write_json(path, {**base, "status": "done", "outputs": outputs, "ended_at": now()})
+    ctx.log(f"[{stage.name}] done")
+    return "done"

@@ -1,0 +1,156 @@
+"""Stages ``lookalikes`` and ``data``: generate look-alikes, ingest every dataset."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pomlia_hpc.config import ClusterProfile
+from pomlia_hpc.pipeline.spec import DatasetSpec, PipelineSpec
+from pomlia_hpc.pipeline.stage import PlannedJob, Stage, StageContext
+
+
+def lookalike_dir(ctx_home: Path, spec: PipelineSpec) -> Path:
+    """Where the look-alikes go: ``lookalikes.out``, relative to the workspace."""
+    assert spec.lookalikes is not None
+    out = Path(spec.lookalikes.out).expanduser()
+    return out if out.is_absolute() else ctx_home / out
+
+
+def _run_lookalikes(ctx: StageContext) -> dict[str, Any]:
+    from pomlia_hpc.data.synth import write_lookalikes
+
+    la = ctx.spec.lookalikes
+    assert la is not None
+    flags = la.flags or _medmnist_flags(ctx.spec)
+    out = lookalike_dir(ctx.workspace.home, ctx.spec)
+    paths = write_lookalikes(
+        out,
+        scale=la.scale,
+        seed=la.seed,
+        size=la.size,
+        flags=flags,
+        progress=lambda flag: ctx.log(f"  look-alike {flag} written"),
+    )
+    return {"folder": str(out), "files": sorted(p.name for p in paths)}
+
+
+def _medmnist_flags(spec: PipelineSpec) -> list[str]:
+    return [d.medmnist for d in spec.datasets if d.medmnist]
+
+
+def _lookalikes_there(_ctx: StageContext, out: dict[str, Any]) -> bool:
+    return all((Path(out["folder"]) / f).is_file() for f in out.get("files", []))
+
+
+def source_of(spec: PipelineSpec, ds: DatasetSpec, home: Path) -> tuple[str, dict[str, Any]]:
+    """``ingest``'s source and options for one dataset entry."""
+    if ds.medmnist:
+        root: Path | None = spec.path(ds.root) if ds.root else None
+        if root is None and spec.lookalikes is not None:
+            root = lookalike_dir(home, spec)
+        opts: dict[str, Any] = {"size": ds.size, "download": ds.download, **ds.options}
+        if root is not None:
+            opts["root"] = str(root)
+        return f"medmnist:{ds.medmnist}", opts
+    path = spec.path(ds.file or ds.folder or "")
+    return str(path), dict(ds.options)
+
+
+def _stat(path: Path) -> list[Any]:
+    """Size and modification time of a file, or of every file below a folder (summed)."""
+    if path.is_file():
+        st = path.stat()
+        return [st.st_size, st.st_mtime_ns]
+    if path.is_dir():
+        files = [p for p in sorted(path.rglob("*")) if p.is_file()]
+        newest = max((p.stat().st_mtime_ns for p in files), default=0)
+        return [len(files), sum(p.stat().st_size for p in files), newest]
+    return ["missing"]
+
+
+def _external(spec: PipelineSpec) -> dict[str, Any]:
+    """What identifies the source files outside the workspace (look-alikes are keyed by the
+    ``lookalikes`` stage's outputs instead)."""
+    out: dict[str, Any] = {}
+    for ds in spec.datasets:
+        if ds.file or ds.folder:
+            out[ds.name] = _stat(spec.path(ds.file or ds.folder or ""))
+        elif ds.root:
+            from pomlia_hpc.data.medmnist_info import flag_info
+
+            try:
+                name = flag_info(ds.medmnist or "").file_name(ds.size)
+            except Exception:  # an unknown flag fails in the stage, with its own message
+                continue
+            out[ds.name] = _stat(spec.path(ds.root) / name)
+    return out
+
+
+def _run_data(ctx: StageContext) -> dict[str, Any]:
+    from pomlia_hpc.data.api import ingest
+
+    versions: dict[str, str] = {}
+    for ds in ctx.spec.datasets:
+        source, opts = source_of(ctx.spec, ds, ctx.workspace.home)
+        rec = ingest(ctx.workspace, ctx.registry, ds.name, source, **opts)
+        versions[ds.name] = rec.ref
+        ctx.log(f"  {rec.ref}: {rec.n_images} images{' (new)' if rec.created else ''}")
+    return {"versions": versions}
+
+
+def _data_there(ctx: StageContext, out: dict[str, Any]) -> bool:
+    from pomlia_hpc.data.store import find_version
+
+    try:
+        return all(
+            Path(find_version(ctx.registry, r).store_path).exists()
+            for r in out["versions"].values()
+        )
+    except Exception:
+        return False
+
+
+def estimated_images(spec: PipelineSpec, ds: DatasetSpec, split: str | None = None) -> int | None:
+    """Images of a dataset entry (one split, or all) from MedMNIST's tables, scaled for
+    look-alikes; None when unknown before ingest (files and folders)."""
+    if not ds.medmnist:
+        return None
+    from pomlia_hpc.data.medmnist_info import flag_info
+
+    try:
+        n = flag_info(ds.medmnist).n_samples
+    except Exception:
+        return None
+    total = n.get(split, 0) if split else sum(n.values())
+    if spec.lookalikes is not None and ds.root is None:
+        total = max(1, round(total * spec.lookalikes.scale))
+    return int(total)
+
+
+def _no_jobs(_spec: PipelineSpec, _profile: ClusterProfile) -> list[PlannedJob]:
+    return []
+
+
+LOOKALIKES = Stage(
+    name="lookalikes",
+    needs=(),
+    summary="write MedMNIST look-alike npz files (no download)",
+    enabled=lambda s: s.lookalikes is not None,
+    section=lambda s: {"lookalikes": s.lookalikes, "flags": _medmnist_flags(s)},
+    run=_run_lookalikes,
+    jobs=_no_jobs,
+    still_there=_lookalikes_there,
+)
+
+DATA = Stage(
+    name="data",
+    needs=("lookalikes",),
+    summary="ingest every dataset into a versioned Zarr store",
+    enabled=lambda s: True,
+    section=lambda s: [d.model_dump(mode="json") for d in s.datasets],
+    run=_run_data,
+    jobs=_no_jobs,
+    still_there=_data_there,
+    external=_external,
+)

@@ -1,0 +1,239 @@
+"""Stages ``encoder``, ``extract``, ``index`` and ``figures``: the fingerprint room's work."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pomlia_hpc.config import ClusterProfile
+from pomlia_hpc.pipeline.spec import EncoderSpec, ExtractSpec, PipelineSpec
+from pomlia_hpc.pipeline.stage import PlannedJob, Stage, StageContext, resources_of
+from pomlia_hpc.pipeline.stages_data import estimated_images
+
+
+def _enc(spec: PipelineSpec) -> EncoderSpec:
+    assert spec.encoder is not None
+    return spec.encoder
+
+
+def _train_config(enc: EncoderSpec) -> Any:
+    from pomlia_hpc.fingerprint.train import TrainConfig
+
+    encoder: dict[str, Any] = {
+        "latent_dim": enc.latent_dim,
+        "image_size": enc.image_size,
+        "stem": enc.stem,
+    }
+    if enc.objective is not None:
+        encoder["objective"] = enc.objective
+    return TrainConfig.model_validate(
+        {
+            "encoder": encoder,
+            "epochs": enc.epochs,
+            "batch_size": enc.batch_size,
+            "lr": enc.lr,
+            "max_images_per_dataset": enc.max_images,
+            "processes": enc.processes,
+            "precision": enc.precision,
+            "seed": enc.seed,
+        }
+    )
+
+
+def _run_encoder(ctx: StageContext) -> dict[str, Any]:
+    from pomlia_hpc.fingerprint.extract import checkpoint_digest
+    from pomlia_hpc.fingerprint.train import train_encoder
+
+    enc = _enc(ctx.spec)
+    versions = ctx.outputs("data")["versions"]
+    names = enc.datasets or tuple(versions)
+    refs = [versions[n.split("@")[0]] for n in names]
+    row = train_encoder(
+        ctx.registry,
+        ctx.workspace,
+        enc.name,
+        refs,
+        _train_config(enc),
+        resources=enc.resources.as_overrides(),
+        progress=ctx.progress("encoder epochs"),
+    )
+    return {
+        "encoder": row.name,
+        "id": row.id,
+        "checkpoint": row.checkpoint_path,
+        "digest": checkpoint_digest(row.checkpoint_path),
+        "loss": list(row.loss_curve),
+    }
+
+
+def _encoder_there(_ctx: StageContext, out: dict[str, Any]) -> bool:
+    return Path(out.get("checkpoint", "")).is_file()
+
+
+def _train_images(spec: PipelineSpec) -> int | None:
+    enc = _enc(spec)
+    names = set(enc.datasets or [d.name for d in spec.datasets])
+    total = 0
+    for ds in spec.datasets:
+        if ds.name in names:
+            n = estimated_images(spec, ds, "train")
+            if n is None:
+                return None
+            total += min(n, enc.max_images or n)
+    return total
+
+
+def _encoder_jobs(spec: PipelineSpec, profile: ClusterProfile) -> list[PlannedJob]:
+    enc = _enc(spec)
+    n = _train_images(spec)
+    hours = None if n is None else n * enc.epochs / spec.estimate.train_images_per_s / 3600
+    res = resources_of(profile, enc.resources)
+    return [PlannedJob(f"train encoder '{enc.name}' (d={enc.latent_dim})", 1, res, hours)]
+
+
+def _run_extract(ctx: StageContext) -> dict[str, Any]:
+    from pomlia_hpc.fingerprint.extract import extract
+
+    ex = ctx.spec.extract or ExtractSpec()
+    enc = ctx.outputs("encoder")["encoder"]
+    refs = list(ctx.outputs("data")["versions"].values())
+    results = extract(
+        ctx.registry,
+        ctx.workspace,
+        enc,
+        refs,
+        shards=ex.shards,
+        shard_rows=ex.shard_rows,
+        batch_size=ex.batch_size,
+        resources=ex.resources.as_overrides(),
+        progress=ctx.progress("extraction tasks"),
+    )
+    return {"sets": {r.ref: r.n_vectors for r in results}, "encoder": enc}
+
+
+def _extract_there(ctx: StageContext, out: dict[str, Any]) -> bool:
+    from pomlia_hpc.fingerprint.similar import fingerprint_set
+
+    try:
+        for ref in out["sets"]:
+            fs, _ = fingerprint_set(ctx.registry, out["encoder"], ref)
+            if not Path(fs.embeddings_path).exists():
+                return False
+    except Exception:
+        return False
+    return True
+
+
+def _extract_jobs(spec: PipelineSpec, profile: ClusterProfile) -> list[PlannedJob]:
+    from pomlia_hpc.fingerprint.extract import DEFAULT_SHARD_ROWS
+
+    ex = spec.extract or ExtractSpec()
+    counts = [estimated_images(spec, ds) for ds in spec.datasets]
+    known = [c for c in counts if c is not None]
+    total = sum(known) if len(known) == len(counts) else None
+    if ex.shards is not None:
+        tasks = ex.shards * len(spec.datasets)
+    elif total is not None:  # small datasets are packed into tasks of about shard_rows images
+        tasks = max(1, -(-total // (ex.shard_rows or DEFAULT_SHARD_ROWS)))
+    else:
+        tasks = len(spec.datasets)
+    hours = None if total is None else total / spec.estimate.extract_images_per_s / 3600 / tasks
+    res = resources_of(profile, ex.resources)
+    return [PlannedJob("extract embeddings (array)", tasks, res, hours)]
+
+
+def _run_index(ctx: StageContext) -> dict[str, Any]:
+    from pomlia_hpc.fingerprint.index import build_index
+
+    assert ctx.spec.index is not None
+    enc = ctx.outputs("encoder")["encoder"]
+    res = build_index(
+        ctx.registry,
+        ctx.workspace,
+        enc,
+        factory=ctx.spec.index.factory,
+        metric=ctx.spec.index.metric,
+    )
+    ctx.log(f"  index {res.factory}: {res.ntotal} vectors, generation {res.generation}")
+    return {"path": str(res.path), "generation": res.generation, "ntotal": res.ntotal}
+
+
+def _index_there(_ctx: StageContext, out: dict[str, Any]) -> bool:
+    return Path(out.get("path", "")).exists()
+
+
+def _run_figures(ctx: StageContext) -> dict[str, Any]:
+    from pomlia_hpc.fingerprint.plots import plot_encoder_latent
+    from pomlia_hpc.pipeline.paper import dataset_groups_ari
+
+    fig = ctx.spec.figures
+    assert fig is not None
+    enc = ctx.outputs("encoder")["encoder"]
+    versions = ctx.outputs("data")["versions"]
+    out_dir = ctx.workspace.path("reports", "pipelines", ctx.spec.name)
+    outputs: dict[str, Any] = {"folder": str(out_dir)}
+    if fig.latent:
+        scatter, means = plot_encoder_latent(ctx.registry, enc, list(versions.values()), out_dir)
+        outputs.update(scatter=str(scatter), means=str(means))
+        ctx.log(f"  wrote {scatter} and {means}")
+    if fig.groups:
+        ari = dataset_groups_ari(ctx.registry, enc, versions, fig.groups, fig.linkage, out_dir)
+        outputs["clustering"] = ari
+        ctx.log(
+            f"  agglomerative clustering of dataset fingerprints vs the given groups: "
+            f"ARI {ari['ari']:.3f} (explicit-fingerprint baseline {ari['baseline_ari']:.3f})"
+        )
+    return outputs
+
+
+def _figures_there(_ctx: StageContext, out: dict[str, Any]) -> bool:
+    return all(Path(out[k]).is_file() for k in ("scatter", "means") if k in out)
+
+
+def _no_jobs(_spec: PipelineSpec, _profile: ClusterProfile) -> list[PlannedJob]:
+    return []
+
+
+ENCODER = Stage(
+    name="encoder",
+    needs=("data",),
+    summary="train the fingerprint encoder as one cluster job",
+    enabled=lambda s: s.encoder is not None,
+    section=lambda s: s.encoder,
+    run=_run_encoder,
+    jobs=_encoder_jobs,
+    still_there=_encoder_there,
+)
+
+EXTRACT = Stage(
+    name="extract",
+    needs=("data", "encoder"),
+    summary="embed every dataset as an array job of shards",
+    enabled=lambda s: s.encoder is not None,
+    section=lambda s: s.extract,
+    run=_run_extract,
+    jobs=_extract_jobs,
+    still_there=_extract_there,
+)
+
+INDEX = Stage(
+    name="index",
+    needs=("encoder", "extract"),
+    summary="build or extend the FAISS index",
+    enabled=lambda s: s.index is not None,
+    section=lambda s: s.index,
+    run=_run_index,
+    jobs=_no_jobs,
+    still_there=_index_there,
+)
+
+FIGURES = Stage(
+    name="figures",
+    needs=("data", "encoder", "extract"),
+    summary="Figures 5/6 and the clustering of dataset fingerprints (ARI)",
+    enabled=lambda s: s.figures is not None,
+    section=lambda s: s.figures,
+    run=_run_figures,
+    jobs=_no_jobs,
+    still_there=_figures_there,
+)

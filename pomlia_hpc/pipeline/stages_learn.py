@@ -1,0 +1,228 @@
+"""Stages ``tasks``, ``automl``, ``export`` and ``deploy``: from a task to a served model."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from pomlia_hpc.config import ClusterProfile
+from pomlia_hpc.pipeline.spec import AutoMLSpec, PipelineSpec
+from pomlia_hpc.pipeline.stage import PlannedJob, Stage, StageContext, resources_of
+from pomlia_hpc.pipeline.stages_data import estimated_images
+from pomlia_hpc.registry import Model, Task
+
+
+def _run_tasks(ctx: StageContext) -> dict[str, Any]:
+    from pomlia_hpc.automl.tasks import add_task
+    from pomlia_hpc.data.store import find_version
+
+    versions = ctx.outputs("data")["versions"]
+    out: dict[str, Any] = {}
+    for t in ctx.spec.tasks:
+        name, ds = t.dataset.split("@")[0], t.dataset
+        ref = ds if "@" in ds else versions[name]
+        version = find_version(ctx.registry, ref)
+        registered = _task_name(ctx, t.name, version.id, t.metric, version.version)
+        with ctx.registry.session() as s:
+            exists = s.scalar(select(Task.id).where(Task.name == registered)) is not None
+        if not exists:
+            add_task(ctx.registry, registered, ref, t.metric)
+        out[t.name] = {"task": registered, "dataset": ref, "metric": t.metric}
+        ctx.log(f"  task {registered}: {ref}, metric {t.metric}")
+    return out
+
+
+def _task_name(ctx: StageContext, name: str, version_id: int, metric: str, version: str) -> str:
+    """``name``, unless a task of that name exists for another dataset version or metric:
+    then ``name-<version>`` (a new dataset version is a new task; its runs stay apart)."""
+    with ctx.registry.session() as s:
+        row = s.scalar(select(Task).where(Task.name == name))
+        if row is None or (row.dataset_version_id == version_id and row.metric == metric):
+            return name
+    return f"{name}-{version[:8]}"
+
+
+def _automl(spec: PipelineSpec) -> AutoMLSpec:
+    assert spec.automl is not None
+    return spec.automl
+
+
+def _run_automl(ctx: StageContext) -> dict[str, Any]:
+    from pomlia_hpc.automl.space import DEFAULT_ARCHS, SpaceOptions
+    from pomlia_hpc.automl.study import SPEC_FILE, create_study, load_spec, run_study, study_dir
+
+    am = _automl(ctx.spec)
+    tasks = ctx.outputs("tasks")
+    encoder = ctx.outputs("encoder")["encoder"] if ctx.spec.encoder is not None else None
+    warm = ctx.outputs("recommend") if ctx.spec.recommend is not None else {}
+    out: dict[str, Any] = {}
+    for key, t in tasks.items():
+        # A study per task and stage key: the same inputs resume the same study.
+        name = f"{ctx.spec.name}-{key}-{ctx.key[:8]}"
+        if (study_dir(ctx.workspace, name) / SPEC_FILE).exists():
+            spec, resume = load_spec(ctx.workspace, name), True
+            ctx.log(f"  resuming study {name}")
+        else:
+            spec, resume = (
+                create_study(
+                    ctx.registry,
+                    ctx.workspace,
+                    t["task"],
+                    name=name,
+                    n_trials=am.trials,
+                    max_epochs=am.max_epochs,
+                    min_epochs=am.min_epochs,
+                    parallel=am.parallel,
+                    executor=ctx.workspace.cluster_profile,
+                    optimizer=am.optimizer,
+                    seed=am.seed,
+                    space=SpaceOptions(archs=tuple(am.archs or DEFAULT_ARCHS)),
+                    resources=am.resources.as_overrides(),
+                    encoder=encoder if am.use_encoder else None,
+                    extra_data=am.extra_data and encoder is not None,
+                    initial_configs=list(warm.get(key, {}).get("configs", [])),
+                ),
+                False,
+            )
+            ctx.log(f"  study {name}: {am.trials} trials, {am.min_epochs}-{am.max_epochs} epochs")
+        res = run_study(
+            ctx.registry,
+            ctx.workspace,
+            spec,
+            resume=resume,
+            on_update=lambda view: None,
+        )
+        ctx.log(
+            f"  study {name}: {res.n_ok} ok, {res.n_crashed} crashed, best model {res.model_name}"
+        )
+        if res.model_name is None:
+            raise RuntimeError(f"study {name} produced no model: every trial crashed")
+        out[key] = {
+            "study": name,
+            "model": res.model_name,
+            "best_run": res.best_run_id,
+            "metrics": res.best_metrics,
+        }
+    return out
+
+
+def _models_there(ctx: StageContext, out: dict[str, Any]) -> bool:
+    with ctx.registry.session() as s:
+        for v in out.values():
+            row = s.scalar(select(Model).where(Model.name == v["model"]))
+            if row is None or not Path(row.path).exists():
+                return False
+    return True
+
+
+def _automl_jobs(spec: PipelineSpec, profile: ClusterProfile) -> list[PlannedJob]:
+    am = _automl(spec)
+    res = resources_of(profile, am.resources)
+    jobs = []
+    by_name = {d.name: d for d in spec.datasets}
+    for t in spec.tasks:
+        n = estimated_images(spec, by_name[t.dataset.split("@")[0]], "train")
+        # Hyperband hands out budgets between min and max epochs; the mean is about halfway.
+        mean_epochs = (am.min_epochs + am.max_epochs) / 2
+        hours = (
+            None if n is None else n * mean_epochs / spec.estimate.classifier_images_per_s / 3600
+        )
+        jobs.append(PlannedJob(f"AutoML trials of task '{t.name}'", am.trials, res, hours))
+    return jobs
+
+
+def _run_export(ctx: StageContext) -> dict[str, Any]:
+    from pomlia_hpc.serve.export import export_model
+
+    out: dict[str, Any] = {}
+    for key, v in ctx.outputs("automl").items():
+        res = export_model(ctx.registry, ctx.workspace, v["model"])
+        out[key] = {
+            "model": v["model"],
+            "bundle": str(res.bundle.root),
+            "version": res.bundle.version,
+        }
+        ctx.log(f"  exported {v['model']} → {res.bundle.root}")
+    return out
+
+
+def _bundles_there(_ctx: StageContext, out: dict[str, Any]) -> bool:
+    return all(Path(v["bundle"]).is_dir() for v in out.values())
+
+
+def _run_deploy(ctx: StageContext) -> dict[str, Any]:
+    from pomlia_hpc.config import load_cluster_profile
+    from pomlia_hpc.serve.deploy import submit_deployment, write_deployment
+
+    assert ctx.spec.deploy is not None
+    profile = load_cluster_profile(ctx.workspace.cluster_profile)
+    out: dict[str, Any] = {}
+    for key, v in ctx.outputs("export").items():
+        target = ctx.workspace.path("models", v["model"], "deploy", v["version"])
+        if target.exists():  # written by an earlier run of this stage whose record was lost
+            out[key] = {"model": v["model"], "directory": str(target), "deployment": None}
+            continue
+        res = write_deployment(ctx.registry, ctx.workspace, v["model"], profile)
+        if ctx.spec.deploy.submit:
+            res = submit_deployment(ctx.registry, res)
+        out[key] = {
+            "model": v["model"],
+            "directory": str(res.directory),
+            "deployment": res.deployment_id,
+        }
+        ctx.log(f"  deployment {res.deployment_id}: {res.directory}")
+    return out
+
+
+def _deploy_there(_ctx: StageContext, out: dict[str, Any]) -> bool:
+    return all(Path(v["directory"]).is_dir() for v in out.values())
+
+
+def _no_jobs(_spec: PipelineSpec, _profile: ClusterProfile) -> list[PlannedJob]:
+    return []
+
+
+TASKS = Stage(
+    name="tasks",
+    needs=("data",),
+    summary="register the learning tasks",
+    enabled=lambda s: bool(s.tasks),
+    section=lambda s: [t.model_dump(mode="json") for t in s.tasks],
+    run=_run_tasks,
+    jobs=_no_jobs,
+)
+
+AUTOML = Stage(
+    name="automl",
+    needs=("tasks", "encoder", "recommend"),
+    summary="an AutoML study per task; every trial a cluster job",
+    enabled=lambda s: s.automl is not None,
+    section=lambda s: s.automl,
+    run=_run_automl,
+    jobs=_automl_jobs,
+    still_there=_models_there,
+)
+
+EXPORT = Stage(
+    name="export",
+    needs=("automl",),
+    summary="export each task's best model (TorchScript + ONNX + card)",
+    enabled=lambda s: s.export is not None and s.export.enabled,
+    section=lambda s: s.export,
+    run=_run_export,
+    jobs=_no_jobs,
+    still_there=_bundles_there,
+)
+
+DEPLOY = Stage(
+    name="deploy",
+    needs=("export",),
+    summary="write the Apptainer deployment (and submit it when asked)",
+    enabled=lambda s: s.deploy is not None and s.deploy.enabled,
+    section=lambda s: s.deploy,
+    run=_run_deploy,
+    jobs=_no_jobs,
+    still_there=_deploy_there,
+)

@@ -1,0 +1,133 @@
+"""Write the report: one HTML page per section whose data exists, plus an overview.
+
+The folder is written under a temporary name next to ``out_dir`` and renamed into place, so a
+reader never sees half a report; an existing report there is replaced as a whole.
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+from sqlalchemy import func, select
+
+from pomlia_hpc.errors import InputError
+from pomlia_hpc.registry import (
+    DatasetVersion,
+    Deployment,
+    Encoder,
+    Job,
+    Model,
+    MonitorReport,
+    Registry,
+    Run,
+)
+from pomlia_hpc.report import pages_data, pages_learn
+from pomlia_hpc.report.html import esc, page, table
+from pomlia_hpc.workspace import Workspace
+
+PageFn = Callable[[Registry, Workspace], str | None]
+
+#: (file, title, builder) in navigation order; a builder returns None when it has no data.
+PAGES: list[tuple[str, str, PageFn]] = [
+    ("datasets.html", "Datasets", pages_data.datasets_page),
+    ("fingerprints.html", "Fingerprints", pages_data.fingerprints_page),
+    ("studies.html", "Studies", pages_learn.studies_page),
+    ("models.html", "Models and deployments", pages_learn.models_page),
+    ("monitor.html", "Monitor history", pages_learn.monitor_page),
+    ("pipelines.html", "Pipelines", pages_learn.pipelines_page),
+]
+
+
+def register_page(file: str, title: str, builder: PageFn, *, before: str | None = None) -> None:
+    """Add a page (e.g. the recommender's); ``before`` names the file it precedes."""
+    entry = (file, title, builder)
+    files = [p[0] for p in PAGES]
+    if file in files:
+        PAGES[files.index(file)] = entry
+    elif before in files:
+        PAGES.insert(files.index(before), entry)
+    else:
+        PAGES.append(entry)
+
+
+@dataclass(frozen=True)
+class ReportResult:
+    folder: Path
+    pages: list[Path]
+
+
+def _counts(registry: Registry) -> list[tuple[str, int]]:
+    with registry.session() as s:
+        return [
+            (label, int(s.scalar(select(func.count()).select_from(model)) or 0))
+            for label, model in (
+                ("dataset versions", DatasetVersion),
+                ("encoders", Encoder),
+                ("training runs", Run),
+                ("models", Model),
+                ("deployments", Deployment),
+                ("monitor reports", MonitorReport),
+                ("jobs", Job),
+            )
+        ]
+
+
+def build_report(
+    registry: Registry,
+    workspace: Workspace,
+    out_dir: Path | None = None,
+    progress: Callable[[str], None] | None = None,
+) -> ReportResult:
+    """Write the report of ``workspace`` into ``out_dir`` (default ``<home>/reports/html``)."""
+    out = (out_dir or workspace.path("reports", "html")).expanduser().resolve()
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"report folder {out} cannot be created: {exc.strerror}") from exc
+    if out.exists() and not (out / "index.html").is_file() and any(out.iterdir()):
+        raise InputError(
+            f"{out} exists and is not a pomlia report (no index.html): expected a new or "
+            "report folder"
+        )
+    stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
+    bodies: list[tuple[str, str, str]] = []
+    for file, title, builder in PAGES:
+        if progress is not None:
+            progress(title)
+        body = builder(registry, workspace)
+        if body is not None:
+            bodies.append((file, title, body))
+    nav = [("index.html", "Overview")] + [(f, t) for f, t, _b in bodies]
+    overview = (
+        f"<p>Workspace <code>{esc(workspace.home)}</code>, registry "
+        f"<code>{esc(registry.display_url())}</code>.</p>"
+        + table(["what", "count"], _counts(registry))
+        + "<ul>"
+        + "".join(f"<li><a href='{esc(f)}'>{esc(t)}</a></li>" for f, t, _b in bodies)
+        + "</ul>"
+        + ("" if bodies else "<p>Nothing recorded yet: run a pipeline or `pomlia data add`.</p>")
+    )
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    tmp.chmod(0o755)  # mkdtemp makes it private; a report is for reading by others too
+    try:
+        written = [tmp / "index.html"]
+        written[0].write_text(page("Workspace report", overview, nav, "index.html", stamp))
+        for file, title, body in bodies:
+            (tmp / file).write_text(page(title, body, nav, file, stamp))
+            written.append(tmp / file)
+        old = None
+        if out.exists():
+            old = out.with_name(f".{out.name}.old-{datetime.now(UTC):%H%M%S%f}")
+            out.rename(old)
+        tmp.rename(out)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return ReportResult(out, [out / p.name for p in written])

@@ -1,0 +1,95 @@
+"""The report's figures as PNG bytes (matplotlib, Agg backend: no display needed)."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Mapping, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+import numpy as np
+
+
+def _bytes(fig: plt.Figure) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def heatmap(matrix: np.ndarray, labels: Sequence[str], title: str) -> bytes:
+    """A labelled square heatmap (e.g. distances between dataset fingerprints)."""
+    n = len(labels)
+    fig, ax = plt.subplots(figsize=(max(4.0, 0.55 * n + 2), max(3.5, 0.5 * n + 1.5)))
+    im = ax.imshow(matrix, cmap="viridis_r")
+    ax.set_xticks(range(n), labels, rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(n), labels, fontsize=8)
+    if n <= 14:
+        for i in range(n):
+            for j in range(n):
+                ax.text(
+                    j,
+                    i,
+                    f"{matrix[i, j]:.2g}",
+                    ha="center",
+                    va="center",
+                    fontsize=6,
+                    color="white" if matrix[i, j] > np.nanmean(matrix) else "black",
+                )
+    fig.colorbar(im, ax=ax, shrink=0.8)
+    ax.set_title(title, fontsize=10)
+    return _bytes(fig)
+
+
+def best_so_far(objectives: Sequence[float | None], metric: str, title: str) -> bytes:
+    """Each trial's validation metric (dots; crashed trials as red x at the bottom) and the
+    best so far (line), in trial order."""
+    fig, ax = plt.subplots(figsize=(6, 3.2))
+    xs = np.arange(1, len(objectives) + 1)
+    ok = [(x, y) for x, y in zip(xs, objectives, strict=True) if y is not None]
+    bad = [x for x, y in zip(xs, objectives, strict=True) if y is None]
+    if ok:
+        ok_x, ok_y = zip(*ok, strict=True)
+        ax.scatter(ok_x, ok_y, s=14, color="#4c72b0", label="trial")
+        best, line = -np.inf, []
+        for y in objectives:
+            if y is not None:
+                best = max(best, y)
+            line.append(best if np.isfinite(best) else np.nan)
+        ax.step(xs, line, where="post", color="#dd8452", label="best so far")
+    if bad:
+        low = min((y for _x, y in ok), default=0.0)
+        ax.scatter(bad, [low] * len(bad), marker="x", color="#c44e52", label="crashed")
+    ax.set_xlabel("trial")
+    ax.set_ylabel(f"validation {metric}")
+    ax.set_title(title, fontsize=10)
+    ax.legend(fontsize=7)
+    return _bytes(fig)
+
+
+def series(
+    times: Sequence[str],
+    values: Mapping[str, Sequence[float | None]],
+    flags: Sequence[bool],
+    title: str,
+) -> bytes:
+    """Several series over report times; reports that triggered the loop marked in red."""
+    fig, ax = plt.subplots(figsize=(6.5, 3.2))
+    xs = np.arange(len(times))
+    for name, ys in values.items():
+        ax.plot(xs, [np.nan if y is None else y for y in ys], marker="o", ms=3, label=name)
+    for x, flag in zip(xs, flags, strict=True):
+        if flag:
+            ax.axvline(float(x), color="#c44e52", alpha=0.3)
+    ax.set_xticks(xs, [t[5:16] for t in times], rotation=45, ha="right", fontsize=7)
+    ax.set_title(title, fontsize=10)
+    if values:
+        ax.legend(fontsize=7)
+    return _bytes(fig)
+
+
+def image_bytes(path: str) -> bytes:
+    with open(path, "rb") as fh:
+        return fh.read()

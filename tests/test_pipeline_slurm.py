@@ -1,0 +1,101 @@
+"""A small look-alike pipeline through ``pomlia pipeline run`` on the real single-node Slurm:
+stages as jobs chained with afterok; a failing stage cancels the ones after it; the next run
+skips what is done and resumes at the failed stage; a third run submits nothing."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from sqlalchemy import select
+
+from pomlia_hpc.registry import Job, Registry
+from pomlia_hpc.workspace import Workspace
+
+pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("slurm")]
+REPO = Path(__file__).resolve().parents[1]
+
+
+def small_pipeline(task_dataset: str) -> dict[str, Any]:
+    flags = ["bloodmnist", "pneumoniamnist"]
+    return {
+        "name": "small",
+        "lookalikes": {"scale": 0.004, "flags": flags},
+        "datasets": [{"name": f, "medmnist": f} for f in flags],
+        "encoder": {
+            "name": "small-d2",
+            "latent_dim": 2,
+            "epochs": 1,
+            "max_images": 64,
+            "batch_size": 32,
+        },
+        "extract": {"batch_size": 64},
+        "index": {},
+        "tasks": [{"name": "small-pneu", "dataset": task_dataset, "metric": "auc"}],
+    }
+
+
+def pomlia(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "POMLIA_HOME": str(home), "PYTHONPATH": str(REPO), "COLUMNS": "250"}
+    env.pop("POMLIA_DB_URL", None)
+    return subprocess.run(
+        [sys.executable, "-m", "pomlia_hpc", "--cluster", "slurm-local", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=420,
+        check=False,
+    )
+
+
+def test_chain_on_slurm_fails_resumes_and_skips(workspace: Workspace, reg: Registry) -> None:
+    file = workspace.home.parent / "small.yaml"
+    # First run: the task names a dataset version that does not exist, so 'tasks' fails.
+    file.write_text(yaml.safe_dump(small_pipeline("pneumoniamnist@000000000000")))
+    first = pomlia(workspace.home, "pipeline", "run", str(file), "--wait")
+    assert first.returncode == 1, first.stdout + first.stderr
+    assert "Traceback" not in first.stderr
+    records = workspace.path("pipelines", "small", "stages")
+    status = {p.stem: json.loads(p.read_text())["status"] for p in records.glob("*.json")}
+    assert status == {
+        "lookalikes": "done",
+        "data": "done",
+        "encoder": "done",
+        "extract": "done",
+        "index": "done",
+        "tasks": "failed",
+    }
+    with reg.session() as s:
+        stage_jobs = {
+            j.name.removeprefix("pipeline-small-"): j
+            for j in s.scalars(select(Job).where(Job.name.like("pipeline-small-%")))
+        }
+        # The stage's own work ran as jobs of their own (nested), e.g. the encoder training.
+        assert s.scalar(select(Job).where(Job.name == "fingerprint-train-small-d2")) is not None
+    assert stage_jobs["data"].state == "COMPLETED" and stage_jobs["tasks"].state == "FAILED"
+    assert "000000000000" in json.loads((records / "tasks.json").read_text())["error"]
+
+    # Fixed file: done stages are skipped (no job), only 'tasks' runs.
+    file.write_text(yaml.safe_dump(small_pipeline("pneumoniamnist")))
+    second = pomlia(workspace.home, "pipeline", "run", str(file), "--wait")
+    assert second.returncode == 0, second.stdout + second.stderr
+    assert "tasks: job" in second.stdout and "encoder: job" not in second.stdout
+    with reg.session() as s:
+        n_jobs = len(list(s.scalars(select(Job).where(Job.name.like("pipeline-small-%")))))
+    assert n_jobs == len(stage_jobs) + 1
+
+    # Nothing changed: nothing is submitted.
+    third = pomlia(workspace.home, "pipeline", "run", str(file))
+    assert third.returncode == 0 and "every stage is up to date" in third.stdout
+
+    shown = pomlia(workspace.home, "pipeline", "status", "small")
+    assert shown.returncode == 0
+    for stage in ("lookalikes", "data", "encoder", "extract", "index", "tasks"):
+        line = next(ln for ln in shown.stdout.splitlines() if f" {stage} " in ln)
+        assert " done " in line, shown.stdout

@@ -1,0 +1,197 @@
+"""The pipeline file (strict spec, one-line errors), stage keys and the planner; no jobs run."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from pomlia_hpc.data.medmnist_info import flag_info
+from pomlia_hpc.errors import ConfigError
+from pomlia_hpc.pipeline.runner import make_plan
+from pomlia_hpc.pipeline.spec import load_pipeline, parse_pipeline
+from pomlia_hpc.pipeline.stage import (
+    PlannedJob,
+    Stage,
+    StageContext,
+    is_fresh,
+    run_stage,
+    stage_key,
+)
+from pomlia_hpc.registry import Registry
+from pomlia_hpc.workspace import Workspace
+
+REPO = Path(__file__).resolve().parents[1]
+MINIMAL: dict[str, Any] = {"name": "p", "datasets": [{"name": "a", "medmnist": "bloodmnist"}]}
+
+
+def _parse(data: dict[str, Any]) -> Any:
+    return parse_pipeline(data, "p.yaml", Path("/data"))
+
+
+@pytest.mark.parametrize("name", ["lookalikes", "medmnist2d", "medmnist2d-default"])
+def test_shipped_pipelines_parse(name: str) -> None:
+    spec = load_pipeline(REPO / "configs" / "pipelines" / f"{name}.yaml")
+    assert spec.name == name and len(spec.datasets) == 12
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (
+            {"encoder": {"name": "e", "epoch": 3}},
+            "p.yaml: unknown key 'encoder.epoch'; valid keys:",
+        ),
+        ({"datasets": [{"name": "a", "medmnist": "x", "sise": 28}]}, "'datasets.0.sise'"),
+        ({"encoder": {"name": "e", "epochs": 0}}, "bad value for 'encoder.epochs'"),
+        ({"encoder": {"name": "e", "latent_dim": "two"}}, "bad value for 'encoder.latent_dim'"),
+        ({"datasets": [{"name": "a"}]}, "needs exactly one of medmnist, file, folder"),
+        ({"tasks": [{"name": "t", "dataset": "zz"}]}, "dataset 'zz' is not declared"),
+        ({"automl": {}}, "section 'automl' needs at least one entry under 'tasks'"),
+        ({"index": {}}, "section 'index' needs an 'encoder' section"),
+        ({"execution": {"mode": "dag"}}, "bad value for 'execution.mode'"),
+        ({"monitor": {"at": "25:00"}}, "bad value for 'monitor.at'"),
+        ({"name": "has space"}, "bad value for 'name'"),
+    ],
+)
+def test_bad_file_is_one_error_naming_the_key(change: dict[str, Any], message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        _parse({**MINIMAL, **change})
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_relative_paths_are_relative_to_the_file() -> None:
+    spec = _parse({**MINIMAL, "datasets": [{"name": "a", "file": "x/a.npz"}]})
+    assert spec.path("x/a.npz") == Path("/data/x/a.npz")
+    assert spec.path("/abs/a.npz") == Path("/abs/a.npz")
+
+
+def test_cli_bad_file_exits_2_with_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({**MINIMAL, "encoder": {"name": "e", "epoch": 3}}))
+    env = {"POMLIA_HOME": str(tmp_path / "ws"), "PATH": "/usr/bin:/bin", "COLUMNS": "1000"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "pomlia_hpc", "pipeline", "run", str(bad), "--dry-run"],
+        capture_output=True,
+        text=True,
+        env={**env, "PYTHONPATH": str(REPO)},
+        check=False,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().startswith("error:") and "unknown key 'encoder.epoch'" in proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
+# -- stage keys, skipping, resuming ----------------------------------------------------------
+
+
+def _toy(name: str, needs: tuple[str, ...], calls: list[str], fail: bool = False) -> Stage:
+    def run(ctx: StageContext) -> dict[str, Any]:
+        calls.append(name)
+        if fail:
+            raise RuntimeError(f"{name} broke")
+        up = [ctx.outputs(n) for n in needs]
+        return {"value": ctx.spec.encoder.epochs if ctx.spec.encoder else 0, "up": up}
+
+    return Stage(
+        name=name,
+        needs=needs,
+        summary=name,
+        enabled=lambda s: True,
+        section=lambda s: s.encoder,
+        run=run,
+        jobs=lambda s, p: [],
+    )
+
+
+@pytest.fixture
+def ctx(workspace: Workspace, reg: Registry) -> StageContext:
+    return StageContext(_parse({**MINIMAL, "encoder": {"name": "e", "epochs": 2}}), workspace, reg)
+
+
+def test_stage_runs_once_then_is_skipped_until_its_inputs_change(ctx: StageContext) -> None:
+    calls: list[str] = []
+    a, b = _toy("a", (), calls), _toy("b", ("a",), calls)
+    assert stage_key(ctx, b) is None  # upstream not finished: no key yet
+    assert [run_stage(ctx, a), run_stage(ctx, b)] == ["done", "done"]
+    assert [run_stage(ctx, a), run_stage(ctx, b)] == ["skipped", "skipped"]
+    assert calls == ["a", "b"]
+    # A changed section changes the key: a runs again; its outputs change, so b runs too.
+    ctx.spec = _parse({**MINIMAL, "encoder": {"name": "e", "epochs": 3}})
+    assert not is_fresh(ctx, a)
+    assert [run_stage(ctx, a), run_stage(ctx, b)] == ["done", "done"]
+    assert calls == ["a", "b", "a", "b"]
+
+
+def test_same_upstream_outputs_leave_downstream_skipped(ctx: StageContext) -> None:
+    calls: list[str] = []
+    a, b = _toy("a", (), calls), _toy("b", ("a",), calls)
+    run_stage(ctx, a), run_stage(ctx, b)
+    # a is forced to run again (record removed) and produces the same outputs: b stays fresh.
+    ctx.record_path("a").unlink()
+    assert run_stage(ctx, a) == "done" and is_fresh(ctx, b)
+    assert run_stage(ctx, b) == "skipped"
+
+
+def test_a_failed_stage_is_recorded_and_resumed(ctx: StageContext) -> None:
+    calls: list[str] = []
+    a = _toy("a", (), calls)
+    broken = _toy("b", ("a",), calls, fail=True)
+    run_stage(ctx, a)
+    with pytest.raises(RuntimeError, match="b broke"):
+        run_stage(ctx, broken)
+    rec = ctx.record("b")
+    assert rec is not None and rec["status"] == "failed" and "b broke" in rec["error"]
+    # The next run skips a and runs b again.
+    fixed = _toy("b", ("a",), calls)
+    assert [run_stage(ctx, a), run_stage(ctx, fixed)] == ["skipped", "done"]
+    assert calls == ["a", "b", "b"]
+
+
+def test_deleted_outputs_make_a_stage_run_again(ctx: StageContext) -> None:
+    calls: list[str] = []
+    there = {"yes": True}
+    a = replace(_toy("a", (), calls), still_there=lambda c, o: there["yes"])
+    run_stage(ctx, a)
+    there["yes"] = False
+    assert run_stage(ctx, a) == "done" and calls == ["a", "a"]
+
+
+# -- the plan (dry run) ----------------------------------------------------------------------
+
+
+def test_plan_of_the_paper_pipeline_on_haicore(workspace: Workspace, reg: Registry) -> None:
+    spec = load_pipeline(REPO / "configs" / "pipelines" / "medmnist2d.yaml")
+    plan = make_plan(StageContext(spec, workspace, reg), "haicore")
+    assert plan.mode == "chain"
+    assert [sp.stage.name for sp in plan.stages] == [
+        "data",
+        "encoder",
+        "extract",
+        "index",
+        "figures",
+    ]
+    assert all(sp.action == "run" for sp in plan.stages)
+    (train,) = plan.stages[1].jobs
+    # The 12 train splits of MedMNIST 2D, 10 epochs at the assumed 6000 images/s on one GPU.
+    n_train = sum(flag_info(d.medmnist or "").n_samples["train"] for d in spec.datasets)
+    assert n_train == 518_175
+    assert train.resources.gpus_per_node == 1
+    assert train.hours == pytest.approx(n_train * 10 / 6000 / 3600)
+    (ex,) = plan.stages[2].jobs
+    assert ex.count == 8  # 708,069 images in tasks of about 100,000
+    assert plan.gpu_hours == pytest.approx(train.gpu_hours + ex.gpu_hours)
+    assert plan.driver is not None and plan.driver.resources.gpus_per_node == 0
+
+
+def test_plan_counts_gpu_hours_only_for_gpu_jobs(workspace: Workspace, reg: Registry) -> None:
+    spec = load_pipeline(REPO / "configs" / "pipelines" / "lookalikes.yaml")
+    plan = make_plan(StageContext(spec, workspace, reg), "local")
+    assert plan.mode == "in-process" and plan.driver is None
+    assert plan.gpu_hours == 0
+    assert any(isinstance(j, PlannedJob) and j.hours for sp in plan.stages for j in sp.jobs)
