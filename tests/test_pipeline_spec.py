@@ -195,3 +195,14 @@ def test_plan_counts_gpu_hours_only_for_gpu_jobs(workspace: Workspace, reg: Regi
     assert plan.mode == "in-process" and plan.driver is None
     assert plan.gpu_hours == 0
     assert any(isinstance(j, PlannedJob) and j.hours for sp in plan.stages for j in sp.jobs)
+
+
+def test_job_dependencies_need_slurm() -> None:
+    from pomlia_hpc.cluster.resources import after_ok_parameters
+    from pomlia_hpc.config import load_cluster_profile
+
+    with pytest.raises(ConfigError, match="need the slurm backend"):
+        after_ok_parameters(load_cluster_profile("local"), ["12"])
+    params = after_ok_parameters(load_cluster_profile("slurm-local"), ["12", "13"])
+    extra = params["slurm_additional_parameters"]
+    assert extra == {"dependency": "afterok:12:13", "kill-on-invalid-dep": "yes"}

@@ -70,6 +70,14 @@ def run(
     wait: Annotated[
         bool, typer.Option("--wait", help="On Slurm: wait for the stage jobs to end.")
     ] = False,
+    in_process: Annotated[
+        bool,
+        typer.Option(
+            "--in-process",
+            help="Run the stages here even on Slurm (inside a driver job such as "
+            "jobs/pipeline.sbatch); their own jobs still go to the cluster.",
+        ),
+    ] = False,
 ) -> None:
     """Run PIPELINE.yaml: every stage whose outputs are missing or out of date.
 
@@ -91,7 +99,7 @@ def run(
     ctx = runner.context_for(
         ws, reg, spec, log=lambda m: console.print(m, highlight=False, markup=False)
     )
-    plan = runner.make_plan(ctx, ws.cluster_profile)
+    plan = runner.make_plan(ctx, ws.cluster_profile, in_process=in_process)
     console.print(_plan_table(plan))
     a = spec.estimate
     console.print(

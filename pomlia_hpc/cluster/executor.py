@@ -41,7 +41,7 @@ from pomlia_hpc.cluster.records import (
     this_host,
     update_job,
 )
-from pomlia_hpc.cluster.resources import submitit_parameters, with_overrides
+from pomlia_hpc.cluster.resources import after_ok_parameters, submitit_parameters, with_overrides
 from pomlia_hpc.config import ClusterProfile, load_cluster_profile
 from pomlia_hpc.errors import ClusterError, NotFoundError
 from pomlia_hpc.processes import ignores_signal, kill_tree, pid_alive
@@ -363,17 +363,7 @@ class Executor:
         profile = with_overrides(self.profile, resources)
         ex = self._submitit(profile, name)
         if after_ok:
-            if profile.backend != "slurm":
-                raise ClusterError(
-                    f"job dependencies need the slurm backend, not {profile.backend}"
-                )
-            ids = ":".join(h.job_id for h in after_ok)
-            ex.update_parameters(
-                slurm_additional_parameters={
-                    "dependency": f"afterok:{ids}",
-                    "kill-on-invalid-dep": "yes",
-                }
-            )
+            ex.update_parameters(**after_ok_parameters(profile, [h.job_id for h in after_ok]))
         job = ex.submit(fn, *args, **kwargs)
         (rid,) = self._record([str(job.job_id)], name, None)
         handle = JobHandle(self, rid)

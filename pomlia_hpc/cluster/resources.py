@@ -54,3 +54,12 @@ def submitit_parameters(profile: ClusterProfile, *, name: str) -> dict[str, Any]
         if profile.setup:
             params["slurm_setup"] = list(profile.setup)
     return params
+
+
+def after_ok_parameters(profile: ClusterProfile, job_ids: list[str]) -> dict[str, Any]:
+    """submitit parameters that start a job only after ``job_ids`` all COMPLETED, and make
+    Slurm cancel it if one of them fails (instead of leaving it pending forever)."""
+    if profile.backend != "slurm":
+        raise ConfigError(f"job dependencies need the slurm backend, not '{profile.backend}'")
+    deps = {"dependency": f"afterok:{':'.join(job_ids)}", "kill-on-invalid-dep": "yes"}
+    return {"slurm_additional_parameters": deps}

@@ -80,11 +80,14 @@ class Plan:
         return any(j.hours is None for sp in self.stages for j in sp.jobs)
 
 
-def make_plan(ctx: StageContext, profile_name: str) -> Plan:
-    """What running ``ctx.spec`` with ``profile_name`` would do, without doing any of it."""
+def make_plan(ctx: StageContext, profile_name: str, *, in_process: bool = False) -> Plan:
+    """What running ``ctx.spec`` with ``profile_name`` would do, without doing any of it.
+    ``in_process``: run the stages in this process even on Slurm (inside a driver job such
+    as ``jobs/pipeline.sbatch``); their own jobs still go to the profile's cluster."""
     spec = ctx.spec
     profile = load_cluster_profile(profile_name)
-    mode = spec.execution.mode if profile.backend == "slurm" else "in-process"
+    slurm = profile.backend == "slurm" and not in_process
+    mode = spec.execution.mode if slurm else "in-process"
     plans: list[StagePlan] = []
     will_run: set[str] = set()
     for stage in active_stages(spec):

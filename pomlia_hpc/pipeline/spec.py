@@ -139,9 +139,14 @@ class TaskSpec(_Strict):
 
 
 class RecommendSpec(_Strict):
-    """Warm-start each task's study with the recommender's top ``k`` configurations."""
+    """Warm-start each task's study with the recommender's top ``k`` strategies (those the
+    AutoML space can express). ``shipped_tables``: import the published MedMNIST tables into
+    the knowledge base when it lacks them; ``sources``: restrict to these KB sources."""
 
     k: int = Field(3, ge=1)
+    max_gpu_hours: float | None = Field(None, gt=0)
+    sources: tuple[str, ...] | None = None
+    shipped_tables: bool = True
 
 
 class AutoMLSpec(_Strict):

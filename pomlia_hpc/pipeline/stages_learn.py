@@ -82,7 +82,7 @@ def _run_automl(ctx: StageContext) -> dict[str, Any]:
                     resources=am.resources.as_overrides(),
                     encoder=encoder if am.use_encoder else None,
                     extra_data=am.extra_data and encoder is not None,
-                    initial_configs=list(warm.get(key, {}).get("configs", [])),
+                    initial_configs=_fitting(warm.get(key, {}).get("configs", []), am, encoder),
                 ),
                 False,
             )
@@ -106,6 +106,24 @@ def _run_automl(ctx: StageContext) -> dict[str, Any]:
             "metrics": res.best_metrics,
         }
     return out
+
+
+def _fitting(configs: list[dict[str, Any]], am: AutoMLSpec, encoder: str | None) -> list[Any]:
+    """The recommended configurations this study's space can take (its architectures, an
+    encoder only when the study offers one, no registered-model weights)."""
+    from pomlia_hpc.automl.space import DEFAULT_ARCHS
+
+    archs = set(am.archs or DEFAULT_ARCHS)
+    keep = []
+    for c in configs:
+        if c.get("arch") not in archs or c.get("init") == "model":
+            continue
+        if c.get("init") == "encoder" and not (am.use_encoder and encoder):
+            continue
+        if c.get("extra_n") and not am.extra_data:
+            continue
+        keep.append(c)
+    return keep
 
 
 def _models_there(ctx: StageContext, out: dict[str, Any]) -> bool:

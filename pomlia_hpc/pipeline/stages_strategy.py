@@ -1,0 +1,89 @@
+"""Stage ``recommend``: the strategy recommender's warm start for each task's AutoML study.
+
+It registers itself after ``tasks`` (see :func:`pomlia_hpc.pipeline.stages.register_stage`).
+With ``recommend.shipped_tables`` the published MedMNIST tables shipped with pomlia-hpc are
+imported into the knowledge base first (once; an existing source of that name is kept).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from pomlia_hpc.config import ClusterProfile
+from pomlia_hpc.pipeline.spec import PipelineSpec
+from pomlia_hpc.pipeline.stage import PlannedJob, Stage, StageContext
+from pomlia_hpc.pipeline.stages import register_stage
+
+#: (source name, table file) shipped in pomlia_hpc/strategy/data/ (see its SOURCES.md).
+SHIPPED = (
+    ("medmnist_plus", "medmnist_plus_doerrich2025.csv"),
+    ("medmnist_v2", "medmnist_v2_yang2023.csv"),
+)
+SHIPPED_META = "medmnist_meta_features.csv"
+
+
+def import_shipped(ctx: StageContext) -> list[str]:
+    """Import the shipped tables that the knowledge base lacks; returns the names imported."""
+    import pomlia_hpc.strategy as strategy
+    from pomlia_hpc.strategy.kb import import_table, list_sources
+
+    data = Path(strategy.__file__).parent / "data"
+    have = {s.name for s in list_sources(ctx.registry)}
+    done = []
+    for source, file in SHIPPED:
+        if source not in have:
+            import_table(ctx.registry, data / file, source, meta_path=data / SHIPPED_META)
+            done.append(source)
+    return done
+
+
+def _run(ctx: StageContext) -> dict[str, Any]:
+    from pomlia_hpc.strategy.recommend import recommend
+
+    rec = ctx.spec.recommend
+    assert rec is not None
+    if rec.shipped_tables:
+        for name in import_shipped(ctx):
+            ctx.log(f"  knowledge base: imported the shipped table '{name}'")
+    out: dict[str, Any] = {}
+    for key, t in ctx.outputs("tasks").items():
+        answer = recommend(
+            ctx.registry,
+            t["task"],
+            k=rec.k,
+            max_gpu_hours=rec.max_gpu_hours,
+            sources=list(rec.sources) if rec.sources else None,
+        )
+        configs = list(answer.get("initial") or [])
+        out[key] = {
+            "recommendation_id": answer.get("recommendation_id"),
+            "configs": configs,
+            "top": [
+                {k: s.get(k) for k in ("arch", "init", "mode", "img_size")}
+                for s in answer.get("strategies", answer.get("top", []))[: rec.k]
+                if isinstance(s, dict)
+            ],
+        }
+        ctx.log(
+            f"  {t['task']}: recommendation {answer.get('recommendation_id')}, "
+            f"{len(configs)} warm-start configuration(s)"
+        )
+    return out
+
+
+def _no_jobs(_spec: PipelineSpec, _profile: ClusterProfile) -> list[PlannedJob]:
+    return []
+
+
+RECOMMEND = Stage(
+    name="recommend",
+    needs=("tasks", "extract"),
+    summary="recommend strategies per task (warm start of its study)",
+    enabled=lambda s: s.recommend is not None,
+    section=lambda s: s.recommend,
+    run=_run,
+    jobs=_no_jobs,
+)
+
+register_stage(RECOMMEND, after="tasks")

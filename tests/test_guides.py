@@ -1,0 +1,52 @@
+"""The ``pomlia`` commands in the user guide (docs/guide/*.md) run as written, each in a fresh
+workspace, as the README's do (tests/test_readme.py); in-process, so that the whole guide costs
+one interpreter start. A command must succeed or end with pomlia's one-line error (e.g. a
+dataset that a fresh workspace lacks): never a crash, never a usage error (a wrong option)."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from pomlia_hpc.errors import PomliaError
+
+GUIDE = Path(__file__).resolve().parents[1] / "docs" / "guide"
+
+
+def guide_commands() -> list[tuple[str, str]]:
+    """(page, command) for every ``pomlia`` line in a ``bash`` block of the guide."""
+    out = []
+    for page in sorted(GUIDE.glob("*.md")):
+        for block in re.findall(r"```bash\n(.*?)```", page.read_text(), flags=re.S):
+            for line in block.splitlines():
+                line = line.split("#")[0].strip()
+                if line.startswith("pomlia ") and "<" not in line:
+                    out.append((page.name, line))
+    return out
+
+
+def test_every_guide_page_has_commands() -> None:
+    pages = {p for p, _c in guide_commands()}
+    expected = {p.name for p in GUIDE.glob("*.md")} - {"README.md"}
+    assert pages == expected
+
+
+@pytest.mark.parametrize(("page", "cmd"), guide_commands())
+def test_guide_command_runs(
+    page: str, cmd: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pomlia_hpc.cli import app
+
+    monkeypatch.setenv("POMLIA_HOME", str(tmp_path / "ws"))
+    monkeypatch.delenv("POMLIA_DB_URL", raising=False)
+    monkeypatch.delenv("POMLIA_CLUSTER", raising=False)
+    monkeypatch.chdir(GUIDE.parents[1])  # paths in the guide are relative to the repository
+    res = CliRunner().invoke(app, shlex.split(cmd)[1:])
+    if res.exit_code == 0:
+        return
+    assert isinstance(res.exception, PomliaError), (page, cmd, res.exit_code, res.output)
+    assert "\n" not in res.exception.message, (page, cmd, res.exception.message)

@@ -1,0 +1,169 @@
+"""``pomlia report``: a static HTML report of a workspace, checked as files and in a real
+headless Chromium (every page loads without console errors, every image decodes)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from pomlia_hpc.errors import InputError
+from pomlia_hpc.registry import Deployment, Model, MonitorReport, Registry, Run, Task
+from pomlia_hpc.report import build_report
+from pomlia_hpc.workspace import Workspace
+from tests.fixtures.factories import make_dataset, make_encoder
+
+EVIL = "<script>alert('x')</script>"
+
+
+@pytest.fixture(scope="module")
+def filled(tmp_path_factory: pytest.TempPathFactory) -> tuple[Workspace, Registry]:
+    """A workspace with something in every section: three datasets, an encoder with their
+    embeddings, a study with an ok and a crashed trial, a model, a deployment, monitor reports
+    and a pipeline record."""
+    from pomlia_hpc.cluster import Executor
+    from pomlia_hpc.fingerprint.extract import extract
+
+    home = tmp_path_factory.mktemp("report") / "home"
+    ws = Workspace(home=home, db_url=f"sqlite:///{home / 'registry.db'}", cluster_profile="debug")
+    ws.create()
+    reg = Registry.open(ws.db_url)
+    refs = [
+        make_dataset(ws, reg, name, flag, sizes=(24, 8, 16))
+        for name, flag in (
+            ("blood", "bloodmnist"),
+            ("derma", "dermamnist"),
+            ("pneu", "pneumoniamnist"),
+        )
+    ]
+    make_encoder(ws, reg, "enc", latent_dim=2)
+    extract(reg, ws, "enc", refs, executor=Executor.from_profile("debug", ws.jobs, reg))
+    now = datetime.now(UTC)
+    with reg.session() as s:
+        task = Task(name="pneu-task", dataset_version_id=1, metric="auc", task_type="binary")
+        s.add(task)
+        s.flush()
+        runs = [
+            Run(
+                task_id=task.id,
+                study="st",
+                config={"arch": "small_cnn", "lr": 0.01},
+                budget=1,
+                status="ok",
+                metrics={"objective": 0.71, "test": {"auc": 0.7}, "epochs": 1},
+                cost_s=3.0,
+            ),
+            Run(
+                task_id=task.id,
+                study="st",
+                config={"arch": "resnet18"},
+                budget=1,
+                status="crashed",
+                error=f"Traceback ...\nRuntimeError: {EVIL}",
+                metrics={"cause": f"out of memory {EVIL}"},
+                cost_s=1.0,
+            ),
+            Run(
+                task_id=task.id,
+                study="st",
+                config={"arch": "small_cnn", "lr": 0.1},
+                budget=3,
+                status="ok",
+                metrics={"objective": 0.83, "epochs": 3},
+                cost_s=5.0,
+            ),
+        ]
+        s.add_all(runs)
+        s.flush()
+        model = Model(
+            name="st-best",
+            task_id=task.id,
+            run_id=runs[2].id,
+            path="/nowhere.pt",
+            lineage={"study": "st", "run_id": runs[2].id, "dataset_version": refs[2]},
+        )
+        s.add(model)
+        s.flush()
+        s.add(Deployment(model_id=model.id, bundle_path="/b", status="created"))
+        for i, (drift, flag) in enumerate(((0.01, False), (0.2, False), (0.6, True))):
+            s.add(
+                MonitorReport(
+                    model_id=model.id,
+                    drift={"mmd_p": drift},
+                    metrics={"accuracy": 0.8 - drift / 2, "n": 100 + i},
+                    triggered=flag,
+                    created_at=now + timedelta(days=i),
+                )
+            )
+    rec = ws.path("pipelines", "demo", "stages", "data.json")
+    rec.parent.mkdir(parents=True)
+    rec.write_text(
+        json.dumps(
+            {
+                "stage": "data",
+                "status": "done",
+                "key": "ab" * 32,
+                "outputs": {"versions": {"blood": refs[0]}},
+            }
+        )
+    )
+    return ws, reg
+
+
+def test_every_section_is_written_and_escaped(
+    filled: tuple[Workspace, Registry], tmp_path: Path
+) -> None:
+    ws, reg = filled
+    res = build_report(reg, ws, tmp_path / "r")
+    names = sorted(p.name for p in res.pages)
+    assert names == sorted(
+        [
+            "index.html",
+            "datasets.html",
+            "fingerprints.html",
+            "studies.html",
+            "models.html",
+            "monitor.html",
+            "pipelines.html",
+        ]
+    )
+    studies = (res.folder / "studies.html").read_text()
+    assert EVIL not in studies and "&lt;script&gt;" in studies  # causes shown, never executed
+    assert "out of memory" in studies and "crashed" in studies
+    models = (res.folder / "models.html").read_text()
+    assert "st-best" in models and "study=st" in models
+    for page in res.pages:
+        text = page.read_text()
+        # Self-contained: no external resources, no scripts.
+        assert "http://" not in text and "https://" not in text and "<script" not in text
+        assert "src='data:image/png;base64," in text or page.name in (
+            "index.html",
+            "pipelines.html",
+            "models.html",
+        )
+
+
+def test_empty_workspace_has_only_the_overview(
+    workspace: Workspace, reg: Registry, tmp_path: Path
+) -> None:
+    res = build_report(reg, workspace, tmp_path / "r")
+    assert [p.name for p in res.pages] == ["index.html"]
+    assert "Nothing recorded yet" in (res.folder / "index.html").read_text()
+
+
+def test_report_replaces_a_report_but_not_other_folders(
+    workspace: Workspace, reg: Registry, tmp_path: Path
+) -> None:
+    out = tmp_path / "r"
+    build_report(reg, workspace, out)
+    (out / "stale.html").write_text("old")
+    build_report(reg, workspace, out)
+    assert not (out / "stale.html").exists()  # replaced as a whole
+    other = tmp_path / "notes"
+    other.mkdir()
+    (other / "keep.txt").write_text("mine")
+    with pytest.raises(InputError, match="not a pomlia report"):
+        build_report(reg, workspace, other)
+    assert (other / "keep.txt").read_text() == "mine"
