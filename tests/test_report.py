@@ -167,3 +167,18 @@ def test_report_replaces_a_report_but_not_other_folders(
     with pytest.raises(InputError, match="not a pomlia report"):
         build_report(reg, workspace, other)
     assert (other / "keep.txt").read_text() == "mine"
+
+
+def test_pages_load_in_chromium_without_errors(
+    filled: tuple[Workspace, Registry], tmp_path: Path, browser: object
+) -> None:
+    ws, reg = filled
+    res = build_report(reg, ws, tmp_path / "r")
+    for page in res.pages:
+        seen = browser.check(page)  # type: ignore[attr-defined]
+        assert seen.title.endswith("pomlia report"), page
+        assert seen.console_errors == [], (page.name, seen.console_errors)
+        assert seen.broken_images == [], (page.name, seen.broken_images)
+        assert "pomlia" in seen.text
+    seen = browser.check(res.folder / "fingerprints.html")  # type: ignore[attr-defined]
+    assert len(seen.images) >= 3  # latent scatter, means, similarity heatmap

@@ -172,9 +172,13 @@ class DeploySpec(_Strict):
 
 
 class MonitorSpec(_Strict):
-    """A nightly monitor job per deployment (``at``: HH:MM, cluster time)."""
+    """The nightly monitor of each deployed model: at ``at`` (HH:MM, cluster time), over the
+    last ``window`` of predictions; ``on_alarm``: a shell command run on an alarm (e.g.
+    ``pomlia loop run SLOT --executor slurm``)."""
 
     at: str = Field("02:00", pattern=r"^([01]\d|2[0-3]):[0-5]\d$")
+    window: str = Field("1d", pattern=r"^\d+[mhd]$")
+    on_alarm: str | None = None
     enabled: bool = True
 
 

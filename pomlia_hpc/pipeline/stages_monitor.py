@@ -1,0 +1,78 @@
+"""Stage ``monitor``: the nightly monitor of each deployed model.
+
+It computes the model's monitoring reference (the validation images as the server would log
+them) and, on a Slurm profile, starts the self-resubmitting nightly chain
+(``pomlia monitor schedule``; ``jobs/monitor.sbatch``). On other profiles nothing can be
+scheduled: the stage records the cron line that runs the monitor instead.
+"""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from typing import Any
+
+from pomlia_hpc.config import ClusterProfile, load_cluster_profile
+from pomlia_hpc.pipeline.spec import PipelineSpec
+from pomlia_hpc.pipeline.stage import PlannedJob, Stage, StageContext
+from pomlia_hpc.pipeline.stages import register_stage
+
+
+def _run(ctx: StageContext) -> dict[str, Any]:
+    from pomlia_hpc.monitor.reference import create_reference
+    from pomlia_hpc.monitor.schedule import schedule
+
+    mon = ctx.spec.monitor
+    assert mon is not None
+    slurm = load_cluster_profile(ctx.workspace.cluster_profile).backend == "slurm"
+    out: dict[str, Any] = {}
+    for key, v in ctx.outputs("deploy").items():
+        model = v["model"]
+        ref = create_reference(ctx.registry, model)
+        ctx.log(f"  {model}: monitoring reference {ref}")
+        hh, mm = mon.at.split(":")
+        cron = (
+            f"{int(mm)} {int(hh)} * * * {shlex.quote(sys.executable)} -m pomlia_hpc --home "
+            f"{shlex.quote(str(ctx.workspace.home))} monitor run {shlex.quote(model)} "
+            f"--window {mon.window}"
+        )
+        entry: dict[str, Any] = {"model": model, "reference": str(ref), "cron": cron}
+        if slurm:
+            res = schedule(
+                ctx.registry,
+                ctx.workspace,
+                model,
+                every="1d",
+                at=mon.at,
+                window=mon.window,
+                on_alarm=mon.on_alarm,
+                replace=True,
+            )
+            entry.update(job=res.job_id, begin=res.begin.isoformat(), scheduled=True)
+            ctx.log(
+                f"  {model}: nightly monitor job {res.job_id}, first run {res.begin:%Y-%m-%d %H:%M}"
+            )
+        else:
+            entry["scheduled"] = False
+            ctx.log(f"  {model}: not a Slurm profile, nothing scheduled; a cron line: {cron}")
+        out[key] = entry
+    return out
+
+
+def _jobs(spec: PipelineSpec, profile: ClusterProfile) -> list[PlannedJob]:
+    if profile.backend != "slurm":
+        return []
+    return [PlannedJob("nightly monitor (self-resubmitting)", len(spec.tasks), profile, None)]
+
+
+MONITOR = Stage(
+    name="monitor",
+    needs=("deploy",),
+    summary="monitoring reference and the nightly monitor schedule",
+    enabled=lambda s: s.monitor is not None and s.monitor.enabled,
+    section=lambda s: s.monitor,
+    run=_run,
+    jobs=_jobs,
+)
+
+register_stage(MONITOR, after="deploy")
