@@ -95,3 +95,18 @@ def test_weighted_holm() -> None:
     assert combine(ts, 0.05) and ts[0].rejected
     ts = tests(0.0001, 0.5, weights=(0.0, 1.0))  # a weight of 0 is reported, never tested
     assert not combine(ts, 0.05)
+
+
+def test_vectorised_ks_equals_scipy_with_ties() -> None:
+    from scipy import stats
+
+    from pomlia_hpc.monitor.stats import ks_statistics
+
+    rng = np.random.default_rng(1)
+    ref = np.round(rng.normal(size=(300, 12)), 1)  # rounded: many ties, as in the log
+    win = np.round(rng.normal(0.2, 1.0, size=(80, 12)), 1)
+    ref[:, 3] = win[:, 3] = 0.0  # a constant dimension
+    stat, p = ks_statistics(ref, win)
+    expected = stats.ks_2samp(ref, win, axis=0, method="asymp")
+    np.testing.assert_allclose(stat, expected.statistic, atol=1e-12)
+    np.testing.assert_allclose(p, expected.pvalue, atol=1e-9)
