@@ -179,6 +179,14 @@ def test_torn_corrupt_and_foreign_lines_are_skipped_and_counted(
     folder = log_dir(ws.path("logs"), "blood")
     (first,) = folder.glob("*.jsonl")
     other_version = dict(records[0], id="f" * 32, model_version="0123456789ab")
+    rejection = {
+        "type": "rejection",
+        "time": records[0]["time"],
+        "model": "blood",
+        "status": 400,
+        "reason": "wrong-size",
+    }
+    append_lines(first, rejection, rejection)
     append_lines(first, b"{not json\n", other_version)
     append_lines(first, b'{"type": "prediction", "id": "torn')  # a crash mid-line
     stray = folder / "20200101T000000-otherhost-1-0000.jsonl"  # a copied file of another model
@@ -190,7 +198,10 @@ def test_torn_corrupt_and_foreign_lines_are_skipped_and_counted(
     log = report["log"]
     assert report["volume"]["predictions"] == 60
     assert log["torn_lines"] == 1 and log["corrupt_lines"] == 1
-    assert log["corrupt_examples"] == [f"{first.name}:{len(records) + 1}"]
+    assert log["corrupt_examples"] == [f"{first.name}:{len(records) + 3}"]
+    quality = report["quality"]
+    assert quality["rejections_by_reason"] == {"wrong-size": 2}
+    assert quality["rejected_share"] == pytest.approx(2 / 62)
     assert log["other_models"] == {"pathology": 2}
     assert log["other_versions"] == {"0123456789ab": 1}
     notes = " ".join(report["notes"])

@@ -170,3 +170,31 @@ def test_a_client_hanging_up_mid_upload_is_no_server_error(
     metrics = generate_latest(app.metrics.registry).decode()
     assert 'pomlia_request_errors_total{route="/v1/predict",status="499"} 1.0' in metrics
     assert 'status="500"' not in metrics
+
+
+def test_refused_uploads_are_logged_as_rejections_by_reason(make_app: Any, tmp_path: Path) -> None:
+    """The monitor's rejected-share-by-reason comes from these records."""
+    from pomlia_hpc.serve.predlog import read_records
+
+    async def main() -> None:
+        async with running(make_app()) as client:
+            for body, ctype, status in (
+                (_npy(np.zeros((9, 9), np.uint8)), "application/x-npy", 400),  # wrong size
+                (_npy(np.zeros((8, 8, 3), np.uint8)), "application/x-npy", 400),  # channels
+                (b"hello", "text/plain", 415),
+                (_npy(np.zeros((8, 8), np.uint8)), "application/x-npy", 200),
+            ):
+                resp = await client.post(
+                    "/v1/predict", content=body, headers={"content-type": ctype}
+                )
+                assert resp.status_code == status, resp.text
+
+    asyncio.run(main())
+    rejections = list(read_records(tmp_path / "logs", "rejection"))
+    assert sorted(r["reason"] for r in rejections) == [
+        "unsupported-type",
+        "wrong-channels",
+        "wrong-size",
+    ]
+    assert {r["model"] for r in rejections} == {"m"} and all(r["time"] for r in rejections)
+    assert len(list(read_records(tmp_path / "logs", "prediction"))) == 1

@@ -468,12 +468,16 @@ def create_app(
 
     async def handle_predict(request: Request) -> Response:
         pred = current()
-        body = await _read_body(request, limits.max_upload_bytes)
         arrays: list[np.ndarray] = []
-        budget = limits.max_images  # shared by all files, checked before each is decoded
-        for what, ctype, data in await _files(request, body, limits):
-            arrays.append(decode(data, ctype, spec, limits, what, budget=budget))
-            budget -= len(arrays[-1])
+        try:
+            body = await _read_body(request, limits.max_upload_bytes)
+            budget = limits.max_images  # shared by all files, checked before each is decoded
+            for what, ctype, data in await _files(request, body, limits):
+                arrays.append(decode(data, ctype, spec, limits, what, budget=budget))
+                budget -= len(arrays[-1])
+        except RequestError as exc:
+            _log_rejection(pred, exc, config.deployment_id)
+            raise
         images = arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
         try:
             try:
@@ -649,6 +653,42 @@ def _incompatible(old: ExportedBundle, new: ExportedBundle) -> str | None:
         if a != b:
             return f"its {what} ({b}) differ from the served model's ({a})"
     return None
+
+
+def rejection_reason(exc: RequestError) -> str:
+    """A short category of a refused upload, for the monitor's rejected-share-by-reason."""
+    text = exc.message.lower()
+    if exc.status == 413:
+        return "too-large"
+    if exc.status == 415:
+        return "unsupported-type"
+    if "channel" in text:
+        return "wrong-channels"
+    if "size" in text or " px" in text or "shape" in text:
+        return "wrong-size"
+    if "finite" in text or "[0, 1]" in text or "range" in text:
+        return "bad-values"
+    return "undecodable"
+
+
+def _log_rejection(pred: Predictor, exc: RequestError, deployment: int | None) -> None:
+    """Record a refused upload in the prediction log (not waited for: the client gets its 4xx
+    at once; a log that cannot take it loses only this count)."""
+    with contextlib.suppress(LogClosedError, LogWriteError):
+        pred.log.append(
+            [
+                {
+                    "type": "rejection",
+                    "id": _new_id(),
+                    "time": now_iso(),
+                    "model": pred.bundle.name,
+                    "model_version": pred.bundle.version,
+                    "deployment": deployment,
+                    "status": exc.status,
+                    "reason": rejection_reason(exc),
+                }
+            ]
+        )
 
 
 def _new_id() -> str:
