@@ -17,6 +17,7 @@ from pomlia_hpc.data.synth import make_split
 from pomlia_hpc.registry import Registry
 from pomlia_hpc.serve.demo import register_demo_model
 from pomlia_hpc.serve.exported import ExportedBundle
+from pomlia_hpc.serve.inbox import Inbox, encode_image, inputs_dir
 from pomlia_hpc.serve.metrics import ServerMetrics
 from pomlia_hpc.serve.predictor import Predictor
 from pomlia_hpc.serve.predlog import PredictionLog, log_dir
@@ -52,6 +53,7 @@ def log_predictions(
     when: datetime | None = None,
     labels: np.ndarray | None = None,
     deployment: int | None = None,
+    keep_inputs: bool = False,
 ) -> list[dict[str, Any]]:
     """Run the server's predictor on uint8 ``x`` and log the records (one new log file, as a
     new server process would); ``when`` rewrites their time; ``labels`` adds feedback."""
@@ -100,6 +102,11 @@ def log_predictions(
     for path in staging.glob("*.jsonl"):
         path.rename(directory / f"{path.stem}-{os.urandom(3).hex()}.jsonl")
     staging.rmdir()
+    if keep_inputs:  # what `pomlia serve --keep-inputs` stores beside the log
+        inbox = Inbox(inputs_dir(directory), fsync=False)
+        for r, img in zip(records, x, strict=True):
+            inbox.write(encode_image(r["id"], r["time"], img))
+        inbox.close()
     return records
 
 

@@ -308,7 +308,7 @@ def test_report_page_in_headless_chromium(
     x, y = images(120)
     log_predictions(ws, bundle, x, labels=y)
     foreign, _ = make_split("dermamnist", 80, size=28)
-    log_predictions(ws, bundle, foreign)
+    log_predictions(ws, bundle, foreign, keep_inputs=True)
     code, out = monitor("run", "blood", "--json")
     report = json.loads(out[out.index("{") :])
     assert code == 1 and report["alarm"]
@@ -316,7 +316,10 @@ def test_report_page_in_headless_chromium(
     page = browser.check(html_path)
     assert page.title.startswith("pomlia monitor: blood")
     assert "Monitoring report: blood" in page.text and "mmd" in page.text
-    assert len(page.images) >= 5, page.images
+    assert len(page.images) >= 6, page.images
+    assert "least typical recent inputs" in [i["alt"] for i in page.images]
+    # The least typical inputs are the foreign ones (the only ones kept here anyway).
+    assert len(report["least_typical"]) == 16
     assert page.broken_images == [], page.broken_images
     assert all(i["naturalWidth"] > 100 and i["naturalHeight"] > 50 for i in page.images)
     assert page.console_errors == [], page.console_errors

@@ -53,6 +53,17 @@ class CheckOutcome:
     reference_vectors: np.ndarray | None = None
     window_vectors: np.ndarray | None = None
 
+    def least_typical(self, k: int = 16) -> list[tuple[int, float]]:
+        """(row of the window sample, distance to its nearest reference vector) of the ``k``
+        window fingerprints farthest from every reference fingerprint, farthest first."""
+        rv, wv = self.reference_vectors, self.window_vectors
+        if rv is None or wv is None or not len(wv):
+            return []
+        d2 = (wv * wv).sum(1)[:, None] + (rv * rv).sum(1)[None, :] - 2.0 * (wv @ rv.T)
+        nearest = np.sqrt(np.maximum(d2.min(axis=1), 0.0))
+        order = np.argsort(-nearest)[:k]
+        return [(int(i), float(nearest[i])) for i in order]
+
 
 def _labels_as_index(values: list[Any]) -> np.ndarray:
     return np.asarray([v if isinstance(v, int) else -1 for v in values], dtype=np.int64)

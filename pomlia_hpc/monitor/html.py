@@ -173,6 +173,21 @@ def plot_volume(report: dict[str, Any]) -> str:
     return _img(fig, "predictions per hour")
 
 
+def plot_inputs(atypical: Sequence[tuple[str, float, np.ndarray]]) -> str:
+    if not atypical:
+        return ""
+    cols = min(8, len(atypical))
+    rows = (len(atypical) + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(1.4 * cols, 1.6 * rows), squeeze=False)
+    for ax in axes.ravel():
+        ax.axis("off")
+    for ax, (pid, dist, img) in zip(axes.ravel(), atypical, strict=False):
+        ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=255)
+        ax.set_title(f"{pid[:6]} d={dist:.1f}", fontsize=6)
+    fig.suptitle("least typical inputs of the window (distance to nearest reference)")
+    return _img(fig, "least typical recent inputs")
+
+
 def _table(rows: list[list[str]], head: list[str]) -> str:
     out = ["<table><tr>", *(f"<th>{html.escape(h)}</th>" for h in head), "</tr>"]
     for r in rows:
@@ -192,8 +207,10 @@ def render_html(
     past: Sequence[MonitorReport],
     outcome: CheckOutcome | None,
     ref: Reference,
+    atypical: Sequence[tuple[str, float, np.ndarray]] = (),
 ) -> str:
-    """The whole page for ``report`` (history ``past`` oldest first)."""
+    """The whole page for ``report`` (history ``past`` oldest first); ``atypical``: (prediction
+    id, distance, uint8 HWC image) of the least typical kept inputs."""
     e = html.escape
     status = report["status"]
     parts = [
@@ -245,8 +262,11 @@ def render_html(
         plots += [plot_projection(outcome), plot_dimensions(report), plot_labels(report, ref)]
     plots.append(plot_volume(report))
     parts += ["<h2>Plots</h2>", *[p for p in plots if p]]
+    grid = plot_inputs(atypical)
     parts.append(
-        "<p>Least typical recent inputs: not shown (this server does not store inputs).</p>"
+        grid
+        or "<p>Least typical recent inputs: not shown (the server keeps no inputs; start it "
+        "with <code>pomlia serve --keep-inputs</code>).</p>"
     )
     q = report["quality"]
     notes = list(q.get("warnings", [])) + list(report["notes"])

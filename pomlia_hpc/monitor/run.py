@@ -25,6 +25,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from sqlalchemy import select
 
 from pomlia_hpc.errors import InputError
@@ -33,6 +34,7 @@ from pomlia_hpc.monitor.logread import LogWindow, read_window
 from pomlia_hpc.monitor.reference import Target, load_reference, resolve_target
 from pomlia_hpc.monitor.stats import N_PERM
 from pomlia_hpc.registry import MonitorReport, Registry, RetrainRequest
+from pomlia_hpc.serve.inbox import inputs_dir, read_inputs
 from pomlia_hpc.serve.predlog import log_dir
 from pomlia_hpc.serve.reference import Reference
 from pomlia_hpc.workspace import Workspace
@@ -170,6 +172,19 @@ def build_report(
     }
 
 
+def _least_typical_inputs(
+    folder: Path, win: LogWindow, outcome: CheckOutcome | None, k: int = 16
+) -> list[tuple[str, float, np.ndarray]]:
+    """(prediction id, distance, uint8 HWC image) of the least typical sampled window inputs
+    that the server kept (``pomlia serve --keep-inputs``); empty when none were kept."""
+    kept = inputs_dir(folder)
+    if outcome is None or not kept.is_dir():
+        return []
+    ranked = [(win.vector_ids[i], d) for i, d in outcome.least_typical(k)]
+    found = {item.id: item.as_uint8() for item in read_inputs(kept, [i for i, _ in ranked])}
+    return [(i, d, found[i]) for i, d in ranked if i in found]
+
+
 def history(registry: Registry, model_id: int, limit: int = 60) -> list[MonitorReport]:
     """The model's last ``limit`` reports, oldest first."""
     with registry.session() as s:
@@ -296,7 +311,10 @@ def monitor_run(
         outcome = run_checks(win, reference, alpha=alpha, n_perm=n_perm, seed=seed)
     report = build_report(target, reference, win, outcome, alpha=alpha)
     past = history(registry, target.model.id)
-    html = render_html(report, past, outcome, reference)
+    atypical = _least_typical_inputs(folder_in, win, outcome)
+    if atypical:
+        report["least_typical"] = [{"id": i, "distance": d} for i, d, _ in atypical]
+    html = render_html(report, past, outcome, reference, atypical)
     parent = workspace.path("reports", target.model.name)
     parent.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")

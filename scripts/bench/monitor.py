@@ -408,6 +408,7 @@ def main() -> None:
     ap.add_argument("--speed-records", type=int, default=1_000_000)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--classifier-c", type=float, default=0.003, help="logistic regression C")
+    ap.add_argument("--pool", type=int, default=1500, help="held-out images windows come from")
     ap.add_argument("--workers", type=int, default=2, help="processes for the windows")
     ap.add_argument("--skip-speed", action="store_true", help="no 1M-prediction speed run")
     ap.add_argument("--only-speed", action="store_true", help="only the speed run")
@@ -425,15 +426,17 @@ def main() -> None:
         print(json.dumps(sp, indent=1))
         return
     print(f"setup: {a.flag} look-alike, foreign {a.foreign}", flush=True)
-    s = Setup(a.flag, a.foreign, 3000, a.seed, a.classifier_c)
+    s = Setup(a.flag, a.foreign, a.pool, a.seed, a.classifier_c)
     print(f"  classifier validation accuracy {s.reference.accuracy:.3f}", flush=True)
     draws = shifts(s)
     for family in FAMILIES:  # corrupt once, before the workers fork
         for sev in range(1, 6):
             s.corrupted(family, sev)
+    # Most important first (the calibration at n=200, then every shift at n=200), and every
+    # finished cell saved at once: a run cut short on a loaded machine still reports them.
     cells = []
-    for name in draws:
-        for n in SIZES:
+    for n in (200, 50, 100, 500):
+        for name in draws:
             if name == "none":
                 reps = a.null_windows if n == 200 else a.null_windows_other
             else:
@@ -441,11 +444,17 @@ def main() -> None:
             cells.append((name, n, reps, a.seed + n, a.permutations))
     global _SETUP
     _SETUP = s
+    partial = a.out / "monitor-partial.jsonl"
+    partial.unlink(missing_ok=True)
+    done = []
     if a.workers > 1:  # fork: the workers share the setup built above
         import multiprocessing as mp
 
         with mp.get_context("fork").Pool(a.workers) as pool:
-            done = list(pool.imap_unordered(_cell, cells))
+            for item in pool.imap(_cell, cells):
+                done.append(item)
+                with partial.open("a") as fh:
+                    fh.write(json.dumps(item) + "\n")
     else:
         done = [_cell(c) for c in cells]
     results: dict[str, dict[int, dict[str, Any]]] = {name: {} for name in draws}
