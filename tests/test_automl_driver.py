@@ -3,7 +3,6 @@ submissions, and trial jobs that ended or vanished while the driver was away."""
 
 from __future__ import annotations
 
-import os
 import shutil
 import time
 from pathlib import Path
@@ -14,14 +13,14 @@ from typer.testing import CliRunner
 
 from pomlia_hpc.automl import records
 from pomlia_hpc.automl.space import SpaceOptions
-from pomlia_hpc.automl.study import StudyRunner, _Orphan, create_study, run_study
+from pomlia_hpc.automl.study import StudyRunner, create_study, run_study
 from pomlia_hpc.cli import app
 from pomlia_hpc.cluster.executor import cancel_scheduler_job
-from pomlia_hpc.cluster.records import record_submission
 from pomlia_hpc.errors import ClusterError, PomliaError
 from pomlia_hpc.registry import Job, Registry, Run
 from pomlia_hpc.workspace import Workspace
 from tests.fixtures.factories import FAST, donor_model, tiny_task, warm_file
+from tests.fixtures.fake_slurm import FakeSlurm
 
 pytestmark = pytest.mark.usefixtures("wide_console")
 
@@ -100,10 +99,8 @@ def test_driver_stopped_before_smacs_first_save_can_resume(
 
 
 @pytest.mark.slow
-@pytest.mark.slurm
-@pytest.mark.usefixtures("slurm")
 def test_failed_submission_stops_the_study_and_resume_submits_it(
-    workspace: Workspace, reg: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    workspace: Workspace, reg: Registry, fake_slurm: FakeSlurm
 ) -> None:
     tiny_task(workspace, reg, "blood", sizes=(16, 8, 8))
     spec = create_study(
@@ -118,15 +115,8 @@ def test_failed_submission_stops_the_study_and_resume_submits_it(
         space=SpaceOptions(archs=("small_cnn",)),
         initial_configs=[FAST],
     )
-    # sbatch refuses the job, as when slurmctld is down (faked at the subprocess boundary).
-    fake = tmp_path / "bin"
-    fake.mkdir()
-    (fake / "sbatch").write_text(
-        "#!/bin/sh\necho 'sbatch: error: Slurm controller not responding' >&2\nexit 1\n"
-    )
-    (fake / "sbatch").chmod(0o755)
-    real_path = os.environ["PATH"]
-    monkeypatch.setenv("PATH", f"{fake}:{real_path}")
+    # sbatch refuses the job, as when slurmctld is down.
+    fake_slurm.fail_next("sbatch", "sbatch: error: Slurm controller not responding")
     with pytest.raises(ClusterError, match="could not be submitted") as err:
         run_study(reg, workspace, spec, poll_s=0.2)
     assert "controller not responding" in str(err.value) and "--resume" in str(err.value)
@@ -134,7 +124,7 @@ def test_failed_submission_stops_the_study_and_resume_submits_it(
     assert run.status == "submit_failed" and "controller not responding" in (run.error or "")
     assert run.job_id is None
 
-    monkeypatch.setenv("PATH", real_path)  # the scheduler is back
+    # The scheduler is back.
     result = run_study(reg, workspace, spec, resume=True, poll_s=0.5)
     (again,) = records.study_runs(reg, "sf")
     assert again.id == run.id and again.status == "ok" and again.error is None
@@ -173,9 +163,9 @@ def test_resume_settles_jobs_that_ended_while_the_driver_was_away(
     Path(spec.init_model["path"]).write_bytes(b"not a checkpoint")  # trial 1's job will fail
     # A first driver submits the three trials and stops watching them.
     first = StudyRunner(reg, workspace, spec)
-    opt = first._optimizer(resume=False)
+    opt = first.optimizer(resume=False)
     for _ in range(3):
-        first._start(opt, opt.ask())
+        first.start(opt, opt.ask())
     failed, unlinked, cancelled = (first.active[k] for k in sorted(first.active))
     cancel_scheduler_job("local", str(cancelled.handle.job_id))  # cancelled while away
     with reg.session() as s:  # the driver died between submitting and linking the job
@@ -203,27 +193,3 @@ def test_resume_settles_jobs_that_ended_while_the_driver_was_away(
     old, new = _jobs_named(reg, f"automl-aw-{cancelled.run_id}")
     assert runs[cancelled.run_id].status == "ok" and runs[cancelled.run_id].job_id == new.id
     assert old.ended_at is not None and "resubmitted" in (old.exit_cause or "")
-
-
-@pytest.mark.slurm
-@pytest.mark.usefixtures("slurm")
-def test_orphan_waits_through_accounting_errors_and_a_job_slurm_never_knew_is_lost(
-    workspace: Workspace, reg: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    (jid,) = record_submission(
-        reg, backend="slurm", scheduler_ids=["987654321"], name="automl-x-1", folder="f"
-    )
-    job = records.job_of(reg, jid)
-    assert job is not None
-    orphan = _Orphan(reg, job, tmp_path / "result.json")
-    fake = tmp_path / "bin"
-    fake.mkdir()
-    (fake / "sacct").write_text("#!/bin/sh\necho 'slurmdbd: connection refused' >&2\nexit 1\n")
-    (fake / "sacct").chmod(0o755)
-    real_path = os.environ["PATH"]
-    monkeypatch.setenv("PATH", f"{fake}:{real_path}")
-    StudyRunner._poll([orphan])
-    assert not orphan.done()  # a hiccup of the accounting says nothing: keep waiting
-    monkeypatch.setenv("PATH", real_path)
-    StudyRunner._poll([orphan])  # the real sacct: no such job
-    assert orphan.done() and orphan.lost(cancelled_too=False)

@@ -85,7 +85,7 @@ def test_study_with_encoder_init_and_extra_images(world: Registry, workspace: Wo
         "extra_n": 100,
     }
     proposal = Proposal(Configuration(runner.space, values=values), 1.0)
-    request = runner._request(
+    request = runner.trial_request(
         proposal,
         workspace.path("runs", "fp", "c"),
         workspace.path("runs", "fp", "c", "m.pt"),
@@ -112,15 +112,15 @@ def test_an_extra_pool_smaller_than_asked_is_prepared_once_and_its_size_recorded
         return real(*args, **kw)
 
     monkeypatch.setattr(sources, "nearest_extra", counted)
-    path = runner._extra_file(100)
+    path = runner.extra_file(100)
     with np.load(path) as z:
         available, requested = int(z["labels"].shape[0]), int(z["requested"])
     assert requested == 2000 and 100 <= available < 2000  # the index holds fewer images
-    runner._extra_file(500)
-    runner._extra_file(2000)
+    runner.extra_file(500)
+    runner.extra_file(2000)
     assert calls == [2000]  # an exhausted pool is not searched again for every trial
     values = {**FAST, "init": "scratch", "extra_data": "nearest", "extra_n": 500}
     proposal = Proposal(make_configuration(runner.space, values, "test"), 1.0)
     work = workspace.path("runs", "fx", "c")
-    result = train(runner._request(proposal, work, work / "m.pt", run_id=1))
+    result = train(runner.trial_request(proposal, work, work / "m.pt", run_id=1))
     assert result.n_extra == available and result.n_train == 40 + available

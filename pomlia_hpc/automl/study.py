@@ -49,8 +49,8 @@ from pomlia_hpc.automl.space import (
 )
 from pomlia_hpc.automl.tasks import get_task, task_dataset
 from pomlia_hpc.automl.trial import TrialJob, failure_path, read_failure, read_result
-from pomlia_hpc.cluster import Executor, JobFailedError, JobHandle, sacct_states
-from pomlia_hpc.cluster.records import FINAL_STATES, SchedulerState, update_job
+from pomlia_hpc.cluster import Executor, JobFailedError, JobHandle
+from pomlia_hpc.cluster.attach import AttachedJob, poll_attached
 from pomlia_hpc.config import load_cluster_profile
 from pomlia_hpc.data.store import open_store
 from pomlia_hpc.errors import (
@@ -61,7 +61,6 @@ from pomlia_hpc.errors import (
     integrity_failure,
 )
 from pomlia_hpc.models.catalog import promote_checkpoint
-from pomlia_hpc.processes import pid_alive
 from pomlia_hpc.registry import Job, Registry, Run
 from pomlia_hpc.workspace import Workspace
 
@@ -337,22 +336,6 @@ def _job_name(study: str, run_id: int) -> str:
     return f"automl-{study}-{run_id}"
 
 
-def _cause(exc: JobFailedError) -> str:
-    """One line: why a trial job ended without a result."""
-    tb = exc.traceback or ""
-    if exc.state in ("CANCELLED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL", "PREEMPTED"):
-        return {
-            "CANCELLED": "cancelled (scancel or preemption)",
-            "TIMEOUT": "time limit reached",
-            "OUT_OF_MEMORY": "out of memory (killed by the scheduler)",
-        }.get(exc.state, exc.state.lower())
-    if "OutOfMemoryError" in tb or "CUDA out of memory" in tb:
-        return "out of memory (GPU)"
-    if "MemoryError" in tb:
-        return "out of memory"
-    return str(exc).split(": ", 1)[-1][:300] or exc.state
-
-
 # ----------------------------------------------------------------------------- the driver
 
 
@@ -360,82 +343,33 @@ def _cause(exc: JobFailedError) -> str:
 ORPHAN_POLL_S = 5.0
 
 
-class _Orphan:
-    """A trial job submitted by a driver that is gone. The runner asks the scheduler about all
-    orphans at once (:meth:`StudyRunner._poll_orphans`); :meth:`update` takes the answer."""
+def attach_trial_job(registry: Registry, job: Job, result_path: Path) -> AttachedJob:
+    """The trial job of row ``job`` that an earlier driver submitted; its result and failure
+    files are at ``result_path`` (and :func:`~pomlia_hpc.automl.trial.failure_path` of it)."""
+    return AttachedJob(
+        registry,
+        job,
+        has_result=result_path.is_file,
+        failure=lambda: read_failure(result_path),
+    )
 
-    def __init__(self, registry: Registry, job: Job, result_path: Path) -> None:
-        self.registry, self.record_id, self.result_path = registry, int(job.id), result_path
-        self.backend, self.job_id = job.backend, job.scheduler_id
-        #: The scheduler's state; ``None``: unknown to it (never ran, or long forgotten).
-        self.state: str | None = "PENDING"
-        self.ended_at: datetime | None = None
 
-    def update(self, state: SchedulerState | None) -> None:
-        """Take the scheduler's answer for this job (``None``: it does not know the job)."""
-        self.state = state.state if state is not None else None
-        self.ended_at = state.ended_at if state is not None else None
-
-    def check_local(self) -> None:
-        """A local job is a process of this machine: running while its pid lives."""
-        if self.job_id.isdigit() and pid_alive(int(self.job_id)):
-            self.state = "RUNNING"
-        elif self.result_path.is_file():
-            self.state = "COMPLETED"
-        elif read_failure(self.result_path) is not None:
-            self.state = "FAILED"
-        else:
-            self.state = None  # gone without a trace: killed, as if cancelled
-
-    @property
-    def ended(self) -> bool:
-        return self.state is None or self.state in FINAL_STATES
-
-    def done(self) -> bool:
-        return self.result_path.is_file() or self.ended
-
-    def lost(self, *, cancelled_too: bool) -> bool:
-        """Ended without a result and without a failure of its own: safe to run again."""
-        if self.result_path.is_file() or read_failure(self.result_path) is not None:
-            return False
-        return self.state is None or (cancelled_too and self.state == "CANCELLED")
-
-    def _finish_row(self, state: str, **fields: Any) -> None:
-        update_job(
-            self.registry,
-            self.record_id,
-            state=state,
-            ended_at=self.ended_at or datetime.now(UTC),
-            **fields,
-        )
-
-    def forget(self) -> None:
-        """Close the job's row: the trial is submitted again as a new job."""
-        self._finish_row(
-            self.state or "FAILED",
-            exit_cause=f"{self.state or 'unknown to the scheduler'}; the trial was resubmitted",
-        )
-
-    def result(self) -> dict[str, Any]:
-        """The trial's result, or :class:`JobFailedError` with the job's state and traceback."""
-        res = read_result(self.result_path)
-        if res is not None:
-            self._finish_row("COMPLETED")
-            return res
-        error, tb = read_failure(self.result_path) or ("no result", None)
-        known = self.state
-        # A job without a result did not complete, whatever its exit code said.
-        state = known if known is not None and known != "COMPLETED" else "FAILED"
-        self._finish_row(state, exit_cause=error[:500], traceback=tb)
-        raise JobFailedError(f"job {self.job_id} ended {state}: {error}", state=state, traceback=tb)
+def attached_result(job: AttachedJob, result_path: Path) -> dict[str, Any]:
+    """The trial's result, or :class:`JobFailedError` with the job's state and traceback."""
+    res = read_result(result_path)
+    if res is not None:
+        job.completed()
+        return res
+    raise job.failed()
 
 
 @dataclass
 class _Active:
     run_id: int
     proposal: Proposal
-    handle: JobHandle | _Orphan
+    handle: JobHandle | AttachedJob
     started: float
+    result_path: Path | None = None  # of an attached job
 
 
 UpdateFn = Callable[[StudyView], None]
@@ -478,7 +412,7 @@ class StudyRunner:
             )
         return self._executor
 
-    def _optimizer(self, resume: bool, has_runs: bool = False) -> SearchOptimizer:
+    def optimizer(self, resume: bool, has_runs: bool = False) -> SearchOptimizer:
         """The study's optimiser, new or (``resume``) reloaded; ``has_runs``: the registry
         holds trials of this study."""
         initial: list[Configuration] = configs_from_values(
@@ -516,7 +450,7 @@ class StudyRunner:
         t0 = time.perf_counter()
         self.folder.mkdir(parents=True, exist_ok=True)
         runs = records.study_runs(self.registry, self.spec.name)
-        opt = self._optimizer(resume, has_runs=bool(runs))
+        opt = self.optimizer(resume, has_runs=bool(runs))
         for run in runs:  # oldest first: the newest run of a (configuration, epochs) wins
             self._views[run.id] = self._view_of_run(run)
             key = str((run.config or {}).get("config_key", ""))
@@ -532,7 +466,7 @@ class StudyRunner:
                 if resume:  # SMAC may ask again for a trial the registry already knows
                     self._recover(opt, proposal)
                 else:
-                    self._start(opt, proposal)
+                    self.start(opt, proposal)
             if not self.active:
                 break
             changed = False
@@ -569,7 +503,7 @@ class StudyRunner:
             self.folder / "trials" / f"run-{run_id}" / "result.json",
         )
 
-    def _start(self, opt: SearchOptimizer, proposal: Proposal, run_id: int | None = None) -> None:
+    def start(self, opt: SearchOptimizer, proposal: Proposal, run_id: int | None = None) -> None:
         """Create the run record (unless given) and submit the trial job."""
         values, key, epochs = proposal.values, proposal.key, proposal.epochs
         uses_encoder = values.get("init") == "encoder" or values.get("extra_data") == "nearest"
@@ -599,7 +533,7 @@ class StudyRunner:
             run_id, key, _summary(values), epochs, records.PENDING, None, None, None, "", "", start
         )
         try:
-            request = self._request(proposal, workdir, model_path, run_id)
+            request = self.trial_request(proposal, workdir, model_path, run_id)
         except PomliaError as exc:
             # The trial could not even start (e.g. extra images unavailable): a crash too.
             self._record_crash(opt, run_id, proposal, str(exc), str(exc), 0.0)
@@ -639,7 +573,7 @@ class StudyRunner:
             f"--study {self.spec.name} --resume` submits it and continues the study",
         ) from exc
 
-    def _request(
+    def trial_request(
         self, proposal: Proposal, workdir: Path, model_path: Path, run_id: int
     ) -> TrainRequest:
         values = proposal.values
@@ -649,7 +583,7 @@ class StudyRunner:
             init_weights = (self.spec.encoder or {}).get("path")
         elif cfg.init == "model":
             init_weights = (self.spec.init_model or {}).get("path")
-        extra = str(self._extra_file(cfg.extra_n)) if cfg.extra_n > 0 else None
+        extra = str(self.extra_file(cfg.extra_n)) if cfg.extra_n > 0 else None
         seed = self.spec.seed * 7919 + int(proposal.key[:6], 16) % 7919
         options = EngineOptions(**{**self.engine.to_dict(), "seed": seed})
         return TrainRequest(
@@ -673,7 +607,7 @@ class StudyRunner:
             },
         )
 
-    def _extra_file(self, n: int) -> Path:
+    def extra_file(self, n: int) -> Path:
         """The npz of extra images for this study (the largest N asked so far is prepared
         once; smaller N take its first rows, which are the nearest). Prepared again only for
         an N larger than any asked before: when the index held fewer images than asked, asking
@@ -708,39 +642,28 @@ class StudyRunner:
         orphans = [
             a.handle
             for a in self.active.values()
-            if isinstance(a.handle, _Orphan) and not a.handle.ended
+            if isinstance(a.handle, AttachedJob) and not a.handle.ended
         ]
         if orphans and time.monotonic() - self._orphans_polled >= ORPHAN_POLL_S:
             self._orphans_polled = time.monotonic()
-            self._poll(orphans)
-
-    @staticmethod
-    def _poll(orphans: list[_Orphan]) -> None:
-        """Update the state of ``orphans``: one ``sacct`` for all Slurm jobs among them."""
-        slurm = [o for o in orphans if o.backend == "slurm"]
-        if slurm:
-            try:
-                states = sacct_states(o.job_id for o in slurm)
-            except ClusterError:
-                pass  # an accounting hiccup says nothing about the jobs: ask again next poll
-            else:
-                for o in slurm:
-                    o.update(states.get(o.job_id))
-        for o in orphans:
-            if o.backend != "slurm":
-                o.check_local()
+            poll_attached(orphans)
 
     def _collect(self, opt: SearchOptimizer, act: _Active) -> None:
-        if isinstance(act.handle, _Orphan) and act.handle.lost(cancelled_too=False):
+        handle = act.handle
+        if isinstance(handle, AttachedJob) and handle.lost(cancelled_too=False):
             # The scheduler no longer knows the job and it left no result or failure: nothing
             # was learnt, so it runs again (from its last checkpoint) rather than "crashing".
-            act.handle.forget()
-            self._start(opt, act.proposal, run_id=act.run_id)
+            handle.forget("trial")
+            self.start(opt, act.proposal, run_id=act.run_id)
             return
         try:
-            result = act.handle.result()
+            if isinstance(handle, AttachedJob):
+                assert act.result_path is not None
+                result = attached_result(handle, act.result_path)
+            else:
+                result = handle.result()
         except JobFailedError as exc:
-            cause = _cause(exc)
+            cause = exc.cause
             error = f"{exc.state}: {cause}\n\n{exc.traceback or ''}".rstrip()
             self._record_crash(
                 opt,
@@ -840,7 +763,7 @@ class StudyRunner:
         """Settle a trial that was out when the previous driver stopped."""
         run = self._known.pop((proposal.key, proposal.epochs), None)
         if run is None:  # asked, but the driver died before recording it
-            self._start(opt, proposal)
+            self.start(opt, proposal)
             return
         if run.status == records.OK:  # recorded, but not yet told
             m = dict(run.metrics or {})
@@ -869,23 +792,23 @@ class StudyRunner:
             if result is not None:  # finished while the driver was away
                 self._record_ok(opt, run.id, proposal, result)
             else:  # never submitted, or refused: submit it now
-                self._start(opt, proposal, run_id=run.id)
+                self.start(opt, proposal, run_id=run.id)
             return
-        orphan = _Orphan(self.registry, job, result_path)
-        act = _Active(run.id, proposal, orphan, time.time())
+        orphan = attach_trial_job(self.registry, job, result_path)
+        act = _Active(run.id, proposal, orphan, time.time(), result_path)
         self.active[run.id] = act
         self._views[run.id] = replace(
             self._view_of_run(run), status=records.RUNNING, job=job.scheduler_id
         )
-        if not orphan.result_path.is_file():
-            self._poll([orphan])
+        if not result_path.is_file():
+            poll_attached([orphan])
         if not orphan.done():
             return  # still queued or training (or the scheduler could not say): wait for it
         del self.active[run.id]
         if orphan.lost(cancelled_too=True):
             # Cancelled or forgotten while nobody watched: the trial never had its chance.
-            orphan.forget()
-            self._start(opt, proposal, run_id=run.id)  # continues from its last checkpoint
+            orphan.forget("trial")
+            self.start(opt, proposal, run_id=run.id)  # continues from its last checkpoint
             return
         self._collect(opt, act)  # its result, or a crash (failed, timed out, out of memory)
 

@@ -4,12 +4,14 @@ Everything that runs on the cluster is a plain Python callable submitted through
 :class:`Executor` (``local``, ``debug`` or ``slurm`` backend, chosen by a cluster profile).
 """
 
+from pomlia_hpc.cluster.attach import AttachedJob, poll_attached
 from pomlia_hpc.cluster.checkpoint import Checkpointable
 from pomlia_hpc.cluster.distributed import apply_distributed_env, distributed_env, expand_hostlist
 from pomlia_hpc.cluster.executor import Executor, JobFailedError, JobHandle, wait_all
 from pomlia_hpc.cluster.records import refresh_slurm_jobs, sacct_states
 
 __all__ = [
+    "AttachedJob",
     "Checkpointable",
     "Executor",
     "JobFailedError",
@@ -17,6 +19,7 @@ __all__ = [
     "apply_distributed_env",
     "distributed_env",
     "expand_hostlist",
+    "poll_attached",
     "refresh_slurm_jobs",
     "sacct_states",
     "wait_all",

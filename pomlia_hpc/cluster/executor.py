@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import re
 import signal
 import subprocess
 import threading
@@ -30,6 +29,7 @@ from sqlalchemy import func, select
 from submitit.core.utils import UncompletedJobError
 
 from pomlia_hpc.cluster import records
+from pomlia_hpc.cluster.failures import exit_line, failure_cause
 from pomlia_hpc.cluster.records import (
     FINAL_STATES,
     is_local_job_process,
@@ -51,10 +51,19 @@ from pomlia_hpc.registry import Job, Registry
 class JobFailedError(ClusterError):
     """A job ended without a result. ``traceback`` holds the remote traceback, if any."""
 
-    def __init__(self, message: str, *, state: str, traceback: str | None) -> None:
+    def __init__(
+        self, message: str, *, state: str, traceback: str | None, detail: str = ""
+    ) -> None:
         super().__init__(message)
         self.state = state
         self.traceback = traceback
+        #: The job's own error in one line (the exception line, or what the job reported).
+        self.detail = detail
+
+    @property
+    def cause(self) -> str:
+        """Why the job failed, in one line (:func:`~pomlia_hpc.cluster.failures.failure_cause`)."""
+        return failure_cause(self.state, self.traceback, self.detail)
 
 
 class JobHandle:
@@ -206,12 +215,13 @@ class JobHandle:
                     ended = row.ended_at if row is not None and slurm else None
                 fields["ended_at"] = ended or datetime.now(UTC)
                 fields["state"] = state
-                fields["exit_cause"] = _exit_cause(state, tb)
+                fields["exit_cause"] = exit_line(state, tb)
                 update_job(reg, self.record_id, **fields)
             raise JobFailedError(
-                f"job {job.job_id} ended {state}: {_exit_cause(state, tb)}",
+                f"job {job.job_id} ended {state}: {exit_line(state, tb)}",
                 state=state,
                 traceback=tb,
+                detail=exit_line(state, tb),
             ) from exc
         if reg is not None and self.record_id is not None:
             fields = {"state": "COMPLETED", "exit_cause": None}
@@ -283,19 +293,6 @@ def normalize_state(state: str) -> str:
     return {"FINISHED": "COMPLETED", "DONE": "COMPLETED", "READY": "PENDING", "NO": "FAILED"}.get(
         s, s
     )
-
-
-_EXC_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt|Failure)\b(:.*)?$")
-
-
-def _exit_cause(state: str, traceback: str | None) -> str:
-    """One line for the job table: the exception line of a traceback, else the state."""
-    if traceback:
-        lines = [ln.strip() for ln in traceback.strip().splitlines()]
-        for line in reversed(lines):
-            if _EXC_LINE.match(line) and not line.startswith("submitit."):
-                return line[:500]
-    return state
 
 
 class Executor:

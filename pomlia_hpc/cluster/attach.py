@@ -1,0 +1,135 @@
+"""Attaching to jobs that an earlier process submitted (a driver killed and restarted).
+
+Such a job has a registry row (backend, scheduler id) but no submitit handle in this process.
+:class:`AttachedJob` follows it through the scheduler; :func:`poll_attached` asks about any number
+of them at once (ONE ``sacct`` for all Slurm jobs; a local job is a process of this machine).
+What the job left on disk decides the rest, through two probes the caller gives: whether its
+result is there, and the failure it reported (its own error line and traceback).
+
+Semantics, once the scheduler has answered:
+
+- **ended**: the scheduler reports a final state, or does not know the job at all;
+- **done**: ended, or the result is there (collect it);
+- **lost**: ended without a result and without a failure of its own, and unknown to the
+  scheduler (never ran, or purged) or, if asked, cancelled: nothing was learnt, so running it
+  again is safe.
+
+A failing ``sacct`` (slurmdbd restarting, a timeout) says nothing about the jobs: the poll
+changes nothing and the next one asks again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from datetime import UTC, datetime
+from typing import Any
+
+from pomlia_hpc.cluster.executor import JobFailedError
+from pomlia_hpc.cluster.records import FINAL_STATES, SchedulerState, sacct_states, update_job
+from pomlia_hpc.errors import ClusterError
+from pomlia_hpc.processes import pid_alive
+from pomlia_hpc.registry import Job, Registry
+
+#: A job's own failure: (its error in one line, its traceback or None).
+Failure = tuple[str, str | None]
+
+
+class AttachedJob:
+    """A job of registry row ``row``, submitted by a process that is gone.
+
+    ``has_result()``: whether the job's result is there; ``failure()``: the failure the job
+    reported, or None."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        row: Job,
+        *,
+        has_result: Callable[[], bool],
+        failure: Callable[[], Failure | None],
+    ) -> None:
+        self.registry, self.record_id = registry, int(row.id)
+        self.backend, self.job_id = row.backend, row.scheduler_id
+        self.has_result, self.failure = has_result, failure
+        #: The scheduler's state; ``None``: unknown to it (never ran, or long forgotten).
+        self.state: str | None = "PENDING"
+        self.ended_at: datetime | None = None
+
+    def update(self, state: SchedulerState | None) -> None:
+        """Take the scheduler's answer for this job (``None``: it does not know the job)."""
+        self.state = state.state if state is not None else None
+        self.ended_at = state.ended_at if state is not None else None
+
+    def check_local(self) -> None:
+        """A local job is a process of this machine: running while its pid lives."""
+        if self.job_id.isdigit() and pid_alive(int(self.job_id)):
+            self.state = "RUNNING"
+        elif self.has_result():
+            self.state = "COMPLETED"
+        elif self.failure() is not None:
+            self.state = "FAILED"
+        else:
+            self.state = None  # gone without a trace: killed, as if cancelled
+
+    @property
+    def ended(self) -> bool:
+        return self.state is None or self.state in FINAL_STATES
+
+    def done(self) -> bool:
+        return self.has_result() or self.ended
+
+    def lost(self, *, cancelled_too: bool) -> bool:
+        """Ended without a result and without a failure of its own: safe to run again."""
+        if self.has_result() or self.failure() is not None:
+            return False
+        return self.state is None or (cancelled_too and self.state == "CANCELLED")
+
+    def close_row(self, state: str, **fields: Any) -> None:
+        """Record the job's end in its row (Slurm's End time when known, else now)."""
+        update_job(
+            self.registry,
+            self.record_id,
+            state=state,
+            ended_at=self.ended_at or datetime.now(UTC),
+            **fields,
+        )
+
+    def forget(self, what: str = "job") -> None:
+        """Close the job's row: its work (a ``what``) is submitted again as a new job."""
+        self.close_row(
+            self.state or "FAILED",
+            exit_cause=f"{self.state or 'unknown to the scheduler'}; the {what} was resubmitted",
+        )
+
+    def completed(self) -> None:
+        """Record that the job's result was collected."""
+        self.close_row("COMPLETED")
+
+    def failed(self) -> JobFailedError:
+        """Record the job's failure and return it as a :class:`JobFailedError` to raise: its
+        state (a job without a result never completed, whatever its exit code said), its own
+        error line and traceback."""
+        error, tb = self.failure() or ("no result", None)
+        known = self.state
+        state = known if known is not None and known != "COMPLETED" else "FAILED"
+        self.close_row(state, exit_cause=error[:500], traceback=tb)
+        return JobFailedError(
+            f"job {self.job_id} ended {state}: {error}", state=state, traceback=tb, detail=error
+        )
+
+
+def poll_attached(jobs: Sequence[AttachedJob]) -> None:
+    """Update the state of ``jobs``: one ``sacct`` for all Slurm jobs among them (a failing one
+    changes nothing), a look at the process of each local job."""
+    slurm = [j for j in jobs if j.backend == "slurm"]
+    if slurm:
+        try:
+            states = sacct_states(j.job_id for j in slurm)
+        except ClusterError:
+            pass  # an accounting hiccup says nothing about the jobs: ask again next poll
+        else:
+            for j in slurm:
+                j.update(states.get(j.job_id))
+    for j in jobs:
+        if j.backend != "slurm":
+            j.check_local()

@@ -1,0 +1,123 @@
+"""Attaching to jobs an earlier process submitted (a restarted driver), through the fake Slurm:
+one sacct for all, accounting hiccups, jobs that ended while nobody watched, jobs the scheduler
+forgot. The last test asks the real single-node Slurm about a job it never knew."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pomlia_hpc.cluster import Executor, JobFailedError
+from pomlia_hpc.cluster.attach import AttachedJob, poll_attached
+from pomlia_hpc.cluster.records import record_submission
+from pomlia_hpc.registry import Job, Registry
+from tests.fixtures import jobfns
+from tests.fixtures.fake_slurm import FakeSlurm
+
+
+def _failure(folder: Path) -> tuple[str, str | None] | None:
+    path = folder / "failure.json"
+    if not path.is_file():
+        return None
+    data = json.loads(path.read_text())
+    return str(data["error"]), data.get("tb")
+
+
+def _attach(reg: Registry, record_id: int | None, folder: Path) -> AttachedJob:
+    """What a restarted driver does: find the row, attach with the outcome probes."""
+    with reg.session() as s:
+        row = s.get(Job, record_id)
+        assert row is not None
+        s.expunge(row)
+    result = folder / "result.json"
+    return AttachedJob(reg, row, has_result=result.is_file, failure=lambda: _failure(folder))
+
+
+def _submit_and_forget(tmp_path: Path, reg: Registry, name: str, **kw: object) -> tuple[str, Path]:
+    """A first driver submits a job and is gone (only the registry row and folder remain)."""
+    folder = tmp_path / name
+    folder.mkdir()
+    ex = Executor.from_profile("slurm-local", tmp_path / "jobs", reg)
+    h = ex.submit(jobfns.write_outcome, str(folder), 7, name=name, **kw)
+    return h.job_id, folder
+
+
+def _row_id(reg: Registry, name: str) -> int:
+    with reg.session() as s:
+        row = s.query(Job).filter(Job.name == name).one()
+        return int(row.id)
+
+
+def test_adopted_jobs_are_polled_together_and_settled(
+    tmp_path: Path, reg: Registry, fake_slurm: FakeSlurm
+) -> None:
+    fake_slurm.hold()
+    ok_id, ok_dir = _submit_and_forget(tmp_path, reg, "ok")
+    bad_dir = tmp_path / "bad"
+    bad_dir.mkdir()
+    ex = Executor.from_profile("slurm-local", tmp_path / "jobs", reg)
+    bad_id = ex.submit(jobfns.write_outcome, str(bad_dir), 0, True, name="bad").job_id
+    gone_id, gone_dir = _submit_and_forget(tmp_path, reg, "gone")
+    cancelled_id, cancelled_dir = _submit_and_forget(tmp_path, reg, "cancelled")
+    # The restarted driver attaches to all four.
+    ok, bad, gone, cancelled = (
+        _attach(reg, _row_id(reg, name), folder)
+        for name, folder in (
+            ("ok", ok_dir),
+            ("bad", bad_dir),
+            ("gone", gone_dir),
+            ("cancelled", cancelled_dir),
+        )
+    )
+    jobs = [ok, bad, gone, cancelled]
+    n = len(fake_slurm.calls("sacct"))
+    poll_attached(jobs)
+    assert len(fake_slurm.calls("sacct")) == n + 1  # one call for all
+    assert [j.state for j in jobs] == ["PENDING"] * 4 and not any(j.done() for j in jobs)
+    # While nobody watched: two ran, one was purged from the accounting, one cancelled.
+    fake_slurm.run(ok_id)
+    fake_slurm.run(bad_id)
+    fake_slurm.forget(gone_id)
+    fake_slurm.set_state(cancelled_id, "CANCELLED")
+    poll_attached(jobs)
+    assert all(j.done() for j in jobs)
+    assert [j.state for j in jobs] == ["COMPLETED", "FAILED", None, "CANCELLED"]
+    assert [j.lost(cancelled_too=False) for j in jobs] == [False, False, True, False]
+    assert [j.lost(cancelled_too=True) for j in jobs] == [False, False, True, True]
+    ok.completed()
+    err = bad.failed()
+    assert isinstance(err, JobFailedError) and err.state == "FAILED"
+    assert err.cause == "ValueError: bad"
+    gone.forget("trial")
+    with reg.session() as s:
+        rows = {r.name: r for r in s.query(Job)}
+        assert rows["ok"].state == "COMPLETED" and rows["ok"].ended_at is not None
+        assert (rows["bad"].state, rows["bad"].exit_cause) == ("FAILED", "ValueError: bad")
+        assert rows["gone"].exit_cause == "unknown to the scheduler; the trial was resubmitted"
+
+
+def test_an_accounting_hiccup_keeps_the_wait(
+    tmp_path: Path, reg: Registry, fake_slurm: FakeSlurm
+) -> None:
+    fake_slurm.hold()
+    job_id, folder = _submit_and_forget(tmp_path, reg, "x")
+    job = _attach(reg, _row_id(reg, "x"), folder)
+    fake_slurm.fail_next("sacct", "sacct: error: slurmdbd: connection refused")
+    fake_slurm.forget(job_id)  # were sacct asked, it would say "no such job"...
+    poll_attached([job])
+    assert not job.done() and job.state == "PENDING"  # ...but it failed: nothing is concluded
+    poll_attached([job])
+    assert job.done() and job.lost(cancelled_too=False)
+
+
+@pytest.mark.slurm
+@pytest.mark.usefixtures("slurm")
+def test_a_job_the_real_slurm_never_knew_is_lost(tmp_path: Path, reg: Registry) -> None:
+    (rid,) = record_submission(
+        reg, backend="slurm", scheduler_ids=["987654321"], name="automl-x-1", folder="f"
+    )
+    job = _attach(reg, rid, tmp_path)
+    poll_attached([job])
+    assert job.done() and job.lost(cancelled_too=False)
