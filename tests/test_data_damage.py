@@ -87,7 +87,7 @@ def test_chunks_are_checked_once_per_store_and_good_ones_pass(
     rec = ingest(workspace, reg, "big", p)
     store = open_store(rec.store_path)
     np.testing.assert_array_equal(store.read_rows(2040, 2050), x[2040:2050])  # two chunks
-    assert store._verified == {0, 1}
+    assert store.verified_chunks == {0, 1}
     flip_byte(chunk_files(rec.store_path)[2])
     np.testing.assert_array_equal(store.read_rows(0, 4096), x[:4096])
     with pytest.raises(DataIntegrityError, match=r"image chunk 2 \(rows 4096..4999\)"):

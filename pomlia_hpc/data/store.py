@@ -201,7 +201,7 @@ class DatasetStore:
         return [str(h) for h in hashes] if self.verify and isinstance(hashes, list) else None
 
     @cached_property
-    def _verified(self) -> set[int]:
+    def verified_chunks(self) -> set[int]:
         """Chunks already checked by this object (each is hashed once)."""
         return set()
 
@@ -223,7 +223,7 @@ class DatasetStore:
             return np.asarray(self.images[start:stop])
         step = self.chunk_rows
         first, last = start // step, (stop - 1) // step
-        todo = [i for i in range(first, last + 1) if i not in self._verified]
+        todo = [i for i in range(first, last + 1) if i not in self.verified_chunks]
         if hashes is None or not todo:
             return self._decode(start, stop, first, last)
         lo, hi = first * step, min(self.n_images, (last + 1) * step)
@@ -236,7 +236,7 @@ class DatasetStore:
                 raise self._damaged(
                     f"image chunk {idx} ({rows})", "differs from the hash recorded at ingest"
                 )
-            self._verified.add(idx)
+            self.verified_chunks.add(idx)
         if (lo, hi) == (start, stop):
             return block
         return np.ascontiguousarray(block[start - lo : stop - lo])  # not a view of the chunks
