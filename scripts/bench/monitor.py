@@ -412,6 +412,13 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2, help="processes for the windows")
     ap.add_argument("--skip-speed", action="store_true", help="no 1M-prediction speed run")
     ap.add_argument("--only-speed", action="store_true", help="only the speed run")
+    ap.add_argument("--only-accuracy", action="store_true", help="only the accuracy drop")
+    ap.add_argument(
+        "--from-partial",
+        action="store_true",
+        help="write the tables from the cells saved so far (a run cut short), with the "
+        "speed and accuracy results of --only-speed / --only-accuracy runs in --out",
+    )
     ap.add_argument("--quick", action="store_true", help="small smoke run")
     a = ap.parse_args()
     if a.quick:
@@ -425,15 +432,30 @@ def main() -> None:
         (a.out / "monitor-speed.json").write_text(json.dumps(sp, indent=1))
         print(json.dumps(sp, indent=1))
         return
+    if a.from_partial:
+        write_tables(a, *from_partial(a.out), time.time() - t_start)
+        return
     print(f"setup: {a.flag} look-alike, foreign {a.foreign}", flush=True)
     s = Setup(a.flag, a.foreign, a.pool, a.seed, a.classifier_c)
     print(f"  classifier validation accuracy {s.reference.accuracy:.3f}", flush=True)
+    if a.only_accuracy:
+        accs = {
+            "drop": accuracy_drop(s, 200, a.acc_reps, 0.10, a.seed, a.permutations),
+            "none": accuracy_drop(s, 200, a.acc_reps, 0.0, a.seed + 1, a.permutations),
+            "load_avg_end": os.getloadavg(),
+        }
+        (a.out / "monitor-accuracy.json").write_text(json.dumps(accs, indent=1))
+        print(json.dumps(accs, indent=1))
+        return
     draws = shifts(s)
     for family in FAMILIES:  # corrupt once, before the workers fork
         for sev in range(1, 6):
             s.corrupted(family, sev)
     # Most important first (the calibration at n=200, then every shift at n=200), and every
     # finished cell saved at once: a run cut short on a loaded machine still reports them.
+    # Most important first (the calibration at n=200, then every shift at n=200), in chunks
+    # of at most 25 windows shared by the workers, each saved when done: a run cut short on a
+    # loaded machine still reports what it measured (--from-partial).
     cells = []
     for n in (200, 50, 100, 500):
         for name in draws:
@@ -441,7 +463,9 @@ def main() -> None:
                 reps = a.null_windows if n == 200 else a.null_windows_other
             else:
                 reps = a.reps if n == 200 else a.reps_other
-            cells.append((name, n, reps, a.seed + n, a.permutations))
+            for chunk, lo in enumerate(range(0, reps, 25)):
+                seed = a.seed + 1000 * n + chunk
+                cells.append((name, n, min(25, reps - lo), seed, a.permutations))
     global _SETUP
     _SETUP = s
     partial = a.out / "monitor-partial.jsonl"
@@ -451,98 +475,164 @@ def main() -> None:
         import multiprocessing as mp
 
         with mp.get_context("fork").Pool(a.workers) as pool:
-            for item in pool.imap(_cell, cells):
+            for item in pool.imap_unordered(_cell, cells):
                 done.append(item)
                 with partial.open("a") as fh:
                     fh.write(json.dumps(item) + "\n")
     else:
         done = [_cell(c) for c in cells]
-    results: dict[str, dict[int, dict[str, Any]]] = {name: {} for name in draws}
-    for name, n, res in done:
-        results[name][n] = res
+    results = merge(done)
     acc = accuracy_drop(s, 200, a.acc_reps, 0.10, a.seed, a.permutations)
     acc_null = accuracy_drop(s, 200, a.acc_reps, 0.0, a.seed + 1, a.permutations)
     print(f"  accuracy drop 10 points, 200 labels: {acc['alarm_power']}", flush=True)
-    print(f"speed: {a.speed_records} logged predictions", flush=True)
     sp = speed(a.speed_records, a.seed) if not a.skip_speed else None
-    print(f"  {sp}", flush=True)
+    print(f"  speed: {sp}", flush=True)
+    write_tables(a, results, acc, acc_null, sp, time.time() - t_start)
 
+
+def merge(
+    done: list[tuple[str, int, dict[str, Any]]],
+) -> dict[str, dict[int, dict[str, Any]]]:
+    """Sum the chunks of each (shift, n) cell; rates and Wilson intervals of the sums."""
+    out: dict[str, dict[int, dict[str, Any]]] = {}
+    for name, n, res in done:
+        cell = out.setdefault(name, {}).setdefault(int(n), {})
+        for key, c in res.items():
+            k, m = cell.get(key, {}).get("k", 0) + c["k"], cell.get(key, {}).get("n", 0) + c["n"]
+            cell[key] = {"rate": k / m, "k": k, "n": m, "ci95": wilson(k, m)}
+    return out
+
+
+def from_partial(out: Path) -> tuple[Any, Any, Any, Any]:
+    """Results of a run cut short (``monitor-partial.jsonl``) plus the separate accuracy and
+    speed runs' files, when present."""
+    lines = (out / "monitor-partial.jsonl").read_text().splitlines()
+    results = merge([tuple(json.loads(line)) for line in lines])  # type: ignore[misc]
+    acc = acc_null = sp = None
+    if (out / "monitor-accuracy.json").is_file():
+        accs = json.loads((out / "monitor-accuracy.json").read_text())
+        acc, acc_null = accs["drop"], accs["none"]
+    if (out / "monitor-speed.json").is_file():
+        sp = json.loads((out / "monitor-speed.json").read_text())
+    return results, acc, acc_null, sp
+
+
+def _rate(results: dict[str, dict[int, dict[str, Any]]], k: str, key: str) -> float | None:
+    cell = results.get(k, {}).get(200)
+    return None if cell is None else float(cell[key]["rate"])
+
+
+def _mean(values: list[float | None]) -> float | None:
+    got = [v for v in values if v is not None]
+    return float(np.mean(got)) if got else None
+
+
+def _f(v: float | None) -> str:
+    return "n/a" if v is None else f"{v:.3f}"
+
+
+def write_tables(
+    a: argparse.Namespace,
+    results: dict[str, dict[int, dict[str, Any]]],
+    acc: dict[str, Any] | None,
+    acc_null: dict[str, Any] | None,
+    sp: dict[str, Any] | None,
+    elapsed: float,
+) -> None:
+    """``monitor.json`` and ``monitor.md`` from whatever cells were measured."""
+    canonical = ["none", *(f"{f}-{v}" for f in FAMILIES for v in range(1, 6))]
+    canonical += ["prior-50%", "foreign-10%", "foreign-25%", "foreign-50%"]
+    results = {k: results[k] for k in canonical if k in results}
     corr = [f"{f}-{v}" for f in FAMILIES for v in (3, 4, 5)]
     all_shifts = [k for k in results if k != "none"]
-    at200 = {k: results[k][200]["alarm"]["rate"] for k in all_shifts}
+    measured = [k for k in all_shifts if 200 in results[k]]
     summary = {
-        "false_alarm_n200": results["none"][200],
-        "power_corruptions_sev3plus_n200": float(np.mean([at200[k] for k in corr])),
-        "power_foreign25_n200": at200["foreign-25%"],
-        "power_all_shifts_n200": float(np.mean(list(at200.values()))),
+        "false_alarm_n200": results.get("none", {}).get(200),
+        "power_corruptions_sev3plus_n200": _mean([_rate(results, k, "alarm") for k in corr]),
+        "corruption_cells_measured_n200": sum(_rate(results, k, "alarm") is not None for k in corr),
+        "power_foreign25_n200": _rate(results, "foreign-25%", "alarm"),
+        "power_all_shifts_n200": _mean([_rate(results, k, "alarm") for k in measured]),
+        "shifts_measured_n200": len(measured),
         "failing_loudly_best_n200": FAILING_LOUDLY_BEST,
-        "baseline_mean_t_all_shifts_n200": float(
-            np.mean([results[k][200]["baseline_mean_t"]["rate"] for k in all_shifts])
+        "baseline_mean_t_all_shifts_n200": _mean(
+            [_rate(results, k, "baseline_mean_t") for k in measured]
         ),
-        "baseline_auc_rule_all_shifts_n200": float(
-            np.mean([results[k][200]["baseline_auc>0.55"]["rate"] for k in all_shifts])
+        "baseline_auc_rule_all_shifts_n200": _mean(
+            [_rate(results, k, "baseline_auc>0.55") for k in measured]
         ),
         "accuracy_drop_10pt_200_labels": acc,
         "accuracy_no_drop_200_labels": acc_null,
         "speed": sp,
     }
     meta = {
-        "args": vars(a) | {"out": str(a.out)},
+        "args": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()},
         "python": platform.python_version(),
         "machine": platform.machine(),
         "cpus": os.cpu_count(),
         "load_avg_end": os.getloadavg(),
-        "wall_s": round(time.time() - t_start),
+        "wall_s": round(elapsed),
     }
     (a.out / "monitor.json").write_text(
         json.dumps({"meta": meta, "summary": summary, "results": results}, indent=1)
     )
-    null = results["none"]
+
+    def fmt(c: dict[str, Any]) -> str:
+        return f"{c['rate']:.3f} [{c['ci95'][0]:.3f}, {c['ci95'][1]:.3f}]"
+
+    null = results.get("none", {})
+    names = [k.removesuffix("@0.05") for k in null.get(200, {}) if k.endswith("@0.05")]
     lines = [
         "### False-alarm rate (no drift), 95% Wilson interval",
         "",
         "| n | windows | overall alarm | "
-        + " | ".join(k.removesuffix("@0.05") for k in null[200] if k.endswith("@0.05"))
+        + " | ".join(f"{t} (p<=0.05)" for t in names)
         + " | baseline mean t | baseline AUC>0.55 |",
-        "|---" * (5 + sum(k.endswith("@0.05") for k in null[200])) + "|",
+        "|---" * (5 + len(names)) + "|",
     ]
     for n in SIZES:
+        if n not in null:
+            continue
         row = null[n]
-
-        def fmt(c: dict[str, Any]) -> str:
-            return f"{c['rate']:.3f} [{c['ci95'][0]:.3f}, {c['ci95'][1]:.3f}]"
-
-        tests = [fmt(row[k]) for k in null[200] if k.endswith("@0.05") and k in row]
+        tests = [fmt(row[f"{t}@0.05"]) if f"{t}@0.05" in row else "" for t in names]
         lines.append(
             f"| {n} | {row['alarm']['n']} | {fmt(row['alarm'])} | "
             + " | ".join(tests)
             + f" | {fmt(row['baseline_mean_t'])} | {fmt(row['baseline_auc>0.55'])} |"
         )
+    shifted = {k: v for k, v in results.items() if k != "none"}
     lines += ["", "### Power of the overall alarm (share of shifted windows alarmed)", ""]
-    lines += power_table(results, "alarm")
+    lines += power_table(shifted, "alarm")
     lines += ["", "### Baseline: t-test on mean brightness", ""]
-    lines += power_table(results, "baseline_mean_t")
+    lines += power_table(shifted, "baseline_mean_t")
+    lines += ["", "### Baseline: domain classifier with the fixed rule AUC > 0.55", ""]
+    lines += power_table(shifted, "baseline_auc>0.55")
     lines += [
         "",
         "### Summary at n = 200",
         "",
-        f"- corruptions, severity >= 3, averaged over families: "
-        f"{summary['power_corruptions_sev3plus_n200']:.3f} (target >= 0.9)",
-        f"- 25% foreign data: {summary['power_foreign25_n200']:.3f} (target >= 0.9)",
-        f"- average over all {len(all_shifts)} shifts: {summary['power_all_shifts_n200']:.3f} "
-        f"(Failing Loudly's best: {FAILING_LOUDLY_BEST}; baselines: mean-brightness t-test "
-        f"{summary['baseline_mean_t_all_shifts_n200']:.3f}, AUC>0.55 rule "
-        f"{summary['baseline_auc_rule_all_shifts_n200']:.3f})",
-        f"- accuracy drop of 10 points from 200 labels (validation accuracy "
-        f"{acc['validation_accuracy']:.3f}): alarm power {acc['alarm_power']['rate']:.3f}, "
-        f"accuracy-test power {acc['accuracy_test_power']['rate']:.3f}; without a drop: alarm "
-        f"rate {acc_null['alarm_power']['rate']:.3f}",
+        f"- corruptions, severity >= 3, averaged over families "
+        f"({summary['corruption_cells_measured_n200']} of {len(corr)} cells measured): "
+        f"{_f(summary['power_corruptions_sev3plus_n200'])} (target >= 0.9)",
+        f"- 25% foreign data: {_f(summary['power_foreign25_n200'])} (target >= 0.9)",
+        f"- average over the {len(measured)} shifts measured: "
+        f"{_f(summary['power_all_shifts_n200'])} (Failing Loudly's best: {FAILING_LOUDLY_BEST}; "
+        f"baselines: mean-brightness t-test {_f(summary['baseline_mean_t_all_shifts_n200'])}, "
+        f"AUC>0.55 rule {_f(summary['baseline_auc_rule_all_shifts_n200'])})",
     ]
+    if acc is not None and acc_null is not None:
+        lines.append(
+            f"- accuracy drop of 10 points from 200 labels (validation accuracy "
+            f"{acc['validation_accuracy']:.3f}, window accuracy {acc['window_accuracy_mean']:.3f}"
+            f"): alarm power {fmt(acc['alarm_power'])}, accuracy-test power "
+            f"{fmt(acc['accuracy_test_power'])}; same windows without the drop: alarm rate "
+            f"{fmt(acc_null['alarm_power'])} ({acc['alarm_power']['n']} windows each)"
+        )
     if sp is not None:
         lines.append(
             f"- speed: {sp['records']} predictions ({sp['log_bytes'] / 1e9:.2f} GB of log): "
-            f"{sp['run_wall_s']} s wall, peak RSS {sp['run_peak_rss_mb']} MB "
-            f"(exit {sp['exit_status']}, load average at end {meta['load_avg_end'][0]:.1f})"
+            f"{sp['run_wall_s']} s wall, {sp.get('run_cpu_s')} s CPU, peak RSS "
+            f"{sp['run_peak_rss_mb']} MB (exit {sp['exit_status']}; load average at the end "
+            f"{sp.get('load_avg_end', meta['load_avg_end'])[0]:.1f})"
         )
     (a.out / "monitor.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
