@@ -8,9 +8,18 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 
 from pomlia_hpc.errors import InputError
-from pomlia_hpc.registry import Deployment, Model, MonitorReport, Registry, Run, Task
+from pomlia_hpc.registry import (
+    DatasetVersion,
+    Deployment,
+    Model,
+    MonitorReport,
+    Registry,
+    Run,
+    Task,
+)
 from pomlia_hpc.report import build_report
 from pomlia_hpc.workspace import Workspace
 from tests.fixtures.factories import make_dataset, make_encoder
@@ -42,7 +51,8 @@ def filled(tmp_path_factory: pytest.TempPathFactory) -> tuple[Workspace, Registr
     extract(reg, ws, "enc", refs, executor=Executor.from_profile("debug", ws.jobs, reg))
     now = datetime.now(UTC)
     with reg.session() as s:
-        task = Task(name="pneu-task", dataset_version_id=1, metric="auc", task_type="binary")
+        pneu = s.scalar(select(DatasetVersion.id).order_by(DatasetVersion.id.desc()))
+        task = Task(name="pneu-task", dataset_version_id=pneu, metric="auc", task_type="binary")
         s.add(task)
         s.flush()
         runs = [
@@ -97,6 +107,17 @@ def filled(tmp_path_factory: pytest.TempPathFactory) -> tuple[Workspace, Registr
                     created_at=now + timedelta(days=i),
                 )
             )
+    # A real answer of the recommender, from the published tables shipped with pomlia.
+    from pomlia_hpc.pipeline.spec import parse_pipeline
+    from pomlia_hpc.pipeline.stage import StageContext
+    from pomlia_hpc.pipeline.stages_strategy import import_shipped
+    from pomlia_hpc.strategy.recommend import recommend
+
+    spec = parse_pipeline(
+        {"name": "x", "datasets": [{"name": "a", "medmnist": "bloodmnist"}]}, "x", home
+    )
+    import_shipped(StageContext(spec, ws, reg))
+    recommend(reg, "pneu-task", k=3)
     rec = ws.path("pipelines", "demo", "stages", "data.json")
     rec.parent.mkdir(parents=True)
     rec.write_text(
@@ -123,6 +144,7 @@ def test_every_section_is_written_and_escaped(
             "index.html",
             "datasets.html",
             "fingerprints.html",
+            "recommendations.html",
             "studies.html",
             "models.html",
             "monitor.html",
@@ -132,6 +154,8 @@ def test_every_section_is_written_and_escaped(
     studies = (res.folder / "studies.html").read_text()
     assert EVIL not in studies and "&lt;script&gt;" in studies  # causes shown, never executed
     assert "out of memory" in studies and "crashed" in studies
+    recs = (res.folder / "recommendations.html").read_text()
+    assert "Recommendation 1 for task pneu-task" in recs and "expected" in recs
     models = (res.folder / "models.html").read_text()
     assert "st-best" in models and "study=st" in models
     for page in res.pages:

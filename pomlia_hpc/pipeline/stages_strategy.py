@@ -60,9 +60,8 @@ def _run(ctx: StageContext) -> dict[str, Any]:
             "recommendation_id": answer.get("recommendation_id"),
             "configs": configs,
             "top": [
-                {k: s.get(k) for k in ("arch", "init", "mode", "img_size")}
-                for s in answer.get("strategies", answer.get("top", []))[: rec.k]
-                if isinstance(s, dict)
+                {k: (s.get("strategy") or {}).get(k) for k in ("arch", "init", "mode", "img_size")}
+                for s in answer.get("strategies", [])[: rec.k]
             ],
         }
         ctx.log(

@@ -26,7 +26,7 @@ from pomlia_hpc.registry import (
     Registry,
     Run,
 )
-from pomlia_hpc.report import pages_data, pages_learn
+from pomlia_hpc.report import pages_data, pages_learn, pages_strategy
 from pomlia_hpc.report.html import esc, page, table
 from pomlia_hpc.workspace import Workspace
 
@@ -36,6 +36,7 @@ PageFn = Callable[[Registry, Workspace], str | None]
 PAGES: list[tuple[str, str, PageFn]] = [
     ("datasets.html", "Datasets", pages_data.datasets_page),
     ("fingerprints.html", "Fingerprints", pages_data.fingerprints_page),
+    ("recommendations.html", "Recommendations", pages_strategy.recommendations_page),
     ("studies.html", "Studies", pages_learn.studies_page),
     ("models.html", "Models and deployments", pages_learn.models_page),
     ("monitor.html", "Monitor history", pages_learn.monitor_page),

@@ -1,0 +1,74 @@
+"""Report page of the strategy recommender's answers (``recommendations`` in the registry)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sqlalchemy import select
+
+from pomlia_hpc.registry import Recommendation, Registry
+from pomlia_hpc.report.html import esc, table
+from pomlia_hpc.workspace import Workspace
+
+#: Answers shown (newest first).
+MAX_ANSWERS = 30
+
+
+def _strategy(s: dict[str, Any]) -> str:
+    extra = " + nearest images" if s.get("extra_data") == "nearest" else ""
+    return f"{s.get('arch')} {s.get('init')}/{s.get('mode')} {s.get('img_size')} px{extra}"
+
+
+def _num(x: Any, digits: int = 3) -> str:
+    return f"{x:.{digits}f}" if isinstance(x, int | float) and not isinstance(x, bool) else ""
+
+
+def recommendations_page(registry: Registry, workspace: Workspace) -> str | None:
+    with registry.session() as s:
+        rows = list(
+            s.scalars(select(Recommendation).order_by(Recommendation.id.desc()).limit(MAX_ANSWERS))
+        )
+        for r in rows:
+            s.expunge(r)
+    if not rows:
+        return None
+    parts = []
+    for r in rows:
+        out, inp = r.output or {}, r.inputs or {}
+        similar = ", ".join(
+            f"{x.get('dataset')} ({_num(x.get('weight'), 2)})"
+            for x in (out.get("similar") or [])[:5]
+        )
+        parts.append(
+            f"<h2>Recommendation {r.id} for task {esc(r.task)}</h2>"
+            f"<p>{esc(f'{r.created_at:%Y-%m-%d %H:%M}')}, learner {esc(r.learner)} "
+            f"{esc(r.learner_version)}, metric {esc(inp.get('metric', ''))}, "
+            f"{esc(inp.get('n_datasets', ''))} known data sets; most similar "
+            f"({esc(out.get('similarity', ''))}): {esc(similar)}; "
+            f"{len(out.get('initial') or [])} AutoML warm-start configuration(s).</p>"
+        )
+        strategies = []
+        for x in out.get("strategies") or []:
+            cost = x.get("cost") or {}
+            ev = "; ".join(
+                f"{e.get('dataset')} {_num(e.get('value'))}" for e in (x.get("evidence") or [])[:2]
+            )
+            expected = x.get("expected")
+            strategies.append(
+                [
+                    x.get("rank", ""),
+                    _strategy(x.get("strategy") or {}),
+                    "" if expected is None else f"{expected:.3f} ± {x.get('spread') or 0:.3f}",
+                    _num(cost.get("wall_s"), 0),
+                    _num(cost.get("gpu_hours")),
+                    _num(x.get("failure_rate"), 2),
+                    ev,
+                ]
+            )
+        parts.append(
+            table(
+                ["#", "strategy", "expected", "cost s", "GPU h", "failure rate", "evidence"],
+                strategies,
+            )
+        )
+    return "".join(parts)
