@@ -6,6 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from pomlia_hpc.config import ClusterProfile
+from pomlia_hpc.errors import ConfigError
 from pomlia_hpc.pipeline.spec import EncoderSpec, ExtractSpec, PipelineSpec
 from pomlia_hpc.pipeline.stage import PlannedJob, Stage, StageContext, resources_of
 from pomlia_hpc.pipeline.stages_data import estimated_images
@@ -17,27 +18,32 @@ def _enc(spec: PipelineSpec) -> EncoderSpec:
 
 
 def _train_config(enc: EncoderSpec) -> Any:
+    """The fingerprint room's training config; a value it refuses is one error naming the
+    pipeline key (``encoder.objective``), not a traceback."""
+    from pydantic import ValidationError
+
     from pomlia_hpc.fingerprint.train import TrainConfig
 
-    encoder: dict[str, Any] = {
-        "latent_dim": enc.latent_dim,
-        "image_size": enc.image_size,
-        "stem": enc.stem,
+    data: dict[str, Any] = {
+        "encoder": {"latent_dim": enc.latent_dim, "image_size": enc.image_size, "stem": enc.stem},
+        "epochs": enc.epochs,
+        "batch_size": enc.batch_size,
+        "lr": enc.lr,
+        "max_images_per_dataset": enc.max_images,
+        "processes": enc.processes,
+        "precision": enc.precision,
+        "seed": enc.seed,
     }
     if enc.objective is not None:
-        encoder["objective"] = enc.objective
-    return TrainConfig.model_validate(
-        {
-            "encoder": encoder,
-            "epochs": enc.epochs,
-            "batch_size": enc.batch_size,
-            "lr": enc.lr,
-            "max_images_per_dataset": enc.max_images,
-            "processes": enc.processes,
-            "precision": enc.precision,
-            "seed": enc.seed,
-        }
-    )
+        data["objective"] = enc.objective
+    try:
+        return TrainConfig.model_validate(data)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        key = str(err["loc"][-1]) if err["loc"] else "encoder"
+        raise ConfigError(
+            f"pipeline key 'encoder.{key}': {err['msg']} (got {err.get('input')!r})"
+        ) from exc
 
 
 def _run_encoder(ctx: StageContext) -> dict[str, Any]:
