@@ -268,40 +268,53 @@ def accuracy_drop(
     }
 
 
-def speed(records: int, seed: int) -> dict[str, Any]:
-    """Write a log of ``records`` predictions as servers write it (one file per 200,000, in the
-    last 23 hours), then time ``pomlia monitor run`` on it in a child process."""
+def speed(records: int, seed: int, home: Path | None = None) -> dict[str, Any]:
+    """Write a log of ``records`` predictions as servers write it (files of 200,000, in the last
+    23 hours), then time ``pomlia monitor run`` on it in a child process.
+
+    Only the first file is generated record by record (orjson, as the server does; slow on a
+    loaded machine); the others are copies of it with new prediction ids, so every id is unique
+    while fingerprints and times repeat (reading cost is the same). ``home``: a workspace of an
+    earlier, interrupted run to reuse (its model, reference and first file)."""
     import orjson
 
     from pomlia_hpc.registry import Registry
     from pomlia_hpc.serve.demo import register_demo_model
     from pomlia_hpc.serve.predlog import log_dir
-    from pomlia_hpc.serve.reference import compute_reference, write_reference
     from pomlia_hpc.workspace import Workspace
 
-    home = Path(tempfile.mkdtemp(prefix="pomlia-bench-monitor-"))
+    reuse = home is not None and (home / "registry.db").is_file()
+    home = home or Path(tempfile.mkdtemp(prefix="pomlia-bench-monitor-"))
     ws = Workspace(home=home, db_url=f"sqlite:///{home / 'registry.db'}", cluster_profile="local")
     ws.create()
     reg = Registry.open(ws.db_url)
-    bundle = register_demo_model(reg, ws, "bench", channels=3, num_classes=8).bundle
-    x_val, y_val = make_split("bloodmnist", 1000, seed=seed, split="val")
-    write_reference(bundle, compute_reference(bundle, x_val, y_val, source="bench", threads=2))
-    x, _ = make_split("bloodmnist", 2000, seed=seed, split="test")
-    fps = fingerprints(x)
-    folder = log_dir(ws.path("logs"), "bench")
-    folder.mkdir(parents=True)
-    t0 = time.time()
-    now = time.time()
-    rng = np.random.default_rng(seed)
-    per_file = 200_000
-    probs = np.round(rng.dirichlet(np.ones(8), size=4096), 6)
-    opt = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE
-    from datetime import UTC, datetime
+    if reuse:
+        from pomlia_hpc.monitor.reference import resolve_target
 
-    for f in range(math.ceil(records / per_file)):
+        bundle = resolve_target(reg, "bench").bundle
+    else:
+        from pomlia_hpc.serve.reference import compute_reference, write_reference
+
+        bundle = register_demo_model(reg, ws, "bench", channels=3, num_classes=8).bundle
+        x_val, y_val = make_split("bloodmnist", 1000, seed=seed, split="val")
+        write_reference(bundle, compute_reference(bundle, x_val, y_val, source="bench"))
+    folder = log_dir(ws.path("logs"), "bench")
+    folder.mkdir(parents=True, exist_ok=True)
+    per_file = 200_000
+    first = folder / "20261201T000000-bench-0-0000.jsonl"
+    t0 = time.time()
+    if not first.is_file():
+        x, _ = make_split("bloodmnist", 2000, seed=seed, split="test")
+        fps = fingerprints(x)
+        now = time.time()
+        rng = np.random.default_rng(seed)
+        probs = np.round(rng.dirichlet(np.ones(8), size=4096), 6)
+        opt = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE
+        from datetime import UTC, datetime
+
         lines = []
-        for i in range(f * per_file, min(records, (f + 1) * per_file)):
-            t = datetime.fromtimestamp(now - 82800 + 82800 * i / records, UTC)
+        for i in range(min(records, per_file)):
+            t = datetime.fromtimestamp(now - 82800 + 82800 * i / per_file, UTC)
             p = probs[i % 4096]
             lines.append(
                 orjson.dumps(
@@ -323,7 +336,16 @@ def speed(records: int, seed: int) -> dict[str, Any]:
                     option=opt,
                 )
             )
-        (folder / f"20261201T000000-bench-{f}-0000.jsonl").write_bytes(b"".join(lines))
+        first.write_bytes(b"".join(lines))
+    base = first.read_bytes().splitlines(keepends=True)
+    marker = b'"id":"'
+    for f in range(1, math.ceil(records / per_file)):
+        out = []
+        for line in base[: min(per_file, records - f * per_file)]:
+            at = line.index(marker) + len(marker)
+            out.append(line[:at] + os.urandom(16).hex().encode() + line[at + 32 :])
+        (folder / f"20261201T000000-bench-{f}-0000.jsonl").write_bytes(b"".join(out))
+    del base
     write_s = time.time() - t0
     size = sum(p.stat().st_size for p in folder.glob("*.jsonl"))
     out_file = home / "run.json"
@@ -356,7 +378,9 @@ def speed(records: int, seed: int) -> dict[str, Any]:
     proc = subprocess.CompletedProcess(child.args, child.returncode, out_file.read_text(), stderr)
     report = json.loads(proc.stdout) if proc.stdout.strip().startswith("{") else {}
     reg.dispose()
-    subprocess.run(["rm", "-rf", str(home)], check=False)
+    for path in folder.glob("*.jsonl"):
+        path.unlink()  # 1.7 GB
+
     return {
         "records": records,
         "log_bytes": size,
@@ -412,6 +436,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=2, help="processes for the windows")
     ap.add_argument("--skip-speed", action="store_true", help="no 1M-prediction speed run")
     ap.add_argument("--only-speed", action="store_true", help="only the speed run")
+    ap.add_argument("--speed-home", type=Path, default=None, help="reuse this workspace")
     ap.add_argument("--only-accuracy", action="store_true", help="only the accuracy drop")
     ap.add_argument(
         "--from-partial",
@@ -427,7 +452,7 @@ def main() -> None:
     a.out.mkdir(parents=True, exist_ok=True)
     t_start = time.time()
     if a.only_speed:
-        sp = speed(a.speed_records, a.seed)
+        sp = speed(a.speed_records, a.seed, a.speed_home)
         sp["load_avg_end"] = os.getloadavg()
         (a.out / "monitor-speed.json").write_text(json.dumps(sp, indent=1))
         print(json.dumps(sp, indent=1))
