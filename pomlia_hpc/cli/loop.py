@@ -253,6 +253,51 @@ def _render_result(res: object) -> None:
         raise typer.Exit(1)
 
 
+@loop_app.command("watch")
+def loop_watch(
+    interval: Annotated[float, typer.Option(help="Seconds between looks at the registry.")] = 60.0,
+    once: Annotated[bool, typer.Option("--once", help="Look once and exit.")] = False,
+    trials: Annotated[int, typer.Option(help="AutoML trials at most.")] = 6,
+    max_epochs: Annotated[int, typer.Option(help="Largest training budget, epochs.")] = 6,
+    parallel: Annotated[int, typer.Option(help="Trials running at once.")] = 2,
+    executor: Annotated[str, typer.Option(help="local, slurm or a cluster profile.")] = "local",
+    margin: Annotated[float, typer.Option(help=MARGIN_HELP)] = 0.02,
+    alpha: Annotated[float, typer.Option(help=ALPHA_HELP)] = 0.05,
+    min_labels: Annotated[
+        int, typer.Option(help="Fewest labelled production images to go on.")
+    ] = 20,
+) -> None:
+    """Run the loop for every retrain request the monitor records (its alarm), for the slot
+    that serves the model; a request whose driver was killed is resumed."""
+    from pomlia_hpc.loop.stages import LoopSettings
+    from pomlia_hpc.loop.watch import watch
+
+    cfg = LoopSettings(
+        trials=trials,
+        max_epochs=max_epochs,
+        parallel=parallel,
+        executor=executor,
+        margin=margin,
+        alpha=alpha,
+        min_labels=min_labels,
+    )
+    STATE.workspace.create()
+    handled = watch(
+        STATE.registry(),
+        STATE.workspace,
+        cfg,
+        interval_s=interval,
+        once=once,
+        progress=lambda line: console.print(line, highlight=False),
+    )
+    for h in handled:
+        console.print(
+            f"request {h.request_id} → slot {h.slot}: loop run {h.result.run_id} {h.result.status}"
+        )
+    if not handled:
+        console.print("no retrain requests to act on")
+
+
 @loop_app.command("show")
 def loop_show(slot: SlotArg) -> None:
     """The slot's loop runs and what each stage produced."""
