@@ -139,19 +139,35 @@ def synth(
     scale: Annotated[float, typer.Option(help="Split sizes = MedMNIST's times this.")] = 0.01,
     seed: Annotated[int, typer.Option(help="Random seed (output is deterministic).")] = 0,
     size: Annotated[int, typer.Option(help="Image size: 28, 64, 128 or 224.")] = 28,
+    flags: Annotated[
+        str | None, typer.Option(help="Comma-separated MedMNIST flags (default: all 12).")
+    ] = None,
 ) -> None:
-    """Write 12 MedMNIST look-alike npz files (exact layouts, synthetic pixels)."""
+    """Write MedMNIST look-alike npz files (exact layouts, synthetic pixels)."""
     from pomlia_hpc.data.synth import STYLES, write_lookalikes
+    from pomlia_hpc.errors import InputError
 
+    chosen = [f.strip() for f in flags.split(",") if f.strip()] if flags else list(FLAGS_2D)
+    unknown = [f for f in chosen if f not in FLAGS_2D]
+    if unknown or not chosen:
+        raise InputError(
+            f"--flags {flags!r}: unknown flag(s) {', '.join(unknown) or '(none given)'}; "
+            f"expected some of {', '.join(FLAGS_2D)}"
+        )
     with Progress(console=console, transient=True) as bar:
-        task = bar.add_task("look-alikes", total=len(FLAGS_2D))
+        task = bar.add_task("look-alikes", total=len(chosen))
         paths = write_lookalikes(
-            out, scale=scale, seed=seed, size=size, progress=lambda _f: bar.advance(task)
+            out,
+            scale=scale,
+            seed=seed,
+            size=size,
+            flags=chosen,
+            progress=lambda _f: bar.advance(task),
         )
     table = Table(title=f"look-alikes in {out} (scale {scale}, seed {seed}, {size} px)")
     for col in ("file", "MiB", "style"):
         table.add_column(col, overflow="fold")
-    for p, flag in zip(paths, FLAGS_2D, strict=True):
+    for p, flag in zip(paths, chosen, strict=True):
         table.add_row(p.name, f"{p.stat().st_size / 2**20:.2f}", STYLES[flag])
     console.print(table)
 

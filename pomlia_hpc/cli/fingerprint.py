@@ -28,13 +28,21 @@ app.add_typer(plot_app, name="plot")
 
 EncoderOpt = Annotated[
     str | None,
-    typer.Option("--encoder", "-e", help="Encoder name or id (default: the only one registered)."),
+    typer.Option(
+        "--encoder",
+        "-e",
+        help="Encoder name or id (default: the current one after a refresh, else the only one).",
+    ),
 ]
 
 
 def _encoder(name: str | None) -> str:
     if name is not None:
         return name
+    from pomlia_hpc.fingerprint.refresh import current_encoder
+
+    if (current := current_encoder(STATE.workspace)) is not None:
+        return current
     with STATE.registry().session() as s:
         names = list(s.scalars(select(Encoder.name).order_by(Encoder.id)))
     if len(names) == 1:
@@ -297,3 +305,33 @@ def latent(
     paths = plot_encoder_latent(STATE.registry(), enc, datasets or None, folder)
     for p in paths:
         console.print(f"wrote {p}")
+
+
+@fingerprint_app.command("refresh")
+def refresh_cmd(
+    encoder: Annotated[
+        str | None, typer.Option("--encoder", "-e", help="Encoder to refresh (default: current).")
+    ] = None,
+    epochs: Annotated[int | None, typer.Option(help="Epochs (default: the encoder's).")] = None,
+    shards: Annotated[int, typer.Option(help="Extraction shards per dataset.")] = 1,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Only say what would be done.")
+    ] = False,
+) -> None:
+    """Retrain the encoder on the newest version of every dataset when new versions arrived,
+    embed them all, build its index, then make it the current encoder (only when complete)."""
+    from pomlia_hpc.fingerprint.refresh import plan_refresh, refresh
+
+    if dry_run:
+        plan = plan_refresh(STATE.registry(), STATE.workspace, encoder)
+        what = f"would train {plan.name}" if plan.needed else "nothing to do"
+        console.print(f"{plan.base}: new versions {plan.new or 'none'}; {what}")
+        return
+    refresh(
+        STATE.registry(),
+        STATE.workspace,
+        encoder,
+        epochs=epochs,
+        shards=shards,
+        say=lambda line: console.print(line, highlight=False),
+    )

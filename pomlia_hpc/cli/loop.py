@@ -260,6 +260,10 @@ def loop_watch(
     trials: Annotated[int, typer.Option(help="AutoML trials at most.")] = 6,
     max_epochs: Annotated[int, typer.Option(help="Largest training budget, epochs.")] = 6,
     parallel: Annotated[int, typer.Option(help="Trials running at once.")] = 2,
+    archs: Annotated[
+        str | None, typer.Option(help="Architectures to search (default: the champion's).")
+    ] = None,
+    optimizer: Annotated[str, typer.Option(help="smac or random.")] = "smac",
     executor: Annotated[str, typer.Option(help="local, slurm or a cluster profile.")] = "local",
     margin: Annotated[float, typer.Option(help=MARGIN_HELP)] = 0.02,
     alpha: Annotated[float, typer.Option(help=ALPHA_HELP)] = 0.05,
@@ -276,6 +280,8 @@ def loop_watch(
         trials=trials,
         max_epochs=max_epochs,
         parallel=parallel,
+        archs=tuple(a.strip() for a in archs.split(",")) if archs else None,
+        optimizer=optimizer,
         executor=executor,
         margin=margin,
         alpha=alpha,

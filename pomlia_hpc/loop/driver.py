@@ -2,8 +2,9 @@
 
 A :class:`~pomlia_hpc.registry.LoopRun` row holds the run's parameters (``stages["params"]``,
 fixed when the run is created, e.g. the harvest window's end) and, for each finished stage, what
-it produced (ids, paths). The driver walks the stage table in order and skips every stage that
-has an entry; a stage's entry is written in one transaction right after the stage returns.
+it produced (ids, paths, and the ``seconds`` it took). The driver walks the stage table in order
+and skips every stage that has an entry; a stage's entry is written in one transaction right
+after the stage returns.
 
 Killed (SIGKILL) at any point, a rerun resumes the newest unfinished run of the slot: finished
 stages are skipped, and a stage that was interrupted runs again, which is safe because every
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import os
 import signal
+import time
 import traceback
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -170,6 +172,7 @@ def run_stages(
         _hook(name, "before")
         _set(registry, run_id, stage=name)
         progress(f"loop {run_id}: {name} ...")
+        t0 = time.perf_counter()
         try:
             output = fn(ctx)
         except PomliaError as exc:
@@ -179,6 +182,7 @@ def run_stages(
             _set(registry, run_id, status="failed", error=f"{name}: {traceback.format_exc()}")
             return LoopResult(run_id, "failed", ctx.outputs, skipped, ran, f"{name}: {exc!r}")
         _hook(name, "after")
+        output = {**output, "seconds": round(time.perf_counter() - t0, 3)}
         _record(registry, run_id, name, output)
         ctx.outputs[name] = output
         ran.append(name)

@@ -199,12 +199,17 @@ def recommend_stage(ctx: LoopContext) -> StageOutput:
     return {**out, "recommendation_id": answer.get("recommendation_id"), "configs": str(path)}
 
 
+_BOOKKEEPING = ("config_key", "origin", "smac_budget", "engine")
+
+
 def _warm_configs(ctx: LoopContext, champ: Model) -> list[tuple[str, dict[str, Any]]]:
     """(source, values) warm-start candidates: the champion's configuration first."""
     out: list[tuple[str, dict[str, Any]]] = []
     config = (champ.lineage or {}).get("config")
     if isinstance(config, dict) and config:
-        out.append(("champion", dict(config)))
+        # The run's record keeps bookkeeping beside the hyperparameters; only these warm-start.
+        values = {k: v for k, v in config.items() if k not in _BOOKKEEPING}
+        out.append(("champion", values))
     rec = ctx.out("recommend").get("configs")
     if rec and Path(rec).is_file():
         out += [("recommendation", dict(c)) for c in json.loads(Path(rec).read_text())]

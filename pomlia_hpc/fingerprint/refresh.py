@@ -1,0 +1,151 @@
+"""``pomlia fingerprint refresh``: retrain the encoder when new dataset versions arrived.
+
+The paper (§3.2) retrains the embedding periodically, so new data shapes the similarity space.
+The *current* encoder is named in ``<home>/indexes/current-encoder.json`` (commands that take
+``--encoder`` use it when none is given). A refresh:
+
+1. compares the newest version of every registered dataset with the versions the current
+   encoder was trained on; nothing new → nothing to do;
+2. trains ``<root>-r<k>`` (same settings, ``epochs`` may be overridden) on all of them, as the
+   usual resumable cluster job;
+3. embeds every one of them with it and builds its FAISS index;
+4. only then switches the pointer (written atomically). Until step 4 similarity and the index
+   keep using the previous encoder; a refresh killed midway resumes the same ``<root>-r<k>``
+   (its training record and complete shards are reused) when run again.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import func, select
+
+from pomlia_hpc.errors import NotFoundError
+from pomlia_hpc.files import fsync_path
+from pomlia_hpc.fingerprint.extract import extract
+from pomlia_hpc.fingerprint.index import build_index
+from pomlia_hpc.fingerprint.train import TrainConfig, get_encoder, train_encoder
+from pomlia_hpc.registry import Dataset, DatasetVersion, Encoder, Registry
+from pomlia_hpc.workspace import Workspace
+
+POINTER = "current-encoder.json"
+_SUFFIX = re.compile(r"-r(\d+)$")
+
+
+def pointer_path(workspace: Workspace) -> Path:
+    return workspace.path("indexes", POINTER)
+
+
+def current_encoder(workspace: Workspace) -> str | None:
+    """The encoder the pointer names, or None when no refresh has set one."""
+    path = pointer_path(workspace)
+    if not path.is_file():
+        return None
+    return str(json.loads(path.read_text())["encoder"])
+
+
+def _write_pointer(workspace: Workspace, data: dict[str, Any]) -> None:
+    path = pointer_path(workspace)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=1))
+    tmp.replace(path)
+    fsync_path(path.parent)
+
+
+def newest_versions(registry: Registry) -> dict[str, DatasetVersion]:
+    """Dataset name → its newest version."""
+    with registry.session() as s:
+        newest = (
+            select(func.max(DatasetVersion.id))
+            .group_by(DatasetVersion.dataset_id)
+            .scalar_subquery()
+        )
+        rows = s.execute(
+            select(Dataset.name, DatasetVersion)
+            .join(Dataset, Dataset.id == DatasetVersion.dataset_id)
+            .where(DatasetVersion.id.in_(newest))
+        ).all()
+    return {name: v for name, v in rows}
+
+
+@dataclass(frozen=True)
+class RefreshPlan:
+    """What a refresh would do: the base encoder, the versions, which of them are new."""
+
+    base: str
+    name: str
+    datasets: list[str]
+    new: list[str]
+
+    @property
+    def needed(self) -> bool:
+        return bool(self.new)
+
+
+def plan_refresh(registry: Registry, workspace: Workspace, base: str | None = None) -> RefreshPlan:
+    """Which encoder to refresh (``base``, else the current one, else the only one) and on
+    what; ``new`` is empty when the base already covers every newest version."""
+    if base is None:
+        base = current_encoder(workspace)
+    if base is None:
+        with registry.session() as s:
+            names = list(s.scalars(select(Encoder.name).order_by(Encoder.id)))
+        if len(names) != 1:
+            raise NotFoundError(
+                f"{len(names)} encoders are registered and none is current: pass --encoder"
+            )
+        base = names[0]
+    enc = get_encoder(registry, base)
+    versions = newest_versions(registry)
+    covered = set(enc.dataset_version_ids or [])
+    refs = {name: f"{name}@{v.version}" for name, v in sorted(versions.items())}
+    new = [refs[n] for n, v in sorted(versions.items()) if v.id not in covered]
+    root = _SUFFIX.sub("", enc.name)
+    with registry.session() as s:
+        taken = list(s.scalars(select(Encoder.name).where(Encoder.name.like(f"{root}-r%"))))
+    k = 1 + max((int(m.group(1)) for t in taken if (m := _SUFFIX.search(t))), default=0)
+    return RefreshPlan(enc.name, f"{root}-r{k}", list(refs.values()), new)
+
+
+def refresh(
+    registry: Registry,
+    workspace: Workspace,
+    base: str | None = None,
+    *,
+    epochs: int | None = None,
+    shards: int = 1,
+    say: Callable[[str], None] = print,
+) -> RefreshPlan:
+    """Run the refresh of the module docstring; returns its plan (``needed`` False: no-op)."""
+    plan = plan_refresh(registry, workspace, base)
+    if not plan.needed:
+        say(f"encoder {plan.base} covers the newest version of every dataset: nothing to do")
+        return plan
+    enc = get_encoder(registry, plan.base)
+    config = TrainConfig.model_validate(enc.config)
+    if epochs is not None:
+        config = config.model_copy(update={"epochs": epochs})
+    say(f"training {plan.name} on {len(plan.datasets)} versions ({len(plan.new)} new)")
+    train_encoder(registry, workspace, plan.name, plan.datasets, config)
+    say(f"embedding {len(plan.datasets)} versions with {plan.name}")
+    extract(registry, workspace, plan.name, plan.datasets, shards=shards)
+    built = build_index(registry, workspace, plan.name)
+    _write_pointer(
+        workspace,
+        {
+            "encoder": plan.name,
+            "previous": plan.base,
+            "datasets": plan.datasets,
+            "index": str(built.path),
+            "switched_at": datetime.now(UTC).isoformat(timespec="seconds"),
+        },
+    )
+    say(f"current encoder: {plan.name} (was {plan.base}); index {built.path}")
+    return plan
