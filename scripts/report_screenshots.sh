@@ -8,7 +8,7 @@ REPORT=${1:?report folder (pomlia report --out DIR)}
 OUT=${2:?folder for the PNG files}
 SIZE=${3:-1280,1700}
 mkdir -p "$OUT"
-for page in index datasets fingerprints studies models monitor pipelines; do
+for page in index datasets fingerprints recommendations studies models monitor pipelines; do
   [ -f "$REPORT/$page.html" ] || continue
   chromium --headless --no-sandbox --disable-gpu --hide-scrollbars --no-first-run \
     --disable-background-networking --window-size="$SIZE" \

@@ -43,13 +43,15 @@ def heatmap(matrix: np.ndarray, labels: Sequence[str], title: str) -> bytes:
     return _bytes(fig)
 
 
-def best_so_far(objectives: Sequence[float | None], metric: str, title: str) -> bytes:
-    """Each trial's validation metric (dots; crashed trials as red x at the bottom) and the
-    best so far (line), in trial order."""
+def best_so_far(
+    objectives: Sequence[float | None], crashed: Sequence[bool], metric: str, title: str
+) -> bytes:
+    """Each finished trial's validation metric (dots; crashed trials as red x at the bottom;
+    trials still running are left out) and the best so far (line), in trial order."""
     fig, ax = plt.subplots(figsize=(6, 3.2))
     xs = np.arange(1, len(objectives) + 1)
     ok = [(x, y) for x, y in zip(xs, objectives, strict=True) if y is not None]
-    bad = [x for x, y in zip(xs, objectives, strict=True) if y is None]
+    bad = [x for x, c in zip(xs, crashed, strict=True) if c]
     if ok:
         ok_x, ok_y = zip(*ok, strict=True)
         ax.scatter(ok_x, ok_y, s=14, color="#4c72b0", label="trial")
@@ -65,7 +67,8 @@ def best_so_far(objectives: Sequence[float | None], metric: str, title: str) -> 
     ax.set_xlabel("trial")
     ax.set_ylabel(f"validation {metric}")
     ax.set_title(title, fontsize=10)
-    ax.legend(fontsize=7)
+    if ok or bad:
+        ax.legend(fontsize=7)
     return _bytes(fig)
 
 

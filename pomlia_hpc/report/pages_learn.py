@@ -57,7 +57,8 @@ def studies_page(registry: Registry, workspace: Workspace) -> str | None:
             [study, task.name if task else "", len(members), crashed, max(ok) if ok else ""]
         )
         parts.append(f"<h2>Study {esc(study)}</h2>")
-        curve = figures.best_so_far(objectives, metric, f"study {study}")
+        crashed_flags = [r.status == "crashed" for r in members]
+        curve = figures.best_so_far(objectives, crashed_flags, metric, f"study {study}")
         parts.append(png(curve, f"best so far, study {study}", 560))
         rows = []
         for r in members[-MAX_TRIALS:]:
