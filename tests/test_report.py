@@ -166,6 +166,7 @@ def test_every_section_is_written_and_escaped(
             "index.html",
             "pipelines.html",
             "models.html",
+            "recommendations.html",
         )
 
 
