@@ -188,6 +188,9 @@ def loop_run(
     slot: SlotArg,
     trials: Annotated[int, typer.Option(help="AutoML trials at most.")] = 6,
     max_epochs: Annotated[int, typer.Option(help="Largest training budget, epochs.")] = 6,
+    min_epochs: Annotated[
+        int, typer.Option(help="Smallest budget (= --max-epochs: every trial trains fully).")
+    ] = 1,
     parallel: Annotated[int, typer.Option(help="Trials running at once.")] = 2,
     archs: Annotated[
         str | None, typer.Option(help="Architectures to search (default: the champion's).")
@@ -220,6 +223,7 @@ def loop_run(
     cfg = LoopSettings(
         trials=trials,
         max_epochs=max_epochs,
+        min_epochs=min_epochs,
         parallel=parallel,
         archs=tuple(a.strip() for a in archs.split(",")) if archs else None,
         optimizer=optimizer,
@@ -259,6 +263,9 @@ def loop_watch(
     once: Annotated[bool, typer.Option("--once", help="Look once and exit.")] = False,
     trials: Annotated[int, typer.Option(help="AutoML trials at most.")] = 6,
     max_epochs: Annotated[int, typer.Option(help="Largest training budget, epochs.")] = 6,
+    min_epochs: Annotated[
+        int, typer.Option(help="Smallest budget (= --max-epochs: every trial trains fully).")
+    ] = 1,
     parallel: Annotated[int, typer.Option(help="Trials running at once.")] = 2,
     archs: Annotated[
         str | None, typer.Option(help="Architectures to search (default: the champion's).")
@@ -279,6 +286,7 @@ def loop_watch(
     cfg = LoopSettings(
         trials=trials,
         max_epochs=max_epochs,
+        min_epochs=min_epochs,
         parallel=parallel,
         archs=tuple(a.strip() for a in archs.split(",")) if archs else None,
         optimizer=optimizer,
