@@ -18,6 +18,7 @@ from PIL import Image
 from pomlia_hpc.cli import main
 from pomlia_hpc.cli.app import err_console
 from pomlia_hpc.data.api import list_versions
+from pomlia_hpc.registry import Registry
 from pomlia_hpc.workspace import Workspace
 from tests.fixtures.factories import nothing_visible, open_registry, tiny_arrays, write_npz
 
@@ -228,6 +229,7 @@ def test_store_path_not_writable(add: Run, tmp_path: Path) -> None:
     home = tmp_path / "ws"
     home.mkdir()
     (home / "stores").write_text("a file where the stores folder should be")
+    Registry.open(f"sqlite:///{home / 'registry.db'}").dispose()  # as `pomlia init` would
     err = add(write_npz(tmp_path / "ok.npz", _arrays()), home=home)
     assert f"store path '{home / 'stores'}' is not writable" in err
     assert "expected a writable directory" in err
@@ -249,6 +251,7 @@ def test_exit_code_and_message_from_the_real_command(tmp_path: Path) -> None:
     a = _arrays()
     del a["train_images"]
     p = write_npz(tmp_path / "x.npz", a)
+    Registry.open(f"sqlite:///{tmp_path / 'ws' / 'registry.db'}").dispose()  # `pomlia init`
     proc = subprocess.run(
         [
             sys.executable,

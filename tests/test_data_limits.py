@@ -43,7 +43,6 @@ def add(
 ) -> Run:
     """`pomlia data add bad SOURCE [options]` in-process: the error line, after checking exit 2,
     nothing registered, no store folder and no staging folder left."""
-    Registry.open(workspace.db_url).dispose()  # `pomlia init`'s registry
 
     def run(source: object, *opts: str) -> str:
         argv = ["pomlia", "--home", str(workspace.home), "data", "add", "bad", str(source), *opts]

@@ -12,6 +12,7 @@ from pomlia_hpc.cli import jobs as _jobs  # noqa: F401
 from pomlia_hpc.cli import loop as _loop  # noqa: F401  (data harvest, deploy promote, loop)
 from pomlia_hpc.cli import monitor as _monitor  # noqa: F401  (monitor run/show/history/...)
 from pomlia_hpc.cli import pipeline as _pipeline  # noqa: F401
+from pomlia_hpc.cli import registry as _registry  # noqa: F401  (registry recover)
 from pomlia_hpc.cli import report as _report  # noqa: F401
 from pomlia_hpc.cli import serve as _serve  # noqa: F401  (model, serve, deploy)
 from pomlia_hpc.cli import strategy as _strategy  # noqa: F401  (strategy, recommend)

@@ -9,11 +9,12 @@ from typing import Annotated
 
 import typer
 from rich.console import Console
+from sqlalchemy.exc import DBAPIError
 
 from pomlia_hpc import __version__
 from pomlia_hpc.config import load_settings
 from pomlia_hpc.errors import PomliaError
-from pomlia_hpc.registry import Registry
+from pomlia_hpc.registry import Registry, RegistryMissingError
 from pomlia_hpc.workspace import Workspace
 
 console = Console()
@@ -51,10 +52,29 @@ class Context:
         )
         return Workspace.from_settings(settings)
 
-    def registry(self) -> Registry:
+    def registry(self, *, create: bool = False) -> Registry:
+        """The workspace's registry. Only ``create=True`` (``pomlia init``, ``pomlia registry
+        recover``) makes a new one; otherwise a missing registry is an error that says where
+        it looked and, if dataset stores exist, how to get them back."""
         if self._registry is None:
             ws = self.workspace
-            self._registry = Registry.open(ws.db_url, busy_timeout_s=ws.sqlite_busy_timeout_s)
+            try:
+                self._registry = Registry.open(
+                    ws.db_url, busy_timeout_s=ws.sqlite_busy_timeout_s, create=create
+                )
+            except RegistryMissingError as exc:
+                from pomlia_hpc.data.recover import store_dirs
+
+                n = len(store_dirs(ws))
+                hint = (
+                    f"{n} dataset store(s) exist under {ws.stores}: run `pomlia registry "
+                    "recover` to create the registry and register them again from their own "
+                    "metadata"
+                    if n
+                    else "run `pomlia init` to create one (or point --home / --db-url at the "
+                    "right workspace)"
+                )
+                raise RegistryMissingError(f"{exc.message} (workspace {ws.home}); {hint}") from exc
         return self._registry
 
 
@@ -102,3 +122,7 @@ def main() -> None:
     except PomliaError as exc:
         err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
         sys.exit(exc.exit_code)
+    except DBAPIError as exc:  # a database failure the library did not name: still one line
+        first = str(exc.orig or exc).strip().splitlines()[0] if str(exc.orig or exc) else ""
+        err_console.print(f"[bold red]error:[/] registry database error: {first}", highlight=False)
+        sys.exit(1)

@@ -20,7 +20,7 @@ def init() -> None:
     """Create a workspace: the directory layout and the registry (idempotent)."""
     ws = STATE.workspace
     ws.create()
-    reg = STATE.registry()
+    reg = STATE.registry(create=True)
     console.print(f"workspace [bold]{ws.home}[/] ready; registry {reg.display_url()}")
 
 

@@ -1,6 +1,6 @@
 """The registry: image DB and model DB (SQLAlchemy; SQLite by default, PostgreSQL by URL)."""
 
-from pomlia_hpc.registry.db import Registry
+from pomlia_hpc.registry.db import Registry, RegistryDamagedError, RegistryMissingError
 from pomlia_hpc.registry.knowledge import (
     KbDataset,
     KbResult,
@@ -47,6 +47,8 @@ __all__ = [
     "Promotion",
     "Recommendation",
     "Registry",
+    "RegistryDamagedError",
+    "RegistryMissingError",
     "RetrainRequest",
     "Run",
     "Task",

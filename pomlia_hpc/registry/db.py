@@ -19,13 +19,13 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util import CommandError
-from sqlalchemy import Engine, create_engine, event
+from sqlalchemy import Engine, create_engine, event, inspect
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import DBAPIError, NoSuchModuleError
+from sqlalchemy.exc import DatabaseError, DBAPIError, NoSuchModuleError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool
 
-from pomlia_hpc.errors import ConfigError
+from pomlia_hpc.errors import ConfigError, NotFoundError
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
@@ -127,6 +127,36 @@ def _known_revision(revision: str) -> bool:
         return False
 
 
+class RegistryMissingError(NotFoundError):
+    """There is no registry where the settings point (only ``pomlia init`` creates one)."""
+
+
+class RegistryDamagedError(ConfigError):
+    """The registry database is damaged (a corrupt SQLite page, not a database file)."""
+
+
+#: Words SQLite uses for a damaged file (sqlite3.DatabaseError, SQLITE_CORRUPT / SQLITE_NOTADB).
+_DAMAGE_WORDS = ("malformed", "not a database", "database corruption")
+
+
+def _damage(exc: BaseException) -> str | None:
+    """SQLite's first line if ``exc`` reports a damaged database file, else None."""
+    text = str(getattr(exc, "orig", None) or exc).strip().splitlines()
+    first = text[0] if text else ""
+    return first if any(w in first.lower() for w in _DAMAGE_WORDS) else None
+
+
+def _sqlite_file(url: str) -> Path | None:
+    """The file of a SQLite URL (None for other databases and in-memory ones)."""
+    try:
+        parsed = make_url(url)
+    except Exception:
+        return None
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database)
+
+
 class Registry:
     """A handle on the registry database: sessions plus schema management."""
 
@@ -136,20 +166,48 @@ class Registry:
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @classmethod
-    def open(cls, url: str, *, busy_timeout_s: float = 60.0, migrate: bool = True) -> Registry:
-        """Open the registry at ``url``, upgrading its schema to the newest revision if needed."""
+    def open(
+        cls,
+        url: str,
+        *,
+        busy_timeout_s: float = 60.0,
+        migrate: bool = True,
+        create: bool = True,
+    ) -> Registry:
+        """Open the registry at ``url``, upgrading its schema to the newest revision if needed.
+
+        ``create=False`` (every CLI command but ``pomlia init``): a missing SQLite file, an
+        empty one or a database without the registry's schema raises
+        :class:`RegistryMissingError` instead of becoming a new, empty registry (which would
+        hide the datasets and models of the real one). A damaged SQLite file raises
+        :class:`RegistryDamagedError`."""
+        path = _sqlite_file(url)
+        if not create and path is not None and (not path.is_file() or path.stat().st_size == 0):
+            what = "does not exist" if not path.is_file() else "is empty"
+            raise RegistryMissingError(f"no registry at {url}: the file {path} {what}")
         reg = cls(url, busy_timeout_s=busy_timeout_s)
         if not migrate:
             return reg
         try:
             current = current_revision(reg.engine)
+            if current is None and not create:
+                tables = inspect(reg.engine).get_table_names()
+                raise RegistryMissingError(
+                    f"no registry at {reg.display_url()}: the database holds no registry "
+                    f"schema ({len(tables)} other table(s))"
+                )
         except DBAPIError as exc:
             reg.dispose()
             reason = str(exc.orig or exc).strip().splitlines()[0]
+            if _damage(exc):
+                raise reg.damaged(reason) from exc
             raise ConfigError(
                 f"registry {reg.display_url()}: cannot open the database ({reason}); "
                 "expected a reachable server (or writable SQLite file) and correct credentials"
             ) from exc
+        except RegistryMissingError:
+            reg.dispose()
+            raise
         head = head_revision()
         if current == head:
             return reg
@@ -162,11 +220,26 @@ class Registry:
         upgrade(reg.engine)
         return reg
 
+    def damaged(self, reason: str) -> RegistryDamagedError:
+        """The one-line error for a damaged registry database."""
+        return RegistryDamagedError(
+            f"registry {self.display_url()} is damaged ({reason}): restore the file from a "
+            "backup, or move it aside, run `pomlia init` and `pomlia registry recover` to "
+            "register the dataset stores again"
+        )
+
     @contextmanager
     def session(self) -> Iterator[Session]:
-        """A session in one transaction: committed on success, rolled back on error."""
-        with self._sessions() as sess, sess.begin():
-            yield sess
+        """A session in one transaction: committed on success, rolled back on error. A damaged
+        database file (a corrupt page) raises :class:`RegistryDamagedError`, one line."""
+        try:
+            with self._sessions() as sess, sess.begin():
+                yield sess
+        except DatabaseError as exc:
+            reason = _damage(exc)
+            if reason is None:
+                raise
+            raise self.damaged(reason) from exc
 
     def display_url(self) -> str:
         """The URL with any password hidden."""
