@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from pomlia_hpc.cluster import Executor
+from pomlia_hpc.curves import CURVES_DIR, read_curves
 from pomlia_hpc.data.store import open_version
 from pomlia_hpc.errors import InputError, NotFoundError
 from pomlia_hpc.fingerprint.autoencoder import (
@@ -138,6 +139,10 @@ def test_train_register_and_resume(workspace: Workspace, reg: Registry) -> None:
     assert cfg.latent_dim == 2 and not model.training
     out = encoder_dir(workspace, "ae")
     assert json.loads((out / "latest.json").read_text())["epoch"] == 1
+    # Training curves beside the checkpoints, for TensorBoard.
+    curves = read_curves(out / CURVES_DIR)
+    assert [s for s, _ in curves["train/loss"]] == [1] and curves["train/loss"][0][1] > 0
+    assert curves["train/lr"] == [(1, pytest.approx(_cfg().lr))]
     # Same name again: already trained, nothing runs.
     assert train_encoder(reg, workspace, "ae", [a, b], _cfg(), executor=ex).id == enc.id
     # Same name, other options or datasets: refused, naming the field (nothing runs).

@@ -48,6 +48,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 from pomlia_hpc.automl.metrics import evaluate
 from pomlia_hpc.automl.space import TrainConfig
 from pomlia_hpc.cluster import apply_distributed_env
+from pomlia_hpc.curves import CURVES_DIR, Curves
 from pomlia_hpc.data.store import open_store
 from pomlia_hpc.errors import InputError
 from pomlia_hpc.models.checkpoint import save_classifier
@@ -408,6 +409,8 @@ def train(req: TrainRequest, progress: ProgressFn | None = None) -> TrainResult:
     dtype = torch.bfloat16 if bf16 else torch.float32
     dev = engine.device
     rank = int(os.environ.get("RANK", "0"))
+    # Curves beside the checkpoints (see pomlia_hpc.curves): one TensorBoard run per config.
+    curves = Curves(workdir / CURVES_DIR, enabled=rank == 0)
     for epoch in range(start_epoch, req.epochs):
         t_epoch = time.perf_counter()
         body_lr, head_lr = _lrs(cfg, epoch)
@@ -443,6 +446,21 @@ def train(req: TrainRequest, progress: ProgressFn | None = None) -> TrainResult:
                 f"{epoch + 1} (learning rate too large?)"
             )
         history.append(record)
+        if curves.active:  # validation per epoch, for the curves only (eval mode, no grad)
+            with torch.inference_mode():
+                val = _evaluate(
+                    engine.module, splits["val"], task_type, dev, dtype, opt.eval_batch_size
+                )
+            curves.epoch(
+                epoch + 1,
+                {
+                    "train/loss": record["train_loss"],
+                    "train/lr_body": body_lr,
+                    "train/lr_head": head_lr,
+                    "train/seconds": record["seconds"],
+                    **{f"val/{k}": v for k, v in val.items() if isinstance(v, int | float)},
+                },
+            )
         tag = f"epoch-{epoch + 1}"
         engine.save_checkpoint(
             str(ckpt_dir), tag=tag, client_state={"epoch": epoch + 1}, save_latest=False
@@ -458,6 +476,7 @@ def train(req: TrainRequest, progress: ProgressFn | None = None) -> TrainResult:
         if progress:
             progress(epoch + 1, req.epochs, record)
 
+    curves.close()
     if not _body_frozen(cfg, req.epochs - 1):
         recalibrate_batchnorm(engine.module, train_x, dev, dtype, opt.eval_batch_size)
     metrics = {

@@ -40,6 +40,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
 from pomlia_hpc.cluster import Checkpointable, Executor, JobFailedError, apply_distributed_env
+from pomlia_hpc.curves import CURVES_DIR, Curves
 from pomlia_hpc.data.store import find_version, open_store
 from pomlia_hpc.errors import InputError, NotFoundError, PomliaError, integrity_failure
 from pomlia_hpc.fingerprint.autoencoder import Autoencoder, EncoderConfig, reconstruction_loss
@@ -217,6 +218,7 @@ def _train_rank(
             f"per process ({world} processes): lower batch_size"
         )
     dtype = torch.bfloat16 if config.precision == "bf16" else torch.float32
+    curves = Curves(out / CURVES_DIR, enabled=rank == 0)  # beside checkpoints/ (pomlia_hpc.curves)
     for epoch in range(start_epoch, config.epochs):
         t0 = time.perf_counter()
         stream = StoreStream(
@@ -249,8 +251,16 @@ def _train_rank(
             atomic_write_text(
                 out / "latest.json", json.dumps(info | {"resumed_from": resumed_from})
             )
+            seconds = time.perf_counter() - t0
+            curves.epoch(
+                epoch + 1,
+                {
+                    "train/loss": epoch_loss,
+                    "train/lr": config.lr,
+                    "train/images_per_s": float(total[1]) / max(seconds, 1e-9),
+                },
+            )
             with (out / "train_log.jsonl").open("a") as fh:
-                seconds = time.perf_counter() - t0
                 fh.write(
                     json.dumps(
                         {
@@ -268,6 +278,7 @@ def _train_rank(
                 flush=True,
             )
             _prune_checkpoints(out / "checkpoints", keep=(tag, f"epoch-{epoch:04d}"))
+    curves.close()
     if rank == 0:
         write_checkpoint(out / "encoder.pt", engine.module, config, curve)
     if world > 1:
