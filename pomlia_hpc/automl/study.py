@@ -98,6 +98,7 @@ class StudySpec:
     init_model: dict[str, Any] | None = None
     extra_encoder: str | None = None
     initial_configs: list[dict[str, Any]] = field(default_factory=list)
+    final_full_budget: bool = False
     created_at: str = ""
 
     def to_dict(self) -> dict[str, Any]:
@@ -163,6 +164,7 @@ def create_study(
     init_model: str | None = None,
     extra_data: bool = False,
     initial_configs: list[dict[str, Any]] | None = None,
+    final_full_budget: bool = False,
 ) -> StudySpec:
     """Validate the arguments, prepare initial weights, and write the study's ``study.json``.
 
@@ -170,6 +172,8 @@ def create_study(
     ``init_model``: a registered model whose weights become ``init=model``; ``extra_data``:
     offer nearest images from similar datasets (found with ``encoder``'s index).
     ``initial_configs``: warm-start configurations (value mappings), SMAC's initial design.
+    ``final_full_budget``: when the best configuration trained fewer than ``max_epochs``, train
+    it on to ``max_epochs`` (from its checkpoint) after the search, outside the budget.
     """
     t = get_task(registry, task)
     version, ref = task_dataset(registry, t)
@@ -251,6 +255,7 @@ def create_study(
         init_model=model,
         extra_encoder=encoder if extra_data else None,
         initial_configs=list(initial_configs or []),
+        final_full_budget=final_full_budget,
         created_at=stamp.isoformat(),
     )
     _write_json(folder / SPEC_FILE, spec.to_dict())
@@ -339,6 +344,24 @@ def _job_name(study: str, run_id: int) -> str:
 # ----------------------------------------------------------------------------- the driver
 
 
+#: Repeated proposals answered in a row after which the driver stops asking (the optimiser
+#: keeps proposing configurations that were already trained at that budget).
+MAX_REPEATS = 50
+
+
+class _Untold:
+    """The optimiser of the final full-budget training: the search is over, nothing to tell."""
+
+    def ask(self) -> Proposal:
+        raise RuntimeError("the final training asks nothing")
+
+    def tell(self, proposal: Proposal, cost: float, *, crashed: bool, time_s: float) -> None:
+        return None
+
+    def running(self) -> list[Proposal]:
+        return []
+
+
 #: Seconds between two scheduler polls for the jobs of a previous driver (one ``sacct`` for all).
 ORPHAN_POLL_S = 5.0
 
@@ -400,6 +423,9 @@ class StudyRunner:
         self._known: dict[tuple[str, int], Run] = {}
         self._executor: Executor | None = None
         self._views: dict[int, TrialView] = {}
+        #: Repeated proposals of a (configuration key, epochs) still training: told its result.
+        self._waiting: dict[tuple[str, int], list[Proposal]] = {}
+        self._repeats = 0  # repeated proposals answered in a row (the space may be exhausted)
 
     # -- setup ---------------------------------------------------------------------------
     @property
@@ -465,7 +491,7 @@ class StudyRunner:
                 proposal = opt.ask()
                 if resume:  # SMAC may ask again for a trial the registry already knows
                     self._recover(opt, proposal)
-                else:
+                elif not self.answer_repeat(opt, proposal):
                     self.start(opt, proposal)
             if not self.active:
                 break
@@ -481,6 +507,8 @@ class StudyRunner:
                 last_emit = time.monotonic()
             if not changed:
                 time.sleep(self.poll_s)
+        if self.spec.final_full_budget:
+            self._train_best_to_full_budget()
         result = self._finish(time.perf_counter() - t0)
         self._emit()
         return result
@@ -490,7 +518,72 @@ class StudyRunner:
         trial counts with the epochs it was given)."""
         return sum(max(v.epochs - v.start_epoch, 0) for v in self._views.values())
 
+    @property
+    def trials(self) -> dict[int, TrialView]:
+        """The trials this driver knows, by run id (the live dict the driver updates)."""
+        return self._views
+
+    def answer_repeat(self, opt: SearchOptimizer, proposal: Proposal) -> bool:
+        """A (configuration, epochs) this study already trained is not trained again: the
+        optimiser is told the recorded result (or, while it still trains, told when it ends).
+        Returns whether ``proposal`` was such a repeat."""
+        key, epochs = proposal.key, proposal.epochs
+        done = [v for v in self._views.values() if v.key == key and v.epochs == epochs]
+        if not done:
+            self._repeats = 0
+            return False
+        self._repeats += 1
+        view = done[-1]
+        if view.status == records.OK:
+            cost = objective_cost({self.spec.metric: view.objective}, self.spec.metric)
+            opt.tell(proposal, cost, crashed=False, time_s=0.0)
+        elif view.status == records.CRASHED:
+            opt.tell(proposal, 1.0, crashed=True, time_s=0.0)
+        else:
+            self._waiting.setdefault((key, epochs), []).append(proposal)
+        return True
+
+    def tell_waiting(
+        self, opt: SearchOptimizer, proposal: Proposal, cost: float, crashed: bool
+    ) -> None:
+        for repeat in self._waiting.pop((proposal.key, proposal.epochs), []):
+            opt.tell(repeat, cost, crashed=crashed, time_s=0.0)
+
+    def _train_best_to_full_budget(self) -> None:
+        """Train the best configuration on to ``max_epochs`` (from its checkpoint) when it
+        stopped earlier; its run competes for "best" by validation metric like any other."""
+        best = self.best()
+        if best is None or best.epochs >= self.spec.max_epochs:
+            return
+        if any(
+            v.key == best.key and v.epochs >= self.spec.max_epochs for v in self._views.values()
+        ):
+            return  # trained to the full budget already (and found worse on validation)
+        run = next(
+            r for r in records.study_runs(self.registry, self.spec.name) if r.id == best.run_id
+        )
+        values = {
+            k: v
+            for k, v in (run.config or {}).items()
+            if k not in ("config_key", "origin", "smac_budget", "engine")
+        }
+        config = configs_from_values([values], self.space, f"run {run.id}")[0]
+        config.origin = "Final: the best configuration at the full budget"
+        opt = _Untold()
+        self.start(opt, Proposal(config, float(self.spec.max_epochs)))
+        self._emit()
+        while self.active:
+            for run_id, act in list(self.active.items()):
+                if act.handle.done():
+                    del self.active[run_id]
+                    self._collect(opt, act)
+            if self.active:
+                time.sleep(self.poll_s)
+        self._emit()
+
     def _may_ask(self) -> bool:
+        if self._repeats >= MAX_REPEATS:
+            return False  # the optimiser keeps proposing what was already trained
         if len(self._views) >= self.spec.n_trials:
             return False
         return self.spec.budget_epochs is None or self._spent() < self.spec.budget_epochs
@@ -713,6 +806,7 @@ class StudyRunner:
             cost_s=float(result["cost_s"]),
         )
         opt.tell(proposal, cost, crashed=False, time_s=float(result["cost_s"]))
+        self.tell_waiting(opt, proposal, cost, crashed=False)
         self._views[run_id] = replace(
             self._views[run_id],
             status=records.OK,
@@ -744,6 +838,7 @@ class StudyRunner:
             error=error,
         )
         opt.tell(proposal, 1.0, crashed=True, time_s=wall_s)
+        self.tell_waiting(opt, proposal, 1.0, crashed=True)
         self._views[run_id] = TrialView(
             run_id,
             proposal.key,

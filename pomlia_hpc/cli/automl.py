@@ -153,8 +153,22 @@ def automl_run(
     trials: Annotated[
         int, typer.Option("--trials", help="Trials (jobs) at most, promotions included.")
     ] = 20,
-    max_epochs: Annotated[int, typer.Option("--max-epochs", help="Largest budget (epochs).")] = 9,
-    min_epochs: Annotated[int, typer.Option("--min-epochs", help="Smallest budget.")] = 1,
+    max_epochs: Annotated[
+        int | None,
+        typer.Option(
+            "--max-epochs",
+            help="Largest budget (epochs; default: about 1,500 optimizer steps at batch 64, "
+            "9 to 60 epochs, so smaller data sets get more epochs).",
+        ),
+    ] = None,
+    min_epochs: Annotated[
+        int | None,
+        typer.Option(
+            "--min-epochs",
+            help="Smallest budget (default: at least 60 optimizer steps, so the lowest "
+            "Hyperband rung ranks configurations rather than noise).",
+        ),
+    ] = None,
     eta: Annotated[int, typer.Option(help="Hyperband's eta: keep 1/eta per rung.")] = 3,
     parallel: Annotated[int, typer.Option("--parallel", help="Trials running at once.")] = 2,
     executor: Annotated[
@@ -176,6 +190,24 @@ def automl_run(
             help="Warm start: YAML/JSON list of configurations (initial design).",
         ),
     ] = None,
+    from_recommendation: Annotated[
+        bool,
+        typer.Option(
+            "--from-recommendation",
+            help="Warm-start from `pomlia recommend TASK`'s top-k strategies and search only "
+            "their architectures and weight sources.",
+        ),
+    ] = False,
+    recommend_k: Annotated[
+        int, typer.Option("--recommend-k", help="Strategies taken from the recommendation.")
+    ] = 5,
+    final: Annotated[
+        bool,
+        typer.Option(
+            "--final/--no-final",
+            help="After the search, train the best configuration on to --max-epochs.",
+        ),
+    ] = True,
     budget_epochs: Annotated[
         int | None,
         typer.Option("--budget-epochs", help="Stop asking once this many epochs were given out."),
@@ -233,7 +265,28 @@ def automl_run(
                 f"was created with (see its study.json); ignored: {', '.join(ignored)}"
             )
     else:
+        from pomlia_hpc.automl import warmstart
+
+        if from_recommendation and initial is not None:
+            raise InputError(
+                "--from-recommendation and --initial both give a warm start: choose one"
+            )
         warm = read_initial_values(initial) if initial is not None else []
+        if from_recommendation:
+            ws_rec = warmstart.from_recommendation(reg, task, k=recommend_k)
+            warm = ws_rec.configs
+            archs = archs or ",".join(ws_rec.archs)
+            encoder = encoder or ws_rec.encoder
+            init_model = init_model or ws_rec.init_model
+            extra_data = extra_data or ws_rec.extra_data
+            console.print(
+                f"warm start: {len(warm)} configuration(s) from recommendation "
+                f"{ws_rec.recommendation_id}; architectures {', '.join(ws_rec.archs)}"
+            )
+        if min_epochs is None or max_epochs is None:
+            low, high = warmstart.default_budget(warmstart.task_train_size(reg, task), eta)
+            min_epochs = min_epochs if min_epochs is not None else min(low, max_epochs or low)
+            max_epochs = max_epochs if max_epochs is not None else max(high, min_epochs)
         if gpus is not None and not 0 <= gpus <= 1:
             # One process per trial (tasks_per_node=1) trains on one GPU: more would sit idle.
             raise InputError(
@@ -269,6 +322,7 @@ def automl_run(
             init_model=init_model,
             extra_data=extra_data,
             initial_configs=warm,
+            final_full_budget=final,
         )
     console.print(
         f"study [bold]{spec.name}[/] on task {spec.task} ({spec.dataset}, metric "

@@ -203,9 +203,14 @@ def _check_sources(registry: Registry, sources: Iterable[str]) -> None:
             )
 
 
-def load(registry: Registry, metric: str, sources: Iterable[str] | None = None) -> KnowledgeBase:
+def load(
+    registry: Registry,
+    metric: str,
+    sources: Iterable[str] | None = None,
+    exclude_task: str | None = None,
+) -> KnowledgeBase:
     """Observations of ``metric`` from ``sources`` (default: every imported source plus the
-    registry's runs; name ``registry`` for the runs)."""
+    registry's runs; name ``registry`` for the runs), without the runs of ``exclude_task``."""
     if metric not in METRICS:
         raise InputError(f"metric '{metric}' is not known: expected one of {', '.join(METRICS)}")
     wanted = list(sources) if sources is not None else None
@@ -239,7 +244,7 @@ def load(registry: Registry, metric: str, sources: Iterable[str] | None = None) 
         for name, meta in s.execute(mq):
             kb.meta.setdefault(name, dict(meta))
     if wanted is None or REGISTRY_SOURCE in wanted:
-        obs, meta = registry_observations(registry, metric)
+        obs, meta = registry_observations(registry, metric, exclude_task)
         kb.observations.extend(obs)
         kb.meta.update(meta)
     return kb

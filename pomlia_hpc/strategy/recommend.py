@@ -285,13 +285,19 @@ def recommend(
     max_gpu_hours: float | None = None,
     sources: list[str] | None = None,
     record: bool = True,
+    archs: tuple[str, ...] | None = None,
+    exclude_own_runs: bool = False,
 ) -> dict[str, Any]:
-    """The top-``k`` strategies for ``task`` (see the module docstring), as a JSON-able dict."""
+    """The top-``k`` strategies for ``task`` (see the module docstring), as a JSON-able dict.
+    ``archs``: the AutoML configurations (``initial``) only use these architectures;
+    ``exclude_own_runs``: leave the task's own runs out (to evaluate on a held-out task)."""
     t0 = time.perf_counter()
     if k < 1:
         raise InputError(f"--k {k}: expected an integer >= 1")
     target = get_target(registry, task)
-    kb = load(registry, target.metric, sources)
+    kb = load(
+        registry, target.metric, sources, exclude_task=target.name if exclude_own_runs else None
+    )
     m = build_matrix(kb)
     if len(m.datasets) < 2:
         raise NotFoundError(
@@ -338,7 +344,7 @@ def recommend(
     initial: list[dict[str, Any]] = []
     for j in allowed:
         values, _ = to_automl(m.strategies[j], src)
-        if values is None:
+        if values is None or (archs is not None and values["arch"] not in archs):
             continue
         runs = [m.evidence[(int(i), j)][0] for i in np.argsort(-w) if (int(i), j) in m.evidence]
         if runs and runs[0] in hp:

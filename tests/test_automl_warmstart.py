@@ -1,0 +1,75 @@
+"""AutoML search fixes for issue 12: no repeated (configuration, budget), the best configuration
+trained on to the full budget, budgets that scale with the data, warm start from a
+recommendation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from pomlia_hpc.automl import records
+from pomlia_hpc.automl.study import run_study
+from pomlia_hpc.automl.warmstart import default_budget, from_recommendation
+from pomlia_hpc.cli import app
+from pomlia_hpc.errors import InputError
+from pomlia_hpc.registry import Registry
+from pomlia_hpc.strategy import kb
+from pomlia_hpc.workspace import Workspace
+from tests.fixtures.factories import FAST, tiny_study, tiny_task
+
+DATA = Path(__file__).resolve().parents[1] / "pomlia_hpc" / "strategy" / "data"
+
+
+def test_default_budget_scales_with_data_size() -> None:
+    small, large = default_budget(500), default_budget(100_000)
+    assert small[0] > large[0] and small[1] > large[1]  # fewer images: more epochs
+    assert large == (1, 9)
+    low, high = small
+    assert low * 500 // 64 >= 60  # the lowest rung is >= 60 optimizer steps
+    assert high >= 3 * low
+
+
+@pytest.mark.slow
+def test_repeated_configuration_is_answered_not_trained_and_best_goes_to_full_budget(
+    workspace: Workspace, reg: Registry
+) -> None:
+    tiny_task(workspace, reg, "blood", sizes=(64, 24, 24))
+    # The same configuration twice in the initial design, at the same budget.
+    spec = tiny_study(
+        reg,
+        workspace,
+        "blood",
+        "dup",
+        optimizer="smac",
+        n_trials=2,
+        n_initial=2,
+        min_epochs=1,
+        max_epochs=2,
+        eta=2,
+        initial_configs=[FAST, FAST],
+        final_full_budget=True,
+    )
+    result = run_study(reg, workspace, spec, poll_s=0.2)
+    runs = records.study_runs(reg, "dup")
+    budgets = sorted((r.config["config_key"], r.budget) for r in runs)
+    assert len(budgets) == len(set(budgets))  # never the same configuration at the same budget
+    assert result.best_run_id is not None
+    assert max(r.budget or 0 for r in runs) == 2  # the best one was trained on to max_epochs
+    assert any(r.config.get("origin", "").startswith("Final") for r in runs)
+
+
+def test_from_recommendation_needs_expressible_strategies(
+    workspace: Workspace, reg: Registry
+) -> None:
+    meta = DATA / "medmnist_meta_features.csv"
+    kb.import_table(reg, DATA / "medmnist_v2_yang2023.csv", "v2", meta_path=meta)
+    tiny_task(workspace, reg, "blood", sizes=(64, 24, 24))
+    warm = from_recommendation(reg, "blood", k=3)
+    assert warm.configs and set(warm.archs) <= {"resnet18", "small_cnn", "mobilenet_v3_small"}
+    assert warm.recommendation_id is not None
+    res = CliRunner().invoke(
+        app, ["automl", "run", "blood", "--from-recommendation", "--initial", "x.yaml"]
+    )
+    assert isinstance(res.exception, InputError) and "choose one" in str(res.exception)
