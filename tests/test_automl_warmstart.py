@@ -10,14 +10,15 @@ import pytest
 from typer.testing import CliRunner
 
 from pomlia_hpc.automl import records
+from pomlia_hpc.automl.budget import default_budget
 from pomlia_hpc.automl.optimizers import Proposal
 from pomlia_hpc.automl.space import configs_from_values
 from pomlia_hpc.automl.study import StudyRunner, TrialView, run_study
-from pomlia_hpc.automl.warmstart import default_budget, from_recommendation
 from pomlia_hpc.cli import app
 from pomlia_hpc.errors import InputError
 from pomlia_hpc.registry import Registry
 from pomlia_hpc.strategy import kb
+from pomlia_hpc.strategy.warmstart import from_recommendation
 from pomlia_hpc.workspace import Workspace
 from tests.fixtures.factories import FAST, tiny_study, tiny_task
 

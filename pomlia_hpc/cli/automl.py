@@ -265,7 +265,8 @@ def automl_run(
                 f"was created with (see its study.json); ignored: {', '.join(ignored)}"
             )
     else:
-        from pomlia_hpc.automl import warmstart
+        from pomlia_hpc.automl.budget import default_budget, task_train_size
+        from pomlia_hpc.strategy.warmstart import from_recommendation as recommended_start
 
         if from_recommendation and initial is not None:
             raise InputError(
@@ -273,7 +274,7 @@ def automl_run(
             )
         warm = read_initial_values(initial) if initial is not None else []
         if from_recommendation:
-            ws_rec = warmstart.from_recommendation(reg, task, k=recommend_k)
+            ws_rec = recommended_start(reg, task, k=recommend_k)
             warm = ws_rec.configs
             archs = archs or ",".join(ws_rec.archs)
             encoder = encoder or ws_rec.encoder
@@ -284,7 +285,7 @@ def automl_run(
                 f"{ws_rec.recommendation_id}; architectures {', '.join(ws_rec.archs)}"
             )
         if min_epochs is None or max_epochs is None:
-            low, high = warmstart.default_budget(warmstart.task_train_size(reg, task), eta)
+            low, high = default_budget(task_train_size(reg, task), eta)
             min_epochs = min_epochs if min_epochs is not None else min(low, max_epochs or low)
             max_epochs = max_epochs if max_epochs is not None else max(high, min_epochs)
         if gpus is not None and not 0 <= gpus <= 1:

@@ -54,12 +54,12 @@ from pomlia_hpc.automl.engine import EngineOptions  # noqa: E402
 from pomlia_hpc.automl.space import SpaceOptions  # noqa: E402
 from pomlia_hpc.automl.study import create_study, run_study  # noqa: E402
 from pomlia_hpc.automl.tasks import add_task  # noqa: E402
-from pomlia_hpc.automl.warmstart import from_recommendation  # noqa: E402
 from pomlia_hpc.data.api import ingest  # noqa: E402
 from pomlia_hpc.data.medmnist_info import flag_info  # noqa: E402
 from pomlia_hpc.data.synth import make_split  # noqa: E402
 from pomlia_hpc.registry import Registry  # noqa: E402
 from pomlia_hpc.strategy.service import evaluate_source  # noqa: E402
+from pomlia_hpc.strategy.warmstart import from_recommendation  # noqa: E402
 from pomlia_hpc.workspace import Workspace  # noqa: E402
 
 METHODS = ("warm", "smac", "random")

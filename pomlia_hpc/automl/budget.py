@@ -1,0 +1,47 @@
+"""Study budgets that depend on the task's data (the warm start from the strategy recommender
+lives in :mod:`pomlia_hpc.strategy.warmstart`, a room above this one).
+
+Hyperband's lowest rung must rank configurations, which takes optimizer steps, not
+epochs: on 500 images one epoch is 8 steps at batch 64 and validation accuracies after it are
+noise. :func:`default_budget` therefore sets the smallest budget to at least
+:data:`MIN_STEPS` steps and the largest to about :data:`FULL_STEPS` steps (at least 9 epochs,
+at most :data:`MAX_EPOCHS`, and at least ``eta`` times the smallest), so a small data set gets
+more epochs than a large one.
+"""
+
+from __future__ import annotations
+
+import math
+
+from sqlalchemy import select
+
+from pomlia_hpc.errors import NotFoundError
+from pomlia_hpc.registry import DatasetVersion, Registry, Task
+
+#: Optimizer steps (at :data:`REF_BATCH`) of the smallest and of the largest budget.
+MIN_STEPS = 60
+FULL_STEPS = 1500
+REF_BATCH = 64
+MAX_EPOCHS = 60
+
+
+def default_budget(n_train: int, eta: int = 3) -> tuple[int, int]:
+    """(min_epochs, max_epochs) for a training set of ``n_train`` images (see above)."""
+    steps_per_epoch = max(1, n_train // REF_BATCH)
+    low = max(1, math.ceil(MIN_STEPS / steps_per_epoch))
+    high = min(MAX_EPOCHS, max(9, math.ceil(FULL_STEPS / steps_per_epoch)))
+    return low, max(high, low * eta)
+
+
+def task_train_size(registry: Registry, task: str) -> int:
+    """Training images of ``task``'s data set version (from its explicit fingerprint)."""
+    with registry.session() as s:
+        row = s.execute(
+            select(DatasetVersion.fingerprint, DatasetVersion.n_images)
+            .join(Task, Task.dataset_version_id == DatasetVersion.id)
+            .where((Task.name == task) | (Task.id == (int(task) if task.isdigit() else -1)))
+        ).first()
+    if row is None:
+        raise NotFoundError(f"task '{task}' is not registered")
+    counts = (row[0] or {}).get("counts") or {}
+    return int(counts.get("train") or row[1] or 1)
