@@ -87,14 +87,14 @@ def test_repeat_is_told_the_recorded_result(workspace: Workspace, reg: Registry)
     config = configs_from_values([FAST], runner.space, "test")[0]
     done, running = Proposal(config, 1.0), Proposal(config, 2.0)
     opt = _Recorder()
-    assert not runner._answer_repeat(opt, done)  # new: to be trained
-    runner._views[1] = TrialView(1, done.key, "", 1, records.OK, 0.75, 0.7, 3.0, "")
-    runner._views[2] = TrialView(2, done.key, "", 2, records.RUNNING, None, None, None, "")
-    assert runner._answer_repeat(opt, done)  # trained at 1 epoch: answered at once
+    assert not runner.answer_repeat(opt, done)  # new: to be trained
+    runner.trials[1] = TrialView(1, done.key, "", 1, records.OK, 0.75, 0.7, 3.0, "")
+    runner.trials[2] = TrialView(2, done.key, "", 2, records.RUNNING, None, None, None, "")
+    assert runner.answer_repeat(opt, done)  # trained at 1 epoch: answered at once
     assert opt.told == [(done.key, 1, 0.25, False)]
-    assert runner._answer_repeat(opt, running)  # still training at 2 epochs: told later
+    assert runner.answer_repeat(opt, running)  # still training at 2 epochs: told later
     assert len(opt.told) == 1
-    runner._tell_waiting(opt, running, 0.1, crashed=False)
+    runner.tell_waiting(opt, running, 0.1, crashed=False)
     assert opt.told[-1] == (done.key, 2, 0.1, False)
 
 
