@@ -2,8 +2,9 @@
 and the data-quality summary.
 
 Alpha is split before any p-value is seen: when the window has at least
-:data:`MIN_LABELS` feedback labels, the accuracy test gets half of it (a labelled drop is the
-most direct evidence) and the drift tests share the other half equally; otherwise the drift
+:data:`MIN_LABELS` feedback labels, the accuracy test gets :data:`PERFORMANCE_SHARE` of it (a
+labelled drop is the most direct evidence, and the drift tests' p-values under a real shift are
+far below their share anyway) and the drift tests share the rest equally; otherwise the drift
 tests share all of it. Input-drift tests need :data:`MIN_VECTORS` fingerprints.
 """
 
@@ -31,6 +32,7 @@ from pomlia_hpc.serve.reference import Reference
 
 MIN_VECTORS = 10
 MIN_LABELS = 30
+PERFORMANCE_SHARE = 0.75
 #: Reference vectors used by the input tests at most (a seeded subset): the MMD's kernel
 #: matrix is (reference + window)², and 1,000 reference vectors already make the reference
 #: side's noise small next to a window of a few hundred.
@@ -168,8 +170,8 @@ def run_checks(
     tests = list(drift)
     drift_share = 1.0
     if perf is not None and perf_info["labels"] >= MIN_LABELS:
-        perf.weight = 0.5
-        drift_share = 0.5
+        perf.weight = PERFORMANCE_SHARE
+        drift_share = 1.0 - PERFORMANCE_SHARE
         tests.append(perf)
     elif perf is not None:
         perf.weight = 0.0

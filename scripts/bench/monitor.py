@@ -250,7 +250,10 @@ def accuracy_drop(
         pool = s.clean.take(rng.choice(len(s.clean.y), n, replace=False))
         y = pool.y.copy()
         correct = np.flatnonzero(pool.pred == y)
-        k = min(len(correct), round(drop * n))
+        # Feedback made wrong until the window's accuracy is the validation accuracy minus
+        # ``drop`` (a drop measured against what the monitor compares with).
+        target = (s.reference.accuracy - drop) * n
+        k = min(len(correct), max(0, round(len(correct) - target))) if drop > 0 else 0
         flip = rng.choice(correct, k, replace=False)
         y[flip] = (y[flip] + 1 + rng.integers(len(s.labels) - 1, size=k)) % len(s.labels)
         feedback = [(int(p), int(t), "") for p, t in zip(pool.pred, y, strict=True)]
