@@ -364,7 +364,7 @@ def runs_list(
 ) -> None:
     """List training runs with configuration, budget, metrics, cost, status and job."""
     from pomlia_hpc.automl.records import list_runs
-    from pomlia_hpc.automl.study import _summary
+    from pomlia_hpc.automl.study import summary
 
     rows = list_runs(STATE.registry(), task=task, study=study, limit=limit)
     table = Table(title=f"runs ({len(rows)})")
@@ -388,7 +388,7 @@ def runs_list(
             str(r.id),
             r.task,
             r.study,
-            _summary(r.config),
+            summary(r.config),
             _fmt(r.epochs, 0),
             r.status,
             "/".join(_fmt(val.get(k)) for k in ("acc", "auc") if k in val),

@@ -1,0 +1,146 @@
+"""Creating a study: check the options, prepare the initial weights, write ``study.json``."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from pomlia_hpc.automl.engine import EngineOptions
+from pomlia_hpc.automl.metrics import check_metric
+from pomlia_hpc.automl.space import SpaceOptions, build_space, configs_from_values
+from pomlia_hpc.automl.study.spec import (
+    SPEC_FILE,
+    StudyOptions,
+    StudySpec,
+    study_dir,
+    write_json,
+)
+from pomlia_hpc.automl.tasks import get_task, task_dataset
+from pomlia_hpc.config import load_cluster_profile
+from pomlia_hpc.data.store import open_store
+from pomlia_hpc.errors import PomliaError
+from pomlia_hpc.registry import Registry
+from pomlia_hpc.workspace import Workspace
+
+
+def create_study(
+    registry: Registry,
+    workspace: Workspace,
+    task: str,
+    *,
+    name: str | None = None,
+    n_trials: int = 20,
+    max_epochs: int = 9,
+    min_epochs: int = 1,
+    eta: int = 3,
+    parallel: int = 2,
+    executor: str = "local",
+    optimizer: str = "smac",
+    seed: int = 0,
+    budget_epochs: int | None = None,
+    n_initial: int | None = None,
+    engine: EngineOptions | None = None,
+    space: SpaceOptions | None = None,
+    resources: dict[str, Any] | None = None,
+    encoder: str | None = None,
+    init_model: str | None = None,
+    extra_data: bool = False,
+    initial_configs: list[dict[str, Any]] | None = None,
+    final_full_budget: bool = False,
+) -> StudySpec:
+    """Validate the arguments, prepare initial weights, and write the study's ``study.json``.
+
+    ``encoder``: a fingerprint encoder (name or id) whose weights become ``init=encoder``;
+    ``init_model``: a registered model whose weights become ``init=model``; ``extra_data``:
+    offer nearest images from similar datasets (found with ``encoder``'s index).
+    ``initial_configs``: warm-start configurations (value mappings), SMAC's initial design.
+    ``final_full_budget``: when the best configuration trained fewer than ``max_epochs``, train
+    it on to ``max_epochs`` (from its checkpoint) after the search, outside the budget.
+    """
+    t = get_task(registry, task)
+    version, ref = task_dataset(registry, t)
+    check_metric(t.metric)
+    stamp = datetime.now(UTC)
+    name = name or f"{t.name}-{stamp:%Y%m%d-%H%M%S}"
+    StudyOptions.checked(
+        name=name,
+        n_trials=n_trials,
+        max_epochs=max_epochs,
+        min_epochs=min_epochs,
+        eta=eta,
+        parallel=parallel,
+        executor=executor,
+        optimizer=optimizer,
+        seed=seed,
+        budget_epochs=budget_epochs,
+        n_initial=n_initial,
+        resources=dict(resources or {}),
+        encoder=encoder,
+        init_model=init_model,
+        extra_data=extra_data,
+    )
+    folder = study_dir(workspace, name)
+    if (folder / SPEC_FILE).exists():
+        raise PomliaError(
+            f"study '{name}' already exists; pass --resume to continue it or "
+            "choose another --study name"
+        )
+    profile = load_cluster_profile(executor)  # fails early, naming the known profiles
+    store = open_store(version.store_path)
+    opts = space or SpaceOptions()
+    enc = model = None
+    if encoder is not None:
+        from pomlia_hpc.automl.sources import encoder_weights
+
+        enc = encoder_weights(
+            registry, encoder, store.image_shape[2], folder / "init" / "encoder.pt"
+        ).to_dict()
+    if init_model is not None:
+        from pomlia_hpc.automl.sources import model_weights
+
+        model = model_weights(registry, init_model, folder / "init" / "model.pt").to_dict()
+    opts = SpaceOptions(
+        archs=opts.archs,
+        max_extra=opts.max_extra,
+        encoder_arch=enc["arch"] if enc else None,
+        model_arch=model["arch"] if model else None,
+        extra_data=extra_data,
+    )
+    cs = build_space(opts, seed=seed)
+    # Validate the warm start now, with a message naming the entry.
+    configs_from_values(initial_configs or [], cs, "initial configurations")
+    eng = engine or EngineOptions()
+    if eng.threads is None:
+        cpus = (resources or {}).get("cpus_per_task") or profile.cpus_per_task
+        eng = EngineOptions(**{**eng.to_dict(), "threads": int(cpus)})
+    spec = StudySpec(
+        name=name,
+        task=t.name,
+        task_id=t.id,
+        metric=t.metric,
+        task_type=t.task_type,
+        dataset_version_id=version.id,
+        dataset=ref,
+        store_path=version.store_path,
+        n_trials=n_trials,
+        max_epochs=max_epochs,
+        min_epochs=min_epochs,
+        eta=eta,
+        parallel=parallel,
+        executor=executor,
+        optimizer=optimizer,
+        seed=seed,
+        budget_epochs=budget_epochs,
+        n_initial=n_initial,
+        engine=eng.to_dict(),
+        space=opts.to_dict(),
+        resources=dict(resources or {}),
+        encoder=enc,
+        init_model=model,
+        extra_encoder=encoder if extra_data else None,
+        initial_configs=list(initial_configs or []),
+        final_full_budget=final_full_budget,
+        created_at=stamp.isoformat(),
+    )
+    write_json(folder / SPEC_FILE, spec.to_dict())
+    return spec

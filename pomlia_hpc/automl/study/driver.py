@@ -1,0 +1,164 @@
+"""The driver: ask the optimiser for trials, submit up to ``parallel`` at a time, collect, tell,
+until the trials or the epoch budget are used up and every trial is back."""
+
+from __future__ import annotations
+
+import time
+
+from ConfigSpace import Configuration
+
+from pomlia_hpc.automl import records
+from pomlia_hpc.automl.optimizers import Proposal, RandomSearch, SearchOptimizer, SmacHyperband
+from pomlia_hpc.automl.space import configs_from_values
+from pomlia_hpc.automl.study.outcome import finish
+from pomlia_hpc.automl.study.recover import recover_trial
+from pomlia_hpc.automl.study.spec import StudySpec
+from pomlia_hpc.automl.study.trials import TrialRunner, UpdateFn
+from pomlia_hpc.automl.study.view import StudyResult, view_of_run
+from pomlia_hpc.registry import Registry
+from pomlia_hpc.workspace import Workspace
+
+#: Repeated proposals answered in a row after which the driver stops asking (the optimiser
+#: keeps proposing configurations that were already trained at that budget).
+MAX_REPEATS = 50
+
+
+class Untold:
+    """The optimiser of the final full-budget training: the search is over, nothing to tell."""
+
+    def ask(self) -> Proposal:
+        raise RuntimeError("the final training asks nothing")
+
+    def tell(self, proposal: Proposal, cost: float, *, crashed: bool, time_s: float) -> None:
+        return None
+
+    def running(self) -> list[Proposal]:
+        return []
+
+
+class StudyRunner(TrialRunner):
+    """Run (or resume) one study: :class:`TrialRunner` with the ask, submit, collect, tell loop."""
+
+    def optimizer(self, resume: bool, has_runs: bool = False) -> SearchOptimizer:
+        """The study's optimiser, new or (``resume``) reloaded; ``has_runs``: the registry
+        holds trials of this study."""
+        initial: list[Configuration] = configs_from_values(
+            self.spec.initial_configs, self.space, "initial configurations"
+        )
+        s = self.spec
+        if s.optimizer == "random":
+            return RandomSearch(
+                self.space,
+                self.folder / "random",
+                max_epochs=s.max_epochs,
+                seed=s.seed,
+                initial=initial,
+                resume=resume,
+            )
+        return SmacHyperband(
+            self.space,
+            self.folder / "smac",
+            n_trials=s.n_trials,
+            min_epochs=s.min_epochs,
+            max_epochs=s.max_epochs,
+            eta=s.eta,
+            seed=s.seed,
+            initial=initial,
+            n_initial=s.n_initial,
+            resume=resume,
+            # A driver stopped before SMAC's first save left no state and no trial: start SMAC
+            # afresh rather than leave a study that can neither resume nor be created again.
+            fresh_if_missing=resume and not has_runs,
+        )
+
+    def run(self, resume: bool = False) -> StudyResult:
+        """Run the study to its end (trials or epoch budget used up, all trials back)."""
+        t0 = time.perf_counter()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        runs = records.study_runs(self.registry, self.spec.name)
+        opt = self.optimizer(resume, has_runs=bool(runs))
+        for run in runs:  # oldest first: the newest run of a (configuration, epochs) wins
+            self.views[run.id] = view_of_run(self.registry, run, self.spec.metric)
+            key = str((run.config or {}).get("config_key", ""))
+            self.known[(key, round(run.budget or 0))] = run
+        if resume:
+            for proposal in opt.running():
+                recover_trial(self, opt, proposal)
+        self.emit()
+        last_emit = time.monotonic()
+        while True:
+            while len(self.active) < self.spec.parallel and self.may_ask():
+                proposal = opt.ask()
+                if resume:  # SMAC may ask again for a trial the registry already knows
+                    recover_trial(self, opt, proposal)
+                elif not self.answer_repeat(opt, proposal):
+                    self.start(opt, proposal)
+            if not self.active:
+                break
+            changed = False
+            self.poll_orphans()
+            for run_id, act in list(self.active.items()):
+                if act.handle.done():
+                    del self.active[run_id]  # before collecting: a lost orphan is resubmitted
+                    self.collect(opt, act)
+                    changed = True
+            if changed or time.monotonic() - last_emit > 2.0:
+                self.emit()
+                last_emit = time.monotonic()
+            if not changed:
+                time.sleep(self.poll_s)
+        if self.spec.final_full_budget:
+            self.train_best_to_full_budget()
+        result = finish(self, time.perf_counter() - t0)
+        self.emit()
+        return result
+
+    def train_best_to_full_budget(self) -> None:
+        """Train the best configuration on to ``max_epochs`` (from its checkpoint) when it
+        stopped earlier; its run competes for "best" by validation metric like any other."""
+        best = self.best()
+        if best is None or best.epochs >= self.spec.max_epochs:
+            return
+        if any(v.key == best.key and v.epochs >= self.spec.max_epochs for v in self.views.values()):
+            return  # trained to the full budget already (and found worse on validation)
+        run = next(
+            r for r in records.study_runs(self.registry, self.spec.name) if r.id == best.run_id
+        )
+        values = {
+            k: v
+            for k, v in (run.config or {}).items()
+            if k not in ("config_key", "origin", "smac_budget", "engine")
+        }
+        config = configs_from_values([values], self.space, f"run {run.id}")[0]
+        config.origin = "Final: the best configuration at the full budget"
+        opt = Untold()
+        self.start(opt, Proposal(config, float(self.spec.max_epochs)))
+        self.emit()
+        while self.active:
+            for run_id, act in list(self.active.items()):
+                if act.handle.done():
+                    del self.active[run_id]
+                    self.collect(opt, act)
+            if self.active:
+                time.sleep(self.poll_s)
+        self.emit()
+
+    def may_ask(self) -> bool:
+        if self.repeats >= MAX_REPEATS:
+            return False  # the optimiser keeps proposing what was already trained
+        if len(self.views) >= self.spec.n_trials:
+            return False
+        return self.spec.budget_epochs is None or self.spent() < self.spec.budget_epochs
+
+
+def run_study(
+    registry: Registry,
+    workspace: Workspace,
+    spec: StudySpec,
+    *,
+    resume: bool = False,
+    on_update: UpdateFn | None = None,
+    poll_s: float = 1.0,
+) -> StudyResult:
+    """Run (or with ``resume``, continue) the study ``spec``; see :class:`StudyRunner`."""
+    return StudyRunner(registry, workspace, spec, on_update=on_update, poll_s=poll_s).run(resume)

@@ -1,0 +1,76 @@
+"""Recovery on ``--resume``: settle each trial that was out when the previous driver stopped.
+
+Told already: nothing to do. Recorded but not told: tell the optimiser. Its job finished while
+the driver was away: collect the result (or record the crash). Its job still runs: attach to it
+(:mod:`pomlia_hpc.cluster.attach`) and wait. Cancelled, lost or never submitted: submit it again;
+it continues from its last epoch checkpoint, so no finished trial runs twice.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import replace
+
+from pomlia_hpc.automl import records
+from pomlia_hpc.automl.metrics import objective_cost
+from pomlia_hpc.automl.optimizers import Proposal, SearchOptimizer
+from pomlia_hpc.automl.study.trials import ActiveTrial, TrialRunner, attach_trial_job
+from pomlia_hpc.automl.study.view import job_name, view_of_run
+from pomlia_hpc.automl.trial import read_result
+from pomlia_hpc.cluster.attach import poll_attached
+
+
+def recover_trial(runner: TrialRunner, opt: SearchOptimizer, proposal: Proposal) -> None:
+    """Settle a trial of ``runner`` that was out when the previous driver stopped."""
+    run = runner.known.pop((proposal.key, proposal.epochs), None)
+    if run is None:  # asked, but the driver died before recording it
+        runner.start(opt, proposal)
+        return
+    if run.status == records.OK:  # recorded, but not yet told
+        m = dict(run.metrics or {})
+        opt.tell(
+            proposal,
+            objective_cost(m["val"], runner.spec.metric),
+            crashed=False,
+            time_s=run.cost_s or 0.0,
+        )
+        return
+    if run.status == records.CRASHED:
+        opt.tell(proposal, 1.0, crashed=True, time_s=run.cost_s or 0.0)
+        return
+    _, _, result_path = runner.paths(proposal.key, proposal.epochs, run.id)
+    job = records.job_of(runner.registry, run.job_id)
+    if job is None and run.job_id is None and run.status == records.PENDING:
+        # Perhaps submitted, but the driver stopped before linking the job to its run.
+        job = records.newest_job_named(
+            runner.registry, job_name(runner.spec.name, run.id), str(runner.executor.folder)
+        )
+        if job is not None:
+            start = int(dict(run.metrics or {}).get("start_epoch", 0))
+            records.mark_running(runner.registry, run.id, job.id, start_epoch=start)
+    if job is None:
+        result = read_result(result_path)
+        if result is not None:  # finished while the driver was away
+            runner.record_ok(opt, run.id, proposal, result)
+        else:  # never submitted, or refused: submit it now
+            runner.start(opt, proposal, run_id=run.id)
+        return
+    orphan = attach_trial_job(runner.registry, job, result_path)
+    act = ActiveTrial(run.id, proposal, orphan, time.time(), result_path)
+    runner.active[run.id] = act
+    runner.views[run.id] = replace(
+        view_of_run(runner.registry, run, runner.spec.metric),
+        status=records.RUNNING,
+        job=job.scheduler_id,
+    )
+    if not result_path.is_file():
+        poll_attached([orphan])
+    if not orphan.done():
+        return  # still queued or training (or the scheduler could not say): wait for it
+    del runner.active[run.id]
+    if orphan.lost(cancelled_too=True):
+        # Cancelled or forgotten while nobody watched: the trial never had its chance.
+        orphan.forget("trial")
+        runner.start(opt, proposal, run_id=run.id)  # continues from its last checkpoint
+        return
+    runner.collect(opt, act)  # its result, or a crash (failed, timed out, out of memory)

@@ -1,0 +1,165 @@
+"""The study's specification: the options a user gives (:class:`StudyOptions`, checked here, not
+only in the CLI) and the specification saved once as ``study.json`` (:class:`StudySpec`, read
+back strictly: an unknown or mistyped key is one error naming the file and the key)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, StrictBool, StrictInt, ValidationError, model_validator
+
+from pomlia_hpc.config import validate_model
+from pomlia_hpc.errors import InputError, NotFoundError
+from pomlia_hpc.files import write_json_atomic
+from pomlia_hpc.workspace import Workspace
+
+SPEC_FILE = "study.json"
+SUMMARY_FILE = "summary.json"
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
+OPTIMIZERS = ("smac", "random")
+
+
+class StudyOptions(BaseModel):
+    """What a user chooses for a study; :meth:`checked` turns the first problem into one
+    :class:`~pomlia_hpc.errors.InputError` line."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str | None = None
+    n_trials: StrictInt = 20
+    max_epochs: StrictInt = 9
+    min_epochs: StrictInt = 1
+    eta: StrictInt = 3
+    parallel: StrictInt = 2
+    executor: str = "local"
+    optimizer: str = "smac"
+    seed: StrictInt = 0
+    budget_epochs: StrictInt | None = None
+    n_initial: StrictInt | None = None
+    resources: dict[str, Any] = {}
+    encoder: str | None = None
+    init_model: str | None = None
+    extra_data: StrictBool = False
+
+    @model_validator(mode="after")
+    def _rules(self) -> StudyOptions:
+        if self.name is not None and not NAME_RE.match(self.name):
+            raise ValueError(
+                f"study name '{self.name}' is not valid: expected letters, digits, '_', "
+                "'.', '-' (at most 96)"
+            )
+        for key in ("n_trials", "max_epochs", "min_epochs", "eta", "parallel", "budget_epochs"):
+            value = getattr(self, key)
+            low = 2 if key == "eta" else 1
+            if value is not None and value < low:
+                raise ValueError(f"{key.replace('_', '-')}={value}: expected an integer >= {low}")
+        if self.min_epochs > self.max_epochs:
+            raise ValueError(
+                f"min-epochs={self.min_epochs} is larger than max-epochs={self.max_epochs}"
+            )
+        if self.optimizer not in OPTIMIZERS:
+            raise ValueError(f"optimizer '{self.optimizer}' is not known: expected smac or random")
+        if self.extra_data and self.encoder is None:
+            raise ValueError("extra data needs an encoder (the fingerprint index to search)")
+        gpus = self.resources.get("gpus_per_node")
+        if gpus is not None and not 0 <= gpus <= 1:
+            # One process per trial (tasks_per_node=1) trains on one GPU: more would sit idle.
+            raise ValueError(
+                f"gpus_per_node={gpus}: expected 0 or 1; a trial trains on one GPU (multi-GPU "
+                "trials need one process per GPU, which is not supported yet)"
+            )
+        return self
+
+    @classmethod
+    def checked(cls, **values: Any) -> StudyOptions:
+        """Validated options; the first problem as one :class:`InputError` line."""
+        try:
+            return cls.model_validate(values)
+        except ValidationError as exc:
+            err = exc.errors()[0]
+            msg = str(err["msg"]).removeprefix("Value error, ")
+            if err["type"] == "value_error":
+                raise InputError(msg) from exc
+            key = ".".join(str(p) for p in err["loc"]).replace("_", "-")
+            raise InputError(f"{key}={err.get('input')!r}: {msg}") from exc
+
+
+class StudySpec(BaseModel):
+    """Everything that defines a study (``study.json``); a resumed study reads it back."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    name: str
+    task: str
+    task_id: int
+    metric: str
+    task_type: str
+    dataset_version_id: int
+    dataset: str
+    store_path: str
+    n_trials: int = 20
+    max_epochs: int = 9
+    min_epochs: int = 1
+    eta: int = 3
+    parallel: int = 2
+    executor: str = "local"
+    optimizer: str = "smac"
+    seed: int = 0
+    budget_epochs: int | None = None
+    n_initial: int | None = None
+    engine: dict[str, Any] = {}
+    space: dict[str, Any] = {}
+    resources: dict[str, Any] = {}
+    encoder: dict[str, Any] | None = None
+    init_model: dict[str, Any] | None = None
+    extra_encoder: str | None = None
+    initial_configs: list[dict[str, Any]] = []
+    final_full_budget: bool = False
+    created_at: str = ""
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump()
+
+
+def study_dir(workspace: Workspace, name: str) -> Path:
+    return workspace.path("runs", name)
+
+
+def read_spec(path: Path) -> StudySpec:
+    """The specification in ``path``; a bad file is one error naming it and the key."""
+    try:
+        data = json.loads(path.read_text())
+    except ValueError as exc:
+        raise InputError(f"{path}: not valid JSON ({exc})") from exc
+    if not isinstance(data, dict):
+        raise InputError(f"{path}: expected a JSON object")
+    return validate_model(StudySpec, data, str(path))
+
+
+def load_spec(workspace: Workspace, name: str) -> StudySpec:
+    """The saved specification of study ``name``."""
+    path = study_dir(workspace, name) / SPEC_FILE
+    if not path.is_file():
+        raise NotFoundError(f"study '{name}' does not exist (no {path})")
+    return read_spec(path)
+
+
+def latest_study(workspace: Workspace, task: str) -> str:
+    """The newest study of ``task`` in this workspace (for ``--resume`` without ``--study``)."""
+    best: tuple[str, str] | None = None
+    root = workspace.path("runs")
+    for spec_file in root.glob(f"*/{SPEC_FILE}") if root.is_dir() else []:
+        data = json.loads(spec_file.read_text())
+        if data.get("task") == task and (best is None or data.get("created_at", "") > best[0]):
+            best = (data.get("created_at", ""), data["name"])
+    if best is None:
+        raise NotFoundError(f"no study of task '{task}' to resume in {root}")
+    return best[1]
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write ``data`` to ``path`` atomically (:func:`~pomlia_hpc.files.write_json_atomic`)."""
+    write_json_atomic(path, data)

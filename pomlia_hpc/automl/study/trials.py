@@ -1,0 +1,433 @@
+"""Running trials: submit a trial job (:class:`~pomlia_hpc.automl.trial.TrialJob`) for a proposal,
+collect its result or its failure, record both as registry runs and tell the optimiser.
+
+:class:`TrialRunner` holds what a study's driver knows (the runs, the jobs out, the live view);
+:class:`~pomlia_hpc.automl.study.driver.StudyRunner` adds the loop on top.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, NoReturn
+
+from pomlia_hpc.automl import records
+from pomlia_hpc.automl.engine import EngineOptions, TrainRequest, read_state
+from pomlia_hpc.automl.metrics import objective_cost
+from pomlia_hpc.automl.optimizers import Proposal, SearchOptimizer
+from pomlia_hpc.automl.space import SpaceOptions, TrainConfig, build_space
+from pomlia_hpc.automl.study.spec import StudySpec, study_dir
+from pomlia_hpc.automl.study.view import StudyView, TrialView, job_name, summary
+from pomlia_hpc.automl.trial import TrialJob, failure_path, read_failure, read_result
+from pomlia_hpc.cluster import Executor, JobFailedError, JobHandle
+from pomlia_hpc.cluster.attach import AttachedJob, poll_attached
+from pomlia_hpc.errors import ClusterError, InputError, PomliaError, integrity_failure
+from pomlia_hpc.registry import Job, Registry, Run
+from pomlia_hpc.workspace import Workspace
+
+#: Seconds between two scheduler polls for the jobs of a previous driver (one ``sacct`` for all).
+ORPHAN_POLL_S = 5.0
+
+
+def attach_trial_job(registry: Registry, job: Job, result_path: Path) -> AttachedJob:
+    """The trial job of row ``job`` that an earlier driver submitted; its result and failure
+    files are at ``result_path`` (and :func:`~pomlia_hpc.automl.trial.failure_path` of it)."""
+    return AttachedJob(
+        registry,
+        job,
+        has_result=result_path.is_file,
+        failure=lambda: read_failure(result_path),
+    )
+
+
+def attached_result(job: AttachedJob, result_path: Path) -> dict[str, Any]:
+    """The trial's result, or :class:`JobFailedError` with the job's state and traceback."""
+    res = read_result(result_path)
+    if res is not None:
+        job.completed()
+        return res
+    raise job.failed()
+
+
+@dataclass
+class ActiveTrial:
+    """A trial whose job is out: submitted by this driver, or attached from an earlier one."""
+
+    run_id: int
+    proposal: Proposal
+    handle: JobHandle | AttachedJob
+    started: float
+    result_path: Path | None = None  # of an attached job
+
+
+UpdateFn = Callable[[StudyView], None]
+
+
+class TrialRunner:
+    """Submit, collect and record the trials of one study. ``on_update`` receives a
+    :class:`StudyView` after every change (the CLI draws its live table from it)."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        workspace: Workspace,
+        spec: StudySpec,
+        *,
+        on_update: UpdateFn | None = None,
+        poll_s: float = 1.0,
+    ) -> None:
+        self.registry, self.workspace, self.spec = registry, workspace, spec
+        self.folder = study_dir(workspace, spec.name)
+        self.on_update = on_update
+        self.poll_s = poll_s
+        self.space = build_space(SpaceOptions.from_dict(spec.space), seed=spec.seed)
+        self.engine = EngineOptions.from_dict(spec.engine)
+        self.active: dict[int, ActiveTrial] = {}
+        self._orphans_polled = -math.inf  # time.monotonic() of the last poll
+        #: Runs recorded before this driver started, by (configuration key, epochs).
+        self.known: dict[tuple[str, int], Run] = {}
+        self._executor: Executor | None = None
+        self.views: dict[int, TrialView] = {}
+        #: Repeated proposals of a (configuration key, epochs) still training: told its result.
+        self.waiting: dict[tuple[str, int], list[Proposal]] = {}
+        self.repeats = 0  # repeated proposals answered in a row (the space may be exhausted)
+
+    @property
+    def executor(self) -> Executor:
+        if self._executor is None:
+            self._executor = Executor.from_profile(
+                self.spec.executor,
+                self.workspace.jobs / "automl" / self.spec.name,
+                self.registry,
+            )
+        return self._executor
+
+    def spent(self) -> int:
+        """Epochs trained or being trained by the study's trials (the budget used; a crashed
+        trial counts with the epochs it was given)."""
+        return sum(max(v.epochs - v.start_epoch, 0) for v in self.views.values())
+
+    def paths(self, key: str, epochs: int, run_id: int) -> tuple[Path, Path, Path]:
+        workdir = self.folder / "configs" / key
+        return (
+            workdir,
+            workdir / f"model-e{epochs}.pt",
+            self.folder / "trials" / f"run-{run_id}" / "result.json",
+        )
+
+    def start(self, opt: SearchOptimizer, proposal: Proposal, run_id: int | None = None) -> None:
+        """Create the run record (unless given) and submit the trial job."""
+        values, key, epochs = proposal.values, proposal.key, proposal.epochs
+        uses_encoder = values.get("init") == "encoder" or values.get("extra_data") == "nearest"
+        encoder_id = (self.spec.encoder or {}).get("id") if uses_encoder else None
+        if run_id is None:
+            config = {
+                **values,
+                "config_key": key,
+                "origin": proposal.origin,
+                "smac_budget": proposal.budget,
+                "engine": self.spec.engine,
+            }
+            run_id = records.create_run(
+                self.registry,
+                task_id=self.spec.task_id,
+                study=self.spec.name,
+                config=config,
+                epochs=epochs,
+                dataset_version_id=self.spec.dataset_version_id,
+                encoder_id=encoder_id,
+            )
+        workdir, model_path, result_path = self.paths(key, epochs, run_id)
+        failure_path(result_path).unlink(missing_ok=True)  # from an attempt that was lost
+        state = read_state(workdir)
+        start = int(state["epoch"]) if state else 0
+        self.views[run_id] = TrialView(
+            run_id, key, summary(values), epochs, records.PENDING, None, None, None, "", "", start
+        )
+        try:
+            request = self.trial_request(proposal, workdir, model_path, run_id)
+        except PomliaError as exc:
+            # The trial could not even start (e.g. extra images unavailable): a crash too.
+            self.record_crash(opt, run_id, proposal, str(exc), str(exc), 0.0)
+            return
+        try:
+            handle = self.executor.submit(
+                TrialJob(request, str(result_path)),
+                name=job_name(self.spec.name, run_id),
+                resources=self.spec.resources or None,
+            )
+        except (RuntimeError, OSError, PomliaError) as exc:
+            # sbatch failed (submitit's FailedJobError/FailedSubmissionError are RuntimeErrors),
+            # often transiently (slurmctld down, a full queue): not the configuration's fault, so
+            # SMAC is not told "crashed"; the run is kept for --resume to submit again.
+            self._submit_failed(run_id, proposal, exc)
+        records.mark_running(self.registry, run_id, handle.record_id, start_epoch=start)
+        self.active[run_id] = ActiveTrial(run_id, proposal, handle, time.time())
+        self.views[run_id] = replace(self.views[run_id], status=records.RUNNING, job=handle.job_id)
+
+    def _submit_failed(self, run_id: int, proposal: Proposal, exc: BaseException) -> NoReturn:
+        """Record that run ``run_id``'s job could not be submitted and stop the study."""
+        message = " ".join(str(exc).split()) or type(exc).__name__
+        records.mark_submit_failed(self.registry, run_id, f"submission failed: {message}")
+        self.views[run_id] = replace(
+            self.views[run_id], status=records.SUBMIT_FAILED, job="", cause=message[:300]
+        )
+        self.emit()
+        out = [str(a.handle.job_id) for a in self.active.values()]
+        still = f"; its running jobs ({', '.join(out)}) go on" if out else ""
+        raise ClusterError(
+            f"study '{self.spec.name}' stopped: the job of trial run {run_id} "
+            f"({proposal.epochs} epochs) could not be submitted to executor "
+            f"'{self.spec.executor}': {message[:500]}{still}",
+            hint=f"once the scheduler accepts jobs again, `pomlia automl run {self.spec.task} "
+            f"--study {self.spec.name} --resume` submits it and continues the study",
+        ) from exc
+
+    def trial_request(
+        self, proposal: Proposal, workdir: Path, model_path: Path, run_id: int
+    ) -> TrainRequest:
+        values = proposal.values
+        cfg = TrainConfig.from_values(values)
+        init_weights = None
+        if cfg.init == "encoder":
+            init_weights = (self.spec.encoder or {}).get("path")
+        elif cfg.init == "model":
+            init_weights = (self.spec.init_model or {}).get("path")
+        extra = str(self.extra_file(cfg.extra_n)) if cfg.extra_n > 0 else None
+        seed = self.spec.seed * 7919 + int(proposal.key[:6], 16) % 7919
+        options = EngineOptions(**{**self.engine.to_dict(), "seed": seed})
+        return TrainRequest(
+            store_path=self.spec.store_path,
+            task_type=self.spec.task_type,
+            config=cfg,
+            epochs=proposal.epochs,
+            workdir=str(workdir),
+            model_path=str(model_path),
+            config_key=proposal.key,
+            init_weights=init_weights,
+            extra_data=extra,
+            options=options,
+            lineage={
+                "task": self.spec.task,
+                "task_id": self.spec.task_id,
+                "dataset": self.spec.dataset,
+                "dataset_version_id": self.spec.dataset_version_id,
+                "study": self.spec.name,
+                "run_id": run_id,
+            },
+        )
+
+    def extra_file(self, n: int) -> Path:
+        """The npz of extra images for this study (the largest N asked so far is prepared
+        once; smaller N take its first rows, which are the nearest). Prepared again only for
+        an N larger than any asked before: when the index held fewer images than asked, asking
+        again cannot give more."""
+        from pomlia_hpc.automl.sources import nearest_extra
+
+        path = self.folder / "extra" / "nearest.npz"
+        requested = 0
+        if path.is_file():
+            import numpy as np
+
+            with np.load(path) as z:
+                have = int(z["labels"].shape[0])
+                requested = int(z["requested"]) if "requested" in z else have
+        if requested < n:
+            max_n = int(SpaceOptions.from_dict(self.spec.space).max_extra)
+            if self.spec.extra_encoder is None:
+                raise InputError("extra images need an encoder; this study has none")
+            nearest_extra(
+                self.registry,
+                self.workspace,
+                self.spec.extra_encoder,
+                self.spec.dataset,
+                max(n, max_n),
+                path,
+            )
+        return path
+
+    def poll_orphans(self) -> None:
+        """Ask the scheduler about the previous driver's jobs still out, at most every
+        :data:`ORPHAN_POLL_S` seconds."""
+        orphans = [
+            a.handle
+            for a in self.active.values()
+            if isinstance(a.handle, AttachedJob) and not a.handle.ended
+        ]
+        if orphans and time.monotonic() - self._orphans_polled >= ORPHAN_POLL_S:
+            self._orphans_polled = time.monotonic()
+            poll_attached(orphans)
+
+    def collect(self, opt: SearchOptimizer, act: ActiveTrial) -> None:
+        handle = act.handle
+        if isinstance(handle, AttachedJob) and handle.lost(cancelled_too=False):
+            # The scheduler no longer knows the job and it left no result or failure: nothing
+            # was learnt, so it runs again (from its last checkpoint) rather than "crashing".
+            handle.forget("trial")
+            self.start(opt, act.proposal, run_id=act.run_id)
+            return
+        try:
+            if isinstance(handle, AttachedJob):
+                assert act.result_path is not None
+                result = attached_result(handle, act.result_path)
+            else:
+                result = handle.result()
+        except JobFailedError as exc:
+            cause = exc.cause
+            error = f"{exc.state}: {cause}\n\n{exc.traceback or ''}".rstrip()
+            self.record_crash(
+                opt,
+                act.run_id,
+                act.proposal,
+                cause,
+                error,
+                time.time() - act.started,
+                state=exc.state,
+            )
+            damage = integrity_failure(exc.traceback or str(exc))
+            if damage is not None:
+                # Every trial reads the same data: stop the study (nothing trained on damaged
+                # data is registered) rather than let each trial crash on the same chunk.
+                raise damage from exc
+            return
+        self.record_ok(opt, act.run_id, act.proposal, result)
+
+    def record_ok(
+        self, opt: SearchOptimizer, run_id: int, proposal: Proposal, result: dict[str, Any]
+    ) -> None:
+        val, test = result["metrics"]["val"], result["metrics"]["test"]
+        cost = objective_cost(val, self.spec.metric)
+        objective = val.get(self.spec.metric)
+        if objective is not None and not math.isfinite(objective):
+            objective = None  # NaN in a result written before undefined metrics became None
+        metrics = {
+            "val": val,
+            "test": test,
+            "objective": objective,
+            "epochs": result["epochs"],
+            "start_epoch": result["start_epoch"],
+            "epochs_run": result["epochs"] - result["start_epoch"],
+            "gpu_hours": result.get("gpu_hours", 0.0),
+            "device": result.get("device"),
+            "model_path": result.get("model_path"),
+            "n_train": result.get("n_train"),
+            "n_extra": result.get("n_extra", 0),  # may be fewer than the configured extra_n
+            "init_loaded": result.get("init_loaded"),
+            "history": result.get("history", []),
+        }
+        records.finish_run(
+            self.registry,
+            run_id,
+            status=records.OK,
+            metrics=metrics,
+            cost_s=float(result["cost_s"]),
+        )
+        opt.tell(proposal, cost, crashed=False, time_s=float(result["cost_s"]))
+        self.tell_waiting(opt, proposal, cost, crashed=False)
+        self.views[run_id] = replace(
+            self.views[run_id],
+            status=records.OK,
+            objective=objective,
+            test=test.get(self.spec.metric),
+            cost_s=float(result["cost_s"]),
+            cause="",
+            start_epoch=int(result["start_epoch"]),
+        )
+
+    def record_crash(
+        self,
+        opt: SearchOptimizer,
+        run_id: int,
+        proposal: Proposal,
+        cause: str,
+        error: str,
+        wall_s: float,
+        state: str = "FAILED",
+    ) -> None:
+        old = self.views.get(run_id)
+        start = old.start_epoch if old else 0
+        records.finish_run(
+            self.registry,
+            run_id,
+            status=records.CRASHED,
+            metrics={"cause": cause, "state": state, "start_epoch": start},
+            cost_s=wall_s,
+            error=error,
+        )
+        opt.tell(proposal, 1.0, crashed=True, time_s=wall_s)
+        self.tell_waiting(opt, proposal, 1.0, crashed=True)
+        self.views[run_id] = TrialView(
+            run_id,
+            proposal.key,
+            summary(proposal.values),
+            proposal.epochs,
+            records.CRASHED,
+            None,
+            None,
+            wall_s,
+            old.job if old else "",
+            cause,
+            start,
+        )
+
+    # -- repeated proposals ----------------------------------------------------------------
+    def answer_repeat(self, opt: SearchOptimizer, proposal: Proposal) -> bool:
+        """A (configuration, epochs) this study already trained is not trained again: the
+        optimiser is told the recorded result (or, while it still trains, told when it ends).
+        Returns whether ``proposal`` was such a repeat."""
+        key, epochs = proposal.key, proposal.epochs
+        done = [v for v in self.views.values() if v.key == key and v.epochs == epochs]
+        if not done:
+            self.repeats = 0
+            return False
+        self.repeats += 1
+        view = done[-1]
+        if view.status == records.OK:
+            cost = objective_cost({self.spec.metric: view.objective}, self.spec.metric)
+            opt.tell(proposal, cost, crashed=False, time_s=0.0)
+        elif view.status == records.CRASHED:
+            opt.tell(proposal, 1.0, crashed=True, time_s=0.0)
+        else:
+            self.waiting.setdefault((key, epochs), []).append(proposal)
+        return True
+
+    def tell_waiting(
+        self, opt: SearchOptimizer, proposal: Proposal, cost: float, crashed: bool
+    ) -> None:
+        for repeat in self.waiting.pop((proposal.key, proposal.epochs), []):
+            opt.tell(repeat, cost, crashed=crashed, time_s=0.0)
+
+    # -- the view --------------------------------------------------------------------------
+    @property
+    def trials(self) -> dict[int, TrialView]:
+        """The trials this driver knows, by run id (the live dict the driver updates)."""
+        return self.views
+
+    def best(self) -> TrialView | None:
+        """The finished trial with the best validation metric (ties: more epochs, earlier)."""
+        ok = [
+            v
+            for v in self.views.values()
+            if v.status == records.OK and v.objective is not None and math.isfinite(v.objective)
+        ]
+        if not ok:
+            return None
+        return max(ok, key=lambda v: (v.objective, v.epochs, -v.run_id))
+
+    def view(self) -> StudyView:
+        return StudyView(
+            self.spec.name,
+            self.spec.metric,
+            [self.views[k] for k in sorted(self.views)],
+            self.best(),
+            self.spent(),
+            self.spec.n_trials,
+            self.spec.budget_epochs,
+        )
+
+    def emit(self) -> None:
+        if self.on_update is not None:
+            self.on_update(self.view())

@@ -1,0 +1,92 @@
+"""What the live table shows of a study, and what a finished study returns."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from pomlia_hpc.automl import records
+from pomlia_hpc.registry import Registry, Run
+
+
+@dataclass(frozen=True)
+class TrialView:
+    """One trial as the live table shows it."""
+
+    run_id: int
+    key: str
+    summary: str
+    epochs: int
+    status: str
+    objective: float | None
+    test: float | None
+    cost_s: float | None
+    job: str
+    cause: str = ""
+    start_epoch: int = 0
+
+
+@dataclass(frozen=True)
+class StudyView:
+    """A snapshot of a running study for the live table."""
+
+    name: str
+    metric: str
+    trials: list[TrialView]
+    best: TrialView | None
+    spent_epochs: int
+    n_trials: int
+    budget_epochs: int | None
+
+
+@dataclass(frozen=True)
+class StudyResult:
+    """What :meth:`StudyRunner.run` returns."""
+
+    name: str
+    best_run_id: int | None
+    best_config: dict[str, Any] | None
+    best_metrics: dict[str, Any] | None
+    model_name: str | None
+    n_ok: int
+    n_crashed: int
+    spent_epochs: int
+    wall_s: float
+
+
+def summary(values: dict[str, Any]) -> str:
+    parts = [str(values.get("arch", ""))]
+    if values.get("init", "scratch") != "scratch":
+        parts.append(f"{values['init']}/{values.get('mode', 'full')}")
+    lr = values.get("lr", values.get("lr_head"))
+    if lr is not None:
+        parts.append(f"lr={float(lr):.1e}")
+    parts.append(f"{values.get('optimizer', '')} bs={values.get('batch_size', '')}")
+    if values.get("extra_data") == "nearest":
+        parts.append(f"+{values.get('extra_n')}nn")
+    return " ".join(parts)
+
+
+def job_name(study: str, run_id: int) -> str:
+    """The name of trial run ``run_id``'s job (how a resumed driver finds it)."""
+    return f"automl-{study}-{run_id}"
+
+
+def view_of_run(registry: Registry, run: Run, metric: str) -> TrialView:
+    """The view of a trial recorded as ``run`` (by a driver before this one, or this one)."""
+    m = dict(run.metrics or {})
+    values = {k: v for k, v in (run.config or {}).items()}
+    job = records.job_of(registry, run.job_id)
+    return TrialView(
+        run.id,
+        str(values.get("config_key", "")),
+        summary(values),
+        int(run.budget or 0),
+        run.status,
+        m.get("val", {}).get(metric),
+        m.get("test", {}).get(metric),
+        run.cost_s,
+        job.scheduler_id if job else "",
+        str(m.get("cause", "")),
+        int(m.get("start_epoch", 0)),
+    )

@@ -1,0 +1,64 @@
+"""The study's options and saved specification are checked by the library (not only by the CLI):
+one clear line per problem; a damaged ``study.json`` names the file and the key."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from pomlia_hpc.automl.study import SPEC_FILE, StudyOptions, create_study, load_spec, study_dir
+from pomlia_hpc.errors import ConfigError, InputError
+from pomlia_hpc.registry import Registry
+from pomlia_hpc.workspace import Workspace
+from tests.fixtures.factories import tiny_task
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"min_epochs": 3, "max_epochs": 2}, "min-epochs=3 is larger than max-epochs=2"),
+        ({"eta": 1}, "eta=1: expected an integer >= 2"),
+        ({"n_trials": 0}, "n-trials=0: expected an integer >= 1"),
+        ({"optimizer": "grid"}, "optimizer 'grid' is not known: expected smac or random"),
+        ({"extra_data": True}, "extra data needs an encoder"),
+        ({"resources": {"gpus_per_node": 2}}, "gpus_per_node=2: expected 0 or 1"),
+        ({"name": "../escape"}, "study name '../escape' is not valid"),
+        ({"parallel": "2"}, "parallel='2': Input should be a valid integer"),
+    ],
+)
+def test_each_rule_is_one_line(options: dict[str, object], message: str) -> None:
+    with pytest.raises(InputError) as exc:
+        StudyOptions.checked(**options)
+    assert message in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_defaults_and_a_gpu_are_fine() -> None:
+    opts = StudyOptions.checked(resources={"gpus_per_node": 1}, extra_data=True, encoder="enc")
+    assert (opts.n_trials, opts.max_epochs, opts.optimizer) == (20, 9, "smac")
+
+
+def test_create_refuses_bad_options_and_writes_nothing(workspace: Workspace, reg: Registry) -> None:
+    tiny_task(workspace, reg, "blood", sizes=(16, 8, 8))
+    with pytest.raises(InputError, match="extra data needs an encoder"):
+        create_study(reg, workspace, "blood", name="s", extra_data=True)
+    with pytest.raises(InputError, match="gpus_per_node=4"):
+        create_study(reg, workspace, "blood", name="s", resources={"gpus_per_node": 4})
+    assert not study_dir(workspace, "s").exists()
+
+
+def test_a_damaged_spec_names_the_file_and_key(workspace: Workspace, reg: Registry) -> None:
+    tiny_task(workspace, reg, "blood", sizes=(16, 8, 8))
+    spec = create_study(reg, workspace, "blood", name="s", optimizer="random")
+    assert load_spec(workspace, "s") == spec
+    path: Path = study_dir(workspace, "s") / SPEC_FILE
+    data = json.loads(path.read_text())
+    path.write_text(json.dumps({**data, "n_trails": 3}))
+    with pytest.raises(ConfigError) as exc:
+        load_spec(workspace, "s")
+    assert str(path) in str(exc.value) and "unknown key 'n_trails'" in str(exc.value)
+    path.write_text(json.dumps({**data, "max_epochs": "nine"}))
+    with pytest.raises(ConfigError, match="bad value for 'max_epochs'"):
+        load_spec(workspace, "s")
+    assert not list(path.parent.glob(".*.tmp"))  # the atomic writer left no temp file
