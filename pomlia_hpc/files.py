@@ -16,8 +16,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import IO, Any
 
-from pomlia_hpc.processes import pid_alive
-
 TEMP_SUFFIX = ".tmp"
 
 
@@ -71,6 +69,18 @@ def write_json_atomic(path: str | Path, data: Any, *, indent: int | None = 1) ->
     return write_atomic(path, json.dumps(data, indent=indent, default=str))
 
 
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this host (a zombie counts: its parent may still
+    rename)."""
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def sweep_stale_temps(folder: str | Path) -> list[Path]:
     """Remove temporary files of :func:`write_atomic` in ``folder`` whose writer (a process of
     this host) is gone; those of live writers and of other hosts are kept. Returns the removed."""
@@ -79,7 +89,7 @@ def sweep_stale_temps(folder: str | Path) -> list[Path]:
     root = Path(folder)
     for tmp in root.glob(f".*.{host}.*{TEMP_SUFFIX}") if root.is_dir() else []:
         pid = tmp.name[: -len(TEMP_SUFFIX)].rsplit(".", 1)[-1]
-        if pid.isdigit() and not pid_alive(int(pid)) and tmp.is_file():
+        if pid.isdigit() and not _alive(int(pid)) and tmp.is_file():
             tmp.unlink(missing_ok=True)
             removed.append(tmp)
     return removed

@@ -62,3 +62,31 @@ def test_a_damaged_spec_names_the_file_and_key(workspace: Workspace, reg: Regist
     with pytest.raises(ConfigError, match="bad value for 'max_epochs'"):
         load_spec(workspace, "s")
     assert not list(path.parent.glob(".*.tmp"))  # the atomic writer left no temp file
+
+
+def test_the_atomic_writer_and_the_stale_temp_sweep(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    from pomlia_hpc.files import sweep_stale_temps, temp_name, write_atomic
+
+    target = tmp_path / "d" / "x.json"
+    write_atomic(target, "one")
+    with pytest.raises(RuntimeError):
+
+        def half(f: object) -> None:
+            f.write(b"half")  # type: ignore[attr-defined]
+            raise RuntimeError("disk gone")
+
+        write_atomic(target, half)
+    assert target.read_text() == "one" and [p.name for p in target.parent.iterdir()] == ["x.json"]
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    stale = temp_name(target).with_name(temp_name(target).name.replace(
+        f".{os.getpid()}.", f".{dead.stdout.strip()}."))  # fmt: skip
+    stale.write_text("left by a writer that died")
+    mine = temp_name(target)
+    mine.write_text("being written by this live process")
+    assert sweep_stale_temps(target.parent) == [stale]
+    assert mine.exists() and not stale.exists()
