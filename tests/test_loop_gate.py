@@ -7,13 +7,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 
+from pomlia_hpc.cli import app
 from pomlia_hpc.data.api import ingest
 from pomlia_hpc.data.harvest import harvest_info
 from pomlia_hpc.data.store import find_version, open_store
 from pomlia_hpc.errors import InputError
 from pomlia_hpc.loop.gate import run_gate
 from pomlia_hpc.loop.harvest import harvest
+from pomlia_hpc.loop.lineage import lineage
 from pomlia_hpc.loop.promote import champion, gate_decisions, history, put_on_slot, rollback
 from pomlia_hpc.registry import Registry
 from pomlia_hpc.serve.predlog import log_dir
@@ -83,3 +86,52 @@ def test_harvest_gate_promote_rollback(tmp_path: Path, workspace: Workspace, reg
     assert current_bundle(link) == Path(first.bundle_path)
     assert [h.kind for h in history(reg, "champion")] == ["initial", "promoted", "rollback"]
     assert find_version(reg, got.record.ref).parent_id == base.id
+
+    steps = lineage(reg, "challenger")
+    kinds = [st.kind for st in steps]
+    assert kinds[:3] == ["promotion", "model", "dataset_version"]
+    assert "from champion's log" in steps[2].text and base.version in steps[2].text
+    out = CliRunner().invoke(app, ["deploy", "history", "champion"])
+    assert out.exit_code == 0 and "rollback" in out.output and "forced" in out.output
+    out = CliRunner().invoke(app, ["lineage", "challenger"])
+    assert out.exit_code == 0 and "promoted on slot champion" in out.output
+
+
+def test_watch_runs_the_loop_for_a_request_of_a_served_model(
+    tmp_path: Path, workspace: Workspace, reg: Registry
+) -> None:
+    from pomlia_hpc.loop.driver import LoopResult
+    from pomlia_hpc.loop.watch import consume
+    from pomlia_hpc.registry import RetrainRequest
+
+    npz = tmp_path / "d.npz"
+    np.savez(
+        npz,
+        **{f"{s}_images": _images(8, i) for i, s in enumerate(("train", "val", "test"))},
+        **{f"{s}_labels": np.zeros((8, 1), np.int64) for s in ("train", "val", "test")},
+    )
+    v = ingest(workspace, reg, "d", npz, class_names=CLASSES)
+    served = make_model(reg, tmp_path, "served", 1, v.id)
+    lonely = make_model(reg, tmp_path, "lonely", 2, v.id)
+    put_on_slot(reg, workspace, "slot1", "served", kind="initial")
+    with reg.session() as s:
+        s.add_all(
+            [
+                RetrainRequest(model_id=served.id, reason="alarm"),
+                RetrainRequest(model_id=lonely.id, reason="alarm"),
+            ]
+        )
+    calls = []
+
+    def fake(*args: object, **kw: object) -> LoopResult:
+        calls.append((args[2], kw["request_id"], kw["trigger"]))
+        return LoopResult(7, "done", {}, [], ["harvest"])
+
+    handled = consume(reg, workspace, run=fake, progress=lambda _l: None)
+    assert [(h.request_id, h.slot) for h in handled] == [(1, "slot1")]
+    assert calls == [("slot1", 1, "monitor")]
+    with reg.session() as s:
+        done, left = s.get(RetrainRequest, 1), s.get(RetrainRequest, 2)
+        assert done is not None and done.status == "done" and done.meta["loop_run_id"] == 7
+        assert left is not None and left.status == "open"  # no slot serves "lonely"
+    assert consume(reg, workspace, run=fake, progress=lambda _l: None) == []
