@@ -66,8 +66,12 @@ class LoopShowcase:
         "4",
         "--max-epochs",
         "4",
+        "--min-epochs",
+        "4",
         "--parallel",
         "2",
+        "--archs",
+        "small_cnn",
         "--margin",
         "0.05",
     )

@@ -87,7 +87,17 @@ def main() -> int:
         after=200 if quick else 400,
         family=args.family,
         severity=args.severity,
-        loop_args=(*budget, "--parallel", "2", "--archs", "small_cnn", "--margin", "0.05"),
+        loop_args=(
+            *budget,
+            "--min-epochs",
+            budget[-1],
+            "--parallel",
+            "2",
+            "--archs",
+            "small_cnn",
+            "--margin",
+            "0.05",
+        ),
     )
     figures = loop_showcase(ws, reg, model, cfg, cli=cli)
 
