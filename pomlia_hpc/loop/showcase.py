@@ -1,6 +1,6 @@
 """The loop end to end on a served look-alike model, as a user drives it with ``pomlia``.
 
-Used by ``make demo`` (step 6), ``scripts/bench/loop.py`` and ``tests/test_loop_e2e.py``:
+Used by ``scripts/bench/loop.py`` (and meant for ``make demo`` and an end-to-end test):
 
 1. ``pomlia deploy promote MODEL MODEL``: the model goes on a deployment slot of its own name;
    ``pomlia serve MODEL --keep-inputs`` follows the slot (hot swap) and keeps every input;
