@@ -51,6 +51,7 @@ from pomlia_hpc.cluster import apply_distributed_env
 from pomlia_hpc.curves import CURVES_DIR, Curves
 from pomlia_hpc.data.store import open_store
 from pomlia_hpc.errors import InputError
+from pomlia_hpc.files import write_json_atomic
 from pomlia_hpc.models.checkpoint import save_classifier
 from pomlia_hpc.models.nets import build_classifier
 from pomlia_hpc.vocab import TaskType, normalize_task_type
@@ -279,12 +280,6 @@ def read_state(workdir: str | Path) -> dict[str, Any] | None:
     return dict(json.loads(path.read_text()))
 
 
-def _write_json_atomic(path: Path, data: dict[str, Any]) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    tmp.replace(path)
-
-
 def _resolve_device(opt: EngineOptions) -> str:
     if opt.device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
@@ -466,7 +461,7 @@ def train(req: TrainRequest, progress: ProgressFn | None = None) -> TrainResult:
             str(ckpt_dir), tag=tag, client_state={"epoch": epoch + 1}, save_latest=False
         )
         if rank == 0:
-            _write_json_atomic(
+            write_json_atomic(
                 workdir / STATE_FILE,
                 {"epoch": epoch + 1, "tag": tag, "config_key": req.config_key, "history": history},
             )

@@ -13,7 +13,6 @@ The study driver calls them once (they need the registry) and hands the trial jo
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ import torch
 
 from pomlia_hpc.data.store import DatasetStore, open_store
 from pomlia_hpc.errors import NotFoundError
+from pomlia_hpc.files import write_atomic
 from pomlia_hpc.registry import Registry
 from pomlia_hpc.workspace import Workspace
 
@@ -42,10 +42,7 @@ class WeightSource:
 
 
 def _save_state(state: dict[str, torch.Tensor], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
+    write_atomic(path, lambda f: torch.save(state, f))
 
 
 def encoder_weights(registry: Registry, encoder: str, in_channels: int, out: Path) -> WeightSource:
@@ -152,8 +149,5 @@ def nearest_extra(
     z_extra = torch.from_numpy(embed_images(model, extra, 256, cpu))
     nearest = torch.cdist(z_extra, z_train).argmin(dim=1).numpy()
     labels = train_y[nearest].astype(np.int32)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(f".{out.stem}.{os.getpid()}.tmp.npz")
-    np.savez(tmp, images=extra, labels=labels, requested=np.int64(n))
-    tmp.replace(out)
+    write_atomic(out, lambda f: np.savez(f, images=extra, labels=labels, requested=np.int64(n)))
     return out

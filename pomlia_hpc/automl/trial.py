@@ -21,6 +21,7 @@ from typing import Any
 
 from pomlia_hpc.automl.engine import TrainRequest, train
 from pomlia_hpc.cluster import Checkpointable
+from pomlia_hpc.files import write_json_atomic
 
 DIST_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
@@ -53,13 +54,6 @@ def read_failure(result_path: str | Path) -> tuple[str, str] | None:
     return str(data.get("error", "")), str(data.get("traceback", ""))
 
 
-def _write_atomic(path: Path, data: dict[str, Any]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    tmp.replace(path)
-
-
 class TrialJob(Checkpointable):
     """``TrialJob(request, result_path)()`` trains and returns the result dict."""
 
@@ -86,11 +80,11 @@ class TrialJob(Checkpointable):
             # Not BaseException: a cancelled local job gets SIGINT (KeyboardInterrupt), and a
             # cancelled trial is not a failed one.
             error = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
-            _write_atomic(
+            write_json_atomic(
                 failure_path(self.result_path),
                 {"error": error, "traceback": traceback.format_exc()},
             )
             raise
-        _write_atomic(Path(self.result_path), result)
+        write_json_atomic(Path(self.result_path), result)
         sys.stdout.flush()
         return result

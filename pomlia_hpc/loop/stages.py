@@ -16,7 +16,6 @@ redeploy     the slot's link moves to the bundle (servers following it swap); re
 from __future__ import annotations
 
 import json
-import os
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
@@ -26,6 +25,7 @@ import numpy as np
 
 from pomlia_hpc.data.harvest import NewImages, harvest_version
 from pomlia_hpc.errors import PomliaError
+from pomlia_hpc.files import write_atomic
 from pomlia_hpc.loop.driver import LoopContext, LoopError, Stage, StageOutput
 from pomlia_hpc.loop.gate import DEFAULT_ALPHA, DEFAULT_MARGIN, run_gate
 from pomlia_hpc.loop.harvest import training_version
@@ -101,9 +101,8 @@ def harvest_stage(ctx: LoopContext) -> StageOutput:
     folder = run_folder(ctx)
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "harvest.npz"
-    tmp = folder / f".harvest.{os.getpid()}.npz"
-    np.savez(tmp, images=got.image_array(), labels=got.label_array(), ids=np.asarray(got.ids))
-    tmp.replace(path)
+    images, labels, ids = got.image_array(), got.label_array(), np.asarray(got.ids)
+    write_atomic(path, lambda f: np.savez(f, images=images, labels=labels, ids=ids))
     return {
         "file": str(path),
         "n": len(got),

@@ -26,6 +26,7 @@ from pathlib import Path
 
 from pomlia_hpc.cluster.batch import QueuedJob, cancel_named, jobs_named, submit_script
 from pomlia_hpc.errors import InputError
+from pomlia_hpc.files import write_atomic
 from pomlia_hpc.monitor.reference import load_reference, resolve_target
 from pomlia_hpc.monitor.run import parse_duration
 from pomlia_hpc.registry import Registry
@@ -110,9 +111,7 @@ def _write_conf(
     }
     text = "# written by `pomlia monitor schedule`; removed by `pomlia monitor unschedule`\n"
     text += "".join(f"export {k}={shlex.quote(v)}\n" for k, v in values.items())
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    tmp.replace(path)
+    write_atomic(path, text)
 
 
 def schedule(

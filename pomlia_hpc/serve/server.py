@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import signal
 import socket
 import sys
@@ -23,6 +22,7 @@ from pathlib import Path
 
 import uvicorn
 
+from pomlia_hpc.files import write_atomic
 from pomlia_hpc.serve.app import create_app
 from pomlia_hpc.serve.config import ServeConfig
 from pomlia_hpc.serve.exported import ExportedBundle
@@ -50,10 +50,7 @@ def public_address(host: str, port: int) -> str:
 
 def write_address(path: Path, address: str) -> None:
     """Write ``address`` + newline to ``path`` atomically."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(address + "\n")
-    tmp.replace(path)
+    write_atomic(path, address + "\n")
 
 
 class _DrainingServer(uvicorn.Server):
