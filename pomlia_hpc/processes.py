@@ -53,3 +53,13 @@ def kill_tree(pid: int) -> None:
     for proc in family:
         with contextlib.suppress(psutil.NoSuchProcess):
             proc.kill()
+
+
+def cpus_available() -> int:
+    """CPUs this process may use (at least 1): Slurm's allocation (``SLURM_CPUS_PER_TASK``) if
+    any, else this process's affinity mask. The one CPU count of pomlia-hpc (threads for
+    training, extraction and inference)."""
+    slurm = os.environ.get("SLURM_CPUS_PER_TASK", "")
+    if slurm.isdigit() and int(slurm) > 0:
+        return int(slurm)
+    return max(1, len(os.sched_getaffinity(0)))

@@ -61,7 +61,8 @@ from pomlia_hpc.errors import (
 )
 from pomlia_hpc.fingerprint.autoencoder import Autoencoder, to_input
 from pomlia_hpc.fingerprint.io import atomic_write_text, group_meta, open_array
-from pomlia_hpc.fingerprint.train import cpus_available, get_encoder, load_checkpoint
+from pomlia_hpc.fingerprint.train import get_encoder, load_checkpoint
+from pomlia_hpc.processes import cpus_available
 from pomlia_hpc.registry import Encoder, FingerprintSet, Registry
 from pomlia_hpc.workspace import Workspace
 

@@ -52,6 +52,7 @@ from pomlia_hpc.fingerprint.loader import (
     make_loader,
     steps_per_epoch,
 )
+from pomlia_hpc.processes import cpus_available
 from pomlia_hpc.registry import Dataset, DatasetVersion, Encoder, Registry
 from pomlia_hpc.workspace import Workspace
 
@@ -141,11 +142,6 @@ def _spawned_rank(
         MASTER_PORT=str(port),
     )
     _train_rank(config, sources, out_dir, cpu_share=world)
-
-
-def cpus_available() -> int:
-    """CPUs this process may use: Slurm's allocation, else the affinity mask."""
-    return int(os.environ.get("SLURM_CPUS_PER_TASK", "0")) or len(os.sched_getaffinity(0))
 
 
 def _ds_config(config: TrainConfig) -> dict[str, Any]:

@@ -7,13 +7,13 @@ event loop needs to parse the next requests.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
 
 from pomlia_hpc.errors import InputError
+from pomlia_hpc.processes import cpus_available
 from pomlia_hpc.serve.exported import ONNX, TORCHSCRIPT, ExportedBundle
 
 LogitsFn = Callable[[np.ndarray], np.ndarray]
@@ -22,10 +22,7 @@ BACKENDS = ("auto", "onnx", "torch")
 
 def default_threads() -> int:
     """CPU threads for inference: the Slurm allocation if any, else the cores we may use."""
-    slurm = os.environ.get("SLURM_CPUS_PER_TASK")
-    if slurm and slurm.isdigit():
-        return max(1, int(slurm))
-    return max(1, len(os.sched_getaffinity(0)))
+    return cpus_available()
 
 
 @dataclass(frozen=True)
