@@ -45,17 +45,28 @@ def export(
             "vector) or a registry encoder name/id. Default: the task's encoder, if any."
         ),
     ] = None,
-    atol: Annotated[float, typer.Option(help="Allowed |ONNX - PyTorch| on random inputs.")] = 1e-4,
+    rtol: Annotated[
+        float,
+        typer.Option(
+            help="Allowed relative difference of each exported probability from PyTorch's, on "
+            "inputs as the server preprocesses them; the predicted class must match too."
+        ),
+    ] = 1e-3,
+    atol: Annotated[
+        float, typer.Option(help="Absolute allowance added for probabilities near 0.")
+    ] = 1e-5,
 ) -> None:
     """Export MODEL to TorchScript + ONNX + model card (checked against PyTorch), registered."""
     from pomlia_hpc.serve.export import export_model
 
     with console.status(f"exporting {model} (TorchScript, ONNX, parity check)"):
-        res = export_model(STATE.registry(), STATE.workspace, model, encoder=encoder, atol=atol)
+        res = export_model(
+            STATE.registry(), STATE.workspace, model, encoder=encoder, rtol=rtol, atol=atol
+        )
     diffs = ", ".join(f"{k} {v:.2g}" for k, v in res.max_abs_diff.items()) or "unchanged"
     console.print(
         f"bundle [bold]{res.bundle.root}[/] version {res.bundle.version} "
-        f"(max |diff| vs PyTorch: {diffs})"
+        f"(max |probability diff| vs PyTorch: {diffs})"
     )
     if res.reference is not None:
         console.print(f"monitoring reference: {res.reference}")

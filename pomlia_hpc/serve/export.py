@@ -1,8 +1,10 @@
 """Export a classifier checkpoint to a servable bundle: TorchScript + ONNX + model card.
 
 The ONNX graph comes from ``torch.onnx.export(dynamo=True)`` with a dynamic batch axis. Every
-export is checked before it becomes visible: onnxruntime's and TorchScript's outputs on random
-inputs (batch 1 and 7) must equal eager PyTorch's within ``atol`` (default 1e-4). The bundle is
+export is checked before it becomes visible (:mod:`pomlia_hpc.serve.parity`): onnxruntime's and
+TorchScript's probabilities on inputs in the model's real range (batch 1 and 7) must equal eager
+PyTorch's within a relative tolerance ``rtol`` (default 1e-3, plus ``atol`` 1e-5 for
+probabilities near 0), with the same predicted class. The bundle is
 written under a temporary name in the same directory and renamed into place; its directory name
 is the model version (a hash of the checkpoint), so re-exporting the same weights is a no-op.
 """
@@ -31,10 +33,9 @@ from pomlia_hpc.models.checkpoint import LoadedClassifier, load_classifier
 from pomlia_hpc.registry import FingerprintSet, Model, Registry, Task
 from pomlia_hpc.serve.exported import CARD, ONNX, TORCHSCRIPT, ExportedBundle
 from pomlia_hpc.serve.fingerprint import STATS_KIND, stats_dim
+from pomlia_hpc.serve.parity import DEFAULT_ATOL, DEFAULT_RTOL, ParityReport, check_exports
 from pomlia_hpc.serve.reference import REFERENCE_FILE, reference_for_model
 from pomlia_hpc.workspace import Workspace
-
-PARITY_BATCHES = (1, 7)
 
 
 class ExportError(PomliaError):
@@ -46,6 +47,7 @@ class ExportResult:
     """Where the bundle is and how closely the exported graphs match eager PyTorch."""
 
     bundle: ExportedBundle
+    #: Per exported graph, the largest |probability - PyTorch's| on the parity inputs.
     max_abs_diff: dict[str, float]
     reused: bool
     #: The monitoring reference (``monitor-reference.npz``), when the model's validation data
@@ -87,31 +89,46 @@ def _onnx_outputs(path: Path, x: np.ndarray) -> np.ndarray:
 
 
 def check_parity(
-    loaded: LoadedClassifier, onnx_path: Path, ts_path: Path, atol: float, seed: int
-) -> dict[str, float]:
-    meta = loaded.meta
-    gen = torch.Generator().manual_seed(seed)
+    loaded: LoadedClassifier,
+    onnx_path: Path,
+    ts_path: Path,
+    *,
+    rtol: float = DEFAULT_RTOL,
+    atol: float = DEFAULT_ATOL,
+    seed: int = 0,
+) -> dict[str, ParityReport]:
+    """Check both exported graphs against eager PyTorch (see :mod:`pomlia_hpc.serve.parity`);
+    raise :class:`ExportError` naming the first that fails; return the report per graph."""
+    import onnxruntime as ort
+
+    sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
     ts_model = torch.jit.load(str(ts_path), map_location="cpu")
-    worst = {"onnx": 0.0, "torchscript": 0.0}
-    for n in PARITY_BATCHES:
-        x = torch.randn(n, meta.in_channels, meta.image_size, meta.image_size, generator=gen)
+
+    def run_ts(x: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            ref = loaded.model(x).numpy()
-            ts_out = ts_model(x).numpy()
-        onnx_out = _onnx_outputs(onnx_path, x.numpy())
-        for key, out in (("onnx", onnx_out), ("torchscript", ts_out)):
-            if out.shape != ref.shape:
-                raise ExportError(
-                    f"{key} export returns shape {out.shape} for batch {n}, expected {ref.shape}"
-                )
-            worst[key] = max(worst[key], float(np.abs(out - ref).max()))
-    for key, diff in worst.items():
-        if not diff <= atol:
+            return np.asarray(ts_model(torch.from_numpy(x)).numpy())
+
+    runners = {
+        "onnx": lambda x: np.asarray(sess.run(None, {sess.get_inputs()[0].name: x})[0]),
+        "torchscript": run_ts,
+    }
+    try:
+        reports = check_exports(loaded, runners, rtol=rtol, atol=atol, seed=seed)
+    except ValueError as exc:  # a wrong output shape
+        raise ExportError(f"{loaded.path}: {exc}; the bundle was not written") from exc
+    for key, rep in reports.items():
+        if rep.class_mismatches:
             raise ExportError(
-                f"{loaded.path}: the {key} export differs from PyTorch by {diff:.3g} "
-                f"(allowed {atol:g}); the bundle was not written"
+                f"{loaded.path}: the {key} export predicts another class than PyTorch for "
+                f"{rep.class_mismatches} test image(s); the bundle was not written"
             )
-    return worst
+        if not rep.ok():
+            raise ExportError(
+                f"{loaded.path}: the {key} export's probabilities differ from PyTorch's by up "
+                f"to {rep.max_abs_diff:.3g} ({rep.max_excess:.3g}x the allowed rtol {rtol:g} "
+                f"relative + atol {atol:g}); the bundle was not written"
+            )
+    return reports
 
 
 def _encoder_dim(path: Path, channels: int, size: int) -> int:
@@ -139,7 +156,8 @@ def export_checkpoint(
     task: Mapping[str, Any] | None = None,
     encoder: str | Path | None = None,
     encoder_info: Mapping[str, Any] | None = None,
-    atol: float = 1e-4,
+    rtol: float = DEFAULT_RTOL,
+    atol: float = DEFAULT_ATOL,
     seed: int = 0,
 ) -> ExportResult:
     """Export ``checkpoint`` to ``out_root/<version>/`` and return the bundle.
@@ -149,7 +167,8 @@ def export_checkpoint(
     statistics fingerprint (see :mod:`pomlia_hpc.serve.fingerprint`). ``encoder_info`` (e.g. the
     registry encoder's id and name) goes into the card; its ``key`` (default: the file's hash)
     is part of the version, so the same weights with the same encoder are exported once.
-    Raises :class:`ExportError` when an export disagrees with PyTorch by more than ``atol``.
+    Raises :class:`ExportError` when an export's probabilities disagree with PyTorch's by more
+    than ``rtol`` (relative) + ``atol``, or it predicts another class.
     """
     ckpt = Path(checkpoint)
     loaded = load_classifier(ckpt)
@@ -180,7 +199,10 @@ def export_checkpoint(
             traced = torch.jit.trace(loaded.model, example)
             traced.save(str(tmp / TORCHSCRIPT))
             _export_onnx(loaded.model, example, tmp / ONNX)
-            diffs = check_parity(loaded, tmp / ONNX, tmp / TORCHSCRIPT, atol, seed)
+            reports = check_parity(
+                loaded, tmp / ONNX, tmp / TORCHSCRIPT, rtol=rtol, atol=atol, seed=seed
+            )
+        diffs = {k: r.max_abs_diff for k, r in reports.items()}
 
         fingerprint: dict[str, Any] = {
             "kind": STATS_KIND,
@@ -203,7 +225,13 @@ def export_checkpoint(
             model_version=version,
             checkpoint_sha256=ckpt_sha,
             fingerprint=fingerprint,
-            export={"atol": atol, "max_abs_diff": diffs, "torch": torch.__version__},
+            export={
+                "rtol": rtol,
+                "atol": atol,
+                "max_prob_diff": diffs,
+                "tolerance_used": {k: r.max_excess for k, r in reports.items()},
+                "torch": torch.__version__,
+            },
             files={p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()},
         )
         (tmp / CARD).write_text(json.dumps(card, indent=2, sort_keys=True))
@@ -227,7 +255,8 @@ def export_model(
     ref: str,
     *,
     encoder: str | Path | None = None,
-    atol: float = 1e-4,
+    rtol: float = DEFAULT_RTOL,
+    atol: float = DEFAULT_ATOL,
 ) -> ExportResult:
     """Export registry model ``ref`` (name or id) to ``<home>/models/<name>/bundles/<version>/``
     and record the bundle in the model's card (``card["export"]``).
@@ -261,6 +290,7 @@ def export_model(
             task=task,
             encoder=enc_file,
             encoder_info=enc_info,
+            rtol=rtol,
             atol=atol,
         )
     finally:
