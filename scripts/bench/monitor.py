@@ -440,6 +440,7 @@ def main() -> None:
     ap.add_argument("--skip-speed", action="store_true", help="no 1M-prediction speed run")
     ap.add_argument("--only-speed", action="store_true", help="only the speed run")
     ap.add_argument("--speed-home", type=Path, default=None, help="reuse this workspace")
+    ap.add_argument("--shifts", default="", help="comma-separated shift names (default all)")
     ap.add_argument("--only-accuracy", action="store_true", help="only the accuracy drop")
     ap.add_argument(
         "--from-partial",
@@ -478,15 +479,17 @@ def main() -> None:
     draws = shifts(s)
     for family in FAMILIES:  # corrupt once, before the workers fork
         for sev in range(1, 6):
-            s.corrupted(family, sev)
+            if not a.shifts or f"{family}-{sev}" in a.shifts.split(","):
+                s.corrupted(family, sev)
     # Most important first (the calibration at n=200, then every shift at n=200), and every
     # finished cell saved at once: a run cut short on a loaded machine still reports them.
     # Most important first (the calibration at n=200, then every shift at n=200), in chunks
     # of at most 25 windows shared by the workers, each saved when done: a run cut short on a
     # loaded machine still reports what it measured (--from-partial).
     cells = []
+    wanted = set(a.shifts.split(",")) if a.shifts else set(draws)
     for n in (200, 50, 100, 500):
-        for name in draws:
+        for name in (k for k in draws if k in wanted):
             if name == "none":
                 reps = a.null_windows if n == 200 else a.null_windows_other
             else:
