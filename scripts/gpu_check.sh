@@ -2,6 +2,8 @@
 # GPU check of the fingerprint stage (issue 4, point 8). On a CUDA machine, in under 8 minutes:
 #   1. one DeepSpeed bf16 training epoch of the ResNet-18 autoencoder (a real job through the
 #      `local` executor with 1 GPU: train_encoder -> TrainJob -> deepspeed.initialize, NCCL),
+#      with the paper's mse objective, then one shorter epoch each with the style and
+#      contrastive objectives (issue 11),
 #   2. extraction throughput on the GPU (run_shard from a Zarr store) against the encoder's raw
 #      forward on in-memory GPU tensors,
 #   3. a faiss-gpu IVF index build (GPU k-means) and search against exact Flat search,
@@ -25,6 +27,7 @@ if [[ -z "$PY" ]]; then
 fi
 IMAGES=${IMAGES:-100000}       # images in the look-alike store (28 px, RGB)
 EPOCH_IMAGES=${EPOCH_IMAGES:-50000}
+OBJECTIVE_IMAGES=${OBJECTIVE_IMAGES:-$((EPOCH_IMAGES / 5))}   # per epoch of style/contrastive
 VECTORS=${VECTORS:-1000000}
 LIMIT_S=${LIMIT_S:-450}        # whole script: stay under 8 minutes
 
@@ -45,9 +48,9 @@ EOF
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 fi
 
-export IMAGES EPOCH_IMAGES VECTORS DEVICE
+export IMAGES EPOCH_IMAGES OBJECTIVE_IMAGES VECTORS DEVICE
 exec timeout --signal=KILL "$LIMIT_S" "$PY" - <<'EOF'
-import os, sys, tempfile, time, traceback
+import json, os, sys, tempfile, time, traceback
 import numpy as np
 import torch
 
@@ -64,6 +67,7 @@ from pomlia_hpc.workspace import Workspace
 
 n_images = int(os.environ["IMAGES"])
 epoch_images = int(os.environ["EPOCH_IMAGES"])
+objective_images = int(os.environ["OBJECTIVE_IMAGES"])
 n_vectors = int(os.environ["VECTORS"])
 gpu = os.environ["DEVICE"] == "cuda"
 dev = torch.device(os.environ["DEVICE"])
@@ -97,7 +101,7 @@ try:
     cfg = TrainConfig.model_validate({
         "encoder": {"latent_dim": 64}, "epochs": 1, "batch_size": 512,
         "precision": "bf16" if gpu else "fp32",
-        "max_images_per_dataset": epoch_images, "num_workers": 4,
+        "max_images_per_dataset": epoch_images, "num_workers": 4, "objective": "mse",
     })
     ex = Executor.from_profile("local", ws.jobs, reg)
     t0 = time.perf_counter()
@@ -105,7 +109,6 @@ try:
                         resources={"gpus_per_node": 1, "cpus_per_task": 8} if gpu else {})
     wall = time.perf_counter() - t0
     log = (ws.path("models", "encoders", "gpu_ae", "train_log.jsonl")).read_text().splitlines()
-    import json
     epoch = json.loads(log[-1])
     rows.append(("DeepSpeed bf16 epoch" if gpu else "DeepSpeed fp32 epoch (CPU)", f"{epoch['images'] / epoch['seconds']:.0f} img/s",
                  f"loss {enc.loss_curve[-1]:.4f}; epoch {epoch['seconds']:.1f} s, job {wall:.0f} s"))
@@ -113,6 +116,28 @@ except Exception:
     ok = False
     traceback.print_exc()
     rows.append(("DeepSpeed epoch", "FAILED", "see traceback above"))
+
+# 1b. the other encoder objectives: one shorter epoch each (the held-out loss runs too)
+for objective in ("style", "contrastive"):
+    try:
+        cfg = TrainConfig.model_validate({
+            "encoder": {"latent_dim": 64}, "epochs": 1, "batch_size": 256 if gpu else 32,
+            "precision": "bf16" if gpu else "fp32", "objective": objective,
+            "max_images_per_dataset": objective_images, "num_workers": 4,
+        })
+        ex = Executor.from_profile("local", ws.jobs, reg)
+        t0 = time.perf_counter()
+        enc = train_encoder(reg, ws, f"gpu_{objective}", ["gpuset"], cfg, executor=ex,
+                            resources={"gpus_per_node": 1, "cpus_per_task": 8} if gpu else {})
+        wall = time.perf_counter() - t0
+        log = ws.path("models", "encoders", f"gpu_{objective}", "train_log.jsonl").read_text()
+        epoch = json.loads(log.splitlines()[-1])
+        rows.append((f"{objective} objective epoch", f"{epoch['images'] / epoch['seconds']:.0f} img/s",
+                     f"loss {enc.loss_curve[-1]:.4f}; held-out {epoch['val_loss']:.4f}; job {wall:.0f} s"))
+    except Exception:
+        ok = False
+        traceback.print_exc()
+        rows.append((f"{objective} objective epoch", "FAILED", "see traceback above"))
 
 # 2. extraction on the GPU: end to end from Zarr vs raw forward on GPU tensors
 try:

@@ -28,11 +28,14 @@ def test_train_extract_index_similar_plot(workspace: Workspace, tmp_path: Path) 
     text = cli_ok(
         "fingerprint", "train", "-n", "ae", "bloodmnist", "organamnist", "pneumoniamnist",
         "-d", "2", "--epochs", "1", "--batch-size", "16", "--max-images", "32",
-        "--workers", "0",
+        "--workers", "0", "--objective", "mse",
     )  # fmt: skip
-    assert "encoder ae (id 1)" in text and "MSE loss" in text
+    assert "encoder ae (id 1, objective mse)" in text and "held-out loss" in text
 
-    text = cli_ok("fingerprint", "extract", "bloodmnist", "organamnist", "pneumoniamnist")
+    text = cli_ok(
+        "fingerprint", "extract", "bloodmnist", "organamnist", "pneumoniamnist",
+        "--patch-grid", "2",
+    )  # fmt: skip
     assert text.count("complete") == 3 and "pneumoniamnist" in text
 
     text = cli_ok("index", "build")  # the only encoder is the default
@@ -49,7 +52,17 @@ def test_train_extract_index_similar_plot(workspace: Workspace, tmp_path: Path) 
     assert len(hits) == 7 and not any(h["dataset"].startswith("bloodmnist@") for h in hits)
     assert {h["split"] for h in hits} <= {"train", "val", "test"}
     text = cli_ok("similar", "organamnist")
-    assert "frechet distance" in text
+    assert "combined distance" in text and "explicit" in text
+    found = json.loads(cli_ok("similar", "organamnist", "--json"))
+    assert found[0]["kind"] == "combined"
+    assert {"trimmed", "explicit", "weight"} <= set(found[0]["components"])
+    found = json.loads(
+        cli_ok("similar", "organamnist", "--patches", "--distance", "frechet", "--json")
+    )
+    assert len(found) == 2 and found[0]["distance"] <= found[1]["distance"]
+    cli_ok("index", "build", "--patches")
+    hits = json.loads(cli_ok("similar", "organamnist", "--images", "3", "--patches", "--json"))
+    assert len(hits) == 3 and all(h["tile"] in (0, 1, 2, 3) for h in hits)
     fp = json.loads(cli_ok("fingerprint", "show", "pneumoniamnist"))
     assert len(fp["mean"]) == 2 and fp["explicit"] and fp["dataset"].startswith("pneumoniamnist@")
 

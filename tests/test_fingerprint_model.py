@@ -117,6 +117,8 @@ def _cfg(**over: object) -> TrainConfig:
         "batch_size": 16,
         "num_workers": 1,
         "max_images_per_dataset": 48,
+        "objective": "mse",
+        "holdout": 0.0,
     }
     return TrainConfig.model_validate(base | over)
 

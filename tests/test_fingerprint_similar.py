@@ -19,6 +19,7 @@ from pomlia_hpc.fingerprint.distances import (
 from pomlia_hpc.fingerprint.extract import finish_extraction, plan_extraction, run_shard
 from pomlia_hpc.fingerprint.index import build_index
 from pomlia_hpc.fingerprint.plots import plot_encoder_latent
+from pomlia_hpc.fingerprint.ranking import DISTANCE_NAMES
 from pomlia_hpc.fingerprint.similar import (
     dataset_fingerprint,
     embedding_sample,
@@ -26,7 +27,8 @@ from pomlia_hpc.fingerprint.similar import (
     sample_rows,
     similar_datasets,
 )
-from pomlia_hpc.registry import Registry
+from pomlia_hpc.fingerprint.summary import summary_path
+from pomlia_hpc.registry import FingerprintSet, Registry
 from pomlia_hpc.workspace import Workspace
 from tests.fixtures.factories import make_dataset, make_encoder
 
@@ -76,7 +78,7 @@ def world(workspace: Workspace) -> tuple[Registry, list[str]]:
     return reg, refs
 
 
-@pytest.mark.parametrize("distance", sorted(DISTANCES))
+@pytest.mark.parametrize("distance", DISTANCE_NAMES)
 def test_similar_datasets_finds_the_sibling(
     world: tuple[Registry, list[str]], distance: str
 ) -> None:
@@ -94,9 +96,38 @@ def test_mean_distance_uses_the_exact_stored_means(world: tuple[Registry, list[s
     reg, refs = world
     mean = {r: np.asarray(dataset_fingerprint(reg, "enc", r)["mean"]) for r in refs}
     # A 3-vector sample's mean is far from the mean of all 98: the result must not use it.
-    found = similar_datasets(reg, "enc", "blood_a", k=5, distance="mean", max_samples=3)
+    found = similar_datasets(reg, "enc", "blood_a", k=5, distance="mean")
     for r in found:
         assert r.distance == pytest.approx(np.linalg.norm(mean[refs[0]] - mean[r.ref]), rel=1e-9)
+
+
+def test_similar_reads_summaries_not_embeddings(world: tuple[Registry, list[str]]) -> None:
+    reg, refs = world
+    with reg.session() as s:
+        paths = [fs.embeddings_path for fs in s.query(FingerprintSet)]
+    assert all(summary_path(p).is_file() for p in paths)
+    before = similar_datasets(reg, "enc", "blood_a", k=3)  # default: combined
+    assert before[0].ref == refs[1]
+    assert {"trimmed", "explicit", "trimmed_scaled", "explicit_scaled"} <= set(before[0].components)
+    # Without the vectors (the "z" arrays gone) the ranking is the same: only summaries are read.
+    for p in paths:
+        for f in Path(p, "z").rglob("*"):
+            if f.is_file():
+                f.unlink()
+    assert similar_datasets(reg, "enc", "blood_a", k=3) == before
+
+
+def test_missing_summary_is_computed_on_first_use(world: tuple[Registry, list[str]]) -> None:
+    reg, _refs = world
+    with reg.session() as s:
+        paths = [fs.embeddings_path for fs in s.query(FingerprintSet)]
+    before = similar_datasets(reg, "enc", "blood_a", k=3, distance="frechet")
+    for p in paths:
+        summary_path(p).unlink()
+    after = similar_datasets(reg, "enc", "blood_a", k=3, distance="frechet")
+    assert [r.ref for r in after] == [r.ref for r in before]
+    assert [r.distance for r in after] == pytest.approx([r.distance for r in before])
+    assert all(summary_path(p).is_file() for p in paths)
 
 
 def test_sample_of_class_sorted_rows_covers_every_class(tmp_path: Path) -> None:
@@ -160,3 +191,5 @@ def test_similar_errors(workspace: Workspace) -> None:
         similar_datasets(reg, "enc", ref)
     with pytest.raises(InputError, match="k=0"):
         similar_datasets(reg, "enc", ref, k=0)
+    with pytest.raises(InputError, match="distance 'cosine' is not known"):
+        similar_datasets(reg, "enc", ref, distance="cosine")

@@ -31,6 +31,8 @@ def test_cpu_smoke_run_executes_all_three_steps() -> None:
     assert res.returncode == 0, res.stdout + res.stderr
     table = res.stdout[res.stdout.index("GPU check (CPU smoke run") :]
     assert re.search(r"DeepSpeed fp32 epoch \(CPU\)\s+\d+ img/s\s+loss \d", table), table
+    for objective in ("style", "contrastive"):
+        assert re.search(rf"{objective} objective epoch\s+\d+ img/s\s+loss \d", table), table
     assert re.search(r"extraction \(cpu\)\s+\d+ img/s\s+raw forward \d+ img/s", table), table
     m = re.search(r"faiss-cpu IVF78 nprobe 32\s+\d+ q/s\s+recall@10 ([0-9.]+)", table)
     assert m is not None, table

@@ -88,11 +88,31 @@ def train(
     precision: Annotated[str, typer.Option(help="fp32 or bf16.")] = "fp32",
     zero_stage: Annotated[int, typer.Option(help="DeepSpeed ZeRO stage 0-2.")] = 0,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    objective: Annotated[
+        str | None,
+        typer.Option(
+            help="Loss: mse (the paper's autoencoder), style (MSE + Gram-matrix texture loss) "
+            "or contrastive (acquisition-invariant views + dataset membership) "
+            "[default: mse]."
+        ),
+    ] = None,
+    holdout: Annotated[
+        float, typer.Option(help="Fraction of each dataset held out for early stopping (0: off).")
+    ] = 0.1,
+    patience: Annotated[
+        int, typer.Option(help="Stop after this many epochs without a better held-out loss.")
+    ] = 3,
+    lr_schedule: Annotated[str, typer.Option(help="cosine or constant.")] = "cosine",
     cpus: Annotated[int | None, typer.Option(help="CPUs for the job.")] = None,
     gpus: Annotated[int | None, typer.Option(help="GPUs for the job.")] = None,
 ) -> None:
-    """Train the ResNet-18 autoencoder on DATASETS as a cluster job and register it."""
+    """Train the ResNet-18 encoder on DATASETS as a cluster job and register it.
+
+    Writes loss_curves.json and loss_curves.png (train and held-out loss per epoch) beside
+    the checkpoint; the weights kept are those of the best held-out epoch."""
+    from pomlia_hpc.fingerprint.objectives import DEFAULT_OBJECTIVE
     from pomlia_hpc.fingerprint.train import TrainConfig, train_encoder
+    from pomlia_hpc.fingerprint.validation import read_curves
 
     try:
         config = TrainConfig.model_validate(
@@ -108,6 +128,10 @@ def train(
                 "precision": precision,
                 "zero_stage": zero_stage,
                 "seed": seed,
+                "objective": objective or DEFAULT_OBJECTIVE,
+                "holdout": holdout,
+                "patience": patience,
+                "lr_schedule": lr_schedule,
             }
         )
     except ValidationError as exc:
@@ -129,12 +153,19 @@ def train(
             resources=_resources(cpus, gpus),
             progress=lambda done, total: bar.update(task, completed=done, total=total),
         )
-    table = Table(title=f"encoder {enc.name} (id {enc.id})")
+    curves = read_curves(Path(enc.checkpoint_path).parent) or {}
+    val = list(curves.get("val") or [])
+    table = Table(title=f"encoder {enc.name} (id {enc.id}, objective {config.objective})")
     table.add_column("epoch", justify="right")
-    table.add_column("MSE loss", justify="right")
+    table.add_column("train loss", justify="right")
+    table.add_column("held-out loss", justify="right")
     for i, loss in enumerate(enc.loss_curve, 1):
-        table.add_row(str(i), f"{loss:.6f}")
+        mark = " (kept)" if curves.get("best_epoch") == i else ""
+        held = f"{val[i - 1]:.6f}{mark}" if i <= len(val) else "—"
+        table.add_row(str(i), f"{loss:.6f}", held)
     console.print(table)
+    if curves.get("stopped_early"):
+        console.print(f"stopped early after epoch {len(enc.loss_curve)}")
     console.print(f"checkpoint {enc.checkpoint_path}")
 
 
@@ -244,7 +275,11 @@ def similar(
     encoder: EncoderOpt = None,
     k: Annotated[int | None, typer.Option("--k", help="How many datasets [default: 5].")] = None,
     distance: Annotated[
-        str | None, typer.Option(help="mean, frechet, mmd or kl [default: frechet].")
+        str | None,
+        typer.Option(
+            help="combined (latent + explicit fingerprint), trimmed, frechet, mean (the "
+            "paper), mmd, kl, marginal or explicit [default: combined]."
+        ),
     ] = None,
     images: Annotated[
         int | None, typer.Option(help="List the N nearest images of other datasets instead.")
@@ -252,9 +287,18 @@ def similar(
     split: Annotated[
         str | None, typer.Option(help="With --images: query only this split's images.")
     ] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    patches: Annotated[
+        bool,
+        typer.Option(
+            "--patches", help="Compare patch embeddings (extracted with --patch-grid > 1)."
+        ),
+    ] = False,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="Print JSON (with each distance's components).")
+    ] = False,
 ) -> None:
     """The datasets (or, with --images, the images) most similar to DATASET."""
+    from pomlia_hpc.fingerprint.ranking import DEFAULT_DISTANCE
     from pomlia_hpc.fingerprint.similar import nearest_images, similar_datasets
 
     # Options of the other mode are refused rather than silently ignored.
@@ -266,17 +310,38 @@ def similar(
                 f"option '{option}' applies to similar datasets, not to --images (nearest "
                 "images are ranked by the index's own metric): expected one or the other"
             )
-    k, distance = k or 5, distance or "frechet"
+    k, distance = k or 5, distance or DEFAULT_DISTANCE
     reg, enc = STATE.registry(), _encoder(encoder)
     if images is not None:
-        hits = nearest_images(reg, STATE.workspace, enc, dataset, images, split=split)
-        rows = [[h.ref, h.split, h.row, h.distance] for h in hits]
+        hits = nearest_images(
+            reg, STATE.workspace, enc, dataset, images, split=split, patches=patches
+        )
+        rows: list[list[Any]] = [[h.ref, h.split, h.row, h.distance] for h in hits]
         cols = ["dataset", "split", "row", "distance"]
+        if patches:
+            cols.append("tile")
+            rows = [[*r, h.tile] for r, h in zip(rows, hits, strict=True)]
         title = f"{len(hits)} nearest images to {dataset} (encoder {enc})"
     else:
-        found = similar_datasets(reg, enc, dataset, k, distance)
-        rows = [[r.ref, r.distance, r.n_vectors] for r in found]
-        cols = ["dataset", f"{distance} distance", "images"]
+        found = similar_datasets(reg, enc, dataset, k, distance, patches=patches)
+        if as_json:
+            out = [
+                {
+                    "dataset": r.ref,
+                    "distance": r.distance,
+                    "kind": distance,
+                    "images": r.n_vectors,
+                    "components": r.components,
+                }
+                for r in found
+            ]
+            typer.echo(json.dumps(out))
+            return
+        parts = sorted({c for r in found for c in r.components} - {distance, "weight"})
+        rows = [
+            [r.ref, r.distance, r.n_vectors] + [r.components.get(c) for c in parts] for r in found
+        ]
+        cols = ["dataset", f"{distance} distance", "images", *parts]
         title = f"datasets nearest to {dataset} (encoder {enc})"
     if as_json:
         typer.echo(json.dumps([dict(zip(cols, r, strict=True)) for r in rows]))

@@ -3,13 +3,16 @@
 Stages (each a library call; the ``pomlia`` CLI only wraps them)::
 
     train_encoder(registry, workspace, "ae16", ["pathmnist", "bloodmnist"], TrainConfig(...))
-        ResNet-18 autoencoder (MSE, Adam) trained as one resumable cluster job with DeepSpeed;
-        registers an Encoder row (config, dataset versions, loss per epoch, checkpoint)
+        ResNet-18 encoder trained as one resumable cluster job with DeepSpeed under one of the
+        objectives of ``objectives`` (mse = the paper's autoencoder, style, contrastive), with
+        a held-out part per dataset for early stopping and a cosine LR schedule; registers an
+        Encoder row (config incl. objective, dataset versions, loss per epoch, checkpoint)
     extract(registry, workspace, "ae16", ["pathmnist", "newset@3fa2c1"], shards=8)
-        embeddings as an array job of chunk-aligned shards -> one FingerprintSet per version
+        embeddings as an array job of chunk-aligned shards -> one FingerprintSet per version,
+        with summary statistics stored beside it (``summary``) for fast distances
     build_index(registry, workspace, "ae16", factory=None, metric="l2")
         FAISS index over all embeddings of the encoder (new datasets are added, not rebuilt)
-    similar_datasets(registry, "ae16", "newset", k=5, distance="frechet")
+    similar_datasets(registry, "ae16", "newset", k=5, distance="combined")
     nearest_images(registry, workspace, "ae16", "newset", n=1000)
     plots.plot_encoder_latent(registry, "ae16", None, out_dir)  # the paper's Figures 5, 6
 
@@ -23,14 +26,19 @@ For other rooms (AutoML, strategy):
   split, row, distance)]``: images of *other* datasets nearest to the dataset, nearest first
   (read one with ``open_version(registry, hit.ref).read_rows(hit.row, hit.row + 1)``).
 * ``similar_datasets(registry, encoder, dataset_ref, k, distance)`` → ``[SimilarDataset(ref,
-  distance, n_vectors)]`` nearest first; ``distance`` in :data:`DISTANCES` (``mean`` = the
-  paper's mean-embedding distance, ``frechet``, ``mmd``, ``kl``).
+  distance, n_vectors, components)]`` nearest first; ``distance`` in
+  :data:`ranking.DISTANCE_NAMES` (``combined`` = latent + explicit fingerprint, the default;
+  ``trimmed``; ``mean`` = the paper's mean-embedding distance; ``frechet``, ``mmd``, ``kl``,
+  ``marginal``, ``explicit``), computed from the stored summaries.
 * ``dataset_fingerprint(registry, encoder, dataset_ref)`` → mean embedding + explicit
   fingerprint JSON; ``embedding_sample(...)`` → an (n, d) sample of a dataset's embeddings.
 
-Modules: ``autoencoder`` (model, input conversion), ``loader`` (chunk-wise shuffled batches from
-Zarr), ``train`` (job, checkpoints, registry), ``extract`` (shards), ``index`` (FAISS),
-``distances``, ``similar``, ``plots``, ``io`` (atomic files).
+Modules: ``autoencoder`` (model, input conversion), ``objectives`` (pluggable losses: batch →
+loss), ``augment`` (acquisition-like views), ``loader`` (chunk-wise shuffled batches from
+Zarr), ``validation`` (hold-out, early stopping, LR schedule, loss curves), ``train`` (job,
+checkpoints, registry), ``extract`` (shards), ``summary`` (per-version statistics), ``index``
+(FAISS), ``distances`` (sample distances), ``ranking`` (distances over summaries),
+``similar``, ``plots``, ``io`` (atomic files).
 """
 
 from pomlia_hpc.fingerprint.autoencoder import Autoencoder, EncoderConfig, backbone_state_dict

@@ -8,6 +8,7 @@ Layout, one Zarr group per (encoder, dataset version)::
         attrs["pomlia"]  {encoder, encoder_sha256, dataset, version, latent_dim,
                           shards: [[start, stop], ...]}
     <home>/embeddings/<encoder>/<dataset>/<version>.shards/NNNN.done   one JSON per finished shard
+    <home>/embeddings/<encoder>/<dataset>/<version>.summary.npz  statistics (``summary``)
 
 Shard ``i`` owns rows ``shards[i]`` (whole chunks of the image store, so also whole chunks of
 ``z``): it reads those chunks (the next one is read on a thread while the current one is being
@@ -61,6 +62,7 @@ from pomlia_hpc.errors import (
 )
 from pomlia_hpc.fingerprint.autoencoder import Autoencoder, to_input
 from pomlia_hpc.fingerprint.io import atomic_write_text, group_meta, open_array
+from pomlia_hpc.fingerprint.summary import compute_summary, summary_path, write_summary
 from pomlia_hpc.fingerprint.train import get_encoder, load_checkpoint
 from pomlia_hpc.processes import cpus_available
 from pomlia_hpc.registry import Encoder, FingerprintSet, Registry
@@ -278,6 +280,7 @@ def create_embeddings(
     # The .done files go first: a crash between the two removals must not leave markers of
     # the old vectors next to a new, empty group.
     shutil.rmtree(marker_dir(out), ignore_errors=True)
+    summary_path(out).unlink(missing_ok=True)
     shutil.rmtree(out, ignore_errors=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     g = zarr.open_group(str(out), mode="w")
@@ -445,6 +448,9 @@ def finish_extraction(registry: Registry, plan: ExtractionPlan) -> list[ExtractR
             total = np.sum([d["sum"] for d in done if d is not None], axis=0)
             mean = (np.asarray(total) / max(n, 1)).tolist()
             status = "complete"
+            if not summary_path(ds.out).exists():  # before "complete": complete sets have one
+                fp = open_store(find_version(registry, ds.ref).store_path).fingerprint
+                write_summary(ds.out, compute_summary(ds.out, fp))
             _record(
                 registry,
                 plan.encoder.id,

@@ -7,6 +7,12 @@ same number of batches (DeepSpeed's all-reduce would hang otherwise): the shuffl
 an epoch is cut into ``world`` equal parts of whole batches, and each DataLoader worker takes a
 contiguous run of batches of its process's part. Decoding and conversion to float happen in the
 workers, so the training loop only runs forward/backward.
+
+A plain stream yields float batches (B, 3, S, S). With ``with_sources=True`` it yields
+:class:`dict` batches instead: ``x`` (the same floats), ``source`` (int64 (B,), the index of
+each row's source, i.e. its dataset) and, with ``views=2``, ``views`` (float (2, B, 3, S, S):
+two :func:`~pomlia_hpc.fingerprint.augment.acquisition_view` s of every image), which the
+encoder objectives of :mod:`pomlia_hpc.fingerprint.objectives` read.
 """
 
 from __future__ import annotations
@@ -14,12 +20,14 @@ from __future__ import annotations
 import signal
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from pomlia_hpc.data.store import open_store
+from pomlia_hpc.fingerprint.augment import acquisition_view
 from pomlia_hpc.fingerprint.autoencoder import to_input
 
 
@@ -52,8 +60,20 @@ def steps_per_epoch(n_rows: int, batch_size: int, world: int) -> int:
     return n_rows // (batch_size * world)
 
 
-class StoreStream(IterableDataset[torch.Tensor]):
-    """One epoch of shuffled batches (float32 (B, 3, S, S) in [0, 1]) for process ``rank``."""
+def to_uint8(x: torch.Tensor) -> np.ndarray:
+    """Encoder input floats (N, 3, S, S) in [0, 1] back to uint8 images (N, S, S, 3)."""
+    return (x * 255.0).round_().byte().permute(0, 2, 3, 1).numpy()
+
+
+Batch = torch.Tensor | dict[str, torch.Tensor]
+"""What a stream yields: float images, or a dict (see the module docstring)."""
+
+_Block = tuple[torch.Tensor, np.ndarray, np.ndarray | None]
+
+
+class StoreStream(IterableDataset[Batch]):
+    """One epoch of shuffled batches (float32 (B, 3, S, S) in [0, 1]) for process ``rank``
+    (dict batches with ``with_sources`` / ``views``, see the module docstring)."""
 
     def __init__(
         self,
@@ -66,6 +86,8 @@ class StoreStream(IterableDataset[torch.Tensor]):
         rank: int = 0,
         world: int = 1,
         buffer_chunks: int = 4,
+        with_sources: bool = False,
+        views: int = 0,
     ) -> None:
         super().__init__()
         self.sources = list(sources)
@@ -77,6 +99,8 @@ class StoreStream(IterableDataset[torch.Tensor]):
         self.rank = rank
         self.world = world
         self.buffer_chunks = buffer_chunks
+        self.with_sources = with_sources or views > 0
+        self.views = views
         self.n_rows = sum(s.stop - s.start for s in self.segments)
         self.steps = steps_per_epoch(self.n_rows, batch_size, world)
 
@@ -87,8 +111,9 @@ class StoreStream(IterableDataset[torch.Tensor]):
         rng = np.random.default_rng([self.seed, self.epoch])
         return [self.segments[i] for i in rng.permutation(len(self.segments))]
 
-    def _rows(self, order: list[_Segment], lo: int, hi: int) -> Iterator[torch.Tensor]:
-        """Float images of stream positions [lo, hi), one whole-chunk read at a time."""
+    def _rows(self, order: list[_Segment], lo: int, hi: int) -> Iterator[_Block]:
+        """Images of stream positions [lo, hi) (floats; with views also uint8 (n, S, S, 3) at
+        the encoder's size) and their source indices, one whole-chunk read at a time."""
         stores = {}
         pos = 0
         for seg in order:
@@ -97,13 +122,17 @@ class StoreStream(IterableDataset[torch.Tensor]):
             if a < b:
                 if seg.source not in stores:
                     stores[seg.source] = open_store(self.sources[seg.source].path)
-                images = stores[seg.source].read_rows(seg.start, seg.stop)
-                yield to_input(images[a - pos : b - pos], self.image_size)
+                images = stores[seg.source].read_rows(seg.start, seg.stop)[a - pos : b - pos]
+                x = to_input(images, self.image_size)
+                # Views are drawn from uint8 images of one shape (3 channels, the encoder's
+                # size), so chunks of gray and RGB datasets can share a batch.
+                u8 = to_uint8(x) if self.views else None
+                yield x, np.full(len(images), seg.source, np.int64), u8
             pos += n
             if pos >= hi:
                 return
 
-    def __iter__(self) -> Iterator[torch.Tensor]:
+    def __iter__(self) -> Iterator[Batch]:
         info = get_worker_info()
         n_workers, worker = (1, 0) if info is None else (info.num_workers, info.id)
         per_worker = -(-self.steps // n_workers)
@@ -114,36 +143,53 @@ class StoreStream(IterableDataset[torch.Tensor]):
         hi = base + last * self.batch_size
         rng = np.random.default_rng([self.seed, self.epoch, self.rank, worker])
         bs = self.batch_size
-        buffer: list[torch.Tensor] = []
+        buffer: list[_Block] = []
         held = 0
         want = max(
             bs, self.buffer_chunks * max((s.stop - s.start for s in self.segments), default=1)
         )
         for block in self._rows(self._order(), lo, hi):
             buffer.append(block)
-            held += len(block)
+            held += len(block[0])
             if held >= want:
                 yield from self._drain(buffer, rng, keep_tail=True)
-                held = sum(len(b) for b in buffer)
+                held = sum(len(b[0]) for b in buffer)
         yield from self._drain(buffer, rng, keep_tail=False)
 
+    def _batch(
+        self, x: torch.Tensor, source: np.ndarray, u8: np.ndarray | None, rng: np.random.Generator
+    ) -> Batch:
+        if not self.with_sources:
+            return x
+        out: dict[str, Any] = {"x": x, "source": torch.from_numpy(source)}
+        if self.views and u8 is not None:
+            out["views"] = torch.stack(
+                [to_input(acquisition_view(u8, rng), self.image_size) for _ in range(self.views)]
+            )
+        return out
+
     def _drain(
-        self, buffer: list[torch.Tensor], rng: np.random.Generator, *, keep_tail: bool
-    ) -> Iterator[torch.Tensor]:
+        self, buffer: list[_Block], rng: np.random.Generator, *, keep_tail: bool
+    ) -> Iterator[Batch]:
         if not buffer:
             return
-        x = torch.cat(buffer)
-        x = x[torch.from_numpy(rng.permutation(len(x)))]
+        perm = rng.permutation(sum(len(b[0]) for b in buffer))
+        x = torch.cat([b[0] for b in buffer])[torch.from_numpy(perm)]
+        src = np.concatenate([b[1] for b in buffer])[perm]
+        u8 = (
+            np.concatenate([b[2] for b in buffer if b[2] is not None])[perm] if self.views else None
+        )
         bs = self.batch_size
         n_full = len(x) // bs
         # Keep half the buffer back while streaming, so rows of consecutive chunks mix.
         n_out = max(0, n_full - (n_full // 2 if keep_tail else 0))
         for i in range(n_out):
-            yield x[i * bs : (i + 1) * bs]
+            part = slice(i * bs, (i + 1) * bs)
+            yield self._batch(x[part], src[part], None if u8 is None else u8[part], rng)
         buffer.clear()
-        rest = x[n_out * bs :]
-        if len(rest):
-            buffer.append(rest)
+        if n_out * bs < len(x):
+            rest = slice(n_out * bs, len(x))
+            buffer.append((x[rest], src[rest], None if u8 is None else u8[rest]))
 
 
 def _worker_init(_worker_id: int) -> None:
@@ -156,7 +202,7 @@ def _worker_init(_worker_id: int) -> None:
     torch.set_num_threads(1)  # workers only decode; leave the cores to the model
 
 
-def iterate(loader: DataLoader[torch.Tensor]) -> Iterator[torch.Tensor]:
+def iterate(loader: DataLoader[Batch]) -> Iterator[Batch]:
     """Iterate ``loader`` with its workers started while USR2 is blocked, so a checkpoint
     signal that arrives while they start is handled by this process, not by a worker."""
     old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR2})
@@ -167,7 +213,7 @@ def iterate(loader: DataLoader[torch.Tensor]) -> Iterator[torch.Tensor]:
     yield from it
 
 
-def make_loader(stream: StoreStream, num_workers: int) -> DataLoader[torch.Tensor]:
+def make_loader(stream: StoreStream, num_workers: int) -> DataLoader[Batch]:
     """A DataLoader over ``stream`` that decodes in ``num_workers`` processes and prefetches."""
     return DataLoader(
         stream,

@@ -4,16 +4,17 @@ Public API::
 
     dataset_fingerprint(registry, encoder, "pathmnist") -> dict
         mean embedding (the paper's fingerprint), n, plus the explicit fingerprint JSON
-    similar_datasets(registry, encoder, "pathmnist", k=5, distance="frechet")
-        -> [SimilarDataset(ref, distance, n_vectors), ...] nearest first
+    similar_datasets(registry, encoder, "pathmnist", k=5, distance="combined")
+        -> [SimilarDataset(ref, distance, n_vectors, components), ...] nearest first
     nearest_images(registry, workspace, encoder, "pathmnist", n=1000)
         -> [NearestImage(ref, split, row, distance), ...] from other datasets, nearest first
     embedding_sample(registry, encoder, "pathmnist", max_n=5000, split=None) -> (n, d) array
 
 ``encoder`` is an encoder id, name or registry row; datasets are ``name`` (newest version) or
 ``name@version`` and must have been extracted with that encoder (``pomlia fingerprint
-extract``). Distances are those of :mod:`pomlia_hpc.fingerprint.distances`. Other versions of
-the query's own dataset are left out unless ``include_same_dataset=True``.
+extract``). Distances are those of :mod:`pomlia_hpc.fingerprint.ranking`, computed from the
+per-version summaries stored at extraction (:mod:`pomlia_hpc.fingerprint.summary`). Other
+versions of the query's own dataset are left out unless ``include_same_dataset=True``.
 
 Nearest images: up to ``max_queries`` embeddings of the query dataset (evenly spaced) are
 searched in the encoder's FAISS index with the query dataset excluded by an id selector; each
@@ -25,7 +26,7 @@ Read the images with ``open_version(registry, hit.ref).read_rows(hit.row, hit.ro
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -34,8 +35,9 @@ from sqlalchemy import select
 
 from pomlia_hpc.data.store import find_version, open_store
 from pomlia_hpc.errors import InputError, NotFoundError
-from pomlia_hpc.fingerprint.distances import get_distance
 from pomlia_hpc.fingerprint.index import complete_sets, load_index
+from pomlia_hpc.fingerprint.ranking import DEFAULT_DISTANCE, check_distance, score
+from pomlia_hpc.fingerprint.summary import Summary, compute_summary, read_summary, write_summary
 from pomlia_hpc.fingerprint.train import get_encoder
 from pomlia_hpc.registry import Encoder, FingerprintSet, Registry
 from pomlia_hpc.workspace import Workspace
@@ -48,6 +50,7 @@ class SimilarDataset:
     ref: str
     distance: float
     n_vectors: int
+    components: dict[str, float] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -56,6 +59,7 @@ class NearestImage:
     split: str
     row: int
     distance: float
+    tile: int | None = None
 
 
 def fingerprint_set(
@@ -89,13 +93,14 @@ SAMPLE_MIN_CHUNKS = 64
 SAMPLE_CHUNK_FACTOR = 8
 
 
-def sample_rows(path: str, lo: int, hi: int, max_n: int) -> np.ndarray:
-    """Up to ``max_n`` rows of ``z`` in [lo, hi), evenly spaced (deterministic).
+def sample_rows(path: str, lo: int, hi: int, max_n: int, array: str = "z") -> np.ndarray:
+    """Up to ``max_n`` rows of ``array`` (``z``, or ``patches``: (rows, tiles, d)) in
+    [lo, hi), evenly spaced (deterministic).
 
     A large range is sampled from a subset of its chunks, evenly spread over the range: many
     more chunks than would hold ``max_n`` rows, since rows are often sorted by class within a
     split (image folders, HDF5 files) and a few chunks would cover only a few classes."""
-    arr: Any = zarr.open_group(path, mode="r")["z"]
+    arr: Any = zarr.open_group(path, mode="r")[array]
     n = hi - lo
     if n <= 0:
         return np.zeros((0, arr.shape[1]), np.float32)
@@ -146,39 +151,53 @@ def dataset_fingerprint(registry: Registry, encoder: EncoderRef, ref: str) -> di
     }
 
 
+def load_summary(registry: Registry, fs: FingerprintSet, ref: str) -> Summary:
+    """The stored summary of a complete fingerprint set; sets extracted before summaries
+    existed get theirs computed from the embeddings now (and stored, atomically)."""
+    found = read_summary(fs.embeddings_path)
+    if found is not None:
+        return found
+    fp = open_store(find_version(registry, ref).store_path).fingerprint
+    summary = compute_summary(fs.embeddings_path, fp)
+    write_summary(fs.embeddings_path, summary)
+    return summary
+
+
 def similar_datasets(
     registry: Registry,
     encoder: EncoderRef,
     ref: str,
     k: int = 5,
-    distance: str = "frechet",
+    distance: str = DEFAULT_DISTANCE,
     *,
-    max_samples: int = 5000,
     include_same_dataset: bool = False,
+    patches: bool = False,
 ) -> list[SimilarDataset]:
-    """The ``k`` datasets whose embedding distributions are nearest to ``ref``'s.
+    """The ``k`` datasets nearest to ``ref`` by ``distance`` (see
+    :mod:`pomlia_hpc.fingerprint.ranking`), each with the components of its distance.
 
-    ``mean`` compares the stored mean embeddings (exact, over all vectors); the other
-    distances compare samples of up to ``max_samples`` vectors per dataset."""
+    Reads only the per-version summaries stored at extraction, never the embeddings.
+    ``patches=True`` compares the patch embeddings (``--patch-grid``) instead of whole-image
+    ones (latent distances only; the explicit part is the same)."""
     if k < 1:
         raise InputError(f"k={k}: expected an integer >= 1")
-    fn = get_distance(distance)
+    check_distance(distance)
     enc = get_encoder(registry, encoder)
     fs, full = fingerprint_set(registry, enc, ref)
-
-    def sample(s: FingerprintSet) -> np.ndarray:
-        if distance == "mean":  # exact: the stored mean of all vectors, not a sample's
-            return np.asarray([s.mean], np.float64)
-        return sample_rows(s.embeddings_path, 0, s.n_vectors, max_samples)
-
-    query = sample(fs)
     name = full.split("@")[0]
-    out = []
-    for other, other_ref in complete_sets(registry, enc.id):
-        if other.id == fs.id or (not include_same_dataset and other_ref.split("@")[0] == name):
-            continue
-        out.append(SimilarDataset(other_ref, fn(query, sample(other)), other.n_vectors))
-    out.sort(key=lambda r: r.distance)
+    others = [
+        (other, other_ref)
+        for other, other_ref in complete_sets(registry, enc.id)
+        if other.id != fs.id and (include_same_dataset or other_ref.split("@")[0] != name)
+    ]
+    query = load_summary(registry, fs, full)
+    candidates = [load_summary(registry, o, r) for o, r in others]
+    scored = score(query, candidates, distance, patches=patches) if candidates else []
+    out = [
+        SimilarDataset(r, sc.distance, o.n_vectors, sc.components)
+        for (o, r), sc in zip(others, scored, strict=True)
+    ]
+    out.sort(key=lambda r: (r.distance, r.ref))
     return out[:k]
 
 
@@ -192,13 +211,18 @@ def nearest_images(
     split: str | None = None,
     max_queries: int = 2000,
     include_same_dataset: bool = False,
+    patches: bool = False,
 ) -> list[NearestImage]:
-    """The ``n`` images of other datasets nearest to dataset ``ref`` (see module docstring)."""
+    """The ``n`` images of other datasets nearest to dataset ``ref`` (see module docstring).
+
+    ``patches=True`` searches the patch index (``pomlia index build --patches``) with the
+    query's patch vectors; an image's distance is that of its nearest patch, whose number is
+    returned as ``tile``."""
     if n < 1:
         raise InputError(f"n={n}: expected an integer >= 1")
     enc = get_encoder(registry, encoder)
     fs, full = fingerprint_set(registry, enc, ref)
-    index = load_index(registry, workspace, enc)
+    index = load_index(registry, workspace, enc, "patches" if patches else "images")
     name = full.split("@")[0]
     exclude = tuple(
         sid
@@ -208,7 +232,12 @@ def nearest_images(
     lo, hi = 0, fs.n_vectors
     if split is not None:
         lo, hi = open_store(find_version(registry, full).store_path).split_range(split)
-    queries = sample_rows(fs.embeddings_path, lo, hi, max_queries)
+    if patches:
+        tiles = index.manifest.sets[fs.id].tiles if fs.id in index.manifest.sets else 1
+        rows = sample_rows(fs.embeddings_path, lo, hi, max(1, max_queries // tiles), "patches")
+        queries = rows.reshape(-1, rows.shape[-1])
+    else:
+        queries = sample_rows(fs.embeddings_path, lo, hi, max_queries)
     available = index.manifest.ntotal - sum(
         index.manifest.sets[s].n_images * index.manifest.sets[s].tiles
         for s in exclude
@@ -219,16 +248,22 @@ def nearest_images(
     k = min(available, 1024, max(4, math.ceil(2 * n / len(queries))))
     while True:
         dist, ids = index.search(queries, k, exclude_sets=exclude)
-        best: dict[int, float] = {}
+        # One entry per image (a patch index has several vectors per image): its best vector.
+        best: dict[tuple[int, int], tuple[float, int]] = {}
         for d, i in zip(dist.ravel(), ids.ravel(), strict=True):
-            if i >= 0 and d < best.get(int(i), math.inf):
-                best[int(i)] = float(d)
+            if i < 0:
+                continue
+            fs_id, local = int(i) >> 32, int(i) & 0xFFFFFFFF
+            entry = index.manifest.sets.get(fs_id)
+            key = (fs_id, local // entry.tiles if entry is not None else local)
+            if (float(d), int(i)) < best.get(key, (math.inf, 0)):
+                best[key] = (float(d), int(i))
         if len(best) >= n or k >= min(available, 1024):
             break
         k = min(available, 1024, k * 4)
-    ranked = sorted(best.items(), key=lambda kv: (kv[1], kv[0]))[:n]
+    ranked = sorted(best.values())[:n]
     out = []
-    for vid, d in ranked:
+    for d, vid in ranked:
         hit = index.decode(vid, d)
-        out.append(NearestImage(hit.ref, hit.split, hit.row, d))
+        out.append(NearestImage(hit.ref, hit.split, hit.row, d, hit.tile))
     return out

@@ -9,17 +9,27 @@ CPU). A job launched with several Slurm tasks uses them as ranks (RANK/WORLD_SIZ
 ``SLURM_*``); otherwise the job spawns ``processes`` local ranks itself. After every epoch all
 ranks write a DeepSpeed checkpoint (``<out>/checkpoints/epoch-NNNN``) and rank 0 then points
 ``latest.json`` at it by atomic rename; a restarted job (Slurm requeue after preemption, or the
-same command run again) resumes from there. When all epochs are done rank 0 writes
-``<out>/encoder.pt`` (fp32 weights + config + loss curve), which :func:`load_encoder` reads.
+same command run again) resumes from there. When all epochs are done (or early stopping ends
+the training) rank 0 writes ``<out>/encoder.pt`` (fp32 weights of the epoch with the best
+held-out loss + config + loss curve), which :func:`load_encoder` reads.
+
+The loss is a pluggable :class:`~pomlia_hpc.fingerprint.objectives.Objective` (``objective``:
+``mse``, ``style``, ``contrastive``): DeepSpeed wraps the objective module (autoencoder plus
+any head) and steps on ``objective(batch)``; only the autoencoder is saved. ``holdout`` of each
+dataset's rows never train; their loss after every epoch drives early stopping (``patience``)
+and the kept weights; the learning rate follows ``lr_schedule`` per epoch.
 
 Files under ``<home>/models/encoders/<name>/``::
 
     config.json         {"config": TrainConfig, "datasets": [name@version, ...]}, written at
                         submission: a re-run under the same name must ask for the same
     encoder.pt          final weights (written last: its presence means "trained")
-    latest.json         {"epoch": k, "tag": "epoch-000k", "loss_curve": [...]}
+    latest.json         {"epoch": k, "tag": "epoch-000k", "loss_curve": [...], "val_curve": [...],
+                         "best_epoch": b, "bad_epochs": n, "stopped_early": bool, ...}
+    best.pt             weights of the best held-out epoch so far
     checkpoints/        DeepSpeed checkpoints (the last two epochs are kept)
-    train_log.jsonl     one line per epoch: epoch, loss, images, seconds
+    train_log.jsonl     one line per epoch: epoch, loss, val_loss, lr, parts, images, seconds
+    loss_curves.json    train / held-out loss and LR per epoch, best epoch (and a .png of it)
 """
 
 from __future__ import annotations
@@ -42,8 +52,9 @@ from sqlalchemy import select
 from pomlia_hpc.cluster import Checkpointable, Executor, JobFailedError, apply_distributed_env
 from pomlia_hpc.curves import CURVES_DIR, Curves
 from pomlia_hpc.data.store import find_version, open_store
-from pomlia_hpc.errors import InputError, NotFoundError, PomliaError, integrity_failure
-from pomlia_hpc.fingerprint.autoencoder import Autoencoder, EncoderConfig, reconstruction_loss
+from pomlia_hpc.errors import InputError, integrity_failure
+from pomlia_hpc.fingerprint.autoencoder import Autoencoder, EncoderConfig
+from pomlia_hpc.fingerprint.encoders import get_encoder, load_checkpoint, load_encoder
 from pomlia_hpc.fingerprint.io import atomic_write_bytes, atomic_write_text
 from pomlia_hpc.fingerprint.loader import (
     Source,
@@ -52,9 +63,36 @@ from pomlia_hpc.fingerprint.loader import (
     make_loader,
     steps_per_epoch,
 )
+from pomlia_hpc.fingerprint.objectives import (
+    DEFAULT_OBJECTIVE,
+    NEEDS,
+    ObjectiveName,
+    build_objective,
+)
+from pomlia_hpc.fingerprint.validation import (
+    lr_at,
+    split_holdout,
+    to_device,
+    validation_batches,
+    validation_loss,
+    with_curve,
+    write_curves,
+)
 from pomlia_hpc.processes import cpus_available
 from pomlia_hpc.registry import Dataset, DatasetVersion, Encoder, Registry
 from pomlia_hpc.workspace import Workspace
+
+__all__ = [
+    "TrainConfig",
+    "TrainJob",
+    "encoder_dir",
+    "get_encoder",
+    "load_checkpoint",
+    "load_encoder",
+    "register_encoder",
+    "train_encoder",
+    "write_checkpoint",
+]
 
 
 class TrainConfig(BaseModel):
@@ -73,6 +111,22 @@ class TrainConfig(BaseModel):
     num_workers: int = Field(1, ge=0, description="DataLoader worker processes per rank")
     precision: Literal["fp32", "bf16"] = "fp32"
     zero_stage: int = Field(0, ge=0, le=2)
+    objective: ObjectiveName = Field(
+        DEFAULT_OBJECTIVE, description="loss: mse (paper), style or contrastive"
+    )
+    holdout: float = Field(
+        0.1, ge=0.0, lt=0.5, description="fraction of each dataset held out for early stopping"
+    )
+    patience: int = Field(3, ge=1, description="epochs without a better held-out loss to stop")
+    lr_schedule: Literal["cosine", "constant"] = "cosine"
+
+
+def normalise_config(config: dict[str, Any]) -> dict[str, Any]:
+    """A stored training config with every field: configs written before a field existed get
+    the value they were trained with (``objective`` ``mse``, no hold-out, constant LR), not
+    today's default."""
+    legacy = {"objective": "mse", "holdout": 0.0, "lr_schedule": "constant"}
+    return TrainConfig.model_validate(legacy | dict(config)).model_dump(mode="json")
 
 
 def check_encoder_name(name: str) -> str:
@@ -169,6 +223,9 @@ def _read_result(out: Path) -> dict[str, Any]:
     return {
         "checkpoint_path": str(out / "encoder.pt"),
         "loss_curve": latest.get("loss_curve", []),
+        "val_curve": latest.get("val_curve", []),
+        "best_epoch": latest.get("best_epoch"),
+        "stopped_early": latest.get("stopped_early", False),
         "epochs": latest.get("epoch", 0),
         "resumed_from": latest.get("resumed_from", 0),
     }
@@ -178,7 +235,10 @@ def _train_rank(
     config: TrainConfig, sources: list[Source], out_dir: str, *, cpu_share: int
 ) -> dict[str, Any]:
     """Train on this rank (RANK/WORLD_SIZE/... already in the environment); ``cpu_share``
-    ranks share this process's CPUs."""
+    ranks share this process's CPUs.
+
+    Every rank computes the same held-out loss (the same fixed batches), so all ranks take
+    the same early-stopping decision without communicating."""
     import deepspeed  # heavy import: only inside the job
 
     out = Path(out_dir)
@@ -189,10 +249,10 @@ def _train_rank(
     use_cuda = torch.cuda.is_available()
     if use_cuda:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-    model = Autoencoder(config.encoder)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    objective = build_objective(config.objective, Autoencoder(config.encoder))
+    optimizer = torch.optim.Adam(objective.parameters(), lr=config.lr)
     engine, *_ = deepspeed.initialize(
-        model=model, optimizer=optimizer, config=_ds_config(config), dist_init_required=True
+        model=objective, optimizer=optimizer, config=_ds_config(config), dist_init_required=True
     )
     if config.precision == "bf16":
         # DeepSpeed casts parameters only; BatchNorm's running statistics must follow, or
@@ -201,87 +261,155 @@ def _train_rank(
             if buf.is_floating_point():
                 buf.data = buf.data.to(torch.bfloat16)
 
-    latest = _read_latest(out)
-    start_epoch, curve = 0, []
-    if latest is not None:
+    latest = _read_latest(out) or {}
+    state: dict[str, Any] = {
+        "epoch": 0,
+        "loss_curve": [],
+        "val_curve": [],
+        "lr_curve": [],
+        "parts": [],
+        "best": None,
+        "best_epoch": None,
+        "bad_epochs": 0,
+        "stopped_early": False,
+    }
+    if latest:
         engine.load_checkpoint(str(out / "checkpoints"), tag=latest["tag"])
-        start_epoch, curve = int(latest["epoch"]), list(latest["loss_curve"])
-    resumed_from = start_epoch
-    n_rows = sum(s.stop - s.start for s in sources)
+        state |= {k: latest[k] for k in state if k in latest}
+    resumed_from = int(state["epoch"])
+    train_sources, val_sources = split_holdout(sources, config.holdout)
+    n_rows = sum(s.stop - s.start for s in train_sources)
     if steps_per_epoch(n_rows, config.batch_size, world) == 0:
         raise InputError(
             f"training set has {n_rows} images, fewer than one batch of {config.batch_size} "
             f"per process ({world} processes): lower batch_size"
         )
+    with_sources, views = NEEDS[config.objective]
+    val_batches = validation_batches(
+        val_sources,
+        batch_size=config.batch_size,
+        image_size=config.encoder.image_size,
+        views=views,
+        seed=config.seed,
+    )
     dtype = torch.bfloat16 if config.precision == "bf16" else torch.float32
     curves = Curves(out / CURVES_DIR, enabled=rank == 0)  # beside checkpoints/ (pomlia_hpc.curves)
-    for epoch in range(start_epoch, config.epochs):
+    for epoch in range(int(state["epoch"]), config.epochs):
+        if state["stopped_early"]:
+            break
         t0 = time.perf_counter()
+        lr = lr_at(epoch, config.epochs, config.lr, config.lr_schedule)
+        for group in engine.optimizer.param_groups:
+            group["lr"] = lr
         stream = StoreStream(
-            sources,
+            train_sources,
             batch_size=config.batch_size,
             image_size=config.encoder.image_size,
             epoch=epoch,
             seed=config.seed,
             rank=rank,
             world=world,
+            with_sources=with_sources,
+            views=views,
         )
         total = torch.zeros(2, dtype=torch.float64)
+        parts: dict[str, float] = {}
         engine.train()
-        for x in iterate(make_loader(stream, config.num_workers)):
-            x = x.to(engine.device, dtype=dtype, non_blocking=True)
-            loss = reconstruction_loss(engine, x)
+        for batch in iterate(make_loader(stream, config.num_workers)):
+            batch = to_device(batch, engine.device, dtype)
+            loss = engine(batch)
             engine.backward(loss)
             engine.step()
-            total += torch.tensor([float(loss.detach()) * len(x), len(x)], dtype=torch.float64)
+            n = len(batch["x"] if isinstance(batch, dict) else batch)
+            total += torch.tensor([float(loss.detach()) * n, n], dtype=torch.float64)
+            for k, v in engine.module.parts.items():
+                parts[k] = parts.get(k, 0.0) + v * n
         if world > 1:
             torch.distributed.all_reduce(total)
         epoch_loss = float(total[0] / total[1])
-        curve.append(epoch_loss)
+        val = validation_loss(engine.module, val_batches, engine.device, dtype)
+        state["loss_curve"].append(epoch_loss)
+        state["lr_curve"].append(lr)
+        state["parts"].append({k: v / float(total[1]) * world for k, v in parts.items()})
+        improved = False
+        if val is not None:
+            state["val_curve"].append(val)
+            improved = state["best"] is None or val < state["best"] * (1 - 1e-4)
+            if improved:
+                state["best"], state["best_epoch"], state["bad_epochs"] = val, epoch + 1, 0
+            else:
+                state["bad_epochs"] += 1
+                state["stopped_early"] = state["bad_epochs"] >= config.patience
+        state["epoch"] = epoch + 1
         tag = f"epoch-{epoch + 1:04d}"
         engine.save_checkpoint(str(out / "checkpoints"), tag=tag, client_state={"epoch": epoch + 1})
         if world > 1:
             torch.distributed.barrier()
         if rank == 0:
-            info = {"epoch": epoch + 1, "tag": tag, "loss_curve": curve}
+            if improved:  # the weights early stopping keeps (written before latest.json)
+                write_checkpoint(out / "best.pt", engine.module.model, config, state["loss_curve"])
             atomic_write_text(
-                out / "latest.json", json.dumps(info | {"resumed_from": resumed_from})
+                out / "latest.json",
+                json.dumps(state | {"tag": tag, "resumed_from": resumed_from}),
             )
             seconds = time.perf_counter() - t0
-            curves.epoch(
-                epoch + 1,
-                {
-                    "train/loss": epoch_loss,
-                    "train/lr": config.lr,
-                    "train/images_per_s": float(total[1]) / max(seconds, 1e-9),
-                },
-            )
+            scalars = {
+                "train/loss": epoch_loss,
+                "train/lr": lr,
+                "train/images_per_s": float(total[1]) / max(seconds, 1e-9),
+            }
+            if val is not None:
+                scalars["val/loss"] = val
+            curves.epoch(epoch + 1, scalars)
+            line = {
+                "epoch": epoch + 1,
+                "loss": epoch_loss,
+                "val_loss": val,
+                "lr": lr,
+                "parts": state["parts"][-1],
+                "images": int(total[1]),
+                "seconds": seconds,
+            }
             with (out / "train_log.jsonl").open("a") as fh:
-                fh.write(
-                    json.dumps(
-                        {
-                            "epoch": epoch + 1,
-                            "loss": epoch_loss,
-                            "images": int(total[1]),
-                            "seconds": seconds,
-                        }
-                    )
-                    + "\n"
-                )
+                fh.write(json.dumps(line) + "\n")
+            _write_curves(out, config, state)
+            val_text = f" held-out {val:.6f}" if val is not None else ""
+            stop_text = " (early stop)" if state["stopped_early"] else ""
             print(
-                f"epoch {epoch + 1}/{config.epochs} loss {epoch_loss:.6f} "
-                f"({int(total[1])} images, {seconds:.1f} s)",
+                f"epoch {epoch + 1}/{config.epochs} {config.objective} loss {epoch_loss:.6f}"
+                f"{val_text} lr {lr:.2e} ({int(total[1])} images, {seconds:.1f} s){stop_text}",
                 flush=True,
             )
             _prune_checkpoints(out / "checkpoints", keep=(tag, f"epoch-{epoch:04d}"))
     curves.close()
     if rank == 0:
-        write_checkpoint(out / "encoder.pt", engine.module, config, curve)
+        best = out / "best.pt"
+        if state["best_epoch"] is not None and best.exists():
+            atomic_write_bytes(out / "encoder.pt", with_curve(best, state["loss_curve"]))
+        else:
+            write_checkpoint(out / "encoder.pt", engine.module.model, config, state["loss_curve"])
+        _write_curves(out, config, state)
     if world > 1:
         torch.distributed.barrier()
     result = _read_result(out)
     result["resumed_from"] = resumed_from
     return result
+
+
+def _write_curves(out: Path, config: TrainConfig, state: dict[str, Any]) -> None:
+    write_curves(
+        out,
+        {
+            "objective": config.objective,
+            "train": state["loss_curve"],
+            "val": state["val_curve"],
+            "lr": state["lr_curve"],
+            "parts": state["parts"],
+            "best_epoch": state["best_epoch"],
+            "stopped_early": state["stopped_early"],
+            "holdout": config.holdout,
+        },
+    )
 
 
 def _prune_checkpoints(folder: Path, keep: tuple[str, ...]) -> None:
@@ -343,15 +471,17 @@ def train_encoder(
         and Path(existing.checkpoint_path).exists()
     ):
         trained = {
-            "config": existing.config,
+            "config": normalise_config(existing.config),
             "datasets": _refs(registry, existing.dataset_version_ids),
         }
         _check_same_training(name, "trained", trained, wanted)
         return existing
     record = out / TRAINING_RECORD
     if record.exists():
-        _check_same_training(name, "started", json.loads(record.read_text()), wanted)
-    n_rows = sum(s.stop - s.start for s in sources)
+        started = json.loads(record.read_text())
+        started["config"] = normalise_config(started.get("config", {}))
+        _check_same_training(name, "started", started, wanted)
+    n_rows = sum(s.stop - s.start for s in split_holdout(sources, config.holdout)[0])
     if steps_per_epoch(n_rows, config.batch_size, config.processes) == 0:
         raise InputError(
             f"training set has {n_rows} images, fewer than one batch of {config.batch_size} "
@@ -459,50 +589,3 @@ def write_checkpoint(
     buf = io.BytesIO()
     torch.save(payload, buf)
     return atomic_write_bytes(path, buf.getvalue())
-
-
-# ----------------------------------------------------------------------------- loading
-
-
-def get_encoder(registry: Registry, encoder: int | str | Encoder) -> Encoder:
-    """The registry row of an encoder given by id, name (or the row itself)."""
-    if isinstance(encoder, Encoder):
-        return encoder
-    with registry.session() as s:
-        if isinstance(encoder, int) or (isinstance(encoder, str) and encoder.isdigit()):
-            row = s.get(Encoder, int(encoder))
-        else:
-            row = s.scalar(select(Encoder).where(Encoder.name == encoder))
-        if row is None:
-            known = ", ".join(s.scalars(select(Encoder.name).order_by(Encoder.id))) or "none"
-            raise NotFoundError(f"encoder '{encoder}' is not registered (registered: {known})")
-        s.expunge(row)
-        return row
-
-
-def load_checkpoint(path: str | Path) -> tuple[Autoencoder, EncoderConfig]:
-    """Load ``encoder.pt`` written by the training job: (model in eval mode, its config)."""
-    p = Path(path)
-    try:
-        payload = torch.load(p, map_location="cpu", weights_only=True)
-        cfg = EncoderConfig.model_validate(payload["config"])
-        model = Autoencoder(cfg)
-        model.load_state_dict(payload["state_dict"])
-    except FileNotFoundError as exc:
-        raise NotFoundError(f"encoder checkpoint '{p}' does not exist") from exc
-    except (KeyError, RuntimeError, ValueError, OSError) as exc:
-        raise PomliaError(
-            f"encoder checkpoint '{p}' cannot be read: expected a file written by "
-            f"`pomlia fingerprint train` ({type(exc).__name__}: {str(exc)[:200]})"
-        ) from exc
-    return model.eval(), cfg
-
-
-def load_encoder(
-    registry: Registry, encoder: int | str | Encoder
-) -> tuple[Autoencoder, EncoderConfig]:
-    """The trained autoencoder (eval mode, CPU) and its config, by encoder id or name."""
-    row = get_encoder(registry, encoder)
-    if not row.checkpoint_path:
-        raise NotFoundError(f"encoder '{row.name}' has no checkpoint yet (training unfinished)")
-    return load_checkpoint(row.checkpoint_path)

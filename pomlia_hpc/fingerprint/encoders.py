@@ -1,0 +1,59 @@
+"""Finding and loading trained encoders: registry rows by id or name, ``encoder.pt`` files.
+
+Re-exported by :mod:`pomlia_hpc.fingerprint.train`, where they used to live.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from sqlalchemy import select
+
+from pomlia_hpc.errors import NotFoundError, PomliaError
+from pomlia_hpc.fingerprint.autoencoder import Autoencoder, EncoderConfig
+from pomlia_hpc.registry import Encoder, Registry
+
+
+def get_encoder(registry: Registry, encoder: int | str | Encoder) -> Encoder:
+    """The registry row of an encoder given by id, name (or the row itself)."""
+    if isinstance(encoder, Encoder):
+        return encoder
+    with registry.session() as s:
+        if isinstance(encoder, int) or (isinstance(encoder, str) and encoder.isdigit()):
+            row = s.get(Encoder, int(encoder))
+        else:
+            row = s.scalar(select(Encoder).where(Encoder.name == encoder))
+        if row is None:
+            known = ", ".join(s.scalars(select(Encoder.name).order_by(Encoder.id))) or "none"
+            raise NotFoundError(f"encoder '{encoder}' is not registered (registered: {known})")
+        s.expunge(row)
+        return row
+
+
+def load_checkpoint(path: str | Path) -> tuple[Autoencoder, EncoderConfig]:
+    """Load ``encoder.pt`` written by the training job: (model in eval mode, its config)."""
+    p = Path(path)
+    try:
+        payload = torch.load(p, map_location="cpu", weights_only=True)
+        cfg = EncoderConfig.model_validate(payload["config"])
+        model = Autoencoder(cfg)
+        model.load_state_dict(payload["state_dict"])
+    except FileNotFoundError as exc:
+        raise NotFoundError(f"encoder checkpoint '{p}' does not exist") from exc
+    except (KeyError, RuntimeError, ValueError, OSError) as exc:
+        raise PomliaError(
+            f"encoder checkpoint '{p}' cannot be read: expected a file written by "
+            f"`pomlia fingerprint train` ({type(exc).__name__}: {str(exc)[:200]})"
+        ) from exc
+    return model.eval(), cfg
+
+
+def load_encoder(
+    registry: Registry, encoder: int | str | Encoder
+) -> tuple[Autoencoder, EncoderConfig]:
+    """The trained autoencoder (eval mode, CPU) and its config, by encoder id or name."""
+    row = get_encoder(registry, encoder)
+    if not row.checkpoint_path:
+        raise NotFoundError(f"encoder '{row.name}' has no checkpoint yet (training unfinished)")
+    return load_checkpoint(row.checkpoint_path)

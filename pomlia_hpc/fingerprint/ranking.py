@@ -1,0 +1,183 @@
+"""Dataset distances over stored summaries (:mod:`.summary`): rank candidates for a query.
+
+==========  =================================================================================
+name        what (all symmetric, 0 for identical summaries)
+==========  =================================================================================
+mean        Euclidean distance between the exact mean embeddings (the paper)
+frechet     Fréchet distance between Gaussians with the exact means and covariances
+mmd, kl     as in :mod:`.distances`, on the stored samples
+marginal    binned marginals: mean over latent axes of the mean |difference| of the stored
+            quantiles (a 1-D Wasserstein-1 per axis)
+trimmed     Fréchet distance between the *typical* rows of the samples (the least typical
+            10 % by k-nearest-neighbour distance dropped, :func:`.summary.typical_rows`), so a
+            few foreign images mixed into a dataset barely move it
+explicit    distance between explicit fingerprints (:func:`.summary.explicit_features`): mean
+            |difference| of the per-channel intensity statistics (0..1) plus |differences| of
+            RGB-ness, log image size, log class count and class-balance entropy
+combined    ``w`` x latent / median latent + (1 - ``w``) x explicit / median explicit, medians
+            over the candidates being ranked (so both parts are on one scale); latent =
+            :data:`COMBINED_LATENT`, ``w`` = :data:`COMBINED_WEIGHT`, both chosen on the tuning
+            sets of ``scripts/bench/fingerprint_quality.py`` (docs/BENCHMARKS.md)
+==========  =================================================================================
+
+``mean``, ``frechet``, ``marginal``, ``trimmed``, ``explicit`` and ``combined`` are vectorised
+over the candidates; ``mmd`` and ``kl`` cost O(sample^2) per candidate.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+
+from pomlia_hpc.errors import InputError
+from pomlia_hpc.fingerprint.distances import binned_kl, mmd
+from pomlia_hpc.fingerprint.summary import Stats, Summary
+
+LATENT_DISTANCES: tuple[str, ...] = ("mean", "frechet", "mmd", "kl", "marginal", "trimmed")
+DISTANCE_NAMES: tuple[str, ...] = (*LATENT_DISTANCES, "explicit", "combined")
+DEFAULT_DISTANCE = "combined"
+#: The latent part of ``combined`` and its weight (the explicit part gets 1 - weight).
+COMBINED_LATENT = "trimmed"
+COMBINED_WEIGHT = 0.5
+
+
+def check_distance(name: str) -> str:
+    """``name`` if it is a known dataset distance, else :class:`InputError`."""
+    if name not in DISTANCE_NAMES:
+        raise InputError(
+            f"distance '{name}' is not known: expected one of {', '.join(DISTANCE_NAMES)}"
+        )
+    return name
+
+
+def _sqrt_psd(c: np.ndarray) -> np.ndarray:
+    w, v = np.linalg.eigh((c + c.T) / 2.0)
+    return (v * np.sqrt(np.maximum(w, 0.0))) @ v.T
+
+
+def frechet_many(mu: np.ndarray, cov: np.ndarray, mus: np.ndarray, covs: np.ndarray) -> np.ndarray:
+    """Fréchet distances (m,) between N(mu, cov) and each N(mus[i], covs[i]).
+
+    tr((A B)^(1/2)) = sum of sqrt(eigenvalues of A^(1/2) B A^(1/2)), a symmetric matrix, so one
+    batched ``eigvalsh`` serves all candidates."""
+    if len(mus) == 0:
+        return np.zeros(0)
+    root = _sqrt_psd(cov)
+    inner = root[None] @ covs @ root[None]
+    eig = np.linalg.eigvalsh((inner + np.swapaxes(inner, 1, 2)) / 2.0)
+    tr_sqrt = np.sqrt(np.maximum(eig, 0.0)).sum(1)
+    diff = mus - mu[None]
+    value = (diff * diff).sum(1) + np.trace(cov) + np.trace(covs, axis1=1, axis2=2) - 2 * tr_sqrt
+    return np.maximum(value, 0.0)
+
+
+#: Weights of the non-intensity parts of the explicit distance (intensity: mean |diff|).
+_EXPLICIT_TAIL = np.array([1.0, 1.0, 1.0, 0.5])
+
+
+def explicit_many(q: np.ndarray, others: np.ndarray) -> np.ndarray:
+    """Explicit-fingerprint distances (m,) between feature vectors ``q`` and ``others`` (m, f)."""
+    if len(others) == 0:
+        return np.zeros(0)
+    n_int = len(q) - len(_EXPLICIT_TAIL)
+    diff = np.abs(others - q[None])
+    return diff[:, :n_int].mean(1) + diff[:, n_int:] @ _EXPLICIT_TAIL
+
+
+def _stats(s: Summary, patches: bool) -> Stats:
+    if not patches:
+        return s.images
+    if s.patches is None:
+        raise InputError(
+            "a dataset has no patch embeddings: expected every dataset extracted with "
+            "--patch-grid > 1 when comparing patches"
+        )
+    return s.patches
+
+
+def latent_many(name: str, q: Stats, others: list[Stats]) -> np.ndarray:
+    """Latent distance ``name`` (one of :data:`LATENT_DISTANCES`) from ``q`` to each other."""
+    if not others:
+        return np.zeros(0)
+    if name == "mean":
+        return np.linalg.norm(np.stack([o.mean for o in others]) - q.mean[None], axis=1)
+    if name == "frechet":
+        return frechet_many(
+            q.mean, q.cov, np.stack([o.mean for o in others]), np.stack([o.cov for o in others])
+        )
+    if name == "trimmed":
+        return frechet_many(
+            q.trim_mean,
+            q.trim_cov,
+            np.stack([o.trim_mean for o in others]),
+            np.stack([o.trim_cov for o in others]),
+        )
+    if name == "marginal":
+        qs = np.stack([o.quantiles for o in others])
+        return np.abs(qs - q.quantiles[None]).mean(axis=(1, 2))
+    if name == "mmd":
+        return np.array([mmd(q.sample, o.sample) for o in others])
+    if name == "kl":
+        return np.array([binned_kl(q.sample, o.sample) for o in others])
+    raise InputError(f"latent distance '{name}' is not known: expected one of {LATENT_DISTANCES}")
+
+
+@dataclass(frozen=True)
+class Scored:
+    """One candidate's distance and the parts it was made of."""
+
+    distance: float
+    components: dict[str, float]
+
+
+def _scale(x: np.ndarray) -> float:
+    med = float(np.median(x)) if len(x) else 1.0
+    return med if med > 1e-12 else 1.0
+
+
+def score(
+    query: Summary,
+    candidates: list[Summary],
+    distance: str,
+    *,
+    patches: bool = False,
+    weight: float = COMBINED_WEIGHT,
+    latent: str = COMBINED_LATENT,
+) -> list[Scored]:
+    """Distance ``distance`` from ``query`` to every candidate (in the candidates' order),
+    with its components (``combined``: the raw and scaled latent and explicit parts)."""
+    check_distance(distance)
+    if not 0.0 <= weight <= 1.0:
+        raise InputError(f"combined weight {weight}: expected a number in [0, 1]")
+    if distance == "explicit":
+        e = explicit_many(query.explicit, np.stack([c.explicit for c in candidates]))
+        return [Scored(float(v), {"explicit": float(v)}) for v in e]
+    q = _stats(query, patches)
+    others = [_stats(c, patches) for c in candidates]
+    if distance != "combined":
+        values = latent_many(distance, q, others)
+        return [Scored(float(v), {distance: float(v)}) for v in values]
+    lat = latent_many(latent, q, others)
+    exp = (
+        explicit_many(query.explicit, np.stack([c.explicit for c in candidates]))
+        if candidates
+        else np.zeros(0)
+    )
+    ls, es = _scale(lat), _scale(exp)
+    out = []
+    for a, b in zip(lat, exp, strict=True):
+        total = weight * a / ls + (1.0 - weight) * b / es
+        out.append(
+            Scored(
+                float(total),
+                {
+                    latent: float(a),
+                    "explicit": float(b),
+                    f"{latent}_scaled": float(a / ls),
+                    "explicit_scaled": float(b / es),
+                    "weight": weight,
+                },
+            )
+        )
+    return out

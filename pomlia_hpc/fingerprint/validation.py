@@ -1,0 +1,169 @@
+"""Small-data training support for the encoder: held-out rows, validation loss, early stopping,
+the learning-rate schedule, and the recorded loss curves.
+
+* :func:`split_holdout` keeps the last ``fraction`` of every dataset's rows apart (at least one
+  row when the fraction is above 0), so each dataset is represented in the validation loss.
+* :func:`validation_batches` reads up to :data:`VAL_MAX_PER_SOURCE` held-out rows per dataset,
+  mixed in a fixed order, with fixed augmented views: the validation loss of two epochs differs
+  only because the weights did.
+* :func:`lr_at` is the per-epoch learning rate (cosine decay to 5 % of ``lr``, or constant).
+* :func:`write_curves` writes ``loss_curves.json`` and ``loss_curves.png`` beside the checkpoint.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from pomlia_hpc.data.store import open_store
+from pomlia_hpc.fingerprint.augment import acquisition_view
+from pomlia_hpc.fingerprint.autoencoder import to_input
+from pomlia_hpc.fingerprint.io import atomic_write_bytes, atomic_write_text
+from pomlia_hpc.fingerprint.loader import Source, to_uint8
+from pomlia_hpc.fingerprint.objectives import Objective
+
+#: At most this many held-out rows per dataset are used for the validation loss.
+VAL_MAX_PER_SOURCE = 256
+#: Cosine schedule: the learning rate falls from ``lr`` to this fraction of it.
+LR_FLOOR = 0.05
+CURVES_JSON = "loss_curves.json"
+CURVES_PNG = "loss_curves.png"
+
+
+def split_holdout(sources: list[Source], fraction: float) -> tuple[list[Source], list[Source]]:
+    """(training sources, held-out sources): the last ``fraction`` of each source's rows (at
+    least 1 when ``fraction`` > 0 and the source has 2 rows or more) are held out."""
+    train, val = [], []
+    for s in sources:
+        n = s.stop - s.start
+        k = min(n - 1, max(1, round(n * fraction))) if fraction > 0 and n >= 2 else 0
+        train.append(Source(s.path, s.start, s.stop - k))
+        if k:
+            val.append(Source(s.path, s.stop - k, s.stop))
+    return train, val
+
+
+def validation_batches(
+    sources: list[Source],
+    *,
+    batch_size: int,
+    image_size: int,
+    views: int,
+    seed: int,
+) -> list[dict[str, torch.Tensor]]:
+    """The fixed validation batches (dicts with ``x``, ``source`` and, with ``views``, the
+    augmented ``views``) of up to :data:`VAL_MAX_PER_SOURCE` rows per held-out source."""
+    images, ids = [], []
+    for i, s in enumerate(sources):
+        stop = min(s.stop, s.start + VAL_MAX_PER_SOURCE)
+        # As floats at the encoder's size first: gray and RGB datasets of any size mix.
+        images.append(to_uint8(to_input(open_store(s.path).read_rows(s.start, stop), image_size)))
+        ids.append(np.full(stop - s.start, i, np.int64))
+    if not images:
+        return []
+    rng = np.random.default_rng([seed, 7919])
+    x, y = np.concatenate(images), np.concatenate(ids)
+    order = rng.permutation(len(x))
+    x, y = x[order], y[order]
+    out = []
+    for lo in range(0, len(x), batch_size):
+        part = x[lo : lo + batch_size]
+        batch = {
+            "x": to_input(part, image_size),
+            "source": torch.from_numpy(y[lo : lo + batch_size]),
+        }
+        if views:
+            batch["views"] = torch.stack(
+                [to_input(acquisition_view(part, rng), image_size) for _ in range(views)]
+            )
+        out.append(batch)
+    return out
+
+
+def lr_at(epoch: int, epochs: int, lr: float, schedule: str) -> float:
+    """Learning rate of ``epoch`` (0-based) of ``epochs``: cosine from ``lr`` down to
+    ``LR_FLOOR * lr`` at the last epoch, or ``lr`` for ``schedule="constant"``."""
+    if schedule == "constant" or epochs <= 1:
+        return lr
+    t = epoch / (epochs - 1)
+    return lr * (LR_FLOOR + (1.0 - LR_FLOOR) * 0.5 * (1.0 + math.cos(math.pi * t)))
+
+
+def write_curves(folder: Path, curves: dict[str, Any]) -> None:
+    """Write ``loss_curves.json`` (``curves`` as is) and a PNG of the train and validation
+    loss per epoch into ``folder`` (atomically)."""
+    atomic_write_text(folder / CURVES_JSON, json.dumps(curves, indent=1))
+    import matplotlib
+
+    matplotlib.use("Agg")
+    from matplotlib import pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.2), dpi=100)
+    train, val = curves.get("train", []), curves.get("val", [])
+    ax.plot(range(1, len(train) + 1), train, marker="o", label="train")
+    if val:
+        ax.plot(range(1, len(val) + 1), val, marker="s", label="held-out")
+    best = curves.get("best_epoch")
+    if best:
+        ax.axvline(best, color="grey", linestyle=":", label=f"best (epoch {best})")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(f"{curves.get('objective', '')} loss")
+    ax.legend()
+    fig.tight_layout()
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png")
+    plt.close(fig)
+    atomic_write_bytes(folder / CURVES_PNG, buf.getvalue())
+
+
+def read_curves(folder: Path) -> dict[str, Any] | None:
+    """``loss_curves.json`` of an encoder folder, or None (encoders trained before it existed)."""
+    try:
+        data = json.loads((folder / CURVES_JSON).read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
+def to_device(batch: Any, device: torch.device, dtype: torch.dtype) -> Any:
+    """Move a batch (tensor or dict of tensors) to ``device``; float tensors to ``dtype``."""
+    if isinstance(batch, dict):
+        return {k: to_device(v, device, dtype) for k, v in batch.items()}
+    if batch.is_floating_point():
+        return batch.to(device, dtype=dtype, non_blocking=True)
+    return batch.to(device, non_blocking=True)
+
+
+@torch.no_grad()
+def validation_loss(
+    objective: Objective,
+    batches: list[dict[str, torch.Tensor]],
+    device: torch.device,
+    dtype: torch.dtype,
+) -> float | None:
+    """Mean objective loss over the fixed held-out batches (eval mode), or None without any."""
+    if not batches:
+        return None
+    objective.eval()
+    total, count = 0.0, 0
+    for batch in batches:
+        loss = objective(to_device(batch, device, dtype))
+        total += float(loss) * len(batch["x"])
+        count += len(batch["x"])
+    objective.train()
+    return total / count
+
+
+def with_curve(path: Path, loss_curve: list[float]) -> bytes:
+    """The bytes of checkpoint ``path`` with its loss curve replaced by ``loss_curve``."""
+    payload = torch.load(path, map_location="cpu", weights_only=True)
+    payload["loss_curve"] = list(loss_curve)
+    buf = io.BytesIO()
+    torch.save(payload, buf)
+    return buf.getvalue()
