@@ -34,7 +34,7 @@ from pomlia_hpc.fingerprint.train import (
 from pomlia_hpc.fingerprint.validation import lr_at, split_holdout
 from pomlia_hpc.registry import Registry
 from pomlia_hpc.workspace import Workspace
-from tests.fingerprint_support import make_dataset
+from tests.fixtures.factories import make_dataset
 
 
 def _batch(n: int = 8) -> dict[str, torch.Tensor]:

@@ -42,6 +42,23 @@ COMBINED_LATENT = "trimmed"
 COMBINED_WEIGHT = 0.5
 
 
+#: The summary fields (:class:`~.summary.Stats`) each distance reads.
+_FIELDS: dict[str, frozenset[str]] = {
+    "mean": frozenset({"mean"}),
+    "frechet": frozenset({"mean", "cov"}),
+    "mmd": frozenset({"sample"}),
+    "kl": frozenset({"sample"}),
+    "marginal": frozenset({"quantiles"}),
+    "trimmed": frozenset({"trim_mean", "trim_cov"}),
+    "explicit": frozenset(),
+}
+
+
+def fields_for(distance: str, latent: str = COMBINED_LATENT) -> frozenset[str]:
+    """The summary fields that ``distance`` needs (``combined``: those of its latent part)."""
+    return _FIELDS[latent if distance == "combined" else check_distance(distance)]
+
+
 def check_distance(name: str) -> str:
     """``name`` if it is a known dataset distance, else :class:`InputError`."""
     if name not in DISTANCE_NAMES:

@@ -36,7 +36,7 @@ from sqlalchemy import select
 from pomlia_hpc.data.store import find_version, open_store
 from pomlia_hpc.errors import InputError, NotFoundError
 from pomlia_hpc.fingerprint.index import complete_sets, load_index
-from pomlia_hpc.fingerprint.ranking import DEFAULT_DISTANCE, check_distance, score
+from pomlia_hpc.fingerprint.ranking import DEFAULT_DISTANCE, check_distance, fields_for, score
 from pomlia_hpc.fingerprint.summary import Summary, compute_summary, read_summary, write_summary
 from pomlia_hpc.fingerprint.train import get_encoder
 from pomlia_hpc.registry import Encoder, FingerprintSet, Registry
@@ -151,10 +151,13 @@ def dataset_fingerprint(registry: Registry, encoder: EncoderRef, ref: str) -> di
     }
 
 
-def load_summary(registry: Registry, fs: FingerprintSet, ref: str) -> Summary:
-    """The stored summary of a complete fingerprint set; sets extracted before summaries
-    existed get theirs computed from the embeddings now (and stored, atomically)."""
-    found = read_summary(fs.embeddings_path)
+def load_summary(
+    registry: Registry, fs: FingerprintSet, ref: str, fields: frozenset[str] | None = None
+) -> Summary:
+    """The stored summary of a complete fingerprint set (only ``fields`` of it, see
+    :func:`read_summary`); sets extracted before summaries existed get theirs computed from
+    the embeddings now (and stored, atomically)."""
+    found = read_summary(fs.embeddings_path, fields)
     if found is not None:
         return found
     fp = open_store(find_version(registry, ref).store_path).fingerprint
@@ -190,8 +193,9 @@ def similar_datasets(
         for other, other_ref in complete_sets(registry, enc.id)
         if other.id != fs.id and (include_same_dataset or other_ref.split("@")[0] != name)
     ]
-    query = load_summary(registry, fs, full)
-    candidates = [load_summary(registry, o, r) for o, r in others]
+    need = fields_for(distance)
+    query = load_summary(registry, fs, full, need)
+    candidates = [load_summary(registry, o, r, need) for o, r in others]
     scored = score(query, candidates, distance, patches=patches) if candidates else []
     out = [
         SimilarDataset(r, sc.distance, o.n_vectors, sc.components)

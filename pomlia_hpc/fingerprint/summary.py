@@ -209,14 +209,18 @@ def _encode(prefix: str, s: Stats) -> dict[str, np.ndarray]:
     }
 
 
-def _decode(prefix: str, d: Any) -> Stats:
-    return Stats(
-        int(d[f"{prefix}n"]),
-        *(
-            np.asarray(d[f"{prefix}{k}"])
-            for k in ("mean", "cov", "quantiles", "sample", "typical", "trim_mean", "trim_cov")
-        ),
-    )
+_STAT_FIELDS = ("mean", "cov", "quantiles", "sample", "typical", "trim_mean", "trim_cov")
+
+
+def _decode(prefix: str, d: Any, fields: frozenset[str] | None = None) -> Stats:
+    # Each member of an npz costs a zip lookup: read only the fields a distance needs (the
+    # others are empty arrays), which makes ranking thousands of versions several times faster.
+    def get(k: str) -> np.ndarray:
+        if fields is not None and k not in fields:
+            return np.zeros(0)
+        return np.asarray(d[f"{prefix}{k}"])
+
+    return Stats(int(d[f"{prefix}n"]), *(get(k) for k in _STAT_FIELDS))
 
 
 def write_summary(embeddings_path: str | Path, summary: Summary) -> Path:
@@ -233,13 +237,16 @@ def write_summary(embeddings_path: str | Path, summary: Summary) -> Path:
     return atomic_write_bytes(summary_path(embeddings_path), buf.getvalue())
 
 
-def read_summary(embeddings_path: str | Path) -> Summary | None:
+def read_summary(
+    embeddings_path: str | Path, fields: frozenset[str] | None = None
+) -> Summary | None:
     """The stored summary of an embeddings group, or None if there is none (extracted before
-    summaries existed, or not complete)."""
+    summaries existed, or not complete). ``fields``: only these :class:`Stats` fields are read
+    (the others are empty arrays); None reads all."""
     path = summary_path(embeddings_path)
     try:
         with np.load(path) as d:
-            patches = _decode("patch_", d) if "patch_n" in d.files else None
-            return Summary(_decode("", d), np.asarray(d["explicit"]), patches)
+            patches = _decode("patch_", d, fields) if "patch_n" in d.files else None
+            return Summary(_decode("", d, fields), np.asarray(d["explicit"]), patches)
     except (FileNotFoundError, KeyError, ValueError, OSError):
         return None

@@ -317,15 +317,19 @@ def run(args: argparse.Namespace, home: Path) -> dict[str, Any]:
     }
 
 
+def top1_changes(per: dict[str, Any], distance: str) -> int:
+    """Queries whose nearest dataset differs between (b) and (d) (a mixed half ``_bm`` stands
+    for its shifted half ``_bs``)."""
+    d_top, b_top = per["d"][distance]["top1"], per["b"][distance]["top1"]
+    return sum(d_top[q].replace("_bm", "_bs") != b_top[q.replace("_bm", "_bs")] for q in d_top)
+
+
 def targets(default: dict[str, Any], base: dict[str, Any]) -> dict[str, Any]:
     """The issue's targets for the library default objective + distance."""
     if not default:
         return {}
     d = DEFAULT_DISTANCE
-    changed = sum(
-        default["d"][d]["top1"][q] != default["b"][d]["top1"][q].replace("_bs", "_bm")
-        for q in default["d"][d]["top1"]
-    )
+    changed = top1_changes(default, d)
     held = default["c_heldout"][d]
     return {
         "b_at_least_23": default["b"][d]["correct"] >= 23,
@@ -375,13 +379,7 @@ def table(res: dict[str, Any]) -> str:
         lines.append(_row(BASELINE, res["baseline"][key]))
     lines += ["", "Top-1 changes from (b) to (d) (queries whose nearest dataset differs):", ""]
     for obj, per in res["results"].items():
-        ch = {
-            d: sum(
-                per["d"][d]["top1"][q] != per["b"][d]["top1"][q].replace("_bs", "_bm")
-                for q in per["d"][d]["top1"]
-            )
-            for d in per["d"]
-        }
+        ch = {d: top1_changes(per, d) for d in per["d"]}
         lines.append(f"- {obj}: " + ", ".join(f"{d} {n}" for d, n in ch.items()))
     t = res["tuned_choice"]
     lines += [

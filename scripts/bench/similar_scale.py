@@ -7,7 +7,7 @@ of ``--repeat`` (wall clock, in this process):
 
 * ``similar_datasets(..., distance)`` for the default ``combined`` and the other summary
   distances: reads only the per-version summaries;
-* the baseline it replaces: reading an embedding sample of every set (``_sample_rows``, up to
+* the baseline it replaces: reading an embedding sample of every set (``sample_rows``, up to
   5,000 vectors, as ``similar`` did before summaries) and computing the Fréchet distance.
 
 Target (issue 11): ``combined`` over 1,000 versions in under 2 s.
@@ -36,7 +36,7 @@ from pomlia_hpc.data.synth import make_split, write_npz
 from pomlia_hpc.data.versioning import record_version
 from pomlia_hpc.fingerprint.autoencoder import Autoencoder, EncoderConfig
 from pomlia_hpc.fingerprint.distances import frechet_distance
-from pomlia_hpc.fingerprint.similar import _sample_rows, similar_datasets
+from pomlia_hpc.fingerprint.similar import sample_rows, similar_datasets
 from pomlia_hpc.fingerprint.summary import compute_summary, write_summary
 from pomlia_hpc.fingerprint.train import (
     TrainConfig,
@@ -138,9 +138,9 @@ def main() -> int:
             ]
 
         def from_embeddings() -> None:
-            q = _sample_rows(paths[0], 0, args.vectors, 5000)
+            q = sample_rows(paths[0], 0, args.vectors, 5000)
             for path in paths[1:]:
-                frechet_distance(q, _sample_rows(path, 0, args.vectors, 5000))
+                frechet_distance(q, sample_rows(path, 0, args.vectors, 5000))
 
         rows["baseline: read embeddings + frechet"] = _best(from_embeddings, 1)
         load.append(os.getloadavg()[0])
