@@ -108,9 +108,14 @@ def plan_refresh(registry: Registry, workspace: Workspace, base: str | None = No
     refs = {name: f"{name}@{v.version}" for name, v in sorted(versions.items())}
     new = [refs[n] for n, v in sorted(versions.items()) if v.id not in covered]
     root = _SUFFIX.sub("", enc.name)
+    wanted = {v.id for v in versions.values()}
     with registry.session() as s:
-        taken = list(s.scalars(select(Encoder.name).where(Encoder.name.like(f"{root}-r%"))))
-    k = 1 + max((int(m.group(1)) for t in taken if (m := _SUFFIX.search(t))), default=0)
+        taken = list(s.scalars(select(Encoder).where(Encoder.name.like(f"{root}-r%"))))
+    for other in taken:
+        # A refresh that trained its encoder but did not finish (no switch): finish that one.
+        if other.name != enc.name and set(other.dataset_version_ids or []) == wanted:
+            return RefreshPlan(enc.name, other.name, list(refs.values()), new)
+    k = 1 + max((int(m.group(1)) for t in taken if (m := _SUFFIX.search(t.name))), default=0)
     return RefreshPlan(enc.name, f"{root}-r{k}", list(refs.values()), new)
 
 
