@@ -1,4 +1,5 @@
-"""The shared vocabulary: task types, run statuses and job states (no torch, no registry).
+"""The shared vocabulary: task types, task metrics, run statuses and job states (no torch, no
+registry).
 
 Every room that stores, compares or prints one of these words takes it from here, so there is
 one list of each. The enums are :class:`~enum.StrEnum`: a member compares equal to its string,
@@ -69,6 +70,11 @@ def normalize_task_type(task_type: str) -> str:
 def medmnist_task(task_type: str) -> str:
     """MedMNIST's spelling of ``task_type`` (any spelling :func:`normalize_task_type` knows)."""
     return TaskType(normalize_task_type(task_type)).medmnist
+
+
+#: Metric names a task may optimise (all: higher is better, in [0, 1]); computed by
+#: :mod:`pomlia_hpc.automl.metrics`.
+METRICS: tuple[str, ...] = ("acc", "auc", "f1_macro")
 
 
 class RunStatus(StrEnum):

@@ -30,10 +30,7 @@ from medmnist.evaluator import getACC, getAUC
 from sklearn.metrics import f1_score, roc_auc_score
 
 from pomlia_hpc.errors import InputError
-from pomlia_hpc.vocab import medmnist_task
-
-#: Metric names a task may optimise (all: higher is better, in [0, 1]).
-METRICS: tuple[str, ...] = ("acc", "auc", "f1_macro")
+from pomlia_hpc.vocab import METRICS, medmnist_task
 
 
 def check_metric(metric: str) -> str:

@@ -46,23 +46,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pomlia_hpc import vocab
 from pomlia_hpc.errors import InputError
-
-#: Metrics a result may report (the task metrics of :mod:`pomlia_hpc.automl.metrics`; kept
-#: here so this package never imports torch).
-METRICS: tuple[str, ...] = ("acc", "auc", "f1_macro")
-TASK_TYPES: tuple[str, ...] = ("multi-class", "binary", "multi-label", "ordinal")
-_TASK_ALIASES = {
-    "multi-class": "multi-class",
-    "multiclass": "multi-class",
-    "binary": "binary",
-    "binary-class": "binary",
-    "multi-label": "multi-label",
-    "multilabel": "multi-label",
-    "multi-label, binary-class": "multi-label",
-    "ordinal": "ordinal",
-    "ordinal-regression": "ordinal",
-}
+from pomlia_hpc.vocab import METRICS, TASK_TYPES
 
 STRATEGY_FIELDS: tuple[str, ...] = ("arch", "init", "mode", "img_size", "extra_data")
 REQUIRED: tuple[str, ...] = ("dataset", "arch", "init", "mode", "img_size", "metric", "value")
@@ -110,7 +96,10 @@ def strategy_key(strategy: Mapping[str, Any]) -> str:
 
 def normalize_task_type(value: str) -> str | None:
     """One of :data:`TASK_TYPES` for any known spelling (MedMNIST's too), else ``None``."""
-    return _TASK_ALIASES.get(value.strip().lower())
+    try:
+        return vocab.normalize_task_type(value)
+    except InputError:
+        return None
 
 
 def _rows(path: Path) -> Iterator[tuple[int, dict[str, str]]]:
