@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -20,7 +21,9 @@ from pomlia_hpc.cluster.records import (
     record_submission,
     refresh_slurm_jobs,
 )
+from pomlia_hpc.errors import ClusterError
 from pomlia_hpc.registry import Job, Registry
+from tests.fixtures.fake_slurm import FakeSlurm
 
 
 def _sacct_time(t: datetime) -> str:
@@ -129,3 +132,25 @@ def test_poll_holds_no_lock_while_sacct_runs(
     assert refresh_slurm_jobs(reg) == 1
     other.dispose()
     assert len(written) == 1
+
+
+def test_sbatch_script_records_the_job_and_names_sbatchs_refusal(
+    reg: Registry, fake_slurm: FakeSlurm, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake_slurm.hold()  # the script is only submitted here, never run
+    folder = tmp_path / "deploy"
+    folder.mkdir()
+    script = folder / "serve.sbatch"
+    script.write_text("#!/bin/sh\n#SBATCH --job-name=pomlia-serve\nsleep 1\n")
+    rid = records.sbatch_script(reg, script, name="pomlia-serve", meta={"deployment_id": 3})
+    (task,) = fake_slurm.submitted()
+    row = _row(reg, rid)
+    assert (row.scheduler_id, row.backend, row.state) == (str(task["job_id"]), "slurm", "PENDING")
+    assert row.meta == {"deployment_id": 3} and row.folder == str(folder)
+
+    fake_slurm.fail_next("sbatch", "sbatch: error: invalid partition specified: gpu")
+    with pytest.raises(ClusterError, match="sbatch refused the job: sbatch: error: invalid"):
+        records.sbatch_script(reg, script, name="pomlia-serve")
+    monkeypatch.setenv("PATH", str(tmp_path / "nothing"))
+    with pytest.raises(ClusterError, match="sbatch not found"):
+        records.sbatch_script(reg, script, name="pomlia-serve")

@@ -159,6 +159,37 @@ def record_submission(
         return [r.id for r in rows]
 
 
+def sbatch_script(
+    registry: Registry, script: Path, *, name: str, meta: dict[str, Any] | None = None
+) -> int:
+    """Submit the batch script ``script`` with ``sbatch`` (run from the script's folder) and
+    record the job; returns its registry id. For scripts a user could also submit by hand
+    (a deployment's ``serve.sbatch``); Python callables go through the executor."""
+    try:
+        out = subprocess.run(
+            ["sbatch", "--parsable", str(script)],
+            cwd=script.parent,
+            capture_output=True,
+            text=True,
+            check=True,
+            timeout=60,
+        )
+    except FileNotFoundError as exc:
+        raise ClusterError("sbatch not found: submit from a Slurm login node") from exc
+    except subprocess.CalledProcessError as exc:
+        raise ClusterError(f"sbatch refused the job: {exc.stderr.strip()}") from exc
+    scheduler_id = out.stdout.strip().split(";")[0]  # "<id>;<cluster>" on federated clusters
+    (job_id,) = record_submission(
+        registry,
+        backend="slurm",
+        scheduler_ids=[scheduler_id],
+        name=name,
+        folder=str(script.parent),
+        meta=meta,
+    )
+    return job_id
+
+
 def update_job(registry: Registry, job_id: int, **fields: Any) -> None:
     """Set ``fields`` on one job row."""
     with registry.session() as s:

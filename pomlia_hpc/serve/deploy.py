@@ -21,14 +21,13 @@ from __future__ import annotations
 import re
 import shlex
 import shutil
-import subprocess
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from pomlia_hpc.cluster.records import record_submission
+from pomlia_hpc.cluster.records import sbatch_script
 from pomlia_hpc.config import ClusterProfile
-from pomlia_hpc.errors import ClusterError, InputError
+from pomlia_hpc.errors import InputError
 from pomlia_hpc.models.catalog import resolve_model
 from pomlia_hpc.registry import Deployment, Registry
 from pomlia_hpc.serve.export import bundle_for_model, export_model
@@ -230,26 +229,10 @@ def submit_deployment(registry: Registry, result: DeployResult) -> DeployResult:
             f"{sif} does not exist; build it first: cd {result.directory} && "
             "apptainer build pomlia-serve.sif apptainer.def"
         )
-    try:
-        out = subprocess.run(
-            ["sbatch", "--parsable", str(result.sbatch_file)],
-            cwd=result.directory,
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=60,
-        )
-    except FileNotFoundError as exc:
-        raise ClusterError("sbatch not found: submit from a Slurm login node") from exc
-    except subprocess.CalledProcessError as exc:
-        raise ClusterError(f"sbatch refused the job: {exc.stderr.strip()}") from exc
-    scheduler_id = out.stdout.strip().split(";")[0]
-    (job_id,) = record_submission(
+    job_id = sbatch_script(
         registry,
-        backend="slurm",
-        scheduler_ids=[scheduler_id],
+        result.sbatch_file,
         name="pomlia-serve",
-        folder=str(result.directory),
         meta={"deployment_id": result.deployment_id},
     )
     with registry.session() as s:
