@@ -1,4 +1,4 @@
-"""The data room: datasets in, as versioned Zarr stores (see DESIGN.md).
+"""The data room: datasets in, as versioned Zarr stores (layers: docs/ARCHITECTURE.md).
 
 Modules, in the order data flows through them:
 
