@@ -67,7 +67,9 @@ def test_killed_driver_resumes_without_repeating_trials(
             runs = records.study_runs(reg, "r1")
             done = [r for r in runs if r.status == "ok"]
             out = [r for r in runs if r.status == "running" and r.job_id is not None]
-            if done and out:
+            # The driver's redirected stdout (a Slurm output file) shows the finished trial
+            # while the driver still runs, not only when it ends.
+            if done and out and ": ok val acc" in (tmp_path / "driver1.log").read_text():
                 break
             assert driver.poll() is None, (tmp_path / "driver1.log").read_text()
             assert time.time() < deadline, "the first trial did not finish in time"

@@ -31,15 +31,19 @@ def test_train_extract_index_similar_plot(workspace: Workspace, tmp_path: Path) 
         "--workers", "0", "--objective", "mse",
     )  # fmt: skip
     assert "encoder ae (id 1, objective mse)" in text and "held-out loss" in text
+    # Off a terminal (as in a Slurm output file) progress comes as plain lines.
+    assert "training 'ae': 1/1 epochs (100%)" in text
 
     text = cli_ok(
         "fingerprint", "extract", "bloodmnist", "organamnist", "pneumoniamnist",
         "--patch-grid", "2",
     )  # fmt: skip
     assert text.count("complete") == 3 and "pneumoniamnist" in text
+    assert "] extracting: " in text and " array tasks (100%)" in text
 
     text = cli_ok("index", "build")  # the only encoder is the default
     assert "index rebuilt: Flat" in text and "generation 1" in text
+    assert "] adding vectors: " in text and " vectors (100%)" in text
 
     text = cli_ok("similar", "bloodmnist", "--k", "2", "--distance", "mmd", "--json")
     found = json.loads(text)

@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.live import Live
 from rich.table import Table
 from rich.text import Text
 
 from pomlia_hpc.cli.app import STATE, app, console
 from pomlia_hpc.errors import InputError
+from pomlia_hpc.progress import Reporter, progress
+from pomlia_hpc.vocab import RunStatus
 
 task_app = typer.Typer(
     help="Register learning tasks (dataset version, metric, task type).", no_args_is_help=True
@@ -109,7 +111,12 @@ def study_table(view: Any) -> Table:
         "cause",
     ):
         table.add_column(col, overflow="fold")
-    style = {"ok": "green", "crashed": "red", "running": "yellow", "pending": "dim"}
+    style = {
+        RunStatus.OK: "green",
+        RunStatus.CRASHED: "red",
+        RunStatus.RUNNING: "yellow",
+        RunStatus.PENDING: "dim",
+    }
     for t in view.trials[-30:]:
         mark = " *" if best is not None and t.run_id == best.run_id else ""
         epochs = f"{t.start_epoch}→{t.epochs}" if t.start_epoch else str(t.epochs)
@@ -125,6 +132,32 @@ def study_table(view: Any) -> Table:
             t.cause[:60],
         )
     return table
+
+
+def _trial_line(t: Any, metric: str) -> str:
+    """One trial (a :class:`~pomlia_hpc.automl.study.TrialView`) as a plain log line."""
+    val = f" val {metric} {_fmt(t.objective)}" if t.objective is not None else ""
+    cause = f" ({t.cause[:120]})" if t.cause else ""
+    return f"run {t.run_id} {t.summary}, {t.epochs} epochs: {t.status}{val}{cause}"
+
+
+def _reporter(bar: Reporter) -> Callable[[Any], None]:
+    """``on_update`` for a study: the live table in a terminal; otherwise a status line per
+    finished trial count and a line each time a trial changes status (for a Slurm log)."""
+    seen: dict[int, str] = {}
+
+    def update(view: Any) -> None:
+        ended = sum(t.status in (RunStatus.OK, RunStatus.CRASHED) for t in view.trials)
+        best = view.best
+        note = f"best run {best.run_id} val {view.metric} {_fmt(best.objective)}" if best else ""
+        if bar.plain:
+            for t in view.trials:
+                if seen.get(t.run_id) != t.status:
+                    seen[t.run_id] = t.status
+                    bar.line(_trial_line(t, view.metric))
+        bar.update(ended, view.n_trials, note=note, view=study_table(view))
+
+    return update
 
 
 #: ``automl run`` parameters that still apply with ``--resume`` (the rest are the study's own).
@@ -329,10 +362,10 @@ def automl_run(
         f"study [bold]{spec.name}[/] on task {spec.task} ({spec.dataset}, metric "
         f"{spec.metric}), {spec.optimizer}, executor '{spec.executor}'"
     )
-    with Live(console=console, refresh_per_second=2) as live:
-        result = run_study(
-            reg, ws, spec, resume=resume, on_update=lambda view: live.update(study_table(view))
-        )
+    with progress(
+        f"study {spec.name}", spec.n_trials, unit="trials", console=console, live_view=True
+    ) as bar:
+        result = run_study(reg, ws, spec, resume=resume, on_update=_reporter(bar))
     if result.best_run_id is None:
         if result.n_ok:
             # They trained, but the metric cannot be computed on this validation split.

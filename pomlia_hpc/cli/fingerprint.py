@@ -9,12 +9,12 @@ from typing import Annotated, Any
 
 import typer
 from pydantic import ValidationError
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 from sqlalchemy import select
 
 from pomlia_hpc.cli.app import STATE, app, console
 from pomlia_hpc.errors import InputError, NotFoundError
+from pomlia_hpc.progress import progress
 from pomlia_hpc.registry import Encoder
 
 fingerprint_app = typer.Typer(
@@ -50,16 +50,6 @@ def _encoder(name: str | None) -> str:
     if not names:
         raise NotFoundError("no encoder is registered", hint="run `pomlia fingerprint train`")
     raise InputError(f"several encoders are registered ({', '.join(names)}): pass --encoder")
-
-
-def _progress() -> Progress:
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TimeElapsedColumn(),
-        console=console,
-    )
 
 
 def _resources(cpus: int | None, gpus: int | None) -> dict[str, Any] | None:
@@ -142,8 +132,7 @@ def train(
         ) from exc
     ws = STATE.workspace
     ws.create()
-    with _progress() as bar:
-        task = bar.add_task(f"training '{name}' (epochs)", total=epochs)
+    with progress(f"training '{name}'", epochs, unit="epochs", console=console) as bar:
         enc = train_encoder(
             STATE.registry(),
             ws,
@@ -151,7 +140,7 @@ def train(
             datasets,
             config,
             resources=_resources(cpus, gpus),
-            progress=lambda done, total: bar.update(task, completed=done, total=total),
+            progress=lambda done, total: bar.update(done, total),
         )
     curves = read_curves(Path(enc.checkpoint_path).parent) or {}
     val = list(curves.get("val") or [])
@@ -192,12 +181,7 @@ def extract(
 
     ws = STATE.workspace
     ws.create()
-    with _progress() as bar:
-        task = bar.add_task("extracting shards", total=None)
-
-        def report(done: int, total: int) -> None:
-            bar.update(task, completed=done, total=total)
-
+    with progress("extracting", unit="array tasks", console=console) as bar:
         results = run_extract(
             STATE.registry(),
             ws,
@@ -209,7 +193,7 @@ def extract(
             patch_grid=patch_grid,
             force=force,
             resources=_resources(cpus, gpus),
-            progress=report,
+            progress=lambda done, total: bar.update(done, total),
         )
     table = Table(title="embeddings")
     for col in ("dataset", "vectors", "shards", "run now", "status"):
@@ -247,8 +231,8 @@ def build(
 
     if metric not in ("l2", "ip"):
         raise InputError(f"option '--metric': expected 'l2' or 'ip', got '{metric}'")
-    with _progress() as bar:
-        task = bar.add_task("adding vectors", total=None)
+    # Vectors arrive in blocks of a few thousand: one plain line per 10 s is plenty.
+    with progress("adding vectors", unit="vectors", console=console, min_interval_s=10) as bar:
         res = build_index(
             STATE.registry(),
             STATE.workspace,
@@ -258,7 +242,7 @@ def build(
             kind="patches" if patches else "images",
             nprobe=nprobe,
             rebuild=rebuild,
-            progress=lambda d, t: bar.update(task, completed=d, total=t),
+            progress=lambda done, total: bar.update(done, total),
         )
     what = "rebuilt" if res.rebuilt else ("extended" if res.added_sets else "up to date")
     console.print(

@@ -1,0 +1,217 @@
+"""Progress of long commands, readable live in a terminal and in a Slurm job's output file.
+
+Every long command (``fingerprint train``, ``fingerprint extract``, ``index build``,
+``automl run``) reports through :func:`progress`:
+
+* in a terminal, a rich progress bar (or, with ``live_view``, a table the command redraws);
+* otherwise (stdout redirected to a file, as ``sbatch`` does), plain lines, each flushed at
+  once: one whenever the count changes (an epoch, a trial, a shard; at most one per
+  ``min_interval_s`` seconds for fine-grained counts such as vectors) and, while nothing
+  changes, a heartbeat at least every ``every_s`` seconds (30 by default, or the
+  ``POMLIA_PROGRESS_EVERY_S`` environment variable), so ``tail -f`` on the output file shows
+  the job is alive. Without this a redirected rich bar prints nothing until the command ends.
+
+A plain line looks like::
+
+    [04:31:07] training 'ae16': 3/10 epochs (30%), 1m12s elapsed; loss 0.0123
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import IO
+
+from rich.console import Console, RenderableType
+from rich.live import Live
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+#: Longest silence (s) of a plain-text progress report while the work goes on.
+DEFAULT_EVERY_S = 30.0
+EVERY_ENV = "POMLIA_PROGRESS_EVERY_S"
+
+
+def _every_s(every_s: float | None) -> float:
+    if every_s is not None:
+        return every_s
+    try:
+        value = float(os.environ.get(EVERY_ENV, DEFAULT_EVERY_S))
+    except ValueError:
+        value = DEFAULT_EVERY_S  # a typo in a tuning knob must not stop a training job
+    return value if value > 0 else DEFAULT_EVERY_S
+
+
+def _duration(seconds: float) -> str:
+    s = int(seconds)
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+class Reporter:
+    """What a command calls while it works; see :func:`progress` for the two modes."""
+
+    def __init__(
+        self,
+        description: str,
+        total: int | None,
+        unit: str,
+        *,
+        stream: IO[str] | None,
+        bar: Progress | None = None,
+        live: Live | None = None,
+        console: Console | None = None,
+        min_interval_s: float = 0.0,
+    ) -> None:
+        self.description, self.total, self.unit = description, total, unit
+        self.done = 0
+        self.note_text = ""
+        self._stream, self._bar, self._live, self._console = stream, bar, live, console
+        self._task = bar.add_task(description, total=total) if bar is not None else None
+        self._min_interval_s = min_interval_s
+        self._start = self._last_line = time.monotonic()
+        self._lock = threading.Lock()
+        self._printed: tuple[int, int | None, str] | None = None
+        self._view: RenderableType | None = None
+
+    @property
+    def plain(self) -> bool:
+        """Whether this reporter writes plain lines (stdout is not a terminal)."""
+        return self._stream is not None
+
+    def update(
+        self,
+        done: int,
+        total: int | None = None,
+        note: str | None = None,
+        view: RenderableType | None = None,
+    ) -> None:
+        """``done`` of ``total`` units are finished (``total`` may change, e.g. once known);
+        ``note`` is a short status (a loss, a cause); ``view`` redraws a live table."""
+        with self._lock:
+            self.done = done
+            if total is not None:
+                self.total = total
+            if note is not None:
+                self.note_text = note
+            if self._bar is not None and self._task is not None:
+                self._bar.update(self._task, completed=done, total=self.total)
+            if view is not None:
+                self._view = view
+                if self._live is not None:
+                    self._live.update(view)
+            if self._stream is None:
+                return
+            state = (self.done, self.total, self.note_text)
+            if state == self._printed:
+                return
+            finished = self.total is not None and self.done >= self.total
+            waited = time.monotonic() - self._last_line
+            if self._printed is None or finished or waited >= self._min_interval_s:
+                self._write(self._status())
+
+    def line(self, text: str) -> None:
+        """An event worth its own line (a trial ended, a shard failed), in both modes."""
+        with self._lock:
+            if self._stream is not None:
+                self._write(text)
+            elif self._console is not None:
+                self._console.print(text, markup=False, highlight=False)
+
+    def heartbeat(self, every_s: float) -> None:
+        """Repeat the status if nothing was written for ``every_s`` seconds (plain mode)."""
+        with self._lock:
+            if self._stream is not None and time.monotonic() - self._last_line >= every_s:
+                self._write(self._status() + " (still working)")
+
+    def finish(self) -> None:
+        """Plain mode: write the final status unless the last line said it, then the last
+        ``view`` (a terminal's live table shows it already)."""
+        with self._lock:
+            if self._stream is None:
+                return
+            if (self.done, self.total, self.note_text) != self._printed:
+                self._write(self._status())
+            if self._view is not None and self._console is not None:
+                self._console.print(self._view)
+
+    def _status(self) -> str:
+        of = f"/{self.total}" if self.total is not None else ""
+        unit = f" {self.unit}" if self.unit else ""
+        pct = f" ({100 * self.done // self.total}%)" if self.total else ""
+        elapsed = _duration(time.monotonic() - self._start)
+        note = f"; {self.note_text}" if self.note_text else ""
+        return f"{self.description}: {self.done}{of}{unit}{pct}, {elapsed} elapsed{note}"
+
+    def _write(self, text: str) -> None:
+        if self._stream is None:
+            return
+        stamp = time.strftime("%H:%M:%S")
+        self._stream.write(f"[{stamp}] {text}\n")
+        self._stream.flush()
+        self._last_line = time.monotonic()
+        self._printed = (self.done, self.total, self.note_text)
+
+
+@contextmanager
+def progress(
+    description: str,
+    total: int | None = None,
+    *,
+    unit: str = "",
+    console: Console | None = None,
+    stream: IO[str] | None = None,
+    every_s: float | None = None,
+    min_interval_s: float = 0.0,
+    live_view: bool = False,
+) -> Iterator[Reporter]:
+    """Report the progress of one long piece of work; yields a :class:`Reporter`.
+
+    The mode follows ``console`` (a rich console; default: one on stdout): a terminal gets a
+    bar, or with ``live_view`` a live table that :meth:`Reporter.update` redraws from its
+    ``view``; anything else gets plain lines on ``stream`` (default: the console's file). A
+    plain report writes its first status at once, every change (but at most one line per
+    ``min_interval_s`` seconds, except the last), a heartbeat after ``every_s`` seconds of
+    silence, and a final status when the block ends.
+    """
+    console = console or Console()
+    if stream is None and console.is_terminal:
+        if live_view:
+            with Live(console=console, refresh_per_second=2) as live:
+                yield Reporter(description, total, unit, stream=None, live=live, console=console)
+        else:
+            bar = Progress(
+                TextColumn("{task.description}"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeElapsedColumn(),
+                console=console,
+            )
+            with bar:
+                yield Reporter(description, total, unit, stream=None, bar=bar, console=console)
+        return
+    out: IO[str] = stream if stream is not None else console.file
+    reporter = Reporter(
+        description, total, unit, stream=out, console=console, min_interval_s=min_interval_s
+    )
+    reporter.update(0)
+    period = _every_s(every_s)
+    stop = threading.Event()
+
+    def beat() -> None:
+        while not stop.wait(min(period, 1.0)):
+            reporter.heartbeat(period)
+
+    thread = threading.Thread(target=beat, name="progress-heartbeat", daemon=True)
+    thread.start()
+    try:
+        yield reporter
+    finally:
+        stop.set()
+        thread.join()
+        reporter.finish()

@@ -1,0 +1,98 @@
+"""The progress helper: with stdout redirected to a file (a Slurm job's output), lines appear
+while the work runs, not only when it ends."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from rich.console import Console
+
+from pomlia_hpc.progress import progress
+
+REPO = Path(__file__).resolve().parents[1]
+
+# Reports one step, then waits for the test to create the file argv[1], then finishes.
+SCRIPT = """
+import sys, time
+from pathlib import Path
+from pomlia_hpc.progress import progress
+
+go = Path(sys.argv[1])
+with progress("training 'ae'", 3, unit="epochs") as bar:
+    bar.update(1, note="loss 0.5")
+    while not go.exists():
+        time.sleep(0.05)
+    bar.update(3)
+"""
+
+
+def _wait_for(path: Path, text: str, proc: subprocess.Popen[bytes], limit_s: float = 120) -> str:
+    """The file's content once it contains ``text``; fails if the process ends first."""
+    deadline = time.monotonic() + limit_s
+    while time.monotonic() < deadline:
+        content = path.read_text()
+        if text in content:
+            return content
+        assert proc.poll() is None, f"the process ended before writing {text!r}:\n{content}"
+        time.sleep(0.05)
+    raise AssertionError(f"{text!r} never appeared in {path}:\n{path.read_text()}")
+
+
+def test_redirected_output_shows_progress_before_the_process_ends(tmp_path: Path) -> None:
+    out, go = tmp_path / "slurm-1.out", tmp_path / "go"
+    with out.open("w") as stdout:
+        proc = subprocess.Popen(
+            [sys.executable, "-c", SCRIPT, str(go)],
+            cwd=REPO,
+            stdout=stdout,
+            stderr=subprocess.STDOUT,
+            env={"PATH": "/usr/bin:/bin", "POMLIA_PROGRESS_EVERY_S": "0.2"},
+        )
+        try:
+            text = _wait_for(out, "1/3 epochs (33%)", proc)
+            assert "loss 0.5" in text
+            # Nothing changes while the process waits: the heartbeat repeats the status.
+            _wait_for(out, "(still working)", proc)
+            assert proc.poll() is None
+        finally:
+            go.touch()
+            assert proc.wait(timeout=120) == 0
+    lines = out.read_text().splitlines()
+    assert "training 'ae': 0/3 epochs (0%), " in lines[0]
+    assert "3/3 epochs (100%)" in lines[-1]
+
+
+def test_plain_lines_follow_changes_and_fine_counts_are_thinned() -> None:
+    buf = io.StringIO()
+    with progress("adding vectors", unit="vectors", stream=buf, min_interval_s=3600) as bar:
+        for done in range(0, 1001, 100):
+            bar.update(done, 1000)
+    lines = buf.getvalue().splitlines()
+    # The first status, then nothing until the end (one line per hour at most), then the end.
+    assert len(lines) == 2, lines
+    assert "adding vectors: 0 vectors, " in lines[0]
+    assert "adding vectors: 1000/1000 vectors (100%), " in lines[1]
+
+    buf = io.StringIO()
+    with progress("study s", 2, unit="trials", stream=buf) as bar:
+        bar.update(1, note="best run 3")
+        bar.update(1, note="best run 3")  # no change: no line
+        bar.line("run 4 small_cnn: crashed (out of memory)")
+        bar.update(2)
+    lines = buf.getvalue().splitlines()
+    assert len(lines) == 4, lines
+    assert "1/2 trials (50%), " in lines[1] and lines[1].endswith(" elapsed; best run 3")
+    assert lines[2].endswith("] run 4 small_cnn: crashed (out of memory)")
+
+
+def test_a_terminal_gets_a_bar_and_no_plain_lines() -> None:
+    buf = io.StringIO()
+    console = Console(file=buf, force_terminal=True, width=100)
+    with progress("extracting", 4, unit="array tasks", console=console) as bar:
+        bar.update(4)
+        assert not bar.plain
+    assert "elapsed" not in buf.getvalue() and "4/4" in buf.getvalue()
