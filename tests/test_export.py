@@ -1,9 +1,11 @@
-"""Classifier checkpoints, registry rows and the export to TorchScript + ONNX + model card."""
+"""Classifier checkpoints, registry rows and the export to ONNX + torch.export + model card."""
 
 from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,7 @@ from pomlia_hpc.registry import Model, Registry
 from pomlia_hpc.serve.demo import cached_demo_bundle, save_demo_checkpoint
 from pomlia_hpc.serve.export import ExportError, export_checkpoint, export_model
 from pomlia_hpc.serve.exported import ExportedBundle
+from pomlia_hpc.serve.runtime import load_program, load_runtime
 from pomlia_hpc.vocab import normalize_task_type
 from pomlia_hpc.workspace import Workspace
 
@@ -170,7 +173,7 @@ def small_bundle(small_export: tuple[Path, Path]) -> Path:
 
 
 def _assert_parity(ckpt: Path, root: Path, channels: int, size: int) -> None:
-    """ONNX (onnxruntime) and TorchScript outputs equal eager PyTorch within 1e-4 on fresh
+    """ONNX (onnxruntime) and torch.export outputs equal eager PyTorch within 1e-4 on fresh
     random inputs, at a batch size the export's own check did not try."""
     model = load_classifier(ckpt).model
     sess = ort.InferenceSession(str(root / "model.onnx"), providers=["CPUExecutionProvider"])
@@ -179,15 +182,15 @@ def _assert_parity(ckpt: Path, root: Path, channels: int, size: int) -> None:
         ref = model(x).numpy()
     got = sess.run(None, {sess.get_inputs()[0].name: x.numpy()})[0]
     assert np.abs(got - ref).max() <= 1e-4
-    ts = torch.jit.load(str(root / "model.ts"))
+    program = load_program(str(root / "model.pt2"))
     with torch.inference_mode():
-        assert np.abs(ts(x).numpy() - ref).max() <= 1e-4
+        assert np.abs(program(x).numpy() - ref).max() <= 1e-4
 
 
 def test_small_cnn_export_matches_pytorch(small_export: tuple[Path, Path]) -> None:
     ckpt, root = small_export
     bundle = ExportedBundle.open(root)
-    assert set(bundle.card["files"]) == {"model.onnx", "model.ts"}
+    assert set(bundle.card["files"]) == {"model.onnx", "model.pt2"}
     assert bundle.task_type == "multi-label"
     assert (bundle.channels, bundle.image_size) == (1, 28)
     assert bundle.card["export"]["max_prob_diff"]["onnx"] <= 1e-4
@@ -205,7 +208,7 @@ def test_small_cnn_export_matches_pytorch(small_export: tuple[Path, Path]) -> No
 def test_resnet18_export_matches_pytorch(tmp_path: Path) -> None:
     ckpt = save_demo_checkpoint(tmp_path / "c.pt", arch="resnet18", channels=3, image_size=28)
     res = export_checkpoint(ckpt, tmp_path / "bundles", name="r18")
-    assert res.max_abs_diff["onnx"] <= 1e-4 and res.max_abs_diff["torchscript"] <= 1e-4
+    assert res.max_abs_diff["onnx"] <= 1e-4 and res.max_abs_diff["torch_export"] <= 1e-4
     _assert_parity(ckpt, res.bundle.root, 3, 28)
 
 
@@ -254,12 +257,83 @@ def test_export_refuses_when_outputs_disagree(
 def test_export_ships_an_encoder_for_fingerprints(tmp_path: Path) -> None:
     ckpt = save_demo_checkpoint(tmp_path / "c.pt", channels=3)
     enc = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, stride=2), torch.nn.AdaptiveAvgPool2d(2))
-    scripted = torch.jit.script(enc)
-    scripted.save(str(tmp_path / "enc.ts"))
-    res = export_checkpoint(ckpt, tmp_path / "bundles", name="m", encoder=tmp_path / "enc.ts")
+    export_mod.save_program(enc.eval(), torch.rand(2, 3, 28, 28), tmp_path / "enc.pt2")
+    res = export_checkpoint(ckpt, tmp_path / "bundles", name="m", encoder=tmp_path / "enc.pt2")
     assert res.bundle.card["fingerprint"]["kind"] == "encoder"
     assert res.bundle.card["fingerprint"]["dim"] == 16
-    assert res.bundle.encoder_file == res.bundle.root / "encoder.ts"
+    assert res.bundle.encoder_file == res.bundle.root / "encoder.pt2"
+    # A TorchScript file is refused by name, before anything is loaded or written.
+    (tmp_path / "enc.ts").write_bytes(b"PK")
+    with pytest.raises(InputError, match=r"enc\.ts: expected an ONNX graph .* TorchScript is no"):
+        export_checkpoint(ckpt, tmp_path / "more", name="m", encoder=tmp_path / "enc.ts")
+    assert not (tmp_path / "more").exists()
+    # An encoder whose batch axis is fixed would fail on the server's batches: refused too.
+    fixed = torch.export.export(enc, (torch.rand(2, 3, 28, 28),))
+    torch.export.save(fixed, str(tmp_path / "fixed.pt2"))
+    with pytest.raises(InputError, match=r"fixed\.pt2: cannot run it on a \(1, 3, 28, 28\)"):
+        export_checkpoint(ckpt, tmp_path / "more", name="m", encoder=tmp_path / "fixed.pt2")
+
+
+def _legacy_bundle(bundle: Path, root: Path, files: dict[str, str]) -> Path:
+    """A copy of ``bundle`` as an older version wrote it: TorchScript ``files`` instead of the
+    torch.export program (the file contents do not matter: they must never be loaded)."""
+    shutil.copytree(bundle, root)
+    (root / "model.pt2").unlink()
+    card = json.loads((root / "card.json").read_text())
+    del card["files"]["model.pt2"]
+    for name, content in files.items():
+        (root / name).write_text(content)
+        card["files"][name] = "0" * 64
+    (root / "card.json").write_text(json.dumps(card))
+    return root
+
+
+def test_old_torchscript_bundles_serve_onnx_or_say_to_re_export(
+    tmp_path: Path, small_bundle: Path
+) -> None:
+    old = ExportedBundle.open(_legacy_bundle(small_bundle, tmp_path / "old", {"model.ts": "x"}))
+    assert load_runtime(old, "onnx").backend == "onnx"  # the CPU model still serves
+    with pytest.raises(InputError, match=r"model\.ts, is TorchScript.*pomlia model export"):
+        load_runtime(old, "torch")
+
+    only_ts = _legacy_bundle(small_bundle, tmp_path / "only", {"model.ts": "x"})
+    card = json.loads((only_ts / "card.json").read_text())
+    del card["files"]["model.onnx"]
+    (only_ts / "card.json").write_text(json.dumps(card))
+    with pytest.raises(InputError, match=r"its only model, model\.ts, is TorchScript"):
+        ExportedBundle.open(only_ts)
+
+    enc_ts = _legacy_bundle(small_bundle, tmp_path / "enc", {"model.ts": "x", "encoder.ts": "x"})
+    with pytest.raises(InputError, match=r"encoder, encoder\.ts, is TorchScript.*re-export"):
+        ExportedBundle.open(enc_ts)
+
+
+def test_export_and_serving_load_raise_no_future_warning(tmp_path: Path) -> None:
+    # In a fresh interpreter with FutureWarning as an error (torch.jit's deprecation is one):
+    # export, then load both runtimes and run a batch through each.
+    code = (
+        "import sys\n"
+        "from pathlib import Path\n"
+        "import numpy as np\n"
+        "from pomlia_hpc.serve.demo import save_demo_checkpoint\n"
+        "from pomlia_hpc.serve.export import export_checkpoint\n"
+        "from pomlia_hpc.serve.runtime import load_runtime\n"
+        "out = Path(sys.argv[1])\n"
+        "ckpt = save_demo_checkpoint(out / 'c.pt', num_classes=3)\n"
+        "bundle = export_checkpoint(ckpt, out / 'bundles', name='m').bundle\n"
+        "x = np.zeros((2, 3, 28, 28), dtype=np.float32)\n"
+        "for backend in ('torch', 'onnx'):\n"
+        "    assert load_runtime(bundle, backend).logits(x).shape == (2, 3)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-W", "error::FutureWarning", "-c", code, str(tmp_path)],
+        cwd=Path(__file__).resolve().parents[1],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "FutureWarning" not in proc.stderr
 
 
 def test_bundle_card_errors_name_the_field(tmp_path: Path, small_bundle: Path) -> None:
@@ -331,7 +405,7 @@ def test_export_ships_the_task_encoder_from_the_registry(
     res = export_model(reg, workspace, "grey")
     fp = res.bundle.card["fingerprint"]
     assert (fp["kind"], fp["encoder_name"], fp["dim"]) == ("encoder", "ae", 8)
-    assert res.bundle.encoder_file == res.bundle.root / "encoder.ts"
+    assert res.bundle.encoder_file == res.bundle.root / "encoder.pt2"
     # The shipped encoder gives the autoencoder's latent of the grey image repeated to RGB.
     x = torch.rand(3, 1, 28, 28)
     got = encoder_fingerprint(res.bundle.encoder_file)(x.numpy())

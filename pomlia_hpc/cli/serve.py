@@ -41,8 +41,9 @@ def export(
     encoder: Annotated[
         str | None,
         typer.Option(
-            help="Fingerprint encoder to ship: a file (ONNX/TorchScript: float32 NCHW in [0,1] → "
-            "vector) or a registry encoder name/id. Default: the task's encoder, if any."
+            help="Fingerprint encoder to ship: a file (ONNX .onnx or torch.export .pt2: float32 "
+            "NCHW in [0,1] → vector) or a registry encoder name/id. Default: the task's encoder, "
+            "if any."
         ),
     ] = None,
     rtol: Annotated[
@@ -56,10 +57,10 @@ def export(
         float, typer.Option(help="Absolute allowance added for probabilities near 0.")
     ] = 1e-5,
 ) -> None:
-    """Export MODEL to TorchScript + ONNX + model card (checked against PyTorch), registered."""
+    """Export MODEL to ONNX + a torch.export program + model card (checked against PyTorch)."""
     from pomlia_hpc.serve.export import export_model
 
-    with console.status(f"exporting {model} (TorchScript, ONNX, parity check)"):
+    with console.status(f"exporting {model} (ONNX, torch.export, parity check)"):
         res = export_model(
             STATE.registry(), STATE.workspace, model, encoder=encoder, rtol=rtol, atol=atol
         )

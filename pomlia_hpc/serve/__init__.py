@@ -4,9 +4,9 @@ The checkpoint format, model cards and the model catalog live in :mod:`pomlia_hp
 
 Modules, in the order a model goes through them:
 
-* ``export``     TorchScript + ONNX + model card, checked against PyTorch (``export_model``)
+* ``export``     ONNX + torch.export program + model card, checked against PyTorch
 * ``exported``   reading an exported bundle (no torch import: fast server start)
-* ``runtime``    onnxruntime on CPU, TorchScript on GPU; preprocessing, probabilities
+* ``runtime``    onnxruntime on CPU, the torch.export program on GPU; preprocessing
 * ``decode``     uploads (PNG, JPEG, TIFF, NPY) to arrays, every bad input a 4xx
 * ``batching``   dynamic batching on one model thread
 * ``predictor``  batch -> model -> outputs -> durable log -> answer

@@ -1,10 +1,14 @@
-"""Export a classifier checkpoint to a servable bundle: TorchScript + ONNX + model card.
+"""Export a classifier checkpoint to a servable bundle: ONNX + a torch.export program + card.
 
-The ONNX graph comes from ``torch.onnx.export(dynamo=True)`` with a dynamic batch axis. Every
-export is checked before it becomes visible (:mod:`pomlia_hpc.serve.parity`): onnxruntime's and
-TorchScript's probabilities on inputs in the model's real range (batch 1 and 7) must equal eager
-PyTorch's within a relative tolerance ``rtol`` (default 1e-3, plus ``atol`` 1e-5 for
-probabilities near 0), with the same predicted class. The bundle is
+Both graphs come from one ``torch.export`` trace with a dynamic batch axis: ``model.onnx``
+(``torch.onnx.export(dynamo=True)``) for onnxruntime on CPU, and ``model.pt2``
+(``torch.export.save``) for PyTorch on a GPU. TorchScript, the former GPU format, is deprecated
+in torch 2.x and no longer written. AOTInductor packages are not built: they are compiled for
+one device (so belong on the GPU node), and compiling even the small CNN took minutes on CPU
+here. Every export is checked before it becomes visible (:mod:`pomlia_hpc.serve.parity`):
+onnxruntime's and the program's probabilities on inputs in the model's real range (batch 1 and
+7) must equal eager PyTorch's within a relative tolerance ``rtol`` (default 1e-3, plus ``atol``
+1e-5 for probabilities near 0), with the same predicted class. The bundle is
 written under a temporary name in the same directory and renamed into place; its directory name
 is the model version (a hash of the checkpoint), so re-exporting the same weights is a no-op.
 """
@@ -31,10 +35,11 @@ from pomlia_hpc.models.card import model_card
 from pomlia_hpc.models.catalog import resolve_model, update_card
 from pomlia_hpc.models.checkpoint import LoadedClassifier, load_classifier
 from pomlia_hpc.registry import FingerprintSet, Model, Registry, Task
-from pomlia_hpc.serve.exported import CARD, ONNX, TORCHSCRIPT, ExportedBundle
+from pomlia_hpc.serve.exported import CARD, ENCODER_FILES, ONNX, TORCH_PROGRAM, ExportedBundle
 from pomlia_hpc.serve.fingerprint import STATS_KIND, stats_dim
 from pomlia_hpc.serve.parity import DEFAULT_ATOL, DEFAULT_RTOL, ParityReport, check_exports
 from pomlia_hpc.serve.reference import REFERENCE_FILE, reference_for_model
+from pomlia_hpc.serve.runtime import load_program
 from pomlia_hpc.workspace import Workspace
 
 
@@ -64,8 +69,19 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
+def _batch_dim() -> Any:
+    """The dynamic batch axis of every exported graph (1 to 65,536 images)."""
+    return torch.export.Dim("batch", min=1, max=65536)
+
+
+def save_program(model: torch.nn.Module, example: torch.Tensor, path: Path) -> None:
+    """``model`` (in eval mode) as a ``torch.export`` program with a dynamic batch axis."""
+    program = torch.export.export(model, (example,), dynamic_shapes=({0: _batch_dim()},))
+    torch.export.save(program, str(path))
+
+
 def _export_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path) -> None:
-    batch = torch.export.Dim("batch", min=1, max=65536)
+    batch = _batch_dim()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # exporter chatter; failures still raise
         torch.onnx.export(
@@ -91,7 +107,7 @@ def _onnx_outputs(path: Path, x: np.ndarray) -> np.ndarray:
 def check_parity(
     loaded: LoadedClassifier,
     onnx_path: Path,
-    ts_path: Path,
+    program_path: Path,
     *,
     rtol: float = DEFAULT_RTOL,
     atol: float = DEFAULT_ATOL,
@@ -102,15 +118,15 @@ def check_parity(
     import onnxruntime as ort
 
     sess = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"])
-    ts_model = torch.jit.load(str(ts_path), map_location="cpu")
+    program = load_program(str(program_path))
 
-    def run_ts(x: np.ndarray) -> np.ndarray:
+    def run_program(x: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
-            return np.asarray(ts_model(torch.from_numpy(x)).numpy())
+            return np.asarray(program(torch.from_numpy(x)).numpy())
 
     runners = {
         "onnx": lambda x: np.asarray(sess.run(None, {sess.get_inputs()[0].name: x})[0]),
-        "torchscript": run_ts,
+        "torch_export": run_program,
     }
     try:
         reports = check_exports(loaded, runners, rtol=rtol, atol=atol, seed=seed)
@@ -131,21 +147,41 @@ def check_parity(
     return reports
 
 
-def _encoder_dim(path: Path, channels: int, size: int) -> int:
-    x = np.random.default_rng(0).random((2, channels, size, size), dtype=np.float32)
-    try:
-        if path.suffix == ".onnx":
-            out = _onnx_outputs(path, x)
-        else:
-            enc = torch.jit.load(str(path), map_location="cpu")
-            with torch.inference_mode():
-                out = enc(torch.from_numpy(x)).numpy()
-    except Exception as exc:
+def _encoder_file(encoder: Path) -> str:
+    """The bundle's name for a fingerprint encoder file; InputError for other formats."""
+    if not encoder.is_file():
+        raise InputError(f"encoder file {encoder} does not exist")
+    if encoder.suffix not in (".onnx", ".pt2"):
         raise InputError(
-            f"encoder {path}: cannot run it on a (2, {channels}, {size}, {size}) float32 batch "
-            f"in [0, 1] ({exc}); expected an ONNX or TorchScript module mapping images to vectors"
-        ) from exc
-    return int(np.asarray(out).reshape(2, -1).shape[1])
+            f"encoder file {encoder}: expected an ONNX graph (.onnx) or a torch.export program "
+            "(.pt2, torch.export.save) mapping float32 NCHW images in [0, 1] to vectors; "
+            "TorchScript is no longer accepted (torch.jit is deprecated)"
+        )
+    return next(name for name in ENCODER_FILES if name.endswith(encoder.suffix))
+
+
+def _encoder_dim(path: Path, channels: int, size: int) -> int:
+    """The encoder's vector length, checked on batches of 1 and 3 (its batch axis must be
+    dynamic: the server sends batches of any size)."""
+    dims = set()
+    for n in (1, 3):
+        x = np.random.default_rng(0).random((n, channels, size, size), dtype=np.float32)
+        try:
+            if path.suffix == ".onnx":
+                out = _onnx_outputs(path, x)
+            else:
+                with torch.inference_mode():
+                    out = load_program(str(path))(torch.from_numpy(x)).numpy()
+        except Exception as exc:
+            raise InputError(
+                f"encoder {path}: cannot run it on a ({n}, {channels}, {size}, {size}) float32 "
+                f"batch in [0, 1] ({' '.join(str(exc).split())[:300]}); expected a module "
+                "mapping images to vectors with a dynamic batch axis"
+            ) from exc
+        dims.add(int(np.asarray(out).reshape(n, -1).shape[1]))
+    if len(dims) != 1:
+        raise InputError(f"encoder {path}: vector length depends on the batch size ({dims})")
+    return dims.pop()
 
 
 def export_checkpoint(
@@ -162,7 +198,7 @@ def export_checkpoint(
 ) -> ExportResult:
     """Export ``checkpoint`` to ``out_root/<version>/`` and return the bundle.
 
-    ``encoder``: optional ONNX (``.onnx``) or TorchScript (``.ts``/``.pt``) fingerprint encoder
+    ``encoder``: optional ONNX (``.onnx``) or ``torch.export`` (``.pt2``) fingerprint encoder
     that maps float32 NCHW images in [0, 1] to vectors; without it the server logs the explicit
     statistics fingerprint (see :mod:`pomlia_hpc.serve.fingerprint`). ``encoder_info`` (e.g. the
     registry encoder's id and name) goes into the card; its ``key`` (default: the file's hash)
@@ -176,8 +212,7 @@ def export_checkpoint(
     ckpt_sha = sha256_file(ckpt)
     info = dict(encoder_info or {})
     if encoder is not None:
-        if not Path(encoder).is_file():
-            raise InputError(f"encoder file {encoder} does not exist")
+        _encoder_file(Path(encoder))
         info.setdefault("key", sha256_file(Path(encoder)))
     version = (
         ckpt_sha[:12]
@@ -193,15 +228,11 @@ def export_checkpoint(
     tmp.chmod(0o755)  # mkdtemp makes it private; the bundle is read by servers and jobs
     try:
         example = torch.zeros(2, meta.in_channels, meta.image_size, meta.image_size)
-        with torch.inference_mode(), warnings.catch_warnings():
-            # TorchScript is deprecated in torch 2.x but still the portable GPU format here.
-            warnings.simplefilter("ignore", FutureWarning)
-            traced = torch.jit.trace(loaded.model, example)
-            traced.save(str(tmp / TORCHSCRIPT))
-            _export_onnx(loaded.model, example, tmp / ONNX)
-            reports = check_parity(
-                loaded, tmp / ONNX, tmp / TORCHSCRIPT, rtol=rtol, atol=atol, seed=seed
-            )
+        save_program(loaded.model, example, tmp / TORCH_PROGRAM)
+        _export_onnx(loaded.model, example, tmp / ONNX)
+        reports = check_parity(
+            loaded, tmp / ONNX, tmp / TORCH_PROGRAM, rtol=rtol, atol=atol, seed=seed
+        )
         diffs = {k: r.max_abs_diff for k, r in reports.items()}
 
         fingerprint: dict[str, Any] = {
@@ -211,12 +242,12 @@ def export_checkpoint(
         }
         if encoder is not None:
             enc = Path(encoder)
-            target = "encoder.onnx" if enc.suffix == ".onnx" else "encoder.ts"
+            target = _encoder_file(enc)
             shutil.copyfile(enc, tmp / target)
             fingerprint = {
                 "kind": "encoder",
                 "file": target,
-                "dim": _encoder_dim(tmp / target, meta.in_channels, meta.image_size),
+                "dim": _encoder_dim(enc, meta.in_channels, meta.image_size),
                 "input": "float32 NCHW images scaled to [0, 1]",
                 **{k: v for k, v in info.items() if k != "key"},
             }
@@ -261,9 +292,9 @@ def export_model(
     """Export registry model ``ref`` (name or id) to ``<home>/models/<name>/bundles/<version>/``
     and record the bundle in the model's card (``card["export"]``).
 
-    ``encoder``: a file (ONNX/TorchScript), or a registry encoder name/id. Without it, the
-    task's encoder is shipped when there is one: the model's ``lineage["encoder_id"]``, else the
-    newest encoder with complete fingerprints of the task's dataset version (see
+    ``encoder``: a file (ONNX or torch.export ``.pt2``), or a registry encoder name/id. Without
+    it, the task's encoder is shipped when there is one: the model's ``lineage["encoder_id"]``,
+    else the newest encoder with complete fingerprints of the task's dataset version (see
     :func:`task_encoder`); so the logged fingerprints compare with the training set's.
     """
     row = resolve_model(registry, ref)
@@ -280,8 +311,8 @@ def export_model(
             enc_id = str(encoder) if encoder is not None else task_encoder(registry, row)
             if enc_id is not None:
                 meta = load_classifier(row.path).meta
-                enc_file, enc_info = trace_registry_encoder(
-                    registry, enc_id, meta.in_channels, meta.image_size, tmp_dir / "encoder.ts"
+                enc_file, enc_info = export_registry_encoder(
+                    registry, enc_id, meta.in_channels, meta.image_size, tmp_dir / "encoder.pt2"
                 )
         result = export_checkpoint(
             row.path,
@@ -373,11 +404,12 @@ class _BundleEncoder(torch.nn.Module):
         return self.autoencoder.encode(x)  # type: ignore[operator]
 
 
-def trace_registry_encoder(
+def export_registry_encoder(
     registry: Registry, encoder: int | str, in_channels: int, image_size: int, out: Path
 ) -> tuple[Path, dict[str, Any]]:
-    """TorchScript of registry encoder ``encoder`` adapted to the classifier's input, at
-    ``out``; returns it with the card info (id, name, key = the checkpoint's hash)."""
+    """Registry encoder ``encoder`` adapted to the classifier's input, as a ``torch.export``
+    program at ``out``; returns it with the card info (id, name, key = the checkpoint's
+    hash)."""
     from pomlia_hpc.fingerprint.train import get_encoder, load_checkpoint
 
     row = get_encoder(registry, encoder)
@@ -385,10 +417,7 @@ def trace_registry_encoder(
         raise InputError(f"encoder '{row.name}' has no checkpoint yet (training unfinished)")
     autoencoder, cfg = load_checkpoint(row.checkpoint_path)
     module = _BundleEncoder(autoencoder, in_channels, image_size, cfg.image_size).eval()
-    example = torch.rand(2, in_channels, image_size, image_size)
-    with torch.inference_mode(), warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        torch.jit.trace(module, example).save(str(out))
+    save_program(module, torch.rand(2, in_channels, image_size, image_size), out)
     info = {
         "encoder_id": row.id,
         "encoder_name": row.name,

@@ -4,8 +4,12 @@ Layout of a bundle directory::
 
     card.json      the model card, plus "model_version" and "files" (name -> sha256)
     model.onnx     the classifier for onnxruntime (CPU serving)
-    model.ts       the same classifier as TorchScript (GPU serving)
-    encoder.onnx   optional: the task's fingerprint encoder (or encoder.ts)
+    model.pt2      the same classifier as a ``torch.export`` program (GPU serving)
+    encoder.onnx   optional: the task's fingerprint encoder (or encoder.pt2)
+
+Bundles written before torch.export replaced TorchScript have ``model.ts`` (and perhaps
+``encoder.ts``) instead. Their ONNX classifier still serves; the TorchScript files are not
+loaded any more (``torch.jit`` is deprecated): using them is one error that says to re-export.
 
 This module imports neither torch nor onnxruntime, so a CPU server starts fast.
 """
@@ -22,8 +26,20 @@ from pomlia_hpc.vocab import TASK_TYPES
 
 CARD = "card.json"
 ONNX = "model.onnx"
-TORCHSCRIPT = "model.ts"
-ENCODER_FILES = ("encoder.onnx", "encoder.ts")
+TORCH_PROGRAM = "model.pt2"
+ENCODER_FILES = ("encoder.onnx", "encoder.pt2")
+#: Files of bundles exported with TorchScript (before version 0.2): recognised, not loaded.
+LEGACY_TORCHSCRIPT = "model.ts"
+LEGACY_ENCODER = "encoder.ts"
+
+
+def reexport_hint(root: Path, what: str) -> str:
+    """The message for a TorchScript file of an old bundle: what, where, how to fix it."""
+    return (
+        f"{root}: {what} is TorchScript, which pomlia-hpc no longer loads (torch.jit is "
+        "deprecated); re-export the model to get a torch.export program (.pt2): "
+        "pomlia model export MODEL"
+    )
 
 
 @dataclass(frozen=True)
@@ -85,8 +101,15 @@ class ExportedBundle:
                 )
             if not (self.root / name).is_file():
                 raise NotFoundError(f"{card_path}: names file '{name}', which is missing")
-        if ONNX not in files and TORCHSCRIPT not in files:
-            raise InputError(f"{card_path}: field 'files' names neither {ONNX} nor {TORCHSCRIPT}")
+        if ONNX not in files and TORCH_PROGRAM not in files:
+            if LEGACY_TORCHSCRIPT in files:
+                raise InputError(reexport_hint(self.root, f"its only model, {LEGACY_TORCHSCRIPT},"))
+            raise InputError(f"{card_path}: field 'files' names neither {ONNX} nor {TORCH_PROGRAM}")
+        if LEGACY_ENCODER in files and not any(name in files for name in ENCODER_FILES):
+            # Serving it without its encoder would log another kind of fingerprint than the
+            # monitor's reference holds: refuse instead.
+            what = f"its fingerprint encoder, {LEGACY_ENCODER},"
+            raise InputError(reexport_hint(self.root, what))
 
     @property
     def name(self) -> str:

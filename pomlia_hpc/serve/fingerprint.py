@@ -4,7 +4,7 @@ A fingerprint function maps a batch of images, float32 NCHW scaled to [0, 1] (be
 model's normalisation), to a batch of vectors (N, D). It is pluggable: the server uses
 
 * the task's encoder when the bundle ships one (``encoder.onnx`` via onnxruntime, or
-  ``encoder.ts`` via TorchScript); its output is flattened per image;
+  ``encoder.pt2``, a ``torch.export`` program); its output is flattened per image;
 * otherwise the explicit statistics fingerprint ``stats-thumb-v1``: per-channel mean and standard
   deviation, then an 8x8 area-averaged thumbnail per channel — ``2*C + 64*C`` numbers that are
   cheap (two small matrix products: about 0.5 ms for 32 RGB images of 64 px) and readable, so the
@@ -63,7 +63,8 @@ def stats_fingerprint(images: np.ndarray) -> np.ndarray:
 
 
 def encoder_fingerprint(path: Path, threads: int = 1) -> FingerprintFn:
-    """A fingerprint function running the encoder at ``path`` (ONNX on CPU, or TorchScript)."""
+    """A fingerprint function running the encoder at ``path`` (ONNX on CPU, or a
+    ``torch.export`` program, ``.pt2``)."""
     if path.suffix == ".onnx":
         import onnxruntime as ort
 
@@ -81,14 +82,16 @@ def encoder_fingerprint(path: Path, threads: int = 1) -> FingerprintFn:
 
     import torch
 
-    module = torch.jit.load(str(path), map_location="cpu")
+    from pomlia_hpc.serve.runtime import load_program
 
-    def run_ts(images: np.ndarray) -> np.ndarray:
+    module = load_program(str(path))
+
+    def run_program(images: np.ndarray) -> np.ndarray:
         x = torch.from_numpy(np.ascontiguousarray(images, dtype=np.float32))
         with torch.inference_mode():
             return np.asarray(module(x).numpy()).reshape(len(images), -1)
 
-    return run_ts
+    return run_program
 
 
 def bundle_fingerprint(encoder_file: Path | None) -> tuple[FingerprintFn, str]:

@@ -1,6 +1,6 @@
-"""Running the exported classifier: onnxruntime on CPU, TorchScript on GPU.
+"""Running the exported classifier: onnxruntime on CPU, the ``torch.export`` program on GPU.
 
-``auto`` picks TorchScript on CUDA when a GPU is visible and onnxruntime otherwise. The
+``auto`` picks the torch program on CUDA when a GPU is visible and onnxruntime otherwise. The
 onnxruntime session does not spin-wait between runs: spinning threads would take the cores the
 event loop needs to parse the next requests.
 """
@@ -9,12 +9,19 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
 from pomlia_hpc.errors import InputError
 from pomlia_hpc.processes import cpus_available
-from pomlia_hpc.serve.exported import ONNX, TORCHSCRIPT, ExportedBundle
+from pomlia_hpc.serve.exported import (
+    LEGACY_TORCHSCRIPT,
+    ONNX,
+    TORCH_PROGRAM,
+    ExportedBundle,
+    reexport_hint,
+)
 
 LogitsFn = Callable[[np.ndarray], np.ndarray]
 BACKENDS = ("auto", "onnx", "torch")
@@ -50,15 +57,17 @@ def load_runtime(
         raise InputError(f"backend '{backend}' is unknown; expected one of {', '.join(BACKENDS)}")
     threads = threads or default_threads()
     if backend == "auto":
-        backend = "torch" if bundle.file(TORCHSCRIPT) and _cuda_available() else "onnx"
+        backend = "torch" if bundle.file(TORCH_PROGRAM) and _cuda_available() else "onnx"
     if backend == "onnx":
         path = bundle.file(ONNX)
         if path is None:
             raise InputError(f"{bundle.root}: the bundle has no {ONNX}")
         return Runtime("onnx", "cpu", _onnx_logits(str(path), threads))
-    path = bundle.file(TORCHSCRIPT)
+    path = bundle.file(TORCH_PROGRAM)
     if path is None:
-        raise InputError(f"{bundle.root}: the bundle has no {TORCHSCRIPT}")
+        if bundle.file(LEGACY_TORCHSCRIPT) is not None:
+            raise InputError(reexport_hint(bundle.root, f"its GPU model, {LEGACY_TORCHSCRIPT},"))
+        raise InputError(f"{bundle.root}: the bundle has no {TORCH_PROGRAM}")
     return _torch_runtime(str(path), threads)
 
 
@@ -85,7 +94,7 @@ def _torch_runtime(path: str, threads: int) -> Runtime:
     device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cpu":
         torch.set_num_threads(threads)
-    module = torch.jit.load(path, map_location=device).eval()
+    module = load_program(path, device)
 
     def logits(x: np.ndarray) -> np.ndarray:
         with torch.inference_mode():
@@ -93,6 +102,20 @@ def _torch_runtime(path: str, threads: int) -> Runtime:
             return module(t).float().cpu().numpy()
 
     return Runtime("torch", device, logits)
+
+
+def load_program(path: str, device: str = "cpu") -> Callable[..., Any]:
+    """The ``torch.export`` program saved at ``path`` as a callable module on ``device``.
+
+    The program was exported on CPU; its weights and any device constants are moved with
+    ``move_to_device_pass`` (``Module.to`` is not allowed on an exported program's module)."""
+    import torch
+    from torch.export.passes import move_to_device_pass
+
+    program = torch.export.load(path)
+    if device != "cpu":
+        program = move_to_device_pass(program, device)
+    return program.module()
 
 
 def to_nchw(images: np.ndarray) -> np.ndarray:
