@@ -149,7 +149,7 @@ def test_sbatch_script_records_the_job_and_names_sbatchs_refusal(
     assert row.meta == {"deployment_id": 3} and row.folder == str(folder)
 
     fake_slurm.fail_next("sbatch", "sbatch: error: invalid partition specified: gpu")
-    with pytest.raises(ClusterError, match="sbatch refused the job: sbatch: error: invalid"):
+    with pytest.raises(ClusterError, match="sbatch refused: sbatch: error: invalid"):
         records.sbatch_script(reg, script, name="pomlia-serve")
     monkeypatch.setenv("PATH", str(tmp_path / "nothing"))
     with pytest.raises(ClusterError, match="sbatch not found"):

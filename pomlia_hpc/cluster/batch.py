@@ -26,12 +26,12 @@ class QueuedJob:
     begin: str
 
 
-def _run(cmd: Sequence[str]) -> str:
+def _run(cmd: Sequence[str], cwd: Path | None = None) -> str:
     if shutil.which(cmd[0]) is None:
         raise ClusterError(f"{cmd[0]} not found: run this on a Slurm login node")
     try:
         out = subprocess.run(
-            list(cmd), capture_output=True, text=True, check=False, timeout=TIMEOUT_S
+            list(cmd), capture_output=True, text=True, check=False, timeout=TIMEOUT_S, cwd=cwd
         )
     except subprocess.TimeoutExpired as exc:
         raise ClusterError(f"{cmd[0]} did not answer within {TIMEOUT_S} s") from exc
@@ -55,9 +55,11 @@ def submit_script(
     env: Mapping[str, str] | None = None,
     output: Path | None = None,
     extra: Sequence[str] = (),
+    cwd: Path | None = None,
 ) -> str:
     """``sbatch`` ``script`` as job ``name``; returns the job id. ``env`` is exported on top of
-    the caller's environment; ``singleton`` adds ``--dependency=singleton``."""
+    the caller's environment; ``singleton`` adds ``--dependency=singleton``; ``cwd`` is where
+    sbatch runs (relative ``#SBATCH --output`` paths are relative to it)."""
     cmd = ["sbatch", "--parsable", f"--job-name={name}"]
     if begin is not None:
         cmd.append(f"--begin={slurm_time(begin)}")
@@ -71,7 +73,7 @@ def submit_script(
     if output is not None:
         cmd.append(f"--output={output}")
     cmd += [*extra, str(script)]
-    return _run(cmd).strip().split(";")[0]
+    return _run(cmd, cwd).strip().split(";")[0]  # "<id>;<cluster>" on federated clusters
 
 
 def jobs_named(name: str) -> list[QueuedJob]:

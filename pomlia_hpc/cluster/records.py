@@ -19,6 +19,7 @@ from typing import Any
 
 from sqlalchemy import and_, or_, select
 
+from pomlia_hpc.cluster.batch import submit_script
 from pomlia_hpc.errors import ClusterError
 from pomlia_hpc.processes import pid_alive
 from pomlia_hpc.registry import Job, Registry
@@ -162,23 +163,10 @@ def record_submission(
 def sbatch_script(
     registry: Registry, script: Path, *, name: str, meta: dict[str, Any] | None = None
 ) -> int:
-    """Submit the batch script ``script`` with ``sbatch`` (run from the script's folder) and
-    record the job; returns its registry id. For scripts a user could also submit by hand
+    """Submit the batch script ``script`` as job ``name`` (sbatch runs in the script's folder)
+    and record the job; returns its registry id. For scripts a user could also submit by hand
     (a deployment's ``serve.sbatch``); Python callables go through the executor."""
-    try:
-        out = subprocess.run(
-            ["sbatch", "--parsable", str(script)],
-            cwd=script.parent,
-            capture_output=True,
-            text=True,
-            check=True,
-            timeout=60,
-        )
-    except FileNotFoundError as exc:
-        raise ClusterError("sbatch not found: submit from a Slurm login node") from exc
-    except subprocess.CalledProcessError as exc:
-        raise ClusterError(f"sbatch refused the job: {exc.stderr.strip()}") from exc
-    scheduler_id = out.stdout.strip().split(";")[0]  # "<id>;<cluster>" on federated clusters
+    scheduler_id = submit_script(script, name=name, singleton=False, cwd=script.parent)
     (job_id,) = record_submission(
         registry,
         backend="slurm",
