@@ -238,7 +238,7 @@ def test_export_refuses_when_outputs_disagree(
 
     import pomlia_hpc.serve.export as export_mod
 
-    real = export_mod._export_onnx
+    real = export_mod.export_onnx
 
     def perturbed(model: torch.nn.Module, example: torch.Tensor, path: Path) -> None:
         other = copy.deepcopy(model)  # an ONNX graph of slightly different weights
@@ -247,7 +247,7 @@ def test_export_refuses_when_outputs_disagree(
                 p.add_(0.05 * torch.randn_like(p))
         real(other, example, path)
 
-    monkeypatch.setattr(export_mod, "_export_onnx", perturbed)
+    monkeypatch.setattr(export_mod, "export_onnx", perturbed)
     ckpt = save_demo_checkpoint(tmp_path / "c.pt")
     with pytest.raises(ExportError, match=r"the onnx export('s probabilities differ| predicts)"):
         export_checkpoint(ckpt, tmp_path / "bundles", name="m")

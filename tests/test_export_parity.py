@@ -39,7 +39,9 @@ def trained_like(path: Path, arch: str, size: int = 28) -> Path:
     model = loaded.model.train()
     with torch.no_grad():
         for bn in (
-            m for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+            m
+            for m in model.modules()
+            if isinstance(m, torch.nn.BatchNorm1d | torch.nn.BatchNorm2d | torch.nn.BatchNorm3d)
         ):
             bn.momentum = None  # a plain average over the batches below
         for i in range(8):

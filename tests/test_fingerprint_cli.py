@@ -77,6 +77,8 @@ def test_train_extract_index_similar_plot(workspace: Workspace, tmp_path: Path) 
 
 def test_errors_are_one_line_exit_2(tmp_path: Path) -> None:
     # In-process: the library raises one PomliaError with the message ...
+    # A workspace made by `pomlia init`, so each command reaches its own error.
+    assert runner.invoke(app, ["--home", str(tmp_path / "ws"), "init"]).exit_code == 0
     for args, message in [
         (("similar", "pathmnist"), "no encoder is registered"),
         (("fingerprint", "train", "-n", "ae", "pathmnist"), "dataset 'pathmnist' is not"),

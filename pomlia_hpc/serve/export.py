@@ -80,7 +80,7 @@ def save_program(model: torch.nn.Module, example: torch.Tensor, path: Path) -> N
     torch.export.save(program, str(path))
 
 
-def _export_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path) -> None:
+def export_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path) -> None:
     batch = _batch_dim()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # exporter chatter; failures still raise
@@ -229,7 +229,7 @@ def export_checkpoint(
     try:
         example = torch.zeros(2, meta.in_channels, meta.image_size, meta.image_size)
         save_program(loaded.model, example, tmp / TORCH_PROGRAM)
-        _export_onnx(loaded.model, example, tmp / ONNX)
+        export_onnx(loaded.model, example, tmp / ONNX)
         reports = check_parity(
             loaded, tmp / ONNX, tmp / TORCH_PROGRAM, rtol=rtol, atol=atol, seed=seed
         )
