@@ -19,6 +19,7 @@ import pytest
 from prometheus_client import generate_latest
 
 import pomlia_hpc.serve.app as appmod
+import pomlia_hpc.serve.holder as holdermod
 from pomlia_hpc.serve.config import ServeConfig
 from pomlia_hpc.serve.exported import ExportedBundle
 from pomlia_hpc.serve.predlog import PredictionLog
@@ -63,10 +64,10 @@ def make_app(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Any]:
     def fake_runtime(_bundle: Any, _backend: str, _threads: int | None) -> Runtime:
         return Runtime("fake", "cpu", lambda x: np.zeros((len(x), 2), np.float32))
 
-    monkeypatch.setattr(appmod, "load_runtime", fake_runtime)
+    monkeypatch.setattr(holdermod, "load_runtime", fake_runtime)
 
     def make(log_cls: type[PredictionLog] = PredictionLog) -> appmod.ServingApp:
-        monkeypatch.setattr(appmod, "PredictionLog", log_cls)
+        monkeypatch.setattr(holdermod, "PredictionLog", log_cls)
         return appmod.create_app(_bundle(), ServeConfig(), tmp_path / "logs")
 
     yield make

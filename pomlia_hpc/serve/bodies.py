@@ -1,0 +1,110 @@
+"""Reading request bodies with bounds, and the JSON answers and refusals of the REST API.
+
+Bodies are read by our code, not by FastAPI: the read stops at a limit (413) instead of
+buffering any size, and a refusal is always a JSON ``{"error": message, "status": code}``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+from typing import Any
+
+import orjson
+from fastapi import Request
+from fastapi.responses import JSONResponse, Response
+from pydantic import ValidationError
+from starlette.datastructures import UploadFile
+from starlette.formparsers import MultiPartException, MultiPartParser
+
+from pomlia_hpc.serve.decode import Limits, RequestError, base_type
+from pomlia_hpc.serve.schemas import FeedbackIn
+
+#: Largest /v1/feedback body, bytes: a prediction id and a few labels need far less.
+FEEDBACK_MAX_BYTES = 64 * 1024
+
+
+def error_response(
+    status: int, message: str, headers: dict[str, str] | None = None
+) -> JSONResponse:
+    """The JSON refusal ``{"error": message, "status": status}``."""
+    if status == 408:  # the rest of the body may still come: the connection cannot be reused
+        headers = {**(headers or {}), "Connection": "close"}
+    return JSONResponse({"error": message, "status": status}, status_code=status, headers=headers)
+
+
+def client_gone() -> JSONResponse:
+    """The client hung up mid-upload: not a server error, nothing to log. 499 ("client closed
+    request", nginx's code) is what the metrics count; uvicorn drops the answer itself."""
+    return error_response(499, "client closed the request before its body was read")
+
+
+def json_response(payload: Any) -> Response:
+    """``payload`` as a JSON answer."""
+    # orjson directly: FastAPI's jsonable_encoder walk costs more than the model at batch 1.
+    return Response(orjson.dumps(payload), media_type="application/json")
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The whole body, at most ``limit`` bytes (413 beyond, before reading when declared)."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise RequestError(413, f"upload of {declared} bytes exceeds the limit of {limit} bytes")
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise RequestError(413, f"upload exceeds the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def feedback_body(request: Request) -> FeedbackIn:
+    """The /v1/feedback body, read with a bound and validated; 413, 415 or 422 otherwise."""
+    ctype = base_type(request.headers.get("content-type"))
+    if ctype and ctype != "application/json" and not ctype.endswith("+json"):
+        raise RequestError(
+            415, f"content type '{ctype}' is not supported; expected application/json"
+        )
+    body = await read_body(request, FEEDBACK_MAX_BYTES)
+    try:
+        return FeedbackIn.model_validate_json(body)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(("body", *(str(p) for p in first["loc"])))
+        raise RequestError(422, f"{where}: {first['msg']}") from exc
+
+
+async def uploaded_files(
+    request: Request, body: bytes, limits: Limits
+) -> list[tuple[str, str, bytes]]:
+    """(name for messages, content type, bytes) of each uploaded file, in request order."""
+    ctype = base_type(request.headers.get("content-type"))
+    if ctype != "multipart/form-data":
+        return [("body", ctype, body)]
+
+    async def stream() -> AsyncGenerator[bytes, None]:
+        yield body
+
+    try:
+        form = await MultiPartParser(
+            request.headers,
+            stream(),
+            max_files=limits.max_images,
+            max_fields=32,
+            max_part_size=64 * 1024,
+        ).parse()
+    except MultiPartException as exc:
+        # Starlette says which limit was hit only in words; too many files is a count limit.
+        too_many = exc.message.startswith("Too many files")
+        raise RequestError(413 if too_many else 400, f"multipart body: {exc.message}") from exc
+    out: list[tuple[str, str, bytes]] = []
+    try:
+        for i, (field, value) in enumerate(form.multi_items()):
+            if isinstance(value, UploadFile):
+                data = await value.read()
+                out.append((f"part '{field[:40]}' #{i}", value.content_type or "", data))
+    finally:
+        await form.close()
+    if not out:
+        raise RequestError(400, "multipart body holds no file; send images as file parts")
+    return out

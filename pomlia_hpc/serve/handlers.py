@@ -1,0 +1,200 @@
+"""What ``POST /v1/predict`` and ``POST /v1/feedback`` do, apart from routing.
+
+A prediction: read the upload with bounds, decode every file (a refused upload is counted in
+the prediction log by reason), run the model, answer once the records are on disk. Feedback:
+check the id was issued by this deployment and not labelled yet (unless it replaces), map the
+label to the model's names and indices, append it durably, answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import uuid
+from typing import Any
+
+import numpy as np
+from fastapi import Request
+from fastapi.responses import Response
+
+from pomlia_hpc.serve.batching import BatcherClosedError
+from pomlia_hpc.serve.bodies import feedback_body, json_response, read_body, uploaded_files
+from pomlia_hpc.serve.decode import InputSpec, Limits, RequestError, decode
+from pomlia_hpc.serve.exported import ExportedBundle
+from pomlia_hpc.serve.holder import ModelHolder
+from pomlia_hpc.serve.issued import feedback_refusal
+from pomlia_hpc.serve.predictor import Predictor, now_iso
+from pomlia_hpc.serve.predlog import LogClosedError, LogWriteError, PredictionLog
+
+PREDICTION_ID = re.compile(r"^[0-9a-f]{32}$")
+
+
+async def predict(
+    holder: ModelHolder, request: Request, spec: InputSpec, limits: Limits
+) -> Response:
+    """Answer one /v1/predict request (raises :class:`RequestError` for a refusal)."""
+    pred = holder.current()
+    arrays: list[np.ndarray] = []
+    try:
+        body = await read_body(request, limits.max_upload_bytes)
+        budget = limits.max_images  # shared by all files, checked before each is decoded
+        for what, ctype, data in await uploaded_files(request, body, limits):
+            arrays.append(decode(data, ctype, spec, limits, what, budget=budget))
+            budget -= len(arrays[-1])
+    except RequestError as exc:
+        log_rejection(pred, exc, holder.config.deployment_id)
+        raise
+    images = arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
+    try:
+        try:
+            predictions = await pred.predict(images)
+        except BatcherClosedError:
+            # Swapped out between lookup and submit: the new model answers instead.
+            if (newer := holder.current()) is pred:
+                raise
+            pred = newer
+            predictions = await pred.predict(images)
+    except (BatcherClosedError, LogClosedError, LogWriteError) as exc:
+        # Shutting down, or the log cannot be written: not the client's fault, retry later.
+        raise RequestError(503, f"prediction not recorded: {exc}") from exc
+    return json_response(
+        {
+            "model": pred.bundle.name,
+            "model_version": pred.bundle.version,
+            "predictions": predictions,
+        }
+    )
+
+
+async def feedback(holder: ModelHolder, request: Request) -> Response:
+    """Answer one /v1/feedback request (the token has been checked by then)."""
+    item = await feedback_body(request)
+    pred = holder.current()
+    bundle = pred.bundle
+    if not PREDICTION_ID.fullmatch(item.prediction_id):
+        raise RequestError(400, "prediction_id: expected the 32-hex-digit id /v1/predict returned")
+    names, indices = labels_of(item.label, bundle)
+    issued = holder.issued
+    had_label = issued.labelled(item.prediction_id)
+    refusal = feedback_refusal(
+        issued.claim(item.prediction_id, replaces=item.replaces), item.prediction_id
+    )
+    if refusal is not None:
+        raise refusal
+    multi = bundle.task_type == "multi-label"
+    record: dict[str, Any] = {
+        "type": "feedback",
+        "id": new_id(),
+        "time": now_iso(),
+        "prediction_id": item.prediction_id,
+        "model": bundle.name,
+        "model_version": bundle.version,
+        "deployment": holder.config.deployment_id,
+        "label": names if multi else names[0],
+        "label_index": indices if multi else indices[0],
+    }
+    if had_label:
+        record["replaces"] = True
+    try:
+        await append_durably(pred.log, record)
+    except BaseException:
+        issued.release(item.prediction_id, had_label=had_label)
+        raise
+    holder.metrics.feedback.inc()
+    return json_response(
+        {"id": record["id"], "prediction_id": item.prediction_id, "recorded": True}
+    )
+
+
+def rejection_reason(exc: RequestError) -> str:
+    """A short category of a refused upload, for the monitor's rejected-share-by-reason."""
+    text = exc.message.lower()
+    if exc.status == 413:
+        return "too-large"
+    if exc.status == 415:
+        return "unsupported-type"
+    if "channel" in text:
+        return "wrong-channels"
+    if "size" in text or " px" in text or "shape" in text:
+        return "wrong-size"
+    if "finite" in text or "[0, 1]" in text or "range" in text:
+        return "bad-values"
+    return "undecodable"
+
+
+def log_rejection(pred: Predictor, exc: RequestError, deployment: int | None) -> None:
+    """Record a refused upload in the prediction log (not waited for: the client gets its 4xx
+    at once; a log that cannot take it loses only this count)."""
+    with contextlib.suppress(LogClosedError, LogWriteError):
+        pred.log.append(
+            [
+                {
+                    "type": "rejection",
+                    "id": new_id(),
+                    "time": now_iso(),
+                    "model": pred.bundle.name,
+                    "model_version": pred.bundle.version,
+                    "deployment": deployment,
+                    "status": exc.status,
+                    "reason": rejection_reason(exc),
+                }
+            ]
+        )
+
+
+def new_id() -> str:
+    """A fresh record id (32 hex digits)."""
+    return uuid.uuid4().hex
+
+
+def labels_of(
+    label: str | int | list[str | int], bundle: ExportedBundle
+) -> tuple[list[str], list[int]]:
+    """The label names and indices a feedback ``label`` (names or indices) stands for; 400 for
+    one that is not a label of the model, or several for a single-label task."""
+    values = label if isinstance(label, list) else [label]
+    if bundle.task_type != "multi-label" and len(values) != 1:
+        raise RequestError(
+            400, f"label: task '{bundle.task_type}' takes one label, got {len(values)}"
+        )
+    names, indices = [], []
+    for v in values:
+        if isinstance(v, int) and not isinstance(v, bool) and 0 <= v < len(bundle.labels):
+            idx = v
+        elif isinstance(v, str) and v in bundle.labels:
+            idx = bundle.labels.index(v)
+        else:
+            shown = ", ".join(bundle.labels[:20])
+            raise RequestError(
+                400,
+                f"label: {str(v)[:60]!r} is not a label of this model; "
+                f"expected a name ({shown}) or an index "
+                f"0..{len(bundle.labels) - 1}",
+            )
+        names.append(bundle.labels[idx])
+        indices.append(idx)
+    return names, indices
+
+
+async def append_durably(plog: PredictionLog, record: dict[str, Any]) -> None:
+    """Append ``record`` to the log and return once it is on disk (503 when it cannot be)."""
+    loop = asyncio.get_running_loop()
+    fut: asyncio.Future[None] = loop.create_future()
+
+    def done(error: BaseException | None) -> None:
+        def settle() -> None:
+            if fut.done():
+                return
+            if error is None:
+                fut.set_result(None)
+            else:
+                fut.set_exception(RequestError(503, f"feedback not recorded: {error}"))
+
+        loop.call_soon_threadsafe(settle)
+
+    try:
+        plog.append([record], done)
+    except (LogClosedError, LogWriteError) as exc:
+        raise RequestError(503, f"feedback not recorded: {exc}") from exc
+    await fut

@@ -1,0 +1,201 @@
+"""The model a server answers with, and hot swap to the bundle a followed link names.
+
+A :class:`ModelHolder` owns the current :class:`~pomlia_hpc.serve.predictor.Predictor` (model
+runtime, batcher, prediction log). A server started on a link (a deployment slot's
+``current``, see :mod:`pomlia_hpc.serve.slots`) moves to the bundle the link names when it
+changes (checked every ``watch_interval_s``) or on request (:meth:`ModelHolder.reload`). The
+new bundle's model is loaded beside the old one, new requests go to it, and the old batcher
+answers what it holds; both write to the same prediction log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from pomlia_hpc.errors import PomliaError
+from pomlia_hpc.serve.config import ServeConfig
+from pomlia_hpc.serve.decode import RequestError
+from pomlia_hpc.serve.exported import ExportedBundle
+from pomlia_hpc.serve.fingerprint import FingerprintFn, bundle_fingerprint
+from pomlia_hpc.serve.inbox import Inbox, inputs_dir
+from pomlia_hpc.serve.issued import IssuedIds
+from pomlia_hpc.serve.metrics import ServerMetrics
+from pomlia_hpc.serve.predictor import Predictor
+from pomlia_hpc.serve.predlog import PredictionLog
+from pomlia_hpc.serve.runtime import load_runtime
+
+log = logging.getLogger("pomlia.serve")
+
+
+class ModelHolder:
+    """The predictor of a server from :meth:`start` to :meth:`stop`, swapped on :meth:`reload`.
+
+    ``follow``: the link ``bundle`` was found through (None: no hot swap);
+    ``fingerprint``: the input fingerprint function (None: the bundle's own or a default)."""
+
+    def __init__(
+        self,
+        bundle: ExportedBundle,
+        config: ServeConfig,
+        log_dir: Path,
+        metrics: ServerMetrics,
+        *,
+        fingerprint: FingerprintFn | None = None,
+        follow: Path | None = None,
+    ) -> None:
+        self.bundle = bundle
+        self.config = config
+        self.log_dir = log_dir
+        self.metrics = metrics
+        self.fingerprint = fingerprint
+        self.follow = follow
+        self.predictor: Predictor | None = None
+        self.draining = False
+        self.issued = IssuedIds(config.feedback_window)
+        self._refused: Path | None = None  # a link target refused once, not every interval
+        self._lock = asyncio.Lock()
+        self._watcher: asyncio.Task[None] | None = None
+
+    def current(self) -> Predictor:
+        """The predictor that answers now; 503 while starting, failing or shutting down."""
+        p = self.predictor
+        if p is None or self.draining or not p.ready:
+            raise RequestError(503, "the model is not ready (starting, failing or shutting down)")
+        return p
+
+    def card_bundle(self) -> ExportedBundle:
+        """The bundle whose card the server shows (the current one, else the first)."""
+        return self.predictor.bundle if self.predictor is not None else self.bundle
+
+    def _make_predictor(self, b: ExportedBundle, plog: PredictionLog) -> Predictor:
+        config = self.config
+        runtime = load_runtime(b, config.backend, config.threads)
+        fp, kind = self.fingerprint, "custom"
+        if fp is None:
+            fp, kind = bundle_fingerprint(b.encoder_file)
+        pred = Predictor(
+            b,
+            runtime,
+            plog,
+            self.metrics,
+            max_batch=config.max_batch,
+            max_wait_s=config.max_wait_ms / 1000.0,
+            fingerprint=fp,
+            fingerprint_kind=kind,
+            deployment_id=config.deployment_id,
+            keep_inputs=config.keep_inputs,
+            issued=self.issued,
+        )
+        log.info("model %s (%s) on %s/%s ready", b.name, b.version, runtime.backend, runtime.device)
+        return pred
+
+    async def start(self, on_ready: Callable[[], Any] | None = None) -> None:
+        """Open the log, load the model, start watching the link; then call ``on_ready()``."""
+        config = self.config
+        inbox = None
+        if config.keep_inputs:
+            inbox = Inbox(
+                inputs_dir(self.log_dir),
+                quota_bytes=config.inputs_quota_bytes,
+                retention_s=config.inputs_retention_days * 86400.0,
+                fsync=config.log_fsync,
+            )
+        self.issued = await asyncio.to_thread(
+            IssuedIds.from_log, self.log_dir, config.deployment_id, config.feedback_window
+        )
+        plog = PredictionLog(self.log_dir, fsync=config.log_fsync, sidecar=inbox)
+        self.predictor = await asyncio.to_thread(self._make_predictor, self.bundle, plog)
+        if self.follow is not None and config.watch_interval_s > 0:
+            self._watcher = asyncio.create_task(self._watch(self.follow))
+        if on_ready is not None:
+            on_ready()
+
+    async def stop(self) -> None:
+        """Stop watching, answer what is still queued and write every record."""
+        if self._watcher is not None:
+            self._watcher.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._watcher
+        self.draining = True
+        # Uvicorn has already waited for in-flight requests; this answers anything still
+        # queued and writes every record before the process exits.
+        async with self._lock:
+            if self.predictor is not None:
+                await asyncio.to_thread(self.predictor.close)
+
+    async def reload(self) -> dict[str, Any]:
+        """Swap to the bundle ``follow`` names now (no-op if it is the one served)."""
+        follow = self.follow
+        if follow is None:
+            raise RequestError(
+                409,
+                "this server was started on a bundle directory, not on a deployment link: "
+                "nothing to reload (serve a slot's link to use hot swap)",
+            )
+        async with self._lock:
+            old = self.current()
+            target = Path(os.path.realpath(follow))
+            same = {"model": old.bundle.name, "model_version": old.bundle.version}
+            if target == old.bundle.root:
+                return {"reloaded": False, **same}
+            try:
+                new_bundle = await asyncio.to_thread(ExportedBundle.open, target)
+            except PomliaError as exc:
+                raise RequestError(409, f"link {follow} names {target}: {exc}") from exc
+            if problem := incompatible(old.bundle, new_bundle):
+                raise RequestError(409, f"{target}: {problem}; the server keeps {old.bundle.name}")
+            new = await asyncio.to_thread(self._make_predictor, new_bundle, old.log)
+            self.predictor = new
+            # New requests already go to ``new``; the old batcher answers what it holds.
+            await asyncio.to_thread(old.close, close_log=False)
+            self.metrics.swaps.inc()
+            log.info(
+                "hot swap: %s (%s) -> %s (%s)",
+                old.bundle.name,
+                old.bundle.version,
+                new.bundle.name,
+                new.bundle.version,
+            )
+            return {
+                "reloaded": True,
+                "model": new.bundle.name,
+                "model_version": new.bundle.version,
+                "previous_model": old.bundle.name,
+                "previous_version": old.bundle.version,
+            }
+
+    async def _watch(self, link: Path) -> None:
+        while True:
+            await asyncio.sleep(self.config.watch_interval_s)
+            target = Path(os.path.realpath(link))
+            pred = self.predictor
+            if pred is None or target == pred.bundle.root or target == self._refused:
+                continue
+            try:
+                await self.reload()
+            except RequestError as exc:
+                self._refused = target  # said once, not every interval
+                log.error("hot swap refused: %s", exc.message)
+            except Exception:
+                log.exception("hot swap to %s failed; still serving %s", target, pred.bundle.name)
+                self._refused = target
+
+
+def incompatible(old: ExportedBundle, new: ExportedBundle) -> str | None:
+    """Why ``new`` cannot replace ``old`` in a running server (clients and feedback rely on
+    the input spec and the labels), or None."""
+    for what, a, b in (
+        ("image size", old.image_size, new.image_size),
+        ("channels", old.channels, new.channels),
+        ("task type", old.task_type, new.task_type),
+        ("label names", old.labels, new.labels),
+    ):
+        if a != b:
+            return f"its {what} ({b}) differ from the served model's ({a})"
+    return None
