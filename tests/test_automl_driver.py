@@ -15,7 +15,7 @@ from pomlia_hpc.automl import records
 from pomlia_hpc.automl.space import SpaceOptions
 from pomlia_hpc.automl.study import StudyRunner, create_study, run_study
 from pomlia_hpc.cli import app
-from pomlia_hpc.cluster.executor import cancel_scheduler_job
+from pomlia_hpc.cluster.cancel import cancel_scheduler_job
 from pomlia_hpc.errors import ClusterError, PomliaError
 from pomlia_hpc.registry import Job, Registry, Run
 from pomlia_hpc.workspace import Workspace

@@ -17,8 +17,9 @@ from pomlia_hpc.automl.sources import nearest_extra, read_rows_at
 from pomlia_hpc.automl.space import make_configuration
 from pomlia_hpc.automl.study import StudyRunner, create_study
 from pomlia_hpc.data.store import open_version
-from pomlia_hpc.fingerprint.extract import finish_extraction, plan_extraction, run_shard
+from pomlia_hpc.fingerprint.extract import finish_extraction, plan_extraction
 from pomlia_hpc.fingerprint.index import build_index
+from pomlia_hpc.fingerprint.shards import run_shard
 from pomlia_hpc.registry import Registry
 from pomlia_hpc.workspace import Workspace
 from tests.fixtures.factories import FAST, make_dataset, make_encoder, tiny_task

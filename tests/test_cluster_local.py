@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import select
 
 from pomlia_hpc.cluster import Executor, JobFailedError, distributed_env, expand_hostlist, wait_all
-from pomlia_hpc.cluster.executor import cancel_recorded_job, cancel_scheduler_job
+from pomlia_hpc.cluster.cancel import cancel_recorded_job, cancel_scheduler_job
 from pomlia_hpc.cluster.records import record_submission, refresh_jobs, this_host
 from pomlia_hpc.errors import ClusterError, ConfigError
 from pomlia_hpc.processes import pid_alive

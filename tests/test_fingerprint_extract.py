@@ -29,18 +29,14 @@ from pomlia_hpc.errors import (
     PomliaError,
 )
 from pomlia_hpc.fingerprint.extract import (
-    embed_images,
     extract,
     finish_extraction,
     group_shards,
-    marker,
     plan_extraction,
     plan_shards,
-    read_embeddings,
-    run_shard,
     run_shards,
-    tiles,
 )
+from pomlia_hpc.fingerprint.shards import embed_images, marker, read_embeddings, run_shard, tiles
 from pomlia_hpc.fingerprint.similar import fingerprint_set
 from pomlia_hpc.fingerprint.train import load_encoder
 from pomlia_hpc.registry import FingerprintSet, Registry
@@ -148,7 +144,7 @@ def test_shard_killed_mid_write_reruns_to_bitwise_identical_embeddings(
     out = Path(victim.out_path)
     script = (
         "import json, sys\n"
-        "from pomlia_hpc.fingerprint.extract import ShardSpec, run_shard\n"
+        "from pomlia_hpc.fingerprint.shards import ShardSpec, run_shard\n"
         "run_shard(ShardSpec(**json.loads(sys.argv[1])))\n"
     )
     proc = subprocess.Popen([sys.executable, "-c", script, json.dumps(asdict(victim))])

@@ -16,13 +16,9 @@ import pytest
 
 from pomlia_hpc.data.store import open_version
 from pomlia_hpc.errors import InputError, NotFoundError
-from pomlia_hpc.fingerprint.extract import (
-    finish_extraction,
-    plan_extraction,
-    read_embeddings,
-    run_shard,
-)
+from pomlia_hpc.fingerprint.extract import finish_extraction, plan_extraction
 from pomlia_hpc.fingerprint.index import build_index, default_factory, load_index
+from pomlia_hpc.fingerprint.shards import read_embeddings, run_shard
 from pomlia_hpc.registry import Registry
 from pomlia_hpc.workspace import Workspace
 from tests.fixtures.factories import make_dataset, make_encoder

@@ -16,10 +16,11 @@ from pomlia_hpc.fingerprint.distances import (
     intensity_baseline,
     intensity_histogram,
 )
-from pomlia_hpc.fingerprint.extract import finish_extraction, plan_extraction, run_shard
+from pomlia_hpc.fingerprint.extract import finish_extraction, plan_extraction
 from pomlia_hpc.fingerprint.index import build_index
 from pomlia_hpc.fingerprint.plots import plot_encoder_latent
 from pomlia_hpc.fingerprint.ranking import DISTANCE_NAMES
+from pomlia_hpc.fingerprint.shards import run_shard
 from pomlia_hpc.fingerprint.similar import (
     dataset_fingerprint,
     embedding_sample,

@@ -14,8 +14,9 @@ from sqlalchemy import select
 
 from pomlia_hpc.cluster import Executor
 from pomlia_hpc.data.store import open_version
-from pomlia_hpc.fingerprint.extract import extract, plan_extraction, read_embeddings, run_shard
+from pomlia_hpc.fingerprint.extract import extract, plan_extraction
 from pomlia_hpc.fingerprint.loader import Source
+from pomlia_hpc.fingerprint.shards import read_embeddings, run_shard
 from pomlia_hpc.fingerprint.train import TrainConfig, TrainJob, encoder_dir
 from pomlia_hpc.registry import Job, Registry
 from pomlia_hpc.workspace import Workspace

@@ -122,7 +122,7 @@ def nearest_extra(
     image in the encoder's latent space (1-NN over up to ``max_train`` evenly spaced training
     images), so extra images enter the task's label space. Rows are nearest first."""
     from pomlia_hpc.data.store import find_version, open_version
-    from pomlia_hpc.fingerprint.extract import embed_images
+    from pomlia_hpc.fingerprint.shards import embed_images
     from pomlia_hpc.fingerprint.similar import nearest_images
     from pomlia_hpc.fingerprint.train import load_encoder
 

@@ -10,7 +10,7 @@ from sqlalchemy import select
 
 from pomlia_hpc.cli.app import STATE, app, console
 from pomlia_hpc.cli.core import jobs_table
-from pomlia_hpc.cluster.executor import cancel_recorded_job
+from pomlia_hpc.cluster.cancel import cancel_recorded_job
 from pomlia_hpc.cluster.records import refresh_jobs
 from pomlia_hpc.errors import ClusterError, NotFoundError
 from pomlia_hpc.registry import Job

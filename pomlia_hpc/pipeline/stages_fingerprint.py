@@ -47,7 +47,7 @@ def _train_config(enc: EncoderSpec) -> Any:
 
 
 def _run_encoder(ctx: StageContext) -> dict[str, Any]:
-    from pomlia_hpc.fingerprint.extract import checkpoint_digest
+    from pomlia_hpc.fingerprint.shards import checkpoint_digest
     from pomlia_hpc.fingerprint.train import train_encoder
 
     enc = _enc(ctx.spec)

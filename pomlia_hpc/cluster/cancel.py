@@ -1,0 +1,119 @@
+"""Cancelling a job from any process: by its scheduler id, or by its registry row.
+
+A local job is a process tree whose controller may ignore SIGINT (it inherits SIG_IGN when
+started from a background job of a non-interactive shell); it gets a grace period, then is
+killed with its tasks. A Slurm job is ``scancel``-ed.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+from pomlia_hpc.cluster.records import (
+    FINAL_STATES,
+    is_local_job_process,
+    mark_cancelled,
+    refresh_jobs,
+    this_host,
+)
+from pomlia_hpc.errors import ClusterError, NotFoundError
+from pomlia_hpc.processes import ignores_signal, kill_tree, pid_alive
+from pomlia_hpc.registry import Job, Registry
+
+#: Seconds a cancelled local job may take to stop after SIGINT before it gets SIGKILL. A process
+#: can ignore SIGINT without meaning to: it inherits SIG_IGN when started from a background job
+#: of a non-interactive shell (cron, nohup scripts), and Python then keeps it.
+LOCAL_CANCEL_GRACE_S = 5.0
+
+
+def kill_after_grace(process: subprocess.Popen[Any]) -> None:
+    """Give a SIGINT-ed local job controller the grace period, then kill it and its tasks."""
+    if ignores_signal(process.pid, signal.SIGINT):
+        kill_tree(process.pid)  # the SIGINT was lost: no point waiting
+    else:
+        try:
+            process.wait(LOCAL_CANCEL_GRACE_S)
+            return
+        except subprocess.TimeoutExpired:
+            kill_tree(process.pid)
+    process.wait()
+
+
+def cancel_scheduler_job(backend: str, scheduler_id: str, *, folder: str | None = None) -> None:
+    """Cancel a job by its scheduler id from any process (used by ``pomlia jobs cancel``).
+
+    A local job is signalled only if its pid still runs submitit's job controller (for
+    ``folder``, when given): after the job ended, the pid may belong to an unrelated process.
+    """
+    if backend == "slurm":
+        proc = subprocess.run(
+            ["scancel", scheduler_id], capture_output=True, text=True, check=False
+        )
+        if proc.returncode != 0:
+            raise ClusterError(f"scancel {scheduler_id} failed: {proc.stderr.strip()}")
+    elif backend == "local":
+        try:
+            pid = int(scheduler_id)
+        except ValueError as exc:
+            raise ClusterError(f"local job id '{scheduler_id}' is not a process id") from exc
+        if not pid_alive(pid):
+            return
+        if not is_local_job_process(pid, folder):
+            raise ClusterError(
+                f"process {pid} is not the submitit job controller"
+                + (f" of {folder}" if folder else "")
+                + "; the job has ended and its pid was reused: nothing signalled"
+            )
+        if ignores_signal(pid, signal.SIGINT):
+            kill_tree(pid)  # a SIGINT would be lost
+            return
+        try:
+            os.kill(pid, signal.SIGINT)
+        except ProcessLookupError:
+            return
+        deadline = time.monotonic() + LOCAL_CANCEL_GRACE_S
+        while pid_alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        if pid_alive(pid):
+            kill_tree(pid)
+    else:
+        raise ClusterError(f"jobs of backend '{backend}' run in-process and cannot be cancelled")
+
+
+def cancel_recorded_job(registry: Registry, record_id: int) -> str | None:
+    """Cancel the job of registry row ``record_id`` and record it CANCELLED (with its end time).
+
+    Returns None when cancelled, or the final state of a job that had already ended (then
+    nothing is signalled and its row keeps that state)."""
+    refresh_jobs(registry, [record_id])
+    with registry.session() as s:
+        row = s.get(Job, record_id)
+        if row is None:
+            raise NotFoundError(f"job {record_id} is not in the registry (see `pomlia jobs list`)")
+        backend, scheduler_id, state = row.backend, row.scheduler_id, row.state
+        folder, host = row.folder, (row.meta or {}).get("host")
+    if state in FINAL_STATES:
+        return state
+    if backend == "local" and host not in (None, this_host()):
+        raise ClusterError(f"job {record_id} runs on host {host}; cancel it there")
+    try:
+        # Older rows may hold a relative folder; submitit's command line has it absolute.
+        absolute = folder if folder and Path(folder).is_absolute() else None
+        cancel_scheduler_job(backend, scheduler_id, folder=absolute)
+    except ClusterError:
+        refresh_jobs(registry, [record_id])
+        with registry.session() as s:
+            row = s.get(Job, record_id)
+            if row is not None and row.state in FINAL_STATES:
+                return row.state  # it ended between the refresh and the signal
+        raise
+    if not mark_cancelled(registry, record_id):
+        with registry.session() as s:
+            row = s.get(Job, record_id)
+            return row.state if row is not None else None
+    return None
