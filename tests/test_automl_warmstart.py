@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from pomlia_hpc.automl import records
-from pomlia_hpc.automl.budget import default_budget
+from pomlia_hpc.automl.budget import MAX_EPOCHS, default_budget
 from pomlia_hpc.automl.optimizers import Proposal
 from pomlia_hpc.automl.space import configs_from_values
 from pomlia_hpc.automl.study import StudyRunner, TrialView, run_study
@@ -32,6 +32,9 @@ def test_default_budget_scales_with_data_size() -> None:
     low, high = small
     assert low * 500 // 64 >= 60  # the lowest rung is >= 60 optimizer steps
     assert high >= 3 * low
+    for n in (1, 60, 200, 500, 1257, 5000):  # never beyond MAX_EPOCHS, however small the set
+        lo, hi = default_budget(n)
+        assert 1 <= lo and 3 * lo <= hi <= MAX_EPOCHS, (n, lo, hi)
 
 
 @pytest.mark.slow
