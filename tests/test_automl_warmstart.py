@@ -114,3 +114,12 @@ def test_from_recommendation_needs_expressible_strategies(
         app, ["automl", "run", "blood", "--from-recommendation", "--initial", "x.yaml"]
     )
     assert isinstance(res.exception, InputError) and "choose one" in str(res.exception)
+
+
+def test_warm_start_larger_than_the_trials_is_one_clear_error(
+    workspace: Workspace, reg: Registry
+) -> None:
+    tiny_task(workspace, reg, "blood", sizes=(64, 24, 24))
+    with pytest.raises(InputError, match="3 configurations but the study has 2 trial"):
+        tiny_study(reg, workspace, "blood", "big", optimizer="smac", initial_configs=[FAST] * 3)
+    assert not (workspace.path("runs", "big") / "study.json").exists()  # nothing written

@@ -18,7 +18,7 @@ from pomlia_hpc.automl.study.spec import (
 from pomlia_hpc.automl.tasks import get_task, task_dataset
 from pomlia_hpc.config import load_cluster_profile
 from pomlia_hpc.data.store import open_store
-from pomlia_hpc.errors import PomliaError
+from pomlia_hpc.errors import InputError, PomliaError
 from pomlia_hpc.registry import Registry
 from pomlia_hpc.workspace import Workspace
 
@@ -109,6 +109,13 @@ def create_study(
     cs = build_space(opts, seed=seed)
     # Validate the warm start now, with a message naming the entry.
     configs_from_values(initial_configs or [], cs, "initial configurations")
+    if optimizer == "smac" and len(initial_configs or []) > n_trials:
+        # SMAC refuses an initial design larger than its trials with a bare ValueError.
+        raise InputError(
+            f"the warm start has {len(initial_configs or [])} configurations but the study "
+            f"has {n_trials} trial(s): expected at most as many; give more --trials or fewer "
+            "initial configurations (--recommend-k)"
+        )
     eng = engine or EngineOptions()
     if eng.threads is None:
         cpus = (resources or {}).get("cpus_per_task") or profile.cpus_per_task
