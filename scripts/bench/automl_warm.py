@@ -5,28 +5,43 @@ logistic regression and an RBF SVC on the pixels of every task in the same run.
    ``--sizes``) each get a random-search study (``--kb-trials`` trials of ``--max-epochs``):
    the registry's own runs that the recommender learns from. The benchmark tasks are not
    among them (held out).
-2. **Benchmark tasks**: ``--tasks`` look-alikes plus ``digits``, a real data set built from
+2. **Benchmark tasks** (``--tasks``): look-alikes, and ``digits``, a real data set built from
    scikit-learn's bundled 8x8 digits (1,797 images, 10 classes), up-sampled to 28 px
    (nearest neighbour) and scaled to 0..255, split 1,257 / 180 / 360 (train / val / test).
-   Per task and seed three studies through the real stack (local executor, DeepSpeed on CPU,
-   registry records), each stopping once ``--budget`` epochs were given out:
+   Per task and seed, studies through the real stack (local executor, one trial at a time,
+   DeepSpeed on CPU, registry records), each stopping once ``--budget`` epochs were given out:
 
    - ``warm``: SMAC-Hyperband (budgets ``--min-epochs``..``--max-epochs``, eta 3) whose initial
      design is the recommender's top ``--k`` configurations for the task (registry source
-     only, the task's own runs excluded) and whose space is narrowed to their architectures;
-     the best configuration is then trained on to ``--max-epochs`` (counted in the budget);
+     only, the task's own runs excluded; earlier benchmark tasks' runs are in the knowledge
+     base, as they would be for a user) and whose space is narrowed to their architectures;
+     the best configuration is then trained on to ``--max-epochs`` (counted in its epochs);
    - ``smac``: the same without the warm start (space: ``--archs``);
-   - ``random``: random configurations at ``--max-epochs`` each (space: ``--archs``).
+   - ``random``: random configurations at ``--max-epochs`` each (space: ``--archs``);
+   - ``default`` (seed 0 only, when asked with ``--methods``): warm-started like ``warm`` but
+     with the command line's default budget for the task's size
+     (:func:`~pomlia_hpc.automl.budget.default_budget`), ``--default-trials`` trials, no
+     epoch cap, and the best configuration trained on to the full budget: does a study with
+     its default budget beat both pixel baselines?
 
    Curve: after each finished trial, the epochs spent and the test metric (ACC) of the best
    trial so far by validation metric. ``reach``: epochs the method needed for its curve to
-   reach random search's final test metric, as a fraction of random search's epochs.
+   reach random search's final test metric, as a fraction of random search's epochs (per seed,
+   and for the mean curves over seeds). Target: warm <= 0.5.
 3. **Pixel baselines**: scikit-learn ``LogisticRegression`` (max_iter 2000) and ``SVC(rbf)``
    on the flattened training pixels / 255 (defaults otherwise), test ACC.
-4. **The registry's own runs**: leave-one-dataset-out (``pomlia strategy eval --source
-   registry --metric acc``) over every task that has runs at the end.
+4. **The registry's own runs** (``--report-only``, after the pieces): leave-one-dataset-out
+   (``pomlia strategy eval --source registry --metric acc``) over every task with runs.
 
-    python scripts/bench/automl_warm.py --out bench-results --png docs/automl_bench.png
+Resumable, in pieces: every finished study is saved to ``--out``/automl_warm.json at once, the
+workspace (``--work``) is kept, and a run started again skips what is recorded and resumes a
+study that was interrupted. ``--fresh`` starts over.
+
+    python scripts/bench/automl_warm.py --out bench-results --tasks digits       # piece 1
+    python scripts/bench/automl_warm.py --out bench-results --tasks bloodmnist   # ...
+    python scripts/bench/automl_warm.py --out bench-results --methods default    # default
+    python scripts/bench/automl_warm.py --out bench-results --report-only \
+        --png docs/automl_bench.png
 
 Writes ``automl_warm.json``, ``automl_warm.md`` and ``automl_warm.png`` to ``--out``.
 """
@@ -35,6 +50,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import shutil
 import sys
@@ -50,13 +66,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from automl import at_budget, trials_of  # noqa: E402
 
+from pomlia_hpc.automl.budget import default_budget, task_train_size  # noqa: E402
 from pomlia_hpc.automl.engine import EngineOptions  # noqa: E402
 from pomlia_hpc.automl.space import SpaceOptions  # noqa: E402
-from pomlia_hpc.automl.study import create_study, run_study  # noqa: E402
-from pomlia_hpc.automl.tasks import add_task  # noqa: E402
+from pomlia_hpc.automl.study import create_study, load_spec, run_study  # noqa: E402
+from pomlia_hpc.automl.tasks import add_task, get_task  # noqa: E402
 from pomlia_hpc.data.api import ingest  # noqa: E402
 from pomlia_hpc.data.medmnist_info import flag_info  # noqa: E402
 from pomlia_hpc.data.synth import make_split  # noqa: E402
+from pomlia_hpc.errors import NotFoundError  # noqa: E402
 from pomlia_hpc.registry import Registry  # noqa: E402
 from pomlia_hpc.strategy.service import evaluate_source  # noqa: E402
 from pomlia_hpc.strategy.warmstart import from_recommendation  # noqa: E402
@@ -124,10 +142,17 @@ def pixel_baselines(arrays: dict[str, np.ndarray]) -> dict[str, float]:
 
 
 def study(reg: Registry, ws: Workspace, task: str, name: str, method: str, seed: int, a: Any):
+    """One study of ``method`` on ``task``; returns its trials, wall seconds, warm start, epochs.
+
+    ``default``: warm-started like ``warm`` but with the command line's default budget for the
+    task's size (:func:`~pomlia_hpc.automl.budget.default_budget`), ``--default-trials`` trials
+    and no epoch cap, then the best configuration trained on to the full budget."""
     space = SpaceOptions(archs=tuple(a.archs.split(",")))
     initial: list[dict[str, Any]] = []
     optimizer = "random" if method == "random" else "smac"
-    if method == "warm":
+    low, high = a.min_epochs, a.max_epochs
+    n_trials, budget = 10_000, a.budget
+    if method in ("warm", "default"):
         warm = from_recommendation(
             reg,
             task,
@@ -137,29 +162,37 @@ def study(reg: Registry, ws: Workspace, task: str, name: str, method: str, seed:
             exclude_own_runs=True,
         )
         initial, space = warm.configs, SpaceOptions(archs=warm.archs)
-    spec = create_study(
-        reg,
-        ws,
-        task,
-        name=name,
-        n_trials=10_000,
-        max_epochs=a.max_epochs,
-        min_epochs=a.min_epochs if optimizer == "smac" else a.max_epochs,
-        eta=3,
-        parallel=a.parallel,
-        optimizer=optimizer,
-        seed=seed,
-        budget_epochs=a.budget,
-        engine=EngineOptions(threads=1),
-        space=space,
-        initial_configs=initial,
-        n_initial=max(len(initial), 1) if method == "warm" else None,
-        final_full_budget=optimizer == "smac",
-    )
+    if method == "default":
+        low, high = default_budget(task_train_size(reg, task), 3)
+        n_trials, budget = a.default_trials, None
     t0 = time.perf_counter()
-    run_study(reg, ws, spec, poll_s=0.5)
+    try:
+        spec = load_spec(ws, name)  # an interrupted piece: continue the study, not redo it
+        resume = True
+    except NotFoundError:
+        spec = create_study(
+            reg,
+            ws,
+            task,
+            name=name,
+            n_trials=n_trials,
+            max_epochs=high,
+            min_epochs=low if optimizer == "smac" else high,
+            eta=3,
+            parallel=1,  # one trial at a time: a heavy slot is one core
+            optimizer=optimizer,
+            seed=seed,
+            budget_epochs=budget,
+            engine=EngineOptions(threads=1),
+            space=space,
+            initial_configs=initial,
+            n_initial=max(len(initial), 1) if initial else None,
+            final_full_budget=optimizer == "smac",
+        )
+        resume = False
+    run_study(reg, ws, spec, resume=resume, poll_s=0.5)
     trials = trials_of(reg, name, "acc")
-    return trials, time.perf_counter() - t0, initial
+    return trials, time.perf_counter() - t0, initial, (low, high)
 
 
 def curve(trials: list[dict[str, Any]]) -> list[tuple[int, float]]:
@@ -180,65 +213,119 @@ def reach(pts: list[tuple[int, float]], target: float) -> float | None:
     return None
 
 
+#: Arguments that must not change between the pieces of one benchmark run.
+FIXED_ARGS = ("kb_tasks", "sizes", "kb_trials", "budget", "min_epochs", "max_epochs", "k", "archs")
+
+
+def load_results(a: Any) -> dict[str, Any]:
+    """The results so far (``--out``/automl_warm.json), or a new record; refuses to mix runs
+    whose fixed arguments differ (pass ``--fresh``)."""
+    path = a.out / "automl_warm.json"
+    if a.fresh or not path.is_file():
+        shutil.rmtree(a.work, ignore_errors=True)
+        return {"args": {k: getattr(a, k) for k in FIXED_ARGS}, "pieces": [], "kb": {}, "tasks": {}}
+    res = json.loads(path.read_text())
+    now = {k: getattr(a, k) for k in FIXED_ARGS}
+    if res["args"] != now:
+        diff = [k for k in FIXED_ARGS if res["args"].get(k) != now[k]]
+        sys.exit(f"{path}: a run with other {', '.join(diff)} is there; pass --fresh to restart")
+    return res
+
+
+def save(res: dict[str, Any], a: Any) -> None:
+    """Write the results so far (atomically: a stopped piece keeps every finished study)."""
+    tmp = a.out / "automl_warm.json.tmp"
+    tmp.write_text(json.dumps(res, indent=1, default=str))
+    tmp.replace(a.out / "automl_warm.json")
+
+
+def ensure_task(ws: Workspace, reg: Registry, name: str, arrays: Any, flag: str) -> None:
+    try:
+        get_task(reg, name)
+    except NotFoundError:
+        register(ws, reg, name, arrays(), flag)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--out", type=Path, default=Path("bench-results"))
     ap.add_argument("--work", type=Path, default=Path("/tmp/pomlia-bench-automl-warm"))
     ap.add_argument("--png", type=Path)
+    ap.add_argument("--fresh", action="store_true", help="forget earlier pieces; start again")
     ap.add_argument("--kb-tasks", nargs="+", default=["dermamnist", "organcmnist", "pathmnist"])
-    ap.add_argument("--tasks", nargs="+", default=["bloodmnist", "organsmnist", "octmnist"])
-    ap.add_argument("--no-digits", action="store_true")
+    ap.add_argument(
+        "--tasks", nargs="+", default=["bloodmnist", "organsmnist", "octmnist", "digits"]
+    )
     ap.add_argument("--seeds", type=int, default=3)
-    ap.add_argument("--sizes", type=int, nargs=3, default=[500, 150, 300])
-    ap.add_argument("--kb-trials", type=int, default=5)
-    ap.add_argument("--budget", type=int, default=36, help="epochs per study")
+    ap.add_argument("--sizes", type=int, nargs=3, default=[300, 100, 200])
+    ap.add_argument("--kb-trials", type=int, default=4)
+    ap.add_argument("--budget", type=int, default=27, help="epochs per study")
     ap.add_argument("--min-epochs", type=int, default=3)
     ap.add_argument("--max-epochs", type=int, default=9)
-    ap.add_argument("--parallel", type=int, default=2)
     ap.add_argument("--k", type=int, default=3)
     ap.add_argument("--archs", default="small_cnn,mobilenet_v3_small")
+    ap.add_argument("--default-trials", type=int, default=6)
+    ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=[*METHODS, "default"])
+    ap.add_argument("--report-only", action="store_true", help="tables and plot from the JSON")
     a = ap.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
-    shutil.rmtree(a.work, ignore_errors=True)
+    res = load_results(a)
     ws = Workspace(
         home=a.work, db_url=f"sqlite:///{a.work / 'registry.db'}", cluster_profile="local"
     )
     ws.create()
     reg = Registry.open(ws.db_url)
-    res: dict[str, Any] = {"load_start": os.getloadavg(), "args": vars(a) | {"out": str(a.out)}}
-    res["args"] = {k: str(v) if isinstance(v, Path) else v for k, v in res["args"].items()}
     t_all = time.perf_counter()
-    for i, flag in enumerate(a.kb_tasks):  # the knowledge base: runs on other tasks
+    piece = {
+        "load_start": os.getloadavg(),
+        "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+    }
+    piece["argv"] = sys.argv[1:]
+    res["pieces"].append(piece)
+    for i, flag in enumerate([] if a.report_only else a.kb_tasks):  # the knowledge base
         name = f"kb_{flag}"
-        register(ws, reg, name, lookalike(flag, tuple(a.sizes), 100 + i), flag)
-        spec = create_study(
-            reg,
-            ws,
-            name,
-            name=f"{name}-random",
-            n_trials=a.kb_trials,
-            max_epochs=a.max_epochs,
-            min_epochs=a.max_epochs,
-            parallel=a.parallel,
-            optimizer="random",
-            seed=100 + i,
-            engine=EngineOptions(threads=1),
-            space=SpaceOptions(archs=tuple(a.archs.split(","))),
-        )
-        run_study(reg, ws, spec, poll_s=0.5)
+        if res["kb"].get(name, {}).get("done"):
+            continue
+        ensure_task(ws, reg, name, lambda f=flag, i=i: lookalike(f, tuple(a.sizes), 100 + i), flag)
+        sname = f"{name}-random"
+        try:
+            spec, resume = load_spec(ws, sname), True
+        except NotFoundError:
+            spec = create_study(
+                reg,
+                ws,
+                name,
+                name=sname,
+                n_trials=a.kb_trials,
+                max_epochs=a.max_epochs,
+                min_epochs=a.max_epochs,
+                parallel=1,
+                optimizer="random",
+                seed=100 + i,
+                engine=EngineOptions(threads=1),
+                space=SpaceOptions(archs=tuple(a.archs.split(","))),
+            )
+            resume = False
+        t0 = time.perf_counter()
+        run_study(reg, ws, spec, resume=resume, poll_s=0.5)
+        res["kb"][name] = {"done": True, "wall_s": time.perf_counter() - t0}
+        save(res, a)
         print(f"kb study {name}: done ({time.perf_counter() - t_all:.0f} s)", flush=True)
-    tasks = [(f, lookalike(f, tuple(a.sizes), 7)) for f in a.tasks]
-    if not a.no_digits:
-        tasks.append(("digits", digits()))
-    res["tasks"] = {}
-    for flag, arrays in tasks:
+    for flag in [] if a.report_only else a.tasks:
         name = f"bench_{flag}"
-        register(ws, reg, name, arrays, flag)
-        entry: dict[str, Any] = {"baselines": pixel_baselines(arrays), "studies": []}
+        make = digits if flag == "digits" else (lambda f=flag: lookalike(f, tuple(a.sizes), 7))
+        ensure_task(ws, reg, name, make, flag)
+        entry = res["tasks"].setdefault(name, {"studies": []})
+        if "baselines" not in entry:
+            entry["baselines"] = pixel_baselines(make())
+            save(res, a)
         print(f"{name}: pixel baselines {entry['baselines']}", flush=True)
+        done = {(s["method"], s["seed"]) for s in entry["studies"]}
         for seed in range(a.seeds):
-            for method in METHODS:
-                trials, wall, initial = study(
+            for method in a.methods:
+                if (method, seed) in done or (method == "default" and seed > 0):
+                    continue
+                trials, wall, initial, (low, high) = study(
                     reg, ws, name, f"{name}-{method}-s{seed}", method, seed, a
                 )
                 pts = curve(trials)
@@ -247,6 +334,7 @@ def main() -> None:
                         "method": method,
                         "seed": seed,
                         "wall_s": wall,
+                        "min_max_epochs": [low, high],
                         "initial": initial,
                         "curve": pts,
                         "final": pts[-1][1] if pts else None,
@@ -254,89 +342,163 @@ def main() -> None:
                         "trials": trials,
                     }
                 )
+                save(res, a)
                 print(
                     f"  {name} {method} s{seed}: {len(trials)} trials, "
                     f"{pts[-1][0] if pts else 0} epochs, final test {pts[-1][1] if pts else None}, "
                     f"{wall:.0f} s",
                     flush=True,
                 )
-        res["tasks"][name] = entry
-    try:
-        loo = evaluate_source(reg, "registry", "acc")
-        res["registry_loo"] = loo.to_dict()
-    except Exception as exc:  # reported, not fatal: the studies above are the main result
-        res["registry_loo"] = {"error": str(exc)}
-    res["wall_s"] = time.perf_counter() - t_all
-    res["load_end"] = os.getloadavg()
-    (a.out / "automl_warm.json").write_text(json.dumps(res, indent=1, default=str))
+    if a.report_only:
+        try:
+            res["registry_loo"] = evaluate_source(reg, "registry", "acc").to_dict()
+        except Exception as exc:  # reported, not fatal: the studies are the main result
+            res["registry_loo"] = {"error": str(exc)}
+    piece["wall_s"] = time.perf_counter() - t_all
+    piece["load_end"] = os.getloadavg()
+    save(res, a)
     md = summarize(res, a)
     (a.out / "automl_warm.md").write_text(md)
     print(md)
-    plot(res, a.out / "automl_warm.png", a.budget)
-    if a.png:
-        shutil.copyfile(a.out / "automl_warm.png", a.png)
+    if any(e["studies"] for e in res["tasks"].values()):
+        plot(res, a.out / "automl_warm.png")
+        if a.png:
+            shutil.copyfile(a.out / "automl_warm.png", a.png)
+
+
+def _mean_curve(studies: list[dict[str, Any]], grid: np.ndarray) -> np.ndarray:
+    curves = [at_budget([tuple(p) for p in s["curve"]], grid) for s in studies]
+    with np.errstate(all="ignore"):
+        return np.nanmean(np.stack(curves), axis=0) if curves else np.full(len(grid), np.nan)
 
 
 def summarize(res: dict[str, Any], a: Any) -> str:
+    """The tables of the module docstring, from the results so far."""
+    loads = "; ".join(
+        f"{p['started']}: {' '.join(f'{x:.1f}' for x in p['load_start'])} -> "
+        f"{' '.join(f'{x:.1f}' for x in p.get('load_end', [math.nan] * 3))} "
+        f"({p.get('wall_s', math.nan) / 60:.0f} min)"
+        for p in res["pieces"]
+    )
     lines = [
-        f"Load average {res['load_start']} at the start, {res['load_end']} at the end; "
-        f"{res['wall_s'] / 60:.0f} min.",
+        f"Pieces (start: load average at start -> end, wall): {loads}.",
         "",
-        "| task | method | final test ACC (mean) | per seed | epochs | epochs to reach random's "
-        "final (fraction of random's) | logreg | RBF SVC |",
-        "| --- | --- | ---: | --- | ---: | --- | ---: | ---: |",
+        "| task | method | seeds | final test ACC (mean) | per seed | epochs (mean) | epochs to "
+        "reach random's final, per seed (fraction of random's epochs) | logreg | RBF SVC |",
+        "| --- | --- | ---: | ---: | --- | ---: | --- | ---: | ---: |",
     ]
+    verdicts = []
     for name, entry in res["tasks"].items():
-        by = {m: [s for s in entry["studies"] if s["method"] == m] for m in METHODS}
-        for m in METHODS:
-            finals = [s["final"] for s in by[m] if s["final"] is not None]
+        by = {
+            m: sorted((s for s in entry["studies"] if s["method"] == m), key=lambda s: s["seed"])
+            for m in (*METHODS, "default")
+        }
+        rnd = {s["seed"]: s for s in by["random"]}
+        base = entry.get("baselines", {})
+        for m, studies in by.items():
+            if not studies:
+                continue
+            finals = [s["final"] for s in studies if s["final"] is not None]
             reached = []
-            for s, r in zip(by[m], by["random"], strict=False):
+            for s in studies:
+                r = rnd.get(s["seed"])
+                if r is None or m in ("random", "default"):
+                    continue
                 hit = reach([tuple(p) for p in s["curve"]], r["final"])
                 reached.append(
                     "not reached" if hit is None else f"{hit:.0f} ({hit / max(r['epochs'], 1):.2f})"
                 )
             lines.append(
-                f"| {name} | {m} | {np.mean(finals):.3f} | "
+                f"| {name.removeprefix('bench_')} | {m} | {len(studies)} | {np.mean(finals):.3f} | "
                 f"{', '.join(f'{f:.3f}' for f in finals)} | "
-                f"{np.mean([s['epochs'] for s in by[m]]):.0f} | {'; '.join(reached)} | "
-                f"{entry['baselines']['logreg']:.3f} | {entry['baselines']['svc_rbf']:.3f} |"
+                f"{np.mean([s['epochs'] for s in studies]):.0f} | {'; '.join(reached) or '-'} | "
+                f"{base.get('logreg', math.nan):.3f} | {base.get('svc_rbf', math.nan):.3f} |"
             )
+        if by["warm"] and by["random"]:
+            grid = np.arange(0, 10 * a.budget + 1)
+            target = float(np.mean([s["final"] for s in by["random"]]))
+            r_epochs = float(np.mean([s["epochs"] for s in by["random"]]))
+            warm = _mean_curve(by["warm"], grid)
+            hit = np.nonzero(np.nan_to_num(warm, nan=-1.0) >= target - 1e-9)[0]
+            frac = grid[hit[0]] / r_epochs if len(hit) else math.inf
+            seeds_ok = sum(
+                (h := reach([tuple(p) for p in s["curve"]], rnd[s["seed"]]["final"])) is not None
+                and h <= 0.5 * rnd[s["seed"]]["epochs"]
+                for s in by["warm"]
+                if s["seed"] in rnd
+            )
+            verdicts.append(
+                f"- {name.removeprefix('bench_')}: mean warm curve reaches random's mean final "
+                f"({target:.3f}) at {frac:.2f} of random's epochs "
+                f"({'met' if frac <= 0.5 else 'NOT met'}); per seed within 50 %: "
+                f"{seeds_ok}/{len(by['warm'])}"
+            )
+        for s in by["default"]:
+            beats = {b: s["final"] > v for b, v in base.items()}
+            verdicts.append(
+                f"- {name.removeprefix('bench_')}: default-budget study (epochs "
+                f"{s['min_max_epochs'][0]}..{s['min_max_epochs'][1]}, {len(s['trials'])} trials, "
+                f"{s['epochs']} epochs) test ACC {s['final']:.3f}: beats logreg "
+                f"{'yes' if beats.get('logreg') else 'no'}, beats RBF SVC "
+                f"{'yes' if beats.get('svc_rbf') else 'no'}"
+            )
+    lines += ["", *verdicts]
     loo = res.get("registry_loo", {})
     if "summary" in loo:
-        lines += ["", f"Registry's own runs, leave-one-task-out ({len(loo['datasets'])} tasks):"]
+        lines += [
+            "",
+            f"Registry's own runs, leave-one-task-out ({len(loo['datasets'])} tasks: "
+            f"{', '.join(loo['datasets'])}; {loo['n_strategies']} strategies):",
+            "",
+            "| method | top-1 regret | best-of-top-3 regret |",
+            "| --- | ---: | ---: |",
+        ]
         for k, v in loo["summary"].items():
-            lines.append(f"- {k}: top-1 {v['top1_mean']:.2f}, best of top 3 {v['topk_mean']:.2f}")
+            lines.append(f"| {k} | {v['top1_mean']:.2f} | {v['topk_mean']:.2f} |")
     elif loo:
         lines += ["", f"Registry's own runs: {loo.get('error')}"]
     return "\n".join(lines) + "\n"
 
 
-def plot(res: dict[str, Any], path: Path, budget: int) -> None:
+def plot(res: dict[str, Any], path: Path) -> None:
+    """Mean curves per method and task (``warm``/``smac``/``random``), the pixel baselines,
+    and the 50 % mark of random search's epochs."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = list(res["tasks"])
+    names = [n for n, e in res["tasks"].items() if e["studies"]]
     fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.4), squeeze=False)
-    grid = np.arange(1, budget + 10)
     colors = {"warm": "tab:green", "smac": "tab:blue", "random": "tab:orange"}
     for ax, name in zip(axes[0], names, strict=True):
         entry = res["tasks"][name]
+        top = max(s["epochs"] for s in entry["studies"] if s["method"] in METHODS)
+        grid = np.arange(0, top + 1)
         for m in METHODS:
-            curves = [
-                at_budget([tuple(p) for p in s["curve"]], grid)
-                for s in entry["studies"]
-                if s["method"] == m
-            ]
-            if curves:
-                ax.plot(grid, np.nanmean(np.stack(curves), axis=0), label=m, color=colors[m])
+            studies = [s for s in entry["studies"] if s["method"] == m]
+            if studies:
+                ax.plot(
+                    grid,
+                    _mean_curve(studies, grid),
+                    label=f"{m} ({len(studies)})",
+                    color=colors[m],
+                    drawstyle="steps-post",
+                )
+        rnd = [s["epochs"] for s in entry["studies"] if s["method"] == "random"]
+        if rnd:
+            ax.axvline(
+                0.5 * float(np.mean(rnd)),
+                color="tab:orange",
+                linestyle="-.",
+                lw=0.8,
+                label="50 % of random's epochs",
+            )
         for b, style in (("logreg", ":"), ("svc_rbf", "--")):
             ax.axhline(entry["baselines"][b], color="grey", linestyle=style, label=b)
         ax.set_title(name.replace("bench_", ""))
         ax.set_xlabel("epochs spent")
-        ax.set_ylabel("test ACC of best-by-val")
+        ax.set_ylabel("test ACC of best-by-val (mean of seeds)")
     axes[0][0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
