@@ -34,7 +34,7 @@ def test_default_budget_scales_with_data_size() -> None:
     assert high >= 3 * low
     for n in (1, 60, 200, 500, 1257, 5000):  # never beyond MAX_EPOCHS, however small the set
         lo, hi = default_budget(n)
-        assert 1 <= lo and 3 * lo <= hi <= MAX_EPOCHS, (n, lo, hi)
+        assert lo >= 1 and 3 * lo <= hi <= MAX_EPOCHS, (n, lo, hi)
 
 
 @pytest.mark.slow
