@@ -54,11 +54,13 @@ def log_predictions(
     labels: np.ndarray | None = None,
     deployment: int | None = None,
     keep_inputs: bool = False,
+    log_name: str | None = None,
 ) -> list[dict[str, Any]]:
     """Run the server's predictor on uint8 ``x`` and log the records (one new log file, as a
-    new server process would); ``when`` rewrites their time; ``labels`` adds feedback."""
+    new server process would); ``when`` rewrites their time; ``labels`` adds feedback;
+    ``log_name``: the folder's name (a deployment slot's) instead of the model's."""
     bundle = ExportedBundle.open(bundle_dir)
-    directory = log_dir(ws.path("logs"), bundle.name)
+    directory = log_dir(ws.path("logs"), log_name or bundle.name)
     # Written in a side folder, then moved in under a name of its own: each call is one more
     # server process's file (two calls in the same second would otherwise share a name).
     staging = directory.parent / f".staging-{os.urandom(4).hex()}"

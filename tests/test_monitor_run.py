@@ -231,6 +231,30 @@ def test_deployment_filter(fresh: tuple[Workspace, Registry, Path]) -> None:
     assert code == 2 and "deployment 99999 is not in the registry" in out
 
 
+def test_records_logged_under_a_deployment_slot_are_found(
+    fresh: tuple[Workspace, Registry, Path],
+) -> None:
+    """A server following a slot logs under the slot's name (after a hot swap, whichever model
+    it serves): the monitor of the model reads the folders of the slots it was put on too."""
+    ws, reg, bundle = fresh
+    from pomlia_hpc.registry import Model, Promotion
+
+    with reg.session() as s:
+        model_id = s.scalar(select(Model.id).where(Model.name == "blood"))
+        assert model_id is not None
+        s.add(Promotion(slot="ward", model_id=model_id, bundle_path=str(bundle), kind="promoted"))
+    x, y = images(40)
+    try:
+        log_predictions(ws, bundle, x[:25], labels=y[:25], log_name="ward")
+        log_predictions(ws, bundle, x[25:])
+        code, out = monitor("run", "blood", "--json")
+        report = json.loads(out[out.index("{") :])
+        assert code == 0 and report["volume"]["predictions"] == 40
+        assert report["performance"]["labels"] == 25
+    finally:
+        shutil.rmtree(log_dir(ws.path("logs"), "ward"), ignore_errors=True)
+
+
 def test_bad_targets_and_options_are_one_clear_message(
     fresh: tuple[Workspace, Registry, Path],
 ) -> None:

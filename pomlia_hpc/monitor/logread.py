@@ -1,8 +1,11 @@
 """Reading a model's prediction log for one time window.
 
-The server writes ``<logs>/predictions/<model>/<start>-<host>-<pid>-<seq>.jsonl``, one file per
-server process and rotation (:mod:`pomlia_hpc.serve.predlog`). This reader goes through every
-such file once, streaming (a log of a million predictions is about 1.7 GB), and keeps:
+The server writes ``<logs>/predictions/<name>/<start>-<host>-<pid>-<seq>.jsonl``, one file per
+server process and rotation (:mod:`pomlia_hpc.serve.predlog`); ``<name>`` is the model's, or the
+deployment slot's when the server follows a slot (then the folder holds the records of every
+model the slot served, each record naming its model). This reader goes through every such file
+of the folders it is given once, streaming (a log of a million predictions is about 1.7 GB),
+and keeps:
 
 * for predictions of the reference's model version inside the window: the predicted label, the
   confidence and the time of every one, and the fingerprint of a uniform random sample of at
@@ -22,6 +25,7 @@ from __future__ import annotations
 
 from array import array
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -100,7 +104,7 @@ def _confidence(out: dict[str, Any], multi_label: bool) -> float:
 
 
 def read_window(
-    directory: Path,
+    directory: Path | Sequence[Path],
     *,
     model: str,
     version: str,
@@ -113,9 +117,9 @@ def read_window(
     seed: int = 0,
     deployment: int | None = None,
 ) -> LogWindow:
-    """Read every log file under ``directory`` for predictions of ``model`` at ``version``
-    with ``since <= time < until`` (aware datetimes), only those of ``deployment`` when
-    given; see the module docstring."""
+    """Read every log file under ``directory`` (one folder or several) for predictions of
+    ``model`` at ``version`` with ``since <= time < until`` (aware datetimes), only those of
+    ``deployment`` when given; see the module docstring."""
     win = LogWindow(model=model, version=version, since=since, until=until)
     lo, hi = iso(since), iso(until)
     since_ts = since.timestamp()
@@ -123,7 +127,8 @@ def read_window(
     seen_in_window = 0  # reservoir sampling over predictions with a valid fingerprint
     pred_of: dict[str, Any] = {}  # prediction id -> predicted index, for the feedback join
     feedback: dict[str, tuple[Any, str]] = {}  # the last label sent for each prediction
-    for path in log_files(directory):
+    folders = [directory] if isinstance(directory, Path) else list(directory)
+    for path in [p for folder in folders for p in log_files(folder)]:
         try:
             if path.stat().st_mtime < since_ts - 1.0:  # 1 s of clock slack
                 win.files_skipped_old += 1

@@ -33,7 +33,7 @@ from pomlia_hpc.monitor.checks import CheckOutcome, run_checks
 from pomlia_hpc.monitor.logread import LogWindow, read_window
 from pomlia_hpc.monitor.reference import Target, load_reference, resolve_target
 from pomlia_hpc.monitor.stats import N_PERM
-from pomlia_hpc.registry import MonitorReport, Registry, RetrainRequest
+from pomlia_hpc.registry import Model, MonitorReport, Promotion, Registry, RetrainRequest
 from pomlia_hpc.serve.inbox import inputs_dir, read_inputs
 from pomlia_hpc.serve.predlog import log_dir
 from pomlia_hpc.serve.reference import Reference
@@ -173,16 +173,28 @@ def build_report(
 
 
 def _least_typical_inputs(
-    folder: Path, win: LogWindow, outcome: CheckOutcome | None, k: int = 16
+    folders: list[Path], win: LogWindow, outcome: CheckOutcome | None, k: int = 16
 ) -> list[tuple[str, float, np.ndarray]]:
     """(prediction id, distance, uint8 HWC image) of the least typical sampled window inputs
     that the server kept (``pomlia serve --keep-inputs``); empty when none were kept."""
-    kept = inputs_dir(folder)
-    if outcome is None or not kept.is_dir():
+    kept = [inputs_dir(f) for f in folders if inputs_dir(f).is_dir()]
+    if outcome is None or not kept:
         return []
     ranked = [(win.vector_ids[i], d) for i, d in outcome.least_typical(k)]
-    found = {item.id: item.as_uint8() for item in read_inputs(kept, [i for i, _ in ranked])}
+    ids = [i for i, _ in ranked]
+    found = {item.id: item.as_uint8() for inbox in kept for item in read_inputs(inbox, ids)}
     return [(i, d, found[i]) for i, d in ranked if i in found]
+
+
+def model_log_dirs(registry: Registry, logs_root: Path, model: Model) -> list[Path]:
+    """Every folder that may hold records of ``model``: its own (``pomlia serve MODEL``) and
+    that of each deployment slot it was ever put on (a server following a slot logs under the
+    slot's name, whichever model it serves; see :mod:`pomlia_hpc.loop.promote`)."""
+    with registry.session() as s:
+        slots = s.scalars(
+            select(Promotion.slot).where(Promotion.model_id == model.id).distinct()
+        ).all()
+    return [log_dir(logs_root, name) for name in dict.fromkeys([model.name, *sorted(slots)])]
 
 
 def history(registry: Registry, model_id: int, limit: int = 60) -> list[MonitorReport]:
@@ -286,10 +298,11 @@ def monitor_run(
         raise InputError(f"window start {since.isoformat()} is not before its end {until}")
     target = resolve_target(registry, ref)
     reference = load_reference(target)
-    folder_in = log_dir(workspace.path("logs"), target.model.name)
-    progress(f"reading {folder_in} from {since.isoformat()} to {until.isoformat()}")
+    folders = model_log_dirs(registry, workspace.path("logs"), target.model)
+    where = ", ".join(str(f) for f in folders)
+    progress(f"reading {where} from {since.isoformat()} to {until.isoformat()}")
     win = read_window(
-        folder_in,
+        folders,
         model=target.model.name,
         version=reference.model_version,
         kind=reference.fingerprint_kind,
@@ -311,7 +324,7 @@ def monitor_run(
         outcome = run_checks(win, reference, alpha=alpha, n_perm=n_perm, seed=seed)
     report = build_report(target, reference, win, outcome, alpha=alpha)
     past = history(registry, target.model.id)
-    atypical = _least_typical_inputs(folder_in, win, outcome)
+    atypical = _least_typical_inputs(folders, win, outcome)
     if atypical:
         report["least_typical"] = [{"id": i, "distance": d} for i, d, _ in atypical]
     html = render_html(report, past, outcome, reference, atypical)
