@@ -46,6 +46,7 @@ from torch.nn import functional
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from pomlia_hpc.automl.metrics import evaluate
+from pomlia_hpc.automl.sampling import epoch_order, recent_rows
 from pomlia_hpc.automl.space import TrainConfig
 from pomlia_hpc.cluster import apply_distributed_env
 from pomlia_hpc.curves import CURVES_DIR, Curves
@@ -100,7 +101,9 @@ class TrainRequest:
     ``init_weights``: a ``torch.save``-d state dict (required unless ``config.init`` is
     ``scratch``); ``extra_data``: an npz with ``images`` (N, H, W, C) uint8 and ``labels`` (N, L)
     in the task's label space, of which the first ``config.extra_n`` rows (all N if fewer) are
-    added to training (:attr:`TrainResult.n_extra` says how many).
+    added to training (:attr:`TrainResult.n_extra` says how many). ``recent_rows``: the last
+    rows of the training split that are recent (harvested production images), of which each
+    epoch draws ``recent_share`` (:mod:`pomlia_hpc.automl.sampling`); 0 or ``None``: plain.
     """
 
     store_path: str
@@ -114,6 +117,8 @@ class TrainRequest:
     extra_data: str | None = None
     options: EngineOptions = field(default_factory=EngineOptions)
     lineage: dict[str, Any] = field(default_factory=dict)
+    recent_rows: int = 0
+    recent_share: float | None = None
 
 
 @dataclass(frozen=True)
@@ -342,6 +347,7 @@ def train(req: TrainRequest, progress: ProgressFn | None = None) -> TrainResult:
     splits = {s: _as_split(*store.read_split(s), multilabel) for s in ("train", "val", "test")}
     n_out = int(splits["train"].y.shape[1]) if multilabel else len(class_names)
     train_x, train_y = splits["train"].x, splits["train"].y
+    recent = recent_rows(len(train_x), req.recent_rows, req.recent_share)
     n_extra = 0
     if cfg.extra_n > 0:
         if not req.extra_data:
@@ -413,7 +419,7 @@ def train(req: TrainRequest, progress: ProgressFn | None = None) -> TrainResult:
             group["lr"] = head_lr if group.get("name") == "head" else body_lr
         _set_train_mode(engine.module, head, _body_frozen(cfg, epoch))
         gen = torch.Generator().manual_seed(opt.seed * 100_003 + epoch)
-        order = rank_share(torch.randperm(len(train_x), generator=gen), rank, world)
+        order = rank_share(epoch_order(len(train_x), recent, gen), rank, world)
         total, seen = 0.0, 0
         for start in range(0, len(order), cfg.batch_size):
             idx = order[start : start + cfg.batch_size]
@@ -473,7 +479,10 @@ def train(req: TrainRequest, progress: ProgressFn | None = None) -> TrainResult:
 
     curves.close()
     if not _body_frozen(cfg, req.epochs - 1):
-        recalibrate_batchnorm(engine.module, train_x, dev, dtype, opt.eval_batch_size)
+        # Statistics of the mix the network was trained on (recent rows at their share).
+        gen = torch.Generator().manual_seed(opt.seed)
+        bn_x = train_x if recent is None else train_x[epoch_order(len(train_x), recent, gen)]
+        recalibrate_batchnorm(engine.module, bn_x, dev, dtype, opt.eval_batch_size)
     metrics = {
         s: _evaluate(engine.module, splits[s], task_type, dev, dtype, opt.eval_batch_size)
         for s in ("val", "test")

@@ -47,6 +47,7 @@ def create_study(
     extra_data: bool = False,
     initial_configs: list[dict[str, Any]] | None = None,
     final_full_budget: bool = False,
+    recent_share: float | None = None,
 ) -> StudySpec:
     """Validate the arguments, prepare initial weights, and write the study's ``study.json``.
 
@@ -56,6 +57,8 @@ def create_study(
     ``initial_configs``: warm-start configurations (value mappings), SMAC's initial design.
     ``final_full_budget``: when the best configuration trained fewer than ``max_epochs``, train
     it on to ``max_epochs`` (from its checkpoint) after the search, outside the budget.
+    ``recent_share``: on a harvested dataset version (:mod:`pomlia_hpc.data.harvest`), the
+    share of every epoch drawn from its new (production) training images.
     """
     t = get_task(registry, task)
     version, ref = task_dataset(registry, t)
@@ -78,7 +81,9 @@ def create_study(
         encoder=encoder,
         init_model=init_model,
         extra_data=extra_data,
+        recent_share=recent_share,
     )
+    recent_rows = _recent_rows(version.meta, ref) if recent_share is not None else 0
     folder = study_dir(workspace, name)
     if (folder / SPEC_FILE).exists():
         raise PomliaError(
@@ -147,7 +152,23 @@ def create_study(
         extra_encoder=encoder if extra_data else None,
         initial_configs=list(initial_configs or []),
         final_full_budget=final_full_budget,
+        recent_rows=recent_rows,
+        recent_share=recent_share if recent_rows else None,
         created_at=stamp.isoformat(),
     )
     write_json(folder / SPEC_FILE, spec.to_dict())
     return spec
+
+
+def _recent_rows(meta: dict[str, Any], ref: str) -> int:
+    """How many training rows of a harvested version are new (an :class:`InputError` for a
+    version that is not a harvest: it has no recent rows to weight)."""
+    from pomlia_hpc.data.harvest import harvest_info
+
+    info = harvest_info(meta)
+    if info is None:
+        raise InputError(
+            f"recent-share: {ref} is not a harvested dataset version, so it has no recent "
+            "production images to weight; expected a version made by `pomlia data harvest`"
+        )
+    return int((info.get("new_per_split") or {}).get("train", 0))

@@ -43,6 +43,7 @@ class StudyOptions(BaseModel):
     encoder: str | None = None
     init_model: str | None = None
     extra_data: StrictBool = False
+    recent_share: float | None = None
 
     @model_validator(mode="after")
     def _rules(self) -> StudyOptions:
@@ -59,6 +60,10 @@ class StudyOptions(BaseModel):
         if self.min_epochs > self.max_epochs:
             raise ValueError(
                 f"min-epochs={self.min_epochs} is larger than max-epochs={self.max_epochs}"
+            )
+        if self.recent_share is not None and not 0 < self.recent_share < 1:
+            raise ValueError(
+                f"recent-share={self.recent_share}: expected a fraction strictly between 0 and 1"
             )
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer '{self.optimizer}' is not known: expected smac or random")
@@ -118,6 +123,10 @@ class StudySpec(BaseModel):
     extra_encoder: str | None = None
     initial_configs: list[dict[str, Any]] = []
     final_full_budget: bool = False
+    #: Harvested training rows (the last ``recent_rows`` of the train split) and their share of
+    #: each epoch (:mod:`pomlia_hpc.automl.sampling`); ``None``: plain shuffling.
+    recent_rows: int = 0
+    recent_share: float | None = None
     created_at: str = ""
 
     def to_dict(self) -> dict[str, Any]:

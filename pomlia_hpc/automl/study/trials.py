@@ -210,6 +210,8 @@ class TrialRunner:
             init_weights=init_weights,
             extra_data=extra,
             options=options,
+            recent_rows=self.spec.recent_rows,
+            recent_share=self.spec.recent_share,
             lineage={
                 "task": self.spec.task,
                 "task_id": self.spec.task_id,
