@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
@@ -14,6 +14,9 @@ from pomlia_hpc.cli.app import STATE, app, console
 from pomlia_hpc.cli.data import data_app
 from pomlia_hpc.cli.serve import deploy_app
 from pomlia_hpc.errors import InputError
+
+if TYPE_CHECKING:
+    from pomlia_hpc.loop.stages import LoopSettings
 
 loop_app = typer.Typer(
     help="The loop: harvest labelled production data, retrain, gate, hot-swap the server.",
@@ -183,28 +186,68 @@ def _pair(counts: dict[str, object]) -> str:
     return f"{a:.3f} → {b:.3f} (n={n})"
 
 
+# The retrain options of `loop run` and `loop watch`, defined once.
+TrialsOpt = Annotated[int, typer.Option(help="AutoML trials at most.")]
+MaxEpochsOpt = Annotated[int, typer.Option(help="Largest training budget, epochs.")]
+MinEpochsOpt = Annotated[
+    int, typer.Option(help="Smallest budget (= --max-epochs: every trial trains fully).")
+]
+ParallelOpt = Annotated[int, typer.Option(help="Trials running at once.")]
+ArchsOpt = Annotated[
+    str | None, typer.Option(help="Architectures to search (default: the champion's).")
+]
+OptimizerOpt = Annotated[str, typer.Option(help="smac or random.")]
+ExecutorOpt = Annotated[str, typer.Option(help="local, slurm or a cluster profile.")]
+MarginOpt = Annotated[float, typer.Option(help=MARGIN_HELP)]
+AlphaOpt = Annotated[float, typer.Option(help=ALPHA_HELP)]
+MinLabelsOpt = Annotated[int, typer.Option(help="Fewest labelled production images to go on.")]
+FineTuneOpt = Annotated[
+    bool,
+    typer.Option(
+        "--fine-tune/--no-fine-tune",
+        help="Offer the champion's weights as a starting point (the first trial fine-tunes it).",
+    ),
+]
+RecentShareOpt = Annotated[
+    float,
+    typer.Option(
+        help="Share of every training epoch drawn from the harvested production images "
+        "(0 < share < 1; 0: plain shuffling of old and new images together).",
+    ),
+]
+
+
+def _settings(archs: str | None, recent_share: float, **values: Any) -> LoopSettings:
+    """The loop's :class:`~pomlia_hpc.loop.stages.LoopSettings` from the shared options."""
+    from pomlia_hpc.loop.stages import LoopSettings
+
+    if not 0 <= recent_share < 1:
+        raise InputError(f"--recent-share {recent_share}: expected 0 <= share < 1")
+    return LoopSettings(
+        archs=tuple(a.strip() for a in archs.split(",")) if archs else None,
+        recent_share=recent_share or None,
+        **values,
+    )
+
+
 @loop_app.command("run")
 def loop_run(
     slot: SlotArg,
-    trials: Annotated[int, typer.Option(help="AutoML trials at most.")] = 6,
-    max_epochs: Annotated[int, typer.Option(help="Largest training budget, epochs.")] = 6,
-    min_epochs: Annotated[
-        int, typer.Option(help="Smallest budget (= --max-epochs: every trial trains fully).")
-    ] = 1,
-    parallel: Annotated[int, typer.Option(help="Trials running at once.")] = 2,
-    archs: Annotated[
-        str | None, typer.Option(help="Architectures to search (default: the champion's).")
-    ] = None,
-    optimizer: Annotated[str, typer.Option(help="smac or random.")] = "smac",
-    executor: Annotated[str, typer.Option(help="local, slurm or a cluster profile.")] = "local",
-    margin: Annotated[float, typer.Option(help=MARGIN_HELP)] = 0.02,
-    alpha: Annotated[float, typer.Option(help=ALPHA_HELP)] = 0.05,
+    trials: TrialsOpt = 6,
+    max_epochs: MaxEpochsOpt = 6,
+    min_epochs: MinEpochsOpt = 1,
+    parallel: ParallelOpt = 2,
+    archs: ArchsOpt = None,
+    optimizer: OptimizerOpt = "smac",
+    executor: ExecutorOpt = "local",
+    margin: MarginOpt = 0.02,
+    alpha: AlphaOpt = 0.05,
     force: Annotated[
         bool, typer.Option("--force", help="Redeploy even if the gate fails (recorded).")
     ] = False,
-    min_labels: Annotated[
-        int, typer.Option(help="Fewest labelled production images to go on.")
-    ] = 20,
+    min_labels: MinLabelsOpt = 20,
+    fine_tune: FineTuneOpt = True,
+    recent_share: RecentShareOpt = 0.5,
     since: Annotated[
         str | None, typer.Option(help="Harvest feedback from this time (default: last harvest).")
     ] = None,
@@ -218,20 +261,21 @@ def loop_run(
     """One pass of the loop for SLOT: harvest → ingest → fingerprints → recommend → AutoML →
     challenger → gate → export → redeploy. Rerun after a crash: finished stages are skipped."""
     from pomlia_hpc.loop.api import run_loop
-    from pomlia_hpc.loop.stages import LoopSettings
 
-    cfg = LoopSettings(
+    cfg = _settings(
+        archs,
+        recent_share,
         trials=trials,
         max_epochs=max_epochs,
         min_epochs=min_epochs,
         parallel=parallel,
-        archs=tuple(a.strip() for a in archs.split(",")) if archs else None,
         optimizer=optimizer,
         executor=executor,
         margin=margin,
         alpha=alpha,
         force=force,
         min_labels=min_labels,
+        fine_tune=fine_tune,
         recommend=not no_recommend,
     )
     STATE.workspace.create()
@@ -261,39 +305,36 @@ def _render_result(res: object) -> None:
 def loop_watch(
     interval: Annotated[float, typer.Option(help="Seconds between looks at the registry.")] = 60.0,
     once: Annotated[bool, typer.Option("--once", help="Look once and exit.")] = False,
-    trials: Annotated[int, typer.Option(help="AutoML trials at most.")] = 6,
-    max_epochs: Annotated[int, typer.Option(help="Largest training budget, epochs.")] = 6,
-    min_epochs: Annotated[
-        int, typer.Option(help="Smallest budget (= --max-epochs: every trial trains fully).")
-    ] = 1,
-    parallel: Annotated[int, typer.Option(help="Trials running at once.")] = 2,
-    archs: Annotated[
-        str | None, typer.Option(help="Architectures to search (default: the champion's).")
-    ] = None,
-    optimizer: Annotated[str, typer.Option(help="smac or random.")] = "smac",
-    executor: Annotated[str, typer.Option(help="local, slurm or a cluster profile.")] = "local",
-    margin: Annotated[float, typer.Option(help=MARGIN_HELP)] = 0.02,
-    alpha: Annotated[float, typer.Option(help=ALPHA_HELP)] = 0.05,
-    min_labels: Annotated[
-        int, typer.Option(help="Fewest labelled production images to go on.")
-    ] = 20,
+    trials: TrialsOpt = 6,
+    max_epochs: MaxEpochsOpt = 6,
+    min_epochs: MinEpochsOpt = 1,
+    parallel: ParallelOpt = 2,
+    archs: ArchsOpt = None,
+    optimizer: OptimizerOpt = "smac",
+    executor: ExecutorOpt = "local",
+    margin: MarginOpt = 0.02,
+    alpha: AlphaOpt = 0.05,
+    min_labels: MinLabelsOpt = 20,
+    fine_tune: FineTuneOpt = True,
+    recent_share: RecentShareOpt = 0.5,
 ) -> None:
     """Run the loop for every retrain request the monitor records (its alarm), for the slot
     that serves the model; a request whose driver was killed is resumed."""
-    from pomlia_hpc.loop.stages import LoopSettings
     from pomlia_hpc.loop.watch import watch
 
-    cfg = LoopSettings(
+    cfg = _settings(
+        archs,
+        recent_share,
         trials=trials,
         max_epochs=max_epochs,
         min_epochs=min_epochs,
         parallel=parallel,
-        archs=tuple(a.strip() for a in archs.split(",")) if archs else None,
         optimizer=optimizer,
         executor=executor,
         margin=margin,
         alpha=alpha,
         min_labels=min_labels,
+        fine_tune=fine_tune,
     )
     STATE.workspace.create()
     handled = watch(

@@ -6,7 +6,9 @@ ingest       parent (the champion's training version) + those images → a new d
 fingerprints embeddings of the new version with the champion's encoder, added to its index
 recommend    a task on the new version; the recommender's top configurations (if it can)
 automl       a study on that task, warm-started from the champion's configuration and the
-             recommendation, with the configured budget (resumed if it exists)
+             recommendation, with the configured budget (resumed if it exists); by default
+             its first trial fine-tunes the champion's weights, and every trial draws half of
+             each epoch from the harvested production images (see :class:`LoopSettings`)
 challenger   the study's best model, linked to this loop run and the champion
 gate         champion vs challenger on the fixed and production test rows (recorded)
 export       the challenger's bundle (TorchScript + ONNX + card)
@@ -54,6 +56,14 @@ class LoopSettings:
     min_labels: int = 20
     seed: int = 0
     recommend: bool = True
+    # Why these two defaults: a retrain after a shift adds a few hundred production images to
+    # the old training data. Trained from scratch on the plain mix, or fine-tuned on it, the
+    # network hardly learns them (on the contrast-shift showcase it stayed at the majority
+    # class on the shifted stream); fine-tuned from the champion with the production images at
+    # half of every epoch it learned them and kept its accuracy on the old data
+    # (:mod:`pomlia_hpc.automl.sampling`, docs/BENCHMARKS.md "The loop").
+    fine_tune: bool = True  # the champion's weights are a candidate initialisation
+    recent_share: float | None = 0.5  # share of each epoch from the harvested images
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -201,13 +211,24 @@ def recommend_stage(ctx: LoopContext) -> StageOutput:
 _BOOKKEEPING = ("config_key", "origin", "smac_budget", "engine")
 
 
-def _warm_configs(ctx: LoopContext, champ: Model) -> list[tuple[str, dict[str, Any]]]:
-    """(source, values) warm-start candidates: the champion's configuration first."""
+#: Hyperparameters a fine-tune of the champion does not take from its configuration: where
+#: its weights came from, and the extra images its study may have offered (the loop's does not).
+_NOT_FOR_FINE_TUNE = ("init", "mode", "lr_head", "unfreeze_epoch", "extra_data", "extra_n")
+
+
+def _warm_configs(
+    ctx: LoopContext, champ: Model, arch: str, fine_tune: bool
+) -> list[tuple[str, dict[str, Any]]]:
+    """(source, values) warm-start candidates: a full fine-tune of the champion's weights with
+    its hyperparameters (when ``fine_tune``), the champion's configuration, the recommendation."""
     out: list[tuple[str, dict[str, Any]]] = []
     config = (champ.lineage or {}).get("config")
-    if isinstance(config, dict) and config:
-        # The run's record keeps bookkeeping beside the hyperparameters; only these warm-start.
-        values = {k: v for k, v in config.items() if k not in _BOOKKEEPING}
+    # The run's record keeps bookkeeping beside the hyperparameters; only these warm-start.
+    values = {k: v for k, v in (config or {}).items() if k not in _BOOKKEEPING}
+    if fine_tune and arch:
+        own = {k: v for k, v in values.items() if k not in _NOT_FOR_FINE_TUNE}
+        out.append(("champion weights", {**own, "arch": arch, "init": "model", "mode": "full"}))
+    if values:
         out.append(("champion", values))
     rec = ctx.out("recommend").get("configs")
     if rec and Path(rec).is_file():
@@ -238,7 +259,8 @@ def automl_stage(ctx: LoopContext) -> StageOutput:
     else:
         arch = str((champ.card or {}).get("architecture") or "")
         archs = cfg.archs or ((arch,) if arch else None)
-        candidates = _warm_configs(ctx, champ)
+        fine_tune = cfg.fine_tune and bool(arch) and (archs is None or arch in archs)
+        candidates = _warm_configs(ctx, champ, arch, fine_tune)
         if archs:
             candidates = [(k, c) for k, c in candidates if c.get("arch", archs[0]) in archs]
         # The recommendation may name values outside this space: fall back to fewer configs.
@@ -259,6 +281,8 @@ def automl_stage(ctx: LoopContext) -> StageOutput:
                     budget_epochs=cfg.budget_epochs,
                     space=SpaceOptions(archs=archs) if archs else None,
                     initial_configs=[c for _, c in take],
+                    init_model=str(champ.id) if fine_tune else None,
+                    recent_share=cfg.recent_share,
                 )
                 used = [k for k, _ in take]
                 break
@@ -281,6 +305,8 @@ def automl_stage(ctx: LoopContext) -> StageOutput:
         "n_crashed": result.n_crashed,
         "spent_epochs": result.spent_epochs,
         "warm_start": used,
+        "recent_share": spec.recent_share,
+        "recent_rows": spec.recent_rows,
         "resumed": resumed,
     }
 
