@@ -15,6 +15,12 @@ from pomlia_hpc.data.synth import make_split
 from pomlia_hpc.errors import InputError
 from pomlia_hpc.fingerprint.augment import acquisition_view
 from pomlia_hpc.fingerprint.autoencoder import Autoencoder, EncoderConfig, to_input
+from pomlia_hpc.fingerprint.extract import (
+    finish_extraction,
+    plan_extraction,
+    read_embeddings,
+    run_shard,
+)
 from pomlia_hpc.fingerprint.loader import Source
 from pomlia_hpc.fingerprint.objectives import (
     OBJECTIVES,
@@ -106,6 +112,7 @@ def test_holdout_schedule_and_legacy_configs() -> None:
     assert (norm["objective"], norm["holdout"], norm["lr_schedule"]) == ("mse", 0.0, "constant")
 
 
+@pytest.mark.usefixtures("restore_torch_threads")
 def test_contrastive_training_with_holdout_and_early_stop(
     workspace: Workspace, reg: Registry
 ) -> None:
@@ -143,6 +150,21 @@ def test_contrastive_training_with_holdout_and_early_stop(
     # AutoML's encoder initialisation takes it like any other encoder.
     src = encoder_weights(reg, "con", 1, workspace.path("tmp", "con.pt"))
     assert src.arch == "resnet18_imagenet" and "conv1.weight" in torch.load(src.path)
+    # Extraction with it stays bitwise idempotent: a forced re-extraction (other shard cut)
+    # gives the same bits.
+    bits = []
+    for shards, force in ((1, False), (2, True)):
+        plan = plan_extraction(
+            reg, workspace, "con", [a], shards=shards, threads=1, batch_size=8, force=force
+        )
+        for spec in plan.specs:
+            run_shard(spec)
+        (res,) = finish_extraction(reg, plan)
+        assert res.status == "complete"
+        z = read_embeddings(plan.specs[0].out_path)
+        bits.append(np.ascontiguousarray(z, dtype=np.float32).view(np.uint32).copy())
+    assert bits[0].shape == (48, 4)
+    np.testing.assert_array_equal(bits[0], bits[1])
     # The same name with another objective is another training: refused.
     with pytest.raises(InputError, match=r"config\.objective = 'contrastive' but this run asks"):
         train_encoder(reg, workspace, "con", [a, b], cfg.model_copy(update={"objective": "mse"}))

@@ -42,7 +42,7 @@ ObjectiveName = Literal["mse", "style", "contrastive"]
 OBJECTIVES: tuple[str, ...] = ("mse", "style", "contrastive")
 #: Default objective of ``pomlia fingerprint train`` (chosen by the quality benchmark, see
 #: docs/BENCHMARKS.md).
-DEFAULT_OBJECTIVE: ObjectiveName = "mse"
+DEFAULT_OBJECTIVE: ObjectiveName = "contrastive"
 
 #: Per objective: (needs dataset ids, number of augmented views).
 NEEDS: dict[str, tuple[bool, int]] = {

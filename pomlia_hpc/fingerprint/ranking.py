@@ -17,7 +17,9 @@ explicit    distance between explicit fingerprints (:func:`.summary.explicit_fea
 combined    ``w`` x latent / median latent + (1 - ``w``) x explicit / median explicit, medians
             over the candidates being ranked (so both parts are on one scale); latent =
             :data:`COMBINED_LATENT`, ``w`` = :data:`COMBINED_WEIGHT`, both chosen on the tuning
-            sets of ``scripts/bench/fingerprint_quality.py`` (docs/BENCHMARKS.md)
+            sets of ``scripts/bench/fingerprint_quality.py`` (docs/BENCHMARKS.md). A Fréchet-type
+            latent (``frechet``, ``trimmed``, squared units) enters as its square root, the
+            2-Wasserstein distance between the Gaussians, so that both parts grow linearly
 ==========  =================================================================================
 
 ``mean``, ``frechet``, ``marginal``, ``trimmed``, ``explicit`` and ``combined`` are vectorised
@@ -148,6 +150,10 @@ class Scored:
     components: dict[str, float]
 
 
+#: Latent distances in squared units: ``combined`` takes their square root (see the table).
+SQUARED_LATENTS: frozenset[str] = frozenset({"frechet", "trimmed"})
+
+
 def _scale(x: np.ndarray) -> float:
     med = float(np.median(x)) if len(x) else 1.0
     return med if med > 1e-12 else 1.0
@@ -163,7 +169,9 @@ def score(
     latent: str = COMBINED_LATENT,
 ) -> list[Scored]:
     """Distance ``distance`` from ``query`` to every candidate (in the candidates' order),
-    with its components (``combined``: the raw and scaled latent and explicit parts)."""
+    with its components (``combined``: the raw latent and explicit parts, and the scaled parts
+    that are summed, ``<latent>_scaled`` being the square root of a Fréchet-type latent over its
+    median)."""
     check_distance(distance)
     if not 0.0 <= weight <= 1.0:
         raise InputError(f"combined weight {weight}: expected a number in [0, 1]")
@@ -175,7 +183,11 @@ def score(
     if distance != "combined":
         values = latent_many(distance, q, others)
         return [Scored(float(v), {distance: float(v)}) for v in values]
-    lat = latent_many(latent, q, others)
+    raw = latent_many(latent, q, others)
+    # Squared units (Fréchet) over the median would let the far candidates, whose squared
+    # distances are huge, set the scale and squash the near ones together: the nearest
+    # candidates, those that matter, would then be told apart by the explicit part alone.
+    lat = np.sqrt(raw) if latent in SQUARED_LATENTS else raw
     exp = (
         explicit_many(query.explicit, np.stack([c.explicit for c in candidates]))
         if candidates
@@ -183,13 +195,13 @@ def score(
     )
     ls, es = _scale(lat), _scale(exp)
     out = []
-    for a, b in zip(lat, exp, strict=True):
+    for r, a, b in zip(raw, lat, exp, strict=True):
         total = weight * a / ls + (1.0 - weight) * b / es
         out.append(
             Scored(
                 float(total),
                 {
-                    latent: float(a),
+                    latent: float(r),
                     "explicit": float(b),
                     f"{latent}_scaled": float(a / ls),
                     "explicit_scaled": float(b / es),

@@ -180,16 +180,24 @@ def distance_table(
 
 
 def evaluate(
-    sets: dict[str, Any], sums: dict[str, Summary], patches: bool = False
+    sets: dict[str, Any],
+    sums: dict[str, Summary],
+    patches: bool = False,
+    combined: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Metrics per set and distance for one encoder's summaries."""
+    """Metrics per set and distance for one encoder's summaries (``combined``: only the
+    combined distance, with this latent part and weight)."""
     res: dict[str, Any] = {}
     names = [d for d in DISTANCE_NAMES if not (patches and d in ("explicit",))]
+    if combined is not None:
+        names = ["combined"]
     for key in ("a", "b", "d", "c_tuning", "c_heldout"):
         st = sets[key]
         res[key] = {
             d: metrics(
-                distance_table(sums, st["members"], st["queries"], d, patches=patches),
+                distance_table(
+                    sums, st["members"], st["queries"], d, patches=patches, **(combined or {})
+                ),
                 st["pairs"],
                 st["queries"],
             )
@@ -198,13 +206,18 @@ def evaluate(
     return res
 
 
+#: The sets the objective and the combined weight are chosen on: everything but the held-out
+#: real sources ((d) is (b) with outliers, built from the same look-alikes).
+TUNING_SETS = ("a", "b", "d", "c_tuning")
+
+
 def tune_weights(sets: dict[str, Any], sums: dict[str, Summary]) -> list[dict[str, Any]]:
-    """For each latent part and weight: top-1 and MRR summed over the tuning sets."""
+    """For each latent part and weight: top-1 and MRR summed over :data:`TUNING_SETS`."""
     rows = []
     for latent in WEIGHT_LATENTS:
         for w in WEIGHTS:
             top, mrr = 0, 0.0
-            for key in ("a", "b", "c_tuning"):
+            for key in TUNING_SETS:
                 st = sets[key]
                 t = distance_table(
                     sums, st["members"], st["queries"], "combined", weight=w, latent=latent
@@ -214,6 +227,28 @@ def tune_weights(sets: dict[str, Any], sums: dict[str, Summary]) -> list[dict[st
                 mrr += m["mrr"]
             rows.append({"latent": latent, "weight": w, "tuning_top1": top, "tuning_mrr": mrr})
     return rows
+
+
+def choose(tuning: dict[str, list[dict[str, Any]]]) -> tuple[str, dict[str, Any]]:
+    """The objective, latent part and weight with the best tuning top-1 (then MRR), each
+    averaged over the objective's training seeds (labels ``<objective>[-s<seed>]``)."""
+    acc: dict[tuple[str, str, float], list[float]] = {}
+    for label, rows in tuning.items():
+        for r in rows:
+            a = acc.setdefault((label.split("-s")[0], r["latent"], r["weight"]), [0.0, 0.0, 0.0])
+            a[0] += r["tuning_top1"]
+            a[1] += r["tuning_mrr"]
+            a[2] += 1
+    (obj, latent, weight), (top, mrr, n) = max(
+        acc.items(), key=lambda kv: (kv[1][0] / kv[1][2], kv[1][1] / kv[1][2])
+    )
+    return obj, {
+        "latent": latent,
+        "weight": weight,
+        "tuning_top1": top / n,
+        "tuning_mrr": mrr / n,
+        "seeds": int(n),
+    }
 
 
 def baseline(reg: Registry, sets: dict[str, Any]) -> dict[str, Any]:
@@ -250,7 +285,10 @@ def run(args: argparse.Namespace, home: Path) -> dict[str, Any]:
     training: dict[str, Any] = {}
     tuning: dict[str, Any] = {}
     patch_results: dict[str, Any] = {}
-    for obj in args.objectives:
+    all_sums: dict[str, dict[str, Summary]] = {}
+    runs = [(o, sd) for o in args.objectives for sd in args.seeds]
+    for obj, seed in runs:
+        label = obj if seed == 0 else f"{obj}-s{seed}"
         t0 = time.perf_counter()
         cfg = TrainConfig.model_validate(
             {
@@ -262,35 +300,45 @@ def run(args: argparse.Namespace, home: Path) -> dict[str, Any]:
                 "objective": obj,
                 "holdout": 0.15,
                 "patience": 2,
-                "seed": args.seed,
+                "seed": seed,
             }
         )
-        enc = train_encoder(reg, ws, f"enc-{obj}", sets["train"], cfg, executor=ex)
-        timings[f"train_{obj}_s"] = time.perf_counter() - t0
+        enc = train_encoder(reg, ws, f"enc-{label}", sets["train"], cfg, executor=ex)
+        timings[f"train_{label}_s"] = time.perf_counter() - t0
         curves = json.loads((Path(enc.checkpoint_path).parent / "loss_curves.json").read_text())
-        training[obj] = {k: curves.get(k) for k in ("train", "val", "best_epoch", "stopped_early")}
-        print(f"[{obj}] trained in {timings[f'train_{obj}_s']:.0f} s: {training[obj]}", flush=True)
+        training[label] = {
+            k: curves.get(k) for k in ("train", "val", "best_epoch", "stopped_early")
+        }
+        print(
+            f"[{label}] trained in {timings[f'train_{label}_s']:.0f} s: {training[label]}",
+            flush=True,
+        )
         t0 = time.perf_counter()
-        grid = args.patch_grid if obj == args.patch_objective else 1
+        grid = args.patch_grid if obj == args.patch_objective and seed == args.seeds[0] else 1
         extract(reg, ws, enc.name, all_names, executor=ex, threads=1, patch_grid=grid)
-        timings[f"extract_{obj}_s"] = time.perf_counter() - t0
+        timings[f"extract_{label}_s"] = time.perf_counter() - t0
         sums = {}
         for n in all_names:
             fs, full = fingerprint_set(reg, enc.name, n)
             sums[n] = load_summary(reg, fs, full)
         t0 = time.perf_counter()
-        results[obj] = evaluate(sets, sums)
-        tuning[obj] = tune_weights(sets, sums)
+        all_sums[label] = sums
+        results[label] = evaluate(sets, sums)
+        tuning[label] = tune_weights(sets, sums)
         if grid > 1:
-            patch_results[obj] = evaluate(sets, sums, patches=True)
-        timings[f"distances_{obj}_s"] = time.perf_counter() - t0
+            patch_results[label] = evaluate(sets, sums, patches=True)
+        timings[f"distances_{label}_s"] = time.perf_counter() - t0
         load.append(os.getloadavg()[0])
-        print(f"[{obj}] extracted and ranked", flush=True)
-    best = max(
-        ((o, r) for o in tuning for r in tuning[o]),
-        key=lambda x: (x[1]["tuning_top1"], x[1]["tuning_mrr"]),
-    )
-    default = results.get(DEFAULT_OBJECTIVE, {})
+        print(f"[{label}] extracted and ranked", flush=True)
+    best = choose(tuning)
+    tuned = {
+        label: evaluate(
+            sets, s, combined={"latent": best[1]["latent"], "weight": best[1]["weight"]}
+        )
+        for label, s in all_sums.items()
+        if label.split("-s")[0] == best[0]
+    }
+    defaults = {k: v for k, v in results.items() if k.split("-s")[0] == DEFAULT_OBJECTIVE}
     return {
         "benchmark": "fingerprint_quality",
         "date": time.strftime("%Y-%m-%d %H:%M"),
@@ -311,7 +359,9 @@ def run(args: argparse.Namespace, home: Path) -> dict[str, Any]:
             "latent": COMBINED_LATENT,
             "weight": COMBINED_WEIGHT,
         },
-        "targets": targets(default, base),
+        "targets": {k: targets(v, base) for k, v in defaults.items()},
+        "tuned_results": tuned,
+        "tuned_targets": {k: targets(v, base) for k, v in tuned.items()},
         "timings_s": timings,
         "load_avg": load,
     }
@@ -384,12 +434,23 @@ def table(res: dict[str, Any]) -> str:
     t = res["tuned_choice"]
     lines += [
         "",
-        f"Combined weight chosen on the tuning sets (a, b, c-tuning): objective {t['objective']}, "
-        f"latent {t['latent']}, weight {t['weight']} (top-1 {t['tuning_top1']}, MRR sum "
-        f"{t['tuning_mrr']:.3f}); library default: {res['library_default']}.",
-        f"Targets for the default ({res['library_default']['objective']} · "
-        f"{res['library_default']['distance']}): {res['targets']}",
+        f"Combined weight chosen on the tuning sets ({', '.join(TUNING_SETS)}; top-1 averaged "
+        f"over the seeds {a['seeds']}): objective {t['objective']}, "
+        f"latent {t['latent']}, weight {t['weight']} (top-1 {t['tuning_top1']:.2f}, MRR "
+        f"sum {t['tuning_mrr']:.3f}); library default: {res['library_default']}.",
     ]
+    for label, per in res["tuned_results"].items():
+        cells = ", ".join(
+            f"{k} {per[k]['combined']['correct']}/{per[k]['combined']['of']}" for k in per
+        )
+        lines.append(
+            f"- tuned choice, {label}: {cells}; (d) top-1 changes "
+            f"{top1_changes(per, 'combined')}; targets {res['tuned_targets'][label]}"
+        )
+    for label, tg in res["targets"].items():
+        lines.append(
+            f"Targets for the default ({label} · {res['library_default']['distance']}): {tg}"
+        )
     return "\n".join(lines)
 
 
@@ -405,7 +466,15 @@ def main() -> int:
     p.add_argument("--objectives", nargs="+", default=list(OBJECTIVES), choices=OBJECTIVES)
     p.add_argument("--patch-grid", type=int, default=2)
     p.add_argument("--patch-objective", default=DEFAULT_OBJECTIVE, help="extract patches for it")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the data sets")
+    p.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        default=[0],
+        help="training seeds: one encoder per objective and seed (enc-<objective>, "
+        "enc-<objective>-s<seed>); the weight is chosen on the sum over seeds",
+    )
     p.add_argument("--keep", action="store_true", help="keep the workspace (printed path)")
     p.add_argument(
         "--home",
