@@ -80,6 +80,7 @@ def sync() -> None:
 
 rows: list[tuple[str, str, str]] = []
 ok = True
+mse_trained = False  # step 2 extracts with the mse encoder "gpu_ae", or an untrained one
 
 home = tempfile.mkdtemp(prefix="pomlia-gpu-check-")
 ws = Workspace(home=__import__("pathlib").Path(home), db_url=f"sqlite:///{home}/registry.db",
@@ -112,6 +113,7 @@ try:
     epoch = json.loads(log[-1])
     rows.append(("DeepSpeed bf16 epoch" if gpu else "DeepSpeed fp32 epoch (CPU)", f"{epoch['images'] / epoch['seconds']:.0f} img/s",
                  f"loss {enc.loss_curve[-1]:.4f}; epoch {epoch['seconds']:.1f} s, job {wall:.0f} s"))
+    mse_trained = True
 except Exception:
     ok = False
     traceback.print_exc()
@@ -141,7 +143,7 @@ for objective in ("style", "contrastive"):
 
 # 2. extraction on the GPU: end to end from Zarr vs raw forward on GPU tensors
 try:
-    if rows[-1][1] == "FAILED":  # go on with an untrained encoder
+    if not mse_trained:  # go on with an untrained encoder
         from pomlia_hpc.fingerprint.autoencoder import Autoencoder
         from pomlia_hpc.fingerprint.train import encoder_dir, register_encoder, write_checkpoint
         cfg = TrainConfig.model_validate({"encoder": {"latent_dim": 64}})

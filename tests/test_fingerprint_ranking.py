@@ -130,6 +130,11 @@ def test_combined_mixes_both_parts_and_trimmed_resists_outliers() -> None:
     assert only_explicit[0].distance > only_explicit[1].distance
     c = score(q, [twin, stranger], "combined", weight=0.5)[0].components
     assert c["weight"] == 0.5 and c["explicit"] > 0 and c["trimmed"] >= 0
+    # The Fréchet-type latent enters in W2 units: its square root over the median.
+    three = score(q, [twin, stranger, q], "combined")
+    roots = np.sqrt([t.components["trimmed"] for t in three])
+    scaled = [t.components["trimmed_scaled"] for t in three]
+    assert scaled == pytest.approx(list(roots / np.median(roots)))
     with pytest.raises(InputError, match="weight"):
         score(q, [twin], "combined", weight=1.5)
     with pytest.raises(InputError, match="no patch embeddings"):

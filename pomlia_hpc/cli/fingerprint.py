@@ -83,7 +83,7 @@ def train(
         typer.Option(
             help="Loss: mse (the paper's autoencoder), style (MSE + Gram-matrix texture loss) "
             "or contrastive (acquisition-invariant views + dataset membership) "
-            "[default: mse]."
+            "[default: contrastive]."
         ),
     ] = None,
     holdout: Annotated[

@@ -41,7 +41,7 @@ DISTANCE_NAMES: tuple[str, ...] = (*LATENT_DISTANCES, "explicit", "combined")
 DEFAULT_DISTANCE = "combined"
 #: The latent part of ``combined`` and its weight (the explicit part gets 1 - weight).
 COMBINED_LATENT = "trimmed"
-COMBINED_WEIGHT = 0.5
+COMBINED_WEIGHT = 0.6
 
 
 #: The summary fields (:class:`~.summary.Stats`) each distance reads.

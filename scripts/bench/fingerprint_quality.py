@@ -72,6 +72,7 @@ from pomlia_hpc.fingerprint.ranking import (
 from pomlia_hpc.fingerprint.similar import fingerprint_set, load_summary
 from pomlia_hpc.fingerprint.summary import Summary
 from pomlia_hpc.fingerprint.train import TrainConfig, train_encoder
+from pomlia_hpc.pipeline.paper import PAPER_GROUPS, dataset_groups_ari
 from pomlia_hpc.registry import Registry
 from pomlia_hpc.workspace import Workspace
 
@@ -229,6 +230,21 @@ def tune_weights(sets: dict[str, Any], sums: dict[str, Summary]) -> list[dict[st
     return rows
 
 
+def groups(reg: Registry, encoder: str) -> dict[str, Any]:
+    """Adjusted Rand index of the paper's four groups against an agglomerative clustering
+    (average linkage, 4 clusters) of the 12 look-alike halves' mean embeddings (the
+    pipeline's ``clustering.json`` function), for the ``_a`` and the ``_b`` halves, with the
+    explicit-fingerprint baseline of the same function."""
+    out: dict[str, Any] = {}
+    for half in ("_a", "_b"):
+        with tempfile.TemporaryDirectory() as tmp:
+            r = dataset_groups_ari(
+                reg, encoder, {f: f + half for f in FLAGS_2D}, PAPER_GROUPS, "average", Path(tmp)
+            )
+        out[half] = {k: r[k] for k in ("ari", "baseline_ari", "clusters")}
+    return out
+
+
 def choose(tuning: dict[str, list[dict[str, Any]]]) -> tuple[str, dict[str, Any]]:
     """The objective, latent part and weight with the best tuning top-1 (then MRR), each
     averaged over the objective's training seeds (labels ``<objective>[-s<seed>]``)."""
@@ -286,6 +302,7 @@ def run(args: argparse.Namespace, home: Path) -> dict[str, Any]:
     tuning: dict[str, Any] = {}
     patch_results: dict[str, Any] = {}
     all_sums: dict[str, dict[str, Summary]] = {}
+    clustering: dict[str, Any] = {}
     runs = [(o, sd) for o in args.objectives for sd in args.seeds]
     for obj, seed in runs:
         label = obj if seed == 0 else f"{obj}-s{seed}"
@@ -303,7 +320,8 @@ def run(args: argparse.Namespace, home: Path) -> dict[str, Any]:
                 "seed": seed,
             }
         )
-        enc = train_encoder(reg, ws, f"enc-{label}", sets["train"], cfg, executor=ex)
+        name = f"enc-{args.tag}-{label}" if args.tag else f"enc-{label}"
+        enc = train_encoder(reg, ws, name, sets["train"], cfg, executor=ex)
         timings[f"train_{label}_s"] = time.perf_counter() - t0
         curves = json.loads((Path(enc.checkpoint_path).parent / "loss_curves.json").read_text())
         training[label] = {
@@ -323,6 +341,7 @@ def run(args: argparse.Namespace, home: Path) -> dict[str, Any]:
             sums[n] = load_summary(reg, fs, full)
         t0 = time.perf_counter()
         all_sums[label] = sums
+        clustering[label] = groups(reg, enc.name)
         results[label] = evaluate(sets, sums)
         tuning[label] = tune_weights(sets, sums)
         if grid > 1:
@@ -362,6 +381,7 @@ def run(args: argparse.Namespace, home: Path) -> dict[str, Any]:
         "targets": {k: targets(v, base) for k, v in defaults.items()},
         "tuned_results": tuned,
         "tuned_targets": {k: targets(v, base) for k, v in tuned.items()},
+        "clustering": clustering,
         "timings_s": timings,
         "load_avg": load,
     }
@@ -447,6 +467,19 @@ def table(res: dict[str, Any]) -> str:
             f"- tuned choice, {label}: {cells}; (d) top-1 changes "
             f"{top1_changes(per, 'combined')}; targets {res['tuned_targets'][label]}"
         )
+    lines += [
+        "",
+        "Paper's four groups vs agglomerative clustering of the look-alike halves' mean "
+        "embeddings (ARI; explicit-fingerprint baseline in brackets):",
+        "",
+    ]
+    for label, cl in res["clustering"].items():
+        lines.append(
+            f"- {label}: "
+            + ", ".join(
+                f"{h} halves {v['ari']:.3f} ({v['baseline_ari']:.3f})" for h, v in cl.items()
+            )
+        )
     for label, tg in res["targets"].items():
         lines.append(
             f"Targets for the default ({label} · {res['library_default']['distance']}): {tg}"
@@ -474,6 +507,12 @@ def main() -> int:
         default=[0],
         help="training seeds: one encoder per objective and seed (enc-<objective>, "
         "enc-<objective>-s<seed>); the weight is chosen on the sum over seeds",
+    )
+    p.add_argument(
+        "--tag",
+        default="",
+        help="encoder names enc-<tag>-<objective>[-s<seed>]: another training budget in the "
+        "same --home (a name is bound to its training options)",
     )
     p.add_argument("--keep", action="store_true", help="keep the workspace (printed path)")
     p.add_argument(
