@@ -15,12 +15,7 @@ from pomlia_hpc.data.synth import make_split
 from pomlia_hpc.errors import InputError
 from pomlia_hpc.fingerprint.augment import acquisition_view
 from pomlia_hpc.fingerprint.autoencoder import Autoencoder, EncoderConfig, to_input
-from pomlia_hpc.fingerprint.extract import (
-    finish_extraction,
-    plan_extraction,
-    read_embeddings,
-    run_shard,
-)
+from pomlia_hpc.fingerprint.extract import finish_extraction, plan_extraction
 from pomlia_hpc.fingerprint.loader import Source
 from pomlia_hpc.fingerprint.objectives import (
     OBJECTIVES,
@@ -30,6 +25,7 @@ from pomlia_hpc.fingerprint.objectives import (
     objective_of,
     supervised_contrastive,
 )
+from pomlia_hpc.fingerprint.shards import read_embeddings, run_shard
 from pomlia_hpc.fingerprint.train import (
     TrainConfig,
     encoder_dir,
