@@ -97,3 +97,33 @@ def test_recommend_without_knowledge_is_one_error(workspace: Workspace, reg: Reg
     tiny_task(workspace, reg, "blood", "bloodmnist", "acc")
     res = CliRunner().invoke(app, ["recommend", "blood"])
     assert isinstance(res.exception, NotFoundError) and "strategy import" in str(res.exception)
+
+
+def test_warm_start_keeps_to_supported_strategies(workspace: Workspace, reg: Registry) -> None:
+    """A strategy expected to lose by far does not enter the warm start; the good one gives its
+    best runs on several similar tasks instead (distinct hyperparameters, most similar first)."""
+    from pomlia_hpc.strategy.warmstart import from_recommendation
+
+    tiny_task(workspace, reg, "blood", "bloodmnist", "acc")
+    for seed, task in enumerate(("derm", "path"), 1):
+        tiny_task(workspace, reg, task, "dermamnist", "acc", seed=seed)
+        with reg.session() as s:
+            tid = s.scalar(select(Task.id).where(Task.name == task))
+            for arch, val, lr in (
+                ("small_cnn", 0.9, 0.001 * seed),
+                ("mobilenet_v3_small", 0.4, 0.01),
+            ):
+                s.add(
+                    Run(
+                        task_id=tid,
+                        study="s",
+                        config={"arch": arch, "lr": lr, "optimizer": "adamw", "batch_size": 64},
+                        budget=3.0,
+                        metrics={"objective": val, "val": {"acc": val}, "test": {"acc": val}},
+                        cost_s=5.0,
+                        status="ok",
+                    )
+                )
+    warm = from_recommendation(reg, "blood", k=3, sources=["registry"])
+    assert warm.archs == ("small_cnn",)  # mobilenet: 50 points behind, not supported
+    assert sorted(c["lr"] for c in warm.configs) == [0.001, 0.002]  # one per similar task

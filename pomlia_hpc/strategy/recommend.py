@@ -41,6 +41,7 @@ from pomlia_hpc.strategy.learner import (
     LEARNER,
     LEARNER_VERSION,
     KernelRegret,
+    Matrix,
     build_matrix,
     meta_vector,
 )
@@ -249,6 +250,61 @@ def with_hparams(values: dict[str, Any], hparams: dict[str, Any]) -> dict[str, A
     return out
 
 
+#: A strategy joins the warm start only when its expected regret is within this many metric
+#: points (x 100) of the best expressible strategy's: one the knowledge base expects to lose by
+#: more is not supported by the recommendation, and its architecture would widen the space that
+#: the warm start narrows (a 28-px MobileNet expected 40 points behind a small CNN once took a
+#: third of a warm-started study's initial design).
+WARM_MARGIN = 5.0
+
+
+def warm_configs(
+    m: Matrix,
+    expected_regret: np.ndarray,
+    allowed: list[int],
+    w: np.ndarray,
+    src: Sources,
+    hp: dict[int, dict[str, Any]],
+    k: int,
+    archs: tuple[str, ...] | None,
+) -> list[dict[str, Any]]:
+    """The warm start: up to ``k`` distinct AutoML configurations from the strategies in
+    ``allowed`` (best first) that the space can express and that are within
+    :data:`WARM_MARGIN` of the best. Round by round, each such strategy gives the
+    hyperparameters of its best run on the next most similar task (weights ``w``); with fewer
+    good strategies than ``k``, the good ones give more of their runs rather than a poor
+    strategy filling the design. Strategies without runs (published tables) give one
+    configuration with the space's defaults."""
+    expressible = []
+    for j in allowed:
+        values, _ = to_automl(m.strategies[j], src)
+        if values is not None and (archs is None or values["arch"] in archs):
+            expressible.append((j, values))
+    if not expressible:
+        return []
+    best = min(float(expected_regret[j]) for j, _ in expressible)
+    near = list(np.argsort(-w, kind="stable"))
+    eligible = []
+    for j, values in expressible:
+        if float(expected_regret[j]) <= best + WARM_MARGIN:
+            runs = [m.evidence[(int(i), j)][0] for i in near if (int(i), j) in m.evidence]
+            eligible.append((values, [r for r in runs if r in hp]))
+    initial: list[dict[str, Any]] = []
+    for depth in range(max([1, *(len(r) for _, r in eligible)])):
+        for values, runs in eligible:
+            if depth < len(runs):
+                config = with_hparams(values, hp[runs[depth]])
+            elif depth == 0:
+                config = values
+            else:
+                continue
+            if config not in initial:
+                initial.append(config)
+            if len(initial) >= k:
+                return initial
+    return initial
+
+
 def _ranges(hparams: list[dict[str, Any]]) -> dict[str, Any]:
     """Hyperparameter ranges over the given runs: [min, max] of numbers, values seen else."""
     out: dict[str, Any] = {}
@@ -339,20 +395,7 @@ def recommend(
     picked = allowed[:k]
     evidence_runs = [rid for (_, j), ids in m.evidence.items() if j in set(allowed) for rid in ids]
     hp = run_hparams(registry, evidence_runs)
-    # The warm start: the first k distinct configurations of the ranking that the AutoML space
-    # can express, each with the hyperparameters of its best run on the most similar task.
-    initial: list[dict[str, Any]] = []
-    for j in allowed:
-        values, _ = to_automl(m.strategies[j], src)
-        if values is None or (archs is not None and values["arch"] not in archs):
-            continue
-        runs = [m.evidence[(int(i), j)][0] for i in np.argsort(-w) if (int(i), j) in m.evidence]
-        if runs and runs[0] in hp:
-            values = with_hparams(values, hp[runs[0]])
-        if values not in initial:
-            initial.append(values)
-        if len(initial) >= k:
-            break
+    initial = warm_configs(m, ranking.expected_regret, allowed, w, src, hp, k, archs)
     out = []
     for rank, j in enumerate(picked, 1):
         ev: list[dict[str, Any]] = []
