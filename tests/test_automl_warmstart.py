@@ -38,7 +38,7 @@ def test_default_budget_scales_with_data_size() -> None:
 
 
 @pytest.mark.slow
-def test_repeated_configuration_is_answered_not_trained_and_best_goes_to_full_budget(
+def test_repeated_configuration_is_answered_not_trained_and_warm_start_first_at_full_budget(
     workspace: Workspace, reg: Registry
 ) -> None:
     tiny_task(workspace, reg, "blood", sizes=(64, 24, 24))
@@ -65,6 +65,15 @@ def test_repeated_configuration_is_answered_not_trained_and_best_goes_to_full_bu
     best = next(r for r in runs if r.id == result.best_run_id)
     # the best configuration was trained to max_epochs (promoted, or by the final training)
     assert any(r.config["config_key"] == best.config["config_key"] and r.budget == 2 for r in runs)
+    # the warm start's first configuration trained at the full budget before the search; SMAC's
+    # later asks for it at 1 epoch were answered from that record, not trained (no crash
+    # against its 2-epoch checkpoint)
+    first = min(runs, key=lambda r: r.id)
+    assert first.budget == 2 and first.config["lr"] == FAST["lr"]
+    assert all(r.status == records.OK for r in runs)
+    assert not [
+        r for r in runs if r.config["config_key"] == first.config["config_key"] and r.budget == 1
+    ]
 
 
 class _Recorder:

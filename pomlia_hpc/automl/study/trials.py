@@ -382,6 +382,13 @@ class TrialRunner:
         Returns whether ``proposal`` was such a repeat."""
         key, epochs = proposal.key, proposal.epochs
         done = [v for v in self.views.values() if v.key == key and v.epochs == epochs]
+        if not done:  # trained further already (a warm start's first configuration): its
+            # result answers; training it again would clash with its later checkpoint
+            done = [
+                v
+                for v in self.views.values()
+                if v.key == key and v.epochs > epochs and v.status in (records.OK, records.CRASHED)
+            ]
         if not done:
             self.repeats = 0
             return False
