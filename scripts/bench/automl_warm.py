@@ -83,6 +83,28 @@ from pomlia_hpc.workspace import Workspace  # noqa: E402
 METHODS = ("warm", "smac", "random")
 
 
+def _commit() -> str:
+    """The code's commit (``POMLIA_BENCH_COMMIT`` when run from an exported copy)."""
+    import subprocess
+
+    env = os.environ.get("POMLIA_BENCH_COMMIT")
+    if env:
+        return env
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        return out.stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+COMMIT = _commit()
+
+
 def lookalike(flag: str, sizes: tuple[int, int, int], seed: int) -> dict[str, np.ndarray]:
     arrays: dict[str, np.ndarray] = {}
     for split, n in zip(("train", "val", "test"), sizes, strict=True):
@@ -267,6 +289,15 @@ def main() -> None:
     ap.add_argument("--default-trials", type=int, default=6)
     ap.add_argument("--methods", nargs="+", default=list(METHODS), choices=[*METHODS, "default"])
     ap.add_argument("--report-only", action="store_true", help="tables and plot from the JSON")
+    ap.add_argument(
+        "--redo",
+        nargs="+",
+        default=[],
+        choices=[*METHODS, "default"],
+        help="forget the recorded studies of these methods (on --tasks) and run them again "
+        "under names ending in --tag (after a library change)",
+    )
+    ap.add_argument("--tag", default="", help="suffix of new study names (with --redo)")
     a = ap.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
     res = load_results(a)
@@ -316,6 +347,8 @@ def main() -> None:
         make = digits if flag == "digits" else (lambda f=flag: lookalike(f, tuple(a.sizes), 7))
         ensure_task(ws, reg, name, make, flag)
         entry = res["tasks"].setdefault(name, {"studies": []})
+        if a.redo:
+            entry["studies"] = [s for s in entry["studies"] if s["method"] not in a.redo]
         if "baselines" not in entry:
             entry["baselines"] = pixel_baselines(make())
             save(res, a)
@@ -325,14 +358,15 @@ def main() -> None:
             for method in a.methods:
                 if (method, seed) in done or (method == "default" and seed > 0):
                     continue
-                trials, wall, initial, (low, high) = study(
-                    reg, ws, name, f"{name}-{method}-s{seed}", method, seed, a
-                )
+                sname = f"{name}-{method}-s{seed}{a.tag if method in a.redo else ''}"
+                trials, wall, initial, (low, high) = study(reg, ws, name, sname, method, seed, a)
                 pts = curve(trials)
                 entry["studies"].append(
                     {
                         "method": method,
                         "seed": seed,
+                        "study": sname,
+                        "commit": COMMIT,
                         "wall_s": wall,
                         "min_max_epochs": [low, high],
                         "initial": initial,
