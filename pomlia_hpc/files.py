@@ -1,18 +1,30 @@
-"""Small helpers about files on disk, shared by the rooms: the one atomic writer.
+"""Small helpers about files on disk, shared by the rooms: the one atomic artifact layer.
 
-:func:`write_atomic` writes a whole file or nothing: the bytes go to a temporary name in the
-same folder (``.<name>.<host>.<pid>.tmp``: unique per writer, even across the nodes that share
-the file system), are flushed to disk, renamed over the target (atomic on POSIX), and the folder
-entry is flushed too, so a crash or a power cut leaves the old file or the new one, never half.
-:func:`sweep_stale_temps` removes what writers on this host that died before their rename left.
+Every file, folder and link the project publishes appears whole or not at all:
+
+- :func:`write_atomic` (and :func:`atomic_target` for writers that want a path, such as
+  ``torch.save`` or SMAC's ``save``) writes a whole file or nothing: the bytes go to a
+  temporary name in the same folder (``.<name>.<host>.<pid>.tmp``: unique per writer, even
+  across the nodes that share the file system), are flushed to disk, renamed over the target
+  (atomic on POSIX), and the folder entry is flushed too, so a crash or a power cut leaves the
+  old file or the new one, never half.
+- :func:`staged_dir` builds a folder under the same kind of temporary name and publishes it
+  with one rename (:func:`publish_dir`), its files flushed first; a failed build leaves nothing.
+- :func:`replace_link` points a symbolic link elsewhere by renaming a new link over it.
+- :func:`sweep_stale_temps` removes what writers on this host that died before their rename
+  left (files, folders and links).
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import os
+import shutil
 import socket
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
@@ -28,9 +40,32 @@ def fsync_path(path: Path) -> None:
         os.close(fd)
 
 
-def temp_name(path: Path) -> Path:
-    """The temporary name this process writes ``path`` under (same folder, host and pid)."""
-    return path.with_name(f".{path.name}.{socket.gethostname()}.{os.getpid()}{TEMP_SUFFIX}")
+def temp_name(path: Path, suffix: str = "") -> Path:
+    """The temporary name this process writes ``path`` under (same folder, host and pid);
+    ``suffix`` is appended for writers that insist on a file ending (SMAC wants ``.json``)."""
+    host = socket.gethostname()
+    return path.with_name(f".{path.name}.{host}.{os.getpid()}{TEMP_SUFFIX}{suffix}")
+
+
+@contextlib.contextmanager
+def atomic_target(path: str | Path, *, fsync: bool = True, suffix: str = "") -> Iterator[Path]:
+    """The temporary name to write ``path`` under, for writers that take a file name: when
+    the block ends without an error the file is flushed, renamed over ``path`` and the folder
+    flushed; otherwise it is removed. Creates the folder. ``fsync=False`` skips both flushes
+    (files that are cheap to make again); ``suffix`` as for :func:`temp_name`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_name(path, suffix)
+    try:
+        yield tmp
+        if fsync:
+            fsync_path(tmp)
+        tmp.replace(path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    if fsync:
+        fsync_path(path.parent)
 
 
 def write_atomic(
@@ -44,29 +79,19 @@ def write_atomic(
     flushed. Creates the folder; nothing is left behind when writing fails. ``fsync=False``
     skips both flushes (files that are cheap to make again). Returns ``path``."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_name(path)
-    try:
-        with open(tmp, "wb") as f:
-            if callable(data):
-                data(f)
-            else:
-                f.write(data.encode() if isinstance(data, str) else data)
-            if fsync:
-                f.flush()
-                os.fsync(f.fileno())
-        tmp.replace(path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    if fsync:
-        fsync_path(path.parent)
+    with atomic_target(path, fsync=fsync) as tmp, open(tmp, "wb") as f:
+        if callable(data):
+            data(f)
+        else:
+            f.write(data.encode() if isinstance(data, str) else data)
     return path
 
 
-def write_json_atomic(path: str | Path, data: Any, *, indent: int | None = 1) -> Path:
+def write_json_atomic(
+    path: str | Path, data: Any, *, indent: int | None = 1, sort_keys: bool = False
+) -> Path:
     """:func:`write_atomic` of ``data`` as JSON (values JSON does not know as ``str``)."""
-    return write_atomic(path, json.dumps(data, indent=indent, default=str))
+    return write_atomic(path, json.dumps(data, indent=indent, sort_keys=sort_keys, default=str))
 
 
 def _alive(pid: int) -> bool:
@@ -82,14 +107,115 @@ def _alive(pid: int) -> bool:
 
 
 def sweep_stale_temps(folder: str | Path) -> list[Path]:
-    """Remove temporary files of :func:`write_atomic` in ``folder`` whose writer (a process of
-    this host) is gone; those of live writers and of other hosts are kept. Returns the removed."""
+    """Remove temporary files, folders and links of this module's writers in ``folder`` whose
+    writer (a process of this host) is gone; those of live writers and of other hosts are
+    kept. Returns the removed."""
     host = socket.gethostname()
     removed = []
     root = Path(folder)
-    for tmp in root.glob(f".*.{host}.*{TEMP_SUFFIX}") if root.is_dir() else []:
-        pid = tmp.name[: -len(TEMP_SUFFIX)].rsplit(".", 1)[-1]
-        if pid.isdigit() and not _alive(int(pid)) and tmp.is_file():
-            tmp.unlink(missing_ok=True)
+    for tmp in sorted(root.glob(f".*.{host}.*{TEMP_SUFFIX}*")) if root.is_dir() else []:
+        pid = tmp.name[: tmp.name.rindex(TEMP_SUFFIX)].rsplit(".", 1)[-1]
+        if pid.isdigit() and not _alive(int(pid)):
+            _remove(tmp)
             removed.append(tmp)
     return removed
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def fsync_tree(folder: Path) -> None:
+    """Flush every file and folder under ``folder`` (and ``folder``) to disk."""
+    for root, _dirs, files in os.walk(folder):
+        for name in files:
+            p = Path(root, name)
+            if not p.is_symlink():
+                fsync_path(p)
+        fsync_path(Path(root))
+
+
+def publish_dir(staged: Path, target: Path, *, replace: bool = False, fsync: bool = True) -> bool:
+    """Rename the finished folder ``staged`` to ``target`` (same file system), its files flushed
+    first and the parent folder after (``fsync=False``: neither, for folders that are cheap to
+    make again).
+
+    When ``target`` exists and is not empty (also when it appears meanwhile, made by a
+    concurrent writer): with ``replace``, the old folder is moved aside under a temporary
+    name, the new one renamed in and the old one removed (readers see the old or the new
+    folder, and for a moment neither); without, nothing happens and False is returned,
+    ``staged`` left to the caller (to drop, or to publish under another name)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    if fsync:
+        fsync_tree(staged)
+    old = None
+    if replace and target.exists():
+        old = temp_name(target.with_name(target.name + ".old"))
+        target.rename(old)
+    try:  # rename(2) replaces an empty folder and refuses a full one
+        staged.rename(target)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+            raise
+        if old is not None:  # someone else published between the two renames: keep theirs
+            shutil.rmtree(old, ignore_errors=True)
+        return False
+    if fsync:
+        fsync_path(target.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    return True
+
+
+@dataclass
+class StagedDir:
+    """A folder being built by :func:`staged_dir`: write into ``path``; after the block,
+    ``published`` says whether it became ``target`` (False: ``target`` existed)."""
+
+    path: Path
+    target: Path
+    published: bool = False
+
+
+@contextlib.contextmanager
+def staged_dir(
+    target: str | Path, *, replace: bool = False, fsync: bool = True, mode: int = 0o755
+) -> Iterator[StagedDir]:
+    """Build the folder ``target`` whole or not at all: the block writes into an empty folder
+    under :func:`temp_name` beside it (permissions ``mode``); when the block ends without an
+    error it is published by :func:`publish_dir` (``replace`` and ``fsync`` as there), and in
+    every case nothing of it is left under the temporary name. Temporaries of dead writers of
+    this host beside ``target`` are swept first."""
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    sweep_stale_temps(target.parent)
+    staged = StagedDir(temp_name(target), target)
+    _remove(staged.path)
+    staged.path.mkdir(mode=mode)
+    staged.path.chmod(mode)  # mkdir's mode is masked by the umask
+    try:
+        yield staged
+        staged.published = publish_dir(staged.path, target, replace=replace, fsync=fsync)
+    finally:
+        _remove(staged.path)
+
+
+def replace_link(link: str | Path, points_to: str | Path, *, fsync: bool = True) -> None:
+    """Make the symbolic link ``link`` point to ``points_to`` (kept as given: relative or
+    absolute) by renaming a new link over it, so a reader finds the old target or the new one,
+    never no link. Creates the folder."""
+    link = Path(link)
+    link.parent.mkdir(parents=True, exist_ok=True)
+    tmp = temp_name(link)
+    tmp.unlink(missing_ok=True)
+    tmp.symlink_to(points_to)
+    try:
+        tmp.replace(link)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    if fsync:
+        fsync_path(link.parent)

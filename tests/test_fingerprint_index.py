@@ -100,16 +100,16 @@ def test_publishing_takes_a_free_generation_and_removes_killed_builds_temp(
 ) -> None:
     build_index(reg, workspace, "enc")
     root = workspace.path("indexes", "enc", "images")
-    host = socket.gethostname().replace("~", "-")
+    host = socket.gethostname()
     dead = subprocess.Popen(["true"])
     dead.wait()  # reaped: its pid is free (and not reused within this test)
-    stale = root / f".gen~{host}~{dead.pid}.tmp"
+    stale = root / f".gen.{host}.{dead.pid}.tmp"
     stale.mkdir()
     (stale / "index.faiss").write_bytes(b"half")
-    stale_link = root / f".current~{host}~{dead.pid}.tmp"
+    stale_link = root / f".current.{host}.{dead.pid}.tmp"
     stale_link.symlink_to("gen-000001")
-    live = root / f".gen~{host}~{os.getppid()}.tmp"  # a running process's build
-    elsewhere = root / f".gen~other-node~{dead.pid}.tmp"  # maybe running on another node
+    live = root / f".gen.{host}.{os.getppid()}.tmp"  # a running process's build
+    elsewhere = root / f".gen.other-node.{dead.pid}.tmp"  # maybe running on another node
     for path in (live, elsewhere):
         path.mkdir()
     # A concurrent build published generation 1 after this one listed the folder: the first

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -25,6 +24,7 @@ from ConfigSpace import Configuration, ConfigurationSpace
 
 from pomlia_hpc.automl.space import config_key, plain_values
 from pomlia_hpc.errors import PomliaError
+from pomlia_hpc.files import atomic_target, write_json_atomic
 
 
 @dataclass(frozen=True)
@@ -64,9 +64,9 @@ class SearchOptimizer(Protocol):
 
 
 def _atomic(path: Path, write: Callable[[Path], object]) -> None:
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.json")
-    write(tmp)
-    tmp.replace(path)
+    # SMAC's save() takes a file name that must end in .json.
+    with atomic_target(path, suffix=".json") as tmp:
+        write(tmp)
 
 
 def _without_meta(scenario: Any) -> dict[str, Any]:
@@ -185,9 +185,7 @@ class SmacHyperband:
         self._out.mkdir(parents=True, exist_ok=True)
         _atomic(self._out / "runhistory.json", smbo.runhistory.save)
         _atomic(self._out / "intensifier.json", smbo.intensifier.save)
-        _atomic(
-            self._out / "optimization.json", lambda p: p.write_text(json.dumps(stats, indent=2))
-        )
+        write_json_atomic(self._out / "optimization.json", stats, indent=2)
 
 
 class RandomSearch:
@@ -250,4 +248,4 @@ class RandomSearch:
 
     def save(self) -> None:
         state = {"n_asked": self._n_asked, "running": self._running}
-        _atomic(self._path, lambda p: p.write_text(json.dumps(state, indent=1)))
+        write_json_atomic(self._path, state)

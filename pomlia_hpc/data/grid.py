@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
@@ -10,6 +9,7 @@ from PIL import Image, ImageDraw
 
 from pomlia_hpc.data.store import DatasetStore
 from pomlia_hpc.errors import InputError
+from pomlia_hpc.files import write_atomic
 
 MAX_ROWS = 20
 LABEL_WIDTH_PX = 120
@@ -43,15 +43,11 @@ def sample_grid(store: DatasetStore, out: str | Path, *, per_class: int = 8, see
             tile = Image.fromarray(img[..., 0] if c == 1 else img).convert("RGB")
             tile = tile.resize((w * zoom, h * zoom), Image.Resampling.NEAREST)
             canvas.paste(tile, (LABEL_WIDTH_PX + j * cell_w + 1, r * cell_h + 1))
-    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
-        canvas.save(tmp, format="PNG")
-        tmp.replace(out)
+        write_atomic(out, lambda f: canvas.save(f, format="PNG"), fsync=False)
     except OSError as exc:
         raise InputError(
             f"sample grid '{out}' cannot be written ({exc.strerror or exc}): "
             "expected a writable path"
         ) from exc
-    finally:
-        tmp.unlink(missing_ok=True)
     return out

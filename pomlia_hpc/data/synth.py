@@ -19,7 +19,6 @@ folder of look-alikes is a drop-in MedMNIST root for ``pomlia data add pathmnist
 
 from __future__ import annotations
 
-import os
 import zlib
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -29,6 +28,7 @@ import numpy as np
 
 from pomlia_hpc.data.medmnist_info import FLAGS_2D, check_size, flag_info
 from pomlia_hpc.errors import InputError
+from pomlia_hpc.files import write_atomic
 
 Array = np.ndarray
 
@@ -411,15 +411,8 @@ def make_lookalike(
 
 def write_npz(path: Path, arrays: dict[str, Array], *, compress: bool = True) -> Path:
     """Write ``arrays`` to ``path`` as npz, atomically (temp name in the same folder, rename)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with tmp.open("wb") as fh:
-            save: Any = np.savez_compressed if compress else np.savez
-            save(fh, **arrays)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    save: Any = np.savez_compressed if compress else np.savez
+    return write_atomic(path, lambda f: save(f, **arrays))
 
 
 def write_lookalikes(

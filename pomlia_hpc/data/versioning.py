@@ -14,7 +14,6 @@ or ``open_version`` can see, and re-running it finishes the job.
 
 from __future__ import annotations
 
-import errno
 import hashlib
 import json
 import shutil
@@ -24,6 +23,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from pomlia_hpc.files import publish_dir
 from pomlia_hpc.registry import Dataset, DatasetVersion, Registry
 
 VERSION_CHARS = 16
@@ -41,18 +41,11 @@ def content_hash(header: dict[str, Any], digests: dict[str, Any]) -> str:
 
 
 def publish(tmp_store: Path, final: Path) -> bool:
-    """Rename ``tmp_store`` to ``final``; False (and ``tmp_store`` removed) if ``final`` exists."""
-    final.parent.mkdir(parents=True, exist_ok=True)
-    if final.exists():
+    """Rename ``tmp_store`` to ``final`` (files flushed first); False (and ``tmp_store``
+    removed) if ``final`` exists: another ingest of the same content got there first."""
+    if final.exists() or not publish_dir(tmp_store, final):
         shutil.rmtree(tmp_store, ignore_errors=True)
         return False
-    try:
-        tmp_store.rename(final)
-    except OSError as exc:  # another ingest of the same content won the race
-        if exc.errno in (errno.ENOTEMPTY, errno.EEXIST) and final.exists():
-            shutil.rmtree(tmp_store, ignore_errors=True)
-            return False
-        raise
     return True
 
 

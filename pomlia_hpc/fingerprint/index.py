@@ -15,8 +15,8 @@ Publishing. Each build writes a new generation folder ``gen-NNNNNN`` (index.fais
 manifest.json) under a temporary name, flushes it to disk, renames it into place (the next free
 number: two concurrent builds never share one) and then atomically replaces the ``current``
 symlink, so a reader never sees a half-written index. Temporary folders of killed builds on this
-host are removed by the next build. Adding a newly extracted
-dataset version loads the current index, adds only the new vectors (an IVF index keeps its
+host are removed by the next build (:mod:`pomlia_hpc.files` does all three). Adding a newly
+extracted dataset version loads the current index, adds only the new vectors (an IVF index keeps its
 trained quantiser) and publishes the result as the next generation; the rest is not rebuilt.
 
 Layout: ``<home>/indexes/<encoder>/{images,patches}/{current -> gen-NNNNNN, gen-NNNNNN/}``.
@@ -24,12 +24,9 @@ Layout: ``<home>/indexes/<encoder>/{images,patches}/{current -> gen-NNNNNN, gen-
 
 from __future__ import annotations
 
-import errno
 import json
 import math
-import os
 import shutil
-import socket
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,10 +38,15 @@ import zarr
 from sqlalchemy import select
 
 from pomlia_hpc.errors import InputError, NotFoundError, PomliaError
-from pomlia_hpc.files import fsync_path
-from pomlia_hpc.fingerprint.io import atomic_write_text, group_meta, open_array
+from pomlia_hpc.files import (
+    publish_dir,
+    replace_link,
+    sweep_stale_temps,
+    temp_name,
+    write_atomic,
+)
+from pomlia_hpc.fingerprint.io import group_meta, open_array
 from pomlia_hpc.fingerprint.train import get_encoder
-from pomlia_hpc.processes import pid_alive
 from pomlia_hpc.registry import Dataset, DatasetVersion, Encoder, FingerprintSet, Registry
 from pomlia_hpc.workspace import Workspace
 
@@ -446,26 +448,6 @@ def build_index(
     )
 
 
-def _host() -> str:
-    return socket.gethostname().replace("~", "-")
-
-
-def clean_stale_tmp(root: Path) -> list[Path]:
-    """Remove temporary generation folders and links (``.gen~<host>~<pid>.tmp``,
-    ``.current~<host>~<pid>.tmp``) of builds on this host whose process is gone (killed
-    builds); those of other hosts are left alone, as their build may still run."""
-    removed = []
-    for path in root.glob(".*~*~*.tmp"):
-        _kind, host, pid = path.name.removesuffix(".tmp").rsplit("~", 2)
-        if host == _host() and pid.isdigit() and not pid_alive(int(pid)):
-            if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                path.unlink(missing_ok=True)
-            removed.append(path)
-    return removed
-
-
 def _generations(root: Path) -> list[int]:
     """Published generation numbers under ``root``, ascending."""
     return sorted(
@@ -485,35 +467,23 @@ def _publish(root: Path, index: faiss.Index, manifest: Manifest) -> Path:
     generation. Two builds that pick the same number: the later rename fails (the folder is
     not empty) and that build takes the next number."""
     root.mkdir(parents=True, exist_ok=True)
-    clean_stale_tmp(root)
-    tag = f"{_host()}~{os.getpid()}.tmp"
-    tmp = root / f".gen~{tag}"
+    sweep_stale_temps(root)
+    tmp = temp_name(root / "gen")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
+    tmp.mkdir(mode=0o755)
     try:
         faiss.write_index(index, str(tmp / "index.faiss"))
-        fsync_path(tmp / "index.faiss")
         for _attempt in range(1000):
             manifest.generation = next_generation(root)
-            atomic_write_text(tmp / "manifest.json", manifest.to_json())
-            fsync_path(tmp)
+            write_atomic(tmp / "manifest.json", manifest.to_json(), fsync=False)
             final = root / f"gen-{manifest.generation:06d}"
-            try:
-                tmp.rename(final)
+            if publish_dir(tmp, final):
                 break
-            except OSError as exc:
-                if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
-                    raise
         else:
             raise PomliaError(f"index folder '{root}': no free generation number after 1000 tries")
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    fsync_path(root)
-    link_tmp = root / f".current~{tag}"
-    link_tmp.unlink(missing_ok=True)
-    link_tmp.symlink_to(final.name)
-    link_tmp.replace(root / "current")
-    fsync_path(root)
+    replace_link(root / "current", final.name)
     # Older generations beyond the ones kept go; newer ones belong to a concurrent build.
     current = (root / "current").resolve()
     older = [g for g in _generations(root) if g < manifest.generation]

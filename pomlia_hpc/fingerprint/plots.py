@@ -22,8 +22,8 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 from pomlia_hpc.errors import InputError
+from pomlia_hpc.files import write_atomic
 from pomlia_hpc.fingerprint.index import complete_sets
-from pomlia_hpc.fingerprint.io import atomic_write_bytes
 from pomlia_hpc.fingerprint.similar import embedding_sample, fingerprint_set
 from pomlia_hpc.fingerprint.train import get_encoder
 from pomlia_hpc.registry import Encoder, Registry
@@ -53,7 +53,7 @@ def _png(fig: plt.Figure, path: Path) -> Path:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
     plt.close(fig)
-    return atomic_write_bytes(path, buf.getvalue())
+    return write_atomic(path, buf.getvalue())
 
 
 def plot_latent(

@@ -27,7 +27,7 @@ from typing import Any
 from sqlalchemy import func, select
 
 from pomlia_hpc.errors import NotFoundError
-from pomlia_hpc.files import fsync_path
+from pomlia_hpc.files import write_json_atomic
 from pomlia_hpc.fingerprint.extract import extract
 from pomlia_hpc.fingerprint.index import build_index
 from pomlia_hpc.fingerprint.train import TrainConfig, get_encoder, train_encoder
@@ -51,12 +51,7 @@ def current_encoder(workspace: Workspace) -> str | None:
 
 
 def _write_pointer(workspace: Workspace, data: dict[str, Any]) -> None:
-    path = pointer_path(workspace)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=1))
-    tmp.replace(path)
-    fsync_path(path.parent)
+    write_json_atomic(pointer_path(workspace), data)
 
 
 def newest_versions(registry: Registry) -> dict[str, DatasetVersion]:

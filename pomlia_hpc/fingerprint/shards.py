@@ -23,8 +23,9 @@ import torch
 
 from pomlia_hpc.data.store import DatasetStore, open_store
 from pomlia_hpc.errors import InputError
+from pomlia_hpc.files import write_atomic
 from pomlia_hpc.fingerprint.autoencoder import Autoencoder, to_input
-from pomlia_hpc.fingerprint.io import atomic_write_text, group_meta, open_array
+from pomlia_hpc.fingerprint.io import group_meta, open_array
 from pomlia_hpc.fingerprint.train import load_checkpoint
 from pomlia_hpc.processes import cpus_available
 
@@ -169,7 +170,7 @@ def run_shard(spec: ShardSpec) -> dict[str, Any]:
         "seconds": time.perf_counter() - t0,
         "host": os.uname().nodename,
     }
-    atomic_write_text(done, json.dumps(record))
+    write_atomic(done, json.dumps(record))
     return record
 
 

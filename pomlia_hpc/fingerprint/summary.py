@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 import zarr
 
-from pomlia_hpc.fingerprint.io import atomic_write_bytes
+from pomlia_hpc.files import write_atomic
 
 SAMPLE_SIZE = 512
 QUANTILES = 21
@@ -234,7 +234,7 @@ def write_summary(embeddings_path: str | Path, summary: Summary) -> Path:
     buf = io.BytesIO()
     save: Any = np.savez
     save(buf, **arrays)
-    return atomic_write_bytes(summary_path(embeddings_path), buf.getvalue())
+    return write_atomic(summary_path(embeddings_path), buf.getvalue())
 
 
 def read_summary(

@@ -53,9 +53,9 @@ from pomlia_hpc.cluster import Checkpointable, Executor, JobFailedError, apply_d
 from pomlia_hpc.curves import CURVES_DIR, Curves
 from pomlia_hpc.data.store import find_version, open_store
 from pomlia_hpc.errors import InputError, integrity_failure
+from pomlia_hpc.files import write_atomic
 from pomlia_hpc.fingerprint.autoencoder import Autoencoder, EncoderConfig
 from pomlia_hpc.fingerprint.encoders import get_encoder, load_checkpoint, load_encoder
-from pomlia_hpc.fingerprint.io import atomic_write_bytes, atomic_write_text
 from pomlia_hpc.fingerprint.loader import (
     Source,
     StoreStream,
@@ -348,7 +348,7 @@ def _train_rank(
         if rank == 0:
             if improved:  # the weights early stopping keeps (written before latest.json)
                 write_checkpoint(out / "best.pt", engine.module.model, config, state["loss_curve"])
-            atomic_write_text(
+            write_atomic(
                 out / "latest.json",
                 json.dumps(state | {"tag": tag, "resumed_from": resumed_from}),
             )
@@ -385,7 +385,7 @@ def _train_rank(
     if rank == 0:
         best = out / "best.pt"
         if state["best_epoch"] is not None and best.exists():
-            atomic_write_bytes(out / "encoder.pt", with_curve(best, state["loss_curve"]))
+            write_atomic(out / "encoder.pt", with_curve(best, state["loss_curve"]))
         else:
             write_checkpoint(out / "encoder.pt", engine.module.model, config, state["loss_curve"])
         _write_curves(out, config, state)
@@ -487,7 +487,7 @@ def train_encoder(
             f"training set has {n_rows} images, fewer than one batch of {config.batch_size} "
             f"per process ({config.processes} processes): lower batch_size"
         )
-    atomic_write_text(record, json.dumps(wanted, indent=1))
+    write_atomic(record, json.dumps(wanted, indent=1))
     ex = executor or Executor.from_profile(workspace.cluster_profile, workspace.jobs, registry)
     handle = ex.submit(
         TrainJob(config, sources, str(out)), name=f"fingerprint-train-{name}", resources=resources
@@ -588,4 +588,4 @@ def write_checkpoint(
     }
     buf = io.BytesIO()
     torch.save(payload, buf)
-    return atomic_write_bytes(path, buf.getvalue())
+    return write_atomic(path, buf.getvalue())

@@ -22,9 +22,9 @@ import numpy as np
 import torch
 
 from pomlia_hpc.data.store import open_store
+from pomlia_hpc.files import write_atomic
 from pomlia_hpc.fingerprint.augment import acquisition_view
 from pomlia_hpc.fingerprint.autoencoder import to_input
-from pomlia_hpc.fingerprint.io import atomic_write_bytes, atomic_write_text
 from pomlia_hpc.fingerprint.loader import Source, to_uint8
 from pomlia_hpc.fingerprint.objectives import Objective
 
@@ -98,7 +98,7 @@ def lr_at(epoch: int, epochs: int, lr: float, schedule: str) -> float:
 def write_curves(folder: Path, curves: dict[str, Any]) -> None:
     """Write ``loss_curves.json`` (``curves`` as is) and a PNG of the train and validation
     loss per epoch into ``folder`` (atomically)."""
-    atomic_write_text(folder / CURVES_JSON, json.dumps(curves, indent=1))
+    write_atomic(folder / CURVES_JSON, json.dumps(curves, indent=1))
     import matplotlib
 
     matplotlib.use("Agg")
@@ -119,7 +119,7 @@ def write_curves(folder: Path, curves: dict[str, Any]) -> None:
     buf = io.BytesIO()
     fig.savefig(buf, format="png")
     plt.close(fig)
-    atomic_write_bytes(folder / CURVES_PNG, buf.getvalue())
+    write_atomic(folder / CURVES_PNG, buf.getvalue())
 
 
 def read_curves(folder: Path) -> dict[str, Any] | None:

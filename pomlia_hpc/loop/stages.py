@@ -27,7 +27,7 @@ import numpy as np
 
 from pomlia_hpc.data.harvest import NewImages, harvest_version
 from pomlia_hpc.errors import PomliaError
-from pomlia_hpc.files import write_atomic
+from pomlia_hpc.files import write_atomic, write_json_atomic
 from pomlia_hpc.loop.driver import LoopContext, LoopError, Stage, StageOutput
 from pomlia_hpc.loop.gate import DEFAULT_ALPHA, DEFAULT_MARGIN, run_gate
 from pomlia_hpc.loop.harvest import training_version
@@ -203,8 +203,7 @@ def recommend_stage(ctx: LoopContext) -> StageOutput:
         return {**out, "skipped": f"no recommendation: {exc}"}
     configs = list(answer.get("initial") or [])
     path = run_folder(ctx) / "recommended.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(configs))
+    write_json_atomic(path, configs, indent=None)
     return {**out, "recommendation_id": answer.get("recommendation_id"), "configs": str(path)}
 
 

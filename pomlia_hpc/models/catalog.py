@@ -10,7 +10,6 @@ Model names follow :func:`pomlia_hpc.names.validate_name`: they become parts of 
 
 from __future__ import annotations
 
-import os
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
@@ -19,6 +18,7 @@ from typing import Any
 from sqlalchemy import select
 
 from pomlia_hpc.errors import NotFoundError, PomliaError
+from pomlia_hpc.files import atomic_target
 from pomlia_hpc.models.card import MODEL_NAME_MAX, model_card
 from pomlia_hpc.names import validate_name
 from pomlia_hpc.registry import Model, Registry
@@ -103,13 +103,8 @@ def promote_checkpoint(
         if existing is not None:
             return existing
     dst = workspace.path("models", f"{name}.pt")
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    tmp = dst.with_name(f".{dst.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_target(dst) as tmp:
         shutil.copyfile(checkpoint, tmp)
-        tmp.replace(dst)
-    finally:
-        tmp.unlink(missing_ok=True)
     return register_model(registry, name, dst, task_id=task_id, run_id=run_id, lineage=lineage)
 
 

@@ -8,7 +8,6 @@ weights, so the file never pickles code and is read with ``weights_only=True``.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -19,6 +18,7 @@ import torch
 from torch import nn
 
 from pomlia_hpc.errors import InputError, NotFoundError
+from pomlia_hpc.files import write_atomic
 from pomlia_hpc.models.card import ClassifierMeta, Preprocessing
 from pomlia_hpc.models.nets import build_classifier
 
@@ -32,16 +32,6 @@ class LoadedClassifier:
     model: nn.Module
     meta: ClassifierMeta
     path: Path
-
-
-def _atomic_torch_save(obj: Any, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        torch.save(obj, tmp)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def save_classifier(
@@ -88,7 +78,8 @@ def save_classifier(
             f"save_classifier({path}): the model's weights do not fit arch '{arch}' with "
             f"num_classes={num_classes}, in_channels={in_channels}, image_size={image_size}"
         ) from exc
-    _atomic_torch_save({"format": FORMAT, "meta": meta.to_dict(), "state_dict": state}, Path(path))
+    payload = {"format": FORMAT, "meta": meta.to_dict(), "state_dict": state}
+    write_atomic(path, lambda f: torch.save(payload, f))
     return meta
 
 

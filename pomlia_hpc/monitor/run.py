@@ -16,7 +16,6 @@ import os
 import re
 import shutil
 import subprocess
-import tempfile
 import uuid
 from collections import Counter
 from collections.abc import Callable
@@ -29,6 +28,7 @@ import numpy as np
 from sqlalchemy import select
 
 from pomlia_hpc.errors import InputError
+from pomlia_hpc.files import staged_dir
 from pomlia_hpc.monitor.checks import CheckOutcome, run_checks
 from pomlia_hpc.monitor.logread import LogWindow, read_window
 from pomlia_hpc.monitor.reference import Target, load_reference, resolve_target
@@ -332,14 +332,8 @@ def monitor_run(
     parent.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     final = parent / f"{stamp}-{uuid.uuid4().hex[:6]}"
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=parent))
-    try:
-        _write(tmp, report, html)
-        tmp.chmod(0o755)
-        tmp.rename(final)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+    with staged_dir(final) as staged:
+        _write(staged.path, report, html)
     try:
         report_id, request_id = _record(registry, target, report, final)
     except BaseException:

@@ -12,7 +12,6 @@ trivial competitor in the same run.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from pomlia_hpc.errors import InputError
+from pomlia_hpc.files import write_json_atomic
 from pomlia_hpc.registry import Registry
 
 #: The paper's four groups, by MedMNIST flag.
@@ -114,6 +114,5 @@ def dataset_groups_ari(
         "baseline_clusters": base_clusters,
         "latent_dim": len(next(iter(learned.values()))),
     }
-    out_dir.mkdir(parents=True, exist_ok=True)
-    (out_dir / "clustering.json").write_text(json.dumps(result, indent=1))
+    write_json_atomic(out_dir / "clustering.json", result)
     return result

@@ -31,12 +31,12 @@ from pomlia_hpc.cluster import Checkpointable, Executor
 from pomlia_hpc.cluster.records import FINAL_STATES, refresh_jobs
 from pomlia_hpc.config import ClusterProfile, load_cluster_profile
 from pomlia_hpc.errors import PomliaError
+from pomlia_hpc.files import write_json_atomic
 from pomlia_hpc.pipeline.spec import PipelineSpec, parse_pipeline
 from pomlia_hpc.pipeline.stage import (
     PlannedJob,
     Stage,
     StageContext,
-    atomic_write_json,
     is_fresh,
     now,
     read_json,
@@ -119,7 +119,9 @@ def make_plan(ctx: StageContext, profile_name: str, *, in_process: bool = False)
 def snapshot_spec(ctx: StageContext, data: dict[str, Any], source: str) -> Path:
     """Keep the file as validated, so stage jobs read what was submitted even if it changes."""
     path = ctx.folder / SPEC_SNAPSHOT
-    atomic_write_json(path, {"data": data, "source": source, "base_dir": str(ctx.spec._base_dir)})
+    write_json_atomic(
+        path, {"data": data, "source": source, "base_dir": str(ctx.spec._base_dir)}, sort_keys=True
+    )
     return path
 
 
@@ -228,7 +230,7 @@ def submit(ctx: StageContext, plan: Plan, snapshot: Path) -> dict[str, dict[str,
 
 
 def _write_run(ctx: StageContext, plan: Plan, jobs: dict[str, dict[str, Any]]) -> None:
-    atomic_write_json(
+    write_json_atomic(
         ctx.folder / RUN_FILE,
         {
             "pipeline": ctx.spec.name,
@@ -240,6 +242,7 @@ def _write_run(ctx: StageContext, plan: Plan, jobs: dict[str, dict[str, Any]]) -
                 for sp in plan.stages
             },
         },
+        sort_keys=True,
     )
 
 

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -25,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from pomlia_hpc.config import ClusterProfile
+from pomlia_hpc.files import write_json_atomic
 from pomlia_hpc.pipeline.spec import PipelineSpec, Resources
 from pomlia_hpc.registry import Registry
 from pomlia_hpc.workspace import Workspace
@@ -36,21 +35,6 @@ RECORD_FORMAT = 1
 def pipeline_dir(workspace: Workspace, name: str) -> Path:
     """``<home>/pipelines/<name>``: the spec snapshot, stage records and run file."""
     return workspace.path("pipelines", name)
-
-
-def atomic_write_json(path: Path, data: Any) -> None:
-    """Write JSON to a temporary file in ``path``'s folder, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            json.dump(data, fh, indent=1, sort_keys=True, default=str)
-            fh.flush()
-            os.fsync(fh.fileno())
-        Path(tmp).replace(path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def read_json(path: Path) -> dict[str, Any] | None:
@@ -202,18 +186,21 @@ def run_stage(ctx: StageContext, stage: Stage, *, job_id: int | None = None) -> 
     path = ctx.record_path(stage.name)
     started = now()
     base = {"stage": stage.name, "key": key, "started_at": started, "job": job_id}
-    atomic_write_json(path, {**base, "status": "running", "outputs": {}})
+    write_json_atomic(path, {**base, "status": "running", "outputs": {}}, sort_keys=True)
     ctx.log(f"[{stage.name}] running: {stage.summary}")
     ctx.key = key
     try:
         outputs = stage.run(ctx)
     except BaseException as exc:
-        atomic_write_json(
+        write_json_atomic(
             path,
             {**base, "status": "failed", "outputs": {}, "ended_at": now(), "error": str(exc)},
+            sort_keys=True,
         )
         ctx.log(f"[{stage.name}] failed: {exc}")
         raise
-    atomic_write_json(path, {**base, "status": "done", "outputs": outputs, "ended_at": now()})
+    write_json_atomic(
+        path, {**base, "status": "done", "outputs": outputs, "ended_at": now()}, sort_keys=True
+    )
     ctx.log(f"[{stage.name}] done")
     return "done"

@@ -6,8 +6,6 @@ reader never sees half a report; an existing report there is replaced as a whole
 
 from __future__ import annotations
 
-import shutil
-import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -16,6 +14,7 @@ from pathlib import Path
 from sqlalchemy import func, select
 
 from pomlia_hpc.errors import InputError
+from pomlia_hpc.files import staged_dir
 from pomlia_hpc.registry import (
     DatasetVersion,
     Deployment,
@@ -113,22 +112,11 @@ def build_report(
         + "</ul>"
         + ("" if bodies else "<p>Nothing recorded yet: run a pipeline or `pomlia data add`.</p>")
     )
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-    tmp.chmod(0o755)  # mkdtemp makes it private; a report is for reading by others too
-    try:
+    with staged_dir(out, replace=True) as staged:
+        tmp = staged.path
         written = [tmp / "index.html"]
         written[0].write_text(page("Workspace report", overview, nav, "index.html", stamp))
         for file, title, body in bodies:
             (tmp / file).write_text(page(title, body, nav, file, stamp))
             written.append(tmp / file)
-        old = None
-        if out.exists():
-            old = out.with_name(f".{out.name}.old-{datetime.now(UTC):%H%M%S%f}")
-            out.rename(old)
-        tmp.rename(out)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
     return ReportResult(out, [out / p.name for p in written])

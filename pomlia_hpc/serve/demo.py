@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from pomlia_hpc.files import write_atomic
 from pomlia_hpc.models.catalog import register_model
 from pomlia_hpc.models.checkpoint import save_classifier
 from pomlia_hpc.models.nets import build_classifier
@@ -75,5 +76,5 @@ def cached_demo_bundle(cache_root: Path, **kwargs: object) -> Path:
     if marker.is_file():
         return Path(marker.read_text())
     res = demo_bundle(root, **kwargs)  # type: ignore[arg-type]
-    marker.write_text(str(res.bundle.root))
+    write_atomic(marker, str(res.bundle.root))
     return res.bundle.root

@@ -21,13 +21,13 @@ from __future__ import annotations
 import re
 import shlex
 import shutil
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from pomlia_hpc.cluster.records import sbatch_script
 from pomlia_hpc.config import ClusterProfile
 from pomlia_hpc.errors import InputError
+from pomlia_hpc.files import staged_dir
 from pomlia_hpc.models.catalog import resolve_model
 from pomlia_hpc.registry import Deployment, Registry
 from pomlia_hpc.serve.export import bundle_for_model, export_model
@@ -189,31 +189,33 @@ def write_deployment(
         s.add(dep)
         s.flush()
         dep_id = dep.id
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
     written = False
     try:
-        shutil.copytree(bundle.root, tmp / "bundle")
-        (tmp / "src").mkdir()
-        _copy_source(tmp / "src", source_root)
-        def_text = render_def(
-            (source_root / DEF_TEMPLATE).read_text(), {"SRC": "src", "BUNDLE": "bundle"}
-        )
-        (tmp / "apptainer.def").write_text(def_text)
-        sbatch = render_sbatch(
-            (source_root / SBATCH_TEMPLATE).read_text(),
-            profile,
-            name=f"pomlia-serve-{row.name}"[:64],
-            deploy_dir=target,
-            deployment_id=dep_id,
-            log_dir=log_dir(workspace.path("logs"), row.name),
-        )
-        (tmp / "serve.sbatch").write_text(sbatch)
-        (tmp / "serve.sbatch").chmod(0o755)
-        tmp.rename(target)
+        with staged_dir(target) as staged:
+            tmp = staged.path
+            shutil.copytree(bundle.root, tmp / "bundle")
+            (tmp / "src").mkdir()
+            _copy_source(tmp / "src", source_root)
+            def_text = render_def(
+                (source_root / DEF_TEMPLATE).read_text(), {"SRC": "src", "BUNDLE": "bundle"}
+            )
+            (tmp / "apptainer.def").write_text(def_text)
+            sbatch = render_sbatch(
+                (source_root / SBATCH_TEMPLATE).read_text(),
+                profile,
+                name=f"pomlia-serve-{row.name}"[:64],
+                deploy_dir=target,
+                deployment_id=dep_id,
+                log_dir=log_dir(workspace.path("logs"), row.name),
+            )
+            (tmp / "serve.sbatch").write_text(sbatch)
+            (tmp / "serve.sbatch").chmod(0o755)
+        if not staged.published:
+            raise InputError(
+                f"deploy directory {target} appeared meanwhile; remove it or pass --out"
+            )
         written = True
     finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
         if not written:  # no directory, no deployment
             with registry.session() as s:
                 if (orphan := s.get(Deployment, dep_id)) is not None:

@@ -31,6 +31,7 @@ import torch
 from sqlalchemy import select
 
 from pomlia_hpc.errors import InputError, PomliaError
+from pomlia_hpc.files import staged_dir
 from pomlia_hpc.models.card import model_card
 from pomlia_hpc.models.catalog import resolve_model, update_card
 from pomlia_hpc.models.checkpoint import LoadedClassifier, load_classifier
@@ -223,10 +224,8 @@ def export_checkpoint(
     final = out_root / version
     if (final / CARD).is_file():
         return ExportResult(ExportedBundle.open(final), {}, reused=True)
-    out_root.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{version}.tmp-", dir=out_root))
-    tmp.chmod(0o755)  # mkdtemp makes it private; the bundle is read by servers and jobs
-    try:
+    with staged_dir(final) as staged:
+        tmp = staged.path
         example = torch.zeros(2, meta.in_channels, meta.image_size, meta.image_size)
         save_program(loaded.model, example, tmp / TORCH_PROGRAM)
         export_onnx(loaded.model, example, tmp / ONNX)
@@ -266,17 +265,12 @@ def export_checkpoint(
             files={p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()},
         )
         (tmp / CARD).write_text(json.dumps(card, indent=2, sort_keys=True))
-        try:
-            tmp.replace(final)
-        except OSError:  # ENOTEMPTY/EEXIST: the directory appeared since the check above
-            if not (final / CARD).is_file():
-                raise
-            # A concurrent export of the same weights (and encoder) finished first; its bundle
-            # is this one, so use it and drop ours.
-            return ExportResult(ExportedBundle.open(final), diffs, reused=True)
-    finally:
-        if tmp.exists():
-            shutil.rmtree(tmp, ignore_errors=True)
+    if not staged.published:  # the directory appeared since the check above
+        if not (final / CARD).is_file():
+            raise PomliaError(f"bundle directory {final} exists without {CARD}; remove it")
+        # A concurrent export of the same weights (and encoder) finished first; its bundle
+        # is this one, so use it and drop ours.
+        return ExportResult(ExportedBundle.open(final), diffs, reused=True)
     return ExportResult(ExportedBundle.open(final), diffs, reused=False)
 
 

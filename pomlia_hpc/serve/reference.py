@@ -15,7 +15,6 @@ is not changed (its version is a hash of the weights, and the reference depends 
 from __future__ import annotations
 
 import json
-import os
 import zipfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -25,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from pomlia_hpc.errors import InputError, NotFoundError
+from pomlia_hpc.files import write_atomic
 from pomlia_hpc.registry import DatasetVersion, Model, Registry, Task
 from pomlia_hpc.serve.exported import ExportedBundle
 from pomlia_hpc.serve.fingerprint import bundle_fingerprint, logged_vectors
@@ -157,21 +157,17 @@ def write_reference(bundle: ExportedBundle, ref: Reference) -> Path:
         "accuracy": ref.accuracy,
     }
     path = bundle.root / REFERENCE_FILE
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with tmp.open("wb") as fh:
-            np.savez_compressed(
-                fh,
-                meta=np.asarray(json.dumps(meta)),
-                fingerprints=ref.fingerprints,
-                labels=ref.labels,
-                pred_index=ref.pred_index,
-                confidence=ref.confidence,
-            )
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return path
+    return write_atomic(
+        path,
+        lambda f: np.savez_compressed(
+            f,
+            meta=np.asarray(json.dumps(meta)),
+            fingerprints=ref.fingerprints,
+            labels=ref.labels,
+            pred_index=ref.pred_index,
+            confidence=ref.confidence,
+        ),
+    )
 
 
 def read_reference(path: Path) -> Reference:

@@ -17,7 +17,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pomlia_hpc.files import fsync_path
+from pomlia_hpc.files import replace_link
 from pomlia_hpc.names import validate_name
 from pomlia_hpc.workspace import Workspace
 
@@ -48,10 +48,5 @@ def point(link: Path, bundle_root: Path) -> bool:
     target = Path(bundle_root).resolve()
     if current_bundle(link) == target:
         return False
-    link.parent.mkdir(parents=True, exist_ok=True)
-    tmp = link.with_name(f".{link.name}.tmp-{os.getpid()}")
-    tmp.unlink(missing_ok=True)
-    tmp.symlink_to(target)
-    tmp.replace(link)  # rename(2) over the old link: atomic
-    fsync_path(link.parent)
+    replace_link(link, target)
     return True

@@ -26,6 +26,7 @@ import numpy as np
 from sqlalchemy import select
 
 from pomlia_hpc.errors import InputError, NotFoundError
+from pomlia_hpc.files import write_json_atomic
 from pomlia_hpc.registry import (
     DatasetVersion,
     Encoder,
@@ -508,7 +509,6 @@ def _record(
 def write_initial(answer: dict[str, Any], path: str | Path) -> int:
     """Write the recommendation's AutoML configurations (``initial``) as the JSON that
     ``pomlia automl run --initial`` reads; returns how many. Atomic (temporary file, rename)."""
-    import json
 
     configs = answer.get("initial") or []
     if not configs:
@@ -516,15 +516,11 @@ def write_initial(answer: dict[str, Any], path: str | Path) -> int:
             "none of the recommended strategies can be expressed in the AutoML space here "
             "(architectures or weights missing); nothing written"
         )
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    tmp = p.with_name(f".{p.name}.{os.getpid()}.tmp")
     data = {
         "task": answer["task"],
         "recommendation_id": answer.get("recommendation_id"),
         "learner": f"{answer['learner']} {answer['learner_version']}",
         "configs": configs,
     }
-    tmp.write_text(json.dumps(data, indent=1))
-    tmp.replace(p)
+    write_json_atomic(path, data)
     return len(configs)

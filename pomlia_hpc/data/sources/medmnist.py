@@ -16,6 +16,7 @@ from pomlia_hpc.data.medmnist_info import FlagInfo, check_size, default_root, fl
 from pomlia_hpc.data.sources.base import IngestLimits
 from pomlia_hpc.data.sources.npz import NpzSource
 from pomlia_hpc.errors import InputError
+from pomlia_hpc.files import atomic_target
 
 ROOT_ENV = "POMLIA_MEDMNIST_ROOT"
 _BLOCK = 1 << 20
@@ -39,9 +40,7 @@ def _md5(path: Path) -> str:
 
 def download(url: str, dest: Path, md5: str, *, timeout_s: float = 30.0) -> Path:
     """Download ``url`` to ``dest`` via a temp name in the same folder; check its md5 first."""
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    part = dest.with_name(f".{dest.name}.{os.getpid()}.part")
-    try:
+    with atomic_target(dest) as part:
         with urllib.request.urlopen(url, timeout=timeout_s) as resp, part.open("wb") as out:
             while block := resp.read(_BLOCK):
                 out.write(block)
@@ -51,9 +50,6 @@ def download(url: str, dest: Path, md5: str, *, timeout_s: float = 30.0) -> Path
                 f"download of '{dest.name}' from {url} has md5 {got}: expected {md5} "
                 "(file damaged or changed upstream); nothing was kept"
             )
-        part.replace(dest)
-    finally:
-        part.unlink(missing_ok=True)
     return dest
 
 

@@ -1,0 +1,97 @@
+"""The one atomic artifact layer (``pomlia_hpc.files``): files, folders and links appear whole
+or not at all, and what dead writers of this host left is swept."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pomlia_hpc.files import (
+    atomic_target,
+    replace_link,
+    staged_dir,
+    sweep_stale_temps,
+    temp_name,
+)
+
+
+def _dead_pid() -> int:
+    out = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    return int(out.stdout)
+
+
+def _as_dead(path: Path) -> Path:
+    """``path``'s temporary name as a writer that has died would have left it."""
+    tmp = temp_name(path)
+    return tmp.with_name(tmp.name.replace(f".{os.getpid()}.", f".{_dead_pid()}."))
+
+
+def test_a_staged_folder_appears_whole_or_not_at_all(tmp_path: Path) -> None:
+    target = tmp_path / "out" / "bundle"
+    with pytest.raises(RuntimeError), staged_dir(target) as staged:
+        (staged.path / "half.bin").write_bytes(b"x")
+        raise RuntimeError("killed mid-build")
+    assert not target.exists() and list(target.parent.iterdir()) == []
+    with staged_dir(target) as staged:
+        (staged.path / "a.txt").write_text("one")
+    assert staged.published and (target / "a.txt").read_text() == "one"
+    assert oct(target.stat().st_mode & 0o777) == oct(0o755)
+    # Without replace an existing folder is kept and the new one dropped; with it, replaced.
+    with staged_dir(target) as staged:
+        (staged.path / "a.txt").write_text("two")
+    assert not staged.published and (target / "a.txt").read_text() == "one"
+    with staged_dir(target, replace=True) as staged:
+        (staged.path / "a.txt").write_text("three")
+    assert staged.published and (target / "a.txt").read_text() == "three"
+    assert [p.name for p in target.parent.iterdir()] == ["bundle"]
+
+
+def test_a_link_is_replaced_never_missing(tmp_path: Path) -> None:
+    (tmp_path / "v1").mkdir()
+    (tmp_path / "v2").mkdir()
+    link = tmp_path / "current"
+    replace_link(link, "v1")
+    assert str(link.readlink()) == "v1"
+    replace_link(link, "v2")
+    assert str(link.readlink()) == "v2" and link.resolve() == tmp_path / "v2"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["current", "v1", "v2"]
+
+
+def test_a_writer_that_wants_a_file_name_and_an_ending(tmp_path: Path) -> None:
+    target = tmp_path / "runhistory.json"
+    with atomic_target(target, suffix=".json") as tmp:
+        assert tmp.name.endswith(".tmp.json") and tmp.parent == tmp_path
+        tmp.write_text("{}")
+    assert target.read_text() == "{}" and [p.name for p in tmp_path.iterdir()] == [target.name]
+
+
+def test_the_sweep_removes_dead_writers_files_folders_and_links(tmp_path: Path) -> None:
+    stale_file = _as_dead(tmp_path / "x.json")
+    stale_file.write_text("half")
+    stale_dir = _as_dead(tmp_path / "bundle")
+    stale_dir.mkdir()
+    (stale_dir / "model.onnx").write_bytes(b"half")
+    stale_link = _as_dead(tmp_path / "current")
+    stale_link.symlink_to("nowhere")
+    stale_json = temp_name(tmp_path / "r.json", ".json")
+    stale_json = stale_json.with_name(
+        stale_json.name.replace(f".{os.getpid()}.", f".{_dead_pid()}.")
+    )
+    stale_json.write_text("{}")  # SMAC's kind, with an ending after .tmp
+    live = temp_name(tmp_path / "y.json")
+    live.write_text("being written")
+    other_host = tmp_path / f".z.json.another-node.{_dead_pid()}.tmp"
+    other_host.write_text("maybe still being written there")
+    removed = sweep_stale_temps(tmp_path)
+    assert set(removed) == {stale_file, stale_dir, stale_link, stale_json}
+    assert not stale_dir.exists() and not stale_link.is_symlink() and not stale_file.exists()
+    assert live.exists() and other_host.exists()
