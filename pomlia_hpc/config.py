@@ -16,7 +16,7 @@ from typing import Any, Literal, TypeVar, get_args
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from pomlia_hpc.errors import ConfigError
+from pomlia_hpc.errors import ConfigError, InputError, NotFoundError, PomliaError
 
 CONFIG_DIR_ENV = "POMLIA_CONFIG_DIR"
 
@@ -89,25 +89,68 @@ def read_yaml(path: Path) -> dict[str, Any]:
 _M = TypeVar("_M", bound=BaseModel)
 
 
-def validate_model(model: type[_M], data: Mapping[str, Any], source: str) -> _M:
-    """Validate ``data`` into ``model``; turn pydantic's error into one :class:`ConfigError`
-    line that names ``source``, the key, what is wrong and the value given."""
+class Record(BaseModel):
+    """Base of everything written to disk for another process to read (trial results, shard
+    markers, index manifests, model cards, ...): unknown keys are refused and types are strict
+    (no ``"3"`` for 3), so a damaged or foreign file fails loudly instead of being half read.
+    Read one with :func:`read_record` (strict: JSON gives exact types); objects made in
+    process are converted as usual (a numpy float is a float).
+    """
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The record as JSON-able data (what is written to disk)."""
+        return self.model_dump(mode="json")
+
+
+def validate_model(
+    model: type[_M],
+    data: Mapping[str, Any] | str | bytes,
+    source: str,
+    *,
+    error: type[PomliaError] = ConfigError,
+    strict: bool | None = None,
+) -> _M:
+    """Validate ``data`` (a mapping, or JSON text) into ``model``; turn pydantic's error into
+    one ``error`` line that names ``source``, the key, what is wrong and the value given.
+    ``strict``: no conversions (``"3"`` is not 3), whatever the model says."""
     try:
-        return model.model_validate(data)
+        if isinstance(data, str | bytes):
+            return model.model_validate_json(data, strict=strict)
+        return model.model_validate(data, strict=strict)
     except ValidationError as exc:
-        err = exc.errors()[0]
+        errors = exc.errors()
+        # A misspelt key shows as "unknown key" and "missing key": the first says more.
+        err = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
         loc = ".".join(str(p) for p in err["loc"])
+        if err["type"] == "missing":
+            raise error(f"{source}: key '{loc}' is missing") from exc
+        if err["type"] == "json_invalid":
+            raise error(f"{source}: not valid JSON ({err['msg']})") from exc
+        if err["type"] in ("model_type", "dict_type") and not loc:
+            raise error(f"{source}: expected a JSON object at the top level") from exc
         if err["type"] == "extra_forbidden":
             sub = _model_at(model, err["loc"][:-1])
             valid = ", ".join(sorted(sub.model_fields))
-            raise ConfigError(f"{source}: unknown key '{loc}'; valid keys: {valid}") from exc
+            raise error(f"{source}: unknown key '{loc}'; valid keys: {valid}") from exc
         msg = str(err["msg"]).removeprefix("Value error, ")
         if err["type"] == "value_error":  # a cross-field check: its message names the keys
             where = f" in '{loc}'" if loc else ""
-            raise ConfigError(f"{source}: {msg}{where}") from exc
-        raise ConfigError(
-            f"{source}: bad value for '{loc}': {msg} (got {err.get('input')!r})"
-        ) from exc
+            raise error(f"{source}: {msg}{where}") from exc
+        raise error(f"{source}: bad value for '{loc}': {msg} (got {err.get('input')!r})") from exc
+
+
+def read_record(model: type[_M], path: str | Path, *, error: type[PomliaError] = InputError) -> _M:
+    """The JSON file ``path`` as ``model``: a missing file is a :class:`NotFoundError`, an
+    unreadable, malformed or mistyped one a single ``error`` line naming the file and key."""
+    try:
+        text = Path(path).read_bytes()
+    except FileNotFoundError as exc:
+        raise NotFoundError(f"{path} does not exist") from exc
+    except OSError as exc:
+        raise error(f"{path}: cannot be read ({exc.strerror})") from exc
+    return validate_model(model, text, str(path), error=error, strict=True)
 
 
 def _model_at(model: type[BaseModel], loc: Sequence[int | str]) -> type[BaseModel]:

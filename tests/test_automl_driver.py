@@ -160,7 +160,7 @@ def test_resume_settles_jobs_that_ended_while_the_driver_was_away(
         initial_configs=[bad, FAST, {**FAST, "lr": 0.001}],
     )
     assert spec.init_model is not None
-    Path(spec.init_model["path"]).write_bytes(b"not a checkpoint")  # trial 1's job will fail
+    Path(spec.init_model.path).write_bytes(b"not a checkpoint")  # trial 1's job will fail
     # A first driver submits the three trials and stops watching them.
     first = StudyRunner(reg, workspace, spec)
     opt = first.optimizer(resume=False)

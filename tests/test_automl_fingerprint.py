@@ -70,8 +70,8 @@ def test_study_with_encoder_init_and_extra_images(world: Registry, workspace: Wo
     spec = create_study(
         reg, workspace, "blood", name="fp", encoder="enc", extra_data=True, n_trials=1, max_epochs=1
     )
-    assert spec.encoder is not None and spec.encoder["arch"] == "resnet18_imagenet"
-    assert spec.space["encoder_arch"] == "resnet18_imagenet" and spec.space["extra_data"]
+    assert spec.encoder is not None and spec.encoder.arch == "resnet18_imagenet"
+    assert spec.space.encoder_arch == "resnet18_imagenet" and spec.space.extra_data
     runner = StudyRunner(reg, workspace, spec)
     values = {
         "arch": "resnet18_imagenet",
@@ -92,7 +92,7 @@ def test_study_with_encoder_init_and_extra_images(world: Registry, workspace: Wo
         workspace.path("runs", "fp", "c", "m.pt"),
         run_id=1,
     )
-    assert request.init_weights == spec.encoder["path"] and request.extra_data
+    assert request.init_weights == spec.encoder.path and request.extra_data
     result = train(request)
     assert result.n_train == 40 + 100 and result.n_extra == 100
     assert result.init_loaded == 120  # the whole ResNet-18 body came from the encoder

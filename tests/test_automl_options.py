@@ -58,10 +58,16 @@ def test_a_damaged_spec_names_the_file_and_key(workspace: Workspace, reg: Regist
     with pytest.raises(ConfigError) as exc:
         load_spec(workspace, "s")
     assert str(path) in str(exc.value) and "unknown key 'n_trails'" in str(exc.value)
-    path.write_text(json.dumps({**data, "max_epochs": "nine"}))
-    with pytest.raises(ConfigError, match="bad value for 'max_epochs'"):
+    path.write_text(json.dumps({**data, "options": {**data["options"], "max_epochs": "nine"}}))
+    with pytest.raises(ConfigError, match=r"bad value for 'options\.max_epochs'"):
         load_spec(workspace, "s")
     assert not list(path.parent.glob(".*.tmp"))  # the atomic writer left no temp file
+    # A study.json of the earlier layout (options at the top level) still resumes.
+    options = {k: v for k, v in data["options"].items() if k not in ("encoder", "init_model")}
+    flat = {**{k: v for k, v in data.items() if k != "options"}, **options}
+    flat.pop("extra_data")
+    path.write_text(json.dumps({**flat, "extra_encoder": None}))
+    assert load_spec(workspace, "s") == spec
 
 
 def test_the_atomic_writer_and_the_stale_temp_sweep(tmp_path: Path) -> None:

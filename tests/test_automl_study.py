@@ -55,9 +55,9 @@ def test_study_records_every_trial_and_goes_on_after_a_crash(
         initial_configs=[{**FAST, "init": "model", "mode": "full"}, FAST],
     )
     assert load_spec(workspace, "s1") == spec
-    assert spec.init_model is not None and spec.init_model["arch"] == "small_cnn"
+    assert spec.init_model is not None and spec.init_model.arch == "small_cnn"
     # The prepared weights get damaged on the way: that trial's job raises.
-    Path(spec.init_model["path"]).write_bytes(b"not a checkpoint")
+    Path(spec.init_model.path).write_bytes(b"not a checkpoint")
     seen: list[int] = []
     result = run_study(
         reg,

@@ -342,9 +342,14 @@ def test_bundle_card_errors_name_the_field(tmp_path: Path, small_bundle: Path) -
     card = json.loads((root / "card.json").read_text())
     card["input"]["channels"] = "three"
     (root / "card.json").write_text(json.dumps(card))
-    with pytest.raises(InputError, match=r"'input\.channels' should be int"):
+    with pytest.raises(InputError, match=r"bad value for 'input\.channels'"):
         ExportedBundle.open(root)
     card["input"]["channels"] = 1
+    (root / "card.json").write_text(json.dumps({**card, "lables": ["a"]}))
+    with pytest.raises(InputError) as exc:
+        ExportedBundle.open(root)
+    assert f"{root / 'card.json'}: unknown key 'lables'" in str(exc.value)
+    assert "\n" not in str(exc.value)
     card["files"]["../../etc/passwd"] = "x"
     (root / "card.json").write_text(json.dumps(card))
     with pytest.raises(InputError, match="bare file name"):

@@ -35,7 +35,7 @@ import os
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,9 +46,11 @@ from torch.nn import functional
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from pomlia_hpc.automl.metrics import evaluate
+from pomlia_hpc.automl.options import EngineOptions
 from pomlia_hpc.automl.sampling import epoch_order, recent_rows
 from pomlia_hpc.automl.space import TrainConfig
 from pomlia_hpc.cluster import apply_distributed_env
+from pomlia_hpc.config import Record
 from pomlia_hpc.curves import CURVES_DIR, Curves
 from pomlia_hpc.data.store import open_store
 from pomlia_hpc.errors import InputError
@@ -68,27 +70,6 @@ HEAD_PREFIX = {
     "resnet34": "fc.",
     "mobilenet_v3_small": "classifier.",
 }
-
-
-@dataclass(frozen=True)
-class EngineOptions:
-    """How to run (not what to learn). ``device``: ``auto`` (CUDA when present), ``cpu`` or
-    ``cuda``; ``bf16``: ``None`` = on for CUDA, off on CPU (3-4x slower there without AMX);
-    ``threads``: torch CPU threads (the job's CPUs; ``None`` leaves torch's default)."""
-
-    zero_stage: int = 0
-    bf16: bool | None = None
-    device: str = "auto"
-    threads: int | None = None
-    eval_batch_size: int = 256
-    seed: int = 0
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> EngineOptions:
-        return cls(**{k: data[k] for k in cls.__dataclass_fields__ if k in data})
 
 
 @dataclass(frozen=True)
@@ -121,9 +102,9 @@ class TrainRequest:
     recent_share: float | None = None
 
 
-@dataclass(frozen=True)
-class TrainResult:
-    """What a training call reports. Times in seconds; ``gpu_hours`` is 0 on CPU."""
+class TrainResult(Record):
+    """What a training call reports (a trial's ``result.json``). Times in seconds;
+    ``gpu_hours`` is 0 on CPU."""
 
     metrics: dict[str, dict[str, float | None]]  # None: undefined on that split
     epochs: int
@@ -136,9 +117,6 @@ class TrainResult:
     init_loaded: int = 0
     n_train: int = 0
     n_extra: int = 0  # extra images trained on: fewer than asked when the pool had fewer
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 # ----------------------------------------------------------------------------- data

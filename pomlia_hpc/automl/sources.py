@@ -13,32 +13,17 @@ The study driver calls them once (they need the registry) and hands the trial jo
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
 
+from pomlia_hpc.automl.options import WeightSource
 from pomlia_hpc.data.store import DatasetStore, open_store
 from pomlia_hpc.errors import NotFoundError
 from pomlia_hpc.files import write_atomic
 from pomlia_hpc.registry import Registry
 from pomlia_hpc.workspace import Workspace
-
-
-@dataclass(frozen=True)
-class WeightSource:
-    """Initial weights saved for trial jobs: the file, the architecture they fit, the registry
-    id and name of where they came from."""
-
-    path: str
-    arch: str
-    id: int
-    name: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"path": self.path, "arch": self.arch, "id": self.id, "name": self.name}
 
 
 def _save_state(state: dict[str, torch.Tensor], path: Path) -> None:
@@ -54,7 +39,7 @@ def encoder_weights(registry: Registry, encoder: str, in_channels: int, out: Pat
     model, cfg = load_encoder(registry, row)
     _save_state(backbone_state_dict(model, in_channels=in_channels), out)
     arch = "resnet18" if getattr(cfg, "stem", "imagenet") == "small" else "resnet18_imagenet"
-    return WeightSource(str(out), arch, int(row.id), row.name)
+    return WeightSource(path=str(out), arch=arch, id=int(row.id), name=row.name)
 
 
 def model_weights(registry: Registry, model: str, out: Path) -> WeightSource:
@@ -65,7 +50,7 @@ def model_weights(registry: Registry, model: str, out: Path) -> WeightSource:
     row = resolve_model(registry, model)
     loaded = load_classifier(row.path)
     _save_state(loaded.model.state_dict(), out)
-    return WeightSource(str(out), loaded.meta.arch, int(row.id), row.name)
+    return WeightSource(path=str(out), arch=loaded.meta.arch, id=int(row.id), name=row.name)
 
 
 def _fit_images(images: np.ndarray, shape: tuple[int, int, int]) -> np.ndarray:

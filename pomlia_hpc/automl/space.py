@@ -56,6 +56,7 @@ from ConfigSpace import (
     OrdinalHyperparameter,
 )
 
+from pomlia_hpc.config import Record
 from pomlia_hpc.errors import InputError
 from pomlia_hpc.models.archs import ARCHITECTURES
 
@@ -66,8 +67,7 @@ OPTIMIZERS: tuple[str, ...] = ("adamw", "sgd")
 BATCH_SIZES: tuple[int, ...] = (32, 64, 128)
 
 
-@dataclass(frozen=True)
-class SpaceOptions:
+class SpaceOptions(Record):
     """What the space offers. ``encoder_arch`` / ``model_arch``: the architecture that the
     fingerprint encoder's / the registered model's weights fit (``None``: that source is not
     offered); ``extra_data``: whether nearest images from similar datasets can be added."""
@@ -77,21 +77,6 @@ class SpaceOptions:
     model_arch: str | None = None
     extra_data: bool = False
     max_extra: int = 2000
-
-    def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["archs"] = list(self.archs)
-        return d
-
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any]) -> SpaceOptions:
-        return cls(
-            archs=tuple(data.get("archs", DEFAULT_ARCHS)),
-            encoder_arch=data.get("encoder_arch"),
-            model_arch=data.get("model_arch"),
-            extra_data=bool(data.get("extra_data", False)),
-            max_extra=int(data.get("max_extra", 2000)),
-        )
 
 
 def _check_options(opt: SpaceOptions) -> None:

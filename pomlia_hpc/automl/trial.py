@@ -12,15 +12,15 @@ epoch's checkpoint.
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import traceback
 from pathlib import Path
 from typing import Any
 
-from pomlia_hpc.automl.engine import TrainRequest, train
+from pomlia_hpc.automl.engine import TrainRequest, TrainResult, train
 from pomlia_hpc.cluster import Checkpointable
+from pomlia_hpc.config import Record, read_record
 from pomlia_hpc.files import write_json_atomic
 
 DIST_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
@@ -29,15 +29,18 @@ DIST_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 FAILURE_FILE = "failure.json"
 
 
+class TrialFailure(Record):
+    """What a trial job that raised leaves in ``failure.json``."""
+
+    error: str  # the exception in one line
+    traceback: str
+
+
 def read_result(path: str | Path) -> dict[str, Any] | None:
-    """The result a trial job wrote to ``path`` (``None`` if it has not finished)."""
-    p = Path(path)
-    if not p.is_file():
-        return None
-    try:
-        return dict(json.loads(p.read_text()))
-    except (OSError, ValueError):
-        return None
+    """The result a trial job wrote to ``path`` (``None`` if it has not finished), checked as a
+    :class:`~pomlia_hpc.automl.engine.TrainResult`: a file that is not one is a single
+    :class:`~pomlia_hpc.errors.InputError` naming it and the key."""
+    return read_record(TrainResult, path).to_dict() if Path(path).is_file() else None
 
 
 def failure_path(result_path: str | Path) -> Path:
@@ -48,10 +51,11 @@ def failure_path(result_path: str | Path) -> Path:
 def read_failure(result_path: str | Path) -> tuple[str, str] | None:
     """(the exception in one line, the traceback) of a trial job that raised; ``None``: it did
     not, or has not yet."""
-    data = read_result(failure_path(result_path))
-    if data is None:
+    path = failure_path(result_path)
+    if not path.is_file():
         return None
-    return str(data.get("error", "")), str(data.get("traceback", ""))
+    failure = read_record(TrialFailure, path)
+    return failure.error, failure.traceback
 
 
 class TrialJob(Checkpointable):
@@ -80,10 +84,8 @@ class TrialJob(Checkpointable):
             # Not BaseException: a cancelled local job gets SIGINT (KeyboardInterrupt), and a
             # cancelled trial is not a failed one.
             error = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
-            write_json_atomic(
-                failure_path(self.result_path),
-                {"error": error, "traceback": traceback.format_exc()},
-            )
+            failure = TrialFailure(error=error, traceback=traceback.format_exc())
+            write_json_atomic(failure_path(self.result_path), failure.to_dict())
             raise
         write_json_atomic(Path(self.result_path), result)
         sys.stdout.flush()

@@ -360,10 +360,10 @@ def automl_run(
         )
     console.print(
         f"study [bold]{spec.name}[/] on task {spec.task} ({spec.dataset}, metric "
-        f"{spec.metric}), {spec.optimizer}, executor '{spec.executor}'"
+        f"{spec.metric}), {spec.options.optimizer}, executor '{spec.options.executor}'"
     )
     with progress(
-        f"study {spec.name}", spec.n_trials, unit="trials", console=console, live_view=True
+        f"study {spec.name}", spec.options.n_trials, unit="trials", console=console, live_view=True
     ) as bar:
         result = run_study(reg, ws, spec, resume=resume, on_update=_reporter(bar))
     if result.best_run_id is None:

@@ -28,15 +28,17 @@ import json
 import math
 import shutil
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
 import faiss
 import numpy as np
 import zarr
+from pydantic import ConfigDict, Field, field_serializer, field_validator
 from sqlalchemy import select
 
+from pomlia_hpc.config import Record, read_record
 from pomlia_hpc.errors import InputError, NotFoundError, PomliaError
 from pomlia_hpc.files import (
     publish_dir,
@@ -158,9 +160,10 @@ def search_params(
 # ----------------------------------------------------------------------------- manifest
 
 
-@dataclass
-class SetEntry:
+class SetEntry(Record):
     """One fingerprint set inside an index."""
+
+    model_config = ConfigDict(frozen=False)
 
     fs_id: int
     ref: str
@@ -175,9 +178,10 @@ class SetEntry:
         return self.fs_id << 32
 
 
-@dataclass
-class Manifest:
-    """What an index generation holds."""
+class Manifest(Record):
+    """What an index generation holds (its ``manifest.json``; ``sets`` is a list there)."""
+
+    model_config = ConfigDict(frozen=False)
 
     encoder: str
     kind: str
@@ -185,21 +189,24 @@ class Manifest:
     metric: str
     dim: int
     nprobe: int | None
-    sets: dict[int, SetEntry] = field(default_factory=dict)
+    sets: dict[int, SetEntry] = Field(default_factory=dict)
     ntotal: int = 0
     generation: int = 0
     trained_on: str = "none"
 
-    def to_json(self) -> str:
-        data = {k: v for k, v in self.__dict__.items() if k != "sets"}
-        data["sets"] = [s.__dict__ for s in self.sets.values()]
-        return json.dumps(data, indent=1)
-
+    @field_validator("sets", mode="before")
     @classmethod
-    def from_json(cls, text: str) -> Manifest:
-        data = json.loads(text)
-        sets = {int(s["fs_id"]): SetEntry(**s) for s in data.pop("sets")}
-        return cls(**data, sets=sets)
+    def _sets_by_id(cls, value: Any) -> Any:
+        if isinstance(value, list):  # as stored: a list of entries
+            return {e.get("fs_id") if isinstance(e, dict) else None: e for e in value}
+        return value
+
+    @field_serializer("sets")
+    def _sets_as_list(self, sets: dict[int, SetEntry]) -> list[dict[str, Any]]:
+        return [e.model_dump() for e in sets.values()]
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1)
 
 
 @dataclass(frozen=True)
@@ -281,8 +288,8 @@ def load_index(
     current = index_root(workspace, enc.name, kind) / "current"
     try:
         gen = current.resolve(strict=True)
-        manifest = Manifest.from_json((gen / "manifest.json").read_text())
-    except (OSError, RuntimeError) as exc:
+        manifest = read_record(Manifest, gen / "manifest.json")
+    except (OSError, RuntimeError, NotFoundError) as exc:
         raise NotFoundError(
             f"encoder '{enc.name}' has no {kind} index at {current}",
             hint=f"run `pomlia index build --encoder {enc.name}`",
@@ -323,7 +330,14 @@ def _entry(fs: FingerprintSet, ref: str, kind: Kind) -> SetEntry:
     else:
         tiles = 1
     stamp = (Path(fs.embeddings_path) / "zarr.json").stat().st_mtime_ns
-    return SetEntry(fs.id, ref, int(fs.n_vectors), tiles, dict(meta.get("splits", {})), stamp)
+    return SetEntry(
+        fs_id=fs.id,
+        ref=ref,
+        n_images=int(fs.n_vectors),
+        tiles=tiles,
+        splits=dict(meta.get("splits", {})),
+        stamp=stamp,
+    )
 
 
 def _blocks(entry: SetEntry, path: str, kind: Kind) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -420,7 +434,9 @@ def build_index(
     else:
         fac = factory or default_factory(total)
         index = new_index(dim, fac, metric)
-        manifest = Manifest(enc.name, kind, fac, metric, dim, nprobe)
+        manifest = Manifest(
+            encoder=enc.name, kind=kind, factory=fac, metric=metric, dim=dim, nprobe=nprobe
+        )
         new = list(entries)
         if not index.is_trained:
             manifest.trained_on = train_index(

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from pomlia_hpc.config import Record, read_record
 from pomlia_hpc.data.store import DatasetStore, open_store
 from pomlia_hpc.errors import InputError
 from pomlia_hpc.files import write_atomic
@@ -162,27 +163,39 @@ def run_shard(spec: ShardSpec) -> dict[str, Any]:
             g = spec.patch_grid
             pe = embed_images(model, tiles(images, g), spec.batch_size, device)
             patches[a : a + len(emb)] = pe.reshape(len(emb), g * g, -1)
-    record = {
-        "shard": spec.shard,
-        "start": spec.start,
-        "stop": spec.stop,
-        "sum": total.tolist(),
-        "seconds": time.perf_counter() - t0,
-        "host": os.uname().nodename,
-    }
+    record = ShardMarker(
+        shard=spec.shard,
+        start=spec.start,
+        stop=spec.stop,
+        sum=total.tolist(),
+        seconds=time.perf_counter() - t0,
+        host=os.uname().nodename,
+    ).to_dict()
     write_atomic(done, json.dumps(record))
     return record
 
 
+class ShardMarker(Record):
+    """A finished shard's ``NNNN.done`` file: its rows, the sum of its vectors (for the mean
+    embedding without reading them again), how long it took and where it ran."""
+
+    shard: int
+    start: int
+    stop: int
+    sum: list[float]
+    seconds: float
+    host: str
+
+
 def done_record(out_path: str | Path, shard: int, rows: tuple[int, int]) -> dict[str, Any] | None:
     """The ``.done`` record of ``shard`` if it exists and covers ``rows`` (start, stop), else
-    None (a marker of another plan does not count)."""
-    try:
-        record = json.loads(marker(out_path, shard).read_text())
-    except (FileNotFoundError, json.JSONDecodeError):
+    None (a marker of another plan does not count); a damaged marker is one
+    :class:`~pomlia_hpc.errors.InputError` naming it and the key."""
+    path = marker(out_path, shard)
+    if not path.is_file():
         return None
-    ok = isinstance(record, dict) and (record.get("start"), record.get("stop")) == tuple(rows)
-    return record if ok else None
+    record = read_record(ShardMarker, path)
+    return record.to_dict() if (record.start, record.stop) == tuple(rows) else None
 
 
 def read_embeddings(path: str | Path, start: int = 0, stop: int | None = None) -> np.ndarray:

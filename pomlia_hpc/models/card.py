@@ -11,8 +11,11 @@ from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from pydantic import Field, model_validator
+
+from pomlia_hpc.config import Record
 from pomlia_hpc.errors import InputError
-from pomlia_hpc.vocab import TaskType, normalize_task_type
+from pomlia_hpc.vocab import TASK_TYPES, TaskType, normalize_task_type
 
 #: Longest model name: room for a study's best model, ``<study name (<= 96)>-best``.
 MODEL_NAME_MAX = 128
@@ -129,6 +132,55 @@ class ClassifierMeta:
             lineage=dict(data.get("lineage") or {}),
             created_at=str(data.get("created_at", "")),
         )
+
+
+class CardInput(Record):
+    """The ``input`` section of a model card."""
+
+    image_size: int = Field(ge=1)
+    channels: int = Field(ge=1)
+    layout: str = "HWC (NHWC for a batch) as uploaded; NCHW float32 into the network"
+
+
+class CardPreprocessing(Record):
+    """The ``preprocessing`` section of a model card (see :class:`Preprocessing`)."""
+
+    input_scaling: dict[str, str] = Field(default_factory=lambda: dict(INPUT_SCALING))
+    mean: list[float]
+    std: list[float]
+    layout: str = "NCHW"
+
+
+class ModelCard(Record):
+    """An exported bundle's ``card.json``: the card :func:`model_card` builds, plus what the
+    export adds (``model_version``, ``checkpoint_sha256``, ``fingerprint``, ``export``, and
+    ``files``: bundle file name -> SHA-256)."""
+
+    name: str
+    task: dict[str, Any]
+    architecture: str
+    label_names: list[str] = Field(min_length=1)
+    input: CardInput
+    preprocessing: CardPreprocessing
+    output: str
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    lineage: dict[str, Any] = Field(default_factory=dict)
+    created_at: str = ""
+    model_version: str
+    checkpoint_sha256: str = ""
+    fingerprint: dict[str, Any] = Field(default_factory=dict)
+    export: dict[str, Any] = Field(default_factory=dict)
+    files: dict[str, str]
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ModelCard:
+        if self.task.get("type") not in TASK_TYPES:
+            raise ValueError(f"'task.type' should be one of {', '.join(TASK_TYPES)}")
+        n = self.input.channels
+        for key in ("mean", "std"):
+            if len(getattr(self.preprocessing, key)) != n:
+                raise ValueError(f"'preprocessing.{key}' needs {n} values (input.channels)")
+        return self
 
 
 def model_card(

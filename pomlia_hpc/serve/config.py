@@ -21,8 +21,9 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
+from pomlia_hpc.config import validate_model
 from pomlia_hpc.errors import ConfigError
 
 
@@ -103,14 +104,4 @@ def load_serve_config(
             raise ConfigError(f"{path}: expected a mapping at the top level")
         data.update(loaded or {})
     data.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    try:
-        return ServeConfig.model_validate(data)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        key = ".".join(str(p) for p in err["loc"])
-        if err["type"] == "extra_forbidden":
-            valid = ", ".join(sorted(ServeConfig.model_fields))
-            raise ConfigError(f"{source}: unknown key '{key}'; valid keys: {valid}") from exc
-        raise ConfigError(
-            f"{source}: bad value for '{key}': {err['msg']} (got {err.get('input')!r})"
-        ) from exc
+    return validate_model(ServeConfig, data, source)

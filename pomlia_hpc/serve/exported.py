@@ -16,13 +16,13 @@ This module imports neither torch nor onnxruntime, so a CPU server starts fast.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pomlia_hpc.config import read_record
 from pomlia_hpc.errors import InputError, NotFoundError
-from pomlia_hpc.vocab import TASK_TYPES
+from pomlia_hpc.models.card import ModelCard
 
 CARD = "card.json"
 ONNX = "model.onnx"
@@ -56,43 +56,14 @@ class ExportedBundle:
         card_path = root / CARD
         if not card_path.is_file():
             raise NotFoundError(f"{root} is not an exported model bundle: {CARD} is missing")
-        try:
-            card = json.loads(card_path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise InputError(f"{card_path}: not valid JSON ({exc})") from exc
-        if not isinstance(card, dict):
-            raise InputError(f"{card_path}: expected a JSON object")
+        card = read_record(ModelCard, card_path).to_dict()
         bundle = cls(root=root, card=card)
         bundle._check(card_path)
         return bundle
 
     def _check(self, card_path: Path) -> None:
-        c = self.card
-
-        def field(path: str, kind: type) -> Any:
-            node: Any = c
-            for part in path.split("."):
-                if not isinstance(node, dict) or part not in node:
-                    raise InputError(f"{card_path}: field '{path}' is missing")
-                node = node[part]
-            if not isinstance(node, kind) or isinstance(node, bool):
-                raise InputError(f"{card_path}: field '{path}' should be {kind.__name__}")
-            return node
-
-        field("name", str)
-        field("model_version", str)
-        if field("task.type", str) not in TASK_TYPES:
-            raise InputError(f"{card_path}: field 'task.type' should be one of {TASK_TYPES}")
-        labels = field("label_names", list)
-        if not labels:
-            raise InputError(f"{card_path}: field 'label_names' is empty")
-        for key in ("input.image_size", "input.channels"):
-            if field(key, int) < 1:
-                raise InputError(f"{card_path}: field '{key}' should be a positive integer")
-        for key in ("preprocessing.mean", "preprocessing.std"):
-            if len(field(key, list)) != self.channels:
-                raise InputError(f"{card_path}: field '{key}' needs {self.channels} values")
-        files = field("files", dict)
+        """The files the card names are plain names inside the bundle, and present."""
+        files = self.card["files"]
         for name in files:
             if Path(name).name != name:
                 raise InputError(

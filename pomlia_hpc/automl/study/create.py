@@ -65,7 +65,7 @@ def create_study(
     check_metric(t.metric)
     stamp = datetime.now(UTC)
     name = name or f"{t.name}-{stamp:%Y%m%d-%H%M%S}"
-    StudyOptions.checked(
+    options = StudyOptions.checked(
         name=name,
         n_trials=n_trials,
         max_epochs=max_epochs,
@@ -99,16 +99,16 @@ def create_study(
 
         enc = encoder_weights(
             registry, encoder, store.image_shape[2], folder / "init" / "encoder.pt"
-        ).to_dict()
+        )
     if init_model is not None:
         from pomlia_hpc.automl.sources import model_weights
 
-        model = model_weights(registry, init_model, folder / "init" / "model.pt").to_dict()
+        model = model_weights(registry, init_model, folder / "init" / "model.pt")
     opts = SpaceOptions(
         archs=opts.archs,
         max_extra=opts.max_extra,
-        encoder_arch=enc["arch"] if enc else None,
-        model_arch=model["arch"] if model else None,
+        encoder_arch=enc.arch if enc else None,
+        model_arch=model.arch if model else None,
         extra_data=extra_data,
     )
     cs = build_space(opts, seed=seed)
@@ -124,8 +124,9 @@ def create_study(
     eng = engine or EngineOptions()
     if eng.threads is None:
         cpus = (resources or {}).get("cpus_per_task") or profile.cpus_per_task
-        eng = EngineOptions(**{**eng.to_dict(), "threads": int(cpus)})
+        eng = eng.model_copy(update={"threads": int(cpus)})
     spec = StudySpec(
+        options=options,
         name=name,
         task=t.name,
         task_id=t.id,
@@ -134,22 +135,10 @@ def create_study(
         dataset_version_id=version.id,
         dataset=ref,
         store_path=version.store_path,
-        n_trials=n_trials,
-        max_epochs=max_epochs,
-        min_epochs=min_epochs,
-        eta=eta,
-        parallel=parallel,
-        executor=executor,
-        optimizer=optimizer,
-        seed=seed,
-        budget_epochs=budget_epochs,
-        n_initial=n_initial,
-        engine=eng.to_dict(),
-        space=opts.to_dict(),
-        resources=dict(resources or {}),
+        engine=eng,
+        space=opts,
         encoder=enc,
         init_model=model,
-        extra_encoder=encoder if extra_data else None,
         initial_configs=list(initial_configs or []),
         final_full_budget=final_full_budget,
         recent_rows=recent_rows,

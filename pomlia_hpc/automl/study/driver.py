@@ -45,7 +45,7 @@ class StudyRunner(TrialRunner):
         initial: list[Configuration] = configs_from_values(
             self.spec.initial_configs, self.space, "initial configurations"
         )
-        s = self.spec
+        s = self.spec.options
         if s.optimizer == "random":
             return RandomSearch(
                 self.space,
@@ -88,7 +88,7 @@ class StudyRunner(TrialRunner):
         self.train_warm_start_first()
         last_emit = time.monotonic()
         while True:
-            while len(self.active) < self.spec.parallel and self.may_ask():
+            while len(self.active) < self.spec.options.parallel and self.may_ask():
                 proposal = opt.ask()
                 if resume:  # SMAC may ask again for a trial the registry already knows
                     recover_trial(self, opt, proposal)
@@ -121,10 +121,10 @@ class StudyRunner(TrialRunner):
         would give the first full-budget model only after a whole bracket (15 of 27 epochs
         with budgets 3..9). It counts in the epoch budget; when SMAC later asks for it at a
         lower budget, the recorded result answers (:meth:`answer_repeat`)."""
-        s = self.spec
-        if s.optimizer != "smac" or not s.initial_configs or s.min_epochs >= s.max_epochs:
+        s, initial = self.spec.options, self.spec.initial_configs
+        if s.optimizer != "smac" or not initial or s.min_epochs >= s.max_epochs:
             return
-        config = configs_from_values(s.initial_configs[:1], self.space, "initial configurations")
+        config = configs_from_values(initial[:1], self.space, "initial configurations")
         proposal = Proposal(config[0], float(s.max_epochs))
         if any(v.key == proposal.key and v.epochs >= s.max_epochs for v in self.views.values()):
             return  # trained already (a resumed study)
@@ -149,9 +149,12 @@ class StudyRunner(TrialRunner):
         """Train the best configuration on to ``max_epochs`` (from its checkpoint) when it
         stopped earlier; its run competes for "best" by validation metric like any other."""
         best = self.best()
-        if best is None or best.epochs >= self.spec.max_epochs:
+        if best is None or best.epochs >= self.spec.options.max_epochs:
             return
-        if any(v.key == best.key and v.epochs >= self.spec.max_epochs for v in self.views.values()):
+        if any(
+            v.key == best.key and v.epochs >= self.spec.options.max_epochs
+            for v in self.views.values()
+        ):
             return  # trained to the full budget already (and found worse on validation)
         run = next(
             r for r in records.study_runs(self.registry, self.spec.name) if r.id == best.run_id
@@ -163,14 +166,17 @@ class StudyRunner(TrialRunner):
         }
         config = configs_from_values([values], self.space, f"run {run.id}")[0]
         config.origin = "Final: the best configuration at the full budget"
-        self.run_untold(Proposal(config, float(self.spec.max_epochs)))
+        self.run_untold(Proposal(config, float(self.spec.options.max_epochs)))
 
     def may_ask(self) -> bool:
         if self.repeats >= MAX_REPEATS:
             return False  # the optimiser keeps proposing what was already trained
-        if len(self.views) >= self.spec.n_trials:
+        if len(self.views) >= self.spec.options.n_trials:
             return False
-        return self.spec.budget_epochs is None or self.spent() < self.spec.budget_epochs
+        return (
+            self.spec.options.budget_epochs is None
+            or self.spent() < self.spec.options.budget_epochs
+        )
 
 
 def run_study(

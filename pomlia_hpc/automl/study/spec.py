@@ -11,8 +11,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, StrictBool, StrictInt, ValidationError, model_validator
 
+from pomlia_hpc.automl.options import EngineOptions, WeightSource
+from pomlia_hpc.automl.space import SpaceOptions
 from pomlia_hpc.config import validate_model
-from pomlia_hpc.errors import InputError, NotFoundError
+from pomlia_hpc.errors import ConfigError, InputError, NotFoundError
 from pomlia_hpc.files import write_json_atomic
 from pomlia_hpc.workspace import Workspace
 
@@ -93,10 +95,16 @@ class StudyOptions(BaseModel):
 
 
 class StudySpec(BaseModel):
-    """Everything that defines a study (``study.json``); a resumed study reads it back."""
+    """Everything that defines a study (``study.json``); a resumed study reads it back.
+
+    ``options``: what the user chose (as validated then); the rest is what creating the study
+    derived from them: the task and its dataset, how trials run (``engine``), the search space,
+    the initial weights prepared for ``init=encoder`` / ``init=model`` (``encoder``,
+    ``init_model``) and the warm-start configurations."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
+    options: StudyOptions
     name: str
     task: str
     task_id: int
@@ -105,22 +113,10 @@ class StudySpec(BaseModel):
     dataset_version_id: int
     dataset: str
     store_path: str
-    n_trials: int = 20
-    max_epochs: int = 9
-    min_epochs: int = 1
-    eta: int = 3
-    parallel: int = 2
-    executor: str = "local"
-    optimizer: str = "smac"
-    seed: int = 0
-    budget_epochs: int | None = None
-    n_initial: int | None = None
-    engine: dict[str, Any] = {}
-    space: dict[str, Any] = {}
-    resources: dict[str, Any] = {}
-    encoder: dict[str, Any] | None = None
-    init_model: dict[str, Any] | None = None
-    extra_encoder: str | None = None
+    engine: EngineOptions = EngineOptions()
+    space: SpaceOptions = SpaceOptions()
+    encoder: WeightSource | None = None
+    init_model: WeightSource | None = None
     initial_configs: list[dict[str, Any]] = []
     final_full_budget: bool = False
     #: Harvested training rows (the last ``recent_rows`` of the train split) and their share of
@@ -129,8 +125,13 @@ class StudySpec(BaseModel):
     recent_share: float | None = None
     created_at: str = ""
 
+    @property
+    def extra_encoder(self) -> str | None:
+        """The encoder whose index offers extra data, or None (no extra data)."""
+        return self.options.encoder if self.options.extra_data else None
+
     def to_dict(self) -> dict[str, Any]:
-        return self.model_dump()
+        return self.model_dump(mode="json")
 
 
 def study_dir(workspace: Workspace, name: str) -> Path:
@@ -140,12 +141,30 @@ def study_dir(workspace: Workspace, name: str) -> Path:
 def read_spec(path: Path) -> StudySpec:
     """The specification in ``path``; a bad file is one error naming it and the key."""
     try:
-        data = json.loads(path.read_text())
-    except ValueError as exc:
-        raise InputError(f"{path}: not valid JSON ({exc})") from exc
-    if not isinstance(data, dict):
-        raise InputError(f"{path}: expected a JSON object")
-    return validate_model(StudySpec, data, str(path))
+        data = json.loads(path.read_bytes())
+    except FileNotFoundError as exc:
+        raise NotFoundError(f"{path} does not exist") from exc
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"{path}: not valid JSON ({exc})") from exc
+    if isinstance(data, dict) and "options" not in data:
+        data = _from_flat(data)
+    return validate_model(StudySpec, json.dumps(data), str(path), error=ConfigError, strict=True)
+
+
+def _from_flat(data: dict[str, Any]) -> dict[str, Any]:
+    """A ``study.json`` written before the spec held the options (their keys at the top
+    level, ``extra_encoder`` for the encoder whose index offers extra data), as it is now."""
+    data = dict(data)
+    mine = set(StudyOptions.model_fields) - {"name", "encoder", "init_model", "extra_data"}
+    options = {k: data.pop(k) for k in mine if k in data}
+    extra = data.pop("extra_encoder", None)
+    options["name"] = data.get("name")
+    for key in ("encoder", "init_model"):
+        if isinstance(data.get(key), dict):
+            options[key] = data[key].get("name")
+    if extra is not None:
+        options.update(encoder=extra, extra_data=True)
+    return {**data, "options": options}
 
 
 def load_spec(workspace: Workspace, name: str) -> StudySpec:

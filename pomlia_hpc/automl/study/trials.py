@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any, NoReturn
 
 from pomlia_hpc.automl import records
-from pomlia_hpc.automl.engine import EngineOptions, TrainRequest, read_state
+from pomlia_hpc.automl.engine import TrainRequest, read_state
 from pomlia_hpc.automl.metrics import objective_cost
 from pomlia_hpc.automl.optimizers import Proposal, SearchOptimizer
-from pomlia_hpc.automl.space import SpaceOptions, TrainConfig, build_space
+from pomlia_hpc.automl.space import TrainConfig, build_space
 from pomlia_hpc.automl.study.spec import StudySpec, study_dir
 from pomlia_hpc.automl.study.view import StudyView, TrialView, job_name, summary
 from pomlia_hpc.automl.trial import TrialJob, failure_path, read_failure, read_result
@@ -83,8 +83,8 @@ class TrialRunner:
         self.folder = study_dir(workspace, spec.name)
         self.on_update = on_update
         self.poll_s = poll_s
-        self.space = build_space(SpaceOptions.from_dict(spec.space), seed=spec.seed)
-        self.engine = EngineOptions.from_dict(spec.engine)
+        self.space = build_space(spec.space, seed=spec.options.seed)
+        self.engine = spec.engine
         self.active: dict[int, ActiveTrial] = {}
         self._orphans_polled = -math.inf  # time.monotonic() of the last poll
         #: Runs recorded before this driver started, by (configuration key, epochs).
@@ -99,7 +99,7 @@ class TrialRunner:
     def executor(self) -> Executor:
         if self._executor is None:
             self._executor = Executor.from_profile(
-                self.spec.executor,
+                self.spec.options.executor,
                 self.workspace.jobs / "automl" / self.spec.name,
                 self.registry,
             )
@@ -122,14 +122,14 @@ class TrialRunner:
         """Create the run record (unless given) and submit the trial job."""
         values, key, epochs = proposal.values, proposal.key, proposal.epochs
         uses_encoder = values.get("init") == "encoder" or values.get("extra_data") == "nearest"
-        encoder_id = (self.spec.encoder or {}).get("id") if uses_encoder else None
+        encoder_id = self.spec.encoder.id if uses_encoder and self.spec.encoder else None
         if run_id is None:
             config = {
                 **values,
                 "config_key": key,
                 "origin": proposal.origin,
                 "smac_budget": proposal.budget,
-                "engine": self.spec.engine,
+                "engine": self.spec.engine.to_dict(),
             }
             run_id = records.create_run(
                 self.registry,
@@ -157,7 +157,7 @@ class TrialRunner:
             handle = self.executor.submit(
                 TrialJob(request, str(result_path)),
                 name=job_name(self.spec.name, run_id),
-                resources=self.spec.resources or None,
+                resources=self.spec.options.resources or None,
             )
         except (RuntimeError, OSError, PomliaError) as exc:
             # sbatch failed (submitit's FailedJobError/FailedSubmissionError are RuntimeErrors),
@@ -181,7 +181,7 @@ class TrialRunner:
         raise ClusterError(
             f"study '{self.spec.name}' stopped: the job of trial run {run_id} "
             f"({proposal.epochs} epochs) could not be submitted to executor "
-            f"'{self.spec.executor}': {message[:500]}{still}",
+            f"'{self.spec.options.executor}': {message[:500]}{still}",
             hint=f"once the scheduler accepts jobs again, `pomlia automl run {self.spec.task} "
             f"--study {self.spec.name} --resume` submits it and continues the study",
         ) from exc
@@ -193,12 +193,12 @@ class TrialRunner:
         cfg = TrainConfig.from_values(values)
         init_weights = None
         if cfg.init == "encoder":
-            init_weights = (self.spec.encoder or {}).get("path")
+            init_weights = self.spec.encoder.path if self.spec.encoder else None
         elif cfg.init == "model":
-            init_weights = (self.spec.init_model or {}).get("path")
+            init_weights = self.spec.init_model.path if self.spec.init_model else None
         extra = str(self.extra_file(cfg.extra_n)) if cfg.extra_n > 0 else None
-        seed = self.spec.seed * 7919 + int(proposal.key[:6], 16) % 7919
-        options = EngineOptions(**{**self.engine.to_dict(), "seed": seed})
+        seed = self.spec.options.seed * 7919 + int(proposal.key[:6], 16) % 7919
+        options = self.engine.model_copy(update={"seed": seed})
         return TrainRequest(
             store_path=self.spec.store_path,
             task_type=self.spec.task_type,
@@ -238,7 +238,7 @@ class TrialRunner:
                 have = int(z["labels"].shape[0])
                 requested = int(z["requested"]) if "requested" in z else have
         if requested < n:
-            max_n = int(SpaceOptions.from_dict(self.spec.space).max_extra)
+            max_n = self.spec.space.max_extra
             if self.spec.extra_encoder is None:
                 raise InputError("extra images need an encoder; this study has none")
             nearest_extra(
@@ -433,8 +433,8 @@ class TrialRunner:
             [self.views[k] for k in sorted(self.views)],
             self.best(),
             self.spent(),
-            self.spec.n_trials,
-            self.spec.budget_epochs,
+            self.spec.options.n_trials,
+            self.spec.options.budget_epochs,
         )
 
     def emit(self) -> None:

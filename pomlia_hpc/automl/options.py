@@ -1,0 +1,30 @@
+"""Torch-free option records shared by the study specification, the engine and trial jobs:
+how a trial runs (:class:`EngineOptions`) and where initial weights come from
+(:class:`WeightSource`). Both are stored in ``study.json`` and read back strictly."""
+
+from __future__ import annotations
+
+from pomlia_hpc.config import Record
+
+
+class EngineOptions(Record):
+    """How to run (not what to learn). ``device``: ``auto`` (CUDA when present), ``cpu`` or
+    ``cuda``; ``bf16``: ``None`` = on for CUDA, off on CPU (3-4x slower there without AMX);
+    ``threads``: torch CPU threads (the job's CPUs; ``None`` leaves torch's default)."""
+
+    zero_stage: int = 0
+    bf16: bool | None = None
+    device: str = "auto"
+    threads: int | None = None
+    eval_batch_size: int = 256
+    seed: int = 0
+
+
+class WeightSource(Record):
+    """Initial weights saved for trial jobs: the file, the architecture they fit, the registry
+    id and name of where they came from."""
+
+    path: str
+    arch: str
+    id: int
+    name: str
