@@ -219,10 +219,10 @@ def test_patch_embeddings(workspace: Workspace, reg: Registry) -> None:
 
 def test_bad_inputs(workspace: Workspace, reg: Registry) -> None:
     ref = make_dataset(workspace, reg, "blood", sizes=(20, 4, 8))
-    with pytest.raises(NotFoundError, match="encoder 'nope' is not registered"):
+    with pytest.raises(NotFoundError, match="encoder 'nope' not found; known:"):
         extract(reg, workspace, "nope", [ref])
     make_encoder(workspace, reg, "enc")
-    with pytest.raises(NotFoundError, match="dataset 'missing' is not registered"):
+    with pytest.raises(NotFoundError, match="dataset 'missing' not found; known:"):
         extract(reg, workspace, "enc", ["missing"])
     with pytest.raises(InputError, match="patch grid 0"):
         extract(reg, workspace, "enc", [ref], patch_grid=0)

@@ -197,7 +197,7 @@ def test_two_data_parallel_ranks_bf16_zero1(workspace: Workspace, reg: Registry)
 
 def test_bad_training_inputs(workspace: Workspace, reg: Registry) -> None:
     a = make_dataset(workspace, reg, "blood", sizes=(8, 2, 2))
-    with pytest.raises(NotFoundError, match="dataset 'nope' is not registered"):
+    with pytest.raises(NotFoundError, match="dataset 'nope' not found; known:"):
         train_encoder(reg, workspace, "ae", ["nope"], _cfg())
     with pytest.raises(InputError, match="no datasets given"):
         train_encoder(reg, workspace, "ae", [], _cfg())
@@ -205,5 +205,5 @@ def test_bad_training_inputs(workspace: Workspace, reg: Registry) -> None:
         train_encoder(reg, workspace, "bad name", [a], _cfg())
     with pytest.raises(InputError, match="8 images, fewer than one batch of 16"):
         train_encoder(reg, workspace, "ae", [a], _cfg())
-    with pytest.raises(NotFoundError, match="encoder 'ae' is not registered"):
+    with pytest.raises(NotFoundError, match="encoder 'ae' not found; known:"):
         load_encoder(reg, "ae")

@@ -99,5 +99,5 @@ def test_promote_checkpoint_copies_and_registers_with_lineage(
     assert promote_checkpoint(reg, workspace, "m1", src, exist_ok=True).id == row.id
     with pytest.raises(PomliaError, match="already registered"):
         promote_checkpoint(reg, workspace, "m1", row.path)
-    with pytest.raises(NotFoundError, match="known models: m1"):
+    with pytest.raises(NotFoundError, match="known: m1"):
         resolve_model(reg, "m2")

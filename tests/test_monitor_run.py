@@ -261,12 +261,12 @@ def test_bad_targets_and_options_are_one_clear_message(
     _ws, reg, _bundle = fresh
     before = n_rows(reg, MonitorReport)
     for args, message in (
-        (["run", "nope"], "model 'nope' is not in the registry"),
+        (["run", "nope"], "model 'nope' not found; known:"),
         (["run", "blood", "--window", "soon"], "duration 'soon' is not valid"),
         (["run", "blood", "--since", "yesterday"], "--since 'yesterday' is not a valid time"),
         (["run", "blood", "--alpha", "2"], "alpha 2.0 is not valid"),
         (["show", "4242"], "monitor report 4242 is not in the registry"),
-        (["history", "nope"], "model 'nope' is not in the registry"),
+        (["history", "nope"], "model 'nope' not found; known:"),
     ):
         code, out = monitor(*args)
         assert code == 2, (args, out)
@@ -320,7 +320,7 @@ def test_console_script_prints_one_line_without_traceback(
         timeout=120,
     )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert proc.stderr.startswith("error: model 'nope' is not in the registry"), proc.stderr
+    assert proc.stderr.startswith("error: model 'nope' not found; known:"), proc.stderr
 
 
 def test_report_page_in_headless_chromium(

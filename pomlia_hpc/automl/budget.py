@@ -15,8 +15,8 @@ import math
 
 from sqlalchemy import select
 
-from pomlia_hpc.errors import NotFoundError
 from pomlia_hpc.registry import DatasetVersion, Registry, Task
+from pomlia_hpc.registry.lookup import by_name_or_id
 
 #: Optimizer steps (at :data:`REF_BATCH`) of the smallest and of the largest budget.
 MIN_STEPS = 60
@@ -38,12 +38,11 @@ def default_budget(n_train: int, eta: int = 3) -> tuple[int, int]:
 def task_train_size(registry: Registry, task: str) -> int:
     """Training images of ``task``'s data set version (from its explicit fingerprint)."""
     with registry.session() as s:
+        t = by_name_or_id(s, Task, task, "task")
         row = s.execute(
-            select(DatasetVersion.fingerprint, DatasetVersion.n_images)
-            .join(Task, Task.dataset_version_id == DatasetVersion.id)
-            .where((Task.name == task) | (Task.id == (int(task) if task.isdigit() else -1)))
-        ).first()
-    if row is None:
-        raise NotFoundError(f"task '{task}' is not registered")
+            select(DatasetVersion.fingerprint, DatasetVersion.n_images).where(
+                DatasetVersion.id == t.dataset_version_id
+            )
+        ).one()
     counts = (row[0] or {}).get("counts") or {}
     return int(counts.get("train") or row[1] or 1)

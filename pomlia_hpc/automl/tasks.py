@@ -9,6 +9,7 @@ from pomlia_hpc.data.store import find_version, open_store
 from pomlia_hpc.errors import InputError, NotFoundError, PomliaError
 from pomlia_hpc.names import validate_name
 from pomlia_hpc.registry import Dataset, DatasetVersion, Registry, Task
+from pomlia_hpc.registry.lookup import by_name_or_id
 from pomlia_hpc.vocab import normalize_task_type
 
 
@@ -42,15 +43,7 @@ def add_task(
 def get_task(registry: Registry, ref: str | int) -> Task:
     """The task named ``ref`` (or with id ``ref``)."""
     with registry.session() as s:
-        row = s.scalar(select(Task).where(Task.name == str(ref)))
-        if row is None and str(ref).isdigit():
-            row = s.get(Task, int(ref))
-        if row is None:
-            known = ", ".join(s.scalars(select(Task.name).order_by(Task.id))) or "none"
-            raise NotFoundError(
-                f"task '{ref}' is not registered (tasks: {known})",
-                hint="pomlia task add NAME --dataset D --metric M",
-            )
+        row = by_name_or_id(s, Task, ref, "task")
         s.expunge(row)
         return row
 

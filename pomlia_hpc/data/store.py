@@ -45,7 +45,6 @@ listed here changes meaning.
 from __future__ import annotations
 
 import hashlib
-import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cached_property
@@ -57,7 +56,9 @@ import zarr
 from sqlalchemy import select
 
 from pomlia_hpc.errors import DataIntegrityError, InputError, NotFoundError
+from pomlia_hpc.names import validate_name
 from pomlia_hpc.registry import Dataset, DatasetVersion, Registry
+from pomlia_hpc.registry.lookup import by_name_or_id
 from pomlia_hpc.workspace import Workspace
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
@@ -69,17 +70,13 @@ META_ATTR = "pomlia"
 FINGERPRINT_ATTR = "fingerprint"
 STORE_SUFFIX = ".zarr"
 
-_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+#: Longest dataset name.
+DATASET_NAME_MAX = 128
 
 
 def check_name(name: str) -> str:
-    """Return ``name`` if it is a valid dataset name (a Python identifier), else raise."""
-    if not _NAME_RE.match(name) or len(name) > 128:
-        raise InputError(
-            f"dataset name '{name}' is not valid: expected an identifier "
-            "(letters, digits and '_', not starting with a digit, at most 128 characters)"
-        )
-    return name
+    """Return ``name`` if it is a valid dataset name (:mod:`pomlia_hpc.names`), else raise."""
+    return validate_name("dataset", name, max_len=DATASET_NAME_MAX)
 
 
 def store_path(workspace: Workspace, name: str, version: str) -> Path:
@@ -291,10 +288,7 @@ def find_version(registry: Registry, ref: str) -> DatasetVersion:
     prefix)."""
     name, version = parse_ref(ref)
     with registry.session() as s:
-        ds = s.scalar(select(Dataset).where(Dataset.name == name))
-        if ds is None:
-            known = ", ".join(s.scalars(select(Dataset.name).order_by(Dataset.name))) or "none"
-            raise NotFoundError(f"dataset '{name}' is not registered (registered: {known})")
+        ds = by_name_or_id(s, Dataset, name, "dataset")
         q = select(DatasetVersion).where(DatasetVersion.dataset_id == ds.id)
         rows = list(s.scalars(q.order_by(DatasetVersion.id.desc())))
         if version is None:

@@ -8,11 +8,11 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from sqlalchemy import select
 
 from pomlia_hpc.errors import NotFoundError, PomliaError
 from pomlia_hpc.fingerprint.autoencoder import Autoencoder, EncoderConfig
 from pomlia_hpc.registry import Encoder, Registry
+from pomlia_hpc.registry.lookup import by_name_or_id
 
 
 def get_encoder(registry: Registry, encoder: int | str | Encoder) -> Encoder:
@@ -20,13 +20,7 @@ def get_encoder(registry: Registry, encoder: int | str | Encoder) -> Encoder:
     if isinstance(encoder, Encoder):
         return encoder
     with registry.session() as s:
-        if isinstance(encoder, int) or (isinstance(encoder, str) and encoder.isdigit()):
-            row = s.get(Encoder, int(encoder))
-        else:
-            row = s.scalar(select(Encoder).where(Encoder.name == encoder))
-        if row is None:
-            known = ", ".join(s.scalars(select(Encoder.name).order_by(Encoder.id))) or "none"
-            raise NotFoundError(f"encoder '{encoder}' is not registered (registered: {known})")
+        row = by_name_or_id(s, Encoder, encoder, "encoder")
         s.expunge(row)
         return row
 

@@ -37,7 +37,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import re
 import shutil
 import socket
 import time
@@ -78,6 +77,7 @@ from pomlia_hpc.fingerprint.validation import (
     with_curve,
     write_curves,
 )
+from pomlia_hpc.names import validate_name
 from pomlia_hpc.processes import cpus_available
 from pomlia_hpc.registry import Dataset, DatasetVersion, Encoder, Registry
 from pomlia_hpc.workspace import Workspace
@@ -127,16 +127,6 @@ def normalise_config(config: dict[str, Any]) -> dict[str, Any]:
     today's default."""
     legacy = {"objective": "mse", "holdout": 0.0, "lr_schedule": "constant"}
     return TrainConfig.model_validate(legacy | dict(config)).model_dump(mode="json")
-
-
-def check_encoder_name(name: str) -> str:
-    """Return ``name`` if it is a valid encoder name (it becomes a folder name), else raise."""
-    if not re.fullmatch(r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,127}", name) or name.isdigit():
-        raise InputError(
-            f"encoder name '{name}' is not valid: expected letters, digits, '_', '.' or '-' "
-            "(at most 128, not starting with '.' or '-', not all digits)"
-        )
-    return name
 
 
 #: File in the encoder folder recording what a training was started with.
@@ -458,7 +448,7 @@ def train_encoder(
     datasets or options raise :class:`InputError` naming the first field that differs.
     ``progress(epochs_done, epochs)`` is called while the job runs (from its ``latest.json``).
     """
-    check_encoder_name(name)
+    validate_name("encoder", name, max_len=128)
     config = config or TrainConfig()
     sources, rows = _sources(registry, datasets, config)
     wanted = {"config": config.model_dump(mode="json"), "datasets": _refs(registry, rows)}

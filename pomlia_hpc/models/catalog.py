@@ -22,6 +22,7 @@ from pomlia_hpc.files import atomic_target
 from pomlia_hpc.models.card import MODEL_NAME_MAX, model_card
 from pomlia_hpc.names import validate_name
 from pomlia_hpc.registry import Model, Registry
+from pomlia_hpc.registry.lookup import by_name_or_id
 from pomlia_hpc.workspace import Workspace
 
 
@@ -111,16 +112,7 @@ def promote_checkpoint(
 def resolve_model(registry: Registry, ref: str) -> Model:
     """The ``Model`` row named ``ref`` (or with id ``ref``); :class:`NotFoundError` otherwise."""
     with registry.session() as s:
-        row = s.scalar(select(Model).where(Model.name == ref))
-        if row is None and ref.isdigit():
-            row = s.get(Model, int(ref))
-        if row is None:
-            names = list(s.scalars(select(Model.name).order_by(Model.id.desc()).limit(10)))
-            raise NotFoundError(
-                f"model '{ref}' is not in the registry; known models: "
-                f"{', '.join(names) if names else '(none)'}"
-            )
-        return row
+        return by_name_or_id(s, Model, ref, "model")
 
 
 def update_card(registry: Registry, model_id: int, card: Mapping[str, Any]) -> None:

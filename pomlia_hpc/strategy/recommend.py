@@ -36,6 +36,7 @@ from pomlia_hpc.registry import (
     Registry,
     Task,
 )
+from pomlia_hpc.registry.lookup import by_name_or_id
 from pomlia_hpc.strategy import cost as costs
 from pomlia_hpc.strategy.kb import load, run_hparams, version_meta
 from pomlia_hpc.strategy.learner import (
@@ -71,15 +72,7 @@ class TargetTask:
 def get_target(registry: Registry, ref: str) -> TargetTask:
     """The task named (or numbered) ``ref`` with its meta-features."""
     with registry.session() as s:
-        task = s.scalar(select(Task).where(Task.name == ref))
-        if task is None and ref.isdigit():
-            task = s.get(Task, int(ref))
-        if task is None:
-            known = ", ".join(s.scalars(select(Task.name).order_by(Task.id))) or "none"
-            raise NotFoundError(
-                f"task '{ref}' is not registered (tasks: {known})",
-                hint="pomlia task add NAME --dataset D --metric M",
-            )
+        task = by_name_or_id(s, Task, ref, "task")
         version = s.get(DatasetVersion, task.dataset_version_id)
         fp = dict(version.fingerprint or {}) if version is not None else {}
         return TargetTask(

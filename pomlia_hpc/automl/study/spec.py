@@ -5,7 +5,6 @@ back strictly: an unknown or mistyped key is one error naming the file and the k
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Any
 
@@ -16,11 +15,13 @@ from pomlia_hpc.automl.space import SpaceOptions
 from pomlia_hpc.config import validate_model
 from pomlia_hpc.errors import ConfigError, InputError, NotFoundError
 from pomlia_hpc.files import write_json_atomic
+from pomlia_hpc.names import validate_name
 from pomlia_hpc.workspace import Workspace
 
 SPEC_FILE = "study.json"
 SUMMARY_FILE = "summary.json"
-NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,95}$")
+#: Longest study name (its best model is ``<study>-best``, at most 128).
+STUDY_NAME_MAX = 96
 OPTIMIZERS = ("smac", "random")
 
 
@@ -49,11 +50,8 @@ class StudyOptions(BaseModel):
 
     @model_validator(mode="after")
     def _rules(self) -> StudyOptions:
-        if self.name is not None and not NAME_RE.match(self.name):
-            raise ValueError(
-                f"study name '{self.name}' is not valid: expected letters, digits, '_', "
-                "'.', '-' (at most 96)"
-            )
+        if self.name is not None:
+            validate_name("study", self.name, max_len=STUDY_NAME_MAX)
         for key in ("n_trials", "max_epochs", "min_epochs", "eta", "parallel", "budget_epochs"):
             value = getattr(self, key)
             low = 2 if key == "eta" else 1
