@@ -28,11 +28,8 @@ never unfreezes, sets ``requires_grad=False`` on the body (cheaper backward).
 
 from __future__ import annotations
 
-import json
-import logging
 import math
 import os
-import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -54,9 +51,9 @@ from pomlia_hpc.config import Record
 from pomlia_hpc.curves import CURVES_DIR, Curves
 from pomlia_hpc.data.store import open_store
 from pomlia_hpc.errors import InputError
-from pomlia_hpc.files import write_json_atomic
 from pomlia_hpc.models.checkpoint import save_classifier
 from pomlia_hpc.models.nets import build_classifier
+from pomlia_hpc.training import EpochCheckpoints, EpochState, initialize
 from pomlia_hpc.vocab import TaskType, normalize_task_type
 
 STATE_FILE = "state.json"
@@ -255,12 +252,26 @@ def _set_train_mode(model: nn.Module, head: str, body_frozen: bool) -> None:
 # ----------------------------------------------------------------------------- checkpoints
 
 
+class ClassifierState(EpochState):
+    """``workdir/state.json``: the last complete epoch checkpoint of one configuration, its
+    configuration key and the per-epoch records so far."""
+
+    config_key: str = ""
+    history: list[dict[str, float]] = []
+
+
+def _checkpoints(
+    workdir: str | Path, rank: int = 0, world: int = 1
+) -> EpochCheckpoints[ClassifierState]:
+    return EpochCheckpoints(
+        workdir, ClassifierState, record=STATE_FILE, subdir=CKPT_DIR, rank=rank, world=world
+    )
+
+
 def read_state(workdir: str | Path) -> dict[str, Any] | None:
     """The last complete checkpoint's record in ``workdir`` (``None``: no checkpoint yet)."""
-    path = Path(workdir) / STATE_FILE
-    if not path.is_file():
-        return None
-    return dict(json.loads(path.read_text()))
+    state = _checkpoints(workdir).read()
+    return state.to_dict() if state is not None else None
 
 
 def _resolve_device(opt: EngineOptions) -> str:
@@ -271,12 +282,6 @@ def _resolve_device(opt: EngineOptions) -> str:
     if opt.device == "cuda" and not torch.cuda.is_available():
         raise InputError("device 'cuda' was asked for but torch sees no CUDA device")
     return opt.device
-
-
-def _quiet_deepspeed() -> None:
-    from deepspeed.utils import logger as ds_logger
-
-    ds_logger.setLevel(logging.WARNING)
 
 
 # ----------------------------------------------------------------------------- training
@@ -306,12 +311,16 @@ def train(req: TrainRequest, progress: ProgressFn | None = None) -> TrainResult:
     multilabel = task_type == TaskType.MULTI_LABEL
     workdir = Path(req.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
-    state = read_state(workdir)
-    start_epoch = int(state["epoch"]) if state else 0
-    if state and req.config_key and state.get("config_key") not in ("", req.config_key):
+    apply_distributed_env()
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    checkpoints = _checkpoints(workdir, rank, world)
+    state = checkpoints.read()
+    start_epoch = state.epoch if state else 0
+    if state and req.config_key and state.config_key not in ("", req.config_key):
         raise InputError(
             f"checkpoint in '{workdir}' belongs to configuration "
-            f"{state.get('config_key')}, not {req.config_key}"
+            f"{state.config_key}, not {req.config_key}"
         )
     if start_epoch > req.epochs:
         raise InputError(
@@ -347,47 +356,21 @@ def train(req: TrainRequest, progress: ProgressFn | None = None) -> TrainResult:
         if not req.init_weights:
             raise InputError(f"init '{cfg.init}' needs initial weights; none were given")
         loaded = load_initial_weights(model, req.init_weights, head)
-    if bf16 and device == "cpu":
-        # DeepSpeed casts parameters but not buffers; CPU batch norm wants one dtype for both.
-        for buf in model.buffers():
-            if buf.is_floating_point():
-                buf.data = buf.data.bfloat16()
-
-    import deepspeed
-
-    _quiet_deepspeed()
-    apply_distributed_env()
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    groups = _param_groups(model, head, cfg)
-    ds_config = {
-        "train_micro_batch_size_per_gpu": cfg.batch_size,
-        "gradient_accumulation_steps": 1,
-        "train_batch_size": cfg.batch_size * world,
-        "zero_optimization": {"stage": opt.zero_stage},
-        # ZeRO only "tests" Adam-family optimisers; SGD partitions the same way.
-        "zero_allow_untested_optimizer": True,
-        "bf16": {"enabled": bf16},
-        "steps_per_print": 10**9,
-        "wall_clock_breakdown": False,
-    }
-    engine, _, _, _ = deepspeed.initialize(
-        model=model, optimizer=_torch_optimizer(groups, cfg), config=ds_config
+    engine = initialize(
+        model,
+        _torch_optimizer(_param_groups(model, head, cfg), cfg),
+        batch_size=cfg.batch_size,
+        zero_stage=opt.zero_stage,
+        bf16=bf16,
+        world=world,
+        # CPU batch norm wants one dtype for parameters and statistics.
+        bf16_buffers=bf16 and device == "cpu",
     )
-    ckpt_dir = workdir / CKPT_DIR
-    history: list[dict[str, float]] = list(state.get("history", [])) if state else []
-    if state:
-        path, _client = engine.load_checkpoint(
-            str(ckpt_dir),
-            tag=state["tag"],
-            load_optimizer_states=True,
-            load_lr_scheduler_states=False,
-        )
-        if path is None:
-            raise InputError(f"checkpoint '{ckpt_dir / state['tag']}' could not be loaded")
+    checkpoints.restore(engine)
+    history: list[dict[str, float]] = list(state.history) if state else []
 
     dtype = torch.bfloat16 if bf16 else torch.float32
     dev = engine.device
-    rank = int(os.environ.get("RANK", "0"))
     # Curves beside the checkpoints (see pomlia_hpc.curves): one TensorBoard run per config.
     curves = Curves(workdir / CURVES_DIR, enabled=rank == 0)
     for epoch in range(start_epoch, req.epochs):
@@ -441,17 +424,10 @@ def train(req: TrainRequest, progress: ProgressFn | None = None) -> TrainResult:
                 },
             )
         tag = f"epoch-{epoch + 1}"
-        engine.save_checkpoint(
-            str(ckpt_dir), tag=tag, client_state={"epoch": epoch + 1}, save_latest=False
+        checkpoints.save(engine, epoch + 1, tag)
+        checkpoints.commit(
+            ClassifierState(epoch=epoch + 1, tag=tag, config_key=req.config_key, history=history)
         )
-        if rank == 0:
-            write_json_atomic(
-                workdir / STATE_FILE,
-                {"epoch": epoch + 1, "tag": tag, "config_key": req.config_key, "history": history},
-            )
-            for old in ckpt_dir.glob("epoch-*"):
-                if old.name != tag:
-                    shutil.rmtree(old, ignore_errors=True)
         if progress:
             progress(epoch + 1, req.epochs, record)
 

@@ -37,7 +37,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import shutil
 import socket
 import time
 from collections.abc import Callable
@@ -80,6 +79,7 @@ from pomlia_hpc.fingerprint.validation import (
 from pomlia_hpc.names import validate_name
 from pomlia_hpc.processes import cpus_available
 from pomlia_hpc.registry import Dataset, DatasetVersion, Encoder, Registry
+from pomlia_hpc.training import EpochCheckpoints, EpochState, initialize
 from pomlia_hpc.workspace import Workspace
 
 __all__ = [
@@ -188,24 +188,30 @@ def _spawned_rank(
     _train_rank(config, sources, out_dir, cpu_share=world)
 
 
-def _ds_config(config: TrainConfig) -> dict[str, Any]:
-    return {
-        "train_micro_batch_size_per_gpu": config.batch_size,
-        "gradient_accumulation_steps": 1,
-        "zero_optimization": {"stage": config.zero_stage},
-        "zero_allow_untested_optimizer": True,
-        "bf16": {"enabled": config.precision == "bf16"},
-        "steps_per_print": 1 << 30,
-        "wall_clock_breakdown": False,
-    }
+class EncoderState(EpochState):
+    """``latest.json``: the last complete epoch checkpoint of an encoder training and the
+    curves and early-stopping state it carries across a restart."""
+
+    loss_curve: list[float] = []
+    val_curve: list[float] = []
+    lr_curve: list[float] = []
+    parts: list[dict[str, float]] = []
+    best: float | None = None
+    best_epoch: int | None = None
+    bad_epochs: int = 0
+    stopped_early: bool = False
+    resumed_from: int = 0
+
+
+def _checkpoints(out: Path, rank: int = 0, world: int = 1) -> EpochCheckpoints[EncoderState]:
+    return EpochCheckpoints(
+        out, EncoderState, record="latest.json", subdir="checkpoints", rank=rank, world=world
+    )
 
 
 def _read_latest(out: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads((out / "latest.json").read_text())
-    except (OSError, json.JSONDecodeError):
-        return None
-    return data if isinstance(data, dict) else None
+    state = _checkpoints(out).read()
+    return state.to_dict() if state is not None else None
 
 
 def _read_result(out: Path) -> dict[str, Any]:
@@ -229,8 +235,6 @@ def _train_rank(
 
     Every rank computes the same held-out loss (the same fixed batches), so all ranks take
     the same early-stopping decision without communicating."""
-    import deepspeed  # heavy import: only inside the job
-
     out = Path(out_dir)
     (out / "checkpoints").mkdir(parents=True, exist_ok=True)
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
@@ -241,17 +245,16 @@ def _train_rank(
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     objective = build_objective(config.objective, Autoencoder(config.encoder))
     optimizer = torch.optim.Adam(objective.parameters(), lr=config.lr)
-    engine, *_ = deepspeed.initialize(
-        model=objective, optimizer=optimizer, config=_ds_config(config), dist_init_required=True
+    engine = initialize(
+        objective,
+        optimizer,
+        batch_size=config.batch_size,
+        zero_stage=config.zero_stage,
+        bf16=config.precision == "bf16",
+        world=world,
     )
-    if config.precision == "bf16":
-        # DeepSpeed casts parameters only; BatchNorm's running statistics must follow, or
-        # batch_norm refuses bf16 inputs with fp32 statistics (seen on CPU).
-        for buf in engine.module.buffers():
-            if buf.is_floating_point():
-                buf.data = buf.data.to(torch.bfloat16)
-
-    latest = _read_latest(out) or {}
+    checkpoints = _checkpoints(out, rank, world)
+    latest = checkpoints.restore(engine)
     state: dict[str, Any] = {
         "epoch": 0,
         "loss_curve": [],
@@ -263,9 +266,8 @@ def _train_rank(
         "bad_epochs": 0,
         "stopped_early": False,
     }
-    if latest:
-        engine.load_checkpoint(str(out / "checkpoints"), tag=latest["tag"])
-        state |= {k: latest[k] for k in state if k in latest}
+    if latest is not None:
+        state |= {k: v for k, v in latest.to_dict().items() if k in state}
     resumed_from = int(state["epoch"])
     train_sources, val_sources = split_holdout(sources, config.holdout)
     n_rows = sum(s.stop - s.start for s in train_sources)
@@ -332,16 +334,15 @@ def _train_rank(
                 state["stopped_early"] = state["bad_epochs"] >= config.patience
         state["epoch"] = epoch + 1
         tag = f"epoch-{epoch + 1:04d}"
-        engine.save_checkpoint(str(out / "checkpoints"), tag=tag, client_state={"epoch": epoch + 1})
-        if world > 1:
-            torch.distributed.barrier()
+        checkpoints.save(engine, epoch + 1, tag)
+        if rank == 0 and improved:  # the weights early stopping keeps (before latest.json)
+            write_checkpoint(out / "best.pt", engine.module.model, config, state["loss_curve"])
+        # The previous epoch's checkpoint stays too (one spare).
+        checkpoints.commit(
+            EncoderState(**state, tag=tag, resumed_from=resumed_from),
+            keep=(f"epoch-{epoch:04d}",),
+        )
         if rank == 0:
-            if improved:  # the weights early stopping keeps (written before latest.json)
-                write_checkpoint(out / "best.pt", engine.module.model, config, state["loss_curve"])
-            write_atomic(
-                out / "latest.json",
-                json.dumps(state | {"tag": tag, "resumed_from": resumed_from}),
-            )
             seconds = time.perf_counter() - t0
             scalars = {
                 "train/loss": epoch_loss,
@@ -370,7 +371,6 @@ def _train_rank(
                 f"{val_text} lr {lr:.2e} ({int(total[1])} images, {seconds:.1f} s){stop_text}",
                 flush=True,
             )
-            _prune_checkpoints(out / "checkpoints", keep=(tag, f"epoch-{epoch:04d}"))
     curves.close()
     if rank == 0:
         best = out / "best.pt"
@@ -400,12 +400,6 @@ def _write_curves(out: Path, config: TrainConfig, state: dict[str, Any]) -> None
             "holdout": config.holdout,
         },
     )
-
-
-def _prune_checkpoints(folder: Path, keep: tuple[str, ...]) -> None:
-    for path in folder.iterdir():
-        if path.is_dir() and path.name.startswith("epoch-") and path.name not in keep:
-            shutil.rmtree(path, ignore_errors=True)
 
 
 # ----------------------------------------------------------------------------- submission

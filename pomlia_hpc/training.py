@@ -1,0 +1,160 @@
+"""One DeepSpeed training harness, shared by the fingerprint encoder
+(:mod:`pomlia_hpc.fingerprint.train`) and the AutoML classifier (:mod:`pomlia_hpc.automl.engine`).
+
+What both trainings need, and what they differ in:
+
+- :func:`initialize`: the DeepSpeed engine from a model and an optimizer (ZeRO stage, bf16),
+  with the bf16 cast of floating-point buffers that DeepSpeed leaves out (BatchNorm's running
+  statistics: batch norm refuses bf16 inputs with fp32 statistics, seen on CPU).
+- :class:`EpochCheckpoints`: after every epoch, every rank saves its DeepSpeed checkpoint under
+  a tag, and then rank 0 points a small state record (an :class:`EpochState`: the epoch, the
+  tag, and what the training wants to carry over) at it by atomic rename, and removes older
+  tags. A restarted job (Slurm requeue after preemption or a time limit, or the same command run
+  again) restores the engine from the tag the record names and continues with the next epoch;
+  a crash between the two steps leaves the previous record, which still names a whole
+  checkpoint.
+
+The epoch loop itself stays with each training (the encoder streams from stores and stops
+early; the classifier freezes and unfreezes parts); each runs
+``for epoch in range(state.epoch, epochs)`` between :meth:`EpochCheckpoints.restore` and
+:meth:`EpochCheckpoints.save` / :meth:`EpochCheckpoints.commit`.
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+import torch
+from torch import nn
+
+from pomlia_hpc.config import Record, read_record
+from pomlia_hpc.errors import InputError
+from pomlia_hpc.files import write_json_atomic
+
+
+class EpochState(Record):
+    """The record that names the last complete epoch checkpoint (``epoch`` epochs done, saved
+    under ``tag``). Trainings subclass it with what they carry across a restart."""
+
+    epoch: int
+    tag: str
+
+
+_S = TypeVar("_S", bound=EpochState)
+
+
+def deepspeed_config(
+    batch_size: int, *, zero_stage: int, bf16: bool, world: int = 1
+) -> dict[str, Any]:
+    """The DeepSpeed configuration of one training process: ``batch_size`` images per step
+    and process, ZeRO ``zero_stage`` (any optimizer), bf16 or fp32, no periodic prints."""
+    return {
+        "train_micro_batch_size_per_gpu": batch_size,
+        "gradient_accumulation_steps": 1,
+        "train_batch_size": batch_size * world,
+        "zero_optimization": {"stage": zero_stage},
+        # ZeRO only "tests" Adam-family optimisers; others partition the same way.
+        "zero_allow_untested_optimizer": True,
+        "bf16": {"enabled": bf16},
+        "steps_per_print": 1 << 30,
+        "wall_clock_breakdown": False,
+    }
+
+
+def cast_buffers(module: nn.Module, dtype: torch.dtype) -> None:
+    """Cast ``module``'s floating-point buffers to ``dtype`` (DeepSpeed casts parameters only)."""
+    for buf in module.buffers():
+        if buf.is_floating_point():
+            buf.data = buf.data.to(dtype)
+
+
+def initialize(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    *,
+    batch_size: int,
+    zero_stage: int,
+    bf16: bool,
+    world: int = 1,
+    bf16_buffers: bool | None = None,
+) -> Any:
+    """The DeepSpeed engine of ``model`` trained with ``optimizer`` (the environment's RANK,
+    WORLD_SIZE, ... already set). ``bf16_buffers``: cast the buffers to bf16 too (default:
+    with ``bf16``; the classifier does it on CPU only, where batch norm needs it)."""
+    import deepspeed  # heavy import: only inside training jobs
+    from deepspeed.utils import logger as ds_logger
+
+    ds_logger.setLevel(logging.WARNING)
+    engine, *_ = deepspeed.initialize(
+        model=model,
+        optimizer=optimizer,
+        config=deepspeed_config(batch_size, zero_stage=zero_stage, bf16=bf16, world=world),
+    )
+    if bf16 if bf16_buffers is None else bf16_buffers:
+        cast_buffers(engine.module, torch.bfloat16)
+    return engine
+
+
+class EpochCheckpoints(Generic[_S]):
+    """The epoch checkpoints of one training in ``folder``: DeepSpeed tags under
+    ``folder/subdir``, the state record ``folder/record`` (an ``state_type``)."""
+
+    def __init__(
+        self,
+        folder: str | Path,
+        state_type: type[_S],
+        *,
+        record: str,
+        subdir: str,
+        rank: int = 0,
+        world: int = 1,
+    ) -> None:
+        self.folder = Path(folder)
+        self.state_type = state_type
+        self.record = self.folder / record
+        self.dir = self.folder / subdir
+        self.rank, self.world = rank, world
+
+    def read(self) -> _S | None:
+        """The state record (None: no epoch finished yet); a damaged one is one error line."""
+        return read_record(self.state_type, self.record) if self.record.is_file() else None
+
+    def restore(self, engine: Any) -> _S | None:
+        """Load the engine (weights and optimizer) from the checkpoint the record names; the
+        record, or None when training starts from scratch."""
+        state = self.read()
+        if state is not None:
+            path, _client = engine.load_checkpoint(
+                str(self.dir),
+                tag=state.tag,
+                load_optimizer_states=True,
+                load_lr_scheduler_states=False,
+            )
+            if path is None:
+                raise InputError(f"checkpoint '{self.dir / state.tag}' could not be loaded")
+        return state
+
+    def save(self, engine: Any, epoch: int, tag: str) -> None:
+        """Every rank: save the engine after ``epoch`` epochs under ``tag`` and wait for the
+        others (the record is written only once every rank's part is on disk)."""
+        self.dir.mkdir(parents=True, exist_ok=True)
+        engine.save_checkpoint(
+            str(self.dir), tag=tag, client_state={"epoch": epoch}, save_latest=False
+        )
+        if self.world > 1:
+            torch.distributed.barrier()
+
+    def commit(self, state: _S, keep: Iterable[str] = ()) -> None:
+        """Rank 0: point the record at ``state.tag`` (atomic rename), then remove the tags
+        other than it and ``keep``."""
+        if self.rank != 0:
+            return
+        write_json_atomic(self.record, state.to_dict(), indent=None)
+        kept = {state.tag, *keep}
+        for old in self.dir.glob("epoch-*"):
+            if old.is_dir() and old.name not in kept:
+                shutil.rmtree(old, ignore_errors=True)
