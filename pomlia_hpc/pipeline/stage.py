@@ -133,10 +133,41 @@ class Stage:
     enabled: Callable[[PipelineSpec], bool]
     section: Callable[[PipelineSpec], Any]
     run: Callable[[StageContext], dict[str, Any]]
-    jobs: Callable[[PipelineSpec, ClusterProfile], list[PlannedJob]]
+    jobs: Callable[[PipelineSpec, ClusterProfile], list[PlannedJob]] = lambda _s, _p: []
     still_there: Callable[[StageContext, dict[str, Any]], bool] = lambda _c, _o: True
     external: Callable[[PipelineSpec], Any] = lambda _s: None
     tags: tuple[str, ...] = field(default=())
+
+
+def section_stage(
+    name: str,
+    *,
+    needs: tuple[str, ...],
+    summary: str,
+    run: Callable[[StageContext], dict[str, Any]],
+    key: str | None = None,
+    when: str | None = None,
+    **more: Any,
+) -> Stage:
+    """A stage keyed by the pipeline file's section ``key`` (default: ``name``): it runs when
+    section ``when`` (default: ``key``) is in the file and not ``enabled: false``. ``more``:
+    the other :class:`Stage` fields (``jobs``, ``still_there``, ...)."""
+    key = key or name
+    when = when or key
+
+    def enabled(spec: PipelineSpec) -> bool:
+        section = getattr(spec, when)
+        return section is not None and bool(getattr(section, "enabled", True))
+
+    return Stage(
+        name=name,
+        needs=needs,
+        summary=summary,
+        enabled=enabled,
+        section=lambda spec: getattr(spec, key),
+        run=run,
+        **more,
+    )
 
 
 def resources_of(profile: ClusterProfile, res: Resources | None) -> ClusterProfile:

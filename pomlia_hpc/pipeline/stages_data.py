@@ -5,9 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pomlia_hpc.config import ClusterProfile
 from pomlia_hpc.pipeline.spec import DatasetSpec, PipelineSpec
-from pomlia_hpc.pipeline.stage import PlannedJob, Stage, StageContext
+from pomlia_hpc.pipeline.stage import Stage, StageContext
 
 
 def lookalike_dir(ctx_home: Path, spec: PipelineSpec) -> Path:
@@ -128,10 +127,6 @@ def estimated_images(spec: PipelineSpec, ds: DatasetSpec, split: str | None = No
     return int(total)
 
 
-def _no_jobs(_spec: PipelineSpec, _profile: ClusterProfile) -> list[PlannedJob]:
-    return []
-
-
 LOOKALIKES = Stage(
     name="lookalikes",
     needs=(),
@@ -139,7 +134,6 @@ LOOKALIKES = Stage(
     enabled=lambda s: s.lookalikes is not None,
     section=lambda s: {"lookalikes": s.lookalikes, "flags": _medmnist_flags(s)},
     run=_run_lookalikes,
-    jobs=_no_jobs,
     still_there=_lookalikes_there,
 )
 
@@ -150,7 +144,6 @@ DATA = Stage(
     enabled=lambda s: True,
     section=lambda s: [d.model_dump(mode="json") for d in s.datasets],
     run=_run_data,
-    jobs=_no_jobs,
     still_there=_data_there,
     external=_external,
 )

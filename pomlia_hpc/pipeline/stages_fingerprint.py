@@ -8,7 +8,7 @@ from typing import Any
 from pomlia_hpc.config import ClusterProfile
 from pomlia_hpc.errors import ConfigError
 from pomlia_hpc.pipeline.spec import EncoderSpec, ExtractSpec, PipelineSpec
-from pomlia_hpc.pipeline.stage import PlannedJob, Stage, StageContext, resources_of
+from pomlia_hpc.pipeline.stage import PlannedJob, StageContext, resources_of, section_stage
 from pomlia_hpc.pipeline.stages_data import estimated_images
 
 
@@ -196,50 +196,37 @@ def _figures_there(_ctx: StageContext, out: dict[str, Any]) -> bool:
     return all(Path(out[k]).is_file() for k in ("scatter", "means") if k in out)
 
 
-def _no_jobs(_spec: PipelineSpec, _profile: ClusterProfile) -> list[PlannedJob]:
-    return []
-
-
-ENCODER = Stage(
-    name="encoder",
+ENCODER = section_stage(
+    "encoder",
     needs=("data",),
     summary="train the fingerprint encoder as one cluster job",
-    enabled=lambda s: s.encoder is not None,
-    section=lambda s: s.encoder,
     run=_run_encoder,
     jobs=_encoder_jobs,
     still_there=_encoder_there,
 )
 
-EXTRACT = Stage(
-    name="extract",
+EXTRACT = section_stage(
+    "extract",
+    when="encoder",
     needs=("data", "encoder"),
     summary="embed every dataset as an array job of shards",
-    enabled=lambda s: s.encoder is not None,
-    section=lambda s: s.extract,
     run=_run_extract,
     jobs=_extract_jobs,
     still_there=_extract_there,
 )
 
-INDEX = Stage(
-    name="index",
+INDEX = section_stage(
+    "index",
     needs=("encoder", "extract"),
     summary="build or extend the FAISS index",
-    enabled=lambda s: s.index is not None,
-    section=lambda s: s.index,
     run=_run_index,
-    jobs=_no_jobs,
     still_there=_index_there,
 )
 
-FIGURES = Stage(
-    name="figures",
+FIGURES = section_stage(
+    "figures",
     needs=("data", "encoder", "extract"),
     summary="Figures 5/6 and the clustering of dataset fingerprints (ARI)",
-    enabled=lambda s: s.figures is not None,
-    section=lambda s: s.figures,
     run=_run_figures,
-    jobs=_no_jobs,
     still_there=_figures_there,
 )

@@ -9,7 +9,7 @@ from sqlalchemy import select
 
 from pomlia_hpc.config import ClusterProfile
 from pomlia_hpc.pipeline.spec import AutoMLSpec, PipelineSpec
-from pomlia_hpc.pipeline.stage import PlannedJob, Stage, StageContext, resources_of
+from pomlia_hpc.pipeline.stage import PlannedJob, Stage, StageContext, resources_of, section_stage
 from pomlia_hpc.pipeline.stages_data import estimated_images
 from pomlia_hpc.registry import Model, Task
 
@@ -198,10 +198,6 @@ def _deploy_there(_ctx: StageContext, out: dict[str, Any]) -> bool:
     return all(Path(v["directory"]).is_dir() for v in out.values())
 
 
-def _no_jobs(_spec: PipelineSpec, _profile: ClusterProfile) -> list[PlannedJob]:
-    return []
-
-
 TASKS = Stage(
     name="tasks",
     needs=("data",),
@@ -209,38 +205,29 @@ TASKS = Stage(
     enabled=lambda s: bool(s.tasks),
     section=lambda s: [t.model_dump(mode="json") for t in s.tasks],
     run=_run_tasks,
-    jobs=_no_jobs,
 )
 
-AUTOML = Stage(
-    name="automl",
+AUTOML = section_stage(
+    "automl",
     needs=("tasks", "encoder", "recommend"),
     summary="an AutoML study per task; every trial a cluster job",
-    enabled=lambda s: s.automl is not None,
-    section=lambda s: s.automl,
     run=_run_automl,
     jobs=_automl_jobs,
     still_there=_models_there,
 )
 
-EXPORT = Stage(
-    name="export",
+EXPORT = section_stage(
+    "export",
     needs=("automl",),
     summary="export each task's best model (TorchScript + ONNX + card)",
-    enabled=lambda s: s.export is not None and s.export.enabled,
-    section=lambda s: s.export,
     run=_run_export,
-    jobs=_no_jobs,
     still_there=_bundles_there,
 )
 
-DEPLOY = Stage(
-    name="deploy",
+DEPLOY = section_stage(
+    "deploy",
     needs=("export",),
     summary="write the Apptainer deployment (and submit it when asked)",
-    enabled=lambda s: s.deploy is not None and s.deploy.enabled,
-    section=lambda s: s.deploy,
     run=_run_deploy,
-    jobs=_no_jobs,
     still_there=_deploy_there,
 )

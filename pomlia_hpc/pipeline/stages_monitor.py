@@ -14,7 +14,7 @@ from typing import Any
 
 from pomlia_hpc.config import ClusterProfile, load_cluster_profile
 from pomlia_hpc.pipeline.spec import PipelineSpec
-from pomlia_hpc.pipeline.stage import PlannedJob, Stage, StageContext
+from pomlia_hpc.pipeline.stage import PlannedJob, StageContext, section_stage
 from pomlia_hpc.pipeline.stages import register_stage
 
 
@@ -65,12 +65,10 @@ def _jobs(spec: PipelineSpec, profile: ClusterProfile) -> list[PlannedJob]:
     return [PlannedJob("nightly monitor (self-resubmitting)", len(spec.tasks), profile, None)]
 
 
-MONITOR = Stage(
-    name="monitor",
+MONITOR = section_stage(
+    "monitor",
     needs=("deploy",),
     summary="monitoring reference and the nightly monitor schedule",
-    enabled=lambda s: s.monitor is not None and s.monitor.enabled,
-    section=lambda s: s.monitor,
     run=_run,
     jobs=_jobs,
 )

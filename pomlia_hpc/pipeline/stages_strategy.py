@@ -10,9 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pomlia_hpc.config import ClusterProfile
-from pomlia_hpc.pipeline.spec import PipelineSpec
-from pomlia_hpc.pipeline.stage import PlannedJob, Stage, StageContext
+from pomlia_hpc.pipeline.stage import StageContext, section_stage
 from pomlia_hpc.pipeline.stages import register_stage
 
 #: (source name, table file) shipped in pomlia_hpc/strategy/data/ (see its SOURCES.md).
@@ -71,18 +69,11 @@ def _run(ctx: StageContext) -> dict[str, Any]:
     return out
 
 
-def _no_jobs(_spec: PipelineSpec, _profile: ClusterProfile) -> list[PlannedJob]:
-    return []
-
-
-RECOMMEND = Stage(
-    name="recommend",
+RECOMMEND = section_stage(
+    "recommend",
     needs=("tasks", "extract"),
     summary="recommend strategies per task (warm start of its study)",
-    enabled=lambda s: s.recommend is not None,
-    section=lambda s: s.recommend,
     run=_run,
-    jobs=_no_jobs,
 )
 
 register_stage(RECOMMEND, after="tasks")
