@@ -25,7 +25,7 @@ from pomlia_hpc.serve.parity import compare, parity_inputs
 from pomlia_hpc.serve.runtime import load_runtime, normalize_, probabilities, to_nchw
 
 LABELS = [f"c{i}" for i in range(5)]
-PRE = Preprocessing((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+PRE = Preprocessing(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
 
 
 def trained_like(path: Path, arch: str, size: int = 28) -> Path:

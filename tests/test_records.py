@@ -76,3 +76,21 @@ def test_a_shard_marker_with_a_bad_key(tmp_path: Path) -> None:
     assert "unknown key 'rows'" in msg
     msg = _refused(lambda: done_record(out, 0, (0, 10)), done, {**good, "stop": "10"})
     assert "bad value for 'stop'" in msg
+
+
+def test_a_checkpoints_metadata_with_a_bad_key() -> None:
+    from pomlia_hpc.models.card import ClassifierMeta
+
+    meta = {
+        "arch": "small_cnn",
+        "num_classes": 2,
+        "in_channels": 1,
+        "image_size": 28,
+        "task_type": "binary",
+        "label_names": ["a", "b"],
+        "preprocessing": {"mean": [0.5], "std": [0.5], "scale": 1 / 255},  # old: 'scale' kept
+    }
+    assert ClassifierMeta.from_dict(meta, "c.pt [meta]").pre.mean == (0.5,)
+    with pytest.raises(InputError) as exc:
+        ClassifierMeta.from_dict({**meta, "labels": ["a", "b"]}, "c.pt [meta]")
+    assert str(exc.value).startswith("c.pt [meta]: unknown key 'labels'")

@@ -57,8 +57,8 @@ def correct(model: Model, images: np.ndarray, labels: np.ndarray, batch: int = 2
 
     loaded = load_classifier(model.path)
     meta = loaded.meta
-    mean = torch.tensor(meta.preprocessing.mean).view(1, -1, 1, 1)
-    std = torch.tensor(meta.preprocessing.std).view(1, -1, 1, 1)
+    mean = torch.tensor(meta.pre.mean).view(1, -1, 1, 1)
+    std = torch.tensor(meta.pre.std).view(1, -1, 1, 1)
     out = []
     with torch.inference_mode():
         for lo in range(0, len(images), batch):

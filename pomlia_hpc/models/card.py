@@ -8,12 +8,11 @@ network. Task types come from :mod:`pomlia_hpc.vocab`.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from pydantic import Field, model_validator
+from pydantic import Field, field_validator, model_validator
 
-from pomlia_hpc.config import Record
+from pomlia_hpc.config import Record, validate_model
 from pomlia_hpc.errors import InputError
 from pomlia_hpc.vocab import TASK_TYPES, TaskType, normalize_task_type
 
@@ -38,8 +37,7 @@ INPUT_SCALING = {
 }
 
 
-@dataclass(frozen=True)
-class Preprocessing:
+class Preprocessing(Record):
     """How pixels become the network's input: pixels scaled to [0, 1] as
     :data:`INPUT_SCALING` says, then ``(x - mean[c]) / std[c]``, NCHW float32."""
 
@@ -47,22 +45,26 @@ class Preprocessing:
     std: tuple[float, ...]
     layout: str = "NCHW"
 
+    @model_validator(mode="before")
+    @classmethod
+    def _settings_only(cls, data: Any) -> Any:
+        # Not settings: 'input_scaling' is what to_dict writes for readers (always today's
+        # text), 'scale' is an old checkpoint's (always 1/255, never applied).
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items() if k not in ("input_scaling", "scale")}
+        return data
+
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "input_scaling": dict(INPUT_SCALING),
-            "mean": list(self.mean),
-            "std": list(self.std),
-            "layout": self.layout,
-        }
+        return {"input_scaling": dict(INPUT_SCALING), **self.model_dump(mode="json")}
 
     @classmethod
     def default(cls, channels: int) -> Preprocessing:
         return cls(mean=(DEFAULT_MEAN,) * channels, std=(DEFAULT_STD,) * channels)
 
 
-@dataclass(frozen=True)
-class ClassifierMeta:
-    """Everything needed to rebuild, serve and describe a classifier (stored in its checkpoint)."""
+class ClassifierMeta(Record):
+    """Everything needed to rebuild, serve and describe a classifier (stored in its checkpoint;
+    read back with :meth:`from_dict`, which refuses unknown keys)."""
 
     arch: str
     num_classes: int
@@ -70,68 +72,50 @@ class ClassifierMeta:
     image_size: int
     task_type: str
     label_names: tuple[str, ...]
-    preprocessing: Preprocessing
-    metrics: dict[str, Any] = field(default_factory=dict)
-    lineage: dict[str, Any] = field(default_factory=dict)
+    preprocessing: Preprocessing | None = None  # None: Preprocessing.default(in_channels)
+    metrics: dict[str, Any] = Field(default_factory=dict)
+    lineage: dict[str, Any] = Field(default_factory=dict)
     created_at: str = ""
 
+    @field_validator("task_type")
+    @classmethod
+    def _task_type(cls, value: str) -> str:
+        try:
+            return normalize_task_type(value)
+        except InputError as exc:
+            raise ValueError(str(exc)) from exc
+
+    @model_validator(mode="after")
+    def _consistent(self) -> ClassifierMeta:
+        n, channels = len(self.label_names), self.in_channels
+        if n != self.num_classes:
+            raise ValueError(
+                f"'label_names' has {n} names, expected num_classes={self.num_classes}"
+            )
+        if self.preprocessing is None:
+            object.__setattr__(self, "preprocessing", Preprocessing.default(channels))
+        pre = self.pre
+        if len(pre.mean) != channels or len(pre.std) != channels or min(pre.std) <= 0:
+            raise ValueError(
+                f"'preprocessing' needs {channels} means and {channels} positive stds, got "
+                f"{list(pre.mean)} / {list(pre.std)}"
+            )
+        return self
+
+    @property
+    def pre(self) -> Preprocessing:
+        """The preprocessing (always set after validation)."""
+        assert self.preprocessing is not None
+        return self.preprocessing
+
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["label_names"] = list(self.label_names)
-        d["preprocessing"] = self.preprocessing.to_dict()
-        return d
+        return {**self.model_dump(mode="json"), "preprocessing": self.pre.to_dict()}
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str) -> ClassifierMeta:
-        """Validate ``data``; a missing or wrong field is an :class:`InputError` naming
-        ``source`` and the field."""
-
-        def need(key: str, kind: type | tuple[type, ...]) -> Any:
-            if key not in data:
-                raise InputError(f"{source}: field '{key}' is missing")
-            value = data[key]
-            if not isinstance(value, kind) or isinstance(value, bool):
-                raise InputError(
-                    f"{source}: field '{key}' should be {getattr(kind, '__name__', kind)}, "
-                    f"got {type(value).__name__}"
-                )
-            return value
-
-        labels = tuple(str(x) for x in need("label_names", (list, tuple)))
-        num_classes = need("num_classes", int)
-        if len(labels) != num_classes:
-            raise InputError(
-                f"{source}: field 'label_names' has {len(labels)} names, expected num_classes="
-                f"{num_classes}"
-            )
-        channels = need("in_channels", int)
-        pre = data.get("preprocessing") or Preprocessing.default(channels).to_dict()
-        try:
-            prep = Preprocessing(
-                mean=tuple(float(x) for x in pre["mean"]),
-                std=tuple(float(x) for x in pre["std"]),
-            )  # an old checkpoint's 'scale' (always 1/255, never applied) is ignored
-        except (KeyError, TypeError, ValueError) as exc:
-            raise InputError(
-                f"{source}: field 'preprocessing' should hold lists 'mean' and 'std' ({exc})"
-            ) from exc
-        if len(prep.mean) != channels or len(prep.std) != channels or min(prep.std) <= 0:
-            raise InputError(
-                f"{source}: field 'preprocessing' needs {channels} means and {channels} positive "
-                f"stds, got {list(prep.mean)} / {list(prep.std)}"
-            )
-        return cls(
-            arch=need("arch", str),
-            num_classes=num_classes,
-            in_channels=channels,
-            image_size=need("image_size", int),
-            task_type=normalize_task_type(need("task_type", str)),
-            label_names=labels,
-            preprocessing=prep,
-            metrics=dict(data.get("metrics") or {}),
-            lineage=dict(data.get("lineage") or {}),
-            created_at=str(data.get("created_at", "")),
-        )
+        """Validate ``data``; an unknown, missing or wrong field is one :class:`InputError`
+        line naming ``source`` and the field."""
+        return validate_model(cls, data, source, error=InputError)
 
 
 class CardInput(Record):
@@ -197,7 +181,7 @@ def model_card(
             "channels": meta.in_channels,
             "layout": "HWC (NHWC for a batch) as uploaded; NCHW float32 into the network",
         },
-        "preprocessing": meta.preprocessing.to_dict(),
+        "preprocessing": meta.pre.to_dict(),
         "output": (
             "one sigmoid probability per label; labels with p >= 0.5 are predicted"
             if meta.task_type == TaskType.MULTI_LABEL

@@ -60,7 +60,7 @@ def parity_inputs(loaded: LoadedClassifier, n: int, seed: int) -> np.ndarray:
     smooth = torch.nn.functional.interpolate(coarse, size=(s, s), mode="bilinear").numpy()
     pixels = np.where(np.arange(n)[:, None, None, None] % 2 == 0, noise, np.round(smooth))
     x = np.ascontiguousarray(pixels / np.float32(255.0), dtype=np.float32)
-    pre = meta.preprocessing
+    pre = meta.pre
     return normalize_(
         x, np.asarray(pre.mean, dtype=np.float32), np.asarray(pre.std, dtype=np.float32)
     )
