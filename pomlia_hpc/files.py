@@ -28,6 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from pomlia_hpc.processes import pid_alive
+
 TEMP_SUFFIX = ".tmp"
 
 
@@ -56,9 +58,10 @@ def atomic_target(path: str | Path, *, fsync: bool = True, suffix: str = "") -> 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = temp_name(path, suffix)
+    tmp.unlink(missing_ok=True)  # left by an earlier process with this pid
     try:
         yield tmp
-        if fsync:
+        if fsync and not tmp.is_symlink():
             fsync_path(tmp)
         tmp.replace(path)
     except BaseException:
@@ -94,18 +97,6 @@ def write_json_atomic(
     return write_atomic(path, json.dumps(data, indent=indent, sort_keys=sort_keys, default=str))
 
 
-def _alive(pid: int) -> bool:
-    """Whether process ``pid`` exists on this host (a zombie counts: its parent may still
-    rename)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def sweep_stale_temps(folder: str | Path) -> list[Path]:
     """Remove temporary files, folders and links of this module's writers in ``folder`` whose
     writer (a process of this host) is gone; those of live writers and of other hosts are
@@ -115,7 +106,7 @@ def sweep_stale_temps(folder: str | Path) -> list[Path]:
     root = Path(folder)
     for tmp in sorted(root.glob(f".*.{host}.*{TEMP_SUFFIX}*")) if root.is_dir() else []:
         pid = tmp.name[: tmp.name.rindex(TEMP_SUFFIX)].rsplit(".", 1)[-1]
-        if pid.isdigit() and not _alive(int(pid)):
+        if pid.isdigit() and not pid_alive(int(pid)):
             _remove(tmp)
             removed.append(tmp)
     return removed
@@ -207,15 +198,5 @@ def replace_link(link: str | Path, points_to: str | Path, *, fsync: bool = True)
     """Make the symbolic link ``link`` point to ``points_to`` (kept as given: relative or
     absolute) by renaming a new link over it, so a reader finds the old target or the new one,
     never no link. Creates the folder."""
-    link = Path(link)
-    link.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_name(link)
-    tmp.unlink(missing_ok=True)
-    tmp.symlink_to(points_to)
-    try:
-        tmp.replace(link)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    if fsync:
-        fsync_path(link.parent)
+    with atomic_target(link, fsync=fsync) as tmp:
+        tmp.symlink_to(points_to)
