@@ -296,7 +296,8 @@ def test_done_markers_of_another_plan_do_not_count(workspace: Workspace, reg: Re
     run_shard(plan.specs[0])
     out = Path(plan.specs[0].out_path)
     # A marker whose rows are not those of the stored plan (left by an older plan).
-    marker(out, 1).write_text(json.dumps({"shard": 1, "start": 48, "stop": 64, "sum": [0] * 4}))
+    old = {"shard": 1, "start": 48, "stop": 64, "sum": [0.0] * 4, "seconds": 1.0, "host": "h"}
+    marker(out, 1).write_text(json.dumps(old))
     (res,) = finish_extraction(reg, plan)
     assert res.status == "failed"
     again = plan_extraction(reg, workspace, "enc", [ref], shards=2, threads=1)
