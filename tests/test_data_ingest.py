@@ -120,7 +120,7 @@ def test_identical_content_same_version_changed_content_new_child(
     ]
     with pytest.raises(NotFoundError, match="not known"):
         open_version(reg, "organ@ffffffff")
-    with pytest.raises(NotFoundError, match="not registered"):
+    with pytest.raises(NotFoundError, match="not found; known:"):
         open_version(reg, "nosuch")
 
 

@@ -84,7 +84,7 @@ def test_recommend_max_cost_and_bad_input(workspace: Workspace, reg: Registry) -
     assert answer["strategies"]
     assert all(s["cost"]["wall_s"] <= 30.5 for s in answer["strategies"])
     bad = runner.invoke(app, ["recommend", "nosuchtask"])
-    assert isinstance(bad.exception, NotFoundError) and "not registered" in str(bad.exception)
+    assert isinstance(bad.exception, NotFoundError) and "not found; known:" in str(bad.exception)
     bad = runner.invoke(app, ["recommend", "blood", "--k", "0"])
     assert isinstance(bad.exception, InputError) and "--k 0" in str(bad.exception)
 
