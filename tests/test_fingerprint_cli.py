@@ -81,7 +81,7 @@ def test_errors_are_one_line_exit_2(tmp_path: Path) -> None:
     assert runner.invoke(app, ["--home", str(tmp_path / "ws"), "init"]).exit_code == 0
     for args, message in [
         (("similar", "pathmnist"), "no encoder is registered"),
-        (("fingerprint", "train", "-n", "ae", "pathmnist"), "dataset 'pathmnist' not found; known:"),
+        (("fingerprint", "train", "-n", "ae", "pathmnist"), "dataset 'pathmnist' not found"),
         (("fingerprint", "train", "-n", "ae", "x", "--size", "32"), "option 'encoder.image_size'"),
         (("fingerprint", "extract", "-e", "ae", "pathmnist"), "encoder 'ae' not found; known:"),
         (("index", "build", "-e", "ae", "--metric", "cos"), "expected 'l2' or 'ip'"),
