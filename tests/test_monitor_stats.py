@@ -177,3 +177,43 @@ def test_least_favourable_chi2_is_zero_inside_the_box_and_never_above_plain() ->
     boxed = least_favourable_chi2(counts, p - 0.05, p + 0.05)
     assert 0 < boxed < plain
     assert least_favourable_chi2(counts, p, p) == pytest.approx(plain)
+
+
+def test_input_tests_use_another_reference_subset_for_each_window_start() -> None:
+    """A fixed subset of a large reference would be one fixed small sample that every night's
+    window shares; the subset follows the window start (and repeats for the same window)."""
+    from datetime import UTC, datetime, timedelta
+
+    from pomlia_hpc.monitor.checks import MAX_REFERENCE, run_checks
+    from pomlia_hpc.monitor.logread import LogWindow
+    from pomlia_hpc.serve.reference import Reference
+
+    rng = np.random.default_rng(3)
+    n = MAX_REFERENCE + 500
+    ref = Reference(
+        model="m",
+        model_version="v",
+        fingerprint_kind="test",
+        task_type="multi-class",
+        label_names=["a", "b"],
+        source="test",
+        fingerprints=rng.normal(size=(n, 4)).astype(np.float32),
+        labels=rng.integers(0, 2, n),
+        pred_index=rng.integers(0, 2, n),
+        confidence=rng.uniform(0.5, 1.0, n),
+        created_at="",
+    )
+
+    def outcome(since: datetime) -> np.ndarray:
+        win = LogWindow(model="m", version="v", since=since, until=since + timedelta(days=1))
+        win.vectors = list(rng.normal(size=(30, 4)).astype(np.float32))
+        win.pred_index = [0, 1] * 15
+        win.confidence.extend([0.7] * 30)
+        out = run_checks(win, ref, n_perm=50)
+        assert out.reference_vectors is not None and len(out.reference_vectors) == MAX_REFERENCE
+        return out.reference_vectors
+
+    night = datetime(2026, 12, 1, tzinfo=UTC)
+    first, again, next_night = outcome(night), outcome(night), outcome(night + timedelta(days=1))
+    np.testing.assert_array_equal(first, again)
+    assert not np.array_equal(first, next_night)
