@@ -90,20 +90,22 @@ def merge(done: list[tuple[str, int, dict[str, Any]]]) -> dict[str, dict[int, di
 def accuracy_drop(
     s: Setup, n: int, reps: int, drop: float, seed: int, perms: int
 ) -> dict[str, Any]:
-    """Labelled no-drift windows; feedback labels of correct predictions made wrong until the
-    window's accuracy is the validation accuracy minus ``drop`` (input and prediction
-    distributions unchanged: only the accuracy test can see it)."""
+    """Labelled no-drift windows from a deployment whose accuracy is ``drop`` below the
+    validation accuracy: each correct prediction's feedback label is made wrong with the same
+    probability, so the window's accuracy varies from window to window as a real one does
+    (binomially) around validation accuracy minus ``drop``. Input and prediction
+    distributions are unchanged: only the accuracy test can see it."""
     rng = np.random.default_rng(seed)
+    pool_acc = float(np.mean(s.clean.pred == s.clean.y))
+    flip_p = max(0.0, 1.0 - (s.reference.accuracy - drop) / pool_acc) if drop > 0 else 0.0
     alarm = perf = 0
     accs = []
     for r in range(reps):
         pool = s.clean.take(rng.choice(len(s.clean.y), n, replace=False))
         y = pool.y.copy()
         correct = np.flatnonzero(pool.pred == y)
-        target = (s.reference.accuracy - drop) * n
-        k = min(len(correct), max(0, round(len(correct) - target))) if drop > 0 else 0
-        flip = rng.choice(correct, k, replace=False)
-        y[flip] = (y[flip] + 1 + rng.integers(len(s.labels) - 1, size=k)) % len(s.labels)
+        flip = correct[rng.random(len(correct)) < flip_p]
+        y[flip] = (y[flip] + 1 + rng.integers(len(s.labels) - 1, size=len(flip))) % len(s.labels)
         feedback = [(int(p), int(t), "") for p, t in zip(pool.pred, y, strict=True)]
         outcome = run_checks(
             window(pool, feedback=feedback), s.reference, n_perm=perms, seed=seed + r
@@ -115,7 +117,9 @@ def accuracy_drop(
         "n_labels": n,
         "drop": drop,
         "validation_accuracy": s.reference.accuracy,
+        "deployment_accuracy": pool_acc * (1 - flip_p),
         "window_accuracy_mean": float(np.mean(accs)),
+        "window_accuracy_sd": float(np.std(accs)),
         "accuracy_test_power": {"rate": perf / reps, "ci95": wilson(perf, reps), "n": reps},
         "alarm_power": {"rate": alarm / reps, "ci95": wilson(alarm, reps), "n": reps},
     }

@@ -158,7 +158,8 @@ def write_tables(
     if acc is not None and acc_null is not None:
         lines.append(
             f"- accuracy drop of 10 points from 200 labels (validation accuracy "
-            f"{acc['validation_accuracy']:.3f}, window accuracy {acc['window_accuracy_mean']:.3f}"
+            f"{acc['validation_accuracy']:.3f}, window accuracy "
+            f"{acc['window_accuracy_mean']:.3f} +- {acc.get('window_accuracy_sd', 0):.3f}"
             f"): alarm power {fmt(acc['alarm_power'])}, accuracy-test power "
             f"{fmt(acc['accuracy_test_power'])}; same windows without the drop: alarm rate "
             f"{fmt(acc_null['alarm_power'])} ({acc['alarm_power']['n']} windows each)"
