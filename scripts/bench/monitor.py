@@ -131,7 +131,7 @@ def cells(a: argparse.Namespace, wanted: set[str]) -> list[Cell]:
 def main() -> None:
     a = parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
-    args = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(a).items()}
+    args = json.loads(json.dumps(vars(a), default=str))  # Paths as strings
     if a.merge:
         write_tables(a.out, args, *load_parts(a.merge))
         return

@@ -65,6 +65,19 @@ def power_table(results: Results, key: str) -> list[str]:
     return rows
 
 
+def per_test_table(results: Results, n: int = 200) -> list[str]:
+    """Each test's own rejection rate (p <= 0.05) per shift at ``n``: which test sees what."""
+    cells = {k: v[n] for k, v in results.items() if n in v}
+    if not cells:
+        return []
+    tests = [k.removesuffix("@0.05") for k in next(iter(cells.values())) if k.endswith("@0.05")]
+    rows = [f"| shift (n={n}) | " + " | ".join(tests) + " |", "|---" * (1 + len(tests)) + "|"]
+    for name, cell in cells.items():
+        vals = [f"{cell[f'{t}@0.05']['rate']:.2f}" if f"{t}@0.05" in cell else "" for t in tests]
+        rows.append(f"| {name} | " + " | ".join(vals) + " |")
+    return rows
+
+
 def summarise(results: Results, acc: Any, acc_null: Any, sp: Any) -> dict[str, Any]:
     corr = [f"{f}-{v}" for f in FAMILIES for v in (3, 4, 5)]
     measured = [k for k in results if k in shift_names()[1:] and 200 in results[k]]
@@ -136,6 +149,8 @@ def write_tables(
     lines = ["### False-alarm rate (no drift), 95% Wilson interval", "", *null_rows(results)]
     lines += ["", "### Power of the overall alarm (share of shifted windows alarmed)", ""]
     lines += power_table(shifted, "alarm")
+    lines += ["", "### Each test alone (share of windows with p <= 0.05)", ""]
+    lines += per_test_table(shifted)
     lines += ["", "### Baseline: t-test on mean brightness", ""]
     lines += power_table(shifted, "baseline_mean_t")
     lines += ["", "### Baseline: domain classifier with the fixed rule AUC > 0.55", ""]
