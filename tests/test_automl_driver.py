@@ -12,14 +12,13 @@ from sqlalchemy import select
 from typer.testing import CliRunner
 
 from pomlia_hpc.automl import records
-from pomlia_hpc.automl.space import SpaceOptions
-from pomlia_hpc.automl.study import StudyRunner, create_study, run_study
+from pomlia_hpc.automl.study import StudyRunner, run_study
 from pomlia_hpc.cli import app
 from pomlia_hpc.cluster.cancel import cancel_scheduler_job
 from pomlia_hpc.errors import ClusterError, PomliaError
 from pomlia_hpc.registry import Job, Registry, Run
 from pomlia_hpc.workspace import Workspace
-from tests.fixtures.factories import FAST, donor_model, tiny_task, warm_file
+from tests.fixtures.factories import FAST, donor_model, tiny_study, tiny_task, warm_file
 from tests.fixtures.fake_slurm import FakeSlurm
 
 pytestmark = pytest.mark.usefixtures("wide_console")
@@ -78,16 +77,7 @@ def test_driver_stopped_before_smacs_first_save_can_resume(
     workspace: Workspace, reg: Registry
 ) -> None:
     tiny_task(workspace, reg, "blood", sizes=(16, 8, 8))
-    spec = create_study(
-        reg,
-        workspace,
-        "blood",
-        name="s",
-        n_trials=1,
-        max_epochs=1,
-        space=SpaceOptions(archs=("small_cnn",)),
-        initial_configs=[FAST],
-    )
+    spec = tiny_study(reg, workspace, "blood", "s", n_trials=1, optimizer="smac")
     # The driver was killed here: study.json written, no SMAC state, no trial recorded.
     assert not (workspace.path("runs", "s") / "smac").exists()
     result = run_study(reg, workspace, spec, resume=True, poll_s=0.2)
@@ -103,18 +93,7 @@ def test_failed_submission_stops_the_study_and_resume_submits_it(
     workspace: Workspace, reg: Registry, fake_slurm: FakeSlurm
 ) -> None:
     tiny_task(workspace, reg, "blood", sizes=(16, 8, 8))
-    spec = create_study(
-        reg,
-        workspace,
-        "blood",
-        name="sf",
-        n_trials=1,
-        max_epochs=1,
-        executor="slurm-local",
-        optimizer="random",
-        space=SpaceOptions(archs=("small_cnn",)),
-        initial_configs=[FAST],
-    )
+    spec = tiny_study(reg, workspace, "blood", "sf", n_trials=1, executor="slurm-local")
     # sbatch refuses the job, as when slurmctld is down.
     fake_slurm.fail_next("sbatch", "sbatch: error: Slurm controller not responding")
     with pytest.raises(ClusterError, match="could not be submitted") as err:
@@ -146,18 +125,16 @@ def test_resume_settles_jobs_that_ended_while_the_driver_was_away(
     tiny_task(workspace, reg, "blood", sizes=(16, 8, 8))
     donor = donor_model(workspace, reg)
     bad = {**FAST, "init": "model", "mode": "full"}
-    spec = create_study(
+    initial = [bad, FAST, {**FAST, "lr": 0.001}]
+    spec = tiny_study(
         reg,
         workspace,
         "blood",
-        name="aw",
+        "aw",
         n_trials=3,
-        max_epochs=1,
         parallel=3,
-        optimizer="random",
-        space=SpaceOptions(archs=("small_cnn",)),
         init_model=donor,
-        initial_configs=[bad, FAST, {**FAST, "lr": 0.001}],
+        initial_configs=initial,
     )
     assert spec.init_model is not None
     Path(spec.init_model.path).write_bytes(b"not a checkpoint")  # trial 1's job will fail
