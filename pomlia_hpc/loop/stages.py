@@ -303,7 +303,8 @@ def automl_stage(ctx: LoopContext) -> StageOutput:
         "n_ok": result.n_ok,
         "n_crashed": result.n_crashed,
         "spent_epochs": result.spent_epochs,
-        "warm_start": used,
+        "warm_start": used,  # sources of the initial configurations (empty when resumed)
+        "fine_tune": spec.init_model is not None,
         "recent_share": spec.recent_share,
         "recent_rows": spec.recent_rows,
         "resumed": resumed,
