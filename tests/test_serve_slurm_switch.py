@@ -116,18 +116,19 @@ def test_new_job_takes_the_address_and_the_old_one_drains(
     extra = ["--gres=none"]
     jobs: list[str] = []
     client = Client(address)
+
+    def submit(folder: Path) -> str:  # from the folder: the job's output file goes there
+        script = folder / "serve.sbatch"
+        return submit_script(script, name=JOB, singleton=False, env=env, extra=extra, cwd=folder)
+
     try:
-        jobs.append(
-            submit_script(dirs[0] / "serve.sbatch", name=JOB, singleton=False, env=env, extra=extra)
-        )
+        jobs.append(submit(dirs[0]))
         _wait("the old job's address", lambda: _read(address).startswith("http://"))
         old_url = _read(address)
         client.start()
         _wait("answers from the old job", lambda: len(client.answers) >= 10)
 
-        jobs.append(
-            submit_script(dirs[1] / "serve.sbatch", name=JOB, singleton=False, env=env, extra=extra)
-        )
+        jobs.append(submit(dirs[1]))
         _wait("the switch of the address file", lambda: _read(address) not in ("", old_url))
         new_url = _read(address)
         subprocess.run(["scancel", jobs[0]], check=True, timeout=30)  # SIGTERM: drain
