@@ -134,10 +134,14 @@ def time_run(home: Path, threads: int | None = None) -> dict[str, Any]:
 def speed(
     records: int, seed: int, home: Path | None = None, *, keep_log: bool = False
 ) -> dict[str, Any]:
-    """Write a log of ``records`` predictions, then time the monitor on it (the log, 1.7 GB at
-    a million predictions, is deleted afterwards unless ``keep_log``)."""
+    """Write a log of ``records`` predictions, then time the monitor on it. Unless
+    ``keep_log``, the log (1.7 GB at a million predictions) is deleted afterwards, and so is
+    the whole workspace when this call created it."""
+    import shutil
+
     from pomlia_hpc.serve.predlog import log_dir
 
+    created = home is None
     home, ws, reg, version = _workspace(home, seed)
     folder = log_dir(ws.path("logs"), "bench")
     t0 = time.time()
@@ -150,5 +154,7 @@ def speed(
     if not keep_log:
         for path in folder.glob("*.jsonl"):
             path.unlink()
+        if created:
+            shutil.rmtree(home, ignore_errors=True)
     result["home"] = str(home)
     return result
