@@ -394,7 +394,7 @@ def main() -> None:
     md = summarize(res, a)
     (a.out / "automl_warm.md").write_text(md)
     print(md)
-    if any(e["studies"] for e in res["tasks"].values()):
+    if any(s["method"] in METHODS for e in res["tasks"].values() for s in e["studies"]):
         plot(res, a.out / "automl_warm.png")
         if a.png:
             shutil.copyfile(a.out / "automl_warm.png", a.png)
@@ -502,7 +502,9 @@ def plot(res: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    names = [n for n, e in res["tasks"].items() if e["studies"]]
+    names = [
+        n for n, e in res["tasks"].items() if any(s["method"] in METHODS for s in e["studies"])
+    ]
     fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.4), squeeze=False)
     colors = {"warm": "tab:green", "smac": "tab:blue", "random": "tab:orange"}
     for ax, name in zip(axes[0], names, strict=True):
