@@ -150,6 +150,8 @@ def publish_dir(staged: Path, target: Path, *, replace: bool = False, fsync: boo
         staged.rename(target)
     except OSError as exc:
         if exc.errno not in (errno.ENOTEMPTY, errno.EEXIST):
+            if old is not None:  # put the old folder back: never leave neither
+                old.rename(target)
             raise
         if old is not None:  # someone else published between the two renames: keep theirs
             shutil.rmtree(old, ignore_errors=True)

@@ -281,6 +281,7 @@ def _legacy_bundle(bundle: Path, root: Path, files: dict[str, str]) -> Path:
     (root / "model.pt2").unlink()
     card = json.loads((root / "card.json").read_text())
     del card["files"]["model.pt2"]
+    card["preprocessing"]["scale"] = 1 / 255  # older cards recorded it (never applied)
     for name, content in files.items():
         (root / name).write_text(content)
         card["files"][name] = "0" * 64

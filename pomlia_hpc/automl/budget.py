@@ -30,7 +30,7 @@ def default_budget(n_train: int, eta: int = 3) -> tuple[int, int]:
     steps_per_epoch = max(1, n_train // REF_BATCH)
     # On very small sets the lowest rung is capped so that the largest (eta x the lowest)
     # stays within MAX_EPOCHS: 60 images once asked for 60..180 epochs.
-    low = min(max(1, math.ceil(MIN_STEPS / steps_per_epoch)), MAX_EPOCHS // eta)
+    low = max(1, min(math.ceil(MIN_STEPS / steps_per_epoch), MAX_EPOCHS // eta))
     high = min(MAX_EPOCHS, max(9, math.ceil(FULL_STEPS / steps_per_epoch)))
     return low, max(high, low * eta)
 

@@ -134,6 +134,15 @@ class CardPreprocessing(Record):
     std: list[float]
     layout: str = "NCHW"
 
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_old_scale(cls, data: Any) -> Any:
+        # Bundles exported before the card was strict carry 'scale' (always 1/255, never
+        # applied); they must keep serving.
+        if isinstance(data, dict) and "scale" in data:
+            return {k: v for k, v in data.items() if k != "scale"}
+        return data
+
 
 class ModelCard(Record):
     """An exported bundle's ``card.json``: the card :func:`model_card` builds, plus what the

@@ -20,7 +20,7 @@ references, not for the one a user has: conditional on it, the reference's own s
 a fixed bias shared by all windows. For the high-dimensional input tests the bias is spread over
 many directions and matters little; for a one-dimensional statistic (the confidence) it can
 dominate: a 1,000-image reference that is off by 1.7 standard errors (1 reference in 200) made
-the two-sample KS test of the confidence ring in 20 % of no-drift windows of 200
+the two-sample KS test of the confidence ring in 18.8 % of no-drift windows of 200
 (``docs/BENCHMARKS.md``). The two prediction tests therefore bound the reference's error with
 probability ``1 - delta`` (:data:`REFERENCE_DELTA`) and test the window against the *least
 favourable* distribution within that bound, using the window's own one-sample null

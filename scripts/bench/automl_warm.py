@@ -201,7 +201,7 @@ def study(reg: Registry, ws: Workspace, task: str, name: str, method: str, seed:
             max_epochs=high,
             min_epochs=low if optimizer == "smac" else high,
             eta=3,
-            parallel=1,  # one trial at a time: a heavy slot is one core
+            parallel=1,  # one trial at a time: one core stays free for the rest
             optimizer=optimizer,
             seed=seed,
             budget_epochs=budget,
