@@ -171,24 +171,19 @@ def loop_showcase(
         old_version = _version(url)
         shift = (cfg.family, cfg.severity)
 
-        t0 = _now()
-        x, y = stream(cfg.flag, cfg.normal, 101, None)
-        figures["accuracy_normal"], _, _ = send(url, x, y, cfg.token, cfg.batch)
-        say(
-            f"in-distribution stream: {cfg.normal} images, accuracy "
-            f"{figures['accuracy_normal']:.3f}"
-        )
-        if cli("monitor", "run", model, "--since", t0, ok=(0, 1), env=env) != 0:
-            raise ShowcaseError("the monitor alarmed on in-distribution requests")
+        def monitored(n: int, seed: int, what: str, on: tuple[str, int] | None) -> int:
+            """Send ``n`` images (shifted by ``on``), then run the monitor over them: its rc."""
+            since = _now()
+            x, y = stream(cfg.flag, n, seed, on)
+            acc, _, _ = send(url, x, y, cfg.token, cfg.batch)
+            say(f"{what}: {n} images, accuracy {acc:.3f}")
+            figures["accuracy_normal" if on is None else "accuracy_before"] = acc
+            return cli("monitor", "run", model, "--since", since, ok=(0, 1), env=env)
 
-        t1 = _now()
-        xs, ys = stream(cfg.flag, cfg.shifted, 202, shift)
-        figures["accuracy_before"], _, _ = send(url, xs, ys, cfg.token, cfg.batch)
-        say(
-            f"shifted stream ({cfg.family} severity {cfg.severity}): {cfg.shifted} images, "
-            f"accuracy {figures['accuracy_before']:.3f}"
-        )
-        if cli("monitor", "run", model, "--since", t1, ok=(0, 1), env=env) != 1:
+        if monitored(cfg.normal, 101, "in-distribution stream", None) != 0:
+            raise ShowcaseError("the monitor alarmed on in-distribution requests")
+        what = f"shifted stream ({cfg.family} severity {cfg.severity})"
+        if monitored(cfg.shifted, 202, what, shift) != 1:
             raise ShowcaseError("the monitor did not alarm on the shifted stream")
         t_alarm = time.monotonic()
 
