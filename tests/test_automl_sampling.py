@@ -7,6 +7,7 @@ from collections import Counter
 
 import pytest
 import torch
+from sqlalchemy import select
 
 from pomlia_hpc.automl.sampling import RecentRows, epoch_order, recent_rows
 from pomlia_hpc.automl.study import StudyOptions, create_study
@@ -56,3 +57,29 @@ def test_the_study_option_is_checked_and_needs_a_harvested_version(
     with pytest.raises(InputError, match="not a harvested dataset version"):
         create_study(reg, workspace, "blood", name="s", recent_share=0.5)
     assert create_study(reg, workspace, "blood", name="t").recent_share is None
+
+
+def _as_harvest(reg: Registry, task: str, new_train: int) -> None:
+    """Mark ``task``'s data set version as a harvest with ``new_train`` new training rows."""
+    from pomlia_hpc.registry import DatasetVersion, Task
+
+    with reg.session() as s:
+        t = s.scalar(select(Task).where(Task.name == task))
+        assert t is not None
+        version = s.get(DatasetVersion, t.dataset_version_id)
+        assert version is not None
+        meta = dict(version.meta or {})
+        meta["source"] = {"harvest": {"new_per_split": {"train": new_train, "val": 2}}}
+        version.meta = meta
+
+
+def test_a_harvest_without_new_training_rows_is_refused_not_silently_ignored(
+    workspace: Workspace, reg: Registry
+) -> None:
+    tiny_task(workspace, reg, "blood", sizes=(16, 8, 8))
+    _as_harvest(reg, "blood", 0)
+    with pytest.raises(InputError, match="without new training images"):
+        create_study(reg, workspace, "blood", name="s", recent_share=0.5)
+    _as_harvest(reg, "blood", 4)
+    spec = create_study(reg, workspace, "blood", name="t", recent_share=0.5)
+    assert spec.recent_share == 0.5 and spec.recent_rows == 4

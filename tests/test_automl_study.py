@@ -152,3 +152,24 @@ def test_train_only_state_checks() -> None:
 
     make_configuration(build_space(), FAST, "FAST")
     assert torch.get_num_threads() >= 1
+
+
+def test_runs_of_a_task_are_found_by_name_or_id_and_an_unknown_task_is_an_error(
+    workspace: Workspace,
+) -> None:
+    from pomlia_hpc.errors import NotFoundError
+    from pomlia_hpc.registry import Task
+
+    reg = Registry.open(workspace.db_url)
+    tiny_task(workspace, reg, "blood", sizes=(16, 8, 8))
+    tiny_task(workspace, reg, "derma", flag="dermamnist", sizes=(16, 8, 8))
+    with reg.session() as s:
+        ids = {t.name: t.id for t in s.scalars(select(Task))}
+        for name, tid in ids.items():
+            s.add(Run(task_id=tid, study=f"{name}-s", config={}, budget=1.0, status="ok"))
+    by_name = records.list_runs(reg, task="derma")
+    by_id = records.list_runs(reg, task=str(ids["derma"]))
+    assert [r.task for r in by_name] == ["derma"] and by_id == by_name
+    # An unknown task was an empty list (as if it had no runs); now it names the known ones.
+    with pytest.raises(NotFoundError, match="task 'bloood' not found; known: blood, derma"):
+        records.list_runs(reg, task="bloood")

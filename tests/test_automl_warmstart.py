@@ -132,3 +132,31 @@ def test_warm_start_larger_than_the_trials_is_one_clear_error(
     with pytest.raises(InputError, match="3 configurations but the study has 2 trial"):
         tiny_study(reg, workspace, "blood", "big", optimizer="smac", initial_configs=[FAST] * 3)
     assert not (workspace.path("runs", "big") / "study.json").exists()  # nothing written
+
+
+def test_warm_start_first_training_keeps_to_the_epoch_budget(
+    workspace: Workspace, reg: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tiny_task(workspace, reg, "blood", sizes=(64, 24, 24))
+    trained: list[int] = []
+    monkeypatch.setattr(StudyRunner, "run_untold", lambda self, p: trained.append(p.epochs))
+
+    def first_training(name: str, budget: int | None, min_epochs: int = 1) -> list[int]:
+        trained.clear()
+        spec = tiny_study(
+            reg,
+            workspace,
+            "blood",
+            name,
+            optimizer="smac",
+            min_epochs=min_epochs,
+            max_epochs=9,
+            eta=3,
+            budget_epochs=budget,
+        )
+        StudyRunner(reg, workspace, spec).train_warm_start_first()
+        return list(trained)
+
+    assert first_training("free", None) == [9]  # no epoch budget: the full budget
+    assert first_training("capped", 4) == [4]  # was 9: more than the whole study's budget
+    assert first_training("tiny", 2, min_epochs=3) == []  # below the lowest rung: searched

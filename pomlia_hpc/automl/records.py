@@ -25,6 +25,7 @@ from sqlalchemy import select
 
 import pomlia_hpc
 from pomlia_hpc.registry import Job, Registry, Run, Task
+from pomlia_hpc.registry.lookup import by_name_or_id
 from pomlia_hpc.vocab import RunStatus
 
 # Short names for the run statuses (:class:`pomlia_hpc.vocab.RunStatus`), as plain strings.
@@ -206,14 +207,16 @@ class RunRow:
 def list_runs(
     registry: Registry, task: str | None = None, study: str | None = None, limit: int = 200
 ) -> list[RunRow]:
-    """Runs, newest first, optionally of one task (name or id) and/or one study."""
+    """Runs, newest first, optionally of one task (name or id, looked up like every other
+    reference: an unknown one is a :class:`~pomlia_hpc.errors.NotFoundError` naming the known
+    tasks) and/or one study."""
     with registry.session() as s:
         q = select(Run, Task.name, Job.scheduler_id).join(
             Task, Run.task_id == Task.id, isouter=True
         )
         q = q.join(Job, Run.job_id == Job.id, isouter=True)
         if task is not None:
-            q = q.where((Task.name == task) | (Task.id == (int(task) if task.isdigit() else -1)))
+            q = q.where(Run.task_id == by_name_or_id(s, Task, task, "task").id)
         if study is not None:
             q = q.where(Run.study == study)
         rows = s.execute(q.order_by(Run.id.desc()).limit(limit)).all()

@@ -142,7 +142,7 @@ def create_study(
         initial_configs=list(initial_configs or []),
         final_full_budget=final_full_budget,
         recent_rows=recent_rows,
-        recent_share=recent_share if recent_rows else None,
+        recent_share=recent_share,
         created_at=stamp.isoformat(),
     )
     write_json(folder / SPEC_FILE, spec.to_dict())
@@ -160,4 +160,13 @@ def _recent_rows(meta: dict[str, Any], ref: str) -> int:
             f"recent-share: {ref} is not a harvested dataset version, so it has no recent "
             "production images to weight; expected a version made by `pomlia data harvest`"
         )
-    return int((info.get("new_per_split") or {}).get("train", 0))
+    rows = int((info.get("new_per_split") or {}).get("train", 0))
+    if rows <= 0:
+        # Without new training rows there is nothing to weight: a study that silently dropped
+        # the share would train as if it had not been asked for.
+        raise InputError(
+            f"recent-share: {ref} is a harvest without new training images (new training "
+            "rows: 0), so there is no recent share to weight; run without --recent-share or "
+            "harvest a version with new training images"
+        )
+    return rows

@@ -120,14 +120,25 @@ class StudyRunner(TrialRunner):
         It was chosen from results on similar tasks: re-screening it at Hyperband's lowest rung
         would give the first full-budget model only after a whole bracket (15 of 27 epochs
         with budgets 3..9). It counts in the epoch budget; when SMAC later asks for it at a
-        lower budget, the recorded result answers (:meth:`answer_repeat`)."""
+        lower budget, the recorded result answers (:meth:`answer_repeat`). An epoch budget
+        (``budget_epochs``) smaller than the full budget caps it: the first configuration then
+        trains for what the budget leaves, and when that is less than Hyperband's lowest rung
+        it is left to the search."""
         s, initial = self.spec.options, self.spec.initial_configs
         if s.optimizer != "smac" or not initial or s.min_epochs >= s.max_epochs:
             return
         config = configs_from_values(initial[:1], self.space, "initial configurations")
-        proposal = Proposal(config[0], float(s.max_epochs))
-        if any(v.key == proposal.key and v.epochs >= s.max_epochs for v in self.views.values()):
+        key = Proposal(config[0], float(s.max_epochs)).key
+        if any(v.key == key and v.epochs >= s.max_epochs for v in self.views.values()):
             return  # trained already (a resumed study)
+        epochs = s.max_epochs
+        if s.budget_epochs is not None:
+            epochs = min(epochs, s.budget_epochs - self.spent())
+        if epochs < s.min_epochs or any(
+            v.key == key and v.epochs >= epochs for v in self.views.values()
+        ):
+            return
+        proposal = Proposal(config[0], float(epochs))
         config[0].origin = "Warm start: the first configuration at the full budget"
         self.run_untold(proposal)
 
