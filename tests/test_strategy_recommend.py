@@ -127,3 +127,28 @@ def test_warm_start_keeps_to_supported_strategies(workspace: Workspace, reg: Reg
     warm = from_recommendation(reg, "blood", k=3, sources=["registry"])
     assert warm.archs == ("small_cnn",)  # mobilenet: 50 points behind, not supported
     assert sorted(c["lr"] for c in warm.configs) == [0.001, 0.002]  # one per similar task
+
+
+def test_hyperparameters_passed_on_are_those_good_on_several_similar_tasks() -> None:
+    from pomlia_hpc.strategy.hparams import HpRun, rank_hparams
+
+    fast, steady, slow = {"lr": 0.05}, {"lr": 0.003}, {"lr": 0.0001}
+    runs = [  # 'fast' won on the nearest task by a hair and collapsed on the next one
+        HpRun("a", fast, 9, 0.90),
+        HpRun("a", steady, 9, 0.89),
+        HpRun("a", slow, 9, 0.60),
+        HpRun("b", fast, 9, 0.30),
+        HpRun("b", steady, 9, 0.85),
+        HpRun("b", slow, 9, 0.55),
+        HpRun("b", {"lr": 0.02}, 3, 0.99),  # a lower Hyperband rung: not comparable
+    ]
+    assert rank_hparams(runs, {"a": 0.6, "b": 0.4}) == [steady, fast, slow]
+    # With only the nearest task's runs it is that task's best first (the old behaviour),
+    # and a task without weight does not count.
+    assert rank_hparams(runs, {"a": 1.0, "b": 0.0})[0] == fast
+    # Settings run on one task each: the most similar task's best comes first.
+    x, y = {"lr": 0.01}, {"lr": 0.001}
+    solo = [HpRun("a", fast, 9, 0.9), HpRun("a", x, 9, 0.5), HpRun("a", y, 9, 0.4)]
+    solo += [HpRun("b", slow, 9, 0.9), HpRun("b", steady, 9, 0.1), HpRun("b", {}, 9, 0.5)]
+    assert rank_hparams(solo, {"a": 0.7, "b": 0.3})[0] == fast
+    assert rank_hparams([], {"a": 1.0}) == []

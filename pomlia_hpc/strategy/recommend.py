@@ -18,6 +18,7 @@ from __future__ import annotations
 import math
 import os
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,7 +39,8 @@ from pomlia_hpc.registry import (
 )
 from pomlia_hpc.registry.lookup import by_name_or_id
 from pomlia_hpc.strategy import cost as costs
-from pomlia_hpc.strategy.kb import load, run_hparams, version_meta
+from pomlia_hpc.strategy.hparams import rank_hparams, strategy_runs
+from pomlia_hpc.strategy.kb import REGISTRY_SOURCE, load, run_hparams, version_meta
 from pomlia_hpc.strategy.learner import (
     LEARNER,
     LEARNER_VERSION,
@@ -261,14 +263,17 @@ def warm_configs(
     hp: dict[int, dict[str, Any]],
     k: int,
     archs: tuple[str, ...] | None,
+    settings_of: Callable[[int], list[dict[str, Any]]] | None = None,
 ) -> list[dict[str, Any]]:
     """The warm start: up to ``k`` distinct AutoML configurations from the strategies in
     ``allowed`` (best first) that the space can express and that are within
-    :data:`WARM_MARGIN` of the best. Round by round, each such strategy gives the
-    hyperparameters of its best run on the next most similar task (weights ``w``); with fewer
-    good strategies than ``k``, the good ones give more of their runs rather than a poor
-    strategy filling the design. Strategies without runs (published tables) give one
-    configuration with the space's defaults."""
+    :data:`WARM_MARGIN` of the best. Round by round, each such strategy gives its next
+    hyperparameter setting: from ``settings_of(j)`` (settings ranked over the similar tasks,
+    :func:`pomlia_hpc.strategy.hparams.rank_hparams`) when it gives any, else those of its best
+    run on the next most similar task (weights ``w``); with fewer good strategies than ``k``,
+    the good ones give more settings rather than a poor strategy filling the design.
+    Strategies without runs (published tables) give one configuration with the space's
+    defaults."""
     expressible = []
     for j in allowed:
         values, _ = to_automl(m.strategies[j], src)
@@ -281,13 +286,16 @@ def warm_configs(
     eligible = []
     for j, values in expressible:
         if float(expected_regret[j]) <= best + WARM_MARGIN:
-            runs = [m.evidence[(int(i), j)][0] for i in near if (int(i), j) in m.evidence]
-            eligible.append((values, [r for r in runs if r in hp]))
+            ranked = settings_of(j) if settings_of is not None else []
+            if not ranked:
+                runs = [m.evidence[(int(i), j)][0] for i in near if (int(i), j) in m.evidence]
+                ranked = [hp[r] for r in runs if r in hp]
+            eligible.append((values, ranked))
     initial: list[dict[str, Any]] = []
     for depth in range(max([1, *(len(r) for _, r in eligible)])):
-        for values, runs in eligible:
-            if depth < len(runs):
-                config = with_hparams(values, hp[runs[depth]])
+        for values, ranked in eligible:
+            if depth < len(ranked):
+                config = with_hparams(values, ranked[depth])
             elif depth == 0:
                 config = values
             else:
@@ -389,7 +397,19 @@ def recommend(
     picked = allowed[:k]
     evidence_runs = [rid for (_, j), ids in m.evidence.items() if j in set(allowed) for rid in ids]
     hp = run_hparams(registry, evidence_runs)
-    initial = warm_configs(m, ranking.expected_regret, allowed, w, src, hp, k, archs)
+    run_tasks = {  # the similar tasks with runs in the registry, by similarity weight
+        m.datasets[i]: float(w[i])
+        for (i, _), source in m.sources.items()
+        if source == REGISTRY_SOURCE
+    }
+
+    def settings_of(j: int) -> list[dict[str, Any]]:
+        runs = strategy_runs(registry, run_tasks, m.strategies[j])
+        return rank_hparams(runs, run_tasks)
+
+    initial = warm_configs(
+        m, ranking.expected_regret, allowed, w, src, hp, k, archs, settings_of=settings_of
+    )
     out = []
     for rank, j in enumerate(picked, 1):
         ev: list[dict[str, Any]] = []

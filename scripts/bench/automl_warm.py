@@ -4,7 +4,10 @@ logistic regression and an RBF SVC on the pixels of every task in the same run.
 1. **Knowledge base.** ``--kb-tasks`` look-alike tasks (:mod:`pomlia_hpc.data.synth`, 28 px,
    ``--sizes``) each get a random-search study (``--kb-trials`` trials of ``--max-epochs``):
    the registry's own runs that the recommender learns from. The benchmark tasks are not
-   among them (held out).
+   among them (held out). Every knowledge-base study draws its configurations with the same
+   seed (``--kb-seed``), so each configuration is tried on every knowledge-base task and the
+   warm start can pass on the settings that did well on several similar tasks
+   (:mod:`pomlia_hpc.strategy.hparams`), not the winner of one task's few random draws.
 2. **Benchmark tasks** (``--tasks``): look-alikes, and ``digits``, a real data set built from
    scikit-learn's bundled 8x8 digits (1,797 images, 10 classes), up-sampled to 28 px
    (nearest neighbour) and scaled to 0..255, split 1,257 / 180 / 360 (train / val / test).
@@ -236,7 +239,17 @@ def reach(pts: list[tuple[int, float]], target: float) -> float | None:
 
 
 #: Arguments that must not change between the pieces of one benchmark run.
-FIXED_ARGS = ("kb_tasks", "sizes", "kb_trials", "budget", "min_epochs", "max_epochs", "k", "archs")
+FIXED_ARGS = (
+    "kb_tasks",
+    "kb_seed",
+    "sizes",
+    "kb_trials",
+    "budget",
+    "min_epochs",
+    "max_epochs",
+    "k",
+    "archs",
+)
 
 
 def load_results(a: Any) -> dict[str, Any]:
@@ -280,7 +293,10 @@ def main() -> None:
     )
     ap.add_argument("--seeds", type=int, default=3)
     ap.add_argument("--sizes", type=int, nargs=3, default=[300, 100, 200])
-    ap.add_argument("--kb-trials", type=int, default=4)
+    ap.add_argument("--kb-trials", type=int, default=6)
+    ap.add_argument(
+        "--kb-seed", type=int, default=100, help="seed of every knowledge-base study's draws"
+    )
     ap.add_argument("--budget", type=int, default=27, help="epochs per study")
     ap.add_argument("--min-epochs", type=int, default=3)
     ap.add_argument("--max-epochs", type=int, default=9)
@@ -332,7 +348,7 @@ def main() -> None:
                 min_epochs=a.max_epochs,
                 parallel=1,
                 optimizer="random",
-                seed=100 + i,
+                seed=a.kb_seed,
                 engine=EngineOptions(threads=1),
                 space=SpaceOptions(archs=tuple(a.archs.split(","))),
             )
