@@ -29,9 +29,11 @@ from sqlalchemy import select
 from pomlia_hpc.registry import Registry, Run, Task
 from pomlia_hpc.strategy.kb import HPARAMS
 
-#: Runs read per task and strategy (the best by validation objective): enough to rank the
-#: settings, and :func:`strategy_runs` stays fast with many runs in the registry.
-RUNS_PER_TASK = 200
+#: Runs read per task (the best by validation objective): enough to rank the settings of the
+#: strategies that did well there, and reading them stays fast with many runs in the registry.
+RUNS_PER_TASK = 300
+#: The most similar tasks whose runs are read.
+MAX_TASKS = 5
 
 
 @dataclass(frozen=True)
@@ -53,39 +55,70 @@ def hp_key(hparams: Mapping[str, Any]) -> str:
     return json.dumps({k: norm(v) for k, v in sorted(hparams.items())}, sort_keys=True)
 
 
-def strategy_runs(
-    registry: Registry, tasks: Iterable[str], strategy: Mapping[str, Any]
-) -> list[HpRun]:
-    """The finished, successful runs of ``strategy`` on ``tasks`` (names), at most
-    :data:`RUNS_PER_TASK` per task, best validation objective first."""
+@dataclass(frozen=True)
+class TaskRun:
+    """One finished, successful run of a task, any strategy."""
+
+    task: str
+    config: dict[str, Any]
+    budget: float
+    objective: float
+
+
+def task_runs(registry: Registry, tasks: Iterable[str]) -> list[TaskRun]:
+    """The successful runs of ``tasks`` (names), at most :data:`RUNS_PER_TASK` per task, best
+    validation objective first (one query per task)."""
     names = list(tasks)
     if not names:
         return []
-    arch, init = str(strategy.get("arch", "")), str(strategy.get("init", "scratch"))
-    mode, extra = str(strategy.get("mode", "full")), str(strategy.get("extra_data", "none"))
     objective = Run.metrics["objective"].as_float()
-    out: list[HpRun] = []
+    out: list[TaskRun] = []
     with registry.session() as s:
         ids = dict(s.execute(select(Task.id, Task.name).where(Task.name.in_(names))).all())
         for tid, tname in ids.items():
             q = (
                 select(Run.config, Run.budget, objective)
                 .where(Run.task_id == tid, Run.status == "ok", objective.is_not(None))
-                .where(Run.config["arch"].as_string() == arch)
                 .order_by(objective.desc())
                 .limit(RUNS_PER_TASK)
             )
             for config, budget, obj in s.execute(q):
-                c = dict(config or {})
-                if (
-                    str(c.get("init") or "scratch") != init
-                    or str(c.get("mode") or "full") != mode
-                    or str(c.get("extra_data") or "none") != extra
-                ):
-                    continue
-                hp = {k: v for k, v in c.items() if k in HPARAMS and v is not None}
-                out.append(HpRun(tname, hp, float(budget or 0.0), float(obj)))
+                out.append(TaskRun(tname, dict(config or {}), float(budget or 0.0), float(obj)))
     return out
+
+
+def _fields(c: Mapping[str, Any]) -> tuple[str, str, str, str]:
+    """A run configuration's or a strategy's (architecture, initial weights, mode, extra)."""
+    return (
+        str(c.get("arch") or ""),
+        str(c.get("init") or "scratch"),
+        str(c.get("mode") or "full"),
+        str(c.get("extra_data") or "none"),
+    )
+
+
+def by_strategy(runs: Iterable[TaskRun]) -> dict[tuple[str, str, str, str], list[HpRun]]:
+    """``runs`` grouped by strategy fields (:func:`of_strategy` looks them up)."""
+    out: dict[tuple[str, str, str, str], list[HpRun]] = defaultdict(list)
+    for r in runs:
+        hp = {k: r.config[k] for k in HPARAMS if r.config.get(k) is not None}
+        out[_fields(r.config)].append(HpRun(r.task, hp, r.budget, r.objective))
+    return out
+
+
+def of_strategy(
+    groups: Mapping[tuple[str, str, str, str], list[HpRun]], strategy: Mapping[str, Any]
+) -> list[HpRun]:
+    """The runs of ``strategy`` (architecture, initial weights, mode, extra data) in
+    ``groups`` (:func:`by_strategy`)."""
+    return list(groups.get(_fields(strategy), []))
+
+
+def strategy_runs(
+    registry: Registry, tasks: Iterable[str], strategy: Mapping[str, Any]
+) -> list[HpRun]:
+    """The runs of ``strategy`` among :func:`task_runs` of ``tasks``."""
+    return of_strategy(by_strategy(task_runs(registry, tasks)), strategy)
 
 
 def rank_hparams(runs: Iterable[HpRun], weights: Mapping[str, float]) -> list[dict[str, Any]]:

@@ -39,7 +39,13 @@ from pomlia_hpc.registry import (
 )
 from pomlia_hpc.registry.lookup import by_name_or_id
 from pomlia_hpc.strategy import cost as costs
-from pomlia_hpc.strategy.hparams import rank_hparams, strategy_runs
+from pomlia_hpc.strategy.hparams import (
+    MAX_TASKS,
+    by_strategy,
+    of_strategy,
+    rank_hparams,
+    task_runs,
+)
 from pomlia_hpc.strategy.kb import REGISTRY_SOURCE, load, run_hparams, version_meta
 from pomlia_hpc.strategy.learner import (
     LEARNER,
@@ -283,19 +289,27 @@ def warm_configs(
         return []
     best = min(float(expected_regret[j]) for j, _ in expressible)
     near = list(np.argsort(-w, kind="stable"))
-    eligible = []
-    for j, values in expressible:
-        if float(expected_regret[j]) <= best + WARM_MARGIN:
-            ranked = settings_of(j) if settings_of is not None else []
-            if not ranked:
+    eligible = [
+        (j, values) for j, values in expressible if float(expected_regret[j]) <= best + WARM_MARGIN
+    ]
+    cache: dict[int, list[dict[str, Any]]] = {}
+
+    def ranked(j: int) -> list[dict[str, Any]]:  # read when the round first reaches j
+        if j not in cache:
+            got = settings_of(j) if settings_of is not None else []
+            if not got:
                 runs = [m.evidence[(int(i), j)][0] for i in near if (int(i), j) in m.evidence]
-                ranked = [hp[r] for r in runs if r in hp]
-            eligible.append((values, ranked))
+                got = [hp[r] for r in runs if r in hp]
+            cache[j] = got
+        return cache[j]
+
     initial: list[dict[str, Any]] = []
-    for depth in range(max([1, *(len(r) for _, r in eligible)])):
-        for values, ranked in eligible:
-            if depth < len(ranked):
-                config = with_hparams(values, ranked[depth])
+    depth = 0
+    while depth == 0 or any(depth < len(ranked(j)) for j, _ in eligible):
+        for j, values in eligible:
+            settings = ranked(j)
+            if depth < len(settings):
+                config = with_hparams(values, settings[depth])
             elif depth == 0:
                 config = values
             else:
@@ -304,6 +318,7 @@ def warm_configs(
                 initial.append(config)
             if len(initial) >= k:
                 return initial
+        depth += 1
     return initial
 
 
@@ -397,15 +412,15 @@ def recommend(
     picked = allowed[:k]
     evidence_runs = [rid for (_, j), ids in m.evidence.items() if j in set(allowed) for rid in ids]
     hp = run_hparams(registry, evidence_runs)
-    run_tasks = {  # the similar tasks with runs in the registry, by similarity weight
-        m.datasets[i]: float(w[i])
-        for (i, _), source in m.sources.items()
-        if source == REGISTRY_SOURCE
-    }
+    with_runs = {i for (i, _), source in m.sources.items() if source == REGISTRY_SOURCE}
+    near_runs = [int(i) for i in np.argsort(-w, kind="stable") if int(i) in with_runs]
+    run_tasks = {m.datasets[i]: float(w[i]) for i in near_runs[:MAX_TASKS]}
+    fetched: list[Any] = []  # the similar tasks' runs by strategy, read when first needed
 
     def settings_of(j: int) -> list[dict[str, Any]]:
-        runs = strategy_runs(registry, run_tasks, m.strategies[j])
-        return rank_hparams(runs, run_tasks)
+        if not fetched:
+            fetched.append(by_strategy(task_runs(registry, run_tasks)))
+        return rank_hparams(of_strategy(fetched[0], m.strategies[j]), run_tasks)
 
     initial = warm_configs(
         m, ranking.expected_regret, allowed, w, src, hp, k, archs, settings_of=settings_of

@@ -220,6 +220,62 @@ def study(reg: Registry, ws: Workspace, task: str, name: str, method: str, seed:
     return trials, time.perf_counter() - t0, initial, (low, high)
 
 
+def setting_loo(reg: Registry, arch: str = "small_cnn") -> dict[str, Any]:
+    """Leave-one-task-out over the registry's tasks of the hyperparameter settings a warm start
+    passes on (:func:`pomlia_hpc.strategy.hparams.rank_hparams`, equal task weights) for the
+    strategy ``arch`` from scratch: for each task, the settings it ran at its largest budget
+    are ranked from the other tasks' runs (settings the others never ran come after, in a
+    fixed order), and the regret (validation objective, points) of the first and of the best
+    of the first 3 is measured on the task; baselines: a random setting (expected), and the
+    best setting of one other task (``one task``, the rule before, averaged over the others)."""
+    from sqlalchemy import select
+
+    from pomlia_hpc.registry import Task
+    from pomlia_hpc.strategy.hparams import hp_key, rank_hparams, strategy_runs
+
+    with reg.session() as s:
+        names = [n for (n,) in s.execute(select(Task.name))]
+    strategy = {"arch": arch, "init": "scratch", "mode": "full"}
+    runs = strategy_runs(reg, names, strategy)
+    per: dict[str, dict[str, float]] = {}
+    for t in names:
+        mine = [r for r in runs if r.task == t]
+        if not mine:
+            continue
+        top = max(r.budget for r in mine)
+        per[t] = {}
+        for r in mine:
+            if r.budget >= top:
+                per[t][hp_key(r.hparams)] = max(per[t].get(hp_key(r.hparams), -1.0), r.objective)
+    out: dict[str, list[float]] = {"ranked": [], "ranked_top3": [], "random": [], "one task": []}
+    used = []
+    for t, vals in per.items():
+        others = [r for r in runs if r.task != t]
+        if len(vals) < 2 or not others:
+            continue
+        best = max(vals.values())
+        ranked = [hp_key(h) for h in rank_hparams(others, {o: 1.0 for o in per if o != t})]
+        order = [k for k in ranked if k in vals] + sorted(k for k in vals if k not in ranked)
+        out["ranked"].append(100 * (best - vals[order[0]]))
+        out["ranked_top3"].append(100 * (best - max(vals[k] for k in order[:3])))
+        out["random"].append(100 * (best - float(np.mean(list(vals.values())))))
+        one = []
+        for o in per:
+            if o == t:
+                continue
+            mine = [k for k in per[o] if k in vals]
+            if mine:
+                one.append(100 * (best - vals[max(mine, key=lambda k, o=o: per[o][k])]))
+        if one:
+            out["one task"].append(float(np.mean(one)))
+        used.append(t)
+    return {
+        "tasks": used,
+        "n_settings": {t: len(per[t]) for t in used},
+        "mean": {k: float(np.mean(v)) if v else None for k, v in out.items()},
+    }
+
+
 def curve(trials: list[dict[str, Any]]) -> list[tuple[int, float]]:
     spent, best_val, best_test, pts = 0, -1.0, float("nan"), []
     for t in trials:
@@ -404,6 +460,7 @@ def main() -> None:
             res["registry_loo"] = evaluate_source(reg, "registry", "acc").to_dict()
         except Exception as exc:  # reported, not fatal: the studies are the main result
             res["registry_loo"] = {"error": str(exc)}
+        res["setting_loo"] = setting_loo(reg)
     piece["wall_s"] = time.perf_counter() - t_all
     piece["load_end"] = os.getloadavg()
     save(res, a)
@@ -507,6 +564,16 @@ def summarize(res: dict[str, Any], a: Any) -> str:
             lines.append(f"| {k} | {v['top1_mean']:.2f} | {v['topk_mean']:.2f} |")
     elif loo:
         lines += ["", f"Registry's own runs: {loo.get('error')}"]
+    sl = res.get("setting_loo")
+    if sl and sl.get("tasks"):
+        mean = {k: "-" if v is None else f"{v:.2f}" for k, v in sl["mean"].items()}
+        lines += [
+            "",
+            f"Hyperparameter settings passed on (small CNN), leave-one-task-out over "
+            f"{len(sl['tasks'])} tasks ({', '.join(sl['tasks'])}), regret in validation points: "
+            f"ranked first {mean['ranked']}, best of ranked 3 {mean['ranked_top3']}, "
+            f"best of one other task {mean['one task']}, random setting {mean['random']}.",
+        ]
     return "\n".join(lines) + "\n"
 
 
