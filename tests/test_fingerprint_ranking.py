@@ -13,6 +13,7 @@ from pomlia_hpc.fingerprint.distances import frechet_distance
 from pomlia_hpc.fingerprint.ranking import (
     DISTANCE_NAMES,
     LATENT_DISTANCES,
+    explicit_many,
     frechet_many,
     score,
 )
@@ -149,3 +150,26 @@ def test_combined_mixes_both_parts_and_trimmed_resists_outliers() -> None:
     fr = score(clean, [dirty], "frechet")[0].distance
     tr = score(clean, [dirty], "trimmed")[0].distance
     assert tr < 0.2 * fr
+
+
+def test_robust_explicit_part_ignores_the_mean_and_the_tails() -> None:
+    def fp(mean: float, lo: float, hi: float) -> dict[str, object]:
+        pct = dict(
+            zip(
+                ("0.5", "1", "5", "25", "50", "75", "95", "99", "99.5"),
+                (lo, lo, 60, 80, 100, 120, 140, hi, hi),
+                strict=True,
+            )
+        )
+        c = {"mean": mean, "std": 20.0, "percentiles": pct}
+        return {"channels": 1, "intensity": [c], "image_size": [28, 28], "n_classes": 2}
+
+    clean = explicit_features(fp(100.0, 40.0, 160.0))
+    # A few foreign images move the mean and the extreme percentiles, not std and quartiles.
+    mixed = explicit_features(fp(110.0, 0.0, 255.0))
+    assert explicit_many(clean, mixed[None], "all")[0] > 0.01
+    assert explicit_many(clean, mixed[None], "robust")[0] == pytest.approx(0.0)
+    assert explicit_many(clean, mixed[None])[0] == pytest.approx(0.0)  # robust is the default
+    q = _summary(np.random.default_rng(5), 0.0)
+    with pytest.raises(InputError, match="explicit statistics"):
+        score(q, [q], "explicit", explicit="nope")

@@ -12,8 +12,10 @@ trimmed     Fréchet distance between the *typical* rows of the samples (the lea
             10 % by k-nearest-neighbour distance dropped, :func:`.summary.typical_rows`), so a
             few foreign images mixed into a dataset barely move it
 explicit    distance between explicit fingerprints (:func:`.summary.explicit_features`): mean
-            |difference| of the per-channel intensity statistics (0..1) plus |differences| of
-            RGB-ness, log image size, log class count and class-balance entropy
+            |difference| of the per-channel intensity statistics (0..1) that
+            :data:`EXPLICIT_STATS` names (``robust``, the default: std and quartiles) plus
+            |differences| of RGB-ness, log image size, log class count and class-balance
+            entropy
 combined    ``w`` x latent / median latent + (1 - ``w``) x explicit / median explicit, medians
             over the candidates being ranked (so both parts are on one scale); latent =
             :data:`COMBINED_LATENT`, ``w`` = :data:`COMBINED_WEIGHT`, both chosen on the tuning
@@ -42,6 +44,13 @@ DEFAULT_DISTANCE = "combined"
 #: The latent part of ``combined`` and its weight (the explicit part gets 1 - weight).
 COMBINED_LATENT = "trimmed"
 COMBINED_WEIGHT = 0.6
+#: Which of the 11 per-channel intensity statistics of :func:`.summary.explicit_features`
+#: (mean, std, percentiles 0.5, 1, 5, 25, 50, 75, 95, 99, 99.5) the explicit distance compares.
+#: ``robust`` (std and the quartiles) leaves out the mean and the tail percentiles, which a few
+#: foreign images mixed into a dataset move the most; chosen on the tuning sets of the
+#: fingerprint quality benchmark (docs/BENCHMARKS.md).
+EXPLICIT_STATS: dict[str, tuple[int, ...]] = {"all": tuple(range(11)), "robust": (1, 5, 6, 7)}
+DEFAULT_EXPLICIT = "robust"
 
 
 #: The summary fields (:class:`~.summary.Stats`) each distance reads.
@@ -95,13 +104,31 @@ def frechet_many(mu: np.ndarray, cov: np.ndarray, mus: np.ndarray, covs: np.ndar
 _EXPLICIT_TAIL = np.array([1.0, 1.0, 1.0, 0.5])
 
 
-def explicit_many(q: np.ndarray, others: np.ndarray) -> np.ndarray:
-    """Explicit-fingerprint distances (m,) between feature vectors ``q`` and ``others`` (m, f)."""
+#: Per-channel intensity statistics in an explicit feature vector (3 channels of 11 each).
+_PER_CHANNEL = 11
+
+
+def _explicit_columns(n_features: int, stats: str) -> np.ndarray:
+    if stats not in EXPLICIT_STATS:
+        raise InputError(
+            f"explicit statistics '{stats}' are not known: expected one of "
+            f"{', '.join(EXPLICIT_STATS)}"
+        )
+    n_int = n_features - len(_EXPLICIT_TAIL)
+    return np.array(
+        [c + i for c in range(0, n_int, _PER_CHANNEL) for i in EXPLICIT_STATS[stats]], int
+    )
+
+
+def explicit_many(q: np.ndarray, others: np.ndarray, stats: str = DEFAULT_EXPLICIT) -> np.ndarray:
+    """Explicit-fingerprint distances (m,) between feature vectors ``q`` and ``others`` (m, f),
+    comparing the intensity statistics named by ``stats`` (:data:`EXPLICIT_STATS`)."""
+    cols = _explicit_columns(len(q), stats)
     if len(others) == 0:
         return np.zeros(0)
     n_int = len(q) - len(_EXPLICIT_TAIL)
     diff = np.abs(others - q[None])
-    return diff[:, :n_int].mean(1) + diff[:, n_int:] @ _EXPLICIT_TAIL
+    return diff[:, cols].mean(1) + diff[:, n_int:] @ _EXPLICIT_TAIL
 
 
 def _stats(s: Summary, patches: bool) -> Stats:
@@ -167,16 +194,18 @@ def score(
     patches: bool = False,
     weight: float = COMBINED_WEIGHT,
     latent: str = COMBINED_LATENT,
+    explicit: str = DEFAULT_EXPLICIT,
 ) -> list[Scored]:
     """Distance ``distance`` from ``query`` to every candidate (in the candidates' order),
     with its components (``combined``: the raw latent and explicit parts, and the scaled parts
     that are summed, ``<latent>_scaled`` being the square root of a Fréchet-type latent over its
-    median)."""
+    median; ``explicit``: the intensity statistics of the explicit part, see
+    :data:`EXPLICIT_STATS`)."""
     check_distance(distance)
     if not 0.0 <= weight <= 1.0:
         raise InputError(f"combined weight {weight}: expected a number in [0, 1]")
     if distance == "explicit":
-        e = explicit_many(query.explicit, np.stack([c.explicit for c in candidates]))
+        e = explicit_many(query.explicit, np.stack([c.explicit for c in candidates]), explicit)
         return [Scored(float(v), {"explicit": float(v)}) for v in e]
     q = _stats(query, patches)
     others = [_stats(c, patches) for c in candidates]
@@ -189,7 +218,7 @@ def score(
     # candidates, those that matter, would then be told apart by the explicit part alone.
     lat = np.sqrt(raw) if latent in SQUARED_LATENTS else raw
     exp = (
-        explicit_many(query.explicit, np.stack([c.explicit for c in candidates]))
+        explicit_many(query.explicit, np.stack([c.explicit for c in candidates]), explicit)
         if candidates
         else np.zeros(0)
     )
