@@ -120,25 +120,31 @@ def validate_model(
             return model.model_validate_json(data, strict=strict)
         return model.model_validate(data, strict=strict)
     except ValidationError as exc:
-        errors = exc.errors()
-        # A misspelt key shows as "unknown key" and "missing key": the first says more.
-        err = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
-        loc = ".".join(str(p) for p in err["loc"])
-        if err["type"] == "missing":
-            raise error(f"{source}: key '{loc}' is missing") from exc
-        if err["type"] == "json_invalid":
-            raise error(f"{source}: not valid JSON ({err['msg']})") from exc
-        if err["type"] in ("model_type", "dict_type") and not loc:
-            raise error(f"{source}: expected a JSON object at the top level") from exc
-        if err["type"] == "extra_forbidden":
-            sub = _model_at(model, err["loc"][:-1])
-            valid = ", ".join(sorted(sub.model_fields))
-            raise error(f"{source}: unknown key '{loc}'; valid keys: {valid}") from exc
-        msg = str(err["msg"]).removeprefix("Value error, ")
-        if err["type"] == "value_error":  # a cross-field check: its message names the keys
-            where = f" in '{loc}'" if loc else ""
-            raise error(f"{source}: {msg}{where}") from exc
-        raise error(f"{source}: bad value for '{loc}': {msg} (got {err.get('input')!r})") from exc
+        raise error(f"{source}: {problem(model, exc)}") from exc
+
+
+def problem(model: type[BaseModel], exc: ValidationError) -> str:
+    """What is wrong, in one phrase that names the key (``unknown key 'x'; valid keys: ...``,
+    ``key 'x' is missing``, ``bad value for 'x': ...``), from ``model``'s validation error."""
+    errors = exc.errors()
+    # A misspelt key shows as "unknown key" and "missing key": the first says more.
+    err = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
+    loc = ".".join(str(p) for p in err["loc"] if not _union_tag(p))
+    if err["type"] == "missing":
+        return f"key '{loc}' is missing"
+    if err["type"] == "json_invalid":
+        return f"not valid JSON ({err['msg']})"
+    if err["type"] in ("model_type", "dict_type") and not loc:
+        return "expected a JSON object at the top level"
+    if err["type"] == "extra_forbidden":
+        sub = _model_at(model, err["loc"][:-1])
+        valid = ", ".join(sorted(sub.model_fields))
+        return f"unknown key '{loc}'; valid keys: {valid}"
+    msg = str(err["msg"]).removeprefix("Value error, ")
+    if err["type"] == "value_error":  # a cross-field check: its message names the keys
+        where = f" in '{loc}'" if loc else ""
+        return f"{msg}{where}"
+    return f"bad value for '{loc}': {msg} (got {err.get('input')!r})"
 
 
 def read_record(model: type[_M], path: str | Path, *, error: type[PomliaError] = InputError) -> _M:
@@ -151,6 +157,15 @@ def read_record(model: type[_M], path: str | Path, *, error: type[PomliaError] =
     except OSError as exc:
         raise error(f"{path}: cannot be read ({exc.strerror})") from exc
     return validate_model(model, text, str(path), error=error, strict=True)
+
+
+_TYPE_TAGS = frozenset({"int", "str", "float", "bool", "bytes", "none"})
+
+
+def _union_tag(part: int | str) -> bool:
+    """Whether a part of an error's location is pydantic's name of the union member that was
+    tried (``int`` in ``label_index.int`` for ``int | list[int]``), not a key."""
+    return isinstance(part, str) and (part in _TYPE_TAGS or "[" in part)
 
 
 def _model_at(model: type[BaseModel], loc: Sequence[int | str]) -> type[BaseModel]:

@@ -15,6 +15,7 @@ from pomlia_hpc.models.nets import build_classifier
 from pomlia_hpc.registry import Model, Registry
 from pomlia_hpc.serve.inbox import Inbox, encode_image, inputs_dir
 from pomlia_hpc.serve.predlog import PredictionLog
+from tests.fixtures.factories import log_line
 
 CLASSES = [f"c{i}" for i in range(4)]
 
@@ -59,11 +60,11 @@ def write_production(
         for i in range(len(images))
     ]
     for pid, img in zip(ids, images, strict=True):
-        rec = {"type": "prediction", "id": pid, "time": when, "model_version": "v0"}
+        rec = log_line("prediction", id=pid, time=when, input_kept=True)
         plog.append([rec], inputs=encode_image(pid, when, img.astype(np.float32) / 255))
     plog.append(
         [
-            {"type": "feedback", "prediction_id": pid, "label_index": int(y), "time": when}
+            log_line("feedback", prediction_id=pid, label_index=int(y), time=when)
             for pid, y in zip(ids, labels, strict=True)
         ]
     )

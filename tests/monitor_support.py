@@ -18,12 +18,10 @@ from pomlia_hpc.registry import Registry
 from pomlia_hpc.serve.demo import register_demo_model
 from pomlia_hpc.serve.exported import ExportedBundle
 from pomlia_hpc.serve.inbox import Inbox, encode_image, inputs_dir
-from pomlia_hpc.serve.metrics import ServerMetrics
-from pomlia_hpc.serve.predictor import Predictor
 from pomlia_hpc.serve.predlog import PredictionLog, log_dir
 from pomlia_hpc.serve.reference import compute_reference, write_reference
-from pomlia_hpc.serve.runtime import load_runtime
 from pomlia_hpc.workspace import Workspace
+from tests.fixtures.factories import onnx_predictor
 
 FLAG = "bloodmnist"  # RGB 28 px, 8 classes
 CLASSES = 8
@@ -65,15 +63,7 @@ def log_predictions(
     # server process's file (two calls in the same second would otherwise share a name).
     staging = directory.parent / f".staging-{os.urandom(4).hex()}"
     log = PredictionLog(staging, fsync=False)
-    pred = Predictor(
-        bundle,
-        load_runtime(bundle, "onnx", threads=1),
-        log,
-        ServerMetrics(),
-        max_batch=64,
-        max_wait_s=0.0,
-        deployment_id=deployment,
-    )
+    pred = onnx_predictor(bundle_dir, log, deployment_id=deployment)
     try:
         results = pred.process([x.astype(np.float32) / 255.0])
     finally:

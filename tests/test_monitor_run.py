@@ -23,6 +23,7 @@ from pomlia_hpc.serve.predlog import log_dir
 from pomlia_hpc.serve.reference import REFERENCE_FILE, read_reference, write_reference
 from pomlia_hpc.workspace import Workspace
 from tests.fixtures.browser import Browser
+from tests.fixtures.factories import log_line
 from tests.monitor_support import append_lines, demo_model, images, log_predictions
 
 runner = CliRunner()
@@ -179,15 +180,10 @@ def test_torn_corrupt_and_foreign_lines_are_skipped_and_counted(
     folder = log_dir(ws.path("logs"), "blood")
     (first,) = folder.glob("*.jsonl")
     other_version = dict(records[0], id="f" * 32, model_version="0123456789ab")
-    rejection = {
-        "type": "rejection",
-        "time": records[0]["time"],
-        "model": "blood",
-        "status": 400,
-        "reason": "wrong-size",
-    }
+    rejection = log_line("rejection", time=records[0]["time"], model="blood")
     append_lines(first, rejection, rejection)
-    append_lines(first, b"{not json\n", other_version)
+    foreign = dict(records[3], id="e" * 32, colour="red")  # a key no record has
+    append_lines(first, b"{not json\n", other_version, foreign)
     append_lines(first, b'{"type": "prediction", "id": "torn')  # a crash mid-line
     stray = folder / "20200101T000000-otherhost-1-0000.jsonl"  # a copied file of another model
     append_lines(stray, dict(records[1], model="pathology"), dict(records[2], model="pathology"))
@@ -197,8 +193,10 @@ def test_torn_corrupt_and_foreign_lines_are_skipped_and_counted(
     report = json.loads(out[out.index("{") :])
     log = report["log"]
     assert report["volume"]["predictions"] == 60
-    assert log["torn_lines"] == 1 and log["corrupt_lines"] == 1
-    assert log["corrupt_examples"] == [f"{first.name}:{len(records) + 3}"]
+    assert log["torn_lines"] == 1 and log["corrupt_lines"] == 2
+    bad_json, unknown_key = log["corrupt_examples"]
+    assert bad_json.startswith(f"{first.name}:{len(records) + 3}: not valid JSON")
+    assert unknown_key.startswith(f"{first.name}:{len(records) + 5}: unknown key 'colour'")
     quality = report["quality"]
     assert quality["rejections_by_reason"] == {"wrong-size": 2}
     assert quality["rejected_share"] == pytest.approx(2 / 62)

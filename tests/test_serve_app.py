@@ -15,6 +15,7 @@ from typing import Any, cast
 
 import httpx
 import numpy as np
+import orjson
 import pytest
 from prometheus_client import generate_latest
 
@@ -23,7 +24,9 @@ import pomlia_hpc.serve.holder as holdermod
 from pomlia_hpc.serve.config import ServeConfig
 from pomlia_hpc.serve.exported import ExportedBundle
 from pomlia_hpc.serve.predlog import PredictionLog
+from pomlia_hpc.serve.records import PredictionLine, RejectionLine
 from pomlia_hpc.serve.runtime import Runtime
+from tests.fixtures.factories import log_line
 
 TOKEN = "app-token-0123456789abcdef"
 
@@ -98,8 +101,8 @@ def test_a_failed_log_write_is_a_503_for_predictions_and_feedback(
     # The feedback below is for a prediction an earlier run of this server logged (the app
     # reads the ids it issued from its log at start; an unknown id would be a 404).
     (tmp_path / "logs").mkdir()
-    earlier = '{"type": "prediction", "id": "%s", "deployment": null}\n' % ("0" * 32)
-    (tmp_path / "logs" / "00000000-earlier.jsonl").write_text(earlier)
+    earlier = orjson.dumps(log_line("prediction", id="0" * 32)) + b"\n"
+    (tmp_path / "logs" / "00000000-earlier.jsonl").write_bytes(earlier)
 
     async def main() -> None:
         async with running(make_app(FullDiskLog)) as client:
@@ -191,11 +194,11 @@ def test_refused_uploads_are_logged_as_rejections_by_reason(make_app: Any, tmp_p
                 assert resp.status_code == status, resp.text
 
     asyncio.run(main())
-    rejections = list(read_records(tmp_path / "logs", "rejection"))
-    assert sorted(r["reason"] for r in rejections) == [
+    rejections = list(read_records(tmp_path / "logs", RejectionLine))
+    assert sorted(r.reason for r in rejections) == [
         "unsupported-type",
         "wrong-channels",
         "wrong-size",
     ]
-    assert {r["model"] for r in rejections} == {"m"} and all(r["time"] for r in rejections)
-    assert len(list(read_records(tmp_path / "logs", "prediction"))) == 1
+    assert {r.model for r in rejections} == {"m"} and all(r.time for r in rejections)
+    assert len(list(read_records(tmp_path / "logs", PredictionLine))) == 1

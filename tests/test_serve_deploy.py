@@ -22,6 +22,7 @@ from pomlia_hpc.registry import Deployment, Registry
 from pomlia_hpc.serve.demo import cached_demo_bundle
 from pomlia_hpc.serve.deploy import SOURCE_ITEMS, parse_def, render_def
 from pomlia_hpc.serve.predlog import read_records
+from pomlia_hpc.serve.records import PredictionLine
 from pomlia_hpc.serve.smoke import smoke
 from pomlia_hpc.workspace import Workspace
 
@@ -109,7 +110,7 @@ def test_runscript_serves_the_bundle(bundle: Path, tmp_path: Path) -> None:
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0
-    assert [r["id"] for r in read_records(tmp_path / "logs")] == [out["id"]]
+    assert [r.id for r in read_records(tmp_path / "logs")] == [out["id"]]
 
 
 def test_definition_test_section_passes(bundle: Path) -> None:
@@ -221,6 +222,6 @@ def test_sbatch_script_runs_the_server_and_prints_its_address(
     assert code == 0, text
     assert f"at {url}" in text  # the address is printed in the job output
     # Logged where the monitor reads, under the deployment's id.
-    (record,) = read_records(workspace.path("logs", "predictions", "demo"), "prediction")
-    assert record["deployment"] == deployment_id
+    (record,) = read_records(workspace.path("logs", "predictions", "demo"), PredictionLine)
+    assert record.deployment == deployment_id
     assert not (out / "logs").exists()

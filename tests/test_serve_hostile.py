@@ -22,6 +22,7 @@ from pomlia_hpc.serve.demo import cached_demo_bundle
 from pomlia_hpc.serve.issued import Claim, IssuedIds
 from pomlia_hpc.serve.local import LocalServer
 from pomlia_hpc.serve.predlog import read_records
+from pomlia_hpc.serve.records import FeedbackLine
 
 TOKEN = "test-token-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -197,7 +198,7 @@ def test_feedback_for_an_id_never_issued_is_404(client: httpx.Client, logs: Path
     resp = client.post("/v1/feedback", json={"prediction_id": made_up, "label": 1}, headers=AUTH)
     assert resp.status_code == 404, resp.text
     assert "was not issued by this deployment" in resp.json()["error"]
-    assert made_up not in {r["prediction_id"] for r in read_records(logs, "feedback")}
+    assert made_up not in {r.prediction_id for r in read_records(logs, FeedbackLine)}
 
 
 def test_a_second_label_is_409_unless_it_replaces(client: httpx.Client, logs: Path) -> None:
@@ -214,8 +215,8 @@ def test_a_second_label_is_409_unless_it_replaces(client: httpx.Client, logs: Pa
         headers=AUTH,
     )
     assert replaced.status_code == 200, replaced.text
-    mine = [r for r in read_records(logs, "feedback") if r["prediction_id"] == pid]
-    assert [r["label_index"] for r in mine] == [1, 2] and mine[1]["replaces"] is True
+    mine = [r for r in read_records(logs, FeedbackLine) if r.prediction_id == pid]
+    assert [r.label_index for r in mine] == [1, 2] and mine[1].replaces is True
 
 
 @pytest.mark.parametrize("label", [True, False, 1.0, [True], None, {"a": 1}])

@@ -19,6 +19,7 @@ from pomlia_hpc.serve.config import load_serve_config
 from pomlia_hpc.serve.demo import cached_demo_bundle
 from pomlia_hpc.serve.local import LocalServer
 from pomlia_hpc.serve.predlog import read_records
+from pomlia_hpc.serve.records import FeedbackLine, PredictionLine
 
 TOKEN = "test-token-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -270,13 +271,13 @@ def test_log_holds_every_answered_prediction_and_feedback(
             headers={"content-type": "application/x-npy"},
         ).json()["predictions"]
     ]
-    records = {r["id"]: r for r in read_records(server.log_dir, "prediction")}
+    records = {r.id: r for r in read_records(server.log_dir, PredictionLine)}
     for pid in answered:
         rec = records[pid]
-        assert rec["model"] == "demo" and rec["fingerprint_kind"] == "stats-thumb-v1"
-        assert len(rec["fingerprint"]) == 198 and len(rec["output"]["probabilities"]) == 4
-    feedback = list(read_records(server.log_dir, "feedback"))
-    assert feedback and all(f["prediction_id"] in records for f in feedback)
+        assert rec.model == "demo" and rec.fingerprint_kind == "stats-thumb-v1"
+        assert len(rec.fingerprint) == 198 and len(rec.output.probabilities) == 4
+    feedback = list(read_records(server.log_dir, FeedbackLine))
+    assert feedback and all(f.prediction_id in records for f in feedback)
     for path in server.log_dir.glob("*.jsonl"):
         for line in path.read_text().splitlines():
             json.loads(line)

@@ -13,6 +13,7 @@ import pytest
 
 from pomlia_hpc.serve.inbox import Inbox, encode_image, read_inputs
 from pomlia_hpc.serve.predlog import PredictionLog, read_records
+from tests.fixtures.factories import log_line
 
 
 def _u8(seed: int, shape: tuple[int, ...] = (8, 8, 3)) -> np.ndarray:
@@ -73,13 +74,13 @@ def test_inputs_are_durable_before_the_log_line_and_the_answer(tmp_path: Path) -
     def done(err: BaseException | None) -> None:
         # Runs after the commit: both the input and its record must already be readable.
         seen["inputs"] = [k.id for k in read_inputs(tmp_path / "inputs")]
-        seen["records"] = [r["id"] for r in read_records(tmp_path)]
+        seen["records"] = [r.id for r in read_records(tmp_path)]
         seen["err"] = err
         answered.set()
 
     pid = "d" * 32
     plog.append(
-        [{"type": "prediction", "id": pid, "input_kept": True}],
+        [log_line("prediction", id=pid, input_kept=True)],
         done,
         inputs=encode_image(pid, "t", _u8(3).astype(np.float32) / 255),
     )
@@ -103,27 +104,41 @@ def test_feedback_joins_kept_inputs_by_prediction_id_within_the_window(tmp_path:
     for i, pid in enumerate(ids[:3]):  # the fourth prediction's input was not kept
         img = _u8(i).astype(np.float32) / 255
         plog.append(
-            [{"type": "prediction", "id": pid, "model_version": "v1"}],
+            [log_line("prediction", id=pid, model_version="v1")],
             inputs=encode_image(pid, "t", img),
         )
     fb = [
         (ids[0], 1, "2026-01-01T00:00:00+00:00"),  # before the window
         (ids[1], 2, "2026-02-01T00:00:00+00:00"),
-        (ids[2], "x", "2026-02-01T00:00:00+00:00"),  # not an index: counted, not used
         (ids[3], 0, "2026-02-01T00:00:00+00:00"),  # no kept input
         (ids[1], 3, "2026-02-02T00:00:00+00:00"),  # a second label: the last one wins
     ]
-    plog.append(
-        [{"type": "feedback", "prediction_id": p, "label_index": y, "time": t} for p, y, t in fb]
-    )
+    plog.append([log_line("feedback", prediction_id=p, label_index=y, time=t) for p, y, t in fb])
     plog.close()
     got = labelled_inputs(tmp_path, since=datetime(2026, 1, 15, tzinfo=UTC))
     assert got.ids == [ids[1]] and got.labels == [[3]] and got.versions == ["v1"]
     np.testing.assert_array_equal(got.image_array()[0], _u8(1))
     assert got.counts == {
-        "feedback": 5,
+        "feedback": 4,
         "outside_window": 1,
-        "bad_label": 1,
         "no_input": 1,
         "used": 1,
     }
+
+
+def test_a_mistyped_feedback_line_stops_the_join_with_one_error_naming_file_and_key(
+    tmp_path: Path,
+) -> None:
+    from pomlia_hpc.errors import InputError
+    from pomlia_hpc.serve.labelled import labelled_inputs
+
+    plog = PredictionLog(tmp_path)
+    plog.append([log_line("feedback"), log_line("feedback")])
+    plog.close()
+    (path,) = tmp_path.glob("*.jsonl")
+    with path.open("ab") as f:  # a label that is not an index
+        f.write(b'{"type": "feedback", "id": "x", "time": "t", "prediction_id": "p", ')
+        f.write(b'"model": "m", "model_version": "v", "deployment": null, "label": "a", ')
+        f.write(b'"label_index": "x"}\n')
+    with pytest.raises(InputError, match=rf"^{path}:3: bad value for 'label_index'"):
+        labelled_inputs(tmp_path)

@@ -23,10 +23,10 @@ from pomlia_hpc.serve.batching import BatcherClosedError, DynamicBatcher
 from pomlia_hpc.serve.demo import cached_demo_bundle
 from pomlia_hpc.serve.exported import ExportedBundle
 from pomlia_hpc.serve.local import LocalServer
-from pomlia_hpc.serve.metrics import ServerMetrics
-from pomlia_hpc.serve.predictor import Predictor
 from pomlia_hpc.serve.predlog import LogClosedError, LogWriteError, PredictionLog, read_records
+from pomlia_hpc.serve.records import FeedbackLine, PredictionLine
 from pomlia_hpc.serve.runtime import load_runtime
+from tests.fixtures.factories import log_line, onnx_predictor
 
 
 def test_log_group_commits_and_calls_back_after_writing(tmp_path: Path) -> None:
@@ -35,8 +35,7 @@ def test_log_group_commits_and_calls_back_after_writing(tmp_path: Path) -> None:
     threads = [
         threading.Thread(
             target=lambda i=i: [
-                log.append([{"type": "prediction", "id": f"{i}-{j}"}], done.append)
-                for j in range(50)
+                log.append([log_line("prediction", id=f"{i}-{j}")], done.append) for j in range(50)
             ]
         )
         for i in range(8)
@@ -46,25 +45,25 @@ def test_log_group_commits_and_calls_back_after_writing(tmp_path: Path) -> None:
     for t in threads:
         t.join()
     log.close()
-    ids = [r["id"] for r in read_records(tmp_path)]
+    ids = [r.id for r in read_records(tmp_path)]
     assert len(ids) == 400 and len(set(ids)) == 400
     assert done == [None] * 400 and log.written == 400
     assert log.commits <= 400  # grouped whenever records queued up during a write
     with pytest.raises(LogClosedError):
-        log.append([{"id": "late"}])
+        log.append([log_line("prediction", id="late")])
 
 
 def test_log_rotates_and_reader_skips_a_torn_tail(tmp_path: Path) -> None:
     log = PredictionLog(tmp_path, max_bytes=200)
     for i in range(20):
-        log.append([{"type": "feedback", "id": i, "pad": "x" * 40}])
+        log.append([log_line("feedback", id=str(i))])
         time.sleep(0.001)
     log.close()
     files = sorted(tmp_path.glob("*.jsonl"))
     assert len(files) > 1
     with files[-1].open("ab") as f:
         f.write(b'{"type": "feedback", "id": "torn')  # a crash mid-line
-    assert [r["id"] for r in read_records(tmp_path, "feedback")] == list(range(20))
+    assert [r.id for r in read_records(tmp_path, FeedbackLine)] == [str(i) for i in range(20)]
 
 
 class TornWriteLog(PredictionLog):
@@ -91,9 +90,7 @@ def test_a_failed_write_is_cut_back_and_nothing_is_written_after_it(tmp_path: Pa
     outcome: queue.Queue[tuple[str, BaseException | None]] = queue.Queue()
 
     def record(key: str) -> tuple[list[dict[str, object]], Callable[[BaseException | None], None]]:
-        return [{"type": "prediction", "id": key, "pad": "x" * 100}], lambda e: outcome.put(
-            (key, e)
-        )
+        return [log_line("prediction", id=key)], lambda e: outcome.put((key, e))
 
     log.append(*record("first"))
     assert outcome.get(timeout=30) == ("first", None)
@@ -111,7 +108,7 @@ def test_a_failed_write_is_cut_back_and_nothing_is_written_after_it(tmp_path: Pa
     log.close()
     (path,) = tmp_path.glob("*.jsonl")
     assert path.read_bytes().count(b"\n") == 1 and path.read_bytes().endswith(b"\n")
-    assert [r["id"] for r in read_records(tmp_path)] == ["first"]
+    assert [r.id for r in read_records(tmp_path)] == ["first"]
 
 
 def test_batcher_groups_requests_and_drains_on_close() -> None:
@@ -165,16 +162,7 @@ def test_multi_label_predictor_uses_sigmoid(
         num_classes=5,
         channels=1,
     )
-    bundle = ExportedBundle.open(root)
-    log = PredictionLog(tmp_path / "logs")
-    pred = Predictor(
-        bundle,
-        load_runtime(bundle, "onnx", threads=1),
-        log,
-        ServerMetrics(),
-        max_batch=4,
-        max_wait_s=0.0,
-    )
+    pred = onnx_predictor(root, PredictionLog(tmp_path / "logs"), max_batch=4)
     x = np.random.default_rng(0).random((3, 28, 28, 1), dtype=np.float32)
     out = asyncio.run(pred.predict(x))
     pred.close()
@@ -183,7 +171,7 @@ def test_multi_label_predictor_uses_sigmoid(
         assert isinstance(p["label"], list)
         assert p["label_index"] == [i for i, v in enumerate(probs) if v >= 0.5]
         assert not np.isclose(probs.sum(), 1.0)  # independent sigmoids, not a softmax
-    assert len(list(read_records(tmp_path / "logs", "prediction"))) == 3
+    assert len(list(read_records(tmp_path / "logs", PredictionLine))) == 3
 
 
 def _npy(n: int, seed: int) -> bytes:
@@ -222,7 +210,7 @@ def test_concurrent_requests_give_exactly_one_record_each(bundle: Path, tmp_path
         answered = asyncio.run(_fire(srv.url, requests=150, concurrency=32))
         metrics = httpx.get(srv.url + "/metrics").text
     assert len(answered) == sum(1 + i % 3 for i in range(150))
-    logged = Counter(r["id"] for r in read_records(logs, "prediction"))
+    logged = Counter(r.id for r in read_records(logs, PredictionLine))
     assert set(logged) == set(answered)  # no record lost, none invented
     assert max(logged.values()) == 1  # none written twice
     batch_sizes = [
@@ -273,7 +261,7 @@ def test_sigterm_under_load_loses_no_answered_prediction(bundle: Path, tmp_path:
     t.join(60)
     assert code == 0, srv.log_tail()
     assert len(answered) >= 100
-    logged = Counter(r["id"] for r in read_records(logs, "prediction"))
+    logged = Counter(r.id for r in read_records(logs, PredictionLine))
     missing = set(answered) - set(logged)
     assert not missing, f"{len(missing)} answered predictions are not in the log"
     assert max(logged.values()) == 1

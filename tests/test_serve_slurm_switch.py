@@ -25,6 +25,7 @@ from pomlia_hpc.registry import Registry
 from pomlia_hpc.serve.demo import register_demo_model
 from pomlia_hpc.serve.deploy import write_deployment
 from pomlia_hpc.serve.predlog import read_records
+from pomlia_hpc.serve.records import PredictionLine
 from pomlia_hpc.workspace import Workspace
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow]
@@ -148,5 +149,5 @@ def test_new_job_takes_the_address_and_the_old_one_drains(
     # The old job left the new address in place (it removes the file only if it is its own).
     assert new_url != old_url and _read(address) in ("", new_url)
     # Every answer is in the shared log, under the version that gave it.
-    logged = {r["id"]: r["model_version"] for r in read_records(logs, "prediction")}
+    logged = {r.id: r.model_version for r in read_records(logs, PredictionLine)}
     assert all(logged.get(pid) == version for pid, version in client.answers)

@@ -18,6 +18,7 @@ from pomlia_hpc.serve.exported import ExportedBundle
 from pomlia_hpc.serve.inbox import inputs_dir, read_inputs
 from pomlia_hpc.serve.local import LocalServer
 from pomlia_hpc.serve.predlog import read_records
+from pomlia_hpc.serve.records import PredictionLine
 from pomlia_hpc.serve.slots import point
 
 TOKEN = "swap-token-0123456789abcdef"
@@ -118,7 +119,7 @@ def test_swap_under_load_drops_nothing_and_logs_every_answer(
     assert load.errors == []
     assert load.versions() == {va, vb}
     # Every answer is in the log under the version that answered, and its input is kept.
-    logged = {r["id"]: r["model_version"] for r in read_records(logs, "prediction")}
+    logged = {r.id: r.model_version for r in read_records(logs, PredictionLine)}
     assert dict(load.answers).items() <= logged.items()
     kept = {k.id for k in read_inputs(inputs_dir(logs))}
     assert {pid for pid, _ in load.answers} <= kept

@@ -13,10 +13,11 @@ and keeps:
   :mod:`pomlia_hpc.monitor.tests`);
 * feedback labels matched to those predictions (feedback may arrive in a later file);
 * counts of everything it skipped, and why: records of other model versions (by version),
-  records of other models (a file copied into the wrong folder), lines that are not JSON
-  (corrupt), a torn last line (a writer that crashed mid-line), fingerprints of the wrong
-  kind or length, and refused requests by reason (``rejection`` records, when the server
-  writes them).
+  records of other models (a file copied into the wrong folder), lines that are not a valid
+  record (:mod:`pomlia_hpc.serve.records`: not JSON, an unknown or missing key, a mistyped
+  value; the first few are quoted with file, line and key, e.g. ``<file>:12: unknown key
+  'x'; valid keys: ...``), a torn last line (a writer that crashed mid-line), fingerprints of
+  the wrong kind or length, and refused requests by reason (``rejection`` records).
 
 Files whose last change is before the window cannot hold records of it and are not opened.
 """
@@ -32,10 +33,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import orjson
 
-#: Corrupt lines quoted in the report at most (file and line number), so a broken file does
-#: not flood it.
+from pomlia_hpc.serve.records import BadLineError, FeedbackLine, RejectionLine, parse_line
+
+#: Bad lines quoted in the report at most (file, line number and what is wrong), so a broken
+#: file does not flood it.
 MAX_EXAMPLES = 5
 
 
@@ -94,8 +96,7 @@ def log_files(directory: Path) -> list[Path]:
     return sorted(p for p in directory.glob("*.jsonl") if p.is_file())
 
 
-def _confidence(out: dict[str, Any], multi_label: bool) -> float:
-    probs = out.get("probabilities") or []
+def _confidence(probs: list[float], multi_label: bool) -> float:
     if not probs:
         return float("nan")
     if multi_label:
@@ -145,61 +146,49 @@ def read_window(
                     break
                 win.lines += 1
                 try:
-                    rec = orjson.loads(raw)
-                    rtype = rec["type"]
-                except (orjson.JSONDecodeError, KeyError, TypeError):
+                    rec = parse_line(raw)
+                except BadLineError as exc:
                     win.corrupt_lines += 1
                     if len(win.corrupt_examples) < MAX_EXAMPLES:
-                        win.corrupt_examples.append(f"{path.name}:{lineno}")
+                        win.corrupt_examples.append(f"{path.name}:{lineno}: {exc}")
                     continue
-                if rec.get("model") != model:
-                    win.other_models[str(rec.get("model"))] += 1
+                if rec.model != model:
+                    win.other_models[rec.model] += 1
                     continue
-                if deployment is not None and rec.get("deployment") != deployment:
+                if deployment is not None and rec.deployment != deployment:
                     win.other_deployments += 1
                     continue
-                if rtype == "feedback":
-                    feedback[str(rec.get("prediction_id"))] = (
-                        rec.get("label_index"),
-                        str(rec.get("time", "")),
-                    )
+                if isinstance(rec, FeedbackLine):
+                    feedback[rec.prediction_id] = (rec.label_index, rec.time)
                     continue
-                if rtype == "rejection":
-                    t = str(rec.get("time", ""))
-                    if lo <= t < hi:
-                        win.rejections[str(rec.get("reason", "unknown"))] += 1
+                if isinstance(rec, RejectionLine):
+                    if lo <= rec.time < hi:
+                        win.rejections[rec.reason] += 1
                     continue
-                if rtype != "prediction":
-                    continue
-                t = str(rec.get("time", ""))
+                t = rec.time
                 if not lo <= t < hi:
                     continue
-                if rec.get("model_version") != version:
-                    win.other_versions[str(rec.get("model_version"))] += 1
+                if rec.model_version != version:
+                    win.other_versions[rec.model_version] += 1
                     continue
-                out = rec.get("output") or {}
-                pid = str(rec.get("id"))
-                pred_of[pid] = out.get("label_index")
-                win.pred_index.append(out.get("label_index"))
-                win.confidence.append(_confidence(out, multi_label))
+                out = rec.output
+                pred_of[rec.id] = out.label_index
+                win.pred_index.append(out.label_index)
+                win.confidence.append(_confidence(out.probabilities, multi_label))
                 win.per_hour[t[:13]] += 1
-                fp = rec.get("fingerprint")
-                if (
-                    rec.get("fingerprint_kind") != kind
-                    or not isinstance(fp, list)
-                    or len(fp) != dim
-                ):
+                fp = rec.fingerprint
+                if rec.fingerprint_kind != kind or len(fp) != dim:
                     win.bad_fingerprints += 1
                     continue
                 seen_in_window += 1
                 if len(win.vectors) < max_vectors:
                     win.vectors.append(np.asarray(fp, dtype=np.float32))
-                    win.vector_ids.append(pid)
+                    win.vector_ids.append(rec.id)
                 else:
                     j = int(rng.integers(seen_in_window))
                     if j < max_vectors:
                         win.vectors[j] = np.asarray(fp, dtype=np.float32)
-                        win.vector_ids[j] = pid
+                        win.vector_ids[j] = rec.id
     for pid, (label, t) in feedback.items():
         if pid in pred_of:
             win.feedback.append((pred_of[pid], label, t))

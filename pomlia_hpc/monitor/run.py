@@ -106,7 +106,8 @@ def _log_notes(win: LogWindow, version: str) -> list[str]:
         notes.append(f"{win.torn_lines} torn last line(s) skipped (a server stopped mid-write)")
     if win.corrupt_lines:
         notes.append(
-            f"{win.corrupt_lines} corrupt line(s) skipped, e.g. {', '.join(win.corrupt_examples)}"
+            f"{win.corrupt_lines} corrupt line(s) skipped (not a valid record), e.g. "
+            + " | ".join(win.corrupt_examples)
         )
     for item in win.unreadable_files:
         notes.append(f"log file not readable: {item}")

@@ -26,6 +26,7 @@ from pomlia_hpc.serve.holder import ModelHolder
 from pomlia_hpc.serve.issued import feedback_refusal
 from pomlia_hpc.serve.predictor import Predictor, now_iso
 from pomlia_hpc.serve.predlog import LogClosedError, LogWriteError, PredictionLog
+from pomlia_hpc.serve.records import FeedbackLine, RejectionLine, to_line
 
 PREDICTION_ID = re.compile(r"^[0-9a-f]{32}$")
 
@@ -83,28 +84,24 @@ async def feedback(holder: ModelHolder, request: Request) -> Response:
     if refusal is not None:
         raise refusal
     multi = bundle.task_type == "multi-label"
-    record: dict[str, Any] = {
-        "type": "feedback",
-        "id": new_id(),
-        "time": now_iso(),
-        "prediction_id": item.prediction_id,
-        "model": bundle.name,
-        "model_version": bundle.version,
-        "deployment": holder.config.deployment_id,
-        "label": names if multi else names[0],
-        "label_index": indices if multi else indices[0],
-    }
-    if had_label:
-        record["replaces"] = True
+    record = FeedbackLine(
+        id=new_id(),
+        time=now_iso(),
+        prediction_id=item.prediction_id,
+        model=bundle.name,
+        model_version=bundle.version,
+        deployment=holder.config.deployment_id,
+        label=names if multi else names[0],
+        label_index=indices if multi else indices[0],
+        replaces=had_label,
+    )
     try:
-        await append_durably(pred.log, record)
+        await append_durably(pred.log, to_line(record))
     except BaseException:
         issued.release(item.prediction_id, had_label=had_label)
         raise
     holder.metrics.feedback.inc()
-    return json_response(
-        {"id": record["id"], "prediction_id": item.prediction_id, "recorded": True}
-    )
+    return json_response({"id": record.id, "prediction_id": item.prediction_id, "recorded": True})
 
 
 def rejection_reason(exc: RequestError) -> str:
@@ -129,16 +126,17 @@ def log_rejection(pred: Predictor, exc: RequestError, deployment: int | None) ->
     with contextlib.suppress(LogClosedError, LogWriteError):
         pred.log.append(
             [
-                {
-                    "type": "rejection",
-                    "id": new_id(),
-                    "time": now_iso(),
-                    "model": pred.bundle.name,
-                    "model_version": pred.bundle.version,
-                    "deployment": deployment,
-                    "status": exc.status,
-                    "reason": rejection_reason(exc),
-                }
+                to_line(
+                    RejectionLine(
+                        id=new_id(),
+                        time=now_iso(),
+                        model=pred.bundle.name,
+                        model_version=pred.bundle.version,
+                        deployment=deployment,
+                        status=exc.status,
+                        reason=rejection_reason(exc),
+                    )
+                )
             ]
         )
 

@@ -19,9 +19,9 @@ from collections.abc import Iterable
 from enum import Enum
 from pathlib import Path
 
-import orjson
-
 from pomlia_hpc.serve.decode import RequestError
+from pomlia_hpc.serve.predlog import read_file
+from pomlia_hpc.serve.records import FeedbackLine, PredictionLine
 
 #: Default number of recent prediction ids remembered for feedback.
 DEFAULT_CAPACITY = 200_000
@@ -93,17 +93,13 @@ class IssuedIds:
         n = 0
         for path in files:
             ids: list[str] = []
-            with path.open("rb") as fh:
-                for raw in fh:
-                    if not raw.endswith(b"\n"):
-                        break  # torn tail of a crashed writer
-                    rec = orjson.loads(raw)
-                    if rec.get("deployment") != deployment:
-                        continue
-                    if rec.get("type") == "prediction":
-                        ids.append(str(rec["id"]))
-                    elif rec.get("type") == "feedback":
-                        labelled.add(str(rec.get("prediction_id")))
+            for rec in read_file(path):  # strict: a bad line is one error naming it
+                if rec.deployment != deployment:
+                    continue
+                if isinstance(rec, PredictionLine):
+                    ids.append(rec.id)
+                elif isinstance(rec, FeedbackLine):
+                    labelled.add(rec.prediction_id)
             chunks.append(ids)
             n += len(ids)
             if n >= capacity:

@@ -3,7 +3,8 @@
 What the harvest (:mod:`pomlia_hpc.loop.harvest`) and the gate read. A prediction counts when
 its feedback arrived inside the window (``since`` <= feedback time < ``until``) and its input
 was kept (``pomlia serve --keep-inputs``); the last label sent for an id wins. Counts of what
-was left out, and why, come back with the rows, so nothing is dropped without a trace.
+was left out, and why, come back with the rows, so nothing is dropped without a trace. A log
+line that is not a valid record stops the join with one error naming the file, line and key.
 """
 
 from __future__ import annotations
@@ -11,12 +12,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from pomlia_hpc.serve.inbox import inputs_dir, read_inputs
 from pomlia_hpc.serve.predlog import read_records
+from pomlia_hpc.serve.records import FeedbackLine, PredictionLine
 
 
 @dataclass
@@ -44,19 +45,12 @@ class LabelledInputs:
         return max(self.feedback_times) if self.feedback_times else None
 
 
-def _when(text: Any) -> datetime | None:
+def _when(text: str) -> datetime | None:
     try:
-        t = datetime.fromisoformat(str(text))
+        t = datetime.fromisoformat(text)
     except ValueError:
         return None
     return t if t.tzinfo else t.replace(tzinfo=UTC)
-
-
-def _as_indices(value: Any) -> list[int] | None:
-    values = value if isinstance(value, list) else [value]
-    if all(isinstance(v, int) and not isinstance(v, bool) for v in values):
-        return [int(v) for v in values]
-    return None
 
 
 def labelled_inputs(
@@ -69,23 +63,18 @@ def labelled_inputs(
     """Join the feedback under ``log_dir`` with the inputs kept there (see module docstring).
     ``multi_label_width``: for multi-label models, the label list becomes a 0/1 row."""
     out = LabelledInputs()
-    counts = {"feedback": 0, "outside_window": 0, "bad_label": 0, "no_input": 0, "used": 0}
+    counts = {"feedback": 0, "outside_window": 0, "no_input": 0, "used": 0}
     labels: dict[str, tuple[list[int], str]] = {}
-    for rec in read_records(log_dir, "feedback"):
+    for rec in read_records(log_dir, FeedbackLine):
         counts["feedback"] += 1
-        t = _when(rec.get("time"))
+        t = _when(rec.time)
         if t is None or (since is not None and t < since) or (until is not None and t >= until):
             counts["outside_window"] += 1
             continue
-        idx = _as_indices(rec.get("label_index"))
-        if idx is None:
-            counts["bad_label"] += 1
-            continue
-        labels[str(rec.get("prediction_id"))] = (idx, str(rec.get("time")))
+        idx = rec.label_index
+        labels[rec.prediction_id] = (idx if isinstance(idx, list) else [idx], rec.time)
     versions = {
-        r["id"]: str(r.get("model_version", ""))
-        for r in read_records(log_dir, "prediction")
-        if r.get("id") in labels
+        r.id: r.model_version for r in read_records(log_dir, PredictionLine) if r.id in labels
     }
     seen: set[str] = set()
     for kept in read_inputs(inputs_dir(log_dir), ids=labels):

@@ -5,7 +5,8 @@ Layout (read by the monitoring job)::
     <workspace>/logs/predictions/<model name>/<start time>-<host>-<pid>-<seq>.jsonl
 
 Each server process writes its own files (one writer, so no two processes ever append to the same
-file, which shared file systems do not make atomic). One line per record::
+file, which shared file systems do not make atomic). One JSON object a line, a prediction,
+a feedback or a rejection, each a strict model of :mod:`.records`::
 
     {"type": "prediction", "id": ..., "time": ..., "model": ..., "model_version": ...,
      "fingerprint_kind": ..., "fingerprint": [...], "output": {"label": ..., ...}}
@@ -16,7 +17,7 @@ flushes and ``fsync``s once (group commit), and only then runs the callbacks tha
 requests. So an answered request is on disk, and a crash loses at most requests that were never
 answered. ``close()`` (on SIGTERM, after the server drained) writes what is still queued.
 A file is rotated after ``max_bytes``; a torn last line (power loss mid-write) is skipped by
-:func:`read_records`.
+:func:`read_records`, which refuses any other bad line (file, line and key).
 
 Kept inputs (``--keep-inputs``): a ``sidecar`` :class:`~.inbox.Inbox` receives each group's
 input images in the same commit, written and fsynced before the group's log lines, so a logged
@@ -26,7 +27,6 @@ prediction marked ``"input_kept": true`` always has its image on disk.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import os
 import queue
@@ -36,17 +36,20 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar, overload
 
 import orjson
 
+from pomlia_hpc.errors import InputError
 from pomlia_hpc.files import fsync_path
+from pomlia_hpc.serve.records import BadLineError, LogLine, parse_line
 
 if TYPE_CHECKING:
     from pomlia_hpc.serve.inbox import Inbox
 
 log = logging.getLogger("pomlia.serve")
 Record = dict[str, Any]
+_L = TypeVar("_L", bound=LogLine)
 _ORJSON = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE
 Callback = Callable[[BaseException | None], None]
 
@@ -231,14 +234,27 @@ def _safe(text: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in text)[:64] or "host"
 
 
-def read_records(directory: Path, kind: str | None = None) -> Iterator[Record]:
+@overload
+def read_records(directory: Path, kind: None = None) -> Iterator[LogLine]: ...
+@overload
+def read_records(directory: Path, kind: type[_L]) -> Iterator[_L]: ...
+def read_records(directory: Path, kind: type[_L] | None = None) -> Iterator[LogLine]:
     """Every record under ``directory`` (files in name order, i.e. by start time), optionally
-    only those of ``kind`` (``"prediction"`` or ``"feedback"``). A torn last line is skipped."""
+    only those of ``kind`` (e.g. :class:`~.records.FeedbackLine`). A torn last line is
+    skipped; any other bad line is an :class:`InputError` naming the file, line and key."""
     for path in sorted(Path(directory).glob("*.jsonl")):
-        with path.open("rb") as f:
-            for raw in f:
-                if not raw.endswith(b"\n"):
-                    break  # torn tail of a crashed writer
-                rec = json.loads(raw)
-                if kind is None or rec.get("type") == kind:
-                    yield rec
+        for rec in read_file(path):
+            if kind is None or isinstance(rec, kind):
+                yield rec
+
+
+def read_file(path: Path) -> Iterator[LogLine]:
+    """The records of one log file (strict, see :func:`read_records`)."""
+    with path.open("rb") as f:
+        for lineno, raw in enumerate(f, 1):
+            if not raw.endswith(b"\n"):
+                break  # torn tail of a crashed writer
+            try:
+                yield parse_line(raw)
+            except BadLineError as exc:
+                raise InputError(f"{path}:{lineno}: {exc}") from None
