@@ -2,12 +2,14 @@
 
 Every file, folder and link the project publishes appears whole or not at all:
 
-- :func:`write_atomic` (and :func:`atomic_target` for writers that want a path, such as
-  ``torch.save`` or SMAC's ``save``) writes a whole file or nothing: the bytes go to a
-  temporary name in the same folder (``.<name>.<host>.<pid>.tmp``: unique per writer, even
-  across the nodes that share the file system), are flushed to disk, renamed over the target
-  (atomic on POSIX), and the folder entry is flushed too, so a crash or a power cut leaves the
-  old file or the new one, never half.
+- :func:`write_atomic` (:func:`write_npz` and :func:`write_json_atomic` for arrays and JSON,
+  ``models.checkpoint.write_torch`` for torch objects, as this module imports no torch;
+  :func:`atomic_target` for writers that want a path, such as SMAC's ``save``) writes a whole
+  file or nothing: the bytes go to a temporary name in the same folder
+  (``.<name>.<host>.<pid>.tmp``: unique per writer, even across the nodes that share the file
+  system), are flushed to disk, renamed over the target (atomic on POSIX), and the folder
+  entry is flushed too, so a crash or a power cut leaves the old file or the new one, never
+  half.
 - :func:`staged_dir` builds a folder under the same kind of temporary name and publishes it
   with one rename (:func:`publish_dir`), its files flushed first; a failed build leaves nothing.
 - :func:`replace_link` points a symbolic link elsewhere by renaming a new link over it.
@@ -23,7 +25,7 @@ import json
 import os
 import shutil
 import socket
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
@@ -90,6 +92,17 @@ def write_atomic(
     return path
 
 
+def write_npz(
+    path: str | Path, arrays: Mapping[str, Any], *, compress: bool = True, fsync: bool = True
+) -> Path:
+    """:func:`write_atomic` of ``arrays`` as an ``.npz`` file (zip-compressed unless
+    ``compress=False``); returns ``path``."""
+    import numpy as np
+
+    save: Any = np.savez_compressed if compress else np.savez
+    return write_atomic(path, lambda f: save(f, **arrays), fsync=fsync)
+
+
 def write_json_atomic(
     path: str | Path, data: Any, *, indent: int | None = 1, sort_keys: bool = False
 ) -> Path:
@@ -104,12 +117,27 @@ def sweep_stale_temps(folder: str | Path) -> list[Path]:
     host = socket.gethostname()
     removed = []
     root = Path(folder)
-    for tmp in sorted(root.glob(f".*.{host}.*{TEMP_SUFFIX}*")) if root.is_dir() else []:
-        pid = tmp.name[: tmp.name.rindex(TEMP_SUFFIX)].rsplit(".", 1)[-1]
-        if pid.isdigit() and not pid_alive(int(pid)):
+    for tmp in sorted(root.glob(f".*{TEMP_SUFFIX}*")) if root.is_dir() else []:
+        pid = temp_writer(tmp.name, host)
+        if pid is not None and not pid_alive(pid):
             _remove(tmp)
             removed.append(tmp)
     return removed
+
+
+def temp_writer(name: str, host: str) -> int | None:
+    """The pid of the process of ``host`` that writes under the temporary name ``name`` (as
+    :func:`temp_name` makes it: ``.<name>.<host>.<pid>.tmp[<suffix>]``), or None when ``name``
+    is not one, or is another host's: the host field must equal ``host``, not merely contain
+    it, and a target's own name may hold dots (``.x.node7.json.node1.42.tmp`` is node1's)."""
+    if not name.startswith(".") or TEMP_SUFFIX not in name:
+        return None
+    stem = name[: name.rindex(TEMP_SUFFIX)]  # .<name>.<host>.<pid>
+    rest, _, pid = stem.rpartition(".")
+    target = rest.removesuffix(f".{host}")
+    if not pid.isdigit() or target == rest or len(target) < 2:
+        return None
+    return int(pid)
 
 
 def _remove(path: Path) -> None:

@@ -1,30 +1,39 @@
 """Rules about the code itself that a review would otherwise have to re-check by hand: small
-modules (docs/ARCHITECTURE.md, "Architecture figures") and one atomic writer (``files.py``)."""
+modules (docs/ARCHITECTURE.md, "Architecture figures") and one atomic writer (``files.py``;
+npz and torch files through ``files.write_npz`` and ``models.checkpoint.write_torch``)."""
 
 from __future__ import annotations
 
 import ast
+from collections.abc import Callable
 from pathlib import Path
 
 PACKAGE = Path(__file__).resolve().parents[1] / "pomlia_hpc"
 MAX_LINES = 600
 
 
+def method_calls(source: str) -> list[tuple[int, str | None, str, int]]:
+    """(line, owner name or None, method, positional argument count) of every ``x.f(...)``
+    call in ``source``, with no keyword arguments counted as positional."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+            owner = node.func.value
+            module = owner.id if isinstance(owner, ast.Name) else None
+            args = len(node.args) + (99 if node.keywords else 0)
+            found.append((node.lineno, module, node.func.attr, args))
+    return sorted(found, key=lambda call: call[0])
+
+
 def renames(source: str) -> list[int]:
     """Lines of ``source`` that rename or replace a file themselves: ``os.rename``/``os.replace``
     or a one-argument ``.rename(x)``/``.replace(x)`` (``Path``'s; ``str.replace`` takes two)."""
-    found = []
-    for node in ast.walk(ast.parse(source)):
-        if not (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute)):
-            continue
-        name, owner = node.func.attr, node.func.value
-        if name not in ("rename", "replace"):
-            continue
-        module = owner.id if isinstance(owner, ast.Name) else None
-        one_path = len(node.args) == 1 and not node.keywords and module not in ("dataclasses", "re")
-        if module == "os" or one_path:
-            found.append(node.lineno)
-    return found
+    return [
+        line
+        for line, module, name, args in method_calls(source)
+        if name in ("rename", "replace")
+        and (module == "os" or (args == 1 and module not in ("dataclasses", "re")))
+    ]
 
 
 def test_the_check_finds_renames() -> None:
@@ -33,14 +42,35 @@ def test_the_check_finds_renames() -> None:
     assert renames(bad) == [1, 2, 3] and renames(ok) == []
 
 
-def test_only_the_atomic_layer_renames_files() -> None:
-    offenders = [
+def outside(find: Callable[[str], list[int]], *allowed: str) -> list[str]:
+    """``file:line`` of every line ``find`` finds in the package's modules but ``allowed``."""
+    return [
         f"{path.relative_to(PACKAGE.parent)}:{line}"
         for path in sorted(PACKAGE.rglob("*.py"))
-        if path != PACKAGE / "files.py"
-        for line in renames(path.read_text())
+        if path.relative_to(PACKAGE).as_posix() not in allowed
+        for line in find(path.read_text())
     ]
+
+
+def test_only_the_atomic_layer_renames_files() -> None:
+    offenders = outside(renames, "files.py")
     assert not offenders, f"write through pomlia_hpc.files instead: {offenders}"
+
+
+def array_and_torch_saves(source: str) -> list[int]:
+    """Lines of ``source`` that call ``torch.save`` or ``np.savez``/``np.savez_compressed``
+    themselves (``models.checkpoint.write_torch`` and ``files.write_npz`` write them whole or
+    not at all)."""
+    return [line for line, module, name, _ in method_calls(source) if (module, name) in SAVES]
+
+
+SAVES = {("torch", "save"), ("np", "savez"), ("np", "savez_compressed"), ("numpy", "savez")}
+
+
+def test_only_the_atomic_layer_saves_arrays_and_torch_objects() -> None:
+    assert array_and_torch_saves("torch.save(x, f)\nnp.savez(f, a=1)\nnp.save(f, a)\n") == [1, 2]
+    offenders = outside(array_and_torch_saves, "files.py", "models/checkpoint.py")
+    assert not offenders, f"use files.write_npz / checkpoint.write_torch instead: {offenders}"
 
 
 def test_no_module_over_the_size_limit_without_a_reason() -> None:

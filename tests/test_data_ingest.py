@@ -412,7 +412,7 @@ def test_killed_ingest_leaves_no_version_and_reruns(
         check=False,
     )
     assert proc.returncode == -9, proc.stderr
-    assert list(workspace.tmp.glob("ingest-killed*"))  # the staging folder it left ...
+    assert list(workspace.tmp.glob(".ingest-killed-*"))  # the staging folder it left ...
     assert not list((workspace.stores / "killed").glob("*.zarr"))
     assert list_versions(reg) == []
     rec = ingest(workspace, reg, "killed", npz)  # ... is cleaned up by the re-run
@@ -512,12 +512,12 @@ def test_folder_split_fractions_are_checked(
 
 
 def test_stale_staging_of_killed_ingests_is_removed(workspace: Workspace) -> None:
-    host = socket.gethostname().replace("~", "-")
+    host = socket.gethostname()
     dead = subprocess.Popen(["true"])
     dead.wait()  # reaped: its pid is free (and not reused within this test)
-    stale = workspace.tmp / f"ingest-a~{host}~{dead.pid}~0001"
-    live = workspace.tmp / f"ingest-b~{host}~{os.getpid()}~0002"
-    elsewhere = workspace.tmp / f"ingest-c~other-node~{dead.pid}~0003"
+    stale = workspace.tmp / f".ingest-a-0001.{host}.{dead.pid}.tmp"
+    live = workspace.tmp / f".ingest-b-0002.{host}.{os.getpid()}.tmp"
+    elsewhere = workspace.tmp / f".ingest-c-0003.other-node.{dead.pid}.tmp"
     for path in (stale, live, elsewhere):
         (path / "images").mkdir(parents=True)
     assert clean_stale_staging(workspace) == [stale]

@@ -95,3 +95,38 @@ def test_the_sweep_removes_dead_writers_files_folders_and_links(tmp_path: Path) 
     assert set(removed) == {stale_file, stale_dir, stale_link, stale_json}
     assert not stale_dir.exists() and not stale_link.is_symlink() and not stale_file.exists()
     assert live.exists() and other_host.exists()
+
+
+def test_the_sweep_matches_the_host_field_exactly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("pomlia_hpc.files.socket.gethostname", lambda: "node1")
+    dead = _dead_pid()
+    mine = tmp_path / f".x.json.node1.{dead}.tmp"
+    # node7 writing a file whose own name holds ".node1.": not this host's, kept.
+    named_like_me = tmp_path / f".x.node1.json.node7.{dead}.tmp"
+    longer_host = tmp_path / f".x.json.node10.{dead}.tmp"
+    for path in (mine, named_like_me, longer_host):
+        path.write_text("half")
+    assert sweep_stale_temps(tmp_path) == [mine]
+    assert named_like_me.exists() and longer_host.exists()
+
+
+def test_npz_and_torch_files_are_written_whole(tmp_path: Path) -> None:
+    import numpy as np
+    import torch
+
+    from pomlia_hpc.files import write_npz
+    from pomlia_hpc.models.checkpoint import write_torch
+
+    arrays = {"a": np.arange(5), "b": np.eye(2, dtype=np.float32)}
+    for compress in (True, False):
+        path = write_npz(tmp_path / f"x{compress}.npz", arrays, compress=compress)
+        with np.load(path) as got:
+            assert set(got) == {"a", "b"} and np.array_equal(got["b"], arrays["b"])
+    payload = {"w": torch.ones(3), "meta": {"epoch": 2}}
+    got = torch.load(write_torch(tmp_path / "m.pt", payload), weights_only=True)
+    assert torch.equal(got["w"], payload["w"]) and got["meta"] == {"epoch": 2}
+    with pytest.raises((TypeError, AttributeError)):
+        write_torch(tmp_path / "bad.pt", {"f": lambda: 0})  # not picklable: nothing is left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt", "xFalse.npz", "xTrue.npz"]

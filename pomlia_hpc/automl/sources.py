@@ -21,13 +21,14 @@ import torch
 from pomlia_hpc.automl.options import WeightSource
 from pomlia_hpc.data.store import DatasetStore, open_store
 from pomlia_hpc.errors import NotFoundError
-from pomlia_hpc.files import write_atomic
+from pomlia_hpc.files import write_npz
+from pomlia_hpc.models.checkpoint import write_torch
 from pomlia_hpc.registry import Registry
 from pomlia_hpc.workspace import Workspace
 
 
 def _save_state(state: dict[str, torch.Tensor], path: Path) -> None:
-    write_atomic(path, lambda f: torch.save(state, f))
+    write_torch(path, state)
 
 
 def encoder_weights(registry: Registry, encoder: str, in_channels: int, out: Path) -> WeightSource:
@@ -134,5 +135,5 @@ def nearest_extra(
     z_extra = torch.from_numpy(embed_images(model, extra, 256, cpu))
     nearest = torch.cdist(z_extra, z_train).argmin(dim=1).numpy()
     labels = train_y[nearest].astype(np.int32)
-    write_atomic(out, lambda f: np.savez(f, images=extra, labels=labels, requested=np.int64(n)))
+    write_npz(out, {"images": extra, "labels": labels, "requested": np.int64(n)}, compress=False)
     return out

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -49,7 +48,7 @@ from pomlia_hpc.data.versioning import (
 )
 from pomlia_hpc.data.writer import StoreWriter
 from pomlia_hpc.errors import InputError
-from pomlia_hpc.processes import pid_alive
+from pomlia_hpc.files import sweep_stale_temps, temp_name
 from pomlia_hpc.registry import Dataset, DatasetVersion, Registry
 from pomlia_hpc.workspace import Workspace
 
@@ -60,26 +59,17 @@ STORE_FORMAT = 1
 
 
 def clean_stale_staging(workspace: Workspace) -> list[Path]:
-    """Remove staging folders of ingests on this host whose process is gone (killed ingests).
-
-    Staging names are ``ingest-<name>~<host>~<pid>~<random>``; folders of other hosts (a shared
-    file system) are left alone, as their process may still run."""
-    removed = []
-    host = socket.gethostname().replace("~", "-")
-    for path in workspace.tmp.glob("ingest-*~*~*~*") if workspace.tmp.is_dir() else []:
-        _name, h, pid, _rand = path.name.rsplit("~", 3)
-        if h == host and pid.isdigit() and not pid_alive(int(pid)):
-            shutil.rmtree(path, ignore_errors=True)
-            removed.append(path)
-    return removed
+    """Remove staging folders of ingests on this host whose process is gone (killed ingests):
+    they have :func:`~pomlia_hpc.files.temp_name` names, so the one sweep of the artifact layer
+    finds them (those of other hosts, on a shared file system, are left alone)."""
+    return sweep_stale_temps(workspace.tmp)
 
 
 def _writable_dirs(workspace: Workspace, name: str) -> Path:
     """Create the staging folder and check that the stores folder is writable; a readable
     error if not. ``stores/<name>/`` itself is made only when a version is published, so a
     refused ingest leaves no empty folder behind."""
-    host = socket.gethostname().replace("~", "-")
-    staging = workspace.tmp / f"ingest-{name}~{host}~{os.getpid()}~{uuid.uuid4().hex[:8]}"
+    staging = temp_name(workspace.tmp / f"ingest-{name}-{uuid.uuid4().hex[:8]}")
     for path in (workspace.stores, staging):
         try:
             path.mkdir(parents=True, exist_ok=True)

@@ -22,13 +22,12 @@ from __future__ import annotations
 import zlib
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
 from pomlia_hpc.data.medmnist_info import FLAGS_2D, check_size, flag_info
 from pomlia_hpc.errors import InputError
-from pomlia_hpc.files import write_atomic
+from pomlia_hpc.files import write_npz
 
 Array = np.ndarray
 
@@ -407,12 +406,6 @@ def make_lookalike(
         x, y = make_split(flag, n, seed=seed, size=size, split=split)
         out[f"{split}_images"], out[f"{split}_labels"] = x, y
     return out
-
-
-def write_npz(path: Path, arrays: dict[str, Array], *, compress: bool = True) -> Path:
-    """Write ``arrays`` to ``path`` as npz, atomically (temp name in the same folder, rename)."""
-    save: Any = np.savez_compressed if compress else np.savez
-    return write_atomic(path, lambda f: save(f, **arrays))
 
 
 def write_lookalikes(

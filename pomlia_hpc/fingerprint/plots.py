@@ -11,7 +11,6 @@ to a temporary name and renamed, so a half-drawn PNG never appears.
 
 from __future__ import annotations
 
-import io
 from pathlib import Path
 
 import matplotlib
@@ -50,10 +49,9 @@ def project_2d(
 
 
 def _png(fig: plt.Figure, path: Path) -> Path:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=120, bbox_inches="tight")
+    write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=120, bbox_inches="tight"))
     plt.close(fig)
-    return write_atomic(path, buf.getvalue())
+    return path
 
 
 def plot_latent(

@@ -28,7 +28,6 @@ its rows must reach into the main distribution for their ``k``-th neighbour and 
 
 from __future__ import annotations
 
-import io
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -37,7 +36,7 @@ from typing import Any
 import numpy as np
 import zarr
 
-from pomlia_hpc.files import write_atomic
+from pomlia_hpc.files import write_npz
 
 SAMPLE_SIZE = 512
 QUANTILES = 21
@@ -231,10 +230,7 @@ def write_summary(embeddings_path: str | Path, summary: Summary) -> Path:
     }
     if summary.patches is not None:
         arrays |= _encode("patch_", summary.patches)
-    buf = io.BytesIO()
-    save: Any = np.savez
-    save(buf, **arrays)
-    return write_atomic(summary_path(embeddings_path), buf.getvalue())
+    return write_npz(summary_path(embeddings_path), arrays, compress=False)
 
 
 def read_summary(

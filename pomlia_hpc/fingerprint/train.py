@@ -34,7 +34,6 @@ Files under ``<home>/models/encoders/<name>/``::
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import socket
@@ -76,6 +75,7 @@ from pomlia_hpc.fingerprint.validation import (
     with_curve,
     write_curves,
 )
+from pomlia_hpc.models.checkpoint import write_torch
 from pomlia_hpc.names import validate_name
 from pomlia_hpc.processes import cpus_available
 from pomlia_hpc.registry import Dataset, DatasetVersion, Encoder, Registry
@@ -375,7 +375,7 @@ def _train_rank(
     if rank == 0:
         best = out / "best.pt"
         if state["best_epoch"] is not None and best.exists():
-            write_atomic(out / "encoder.pt", with_curve(best, state["loss_curve"]))
+            write_torch(out / "encoder.pt", with_curve(best, state["loss_curve"]))
         else:
             write_checkpoint(out / "encoder.pt", engine.module.model, config, state["loss_curve"])
         _write_curves(out, config, state)
@@ -570,6 +570,4 @@ def write_checkpoint(
         "loss_curve": list(loss_curve),
         "train_config": config.model_dump(),
     }
-    buf = io.BytesIO()
-    torch.save(payload, buf)
-    return write_atomic(path, buf.getvalue())
+    return write_torch(path, payload)

@@ -12,7 +12,6 @@ the learning-rate schedule, and the recorded loss curves.
 
 from __future__ import annotations
 
-import io
 import json
 import math
 from pathlib import Path
@@ -116,10 +115,8 @@ def write_curves(folder: Path, curves: dict[str, Any]) -> None:
     ax.set_ylabel(f"{curves.get('objective', '')} loss")
     ax.legend()
     fig.tight_layout()
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png")
+    write_atomic(folder / CURVES_PNG, lambda f: fig.savefig(f, format="png"))
     plt.close(fig)
-    write_atomic(folder / CURVES_PNG, buf.getvalue())
 
 
 def read_curves(folder: Path) -> dict[str, Any] | None:
@@ -160,10 +157,8 @@ def validation_loss(
     return total / count
 
 
-def with_curve(path: Path, loss_curve: list[float]) -> bytes:
-    """The bytes of checkpoint ``path`` with its loss curve replaced by ``loss_curve``."""
-    payload = torch.load(path, map_location="cpu", weights_only=True)
+def with_curve(path: Path, loss_curve: list[float]) -> dict[str, Any]:
+    """Checkpoint ``path``'s contents with its loss curve replaced by ``loss_curve``."""
+    payload: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
     payload["loss_curve"] = list(loss_curve)
-    buf = io.BytesIO()
-    torch.save(payload, buf)
-    return buf.getvalue()
+    return payload

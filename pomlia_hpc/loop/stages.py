@@ -27,7 +27,7 @@ import numpy as np
 
 from pomlia_hpc.data.harvest import NewImages, harvest_version
 from pomlia_hpc.errors import PomliaError
-from pomlia_hpc.files import write_atomic, write_json_atomic
+from pomlia_hpc.files import write_json_atomic, write_npz
 from pomlia_hpc.loop.driver import LoopContext, LoopError, Stage, StageOutput
 from pomlia_hpc.loop.gate import DEFAULT_ALPHA, DEFAULT_MARGIN, run_gate
 from pomlia_hpc.loop.harvest import training_version
@@ -112,7 +112,7 @@ def harvest_stage(ctx: LoopContext) -> StageOutput:
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "harvest.npz"
     images, labels, ids = got.image_array(), got.label_array(), np.asarray(got.ids)
-    write_atomic(path, lambda f: np.savez(f, images=images, labels=labels, ids=ids))
+    write_npz(path, {"images": images, "labels": labels, "ids": ids}, compress=False)
     return {
         "file": str(path),
         "n": len(got),

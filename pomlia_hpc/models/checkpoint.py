@@ -25,6 +25,12 @@ from pomlia_hpc.models.nets import build_classifier
 FORMAT = "pomlia-classifier/1"
 
 
+def write_torch(path: str | Path, obj: Any, *, fsync: bool = True) -> Path:
+    """``torch.save(obj)`` to ``path`` through :func:`pomlia_hpc.files.write_atomic` (whole or
+    not at all): every checkpoint and weights file is written this way; returns ``path``."""
+    return write_atomic(path, lambda f: torch.save(obj, f), fsync=fsync)
+
+
 @dataclass(frozen=True)
 class LoadedClassifier:
     """A network in eval mode and the metadata it was saved with."""
@@ -79,7 +85,7 @@ def save_classifier(
             f"num_classes={num_classes}, in_channels={in_channels}, image_size={image_size}"
         ) from exc
     payload = {"format": FORMAT, "meta": meta.to_dict(), "state_dict": state}
-    write_atomic(path, lambda f: torch.save(payload, f))
+    write_torch(path, payload)
     return meta
 
 

@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 
 from pomlia_hpc.errors import InputError, NotFoundError
-from pomlia_hpc.files import write_atomic
+from pomlia_hpc.files import write_npz
 from pomlia_hpc.registry import DatasetVersion, Model, Registry, Task
 from pomlia_hpc.serve.exported import ExportedBundle
 from pomlia_hpc.serve.fingerprint import bundle_fingerprint, logged_vectors
@@ -157,17 +157,14 @@ def write_reference(bundle: ExportedBundle, ref: Reference) -> Path:
         "accuracy": ref.accuracy,
     }
     path = bundle.root / REFERENCE_FILE
-    return write_atomic(
-        path,
-        lambda f: np.savez_compressed(
-            f,
-            meta=np.asarray(json.dumps(meta)),
-            fingerprints=ref.fingerprints,
-            labels=ref.labels,
-            pred_index=ref.pred_index,
-            confidence=ref.confidence,
-        ),
-    )
+    arrays = {
+        "meta": np.asarray(json.dumps(meta)),
+        "fingerprints": ref.fingerprints,
+        "labels": ref.labels,
+        "pred_index": ref.pred_index,
+        "confidence": ref.confidence,
+    }
+    return write_npz(path, arrays)
 
 
 def read_reference(path: Path) -> Reference:
