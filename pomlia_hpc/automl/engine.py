@@ -1,6 +1,6 @@
 """The training engine: one classifier for one task under one configuration, with DeepSpeed.
 
-:func:`train` reads the task's dataset store, builds the network
+:func:`train` reads the task's dataset store (:mod:`.trainset`), builds the network
 (:mod:`pomlia_hpc.models.nets`), sets its initial weights (scratch, the fingerprint encoder's,
 a registered model's), trains it in the configuration's mode (full fine-tune, linear probe,
 freeze then unfreeze) with the configuration's optimizer, augmentation and extra images, and
@@ -44,12 +44,12 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 from pomlia_hpc.automl.metrics import evaluate
 from pomlia_hpc.automl.options import EngineOptions
-from pomlia_hpc.automl.sampling import epoch_order, recent_rows
+from pomlia_hpc.automl.sampling import epoch_order
 from pomlia_hpc.automl.space import TrainConfig
+from pomlia_hpc.automl.trainset import Split, TrainData, augment, normalize, read_train_data
 from pomlia_hpc.cluster import apply_distributed_env
 from pomlia_hpc.config import Record
 from pomlia_hpc.curves import CURVES_DIR, Curves
-from pomlia_hpc.data.store import open_store
 from pomlia_hpc.errors import InputError
 from pomlia_hpc.models.checkpoint import save_classifier
 from pomlia_hpc.models.nets import build_classifier
@@ -114,60 +114,6 @@ class TrainResult(Record):
     init_loaded: int = 0
     n_train: int = 0
     n_extra: int = 0  # extra images trained on: fewer than asked when the pool had fewer
-
-
-# ----------------------------------------------------------------------------- data
-
-
-@dataclass
-class _Split:
-    x: torch.Tensor  # uint8 (N, C, H, W)
-    y: torch.Tensor  # int64 (N,) class index, or float (N, L) for multi-label
-
-
-def _as_split(images: np.ndarray, labels: np.ndarray, multilabel: bool) -> _Split:
-    x = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).contiguous()
-    lab = torch.from_numpy(np.asarray(labels, dtype=np.int64))
-    y = lab.float() if multilabel else lab.reshape(len(lab), -1)[:, 0]
-    return _Split(x, y)
-
-
-def _load_extra(
-    path: str, n: int, shape: tuple[int, int, int], n_labels: int
-) -> tuple[np.ndarray, np.ndarray]:
-    with np.load(path) as z:
-        if "images" not in z or "labels" not in z:
-            raise InputError(f"extra data '{path}': expected arrays 'images' and 'labels'")
-        images, labels = z["images"][:n], z["labels"][:n]
-    if images.shape[1:] != shape or labels.ndim != 2 or labels.shape[1] != n_labels:
-        raise InputError(
-            f"extra data '{path}': expected images (N, {shape[0]}, {shape[1]}, {shape[2]}) and "
-            f"labels (N, {n_labels}), got {images.shape} and {labels.shape}"
-        )
-    return images, labels
-
-
-def _normalize(x: torch.Tensor) -> torch.Tensor:
-    """uint8 → float in [-1, 1]: the default preprocessing of :mod:`pomlia_hpc.models.card`."""
-    return (x.float() / 255.0 - 0.5) / 0.5
-
-
-def augment(x: torch.Tensor, kind: str, gen: torch.Generator) -> torch.Tensor:
-    """Augment a float batch (N, C, H, W): ``flip`` (random horizontal flips), ``flip_crop``
-    (flips and random shifts of up to 2 px, reflect-padded), ``none``."""
-    if kind == "none":
-        return x
-    flip = torch.rand(len(x), generator=gen) < 0.5
-    x = torch.where(flip[:, None, None, None], x.flip(3), x)
-    if kind == "flip_crop":
-        pad = 2
-        h, w = x.shape[2:]
-        padded = functional.pad(x, (pad, pad, pad, pad), mode="reflect")
-        offs = torch.randint(0, 2 * pad + 1, (len(x), 2), generator=gen).tolist()
-        x = torch.stack([padded[i, :, dy : dy + h, dx : dx + w] for i, (dy, dx) in enumerate(offs)])
-    elif kind != "flip":
-        raise InputError(f"augmentation '{kind}' is not known: expected none, flip or flip_crop")
-    return x
 
 
 # ----------------------------------------------------------------------------- model
@@ -291,6 +237,25 @@ ProgressFn = Callable[[int, int, dict[str, float]], None]
 """progress(epoch done (1-based), epochs, epoch record)."""
 
 
+@dataclass(frozen=True)
+class _Run:
+    """Where and how this process trains: device, precision, task kind, rank and world."""
+
+    device: str
+    bf16: bool
+    task_type: str
+    rank: int
+    world: int
+
+    @property
+    def multilabel(self) -> bool:
+        return self.task_type == TaskType.MULTI_LABEL
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.bfloat16 if self.bf16 else torch.float32
+
+
 def train(req: TrainRequest, progress: ProgressFn | None = None) -> TrainResult:
     """Train (or continue training) ``req.config`` to ``req.epochs`` epochs; evaluate; save.
 
@@ -298,7 +263,61 @@ def train(req: TrainRequest, progress: ProgressFn | None = None) -> TrainResult:
     training errors (out of memory, ...) propagate: the caller records them.
     """
     t0 = time.perf_counter()
-    cfg, opt = req.config, req.options
+    run = _prepare(req)
+    workdir = Path(req.workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    checkpoints = _checkpoints(workdir, run.rank, run.world)
+    state = _resume_point(req, checkpoints.read())
+    start_epoch = state.epoch if state else 0
+    data = read_train_data(
+        req.store_path,
+        run.multilabel,
+        extra=(req.extra_data, req.config.extra_n),
+        recent=(req.recent_rows, req.recent_share),
+    )
+    engine, head, loaded = _build_engine(req, data, run, start_epoch)
+    checkpoints.restore(engine)
+    history: list[dict[str, float]] = list(state.history) if state else []
+    # Curves beside the checkpoints (see pomlia_hpc.curves): one TensorBoard run per config.
+    curves = Curves(workdir / CURVES_DIR, enabled=run.rank == 0)
+    for epoch in range(start_epoch, req.epochs):
+        record, lrs = _train_epoch(engine, req, data, run, head, epoch)
+        history.append(record)
+        if curves.active:
+            _epoch_curves(curves, engine, req, data, run, record, lrs)
+        tag = f"epoch-{epoch + 1}"
+        checkpoints.save(engine, epoch + 1, tag)
+        checkpoints.commit(
+            ClassifierState(epoch=epoch + 1, tag=tag, config_key=req.config_key, history=history)
+        )
+        if progress:
+            progress(epoch + 1, req.epochs, record)
+    curves.close()
+    metrics = _final_metrics(engine, req, data, run)
+    wall = time.perf_counter() - t0
+    if run.rank == 0:
+        h, _w, c = data.shape
+        _save_model(
+            req, engine.module, data.n_out, (h, c), data.class_names, metrics, run.task_type
+        )
+    return TrainResult(
+        metrics=metrics,
+        epochs=req.epochs,
+        start_epoch=start_epoch,
+        cost_s=wall,
+        gpu_hours=wall / 3600.0 * run.world if run.device == "cuda" else 0.0,
+        device=run.device,
+        model_path=req.model_path,
+        history=history,
+        init_loaded=loaded,
+        n_train=len(data.x),
+        n_extra=data.n_extra,
+    )
+
+
+def _prepare(req: TrainRequest) -> _Run:
+    """Check the request's numbers, set threads and the distributed environment."""
+    opt = req.options
     if req.epochs < 1:
         raise InputError(f"epochs={req.epochs}: expected at least 1")
     if opt.zero_stage not in (0, 1, 2, 3):
@@ -306,50 +325,41 @@ def train(req: TrainRequest, progress: ProgressFn | None = None) -> TrainResult:
     if opt.threads:
         torch.set_num_threads(opt.threads)
     device = _resolve_device(opt)
-    bf16 = (device == "cuda") if opt.bf16 is None else bool(opt.bf16)
-    task_type = normalize_task_type(req.task_type)
-    multilabel = task_type == TaskType.MULTI_LABEL
-    workdir = Path(req.workdir)
-    workdir.mkdir(parents=True, exist_ok=True)
     apply_distributed_env()
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    checkpoints = _checkpoints(workdir, rank, world)
-    state = checkpoints.read()
-    start_epoch = state.epoch if state else 0
+    return _Run(
+        device=device,
+        bf16=(device == "cuda") if opt.bf16 is None else bool(opt.bf16),
+        task_type=normalize_task_type(req.task_type),
+        rank=int(os.environ.get("RANK", "0")),
+        world=int(os.environ.get("WORLD_SIZE", "1")),
+    )
+
+
+def _resume_point(req: TrainRequest, state: ClassifierState | None) -> ClassifierState | None:
+    """The checkpoint record to continue from, refused when it is another configuration's or
+    already past the requested epochs."""
     if state and req.config_key and state.config_key not in ("", req.config_key):
         raise InputError(
-            f"checkpoint in '{workdir}' belongs to configuration "
+            f"checkpoint in '{Path(req.workdir)}' belongs to configuration "
             f"{state.config_key}, not {req.config_key}"
         )
-    if start_epoch > req.epochs:
+    if state and state.epoch > req.epochs:
         raise InputError(
-            f"checkpoint in '{workdir}' is at epoch {start_epoch}, beyond the "
+            f"checkpoint in '{Path(req.workdir)}' is at epoch {state.epoch}, beyond the "
             f"requested {req.epochs} epochs"
         )
+    return state
 
-    store = open_store(req.store_path)
-    h, w, c = store.image_shape
-    class_names = store.class_names
-    splits = {s: _as_split(*store.read_split(s), multilabel) for s in ("train", "val", "test")}
-    n_out = int(splits["train"].y.shape[1]) if multilabel else len(class_names)
-    train_x, train_y = splits["train"].x, splits["train"].y
-    recent = recent_rows(len(train_x), req.recent_rows, req.recent_share)
-    n_extra = 0
-    if cfg.extra_n > 0:
-        if not req.extra_data:
-            raise InputError("configuration asks for extra images but no extra data was given")
-        ex_img, ex_lab = _load_extra(
-            req.extra_data, cfg.extra_n, (h, w, c), n_out if multilabel else 1
-        )
-        extra = _as_split(ex_img, ex_lab, multilabel)
-        train_x, train_y = torch.cat([train_x, extra.x]), torch.cat([train_y, extra.y])
-        n_extra = len(ex_img)
-    if len(train_x) < 2:
-        raise InputError(f"store '{req.store_path}': expected at least 2 training images")
 
-    torch.manual_seed(opt.seed)
-    model = build_classifier(cfg.arch, n_out, c, image_size=h)
+def _build_engine(
+    req: TrainRequest, data: TrainData, run: _Run, start_epoch: int
+) -> tuple[Any, str, int]:
+    """(DeepSpeed engine, head prefix, initial tensors loaded): the network with its initial
+    weights (a fresh start only; a resume gets the checkpoint's) under DeepSpeed."""
+    cfg = req.config
+    h, _w, c = data.shape
+    torch.manual_seed(req.options.seed)
+    model = build_classifier(cfg.arch, data.n_out, c, image_size=h)
     head = head_prefix(cfg.arch)
     loaded = 0
     if cfg.init != "scratch" and start_epoch == 0:
@@ -360,103 +370,107 @@ def train(req: TrainRequest, progress: ProgressFn | None = None) -> TrainResult:
         model,
         _torch_optimizer(_param_groups(model, head, cfg), cfg),
         batch_size=cfg.batch_size,
-        zero_stage=opt.zero_stage,
-        bf16=bf16,
-        world=world,
+        zero_stage=req.options.zero_stage,
+        bf16=run.bf16,
+        world=run.world,
         # CPU batch norm wants one dtype for parameters and statistics.
-        bf16_buffers=bf16 and device == "cpu",
+        bf16_buffers=run.bf16 and run.device == "cpu",
     )
-    checkpoints.restore(engine)
-    history: list[dict[str, float]] = list(state.history) if state else []
+    return engine, head, loaded
 
-    dtype = torch.bfloat16 if bf16 else torch.float32
+
+def _train_epoch(
+    engine: Any, req: TrainRequest, data: TrainData, run: _Run, head: str, epoch: int
+) -> tuple[dict[str, float], tuple[float, float]]:
+    """One epoch over this rank's share of the rows: (its record, (body lr, head lr))."""
+    cfg = req.config
+    t_epoch = time.perf_counter()
+    body_lr, head_lr = _lrs(cfg, epoch)
+    for group in engine.optimizer.param_groups:
+        group["lr"] = head_lr if group.get("name") == "head" else body_lr
+    _set_train_mode(engine.module, head, _body_frozen(cfg, epoch))
+    gen = torch.Generator().manual_seed(req.options.seed * 100_003 + epoch)
+    order = rank_share(epoch_order(len(data.x), data.recent, gen), run.rank, run.world)
     dev = engine.device
-    # Curves beside the checkpoints (see pomlia_hpc.curves): one TensorBoard run per config.
-    curves = Curves(workdir / CURVES_DIR, enabled=rank == 0)
-    for epoch in range(start_epoch, req.epochs):
-        t_epoch = time.perf_counter()
-        body_lr, head_lr = _lrs(cfg, epoch)
-        for group in engine.optimizer.param_groups:
-            group["lr"] = head_lr if group.get("name") == "head" else body_lr
-        _set_train_mode(engine.module, head, _body_frozen(cfg, epoch))
-        gen = torch.Generator().manual_seed(opt.seed * 100_003 + epoch)
-        order = rank_share(epoch_order(len(train_x), recent, gen), rank, world)
-        total, seen = 0.0, 0
-        for start in range(0, len(order), cfg.batch_size):
-            idx = order[start : start + cfg.batch_size]
-            if len(idx) < 2:  # batch norm cannot train on one image
-                continue
-            xb = augment(_normalize(train_x[idx]), cfg.augmentation, gen)
-            yb = train_y[idx].to(dev)
-            logits = engine(xb.to(dev, dtype=dtype)).float()
-            if multilabel:
-                loss = functional.binary_cross_entropy_with_logits(logits, yb)
-            else:
-                loss = functional.cross_entropy(logits, yb)
-            engine.backward(loss)
-            engine.step()
-            total += float(loss.detach()) * len(idx)
-            seen += len(idx)
-        record = {
-            "epoch": epoch + 1,
-            "train_loss": total / max(seen, 1),
-            "seconds": time.perf_counter() - t_epoch,
-        }
-        if not math.isfinite(record["train_loss"]):
-            raise FloatingPointError(
-                f"training loss is {record['train_loss']} at epoch "
-                f"{epoch + 1} (learning rate too large?)"
-            )
-        history.append(record)
-        if curves.active:  # validation per epoch, for the curves only (eval mode, no grad)
-            with torch.inference_mode():
-                val = _evaluate(
-                    engine.module, splits["val"], task_type, dev, dtype, opt.eval_batch_size
-                )
-            curves.epoch(
-                epoch + 1,
-                {
-                    "train/loss": record["train_loss"],
-                    "train/lr_body": body_lr,
-                    "train/lr_head": head_lr,
-                    "train/seconds": record["seconds"],
-                    **{f"val/{k}": v for k, v in val.items() if isinstance(v, int | float)},
-                },
-            )
-        tag = f"epoch-{epoch + 1}"
-        checkpoints.save(engine, epoch + 1, tag)
-        checkpoints.commit(
-            ClassifierState(epoch=epoch + 1, tag=tag, config_key=req.config_key, history=history)
+    total, seen = 0.0, 0
+    for start in range(0, len(order), cfg.batch_size):
+        idx = order[start : start + cfg.batch_size]
+        if len(idx) < 2:  # batch norm cannot train on one image
+            continue
+        xb = augment(normalize(data.x[idx]), cfg.augmentation, gen)
+        yb = data.y[idx].to(dev)
+        logits = engine(xb.to(dev, dtype=run.dtype)).float()
+        if run.multilabel:
+            loss = functional.binary_cross_entropy_with_logits(logits, yb)
+        else:
+            loss = functional.cross_entropy(logits, yb)
+        engine.backward(loss)
+        engine.step()
+        total += float(loss.detach()) * len(idx)
+        seen += len(idx)
+    record = {
+        "epoch": epoch + 1,
+        "train_loss": total / max(seen, 1),
+        "seconds": time.perf_counter() - t_epoch,
+    }
+    if not math.isfinite(record["train_loss"]):
+        raise FloatingPointError(
+            f"training loss is {record['train_loss']} at epoch "
+            f"{epoch + 1} (learning rate too large?)"
         )
-        if progress:
-            progress(epoch + 1, req.epochs, record)
+    return record, (body_lr, head_lr)
 
-    curves.close()
-    if not _body_frozen(cfg, req.epochs - 1):
+
+def _epoch_curves(
+    curves: Curves,
+    engine: Any,
+    req: TrainRequest,
+    data: TrainData,
+    run: _Run,
+    record: dict[str, float],
+    lrs: tuple[float, float],
+) -> None:
+    """The epoch's training figures and a validation pass (eval mode, no grad), for the
+    curves only."""
+    with torch.inference_mode():
+        val = _evaluate(
+            engine.module,
+            data.splits["val"],
+            run.task_type,
+            engine.device,
+            run.dtype,
+            req.options.eval_batch_size,
+        )
+    curves.epoch(
+        int(record["epoch"]),
+        {
+            "train/loss": record["train_loss"],
+            "train/lr_body": lrs[0],
+            "train/lr_head": lrs[1],
+            "train/seconds": record["seconds"],
+            **{f"val/{k}": v for k, v in val.items() if isinstance(v, int | float)},
+        },
+    )
+
+
+def _final_metrics(
+    engine: Any, req: TrainRequest, data: TrainData, run: _Run
+) -> dict[str, dict[str, float | None]]:
+    """Validation and test metrics of the trained network, its batch-norm statistics first
+    recomputed over the training mix (unless the body stayed frozen)."""
+    opt, dev = req.options, engine.device
+    if not _body_frozen(req.config, req.epochs - 1):
         # Statistics of the mix the network was trained on (recent rows at their share).
         gen = torch.Generator().manual_seed(opt.seed)
-        bn_x = train_x if recent is None else train_x[epoch_order(len(train_x), recent, gen)]
-        recalibrate_batchnorm(engine.module, bn_x, dev, dtype, opt.eval_batch_size)
-    metrics = {
-        s: _evaluate(engine.module, splits[s], task_type, dev, dtype, opt.eval_batch_size)
+        recent = data.recent
+        bn_x = data.x if recent is None else data.x[epoch_order(len(data.x), recent, gen)]
+        recalibrate_batchnorm(engine.module, bn_x, dev, run.dtype, opt.eval_batch_size)
+    return {
+        s: _evaluate(
+            engine.module, data.splits[s], run.task_type, dev, run.dtype, opt.eval_batch_size
+        )
         for s in ("val", "test")
     }
-    wall = time.perf_counter() - t0
-    if rank == 0:
-        _save_model(req, engine.module, n_out, (h, c), class_names, metrics, task_type)
-    return TrainResult(
-        metrics=metrics,
-        epochs=req.epochs,
-        start_epoch=start_epoch,
-        cost_s=wall,
-        gpu_hours=wall / 3600.0 * world if device == "cuda" else 0.0,
-        device=device,
-        model_path=req.model_path,
-        history=history,
-        init_loaded=loaded,
-        n_train=len(train_x),
-        n_extra=n_extra,
-    )
 
 
 def rank_share(order: torch.Tensor, rank: int, world: int) -> torch.Tensor:
@@ -491,7 +505,7 @@ def recalibrate_batchnorm(
     for start in range(0, len(images), batch):
         chunk = images[start : start + batch]
         if len(chunk) > 1 or start == 0:  # one image: no batch statistics (1x1 feature maps)
-            model(_normalize(chunk).to(dev, dtype=dtype))
+            model(normalize(chunk).to(dev, dtype=dtype))
     for m, momentum in zip(bns, momenta, strict=True):
         m.momentum = momentum
 
@@ -499,7 +513,7 @@ def recalibrate_batchnorm(
 @torch.no_grad()
 def _evaluate(
     model: nn.Module,
-    split: _Split,
+    split: Split,
     task_type: str,
     dev: torch.device,
     dtype: torch.dtype,
@@ -508,7 +522,7 @@ def _evaluate(
     model.eval()
     scores = []
     for start in range(0, len(split.x), batch):
-        logits = model(_normalize(split.x[start : start + batch]).to(dev, dtype=dtype)).float()
+        logits = model(normalize(split.x[start : start + batch]).to(dev, dtype=dtype)).float()
         probs = torch.sigmoid(logits) if task_type == TaskType.MULTI_LABEL else logits.softmax(1)
         scores.append(probs.cpu().numpy())
     y_true = split.y.numpy()
