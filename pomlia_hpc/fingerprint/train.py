@@ -73,7 +73,8 @@ from pomlia_hpc.fingerprint.validation import (
     validation_batches,
     validation_loss,
     with_curve,
-    write_curves,
+    write_checkpoint,
+    write_train_curves,
 )
 from pomlia_hpc.models.checkpoint import write_torch
 from pomlia_hpc.names import validate_name
@@ -238,23 +239,80 @@ def _train_rank(
     out = Path(out_dir)
     (out / "checkpoints").mkdir(parents=True, exist_ok=True)
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    engine = _rank_engine(config, world, cpu_share)
+    checkpoints = _checkpoints(out, rank, world)
+    state = _start_state(checkpoints.restore(engine))
+    resumed_from = int(state["epoch"])
+    train_sources, val_sources = split_holdout(sources, config.holdout)
+    n_rows = sum(s.stop - s.start for s in train_sources)
+    if steps_per_epoch(n_rows, config.batch_size, world) == 0:
+        raise InputError(
+            f"training set has {n_rows} images, fewer than one batch of {config.batch_size} "
+            f"per process ({world} processes): lower batch_size"
+        )
+    val_batches = validation_batches(
+        val_sources,
+        batch_size=config.batch_size,
+        image_size=config.encoder.image_size,
+        views=NEEDS[config.objective][1],
+        seed=config.seed,
+    )
+    dtype = torch.bfloat16 if config.precision == "bf16" else torch.float32
+    curves = Curves(out / CURVES_DIR, enabled=rank == 0)  # beside checkpoints/ (pomlia_hpc.curves)
+    for epoch in range(int(state["epoch"]), config.epochs):
+        if state["stopped_early"]:
+            break
+        t0 = time.perf_counter()
+        lr = lr_at(epoch, config.epochs, config.lr, config.lr_schedule)
+        loss, parts, images = _rank_epoch(engine, config, train_sources, epoch, lr, dtype)
+        val = validation_loss(engine.module, val_batches, engine.device, dtype)
+        improved = _after_epoch(state, config, epoch, (loss, val, lr), parts)
+        tag = f"epoch-{epoch + 1:04d}"
+        checkpoints.save(engine, epoch + 1, tag)
+        if rank == 0 and improved:  # the weights early stopping keeps (before latest.json)
+            write_checkpoint(out / "best.pt", engine.module.model, config, state["loss_curve"])
+        # The previous epoch's checkpoint stays too (one spare).
+        checkpoints.commit(
+            EncoderState(**state, tag=tag, resumed_from=resumed_from),
+            keep=(f"epoch-{epoch:04d}",),
+        )
+        if rank == 0:
+            _report_epoch(out, config, state, curves, val, images, time.perf_counter() - t0)
+    curves.close()
+    if rank == 0:
+        best = out / "best.pt"
+        if state["best_epoch"] is not None and best.exists():
+            write_torch(out / "encoder.pt", with_curve(best, state["loss_curve"]))
+        else:
+            write_checkpoint(out / "encoder.pt", engine.module.model, config, state["loss_curve"])
+        write_train_curves(out, config, state)
+    if world > 1:
+        torch.distributed.barrier()
+    result = _read_result(out)
+    result["resumed_from"] = resumed_from
+    return result
+
+
+def _rank_engine(config: TrainConfig, world: int, cpu_share: int) -> Any:
+    """The objective (autoencoder and loss) under DeepSpeed, the same initial weights on every
+    rank; its CPU threads this rank's share."""
     torch.set_num_threads(max(1, cpus_available() // cpu_share))
     torch.manual_seed(config.seed)  # identical initial weights on every rank
-    use_cuda = torch.cuda.is_available()
-    if use_cuda:
+    if torch.cuda.is_available():
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     objective = build_objective(config.objective, Autoencoder(config.encoder))
-    optimizer = torch.optim.Adam(objective.parameters(), lr=config.lr)
-    engine = initialize(
+    return initialize(
         objective,
-        optimizer,
+        torch.optim.Adam(objective.parameters(), lr=config.lr),
         batch_size=config.batch_size,
         zero_stage=config.zero_stage,
         bf16=config.precision == "bf16",
         world=world,
     )
-    checkpoints = _checkpoints(out, rank, world)
-    latest = checkpoints.restore(engine)
+
+
+def _start_state(latest: EncoderState | None) -> dict[str, Any]:
+    """The curves and early-stopping state to continue from: the last checkpoint's, or new."""
     state: dict[str, Any] = {
         "epoch": 0,
         "loss_curve": [],
@@ -268,137 +326,116 @@ def _train_rank(
     }
     if latest is not None:
         state |= {k: v for k, v in latest.to_dict().items() if k in state}
-    resumed_from = int(state["epoch"])
-    train_sources, val_sources = split_holdout(sources, config.holdout)
-    n_rows = sum(s.stop - s.start for s in train_sources)
-    if steps_per_epoch(n_rows, config.batch_size, world) == 0:
-        raise InputError(
-            f"training set has {n_rows} images, fewer than one batch of {config.batch_size} "
-            f"per process ({world} processes): lower batch_size"
-        )
+    return state
+
+
+def _rank_epoch(
+    engine: Any,
+    config: TrainConfig,
+    sources: list[Source],
+    epoch: int,
+    lr: float,
+    dtype: torch.dtype,
+) -> tuple[float, dict[str, float], int]:
+    """One epoch over this rank's share of the rows at learning rate ``lr``: (mean loss over
+    all ranks, the objective's loss parts per image, images seen by all ranks)."""
+    rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    for group in engine.optimizer.param_groups:
+        group["lr"] = lr
     with_sources, views = NEEDS[config.objective]
-    val_batches = validation_batches(
-        val_sources,
+    stream = StoreStream(
+        sources,
         batch_size=config.batch_size,
         image_size=config.encoder.image_size,
-        views=views,
+        epoch=epoch,
         seed=config.seed,
+        rank=rank,
+        world=world,
+        with_sources=with_sources,
+        views=views,
     )
-    dtype = torch.bfloat16 if config.precision == "bf16" else torch.float32
-    curves = Curves(out / CURVES_DIR, enabled=rank == 0)  # beside checkpoints/ (pomlia_hpc.curves)
-    for epoch in range(int(state["epoch"]), config.epochs):
-        if state["stopped_early"]:
-            break
-        t0 = time.perf_counter()
-        lr = lr_at(epoch, config.epochs, config.lr, config.lr_schedule)
-        for group in engine.optimizer.param_groups:
-            group["lr"] = lr
-        stream = StoreStream(
-            train_sources,
-            batch_size=config.batch_size,
-            image_size=config.encoder.image_size,
-            epoch=epoch,
-            seed=config.seed,
-            rank=rank,
-            world=world,
-            with_sources=with_sources,
-            views=views,
-        )
-        total = torch.zeros(2, dtype=torch.float64)
-        parts: dict[str, float] = {}
-        engine.train()
-        for batch in iterate(make_loader(stream, config.num_workers)):
-            batch = to_device(batch, engine.device, dtype)
-            loss = engine(batch)
-            engine.backward(loss)
-            engine.step()
-            n = len(batch["x"] if isinstance(batch, dict) else batch)
-            total += torch.tensor([float(loss.detach()) * n, n], dtype=torch.float64)
-            for k, v in engine.module.parts.items():
-                parts[k] = parts.get(k, 0.0) + v * n
-        if world > 1:
-            torch.distributed.all_reduce(total)
-        epoch_loss = float(total[0] / total[1])
-        val = validation_loss(engine.module, val_batches, engine.device, dtype)
-        state["loss_curve"].append(epoch_loss)
-        state["lr_curve"].append(lr)
-        state["parts"].append({k: v / float(total[1]) * world for k, v in parts.items()})
-        improved = False
-        if val is not None:
-            state["val_curve"].append(val)
-            improved = state["best"] is None or val < state["best"] * (1 - 1e-4)
-            if improved:
-                state["best"], state["best_epoch"], state["bad_epochs"] = val, epoch + 1, 0
-            else:
-                state["bad_epochs"] += 1
-                state["stopped_early"] = state["bad_epochs"] >= config.patience
-        state["epoch"] = epoch + 1
-        tag = f"epoch-{epoch + 1:04d}"
-        checkpoints.save(engine, epoch + 1, tag)
-        if rank == 0 and improved:  # the weights early stopping keeps (before latest.json)
-            write_checkpoint(out / "best.pt", engine.module.model, config, state["loss_curve"])
-        # The previous epoch's checkpoint stays too (one spare).
-        checkpoints.commit(
-            EncoderState(**state, tag=tag, resumed_from=resumed_from),
-            keep=(f"epoch-{epoch:04d}",),
-        )
-        if rank == 0:
-            seconds = time.perf_counter() - t0
-            scalars = {
-                "train/loss": epoch_loss,
-                "train/lr": lr,
-                "train/images_per_s": float(total[1]) / max(seconds, 1e-9),
-            }
-            if val is not None:
-                scalars["val/loss"] = val
-            curves.epoch(epoch + 1, scalars)
-            line = {
-                "epoch": epoch + 1,
-                "loss": epoch_loss,
-                "val_loss": val,
-                "lr": lr,
-                "parts": state["parts"][-1],
-                "images": int(total[1]),
-                "seconds": seconds,
-            }
-            with (out / "train_log.jsonl").open("a") as fh:
-                fh.write(json.dumps(line) + "\n")
-            _write_curves(out, config, state)
-            val_text = f" held-out {val:.6f}" if val is not None else ""
-            stop_text = " (early stop)" if state["stopped_early"] else ""
-            print(
-                f"epoch {epoch + 1}/{config.epochs} {config.objective} loss {epoch_loss:.6f}"
-                f"{val_text} lr {lr:.2e} ({int(total[1])} images, {seconds:.1f} s){stop_text}",
-                flush=True,
-            )
-    curves.close()
-    if rank == 0:
-        best = out / "best.pt"
-        if state["best_epoch"] is not None and best.exists():
-            write_torch(out / "encoder.pt", with_curve(best, state["loss_curve"]))
-        else:
-            write_checkpoint(out / "encoder.pt", engine.module.model, config, state["loss_curve"])
-        _write_curves(out, config, state)
+    total = torch.zeros(2, dtype=torch.float64)
+    parts: dict[str, float] = {}
+    engine.train()
+    for batch in iterate(make_loader(stream, config.num_workers)):
+        batch = to_device(batch, engine.device, dtype)
+        loss = engine(batch)
+        engine.backward(loss)
+        engine.step()
+        n = len(batch["x"] if isinstance(batch, dict) else batch)
+        total += torch.tensor([float(loss.detach()) * n, n], dtype=torch.float64)
+        for k, v in engine.module.parts.items():
+            parts[k] = parts.get(k, 0.0) + v * n
     if world > 1:
-        torch.distributed.barrier()
-    result = _read_result(out)
-    result["resumed_from"] = resumed_from
-    return result
+        torch.distributed.all_reduce(total)
+    per_image = {k: v / float(total[1]) * world for k, v in parts.items()}
+    return float(total[0] / total[1]), per_image, int(total[1])
 
 
-def _write_curves(out: Path, config: TrainConfig, state: dict[str, Any]) -> None:
-    write_curves(
-        out,
-        {
-            "objective": config.objective,
-            "train": state["loss_curve"],
-            "val": state["val_curve"],
-            "lr": state["lr_curve"],
-            "parts": state["parts"],
-            "best_epoch": state["best_epoch"],
-            "stopped_early": state["stopped_early"],
-            "holdout": config.holdout,
-        },
+def _after_epoch(
+    state: dict[str, Any],
+    config: TrainConfig,
+    epoch: int,
+    figures: tuple[float, float | None, float],
+    parts: dict[str, float],
+) -> bool:
+    """Add the epoch's (loss, held-out loss, lr) and parts to ``state`` and take the early
+    stopping decision; returns whether the held-out loss improved (the best weights)."""
+    loss, val, lr = figures
+    state["loss_curve"].append(loss)
+    state["lr_curve"].append(lr)
+    state["parts"].append(parts)
+    improved = False
+    if val is not None:
+        state["val_curve"].append(val)
+        improved = state["best"] is None or val < state["best"] * (1 - 1e-4)
+        if improved:
+            state["best"], state["best_epoch"], state["bad_epochs"] = val, epoch + 1, 0
+        else:
+            state["bad_epochs"] += 1
+            state["stopped_early"] = state["bad_epochs"] >= config.patience
+    state["epoch"] = epoch + 1
+    return improved
+
+
+def _report_epoch(
+    out: Path,
+    config: TrainConfig,
+    state: dict[str, Any],
+    curves: Curves,
+    val: float | None,
+    images: int,
+    seconds: float,
+) -> None:
+    """Rank 0's record of the epoch just ended (``state["epoch"]``): the TensorBoard curves,
+    a ``train_log.jsonl`` line, ``loss_curves.*`` and a progress line on stdout."""
+    epoch, loss, lr = state["epoch"], state["loss_curve"][-1], state["lr_curve"][-1]
+    scalars = {
+        "train/loss": loss,
+        "train/lr": lr,
+        "train/images_per_s": images / max(seconds, 1e-9),
+    }
+    if val is not None:
+        scalars["val/loss"] = val
+    curves.epoch(epoch, scalars)
+    line = {
+        "epoch": epoch,
+        "loss": loss,
+        "val_loss": val,
+        "lr": lr,
+        "parts": state["parts"][-1],
+        "images": images,
+        "seconds": seconds,
+    }
+    with (out / "train_log.jsonl").open("a") as fh:
+        fh.write(json.dumps(line) + "\n")
+    write_train_curves(out, config, state)
+    val_text = f" held-out {val:.6f}" if val is not None else ""
+    stop_text = " (early stop)" if state["stopped_early"] else ""
+    print(
+        f"epoch {epoch}/{config.epochs} {config.objective} loss {loss:.6f}"
+        f"{val_text} lr {lr:.2e} ({images} images, {seconds:.1f} s){stop_text}",
+        flush=True,
     )
 
 
@@ -557,17 +594,3 @@ def register_encoder(
         s.flush()
         s.expunge(row)
     return row
-
-
-def write_checkpoint(
-    path: Path, model: torch.nn.Module, config: TrainConfig, loss_curve: list[float]
-) -> Path:
-    """Write the final ``encoder.pt`` (fp32 weights, encoder config, loss curve) atomically."""
-    state = {k: v.detach().float().cpu() for k, v in model.state_dict().items()}
-    payload = {
-        "config": config.encoder.model_dump(),
-        "state_dict": state,
-        "loss_curve": list(loss_curve),
-        "train_config": config.model_dump(),
-    }
-    return write_torch(path, payload)

@@ -7,7 +7,9 @@ the learning-rate schedule, and the recorded loss curves.
   mixed in a fixed order, with fixed augmented views: the validation loss of two epochs differs
   only because the weights did.
 * :func:`lr_at` is the per-epoch learning rate (cosine decay to 5 % of ``lr``, or constant).
-* :func:`write_curves` writes ``loss_curves.json`` and ``loss_curves.png`` beside the checkpoint.
+* :func:`write_curves` writes ``loss_curves.json`` and ``loss_curves.png`` beside the checkpoint
+  (:func:`write_train_curves` from a training's state); :func:`write_checkpoint` writes the
+  final ``encoder.pt``.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -26,6 +28,10 @@ from pomlia_hpc.fingerprint.augment import acquisition_view
 from pomlia_hpc.fingerprint.autoencoder import to_input
 from pomlia_hpc.fingerprint.loader import Source, to_uint8
 from pomlia_hpc.fingerprint.objectives import Objective
+from pomlia_hpc.models.checkpoint import write_torch
+
+if TYPE_CHECKING:
+    from pomlia_hpc.fingerprint.train import TrainConfig
 
 #: At most this many held-out rows per dataset are used for the validation loss.
 VAL_MAX_PER_SOURCE = 256
@@ -162,3 +168,34 @@ def with_curve(path: Path, loss_curve: list[float]) -> dict[str, Any]:
     payload: dict[str, Any] = torch.load(path, map_location="cpu", weights_only=True)
     payload["loss_curve"] = list(loss_curve)
     return payload
+
+
+def write_train_curves(out: Path, config: TrainConfig, state: dict[str, Any]) -> None:
+    """:func:`write_curves` of an encoder training's ``state`` (its curves and early stop)."""
+    write_curves(
+        out,
+        {
+            "objective": config.objective,
+            "train": state["loss_curve"],
+            "val": state["val_curve"],
+            "lr": state["lr_curve"],
+            "parts": state["parts"],
+            "best_epoch": state["best_epoch"],
+            "stopped_early": state["stopped_early"],
+            "holdout": config.holdout,
+        },
+    )
+
+
+def write_checkpoint(
+    path: Path, model: torch.nn.Module, config: TrainConfig, loss_curve: list[float]
+) -> Path:
+    """Write the final ``encoder.pt`` (fp32 weights, encoder config, loss curve) atomically."""
+    state = {k: v.detach().float().cpu() for k, v in model.state_dict().items()}
+    payload = {
+        "config": config.encoder.model_dump(),
+        "state_dict": state,
+        "loss_curve": list(loss_curve),
+        "train_config": config.model_dump(),
+    }
+    return write_torch(path, payload)
