@@ -3,6 +3,7 @@ run/watch/show`` and ``pomlia lineage``: production feedback back into developme
 
 from __future__ import annotations
 
+from dataclasses import fields
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -217,10 +218,14 @@ RecentShareOpt = Annotated[
 ]
 
 
-def _settings(archs: str | None, recent_share: float, **values: Any) -> LoopSettings:
-    """The loop's :class:`~pomlia_hpc.loop.stages.LoopSettings` from the shared options."""
+def _settings(options: dict[str, Any], **more: Any) -> LoopSettings:
+    """The loop's :class:`~pomlia_hpc.loop.stages.LoopSettings` from a command's options (its
+    ``locals()``: the settings' fields are taken, the others left) and ``more``."""
     from pomlia_hpc.loop.stages import LoopSettings
 
+    names = {f.name for f in fields(LoopSettings)}
+    values = {k: v for k, v in options.items() if k in names} | more
+    archs, recent_share = values.pop("archs"), values.pop("recent_share")
     if not 0 <= recent_share < 1:
         raise InputError(f"--recent-share {recent_share}: expected 0 <= share < 1")
     return LoopSettings(
@@ -260,24 +265,9 @@ def loop_run(
 ) -> None:
     """One pass of the loop for SLOT: harvest → ingest → fingerprints → recommend → AutoML →
     challenger → gate → export → redeploy. Rerun after a crash: finished stages are skipped."""
+    cfg = _settings(locals(), recommend=not no_recommend)
     from pomlia_hpc.loop.api import run_loop
 
-    cfg = _settings(
-        archs,
-        recent_share,
-        trials=trials,
-        max_epochs=max_epochs,
-        min_epochs=min_epochs,
-        parallel=parallel,
-        optimizer=optimizer,
-        executor=executor,
-        margin=margin,
-        alpha=alpha,
-        force=force,
-        min_labels=min_labels,
-        fine_tune=fine_tune,
-        recommend=not no_recommend,
-    )
     STATE.workspace.create()
     res = run_loop(
         STATE.registry(),
@@ -320,22 +310,9 @@ def loop_watch(
 ) -> None:
     """Run the loop for every retrain request the monitor records (its alarm), for the slot
     that serves the model; a request whose driver was killed is resumed."""
+    cfg = _settings(locals())
     from pomlia_hpc.loop.watch import watch
 
-    cfg = _settings(
-        archs,
-        recent_share,
-        trials=trials,
-        max_epochs=max_epochs,
-        min_epochs=min_epochs,
-        parallel=parallel,
-        optimizer=optimizer,
-        executor=executor,
-        margin=margin,
-        alpha=alpha,
-        min_labels=min_labels,
-        fine_tune=fine_tune,
-    )
     STATE.workspace.create()
     handled = watch(
         STATE.registry(),
