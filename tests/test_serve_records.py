@@ -43,16 +43,8 @@ def test_what_the_predictor_logs_is_a_strict_prediction_record(
 
 
 def test_feedback_and_rejection_lines_carry_their_flags_only_when_true() -> None:
-    values = {
-        "id": "a",
-        "time": "t",
-        "prediction_id": "p",
-        "model": "m",
-        "model_version": "v",
-        "deployment": None,
-        "label": ["x", "y"],
-        "label_index": [0, 1],
-    }
+    values = log_line("feedback", label=["x", "y"], label_index=[0, 1])
+    assert values.pop("type") == "feedback"
     first = to_line(FeedbackLine(**values))
     assert next(iter(first)) == "type" and "replaces" not in first
     assert to_line(FeedbackLine(**values, replaces=True))["replaces"] is True
