@@ -11,6 +11,7 @@ Modules, in the order a model goes through them:
 * ``batching``   dynamic batching on one model thread
 * ``predictor``  batch -> model -> outputs -> durable log -> answer
 * ``predlog``    the append-only, group-committed prediction/feedback log (``read_records``)
+* ``records``    its lines as strict models (prediction, feedback, rejection)
 * ``fingerprint``  pluggable input fingerprints for the log (encoder, or explicit statistics)
 * ``app``, ``metrics``, ``security``, ``config``, ``server``  the FastAPI app and its process
 * ``deploy``, ``smoke``, ``local``, ``demo``  Apptainer/sbatch files, checks and helpers
