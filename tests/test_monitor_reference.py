@@ -3,6 +3,7 @@ what the server logs for the same images, and recomputable with ``pomlia monitor
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -12,11 +13,13 @@ from typer.testing import CliRunner
 from pomlia_hpc.cli import app
 from pomlia_hpc.data.api import ingest
 from pomlia_hpc.data.synth import make_split
+from pomlia_hpc.errors import InputError
+from pomlia_hpc.files import write_npz
 from pomlia_hpc.models.catalog import register_model
 from pomlia_hpc.registry import Registry
 from pomlia_hpc.serve.demo import save_demo_checkpoint
 from pomlia_hpc.serve.export import export_model
-from pomlia_hpc.serve.reference import REFERENCE_FILE, read_reference
+from pomlia_hpc.serve.reference import FORMAT, REFERENCE_FILE, read_reference
 from pomlia_hpc.workspace import Workspace
 from tests.monitor_support import log_predictions
 
@@ -62,3 +65,39 @@ def test_export_writes_the_reference_the_server_would_log(
     assert res_cli.exit_code == 0, res_cli.output
     assert read_reference(res.reference).n == 5
     assert "[test]" in read_reference(res.reference).source
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"colour": "red"}, "unknown key 'colour'; valid keys: accuracy, created_at"),
+        ({"n": "3"}, "bad value for 'n'"),
+    ],
+)
+def test_a_foreign_key_in_the_reference_is_one_error_naming_it(
+    tmp_path: Path, change: dict[str, object], message: str
+) -> None:
+    meta = {
+        "format": FORMAT,
+        "model": "m",
+        "model_version": "v",
+        "fingerprint_kind": "stats-thumb-v1",
+        "task_type": "multi-class",
+        "label_names": ["a", "b"],
+        "source": "s",
+        "created_at": "2026-01-01T00:00:00+00:00",
+        "n": 2,
+        "accuracy": float("nan"),
+    }
+    arrays = {
+        "fingerprints": np.zeros((2, 3), np.float32),
+        "labels": np.array([0, 1]),
+        "pred_index": np.array([0, 0]),
+        "confidence": np.ones(2, np.float32),
+    }
+    path = tmp_path / REFERENCE_FILE
+    write_npz(path, {"meta": np.asarray(json.dumps(meta)), **arrays})
+    assert read_reference(path).label_names == ["a", "b"]
+    write_npz(path, {"meta": np.asarray(json.dumps(meta | change)), **arrays})
+    with pytest.raises(InputError, match=f"^monitoring reference {path}: {message}"):
+        read_reference(path)

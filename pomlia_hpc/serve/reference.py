@@ -19,10 +19,10 @@ import zipfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
+from pomlia_hpc.config import Record, validate_model
 from pomlia_hpc.errors import InputError, NotFoundError
 from pomlia_hpc.files import write_npz
 from pomlia_hpc.registry import DatasetVersion, Model, Registry, Task
@@ -36,6 +36,21 @@ FORMAT = "pomlia-monitor-reference/1"
 #: the reference distribution far more tightly than any monitoring window of a few hundred.
 MAX_IMAGES = 5000
 BATCH = 256
+
+
+class ReferenceMeta(Record):
+    """The ``meta`` entry of a reference file (JSON inside the npz, beside the arrays)."""
+
+    format: str
+    model: str
+    model_version: str
+    fingerprint_kind: str
+    task_type: str
+    label_names: list[str]
+    source: str
+    created_at: str
+    n: int
+    accuracy: float  # NaN when undefined
 
 
 @dataclass(frozen=True)
@@ -144,18 +159,18 @@ def compute_reference(
 
 def write_reference(bundle: ExportedBundle, ref: Reference) -> Path:
     """Write ``ref`` to ``<bundle>/monitor-reference.npz`` atomically; returns the path."""
-    meta = {
-        "format": FORMAT,
-        "model": ref.model,
-        "model_version": ref.model_version,
-        "fingerprint_kind": ref.fingerprint_kind,
-        "task_type": ref.task_type,
-        "label_names": ref.label_names,
-        "source": ref.source,
-        "created_at": ref.created_at,
-        "n": ref.n,
-        "accuracy": ref.accuracy,
-    }
+    meta = ReferenceMeta(
+        format=FORMAT,
+        model=ref.model,
+        model_version=ref.model_version,
+        fingerprint_kind=ref.fingerprint_kind,
+        task_type=ref.task_type,
+        label_names=ref.label_names,
+        source=ref.source,
+        created_at=ref.created_at,
+        n=ref.n,
+        accuracy=ref.accuracy,
+    ).to_dict()
     path = bundle.root / REFERENCE_FILE
     arrays = {
         "meta": np.asarray(json.dumps(meta)),
@@ -173,25 +188,29 @@ def read_reference(path: Path) -> Reference:
         raise NotFoundError(f"monitoring reference {path} does not exist")
     try:
         with np.load(path, allow_pickle=False) as z:
-            meta: dict[str, Any] = json.loads(str(z["meta"]))
+            raw_meta = json.loads(str(z["meta"]))
             arrays = {k: np.asarray(z[k]) for k in ("fingerprints", "labels", "pred_index")}
             conf = np.asarray(z["confidence"])
     except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
         raise InputError(f"monitoring reference {path}: not a readable reference ({exc})") from exc
-    if meta.get("format") != FORMAT:
+    if not isinstance(raw_meta, dict) or raw_meta.get("format") != FORMAT:
         raise InputError(f"monitoring reference {path}: field 'format' should be '{FORMAT}'")
+    # Strict from the parsed dict: the accuracy may be NaN, which JSON parsers refuse.
+    meta = validate_model(
+        ReferenceMeta, raw_meta, f"monitoring reference {path}", error=InputError, strict=True
+    )
     return Reference(
-        model=str(meta["model"]),
-        model_version=str(meta["model_version"]),
-        fingerprint_kind=str(meta["fingerprint_kind"]),
-        task_type=str(meta["task_type"]),
-        label_names=[str(x) for x in meta["label_names"]],
-        source=str(meta["source"]),
+        model=meta.model,
+        model_version=meta.model_version,
+        fingerprint_kind=meta.fingerprint_kind,
+        task_type=meta.task_type,
+        label_names=meta.label_names,
+        source=meta.source,
         fingerprints=arrays["fingerprints"].astype(np.float32),
         labels=arrays["labels"],
         pred_index=arrays["pred_index"],
         confidence=conf.astype(np.float32),
-        created_at=str(meta["created_at"]),
+        created_at=meta.created_at,
         path=path,
     )
 
