@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -19,7 +20,7 @@ from pomlia_hpc.models.catalog import register_model
 from pomlia_hpc.registry import Registry
 from pomlia_hpc.serve.demo import save_demo_checkpoint
 from pomlia_hpc.serve.export import export_model
-from pomlia_hpc.serve.reference import FORMAT, REFERENCE_FILE, read_reference
+from pomlia_hpc.serve.reference import FORMAT, REFERENCE_FILE, read_reference, write_reference
 from pomlia_hpc.workspace import Workspace
 from tests.monitor_support import log_predictions
 
@@ -97,7 +98,11 @@ def test_a_foreign_key_in_the_reference_is_one_error_naming_it(
     }
     path = tmp_path / REFERENCE_FILE
     write_npz(path, {"meta": np.asarray(json.dumps(meta)), **arrays})
-    assert read_reference(path).label_names == ["a", "b"]
+    ref = read_reference(path)
+    assert ref.label_names == ["a", "b"] and ref.created_at == meta["created_at"]
+    (tmp_path / "again").mkdir()
+    again = read_reference(write_reference(SimpleNamespace(root=tmp_path / "again"), ref))
+    assert (again.model, again.source, again.n) == ("m", "s", 2)
     write_npz(path, {"meta": np.asarray(json.dumps(meta | change)), **arrays})
     with pytest.raises(InputError, match=f"^monitoring reference {path}: {message}"):
         read_reference(path)

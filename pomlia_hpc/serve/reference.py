@@ -38,8 +38,21 @@ MAX_IMAGES = 5000
 BATCH = 256
 
 
+#: The fields of :class:`Reference` that its file keeps in ``meta`` (:class:`ReferenceMeta`).
+META_FIELDS = (
+    "model",
+    "model_version",
+    "fingerprint_kind",
+    "task_type",
+    "label_names",
+    "source",
+    "created_at",
+)
+
+
 class ReferenceMeta(Record):
-    """The ``meta`` entry of a reference file (JSON inside the npz, beside the arrays)."""
+    """The ``meta`` entry of a reference file (JSON inside the npz, beside the arrays): the
+    reference's :data:`META_FIELDS`, its format tag, size and accuracy."""
 
     format: str
     model: str
@@ -159,18 +172,8 @@ def compute_reference(
 
 def write_reference(bundle: ExportedBundle, ref: Reference) -> Path:
     """Write ``ref`` to ``<bundle>/monitor-reference.npz`` atomically; returns the path."""
-    meta = ReferenceMeta(
-        format=FORMAT,
-        model=ref.model,
-        model_version=ref.model_version,
-        fingerprint_kind=ref.fingerprint_kind,
-        task_type=ref.task_type,
-        label_names=ref.label_names,
-        source=ref.source,
-        created_at=ref.created_at,
-        n=ref.n,
-        accuracy=ref.accuracy,
-    ).to_dict()
+    shared = {k: getattr(ref, k) for k in META_FIELDS}
+    meta = ReferenceMeta(format=FORMAT, n=ref.n, accuracy=ref.accuracy, **shared).to_dict()
     path = bundle.root / REFERENCE_FILE
     arrays = {
         "meta": np.asarray(json.dumps(meta)),
@@ -200,17 +203,11 @@ def read_reference(path: Path) -> Reference:
         ReferenceMeta, raw_meta, f"monitoring reference {path}", error=InputError, strict=True
     )
     return Reference(
-        model=meta.model,
-        model_version=meta.model_version,
-        fingerprint_kind=meta.fingerprint_kind,
-        task_type=meta.task_type,
-        label_names=meta.label_names,
-        source=meta.source,
+        **meta.model_dump(include=set(META_FIELDS)),
         fingerprints=arrays["fingerprints"].astype(np.float32),
         labels=arrays["labels"],
         pred_index=arrays["pred_index"],
         confidence=conf.astype(np.float32),
-        created_at=meta.created_at,
         path=path,
     )
 
