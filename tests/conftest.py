@@ -10,6 +10,7 @@ import pytest
 
 from tests.fixtures import jobfns
 from tests.fixtures.browser import browser
+from tests.fixtures.cli import data_add
 from tests.fixtures.clock import clock
 from tests.fixtures.fake_slurm import fake_slurm
 from tests.fixtures.registries import (
@@ -27,6 +28,7 @@ from tests.fixtures.services import slurm
 __all__ = [
     "browser",
     "clock",
+    "data_add",
     "db_url",
     "fake_slurm",
     "pg_url",

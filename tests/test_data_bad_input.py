@@ -15,12 +15,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pomlia_hpc.cli import main
 from pomlia_hpc.cli.app import err_console
-from pomlia_hpc.data.api import list_versions
 from pomlia_hpc.registry import Registry
 from pomlia_hpc.workspace import Workspace
-from tests.fixtures.factories import nothing_visible, open_registry, tiny_arrays, write_npz
+from tests.fixtures.factories import tiny_arrays, write_npz
 
 
 @pytest.fixture(autouse=True)
@@ -35,37 +33,9 @@ Run = Callable[..., str]
 
 
 @pytest.fixture
-def add(
-    workspace: Workspace, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> Run:
-    """Run `pomlia data add NAME SOURCE [options]` in-process; return the error line, after
-    checking exit 2, nothing registered and nothing visible."""
-
-    def run(source: object, *opts: str, name: str = "bad", home: Path | None = None) -> str:
-        argv = [
-            "pomlia",
-            "--home",
-            str(home or workspace.home),
-            "data",
-            "add",
-            name,
-            str(source),
-            *opts,
-        ]
-        monkeypatch.setattr(sys, "argv", argv)
-        with pytest.raises(SystemExit) as ex:
-            main()
-        err = capsys.readouterr().err.strip()
-        assert ex.value.code == 2, err
-        assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err, err
-        if home is None:
-            reg = open_registry(workspace)
-            assert list_versions(reg) == []
-            reg.dispose()
-            assert nothing_visible(workspace, name)
-        return err
-
-    return run
+def add(data_add: Run) -> Run:
+    """`pomlia data add` that must fail (see :func:`tests.fixtures.cli.data_add`)."""
+    return data_add
 
 
 def _arrays() -> dict[str, np.ndarray]:

@@ -18,13 +18,12 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pomlia_hpc.cli import main
 from pomlia_hpc.cli.app import err_console
-from pomlia_hpc.data.api import ingest, list_versions
+from pomlia_hpc.data.api import ingest
 from pomlia_hpc.data.store import open_store
 from pomlia_hpc.registry import Registry
 from pomlia_hpc.workspace import Workspace
-from tests.fixtures.factories import nothing_visible, open_registry, tiny_arrays, write_npz
+from tests.fixtures.factories import open_registry, tiny_arrays, write_npz
 
 Run = Callable[..., str]
 
@@ -38,27 +37,9 @@ def wide_errors() -> Iterator[None]:
 
 
 @pytest.fixture
-def add(
-    workspace: Workspace, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> Run:
-    """`pomlia data add bad SOURCE [options]` in-process: the error line, after checking exit 2,
-    nothing registered, no store folder and no staging folder left."""
-
-    def run(source: object, *opts: str) -> str:
-        argv = ["pomlia", "--home", str(workspace.home), "data", "add", "bad", str(source), *opts]
-        monkeypatch.setattr(sys, "argv", argv)
-        with pytest.raises(SystemExit) as ex:
-            main()
-        err = capsys.readouterr().err.strip()
-        assert ex.value.code == 2, err
-        assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err, err
-        reg = open_registry(workspace)
-        assert list_versions(reg) == []
-        reg.dispose()
-        assert nothing_visible(workspace, "bad")
-        return err
-
-    return run
+def add(data_add: Run) -> Run:
+    """`pomlia data add` that must fail (see :func:`tests.fixtures.cli.data_add`)."""
+    return data_add
 
 
 def npy_header(shape: tuple[int, ...], descr: str = "|u1") -> bytes:

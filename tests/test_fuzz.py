@@ -20,6 +20,7 @@ from PIL import Image
 from pomlia_hpc.data.sources import open_source
 from pomlia_hpc.errors import PomliaError
 from pomlia_hpc.serve.decode import MAGIC, InputSpec, Limits, RequestError, decode
+from tests.fixtures.factories import npy
 
 FUZZ = settings(
     max_examples=150,
@@ -38,16 +39,10 @@ def _png(seed: int) -> bytes:
     return buf.getvalue()
 
 
-def _npy(arr: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, arr)
-    return buf.getvalue()
-
-
 VALID = [
     _png(0),
-    _npy(np.zeros((16, 16, 3), np.uint8)),
-    _npy(np.ones((2, 16, 16, 3), np.float32) / 2),
+    npy(np.zeros((16, 16, 3), np.uint8)),
+    npy(np.ones((2, 16, 16, 3), np.float32) / 2),
 ]
 CTYPES = [None, "", "image/png", "image/jpeg", "image/tiff", "application/x-npy",
           "application/octet-stream", "text/plain"]  # fmt: skip
@@ -167,8 +162,8 @@ def test_npz_reader_with_any_member_header(header: str, payload: bytes, key: str
     raw = header.encode("utf-8")
     member = b"\x93NUMPY\x01\x00" + struct.pack("<H", len(raw)) + raw + payload
     good = {
-        "train_images": _npy(np.zeros((4, 8, 8), np.uint8)),
-        "train_labels": _npy(np.zeros(4, np.int64)),
+        "train_images": npy(np.zeros((4, 8, 8), np.uint8)),
+        "train_labels": npy(np.zeros(4, np.int64)),
     }
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "x.npz"

@@ -4,7 +4,6 @@ demand (a full disk under the prediction log, a client hanging up mid-upload).""
 from __future__ import annotations
 
 import asyncio
-import io
 import logging
 import os
 from collections.abc import AsyncIterator, Iterator, MutableMapping
@@ -26,7 +25,7 @@ from pomlia_hpc.serve.exported import ExportedBundle
 from pomlia_hpc.serve.predlog import PredictionLog
 from pomlia_hpc.serve.records import PredictionLine, RejectionLine
 from pomlia_hpc.serve.runtime import Runtime
-from tests.fixtures.factories import log_line
+from tests.fixtures.factories import log_line, npy
 
 TOKEN = "app-token-0123456789abcdef"
 
@@ -45,12 +44,6 @@ def _bundle() -> ExportedBundle:
         card={},
     )
     return cast(ExportedBundle, fake)
-
-
-def _npy(arr: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, arr)
-    return buf.getvalue()
 
 
 class FullDiskLog(PredictionLog):
@@ -108,7 +101,7 @@ def test_a_failed_log_write_is_a_503_for_predictions_and_feedback(
         async with running(make_app(FullDiskLog)) as client:
             resp = await client.post(
                 "/v1/predict",
-                content=_npy(np.zeros((8, 8), np.uint8)),
+                content=npy(np.zeros((8, 8), np.uint8)),
                 headers={"content-type": "application/x-npy"},
             )
             assert resp.status_code == 503, resp.text
@@ -183,10 +176,10 @@ def test_refused_uploads_are_logged_as_rejections_by_reason(make_app: Any, tmp_p
     async def main() -> None:
         async with running(make_app()) as client:
             for body, ctype, status in (
-                (_npy(np.zeros((9, 9), np.uint8)), "application/x-npy", 400),  # wrong size
-                (_npy(np.zeros((8, 8, 3), np.uint8)), "application/x-npy", 400),  # channels
+                (npy(np.zeros((9, 9), np.uint8)), "application/x-npy", 400),  # wrong size
+                (npy(np.zeros((8, 8, 3), np.uint8)), "application/x-npy", 400),  # channels
                 (b"hello", "text/plain", 415),
-                (_npy(np.zeros((8, 8), np.uint8)), "application/x-npy", 200),
+                (npy(np.zeros((8, 8), np.uint8)), "application/x-npy", 200),
             ):
                 resp = await client.post(
                     "/v1/predict", content=body, headers={"content-type": ctype}

@@ -13,6 +13,7 @@ from PIL import Image
 
 from pomlia_hpc.serve.decode import InputSpec, Limits, RequestError, decode
 from pomlia_hpc.serve.fingerprint import stats_dim, stats_fingerprint
+from tests.fixtures.factories import npy
 
 RGB28 = InputSpec(image_size=28, channels=3)
 GREY28 = InputSpec(image_size=28, channels=1)
@@ -22,12 +23,6 @@ LIMITS = Limits(max_upload_bytes=1 << 20, max_side_px=512, max_images=8)
 def encode(arr: np.ndarray, fmt: str, **kw: object) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(arr).save(buf, fmt, **kw)
-    return buf.getvalue()
-
-
-def npy(arr: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, arr)
     return buf.getvalue()
 
 

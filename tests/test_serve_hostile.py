@@ -6,7 +6,6 @@ would refuse to send the request."""
 
 from __future__ import annotations
 
-import io
 import socket
 import struct
 import time
@@ -23,6 +22,7 @@ from pomlia_hpc.serve.issued import Claim, IssuedIds
 from pomlia_hpc.serve.local import LocalServer
 from pomlia_hpc.serve.predlog import read_records
 from pomlia_hpc.serve.records import FeedbackLine
+from tests.fixtures.factories import npy
 
 TOKEN = "test-token-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -61,12 +61,6 @@ def server(
 def client(server: LocalServer) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=server.url, timeout=30) as c:
         yield c
-
-
-def npy(arr: np.ndarray) -> bytes:
-    buf = io.BytesIO()
-    np.save(buf, arr)
-    return buf.getvalue()
 
 
 def npy_with_header(text: str) -> bytes:
