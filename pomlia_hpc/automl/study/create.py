@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from pomlia_hpc.automl.engine import EngineOptions
 from pomlia_hpc.automl.metrics import check_metric
+from pomlia_hpc.automl.options import WeightSource
 from pomlia_hpc.automl.space import SpaceOptions, build_space, configs_from_values
 from pomlia_hpc.automl.study.spec import (
     SPEC_FILE,
@@ -84,47 +86,19 @@ def create_study(
         recent_share=recent_share,
     )
     recent_rows = _recent_rows(version.meta, ref) if recent_share is not None else 0
-    folder = study_dir(workspace, name)
-    if (folder / SPEC_FILE).exists():
-        raise PomliaError(
-            f"study '{name}' already exists; pass --resume to continue it or "
-            "choose another --study name"
-        )
+    folder = _new_study_folder(workspace, name)
     profile = load_cluster_profile(executor)  # fails early, naming the known profiles
     store = open_store(version.store_path)
-    opts = space or SpaceOptions()
-    enc = model = None
-    if encoder is not None:
-        from pomlia_hpc.automl.sources import encoder_weights
-
-        enc = encoder_weights(
-            registry, encoder, store.image_shape[2], folder / "init" / "encoder.pt"
-        )
-    if init_model is not None:
-        from pomlia_hpc.automl.sources import model_weights
-
-        model = model_weights(registry, init_model, folder / "init" / "model.pt")
+    enc, model = _initial_weights(registry, folder, store.image_shape[2], encoder, init_model)
     opts = SpaceOptions(
-        archs=opts.archs,
-        max_extra=opts.max_extra,
+        archs=(space or SpaceOptions()).archs,
+        max_extra=(space or SpaceOptions()).max_extra,
         encoder_arch=enc.arch if enc else None,
         model_arch=model.arch if model else None,
         extra_data=extra_data,
     )
-    cs = build_space(opts, seed=seed)
-    # Validate the warm start now, with a message naming the entry.
-    configs_from_values(initial_configs or [], cs, "initial configurations")
-    if optimizer == "smac" and len(initial_configs or []) > n_trials:
-        # SMAC refuses an initial design larger than its trials with a bare ValueError.
-        raise InputError(
-            f"the warm start has {len(initial_configs or [])} configurations but the study "
-            f"has {n_trials} trial(s): expected at most as many; give more --trials or fewer "
-            "initial configurations (--recommend-k)"
-        )
-    eng = engine or EngineOptions()
-    if eng.threads is None:
-        cpus = (resources or {}).get("cpus_per_task") or profile.cpus_per_task
-        eng = eng.model_copy(update={"threads": int(cpus)})
+    _check_warm_start(initial_configs or [], build_space(opts, seed=seed), optimizer, n_trials)
+    eng = _engine_options(engine, resources, profile.cpus_per_task)
     spec = StudySpec(
         options=options,
         name=name,
@@ -147,6 +121,63 @@ def create_study(
     )
     write_json(folder / SPEC_FILE, spec.to_dict())
     return spec
+
+
+def _new_study_folder(workspace: Workspace, name: str) -> Path:
+    """The folder of study ``name``, refused when a study of that name exists."""
+    folder = study_dir(workspace, name)
+    if (folder / SPEC_FILE).exists():
+        raise PomliaError(
+            f"study '{name}' already exists; pass --resume to continue it or "
+            "choose another --study name"
+        )
+    return folder
+
+
+def _engine_options(
+    engine: EngineOptions | None, resources: dict[str, Any] | None, profile_cpus: int
+) -> EngineOptions:
+    """The engine options, their CPU threads (when not given) those of one trial's job."""
+    eng = engine or EngineOptions()
+    if eng.threads is None:
+        cpus = (resources or {}).get("cpus_per_task") or profile_cpus
+        eng = eng.model_copy(update={"threads": int(cpus)})
+    return eng
+
+
+def _initial_weights(
+    registry: Registry,
+    folder: Path,
+    channels: int,
+    encoder: str | None,
+    init_model: str | None,
+) -> tuple[WeightSource | None, WeightSource | None]:
+    """(encoder weights, model weights) the study may start from, copied under its folder's
+    ``init/``; None for each not asked for."""
+    enc = model = None
+    if encoder is not None:
+        from pomlia_hpc.automl.sources import encoder_weights
+
+        enc = encoder_weights(registry, encoder, channels, folder / "init" / "encoder.pt")
+    if init_model is not None:
+        from pomlia_hpc.automl.sources import model_weights
+
+        model = model_weights(registry, init_model, folder / "init" / "model.pt")
+    return enc, model
+
+
+def _check_warm_start(
+    initial_configs: list[dict[str, Any]], cs: Any, optimizer: str, n_trials: int
+) -> None:
+    """Validate the warm start now, with a message naming the entry; SMAC refuses an initial
+    design larger than its trials with a bare ValueError, so that is refused here too."""
+    configs_from_values(initial_configs, cs, "initial configurations")
+    if optimizer == "smac" and len(initial_configs) > n_trials:
+        raise InputError(
+            f"the warm start has {len(initial_configs)} configurations but the study "
+            f"has {n_trials} trial(s): expected at most as many; give more --trials or fewer "
+            "initial configurations (--recommend-k)"
+        )
 
 
 def _recent_rows(meta: dict[str, Any], ref: str) -> int:
