@@ -87,7 +87,7 @@ def test_no_drift_window_is_ok_and_recorded(fresh: tuple[Workspace, Registry, Pa
     }
     assert all(t["p_value"] > 0.01 for t in report["tests"])
     mmd = next(t for t in report["tests"] if t["name"] == "mmd")
-    assert mmd["detail"]["permutations"] == 1000
+    assert mmd["detail"]["window_resamples"] == 1000
     assert n_rows(reg, MonitorReport) == before + 1
     assert n_rows(reg, RetrainRequest) == requests
     code, out = monitor("history", "blood")

@@ -41,7 +41,9 @@ def run(
     ] = None,
     until: Annotated[str | None, typer.Option(help="Window end, ISO 8601 (default now).")] = None,
     alpha: Annotated[float, typer.Option(help="Family-wise false-alarm rate of the alarm.")] = 0.05,
-    permutations: Annotated[int, typer.Option(help="MMD permutations.")] = 1000,
+    permutations: Annotated[
+        int, typer.Option(help="MMD window resamples (per reference resample).")
+    ] = 1000,
     max_vectors: Annotated[
         int, typer.Option(help="Fingerprints sampled from the window for the input tests.")
     ] = 1000,

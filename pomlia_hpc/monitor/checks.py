@@ -155,7 +155,9 @@ def run_checks(
     if len(vectors) >= MIN_VECTORS:
         drift.append(mmd_test(ref_vec, vectors, n_perm=n_perm, seed=seed))
         drift.append(ks_test(ref_vec, vectors))
-        drift.append(classifier_test(ref_vec, vectors, seed=seed))
+        # The whole reference: the classifier's held-out reference half must be the same
+        # for every window (see classifier_test), not a half of this window's subset.
+        drift.append(classifier_test(ref.fingerprints, vectors, seed=seed))
         if win.n_predictions > len(vectors):
             notes.append(
                 f"input-drift tests use a uniform random sample of {len(vectors)} of the "

@@ -73,7 +73,7 @@ def parse_args() -> argparse.Namespace:
     ap.add_argument("--sizes", default="200,50,100,500", help="window sizes, in this order")
     ap.add_argument("--null-windows", type=int, default=500, help="no-drift windows at n=200")
     ap.add_argument("--null-windows-other", type=int, default=500, help="... at other n")
-    ap.add_argument("--extra-references", type=int, default=5, help="other references (n=200)")
+    ap.add_argument("--extra-references", type=int, default=5, help="other references (every n)")
     ap.add_argument("--extra-null-windows", type=int, default=200, help="windows per other one")
     ap.add_argument("--reps", type=int, default=50, help="windows per shift at n=200")
     ap.add_argument("--reps-other", type=int, default=25, help="windows per shift at other n")
@@ -118,9 +118,9 @@ def cells(a: argparse.Namespace, wanted: set[str]) -> list[Cell]:
     if "null" in parts:
         for n in sizes:
             add("none", n, a.null_windows if n == 200 else a.null_windows_other, a.seed)
-        if 200 in sizes:
+        for n in sizes:
             for r in range(1, a.extra_references + 1):
-                add("none", 200, a.extra_null_windows, a.seed + r)
+                add("none", n, a.extra_null_windows, a.seed + r)
     if "shifts" in parts:
         for n in sizes:
             for name in (k for k in shift_names()[1:] if k in wanted):
