@@ -293,9 +293,9 @@ def classifier_test(
         else 1.0
     )
     p = float(stats.binom.sf(win_called - 1, n_w, q_up))
-    plain = float(
-        stats.binomtest(win_called + n_b - ref_called, n_w + n_b, 0.5, alternative="greater").pvalue
-    )
+    # Without the tolerance: a one-sided Fisher exact test of the two held-out rates.
+    table = [[win_called, n_w - win_called], [ref_called, n_b - ref_called]]
+    plain = float(stats.fisher_exact(table, alternative="greater").pvalue)
     return CheckResult(
         "classifier",
         "input",

@@ -20,8 +20,10 @@ Shifted windows:
   points' worth of correctly predicted images (input and prediction distribution unchanged).
 
 Each window goes through :func:`pomlia_hpc.monitor.checks.run_checks`, the function
-``pomlia monitor run`` uses (MMD with 1,000 permutations, KS, classifier, labels, confidence,
-accuracy; weighted Holm at alpha 0.05). Baselines in the same run, built so they can lose: a
+``pomlia monitor run`` uses (MMD with 200 reference x 1,000 window resamples, KS, classifier,
+labels, confidence, accuracy; weighted Holm at alpha 0.05); the MMD's and the classifier's
+plain (not reference-tolerant) p-values are counted beside as ``mmd-plain`` and
+``classifier-plain``. Baselines in the same run, built so they can lose: a
 t-test on mean image brightness (alpha 0.05), and a domain classifier with a fixed AUC > 0.55
 rule (Evidently's default rule for embedding drift).
 
