@@ -97,7 +97,7 @@ def quality(reg: Registry) -> list[dict[str, Any]]:
                 "top1_mean": float("nan"),
                 "topk_mean": fp["loo"],
             }
-            d["summary"]["bound: best fixed 3 in sample (not a method)"] = {
+            d["summary"]["floor: best fixed 3 in sample (not a method)"] = {
                 "top1_mean": float("nan"),
                 "topk_mean": fp["in_sample"],
             }
@@ -413,6 +413,10 @@ def answer_time(tmp: Path, n_runs: int, repeats: int) -> dict[str, Any]:
     }
 
 
+def _f(x: float) -> str:
+    return "-" if x != x else f"{x:.2f}"  # NaN: not measured for this row
+
+
 def _md(res: dict[str, Any]) -> str:
     lines = [
         f"Load average at start: {res['load_start']}; at end: {res['load_end']}.",
@@ -424,7 +428,7 @@ def _md(res: dict[str, Any]) -> str:
         for name, s in q["summary"].items():
             lines.append(
                 f"| {q['source']} | {q['metric']} | {q['restriction']} ({q['n_strategies']}) "
-                f"| {name} | {s['top1_mean']:.2f} | {s['topk_mean']:.2f} |"
+                f"| {name} | {_f(s['top1_mean'])} | {_f(s['topk_mean'])} |"
             )
     imp, ans = res["import"], res["answer"]
     lines += [
