@@ -5,6 +5,7 @@ lines is tested in test_monitor_run.py, the harvest's error in test_serve_inbox.
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,7 @@ import pytest
 
 from pomlia_hpc.errors import InputError
 from pomlia_hpc.serve.demo import cached_demo_bundle
-from pomlia_hpc.serve.issued import IssuedIds
+from pomlia_hpc.serve.issued import Claim, IssuedIds
 from pomlia_hpc.serve.predlog import PredictionLog, read_records
 from pomlia_hpc.serve.records import (
     BadLineError,
@@ -70,7 +71,7 @@ def test_feedback_and_rejection_lines_carry_their_flags_only_when_true() -> None
     ],
 )
 def test_a_bad_line_is_one_error_naming_the_file_line_and_key(
-    tmp_path: Path, change: dict[str, object], message: str
+    tmp_path: Path, change: dict[str, object], message: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     good = log_line("prediction")
     lines = [good, {**good, **change}, good]
@@ -81,8 +82,20 @@ def test_a_bad_line_is_one_error_naming_the_file_line_and_key(
     with pytest.raises(InputError) as info:
         list(read_records(tmp_path))
     assert str(info.value).startswith(f"{path}:2: {message}")
-    with pytest.raises(InputError, match=":2: "):  # the server's start-up reads it strictly
-        IssuedIds.from_log(tmp_path, None)
+    # The server's start-up skips it (and says so) rather than refusing to start.
+    with caplog.at_level(logging.WARNING, logger="pomlia_hpc.serve.issued"):
+        issued = IssuedIds.from_log(tmp_path, None)
+    assert f"{path}:2: {message}" in caplog.text
+    assert issued.claim(str(good["id"]), replaces=False) is Claim.OK
+
+
+def test_a_nan_the_writer_logged_as_null_does_not_stop_the_server_start(tmp_path: Path) -> None:
+    good = log_line("prediction")
+    nan = {**good, "id": "ab" * 16, "fingerprint": [float("nan")] * 2}
+    path = tmp_path / "20260101T000000-h-1-0000.jsonl"
+    path.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in (nan, good)))  # NaN -> null
+    issued = IssuedIds.from_log(tmp_path, None)
+    assert issued.claim(str(good["id"]), replaces=False) is Claim.OK
 
 
 def test_a_missing_key_and_a_torn_last_line(tmp_path: Path) -> None:

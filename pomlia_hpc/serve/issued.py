@@ -13,6 +13,7 @@ only), so a restarted server still takes feedback for what it answered before.
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable
@@ -22,6 +23,8 @@ from pathlib import Path
 from pomlia_hpc.serve.decode import RequestError
 from pomlia_hpc.serve.predlog import read_file
 from pomlia_hpc.serve.records import FeedbackLine, PredictionLine
+
+log = logging.getLogger(__name__)
 
 #: Default number of recent prediction ids remembered for feedback.
 DEFAULT_CAPACITY = 200_000
@@ -90,10 +93,13 @@ class IssuedIds:
         files = sorted(Path(directory).glob("*.jsonl"), reverse=True)  # newest first
         chunks: list[list[str]] = []
         labelled: set[str] = set()
+        bad: list[str] = []
         n = 0
         for path in files:
             ids: list[str] = []
-            for rec in read_file(path):  # strict: a bad line is one error naming it
+            # A bad line (e.g. a NaN the JSON writer turned into null, or a file copied in
+            # from elsewhere) must not keep the server from starting: skip it and say so.
+            for rec in read_file(path, bad):
                 if rec.deployment != deployment:
                     continue
                 if isinstance(rec, PredictionLine):
@@ -104,6 +110,13 @@ class IssuedIds:
             n += len(ids)
             if n >= capacity:
                 break
+        if bad:
+            log.warning(
+                "%d bad line(s) in the prediction log skipped (their ids cannot take "
+                "feedback); first: %s",
+                len(bad),
+                bad[0],
+            )
         out = cls(capacity)
         for ids in reversed(chunks):  # oldest first, so the newest stay
             out.add(ids)

@@ -248,8 +248,9 @@ def read_records(directory: Path, kind: type[_L] | None = None) -> Iterator[LogL
                 yield rec
 
 
-def read_file(path: Path) -> Iterator[LogLine]:
-    """The records of one log file (strict, see :func:`read_records`)."""
+def read_file(path: Path, bad: list[str] | None = None) -> Iterator[LogLine]:
+    """The records of one log file (strict, see :func:`read_records`). With ``bad``, a bad
+    line is appended to it as ``"<file>:<line>: <problem>"`` and skipped instead."""
     with path.open("rb") as f:
         for lineno, raw in enumerate(f, 1):
             if not raw.endswith(b"\n"):
@@ -257,4 +258,6 @@ def read_file(path: Path) -> Iterator[LogLine]:
             try:
                 yield parse_line(raw)
             except BadLineError as exc:
-                raise InputError(f"{path}:{lineno}: {exc}") from None
+                if bad is None:
+                    raise InputError(f"{path}:{lineno}: {exc}") from None
+                bad.append(f"{path}:{lineno}: {exc}")
