@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from pomlia_hpc.data.harvest import NewImages, harvest_version
+from pomlia_hpc.data.harvest import NewImages, harvest_info, harvest_version
 from pomlia_hpc.errors import PomliaError
 from pomlia_hpc.files import write_json_atomic, write_npz
 from pomlia_hpc.loop.driver import LoopContext, LoopError, Stage, StageOutput
@@ -139,8 +139,11 @@ def ingest_stage(ctx: LoopContext) -> StageOutput:
         "loop_run_id": ctx.run_id,
     }
     rec = harvest_version(ctx.workspace, ctx.registry, parent, dataset, new, provenance)
+    info = harvest_info(rec.meta) or {}
     return {
         "dataset_version_id": rec.id,
+        # The hash split may put none of a few new images into training (odds 0.4^n).
+        "new_train_rows": int((info.get("new_per_split") or {}).get("train", 0)),
         "ref": rec.ref,
         "parent": f"{dataset}@{parent.version}",
         "created": rec.created,
@@ -281,7 +284,7 @@ def automl_stage(ctx: LoopContext) -> StageOutput:
                     space=SpaceOptions(archs=archs) if archs else None,
                     initial_configs=[c for _, c in take],
                     init_model=str(champ.id) if fine_tune else None,
-                    recent_share=cfg.recent_share,
+                    recent_share=_recent_share(ctx, cfg.recent_share),
                 )
                 used = [k for k, _ in take]
                 break
@@ -309,6 +312,18 @@ def automl_stage(ctx: LoopContext) -> StageOutput:
         "recent_rows": spec.recent_rows,
         "resumed": resumed,
     }
+
+
+def _recent_share(ctx: LoopContext, share: float | None) -> float | None:
+    """The loop's recent share, or None when the harvest put no new image into training:
+    there is nothing recent to weight, and a study refuses a share it cannot apply."""
+    if share is None:
+        return None
+    new_train = ctx.out("ingest").get("new_train_rows")
+    if new_train == 0:
+        ctx.progress("no harvested image fell into the training split: no recent share")
+        return None
+    return share
 
 
 def challenger_stage(ctx: LoopContext) -> StageOutput:
