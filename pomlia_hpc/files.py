@@ -44,11 +44,17 @@ def fsync_path(path: Path) -> None:
         os.close(fd)
 
 
+def host_field(host: str | None = None) -> str:
+    """``host`` (default: this host's name) as temporary names carry it: its dots become
+    ``_``, so the field never holds a dot and a sweep can split it off exactly (host
+    ``sub.node1`` must not pass for ``node1``)."""
+    return (socket.gethostname() if host is None else host).replace(".", "_")
+
+
 def temp_name(path: Path, suffix: str = "") -> Path:
     """The temporary name this process writes ``path`` under (same folder, host and pid);
     ``suffix`` is appended for writers that insist on a file ending (SMAC wants ``.json``)."""
-    host = socket.gethostname()
-    return path.with_name(f".{path.name}.{host}.{os.getpid()}{TEMP_SUFFIX}{suffix}")
+    return path.with_name(f".{path.name}.{host_field()}.{os.getpid()}{TEMP_SUFFIX}{suffix}")
 
 
 @contextlib.contextmanager
@@ -128,14 +134,15 @@ def sweep_stale_temps(folder: str | Path) -> list[Path]:
 def temp_writer(name: str, host: str) -> int | None:
     """The pid of the process of ``host`` that writes under the temporary name ``name`` (as
     :func:`temp_name` makes it: ``.<name>.<host>.<pid>.tmp[<suffix>]``), or None when ``name``
-    is not one, or is another host's: the host field must equal ``host``, not merely contain
-    it, and a target's own name may hold dots (``.x.node7.json.node1.42.tmp`` is node1's)."""
+    is not one, or is another host's: the host field (:func:`host_field`) must equal
+    ``host``'s, not merely end like it, and a target's own name may hold dots
+    (``.x.node7.json.node1.42.tmp`` is node1's)."""
     if not name.startswith(".") or TEMP_SUFFIX not in name:
         return None
     stem = name[: name.rindex(TEMP_SUFFIX)]  # .<name>.<host>.<pid>
     rest, _, pid = stem.rpartition(".")
-    target = rest.removesuffix(f".{host}")
-    if not pid.isdigit() or target == rest or len(target) < 2:
+    target, _, field = rest.rpartition(".")
+    if not pid.isdigit() or field != host_field(host) or len(target) < 2:
         return None
     return int(pid)
 

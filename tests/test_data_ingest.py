@@ -7,7 +7,6 @@ import http.server
 import os
 import re
 import shutil
-import socket
 import subprocess
 import sys
 import textwrap
@@ -29,6 +28,7 @@ from pomlia_hpc.data.store import SPLITS, open_store, open_version
 from pomlia_hpc.data.synth import write_lookalikes
 from pomlia_hpc.data.writer import StoreWriter
 from pomlia_hpc.errors import InputError, NotFoundError
+from pomlia_hpc.files import host_field
 from pomlia_hpc.registry import Dataset, DatasetVersion, Registry
 from pomlia_hpc.workspace import Workspace
 from tests.fixtures.factories import nothing_visible, tiny_arrays, tiny_npz, write_npz
@@ -512,7 +512,7 @@ def test_folder_split_fractions_are_checked(
 
 
 def test_stale_staging_of_killed_ingests_is_removed(workspace: Workspace) -> None:
-    host = socket.gethostname()
+    host = host_field()
     dead = subprocess.Popen(["true"])
     dead.wait()  # reaped: its pid is free (and not reused within this test)
     stale = workspace.tmp / f".ingest-a-0001.{host}.{dead.pid}.tmp"

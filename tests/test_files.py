@@ -112,6 +112,21 @@ def test_the_sweep_matches_the_host_field_exactly(
     assert named_like_me.exists() and longer_host.exists()
 
 
+def test_a_dotted_host_name_is_not_taken_for_its_last_label(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    dead = _dead_pid()
+    monkeypatch.setattr("pomlia_hpc.files.socket.gethostname", lambda: "sub.node1")
+    theirs = temp_name(tmp_path / "x.json")
+    theirs = theirs.with_name(theirs.name.replace(str(os.getpid()), str(dead)))
+    theirs.write_text("half")
+    assert theirs.name == f".x.json.sub_node1.{dead}.tmp"
+    monkeypatch.setattr("pomlia_hpc.files.socket.gethostname", lambda: "node1")
+    assert sweep_stale_temps(tmp_path) == [] and theirs.exists()  # sub.node1's, kept
+    monkeypatch.setattr("pomlia_hpc.files.socket.gethostname", lambda: "sub.node1")
+    assert sweep_stale_temps(tmp_path) == [theirs]
+
+
 def test_npz_and_torch_files_are_written_whole(tmp_path: Path) -> None:
     import numpy as np
     import torch

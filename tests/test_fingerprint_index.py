@@ -6,7 +6,6 @@ from __future__ import annotations
 import importlib
 import json
 import os
-import socket
 import subprocess
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import pytest
 
 from pomlia_hpc.data.store import open_version
 from pomlia_hpc.errors import InputError, NotFoundError
+from pomlia_hpc.files import host_field
 from pomlia_hpc.fingerprint.extract import finish_extraction, plan_extraction
 from pomlia_hpc.fingerprint.index import build_index, default_factory, load_index
 from pomlia_hpc.fingerprint.shards import read_embeddings, run_shard
@@ -100,7 +100,7 @@ def test_publishing_takes_a_free_generation_and_removes_killed_builds_temp(
 ) -> None:
     build_index(reg, workspace, "enc")
     root = workspace.path("indexes", "enc", "images")
-    host = socket.gethostname()
+    host = host_field()
     dead = subprocess.Popen(["true"])
     dead.wait()  # reaped: its pid is free (and not reused within this test)
     stale = root / f".gen.{host}.{dead.pid}.tmp"
