@@ -38,18 +38,6 @@ MAX_IMAGES = 5000
 BATCH = 256
 
 
-#: The fields of :class:`Reference` that its file keeps in ``meta`` (:class:`ReferenceMeta`).
-META_FIELDS = (
-    "model",
-    "model_version",
-    "fingerprint_kind",
-    "task_type",
-    "label_names",
-    "source",
-    "created_at",
-)
-
-
 class ReferenceMeta(Record):
     """The ``meta`` entry of a reference file (JSON inside the npz, beside the arrays): the
     reference's :data:`META_FIELDS`, its format tag, size and accuracy."""
@@ -64,6 +52,11 @@ class ReferenceMeta(Record):
     created_at: str
     n: int
     accuracy: float  # NaN when undefined
+
+
+#: The fields of :class:`Reference` that its file keeps in ``meta``: those of
+#: :class:`ReferenceMeta` but the ones derived on writing.
+META_FIELDS = tuple(k for k in ReferenceMeta.model_fields if k not in {"format", "n", "accuracy"})
 
 
 @dataclass(frozen=True)
