@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 
 from pomlia_hpc.loop.driver import LoopContext
-from pomlia_hpc.loop.stages import _recent_share
+from pomlia_hpc.loop.stages import effective_recent_share
 from pomlia_hpc.registry import Registry
 from pomlia_hpc.workspace import Workspace
 
@@ -37,5 +37,5 @@ def test_recent_share_is_dropped_only_without_new_training_rows(
     expected: float | None,
 ) -> None:
     said: list[str] = []
-    assert _recent_share(_ctx(reg, workspace, ingest, said), share) == expected
+    assert effective_recent_share(_ctx(reg, workspace, ingest, said), share) == expected
     assert bool(said) == (share is not None and expected is None)

@@ -284,7 +284,7 @@ def automl_stage(ctx: LoopContext) -> StageOutput:
                     space=SpaceOptions(archs=archs) if archs else None,
                     initial_configs=[c for _, c in take],
                     init_model=str(champ.id) if fine_tune else None,
-                    recent_share=_recent_share(ctx, cfg.recent_share),
+                    recent_share=effective_recent_share(ctx, cfg.recent_share),
                 )
                 used = [k for k, _ in take]
                 break
@@ -314,7 +314,7 @@ def automl_stage(ctx: LoopContext) -> StageOutput:
     }
 
 
-def _recent_share(ctx: LoopContext, share: float | None) -> float | None:
+def effective_recent_share(ctx: LoopContext, share: float | None) -> float | None:
     """The loop's recent share, or None when the harvest put no new image into training:
     there is nothing recent to weight, and a study refuses a share it cannot apply."""
     if share is None:
