@@ -22,8 +22,8 @@
    set's kernel weight divided by its test set's binomial variance plus tau^2). Also there:
    ``fixed 3, chosen on the others`` (the one set of 3 with the lowest mean best-of-3 regret on
    the other data sets) and, as a floor for any fixed set, the best set in sample (fitted on
-   the held-out data set too: not a method); ``bound: learner, h chosen on the held-out set``
-   (the learner's best-of-3 with, per data set, the bandwidth best on that data set: not a
+   the held-out data set too: not a method); ``bound: h chosen on the held-out set`` (the
+   learner's best-of-3 with, per data set, the bandwidth best on that data set: not a
    method, what a better bandwidth choice could give at most).
 2. **Import**: ``import_table`` of the MedMNIST+ table (2,400 rows) into a fresh SQLite
    registry, median of ``--repeats``. Target < 5 s.
@@ -115,7 +115,7 @@ def quality(reg: Registry) -> list[dict[str, Any]]:
                 "top1_mean": float("nan"),
                 "topk_mean": fp["in_sample"],
             }
-            d["summary"]["bound: learner, h chosen on the held-out set (not a method)"] = {
+            d["summary"]["bound: h chosen on the held-out set (not a method)"] = {
                 "top1_mean": float("nan"),
                 "topk_mean": oracle_bandwidth(m),
             }
