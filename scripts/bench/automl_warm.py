@@ -177,6 +177,7 @@ def study(reg: Registry, ws: Workspace, task: str, name: str, method: str, seed:
     optimizer = "random" if method == "random" else "smac"
     low, high = a.min_epochs, a.max_epochs
     n_trials, budget = 10_000, a.budget
+    weights: dict[str, Any] = {}
     if method in ("warm", "default"):
         warm = from_recommendation(
             reg,
@@ -187,6 +188,7 @@ def study(reg: Registry, ws: Workspace, task: str, name: str, method: str, seed:
             exclude_own_runs=True,
         )
         initial, space = warm.configs, SpaceOptions(archs=warm.archs)
+        weights = {"encoder": warm.encoder, "init_model": warm.init_model}
     if method == "default":
         low, high = default_budget(task_train_size(reg, task), 3)
         n_trials, budget = a.default_trials, None
@@ -213,6 +215,7 @@ def study(reg: Registry, ws: Workspace, task: str, name: str, method: str, seed:
             initial_configs=initial,
             n_initial=max(len(initial), 1) if initial else None,
             final_full_budget=optimizer == "smac",
+            **weights,
         )
         resume = False
     run_study(reg, ws, spec, resume=resume, poll_s=0.5)
@@ -297,6 +300,7 @@ def reach(pts: list[tuple[int, float]], target: float) -> float | None:
 #: Arguments that must not change between the pieces of one benchmark run.
 FIXED_ARGS = (
     "kb_tasks",
+    "kb_model",
     "kb_seed",
     "sizes",
     "kb_trials",
@@ -343,7 +347,19 @@ def main() -> None:
     ap.add_argument("--work", type=Path, default=Path("/tmp/pomlia-bench-automl-warm"))
     ap.add_argument("--png", type=Path)
     ap.add_argument("--fresh", action="store_true", help="forget earlier pieces; start again")
-    ap.add_argument("--kb-tasks", nargs="+", default=["dermamnist", "organcmnist", "pathmnist"])
+    ap.add_argument(
+        "--kb-tasks",
+        nargs="*",
+        default=[
+            "dermamnist",
+            "organcmnist",
+            "pathmnist",
+            "organamnist",
+            "tissuemnist",
+            "pneumoniamnist",
+        ],
+        help="knowledge-base look-alikes (none: only methods without a warm start can run)",
+    )
     ap.add_argument(
         "--tasks", nargs="+", default=["bloodmnist", "organsmnist", "octmnist", "digits"]
     )
@@ -352,6 +368,12 @@ def main() -> None:
     ap.add_argument("--kb-trials", type=int, default=6)
     ap.add_argument(
         "--kb-seed", type=int, default=100, help="seed of every knowledge-base study's draws"
+    )
+    ap.add_argument(
+        "--kb-model",
+        action="store_true",
+        help="knowledge-base studies after the first also offer the first one's best model as "
+        "initial weights (init=model: full fine-tune, linear probe, freeze-then-unfreeze)",
     )
     ap.add_argument("--budget", type=int, default=27, help="epochs per study")
     ap.add_argument("--min-epochs", type=int, default=3)
@@ -394,6 +416,9 @@ def main() -> None:
         try:
             spec, resume = load_spec(ws, sname), True
         except NotFoundError:
+            # --kb-model: every knowledge-base study but the first may start from the first
+            # one's best model (a registered model of a similar task), in every training mode.
+            model = f"kb_{a.kb_tasks[0]}-random-best" if a.kb_model and i > 0 else None
             spec = create_study(
                 reg,
                 ws,
@@ -407,6 +432,7 @@ def main() -> None:
                 seed=a.kb_seed,
                 engine=EngineOptions(threads=1),
                 space=SpaceOptions(archs=tuple(a.archs.split(","))),
+                init_model=model,
             )
             resume = False
         t0 = time.perf_counter()
@@ -414,6 +440,7 @@ def main() -> None:
         res["kb"][name] = {"done": True, "wall_s": time.perf_counter() - t0}
         save(res, a)
         print(f"kb study {name}: done ({time.perf_counter() - t_all:.0f} s)", flush=True)
+    makers = {}
     for flag in [] if a.report_only else a.tasks:
         name = f"bench_{flag}"
         make = digits if flag == "digits" else (lambda f=flag: lookalike(f, tuple(a.sizes), 7))
@@ -425,8 +452,11 @@ def main() -> None:
             entry["baselines"] = pixel_baselines(make())
             save(res, a)
         print(f"{name}: pixel baselines {entry['baselines']}", flush=True)
-        done = {(s["method"], s["seed"]) for s in entry["studies"]}
-        for seed in range(a.seeds):
+        makers[name] = make
+    # Seed by seed over every task: a run stopped early holds whole seeds of the protocol.
+    for seed in range(a.seeds):
+        for name, entry in ((n, res["tasks"][n]) for n in makers):
+            done = {(s["method"], s["seed"]) for s in entry["studies"]}
             for method in a.methods:
                 if (method, seed) in done or (method == "default" and seed > 0):
                     continue
