@@ -152,3 +152,73 @@ def test_hyperparameters_passed_on_are_those_good_on_several_similar_tasks() -> 
     solo += [HpRun("b", slow, 9, 0.9), HpRun("b", steady, 9, 0.1), HpRun("b", {}, 9, 0.5)]
     assert rank_hparams(solo, {"a": 0.7, "b": 0.3})[0] == fast
     assert rank_hparams([], {"a": 1.0}) == []
+
+
+def test_a_setting_cut_off_by_the_run_limit_is_not_taken_for_a_typical_one() -> None:
+    """On a task whose runs were cut at the limit, a setting missing there may have run below
+    the last run read: it counts at least that far behind, not as the task's median."""
+    from pomlia_hpc.strategy.hparams import HpRun, rank_hparams
+
+    good, cut, y = {"lr": 0.003}, {"lr": 0.05}, {"lr": 0.01}
+    runs = [
+        HpRun("a", good, 9, 0.90),
+        HpRun("a", y, 9, 0.89),
+        HpRun("a", {"lr": 0.02}, 9, 0.89),
+        HpRun("a", {"lr": 0.1}, 9, 0.70),  # the last run read on 'a'
+        HpRun("b", cut, 9, 0.95),  # 'cut' is not among the runs read on 'a'
+        HpRun("b", good, 9, 0.91),
+        HpRun("b", y, 9, 0.90),
+    ]
+    w = {"a": 0.5, "b": 0.5}
+    # Taken for a typical setting on 'a' (median regret 1 point), 'cut' comes first (0.5).
+    assert rank_hparams(runs, w)[0] == cut
+    # Cut there, it is at least 20 points behind on 'a' (score >= 10): 'good' (0 and 4: 2) first.
+    assert rank_hparams(runs, w, floor={"a": 0.70})[0] == good
+
+
+def test_runs_without_an_architecture_count_as_the_small_cnn() -> None:
+    """A run configuration without ``arch`` is the small CNN, as in the knowledge base's run
+    statistics (:func:`pomlia_hpc.strategy.runstats.run_strategy`), so its settings are
+    passed on with that strategy."""
+    from pomlia_hpc.strategy.hparams import HpRun, by_strategy, of_strategy
+
+    runs = [HpRun("a", {"lr": 0.01, "optimizer": "sgd"}, 9, 0.9)]
+    got = of_strategy(by_strategy(runs), {"arch": "small_cnn", "init": "scratch"})
+    assert [r.hparams for r in got] == [{"lr": 0.01, "optimizer": "sgd"}]
+
+
+def test_first_warm_configuration_is_the_setting_best_across_strategies(
+    workspace: Workspace, reg: Registry
+) -> None:
+    """The first warm-start configuration (trained at the full budget before the search) is
+    the single setting with the lowest regret over the similar tasks, not the top setting of
+    the strategy with the best single runs: here ResNet-18 has the best run on one task but
+    collapses on the other, one small-CNN setting is good on both."""
+    from pomlia_hpc.strategy.warmstart import from_recommendation
+
+    tiny_task(workspace, reg, "blood", "bloodmnist", "acc")
+    cases = {  # task: [(arch, lr, objective)]
+        "derm": [("resnet18", 0.01, 0.95), ("resnet18", 0.02, 0.50), ("small_cnn", 0.003, 0.93)],
+        "path": [("resnet18", 0.01, 0.60), ("resnet18", 0.02, 0.94), ("small_cnn", 0.003, 0.93)],
+    }
+    for seed, (task, rows) in enumerate(cases.items(), 1):
+        tiny_task(workspace, reg, task, "dermamnist", "acc", seed=seed)
+        with reg.session() as s:
+            tid = s.scalar(select(Task.id).where(Task.name == task))
+            for arch, lr, val in rows:
+                s.add(
+                    Run(
+                        task_id=tid,
+                        study="s",
+                        config={"arch": arch, "lr": lr, "optimizer": "adamw", "batch_size": 64},
+                        budget=9.0,
+                        metrics={"objective": val, "val": {"acc": val}, "test": {"acc": val}},
+                        cost_s=5.0,
+                        status="ok",
+                    )
+                )
+    warm = from_recommendation(reg, "blood", k=3, sources=["registry"])
+    # ResNet-18's best runs (0.95, 0.94) beat the small CNN's (0.93, 0.93), but each of its
+    # settings lost 35-45 points on one task; the small CNN's setting lost 1-2 on both.
+    assert warm.configs[0]["arch"] == "small_cnn" and warm.configs[0]["lr"] == 0.003
+    assert {c["arch"] for c in warm.configs} == {"small_cnn", "resnet18"}

@@ -28,6 +28,7 @@ from sqlalchemy import select
 
 from pomlia_hpc.registry import Registry, Run, Task
 from pomlia_hpc.strategy.kb import HPARAMS
+from pomlia_hpc.strategy.runstats import run_strategy
 
 #: Runs read per task (the best by validation objective): enough to rank the settings of the
 #: strategies that did well there, and reading them stays fast with many runs in the registry.
@@ -35,10 +36,14 @@ RUNS_PER_TASK = 300
 #: The most similar tasks whose runs are read.
 MAX_TASKS = 5
 
+StrategyFields = tuple[str, str, str, str]
+
 
 @dataclass(frozen=True)
 class HpRun:
-    """One finished run of a strategy: its task, hyperparameters, budget and objective."""
+    """One finished, successful run: its task, values, budget and validation objective.
+    ``hparams``: the hyperparameters (:func:`by_strategy`), or the run's whole configuration
+    as :func:`task_runs` reads it."""
 
     task: str
     hparams: dict[str, Any]
@@ -56,23 +61,23 @@ def hp_key(hparams: Mapping[str, Any]) -> str:
 
 
 @dataclass(frozen=True)
-class TaskRun:
-    """One finished, successful run of a task, any strategy."""
+class SimilarRuns:
+    """:func:`task_runs`' answer. ``floor``: for each task whose runs were cut at
+    :data:`RUNS_PER_TASK`, the lowest objective read (a setting missing there may have run
+    below it)."""
 
-    task: str
-    config: dict[str, Any]
-    budget: float
-    objective: float
+    runs: list[HpRun]
+    floor: dict[str, float]
 
 
-def task_runs(registry: Registry, tasks: Iterable[str]) -> list[TaskRun]:
+def task_runs(registry: Registry, tasks: Iterable[str]) -> SimilarRuns:
     """The successful runs of ``tasks`` (names), at most :data:`RUNS_PER_TASK` per task, best
     validation objective first (one query per task)."""
     names = list(tasks)
+    out = SimilarRuns([], {})
     if not names:
-        return []
+        return out
     objective = Run.metrics["objective"].as_float()
-    out: list[TaskRun] = []
     with registry.session() as s:
         ids = dict(s.execute(select(Task.id, Task.name).where(Task.name.in_(names))).all())
         for tid, tname in ids.items():
@@ -82,32 +87,35 @@ def task_runs(registry: Registry, tasks: Iterable[str]) -> list[TaskRun]:
                 .order_by(objective.desc())
                 .limit(RUNS_PER_TASK)
             )
-            for config, budget, obj in s.execute(q):
-                out.append(TaskRun(tname, dict(config or {}), float(budget or 0.0), float(obj)))
+            rows = [
+                HpRun(tname, dict(config or {}), float(budget or 0.0), float(obj))
+                for config, budget, obj in s.execute(q)
+            ]
+            out.runs.extend(rows)
+            if len(rows) >= RUNS_PER_TASK:
+                out.floor[tname] = rows[-1].objective
     return out
 
 
-def _fields(c: Mapping[str, Any]) -> tuple[str, str, str, str]:
-    """A run configuration's or a strategy's (architecture, initial weights, mode, extra)."""
-    return (
-        str(c.get("arch") or ""),
-        str(c.get("init") or "scratch"),
-        str(c.get("mode") or "full"),
-        str(c.get("extra_data") or "none"),
-    )
+def _fields(c: Mapping[str, Any]) -> StrategyFields:
+    """A run configuration's or a strategy's (architecture, initial weights, mode, extra), with
+    the knowledge base's defaults (:func:`pomlia_hpc.strategy.runstats.run_strategy`)."""
+    f = run_strategy(dict(c), 0)
+    return (f["arch"], f["init"], f["mode"], f["extra_data"])
 
 
-def by_strategy(runs: Iterable[TaskRun]) -> dict[tuple[str, str, str, str], list[HpRun]]:
-    """``runs`` grouped by strategy fields (:func:`of_strategy` looks them up)."""
-    out: dict[tuple[str, str, str, str], list[HpRun]] = defaultdict(list)
+def by_strategy(runs: Iterable[HpRun]) -> dict[StrategyFields, list[HpRun]]:
+    """``runs`` (whole configurations) grouped by strategy fields, each keeping its
+    hyperparameters (:func:`of_strategy` looks them up)."""
+    out: dict[StrategyFields, list[HpRun]] = defaultdict(list)
     for r in runs:
-        hp = {k: r.config[k] for k in HPARAMS if r.config.get(k) is not None}
-        out[_fields(r.config)].append(HpRun(r.task, hp, r.budget, r.objective))
+        hp = {k: r.hparams[k] for k in HPARAMS if r.hparams.get(k) is not None}
+        out[_fields(r.hparams)].append(HpRun(r.task, hp, r.budget, r.objective))
     return out
 
 
 def of_strategy(
-    groups: Mapping[tuple[str, str, str, str], list[HpRun]], strategy: Mapping[str, Any]
+    groups: Mapping[StrategyFields, list[HpRun]], strategy: Mapping[str, Any]
 ) -> list[HpRun]:
     """The runs of ``strategy`` (architecture, initial weights, mode, extra data) in
     ``groups`` (:func:`by_strategy`)."""
@@ -118,35 +126,71 @@ def strategy_runs(
     registry: Registry, tasks: Iterable[str], strategy: Mapping[str, Any]
 ) -> list[HpRun]:
     """The runs of ``strategy`` among :func:`task_runs` of ``tasks``."""
-    return of_strategy(by_strategy(task_runs(registry, tasks)), strategy)
+    return of_strategy(by_strategy(task_runs(registry, tasks).runs), strategy)
 
 
-def rank_hparams(runs: Iterable[HpRun], weights: Mapping[str, float]) -> list[dict[str, Any]]:
+def task_best(runs: Iterable[HpRun]) -> dict[str, float]:
+    """Each task's best objective among its runs at its largest budget, any strategy: the
+    reference that makes settings of different strategies comparable (:func:`score_hparams`)."""
+    top: dict[str, float] = {}
+    best: dict[str, float] = {}
+    for r in runs:
+        if r.budget > top.get(r.task, -1.0):
+            top[r.task], best[r.task] = r.budget, r.objective
+        elif r.budget == top[r.task]:
+            best[r.task] = max(best[r.task], r.objective)
+    return best
+
+
+def rank_hparams(
+    runs: Iterable[HpRun],
+    weights: Mapping[str, float],
+    floor: Mapping[str, float] | None = None,
+) -> list[dict[str, Any]]:
     """The settings of ``runs``, best first (see the module docstring); ``weights``: each
-    task's similarity weight (tasks without one are ignored)."""
+    task's similarity weight (tasks without one are ignored); ``floor``: :attr:`SimilarRuns.
+    floor`."""
+    return [h for _, h in score_hparams(runs, weights, floor)]
+
+
+def score_hparams(
+    runs: Iterable[HpRun],
+    weights: Mapping[str, float],
+    floor: Mapping[str, float] | None = None,
+    reference: Mapping[str, float] | None = None,
+) -> list[tuple[float, dict[str, Any]]]:
+    """(similarity-weighted regret in points, setting) for the settings of ``runs``, lowest
+    first. Regret on a task is against ``reference[task]`` (:func:`task_best`, to compare
+    settings across strategies) or else against the best run in ``runs`` there. A setting
+    missing on a task counts as the task's median regret, or, where the task's runs were cut
+    (``floor``), at least as far behind as the last run read: it may have run below it."""
     by_task: dict[str, list[HpRun]] = defaultdict(list)
     for r in runs:
         if weights.get(r.task, 0.0) > 0:
             by_task[r.task].append(r)
     regret: dict[str, dict[str, float]] = {}  # task -> setting -> regret (points)
-    median: dict[str, float] = {}
+    missing: dict[str, float] = {}
     settings: dict[str, dict[str, Any]] = {}
     for task, rs in by_task.items():
         top = max(r.budget for r in rs)
         full = [r for r in rs if r.budget >= top]
         best = max(r.objective for r in full)
+        if reference is not None and task in reference:
+            best = max(best, reference[task])
         per: dict[str, float] = {}
         for r in full:
             key = hp_key(r.hparams)
             settings.setdefault(key, r.hparams)
             per[key] = min(per.get(key, float("inf")), 100.0 * (best - r.objective))
-        regret[task], median[task] = per, statistics.median(per.values())
+        regret[task], missing[task] = per, statistics.median(per.values())
+        if floor is not None and task in floor:
+            missing[task] = max(missing[task], 100.0 * (best - floor[task]))
     total = sum(weights[t] for t in regret)
     if not settings or total <= 0:
         return []
 
     def score(key: str) -> tuple[float, int]:
-        s = sum(weights[t] * regret[t].get(key, median[t]) for t in regret) / total
+        s = sum(weights[t] * regret[t].get(key, missing[t]) for t in regret) / total
         return (round(s, 9), -sum(key in regret[t] for t in regret))
 
-    return [settings[k] for k in sorted(settings, key=score)]
+    return [(score(k)[0], settings[k]) for k in sorted(settings, key=score)]

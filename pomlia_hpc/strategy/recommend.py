@@ -43,7 +43,8 @@ from pomlia_hpc.strategy.hparams import (
     MAX_TASKS,
     by_strategy,
     of_strategy,
-    rank_hparams,
+    score_hparams,
+    task_best,
     task_runs,
 )
 from pomlia_hpc.strategy.kb import REGISTRY_SOURCE, load, run_hparams, version_meta
@@ -269,17 +270,20 @@ def warm_configs(
     hp: dict[int, dict[str, Any]],
     k: int,
     archs: tuple[str, ...] | None,
-    settings_of: Callable[[int], list[dict[str, Any]]] | None = None,
+    settings_of: Callable[[int], list[tuple[float, dict[str, Any]]]] | None = None,
 ) -> list[dict[str, Any]]:
     """The warm start: up to ``k`` distinct AutoML configurations from the strategies in
     ``allowed`` (best first) that the space can express and that are within
     :data:`WARM_MARGIN` of the best. Round by round, each such strategy gives its next
-    hyperparameter setting: from ``settings_of(j)`` (settings ranked over the similar tasks,
-    :func:`pomlia_hpc.strategy.hparams.rank_hparams`) when it gives any, else those of its best
-    run on the next most similar task (weights ``w``); with fewer good strategies than ``k``,
-    the good ones give more settings rather than a poor strategy filling the design.
-    Strategies without runs (published tables) give one configuration with the space's
-    defaults."""
+    hyperparameter setting: from ``settings_of(j)`` (settings scored over the similar tasks
+    against each task's best run of any strategy, :func:`pomlia_hpc.strategy.hparams.
+    score_hparams`) when it gives any, else those of its best run on the next most similar
+    task (weights ``w``); with fewer good strategies than ``k``, the good ones give more
+    settings rather than a poor strategy filling the design. The strategies with scored
+    settings go first, lowest score of their best setting first: the first configuration, which
+    a study trains at the full budget before its search, is the single setting with the lowest
+    similarity-weighted regret, whichever strategy it belongs to. Strategies without runs
+    (published tables) give one configuration with the space's defaults."""
     expressible = []
     for j in allowed:
         values, _ = to_automl(m.strategies[j], src)
@@ -292,11 +296,14 @@ def warm_configs(
     eligible = [
         (j, values) for j, values in expressible if float(expected_regret[j]) <= best + WARM_MARGIN
     ]
+    scored = {j: settings_of(j) if settings_of is not None else [] for j, _ in eligible}
+    # Stable: strategies without scored settings keep their expected-regret order, after.
+    eligible.sort(key=lambda e: scored[e[0]][0][0] if scored[e[0]] else math.inf)
     cache: dict[int, list[dict[str, Any]]] = {}
 
-    def ranked(j: int) -> list[dict[str, Any]]:  # read when the round first reaches j
+    def ranked(j: int) -> list[dict[str, Any]]:
         if j not in cache:
-            got = settings_of(j) if settings_of is not None else []
+            got = [h for _, h in scored[j]]
             if not got:
                 runs = [m.evidence[(int(i), j)][0] for i in near if (int(i), j) in m.evidence]
                 got = [hp[r] for r in runs if r in hp]
@@ -415,12 +422,14 @@ def recommend(
     with_runs = {i for (i, _), source in m.sources.items() if source == REGISTRY_SOURCE}
     near_runs = [int(i) for i in np.argsort(-w, kind="stable") if int(i) in with_runs]
     run_tasks = {m.datasets[i]: float(w[i]) for i in near_runs[:MAX_TASKS]}
-    fetched: list[Any] = []  # the similar tasks' runs by strategy, read when first needed
+    fetched: list[Any] = []  # the similar tasks' runs, read when first needed
 
-    def settings_of(j: int) -> list[dict[str, Any]]:
+    def settings_of(j: int) -> list[tuple[float, dict[str, Any]]]:
         if not fetched:
-            fetched.append(by_strategy(task_runs(registry, run_tasks)))
-        return rank_hparams(of_strategy(fetched[0], m.strategies[j]), run_tasks)
+            read = task_runs(registry, run_tasks)
+            fetched.extend([by_strategy(read.runs), read.floor, task_best(read.runs)])
+        groups, floor, best = fetched
+        return score_hparams(of_strategy(groups, m.strategies[j]), run_tasks, floor, best)
 
     initial = warm_configs(
         m, ranking.expected_regret, allowed, w, src, hp, k, archs, settings_of=settings_of
