@@ -40,6 +40,26 @@ def _runs(reg: Registry, task: str) -> None:
         s.add(Run(task_id=tid, study="s", config={"arch": "mobilenet_v3_small"}, status="crashed"))
 
 
+def _trials(
+    reg: Registry, task: str, rows: list[tuple[str, float, float]], budget: float = 3.0
+) -> None:
+    """Successful trials of ``task``: (architecture, learning rate, validation ACC) each."""
+    with reg.session() as s:
+        tid = s.scalar(select(Task.id).where(Task.name == task))
+        for arch, lr, val in rows:
+            s.add(
+                Run(
+                    task_id=tid,
+                    study="s",
+                    config={"arch": arch, "lr": lr, "optimizer": "adamw", "batch_size": 64},
+                    budget=budget,
+                    metrics={"objective": val, "val": {"acc": val}, "test": {"acc": val}},
+                    cost_s=5.0,
+                    status="ok",
+                )
+            )
+
+
 def test_recommend_json_recorded_and_initial_file(
     workspace: Workspace, reg: Registry, tmp_path: Path
 ) -> None:
@@ -107,23 +127,7 @@ def test_warm_start_keeps_to_supported_strategies(workspace: Workspace, reg: Reg
     tiny_task(workspace, reg, "blood", "bloodmnist", "acc")
     for seed, task in enumerate(("derm", "path"), 1):
         tiny_task(workspace, reg, task, "dermamnist", "acc", seed=seed)
-        with reg.session() as s:
-            tid = s.scalar(select(Task.id).where(Task.name == task))
-            for arch, val, lr in (
-                ("small_cnn", 0.9, 0.001 * seed),
-                ("mobilenet_v3_small", 0.4, 0.01),
-            ):
-                s.add(
-                    Run(
-                        task_id=tid,
-                        study="s",
-                        config={"arch": arch, "lr": lr, "optimizer": "adamw", "batch_size": 64},
-                        budget=3.0,
-                        metrics={"objective": val, "val": {"acc": val}, "test": {"acc": val}},
-                        cost_s=5.0,
-                        status="ok",
-                    )
-                )
+        _trials(reg, task, [("small_cnn", 0.001 * seed, 0.9), ("mobilenet_v3_small", 0.01, 0.4)])
     warm = from_recommendation(reg, "blood", k=3, sources=["registry"])
     assert warm.archs == ("small_cnn",)  # mobilenet: 50 points behind, not supported
     assert sorted(c["lr"] for c in warm.configs) == [0.001, 0.002]  # one per similar task
@@ -203,20 +207,7 @@ def test_first_warm_configuration_is_the_setting_best_across_strategies(
     }
     for seed, (task, rows) in enumerate(cases.items(), 1):
         tiny_task(workspace, reg, task, "dermamnist", "acc", seed=seed)
-        with reg.session() as s:
-            tid = s.scalar(select(Task.id).where(Task.name == task))
-            for arch, lr, val in rows:
-                s.add(
-                    Run(
-                        task_id=tid,
-                        study="s",
-                        config={"arch": arch, "lr": lr, "optimizer": "adamw", "batch_size": 64},
-                        budget=9.0,
-                        metrics={"objective": val, "val": {"acc": val}, "test": {"acc": val}},
-                        cost_s=5.0,
-                        status="ok",
-                    )
-                )
+        _trials(reg, task, rows, budget=9.0)
     warm = from_recommendation(reg, "blood", k=3, sources=["registry"])
     # ResNet-18's best runs (0.95, 0.94) beat the small CNN's (0.93, 0.93), but each of its
     # settings lost 35-45 points on one task; the small CNN's setting lost 1-2 on both.

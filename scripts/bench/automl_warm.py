@@ -391,6 +391,14 @@ def main() -> None:
         help="forget the recorded studies of these methods (on --tasks) and run them again "
         "under names ending in --tag (after a library change)",
     )
+    ap.add_argument(
+        "--merge",
+        nargs="+",
+        type=Path,
+        default=[],
+        help="with --report-only: add the studies of these automl_warm.json files (methods run "
+        "in another work folder at the same time)",
+    )
     ap.add_argument("--tag", default="", help="suffix of new study names (with --redo)")
     a = ap.parse_args()
     a.out.mkdir(parents=True, exist_ok=True)
@@ -486,6 +494,8 @@ def main() -> None:
                     flush=True,
                 )
     if a.report_only:
+        for path in a.merge:
+            merge(res, json.loads(path.read_text()), path)
         try:
             res["registry_loo"] = evaluate_source(reg, "registry", "acc").to_dict()
         except Exception as exc:  # reported, not fatal: the studies are the main result
@@ -501,6 +511,27 @@ def main() -> None:
         plot(res, a.out / "automl_warm.png")
         if a.png:
             shutil.copyfile(a.out / "automl_warm.png", a.png)
+
+
+def merge(res: dict[str, Any], other: dict[str, Any], path: Path) -> None:
+    """Add the studies of ``other`` (another work folder's results: e.g. the methods without a
+    warm start, run in parallel) to ``res``, task by task; a (method, seed) present in both is
+    an error. The pixel baselines must agree (same splits)."""
+    for entry in res["tasks"].values():  # merged before (a report made again)
+        entry["studies"] = [s for s in entry["studies"] if s.get("from") != str(path)]
+    res["pieces"] = [p for p in res["pieces"] if p.get("from") != str(path)]
+    res["merged"] = [m for m in res.get("merged", []) if m["path"] != str(path)]
+    for name, entry in other["tasks"].items():
+        mine = res["tasks"].setdefault(name, {"studies": [], "baselines": entry["baselines"]})
+        if mine.get("baselines") != entry["baselines"]:
+            sys.exit(f"{path}: {name}'s pixel baselines differ: not the same splits")
+        have = {(s["method"], s["seed"]) for s in mine["studies"]}
+        for s in entry["studies"]:
+            if (s["method"], s["seed"]) in have:
+                sys.exit(f"{path}: {name} {s['method']} seed {s['seed']} is in both results")
+            mine["studies"].append({**s, "from": str(path)})
+    res["pieces"] += [{**p, "from": str(path)} for p in other["pieces"]]
+    res["merged"].append({"path": str(path), "args": other["args"]})
 
 
 def _mean_curve(studies: list[dict[str, Any]], grid: np.ndarray) -> np.ndarray:
