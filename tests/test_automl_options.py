@@ -96,3 +96,20 @@ def test_the_atomic_writer_and_the_stale_temp_sweep(tmp_path: Path) -> None:
     mine.write_text("being written by this live process")
     assert sweep_stale_temps(target.parent) == [stale]
     assert mine.exists() and not stale.exists()
+
+
+def test_a_trial_job_of_the_small_cnn_does_not_import_torchvision() -> None:
+    """Importing torchvision pulls in its detection ops and ``torch._dynamo`` (seconds in every
+    trial job's start-up); the trial module and the small CNN do without it."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, pomlia_hpc.automl.trial\n"
+        "from pomlia_hpc.models.nets import build_classifier\n"
+        "build_classifier('small_cnn', 3, 1)\n"
+        "assert 'torchvision' not in sys.modules, 'torchvision imported'\n"
+        "build_classifier('mobilenet_v3_small', 3, 1)\n"
+        "assert 'torchvision' in sys.modules\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)

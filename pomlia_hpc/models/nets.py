@@ -11,29 +11,38 @@ and drops the max-pool for inputs up to 32 px (``layer1`` sees 28x28, like the R
 the MedMNIST v2 paper), and keeps the max-pool above 32 px (a 64 px image reaches ``layer1`` at
 32x32). The price is compute: at 28 px that is about 16x the multiply-adds of the ImageNet stem,
 so ``resnet18_imagenet`` (the stem unchanged) is offered as the cheap alternative for CPU serving.
+
+torchvision is imported only to build its networks: importing it pulls in its detection ops and
+``torch._dynamo`` (seconds per process), which a trial job of the small CNN never uses.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 
 import torch
-import torchvision
 from torch import nn
 
 from pomlia_hpc.errors import InputError
 from pomlia_hpc.models.archs import ARCHITECTURES, SMALL_INPUT_PX, check_arch
 
+if TYPE_CHECKING:
+    import torchvision
+
 __all__ = ["ARCHITECTURES", "SMALL_INPUT_PX", "SmallCNN", "build_classifier"]
 
 
 def _resnet(
-    factory: Callable[..., torchvision.models.ResNet],
+    name: str,
     num_classes: int,
     in_channels: int,
     image_size: int,
     small_stem: bool,
 ) -> nn.Module:
+    import torchvision
+
+    factory: Callable[..., torchvision.models.ResNet] = getattr(torchvision.models, name)
     model = factory(weights=None, num_classes=num_classes)
     if small_stem:
         model.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
@@ -45,6 +54,8 @@ def _resnet(
 
 
 def _mobilenet_v3_small(num_classes: int, in_channels: int, image_size: int) -> nn.Module:
+    import torchvision
+
     model = torchvision.models.mobilenet_v3_small(weights=None, num_classes=num_classes)
     first = model.features[0][0]
     assert isinstance(first, nn.Conv2d)
@@ -82,11 +93,9 @@ class SmallCNN(nn.Module):
 
 
 _BUILDERS: dict[str, Callable[[int, int, int], nn.Module]] = {
-    "resnet18": lambda n, c, s: _resnet(torchvision.models.resnet18, n, c, s, small_stem=True),
-    "resnet18_imagenet": lambda n, c, s: _resnet(
-        torchvision.models.resnet18, n, c, s, small_stem=False
-    ),
-    "resnet34": lambda n, c, s: _resnet(torchvision.models.resnet34, n, c, s, small_stem=True),
+    "resnet18": lambda n, c, s: _resnet("resnet18", n, c, s, small_stem=True),
+    "resnet18_imagenet": lambda n, c, s: _resnet("resnet18", n, c, s, small_stem=False),
+    "resnet34": lambda n, c, s: _resnet("resnet34", n, c, s, small_stem=True),
     "mobilenet_v3_small": _mobilenet_v3_small,
     "small_cnn": lambda n, c, s: SmallCNN(n, c),
 }
