@@ -8,6 +8,10 @@ logistic regression and an RBF SVC on the pixels of every task in the same run.
    seed (``--kb-seed``), so each configuration is tried on every knowledge-base task and the
    warm start can pass on the settings that did well on several similar tasks
    (:mod:`pomlia_hpc.strategy.hparams`), not the winner of one task's few random draws.
+   With ``--kb-model`` the studies after the first may also start from the first one's best
+   model (a registered model of a similar task) in every training mode (full fine-tuning,
+   linear probe, freeze-then-unfreeze), so the knowledge base holds strategies that differ in
+   initial weights and training mode, not only in hyperparameters.
 2. **Benchmark tasks** (``--tasks``): look-alikes, and ``digits``, a real data set built from
    scikit-learn's bundled 8x8 digits (1,797 images, 10 classes), up-sampled to 28 px
    (nearest neighbour) and scaled to 0..255, split 1,257 / 180 / 360 (train / val / test).
@@ -45,6 +49,10 @@ study that was interrupted. ``--fresh`` starts over.
     python scripts/bench/automl_warm.py --out bench-results --methods default    # default
     python scripts/bench/automl_warm.py --out bench-results --report-only \
         --png docs/automl_bench.png
+
+Methods that need no knowledge base (``smac``, ``random``) can run at the same time in another
+work folder (``--kb-tasks`` with no names); ``--report-only --merge OTHER/automl_warm.json``
+then reports them together.
 
 Writes ``automl_warm.json``, ``automl_warm.md`` and ``automl_warm.png`` to ``--out``.
 """
@@ -358,8 +366,8 @@ def main() -> None:
         "--kb-tasks",
         nargs="*",
         default=[
-            "dermamnist",
             "organcmnist",
+            "dermamnist",
             "pathmnist",
             "organamnist",
             "tissuemnist",
