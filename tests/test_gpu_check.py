@@ -15,19 +15,24 @@ import pytest
 SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "gpu_check.sh"
 
 
-def _run(**env: str) -> subprocess.CompletedProcess[str]:
+def _run(timeout: float = 600, **env: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         ["bash", str(SCRIPT)],
         env={**os.environ, "PY": sys.executable, **env},
         capture_output=True,
         text=True,
-        timeout=600,
+        timeout=timeout,
     )
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(1000)
 def test_cpu_smoke_run_executes_all_three_steps() -> None:
-    res = _run(DEVICE="cpu", IMAGES="1500", EPOCH_IMAGES="600", VECTORS="20000")
+    # The script's own wall limit (LIMIT_S, 450 s) is sized for a GPU lease; a loaded CPU
+    # machine may take longer to start its three training jobs, and that is no failure here.
+    res = _run(
+        timeout=960, DEVICE="cpu", IMAGES="800", EPOCH_IMAGES="300", VECTORS="20000", LIMIT_S="900"
+    )
     assert res.returncode == 0, res.stdout + res.stderr
     table = res.stdout[res.stdout.index("GPU check (CPU smoke run") :]
     assert re.search(r"DeepSpeed fp32 epoch \(CPU\)\s+\d+ img/s\s+loss \d", table), table
