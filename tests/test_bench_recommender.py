@@ -93,7 +93,7 @@ def test_cover_picks_what_the_first_pick_misses(bench: ModuleType) -> None:
     """Best-of-3 cover: after a first pick that fails on data set 1, the next pick is the one
     that is best there, not the second-best on average."""
     r = np.array([[0.0, 0.1, 5.0, 3.0], [6.0, 6.5, 0.0, 3.0]])
-    picks = bench._cover(np.array([0.5, 0.5]), r, np.ones(4, bool), first=0, k=2)
+    picks = bench.greedy_cover(np.array([0.5, 0.5]), r, np.ones(4, bool), first=0, k=2)
     assert picks == [0, 2]
 
 

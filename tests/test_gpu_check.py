@@ -31,7 +31,7 @@ def test_cpu_smoke_run_executes_all_three_steps() -> None:
     # The script's own wall limit (LIMIT_S, 450 s) is sized for a GPU lease; a loaded CPU
     # machine may take longer to start its three training jobs, and that is no failure here.
     res = _run(
-        timeout=960, DEVICE="cpu", IMAGES="800", EPOCH_IMAGES="300", VECTORS="20000", LIMIT_S="900"
+        timeout=960, DEVICE="cpu", IMAGES="800", EPOCH_IMAGES="600", VECTORS="20000", LIMIT_S="900"
     )
     assert res.returncode == 0, res.stdout + res.stderr
     table = res.stdout[res.stdout.index("GPU check (CPU smoke run") :]

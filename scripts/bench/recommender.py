@@ -240,7 +240,9 @@ def nested_loo(
     return {"top1_mean": float(np.mean(t1)), "topk_mean": float(np.mean(t3))}
 
 
-def _cover(w: np.ndarray, r: np.ndarray, cand: np.ndarray, first: int, k: int = 3) -> list[int]:
+def greedy_cover(
+    w: np.ndarray, r: np.ndarray, cand: np.ndarray, first: int, k: int = 3
+) -> list[int]:
     """Greedy set cover of the weighted regret: after ``first``, each next strategy is the one
     that most lowers ``sum_i w_i min_(j in picked) r_ij`` (what best-of-k regret measures)."""
     picks, cur = [first], r[:, first].copy()
@@ -258,7 +260,7 @@ def cover(p: tuple[float, float], f: Fold) -> list[int]:
     r = f.r
     first = int(_kernel_order(kernel_weights(f.d, p[0]), r, f.cand)[0])
     w3 = kernel_weights(f.d, p[1])
-    return _then(_cover(w3, r, f.cand, first), _kernel_order(w3, r, f.cand))
+    return _then(greedy_cover(w3, r, f.cand, first), _kernel_order(w3, r, f.cand))
 
 
 def rank_own_h(p: tuple[float, float], f: Fold) -> list[int]:
