@@ -33,7 +33,7 @@ TEST_WORKERS ?= 2
 XDIST := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
 
 test: venv services  ## Install, start the test services, run the whole suite
-	$(VENV)/bin/pytest -p no:cacheprovider $(XDIST) $(PYTEST_ARGS)
+	$(VENV)/bin/pytest -p no:cacheprovider $(XDIST) --durations=25 $(PYTEST_ARGS)
 
 test-fast: venv  ## The suite without Slurm and PostgreSQL
 	$(VENV)/bin/pytest -m "not slurm and not postgres" $(XDIST) $(PYTEST_ARGS)

@@ -134,6 +134,31 @@ def test_warm_start_larger_than_the_trials_is_one_clear_error(
     assert not (workspace.path("runs", "big") / "study.json").exists()  # nothing written
 
 
+def test_unfit_warm_start_configurations_are_left_out_one_by_one_when_asked(
+    workspace: Workspace, reg: Registry
+) -> None:
+    tiny_task(workspace, reg, "blood", sizes=(64, 24, 24))
+    # No weights are given, so a configuration naming init=encoder cannot be held by the space.
+    wants_encoder = {**FAST, "init": "encoder", "mode": "full"}
+    with pytest.raises(InputError, match=r"entry 1: unknown hyperparameter\(s\) init"):
+        tiny_study(reg, workspace, "blood", "strict", initial_configs=[FAST, wants_encoder])
+    spec = tiny_study(
+        reg,
+        workspace,
+        "blood",
+        "lenient",
+        optimizer="smac",
+        n_trials=2,
+        initial_configs=[wants_encoder, FAST, FAST, FAST],
+        drop_unfit_initial=True,
+    )
+    # The unfit one and the one beyond the 2 trials are left out; each reason is kept.
+    assert spec.initial_configs == [FAST, FAST]
+    assert len(spec.dropped_initial) == 2
+    assert "entry 0" in spec.dropped_initial[0] and "init" in spec.dropped_initial[0]
+    assert "first 2" in spec.dropped_initial[1]
+
+
 def test_warm_start_first_training_keeps_to_the_epoch_budget(
     workspace: Workspace, reg: Registry, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -296,6 +296,23 @@ def load_initial_configs(path: str | Path, space: ConfigurationSpace) -> list[Co
     return configs_from_values(read_initial_values(path), space, str(Path(path)))
 
 
+def split_fitting(
+    entries: Sequence[Mapping[str, Any]], space: ConfigurationSpace, source: str
+) -> tuple[list[int], list[str]]:
+    """Which ``entries`` are valid configurations of ``space``: the indices of those that are,
+    and for each other one the reason (the :class:`InputError` message naming it)."""
+    kept: list[int] = []
+    reasons: list[str] = []
+    for i, entry in enumerate(entries):
+        try:
+            make_configuration(space, entry, f"{source}: entry {i}")
+        except InputError as exc:
+            reasons.append(str(exc))
+        else:
+            kept.append(i)
+    return kept, reasons
+
+
 def configs_from_values(
     entries: Sequence[Any], space: ConfigurationSpace, source: str
 ) -> list[Configuration]:

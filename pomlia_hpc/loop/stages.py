@@ -265,33 +265,31 @@ def automl_stage(ctx: LoopContext) -> StageOutput:
         candidates = _warm_configs(ctx, champ, arch, fine_tune)
         if archs:
             candidates = [(k, c) for k, c in candidates if c.get("arch", archs[0]) in archs]
-        # The recommendation may name values outside this space: fall back to fewer configs.
-        for take in (candidates, candidates[:1], []):
-            try:
-                spec = create_study(
-                    ctx.registry,
-                    ctx.workspace,
-                    task,
-                    name=name,
-                    n_trials=cfg.trials,
-                    max_epochs=cfg.max_epochs,
-                    min_epochs=cfg.min_epochs,
-                    parallel=cfg.parallel,
-                    executor=cfg.executor,
-                    optimizer=cfg.optimizer,
-                    seed=cfg.seed,
-                    budget_epochs=cfg.budget_epochs,
-                    space=SpaceOptions(archs=archs) if archs else None,
-                    initial_configs=[c for _, c in take],
-                    init_model=str(champ.id) if fine_tune else None,
-                    recent_share=effective_recent_share(ctx, cfg.recent_share),
-                )
-                used = [k for k, _ in take]
-                break
-            except PomliaError as exc:
-                if not take:
-                    raise
-                ctx.progress(f"warm start with {len(take)} configuration(s) refused: {exc}")
+        # The recommendation may name values this study's space lacks (e.g. init=encoder: the
+        # loop gives the study no encoder): those configurations are left out, one by one.
+        spec = create_study(
+            ctx.registry,
+            ctx.workspace,
+            task,
+            name=name,
+            n_trials=cfg.trials,
+            max_epochs=cfg.max_epochs,
+            min_epochs=cfg.min_epochs,
+            parallel=cfg.parallel,
+            executor=cfg.executor,
+            optimizer=cfg.optimizer,
+            seed=cfg.seed,
+            budget_epochs=cfg.budget_epochs,
+            space=SpaceOptions(archs=archs) if archs else None,
+            initial_configs=[c for _, c in candidates],
+            drop_unfit_initial=True,
+            init_model=str(champ.id) if fine_tune else None,
+            recent_share=effective_recent_share(ctx, cfg.recent_share),
+        )
+        kept = spec.initial_configs
+        used = [k for k, c in candidates if c in kept]
+        for reason in spec.dropped_initial:
+            ctx.progress(f"warm start: left out {reason}")
     assert spec is not None
     result = run_study(ctx.registry, ctx.workspace, spec, resume=resumed)
     if result.model_name is None:

@@ -9,7 +9,7 @@ from typing import Any
 from pomlia_hpc.automl.engine import EngineOptions
 from pomlia_hpc.automl.metrics import check_metric
 from pomlia_hpc.automl.options import WeightSource
-from pomlia_hpc.automl.space import SpaceOptions, build_space, configs_from_values
+from pomlia_hpc.automl.space import SpaceOptions, build_space, configs_from_values, split_fitting
 from pomlia_hpc.automl.study.spec import (
     SPEC_FILE,
     StudyOptions,
@@ -48,6 +48,7 @@ def create_study(
     init_model: str | None = None,
     extra_data: bool = False,
     initial_configs: list[dict[str, Any]] | None = None,
+    drop_unfit_initial: bool = False,
     final_full_budget: bool = False,
     recent_share: float | None = None,
 ) -> StudySpec:
@@ -57,6 +58,10 @@ def create_study(
     ``init_model``: a registered model whose weights become ``init=model``; ``extra_data``:
     offer nearest images from similar datasets (found with ``encoder``'s index).
     ``initial_configs``: warm-start configurations (value mappings), SMAC's initial design.
+    ``drop_unfit_initial``: leave out the warm-start configurations that this study's space
+    cannot hold (e.g. a recommendation naming ``init=encoder`` where no encoder is given) and
+    those beyond ``n_trials``; the spec keeps the reasons in ``dropped_initial``. Otherwise
+    either is an error.
     ``final_full_budget``: when the best configuration trained fewer than ``max_epochs``, train
     it on to ``max_epochs`` (from its checkpoint) after the search, outside the budget.
     ``recent_share``: on a harvested dataset version (:mod:`pomlia_hpc.data.harvest`), the
@@ -97,7 +102,19 @@ def create_study(
         model_arch=model.arch if model else None,
         extra_data=extra_data,
     )
-    _check_warm_start(initial_configs or [], build_space(opts, seed=seed), optimizer, n_trials)
+    cs = build_space(opts, seed=seed)
+    initial = list(initial_configs or [])
+    dropped: list[str] = []
+    if drop_unfit_initial:
+        kept, dropped = split_fitting(initial, cs, "initial configurations")
+        initial = [initial[i] for i in kept]
+        if optimizer == "smac" and len(initial) > n_trials:
+            dropped.append(
+                f"initial configurations: entries after the first {n_trials} (the study has "
+                f"{n_trials} trial(s))"
+            )
+            initial = initial[:n_trials]
+    _check_warm_start(initial, cs, optimizer, n_trials)
     eng = _engine_options(engine, resources, profile.cpus_per_task)
     spec = StudySpec(
         options=options,
@@ -113,7 +130,8 @@ def create_study(
         space=opts,
         encoder=enc,
         init_model=model,
-        initial_configs=list(initial_configs or []),
+        initial_configs=initial,
+        dropped_initial=dropped,
         final_full_budget=final_full_budget,
         recent_rows=recent_rows,
         recent_share=recent_share,
