@@ -38,6 +38,22 @@ OK, CRASHED, RUNNING, PENDING = (
 SUBMIT_FAILED = RunStatus.SUBMIT_FAILED.value
 
 
+def config_summary(values: dict[str, Any]) -> str:
+    """A configuration in one short line: architecture, initial weights and mode when not from
+    scratch, learning rate, optimizer, batch size, extra images (e.g. ``resnet18
+    encoder/linear_probe lr=1.8e-03 adamw bs=32``)."""
+    parts = [str(values.get("arch", ""))]
+    if values.get("init", "scratch") != "scratch":
+        parts.append(f"{values['init']}/{values.get('mode', 'full')}")
+    lr = values.get("lr", values.get("lr_head"))
+    if lr is not None:
+        parts.append(f"lr={float(lr):.1e}")
+    parts.append(f"{values.get('optimizer', '')} bs={values.get('batch_size', '')}")
+    if values.get("extra_data") == "nearest":
+        parts.append(f"+{values.get('extra_n')}nn")
+    return " ".join(parts)
+
+
 def code_version() -> dict[str, str]:
     """The package version and, in a git checkout, the commit (``-dirty`` with local edits)."""
     out = {"version": pomlia_hpc.__version__}

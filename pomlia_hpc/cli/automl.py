@@ -396,8 +396,7 @@ def runs_list(
     limit: Annotated[int, typer.Option(help="How many, newest first.")] = 50,
 ) -> None:
     """List training runs with configuration, budget, metrics, cost, status and job."""
-    from pomlia_hpc.automl.records import list_runs
-    from pomlia_hpc.automl.study import summary
+    from pomlia_hpc.automl.records import config_summary, list_runs
 
     rows = list_runs(STATE.registry(), task=task, study=study, limit=limit)
     table = Table(title=f"runs ({len(rows)})")
@@ -421,7 +420,7 @@ def runs_list(
             str(r.id),
             r.task,
             r.study,
-            summary(r.config),
+            config_summary(r.config),
             _fmt(r.epochs, 0),
             r.status,
             "/".join(_fmt(val.get(k)) for k in ("acc", "auc") if k in val),

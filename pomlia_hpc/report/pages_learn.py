@@ -10,6 +10,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from pomlia_hpc.automl.records import config_summary
 from pomlia_hpc.registry import Deployment, Job, Model, MonitorReport, Registry, Run, Task
 from pomlia_hpc.report import figures
 from pomlia_hpc.report.html import esc, png, status_span, table
@@ -17,16 +18,6 @@ from pomlia_hpc.workspace import Workspace
 
 #: Trials listed per study (the newest); the curve shows all of them.
 MAX_TRIALS = 200
-
-
-def _summary(config: dict[str, Any]) -> str:
-    keys = ("arch", "init", "mode", "lr", "optimizer", "batch_size", "augment", "extra_n")
-    parts = []
-    for k in keys:
-        if k in config:
-            v = config[k]
-            parts.append(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}")
-    return " ".join(parts) or json.dumps(config)[:120]
 
 
 def studies_page(registry: Registry, workspace: Workspace) -> str | None:
@@ -68,7 +59,7 @@ def studies_page(registry: Registry, workspace: Workspace) -> str | None:
             rows.append(
                 [
                     str(r.id),
-                    esc(_summary(r.config or {})),
+                    esc(config_summary(r.config or {})),
                     esc(m.get("epochs", r.budget or "")),
                     status_span(r.status),
                     esc(_num(m.get("objective"))),

@@ -47,7 +47,7 @@ from pomlia_hpc.automl.study.trials import (
     attach_trial_job,
     attached_result,
 )
-from pomlia_hpc.automl.study.view import StudyResult, StudyView, TrialView, job_name, summary
+from pomlia_hpc.automl.study.view import StudyResult, StudyView, TrialView, job_name
 
 __all__ = [
     "ORPHAN_POLL_S",
@@ -71,5 +71,4 @@ __all__ = [
     "read_spec",
     "run_study",
     "study_dir",
-    "summary",
 ]

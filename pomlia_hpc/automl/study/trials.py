@@ -20,7 +20,7 @@ from pomlia_hpc.automl.metrics import objective_cost
 from pomlia_hpc.automl.optimizers import Proposal, SearchOptimizer
 from pomlia_hpc.automl.space import TrainConfig, build_space
 from pomlia_hpc.automl.study.spec import StudySpec, study_dir
-from pomlia_hpc.automl.study.view import StudyView, TrialView, job_name, summary
+from pomlia_hpc.automl.study.view import StudyView, TrialView, job_name
 from pomlia_hpc.automl.trial import TrialJob, failure_path, read_failure, read_result
 from pomlia_hpc.cluster import Executor, JobFailedError, JobHandle
 from pomlia_hpc.cluster.attach import AttachedJob, poll_attached
@@ -145,7 +145,17 @@ class TrialRunner:
         state = read_state(workdir)
         start = int(state["epoch"]) if state else 0
         self.views[run_id] = TrialView(
-            run_id, key, summary(values), epochs, records.PENDING, None, None, None, "", "", start
+            run_id,
+            key,
+            records.config_summary(values),
+            epochs,
+            records.PENDING,
+            None,
+            None,
+            None,
+            "",
+            "",
+            start,
         )
         try:
             request = self.trial_request(proposal, workdir, model_path, run_id)
@@ -364,7 +374,7 @@ class TrialRunner:
         self.views[run_id] = TrialView(
             run_id,
             proposal.key,
-            summary(proposal.values),
+            records.config_summary(proposal.values),
             proposal.epochs,
             records.CRASHED,
             None,

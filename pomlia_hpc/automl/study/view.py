@@ -54,19 +54,6 @@ class StudyResult:
     wall_s: float
 
 
-def summary(values: dict[str, Any]) -> str:
-    parts = [str(values.get("arch", ""))]
-    if values.get("init", "scratch") != "scratch":
-        parts.append(f"{values['init']}/{values.get('mode', 'full')}")
-    lr = values.get("lr", values.get("lr_head"))
-    if lr is not None:
-        parts.append(f"lr={float(lr):.1e}")
-    parts.append(f"{values.get('optimizer', '')} bs={values.get('batch_size', '')}")
-    if values.get("extra_data") == "nearest":
-        parts.append(f"+{values.get('extra_n')}nn")
-    return " ".join(parts)
-
-
 def job_name(study: str, run_id: int) -> str:
     """The name of trial run ``run_id``'s job (how a resumed driver finds it)."""
     return f"automl-{study}-{run_id}"
@@ -80,7 +67,7 @@ def view_of_run(registry: Registry, run: Run, metric: str) -> TrialView:
     return TrialView(
         run.id,
         str(values.get("config_key", "")),
-        summary(values),
+        records.config_summary(values),
         int(run.budget or 0),
         run.status,
         m.get("val", {}).get(metric),
