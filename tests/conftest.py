@@ -48,12 +48,18 @@ def pytest_configure(config: pytest.Config) -> None:
     # Job processes (local or Slurm) get the test callables by value: they need not import
     # anything from the tests folder.
     cloudpickle.register_pickle_by_value(jobfns)
+    # pytest-xdist's file scheduling (`make test`: --dist loadfile) queues the files by their
+    # number of tests, most first, unless --no-loadscope-reorder: switched off here, so the
+    # collection order, LONG_FILES first (pytest_collection_modifyitems), is the queue's order.
+    if hasattr(config.option, "loadscopereorder"):  # xdist installed
+        config.option.loadscopereorder = False
 
 
 #: The longest test files (each 1-4 min on 2 cores, measured 2026-12-02), longest first. They
-#: are collected first, so the two xdist workers (`make test`, one file each at a time) start
-#: them early and finish together instead of one worker running the longest file alone at the
-#: end. Only a scheduling hint: a file missing here just runs in its usual place.
+#: are collected first and xdist hands the files out in collection order (its reordering by
+#: test count is off, see pytest_configure), so the two workers (`make test`, one file each at
+#: a time) start them early and finish together instead of one worker running the longest file
+#: alone at the end. Only a scheduling hint: a file missing here runs in its usual place.
 LONG_FILES = (
     "test_pipeline_slurm.py",
     "test_loop_e2e.py",
