@@ -61,7 +61,26 @@ def _calls(bench: ModuleType, m: Matrix, rule: Any, grid: list[Any], select: Any
     return seen
 
 
-@pytest.mark.parametrize("variant", ["rank (own top-3 h)", "other metric pooled (training sets)"])
+VARIANTS = [
+    "cover (same h)",
+    "cover (own h)",
+    "rank (own top-3 h)",
+    "distinct architectures",
+    "noise-tolerant regrets",
+    "optimistic picks 2-3",
+    "near-best cover",
+    "factorised regrets",
+    "other metric pooled (training sets)",
+    "precision-weighted data sets",
+]
+
+
+def test_every_variant_is_checked_for_leakage(bench: ModuleType) -> None:
+    m = _matrix(0)
+    assert sorted(bench.variants(m, False, m.values, np.full(6, 100.0))) == sorted(VARIANTS)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
 def test_variant_picks_ignore_the_held_out_values(bench: ModuleType, variant: str) -> None:
     """Changing data set 0's values (both metrics) changes nothing the harness does while
     data set 0 is held out: its parameter choice and its picks come from the others only."""
@@ -106,3 +125,18 @@ def test_precision_weighting_trusts_larger_test_sets(bench: ModuleType) -> None:
     f = bench.Fold(m, [0, 1], np.array([1.0, 1.0]), np.ones(len(m.keys), bool), math.inf)
     assert rule((math.inf, 0.25), f)[0] == 1
     assert rule((math.inf, None), f)[0] == 0  # unweighted: a tie, the first strategy wins
+
+
+def test_a_training_data_set_without_candidate_values_is_skipped(bench: ModuleType) -> None:
+    """Cheap candidates only, one data set has none of their values: it is left out of the
+    scoring (as the learner's own bandwidth choice does), not a crash of every fold."""
+    from pomlia_hpc.strategy import evaluate
+
+    m = _matrix(0)
+    for s in m.strategies[1::2]:
+        s["img_size"], s["mode"] = 224, "full"  # not cheap
+    cand = evaluate.cheap_mask(m)
+    m.values[3, cand] = np.nan
+    rule, grid, select = bench.variants(m, True, None, np.full(6, 100.0))["cover (same h)"]
+    got = bench.nested_loo(m, rule, grid, select, cheap=True)
+    assert all(math.isfinite(v) for v in got.values())

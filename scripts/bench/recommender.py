@@ -223,10 +223,11 @@ def nested_loo(
         std = Standardizer(m.features[oth])
         dd = std.distances(m.features[oth], m.features[oth])
         h1 = KernelRegret(k=k).fit(m.subset(oth), cand).h
+        inner = [q for q in range(len(oth)) if np.isfinite(m.values[oth[q]][cand]).any()]
         loss: dict[Any, tuple[float, float]] = {}
         for p in grid:
             a = b = 0.0
-            for q in range(len(oth)):
+            for q in inner:  # a data set without a candidate's value cannot be scored
                 rest = [x for x in range(len(oth)) if x != q]
                 fold = Fold(m, [oth[x] for x in rest], dd[q, rest], cand, h1)
                 picks = rule(p, fold)
