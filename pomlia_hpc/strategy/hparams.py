@@ -11,8 +11,9 @@ won on one task only. When no setting was run on more than one task (and the tas
 are alike), this is the best setting of the most similar task first, as before.
 
 Regret here is on the validation objective, in points (x 100), against the best run of the
-strategy on that task, among the runs at the task's largest budget (runs of a Hyperband study
-at lower budgets are not comparable with them).
+strategy on that task among its runs at its largest budget (runs of a Hyperband study at lower
+budgets are not comparable with them), or, to compare settings across strategies as the warm
+start does, against the task's best run of any strategy (:func:`task_best`).
 """
 
 from __future__ import annotations
@@ -36,12 +37,15 @@ RUNS_PER_TASK = 300
 #: The most similar tasks whose runs are read.
 MAX_TASKS = 5
 
+#: A strategy's (architecture, initial weights, training mode, extra data), as
+#: :func:`pomlia_hpc.strategy.runstats.run_strategy` names them (image size left out).
 StrategyFields = tuple[str, str, str, str]
 
 
 @dataclass(frozen=True)
 class HpRun:
-    """One finished, successful run: its task, values, budget and validation objective.
+    """One finished, successful run: its task (name), values, budget (epochs) and validation
+    objective (the study's objective, higher is better; regrets are in points, x 100).
     ``hparams``: the hyperparameters (:func:`by_strategy`), or the run's whole configuration
     as :func:`task_runs` reads it."""
 
