@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import pytest
 from sqlalchemy import select
 from typer.testing import CliRunner
 
@@ -213,3 +214,20 @@ def test_first_warm_configuration_is_the_setting_best_across_strategies(
     # settings lost 35-45 points on one task; the small CNN's setting lost 1-2 on both.
     assert warm.configs[0]["arch"] == "small_cnn" and warm.configs[0]["lr"] == 0.003
     assert {c["arch"] for c in warm.configs} == {"small_cnn", "resnet18"}
+
+
+def test_the_floor_is_set_only_where_runs_were_cut(
+    workspace: Workspace, reg: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A task with exactly the run limit lost nothing: no floor; one run more and the floor is
+    the last run read."""
+    from pomlia_hpc.strategy import hparams
+
+    monkeypatch.setattr(hparams, "RUNS_PER_TASK", 3)
+    for seed, task in enumerate(("derm", "path"), 1):
+        tiny_task(workspace, reg, task, "dermamnist", "acc", seed=seed)
+    _trials(reg, "derm", [("small_cnn", 0.001 * i, 0.9 - 0.1 * i) for i in range(3)])
+    _trials(reg, "path", [("small_cnn", 0.001 * i, 0.9 - 0.1 * i) for i in range(4)])
+    read = hparams.task_runs(reg, ["derm", "path"])
+    assert read.floor == {"path": pytest.approx(0.7)}
+    assert sorted(r.task for r in read.runs) == ["derm"] * 3 + ["path"] * 3

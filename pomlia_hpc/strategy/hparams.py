@@ -89,15 +89,15 @@ def task_runs(registry: Registry, tasks: Iterable[str]) -> SimilarRuns:
                 select(Run.config, Run.budget, objective)
                 .where(Run.task_id == tid, Run.status == "ok", objective.is_not(None))
                 .order_by(objective.desc())
-                .limit(RUNS_PER_TASK)
+                .limit(RUNS_PER_TASK + 1)  # one more: were any runs cut?
             )
             rows = [
                 HpRun(tname, dict(config or {}), float(budget or 0.0), float(obj))
                 for config, budget, obj in s.execute(q)
             ]
-            out.runs.extend(rows)
-            if len(rows) >= RUNS_PER_TASK:
-                out.floor[tname] = rows[-1].objective
+            out.runs.extend(rows[:RUNS_PER_TASK])
+            if len(rows) > RUNS_PER_TASK:
+                out.floor[tname] = rows[RUNS_PER_TASK - 1].objective
     return out
 
 
