@@ -77,6 +77,13 @@ def medmnist_task(task_type: str) -> str:
 METRICS: tuple[str, ...] = ("acc", "auc", "f1_macro")
 
 
+def check_metric(metric: str) -> str:
+    """Return ``metric`` if it is one of :data:`METRICS`, else raise :class:`InputError`."""
+    if metric not in METRICS:
+        raise InputError(f"metric '{metric}' is not known: expected one of {', '.join(METRICS)}")
+    return metric
+
+
 class RunStatus(StrEnum):
     """The ``status`` of a registry ``Run`` (an AutoML trial)."""
 

@@ -1,11 +1,13 @@
 """A run's configuration in one line (``pomlia runs list``, the study's live table, the HTML
-report), and listing runs without loading torch."""
+report), and registry queries without loading torch."""
 
 from __future__ import annotations
 
 import subprocess
 import sys
 from pathlib import Path
+
+import pytest
 
 from pomlia_hpc.automl.records import config_summary
 
@@ -26,15 +28,19 @@ def test_a_configuration_in_one_line() -> None:
     assert config_summary(scratch) == "small_cnn lr=1.0e-02 sgd bs=64"
 
 
-def test_listing_runs_loads_no_torch(tmp_path: Path) -> None:
-    # `pomlia runs list` is a registry query: importing the trainer (torch, 3 s) is not needed.
+@pytest.mark.parametrize(
+    "args", [["runs", "list"], ["task", "list"], ["deploy", "history", "demo"]], ids=" ".join
+)
+def test_registry_queries_load_no_torch(args: list[str], tmp_path: Path) -> None:
+    # Listing runs, tasks or a slot's history is a registry query: importing the trainer or
+    # the exporter (torch, sklearn: 3-4 s before the first line) is not needed.
     code = (
         "import sys\n"
         "from typer.testing import CliRunner\n"
         "from pomlia_hpc.cli import app\n"
         f"home = {str(tmp_path)!r}\n"
         "CliRunner().invoke(app, ['--home', home, 'init'])\n"
-        "res = CliRunner().invoke(app, ['--home', home, 'runs', 'list'])\n"
+        f"res = CliRunner().invoke(app, ['--home', home, *{args!r}])\n"
         "assert res.exit_code == 0, res.output\n"
         "print('torch' in sys.modules)\n"
     )

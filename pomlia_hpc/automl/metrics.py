@@ -26,18 +26,10 @@ import warnings
 from collections.abc import Mapping
 
 import numpy as np
-from medmnist.evaluator import getACC, getAUC
 from sklearn.metrics import f1_score, roc_auc_score
 
 from pomlia_hpc.errors import InputError
-from pomlia_hpc.vocab import METRICS, medmnist_task
-
-
-def check_metric(metric: str) -> str:
-    """Return ``metric`` if it is one of :data:`METRICS`, else raise :class:`InputError`."""
-    if metric not in METRICS:
-        raise InputError(f"metric '{metric}' is not known: expected one of {', '.join(METRICS)}")
-    return metric
+from pomlia_hpc.vocab import check_metric, medmnist_task
 
 
 def _auc_defined_classes(
@@ -68,6 +60,10 @@ def evaluate(task_type: str, y_true: np.ndarray, y_score: np.ndarray) -> dict[st
     evaluated; ``*_classes``: how many classes entered the mean); a
     metric that is undefined on these images is ``None``.
     """
+    # Imported here: medmnist loads torch (3 s), and naming or checking a metric (`task add`,
+    # `task list`) needs neither.
+    from medmnist.evaluator import getACC, getAUC
+
     task = medmnist_task(task_type)
     y_true = np.asarray(y_true)
     y_score = np.asarray(y_score, dtype=np.float64)

@@ -4,13 +4,12 @@ from __future__ import annotations
 
 from sqlalchemy import select
 
-from pomlia_hpc.automl.metrics import check_metric
 from pomlia_hpc.data.store import find_version, open_store
 from pomlia_hpc.errors import InputError, NotFoundError, PomliaError
 from pomlia_hpc.names import validate_name
 from pomlia_hpc.registry import Dataset, DatasetVersion, Registry, Task
 from pomlia_hpc.registry.lookup import by_name_or_id
-from pomlia_hpc.vocab import normalize_task_type
+from pomlia_hpc.vocab import check_metric, normalize_task_type
 
 
 def add_task(

@@ -19,7 +19,6 @@ from sqlalchemy import select
 
 from pomlia_hpc.errors import InputError, NotFoundError
 from pomlia_hpc.registry import GateDecision, Model, Promotion, Registry
-from pomlia_hpc.serve.export import bundle_for_model, export_model
 from pomlia_hpc.serve.slots import current_link, point
 from pomlia_hpc.workspace import Workspace
 
@@ -86,6 +85,9 @@ def put_on_slot(
     """Export ``model_ref`` if needed, point the slot's link at its bundle and record it."""
     if kind not in KINDS:
         raise InputError(f"promotion kind '{kind}' is not known: expected one of {KINDS}")
+    # Imported here: exporting loads torch, which the history, rollback and status need not.
+    from pomlia_hpc.serve.export import bundle_for_model, export_model
+
     bundle = (
         bundle_for_model(registry, model_ref) or export_model(registry, workspace, model_ref).bundle
     )

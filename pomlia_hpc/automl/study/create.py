@@ -7,7 +7,6 @@ from pathlib import Path
 from typing import Any
 
 from pomlia_hpc.automl.engine import EngineOptions
-from pomlia_hpc.automl.metrics import check_metric
 from pomlia_hpc.automl.options import WeightSource
 from pomlia_hpc.automl.space import SpaceOptions, build_space, configs_from_values, split_fitting
 from pomlia_hpc.automl.study.spec import (
@@ -22,6 +21,7 @@ from pomlia_hpc.config import load_cluster_profile
 from pomlia_hpc.data.store import open_store
 from pomlia_hpc.errors import InputError, PomliaError
 from pomlia_hpc.registry import Registry
+from pomlia_hpc.vocab import check_metric
 from pomlia_hpc.workspace import Workspace
 
 
