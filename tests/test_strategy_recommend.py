@@ -181,6 +181,29 @@ def test_a_setting_cut_off_by_the_run_limit_is_not_taken_for_a_typical_one() -> 
     assert rank_hparams(runs, w, floor={"a": 0.70})[0] == good
 
 
+def test_a_strategy_run_on_one_distant_task_only_does_not_win_the_comparison() -> None:
+    """Across strategies, a weighted task where a strategy never ran counts as that task's
+    median regret: one lucky run on a task of weight 0.05 must not outrank a setting that is
+    best on the task of weight 0.95."""
+    from pomlia_hpc.strategy.hparams import HpRun, score_hparams, task_best, task_median_regret
+
+    small = [
+        HpRun("a", {"lr": 0.003}, 9, 0.90),
+        HpRun("a", {"lr": 0.01}, 9, 0.80),
+        HpRun("a", {"lr": 0.05}, 9, 0.70),
+        HpRun("b", {"lr": 0.003}, 9, 0.85),
+    ]
+    resnet34 = [HpRun("b", {"lr": 0.001}, 9, 0.90)]
+    w = {"a": 0.95, "b": 0.05}
+    best, typical = task_best(small + resnet34), task_median_regret(small + resnet34)
+    assert typical == pytest.approx({"a": 10.0, "b": 2.5})
+    small_score = score_hparams(small, w, None, best, absent=typical)[0][0]
+    assert small_score == pytest.approx(0.25)  # 0 points behind on 'a', 5 on 'b'
+    # Scored over 'b' alone it would come first (0 points); with 'a' counted it is 9.5.
+    assert score_hparams(resnet34, w, None, best)[0][0] == 0.0
+    assert score_hparams(resnet34, w, None, best, absent=typical)[0][0] == pytest.approx(9.5)
+
+
 def test_runs_without_an_architecture_count_as_the_small_cnn() -> None:
     """A run configuration without ``arch`` is the small CNN, as in the knowledge base's run
     statistics (:func:`pomlia_hpc.strategy.runstats.run_strategy`), so its settings are

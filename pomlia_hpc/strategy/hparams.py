@@ -146,6 +146,20 @@ def task_best(runs: Iterable[HpRun]) -> dict[str, float]:
     return best
 
 
+def task_median_regret(runs: Iterable[HpRun]) -> dict[str, float]:
+    """Each task's median regret (points) among its runs at its largest budget, any strategy,
+    against its best there: what a strategy that never ran on the task counts when settings of
+    different strategies are compared (:func:`score_hparams`' ``absent``)."""
+    top: dict[str, float] = {}
+    for r in runs:
+        top[r.task] = max(top.get(r.task, -1.0), r.budget)
+    full: dict[str, list[float]] = defaultdict(list)
+    for r in runs:
+        if r.budget == top[r.task]:
+            full[r.task].append(r.objective)
+    return {t: statistics.median(100.0 * (max(v) - x) for x in v) for t, v in full.items()}
+
+
 def rank_hparams(
     runs: Iterable[HpRun],
     weights: Mapping[str, float],
@@ -162,12 +176,16 @@ def score_hparams(
     weights: Mapping[str, float],
     floor: Mapping[str, float] | None = None,
     reference: Mapping[str, float] | None = None,
+    absent: Mapping[str, float] | None = None,
 ) -> list[tuple[float, dict[str, Any]]]:
     """(similarity-weighted regret in points, setting) for the settings of ``runs``, lowest
     first. Regret on a task is against ``reference[task]`` (:func:`task_best`, to compare
     settings across strategies) or else against the best run in ``runs`` there. A setting
     missing on a task counts as the task's median regret, or, where the task's runs were cut
-    (``floor``), at least as far behind as the last run read: it may have run below it."""
+    (``floor``), at least as far behind as the last run read: it may have run below it.
+    ``absent`` (:func:`task_median_regret`, to compare across strategies): a weighted task
+    where none of ``runs`` ran counts with that regret, so a strategy tried on one distant
+    task only does not score as if that task were all there is."""
     by_task: dict[str, list[HpRun]] = defaultdict(list)
     for r in runs:
         if weights.get(r.task, 0.0) > 0:
@@ -189,6 +207,10 @@ def score_hparams(
         regret[task], missing[task] = per, statistics.median(per.values())
         if floor is not None and task in floor:
             missing[task] = max(missing[task], 100.0 * (best - floor[task]))
+    if settings:
+        for task, typical in (absent or {}).items():
+            if weights.get(task, 0.0) > 0 and task not in regret:
+                regret[task], missing[task] = {}, typical
     total = sum(weights[t] for t in regret)
     if not settings or total <= 0:
         return []

@@ -45,6 +45,7 @@ from pomlia_hpc.strategy.hparams import (
     of_strategy,
     score_hparams,
     task_best,
+    task_median_regret,
     task_runs,
 )
 from pomlia_hpc.strategy.kb import REGISTRY_SOURCE, load, run_hparams, version_meta
@@ -427,9 +428,18 @@ def recommend(
     def settings_of(j: int) -> list[tuple[float, dict[str, Any]]]:
         if not fetched:
             read = task_runs(registry, run_tasks)
-            fetched.extend([by_strategy(read.runs), read.floor, task_best(read.runs)])
-        groups, floor, best = fetched
-        return score_hparams(of_strategy(groups, m.strategies[j]), run_tasks, floor, best)
+            fetched.extend(
+                [
+                    by_strategy(read.runs),
+                    read.floor,
+                    task_best(read.runs),
+                    task_median_regret(read.runs),
+                ]
+            )
+        groups, floor, best, typical = fetched
+        return score_hparams(
+            of_strategy(groups, m.strategies[j]), run_tasks, floor, best, absent=typical
+        )
 
     initial = warm_configs(
         m, ranking.expected_regret, allowed, w, src, hp, k, archs, settings_of=settings_of
