@@ -55,24 +55,27 @@ def pytest_configure(config: pytest.Config) -> None:
         config.option.loadscopereorder = False
 
 
-#: The longest test files (each 1-4 min on 2 cores, measured 2026-12-02), longest first. They
-#: are collected first and xdist hands the files out in collection order (its reordering by
-#: test count is off, see pytest_configure), so the two workers (`make test`, one file each at
-#: a time) start them early and finish together instead of one worker running the longest file
-#: alone at the end. Only a scheduling hint: a file missing here runs in its usual place.
+#: The longest test files (each 1.5-5.5 min on 2 cores: the sum of their slowest tests in a
+#: one-process run, 2026-12-02), longest first. They are collected first and xdist hands the
+#: files out in collection order (its reordering by test count is off, see pytest_configure),
+#: so the two workers (`make test`, one file each at a time) start them early and finish
+#: together instead of one worker running the longest file alone at the end. Only a
+#: scheduling hint: a file missing here runs in its usual place.
 LONG_FILES = (
-    "test_pipeline_slurm.py",
-    "test_loop_e2e.py",
-    "test_gpu_check.py",
     "test_readme.py",
-    "test_fingerprint_objectives.py",
-    "test_fingerprint_slurm.py",
+    "test_pipeline_slurm.py",
     "test_export_parity.py",
-    "test_automl_resume.py",
-    "test_fingerprint_cli.py",
-    "test_fingerprint_model.py",
+    "test_loop_e2e.py",
     "test_automl_driver.py",
+    "test_gpu_check.py",
+    "test_fingerprint_model.py",
+    "test_fingerprint_slurm.py",
+    "test_fingerprint_extract.py",
     "test_automl_study.py",
+    "test_export.py",
+    "test_fingerprint_cli.py",
+    "test_fingerprint_objectives.py",
+    "test_automl_warmstart.py",
 )
 
 
