@@ -5,6 +5,8 @@ recommendation."""
 from __future__ import annotations
 
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -108,6 +110,38 @@ def test_repeat_is_told_the_recorded_result(workspace: Workspace, reg: Registry)
     assert len(opt.told) == 1
     runner.tell_waiting(opt, running, 0.1, crashed=False)
     assert opt.told[-1] == (done.key, 2, 0.1, False)
+
+
+class _Submitted:
+    """An executor that keeps what it is given and runs nothing."""
+
+    def __init__(self) -> None:
+        self.jobs: list[Any] = []
+
+    def submit(self, job: Any, name: str, resources: Any = None) -> SimpleNamespace:
+        self.jobs.append(job)
+        return SimpleNamespace(record_id=None, job_id=str(len(self.jobs)))
+
+
+def test_run_record_holds_the_training_seed_its_trial_used(
+    workspace: Workspace, reg: Registry
+) -> None:
+    tiny_task(workspace, reg, "blood", sizes=(16, 8, 8))
+    seeds = []
+    for study_seed in (0, 1):
+        spec = tiny_study(reg, workspace, "blood", f"s{study_seed}", seed=study_seed)
+        runner, executor = StudyRunner(reg, workspace, spec), _Submitted()
+        runner._executor = executor  # type: ignore[assignment]
+        config = configs_from_values([FAST], runner.space, "test")[0]
+        runner.start(_Recorder(), Proposal(config, 1.0))
+        (run,) = records.study_runs(reg, spec.name)
+        (job,) = executor.jobs
+        trained = job.request.options.seed
+        # Was the study's seed (0) whatever seed the trial trained with.
+        assert run.config["engine"]["seed"] == trained
+        assert {**run.config["engine"], "seed": 0} == {**spec.engine.to_dict(), "seed": 0}
+        seeds.append(trained)
+    assert seeds[0] != seeds[1]  # the same configuration, another training seed
 
 
 def test_from_recommendation_needs_expressible_strategies(

@@ -18,6 +18,7 @@ from pomlia_hpc.automl import records
 from pomlia_hpc.automl.engine import TrainRequest, read_state
 from pomlia_hpc.automl.metrics import objective_cost
 from pomlia_hpc.automl.optimizers import Proposal, SearchOptimizer
+from pomlia_hpc.automl.options import EngineOptions
 from pomlia_hpc.automl.space import TrainConfig, build_space
 from pomlia_hpc.automl.study.spec import StudySpec, study_dir
 from pomlia_hpc.automl.study.view import StudyView, TrialView, job_name
@@ -129,7 +130,7 @@ class TrialRunner:
                 "config_key": key,
                 "origin": proposal.origin,
                 "smac_budget": proposal.budget,
-                "engine": self.spec.engine.to_dict(),
+                "engine": self.trial_engine(key).to_dict(),  # with the trial's own seed
             }
             run_id = records.create_run(
                 self.registry,
@@ -196,6 +197,13 @@ class TrialRunner:
             f"--study {self.spec.name} --resume` submits it and continues the study",
         ) from exc
 
+    def trial_engine(self, key: str) -> EngineOptions:
+        """The engine options a trial of configuration ``key`` trains with: the study's, with a
+        training seed of its own (from the study's seed and the key, so the same configuration
+        gets other initial weights and batch orders under another study seed)."""
+        seed = self.spec.options.seed * 7919 + int(key[:6], 16) % 7919
+        return self.engine.model_copy(update={"seed": seed})
+
     def trial_request(
         self, proposal: Proposal, workdir: Path, model_path: Path, run_id: int
     ) -> TrainRequest:
@@ -207,8 +215,7 @@ class TrialRunner:
         elif cfg.init == "model":
             init_weights = self.spec.init_model.path if self.spec.init_model else None
         extra = str(self.extra_file(cfg.extra_n)) if cfg.extra_n > 0 else None
-        seed = self.spec.options.seed * 7919 + int(proposal.key[:6], 16) % 7919
-        options = self.engine.model_copy(update={"seed": seed})
+        options = self.trial_engine(proposal.key)
         return TrainRequest(
             store_path=self.spec.store_path,
             task_type=self.spec.task_type,
