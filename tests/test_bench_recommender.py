@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
 import math
-import sys
-from pathlib import Path
 from types import ModuleType
 from typing import Any
 
@@ -13,18 +10,12 @@ import numpy as np
 import pytest
 
 from pomlia_hpc.strategy.learner import Matrix
-
-BENCH = Path(__file__).resolve().parents[1] / "scripts" / "bench" / "recommender.py"
+from tests.fixtures.factories import bench_script
 
 
 @pytest.fixture(scope="module")
 def bench() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_recommender", BENCH)
-    assert spec is not None and spec.loader is not None
-    mod = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = mod  # dataclasses look their module up
-    spec.loader.exec_module(mod)
-    return mod
+    return bench_script("recommender")
 
 
 def _matrix(seed: int = 0, n: int = 6) -> Matrix:
