@@ -98,7 +98,9 @@ def trials_of(reg: Registry, study: str, metric: str) -> list[dict[str, Any]]:
                     "run_id": run.id,
                     "status": run.status,
                     "epochs": int(run.budget or 0),
-                    "epochs_run": int(run.budget or 0) - start,
+                    # A trial answered from an earlier record of a larger budget starts
+                    # past its own: it trained nothing.
+                    "epochs_run": max(int(run.budget or 0) - start, 0),
                     "cost_s": run.cost_s,
                     "val": (m.get("val") or {}).get(metric),
                     "test": (m.get("test") or {}).get(metric),

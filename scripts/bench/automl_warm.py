@@ -77,7 +77,7 @@ REPO = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from automl import at_budget, trials_of  # noqa: E402
+from automl import at_budget, curve, trials_of  # noqa: E402
 
 from pomlia_hpc.automl.budget import default_budget, task_train_size  # noqa: E402
 from pomlia_hpc.automl.engine import EngineOptions  # noqa: E402
@@ -235,14 +235,16 @@ def study(reg: Registry, ws: Workspace, task: str, name: str, method: str, seed:
 
 def setting_loo(reg: Registry, tasks: list[str]) -> dict[str, Any]:
     """Leave-one-task-out over ``tasks`` of the configurations (strategy fields and
-    hyperparameters together) ranked as the warm start's first one is chosen
-    (:func:`pomlia_hpc.strategy.hparams.score_hparams` against each task's best run, equal task
-    weights): for each task, the configurations it ran at its largest budget are ranked from
-    the other tasks' runs (configurations the others never ran come after, in a fixed order),
-    and the regret (validation objective, points) of the first and of the best of the first 3
-    is measured on the task; baselines: a random configuration (expected), and the best
-    configuration of one other task (``one task``, averaged over the others). A task none of
-    whose configurations ran on another task is left out."""
+    hyperparameters together) ranked by their mean regret over the other tasks
+    (:func:`pomlia_hpc.strategy.hparams.rank_hparams`, equal task weights, a configuration
+    missing on a task counted as the task's median; close to, not the same as, how the warm
+    start picks its first configuration: per strategy, against each task's best). For each
+    task, the configurations it ran at its largest budget are ranked from the other tasks'
+    runs (configurations the others never ran come after, in a fixed order), and the regret
+    (validation objective, points) of the first and of the best of the first 3 is measured on
+    the task; baselines: a random configuration (expected), and the best configuration of one
+    other task (``one task``, averaged over the others). A task none of whose configurations
+    ran on another task is left out."""
     from pomlia_hpc.strategy.hparams import HpRun, hp_key, rank_hparams, task_runs
     from pomlia_hpc.strategy.kb import HPARAMS
     from pomlia_hpc.strategy.runstats import run_strategy
@@ -264,7 +266,8 @@ def setting_loo(reg: Registry, tasks: list[str]) -> dict[str, Any]:
         for r in mine:
             if r.budget >= top:
                 per[t][hp_key(r.hparams)] = max(per[t].get(hp_key(r.hparams), -1.0), r.objective)
-    out: dict[str, list[float]] = {"ranked": [], "ranked_top3": [], "random": [], "one task": []}
+    keys = ("ranked", "ranked_top3", "random", "one task")
+    out: dict[str, dict[str, float]] = {k: {} for k in keys}  # method -> task -> regret
     used = []
     for t, vals in per.items():
         others = [r for r in runs if r.task != t]
@@ -275,9 +278,9 @@ def setting_loo(reg: Registry, tasks: list[str]) -> dict[str, Any]:
         if not any(k in vals for k in ranked):
             continue  # none of its configurations ran elsewhere: nothing to rank them by
         order = [k for k in ranked if k in vals] + sorted(k for k in vals if k not in ranked)
-        out["ranked"].append(100 * (best - vals[order[0]]))
-        out["ranked_top3"].append(100 * (best - max(vals[k] for k in order[:3])))
-        out["random"].append(100 * (best - float(np.mean(list(vals.values())))))
+        out["ranked"][t] = 100 * (best - vals[order[0]])
+        out["ranked_top3"][t] = 100 * (best - max(vals[k] for k in order[:3]))
+        out["random"][t] = 100 * (best - float(np.mean(list(vals.values()))))
         one = []
         for o in per:
             if o == t:
@@ -285,25 +288,15 @@ def setting_loo(reg: Registry, tasks: list[str]) -> dict[str, Any]:
             mine = [k for k in per[o] if k in vals]
             if mine:
                 one.append(100 * (best - vals[max(mine, key=lambda k, o=o: per[o][k])]))
-        if one:
-            out["one task"].append(float(np.mean(one)))
+        if one:  # a task whose configurations no other task's best ran has no value here
+            out["one task"][t] = float(np.mean(one))
         used.append(t)
     return {
         "tasks": used,
-        "per_task": {k: dict(zip(used, v, strict=False)) for k, v in out.items()},
+        "per_task": out,
         "n_settings": {t: len(per[t]) for t in used},
-        "mean": {k: float(np.mean(v)) if v else None for k, v in out.items()},
+        "mean": {k: float(np.mean(list(v.values()))) if v else None for k, v in out.items()},
     }
-
-
-def curve(trials: list[dict[str, Any]]) -> list[tuple[int, float]]:
-    spent, best_val, best_test, pts = 0, -1.0, float("nan"), []
-    for t in trials:
-        spent += max(t["epochs_run"], 0)
-        if t["status"] == "ok" and t["val"] is not None and t["val"] > best_val:
-            best_val, best_test = t["val"], t["test"]
-        pts.append((spent, best_test))
-    return pts
 
 
 def reach(pts: list[tuple[int, float]], target: float) -> float | None:
@@ -633,6 +626,9 @@ def summarize(res: dict[str, Any], a: Any) -> str:
             pairs[m][0] += ok
             pairs[m][1] += n
         for s in by["default"]:
+            if s["final"] is None:  # no trial of the study produced a model
+                verdicts.append(f"- {name.removeprefix('bench_')}: default-budget study: no model")
+                continue
             beats = {b: s["final"] > v for b, v in base.items()}
             verdicts.append(
                 f"- {name.removeprefix('bench_')}: default-budget study (epochs "
