@@ -130,8 +130,8 @@ def test_run_record_holds_the_training_seed_its_trial_used(
     seeds = []
     for study_seed in (0, 1):
         spec = tiny_study(reg, workspace, "blood", f"s{study_seed}", seed=study_seed)
-        runner, executor = StudyRunner(reg, workspace, spec), _Submitted()
-        runner._executor = executor  # type: ignore[assignment]
+        executor = _Submitted()
+        runner = StudyRunner(reg, workspace, spec, executor=executor)  # type: ignore[arg-type]
         config = configs_from_values([FAST], runner.space, "test")[0]
         runner.start(_Recorder(), Proposal(config, 1.0))
         (run,) = records.study_runs(reg, spec.name)

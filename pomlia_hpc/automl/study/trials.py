@@ -69,7 +69,8 @@ UpdateFn = Callable[[StudyView], None]
 
 class TrialRunner:
     """Submit, collect and record the trials of one study. ``on_update`` receives a
-    :class:`StudyView` after every change (the CLI draws its live table from it)."""
+    :class:`StudyView` after every change (the CLI draws its live table from it);
+    ``executor``: where the trial jobs go (default: the study's cluster profile)."""
 
     def __init__(
         self,
@@ -79,6 +80,7 @@ class TrialRunner:
         *,
         on_update: UpdateFn | None = None,
         poll_s: float = 1.0,
+        executor: Executor | None = None,
     ) -> None:
         self.registry, self.workspace, self.spec = registry, workspace, spec
         self.folder = study_dir(workspace, spec.name)
@@ -90,7 +92,7 @@ class TrialRunner:
         self._orphans_polled = -math.inf  # time.monotonic() of the last poll
         #: Runs recorded before this driver started, by (configuration key, epochs).
         self.known: dict[tuple[str, int], Run] = {}
-        self._executor: Executor | None = None
+        self._executor = executor
         self.views: dict[int, TrialView] = {}
         #: Repeated proposals of a (configuration key, epochs) still training: told its result.
         self.waiting: dict[tuple[str, int], list[Proposal]] = {}
