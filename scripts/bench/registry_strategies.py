@@ -1,7 +1,7 @@
 """The strategy recommender's leave-one-dataset-out evaluation on the registry's own runs, over
 a designed grid of strategies on look-alike tasks (issue 12, point 5).
 
-Every task runs the same grid (:data:`GRID`), each strategy once at ``--epochs`` with fixed
+Every task runs the same grid (:func:`grid`), each strategy once at ``--epochs`` with fixed
 hyperparameters (:data:`COMMON` plus one learning-rate setting per training mode), through the
 real stack (studies of the random optimizer whose configurations are the grid's, the local
 executor, one trial at a time, DeepSpeed on CPU, registry records):
@@ -38,9 +38,14 @@ continued). The worker that finishes last writes the report; ``--report-only`` w
     python scripts/bench/registry_strategies.py $W --worker 1
     python scripts/bench/registry_strategies.py $W --report-only
 
-Expected time with the defaults (7 tasks x 10 strategies, 6 epochs, 300 / 100 / 200 images):
-about 35 min per worker on two otherwise idle cores (30-55 s of start-up per trial). Writes
-``registry_strategies.json`` and ``registry_strategies.md`` to ``--out``.
+Expected time with the defaults (9 tasks x 10 strategies, 6 epochs, 300 / 100 / 200 images):
+set-up about 5 min, then 20-40 s per trial on an idle core (see docs/BENCHMARKS.md for a
+measured run); tasks are taken in ``--tasks`` order, so a run stopped early holds whole tasks.
+DeepSpeed compiles its CPU communication op into one cache per user
+(``~/.cache/torch_extensions``) whose build depends on the venv's path (a symlinked copy counts
+as another), so trials of processes started from two venv paths rebuild it each time, 40-50 s a
+trial; the workers here use their own cache under ``--work`` (``TORCH_EXTENSIONS_DIR``, unless
+set). Writes ``registry_strategies.json`` and ``registry_strategies.md`` to ``--out``.
 """
 
 from __future__ import annotations
@@ -456,28 +461,48 @@ def summarize(res: dict[str, Any], a: Any) -> str:
     ev = res["results"]
     labels = [s.label for s in chosen(a)]
     pieces = "; ".join(
-        f"worker {p['worker']} {p['started']} -> {p.get('ended', '?')}, load "
+        f"worker {p['worker']} (commit {p.get('commit', '?')}) {p['started']} -> "
+        f"{p.get('ended', '?')}, load "
         f"{' '.join(f'{x:.1f}' for x in p['load_start'])} -> "
         f"{' '.join(f'{x:.1f}' for x in p.get('load_end', []))}"
         for p in res["pieces"]
     )
+    n_test = a.sizes[2]
     lines = [
-        f"Commit {res['commit']}; {pieces}.",
+        f"Report at commit {res['commit']}; {pieces}.",
         "",
-        f"Test ACC per task and strategy ({a.epochs} epochs each, {'/'.join(map(str, a.sizes))} "
-        "images; * best of the task; - not run or failed):",
+        f"Test ACC per task and strategy ({a.epochs} epoch(s) each, "
+        f"{'/'.join(map(str, a.sizes))} images; * best of the task; - not run or failed; "
+        f"s.e.: binomial standard error of the best value on {n_test} test images):",
         "",
-        "| task | " + " | ".join(labels) + " |",
-        "| --- |" + " ---: |" * len(labels),
+        "| task | channels, classes | " + " | ".join(labels) + " | s.e. |",
+        "| --- | --- |" + " ---: |" * (len(labels) + 1),
     ]
-    for task, row in ev["matrix"].items():
+    wins: dict[str, list[str]] = {}
+    for flag in a.tasks:
+        row = ev["matrix"].get(f"t_{flag}")
+        if not row:
+            continue
         vals = [v for v in row.values() if v is not None]
         best = max(vals) if vals else None
         cells = [
             "-" if row.get(lb) is None else f"{row[lb]:.3f}{'*' if row[lb] == best else ''}"
             for lb in labels
         ]
-        lines.append(f"| {task.removeprefix('t_')} | " + " | ".join(cells) + " |")
+        for lb in labels:
+            if best is not None and row.get(lb) == best:
+                wins.setdefault(lb, []).append(flag)
+        info = flag_info(flag)
+        se = "-" if best is None else f"{np.sqrt(best * (1 - best) / n_test):.3f}"
+        lines.append(
+            f"| {flag} | {info.channels}, {info.n_classes} | " + " | ".join(cells) + f" | {se} |"
+        )
+    lines += [
+        "",
+        "Best on (ties counted for each): "
+        + "; ".join(f"{lb}: {', '.join(ts)}" for lb, ts in wins.items())
+        + ".",
+    ]
     cost = ev.get("trial_cost_s", {})
     lines += [
         "",
@@ -485,15 +510,23 @@ def summarize(res: dict[str, Any], a: Any) -> str:
         + ", ".join(f"{lb} {cost[lb]:.0f}" for lb in labels if lb in cost)
         + ".",
     ]
-    for name, title in (("loo", "all strategies"), ("loo_cheap", "cheap strategies")):
+    for name in ("loo", "loo_cheap"):
         loo = ev.get(name, {})
+        every = ev.get("loo", {}).get("n_strategies")
+        if name == "loo_cheap" and "summary" in loo and loo["n_strategies"] == every:
+            lines += [
+                "",
+                f"Cheap strategies ({loo['restriction']}): all {every} are (28 px inputs), so "
+                "the restricted evaluation is the one above.",
+            ]
+            continue
         if "summary" not in loo:
-            lines += ["", f"Leave-one-task-out ({title}): {loo.get('error', 'not run')}"]
+            lines += ["", f"Leave-one-task-out ({name}): {loo.get('error', 'not run')}"]
             continue
         methods = list(loo["summary"])
         lines += [
             "",
-            f"Leave-one-task-out, {title} ({loo['restriction']}; {len(loo['datasets'])} tasks, "
+            f"Leave-one-task-out ({loo['restriction']}; {len(loo['datasets'])} tasks, "
             f"{loo['n_strategies']} strategies), regret in test ACC points, mean over tasks:",
             "",
             "| method | top-1 regret | best-of-top-3 regret |",
@@ -577,10 +610,12 @@ def main() -> None:
             "dermamnist",
             "octmnist",
             "pneumoniamnist",
+            "retinamnist",
+            "tissuemnist",
             "organsmnist",
             "breastmnist",
         ],
-        help="evaluated look-alikes (at least 3; issue 12 asks for 6)",
+        help="evaluated look-alikes, run in this order (at least 3; issue 12 asks for 6)",
     )
     ap.add_argument("--sizes", type=int, nargs=3, default=[300, 100, 200])
     ap.add_argument("--source-sizes", type=int, nargs=3, default=[1000, 100, 200])
@@ -595,6 +630,9 @@ def main() -> None:
     work = Work(a.work)
     for d in (work.root, work.claims, work.done):
         d.mkdir(parents=True, exist_ok=True)
+    # The trial jobs inherit it: their DeepSpeed op is built once, not again after every job
+    # that another checkout's venv started (see the module docstring).
+    os.environ.setdefault("TORCH_EXTENSIONS_DIR", str(work.root.resolve() / "torch_extensions"))
     now = {k: getattr(a, k) for k in FIXED}
     with work.lock():
         if not work.args.is_file():
@@ -608,6 +646,7 @@ def main() -> None:
     if not a.report_only:
         piece: dict[str, Any] = {
             "worker": a.worker,
+            "commit": commit(),
             "argv": sys.argv[1:],
             "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "load_start": os.getloadavg(),
