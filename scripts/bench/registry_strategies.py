@@ -38,9 +38,9 @@ continued). The worker that finishes last writes the report; ``--report-only`` w
     python scripts/bench/registry_strategies.py $W --worker 1
     python scripts/bench/registry_strategies.py $W --report-only
 
-Expected time with the defaults (9 tasks x 10 strategies, 6 epochs, 300 / 100 / 200 images):
-set-up about 5 min, then 20-40 s per trial on an idle core (see docs/BENCHMARKS.md for a
-measured run); tasks are taken in ``--tasks`` order, so a run stopped early holds whole tasks.
+Expected time with the defaults (9 tasks x 10 strategies, 9 epochs, 300 / 100 / 500 images):
+set-up 3-5 min, then 10-30 s per trial on one core (see docs/BENCHMARKS.md for a measured
+run); tasks are taken in ``--tasks`` order, so a run stopped early holds whole tasks.
 DeepSpeed compiles its CPU communication op into one cache per user
 (``~/.cache/torch_extensions``) whose build depends on the venv's path (a symlinked copy counts
 as another), so trials of processes started from two venv paths rebuild it each time, 40-50 s a
@@ -288,7 +288,7 @@ def prepare(ws: Workspace, reg: Registry, tasks: list[str], a: Any) -> dict[str,
         task = source_task(channels)
         name = f"{task}-model"
         values = {"arch": ARCH, "lr": SCRATCH["lr"], **COMMON}
-        spec = _study_spec(ws, reg, task, name, [values], a.source_epochs)
+        spec = _study_spec(ws, reg, task, name, [values], a.source_epochs, a.seed)
         result = run_study(reg, ws, spec, resume=name in _started, poll_s=0.5)
         models[str(channels)] = f"{name}-best"
         trials = trials_of(reg, name, "auc")
@@ -313,10 +313,11 @@ def _study_spec(
     name: str,
     configs: list[dict[str, Any]],
     epochs: int,
+    seed: int,
     **weights: Any,
 ) -> Any:
     """The study ``name`` (created, or the existing one to resume) running ``configs`` once
-    each at ``epochs``."""
+    each at ``epochs``, trials seeded with ``seed``."""
     try:
         spec = load_spec(ws, name)
         _started.add(name)
@@ -335,8 +336,8 @@ def _study_spec(
         min_epochs=epochs,
         parallel=1,
         optimizer="random",
-        seed=0,
-        engine=EngineOptions(threads=1),
+        seed=seed,
+        engine=EngineOptions(threads=1, seed=seed),
         space=SpaceOptions(archs=archs or (ARCH,)),
         initial_configs=configs,
         n_initial=len(configs),
@@ -374,7 +375,7 @@ def run_one(ws: Workspace, reg: Registry, work: Work, task: str, kind: str, a: A
     configs = [dict(s.values) for s in chosen(a) if s.kind == kind]
     name = f"{task}-{kind}"
     t0 = time.perf_counter()
-    spec = _study_spec(ws, reg, task, name, configs, a.epochs, **weights)
+    spec = _study_spec(ws, reg, task, name, configs, a.epochs, a.seed, **weights)
     run_study(reg, ws, spec, resume=name in _started, poll_s=0.5)
     record = {
         "study": name,
@@ -593,6 +594,7 @@ FIXED = (
     "source_epochs",
     "encoder_epochs",
     "extra",
+    "seed",
     "only",
 )
 
@@ -617,9 +619,16 @@ def main() -> None:
         ],
         help="evaluated look-alikes, run in this order (at least 3; issue 12 asks for 6)",
     )
-    ap.add_argument("--sizes", type=int, nargs=3, default=[300, 100, 200])
+    ap.add_argument(
+        "--sizes",
+        type=int,
+        nargs=3,
+        default=[300, 100, 500],
+        help="train / val / test images per task (a larger test split: less noise in regrets)",
+    )
     ap.add_argument("--source-sizes", type=int, nargs=3, default=[1000, 100, 200])
-    ap.add_argument("--epochs", type=int, default=6, help="every strategy's epochs")
+    ap.add_argument("--epochs", type=int, default=9, help="every strategy's epochs")
+    ap.add_argument("--seed", type=int, default=0, help="the trials' seed (every study)")
     ap.add_argument("--source-epochs", type=int, default=8)
     ap.add_argument("--encoder-epochs", type=int, default=4)
     ap.add_argument("--extra", type=int, default=300, help="nearest images added")
