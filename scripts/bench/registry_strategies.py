@@ -448,6 +448,11 @@ def evaluate(reg: Registry, work: Work, tasks: list[str], a: Any) -> dict[str, A
         "missing_studies": missing,
         "trial_cost_s": {k: float(np.mean(v)) for k, v in cost.items()},
         "study_wall_s": {k: v["wall_s"] for k, v in done.items()},
+        "wall_per_trial_s": {
+            kind: sum(v["wall_s"] for v in recs) / max(sum(len(v["trials"]) for v in recs), 1)
+            for kind in KINDS
+            if (recs := [v for v in done.values() if v["kind"] == kind])
+        },
     }
     for name, cheap in (("loo", False), ("loo_cheap", True)):
         try:
@@ -507,8 +512,10 @@ def summarize(res: dict[str, Any], a: Any) -> str:
     cost = ev.get("trial_cost_s", {})
     lines += [
         "",
-        "Mean trial wall seconds: "
+        "Mean run cost (the registry's cost_s, seconds): "
         + ", ".join(f"{lb} {cost[lb]:.0f}" for lb in labels if lb in cost)
+        + ". Wall seconds per trial, job start-up included, by study: "
+        + ", ".join(f"{k} {v:.0f}" for k, v in ev.get("wall_per_trial_s", {}).items())
         + ".",
     ]
     for name in ("loo", "loo_cheap"):
