@@ -33,7 +33,7 @@ from pomlia_hpc.loop.gate import DEFAULT_ALPHA, DEFAULT_MARGIN, run_gate
 from pomlia_hpc.loop.harvest import training_version
 from pomlia_hpc.loop.promote import put_on_slot
 from pomlia_hpc.models.catalog import resolve_model
-from pomlia_hpc.registry import Model, Task
+from pomlia_hpc.registry import Encoder, Model, Registry, Task
 from pomlia_hpc.serve.labelled import labelled_inputs
 from pomlia_hpc.serve.predlog import log_dir
 
@@ -84,6 +84,17 @@ def settings(ctx: LoopContext) -> LoopSettings:
 
 def champion_model(ctx: LoopContext) -> Model:
     return resolve_model(ctx.registry, str(ctx.params["champion_id"]))
+
+
+def champion_encoder(registry: Registry, champ: Model) -> str | None:
+    """The fingerprint encoder (id, as text) whose weights initialised the champion's run, when
+    it is still registered: the retraining study offers ``init=encoder`` from it too, so the
+    champion's own configuration (and the recommendation's) fits its space. None otherwise."""
+    encoder_id = (champ.lineage or {}).get("encoder_id")
+    if encoder_id is None:
+        return None
+    with registry.session() as s:
+        return str(encoder_id) if s.get(Encoder, int(encoder_id)) is not None else None
 
 
 def run_folder(ctx: LoopContext) -> Path:
@@ -265,8 +276,8 @@ def automl_stage(ctx: LoopContext) -> StageOutput:
         candidates = _warm_configs(ctx, champ, arch, fine_tune)
         if archs:
             candidates = [(k, c) for k, c in candidates if c.get("arch", archs[0]) in archs]
-        # The recommendation may name values this study's space lacks (e.g. init=encoder: the
-        # loop gives the study no encoder): those configurations are left out, one by one.
+        # The recommendation may name values this study's space lacks (e.g. init=encoder when
+        # the champion was not trained from an encoder): those are left out, one by one.
         spec = create_study(
             ctx.registry,
             ctx.workspace,
@@ -283,6 +294,7 @@ def automl_stage(ctx: LoopContext) -> StageOutput:
             space=SpaceOptions(archs=archs) if archs else None,
             initial_configs=[c for _, c in candidates],
             drop_unfit_initial=True,
+            encoder=champion_encoder(ctx.registry, champ),
             init_model=str(champ.id) if fine_tune else None,
             recent_share=effective_recent_share(ctx, cfg.recent_share),
         )
