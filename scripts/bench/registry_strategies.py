@@ -38,14 +38,15 @@ continued). The worker that finishes last writes the report; ``--report-only`` w
     python scripts/bench/registry_strategies.py $W --worker 1
     python scripts/bench/registry_strategies.py $W --report-only
 
-Expected time with the defaults (9 tasks x 10 strategies, 9 epochs, 300 / 100 / 500 images):
-set-up 3-5 min, then 10-30 s per trial on one core (see docs/BENCHMARKS.md for a measured
-run); tasks are taken in ``--tasks`` order, so a run stopped early holds whole tasks.
-DeepSpeed compiles its CPU communication op into one cache per user
-(``~/.cache/torch_extensions``) whose build depends on the venv's path (a symlinked copy counts
-as another), so trials of processes started from two venv paths rebuild it each time, 40-50 s a
-trial; the workers here use their own cache under ``--work`` (``TORCH_EXTENSIONS_DIR``, unless
-set). Writes ``registry_strategies.json`` and ``registry_strategies.md`` to ``--out``.
+Time with the defaults (9 tasks x 10 strategies, 9 epochs, 300 / 100 / 500 images), measured
+on two single-thread job slots at load 2-4 (docs/BENCHMARKS.md): set-up 17 min (the encoder
+12 of it), 34-47 s of wall time per trial, 38 min in all. Tasks are taken in ``--tasks``
+order, so a run stopped early holds whole tasks. DeepSpeed compiles its CPU communication op
+into one cache per user (``~/.cache/torch_extensions``) whose build depends on the venv's path
+(a symlinked copy counts as another), so trials of processes started from two venv paths
+rebuild it each time, 40-50 s a trial; the workers here use their own cache under ``--work``
+(``TORCH_EXTENSIONS_DIR``, unless set). Writes ``registry_strategies.json`` and
+``registry_strategies.md`` to ``--out``.
 """
 
 from __future__ import annotations
