@@ -455,12 +455,35 @@ def evaluate(reg: Registry, work: Work, tasks: list[str], a: Any) -> dict[str, A
             if (recs := [v for v in done.values() if v["kind"] == kind])
         },
     }
+    started = {rec["task"] for rec in done.values()}
+    complete = [
+        t for t in tasks if t in started and not any(m.startswith(f"{t}-") for m in missing)
+    ]
+    out["complete_tasks"] = complete
     for name, cheap in (("loo", False), ("loo_cheap", True)):
         try:
-            out[name] = evaluate_source(reg, "registry", "acc", k=3, cheap=cheap).to_dict()
+            if len(complete) == len(started):
+                result = evaluate_source(reg, "registry", "acc", k=3, cheap=cheap)
+            else:  # a stopped run: tasks with part of the grid would skew the comparison
+                result = loo_of(reg, complete, cheap)
+            out[name] = result.to_dict()
         except Exception as exc:  # reported: too few tasks finished, for example
             out[name] = {"error": str(exc)}
     return out
+
+
+def loo_of(reg: Registry, tasks: list[str], cheap: bool) -> Any:
+    """:func:`~pomlia_hpc.strategy.service.evaluate_source` over the registry's runs of
+    ``tasks`` only."""
+    from pomlia_hpc.strategy.evaluate import loo
+    from pomlia_hpc.strategy.kb import load
+    from pomlia_hpc.strategy.learner import build_matrix
+
+    kb = load(reg, "acc", ["registry"])
+    kb.observations = [o for o in kb.observations if o.dataset in tasks]
+    result = loo(build_matrix(kb), k=3, cheap=cheap)
+    result.metric = "acc"
+    return result
 
 
 def summarize(res: dict[str, Any], a: Any) -> str:
@@ -533,6 +556,12 @@ def summarize(res: dict[str, Any], a: Any) -> str:
             lines += ["", f"Leave-one-task-out ({name}): {loo.get('error', 'not run')}"]
             continue
         methods = list(loo["summary"])
+        if len(ev.get("complete_tasks", [])) < len(ev["matrix"]):
+            lines += [
+                "",
+                f"Stopped run: the leave-one-task-out below is over the "
+                f"{len(ev['complete_tasks'])} tasks whose grid is complete only.",
+            ]
         lines += [
             "",
             f"Leave-one-task-out ({loo['restriction']}; {len(loo['datasets'])} tasks, "
