@@ -55,7 +55,6 @@ import argparse
 import fcntl
 import json
 import os
-import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -71,6 +70,7 @@ sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from automl import trials_of  # noqa: E402
+from automl_warm import COMMIT  # noqa: E402
 
 from pomlia_hpc.automl.engine import EngineOptions  # noqa: E402
 from pomlia_hpc.automl.space import SpaceOptions  # noqa: E402
@@ -81,6 +81,7 @@ from pomlia_hpc.data.medmnist_info import flag_info  # noqa: E402
 from pomlia_hpc.data.synth import make_split  # noqa: E402
 from pomlia_hpc.errors import NotFoundError  # noqa: E402
 from pomlia_hpc.files import write_npz  # noqa: E402
+from pomlia_hpc.processes import pid_alive  # noqa: E402
 from pomlia_hpc.registry import Registry  # noqa: E402
 from pomlia_hpc.strategy.longformat import strategy_key  # noqa: E402
 from pomlia_hpc.strategy.runstats import run_strategy  # noqa: E402
@@ -136,19 +137,6 @@ def grid(extra: int) -> list[Strategy]:
     return out
 
 
-def commit() -> str:
-    try:
-        out = subprocess.run(
-            ["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-            capture_output=True,
-            text=True,
-            check=True,
-        )
-        return out.stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return "unknown"
-
-
 # ----------------------------------------------------------------------------- work folder
 
 
@@ -192,16 +180,6 @@ class Work:
                 fcntl.flock(fh, fcntl.LOCK_UN)
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def claim(work: Work, study: str) -> bool:
     """Take ``study`` unless it is finished or another live worker holds it."""
     with work.lock():
@@ -210,7 +188,7 @@ def claim(work: Work, study: str) -> bool:
         path = work.claims / study
         if path.is_file():
             pid = int(path.read_text() or 0)
-            if pid != os.getpid() and _alive(pid):
+            if pid != os.getpid() and pid_alive(pid):
                 return False
         path.write_text(str(os.getpid()))
         return True
@@ -609,7 +587,7 @@ def summarize(res: dict[str, Any], a: Any) -> str:
 
 def report(reg: Registry, work: Work, tasks: list[str], a: Any) -> None:
     res: dict[str, Any] = {
-        "commit": commit(),
+        "commit": COMMIT,
         "args": json.loads(work.args.read_text()),
         "pieces": [json.loads(p.read_text()) for p in sorted(work.root.glob("piece-*.json"))],
         "setup": json.loads(work.setup.read_text()) if work.setup.is_file() else None,
@@ -692,7 +670,7 @@ def main() -> None:
     if not a.report_only:
         piece: dict[str, Any] = {
             "worker": a.worker,
-            "commit": commit(),
+            "commit": COMMIT,
             "argv": sys.argv[1:],
             "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "load_start": os.getloadavg(),
