@@ -61,6 +61,9 @@ def read_failure(result_path: str | Path) -> tuple[str, str] | None:
 class TrialJob(Checkpointable):
     """``TrialJob(request, result_path)()`` trains and returns the result dict."""
 
+    # Imported lazily in training's set-up and at each epoch's evaluation.
+    preload = ("deepspeed", "medmnist.evaluator")
+
     def __init__(self, request: TrainRequest, result_path: str) -> None:
         self.request = request
         self.result_path = result_path

@@ -9,13 +9,29 @@ the next attempt resumes where the previous one stopped. Subclasses keep their p
 
 from __future__ import annotations
 
+import importlib
 import os
+from typing import Any, ClassVar
 
 import submitit
 
 
 class Checkpointable(submitit.helpers.Checkpointable):
-    """Base class for resumable job callables. Override ``__call__``; keep progress on self."""
+    """Base class for resumable job callables. Override ``__call__``; keep progress on self.
+
+    ``preload`` names modules the job would otherwise import lazily while it runs (plotting,
+    event writers). They are imported when the job is unpickled on the node, which is before
+    submitit installs its USR2 handler: a preemption signal that lands inside a C extension's
+    import turns the handler's ``SystemExit`` into ``ImportError: initialization failed``, and
+    the job fails instead of requeueing.
+    """
+
+    preload: ClassVar[tuple[str, ...]] = ()
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        for module in self.preload:
+            importlib.import_module(module)
 
     @staticmethod
     def restart_count() -> int:

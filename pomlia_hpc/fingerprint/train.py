@@ -149,6 +149,9 @@ class TrainJob(Checkpointable):
     requeue (see :class:`~pomlia_hpc.cluster.Checkpointable`) needs no state of its own.
     """
 
+    # Imported lazily at the first epoch's end (loss curves) and in training's set-up.
+    preload = ("matplotlib.pyplot", "deepspeed")
+
     def __init__(self, config: TrainConfig, sources: list[Source], out_dir: str) -> None:
         self.config = config
         self.sources = sources
