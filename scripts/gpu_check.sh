@@ -48,9 +48,18 @@ EOF
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
 fi
 
-export IMAGES EPOCH_IMAGES OBJECTIVE_IMAGES VECTORS DEVICE
-exec timeout --signal=KILL "$LIMIT_S" "$PY" - <<'EOF'
-import json, os, sys, tempfile, time, traceback
+# The check's workspace (a store of IMAGES images, encoders, shards: ~0.7 GB at the smoke run's
+# size) is removed when the script ends, killed by the limit included; KEEP=1 keeps it.
+HOME_DIR=$(mktemp -d "${TMPDIR:-/tmp}/pomlia-gpu-check-XXXXXX")
+if [[ "${KEEP:-0}" == 1 ]]; then
+    echo "gpu_check: workspace kept in $HOME_DIR"
+else
+    trap 'rm -rf "$HOME_DIR"' EXIT
+fi
+
+export IMAGES EPOCH_IMAGES OBJECTIVE_IMAGES VECTORS DEVICE HOME_DIR
+timeout --signal=KILL "$LIMIT_S" "$PY" - <<'EOF'
+import json, os, sys, time, traceback
 import numpy as np
 import torch
 
@@ -82,7 +91,7 @@ rows: list[tuple[str, str, str]] = []
 ok = True
 mse_trained = False  # step 2 extracts with the mse encoder "gpu_ae", or an untrained one
 
-home = tempfile.mkdtemp(prefix="pomlia-gpu-check-")
+home = os.environ["HOME_DIR"]
 ws = Workspace(home=__import__("pathlib").Path(home), db_url=f"sqlite:///{home}/registry.db",
                cluster_profile="local")
 ws.create()

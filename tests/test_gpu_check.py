@@ -27,13 +27,21 @@ def _run(timeout: float = 600, **env: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.slow
 @pytest.mark.timeout(1000)
-def test_cpu_smoke_run_executes_all_three_steps() -> None:
+def test_cpu_smoke_run_executes_all_three_steps(tmp_path: Path) -> None:
     # The script's own wall limit (LIMIT_S, 450 s) is sized for a GPU lease; a loaded CPU
     # machine may take longer to start its three training jobs, and that is no failure here.
     res = _run(
-        timeout=960, DEVICE="cpu", IMAGES="800", EPOCH_IMAGES="600", VECTORS="20000", LIMIT_S="900"
+        timeout=960,
+        DEVICE="cpu",
+        IMAGES="800",
+        EPOCH_IMAGES="600",
+        VECTORS="20000",
+        LIMIT_S="900",
+        TMPDIR=str(tmp_path),
     )
     assert res.returncode == 0, res.stdout + res.stderr
+    # Its workspace (store, encoders, shards) is gone once it ends.
+    assert not list(tmp_path.glob("pomlia-gpu-check-*"))
     table = res.stdout[res.stdout.index("GPU check (CPU smoke run") :]
     assert re.search(r"DeepSpeed fp32 epoch \(CPU\)\s+\d+ img/s\s+loss \d", table), table
     for objective in ("style", "contrastive"):
@@ -50,6 +58,12 @@ def test_cuda_run_without_gpu_exits_3_with_reason() -> None:
     res = _run()
     assert res.returncode == 3
     assert "nvidia-smi not found" in res.stderr
+
+
+def test_killed_by_its_limit_leaves_no_workspace(tmp_path: Path) -> None:
+    res = _run(timeout=120, DEVICE="cpu", IMAGES="800", LIMIT_S="10", TMPDIR=str(tmp_path))
+    assert res.returncode == 137, res.stdout + res.stderr  # timeout --signal=KILL
+    assert not list(tmp_path.glob("pomlia-gpu-check-*"))
 
 
 def test_bad_device_is_refused() -> None:
