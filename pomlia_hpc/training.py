@@ -22,8 +22,11 @@ early; the classifier freezes and unfreezes parts); each runs
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 import shutil
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -72,6 +75,23 @@ def cast_buffers(module: nn.Module, dtype: torch.dtype) -> None:
             buf.data = buf.data.to(dtype)
 
 
+def use_interpreter_extension_cache() -> Path:
+    """Point torch's JIT extension cache (``TORCH_EXTENSIONS_DIR``) at a folder of this Python
+    environment's own, unless it is already set; returns the folder in use.
+
+    DeepSpeed compiles its CPU communication op into the cache on first use (~30 s). The default
+    cache is one folder per op for the whole user, and the build depends on the environment's
+    path, so jobs started from two environments (two checkouts' venvs, a symlinked venv) rebuild
+    the op in turn on every start: 75-95 s instead of 8-10 s for a one-epoch trial, measured
+    (docs/BENCHMARKS.md, the registry grid). One folder per ``sys.prefix`` builds once each.
+    """
+    if "TORCH_EXTENSIONS_DIR" not in os.environ:
+        cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+        tag = hashlib.sha256(sys.prefix.encode()).hexdigest()[:12]
+        os.environ["TORCH_EXTENSIONS_DIR"] = str(cache / "torch_extensions" / f"env-{tag}")
+    return Path(os.environ["TORCH_EXTENSIONS_DIR"])
+
+
 def initialize(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -85,6 +105,7 @@ def initialize(
     """The DeepSpeed engine of ``model`` trained with ``optimizer`` (the environment's RANK,
     WORLD_SIZE, ... already set). ``bf16_buffers``: cast the buffers to bf16 too (default:
     with ``bf16``; the classifier does it on CPU only, where batch norm needs it)."""
+    use_interpreter_extension_cache()
     import deepspeed  # heavy import: only inside training jobs
     from deepspeed.utils import logger as ds_logger
 
