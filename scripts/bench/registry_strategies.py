@@ -33,10 +33,21 @@ Two workers share one work folder (SQLite registry, WAL): each claims the next s
 other runs scratch studies. A stopped run resumes (a study whose worker died is taken over and
 continued). The worker that finishes last writes the report; ``--report-only`` writes it again.
 
+Training seeds: ``--seeds`` runs every cell once per seed, seed by seed, in the same work folder
+and registry, on the same set-up (made with ``--seed``, the folder's first seed, whose studies'
+names carry no seed; another seed's are ``<task>-<kind>-seed<S>``), so seeds can be added to a
+finished folder. The knowledge base keeps, of a cell's runs, the test ACC of the one with the
+best validation ACC; the report gives that evaluation and, from the bench's own run records,
+the same leave-one-task-out on each seed's runs alone and on the mean over seeds. A finished
+study's trial checkpoints (0.4 GB a study with ResNet-18s) are deleted once it is recorded,
+unless ``--keep-checkpoints``: the registry's rows and the registered best models stay.
+
     W="--out bench-results/registry-strategies --work bench-results/registry-strategies/work"
     python scripts/bench/registry_strategies.py $W --worker 0 &
     python scripts/bench/registry_strategies.py $W --worker 1
     python scripts/bench/registry_strategies.py $W --report-only
+    python scripts/bench/registry_strategies.py $W --seeds 2 3 --worker 0 &   # two more seeds
+    python scripts/bench/registry_strategies.py $W --seeds 2 3 --worker 1
 
 Time with the defaults (9 tasks x 10 strategies, 9 epochs, 300 / 100 / 500 images), measured
 on two single-thread job slots at load 2-4 (docs/BENCHMARKS.md): set-up 17 min (the encoder
@@ -59,7 +70,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -74,7 +85,7 @@ from automl_warm import COMMIT  # noqa: E402
 
 from pomlia_hpc.automl.engine import EngineOptions  # noqa: E402
 from pomlia_hpc.automl.space import SpaceOptions  # noqa: E402
-from pomlia_hpc.automl.study import create_study, load_spec, run_study  # noqa: E402
+from pomlia_hpc.automl.study import create_study, load_spec, run_study, study_dir  # noqa: E402
 from pomlia_hpc.automl.tasks import add_task, get_task  # noqa: E402
 from pomlia_hpc.data.api import ingest  # noqa: E402
 from pomlia_hpc.data.medmnist_info import flag_info  # noqa: E402
@@ -83,6 +94,9 @@ from pomlia_hpc.errors import NotFoundError  # noqa: E402
 from pomlia_hpc.files import write_npz  # noqa: E402
 from pomlia_hpc.processes import pid_alive  # noqa: E402
 from pomlia_hpc.registry import Registry  # noqa: E402
+from pomlia_hpc.strategy.evaluate import loo  # noqa: E402
+from pomlia_hpc.strategy.kb import load  # noqa: E402
+from pomlia_hpc.strategy.learner import build_matrix  # noqa: E402
 from pomlia_hpc.strategy.longformat import strategy_key  # noqa: E402
 from pomlia_hpc.strategy.runstats import run_strategy  # noqa: E402
 from pomlia_hpc.strategy.service import evaluate_source  # noqa: E402
@@ -336,14 +350,41 @@ def chosen(a: Any) -> list[Strategy]:
     return [s for s in g if not a.only or s.label in a.only]
 
 
-def studies(tasks: list[str], a: Any) -> list[tuple[str, str]]:
-    """(task, kind) in the order they are taken: task by task, so a run stopped early holds
-    whole tasks."""
+def study_name(task: str, kind: str, seed: int, first: int) -> str:
+    """The study of ``kind`` on ``task`` with training seed ``seed``; those of the work
+    folder's first seed (``--seed``) have no seed in their name."""
+    return f"{task}-{kind}" if seed == first else f"{task}-{kind}-seed{seed}"
+
+
+def studies(tasks: list[str], a: Any, seeds: list[int] | None = None) -> list[tuple[int, str, str]]:
+    """(seed, task, kind) in the order they are taken: seed by seed, task by task, so a run
+    stopped early holds whole seeds and tasks."""
     kinds = [k for k in KINDS if any(s.kind == k for s in chosen(a))]
-    return [(t, k) for t in tasks for k in kinds]
+    return [(s, t, k) for s in (seeds or a.seeds) for t in tasks for k in kinds]
 
 
-def run_one(ws: Workspace, reg: Registry, work: Work, task: str, kind: str, a: Any) -> None:
+def prune(ws: Workspace, study: str) -> int:
+    """Delete the checkpoints of a finished study's trials and its copies of initial weights
+    (the registry's rows and the registered best model stay); returns the bytes freed."""
+    folder = study_dir(ws, study)
+    files = [
+        *folder.glob("configs/*/ckpt/**/*"),
+        *folder.glob("configs/*/model-e*.pt"),
+        *folder.glob("init/*.pt"),
+    ]
+    freed = 0
+    for f in files:
+        if f.is_file():
+            freed += f.stat().st_size
+            f.unlink()
+    for d in sorted(folder.glob("configs/*/ckpt/**/"), key=lambda p: -len(p.parts)):
+        d.rmdir()
+    return freed
+
+
+def run_one(
+    ws: Workspace, reg: Registry, work: Work, seed: int, task: str, kind: str, a: Any
+) -> None:
     setup = json.loads(work.setup.read_text()) if kind != "scratch" else {}
     weights: dict[str, Any] = {}
     if kind == "encoder":
@@ -352,14 +393,15 @@ def run_one(ws: Workspace, reg: Registry, work: Work, task: str, kind: str, a: A
         channels = 3 if flag_info(task.removeprefix("t_")).channels == 3 else 1
         weights = {"init_model": setup["models"][str(channels)]}
     configs = [dict(s.values) for s in chosen(a) if s.kind == kind]
-    name = f"{task}-{kind}"
+    name = study_name(task, kind, seed, a.seed)
     t0 = time.perf_counter()
-    spec = _study_spec(ws, reg, task, name, configs, a.epochs, a.seed, **weights)
+    spec = _study_spec(ws, reg, task, name, configs, a.epochs, seed, **weights)
     run_study(reg, ws, spec, resume=name in _started, poll_s=0.5)
     record = {
         "study": name,
         "task": task,
         "kind": kind,
+        "seed": seed,
         "worker": a.worker,
         "wall_s": time.perf_counter() - t0,
         "load_end": os.getloadavg(),
@@ -368,8 +410,13 @@ def run_one(ws: Workspace, reg: Registry, work: Work, task: str, kind: str, a: A
     tmp = work.done / f"{name}.json.tmp"
     tmp.write_text(json.dumps(record, indent=1, default=str))
     tmp.replace(work.done / f"{name}.json")
+    freed = 0 if a.keep_checkpoints else prune(ws, name)
     ok = sum(t["status"] == "ok" for t in record["trials"])
-    print(f"{name}: {ok}/{len(configs)} ok, {record['wall_s']:.0f} s", flush=True)
+    print(
+        f"{name}: {ok}/{len(configs)} ok, {record['wall_s']:.0f} s, "
+        f"{freed / 2**20:.0f} MiB of checkpoints deleted",
+        flush=True,
+    )
 
 
 def worker(ws: Workspace, reg: Registry, work: Work, tasks: list[str], a: Any) -> None:
@@ -382,12 +429,12 @@ def worker(ws: Workspace, reg: Registry, work: Work, tasks: list[str], a: Any) -
         print(f"set-up: {record['wall_s']['all']:.0f} s", flush=True)
     while True:
         waiting = False
-        for task, kind in studies(tasks, a):
+        for seed, task, kind in studies(tasks, a):
             if kind != "scratch" and not work.setup.is_file():
                 waiting = True
                 continue
-            if claim(work, f"{task}-{kind}"):
-                run_one(ws, reg, work, task, kind, a)
+            if claim(work, study_name(task, kind, seed, a.seed)):
+                run_one(ws, reg, work, seed, task, kind, a)
                 break
         else:
             if not waiting:
@@ -398,33 +445,60 @@ def worker(ws: Workspace, reg: Registry, work: Work, tasks: list[str], a: Any) -
 # ----------------------------------------------------------------------------- the report
 
 
-def strategy_label(config: dict[str, Any], labels: dict[str, str]) -> str:
-    """The grid's label of a run's strategy (its key in the knowledge base otherwise)."""
-    key = strategy_key(run_strategy(config, 28))
-    return labels.get(key, key)
+#: One grid cell's summary over its runs: (test ACC or None when every run failed, standard
+#: deviation over seeds, runs, failed runs).
+Cell = tuple[float | None, float | None, int, int]
 
 
 def evaluate(reg: Registry, work: Work, tasks: list[str], a: Any) -> dict[str, Any]:
-    """The results: per task and strategy the test ACC, and the registry's leave-one-out."""
+    """The results. From the bench's own run records: per seed, task and strategy the test ACC
+    (``matrix``), their mean over seeds (``mean``) and how much a cell moves between seeds
+    (``seed_spread``). The registry's leave-one-task-out (``loo``, ``loo_cheap``: the knowledge
+    base's summary of a cell's runs, the test ACC of the one with the best validation ACC); with
+    several seeds the same evaluation on each seed's runs alone (``loo_seed``) and on the mean
+    over seeds (``loo_mean``)."""
     labels = {strategy_key(run_strategy(s.values, 28)): s.label for s in grid(a.extra)}
     done = {p.stem: json.loads(p.read_text()) for p in sorted(work.done.glob("*.json"))}
-    matrix: dict[str, dict[str, float | None]] = {}
+    seeds = sorted({int(r.get("seed", a.seed)) for r in done.values()} | set(a.seeds))
+    matrix: dict[int, dict[str, dict[str, float | None]]] = {s: {} for s in seeds}
+    keys: dict[str, str] = {}  # label -> the knowledge base's strategy key
+    run_seed: dict[int, int] = {}
     failed: list[str] = []
     cost: dict[str, list[float]] = {}
     for rec in done.values():
+        seed = int(rec.get("seed", a.seed))
         for t in rec["trials"]:
-            label = strategy_label(t["config"], labels)
+            key = strategy_key(run_strategy(t["config"], 28))
+            label = labels.get(key, key)
+            keys[label] = key
             ok = t["status"] == "ok"
-            matrix.setdefault(rec["task"], {})[label] = t["test"] if ok else None
+            matrix[seed].setdefault(rec["task"], {})[label] = t["test"] if ok else None
+            run_seed[int(t["run_id"])] = seed
             if not ok:
-                failed.append(f"{rec['task']} {label} ({t['status']})")
+                failed.append(f"seed {seed} {rec['task']} {label} ({t['status']})")
             elif t["cost_s"] is not None:
                 cost.setdefault(label, []).append(float(t["cost_s"]))
-    missing = [f"{t}-{k}" for t, k in studies(tasks, a) if f"{t}-{k}" not in done]
+    names = [study_name(t, k, seed, a.seed) for seed, t, k in studies(tasks, a, seeds)]
+    missing = [n for n in names if n not in done]
+    started = {rec["task"] for rec in done.values()}
+    complete = [
+        t for t in tasks if t in started and not any(m.startswith(f"{t}-") for m in missing)
+    ]
+    per_seed = {s: cells_of(matrix[s], keys) for s in seeds}
+    mean = mean_cells(per_seed)
+    label_of = {k: lb for lb, k in keys.items()}
+    mean_table: dict[str, dict[str, dict[str, Any]]] = {}
+    for (task, key), c in mean.items():
+        fields = ("mean", "std", "n_runs", "n_failed")
+        mean_table.setdefault(task, {})[label_of[key]] = dict(zip(fields, c, strict=True))
     out: dict[str, Any] = {
-        "matrix": matrix,
+        "seeds": seeds,
+        "matrix": {str(s): m for s, m in matrix.items()},
+        "mean": mean_table,
+        "seed_spread": seed_spread(matrix),
         "failed": failed,
         "missing_studies": missing,
+        "complete_tasks": complete,
         "trial_cost_s": {k: float(np.mean(v)) for k, v in cost.items()},
         "study_wall_s": {k: v["wall_s"] for k, v in done.items()},
         "wall_per_trial_s": {
@@ -433,62 +507,129 @@ def evaluate(reg: Registry, work: Work, tasks: list[str], a: Any) -> dict[str, A
             if (recs := [v for v in done.values() if v["kind"] == kind])
         },
     }
-    started = {rec["task"] for rec in done.values()}
-    complete = [
-        t for t in tasks if t in started and not any(m.startswith(f"{t}-") for m in missing)
-    ]
-    out["complete_tasks"] = complete
-    for name, cheap in (("loo", False), ("loo_cheap", True)):
+    picks: dict[str, int] = {}  # the seed of the run the knowledge base keeps, per cell
+    for o in load(reg, "acc", ["registry"]).observations:
+        if o.dataset in complete and o.evidence:
+            s = str(run_seed.get(o.evidence[0], "?"))
+            picks[s] = picks.get(s, 0) + 1
+    out["registry_pick_seed"] = picks
+
+    def run(values: dict[tuple[str, str], Cell] | None, cheap: bool = False) -> dict[str, Any]:
         try:
-            if len(complete) == len(started):
-                result = evaluate_source(reg, "registry", "acc", k=3, cheap=cheap)
-            else:  # a stopped run: tasks with part of the grid would skew the comparison
-                result = loo_of(reg, complete, cheap)
-            out[name] = result.to_dict()
+            if values is None and len(complete) == len(started):
+                return evaluate_source(reg, "registry", "acc", k=3, cheap=cheap).to_dict()
+            # a stopped run: tasks with part of the grid would skew the comparison
+            return loo_of(reg, complete, cheap, values).to_dict()
         except Exception as exc:  # reported: too few tasks finished, for example
-            out[name] = {"error": str(exc)}
+            return {"error": str(exc)}
+
+    out["loo"], out["loo_cheap"] = run(None), run(None, cheap=True)
+    if len(seeds) > 1:
+        out["loo_seed"] = {str(s): run(per_seed[s]) for s in seeds}
+        out["loo_mean"] = run(mean)
     return out
 
 
-def loo_of(reg: Registry, tasks: list[str], cheap: bool) -> Any:
-    """:func:`~pomlia_hpc.strategy.service.evaluate_source` over the registry's runs of
-    ``tasks`` only."""
-    from pomlia_hpc.strategy.evaluate import loo
-    from pomlia_hpc.strategy.kb import load
-    from pomlia_hpc.strategy.learner import build_matrix
+def cells_of(
+    matrix: dict[str, dict[str, float | None]], keys: dict[str, str]
+) -> dict[tuple[str, str], Cell]:
+    """One seed's test ACC per (task, strategy key) as knowledge-base cells."""
+    return {
+        (task, keys[label]): (v, None, 1, int(v is None))
+        for task, row in matrix.items()
+        for label, v in row.items()
+    }
 
+
+def mean_cells(per_seed: dict[int, dict[tuple[str, str], Cell]]) -> dict[tuple[str, str], Cell]:
+    """Per cell the mean test ACC over the seeds whose run succeeded, its standard deviation
+    (ddof 1; None from one run), the runs and the failed runs."""
+    out: dict[tuple[str, str], Cell] = {}
+    for cell in sorted({c for cells in per_seed.values() for c in cells}):
+        runs = [cells[cell] for cells in per_seed.values() if cell in cells]
+        ok = [r[0] for r in runs if r[0] is not None]
+        out[cell] = (
+            float(np.mean(ok)) if ok else None,
+            float(np.std(ok, ddof=1)) if len(ok) > 1 else None,
+            len(runs),
+            len(runs) - len(ok),
+        )
+    return out
+
+
+def seed_spread(matrix: dict[int, dict[str, dict[str, float | None]]]) -> dict[str, Any]:
+    """How much a cell's test ACC moves between seeds, in points: over every pair of seeds and
+    every cell both ran, the mean, median and largest absolute difference; per pair of seeds
+    the mean; and on how many tasks every seed has the same best strategy (ties: any shared)."""
+    seeds = sorted(matrix)
+    diffs: dict[str, list[float]] = {}
+    for i, s in enumerate(seeds):
+        for u in seeds[i + 1 :]:
+            d = [
+                100 * abs(v - w)
+                for task, row in matrix[s].items()
+                for label, v in row.items()
+                if v is not None and (w := matrix[u].get(task, {}).get(label)) is not None
+            ]
+            if d:
+                diffs[f"{s}-{u}"] = d
+    every = [x for d in diffs.values() for x in d]
+    same = 0
+    tasks = set.intersection(*(set(m) for m in matrix.values())) if matrix else set()
+    for task in tasks:
+        bests = []
+        for s in seeds:
+            row = {lb: v for lb, v in matrix[s][task].items() if v is not None}
+            top = max(row.values(), default=None)
+            bests.append({lb for lb, v in row.items() if v == top})
+        same += bool(set.intersection(*bests))
+    return {
+        "mean": float(np.mean(every)) if every else None,
+        "median": float(np.median(every)) if every else None,
+        "max": float(np.max(every)) if every else None,
+        "n_cells": len(every),
+        "pairs": {p: float(np.mean(d)) for p, d in diffs.items()},
+        "same_best_tasks": same,
+        "n_tasks": len(tasks),
+    }
+
+
+def loo_of(
+    reg: Registry,
+    tasks: list[str],
+    cheap: bool,
+    values: dict[tuple[str, str], Cell] | None = None,
+) -> Any:
+    """:func:`~pomlia_hpc.strategy.service.evaluate_source` over the registry's runs of
+    ``tasks`` only; with ``values``, per (task, strategy key) in place of the knowledge base's
+    summary of the runs (the tasks' meta-features and the runs' costs stay the registry's)."""
     kb = load(reg, "acc", ["registry"])
-    kb.observations = [o for o in kb.observations if o.dataset in tasks]
+    obs = [o for o in kb.observations if o.dataset in tasks]
+    if values is not None:
+        obs = [
+            replace(o, value=c[0], std=c[1], n_runs=c[2], n_failed=c[3], evidence=())
+            for o in obs
+            if (c := values.get((o.dataset, o.key))) is not None
+        ]
+    kb.observations = obs
     result = loo(build_matrix(kb), k=3, cheap=cheap)
     result.metric = "acc"
     return result
 
 
-def summarize(res: dict[str, Any], a: Any) -> str:
-    """The markdown report of the module docstring."""
-    ev = res["results"]
-    labels = [s.label for s in chosen(a)]
-    pieces = "; ".join(
-        f"worker {p['worker']} (commit {p.get('commit', '?')}) {p['started']} -> "
-        f"{p.get('ended', '?')}, load "
-        f"{' '.join(f'{x:.1f}' for x in p['load_start'])} -> "
-        f"{' '.join(f'{x:.1f}' for x in p.get('load_end', []))}"
-        for p in res["pieces"]
-    )
+def acc_table(
+    rows: dict[str, dict[str, float | None]], labels: list[str], a: Any
+) -> tuple[list[str], dict[str, list[str]]]:
+    """A markdown table of test ACC per task (rows) and strategy, and the tasks each strategy
+    is best on."""
     n_test = a.sizes[2]
     lines = [
-        f"Report at commit {res['commit']}; {pieces}.",
-        "",
-        f"Test ACC per task and strategy ({a.epochs} epoch(s) each, "
-        f"{'/'.join(map(str, a.sizes))} images; * best of the task; - not run or failed; "
-        f"s.e.: binomial standard error of the best value on {n_test} test images):",
-        "",
         "| task | channels, classes | " + " | ".join(labels) + " | s.e. |",
         "| --- | --- |" + " ---: |" * (len(labels) + 1),
     ]
     wins: dict[str, list[str]] = {}
     for flag in a.tasks:
-        row = ev["matrix"].get(f"t_{flag}")
+        row = rows.get(f"t_{flag}")
         if not row:
             continue
         vals = [v for v in row.values() if v is not None]
@@ -505,12 +646,92 @@ def summarize(res: dict[str, Any], a: Any) -> str:
         lines.append(
             f"| {flag} | {info.channels}, {info.n_classes} | " + " | ".join(cells) + f" | {se} |"
         )
+    return lines, wins
+
+
+def loo_tables(evals: dict[str, dict[str, Any]]) -> list[str]:
+    """Mean top-1 / best-of-3 regret per method (rows) and evaluation (columns)."""
+    ok = {name: e for name, e in evals.items() if "summary" in e}
+    lines = [
+        f"Leave-one-task-out ({name}): {e.get('error', 'not run')}"
+        for name, e in evals.items()
+        if name not in ok
+    ]
+    if not ok:
+        return lines
+    methods = list(next(iter(ok.values()))["summary"])
+    head = " | ".join(f"{name} top-1 | {name} best of 3" for name in ok)
     lines += [
+        "| method | " + head + " |",
+        "| --- |" + " ---: | ---: |" * len(ok),
+    ]
+    for m in methods:
+        cells = " | ".join(
+            f"{e['summary'][m]['top1_mean']:.2f} | {e['summary'][m]['topk_mean']:.2f}"
+            for e in ok.values()
+        )
+        lines.append(f"| {m} | {cells} |")
+    return lines
+
+
+def per_task_regrets(e: dict[str, Any]) -> list[str]:
+    """Top-1 / best-of-3 regret per task (rows) and method."""
+    methods = list(e["summary"])
+    lines = ["| task | " + " | ".join(methods) + " |", "| --- |" + " ---: |" * len(methods)]
+    for i, task in enumerate(e["datasets"]):
+        cells = [
+            f"{e['methods'][m]['top1'][i]:.1f} / {e['methods'][m]['topk'][i]:.1f}" for m in methods
+        ]
+        lines.append(f"| {task.removeprefix('t_')} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def summarize(res: dict[str, Any], a: Any) -> str:
+    """The markdown report of the module docstring."""
+    ev = res["results"]
+    labels = [s.label for s in chosen(a)]
+    seeds = ev["seeds"]
+    pieces = "; ".join(
+        f"worker {p['worker']} (commit {p.get('commit', '?')}, "
+        f"seeds {' '.join(str(s) for s in p.get('seeds', [res['args']['seed']]))}) "
+        f"{p['started']} -> {p.get('ended', '?')}, load "
+        f"{' '.join(f'{x:.1f}' for x in p['load_start'])} -> "
+        f"{' '.join(f'{x:.1f}' for x in p.get('load_end', []))}"
+        for p in res["pieces"]
+    )
+    several = len(seeds) > 1
+    if several:
+        rows = {t: {lb: c["mean"] for lb, c in r.items()} for t, r in ev["mean"].items()}
+        what = f"mean over training seeds {', '.join(map(str, seeds))} of the runs that succeeded"
+    else:
+        rows, what = ev["matrix"][str(seeds[0])], f"training seed {seeds[0]}"
+    table, wins = acc_table(rows, labels, a)
+    lines = [
+        f"Report at commit {res['commit']}; {pieces}.",
+        "",
+        f"Test ACC per task and strategy, {what} ({a.epochs} epoch(s) each, "
+        f"{'/'.join(map(str, a.sizes))} images; * best of the task; - not run or failed; "
+        f"s.e.: binomial standard error of the best value on {a.sizes[2]} test images):",
+        "",
+        *table,
         "",
         "Best on (ties counted for each): "
         + "; ".join(f"{lb}: {', '.join(ts)}" for lb, ts in wins.items())
         + ".",
     ]
+    if several:
+        sp = ev["seed_spread"]
+        picks = ", ".join(f"seed {s}: {n}" for s, n in sorted(ev["registry_pick_seed"].items()))
+        lines += [
+            "",
+            f"Between two seeds a cell's test ACC moves {sp['mean']:.1f} points on average "
+            f"(median {sp['median']:.1f}, at most {sp['max']:.1f}; {sp['n_cells']} cell pairs; "
+            "per pair of seeds "
+            + ", ".join(f"{p} {v:.1f}" for p, v in sp["pairs"].items())
+            + f"); every seed has the same best strategy on {sp['same_best_tasks']} of "
+            f"{sp['n_tasks']} tasks. The knowledge base's value of a cell (the run with the best "
+            f"validation ACC) came from {picks}.",
+        ]
     cost = ev.get("trial_cost_s", {})
     lines += [
         "",
@@ -520,49 +741,46 @@ def summarize(res: dict[str, Any], a: Any) -> str:
         + ", ".join(f"{k} {v:.0f}" for k, v in ev.get("wall_per_trial_s", {}).items())
         + ".",
     ]
-    for name in ("loo", "loo_cheap"):
-        loo = ev.get(name, {})
-        every = ev.get("loo", {}).get("n_strategies")
-        if name == "loo_cheap" and "summary" in loo and loo["n_strategies"] == every:
-            lines += [
-                "",
-                f"Cheap strategies ({loo['restriction']}): all {every} are (28 px inputs), so "
-                "the restricted evaluation is the one above.",
-            ]
-            continue
-        if "summary" not in loo:
-            lines += ["", f"Leave-one-task-out ({name}): {loo.get('error', 'not run')}"]
-            continue
-        methods = list(loo["summary"])
-        if len(ev.get("complete_tasks", [])) < len(ev["matrix"]):
-            lines += [
-                "",
-                f"Stopped run: the leave-one-task-out below is over the "
-                f"{len(ev['complete_tasks'])} tasks whose grid is complete only.",
-            ]
+    loo_all = ev.get("loo", {})
+    if len(ev.get("complete_tasks", [])) < len({t for m in ev["matrix"].values() for t in m}):
         lines += [
             "",
-            f"Leave-one-task-out ({loo['restriction']}; {len(loo['datasets'])} tasks, "
-            f"{loo['n_strategies']} strategies), regret in test ACC points, mean over tasks:",
-            "",
-            "| method | top-1 regret | best-of-top-3 regret |",
-            "| --- | ---: | ---: |",
+            f"Stopped run: the leave-one-task-out below is over the "
+            f"{len(ev['complete_tasks'])} tasks whose grid is complete for every seed only.",
         ]
-        for method, summ in loo["summary"].items():
-            lines.append(f"| {method} | {summ['top1_mean']:.2f} | {summ['topk_mean']:.2f} |")
+    evals = {"registry": loo_all}
+    if several:
+        evals.update({f"seed {s}": e for s, e in ev.get("loo_seed", {}).items()})
+        evals["mean of seeds"] = ev.get("loo_mean", {})
+    n_tasks = len(loo_all.get("datasets", []))
+    lines += [
+        "",
+        f"Leave-one-task-out ({loo_all.get('restriction', '?')}; {n_tasks} tasks, "
+        f"{loo_all.get('n_strategies', '?')} strategies), regret in test ACC points, mean over "
+        "tasks. registry: the registry's knowledge base (`pomlia strategy eval --source "
+        "registry`), a cell's value the test ACC of its run with the best validation ACC"
+        + (
+            "; seed S: the same evaluation on that seed's runs alone; mean of seeds: on the "
+            "mean over seeds (the bench's run records in place of the knowledge base's values)"
+            if several
+            else ""
+        )
+        + ":",
+        "",
+        *loo_tables(evals),
+    ]
+    cheap = ev.get("loo_cheap", {})
+    if "summary" in cheap and cheap["n_strategies"] == loo_all.get("n_strategies"):
         lines += [
             "",
-            "Per task, top-1 / best-of-3 regret:",
-            "",
-            "| task | " + " | ".join(methods) + " |",
-            "| --- |" + " ---: |" * len(methods),
+            f"Cheap strategies ({cheap['restriction']}): all {cheap['n_strategies']} are (28 px "
+            "inputs), so the restricted evaluation is the one above.",
         ]
-        for i, task in enumerate(loo["datasets"]):
-            cells = [
-                f"{loo['methods'][m]['top1'][i]:.1f} / {loo['methods'][m]['topk'][i]:.1f}"
-                for m in methods
-            ]
-            lines.append(f"| {task.removeprefix('t_')} | " + " | ".join(cells) + " |")
+    elif cheap:
+        lines += ["", "Cheap strategies:", "", *loo_tables({"registry": cheap})]
+    for name, e in (("registry", loo_all), ("mean of seeds", ev.get("loo_mean", {}))):
+        if "summary" in e:
+            lines += ["", f"Per task, top-1 / best-of-3 regret ({name}):", "", *per_task_regrets(e)]
     setup = res.get("setup") or {}
     if setup:
         srcs = ", ".join(
@@ -643,7 +861,23 @@ def main() -> None:
     )
     ap.add_argument("--source-sizes", type=int, nargs=3, default=[1000, 100, 200])
     ap.add_argument("--epochs", type=int, default=9, help="every strategy's epochs")
-    ap.add_argument("--seed", type=int, default=0, help="the trials' seed (every study)")
+    ap.add_argument(
+        "--seed",
+        type=int,
+        default=0,
+        help="the work folder's first training seed (the set-up's; its studies' names have none)",
+    )
+    ap.add_argument(
+        "--seeds",
+        type=int,
+        nargs="+",
+        help="the training seeds to run, every grid cell once per seed (default: --seed)",
+    )
+    ap.add_argument(
+        "--keep-checkpoints",
+        action="store_true",
+        help="keep a finished study's trial checkpoints (deleted by default: 0.4 GB a study)",
+    )
     ap.add_argument("--source-epochs", type=int, default=8)
     ap.add_argument("--encoder-epochs", type=int, default=4)
     ap.add_argument("--extra", type=int, default=300, help="nearest images added")
@@ -651,6 +885,7 @@ def main() -> None:
     ap.add_argument("--worker", type=int, default=0, help="0 prepares the set-up")
     ap.add_argument("--report-only", action="store_true")
     a = ap.parse_args()
+    a.seeds = list(dict.fromkeys(a.seeds or [a.seed]))
     work = Work(a.work)
     for d in (work.root, work.claims, work.done):
         d.mkdir(parents=True, exist_ok=True)
@@ -672,6 +907,7 @@ def main() -> None:
             "worker": a.worker,
             "commit": COMMIT,
             "argv": sys.argv[1:],
+            "seeds": a.seeds,
             "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
             "load_start": os.getloadavg(),
         }
