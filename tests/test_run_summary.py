@@ -1,5 +1,5 @@
 """A run's configuration in one line (``pomlia runs list``, the study's live table, the HTML
-report), and registry queries without loading torch."""
+report), and registry queries (and `pomlia similar`) without loading torch."""
 
 from __future__ import annotations
 
@@ -45,4 +45,25 @@ def test_registry_queries_load_no_torch(args: list[str], tmp_path: Path) -> None
         "print('torch' in sys.modules)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "False", out.stdout + out.stderr
+
+
+def test_similar_loads_no_torch(tmp_path: Path) -> None:
+    # `pomlia similar` ranks data sets from stored summaries and a FAISS index: torch and
+    # DeepSpeed (the encoder's training and extraction) are not needed (4 s of a 5.6 s answer).
+    code = (
+        "import sys\n"
+        "from pomlia_hpc.cli import main\n"
+        "def run(*args):\n"
+        f"    sys.argv = ['pomlia', '--home', {str(tmp_path)!r}, *args]\n"
+        "    try:\n"
+        "        main()\n"
+        "    except SystemExit as exc:\n"
+        "        return exc.code\n"
+        "run('init')\n"
+        "assert run('similar', 'blood', '--encoder', 'e1') == 2\n"
+        "print('torch' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "encoder 'e1' not found" in out.stderr, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "False", out.stdout + out.stderr

@@ -41,19 +41,55 @@ checkpoints, registry), ``extract`` (shards), ``summary`` (per-version statistic
 ``similar``, ``plots``, ``io`` (atomic files).
 """
 
-from pomlia_hpc.fingerprint.autoencoder import Autoencoder, EncoderConfig, backbone_state_dict
-from pomlia_hpc.fingerprint.distances import DISTANCES
-from pomlia_hpc.fingerprint.extract import extract
-from pomlia_hpc.fingerprint.index import build_index, load_index
-from pomlia_hpc.fingerprint.similar import (
-    NearestImage,
-    SimilarDataset,
-    dataset_fingerprint,
-    embedding_sample,
-    nearest_images,
-    similar_datasets,
-)
-from pomlia_hpc.fingerprint.train import TrainConfig, load_encoder, train_encoder
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from pomlia_hpc.fingerprint.autoencoder import Autoencoder, EncoderConfig, backbone_state_dict
+    from pomlia_hpc.fingerprint.distances import DISTANCES
+    from pomlia_hpc.fingerprint.extract import extract
+    from pomlia_hpc.fingerprint.index import build_index, load_index
+    from pomlia_hpc.fingerprint.similar import (
+        NearestImage,
+        SimilarDataset,
+        dataset_fingerprint,
+        embedding_sample,
+        nearest_images,
+        similar_datasets,
+    )
+    from pomlia_hpc.fingerprint.train import TrainConfig, load_encoder, train_encoder
+
+# Names resolved on first use (PEP 562): importing a torch-free module of this package (the
+# distances from stored summaries behind `pomlia similar`, say) does not load torch and
+# DeepSpeed, which the training and extraction modules need (several seconds).
+_HOMES: dict[str, str] = {
+    "Autoencoder": "autoencoder",
+    "EncoderConfig": "autoencoder",
+    "backbone_state_dict": "autoencoder",
+    "DISTANCES": "distances",
+    "extract": "extract",
+    "build_index": "index",
+    "load_index": "index",
+    "NearestImage": "similar",
+    "SimilarDataset": "similar",
+    "dataset_fingerprint": "similar",
+    "embedding_sample": "similar",
+    "nearest_images": "similar",
+    "similar_datasets": "similar",
+    "TrainConfig": "train",
+    "load_encoder": "train",
+    "train_encoder": "train",
+}
+
+
+def __getattr__(name: str) -> Any:
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(f"{__name__}.{home}"), name)
+
 
 __all__ = [
     "DISTANCES",

@@ -6,13 +6,14 @@ Re-exported by :mod:`pomlia_hpc.fingerprint.train`, where they used to live.
 from __future__ import annotations
 
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from pomlia_hpc.errors import NotFoundError, PomliaError
-from pomlia_hpc.fingerprint.autoencoder import Autoencoder, EncoderConfig
 from pomlia_hpc.registry import Encoder, Registry
 from pomlia_hpc.registry.lookup import by_name_or_id
+
+if TYPE_CHECKING:
+    from pomlia_hpc.fingerprint.autoencoder import Autoencoder, EncoderConfig
 
 
 def get_encoder(registry: Registry, encoder: int | str | Encoder) -> Encoder:
@@ -27,6 +28,11 @@ def get_encoder(registry: Registry, encoder: int | str | Encoder) -> Encoder:
 
 def load_checkpoint(path: str | Path) -> tuple[Autoencoder, EncoderConfig]:
     """Load ``encoder.pt`` written by the training job: (model in eval mode, its config)."""
+    # torch only here: finding an encoder's row (:func:`get_encoder`) must stay light.
+    import torch
+
+    from pomlia_hpc.fingerprint.autoencoder import Autoencoder, EncoderConfig
+
     p = Path(path)
     try:
         payload = torch.load(p, map_location="cpu", weights_only=True)

@@ -47,8 +47,8 @@ from pomlia_hpc.files import (
     temp_name,
     write_atomic,
 )
+from pomlia_hpc.fingerprint.encoders import get_encoder
 from pomlia_hpc.fingerprint.io import group_meta, open_array
-from pomlia_hpc.fingerprint.train import get_encoder
 from pomlia_hpc.registry import Dataset, DatasetVersion, Encoder, FingerprintSet, Registry
 from pomlia_hpc.workspace import Workspace
 

@@ -22,9 +22,9 @@ import numpy as np
 
 from pomlia_hpc.errors import InputError
 from pomlia_hpc.files import write_atomic
+from pomlia_hpc.fingerprint.encoders import get_encoder
 from pomlia_hpc.fingerprint.index import complete_sets
 from pomlia_hpc.fingerprint.similar import embedding_sample, fingerprint_set
-from pomlia_hpc.fingerprint.train import get_encoder
 from pomlia_hpc.registry import Encoder, Registry
 
 #: Points per dataset in the scatter (evenly spaced test rows).

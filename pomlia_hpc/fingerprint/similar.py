@@ -35,10 +35,10 @@ from sqlalchemy import select
 
 from pomlia_hpc.data.store import find_version, open_store
 from pomlia_hpc.errors import InputError, NotFoundError
+from pomlia_hpc.fingerprint.encoders import get_encoder
 from pomlia_hpc.fingerprint.index import complete_sets, load_index
 from pomlia_hpc.fingerprint.ranking import DEFAULT_DISTANCE, check_distance, fields_for, score
 from pomlia_hpc.fingerprint.summary import Summary, compute_summary, read_summary, write_summary
-from pomlia_hpc.fingerprint.train import get_encoder
 from pomlia_hpc.registry import Encoder, FingerprintSet, Registry
 from pomlia_hpc.workspace import Workspace
 
