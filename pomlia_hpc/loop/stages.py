@@ -86,12 +86,21 @@ def champion_model(ctx: LoopContext) -> Model:
     return resolve_model(ctx.registry, str(ctx.params["champion_id"]))
 
 
-def champion_encoder(registry: Registry, champ: Model) -> str | None:
-    """The fingerprint encoder (id, as text) whose weights initialised the champion's run, when
-    it is still registered: the retraining study offers ``init=encoder`` from it too, so the
-    champion's own configuration (and the recommendation's) fits its space. None otherwise."""
-    encoder_id = (champ.lineage or {}).get("encoder_id")
-    if encoder_id is None:
+def champion_encoder(
+    registry: Registry, champ: Model, archs: tuple[str, ...] | None = None
+) -> str | None:
+    """The fingerprint encoder (id, as text) whose weights initialised the champion's run
+    (``init=encoder``), when it is still registered and its architecture is among ``archs``
+    (None: any): the retraining study offers ``init=encoder`` from it too, so the champion's own
+    configuration (and the recommendation's) fits its space. None otherwise: a champion that
+    only took extra images found with an encoder (``extra_data=nearest``) names it in its
+    lineage too, and offering it would add the encoder's architecture to the study's."""
+    lineage = champ.lineage or {}
+    encoder_id = lineage.get("encoder_id")
+    config = lineage.get("config") or {}
+    if encoder_id is None or config.get("init") != "encoder":
+        return None
+    if archs is not None and config.get("arch") not in archs:
         return None
     with registry.session() as s:
         return str(encoder_id) if s.get(Encoder, int(encoder_id)) is not None else None
@@ -294,7 +303,7 @@ def automl_stage(ctx: LoopContext) -> StageOutput:
             space=SpaceOptions(archs=archs) if archs else None,
             initial_configs=[c for _, c in candidates],
             drop_unfit_initial=True,
-            encoder=champion_encoder(ctx.registry, champ),
+            encoder=champion_encoder(ctx.registry, champ, archs),
             init_model=str(champ.id) if fine_tune else None,
             recent_share=effective_recent_share(ctx, cfg.recent_share),
         )
