@@ -59,9 +59,9 @@ def create_study(
     offer nearest images from similar datasets (found with ``encoder``'s index).
     ``initial_configs``: warm-start configurations (value mappings), SMAC's initial design.
     ``drop_unfit_initial``: leave out the warm-start configurations that this study's space
-    cannot hold (e.g. a recommendation naming ``init=encoder`` where no encoder is given) and
-    those beyond ``n_trials``; the spec keeps the reasons in ``dropped_initial``. Otherwise
-    either is an error.
+    cannot hold (e.g. a recommendation naming ``init=encoder`` where no encoder is given) and,
+    with SMAC, those beyond ``n_trials``; the spec keeps the reasons in ``dropped_initial``.
+    Otherwise either is an error (the random optimizer runs the first ``n_trials`` of them).
     ``final_full_budget``: when the best configuration trained fewer than ``max_epochs``, train
     it on to ``max_epochs`` (from its checkpoint) after the search, outside the budget.
     ``recent_share``: on a harvested dataset version (:mod:`pomlia_hpc.data.harvest`), the
