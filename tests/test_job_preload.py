@@ -7,6 +7,7 @@ extension's import (matplotlib's ft2font, say) turns the handler's ``SystemExit`
 
 from __future__ import annotations
 
+import json
 import pickle
 import subprocess
 import sys
@@ -39,3 +40,41 @@ def test_unpickling_a_job_imports_its_preload(tmp_path: Path, cls: type[Checkpoi
     code = CHECK.format(preload=cls.preload)
     proc = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+#: What each job imports while it runs (after submitit's handler is installed): the event
+#: writer at training's set-up, and for the encoder the loss-curve PNG at each epoch's end.
+RUNTIME = """
+import json, pickle, sys, tempfile
+from pathlib import Path
+pickle.load(open(sys.argv[1], "rb"))
+
+def extensions():
+    return {{n for n, m in list(sys.modules.items())
+             if str(getattr(m, "__file__", "") or "").endswith(".so")}}
+
+before = extensions()
+from pomlia_hpc.curves import Curves
+Curves(Path(tempfile.mkdtemp())).close()
+if {curves!r}:
+    from pomlia_hpc.fingerprint.validation import write_curves
+    write_curves(Path(tempfile.mkdtemp()), {{"train": [1.0, 0.5], "objective": "mse"}})
+print(json.dumps(sorted(extensions() - before)))
+"""
+
+
+@pytest.mark.parametrize("cls", [TrainJob, TrialJob])
+def test_a_running_job_imports_no_c_extension_its_preload_left_out(
+    tmp_path: Path, cls: type[Checkpointable]
+) -> None:
+    """The C extensions a job loads while it runs are where a preemption signal can turn into
+    an ImportError: the event writer's (protobuf) and the Agg backend's, which the loss-curve
+    PNG needs and matplotlib.pyplot alone does not import, come with the unpickling."""
+    job = cls.__new__(cls)
+    job.__dict__["out_dir"] = str(tmp_path)  # an empty state would skip __setstate__
+    path = tmp_path / "job.pkl"
+    path.write_bytes(pickle.dumps(job))
+    code = RUNTIME.format(curves=cls is TrainJob)
+    proc = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert json.loads(proc.stdout.strip().splitlines()[-1]) == []

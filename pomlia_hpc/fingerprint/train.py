@@ -149,8 +149,14 @@ class TrainJob(Checkpointable):
     requeue (see :class:`~pomlia_hpc.cluster.Checkpointable`) needs no state of its own.
     """
 
-    # Imported lazily at the first epoch's end (loss curves) and in training's set-up.
-    preload = ("matplotlib.pyplot", "deepspeed")
+    # Imported lazily at the first epoch's end (the loss-curve PNG: pyplot, and the Agg backend
+    # that matplotlib.use("Agg") loads only then) and in training's set-up (the event writer).
+    preload = (
+        "matplotlib.pyplot",
+        "matplotlib.backends.backend_agg",
+        "deepspeed",
+        "torch.utils.tensorboard",
+    )
 
     def __init__(self, config: TrainConfig, sources: list[Source], out_dir: str) -> None:
         self.config = config
