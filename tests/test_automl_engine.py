@@ -25,6 +25,7 @@ from pomlia_hpc.automl.space import (
     TrainConfig,
     build_space,
     load_initial_configs,
+    split_fitting,
 )
 from pomlia_hpc.data.store import open_version
 from pomlia_hpc.errors import InputError
@@ -168,6 +169,17 @@ def test_warm_start_file_errors_name_the_entry(tmp_path: Path) -> None:
     bad.write_text("- {arch: small_cnn, momentum: 0.5}\n")  # momentum needs optimizer=sgd
     with pytest.raises(InputError, match="'momentum' is inactive"):
         load_initial_configs(bad, cs)
+
+
+def test_entries_left_out_of_a_warm_start_each_get_a_reason() -> None:
+    """``split_fitting`` (create_study's ``drop_unfit_initial``): an entry that is no mapping
+    at all is left out with the same message as a strict warm start gives, not a TypeError."""
+    entries = [{"arch": "small_cnn"}, 5, {"arch": "small_cnn", "batch_size": 33}, None]
+    kept, reasons = split_fitting(entries, build_space(), "initial configurations")
+    assert kept == [0]
+    assert reasons[0] == "initial configurations: entry 1: expected a mapping, got int"
+    assert "entry 2: value 33 of 'batch_size'" in reasons[1]
+    assert reasons[2] == "initial configurations: entry 3: expected a mapping, got NoneType"
 
 
 # ----------------------------------------------------------------------------- engine

@@ -297,15 +297,16 @@ def load_initial_configs(path: str | Path, space: ConfigurationSpace) -> list[Co
 
 
 def split_fitting(
-    entries: Sequence[Mapping[str, Any]], space: ConfigurationSpace, source: str
+    entries: Sequence[Any], space: ConfigurationSpace, source: str
 ) -> tuple[list[int], list[str]]:
     """Which ``entries`` are valid configurations of ``space``: the indices of those that are,
-    and for each other one the reason (the :class:`InputError` message naming it)."""
+    and for each other one (a mapping that does not fit, or no mapping at all) the reason (the
+    :class:`InputError` message naming it), as :func:`configs_from_values` would raise it."""
     kept: list[int] = []
     reasons: list[str] = []
     for i, entry in enumerate(entries):
         try:
-            make_configuration(space, entry, f"{source}: entry {i}")
+            _entry_configuration(space, entry, f"{source}: entry {i}")
         except InputError as exc:
             reasons.append(str(exc))
         else:
@@ -319,10 +320,15 @@ def configs_from_values(
     """Validate a list of value mappings (see :func:`load_initial_configs`)."""
     out: list[Configuration] = []
     for i, entry in enumerate(entries):
-        where = f"{source}: entry {i}"
-        if not isinstance(entry, Mapping):
-            raise InputError(f"{where}: expected a mapping, got {type(entry).__name__}")
-        config = make_configuration(space, entry, where)
+        config = _entry_configuration(space, entry, f"{source}: entry {i}")
         config.origin = "Initial design: warm start"
         out.append(config)
     return out
+
+
+def _entry_configuration(space: ConfigurationSpace, entry: Any, where: str) -> Configuration:
+    """One warm-start entry validated against ``space`` (an :class:`InputError` naming
+    ``where`` when it is no mapping or does not fit)."""
+    if not isinstance(entry, Mapping):
+        raise InputError(f"{where}: expected a mapping, got {type(entry).__name__}")
+    return make_configuration(space, entry, where)
