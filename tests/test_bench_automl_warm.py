@@ -53,3 +53,20 @@ def test_pairs_within_half_of_random_epochs_are_counted_per_seed(bench: ModuleTy
         "- all tasks: random search's final reached within 50 % of its epochs in 1 of 3 "
         "(task, seed) pairs by warm-started SMAC, 1 of 2 by plain SMAC"
     ) in md
+
+
+def test_a_random_search_without_a_result_is_no_pair_and_no_crash(bench: ModuleType) -> None:
+    """A random search none of whose trials recorded anything has no final (None): the report
+    compares nothing with it and still reports the other seeds."""
+    rnd = [(9, 0.80), (18, 0.90), (27, 0.90)]
+    empty = {**_study("random", 1, rnd), "curve": [], "final": None}
+    studies = [
+        _study("random", 0, rnd),
+        empty,
+        _study("warm", 0, [(9, 0.95)]),
+        _study("warm", 1, [(9, 0.95)]),
+    ]
+    res = {"pieces": [], "tasks": {"bench_a": {"studies": studies, "baselines": {}}}}
+    md = bench.summarize(res, SimpleNamespace(budget=27))
+    assert "per seed within 50 %: 1/1" in md  # seed 1 has nothing to compare with
+    assert "in 1 of 1 (task, seed) pairs by warm-started SMAC" in md

@@ -586,7 +586,8 @@ def summarize(res: dict[str, Any], a: Any) -> str:
             m: sorted((s for s in entry["studies"] if s["method"] == m), key=lambda s: s["seed"])
             for m in (*METHODS, "default")
         }
-        rnd = {s["seed"]: s for s in by["random"]}
+        # Random searches with a result (a study without any trial recorded has none).
+        rnd = {s["seed"]: s for s in by["random"] if s["final"] is not None}
         base = entry.get("baselines", {})
         for m, studies in by.items():
             if not studies:
@@ -602,15 +603,16 @@ def summarize(res: dict[str, Any], a: Any) -> str:
                     "not reached" if hit is None else f"{hit:.0f} ({hit / max(r['epochs'], 1):.2f})"
                 )
             lines.append(
-                f"| {name.removeprefix('bench_')} | {m} | {len(studies)} | {np.mean(finals):.3f} | "
+                f"| {name.removeprefix('bench_')} | {m} | {len(studies)} | "
+                f"{f'{np.mean(finals):.3f}' if finals else '-'} | "
                 f"{', '.join(f'{f:.3f}' for f in finals)} | "
                 f"{np.mean([s['epochs'] for s in studies]):.0f} | {'; '.join(reached) or '-'} | "
                 f"{base.get('logreg', math.nan):.3f} | {base.get('svc_rbf', math.nan):.3f} |"
             )
-        if by["warm"] and by["random"]:
+        if by["warm"] and rnd:
             grid = np.arange(0, 10 * a.budget + 1)
-            target = float(np.mean([s["final"] for s in by["random"]]))
-            r_epochs = float(np.mean([s["epochs"] for s in by["random"]]))
+            target = float(np.mean([s["final"] for s in rnd.values()]))
+            r_epochs = float(np.mean([s["epochs"] for s in rnd.values()]))
             warm = _mean_curve(by["warm"], grid)
             hit = np.nonzero(np.nan_to_num(warm, nan=-1.0) >= target - 1e-9)[0]
             frac = grid[hit[0]] / r_epochs if len(hit) else math.inf
