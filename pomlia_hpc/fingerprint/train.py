@@ -67,6 +67,7 @@ from pomlia_hpc.fingerprint.objectives import (
     build_objective,
 )
 from pomlia_hpc.fingerprint.validation import (
+    CURVE_MODULES,
     lr_at,
     split_holdout,
     to_device,
@@ -149,14 +150,8 @@ class TrainJob(Checkpointable):
     requeue (see :class:`~pomlia_hpc.cluster.Checkpointable`) needs no state of its own.
     """
 
-    # Imported lazily at the first epoch's end (the loss-curve PNG: pyplot, and the Agg backend
-    # that matplotlib.use("Agg") loads only then) and in training's set-up (the event writer).
-    preload = (
-        "matplotlib.pyplot",
-        "matplotlib.backends.backend_agg",
-        "deepspeed",
-        "torch.utils.tensorboard",
-    )
+    # Imported lazily: at set-up (DeepSpeed, the event writer), at an epoch's end (the curves).
+    preload = ("deepspeed", "torch.utils.tensorboard", *CURVE_MODULES)
 
     def __init__(self, config: TrainConfig, sources: list[Source], out_dir: str) -> None:
         self.config = config

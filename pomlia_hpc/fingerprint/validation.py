@@ -39,6 +39,10 @@ VAL_MAX_PER_SOURCE = 256
 LR_FLOOR = 0.05
 CURVES_JSON = "loss_curves.json"
 CURVES_PNG = "loss_curves.png"
+#: What :func:`write_curves` imports on its first call (pyplot, and the Agg backend that
+#: ``matplotlib.use("Agg")`` loads only then): a job writing curves preloads them
+#: (:class:`~pomlia_hpc.cluster.Checkpointable`'s ``preload``).
+CURVE_MODULES = ("matplotlib.pyplot", "matplotlib.backends.backend_agg")
 
 
 def split_holdout(sources: list[Source], fraction: float) -> tuple[list[Source], list[Source]]:
