@@ -95,26 +95,10 @@ def create_study(
     profile = load_cluster_profile(executor)  # fails early, naming the known profiles
     store = open_store(version.store_path)
     enc, model = _initial_weights(registry, folder, store.image_shape[2], encoder, init_model)
-    opts = SpaceOptions(
-        archs=(space or SpaceOptions()).archs,
-        max_extra=(space or SpaceOptions()).max_extra,
-        encoder_arch=enc.arch if enc else None,
-        model_arch=model.arch if model else None,
-        extra_data=extra_data,
+    opts = _space_options(space or SpaceOptions(), enc, model, extra_data)
+    initial, dropped = _warm_start(
+        initial_configs or [], build_space(opts, seed=seed), optimizer, n_trials, drop_unfit_initial
     )
-    cs = build_space(opts, seed=seed)
-    initial = list(initial_configs or [])
-    dropped: list[str] = []
-    if drop_unfit_initial:
-        kept, dropped = split_fitting(initial, cs, "initial configurations")
-        initial = [initial[i] for i in kept]
-        if optimizer == "smac" and len(initial) > n_trials:
-            dropped.append(
-                f"initial configurations: entries after the first {n_trials} (the study has "
-                f"{n_trials} trial(s))"
-            )
-            initial = initial[:n_trials]
-    _check_warm_start(initial, cs, optimizer, n_trials)
     eng = _engine_options(engine, resources, profile.cpus_per_task)
     spec = StudySpec(
         options=options,
@@ -182,6 +166,44 @@ def _initial_weights(
 
         model = model_weights(registry, init_model, folder / "init" / "model.pt")
     return enc, model
+
+
+def _space_options(
+    space: SpaceOptions, enc: WeightSource | None, model: WeightSource | None, extra_data: bool
+) -> SpaceOptions:
+    """The study's space: ``space``'s architectures, and the weight sources and extra images
+    it was given."""
+    return SpaceOptions(
+        archs=space.archs,
+        max_extra=space.max_extra,
+        encoder_arch=enc.arch if enc else None,
+        model_arch=model.arch if model else None,
+        extra_data=extra_data,
+    )
+
+
+def _warm_start(
+    initial_configs: list[dict[str, Any]],
+    cs: Any,
+    optimizer: str,
+    n_trials: int,
+    drop_unfit: bool,
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """(the warm-start configurations the study keeps, why each other one was left out); see
+    :func:`create_study`'s ``drop_unfit_initial``."""
+    initial = list(initial_configs)
+    dropped: list[str] = []
+    if drop_unfit:
+        kept, dropped = split_fitting(initial, cs, "initial configurations")
+        initial = [initial[i] for i in kept]
+        if optimizer == "smac" and len(initial) > n_trials:
+            dropped.append(
+                f"initial configurations: entries after the first {n_trials} (the study has "
+                f"{n_trials} trial(s))"
+            )
+            initial = initial[:n_trials]
+    _check_warm_start(initial, cs, optimizer, n_trials)
+    return initial, dropped
 
 
 def _check_warm_start(
