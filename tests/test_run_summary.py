@@ -67,3 +67,18 @@ def test_similar_loads_no_torch(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "encoder 'e1' not found" in out.stderr, out.stderr
     assert out.stdout.strip().splitlines()[-1] == "False", out.stdout + out.stderr
+
+
+def test_fingerprint_package_names_are_the_objects_after_every_submodule_import() -> None:
+    # Lazy package names (PEP 562) lose to a submodule of the same name once it is imported
+    # (the loop's stage once called the module `fingerprint.extract`): every exported name must
+    # still be the function or class after all submodules are loaded, in a fresh interpreter.
+    code = (
+        "import importlib, pkgutil, types\n"
+        "import pomlia_hpc.fingerprint as fp\n"
+        "for m in pkgutil.iter_modules(fp.__path__):\n"
+        "    importlib.import_module(f'pomlia_hpc.fingerprint.{m.name}')\n"
+        "bad = [n for n in fp.__all__ if isinstance(getattr(fp, n), types.ModuleType)]\n"
+        "assert not bad, bad\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True, capture_output=True, text=True)

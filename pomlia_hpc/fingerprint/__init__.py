@@ -7,7 +7,7 @@ Stages (each a library call; the ``pomlia`` CLI only wraps them)::
         objectives of ``objectives`` (mse = the paper's autoencoder, style, contrastive), with
         a held-out part per dataset for early stopping and a cosine LR schedule; registers an
         Encoder row (config incl. objective, dataset versions, loss per epoch, checkpoint)
-    extract(registry, workspace, "ae16", ["pathmnist", "newset@3fa2c1"], shards=8)
+    extract.extract(registry, workspace, "ae16", ["pathmnist", "newset@3fa2c1"], shards=8)
         embeddings as an array job of chunk-aligned shards -> one FingerprintSet per version,
         with summary statistics stored beside it (``summary``) for fast distances
     build_index(registry, workspace, "ae16", factory=None, metric="l2")
@@ -49,7 +49,6 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from pomlia_hpc.fingerprint.autoencoder import Autoencoder, EncoderConfig, backbone_state_dict
     from pomlia_hpc.fingerprint.distances import DISTANCES
-    from pomlia_hpc.fingerprint.extract import extract
     from pomlia_hpc.fingerprint.index import build_index, load_index
     from pomlia_hpc.fingerprint.similar import (
         NearestImage,
@@ -63,13 +62,14 @@ if TYPE_CHECKING:
 
 # Names resolved on first use (PEP 562): importing a torch-free module of this package (the
 # distances from stored summaries behind `pomlia similar`, say) does not load torch and
-# DeepSpeed, which the training and extraction modules need (several seconds).
+# DeepSpeed, which the training and extraction modules need (several seconds). `extract` is
+# not among them: once its submodule `extract` is imported, the package attribute of that name
+# is the module, and a lazy name cannot win over it; import it from `fingerprint.extract`.
 _HOMES: dict[str, str] = {
     "Autoencoder": "autoencoder",
     "EncoderConfig": "autoencoder",
     "backbone_state_dict": "autoencoder",
     "DISTANCES": "distances",
-    "extract": "extract",
     "build_index": "index",
     "load_index": "index",
     "NearestImage": "similar",
@@ -102,7 +102,6 @@ __all__ = [
     "build_index",
     "dataset_fingerprint",
     "embedding_sample",
-    "extract",
     "load_encoder",
     "load_index",
     "nearest_images",

@@ -178,7 +178,8 @@ def fingerprints_stage(ctx: LoopContext) -> StageOutput:
     encoder_id = task_encoder(ctx.registry, champ)
     if encoder_id is None:
         return {"skipped": "the champion has no fingerprint encoder (its task has none)"}
-    from pomlia_hpc.fingerprint import build_index, extract
+    from pomlia_hpc.fingerprint.extract import extract
+    from pomlia_hpc.fingerprint.index import build_index
 
     ref = ctx.out("ingest")["ref"]
     results = extract(ctx.registry, ctx.workspace, encoder_id, [ref], shards=1)
