@@ -7,10 +7,12 @@ from __future__ import annotations
 from typing import Any
 
 from pomlia_hpc.automl.space import SpaceOptions, build_space
-from pomlia_hpc.loop.stages import champion_encoder
+from pomlia_hpc.loop.driver import LoopContext
+from pomlia_hpc.loop.stages import champion_encoder, fingerprints_stage
+from pomlia_hpc.models.catalog import register_model
 from pomlia_hpc.registry import Model, Registry
 from pomlia_hpc.workspace import Workspace
-from tests.fixtures.factories import make_encoder
+from tests.fixtures.factories import donor_model, make_dataset, make_encoder
 
 PROBE = {"arch": "resnet18_imagenet", "init": "encoder", "mode": "linear_probe"}
 
@@ -54,3 +56,27 @@ def test_an_encoder_outside_the_loops_architectures_is_not_offered(
     enc = make_encoder(workspace, reg, "enc")
     assert champion_encoder(reg, _champion(enc.id, PROBE), ("small_cnn",)) is None
     assert champion_encoder(reg, _champion(enc.id, PROBE), ("resnet18_imagenet",)) == str(enc.id)
+
+
+def test_fingerprint_stage_embeds_the_new_version_and_indexes_it(
+    workspace: Workspace, reg: Registry
+) -> None:
+    """The loop's fingerprint stage with a real (untrained) encoder: the harvested version's
+    images are embedded and added to the encoder's index (the demo's loop runs this stage)."""
+    enc = make_encoder(workspace, reg, "enc")
+    ref = make_dataset(workspace, reg, "blood", sizes=(24, 4, 8))
+    donor_model(workspace, reg)  # a classifier checkpoint at models/donor.pt
+    path = workspace.path("models", "donor.pt")
+    champ = register_model(reg, "champ", path, lineage={"encoder_id": enc.id})
+    ctx = LoopContext(
+        registry=reg,
+        workspace=workspace,
+        run_id=1,
+        slot="champ",
+        params={"champion_id": champ.id},
+        outputs={"ingest": {"ref": ref}},
+        progress=lambda *_: None,
+    )
+    out = fingerprints_stage(ctx)
+    assert out["encoder_id"] == enc.id
+    assert out["n_vectors"] == out["index_vectors"] == 24 + 4 + 8
