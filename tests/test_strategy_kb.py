@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -167,3 +168,74 @@ def test_strategy_package_does_not_import_torch() -> None:
         "sys.exit(1 if 'torch' in sys.modules else 0)"
     )
     assert subprocess.run([sys.executable, "-c", code], check=False).returncode == 0
+
+
+def _fingerprint_groups(
+    n_groups: int = 3, per_group: int = 4, n_strat: int = 8
+) -> tuple[learner.Matrix, np.ndarray]:
+    """Data sets whose best strategies depend on a group that only their fingerprints show
+    (meta-features: random, unrelated to the group), and the fingerprint distances between
+    them (0.1 within a group, 1.0 across, with a little noise)."""
+    rng = np.random.default_rng(1)
+    group_pref = rng.normal(0, 0.05, (n_groups, n_strat))
+    obs, meta, group = [], {}, []
+    for g in range(n_groups):
+        for i in range(per_group):
+            name = f"g{g}d{i}"
+            group.append(g)
+            meta[name] = {
+                "task_type": "multi-class",
+                "n_channels": int(rng.choice([1, 3])),
+                "n_classes": int(rng.integers(2, 12)),
+                "n_train": int(10 ** rng.uniform(2, 5)),
+            }
+            vals = 0.7 + group_pref[g] + rng.normal(0, 0.005, n_strat)
+            vals[g] += 0.1  # each group has its own clear winner
+            for s in range(n_strat):
+                strat = {"arch": f"a{s}", "init": "scratch", "mode": "full", "img_size": 28}
+                obs.append(Observation("syn", name, strat, f"{s:04d}", float(vals[s])))
+    m = learner.build_matrix(KnowledgeBase("acc", obs, meta))
+    gi = np.array(
+        [
+            group[[f"g{g}d{i}" for g in range(n_groups) for i in range(per_group)].index(d)]
+            for d in m.datasets
+        ]
+    )
+    fp = np.where(gi[:, None] == gi[None, :], 0.1, 1.0) + rng.uniform(0, 0.02, (len(gi),) * 2)
+    fp = (fp + fp.T) / 2
+    np.fill_diagonal(fp, 0.0)
+    return m, fp
+
+
+def test_loo_compares_data_sets_by_their_fingerprints_when_given() -> None:
+    """The evaluation measures the learner as ``recommend`` answers: with the fingerprint
+    distances between the data sets (the bandwidth chosen on those between the other data
+    sets), it finds the group that the meta-features do not show."""
+    m, fp = _fingerprint_groups()
+    plain = evaluate.loo(m).to_dict()["summary"]
+    res = evaluate.loo(m, fingerprints=fp, encoder="enc")
+    with_fp = res.to_dict()["summary"]
+    assert res.similarity == "meta-features + fingerprint (enc)"
+    assert with_fp["kernel-regret"]["top1_mean"] < 0.5 * plain["kernel-regret"]["top1_mean"]
+    assert with_fp["kernel-regret"]["top1_mean"] < 0.5 * with_fp["best_mean"]["top1_mean"]
+    assert all(math.isfinite(h) for h in res.bandwidths)  # a local kernel, not the mean
+    assert evaluate.loo(m).similarity == "meta-features"
+
+
+def test_fingerprints_count_as_much_as_the_meta_features_and_unknown_ones_as_typical() -> None:
+    m, fp = _fingerprint_groups()
+    fitted = learner.KernelRegret().fit(m, fingerprints=fp)
+    assert fitted.uses_fingerprints
+    std = learner.Standardizer(m.features)
+    d_meta = std.distances(m.features[:1], m.features)[0]
+    off = ~np.eye(len(fp), dtype=bool)
+    scale = np.median(std.distances(m.features, m.features)[off]) / np.median(fp[off])
+    combined = fitted.distances(m.features[0], fp[0])
+    np.testing.assert_allclose(combined, np.sqrt(d_meta**2 + (scale * fp[0]) ** 2))
+    # a data set without fingerprints: every fingerprint distance typical (the median)
+    typical = np.median(std.distances(m.features, m.features)[off])
+    np.testing.assert_allclose(fitted.distances(m.features[0]), np.sqrt(d_meta**2 + typical**2))
+    # no known pair between the training data sets: metadata alone
+    unknown = learner.KernelRegret().fit(m, fingerprints=np.full(fp.shape, np.nan))
+    assert not unknown.uses_fingerprints
+    np.testing.assert_allclose(unknown.distances(m.features[0], fp[0]), d_meta)

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
+import numpy as np
 import pytest
 from sqlalchemy import select
 from typer.testing import CliRunner
@@ -254,3 +256,53 @@ def test_the_floor_is_set_only_where_runs_were_cut(
     read = hparams.task_runs(reg, ["derm", "path"])
     assert read.floor == {"path": pytest.approx(0.7)}
     assert sorted(r.task for r in read.runs) == ["derm"] * 3 + ["path"] * 3
+
+
+def test_registry_tasks_are_compared_by_fingerprints_in_recommend_and_in_the_eval(
+    workspace: Workspace, reg: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Tasks sharing an encoder with complete embeddings: ``recommend`` fits its bandwidth on
+    the fingerprint distances between the known tasks (not a constant), and the evaluation
+    measures that same learner (it used to leave the fingerprints out)."""
+    from pomlia_hpc.registry import Encoder, FingerprintSet
+    from pomlia_hpc.strategy import recommend as rec
+    from pomlia_hpc.strategy.service import evaluate_source
+
+    names = {"blood": "bloodmnist", "derm": "dermamnist", "path": "pathmnist", "oct": "octmnist"}
+    means = {"blood": [0.0, 0.0], "derm": [3.0, 0.0], "path": [0.0, 4.0], "oct": [6.0, 8.0]}
+    for seed, (task, flag) in enumerate(names.items()):
+        tiny_task(workspace, reg, task, flag, "acc", seed=seed)
+        _trials(reg, task, [("small_cnn", 0.001, 0.9 - 0.1 * seed), ("resnet18", 0.01, 0.7)])
+    with reg.session() as s:
+        enc = Encoder(name="enc")
+        s.add(enc)
+        s.flush()
+        versions = dict(s.execute(select(Task.name, Task.dataset_version_id)).all())
+        for task, mean in means.items():
+            s.add(
+                FingerprintSet(
+                    encoder_id=enc.id,
+                    dataset_version_id=versions[task],
+                    embeddings_path="-",
+                    mean=mean,
+                    status="complete",
+                )
+            )
+    result = evaluate_source(reg, "registry", "acc")
+    assert result.similarity == "meta-features + fingerprint (enc)"
+
+    seen: list[np.ndarray | None] = []
+
+    class Spy(rec.KernelRegret):
+        def fit(self, train: Any, candidates: Any = None, fingerprints: Any = None) -> Any:
+            seen.append(fingerprints)
+            return super().fit(train, candidates, fingerprints=fingerprints)
+
+    monkeypatch.setattr(rec, "KernelRegret", Spy)
+    answer = rec.recommend(reg, "blood", k=2, sources=["registry"], record=False)
+    assert answer["similarity"] == "meta-features + fingerprint (enc)"
+    (pairs,) = seen
+    assert pairs is not None
+    xy = np.array([means[n] for n in ("blood", "derm", "oct", "path")])  # the matrix's order
+    expected = np.linalg.norm(xy[:, None, :] - xy[None, :, :], axis=2)
+    np.testing.assert_allclose(pairs, expected)

@@ -84,7 +84,8 @@ def strategy_eval(
         return
     table = Table(
         title=f"leave-one-dataset-out on {source}, {metric}: {len(result.datasets)} data sets, "
-        f"{result.n_strategies} strategies ({result.restriction}); regret in points"
+        f"{result.n_strategies} strategies ({result.restriction}); the learner's similarity: "
+        f"{result.similarity}; regret in points"
     )
     for col in ("method", "top-1 regret", f"best-of-top-{k} regret"):
         table.add_column(col)

@@ -3,7 +3,10 @@
 For each data set ``i``: the learner is fitted on the other data sets only (its bandwidth chosen
 by a nested leave-one-out among them), ranks the strategies for ``i``'s meta-features, and the
 regret of its first pick and of the best of its first ``k`` is measured on ``i``'s published
-values, in metric points (x 100), against the best strategy on ``i``. Baselines, fitted on the
+values, in metric points (x 100), against the best strategy on ``i``. Given fingerprint
+distances between the data sets (registry tasks sharing an encoder with complete embeddings),
+the learner uses them as :func:`pomlia_hpc.strategy.recommend.recommend` does: between the
+other data sets for its bandwidth, from ``i`` to them for its answer. Baselines, fitted on the
 same other data sets:
 
 - ``random``: a uniformly random strategy (the exact expectation: for the best of ``k`` distinct
@@ -104,6 +107,7 @@ class EvalResult:
     restriction: str
     methods: dict[str, MethodResult]
     bandwidths: list[float]
+    similarity: str = "meta-features"
     learner: str = LEARNER
     learner_version: str = LEARNER_VERSION
 
@@ -114,8 +118,18 @@ class EvalResult:
         return d
 
 
-def loo(m: Matrix, *, k: int = 3, cheap: bool = False, max_px: int = 64) -> EvalResult:
-    """Leave-one-dataset-out over ``m`` (see the module docstring)."""
+def loo(
+    m: Matrix,
+    *,
+    k: int = 3,
+    cheap: bool = False,
+    max_px: int = 64,
+    fingerprints: np.ndarray | None = None,
+    encoder: str | None = None,
+) -> EvalResult:
+    """Leave-one-dataset-out over ``m`` (see the module docstring); ``fingerprints``: the
+    fingerprint distances between ``m``'s data sets (n, n; NaN where unknown) under
+    ``encoder``."""
     n = len(m.datasets)
     if n < 3:
         raise InputError(
@@ -126,6 +140,7 @@ def loo(m: Matrix, *, k: int = 3, cheap: bool = False, max_px: int = 64) -> Eval
     results = {name: MethodResult() for name in METHODS}
     hs: list[float] = []
     used: list[str] = []
+    used_fp = False
     for i in range(n):
         v = m.values[i]
         if not np.isfinite(v[cand]).any():
@@ -133,10 +148,13 @@ def loo(m: Matrix, *, k: int = 3, cheap: bool = False, max_px: int = 64) -> Eval
         used.append(m.datasets[i])
         others = [j for j in range(n) if j != i]
         train = m.subset(others)
-        learner = KernelRegret(k=k).fit(train, cand)
+        fp = fingerprints[np.ix_(others, others)] if fingerprints is not None else None
+        learner = KernelRegret(k=k).fit(train, cand, fingerprints=fp)
         hs.append(learner.h)
+        used_fp = used_fp or learner.uses_fingerprints
+        to_i = fingerprints[i, others] if fingerprints is not None else None
         orders = {
-            LEARNER: learner.rank(m.features[i], cand).order,
+            LEARNER: learner.rank(m.features[i], cand, fingerprints=to_i).order,
             "best_mean": _order(np.nanmean(train.values, axis=0), cand),
             "best_rank": _order(-np.nanmean(_rank_rows(train.values), axis=0), cand),
         }
@@ -148,4 +166,5 @@ def loo(m: Matrix, *, k: int = 3, cheap: bool = False, max_px: int = 64) -> Eval
         results["random"].top1.append(random_regret(v, cand, 1))
         results["random"].topk.append(random_regret(v, cand, k))
     restriction = f"inputs <= {max_px} px or frozen features" if cheap else "all strategies"
-    return EvalResult("", k, used, int(cand.sum()), restriction, results, hs)
+    similarity = f"meta-features + fingerprint ({encoder})" if used_fp else "meta-features"
+    return EvalResult("", k, used, int(cand.sum()), restriction, results, hs, similarity)

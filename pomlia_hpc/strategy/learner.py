@@ -3,10 +3,14 @@
 The learner (``kernel-regret``): a strategy's expected regret on a new data set is the
 similarity-weighted mean of its regrets on the known data sets, regret being the distance in
 metric points (x 100) to the best strategy known on that data set. Weights are
-``exp(-d^2 / (2 h^2))`` over a distance ``d`` between standardised meta-features (plus, when
-given, a fingerprint distance). The bandwidth ``h`` is chosen by leave-one-dataset-out over the
+``exp(-d^2 / (2 h^2))`` over a distance ``d`` between standardised meta-features, combined,
+when fingerprint distances are given, with the fingerprint distance: ``d^2 = d_meta^2 +
+(s d_fp)^2``, ``s`` scaling the fingerprint distances' median over the training pairs to the
+meta-feature distances' (the two sources count alike; a pair without fingerprints counts as
+typical, the median). The bandwidth ``h`` is chosen by leave-one-dataset-out over the
 training data sets only (nested: the data set being recommended for never takes part), from
-:data:`BANDWIDTHS`; ``h = inf`` is the plain mean, so the learner can fall back on "best mean".
+:data:`BANDWIDTHS`, on the same combined distances as the answer; ``h = inf`` is the plain
+mean, so the learner can fall back on "best mean".
 
 Missing cells (a strategy never tried on a data set) count as that data set's median regret, a
 typical strategy; failed runs move a strategy's regret towards the data set's worst in
@@ -26,7 +30,7 @@ import numpy as np
 from pomlia_hpc.strategy.kb import KnowledgeBase
 
 LEARNER = "kernel-regret"
-LEARNER_VERSION = "1"
+LEARNER_VERSION = "2"
 BANDWIDTHS: tuple[float, ...] = (0.3, 0.5, 0.7, 1.0, 1.5, 2.0, 3.0, math.inf)
 FEATURES: tuple[str, ...] = (
     "log10_n_train",
@@ -226,6 +230,13 @@ def top_k_regret(
     return 100.0 * (best - float(values[picks].max())) if picks else math.nan
 
 
+def _median_off_diagonal(d: np.ndarray) -> float:
+    """Median of the finite, positive off-diagonal entries of a square matrix (NaN if none)."""
+    off = d[~np.eye(len(d), dtype=bool)]
+    off = off[np.isfinite(off) & (off > 0)]
+    return float(np.median(off)) if len(off) else math.nan
+
+
 class KernelRegret:
     """The learner of the module docstring. ``fit`` picks the bandwidth by nested LOO."""
 
@@ -237,27 +248,49 @@ class KernelRegret:
         self.k = k
         self.h = math.inf
         self._train: Matrix | None = None
+        self._fp_scale = math.nan  # fingerprint distance -> meta-feature distance units
+        self._typical = math.nan  # a pair without fingerprints: the median distance
+
+    @property
+    def uses_fingerprints(self) -> bool:
+        """Whether fingerprint distances between training data sets entered the fit."""
+        return math.isfinite(self._fp_scale)
+
+    def _fp_term(self, fp: np.ndarray | None, shape: tuple[int, ...]) -> np.ndarray:
+        """The scaled fingerprint distances (``typical`` where unknown); zeros without
+        fingerprints in the fit."""
+        if not self.uses_fingerprints:
+            return np.zeros(shape)
+        raw = np.full(shape, np.nan) if fp is None else np.asarray(fp, np.float64)
+        return np.where(np.isfinite(raw), raw * self._fp_scale, self._typical)
 
     def fit(
         self,
         train: Matrix,
         candidates: np.ndarray | None = None,
-        extra_d: np.ndarray | None = None,
+        fingerprints: np.ndarray | None = None,
     ) -> KernelRegret:
         """Remember ``train``; choose ``h`` minimising mean top-1 plus best-of-``k`` regret
-        when each training data set in turn is left out. ``extra_d``: an added distance
-        between the training data sets (n, n), e.g. from fingerprints."""
+        when each training data set in turn is left out. ``fingerprints``: fingerprint
+        distances between the training data sets (n, n; NaN where unknown), combined with the
+        meta-feature distance as the module docstring says (ignored when no pair is known)."""
         self._train = train
         self._r = regrets(train.values, train.fail)
         self._std = Standardizer(train.features)
         n = len(train.datasets)
         cand = np.ones(len(train.keys), bool) if candidates is None else candidates
+        d_all = self._std.distances(train.features, train.features)
+        self._fp_scale = self._typical = math.nan
+        if fingerprints is not None and n >= 2:
+            med_meta, med_fp = _median_off_diagonal(d_all), _median_off_diagonal(fingerprints)
+            if math.isfinite(med_fp) and math.isfinite(med_meta):
+                self._fp_scale, self._typical = med_meta / med_fp, med_meta
+                extra = self._fp_term(fingerprints, d_all.shape)
+                np.fill_diagonal(extra, 0.0)
+                d_all = np.sqrt(d_all**2 + extra**2)
         if n < 3 or len(self.bandwidths) == 1:
             self.h = self.bandwidths[0] if len(self.bandwidths) == 1 else math.inf
             return self
-        d_all = self._std.distances(train.features, train.features)
-        if extra_d is not None:
-            d_all = np.sqrt(d_all**2 + extra_d**2)
         best: tuple[float, float] | None = None
         for h in self.bandwidths:
             loss = 0.0
@@ -276,23 +309,25 @@ class KernelRegret:
         self.h = best[1]
         return self
 
-    def distances(self, features: np.ndarray) -> np.ndarray:
+    def distances(self, features: np.ndarray, fingerprints: np.ndarray | None = None) -> np.ndarray:
+        """Combined distances from a data set with meta-vector ``features`` (and fingerprint
+        distances ``fingerprints`` to each training data set, NaN where unknown) to the
+        training data sets."""
         assert self._train is not None
-        return self._std.distances(features[None, :], self._train.features)[0]
+        d = self._std.distances(features[None, :], self._train.features)[0]
+        return np.sqrt(d**2 + self._fp_term(fingerprints, d.shape) ** 2)
 
     def rank(
         self,
         features: np.ndarray,
         candidates: np.ndarray | None = None,
-        extra_d: np.ndarray | None = None,
+        fingerprints: np.ndarray | None = None,
     ) -> Ranking:
-        """Rank the strategies for a data set with meta-vector ``features``; ``extra_d``:
-        added distances to each training data set."""
+        """Rank the strategies for a data set with meta-vector ``features``; ``fingerprints``:
+        its fingerprint distances to each training data set (NaN where unknown)."""
         train = self._train
         assert train is not None, "fit first"
-        d = self.distances(features)
-        if extra_d is not None:
-            d = np.sqrt(d**2 + extra_d**2)
+        d = self.distances(features, fingerprints)
         w = kernel_weights(d, self.h)
         cand = np.ones(len(train.keys), bool) if candidates is None else candidates
         exp_r = w @ self._r

@@ -4,13 +4,12 @@ Steps: the task's meta-features (its data set version's explicit fingerprint, ta
 metric); the knowledge base for the task's metric (every imported source and the registry's
 runs, the task's own included); the ``kernel-regret`` learner (:mod:`.learner`), fitted with a
 nested leave-one-out bandwidth; when the task's data set and known tasks share an encoder with
-complete embeddings, their fingerprint distance (the fingerprint room's ``mean`` distance:
-Euclidean distance of the stored mean embeddings, as :func:`pomlia_hpc.fingerprint.distances.
-mean_distance`) is added to the meta-feature distance, scaled by its median; otherwise metadata
-alone. Each strategy gets an expected metric (+- spread over similar data sets), an expected
-cost (:mod:`.cost`), evidence, and its translation into the AutoML space
-(:mod:`pomlia_hpc.automl.space`) where one exists. The answer is recorded in
-``recommendations``.
+complete embeddings, their fingerprint distance (:mod:`.fpdist`), between the known tasks for
+the bandwidth's choice as for the answer, is combined with the meta-feature distance (scaled
+to the same median: :mod:`.learner`); otherwise metadata alone. Each strategy gets an
+expected metric (+- spread over similar data sets), an expected cost (:mod:`.cost`), evidence,
+and its translation into the AutoML space (:mod:`pomlia_hpc.automl.space`) where one exists.
+The answer is recorded in ``recommendations``.
 """
 
 from __future__ import annotations
@@ -39,6 +38,7 @@ from pomlia_hpc.registry import (
 )
 from pomlia_hpc.registry.lookup import by_name_or_id
 from pomlia_hpc.strategy import cost as costs
+from pomlia_hpc.strategy.fpdist import fingerprint_distances
 from pomlia_hpc.strategy.hparams import (
     MAX_TASKS,
     by_strategy,
@@ -117,40 +117,6 @@ def _imagenet_local() -> tuple[str, ...]:
             if any(p.name.startswith(prefix) for p in folder.iterdir()):
                 found.append(arch)
     return tuple(found)
-
-
-def _fingerprint_distances(
-    registry: Registry, target: TargetTask, names: list[str]
-) -> tuple[np.ndarray | None, str | None]:
-    """Scaled fingerprint distances from the target to each of ``names`` (registry tasks; 1.0,
-    "typical", where unknown), under the encoder sharing the most complete sets; or None."""
-    with registry.session() as s:
-        sets = s.execute(
-            select(
-                FingerprintSet.encoder_id, FingerprintSet.dataset_version_id, FingerprintSet.mean
-            ).where(FingerprintSet.status == "complete")
-        ).all()
-        task_version = dict(s.execute(select(Task.name, Task.dataset_version_id)).all())
-        enc_names = dict(s.execute(select(Encoder.id, Encoder.name)).all())
-    by_enc: dict[int, dict[int, np.ndarray]] = {}
-    for enc, ver, mean in sets:
-        if mean:
-            by_enc.setdefault(enc, {})[ver] = np.asarray(mean, np.float64)
-    usable = {e: m for e, m in by_enc.items() if target.dataset_version_id in m}
-    if not usable:
-        return None, None
-    versions = [task_version.get(n) for n in names]
-    enc = max(usable, key=lambda e: sum(v in usable[e] for v in versions))
-    means = usable[enc]
-    q = means[target.dataset_version_id]
-    raw = np.array(
-        [float(np.linalg.norm(means[v] - q)) if v in means else math.nan for v in versions]
-    )
-    known = raw[np.isfinite(raw) & (raw > 0)]
-    if not len(known):
-        return None, None
-    scaled = np.where(np.isfinite(raw), raw / float(np.median(known)), 1.0)
-    return scaled, enc_names.get(enc)
 
 
 def available_sources(registry: Registry, target: TargetTask, similar_tasks: list[str]) -> Sources:
@@ -386,13 +352,12 @@ def recommend(
             f"'{target.metric}'; expected at least 2",
             hint="pomlia strategy import FILE --source NAME (see docs/strategy.md)",
         )
-    fp_d, encoder = _fingerprint_distances(registry, target, m.datasets)
-    extra_train = None
-    if fp_d is not None:
-        extra_train = np.ones((len(m.datasets), len(m.datasets)))  # unknown pairs: typical
-        np.fill_diagonal(extra_train, 0.0)
-    learner = KernelRegret().fit(m, extra_d=extra_train)
-    ranking = learner.rank(meta_vector(target.meta), extra_d=fp_d)
+    tasks = {i for (i, _), source in m.sources.items() if source == REGISTRY_SOURCE}
+    names = [d if i in tasks else None for i, d in enumerate(m.datasets)]
+    fp = fingerprint_distances(registry, names, target.dataset_version_id)
+    learner = KernelRegret().fit(m, fingerprints=fp.pairs if fp else None)
+    ranking = learner.rank(meta_vector(target.meta), fingerprints=fp.target if fp else None)
+    encoder = fp.encoder if fp and learner.uses_fingerprints else None
     n_train = int(target.meta.get("n_train", 1))
     w = ranking.weights
     near = [m.datasets[i] for i in np.argsort(-w)[:5]]

@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from pomlia_hpc.registry import Registry
 from pomlia_hpc.strategy.evaluate import EvalResult, loo
-from pomlia_hpc.strategy.kb import load
+from pomlia_hpc.strategy.fpdist import fingerprint_distances
+from pomlia_hpc.strategy.kb import REGISTRY_SOURCE, KnowledgeBase, load
 from pomlia_hpc.strategy.learner import build_matrix
 
 
@@ -12,8 +13,32 @@ def evaluate_source(
     registry: Registry, source: str, metric: str, *, k: int = 3, cheap: bool = False
 ) -> EvalResult:
     """Leave-one-dataset-out over the results of ``source`` (an imported source or
-    ``registry``) for ``metric``; see :func:`pomlia_hpc.strategy.evaluate.loo`."""
+    ``registry``) for ``metric``; see :func:`pomlia_hpc.strategy.evaluate.loo` and
+    :func:`evaluate_kb`."""
     kb = load(registry, metric, [source])
-    result = loo(build_matrix(kb), k=k, cheap=cheap)
-    result.metric = metric
+    return evaluate_kb(registry, kb, k=k, cheap=cheap, registry_tasks=source == REGISTRY_SOURCE)
+
+
+def evaluate_kb(
+    registry: Registry,
+    kb: KnowledgeBase,
+    *,
+    k: int = 3,
+    cheap: bool = False,
+    registry_tasks: bool = True,
+) -> EvalResult:
+    """Leave-one-dataset-out over ``kb``. With ``registry_tasks`` (its data sets are the
+    registry's tasks), tasks that share an encoder with complete embeddings are compared by
+    their fingerprints too, as ``pomlia recommend`` compares them
+    (:mod:`pomlia_hpc.strategy.fpdist`)."""
+    m = build_matrix(kb)
+    fp = fingerprint_distances(registry, m.datasets) if registry_tasks else None
+    result = loo(
+        m,
+        k=k,
+        cheap=cheap,
+        fingerprints=fp.pairs if fp else None,
+        encoder=fp.encoder if fp else None,
+    )
+    result.metric = kb.metric
     return result

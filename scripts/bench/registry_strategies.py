@@ -94,12 +94,10 @@ from pomlia_hpc.errors import NotFoundError  # noqa: E402
 from pomlia_hpc.files import write_npz  # noqa: E402
 from pomlia_hpc.processes import pid_alive  # noqa: E402
 from pomlia_hpc.registry import Registry  # noqa: E402
-from pomlia_hpc.strategy.evaluate import loo  # noqa: E402
 from pomlia_hpc.strategy.kb import load  # noqa: E402
-from pomlia_hpc.strategy.learner import build_matrix  # noqa: E402
 from pomlia_hpc.strategy.longformat import strategy_key  # noqa: E402
 from pomlia_hpc.strategy.runstats import run_strategy  # noqa: E402
-from pomlia_hpc.strategy.service import evaluate_source  # noqa: E402
+from pomlia_hpc.strategy.service import evaluate_kb, evaluate_source  # noqa: E402
 from pomlia_hpc.workspace import Workspace  # noqa: E402
 
 ARCH = "resnet18_imagenet"  # the encoder's and the source models' architecture
@@ -612,9 +610,7 @@ def loo_of(
             if (c := values.get((o.dataset, o.key))) is not None
         ]
     kb.observations = obs
-    result = loo(build_matrix(kb), k=3, cheap=cheap)
-    result.metric = "acc"
-    return result
+    return evaluate_kb(reg, kb, k=3, cheap=cheap)
 
 
 def acc_table(
@@ -756,7 +752,8 @@ def summarize(res: dict[str, Any], a: Any) -> str:
     lines += [
         "",
         f"Leave-one-task-out ({loo_all.get('restriction', '?')}; {n_tasks} tasks, "
-        f"{loo_all.get('n_strategies', '?')} strategies), regret in test ACC points, mean over "
+        f"{loo_all.get('n_strategies', '?')} strategies; the learner's similarity: "
+        f"{loo_all.get('similarity', 'meta-features')}), regret in test ACC points, mean over "
         "tasks. registry: the registry's knowledge base (`pomlia strategy eval --source "
         "registry`), a cell's value the test ACC of its run with the best validation ACC"
         + (
