@@ -266,7 +266,7 @@ def test_registry_tasks_are_compared_by_fingerprints_in_recommend_and_in_the_eva
     measures that same learner (it used to leave the fingerprints out)."""
     from pomlia_hpc.registry import Encoder, FingerprintSet
     from pomlia_hpc.strategy import recommend as rec
-    from pomlia_hpc.strategy.service import evaluate_source
+    from pomlia_hpc.strategy.service import evaluate_kb, evaluate_source
 
     names = {"blood": "bloodmnist", "derm": "dermamnist", "path": "pathmnist", "oct": "octmnist"}
     means = {"blood": [0.0, 0.0], "derm": [3.0, 0.0], "path": [0.0, 4.0], "oct": [6.0, 8.0]}
@@ -290,6 +290,11 @@ def test_registry_tasks_are_compared_by_fingerprints_in_recommend_and_in_the_eva
             )
     result = evaluate_source(reg, "registry", "acc")
     assert result.similarity == "meta-features + fingerprint (enc)"
+    base = kb.load(reg, "acc", ["registry"])
+    base.observations = [o for o in base.observations if o.dataset != "oct"]
+    three = evaluate_kb(reg, base)  # the bench's per-seed evaluations go this way
+    assert three.datasets == ["blood", "derm", "path"]
+    assert three.similarity == "meta-features + fingerprint (enc)"
 
     seen: list[np.ndarray | None] = []
 
