@@ -128,6 +128,8 @@ def test_cells_over_seeds_mean_std_and_how_much_they_move(bench: ModuleType) -> 
     assert spread["max"] == pytest.approx(35)
     assert spread["same_best_tasks"] == 1  # t_a: y, then x; t_b: x both times
     assert spread["n_tasks"] == 2 and spread["pairs"] == {"0-2": pytest.approx(65 / 3)}
+    # t_a: y (seed 0's best) costs 5 on seed 2, x (seed 2's) 40 on seed 0; t_b: 0 both ways
+    assert spread["other_seed_regret"] == pytest.approx((5 + 40 + 0 + 0) / 4)
 
 
 FLAGS = ("bloodmnist", "organcmnist", "dermamnist", "octmnist", "pneumoniamnist")
