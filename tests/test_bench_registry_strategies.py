@@ -219,5 +219,11 @@ def test_report_evaluates_the_registry_each_seed_and_the_mean_through_the_produc
     res = {"commit": "c", "args": {"seed": 0}, "pieces": [], "setup": None, "results": ev}
     md = bench.summarize(res, a)
     assert "seed 2 top-1" in md and "mean of seeds best of 3" in md
+    a.report_seeds = [2]  # --report-only --seeds 2: the registry's evaluation still counts all
+    ev = bench.evaluate(both, work, [f"t_{f}" for f in FLAGS], a)
+    assert ev["seeds"] == [2] and ev["other_seeds"] == {"0": [f"t_{f}" for f in sorted(FLAGS)]}
+    assert ev["loo"]["summary"] == summary["loo"] and "loo_seed" not in ev
+    means = {t: {lb: c["mean"] for lb, c in row.items()} for t, row in ev["mean"].items()}
+    assert list(ev["matrix"]) == ["2"] and means == ev["matrix"]["2"]
     both.dispose()
     only2.dispose()

@@ -454,24 +454,36 @@ def evaluate(reg: Registry, work: Work, tasks: list[str], a: Any) -> dict[str, A
     (``seed_spread``). The registry's leave-one-task-out (``loo``, ``loo_cheap``: the knowledge
     base's summary of a cell's runs, the test ACC of the one with the best validation ACC); with
     several seeds the same evaluation on each seed's runs alone (``loo_seed``) and on the mean
-    over seeds (``loo_mean``)."""
+    over seeds (``loo_mean``). The seeds: ``a.report_seeds`` (``--report-only --seeds``, a
+    seed stopped early left out, say), else every seed with a finished study; the registry's
+    evaluation counts the registry's runs, the other seeds' too (``other_seeds``)."""
     labels = {strategy_key(run_strategy(s.values, 28)): s.label for s in grid(a.extra)}
-    done = {p.stem: json.loads(p.read_text()) for p in sorted(work.done.glob("*.json"))}
-    seeds = sorted({int(r.get("seed", a.seed)) for r in done.values()} | set(a.seeds))
+    everything = [json.loads(p.read_text()) for p in sorted(work.done.glob("*.json"))]
+    for rec in everything:
+        rec["seed"] = int(rec.get("seed", a.seed))  # the first seed's records had none
+    run_seed = {int(t["run_id"]): r["seed"] for r in everything for t in r["trials"]}
+    seeds = sorted(getattr(a, "report_seeds", None) or {r["seed"] for r in everything})
+    others: dict[str, list[str]] = {}
+    for rec in everything:
+        if rec["seed"] not in seeds:
+            others.setdefault(str(rec["seed"]), []).append(rec["task"])
+    done = {
+        study_name(r["task"], r["kind"], r["seed"], a.seed): r
+        for r in everything
+        if r["seed"] in seeds
+    }
     matrix: dict[int, dict[str, dict[str, float | None]]] = {s: {} for s in seeds}
     keys: dict[str, str] = {}  # label -> the knowledge base's strategy key
-    run_seed: dict[int, int] = {}
     failed: list[str] = []
     cost: dict[str, list[float]] = {}
     for rec in done.values():
-        seed = int(rec.get("seed", a.seed))
+        seed = rec["seed"]
         for t in rec["trials"]:
             key = strategy_key(run_strategy(t["config"], 28))
             label = labels.get(key, key)
             keys[label] = key
             ok = t["status"] == "ok"
             matrix[seed].setdefault(rec["task"], {})[label] = t["test"] if ok else None
-            run_seed[int(t["run_id"])] = seed
             if not ok:
                 failed.append(f"seed {seed} {rec['task']} {label} ({t['status']})")
             elif t["cost_s"] is not None:
@@ -491,6 +503,7 @@ def evaluate(reg: Registry, work: Work, tasks: list[str], a: Any) -> dict[str, A
         mean_table.setdefault(task, {})[label_of[key]] = dict(zip(fields, c, strict=True))
     out: dict[str, Any] = {
         "seeds": seeds,
+        "other_seeds": {s: sorted(set(ts)) for s, ts in others.items()},
         "matrix": {str(s): m for s, m in matrix.items()},
         "mean": mean_table,
         "seed_spread": seed_spread(matrix),
@@ -760,6 +773,12 @@ def summarize(res: dict[str, Any], a: Any) -> str:
             f"Stopped run: the leave-one-task-out below is over the "
             f"{len(ev['complete_tasks'])} tasks whose grid is complete for every seed only.",
         ]
+    for s, ts in ev.get("other_seeds", {}).items():
+        lines += [
+            "",
+            f"The registry also holds runs of seed {s} (tasks {', '.join(ts)}), which its "
+            "evaluation (registry) counts and the others do not.",
+        ]
     evals = {"registry": loo_all}
     if several:
         evals.update({f"seed {s}": e for s, e in ev.get("loo_seed", {}).items()})
@@ -884,7 +903,8 @@ def main() -> None:
         "--seeds",
         type=int,
         nargs="+",
-        help="the training seeds to run, every grid cell once per seed (default: --seed)",
+        help="the training seeds to run, every grid cell once per seed (default: --seed); with "
+        "--report-only, those to report (default: every seed with a finished study)",
     )
     ap.add_argument(
         "--keep-checkpoints",
@@ -898,6 +918,7 @@ def main() -> None:
     ap.add_argument("--worker", type=int, default=0, help="0 prepares the set-up")
     ap.add_argument("--report-only", action="store_true")
     a = ap.parse_args()
+    a.report_seeds = a.seeds if a.report_only else None
     a.seeds = list(dict.fromkeys(a.seeds or [a.seed]))
     work = Work(a.work)
     for d in (work.root, work.claims, work.done):
