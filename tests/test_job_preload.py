@@ -12,6 +12,7 @@ import pickle
 import subprocess
 import sys
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 
@@ -47,6 +48,7 @@ def test_unpickling_a_job_imports_its_preload(tmp_path: Path, cls: type[Checkpoi
 RUNTIME = """
 import json, pickle, sys, tempfile
 from pathlib import Path
+from typing import ClassVar
 pickle.load(open(sys.argv[1], "rb"))
 
 def extensions():
@@ -71,10 +73,50 @@ def test_a_running_job_imports_no_c_extension_its_preload_left_out(
     an ImportError: the event writer's (protobuf) and the Agg backend's, which the loss-curve
     PNG needs and matplotlib.pyplot alone does not import, come with the unpickling."""
     job = cls.__new__(cls)
-    job.__dict__["out_dir"] = str(tmp_path)  # an empty state would skip __setstate__
+    job.__dict__["out_dir"] = str(tmp_path)
     path = tmp_path / "job.pkl"
     path.write_bytes(pickle.dumps(job))
     code = RUNTIME.format(curves=cls is TrainJob)
     proc = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.loads(proc.stdout.strip().splitlines()[-1]) == []
+
+
+class _Preloading(Checkpointable):
+    """A job preloading the modules ``tmp_module`` writes (set per test)."""
+
+    preload: ClassVar[tuple[str, ...]] = ()
+
+    def __call__(self) -> None:
+        return None
+
+
+def tmp_module(folder: Path, name: str, body: str, monkeypatch: pytest.MonkeyPatch) -> str:
+    """Module ``name`` with source ``body`` importable from ``folder``; returns its name."""
+    (folder / f"{name}.py").write_text(body)
+    monkeypatch.syspath_prepend(str(folder))
+    monkeypatch.delitem(sys.modules, name, raising=False)
+    return name
+
+
+def test_a_module_failing_to_import_is_left_to_the_jobs_own_import(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Preloading only moves imports earlier: one that fails (a missing optional package, the
+    event writer's protobuf mismatch raising TypeError) must fail, or be tolerated, where the
+    job imports it, not while the job is unpickled (before it could record its failure)."""
+    broken = tmp_module(tmp_path, "pomlia_broken_mod", "raise TypeError('mismatch')", monkeypatch)
+    monkeypatch.setattr(_Preloading, "preload", ("pomlia_no_such_mod", broken))
+    job = _Preloading()
+    job.__dict__["step"] = 3
+    assert pickle.loads(pickle.dumps(job)).__dict__ == {"step": 3}
+
+
+def test_a_job_without_state_preloads_too(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    name = tmp_module(tmp_path, "pomlia_marker_mod", "", monkeypatch)
+    monkeypatch.setattr(_Preloading, "preload", (name,))
+    try:
+        pickle.loads(pickle.dumps(_Preloading()))  # nothing on self: pickle skips a {} state
+        assert name in sys.modules
+    finally:
+        sys.modules.pop(name, None)

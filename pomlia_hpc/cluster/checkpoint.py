@@ -9,6 +9,7 @@ the next attempt resumes where the previous one stopped. Subclasses keep their p
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import os
 from typing import Any, ClassVar
@@ -23,15 +24,23 @@ class Checkpointable(submitit.helpers.Checkpointable):
     event writers). They are imported when the job is unpickled on the node, which is before
     submitit installs its USR2 handler: a preemption signal that lands inside a C extension's
     import turns the handler's ``SystemExit`` into ``ImportError: initialization failed``, and
-    the job fails instead of requeueing.
+    the job fails instead of requeueing. A module that fails to import there is left to the
+    job's own import, which raises (inside the job, where its failure is recorded) or
+    tolerates it (the event writer is optional), as without the preload.
     """
 
     preload: ClassVar[tuple[str, ...]] = ()
 
+    def __getstate__(self) -> dict[str, Any]:
+        # Always a dict: pickle skips __setstate__ (and the preload) for an empty state.
+        return dict(self.__dict__)
+
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
         for module in self.preload:
-            importlib.import_module(module)
+            # Exception, not BaseException: a signal arriving here still stops the job.
+            with contextlib.suppress(Exception):
+                importlib.import_module(module)
 
     @staticmethod
     def restart_count() -> int:
