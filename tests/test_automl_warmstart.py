@@ -190,7 +190,7 @@ def test_unfit_warm_start_configurations_are_left_out_one_by_one_when_asked(
     assert spec.initial_configs == [FAST, FAST]
     assert len(spec.dropped_initial) == 2
     assert "entry 0" in spec.dropped_initial[0] and "init" in spec.dropped_initial[0]
-    assert "first 2" in spec.dropped_initial[1]
+    assert "1 fitting one(s) after the first 2" in spec.dropped_initial[1]
 
 
 def test_warm_start_first_training_keeps_to_the_epoch_budget(

@@ -198,8 +198,8 @@ def _warm_start(
         initial = [initial[i] for i in kept]
         if optimizer == "smac" and len(initial) > n_trials:
             dropped.append(
-                f"initial configurations: entries after the first {n_trials} (the study has "
-                f"{n_trials} trial(s))"
+                f"initial configurations: {len(initial) - n_trials} fitting one(s) after the "
+                f"first {n_trials} (the study has {n_trials} trial(s))"
             )
             initial = initial[:n_trials]
     _check_warm_start(initial, cs, optimizer, n_trials)

@@ -116,7 +116,8 @@ class StudySpec(BaseModel):
     encoder: WeightSource | None = None
     init_model: WeightSource | None = None
     initial_configs: list[dict[str, Any]] = []
-    #: Why each warm-start configuration left out by ``drop_unfit_initial`` did not fit.
+    #: Why ``drop_unfit_initial`` left warm-start configurations out: each one that did not fit
+    #: the space, then (SMAC) how many fitting ones came after the first ``n_trials``.
     dropped_initial: list[str] = []
     final_full_budget: bool = False
     #: Harvested training rows (the last ``recent_rows`` of the train split) and their share of
