@@ -12,6 +12,7 @@ import pickle
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 from typing import ClassVar
 
 import pytest
@@ -48,6 +49,7 @@ def test_unpickling_a_job_imports_its_preload(tmp_path: Path, cls: type[Checkpoi
 RUNTIME = """
 import json, pickle, sys, tempfile
 from pathlib import Path
+from types import SimpleNamespace
 from typing import ClassVar
 pickle.load(open(sys.argv[1], "rb"))
 
@@ -120,3 +122,21 @@ def test_a_job_without_state_preloads_too(tmp_path: Path, monkeypatch: pytest.Mo
         assert name in sys.modules
     finally:
         sys.modules.pop(name, None)
+
+
+@pytest.mark.parametrize(("arch", "loads"), [("small_cnn", False), ("resnet18_imagenet", True)])
+def test_a_trial_preloads_torchvision_for_the_architectures_that_build_with_it(
+    tmp_path: Path, arch: str, loads: bool
+) -> None:
+    """torchvision's C extension is imported while a ResNet or MobileNet trial builds its
+    network, after submitit's handler is installed, unless the unpickling loaded it; the small
+    CNN's trials do without (seconds saved)."""
+    job = TrialJob.__new__(TrialJob)
+    job.__dict__["request"] = SimpleNamespace(config=SimpleNamespace(arch=arch))
+    path = tmp_path / "job.pkl"
+    path.write_bytes(pickle.dumps(job))
+    code = "import pickle, sys; pickle.load(open(sys.argv[1], 'rb'))\n"
+    code += "print('torchvision' in sys.modules)"
+    proc = subprocess.run([sys.executable, "-c", code, str(path)], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stdout.strip().splitlines()[-1] == str(loads)

@@ -23,6 +23,9 @@ from pomlia_hpc.cluster import Checkpointable
 from pomlia_hpc.config import Record, read_record
 from pomlia_hpc.files import write_json_atomic
 
+#: The one architecture built without torchvision (:mod:`pomlia_hpc.models.nets`).
+SMALL_CNN = "small_cnn"
+
 DIST_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
@@ -62,13 +65,19 @@ class TrialJob(Checkpointable):
     """``TrialJob(request, result_path)()`` trains and returns the result dict."""
 
     # Imported lazily in training's set-up (DeepSpeed, the event writer) and at each epoch's
-    # evaluation. torchvision (every architecture but the small CNN) is left out: the small
-    # CNN's trials would pay its import (seconds) for nothing.
+    # evaluation. torchvision only for the architectures that need it (preload_modules): the
+    # small CNN's trials would pay its import (seconds) for nothing.
     preload = ("deepspeed", "torch.utils.tensorboard", "medmnist.evaluator")
 
     def __init__(self, request: TrainRequest, result_path: str) -> None:
         self.request = request
         self.result_path = result_path
+
+    def preload_modules(self) -> tuple[str, ...]:
+        """The class's preload, and torchvision for every architecture but the small CNN."""
+        request = self.__dict__.get("request")
+        arch = getattr(getattr(request, "config", None), "arch", SMALL_CNN)
+        return self.preload if arch == SMALL_CNN else (*self.preload, "torchvision")
 
     def __call__(self) -> dict[str, Any]:
         # A trial is one process launched by the cluster layer, never by torchrun: rank/port

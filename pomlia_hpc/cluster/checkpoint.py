@@ -35,9 +35,14 @@ class Checkpointable(submitit.helpers.Checkpointable):
         # Always a dict: pickle skips __setstate__ (and the preload) for an empty state.
         return dict(self.__dict__)
 
+    def preload_modules(self) -> tuple[str, ...]:
+        """What this job preloads: :attr:`preload`, or more where the job's state says what it
+        will import (called after the state is restored)."""
+        return self.preload
+
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.__dict__.update(state)
-        for module in self.preload:
+        for module in self.preload_modules():
             # Exception, not BaseException: a signal arriving here still stops the job.
             with contextlib.suppress(Exception):
                 importlib.import_module(module)
