@@ -49,8 +49,6 @@ def test_unpickling_a_job_imports_its_preload(tmp_path: Path, cls: type[Checkpoi
 RUNTIME = """
 import json, pickle, sys, tempfile
 from pathlib import Path
-from types import SimpleNamespace
-from typing import ClassVar
 pickle.load(open(sys.argv[1], "rb"))
 
 def extensions():

@@ -22,9 +22,7 @@ from pomlia_hpc.automl.engine import TrainRequest, TrainResult, train
 from pomlia_hpc.cluster import Checkpointable
 from pomlia_hpc.config import Record, read_record
 from pomlia_hpc.files import write_json_atomic
-
-#: The one architecture built without torchvision (:mod:`pomlia_hpc.models.nets`).
-SMALL_CNN = "small_cnn"
+from pomlia_hpc.models.archs import WITHOUT_TORCHVISION
 
 DIST_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
@@ -74,10 +72,10 @@ class TrialJob(Checkpointable):
         self.result_path = result_path
 
     def preload_modules(self) -> tuple[str, ...]:
-        """The class's preload, and torchvision for every architecture but the small CNN."""
-        request = self.__dict__.get("request")
-        arch = getattr(getattr(request, "config", None), "arch", SMALL_CNN)
-        return self.preload if arch == SMALL_CNN else (*self.preload, "torchvision")
+        """The class's preload, and torchvision for the architectures built with it."""
+        config = getattr(self.__dict__.get("request"), "config", None)
+        needs = config is not None and config.arch not in WITHOUT_TORCHVISION
+        return (*self.preload, "torchvision") if needs else self.preload
 
     def __call__(self) -> dict[str, Any]:
         # A trial is one process launched by the cluster layer, never by torchrun: rank/port

@@ -17,6 +17,10 @@ ARCHITECTURES: tuple[str, ...] = (
     "small_cnn",
 )
 
+#: Architectures built without torchvision (:mod:`pomlia_hpc.models.nets` imports it for the
+#: others only).
+WITHOUT_TORCHVISION: tuple[str, ...] = ("small_cnn",)
+
 #: Largest input (px) for which the small-input stems skip every early down-sampling.
 SMALL_INPUT_PX = 32
 
