@@ -12,7 +12,6 @@ import pytest
 from pomlia_hpc.automl import records
 from pomlia_hpc.automl.space import SpaceOptions
 from pomlia_hpc.automl.study import StudyResult, create_study, run_study
-from pomlia_hpc.cluster import refresh_slurm_jobs
 from pomlia_hpc.registry import Job, Registry
 from pomlia_hpc.workspace import Workspace
 from tests.fixtures.factories import FAST, tiny_task
@@ -22,7 +21,8 @@ pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.usefixtures("slur
 
 def test_slurm_trials_in_parallel_and_a_cancelled_one(workspace: Workspace) -> None:
     reg = Registry.open(workspace.db_url)
-    tiny_task(workspace, reg, "blood", sizes=(64, 24, 24))
+    # Enough training images that the two parallel trials overlap for seconds, not a moment.
+    tiny_task(workspace, reg, "blood", sizes=(768, 24, 24))
     slow = {**FAST, "batch_size": 32, "augmentation": "flip_crop"}
     spec = create_study(
         reg,
@@ -50,20 +50,15 @@ def test_slurm_trials_in_parallel_and_a_cancelled_one(workspace: Workspace) -> N
 
     driver = threading.Thread(target=drive, daemon=True)
     driver.start()
-    # Wait until both first trials are RUNNING on Slurm at the same time, then cancel one.
+    # Wait until two trials are RUNNING on Slurm at the same time, then cancel the one that
+    # started last: it has the most work left. squeue, not sacct, because the accounting can
+    # still say RUNNING for a job that has just ended, and a job that ended cannot be cancelled.
     deadline = time.time() + 180
     victim: str | None = None
     while victim is None:
         assert time.time() < deadline, "two trials never ran at the same time"
-        running = [r for r in records.study_runs(reg, "sl") if r.status == "running"]
-        ids = [r.job_id for r in running if r.job_id is not None]
-        if len(ids) == 2:
-            refresh_slurm_jobs(reg, ids)
-            with reg.session() as s:
-                jobs = [s.get(Job, i) for i in ids]
-                if all(j is not None and j.state == "RUNNING" for j in jobs):
-                    victim = jobs[1].scheduler_id  # type: ignore[union-attr]
-        time.sleep(0.3)
+        victim = newest_of_two_running(reg)
+        time.sleep(0.2)
     subprocess.run(["scancel", victim], check=True)
     driver.join(timeout=300)
     assert not driver.is_alive(), "the study did not finish"
@@ -84,3 +79,27 @@ def test_slurm_trials_in_parallel_and_a_cancelled_one(workspace: Workspace) -> N
     assert result.model_name == "sl-best"
     ok = [r for r in runs if r.status == "ok"]
     assert all(r.metrics["device"] == "cpu" and r.cost_s for r in ok)
+
+
+def newest_of_two_running(reg: Registry) -> str | None:
+    """The Slurm id of the later-started of two RUNNING trials of study "sl", else None.
+
+    Asks squeue about this study's jobs only: other tests may have jobs on the same cluster."""
+    with reg.session() as s:
+        ids = [
+            s.get(Job, r.job_id).scheduler_id  # type: ignore[union-attr]
+            for r in records.study_runs(reg, "sl")
+            if r.status == "running" and r.job_id is not None
+        ]
+    if len(ids) < 2:
+        return None
+    out = subprocess.run(
+        ["squeue", "-h", "-t", "RUNNING", "-o", "%i %S", "-j", ",".join(ids)],
+        capture_output=True,
+        text=True,
+        check=False,  # squeue fails on an id that has left its memory: not running, then
+    ).stdout.split("\n")
+    rows = [line.split() for line in out if line.strip()]
+    if len(rows) != 2:
+        return None
+    return max(rows, key=lambda r: (r[1], int(r[0])))[0]
