@@ -19,6 +19,7 @@ from tests.fixtures.factories import FAST, tiny_task
 pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.usefixtures("slurm")]
 
 
+@pytest.mark.timeout(1200)
 def test_slurm_trials_in_parallel_and_a_cancelled_one(workspace: Workspace) -> None:
     reg = Registry.open(workspace.db_url)
     # Enough training images that the two parallel trials overlap for seconds, not a moment.
@@ -53,14 +54,14 @@ def test_slurm_trials_in_parallel_and_a_cancelled_one(workspace: Workspace) -> N
     # Wait until two trials are RUNNING on Slurm at the same time, then cancel the one that
     # started last: it has the most work left. squeue, not sacct, because the accounting can
     # still say RUNNING for a job that has just ended, and a job that ended cannot be cancelled.
-    deadline = time.time() + 180
+    deadline = time.time() + 600  # the first trial runs alone first, importing torch
     victim: str | None = None
     while victim is None:
         assert time.time() < deadline, "two trials never ran at the same time"
         victim = newest_of_two_running(reg)
         time.sleep(0.2)
     subprocess.run(["scancel", victim], check=True)
-    driver.join(timeout=300)
+    driver.join(timeout=600)
     assert not driver.is_alive(), "the study did not finish"
     result = out["result"]
     if isinstance(result, BaseException):

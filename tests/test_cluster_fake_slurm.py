@@ -8,7 +8,6 @@ from __future__ import annotations
 import itertools
 import subprocess
 import threading
-import time
 from pathlib import Path
 from typing import Any
 
@@ -145,10 +144,9 @@ def test_usr2_checkpoints_requeues_and_resumes(
 ) -> None:
     markers = tmp_path / "markers"
     markers.mkdir()
-    h = _slurm(tmp_path, reg).submit(jobfns.SlowSum(str(markers)), 30, 0.05)
-    wait_until(lambda: (markers / "started-1").exists(), what="the first attempt")
+    h = _slurm(tmp_path, reg).submit(jobfns.SlowSum(str(markers), hold_at=6), 30, 0.05)
+    wait_until(lambda: (markers / "holding").exists(), what="the first attempt to make progress")
     wait_until(lambda: fake_slurm.tasks()[h.job_id]["step_pid"], what="the job step")
-    time.sleep(0.3)  # let it make some progress
     subprocess.run(["scancel", "--signal=USR2", h.job_id], check=True)
     out = h.result()
     assert out["total"] == sum(range(30)) and out["attempts"] == [0, 1]

@@ -113,12 +113,12 @@ def test_cancelled_job(tmp_path: Path, reg: Registry) -> None:
 def test_checkpointable_job_requeues_and_resumes(tmp_path: Path, reg: Registry) -> None:
     markers = tmp_path / "markers"
     markers.mkdir()
-    job = jobfns.SlowSum(str(markers))
+    job = jobfns.SlowSum(str(markers), hold_at=8)
     h = _slurm(tmp_path, reg).submit(job, 40, 0.25)
-    deadline = time.time() + 60
-    while not (markers / "started-1").exists() and time.time() < deadline:
+    deadline = time.time() + 240
+    while not (markers / "holding").exists():  # it made progress and waits for the signal
+        assert time.time() < deadline, "the first attempt did not make progress in 240 s"
         time.sleep(0.2)
-    time.sleep(2.0)  # let it make some progress
     subprocess.run(["scancel", "--signal=USR2", h.job_id], check=True)
     out = h.result()
     assert out["total"] == sum(range(40))

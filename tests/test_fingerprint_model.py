@@ -157,6 +157,11 @@ def test_train_register_and_resume(workspace: Workspace, reg: Registry) -> None:
 
     # A longer run in the same folder resumes after the epoch-1 checkpoint (what a requeued
     # job does after preemption) and keeps the first epoch's loss.
+    # A kill after an epoch's log line but before its checkpoint leaves a line that no
+    # checkpoint backs (here epoch 2, and a line cut short): the resume drops them, then logs
+    # epoch 2 once.
+    with (out / "train_log.jsonl").open("a") as fh:
+        fh.write(json.dumps({"epoch": 2, "images": -1}) + "\n" + '{"epoch": 3, "ima')
     sources = [Source(str(open_version(reg, r).path), 0, 48) for r in (a, b)]
     res = ex.submit(TrainJob(_cfg(epochs=2), sources, str(out))).result()
     assert res["resumed_from"] == 1

@@ -17,6 +17,7 @@ from pomlia_hpc.errors import InputError
 from pomlia_hpc.monitor.schedule import job_name, next_begin
 from pomlia_hpc.registry import MonitorReport, Registry
 from pomlia_hpc.workspace import Workspace
+from tests.fixtures.waiting import wait_until
 from tests.monitor_support import demo_model, images, log_predictions
 
 pytestmark = pytest.mark.slurm
@@ -43,7 +44,7 @@ def test_chain_runs_twice_and_unschedule_leaves_no_job(
             runner.invoke(
                 app, ["monitor", "schedule", "blood", "--every", "3s"], catch_exceptions=False
             )
-        deadline = time.monotonic() + 90
+        deadline = time.monotonic() + 240  # each run a job that starts Python: slow on CI
         while reports(reg) < 2 and time.monotonic() < deadline:
             time.sleep(0.5)
         outputs = sorted(workspace.path("jobs", "monitor", "blood").glob("slurm-*.out"))
@@ -54,8 +55,8 @@ def test_chain_runs_twice_and_unschedule_leaves_no_job(
     finally:
         res = runner.invoke(app, ["monitor", "unschedule", "blood"])
     assert res.exit_code == 0 and "cancelled" in res.output, res.output
-    time.sleep(2)
-    assert jobs_named(name) == []
+    # A cancelled job shows in squeue until its processes are gone.
+    wait_until(lambda: jobs_named(name) == [], timeout=60, interval=0.5, what="no chain job")
     assert not workspace.path("jobs", "monitor", "blood", "schedule.env").exists()
     with reg.session() as s:
         paths = [Path(p) for p in s.scalars(select(MonitorReport.report_path))]

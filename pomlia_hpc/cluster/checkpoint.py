@@ -5,16 +5,32 @@ cluster is configured so). submitit catches it, calls :meth:`Checkpointable.chec
 job's callable and requeues the job; the callable is pickled again with its current state, so
 the next attempt resumes where the previous one stopped. Subclasses keep their progress on
 ``self`` (or write a checkpoint file and read it back in ``__call__``).
+
+Once the job has checkpointed for a requeue it is stopping, not failing: the requeue sends
+SIGTERM to every process of the job, so a DataLoader worker dies and its parent raises
+"DataLoader worker ... is killed by signal: Terminated" while submitit's ``SystemExit`` unwinds.
+submitit would record that exception as the job's result, and the job would count as FAILED
+although its next attempt is queued. The callable's ``__call__`` turns any exception after the
+checkpoint into ``SystemExit``, which leaves no result behind.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib
 import os
+import sys
+import threading
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 import submitit
+from submitit.core.utils import UncompletedJobError
+
+#: Set in this process once its job checkpointed to be requeued (module-wide, not on the job:
+#: the job's state is pickled for the next attempt, which must start without it).
+requeue_started = threading.Event()
 
 
 class Checkpointable(submitit.helpers.Checkpointable):
@@ -30,6 +46,19 @@ class Checkpointable(submitit.helpers.Checkpointable):
     """
 
     preload: ClassVar[tuple[str, ...]] = ()
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        call = cls.__dict__.get("__call__")
+        if call is not None:
+            cls.__call__ = _stopping_once_requeued(call)  # type: ignore[method-assign]
+
+    def checkpoint(self, *args: Any, **kwargs: Any) -> submitit.helpers.DelayedSubmission:
+        """The job to requeue (this callable with its current state); marks the process as
+        stopping. A subclass that overrides this calls it."""
+        delayed = super().checkpoint(*args, **kwargs)
+        requeue_started.set()
+        return delayed
 
     def __getstate__(self) -> dict[str, Any]:
         # Always a dict: pickle skips __setstate__ (and the preload) for an empty state.
@@ -51,3 +80,32 @@ class Checkpointable(submitit.helpers.Checkpointable):
     def restart_count() -> int:
         """How many times this job has been requeued so far (0 on the first attempt)."""
         return int(os.environ.get("SLURM_RESTART_COUNT", "0"))
+
+
+def stopping_for_requeue() -> bool:
+    """Whether this process's job has checkpointed to be requeued.
+
+    A function, not the event itself, in the wrapper below: a job class pickled by value
+    carries the wrapper's globals, and an event (a lock) cannot be pickled."""
+    return requeue_started.is_set()
+
+
+def _stopping_once_requeued(call: Callable[..., Any]) -> Callable[..., Any]:
+    """``call`` with an exception raised after the checkpoint turned into ``SystemExit``
+    (see the module docstring). submitit's own refusal to requeue is kept: it is the result."""
+
+    @functools.wraps(call)
+    def run(self: Checkpointable, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return call(self, *args, **kwargs)
+        except Exception as exc:
+            if not stopping_for_requeue() or isinstance(exc, UncompletedJobError):
+                raise
+            print(
+                f"stopping for the requeue; ignored: {type(exc).__name__}: {exc}",
+                file=sys.stderr,
+                flush=True,
+            )
+            raise SystemExit(-1) from exc
+
+    return run

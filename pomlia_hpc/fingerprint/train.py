@@ -232,6 +232,21 @@ def _read_result(out: Path) -> dict[str, Any]:
     }
 
 
+def trim_epoch_log(path: Path, epochs: int) -> None:
+    """Keep the lines of the epoch log ``path`` for epochs ``1..epochs`` (the checkpointed
+    ones), atomically; a line cut short by a kill is dropped too."""
+    if not path.exists():
+        return
+    kept = []
+    for line in path.read_text().splitlines():
+        try:
+            if int(json.loads(line)["epoch"]) <= epochs:
+                kept.append(line + "\n")
+        except (ValueError, KeyError, TypeError):
+            continue
+    write_atomic(path, "".join(kept))
+
+
 def _train_rank(
     config: TrainConfig, sources: list[Source], out_dir: str, *, cpu_share: int
 ) -> dict[str, Any]:
@@ -247,6 +262,9 @@ def _train_rank(
     checkpoints = _checkpoints(out, rank, world)
     state = _start_state(checkpoints.restore(engine))
     resumed_from = int(state["epoch"])
+    if rank == 0:
+        # An epoch logged but stopped (preempted) before its checkpoint is trained again.
+        trim_epoch_log(out / "train_log.jsonl", resumed_from)
     train_sources, val_sources = split_holdout(sources, config.holdout)
     n_rows = sum(s.stop - s.start for s in train_sources)
     if steps_per_epoch(n_rows, config.batch_size, world) == 0:
@@ -275,13 +293,13 @@ def _train_rank(
         checkpoints.save(engine, epoch + 1, tag)
         if rank == 0 and improved:  # the weights early stopping keeps (before latest.json)
             write_checkpoint(out / "best.pt", engine.module.model, config, state["loss_curve"])
+        if rank == 0:  # before latest.json: a resume drops what no checkpoint backs (above)
+            _report_epoch(out, config, state, curves, val, images, time.perf_counter() - t0)
         # The previous epoch's checkpoint stays too (one spare).
         checkpoints.commit(
             EncoderState(**state, tag=tag, resumed_from=resumed_from),
             keep=(f"epoch-{epoch:04d}",),
         )
-        if rank == 0:
-            _report_epoch(out, config, state, curves, val, images, time.perf_counter() - t0)
     curves.close()
     if rank == 0:
         best = out / "best.pt"
