@@ -54,7 +54,7 @@ def test_slurm_trials_in_parallel_and_a_cancelled_one(workspace: Workspace) -> N
     # Wait until two trials are RUNNING on Slurm at the same time, then cancel the one that
     # started last: it has the most work left. squeue, not sacct, because the accounting can
     # still say RUNNING for a job that has just ended, and a job that ended cannot be cancelled.
-    deadline = time.time() + 600  # the first trial runs alone first, importing torch
+    deadline = time.time() + 300  # the first trial runs alone first, importing torch
     victim: str | None = None
     while victim is None:
         assert time.time() < deadline, "two trials never ran at the same time"

@@ -131,10 +131,11 @@ def test_local_array_extraction_matches_in_memory_embedding(
     assert [r.shards_run for r in again] == [0, 0]
 
 
-def test_shard_killed_mid_write_reruns_to_bitwise_identical_embeddings(
+def test_shard_killed_part_way_reruns_to_bitwise_identical_embeddings(
     workspace: Workspace, reg: Registry
 ) -> None:
-    # Many small chunks: the shard is killed part-way through its own.
+    # Many small chunks (8 rows): the shard dies after 3 of its chunks, between two writes (a
+    # chunk torn mid-write: the next test).
     ref = make_dataset(workspace, reg, "organ", "organamnist", (900, 60, 240), chunk_rows=8)
     make_encoder(workspace, reg, "enc", latent_dim=8)
     plan = plan_extraction(reg, workspace, "enc", [ref], shards=3, threads=1, batch_size=8)

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from pomlia_hpc.automl.engine import TrainRequest, TrainResult, train
-from pomlia_hpc.cluster import Checkpointable
+from pomlia_hpc.cluster import Checkpointable, requeue_exit
 from pomlia_hpc.config import Record, read_record
 from pomlia_hpc.files import write_json_atomic
 from pomlia_hpc.models.archs import WITHOUT_TORCHVISION
@@ -95,6 +95,8 @@ class TrialJob(Checkpointable):
         except Exception as exc:
             # Not BaseException: a cancelled local job gets SIGINT (KeyboardInterrupt), and a
             # cancelled trial is not a failed one.
+            if requeue_exit(exc) is not None:
+                raise  # stopping for a requeue: the next attempt's outcome is the trial's
             error = f"{type(exc).__name__}: {' '.join(str(exc).split())}"
             failure = TrialFailure(error=error, traceback=traceback.format_exc())
             write_json_atomic(failure_path(self.result_path), failure.to_dict())

@@ -5,7 +5,7 @@ Everything that runs on the cluster is a plain Python callable submitted through
 """
 
 from pomlia_hpc.cluster.attach import AttachedJob, poll_attached
-from pomlia_hpc.cluster.checkpoint import Checkpointable
+from pomlia_hpc.cluster.checkpoint import Checkpointable, requeue_exit
 from pomlia_hpc.cluster.distributed import apply_distributed_env, distributed_env, expand_hostlist
 from pomlia_hpc.cluster.executor import Executor, JobFailedError, JobHandle, wait_all
 from pomlia_hpc.cluster.records import refresh_slurm_jobs, sacct_states
@@ -21,6 +21,7 @@ __all__ = [
     "expand_hostlist",
     "poll_attached",
     "refresh_slurm_jobs",
+    "requeue_exit",
     "sacct_states",
     "wait_all",
 ]

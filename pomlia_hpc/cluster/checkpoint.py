@@ -10,8 +10,9 @@ Once the job has checkpointed for a requeue it is stopping, not failing: the req
 SIGTERM to every process of the job, so a DataLoader worker dies and its parent raises
 "DataLoader worker ... is killed by signal: Terminated" while submitit's ``SystemExit`` unwinds.
 submitit would record that exception as the job's result, and the job would count as FAILED
-although its next attempt is queued. The callable's ``__call__`` turns any exception after the
-checkpoint into ``SystemExit``, which leaves no result behind.
+although its next attempt is queued. The callable's ``__call__`` turns an exception raised
+while that exit unwinds back into the exit (:func:`requeue_exit`), which leaves no result
+behind. Only the job's rank 0 checkpoints and requeues; on other ranks nothing changes.
 """
 
 from __future__ import annotations
@@ -26,7 +27,6 @@ from collections.abc import Callable
 from typing import Any, ClassVar
 
 import submitit
-from submitit.core.utils import UncompletedJobError
 
 #: Set in this process once its job checkpointed to be requeued (module-wide, not on the job:
 #: the job's state is pickled for the next attempt, which must start without it).
@@ -40,9 +40,11 @@ class Checkpointable(submitit.helpers.Checkpointable):
     event writers). They are imported when the job is unpickled on the node, which is before
     submitit installs its USR2 handler: a preemption signal that lands inside a C extension's
     import turns the handler's ``SystemExit`` into ``ImportError: initialization failed``, and
-    the job fails instead of requeueing. A module that fails to import there is left to the
-    job's own import, which raises (inside the job, where its failure is recorded) or
-    tolerates it (the event writer is optional), as without the preload.
+    the job fails instead of requeueing (``__call__`` would turn that error back into the exit,
+    but code that catches it, as the optional event writer's import does, would run on after
+    the requeue). A module that fails to import there is left to the job's own import, which
+    raises (inside the job, where its failure is recorded) or tolerates it, as without the
+    preload.
     """
 
     preload: ClassVar[tuple[str, ...]] = ()
@@ -82,30 +84,41 @@ class Checkpointable(submitit.helpers.Checkpointable):
         return int(os.environ.get("SLURM_RESTART_COUNT", "0"))
 
 
-def stopping_for_requeue() -> bool:
-    """Whether this process's job has checkpointed to be requeued.
-
-    A function, not the event itself, in the wrapper below: a job class pickled by value
-    carries the wrapper's globals, and an event (a lock) cannot be pickled."""
-    return requeue_started.is_set()
+def requeue_exit(exc: BaseException) -> SystemExit | None:
+    """The exit that ``exc`` interrupted, when this process's job checkpointed for a requeue:
+    the ``SystemExit`` in ``exc``'s context chain. None when ``exc`` is the job's own failure,
+    submitit's refusal to requeue (``UncompletedJobError``) or a failed ``scontrol requeue``:
+    none of them is raised while the exit unwinds, and each is the job's result."""
+    if not requeue_started.is_set():
+        return None
+    seen: set[int] = set()
+    context = exc.__context__
+    while context is not None and id(context) not in seen:
+        if isinstance(context, SystemExit):
+            return context
+        seen.add(id(context))
+        context = context.__context__
+    return None
 
 
 def _stopping_once_requeued(call: Callable[..., Any]) -> Callable[..., Any]:
-    """``call`` with an exception raised after the checkpoint turned into ``SystemExit``
-    (see the module docstring). submitit's own refusal to requeue is kept: it is the result."""
+    """``call`` with an exception raised while a requeue's exit unwinds turned back into that
+    exit (see the module docstring). It names only module-level functions: a job class pickled
+    by value carries the wrapper's globals, and the event (a lock) cannot be pickled."""
 
     @functools.wraps(call)
     def run(self: Checkpointable, *args: Any, **kwargs: Any) -> Any:
         try:
             return call(self, *args, **kwargs)
         except Exception as exc:
-            if not stopping_for_requeue() or isinstance(exc, UncompletedJobError):
+            stop = requeue_exit(exc)
+            if stop is None:
                 raise
             print(
                 f"stopping for the requeue; ignored: {type(exc).__name__}: {exc}",
                 file=sys.stderr,
                 flush=True,
             )
-            raise SystemExit(-1) from exc
+            raise SystemExit(stop.code) from exc
 
     return run

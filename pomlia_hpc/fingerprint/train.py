@@ -29,6 +29,7 @@ Files under ``<home>/models/encoders/<name>/``::
     best.pt             weights of the best held-out epoch so far
     checkpoints/        DeepSpeed checkpoints (the last two epochs are kept)
     train_log.jsonl     one line per epoch: epoch, loss, val_loss, lr, parts, images, seconds
+                        (written before the epoch's latest.json; a resume trims it to that)
     loss_curves.json    train / held-out loss and LR per epoch, best epoch (and a .png of it)
 """
 
@@ -53,6 +54,12 @@ from pomlia_hpc.errors import InputError, integrity_failure
 from pomlia_hpc.files import write_atomic
 from pomlia_hpc.fingerprint.autoencoder import Autoencoder, EncoderConfig
 from pomlia_hpc.fingerprint.encoders import get_encoder, load_checkpoint, load_encoder
+from pomlia_hpc.fingerprint.epochlog import (
+    EPOCH_LOG,
+    append_epoch_line,
+    epoch_line,
+    trim_epoch_log,
+)
 from pomlia_hpc.fingerprint.loader import (
     Source,
     StoreStream,
@@ -232,21 +239,6 @@ def _read_result(out: Path) -> dict[str, Any]:
     }
 
 
-def trim_epoch_log(path: Path, epochs: int) -> None:
-    """Keep the lines of the epoch log ``path`` for epochs ``1..epochs`` (the checkpointed
-    ones), atomically; a line cut short by a kill is dropped too."""
-    if not path.exists():
-        return
-    kept = []
-    for line in path.read_text().splitlines():
-        try:
-            if int(json.loads(line)["epoch"]) <= epochs:
-                kept.append(line + "\n")
-        except (ValueError, KeyError, TypeError):
-            continue
-    write_atomic(path, "".join(kept))
-
-
 def _train_rank(
     config: TrainConfig, sources: list[Source], out_dir: str, *, cpu_share: int
 ) -> dict[str, Any]:
@@ -264,7 +256,7 @@ def _train_rank(
     resumed_from = int(state["epoch"])
     if rank == 0:
         # An epoch logged but stopped (preempted) before its checkpoint is trained again.
-        trim_epoch_log(out / "train_log.jsonl", resumed_from)
+        trim_epoch_log(out / EPOCH_LOG, resumed_from)
     train_sources, val_sources = split_holdout(sources, config.holdout)
     n_rows = sum(s.stop - s.start for s in train_sources)
     if steps_per_epoch(n_rows, config.batch_size, world) == 0:
@@ -293,13 +285,16 @@ def _train_rank(
         checkpoints.save(engine, epoch + 1, tag)
         if rank == 0 and improved:  # the weights early stopping keeps (before latest.json)
             write_checkpoint(out / "best.pt", engine.module.model, config, state["loss_curve"])
+        line = epoch_line(state, val, images, time.perf_counter() - t0)
         if rank == 0:  # before latest.json: a resume drops what no checkpoint backs (above)
-            _report_epoch(out, config, state, curves, val, images, time.perf_counter() - t0)
+            append_epoch_line(out / EPOCH_LOG, line)
         # The previous epoch's checkpoint stays too (one spare).
         checkpoints.commit(
             EncoderState(**state, tag=tag, resumed_from=resumed_from),
             keep=(f"epoch-{epoch:04d}",),
         )
+        if rank == 0:
+            _report_epoch(out, config, state, curves, line)
     curves.close()
     if rank == 0:
         best = out / "best.pt"
@@ -421,17 +416,12 @@ def _after_epoch(
 
 
 def _report_epoch(
-    out: Path,
-    config: TrainConfig,
-    state: dict[str, Any],
-    curves: Curves,
-    val: float | None,
-    images: int,
-    seconds: float,
+    out: Path, config: TrainConfig, state: dict[str, Any], curves: Curves, line: dict[str, Any]
 ) -> None:
-    """Rank 0's record of the epoch just ended (``state["epoch"]``): the TensorBoard curves,
-    a ``train_log.jsonl`` line, ``loss_curves.*`` and a progress line on stdout."""
-    epoch, loss, lr = state["epoch"], state["loss_curve"][-1], state["lr_curve"][-1]
+    """Rank 0's report of the epoch of ``line`` (its log record) once it is checkpointed: the
+    TensorBoard curves, ``loss_curves.*`` and a progress line on stdout."""
+    epoch, loss, lr, val = line["epoch"], line["loss"], line["lr"], line["val_loss"]
+    images, seconds = line["images"], line["seconds"]
     scalars = {
         "train/loss": loss,
         "train/lr": lr,
@@ -440,17 +430,6 @@ def _report_epoch(
     if val is not None:
         scalars["val/loss"] = val
     curves.epoch(epoch, scalars)
-    line = {
-        "epoch": epoch,
-        "loss": loss,
-        "val_loss": val,
-        "lr": lr,
-        "parts": state["parts"][-1],
-        "images": images,
-        "seconds": seconds,
-    }
-    with (out / "train_log.jsonl").open("a") as fh:
-        fh.write(json.dumps(line) + "\n")
     write_train_curves(out, config, state)
     val_text = f" held-out {val:.6f}" if val is not None else ""
     stop_text = " (early stop)" if state["stopped_early"] else ""
