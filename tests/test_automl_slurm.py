@@ -12,6 +12,7 @@ import pytest
 from pomlia_hpc.automl import records
 from pomlia_hpc.automl.space import SpaceOptions
 from pomlia_hpc.automl.study import StudyResult, create_study, run_study
+from pomlia_hpc.cluster.batch import jobs_named
 from pomlia_hpc.registry import Job, Registry
 from pomlia_hpc.workspace import Workspace
 from tests.fixtures.factories import FAST, tiny_task
@@ -85,22 +86,21 @@ def test_slurm_trials_in_parallel_and_a_cancelled_one(workspace: Workspace) -> N
 def newest_of_two_running(reg: Registry) -> str | None:
     """The Slurm id of the later-started of two RUNNING trials of study "sl", else None.
 
-    Asks squeue about this study's jobs only: other tests may have jobs on the same cluster."""
+    Asks squeue (by job name) and keeps this study's jobs only: other tests may have jobs of
+    the same name on the same cluster."""
     with reg.session() as s:
-        ids = [
-            s.get(Job, r.job_id).scheduler_id  # type: ignore[union-attr]
+        jobs = [
+            s.get(Job, r.job_id)
             for r in records.study_runs(reg, "sl")
             if r.status == "running" and r.job_id is not None
         ]
-    if len(ids) < 2:
+    ours = {j.scheduler_id: j.name for j in jobs if j is not None}
+    running = [
+        q
+        for name in set(ours.values())
+        for q in jobs_named(name)
+        if q.job_id in ours and q.state == "RUNNING"
+    ]
+    if len(running) != 2:
         return None
-    out = subprocess.run(
-        ["squeue", "-h", "-t", "RUNNING", "-o", "%i %S", "-j", ",".join(ids)],
-        capture_output=True,
-        text=True,
-        check=False,  # squeue fails on an id that has left its memory: not running, then
-    ).stdout.split("\n")
-    rows = [line.split() for line in out if line.strip()]
-    if len(rows) != 2:
-        return None
-    return max(rows, key=lambda r: (r[1], int(r[0])))[0]
+    return max(running, key=lambda q: (q.begin, int(q.job_id))).job_id

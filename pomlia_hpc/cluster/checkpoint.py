@@ -91,14 +91,10 @@ def requeue_exit(exc: BaseException) -> SystemExit | None:
     none of them is raised while the exit unwinds, and each is the job's result."""
     if not requeue_started.is_set():
         return None
-    seen: set[int] = set()
-    context = exc.__context__
-    while context is not None and id(context) not in seen:
-        if isinstance(context, SystemExit):
-            return context
-        seen.add(id(context))
+    context = exc.__context__  # Python keeps context chains free of cycles
+    while context is not None and not isinstance(context, SystemExit):
         context = context.__context__
-    return None
+    return context
 
 
 def _stopping_once_requeued(call: Callable[..., Any]) -> Callable[..., Any]:
