@@ -66,18 +66,20 @@ def test_chain_runs_twice_and_unschedule_leaves_no_job(
 def test_daily_schedule_prints_cron_and_scrontab_lines(
     slurm: None, workspace: Workspace, reg: Registry
 ) -> None:
-    demo_model(reg, workspace, n_ref=50)
-    res = runner.invoke(app, ["monitor", "schedule", "blood", "--at", "02:30"])
+    # Its own model name: the chain test's job name is cluster-wide (one user, one name).
+    demo_model(reg, workspace, name="blood-daily", n_ref=50)
+    res = runner.invoke(app, ["monitor", "schedule", "blood-daily", "--at", "02:30"])
     try:
         assert res.exit_code == 0, (res.output, res.exception)
         out = " ".join(res.output.split())
-        assert "30 2 * * * sbatch --job-name=pomlia-monitor-blood --dependency=singleton" in out
-        assert "#SCRON --job-name=pomlia-monitor-blood" in out
-        (job,) = jobs_named(job_name("blood"))
+        cron = "30 2 * * * sbatch --job-name=pomlia-monitor-blood-daily --dependency=singleton"
+        assert cron in out
+        assert "#SCRON --job-name=pomlia-monitor-blood-daily" in out
+        (job,) = jobs_named(job_name("blood-daily"))
         assert job.state == "PENDING" and "02:30:00" in job.begin
     finally:
-        runner.invoke(app, ["monitor", "unschedule", "blood"])
-    assert jobs_named(job_name("blood")) == []
+        runner.invoke(app, ["monitor", "unschedule", "blood-daily"])
+    assert jobs_named(job_name("blood-daily")) == []
 
 
 def test_next_begin() -> None:
