@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 import time
@@ -44,7 +45,15 @@ def test_every_command_has_help() -> None:
         cmd = root
         for p in path:
             cmd = cmd.commands[p]
-        assert (cmd.help or "").strip(), f"`pomlia {' '.join(path)}` has no help text"
+        where = f"`pomlia {' '.join(path)}`"
+        assert (cmd.help or "").strip(), f"{where} has no help text"
+        # The command lists show the short help as it is: a line break there splits a sentence.
+        if path:
+            summary = cmd.short_help or (cmd.help or "").split("\n\n")[0]
+            assert "\n" not in summary.strip(), f"{where}: summary spans lines"
+        # Rich markup mode takes "[default: 5]" in a help text for a style tag and drops it.
+        for text in [cmd.help or "", *(getattr(p, "help", None) or "" for p in cmd.params)]:
+            assert not re.search(r"\[[a-z][^\]]*\]", text), f"{where}: markup-like {text!r}"
 
 
 def test_version() -> None:

@@ -16,6 +16,8 @@ from pomlia_hpc.cli import registry as _registry  # noqa: F401  (registry recove
 from pomlia_hpc.cli import report as _report  # noqa: F401
 from pomlia_hpc.cli import serve as _serve  # noqa: F401  (model, serve, deploy)
 from pomlia_hpc.cli import strategy as _strategy  # noqa: F401  (strategy, recommend)
-from pomlia_hpc.cli.app import app, main
+from pomlia_hpc.cli.app import app, main, one_line_summaries
+
+one_line_summaries(app)
 
 __all__ = ["app", "main"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -113,6 +114,19 @@ def _root(
     if STATE._registry is not None:  # a previous invocation in the same process (tests)
         STATE._registry.dispose()
     STATE.home, STATE.db_url, STATE.cluster, STATE._registry = home, db_url, cluster, None
+
+
+def one_line_summaries(group: typer.Typer) -> None:
+    """Give every command of ``group`` (and its sub-groups) a one-line summary for the command
+    lists: the first paragraph of its docstring with the line breaks of the source removed
+    (rich markup mode keeps them, which broke the lists mid-sentence)."""
+    for cmd in group.registered_commands:
+        doc = cmd.help or inspect.getdoc(cmd.callback) or ""
+        if cmd.short_help is None and doc:
+            cmd.short_help = " ".join(doc.split("\n\n")[0].split())
+    for sub in group.registered_groups:
+        if sub.typer_instance is not None:
+            one_line_summaries(sub.typer_instance)
 
 
 def main() -> None:

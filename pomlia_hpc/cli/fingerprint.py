@@ -83,7 +83,7 @@ def train(
         typer.Option(
             help="Loss: mse (the paper's autoencoder), style (MSE + Gram-matrix texture loss) "
             "or contrastive (acquisition-invariant views + dataset membership) "
-            "[default: contrastive]."
+            "(default contrastive)."
         ),
     ] = None,
     holdout: Annotated[
@@ -257,12 +257,12 @@ def build(
 def similar(
     dataset: Annotated[str, typer.Argument(help="Query dataset: name or name@version.")],
     encoder: EncoderOpt = None,
-    k: Annotated[int | None, typer.Option("--k", help="How many datasets [default: 5].")] = None,
+    k: Annotated[int | None, typer.Option("--k", help="How many datasets (default 5).")] = None,
     distance: Annotated[
         str | None,
         typer.Option(
             help="combined (latent + explicit fingerprint), trimmed, frechet, mean (the "
-            "paper), mmd, kl, marginal or explicit [default: combined]."
+            "paper), mmd, kl, marginal or explicit (default combined)."
         ),
     ] = None,
     images: Annotated[
