@@ -1,6 +1,6 @@
 """Benchmark the cost of checking every chunk against its ingest hash on read (issue 16).
 
-A store written by ``pomlia data ingest`` records the SHA-256 of every image chunk; readers
+A store written by ``pomlia data add`` records the SHA-256 of every image chunk; readers
 (:meth:`pomlia_hpc.data.store.DatasetStore.read_rows`) hash each chunk the first time they
 touch it, so damaged data stops a training or extraction job with one clear line instead of
 training on garbage. This script measures what that costs against the same reads without the
