@@ -4,8 +4,8 @@ arguments, calls the library and renders the result."""
 from __future__ import annotations
 
 # Command groups register themselves on import.
-from pomlia_hpc.cli import automl as _automl  # noqa: F401  (task, automl, runs, models)
-from pomlia_hpc.cli import core as _core  # noqa: F401  (init, status, demo)
+from pomlia_hpc.cli import automl as _automl  # noqa: F401  (task, automl, runs)
+from pomlia_hpc.cli import core as _core  # noqa: F401  (init, status)
 from pomlia_hpc.cli import data as _data  # noqa: F401
 from pomlia_hpc.cli import fingerprint as _fingerprint  # noqa: F401  (index, similar, plot)
 from pomlia_hpc.cli import jobs as _jobs  # noqa: F401

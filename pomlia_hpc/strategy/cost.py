@@ -2,7 +2,7 @@
 
 Two sources, best first:
 
-1. **Measured**: the registry's own runs of the strategy (median wall seconds of its successful
+1. **Measured**: the registry's own runs of the strategy (mean wall seconds of its successful
    runs), scaled linearly by training-set size (images per epoch).
 2. **Estimated** from compute: forward multiply-adds per image at 224 px (published figures of
    the architectures, :data:`GMACS_224`) scaled by ``(img_size / 224)^2``; training costs 3x a
