@@ -106,3 +106,16 @@ def test_functions_over_100_lines_are_the_ones_architecture_names() -> None:
                     )
     extra = {name: n for name, n in long.items() if name not in LONG_FUNCTIONS}
     assert not extra, f"split these into named steps (or name them in ARCHITECTURE): {extra}"
+
+
+def test_every_top_level_module_is_in_the_layer_contract() -> None:
+    # A module the contract does not list is not checked by import-linter at all.
+    import tomllib
+
+    config = tomllib.loads((PACKAGE.parent / "pyproject.toml").read_text())
+    contracts = config["tool"]["importlinter"]["contracts"]
+    (layers,) = [c["layers"] for c in contracts if c["type"] == "layers"]
+    listed = {name.strip() for layer in layers for name in layer.split("|")}
+    modules = {p.stem for p in PACKAGE.glob("*.py") if p.stem != "__init__"}
+    packages = {p.parent.name for p in PACKAGE.glob("*/__init__.py")}
+    assert modules | packages <= listed, sorted((modules | packages) - listed)
