@@ -126,3 +126,15 @@ def test_an_invalid_demo_model_name_writes_nothing(workspace: Workspace, reg: Re
     with pytest.raises(InputError, match="model name 'bad name' is not valid"):
         register_demo_model(reg, workspace, "bad name")
     assert not workspace.path("models", "bad name").exists()
+
+
+def test_an_unreadable_checkpoint_is_one_line(reg: Registry, tmp_path: Path) -> None:
+    """torch's refusal of a file that is not a checkpoint runs to a dozen lines (its
+    weights_only advice); `pomlia model register` printed all of them."""
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"garbage\n")
+    with pytest.raises(InputError) as exc:
+        register_model(reg, "m1", bad)
+    msg = str(exc.value)
+    assert msg.startswith(f"{bad}: not a readable classifier checkpoint") and "\n" not in msg
+    assert msg.endswith("expected a file written by save_classifier")
