@@ -91,13 +91,11 @@ def create_study(
         extra_data=extra_data,
         recent_share=recent_share,
     )
-    # How trials run is checked now too, not found by every trial crashing or by the first
-    # submission failing after the study was created.
-    check_engine_options(engine or EngineOptions())
+    check_engine_options(engine or EngineOptions())  # now, not as every trial crashes on it
     recent_rows = _recent_rows(version.meta, ref) if recent_share is not None else 0
     folder = _new_study_folder(workspace, name)
     profile = load_cluster_profile(executor)  # fails early, naming the known profiles
-    with_overrides(profile, resources)  # a bad per-trial resource (memory, time) likewise
+    with_overrides(profile, resources)  # a bad trial resource now, not at the first submission
     store = open_store(version.store_path)
     enc, model = _initial_weights(registry, folder, store.image_shape[2], encoder, init_model)
     opts = _space_options(space or SpaceOptions(), enc, model, extra_data)
