@@ -69,6 +69,16 @@ class Settings(_Strict):
     cluster: ClusterConfig = ClusterConfig()
 
 
+def yaml_problem(exc: yaml.YAMLError) -> str:
+    """A YAML parse error in one line, where and what (PyYAML's own text spans several lines
+    and quotes the source)."""
+    mark = getattr(exc, "problem_mark", None)
+    problem = getattr(exc, "problem", None)
+    if mark is not None and problem:
+        return f"line {mark.line + 1}, column {mark.column + 1}: {problem}"
+    return " ".join(str(exc).split())
+
+
 def read_yaml(path: Path) -> dict[str, Any]:
     """Read a YAML file whose top level is a mapping; any problem is one :class:`ConfigError`."""
     try:
@@ -78,7 +88,7 @@ def read_yaml(path: Path) -> dict[str, Any]:
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+        raise ConfigError(f"{path}: not valid YAML ({yaml_problem(exc)})") from exc
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -22,6 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from pomlia_hpc.config import Settings, load_settings
+from pomlia_hpc.errors import ConfigError
 
 SUBDIRS = (
     "stores",
@@ -75,9 +76,16 @@ class Workspace:
         return self.home / "tmp"
 
     def create(self) -> None:
-        """Create the directory layout (idempotent)."""
+        """Create the directory layout (idempotent); a home that cannot hold it (a file, a
+        folder that cannot be written) is one :class:`ConfigError`."""
         for sub in SUBDIRS:
-            (self.home / sub).mkdir(parents=True, exist_ok=True)
+            try:
+                (self.home / sub).mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise ConfigError(
+                    f"workspace {self.home}: cannot create {sub}/ ({exc.strerror or exc}); "
+                    "expected a folder that can be written (--home / POMLIA_HOME)"
+                ) from exc
 
     @property
     def exists(self) -> bool:

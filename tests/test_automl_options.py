@@ -5,11 +5,14 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from pomlia_hpc.automl.budget import default_budget
+from pomlia_hpc.automl.options import EngineOptions
 from pomlia_hpc.automl.study import SPEC_FILE, StudyOptions, create_study, load_spec, study_dir
-from pomlia_hpc.errors import ConfigError, InputError
+from pomlia_hpc.errors import ConfigError, InputError, PomliaError
 from pomlia_hpc.registry import Registry
 from pomlia_hpc.workspace import Workspace
 from tests.fixtures.factories import tiny_task
@@ -46,6 +49,34 @@ def test_create_refuses_bad_options_and_writes_nothing(workspace: Workspace, reg
     with pytest.raises(InputError, match="gpus_per_node=4"):
         create_study(reg, workspace, "blood", name="s", resources={"gpus_per_node": 4})
     assert not study_dir(workspace, "s").exists()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"engine": EngineOptions(device="tpu")}, "device 'tpu' is not known"),
+        ({"engine": EngineOptions(zero_stage=7)}, "zero_stage=7: expected 0, 1, 2 or 3"),
+        ({"resources": {"mem_gb": -1.0}}, "bad value for 'mem_gb'"),
+        ({"resources": {"time_min": 0}}, "bad value for 'time_min'"),
+    ],
+)
+def test_create_refuses_how_trials_would_run(
+    workspace: Workspace, reg: Registry, kwargs: dict[str, Any], message: str
+) -> None:
+    """A device, ZeRO stage or trial resource no trial can run with is refused when the study
+    is created (it was found only as every trial crashed, or at the first submission)."""
+    tiny_task(workspace, reg, "blood", sizes=(16, 8, 8))
+    with pytest.raises(PomliaError, match=message) as exc:
+        create_study(reg, workspace, "blood", name="s", **kwargs)
+    assert "\n" not in str(exc.value)
+    assert not study_dir(workspace, "s").exists()
+
+
+def test_the_default_budget_refuses_eta_below_two() -> None:
+    """`pomlia automl run --eta 0` divided by zero (a traceback) before the options were
+    checked."""
+    with pytest.raises(InputError, match="eta=0: expected an integer >= 2"):
+        default_budget(1000, eta=0)
 
 
 def test_a_damaged_spec_names_the_file_and_key(workspace: Workspace, reg: Registry) -> None:

@@ -86,6 +86,24 @@ def test_bad_config_is_one_line_and_exit_2(tmp_path: Path) -> None:
     assert "unknown key 'clusterr'" in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_a_home_that_is_a_file_is_one_line_and_exit_2(tmp_path: Path) -> None:
+    """`pomlia --home FILE init` (and every command that creates the layout) failed in mkdir
+    with a traceback."""
+    home = tmp_path / "notes.txt"
+    home.write_text("mine")
+    proc = subprocess.run(
+        [sys.executable, "-m", "pomlia_hpc", "--home", str(home), "init"],
+        env={**os.environ, "COLUMNS": "1000"},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert f"workspace {home}: cannot create stores/ (Not a directory)" in proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert home.read_text() == "mine"
+
+
 def test_jobs_list_show_cancel(workspace: Workspace) -> None:
     reg = Registry.open(workspace.db_url)
     ex = Executor.from_profile("local", workspace.jobs, reg)

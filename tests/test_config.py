@@ -1,10 +1,13 @@
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
+from pomlia_hpc.automl.space import read_initial_values
 from pomlia_hpc.cluster.resources import submitit_parameters, with_overrides
-from pomlia_hpc.config import cluster_profiles, load_cluster_profile, load_settings
-from pomlia_hpc.errors import ConfigError
+from pomlia_hpc.config import cluster_profiles, load_cluster_profile, load_settings, read_yaml
+from pomlia_hpc.errors import ConfigError, PomliaError
+from pomlia_hpc.serve.config import load_serve_config
 from pomlia_hpc.workspace import Workspace
 
 
@@ -101,3 +104,18 @@ def test_resource_override_bad_value_is_one_line() -> None:
         "job resources: bad value for 'cpus_per_task': "
         "Input should be greater than or equal to 1 (got 0)"
     )
+
+
+@pytest.mark.parametrize("read", [read_yaml, load_serve_config, read_initial_values])
+def test_malformed_yaml_is_one_line_with_where(
+    read: Callable[[Path], object], tmp_path: Path
+) -> None:
+    """Every YAML reader (workspace and pipeline files, serve settings, AutoML warm starts)
+    names the file and the line and column in one line (PyYAML's text spans four)."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("a: [1, 2\nb: 3\n")
+    with pytest.raises(PomliaError) as exc:
+        read(bad)
+    msg = str(exc.value)
+    assert "bad.yaml" in msg and "line 2, column 2: expected ',' or ']'" in msg
+    assert "\n" not in msg

@@ -74,6 +74,19 @@ def test_train_extract_index_similar_plot(workspace: Workspace, tmp_path: Path) 
     text = cli_ok("plot", "latent", "--out", str(out))
     assert (out / "latent_scatter.png").is_file() and (out / "latent_means.png").is_file()
 
+    # Bad input once an encoder exists: --k 0 was taken for the default 5, and an --out that
+    # is a file failed in mkdir with a traceback.
+    afile = tmp_path / "notes.txt"
+    afile.write_text("mine")
+    for args, message in [
+        (("similar", "bloodmnist", "--k", "0"), "k=0: expected an integer >= 1"),
+        (("plot", "latent", "--out", str(afile)), "latent_scatter.png' cannot be written"),
+    ]:
+        res = runner.invoke(app, list(args))
+        assert isinstance(res.exception, PomliaError), (args, res.output, res.exception)
+        assert message in str(res.exception), (args, str(res.exception))
+    assert afile.read_text() == "mine"
+
 
 def test_errors_are_one_line_exit_2(tmp_path: Path) -> None:
     # In-process: the library raises one PomliaError with the message ...

@@ -8,7 +8,12 @@ from typing import Any
 import pytest
 
 from pomlia_hpc.cli import app
+from pomlia_hpc.errors import InputError
+from pomlia_hpc.loop.promote import champion
 from pomlia_hpc.loop.stages import LoopSettings
+from pomlia_hpc.models.catalog import register_model
+from pomlia_hpc.registry import Registry
+from pomlia_hpc.serve.demo import save_demo_checkpoint
 from pomlia_hpc.workspace import Workspace
 from tests.fixtures.cli import cli_ok, runner
 
@@ -58,3 +63,29 @@ def test_a_share_outside_0_1_is_refused(workspace: Workspace, seen: dict[str, An
     res = runner.invoke(app, ["loop", "watch", "--once", "--recent-share", "1"])
     assert "--recent-share 1.0: expected 0 <= share < 1" in str(res.exception)
     assert seen == {}
+
+
+@pytest.mark.parametrize(
+    ("option", "message"),
+    [
+        (["--alpha", "2"], "--alpha 2.0: expected a significance level between 0 and 1"),
+        (["--alpha", "0"], "--alpha 0.0: expected a significance level between 0 and 1"),
+        (["--margin", "-1"], "--margin -1.0: expected a fraction >= 0"),
+    ],
+)
+def test_gate_levels_are_checked_before_anything_runs(
+    workspace: Workspace, seen: dict[str, Any], option: list[str], message: str
+) -> None:
+    """A level the gate cannot use was found only at the gate (a ValueError traceback after
+    harvest and AutoML), and the first promotion of a slot took it without a word."""
+    for args in (["loop", "run", "blood"], ["loop", "watch", "--once"]):
+        res = runner.invoke(app, [*args, *option])
+        assert isinstance(res.exception, InputError) and message in str(res.exception)
+    assert seen == {}
+    reg = Registry.open(workspace.db_url)
+    ckpt = save_demo_checkpoint(workspace.path("models", "m.pt"), num_classes=3)
+    register_model(reg, "m", ckpt)
+    res = runner.invoke(app, ["deploy", "promote", "prod", "m", *option])
+    assert isinstance(res.exception, InputError) and message in str(res.exception)
+    assert champion(reg, "prod") is None
+    reg.dispose()

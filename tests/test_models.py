@@ -10,9 +10,9 @@ import pytest
 
 from pomlia_hpc.errors import InputError, NotFoundError, PomliaError
 from pomlia_hpc.models.archs import ARCHITECTURES, check_arch
-from pomlia_hpc.models.catalog import promote_checkpoint, resolve_model
+from pomlia_hpc.models.catalog import promote_checkpoint, register_model, resolve_model
 from pomlia_hpc.registry import Registry
-from pomlia_hpc.serve.demo import save_demo_checkpoint
+from pomlia_hpc.serve.demo import register_demo_model, save_demo_checkpoint
 from pomlia_hpc.vocab import (
     FINAL_STATES,
     MEDMNIST_TASK_TYPES,
@@ -101,3 +101,40 @@ def test_promote_checkpoint_copies_and_registers_with_lineage(
         promote_checkpoint(reg, workspace, "m1", row.path)
     with pytest.raises(NotFoundError, match="known: m1"):
         resolve_model(reg, "m2")
+
+
+def test_a_taken_model_name_leaves_its_checkpoint_alone(
+    workspace: Workspace, reg: Registry, tmp_path: Path
+) -> None:
+    """A new model under a registered name is refused before its checkpoint is written: the
+    registered model's file stays as it was (it was overwritten, then the name refused)."""
+    ckpt = save_demo_checkpoint(workspace.path("models", "d1", "checkpoint.pt"), num_classes=3)
+    register_model(reg, "d1", ckpt)
+    before = ckpt.read_bytes()
+    with pytest.raises(PomliaError, match="'d1' is already registered"):
+        register_demo_model(reg, workspace, "d1")
+    assert ckpt.read_bytes() == before
+    other = save_demo_checkpoint(tmp_path / "run" / "model.pt", num_classes=5)
+    promote_checkpoint(reg, workspace, "m1", ckpt)
+    promoted = workspace.path("models", "m1.pt").read_bytes()
+    with pytest.raises(PomliaError, match="'m1' is already registered"):
+        promote_checkpoint(reg, workspace, "m1", other)
+    assert workspace.path("models", "m1.pt").read_bytes() == promoted
+
+
+def test_an_invalid_demo_model_name_writes_nothing(workspace: Workspace, reg: Registry) -> None:
+    with pytest.raises(InputError, match="model name 'bad name' is not valid"):
+        register_demo_model(reg, workspace, "bad name")
+    assert not workspace.path("models", "bad name").exists()
+
+
+def test_an_unreadable_checkpoint_is_one_line(reg: Registry, tmp_path: Path) -> None:
+    """torch's refusal of a file that is not a checkpoint runs to a dozen lines (its
+    weights_only advice); `pomlia model register` printed all of them."""
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"garbage\n")
+    with pytest.raises(InputError) as exc:
+        register_model(reg, "m1", bad)
+    msg = str(exc.value)
+    assert msg.startswith(f"{bad}: not a readable classifier checkpoint") and "\n" not in msg
+    assert msg.endswith("expected a file written by save_classifier")

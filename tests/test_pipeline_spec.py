@@ -87,6 +87,27 @@ def test_cli_bad_file_exits_2_with_one_line(tmp_path: Path) -> None:
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
 
+def test_cli_malformed_yaml_or_a_folder_is_one_line(tmp_path: Path) -> None:
+    """PyYAML's parse error spans lines (it quotes the source): the message was four lines; a
+    folder given as the file was said not to exist."""
+    broken = tmp_path / "broken.yaml"
+    broken.write_text("name: x\ndatasets: [a, b\nencoder: {}\n")
+    env = {"POMLIA_HOME": str(tmp_path / "ws"), "PATH": "/usr/bin:/bin", "COLUMNS": "1000"}
+    for path, message in (
+        (broken, "broken.yaml: not valid YAML (line 3, column 8: expected ',' or ']'"),
+        (tmp_path, f"pipeline file {tmp_path} is a folder: expected a YAML file"),
+    ):
+        proc = subprocess.run(
+            [sys.executable, "-m", "pomlia_hpc", "pipeline", "run", str(path), "--dry-run"],
+            capture_output=True,
+            text=True,
+            env={**env, "PYTHONPATH": str(REPO)},
+            check=False,
+        )
+        assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+        assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
 # -- stage keys, skipping, resuming ----------------------------------------------------------
 
 

@@ -194,6 +194,21 @@ def test_report_replaces_a_report_but_not_other_folders(
     assert (other / "keep.txt").read_text() == "mine"
 
 
+def test_an_out_that_is_a_file_or_unwritable_is_one_error(
+    workspace: Workspace, reg: Registry, tmp_path: Path
+) -> None:
+    """`pomlia report --out FILE` listed FILE as a folder and a folder that cannot be written
+    failed in mkdir: both were tracebacks."""
+    afile = tmp_path / "notes.txt"
+    afile.write_text("mine")
+    with pytest.raises(InputError, match=r"notes\.txt is a file: expected a folder"):
+        build_report(reg, workspace, afile)
+    assert afile.read_text() == "mine"
+    if Path("/proc/self").is_dir():  # a folder no one can create anything in (Linux)
+        with pytest.raises(InputError, match="/proc/pomlia-report cannot be written"):
+            build_report(reg, workspace, Path("/proc/pomlia-report"))
+
+
 def test_pages_load_in_chromium_without_errors(
     filled: tuple[Workspace, Registry], tmp_path: Path, browser: object
 ) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -12,7 +13,9 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from typer.testing import CliRunner
 
+from pomlia_hpc.cli import app
 from pomlia_hpc.errors import ConfigError, PomliaError
 from pomlia_hpc.models.checkpoint import load_classifier
 from pomlia_hpc.serve.config import load_serve_config
@@ -20,6 +23,7 @@ from pomlia_hpc.serve.demo import cached_demo_bundle
 from pomlia_hpc.serve.local import LocalServer
 from pomlia_hpc.serve.predlog import read_records
 from pomlia_hpc.serve.records import FeedbackLine, PredictionLine
+from pomlia_hpc.serve.server import bind_socket
 from tests.fixtures.factories import npy
 
 TOKEN = "test-token-0123456789abcdef"
@@ -292,6 +296,33 @@ def test_local_server_removes_its_temporary_directory(tmp_path: Path) -> None:
     assert tmp.is_dir()
     assert probe.stop() is None  # never started: nothing to signal, the directory still goes
     assert not tmp.exists()
+
+
+def test_an_address_that_cannot_be_served_is_one_error(
+    tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
+) -> None:
+    """A port in use (or a host that is not this machine's) and an address file whose folder
+    cannot be made were tracebacks: from bind, and from uvicorn's startup (exit 3)."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        with pytest.raises(ConfigError, match=f"port {port} .*expected .* a free port"):
+            bind_socket("127.0.0.1", port)
+    bundle = cached_demo_bundle(tmp_path_factory.getbasetemp() / "serve-demo", num_classes=4)
+    afile = tmp_path / "notes.txt"
+    afile.write_text("mine")
+    opts = [
+        "--port",
+        "0",
+        "--log-dir",
+        str(tmp_path / "logs"),
+        "--address-file",
+        str(afile / "addr"),
+    ]
+    res = CliRunner().invoke(app, ["--home", str(tmp_path / "ws"), "serve", str(bundle), *opts])
+    assert isinstance(res.exception, ConfigError), (res.output, res.exception)
+    assert f"address file {afile / 'addr'}: its folder cannot be created" in str(res.exception)
 
 
 def test_serve_config_file_errors_name_the_key(tmp_path: Path) -> None:

@@ -159,6 +159,11 @@ def test_cli_import_and_eval_json(workspace: object, tmp_path: Path) -> None:
     assert isinstance(bad.exception, NotFoundError) and "'nope' is not imported" in str(
         bad.exception
     )
+    # --k 0 reached math.comb in the random baseline: a ValueError traceback
+    bad = runner.invoke(app, ["strategy", "eval", "--source", "p", "--metric", "acc", "--k", "0"])
+    assert isinstance(bad.exception, InputError) and "--k 0: expected an integer >= 1" in str(
+        bad.exception
+    )
 
 
 def test_strategy_package_does_not_import_torch() -> None:

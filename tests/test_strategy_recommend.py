@@ -112,6 +112,27 @@ def test_recommend_max_cost_and_bad_input(workspace: Workspace, reg: Registry) -
     assert isinstance(bad.exception, InputError) and "--k 0" in str(bad.exception)
 
 
+def test_bad_limits_and_initial_file_are_refused_before_recording(
+    workspace: Workspace, reg: Registry, tmp_path: Path
+) -> None:
+    """A negative (or NaN) cost limit gave an empty answer with exit 0; --write-initial FOLDER
+    recorded the recommendation and then failed on the rename with a traceback."""
+    meta = DATA / "medmnist_meta_features.csv"
+    kb.import_table(reg, DATA / "medmnist_plus_doerrich2025.csv", "plus", meta_path=meta)
+    tiny_task(workspace, reg, "blood", "bloodmnist", "acc")
+    runner = CliRunner()
+    for args, message in (
+        (["--max-cost", "-5"], "--max-cost -5.0: expected a positive number"),
+        (["--max-gpu-hours", "nan"], "--max-gpu-hours nan: expected a positive number"),
+        (["--write-initial", str(tmp_path)], f"--write-initial {tmp_path} is a folder"),
+    ):
+        bad = runner.invoke(app, ["recommend", "blood", *args])
+        assert isinstance(bad.exception, InputError), (args, bad.output, bad.exception)
+        assert message in str(bad.exception)
+    with reg.session() as s:
+        assert s.scalar(select(Recommendation.id)) is None  # nothing recorded
+
+
 def test_pareto_front() -> None:
     assert pareto_front([3.0, 1.0, 2.0, 4.0], [0.9, 0.5, 0.4, 0.95]) == [1, 0, 3]
 

@@ -43,7 +43,7 @@ from torch.nn import functional
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from pomlia_hpc.automl.metrics import evaluate
-from pomlia_hpc.automl.options import EngineOptions
+from pomlia_hpc.automl.options import EngineOptions, check_engine_options
 from pomlia_hpc.automl.sampling import epoch_order
 from pomlia_hpc.automl.space import TrainConfig
 from pomlia_hpc.automl.trainset import Split, TrainData, augment, normalize, read_train_data
@@ -223,8 +223,6 @@ def read_state(workdir: str | Path) -> dict[str, Any] | None:
 def _resolve_device(opt: EngineOptions) -> str:
     if opt.device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    if opt.device not in ("cpu", "cuda"):
-        raise InputError(f"device '{opt.device}' is not known: expected auto, cpu or cuda")
     if opt.device == "cuda" and not torch.cuda.is_available():
         raise InputError("device 'cuda' was asked for but torch sees no CUDA device")
     return opt.device
@@ -320,8 +318,7 @@ def _prepare(req: TrainRequest) -> _Run:
     opt = req.options
     if req.epochs < 1:
         raise InputError(f"epochs={req.epochs}: expected at least 1")
-    if opt.zero_stage not in (0, 1, 2, 3):
-        raise InputError(f"zero_stage={opt.zero_stage}: expected 0, 1, 2 or 3")
+    check_engine_options(opt)
     if opt.threads:
         torch.set_num_threads(opt.threads)
     device = _resolve_device(opt)

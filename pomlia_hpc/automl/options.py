@@ -5,6 +5,7 @@ how a trial runs (:class:`EngineOptions`) and where initial weights come from
 from __future__ import annotations
 
 from pomlia_hpc.config import Record
+from pomlia_hpc.errors import InputError
 
 
 class EngineOptions(Record):
@@ -18,6 +19,15 @@ class EngineOptions(Record):
     threads: int | None = None
     eval_batch_size: int = 256
     seed: int = 0
+
+
+def check_engine_options(opt: EngineOptions) -> None:
+    """One :class:`InputError` for a device or DeepSpeed ZeRO stage no trial can run with: a
+    study checks them when it is created, so they are not found only as each trial crashes."""
+    if opt.device not in ("auto", "cpu", "cuda"):
+        raise InputError(f"device '{opt.device}' is not known: expected auto, cpu or cuda")
+    if opt.zero_stage not in (0, 1, 2, 3):
+        raise InputError(f"zero_stage={opt.zero_stage}: expected 0, 1, 2 or 3")
 
 
 class WeightSource(Record):

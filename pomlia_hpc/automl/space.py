@@ -56,7 +56,7 @@ from ConfigSpace import (
     OrdinalHyperparameter,
 )
 
-from pomlia_hpc.config import Record
+from pomlia_hpc.config import Record, yaml_problem
 from pomlia_hpc.errors import InputError
 from pomlia_hpc.models.archs import ARCHITECTURES
 
@@ -279,7 +279,9 @@ def read_initial_values(path: str | Path) -> list[Any]:
     except OSError as exc:
         raise InputError(f"initial configurations file '{p}' cannot be read ({exc})") from exc
     except yaml.YAMLError as exc:
-        raise InputError(f"initial configurations file '{p}' is not YAML/JSON ({exc})") from exc
+        raise InputError(
+            f"initial configurations file '{p}' is not YAML/JSON ({yaml_problem(exc)})"
+        ) from exc
     if isinstance(data, dict) and "configs" in data:
         data = data["configs"]
     if not isinstance(data, list) or not data:

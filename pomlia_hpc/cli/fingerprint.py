@@ -294,7 +294,7 @@ def similar(
                 f"option '{option}' applies to similar datasets, not to --images (nearest "
                 "images are ranked by the index's own metric): expected one or the other"
             )
-    k, distance = k or 5, distance or DEFAULT_DISTANCE
+    k, distance = 5 if k is None else k, distance or DEFAULT_DISTANCE
     reg, enc = STATE.registry(), _encoder(encoder)
     if images is not None:
         hits = nearest_images(

@@ -222,9 +222,11 @@ def _settings(options: dict[str, Any], **more: Any) -> LoopSettings:
     """The loop's :class:`~pomlia_hpc.loop.stages.LoopSettings` from a command's options (its
     ``locals()``: the settings' fields are taken, the others left) and ``more``."""
     from pomlia_hpc.loop.stages import LoopSettings
+    from pomlia_hpc.loop.stats import check_levels
 
     names = {f.name for f in fields(LoopSettings)}
     values = {k: v for k, v in options.items() if k in names} | more
+    check_levels(values["margin"], values["alpha"])
     archs, recent_share = values.pop("archs"), values.pop("recent_share")
     if not 0 <= recent_share < 1:
         raise InputError(f"--recent-share {recent_share}: expected 0 <= share < 1")

@@ -125,9 +125,11 @@ def recommend_cmd(
 ) -> None:
     """The top-k strategies for TASK: expected metric +- spread over similar data sets,
     expected cost, evidence, and the cost/metric Pareto front. Each answer is recorded."""
-    from pomlia_hpc.strategy.recommend import recommend
+    from pomlia_hpc.strategy.recommend import check_initial_target, recommend
     from pomlia_hpc.strategy.recommend import write_initial as write
 
+    if write_initial is not None:
+        check_initial_target(write_initial)
     answer = recommend(
         STATE.registry(),
         task,

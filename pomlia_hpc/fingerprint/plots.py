@@ -49,8 +49,14 @@ def project_2d(
 
 
 def _png(fig: plt.Figure, path: Path) -> Path:
-    write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=120, bbox_inches="tight"))
-    plt.close(fig)
+    try:
+        write_atomic(path, lambda f: fig.savefig(f, format="png", dpi=120, bbox_inches="tight"))
+    except OSError as exc:
+        raise InputError(
+            f"figure '{path}' cannot be written ({exc.strerror or exc}): expected a writable folder"
+        ) from exc
+    finally:
+        plt.close(fig)
     return path
 
 

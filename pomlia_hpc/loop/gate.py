@@ -22,7 +22,7 @@ from pomlia_hpc.data.harvest import harvest_info
 from pomlia_hpc.data.store import DatasetStore, find_version, open_store
 from pomlia_hpc.errors import InputError
 from pomlia_hpc.loop.promote import SlotEntry, champion, put_on_slot
-from pomlia_hpc.loop.stats import GateResult, PairedCounts, decide
+from pomlia_hpc.loop.stats import GateResult, PairedCounts, check_levels, decide
 from pomlia_hpc.models.catalog import resolve_model
 from pomlia_hpc.models.checkpoint import load_classifier
 from pomlia_hpc.registry import DatasetVersion, GateDecision, Model, Registry
@@ -208,6 +208,7 @@ def promote_with_gate(
 ) -> tuple[GateOutcome | None, SlotEntry | None]:
     """Put ``model_ref`` on ``slot`` by hand: directly on an empty slot, else through the gate
     (a failed gate leaves the champion, unless ``force``). Returns (gate, promotion or None)."""
+    check_levels(margin, alpha)
     if champion(registry, slot) is None:
         return None, put_on_slot(registry, workspace, slot, model_ref, kind="initial")
     try:

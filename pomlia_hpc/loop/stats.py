@@ -21,6 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from pomlia_hpc.errors import InputError
+
 
 @dataclass(frozen=True)
 class PairedCounts:
@@ -107,6 +109,15 @@ class GateResult:
         d["fixed_test"] = self.fixed_test.to_dict()
         d["production"] = self.production.to_dict()
         return d
+
+
+def check_levels(margin: float, alpha: float) -> None:
+    """One :class:`InputError` for a margin or significance level the gate cannot use (checked
+    before a promotion or a loop run starts, not when the gate is reached)."""
+    if not 0 < alpha < 1:
+        raise InputError(f"--alpha {alpha}: expected a significance level between 0 and 1")
+    if not margin >= 0:  # NaN too
+        raise InputError(f"--margin {margin}: expected a fraction >= 0 (e.g. 0.02, 2 points)")
 
 
 def decide(

@@ -58,9 +58,7 @@ def register_model(
     with registry.session() as s:
         existing = s.scalar(select(Model).where(Model.name == name))
         if existing is not None:
-            raise PomliaError(
-                f"model name '{name}' is already registered (id {existing.id}); expected a new name"
-            )
+            raise PomliaError(_taken(name, existing.id))
         row = Model(
             name=name,
             task_id=task_id,
@@ -72,6 +70,19 @@ def register_model(
         s.add(row)
         s.flush()
         return row
+
+
+def _taken(name: str, model_id: int) -> str:
+    return f"model name '{name}' is already registered (id {model_id}); expected a new name"
+
+
+def check_new_model_name(registry: Registry, name: str) -> None:
+    """Refuse ``name`` for a new model before anything is written under it: an invalid name,
+    or one already registered (the files of that model must not be overwritten)."""
+    validate_name("model", name, max_len=MODEL_NAME_MAX)
+    existing = find_model(registry, name)
+    if existing is not None:
+        raise PomliaError(_taken(name, existing.id))
 
 
 def find_model(registry: Registry, name: str) -> Model | None:
@@ -99,10 +110,11 @@ def promote_checkpoint(
     under ``name`` is returned unchanged: a resumed study that had already promoted its best.
     """
     validate_name("model", name, max_len=MODEL_NAME_MAX)
-    if exist_ok:
-        existing = find_model(registry, name)
-        if existing is not None:
+    existing = find_model(registry, name)
+    if existing is not None:
+        if exist_ok:
             return existing
+        raise PomliaError(_taken(name, existing.id))  # before its checkpoint is overwritten
     dst = workspace.path("models", f"{name}.pt")
     with atomic_target(dst) as tmp:
         shutil.copyfile(checkpoint, tmp)

@@ -100,7 +100,12 @@ def _load_raw(path: Path) -> tuple[ClassifierMeta, dict[str, torch.Tensor]]:
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise InputError(f"{path}: not a readable classifier checkpoint ({exc})") from exc
+        # torch's text can run to a dozen lines (the weights_only advice): its first sentence
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0].split(". ")[0]
+        raise InputError(
+            f"{path}: not a readable classifier checkpoint ({reason}); expected a file written "
+            "by save_classifier"
+        ) from exc
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
         raise InputError(f"{path}: field 'format' should be '{FORMAT}'")
     return ClassifierMeta.from_dict(raw.get("meta") or {}, f"{path} [meta]"), raw["state_dict"]

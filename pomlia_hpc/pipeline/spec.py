@@ -274,6 +274,8 @@ def parse_pipeline(data: dict[str, Any], source: str, base_dir: Path) -> Pipelin
 def load_pipeline(path: str | Path) -> PipelineSpec:
     """Read and validate a pipeline file."""
     p = Path(path).expanduser()
-    if not p.is_file():
+    if not p.exists():
         raise ConfigError(f"pipeline file {p} does not exist")
+    if p.is_dir():
+        raise ConfigError(f"pipeline file {p} is a folder: expected a YAML file")
     return parse_pipeline(read_yaml(p), str(p), p.resolve().parent)

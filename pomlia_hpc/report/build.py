@@ -89,6 +89,8 @@ def build_report(
         out.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise InputError(f"report folder {out} cannot be created: {exc.strerror}") from exc
+    if out.exists() and not out.is_dir():
+        raise InputError(f"{out} is a file: expected a folder for the report (new or a report)")
     if out.exists() and not (out / "index.html").is_file() and any(out.iterdir()):
         raise InputError(
             f"{out} exists and is not a pomlia report (no index.html): expected a new or "
@@ -112,11 +114,17 @@ def build_report(
         + "</ul>"
         + ("" if bodies else "<p>Nothing recorded yet: run a pipeline or `pomlia data add`.</p>")
     )
-    with staged_dir(out, replace=True) as staged:
-        tmp = staged.path
-        written = [tmp / "index.html"]
-        written[0].write_text(page("Workspace report", overview, nav, "index.html", stamp))
-        for file, title, body in bodies:
-            (tmp / file).write_text(page(title, body, nav, file, stamp))
-            written.append(tmp / file)
+    try:
+        with staged_dir(out, replace=True) as staged:
+            tmp = staged.path
+            written = [tmp / "index.html"]
+            written[0].write_text(page("Workspace report", overview, nav, "index.html", stamp))
+            for file, title, body in bodies:
+                (tmp / file).write_text(page(title, body, nav, file, stamp))
+                written.append(tmp / file)
+    except OSError as exc:
+        raise InputError(
+            f"report folder {out} cannot be written ({exc.strerror or exc}): expected a "
+            "writable folder"
+        ) from exc
     return ReportResult(out, [out / p.name for p in written])

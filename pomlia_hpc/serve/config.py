@@ -23,7 +23,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from pomlia_hpc.config import validate_model
+from pomlia_hpc.config import validate_model, yaml_problem
 from pomlia_hpc.errors import ConfigError
 
 
@@ -99,7 +99,7 @@ def load_serve_config(
         except OSError as exc:
             raise ConfigError(f"{path}: cannot read serve config ({exc.strerror})") from exc
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML ({exc})") from exc
+            raise ConfigError(f"{path}: not valid YAML ({yaml_problem(exc)})") from exc
         if loaded is not None and not isinstance(loaded, dict):
             raise ConfigError(f"{path}: expected a mapping at the top level")
         data.update(loaded or {})

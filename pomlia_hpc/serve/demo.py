@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from pomlia_hpc.files import write_atomic
-from pomlia_hpc.models.catalog import register_model
+from pomlia_hpc.models.catalog import check_new_model_name, register_model
 from pomlia_hpc.models.checkpoint import save_classifier
 from pomlia_hpc.models.nets import build_classifier
 from pomlia_hpc.registry import Registry
@@ -60,7 +60,10 @@ def demo_bundle(out_root: Path, *, name: str = "demo", **kwargs: object) -> Expo
 def register_demo_model(
     registry: Registry, workspace: Workspace, name: str = "demo", **kwargs: object
 ) -> ExportResult:
-    """Save, register and export a demo model named ``name`` in ``workspace``."""
+    """Save, register and export a demo model named ``name`` in ``workspace``. A taken or
+    invalid name is refused before the checkpoint is written (it would overwrite the
+    registered model's, or leave a folder under a bad name)."""
+    check_new_model_name(registry, name)
     ckpt = workspace.path("models", name, "checkpoint.pt")
     save_demo_checkpoint(ckpt, **kwargs)  # type: ignore[arg-type]
     register_model(registry, name, ckpt)

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import uvicorn
 
+from pomlia_hpc.errors import ConfigError
 from pomlia_hpc.files import write_atomic
 from pomlia_hpc.serve.app import create_app
 from pomlia_hpc.serve.config import ServeConfig
@@ -30,11 +31,19 @@ from pomlia_hpc.serve.guards import guarded_protocol
 
 
 def bind_socket(host: str, port: int) -> socket.socket:
-    """A listening TCP socket on ``host:port`` (``port`` 0: a free one)."""
+    """A listening TCP socket on ``host:port`` (``port`` 0: a free one); an address that
+    cannot be bound (unknown host, port in use) is one :class:`ConfigError`."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind((host, port))
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise ConfigError(
+            f"cannot listen on host '{host}' port {port} ({exc.strerror or exc}): expected an "
+            "address of this machine and a free port (0: any free one)"
+        ) from exc
     sock.listen(2048)  # connections wait in the backlog while the model loads
     sock.set_inheritable(True)
     return sock
@@ -83,6 +92,14 @@ def run_server(
 ) -> None:
     """Serve ``bundle`` until SIGTERM/SIGINT; blocks. ``follow``: the link to watch for a
     hot swap (see :mod:`pomlia_hpc.serve.app`)."""
+    if config.address_file is not None:  # written once ready: its folder must exist by then
+        try:
+            config.address_file.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise ConfigError(
+                f"address file {config.address_file}: its folder cannot be created "
+                f"({exc.strerror or exc}); expected a writable path"
+            ) from exc
     sock = bind_socket(config.host, config.port)
     port = int(sock.getsockname()[1])
     address = public_address(config.host, port)

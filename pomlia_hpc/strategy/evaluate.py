@@ -130,6 +130,8 @@ def loo(
     """Leave-one-dataset-out over ``m`` (see the module docstring); ``fingerprints``: the
     fingerprint distances between ``m``'s data sets (n, n; NaN where unknown) under
     ``encoder``."""
+    if k < 1:
+        raise InputError(f"--k {k}: expected an integer >= 1")
     n = len(m.datasets)
     if n < 3:
         raise InputError(

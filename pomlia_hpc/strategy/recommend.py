@@ -341,6 +341,9 @@ def recommend(
     t0 = time.perf_counter()
     if k < 1:
         raise InputError(f"--k {k}: expected an integer >= 1")
+    for option, limit in (("--max-cost", max_cost_s), ("--max-gpu-hours", max_gpu_hours)):
+        if limit is not None and not limit > 0:  # NaN too: no strategy would be allowed
+            raise InputError(f"{option} {limit}: expected a positive number")
     target = get_target(registry, task)
     kb = load(
         registry, target.metric, sources, exclude_task=target.name if exclude_own_runs else None
@@ -518,9 +521,19 @@ def _record(
         return int(row.id)
 
 
+def check_initial_target(path: str | Path) -> None:
+    """Refuse ``path`` for :func:`write_initial` when it is a folder (before a recommendation
+    is made and recorded)."""
+    if Path(path).is_dir():
+        raise InputError(
+            f"--write-initial {path} is a folder: expected the path of a JSON file to write"
+        )
+
+
 def write_initial(answer: dict[str, Any], path: str | Path) -> int:
     """Write the recommendation's AutoML configurations (``initial``) as the JSON that
     ``pomlia automl run --initial`` reads; returns how many. Atomic (temporary file, rename)."""
+    check_initial_target(path)
 
     configs = answer.get("initial") or []
     if not configs:
@@ -534,5 +547,11 @@ def write_initial(answer: dict[str, Any], path: str | Path) -> int:
         "learner": f"{answer['learner']} {answer['learner_version']}",
         "configs": configs,
     }
-    write_json_atomic(path, data)
+    try:
+        write_json_atomic(path, data)
+    except OSError as exc:
+        raise InputError(
+            f"--write-initial {path} cannot be written ({exc.strerror or exc}): expected a "
+            "writable file path"
+        ) from exc
     return len(configs)
