@@ -82,6 +82,10 @@ def test_meta_as_columns_and_conflicts(registry: Registry, tmp_path: Path) -> No
         kb.import_table(registry, _write(tmp_path, bad, "b.csv"), "cols2")
     with pytest.raises(InputError, match="already imported"):
         kb.import_table(registry, _write(tmp_path, ok), "cols")
+    # said first, before the new file's own problems (here: meta-features it does not carry)
+    plain = "dataset,arch,init,mode,img_size,metric,value\nq,r,s,full,28,acc,0.9\n"
+    with pytest.raises(InputError, match="already imported"):
+        kb.import_table(registry, _write(tmp_path, plain, "c.csv"), "cols")
     assert kb.import_table(registry, _write(tmp_path, ok), "cols", replace=True).replaced == 2
     assert _n_results(registry) == 2
 
@@ -244,3 +248,14 @@ def test_fingerprints_count_as_much_as_the_meta_features_and_unknown_ones_as_typ
     unknown = learner.KernelRegret().fit(m, fingerprints=np.full(fp.shape, np.nan))
     assert not unknown.uses_fingerprints
     np.testing.assert_allclose(unknown.distances(m.features[0], fp[0]), d_meta)
+
+
+def test_a_data_set_where_every_run_failed_does_not_rank_its_failures_first() -> None:
+    # Its row has no best to measure regret from: it used to give the failed strategies a
+    # regret of -inf, which ranked them first wherever that data set had any weight.
+    values = np.array([[0.9, 0.8, np.nan], [0.7, 0.9, 0.6], [np.nan, np.nan, np.nan]])
+    fail = np.array([[0.0, 0.0, 1.0], [0.0, 0.0, 0.0], [1.0, 0.5, 0.0]])
+    r = learner.regrets(values, fail)
+    assert np.isfinite(r).all()
+    np.testing.assert_allclose(r[2], 0.0)
+    np.testing.assert_allclose(r[0], [0.0, 10.0, 10.0])  # the failed cell: the row's worst

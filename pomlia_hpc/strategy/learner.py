@@ -156,16 +156,18 @@ def build_matrix(kb: KnowledgeBase, *, min_datasets: int = 1) -> Matrix:
 
 def regrets(values: np.ndarray, fail: np.ndarray | None = None) -> np.ndarray:
     """Regret in metric points (x 100) per cell; missing cells get the row's median regret,
-    failures move a cell towards the row's worst regret (see the module docstring)."""
-    best = np.nanmax(np.where(np.isnan(values), -np.inf, values), axis=1, keepdims=True)
-    r = 100.0 * (best - values)
-    with warnings.catch_warnings():  # a row without any value: its median is NaN
-        warnings.simplefilter("ignore", RuntimeWarning)
-        med = np.nanmedian(r, axis=1, keepdims=True)
+    failures move a cell towards the row's worst regret (see the module docstring). A row
+    without any value (every run on that data set failed) has no best to measure from: it
+    gets regret 0 everywhere, which leaves the order of the strategies to the other rows."""
+    empty = ~np.isfinite(values).any(axis=1, keepdims=True)
+    vals = np.where(empty, 0.0, values)
+    best = np.nanmax(np.where(np.isnan(vals), -np.inf, vals), axis=1, keepdims=True)
+    r = 100.0 * (best - vals)
+    med = np.nanmedian(r, axis=1, keepdims=True)
     worst = np.nanmax(np.where(np.isnan(r), -np.inf, r), axis=1, keepdims=True)
     r = np.where(np.isnan(r), np.broadcast_to(med, r.shape), r)
     if fail is not None:
-        all_failed = np.isnan(values) & (fail > 0)
+        all_failed = np.isnan(vals) & (fail > 0)
         r = np.where(all_failed, np.broadcast_to(worst, r.shape), (1 - fail) * r + fail * worst)
     return np.asarray(r)
 
