@@ -103,6 +103,8 @@ def test_study_records_every_trial_and_goes_on_after_a_crash(
     out = cli.invoke(app, ["runs", "list", "--task", "blood"])
     assert out.exit_code == 0, out.output
     assert "crashed" in out.output and "ok" in out.output and "s1" in out.output
+    with pytest.raises(PomliaError, match="study 'nosuch' not found; known: s1"):
+        cli.invoke(app, ["runs", "list", "--study", "nosuch"], catch_exceptions=False)
     out = cli.invoke(app, ["model", "list"])
     assert out.exit_code == 0 and "s1-best" in out.output and "blood" in out.output
     # a finished study cannot be created again under the same name

@@ -17,6 +17,7 @@ from typer.testing import CliRunner
 from pomlia_hpc import __version__
 from pomlia_hpc.cli import app
 from pomlia_hpc.cluster import Executor, JobFailedError
+from pomlia_hpc.errors import InputError
 from pomlia_hpc.registry import Job, Registry
 from pomlia_hpc.workspace import Workspace
 from tests.fixtures import jobfns
@@ -130,6 +131,10 @@ def test_jobs_list_show_cancel(workspace: Workspace) -> None:
     assert slow.done()  # the process really stopped
     res = runner.invoke(app, ["jobs", "list", "--state", "cancelled"])
     assert "sleeper" in res.output
+    # A mistyped state or a limit below 1 is one error, not an empty (or unlimited) list.
+    for bad, says in ((["--state", "canceled"], "not a job state"), (["--limit", "-1"], ">= 1")):
+        with pytest.raises(InputError, match=says):
+            runner.invoke(app, ["jobs", "list", *bad], catch_exceptions=False)
     with reg.session() as sess:
         row = sess.get(Job, slow.record_id)
         assert row is not None and row.ended_at is not None

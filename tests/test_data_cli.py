@@ -59,3 +59,9 @@ def test_verify_exits_1_and_names_the_damaged_chunk(workspace: Workspace, tmp_pa
 def test_add_without_source_needs_a_flag(workspace: Workspace) -> None:
     res = runner.invoke(app, ["data", "add", "mine"])
     assert res.exit_code == 2 and "SOURCE" in res.output
+
+
+def test_a_class_count_below_one_is_a_usage_error(workspace: Workspace) -> None:
+    # It used to reach the label check as "expected 0 .. -1".
+    res = runner.invoke(app, ["data", "add", "mine", "a.h5", "--n-classes", "0"])
+    assert res.exit_code == 2 and "'--n-classes': Input should be greater" in res.output

@@ -122,9 +122,12 @@ def test_errors_are_one_line_exit_2(tmp_path: Path) -> None:
     )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.startswith("error: no encoder is registered"), proc.stderr
-    # Shard counts and sizes below 1 are usage errors (exit 2), not silent defaults.
-    for option in ("--shards", "--shard-rows"):
-        res = runner.invoke(
-            app, ["--home", str(tmp_path / "ws"), "fingerprint", "extract", "x", option, "0"]
-        )
+    # Shard counts, sizes and CPUs below 1 are usage errors (exit 2), not silent defaults.
+    for cmd, option in (
+        (["extract", "x"], "--shards"),
+        (["extract", "x"], "--shard-rows"),
+        (["extract", "x"], "--cpus"),
+        (["train", "-n", "ae", "x"], "--cpus"),
+    ):
+        res = runner.invoke(app, ["--home", str(tmp_path / "ws"), "fingerprint", *cmd, option, "0"])
         assert res.exit_code == 2 and f"'{option}': Input should be greater" in res.output

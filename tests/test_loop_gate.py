@@ -13,7 +13,7 @@ from pomlia_hpc.cli import app
 from pomlia_hpc.data.api import ingest
 from pomlia_hpc.data.harvest import harvest_info
 from pomlia_hpc.data.store import find_version, open_store
-from pomlia_hpc.errors import InputError
+from pomlia_hpc.errors import InputError, PomliaError
 from pomlia_hpc.loop.gate import run_gate
 from pomlia_hpc.loop.harvest import harvest
 from pomlia_hpc.loop.lineage import lineage
@@ -93,6 +93,8 @@ def test_harvest_gate_promote_rollback(tmp_path: Path, workspace: Workspace, reg
     assert "from champion's log" in steps[2].text and base.version in steps[2].text
     out = CliRunner().invoke(app, ["deploy", "history", "champion"])
     assert out.exit_code == 0 and "rollback" in out.output and "forced" in out.output
+    with pytest.raises(PomliaError, match="slot 'champ' not found; known: champion"):
+        CliRunner().invoke(app, ["deploy", "history", "champ"], catch_exceptions=False)
     out = CliRunner().invoke(app, ["lineage", "challenger"])
     assert out.exit_code == 0 and "promoted on slot champion" in out.output
 

@@ -24,8 +24,9 @@ from typing import Any
 from sqlalchemy import select
 
 import pomlia_hpc
+from pomlia_hpc.errors import InputError
 from pomlia_hpc.registry import Job, Registry, Run, Task
-from pomlia_hpc.registry.lookup import by_name_or_id
+from pomlia_hpc.registry.lookup import by_name_or_id, not_found
 from pomlia_hpc.vocab import RunStatus
 
 # Short names for the run statuses (:class:`pomlia_hpc.vocab.RunStatus`), as plain strings.
@@ -225,7 +226,9 @@ def list_runs(
 ) -> list[RunRow]:
     """Runs, newest first, optionally of one task (name or id, looked up like every other
     reference: an unknown one is a :class:`~pomlia_hpc.errors.NotFoundError` naming the known
-    tasks) and/or one study."""
+    tasks) and/or one study (an unknown one is one error too, listing the studies)."""
+    if limit < 1:
+        raise InputError(f"limit {limit}: expected an integer >= 1")
     with registry.session() as s:
         q = select(Run, Task.name, Job.scheduler_id).join(
             Task, Run.task_id == Task.id, isouter=True
@@ -234,6 +237,9 @@ def list_runs(
         if task is not None:
             q = q.where(Run.task_id == by_name_or_id(s, Task, task, "task").id)
         if study is not None:
+            if s.scalar(select(Run.id).where(Run.study == study).limit(1)) is None:
+                known = s.scalars(select(Run.study).where(Run.study.is_not(None)).distinct())
+                raise not_found("study", study, sorted(x for x in known if x))
             q = q.where(Run.study == study)
         rows = s.execute(q.order_by(Run.id.desc()).limit(limit)).all()
         return [

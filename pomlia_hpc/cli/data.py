@@ -76,7 +76,9 @@ def add(
     class_names: Annotated[
         str | None, typer.Option(help="Comma-separated class names (npz, HDF5).")
     ] = None,
-    n_classes: Annotated[int | None, typer.Option(help="Declared number of classes.")] = None,
+    n_classes: Annotated[
+        int | None, typer.Option(min=1, help="Declared number of classes.")
+    ] = None,
     task_type: Annotated[str | None, typer.Option(help="multi-class, binary-class, ...")] = None,
     val_fraction: Annotated[
         float | None, typer.Option(help="Folder/HDF5 without splits: share of val (0.1).")

@@ -53,7 +53,9 @@ def _encoder(name: str | None) -> str:
 
 
 def _resources(cpus: int | None, gpus: int | None) -> dict[str, Any] | None:
-    res = {k: v for k, v in {"cpus_per_task": cpus, "gpus_per_node": gpus}.items() if v}
+    # "is not None": --gpus 0 asks for no GPU (not the profile's), --cpus 0 is refused
+    res = {"cpus_per_task": cpus, "gpus_per_node": gpus}
+    res = {k: v for k, v in res.items() if v is not None}
     return res or None
 
 
@@ -93,8 +95,8 @@ def train(
         int, typer.Option(help="Stop after this many epochs without a better held-out loss.")
     ] = 3,
     lr_schedule: Annotated[str, typer.Option(help="cosine or constant.")] = "cosine",
-    cpus: Annotated[int | None, typer.Option(help="CPUs for the job.")] = None,
-    gpus: Annotated[int | None, typer.Option(help="GPUs for the job.")] = None,
+    cpus: Annotated[int | None, typer.Option(min=1, help="CPUs for the job.")] = None,
+    gpus: Annotated[int | None, typer.Option(min=0, help="GPUs for the job (0: none).")] = None,
 ) -> None:
     """Train the ResNet-18 encoder on DATASETS as a cluster job and register it.
 
@@ -173,8 +175,8 @@ def extract(
         int, typer.Option(help="Also embed g x g tiles of each image (patch fingerprints).")
     ] = 1,
     force: Annotated[bool, typer.Option(help="Recompute even complete embeddings.")] = False,
-    cpus: Annotated[int | None, typer.Option(help="CPUs per shard.")] = None,
-    gpus: Annotated[int | None, typer.Option(help="GPUs per shard.")] = None,
+    cpus: Annotated[int | None, typer.Option(min=1, help="CPUs per shard.")] = None,
+    gpus: Annotated[int | None, typer.Option(min=0, help="GPUs per shard (0: none).")] = None,
 ) -> None:
     """Embed DATASETS with an encoder as an array job (complete shards are skipped)."""
     from pomlia_hpc.fingerprint.extract import extract as run_extract

@@ -12,8 +12,9 @@ from pomlia_hpc.cli.app import STATE, app, console
 from pomlia_hpc.cli.core import jobs_table
 from pomlia_hpc.cluster.cancel import cancel_recorded_job
 from pomlia_hpc.cluster.records import refresh_jobs
-from pomlia_hpc.errors import ClusterError, NotFoundError
+from pomlia_hpc.errors import ClusterError, InputError, NotFoundError
 from pomlia_hpc.registry import Job
+from pomlia_hpc.vocab import JobState
 
 jobs_app = typer.Typer(
     help="List, inspect and cancel jobs recorded in the registry.", no_args_is_help=True
@@ -35,6 +36,11 @@ def list_jobs(
     state: Annotated[str | None, typer.Option(help="Only jobs in this state.")] = None,
 ) -> None:
     """List recorded jobs, newest first (Slurm states refreshed with one sacct call)."""
+    if limit < 1:
+        raise InputError(f"--limit {limit}: expected an integer >= 1")
+    if state is not None and state.upper() not in {s.value for s in JobState}:
+        known = ", ".join(s.value for s in JobState)
+        raise InputError(f"--state '{state}' is not a job state: expected one of {known}")
     reg = STATE.registry()
     try:
         refresh_jobs(reg)

@@ -138,13 +138,17 @@ def rollback_cmd(slot: SlotArg) -> None:
 @deploy_app.command("history")
 def history_cmd(slot: SlotArg) -> None:
     """What SLOT served when, and each gate decision with its evidence."""
-    from pomlia_hpc.loop.promote import gate_decisions, history
+    from pomlia_hpc.loop.promote import gate_decisions, history, slots
+    from pomlia_hpc.registry.lookup import not_found
 
     reg = STATE.registry()
+    entries, decisions = history(reg, slot), gate_decisions(reg, slot)
+    if not entries and not decisions:
+        raise not_found("slot", slot, slots(reg))
     table = Table(title=f"slot {slot}")
     for col in ("id", "time", "model", "kind", "gate", "loop run"):
         table.add_column(col)
-    for e in history(reg, slot):
+    for e in entries:
         table.add_row(
             str(e.id),
             f"{e.created_at:%Y-%m-%d %H:%M:%S}",
@@ -165,7 +169,7 @@ def history_cmd(slot: SlotArg) -> None:
         "p",
     ):
         gates.add_column(col)
-    for g in gate_decisions(reg, slot):
+    for g in decisions:
         ev = g.evidence or {}
         fixed, prod = ev.get("fixed_test") or {}, ev.get("production") or {}
         gates.add_row(

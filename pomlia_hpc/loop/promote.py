@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from pomlia_hpc.errors import InputError, NotFoundError
 from pomlia_hpc.registry import GateDecision, Model, Promotion, Registry
@@ -64,6 +64,13 @@ def history(registry: Registry, slot: str) -> list[SlotEntry]:
             .order_by(Promotion.id)
         ).all()
     return [_entry(p, name) for p, name in rows]
+
+
+def slots(registry: Registry) -> list[str]:
+    """Every slot that has served a model, in the order they were first used."""
+    with registry.session() as s:
+        rows = s.execute(select(Promotion.slot, func.min(Promotion.id)).group_by(Promotion.slot))
+        return [slot for slot, _ in sorted(rows, key=lambda r: r[1])]
 
 
 def champion(registry: Registry, slot: str) -> SlotEntry | None:

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import delete, func, insert, select
+from sqlalchemy.orm import Session
 
 from pomlia_hpc.errors import InputError, NotFoundError
 from pomlia_hpc.names import validate_name
@@ -113,15 +114,22 @@ def import_table(
     if source == REGISTRY_SOURCE:
         raise InputError(f"source name '{source}' is reserved for the registry's own runs")
     p = Path(path)
-    table: ResultTable = read_results(p, meta_path, _known_meta(registry, source))
-    replaced = 0
-    with registry.session() as s:
+
+    def refuse_existing(s: Session) -> KbSource | None:
         old = s.scalar(select(KbSource).where(KbSource.name == source))
         if old is not None and not replace:
             raise InputError(
                 f"source '{source}' was already imported ({old.n_results} results from "
                 f"{old.file}); pass --replace to replace it, or choose another --source"
             )
+        return old
+
+    with registry.session() as s:  # first, so the file's own problems do not hide it
+        refuse_existing(s)
+    table: ResultTable = read_results(p, meta_path, _known_meta(registry, source))
+    replaced = 0
+    with registry.session() as s:
+        old = refuse_existing(s)  # again in the transaction: another import may have won
         if old is not None:
             replaced = old.n_results
             # Explicit deletes: SQLite only cascades with foreign keys on, which the
