@@ -7,9 +7,11 @@ after the other, each recorded in the registry:
 1. generate MedMNIST look-alikes (no download needed) and ingest six of them;
 2. train the fingerprint autoencoder, extract embeddings as an array job, build the index;
 3. ask which known datasets are most similar to the new task's dataset;
-4. register the task and run a small SMAC-Hyperband AutoML study (trials are jobs);
-5. export the best model and serve it over HTTP on 127.0.0.1; send one image;
-6. the loop: serve it on a deployment slot keeping inputs; in-distribution requests raise no
+4. register the task, import the shipped MedMNIST+ results and ask the recommender for the
+   top strategies (published results and the workspace's own runs);
+5. run a small SMAC-Hyperband AutoML study (trials are jobs);
+6. export the best model and serve it over HTTP on 127.0.0.1; send one image;
+7. the loop: serve it on a deployment slot keeping inputs; in-distribution requests raise no
    alarm; corrupted images with feedback labels make the monitor alarm; `pomlia loop watch`
    harvests them, retrains, gates and swaps the running server to the new model, whose
    accuracy on the corrupted stream is then measured (:func:`loop_showcase`).
@@ -26,12 +28,14 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import httpx
 import numpy as np
 from rich.console import Console
 from sqlalchemy import select
 
+import pomlia_hpc.strategy
 from pomlia_hpc.data.store import open_version
 from pomlia_hpc.loop.showcase import LoopShowcase, loop_showcase
 from pomlia_hpc.registry import Encoder, Registry, Task
@@ -45,6 +49,9 @@ KNOWN = ("pathmnist", "bloodmnist", "dermamnist", "organamnist", "breastmnist")
 NEW = "pneumoniamnist"
 ENCODER = "demo-ae"
 TASK = "demo-pneumonia"
+#: The published results shipped with the recommender (docs/strategy.md).
+SHIPPED = Path(pomlia_hpc.strategy.__file__).parent / "data"
+PUBLISHED = "medmnist_plus_doerrich2025.csv"
 
 
 def pomlia(*args: str, ok: tuple[int, ...] = (0,), env: dict[str, str] | None = None) -> int:
@@ -116,7 +123,7 @@ def main() -> int:
     console.rule("[bold]1. data: MedMNIST look-alikes → versioned Zarr stores")
     if not (raw / f"{NEW}.npz").is_file():
         pomlia("data", "synth", "--scale", "0.02", str(raw))
-        # The new task's data larger: the loop's gate (step 6) compares models on its test
+        # The new task's data larger: the loop's gate (step 7) compares models on its test
         # split, and 12 images (scale 0.02) cannot show that a new model is not worse.
         pomlia("data", "synth", "--scale", "0.2", "--flags", NEW, str(raw))
     for flag in (*KNOWN, NEW):
@@ -145,9 +152,23 @@ def main() -> int:
     pomlia("similar", NEW, "--encoder", ENCODER, "--k", "3")
     pomlia("similar", NEW, "--encoder", ENCODER, "--images", "5")
 
-    console.rule("[bold]4. AutoML: SMAC-Hyperband, every trial a job")
+    console.rule("[bold]4. strategy: published results and past runs → recommendation")
     if not _exists(reg, Task, TASK):
         pomlia("task", "add", TASK, "--dataset", NEW, "--metric", "auc")
+    table, meta = (SHIPPED / name for name in (PUBLISHED, "medmnist_meta_features.csv"))
+    pomlia(
+        "strategy",
+        "import",
+        str(table),
+        "--source",
+        "medmnist_plus",
+        "--meta",
+        str(meta),
+        "--replace",
+    )
+    pomlia("recommend", TASK, "--k", "3")
+
+    console.rule("[bold]5. AutoML: SMAC-Hyperband, every trial a job")
     study = f"demo-{time.strftime('%Y%m%d-%H%M%S')}"
     pomlia(
         "automl",
@@ -168,12 +189,12 @@ def main() -> int:
     )
     pomlia("runs", "list", "--task", TASK)
 
-    console.rule("[bold]5. deploy: export, serve over HTTP, one request")
+    console.rule("[bold]6. deploy: export, serve over HTTP, one request")
     model = f"{study}-best"
     pomlia("model", "export", model)
     serve_and_ask(ws, reg, model)
 
-    console.rule("[bold]6. the loop: feedback → alarm → retrain → gate → hot swap")
+    console.rule("[bold]7. the loop: feedback → alarm → retrain → gate → hot swap")
     figures = loop_showcase(ws, reg, model, LoopShowcase(flag=NEW), cli=pomlia, say=console.print)
     console.print(
         f"shifted stream accuracy: before {figures['accuracy_before']:.3f} (old model), after "

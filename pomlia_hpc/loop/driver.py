@@ -195,5 +195,13 @@ def run_stages(
 
 
 def _short(output: StageOutput) -> str:
-    text = ", ".join(f"{k}={v}" for k, v in output.items() if not isinstance(v, (dict, list)))
-    return text[:200] or "ok"
+    """The stage's plain outputs on one line, each value cut at 200 characters (a line cut as
+    a whole lost the end of a long reason, e.g. a skipped stage's hint)."""
+    return (
+        ", ".join(
+            f"{k}={' '.join(str(v).split())[:200]}"
+            for k, v in output.items()
+            if not isinstance(v, (dict, list))
+        )
+        or "ok"
+    )
