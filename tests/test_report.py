@@ -156,6 +156,7 @@ def test_every_section_is_written_and_escaped(
     assert "out of memory" in studies and "crashed" in studies
     recs = (res.folder / "recommendations.html").read_text()
     assert "Recommendation 1 for task pneu-task" in recs and "expected" in recs
+    assert "No run on the task since." in recs  # the runs above are older than the answer
     models = (res.folder / "models.html").read_text()
     assert "st-best" in models and "study=st" in models
     for page in res.pages:

@@ -94,6 +94,51 @@ def strategy_eval(
     console.print(table)
 
 
+@strategy_app.command("outcomes")
+def strategy_outcomes(
+    task: Annotated[
+        str | None, typer.Option("--task", help="Only answers for this task (name or id).")
+    ] = None,
+    limit: Annotated[int, typer.Option("--limit", help="How many answers, newest first.")] = 20,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """How recorded recommendations turned out: each answer's top picks and warm-start
+    configurations against the runs on its task since (regret in metric points)."""
+    from pomlia_hpc.strategy.outcomes import outcomes
+
+    found = outcomes(STATE.registry(), task, limit)
+    if as_json:
+        typer.echo(json.dumps([o.to_dict() for o in found], indent=1))
+        return
+    table = Table(title=f"recommendations and the runs since ({len(found)}); regret in points")
+    for col in ("id", "task", "time", "runs since", "best since", "top-1", "best of top k", "warm"):
+        table.add_column(col, overflow="fold")
+    for o in found:
+        best = f"{o.best_value:.3f} (run {o.best_run_id})" if o.best_value is not None else ""
+        table.add_row(
+            str(o.recommendation_id),
+            o.task,
+            f"{o.created_at:%Y-%m-%d %H:%M}",
+            str(o.n_runs),
+            best,
+            _regret(o.top1_regret, o.picks[:1]),
+            _regret(o.topk_regret, o.picks),
+            _regret(o.warm_regret, o.warm),
+        )
+    console.print(table)
+    console.print(
+        "top-1 / best of top k / warm: regret of the answer's first pick, of its best pick and of "
+        "its best AutoML warm-start configuration against the best run since (not run: none "
+        "of them has run on the task since)"
+    )
+
+
+def _regret(value: float | None, picks: list[Any]) -> str:
+    if value is not None:
+        return f"{value:.2f}"
+    return "no picks" if not picks else "not run"
+
+
 def _strategy_text(s: dict[str, Any]) -> str:
     extra = " +nearest images" if s.get("extra_data") == "nearest" else ""
     return f"{s.get('arch')} {s.get('init')}/{s.get('mode')} {s.get('img_size')}px{extra}"

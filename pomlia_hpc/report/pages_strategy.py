@@ -8,6 +8,7 @@ from sqlalchemy import select
 
 from pomlia_hpc.registry import Recommendation, Registry
 from pomlia_hpc.report.html import esc, table
+from pomlia_hpc.strategy.outcomes import Outcome, outcomes
 from pomlia_hpc.workspace import Workspace
 
 #: Answers shown (newest first).
@@ -23,6 +24,25 @@ def _num(x: Any, digits: int = 3) -> str:
     return f"{x:.{digits}f}" if isinstance(x, int | float) and not isinstance(x, bool) else ""
 
 
+def _since(o: Outcome | None) -> str:
+    """One sentence: how the answer did against the runs on its task since."""
+    if o is None or not o.n_runs:
+        return "No run on the task since."
+    regrets = [
+        f"{what} {o_regret:.2f}"
+        for what, o_regret in (
+            ("first pick", o.top1_regret),
+            ("best pick", o.topk_regret),
+            ("best warm start", o.warm_regret),
+        )
+        if o_regret is not None
+    ]
+    told = (
+        "; regret (points) of its " + ", ".join(regrets) if regrets else "; none of its picks ran"
+    )
+    return f"Since: {o.n_runs} run(s), the best {_num(o.best_value)} (run {o.best_run_id}){told}."
+
+
 def recommendations_page(registry: Registry, workspace: Workspace) -> str | None:
     with registry.session() as s:
         rows = list(
@@ -32,6 +52,7 @@ def recommendations_page(registry: Registry, workspace: Workspace) -> str | None
             s.expunge(r)
     if not rows:
         return None
+    since = {o.recommendation_id: o for o in outcomes(registry, limit=MAX_ANSWERS)}
     parts = []
     for r in rows:
         out, inp = r.output or {}, r.inputs or {}
@@ -45,7 +66,8 @@ def recommendations_page(registry: Registry, workspace: Workspace) -> str | None
             f"{esc(r.learner_version)}, metric {esc(inp.get('metric', ''))}, "
             f"{esc(inp.get('n_datasets', ''))} known data sets; most similar "
             f"({esc(out.get('similarity', ''))}): {esc(similar)}; "
-            f"{len(out.get('initial') or [])} AutoML warm-start configuration(s).</p>"
+            f"{len(out.get('initial') or [])} AutoML warm-start configuration(s). "
+            f"{esc(_since(since.get(r.id)))}</p>"
         )
         strategies = []
         for x in out.get("strategies") or []:

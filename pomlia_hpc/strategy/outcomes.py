@@ -1,0 +1,190 @@
+"""How recorded recommendations turned out: the runs on their task after each answer.
+
+Every answer of ``pomlia recommend`` is recorded (``recommendations``). Once runs have been
+made on its task since (a study warm-started from it, a loop's retraining), this module scores
+it against them: for each strategy of the answer's top k, the runs that used it and the best of
+them (the run with the best validation objective, scored by its test value of the task's
+metric, as the knowledge base does), and the regret, in metric points (x 100), of the answer's
+first pick and of the best of its top k against the best run made since. A strategy matches a
+run when its AutoML translation (or, for a strategy of the registry's own runs, the strategy
+itself) has the run's architecture, initial weights, training mode and extra data; published
+strategies that the AutoML space cannot run never match. The answer's AutoML warm-start
+configurations (``initial``, what ``--from-recommendation`` and the loop start from) are scored
+the same way. Regrets are ``None`` while none of the picks has run: the answer has not been
+tested yet.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+
+from pomlia_hpc.errors import InputError
+from pomlia_hpc.registry import Recommendation, Registry, Run, Task
+from pomlia_hpc.registry.lookup import by_name_or_id
+
+#: The strategy fields a run's configuration and a recommended strategy are matched on.
+MATCH_FIELDS = ("arch", "init", "mode", "extra_data")
+_DEFAULTS = {"arch": "small_cnn", "init": "scratch", "mode": "full", "extra_data": "none"}
+
+
+@dataclass(frozen=True)
+class PickOutcome:
+    """One strategy of the answer's top k and what its runs since reached."""
+
+    rank: int
+    strategy: dict[str, Any]
+    expected: float | None  # the answer's expected value, [0, 1]
+    n_runs: int  # finished ok since the answer
+    value: float | None  # test value of its best-validation run, [0, 1]
+    run_id: int | None
+    regret: float | None  # points against the best run since
+
+
+@dataclass(frozen=True)
+class Outcome:
+    """One recorded answer scored against the runs on its task since."""
+
+    recommendation_id: int
+    task: str
+    metric: str
+    created_at: datetime
+    learner: str
+    n_runs: int  # finished ok on the task since the answer
+    best_value: float | None
+    best_run_id: int | None
+    best_strategy: dict[str, Any] | None
+    picks: list[PickOutcome]
+    warm: list[PickOutcome]  # the AutoML warm-start configurations, in their order
+    top1_regret: float | None  # the first pick's regret (None: it has not run)
+    topk_regret: float | None  # the best pick's regret (None: none has run)
+    warm_regret: float | None  # the best warm-start configuration's regret
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["created_at"] = self.created_at.isoformat()
+        return d
+
+
+def _fields(config: dict[str, Any]) -> tuple[str, ...]:
+    return tuple(str(config.get(f) or _DEFAULTS[f]) for f in MATCH_FIELDS)
+
+
+def _pick_fields(pick: dict[str, Any]) -> tuple[str, ...] | None:
+    """What a recommended strategy runs as: its AutoML translation, else (a registry strategy,
+    whose architecture names the AutoML's own) the strategy; None when it cannot run here."""
+    automl = pick.get("automl")
+    if isinstance(automl, dict):
+        return _fields(automl)
+    if pick.get("note"):  # the translation failed: not in the AutoML space
+        return None
+    return _fields(pick.get("strategy") or {})
+
+
+def _score(runs: list[tuple[int, float, float]]) -> tuple[int, float] | None:
+    """(run id, test value) of the run with the best validation objective."""
+    if not runs:
+        return None
+    run_id, _, value = max(runs, key=lambda r: (r[1], -r[0]))
+    return run_id, value
+
+
+def _points(best: float | None, value: float | None) -> float | None:
+    return None if best is None or value is None else round(100.0 * (best - value), 3)
+
+
+def outcomes(registry: Registry, task: str | None = None, limit: int = 20) -> list[Outcome]:
+    """The newest ``limit`` recorded answers (of ``task``, a name or id, if given) scored
+    against the runs on their task since each was made; newest first."""
+    if limit < 1:
+        raise InputError(f"--limit {limit}: expected an integer >= 1")
+    with registry.session() as s:
+        q = select(Recommendation).order_by(Recommendation.id.desc()).limit(limit)
+        if task is not None:
+            q = q.where(Recommendation.task_id == by_name_or_id(s, Task, task, "task").id)
+        recs = list(s.scalars(q))
+        for r in recs:
+            s.expunge(r)
+        task_ids = {r.task_id for r in recs if r.task_id is not None}
+        rows = s.execute(
+            select(
+                Run.id,
+                Run.task_id,
+                Run.created_at,
+                Run.config,
+                Run.metrics["objective"].as_float(),
+                Run.metrics["test"],
+            ).where(Run.task_id.in_(task_ids), Run.status == "ok")
+        ).all()
+    return [_outcome(r, rows) for r in recs]
+
+
+def _outcome(rec: Recommendation, rows: Sequence[Any]) -> Outcome:
+    metric = str((rec.inputs or {}).get("metric") or "")
+    k = int((rec.inputs or {}).get("k") or 0) or None
+    since: list[tuple[int, float, float, tuple[str, ...]]] = []
+    for run_id, task_id, created, config, objective, test in rows:
+        value = (test or {}).get(metric) if isinstance(test, dict) else None
+        if task_id != rec.task_id or created < rec.created_at or objective is None:
+            continue
+        if value is not None:
+            since.append((run_id, float(objective), float(value), _fields(config or {})))
+    best = _score([r[:3] for r in since])
+    best_value = best[1] if best else None
+    best_fields = next((r[3] for r in since if best and r[0] == best[0]), None)
+
+    def scored(
+        rank: int, strategy: dict[str, Any], fields: tuple[str, ...] | None, expected: Any
+    ) -> PickOutcome:
+        mine = [r[:3] for r in since if fields is not None and r[3] == fields]
+        got = _score(mine)
+        value = got[1] if got else None
+        return PickOutcome(
+            rank=rank,
+            strategy=strategy,
+            expected=expected,
+            n_runs=len(mine),
+            value=value,
+            run_id=got[0] if got else None,
+            regret=_points(best_value, value),
+        )
+
+    output = rec.output or {}
+    picks = [
+        scored(
+            int(p.get("rank") or i + 1),
+            dict(p.get("strategy") or {}),
+            _pick_fields(p),
+            p.get("expected"),
+        )
+        for i, p in enumerate(list(output.get("strategies") or [])[:k])
+    ]
+    warm = [
+        scored(i + 1, {f: c.get(f, _DEFAULTS[f]) for f in MATCH_FIELDS}, _fields(c), None)
+        for i, c in enumerate(output.get("initial") or [])
+    ]
+    return Outcome(
+        recommendation_id=rec.id,
+        task=rec.task,
+        metric=metric,
+        created_at=rec.created_at,
+        learner=f"{rec.learner} {rec.learner_version}",
+        n_runs=len(since),
+        best_value=best_value,
+        best_run_id=best[0] if best else None,
+        best_strategy=dict(zip(MATCH_FIELDS, best_fields, strict=True)) if best_fields else None,
+        picks=picks,
+        warm=warm,
+        top1_regret=picks[0].regret if picks else None,
+        topk_regret=_least(picks),
+        warm_regret=_least(warm),
+    )
+
+
+def _least(picks: list[PickOutcome]) -> float | None:
+    ran = [p.regret for p in picks if p.regret is not None]
+    return min(ran) if ran else None
