@@ -204,6 +204,8 @@ def main() -> int:
         f"{figures['alarm_to_serving_s']:.0f} s"
     )
 
+    # How the recommender's answers (step 4's and the loop's) did against the runs since.
+    pomlia("strategy", "outcomes", "--limit", "2")
     pomlia("status", "--limit", "5")
     console.print(
         f"[green]demo finished in {time.perf_counter() - t0:.0f} s[/]; workspace {ws.home}"
