@@ -128,6 +128,49 @@ def test_an_invalid_demo_model_name_writes_nothing(workspace: Workspace, reg: Re
     assert not workspace.path("models", "bad name").exists()
 
 
+_KILLED_DEMO = """
+import os, signal, sys
+from pathlib import Path
+import pomlia_hpc.serve.export as export
+from pomlia_hpc.registry import Registry
+from pomlia_hpc.serve.demo import register_demo_model
+from pomlia_hpc.workspace import Workspace
+home = Path(sys.argv[1])
+ws = Workspace(home=home, db_url=f"sqlite:///{home}/registry.db", cluster_profile="local")
+def dying(model, example, path):  # the node dies half-way through the export
+    path.write_bytes(b"half an onnx graph")
+    os.kill(os.getpid(), signal.SIGKILL)
+export.export_onnx = dying
+register_demo_model(Registry.open(ws.db_url), ws, "d1")
+"""
+
+
+def test_a_demo_killed_during_its_export_leaves_no_model_and_runs_again(
+    workspace: Workspace, reg: Registry
+) -> None:
+    """`pomlia model demo d1` killed while exporting used to leave model d1 registered but
+    not exported: running it again was refused ('d1' is already registered). The model is
+    now registered once its bundle is whole, so the re-run finishes the job."""
+    proc = subprocess.run(
+        [sys.executable, "-c", _KILLED_DEMO, str(workspace.home)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == -9, proc.stderr
+    with pytest.raises(NotFoundError):
+        resolve_model(reg, "d1")
+    bundles = workspace.path("models", "d1", "bundles")
+    assert [p.name for p in bundles.iterdir() if not p.name.startswith(".")] == []
+    res = register_demo_model(reg, workspace, "d1")
+    assert (res.bundle.root / "card.json").is_file()
+    assert [p.name for p in bundles.iterdir()] == [res.bundle.root.name]  # temporaries swept
+    card = resolve_model(reg, "d1").card
+    assert card["export"]["bundle"] == str(res.bundle.root)
+
+
 def test_an_unreadable_checkpoint_is_one_line(reg: Registry, tmp_path: Path) -> None:
     """torch's refusal of a file that is not a checkpoint runs to a dozen lines (its
     weights_only advice); `pomlia model register` printed all of them."""

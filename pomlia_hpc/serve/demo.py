@@ -62,10 +62,15 @@ def register_demo_model(
 ) -> ExportResult:
     """Save, register and export a demo model named ``name`` in ``workspace``. A taken or
     invalid name is refused before the checkpoint is written (it would overwrite the
-    registered model's, or leave a folder under a bad name)."""
+    registered model's, or leave a folder under a bad name).
+
+    The bundle is exported before the model is registered, so a run killed during the export
+    (the slow part) leaves no row, and running it again finishes it (the name is still free,
+    the bundle made so far is reused); registering then records the bundle in the card."""
     check_new_model_name(registry, name)
     ckpt = workspace.path("models", name, "checkpoint.pt")
     save_demo_checkpoint(ckpt, **kwargs)  # type: ignore[arg-type]
+    export_checkpoint(ckpt, workspace.path("models", name, "bundles"), name=name, task={})
     register_model(registry, name, ckpt)
     return export_model(registry, workspace, name)
 
