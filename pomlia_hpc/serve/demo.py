@@ -65,8 +65,8 @@ def register_demo_model(
     registered model's, or leave a folder under a bad name).
 
     The bundle is exported before the model is registered, so a run killed during the export
-    (the slow part) leaves no row, and running it again finishes it (the name is still free,
-    the bundle made so far is reused); registering then records the bundle in the card."""
+    (the slow part) leaves no row, and running it again finishes it (the name is still free);
+    registering then records the bundle in the card."""
     check_new_model_name(registry, name)
     ckpt = workspace.path("models", name, "checkpoint.pt")
     save_demo_checkpoint(ckpt, **kwargs)  # type: ignore[arg-type]
