@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 import pomlia_hpc.serve.export as export_mod
 from pomlia_hpc.cli import app
 from pomlia_hpc.errors import InputError, NotFoundError, PomliaError
+from pomlia_hpc.files import host_field
 from pomlia_hpc.models.archs import ARCHITECTURES
 from pomlia_hpc.models.card import model_card
 from pomlia_hpc.models.catalog import register_model
@@ -408,7 +409,11 @@ def test_export_ships_the_task_encoder_from_the_registry(
         enc_id = row.id
     ckpt = save_demo_checkpoint(tmp_path / "c.pt", channels=1, num_classes=3)
     register_model(reg, "grey", ckpt, lineage={"encoder_id": enc_id})
+    # The scratch folder of an export killed earlier (its process gone) is swept.
+    dead = workspace.tmp / f".export-grey.{host_field()}.{2**22 + 1}.tmp"
+    (dead / "encoder.pt2").parent.mkdir(parents=True)
     res = export_model(reg, workspace, "grey")
+    assert not dead.exists() and list(workspace.tmp.iterdir()) == []
     fp = res.bundle.card["fingerprint"]
     assert (fp["kind"], fp["encoder_name"], fp["dim"]) == ("encoder", "ae", 8)
     assert res.bundle.encoder_file == res.bundle.root / "encoder.pt2"

@@ -19,7 +19,6 @@ import dataclasses
 import hashlib
 import json
 import shutil
-import tempfile
 import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -31,7 +30,7 @@ import torch
 from sqlalchemy import select
 
 from pomlia_hpc.errors import InputError, PomliaError
-from pomlia_hpc.files import staged_dir
+from pomlia_hpc.files import staged_dir, sweep_stale_temps, temp_name
 from pomlia_hpc.models.card import model_card
 from pomlia_hpc.models.catalog import resolve_model, update_card
 from pomlia_hpc.models.checkpoint import LoadedClassifier, load_classifier
@@ -297,7 +296,11 @@ def export_model(
     task: dict[str, Any] = {"id": row.task_id} if row.task_id is not None else {}
     enc_file: Path | None = None
     enc_info: dict[str, Any] | None = None
-    tmp_dir = Path(tempfile.mkdtemp(prefix="pomlia-encoder-"))
+    # Scratch for the encoder's export in the workspace, under this process's temporary name:
+    # a killed export's folder is swept by the next one (the system's temp folder never was).
+    sweep_stale_temps(workspace.tmp)
+    tmp_dir = temp_name(workspace.tmp / f"export-{row.name}")
+    tmp_dir.mkdir(parents=True, exist_ok=True)
     try:
         if encoder is not None and Path(encoder).is_file():
             enc_file = Path(encoder)
