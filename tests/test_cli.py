@@ -105,6 +105,19 @@ def test_a_home_that_is_a_file_is_one_line_and_exit_2(tmp_path: Path) -> None:
     assert home.read_text() == "mine"
 
 
+def test_jobs_list_takes_a_recorded_state_beyond_the_vocabulary(workspace: Workspace) -> None:
+    """Slurm states outside JobState (SUSPENDED, REQUEUED, ...) are recorded as Slurm says
+    them: `--state suspended` lists such jobs instead of refusing the state."""
+    reg = Registry.open(workspace.db_url)
+    with reg.session() as s:
+        s.add(Job(backend="other", scheduler_id="7", name="paused", state="SUSPENDED"))
+    res = runner.invoke(app, ["jobs", "list", "--state", "suspended"], catch_exceptions=False)
+    assert res.exit_code == 0 and "paused" in res.output, res.output
+    with pytest.raises(InputError, match=r"expected one of PENDING, .*, UNKNOWN, SUSPENDED$"):
+        runner.invoke(app, ["jobs", "list", "--state", "suspend"], catch_exceptions=False)
+    reg.dispose()
+
+
 def test_jobs_list_show_cancel(workspace: Workspace) -> None:
     reg = Registry.open(workspace.db_url)
     ex = Executor.from_profile("local", workspace.jobs, reg)

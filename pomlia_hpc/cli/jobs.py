@@ -13,7 +13,7 @@ from pomlia_hpc.cli.core import jobs_table
 from pomlia_hpc.cluster.cancel import cancel_recorded_job
 from pomlia_hpc.cluster.records import refresh_jobs
 from pomlia_hpc.errors import ClusterError, InputError, NotFoundError
-from pomlia_hpc.registry import Job
+from pomlia_hpc.registry import Job, Registry
 from pomlia_hpc.vocab import JobState
 
 jobs_app = typer.Typer(
@@ -38,10 +38,9 @@ def list_jobs(
     """List recorded jobs, newest first (Slurm states refreshed with one sacct call)."""
     if limit < 1:
         raise InputError(f"--limit {limit}: expected an integer >= 1")
-    if state is not None and state.upper() not in {s.value for s in JobState}:
-        known = ", ".join(s.value for s in JobState)
-        raise InputError(f"--state '{state}' is not a job state: expected one of {known}")
     reg = STATE.registry()
+    if state is not None:
+        _check_state(reg, state)
     try:
         refresh_jobs(reg)
     except ClusterError as exc:
@@ -52,6 +51,21 @@ def list_jobs(
             q = q.where(Job.state == state.upper())
         rows = list(s.scalars(q))
     console.print(jobs_table(rows, f"jobs ({len(rows)})"))
+
+
+def _check_state(reg: Registry, state: str) -> None:
+    """Refuse a ``--state`` no job can be in. Slurm has states beyond the vocabulary (a
+    SUSPENDED or REQUEUED job is recorded as such), so the states recorded count too."""
+    known = [s.value for s in JobState]
+    if state.upper() in known:
+        return
+    with reg.session() as s:
+        recorded = set(s.scalars(select(Job.state).distinct()))
+    known += sorted(recorded - set(known))
+    if state.upper() not in known:
+        raise InputError(
+            f"--state '{state}' is not a job state: expected one of {', '.join(known)}"
+        )
 
 
 @jobs_app.command("show")

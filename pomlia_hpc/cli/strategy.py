@@ -1,4 +1,4 @@
-"""``pomlia strategy import/sources/eval`` and ``pomlia recommend``."""
+"""``pomlia strategy import/sources/eval/outcomes`` and ``pomlia recommend``."""
 
 from __future__ import annotations
 

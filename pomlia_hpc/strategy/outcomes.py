@@ -26,10 +26,10 @@ from sqlalchemy import select
 from pomlia_hpc.errors import InputError
 from pomlia_hpc.registry import Recommendation, Registry, Run, Task
 from pomlia_hpc.registry.lookup import by_name_or_id
+from pomlia_hpc.strategy.runstats import run_strategy
 
 #: The strategy fields a run's configuration and a recommended strategy are matched on.
 MATCH_FIELDS = ("arch", "init", "mode", "extra_data")
-_DEFAULTS = {"arch": "small_cnn", "init": "scratch", "mode": "full", "extra_data": "none"}
 
 
 @dataclass(frozen=True)
@@ -71,7 +71,9 @@ class Outcome:
 
 
 def _fields(config: dict[str, Any]) -> tuple[str, ...]:
-    return tuple(str(config.get(f) or _DEFAULTS[f]) for f in MATCH_FIELDS)
+    """The :data:`MATCH_FIELDS` of a configuration, with the knowledge base's defaults."""
+    strategy = run_strategy(config, 0)
+    return tuple(strategy[f] for f in MATCH_FIELDS)
 
 
 def _pick_fields(pick: dict[str, Any]) -> tuple[str, ...] | None:
@@ -128,7 +130,7 @@ def _outcome(rec: Recommendation, rows: Sequence[Any]) -> Outcome:
     k = int((rec.inputs or {}).get("k") or 0) or None
     since: list[tuple[int, float, float, tuple[str, ...]]] = []
     for run_id, task_id, created, config, objective, test in rows:
-        value = (test or {}).get(metric) if isinstance(test, dict) else None
+        value = test.get(metric) if isinstance(test, dict) else None
         if task_id != rec.task_id or created < rec.created_at or objective is None:
             continue
         if value is not None:
@@ -164,7 +166,7 @@ def _outcome(rec: Recommendation, rows: Sequence[Any]) -> Outcome:
         for i, p in enumerate(list(output.get("strategies") or [])[:k])
     ]
     warm = [
-        scored(i + 1, {f: c.get(f, _DEFAULTS[f]) for f in MATCH_FIELDS}, _fields(c), None)
+        scored(i + 1, dict(zip(MATCH_FIELDS, _fields(c), strict=True)), _fields(c), None)
         for i, c in enumerate(output.get("initial") or [])
     ]
     return Outcome(
