@@ -30,7 +30,7 @@ import numpy as np
 from pomlia_hpc.strategy.kb import KnowledgeBase
 
 LEARNER = "kernel-regret"
-LEARNER_VERSION = "2"
+LEARNER_VERSION = "3"
 BANDWIDTHS: tuple[float, ...] = (0.3, 0.5, 0.7, 1.0, 1.5, 2.0, 3.0, math.inf)
 FEATURES: tuple[str, ...] = (
     "log10_n_train",
