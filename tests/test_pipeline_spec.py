@@ -71,17 +71,22 @@ def test_relative_paths_are_relative_to_the_file() -> None:
     assert spec.path("/abs/a.npz") == Path("/abs/a.npz")
 
 
-def test_cli_bad_file_exits_2_with_one_line(tmp_path: Path) -> None:
-    bad = tmp_path / "bad.yaml"
-    bad.write_text(yaml.safe_dump({**MINIMAL, "encoder": {"name": "e", "epoch": 3}}))
-    env = {"POMLIA_HOME": str(tmp_path / "ws"), "PATH": "/usr/bin:/bin", "COLUMNS": "1000"}
-    proc = subprocess.run(
-        [sys.executable, "-m", "pomlia_hpc", "pipeline", "run", str(bad), "--dry-run"],
+def dry_run(path: Path, home: Path) -> subprocess.CompletedProcess[str]:
+    """``pomlia pipeline run PATH --dry-run`` as a user runs it (the console's own process)."""
+    env = {"POMLIA_HOME": str(home), "PATH": "/usr/bin:/bin", "COLUMNS": "1000"}
+    return subprocess.run(
+        [sys.executable, "-m", "pomlia_hpc", "pipeline", "run", str(path), "--dry-run"],
         capture_output=True,
         text=True,
         env={**env, "PYTHONPATH": str(REPO)},
         check=False,
     )
+
+
+def test_cli_bad_file_exits_2_with_one_line(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({**MINIMAL, "encoder": {"name": "e", "epoch": 3}}))
+    proc = dry_run(bad, tmp_path / "ws")
     assert proc.returncode == 2
     assert proc.stderr.strip().startswith("error:") and "unknown key 'encoder.epoch'" in proc.stderr
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
@@ -92,18 +97,11 @@ def test_cli_malformed_yaml_or_a_folder_is_one_line(tmp_path: Path) -> None:
     folder given as the file was said not to exist."""
     broken = tmp_path / "broken.yaml"
     broken.write_text("name: x\ndatasets: [a, b\nencoder: {}\n")
-    env = {"POMLIA_HOME": str(tmp_path / "ws"), "PATH": "/usr/bin:/bin", "COLUMNS": "1000"}
     for path, message in (
         (broken, "broken.yaml: not valid YAML (line 3, column 8: expected ',' or ']'"),
         (tmp_path, f"pipeline file {tmp_path} is a folder: expected a YAML file"),
     ):
-        proc = subprocess.run(
-            [sys.executable, "-m", "pomlia_hpc", "pipeline", "run", str(path), "--dry-run"],
-            capture_output=True,
-            text=True,
-            env={**env, "PYTHONPATH": str(REPO)},
-            check=False,
-        )
+        proc = dry_run(path, tmp_path / "ws")
         assert proc.returncode == 2 and message in proc.stderr, proc.stderr
         assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
