@@ -39,7 +39,7 @@ class PickOutcome:
     rank: int
     strategy: dict[str, Any]
     expected: float | None  # the answer's expected value, [0, 1]
-    n_runs: int  # finished ok since the answer
+    n_runs: int  # ok since the answer, with a validation objective and a test value
     value: float | None  # test value of its best-validation run, [0, 1]
     run_id: int | None
     regret: float | None  # points against the best run since
@@ -54,7 +54,7 @@ class Outcome:
     metric: str
     created_at: datetime
     learner: str
-    n_runs: int  # finished ok on the task since the answer
+    n_runs: int  # the same, of any strategy
     best_value: float | None
     best_run_id: int | None
     best_strategy: dict[str, Any] | None
