@@ -28,18 +28,17 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import httpx
 import numpy as np
 from rich.console import Console
 from sqlalchemy import select
 
-import pomlia_hpc.strategy
 from pomlia_hpc.data.store import open_version
 from pomlia_hpc.loop.showcase import LoopShowcase, loop_showcase
 from pomlia_hpc.registry import Encoder, Registry, Task
 from pomlia_hpc.serve.smoke import wait_ready
+from pomlia_hpc.strategy.kb import SHIPPED_DATA, SHIPPED_META, SHIPPED_TABLES
 from pomlia_hpc.workspace import Workspace
 
 console = Console()
@@ -49,9 +48,6 @@ KNOWN = ("pathmnist", "bloodmnist", "dermamnist", "organamnist", "breastmnist")
 NEW = "pneumoniamnist"
 ENCODER = "demo-ae"
 TASK = "demo-pneumonia"
-#: The published results shipped with the recommender (docs/strategy.md).
-SHIPPED = Path(pomlia_hpc.strategy.__file__).parent / "data"
-PUBLISHED = "medmnist_plus_doerrich2025.csv"
 
 
 def pomlia(*args: str, ok: tuple[int, ...] = (0,), env: dict[str, str] | None = None) -> int:
@@ -155,15 +151,16 @@ def main() -> int:
     console.rule("[bold]4. strategy: published results and past runs → recommendation")
     if not _exists(reg, Task, TASK):
         pomlia("task", "add", TASK, "--dataset", NEW, "--metric", "auc")
-    table, meta = (SHIPPED / name for name in (PUBLISHED, "medmnist_meta_features.csv"))
+    source, table = SHIPPED_TABLES[0]  # MedMNIST+, enough to rank strategies for the task
+    table_path, meta_path = SHIPPED_DATA / table, SHIPPED_DATA / SHIPPED_META
     pomlia(
         "strategy",
         "import",
-        str(table),
+        str(table_path),
         "--source",
-        "medmnist_plus",
+        source,
         "--meta",
-        str(meta),
+        str(meta_path),
         "--replace",
     )
     pomlia("recommend", TASK, "--k", "3")

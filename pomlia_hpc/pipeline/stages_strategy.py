@@ -7,31 +7,28 @@ imported into the knowledge base first (once; an existing source of that name is
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from pomlia_hpc.pipeline.stage import StageContext, section_stage
 from pomlia_hpc.pipeline.stages import register_stage
 
-#: (source name, table file) shipped in pomlia_hpc/strategy/data/ (see its SOURCES.md).
-SHIPPED = (
-    ("medmnist_plus", "medmnist_plus_doerrich2025.csv"),
-    ("medmnist_v2", "medmnist_v2_yang2023.csv"),
-)
-SHIPPED_META = "medmnist_meta_features.csv"
-
 
 def import_shipped(ctx: StageContext) -> list[str]:
     """Import the shipped tables that the knowledge base lacks; returns the names imported."""
-    import pomlia_hpc.strategy as strategy
-    from pomlia_hpc.strategy.kb import import_table, list_sources
+    from pomlia_hpc.strategy.kb import (
+        SHIPPED_DATA,
+        SHIPPED_META,
+        SHIPPED_TABLES,
+        import_table,
+        list_sources,
+    )
 
-    data = Path(strategy.__file__).parent / "data"
     have = {s.name for s in list_sources(ctx.registry)}
     done = []
-    for source, file in SHIPPED:
+    for source, file in SHIPPED_TABLES:
         if source not in have:
-            import_table(ctx.registry, data / file, source, meta_path=data / SHIPPED_META)
+            meta = SHIPPED_DATA / SHIPPED_META
+            import_table(ctx.registry, SHIPPED_DATA / file, source, meta_path=meta)
             done.append(source)
     return done
 

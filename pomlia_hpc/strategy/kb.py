@@ -46,6 +46,15 @@ from pomlia_hpc.strategy.longformat import (
 #: The pseudo-source of the registry's own runs.
 REGISTRY_SOURCE = "registry"
 
+#: The published tables shipped with pomlia-hpc (``data/SOURCES.md``): the folder, (source
+#: name, file) of each table, and the file of their data sets' meta-features.
+SHIPPED_DATA = Path(__file__).resolve().parent / "data"
+SHIPPED_TABLES = (
+    ("medmnist_plus", "medmnist_plus_doerrich2025.csv"),
+    ("medmnist_v2", "medmnist_v2_yang2023.csv"),
+)
+SHIPPED_META = "medmnist_meta_features.csv"
+
 
 @dataclass(frozen=True)
 class ImportReport:

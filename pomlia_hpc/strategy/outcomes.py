@@ -165,9 +165,10 @@ def _outcome(rec: Recommendation, rows: Sequence[Any]) -> Outcome:
         )
         for i, p in enumerate(list(output.get("strategies") or [])[:k])
     ]
+    warm_fields = [_fields(c) for c in output.get("initial") or []]
     warm = [
-        scored(i + 1, dict(zip(MATCH_FIELDS, _fields(c), strict=True)), _fields(c), None)
-        for i, c in enumerate(output.get("initial") or [])
+        scored(i + 1, dict(zip(MATCH_FIELDS, f, strict=True)), f, None)
+        for i, f in enumerate(warm_fields)
     ]
     return Outcome(
         recommendation_id=rec.id,

@@ -73,10 +73,9 @@ from pomlia_hpc.strategy.learner import (
 )
 from pomlia_hpc.strategy.recommend import recommend
 
-DATA = Path(__file__).resolve().parents[2] / "pomlia_hpc" / "strategy" / "data"
-META = DATA / "medmnist_meta_features.csv"
-PLUS = DATA / "medmnist_plus_doerrich2025.csv"
-V2 = DATA / "medmnist_v2_yang2023.csv"
+SHIPPED = {source: kb.SHIPPED_DATA / file for source, file in kb.SHIPPED_TABLES}
+META = kb.SHIPPED_DATA / kb.SHIPPED_META
+PLUS, V2 = SHIPPED["medmnist_plus"], SHIPPED["medmnist_v2"]
 
 
 def _load() -> str:
