@@ -22,12 +22,18 @@ from pomlia_hpc.serve.schemas import FeedbackIn
 #: Largest /v1/feedback body, bytes: a prediction id and a few labels need far less.
 FEEDBACK_MAX_BYTES = 64 * 1024
 
+#: Refusals given before the request's body was read to its end (a missing token, a body
+#: declared too large or of the wrong type, a timeout): the rest of the body may still be on
+#: the connection, where it would be parsed as the next request (a keep-alive client then got
+#: 431 for its next, good request), so the connection is closed after the answer.
+BODY_LEFT_UNREAD = frozenset({401, 408, 413, 415})
+
 
 def error_response(
     status: int, message: str, headers: dict[str, str] | None = None
 ) -> JSONResponse:
     """The JSON refusal ``{"error": message, "status": status}``."""
-    if status == 408:  # the rest of the body may still come: the connection cannot be reused
+    if status in BODY_LEFT_UNREAD:
         headers = {**(headers or {}), "Connection": "close"}
     return JSONResponse({"error": message, "status": status}, status_code=status, headers=headers)
 
