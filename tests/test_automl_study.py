@@ -110,6 +110,12 @@ def test_study_records_every_trial_and_goes_on_after_a_crash(
     # a finished study cannot be created again under the same name
     with pytest.raises(PomliaError, match="already exists"):
         create_study(reg, workspace, "blood", name="s1")
+    # a study created but not started has no runs yet: an empty list, not "not found"
+    create_study(reg, workspace, "blood", name="s2", n_trials=1, max_epochs=1)
+    out = cli.invoke(app, ["runs", "list", "--study", "s2"], catch_exceptions=False)
+    assert out.exit_code == 0 and "runs (0)" in out.output, out.output
+    with pytest.raises(PomliaError, match="study 'nosuch' not found; known: s1, s2"):
+        cli.invoke(app, ["runs", "list", "--study", "nosuch"], catch_exceptions=False)
     taken.close()
 
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 import subprocess
+from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -222,11 +223,17 @@ class RunRow:
 
 
 def list_runs(
-    registry: Registry, task: str | None = None, study: str | None = None, limit: int = 200
+    registry: Registry,
+    task: str | None = None,
+    study: str | None = None,
+    limit: int = 200,
+    studies: Iterable[str] = (),
 ) -> list[RunRow]:
     """Runs, newest first, optionally of one task (name or id, looked up like every other
     reference: an unknown one is a :class:`~pomlia_hpc.errors.NotFoundError` naming the known
-    tasks) and/or one study (an unknown one is one error too, listing the studies)."""
+    tasks) and/or one study (an unknown one is one error too, listing the studies).
+    ``studies``: names of studies that exist without a run yet (created, none started), which
+    select nothing rather than count as unknown."""
     if limit < 1:
         raise InputError(f"limit {limit}: expected an integer >= 1")
     with registry.session() as s:
@@ -237,9 +244,13 @@ def list_runs(
         if task is not None:
             q = q.where(Run.task_id == by_name_or_id(s, Task, task, "task").id)
         if study is not None:
-            if s.scalar(select(Run.id).where(Run.study == study).limit(1)) is None:
+            created = set(studies)
+            if (
+                study not in created
+                and s.scalar(select(Run.id).where(Run.study == study).limit(1)) is None
+            ):
                 known = s.scalars(select(Run.study).where(Run.study.is_not(None)).distinct())
-                raise not_found("study", study, sorted(x for x in known if x))
+                raise not_found("study", study, sorted({x for x in known if x} | created))
             q = q.where(Run.study == study)
         rows = s.execute(q.order_by(Run.id.desc()).limit(limit)).all()
         return [

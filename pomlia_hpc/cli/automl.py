@@ -397,8 +397,10 @@ def runs_list(
 ) -> None:
     """List training runs with configuration, budget, metrics, cost, status and job."""
     from pomlia_hpc.automl.records import config_summary, list_runs
+    from pomlia_hpc.automl.study import study_names
 
-    rows = list_runs(STATE.registry(), task=task, study=study, limit=limit)
+    studies = study_names(STATE.workspace) if study is not None else []
+    rows = list_runs(STATE.registry(), task=task, study=study, limit=limit, studies=studies)
     table = Table(title=f"runs ({len(rows)})")
     for col in (
         "id",

@@ -38,6 +38,7 @@ from pomlia_hpc.automl.study.spec import (
     load_spec,
     read_spec,
     study_dir,
+    study_names,
 )
 from pomlia_hpc.automl.study.trials import (
     ORPHAN_POLL_S,
@@ -71,4 +72,5 @@ __all__ = [
     "read_spec",
     "run_study",
     "study_dir",
+    "study_names",
 ]

@@ -176,6 +176,12 @@ def load_spec(workspace: Workspace, name: str) -> StudySpec:
     return read_spec(path)
 
 
+def study_names(workspace: Workspace) -> list[str]:
+    """The studies created in this workspace (a folder with a saved specification), sorted."""
+    root = workspace.path("runs")
+    return sorted(p.parent.name for p in root.glob(f"*/{SPEC_FILE}")) if root.is_dir() else []
+
+
 def latest_study(workspace: Workspace, task: str) -> str:
     """The newest study of ``task`` in this workspace (for ``--resume`` without ``--study``)."""
     best: tuple[str, str] | None = None
