@@ -133,16 +133,35 @@ import os, signal, sys
 from pathlib import Path
 import pomlia_hpc.serve.export as export
 from pomlia_hpc.registry import Registry
-from pomlia_hpc.serve.demo import register_demo_model
+import pomlia_hpc.serve.demo as demo
 from pomlia_hpc.workspace import Workspace
 home = Path(sys.argv[1])
 ws = Workspace(home=home, db_url=f"sqlite:///{home}/registry.db", cluster_profile="local")
 def dying(model, example, path):  # the node dies half-way through the export
     path.write_bytes(b"half an onnx graph")
     os.kill(os.getpid(), signal.SIGKILL)
-export.export_onnx = dying
-register_demo_model(Registry.open(ws.db_url), ws, "d1")
+def registered_then_dying(*args, **kwargs):  # the node dies right after the row's commit
+    real_register(*args, **kwargs)
+    os.kill(os.getpid(), signal.SIGKILL)
+if sys.argv[2] == "export":
+    export.export_onnx = dying
+else:
+    real_register = demo.register_model
+    demo.register_model = registered_then_dying
+demo.register_demo_model(Registry.open(ws.db_url), ws, "d1")
 """
+
+
+def _killed_demo(workspace: Workspace, where: str) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-c", _KILLED_DEMO, str(workspace.home), where],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert proc.returncode == -9, proc.stderr
 
 
 def test_a_demo_killed_during_its_export_leaves_no_model_and_runs_again(
@@ -151,15 +170,7 @@ def test_a_demo_killed_during_its_export_leaves_no_model_and_runs_again(
     """`pomlia model demo d1` killed while exporting used to leave model d1 registered but
     not exported: running it again was refused ('d1' is already registered). The model is
     now registered once its bundle is whole, so the re-run finishes the job."""
-    proc = subprocess.run(
-        [sys.executable, "-c", _KILLED_DEMO, str(workspace.home)],
-        cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=300,
-        check=False,
-    )
-    assert proc.returncode == -9, proc.stderr
+    _killed_demo(workspace, "export")
     with pytest.raises(NotFoundError):
         resolve_model(reg, "d1")
     bundles = workspace.path("models", "d1", "bundles")
@@ -169,6 +180,34 @@ def test_a_demo_killed_during_its_export_leaves_no_model_and_runs_again(
     assert [p.name for p in bundles.iterdir()] == [res.bundle.root.name]  # temporaries swept
     card = resolve_model(reg, "d1").card
     assert card["export"]["bundle"] == str(res.bundle.root)
+
+
+def test_a_demo_killed_after_registering_has_its_bundle_recorded(
+    workspace: Workspace, reg: Registry
+) -> None:
+    """The row used to be created first and the bundle recorded in its card by a second
+    write: a kill between the two left a model without a bundle whose name the re-run
+    refused. The row is now created with the bundle in its card."""
+    _killed_demo(workspace, "register")
+    card = resolve_model(reg, "d1").card
+    assert (Path(card["export"]["bundle"]) / "card.json").is_file()
+    assert card["export"]["version"] == Path(card["export"]["bundle"]).name
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"channels": 2}, "--channels 2: expected 1 .grey. or 3 .RGB."),
+        ({"task_type": "binary", "num_classes": 3}, "--classes 3: a binary task has 2 classes"),
+        ({"num_classes": 1}, "--classes 1: a multi-class task has at least 2 classes"),
+    ],
+)
+def test_demo_settings_no_served_image_can_meet_are_refused(
+    workspace: Workspace, reg: Registry, options: dict[str, object], message: str
+) -> None:
+    with pytest.raises(InputError, match=message):
+        register_demo_model(reg, workspace, "d1", **options)
+    assert not workspace.path("models", "d1").exists()
 
 
 def test_an_unreadable_checkpoint_is_one_line(reg: Registry, tmp_path: Path) -> None:

@@ -8,12 +8,14 @@ from pathlib import Path
 
 import torch
 
+from pomlia_hpc.errors import InputError
 from pomlia_hpc.files import write_atomic
+from pomlia_hpc.models.card import model_card
 from pomlia_hpc.models.catalog import check_new_model_name, register_model
-from pomlia_hpc.models.checkpoint import save_classifier
+from pomlia_hpc.models.checkpoint import read_meta, save_classifier
 from pomlia_hpc.models.nets import build_classifier
 from pomlia_hpc.registry import Registry
-from pomlia_hpc.serve.export import ExportResult, export_checkpoint, export_model
+from pomlia_hpc.serve.export import ExportResult, card_with_bundle, export_checkpoint
 from pomlia_hpc.workspace import Workspace
 
 
@@ -64,15 +66,32 @@ def register_demo_model(
     invalid name is refused before the checkpoint is written (it would overwrite the
     registered model's, or leave a folder under a bad name).
 
-    The bundle is exported before the model is registered, so a run killed during the export
-    (the slow part) leaves no row, and running it again finishes it (the name is still free);
-    registering then records the bundle in the card."""
+    The bundle is exported before the model is registered, and the row is created with the
+    bundle already in its card (one transaction): a run killed at any point leaves either no
+    row, and running it again finishes it (the name is still free), or a complete one."""
+    check_demo_options(**kwargs)
     check_new_model_name(registry, name)
     ckpt = workspace.path("models", name, "checkpoint.pt")
     save_demo_checkpoint(ckpt, **kwargs)  # type: ignore[arg-type]
-    export_checkpoint(ckpt, workspace.path("models", name, "bundles"), name=name, task={})
-    register_model(registry, name, ckpt)
-    return export_model(registry, workspace, name)
+    result = export_checkpoint(ckpt, workspace.path("models", name, "bundles"), name=name, task={})
+    card = card_with_bundle(model_card(read_meta(ckpt), name=name), result)
+    register_model(registry, name, ckpt, card=card)
+    return result
+
+
+def check_demo_options(
+    channels: object = 3, num_classes: object = 9, task_type: object = "multi-class", **_: object
+) -> None:
+    """Refuse settings no served image can meet: the server decodes grey (1 channel) or RGB
+    (3); a binary task has 2 classes, a multi-class or ordinal one at least 2."""
+    if channels not in (1, 3):
+        raise InputError(f"--channels {channels}: expected 1 (grey) or 3 (RGB)")
+    if not isinstance(num_classes, int):
+        return  # the network's own check names what it expects
+    if task_type == "binary" and num_classes != 2:
+        raise InputError(f"--classes {num_classes}: a binary task has 2 classes")
+    if task_type in ("multi-class", "ordinal") and num_classes < 2:
+        raise InputError(f"--classes {num_classes}: a {task_type} task has at least 2 classes")
 
 
 def cached_demo_bundle(cache_root: Path, **kwargs: object) -> Path:

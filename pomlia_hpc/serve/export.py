@@ -329,17 +329,23 @@ def export_model(
         # validation images, computed exactly as the server computes what it logs.
         reference = reference_for_model(registry, result.bundle, row) or reference
     result = dataclasses.replace(result, reference=reference if reference.is_file() else None)
-    card = dict(row.card)
-    card.update({k: v for k, v in result.bundle.card.items() if k not in ("files",)})
+    update_card(registry, row.id, card_with_bundle(row.card, result))
+    return result
+
+
+def card_with_bundle(card: Mapping[str, Any], result: ExportResult) -> dict[str, Any]:
+    """``card`` (a registry model's) with the exported bundle recorded: the bundle card's
+    fields, ``card["export"]`` (bundle folder and version) and the monitor reference."""
+    out = dict(card)
+    out.update({k: v for k, v in result.bundle.card.items() if k not in ("files",)})
     if result.reference is not None:
-        card["monitor_reference"] = str(result.reference)
-    card["export"] = {
+        out["monitor_reference"] = str(result.reference)
+    out["export"] = {
         **dict(result.bundle.card.get("export", {})),
         "bundle": str(result.bundle.root),
         "version": result.bundle.version,
     }
-    update_card(registry, row.id, card)
-    return result
+    return out
 
 
 def bundle_for_model(registry: Registry, ref: str) -> ExportedBundle | None:
