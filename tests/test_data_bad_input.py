@@ -243,3 +243,19 @@ def test_exit_code_and_message_from_the_real_command(tmp_path: Path) -> None:
     assert proc.returncode == 2
     assert proc.stderr.startswith("error: ") and "no key 'train_images'" in proc.stderr
     assert "Traceback" not in proc.stderr
+
+
+def test_an_option_the_source_does_not_take_is_named_as_typed(add: Run, tmp_path: Path) -> None:
+    """The message named the options as Python keywords (``class_names``), not as typed."""
+    npz = write_npz(tmp_path / "a.npz", _arrays())
+    err = add(npz, "--val-fraction", "0.2", "--images", "x")
+    assert err == (
+        "error: options do not apply to an npz source: --images, --val-fraction; it takes "
+        "--class-names, --n-classes, --task-type"
+    )
+    folder = tmp_path / "imgs"
+    for label in ("a", "b"):
+        (folder / label).mkdir(parents=True)
+        Image.new("L", (8, 8)).save(folder / label / "0.png")
+    err = add(folder, "--class-names", "a,b")
+    assert err.startswith("error: option does not apply to a folder source: --class-names;")

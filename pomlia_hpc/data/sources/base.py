@@ -25,7 +25,7 @@ array is refused in constant memory.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -342,10 +342,17 @@ class Source(ABC):
 
 
 def take_options(kind: str, options: dict[str, Any], allowed: Sequence[str]) -> None:
-    """Refuse options that ``kind`` does not know, listing the ones it does."""
+    """Refuse options that ``kind`` does not know, listing the ones it does (spelt as the
+    command line spells them: ``class_names`` is ``--class-names``)."""
     unknown = sorted(k for k, v in options.items() if k not in allowed and v is not None)
     if unknown:
+
+        def flags(names: Iterable[str]) -> str:
+            return ", ".join("--" + n.replace("_", "-") for n in names)
+
+        article = "an" if kind in ("npz", "hdf5") else "a"
+        s = "s do" if len(unknown) > 1 else " does"
         raise InputError(
-            f"option(s) {', '.join(unknown)} do not apply to a {kind} source: expected "
-            f"{', '.join(allowed) or 'none'}"
+            f"option{s} not apply to {article} {kind} source: {flags(unknown)}; it takes "
+            f"{flags(allowed) or 'no options'}"
         )
