@@ -231,6 +231,26 @@ def test_loo_compares_data_sets_by_their_fingerprints_when_given() -> None:
     assert evaluate.loo(m).similarity == "meta-features"
 
 
+def test_fingerprints_that_rank_worse_than_the_meta_features_are_not_used() -> None:
+    """Fingerprints that put each data set near the *other* groups (an encoder that does not
+    see what matters for the strategies) rank the known data sets worse than the
+    meta-features alone: the learner falls back on metadata alone, and says so."""
+    m, fp = _fingerprint_groups()
+    off = ~np.eye(len(fp), dtype=bool)
+    wrong = np.where(off, 1.1 - fp, 0.0)  # near becomes far and far near
+    fitted = learner.KernelRegret().fit(m, fingerprints=wrong)
+    assert fitted.fingerprints_offered and not fitted.uses_fingerprints
+    plain = learner.KernelRegret().fit(m)
+    assert fitted.h == plain.h
+    np.testing.assert_array_equal(
+        fitted.rank(m.features[0], fingerprints=wrong[0]).order, plain.rank(m.features[0]).order
+    )
+    res = evaluate.loo(m, fingerprints=wrong, encoder="enc")
+    assert res.similarity == "meta-features (fingerprints of enc not used: they ranked no better)"
+    assert res.to_dict()["summary"] == evaluate.loo(m).to_dict()["summary"]
+    assert learner.KernelRegret().fit(m, fingerprints=fp).uses_fingerprints  # the right ones
+
+
 def test_fingerprints_count_as_much_as_the_meta_features_and_unknown_ones_as_typical() -> None:
     m, fp = _fingerprint_groups()
     fitted = learner.KernelRegret().fit(m, fingerprints=fp)

@@ -35,6 +35,7 @@ from pomlia_hpc.strategy.learner import (
     KernelRegret,
     Matrix,
     Standardizer,
+    similarity_label,
     top_k_regret,
 )
 
@@ -142,7 +143,7 @@ def loo(
     results = {name: MethodResult() for name in METHODS}
     hs: list[float] = []
     used: list[str] = []
-    used_fp = False
+    fp_fits = [0, 0]  # fits offered fingerprints, fits that kept them
     for i in range(n):
         v = m.values[i]
         if not np.isfinite(v[cand]).any():
@@ -153,7 +154,8 @@ def loo(
         fp = fingerprints[np.ix_(others, others)] if fingerprints is not None else None
         learner = KernelRegret(k=k).fit(train, cand, fingerprints=fp)
         hs.append(learner.h)
-        used_fp = used_fp or learner.uses_fingerprints
+        fp_fits[0] += learner.fingerprints_offered
+        fp_fits[1] += learner.uses_fingerprints
         to_i = fingerprints[i, others] if fingerprints is not None else None
         orders = {
             LEARNER: learner.rank(m.features[i], cand, fingerprints=to_i).order,
@@ -168,5 +170,5 @@ def loo(
         results["random"].top1.append(random_regret(v, cand, 1))
         results["random"].topk.append(random_regret(v, cand, k))
     restriction = f"inputs <= {max_px} px or frozen features" if cheap else "all strategies"
-    similarity = f"meta-features + fingerprint ({encoder})" if used_fp else "meta-features"
+    similarity = similarity_label(encoder, *fp_fits)
     return EvalResult("", k, used, int(cand.sum()), restriction, results, hs, similarity)

@@ -10,7 +10,10 @@ meta-feature distances' (the two sources count alike; a pair without fingerprint
 typical, the median). The bandwidth ``h`` is chosen by leave-one-dataset-out over the
 training data sets only (nested: the data set being recommended for never takes part), from
 :data:`BANDWIDTHS`, on the same combined distances as the answer; ``h = inf`` is the plain
-mean, so the learner can fall back on "best mean".
+mean, so the learner can fall back on "best mean". The same nested leave-one-out decides
+whether the fingerprints count at all: they do only when they lower its loss below that of
+the meta-features alone; otherwise they are unreliable for ranking strategies (say, an
+encoder that never saw these modalities) and the answer rests on metadata alone.
 
 Missing cells (a strategy never tried on a data set) count as that data set's median regret, a
 typical strategy; failed runs move a strategy's regret towards the data set's worst in
@@ -30,7 +33,7 @@ import numpy as np
 from pomlia_hpc.strategy.kb import KnowledgeBase
 
 LEARNER = "kernel-regret"
-LEARNER_VERSION = "3"
+LEARNER_VERSION = "4"
 BANDWIDTHS: tuple[float, ...] = (0.3, 0.5, 0.7, 1.0, 1.5, 2.0, 3.0, math.inf)
 FEATURES: tuple[str, ...] = (
     "log10_n_train",
@@ -232,6 +235,19 @@ def top_k_regret(
     return 100.0 * (best - float(values[picks].max())) if picks else math.nan
 
 
+def similarity_label(encoder: str | None, offered: int, used: int) -> str:
+    """What the learner compared data sets by, in words, for ``offered`` fits given the
+    fingerprints of ``encoder`` of which ``used`` kept them (the others fell back on the
+    meta-features: the fingerprints ranked the known data sets' strategies no better)."""
+    if encoder is None or offered == 0:
+        return "meta-features"
+    if used == offered:
+        return f"meta-features + fingerprint ({encoder})"
+    if used == 0:
+        return f"meta-features (fingerprints of {encoder} not used: they ranked no better)"
+    return f"meta-features + fingerprint ({encoder}) in {used} of {offered} fits"
+
+
 def _median_off_diagonal(d: np.ndarray) -> float:
     """Median of the finite, positive off-diagonal entries of a square matrix (NaN if none)."""
     off = d[~np.eye(len(d), dtype=bool)]
@@ -252,6 +268,7 @@ class KernelRegret:
         self._train: Matrix | None = None
         self._fp_scale = math.nan  # fingerprint distance -> meta-feature distance units
         self._typical = math.nan  # a pair without fingerprints: the median distance
+        self.fingerprints_offered = False  # fingerprint distances were given to the fit
 
     @property
     def uses_fingerprints(self) -> bool:
@@ -281,18 +298,42 @@ class KernelRegret:
         self._std = Standardizer(train.features)
         n = len(train.datasets)
         cand = np.ones(len(train.keys), bool) if candidates is None else candidates
-        d_all = self._std.distances(train.features, train.features)
+        d_meta = self._std.distances(train.features, train.features)
         self._fp_scale = self._typical = math.nan
-        if fingerprints is not None and n >= 2:
-            med_meta, med_fp = _median_off_diagonal(d_all), _median_off_diagonal(fingerprints)
-            if math.isfinite(med_fp) and math.isfinite(med_meta):
-                self._fp_scale, self._typical = med_meta / med_fp, med_meta
-                extra = self._fp_term(fingerprints, d_all.shape)
-                np.fill_diagonal(extra, 0.0)
-                d_all = np.sqrt(d_all**2 + extra**2)
         if n < 3 or len(self.bandwidths) == 1:
             self.h = self.bandwidths[0] if len(self.bandwidths) == 1 else math.inf
+            self.fingerprints_offered = self._use_fingerprints(fingerprints, d_meta)
             return self
+        loss, self.h = self._choose_h(train, cand, d_meta)
+        self.fingerprints_offered = self._use_fingerprints(fingerprints, d_meta)
+        if self.fingerprints_offered:
+            extra = self._fp_term(fingerprints, d_meta.shape)
+            np.fill_diagonal(extra, 0.0)
+            fp_loss, fp_h = self._choose_h(train, cand, np.sqrt(d_meta**2 + extra**2))
+            # Fingerprints count only where they rank the known data sets' strategies better
+            # than the meta-features alone do: otherwise they are unreliable for this choice
+            # (an encoder that never saw these modalities), and the answer falls back on
+            # metadata alone.
+            if fp_loss < loss - 1e-9:
+                self.h = fp_h
+            else:
+                self._fp_scale = self._typical = math.nan
+        return self
+
+    def _use_fingerprints(self, fingerprints: np.ndarray | None, d_meta: np.ndarray) -> bool:
+        """Set the fingerprint scale from the training pairs; whether there is one."""
+        if fingerprints is None or len(d_meta) < 2:
+            return False
+        med_meta, med_fp = _median_off_diagonal(d_meta), _median_off_diagonal(fingerprints)
+        if math.isfinite(med_fp) and math.isfinite(med_meta):
+            self._fp_scale, self._typical = med_meta / med_fp, med_meta
+        return self.uses_fingerprints
+
+    def _choose_h(self, train: Matrix, cand: np.ndarray, d_all: np.ndarray) -> tuple[float, float]:
+        """(loss, h): the bandwidth of :data:`BANDWIDTHS` with the least summed top-1 plus
+        best-of-``k`` regret when each training data set in turn is ranked from the others
+        with distances ``d_all``."""
+        n = len(train.datasets)
         best: tuple[float, float] | None = None
         for h in self.bandwidths:
             loss = 0.0
@@ -308,8 +349,7 @@ class KernelRegret:
             if best is None or loss < best[0] - 1e-9:
                 best = (loss, h)
         assert best is not None
-        self.h = best[1]
-        return self
+        return best
 
     def distances(self, features: np.ndarray, fingerprints: np.ndarray | None = None) -> np.ndarray:
         """Combined distances from a data set with meta-vector ``features`` (and fingerprint

@@ -6,7 +6,8 @@ runs, the task's own included); the ``kernel-regret`` learner (:mod:`.learner`),
 nested leave-one-out bandwidth; when the task's data set and known tasks share an encoder with
 complete embeddings, their fingerprint distance (:mod:`.fpdist`), between the known tasks for
 the bandwidth's choice as for the answer, is combined with the meta-feature distance (scaled
-to the same median: :mod:`.learner`); otherwise metadata alone. Each strategy gets an
+to the same median: :mod:`.learner`) when they rank the known tasks' strategies better
+than the meta-features alone do; otherwise metadata alone. Each strategy gets an
 expected metric (+- spread over similar data sets), an expected cost (:mod:`.cost`), evidence,
 and its translation into the AutoML space (:mod:`pomlia_hpc.automl.space`) where one exists.
 The answer is recorded in ``recommendations``.
@@ -56,6 +57,7 @@ from pomlia_hpc.strategy.learner import (
     Matrix,
     build_matrix,
     meta_vector,
+    similarity_label,
 )
 
 #: Architectures of the AutoML space, by :func:`pomlia_hpc.strategy.cost.arch_key`.
@@ -360,7 +362,9 @@ def recommend(
     fp = fingerprint_distances(registry, names, target.dataset_version_id)
     learner = KernelRegret().fit(m, fingerprints=fp.pairs if fp else None)
     ranking = learner.rank(meta_vector(target.meta), fingerprints=fp.target if fp else None)
-    encoder = fp.encoder if fp and learner.uses_fingerprints else None
+    similarity = similarity_label(
+        fp.encoder if fp else None, learner.fingerprints_offered, learner.uses_fingerprints
+    )
     n_train = int(target.meta.get("n_train", 1))
     w = ranking.weights
     near = [m.datasets[i] for i in np.argsort(-w)[:5]]
@@ -463,7 +467,7 @@ def recommend(
         "similar": [
             {"dataset": m.datasets[i], "weight": round(float(w[i]), 4)} for i in np.argsort(-w)[:5]
         ],
-        "similarity": f"meta-features + fingerprint ({encoder})" if encoder else "meta-features",
+        "similarity": similarity,
         "bandwidth": None if math.isinf(learner.h) else learner.h,
         "sources_of_weights": {
             "encoder": src.encoder,
