@@ -292,7 +292,8 @@ class KernelRegret:
         """Remember ``train``; choose ``h`` minimising mean top-1 plus best-of-``k`` regret
         when each training data set in turn is left out. ``fingerprints``: fingerprint
         distances between the training data sets (n, n; NaN where unknown), combined with the
-        meta-feature distance as the module docstring says (ignored when no pair is known)."""
+        meta-feature distance as the module docstring says (ignored when no pair is known, and
+        when they do not lower that loss below the meta-features' alone)."""
         self._train = train
         self._r = regrets(train.values, train.fail)
         self._std = Standardizer(train.features)
