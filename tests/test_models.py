@@ -200,6 +200,8 @@ def test_a_demo_killed_after_registering_has_its_bundle_recorded(
         ({"channels": 2}, "--channels 2: expected 1 .grey. or 3 .RGB."),
         ({"task_type": "binary", "num_classes": 3}, "--classes 3: a binary task has 2 classes"),
         ({"num_classes": 1}, "--classes 1: a multi-class task has at least 2 classes"),
+        ({"task_type": "binary-class", "num_classes": 3}, "a binary task has 2 classes"),
+        ({"task_type": "regression"}, "task type 'regression' is not supported"),
     ],
 )
 def test_demo_settings_no_served_image_can_meet_are_refused(

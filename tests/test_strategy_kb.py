@@ -246,9 +246,30 @@ def test_fingerprints_that_rank_worse_than_the_meta_features_are_not_used() -> N
         fitted.rank(m.features[0], fingerprints=wrong[0]).order, plain.rank(m.features[0]).order
     )
     res = evaluate.loo(m, fingerprints=wrong, encoder="enc")
-    assert res.similarity == "meta-features (fingerprints of enc not used: they ranked no better)"
+    assert res.similarity == "meta-features (fingerprints of enc not used)"
     assert res.to_dict()["summary"] == evaluate.loo(m).to_dict()["summary"]
     assert learner.KernelRegret().fit(m, fingerprints=fp).uses_fingerprints  # the right ones
+
+
+def test_the_similarity_label_says_how_many_fits_kept_the_fingerprints() -> None:
+    label = learner.similarity_label
+    assert label(None, 0, 0) == label("enc", 0, 0) == "meta-features"
+    assert label("enc", 9, 9) == "meta-features + fingerprint (enc)"
+    assert label("enc", 9, 0) == "meta-features (fingerprints of enc not used)"
+    assert label("enc", 9, 3) == "meta-features + fingerprint (enc) in 3 of 9 fits"
+
+
+def test_fewer_than_3_known_data_sets_cannot_judge_fingerprints() -> None:
+    """With 2 known data sets there is no leave-one-out to judge the fingerprints by, and the
+    learner takes the plain mean: it says it compares by metadata alone, as it does."""
+    m, fp = _fingerprint_groups()
+    two = m.subset([0, 1])
+    fitted = learner.KernelRegret().fit(two, fingerprints=fp[:2, :2])
+    assert fitted.fingerprints_offered and not fitted.uses_fingerprints
+    assert math.isinf(fitted.h)
+    one_h = learner.KernelRegret(bandwidths=(0.5,)).fit(m, fingerprints=1.1 - fp)
+    assert one_h.fingerprints_offered and not one_h.uses_fingerprints  # judged with one h too
+    assert learner.KernelRegret(bandwidths=(0.5,)).fit(m, fingerprints=fp).uses_fingerprints
 
 
 def test_fingerprints_count_as_much_as_the_meta_features_and_unknown_ones_as_typical() -> None:

@@ -227,13 +227,13 @@ def list_runs(
     task: str | None = None,
     study: str | None = None,
     limit: int = 200,
-    studies: Iterable[str] = (),
+    known_studies: Iterable[str] = (),
 ) -> list[RunRow]:
     """Runs, newest first, optionally of one task (name or id, looked up like every other
     reference: an unknown one is a :class:`~pomlia_hpc.errors.NotFoundError` naming the known
     tasks) and/or one study (an unknown one is one error too, listing the studies).
-    ``studies``: names of studies that exist without a run yet (created, none started), which
-    select nothing rather than count as unknown."""
+    ``known_studies``: studies known to exist whether or not they have runs (those created in
+    the workspace): one without a run yet selects nothing rather than counting as unknown."""
     if limit < 1:
         raise InputError(f"limit {limit}: expected an integer >= 1")
     with registry.session() as s:
@@ -244,7 +244,7 @@ def list_runs(
         if task is not None:
             q = q.where(Run.task_id == by_name_or_id(s, Task, task, "task").id)
         if study is not None:
-            created = set(studies)
+            created = set(known_studies)
             if (
                 study not in created
                 and s.scalar(select(Run.id).where(Run.study == study).limit(1)) is None

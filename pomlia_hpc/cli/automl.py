@@ -399,8 +399,8 @@ def runs_list(
     from pomlia_hpc.automl.records import config_summary, list_runs
     from pomlia_hpc.automl.study import study_names
 
-    studies = study_names(STATE.workspace) if study is not None else []
-    rows = list_runs(STATE.registry(), task=task, study=study, limit=limit, studies=studies)
+    known = study_names(STATE.workspace) if study is not None else []
+    rows = list_runs(STATE.registry(), task=task, study=study, limit=limit, known_studies=known)
     table = Table(title=f"runs ({len(rows)})")
     for col in (
         "id",

@@ -16,6 +16,7 @@ from pomlia_hpc.models.checkpoint import read_meta, save_classifier
 from pomlia_hpc.models.nets import build_classifier
 from pomlia_hpc.registry import Registry
 from pomlia_hpc.serve.export import ExportResult, card_with_bundle, export_checkpoint
+from pomlia_hpc.vocab import TaskType, normalize_task_type
 from pomlia_hpc.workspace import Workspace
 
 
@@ -35,7 +36,16 @@ def save_demo_checkpoint(
     task_type: str = "multi-class",
     seed: int = 0,
 ) -> Path:
-    """Write an untrained classifier checkpoint to ``path`` and return it."""
+    """Write an untrained classifier checkpoint to ``path`` and return it. Settings no
+    served image can meet are refused first: the server decodes grey (1 channel) or RGB (3);
+    a binary task has 2 classes, a multi-class or ordinal one at least 2."""
+    task_type = normalize_task_type(task_type)
+    if channels not in (1, 3):
+        raise InputError(f"--channels {channels}: expected 1 (grey) or 3 (RGB)")
+    if task_type == TaskType.BINARY and num_classes != 2:
+        raise InputError(f"--classes {num_classes}: a binary task has 2 classes")
+    if task_type in (TaskType.MULTI_CLASS, TaskType.ORDINAL) and num_classes < 2:
+        raise InputError(f"--classes {num_classes}: a {task_type} task has at least 2 classes")
     torch.manual_seed(seed)
     model = build_classifier(arch, num_classes, channels, image_size=image_size)
     save_classifier(
@@ -69,7 +79,6 @@ def register_demo_model(
     The bundle is exported before the model is registered, and the row is created with the
     bundle already in its card (one transaction): a run killed at any point leaves either no
     row, and running it again finishes it (the name is still free), or a complete one."""
-    check_demo_options(**kwargs)
     check_new_model_name(registry, name)
     ckpt = workspace.path("models", name, "checkpoint.pt")
     save_demo_checkpoint(ckpt, **kwargs)  # type: ignore[arg-type]
@@ -77,21 +86,6 @@ def register_demo_model(
     card = card_with_bundle(model_card(read_meta(ckpt), name=name), result)
     register_model(registry, name, ckpt, card=card)
     return result
-
-
-def check_demo_options(
-    channels: object = 3, num_classes: object = 9, task_type: object = "multi-class", **_: object
-) -> None:
-    """Refuse settings no served image can meet: the server decodes grey (1 channel) or RGB
-    (3); a binary task has 2 classes, a multi-class or ordinal one at least 2."""
-    if channels not in (1, 3):
-        raise InputError(f"--channels {channels}: expected 1 (grey) or 3 (RGB)")
-    if not isinstance(num_classes, int):
-        return  # the network's own check names what it expects
-    if task_type == "binary" and num_classes != 2:
-        raise InputError(f"--classes {num_classes}: a binary task has 2 classes")
-    if task_type in ("multi-class", "ordinal") and num_classes < 2:
-        raise InputError(f"--classes {num_classes}: a {task_type} task has at least 2 classes")
 
 
 def cached_demo_bundle(cache_root: Path, **kwargs: object) -> Path:

@@ -238,13 +238,14 @@ def top_k_regret(
 def similarity_label(encoder: str | None, offered: int, used: int) -> str:
     """What the learner compared data sets by, in words, for ``offered`` fits given the
     fingerprints of ``encoder`` of which ``used`` kept them (the others fell back on the
-    meta-features: the fingerprints ranked the known data sets' strategies no better)."""
+    meta-features: the fingerprints ranked the known data sets' strategies no better, or
+    there were fewer than 3 known data sets to judge them by)."""
     if encoder is None or offered == 0:
         return "meta-features"
     if used == offered:
         return f"meta-features + fingerprint ({encoder})"
     if used == 0:
-        return f"meta-features (fingerprints of {encoder} not used: they ranked no better)"
+        return f"meta-features (fingerprints of {encoder} not used)"
     return f"meta-features + fingerprint ({encoder}) in {used} of {offered} fits"
 
 
@@ -268,7 +269,9 @@ class KernelRegret:
         self._train: Matrix | None = None
         self._fp_scale = math.nan  # fingerprint distance -> meta-feature distance units
         self._typical = math.nan  # a pair without fingerprints: the median distance
-        self.fingerprints_offered = False  # fingerprint distances were given to the fit
+        # the fit was given fingerprint distances with a known pair among the training data
+        # sets (whether it then kept them: uses_fingerprints)
+        self.fingerprints_offered = False
 
     @property
     def uses_fingerprints(self) -> bool:
@@ -300,17 +303,14 @@ class KernelRegret:
         n = len(train.datasets)
         cand = np.ones(len(train.keys), bool) if candidates is None else candidates
         d_meta = self._std.distances(train.features, train.features)
-        self._fp_scale = self._typical = math.nan
-        if n < 3 or len(self.bandwidths) == 1:
+        self.fingerprints_offered = self._set_fingerprint_scale(fingerprints, d_meta)
+        if n < 3:  # no leave-one-out to choose by: the plain mean, metadata alone
             self.h = self.bandwidths[0] if len(self.bandwidths) == 1 else math.inf
-            self.fingerprints_offered = self._use_fingerprints(fingerprints, d_meta)
+            self._drop_fingerprints()
             return self
         loss, self.h = self._choose_h(train, cand, d_meta)
-        self.fingerprints_offered = self._use_fingerprints(fingerprints, d_meta)
         if self.fingerprints_offered:
-            extra = self._fp_term(fingerprints, d_meta.shape)
-            np.fill_diagonal(extra, 0.0)
-            fp_loss, fp_h = self._choose_h(train, cand, np.sqrt(d_meta**2 + extra**2))
+            fp_loss, fp_h = self._choose_h(train, cand, self._combined(d_meta, fingerprints))
             # Fingerprints count only where they rank the known data sets' strategies better
             # than the meta-features alone do: otherwise they are unreliable for this choice
             # (an encoder that never saw these modalities), and the answer falls back on
@@ -318,17 +318,31 @@ class KernelRegret:
             if fp_loss < loss - 1e-9:
                 self.h = fp_h
             else:
-                self._fp_scale = self._typical = math.nan
+                self._drop_fingerprints()
         return self
 
-    def _use_fingerprints(self, fingerprints: np.ndarray | None, d_meta: np.ndarray) -> bool:
-        """Set the fingerprint scale from the training pairs; whether there is one."""
+    def _set_fingerprint_scale(self, fingerprints: np.ndarray | None, d_meta: np.ndarray) -> bool:
+        """Scale the fingerprint distances to the meta-feature distances over the training
+        pairs; whether that was possible (fingerprints given, and a known pair among them)."""
+        self._drop_fingerprints()
         if fingerprints is None or len(d_meta) < 2:
             return False
         med_meta, med_fp = _median_off_diagonal(d_meta), _median_off_diagonal(fingerprints)
         if math.isfinite(med_fp) and math.isfinite(med_meta):
             self._fp_scale, self._typical = med_meta / med_fp, med_meta
         return self.uses_fingerprints
+
+    def _drop_fingerprints(self) -> None:
+        """Compare by meta-features alone from now on."""
+        self._fp_scale = self._typical = math.nan
+
+    def _combined(self, d_meta: np.ndarray, fingerprints: np.ndarray | None) -> np.ndarray:
+        """The meta-feature distances ``d_meta`` combined with the scaled ``fingerprints``
+        (the same shape; unknown ones typical; none in the fit: ``d_meta`` itself)."""
+        extra = self._fp_term(fingerprints, d_meta.shape)
+        if extra.ndim == 2:  # between the training data sets: a data set is 0 from itself
+            np.fill_diagonal(extra, 0.0)
+        return np.asarray(np.sqrt(d_meta**2 + extra**2))
 
     def _choose_h(self, train: Matrix, cand: np.ndarray, d_all: np.ndarray) -> tuple[float, float]:
         """(loss, h): the bandwidth of :data:`BANDWIDTHS` with the least summed top-1 plus
@@ -358,7 +372,7 @@ class KernelRegret:
         training data sets."""
         assert self._train is not None
         d = self._std.distances(features[None, :], self._train.features)[0]
-        return np.sqrt(d**2 + self._fp_term(fingerprints, d.shape) ** 2)
+        return self._combined(d, fingerprints)
 
     def rank(
         self,

@@ -176,17 +176,22 @@ def load_spec(workspace: Workspace, name: str) -> StudySpec:
     return read_spec(path)
 
 
+def _spec_files(workspace: Workspace) -> list[Path]:
+    """The saved specifications of the studies created in this workspace."""
+    root = workspace.path("runs")
+    return sorted(root.glob(f"*/{SPEC_FILE}")) if root.is_dir() else []
+
+
 def study_names(workspace: Workspace) -> list[str]:
     """The studies created in this workspace (a folder with a saved specification), sorted."""
-    root = workspace.path("runs")
-    return sorted(p.parent.name for p in root.glob(f"*/{SPEC_FILE}")) if root.is_dir() else []
+    return [p.parent.name for p in _spec_files(workspace)]
 
 
 def latest_study(workspace: Workspace, task: str) -> str:
     """The newest study of ``task`` in this workspace (for ``--resume`` without ``--study``)."""
     best: tuple[str, str] | None = None
     root = workspace.path("runs")
-    for spec_file in root.glob(f"*/{SPEC_FILE}") if root.is_dir() else []:
+    for spec_file in _spec_files(workspace):
         data = json.loads(spec_file.read_text())
         if data.get("task") == task and (best is None or data.get("created_at", "") > best[0]):
             best = (data.get("created_at", ""), data["name"])

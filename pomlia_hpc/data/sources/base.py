@@ -25,7 +25,7 @@ array is refused in constant memory.
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -63,7 +63,7 @@ class IngestLimits:
             if value is None:
                 continue
             if isinstance(value, bool) or int(value) < 1:
-                raise InputError(f"option {key} is {value!r}: expected a whole number >= 1")
+                raise InputError(f"{_flag(key)} {value!r}: expected a whole number >= 1")
             out[key] = int(value)
         return cls(**out)
 
@@ -222,7 +222,10 @@ class LabelDecl:
         n = options.pop("n_classes", None)
         task = options.pop("task_type", None)
         if task is not None and task not in TASK_TYPES:
-            raise InputError(f"task_type '{task}' is not known: expected one of {TASK_TYPES}")
+            raise InputError(
+                f"--task-type '{task}' is not known: expected one of "
+                + ", ".join(f"'{t}'" for t in TASK_TYPES)
+            )
         return cls(tuple(names) if names else None, None if n is None else int(n), task)
 
 
@@ -341,18 +344,21 @@ class Source(ABC):
             )
 
 
+def _flag(option: str, value: object = None) -> str:
+    """``option`` as the command line spells it (``class_names``: ``--class-names``; a false
+    switch ``--no-download``)."""
+    return ("--no-" if value is False else "--") + option.replace("_", "-")
+
+
 def take_options(kind: str, options: dict[str, Any], allowed: Sequence[str]) -> None:
     """Refuse options that ``kind`` does not know, listing the ones it does (spelt as the
-    command line spells them: ``class_names`` is ``--class-names``)."""
+    command line spells them)."""
     unknown = sorted(k for k, v in options.items() if k not in allowed and v is not None)
     if unknown:
-
-        def flags(names: Iterable[str]) -> str:
-            return ", ".join("--" + n.replace("_", "-") for n in names)
-
-        article = "an" if kind in ("npz", "hdf5") else "a"
-        s = "s do" if len(unknown) > 1 else " does"
+        article = "an" if kind.lower() in ("npz", "hdf5") else "a"
+        verb = "options do" if len(unknown) > 1 else "option does"
         raise InputError(
-            f"option{s} not apply to {article} {kind} source: {flags(unknown)}; it takes "
-            f"{flags(allowed) or 'no options'}"
+            f"{verb} not apply to {article} {kind} source: "
+            f"{', '.join(_flag(k, options[k]) for k in unknown)}; it takes "
+            f"{', '.join(_flag(k) for k in allowed) or 'no options'}"
         )
