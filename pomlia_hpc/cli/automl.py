@@ -396,8 +396,8 @@ def runs_list(
     limit: Annotated[int, typer.Option(help="How many, newest first.")] = 50,
 ) -> None:
     """List training runs with configuration, budget, metrics, cost, status and job."""
+    from pomlia_hpc.automl.folders import study_names  # not .study: that imports torch
     from pomlia_hpc.automl.records import config_summary, list_runs
-    from pomlia_hpc.automl.study import study_names
 
     known = study_names(STATE.workspace) if study is not None else []
     rows = list_runs(STATE.registry(), task=task, study=study, limit=limit, known_studies=known)

@@ -27,18 +27,16 @@ no finished trial runs twice. At the end the best configuration's model is regis
 lineage.
 """
 
+from pomlia_hpc.automl.folders import SPEC_FILE, study_dir, study_names
 from pomlia_hpc.automl.study.create import create_study
 from pomlia_hpc.automl.study.driver import StudyRunner, run_study
 from pomlia_hpc.automl.study.spec import (
-    SPEC_FILE,
     SUMMARY_FILE,
     StudyOptions,
     StudySpec,
     latest_study,
     load_spec,
     read_spec,
-    study_dir,
-    study_names,
 )
 from pomlia_hpc.automl.study.trials import (
     ORPHAN_POLL_S,

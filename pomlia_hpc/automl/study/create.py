@@ -7,13 +7,12 @@ from pathlib import Path
 from typing import Any
 
 from pomlia_hpc.automl.engine import EngineOptions
+from pomlia_hpc.automl.folders import SPEC_FILE, study_dir
 from pomlia_hpc.automl.options import WeightSource, check_engine_options
 from pomlia_hpc.automl.space import SpaceOptions, build_space, configs_from_values, split_fitting
 from pomlia_hpc.automl.study.spec import (
-    SPEC_FILE,
     StudyOptions,
     StudySpec,
-    study_dir,
     write_json,
 )
 from pomlia_hpc.automl.tasks import get_task, task_dataset

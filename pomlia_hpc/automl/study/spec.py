@@ -10,6 +10,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, StrictBool, StrictInt, ValidationError, model_validator
 
+from pomlia_hpc.automl.folders import SPEC_FILE, spec_files, study_dir
 from pomlia_hpc.automl.options import EngineOptions, WeightSource
 from pomlia_hpc.automl.space import SpaceOptions
 from pomlia_hpc.config import validate_model
@@ -18,7 +19,6 @@ from pomlia_hpc.files import write_json_atomic
 from pomlia_hpc.names import validate_name
 from pomlia_hpc.workspace import Workspace
 
-SPEC_FILE = "study.json"
 SUMMARY_FILE = "summary.json"
 #: Longest study name (its best model is ``<study>-best``, at most 128).
 STUDY_NAME_MAX = 96
@@ -135,10 +135,6 @@ class StudySpec(BaseModel):
         return self.model_dump(mode="json")
 
 
-def study_dir(workspace: Workspace, name: str) -> Path:
-    return workspace.path("runs", name)
-
-
 def read_spec(path: Path) -> StudySpec:
     """The specification in ``path``; a bad file is one error naming it and the key."""
     try:
@@ -176,22 +172,11 @@ def load_spec(workspace: Workspace, name: str) -> StudySpec:
     return read_spec(path)
 
 
-def _spec_files(workspace: Workspace) -> list[Path]:
-    """The saved specifications of the studies created in this workspace."""
-    root = workspace.path("runs")
-    return sorted(root.glob(f"*/{SPEC_FILE}")) if root.is_dir() else []
-
-
-def study_names(workspace: Workspace) -> list[str]:
-    """The studies created in this workspace (a folder with a saved specification), sorted."""
-    return [p.parent.name for p in _spec_files(workspace)]
-
-
 def latest_study(workspace: Workspace, task: str) -> str:
     """The newest study of ``task`` in this workspace (for ``--resume`` without ``--study``)."""
     best: tuple[str, str] | None = None
     root = workspace.path("runs")
-    for spec_file in _spec_files(workspace):
+    for spec_file in spec_files(workspace):
         data = json.loads(spec_file.read_text())
         if data.get("task") == task and (best is None or data.get("created_at", "") > best[0]):
             best = (data.get("created_at", ""), data["name"])

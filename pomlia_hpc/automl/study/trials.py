@@ -16,11 +16,12 @@ from typing import Any, NoReturn
 
 from pomlia_hpc.automl import records
 from pomlia_hpc.automl.engine import TrainRequest, read_state
+from pomlia_hpc.automl.folders import study_dir
 from pomlia_hpc.automl.metrics import objective_cost
 from pomlia_hpc.automl.optimizers import Proposal, SearchOptimizer
 from pomlia_hpc.automl.options import EngineOptions
 from pomlia_hpc.automl.space import TrainConfig, build_space
-from pomlia_hpc.automl.study.spec import StudySpec, study_dir
+from pomlia_hpc.automl.study.spec import StudySpec
 from pomlia_hpc.automl.study.view import StudyView, TrialView, job_name
 from pomlia_hpc.automl.trial import TrialJob, failure_path, read_failure, read_result
 from pomlia_hpc.cluster import Executor, JobFailedError, JobHandle
