@@ -6,9 +6,10 @@ from __future__ import annotations
 import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import event, select
 
 from pomlia_hpc.errors import InputError
 from pomlia_hpc.registry import (
@@ -21,6 +22,7 @@ from pomlia_hpc.registry import (
     Task,
 )
 from pomlia_hpc.report import build_report
+from pomlia_hpc.report.pages_strategy import recommendations_page
 from pomlia_hpc.workspace import Workspace
 from tests.fixtures.factories import make_dataset, make_encoder
 
@@ -223,3 +225,22 @@ def test_pages_load_in_chromium_without_errors(
         assert "pomlia" in seen.text
     seen = browser.check(res.folder / "fingerprints.html")  # type: ignore[attr-defined]
     assert len(seen.images) >= 3  # latent scatter, means, similarity heatmap
+
+
+def test_recommendations_page_reads_the_answers_once(filled: tuple[Workspace, Registry]) -> None:
+    ws, reg = filled
+    statements: list[str] = []
+
+    def seen(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        statements.append(statement)
+
+    event.listen(reg.engine, "before_cursor_execute", seen)
+    try:
+        page = recommendations_page(reg, ws)
+    finally:
+        event.remove(reg.engine, "before_cursor_execute", seen)
+    assert page is not None and "Recommendation 1 for task pneu-task" in page
+    selects = [s for s in statements if s.lstrip().upper().startswith("SELECT")]
+    reads = [s for s in selects if "FROM recommendations" in s]
+    assert len(reads) == 1, selects  # the answers once; their runs in one more query
+    assert len(selects) == 2, selects

@@ -8,7 +8,7 @@ from sqlalchemy import select
 
 from pomlia_hpc.registry import Recommendation, Registry
 from pomlia_hpc.report.html import esc, table
-from pomlia_hpc.strategy.outcomes import Outcome, outcomes
+from pomlia_hpc.strategy.outcomes import Outcome, score_answers
 from pomlia_hpc.workspace import Workspace
 
 #: Answers shown (newest first).
@@ -52,7 +52,7 @@ def recommendations_page(registry: Registry, workspace: Workspace) -> str | None
             s.expunge(r)
     if not rows:
         return None
-    since = {o.recommendation_id: o for o in outcomes(registry, limit=MAX_ANSWERS)}
+    since = {o.recommendation_id: o for o in score_answers(registry, rows)}
     parts = []
     for r in rows:
         out, inp = r.output or {}, r.inputs or {}

@@ -111,7 +111,16 @@ def outcomes(registry: Registry, task: str | None = None, limit: int = 20) -> li
         recs = list(s.scalars(q))
         for r in recs:
             s.expunge(r)
-        task_ids = {r.task_id for r in recs if r.task_id is not None}
+    return score_answers(registry, recs)
+
+
+def score_answers(registry: Registry, recs: Sequence[Recommendation]) -> list[Outcome]:
+    """Score recorded answers already read (detached rows) against the runs on their tasks
+    since each was made, in the order given: one query for the runs of all their tasks."""
+    task_ids = {r.task_id for r in recs if r.task_id is not None}
+    if not task_ids:
+        return [_outcome(r, []) for r in recs]
+    with registry.session() as s:
         rows = s.execute(
             select(
                 Run.id,
