@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -163,6 +164,18 @@ def test_cli_import_and_eval_json(workspace: object, tmp_path: Path) -> None:
     assert isinstance(bad.exception, NotFoundError) and "'nope' is not imported" in str(
         bad.exception
     )
+    chart = tmp_path / "charts" / "regrets.png"
+    out = runner.invoke(
+        app, ["strategy", "eval", "--source", "p", "--metric", "acc", "--png", chart]
+    )
+    assert out.exit_code == 0 and f"drawn in {chart}" in out.output, out.output
+    assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    width, height = struct.unpack(">II", chart.read_bytes()[16:24])
+    assert width > 900 and height > 500  # 12 data sets x 5 methods, two panels
+    bad = runner.invoke(
+        app, ["strategy", "eval", "--source", "p", "--metric", "acc", "--png", str(tmp_path)]
+    )
+    assert isinstance(bad.exception, InputError) and "is a folder" in str(bad.exception)
     # --k 0 reached math.comb in the random baseline: a ValueError traceback
     bad = runner.invoke(app, ["strategy", "eval", "--source", "p", "--metric", "acc", "--k", "0"])
     assert isinstance(bad.exception, InputError) and "--k 0: expected an integer >= 1" in str(

@@ -5,12 +5,16 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
 
 from pomlia_hpc.cli.app import STATE, app, console
+from pomlia_hpc.errors import InputError
+
+if TYPE_CHECKING:
+    from pomlia_hpc.strategy.evaluate import EvalResult
 
 strategy_app = typer.Typer(
     help="The strategy knowledge base: published results and the registry's runs.",
@@ -59,6 +63,18 @@ def _f(x: float | None, digits: int = 2) -> str:
     return "" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
 
 
+def _write_chart(result: EvalResult, path: Path, title: str) -> None:
+    from pomlia_hpc.files import write_atomic
+    from pomlia_hpc.strategy.plot import regret_chart
+
+    try:
+        write_atomic(path, regret_chart(result, title), fsync=False)
+    except OSError as e:
+        raise InputError(
+            f"--png {path}: cannot be written ({e.strerror}); expected a file in a writable folder"
+        ) from e
+
+
 @strategy_app.command("eval")
 def strategy_eval(
     source: Annotated[
@@ -71,14 +87,27 @@ def strategy_eval(
         typer.Option("--cheap", help="Only strategies with inputs <= 64 px or frozen features."),
     ] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    png: Annotated[
+        Path | None,
+        typer.Option(
+            "--png",
+            help="Also draw each held-out data set's regrets, per method, into this PNG file.",
+        ),
+    ] = None,
 ) -> None:
     """Leave-one-dataset-out: regret of the recommender's top-1 and best-of-top-k against
-    random, best-mean, best-mean-rank and nearest-data-set baselines (metric points)."""
+    random, best-mean, best-mean-rank and nearest-data-set baselines (metric points).
+
+    Example: pomlia strategy eval --source medmnist_plus --metric acc --png regrets.png"""
     from pomlia_hpc.strategy.service import evaluate_source
 
+    if png is not None and png.is_dir():
+        raise InputError(f"--png {png}: is a folder; expected a file name ending in .png")
     result = evaluate_source(STATE.registry(), source, metric, k=k, cheap=cheap)
     data = result.to_dict()
     data["metric"], data["source"] = metric, source
+    if png is not None:
+        _write_chart(result, png, f"{source}, {metric}: {result.restriction}")
     if as_json:
         typer.echo(json.dumps(data, indent=1))
         return
@@ -92,6 +121,8 @@ def strategy_eval(
     for name, summary in data["summary"].items():
         table.add_row(name, _f(summary["top1_mean"]), _f(summary["topk_mean"]))
     console.print(table)
+    if png is not None:
+        typer.echo(f"per-data-set regrets drawn in {png}")
 
 
 @strategy_app.command("outcomes")
