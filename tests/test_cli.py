@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 from pomlia_hpc import __version__
 from pomlia_hpc.cli import app
 from pomlia_hpc.cluster import Executor, JobFailedError
-from pomlia_hpc.errors import InputError
+from pomlia_hpc.errors import InputError, NotFoundError
 from pomlia_hpc.registry import Job, Registry
 from pomlia_hpc.workspace import Workspace
 from tests.fixtures import jobfns
@@ -70,7 +70,14 @@ def test_init_and_status(tmp_path: Path) -> None:
     assert (home / "registry.db").is_file()
     res = runner.invoke(app, ["--home", str(home), "status"])
     assert res.exit_code == 0, res.output
-    assert "registry" in res.output and "backend local" in res.output
+    lines = res.output.splitlines()
+    # The workspace just made, the registry in it, the local backend; no jobs yet.
+    assert lines[:3] == [
+        f"workspace : {home}",
+        f"registry  : sqlite:///{home / 'registry.db'}",
+        "cluster   : profile 'local' (backend local)",
+    ], res.output
+    assert "recent jobs (0)" in res.output
 
 
 def test_bad_config_is_one_line_and_exit_2(tmp_path: Path) -> None:
@@ -157,4 +164,5 @@ def test_jobs_list_show_cancel(workspace: Workspace) -> None:
     assert res.exit_code == 0 and "already ended (FAILED)" in res.output
 
     res = runner.invoke(app, ["jobs", "show", "999"])
-    assert res.exit_code != 0
+    assert isinstance(res.exception, NotFoundError), res.output
+    assert str(res.exception) == "job 999 is not in the registry (see `pomlia jobs list`)"
