@@ -135,13 +135,10 @@ def test_rows_round_trip(registry: Registry) -> None:
 
 
 def test_failed_transaction_rolls_back(registry: Registry) -> None:
-    try:
-        with registry.session() as s:
-            s.add(Dataset(name="x"))
-            s.flush()
-            raise RuntimeError("boom")
-    except RuntimeError:
-        pass
+    with pytest.raises(RuntimeError, match="boom"), registry.session() as s:  # not swallowed
+        s.add(Dataset(name="x"))
+        s.flush()
+        raise RuntimeError("boom")
     with registry.session() as s:
         assert s.scalar(select(func.count()).select_from(Dataset)) == 0
 
