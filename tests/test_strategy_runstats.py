@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import pytest
+
 from pomlia_hpc.registry import Dataset, DatasetVersion, Registry, Run, Task
 from pomlia_hpc.strategy import kb
 
@@ -23,13 +25,15 @@ def _task(reg: Registry, name: str = "t") -> int:
         return int(task.id)
 
 
-def _run(reg: Registry, task_id: int, arch: str, status: str, val: float | None = None) -> int:
+def _run(
+    reg: Registry, task_id: int, arch: str, status: str, val: float | None = None, cost: float = 10
+) -> int:
     metrics: dict[str, Any] = {}
     if val is not None:
         metrics = {"objective": val, "val": {"acc": val}, "test": {"acc": val - 0.05}}
     with reg.session() as s:
         run = Run(task_id=task_id, config={"arch": arch}, metrics=metrics, status=status)
-        run.cost_s = 10.0
+        run.cost_s = cost
         s.add(run)
         s.flush()
         return int(run.id)
@@ -53,17 +57,20 @@ def test_runs_counted_once_and_unfinished_ones_later(registry: Registry) -> None
     reg = registry
     tid = _task(reg)
     _run(reg, tid, "small_cnn", "ok", 0.7)
-    _run(reg, tid, "small_cnn", "crashed")
+    _run(reg, tid, "small_cnn", "crashed", cost=40.0)  # a crashed run's seconds are no cost
     waiting = _run(reg, tid, "resnet18", "running")
     got = _by_arch(reg)
     assert (got["small_cnn"].n_runs, got["small_cnn"].n_failed) == (2, 1)
-    assert got["small_cnn"].value is not None
-    assert abs(got["small_cnn"].value - 0.65) < 1e-9
+    assert got["small_cnn"].value == pytest.approx(0.65) and got["small_cnn"].cost_s == 10.0
     assert "resnet18" not in got  # still running: not counted yet
     assert _by_arch(reg)["small_cnn"].n_runs == 2  # read again: nothing counted twice
     _finish(reg, waiting, 0.9)
-    best = _run(reg, tid, "small_cnn", "ok", 0.8)
+    best = _run(reg, tid, "small_cnn", "ok", 0.8, cost=20.0)
     got = _by_arch(reg)
-    assert got["resnet18"].n_runs == 1 and got["resnet18"].value is not None
+    # the run finished after it was first seen: its test value and run, counted now
+    assert (got["resnet18"].n_runs, got["resnet18"].value) == (1, pytest.approx(0.85))
+    assert got["resnet18"].evidence == (waiting,)
+    # the best run's test value; the mean seconds of the successful runs
+    assert (got["small_cnn"].value, got["small_cnn"].cost_s) == (pytest.approx(0.75), 15.0)
     assert got["small_cnn"].n_runs == 3 and got["small_cnn"].evidence == (best,)
     assert _by_arch(reg)["resnet18"].n_runs == 1
