@@ -1,7 +1,8 @@
 """The ``pomlia`` commands in the user guide (docs/guide/*.md) run as written, each in a fresh
 workspace, as the README's do (tests/test_readme.py); in-process, so that the whole guide costs
 one interpreter start. A command must succeed or end with pomlia's one-line error (e.g. a
-dataset that a fresh workspace lacks): never a crash, never a usage error (a wrong option)."""
+dataset that a fresh, initialised workspace lacks): never a crash, never a usage error (a wrong
+option)."""
 
 from __future__ import annotations
 
@@ -45,6 +46,9 @@ def test_guide_command_runs(
     monkeypatch.delenv("POMLIA_DB_URL", raising=False)
     monkeypatch.delenv("POMLIA_CLUSTER", raising=False)
     monkeypatch.chdir(GUIDE.parents[1])  # paths in the guide are relative to the repository
+    # A fresh workspace is an initialised one (the README's first step is `pomlia init`): without
+    # a registry, every command stopped at "no registry ..., run pomlia init" and none ran.
+    assert CliRunner().invoke(app, ["init"]).exit_code == 0
     res = CliRunner().invoke(app, shlex.split(cmd)[1:])
     if res.exit_code == 0:
         return
