@@ -1,4 +1,5 @@
-"""The ``pomlia`` commands shown in README.md run as written (in a fresh workspace)."""
+"""The ``pomlia`` commands shown in README.md run as written (in a fresh, initialised
+workspace)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,9 @@ import sys
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
+
+from pomlia_hpc.cli import app
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -34,6 +38,11 @@ def test_readme_command_runs(cmd: str, tmp_path: Path) -> None:
     env = {**os.environ, "POMLIA_HOME": str(tmp_path / "ws"), "COLUMNS": "200"}
     env.pop("POMLIA_DB_URL", None)
     env.pop("POMLIA_CLUSTER", None)
+    # Initialised as the README's first step does (in-process: one interpreter start less per
+    # command); without a registry every other command stopped at "no registry ..., run pomlia
+    # init" and none ran.
+    init = CliRunner().invoke(app, ["--home", str(tmp_path / "ws"), "init"])
+    assert init.exit_code == 0, init.output
     argv = [sys.executable, "-m", "pomlia_hpc", *shlex.split(cmd)[1:]]
     proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300, check=False)
     assert "Traceback" not in proc.stderr, proc.stderr
