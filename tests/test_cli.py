@@ -166,3 +166,31 @@ def test_jobs_list_show_cancel(workspace: Workspace) -> None:
     res = runner.invoke(app, ["jobs", "show", "999"])
     assert isinstance(res.exception, NotFoundError), res.output
     assert str(res.exception) == "job 999 is not in the registry (see `pomlia jobs list`)"
+
+
+def test_output_to_a_file_is_not_folded_at_80_columns(tmp_path: Path) -> None:
+    """Off a terminal (a Slurm output file, a pipe) rich folded every table row and message at
+    80 columns, so `grep` on a log found half a row; COLUMNS still sets the width, and an error
+    is one line whatever the width."""
+    home = tmp_path / ("w" * 150)
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "POMLIA_DB_URL")}
+
+    def run(*args: str, columns: str | None = None) -> subprocess.CompletedProcess[str]:
+        extra = {"COLUMNS": columns} if columns else {}
+        return subprocess.run(
+            [sys.executable, "-m", "pomlia_hpc", "--home", str(home), *args],
+            env={**env, **extra},
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+
+    missing = run("status")  # no registry yet: an error longer than any width
+    assert missing.returncode == 2 and len(missing.stderr.strip().splitlines()) == 1
+    assert run("init").returncode == 0
+
+    def header(out: str) -> bool:  # the jobs table's header on one line
+        return any("scheduler id" in line and "exit cause" in line for line in out.splitlines())
+
+    assert header(run("status").stdout)
+    assert not header(run("status", columns="60").stdout)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,8 +19,20 @@ from pomlia_hpc.errors import PomliaError
 from pomlia_hpc.registry import Registry, RegistryMissingError
 from pomlia_hpc.workspace import Workspace
 
-console = Console()
-err_console = Console(stderr=True)
+#: Width of output that goes to a file or a pipe (a Slurm output file, ``| grep``), where rich
+#: would fold every table row and message at 80 columns; the ``COLUMNS`` variable still wins.
+FILE_WIDTH = 200
+
+
+def _console(*, stderr: bool = False) -> Console:
+    out = Console(stderr=stderr)
+    if not out.is_terminal and not os.environ.get("COLUMNS"):
+        out.width = FILE_WIDTH  # a terminal keeps following its own width
+    return out
+
+
+console = _console()
+err_console = _console(stderr=True)
 
 app = typer.Typer(
     name="pomlia",
@@ -134,9 +147,12 @@ def main() -> None:
     try:
         app()
     except PomliaError as exc:
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False)
+        # soft_wrap: one line whatever the width (a terminal wraps it for the eye), for grep
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
     except DBAPIError as exc:  # a database failure the library did not name: still one line
         first = str(exc.orig or exc).strip().splitlines()[0] if str(exc.orig or exc) else ""
-        err_console.print(f"[bold red]error:[/] registry database error: {first}", highlight=False)
+        err_console.print(
+            f"[bold red]error:[/] registry database error: {first}", highlight=False, soft_wrap=True
+        )
         sys.exit(1)
