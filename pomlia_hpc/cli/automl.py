@@ -134,16 +134,11 @@ def study_table(view: Any) -> Table:
     return table
 
 
-def _trial_line(t: Any, metric: str) -> str:
-    """One trial (a :class:`~pomlia_hpc.automl.study.TrialView`) as a plain log line."""
-    val = f" val {metric} {_fmt(t.objective)}" if t.objective is not None else ""
-    cause = f" ({t.cause[:120]})" if t.cause else ""
-    return f"run {t.run_id} {t.summary}, {t.epochs} epochs: {t.status}{val}{cause}"
-
-
 def _reporter(bar: Reporter) -> Callable[[Any], None]:
     """``on_update`` for a study: the live table in a terminal; otherwise a status line per
     finished trial count and a line each time a trial changes status (for a Slurm log)."""
+    from pomlia_hpc.automl.study import trial_line  # imports torch: not at the top
+
     seen: dict[int, str] = {}
 
     def update(view: Any) -> None:
@@ -154,7 +149,7 @@ def _reporter(bar: Reporter) -> Callable[[Any], None]:
             for t in view.trials:
                 if seen.get(t.run_id) != t.status:
                     seen[t.run_id] = t.status
-                    bar.line(_trial_line(t, view.metric))
+                    bar.line(trial_line(t, view.metric))
         bar.update(ended, view.n_trials, note=note, view=study_table(view))
 
     return update

@@ -264,6 +264,7 @@ def automl_stage(ctx: LoopContext) -> StageOutput:
     from pomlia_hpc.automl.study import (
         SPEC_FILE,
         StudySpec,
+        TrialLog,
         create_study,
         load_spec,
         run_study,
@@ -313,7 +314,9 @@ def automl_stage(ctx: LoopContext) -> StageOutput:
         for reason in spec.dropped_initial:
             ctx.progress(f"warm start: left out {reason}")
     assert spec is not None
-    result = run_study(ctx.registry, ctx.workspace, spec, resume=resumed)
+    result = run_study(
+        ctx.registry, ctx.workspace, spec, resume=resumed, on_update=TrialLog(ctx.progress)
+    )
     if result.model_name is None:
         raise LoopError(
             f"study {name}: no trial produced a model ({result.n_ok} ok, "

@@ -51,7 +51,14 @@ def _automl(spec: PipelineSpec) -> AutoMLSpec:
 
 def _run_automl(ctx: StageContext) -> dict[str, Any]:
     from pomlia_hpc.automl.space import DEFAULT_ARCHS, SpaceOptions
-    from pomlia_hpc.automl.study import SPEC_FILE, create_study, load_spec, run_study, study_dir
+    from pomlia_hpc.automl.study import (
+        SPEC_FILE,
+        TrialLog,
+        create_study,
+        load_spec,
+        run_study,
+        study_dir,
+    )
 
     am = _automl(ctx.spec)
     tasks = ctx.outputs("tasks")
@@ -92,7 +99,7 @@ def _run_automl(ctx: StageContext) -> dict[str, Any]:
             ctx.workspace,
             spec,
             resume=resume,
-            on_update=lambda view: None,
+            on_update=TrialLog(ctx.log, prefix="  "),
         )
         ctx.log(
             f"  study {name}: {res.n_ok} ok, {res.n_crashed} crashed, best model {res.model_name}"

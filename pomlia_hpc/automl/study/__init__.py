@@ -46,7 +46,14 @@ from pomlia_hpc.automl.study.trials import (
     attach_trial_job,
     attached_result,
 )
-from pomlia_hpc.automl.study.view import StudyResult, StudyView, TrialView, job_name
+from pomlia_hpc.automl.study.view import (
+    StudyResult,
+    StudyView,
+    TrialLog,
+    TrialView,
+    job_name,
+    trial_line,
+)
 
 __all__ = [
     "ORPHAN_POLL_S",
@@ -58,6 +65,7 @@ __all__ = [
     "StudyRunner",
     "StudySpec",
     "StudyView",
+    "TrialLog",
     "TrialRunner",
     "TrialView",
     "UpdateFn",
@@ -71,4 +79,5 @@ __all__ = [
     "run_study",
     "study_dir",
     "study_names",
+    "trial_line",
 ]

@@ -2,11 +2,17 @@
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from pomlia_hpc.automl import records
 from pomlia_hpc.registry import Registry, Run
+from pomlia_hpc.vocab import RunStatus
+
+#: The statuses of a trial that has ended.
+ENDED = (RunStatus.OK, RunStatus.CRASHED)
 
 
 @dataclass(frozen=True)
@@ -77,3 +83,31 @@ def view_of_run(registry: Registry, run: Run, metric: str) -> TrialView:
         str(m.get("cause", "")),
         int(m.get("start_epoch", 0)),
     )
+
+
+def trial_line(trial: TrialView, metric: str) -> str:
+    """One trial as a plain log line: ``run 3 small_cnn lr=1.0e-03 adamw bs=64, 9 epochs: ok
+    val acc 0.912`` (and the cause of a crash)."""
+    value = trial.objective
+    val = f" val {metric} {value:.3f}" if value is not None and not math.isnan(value) else ""
+    cause = f" ({trial.cause[:120]})" if trial.cause else ""
+    return f"run {trial.run_id} {trial.summary}, {trial.epochs} epochs: {trial.status}{val}{cause}"
+
+
+class TrialLog:
+    """An ``on_update`` for :func:`~pomlia_hpc.automl.study.run_study` that logs one line each
+    time a trial changes status (submitted, ok, crashed) through ``log``, and how many trials
+    have ended, so that a study run by a pipeline or the loop shows its progress in their
+    output (a Slurm output file) rather than nothing until it ends."""
+
+    def __init__(self, log: Callable[[str], None], prefix: str = "") -> None:
+        self.log, self.prefix = log, prefix
+        self._seen: dict[int, str] = {}
+
+    def __call__(self, view: StudyView) -> None:
+        for t in view.trials:
+            if self._seen.get(t.run_id) == t.status:
+                continue
+            self._seen[t.run_id] = t.status
+            ended = sum(x.status in ENDED for x in view.trials)
+            self.log(f"{self.prefix}{trial_line(t, view.metric)} [{ended}/{view.n_trials} ended]")
