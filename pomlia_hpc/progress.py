@@ -19,6 +19,7 @@ A plain line looks like::
 from __future__ import annotations
 
 import os
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -156,6 +157,14 @@ class Reporter:
         self._stream.flush()
         self._last_line = time.monotonic()
         self._printed = (self.done, self.total, self.note_text)
+
+
+def say(text: str, stream: IO[str] | None = None) -> None:
+    """Write ``text`` as one time-stamped line, flushed at once (default: on stdout): how a job
+    reports what it does in its output file, e.g. ``[04:31:07] epoch 3/10 loss 0.0123``."""
+    out = stream if stream is not None else sys.stdout
+    out.write(f"[{time.strftime('%H:%M:%S')}] {text}\n")
+    out.flush()
 
 
 @contextmanager

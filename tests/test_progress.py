@@ -4,6 +4,7 @@ while the work runs, not only when it ends."""
 from __future__ import annotations
 
 import io
+import re
 import subprocess
 import sys
 import time
@@ -96,3 +97,11 @@ def test_a_terminal_gets_a_bar_and_no_plain_lines() -> None:
         bar.update(4)
         assert not bar.plain
     assert "elapsed" not in buf.getvalue() and "4/4" in buf.getvalue()
+
+
+def test_say_writes_one_time_stamped_flushed_line() -> None:
+    from pomlia_hpc.progress import say
+
+    buf = io.StringIO()
+    say("epoch 1/3 loss 0.5", buf)
+    assert re.fullmatch(r"\[\d\d:\d\d:\d\d\] epoch 1/3 loss 0\.5\n", buf.getvalue())

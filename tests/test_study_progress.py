@@ -5,6 +5,11 @@ study ended, however many hours that took)."""
 from __future__ import annotations
 
 import math
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
 
 from pomlia_hpc.automl.study import StudyView, TrialLog, TrialView, trial_line
 
@@ -36,3 +41,41 @@ def test_trial_log_says_each_status_change_once() -> None:
 
 def test_trial_line_leaves_out_an_undefined_metric() -> None:
     assert "val" not in trial_line(_trial(1, "ok", math.nan), "auc")
+
+
+def test_a_trial_job_says_which_trial_it_is_and_stamps_its_epochs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A trial's output file (named by the scheduler's id) said only `epoch 1/2 loss ...`:
+    not which run, study or configuration, nor when."""
+    from pomlia_hpc.automl import trial
+    from pomlia_hpc.automl.engine import TrainRequest
+    from pomlia_hpc.automl.space import TrainConfig
+
+    class Result:
+        def to_dict(self) -> dict[str, Any]:
+            return {}
+
+    def fake_train(req: TrainRequest, progress: Any) -> Result:
+        progress(1, 2, {"train_loss": 0.25, "seconds": 1.5})
+        return Result()
+
+    monkeypatch.setattr(trial, "train", fake_train)
+    req = TrainRequest(
+        store_path="x",
+        task_type="multi-class",
+        config=TrainConfig(lr=1e-3, optimizer="adamw", batch_size=64),
+        epochs=2,
+        workdir=str(tmp_path),
+        model_path=str(tmp_path / "m.pt"),
+        lineage={"run_id": 7, "study": "s1", "dataset": "blood@abc"},
+    )
+    trial.TrialJob(req, str(tmp_path / "result.json"))()
+    lines = capsys.readouterr().out.splitlines()
+    stamp = r"\[\d\d:\d\d:\d\d\] "
+    assert re.fullmatch(
+        stamp + r"trial: run 7 of study s1 on blood@abc, small_cnn lr=1\.0e-03 adamw bs=64, "
+        r"to 2 epochs",
+        lines[0],
+    ), lines
+    assert re.fullmatch(stamp + r"epoch 1/2 loss 0\.2500 \(1\.5 s\)", lines[1]), lines

@@ -19,10 +19,12 @@ from pathlib import Path
 from typing import Any
 
 from pomlia_hpc.automl.engine import TrainRequest, TrainResult, train
+from pomlia_hpc.automl.records import config_summary
 from pomlia_hpc.cluster import Checkpointable, requeue_exit
 from pomlia_hpc.config import Record, read_record
 from pomlia_hpc.files import write_json_atomic
 from pomlia_hpc.models.archs import WITHOUT_TORCHVISION
+from pomlia_hpc.progress import say
 
 DIST_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
@@ -84,11 +86,17 @@ class TrialJob(Checkpointable):
         for key in DIST_VARS:
             os.environ.pop(key, None)
 
+        # The job's output file is named by the scheduler's id: say which trial this is, and
+        # stamp each epoch, so `tail -f` on it tells what runs and whether it still moves.
+        req, lineage = self.request, self.request.lineage
+        say(
+            f"trial: run {lineage.get('run_id', '?')} of study {lineage.get('study', '?')} on "
+            f"{lineage.get('dataset', '?')}, {config_summary(req.config.to_dict())}, to "
+            f"{req.epochs} epochs"
+        )
+
         def log(epoch: int, epochs: int, rec: dict[str, float]) -> None:
-            print(
-                f"epoch {epoch}/{epochs} loss {rec['train_loss']:.4f} ({rec['seconds']:.1f} s)",
-                flush=True,
-            )
+            say(f"epoch {epoch}/{epochs} loss {rec['train_loss']:.4f} ({rec['seconds']:.1f} s)")
 
         try:
             result = train(self.request, progress=log).to_dict()

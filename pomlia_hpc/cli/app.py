@@ -5,6 +5,7 @@ from __future__ import annotations
 import inspect
 import os
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
@@ -93,6 +94,12 @@ class Context:
 
 
 STATE = Context()
+
+
+def log_line(text: str) -> None:
+    """One line of a long command's log (pipeline, loop), time-stamped like the progress
+    lines: its output is often a Slurm job's output file, read hours later."""
+    console.print(f"[{time.strftime('%H:%M:%S')}] {text}", highlight=False, markup=False)
 
 
 def _version(value: bool) -> None:

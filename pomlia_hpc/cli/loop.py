@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.table import Table
 
-from pomlia_hpc.cli.app import STATE, app, console
+from pomlia_hpc.cli.app import STATE, app, console, log_line
 from pomlia_hpc.cli.data import data_app
 from pomlia_hpc.cli.serve import deploy_app
 from pomlia_hpc.errors import InputError
@@ -282,7 +282,7 @@ def loop_run(
         cfg,
         since=_time(since, "--since"),
         new=new,
-        progress=lambda line: console.print(line, highlight=False),
+        progress=log_line,
     )
     _render_result(res)
 
@@ -326,7 +326,7 @@ def loop_watch(
         cfg,
         interval_s=interval,
         once=once,
-        progress=lambda line: console.print(line, highlight=False),
+        progress=log_line,
     )
     for h in handled:
         console.print(

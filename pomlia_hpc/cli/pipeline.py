@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 from rich.table import Table
 
-from pomlia_hpc.cli.app import STATE, app, console
+from pomlia_hpc.cli.app import STATE, app, console, log_line
 from pomlia_hpc.errors import InputError, NotFoundError
 
 pipeline_app = typer.Typer(
@@ -96,9 +96,7 @@ def run(
     ws = STATE.workspace
     ws.create()
     reg = STATE.registry()
-    ctx = runner.context_for(
-        ws, reg, spec, log=lambda m: console.print(m, highlight=False, markup=False)
-    )
+    ctx = runner.context_for(ws, reg, spec, log=log_line)
     plan = runner.make_plan(ctx, ws.cluster_profile, in_process=in_process)
     console.print(_plan_table(plan))
     a = spec.estimate
@@ -149,7 +147,7 @@ def _wait(ctx: object) -> None:
         rows = runner.pipeline_status(ctx)
         line = ", ".join(f"{r.stage}={r.state}" for r in rows)
         if line != last:
-            console.print(f"{time.strftime('%H:%M:%S')} {line}", highlight=False)
+            log_line(line)
             last = line
         active = [r for r in rows if r.job is not None and r.job_state not in runner.FINAL_STATES]
         if not active:

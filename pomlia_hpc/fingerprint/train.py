@@ -87,6 +87,7 @@ from pomlia_hpc.fingerprint.validation import (
 from pomlia_hpc.models.checkpoint import write_torch
 from pomlia_hpc.names import validate_name
 from pomlia_hpc.processes import cpus_available
+from pomlia_hpc.progress import say
 from pomlia_hpc.registry import Dataset, DatasetVersion, Encoder, Registry
 from pomlia_hpc.training import EpochCheckpoints, EpochState, initialize
 from pomlia_hpc.workspace import Workspace
@@ -272,6 +273,8 @@ def _train_rank(
         seed=config.seed,
     )
     dtype = torch.bfloat16 if config.precision == "bf16" else torch.float32
+    if rank == 0:  # the output file is named by the job's id: say what it trains
+        say(f"training into {out}: {n_rows} images, epochs {resumed_from + 1}-{config.epochs}")
     curves = Curves(out / CURVES_DIR, enabled=rank == 0)  # beside checkpoints/ (pomlia_hpc.curves)
     for epoch in range(int(state["epoch"]), config.epochs):
         if state["stopped_early"]:
@@ -433,10 +436,9 @@ def _report_epoch(
     write_train_curves(out, config, state)
     val_text = f" held-out {val:.6f}" if val is not None else ""
     stop_text = " (early stop)" if state["stopped_early"] else ""
-    print(
+    say(
         f"epoch {epoch}/{config.epochs} {config.objective} loss {loss:.6f}"
-        f"{val_text} lr {lr:.2e} ({images} images, {seconds:.1f} s){stop_text}",
-        flush=True,
+        f"{val_text} lr {lr:.2e} ({images} images, {seconds:.1f} s){stop_text}"
     )
 
 

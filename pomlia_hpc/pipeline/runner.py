@@ -45,6 +45,7 @@ from pomlia_hpc.pipeline.stage import (
     stage_key,
 )
 from pomlia_hpc.pipeline.stages import active_stages
+from pomlia_hpc.progress import say
 from pomlia_hpc.registry import Job, Registry
 from pomlia_hpc.workspace import Workspace
 
@@ -195,7 +196,7 @@ def job_context(snapshot: str, home: str, db_url: str, profile: str) -> StageCon
     """The context of a stage job: the spec snapshot, the workspace and registry it ran with."""
     ws = Workspace(home=Path(home), db_url=db_url, cluster_profile=profile)
     reg = Registry.open(db_url, busy_timeout_s=ws.sqlite_busy_timeout_s)
-    return StageContext(load_snapshot(Path(snapshot)), ws, reg, log=lambda m: print(m, flush=True))
+    return StageContext(load_snapshot(Path(snapshot)), ws, reg, log=say)
 
 
 def submit(ctx: StageContext, plan: Plan, snapshot: Path) -> dict[str, dict[str, Any]]:
