@@ -17,7 +17,9 @@ from pomlia_hpc.cli import report as _report  # noqa: F401
 from pomlia_hpc.cli import serve as _serve  # noqa: F401  (model, serve, deploy)
 from pomlia_hpc.cli import strategy as _strategy  # noqa: F401  (strategy, recommend)
 from pomlia_hpc.cli.app import app, main, one_line_summaries
+from pomlia_hpc.cli.examples import add_help_extras
 
 one_line_summaries(app)
+add_help_extras(app)
 
 __all__ = ["app", "main"]

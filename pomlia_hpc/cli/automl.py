@@ -265,10 +265,16 @@ def automl_run(
     bf16: Annotated[
         bool | None, typer.Option("--bf16/--no-bf16", help="bf16 training (default: on CUDA only).")
     ] = None,
-    device: Annotated[str, typer.Option(help="auto, cpu or cuda.")] = "auto",
-    mem_gb: Annotated[float | None, typer.Option("--mem-gb", help="Memory per trial job.")] = None,
+    device: Annotated[
+        str, typer.Option(help="auto (cuda if there is a GPU), cpu or cuda.")
+    ] = "auto",
+    mem_gb: Annotated[
+        float | None,
+        typer.Option("--mem-gb", help="Memory per trial job, GB (default: profile's)."),
+    ] = None,
     time_min: Annotated[
-        int | None, typer.Option("--time-min", help="Time limit per trial.")
+        int | None,
+        typer.Option("--time-min", help="Time limit per trial job, minutes (default: profile's)."),
     ] = None,
     gpus: Annotated[
         int | None,

@@ -56,7 +56,9 @@ def add(
             "MedMNIST flag."
         ),
     ] = None,
-    size: Annotated[int | None, typer.Option(help="MedMNIST image size: 28, 64, 128, 224.")] = None,
+    size: Annotated[
+        int | None, typer.Option(help="MedMNIST image size, px: 28, 64, 128 or 224 (default 28).")
+    ] = None,
     root: Annotated[
         Path | None,
         typer.Option(help="Folder holding MedMNIST npz files (env POMLIA_MEDMNIST_ROOT)."),
@@ -79,7 +81,13 @@ def add(
     n_classes: Annotated[
         int | None, typer.Option(min=1, help="Declared number of classes.")
     ] = None,
-    task_type: Annotated[str | None, typer.Option(help="multi-class, binary-class, ...")] = None,
+    task_type: Annotated[
+        str | None,
+        typer.Option(
+            help="multi-class, binary, multi-label or ordinal (MedMNIST's spellings, e.g. "
+            "binary-class, too); default: the source's."
+        ),
+    ] = None,
     val_fraction: Annotated[
         float | None, typer.Option(help="Folder/HDF5 without splits: share of val (0.1).")
     ] = None,

@@ -195,14 +195,21 @@ def _pair(counts: dict[str, object]) -> str:
 TrialsOpt = Annotated[int, typer.Option(help="AutoML trials at most.")]
 MaxEpochsOpt = Annotated[int, typer.Option(help="Largest training budget, epochs.")]
 MinEpochsOpt = Annotated[
-    int, typer.Option(help="Smallest budget (= --max-epochs: every trial trains fully).")
+    int,
+    typer.Option(
+        help="Smallest budget, epochs (Hyperband's lowest rung; equal to --max-epochs: every "
+        "trial trains fully)."
+    ),
 ]
 ParallelOpt = Annotated[int, typer.Option(help="Trials running at once.")]
 ArchsOpt = Annotated[
     str | None, typer.Option(help="Architectures to search (default: the champion's).")
 ]
-OptimizerOpt = Annotated[str, typer.Option(help="smac or random.")]
-ExecutorOpt = Annotated[str, typer.Option(help="local, slurm or a cluster profile.")]
+OptimizerOpt = Annotated[str, typer.Option(help="smac (Hyperband) or random.")]
+ExecutorOpt = Annotated[
+    str,
+    typer.Option(help="local, slurm (the --cluster profile) or a cluster profile name."),
+]
 MarginOpt = Annotated[float, typer.Option(help=MARGIN_HELP)]
 AlphaOpt = Annotated[float, typer.Option(help=ALPHA_HELP)]
 MinLabelsOpt = Annotated[int, typer.Option(help="Fewest labelled production images to go on.")]

@@ -56,7 +56,7 @@ def run(
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
-    """Test the window of MODEL's prediction log against its reference; write a JSON and an
+    """Test the window of TARGET's prediction log against its reference; write a JSON and an
     HTML report. Exit status: 0 no alarm (or an empty window), 1 alarm, 2 error."""
     from pomlia_hpc.monitor.run import ALARM_EXIT, monitor_run, parse_duration, parse_time
 
@@ -131,7 +131,7 @@ def history_cmd(
     target: TargetArg,
     limit: Annotated[int, typer.Option(help="How many, newest first.")] = 20,
 ) -> None:
-    """List MODEL's monitoring reports, newest first."""
+    """List TARGET's monitoring reports, newest first."""
     from pomlia_hpc.monitor.history import list_reports
 
     rows = list_reports(STATE.registry(), target, limit)

@@ -12,6 +12,7 @@ from typer.core import TyperGroup
 
 from pomlia_hpc.cli.app import STATE, app, console
 from pomlia_hpc.errors import InputError
+from pomlia_hpc.models.archs import ARCHITECTURES
 
 model_app = typer.Typer(help="Register, export and list trained classifiers.", no_args_is_help=True)
 app.add_typer(model_app, name="model")
@@ -130,7 +131,9 @@ def list_models(
 @model_app.command("demo")
 def demo(
     name: Annotated[str, typer.Argument(help="Name for the demo model.")] = "demo",
-    arch: Annotated[str, typer.Option(help="Architecture (see models.archs).")] = "small_cnn",
+    arch: Annotated[
+        str, typer.Option(help=f"Architecture: {', '.join(ARCHITECTURES)}.")
+    ] = "small_cnn",
     image_size: Annotated[int, typer.Option(help="Input size in px.")] = 28,
     channels: Annotated[int, typer.Option(help="Input channels.")] = 3,
     classes: Annotated[int, typer.Option(help="Number of labels.")] = 9,

@@ -81,7 +81,7 @@ def strategy_eval(
         str, typer.Option("--source", help="Imported source, or 'registry' for the runs.")
     ],
     metric: Annotated[str, typer.Option("--metric", help="acc, auc or f1_macro.")],
-    k: Annotated[int, typer.Option("--k", help="Regret of the best of the top k.")] = 3,
+    k: Annotated[int, typer.Option("--k", help="Also score the best of the first K picks.")] = 3,
     cheap: Annotated[
         bool,
         typer.Option("--cheap", help="Only strategies with inputs <= 64 px or frozen features."),
@@ -181,14 +181,24 @@ def recommend_cmd(
     k: Annotated[int, typer.Option("--k", help="How many strategies.")] = 5,
     max_cost: Annotated[
         float | None,
-        typer.Option("--max-cost", help="Only strategies expected to train within SECONDS."),
+        typer.Option(
+            "--max-cost",
+            help="Only strategies expected to train within this many seconds (wall time).",
+        ),
     ] = None,
     max_gpu_hours: Annotated[
-        float | None, typer.Option("--max-gpu-hours", help="Only strategies within GPU hours.")
+        float | None,
+        typer.Option(
+            "--max-gpu-hours", help="Only strategies expected to need at most this many GPU-hours."
+        ),
     ] = None,
     source: Annotated[
         list[str] | None,
-        typer.Option("--source", help="Knowledge-base source(s) (default: all + registry)."),
+        typer.Option(
+            "--source",
+            help="Knowledge-base source, repeatable (default: every imported source and the "
+            "registry's runs).",
+        ),
     ] = None,
     write_initial: Annotated[
         Path | None,

@@ -1,0 +1,58 @@
+"""``pomlia --help`` as a newcomer reads it: the top-level commands grouped by stage, and
+examples at the foot of the main commands' help that parse with the commands' real options."""
+
+from __future__ import annotations
+
+import shlex
+from typing import Any
+
+import pytest
+import typer
+from typer.testing import CliRunner
+
+from pomlia_hpc.cli import app
+from pomlia_hpc.cli.examples import EXAMPLES, PANELS
+
+runner = CliRunner()
+ROOT = typer.main.get_command(app)
+
+
+def _command(path: tuple[str, ...]) -> Any:
+    cmd: Any = ROOT
+    for name in path:
+        cmd = cmd.commands[name]
+    return cmd
+
+
+def test_every_top_level_command_is_in_one_panel_in_stage_order() -> None:
+    names = [n for panel in PANELS.values() for n in panel]
+    assert sorted(names) == sorted(ROOT.commands), "a command in no panel, or in two"
+    out = runner.invoke(app, ["--help"], env={"COLUMNS": "120"}).output
+    where = [out.index(f"─ {panel} ") for panel in PANELS]
+    assert where == sorted(where), out
+    assert "─ Commands " not in out  # nothing left in typer's catch-all panel
+
+
+@pytest.mark.parametrize(
+    ("path", "example"), [(p, e) for p, lines in EXAMPLES.items() for e in lines]
+)
+def test_every_example_parses_and_is_shown(path: tuple[str, ...], example: str) -> None:
+    words = shlex.split(example, comments=True)
+    assert words[: len(path) + 1] == ["pomlia", *path], example
+    cmd = _command(path)
+    cmd.make_context(" ".join(words[: len(path) + 1]), words[len(path) + 1 :])  # no usage error
+    out = runner.invoke(app, [*path, "--help"], env={"COLUMNS": "200"}).output
+    assert "Examples:" in out and " ".join(words) in " ".join(out.split()), out
+
+
+def test_option_help_gives_units() -> None:
+    """Numbers a newcomer must guess the unit of (seconds? GB? GPU-hours?)."""
+    wanted = {
+        ("recommend",): {"max_cost": "seconds", "max_gpu_hours": "GPU-hours"},
+        ("automl", "run"): {"mem_gb": "GB", "time_min": "minutes"},
+        ("data", "add"): {"size": "px"},
+    }
+    for path, params in wanted.items():
+        helps = {p.name: getattr(p, "help", "") or "" for p in _command(path).params}
+        for name, unit in params.items():
+            assert unit in helps[name], (path, name, helps[name])
