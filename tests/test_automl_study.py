@@ -4,6 +4,7 @@ model's lineage, and the CLI views (``task add``, ``runs list``, ``model list``)
 from __future__ import annotations
 
 import json
+import re
 import socket
 from pathlib import Path
 
@@ -103,6 +104,8 @@ def test_study_records_every_trial_and_goes_on_after_a_crash(
     out = cli.invoke(app, ["runs", "list", "--task", "blood"])
     assert out.exit_code == 0, out.output
     assert "crashed" in out.output and "ok" in out.output and "s1" in out.output
+    # each value named ("val acc/auc" held "0.91" alone when a run had only one of them)
+    assert re.search(r"acc \d\.\d{3} auc \d\.\d{3} f1_macro \d\.\d{3}", out.output), out.output
     with pytest.raises(PomliaError, match="study 'nosuch' not found; known: s1"):
         cli.invoke(app, ["runs", "list", "--study", "nosuch"], catch_exceptions=False)
     out = cli.invoke(app, ["model", "list"])

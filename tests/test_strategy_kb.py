@@ -160,6 +160,9 @@ def test_cli_import_and_eval_json(workspace: object, tmp_path: Path) -> None:
     assert len(data["datasets"]) == 12
     assert data["summary"]["best_mean"]["top1_mean"] == pytest.approx(1.7675, abs=1e-3)
     assert data["summary"]["kernel-regret"]["top1_mean"] < data["summary"]["best_mean"]["top1_mean"]
+    text = runner.invoke(app, ["strategy", "eval", "--source", "p", "--metric", "acc"]).output
+    assert "top-1 regret (pts)" in text and "best-of-top-3 regret (pts)" in text
+    assert "regret: metric points (x 100)" in " ".join(text.split())
     bad = runner.invoke(app, ["strategy", "eval", "--source", "nope", "--metric", "acc"])
     assert isinstance(bad.exception, NotFoundError) and "'nope' is not imported" in str(
         bad.exception

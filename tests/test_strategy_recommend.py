@@ -113,6 +113,11 @@ def test_recommend_max_cost_and_bad_input(workspace: Workspace, reg: Registry) -
     answer = json.loads(res.output)
     assert answer["strategies"]
     assert all(s["cost"]["wall_s"] <= 30.5 for s in answer["strategies"])
+    # the tables name their units, and the Pareto front is a table, not one long sentence
+    text = runner.invoke(app, ["recommend", "blood", "--k", "2"]).output
+    for header in ("cost (s)", "GPU-hours", "evidence (data set, value)", "Pareto front"):
+        assert header in text, text
+    assert "± spread over the similar data sets" in " ".join(text.split())
     bad = runner.invoke(app, ["recommend", "nosuchtask"])
     assert isinstance(bad.exception, NotFoundError) and "not found; known:" in str(bad.exception)
     bad = runner.invoke(app, ["recommend", "blood", "--k", "0"])

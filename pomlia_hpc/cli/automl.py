@@ -14,7 +14,7 @@ from rich.text import Text
 from pomlia_hpc.cli.app import STATE, app, console
 from pomlia_hpc.errors import InputError
 from pomlia_hpc.progress import Reporter, progress
-from pomlia_hpc.vocab import RunStatus
+from pomlia_hpc.vocab import METRICS, RunStatus
 
 task_app = typer.Typer(
     help="Register learning tasks (dataset version, metric, task type).", no_args_is_help=True
@@ -84,6 +84,11 @@ def _fmt(x: float | None, digits: int = 3) -> str:
     return "" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
 
 
+def _metrics(values: dict[str, Any]) -> str:
+    """A run's metrics on one split, named: ``acc 0.912 auc 0.981`` (f1_macro too)."""
+    return " ".join(f"{k} {_fmt(values[k])}" for k in METRICS if values.get(k) is not None)
+
+
 def study_table(view: Any) -> Table:
     """The live table of a study (a :class:`~pomlia_hpc.automl.study.StudyView`)."""
     budget = f" / {view.budget_epochs}" if view.budget_epochs else ""
@@ -106,7 +111,7 @@ def study_table(view: Any) -> Table:
         "status",
         f"val {view.metric}",
         f"test {view.metric}",
-        "cost s",
+        "cost (s)",
         "job",
         "cause",
     ):
@@ -410,9 +415,9 @@ def runs_list(
         "configuration",
         "epochs",
         "status",
-        "val acc/auc",
-        "test acc/auc",
-        "cost s",
+        "val",
+        "test",
+        "cost (s)",
         "job",
         "error",
     ):
@@ -426,8 +431,8 @@ def runs_list(
             config_summary(r.config),
             _fmt(r.epochs, 0),
             r.status,
-            "/".join(_fmt(val.get(k)) for k in ("acc", "auc") if k in val),
-            "/".join(_fmt(test.get(k)) for k in ("acc", "auc") if k in test),
+            _metrics(val),
+            _metrics(test),
             _fmt(r.cost_s, 1),
             r.job,
             r.error[:60],

@@ -113,11 +113,13 @@ def strategy_eval(
         return
     table = Table(
         title=f"leave-one-dataset-out on {source}, {metric}: {len(result.datasets)} data sets, "
-        f"{result.n_strategies} strategies ({result.restriction}); the learner's similarity: "
-        f"{result.similarity}; regret in points"
+        f"{result.n_strategies} strategies ({result.restriction})",
+        caption=f"regret: metric points (x 100) below the best strategy on the held-out data "
+        f"set, mean over the data sets; lower is better. The learner's similarity: "
+        f"{result.similarity}",
     )
-    for col in ("method", "top-1 regret", f"best-of-top-{k} regret"):
-        table.add_column(col)
+    for col in ("method", "top-1 regret (pts)", f"best-of-top-{k} regret (pts)"):
+        table.add_column(col, justify="right" if col != "method" else "left")
     for name, summary in data["summary"].items():
         table.add_row(name, _f(summary["top1_mean"]), _f(summary["topk_mean"]))
     console.print(table)
@@ -141,8 +143,19 @@ def strategy_outcomes(
     if as_json:
         typer.echo(json.dumps([o.to_dict() for o in found], indent=1))
         return
-    table = Table(title=f"recommendations and the runs since ({len(found)}); regret in points")
-    for col in ("id", "task", "time", "runs since", "best since", "top-1", "best of top k", "warm"):
+    table = Table(
+        title=f"recommendations and the runs since ({len(found)}); regret in metric points (x 100)"
+    )
+    for col in (
+        "id",
+        "task",
+        "time",
+        "runs since",
+        "best since",
+        "top-1 regret",
+        "best of top k regret",
+        "warm regret",
+    ):
         table.add_column(col, overflow="fold")
     for o in found:
         best = f"{o.best_value:.3f} (run {o.best_run_id})" if o.best_value is not None else ""
@@ -233,9 +246,17 @@ def recommend_cmd(
         title=f"recommendation {answer.get('recommendation_id')} for {answer['task']} "
         f"({answer['metric']}), {answer['n_datasets']} known data sets, "
         f"{answer['n_strategies']} strategies",
-        caption=f"similar ({answer['similarity']}): {similar}",
+        caption=f"similar ({answer['similarity']}): {similar}; expected: similarity-weighted "
+        f"mean ± spread over the similar data sets; cost: expected training wall time",
     )
-    for col in ("#", "strategy", f"expected {answer['metric']}", "cost s", "GPU h", "evidence"):
+    for col in (
+        "#",
+        "strategy",
+        f"expected {answer['metric']}",
+        "cost (s)",
+        "GPU-hours",
+        "evidence (data set, value)",
+    ):
         table.add_column(col, overflow="fold")
     for r in answer["strategies"]:
         ev = "; ".join(f"{e['dataset']} {e['value']:.3f}" for e in r["evidence"][:2])
@@ -249,10 +270,12 @@ def recommend_cmd(
             ev,
         )
     console.print(table)
-    front = ", ".join(
-        f"{_strategy_text(p['strategy'])} {p['expected'] or 0:.3f} @ {p['cost']['wall_s']:.0f} s"
-        for p in answer["pareto"][:6]
-    )
-    console.print(f"Pareto front (cheapest first): {front}")
+    front = Table(title="cost/metric Pareto front (cheapest first)")
+    for col in ("strategy", f"expected {answer['metric']}", "cost (s)"):
+        front.add_column(col, overflow="fold")
+    for p in answer["pareto"][:6]:
+        exp = "" if p["expected"] is None else f"{p['expected']:.3f}"
+        front.add_row(_strategy_text(p["strategy"]), exp, f"{p['cost']['wall_s']:.0f}")
+    console.print(front)
     if n_written is not None:
         console.print(f"wrote {n_written} AutoML configuration(s) to {write_initial}")
