@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -24,6 +25,9 @@ def test_synth_add_list_show_verify(workspace: Workspace, tmp_path: Path) -> Non
     assert "H&E-like" in text  # the documented style is shown
     text = cli_ok("data", "add", "chestmnist", "--root", str(out))
     assert "new version chestmnist@" in text
+    # off a terminal (a Slurm output file) rich's bar printed nothing: time-stamped lines now
+    for stage in ("ingest", "fingerprint"):
+        assert re.search(rf"^\[\d\d:\d\d:\d\d\] {stage}: (\d+)/\1 images \(100%\)", text, re.M)
     version = text.split("chestmnist@")[1].split()[0]
     text = cli_ok("data", "add", "chestmnist", "--root", str(out))
     assert f"identical content: existing version chestmnist@{version}" in text
@@ -41,6 +45,8 @@ def test_synth_add_list_show_verify(workspace: Workspace, tmp_path: Path) -> Non
     assert "chunk_hashes" not in payload["meta"]
     text = cli_ok("data", "verify")
     assert text.count(" ok ") == 2
+    # one report per version, each up to its own size (not one count running past the first)
+    assert len(re.findall(r"verify: (\d+)/\1 images \(100%\)", text)) == 2, text
 
 
 def test_verify_exits_1_and_names_the_damaged_chunk(workspace: Workspace, tmp_path: Path) -> None:

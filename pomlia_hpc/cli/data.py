@@ -14,6 +14,7 @@ from rich.table import Table
 
 from pomlia_hpc.cli.app import STATE, app, console
 from pomlia_hpc.data.medmnist_info import FLAGS_2D
+from pomlia_hpc.progress import Reporter, progress
 
 # The library (zarr, dask, h5py) is imported inside the commands, so `pomlia --help` and other
 # command groups do not pay for it.
@@ -25,9 +26,45 @@ data_app = typer.Typer(
 app.add_typer(data_app, name="data")
 
 
+class _PlainStages:
+    """Off a terminal (a Slurm output file, a pipe): time-stamped progress lines per stage
+    (:func:`pomlia_hpc.progress.progress`), where rich's transient bar printed nothing at all.
+    A stage that reaches its total, or comes back with another (``verify`` of the next
+    version), is a new report."""
+
+    def __init__(self) -> None:
+        self._stage: str | None = None
+        self._report: Any = None
+        self._reporter: Reporter | None = None
+        self._done = self._total = 0
+
+    def __call__(self, stage: str, advance: int, total: int) -> None:
+        if stage != self._stage or self._done >= total or total != self._total:
+            self.close()
+            self._report = progress(stage, total, unit="images", console=console, min_interval_s=10)
+            self._reporter, self._stage, self._done = self._report.__enter__(), stage, 0
+            self._total = total
+        self._done += advance
+        assert self._reporter is not None
+        self._reporter.update(self._done, total)
+
+    def close(self) -> None:
+        if self._report is not None:
+            self._report.__exit__(None, None, None)
+            self._report = self._reporter = None
+
+
 @contextmanager
 def _progress() -> Iterator[Callable[[str, int, int], None]]:
-    """A rich progress bar per stage, driven by the library's progress callback."""
+    """A rich progress bar per stage, driven by the library's progress callback; plain lines
+    when the output is not a terminal."""
+    if not console.is_terminal:
+        plain = _PlainStages()
+        try:
+            yield plain
+        finally:
+            plain.close()
+        return
     with Progress(
         "[progress.description]{task.description}",
         BarColumn(),
@@ -39,7 +76,8 @@ def _progress() -> Iterator[Callable[[str, int, int], None]]:
         tasks: dict[str, Any] = {}
 
         def report(stage: str, advance: int, total: int) -> None:
-            if stage not in tasks:
+            task = bar.tasks[tasks[stage]] if stage in tasks else None
+            if task is None or task.finished or task.total != total:  # the next version
                 tasks[stage] = bar.add_task(f"{stage:12s}", total=total)
             bar.advance(tasks[stage], advance)
 
