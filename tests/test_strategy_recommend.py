@@ -103,6 +103,7 @@ def test_recommend_json_recorded_and_initial_file(
     assert any(c.get("lr") in (0.001, 0.002) for c in configs)
 
 
+@pytest.mark.usefixtures("wide_console")  # the headers checked below stay on one line
 def test_recommend_max_cost_and_bad_input(workspace: Workspace, reg: Registry) -> None:
     meta = DATA / "medmnist_meta_features.csv"
     kb.import_table(reg, DATA / "medmnist_plus_doerrich2025.csv", "plus", meta_path=meta)

@@ -53,7 +53,10 @@ EXAMPLES: dict[tuple[str, ...], tuple[str, ...]] = {
         "pomlia pipeline run configs/pipelines/lookalikes.yaml",
     ),
     ("strategy", "import"): ("pomlia strategy import results.csv --source mine --meta meta.csv",),
-    ("strategy", "eval"): ("pomlia strategy eval --source medmnist_plus --metric acc --k 3",),
+    ("strategy", "eval"): (
+        "pomlia strategy eval --source medmnist_plus --metric acc --k 3",
+        "pomlia strategy eval --source registry --metric acc --png regrets.png  # per data set",
+    ),
     ("jobs", "list"): ("pomlia jobs list --state FAILED",),
 }
 

@@ -96,9 +96,7 @@ def strategy_eval(
     ] = None,
 ) -> None:
     """Leave-one-dataset-out: regret of the recommender's top-1 and best-of-top-k against
-    random, best-mean, best-mean-rank and nearest-data-set baselines (metric points).
-
-    Example: pomlia strategy eval --source medmnist_plus --metric acc --png regrets.png"""
+    random, best-mean, best-mean-rank and nearest-data-set baselines (metric points)."""
     from pomlia_hpc.strategy.service import evaluate_source
 
     if png is not None and png.is_dir():
