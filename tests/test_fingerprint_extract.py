@@ -26,6 +26,7 @@ from pomlia_hpc.errors import (
     NotFoundError,
     PomliaError,
 )
+from pomlia_hpc.fingerprint import shards
 from pomlia_hpc.fingerprint.extract import (
     extract,
     finish_extraction,
@@ -203,6 +204,33 @@ def test_rerun_repairs_a_torn_chunk_and_skips_done_shards(
     run_shard(plan2.specs[0])
     assert marker(out, 0).stat().st_mtime_ns == done_before
     np.testing.assert_array_equal(_bits(read_embeddings(out)), _bits(good))
+
+
+def test_a_shard_reports_its_progress_in_its_output(
+    workspace: Workspace,
+    reg: Registry,
+    capsys: pytest.CaptureFixture[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An array task's output file shows how far a long shard has got, chunk by chunk."""
+    ref = make_dataset(workspace, reg, "blood", sizes=(40, 4, 8), chunk_rows=16)
+    make_encoder(workspace, reg, "enc", latent_dim=4)
+    plan = plan_extraction(reg, workspace, "enc", [ref], shards=1, threads=1)
+    monkeypatch.setattr(shards, "PROGRESS_EVERY_S", 0.0)  # a line per chunk of 16 rows
+    run_shard(plan.specs[0])
+    lines = [ln.split("] ", 1)[1] for ln in capsys.readouterr().out.splitlines()]
+    assert lines[0] == "shard 0: embedding rows [0, 52) on cpu"
+    assert [ln.split(" (")[0] for ln in lines[1:]] == [
+        "shard 0: 16/52 rows",
+        "shard 0: 32/52 rows",
+        "shard 0: 48/52 rows",
+        "shard 0: 52/52 rows",
+    ]
+    monkeypatch.setattr(shards, "PROGRESS_EVERY_S", 3600.0)  # a long shard: first and last only
+    plan = plan_extraction(reg, workspace, "enc", [ref], shards=1, threads=1, force=True)
+    run_shard(plan.specs[0])
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 3 and "16/52" in lines[1] and "52/52" in lines[2], lines
 
 
 def test_patch_embeddings(workspace: Workspace, reg: Registry) -> None:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import threading
 import time
@@ -29,6 +30,10 @@ from pomlia_hpc.fingerprint.autoencoder import Autoencoder, to_input
 from pomlia_hpc.fingerprint.io import group_meta, open_array
 from pomlia_hpc.fingerprint.train import load_checkpoint
 from pomlia_hpc.processes import cpus_available
+from pomlia_hpc.progress import say
+
+#: Seconds between a shard's progress lines in its job's output file (first and last always).
+PROGRESS_EVERY_S = 30.0
 
 
 @dataclass(frozen=True)
@@ -155,6 +160,10 @@ def run_shard(spec: ShardSpec) -> dict[str, Any]:
     z = open_array(spec.out_path, "z", mode="r+")
     patches = open_array(spec.out_path, "patches", mode="r+") if spec.patch_grid > 1 else None
     total = np.zeros(model.config.latent_dim, np.float64)
+    n_rows, last_said = spec.stop - spec.start, -math.inf
+    # An array task's output file is all that shows how far a long shard has got: a line now
+    # and then (the driver only counts finished tasks).
+    say(f"shard {spec.shard}: embedding rows [{spec.start}, {spec.stop}) on {device}")
     for a, images in _prefetch(store, spec.start, spec.stop):
         emb = embed_images(model, images, spec.batch_size, device)
         z[a : a + len(emb)] = emb
@@ -163,6 +172,11 @@ def run_shard(spec: ShardSpec) -> dict[str, Any]:
             g = spec.patch_grid
             pe = embed_images(model, tiles(images, g), spec.batch_size, device)
             patches[a : a + len(emb)] = pe.reshape(len(emb), g * g, -1)
+        now, done_rows = time.perf_counter(), a + len(emb) - spec.start
+        if now - last_said >= PROGRESS_EVERY_S or done_rows == n_rows:
+            rate = done_rows / max(now - t0, 1e-9)
+            say(f"shard {spec.shard}: {done_rows}/{n_rows} rows ({rate:.0f} images/s)")
+            last_said = now
     record = ShardMarker(
         shard=spec.shard,
         start=spec.start,
