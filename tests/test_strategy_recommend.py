@@ -119,6 +119,10 @@ def test_recommend_max_cost_and_bad_input(workspace: Workspace, reg: Registry) -
     for header in ("cost (s)", "GPU-hours", "evidence (data set, value)", "Pareto front"):
         assert header in text, text
     assert "± spread over the similar data sets" in " ".join(text.split())
+    assert "(this task" not in text
+    _trials(reg, "blood", [("small_cnn", 1e-3, 0.9)])  # runs of its own: its nearest data set
+    text = " ".join(runner.invoke(app, ["recommend", "blood", "--k", "2"]).output.split())
+    assert "similar (meta-features): blood (this task: its own runs) (1.00)" in text, text
     bad = runner.invoke(app, ["recommend", "nosuchtask"])
     assert isinstance(bad.exception, NotFoundError) and "not found; known:" in str(bad.exception)
     bad = runner.invoke(app, ["recommend", "blood", "--k", "0"])

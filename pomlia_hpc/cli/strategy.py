@@ -239,7 +239,12 @@ def recommend_cmd(
     if as_json:
         typer.echo(json.dumps(answer, indent=1, default=str))
         return
-    similar = ", ".join(f"{s['dataset']} ({s['weight']:.2f})" for s in answer["similar"][:3])
+    similar = ", ".join(
+        # a task with runs of its own is its own nearest "data set": say so
+        f"{s['dataset']}{' (this task: its own runs)' if s['dataset'] == answer['task'] else ''}"
+        f" ({s['weight']:.2f})"
+        for s in answer["similar"][:3]
+    )
     table = Table(
         title=f"recommendation {answer.get('recommendation_id')} for {answer['task']} "
         f"({answer['metric']}), {answer['n_datasets']} known data sets, "
