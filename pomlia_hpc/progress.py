@@ -1,7 +1,7 @@
 """Progress of long commands, readable live in a terminal and in a Slurm job's output file.
 
 Every long command (``fingerprint train``, ``fingerprint extract``, ``index build``,
-``automl run``) reports through :func:`progress`:
+``automl run``, ``data add``, ``data verify``) reports through :func:`progress`:
 
 * in a terminal, a rich progress bar (or, with ``live_view``, a table the command redraws);
 * otherwise (stdout redirected to a file, as ``sbatch`` does), plain lines, each flushed at
@@ -14,6 +14,9 @@ Every long command (``fingerprint train``, ``fingerprint extract``, ``index buil
 A plain line looks like::
 
     [04:31:07] training 'ae16': 3/10 epochs (30%), 1m12s elapsed; loss 0.0123
+
+Jobs write their own lines into their output files with :func:`say` (a trial's epochs, a
+fingerprint shard's rows), stamped the same way (:func:`stamped`).
 """
 
 from __future__ import annotations
@@ -152,18 +155,22 @@ class Reporter:
     def _write(self, text: str) -> None:
         if self._stream is None:
             return
-        stamp = time.strftime("%H:%M:%S")
-        self._stream.write(f"[{stamp}] {text}\n")
+        self._stream.write(stamped(text) + "\n")
         self._stream.flush()
         self._last_line = time.monotonic()
         self._printed = (self.done, self.total, self.note_text)
+
+
+def stamped(text: str) -> str:
+    """``text`` after the local time of day, as every plain progress line: ``[04:31:07] text``."""
+    return f"[{time.strftime('%H:%M:%S')}] {text}"
 
 
 def say(text: str, stream: IO[str] | None = None) -> None:
     """Write ``text`` as one time-stamped line, flushed at once (default: on stdout): how a job
     reports what it does in its output file, e.g. ``[04:31:07] epoch 3/10 loss 0.0123``."""
     out = stream if stream is not None else sys.stdout
-    out.write(f"[{time.strftime('%H:%M:%S')}] {text}\n")
+    out.write(stamped(text) + "\n")
     out.flush()
 
 

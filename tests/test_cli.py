@@ -173,7 +173,9 @@ def test_output_to_a_file_is_not_folded_at_80_columns(tmp_path: Path) -> None:
     80 columns, so `grep` on a log found half a row; COLUMNS still sets the width, and an error
     is one line whatever the width."""
     home = tmp_path / ("w" * 150)
-    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "POMLIA_DB_URL")}
+    # what would make rich take the file for a terminal, or point elsewhere, is left out
+    unset = ("COLUMNS", "POMLIA_DB_URL", "POMLIA_CLUSTER", "FORCE_COLOR", "TTY_COMPATIBLE")
+    env = {k: v for k, v in os.environ.items() if k not in unset}
 
     def run(*args: str, columns: str | None = None) -> subprocess.CompletedProcess[str]:
         extra = {"COLUMNS": columns} if columns else {}

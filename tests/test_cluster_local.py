@@ -82,7 +82,9 @@ def test_local_cancel_when_sigint_is_ignored(tmp_path: Path, reg: Registry, how:
     old = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         ex = Executor.from_profile("local", tmp_path / "jobs", reg)
-        h = ex.submit(jobfns.touch_after, str(trace), 8)
+        # 60 s: no timing margin to race; a cancel that did not stop it leaves the trace (at
+        # 60 s), an orphaned task is still alive when the wait below gives up
+        h = ex.submit(jobfns.touch_after, str(trace), 60)
         deadline = time.monotonic() + 60  # wait until the task process runs
         while not psutil.Process(int(h.job_id)).children() and time.monotonic() < deadline:
             time.sleep(0.1)

@@ -45,8 +45,9 @@ def test_synth_add_list_show_verify(workspace: Workspace, tmp_path: Path) -> Non
     assert "chunk_hashes" not in payload["meta"]
     text = cli_ok("data", "verify")
     assert text.count(" ok ") == 2
-    # one report per version, each up to its own size (not one count running past the first)
-    assert len(re.findall(r"verify: (\d+)/\1 images \(100%\)", text)) == 2, text
+    # one report per version, each up to its own size, told apart
+    done = re.findall(r"(verify(?: #\d)?): (\d+)/\2 images \(100%\)", text)
+    assert [name for name, _n in done] == ["verify", "verify #2"], text
 
 
 def test_verify_exits_1_and_names_the_damaged_chunk(workspace: Workspace, tmp_path: Path) -> None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import importlib
 import itertools
 import json
+import re
 import signal
 import subprocess
 import sys
@@ -219,12 +220,14 @@ def test_a_shard_reports_its_progress_in_its_output(
     monkeypatch.setattr(shards, "PROGRESS_EVERY_S", 0.0)  # a line per chunk of 16 rows
     run_shard(plan.specs[0])
     lines = [ln.split("] ", 1)[1] for ln in capsys.readouterr().out.splitlines()]
-    assert lines[0] == "shard 0: embedding rows [0, 52) on cpu"
+    name = plan.specs[0].name  # the data set and version: a task may run several data sets
+    assert name.endswith(" shard 0") and name.startswith("blood/")
+    assert re.fullmatch(rf"{re.escape(name)}: embedding rows \[0, 52\) on (cpu|cuda\S*)", lines[0])
     assert [ln.split(" (")[0] for ln in lines[1:]] == [
-        "shard 0: 16/52 rows",
-        "shard 0: 32/52 rows",
-        "shard 0: 48/52 rows",
-        "shard 0: 52/52 rows",
+        f"{name}: 16/52 rows",
+        f"{name}: 32/52 rows",
+        f"{name}: 48/52 rows",
+        f"{name}: 52/52 rows",
     ]
     monkeypatch.setattr(shards, "PROGRESS_EVERY_S", 3600.0)  # a long shard: first and last only
     plan = plan_extraction(reg, workspace, "enc", [ref], shards=1, threads=1, force=True)

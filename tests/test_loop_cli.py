@@ -89,3 +89,18 @@ def test_gate_levels_are_checked_before_anything_runs(
     assert isinstance(res.exception, InputError) and message in str(res.exception)
     assert champion(reg, "prod") is None
     reg.dispose()
+
+
+def test_executor_slurm_means_the_cluster_profile_as_for_automl(
+    workspace: Workspace, seen: dict[str, Any]
+) -> None:
+    """`--executor slurm` reached the study as a profile named 'slurm' (none): the loop now
+    reads it as `automl run` does, the --cluster profile, which must be a Slurm one."""
+    cli_ok("--cluster", "slurm-local", "loop", "watch", "--once", "--executor", "slurm")
+    assert seen["watch"][0].executor == "slurm-local"
+    res = runner.invoke(app, ["loop", "run", "blood", "--executor", "slurm"])  # local profile
+    assert isinstance(res.exception, InputError)
+    assert "--executor slurm: the configured cluster profile 'local' is not a Slurm" in str(
+        res.exception
+    )
+    assert "run" not in seen

@@ -41,7 +41,11 @@ def test_readme_command_runs(cmd: str, tmp_path: Path) -> None:
     # Initialised as the README's first step does (in-process: one interpreter start less per
     # command); without a registry every other command stopped at "no registry ..., run pomlia
     # init" and none ran.
-    init = CliRunner().invoke(app, ["--home", str(tmp_path / "ws"), "init"])
+    init = CliRunner().invoke(
+        app,
+        ["--home", str(tmp_path / "ws"), "init"],
+        env={"POMLIA_DB_URL": None, "POMLIA_CLUSTER": None},  # as the command's env below
+    )
     assert init.exit_code == 0, init.output
     argv = [sys.executable, "-m", "pomlia_hpc", *shlex.split(cmd)[1:]]
     proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300, check=False)

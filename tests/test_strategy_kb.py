@@ -169,7 +169,7 @@ def test_cli_import_and_eval_json(workspace: object, tmp_path: Path) -> None:
     )
     chart = tmp_path / "charts" / "regrets.png"
     out = runner.invoke(
-        app, ["strategy", "eval", "--source", "p", "--metric", "acc", "--png", chart]
+        app, ["strategy", "eval", "--source", "p", "--metric", "acc", "--png", str(chart)]
     )
     assert out.exit_code == 0 and f"drawn in {chart}" in out.output, out.output
     assert chart.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -178,7 +178,9 @@ def test_cli_import_and_eval_json(workspace: object, tmp_path: Path) -> None:
     bad = runner.invoke(
         app, ["strategy", "eval", "--source", "p", "--metric", "acc", "--png", str(tmp_path)]
     )
-    assert isinstance(bad.exception, InputError) and "is a folder" in str(bad.exception)
+    assert isinstance(bad.exception, InputError) and "is a folder; expected a file name" in str(
+        bad.exception
+    )
     # --k 0 reached math.comb in the random baseline: a ValueError traceback
     bad = runner.invoke(app, ["strategy", "eval", "--source", "p", "--metric", "acc", "--k", "0"])
     assert isinstance(bad.exception, InputError) and "--k 0: expected an integer >= 1" in str(

@@ -123,6 +123,8 @@ def test_recommend_max_cost_and_bad_input(workspace: Workspace, reg: Registry) -
     _trials(reg, "blood", [("small_cnn", 1e-3, 0.9)])  # runs of its own: its nearest data set
     text = " ".join(runner.invoke(app, ["recommend", "blood", "--k", "2"]).output.split())
     assert "similar (meta-features): blood (this task: its own runs) (1.00)" in text, text
+    answer = json.loads(runner.invoke(app, ["recommend", "blood", "--json"]).output)
+    assert [s["own_runs"] for s in answer["similar"]] == [True, False, False, False, False]
     bad = runner.invoke(app, ["recommend", "nosuchtask"])
     assert isinstance(bad.exception, NotFoundError) and "not found; known:" in str(bad.exception)
     bad = runner.invoke(app, ["recommend", "blood", "--k", "0"])

@@ -5,7 +5,6 @@ from __future__ import annotations
 import inspect
 import os
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated
@@ -15,8 +14,9 @@ from rich.console import Console
 from sqlalchemy.exc import DBAPIError
 
 from pomlia_hpc import __version__
-from pomlia_hpc.config import load_settings
-from pomlia_hpc.errors import PomliaError
+from pomlia_hpc.config import load_cluster_profile, load_settings
+from pomlia_hpc.errors import InputError, PomliaError
+from pomlia_hpc.progress import stamped
 from pomlia_hpc.registry import Registry, RegistryMissingError
 from pomlia_hpc.workspace import Workspace
 
@@ -96,10 +96,25 @@ class Context:
 STATE = Context()
 
 
+def profile_for(executor: str) -> str:
+    """An ``--executor`` value as a cluster profile: ``local``, ``slurm`` (the configured
+    ``--cluster`` profile, which must be a Slurm one) or a cluster profile name."""
+    if executor != "slurm":
+        return executor
+    configured = STATE.workspace.cluster_profile
+    if load_cluster_profile(configured).backend == "slurm":
+        return configured
+    raise InputError(
+        f"--executor slurm: the configured cluster profile '{configured}' is not a Slurm "
+        "profile; pass --cluster PROFILE (e.g. haicore, slurm-local) or --executor PROFILE"
+    )
+
+
 def log_line(text: str) -> None:
     """One line of a long command's log (pipeline, loop), time-stamped like the progress
     lines: its output is often a Slurm job's output file, read hours later."""
-    console.print(f"[{time.strftime('%H:%M:%S')}] {text}", highlight=False, markup=False)
+    # soft_wrap: one line whatever the width (a crashed trial's cause makes it long), for grep
+    console.print(stamped(text), highlight=False, markup=False, soft_wrap=True)
 
 
 def _version(value: bool) -> None:

@@ -11,7 +11,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from pomlia_hpc.cli.app import STATE, app, console
+from pomlia_hpc.cli.app import STATE, app, console, profile_for
 from pomlia_hpc.errors import InputError
 from pomlia_hpc.progress import Reporter, progress
 from pomlia_hpc.vocab import METRICS, RunStatus
@@ -63,21 +63,6 @@ def task_list() -> None:
     for t, ref in list_tasks(STATE.registry()):
         table.add_row(str(t.id), t.name, ref, t.task_type, t.metric)
     console.print(table)
-
-
-def _profile_for(executor: str) -> str:
-    """``local``, ``slurm`` (the configured Slurm profile) or a cluster profile name."""
-    from pomlia_hpc.config import load_cluster_profile
-
-    if executor != "slurm":
-        return executor
-    configured = STATE.workspace.cluster_profile
-    if load_cluster_profile(configured).backend == "slurm":
-        return configured
-    raise InputError(
-        f"--executor slurm: the configured cluster profile '{configured}' is not a Slurm "
-        "profile; pass --cluster PROFILE (e.g. haicore, slurm-local) or --executor PROFILE"
-    )
 
 
 def _fmt(x: float | None, digits: int = 3) -> str:
@@ -142,19 +127,16 @@ def study_table(view: Any) -> Table:
 def _reporter(bar: Reporter) -> Callable[[Any], None]:
     """``on_update`` for a study: the live table in a terminal; otherwise a status line per
     finished trial count and a line each time a trial changes status (for a Slurm log)."""
-    from pomlia_hpc.automl.study import trial_line  # imports torch: not at the top
+    from pomlia_hpc.automl.study import ENDED, TrialLog  # imports torch: not at the top
 
-    seen: dict[int, str] = {}
+    lines = TrialLog(bar.line, counts=False)  # the bar's own line counts the ended trials
 
     def update(view: Any) -> None:
-        ended = sum(t.status in (RunStatus.OK, RunStatus.CRASHED) for t in view.trials)
+        ended = sum(t.status in ENDED for t in view.trials)
         best = view.best
         note = f"best run {best.run_id} val {view.metric} {_fmt(best.objective)}" if best else ""
         if bar.plain:
-            for t in view.trials:
-                if seen.get(t.run_id) != t.status:
-                    seen[t.run_id] = t.status
-                    bar.line(trial_line(t, view.metric))
+            lines(view)
         bar.update(ended, view.n_trials, note=note, view=study_table(view))
 
     return update
@@ -351,7 +333,7 @@ def automl_run(
             min_epochs=min_epochs,
             eta=eta,
             parallel=parallel,
-            executor=_profile_for(executor),
+            executor=profile_for(executor),
             optimizer=optimizer,
             seed=seed,
             budget_epochs=budget_epochs,

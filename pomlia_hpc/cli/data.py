@@ -37,11 +37,14 @@ class _PlainStages:
         self._report: Any = None
         self._reporter: Reporter | None = None
         self._done = self._total = 0
+        self._times: dict[str, int] = {}  # reports per stage: verify's versions are told apart
 
     def __call__(self, stage: str, advance: int, total: int) -> None:
         if stage != self._stage or self._done >= total or total != self._total:
             self.close()
-            self._report = progress(stage, total, unit="images", console=console, min_interval_s=10)
+            n = self._times[stage] = self._times.get(stage, 0) + 1
+            what = stage if n == 1 else f"{stage} #{n}"
+            self._report = progress(what, total, unit="images", console=console, min_interval_s=10)
             self._reporter, self._stage, self._done = self._report.__enter__(), stage, 0
             self._total = total
         self._done += advance
@@ -76,7 +79,11 @@ def _progress() -> Iterator[Callable[[str, int, int], None]]:
         tasks: dict[str, Any] = {}
 
         def report(stage: str, advance: int, total: int) -> None:
-            task = bar.tasks[tasks[stage]] if stage in tasks else None
+            task = (
+                next((t for t in bar.tasks if t.id == tasks[stage]), None)
+                if stage in tasks
+                else None
+            )
             if task is None or task.finished or task.total != total:  # the next version
                 tasks[stage] = bar.add_task(f"{stage:12s}", total=total)
             bar.advance(tasks[stage], advance)

@@ -61,7 +61,8 @@ EXAMPLES: dict[tuple[str, ...], tuple[str, ...]] = {
 }
 
 #: The panels of ``pomlia --help``, in the order of a project: each top-level command or group
-#: in exactly one.
+#: in exactly one. Within a panel typer shows the plain commands before the groups (``similar``
+#: before ``data``), each in this order.
 PANELS: dict[str, tuple[str, ...]] = {
     "Workspace": ("init", "status", "jobs", "registry", "report"),
     "Data and fingerprints": ("data", "fingerprint", "index", "similar", "plot"),

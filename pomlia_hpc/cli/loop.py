@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.table import Table
 
-from pomlia_hpc.cli.app import STATE, app, console, log_line
+from pomlia_hpc.cli.app import STATE, app, console, log_line, profile_for
 from pomlia_hpc.cli.data import data_app
 from pomlia_hpc.cli.serve import deploy_app
 from pomlia_hpc.errors import InputError
@@ -197,8 +197,8 @@ MaxEpochsOpt = Annotated[int, typer.Option(help="Largest training budget, epochs
 MinEpochsOpt = Annotated[
     int,
     typer.Option(
-        help="Smallest budget, epochs (Hyperband's lowest rung; equal to --max-epochs: every "
-        "trial trains fully)."
+        help="Smallest budget, epochs (Hyperband's lowest rung; set it to --max-epochs to train "
+        "every trial fully)."
     ),
 ]
 ParallelOpt = Annotated[int, typer.Option(help="Trials running at once.")]
@@ -239,6 +239,7 @@ def _settings(options: dict[str, Any], **more: Any) -> LoopSettings:
     values = {k: v for k, v in options.items() if k in names} | more
     check_levels(values["margin"], values["alpha"])
     archs, recent_share = values.pop("archs"), values.pop("recent_share")
+    values["executor"] = profile_for(values["executor"])  # `slurm`: the --cluster profile
     if not 0 <= recent_share < 1:
         raise InputError(f"--recent-share {recent_share}: expected 0 <= share < 1")
     return LoopSettings(

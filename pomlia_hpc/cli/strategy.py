@@ -71,7 +71,8 @@ def _write_chart(result: EvalResult, path: Path, title: str) -> None:
         write_atomic(path, regret_chart(result, title), fsync=False)
     except OSError as e:
         raise InputError(
-            f"--png {path}: cannot be written ({e.strerror}); expected a file in a writable folder"
+            f"--png {path}: cannot be written ({e.strerror or e}); expected a file in a "
+            "writable folder"
         ) from e
 
 
@@ -100,7 +101,7 @@ def strategy_eval(
     from pomlia_hpc.strategy.service import evaluate_source
 
     if png is not None and png.is_dir():
-        raise InputError(f"--png {png}: is a folder; expected a file name ending in .png")
+        raise InputError(f"--png {png}: is a folder; expected a file name (e.g. regrets.png)")
     result = evaluate_source(STATE.registry(), source, metric, k=k, cheap=cheap)
     data = result.to_dict()
     data["metric"], data["source"] = metric, source
@@ -241,7 +242,7 @@ def recommend_cmd(
         return
     similar = ", ".join(
         # a task with runs of its own is its own nearest "data set": say so
-        f"{s['dataset']}{' (this task: its own runs)' if s['dataset'] == answer['task'] else ''}"
+        f"{s['dataset']}{' (this task: its own runs)' if s.get('own_runs') else ''}"
         f" ({s['weight']:.2f})"
         for s in answer["similar"][:3]
     )
@@ -273,7 +274,7 @@ def recommend_cmd(
             ev,
         )
     console.print(table)
-    front = Table(title="cost/metric Pareto front (cheapest first)")
+    front = Table(title="cost/metric Pareto front (cheapest first; the first 6, --json: all)")
     for col in ("strategy", f"expected {answer['metric']}", "cost (s)"):
         front.add_column(col, overflow="fold")
     for p in answer["pareto"][:6]:

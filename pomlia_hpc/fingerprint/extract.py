@@ -362,7 +362,7 @@ def extract(
         if done_record(s.out_path, s.shard, (s.start, s.stop)) is None
     ]
     if failed:
-        names = ", ".join(shard_name(s) for s in failed)
+        names = ", ".join(s.name for s in failed)
         causes = [str(o) for o in outcomes if isinstance(o, Exception)] or ["no .done file"]
         for o in outcomes:  # running again would fail the same way: name the damage instead
             damage = integrity_failure(getattr(o, "traceback", None) or str(o))
@@ -399,12 +399,6 @@ def group_shards(specs: list[ShardSpec], target_rows: int | None) -> list[list[S
     return tasks
 
 
-def shard_name(spec: ShardSpec) -> str:
-    """``<dataset>/<version> shard <i>``: how messages name a shard."""
-    out = Path(spec.out_path)
-    return f"{out.parent.name}/{out.name.removesuffix('.zarr')} shard {spec.shard}"
-
-
 def run_shards(specs: list[ShardSpec]) -> list[dict[str, Any]]:
     """Run several shards one after the other (one array task; the encoder is loaded once).
 
@@ -415,7 +409,7 @@ def run_shards(specs: list[ShardSpec]) -> list[dict[str, Any]]:
         try:
             records.append(run_shard(spec))
         except Exception as exc:
-            errors.append(f"{shard_name(spec)}: {type(exc).__name__}: {exc}")
+            errors.append(f"{spec.name}: {type(exc).__name__}: {exc}")
     if errors:
         raise PomliaError(f"{len(errors)} of {len(specs)} shard(s) failed: {'; '.join(errors)}")
     return records

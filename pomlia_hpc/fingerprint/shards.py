@@ -51,6 +51,13 @@ class ShardSpec:
     threads: int | None = None
     device: str = "auto"
 
+    @property
+    def name(self) -> str:
+        """``<dataset>/<version> shard <i>``: how messages name a shard (an array task may
+        run shards of several data sets)."""
+        out = Path(self.out_path)
+        return f"{out.parent.name}/{out.name.removesuffix('.zarr')} shard {self.shard}"
+
 
 def marker_dir(out_path: str | Path) -> Path:
     """The folder of ``.done`` files of an embeddings group."""
@@ -163,7 +170,7 @@ def run_shard(spec: ShardSpec) -> dict[str, Any]:
     n_rows, last_said = spec.stop - spec.start, -math.inf
     # An array task's output file is all that shows how far a long shard has got: a line now
     # and then (the driver only counts finished tasks).
-    say(f"shard {spec.shard}: embedding rows [{spec.start}, {spec.stop}) on {device}")
+    say(f"{spec.name}: embedding rows [{spec.start}, {spec.stop}) on {device}")
     for a, images in _prefetch(store, spec.start, spec.stop):
         emb = embed_images(model, images, spec.batch_size, device)
         z[a : a + len(emb)] = emb
@@ -175,7 +182,7 @@ def run_shard(spec: ShardSpec) -> dict[str, Any]:
         now, done_rows = time.perf_counter(), a + len(emb) - spec.start
         if now - last_said >= PROGRESS_EVERY_S or done_rows == n_rows:
             rate = done_rows / max(now - t0, 1e-9)
-            say(f"shard {spec.shard}: {done_rows}/{n_rows} rows ({rate:.0f} images/s)")
+            say(f"{spec.name}: {done_rows}/{n_rows} rows ({rate:.0f} images/s)")
             last_said = now
     record = ShardMarker(
         shard=spec.shard,

@@ -274,7 +274,7 @@ def _train_rank(
     )
     dtype = torch.bfloat16 if config.precision == "bf16" else torch.float32
     if rank == 0:  # the output file is named by the job's id: say what it trains
-        say(f"training into {out}: {n_rows} images, epochs {resumed_from + 1}-{config.epochs}")
+        say(f"training into {out}: {n_rows} images, {config.epochs - resumed_from} epochs to go")
     curves = Curves(out / CURVES_DIR, enabled=rank == 0)  # beside checkpoints/ (pomlia_hpc.curves)
     for epoch in range(int(state["epoch"]), config.epochs):
         if state["stopped_early"]:

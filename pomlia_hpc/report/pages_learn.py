@@ -78,7 +78,7 @@ def studies_page(registry: Registry, workspace: Workspace) -> str | None:
                     "status",
                     f"val {metric}",
                     f"test {metric}",
-                    "cost s",
+                    "cost (s)",
                     "job",
                     "failure cause",
                 ],

@@ -89,7 +89,7 @@ def recommendations_page(registry: Registry, workspace: Workspace) -> str | None
             )
         parts.append(
             table(
-                ["#", "strategy", "expected", "cost s", "GPU h", "failure rate", "evidence"],
+                ["#", "strategy", "expected", "cost (s)", "GPU-hours", "failure rate", "evidence"],
                 strategies,
             )
         )

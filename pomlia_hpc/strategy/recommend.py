@@ -465,7 +465,13 @@ def recommend(
         "metric": target.metric,
         "meta": target.meta,
         "similar": [
-            {"dataset": m.datasets[i], "weight": round(float(w[i]), 4)} for i in np.argsort(-w)[:5]
+            {
+                "dataset": m.datasets[i],
+                "weight": round(float(w[i]), 4),
+                # the task's own runs (in the registry): not a look-alike of itself
+                "own_runs": bool(i in tasks and m.datasets[i] == target.name),
+            }
+            for i in np.argsort(-w)[:5]
         ],
         "similarity": similarity,
         "bandwidth": None if math.isinf(learner.h) else learner.h,

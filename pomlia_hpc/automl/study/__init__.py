@@ -47,6 +47,7 @@ from pomlia_hpc.automl.study.trials import (
     attached_result,
 )
 from pomlia_hpc.automl.study.view import (
+    ENDED,
     StudyResult,
     StudyView,
     TrialLog,
@@ -56,6 +57,7 @@ from pomlia_hpc.automl.study.view import (
 )
 
 __all__ = [
+    "ENDED",
     "ORPHAN_POLL_S",
     "SPEC_FILE",
     "SUMMARY_FILE",

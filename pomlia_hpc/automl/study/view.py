@@ -96,18 +96,19 @@ def trial_line(trial: TrialView, metric: str) -> str:
 
 class TrialLog:
     """An ``on_update`` for :func:`~pomlia_hpc.automl.study.run_study` that logs one line each
-    time a trial changes status (submitted, ok, crashed) through ``log``, and how many trials
-    have ended, so that a study run by a pipeline or the loop shows its progress in their
-    output (a Slurm output file) rather than nothing until it ends."""
+    time a trial changes status (submitted, ok, crashed) through ``log``, with how many trials
+    have ended unless ``counts`` is off (a caller that shows them otherwise), so that a study
+    run by a pipeline or the loop shows its progress in their output (a Slurm output file)
+    rather than nothing until it ends."""
 
-    def __init__(self, log: Callable[[str], None], prefix: str = "") -> None:
-        self.log, self.prefix = log, prefix
+    def __init__(self, log: Callable[[str], None], prefix: str = "", counts: bool = True) -> None:
+        self.log, self.prefix, self.counts = log, prefix, counts
         self._seen: dict[int, str] = {}
 
     def __call__(self, view: StudyView) -> None:
-        for t in view.trials:
-            if self._seen.get(t.run_id) == t.status:
-                continue
+        changed = [t for t in view.trials if self._seen.get(t.run_id) != t.status]
+        ended = sum(x.status in ENDED for x in view.trials)
+        tail = f" [{ended}/{view.n_trials} ended]" if self.counts else ""
+        for t in changed:
             self._seen[t.run_id] = t.status
-            ended = sum(x.status in ENDED for x in view.trials)
-            self.log(f"{self.prefix}{trial_line(t, view.metric)} [{ended}/{view.n_trials} ended]")
+            self.log(f"{self.prefix}{trial_line(t, view.metric)}{tail}")
