@@ -64,7 +64,8 @@ def regret_chart(result: EvalResult, title: str) -> bytes:
             )
             for xi, v in zip(xs, values, strict=True):
                 if v > cap:
-                    ax.text(xi, 0.97 * cap, f"{v:.0f}", ha="center", va="top", fontsize=7)
+                    text = f"{v:.1f}" if v < 10 else f"{v:.0f}"
+                    ax.text(xi, 0.97 * cap, text, ha="center", va="top", fontsize=7)
         ax.set_ylim(0, cap)
         ax.set_ylabel(label, fontsize=9)
         ax.grid(axis="y", alpha=0.3)
