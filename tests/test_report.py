@@ -22,6 +22,7 @@ from pomlia_hpc.registry import (
     Task,
 )
 from pomlia_hpc.report import build_report
+from pomlia_hpc.report.build import PAGES
 from pomlia_hpc.report.pages_strategy import recommendations_page
 from pomlia_hpc.workspace import Workspace
 from tests.fixtures.factories import make_dataset, make_encoder
@@ -222,7 +223,10 @@ def test_pages_load_in_chromium_without_errors(
         assert seen.title.endswith("pomlia report"), page
         assert seen.console_errors == [], (page.name, seen.console_errors)
         assert seen.broken_images == [], (page.name, seen.broken_images)
-        assert "pomlia" in seen.text
+        # the page's own heading is rendered, and the navigation to every other page
+        title = next((t for f, t, _b in PAGES if f == page.name), "Workspace report")
+        assert seen.title == f"{title} · pomlia report", (page.name, seen.title)
+        assert title in seen.text and all(t in seen.text for _f, t, _b in PAGES), page.name
     seen = browser.check(res.folder / "fingerprints.html")  # type: ignore[attr-defined]
     assert len(seen.images) >= 3  # latent scatter, means, similarity heatmap
 
