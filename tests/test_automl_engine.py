@@ -99,7 +99,7 @@ def test_auc_with_a_class_missing_averages_the_defined_classes() -> None:
         evaluate("multi-class", y[:1], score[:1])
     assert objective_cost({"acc": math.nan}, "acc") == 1.0
     # one class only: AUC is undefined, None (never NaN, which PostgreSQL's json rejects);
-    # predictions 0, 1, 0 (a tie goes to the first class): ACC 2/3
+    # predictions 0, 1, 0 (class 1 only above 0.5, as MedMNIST's ACC): ACC 2/3
     one = evaluate("binary", np.zeros((3, 1)), np.array([[0.9, 0.1], [0.4, 0.6], [0.5, 0.5]]))
     assert one["auc"] is None and one["auc_classes"] == 0 and one["acc"] == pytest.approx(2 / 3)
     assert objective_cost(one, "auc") == 1.0

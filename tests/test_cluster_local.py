@@ -82,8 +82,8 @@ def test_local_cancel_when_sigint_is_ignored(tmp_path: Path, reg: Registry, how:
     old = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         ex = Executor.from_profile("local", tmp_path / "jobs", reg)
-        # 60 s: no timing margin to race; a cancel that did not stop it leaves the trace (at
-        # 60 s), an orphaned task is still alive when the wait below gives up
+        # 60 s, so that no timing margin can race: an orphaned task is still alive when the
+        # wait below gives up, which the pid check catches
         h = ex.submit(jobfns.touch_after, str(trace), 60)
         deadline = time.monotonic() + 60  # wait until the task process runs
         while not psutil.Process(int(h.job_id)).children() and time.monotonic() < deadline:
@@ -95,11 +95,11 @@ def test_local_cancel_when_sigint_is_ignored(tmp_path: Path, reg: Registry, how:
             cancel_scheduler_job("local", h.job_id)
         with pytest.raises(JobFailedError):
             h.result()
-        assert not trace.exists()  # stopped, not slept to the end
+        assert not trace.exists()  # result() came back before the task's end
     finally:
         signal.signal(signal.SIGINT, old)
-    # The task was killed too, not orphaned: it ends without its trace (an orphan would sleep
-    # on and leave it when it ends, well before this wait gives up).
+    # The task was killed too, not orphaned: its process is gone (an orphan would sleep on
+    # past this wait) and it never wrote its trace.
     deadline = time.monotonic() + 30
     while pid_alive(task.pid) and time.monotonic() < deadline:
         time.sleep(0.1)

@@ -125,6 +125,12 @@ def test_recommend_max_cost_and_bad_input(workspace: Workspace, reg: Registry) -
     assert "similar (meta-features): blood (this task: its own runs) (1.00)" in text, text
     answer = json.loads(runner.invoke(app, ["recommend", "blood", "--json"]).output)
     assert [s["own_runs"] for s in answer["similar"]] == [True, False, False, False, False]
+    # a task named like a published data set, without runs: the published rows are not its own
+    tiny_task(workspace, reg, "bloodmnist", "bloodmnist", "acc", seed=1)
+    answer = json.loads(runner.invoke(app, ["recommend", "bloodmnist", "--json"]).output)
+    similar = {s["dataset"]: s["own_runs"] for s in answer["similar"]}
+    assert similar.get("bloodmnist") is False and not any(similar.values()), similar
+    assert "(this task" not in runner.invoke(app, ["recommend", "bloodmnist", "--k", "2"]).output
     bad = runner.invoke(app, ["recommend", "nosuchtask"])
     assert isinstance(bad.exception, NotFoundError) and "not found; known:" in str(bad.exception)
     bad = runner.invoke(app, ["recommend", "blood", "--k", "0"])

@@ -39,6 +39,17 @@ def test_trial_log_says_each_status_change_once() -> None:
     ]
 
 
+def test_trial_log_without_counts_is_automl_runs_plain_lines() -> None:
+    lines: list[str] = []
+    log = TrialLog(lines.append, counts=False)  # `automl run`: its bar line has the counts
+    log(_view(_trial(1, "running")))
+    log(_view(_trial(1, "ok", 0.5)))
+    assert lines == [
+        "run 1 small_cnn lr=1.0e-03 adamw bs=64, 3 epochs: running",
+        "run 1 small_cnn lr=1.0e-03 adamw bs=64, 3 epochs: ok val acc 0.500",
+    ]
+
+
 def test_trial_line_leaves_out_an_undefined_metric() -> None:
     assert "val" not in trial_line(_trial(1, "ok", math.nan), "auc")
 

@@ -3,10 +3,11 @@
 Reports go to ``<home>/reports/<model>/<UTC time>-<random>/`` (``report.json`` for machines,
 ``report.html`` for people), written in a temporary folder that is renamed into place, then
 recorded in the registry's ``monitor_reports``; if recording fails the folder is removed, so a
-report is either complete and recorded or absent. An alarm also records a ``retrain_requests``
-row (for the loop) and runs the ``--on-alarm`` command, if any, with the report's paths in its
-environment (``POMLIA_REPORT_JSON``, ``POMLIA_REPORT_HTML``, ``POMLIA_MODEL``,
-``POMLIA_RETRAIN_REQUEST``).
+report is complete and recorded or absent, but for a kill between the rename and the commit,
+which leaves a folder without a row (docs/ARCHITECTURE.md, crash protocols). An alarm also
+records a ``retrain_requests`` row (for the loop) and runs the ``--on-alarm`` command, if any,
+with the report's paths in its environment (``POMLIA_REPORT_JSON``, ``POMLIA_REPORT_HTML``,
+``POMLIA_MODEL``, ``POMLIA_RETRAIN_REQUEST``).
 """
 
 from __future__ import annotations
