@@ -71,7 +71,10 @@ def test_study_records_every_trial_and_goes_on_after_a_crash(
     runs = records.study_runs(reg, "s1")
     assert len(runs) == 3 and result.n_ok + result.n_crashed == 3
     crashed = [r for r in runs if r.status == "crashed"]
-    assert len(crashed) >= 1
+    # exactly the trials that start from the damaged weights crash (the first initial one does)
+    assert crashed and {r.id for r in crashed} == {
+        r.id for r in runs if r.config.get("init") == "model"
+    }
     bad = crashed[0]
     assert bad.config["init"] == "model" and "initial weights" in bad.metrics["cause"]
     assert "Traceback" in (bad.error or "") and bad.job_id is not None
