@@ -45,9 +45,9 @@ def test_synth_add_list_show_verify(workspace: Workspace, tmp_path: Path) -> Non
     assert "chunk_hashes" not in payload["meta"]
     text = cli_ok("data", "verify")
     assert text.count(" ok ") == 2
-    # one report per version, each up to its own size, told apart
-    done = re.findall(r"(verify(?: #\d)?): (\d+)/\2 images \(100%\)", text)
-    assert [name for name, _n in done] == ["verify", "verify #2"], text
+    # one report per version, each up to its own size, each naming its version
+    done = re.findall(r"verify (\S+@[0-9a-f]+): (\d+)/\2 images \(100%\)", text)
+    assert sorted(ref.split("@")[0] for ref, _n in done) == ["chestmnist", "organs"], text
 
 
 def test_verify_exits_1_and_names_the_damaged_chunk(workspace: Workspace, tmp_path: Path) -> None:

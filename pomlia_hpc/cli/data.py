@@ -29,22 +29,19 @@ app.add_typer(data_app, name="data")
 class _PlainStages:
     """Off a terminal (a Slurm output file, a pipe): time-stamped progress lines per stage
     (:func:`pomlia_hpc.progress.progress`), where rich's transient bar printed nothing at all.
-    A stage that reaches its total, or comes back with another (``verify`` of the next
-    version), is a new report."""
+    A new stage (``verify <version>``), or one that reaches its total or comes back with
+    another, is a new report."""
 
     def __init__(self) -> None:
         self._stage: str | None = None
         self._report: Any = None
         self._reporter: Reporter | None = None
         self._done = self._total = 0
-        self._times: dict[str, int] = {}  # reports per stage: verify's versions are told apart
 
     def __call__(self, stage: str, advance: int, total: int) -> None:
         if stage != self._stage or self._done >= total or total != self._total:
             self.close()
-            n = self._times[stage] = self._times.get(stage, 0) + 1
-            what = stage if n == 1 else f"{stage} #{n}"
-            self._report = progress(what, total, unit="images", console=console, min_interval_s=10)
+            self._report = progress(stage, total, unit="images", console=console, min_interval_s=10)
             self._reporter, self._stage, self._done = self._report.__enter__(), stage, 0
             self._total = total
         self._done += advance

@@ -320,7 +320,7 @@ def _verify_one(ref: str, row: DatasetVersion, progress: ProgressFn | None) -> V
         if idx >= len(want) or got != want[idx]:
             res.damaged_chunks.append(idx)
         if progress:
-            progress("verify", hi - lo, store.n_images)
+            progress(f"verify {ref}", hi - lo, store.n_images)  # one report per version
     if res.damaged_chunks:
         res.fail(
             f"{len(res.damaged_chunks)} damaged image chunk(s): "
