@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -29,29 +29,27 @@ app.add_typer(data_app, name="data")
 class _PlainStages:
     """Off a terminal (a Slurm output file, a pipe): time-stamped progress lines per stage
     (:func:`pomlia_hpc.progress.progress`), where rich's transient bar printed nothing at all.
-    A new stage (``verify <version>``), or one that reaches its total or comes back with
-    another, is a new report."""
+    Each stage (``ingest``, ``fingerprint``, ``verify <version>``) is one report."""
 
     def __init__(self) -> None:
         self._stage: str | None = None
-        self._report: Any = None
+        self._open = ExitStack()  # the current stage's report
         self._reporter: Reporter | None = None
-        self._done = self._total = 0
+        self._done = 0
 
     def __call__(self, stage: str, advance: int, total: int) -> None:
-        if stage != self._stage or self._done >= total or total != self._total:
+        if stage != self._stage or self._reporter is None:
             self.close()
-            self._report = progress(stage, total, unit="images", console=console, min_interval_s=10)
-            self._reporter, self._stage, self._done = self._report.__enter__(), stage, 0
-            self._total = total
+            self._reporter = self._open.enter_context(
+                progress(stage, total, unit="images", console=console, min_interval_s=10)
+            )
+            self._stage, self._done = stage, 0
         self._done += advance
-        assert self._reporter is not None
         self._reporter.update(self._done, total)
 
     def close(self) -> None:
-        if self._report is not None:
-            self._report.__exit__(None, None, None)
-            self._report = self._reporter = None
+        self._open.close()
+        self._reporter = None
 
 
 @contextmanager
@@ -76,12 +74,7 @@ def _progress() -> Iterator[Callable[[str, int, int], None]]:
         tasks: dict[str, Any] = {}
 
         def report(stage: str, advance: int, total: int) -> None:
-            task = (
-                next((t for t in bar.tasks if t.id == tasks[stage]), None)
-                if stage in tasks
-                else None
-            )
-            if task is None or task.finished or task.total != total:  # the next version
+            if stage not in tasks:  # each stage once (verify's carry their version)
                 tasks[stage] = bar.add_task(f"{stage:12s}", total=total)
             bar.advance(tasks[stage], advance)
 
