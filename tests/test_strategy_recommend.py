@@ -129,8 +129,21 @@ def test_recommend_max_cost_and_bad_input(workspace: Workspace, reg: Registry) -
     tiny_task(workspace, reg, "bloodmnist", "bloodmnist", "acc", seed=1)
     answer = json.loads(runner.invoke(app, ["recommend", "bloodmnist", "--json"]).output)
     similar = {s["dataset"]: s["own_runs"] for s in answer["similar"]}
-    assert similar.get("bloodmnist") is False and not any(similar.values()), similar
+    assert similar.get("bloodmnist (published)") is False and not any(similar.values()), similar
     assert "(this task" not in runner.invoke(app, ["recommend", "bloodmnist", "--k", "2"]).output
+    # once it has runs, its row and the published one stay apart: its values are not mixed
+    # with the published ones, nor are the published meta-features replaced by its own
+    _trials(reg, "bloodmnist", [("small_cnn", 1e-3, 0.5)])
+    answer = json.loads(runner.invoke(app, ["recommend", "bloodmnist", "--json"]).output)
+    similar = {s["dataset"]: s["own_runs"] for s in answer["similar"]}
+    assert similar["bloodmnist"] is True and similar["bloodmnist (published)"] is False, similar
+    table = kb.load(reg, "acc")
+    published = [o for o in table.observations if o.dataset == "bloodmnist (published)"]
+    assert len(published) == 120 and {o.source for o in published} == {"plus"}
+    own = [o for o in table.observations if o.dataset == "bloodmnist"]
+    assert [(o.source, o.value) for o in own] == [("registry", 0.5)]
+    assert table.meta["bloodmnist (published)"]["n_train"] == 11959
+    assert table.meta["bloodmnist"]["n_train"] != 11959
     bad = runner.invoke(app, ["recommend", "nosuchtask"])
     assert isinstance(bad.exception, NotFoundError) and "not found; known:" in str(bad.exception)
     bad = runner.invoke(app, ["recommend", "blood", "--k", "0"])

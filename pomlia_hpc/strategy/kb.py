@@ -13,6 +13,7 @@ test metric of the run with the best validation metric among that strategy's run
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import time
 from collections.abc import Iterable
@@ -262,9 +263,30 @@ def load(
             kb.meta.setdefault(name, dict(meta))
     if wanted is None or REGISTRY_SOURCE in wanted:
         obs, meta = registry_observations(registry, metric, exclude_task)
+        _rename_published(kb, set(meta))
         kb.observations.extend(obs)
         kb.meta.update(meta)
     return kb
+
+
+#: Appended to a published data set's name when a registry task has that name.
+PUBLISHED_SUFFIX = " (published)"
+
+
+def _rename_published(kb: KnowledgeBase, task_names: set[str]) -> None:
+    """Give the published data sets named like a registry task their own name. A user's task
+    called ``bloodmnist`` (its own split sizes, budgets and meta-features) is not the published
+    BloodMNIST: sharing one row would mix its runs' values with the published ones and replace
+    the published meta-features with the task's."""
+    clash = task_names & set(kb.meta)
+    if not clash:
+        return
+    kb.observations = [
+        dataclasses.replace(o, dataset=o.dataset + PUBLISHED_SUFFIX) if o.dataset in clash else o
+        for o in kb.observations
+    ]
+    for name in clash:
+        kb.meta[name + PUBLISHED_SUFFIX] = kb.meta.pop(name)
 
 
 # ----------------------------------------------------------------------------- registry runs
