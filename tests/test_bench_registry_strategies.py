@@ -70,10 +70,16 @@ def test_a_study_is_run_by_one_worker_and_taken_over_when_its_worker_died(
     try:
         (work.claims / "b-scratch").write_text(str(other.pid))
         assert not bench.claim(work, "b-scratch")  # a live worker holds it
+        # so a worker ending now leaves the report to it (its own claim does not count)
+        assert bench.running_elsewhere(work) == ["b-scratch"]
+        (work.done / "b-scratch.json").write_text("{}")
+        assert bench.running_elsewhere(work) == []  # finished: the report may be written
+        (work.done / "b-scratch.json").unlink()
     finally:
         other.kill()
         other.wait()
-    assert bench.claim(work, "b-scratch")  # its worker is gone: taken over
+    assert bench.running_elsewhere(work) == []  # its worker is gone
+    assert bench.claim(work, "b-scratch")  # taken over
     (work.done / "c-model.json").write_text("{}")
     assert not bench.claim(work, "c-model")  # finished
 

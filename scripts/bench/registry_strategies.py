@@ -31,7 +31,8 @@ of the first 3, in test ACC points. Every input is 28 px, so the "cheap" restric
 Two workers share one work folder (SQLite registry, WAL): each claims the next study not taken
 (per task: ``scratch``, ``encoder``, ``model``); worker 0 prepares the set-up first while the
 other runs scratch studies. A stopped run resumes (a study whose worker died is taken over and
-continued). The worker that finishes last writes the report; ``--report-only`` writes it again.
+continued). The worker that finishes last writes the report (one that ends while the other still
+runs a study writes none); ``--report-only`` writes it again.
 
 Training seeds: ``--seeds`` runs every cell once per seed, seed by seed, in the same work folder
 and registry, on the same set-up (made with ``--seed``, the folder's first seed, whose studies'
@@ -190,6 +191,18 @@ class Work:
                 yield
             finally:
                 fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def running_elsewhere(work: Work) -> list[str]:
+    """The studies another live worker holds and has not finished."""
+    with work.lock():
+        held = []
+        for path in sorted(work.claims.iterdir()):
+            pid = int(path.read_text() or 0)
+            done = (work.done / f"{path.name}.json").is_file()
+            if not done and pid != os.getpid() and pid_alive(pid):
+                held.append(path.name)
+        return held
 
 
 def claim(work: Work, study: str) -> bool:
@@ -954,6 +967,13 @@ def main() -> None:
         piece["ended"] = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
         piece["load_end"] = os.getloadavg()
         (work.root / f"piece-{a.worker}-{int(time.time())}.json").write_text(json.dumps(piece))
+        running = running_elsewhere(work)
+        if running:  # a report now would name them "missing"; the last worker writes it
+            print(
+                f"worker {a.worker} done; the other worker still runs {', '.join(running)} "
+                "and writes the report when it ends"
+            )
+            return
     report(reg, work, tasks, a)
 
 
