@@ -101,6 +101,25 @@ def test_shipped_tables_import(reg: Registry) -> None:
     assert m.values.shape == (12, 120) and np.isfinite(m.values).all()
 
 
+def _matrix(values: np.ndarray, fail: np.ndarray) -> learner.Matrix:
+    """Data sets alike in meta-features, one strategy per column."""
+    n, k = values.shape
+    strategies = [
+        {"arch": f"a{j}", "init": "scratch", "mode": "full", "img_size": 28} for j in range(k)
+    ]
+    nan = np.full(values.shape, np.nan)
+    return learner.Matrix(
+        [f"d{i}" for i in range(n)],
+        [f"{j:04d}" for j in range(k)],
+        strategies,
+        values,
+        fail,
+        nan,
+        nan,
+        np.zeros((n, len(learner.FEATURES))),
+    )
+
+
 def _synthetic(n_groups: int = 3, per_group: int = 4, n_strat: int = 30) -> learner.Matrix:
     """Data sets in groups with different meta-features; each group has its own best
     strategies, so a learner that uses the meta-features must beat random and best-mean."""
@@ -317,4 +336,29 @@ def test_a_data_set_where_every_run_failed_does_not_rank_its_failures_first() ->
     r = learner.regrets(values, fail)
     assert np.isfinite(r).all()
     np.testing.assert_allclose(r[2], 0.0)
-    np.testing.assert_allclose(r[0], [0.0, 10.0, 10.0])  # the failed cell: the row's worst
+    # the failed cell: the row's worst (10), raised to the typical worst over the rows where
+    # two or more strategies ran (median of 10 and 30)
+    np.testing.assert_allclose(r[0], [0.0, 10.0, 20.0])
+
+
+def test_failing_costs_something_where_only_one_strategy_ran() -> None:
+    # One value per data set: the row's worst regret is 0, so a strategy that crashed on
+    # every run cost nothing and could be recommended first.
+    values = np.array([[0.8, np.nan], [0.7, np.nan]])
+    fail = np.array([[0.0, 1.0], [0.0, 1.0]])
+    np.testing.assert_allclose(learner.regrets(values, fail), [[0.0, 80.0], [0.0, 70.0]])
+    ranking = learner.KernelRegret().fit(_matrix(values, fail)).rank(np.zeros(11))
+    assert list(ranking.order) == [0, 1]
+
+
+def test_evaluation_scores_a_pick_that_failed_on_the_held_out_set_not_the_next_one() -> None:
+    good, bad = [0.85, 0.9, 0.5], [0.85, np.nan, 0.5]
+    values = np.array([good, good, good, bad])
+    fail = np.zeros_like(values)
+    fail[3, 1] = 1.0  # strategy 1, first everywhere else, crashed on every run of data set 3
+    res = evaluate.loo(_matrix(values, fail), k=1)
+    # its cost there: the typical worst regret (40 points), not the 0 of the next pick
+    assert res.methods["best_mean"].top1[3] == pytest.approx(40.0)
+    assert res.methods["random"].top1[3] == pytest.approx((0 + 35 + 40) / 3)
+    fail[3, 1] = 0.0  # never tried there: not known, skipped
+    assert evaluate.loo(_matrix(values, fail), k=1).methods["best_mean"].top1[3] == 0.0

@@ -74,3 +74,47 @@ def test_runs_counted_once_and_unfinished_ones_later(registry: Registry) -> None
     assert (got["small_cnn"].value, got["small_cnn"].cost_s) == (pytest.approx(0.75), 15.0)
     assert got["small_cnn"].n_runs == 3 and got["small_cnn"].evidence == (best,)
     assert _by_arch(reg)["resnet18"].n_runs == 1
+
+
+def _run_with_id(reg: Registry, task_id: int, run_id: int, status: str, val: float = 0.0) -> None:
+    metrics = {"objective": val, "test": {"acc": val}} if status == "ok" else {}
+    with reg.session() as s:
+        s.add(
+            Run(
+                id=run_id,
+                task_id=task_id,
+                config={"arch": "small_cnn"},
+                status=status,
+                metrics=metrics,
+                cost_s=1.0,
+            )
+        )
+
+
+def test_a_run_that_becomes_visible_after_a_higher_id_is_counted(registry: Registry) -> None:
+    """Ids come at insert, visibility at commit: two drivers can commit run 101 before run 100.
+    The knowledge base read in between must still count run 100 once it is visible."""
+    tid = _task(registry)
+    _run_with_id(registry, tid, 101, "running")
+    assert _by_arch(registry) == {}  # read while only 101 is visible
+    _run_with_id(registry, tid, 100, "ok", 0.95)  # commits late, with the lower id
+    _run_with_id(registry, tid, 102, "ok", 0.5)
+    got = _by_arch(registry)["small_cnn"]
+    assert (got.n_runs, got.value, got.evidence) == (2, 0.95, (100,))
+    assert _by_arch(registry)["small_cnn"].n_runs == 2  # and only once
+
+
+def test_of_two_runs_with_the_best_objective_the_lower_id_counts_whenever_read(
+    registry: Registry,
+) -> None:
+    """The tie is broken as :mod:`pomlia_hpc.strategy.outcomes` breaks it, not by which run
+    was folded first (a read between the two used to keep the later run)."""
+    for name, read_between in (("t", False), ("u", True)):
+        tid = _task(registry, name)
+        first = _run(registry, tid, "small_cnn", "running")
+        _run(registry, tid, "small_cnn", "ok", 0.9)
+        if read_between:
+            kb.registry_observations(registry, "acc")
+        _finish(registry, first, 0.9)
+        obs, _ = kb.registry_observations(registry, "acc")
+        assert [o.evidence for o in obs if o.dataset == name] == [(first,)], name

@@ -3,7 +3,9 @@
 For each data set ``i``: the learner is fitted on the other data sets only (its bandwidth chosen
 by a nested leave-one-out among them), ranks the strategies for ``i``'s meta-features, and the
 regret of its first pick and of the best of its first ``k`` is measured on ``i``'s published
-values, in metric points (x 100), against the best strategy on ``i``. Given fingerprint
+values, in metric points (x 100), against the best strategy on ``i``; a pick never tried on
+``i`` is skipped, one whose runs all failed there costs what a failure costs the learner
+(:func:`~pomlia_hpc.strategy.learner.failure_regret`). Given fingerprint
 distances between the data sets (registry tasks sharing an encoder with complete embeddings),
 the learner uses them as :func:`pomlia_hpc.strategy.recommend.recommend` does: between the
 other data sets for its bandwidth, from ``i`` to them for its answer. Baselines, fitted on the
@@ -35,6 +37,7 @@ from pomlia_hpc.strategy.learner import (
     KernelRegret,
     Matrix,
     Standardizer,
+    failure_regret,
     similarity_label,
     top_k_regret,
 )
@@ -50,11 +53,20 @@ def cheap_mask(m: Matrix, max_px: int = 64) -> np.ndarray:
     )
 
 
-def random_regret(values: np.ndarray, cand: np.ndarray, k: int) -> float:
+def random_regret(
+    values: np.ndarray,
+    cand: np.ndarray,
+    k: int,
+    fail: np.ndarray | None = None,
+    failure: float = math.nan,
+) -> float:
+    """The expected regret (points) of the best of ``k`` distinct uniform picks among the
+    candidates tried on this data set; one whose runs all failed costs ``failure``."""
     known = cand & np.isfinite(values)
-    v = np.sort(values[known])[::-1]  # best first
-    n = len(v)
-    r = 100.0 * (v[0] - v)
+    failed = cand & ~known & (fail > 0) if fail is not None else np.zeros_like(known)
+    best = values[known].max()
+    r = np.sort(np.concatenate([100.0 * (best - values[known]), np.full(failed.sum(), failure)]))
+    n = len(r)
     k = min(k, n)
     # P(the best of k distinct uniform picks has rank j) = C(n-1-j, k-1) / C(n, k)
     p = np.array([math.comb(n - 1 - j, k - 1) for j in range(n)], float) / math.comb(n, k)
@@ -141,6 +153,7 @@ def loo(
         )
     cand = cheap_mask(m, max_px) if cheap else np.ones(len(m.keys), bool)
     results = {name: MethodResult() for name in METHODS}
+    failure = failure_regret(m.values)  # what a pick that failed there costs, per data set
     hs: list[float] = []
     used: list[str] = []
     fp_fits = [0, 0]  # fits offered fingerprints, fits that kept them
@@ -164,11 +177,12 @@ def loo(
         }
         d = Standardizer(train.features).distances(m.features[i][None, :], train.features)[0]
         orders["nearest"] = _order(train.values[int(np.argmin(d))], cand)
+        score = {"fail": m.fail[i], "failure": float(failure[i])}
         for name, order in orders.items():
-            results[name].top1.append(top_k_regret(v, order, 1, cand))
-            results[name].topk.append(top_k_regret(v, order, k, cand))
-        results["random"].top1.append(random_regret(v, cand, 1))
-        results["random"].topk.append(random_regret(v, cand, k))
+            results[name].top1.append(top_k_regret(v, order, 1, cand, **score))
+            results[name].topk.append(top_k_regret(v, order, k, cand, **score))
+        results["random"].top1.append(random_regret(v, cand, 1, **score))
+        results["random"].topk.append(random_regret(v, cand, k, **score))
     restriction = f"inputs <= {max_px} px or frozen features" if cheap else "all strategies"
     similarity = similarity_label(encoder, *fp_fits)
     return EvalResult("", k, used, int(cand.sum()), restriction, results, hs, similarity)

@@ -17,7 +17,8 @@ encoder that never saw these modalities) and the answer rests on metadata alone.
 
 Missing cells (a strategy never tried on a data set) count as that data set's median regret, a
 typical strategy; failed runs move a strategy's regret towards the data set's worst in
-proportion to its failure rate. numpy only: this package never imports torch.
+proportion to its failure rate (at least the typical worst: :func:`failure_regret`). numpy
+only: this package never imports torch.
 """
 
 from __future__ import annotations
@@ -157,19 +158,38 @@ def build_matrix(kb: KnowledgeBase, *, min_datasets: int = 1) -> Matrix:
     )
 
 
+def failure_regret(values: np.ndarray) -> np.ndarray:
+    """What a strategy that failed on every run costs on each data set (points, per row): the
+    regret of the worst strategy that ran there, but at least the median of that worst over
+    the data sets where two or more strategies ran: on a data set where only one strategy ran
+    (or a few close ones), failing would otherwise cost nothing. With no such data set, the
+    whole best value (a failed run yields no model)."""
+    ok = np.isfinite(values)
+    filled = np.where(ok, values, np.nan)
+    with warnings.catch_warnings():  # rows without any value: NaN here, 0 below
+        warnings.simplefilter("ignore", RuntimeWarning)
+        best = np.nanmax(filled, axis=1)
+        worst = 100.0 * (best - np.nanmin(filled, axis=1))
+    several = ok.sum(axis=1) >= 2
+    typical = float(np.median(worst[several])) if several.any() else None
+    floor = np.full(len(values), typical) if typical is not None else 100.0 * best
+    return np.nan_to_num(np.fmax(worst, floor), nan=0.0)
+
+
 def regrets(values: np.ndarray, fail: np.ndarray | None = None) -> np.ndarray:
     """Regret in metric points (x 100) per cell; missing cells get the row's median regret,
-    failures move a cell towards the row's worst regret (see the module docstring). A row
-    without any value (every run on that data set failed) has no best to measure from: it
-    gets regret 0 everywhere, which leaves the order of the strategies to the other rows."""
+    failures move a cell towards :func:`failure_regret` in proportion to the failure rate (see
+    the module docstring). A row without any value (every run on that data set failed) has no
+    best to measure from: it gets regret 0 everywhere, which leaves the order of the
+    strategies to the other rows."""
     empty = ~np.isfinite(values).any(axis=1, keepdims=True)
     vals = np.where(empty, 0.0, values)
     best = np.nanmax(np.where(np.isnan(vals), -np.inf, vals), axis=1, keepdims=True)
     r = 100.0 * (best - vals)
     med = np.nanmedian(r, axis=1, keepdims=True)
-    worst = np.nanmax(np.where(np.isnan(r), -np.inf, r), axis=1, keepdims=True)
     r = np.where(np.isnan(r), np.broadcast_to(med, r.shape), r)
     if fail is not None:
+        worst = np.where(empty[:, 0], 0.0, failure_regret(values))[:, None]
         all_failed = np.isnan(vals) & (fail > 0)
         r = np.where(all_failed, np.broadcast_to(worst, r.shape), (1 - fail) * r + fail * worst)
     return np.asarray(r)
@@ -225,14 +245,25 @@ class Ranking:
 
 
 def top_k_regret(
-    values: np.ndarray, order: Sequence[int] | np.ndarray, k: int, candidates: np.ndarray
+    values: np.ndarray,
+    order: Sequence[int] | np.ndarray,
+    k: int,
+    candidates: np.ndarray,
+    fail: np.ndarray | None = None,
+    failure: float = math.nan,
 ) -> float:
     """Regret (points) of the best of the first ``k`` of ``order`` against the best candidate,
-    on one data set's ``values`` (NaN cells: not known, skipped)."""
+    on one data set's ``values``. A cell without a value is skipped (never tried there), but
+    one whose runs all failed there (``fail`` > 0) is a pick that costs ``failure`` points
+    (:func:`failure_regret`): skipping it would score the next pick in its place."""
     known = candidates & np.isfinite(values)
+    if not known.any():
+        return math.nan
+    failed = candidates & ~known & (fail > 0) if fail is not None else np.zeros_like(known)
     best = float(values[known].max())
-    picks = [j for j in order if known[j]][:k]
-    return 100.0 * (best - float(values[picks].max())) if picks else math.nan
+    picks = [j for j in order if known[j] or failed[j]][:k]
+    costs = [100.0 * (best - float(values[j])) if known[j] else failure for j in picks]
+    return min(costs) if costs else math.nan
 
 
 def similarity_label(encoder: str | None, offered: int, used: int) -> str:
@@ -299,6 +330,7 @@ class KernelRegret:
         when they do not lower that loss below the meta-features' alone)."""
         self._train = train
         self._r = regrets(train.values, train.fail)
+        self._failure = failure_regret(train.values)
         self._std = Standardizer(train.features)
         n = len(train.datasets)
         cand = np.ones(len(train.keys), bool) if candidates is None else candidates
@@ -360,7 +392,9 @@ class KernelRegret:
                 v = train.values[i]
                 if not np.isfinite(v[cand]).any():
                     continue
-                loss += top_k_regret(v, order, 1, cand) + top_k_regret(v, order, self.k, cand)
+                fail, cost = train.fail[i], float(self._failure[i])
+                loss += top_k_regret(v, order, 1, cand, fail, cost)
+                loss += top_k_regret(v, order, self.k, cand, fail, cost)
             if best is None or loss < best[0] - 1e-9:
                 best = (loss, h)
         assert best is not None

@@ -121,6 +121,17 @@ def _imagenet_local() -> tuple[str, ...]:
     return tuple(found)
 
 
+def failure_rate(m: Matrix, w: np.ndarray, j: int) -> float | None:
+    """The share of strategy ``j``'s registry runs that failed, over the tasks where it ran,
+    weighted by their similarity ``w`` (``None`` where it never ran: published tables record
+    no failures, and a task where it was not tried says nothing about it)."""
+    rows = [i for i in range(len(m.datasets)) if m.sources.get((i, j)) == REGISTRY_SOURCE]
+    if not rows:
+        return None
+    weights = w[rows] if w[rows].sum() > 0 else None
+    return float(np.average(m.fail[rows, j], weights=weights))
+
+
 def available_sources(registry: Registry, target: TargetTask, similar_tasks: list[str]) -> Sources:
     """Initial weights this task could start from: an encoder with the task's embeddings, the
     best registered model of the most similar task, ImageNet weights on local disk."""
@@ -165,9 +176,12 @@ def available_sources(registry: Registry, target: TargetTask, similar_tasks: lis
     )
 
 
-def to_automl(strategy: dict[str, Any], src: Sources) -> tuple[dict[str, Any] | None, str]:
+def to_automl(
+    strategy: dict[str, Any], src: Sources, image_size: int | None = None
+) -> tuple[dict[str, Any] | None, str]:
     """The strategy as AutoML hyperparameter values (``None`` if the space cannot express it)
-    and a note on what was substituted."""
+    and a note on what was substituted. ``image_size``: the task's input size (px); the space
+    trains at that size, so a strategy of another input size is noted as changed."""
     arch = SPACE_ARCHS.get(costs.arch_key(str(strategy.get("arch", ""))))
     mode = str(strategy.get("mode", "full"))
     init = str(strategy.get("init", "scratch"))
@@ -196,7 +210,13 @@ def to_automl(strategy: dict[str, Any], src: Sources) -> tuple[dict[str, Any] | 
         if mode == "knn":
             notes.append("k-NN on frozen features mapped to a linear probe")
     if strategy.get("extra_data") == "nearest":
-        values["extra_data"] = "nearest"
+        if src.encoder:  # the nearest images are found with the encoder's index
+            values["extra_data"] = "nearest"
+        else:
+            notes.append("no fingerprint encoder with this task's embeddings: no extra images")
+    px = strategy.get("img_size")
+    if image_size and px and int(px) != int(image_size):
+        notes.append(f"input size: the task's {image_size} px, not {px} px (no resizing here)")
     return values, "; ".join(notes)
 
 
@@ -318,7 +338,7 @@ class Recommended:
     spread: float | None
     expected_regret: float
     cost: dict[str, Any]
-    failure_rate: float
+    failure_rate: float | None  # None: no registry runs of it
     evidence: list[dict[str, Any]]
     automl: dict[str, Any] | None
     note: str
@@ -367,13 +387,16 @@ def recommend(
     )
     n_train = int(target.meta.get("n_train", 1))
     w = ranking.weights
-    near = [m.datasets[i] for i in np.argsort(-w)[:5]]
+    by_weight = [int(i) for i in np.argsort(-w, kind="stable")]  # one tie order everywhere
+    # a model to start from: of the registry's tasks among the 5 most similar data sets (a
+    # published data set named like a task is not that task)
+    near = [m.datasets[i] for i in by_weight[:5] if i in tasks]
     src = available_sources(registry, target, near)
 
     def cost_of(j: int) -> costs.Cost:
         measured = [
             (m.cost_s[i, j], kb.meta[m.datasets[i]].get("n_train", 1))
-            for i in np.argsort(-w)
+            for i in by_weight
             if np.isfinite(m.cost_s[i, j])
         ]
         if measured:
@@ -393,7 +416,7 @@ def recommend(
     evidence_runs = [rid for (_, j), ids in m.evidence.items() if j in set(allowed) for rid in ids]
     hp = run_hparams(registry, evidence_runs)
     with_runs = {i for (i, _), source in m.sources.items() if source == REGISTRY_SOURCE}
-    near_runs = [int(i) for i in np.argsort(-w, kind="stable") if int(i) in with_runs]
+    near_runs = [i for i in by_weight if i in with_runs]
     run_tasks = {m.datasets[i]: float(w[i]) for i in near_runs[:MAX_TASKS]}
     fetched: list[Any] = []  # the similar tasks' runs, read when first needed
 
@@ -419,7 +442,7 @@ def recommend(
     out = []
     for rank, j in enumerate(picked, 1):
         ev: list[dict[str, Any]] = []
-        for i in np.argsort(-w):
+        for i in by_weight:
             if np.isfinite(m.values[i, j]) and len(ev) < 3:
                 ev.append(
                     {
@@ -430,9 +453,9 @@ def recommend(
                         "runs": list(m.evidence.get((int(i), j), ())),
                     }
                 )
-        values, note = to_automl(m.strategies[j], src)
+        values, note = to_automl(m.strategies[j], src, int(target.meta.get("image_size") or 0))
         runs_hp = [hp[r] for e in ev for r in e["runs"] if r in hp]
-        fail = float(np.average(m.fail[:, j], weights=w)) if w.sum() > 0 else 0.0
+        fail = failure_rate(m, w, j)
         out.append(
             Recommended(
                 rank,
@@ -441,7 +464,7 @@ def recommend(
                 _num(ranking.value_sd[j]),
                 round(float(ranking.expected_regret[j]), 3),
                 all_costs[j].to_dict(),
-                round(fail, 3),
+                None if fail is None else round(fail, 3),
                 ev,
                 values,
                 note,
@@ -471,7 +494,7 @@ def recommend(
                 # the task's own runs (in the registry): not a look-alike of itself
                 "own_runs": bool(i in tasks and m.datasets[i] == target.name),
             }
-            for i in np.argsort(-w)[:5]
+            for i in by_weight[:5]
         ],
         "similarity": similarity,
         "bandwidth": None if math.isinf(learner.h) else learner.h,
@@ -490,7 +513,15 @@ def recommend(
         "seconds": 0.0,
     }
     if record:
-        answer["recommendation_id"] = _record(registry, target, answer, k, max_cost_s, sources)
+        asked = {
+            "k": k,
+            "max_cost_s": max_cost_s,
+            "max_gpu_hours": max_gpu_hours,
+            "sources": sources,
+            "archs": list(archs) if archs is not None else None,
+            "exclude_own_runs": exclude_own_runs,
+        }
+        answer["recommendation_id"] = _record(registry, target, answer, asked)
     answer["seconds"] = round(time.perf_counter() - t0, 3)
     return answer
 
@@ -503,10 +534,10 @@ def _record(
     registry: Registry,
     target: TargetTask,
     answer: dict[str, Any],
-    k: int,
-    max_cost_s: float | None,
-    sources: list[str] | None,
+    asked: dict[str, Any],
 ) -> int:
+    """Record the answer with everything it was asked with (``asked``: the options), so
+    that it can be scored and reproduced later."""
     with registry.session() as s:
         row = Recommendation(
             task_id=target.id,
@@ -514,9 +545,7 @@ def _record(
             learner=LEARNER,
             learner_version=LEARNER_VERSION,
             inputs={
-                "k": k,
-                "max_cost_s": max_cost_s,
-                "sources": sources,
+                **asked,
                 "meta": target.meta,
                 "metric": target.metric,
                 "n_datasets": answer["n_datasets"],

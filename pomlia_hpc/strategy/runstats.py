@@ -6,7 +6,13 @@ were still pending or running then (``kb_run_seen.done`` false): finished runs (
 next time. All in one transaction: each run is counted once, however often and from however
 many processes the knowledge base is read. The first refresh of a large registry reads every
 run once; afterwards only the new and the unfinished ones (an id range and a short list, so the
-query does not scan the runs table).
+query does not scan the runs table). Ids are handed out when a run is inserted but a run
+becomes visible when its transaction commits, so on PostgreSQL a run can appear after a higher
+id was examined: the last :data:`RECHECK` ids below the newest are looked at again for runs
+never examined.
+
+Of two runs with the same best validation objective, the one with the lower id counts (as
+:mod:`.outcomes` breaks the tie), whichever order they were folded in.
 
 Per (task, strategy): the number of runs and of crashed runs, the run with the best validation
 objective and its test metric (the task's own metric), and the summed wall seconds of the
@@ -25,6 +31,9 @@ from pomlia_hpc.registry import KbRunSeen, KbRunStats, Registry, Run, Task
 from pomlia_hpc.strategy.longformat import strategy_key
 
 FINAL = ("ok", "crashed")
+#: How many ids below the newest examined one are looked at again for runs that committed late
+#: (concurrent inserts; a run's transaction is seconds long, far fewer runs start meanwhile).
+RECHECK = 1000
 
 
 def run_strategy(config: dict[str, Any], image_size: int) -> dict[str, Any]:
@@ -70,7 +79,14 @@ def _refresh(registry: Registry, image_sizes: dict[int, int]) -> int:
             Run.config["extra_data"].as_string(),
             Run.metrics["objective"].as_float(),
             Run.metrics["test"],
-        ).where((Run.id > newest) | Run.id.in_(waiting))
+        ).where(
+            (Run.id > newest)
+            | Run.id.in_(waiting)
+            | (
+                (Run.id > newest - RECHECK)
+                & Run.id.not_in(select(KbRunSeen.run_id).where(KbRunSeen.run_id > newest - RECHECK))
+            )
+        )
         examined = s.execute(q).all()
         if not examined:
             return 0
@@ -122,7 +138,11 @@ def _refresh(registry: Registry, image_sizes: dict[int, int]) -> int:
                 value = (r[9] or {}).get(metric) if isinstance(r[9], dict) else None
                 if value is None:
                     continue
-                if st.best_objective is None or r[8] > st.best_objective:
+                if (
+                    st.best_objective is None
+                    or r[8] > st.best_objective
+                    or (r[8] == st.best_objective and r[0] < (st.best_run_id or r[0]))
+                ):
                     st.best_objective, st.best_value, st.best_run_id = r[8], value, r[0]
         done = [{"run_id": r[0], "done": True} for r in examined if r[2] in FINAL]
         if done or new_waiting:

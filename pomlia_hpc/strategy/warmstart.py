@@ -53,11 +53,8 @@ def from_recommendation(
     weights: dict[str, Any] = answer.get("sources_of_weights") or {}
     uses = {c.get("init", "scratch") for c in configs}
     extra = any(c.get("extra_data") == "nearest" for c in configs)
+    # (a configuration asks for extra images only where the encoder's index can find them)
     encoder = weights.get("encoder") if ("encoder" in uses or extra) else None
-    if not (extra and encoder):
-        configs = [
-            {k: v for k, v in c.items() if k not in ("extra_data", "extra_n")} for c in configs
-        ]
     return WarmStart(
         configs=configs,
         archs=tuple(dict.fromkeys(str(c["arch"]) for c in configs)),
