@@ -34,7 +34,7 @@ import numpy as np
 from pomlia_hpc.strategy.kb import KnowledgeBase
 
 LEARNER = "kernel-regret"
-LEARNER_VERSION = "4"
+LEARNER_VERSION = "5"
 BANDWIDTHS: tuple[float, ...] = (0.3, 0.5, 0.7, 1.0, 1.5, 2.0, 3.0, math.inf)
 FEATURES: tuple[str, ...] = (
     "log10_n_train",
