@@ -46,6 +46,16 @@ def test_import_good_file(registry: Registry, tmp_path: Path) -> None:
     assert got.meta["b"]["task_type"] == "binary"
 
 
+def test_a_table_with_gpu_hours_only_gives_its_costs(registry: Registry, tmp_path: Path) -> None:
+    text = "dataset,arch,init,mode,img_size,metric,value,cost_s,gpu_hours\n"
+    text += "a,r,s,full,28,acc,0.9,,2.0\na,r,s,full,64,acc,0.9,100,2.0\na,r,s,full,128,acc,0.9,,\n"
+    kb.import_table(
+        registry, _write(tmp_path, text), "t", meta_path=_write(tmp_path, META, "m.csv")
+    )
+    got = {o.strategy["img_size"]: o.cost_s for o in kb.load(registry, "acc", ["t"]).observations}
+    assert got == {28: 7200.0, 64: 100.0, 128: None}  # wall seconds win where both are given
+
+
 @pytest.mark.parametrize(
     ("text", "expected"),
     [

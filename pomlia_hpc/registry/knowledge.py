@@ -94,8 +94,11 @@ class KbRunStats(Base):
     best_run_id: Mapped[int | None] = mapped_column(Integer)
     best_objective: Mapped[float | None] = mapped_column(Float)
     best_value: Mapped[float | None] = mapped_column(Float)
-    cost_sum: Mapped[float] = mapped_column(Float, default=0.0)
+    cost_sum: Mapped[float] = mapped_column(Float, default=0.0)  # wall seconds per run
     n_cost: Mapped[int] = mapped_column(Integer, default=0)
+    # wall seconds per epoch (cost / budget), over the successful runs with a known budget
+    epoch_cost_sum: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
+    n_epoch_cost: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
 
 
 class KbRunSeen(Base):

@@ -2,8 +2,10 @@
 
 Two sources, best first:
 
-1. **Measured**: the registry's own runs of the strategy (mean wall seconds of its successful
-   runs), scaled linearly by training-set size (images per epoch).
+1. **Measured**: the registry's own runs of the strategy (seconds per epoch of its successful
+   runs, times the epochs of a full run: AutoML's default largest budget, which shrinks as the
+   data set grows), scaled linearly by training-set size (images per epoch) and by the full
+   run's epochs on this data set; a published table's cost of one run, by size alone.
 2. **Estimated** from compute: forward multiply-adds per image at 224 px (published figures of
    the architectures, :data:`GMACS_224`) scaled by ``(img_size / 224)^2``; training costs 3x a
    forward pass (forward + backward) per image and epoch; frozen features (``linear_probe``,
@@ -76,9 +78,14 @@ def estimate(strategy: Mapping[str, Any], n_train: int) -> Cost:
     return Cost(wall, wall / 3600.0, "estimate")
 
 
-def measured(cost_s: float, n_train_then: int, n_train_now: int) -> Cost:
-    """A measured run time scaled linearly by training-set size."""
+def measured(
+    cost_s: float, n_train_then: int, n_train_now: int, epochs: tuple[int, int] | None = None
+) -> Cost:
+    """A measured run time scaled linearly by training-set size and, given ``epochs`` (the
+    epochs of the measured run, those of the run asked for), by epochs."""
     wall = float(cost_s) * max(n_train_now, 1) / max(n_train_then, 1)
+    if epochs is not None:
+        wall *= epochs[1] / max(epochs[0], 1)
     return Cost(wall, wall / 3600.0, "measured")
 
 

@@ -8,7 +8,8 @@ runs (every task; crashed runs count as failures of their strategy).
 A registry run's strategy is its configuration reduced to the strategy fields (architecture,
 initial weights, training mode, input size = the data set's, extra images); its value is the
 test metric of the run with the best validation metric among that strategy's runs on the task
-(kept up to date incrementally by :mod:`.runstats`).
+(kept up to date incrementally by :mod:`.runstats`); its cost, the wall seconds of one run at
+the task's full budget (:func:`full_epochs`).
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typing import Any
 from sqlalchemy import delete, func, insert, select
 from sqlalchemy.orm import Session
 
+from pomlia_hpc.automl.budget import default_budget
 from pomlia_hpc.errors import InputError, NotFoundError
 from pomlia_hpc.names import validate_name
 from pomlia_hpc.registry import (
@@ -245,6 +247,7 @@ def load(
                 KbResult.value,
                 KbResult.std,
                 KbResult.cost_s,
+                KbResult.gpu_hours,
             )
             .join(KbDataset, KbResult.dataset_id == KbDataset.id)
             .join(KbSource, KbResult.source_id == KbSource.id)
@@ -252,7 +255,9 @@ def load(
         )
         if wanted is not None:
             q = q.where(KbSource.name.in_(wanted))
-        for src, ds, strategy, key, value, std, cost in s.execute(q):
+        for src, ds, strategy, key, value, std, cost, gpu_hours in s.execute(q):
+            if cost is None and gpu_hours is not None:  # a table that gives GPU hours only
+                cost = 3600.0 * gpu_hours  # one GPU: its hours are the run's wall time
             kb.observations.append(Observation(src, ds, dict(strategy), key, value, std, cost))
         mq = select(KbDataset.name, KbDataset.meta).join(
             KbSource, KbDataset.source_id == KbSource.id
@@ -360,13 +365,28 @@ def registry_observations(
                     st.strategy_key,
                     st.best_value,
                     None,
-                    st.cost_sum / st.n_cost if st.n_cost else None,
+                    _run_cost(st, meta_all[st.task_id]),
                     st.n_runs,
                     st.n_failed,
                     (st.best_run_id,) if st.best_run_id is not None else (),
                 )
             )
     return out, {tasks[t][0]: meta_all[t] for t in wanted}
+
+
+def full_epochs(n_train: int) -> int:
+    """The epochs of a full training run on ``n_train`` images: AutoML's default largest
+    budget for that size (fewer epochs on more images)."""
+    return default_budget(max(int(n_train), 1))[1]
+
+
+def _run_cost(st: KbRunStats, meta: dict[str, Any]) -> float | None:
+    """Wall seconds of one run of the strategy at the task's full budget
+    (:func:`full_epochs`): from its runs' seconds per epoch where their budgets are known (a
+    study's runs span 1 to 60 epochs), else their mean wall seconds."""
+    if st.n_epoch_cost:
+        return st.epoch_cost_sum / st.n_epoch_cost * full_epochs(meta["n_train"])
+    return st.cost_sum / st.n_cost if st.n_cost else None
 
 
 def run_hparams(registry: Registry, run_ids: Iterable[int]) -> dict[int, dict[str, Any]]:

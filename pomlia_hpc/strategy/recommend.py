@@ -49,7 +49,13 @@ from pomlia_hpc.strategy.hparams import (
     task_median_regret,
     task_runs,
 )
-from pomlia_hpc.strategy.kb import REGISTRY_SOURCE, load, run_hparams, version_meta
+from pomlia_hpc.strategy.kb import (
+    REGISTRY_SOURCE,
+    full_epochs,
+    load,
+    run_hparams,
+    version_meta,
+)
 from pomlia_hpc.strategy.learner import (
     LEARNER,
     LEARNER_VERSION,
@@ -394,14 +400,13 @@ def recommend(
     src = available_sources(registry, target, near)
 
     def cost_of(j: int) -> costs.Cost:
-        measured = [
-            (m.cost_s[i, j], kb.meta[m.datasets[i]].get("n_train", 1))
-            for i in by_weight
-            if np.isfinite(m.cost_s[i, j])
-        ]
-        if measured:
-            c, n_then = measured[0]
-            return costs.measured(float(c), int(n_then), n_train)
+        """Measured on the most similar data set with a cost, else estimated."""
+        for i in by_weight:
+            if np.isfinite(m.cost_s[i, j]):
+                n_then = int(kb.meta[m.datasets[i]].get("n_train", 1))
+                # a registry task's cost is one run at its full budget, and so is the answer
+                epochs = (full_epochs(n_then), full_epochs(n_train)) if i in tasks else None
+                return costs.measured(float(m.cost_s[i, j]), n_then, n_train, epochs)
         return costs.estimate(m.strategies[j], n_train)
 
     order = list(ranking.order)

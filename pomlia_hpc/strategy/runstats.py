@@ -16,7 +16,8 @@ Of two runs with the same best validation objective, the one with the lower id c
 
 Per (task, strategy): the number of runs and of crashed runs, the run with the best validation
 objective and its test metric (the task's own metric), and the summed wall seconds of the
-successful runs (for their mean).
+successful runs and, of those with a budget (epochs), their summed seconds per epoch (for the
+means).
 """
 
 from __future__ import annotations
@@ -79,6 +80,7 @@ def _refresh(registry: Registry, image_sizes: dict[int, int]) -> int:
             Run.config["extra_data"].as_string(),
             Run.metrics["objective"].as_float(),
             Run.metrics["test"],
+            Run.budget,
         ).where(
             (Run.id > newest)
             | Run.id.in_(waiting)
@@ -124,6 +126,8 @@ def _refresh(registry: Registry, image_sizes: dict[int, int]) -> int:
                     n_failed=0,
                     cost_sum=0.0,
                     n_cost=0,
+                    epoch_cost_sum=0.0,
+                    n_epoch_cost=0,
                 )
                 s.add(st)
             metric = metric_of.get(task_id, "acc")
@@ -135,6 +139,9 @@ def _refresh(registry: Registry, image_sizes: dict[int, int]) -> int:
                 if r[3] is not None:
                     st.cost_sum += float(r[3])
                     st.n_cost += 1
+                    if r[10]:  # its budget in epochs: the cost of another budget follows
+                        st.epoch_cost_sum += float(r[3]) / float(r[10])
+                        st.n_epoch_cost += 1
                 value = (r[9] or {}).get(metric) if isinstance(r[9], dict) else None
                 if value is None:
                     continue
