@@ -154,6 +154,29 @@ def test_register_model_creates_a_row_and_refuses_a_taken_name(
     assert register_model(reg, "study-7.v2_best", ckpt).name == "study-7.v2_best"
 
 
+def test_model_register_copies_the_checkpoint_and_refuses_unknown_ids(
+    tmp_path: Path, workspace: Workspace
+) -> None:
+    """`model register` kept only the path it was given: deleting that file lost the model.
+    An unknown --task-id failed with the database's FOREIGN KEY message (exit 1)."""
+    ckpt = save_demo_checkpoint(tmp_path / "c.pt", num_classes=3)
+    runner = CliRunner()
+    bad = runner.invoke(app, ["model", "register", "m", str(ckpt), "--task-id", "9999"])
+    assert isinstance(bad.exception, NotFoundError), bad.output
+    assert "task id 9999 is not in the registry" in str(bad.exception)
+    assert not workspace.path("models", "m.pt").exists()
+    res = runner.invoke(app, ["model", "register", "m", str(ckpt)])
+    assert res.exit_code == 0, res.output
+    ckpt.unlink()  # the file it came from is gone: the model is not
+    with Registry.open(workspace.db_url).session() as s:
+        (row,) = s.query(Model).filter(Model.name == "m").all()
+        assert Path(row.path) == workspace.path("models", "m.pt") and Path(row.path).is_file()
+    not_a_model = tmp_path / "x.pt"
+    not_a_model.write_text("hello")
+    res = runner.invoke(app, ["model", "register", "x", str(not_a_model)])
+    assert isinstance(res.exception, InputError) and not workspace.path("models", "x.pt").exists()
+
+
 @pytest.fixture(scope="module")
 def small_export(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(checkpoint, bundle dir) of a small_cnn multi-label model (1 channel, 28 px), exported

@@ -29,11 +29,16 @@ def register(
         int | None, typer.Option(help="Registry id of the run that trained it.")
     ] = None,
 ) -> None:
-    """Register a classifier checkpoint as a model."""
-    from pomlia_hpc.models.catalog import register_model
+    """Register a classifier checkpoint as a model. The checkpoint is copied into the
+    workspace (models/NAME.pt): the model does not depend on the file it came from."""
+    from pomlia_hpc.models.catalog import promote_checkpoint
+    from pomlia_hpc.models.checkpoint import read_meta
 
-    row = register_model(STATE.registry(), name, checkpoint, task_id=task_id, run_id=run_id)
-    console.print(f"model [bold]{row.name}[/] registered (id {row.id})")
+    read_meta(checkpoint)  # a file that is not a classifier checkpoint: refused, nothing copied
+    row = promote_checkpoint(
+        STATE.registry(), STATE.workspace, name, checkpoint, task_id=task_id, run_id=run_id
+    )
+    console.print(f"model [bold]{row.name}[/] registered (id {row.id}): copied to {row.path}")
 
 
 @model_app.command("export")

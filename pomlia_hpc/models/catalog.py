@@ -21,7 +21,7 @@ from pomlia_hpc.errors import NotFoundError, PomliaError
 from pomlia_hpc.files import atomic_target
 from pomlia_hpc.models.card import MODEL_NAME_MAX, model_card
 from pomlia_hpc.names import validate_name
-from pomlia_hpc.registry import Model, Registry
+from pomlia_hpc.registry import Model, Registry, Run, Task
 from pomlia_hpc.registry.lookup import by_name_or_id
 from pomlia_hpc.workspace import Workspace
 
@@ -115,10 +115,23 @@ def promote_checkpoint(
         if exist_ok:
             return existing
         raise PomliaError(_taken(name, existing.id))  # before its checkpoint is overwritten
+    _check_ids(registry, task_id, run_id)
     dst = workspace.path("models", f"{name}.pt")
     with atomic_target(dst) as tmp:
         shutil.copyfile(checkpoint, tmp)
-    return register_model(registry, name, dst, task_id=task_id, run_id=run_id, lineage=lineage)
+    try:
+        return register_model(registry, name, dst, task_id=task_id, run_id=run_id, lineage=lineage)
+    except BaseException:
+        dst.unlink(missing_ok=True)  # not registered: its copy must not stay either
+        raise
+
+
+def _check_ids(registry: Registry, task_id: int | None, run_id: int | None) -> None:
+    """Refuse a task or run id that is not in the registry (before anything is copied)."""
+    with registry.session() as s:
+        for kind, table, ref in (("task", Task, task_id), ("run", Run, run_id)):
+            if ref is not None and s.get(table, ref) is None:
+                raise NotFoundError(f"{kind} id {ref} is not in the registry")
 
 
 def resolve_model(registry: Registry, ref: str) -> Model:
