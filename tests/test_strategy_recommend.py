@@ -150,6 +150,14 @@ def test_recommend_max_cost_and_bad_input(workspace: Workspace, reg: Registry) -
     assert [(o.source, o.value) for o in own] == [("registry", 0.5)]
     assert table.meta["bloodmnist (published)"]["n_train"] == 11959
     assert table.meta["bloodmnist"]["n_train"] != 11959
+    # a limit nothing meets: said so, and nothing recorded (it looked like a missing space)
+    with reg.session() as s:
+        n_recorded = s.query(Recommendation).count()
+    bad = runner.invoke(app, ["recommend", "blood", "--max-cost", "0.0001", "--write-initial", "w"])
+    assert isinstance(bad.exception, InputError), bad.output
+    assert "no strategy fits --max-cost 0.0001 s on this task: the cheapest" in str(bad.exception)
+    with reg.session() as s:
+        assert s.query(Recommendation).count() == n_recorded
     bad = runner.invoke(app, ["recommend", "nosuchtask"])
     assert isinstance(bad.exception, NotFoundError) and "not found; known:" in str(bad.exception)
     bad = runner.invoke(app, ["recommend", "blood", "--k", "0"])

@@ -417,6 +417,13 @@ def recommend(
         if (max_cost_s is None or all_costs[j].wall_s <= max_cost_s)
         and (max_gpu_hours is None or all_costs[j].gpu_hours <= max_gpu_hours)
     ]
+    if not allowed:  # said here: an empty answer (recorded) would look like a missing space
+        cheapest = min(all_costs.values(), key=lambda c: c.wall_s)
+        raise InputError(
+            f"no strategy fits {_limits(max_cost_s, max_gpu_hours)} on this task: the cheapest "
+            f"expected costs {cheapest.wall_s:.0f} s ({cheapest.gpu_hours:.2g} GPU-hours); "
+            "raise the limit or leave it out"
+        )
     picked = allowed[:k]
     evidence_runs = [rid for (_, j), ids in m.evidence.items() if j in set(allowed) for rid in ids]
     hp = run_hparams(registry, evidence_runs)
@@ -529,6 +536,14 @@ def recommend(
         answer["recommendation_id"] = _record(registry, target, answer, asked)
     answer["seconds"] = round(time.perf_counter() - t0, 3)
     return answer
+
+
+def _limits(max_cost_s: float | None, max_gpu_hours: float | None) -> str:
+    """The cost limits asked for, as the command line names them."""
+    parts = [f"--max-cost {max_cost_s:g} s"] if max_cost_s is not None else []
+    if max_gpu_hours is not None:
+        parts.append(f"--max-gpu-hours {max_gpu_hours:g}")
+    return " and ".join(parts)
 
 
 def _num(x: float) -> float | None:
