@@ -10,8 +10,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from rich.console import Console
 
 from pomlia_hpc.automl.study import StudyView, TrialLog, TrialView, trial_line
+from pomlia_hpc.cli.automl import study_table
 
 
 def _trial(run_id: int, status: str, objective: float | None = None, cause: str = "") -> TrialView:
@@ -90,3 +92,14 @@ def test_a_trial_job_says_which_trial_it_is_and_stamps_its_epochs(
         lines[0],
     ), lines
     assert re.fullmatch(stamp + r"epoch 1/2 loss 0\.2500 \(1\.5 s\)", lines[1]), lines
+
+
+def test_the_final_training_is_not_counted_as_a_trial_beyond_trials() -> None:
+    """`--trials 2` ran 3 jobs (the final training of the best) and said "3/2 trials"."""
+    trials = [_trial(i, "ok", 0.5) for i in range(1, 6)]
+    console = Console(width=200, record=True)
+    console.print(study_table(_view(*trials)))
+    assert "s: 4/4 trials + final training" in console.export_text()
+    lines: list[str] = []
+    TrialLog(lines.append)(_view(*trials))
+    assert lines[-1].endswith("[5/5 ended]")

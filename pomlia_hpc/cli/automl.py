@@ -84,9 +84,15 @@ def study_table(view: Any) -> Table:
         if best
         else "best so far: none yet"
     )
+    # runs beyond --trials: the final training of the best (it is not a trial of the search)
+    extra = len(view.trials) - view.n_trials
+    runs = (
+        f"{view.n_trials}/{view.n_trials} trials + final training"
+        if extra > 0
+        else (f"{len(view.trials)}/{view.n_trials} trials")
+    )
     table = Table(
-        title=f"study {view.name}: {len(view.trials)}/{view.n_trials} trials, "
-        f"{view.spent_epochs}{budget} epochs",
+        title=f"study {view.name}: {runs}, {view.spent_epochs}{budget} epochs",
         caption=caption,
     )
     for col in (
@@ -166,7 +172,13 @@ def automl_run(
     ctx: typer.Context,
     task: Annotated[str, typer.Argument(help="Registered task name or id.")],
     trials: Annotated[
-        int, typer.Option("--trials", help="Trials (jobs) at most, promotions included.")
+        int,
+        typer.Option(
+            "--trials",
+            help="Trials (jobs) at most, promotions and a warm start's first training "
+            "included; the final training of the best configuration to the full budget "
+            "(see --final) comes on top.",
+        ),
     ] = 20,
     max_epochs: Annotated[
         int | None,

@@ -108,7 +108,8 @@ class TrialLog:
     def __call__(self, view: StudyView) -> None:
         changed = [t for t in view.trials if self._seen.get(t.run_id) != t.status]
         ended = sum(x.status in ENDED for x in view.trials)
-        tail = f" [{ended}/{view.n_trials} ended]" if self.counts else ""
+        # the final training of the best comes on top of --trials: never "5/4 ended"
+        tail = f" [{ended}/{max(view.n_trials, len(view.trials))} ended]" if self.counts else ""
         for t in changed:
             self._seen[t.run_id] = t.status
             self.log(f"{self.prefix}{trial_line(t, view.metric)}{tail}")
