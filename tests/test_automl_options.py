@@ -8,10 +8,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from typer.testing import CliRunner
 
+import pomlia_hpc.automl.study as study_mod
 from pomlia_hpc.automl.budget import default_budget
 from pomlia_hpc.automl.options import EngineOptions
 from pomlia_hpc.automl.study import SPEC_FILE, StudyOptions, create_study, load_spec, study_dir
+from pomlia_hpc.cli import app
 from pomlia_hpc.errors import ConfigError, InputError, PomliaError
 from pomlia_hpc.registry import Registry
 from pomlia_hpc.workspace import Workspace
@@ -144,3 +147,18 @@ def test_a_trial_job_of_the_small_cnn_does_not_import_torchvision() -> None:
         "assert 'torchvision' in sys.modules\n"
     )
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_ctrl_c_during_a_study_says_how_to_resume_without_a_traceback(
+    workspace: Workspace, reg: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def interrupted(*_a: Any, **_k: Any) -> None:
+        raise KeyboardInterrupt
+
+    tiny_task(workspace, reg, "t", "bloodmnist", "acc")
+    monkeypatch.setattr(study_mod, "run_study", interrupted)
+    res = CliRunner().invoke(app, ["automl", "run", "t", "--study", "s", "--trials", "1"])
+    assert res.exit_code == 130 and not isinstance(res.exception, KeyboardInterrupt)
+    said = " ".join(res.output.split())
+    assert "interrupted: study s stopped" in said
+    assert "pomlia automl run t --study s --resume" in said

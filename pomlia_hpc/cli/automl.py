@@ -11,7 +11,7 @@ import typer
 from rich.table import Table
 from rich.text import Text
 
-from pomlia_hpc.cli.app import STATE, app, console, profile_for
+from pomlia_hpc.cli.app import STATE, app, console, err_console, profile_for
 from pomlia_hpc.errors import InputError
 from pomlia_hpc.progress import Reporter, progress
 from pomlia_hpc.vocab import METRICS, RunStatus
@@ -362,10 +362,25 @@ def automl_run(
         f"study [bold]{spec.name}[/] on task {spec.task} ({spec.dataset}, metric "
         f"{spec.metric}), {spec.options.optimizer}, executor '{spec.options.executor}'"
     )
-    with progress(
-        f"study {spec.name}", spec.options.n_trials, unit="trials", console=console, live_view=True
-    ) as bar:
-        result = run_study(reg, ws, spec, resume=resume, on_update=_reporter(bar))
+    try:
+        with progress(
+            f"study {spec.name}",
+            spec.options.n_trials,
+            unit="trials",
+            console=console,
+            live_view=True,
+        ) as bar:
+            result = run_study(reg, ws, spec, resume=resume, on_update=_reporter(bar))
+    except KeyboardInterrupt:
+        # Not a traceback: the study is consistent (its state is saved after every ask and
+        # tell), and its unfinished trials stay 'running' until a resume takes them up.
+        err_console.print(
+            f"[yellow]interrupted:[/] study {spec.name} stopped; its unfinished trials stay "
+            f"'running' until `pomlia automl run {spec.task} --study {spec.name} --resume` "
+            "takes them up (jobs: `pomlia jobs list`)",
+            soft_wrap=True,
+        )
+        raise typer.Exit(130) from None
     if result.best_run_id is None:
         if result.n_ok:
             # They trained, but the metric cannot be computed on this validation split.
