@@ -3,7 +3,10 @@ examples at the foot of the main commands' help that parse with the commands' re
 
 from __future__ import annotations
 
+import os
 import shlex
+import subprocess
+import sys
 from typing import Any
 
 import pytest
@@ -56,3 +59,17 @@ def test_option_help_gives_units() -> None:
         helps = {p.name: getattr(p, "help", "") or "" for p in _command(path).params}
         for name, unit in params.items():
             assert unit in helps[name], (path, name, helps[name])
+
+
+def test_help_to_a_pipe_is_as_wide_as_other_output() -> None:
+    """Typer's help console folded option help at 80 columns in a pipe ("POMLIA_MEDMNIST_ROO…")."""
+    env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "TERMINAL_WIDTH")}
+    out = subprocess.run(
+        [sys.executable, "-m", "pomlia_hpc", "data", "add", "--help"],
+        capture_output=True,
+        text=True,
+        env=env,
+        check=True,
+    ).stdout
+    assert "(env POMLIA_MEDMNIST_ROOT)" in out
+    assert max(len(line) for line in out.splitlines()) > 80

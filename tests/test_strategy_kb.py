@@ -68,6 +68,7 @@ def test_a_table_with_gpu_hours_only_gives_its_costs(registry: Registry, tmp_pat
         (GOOD + "c,vgg,scratch,full,28,acc,0.5,\n", "line 4, column 'dataset': data set 'c'"),
         (GOOD + "a,vgg,scratch,full,big,acc,0.5,\n", "line 4, column 'img_size'"),
         (HEADER.replace("std", "sdt") + "a,r,s,full,28,acc,0.9,\n", "unknown column(s) sdt"),
+        (GOOD + "a,vgg,scratch,full,28\n", "line 4: 5 cells, fewer than the header's 8 columns"),
     ],
 )
 def test_bad_file_is_one_error_and_nothing_imported(

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+import typer.rich_utils
 from rich.console import Console
 from sqlalchemy.exc import DBAPIError
 
@@ -34,6 +35,10 @@ def _console(*, stderr: bool = False) -> Console:
 
 console = _console()
 err_console = _console(stderr=True)
+if not console.is_terminal and not (os.environ.get("COLUMNS") or os.environ.get("TERMINAL_WIDTH")):
+    # --help to a file or a pipe: as wide as the other output (typer's own console folded
+    # option help at 80 columns mid-word)
+    typer.rich_utils.MAX_WIDTH = FILE_WIDTH
 
 app = typer.Typer(
     name="pomlia",

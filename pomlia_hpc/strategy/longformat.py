@@ -115,6 +115,12 @@ def _rows(path: Path) -> Iterator[tuple[int, dict[str, str]]]:
                         f"{path}: line {reader.line_num}: more cells than the header's "
                         f"{len(reader.fieldnames)} columns"
                     )
+                if None in row.values():  # DictReader fills a short row's last cells with None
+                    n = sum(v is not None for v in row.values())
+                    raise InputError(
+                        f"{path}: line {reader.line_num}: {n} cells, fewer than the header's "
+                        f"{len(reader.fieldnames)} columns"
+                    )
                 yield reader.line_num, row
     except OSError as exc:
         raise InputError(f"{path}: cannot be read ({exc.strerror})") from exc
