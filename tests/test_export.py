@@ -399,6 +399,8 @@ def test_export_command_registers_the_bundle(tmp_path: Path, workspace: Workspac
         assert key in card
     listed = runner.invoke(app, ["model", "list"])
     assert "grade" in listed.output and bundle_dir.name in listed.output
+    (line,) = [ln for ln in listed.output.splitlines() if " grade " in ln]
+    assert line.split("│")[3].strip() == "-"  # no task (its task type was shown there)
     missing = runner.invoke(app, ["model", "export", "nope"])
     assert missing.exit_code != 0
     assert isinstance(missing.exception, NotFoundError)

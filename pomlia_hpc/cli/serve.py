@@ -120,7 +120,7 @@ def list_models(
         table.add_row(
             str(m.id),
             m.name,
-            task_name or str((card.get("task") or {}).get("type", "")),
+            task_name or "-",  # no task: not its task type, which read as a task name
             str(lin.get("dataset", "")),
             str(m.run_id or ""),
             str(lin.get("study", "")),
