@@ -313,6 +313,7 @@ class TrialRunner:
             if damage is not None:
                 # Every trial reads the same data: stop the study (nothing trained on damaged
                 # data is registered) rather than let each trial crash on the same chunk.
+                self.emit()  # the table's last frame shows this trial crashed, not running
                 raise damage from exc
             return
         self.record_ok(opt, act.run_id, act.proposal, result)
