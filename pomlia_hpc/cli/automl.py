@@ -84,13 +84,9 @@ def study_table(view: Any) -> Table:
         if best
         else "best so far: none yet"
     )
-    # runs beyond --trials: the final training of the best (it is not a trial of the search)
-    extra = len(view.trials) - view.n_trials
-    runs = (
-        f"{view.n_trials}/{view.n_trials} trials + final training"
-        if extra > 0
-        else (f"{len(view.trials)}/{view.n_trials} trials")
-    )
+    runs = f"{len(view.trials)}/{view.n_trials} trials"
+    if len(view.trials) > view.n_trials:  # the final training of the best is not a trial
+        runs = f"{view.n_trials}/{view.n_trials} trials + final training"
     table = Table(
         title=f"study {view.name}: {runs}, {view.spent_epochs}{budget} epochs",
         caption=caption,
