@@ -16,7 +16,6 @@ The answer is recorded in ``recommendations``.
 from __future__ import annotations
 
 import math
-import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -24,15 +23,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from sqlalchemy import select
 
 from pomlia_hpc.errors import InputError, NotFoundError
 from pomlia_hpc.files import write_json_atomic
 from pomlia_hpc.registry import (
     DatasetVersion,
-    Encoder,
-    FingerprintSet,
-    Model,
     Recommendation,
     Registry,
     Task,
@@ -65,16 +60,7 @@ from pomlia_hpc.strategy.learner import (
     meta_vector,
     similarity_label,
 )
-
-#: Architectures of the AutoML space, by :func:`pomlia_hpc.strategy.cost.arch_key`.
-SPACE_ARCHS = {
-    "smallcnn": "small_cnn",
-    "resnet18": "resnet18",
-    "resnet34": "resnet34",
-    "mobilenetv3small": "mobilenet_v3_small",
-    "resnet18imagenet": "resnet18_imagenet",
-}
-FROZEN = ("linear_probe", "knn")
+from pomlia_hpc.strategy.translate import Sources, available_sources, to_automl, with_hparams
 
 
 @dataclass(frozen=True)
@@ -103,30 +89,6 @@ def get_target(registry: Registry, ref: str) -> TargetTask:
         )
 
 
-@dataclass(frozen=True)
-class Sources:
-    """Initial weights available for this task."""
-
-    encoder: str | None = None  # encoder name
-    encoder_arch: str | None = None
-    model: str | None = None  # a registered model of a similar task
-    model_arch: str | None = None
-    model_task: str | None = None
-    imagenet: tuple[str, ...] = ()  # architectures with ImageNet weights on local disk
-
-
-def _imagenet_local() -> tuple[str, ...]:
-    """Architectures whose torchvision ImageNet weights are in the local torch hub cache."""
-    home = Path(os.environ.get("TORCH_HOME", Path.home() / ".cache" / "torch"))
-    folder = home / "hub" / "checkpoints"
-    found = []
-    if folder.is_dir():
-        for prefix, arch in (("resnet18-", "resnet18"), ("resnet34-", "resnet34")):
-            if any(p.name.startswith(prefix) for p in folder.iterdir()):
-                found.append(arch)
-    return tuple(found)
-
-
 def failure_rate(m: Matrix, w: np.ndarray, j: int) -> float | None:
     """The share of strategy ``j``'s registry runs that failed, over the tasks where it ran,
     weighted by their similarity ``w`` (``None`` where it never ran: published tables record
@@ -138,121 +100,6 @@ def failure_rate(m: Matrix, w: np.ndarray, j: int) -> float | None:
     return float(np.average(m.fail[rows, j], weights=weights))
 
 
-def available_sources(registry: Registry, target: TargetTask, similar_tasks: list[str]) -> Sources:
-    """Initial weights this task could start from: an encoder with the task's embeddings, the
-    best registered model of the most similar task, ImageNet weights on local disk."""
-    with registry.session() as s:
-        enc = s.execute(
-            select(Encoder.name, Encoder.config)
-            .join(FingerprintSet, FingerprintSet.encoder_id == Encoder.id)
-            .where(
-                FingerprintSet.dataset_version_id == target.dataset_version_id,
-                FingerprintSet.status == "complete",
-            )
-            .order_by(Encoder.id.desc())
-            .limit(1)
-        ).first()
-        model = None
-        tasks = dict(s.execute(select(Task.name, Task.id)).all())
-        for name in similar_tasks:
-            tid = tasks.get(name)
-            if tid is None or tid == target.id:
-                continue
-            row = s.execute(
-                select(Model.name, Model.lineage)
-                .where(Model.task_id == tid)
-                .order_by(Model.id.desc())
-                .limit(1)
-            ).first()
-            if row is not None:
-                arch = (row[1] or {}).get("config", {}).get("arch")
-                model = (row[0], arch, name)
-                break
-    encoder_arch = None
-    if enc is not None:
-        stem = (enc[1] or {}).get("stem", "imagenet")
-        encoder_arch = "resnet18" if stem == "small" else "resnet18_imagenet"
-    return Sources(
-        encoder=enc[0] if enc else None,
-        encoder_arch=encoder_arch,
-        model=model[0] if model else None,
-        model_arch=model[1] if model else None,
-        model_task=model[2] if model else None,
-        imagenet=_imagenet_local(),
-    )
-
-
-def to_automl(
-    strategy: dict[str, Any], src: Sources, image_size: int | None = None
-) -> tuple[dict[str, Any] | None, str]:
-    """The strategy as AutoML hyperparameter values (``None`` if the space cannot express it)
-    and a note on what was substituted. ``image_size``: the task's input size (px); the space
-    trains at that size, so a strategy of another input size is noted as changed."""
-    arch = SPACE_ARCHS.get(costs.arch_key(str(strategy.get("arch", ""))))
-    mode = str(strategy.get("mode", "full"))
-    init = str(strategy.get("init", "scratch"))
-    if mode not in ("full", "linear_probe", "freeze_unfreeze", "knn"):
-        return None, f"training mode '{mode}' is not in the AutoML space"
-    if arch is None:
-        return None, f"architecture '{strategy.get('arch')}' is not in the AutoML space"
-    notes = []
-    values: dict[str, Any] = {"arch": arch}
-    if init == "scratch":
-        if mode in FROZEN:
-            return None, "frozen features need pretrained weights"
-    else:
-        if src.encoder_arch and costs.arch_key(src.encoder_arch).startswith(costs.arch_key(arch)):
-            values.update(arch=src.encoder_arch, init="encoder")
-            notes.append(f"pretrained weights: the fingerprint encoder '{src.encoder}'")
-        elif src.model_arch and costs.arch_key(src.model_arch).startswith(costs.arch_key(arch)):
-            values.update(arch=src.model_arch, init="model")
-            notes.append(f"pretrained weights: model '{src.model}' of task '{src.model_task}'")
-        elif mode in FROZEN:
-            return None, "no pretrained weights of this architecture are available here"
-        else:
-            notes.append("no pretrained weights of this architecture here: trained from scratch")
-    if "init" in values:
-        values["mode"] = "linear_probe" if mode in FROZEN else mode
-        if mode == "knn":
-            notes.append("k-NN on frozen features mapped to a linear probe")
-    if strategy.get("extra_data") == "nearest":
-        if src.encoder:  # the nearest images are found with the encoder's index
-            values["extra_data"] = "nearest"
-        else:
-            notes.append("no fingerprint encoder with this task's embeddings: no extra images")
-    px = strategy.get("img_size")
-    if image_size and px and int(px) != int(image_size):
-        notes.append(f"input size: the task's {image_size} px, not {px} px (no resizing here)")
-    return values, "; ".join(notes)
-
-
-def with_hparams(values: dict[str, Any], hparams: dict[str, Any]) -> dict[str, Any]:
-    """``values`` plus the hyperparameters of a run that are active for them (conditions of
-    :func:`pomlia_hpc.automl.space.build_space`)."""
-    out = dict(values)
-    mode = values.get("mode", "full")
-    for key, v in hparams.items():
-        if v is None or key in out:
-            continue
-        if key == "lr" and mode == "linear_probe":
-            continue
-        if key == "lr_head" and mode not in ("linear_probe", "freeze_unfreeze"):
-            continue
-        if key == "unfreeze_epoch" and mode != "freeze_unfreeze":
-            continue
-        if key == "momentum" and hparams.get("optimizer") != "sgd":
-            continue
-        if key == "extra_n" and values.get("extra_data") != "nearest":
-            continue
-        out[key] = v
-    return out
-
-
-#: A strategy joins the warm start only when its expected regret is within this many metric
-#: points (x 100) of the best expressible strategy's: one the knowledge base expects to lose by
-#: more is not supported by the recommendation, and its architecture would widen the space that
-#: the warm start narrows (a 28-px MobileNet expected 40 points behind a small CNN once took a
-#: third of a warm-started study's initial design).
 WARM_MARGIN = 5.0
 
 
@@ -397,7 +244,7 @@ def recommend(
     # a model to start from: of the registry's tasks among the 5 most similar data sets (a
     # published data set named like a task is not that task)
     near = [m.datasets[i] for i in by_weight[:5] if i in tasks]
-    src = available_sources(registry, target, near)
+    src = available_sources(registry, target.id, target.dataset_version_id, near)
 
     def cost_of(j: int) -> costs.Cost:
         """Measured on the most similar data set with a cost, else estimated."""
