@@ -196,6 +196,31 @@ def test_report_replaces_a_report_but_not_other_folders(
     with pytest.raises(InputError, match="not a pomlia report"):
         build_report(reg, workspace, other)
     assert (other / "keep.txt").read_text() == "mine"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert build_report(reg, workspace, empty).folder == empty
+
+
+def test_a_folder_with_an_index_but_no_marker_is_not_replaced(
+    workspace: Workspace, reg: Registry, tmp_path: Path
+) -> None:
+    """`pomlia report --out mysite` replaced any folder holding an index.html (a web site, a
+    thesis folder): its other files were lost. Only a folder carrying the report's marker
+    (one a report wrote) is replaced now."""
+    site = tmp_path / "mysite"
+    site.mkdir()
+    (site / "index.html").write_text("<html/>")
+    (site / "thesis.tex").write_text("precious")
+    with pytest.raises(InputError, match=r"no \.pomlia-report file\) but holds an index\.html"):
+        build_report(reg, workspace, site)
+    assert sorted(p.name for p in site.iterdir()) == ["index.html", "thesis.tex"]
+    assert (site / "index.html").read_text() == "<html/>"
+    # A report folder carries the marker, so the next report replaces it.
+    report = build_report(reg, workspace, tmp_path / "r").folder
+    assert (report / ".pomlia-report").is_file()
+    (report / "notes.txt").write_text("left in a report folder")
+    build_report(reg, workspace, report)
+    assert not (report / "notes.txt").exists() and (report / ".pomlia-report").is_file()
 
 
 def test_an_out_that_is_a_file_or_unwritable_is_one_error(

@@ -1,7 +1,9 @@
 """Write the report: one HTML page per section whose data exists, plus an overview.
 
 The folder is written under a temporary name next to ``out_dir`` and renamed into place, so a
-reader never sees half a report; an existing report there is replaced as a whole.
+reader never sees half a report. An existing folder is replaced as a whole only when it carries
+the report's marker file (:data:`MARKER`), so only a folder a report wrote is ever replaced;
+any other folder that holds something is refused (its files could be anyone's).
 """
 
 from __future__ import annotations
@@ -28,6 +30,15 @@ from pomlia_hpc.registry import (
 from pomlia_hpc.report import pages_data, pages_learn, pages_strategy
 from pomlia_hpc.report.html import esc, page, table
 from pomlia_hpc.workspace import Workspace
+
+#: The file every report folder holds: the proof that ``pomlia report`` wrote the folder, and
+#: so may replace it. A folder with pages but no marker (ours before the marker existed, or
+#: someone's web site) is refused rather than guessed at.
+MARKER = ".pomlia-report"
+MARKER_TEXT = (
+    "This folder was written by `pomlia report`; the next `pomlia report` into it replaces it\n"
+    "as a whole. Keep nothing else here.\n"
+)
 
 PageFn = Callable[[Registry, Workspace], str | None]
 
@@ -77,6 +88,34 @@ def _counts(registry: Registry) -> list[tuple[str, int]]:
         ]
 
 
+def check_out_folder(out: Path) -> None:
+    """Refuse ``out`` unless the report may be written there: a new or empty folder, or one
+    that holds a report (its :data:`MARKER`). Creates the parent folder."""
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"report folder {out} cannot be created: {exc.strerror}") from exc
+    if not out.exists() or (out / MARKER).is_file():
+        return
+    if not out.is_dir():
+        raise InputError(f"{out} is a file: expected a folder for the report (new or a report)")
+    if not any(out.iterdir()):
+        return
+    if (out / "index.html").is_file():
+        # A report of a pomlia before the marker, or a web site: replacing would lose
+        # whatever else is in it, so the user decides.
+        raise InputError(
+            f"{out} is not a pomlia report folder (no {MARKER} file) but holds an index.html; "
+            "the report replaces its folder as a whole, so it writes only into a new or empty "
+            f"folder or one a report wrote. If {out} is a report of an older pomlia, remove "
+            "it first; otherwise pass another --out"
+        )
+    raise InputError(
+        f"{out} is not a pomlia report folder (no {MARKER} file) and is not empty: expected a "
+        "new or empty folder, or one a report wrote (pass another --out)"
+    )
+
+
 def build_report(
     registry: Registry,
     workspace: Workspace,
@@ -85,17 +124,7 @@ def build_report(
 ) -> ReportResult:
     """Write the report of ``workspace`` into ``out_dir`` (default ``<home>/reports/html``)."""
     out = (out_dir or workspace.path("reports", "html")).expanduser().resolve()
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InputError(f"report folder {out} cannot be created: {exc.strerror}") from exc
-    if out.exists() and not out.is_dir():
-        raise InputError(f"{out} is a file: expected a folder for the report (new or a report)")
-    if out.exists() and not (out / "index.html").is_file() and any(out.iterdir()):
-        raise InputError(
-            f"{out} exists and is not a pomlia report (no index.html): expected a new or "
-            "report folder"
-        )
+    check_out_folder(out)
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     bodies: list[tuple[str, str, str]] = []
     for file, title, builder in PAGES:
@@ -117,6 +146,7 @@ def build_report(
     try:
         with staged_dir(out, replace=True) as staged:
             tmp = staged.path
+            (tmp / MARKER).write_text(MARKER_TEXT)
             written = [tmp / "index.html"]
             written[0].write_text(page("Workspace report", overview, nav, "index.html", stamp))
             for file, title, body in bodies:
