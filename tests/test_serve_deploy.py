@@ -14,9 +14,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from typer.testing import CliRunner
+from typer.testing import CliRunner, Result
 
 from pomlia_hpc.cli import app
+from pomlia_hpc.errors import InputError
 from pomlia_hpc.models.catalog import register_model
 from pomlia_hpc.registry import Deployment, Registry
 from pomlia_hpc.serve.demo import cached_demo_bundle
@@ -25,6 +26,7 @@ from pomlia_hpc.serve.predlog import read_records
 from pomlia_hpc.serve.records import PredictionLine
 from pomlia_hpc.serve.smoke import smoke
 from pomlia_hpc.workspace import Workspace
+from tests.fixtures.fake_slurm import FakeSlurm
 
 REPO = Path(__file__).resolve().parents[1]
 DEF = REPO / "containers" / "apptainer.def"
@@ -127,6 +129,12 @@ def test_definition_test_section_passes(bundle: Path) -> None:
     assert "smoke test ok" in proc.stdout
 
 
+def refusal(result: Result) -> str:
+    """The message of the :class:`InputError` a command ended with (exit code 2 for a user)."""
+    assert isinstance(result.exception, InputError), result.output
+    return str(result.exception)
+
+
 def register_exported(workspace: Workspace, bundle: Path) -> Registry:
     """Register the cached demo checkpoint as 'demo' with its existing export (no re-export)."""
     reg = Registry.open(workspace.db_url)
@@ -178,12 +186,67 @@ def test_deploy_writes_a_buildable_directory(deployed: tuple[Registry, Path]) ->
     assert (
         subprocess.run(["bash", "-n", str(directory / "serve.sbatch")], check=False).returncode == 0
     )
-    again = CliRunner().invoke(app, ["deploy", "demo"])
-    assert again.exit_code != 0 and "already exists" in str(again.exception)
-    submit = CliRunner().invoke(
-        app, ["deploy", "demo", "--out", str(directory.parent / "x"), "--submit"]
-    )
-    assert submit.exit_code != 0 and "build it first" in str(submit.exception)
+    again = CliRunner().invoke(app, ["deploy", "demo"])  # the workspace's profile, not haicore
+    assert "already exists" in refusal(again)
+    assert "serve.sbatch other than this cluster profile gives" in refusal(again)
+
+
+def test_submit_checks_the_image_first_and_reuses_the_written_directory(
+    workspace: Workspace, bundle: Path, fake_slurm: FakeSlurm
+) -> None:
+    """`pomlia deploy MODEL --submit` wrote the directory, then failed for want of the image;
+    run again once the image was built, it refused the directory it had written itself. The
+    image is checked before anything is written now, and the directory written for the same
+    bundle and profile is reused with its deployment."""
+    reg = register_exported(workspace, bundle)
+    deploys = workspace.path("models", "demo", "deploy")
+    cli = CliRunner()
+    first = cli.invoke(app, ["deploy", "demo", "--profile", "haicore", "--submit"])
+    assert "holds no deployment yet" in refusal(first)
+    assert "nothing was written" in refusal(first)
+    assert not deploys.exists() or not any(deploys.iterdir())
+    with reg.session() as s:
+        assert s.query(Deployment).count() == 0
+    wrote = cli.invoke(app, ["deploy", "demo", "--profile", "haicore"])
+    assert wrote.exit_code == 0, wrote.output
+    (directory,) = deploys.iterdir()
+    before = {p: p.read_bytes() for p in directory.rglob("*") if p.is_file()}
+    no_image = cli.invoke(app, ["deploy", "demo", "--profile", "haicore", "--submit"])
+    assert "build it first" in refusal(no_image)
+    (directory / "pomlia-serve.sif").write_bytes(b"built image")  # apptainer build
+    fake_slurm.hold()
+    submitted = cli.invoke(app, ["deploy", "demo", "--profile", "haicore", "--submit"])
+    assert submitted.exit_code == 0, submitted.output
+    assert "reused" in submitted.output and "submitted: registry job" in submitted.output
+    after = {p: p.read_bytes() for p in directory.rglob("*") if p.is_file()}
+    assert after == {**before, directory / "pomlia-serve.sif": b"built image"}
+    with reg.session() as s:
+        (dep,) = s.query(Deployment).all()
+        assert dep.status == "submitted" and dep.job_id is not None
+    (sbatch,) = fake_slurm.calls("sbatch")
+    assert sbatch[-1] == str(directory / "serve.sbatch")
+
+
+def test_an_out_that_is_a_file_or_another_deployment_is_refused_fittingly(
+    deployed: tuple[Registry, Path], tmp_path: Path
+) -> None:
+    """`deploy write M --out FILE` said "remove it or pass --out" although --out was given."""
+    afile = tmp_path / "notes.txt"
+    afile.write_text("mine")
+    res = CliRunner().invoke(app, ["deploy", "write", "demo", "--out", str(afile)])
+    message = refusal(res)
+    assert "notes.txt is a file: expected a folder" in message
+    assert "choose another --out" in message and "pass --out" not in message
+    assert afile.read_text() == "mine"
+    other = tmp_path / "site"
+    other.mkdir()
+    (other / "index.html").write_text("<html/>")
+    res = CliRunner().invoke(app, ["deploy", "demo", "--profile", "haicore", "--out", str(other)])
+    assert "already exists and holds no deployment" in refusal(res)
+    assert "choose another --out" in refusal(res)
+    assert [p.name for p in other.iterdir()] == ["index.html"]
+    default = CliRunner().invoke(app, ["deploy", "demo", "--profile", "local"])
+    assert "remove it or pass --out DIR" in refusal(default)
 
 
 def test_sbatch_script_runs_the_server_and_prints_its_address(

@@ -336,18 +336,23 @@ def deploy(
         ),
     ] = False,
 ) -> None:
-    """Write MODEL's bundle, Apptainer definition and sbatch script (and optionally submit)."""
+    """Write MODEL's bundle, Apptainer definition and sbatch script (and optionally submit).
+
+    Run again for the same model version and profile, it reuses the directory (and its
+    deployment id): write, build the image there, then `pomlia deploy MODEL --submit`."""
     from pomlia_hpc.config import load_cluster_profile
-    from pomlia_hpc.serve.deploy import submit_deployment, write_deployment
+    from pomlia_hpc.serve.deploy import IMAGE, submit_deployment, write_deployment
 
     ws = STATE.workspace
     prof = load_cluster_profile(profile or ws.cluster_profile)
-    res = write_deployment(STATE.registry(), ws, model, prof, out_dir=out)
-    console.print(f"deployment {res.deployment_id} written to [bold]{res.directory}[/]")
-    console.print(
-        f"  build : cd {res.directory} && apptainer build pomlia-serve.sif apptainer.def",
-        highlight=False,
-    )
+    res = write_deployment(STATE.registry(), ws, model, prof, out_dir=out, need_image=submit)
+    done = "reused (written before for this version and profile)" if res.reused else "written"
+    console.print(f"deployment {res.deployment_id} {done} in [bold]{res.directory}[/]")
+    if not (res.directory / IMAGE).is_file():
+        console.print(
+            f"  build : cd {res.directory} && apptainer build {IMAGE} apptainer.def",
+            highlight=False,
+        )
     console.print(
         f"  serve : cd {res.directory} && sbatch serve.sbatch   "
         "(the address is printed in the job output and written to ./address)",

@@ -13,11 +13,14 @@ The server logs to ``<home>/logs/predictions/<name>/`` (bound at ``/logs`` in th
 where the monitoring job reads, and each record carries the deployment id.
 
 Then, on the cluster: ``apptainer build pomlia-serve.sif apptainer.def && sbatch serve.sbatch``
-(or ``pomlia deploy MODEL --submit`` once the image exists).
+(or ``pomlia deploy MODEL --submit`` once the image exists: the directory written for the same
+bundle and profile is reused, with its deployment id; ``--submit`` checks the image before
+writing anything).
 """
 
 from __future__ import annotations
 
+import filecmp
 import re
 import shlex
 import shutil
@@ -29,8 +32,9 @@ from pomlia_hpc.config import ClusterProfile
 from pomlia_hpc.errors import InputError
 from pomlia_hpc.files import staged_dir
 from pomlia_hpc.models.catalog import resolve_model
-from pomlia_hpc.registry import Deployment, Registry
+from pomlia_hpc.registry import Deployment, Model, Registry
 from pomlia_hpc.serve.export import bundle_for_model, export_model
+from pomlia_hpc.serve.exported import ExportedBundle
 from pomlia_hpc.serve.predlog import log_dir
 from pomlia_hpc.workspace import Workspace
 
@@ -40,6 +44,8 @@ SBATCH_TEMPLATE = Path("jobs") / "serve.sbatch"
 SOURCE_ITEMS = ("pyproject.toml", "requirements.lock", "README.md", "pomlia_hpc", "configs")
 SETTINGS_BLOCK = re.compile(r"# >>> pomlia deploy settings.*?# <<< pomlia deploy settings", re.S)
 SECTION = re.compile(r"^%(\w+)\s*$", re.M)
+DEPLOYMENT_ID_LINE = re.compile(r"^DEPLOYMENT_ID=\$\{POMLIA_DEPLOYMENT_ID:-(\d+)\}$", re.M)
+IMAGE = "pomlia-serve.sif"
 
 
 @dataclass(frozen=True)
@@ -51,6 +57,7 @@ class DeployResult:
     def_file: Path
     sbatch_file: Path
     job_id: int | None = None
+    reused: bool = False  # the directory was written before (same bundle and profile)
 
 
 def parse_def(text: str) -> tuple[dict[str, str], dict[str, str]]:
@@ -166,6 +173,94 @@ def _copy_source(dest: Path, root: Path) -> None:
             shutil.copy2(src, dest / item)
 
 
+def _sbatch_text(
+    workspace: Workspace,
+    profile: ClusterProfile,
+    *,
+    name: str,
+    target: Path,
+    deployment_id: int,
+    source_root: Path,
+) -> str:
+    """The ``serve.sbatch`` that deployment ``deployment_id`` of model ``name`` in ``target``
+    gets (also what an existing one is compared with before it is reused)."""
+    return render_sbatch(
+        (source_root / SBATCH_TEMPLATE).read_text(),
+        profile,
+        name=f"pomlia-serve-{name}"[:64],
+        deploy_dir=target,
+        deployment_id=deployment_id,
+        log_dir=log_dir(workspace.path("logs"), name),
+    )
+
+
+def _same_files(a: Path, b: Path) -> bool:
+    """Whether folders ``a`` and ``b`` hold the same files with the same bytes."""
+    files_a = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
+    files_b = sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
+    return files_a == files_b and all(filecmp.cmp(a / f, b / f, shallow=False) for f in files_a)
+
+
+def _reuse_refusal(
+    registry: Registry,
+    workspace: Workspace,
+    profile: ClusterProfile,
+    row: Model,
+    bundle: ExportedBundle,
+    target: Path,
+    source_root: Path,
+) -> tuple[int | None, str]:
+    """(deployment id, '') when ``target`` is the directory ``pomlia deploy`` would write for
+    ``bundle`` of ``row`` with ``profile`` (the same bundle and ``serve.sbatch``); else
+    (None, what ``target`` holds instead). Its source snapshot and definition are not
+    compared: the image in it was built from them, and stays consistent with them."""
+    script = target / "serve.sbatch"
+    found = DEPLOYMENT_ID_LINE.search(script.read_text()) if script.is_file() else None
+    if found is None:
+        return None, "no deployment written by `pomlia deploy` (no serve.sbatch with an id)"
+    dep_id = int(found.group(1))
+    with registry.session() as s:
+        dep = s.get(Deployment, dep_id)
+        here = (row.id, str(target / "bundle"))
+        mine = dep is not None and (dep.model_id, dep.bundle_path) == here
+    if not mine:
+        return None, f"deployment {dep_id}, which the registry does not record for {row.name} there"
+    if not (target / "bundle").is_dir() or not _same_files(bundle.root, target / "bundle"):
+        return None, f"a bundle other than {row.name} version {bundle.version}"
+    expected = _sbatch_text(
+        workspace,
+        profile,
+        name=row.name,
+        target=target,
+        deployment_id=dep_id,
+        source_root=source_root,
+    )
+    if script.read_text() != expected:
+        return None, (
+            "a serve.sbatch other than this cluster profile gives (written for another "
+            "profile, or edited: submit it by hand with `sbatch serve.sbatch`)"
+        )
+    return dep_id, ""
+
+
+def _check_image(target: Path, write_cmd: str) -> None:
+    """Refuse ``--submit`` when the image it runs is not built in ``target`` (nothing has been
+    written at that point); ``write_cmd`` is the command that writes the directory."""
+    sif = target / IMAGE
+    if sif.is_file():
+        return
+    if not target.is_dir() or not any(target.iterdir()):
+        raise InputError(
+            f"--submit needs the image {sif}, but {target} holds no deployment yet: write it "
+            f"first with `{write_cmd}`, build the image there (apptainer build {IMAGE} "
+            "apptainer.def), then submit; nothing was written"
+        )
+    raise InputError(
+        f"{sif} does not exist; build it first: cd {target} && "
+        f"apptainer build {IMAGE} apptainer.def"
+    )
+
+
 def write_deployment(
     registry: Registry,
     workspace: Workspace,
@@ -174,14 +269,63 @@ def write_deployment(
     *,
     out_dir: Path | None = None,
     source_root: Path = SOURCE_ROOT,
+    need_image: bool = False,
 ) -> DeployResult:
     """Export ``ref`` if needed and write its deployment directory (see module docstring);
-    records a ``Deployment`` row (status ``created``)."""
+    records a ``Deployment`` row (status ``created``).
+
+    A directory this function wrote before for the same bundle and profile is reused as it is,
+    with its deployment (``reused``); any other file or folder there is refused.
+    ``need_image`` (``--submit``): the directory must exist already, with its image built;
+    checked before anything is written or exported."""
     row = resolve_model(registry, ref)
-    bundle = bundle_for_model(registry, ref) or export_model(registry, workspace, ref).bundle
+    out = f" --out {shlex.quote(str(out_dir))}" if out_dir is not None else ""
+    write_cmd = f"pomlia deploy {shlex.quote(ref)}{out}"
+    bundle = bundle_for_model(registry, ref)
+    if bundle is None:
+        if need_image:
+            raise InputError(
+                f"--submit needs a deployment directory with its image built, and model "
+                f"{row.name} has no export yet: write the directory first with `{write_cmd}`, "
+                "build the image there, then submit; nothing was written"
+            )
+        bundle = export_model(registry, workspace, ref).bundle
     target = (out_dir or workspace.path("models", row.name, "deploy", bundle.version)).resolve()
-    if target.exists():
-        raise InputError(f"deploy directory {target} already exists; remove it or pass --out")
+    other = "choose another --out" if out_dir is not None else "pass --out DIR"
+    if target.exists() and not target.is_dir():
+        raise InputError(
+            f"{target} is a file: expected a folder for the deployment (new, or one "
+            f"`pomlia deploy` wrote for this model version); {other}"
+        )
+    if target.is_dir() and any(target.iterdir()):
+        dep_id, refusal = _reuse_refusal(
+            registry, workspace, profile, row, bundle, target, source_root
+        )
+        if dep_id is None:
+            raise InputError(
+                f"deploy directory {target} already exists and holds {refusal}; "
+                f"remove it or {other}"
+            )
+        if need_image:
+            _check_image(target, write_cmd)
+        return DeployResult(
+            target, dep_id, target / "apptainer.def", target / "serve.sbatch", reused=True
+        )
+    if need_image:
+        _check_image(target, write_cmd)
+    return _write_new(registry, workspace, profile, row, bundle, target, source_root)
+
+
+def _write_new(
+    registry: Registry,
+    workspace: Workspace,
+    profile: ClusterProfile,
+    row: Model,
+    bundle: ExportedBundle,
+    target: Path,
+    source_root: Path,
+) -> DeployResult:
+    """Write the deployment directory ``target`` (new or empty) and its registry row."""
     target.parent.mkdir(parents=True, exist_ok=True)
     # The row first: its id goes into the script, so every record the server logs names it.
     with registry.session() as s:
@@ -200,19 +344,19 @@ def write_deployment(
                 (source_root / DEF_TEMPLATE).read_text(), {"SRC": "src", "BUNDLE": "bundle"}
             )
             (tmp / "apptainer.def").write_text(def_text)
-            sbatch = render_sbatch(
-                (source_root / SBATCH_TEMPLATE).read_text(),
+            sbatch = _sbatch_text(
+                workspace,
                 profile,
-                name=f"pomlia-serve-{row.name}"[:64],
-                deploy_dir=target,
+                name=row.name,
+                target=target,
                 deployment_id=dep_id,
-                log_dir=log_dir(workspace.path("logs"), row.name),
+                source_root=source_root,
             )
             (tmp / "serve.sbatch").write_text(sbatch)
             (tmp / "serve.sbatch").chmod(0o755)
         if not staged.published:
             raise InputError(
-                f"deploy directory {target} appeared meanwhile; remove it or pass --out"
+                f"deploy directory {target} appeared meanwhile; remove it or pass another --out"
             )
         written = True
     finally:
@@ -225,12 +369,7 @@ def write_deployment(
 
 def submit_deployment(registry: Registry, result: DeployResult) -> DeployResult:
     """``sbatch`` the deployment's script (the image must exist); records the job."""
-    sif = result.directory / "pomlia-serve.sif"
-    if not sif.is_file():
-        raise InputError(
-            f"{sif} does not exist; build it first: cd {result.directory} && "
-            "apptainer build pomlia-serve.sif apptainer.def"
-        )
+    _check_image(result.directory, "pomlia deploy MODEL")
     job_id = sbatch_script(
         registry,
         result.sbatch_file,
@@ -242,5 +381,10 @@ def submit_deployment(registry: Registry, result: DeployResult) -> DeployResult:
         if dep is not None:
             dep.job_id, dep.status = job_id, "submitted"
     return DeployResult(
-        result.directory, result.deployment_id, result.def_file, result.sbatch_file, job_id
+        result.directory,
+        result.deployment_id,
+        result.def_file,
+        result.sbatch_file,
+        job_id,
+        result.reused,
     )
