@@ -16,10 +16,12 @@ import httpx
 import pytest
 from typer.testing import CliRunner, Result
 
+import pomlia_hpc.serve.server as servermod
 from pomlia_hpc.cli import app
-from pomlia_hpc.errors import InputError
+from pomlia_hpc.errors import InputError, NotFoundError
 from pomlia_hpc.models.catalog import register_model
 from pomlia_hpc.registry import Deployment, Registry
+from pomlia_hpc.serve.config import ServeConfig
 from pomlia_hpc.serve.demo import cached_demo_bundle
 from pomlia_hpc.serve.deploy import SOURCE_ITEMS, parse_def, render_def
 from pomlia_hpc.serve.predlog import read_records
@@ -288,3 +290,30 @@ def test_sbatch_script_runs_the_server_and_prints_its_address(
     (record,) = read_records(workspace.path("logs", "predictions", "demo"), PredictionLine)
     assert record.deployment == deployment_id
     assert not (out / "logs").exists()
+
+
+def test_serve_refuses_a_deployment_id_the_registry_does_not_have(
+    deployed: tuple[Registry, Path], bundle: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`pomlia serve MODEL --deployment-id 999` served, writing a deployment that does not
+    exist into every record."""
+    reg, directory = deployed
+    started: list[int | None] = []
+
+    def run_server(_bundle: object, cfg: ServeConfig, _logs: Path, follow: object = None) -> None:
+        started.append(cfg.deployment_id)
+
+    monkeypatch.setattr(servermod, "run_server", run_server)
+    with reg.session() as s:
+        (dep_id,) = s.query(Deployment.id).filter_by(bundle_path=str(directory / "bundle")).one()
+    res = CliRunner().invoke(app, ["serve", "demo", "--deployment-id", "999"])
+    assert isinstance(res.exception, NotFoundError), res.output
+    assert "--deployment-id 999: no such deployment in the registry" in str(res.exception)
+    assert f"deployments of model demo: {dep_id}" in str(res.exception)
+    register_model(reg, "other", next(bundle.parents[1].glob("*.pt")))
+    res = CliRunner().invoke(app, ["serve", "other", "--deployment-id", str(dep_id)])
+    assert "is a deployment of model demo, not of other" in refusal(res)
+    assert started == []
+    ok = CliRunner().invoke(app, ["serve", "demo", "--deployment-id", str(dep_id)])
+    assert ok.exit_code == 0, ok.output
+    assert started == [dep_id]

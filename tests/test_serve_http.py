@@ -16,7 +16,7 @@ from PIL import Image
 from typer.testing import CliRunner
 
 from pomlia_hpc.cli import app
-from pomlia_hpc.errors import ConfigError, PomliaError
+from pomlia_hpc.errors import ConfigError, InputError, NotFoundError, PomliaError
 from pomlia_hpc.models.checkpoint import load_classifier
 from pomlia_hpc.serve.config import load_serve_config
 from pomlia_hpc.serve.demo import cached_demo_bundle
@@ -290,6 +290,19 @@ def test_server_refuses_a_bundle_path_that_is_not_a_bundle(tmp_path: Path) -> No
         srv.start()
     assert "not an exported bundle (no card.json)" in " ".join(str(info.value).split())
     assert not srv.address_file.parent.exists()  # its temporary directory is removed
+
+
+def test_a_bundle_path_that_does_not_exist_is_named_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`pomlia serve ./missing_dir` said "not an exported bundle (no card.json)"."""
+    monkeypatch.chdir(tmp_path)
+    res = CliRunner().invoke(app, ["serve", "./missing_dir"])
+    assert isinstance(res.exception, NotFoundError), res.output
+    assert str(res.exception).startswith("./missing_dir does not exist; expected an exported")
+    (tmp_path / "empty").mkdir()
+    res = CliRunner().invoke(app, ["serve", "./empty"])
+    assert isinstance(res.exception, InputError) and "no card.json" in str(res.exception)
 
 
 def test_local_server_removes_its_temporary_directory(tmp_path: Path) -> None:

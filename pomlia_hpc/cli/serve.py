@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
@@ -11,8 +11,12 @@ from sqlalchemy import select
 from typer.core import TyperGroup
 
 from pomlia_hpc.cli.app import STATE, app, console
-from pomlia_hpc.errors import InputError
+from pomlia_hpc.errors import InputError, NotFoundError
 from pomlia_hpc.models.archs import ARCHITECTURES
+
+if TYPE_CHECKING:
+    from pomlia_hpc.serve.config import ServeConfig
+    from pomlia_hpc.serve.exported import ExportedBundle
 
 model_app = typer.Typer(help="Register, export and list trained classifiers.", no_args_is_help=True)
 app.add_typer(model_app, name="model")
@@ -207,7 +211,13 @@ def serve(
     address_file: Annotated[
         Path | None, typer.Option(help="Write http://HOST:PORT here once ready.")
     ] = None,
-    deployment_id: Annotated[int | None, typer.Option(help="Deployment id for the log.")] = None,
+    deployment_id: Annotated[
+        int | None,
+        typer.Option(
+            help="Deployment id for the log (`pomlia deploy` prints it; with a model name or "
+            "slot it must be one the registry records, of that model)."
+        ),
+    ] = None,
     keep_inputs: Annotated[
         bool | None,
         typer.Option(
@@ -228,7 +238,6 @@ def serve(
     MODEL may be a deployment slot (`pomlia deploy promote`) or its `current` link: the server
     then follows the link and swaps to a new bundle without dropping a request."""
     from pomlia_hpc.serve.config import load_serve_config
-    from pomlia_hpc.serve.exported import CARD, ExportedBundle
     from pomlia_hpc.serve.predlog import log_dir as default_log_dir
     from pomlia_hpc.serve.server import run_server
 
@@ -251,38 +260,63 @@ def serve(
     if no_batching:
         overrides.update(max_batch=1, max_wait_ms=0.0)
     cfg = load_serve_config(config, overrides)
-    path = Path(model)
-    follow: Path | None = None
-    log_name: str | None = None
-    slot_link = None if "/" in model else _slot_link(model)
-    if path.is_symlink() and (path / CARD).is_file():
-        follow = path.absolute()
-        bundle = ExportedBundle.open(path)
-    elif slot_link is not None:
-        follow, log_name = slot_link, model
-        bundle = ExportedBundle.open(slot_link)
-        if cfg.address_file is None:
-            cfg = cfg.model_copy(update={"address_file": slot_link.parent / "address"})
-    elif (path / CARD).is_file():
-        bundle = ExportedBundle.open(path)
-    elif path.exists() or "/" in model:
-        raise InputError(
-            f"{path}: not an exported bundle (no {CARD}); expected a bundle "
-            "directory or a registry model name"
-        )
-    else:
-        from pomlia_hpc.serve.export import bundle_for_model, export_model
-
-        reg = STATE.registry()
-        found = bundle_for_model(reg, model)
-        if found is None:
-            console.print(f"model {model} has no export yet: exporting it first")
-            found = export_model(reg, STATE.workspace, model).bundle
-        bundle = found
+    bundle, follow, log_name, cfg = _serve_target(model, cfg)
     logs = cfg.log_dir or default_log_dir(STATE.workspace.path("logs"), log_name or bundle.name)
     if follow is not None:
         console.print(f"following {follow}: a new bundle there is swapped in without downtime")
     run_server(bundle, cfg, logs, follow=follow)
+
+
+def _serve_target(
+    model: str, cfg: ServeConfig
+) -> tuple[ExportedBundle, Path | None, str | None, ServeConfig]:
+    """What `pomlia serve MODEL` serves: (bundle, the link to follow or None, the log's name
+    when it is not the bundle's, the settings). A ``--deployment-id`` is checked against the
+    registry where MODEL is found through the workspace (a slot, a model name); a bundle
+    directory is also served where no registry is (in the Apptainer image, started by
+    `serve.sbatch` with the id `pomlia deploy` recorded), so there the id is taken as given."""
+    from pomlia_hpc.serve.deploy import check_deployment
+    from pomlia_hpc.serve.exported import CARD, ExportedBundle
+
+    path = Path(model)
+    slot_link = None if "/" in model else _slot_link(model)
+    if path.is_symlink() and (path / CARD).is_file():
+        return ExportedBundle.open(path), path.absolute(), None, cfg
+    if slot_link is not None:
+        if cfg.deployment_id is not None:
+            check_deployment(STATE.registry(), cfg.deployment_id)
+        if cfg.address_file is None:
+            cfg = cfg.model_copy(update={"address_file": slot_link.parent / "address"})
+        return ExportedBundle.open(slot_link), slot_link, model, cfg
+    if (path / CARD).is_file():
+        return ExportedBundle.open(path), None, None, cfg
+    if path.exists():
+        raise InputError(
+            f"{path}: not an exported bundle (no {CARD}); expected a bundle "
+            "directory or a registry model name"
+        )
+    if "/" in model:  # model names hold no '/': a path, which is not there
+        raise NotFoundError(
+            f"{model} does not exist; expected an exported bundle directory or a registry "
+            "model name"
+        )
+    return _model_bundle(model, cfg), None, None, cfg
+
+
+def _model_bundle(model: str, cfg: ServeConfig) -> ExportedBundle:
+    """The bundle of registry model ``model``, exported first if it has none; its
+    ``--deployment-id`` must be one of its deployments (checked before exporting)."""
+    from pomlia_hpc.serve.deploy import check_deployment
+    from pomlia_hpc.serve.export import bundle_for_model, export_model
+
+    reg = STATE.registry()
+    if cfg.deployment_id is not None:
+        check_deployment(reg, cfg.deployment_id, model)
+    found = bundle_for_model(reg, model)
+    if found is None:
+        console.print(f"model {model} has no export yet: exporting it first")
+        found = export_model(reg, STATE.workspace, model).bundle
+    return found
 
 
 def _slot_link(name: str) -> Path | None:

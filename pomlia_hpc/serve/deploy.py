@@ -27,9 +27,11 @@ import shutil
 from dataclasses import dataclass
 from pathlib import Path
 
+from sqlalchemy import select
+
 from pomlia_hpc.cluster.records import sbatch_script
 from pomlia_hpc.config import ClusterProfile
-from pomlia_hpc.errors import InputError
+from pomlia_hpc.errors import InputError, NotFoundError
 from pomlia_hpc.files import staged_dir
 from pomlia_hpc.models.catalog import resolve_model
 from pomlia_hpc.registry import Deployment, Model, Registry
@@ -365,6 +367,34 @@ def _write_new(
                 if (orphan := s.get(Deployment, dep_id)) is not None:
                     s.delete(orphan)
     return DeployResult(target, dep_id, target / "apptainer.def", target / "serve.sbatch")
+
+
+def check_deployment(registry: Registry, deployment_id: int, model_ref: str | None = None) -> None:
+    """Refuse a deployment id (``pomlia serve --deployment-id``) that the registry does not
+    record (:class:`NotFoundError`), or that is not a deployment of ``model_ref`` when that is
+    given (:class:`InputError`): the server writes it into every record, and the monitor
+    would file those records under a deployment that is not theirs."""
+    row = resolve_model(registry, model_ref) if model_ref is not None else None
+    with registry.session() as s:
+        dep = s.get(Deployment, deployment_id)
+        q = select(Deployment.id).order_by(Deployment.id)
+        if row is not None:
+            q = q.where(Deployment.model_id == row.id)
+        ids = [str(i) for i in s.scalars(q)]
+        owner = s.get(Model, dep.model_id) if dep is not None else None
+    of = f" of model {row.name}" if row is not None else ""
+    known = f"deployments{of}: {', '.join(ids[-20:])}" if ids else f"no deployments{of} yet"
+    if dep is None:
+        raise NotFoundError(
+            f"--deployment-id {deployment_id}: no such deployment in the registry; expected "
+            f"an id `pomlia deploy` printed ({known})"
+        )
+    if row is not None and dep.model_id != row.id:
+        name = owner.name if owner is not None else f"id {dep.model_id}"
+        raise InputError(
+            f"--deployment-id {deployment_id} is a deployment of model {name}, not of "
+            f"{row.name} ({known})"
+        )
 
 
 def submit_deployment(registry: Registry, result: DeployResult) -> DeployResult:
