@@ -102,6 +102,22 @@ def test_garbage_is_refused(data: bytes, ctype: str, status: int, message: str) 
     assert err.status == status and message in err.message
 
 
+@pytest.mark.parametrize(
+    ("data", "ctype"),
+    [
+        (b"\xff\xd8\xff" + b"x" * 50, "image/jpeg"),
+        (b"II*\x00" + b"z" * 40, "image/tiff"),
+        (b"\xff\xd8\xff" + b"x" * 50, None),  # sniffed
+    ],
+)
+def test_a_corrupt_image_is_described_without_a_python_repr(data: bytes, ctype: str | None) -> None:
+    """The 400 for a corrupt JPEG said "cannot identify image file <_io.BytesIO object at
+    0x7f…>"."""
+    err = refused(data, ctype)
+    assert err.status == 400 and "corrupt image/" in err.message
+    assert "object at 0x" not in err.message and "<" not in err.message, err.message
+
+
 def test_truncated_png_and_declared_type_mismatch(rgb: np.ndarray) -> None:
     png = encode(rgb, "PNG")
     assert "corrupt" in refused(png[: len(png) // 2], "image/png").message

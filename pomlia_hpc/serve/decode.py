@@ -19,6 +19,7 @@ pages, 75 KB each) is refused without decoding a pixel, and what is decoded is a
 from __future__ import annotations
 
 import io
+import re
 import warnings
 from dataclasses import dataclass
 
@@ -50,6 +51,8 @@ MODE_CHANNELS = {
     "CMYK": 4,
 }
 NPY_DTYPES = ("uint8", "uint16", "float32", "float64")
+#: A Python object's default repr, as some exception messages quote one.
+OBJECT_REPR = re.compile(r"\s*<[\w.]+ object at 0x[0-9a-fA-F]+>")
 
 
 class RequestError(Exception):
@@ -172,8 +175,14 @@ def _decode_image(
         raise RequestError(
             413, f"{what}: image dimensions exceed the limit of {limits.max_side_px} px per side"
         ) from exc
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise RequestError(400, f"{what}: corrupt or unreadable {ctype} image ({exc})") from exc
+    except UnidentifiedImageError as exc:
+        raise RequestError(
+            400, f"{what}: corrupt {ctype} image (its header cannot be read as {ctype})"
+        ) from exc
+    except (OSError, ValueError, SyntaxError) as exc:
+        raise RequestError(
+            400, f"{what}: corrupt or unreadable {ctype} image ({reason(exc)})"
+        ) from exc
     frames: list[np.ndarray] = []
     try:
         n_frames = int(getattr(img, "n_frames", 1))
@@ -199,10 +208,17 @@ def _decode_image(
         ZeroDivisionError,
         struct_error(),
     ) as exc:
-        raise RequestError(400, f"{what}: corrupt {ctype} image ({exc})") from exc
+        raise RequestError(400, f"{what}: corrupt {ctype} image ({reason(exc)})") from exc
     finally:
         img.close()
     return np.stack(frames)
+
+
+def reason(exc: BaseException) -> str:
+    """Pillow's words for what was wrong, without a Python repr it may quote (the in-memory
+    file, ``<_io.BytesIO object at 0x7f…>``), which tells the client nothing."""
+    text = OBJECT_REPR.sub("", str(exc)).strip(" :")
+    return text or type(exc).__name__
 
 
 def struct_error() -> type[Exception]:
