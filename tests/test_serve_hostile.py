@@ -213,12 +213,17 @@ def test_a_second_label_is_409_unless_it_replaces(client: httpx.Client, logs: Pa
     assert [r.label_index for r in mine] == [1, 2] and mine[1].replaces is True
 
 
-@pytest.mark.parametrize("label", [True, False, 1.0, [True], None, {"a": 1}])
+@pytest.mark.parametrize("label", [True, False, 1.0, 1.5, [True], [1.5], None, {"a": 1}])
 def test_a_label_must_be_a_class_name_or_an_integer(client: httpx.Client, label: object) -> None:
+    """The refusal says what a label is: `1.5` got "body.label.str: Input should be a valid
+    string", as though integers were not labels."""
     (pid,) = predict_ids(client)
     resp = client.post("/v1/feedback", json={"prediction_id": pid, "label": label}, headers=AUTH)
     assert resp.status_code == 422, resp.text
-    assert resp.json()["error"].startswith("body.label")
+    error = resp.json()["error"]
+    assert error.startswith("body.label: ") and "is not a label; expected an integer" in error
+    assert "class index 0..3 or a class name (class_0, class_1, class_2, class_3)" in error
+    assert "valid string" not in error
 
 
 def test_the_id_index_is_rebuilt_from_the_log_and_bounded(client: httpx.Client, logs: Path) -> None:

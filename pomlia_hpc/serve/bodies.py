@@ -64,8 +64,11 @@ async def read_body(request: Request, limit: int) -> bytes:
     return b"".join(chunks)
 
 
-async def feedback_body(request: Request) -> FeedbackIn:
-    """The /v1/feedback body, read with a bound and validated; 413, 415 or 422 otherwise."""
+async def feedback_body(
+    request: Request, expected_label: str = "a class name or an integer class index"
+) -> FeedbackIn:
+    """The /v1/feedback body, read with a bound and validated; 413, 415 or 422 otherwise.
+    ``expected_label`` says what the model takes as a label, for a label of the wrong type."""
     ctype = base_type(request.headers.get("content-type"))
     if ctype and ctype != "application/json" and not ctype.endswith("+json"):
         raise RequestError(
@@ -75,9 +78,24 @@ async def feedback_body(request: Request) -> FeedbackIn:
     try:
         return FeedbackIn.model_validate_json(body)
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(("body", *(str(p) for p in first["loc"])))
-        raise RequestError(422, f"{where}: {first['msg']}") from exc
+        raise RequestError(422, feedback_refusal_text(exc, expected_label)) from exc
+
+
+def feedback_refusal_text(exc: ValidationError, expected_label: str) -> str:
+    """The 422 message for a /v1/feedback body that does not validate. A label of the wrong
+    type fails every member of the label's union, and pydantic's first complaint named only
+    one ("body.label.str: Input should be a valid string" for 1.5, though an integer was as
+    good): such a label gets what the model takes instead."""
+    first = exc.errors()[0]
+    loc = first["loc"]
+    if loc and loc[0] == "label" and first["type"] != "missing":
+        try:
+            shown = orjson.dumps(first.get("input")).decode()[:60]
+        except TypeError:
+            shown = "the value"
+        return f"body.label: {shown} is not a label; expected {expected_label}"
+    where = ".".join(("body", *(str(p) for p in loc)))
+    return f"{where}: {first['msg']}"
 
 
 async def uploaded_files(

@@ -70,9 +70,9 @@ async def predict(
 
 async def feedback(holder: ModelHolder, request: Request) -> Response:
     """Answer one /v1/feedback request (the token has been checked by then)."""
-    item = await feedback_body(request)
     pred = holder.current()
     bundle = pred.bundle
+    item = await feedback_body(request, expected_label(bundle))
     if not PREDICTION_ID.fullmatch(item.prediction_id):
         raise RequestError(400, "prediction_id: expected the 32-hex-digit id /v1/predict returned")
     names, indices = labels_of(item.label, bundle)
@@ -144,6 +144,14 @@ def log_rejection(pred: Predictor, exc: RequestError, deployment: int | None) ->
 def new_id() -> str:
     """A fresh record id (32 hex digits)."""
     return uuid.uuid4().hex
+
+
+def expected_label(bundle: ExportedBundle) -> str:
+    """What ``bundle``'s model takes as a feedback label, in words for a refusal."""
+    n = len(bundle.labels)
+    shown = ", ".join(bundle.labels[:20]) + (", ..." if n > 20 else "")
+    one = f"an integer class index 0..{n - 1} or a class name ({shown})"
+    return f"{one}, or a list of them" if bundle.task_type == "multi-label" else one
 
 
 def labels_of(
