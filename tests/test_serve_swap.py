@@ -150,9 +150,13 @@ def test_reload_endpoint_needs_the_token_and_refuses_another_input_spec(
 
 
 def test_a_bundle_directory_is_not_reloadable(bundles: dict[str, Path], tmp_path: Path) -> None:
+    """The 409 said "started on a bundle directory" also to a server started on a model name;
+    it says what holds in both cases now: no deployment link is followed."""
     with (
         LocalServer(bundles["a"], tmp_path, env={"POMLIA_SERVE_TOKEN": TOKEN}) as srv,
         httpx.Client(base_url=srv.url, timeout=60) as c,
     ):
         r = c.post("/v1/admin/reload", headers=AUTH)
-        assert r.status_code == 409 and "not on a deployment link" in r.json()["error"]
+        error = r.json()["error"]
+        assert r.status_code == 409 and "follows no deployment link" in error
+        assert "bundle directory" not in error and "pomlia serve SLOT" in error

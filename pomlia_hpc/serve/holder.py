@@ -135,8 +135,11 @@ class ModelHolder:
         if follow is None:
             raise RequestError(
                 409,
-                "this server was started on a bundle directory, not on a deployment link: "
-                "nothing to reload (serve a slot's link to use hot swap)",
+                # Started on a model name or a bundle directory: the holder cannot tell
+                # which, and either way no link names a newer bundle.
+                "this server follows no deployment link (it was not started on a slot or a link to "
+                "a bundle): nothing to reload; serve a slot (`pomlia serve SLOT`) to use "
+                "hot swap",
             )
         async with self._lock:
             old = self.current()
