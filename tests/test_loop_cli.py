@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from pomlia_hpc.cli import app
-from pomlia_hpc.errors import InputError
+from pomlia_hpc.errors import InputError, NotFoundError
 from pomlia_hpc.loop.promote import champion
 from pomlia_hpc.loop.stages import LoopSettings
 from pomlia_hpc.models.catalog import register_model
@@ -88,6 +88,28 @@ def test_gate_levels_are_checked_before_anything_runs(
     res = runner.invoke(app, ["deploy", "promote", "prod", "m", *option])
     assert isinstance(res.exception, InputError) and message in str(res.exception)
     assert champion(reg, "prod") is None
+    reg.dispose()
+
+
+def test_promote_refuses_an_unknown_data_set_also_on_a_first_promotion(
+    workspace: Workspace,
+) -> None:
+    """`pomlia deploy promote SLOT M --data nosuchdata` on an empty slot ignored --data and
+    exited 0; with --force on a slot with a champion too an unknown data set is refused."""
+    reg = Registry.open(workspace.db_url)
+    ckpt = save_demo_checkpoint(workspace.path("models", "m.pt"), num_classes=3)
+    register_model(reg, "m", ckpt)
+    register_model(reg, "m2", ckpt)
+    for extra in ([], ["--force"]):
+        res = runner.invoke(app, ["deploy", "promote", "prod", "m", "--data", "nosuchdata", *extra])
+        assert isinstance(res.exception, NotFoundError), res.output
+        assert "dataset 'nosuchdata' not found" in str(res.exception)
+        assert champion(reg, "prod") is None
+    cli_ok("deploy", "promote", "prod", "m")
+    res = runner.invoke(app, ["deploy", "promote", "prod", "m2", "--force", "--data", "nosuchdata"])
+    assert isinstance(res.exception, NotFoundError), res.output
+    kept = champion(reg, "prod")
+    assert kept is not None and kept.model == "m"
     reg.dispose()
 
 

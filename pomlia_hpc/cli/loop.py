@@ -124,6 +124,8 @@ def promote_cmd(
         console.print(f"{model} was [bold]not[/] promoted; the slot keeps its champion")
         raise typer.Exit(1)
     console.print(f"slot [bold]{slot}[/] now serves {entry.model} ({entry.kind})")
+    if gate is None and data is not None:
+        console.print(f"the first model on {slot} needs no gate: --data {data} was not read")
 
 
 @deploy_app.command("rollback")

@@ -209,6 +209,10 @@ def promote_with_gate(
     """Put ``model_ref`` on ``slot`` by hand: directly on an empty slot, else through the gate
     (a failed gate leaves the champion, unless ``force``). Returns (gate, promotion or None)."""
     check_levels(margin, alpha)
+    if data_ref is not None:
+        # Refused in every case, also where it would not be read (a slot's first model needs
+        # no gate; a forced promotion goes on without one): a typo must not pass unnoticed.
+        find_version(registry, data_ref)
     if champion(registry, slot) is None:
         return None, put_on_slot(registry, workspace, slot, model_ref, kind="initial")
     try:
