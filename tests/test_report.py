@@ -211,10 +211,14 @@ def test_a_folder_with_an_index_but_no_marker_is_not_replaced(
     site.mkdir()
     (site / "index.html").write_text("<html/>")
     (site / "thesis.tex").write_text("precious")
-    with pytest.raises(InputError, match=r"no \.pomlia-report file\) but holds an index\.html"):
+    with pytest.raises(InputError, match=r"holds an index\.html and files a report does not"):
         build_report(reg, workspace, site)
     assert sorted(p.name for p in site.iterdir()) == ["index.html", "thesis.tex"]
     assert (site / "index.html").read_text() == "<html/>"
+    # a report of a pomlia before the marker (nothing but its pages) is still replaced
+    (site / "thesis.tex").unlink()
+    (site / "models.html").write_text("<html/>")
+    assert (build_report(reg, workspace, site).folder / ".pomlia-report").is_file()
     # A report folder carries the marker, so the next report replaces it.
     report = build_report(reg, workspace, tmp_path / "r").folder
     assert (report / ".pomlia-report").is_file()

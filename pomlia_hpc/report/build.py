@@ -32,8 +32,8 @@ from pomlia_hpc.report.html import esc, page, table
 from pomlia_hpc.workspace import Workspace
 
 #: The file every report folder holds: the proof that ``pomlia report`` wrote the folder, and
-#: so may replace it. A folder with pages but no marker (ours before the marker existed, or
-#: someone's web site) is refused rather than guessed at.
+#: so may replace it. A folder without it is replaced only when it holds nothing but report
+#: pages (a report of a pomlia before the marker existed); anything else is refused.
 MARKER = ".pomlia-report"
 MARKER_TEXT = (
     "This folder was written by `pomlia report`; the next `pomlia report` into it replaces it\n"
@@ -99,16 +99,18 @@ def check_out_folder(out: Path) -> None:
         return
     if not out.is_dir():
         raise InputError(f"{out} is a file: expected a folder for the report (new or a report)")
-    if not any(out.iterdir()):
-        return
+    held = {p.name for p in out.iterdir()}
+    if held <= {"index.html", *(file for file, _, _ in PAGES)}:
+        return  # empty, or a report of a pomlia before the marker: nothing but its pages
     if (out / "index.html").is_file():
-        # A report of a pomlia before the marker, or a web site: replacing would lose
-        # whatever else is in it, so the user decides.
+        # A web site, or a report with files of someone's added: replacing would lose them,
+        # so the user decides.
+        others = ", ".join(sorted(held - {"index.html", *(f for f, _, _ in PAGES)})[:3])
         raise InputError(
-            f"{out} is not a pomlia report folder (no {MARKER} file) but holds an index.html; "
-            "the report replaces its folder as a whole, so it writes only into a new or empty "
-            f"folder or one a report wrote. If {out} is a report of an older pomlia, remove "
-            "it first; otherwise pass another --out"
+            f"{out} is not a pomlia report folder (no {MARKER} file): it holds an index.html "
+            f"and files a report does not write ({others}); the report replaces its folder "
+            "as a whole, so it writes only into a new or empty folder or one a report wrote: "
+            "pass another --out"
         )
     raise InputError(
         f"{out} is not a pomlia report folder (no {MARKER} file) and is not empty: expected a "
