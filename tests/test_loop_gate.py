@@ -137,3 +137,37 @@ def test_watch_runs_the_loop_for_a_request_of_a_served_model(
         assert done is not None and done.status == "done" and done.meta["loop_run_id"] == 7
         assert left is not None and left.status == "open"  # no slot serves "lonely"
     assert consume(reg, workspace, run=fake, progress=lambda _l: None) == []
+
+
+def test_harvest_without_kept_inputs_is_one_error_naming_the_log(
+    tmp_path: Path, workspace: Workspace, reg: Registry
+) -> None:
+    """Feedback whose inputs were not kept (a server without --keep-inputs) stopped the
+    harvest with a numpy traceback; a --log-dir that does not exist is named as such."""
+    from pomlia_hpc.data.api import list_versions
+    from pomlia_hpc.serve.predlog import PredictionLog
+    from tests.fixtures.factories import log_line
+
+    npz = tmp_path / "d.npz"
+    np.savez(
+        npz,
+        **{f"{s}_images": _images(8, i) for i, s in enumerate(("train", "val", "test"))},
+        **{f"{s}_labels": np.zeros((8, 1), np.int64) for s in ("train", "val", "test")},
+    )
+    v = ingest(workspace, reg, "d", npz, class_names=CLASSES)
+    make_model(reg, tmp_path, "m", 1, v.id)
+    logs = log_dir(workspace.path("logs"), "m")
+    plog = PredictionLog(logs)  # no inputs kept
+    plog.append([log_line("prediction", id=f"{i:032x}") for i in range(2)])
+    plog.append([log_line("feedback", prediction_id=f"{i:032x}") for i in range(2)])
+    plog.close()
+    with pytest.raises(InputError) as err:
+        harvest(reg, workspace, "m")
+    assert str(err.value) == (
+        f"0 labelled images with kept inputs in {logs} (2 feedback label(s), 0 outside the "
+        "window, 2 without a kept input); serve with --keep-inputs and send feedback"
+    )
+    res = CliRunner().invoke(app, ["data", "harvest", "m", "--log-dir", str(tmp_path / "none")])
+    assert isinstance(res.exception, InputError)
+    assert str(res.exception).startswith(f"--log-dir {tmp_path / 'none'}: no such folder")
+    assert [x.version for x in list_versions(reg)] == [v.version]

@@ -74,6 +74,16 @@ def default_since(parent: DatasetVersion) -> datetime | None:
     return datetime.fromisoformat(until) if isinstance(until, str) else None
 
 
+def nothing_labelled(logs: Path, counts: dict[str, int]) -> str:
+    """Why a harvest found no image to add: what the log held, and what a server must do."""
+    return (
+        f"0 labelled images with kept inputs in {logs} ({counts.get('feedback', 0)} feedback "
+        f"label(s), {counts.get('outside_window', 0)} outside the window, "
+        f"{counts.get('no_input', 0)} without a kept input); serve with --keep-inputs and "
+        "send feedback"
+    )
+
+
 def harvest(
     registry: Registry,
     workspace: Workspace,
@@ -86,6 +96,11 @@ def harvest(
     """Build the new dataset version from the labelled inputs of ``ref`` (module docstring)."""
     model, log_name = served_model(registry, ref)
     parent, dataset = training_version(registry, model)
+    if log_dir is not None and not log_dir.is_dir():
+        raise InputError(
+            f"--log-dir {log_dir}: no such folder; expected the prediction log folder of a "
+            f"server of {log_name} (`pomlia serve {log_name} --keep-inputs --log-dir DIR`)"
+        )
     logs = log_dir or default_log_dir(workspace.path("logs"), log_name)
     if not logs.is_dir():
         raise InputError(
@@ -105,6 +120,8 @@ def harvest(
     got = labelled_inputs(
         logs, since=since, until=until, multi_label_width=len(classes) if multi else None
     )
+    if len(got) == 0:
+        raise InputError(nothing_labelled(logs, got.counts))
     provenance = {
         "model": model.name,
         "model_id": model.id,

@@ -39,6 +39,8 @@ class LabelledInputs:
         return np.stack(self.images) if self.images else np.zeros((0, 0, 0, 0), np.uint8)
 
     def label_array(self) -> np.ndarray:
+        if not self.labels:  # numpy cannot infer the width of (0, -1)
+            return np.zeros((0, 1), np.int64)
         return np.asarray(self.labels, dtype=np.int64).reshape(len(self.labels), -1)
 
     def last_time(self) -> str | None:
