@@ -3,12 +3,15 @@ settings (the loop itself is replaced: it is tested in test_loop_driver.py and e
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 
 from pomlia_hpc.cli import app
-from pomlia_hpc.errors import InputError, NotFoundError
+from pomlia_hpc.data.store import SPLITS
+from pomlia_hpc.errors import InputError, NotFoundError, PomliaError
 from pomlia_hpc.loop.promote import champion
 from pomlia_hpc.loop.stages import LoopSettings
 from pomlia_hpc.models.catalog import register_model
@@ -16,6 +19,7 @@ from pomlia_hpc.registry import Registry
 from pomlia_hpc.serve.demo import save_demo_checkpoint
 from pomlia_hpc.workspace import Workspace
 from tests.fixtures.cli import cli_ok, runner
+from tests.loop_support import CLASSES
 
 
 @pytest.fixture
@@ -126,3 +130,82 @@ def test_executor_slurm_means_the_cluster_profile_as_for_automl(
         res.exception
     )
     assert "run" not in seen
+
+
+BAD_SETTINGS = [
+    (["--min-labels", "-3"], "--min-labels -3: expected an integer >= 1"),
+    (["--min-labels", "0"], "--min-labels 0: expected an integer >= 1"),
+    (["--trials", "0"], "n-trials=0: expected an integer >= 1"),
+    (["--archs", "nonet"], "architecture 'nonet' is not known"),
+    (["--optimizer", "bayes"], "optimizer 'bayes' is not known: expected smac or random"),
+    (["--executor", "nope"], "cluster profile 'nope' not found"),
+    (["--min-epochs", "5", "--max-epochs", "2"], "min-epochs=5 is larger than max-epochs=2"),
+]
+
+
+@pytest.mark.parametrize(("option", "message"), BAD_SETTINGS)
+def test_bad_settings_are_refused_before_the_loop_is_called(
+    workspace: Workspace, seen: dict[str, Any], option: list[str], message: str
+) -> None:
+    """Each was found only at the stage that used it (the AutoML study, or a traceback for a
+    --min-labels below 1), after a loop run was recorded and a harvest, a dataset version and
+    a task were made; `loop watch` would have failed every retrain request on it."""
+    for args in (["loop", "run", "blood"], ["loop", "watch", "--once"]):
+        res = runner.invoke(app, [*args, *option])
+        assert isinstance(res.exception, PomliaError), (args, res.output)
+        assert message in str(res.exception)
+    assert seen == {}
+
+
+def test_bad_settings_record_no_loop_run(tmp_path: Path, workspace: Workspace) -> None:
+    """The loop itself refuses them too (a caller of the API, a resumed run's new options):
+    no loop run row, no dataset version, no task."""
+    from pomlia_hpc.automl.tasks import list_tasks
+    from pomlia_hpc.data.api import ingest, list_versions
+    from pomlia_hpc.loop.api import run_loop
+    from pomlia_hpc.loop.promote import put_on_slot
+    from pomlia_hpc.registry import LoopRun
+    from tests.loop_support import make_model
+
+    reg = Registry.open(workspace.db_url)
+    npz = tmp_path / "d.npz"
+    rng = np.random.default_rng(0)
+    np.savez(
+        npz,
+        **{f"{s}_images": rng.integers(0, 256, (8, 28, 28, 3), np.uint8) for s in SPLITS},
+        **{f"{s}_labels": np.zeros((8, 1), np.int64) for s in SPLITS},
+    )
+    v = ingest(workspace, reg, "d", npz, class_names=CLASSES)
+    make_model(reg, tmp_path, "m", 1, v.id)
+    put_on_slot(reg, workspace, "prod", "m", kind="initial")
+    for option, message in BAD_SETTINGS:
+        res = runner.invoke(app, ["loop", "run", "prod", *option])
+        assert isinstance(res.exception, PomliaError) and message in str(res.exception)
+    with pytest.raises(PomliaError, match="n-trials=0"):
+        run_loop(reg, workspace, "prod", LoopSettings(trials=0), progress=lambda _l: None)
+    with reg.session() as s:
+        assert s.query(LoopRun).count() == 0
+    assert [x.version for x in list_versions(reg)] == [v.version]
+    assert list_tasks(reg) == []
+    reg.dispose()
+
+
+@pytest.mark.parametrize("interval", ["-5", "0", "nan"])
+def test_watch_refuses_an_interval_that_is_not_positive(
+    workspace: Workspace, seen: dict[str, Any], interval: str
+) -> None:
+    """`--interval -5` crashed at the first sleep, and with --once both it and 0 exited 0."""
+    res = runner.invoke(app, ["loop", "watch", "--once", "--interval", interval])
+    assert isinstance(res.exception, InputError)
+    assert f"--interval {float(interval)}: expected a number of seconds > 0" in str(res.exception)
+    assert seen == {}
+
+
+def test_the_watcher_itself_refuses_a_bad_interval(workspace: Workspace) -> None:
+    from pomlia_hpc.loop.watch import watch
+
+    reg = Registry.open(workspace.db_url)
+    for interval in (-5.0, 0.0):
+        with pytest.raises(InputError, match=f"--interval {interval}: expected"):
+            watch(reg, workspace, interval_s=interval, once=True, progress=lambda _l: None)
+    reg.dispose()

@@ -79,7 +79,9 @@ class SpaceOptions(Record):
     max_extra: int = 2000
 
 
-def _check_options(opt: SpaceOptions) -> None:
+def check_space_options(opt: SpaceOptions) -> None:
+    """One :class:`InputError` for a space that names an unknown architecture, no architecture
+    or too few extra images (checked by :func:`build_space`, and before a study is made)."""
     for arch in (*opt.archs, opt.encoder_arch, opt.model_arch):
         if arch is not None and arch not in ARCHITECTURES:
             raise InputError(
@@ -95,7 +97,7 @@ def _check_options(opt: SpaceOptions) -> None:
 def build_space(options: SpaceOptions | None = None, seed: int = 0) -> ConfigurationSpace:
     """The search space for ``options`` (see the module docstring), seeded for sampling."""
     opt = options or SpaceOptions()
-    _check_options(opt)
+    check_space_options(opt)
     archs = list(dict.fromkeys([*opt.archs, *(a for a in (opt.encoder_arch, opt.model_arch) if a)]))
     cs = ConfigurationSpace(seed=seed)
     arch = Categorical("arch", archs, default=archs[0])

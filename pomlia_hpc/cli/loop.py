@@ -234,21 +234,21 @@ RecentShareOpt = Annotated[
 def _settings(options: dict[str, Any], **more: Any) -> LoopSettings:
     """The loop's :class:`~pomlia_hpc.loop.stages.LoopSettings` from a command's options (its
     ``locals()``: the settings' fields are taken, the others left) and ``more``."""
-    from pomlia_hpc.loop.stages import LoopSettings
-    from pomlia_hpc.loop.stats import check_levels
+    from pomlia_hpc.loop.stages import LoopSettings, check_settings
 
     names = {f.name for f in fields(LoopSettings)}
     values = {k: v for k, v in options.items() if k in names} | more
-    check_levels(values["margin"], values["alpha"])
     archs, recent_share = values.pop("archs"), values.pop("recent_share")
     values["executor"] = profile_for(values["executor"])  # `slurm`: the --cluster profile
     if not 0 <= recent_share < 1:
         raise InputError(f"--recent-share {recent_share}: expected 0 <= share < 1")
-    return LoopSettings(
+    cfg = LoopSettings(
         archs=tuple(a.strip() for a in archs.split(",")) if archs else None,
         recent_share=recent_share or None,
         **values,
     )
+    check_settings(cfg)  # all of them, before anything runs or is recorded
+    return cfg
 
 
 @loop_app.command("run")
@@ -326,8 +326,10 @@ def loop_watch(
 ) -> None:
     """Run the loop for every retrain request the monitor records (its alarm), for the slot
     that serves the model; a request whose driver was killed is resumed."""
+    from pomlia_hpc.loop.watch import check_interval, watch
+
+    check_interval(interval)
     cfg = _settings(locals())
-    from pomlia_hpc.loop.watch import watch
 
     STATE.workspace.create()
     handled = watch(

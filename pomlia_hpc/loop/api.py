@@ -14,7 +14,7 @@ from pomlia_hpc.errors import InputError
 from pomlia_hpc.loop.driver import LoopResult, Progress, Stage, open_run, run_stages
 from pomlia_hpc.loop.harvest import default_since, training_version
 from pomlia_hpc.loop.promote import champion
-from pomlia_hpc.loop.stages import STAGES, LoopSettings
+from pomlia_hpc.loop.stages import STAGES, LoopSettings, check_settings
 from pomlia_hpc.models.catalog import resolve_model
 from pomlia_hpc.registry import Registry
 from pomlia_hpc.workspace import Workspace
@@ -34,7 +34,10 @@ def run_loop(
     stages: tuple[Stage, ...] = STAGES,
     progress: Progress = print,
 ) -> LoopResult:
-    """Create (or resume) the slot's loop run and run its unfinished stages."""
+    """Create (or resume) the slot's loop run and run its unfinished stages. ``settings`` are
+    checked first: settings no run could finish with record nothing."""
+    settings = settings or LoopSettings()
+    check_settings(settings)
     entry = champion(registry, slot)
     if entry is None:
         raise InputError(
@@ -49,7 +52,7 @@ def run_loop(
         "champion": model.name,
         "since": start.isoformat() if start else None,
         "until": datetime.now(UTC).isoformat(),
-        "settings": (settings or LoopSettings()).to_dict(),
+        "settings": settings.to_dict(),
     }
     run_id, resumed = open_run(
         registry,

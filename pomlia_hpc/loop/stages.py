@@ -26,12 +26,13 @@ from typing import Any
 import numpy as np
 
 from pomlia_hpc.data.harvest import NewImages, harvest_info, harvest_version
-from pomlia_hpc.errors import PomliaError
+from pomlia_hpc.errors import InputError, PomliaError
 from pomlia_hpc.files import write_json_atomic, write_npz
 from pomlia_hpc.loop.driver import LoopContext, LoopError, Stage, StageOutput
 from pomlia_hpc.loop.gate import DEFAULT_ALPHA, DEFAULT_MARGIN, run_gate
 from pomlia_hpc.loop.harvest import training_version
 from pomlia_hpc.loop.promote import put_on_slot
+from pomlia_hpc.loop.stats import check_levels
 from pomlia_hpc.models.catalog import resolve_model
 from pomlia_hpc.registry import Encoder, Model, Registry, Task
 from pomlia_hpc.serve.labelled import labelled_inputs
@@ -76,6 +77,34 @@ class LoopSettings:
         if known.get("archs"):
             known["archs"] = tuple(known["archs"])
         return cls(**known)
+
+
+def check_settings(cfg: LoopSettings) -> None:
+    """One :class:`InputError` (or :class:`~pomlia_hpc.errors.ConfigError`) for settings a
+    loop run cannot finish with, before anything is recorded: they were found only at the
+    stage that used them, after a harvest, a dataset version and a task were made. The study's
+    options get the checks `pomlia automl run` gives them."""
+    from pomlia_hpc.automl.space import SpaceOptions
+    from pomlia_hpc.automl.study import check_study_options  # imports torch: not at the top
+
+    if cfg.min_labels < 1:
+        raise InputError(
+            f"--min-labels {cfg.min_labels}: expected an integer >= 1 (the fewest labelled "
+            "production images a loop run retrains on)"
+        )
+    check_levels(cfg.margin, cfg.alpha)
+    check_study_options(
+        space=SpaceOptions(archs=cfg.archs) if cfg.archs is not None else None,
+        n_trials=cfg.trials,
+        max_epochs=cfg.max_epochs,
+        min_epochs=cfg.min_epochs,
+        parallel=cfg.parallel,
+        executor=cfg.executor,
+        optimizer=cfg.optimizer,
+        seed=cfg.seed,
+        budget_epochs=cfg.budget_epochs,
+        recent_share=cfg.recent_share,
+    )
 
 
 def settings(ctx: LoopContext) -> LoopSettings:

@@ -11,16 +11,17 @@ failed is marked ``failed`` (retry by hand with ``pomlia loop run SLOT``).
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from sqlalchemy import select
 
-from pomlia_hpc.errors import PomliaError
+from pomlia_hpc.errors import InputError, PomliaError
 from pomlia_hpc.loop.api import run_loop
 from pomlia_hpc.loop.driver import LoopResult, Progress
-from pomlia_hpc.loop.stages import LoopSettings
+from pomlia_hpc.loop.stages import LoopSettings, check_settings
 from pomlia_hpc.registry import LoopRun, Promotion, Registry, RetrainRequest
 from pomlia_hpc.registry.schema import utcnow
 from pomlia_hpc.workspace import Workspace
@@ -129,6 +130,13 @@ def consume(
     return handled
 
 
+def check_interval(interval_s: float) -> None:
+    """One :class:`InputError` for an interval between looks that is not a positive, finite
+    number of seconds (a negative one was a crash at the first sleep, 0 a busy loop)."""
+    if not 0 < interval_s < math.inf:  # NaN too
+        raise InputError(f"--interval {interval_s}: expected a number of seconds > 0")
+
+
 def watch(
     registry: Registry,
     workspace: Workspace,
@@ -138,7 +146,10 @@ def watch(
     once: bool = False,
     progress: Progress = print,
 ) -> list[Handled]:
-    """Consume requests now and then every ``interval_s`` seconds (only once with ``once``)."""
+    """Consume requests now and then every ``interval_s`` seconds (only once with ``once``).
+    The interval and ``settings`` are checked first: bad ones would fail every request."""
+    check_interval(interval_s)
+    check_settings(settings or LoopSettings())
     handled = consume(registry, workspace, settings, progress=progress)
     while not once:
         time.sleep(interval_s)

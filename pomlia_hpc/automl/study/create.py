@@ -8,15 +8,14 @@ from typing import Any
 
 from pomlia_hpc.automl.engine import EngineOptions
 from pomlia_hpc.automl.folders import SPEC_FILE, study_dir
-from pomlia_hpc.automl.options import WeightSource, check_engine_options
+from pomlia_hpc.automl.options import WeightSource
 from pomlia_hpc.automl.space import SpaceOptions, build_space, configs_from_values, split_fitting
 from pomlia_hpc.automl.study.spec import (
-    StudyOptions,
     StudySpec,
+    check_study_options,
     write_json,
 )
 from pomlia_hpc.automl.tasks import get_task, task_dataset
-from pomlia_hpc.cluster.resources import with_overrides
 from pomlia_hpc.config import load_cluster_profile
 from pomlia_hpc.data.store import open_store
 from pomlia_hpc.errors import InputError, PomliaError
@@ -72,7 +71,9 @@ def create_study(
     check_metric(t.metric)
     stamp = datetime.now(UTC)
     name = name or f"{t.name}-{stamp:%Y%m%d-%H%M%S}"
-    options = StudyOptions.checked(
+    options = check_study_options(
+        engine=engine,
+        space=space,
         name=name,
         n_trials=n_trials,
         max_epochs=max_epochs,
@@ -90,11 +91,9 @@ def create_study(
         extra_data=extra_data,
         recent_share=recent_share,
     )
-    check_engine_options(engine or EngineOptions())  # now, not as every trial crashes on it
     recent_rows = _recent_rows(version.meta, ref) if recent_share is not None else 0
     folder = _new_study_folder(workspace, name)
-    profile = load_cluster_profile(executor)  # fails early, naming the known profiles
-    with_overrides(profile, resources)  # a bad trial resource now, not at the first submission
+    profile = load_cluster_profile(executor)  # checked above; its CPUs set the trials' threads
     store = open_store(version.store_path)
     enc, model = _initial_weights(registry, folder, store.image_shape[2], encoder, init_model)
     opts = _space_options(space or SpaceOptions(), enc, model, extra_data)

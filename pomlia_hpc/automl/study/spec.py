@@ -11,9 +11,10 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, StrictBool, StrictInt, ValidationError, model_validator
 
 from pomlia_hpc.automl.folders import SPEC_FILE, spec_files, study_dir
-from pomlia_hpc.automl.options import EngineOptions, WeightSource
-from pomlia_hpc.automl.space import SpaceOptions
-from pomlia_hpc.config import validate_model
+from pomlia_hpc.automl.options import EngineOptions, WeightSource, check_engine_options
+from pomlia_hpc.automl.space import SpaceOptions, check_space_options
+from pomlia_hpc.cluster.resources import with_overrides
+from pomlia_hpc.config import load_cluster_profile, validate_model
 from pomlia_hpc.errors import ConfigError, InputError, NotFoundError
 from pomlia_hpc.files import write_json_atomic
 from pomlia_hpc.names import validate_name
@@ -90,6 +91,23 @@ class StudyOptions(BaseModel):
                 raise InputError(msg) from exc
             key = ".".join(str(p) for p in err["loc"]).replace("_", "-")
             raise InputError(f"{key}={err.get('input')!r}: {msg}") from exc
+
+
+def check_study_options(
+    *, engine: EngineOptions | None = None, space: SpaceOptions | None = None, **values: Any
+) -> StudyOptions:
+    """The checks a study's options get before anything is made (:func:`create_study` and
+    ``pomlia loop run``/``watch`` before their first stage): :class:`StudyOptions`'
+    ``values``, ``engine``, the cluster profile named ``executor`` and its ``resources``
+    overrides, and ``space``'s architectures. The first problem is one :class:`InputError`
+    or :class:`ConfigError` line."""
+    options = StudyOptions.checked(**values)
+    check_engine_options(engine or EngineOptions())  # now, not as every trial crashes on it
+    profile = load_cluster_profile(options.executor)  # fails early, naming the known profiles
+    with_overrides(profile, options.resources)  # a bad trial resource now, not at submission
+    if space is not None:
+        check_space_options(space)
+    return options
 
 
 class StudySpec(BaseModel):
