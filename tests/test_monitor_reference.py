@@ -18,21 +18,30 @@ from pomlia_hpc.errors import InputError
 from pomlia_hpc.files import write_npz
 from pomlia_hpc.models.catalog import register_model
 from pomlia_hpc.registry import Registry
-from pomlia_hpc.serve.demo import save_demo_checkpoint
+from pomlia_hpc.serve.demo import demo_labels, save_demo_checkpoint
 from pomlia_hpc.serve.export import export_model
 from pomlia_hpc.serve.reference import FORMAT, REFERENCE_FILE, read_reference, write_reference
 from pomlia_hpc.workspace import Workspace
 from tests.monitor_support import log_predictions
 
 
-def _dataset(ws: Workspace, reg: Registry, tmp_path: Path) -> tuple[int, np.ndarray, np.ndarray]:
+def _dataset(
+    ws: Workspace,
+    reg: Registry,
+    tmp_path: Path,
+    name: str = "blood",
+    class_names: list[str] | None = None,
+) -> tuple[int, np.ndarray, np.ndarray]:
+    """A bloodmnist look-alike named ``name``, with the demo model's 8 class names unless
+    ``class_names`` are given (then its labels are cut to their number)."""
+    names = class_names or demo_labels("multi-class", 8)
     arrays = {}
     for split, n in (("train", 20), ("val", 24), ("test", 5)):
         x, y = make_split("bloodmnist", n, seed=1, size=28, split=split)
-        arrays[f"{split}_images"], arrays[f"{split}_labels"] = x, y
-    path = tmp_path / "blood.npz"
+        arrays[f"{split}_images"], arrays[f"{split}_labels"] = x, y % len(names)
+    path = tmp_path / f"{name}.npz"
     np.savez(path, **arrays)
-    rec = ingest(ws, reg, "blood", path, class_names=[f"c{i}" for i in range(8)], workers=1)
+    rec = ingest(ws, reg, name, path, class_names=names, workers=1)
     return rec.id, arrays["val_images"], arrays["val_labels"][:, 0]
 
 
@@ -66,6 +75,37 @@ def test_export_writes_the_reference_the_server_would_log(
     assert res_cli.exit_code == 0, res_cli.output
     assert read_reference(res.reference).n == 5
     assert "[test]" in read_reference(res.reference).source
+    assert "warning: the reference holds only 5 image(s) (blood@" in res_cli.output
+    assert "[test]); drift tests against fewer than 100 are weak" in res_cli.output
+
+
+def test_a_data_set_with_other_classes_does_not_replace_the_reference(
+    workspace: Workspace, reg: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 2-class data set passed for an 8-class model replaced its good reference, and
+    `monitor run` then reported OK against it; so did one with other class names."""
+    dv_id, _, _ = _dataset(workspace, reg, tmp_path)
+    _dataset(workspace, reg, tmp_path, "two", ["a", "b"])
+    _dataset(workspace, reg, tmp_path, "renamed", [f"cell{i}" for i in range(8)])
+    _dataset(workspace, reg, tmp_path, "numbered", [str(i) for i in range(8)])
+    ckpt = save_demo_checkpoint(tmp_path / "m.pt", channels=3, num_classes=8)
+    register_model(reg, "blood-model", ckpt, lineage={"dataset_version_id": dv_id})
+    res = export_model(reg, workspace, "blood-model")
+    assert res.reference is not None
+    before = res.reference.read_bytes()
+    monkeypatch.setenv("POMLIA_HOME", str(workspace.home))
+    for data, message in (
+        ("two", "has 2 classes but model 'blood-model' has 8 (class_0, class_1,"),
+        ("renamed", "has classes ['cell0', 'cell1',"),
+    ):
+        out = CliRunner().invoke(app, ["monitor", "reference", "blood-model", "--data", data])
+        assert isinstance(out.exception, InputError), out.output
+        assert message in str(out.exception)
+        assert str(out.exception).endswith("; the monitoring reference is unchanged")
+        assert res.reference.read_bytes() == before
+    # Classes known only by their number (ingested without names) are compared by count.
+    out = CliRunner().invoke(app, ["monitor", "reference", "blood-model", "--data", "numbered"])
+    assert out.exit_code == 0, out.output
 
 
 @pytest.mark.parametrize(

@@ -19,6 +19,7 @@ import zipfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -36,6 +37,10 @@ FORMAT = "pomlia-monitor-reference/1"
 #: the reference distribution far more tightly than any monitoring window of a few hundred.
 MAX_IMAGES = 5000
 BATCH = 256
+#: A reference of fewer images is written with a warning: the drift tests compare a window of
+#: a few hundred with it, and below about a hundred the reference's own sampling noise (and
+#: its rough label and confidence shares) weighs as much as the window's.
+FEW_IMAGES = 100
 
 
 class ReferenceMeta(Record):
@@ -226,6 +231,32 @@ def model_dataset_store(registry: Registry, model: Model) -> str | None:
         return row.store_path if row is not None else None
 
 
+def _named(names: list[str]) -> bool:
+    """Whether ``names`` are real class names, not the indices given when none were known."""
+    return names != [str(i) for i in range(len(names))]
+
+
+def check_reference_classes(bundle: ExportedBundle, meta: dict[str, Any], source: str) -> None:
+    """One :class:`InputError` when the data set ``source`` (its store ``meta``) has another
+    class set than ``bundle``'s model: another count, or other names where both have real
+    names. Its labels would be read as the model's classes, so accuracy and label shares
+    would be compared with nonsense (a 2-class set passed for an 8-class model did)."""
+    classes = [str(c) for c in meta.get("class_names", [])]
+    labels = bundle.labels
+    if len(classes) != len(labels):
+        raise InputError(
+            f"reference data {source} has {len(classes)} classes but model '{bundle.name}' "
+            f"has {len(labels)} ({', '.join(labels[:10])}): expected a data set with the "
+            "model's classes; the monitoring reference is unchanged"
+        )
+    if _named(classes) and _named(labels) and classes != labels:
+        raise InputError(
+            f"reference data {source} has classes {classes[:10]} but model '{bundle.name}' "
+            f"has labels {labels[:10]}: expected the same names in the same order; the "
+            "monitoring reference is unchanged"
+        )
+
+
 def reference_for_model(
     registry: Registry,
     bundle: ExportedBundle,
@@ -236,12 +267,15 @@ def reference_for_model(
     limit: int = MAX_IMAGES,
 ) -> Path | None:
     """Compute and write the reference of ``bundle`` from the ``split`` of dataset ``data``
-    (``name[@version]``; default: the dataset the model was trained on). Returns the file, or
-    None when no dataset is given and none is recorded for the model."""
+    (``name[@version]``; default: the dataset the model was trained on; one given must have
+    the model's classes, :func:`check_reference_classes`). Returns the file, or None when no
+    dataset is given and none is recorded for the model."""
     from pomlia_hpc.data.store import open_store, open_version
 
     if data is not None:
         store = open_version(registry, data)
+        # Only a data set chosen here: the model's own training data defines its classes.
+        check_reference_classes(bundle, store.meta, store.ref)
     else:
         path = model_dataset_store(registry, model)
         if path is None:
