@@ -159,6 +159,16 @@ def test_from_recommendation_needs_expressible_strategies(
     assert isinstance(res.exception, InputError) and "choose one" in str(res.exception)
 
 
+def test_a_bad_recommend_k_names_the_option(workspace: Workspace, reg: Registry) -> None:
+    """`--recommend-k 0` was refused as "--k 0", an option automl run does not have."""
+    tiny_task(workspace, reg, "blood", sizes=(64, 24, 24))
+    res = CliRunner().invoke(
+        app, ["automl", "run", "blood", "--from-recommendation", "--recommend-k", "0"]
+    )
+    assert isinstance(res.exception, InputError)
+    assert str(res.exception) == "--recommend-k 0: expected an integer >= 1"
+
+
 def test_warm_start_larger_than_the_trials_is_one_clear_error(
     workspace: Workspace, reg: Registry
 ) -> None:

@@ -302,6 +302,9 @@ def automl_run(
                 "--from-recommendation and --initial both give a warm start: choose one"
             )
         warm = read_initial_values(initial) if initial is not None else []
+        if from_recommendation and recommend_k < 1:
+            # Here, not in the recommender: its own message names `pomlia recommend`'s --k.
+            raise InputError(f"--recommend-k {recommend_k}: expected an integer >= 1")
         if from_recommendation:
             ws_rec = recommended_start(reg, task, k=recommend_k)
             warm = ws_rec.configs
