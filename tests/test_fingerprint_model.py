@@ -208,7 +208,12 @@ def test_bad_training_inputs(workspace: Workspace, reg: Registry) -> None:
         train_encoder(reg, workspace, "ae", [], _cfg())
     with pytest.raises(InputError, match="encoder name 'bad name' is not valid"):
         train_encoder(reg, workspace, "bad name", [a], _cfg())
-    with pytest.raises(InputError, match="8 images, fewer than one batch of 16"):
+    # The option to lower is named as the CLI spells it (it said "batch_size").
+    with pytest.raises(
+        InputError,
+        match=r"8 images, fewer than one batch of 16 per process \(1 processes\): expected at "
+        r"least 16; lower --batch-size \(or --processes\)$",
+    ):
         train_encoder(reg, workspace, "ae", [a], _cfg())
     with pytest.raises(NotFoundError, match="encoder 'ae' not found; known:"):
         load_encoder(reg, "ae")

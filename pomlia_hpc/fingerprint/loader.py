@@ -27,6 +27,7 @@ import torch
 from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from pomlia_hpc.data.store import open_store
+from pomlia_hpc.errors import InputError
 from pomlia_hpc.fingerprint.augment import acquisition_view
 from pomlia_hpc.fingerprint.autoencoder import to_input
 
@@ -58,6 +59,17 @@ def _segments(sources: Sequence[Source]) -> list[_Segment]:
 def steps_per_epoch(n_rows: int, batch_size: int, world: int) -> int:
     """Batches each of ``world`` processes runs per epoch (the remainder rows are skipped)."""
     return n_rows // (batch_size * world)
+
+
+def check_one_batch(n_rows: int, batch_size: int, world: int) -> None:
+    """One :class:`InputError` when the ``n_rows`` training images give none of the ``world``
+    processes a full batch (an epoch would train nothing); it names the CLI's options."""
+    if steps_per_epoch(n_rows, batch_size, world) == 0:
+        raise InputError(
+            f"training set has {n_rows} images, fewer than one batch of {batch_size} per "
+            f"process ({world} processes): expected at least {batch_size * world}; lower "
+            "--batch-size (or --processes)"
+        )
 
 
 def to_uint8(x: torch.Tensor) -> np.ndarray:

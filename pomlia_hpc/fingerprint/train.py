@@ -63,9 +63,9 @@ from pomlia_hpc.fingerprint.epochlog import (
 from pomlia_hpc.fingerprint.loader import (
     Source,
     StoreStream,
+    check_one_batch,
     iterate,
     make_loader,
-    steps_per_epoch,
 )
 from pomlia_hpc.fingerprint.objectives import (
     DEFAULT_OBJECTIVE,
@@ -260,11 +260,7 @@ def _train_rank(
         trim_epoch_log(out / EPOCH_LOG, resumed_from)
     train_sources, val_sources = split_holdout(sources, config.holdout)
     n_rows = sum(s.stop - s.start for s in train_sources)
-    if steps_per_epoch(n_rows, config.batch_size, world) == 0:
-        raise InputError(
-            f"training set has {n_rows} images, fewer than one batch of {config.batch_size} "
-            f"per process ({world} processes): lower batch_size"
-        )
+    check_one_batch(n_rows, config.batch_size, world)
     val_batches = validation_batches(
         val_sources,
         batch_size=config.batch_size,
@@ -506,11 +502,7 @@ def train_encoder(
         started["config"] = normalise_config(started.get("config", {}))
         _check_same_training(name, "started", started, wanted)
     n_rows = sum(s.stop - s.start for s in split_holdout(sources, config.holdout)[0])
-    if steps_per_epoch(n_rows, config.batch_size, config.processes) == 0:
-        raise InputError(
-            f"training set has {n_rows} images, fewer than one batch of {config.batch_size} "
-            f"per process ({config.processes} processes): lower batch_size"
-        )
+    check_one_batch(n_rows, config.batch_size, config.processes)
     write_atomic(record, json.dumps(wanted, indent=1))
     ex = executor or Executor.from_profile(workspace.cluster_profile, workspace.jobs, registry)
     handle = ex.submit(
