@@ -13,7 +13,7 @@ import torch
 from pomlia_hpc.cluster import Executor
 from pomlia_hpc.curves import CURVES_DIR, read_curves
 from pomlia_hpc.data.store import open_version
-from pomlia_hpc.errors import InputError, NotFoundError
+from pomlia_hpc.errors import DataIntegrityError, InputError, NotFoundError
 from pomlia_hpc.fingerprint.autoencoder import (
     Autoencoder,
     EncoderConfig,
@@ -31,7 +31,7 @@ from pomlia_hpc.fingerprint.train import (
 from pomlia_hpc.models.nets import build_classifier
 from pomlia_hpc.registry import Job, Registry
 from pomlia_hpc.workspace import Workspace
-from tests.fixtures.factories import make_dataset
+from tests.fixtures.factories import make_dataset, tiny_dataset
 
 
 @pytest.mark.parametrize(("size", "d"), [(28, 2), (64, 16)])
@@ -176,6 +176,30 @@ def test_train_register_and_resume(workspace: Workspace, reg: Registry) -> None:
         train_encoder(reg, workspace, "ae", [a, b], _cfg(lr=0.01), executor=ex)
     with pytest.raises(InputError, match=r"config.encoder.latent_dim = 2 but this run asks for 3"):
         train_encoder(reg, workspace, "ae", [a, b], _cfg(encoder={"latent_dim": 3}), executor=ex)
+
+
+def test_a_start_that_failed_before_an_epoch_does_not_pin_its_datasets(
+    workspace: Workspace, reg: Registry
+) -> None:
+    """A training stopped before its first checkpoint (here by a damaged chunk) left its
+    config.json, and every later start under that name with other datasets was refused;
+    nothing removed it. It pins nothing now: a new start replaces it."""
+    bad = tiny_dataset(workspace, reg, "bad", sizes=(48, 4, 4))
+    good = make_dataset(workspace, reg, "blood", sizes=(48, 4, 4), chunk_rows=16)
+    chunk = next(
+        p for p in (open_version(reg, bad).path / "images" / "c").rglob("*") if p.is_file()
+    )
+    data = bytearray(chunk.read_bytes())
+    data[len(data) // 2] ^= 0x01  # Blosc decodes it; its hash no longer matches
+    chunk.write_bytes(bytes(data))
+    ex = Executor.from_profile("local", workspace.jobs, reg)
+    with pytest.raises(DataIntegrityError):
+        train_encoder(reg, workspace, "e1", [bad], _cfg(num_workers=0), executor=ex)
+    out = encoder_dir(workspace, "e1")
+    assert (out / "config.json").is_file() and not (out / "latest.json").exists()
+    enc = train_encoder(reg, workspace, "e1", [good], _cfg(num_workers=0), executor=ex)
+    assert len(enc.loss_curve) == 1 and len(enc.dataset_version_ids) == 1
+    assert json.loads((out / "config.json").read_text())["datasets"] == [good]
 
 
 def test_two_data_parallel_ranks_bf16_zero1(workspace: Workspace, reg: Registry) -> None:

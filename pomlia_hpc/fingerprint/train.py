@@ -22,7 +22,8 @@ and the kept weights; the learning rate follows ``lr_schedule`` per epoch.
 Files under ``<home>/models/encoders/<name>/``::
 
     config.json         {"config": TrainConfig, "datasets": [name@version, ...]}, written at
-                        submission: a re-run under the same name must ask for the same
+                        submission: once an epoch is checkpointed, a re-run under the same
+                        name must ask for the same (before, a new start replaces it)
     encoder.pt          final weights (written last: its presence means "trained")
     latest.json         {"epoch": k, "tag": "epoch-000k", "loss_curve": [...], "val_curve": [...],
                          "best_epoch": b, "bad_epochs": n, "stopped_early": bool, ...}
@@ -497,7 +498,9 @@ def train_encoder(
         _check_same_training(name, "trained", trained, wanted)
         return existing
     record = out / TRAINING_RECORD
-    if record.exists():
+    # Only a finished epoch (its checkpoint) pins datasets and options: a start that failed
+    # before one (e.g. on a damaged chunk) has nothing to resume, and a new start replaces it.
+    if record.exists() and _read_latest(out) is not None:
         started = json.loads(record.read_text())
         started["config"] = normalise_config(started.get("config", {}))
         _check_same_training(name, "started", started, wanted)
