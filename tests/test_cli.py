@@ -94,6 +94,19 @@ def test_bad_config_is_one_line_and_exit_2(tmp_path: Path) -> None:
     assert "unknown key 'clusterr'" in proc.stderr and "Traceback" not in proc.stderr
 
 
+def test_an_error_quoting_brackets_is_printed_as_text(tmp_path: Path) -> None:
+    """Errors were printed as rich markup: "[val]" in a message (a split, a user's name)
+    vanished."""
+    env = {**os.environ, "POMLIA_HOME": str(tmp_path / "h"), "COLUMNS": "1000"}
+    env.pop("POMLIA_DB_URL", None)
+    cmd = [sys.executable, "-m", "pomlia_hpc"]
+    subprocess.run([*cmd, "init"], env=env, capture_output=True, check=True)
+    proc = subprocess.run(
+        [*cmd, "recommend", "[val]nosuch"], env=env, capture_output=True, text=True, check=False
+    )
+    assert proc.returncode == 2 and "task '[val]nosuch' not found" in proc.stderr, proc.stderr
+
+
 def test_a_home_that_is_a_file_is_one_line_and_exit_2(tmp_path: Path) -> None:
     """`pomlia --home FILE init` (and every command that creates the layout) failed in mkdir
     with a traceback."""

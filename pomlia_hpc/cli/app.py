@@ -12,6 +12,7 @@ from typing import Annotated
 import typer
 import typer.rich_utils
 from rich.console import Console
+from rich.markup import escape
 from sqlalchemy.exc import DBAPIError
 
 from pomlia_hpc import __version__
@@ -175,11 +176,16 @@ def main() -> None:
         app()
     except PomliaError as exc:
         # soft_wrap: one line whatever the width (a terminal wraps it for the eye), for grep
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, soft_wrap=True)
+        # escape: a message quoting "[val]" or a user's "[red]x" is text, not rich markup
+        err_console.print(
+            f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True
+        )
         sys.exit(exc.exit_code)
     except DBAPIError as exc:  # a database failure the library did not name: still one line
         first = str(exc.orig or exc).strip().splitlines()[0] if str(exc.orig or exc) else ""
         err_console.print(
-            f"[bold red]error:[/] registry database error: {first}", highlight=False, soft_wrap=True
+            f"[bold red]error:[/] registry database error: {escape(first)}",
+            highlight=False,
+            soft_wrap=True,
         )
         sys.exit(1)
