@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from sqlalchemy import select
 
+from pomlia_hpc.data.splits import require_all_splits
 from pomlia_hpc.data.store import find_version, open_store
 from pomlia_hpc.errors import InputError, NotFoundError, PomliaError
 from pomlia_hpc.names import validate_name
@@ -21,9 +24,9 @@ def add_task(
     validate_name("task", name)
     check_metric(metric)
     version = find_version(registry, dataset)
-    store_type = normalize_task_type(
-        str(open_store(version.store_path).meta.get("task_type", "multi-class"))
-    )
+    meta = open_store(version.store_path).meta
+    check_trainable(meta, f"{dataset.partition('@')[0]}@{version.version}")
+    store_type = normalize_task_type(str(meta.get("task_type", "multi-class")))
     if task_type is not None and normalize_task_type(task_type) != store_type:
         raise InputError(
             f"task type '{task_type}' does not match dataset '{dataset}', whose "
@@ -37,6 +40,19 @@ def add_task(
         s.flush()
         s.expunge(row)
         return row
+
+
+def check_trainable(meta: dict[str, Any], ref: str) -> None:
+    """Refuse a dataset version (``ref``, its store's ``meta``) that no trial could learn
+    from: an empty train, val or test split, or a binary task without exactly 2 classes
+    (versions ingested before ``data add`` refused that); one :class:`InputError` each."""
+    require_all_splits(meta, ref)
+    n_classes = int(meta.get("n_classes", 0))
+    if meta.get("task_type") == "binary-class" and n_classes != 2:
+        raise InputError(
+            f"dataset '{ref}' is binary-class but has {n_classes} classes: expected exactly 2 "
+            "(ingest it again with --task-type multi-class)"
+        )
 
 
 def get_task(registry: Registry, ref: str | int) -> Task:

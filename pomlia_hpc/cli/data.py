@@ -176,6 +176,21 @@ def add(
     parent = f", parent {rec.parent}" if rec.parent else ""
     console.print(f"{what} [bold]{rec.ref}[/] ({rec.n_images} images{parent})")
     console.print(f"store: {rec.store_path}")
+    _print_notes(rec.meta)
+
+
+def _print_notes(meta: dict[str, Any]) -> None:
+    """The split sizes of an ingested version, and a warning for an empty split (no task can
+    be made of it)."""
+    from pomlia_hpc.data.splits import describe_splits, empty_splits, fill_hint
+
+    console.print(f"splits: {describe_splits(meta)}")
+    empty = empty_splits(meta)
+    if empty:
+        console.print(
+            f"[yellow]warning:[/] no {' or '.join(empty)} images: `pomlia task add` refuses "
+            f"this version (AutoML needs train, val and test images); {fill_hint(meta, empty)}"
+        )
 
 
 @data_app.command("synth")

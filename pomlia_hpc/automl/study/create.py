@@ -15,11 +15,11 @@ from pomlia_hpc.automl.study.spec import (
     check_study_options,
     write_json,
 )
-from pomlia_hpc.automl.tasks import get_task, task_dataset
+from pomlia_hpc.automl.tasks import check_trainable, get_task, task_dataset
 from pomlia_hpc.config import load_cluster_profile
 from pomlia_hpc.data.store import open_store
 from pomlia_hpc.errors import InputError, PomliaError
-from pomlia_hpc.registry import Registry
+from pomlia_hpc.registry import DatasetVersion, Registry, Task
 from pomlia_hpc.vocab import check_metric
 from pomlia_hpc.workspace import Workspace
 
@@ -66,9 +66,7 @@ def create_study(
     ``recent_share``: on a harvested dataset version (:mod:`pomlia_hpc.data.harvest`), the
     share of every epoch drawn from its new (production) training images.
     """
-    t = get_task(registry, task)
-    version, ref = task_dataset(registry, t)
-    check_metric(t.metric)
+    t, version, ref = _checked_task(registry, task)
     stamp = datetime.now(UTC)
     name = name or f"{t.name}-{stamp:%Y%m%d-%H%M%S}"
     options = check_study_options(
@@ -124,6 +122,17 @@ def create_study(
     )
     write_json(folder / SPEC_FILE, spec.to_dict())
     return spec
+
+
+def _checked_task(registry: Registry, task: str) -> tuple[Task, DatasetVersion, str]:
+    """Task ``task``, its dataset version and that version's ref, refused before any job
+    starts if no trial could learn from it (a task registered before `task add` checked its
+    data) or its metric is unknown."""
+    t = get_task(registry, task)
+    version, ref = task_dataset(registry, t)
+    check_metric(t.metric)
+    check_trainable(version.meta, ref)
+    return t, version, ref
 
 
 def _new_study_folder(workspace: Workspace, name: str) -> Path:

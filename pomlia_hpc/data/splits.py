@@ -1,0 +1,77 @@
+"""Whether a dataset version has images in every split, and how to get them where it does not.
+
+AutoML trains on ``train``, picks configurations on ``val`` and reports ``test``: a version
+with an empty split is a faithful copy of its source (``data add`` keeps it, with a warning),
+but no task can learn from it (``task add`` and ``automl run`` refuse it up front instead of
+every trial crashing on an empty tensor). The hint names the way to fill the split for the
+kind of source the version came from (``meta["source"]``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pomlia_hpc.data.store import SPLITS
+from pomlia_hpc.errors import InputError
+
+
+def split_sizes(meta: dict[str, Any]) -> dict[str, int]:
+    """Images per split of a store's ``meta`` (``split_sizes``, else the ``splits`` ranges)."""
+    sizes = meta.get("split_sizes")
+    if isinstance(sizes, dict):
+        return {s: int(sizes.get(s, 0)) for s in SPLITS}
+    ranges = meta.get("splits") or {}
+    return {s: int(ranges[s][1]) - int(ranges[s][0]) if s in ranges else 0 for s in SPLITS}
+
+
+def empty_splits(meta: dict[str, Any]) -> list[str]:
+    """The splits of a store's ``meta`` without images, in train, val, test order."""
+    return [s for s, n in split_sizes(meta).items() if n == 0]
+
+
+def _or(names: list[str]) -> str:
+    return " or ".join(names) if len(names) < 3 else f"{', '.join(names[:-1])} or {names[-1]}"
+
+
+def fill_hint(meta: dict[str, Any], empty: list[str]) -> str:
+    """How to give the ``empty`` splits images, for the kind of source ``meta`` came from."""
+    source = meta.get("source") or {}
+    kind = source.get("kind")
+    if kind == "npz":
+        arrays = ", ".join(f"{s}_images/{s}_labels" for s in empty)
+        return f"add the arrays {arrays} to the npz file and run `pomlia data add` again"
+    if kind == "folder" and source.get("layout") == "split folders":
+        folders = ", ".join(f"{s}/<class>/" for s in empty)
+        return f"add the folder(s) {folders} with images and run `pomlia data add` again"
+    if kind == "folder":
+        fractions = " / ".join(f"--{s}-fraction" for s in empty if s != "train")
+        more = f"a larger {fractions} or " if fractions else ""
+        return (
+            f"add the images again with {more}more images per class (each file goes to a "
+            "split by a hash of its path, so a small folder can leave a split empty)"
+        )
+    if kind == "hdf5":
+        codes = ", ".join(f"{SPLITS.index(s)} ({s})" for s in empty)
+        if source.get("split"):
+            return f"give some rows the code(s) {codes} in the --split dataset"
+        fractions = " / ".join(f"--{s}-fraction" for s in empty if s != "train")
+        how = f"a larger {fractions}" if fractions else "smaller --val-fraction / --test-fraction"
+        return f"add it again with {how}, or a --split dataset holding the codes {codes}"
+    return f"ingest a version of this dataset with {_or(empty)} images"
+
+
+def describe_splits(meta: dict[str, Any]) -> str:
+    """``train 50, val 0, test 0``."""
+    return ", ".join(f"{s} {n}" for s, n in split_sizes(meta).items())
+
+
+def require_all_splits(meta: dict[str, Any], ref: str) -> None:
+    """Refuse a version (``ref``, its store's ``meta``) with an empty split: one
+    :class:`InputError` naming the empty split(s) and how to fill them."""
+    empty = empty_splits(meta)
+    if empty:
+        raise InputError(
+            f"dataset '{ref}' has no {_or(empty)} images ({describe_splits(meta)}): expected "
+            "images in train, val and test (AutoML trains on train, picks on val, reports "
+            f"test); {fill_hint(meta, empty)}"
+        )

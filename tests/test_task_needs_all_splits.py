@@ -1,0 +1,97 @@
+"""A dataset version without train, val or test images: `data add` keeps it with a warning,
+`task add` and `automl run` refuse it up front (every AutoML trial crashed on it before, with
+"cannot reshape tensor of 0 elements")."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from sqlalchemy import select
+from typer.testing import CliRunner
+
+from pomlia_hpc.automl.tasks import check_trainable
+from pomlia_hpc.cli import app
+from pomlia_hpc.data.store import find_version
+from pomlia_hpc.errors import InputError
+from pomlia_hpc.registry import Registry, Run, Task
+from pomlia_hpc.workspace import Workspace
+from tests.fixtures.cli import cli_ok
+
+pytestmark = pytest.mark.usefixtures("wide_console")
+runner = CliRunner()
+
+
+def _train_only_npz(path: Path) -> Path:
+    rng = np.random.default_rng(0)
+    np.savez(
+        path,
+        train_images=rng.integers(0, 255, (50, 28, 28), dtype=np.uint8),
+        train_labels=rng.integers(0, 3, (50, 1)),
+    )
+    return path
+
+
+def _refused(*args: str) -> str:
+    """Run ``pomlia ARGS`` that must stop with an InputError; return its message."""
+    with pytest.raises(InputError) as exc:
+        runner.invoke(app, list(args), catch_exceptions=False)
+    return str(exc.value)
+
+
+def _tasks(reg: Registry) -> list[str]:
+    with reg.session() as s:
+        return list(s.scalars(select(Task.name)))
+
+
+def test_an_npz_without_val_and_test_is_kept_with_a_warning_and_refused_as_a_task(
+    reg: Registry, tmp_path: Path
+) -> None:
+    text = cli_ok("data", "add", "g1", str(_train_only_npz(tmp_path / "t.npz")))
+    assert "splits: train 50, val 0, test 0" in text
+    assert "warning: no val or test images: `pomlia task add` refuses this version" in text
+    err = _refused("task", "add", "tg", "--dataset", "g1", "--metric", "auc")
+    assert "dataset 'g1@" in err and "has no val or test images (train 50, val 0, test 0)" in err
+    assert "add the arrays val_images/val_labels, test_images/test_labels to the npz" in err
+    assert _tasks(reg) == []
+
+
+def test_a_small_class_folder_without_test_images_names_the_fraction_option(
+    reg: Registry, tmp_path: Path
+) -> None:
+    folder = tmp_path / "one"
+    (folder / "a").mkdir(parents=True)
+    for i in range(10):  # the hash of these 10 paths gives 8 train, 2 val, 0 test
+        Image.fromarray(np.full((8, 8), i * 20, np.uint8)).save(folder / "a" / f"{i}.png")
+    text = cli_ok("data", "add", "f1", str(folder))
+    assert "splits: train 8, val 2, test 0" in text and "warning: no test images" in text
+    err = _refused("task", "add", "tf", "--dataset", "f1", "--metric", "acc")
+    assert "has no test images (train 8, val 2, test 0)" in err and "--test-fraction" in err
+    assert _tasks(reg) == []
+
+
+def test_automl_run_refuses_a_task_registered_before_the_check(
+    workspace: Workspace, reg: Registry, tmp_path: Path
+) -> None:
+    cli_ok("data", "add", "g1", str(_train_only_npz(tmp_path / "t.npz")))
+    version = find_version(reg, "g1")
+    with reg.session() as s:  # as `task add` registered it before it checked the splits
+        s.add(
+            Task(name="old", dataset_version_id=version.id, metric="auc", task_type="multi-class")
+        )
+    err = _refused("automl", "run", "old", "--trials", "1")
+    assert "has no val or test images" in err
+    with reg.session() as s:
+        assert s.scalar(select(Run.id)) is None  # no trial, no job
+    assert not any((workspace.home / "runs").iterdir())
+
+
+def test_a_binary_version_with_three_classes_is_refused_as_a_task() -> None:
+    # versions ingested before `data add` refused --task-type binary-class for 3 classes
+    sizes = {"train": 5, "val": 2, "test": 2}
+    meta = {"task_type": "binary-class", "n_classes": 3, "split_sizes": sizes}
+    with pytest.raises(InputError, match=r"'g2@ab' is binary-class but has 3 classes: expected"):
+        check_trainable(meta, "g2@ab")
+    check_trainable({**meta, "n_classes": 2}, "g2@ab")
