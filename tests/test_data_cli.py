@@ -72,3 +72,25 @@ def test_a_class_count_below_one_is_a_usage_error(workspace: Workspace) -> None:
     # It used to reach the label check as "expected 0 .. -1".
     res = runner.invoke(app, ["data", "add", "mine", "a.h5", "--n-classes", "0"])
     assert res.exit_code == 2 and "'--n-classes': Input should be greater" in res.output
+
+
+def test_add_says_how_many_gray_images_of_a_mixed_folder_became_rgb(
+    workspace: Workspace, tmp_path: Path
+) -> None:
+    # They were converted without notice: keep the conversion, but say so.
+    for i in range(3):
+        Image.fromarray(np.full((8, 8), 30 * i, np.uint8)).save(tmp_path / f"g{i}.png")
+    for cls in ("a", "b"):
+        (tmp_path / "mixed" / cls).mkdir(parents=True)
+        (tmp_path / "gray" / cls).mkdir(parents=True)
+        for i in range(3):
+            Image.open(tmp_path / f"g{i}.png").save(tmp_path / "mixed" / cls / f"{i}.png")
+            Image.open(tmp_path / f"g{i}.png").save(tmp_path / "gray" / cls / f"{i}.png")
+    colour = np.random.default_rng(0).integers(0, 255, (8, 8, 3), dtype=np.uint8)
+    Image.fromarray(colour).save(tmp_path / "mixed" / "b" / "rgb.png")
+    text = cli_ok("data", "add", "mixed", str(tmp_path / "mixed"))
+    assert "note: 6 gray image(s) converted to RGB" in text
+    assert (
+        json.loads(cli_ok("data", "show", "mixed", "--json"))["meta"]["source"]["gray_to_rgb"] == 6
+    )
+    assert "converted to RGB" not in cli_ok("data", "add", "gray", str(tmp_path / "gray"))

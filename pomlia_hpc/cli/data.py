@@ -180,8 +180,8 @@ def add(
 
 
 def _print_notes(meta: dict[str, Any]) -> None:
-    """The split sizes of an ingested version, and a warning for an empty split (no task can
-    be made of it)."""
+    """The split sizes of an ingested version, a warning for an empty split (no task can be
+    made of it) and a note on gray images converted to RGB."""
     from pomlia_hpc.data.splits import describe_splits, empty_splits, fill_hint
 
     console.print(f"splits: {describe_splits(meta)}")
@@ -190,6 +190,12 @@ def _print_notes(meta: dict[str, Any]) -> None:
         console.print(
             f"[yellow]warning:[/] no {' or '.join(empty)} images: `pomlia task add` refuses "
             f"this version (AutoML needs train, val and test images); {fill_hint(meta, empty)}"
+        )
+    gray = int((meta.get("source") or {}).get("gray_to_rgb", 0))
+    if gray:
+        console.print(
+            f"[yellow]note:[/] {gray} gray image(s) converted to RGB (the folder mixes gray "
+            "and colour images; each gray value is copied to the 3 channels)"
         )
 
 

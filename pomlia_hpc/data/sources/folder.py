@@ -10,7 +10,8 @@ Without split folders each file goes to train/val/test by a hash of its path rel
 the existing ones to another split. Within a split, rows are ordered by another hash of that
 path (deterministic, and not class by class). Files under a class folder may sit in nested
 folders; hidden files (``.name``) are skipped. Every image must have the size of the first one.
-A dataset is RGB if any of its images is colour (gray ones are then replicated to 3 channels).
+A dataset is RGB if any of its images is colour (gray ones are then replicated to 3 channels;
+their count is kept as ``meta["source"]["gray_to_rgb"]`` and ``data add`` reports it).
 """
 
 from __future__ import annotations
@@ -219,6 +220,7 @@ class FolderSource(Source):
         first_path, first = self._files[0][0], read_header(self._files[0][0])
         check_side(f"image file '{first_path}'", first.height, first.width, self._limits)
         channels = first.channels
+        gray = int(first.channels == 1)
         for f, _ in self._files[1:]:
             h = read_header(f)
             if (h.height, h.width) != (first.height, first.width):
@@ -233,7 +235,11 @@ class FolderSource(Source):
                     f"{first.depth} like '{first_path}'"
                 )
             channels = max(channels, h.channels)
+            gray += h.channels == 1
         self.height, self.width, self.channels = first.height, first.width, channels
+        if channels == 3 and gray:
+            # Kept with the version (meta["source"]) and shown by `data add`: not silent.
+            self.extra["gray_to_rgb"] = gray
         self._depth = first.depth
         self._convert = PixelConverter(f"image folder '{self.path}'", np.dtype(first.depth))
         if self._convert.needs_max:
