@@ -53,6 +53,17 @@ _ALIASES = {
 }
 
 
+#: Every spelling :func:`normalize_task_type` takes (in any case): ours, then the aliases.
+TASK_TYPE_SPELLINGS: tuple[str, ...] = (*TASK_TYPES, *_ALIASES)
+
+
+def task_type_choices() -> str:
+    """:data:`TASK_TYPE_SPELLINGS` for ``--help`` and messages, one that holds a comma quoted:
+    ``multi-class, binary, ..., 'multi-label, binary-class', ... (any case)``."""
+    shown = (f"'{t}'" if "," in t else t for t in TASK_TYPE_SPELLINGS)
+    return f"{', '.join(shown)} (any case)"
+
+
 def normalize_task_type(task_type: str) -> str:
     """Map a task type (ours or MedMNIST's spelling, any case) to one of :data:`TASK_TYPES`;
     :class:`InputError` for anything else."""
@@ -62,7 +73,7 @@ def normalize_task_type(task_type: str) -> str:
         found = TaskType(key)
     if found is None:
         raise InputError(
-            f"task type '{task_type}' is not supported; expected one of: {', '.join(TASK_TYPES)}"
+            f"task type '{task_type}' is not supported; expected one of: {task_type_choices()}"
         )
     return found.value
 

@@ -262,8 +262,5 @@ def test_an_option_the_source_does_not_take_is_named_as_typed(add: Run, tmp_path
     err = add(npz, "--no-download")
     assert err.startswith("error: option does not apply to an npz source: --no-download;")
     err = add(npz, "--task-type", "regression")
-    assert err == (
-        "error: --task-type 'regression' is not known: expected one of 'multi-class', "
-        "'binary-class', 'multi-label, binary-class', 'ordinal-regression'"
-    )
+    assert err.startswith("error: --task-type 'regression' is not known: expected one of ")
     assert add(npz, "--max-classes", "0") == "error: --max-classes 0: expected a whole number >= 1"

@@ -14,7 +14,7 @@ from rich.text import Text
 from pomlia_hpc.cli.app import STATE, app, console, err_console, profile_for
 from pomlia_hpc.errors import InputError
 from pomlia_hpc.progress import Reporter, progress
-from pomlia_hpc.vocab import METRICS, RunStatus
+from pomlia_hpc.vocab import METRICS, RunStatus, task_type_choices
 
 task_app = typer.Typer(
     help="Register learning tasks (dataset version, metric, task type).", no_args_is_help=True
@@ -37,7 +37,8 @@ def task_add(
         str | None,
         typer.Option(
             "--task-type",
-            help="multi-class, binary, multi-label, ordinal (default: the dataset's).",
+            help=f"One of {task_type_choices()}; default: the dataset's (a different one "
+            "is refused).",
         ),
     ] = None,
 ) -> None:

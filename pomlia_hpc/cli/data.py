@@ -15,6 +15,7 @@ from rich.table import Table
 from pomlia_hpc.cli.app import STATE, app, console
 from pomlia_hpc.data.medmnist_info import FLAGS_2D
 from pomlia_hpc.progress import Reporter, progress
+from pomlia_hpc.vocab import task_type_choices
 
 # The library (zarr, dask, h5py) is imported inside the commands, so `pomlia --help` and other
 # command groups do not pay for it.
@@ -119,8 +120,8 @@ def add(
     task_type: Annotated[
         str | None,
         typer.Option(
-            help="multi-class, binary, multi-label or ordinal (MedMNIST's spellings, e.g. "
-            "binary-class, too); default: the source's."
+            help=f"One of {task_type_choices()}; default: the source's (binary for 2 "
+            "classes, else multi-class). Kept in MedMNIST's spelling."
         ),
     ] = None,
     val_fraction: Annotated[

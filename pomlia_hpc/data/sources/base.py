@@ -35,7 +35,7 @@ import numpy as np
 from pomlia_hpc.data.store import SPLITS
 from pomlia_hpc.data.writer import CHUNK_TARGET_BYTES
 from pomlia_hpc.errors import InputError
-from pomlia_hpc.vocab import MEDMNIST_TASK_TYPES
+from pomlia_hpc.vocab import MEDMNIST_TASK_TYPES, medmnist_task, task_type_choices
 
 #: Task types a source may declare, in MedMNIST's spelling (what dataset stores keep).
 TASK_TYPES = MEDMNIST_TASK_TYPES
@@ -206,6 +206,17 @@ def normalize_labels(where: str, labels: np.ndarray, n_images: int) -> np.ndarra
     raise InputError(f"{where} has dtype {y.dtype}: expected integer class labels")
 
 
+def _task_type(value: object) -> str:
+    """``--task-type`` in any spelling of :func:`pomlia_hpc.vocab.normalize_task_type`, as
+    MedMNIST spells it (what stores keep)."""
+    try:
+        return medmnist_task(str(value))
+    except InputError:
+        raise InputError(
+            f"--task-type '{value}' is not known: expected one of {task_type_choices()}"
+        ) from None
+
+
 @dataclass(frozen=True)
 class LabelDecl:
     """What the user (or MedMNIST INFO) declares about labels; None = infer."""
@@ -221,11 +232,7 @@ class LabelDecl:
             names = [s.strip() for s in names.split(",") if s.strip()]
         n = options.pop("n_classes", None)
         task = options.pop("task_type", None)
-        if task is not None and task not in TASK_TYPES:
-            raise InputError(
-                f"--task-type '{task}' is not known: expected one of "
-                + ", ".join(f"'{t}'" for t in TASK_TYPES)
-            )
+        task = None if task is None else _task_type(task)  # any spelling; MedMNIST's kept
         return cls(tuple(names) if names else None, None if n is None else int(n), task)
 
 

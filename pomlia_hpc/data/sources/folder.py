@@ -205,6 +205,11 @@ class FolderSource(Source):
         self._scan()
         n = len(self.class_names)
         decl = decl or LabelDecl()
+        if (decl.task_type or "").startswith("multi-label"):
+            raise InputError(
+                f"image folder '{path}': --task-type multi-label does not apply (each image "
+                "has one class, its folder): expected multi-class, binary or ordinal"
+            )
         task = decl.task_type or ("binary-class" if n == 2 else "multi-class")
         self.label_info = LabelInfo(task, self.class_names, 1)
         self.extra.update(

@@ -1,0 +1,70 @@
+"""`data add`'s label options: task types spelt as `task add` spells them."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+from pomlia_hpc.cli import app
+from pomlia_hpc.data.sources import open_source
+from pomlia_hpc.vocab import TASK_TYPE_SPELLINGS, medmnist_task, task_type_choices
+from pomlia_hpc.workspace import Workspace
+from tests.fixtures.cli import cli_ok
+from tests.fixtures.factories import tiny_arrays, write_npz
+
+Run = Callable[..., str]
+
+
+def _npz(path: Path, n_classes: int = 3) -> Path:
+    """bloodmnist look-alike arrays with labels 0 .. n_classes-1."""
+    arrays = tiny_arrays("bloodmnist", (30, 9, 9))
+    for split in ("train", "val", "test"):
+        y = arrays[f"{split}_labels"]
+        arrays[f"{split}_labels"] = np.arange(len(y))[:, None] % n_classes
+    return write_npz(path, arrays)
+
+
+def _folder(path: Path, classes: tuple[str, ...]) -> Path:
+    for c in classes:
+        (path / c).mkdir(parents=True)
+        for i in range(3):
+            Image.fromarray(np.full((8, 8), 40 * i, np.uint8)).save(path / c / f"{i}.png")
+    return path
+
+
+@pytest.mark.parametrize("spelling", TASK_TYPE_SPELLINGS)
+def test_data_add_takes_every_task_type_spelling_task_add_takes(
+    spelling: str, tmp_path: Path
+) -> None:
+    # `binary`, `multi-label`, `ordinal` were refused ("not known: expected one of
+    # 'multi-class', 'binary-class', ...") though --help offered them and task add took them.
+    src = open_source(_npz(tmp_path / "a.npz", n_classes=2), task_type=spelling.upper())
+    assert src.label_info.task_type == medmnist_task(spelling)  # MedMNIST's, as stores keep
+
+
+@pytest.mark.usefixtures("wide_console")
+def test_help_lists_exactly_the_accepted_task_types(workspace: Workspace, tmp_path: Path) -> None:
+    for command in (["data", "add"], ["task", "add"]):
+        out = CliRunner().invoke(app, [*command, "--help"], env={"COLUMNS": "300"}).output
+        assert task_type_choices() in " ".join(out.replace("│", " ").split()), out
+    for spelling in TASK_TYPE_SPELLINGS:
+        assert spelling in task_type_choices()
+    text = cli_ok("data", "add", "b", str(_npz(tmp_path / "b.npz", 2)), "--task-type", "binary")
+    assert "new version b@" in text
+    assert "binary-class" in cli_ok("data", "list")
+
+
+def test_an_unknown_task_type_lists_the_accepted_ones(data_add: Run, tmp_path: Path) -> None:
+    err = data_add(_npz(tmp_path / "a.npz"), "--task-type", "regression")
+    want = f"error: --task-type 'regression' is not known: expected one of {task_type_choices()}"
+    assert err == want
+
+
+def test_a_folder_is_never_multi_label(data_add: Run, tmp_path: Path) -> None:
+    err = data_add(_folder(tmp_path / "f", ("a", "b")), "--task-type", "multi-label")
+    assert "--task-type multi-label does not apply (each image has one class" in err
