@@ -1,4 +1,5 @@
-"""`data add`'s label options: task types spelt as `task add` spells them."""
+"""`data add`'s label options: task types spelt as `task add` spells them, binary only with 2
+classes."""
 
 from __future__ import annotations
 
@@ -63,6 +64,23 @@ def test_an_unknown_task_type_lists_the_accepted_ones(data_add: Run, tmp_path: P
     err = data_add(_npz(tmp_path / "a.npz"), "--task-type", "regression")
     want = f"error: --task-type 'regression' is not known: expected one of {task_type_choices()}"
     assert err == want
+
+
+def test_binary_needs_exactly_two_classes(data_add: Run, tmp_path: Path) -> None:
+    # 0..2 labels were stored as "binary-class, 3 classes"; AutoML then failed with
+    # "validation auc is undefined".
+    npz = _npz(tmp_path / "a.npz", n_classes=3)
+    err = data_add(npz, "--task-type", "binary-class")
+    assert err == (
+        "error: a binary task (--task-type binary) needs exactly 2 classes, but the labels "
+        "have 3 classes (0 .. 2): expected 2 (or --task-type multi-class)"
+    )
+    err = data_add(_npz(tmp_path / "b.npz", 2), "--task-type", "binary", "--n-classes", "3")
+    assert "needs exactly 2 classes, but --n-classes is 3" in err
+    err = data_add(npz, "--task-type", "binary", "--class-names", "a,b,c")
+    assert "needs exactly 2 classes, but --class-names gives 3 names" in err
+    err = data_add(_folder(tmp_path / "one", ("a",)), "--task-type", "binary")
+    assert "needs exactly 2 classes, but image folder" in err and "has 1 class folder(s)" in err
 
 
 def test_a_folder_is_never_multi_label(data_add: Run, tmp_path: Path) -> None:

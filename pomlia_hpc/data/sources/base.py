@@ -217,6 +217,17 @@ def _task_type(value: object) -> str:
         ) from None
 
 
+def check_binary(task_type: str, n_classes: int, what: str) -> None:
+    """Refuse a binary task whose classes (``what`` says where the count comes from, e.g.
+    ``"the labels have 3 classes (0 .. 2)"``) are not exactly 2."""
+    if task_type == "binary-class" and n_classes != 2:
+        hint = " (or --task-type multi-class)" if n_classes > 2 else ""
+        raise InputError(
+            f"a binary task (--task-type binary) needs exactly 2 classes, but {what}: "
+            f"expected 2{hint}"
+        )
+
+
 @dataclass(frozen=True)
 class LabelDecl:
     """What the user (or MedMNIST INFO) declares about labels; None = infer."""
@@ -297,14 +308,27 @@ def resolve_labels(
                 f"{where} has label {y.max()} (row {row}) out of the declared class range: "
                 f"expected 0 .. {n_declared - 1}"
             )
-    if n_declared is None:
-        for where, y in parts.values():
-            if y.size:  # a label of 10**9 would otherwise make 10**9 class names
-                limits.check_classes(where, int(y.max()) + 1, "classes (largest label + 1)")
-        n_declared = max((int(y.max()) + 1 for _, y in parts.values() if y.size), default=1)
-    names = list(decl.class_names or [str(i) for i in range(n_declared)])
-    task = decl.task_type or ("binary-class" if n_declared == 2 else "multi-class")
+    n, what = _class_count(decl, parts, limits)
+    names = list(decl.class_names or [str(i) for i in range(n)])
+    task = decl.task_type or ("binary-class" if n == 2 else "multi-class")
+    check_binary(task, n, what)
     return LabelInfo(task, names, 1)
+
+
+def _class_count(
+    decl: LabelDecl, parts: dict[str, tuple[str, np.ndarray]], limits: IngestLimits
+) -> tuple[int, str]:
+    """Classes of single-label ``parts``: declared (class names, ``n_classes``) or the largest
+    label + 1; with where the count comes from, for messages."""
+    if decl.class_names is not None:
+        return len(decl.class_names), f"--class-names gives {len(decl.class_names)} names"
+    if decl.n_classes is not None:
+        return decl.n_classes, f"--n-classes is {decl.n_classes}"
+    for where, y in parts.values():
+        if y.size:  # a label of 10**9 would otherwise make 10**9 class names
+            limits.check_classes(where, int(y.max()) + 1, "classes (largest label + 1)")
+    n = max((int(y.max()) + 1 for _, y in parts.values() if y.size), default=1)
+    return n, f"the labels have {n} {'class' if n == 1 else 'classes'} (0 .. {n - 1})"
 
 
 @dataclass

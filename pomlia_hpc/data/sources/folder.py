@@ -31,6 +31,7 @@ from pomlia_hpc.data.sources.base import (
     LabelInfo,
     PixelConverter,
     Source,
+    check_binary,
     check_side,
     check_split_fractions,
 )
@@ -211,6 +212,7 @@ class FolderSource(Source):
                 "has one class, its folder): expected multi-class, binary or ordinal"
             )
         task = decl.task_type or ("binary-class" if n == 2 else "multi-class")
+        check_binary(task, n, f"image folder '{path}' has {n} class folder(s)")
         self.label_info = LabelInfo(task, self.class_names, 1)
         self.extra.update(
             {
