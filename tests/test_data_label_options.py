@@ -1,5 +1,5 @@
 """`data add`'s label options: task types spelt as `task add` spells them, binary only with 2
-classes."""
+classes, and class names / counts that contradict each other refused instead of resolved."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 
 from pomlia_hpc.cli import app
 from pomlia_hpc.data.sources import open_source
+from pomlia_hpc.errors import InputError
 from pomlia_hpc.vocab import TASK_TYPE_SPELLINGS, medmnist_task, task_type_choices
 from pomlia_hpc.workspace import Workspace
 from tests.fixtures.cli import cli_ok
@@ -86,3 +87,44 @@ def test_binary_needs_exactly_two_classes(data_add: Run, tmp_path: Path) -> None
 def test_a_folder_is_never_multi_label(data_add: Run, tmp_path: Path) -> None:
     err = data_add(_folder(tmp_path / "f", ("a", "b")), "--task-type", "multi-label")
     assert "--task-type multi-label does not apply (each image has one class" in err
+
+
+@pytest.mark.parametrize(
+    ("opts", "message"),
+    [
+        (
+            ("--class-names", "a,b,c,d", "--n-classes", "3"),
+            "error: --class-names gives 4 names but --n-classes is 3: expected the same number "
+            "(or only one of the two)",
+        ),
+        (
+            ("--class-names", "a,a,b"),
+            "error: --class-names 'a,a,b' names 'a' more than once: expected one name per class",
+        ),
+        (
+            ("--class-names", ",,"),
+            "error: --class-names ',,' has an empty name (name 1 of 3): expected "
+            "comma-separated, non-empty names",
+        ),
+        (("--class-names", "a, ,c"), "has an empty name (name 2 of 3)"),
+    ],
+)
+def test_contradicting_class_options_are_refused(
+    data_add: Run, tmp_path: Path, opts: tuple[str, ...], message: str
+) -> None:
+    # They were resolved silently: 4 classes, a duplicate name, the option ignored.
+    err = data_add(_npz(tmp_path / "a.npz"), *opts)
+    assert err == message if message.startswith("error:") else message in err
+
+
+def test_a_class_count_against_the_multi_label_columns_is_refused(
+    data_add: Run, tmp_path: Path
+) -> None:
+    npz = write_npz(tmp_path / "c.npz", tiny_arrays("chestmnist", (20, 5, 5)))
+    err = data_add(npz, "--n-classes", "3")
+    assert "--n-classes is 3 but the labels have 14 columns: expected 14" in err
+
+
+def test_class_names_from_the_library_are_checked_too(tmp_path: Path) -> None:
+    with pytest.raises(InputError, match="names 'x' more than once"):
+        open_source(_npz(tmp_path / "a.npz"), class_names=["x", "x", "y"])

@@ -206,6 +206,28 @@ def normalize_labels(where: str, labels: np.ndarray, n_images: int) -> np.ndarra
     raise InputError(f"{where} has dtype {y.dtype}: expected integer class labels")
 
 
+def _class_names(value: str | Sequence[object] | None) -> tuple[str, ...] | None:
+    """``--class-names`` (a comma-separated string, or a list from the library API) as a tuple
+    of distinct, non-empty names; None when not given."""
+    if value is None:
+        return None
+    items = value.split(",") if isinstance(value, str) else [str(v) for v in value]
+    names = tuple(v.strip() for v in items)
+    shown = ",".join(items)
+    if "" in names:
+        raise InputError(
+            f"--class-names '{shown}' has an empty name (name {names.index('') + 1} of "
+            f"{len(names)}): expected comma-separated, non-empty names"
+        )
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise InputError(
+            f"--class-names '{shown}' names {', '.join(repr(n) for n in twice)} more than "
+            "once: expected one name per class"
+        )
+    return names
+
+
 def _task_type(value: object) -> str:
     """``--task-type`` in any spelling of :func:`pomlia_hpc.vocab.normalize_task_type`, as
     MedMNIST spells it (what stores keep)."""
@@ -238,13 +260,20 @@ class LabelDecl:
 
     @classmethod
     def from_options(cls, options: dict[str, Any]) -> LabelDecl:
-        names = options.pop("class_names", None)
-        if isinstance(names, str):
-            names = [s.strip() for s in names.split(",") if s.strip()]
+        """Pop ``class_names``, ``n_classes`` and ``task_type`` from ``options``: names must
+        be distinct and non-empty and agree with ``n_classes`` when both are given; the task
+        type may be any spelling and is kept in MedMNIST's."""
+        names = _class_names(options.pop("class_names", None))
         n = options.pop("n_classes", None)
+        if n is not None and (isinstance(n, bool) or int(n) < 1):
+            raise InputError(f"--n-classes {n!r}: expected a whole number >= 1")
+        if names is not None and n is not None and len(names) != int(n):
+            raise InputError(
+                f"--class-names gives {len(names)} names but --n-classes is {n}: expected "
+                "the same number (or only one of the two)"
+            )
         task = options.pop("task_type", None)
-        task = None if task is None else _task_type(task)  # any spelling; MedMNIST's kept
-        return cls(tuple(names) if names else None, None if n is None else int(n), task)
+        return cls(names, None if n is None else int(n), None if task is None else _task_type(task))
 
 
 @dataclass
@@ -287,6 +316,11 @@ def resolve_labels(
             raise InputError(
                 f"class_names has {len(decl.class_names)} names: expected {n} "
                 "(one per multi-label column)"
+            )
+        if decl.n_classes is not None and decl.n_classes != n:
+            raise InputError(
+                f"--n-classes is {decl.n_classes} but the labels have {n} columns: expected "
+                f"{n} (one class per multi-label column)"
             )
         for where, y in parts.values():
             bad = (y != 0) & (y != 1)
