@@ -162,8 +162,25 @@ def test_hdf5_path_missing(add: Run, tmp_path: Path) -> None:
         f["imgs"] = np.zeros((4, 8, 8), np.uint8)
         f["meta/labels"] = np.zeros(4, np.int64)
     err = add(p, "--images", "imgs", "--labels", "labels")
-    assert str(p) in err and "no dataset at path 'labels' (option labels)" in err
+    assert str(p) in err and "no dataset at path 'labels' (--labels labels)" in err
     assert "expected one of: imgs, meta/labels" in err
+
+
+def test_hdf5_without_its_dataset_paths_names_the_command_line_flags(
+    add: Run, tmp_path: Path
+) -> None:
+    """The message asked for "the options images=PATH and labels=PATH", which the command line
+    does not take: it names --images/--labels and the datasets the file has."""
+    p = tmp_path / "d.h5"
+    with h5py.File(p, "w") as f:
+        f["imgs"] = np.zeros((4, 8, 8), np.uint8)
+        f["meta/labels"] = np.zeros(4, np.int64)
+    err = add(p, "--images", "imgs")
+    assert err == (
+        f"error: HDF5 file '{p}' needs --images PATH and --labels PATH, the paths of its image "
+        "and label datasets; --labels not given (datasets in the file: imgs, meta/labels)"
+    )
+    assert "--images and --labels not given" in add(p)
 
 
 def test_labels_out_of_declared_range(add: Run, tmp_path: Path) -> None:

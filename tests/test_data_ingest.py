@@ -496,7 +496,7 @@ def test_folder_split_fractions_are_checked(
     for val, test in ((0.7, 0.6), (-0.5, 0.1), (0.1, -0.2)):
         with pytest.raises(
             InputError,
-            match=rf"HDF5 file '.*d.h5': val_fraction {val} \+ test_fraction {test}: expected",
+            match=rf"HDF5 file '.*d.h5': --val-fraction {val} \+ --test-fraction {test}: expected",
         ):
             ingest(
                 workspace,

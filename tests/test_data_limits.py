@@ -126,7 +126,7 @@ def test_declared_class_counts_are_capped(add: Run, tmp_path: Path) -> None:
         tmp_path / "ok.npz", {"train_images": small_images(), "train_labels": np.zeros(20)}
     )
     err = add(p, "--n-classes", "100000000")
-    assert "option n_classes has 100000000 classes: expected at most 500" in err
+    assert "--n-classes has 100000000 classes: expected at most 500" in err
 
 
 def test_the_class_cap_is_an_option(add: Run, tmp_path: Path, workspace: Workspace) -> None:

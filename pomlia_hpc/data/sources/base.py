@@ -142,7 +142,7 @@ def check_split_fractions(where: str, val_fraction: float, test_fraction: float)
     """Refuse hash-split fractions below 0, or summing to 1 or more (no train rows left)."""
     if not (val_fraction >= 0 and test_fraction >= 0 and val_fraction + test_fraction < 1):
         raise InputError(
-            f"{where}: val_fraction {val_fraction} + test_fraction {test_fraction}: "
+            f"{where}: --val-fraction {val_fraction} + --test-fraction {test_fraction}: "
             "expected fractions >= 0 that sum to less than 1"
         )
 
@@ -298,9 +298,9 @@ def resolve_labels(
     to (where, int64 labels (n, L)). More classes than ``limits.max_classes`` are refused."""
     limits = limits or IngestLimits()
     if decl.class_names is not None:
-        limits.check_classes("class_names", len(decl.class_names), "names")
+        limits.check_classes("--class-names", len(decl.class_names), "names")
     if decl.n_classes is not None:
-        limits.check_classes("option n_classes", decl.n_classes)
+        limits.check_classes("--n-classes", decl.n_classes)
     widths = {y.shape[1] for _, y in parts.values()}
     if len(widths) > 1:
         raise InputError(
@@ -314,7 +314,7 @@ def resolve_labels(
         n = width
         if decl.class_names is not None and len(decl.class_names) != n:
             raise InputError(
-                f"class_names has {len(decl.class_names)} names: expected {n} "
+                f"--class-names has {len(decl.class_names)} names: expected {n} "
                 "(one per multi-label column)"
             )
         if decl.n_classes is not None and decl.n_classes != n:

@@ -70,11 +70,6 @@ class Hdf5Source(Source):
     ) -> None:
         super().__init__(path=path, kind="hdf5")
         self._limits = limits or IngestLimits()
-        if not images or not labels:
-            raise InputError(
-                f"HDF5 file '{path}': expected the options images=PATH and "
-                "labels=PATH (paths of the datasets inside the file)"
-            )
         check_split_fractions(f"HDF5 file '{path}'", val_fraction, test_fraction)
         try:
             self._file = h5py.File(path, "r")
@@ -83,6 +78,14 @@ class Hdf5Source(Source):
                 f"HDF5 file '{path}' cannot be opened ({exc}): expected an HDF5 file"
             ) from exc
         try:
+            if not images or not labels:
+                given = (("--images", images), ("--labels", labels))
+                missing = " and ".join(flag for flag, value in given if not value)
+                raise InputError(
+                    f"HDF5 file '{path}' needs --images PATH and --labels PATH, the paths of "
+                    f"its image and label datasets; {missing} not given (datasets in the "
+                    f"file: {', '.join(_dataset_paths(self._file)) or 'none'})"
+                )
             self._validate(images, labels, split, decl, val_fraction, test_fraction)
         except BaseException:
             self._file.close()
@@ -134,8 +137,8 @@ class Hdf5Source(Source):
         if not isinstance(obj, h5py.Dataset):
             found = ", ".join(_dataset_paths(self._file)) or "none"
             raise InputError(
-                f"HDF5 file '{self.path}' has no dataset at path '{name}' (option "
-                f"{option}): expected one of: {found}"
+                f"HDF5 file '{self.path}' has no dataset at path '{name}' (--{option} "
+                f"{name}): expected one of: {found}"
             )
         return obj
 
