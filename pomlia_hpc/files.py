@@ -147,6 +147,35 @@ def temp_writer(name: str, host: str) -> int | None:
     return int(pid)
 
 
+def make_dirs(path: str | Path) -> list[Path]:
+    """Create folder ``path`` and its missing parents; return the folders this call created,
+    outermost first, so that a command that fails afterwards can remove them again
+    (:func:`remove_made_dirs`). If creating one fails, those made so far are removed and the
+    :class:`OSError` is raised."""
+    target = Path(path)
+    missing = [p for p in (target, *target.parents) if not p.exists() and not p.is_symlink()]
+    made = list(reversed(missing))
+    try:
+        target.mkdir(parents=True, exist_ok=True)
+    except OSError:
+        remove_made_dirs(made)
+        raise
+    return made
+
+
+def remove_made_dirs(made: list[Path]) -> None:
+    """Remove the folders :func:`make_dirs` reported (outermost first), deepest first and each
+    only while empty: what the command wrote is its own to clean up, and what another process
+    put there meanwhile stays (and with it the folders above)."""
+    for folder in reversed(made):
+        try:
+            folder.rmdir()
+        except FileNotFoundError:
+            continue  # never made (creation failed before it)
+        except OSError:
+            return  # not empty: keep it and everything above it
+
+
 def _remove(path: Path) -> None:
     if path.is_dir() and not path.is_symlink():
         shutil.rmtree(path, ignore_errors=True)

@@ -23,6 +23,7 @@ from pathlib import Path
 
 from pomlia_hpc.config import Settings, load_settings
 from pomlia_hpc.errors import ConfigError
+from pomlia_hpc.files import make_dirs, remove_made_dirs
 
 SUBDIRS = (
     "stores",
@@ -75,17 +76,22 @@ class Workspace:
     def tmp(self) -> Path:
         return self.home / "tmp"
 
-    def create(self) -> None:
-        """Create the directory layout (idempotent); a home that cannot hold it (a file, a
-        folder that cannot be written) is one :class:`ConfigError`."""
+    def create(self) -> list[Path]:
+        """Create the directory layout (idempotent); return the folders this call made,
+        outermost first (:func:`~pomlia_hpc.files.remove_made_dirs` undoes them for a
+        command that fails later). A home that cannot hold the layout (a file, a folder that
+        cannot be written) is one :class:`ConfigError`, and nothing made is left behind."""
+        made: list[Path] = []
         for sub in SUBDIRS:
             try:
-                (self.home / sub).mkdir(parents=True, exist_ok=True)
+                made += make_dirs(self.home / sub)
             except OSError as exc:
+                remove_made_dirs(made)
                 raise ConfigError(
                     f"workspace {self.home}: cannot create {sub}/ ({exc.strerror or exc}); "
                     "expected a folder that can be written (--home / POMLIA_HOME)"
                 ) from exc
+        return made
 
     @property
     def exists(self) -> bool:

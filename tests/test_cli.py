@@ -125,6 +125,24 @@ def test_a_home_that_is_a_file_is_one_line_and_exit_2(tmp_path: Path) -> None:
     assert home.read_text() == "mine"
 
 
+def test_a_refused_init_leaves_no_workspace_skeleton(tmp_path: Path) -> None:
+    """`pomlia --home h2 --db-url garbage init` exited 2 but left h2/ with stores/, jobs/, ..."""
+    home = tmp_path / "new" / "h2"
+    res = runner.invoke(app, ["--home", str(home), "--db-url", "garbage", "init"])
+    assert "'garbage' is not a valid database URL" in str(res.exception)
+    assert not (tmp_path / "new").exists()
+    # A home that existed keeps what it had; only the folders the command made go.
+    old = tmp_path / "old"
+    (old / "stores" / "mine").mkdir(parents=True)
+    res = runner.invoke(app, ["--home", str(old), "--db-url", "garbage", "init"])
+    assert res.exit_code != 0
+    assert [p.name for p in old.iterdir()] == ["stores"] and (old / "stores" / "mine").is_dir()
+    # So do the other commands that lay out the workspace, e.g. without a registry there.
+    res = runner.invoke(app, ["--home", str(tmp_path / "none"), "automl", "run", "t"])
+    assert isinstance(res.exception, NotFoundError) and "run `pomlia init`" in str(res.exception)
+    assert not (tmp_path / "none").exists()
+
+
 def test_jobs_list_takes_a_recorded_state_beyond_the_vocabulary(workspace: Workspace) -> None:
     """Slurm states outside JobState (SUSPENDED, REQUEUED, ...) are recorded as Slurm says
     them: `--state suspended` lists such jobs instead of refusing the state."""

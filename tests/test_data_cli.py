@@ -94,3 +94,9 @@ def test_add_says_how_many_gray_images_of_a_mixed_folder_became_rgb(
         json.loads(cli_ok("data", "show", "mixed", "--json"))["meta"]["source"]["gray_to_rgb"] == 6
     )
     assert "converted to RGB" not in cli_ok("data", "add", "gray", str(tmp_path / "gray"))
+
+
+def test_synth_with_a_bad_scale_makes_no_folder(workspace: Workspace, tmp_path: Path) -> None:
+    res = runner.invoke(app, ["data", "synth", "--scale", "-1", str(tmp_path / "out" / "deep")])
+    assert "look-alike scale -1.0 is not valid" in str(res.exception)
+    assert not (tmp_path / "out").exists()

@@ -9,6 +9,7 @@ import pytest
 from sklearn.linear_model import Ridge, RidgeClassifier
 from sklearn.metrics import roc_auc_score
 
+from pomlia_hpc.data import synth
 from pomlia_hpc.data.medmnist_info import FLAGS_2D, flag_info
 from pomlia_hpc.data.synth import STYLES, make_lookalike, make_split, split_sizes, write_lookalikes
 from pomlia_hpc.errors import InputError
@@ -67,6 +68,51 @@ def test_other_sizes_use_medmnist_file_names(tmp_path: Path) -> None:
     assert p.name == "breastmnist_64.npz"
     with np.load(p) as d:
         assert d["train_images"].shape[1:] == (64, 64)
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"scale": -1}, "scale -1 is not valid"),
+        ({"seed": -1}, "seed -1 is not valid"),  # a ValueError traceback from numpy before
+        ({"size": 30}, "size 30 is not available"),
+        ({"flags": ["breastmnist", "nosuch"]}, "'nosuch' is not a MedMNIST 2D dataset"),
+    ],
+)
+def test_bad_options_are_refused_before_the_folder_is_made(
+    tmp_path: Path, options: dict[str, object], message: str
+) -> None:
+    # `data synth --scale -1 out/deep` exited 2 but left out/deep behind.
+    kw: dict[str, object] = {"scale": 0.002, "flags": ["breastmnist"], **options}
+    with pytest.raises(InputError, match=message):
+        write_lookalikes(tmp_path / "out" / "deep", **kw)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_failed_write_takes_back_what_it_added(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    real, written = synth.write_npz, []
+
+    def full_disk(path: Path, arrays: dict[str, np.ndarray], **kw: object) -> Path:
+        if written:
+            raise OSError(28, "No space left on device")
+        written.append(path)
+        return real(path, arrays, **kw)
+
+    monkeypatch.setattr(synth, "write_npz", full_disk)
+    flags = ["breastmnist", "pneumoniamnist"]
+    with pytest.raises(OSError, match="No space left"):
+        write_lookalikes(tmp_path / "new" / "la", scale=0.002, flags=flags)
+    assert not (tmp_path / "new").exists()
+    # In a folder that existed, only the files the call added go; the others stay.
+    keep = tmp_path / "old"
+    keep.mkdir()
+    (keep / "notes.txt").write_text("mine")
+    written.clear()
+    with pytest.raises(OSError, match="No space left"):
+        write_lookalikes(keep, scale=0.002, flags=flags)
+    assert [p.name for p in keep.iterdir()] == ["notes.txt"]
 
 
 def _features(x: np.ndarray) -> np.ndarray:

@@ -12,6 +12,8 @@ import pytest
 
 from pomlia_hpc.files import (
     atomic_target,
+    make_dirs,
+    remove_made_dirs,
     replace_link,
     staged_dir,
     sweep_stale_temps,
@@ -145,3 +147,19 @@ def test_npz_and_torch_files_are_written_whole(tmp_path: Path) -> None:
     with pytest.raises((TypeError, AttributeError)):
         write_torch(tmp_path / "bad.pt", {"f": lambda: 0})  # not picklable: nothing is left
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.pt", "xFalse.npz", "xTrue.npz"]
+
+
+def test_made_folders_are_reported_and_removed_only_while_empty(tmp_path: Path) -> None:
+    """What a failed command made can be taken back without touching what existed or what
+    someone else wrote meanwhile."""
+    top = tmp_path / "a"
+    top.mkdir()
+    made = make_dirs(top / "b" / "c")
+    assert made == [top / "b", top / "b" / "c"]
+    assert make_dirs(top / "b" / "c") == []  # nothing new
+    (top / "b" / "other.txt").write_text("not mine")
+    remove_made_dirs(made)
+    assert not (top / "b" / "c").exists() and (top / "b" / "other.txt").exists()
+    (top / "b" / "other.txt").unlink()
+    remove_made_dirs(made)
+    assert not (top / "b").exists() and top.is_dir()  # it existed before

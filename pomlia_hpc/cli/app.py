@@ -18,6 +18,7 @@ from sqlalchemy.exc import DBAPIError
 from pomlia_hpc import __version__
 from pomlia_hpc.config import load_cluster_profile, load_settings
 from pomlia_hpc.errors import InputError, PomliaError
+from pomlia_hpc.files import remove_made_dirs
 from pomlia_hpc.progress import stamped
 from pomlia_hpc.registry import Registry, RegistryMissingError
 from pomlia_hpc.workspace import Workspace
@@ -97,6 +98,19 @@ class Context:
                 )
                 raise RegistryMissingError(f"{exc.message} (workspace {ws.home}); {hint}") from exc
         return self._registry
+
+    def prepared(self, *, create: bool = False) -> Registry:
+        """The workspace's folder layout, then its registry (``create`` as in
+        :meth:`registry`), for commands that write into the workspace. If the registry cannot
+        be opened (a bad URL, no registry, a server that refuses), the folders this call made
+        are removed again, never ones that existed before: a refused command leaves no empty
+        workspace skeleton behind."""
+        made = self.workspace.create()
+        try:
+            return self.registry(create=create)
+        except BaseException:
+            remove_made_dirs(made)
+            raise
 
 
 STATE = Context()

@@ -283,8 +283,7 @@ def automl_run(
     from pomlia_hpc.automl.study import create_study, latest_study, load_spec, run_study
 
     ws = STATE.workspace
-    ws.create()
-    reg = STATE.registry()
+    reg = STATE.prepared()
     if resume:
         spec = load_spec(ws, study or latest_study(ws, task))
         ignored = _ignored_on_resume(ctx)

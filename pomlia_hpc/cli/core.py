@@ -19,8 +19,7 @@ from pomlia_hpc.registry import Job
 def init() -> None:
     """Create a workspace: the directory layout and the registry (idempotent)."""
     ws = STATE.workspace
-    ws.create()
-    reg = STATE.registry(create=True)
+    reg = STATE.prepared(create=True)  # a refused registry leaves no skeleton behind
     console.print(f"workspace [bold]{ws.home}[/] ready; registry {reg.display_url()}")
 
 

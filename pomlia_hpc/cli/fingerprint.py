@@ -133,10 +133,10 @@ def train(
             f"(got {err.get('input')!r})"
         ) from exc
     ws = STATE.workspace
-    ws.create()
+    reg = STATE.prepared()
     with progress(f"training '{name}'", epochs, unit="epochs", console=console) as bar:
         enc = train_encoder(
-            STATE.registry(),
+            reg,
             ws,
             name,
             datasets,
@@ -182,10 +182,10 @@ def extract(
     from pomlia_hpc.fingerprint.extract import extract as run_extract
 
     ws = STATE.workspace
-    ws.create()
+    reg = STATE.prepared()
     with progress("extracting", unit="array tasks", console=console) as bar:
         results = run_extract(
-            STATE.registry(),
+            reg,
             ws,
             _encoder(encoder),
             datasets,

@@ -284,9 +284,8 @@ def loop_run(
     cfg = _settings(locals(), recommend=not no_recommend)
     from pomlia_hpc.loop.api import run_loop
 
-    STATE.workspace.create()
     res = run_loop(
-        STATE.registry(),
+        STATE.prepared(),
         STATE.workspace,
         slot,
         cfg,
@@ -331,9 +330,8 @@ def loop_watch(
     check_interval(interval)
     cfg = _settings(locals())
 
-    STATE.workspace.create()
     handled = watch(
-        STATE.registry(),
+        STATE.prepared(),
         STATE.workspace,
         cfg,
         interval_s=interval,

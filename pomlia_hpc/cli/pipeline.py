@@ -94,8 +94,7 @@ def run(
     if cluster is not None:
         STATE.cluster = cluster
     ws = STATE.workspace
-    ws.create()
-    reg = STATE.registry()
+    reg = STATE.prepared()
     ctx = runner.context_for(ws, reg, spec, log=log_line)
     plan = runner.make_plan(ctx, ws.cluster_profile, in_process=in_process)
     console.print(_plan_table(plan))

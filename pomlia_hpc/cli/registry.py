@@ -18,8 +18,7 @@ def recover() -> None:
     from pomlia_hpc.data.recover import recover_stores
 
     ws = STATE.workspace
-    ws.create()
-    reg = STATE.registry(create=True)
+    reg = STATE.prepared(create=True)
     res = recover_stores(ws, reg)
     for ref in res.registered:
         console.print(f"registered {ref}")

@@ -154,10 +154,10 @@ def demo(
     from pomlia_hpc.serve.demo import register_demo_model
 
     ws = STATE.workspace
-    ws.create()
+    reg = STATE.prepared()
     with console.status(f"creating and exporting demo model {name}"):
         res = register_demo_model(
-            STATE.registry(),
+            reg,
             ws,
             name,
             arch=arch,

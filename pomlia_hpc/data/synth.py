@@ -27,7 +27,7 @@ import numpy as np
 
 from pomlia_hpc.data.medmnist_info import FLAGS_2D, check_size, flag_info
 from pomlia_hpc.errors import InputError
-from pomlia_hpc.files import write_npz
+from pomlia_hpc.files import make_dirs, remove_made_dirs, write_npz
 
 Array = np.ndarray
 
@@ -378,6 +378,7 @@ def make_split(
     """``n`` look-alike images and labels of one split: uint8 (n, S, S[, 3]), uint8 (n, L)."""
     info = flag_info(flag)
     check_size(size)
+    _check_seed(seed)
     rng = np.random.default_rng([seed, FLAGS_2D.index(flag), _KEYS.index(split), size])
     labels = _labels(flag, n, rng)
     shape = (n, size, size, 3) if info.channels == 3 else (n, size, size)
@@ -408,6 +409,21 @@ def make_lookalike(
     return out
 
 
+def check_lookalike_options(scale: float, seed: int, size: int, flags: Iterable[str]) -> None:
+    """Refuse what :func:`make_lookalike` would refuse, before anything is written: an unknown
+    flag, a scale <= 0, a size MedMNIST lacks, a negative seed."""
+    for flag in flags:
+        split_sizes(flag, scale)  # refuses a scale <= 0 and an unknown flag
+    check_size(size)
+    _check_seed(seed)
+
+
+def _check_seed(seed: int) -> None:
+    """numpy's seed sequences take whole numbers >= 0 only (a ValueError traceback before)."""
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
+        raise InputError(f"look-alike seed {seed!r} is not valid: expected a whole number >= 0")
+
+
 def write_lookalikes(
     out_dir: str | Path,
     scale: float = 0.01,
@@ -418,17 +434,34 @@ def write_lookalikes(
     compress: bool = True,
     progress: Callable[[str], None] | None = None,
 ) -> list[Path]:
-    """Write look-alike npz files (default: all 12) into ``out_dir``; return their paths."""
+    """Write look-alike npz files (default: all 12) into ``out_dir``; return their paths.
+
+    The options are checked before ``out_dir`` is created; if writing fails, the files this
+    call added and the folders it made are removed (files it replaced are not restored)."""
+    chosen = list(flags or FLAGS_2D)
+    check_lookalike_options(scale, seed, size, chosen)
     out = Path(out_dir)
     try:
-        out.mkdir(parents=True, exist_ok=True)
+        made = make_dirs(out)
     except OSError as exc:
         raise InputError(f"output folder '{out}' cannot be created: {exc.strerror}") from exc
-    paths = []
-    for flag in flags or FLAGS_2D:
-        arrays = make_lookalike(flag, scale=scale, seed=seed, size=size)
-        path = write_npz(out / flag_info(flag).file_name(size), arrays, compress=compress)
-        paths.append(path)
-        if progress is not None:
-            progress(flag)
+    paths: list[Path] = []
+    added: list[Path] = []
+    try:
+        for flag in chosen:
+            path = out / flag_info(flag).file_name(size)
+            existed = path.exists()
+            write_npz(
+                path, make_lookalike(flag, scale=scale, seed=seed, size=size), compress=compress
+            )
+            paths.append(path)
+            if not existed:
+                added.append(path)
+            if progress is not None:
+                progress(flag)
+    except BaseException:
+        for path in added:
+            path.unlink(missing_ok=True)
+        remove_made_dirs(made)
+        raise
     return paths
