@@ -125,6 +125,15 @@ def test_a_class_count_against_the_multi_label_columns_is_refused(
     assert "--n-classes is 3 but the labels have 14 columns: expected 14" in err
 
 
-def test_class_names_from_the_library_are_checked_too(tmp_path: Path) -> None:
+def test_class_options_from_the_library_or_a_pipeline_file_are_checked_too(
+    tmp_path: Path,
+) -> None:
+    npz = _npz(tmp_path / "a.npz")
     with pytest.raises(InputError, match="names 'x' more than once"):
-        open_source(_npz(tmp_path / "a.npz"), class_names=["x", "x", "y"])
+        open_source(npz, class_names=["x", "x", "y"])
+    with pytest.raises(InputError, match="--class-names is an empty list"):
+        open_source(npz, class_names=[])
+    for bad in ("three", 2.5, True, 0):  # int("three") was a ValueError traceback
+        with pytest.raises(InputError, match=r"--n-classes .*: expected a whole number >= 1"):
+            open_source(npz, n_classes=bad)
+    assert open_source(npz, n_classes="4").label_info.n_classes == 4

@@ -214,6 +214,8 @@ def _class_names(value: str | Sequence[object] | None) -> tuple[str, ...] | None
     items = value.split(",") if isinstance(value, str) else [str(v) for v in value]
     names = tuple(v.strip() for v in items)
     shown = ",".join(items)
+    if not names:
+        raise InputError("--class-names is an empty list: expected one name per class")
     if "" in names:
         raise InputError(
             f"--class-names '{shown}' has an empty name (name {names.index('') + 1} of "
@@ -226,6 +228,18 @@ def _class_names(value: str | Sequence[object] | None) -> tuple[str, ...] | None
             "once: expected one name per class"
         )
     return names
+
+
+def _n_classes(value: object) -> int | None:
+    """``--n-classes`` as an int >= 1 (a pipeline file may give it as text); None if not given."""
+    if value is None:
+        return None
+    whole = isinstance(value, str | int | np.integer) and not isinstance(value, bool)
+    text = str(value).strip() if whole else ""  # 2.5, True, "three" are not class counts
+    n = int(text) if text.isdigit() else -1
+    if n < 1:
+        raise InputError(f"--n-classes {value!r}: expected a whole number >= 1")
+    return n
 
 
 def _task_type(value: object) -> str:
@@ -264,16 +278,14 @@ class LabelDecl:
         be distinct and non-empty and agree with ``n_classes`` when both are given; the task
         type may be any spelling and is kept in MedMNIST's."""
         names = _class_names(options.pop("class_names", None))
-        n = options.pop("n_classes", None)
-        if n is not None and (isinstance(n, bool) or int(n) < 1):
-            raise InputError(f"--n-classes {n!r}: expected a whole number >= 1")
-        if names is not None and n is not None and len(names) != int(n):
+        n = _n_classes(options.pop("n_classes", None))
+        if names is not None and n is not None and len(names) != n:
             raise InputError(
                 f"--class-names gives {len(names)} names but --n-classes is {n}: expected "
                 "the same number (or only one of the two)"
             )
         task = options.pop("task_type", None)
-        return cls(names, None if n is None else int(n), None if task is None else _task_type(task))
+        return cls(names, n, None if task is None else _task_type(task))
 
 
 @dataclass
