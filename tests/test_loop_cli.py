@@ -117,6 +117,23 @@ def test_promote_refuses_an_unknown_data_set_also_on_a_first_promotion(
     reg.dispose()
 
 
+def test_even_a_forced_promotion_keeps_the_slots_label_set(workspace: Workspace) -> None:
+    """`deploy promote prod demo --force` put a 9-class model on a slot serving 8 classes:
+    --force skipped the gate's evidence and, with it, every check."""
+    reg = Registry.open(workspace.db_url)
+    register_model(reg, "m3", save_demo_checkpoint(workspace.path("models", "a.pt"), num_classes=3))
+    register_model(reg, "m4", save_demo_checkpoint(workspace.path("models", "b.pt"), num_classes=4))
+    cli_ok("deploy", "promote", "prod", "m3")
+    res = runner.invoke(app, ["deploy", "promote", "prod", "m4", "--force"])
+    assert isinstance(res.exception, InputError), res.output
+    assert "model m4 predicts 4 classes (class_0, class_1, class_2, class_3) but slot prod" in (
+        str(res.exception)
+    )
+    kept = champion(reg, "prod")
+    assert kept is not None and kept.model == "m3"
+    reg.dispose()
+
+
 def test_executor_slurm_means_the_cluster_profile_as_for_automl(
     workspace: Workspace, seen: dict[str, Any]
 ) -> None:

@@ -213,8 +213,10 @@ def promote_with_gate(
         # Refused in every case, also where it would not be read (a slot's first model needs
         # no gate; a forced promotion goes on without one): a typo must not pass unnoticed.
         find_version(registry, data_ref)
-    if champion(registry, slot) is None:
+    entry = champion(registry, slot)
+    if entry is None:
         return None, put_on_slot(registry, workspace, slot, model_ref, kind="initial")
+    check_same_labels(registry, slot, entry.model, model_ref)  # --force cannot skip this
     try:
         outcome = run_gate(
             registry, slot, model_ref, data_ref=data_ref, margin=margin, alpha=alpha, force=force
@@ -227,6 +229,22 @@ def promote_with_gate(
         return outcome, None
     kind = "promoted" if outcome.result.passed else "forced"
     return outcome, put_on_slot(registry, workspace, slot, model_ref, kind=kind, gate_id=outcome.id)
+
+
+def check_same_labels(registry: Registry, slot: str, champion_ref: str, model_ref: str) -> None:
+    """Refuse a challenger whose classes are not the champion's: the slot's clients read its
+    label names and indices, so a model with another label set belongs on another slot (a
+    forced promotion skips the gate's evidence, not this)."""
+    champ, chal = resolve_model(registry, champion_ref), resolve_model(registry, model_ref)
+    theirs = list((champ.card or {}).get("label_names") or [])
+    mine = list((chal.card or {}).get("label_names") or [])
+    if theirs and mine and theirs != mine:
+        raise InputError(
+            f"model {chal.name} predicts {len(mine)} classes ({', '.join(mine[:4])}"
+            f"{', …' if len(mine) > 4 else ''}) but slot {slot} serves {champ.name}'s "
+            f"{len(theirs)} ({', '.join(theirs[:4])}{', …' if len(theirs) > 4 else ''}): a "
+            "slot keeps its label set; put the model on another slot"
+        )
 
 
 def _forced_without_data(registry: Registry, slot: str, model_ref: str) -> GateOutcome:
