@@ -106,6 +106,27 @@ def test_cli_malformed_yaml_or_a_folder_is_one_line(tmp_path: Path) -> None:
         assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
 
+def test_dry_run_refuses_a_missing_source_or_a_bad_option(tmp_path: Path) -> None:
+    """`--dry-run` showed `data: run` (exit 0) for a missing file or `val_fraction: 2`; the
+    error came only from the real run."""
+    folder = tmp_path / "imgs"
+    (folder / "a").mkdir(parents=True)
+    env = {"POMLIA_HOME": str(tmp_path / "ws"), "PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)}
+    subprocess.run([sys.executable, "-m", "pomlia_hpc", "init"], env=env, check=True)
+    for data, message in (
+        ({"name": "a", "file": str(tmp_path / "nope.npz")}, "nope.npz' does not exist"),
+        (
+            {"name": "a", "folder": str(folder), "options": {"val_fraction": 2}},
+            "--val-fraction 2.0 +",
+        ),
+    ):
+        path = tmp_path / "p.yaml"
+        path.write_text(yaml.safe_dump({"name": "p", "datasets": [data]}))
+        proc = dry_run(path, tmp_path / "ws")
+        assert proc.returncode == 2 and message in proc.stderr, proc.stderr
+        assert "Traceback" not in proc.stderr
+
+
 # -- stage keys, skipping, resuming ----------------------------------------------------------
 
 

@@ -94,6 +94,7 @@ def make_plan(ctx: StageContext, profile_name: str, *, in_process: bool = False)
     for stage in active_stages(spec):
         fresh = not (set(stage.needs) & will_run) and is_fresh(ctx, stage)
         if not fresh:
+            stage.check(spec)  # a bad input is said now, not after the stages before it ran
             will_run.add(stage.name)
         plans.append(
             StagePlan(

@@ -125,7 +125,8 @@ class Stage:
     ``section(spec)`` is the part of the file that keys it; ``external(spec)`` identifies
     files outside the workspace it reads; ``run`` does the work and returns the outputs;
     ``still_there`` checks that recorded outputs were not deleted since; ``jobs`` lists the
-    jobs it will submit (for ``--dry-run``)."""
+    jobs it will submit (for ``--dry-run``); ``check`` refuses inputs the stage would refuse,
+    cheaply and before anything runs (so ``--dry-run`` finds them too)."""
 
     name: str
     needs: tuple[str, ...]
@@ -136,6 +137,7 @@ class Stage:
     jobs: Callable[[PipelineSpec, ClusterProfile], list[PlannedJob]] = lambda _s, _p: []
     still_there: Callable[[StageContext, dict[str, Any]], bool] = lambda _c, _o: True
     external: Callable[[PipelineSpec], Any] = lambda _s: None
+    check: Callable[[PipelineSpec], None] = lambda _s: None
     tags: tuple[str, ...] = field(default=())
 
 

@@ -86,6 +86,21 @@ def _external(spec: PipelineSpec) -> dict[str, Any]:
     return out
 
 
+def _check_data(spec: PipelineSpec) -> None:
+    """Open each file or folder source as ingest would (it exists, its options hold), so a
+    missing file or a bad option is refused before anything runs. MedMNIST sources are left
+    to the stage: opening one may download it."""
+    from pomlia_hpc.data.sources import open_source
+
+    for ds in spec.datasets:
+        if ds.file or ds.folder:
+            source, opts = source_of(spec, ds, Path())  # the home is read for MedMNIST only
+            opened = open_source(source, **opts)
+            close = getattr(opened, "close", None)
+            if close is not None:
+                close()
+
+
 def _run_data(ctx: StageContext) -> dict[str, Any]:
     from pomlia_hpc.data.api import ingest
 
@@ -146,4 +161,5 @@ DATA = Stage(
     run=_run_data,
     still_there=_data_there,
     external=_external,
+    check=_check_data,
 )
