@@ -121,22 +121,24 @@ def test_of_two_runs_with_the_best_objective_the_lower_id_counts_whenever_read(
 
 
 def test_a_strategys_cost_is_one_run_at_the_tasks_full_budget(registry: Registry) -> None:
-    """Seconds per epoch of its runs (a study's budgets span 3 to 60 epochs) times the epochs
+    """Seconds per epoch trained (a study's budgets span 3 to 60 epochs, and a promoted run
+    resumes from its checkpoint: its seconds cover only the epochs it added) times the epochs
     of a full run on the task, not the mean of runs of any length."""
     tid = _task(registry)  # 100 training images: a full run is 60 epochs
-    for epochs, seconds in ((3, 30.0), (9, 90.0), (27, 270.0)):
+    # (budget, epochs it trained, seconds): the 27-epoch run resumed from the 9-epoch one's
+    for budget, trained, seconds in ((3, 3, 30.0), (9, 9, 90.0), (27, 18, 180.0)):
         with registry.session() as s:
             s.add(
                 Run(
                     task_id=tid,
                     config={"arch": "small_cnn"},
                     status="ok",
-                    budget=epochs,
+                    budget=budget,
                     cost_s=seconds,
-                    metrics={"objective": 0.5, "test": {"acc": 0.5}},
+                    metrics={"objective": 0.5, "test": {"acc": 0.5}, "epochs_run": trained},
                 )
             )
-    assert kb.full_epochs(100) == 60 and kb.full_epochs(100_000) == 9
+    assert cost.full_epochs(100) == 60 and cost.full_epochs(100_000) == 9
     assert _by_arch(registry)["small_cnn"].cost_s == pytest.approx(10.0 * 60)
     # projected to 1,000x the images: 1,000x the seconds per epoch, at 9 epochs, not 60
     scaled = cost.measured(600.0, 100, 100_000, (60, 9))

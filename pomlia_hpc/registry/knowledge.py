@@ -96,9 +96,10 @@ class KbRunStats(Base):
     best_value: Mapped[float | None] = mapped_column(Float)
     cost_sum: Mapped[float] = mapped_column(Float, default=0.0)  # wall seconds per run
     n_cost: Mapped[int] = mapped_column(Integer, default=0)
-    # wall seconds per epoch (cost / budget), over the successful runs with a known budget
-    epoch_cost_sum: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
-    n_epoch_cost: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    # wall seconds and epochs trained of the successful runs whose trained epochs are known
+    # (their ratio: seconds per epoch; a promoted run's seconds cover only the epochs it added)
+    timed_s: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
+    timed_epochs: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
 
 
 class KbRunSeen(Base):

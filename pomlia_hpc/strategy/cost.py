@@ -10,8 +10,9 @@ Two sources, best first:
    the architectures, :data:`GMACS_224`) scaled by ``(img_size / 224)^2``; training costs 3x a
    forward pass (forward + backward) per image and epoch; frozen features (``linear_probe``,
    ``knn``) cost one forward pass per image (the head's training is negligible). Epochs:
-   :data:`EPOCHS`. The device rate :data:`DEVICE_TMACS` is an assumption (an A100-class GPU at
-   mixed precision, effective, not peak) and every estimate says so (``basis = "estimate"``).
+   :func:`full_epochs`, as for measured costs, so the two compare. The device rate
+   :data:`DEVICE_TMACS` is an assumption (an A100-class GPU at mixed precision, effective,
+   not peak) and every estimate says so (``basis = "estimate"``).
 
 GPU hours = wall seconds / 3600 on one GPU.
 """
@@ -23,6 +24,8 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
+
+from pomlia_hpc.automl.budget import default_budget
 
 #: Forward GMACs per 224 px RGB image (the architectures' published figures).
 GMACS_224: dict[str, float] = {
@@ -41,13 +44,19 @@ GMACS_224: dict[str, float] = {
     "mobilenetv3small": 0.06,
     "smallcnn": 0.35,  # 3 conv blocks at 224 px, computed from the layer sizes
 }
-#: Epochs assumed for a full training run (MedMNIST+ trained end to end for up to 100 epochs
-#: with early stopping; our AutoML default budget is smaller).
-EPOCHS = {"full": 30.0, "freeze_unfreeze": 30.0, "linear_probe": 1.0, "knn": 1.0}
+#: Passes over the data of frozen features (one forward pass each; the head's training is
+#: negligible); the other modes train for :func:`full_epochs`.
+FROZEN_EPOCHS = {"linear_probe": 1.0, "knn": 1.0}
 #: Effective tera multiply-accumulates per second of the assumed device.
 DEVICE_TMACS = 20.0
 #: Fixed start-up seconds of a job (scheduler, data loading, model build).
 OVERHEAD_S = 30.0
+
+
+def full_epochs(n_train: int) -> int:
+    """The epochs of a full training run on ``n_train`` images: AutoML's default largest
+    budget for that size (fewer epochs on more images), the basis of every cost here."""
+    return default_budget(max(int(n_train), 1))[1]
 
 
 def arch_key(arch: str) -> str:
@@ -71,8 +80,8 @@ def estimate(strategy: Mapping[str, Any], n_train: int) -> Cost:
     gmacs = GMACS_224.get(key, GMACS_224.get(re.sub(r"\d+$", "", key), 2.0))
     size = float(strategy.get("img_size") or 224)
     mode = str(strategy.get("mode", "full"))
-    frozen = mode in ("linear_probe", "knn")
-    passes = (1.0 if frozen else 3.0) * EPOCHS.get(mode, EPOCHS["full"])
+    frozen = mode in FROZEN_EPOCHS
+    passes = FROZEN_EPOCHS[mode] if frozen else 3.0 * full_epochs(n_train)
     macs = gmacs * 1e9 * (size / 224.0) ** 2 * passes * max(n_train, 1)
     wall = OVERHEAD_S + macs / (DEVICE_TMACS * 1e12)
     return Cost(wall, wall / 3600.0, "estimate")

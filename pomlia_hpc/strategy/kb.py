@@ -25,7 +25,6 @@ from typing import Any
 from sqlalchemy import delete, func, insert, select
 from sqlalchemy.orm import Session
 
-from pomlia_hpc.automl.budget import default_budget
 from pomlia_hpc.errors import InputError, NotFoundError
 from pomlia_hpc.names import validate_name
 from pomlia_hpc.registry import (
@@ -39,6 +38,7 @@ from pomlia_hpc.registry import (
     Task,
 )
 from pomlia_hpc.strategy import runstats
+from pomlia_hpc.strategy.cost import full_epochs
 from pomlia_hpc.strategy.longformat import (
     METRICS,
     ResultTable,
@@ -374,18 +374,13 @@ def registry_observations(
     return out, {tasks[t][0]: meta_all[t] for t in wanted}
 
 
-def full_epochs(n_train: int) -> int:
-    """The epochs of a full training run on ``n_train`` images: AutoML's default largest
-    budget for that size (fewer epochs on more images)."""
-    return default_budget(max(int(n_train), 1))[1]
-
-
 def _run_cost(st: KbRunStats, meta: dict[str, Any]) -> float | None:
     """Wall seconds of one run of the strategy at the task's full budget
-    (:func:`full_epochs`): from its runs' seconds per epoch where their budgets are known (a
-    study's runs span 1 to 60 epochs), else their mean wall seconds."""
-    if st.n_epoch_cost:
-        return st.epoch_cost_sum / st.n_epoch_cost * full_epochs(meta["n_train"])
+    (:func:`full_epochs`): from its runs' seconds per epoch trained where known (a study's runs
+    span 1 to 60 epochs, and a promoted one resumes from a checkpoint), else their mean wall
+    seconds."""
+    if st.timed_epochs:
+        return st.timed_s / st.timed_epochs * full_epochs(meta["n_train"])
     return st.cost_sum / st.n_cost if st.n_cost else None
 
 

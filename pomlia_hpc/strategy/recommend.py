@@ -46,7 +46,6 @@ from pomlia_hpc.strategy.hparams import (
 )
 from pomlia_hpc.strategy.kb import (
     REGISTRY_SOURCE,
-    full_epochs,
     load,
     run_hparams,
     version_meta,
@@ -252,7 +251,9 @@ def recommend(
             if np.isfinite(m.cost_s[i, j]):
                 n_then = int(kb.meta[m.datasets[i]].get("n_train", 1))
                 # a registry task's cost is one run at its full budget, and so is the answer
-                epochs = (full_epochs(n_then), full_epochs(n_train)) if i in tasks else None
+                epochs = (
+                    (costs.full_epochs(n_then), costs.full_epochs(n_train)) if i in tasks else None
+                )
                 return costs.measured(float(m.cost_s[i, j]), n_then, n_train, epochs)
         return costs.estimate(m.strategies[j], n_train)
 

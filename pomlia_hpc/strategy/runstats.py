@@ -16,8 +16,8 @@ Of two runs with the same best validation objective, the one with the lower id c
 
 Per (task, strategy): the number of runs and of crashed runs, the run with the best validation
 objective and its test metric (the task's own metric), and the summed wall seconds of the
-successful runs and, of those with a budget (epochs), their summed seconds per epoch (for the
-means).
+successful runs and, of those whose trained epochs are known, their summed seconds and epochs
+(seconds per epoch: their ratio, so a run's fixed start-up weighs by its length).
 """
 
 from __future__ import annotations
@@ -80,7 +80,7 @@ def _refresh(registry: Registry, image_sizes: dict[int, int]) -> int:
             Run.config["extra_data"].as_string(),
             Run.metrics["objective"].as_float(),
             Run.metrics["test"],
-            Run.budget,
+            Run.metrics["epochs_run"].as_float(),
         ).where(
             (Run.id > newest)
             | Run.id.in_(waiting)
@@ -126,8 +126,8 @@ def _refresh(registry: Registry, image_sizes: dict[int, int]) -> int:
                     n_failed=0,
                     cost_sum=0.0,
                     n_cost=0,
-                    epoch_cost_sum=0.0,
-                    n_epoch_cost=0,
+                    timed_s=0.0,
+                    timed_epochs=0.0,
                 )
                 s.add(st)
             metric = metric_of.get(task_id, "acc")
@@ -139,9 +139,9 @@ def _refresh(registry: Registry, image_sizes: dict[int, int]) -> int:
                 if r[3] is not None:
                     st.cost_sum += float(r[3])
                     st.n_cost += 1
-                    if r[10]:  # its budget in epochs: the cost of another budget follows
-                        st.epoch_cost_sum += float(r[3]) / float(r[10])
-                        st.n_epoch_cost += 1
+                    if r[10]:  # epochs it trained (from a checkpoint: only those it added)
+                        st.timed_s += float(r[3])
+                        st.timed_epochs += float(r[10])
                 value = (r[9] or {}).get(metric) if isinstance(r[9], dict) else None
                 if value is None:
                     continue

@@ -5,8 +5,9 @@ Revises: 0005
 Create Date: 2026-12-03 19:00:00
 
 A strategy's measured cost was the mean wall time of its runs, whatever their budgets (3 or 60
-epochs alike); the summaries now also keep the seconds per epoch of the runs whose budget is
-known. The summaries are derived from the runs: they are emptied here and folded in again at
+epochs alike); the summaries now also keep the seconds and the epochs trained of the runs whose trained
+epochs are known (a promoted run resumes from a checkpoint: its seconds cover only the epochs
+it added). The summaries are derived from the runs: they are emptied here and folded in again at
 the next read.
 """
 
@@ -24,14 +25,14 @@ def upgrade() -> None:
     op.execute("DELETE FROM kb_run_stats")
     with op.batch_alter_table("kb_run_stats", schema=None) as batch_op:
         batch_op.add_column(
-            sa.Column("epoch_cost_sum", sa.Float(), nullable=False, server_default="0")
+            sa.Column("timed_s", sa.Float(), nullable=False, server_default="0")
         )
         batch_op.add_column(
-            sa.Column("n_epoch_cost", sa.Integer(), nullable=False, server_default="0")
+            sa.Column("timed_epochs", sa.Float(), nullable=False, server_default="0")
         )
 
 
 def downgrade() -> None:
     with op.batch_alter_table("kb_run_stats", schema=None) as batch_op:
-        batch_op.drop_column("n_epoch_cost")
-        batch_op.drop_column("epoch_cost_sum")
+        batch_op.drop_column("timed_epochs")
+        batch_op.drop_column("timed_s")
