@@ -26,6 +26,7 @@ from pomlia_hpc.serve.demo import cached_demo_bundle
 from pomlia_hpc.serve.deploy import SOURCE_ITEMS, parse_def, render_def
 from pomlia_hpc.serve.predlog import read_records
 from pomlia_hpc.serve.records import PredictionLine
+from pomlia_hpc.serve.reference import REFERENCE_FILE
 from pomlia_hpc.serve.smoke import smoke
 from pomlia_hpc.workspace import Workspace
 from tests.fixtures.fake_slurm import FakeSlurm
@@ -206,6 +207,7 @@ def test_submit_checks_the_image_first_and_reuses_the_written_directory(
     first = cli.invoke(app, ["deploy", "demo", "--profile", "haicore", "--submit"])
     assert "holds no deployment yet" in refusal(first)
     assert "nothing was written" in refusal(first)
+    assert "pomlia deploy demo --profile haicore" in refusal(first)  # the command to write it
     assert not deploys.exists() or not any(deploys.iterdir())
     with reg.session() as s:
         assert s.query(Deployment).count() == 0
@@ -216,6 +218,9 @@ def test_submit_checks_the_image_first_and_reuses_the_written_directory(
     no_image = cli.invoke(app, ["deploy", "demo", "--profile", "haicore", "--submit"])
     assert "build it first" in refusal(no_image)
     (directory / "pomlia-serve.sif").write_bytes(b"built image")  # apptainer build
+    # `pomlia monitor reference` (or a pipeline's monitor stage) rewrites the model's reference
+    # after the directory was written: still the same deployment
+    (bundle / REFERENCE_FILE).write_bytes(b"a newer reference")
     fake_slurm.hold()
     submitted = cli.invoke(app, ["deploy", "demo", "--profile", "haicore", "--submit"])
     assert submitted.exit_code == 0, submitted.output

@@ -379,7 +379,9 @@ def deploy(
 
     ws = STATE.workspace
     prof = load_cluster_profile(profile or ws.cluster_profile)
-    res = write_deployment(STATE.registry(), ws, model, prof, out_dir=out, need_image=submit)
+    res = write_deployment(
+        STATE.registry(), ws, model, prof, out_dir=out, need_image=submit, profile_name=profile
+    )
     done = "reused (written before for this version and profile)" if res.reused else "written"
     console.print(f"deployment {res.deployment_id} {done} in [bold]{res.directory}[/]")
     if not (res.directory / IMAGE).is_file():

@@ -38,6 +38,7 @@ from pomlia_hpc.registry import Deployment, Model, Registry
 from pomlia_hpc.serve.export import bundle_for_model, export_model
 from pomlia_hpc.serve.exported import ExportedBundle
 from pomlia_hpc.serve.predlog import log_dir
+from pomlia_hpc.serve.reference import REFERENCE_FILE
 from pomlia_hpc.workspace import Workspace
 
 SOURCE_ROOT = Path(__file__).resolve().parents[2]
@@ -197,9 +198,16 @@ def _sbatch_text(
 
 
 def _same_files(a: Path, b: Path) -> bool:
-    """Whether folders ``a`` and ``b`` hold the same files with the same bytes."""
-    files_a = sorted(p.relative_to(a) for p in a.rglob("*") if p.is_file())
-    files_b = sorted(p.relative_to(b) for p in b.rglob("*") if p.is_file())
+    """Whether folders ``a`` and ``b`` hold the same files with the same bytes, but for the
+    monitoring reference: `pomlia monitor reference` (and a pipeline's monitor stage) rewrites
+    it in the bundle after the directory was written, and the server reads it at start."""
+
+    def files(root: Path) -> list[Path]:
+        return sorted(
+            p.relative_to(root) for p in root.rglob("*") if p.is_file() and p.name != REFERENCE_FILE
+        )
+
+    files_a, files_b = files(a), files(b)
     return files_a == files_b and all(filecmp.cmp(a / f, b / f, shallow=False) for f in files_a)
 
 
@@ -272,6 +280,7 @@ def write_deployment(
     out_dir: Path | None = None,
     source_root: Path = SOURCE_ROOT,
     need_image: bool = False,
+    profile_name: str | None = None,
 ) -> DeployResult:
     """Export ``ref`` if needed and write its deployment directory (see module docstring);
     records a ``Deployment`` row (status ``created``).
@@ -279,9 +288,12 @@ def write_deployment(
     A directory this function wrote before for the same bundle and profile is reused as it is,
     with its deployment (``reused``); any other file or folder there is refused.
     ``need_image`` (``--submit``): the directory must exist already, with its image built;
-    checked before anything is written or exported."""
+    checked before anything is written or exported. ``profile_name``: the ``--profile``
+    given, for the command the messages suggest."""
     row = resolve_model(registry, ref)
     out = f" --out {shlex.quote(str(out_dir))}" if out_dir is not None else ""
+    if profile_name is not None:
+        out += f" --profile {shlex.quote(profile_name)}"
     write_cmd = f"pomlia deploy {shlex.quote(ref)}{out}"
     bundle = bundle_for_model(registry, ref)
     if bundle is None:

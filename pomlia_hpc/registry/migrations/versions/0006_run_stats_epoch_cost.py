@@ -5,10 +5,10 @@ Revises: 0005
 Create Date: 2026-12-03 19:00:00
 
 A strategy's measured cost was the mean wall time of its runs, whatever their budgets (3 or 60
-epochs alike); the summaries now also keep the seconds and the epochs trained of the runs whose trained
-epochs are known (a promoted run resumes from a checkpoint: its seconds cover only the epochs
-it added). The summaries are derived from the runs: they are emptied here and folded in again at
-the next read.
+epochs alike); the summaries now also keep the seconds and the epochs trained of the runs
+whose trained epochs are known (a promoted run resumes from a checkpoint: its seconds cover
+only the epochs it added). The summaries are derived from the runs: they are emptied here and
+folded in again at the next read.
 """
 
 import sqlalchemy as sa
