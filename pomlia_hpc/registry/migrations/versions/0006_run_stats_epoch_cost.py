@@ -24,9 +24,7 @@ def upgrade() -> None:
     op.execute("DELETE FROM kb_run_seen")
     op.execute("DELETE FROM kb_run_stats")
     with op.batch_alter_table("kb_run_stats", schema=None) as batch_op:
-        batch_op.add_column(
-            sa.Column("timed_s", sa.Float(), nullable=False, server_default="0")
-        )
+        batch_op.add_column(sa.Column("timed_s", sa.Float(), nullable=False, server_default="0"))
         batch_op.add_column(
             sa.Column("timed_epochs", sa.Float(), nullable=False, server_default="0")
         )
