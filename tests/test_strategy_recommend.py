@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -14,6 +15,7 @@ from typer.testing import CliRunner
 from pomlia_hpc.automl.space import SpaceOptions, build_space, load_initial_configs
 from pomlia_hpc.cli import app
 from pomlia_hpc.errors import InputError, NotFoundError
+from pomlia_hpc.pipeline.stages_strategy import RECOMMEND
 from pomlia_hpc.registry import Model, Recommendation, Registry, Run, Task
 from pomlia_hpc.strategy import kb
 from pomlia_hpc.strategy.cost import pareto_front
@@ -410,3 +412,23 @@ def test_a_published_data_set_is_never_taken_for_the_task_of_its_name(
         answer = recommend(reg, "blood", k=3, sources=sources, record=False)
         assert "bloodmnist" in [s["dataset"] for s in answer["similar"]], answer["similar"]
         assert answer["sources_of_weights"]["model"] is None
+
+
+def test_a_pipelines_cost_limit_that_nothing_meets_leaves_the_study_without_a_warm_start(
+    workspace: Workspace, reg: Registry
+) -> None:
+    """The recommender refuses a limit no strategy meets; a pipeline's recommend stage goes on
+    as it did before that check (no warm start), saying why, rather than failing the run."""
+    meta = DATA / "medmnist_meta_features.csv"
+    kb.import_table(reg, DATA / "medmnist_plus_doerrich2025.csv", "plus", meta_path=meta)
+    tiny_task(workspace, reg, "blood", "bloodmnist", "acc")
+    section = SimpleNamespace(k=3, max_gpu_hours=1e-9, sources=None, shipped_tables=False)
+    lines: list[str] = []
+    ctx = SimpleNamespace(
+        spec=SimpleNamespace(recommend=section),
+        registry=reg,
+        outputs=lambda _stage: {"t": {"task": "blood"}},
+        log=lines.append,
+    )
+    assert RECOMMEND.run(ctx) == {"t": {"recommendation_id": None, "configs": [], "top": []}}
+    assert "no strategy fits --max-gpu-hours 1e-09" in lines[0] and "no warm start" in lines[0]

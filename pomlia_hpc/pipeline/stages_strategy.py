@@ -34,7 +34,7 @@ def import_shipped(ctx: StageContext) -> list[str]:
 
 
 def _run(ctx: StageContext) -> dict[str, Any]:
-    from pomlia_hpc.strategy.recommend import recommend
+    from pomlia_hpc.strategy.recommend import NothingFitsError, recommend
 
     rec = ctx.spec.recommend
     assert rec is not None
@@ -43,13 +43,19 @@ def _run(ctx: StageContext) -> dict[str, Any]:
             ctx.log(f"  knowledge base: imported the shipped table '{name}'")
     out: dict[str, Any] = {}
     for key, t in ctx.outputs("tasks").items():
-        answer = recommend(
-            ctx.registry,
-            t["task"],
-            k=rec.k,
-            max_gpu_hours=rec.max_gpu_hours,
-            sources=list(rec.sources) if rec.sources else None,
-        )
+        try:
+            answer = recommend(
+                ctx.registry,
+                t["task"],
+                k=rec.k,
+                max_gpu_hours=rec.max_gpu_hours,
+                sources=list(rec.sources) if rec.sources else None,
+            )
+        except NothingFitsError as exc:
+            # as before the limit was checked: the study runs without a warm start
+            ctx.log(f"  {t['task']}: recommend.max_gpu_hours: {exc}; no warm start")
+            out[key] = {"recommendation_id": None, "configs": [], "top": []}
+            continue
         configs = list(answer.get("initial") or [])
         out[key] = {
             "recommendation_id": answer.get("recommendation_id"),

@@ -182,6 +182,10 @@ def _ranges(hparams: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
+class NothingFitsError(InputError):
+    """No strategy meets the cost limits asked for (nothing is recorded)."""
+
+
 @dataclass
 class Recommended:
     rank: int
@@ -267,7 +271,7 @@ def recommend(
     ]
     if not allowed:  # said here: an empty answer (recorded) would look like a missing space
         cheapest = min(all_costs.values(), key=lambda c: c.wall_s)
-        raise InputError(
+        raise NothingFitsError(
             f"no strategy fits {_limits(max_cost_s, max_gpu_hours)} on this task: the cheapest "
             f"expected costs {cheapest.wall_s:.0f} s ({cheapest.gpu_hours:.2g} GPU-hours); "
             "raise the limit or leave it out"
