@@ -24,14 +24,14 @@ from tests.fixtures.factories import tiny_task
 @pytest.mark.parametrize(
     ("options", "message"),
     [
-        ({"min_epochs": 3, "max_epochs": 2}, "min-epochs=3 is larger than max-epochs=2"),
-        ({"eta": 1}, "eta=1: expected an integer >= 2"),
-        ({"n_trials": 0}, "n-trials=0: expected an integer >= 1"),
+        ({"min_epochs": 3, "max_epochs": 2}, "--min-epochs 3 is larger than --max-epochs 2"),
+        ({"eta": 1}, "--eta 1: expected an integer >= 2"),
+        ({"n_trials": 0}, "--trials 0: expected an integer >= 1"),
         ({"optimizer": "grid"}, "optimizer 'grid' is not known: expected smac or random"),
         ({"extra_data": True}, "extra data needs an encoder"),
         ({"resources": {"gpus_per_node": 2}}, "gpus_per_node=2: expected 0 or 1"),
         ({"name": "../escape"}, "study name '../escape' is not valid"),
-        ({"parallel": "2"}, "parallel='2': Input should be a valid integer"),
+        ({"parallel": "2"}, "--parallel '2': Input should be a valid integer"),
     ],
 )
 def test_each_rule_is_one_line(options: dict[str, object], message: str) -> None:
@@ -78,7 +78,7 @@ def test_create_refuses_how_trials_would_run(
 def test_the_default_budget_refuses_eta_below_two() -> None:
     """`pomlia automl run --eta 0` divided by zero (a traceback) before the options were
     checked."""
-    with pytest.raises(InputError, match="eta=0: expected an integer >= 2"):
+    with pytest.raises(InputError, match="--eta 0: expected an integer >= 2"):
         default_budget(1000, eta=0)
 
 

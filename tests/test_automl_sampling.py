@@ -51,7 +51,7 @@ def test_bad_recent_rows_are_one_clear_message(count: int, share: float) -> None
 def test_the_study_option_is_checked_and_needs_a_harvested_version(
     workspace: Workspace, reg: Registry
 ) -> None:
-    with pytest.raises(InputError, match=r"recent-share=1\.5: expected a fraction"):
+    with pytest.raises(InputError, match=r"--recent-share 1\.5: expected a fraction"):
         StudyOptions.checked(recent_share=1.5)
     tiny_task(workspace, reg, "blood", sizes=(16, 8, 8))
     with pytest.raises(InputError, match="not a harvested dataset version"):

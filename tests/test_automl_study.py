@@ -145,7 +145,7 @@ def test_task_cli_and_input_errors(workspace: Workspace, tmp_path: Path) -> None
     rows = [[c.strip() for c in ln.strip("│").split("│")] for ln in out.output.splitlines()]
     # the refused tasks (skin2, skin3) were not added
     assert [r for r in rows if len(r) == 5] == [["1", "skin", ref, "multi-class", "auc"]]
-    with pytest.raises(InputError, match="max-epochs=1"):
+    with pytest.raises(InputError, match="--max-epochs 1"):
         create_study(reg, workspace, "skin", min_epochs=2, max_epochs=1)
     with pytest.raises(InputError, match="initial configurations: entry 0"):
         create_study(reg, workspace, "skin", initial_configs=[{"arch": "vgg99"}])

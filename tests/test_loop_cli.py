@@ -152,11 +152,11 @@ def test_executor_slurm_means_the_cluster_profile_as_for_automl(
 BAD_SETTINGS = [
     (["--min-labels", "-3"], "--min-labels -3: expected an integer >= 1"),
     (["--min-labels", "0"], "--min-labels 0: expected an integer >= 1"),
-    (["--trials", "0"], "n-trials=0: expected an integer >= 1"),
+    (["--trials", "0"], "--trials 0: expected an integer >= 1"),
     (["--archs", "nonet"], "architecture 'nonet' is not known"),
     (["--optimizer", "bayes"], "optimizer 'bayes' is not known: expected smac or random"),
     (["--executor", "nope"], "cluster profile 'nope' not found"),
-    (["--min-epochs", "5", "--max-epochs", "2"], "min-epochs=5 is larger than max-epochs=2"),
+    (["--min-epochs", "5", "--max-epochs", "2"], "--min-epochs 5 is larger than --max-epochs 2"),
 ]
 
 
@@ -198,7 +198,7 @@ def test_bad_settings_record_no_loop_run(tmp_path: Path, workspace: Workspace) -
     for option, message in BAD_SETTINGS:
         res = runner.invoke(app, ["loop", "run", "prod", *option])
         assert isinstance(res.exception, PomliaError) and message in str(res.exception)
-    with pytest.raises(PomliaError, match="n-trials=0"):
+    with pytest.raises(PomliaError, match="--trials 0"):
         run_loop(reg, workspace, "prod", LoopSettings(trials=0), progress=lambda _l: None)
     with reg.session() as s:
         assert s.query(LoopRun).count() == 0

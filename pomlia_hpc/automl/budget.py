@@ -29,7 +29,7 @@ MAX_EPOCHS = 60
 def default_budget(n_train: int, eta: int = 3) -> tuple[int, int]:
     """(min_epochs, max_epochs) for a training set of ``n_train`` images (see above)."""
     if eta < 2:
-        raise InputError(f"eta={eta}: expected an integer >= 2")
+        raise InputError(f"--eta {eta}: expected an integer >= 2")
     steps_per_epoch = max(1, n_train // REF_BATCH)
     # On very small sets the lowest rung is capped so that the largest (eta x the lowest)
     # stays within MAX_EPOCHS: 60 images once asked for 60..180 epochs.

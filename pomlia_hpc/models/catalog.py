@@ -122,8 +122,23 @@ def promote_checkpoint(
     try:
         return register_model(registry, name, dst, task_id=task_id, run_id=run_id, lineage=lineage)
     except BaseException:
-        dst.unlink(missing_ok=True)  # not registered: its copy must not stay either
+        _drop_unregistered_copy(registry, name, Path(checkpoint), dst)
         raise
+
+
+def _drop_unregistered_copy(registry: Registry, name: str, source: Path, copy: Path) -> None:
+    """Remove the copy a failed registration made, unless it is the source itself (a
+    checkpoint already at ``models/NAME.pt``) or a concurrent registration of ``name`` won and
+    owns the file now; when the registry cannot say, the file stays (a stray file, not lost
+    data)."""
+    if source.resolve() == copy.resolve():
+        return
+    try:
+        if find_model(registry, name) is not None:
+            return
+    except Exception:  # the registry is what failed: keep the file rather than guess
+        return
+    copy.unlink(missing_ok=True)
 
 
 def _check_ids(registry: Registry, task_id: int | None, run_id: int | None) -> None:

@@ -57,14 +57,14 @@ class StudyOptions(BaseModel):
             value = getattr(self, key)
             low = 2 if key == "eta" else 1
             if value is not None and value < low:
-                raise ValueError(f"{key.replace('_', '-')}={value}: expected an integer >= {low}")
+                raise ValueError(f"{option_name(key)} {value}: expected an integer >= {low}")
         if self.min_epochs > self.max_epochs:
             raise ValueError(
-                f"min-epochs={self.min_epochs} is larger than max-epochs={self.max_epochs}"
+                f"--min-epochs {self.min_epochs} is larger than --max-epochs {self.max_epochs}"
             )
         if self.recent_share is not None and not 0 < self.recent_share < 1:
             raise ValueError(
-                f"recent-share={self.recent_share}: expected a fraction strictly between 0 and 1"
+                f"--recent-share {self.recent_share}: expected a fraction strictly between 0 and 1"
             )
         if self.optimizer not in OPTIMIZERS:
             raise ValueError(f"optimizer '{self.optimizer}' is not known: expected smac or random")
@@ -89,8 +89,17 @@ class StudyOptions(BaseModel):
             msg = str(err["msg"]).removeprefix("Value error, ")
             if err["type"] == "value_error":
                 raise InputError(msg) from exc
-            key = ".".join(str(p) for p in err["loc"]).replace("_", "-")
-            raise InputError(f"{key}={err.get('input')!r}: {msg}") from exc
+            key = option_name(".".join(str(p) for p in err["loc"]))
+            raise InputError(f"{key} {err.get('input')!r}: {msg}") from exc
+
+
+#: Options whose command-line flag is not their field's name.
+FLAGS = {"n_trials": "--trials"}
+
+
+def option_name(field: str) -> str:
+    """The command-line flag of a study option (the same key in a pipeline's ``automl:``)."""
+    return FLAGS.get(field, "--" + field.replace("_", "-"))
 
 
 def check_study_options(
