@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 from sqlalchemy import select
 
@@ -68,7 +69,7 @@ def status(
     try:
         refresh_jobs(reg)
     except ClusterError as exc:
-        console.print(f"[yellow]could not poll Slurm: {exc}[/]")
+        console.print(f"[yellow]could not poll Slurm: {escape(str(exc))}[/]")
     with reg.session() as s:
         rows = list(s.scalars(select(Job).order_by(Job.id.desc()).limit(limit)))
     console.print(jobs_table(rows, f"recent jobs ({len(rows)})"))

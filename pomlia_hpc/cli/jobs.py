@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 from sqlalchemy import select
 
@@ -44,7 +45,7 @@ def list_jobs(
     try:
         refresh_jobs(reg)
     except ClusterError as exc:
-        console.print(f"[yellow]could not poll Slurm: {exc}[/]")
+        console.print(f"[yellow]could not poll Slurm: {escape(str(exc))}[/]")
     with reg.session() as s:
         q = select(Job).order_by(Job.id.desc()).limit(limit)
         if state:
@@ -75,7 +76,7 @@ def show(job_id: Annotated[int, typer.Argument(help="Registry id of the job.")])
     try:
         refresh_jobs(STATE.registry(), [job_id])
     except ClusterError as exc:
-        console.print(f"[yellow]could not poll Slurm: {exc}[/]")
+        console.print(f"[yellow]could not poll Slurm: {escape(str(exc))}[/]")
     row = _get(job_id)
     table = Table(show_header=False)
     for key in (

@@ -95,6 +95,8 @@ def _check_data(spec: PipelineSpec) -> None:
     for ds in spec.datasets:
         if ds.file or ds.folder:
             source, opts = source_of(spec, ds, Path())  # the home is read for MedMNIST only
+            for own in ("workers", "parent", "progress"):  # ingest's, not the source's
+                opts.pop(own, None)
             opened = open_source(source, **opts)
             close = getattr(opened, "close", None)
             if close is not None:

@@ -153,7 +153,9 @@ def loo(
         )
     cand = cheap_mask(m, max_px) if cheap else np.ones(len(m.keys), bool)
     results = {name: MethodResult() for name in METHODS}
-    failure = failure_regret(m.values)  # what a pick that failed there costs, per data set
+    # what a pick that failed there costs, per data set, measured as the regrets are: from
+    # the best candidate (the best cheap one with --cheap)
+    failure = failure_regret(np.where(cand, m.values, np.nan))
     hs: list[float] = []
     used: list[str] = []
     fp_fits = [0, 0]  # fits offered fingerprints, fits that kept them

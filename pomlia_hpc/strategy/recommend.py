@@ -268,60 +268,17 @@ def recommend(
 
     order = list(ranking.order)
     all_costs = {j: cost_of(j) for j in order}
-    allowed = [
-        j
-        for j in order
-        if (max_cost_s is None or all_costs[j].wall_s <= max_cost_s)
-        and (max_gpu_hours is None or all_costs[j].gpu_hours <= max_gpu_hours)
-    ]
-    if not allowed:  # said here: an empty answer (recorded) would look like a missing space
-        cheapest = min(all_costs.values(), key=lambda c: c.wall_s)
-        raise NothingFitsError(
-            f"no strategy fits {_limits(max_cost_s, max_gpu_hours)} on this task: the cheapest "
-            f"expected costs {cheapest.wall_s:.0f} s ({cheapest.gpu_hours:.2g} GPU-hours); "
-            "raise the limit or leave it out"
-        )
+    allowed = within_limits(order, all_costs, max_cost_s, max_gpu_hours)
     picked = allowed[:k]
     evidence_runs = [rid for (_, j), ids in m.evidence.items() if j in set(allowed) for rid in ids]
     hp = run_hparams(registry, evidence_runs)
-    with_runs = {i for (i, _), source in m.sources.items() if source == REGISTRY_SOURCE}
-    near_runs = [i for i in by_weight if i in with_runs]
-    run_tasks = {m.datasets[i]: float(w[i]) for i in near_runs[:MAX_TASKS]}
-    fetched: list[Any] = []  # the similar tasks' runs, read when first needed
-
-    def settings_of(j: int) -> list[tuple[float, dict[str, Any]]]:
-        if not fetched:
-            read = task_runs(registry, run_tasks)
-            fetched.extend(
-                [
-                    by_strategy(read.runs),
-                    read.floor,
-                    task_best(read.runs),
-                    task_median_regret(read.runs),
-                ]
-            )
-        groups, floor, best, typical = fetched
-        return score_hparams(
-            of_strategy(groups, m.strategies[j]), run_tasks, floor, best, absent=typical
-        )
-
+    settings_of = _settings_reader(registry, m, w, [i for i in by_weight if i in tasks])
     initial = warm_configs(
         m, ranking.expected_regret, allowed, w, src, hp, k, archs, settings_of=settings_of
     )
     out = []
     for rank, j in enumerate(picked, 1):
-        ev: list[dict[str, Any]] = []
-        for i in by_weight:
-            if np.isfinite(m.values[i, j]) and len(ev) < 3:
-                ev.append(
-                    {
-                        "dataset": m.datasets[i],
-                        "source": m.sources.get((int(i), j), ""),
-                        "value": float(m.values[i, j]),
-                        "weight": round(float(w[i]), 4),
-                        "runs": list(m.evidence.get((int(i), j), ())),
-                    }
-                )
+        ev = _evidence(m, w, by_weight, j)
         values, note = to_automl(m.strategies[j], src, int(target.meta.get("image_size") or 0))
         runs_hp = [hp[r] for e in ev for r in e["runs"] if r in hp]
         fail = failure_rate(m, w, j)
@@ -340,18 +297,6 @@ def recommend(
                 _ranges(runs_hp),
             )
         )
-    front = costs.pareto_front(
-        [all_costs[j].wall_s for j in allowed],
-        [float(np.nan_to_num(ranking.expected_value[j], nan=-1.0)) for j in allowed],
-    )
-    pareto = [
-        {
-            "strategy": m.strategies[allowed[i]],
-            "expected": _num(ranking.expected_value[allowed[i]]),
-            "cost": all_costs[allowed[i]].to_dict(),
-        }
-        for i in front
-    ]
     answer: dict[str, Any] = {
         "task": target.name,
         "metric": target.metric,
@@ -373,7 +318,7 @@ def recommend(
             "imagenet_local": list(src.imagenet),
         },
         "strategies": [r.__dict__ for r in out],
-        "pareto": pareto,
+        "pareto": _pareto(m, ranking.expected_value, allowed, all_costs),
         "initial": initial,
         "n_datasets": len(m.datasets),
         "n_strategies": len(m.keys),
@@ -393,6 +338,92 @@ def recommend(
         answer["recommendation_id"] = _record(registry, target, answer, asked)
     answer["seconds"] = round(time.perf_counter() - t0, 3)
     return answer
+
+
+def _settings_reader(
+    registry: Registry, m: Matrix, w: np.ndarray, near_runs: list[int]
+) -> Callable[[int], list[tuple[float, dict[str, Any]]]]:
+    """``settings_of(j)``: strategy ``j``'s hyperparameter settings scored over the most
+    similar tasks with runs (``near_runs``, most similar first); their runs are read once,
+    when first needed."""
+    run_tasks = {m.datasets[i]: float(w[i]) for i in near_runs[:MAX_TASKS]}
+    fetched: list[Any] = []
+
+    def settings_of(j: int) -> list[tuple[float, dict[str, Any]]]:
+        if not fetched:
+            read = task_runs(registry, run_tasks)
+            fetched.extend(
+                [
+                    by_strategy(read.runs),
+                    read.floor,
+                    task_best(read.runs),
+                    task_median_regret(read.runs),
+                ]
+            )
+        groups, floor, best, typical = fetched
+        return score_hparams(
+            of_strategy(groups, m.strategies[j]), run_tasks, floor, best, absent=typical
+        )
+
+    return settings_of
+
+
+def within_limits(
+    order: list[int],
+    all_costs: dict[int, costs.Cost],
+    max_cost_s: float | None,
+    max_gpu_hours: float | None,
+) -> list[int]:
+    """The strategies of ``order`` whose expected cost meets the limits (seconds, GPU-hours);
+    none is :class:`NothingFitsError` (an empty answer, recorded, read as a missing space)."""
+    allowed = [
+        j
+        for j in order
+        if (max_cost_s is None or all_costs[j].wall_s <= max_cost_s)
+        and (max_gpu_hours is None or all_costs[j].gpu_hours <= max_gpu_hours)
+    ]
+    if not allowed:
+        cheapest = min(all_costs.values(), key=lambda c: c.wall_s)
+        raise NothingFitsError(
+            f"no strategy fits {_limits(max_cost_s, max_gpu_hours)} on this task: the cheapest "
+            f"expected costs {cheapest.wall_s:.0f} s ({cheapest.gpu_hours:.2g} GPU-hours); "
+            "raise the limit or leave it out"
+        )
+    return allowed
+
+
+def _evidence(m: Matrix, w: np.ndarray, by_weight: list[int], j: int) -> list[dict[str, Any]]:
+    """Strategy ``j``'s values on the 3 most similar data sets that have one, with their
+    similarity weights and registry runs."""
+    rows = [i for i in by_weight if np.isfinite(m.values[i, j])][:3]
+    return [
+        {
+            "dataset": m.datasets[i],
+            "source": m.sources.get((i, j), ""),
+            "value": float(m.values[i, j]),
+            "weight": round(float(w[i]), 4),
+            "runs": list(m.evidence.get((i, j), ())),
+        }
+        for i in rows
+    ]
+
+
+def _pareto(
+    m: Matrix, expected: np.ndarray, allowed: list[int], all_costs: dict[int, costs.Cost]
+) -> list[dict[str, Any]]:
+    """The cost/metric Pareto front of the allowed strategies ("cheapest efficient")."""
+    front = costs.pareto_front(
+        [all_costs[j].wall_s for j in allowed],
+        [float(np.nan_to_num(expected[j], nan=-1.0)) for j in allowed],
+    )
+    return [
+        {
+            "strategy": m.strategies[allowed[i]],
+            "expected": _num(expected[allowed[i]]),
+            "cost": all_costs[allowed[i]].to_dict(),
+        }
+        for i in front
+    ]
 
 
 def _limits(max_cost_s: float | None, max_gpu_hours: float | None) -> str:

@@ -211,7 +211,9 @@ def _class_names(value: str | Sequence[object] | None) -> tuple[str, ...] | None
     of distinct, non-empty names; None when not given."""
     if value is None:
         return None
-    items = value.split(",") if isinstance(value, str) else [str(v) for v in value]
+    items = (
+        value.split(",") if isinstance(value, str) else ["" if v is None else str(v) for v in value]
+    )
     names = tuple(v.strip() for v in items)
     shown = ",".join(items)
     if not names:
@@ -236,7 +238,7 @@ def _n_classes(value: object) -> int | None:
         return None
     whole = isinstance(value, str | int | np.integer) and not isinstance(value, bool)
     text = str(value).strip() if whole else ""  # 2.5, True, "three" are not class counts
-    n = int(text) if text.isdigit() else -1
+    n = int(text) if text.isdecimal() and text.isascii() else -1  # not '²', which int() refuses
     if n < 1:
         raise InputError(f"--n-classes {value!r}: expected a whole number >= 1")
     return n
