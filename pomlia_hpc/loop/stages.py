@@ -71,6 +71,19 @@ class LoopSettings:
         d["archs"] = list(self.archs) if self.archs else None
         return d
 
+    def study_options(self) -> dict[str, Any]:
+        """The options its AutoML study is created with (and checked with, up front)."""
+        return {
+            "n_trials": self.trials,
+            "max_epochs": self.max_epochs,
+            "min_epochs": self.min_epochs,
+            "parallel": self.parallel,
+            "executor": self.executor,
+            "optimizer": self.optimizer,
+            "seed": self.seed,
+            "budget_epochs": self.budget_epochs,
+        }
+
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> LoopSettings:
         known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
@@ -95,15 +108,8 @@ def check_settings(cfg: LoopSettings) -> None:
     check_levels(cfg.margin, cfg.alpha)
     check_study_options(
         space=SpaceOptions(archs=cfg.archs) if cfg.archs is not None else None,
-        n_trials=cfg.trials,
-        max_epochs=cfg.max_epochs,
-        min_epochs=cfg.min_epochs,
-        parallel=cfg.parallel,
-        executor=cfg.executor,
-        optimizer=cfg.optimizer,
-        seed=cfg.seed,
-        budget_epochs=cfg.budget_epochs,
         recent_share=cfg.recent_share,
+        **cfg.study_options(),
     )
 
 
@@ -323,20 +329,13 @@ def automl_stage(ctx: LoopContext) -> StageOutput:
             ctx.workspace,
             task,
             name=name,
-            n_trials=cfg.trials,
-            max_epochs=cfg.max_epochs,
-            min_epochs=cfg.min_epochs,
-            parallel=cfg.parallel,
-            executor=cfg.executor,
-            optimizer=cfg.optimizer,
-            seed=cfg.seed,
-            budget_epochs=cfg.budget_epochs,
             space=SpaceOptions(archs=archs) if archs else None,
             initial_configs=[c for _, c in candidates],
             drop_unfit_initial=True,
             encoder=champion_encoder(ctx.registry, champ, archs),
             init_model=str(champ.id) if fine_tune else None,
             recent_share=effective_recent_share(ctx, cfg.recent_share),
+            **cfg.study_options(),
         )
         kept = spec.initial_configs
         used = [k for k, c in candidates if c in kept]
