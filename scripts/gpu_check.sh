@@ -7,6 +7,8 @@
 #   2. extraction throughput on the GPU (run_shard from a Zarr store) against the encoder's raw
 #      forward on in-memory GPU tensors,
 #   3. a faiss-gpu IVF index build (GPU k-means) and search against exact Flat search,
+#   4. the server's two backends on an exported bundle (small CNN at 28 px, ResNet-18 at 64 px):
+#      the torch.export program on the GPU against onnxruntime on the CPU, agreement and img/s,
 # then prints a short table. Not part of the test suite. Exit status: 0 when all three ran,
 # 1 when a step failed or was skipped (faiss-gpu missing), 3 when there is no usable GPU.
 #
@@ -16,8 +18,8 @@
 #                                             # smoke run of the same code on the CPU (fp32,
 #                                             # faiss-cpu); tests/test_gpu_check.py runs it
 #
-# Status: written without access to a GPU; it has NOT been run on one yet (see
-# docs/BENCHMARKS.md). The CPU paths it calls are tested; the CUDA ones are not.
+# Status: run on an NVIDIA H200 on 2026-12-04 (figures in docs/BENCHMARKS.md, "GPU check"), with
+# faiss-cpu there, so step 3 was skipped. The CPU paths it calls are tested on every CI run.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -29,6 +31,7 @@ IMAGES=${IMAGES:-100000}       # images in the look-alike store (28 px, RGB)
 EPOCH_IMAGES=${EPOCH_IMAGES:-50000}
 OBJECTIVE_IMAGES=${OBJECTIVE_IMAGES:-$((EPOCH_IMAGES / 5))}   # per epoch of style/contrastive
 VECTORS=${VECTORS:-1000000}
+SERVE=${SERVE:-small_cnn:28,resnet18:64}   # step 4's models, ARCH:PIXELS
 LIMIT_S=${LIMIT_S:-450}        # whole script: stay under 8 minutes
 
 DEVICE=${DEVICE:-cuda}         # cpu: the smoke run, no GPU needed
@@ -57,7 +60,7 @@ else
     trap 'rm -rf "$HOME_DIR"' EXIT
 fi
 
-export IMAGES EPOCH_IMAGES OBJECTIVE_IMAGES VECTORS DEVICE HOME_DIR
+export IMAGES EPOCH_IMAGES OBJECTIVE_IMAGES VECTORS SERVE DEVICE HOME_DIR
 timeout --signal=KILL "$LIMIT_S" "$PY" - <<'EOF'
 import json, os, sys, time, traceback
 import numpy as np
@@ -214,6 +217,36 @@ except Exception as exc:
     ok = False
     traceback.print_exc()
     rows.append(("faiss-gpu", "FAILED/SKIPPED", str(exc)[:80]))
+
+# 4. serving: the bundle's torch.export program (the server's GPU backend) against onnxruntime on
+#    the CPU (its CPU backend): do they agree, and how fast is each on batches of images?
+def images_per_s(logits, x: np.ndarray, seconds: float = 2.0) -> float:
+    logits(x); logits(x)  # warm-up: CUDA context, cuDNN algorithm choice, onnxruntime arenas
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        logits(x); n += len(x)
+    return n / (time.perf_counter() - t0)
+
+
+for arch, size in ((a, int(px)) for a, px in (c.split(":") for c in os.environ["SERVE"].split(","))):
+    try:
+        from pathlib import Path
+        from pomlia_hpc.serve.demo import demo_bundle
+        from pomlia_hpc.serve.runtime import load_runtime
+        bundle = demo_bundle(Path(home) / f"serve-{arch}", name=f"gpu_{arch}", arch=arch,
+                             image_size=size).bundle
+        cpu_rt, dev_rt = load_runtime(bundle, "onnx"), load_runtime(bundle, "torch")
+        x = np.random.default_rng(1).random((256, 3, size, size), dtype=np.float32)
+        a, b = cpu_rt.logits(x), dev_rt.logits(x)
+        agree = float((a.argmax(1) == b.argmax(1)).mean())
+        rows.append((f"serve {arch} {size} px, {dev_rt.device}", f"{images_per_s(dev_rt.logits, x):.0f} img/s",
+                     f"batch 256 ({images_per_s(dev_rt.logits, x[:32]):.0f} at 32); onnxruntime CPU "
+                     f"{images_per_s(cpu_rt.logits, x[:32]):.0f} img/s at 32; max |logit diff| "
+                     f"{float(np.abs(a - b).max()):.1e}, argmax agree {agree:.3f}"))
+    except Exception:
+        ok = False
+        traceback.print_exc()
+        rows.append((f"serve {arch}", "FAILED", "see traceback above"))
 
 print()
 name = torch.cuda.get_device_name(0) if gpu else "CPU smoke run"

@@ -27,7 +27,7 @@ def _run(timeout: float = 600, **env: str) -> subprocess.CompletedProcess[str]:
 
 @pytest.mark.slow
 @pytest.mark.timeout(1000)
-def test_cpu_smoke_run_executes_all_three_steps(tmp_path: Path) -> None:
+def test_cpu_smoke_run_executes_every_step(tmp_path: Path) -> None:
     # The script's own wall limit (LIMIT_S, 450 s) is sized for a GPU lease; a loaded CPU
     # machine may take longer to start its three training jobs, and that is no failure here.
     res = _run(
@@ -36,6 +36,7 @@ def test_cpu_smoke_run_executes_all_three_steps(tmp_path: Path) -> None:
         IMAGES="800",
         EPOCH_IMAGES="600",
         VECTORS="20000",
+        SERVE="small_cnn:28",
         LIMIT_S="900",
         TMPDIR=str(tmp_path),
     )
@@ -50,6 +51,10 @@ def test_cpu_smoke_run_executes_all_three_steps(tmp_path: Path) -> None:
     m = re.search(r"faiss-cpu IVF78 nprobe 32\s+\d+ q/s\s+recall@10 ([0-9.]+)", table)
     assert m is not None, table
     assert float(m.group(1)) > 0.5  # a working IVF search, not an empty one
+    # The server's torch backend and its onnxruntime backend give the same classes.
+    m = re.search(r"serve small_cnn 28 px, cpu\s+\d+ img/s.*argmax agree ([0-9.]+)", table)
+    assert m is not None, table
+    assert float(m.group(1)) == 1.0
 
 
 def test_cuda_run_without_gpu_exits_3_with_reason() -> None:
