@@ -42,7 +42,7 @@ def test_train_extract_index_similar_plot(workspace: Workspace, tmp_path: Path) 
     assert "] extracting: " in text and " array tasks (100%)" in text
 
     text = cli_ok("index", "build")  # the only encoder is the default
-    assert "index rebuilt: Flat" in text and "generation 1" in text
+    assert "index built: Flat" in text and "generation 1" in text
     assert "] adding vectors: " in text and " vectors (100%)" in text
 
     text = cli_ok("similar", "bloodmnist", "--k", "2", "--distance", "mmd", "--json")
@@ -79,7 +79,7 @@ def test_train_extract_index_similar_plot(workspace: Workspace, tmp_path: Path) 
     afile = tmp_path / "notes.txt"
     afile.write_text("mine")
     for args, message in [
-        (("similar", "bloodmnist", "--k", "0"), "k=0: expected an integer >= 1"),
+        (("similar", "bloodmnist", "--k", "0"), "--k 0: expected a number of datasets >= 1"),
         (("plot", "latent", "--out", str(afile)), "latent_scatter.png' cannot be written"),
     ]:
         res = runner.invoke(app, list(args))
@@ -95,21 +95,24 @@ def test_errors_are_one_line_exit_2(tmp_path: Path) -> None:
     for args, message in [
         (("similar", "pathmnist"), "no encoder is registered"),
         (("fingerprint", "train", "-n", "ae", "pathmnist"), "dataset 'pathmnist' not found"),
-        (("fingerprint", "train", "-n", "ae", "x", "--size", "32"), "option 'encoder.image_size'"),
+        (("fingerprint", "train", "-n", "ae", "x", "--size", "32"), "option '--size': expected"),
         (("fingerprint", "extract", "-e", "ae", "pathmnist"), "encoder 'ae' not found; known:"),
         (("index", "build", "-e", "ae", "--metric", "cos"), "expected 'l2' or 'ip'"),
+        (("index", "build", "-e", "ae"), "encoder 'ae' not found; known:"),
         (("plot", "latent", "-e", "ae"), "encoder 'ae' not found; known:"),
         (("similar", "x", "--split", "test"), "option '--split' needs --images N"),
         (("similar", "x", "--images", "5", "--distance", "mmd"), "option '--distance' applies"),
         (("similar", "x", "--images", "5", "--k", "3"), "option '--k' applies"),
         (
             ("fingerprint", "extract", "-e", "ae", "x", "--shards", "2", "--shard-rows", "9"),
-            "shards=2 and shard_rows=9: expected at most one",
+            "--shards 2 and --shard-rows 9: expected at most one",
         ),
     ]:
         res = runner.invoke(app, ["--home", str(tmp_path / "ws"), *args])
         assert isinstance(res.exception, PomliaError), (args, res.output, res.exception)
         assert message in str(res.exception), (args, str(res.exception))
+        # No progress line ("0 array tasks, 0s elapsed") before the refusal.
+        assert "elapsed" not in res.output, (args, res.output)
     # ... which the console script prints as one line, exit status 2.
     env = {**os.environ, "POMLIA_HOME": str(tmp_path / "ws")}
     proc = subprocess.run(

@@ -256,15 +256,15 @@ def test_bad_inputs(workspace: Workspace, reg: Registry) -> None:
     make_encoder(workspace, reg, "enc")
     with pytest.raises(NotFoundError, match="dataset 'missing' not found; known:"):
         extract(reg, workspace, "enc", ["missing"])
-    with pytest.raises(InputError, match="patch grid 0"):
+    with pytest.raises(InputError, match="--patch-grid 0 for"):
         extract(reg, workspace, "enc", [ref], patch_grid=0)
     with pytest.raises(InputError, match="no datasets given"):
         extract(reg, workspace, "enc", [])
-    with pytest.raises(InputError, match=r"shards=0: expected an integer >= 1"):
+    with pytest.raises(InputError, match=r"--shards 0: expected an integer >= 1"):
         extract(reg, workspace, "enc", [ref], shards=0)
-    with pytest.raises(InputError, match=r"shard_rows=-5: expected an integer >= 1"):
+    with pytest.raises(InputError, match=r"--shard-rows -5: expected an integer >= 1"):
         extract(reg, workspace, "enc", [ref], shard_rows=-5)
-    with pytest.raises(InputError, match=r"shards=2 and shard_rows=10: expected at most one"):
+    with pytest.raises(InputError, match=r"--shards 2 and --shard-rows 10: expected at most one"):
         extract(reg, workspace, "enc", [ref], shards=2, shard_rows=10)
     with reg.session() as s:
         assert s.scalars(select(FingerprintSet)).first() is None  # nothing recorded

@@ -190,7 +190,7 @@ def test_similar_errors(workspace: Workspace) -> None:
     make_encoder(workspace, reg, "enc")
     with pytest.raises(NotFoundError, match=r"no embeddings under encoder 'enc' \(not extracted"):
         similar_datasets(reg, "enc", ref)
-    with pytest.raises(InputError, match="k=0"):
+    with pytest.raises(InputError, match="--k 0"):
         similar_datasets(reg, "enc", ref, k=0)
     with pytest.raises(InputError, match="distance 'cosine' is not known"):
         similar_datasets(reg, "enc", ref, distance="cosine")

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+from contextlib import ExitStack
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -14,7 +15,7 @@ from sqlalchemy import select
 
 from pomlia_hpc.cli.app import STATE, app, console
 from pomlia_hpc.errors import InputError, NotFoundError
-from pomlia_hpc.progress import progress
+from pomlia_hpc.progress import Reporter, progress
 from pomlia_hpc.registry import Encoder
 
 fingerprint_app = typer.Typer(
@@ -50,6 +51,31 @@ def _encoder(name: str | None) -> str:
     if not names:
         raise NotFoundError("no encoder is registered", hint="run `pomlia fingerprint train`")
     raise InputError(f"several encoders are registered ({', '.join(names)}): pass --encoder")
+
+
+class _LazyProgress:
+    """A progress report that starts at the first update: a command whose input is refused
+    before any work (nothing submitted yet) prints the error alone, not "0 array tasks"."""
+
+    def __init__(self, stack: ExitStack, description: str, total: int | None = None, **kw: Any):
+        self._stack, self._args, self._kw = stack, (description, total), kw
+        self._bar: Reporter | None = None
+
+    def __call__(self, done: int, total: int | None = None) -> None:
+        if self._bar is None:
+            report = progress(*self._args, console=console, **self._kw)
+            self._bar = self._stack.enter_context(report)
+        self._bar.update(done, total)
+
+
+#: ``fingerprint train``'s flag for each field of its training config (as pydantic names it).
+_TRAIN_FLAGS = {
+    "encoder.latent_dim": "--latent-dim",
+    "encoder.image_size": "--size",
+    "encoder.stem": "--stem",
+    "max_images_per_dataset": "--max-images",
+    "num_workers": "--workers",
+}
 
 
 def _resources(cpus: int | None, gpus: int | None) -> dict[str, Any] | None:
@@ -128,21 +154,16 @@ def train(
         )
     except ValidationError as exc:
         err = exc.errors()[0]
-        raise InputError(
-            f"option '{'.'.join(str(p) for p in err['loc'])}': {err['msg']} "
-            f"(got {err.get('input')!r})"
-        ) from exc
+        field = ".".join(str(p) for p in err["loc"])
+        flag = _TRAIN_FLAGS.get(field, "--" + field.replace("_", "-"))
+        msg = str(err["msg"]).removeprefix("Value error, ")
+        raise InputError(f"option '{flag}': {msg} (got {err.get('input')!r})") from exc
     ws = STATE.workspace
     reg = STATE.prepared()
-    with progress(f"training '{name}'", epochs, unit="epochs", console=console) as bar:
+    with ExitStack() as stack:
+        bar = _LazyProgress(stack, f"training '{name}'", epochs, unit="epochs")
         enc = train_encoder(
-            reg,
-            ws,
-            name,
-            datasets,
-            config,
-            resources=_resources(cpus, gpus),
-            progress=lambda done, total: bar.update(done, total),
+            reg, ws, name, datasets, config, resources=_resources(cpus, gpus), progress=bar
         )
     curves = read_curves(Path(enc.checkpoint_path).parent) or {}
     val = list(curves.get("val") or [])
@@ -178,12 +199,16 @@ def extract(
     cpus: Annotated[int | None, typer.Option(min=1, help="CPUs per shard.")] = None,
     gpus: Annotated[int | None, typer.Option(min=0, help="GPUs per shard (0: none).")] = None,
 ) -> None:
-    """Embed DATASETS with an encoder as an array job (complete shards are skipped)."""
+    """Embed DATASETS with an encoder as an array job (complete shards are skipped).
+
+    A dataset given twice is embedded once. A shard holds whole chunks of the dataset's store,
+    so a small dataset gets fewer shards than --shards asks for (the table says why)."""
     from pomlia_hpc.fingerprint.extract import extract as run_extract
 
     ws = STATE.workspace
     reg = STATE.prepared()
-    with progress("extracting", unit="array tasks", console=console) as bar:
+    with ExitStack() as stack:
+        bar = _LazyProgress(stack, "extracting", unit="array tasks")
         results = run_extract(
             reg,
             ws,
@@ -195,7 +220,8 @@ def extract(
             patch_grid=patch_grid,
             force=force,
             resources=_resources(cpus, gpus),
-            progress=lambda done, total: bar.update(done, total),
+            progress=bar,
+            say=lambda line: console.print(f"warning: {line}", markup=False, highlight=False),
         )
     table = Table(title="embeddings")
     for col in ("dataset", "vectors", "shards", "run now", "status"):
@@ -203,6 +229,9 @@ def extract(
     for r in results:
         table.add_row(r.ref, str(r.n_vectors), str(r.shards), str(r.shards_run), r.status)
     console.print(table)
+    for r in results:
+        if r.note:
+            console.print(f"{r.ref}: {r.note}", markup=False, highlight=False)
 
 
 @fingerprint_app.command("show")
@@ -234,7 +263,8 @@ def build(
     if metric not in ("l2", "ip"):
         raise InputError(f"option '--metric': expected 'l2' or 'ip', got '{metric}'")
     # Vectors arrive in blocks of a few thousand: one plain line per 10 s is plenty.
-    with progress("adding vectors", unit="vectors", console=console, min_interval_s=10) as bar:
+    with ExitStack() as stack:
+        bar = _LazyProgress(stack, "adding vectors", unit="vectors", min_interval_s=10)
         res = build_index(
             STATE.registry(),
             STATE.workspace,
@@ -244,9 +274,10 @@ def build(
             kind="patches" if patches else "images",
             nprobe=nprobe,
             rebuild=rebuild,
-            progress=lambda done, total: bar.update(done, total),
+            progress=bar,
         )
-    what = "rebuilt" if res.rebuilt else ("extended" if res.added_sets else "up to date")
+    built = "built" if res.first else "rebuilt"
+    what = built if res.rebuilt else ("extended" if res.added_sets else "up to date")
     console.print(
         f"index {what}: {res.factory}, {res.ntotal} vectors, generation {res.generation} "
         f"({res.path})"

@@ -37,7 +37,7 @@ import math
 import shutil
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +46,7 @@ import zarr
 from sqlalchemy import select
 
 from pomlia_hpc.cluster import Executor, JobHandle
+from pomlia_hpc.cluster.resources import with_overrides
 from pomlia_hpc.data.store import DatasetStore, find_version, open_store
 from pomlia_hpc.errors import (
     ClusterError,
@@ -64,7 +65,7 @@ from pomlia_hpc.fingerprint.shards import (
 )
 from pomlia_hpc.fingerprint.summary import compute_summary, summary_path, write_summary
 from pomlia_hpc.fingerprint.train import get_encoder, load_checkpoint
-from pomlia_hpc.registry import Encoder, FingerprintSet, Registry
+from pomlia_hpc.registry import DatasetVersion, Encoder, FingerprintSet, Registry
 from pomlia_hpc.workspace import Workspace
 
 #: Default images per shard when neither ``shards`` nor ``shard_rows`` is given.
@@ -83,11 +84,29 @@ def check_sharding(n_shards: int | None, shard_rows: int | None) -> None:
     """Refuse a shard count or shard size below 1, or both at once."""
     if n_shards is not None and shard_rows is not None:
         raise InputError(
-            f"shards={n_shards} and shard_rows={shard_rows}: expected at most one of them"
+            f"--shards {n_shards} and --shard-rows {shard_rows}: expected at most one of them "
+            "(a number of shards per dataset, or about so many images per shard)"
         )
-    for name, value in (("shards", n_shards), ("shard_rows", shard_rows)):
+    for flag, value in (("--shards", n_shards), ("--shard-rows", shard_rows)):
         if value is not None and value < 1:
-            raise InputError(f"{name}={value}: expected an integer >= 1")
+            raise InputError(f"{flag} {value}: expected an integer >= 1")
+
+
+#: A patch tile must be at least this many pixels wide and high (smaller tiles are noise
+#: once resized to the encoder's input, and a tile of 0 px cannot be embedded at all).
+MIN_TILE_PX = 4
+
+
+def check_patch_grid(patch_grid: int, store: DatasetStore) -> None:
+    """Refuse a patch grid below 1, or one whose tiles of ``store``'s images would be smaller
+    than :data:`MIN_TILE_PX` pixels."""
+    h, w, _ = store.image_shape
+    most = max(1, min(h, w) // MIN_TILE_PX)
+    if patch_grid < 1 or patch_grid > most:
+        raise InputError(
+            f"--patch-grid {patch_grid} for '{store.ref}' ({h}x{w} px images): expected an "
+            f"integer from 1 (no patches) to {most} (tiles of at least {MIN_TILE_PX} px)"
+        )
 
 
 def plan_shards(
@@ -180,6 +199,7 @@ class ExtractResult:
     shards: int
     shards_run: int
     status: str
+    note: str = ""
 
 
 def _record(registry: Registry, encoder_id: int, version_id: int, path: Path, **fields: Any) -> int:
@@ -201,7 +221,8 @@ def _record(registry: Registry, encoder_id: int, version_id: int, path: Path, **
 
 @dataclass(frozen=True)
 class DatasetPlan:
-    """One dataset version of an extraction: its shard plan and its fingerprint-set row."""
+    """One dataset version of an extraction: its shard plan and its fingerprint-set row.
+    ``note`` says why the plan has fewer shards than asked for (else empty)."""
 
     ref: str
     version_id: int
@@ -209,15 +230,74 @@ class DatasetPlan:
     out: Path
     shards: list[tuple[int, int]]
     missing: list[int]
+    note: str = ""
 
 
 @dataclass(frozen=True)
 class ExtractionPlan:
-    """What :func:`plan_extraction` prepared: per dataset, and the array tasks to run."""
+    """What :func:`plan_extraction` prepared: per dataset, and the array tasks to run.
+    ``warnings``: what the user should know before trusting the vectors (channel mismatch)."""
 
     encoder: Encoder
     datasets: list[DatasetPlan]
     specs: list[ShardSpec]
+    warnings: list[str] = field(default_factory=list)
+
+
+def _resolve(registry: Registry, refs: list[str]) -> list[tuple[DatasetVersion, DatasetStore]]:
+    """The versions and stores of ``refs``, each version once, in the order first given (a
+    name given twice, or as name and name@version, would be embedded and listed twice)."""
+    seen: dict[int, tuple[DatasetVersion, DatasetStore]] = {}
+    for ref in refs:
+        row = find_version(registry, ref)
+        if row.id not in seen:
+            seen[row.id] = (row, open_store(row.store_path))
+    return list(seen.values())
+
+
+def channel_warnings(registry: Registry, encoder: Encoder, stores: list[DatasetStore]) -> list[str]:
+    """One warning when ``encoder`` was trained only on gray images and ``stores`` hold colour
+    ones, or the reverse: the vectors of those datasets are less comparable with the others."""
+    with registry.session() as s:
+        paths = s.scalars(
+            select(DatasetVersion.store_path).where(
+                DatasetVersion.id.in_(list(encoder.dataset_version_ids or []))
+            )
+        )
+        trained = {open_store(p, verify=False).image_shape[2] for p in paths}
+    if len(trained) != 1:
+        return []  # trained on both kinds (or unknown): either is what it has seen
+    gray = trained == {1}
+    other = [st.ref for st in stores if (st.image_shape[2] == 1) != gray]
+    if not other:
+        return []
+    if gray:
+        how = (
+            "colour images are embedded with their three channels as they are, which this "
+            "encoder never saw differ"
+        )
+    else:
+        how = "gray images are repeated to three channels first"
+    kind = "gray" if gray else "colour (RGB)"
+    return [
+        f"encoder '{encoder.name}' was trained on {kind} images only, and "
+        f"{', '.join(other)} {'is' if len(other) == 1 else 'are'} "
+        f"{'colour' if gray else 'gray'}: {how}; their distances to the other datasets may "
+        "reflect the colour difference more than the content"
+    ]
+
+
+def _shard_note(store: DatasetStore, asked: int | None, planned: int) -> str:
+    """Why ``planned`` shards, not the ``asked`` number (empty when as asked)."""
+    if asked is None or planned == asked:
+        return ""
+    n_chunks = max(1, math.ceil(store.n_images / store.chunk_rows))
+    if planned == min(asked, n_chunks):
+        return (
+            f"{planned} shard(s), not {asked}: a shard holds whole chunks of the store, and "
+            f"its {store.n_images} images are {n_chunks} chunk(s) of {store.chunk_rows} rows"
+        )
+    return f"{planned} shard(s), not {asked}: the finished plan was kept (--force plans again)"
 
 
 def plan_extraction(
@@ -234,24 +314,26 @@ def plan_extraction(
     force: bool = False,
 ) -> ExtractionPlan:
     """Create the embeddings arrays (or reuse them and their shard plans) and list the shards
-    that have no ``.done`` file yet. Records each version's fingerprint set as running."""
+    that have no ``.done`` file yet. Records each version's fingerprint set as running.
+
+    Every dataset and option is checked before anything is written or removed."""
     if not datasets:
         raise InputError("no datasets given: expected at least one dataset (name or name@version)")
-    if patch_grid < 1:
-        raise InputError(f"patch grid {patch_grid}: expected an integer >= 1")
     if batch_size < 1:
-        raise InputError(f"batch size {batch_size}: expected an integer >= 1")
+        raise InputError(f"--batch-size {batch_size}: expected an integer >= 1")
     check_sharding(shards, shard_rows)
     enc = get_encoder(registry, encoder)
     if not enc.checkpoint_path:
         raise InputError(f"encoder '{enc.name}' has no checkpoint: train it first")
+    resolved = _resolve(registry, datasets)
+    for _row, store in resolved:
+        check_patch_grid(patch_grid, store)
+    warnings = channel_warnings(registry, enc, [st for _r, st in resolved])
     latent_dim = int(load_checkpoint(enc.checkpoint_path)[1].latent_dim)
     digest = checkpoint_digest(enc.checkpoint_path)
     specs: list[ShardSpec] = []
     plans: list[DatasetPlan] = []
-    for ref in datasets:
-        row = find_version(registry, ref)
-        store = open_store(row.store_path)
+    for row, store in resolved:
         out = embeddings_path(workspace, enc.name, store)
         stored = None if force else _stored_plan(out, store, latent_dim, patch_grid, digest)
         if stored is None:
@@ -277,8 +359,9 @@ def plan_extraction(
             for i in missing
         )
         fs_id = _record(registry, enc.id, row.id, out, status="running" if missing else "complete")
-        plans.append(DatasetPlan(store.ref, row.id, fs_id, out, ranges, missing))
-    return ExtractionPlan(enc, plans, specs)
+        note = _shard_note(store, shards, len(ranges))
+        plans.append(DatasetPlan(store.ref, row.id, fs_id, out, ranges, missing, note))
+    return ExtractionPlan(enc, plans, specs, warnings)
 
 
 def finish_extraction(registry: Registry, plan: ExtractionPlan) -> list[ExtractResult]:
@@ -307,7 +390,9 @@ def finish_extraction(registry: Registry, plan: ExtractionPlan) -> list[ExtractR
         else:
             status = "failed"
             _record(registry, plan.encoder.id, ds.version_id, ds.out, status=status)
-        results.append(ExtractResult(ds.ref, ds.fs_id, n, len(ds.shards), len(ds.missing), status))
+        results.append(
+            ExtractResult(ds.ref, ds.fs_id, n, len(ds.shards), len(ds.missing), status, ds.note)
+        )
     return results
 
 
@@ -326,6 +411,7 @@ def extract(
     force: bool = False,
     resources: dict[str, Any] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    say: Callable[[str], None] | None = None,
 ) -> list[ExtractResult]:
     """Embed ``datasets`` (refs ``name[@version]``) with ``encoder`` as one array job of shards.
 
@@ -336,7 +422,13 @@ def extract(
     images (giving both, or a value below 1, raises :class:`InputError`).
     ``progress(done, total)`` is called as tasks finish. Raises :class:`ClusterError` naming
     the failed shards (the others stay done; running again retries only the failed ones).
+    ``say(line)`` gets each warning (an encoder trained on other channels) before any job.
+
+    The cluster profile and ``resources`` are checked first: with ``force`` the finished
+    vectors are removed, and a refusal after that would leave nothing in their place.
     """
+    ex = executor or Executor.from_profile(workspace.cluster_profile, workspace.jobs, registry)
+    with_overrides(ex.profile, resources)
     plan = plan_extraction(
         registry,
         workspace,
@@ -349,10 +441,13 @@ def extract(
         threads=threads,
         force=force,
     )
+    for line in plan.warnings:
+        if say is not None:
+            say(line)
     tasks = group_shards(
         plan.specs, None if shards is not None else (shard_rows or DEFAULT_SHARD_ROWS)
     )
-    outcomes = _run(tasks, registry, workspace, executor, resources, progress)
+    outcomes = _run(tasks, ex, resources, progress)
     results = finish_extraction(registry, plan)
     # A shard failed if it left no .done file: a failed task may hold shards that succeeded.
     failed = [
@@ -417,15 +512,12 @@ def run_shards(specs: list[ShardSpec]) -> list[dict[str, Any]]:
 
 def _run(
     specs: list[list[ShardSpec]],
-    registry: Registry,
-    workspace: Workspace,
-    executor: Executor | None,
+    ex: Executor,
     resources: dict[str, Any] | None,
     progress: Callable[[int, int], None] | None,
 ) -> list[Any]:
     if not specs:
         return []
-    ex = executor or Executor.from_profile(workspace.cluster_profile, workspace.jobs, registry)
     handles: list[JobHandle] = ex.map_array(
         run_shards, specs, name="fingerprint-extract", resources=resources
     )

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -80,14 +81,24 @@ def new_index(dim: int, factory: str, metric: Metric) -> faiss.Index:
     try:
         index = faiss.index_factory(dim, factory, faiss_metric)
     except RuntimeError as exc:
+        why = faiss_reason(exc)
         raise InputError(
-            f"index factory string '{factory}' is not valid for dimension {dim}: expected a "
-            f"faiss index_factory string such as 'Flat', 'IVF1024,Flat', 'IVF256,PQ16', 'HNSW32' "
-            f"({str(exc).strip().splitlines()[-1][:160]})"
+            f"index factory string '{factory}' is not valid for {dim}-dimensional vectors"
+            f"{f' ({why})' if why else ''}: expected a faiss index_factory string such as "
+            "'Flat', 'IVF1024,Flat', 'IVF256,PQ16', 'HNSW32'"
         ) from exc
     if faiss.try_extract_index_ivf(index) is None and not isinstance(index, faiss.IndexIDMap):
         index = faiss.IndexIDMap2(index)
     return index
+
+
+def faiss_reason(exc: Exception) -> str:
+    """The readable part of a faiss error: without the C++ function and source location
+    (``Error in ... at /project/faiss/...cpp:64:``) or the failed assertion's code."""
+    text = str(exc).strip().splitlines()[-1] if str(exc).strip() else ""
+    text = re.sub(r"^Error in .*? at \S+:\d+:\s*", "", text)
+    text = re.sub(r"^Error: '.*?' failed:\s*", "", text)
+    return text[:200]
 
 
 def gpu_available() -> bool:
@@ -375,6 +386,8 @@ class BuildResult:
     ntotal: int
     added_sets: list[str]
     rebuilt: bool
+    #: No index of this encoder and kind existed before: built, not rebuilt.
+    first: bool = False
 
 
 def build_index(
@@ -411,7 +424,8 @@ def build_index(
     total = sum(e.n_images * e.tiles for e, _ in entries.values())
     root = index_root(workspace, enc.name, kind)
     current: LoadedIndex | None = None
-    if not rebuild and (root / "current").exists():
+    first = not (root / "current").exists()
+    if not rebuild and not first:
         current = load_index(registry, workspace, enc, kind)
         m = current.manifest
         same = (factory in (None, m.factory)) and m.metric == metric and m.dim == dim
@@ -461,6 +475,7 @@ def build_index(
         manifest.ntotal,
         [entries[s][0].ref for s in new],
         current is None,
+        first,
     )
 
 

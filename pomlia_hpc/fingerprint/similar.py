@@ -183,7 +183,7 @@ def similar_datasets(
     ``patches=True`` compares the patch embeddings (``--patch-grid``) instead of whole-image
     ones (latent distances only; the explicit part is the same)."""
     if k < 1:
-        raise InputError(f"k={k}: expected an integer >= 1")
+        raise InputError(f"--k {k}: expected a number of datasets >= 1")
     check_distance(distance)
     enc = get_encoder(registry, encoder)
     fs, full = fingerprint_set(registry, enc, ref)
@@ -193,6 +193,13 @@ def similar_datasets(
         for other, other_ref in complete_sets(registry, enc.id)
         if other.id != fs.id and (include_same_dataset or other_ref.split("@")[0] != name)
     ]
+    if not others:
+        raise NotFoundError(
+            f"nothing to compare '{full}' with: no other dataset has complete embeddings under "
+            f"encoder '{enc.name}'",
+            hint=f"embed another dataset first: `pomlia fingerprint extract --encoder {enc.name} "
+            "DATASET`",
+        )
     need = fields_for(distance)
     query = load_summary(registry, fs, full, need)
     candidates = [load_summary(registry, o, r, need) for o, r in others]
@@ -223,7 +230,7 @@ def nearest_images(
     query's patch vectors; an image's distance is that of its nearest patch, whose number is
     returned as ``tile``."""
     if n < 1:
-        raise InputError(f"n={n}: expected an integer >= 1")
+        raise InputError(f"--images {n}: expected a number of images >= 1")
     enc = get_encoder(registry, encoder)
     fs, full = fingerprint_set(registry, enc, ref)
     index = load_index(registry, workspace, enc, "patches" if patches else "images")
@@ -247,7 +254,14 @@ def nearest_images(
         for s in exclude
         if s in index.manifest.sets
     )
-    if len(queries) == 0 or available <= 0:
+    if available <= 0:
+        raise NotFoundError(
+            f"nothing to compare '{full}' with: the index of encoder '{enc.name}' holds no "
+            "other dataset's images",
+            hint=f"embed another dataset (`pomlia fingerprint extract --encoder {enc.name} "
+            "DATASET`), then `pomlia index build`",
+        )
+    if len(queries) == 0:
         return []
     k = min(available, 1024, max(4, math.ceil(2 * n / len(queries))))
     while True:

@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import time
 from collections.abc import Callable
@@ -74,6 +75,7 @@ from pomlia_hpc.fingerprint.objectives import (
     ObjectiveName,
     build_objective,
 )
+from pomlia_hpc.fingerprint.sameness import check_same_training, first_difference
 from pomlia_hpc.fingerprint.validation import (
     CURVE_MODULES,
     lr_at,
@@ -472,11 +474,15 @@ def train_encoder(
     executor: Executor | None = None,
     resources: dict[str, Any] | None = None,
     progress: Callable[[int, int], None] | None = None,
+    replace: bool = False,
 ) -> Encoder:
     """Train (or finish training) the encoder ``name`` on ``datasets`` as one cluster job, wait
     for it, and register it. Re-running with the same name, datasets and ``config`` resumes
     an unfinished training and returns the registered encoder of a finished one; other
-    datasets or options raise :class:`InputError` naming the first field that differs.
+    datasets or options raise :class:`InputError` naming the first setting that differs, or,
+    with ``replace`` (a pipeline whose file changed), discard that training and train anew
+    under the same name (embeddings made with the old weights are then re-made by
+    ``extract``, which compares the weights' digest).
     ``progress(epochs_done, epochs)`` is called while the job runs (from its ``latest.json``).
     """
     validate_name("encoder", name, max_len=128)
@@ -484,6 +490,10 @@ def train_encoder(
     sources, rows = _sources(registry, datasets, config)
     wanted = {"config": config.model_dump(mode="json"), "datasets": _refs(registry, rows)}
     out = encoder_dir(workspace, name)
+    # Everything is checked before a replaced training is removed below.
+    n_rows = sum(s.stop - s.start for s in split_holdout(sources, config.holdout)[0])
+    check_one_batch(n_rows, config.batch_size, config.processes)
+    ex = executor or Executor.from_profile(workspace.cluster_profile, workspace.jobs, registry)
     with registry.session() as s:
         existing = s.scalar(select(Encoder).where(Encoder.name == name))
     if (
@@ -495,19 +505,21 @@ def train_encoder(
             "config": normalise_config(existing.config),
             "datasets": _refs(registry, existing.dataset_version_ids),
         }
-        _check_same_training(name, "trained", trained, wanted)
-        return existing
+        if not replace or first_difference(trained, wanted) is None:
+            check_same_training(name, "trained", trained, wanted)
+            return existing
+        shutil.rmtree(out, ignore_errors=True)  # checkpoints of the old training: not resumed
     record = out / TRAINING_RECORD
     # Only a finished epoch (its checkpoint) pins datasets and options: a start that failed
     # before one (e.g. on a damaged chunk) has nothing to resume, and a new start replaces it.
     if record.exists() and _read_latest(out) is not None:
         started = json.loads(record.read_text())
         started["config"] = normalise_config(started.get("config", {}))
-        _check_same_training(name, "started", started, wanted)
-    n_rows = sum(s.stop - s.start for s in split_holdout(sources, config.holdout)[0])
-    check_one_batch(n_rows, config.batch_size, config.processes)
+        if replace and first_difference(started, wanted) is not None:
+            shutil.rmtree(out, ignore_errors=True)
+        else:
+            check_same_training(name, "started", started, wanted)
     write_atomic(record, json.dumps(wanted, indent=1))
-    ex = executor or Executor.from_profile(workspace.cluster_profile, workspace.jobs, registry)
     handle = ex.submit(
         TrainJob(config, sources, str(out)), name=f"fingerprint-train-{name}", resources=resources
     )
@@ -544,30 +556,6 @@ def _refs(registry: Registry, version_ids: list[int] | list[DatasetVersion]) -> 
         )
         known = {i: f"{n}@{v}" for i, n, v in s.execute(q.where(DatasetVersion.id.in_(ids)))}
     return [known.get(i, f"dataset version id {i}") for i in ids]
-
-
-def _flatten(value: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for k, v in value.items():
-        if isinstance(v, dict):
-            out.update(_flatten(v, f"{prefix}{k}."))
-        else:
-            out[f"{prefix}{k}"] = v
-    return out
-
-
-def _check_same_training(name: str, state: str, old: dict[str, Any], new: dict[str, Any]) -> None:
-    """Refuse a run of encoder ``name`` that asks for other datasets or options than the
-    training it would reuse (``state`` "trained") or resume ("started")."""
-    before, now = _flatten(old), _flatten(new)
-    for key in sorted(before.keys() | now.keys()):
-        if before.get(key) != now.get(key):
-            raise InputError(
-                f"encoder '{name}' was {state} with {key} = {before.get(key)!r} but this run "
-                f"asks for {now.get(key)!r}: expected the same datasets and options as before "
-                f"to {'reuse' if state == 'trained' else 'resume'} it",
-                hint="choose another --name for a new encoder",
-            )
 
 
 def register_encoder(

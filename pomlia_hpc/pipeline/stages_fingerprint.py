@@ -62,6 +62,8 @@ def _run_encoder(ctx: StageContext) -> dict[str, Any]:
         _train_config(enc),
         resources=enc.resources.as_overrides(),
         progress=ctx.progress("encoder epochs"),
+        # The file owns its encoder: an edited `encoder` section retrains it under its name.
+        replace=True,
     )
     return {
         "encoder": row.name,
