@@ -193,7 +193,11 @@ def extract(
     ] = None,
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 256,
     patch_grid: Annotated[
-        int, typer.Option(help="Also embed g x g tiles of each image (patch fingerprints).")
+        int,
+        typer.Option(
+            help="Also embed g x g tiles of each image (patch fingerprints; tiles of at "
+            "least 4 px)."
+        ),
     ] = 1,
     force: Annotated[bool, typer.Option(help="Recompute even complete embeddings.")] = False,
     cpus: Annotated[int | None, typer.Option(min=1, help="CPUs per shard.")] = None,
