@@ -5,7 +5,7 @@ What both trainings need, and what they differ in:
 
 - :func:`initialize`: the DeepSpeed engine from a model and an optimizer (ZeRO stage, bf16),
   with the bf16 cast of floating-point buffers that DeepSpeed leaves out (BatchNorm's running
-  statistics: batch norm refuses bf16 inputs with fp32 statistics, seen on CPU).
+  statistics: batch norm refuses bf16 weights with fp32 statistics, on CPU and CUDA alike).
 - :class:`EpochCheckpoints`: after every epoch, every rank saves its DeepSpeed checkpoint under
   a tag, and then rank 0 points a small state record (an :class:`EpochState`: the epoch, the
   tag, and what the training wants to carry over) at it by atomic rename, and removes older
@@ -100,11 +100,12 @@ def initialize(
     zero_stage: int,
     bf16: bool,
     world: int = 1,
-    bf16_buffers: bool | None = None,
 ) -> Any:
     """The DeepSpeed engine of ``model`` trained with ``optimizer`` (the environment's RANK,
-    WORLD_SIZE, ... already set). ``bf16_buffers``: cast the buffers to bf16 too (default:
-    with ``bf16``; the classifier does it on CPU only, where batch norm needs it)."""
+    WORLD_SIZE, ... already set). With ``bf16`` the floating-point buffers are cast to bf16
+    too: DeepSpeed casts only the parameters, and batch norm refuses bf16 weights with fp32
+    running statistics on the CPU and on CUDA alike (every AutoML trial crashed with
+    "Expected running_mean to have type BFloat16" on an H200 while only the CPU cast them)."""
     use_interpreter_extension_cache()
     import deepspeed  # heavy import: only inside training jobs
     from deepspeed.utils import logger as ds_logger
@@ -115,7 +116,7 @@ def initialize(
         optimizer=optimizer,
         config=deepspeed_config(batch_size, zero_stage=zero_stage, bf16=bf16, world=world),
     )
-    if bf16 if bf16_buffers is None else bf16_buffers:
+    if bf16:
         cast_buffers(engine.module, torch.bfloat16)
     return engine
 

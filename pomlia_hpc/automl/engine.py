@@ -370,8 +370,6 @@ def _build_engine(
         zero_stage=req.options.zero_stage,
         bf16=run.bf16,
         world=run.world,
-        # CPU batch norm wants one dtype for parameters and statistics.
-        bf16_buffers=run.bf16 and run.device == "cpu",
     )
     return engine, head, loaded
 
