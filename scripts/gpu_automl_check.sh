@@ -27,7 +27,7 @@ if [[ "$DEVICE" == cuda ]]; then
     command -v nvidia-smi >/dev/null 2>&1 || { echo "gpu_automl_check: no nvidia-smi" >&2; exit 3; }
     GPU_OPTS=(--device cuda --gpus 1)
 else
-    GPU_OPTS=(--device cpu)
+    GPU_OPTS=(--device cpu --bf16)  # the smoke run trains in bf16 too, the GPU default
 fi
 
 HOME_DIR=$(mktemp -d "${TMPDIR:-/tmp}/pomlia-gpu-automl-XXXXXX")

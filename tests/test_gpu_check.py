@@ -74,3 +74,48 @@ def test_killed_by_its_limit_leaves_no_workspace(tmp_path: Path) -> None:
 def test_bad_device_is_refused() -> None:
     res = _run(DEVICE="tpu")
     assert res.returncode == 3 and "DEVICE must be cuda or cpu" in res.stderr
+
+
+AUTOML_SCRIPT = SCRIPT.with_name("gpu_automl_check.sh")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_automl_check_cpu_smoke_run_trains_in_bf16_and_on_the_baseline(tmp_path: Path) -> None:
+    res = subprocess.run(
+        ["bash", str(AUTOML_SCRIPT)],
+        env={
+            **os.environ,
+            "PY": sys.executable,
+            "DEVICE": "cpu",
+            "SCALE": "0.03",
+            "TRIALS": "1",
+            "CPU_TRIALS": "1",
+            "EPOCHS": "1",
+            "ARCHS": "small_cnn",
+            "TMPDIR": str(tmp_path),
+        },
+        capture_output=True,
+        text=True,
+        timeout=560,
+    )
+    out = " ".join(res.stdout.split())
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert re.search(r"study on-cpu: 1 trials in \d+ s", out), out
+    assert re.search(r"study baseline-cpu: 1 trials in \d+ s", out), out
+    assert "crashed" not in out.replace("0 crashed", "")
+    assert not list(tmp_path.glob("pomlia-gpu-automl-*"))
+
+
+def test_automl_check_without_gpu_exits_3() -> None:
+    if shutil.which("nvidia-smi"):
+        pytest.skip("this machine has nvidia-smi; the no-GPU path is not reachable")
+    res = subprocess.run(
+        ["bash", str(AUTOML_SCRIPT)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PY": sys.executable},
+    )
+    assert res.returncode == 3
+    assert "no nvidia-smi" in res.stderr
