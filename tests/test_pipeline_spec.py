@@ -65,6 +65,23 @@ def test_bad_file_is_one_error_naming_the_key(change: dict[str, Any], message: s
     assert message in str(err.value) and "\n" not in str(err.value)
 
 
+@pytest.mark.parametrize(
+    ("automl", "use_encoder"),
+    [
+        ({}, True),  # no archs named: the encoder's ResNet-18 trials are offered
+        ({"archs": ["small_cnn"]}, False),  # the user's archs are respected
+        ({"archs": ["small_cnn"], "use_encoder": True}, True),  # unless they ask for both
+        ({"use_encoder": False}, False),
+    ],
+)
+def test_named_archs_leave_out_encoder_trials(automl: dict[str, Any], use_encoder: bool) -> None:
+    """`automl.archs: [small_cnn]` still added resnet18 trials from the encoder (use_encoder
+    defaulted to true); it defaults to true only when archs is left out now."""
+    tasks = [{"name": "t", "dataset": "a", "metric": "auc"}]
+    spec = _parse({**MINIMAL, "tasks": tasks, "automl": automl})
+    assert spec.automl.use_encoder is use_encoder
+
+
 def test_relative_paths_are_relative_to_the_file() -> None:
     spec = _parse({**MINIMAL, "datasets": [{"name": "a", "file": "x/a.npz"}]})
     assert spec.path("x/a.npz") == Path("/data/x/a.npz")

@@ -150,6 +150,10 @@ class RecommendSpec(_Strict):
 
 
 class AutoMLSpec(_Strict):
+    """The AutoML study of each task. ``use_encoder``: also offer trials that start from the
+    fingerprint encoder's weights (a ResNet-18, whatever ``archs`` lists); left out, it is on
+    only when ``archs`` is left out too, so a file that names its architectures gets those."""
+
     trials: int = Field(20, ge=1)
     max_epochs: int = Field(9, ge=1)
     min_epochs: int = Field(1, ge=1)
@@ -160,6 +164,15 @@ class AutoMLSpec(_Strict):
     extra_data: bool = False
     seed: int = 0
     resources: Resources = Resources()
+
+    @model_validator(mode="before")
+    @classmethod
+    def _encoder_default(cls, data: Any) -> Any:
+        # Resolved here rather than when the study is made, so the stage key of a file that
+        # leaves both out stays what it was when the default was always true.
+        if isinstance(data, dict) and "use_encoder" not in data:
+            data = {**data, "use_encoder": data.get("archs") is None}
+        return data
 
 
 class ExportSpec(_Strict):
