@@ -263,3 +263,34 @@ def test_job_dependencies_need_slurm() -> None:
     params = after_ok_parameters(load_cluster_profile("slurm-local"), ["12", "13"])
     extra = params["slurm_additional_parameters"]
     assert extra == {"dependency": "afterok:12:13", "kill-on-invalid-dep": "yes"}
+
+
+def test_status_by_name_and_by_file_agree_on_staleness(
+    workspace: Workspace, tmp_path: Path, wide_console: None
+) -> None:
+    """`pipeline status NAME` compared the records with the spec as it last ran (all done)
+    while `pipeline status FILE` compared them with the edited file (data stale): both now
+    compare with the file as it is, by one code path."""
+    from typer.testing import CliRunner
+
+    from pomlia_hpc.cli import app
+    from tests.fixtures.factories import tiny_npz
+
+    tiny_npz(tmp_path / "a.npz")
+    file = tmp_path / "p.yaml"
+    data = {"name": "p", "datasets": [{"name": "a", "file": "a.npz"}]}
+    file.write_text(yaml.safe_dump(data))
+    cli = CliRunner()
+    assert cli.invoke(app, ["pipeline", "run", str(file)]).exit_code == 0
+
+    def states(arg: str) -> str:
+        res = cli.invoke(app, ["pipeline", "status", arg])
+        assert res.exit_code == 0, res.output
+        return " ".join(res.output.split())
+
+    assert "│ data │ done │" in states("p") and "│ data │ done │" in states(str(file))
+    data["datasets"][0]["options"] = {"val_fraction": 0.2}  # type: ignore[index]
+    file.write_text(yaml.safe_dump(data))
+    by_name, by_file = states("p"), states(str(file))
+    assert "│ data │ stale │" in by_name and "│ data │ stale │" in by_file
+    assert by_name == by_file

@@ -10,7 +10,6 @@ import typer
 from rich.table import Table
 
 from pomlia_hpc.cli.app import STATE, app, console, log_line
-from pomlia_hpc.errors import InputError, NotFoundError
 
 pipeline_app = typer.Typer(
     help="The whole loop from one YAML file: stages as cluster jobs, skipped when done.",
@@ -186,24 +185,14 @@ def status(
         typer.Argument(help="Pipeline name or file (default: the only one in the workspace)."),
     ] = None,
 ) -> None:
-    """Show each stage of a pipeline: done / stale / failed / running, with its job's state."""
+    """Show each stage of a pipeline: done / stale / failed / running, with its job's state.
+
+    NAME and FILE give the same answer: the stage records compared with the pipeline file as
+    it is now (for NAME, the file its last run was started from), so a stage whose part of
+    the file changed since it ran shows as stale.
+    """
     from pomlia_hpc.pipeline import runner
-    from pomlia_hpc.pipeline.spec import load_pipeline
 
     ws = STATE.workspace
-    if name is not None and Path(name).suffix in (".yaml", ".yml"):
-        spec = load_pipeline(name)
-    else:
-        known = runner.known_pipelines(ws)
-        if name is None:
-            if len(known) != 1:
-                raise InputError(
-                    f"{len(known)} pipelines in {ws.home} ({', '.join(known) or 'none'}): name one"
-                )
-            name = known[0]
-        if name not in known:
-            raise NotFoundError(
-                f"pipeline '{name}' has not run in {ws.home} (known: {', '.join(known) or 'none'})"
-            )
-        spec = runner.load_snapshot(ws.path("pipelines", name, runner.SPEC_SNAPSHOT))
+    spec = runner.status_spec(ws, name)
     _print_status(runner.context_for(ws, STATE.registry(), spec))

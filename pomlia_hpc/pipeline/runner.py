@@ -30,9 +30,9 @@ from sqlalchemy import select
 from pomlia_hpc.cluster import Checkpointable, Executor
 from pomlia_hpc.cluster.records import FINAL_STATES, refresh_jobs
 from pomlia_hpc.config import ClusterProfile, load_cluster_profile
-from pomlia_hpc.errors import PomliaError
+from pomlia_hpc.errors import ConfigError, InputError, NotFoundError, PomliaError
 from pomlia_hpc.files import write_json_atomic
-from pomlia_hpc.pipeline.spec import PipelineSpec, parse_pipeline
+from pomlia_hpc.pipeline.spec import PipelineSpec, load_pipeline, parse_pipeline
 from pomlia_hpc.pipeline.stage import (
     PlannedJob,
     Stage,
@@ -329,6 +329,42 @@ def pipeline_status(ctx: StageContext) -> list[StageStatus]:
             )
         )
     return out
+
+
+def status_spec(workspace: Workspace, name_or_file: str | None) -> PipelineSpec:
+    """The spec ``pomlia pipeline status`` compares the stage records with, for a pipeline
+    name or file (``None``: the only pipeline of ``workspace``).
+
+    Both answer the same: the pipeline file as it is now, so a stage whose part of the file
+    changed since it ran is ``stale`` whichever was given. A name reads the file its last run
+    was started from (kept in the snapshot) when that file is still there and still names
+    the pipeline; otherwise the snapshot, the file as it ran."""
+    if name_or_file is not None and Path(name_or_file).suffix in (".yaml", ".yml"):
+        return load_pipeline(name_or_file)
+    known = known_pipelines(workspace)
+    if name_or_file is None:
+        if len(known) != 1:
+            raise InputError(
+                f"{len(known)} pipelines in {workspace.home} ({', '.join(known) or 'none'}): "
+                "name one (pomlia pipeline status NAME or FILE)"
+            )
+        name_or_file = known[0]
+    if name_or_file not in known:
+        raise NotFoundError(
+            f"pipeline '{name_or_file}' has not run in {workspace.home} "
+            f"(known: {', '.join(known) or 'none'})"
+        )
+    path = workspace.path("pipelines", name_or_file, SPEC_SNAPSHOT)
+    snap = json.loads(path.read_text())
+    source = Path(snap["base_dir"]) / Path(snap["source"]).name
+    if source.is_file():
+        try:
+            spec = load_pipeline(source)
+        except ConfigError:
+            spec = None  # the file was edited into something invalid: the snapshot answers
+        if spec is not None and spec.name == name_or_file:
+            return spec
+    return load_snapshot(path)
 
 
 def known_pipelines(workspace: Workspace) -> list[str]:
