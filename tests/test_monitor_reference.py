@@ -76,8 +76,46 @@ def test_export_writes_the_reference_the_server_would_log(
     assert read_reference(res.reference).n == 5
     assert "[test]" in read_reference(res.reference).source
     said = " ".join(res_cli.output.split())  # pytest-xdist's workers fold output at 80 columns
-    assert "warning: the reference holds only 5 image(s) (blood@" in said
+    assert "warning: the monitoring reference of blood-model holds only 5 image(s) (blood@" in said
     assert "[test]); drift tests against fewer than 100 are weak" in said
+
+
+def test_export_and_the_pipeline_warn_of_a_tiny_reference(
+    workspace: Workspace, reg: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`model export`, `deploy` and the pipeline's export and monitor stages wrote a reference
+    of 24 images without a word; `monitor reference` warned under 100. They share the check."""
+    from pomlia_hpc.pipeline.spec import parse_pipeline
+    from pomlia_hpc.pipeline.stage import StageContext
+    from pomlia_hpc.pipeline.stages_learn import EXPORT
+
+    dv_id, _, _ = _dataset(workspace, reg, tmp_path)
+    ckpt = save_demo_checkpoint(tmp_path / "m.pt", channels=3, num_classes=8)
+    register_model(reg, "blood-model", ckpt, lineage={"dataset_version_id": dv_id})
+    monkeypatch.setenv("POMLIA_HOME", str(workspace.home))
+    warning = "warning: the monitoring reference of blood-model holds only 24 image(s) (blood@"
+    for args in (["model", "export", "blood-model"], ["deploy", "blood-model"]):
+        out = CliRunner().invoke(app, args)
+        assert out.exit_code == 0, out.output
+        said = " ".join(out.output.split())
+        assert warning in said and "drift tests against fewer than 100 are weak" in said, args
+    spec = parse_pipeline(
+        {
+            "name": "p",
+            "datasets": [{"name": "blood", "medmnist": "bloodmnist"}],
+            "tasks": [{"name": "t", "dataset": "blood", "metric": "acc"}],
+            "automl": {},
+        },
+        "p.yaml",
+        tmp_path,
+    )
+    logged: list[str] = []
+    ctx = StageContext(spec, workspace, reg, log=logged.append)
+    ctx.record_path("automl").parent.mkdir(parents=True)
+    record = {"status": "done", "outputs": {"t": {"model": "blood-model"}}}
+    ctx.record_path("automl").write_text(json.dumps(record))
+    EXPORT.run(ctx)
+    assert any(line.strip().startswith(warning) for line in logged), logged
 
 
 def test_a_data_set_with_other_classes_does_not_replace_the_reference(

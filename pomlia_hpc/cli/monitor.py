@@ -168,20 +168,14 @@ def reference(
     from rich.markup import escape
 
     from pomlia_hpc.monitor.reference import create_reference
-    from pomlia_hpc.serve.reference import FEW_IMAGES, read_reference
+    from pomlia_hpc.serve.reference import few_images_warning
 
     with console.status(f"computing the monitoring reference of {model}"):
         path = create_reference(STATE.registry(), model, data=data, split=split)
     console.print(f"monitoring reference written: {path}")
-    ref = read_reference(path)
-    if ref.n < FEW_IMAGES:
-        console.print(
-            f"[yellow]warning:[/] the reference holds only {ref.n} image(s) "
-            f"({escape(ref.source)}); "
-            f"drift tests against fewer than {FEW_IMAGES} are weak: expected a larger split "
-            "(--split) or data set (--data)",
-            highlight=False,
-        )
+    warning = few_images_warning(path, model)
+    if warning is not None:
+        console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
 
 
 @monitor_app.command("schedule")

@@ -81,11 +81,23 @@ def export(
     )
     if res.reference is not None:
         console.print(f"monitoring reference: {res.reference}")
+        _warn_few_images(res.reference, model)
     else:
         console.print(
             "no monitoring reference (no training dataset recorded for the model); create one "
             f"with: pomlia monitor reference {model} --data DATASET[@VERSION]"
         )
+
+
+def _warn_few_images(reference: Path | None, model: str) -> None:
+    """Say when the monitoring reference is too small for drift tests to mean much."""
+    from rich.markup import escape
+
+    from pomlia_hpc.serve.reference import few_images_warning
+
+    warning = few_images_warning(reference, model)
+    if warning is not None:
+        console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
 
 
 @model_app.command("list")
@@ -315,7 +327,9 @@ def _model_bundle(model: str, cfg: ServeConfig) -> ExportedBundle:
     found = bundle_for_model(reg, model)
     if found is None:
         console.print(f"model {model} has no export yet: exporting it first")
-        found = export_model(reg, STATE.workspace, model).bundle
+        exported = export_model(reg, STATE.workspace, model)
+        _warn_few_images(exported.reference, model)
+        found = exported.bundle
     return found
 
 
@@ -376,6 +390,8 @@ def deploy(
     deployment id): write, build the image there, then `pomlia deploy MODEL --submit`."""
     from pomlia_hpc.config import load_cluster_profile
     from pomlia_hpc.serve.deploy import IMAGE, submit_deployment, write_deployment
+    from pomlia_hpc.serve.export import bundle_for_model
+    from pomlia_hpc.serve.reference import REFERENCE_FILE
 
     ws = STATE.workspace
     prof = load_cluster_profile(profile or ws.cluster_profile)
@@ -384,6 +400,8 @@ def deploy(
     )
     done = "reused (written before for this version and profile)" if res.reused else "written"
     console.print(f"deployment {res.deployment_id} {done} in [bold]{res.directory}[/]")
+    bundle = bundle_for_model(STATE.registry(), model)
+    _warn_few_images(bundle.root / REFERENCE_FILE if bundle is not None else None, model)
     if not (res.directory / IMAGE).is_file():
         console.print(
             f"  build : cd {res.directory} && apptainer build {IMAGE} apptainer.def",

@@ -160,6 +160,7 @@ def _automl_jobs(spec: PipelineSpec, profile: ClusterProfile) -> list[PlannedJob
 
 def _run_export(ctx: StageContext) -> dict[str, Any]:
     from pomlia_hpc.serve.export import export_model
+    from pomlia_hpc.serve.reference import few_images_warning
 
     out: dict[str, Any] = {}
     for key, v in ctx.outputs("automl").items():
@@ -170,6 +171,9 @@ def _run_export(ctx: StageContext) -> dict[str, Any]:
             "version": res.bundle.version,
         }
         ctx.log(f"  exported {v['model']} → {res.bundle.root}")
+        warning = few_images_warning(res.reference, v["model"])
+        if warning is not None:
+            ctx.log(f"  warning: {warning}")
     return out
 
 

@@ -21,6 +21,7 @@ from pomlia_hpc.pipeline.stages import register_stage
 def _run(ctx: StageContext) -> dict[str, Any]:
     from pomlia_hpc.monitor.reference import create_reference
     from pomlia_hpc.monitor.schedule import schedule
+    from pomlia_hpc.serve.reference import few_images_warning
 
     mon = ctx.spec.monitor
     assert mon is not None
@@ -30,6 +31,9 @@ def _run(ctx: StageContext) -> dict[str, Any]:
         model = v["model"]
         ref = create_reference(ctx.registry, model)
         ctx.log(f"  {model}: monitoring reference {ref}")
+        warning = few_images_warning(ref, model)
+        if warning is not None:
+            ctx.log(f"  warning: {warning}")
         hh, mm = mon.at.split(":")
         cron = (
             f"{int(mm)} {int(hh)} * * * {shlex.quote(sys.executable)} -m pomlia_hpc --home "

@@ -210,6 +210,22 @@ def read_reference(path: Path) -> Reference:
     )
 
 
+def few_images_warning(path: Path | None, model: str) -> str | None:
+    """The warning for a reference at ``path`` of fewer than :data:`FEW_IMAGES` images, or
+    None (no file, or enough images). Every command that writes a reference (`monitor
+    reference`, `model export`, `deploy`, the pipeline) says it with these words."""
+    if path is None or not path.is_file():
+        return None
+    ref = read_reference(path)
+    if ref.n >= FEW_IMAGES:
+        return None
+    return (
+        f"the monitoring reference of {model} holds only {ref.n} image(s) ({ref.source}); "
+        f"drift tests against fewer than {FEW_IMAGES} are weak: expected a larger split or "
+        f"data set (pomlia monitor reference {model} --split SPLIT or --data DATASET)"
+    )
+
+
 def subsample(n: int, limit: int = MAX_IMAGES, seed: int = 0) -> np.ndarray:
     """Sorted row indices: all ``n`` rows, or a seeded random ``limit`` of them."""
     if n <= limit:
