@@ -294,3 +294,13 @@ def test_status_by_name_and_by_file_agree_on_staleness(
     by_name, by_file = states("p"), states(str(file))
     assert "│ data │ stale │" in by_name and "│ data │ stale │" in by_file
     assert by_name == by_file
+
+
+def test_stage_summaries_name_what_export_writes() -> None:
+    """The export stage said "TorchScript + ONNX + card" while export writes ONNX and a
+    torch.export program (TorchScript is no longer written or loaded)."""
+    from pomlia_hpc.pipeline.stages import STAGES
+
+    export = next(s for s in STAGES if s.name == "export")
+    assert "torch.export" in export.summary and "ONNX" in export.summary
+    assert not [s.name for s in STAGES if "TorchScript" in s.summary]

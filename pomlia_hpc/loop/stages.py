@@ -11,7 +11,7 @@ automl       a study on that task, warm-started from the champion's configuratio
              each epoch from the harvested production images (see :class:`LoopSettings`)
 challenger   the study's best model, linked to this loop run and the champion
 gate         champion vs challenger on the fixed and production test rows (recorded)
-export       the challenger's bundle (TorchScript + ONNX + card)
+export       the challenger's bundle (ONNX + torch.export program + card)
 redeploy     the slot's link moves to the bundle (servers following it swap); recorded
 """
 

@@ -16,7 +16,7 @@ Sections (all but ``name`` and ``datasets`` optional; a missing section is a ski
 ``tasks``       learning tasks: dataset + metric
 ``recommend``   the strategy recommender's warm start for each task's AutoML study
 ``automl``      the study per task: trials, budgets, parallel trials
-``export``      TorchScript + ONNX + model card of each task's best model
+``export``      ONNX + torch.export program + model card of each task's best model
 ``deploy``      the Apptainer deployment directory (and optionally its Slurm job)
 ``monitor``     the nightly monitor schedule of each deployment
 ``execution``   how the stages run: a chain of Slurm jobs or one driver job

@@ -230,7 +230,7 @@ AUTOML = section_stage(
 EXPORT = section_stage(
     "export",
     needs=("automl",),
-    summary="export each task's best model (TorchScript + ONNX + card)",
+    summary="export each task's best model (ONNX + torch.export program + card)",
     run=_run_export,
     still_there=_bundles_there,
 )
