@@ -260,9 +260,18 @@ def test_bad_targets_and_options_are_one_clear_message(
     before = n_rows(reg, MonitorReport)
     for args, message in (
         (["run", "nope"], "model 'nope' not found; known:"),
-        (["run", "blood", "--window", "soon"], "duration 'soon' is not valid"),
+        (["run", "blood", "--window", "soon"], "--window 'soon' is not valid"),
+        # The messages named internal keys ("duration '0h'", "permutations 0", "alpha 2.0"):
+        # they name the flag and what is expected now.
+        (["run", "blood", "--window", "0h"], "--window '0h' is not valid; expected a duration"),
+        (["run", "blood", "--permutations", "0"], "--permutations 0: expected an integer >= 1"),
         (["run", "blood", "--since", "yesterday"], "--since 'yesterday' is not a valid time"),
-        (["run", "blood", "--alpha", "2"], "alpha 2.0 is not valid"),
+        (["run", "blood", "--alpha", "2"], "--alpha 2: expected a number between 0 and 1"),
+        (["schedule", "blood", "--every", "0h"], "--every '0h' is not valid; expected a duration"),
+        (
+            ["schedule", "blood", "--every", "1d", "--window", "0m"],
+            "--window '0m' is not valid; expected a duration",
+        ),
         (["show", "4242"], "monitor report 4242 is not in the registry"),
         (["history", "nope"], "model 'nope' not found; known:"),
     ):

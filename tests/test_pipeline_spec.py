@@ -56,6 +56,7 @@ def test_shipped_pipelines_parse(name: str) -> None:
         ({"index": {}}, "section 'index' needs an 'encoder' section"),
         ({"execution": {"mode": "dag"}}, "bad value for 'execution.mode'"),
         ({"monitor": {"at": "25:00"}}, "bad value for 'monitor.at'"),
+        ({"monitor": {"window": "0h"}}, "bad value for 'monitor.window'"),  # was a cron line
         ({"name": "has space"}, "bad value for 'name'"),
     ],
 )

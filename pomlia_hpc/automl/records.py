@@ -235,7 +235,7 @@ def list_runs(
     ``known_studies``: studies known to exist whether or not they have runs (those created in
     the workspace): one without a run yet selects nothing rather than counting as unknown."""
     if limit < 1:
-        raise InputError(f"limit {limit}: expected an integer >= 1")
+        raise InputError(f"--limit {limit}: expected an integer >= 1")
     with registry.session() as s:
         q = select(Run, Task.name, Job.scheduler_id).join(
             Task, Run.task_id == Task.id, isouter=True

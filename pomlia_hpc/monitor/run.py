@@ -49,13 +49,14 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 Progress = Callable[[str], None]
 
 
-def parse_duration(text: str) -> timedelta:
-    """``"90s"``, ``"30m"``, ``"24h"``, ``"7d"``, ``"2w"`` → timedelta."""
+def parse_duration(text: str, flag: str = "--window") -> timedelta:
+    """``"90s"``, ``"30m"``, ``"24h"``, ``"7d"``, ``"2w"`` → timedelta. ``flag``: the option
+    the text came from, named in the error (the user knows the flag, not this function)."""
     m = _DURATION.match(text)
     if not m or float(m.group(1)) <= 0:
         raise InputError(
-            f"duration '{text}' is not valid; expected a positive number and a unit s, m, h, "
-            "d or w (e.g. 24h)"
+            f"{flag} '{text}' is not valid; expected a duration above zero: a number and a "
+            "unit s, m, h, d or w (e.g. 24h)"
         )
     return timedelta(seconds=float(m.group(1)) * _UNITS[m.group(2)])
 
@@ -291,13 +292,18 @@ def monitor_run(
     from pomlia_hpc.monitor.html import render_html
 
     if not 0 < alpha < 1:
-        raise InputError(f"alpha {alpha} is not valid; expected a number between 0 and 1")
+        raise InputError(f"--alpha {alpha:g}: expected a number between 0 and 1 (exclusive)")
     if n_perm < 1:
-        raise InputError(f"permutations {n_perm} is not valid; expected at least 1")
+        raise InputError(f"--permutations {n_perm}: expected an integer >= 1")
+    end = "--until" if until is not None else "now"
     until = until or datetime.now(UTC)
     since = since or until - window
     if since >= until:
-        raise InputError(f"window start {since.isoformat()} is not before its end {until}")
+        raise InputError(
+            f"window start {since.isoformat(timespec='seconds')} (--since, or --until minus "
+            f"--window) is not before its end {until.isoformat(timespec='seconds')} ({end}): "
+            "expected a start before the end"
+        )
     target = resolve_target(registry, ref)
     reference = load_reference(target)
     folders = model_log_dirs(registry, workspace.path("logs"), target.model)

@@ -129,7 +129,7 @@ def schedule(
     """Submit the next run of ``model``'s chain (see the module docstring). ``window``
     defaults to ``every``. ``chain``: called from a running job of the chain (resubmission:
     keeps its settings, adds nothing when the next run is already queued)."""
-    period = parse_duration(every)
+    period = parse_duration(every, "--every")
     if at is not None:
         parse_at(at)
     target = resolve_target(registry, model)
@@ -150,7 +150,7 @@ def schedule(
             )
     else:
         load_reference(target)  # fail now, not at 02:00, if the monitor cannot run
-        parse_duration(window or every)
+        parse_duration(window or every, "--window" if window else "--every")
         if queued and not replace:
             raise InputError(
                 f"model '{name}' is already scheduled (job {_ids(queued)}); "

@@ -190,7 +190,7 @@ class MonitorSpec(_Strict):
     ``pomlia loop run SLOT --executor slurm``)."""
 
     at: str = Field("02:00", pattern=r"^([01]\d|2[0-3]):[0-5]\d$")
-    window: str = Field("1d", pattern=r"^\d+[mhd]$")
+    window: str = Field("1d", pattern=r"^0*[1-9]\d*[mhd]$")  # above zero, as monitor run takes
     on_alarm: str | None = None
     enabled: bool = True
 
