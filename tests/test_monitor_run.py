@@ -4,6 +4,7 @@ prediction log is written by the server's own predictor; bad input gives one cle
 from __future__ import annotations
 
 import json
+import re
 import os
 import shutil
 from collections.abc import Iterator
@@ -92,6 +93,11 @@ def test_no_drift_window_is_ok_and_recorded(fresh: tuple[Workspace, Registry, Pa
     assert n_rows(reg, RetrainRequest) == requests
     code, out = monitor("history", "blood")
     assert code == 0 and "ok" in out
+    # "report N" was printed twice (a progress line and the result); once now, with its page.
+    code, out = monitor("run", "blood")
+    said = " ".join(out.split())
+    assert code == 0 and len(re.findall(r"\breport \d+", said)) == 1, said
+    assert re.search(r"report \d+: \S+report\.html", said), said
 
 
 def test_foreign_data_alarms_with_a_retrain_request_and_the_hook(

@@ -347,7 +347,9 @@ def monitor_run(
     except BaseException:
         shutil.rmtree(final, ignore_errors=True)  # not recorded: not visible either
         raise
-    progress(f"report {report_id}: {report['status']} → {final / 'report.html'}")
+    # The id and the page are the command's result (stdout); progress says only the step, so
+    # a terminal, which shows both streams, reads "report N" once.
+    progress(f"recorded the report ({report['status']})")
     hook_status = None
     if report["alarm"] and on_alarm:
         hook_status = _run_hook(
