@@ -95,7 +95,14 @@ def filled(tmp_path_factory: pytest.TempPathFactory) -> tuple[Workspace, Registr
             task_id=task.id,
             run_id=runs[2].id,
             path="/nowhere.pt",
-            lineage={"study": "st", "run_id": runs[2].id, "dataset_version": refs[2]},
+            lineage={
+                "study": "st",
+                "run_id": runs[2].id,
+                "dataset": refs[2],
+                "champion": "old-champ",
+                "code_version": {"version": "0.1.0", "commit": "abcdef123456"},
+                "config": {"arch": "small_cnn", "lr": 0.1},
+            },
         )
         s.add(model)
         s.flush()
@@ -110,6 +117,29 @@ def filled(tmp_path_factory: pytest.TempPathFactory) -> tuple[Workspace, Registr
                     created_at=now + timedelta(days=i),
                 )
             )
+        # A report as `monitor run` records it, with its page on disk.
+        page = ws.path("reports", "st-best", "r4", "report.html")
+        page.parent.mkdir(parents=True)
+        page.write_text("<!DOCTYPE html><html><head><title>monitor report</title></head></html>")
+        s.add(
+            MonitorReport(
+                model_id=model.id,
+                drift={
+                    "mmd": {"name": "mmd", "p_value": 0.0004, "rejected": True},
+                    "ks": {"name": "ks", "p_value": 0.31, "rejected": False},
+                },
+                metrics={
+                    "status": "alarm",
+                    "window": {"since": "2026-12-01T02:00:00+00:00", "until": "2026-12-02T02:00"},
+                    "predictions": 412,
+                    "performance": {"labels": 40, "accuracy": 0.625},
+                    "model_version": "abc",
+                },
+                triggered=True,
+                report_path=str(page.with_name("report.json")),
+                created_at=now + timedelta(days=4),
+            )
+        )
     # A real answer of the recommender, from the published tables shipped with pomlia.
     from pomlia_hpc.pipeline.spec import parse_pipeline
     from pomlia_hpc.pipeline.stage import StageContext
@@ -133,6 +163,15 @@ def filled(tmp_path_factory: pytest.TempPathFactory) -> tuple[Workspace, Registr
             }
         )
     )
+    # A pipeline whose stages sort otherwise by name, whose error is cut near a quote.
+    demo = ws.path("pipelines", "ordered")
+    (demo / "stages").mkdir(parents=True)
+    order = ["lookalikes", "data", "encoder", "automl"]
+    (demo / "run.json").write_text(json.dumps({"order": order, "stages": {}}))
+    for name in order:
+        error = ('x' * 296 + '"quoted"') if name == "automl" else None
+        record = {"stage": name, "status": "failed" if error else "done", "error": error}
+        (demo / "stages" / f"{name}.json").write_text(json.dumps(record))
     return ws, reg
 
 
@@ -161,7 +200,7 @@ def test_every_section_is_written_and_escaped(
     assert "Recommendation 1 for task pneu-task" in recs and "expected" in recs
     assert "No run on the task since." in recs  # the runs above are older than the answer
     models = (res.folder / "models.html").read_text()
-    assert "st-best" in models and "study=st" in models
+    assert "st-best" in models and "study:</span> st, best run" in models
     for page in res.pages:
         text = page.read_text()
         # Self-contained: no external resources, no scripts.
@@ -277,3 +316,57 @@ def test_recommendations_page_reads_the_answers_once(filled: tuple[Workspace, Re
     reads = [s for s in selects if "FROM recommendations" in s]
     assert len(reads) == 1, selects  # the answers once; their runs in one more query
     assert len(selects) == 2, selects
+
+
+def _page(res: Any, name: str) -> str:
+    """The page's visible text with tags dropped and entities decoded, spaces folded."""
+    import html
+    import re
+
+    text = (res.folder / name).read_text()
+    text = text[text.index("<main>") :]  # the page's body, not its CSS
+    return " ".join(html.unescape(re.sub(r"<[^>]+>", " ", text)).split())
+
+
+def test_monitor_models_and_pipelines_pages_read_well(
+    filled: tuple[Workspace, Registry], tmp_path: Path
+) -> None:
+    """monitor.html showed raw, cut JSON; pipelines.html listed stages by name and cut escaped
+    text inside an entity ("&quo"); models.html showed the lineage as a Python dict."""
+    import re
+
+    ws, reg = filled
+    res = build_report(reg, ws, tmp_path / "r")
+    monitor = _page(res, "monitor.html")
+    assert "2026-12-01 02:00 → 2026-12-02 02:00" in monitor and " 412 " in monitor
+    assert "40, accuracy 0.625" in monitor and "mmd p=0.0004 rejected" in monitor
+    assert "ks p=0.31" in monitor and '{"' not in monitor
+    for page in res.pages:  # no entity cut in half anywhere
+        bad = re.findall(r"&(?!(?:amp|lt|gt|quot|#x27|#39|nbsp);)[^\s<]{0,8}", page.read_text())
+        assert bad == [], (page.name, bad)
+    pipelines = _page(res, "pipelines.html")
+    section = pipelines[pipelines.index("Pipeline ordered") :]
+    places = [section.index(f" {n} ") for n in ("lookalikes", "data", "encoder", "automl")]
+    assert places == sorted(places), section
+    assert 'xx"qu…' in section  # the text is cut, then escaped: the quote stays whole
+    models = _page(res, "models.html")
+    assert "parent model: old-champ" in models and "data: pneu@" in models
+    assert "code: 0.1.0 (abcdef12)" in models and "config: small_cnn" in models
+    assert "{" not in models
+
+
+def test_monitor_page_links_each_report_page(
+    filled: tuple[Workspace, Registry], tmp_path: Path, browser: object
+) -> None:
+    """monitor.html named a report's JSON file as text; it links its report.html now, and
+    the link opens in a browser."""
+    ws, reg = filled
+    res = build_report(reg, ws, tmp_path / "r")
+    browser.check(res.folder / "monitor.html")  # type: ignore[attr-defined]
+    driver = browser.driver  # type: ignore[attr-defined]
+    links = driver.find_elements("tag name", "a")
+    pages = [a.get_attribute("href") for a in links if a.text == "report.html"]
+    target = ws.path("reports", "st-best", "r4", "report.html")
+    assert pages == [target.resolve().as_uri()], pages
+    driver.get(pages[0])
+    assert driver.title == "monitor report"

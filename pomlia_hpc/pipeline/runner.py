@@ -239,6 +239,8 @@ def _write_run(ctx: StageContext, plan: Plan, jobs: dict[str, dict[str, Any]]) -
             "mode": plan.mode,
             "profile": plan.profile_name,
             "submitted_at": now(),
+            # The stages in pipeline order (the report lists them so; "stages" is sorted).
+            "order": [sp.stage.name for sp in plan.stages],
             "stages": {
                 sp.stage.name: {"action": sp.action, **jobs.get(sp.stage.name, {})}
                 for sp in plan.stages

@@ -27,7 +27,7 @@ from pomlia_hpc.registry import (
     Registry,
     Run,
 )
-from pomlia_hpc.report import pages_data, pages_learn, pages_strategy
+from pomlia_hpc.report import pages_data, pages_learn, pages_ops, pages_strategy
 from pomlia_hpc.report.html import esc, page, table
 from pomlia_hpc.workspace import Workspace
 
@@ -49,8 +49,8 @@ PAGES: list[tuple[str, str, PageFn]] = [
     ("recommendations.html", "Recommendations", pages_strategy.recommendations_page),
     ("studies.html", "Studies", pages_learn.studies_page),
     ("models.html", "Models and deployments", pages_learn.models_page),
-    ("monitor.html", "Monitor history", pages_learn.monitor_page),
-    ("pipelines.html", "Pipelines", pages_learn.pipelines_page),
+    ("monitor.html", "Monitor history", pages_ops.monitor_page),
+    ("pipelines.html", "Pipelines", pages_ops.pipelines_page),
 ]
 
 

@@ -37,6 +37,13 @@ def esc(value: Any) -> str:
     return html.escape("" if value is None else str(value), quote=True)
 
 
+def cut(text: Any, limit: int) -> str:
+    """``text`` (as a string) cut to ``limit`` characters with an ellipsis. Cut the raw text,
+    then escape it: cutting escaped HTML can split an entity (``&quo``)."""
+    raw = "" if text is None else str(text)
+    return raw if len(raw) <= limit else raw[: limit - 1] + "…"
+
+
 def fmt(value: Any, digits: int = 4) -> str:
     """A number short enough for a table cell; anything else as text."""
     if isinstance(value, bool) or value is None:

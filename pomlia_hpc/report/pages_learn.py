@@ -1,19 +1,27 @@
-"""Report pages about learning and operations: studies (best-so-far curves, trial tables
-with failures and their causes), models with lineage, deployments, monitor history and
-pipelines."""
+"""Report pages about learning: studies (best-so-far curves, trial tables with failures and
+their causes), models with their lineage, deployments. Monitor history and pipelines are in
+:mod:`pomlia_hpc.report.pages_ops`."""
 
 from __future__ import annotations
 
-import json
 from collections import defaultdict
 from typing import Any
 
 from sqlalchemy import select
 
 from pomlia_hpc.automl.records import config_summary
-from pomlia_hpc.registry import Deployment, Job, Model, MonitorReport, Registry, Run, Task
+from pomlia_hpc.registry import (
+    Deployment,
+    Job,
+    LoopRun,
+    Model,
+    Registry,
+    RetrainRequest,
+    Run,
+    Task,
+)
 from pomlia_hpc.report import figures
-from pomlia_hpc.report.html import esc, png, status_span, table
+from pomlia_hpc.report.html import cut, esc, png, status_span, table
 from pomlia_hpc.workspace import Workspace
 
 #: Trials listed per study (the newest); the curve shows all of them.
@@ -66,7 +74,7 @@ def studies_page(registry: Registry, workspace: Workspace) -> str | None:
                     esc(_num((m.get("test") or {}).get(metric))),
                     esc(_num(r.cost_s)),
                     esc(f"{job.scheduler_id} {job.state}" if job else ""),
-                    esc(cause if isinstance(cause, str) else cause[0])[:300],
+                    esc(cut(cause if isinstance(cause, str) else cause[0], 300)),
                 ]
             )
         parts.append(
@@ -104,38 +112,22 @@ def models_page(registry: Registry, workspace: Workspace) -> str | None:
     if not models:
         return None
     names = {m.id: m.name for m in models}
+    reasons = _loop_reasons(registry)
     rows = []
     for m in models:
-        lin = m.lineage or {}
         export = (m.card or {}).get("export") or {}
-        lineage = "; ".join(
-            f"{k}={v}"
-            for k, v in lin.items()
-            if k
-            in (
-                "dataset",
-                "dataset_version",
-                "study",
-                "run_id",
-                "encoder_id",
-                "config_key",
-                "code_version",
-                "git_commit",
-                "parent",
-            )
-        )
         rows.append(
             [
-                m.name,
-                tasks.get(m.task_id or -1, ""),
-                str(m.run_id or ""),
-                lineage or json.dumps(lin)[:200],
-                export.get("version", ""),
-                f"{m.created_at:%Y-%m-%d %H:%M}",
+                esc(m.name),
+                esc(tasks.get(m.task_id or -1, "")),
+                esc(m.run_id or ""),
+                lineage_html(m.lineage or {}, reasons),
+                esc(export.get("version", "")),
+                esc(f"{m.created_at:%Y-%m-%d %H:%M}"),
             ]
         )
     body = "<h2>Models and lineage</h2>" + table(
-        ["model", "task", "run", "lineage", "exported bundle", "created"], rows
+        ["model", "task", "run", "lineage", "exported bundle", "created"], rows, raw=True
     )
     if deps:
         body += "<h2>Deployments</h2>" + table(
@@ -156,79 +148,57 @@ def models_page(registry: Registry, workspace: Workspace) -> str | None:
     return body
 
 
-def monitor_page(registry: Registry, workspace: Workspace) -> str | None:
+def _loop_reasons(registry: Registry) -> dict[int, str]:
+    """Loop run id → why it ran (its trigger, and the retrain request's reason)."""
     with registry.session() as s:
-        reports = list(s.scalars(select(MonitorReport).order_by(MonitorReport.id)))
-        names = {m.id: m.name for m in s.scalars(select(Model))}
-        for r in reports:
-            s.expunge(r)
-    if not reports:
-        return None
-    by_model: dict[str, list[MonitorReport]] = defaultdict(list)
-    for r in reports:
-        by_model[names.get(r.model_id or -1, f"deployment {r.deployment_id}")].append(r)
-    parts = []
-    for model, items in by_model.items():
-        times = [f"{r.created_at:%Y-%m-%d %H:%M}" for r in items]
-        series: dict[str, list[float | None]] = defaultdict(list)
-        keys = sorted({k for r in items for k, v in (r.metrics or {}).items() if _is_num(v)})
-        for r in items:
-            for k in keys[:6]:
-                v = (r.metrics or {}).get(k)
-                series[k].append(float(v) if isinstance(v, int | float) else None)
-        parts.append(f"<h2>Model {esc(model)}</h2>")
-        chart = figures.series(times, series, [r.triggered for r in items], f"monitor, {model}")
-        parts.append(png(chart, f"monitor history of {model}", 600))
-        parts.append(
-            table(
-                ["report", "time", "triggered", "drift", "metrics", "file"],
-                [
-                    [
-                        r.id,
-                        t,
-                        "yes" if r.triggered else "no",
-                        _short(r.drift),
-                        _short(r.metrics),
-                        r.report_path,
-                    ]
-                    for r, t in zip(items, times, strict=True)
-                ],
-            )
-        )
-    return "".join(parts)
+        requests = {r.id: r.reason for r in s.scalars(select(RetrainRequest))}
+        return {
+            r.id: f"loop run {r.id}, {r.trigger}"
+            + (f": {requests[r.request_id]}" if r.request_id in requests else "")
+            for r in s.scalars(select(LoopRun))
+        }
 
 
-def _is_num(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool)
+#: Lineage keys shown on their own lines (in this order) or folded into another line.
+_SHOWN = frozenset(
+    {
+        *("champion", "parent", "loop_run_id", "dataset", "dataset_version", "dataset_version_id"),
+        *("study", "run_id", "epochs", "config", "config_key", "task", "task_id", "metric"),
+        *("encoder_id", "code_version", "git_commit"),
+    }
+)
 
 
-def _short(d: dict[str, Any] | None) -> str:
-    text = json.dumps(d or {}, default=str)
-    return text if len(text) <= 240 else text[:237] + "..."
-
-
-def pipelines_page(registry: Registry, workspace: Workspace) -> str | None:
-    root = workspace.path("pipelines")
-    names = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
-    if not names:
-        return None
-    parts = []
-    for name in names:
-        rows = []
-        for f in sorted((root / name / "stages").glob("*.json")):
-            rec = json.loads(f.read_text())
-            rows.append(
-                [
-                    esc(rec.get("stage", f.stem)),
-                    status_span(str(rec.get("status", ""))),
-                    esc(str(rec.get("started_at", ""))),
-                    esc(str(rec.get("ended_at", ""))),
-                    esc(str(rec.get("key", ""))[:12]),
-                    esc(rec.get("error") or _short(rec.get("outputs")))[:300],
-                ]
-            )
-        parts.append(f"<h2>Pipeline {esc(name)}</h2>")
-        parts.append(
-            table(["stage", "status", "started", "ended", "key", "outputs / error"], rows, raw=True)
-        )
-    return "".join(parts)
+def lineage_html(lin: dict[str, Any], reasons: dict[int, str] | None = None) -> str:
+    """A model's lineage as short labelled lines (escaped HTML): parent model, data, study
+    and run, why a loop made it, encoder, code version; other keys as ``key: value``."""
+    lines: list[tuple[str, str]] = []
+    parent = lin.get("champion") or lin.get("parent")
+    if parent:
+        lines.append(("parent model", str(parent)))
+    data = lin.get("dataset") or lin.get("dataset_version")
+    if data or lin.get("dataset_version_id") is not None:
+        lines.append(("data", str(data or f"version id {lin['dataset_version_id']}")))
+    if lin.get("study"):
+        run = f", best run {lin['run_id']}" if lin.get("run_id") is not None else ""
+        epochs = f", {lin['epochs']} epochs" if lin.get("epochs") else ""
+        lines.append(("study", f"{lin['study']}{run}{epochs}"))
+    if isinstance(lin.get("config"), dict):
+        lines.append(("config", config_summary(lin["config"])))
+    loop_run = lin.get("loop_run_id")
+    if loop_run is not None:
+        lines.append(("reason", (reasons or {}).get(loop_run, f"loop run {loop_run}")))
+    if lin.get("encoder_id") is not None:
+        lines.append(("encoder", f"id {lin['encoder_id']}"))
+    code = lin.get("code_version")
+    if isinstance(code, dict):
+        commit = str(code.get("commit") or lin.get("git_commit") or "")[:8]
+        lines.append(("code", f"{code.get('version', '?')}" + (f" ({commit})" if commit else "")))
+    elif code or lin.get("git_commit"):
+        lines.append(("code", " ".join(str(x) for x in (code, lin.get("git_commit")) if x)))
+    for key, value in lin.items():
+        if key not in _SHOWN and isinstance(value, str | int | float | bool):
+            lines.append((key.replace("_", " "), str(value)))
+    if not lines:
+        return "<span class='muted'>none recorded</span>"
+    return "<br>".join(f"<span class='muted'>{esc(k)}:</span> {esc(cut(v, 160))}" for k, v in lines)

@@ -1,0 +1,174 @@
+"""Report pages about operations: the monitor history of each model (a chart, then one row per
+report with its status, window, volume, labels and tests, linked to the report's own page) and
+the pipelines (each stage's record, in the order the pipeline runs them)."""
+
+from __future__ import annotations
+
+import json
+from collections import defaultdict
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import select
+
+from pomlia_hpc.registry import Model, MonitorReport, Registry
+from pomlia_hpc.report import figures
+from pomlia_hpc.report.html import cut, esc, png, status_span, table
+from pomlia_hpc.workspace import Workspace
+
+#: The file of a pipeline's last run (written by the pipeline room; read here as plain JSON,
+#: since the report may not import the pipeline room): ``order`` lists its stages in order.
+RUN_FILE = "run.json"
+
+
+def monitor_page(registry: Registry, workspace: Workspace) -> str | None:
+    with registry.session() as s:
+        reports = list(s.scalars(select(MonitorReport).order_by(MonitorReport.id)))
+        names = {m.id: m.name for m in s.scalars(select(Model))}
+        for r in reports:
+            s.expunge(r)
+    if not reports:
+        return None
+    by_model: dict[str, list[MonitorReport]] = defaultdict(list)
+    for r in reports:
+        by_model[names.get(r.model_id or -1, f"deployment {r.deployment_id}")].append(r)
+    parts = []
+    for model, items in by_model.items():
+        times = [f"{r.created_at:%Y-%m-%d %H:%M}" for r in items]
+        series: dict[str, list[float | None]] = defaultdict(list)
+        values = [_numbers(r) for r in items]
+        keys = sorted({k for v in values for k in v})[:6]
+        for v in values:
+            for k in keys:
+                series[k].append(v.get(k))
+        parts.append(f"<h2>Model {esc(model)}</h2>")
+        chart = figures.series(times, series, [r.triggered for r in items], f"monitor, {model}")
+        parts.append(png(chart, f"monitor history of {model}", 600))
+        headers = ["report", "time", "status", "window", "predictions", "labels", "tests"]
+        rows = [_report_row(r, t) for r, t in zip(items, times, strict=True)]
+        parts.append(table([*headers, "page"], rows, raw=True))
+    return "".join(parts)
+
+
+def _is_num(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool)
+
+
+def _numbers(r: MonitorReport) -> dict[str, float]:
+    """The numbers worth a chart line: the metrics' own, the accuracy on labelled feedback."""
+    m = r.metrics or {}
+    out = {k: float(v) for k, v in m.items() if _is_num(v)}
+    perf = m.get("performance")
+    if isinstance(perf, dict) and _is_num(perf.get("accuracy")):
+        out["accuracy"] = float(perf["accuracy"])
+    return out
+
+
+def _report_row(r: MonitorReport, time: str) -> list[str]:
+    """One monitor report as readable, escaped cells (the registry keeps its summary)."""
+    m = r.metrics or {}
+    status = str(m.get("status") or ("alarm" if r.triggered else "ok"))
+    win = m.get("window")
+    window = (
+        f"{str(win.get('since', ''))[:16]} → {str(win.get('until', ''))[:16]}".replace("T", " ")
+        if isinstance(win, dict)
+        else ""
+    )
+    predictions = m.get("predictions", m.get("n", ""))
+    perf = m.get("performance") if isinstance(m.get("performance"), dict) else {}
+    labels = ""
+    if perf:
+        labels = str(perf.get("labels", ""))
+        if _is_num(perf.get("accuracy")):
+            labels += f", accuracy {perf['accuracy']:.3f}"
+    elif _is_num(m.get("accuracy")):
+        labels = f"accuracy {m['accuracy']:.3f}"
+    return [
+        esc(r.id),
+        esc(time),
+        status_span(status) + (" <span class='bad'>(alarm)</span>" if r.triggered else ""),
+        esc(window),
+        esc(predictions),
+        esc(labels),
+        _tests_html(r.drift or {}),
+        _page_link(r.report_path),
+    ]
+
+
+def _tests_html(drift: dict[str, Any]) -> str:
+    """Each test as ``name p=0.012`` (rejected ones marked), one per line."""
+    lines = []
+    for name, t in drift.items():
+        if isinstance(t, dict):
+            p = t.get("p_value")
+            text = f"{name} p={p:.3g}" if _is_num(p) else f"{name} (no p-value)"
+            rejected = f"<span class='bad'>{esc(text)} rejected</span>"
+            lines.append(rejected if t.get("rejected") else esc(text))
+        elif _is_num(t):
+            lines.append(esc(f"{name} {t:.3g}"))
+        else:
+            lines.append(esc(cut(f"{name} {t}", 80)))
+    return "<br>".join(lines) or "<span class='muted'>none</span>"
+
+
+def _page_link(report_path: str | None) -> str:
+    """A link to the report's own HTML page (next to its JSON), or why there is none."""
+    if not report_path:
+        return "<span class='muted'>no file</span>"
+    page = Path(report_path).with_name("report.html")
+    if not page.is_file():
+        return f"<span class='muted'>{esc(page)} (missing)</span>"
+    return f"<a href='{esc(page.resolve().as_uri())}'>report.html</a>"
+
+
+def pipelines_page(registry: Registry, workspace: Workspace) -> str | None:
+    root = workspace.path("pipelines")
+    names = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
+    if not names:
+        return None
+    parts = []
+    for name in names:
+        rows = []
+        for rec in stage_records(root / name):
+            rows.append(
+                [
+                    esc(rec.get("stage", "")),
+                    status_span(str(rec.get("status", ""))),
+                    esc(str(rec.get("started_at", ""))),
+                    esc(str(rec.get("ended_at", ""))),
+                    esc(str(rec.get("key", ""))[:12]),
+                    esc(cut(rec.get("error") or _short(rec.get("outputs")), 300)),
+                ]
+            )
+        parts.append(f"<h2>Pipeline {esc(name)}</h2>")
+        parts.append(
+            table(["stage", "status", "started", "ended", "key", "outputs / error"], rows, raw=True)
+        )
+    return "".join(parts)
+
+
+def _read(path: Path) -> dict[str, Any]:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def stage_records(folder: Path) -> list[dict[str, Any]]:
+    """The stage records of the pipeline in ``folder``, in the order the pipeline runs its
+    stages: the order its last run wrote, then (a run of an older pomlia) by start time."""
+    records = []
+    for f in (folder / "stages").glob("*.json"):
+        rec = _read(f)
+        records.append({**rec, "stage": rec.get("stage", f.stem)})
+    order = _read(folder / RUN_FILE).get("order")
+    rank = {str(n): i for i, n in enumerate(order)} if isinstance(order, list) else {}
+    return sorted(
+        records,
+        key=lambda r: (rank.get(r["stage"], len(rank)), str(r.get("started_at", "")), r["stage"]),
+    )
+
+
+def _short(d: dict[str, Any] | None) -> str:
+    return json.dumps(d or {}, default=str)
