@@ -186,6 +186,34 @@ def test_stage_runs_once_then_is_skipped_until_its_inputs_change(ctx: StageConte
     assert calls == ["a", "b", "a", "b"]
 
 
+def test_a_stage_that_runs_again_says_why(ctx: StageContext) -> None:
+    """A stage that ran before said only "running: <summary>", as on its first run; it says
+    what changed (or that it failed) now."""
+    calls: list[str] = []
+    logged: list[str] = []
+    ctx.log = logged.append
+    a, b = _toy("a", (), calls), _toy("b", ("a",), calls)
+    run_stage(ctx, a), run_stage(ctx, b)
+    assert "[a] running: a" in logged and "[b] running: b" in logged
+    logged.clear()
+    ctx.spec = _parse({**MINIMAL, "encoder": {"name": "e", "epochs": 3}})
+    run_stage(ctx, a), run_stage(ctx, b)
+    assert logged[0] == "[a] running again, since its part of the pipeline file ('a') changed: a"
+    assert logged[2] == (
+        "[b] running again, since its part of the pipeline file ('b') changed; the outputs of "
+        "a changed: b"
+    )
+    logged.clear()
+    broken = _toy("a", (), calls, fail=True)
+    ctx.spec = _parse({**MINIMAL, "encoder": {"name": "e", "epochs": 4}})
+    with pytest.raises(RuntimeError):
+        run_stage(ctx, broken)
+    ctx.log = logged.append
+    logged.clear()
+    run_stage(ctx, a)
+    assert logged[0] == "[a] running again, since its last run failed: a"
+
+
 def test_same_upstream_outputs_leave_downstream_skipped(ctx: StageContext) -> None:
     calls: list[str] = []
     a, b = _toy("a", (), calls), _toy("b", ("a",), calls)

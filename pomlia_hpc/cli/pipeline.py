@@ -120,8 +120,9 @@ def run(
         outcome = runner.run_in_process(ctx, plan)
         ran = [s for s, o in outcome.items() if o == "done"]
         console.print(
-            f"[green]pipeline {spec.name} finished[/]: {len(ran)} stage(s) ran, "
-            f"{len(outcome) - len(ran)} skipped"
+            f"[green]pipeline {spec.name} finished[/]: {len(ran)} stage(s) ran"
+            + (f" ({', '.join(ran)})" if ran else "")
+            + f", {len(outcome) - len(ran)} skipped (up to date)"
         )
         _print_status(ctx)
         return

@@ -179,23 +179,65 @@ def resources_of(profile: ClusterProfile, res: Resources | None) -> ClusterProfi
     return with_overrides(profile, res.as_overrides() if res is not None else None)
 
 
-def stage_key(ctx: StageContext, stage: Stage) -> str | None:
-    """The stage's content key, or None when an upstream stage has no finished outputs yet."""
+def _key_inputs(ctx: StageContext, stage: Stage) -> dict[str, Any] | None:
+    """What keys the stage: its part of the file, the outside files it reads, and the outputs
+    of the stages it needs; None when one of those has not finished yet."""
     upstream: dict[str, Any] = {}
     for need in stage.needs:
         rec = ctx.record(need)
         if rec is None or rec.get("status") != "done":
             return None
         upstream[need] = rec["outputs"]
-    return content_key(
-        {
-            "format": RECORD_FORMAT,
-            "stage": stage.name,
-            "section": stage.section(ctx.spec),
-            "external": stage.external(ctx.spec),
-            "upstream": upstream,
-        }
-    )
+    return {
+        "format": RECORD_FORMAT,
+        "stage": stage.name,
+        "section": stage.section(ctx.spec),
+        "external": stage.external(ctx.spec),
+        "upstream": upstream,
+    }
+
+
+def stage_key(ctx: StageContext, stage: Stage) -> str | None:
+    """The stage's content key, or None when an upstream stage has no finished outputs yet."""
+    inputs = _key_inputs(ctx, stage)
+    return None if inputs is None else content_key(inputs)
+
+
+def _input_keys(inputs: dict[str, Any]) -> dict[str, Any]:
+    """A key per input of the stage (kept in its record), so the next run can say which one
+    changed."""
+    return {
+        "section": content_key(inputs["section"]),
+        "external": content_key(inputs["external"]),
+        "upstream": {n: content_key(v) for n, v in inputs["upstream"].items()},
+    }
+
+
+def run_reason(ctx: StageContext, stage: Stage) -> str | None:
+    """Why ``stage`` runs again, in words; None for its first run. Call it before the stage
+    runs (it compares the last record with the inputs now)."""
+    rec = ctx.record(stage.name)
+    if rec is None:
+        return None
+    if rec.get("status") == "failed":
+        return "its last run failed"
+    if rec.get("status") != "done":
+        return "its last run did not finish"
+    inputs = _key_inputs(ctx, stage)
+    if inputs is None or rec.get("key") == content_key(inputs):
+        return "its recorded outputs are gone"
+    old, new = rec.get("inputs") or {}, _input_keys(inputs)
+    if not old:  # a record of an older pomlia: the key alone, not what went into it
+        return "the pipeline file, an input file or an upstream stage's outputs changed"
+    changed = []
+    if old.get("section") != new["section"]:
+        changed.append(f"its part of the pipeline file ('{stage.name}') changed")
+    if old.get("external") != new["external"]:
+        changed.append("an input file outside the workspace changed")
+    ups = [n for n in new["upstream"] if (old.get("upstream") or {}).get(n) != new["upstream"][n]]
+    if ups:
+        changed.append(f"the outputs of {', '.join(ups)} changed")
+    return "; ".join(changed) or "pomlia's record format changed"
 
 
 def is_fresh(ctx: StageContext, stage: Stage) -> bool:
@@ -213,14 +255,25 @@ def run_stage(ctx: StageContext, stage: Stage, *, job_id: int | None = None) -> 
     if is_fresh(ctx, stage):
         ctx.log(f"[{stage.name}] skipped: outputs exist for the same inputs")
         return "skipped"
-    key = stage_key(ctx, stage)
-    if key is None:
+    inputs = _key_inputs(ctx, stage)
+    if inputs is None:
         raise RuntimeError(f"stage '{stage.name}' cannot start: {', '.join(stage.needs)} first")
+    key = content_key(inputs)
+    reason = run_reason(ctx, stage)
     path = ctx.record_path(stage.name)
     started = now()
-    base = {"stage": stage.name, "key": key, "started_at": started, "job": job_id}
+    base = {
+        "stage": stage.name,
+        "key": key,
+        "inputs": _input_keys(inputs),
+        "started_at": started,
+        "job": job_id,
+    }
     write_json_atomic(path, {**base, "status": "running", "outputs": {}}, sort_keys=True)
-    ctx.log(f"[{stage.name}] running: {stage.summary}")
+    if reason is None:
+        ctx.log(f"[{stage.name}] running: {stage.summary}")
+    else:
+        ctx.log(f"[{stage.name}] running again, since {reason}: {stage.summary}")
     ctx.key = key
     try:
         outputs = stage.run(ctx)
