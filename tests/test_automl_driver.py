@@ -89,6 +89,29 @@ def test_driver_stopped_before_smacs_first_save_can_resume(
 
 
 @pytest.mark.slow
+def test_resume_of_a_finished_study_reports_the_studys_time(
+    workspace: Workspace, reg: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`automl run --resume` of a study that had finished said "0 s" (the time of the resuming
+    driver, which ran nothing): it gives the study's own span, first trial start to last end."""
+    from datetime import timedelta
+
+    tiny_task(workspace, reg, "blood", sizes=(16, 8, 8))
+    spec = tiny_study(reg, workspace, "blood", "done", n_trials=1)
+    run_study(reg, workspace, spec, poll_s=0.2)
+    with reg.session() as s:  # the study ran an hour ago, for cost_s seconds
+        (run,) = s.scalars(select(Run).where(Run.study == "done"))
+        run.created_at = run.created_at - timedelta(hours=1)
+        run.cost_s = 125.0
+    monkeypatch.setenv("POMLIA_HOME", str(workspace.home))
+    code, text = _run_cli("blood", "--study", "done", "--resume")
+    said = " ".join(text.split())
+    assert code == 0, text
+    assert "epochs, 125 s (the study's trials, first start to last end)" in said, said
+    assert " 0 s" not in said
+
+
+@pytest.mark.slow
 def test_failed_submission_stops_the_study_and_resume_submits_it(
     workspace: Workspace, reg: Registry, fake_slurm: FakeSlurm
 ) -> None:

@@ -395,11 +395,16 @@ def automl_run(
             )
         raise typer.Exit(1)
     m = result.best_metrics or {}
+    # A resumed study ran partly (or wholly) in earlier drivers: this driver's time would
+    # say "0 s" for a finished one, so the study's own span is given, or nothing.
+    took = result.elapsed_s if resume else result.wall_s
     console.print(
         f"best: run {result.best_run_id}, val {spec.metric} {_fmt(m.get('objective'))}, test "
         f"{_fmt((m.get('test') or {}).get(spec.metric))}; model [bold]{result.model_name}[/] "
         f"registered; {result.n_ok} ok, {result.n_crashed} crashed, {result.spent_epochs} "
-        f"epochs, {result.wall_s:.0f} s"
+        "epochs"
+        + ("" if took is None else f", {took:.0f} s")
+        + (" (the study's trials, first start to last end)" if resume and took is not None else "")
     )
 
 

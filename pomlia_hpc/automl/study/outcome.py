@@ -12,16 +12,24 @@ from pomlia_hpc.models.catalog import promote_checkpoint
 from pomlia_hpc.registry import Run
 
 
+def elapsed_s(runs: list[Run]) -> float | None:
+    """Seconds from the first run's start to the last run's end (start + its cost), or None
+    when no run recorded a cost. A resumed study's real length, drivers and gaps included."""
+    ends = [r.created_at.timestamp() + r.cost_s for r in runs if r.cost_s is not None]
+    if not ends:
+        return None
+    return max(ends) - min(r.created_at.timestamp() for r in runs)
+
+
 def finish(runner: TrialRunner, wall_s: float) -> StudyResult:
     """Register the best trial's model (with its lineage) and write ``summary.json``."""
     best = runner.best()
     n_ok = sum(v.status == records.OK for v in runner.views.values())
     n_crashed = sum(v.status == records.CRASHED for v in runner.views.values())
     model_name = config = metrics = None
+    runs = records.study_runs(runner.registry, runner.spec.name)
     if best is not None:
-        run = next(
-            r for r in records.study_runs(runner.registry, runner.spec.name) if r.id == best.run_id
-        )
+        run = next(r for r in runs if r.id == best.run_id)
         config = {
             k: v
             for k, v in run.config.items()
@@ -39,6 +47,7 @@ def finish(runner: TrialRunner, wall_s: float) -> StudyResult:
         n_crashed,
         runner.spent(),
         wall_s,
+        elapsed_s(runs),
     )
     write_json(runner.folder / SUMMARY_FILE, asdict(summary))
     return summary

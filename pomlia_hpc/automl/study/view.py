@@ -57,7 +57,11 @@ class StudyResult:
     n_ok: int
     n_crashed: int
     spent_epochs: int
+    #: Seconds this driver ran (a resume of a finished study: about 0).
     wall_s: float
+    #: Seconds from the study's first trial start to its last trial end, over every driver
+    #: that ran it (None: no trial recorded a time).
+    elapsed_s: float | None = None
 
 
 def job_name(study: str, run_id: int) -> str:
