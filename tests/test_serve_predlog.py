@@ -220,6 +220,16 @@ def test_concurrent_requests_give_exactly_one_record_each(bundle: Path, tmp_path
     assert n_batches < 150  # concurrent requests were batched together
 
 
+def test_sigterm_ends_the_server_with_one_line(bundle: Path, tmp_path: Path) -> None:
+    """`pomlia serve` ended silently on SIGTERM (a Slurm output file stopped at "serving
+    ..."): it says "stopped (SIGTERM)" once and exits 0."""
+    srv = LocalServer(bundle, tmp_path / "logs").start()
+    srv.signal(signal.SIGTERM)
+    assert srv.wait(60) == 0, srv.log_tail()
+    lines = [line.strip() for line in srv.log_tail().splitlines() if line.strip()]
+    assert lines.count("stopped (SIGTERM)") == 1 and lines[-1] == "stopped (SIGTERM)", lines
+
+
 def test_sigterm_under_load_loses_no_answered_prediction(bundle: Path, tmp_path: Path) -> None:
     logs = tmp_path / "logs"
     srv = LocalServer(bundle, logs, args=["--max-batch", "8"]).start()

@@ -7,7 +7,8 @@ is how the sbatch script and the tests find a server.
 
 SIGTERM / SIGINT: uvicorn stops accepting connections, waits up to ``graceful_timeout_s`` for
 in-flight requests, then the app's lifespan answers anything still queued and closes the
-prediction log. After SIGTERM the process exits 0 (SIGINT is re-raised, as uvicorn does).
+prediction log. After SIGTERM the process prints ``stopped (SIGTERM)`` and exits 0 (SIGINT is
+re-raised, as uvicorn does).
 """
 
 from __future__ import annotations
@@ -67,12 +68,16 @@ class _DrainingServer(uvicorn.Server):
     signal". Once the app has drained and closed its log that is misleading (a Slurm job or a
     test sees a crash), so a captured SIGTERM ends the process with exit code 0 instead."""
 
+    #: Whether a SIGTERM stopped the server (then it says so in one line and exits 0).
+    stopped_by_sigterm = False
+
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
         with super().capture_signals():
             yield
             captured = getattr(self, "_captured_signals", None)
             if isinstance(captured, list):
+                self.stopped_by_sigterm = signal.SIGTERM in captured
                 captured[:] = [s for s in captured if s != signal.SIGTERM]
 
 
@@ -138,6 +143,10 @@ def run_server(
         sock.close()
         if config.address_file is not None:
             _remove_own_address(config.address_file, address)
+    if server.stopped_by_sigterm:
+        # uvicorn logs its shutdown at INFO, below the level it runs at: without this line a
+        # Slurm output file ends at "serving ..." and a stop looks like a hang or a crash.
+        print("stopped (SIGTERM)", flush=True)
 
 
 def _remove_own_address(path: Path, address: str) -> None:
