@@ -169,7 +169,7 @@ def filled(tmp_path_factory: pytest.TempPathFactory) -> tuple[Workspace, Registr
     order = ["lookalikes", "data", "encoder", "automl"]
     (demo / "run.json").write_text(json.dumps({"order": order, "stages": {}}))
     for name in order:
-        error = ('x' * 296 + '"quoted"') if name == "automl" else None
+        error = ("x" * 296 + '"quoted"') if name == "automl" else None
         record = {"stage": name, "status": "failed" if error else "done", "error": error}
         (demo / "stages" / f"{name}.json").write_text(json.dumps(record))
     return ws, reg

@@ -12,6 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from pomlia_hpc.cli.app import STATE, app, console, err_console, profile_for
+from pomlia_hpc.cli.listing import JsonFlag, print_rows
 from pomlia_hpc.errors import InputError
 from pomlia_hpc.progress import Reporter, progress
 from pomlia_hpc.vocab import METRICS, RunStatus, task_type_choices
@@ -54,14 +55,24 @@ def task_add(
 
 
 @task_app.command("list")
-def task_list() -> None:
-    """List the registered tasks."""
+def task_list(as_json: JsonFlag = False) -> None:
+    """List the registered tasks. --json keys: id, name, dataset, task_type, metric."""
     from pomlia_hpc.automl.tasks import list_tasks
 
+    tasks = list_tasks(STATE.registry())
+    if as_json:
+        print_rows(
+            [
+                {"id": t.id, "name": t.name, "dataset": ref, "task_type": t.task_type}
+                | {"metric": t.metric}
+                for t, ref in tasks
+            ]
+        )
+        return
     table = Table(title="tasks")
     for col in ("id", "name", "dataset", "type", "metric"):
         table.add_column(col)
-    for t, ref in list_tasks(STATE.registry()):
+    for t, ref in tasks:
         table.add_row(str(t.id), t.name, ref, t.task_type, t.metric)
     console.print(table)
 
@@ -413,13 +424,29 @@ def runs_list(
     task: Annotated[str | None, typer.Option("--task", help="Only runs of this task.")] = None,
     study: Annotated[str | None, typer.Option("--study", help="Only runs of this study.")] = None,
     limit: Annotated[int, typer.Option(help="How many, newest first.")] = 50,
+    as_json: JsonFlag = False,
 ) -> None:
-    """List training runs with configuration, budget, metrics, cost, status and job."""
+    """List training runs with configuration, budget, metrics, cost, status and job.
+
+    --json keys: id, task, study, status, epochs, config, val, test, objective, cost_s, job
+    (the scheduler's id), error, created_at."""
     from pomlia_hpc.automl.folders import study_names  # not .study: that imports torch
     from pomlia_hpc.automl.records import config_summary, list_runs
 
     known = study_names(STATE.workspace) if study is not None else []
     rows = list_runs(STATE.registry(), task=task, study=study, limit=limit, known_studies=known)
+    if as_json:
+        print_rows(
+            [
+                {"id": r.id, "task": r.task, "study": r.study, "status": r.status}
+                | {"epochs": r.epochs, "config": r.config}
+                | {k: r.metrics.get(k) for k in ("val", "test", "objective")}
+                | {"cost_s": r.cost_s, "job": r.job, "error": r.error}
+                | {"created_at": r.created_at}
+                for r in rows
+            ]
+        )
+        return
     table = Table(title=f"runs ({len(rows)})")
     for col in (
         "id",

@@ -13,6 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemaining
 from rich.table import Table
 
 from pomlia_hpc.cli.app import STATE, app, console
+from pomlia_hpc.cli.listing import JsonFlag, print_rows
 from pomlia_hpc.data.medmnist_info import FLAGS_2D
 from pomlia_hpc.progress import Reporter, progress
 from pomlia_hpc.vocab import task_type_choices
@@ -242,11 +243,26 @@ def synth(
 @data_app.command("list")
 def list_cmd(
     name: Annotated[str | None, typer.Argument(help="Only versions of this dataset.")] = None,
+    as_json: JsonFlag = False,
 ) -> None:
-    """List registered datasets and their versions."""
+    """List registered datasets and their versions.
+
+    --json keys: name, version, parent, n_images, task_type, n_classes, image_size ([height,
+    width] in px), channels, created_at, store_path."""
     from pomlia_hpc.data.api import list_versions
 
     rows = list_versions(STATE.registry(), name)
+    if as_json:
+        print_rows(
+            [
+                {"name": r.name, "version": r.version, "parent": r.parent}
+                | {"n_images": r.n_images, "task_type": r.task_type, "n_classes": r.n_classes}
+                | {"image_size": list(r.image_size), "channels": r.channels}
+                | {"created_at": r.created_at, "store_path": r.store_path}
+                for r in rows
+            ]
+        )
+        return
     table = Table(title=f"dataset versions ({len(rows)})")
     for col in ("name", "version", "parent", "images", "task", "classes", "size", "ch", "created"):
         table.add_column(col, overflow="fold")

@@ -9,8 +9,9 @@ from rich.markup import escape
 from rich.table import Table
 from sqlalchemy import select
 
-from pomlia_hpc.cli.app import STATE, app, console
+from pomlia_hpc.cli.app import STATE, app, console, err_console
 from pomlia_hpc.cli.core import jobs_table
+from pomlia_hpc.cli.listing import JsonFlag, check_limit, print_rows
 from pomlia_hpc.cluster.cancel import cancel_recorded_job
 from pomlia_hpc.cluster.records import refresh_jobs
 from pomlia_hpc.errors import ClusterError, InputError, NotFoundError
@@ -35,22 +36,33 @@ def _get(job_id: int) -> Job:
 def list_jobs(
     limit: Annotated[int, typer.Option(help="How many jobs to show, newest first.")] = 50,
     state: Annotated[str | None, typer.Option(help="Only jobs in this state.")] = None,
+    as_json: JsonFlag = False,
 ) -> None:
-    """List recorded jobs, newest first (Slurm states refreshed with one sacct call)."""
-    if limit < 1:
-        raise InputError(f"--limit {limit}: expected an integer >= 1")
+    """List recorded jobs, newest first (Slurm states refreshed with one sacct call).
+
+    --json keys: id, name, backend, scheduler_id, state, requeue_count, submitted_at,
+    ended_at, exit_cause."""
+    check_limit(limit)
     reg = STATE.registry()
     if state is not None:
         _check_state(reg, state)
     try:
         refresh_jobs(reg)
     except ClusterError as exc:
-        console.print(f"[yellow]could not poll Slurm: {escape(str(exc))}[/]")
+        # stderr with --json: stdout stays one JSON document.
+        (err_console if as_json else console).print(
+            f"[yellow]could not poll Slurm: {escape(str(exc))}[/]"
+        )
     with reg.session() as s:
         q = select(Job).order_by(Job.id.desc()).limit(limit)
         if state:
             q = q.where(Job.state == state.upper())
         rows = list(s.scalars(q))
+    if as_json:
+        keys = ("id", "name", "backend", "scheduler_id", "state", "requeue_count")
+        keys += ("submitted_at", "ended_at", "exit_cause")
+        print_rows([{k: getattr(r, k) for k in keys} for r in rows])
+        return
     console.print(jobs_table(rows, f"jobs ({len(rows)})"))
 
 

@@ -11,6 +11,7 @@ from sqlalchemy import select
 from typer.core import TyperGroup
 
 from pomlia_hpc.cli.app import STATE, app, console
+from pomlia_hpc.cli.listing import JsonFlag, check_limit, print_rows
 from pomlia_hpc.errors import InputError, NotFoundError
 from pomlia_hpc.models.archs import ARCHITECTURES
 
@@ -104,15 +105,23 @@ def _warn_few_images(reference: Path | None, model: str) -> None:
 def list_models(
     task: Annotated[str | None, typer.Option("--task", help="Only models of this task.")] = None,
     limit: Annotated[int, typer.Option(help="How many, newest first.")] = 50,
+    as_json: JsonFlag = False,
 ) -> None:
-    """List registered models: task, lineage (dataset, run, study), test metric, export state."""
+    """List registered models: task, lineage (dataset, run, study), test metric, export state.
+
+    --json keys: id, name, task, dataset, run_id, study, arch, metric, test_score, exported
+    (the bundle version), code_version, created_at."""
     from pomlia_hpc.registry import Model, Task
 
+    check_limit(limit)
     with STATE.registry().session() as s:
         q = select(Model, Task.name).join(Task, Model.task_id == Task.id, isouter=True)
         if task is not None:
             q = q.where(Task.name == task)
         rows = s.execute(q.order_by(Model.id.desc()).limit(limit)).all()
+    if as_json:
+        print_rows([_model_row(m, task_name) for m, task_name in rows])
+        return
     table = Table(title=f"models ({len(rows)})")
     for col in (
         "id",
@@ -147,6 +156,27 @@ def list_models(
             f"{m.created_at:%Y-%m-%d %H:%M}" if m.created_at else "",
         )
     console.print(table)
+
+
+def _model_row(m: Any, task_name: str | None) -> dict[str, Any]:
+    """One model of ``model list --json`` (the keys its --help lists)."""
+    lin, card = m.lineage or {}, m.card or {}
+    metric = lin.get("metric")
+    score = ((card.get("metrics") or {}).get("test") or {}).get(metric) if metric else None
+    return {
+        "id": m.id,
+        "name": m.name,
+        "task": task_name,
+        "dataset": lin.get("dataset"),
+        "run_id": m.run_id,
+        "study": lin.get("study"),
+        "arch": card.get("architecture"),
+        "metric": metric,
+        "test_score": score if isinstance(score, int | float) else None,
+        "exported": (card.get("export") or {}).get("version"),
+        "code_version": lin.get("code_version"),
+        "created_at": m.created_at,
+    }
 
 
 @model_app.command("demo")

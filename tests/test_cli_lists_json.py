@@ -1,0 +1,105 @@
+"""``--json`` of the list commands: one JSON array on stdout, one object per row, with the keys
+each command's --help documents (stable: scripts rely on them)."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime
+
+import pytest
+from typer.testing import CliRunner
+
+from pomlia_hpc.cli import app
+from pomlia_hpc.registry import Job, Model, Registry, Run, Task
+from pomlia_hpc.workspace import Workspace
+from tests.fixtures.factories import make_dataset
+
+KEYS = {
+    ("data", "list"): "name version parent n_images task_type n_classes image_size channels "
+    "created_at store_path",
+    ("task", "list"): "id name dataset task_type metric",
+    ("runs", "list"): "id task study status epochs config val test objective cost_s job error "
+    "created_at",
+    ("model", "list"): "id name task dataset run_id study arch metric test_score exported "
+    "code_version created_at",
+    ("jobs", "list"): "id name backend scheduler_id state requeue_count submitted_at ended_at "
+    "exit_cause",
+}
+
+
+@pytest.fixture
+def filled(workspace: Workspace, reg: Registry) -> Workspace:
+    """One row of each kind: a dataset version, a task, a run with its job, a model."""
+    from pomlia_hpc.data.store import find_version
+
+    ref = make_dataset(workspace, reg, "blood", sizes=(8, 4, 4))
+    version_id = find_version(reg, ref).id
+    with reg.session() as s:
+        task = Task(name="t", dataset_version_id=version_id, metric="acc", task_type="x")
+        s.add(task)
+        job = Job(backend="local", scheduler_id="42", name="trial", state="COMPLETED")
+        job.ended_at = datetime.now(UTC)
+        s.add(job)
+        s.flush()
+        run = Run(
+            task_id=task.id,
+            study="st",
+            config={"arch": "small_cnn"},
+            budget=1,
+            status="ok",
+            metrics={"objective": 0.5, "val": {"acc": 0.5}, "test": {"acc": 0.4}},
+            cost_s=2.0,
+            job_id=job.id,
+        )
+        s.add(run)
+        s.flush()
+        s.add(
+            Model(
+                name="m",
+                task_id=task.id,
+                run_id=run.id,
+                path="/m.pt",
+                lineage={"study": "st", "metric": "acc", "dataset": ref},
+                card={"metrics": {"test": {"acc": 0.4}}, "architecture": "small_cnn"},
+            )
+        )
+    return workspace
+
+
+@pytest.mark.parametrize("command", sorted(KEYS))
+def test_list_json_has_the_documented_keys(filled: Workspace, command: tuple[str, str]) -> None:
+    res = CliRunner().invoke(app, [*command, "--json"])
+    assert res.exit_code == 0, res.output
+    rows = json.loads(res.stdout)
+    assert isinstance(rows, list) and len(rows) == 1, rows
+    assert list(rows[0]) == KEYS[command].split()  # the documented keys, in order
+    helped = " ".join(CliRunner().invoke(app, [*command, "--help"]).output.split())
+    assert "--json" in helped
+    for key in KEYS[command].split():  # --help lists every key
+        assert key in helped, (command, key)
+
+
+def test_list_json_values(filled: Workspace) -> None:
+    def rows(*args: str) -> list[dict[str, object]]:
+        res = CliRunner().invoke(app, [*args, "--json"])
+        assert res.exit_code == 0, res.output
+        return list(json.loads(res.stdout))
+
+    (run,) = rows("runs", "list")
+    assert run["job"] == "42" and run["val"] == {"acc": 0.5} and run["objective"] == 0.5
+    (model,) = rows("model", "list")
+    assert model["test_score"] == 0.4 and model["arch"] == "small_cnn" and model["exported"] is None
+    (job,) = rows("jobs", "list")
+    assert job["state"] == "COMPLETED" and str(job["submitted_at"]).endswith("+00:00")
+    (version,) = rows("data", "list")
+    assert version["image_size"] == [28, 28] and version["parent"] is None
+
+
+@pytest.mark.parametrize("command", [("model", "list"), ("runs", "list"), ("jobs", "list")])
+def test_a_limit_below_one_is_refused_naming_the_flag(
+    filled: Workspace, command: tuple[str, str]
+) -> None:
+    """`model list --limit 0` printed an empty table; `runs list --limit 0` said "limit 0"."""
+    res = CliRunner().invoke(app, [*command, "--limit", "0"])
+    assert res.exit_code != 0
+    assert "--limit 0: expected an integer >= 1" in str(res.exception)
