@@ -4,8 +4,8 @@ prediction log is written by the server's own predictor; bad input gives one cle
 from __future__ import annotations
 
 import json
-import re
 import os
+import re
 import shutil
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta

@@ -59,9 +59,8 @@ def list_jobs(
             q = q.where(Job.state == state.upper())
         rows = list(s.scalars(q))
     if as_json:
-        keys = ("id", "name", "backend", "scheduler_id", "state", "requeue_count")
-        keys += ("submitted_at", "ended_at", "exit_cause")
-        print_rows([{k: getattr(r, k) for k in keys} for r in rows])
+        keys = "id name backend scheduler_id state requeue_count submitted_at ended_at exit_cause"
+        print_rows([{k: getattr(r, k) for k in keys.split()} for r in rows])
         return
     console.print(jobs_table(rows, f"jobs ({len(rows)})"))
 
