@@ -97,7 +97,7 @@ def test_no_drift_window_is_ok_and_recorded(fresh: tuple[Workspace, Registry, Pa
     code, out = monitor("run", "blood")
     said = " ".join(out.split())
     assert code == 0 and len(re.findall(r"\breport \d+", said)) == 1, said
-    assert re.search(r"report \d+: \S+report\.html", said), said
+    assert re.search(r"report\d+:\S+report\.html", "".join(out.split())), said
 
 
 def test_foreign_data_alarms_with_a_retrain_request_and_the_hook(

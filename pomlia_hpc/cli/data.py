@@ -247,8 +247,8 @@ def list_cmd(
 ) -> None:
     """List registered datasets and their versions.
 
-    --json keys: name, version, parent, n_images, task_type, n_classes, image_size ([height,
-    width] in px), channels, created_at, store_path."""
+    --json keys: name, version, parent, n_images, task_type, n_classes, image_size (height
+    and width, px), channels, created_at, store_path."""
     from pomlia_hpc.data.api import list_versions
 
     rows = list_versions(STATE.registry(), name)

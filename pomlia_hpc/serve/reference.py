@@ -216,7 +216,10 @@ def few_images_warning(path: Path | None, model: str) -> str | None:
     reference`, `model export`, `deploy`, the pipeline) says it with these words."""
     if path is None or not path.is_file():
         return None
-    ref = read_reference(path)
+    try:
+        ref = read_reference(path)
+    except InputError:
+        return None  # an unreadable reference is the monitor's to refuse, with its fix
     if ref.n >= FEW_IMAGES:
         return None
     return (
