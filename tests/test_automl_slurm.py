@@ -104,3 +104,25 @@ def newest_of_two_running(reg: Registry) -> str | None:
     if len(running) != 2:
         return None
     return max(running, key=lambda q: (q.begin, int(q.job_id))).job_id
+
+
+@pytest.mark.timeout(600)
+def test_global_cluster_option_reaches_the_studys_trials(workspace: Workspace) -> None:
+    """`pomlia --cluster slurm-local automl run ...` (no --executor) ran its trials on the
+    local executor: the global profile now is the study's executor, trials are Slurm jobs."""
+    from tests.fixtures.cli import cli_ok
+
+    reg = Registry.open(workspace.db_url)
+    tiny_task(workspace, reg, "blood")
+    out = cli_ok(
+        "--cluster", "slurm-local", "automl", "run", "blood", "--study", "gc", "--trials", "1",
+        "--max-epochs", "1", "--min-epochs", "1", "--no-final", "--archs", "small_cnn",
+        "--mem-gb", "3",
+    )  # fmt: skip
+    assert "executor 'slurm-local'" in " ".join(out.split())
+    runs = records.study_runs(reg, "gc")
+    assert runs and all(r.job_id is not None for r in runs)
+    with reg.session() as s:
+        jobs = [s.get(Job, r.job_id) for r in runs]
+    assert all(j is not None and j.backend == "slurm" for j in jobs), [j.backend for j in jobs if j]
+    reg.dispose()

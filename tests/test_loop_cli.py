@@ -149,6 +149,17 @@ def test_executor_slurm_means_the_cluster_profile_as_for_automl(
     assert "run" not in seen
 
 
+def test_without_executor_the_global_cluster_profile_runs_the_study(
+    workspace: Workspace, seen: dict[str, Any]
+) -> None:
+    """`pomlia --cluster slurm-local loop run/watch` without --executor ran the study on the
+    local executor: the global profile is the default executor now."""
+    cli_ok("--cluster", "slurm-local", "loop", "watch", "--once")
+    cli_ok("--cluster", "slurm-local", "loop", "run", "blood")
+    assert seen["watch"][0].executor == "slurm-local"
+    assert seen["run"][1].executor == "slurm-local"
+
+
 BAD_SETTINGS = [
     (["--min-labels", "-3"], "--min-labels -3: expected an integer >= 1"),
     (["--min-labels", "0"], "--min-labels 0: expected an integer >= 1"),

@@ -116,9 +116,15 @@ class Context:
 STATE = Context()
 
 
-def profile_for(executor: str) -> str:
-    """An ``--executor`` value as a cluster profile: ``local``, ``slurm`` (the configured
-    ``--cluster`` profile, which must be a Slurm one) or a cluster profile name."""
+def profile_for(executor: str | None) -> str:
+    """An ``--executor`` value as a cluster profile: ``None`` (not given) is the configured
+    profile (``--cluster``, ``POMLIA_CLUSTER``, the workspace's ``pomlia.yaml``; ``local`` if
+    none), ``local`` and profile names are themselves, and ``slurm`` is the configured profile,
+    which must then be a Slurm one."""
+    if executor is None:
+        # The global --cluster must reach the jobs: a fixed 'local' default silently ran a
+        # `pomlia --cluster slurm-local automl run` on this machine.
+        return STATE.workspace.cluster_profile
     if executor != "slurm":
         return executor
     configured = STATE.workspace.cluster_profile

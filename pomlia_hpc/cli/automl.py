@@ -207,12 +207,13 @@ def automl_run(
     eta: Annotated[int, typer.Option(help="Hyperband's eta: keep 1/eta per rung.")] = 3,
     parallel: Annotated[int, typer.Option("--parallel", help="Trials running at once.")] = 2,
     executor: Annotated[
-        str,
+        str | None,
         typer.Option(
             "--executor",
-            help="local, slurm (the --cluster profile) or a cluster profile name.",
+            help="local, slurm (the --cluster profile) or a cluster profile name; default: "
+            "the --cluster profile (POMLIA_CLUSTER; local if none).",
         ),
-    ] = "local",
+    ] = None,
     optimizer: Annotated[str, typer.Option(help="smac (Hyperband) or random.")] = "smac",
     study: Annotated[str | None, typer.Option(help="Study name (default TASK-time).")] = None,
     resume: Annotated[

@@ -209,8 +209,11 @@ ArchsOpt = Annotated[
 ]
 OptimizerOpt = Annotated[str, typer.Option(help="smac (Hyperband) or random.")]
 ExecutorOpt = Annotated[
-    str,
-    typer.Option(help="local, slurm (the --cluster profile) or a cluster profile name."),
+    str | None,
+    typer.Option(
+        help="local, slurm (the --cluster profile) or a cluster profile name; default: the "
+        "--cluster profile (POMLIA_CLUSTER; local if none)."
+    ),
 ]
 MarginOpt = Annotated[float, typer.Option(help=MARGIN_HELP)]
 AlphaOpt = Annotated[float, typer.Option(help=ALPHA_HELP)]
@@ -260,7 +263,7 @@ def loop_run(
     parallel: ParallelOpt = 2,
     archs: ArchsOpt = None,
     optimizer: OptimizerOpt = "smac",
-    executor: ExecutorOpt = "local",
+    executor: ExecutorOpt = None,
     margin: MarginOpt = 0.02,
     alpha: AlphaOpt = 0.05,
     force: Annotated[
@@ -316,7 +319,7 @@ def loop_watch(
     parallel: ParallelOpt = 2,
     archs: ArchsOpt = None,
     optimizer: OptimizerOpt = "smac",
-    executor: ExecutorOpt = "local",
+    executor: ExecutorOpt = None,
     margin: MarginOpt = 0.02,
     alpha: AlphaOpt = 0.05,
     min_labels: MinLabelsOpt = 20,
