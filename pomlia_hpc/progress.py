@@ -17,6 +17,9 @@ A plain line looks like::
 
 Jobs write their own lines into their output files with :func:`say` (a trial's epochs, a
 fingerprint shard's rows), stamped the same way (:func:`stamped`).
+
+A reader that goes away (``pomlia automl run ... | head -2``) does not stop the work: the
+report's output then goes to ``/dev/null`` (:func:`write_line`), and one line on stderr says so.
 """
 
 from __future__ import annotations
@@ -142,7 +145,10 @@ class Reporter:
             if (self.done, self.total, self.note_text) != self._printed:
                 self._write(self._status())
             if self._view is not None and self._console is not None:
-                self._console.print(self._view)
+                try:
+                    self._console.print(self._view)
+                except BrokenPipeError:
+                    drop_output(self._console.file)
 
     def _status(self) -> str:
         of = f"/{self.total}" if self.total is not None else ""
@@ -155,10 +161,40 @@ class Reporter:
     def _write(self, text: str) -> None:
         if self._stream is None:
             return
-        self._stream.write(stamped(text) + "\n")
-        self._stream.flush()
+        write_line(self._stream, stamped(text))
         self._last_line = time.monotonic()
         self._printed = (self.done, self.total, self.note_text)
+
+
+def write_line(stream: IO[str], text: str) -> None:
+    """Write ``text`` and a newline to ``stream``, flushed. If the reader has gone (a closed
+    pipe), point ``stream``'s file descriptor at ``/dev/null`` and say so once on stderr: a long
+    command (a study's driver) goes on without an audience rather than dying of BrokenPipeError,
+    and every later write to that stream, Python's flush at exit included, succeeds quietly."""
+    try:
+        stream.write(text + "\n")
+        stream.flush()
+    except BrokenPipeError:
+        drop_output(stream)
+
+
+def drop_output(stream: IO[str]) -> None:
+    """Send ``stream``'s further output to ``/dev/null`` (its reader has gone), with one note on
+    stderr; a stream without a file descriptor is left as it is."""
+    try:
+        fd = stream.fileno()
+    except (OSError, ValueError):
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fd)  # the same stream object stays usable: its fd now discards
+    finally:
+        os.close(devnull)
+    try:
+        sys.stderr.write("note: the output's reader has gone; going on without printing\n")
+        sys.stderr.flush()
+    except OSError:
+        pass  # stderr closed too: nothing to tell anyone
 
 
 def stamped(text: str) -> str:

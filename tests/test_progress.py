@@ -105,3 +105,19 @@ def test_say_writes_one_time_stamped_flushed_line() -> None:
     buf = io.StringIO()
     say("epoch 1/3 loss 0.5", buf)
     assert re.fullmatch(r"\[\d\d:\d\d:\d\d\] epoch 1/3 loss 0\.5\n", buf.getvalue())
+
+
+def test_a_reader_that_goes_away_does_not_stop_the_work() -> None:
+    """`pomlia automl run ... | head -2`: the driver died of BrokenPipeError at its next line.
+    The report now goes on into /dev/null, and the stream stays usable."""
+    import os
+
+    read_fd, write_fd = os.pipe()
+    os.close(read_fd)  # the reader is gone before the first line
+    with os.fdopen(write_fd, "w") as out:
+        with progress("study s", 3, unit="trials", stream=out, console=Console(file=out)) as bar:
+            bar.update(1)
+            bar.line("run 1: ok")
+            bar.update(3)
+        out.write("still fine\n")
+        out.flush()

@@ -19,7 +19,7 @@ from pomlia_hpc import __version__
 from pomlia_hpc.config import load_cluster_profile, load_settings
 from pomlia_hpc.errors import InputError, PomliaError
 from pomlia_hpc.files import remove_made_dirs
-from pomlia_hpc.progress import stamped
+from pomlia_hpc.progress import drop_output, stamped
 from pomlia_hpc.registry import Registry, RegistryMissingError
 from pomlia_hpc.workspace import Workspace
 
@@ -140,7 +140,10 @@ def log_line(text: str) -> None:
     """One line of a long command's log (pipeline, loop), time-stamped like the progress
     lines: its output is often a Slurm job's output file, read hours later."""
     # soft_wrap: one line whatever the width (a crashed trial's cause makes it long), for grep
-    console.print(stamped(text), highlight=False, markup=False, soft_wrap=True)
+    try:
+        console.print(stamped(text), highlight=False, markup=False, soft_wrap=True)
+    except BrokenPipeError:  # `pomlia pipeline run ... | head`: the work goes on unread
+        drop_output(console.file)
 
 
 def _version(value: bool) -> None:

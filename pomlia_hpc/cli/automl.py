@@ -463,15 +463,17 @@ def runs_list(
         "error",
     ):
         table.add_column(col, overflow="fold")
+    gone = _gone_drivers(rows)
     for r in rows:
         val, test = r.metrics.get("val") or {}, r.metrics.get("test") or {}
+        unfinished = r.status in (RunStatus.RUNNING, RunStatus.PENDING) and r.study in gone
         table.add_row(
             str(r.id),
             r.task,
             r.study,
             config_summary(r.config),
             _fmt(r.epochs, 0),
-            r.status,
+            Text(f"{r.status} (stale)", style="yellow") if unfinished else r.status,
             _metrics(val),
             _metrics(test),
             _fmt(r.cost_s, 1),
@@ -479,3 +481,26 @@ def runs_list(
             r.error[:60],
         )
     console.print(table)
+    for name, (task_name, why) in sorted(gone.items()):
+        err_console.print(
+            f"[yellow]stale:[/] study {name}'s unfinished runs stay 'running' because {why}; "
+            f"resume it with `pomlia automl run {task_name} --study {name} --resume`",
+            soft_wrap=True,
+            highlight=False,
+        )
+
+
+def _gone_drivers(rows: list[Any]) -> dict[str, tuple[str, str]]:
+    """The studies among ``rows`` with unfinished runs whose driver is gone (killed, its node
+    lost), as study -> (task, why): nothing else would ever finish those runs."""
+    from pomlia_hpc.automl.liveness import driver_gone, read_driver
+
+    gone: dict[str, tuple[str, str]] = {}
+    for r in rows:
+        if r.study in gone or not r.study or r.status not in (RunStatus.RUNNING, RunStatus.PENDING):
+            continue
+        record = read_driver(STATE.workspace, r.study)
+        why = driver_gone(record) if record is not None else None
+        if why is not None:
+            gone[r.study] = (r.task, why)
+    return gone

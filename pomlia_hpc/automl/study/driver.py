@@ -72,9 +72,20 @@ class StudyRunner(TrialRunner):
         )
 
     def run(self, resume: bool = False) -> StudyResult:
-        """Run the study to its end (trials or epoch budget used up, all trials back)."""
-        t0 = time.perf_counter()
+        """Run the study to its end (trials or epoch budget used up, all trials back). The
+        study's ``driver.json`` says meanwhile that this process drives it, and when it stopped
+        (:mod:`pomlia_hpc.automl.liveness`): ``pomlia runs list`` flags the running trials of a
+        study whose driver is gone."""
         self.folder.mkdir(parents=True, exist_ok=True)
+        self.liveness.start()
+        try:
+            return self.search(resume)
+        finally:
+            self.liveness.end()
+
+    def search(self, resume: bool) -> StudyResult:
+        """:meth:`run`'s work: ask, submit, collect and tell until the study is done."""
+        t0 = time.perf_counter()
         runs = records.study_runs(self.registry, self.spec.name)
         opt = self.optimizer(resume, has_runs=bool(runs))
         for run in runs:  # oldest first: the newest run of a (configuration, epochs) wins
@@ -153,6 +164,7 @@ class StudyRunner(TrialRunner):
                     del self.active[run_id]
                     self.collect(opt, act)
             if self.active:
+                self.liveness.beat()
                 time.sleep(self.poll_s)
         self.emit()
 

@@ -17,6 +17,7 @@ from typing import Any, NoReturn
 from pomlia_hpc.automl import records
 from pomlia_hpc.automl.engine import TrainRequest, read_state
 from pomlia_hpc.automl.folders import study_dir
+from pomlia_hpc.automl.liveness import DriverBeat
 from pomlia_hpc.automl.metrics import objective_cost
 from pomlia_hpc.automl.optimizers import Proposal, SearchOptimizer
 from pomlia_hpc.automl.options import EngineOptions
@@ -98,6 +99,7 @@ class TrialRunner:
         #: Repeated proposals of a (configuration key, epochs) still training: told its result.
         self.waiting: dict[tuple[str, int], list[Proposal]] = {}
         self.repeats = 0  # repeated proposals answered in a row (the space may be exhausted)
+        self.liveness = DriverBeat(workspace, spec.name)  # the driver's heartbeat file
 
     @property
     def executor(self) -> Executor:
@@ -459,5 +461,6 @@ class TrialRunner:
         )
 
     def emit(self) -> None:
+        self.liveness.beat()  # the driver loop emits at least every few seconds
         if self.on_update is not None:
             self.on_update(self.view())

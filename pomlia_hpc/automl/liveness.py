@@ -1,0 +1,111 @@
+"""Whether a study's driver is still alive: the driver writes ``runs/<study>/driver.json``
+(host, pid, start, heartbeat, end) and readers such as ``pomlia runs list`` tell a study whose
+runs say ``running`` but whose driver is gone (killed, its node lost) from one at work.
+
+Apart from :mod:`pomlia_hpc.automl.study` (which imports torch) so that registry queries can
+use it. Only the driver writes the file; nothing here touches a process.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import socket
+import time
+from dataclasses import asdict, dataclass, replace
+from pathlib import Path
+
+from pomlia_hpc.automl.folders import study_dir
+from pomlia_hpc.files import write_atomic
+from pomlia_hpc.processes import pid_alive
+from pomlia_hpc.workspace import Workspace
+
+#: The driver's record, in the study's folder.
+DRIVER_FILE = "driver.json"
+#: Seconds between two heartbeats of a driver.
+BEAT_S = 30.0
+#: Seconds without a heartbeat after which a driver on another host counts as gone (ten
+#: missed beats: a busy shared file system delays a write by seconds, not minutes).
+STALE_AFTER_S = 300.0
+
+
+@dataclass(frozen=True)
+class DriverRecord:
+    """What a study's driver says about itself; times are Unix seconds."""
+
+    host: str
+    pid: int
+    started: float
+    beat: float
+    ended: float | None = None
+
+
+class DriverBeat:
+    """The driver's side: :meth:`start` when it starts, :meth:`beat` as it goes (written at
+    most every :data:`BEAT_S` seconds), :meth:`end` when it stops, however it stops."""
+
+    def __init__(self, workspace: Workspace, study: str) -> None:
+        self.path = study_dir(workspace, study) / DRIVER_FILE
+        self.record: DriverRecord | None = None
+
+    def start(self) -> None:
+        """Record this process (host, pid) as the study's driver."""
+        now = time.time()
+        self.record = DriverRecord(socket.gethostname(), os.getpid(), now, now)
+        self._write()
+
+    def beat(self) -> None:
+        """Say this driver is still at work (written only when :data:`BEAT_S` have passed)."""
+        if self.record is not None and time.time() - self.record.beat >= BEAT_S:
+            self.record = replace(self.record, beat=time.time())
+            self._write()
+
+    def end(self) -> None:
+        """Record that this driver stopped (finished, interrupted or failed)."""
+        if self.record is not None:
+            now = time.time()
+            self.record = replace(self.record, beat=now, ended=now)
+            self._write()
+
+    def _write(self) -> None:
+        if self.record is None:
+            return
+        # Liveness is advice for readers: never stop a study over it. No fsync: a heartbeat
+        # lost to a power cut only makes the driver look gone sooner.
+        with contextlib.suppress(OSError):
+            write_atomic(self.path, json.dumps(asdict(self.record)), fsync=False)
+
+
+def read_driver(workspace: Workspace, study: str) -> DriverRecord | None:
+    """The record of ``study``'s driver, or None (a study from before records, or unreadable)."""
+    path: Path = study_dir(workspace, study) / DRIVER_FILE
+    try:
+        raw = json.loads(path.read_text())
+        return DriverRecord(
+            host=str(raw["host"]),
+            pid=int(raw["pid"]),
+            started=float(raw["started"]),
+            beat=float(raw["beat"]),
+            ended=None if raw.get("ended") is None else float(raw["ended"]),
+        )
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def driver_gone(record: DriverRecord, now: float | None = None) -> str | None:
+    """Why the driver of ``record`` is gone (one phrase), or None while it seems at work.
+
+    On this host the pid decides (a driver running trials in its own process may beat late);
+    on another host the heartbeat does: none for :data:`STALE_AFTER_S` seconds is gone."""
+    now = time.time() if now is None else now
+    who = f"pid {record.pid} on {record.host}"
+    if record.ended is not None:
+        at = time.strftime("%Y-%m-%d %H:%M", time.localtime(record.ended))
+        return f"its driver ({who}) stopped at {at}"
+    if record.host == socket.gethostname():
+        return None if pid_alive(record.pid) else f"its driver ({who}) is not running"
+    silent = now - record.beat
+    if silent >= STALE_AFTER_S:
+        return f"its driver ({who}) has not reported for {silent / 60:.0f} min"
+    return None

@@ -1,0 +1,103 @@
+"""A study whose driver is gone (killed, or its reader gone: ``| head -2``): the driver survives
+a closed stdout, and ``pomlia runs list`` flags the runs a dead driver left 'running' with the
+command that resumes them."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pomlia_hpc.automl import records
+from pomlia_hpc.automl.liveness import (
+    DRIVER_FILE,
+    STALE_AFTER_S,
+    DriverRecord,
+    driver_gone,
+    read_driver,
+)
+from pomlia_hpc.registry import Registry
+from pomlia_hpc.workspace import Workspace
+from tests.fixtures.cli import cli_ok
+from tests.fixtures.factories import tiny_task
+
+ROOT = Path(__file__).resolve().parents[1]
+STUDY = ["--trials", "2", "--max-epochs", "1", "--min-epochs", "1", "--no-final"]
+
+
+def _pomlia(workspace: Workspace, *args: str, **kw: object) -> subprocess.Popen[bytes]:
+    env = {**os.environ, "POMLIA_HOME": str(workspace.home), "PYTHONPATH": str(ROOT)}
+    return subprocess.Popen(
+        [sys.executable, "-m", "pomlia_hpc", *args],
+        env=env,
+        cwd=ROOT,
+        **kw,  # type: ignore[call-overload]
+    )
+
+
+def test_driver_records_say_who_is_gone() -> None:
+    here, now = socket.gethostname(), time.time()
+    dead = subprocess.Popen(["true"])
+    dead.wait()
+    assert driver_gone(DriverRecord(here, os.getpid(), now, now)) is None
+    assert "is not running" in (driver_gone(DriverRecord(here, dead.pid, now, now)) or "")
+    assert "stopped at" in (driver_gone(DriverRecord(here, os.getpid(), now, now, now)) or "")
+    far = DriverRecord("other-node", 1, now, now - STALE_AFTER_S - 60)
+    assert "has not reported for 6 min" in (driver_gone(far, now) or "")
+    assert driver_gone(DriverRecord("other-node", 1, now, now - 10), now) is None
+
+
+@pytest.mark.timeout(300)
+def test_a_closed_stdout_does_not_kill_the_driver(workspace: Workspace) -> None:
+    reg = Registry.open(workspace.db_url)
+    tiny_task(workspace, reg, "blood")
+    proc = _pomlia(
+        workspace, "automl", "run", "blood", "--study", "piped", *STUDY,
+        "--archs", "small_cnn", "--executor", "debug",
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.readline()  # `| head -1`: one line, then the reader is gone
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    rc = proc.wait(timeout=240)
+    runs = records.study_runs(reg, "piped")
+    assert rc == 0, (err, [(r.status, r.error) for r in runs])
+    assert "Traceback" not in err and "BrokenPipeError" not in err, err
+    assert len(runs) == 2 and all(r.status == "ok" for r in runs)
+    record = read_driver(workspace, "piped")
+    assert record is not None and record.ended is not None  # it says it stopped
+    reg.dispose()
+
+
+@pytest.mark.timeout(300)
+@pytest.mark.usefixtures("wide_console")
+def test_runs_list_flags_the_runs_of_a_killed_driver(workspace: Workspace) -> None:
+    reg = Registry.open(workspace.db_url)
+    tiny_task(workspace, reg, "blood", sizes=(768, 24, 24))
+    proc = _pomlia(
+        workspace, "automl", "run", "blood", "--study", "killed", *STUDY, "--archs", "small_cnn",
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.time() + 200
+    while not any(r.status == "running" for r in records.study_runs(reg, "killed")):
+        assert proc.poll() is None and time.time() < deadline, "no trial started"
+        time.sleep(0.2)
+    before = " ".join(cli_ok("runs", "list", "--study", "killed").split())
+    assert "stale" not in before  # its driver is at work
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    out = " ".join(cli_ok("runs", "list", "--study", "killed").split())
+    assert "running (stale)" in out, out
+    assert f"pid {proc.pid} on {socket.gethostname()}) is not running" in out
+    assert "pomlia automl run blood --study killed --resume" in out
+    driver = json.loads((workspace.path("runs", "killed") / DRIVER_FILE).read_text())
+    assert driver["pid"] == proc.pid and driver["ended"] is None
+    reg.dispose()
