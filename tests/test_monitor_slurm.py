@@ -15,7 +15,7 @@ from pomlia_hpc.cli import app
 from pomlia_hpc.cluster.batch import jobs_named
 from pomlia_hpc.errors import InputError
 from pomlia_hpc.monitor.schedule import job_name, next_begin
-from pomlia_hpc.registry import MonitorReport, Registry
+from pomlia_hpc.registry import Job, MonitorReport, Registry
 from pomlia_hpc.workspace import Workspace
 from tests.fixtures.waiting import wait_until
 from tests.monitor_support import demo_model, images, log_predictions
@@ -77,9 +77,18 @@ def test_daily_schedule_prints_cron_and_scrontab_lines(
         assert "#SCRON --job-name=pomlia-monitor-blood-daily" in out
         (job,) = jobs_named(job_name("blood-daily"))
         assert job.state == "PENDING" and "02:30:00" in job.begin
+        # Recorded like any job: `jobs list` shows it (it was missing from the registry).
+        with reg.session() as s:
+            (row,) = s.scalars(select(Job).where(Job.name == job_name("blood-daily")))
+            assert row.backend == "slurm" and row.scheduler_id == job.job_id
+        assert f"job {row.id} (slurm {job.job_id}, pomlia-monitor-blood-daily)" in out
+        listed = " ".join(runner.invoke(app, ["jobs", "list"]).output.split())
+        assert f"{row.id} │ pomlia-monitor-blood-daily │ slurm │ {job.job_id} │" in listed, listed
     finally:
         runner.invoke(app, ["monitor", "unschedule", "blood-daily"])
     assert jobs_named(job_name("blood-daily")) == []
+    with reg.session() as s:
+        assert s.get(Job, row.id).state == "CANCELLED"  # type: ignore[union-attr]
 
 
 def test_next_begin() -> None:

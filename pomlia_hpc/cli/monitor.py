@@ -222,8 +222,8 @@ def schedule_cmd(
         console.print(f"no job submitted: {res.note}")
         return
     console.print(
-        f"job {res.job_id} ({job_name(model)}) submitted, begins {res.begin:%Y-%m-%d %H:%M:%S}; "
-        f"settings {res.conf}"
+        f"job {res.record_id} (slurm {res.job_id}, {job_name(model)}) submitted, begins "
+        f"{res.begin:%Y-%m-%d %H:%M:%S}; settings {res.conf}"
     )
     if not chain:
         if res.cron:

@@ -25,6 +25,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 from pomlia_hpc.cluster.batch import QueuedJob, cancel_named, jobs_named, submit_script
+from pomlia_hpc.cluster.records import mark_cancelled, record_submission
 from pomlia_hpc.errors import InputError
 from pomlia_hpc.files import write_atomic
 from pomlia_hpc.monitor.reference import load_reference, resolve_target
@@ -76,6 +77,7 @@ class Scheduled:
     cron: str | None
     scrontab: str | None
     note: str = ""
+    record_id: int | None = None  # the job's registry row (`pomlia jobs list`)
 
 
 def _cron_fields(at: str | None, every: timedelta) -> str | None:
@@ -188,7 +190,16 @@ def schedule(
         env={"POMLIA_MONITOR_CONF": str(conf)},
         output=folder / "slurm-%j.out",
     )
-    return Scheduled(job_id, begin, conf, script, cron, scron)
+    # Recorded like every other job, so `pomlia jobs list` shows the chain's runs.
+    (record_id,) = record_submission(
+        registry,
+        backend="slurm",
+        scheduler_ids=[job_id],
+        name=jname,
+        folder=str(folder),
+        meta={"model": name, "begin": begin.isoformat(), "chain": chain},
+    )
+    return Scheduled(job_id, begin, conf, script, cron, scron, record_id=record_id)
 
 
 def _ids(jobs: list[QueuedJob]) -> str:
@@ -206,4 +217,21 @@ def unschedule(registry: Registry, workspace: Workspace, model: str) -> list[str
     # settings file is gone, so it cannot do so again: one more look catches it.
     time.sleep(1.0)
     cancelled += cancel_named(job_name(name))
+    _record_cancelled(registry, cancelled)
     return cancelled
+
+
+def _record_cancelled(registry: Registry, scheduler_ids: list[str]) -> None:
+    """Mark the registry rows of the cancelled chain jobs CANCELLED (at once, not at the next
+    sacct poll, which may come after the accounting forgot them)."""
+    from sqlalchemy import select
+
+    from pomlia_hpc.registry import Job
+
+    if not scheduler_ids:
+        return
+    with registry.session() as s:
+        q = select(Job.id).where(Job.backend == "slurm", Job.scheduler_id.in_(scheduler_ids))
+        ids = list(s.scalars(q))
+    for job_id in ids:
+        mark_cancelled(registry, job_id)
