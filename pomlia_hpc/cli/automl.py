@@ -14,7 +14,7 @@ from rich.text import Text
 from pomlia_hpc.cli.app import STATE, app, console, err_console, profile_for
 from pomlia_hpc.cli.listing import JsonFlag, print_rows
 from pomlia_hpc.errors import InputError
-from pomlia_hpc.progress import Reporter, progress
+from pomlia_hpc.progress import Reporter, drop_output, progress
 from pomlia_hpc.vocab import METRICS, RunStatus, task_type_choices
 
 task_app = typer.Typer(
@@ -392,6 +392,17 @@ def automl_run(
             soft_wrap=True,
         )
         raise typer.Exit(130) from None
+    try:
+        code = _report(spec, result)
+    except BrokenPipeError:  # `| head`: the study is done and recorded; nobody reads on
+        drop_output(console.file)
+        code = 0 if result.best_run_id is not None else 1
+    if code:
+        raise typer.Exit(code)
+
+
+def _report(spec: Any, result: Any) -> int:
+    """Print a finished study's outcome; returns the exit status (1: no best model)."""
     if result.best_run_id is None:
         if result.n_ok:
             # They trained, but the metric cannot be computed on this validation split.
@@ -405,7 +416,7 @@ def automl_run(
                 f"[red]no trial finished[/] ({result.n_crashed} crashed); see "
                 f"`pomlia runs list --task {spec.task}`"
             )
-        raise typer.Exit(1)
+        return 1
     m = result.best_metrics or {}
     # A resumed study ran partly (or wholly) in earlier drivers: this driver's time would
     # say "0 s" for a finished one, so the study's own span is given, or nothing.
@@ -418,6 +429,7 @@ def automl_run(
         + ("" if took is None else f", {took:.0f} s")
         + (" (the study's trials, first start to last end)" if resume and took is not None else "")
     )
+    return 0
 
 
 @runs_app.command("list")
