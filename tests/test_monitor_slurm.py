@@ -63,6 +63,7 @@ def test_chain_runs_twice_and_unschedule_leaves_no_job(
     assert all(p.is_file() and p.with_name("report.html").is_file() for p in paths)
 
 
+@pytest.mark.usefixtures("wide_console")  # the `jobs list` row on one line
 def test_daily_schedule_prints_cron_and_scrontab_lines(
     slurm: None, workspace: Workspace, reg: Registry
 ) -> None:
