@@ -256,3 +256,28 @@ def test_local_job_inside_a_slurm_allocation_is_not_a_slurm_task() -> None:
     assert (out["RANK"], out["WORLD_SIZE"], out["MASTER_ADDR"]) == ("0", "1", "127.0.0.1")
     assert out["MASTER_PORT"] != str(20000 + 4242)
     assert distributed_env({**env, "SUBMITIT_EXECUTOR": "slurm"})["RANK"] == "3"
+
+
+def test_jobs_cancel_of_a_local_job_is_one_line_naming_the_registry_job(
+    tmp_path: Path, reg: Registry, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """`pomlia jobs cancel` of a local training: the submitting command printed submitit's
+    controller traceback, then "job <pid> ended CANCELLED: KeyboardInterrupt". Now: no
+    traceback, and the error names the registry job and the cancellation."""
+    ex = Executor.from_profile("local", tmp_path / "jobs", reg)
+    h = ex.submit(jobfns.sleep_for, 120)
+    deadline = time.time() + 60
+    while not list((tmp_path / "jobs").glob("*_0_log.out")):  # the task runs: the controller waits
+        assert time.time() < deadline
+        time.sleep(0.1)
+    time.sleep(0.5)
+    assert cancel_recorded_job(reg, h.record_id or 0) is None  # what `pomlia jobs cancel` does
+    with pytest.raises(JobFailedError) as err:
+        h.result()
+    assert (
+        str(err.value) == f"job {h.record_id} (local {h.job_id}) ended CANCELLED: cancelled by user"
+    )
+    time.sleep(0.5)  # the controller's last words, if any
+    assert "Traceback" not in capfd.readouterr().err
+    with reg.session() as s:
+        assert s.scalars(select(Job)).one().exit_cause == "cancelled by user"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import os
 import subprocess
 import time
 from pathlib import Path
@@ -129,3 +130,36 @@ def test_checkpointable_job_requeues_and_resumes(tmp_path: Path, reg: Registry) 
     (row,) = _rows(reg)
     assert row.state == "COMPLETED"
     assert row.requeue_count >= 1
+
+
+@pytest.mark.timeout(300)
+def test_a_cancelled_driver_job_cancels_its_child_job(tmp_path: Path, reg: Registry) -> None:
+    """scancel of a pipeline stage job left the Slurm job it had submitted running, and the
+    stage's cause was a DataLoader RuntimeError: the child is cancelled with it, and says so."""
+    from pomlia_hpc.cluster.batch import jobs_named
+
+    child = f"child-{os.getpid()}-{time.time_ns()}"
+    parent = _slurm(tmp_path, reg).submit(
+        jobfns.parent_of_a_child,
+        str(tmp_path / "child-jobs"),
+        reg.url,
+        "slurm-local",
+        child,
+        300,
+        name="parent",
+    )
+    deadline = time.time() + 180
+    while not [j for j in jobs_named(child) if j.state == "RUNNING"]:
+        assert time.time() < deadline, "the child job never ran"
+        time.sleep(0.5)
+    subprocess.run(["scancel", parent.job_id], check=True)
+    deadline = time.time() + 60  # Slurm's KillWait is 30 s: the child goes before that
+    while jobs_named(child):
+        assert time.time() < deadline, "the child job runs on after its parent was cancelled"
+        time.sleep(0.5)
+    with pytest.raises(JobFailedError):
+        parent.result()
+    with reg.session() as s:
+        row = s.scalars(select(Job).where(Job.name == child)).one()
+    assert row.state == "CANCELLED", row.state
+    assert (row.exit_cause or "").startswith("cancelled (SIGTERM"), row.exit_cause

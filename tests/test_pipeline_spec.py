@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import time
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -333,3 +334,53 @@ def test_stage_summaries_name_what_export_writes() -> None:
     export = next(s for s in STAGES if s.name == "export")
     assert "torch.export" in export.summary and "ONNX" in export.summary
     assert not [s.name for s in STAGES if "TorchScript" in s.summary]
+def _stopped_stage(how: str, child: list[Any], tmp: Path, reg: Registry) -> Stage:
+    """A stage that starts a local child job, then is stopped: by SIGINT (Ctrl-C, `pomlia
+    jobs cancel` of a local stage job), or by SIGTERM (scancel) that surfaces as another error,
+    as a DataLoader worker killed by the same signal makes it."""
+    import os
+    import signal
+
+    from pomlia_hpc.cluster import Executor
+    from pomlia_hpc.cluster.terminate import JobCancelled
+    from tests.fixtures import jobfns
+
+    def run(ctx: StageContext) -> dict[str, Any]:
+        child.append(Executor.from_profile("local", tmp, reg).submit(jobfns.sleep_for, 120))
+        if how == "sigint":
+            raise KeyboardInterrupt
+        try:
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(5)
+        except JobCancelled:
+            raise RuntimeError(
+                "DataLoader worker (pid 1) is killed by signal: Terminated"
+            ) from None
+        return {}
+
+    return Stage(
+        name="s", needs=(), summary="s", enabled=lambda s: True, section=lambda s: None, run=run
+    )
+
+
+@pytest.mark.parametrize("how", ["sigint", "sigterm"])
+def test_a_cancelled_stage_says_so_and_cancels_its_child_jobs(
+    ctx: StageContext, tmp_path: Path, reg: Registry, how: str
+) -> None:
+    """A cancelled stage recorded an empty error (KeyboardInterrupt) or a DataLoader error
+    (SIGTERM), and its child jobs ran on: now the cause is the cancellation, and the children
+    are cancelled with it."""
+    from pomlia_hpc.cluster.terminate import SIGINT_CAUSE, SIGTERM_CAUSE, cancel_children_on_stop
+    from pomlia_hpc.registry import Job
+
+    child: list[Any] = []
+    stage = _stopped_stage(how, child, tmp_path / "jobs", reg)
+    with pytest.raises((KeyboardInterrupt, RuntimeError)), cancel_children_on_stop():
+        run_stage(ctx, stage)
+    cause = SIGINT_CAUSE if how == "sigint" else SIGTERM_CAUSE
+    record = ctx.record("s") or {}
+    assert (record.get("status"), record.get("error")) == ("failed", cause)
+    with reg.session() as s:
+        row = s.get(Job, child[0].record_id)
+        assert row is not None and row.state == "CANCELLED"
+        assert row.exit_cause == f"{cause}, with the job that submitted it"

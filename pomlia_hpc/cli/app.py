@@ -193,6 +193,13 @@ def one_line_summaries(group: typer.Typer) -> None:
             one_line_summaries(sub.typer_instance)
 
 
+def _interrupted(exc: SystemExit) -> bool:
+    """Whether ``exc`` is typer's exit for a KeyboardInterrupt that no command handled (a
+    command that says something itself raises its exit ``from None``)."""
+    ctx = exc.__context__
+    return ctx is not None and isinstance(ctx.__cause__, KeyboardInterrupt)
+
+
 def main() -> None:
     """Console-script entry point: run the app; a :class:`PomliaError` is one line, exit 2."""
     try:
@@ -204,6 +211,16 @@ def main() -> None:
             f"[bold red]error:[/] {escape(str(exc))}", highlight=False, soft_wrap=True
         )
         sys.exit(exc.exit_code)
+    except SystemExit as exc:
+        if exc.code == 130 and _interrupted(exc):
+            # typer turns Ctrl-C into a silent exit 130: say it, once (`automl run` says more)
+            err_console.print(
+                "[yellow]interrupted[/] (Ctrl-C): stopped; jobs it started locally were stopped "
+                "with it, Slurm jobs run on (`pomlia jobs list`); the same command resumes",
+                highlight=False,
+                soft_wrap=True,
+            )
+        raise
     except DBAPIError as exc:  # a database failure the library did not name: still one line
         first = str(exc.orig or exc).strip().splitlines()[0] if str(exc.orig or exc) else ""
         err_console.print(

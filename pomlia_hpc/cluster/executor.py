@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import contextlib
 import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -26,7 +27,7 @@ import submitit
 from sqlalchemy import func, select
 from submitit.core.utils import UncompletedJobError
 
-from pomlia_hpc.cluster import records
+from pomlia_hpc.cluster import records, submitit_controller
 from pomlia_hpc.cluster.cancel import cancel_scheduler_job, kill_after_grace
 from pomlia_hpc.cluster.failures import exit_line, failure_cause
 from pomlia_hpc.cluster.records import (
@@ -62,6 +63,44 @@ class JobFailedError(ClusterError):
         return failure_cause(self.state, self.traceback, self.detail)
 
 
+#: The jobs this process submitted whose outcome it has not collected yet (result() or
+#: cancel()): what :func:`cancel_own_jobs` cancels when the process itself is cancelled.
+_OWN: set[JobHandle] = set()
+_OWN_LOCK = threading.Lock()
+
+
+def cancel_own_jobs(cause: str) -> int:
+    """Cancel the unfinished jobs this process submitted and did not collect yet, recording
+    ``cause`` (by whom or what); returns how many were cancelled. For a driver that is being
+    cancelled itself (a pipeline stage job ``scancel``-ed): its child jobs would run on,
+    unwatched. Quick, as Slurm kills the driver ``KillWait`` seconds (often 5 to 30) after its
+    SIGTERM: Slurm jobs get ``scancel`` at once, without asking for their state first (one that
+    ended meanwhile keeps its final state in the registry). Errors are reported and skipped."""
+    with _OWN_LOCK:
+        handles = list(_OWN)
+        _OWN.clear()
+    n = 0
+    for handle in handles:
+        job = handle._job
+        if job is None or handle.given_up_state is not None:
+            continue
+        try:
+            if handle._executor.backend == "slurm":
+                cancel_scheduler_job("slurm", str(job.job_id))
+                reg = handle._executor.registry
+                if reg is not None and handle.record_id is not None:
+                    mark_cancelled(reg, handle.record_id, cause)
+            elif not handle.done():
+                handle.cancel(cause)
+            else:
+                continue
+            n += 1
+            print(f"cancelled job {handle.label(job)}: {cause}", file=sys.stderr, flush=True)
+        except Exception as exc:  # best effort while the process is going down
+            print(f"could not cancel job {handle.label(job)}: {exc}", file=sys.stderr, flush=True)
+    return n
+
+
 class JobHandle:
     """One submitted job (or array task). Cheap to create; ``result()`` blocks."""
 
@@ -80,6 +119,8 @@ class JobHandle:
             # late; a local job's folder is on this machine, and a killed job never writes one.
             job._results_timeout_s = 2
         self._job = job
+        with _OWN_LOCK:
+            _OWN.add(self)
         self._submitted.set()
 
     def _fail_submission(self, exc: BaseException) -> None:
@@ -118,9 +159,10 @@ class JobHandle:
             return True
         return self.submitted and self.job().done()
 
-    def cancel(self) -> None:
+    def cancel(self, cause: str = "cancelled by user") -> None:
         """Cancel the job (``scancel`` on Slurm; SIGINT for a local process, then SIGKILL if it
-        still runs after :data:`~pomlia_hpc.cluster.cancel.LOCAL_CANCEL_GRACE_S`).
+        still runs after :data:`~pomlia_hpc.cluster.cancel.LOCAL_CANCEL_GRACE_S`); ``cause``
+        (by whom or what) is recorded as its exit cause.
 
         A job that has already ended keeps its state; a throttled job that was not submitted yet
         never will be. Raises :class:`ClusterError` if ``scancel`` refuses a running job."""
@@ -146,7 +188,9 @@ class JobHandle:
             if isinstance(process, subprocess.Popen):
                 threading.Thread(target=kill_after_grace, args=(process,), daemon=True).start()
         if self.record_id is not None and self._executor.registry is not None:
-            mark_cancelled(self._executor.registry, self.record_id)
+            mark_cancelled(self._executor.registry, self.record_id, cause)
+        with _OWN_LOCK:
+            _OWN.discard(self)
 
     def _ended_state(self, job: submitit.Job[Any]) -> str | None:
         """The job's final state if it has ended (Slurm: asked now, recorded), else None."""
@@ -187,6 +231,20 @@ class JobHandle:
     def result(self) -> Any:
         """Wait for the job and return its value; raise :class:`JobFailedError` if it failed."""
         job = self.job(None)
+        try:
+            value = self._result(job)
+        except Exception:
+            self._collected()
+            raise
+        # Not on KeyboardInterrupt or a cancellation: the job is still this process's to cancel.
+        self._collected()
+        return value
+
+    def _collected(self) -> None:
+        with _OWN_LOCK:
+            _OWN.discard(self)  # its outcome is known: nothing left to cancel
+
+    def _result(self, job: submitit.Job[Any]) -> Any:
         reg = self._executor.registry
         slurm = self._executor.profile.backend == "slurm"
         self._wait(job)
@@ -198,6 +256,7 @@ class JobHandle:
             state, tb = self._failure_details(job, exc)
             if self.given_up_state is not None:
                 state = self.given_up_state
+            cause = ""  # a cancellation's recorded cause (by whom), else the traceback's line
             if reg is not None and self.record_id is not None:
                 fields: dict[str, Any] = {"traceback": tb}
                 if slurm:
@@ -207,17 +266,25 @@ class JobHandle:
                     # Slurm's final state, or a cancellation recorded by cancel(), wins.
                     if row and row.state in FINAL_STATES and row.state != "COMPLETED":
                         state = row.state
+                        if state == "CANCELLED":
+                            cause = row.exit_cause or ""
                     # Slurm's End time, if sacct gave one, is when the job ended; now is later.
                     ended = row.ended_at if row is not None and slurm else None
                 fields["ended_at"] = ended or datetime.now(UTC)
+            if state == "CANCELLED" and not cause:
+                # The traceback of a cancelled job is the signal's (KeyboardInterrupt, a
+                # DataLoader worker killed by SIGTERM), not a cause: the state is.
+                cause = failure_cause(state, None)
+            cause = cause or exit_line(state, tb)
+            if reg is not None and self.record_id is not None:
                 fields["state"] = state
-                fields["exit_cause"] = exit_line(state, tb)
+                fields["exit_cause"] = cause
                 update_job(reg, self.record_id, **fields)
             raise JobFailedError(
-                f"job {job.job_id} ended {state}: {exit_line(state, tb)}",
+                f"job {self.label(job)} ended {state}: {cause}",
                 state=state,
                 traceback=tb,
-                detail=exit_line(state, tb),
+                detail=cause,
             ) from exc
         if reg is not None and self.record_id is not None:
             fields = {"state": "COMPLETED", "exit_cause": None}
@@ -231,6 +298,12 @@ class JobHandle:
                 fields["ended_at"] = datetime.now(UTC)
             update_job(reg, self.record_id, **fields)
         return value
+
+    def label(self, job: submitit.Job[Any]) -> str:
+        """How messages name the job: its registry id (what `pomlia jobs` takes) with the
+        scheduler's id, e.g. ``4 (local 15301)``; only the scheduler's without a registry."""
+        sched = f"{self._executor.backend} {job.job_id}"
+        return f"{self.record_id} ({sched})" if self.record_id is not None else sched
 
     @staticmethod
     def _failure_details(job: submitit.Job[Any], exc: UncompletedJobError) -> tuple[str, str]:
@@ -321,6 +394,8 @@ class Executor:
         return self.profile.backend
 
     def _submitit(self, profile: ClusterProfile, name: str) -> submitit.AutoExecutor:
+        if profile.backend == "local":
+            submitit_controller.install()  # a cancelled local job ends without a traceback
         ex = submitit.AutoExecutor(folder=self.folder, cluster=profile.backend)
         ex.update_parameters(**submitit_parameters(profile, name=name))
         return ex

@@ -188,8 +188,9 @@ def update_job(registry: Registry, job_id: int, **fields: Any) -> None:
             setattr(row, key, value)
 
 
-def mark_cancelled(registry: Registry, job_id: int) -> bool:
-    """Record that the user cancelled job row ``job_id``, unless it had already ended.
+def mark_cancelled(registry: Registry, job_id: int, cause: str = "cancelled by user") -> bool:
+    """Record that job row ``job_id`` was cancelled (``cause``: by whom or what), unless it
+    had already ended.
 
     Returns whether the row was changed."""
     with registry.session() as s:
@@ -197,7 +198,7 @@ def mark_cancelled(registry: Registry, job_id: int) -> bool:
         if row is None or row.state in FINAL_STATES:
             return False
         row.state = "CANCELLED"
-        row.exit_cause = "cancelled by user"
+        row.exit_cause = cause
         row.ended_at = datetime.now(UTC)
         return True
 

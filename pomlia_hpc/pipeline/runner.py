@@ -29,6 +29,7 @@ from sqlalchemy import select
 
 from pomlia_hpc.cluster import Checkpointable, Executor
 from pomlia_hpc.cluster.records import FINAL_STATES, refresh_jobs
+from pomlia_hpc.cluster.terminate import cancel_children_on_stop
 from pomlia_hpc.config import ClusterProfile, load_cluster_profile
 from pomlia_hpc.errors import ConfigError, InputError, NotFoundError, PomliaError
 from pomlia_hpc.files import write_json_atomic
@@ -152,7 +153,7 @@ def pipeline_lock(folder: Path) -> Iterator[None]:
 def run_in_process(ctx: StageContext, plan: Plan) -> dict[str, str]:
     """Run the plan's stages here, in order; returns stage → skipped/done."""
     outcome: dict[str, str] = {}
-    with pipeline_lock(ctx.folder):
+    with pipeline_lock(ctx.folder), cancel_children_on_stop():
         _write_run(ctx, plan, {})
         for sp in plan.stages:
             outcome[sp.stage.name] = run_stage(ctx, sp.stage)
@@ -172,7 +173,8 @@ class StageJob:
     def __call__(self) -> str:
         ctx = job_context(self.snapshot, self.home, self.db_url, self.profile)
         stage = next(s for s in active_stages(ctx.spec) if s.name == self.stage)
-        with pipeline_lock(ctx.folder):
+        # scancel of this job: its child jobs (the stage's work) are cancelled with it
+        with pipeline_lock(ctx.folder), cancel_children_on_stop():
             return run_stage(ctx, stage)
 
 
@@ -187,7 +189,7 @@ class DriverJob(Checkpointable):
     def __call__(self) -> dict[str, str]:
         ctx = job_context(*self.args)
         out: dict[str, str] = {}
-        with pipeline_lock(ctx.folder):
+        with pipeline_lock(ctx.folder), cancel_children_on_stop():
             for stage in active_stages(ctx.spec):
                 out[stage.name] = run_stage(ctx, stage)
         return out

@@ -22,6 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from pomlia_hpc.cluster.terminate import stop_cause
 from pomlia_hpc.config import ClusterProfile
 from pomlia_hpc.files import write_json_atomic
 from pomlia_hpc.pipeline.spec import PipelineSpec, Resources
@@ -278,12 +279,15 @@ def run_stage(ctx: StageContext, stage: Stage, *, job_id: int | None = None) -> 
     try:
         outputs = stage.run(ctx)
     except BaseException as exc:
+        # A cancellation is the cause, not what it surfaced as (an empty KeyboardInterrupt, a
+        # DataLoader worker killed by the same SIGTERM).
+        error = stop_cause(exc) or str(exc) or type(exc).__name__
         write_json_atomic(
             path,
-            {**base, "status": "failed", "outputs": {}, "ended_at": now(), "error": str(exc)},
+            {**base, "status": "failed", "outputs": {}, "ended_at": now(), "error": error},
             sort_keys=True,
         )
-        ctx.log(f"[{stage.name}] failed: {exc}")
+        ctx.log(f"[{stage.name}] failed: {error}")
         raise
     write_json_atomic(
         path, {**base, "status": "done", "outputs": outputs, "ended_at": now()}, sort_keys=True

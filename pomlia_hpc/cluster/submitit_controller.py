@@ -1,0 +1,65 @@
+"""The local backend's job controller: submitit's own, started as ``python -m
+pomlia_hpc.cluster.submitit_local FOLDER`` instead of ``python -m submitit.local._local``.
+
+submitit's entry point lets a SIGINT through as a traceback: ``pomlia jobs cancel`` (which
+sends SIGINT) or Ctrl-C on a command whose jobs run locally printed the controller's
+``KeyboardInterrupt`` traceback into the submitting command's terminal. Ours
+(:mod:`pomlia_hpc.cluster.submitit_local`) ends with exit status 130 and no traceback once
+submitit's controller has stopped its tasks; the submitting process says what happened in one
+line.
+
+The module's name keeps "submitit" on the controller's command line: that is how
+:func:`pomlia_hpc.cluster.records.is_local_job_process` recognises a job's controller.
+"""
+
+from __future__ import annotations
+
+import os
+import shlex
+import subprocess
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+#: The controller's entry point (a module the package does not import, so ``-m`` runs it clean).
+MODULE = "pomlia_hpc.cluster.submitit_local"
+
+
+def start_controller(
+    folder: Path,
+    command: str,
+    tasks_per_node: int = 1,
+    cuda_devices: str = "",
+    timeout_min: float = 5.0,
+    signal_delay_s: int = 30,
+    stderr_to_stdout: bool = False,
+    setup: Sequence[str] = (),
+) -> subprocess.Popen[bytes]:
+    """submitit 1.5's ``submitit.local.local.start_controller`` (same arguments and
+    environment) running this module's controller; ``timeout_min`` in minutes,
+    ``signal_delay_s`` in seconds."""
+    env = dict(os.environ)
+    env.update(
+        SUBMITIT_LOCAL_NTASKS=str(tasks_per_node),
+        SUBMITIT_LOCAL_COMMAND=command,
+        SUBMITIT_LOCAL_TIMEOUT_S=str(int(60 * timeout_min)),
+        SUBMITIT_LOCAL_SIGNAL_DELAY_S=str(int(signal_delay_s)),
+        SUBMITIT_LOCAL_NODEID="0",
+        SUBMITIT_LOCAL_JOB_NUM_NODES="1",
+        SUBMITIT_STDERR_TO_STDOUT="1" if stderr_to_stdout else "",
+        SUBMITIT_EXECUTOR="local",
+        CUDA_VISIBLE_DEVICES=cuda_devices,
+        SUBMITIT_LOCAL_WITH_SHELL="1" if setup else "",
+    )
+    cmd = [sys.executable, "-m", MODULE, str(folder)]
+    if setup:
+        return subprocess.Popen(" && ".join([*setup, shlex.join(cmd)]), shell=True, env=env)
+    return subprocess.Popen(cmd, env=env)
+
+
+def install() -> None:
+    """Make submitit's local executor start this controller (idempotent). submitit looks the
+    function up in its module at every submission, so replacing it there is enough."""
+    from submitit.local import local
+
+    local.start_controller = start_controller
