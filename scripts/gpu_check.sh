@@ -9,7 +9,7 @@
 #   3. a faiss-gpu IVF index build (GPU k-means) and search against exact Flat search,
 #   4. the server's two backends on an exported bundle (small CNN at 28 px, ResNet-18 at 64 px):
 #      the torch.export program on the GPU against onnxruntime on the CPU, agreement and img/s,
-# then prints a short table. Not part of the test suite. Exit status: 0 when all three ran,
+# then prints a short table. Not part of the test suite. Exit status: 0 when all four ran,
 # 1 when a step failed or was skipped (faiss-gpu missing), 3 when there is no usable GPU.
 #
 #   bash scripts/gpu_check.sh                 # uses .venv/bin/python if present

@@ -334,6 +334,8 @@ def test_stage_summaries_name_what_export_writes() -> None:
     export = next(s for s in STAGES if s.name == "export")
     assert "torch.export" in export.summary and "ONNX" in export.summary
     assert not [s.name for s in STAGES if "TorchScript" in s.summary]
+
+
 def _stopped_stage(how: str, child: list[Any], tmp: Path, reg: Registry) -> Stage:
     """A stage that starts a local child job, then is stopped: by SIGINT (Ctrl-C, `pomlia
     jobs cancel` of a local stage job), or by SIGTERM (scancel) that surfaces as another error,
