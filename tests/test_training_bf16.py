@@ -6,12 +6,13 @@ runs the CPU; the CUDA run itself needs a GPU: scripts/gpu_automl_check.sh.)"""
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 import textwrap
 
 import pytest
+
+from pomlia_hpc.cluster.distributed import distributed_env
 
 STEP = textwrap.dedent(
     """
@@ -36,23 +37,10 @@ STEP = textwrap.dedent(
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.mark.timeout(300)
 def test_a_bf16_engine_casts_batch_norm_statistics_and_steps() -> None:
     # A process of its own: DeepSpeed initialises a process group for the whole process.
-    env = {
-        **os.environ,
-        "RANK": "0",
-        "LOCAL_RANK": "0",
-        "WORLD_SIZE": "1",
-        "MASTER_ADDR": "127.0.0.1",
-        "MASTER_PORT": str(_free_port()),
-    }
+    env = {**os.environ, **distributed_env({"SUBMITIT_EXECUTOR": "local"})}
     res = subprocess.run(
         [sys.executable, "-c", STEP], env=env, capture_output=True, text=True, timeout=280
     )
