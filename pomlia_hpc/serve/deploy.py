@@ -211,19 +211,37 @@ def _same_files(a: Path, b: Path) -> bool:
     return files_a == files_b and all(filecmp.cmp(a / f, b / f, shallow=False) for f in files_a)
 
 
-def _reuse_refusal(
-    registry: Registry,
-    workspace: Workspace,
-    profile: ClusterProfile,
-    row: Model,
-    bundle: ExportedBundle,
-    target: Path,
-    source_root: Path,
-) -> tuple[int | None, str]:
+@dataclass(frozen=True)
+class _Target:
+    """What one deployment directory is written from: ``bundle`` of model ``row`` into
+    ``target`` with ``profile`` (the source snapshot from ``source_root``)."""
+
+    registry: Registry
+    workspace: Workspace
+    profile: ClusterProfile
+    row: Model
+    bundle: ExportedBundle
+    target: Path
+    source_root: Path
+
+    def sbatch_text(self, deployment_id: int) -> str:
+        """The ``serve.sbatch`` this deployment gets (its id written into it)."""
+        return _sbatch_text(
+            self.workspace,
+            self.profile,
+            name=self.row.name,
+            target=self.target,
+            deployment_id=deployment_id,
+            source_root=self.source_root,
+        )
+
+
+def _reuse_refusal(t: _Target) -> tuple[int | None, str]:
     """(deployment id, '') when ``target`` is the directory ``pomlia deploy`` would write for
     ``bundle`` of ``row`` with ``profile`` (the same bundle and ``serve.sbatch``); else
     (None, what ``target`` holds instead). Its source snapshot and definition are not
     compared: the image in it was built from them, and stays consistent with them."""
+    registry, row, bundle, target = t.registry, t.row, t.bundle, t.target
     script = target / "serve.sbatch"
     found = DEPLOYMENT_ID_LINE.search(script.read_text()) if script.is_file() else None
     if found is None:
@@ -237,15 +255,7 @@ def _reuse_refusal(
         return None, f"deployment {dep_id}, which the registry does not record for {row.name} there"
     if not (target / "bundle").is_dir() or not _same_files(bundle.root, target / "bundle"):
         return None, f"a bundle other than {row.name} version {bundle.version}"
-    expected = _sbatch_text(
-        workspace,
-        profile,
-        name=row.name,
-        target=target,
-        deployment_id=dep_id,
-        source_root=source_root,
-    )
-    if script.read_text() != expected:
+    if script.read_text() != t.sbatch_text(dep_id):
         return None, (
             "a serve.sbatch other than this cluster profile gives (written for another "
             "profile, or edited: submit it by hand with `sbatch serve.sbatch`)"
@@ -311,10 +321,9 @@ def write_deployment(
             f"{target} is a file: expected a folder for the deployment (new, or one "
             f"`pomlia deploy` wrote for this model version); {other}"
         )
+    plan = _Target(registry, workspace, profile, row, bundle, target, source_root)
     if target.is_dir() and any(target.iterdir()):
-        dep_id, refusal = _reuse_refusal(
-            registry, workspace, profile, row, bundle, target, source_root
-        )
+        dep_id, refusal = _reuse_refusal(plan)
         if dep_id is None:
             raise InputError(
                 f"deploy directory {target} already exists and holds {refusal}; "
@@ -327,19 +336,18 @@ def write_deployment(
         )
     if need_image:
         _check_image(target, write_cmd)
-    return _write_new(registry, workspace, profile, row, bundle, target, source_root)
+    return _write_new(plan)
 
 
-def _write_new(
-    registry: Registry,
-    workspace: Workspace,
-    profile: ClusterProfile,
-    row: Model,
-    bundle: ExportedBundle,
-    target: Path,
-    source_root: Path,
-) -> DeployResult:
-    """Write the deployment directory ``target`` (new or empty) and its registry row."""
+def _write_new(t: _Target) -> DeployResult:
+    """Write the deployment directory ``t.target`` (new or empty) and its registry row."""
+    registry, row, bundle, target, source_root = (
+        t.registry,
+        t.row,
+        t.bundle,
+        t.target,
+        t.source_root,
+    )
     target.parent.mkdir(parents=True, exist_ok=True)
     # The row first: its id goes into the script, so every record the server logs names it.
     with registry.session() as s:
@@ -358,15 +366,7 @@ def _write_new(
                 (source_root / DEF_TEMPLATE).read_text(), {"SRC": "src", "BUNDLE": "bundle"}
             )
             (tmp / "apptainer.def").write_text(def_text)
-            sbatch = _sbatch_text(
-                workspace,
-                profile,
-                name=row.name,
-                target=target,
-                deployment_id=dep_id,
-                source_root=source_root,
-            )
-            (tmp / "serve.sbatch").write_text(sbatch)
+            (tmp / "serve.sbatch").write_text(t.sbatch_text(dep_id))
             (tmp / "serve.sbatch").chmod(0o755)
         if not staged.published:
             raise InputError(
