@@ -193,3 +193,26 @@ def test_resume_settles_jobs_that_ended_while_the_driver_was_away(
     old, new = _jobs_named(reg, f"automl-aw-{cancelled.run_id}")
     assert runs[cancelled.run_id].status == "ok" and runs[cancelled.run_id].job_id == new.id
     assert old.ended_at is not None and "resubmitted" in (old.exit_cause or "")
+
+
+@pytest.mark.slow
+def test_a_study_that_finds_a_best_model_ends_with_exit_0_and_its_outcome(
+    db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The outcome lines once raised a NameError after every successful study (exit 1).
+    home = tmp_path / "home"
+    monkeypatch.setenv("POMLIA_HOME", str(home))
+    monkeypatch.setenv("POMLIA_DB_URL", db_url)
+    monkeypatch.delenv("POMLIA_CLUSTER", raising=False)
+    ws = Workspace(home=home, db_url=db_url, cluster_profile="local")
+    ws.create()
+    reg = Registry.open(db_url)
+    tiny_task(ws, reg, "blood", sizes=(32, 8, 8))
+    args = ["blood", "--trials", "1", "--max-epochs", "1", "--optimizer", "random"]
+    code, text = _run_cli(*args, "--archs", "small_cnn", "--no-final", "--study", "ok")
+    assert code == 0, text
+    assert "best: run" in text and "1 ok, 0 crashed" in " ".join(text.split())
+    code, text = _run_cli("blood", "--study", "ok", "--resume")
+    assert code == 0, text
+    assert "best: run" in text
+    reg.dispose()

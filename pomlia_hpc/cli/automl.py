@@ -393,7 +393,7 @@ def automl_run(
         )
         raise typer.Exit(130) from None
     try:
-        code = _report(spec, result)
+        code = _report(spec, result, resume=resume)
     except BrokenPipeError:  # `| head`: the study is done and recorded; nobody reads on
         drop_output(console.file)
         code = 0 if result.best_run_id is not None else 1
@@ -401,7 +401,7 @@ def automl_run(
         raise typer.Exit(code)
 
 
-def _report(spec: Any, result: Any) -> int:
+def _report(spec: Any, result: Any, *, resume: bool) -> int:
     """Print a finished study's outcome; returns the exit status (1: no best model)."""
     if result.best_run_id is None:
         if result.n_ok:
