@@ -169,3 +169,31 @@ def test_replace_retrains_under_the_same_name(workspace: Workspace, reg: Registr
     assert (encoder_dir(workspace, "ae") / "encoder.pt").is_file()
     # The same file again: nothing to retrain.
     assert train_encoder(reg, workspace, "ae", [ref], new, executor=ex, replace=True).id == enc.id
+
+
+def test_a_removed_training_store_is_no_reason_to_fail(
+    workspace: Workspace, reg: Registry, tmp_path: Path
+) -> None:
+    """The channel warning opened the store of every dataset the encoder was trained on: one
+    moved away made `fingerprint extract` fail on a mere warning."""
+    gray = make_dataset(workspace, reg, "pneu", "pneumoniamnist", (20, 4, 8))
+    rgb = make_dataset(workspace, reg, "blood", sizes=(20, 4, 8))
+    enc = make_encoder(workspace, reg, "enc")
+    row = find_version(reg, gray)
+    register_encoder(
+        reg, "enc", TrainConfig.model_validate(enc.config), [row.id], [], enc.checkpoint_path
+    )
+    Path(row.store_path).rename(tmp_path / "moved")
+    plan = plan_extraction(reg, workspace, "enc", [rgb], threads=1)
+    assert plan.warnings == []  # nothing known to compare with: no warning, no failure
+    assert [d.ref for d in plan.datasets] == [rgb]
+
+
+def test_a_kept_unfinished_plan_is_called_the_existing_plan(
+    workspace: Workspace, reg: Registry
+) -> None:
+    ref = make_dataset(workspace, reg, "blood", sizes=(20, 4, 8), chunk_rows=8)  # 4 chunks
+    make_encoder(workspace, reg, "enc")
+    plan_extraction(reg, workspace, "enc", [ref], shards=2, threads=1)  # interrupted: not run
+    (ds,) = plan_extraction(reg, workspace, "enc", [ref], shards=1, threads=1).datasets
+    assert ds.note == "2 shard(s), not 1: the existing plan was kept (--force plans again)"

@@ -259,12 +259,20 @@ def channel_warnings(registry: Registry, encoder: Encoder, stores: list[DatasetS
     """One warning when ``encoder`` was trained only on gray images and ``stores`` hold colour
     ones, or the reverse: the vectors of those datasets are less comparable with the others."""
     with registry.session() as s:
-        paths = s.scalars(
-            select(DatasetVersion.store_path).where(
-                DatasetVersion.id.in_(list(encoder.dataset_version_ids or []))
+        paths = list(
+            s.scalars(
+                select(DatasetVersion.store_path).where(
+                    DatasetVersion.id.in_(list(encoder.dataset_version_ids or []))
+                )
             )
         )
-        trained = {open_store(p, verify=False).image_shape[2] for p in paths}
+    trained: set[int] = set()
+    for path in paths:
+        # A warning never fails the command: a moved or removed store is left out.
+        try:
+            trained.add(open_store(path, verify=False).image_shape[2])
+        except (PomliaError, OSError, ValueError):
+            continue
     if len(trained) != 1:
         return []  # trained on both kinds (or unknown): either is what it has seen
     gray = trained == {1}
@@ -297,7 +305,7 @@ def _shard_note(store: DatasetStore, asked: int | None, planned: int) -> str:
             f"{planned} shard(s), not {asked}: a shard holds whole chunks of the store, and "
             f"its {store.n_images} images are {n_chunks} chunk(s) of {store.chunk_rows} rows"
         )
-    return f"{planned} shard(s), not {asked}: the finished plan was kept (--force plans again)"
+    return f"{planned} shard(s), not {asked}: the existing plan was kept (--force plans again)"
 
 
 def plan_extraction(
