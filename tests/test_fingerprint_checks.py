@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
+from typing import Any, NoReturn
 
 import pytest
 
-from pomlia_hpc.cluster import Executor
+from pomlia_hpc.cluster import Executor, JobFailedError
 from pomlia_hpc.data.store import find_version
-from pomlia_hpc.errors import ConfigError, InputError, NotFoundError
+from pomlia_hpc.errors import ClusterError, ConfigError, InputError, NotFoundError
 from pomlia_hpc.fingerprint.extract import extract, finish_extraction, plan_extraction
 from pomlia_hpc.fingerprint.index import build_index, new_index
 from pomlia_hpc.fingerprint.shards import run_shard
@@ -21,6 +22,8 @@ from pomlia_hpc.fingerprint.similar import fingerprint_set, nearest_images, simi
 from pomlia_hpc.fingerprint.train import (
     TrainConfig,
     encoder_dir,
+    get_encoder,
+    load_encoder,
     register_encoder,
     train_encoder,
 )
@@ -143,32 +146,128 @@ def test_a_bad_factory_string_names_no_cpp_source() -> None:
     assert ".cpp" not in text and "faiss::" not in text and "Error in" not in text
 
 
+_SMALL = {
+    "encoder": {"latent_dim": 2},
+    "batch_size": 16,
+    "num_workers": 0,
+    "max_images_per_dataset": 32,
+    "objective": "mse",
+    "holdout": 0.0,
+}
+
+
+def _small(epochs: int) -> TrainConfig:
+    return TrainConfig.model_validate(_SMALL | {"epochs": epochs})
+
+
 def test_replace_retrains_under_the_same_name(workspace: Workspace, reg: Registry) -> None:
-    """A pipeline whose `encoder` section changed retrains (the docs say the stage re-runs);
-    `fingerprint train` refuses, naming the setting in words, not `config.epochs`."""
+    """A pipeline whose `encoder` section changed retrains the encoder it trained (the docs say
+    the stage re-runs); `fingerprint train` refuses, naming the setting in words."""
+    ref = make_dataset(workspace, reg, "blood", sizes=(48, 4, 4))
+    ex = Executor.from_profile("local", workspace.jobs, reg)
+    old = train_encoder(reg, workspace, "ae", [ref], _small(1), executor=ex, pipeline="p")
+    with pytest.raises(InputError, match="was trained with epochs 1 but this run asks for 2:"):
+        train_encoder(reg, workspace, "ae", [ref], _small(2), executor=ex)
+    enc = train_encoder(reg, workspace, "ae", [ref], _small(2), executor=ex, pipeline="p")
+    assert enc.id == old.id and len(enc.loss_curve) == 2 and enc.config["epochs"] == 2
+    assert enc.checkpoint_path == old.checkpoint_path
+    assert load_encoder(reg, "ae")[1].latent_dim == 2
+    # The staging folder was swapped in: only the encoder's folder is left.
+    assert [p.name for p in encoder_dir(workspace, "ae").parent.iterdir()] == ["ae"]
+    # The same file again: nothing to retrain. Another pipeline may not replace it.
+    assert (
+        train_encoder(reg, workspace, "ae", [ref], _small(2), executor=ex, pipeline="p").id
+        == enc.id
+    )
+    with pytest.raises(InputError, match="was trained by pipeline 'p' with epochs 2 but pipeline"):
+        train_encoder(reg, workspace, "ae", [ref], _small(3), executor=ex, pipeline="q")
+
+
+def test_a_pipeline_does_not_replace_an_encoder_it_did_not_train(
+    workspace: Workspace, reg: Registry
+) -> None:
+    """Replace never asked who made the encoder: a pipeline whose encoder.name matched one
+    trained by `fingerprint train` with other settings deleted it."""
     ref = make_dataset(workspace, reg, "blood", sizes=(48, 4, 4))
     old = make_encoder(workspace, reg, "ae", latent_dim=2)
     ids = [find_version(reg, ref).id]
-    cfg = {
-        "encoder": {"latent_dim": 2},
-        "batch_size": 16,
-        "num_workers": 0,
-        "max_images_per_dataset": 32,
-        "objective": "mse",
-        "holdout": 0.0,
-    }
-    register_encoder(
-        reg, "ae", TrainConfig.model_validate(cfg | {"epochs": 1}), ids, [1.0], old.checkpoint_path
+    register_encoder(reg, "ae", _small(1), ids, [1.0], old.checkpoint_path)
+    before = Path(old.checkpoint_path).read_bytes()
+    with pytest.raises(InputError) as exc:
+        train_encoder(reg, workspace, "ae", [ref], _small(2), pipeline="p")
+    assert str(exc.value).startswith(
+        "encoder 'ae' was trained by 'fingerprint train' with epochs 1 but pipeline 'p' asks "
+        "for 2: a pipeline retrains only an encoder its own encoder stage trained"
     )
-    new = TrainConfig.model_validate(cfg | {"epochs": 2})
-    ex = Executor.from_profile("local", workspace.jobs, reg)
-    with pytest.raises(InputError, match="was trained with epochs 1 but this run asks for 2:"):
-        train_encoder(reg, workspace, "ae", [ref], new, executor=ex)
-    enc = train_encoder(reg, workspace, "ae", [ref], new, executor=ex, replace=True)
-    assert enc.id == old.id and len(enc.loss_curve) == 2 and enc.config["epochs"] == 2
-    assert (encoder_dir(workspace, "ae") / "encoder.pt").is_file()
-    # The same file again: nothing to retrain.
-    assert train_encoder(reg, workspace, "ae", [ref], new, executor=ex, replace=True).id == enc.id
+    assert exc.value.hint == "choose another encoder.name in pipeline 'p'"
+    assert Path(old.checkpoint_path).read_bytes() == before
+    assert get_encoder(reg, "ae").config["epochs"] == 1
+
+
+def test_a_finished_encoder_needs_no_cluster_profile(workspace: Workspace, reg: Registry) -> None:
+    """The executor was built before the "already trained" check: re-running `fingerprint train
+    -n NAME` of a finished encoder failed on a broken cluster profile, though no job runs."""
+    ref = make_dataset(workspace, reg, "blood", sizes=(48, 4, 4))
+    old = make_encoder(workspace, reg, "ae", latent_dim=2)
+    register_encoder(reg, "ae", _small(1), [find_version(reg, ref).id], [1.0], old.checkpoint_path)
+    nosuch = dataclasses.replace(workspace, cluster_profile="nosuch")
+    assert train_encoder(reg, nosuch, "ae", [ref], _small(1)).id == old.id
+    with pytest.raises(ConfigError, match="cluster profile 'nosuch' not found"):
+        train_encoder(reg, nosuch, "other", [ref], _small(1))  # a job is needed
+
+
+class _Cancelled:
+    """The handle of a job cancelled (scancel, preemption without requeue) before its end."""
+
+    record_id = None
+
+    def done(self) -> bool:
+        return True
+
+    def result(self) -> NoReturn:
+        raise JobFailedError("job 7 was cancelled", state="CANCELLED", traceback=None)
+
+
+class _Stub(Executor):
+    """An executor whose submission is refused (sbatch, the controller down) or whose job is
+    cancelled; it remembers the folder the job was to train in."""
+
+    def __init__(self, refuse: bool) -> None:  # no backend: nothing runs
+        self.refuse = refuse
+        self.folders: list[str] = []
+
+    def submit(self, fn: Any, *args: object, **kwargs: object) -> Any:
+        if self.refuse:
+            raise ClusterError("sbatch: error: Batch job submission failed")
+        self.folders.append(fn.out_dir)
+        return _Cancelled()
+
+
+def test_a_failed_retrain_keeps_the_old_encoder(workspace: Workspace, reg: Registry) -> None:
+    """The retrain removed the old encoder's folder before its job was submitted: a refused
+    submission or a cancelled job left the registry naming a checkpoint that no longer
+    existed."""
+    ref = make_dataset(workspace, reg, "blood", sizes=(48, 4, 4))
+    local = Executor.from_profile("local", workspace.jobs, reg)
+    old = train_encoder(reg, workspace, "ae", [ref], _small(1), executor=local, pipeline="p")
+    weights = Path(old.checkpoint_path).read_bytes()
+    with pytest.raises(ClusterError, match="submission failed"):
+        train_encoder(reg, workspace, "ae", [ref], _small(2), executor=_Stub(True), pipeline="p")
+    assert Path(old.checkpoint_path).read_bytes() == weights  # untouched, still registered
+    cancelling = _Stub(False)
+    with pytest.raises(JobFailedError, match="cancelled"):
+        train_encoder(reg, workspace, "ae", [ref], _small(2), executor=cancelling, pipeline="p")
+    (staged,) = cancelling.folders
+    assert Path(staged) != encoder_dir(workspace, "ae")  # beside it, not in it
+    for _ in range(2):  # as it was, and after a retrain that now succeeds
+        enc = get_encoder(reg, "ae")
+        assert Path(enc.checkpoint_path).is_file()
+        assert load_encoder(reg, "ae")[1].latent_dim == 2
+        if enc.config["epochs"] == 1:
+            assert Path(enc.checkpoint_path).read_bytes() == weights
+            train_encoder(reg, workspace, "ae", [ref], _small(2), executor=local, pipeline="p")
+    assert get_encoder(reg, "ae").config["epochs"] == 2
+    assert not Path(staged).exists()
 
 
 def test_a_removed_training_store_is_no_reason_to_fail(

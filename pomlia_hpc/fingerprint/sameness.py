@@ -4,7 +4,8 @@
 unfinished one, but only under the same datasets and options: anything else would return (or
 continue) weights that are not what was asked for. Such a run is refused with one message naming
 the first setting that differs in words (``epochs``, ``image size``), not as an internal key.
-A pipeline, whose file owns its encoder, retrains instead (``train_encoder(replace=True)``).
+A pipeline retrains instead, but only the encoder its own stage trained
+(:mod:`pomlia_hpc.fingerprint.staging`).
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ def _flatten(value: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _shown(value: Any) -> str:
+def shown(value: Any) -> str:
+    """A setting's value in a message: ``none``, a list comma-separated."""
     if value is None:
         return "none"
     if isinstance(value, list):
@@ -73,8 +75,8 @@ def check_same_training(name: str, state: str, old: dict[str, Any], new: dict[st
         return
     words, before, now = diff
     raise InputError(
-        f"encoder '{name}' was {state} with {words} {_shown(before)} but this run asks for "
-        f"{_shown(now)}: expected the same datasets and options as before to "
+        f"encoder '{name}' was {state} with {words} {shown(before)} but this run asks for "
+        f"{shown(now)}: expected the same datasets and options as before to "
         f"{'reuse' if state == 'trained' else 'resume'} it",
         hint="choose another --name for a new encoder",
     )

@@ -21,9 +21,11 @@ and the kept weights; the learning rate follows ``lr_schedule`` per epoch.
 
 Files under ``<home>/models/encoders/<name>/``::
 
-    config.json         {"config": TrainConfig, "datasets": [name@version, ...]}, written at
-                        submission: once an epoch is checkpointed, a re-run under the same
-                        name must ask for the same (before, a new start replaces it)
+    config.json         {"config": TrainConfig, "datasets": [name@version, ...], "pipeline":
+                        name (a pipeline's encoder only)}, written at submission: once an epoch
+                        is checkpointed, a re-run under the same name must ask for the same
+                        (before, a new start replaces it), or be the pipeline that owns it
+                        (its retrain runs in ``../.<name>.next/``: fingerprint.staging)
     encoder.pt          final weights (written last: its presence means "trained")
     latest.json         {"epoch": k, "tag": "epoch-000k", "loss_curve": [...], "val_curve": [...],
                          "best_epoch": b, "bad_epochs": n, "stopped_early": bool, ...}
@@ -36,9 +38,7 @@ Files under ``<home>/models/encoders/<name>/``::
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
 import socket
 import time
 from collections.abc import Callable
@@ -53,7 +53,6 @@ from pomlia_hpc.cluster import Checkpointable, Executor, JobFailedError, apply_d
 from pomlia_hpc.curves import CURVES_DIR, Curves
 from pomlia_hpc.data.store import find_version, open_store
 from pomlia_hpc.errors import InputError, integrity_failure
-from pomlia_hpc.files import write_atomic
 from pomlia_hpc.fingerprint.autoencoder import Autoencoder, EncoderConfig
 from pomlia_hpc.fingerprint.encoders import get_encoder, load_checkpoint, load_encoder
 from pomlia_hpc.fingerprint.epochlog import (
@@ -75,7 +74,15 @@ from pomlia_hpc.fingerprint.objectives import (
     ObjectiveName,
     build_objective,
 )
-from pomlia_hpc.fingerprint.sameness import check_same_training, first_difference
+from pomlia_hpc.fingerprint.sameness import first_difference
+from pomlia_hpc.fingerprint.staging import (
+    check_replaceable,
+    owner_of,
+    read_record,
+    staging_dir,
+    start_record,
+    swap_in,
+)
 from pomlia_hpc.fingerprint.validation import (
     CURVE_MODULES,
     lr_at,
@@ -140,10 +147,6 @@ def normalise_config(config: dict[str, Any]) -> dict[str, Any]:
     today's default."""
     legacy = {"objective": "mse", "holdout": 0.0, "lr_schedule": "constant"}
     return TrainConfig.model_validate(legacy | dict(config)).model_dump(mode="json")
-
-
-#: File in the encoder folder recording what a training was started with.
-TRAINING_RECORD = "config.json"
 
 
 def encoder_dir(workspace: Workspace, name: str) -> Path:
@@ -474,15 +477,18 @@ def train_encoder(
     executor: Executor | None = None,
     resources: dict[str, Any] | None = None,
     progress: Callable[[int, int], None] | None = None,
-    replace: bool = False,
+    pipeline: str | None = None,
 ) -> Encoder:
     """Train (or finish training) the encoder ``name`` on ``datasets`` as one cluster job, wait
     for it, and register it. Re-running with the same name, datasets and ``config`` resumes
-    an unfinished training and returns the registered encoder of a finished one; other
-    datasets or options raise :class:`InputError` naming the first setting that differs, or,
-    with ``replace`` (a pipeline whose file changed), discard that training and train anew
-    under the same name (embeddings made with the old weights are then re-made by
-    ``extract``, which compares the weights' digest).
+    an unfinished training and returns the registered encoder of a finished one (no job, no
+    cluster profile needed); other datasets or options raise :class:`InputError` naming the
+    first setting that differs.
+    ``pipeline``: the pipeline whose encoder stage trains it; its record names the pipeline,
+    and that pipeline (only) retrains the encoder under its name when its settings change. A
+    retrain runs in a staging folder and replaces the old weights only once its job succeeded
+    (:mod:`pomlia_hpc.fingerprint.staging`); embeddings of the old weights are then re-made by
+    ``extract``, which compares the weights' digest.
     ``progress(epochs_done, epochs)`` is called while the job runs (from its ``latest.json``).
     """
     validate_name("encoder", name, max_len=128)
@@ -490,12 +496,11 @@ def train_encoder(
     sources, rows = _sources(registry, datasets, config)
     wanted = {"config": config.model_dump(mode="json"), "datasets": _refs(registry, rows)}
     out = encoder_dir(workspace, name)
-    # Everything is checked before a replaced training is removed below.
     n_rows = sum(s.stop - s.start for s in split_holdout(sources, config.holdout)[0])
     check_one_batch(n_rows, config.batch_size, config.processes)
-    ex = executor or Executor.from_profile(workspace.cluster_profile, workspace.jobs, registry)
     with registry.session() as s:
         existing = s.scalar(select(Encoder).where(Encoder.name == name))
+    target = out
     if (
         existing is not None
         and existing.checkpoint_path
@@ -505,46 +510,51 @@ def train_encoder(
             "config": normalise_config(existing.config),
             "datasets": _refs(registry, existing.dataset_version_ids),
         }
-        if not replace or first_difference(trained, wanted) is None:
-            check_same_training(name, "trained", trained, wanted)
+        if first_difference(trained, wanted) is None:
             return existing
-        shutil.rmtree(out, ignore_errors=True)  # checkpoints of the old training: not resumed
-    record = out / TRAINING_RECORD
-    # Only a finished epoch (its checkpoint) pins datasets and options: a start that failed
-    # before one (e.g. on a damaged chunk) has nothing to resume, and a new start replaces it.
-    if record.exists() and _read_latest(out) is not None:
-        started = json.loads(record.read_text())
-        started["config"] = normalise_config(started.get("config", {}))
-        if replace and first_difference(started, wanted) is not None:
-            shutil.rmtree(out, ignore_errors=True)
-        else:
-            check_same_training(name, "started", started, wanted)
-    write_atomic(record, json.dumps(wanted, indent=1))
-    handle = ex.submit(
-        TrainJob(config, sources, str(out)), name=f"fingerprint-train-{name}", resources=resources
-    )
-    while not handle.done():
-        if progress is not None:
-            progress(int((_read_latest(out) or {}).get("epoch", 0)), config.epochs)
-        time.sleep(1.0)
-    try:
-        result = handle.result()
-    except JobFailedError as exc:
-        damage = integrity_failure(exc.traceback or str(exc))
-        if damage is not None:  # a damaged chunk: running again would fail the same way
-            raise damage from exc
-        raise
+        check_replaceable(name, "trained", trained, wanted, pipeline, owner_of(read_record(out)))
+        target = staging_dir(out)  # the old weights stay registered until the new ones exist
+    # Everything is checked before a replaced training is removed or a job submitted.
+    ex = executor or Executor.from_profile(workspace.cluster_profile, workspace.jobs, registry)
+    start_record(name, target, wanted, pipeline, _read_latest(target) is not None, normalise_config)
+    job = TrainJob(config, sources, str(target))
+    result, job_id = _run_training(ex, job, name, resources, progress)
     if progress is not None:
         progress(len(result["loss_curve"]), config.epochs)
+    if target != out:
+        swap_in(target, out)  # the new weights exist: now they replace the old ones
     return register_encoder(
         registry,
         name,
         config,
         [r.id for r in rows],
         list(result["loss_curve"]),
-        result["checkpoint_path"],
-        job_id=handle.record_id,
+        out / Path(result["checkpoint_path"]).name,
+        job_id=job_id,
     )
+
+
+def _run_training(
+    ex: Executor,
+    job: TrainJob,
+    name: str,
+    resources: dict[str, Any] | None,
+    progress: Callable[[int, int], None] | None = None,
+) -> tuple[dict[str, Any], int | None]:
+    """Submit ``job`` and wait for it: (its result, the registry's job id)."""
+    out = Path(job.out_dir)
+    handle = ex.submit(job, name=f"fingerprint-train-{name}", resources=resources)
+    while not handle.done():
+        if progress is not None:
+            progress(int((_read_latest(out) or {}).get("epoch", 0)), job.config.epochs)
+        time.sleep(1.0)
+    try:
+        return handle.result(), handle.record_id
+    except JobFailedError as exc:
+        damage = integrity_failure(exc.traceback or str(exc))
+        if damage is not None:  # a damaged chunk: running again would fail the same way
+            raise damage from exc
+        raise
 
 
 def _refs(registry: Registry, version_ids: list[int] | list[DatasetVersion]) -> list[str]:

@@ -62,8 +62,9 @@ def _run_encoder(ctx: StageContext) -> dict[str, Any]:
         _train_config(enc),
         resources=enc.resources.as_overrides(),
         progress=ctx.progress("encoder epochs"),
-        # The file owns its encoder: an edited `encoder` section retrains it under its name.
-        replace=True,
+        # The file owns the encoder this stage trained: an edited `encoder` section retrains
+        # it under its name; an encoder made otherwise is refused, not replaced.
+        pipeline=ctx.spec.name,
     )
     return {
         "encoder": row.name,
