@@ -103,3 +103,26 @@ def test_a_limit_below_one_is_refused_naming_the_flag(
     res = CliRunner().invoke(app, [*command, "--limit", "0"])
     assert res.exit_code != 0
     assert "--limit 0: expected an integer >= 1" in str(res.exception)
+
+
+def test_missing_values_are_null_and_the_error_whole(filled: Workspace, reg: Registry) -> None:
+    """A run without task, study or job came out with "" for each (the docs promise null), and
+    its error cut to the first line; a model without lineage is all null too."""
+    with reg.session() as s:
+        s.add(Run(config={}, status="crashed", error="Traceback (most recent call last):\n  boom"))
+        s.add(Model(name="bare", path="/b.pt"))
+
+    def first(*args: str) -> dict[str, object]:
+        res = CliRunner().invoke(app, [*args, "--json"])
+        assert res.exit_code == 0, res.output
+        return dict(json.loads(res.stdout)[0])  # newest first
+
+    run = first("runs", "list")
+    missing = ("task", "study", "job", "epochs", "cost_s", "val")
+    assert {k: run[k] for k in missing} == dict.fromkeys(missing)
+    assert run["error"] == "Traceback (most recent call last):\n  boom"
+    model = first("model", "list")
+    for key in ("task", "dataset", "run_id", "study", "arch", "metric", "test_score"):
+        assert model[key] is None, (key, model)
+    table = " ".join(CliRunner().invoke(app, ["runs", "list"]).output.split())
+    assert "None" not in table and "boom" not in table  # the table keeps the first line

@@ -207,18 +207,19 @@ def newest_job_named(registry: Registry, name: str, folder: str) -> Job | None:
 
 @dataclass(frozen=True)
 class RunRow:
-    """One line of ``pomlia runs list``."""
+    """One line of ``pomlia runs list``. A missing task, study, job or error is ``None`` (its
+    ``--json`` is ``null``, as documented); ``error`` is the whole text, the table cuts it."""
 
     id: int
-    task: str
-    study: str
+    task: str | None
+    study: str | None
     status: str
     epochs: float | None
     config: dict[str, Any]
     metrics: dict[str, Any]
     cost_s: float | None
-    job: str
-    error: str
+    job: str | None
+    error: str | None
     created_at: datetime | None
 
 
@@ -256,15 +257,15 @@ def list_runs(
         return [
             RunRow(
                 id=r.id,
-                task=tname or "",
-                study=r.study or "",
+                task=tname or None,
+                study=r.study or None,
                 status=r.status,
                 epochs=r.budget,
                 config=dict(r.config or {}),
                 metrics=dict(r.metrics or {}),
                 cost_s=r.cost_s,
-                job=sched or "",
-                error=(r.error or "").split("\n")[0],
+                job=sched or None,
+                error=r.error or None,
                 created_at=r.created_at,
             )
             for r, tname, sched in rows

@@ -442,7 +442,8 @@ def runs_list(
     """List training runs with configuration, budget, metrics, cost, status and job.
 
     --json keys: id, task, study, status, epochs, config, val, test, objective, cost_s, job
-    (the scheduler's id), error, created_at."""
+    (the scheduler's id), error (the whole text; the table shows its first line), created_at;
+    a missing value is null."""
     from pomlia_hpc.automl.folders import study_names  # not .study: that imports torch
     from pomlia_hpc.automl.records import config_summary, list_runs
 
@@ -481,16 +482,16 @@ def runs_list(
         unfinished = r.status in (RunStatus.RUNNING, RunStatus.PENDING) and r.study in gone
         table.add_row(
             str(r.id),
-            r.task,
-            r.study,
+            r.task or "",
+            r.study or "",
             config_summary(r.config),
             _fmt(r.epochs, 0),
             Text(f"{r.status} (stale)", style="yellow") if unfinished else r.status,
             _metrics(val),
             _metrics(test),
             _fmt(r.cost_s, 1),
-            r.job,
-            r.error[:60],
+            r.job or "",
+            (r.error or "").split("\n")[0][:60],
         )
     console.print(table)
     for name, (task_name, why) in sorted(gone.items()):
@@ -514,5 +515,5 @@ def _gone_drivers(rows: list[Any]) -> dict[str, tuple[str, str]]:
         record = read_driver(STATE.workspace, r.study)
         why = driver_gone(record) if record is not None else None
         if why is not None:
-            gone[r.study] = (r.task, why)
+            gone[r.study] = (r.task or "TASK", why)  # a deleted task: not "None"
     return gone
