@@ -370,3 +370,43 @@ def test_monitor_page_links_each_report_page(
     assert pages == [target.resolve().as_uri()], pages
     driver.get(pages[0])
     assert driver.title == "monitor report"
+
+
+def test_lineage_shows_every_recorded_key() -> None:
+    """The models page never showed a run_id without a study, the config key, the task, its id
+    and metric, a dataset_version beside the dataset, or an unknown non-scalar value."""
+    import html
+    import re
+
+    from pomlia_hpc.report.pages_learn import lineage_html
+
+    def text(lin: dict[str, Any]) -> str:
+        return " ".join(html.unescape(re.sub(r"<[^>]+>", " ", lineage_html(lin))).split())
+
+    shown = text(
+        {
+            "run_id": 7,
+            "epochs": 3,
+            "config_key": "c0ffee",
+            "task": "pneu-task",
+            "task_id": 2,
+            "metric": "auc",
+            "dataset": "pneu",
+            "dataset_version": "54d67f8f",
+            "dataset_version_id": 4,
+            "extra": {"b": [1, 2], "a": None},
+            "note": EVIL,
+        }
+    )
+    assert "run: 7, 3 epochs" in shown
+    assert "config key: c0ffee" in shown
+    assert "task: pneu-task, id 2, metric auc" in shown
+    assert "data: pneu, version 54d67f8f, version id 4" in shown
+    assert 'extra: {"a": null, "b": [1, 2]}' in shown
+    assert f"note: {EVIL}" in shown and EVIL not in lineage_html({"note": EVIL})  # escaped
+    # A ref that already names its version says it once; a long value is cut.
+    assert text({"dataset": "pneu@54d6", "dataset_version": "54d6"}) == "data: pneu@54d6"
+    assert text({"study": "st", "run_id": 7}) == "study: st, best run 7"
+    long = text({"notes": ["x" * 300]})
+    assert long.endswith("…") and len(long) < 180
+    assert text({}) == "none recorded"

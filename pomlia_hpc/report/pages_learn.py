@@ -4,6 +4,7 @@ their causes), models with their lineage, deployments. Monitor history and pipel
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from typing import Any
 
@@ -159,46 +160,102 @@ def _loop_reasons(registry: Registry) -> dict[int, str]:
         }
 
 
-#: Lineage keys shown on their own lines (in this order) or folded into another line.
-_SHOWN = frozenset(
-    {
-        *("champion", "parent", "loop_run_id", "dataset", "dataset_version", "dataset_version_id"),
-        *("study", "run_id", "epochs", "config", "config_key", "task", "task_id", "metric"),
-        *("encoder_id", "code_version", "git_commit"),
-    }
-)
+#: A line of the lineage: its label, its text, and the lineage keys it shows.
+_Line = tuple[str, str, tuple[str, ...]]
+
+
+def _short(value: Any) -> str:
+    """A lineage value as one line of text: a scalar as itself, anything else as compact JSON
+    (the page cuts it to 160 characters), so a value of any kind is shown rather than dropped."""
+    if isinstance(value, str | int | float | bool):
+        return str(value)
+    return json.dumps(value, sort_keys=True, default=str, separators=(", ", ": "))
+
+
+def _data_and_task(lin: dict[str, Any]) -> list[_Line]:
+    """The data and task lines: ``dataset`` (or ``dataset_version``) with the version and its
+    id when recorded beside it; the task by name and id, with the metric."""
+    lines: list[_Line] = []
+    parts: list[str] = []
+    keys: list[str] = []
+    if lin.get("dataset"):
+        parts.append(str(lin["dataset"]))
+        keys.append("dataset")
+    version = lin.get("dataset_version")
+    if version:
+        keys.append("dataset_version")
+        if not parts:
+            parts.append(str(version))
+        elif not str(lin["dataset"]).endswith(f"@{version}"):  # a ref names its version: once
+            parts.append(f"version {version}")
+    if lin.get("dataset_version_id") is not None:
+        parts.append(f"version id {lin['dataset_version_id']}")
+        keys.append("dataset_version_id")
+    if parts:
+        lines.append(("data", ", ".join(parts), tuple(keys)))
+    task = [k for k in ("task", "task_id", "metric") if lin.get(k) not in (None, "")]
+    if task:
+        text = ", ".join(
+            f"id {lin[k]}"
+            if k == "task_id"
+            else f"metric {lin[k]}"
+            if k == "metric"
+            else str(lin[k])
+            for k in task
+        )
+        lines.append(("task", text, (*task,)))
+    return lines
+
+
+def _known_lines(lin: dict[str, Any], reasons: dict[int, str]) -> list[_Line]:
+    """The labelled lines of the keys the page knows, each with the keys it shows."""
+    lines: list[_Line] = []
+    parents = [k for k in ("champion", "parent") if lin.get(k)]
+    if parents:
+        first = lin[parents[0]]
+        lines.append(("parent model", str(first), tuple(k for k in parents if lin[k] == first)))
+    lines += _data_and_task(lin)
+    epochs = f", {lin['epochs']} epochs" if lin.get("epochs") else ""
+    if lin.get("study"):
+        run = f", best run {lin['run_id']}" if lin.get("run_id") is not None else ""
+        lines.append(("study", f"{lin['study']}{run}{epochs}", ("study", "run_id", "epochs")))
+    elif lin.get("run_id") is not None:
+        lines.append(("run", f"{lin['run_id']}{epochs}", ("run_id", "epochs")))
+    if isinstance(lin.get("config"), dict):
+        lines.append(("config", config_summary(lin["config"]), ("config",)))
+    loop_run = lin.get("loop_run_id")
+    if loop_run is not None:
+        why = reasons.get(loop_run, f"loop run {loop_run}")
+        lines.append(("reason", why, ("loop_run_id",)))
+    if lin.get("encoder_id") is not None:
+        lines.append(("encoder", f"id {lin['encoder_id']}", ("encoder_id",)))
+    code, git = lin.get("code_version"), lin.get("git_commit")
+    if isinstance(code, dict) and set(code) <= {"version", "commit"}:
+        commit = str(code.get("commit") or git or "")[:8]
+        text = f"{code.get('version', '?')}" + (f" ({commit})" if commit else "")
+        # git_commit counts as shown only when it is the commit given (or the only one).
+        same = not code.get("commit") or not git or git == code["commit"]
+        lines.append(("code", text, ("code_version", "git_commit") if same else ("code_version",)))
+    elif isinstance(code, str | int | float) and code:
+        text = " ".join(str(x) for x in (code, git) if x)
+        lines.append(("code", text, ("code_version", "git_commit")))
+    elif git:
+        lines.append(("code", str(git), ("git_commit",)))
+    return lines
 
 
 def lineage_html(lin: dict[str, Any], reasons: dict[int, str] | None = None) -> str:
-    """A model's lineage as short labelled lines (escaped HTML): parent model, data, study
-    and run, why a loop made it, encoder, code version; other keys as ``key: value``."""
-    lines: list[tuple[str, str]] = []
-    parent = lin.get("champion") or lin.get("parent")
-    if parent:
-        lines.append(("parent model", str(parent)))
-    data = lin.get("dataset") or lin.get("dataset_version")
-    if data or lin.get("dataset_version_id") is not None:
-        lines.append(("data", str(data or f"version id {lin['dataset_version_id']}")))
-    if lin.get("study"):
-        run = f", best run {lin['run_id']}" if lin.get("run_id") is not None else ""
-        epochs = f", {lin['epochs']} epochs" if lin.get("epochs") else ""
-        lines.append(("study", f"{lin['study']}{run}{epochs}"))
-    if isinstance(lin.get("config"), dict):
-        lines.append(("config", config_summary(lin["config"])))
-    loop_run = lin.get("loop_run_id")
-    if loop_run is not None:
-        lines.append(("reason", (reasons or {}).get(loop_run, f"loop run {loop_run}")))
-    if lin.get("encoder_id") is not None:
-        lines.append(("encoder", f"id {lin['encoder_id']}"))
-    code = lin.get("code_version")
-    if isinstance(code, dict):
-        commit = str(code.get("commit") or lin.get("git_commit") or "")[:8]
-        lines.append(("code", f"{code.get('version', '?')}" + (f" ({commit})" if commit else "")))
-    elif code or lin.get("git_commit"):
-        lines.append(("code", " ".join(str(x) for x in (code, lin.get("git_commit")) if x)))
+    """A model's lineage as short labelled lines (escaped HTML): parent model, data, task,
+    study and run, why a loop made it, encoder, code version; every other key with a value
+    as ``key: value`` (non-scalars as compact JSON), so nothing recorded is left out. Each
+    line is cut to 160 characters."""
+    lines = _known_lines(lin, reasons or {})
+    shown = {key for _, _, keys in lines for key in keys}
     for key, value in lin.items():
-        if key not in _SHOWN and isinstance(value, str | int | float | bool):
-            lines.append((key.replace("_", " "), str(value)))
+        if key not in shown and value not in (None, "", [], {}):
+            lines.append((key.replace("_", " "), _short(value), (key,)))
     if not lines:
         return "<span class='muted'>none recorded</span>"
-    return "<br>".join(f"<span class='muted'>{esc(k)}:</span> {esc(cut(v, 160))}" for k, v in lines)
+    return "<br>".join(
+        f"<span class='muted'>{esc(k)}:</span> {esc(cut(v, 160))}" for k, v, _ in lines
+    )
