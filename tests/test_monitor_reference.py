@@ -185,3 +185,16 @@ def test_a_foreign_key_in_the_reference_is_one_error_naming_it(
     write_npz(path, {"meta": np.asarray(json.dumps(meta | change)), **arrays})
     with pytest.raises(InputError, match=f"^monitoring reference {path}: {message}"):
         read_reference(path)
+
+
+def test_one_helper_prints_the_tiny_reference_warning() -> None:
+    """`monitor reference` and `model export`/`deploy` each printed the warning with their own
+    code (two copies of its markup and escaping); both call the CLI's one helper now."""
+    import inspect
+
+    import pomlia_hpc.cli.monitor
+    import pomlia_hpc.cli.serve
+
+    for module in (pomlia_hpc.cli.monitor, pomlia_hpc.cli.serve):
+        source = inspect.getsource(module)
+        assert "few_images_warning" not in source and "warn_few_images(" in source, module

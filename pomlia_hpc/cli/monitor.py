@@ -10,6 +10,7 @@ import typer
 from rich.table import Table
 
 from pomlia_hpc.cli.app import STATE, app, console, err_console
+from pomlia_hpc.cli.reference import warn_few_images
 from pomlia_hpc.errors import InputError
 
 monitor_app = typer.Typer(
@@ -165,17 +166,12 @@ def reference(
 ) -> None:
     """(Re)compute MODEL's monitoring reference: the fingerprints and outputs the server would
     log for the validation images (written next to the exported bundle)."""
-    from rich.markup import escape
-
     from pomlia_hpc.monitor.reference import create_reference
-    from pomlia_hpc.serve.reference import few_images_warning
 
     with console.status(f"computing the monitoring reference of {model}"):
         path = create_reference(STATE.registry(), model, data=data, split=split)
     console.print(f"monitoring reference written: {path}")
-    warning = few_images_warning(path, model)
-    if warning is not None:
-        console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
+    warn_few_images(path, model)
 
 
 @monitor_app.command("schedule")

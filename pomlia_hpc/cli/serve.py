@@ -12,6 +12,7 @@ from typer.core import TyperGroup
 
 from pomlia_hpc.cli.app import STATE, app, console
 from pomlia_hpc.cli.listing import JsonFlag, check_limit, print_rows
+from pomlia_hpc.cli.reference import warn_few_images
 from pomlia_hpc.errors import InputError, NotFoundError
 from pomlia_hpc.models.archs import ARCHITECTURES
 
@@ -82,23 +83,12 @@ def export(
     )
     if res.reference is not None:
         console.print(f"monitoring reference: {res.reference}")
-        _warn_few_images(res.reference, model)
+        warn_few_images(res.reference, model)
     else:
         console.print(
             "no monitoring reference (no training dataset recorded for the model); create one "
             f"with: pomlia monitor reference {model} --data DATASET[@VERSION]"
         )
-
-
-def _warn_few_images(reference: Path | None, model: str) -> None:
-    """Say when the monitoring reference is too small for drift tests to mean much."""
-    from rich.markup import escape
-
-    from pomlia_hpc.serve.reference import few_images_warning
-
-    warning = few_images_warning(reference, model)
-    if warning is not None:
-        console.print(f"[yellow]warning:[/] {escape(warning)}", highlight=False)
 
 
 @model_app.command("list")
@@ -358,7 +348,7 @@ def _model_bundle(model: str, cfg: ServeConfig) -> ExportedBundle:
     if found is None:
         console.print(f"model {model} has no export yet: exporting it first")
         exported = export_model(reg, STATE.workspace, model)
-        _warn_few_images(exported.reference, model)
+        warn_few_images(exported.reference, model)
         found = exported.bundle
     return found
 
@@ -431,7 +421,7 @@ def deploy(
     done = "reused (written before for this version and profile)" if res.reused else "written"
     console.print(f"deployment {res.deployment_id} {done} in [bold]{res.directory}[/]")
     bundle = bundle_for_model(STATE.registry(), model)
-    _warn_few_images(bundle.root / REFERENCE_FILE if bundle is not None else None, model)
+    warn_few_images(bundle.root / REFERENCE_FILE if bundle is not None else None, model)
     if not (res.directory / IMAGE).is_file():
         console.print(
             f"  build : cd {res.directory} && apptainer build {IMAGE} apptainer.def",
