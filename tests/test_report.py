@@ -31,10 +31,9 @@ EVIL = "<script>alert('x')</script>"
 
 
 @pytest.fixture(scope="module")
-def filled(tmp_path_factory: pytest.TempPathFactory) -> tuple[Workspace, Registry]:
-    """A workspace with something in every section: three datasets, an encoder with their
-    embeddings, a study with an ok and a crashed trial, a model, a deployment, monitor reports
-    and a pipeline record."""
+def learned(tmp_path_factory: pytest.TempPathFactory) -> tuple[Workspace, Registry, list[str]]:
+    """A workspace with three datasets (their refs returned), an encoder with their
+    embeddings, a study with ok and crashed trials, its model and a deployment of it."""
     from pomlia_hpc.cluster import Executor
     from pomlia_hpc.fingerprint.extract import extract
 
@@ -52,7 +51,6 @@ def filled(tmp_path_factory: pytest.TempPathFactory) -> tuple[Workspace, Registr
     ]
     make_encoder(ws, reg, "enc", latent_dim=2)
     extract(reg, ws, "enc", refs, executor=Executor.from_profile("debug", ws.jobs, reg))
-    now = datetime.now(UTC)
     with reg.session() as s:
         pneu = s.scalar(select(DatasetVersion.id).order_by(DatasetVersion.id.desc()))
         task = Task(name="pneu-task", dataset_version_id=pneu, metric="auc", task_type="binary")
@@ -107,6 +105,17 @@ def filled(tmp_path_factory: pytest.TempPathFactory) -> tuple[Workspace, Registr
         s.add(model)
         s.flush()
         s.add(Deployment(model_id=model.id, bundle_path="/b", status="created"))
+    return ws, reg, refs
+
+
+@pytest.fixture(scope="module")
+def monitor_reports(learned: tuple[Workspace, Registry, list[str]]) -> None:
+    """The model's monitor history: three old-style reports, then one as `monitor run`
+    records it, with its page on disk."""
+    ws, reg, _ = learned
+    now = datetime.now(UTC)
+    with reg.session() as s:
+        model = s.scalars(select(Model).where(Model.name == "st-best")).one()
         for i, (drift, flag) in enumerate(((0.01, False), (0.2, False), (0.6, True))):
             s.add(
                 MonitorReport(
@@ -140,17 +149,31 @@ def filled(tmp_path_factory: pytest.TempPathFactory) -> tuple[Workspace, Registr
                 created_at=now + timedelta(days=4),
             )
         )
-    # A real answer of the recommender, from the published tables shipped with pomlia.
+
+
+@pytest.fixture(scope="module")
+def recommendation(learned: tuple[Workspace, Registry, list[str]]) -> None:
+    """A recommendation for the study's task, newer than its runs (the page says no run
+    came after it)."""
     from pomlia_hpc.pipeline.spec import parse_pipeline
     from pomlia_hpc.pipeline.stage import StageContext
     from pomlia_hpc.pipeline.stages_strategy import import_shipped
     from pomlia_hpc.strategy.recommend import recommend
 
+    ws, reg, _ = learned
+    # A real answer of the recommender, from the published tables shipped with pomlia.
     spec = parse_pipeline(
-        {"name": "x", "datasets": [{"name": "a", "medmnist": "bloodmnist"}]}, "x", home
+        {"name": "x", "datasets": [{"name": "a", "medmnist": "bloodmnist"}]}, "x", ws.home
     )
     import_shipped(StageContext(spec, ws, reg))
     recommend(reg, "pneu-task", k=3)
+
+
+@pytest.fixture(scope="module")
+def pipeline_records(learned: tuple[Workspace, Registry, list[str]]) -> None:
+    """Two pipelines' stage records: one done data stage, and a pipeline whose run order
+    differs from the names' order."""
+    ws, _, refs = learned
     rec = ws.path("pipelines", "demo", "stages", "data.json")
     rec.parent.mkdir(parents=True)
     rec.write_text(
@@ -172,6 +195,17 @@ def filled(tmp_path_factory: pytest.TempPathFactory) -> tuple[Workspace, Registr
         error = ("x" * 296 + '"quoted"') if name == "automl" else None
         record = {"stage": name, "status": "failed" if error else "done", "error": error}
         (demo / "stages" / f"{name}.json").write_text(json.dumps(record))
+
+
+@pytest.fixture(scope="module")
+def filled(
+    learned: tuple[Workspace, Registry, list[str]],
+    monitor_reports: None,
+    recommendation: None,
+    pipeline_records: None,
+) -> tuple[Workspace, Registry]:
+    """A workspace with something in every section: the fixtures above, in this order."""
+    ws, reg, _ = learned
     return ws, reg
 
 
