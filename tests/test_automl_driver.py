@@ -33,19 +33,26 @@ def _run_cli(*args: str) -> tuple[int, str]:
     return out.exit_code, out.output
 
 
-@pytest.mark.slow
-def test_undefined_validation_auc_is_stored_as_null_on_every_backend(
+def _cli_workspace(
     db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    # One class in the validation split: AUC is undefined there. PostgreSQL's json rejects NaN,
-    # so a NaN used to kill the driver with a DataError (and SQLite hid it as "0 crashed").
+) -> tuple[Workspace, Registry]:
+    """A workspace on ``db_url`` that the CLI run in this process finds (local jobs)."""
     home = tmp_path / "home"
     monkeypatch.setenv("POMLIA_HOME", str(home))
     monkeypatch.setenv("POMLIA_DB_URL", db_url)
     monkeypatch.delenv("POMLIA_CLUSTER", raising=False)
     ws = Workspace(home=home, db_url=db_url, cluster_profile="local")
     ws.create()
-    reg = Registry.open(db_url)
+    return ws, Registry.open(db_url)
+
+
+@pytest.mark.slow
+def test_undefined_validation_auc_is_stored_as_null_on_every_backend(
+    db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # One class in the validation split: AUC is undefined there. PostgreSQL's json rejects NaN,
+    # so a NaN used to kill the driver with a DataError (and SQLite hid it as "0 crashed").
+    ws, reg = _cli_workspace(db_url, tmp_path, monkeypatch)
     tiny_task(ws, reg, "breast", flag="breastmnist", metric="auc", sizes=(32, 8, 8), val_label=0)
     warm = warm_file(tmp_path / "warm.yaml", [FAST])
     code, text = _run_cli(
@@ -200,13 +207,7 @@ def test_a_study_that_finds_a_best_model_ends_with_exit_0_and_its_outcome(
     db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The outcome lines once raised a NameError after every successful study (exit 1).
-    home = tmp_path / "home"
-    monkeypatch.setenv("POMLIA_HOME", str(home))
-    monkeypatch.setenv("POMLIA_DB_URL", db_url)
-    monkeypatch.delenv("POMLIA_CLUSTER", raising=False)
-    ws = Workspace(home=home, db_url=db_url, cluster_profile="local")
-    ws.create()
-    reg = Registry.open(db_url)
+    ws, reg = _cli_workspace(db_url, tmp_path, monkeypatch)
     tiny_task(ws, reg, "blood", sizes=(32, 8, 8))
     args = ["blood", "--trials", "1", "--max-epochs", "1", "--optimizer", "random"]
     code, text = _run_cli(*args, "--archs", "small_cnn", "--no-final", "--study", "ok")
