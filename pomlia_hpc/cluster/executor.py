@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import contextlib
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -40,6 +39,7 @@ from pomlia_hpc.cluster.records import (
     update_job,
 )
 from pomlia_hpc.cluster.resources import after_ok_parameters, submitit_parameters, with_overrides
+from pomlia_hpc.cluster.terminate import collected, own_job
 from pomlia_hpc.config import ClusterProfile, load_cluster_profile
 from pomlia_hpc.errors import ClusterError
 from pomlia_hpc.registry import Job, Registry
@@ -63,44 +63,6 @@ class JobFailedError(ClusterError):
         return failure_cause(self.state, self.traceback, self.detail)
 
 
-#: The jobs this process submitted whose outcome it has not collected yet (result() or
-#: cancel()): what :func:`cancel_own_jobs` cancels when the process itself is cancelled.
-_OWN: set[JobHandle] = set()
-_OWN_LOCK = threading.Lock()
-
-
-def cancel_own_jobs(cause: str) -> int:
-    """Cancel the unfinished jobs this process submitted and did not collect yet, recording
-    ``cause`` (by whom or what); returns how many were cancelled. For a driver that is being
-    cancelled itself (a pipeline stage job ``scancel``-ed): its child jobs would run on,
-    unwatched. Quick, as Slurm kills the driver ``KillWait`` seconds (often 5 to 30) after its
-    SIGTERM: Slurm jobs get ``scancel`` at once, without asking for their state first (one that
-    ended meanwhile keeps its final state in the registry). Errors are reported and skipped."""
-    with _OWN_LOCK:
-        handles = list(_OWN)
-        _OWN.clear()
-    n = 0
-    for handle in handles:
-        job = handle._job
-        if job is None or handle.given_up_state is not None:
-            continue
-        try:
-            if handle._executor.backend == "slurm":
-                cancel_scheduler_job("slurm", str(job.job_id))
-                reg = handle._executor.registry
-                if reg is not None and handle.record_id is not None:
-                    mark_cancelled(reg, handle.record_id, cause)
-            elif not handle.done():
-                handle.cancel(cause)
-            else:
-                continue
-            n += 1
-            print(f"cancelled job {handle.label(job)}: {cause}", file=sys.stderr, flush=True)
-        except Exception as exc:  # best effort while the process is going down
-            print(f"could not cancel job {handle.label(job)}: {exc}", file=sys.stderr, flush=True)
-    return n
-
-
 class JobHandle:
     """One submitted job (or array task). Cheap to create; ``result()`` blocks."""
 
@@ -119,8 +81,7 @@ class JobHandle:
             # late; a local job's folder is on this machine, and a killed job never writes one.
             job._results_timeout_s = 2
         self._job = job
-        with _OWN_LOCK:
-            _OWN.add(self)
+        own_job(self)  # cancelled with this process, until its outcome is collected
         self._submitted.set()
 
     def _fail_submission(self, exc: BaseException) -> None:
@@ -130,6 +91,26 @@ class JobHandle:
     @property
     def submitted(self) -> bool:
         return self._job is not None
+
+    @property
+    def scheduler_id(self) -> str | None:
+        """The scheduler's id of the job (Slurm job id, local pid); None before submission."""
+        return None if self._job is None else str(self._job.job_id)
+
+    @property
+    def backend(self) -> str:
+        """The backend the job runs on (``local``, ``debug``, ``slurm``)."""
+        return self._executor.backend
+
+    @property
+    def registry(self) -> Registry | None:
+        """The registry the job is recorded in, if any."""
+        return self._executor.registry
+
+    @property
+    def name(self) -> str:
+        """How messages name the job (:meth:`label`); the registry id alone before submission."""
+        return self.label(self._job) if self._job is not None else str(self.record_id)
 
     def job(self, timeout: float | None = None) -> submitit.Job[Any]:
         """The underlying submitit job, waiting up to ``timeout`` s for a throttled submission."""
@@ -189,8 +170,7 @@ class JobHandle:
                 threading.Thread(target=kill_after_grace, args=(process,), daemon=True).start()
         if self.record_id is not None and self._executor.registry is not None:
             mark_cancelled(self._executor.registry, self.record_id, cause)
-        with _OWN_LOCK:
-            _OWN.discard(self)
+        collected(self)
 
     def _ended_state(self, job: submitit.Job[Any]) -> str | None:
         """The job's final state if it has ended (Slurm: asked now, recorded), else None."""
@@ -241,8 +221,7 @@ class JobHandle:
         return value
 
     def _collected(self) -> None:
-        with _OWN_LOCK:
-            _OWN.discard(self)  # its outcome is known: nothing left to cancel
+        collected(self)  # its outcome is known: nothing left to cancel
 
     def _result(self, job: submitit.Job[Any]) -> Any:
         reg = self._executor.registry

@@ -4,84 +4,237 @@ A pipeline stage job submits the stage's own work as jobs of their own (an encod
 extraction shards, trials) and waits for them. ``scancel`` of the stage job sends SIGTERM to
 its processes: submitit's handler ignores it, a DataLoader worker dies of it, and the stage then
 failed with "DataLoader worker ... killed by signal: Terminated" while its child jobs ran on,
-unwatched. :func:`cancel_children_on_stop` turns SIGTERM into :class:`JobCancelled` in the
-driver, cancels the jobs the driver submitted (also on SIGINT: ``pomlia jobs cancel`` of a local
-job, Ctrl-C) and :func:`stop_cause` names the cancellation, whatever exception it surfaced as.
+unwatched. :func:`cancel_children_on_stop` turns SIGTERM into :class:`JobStopped` in the
+driver and :func:`stop_cause` names the stop, whatever exception it surfaced as.
+
+Only a cancellation takes the children along (:func:`cancel_own_jobs`): SIGINT (``pomlia jobs
+cancel`` of a local job, Ctrl-C), SIGTERM outside Slurm, and SIGTERM of a Slurm job that
+accounting reports CANCELLED. Slurm also sends SIGTERM at the time limit, on preemption and on a
+requeue: then the children run on and the requeued driver reattaches to them. A job whose state
+cannot be read counts as not cancelled: children left running are recoverable, cancelled ones
+are not.
 """
 
 from __future__ import annotations
 
+import contextlib
+import os
 import signal
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
+from typing import TYPE_CHECKING
 
 from pomlia_hpc.cluster.checkpoint import requeue_started
-from pomlia_hpc.cluster.executor import cancel_own_jobs
+from pomlia_hpc.cluster.records import mark_all_cancelled
 
-#: What a SIGTERM to a driver job means (Slurm sends it on scancel, at the time limit and on
-#: preemption; the job's own state in `pomlia jobs list` says which).
-SIGTERM_CAUSE = "cancelled (SIGTERM: scancel, `pomlia jobs cancel`, time limit or preemption)"
+if TYPE_CHECKING:
+    from pomlia_hpc.cluster.executor import JobHandle
+    from pomlia_hpc.registry import Registry
+
+#: What a SIGTERM outside Slurm, or to a Slurm job that accounting reports CANCELLED, means.
+SIGTERM_CAUSE = "cancelled (SIGTERM: scancel, `pomlia jobs cancel` or kill)"
 SIGINT_CAUSE = "cancelled (SIGINT: `pomlia jobs cancel` or Ctrl-C)"
+#: Seconds to wait for ``sacct`` in the SIGTERM handler (Slurm kills the job ``KillWait``
+#: seconds, often 5 to 30, after the SIGTERM; the children still have to be cancelled).
+STATE_QUERY_TIMEOUT_S = 3.0
 
-_stopped: list[str] = []  # the cause, once this process was told to stop
+_stopped: list[tuple[str, bool]] = []  # (cause, whether it is a cancellation), once stopped
 _lock = threading.Lock()
+#: The jobs this process submitted whose outcome it has not collected yet (result() or
+#: cancel()): what :func:`cancel_own_jobs` cancels when the process itself is cancelled.
+_OWN: set[JobHandle] = set()
+_OWN_LOCK = threading.Lock()
 
 
-class JobCancelled(BaseException):
-    """This driver job was cancelled (SIGTERM). A BaseException, as KeyboardInterrupt is: the
-    stage's ``except Exception`` handlers must not swallow it."""
+class JobStopped(BaseException):
+    """This driver job was told to stop (SIGTERM) without being cancelled: Slurm's time limit,
+    preemption or requeue. A BaseException, as KeyboardInterrupt is: the stage's ``except
+    Exception`` handlers must not swallow it. Its message is the cause."""
+
+
+class JobCancelled(JobStopped):
+    """This driver job was cancelled (SIGTERM): its child jobs are cancelled with it."""
+
+
+def own_job(handle: JobHandle) -> None:
+    """Note a job this process submitted (cancelled with it, until :func:`collected`)."""
+    with _OWN_LOCK:
+        _OWN.add(handle)
+
+
+def collected(handle: JobHandle) -> None:
+    """Forget a job whose outcome this process has (collected or cancelled)."""
+    with _OWN_LOCK:
+        _OWN.discard(handle)
+
+
+def slurm_job_state(job_id: str) -> str | None:
+    """The state accounting reports for Slurm job ``job_id`` (``CANCELLED``, ``REQUEUED``,
+    ``TIMEOUT``, ...), or None when it cannot be read within :data:`STATE_QUERY_TIMEOUT_S`
+    seconds. Not squeue's: a job being cancelled shows as COMPLETING there."""
+    cmd = ["sacct", "-n", "-X", "-P", "-o", "State", "-j", job_id]
+    try:
+        proc = subprocess.run(
+            cmd, capture_output=True, text=True, timeout=STATE_QUERY_TIMEOUT_S, check=False
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    words = proc.stdout.split()
+    # "CANCELLED by 1000" for a scancel: the first word is the state
+    return words[0].rstrip("+") if proc.returncode == 0 and words else None
+
+
+def sigterm_cause() -> tuple[str, bool]:
+    """What a SIGTERM to this process means: (cause, whether it is a cancellation). Outside
+    Slurm (no ``SLURM_JOB_ID``) it is one; under Slurm only when accounting says CANCELLED."""
+    job_id = os.environ.get("SLURM_JOB_ID")
+    if not job_id:
+        return SIGTERM_CAUSE, True
+    state = slurm_job_state(job_id)
+    if state == "CANCELLED":
+        return SIGTERM_CAUSE, True
+    return (
+        f"stopped by Slurm (SIGTERM, job state {state or 'unknown'}: time limit, preemption "
+        "or requeue); its child jobs run on for the requeued job to reattach",
+        False,
+    )
 
 
 def stop_cause(exc: BaseException | None = None) -> str | None:
-    """Why this process is stopping: the cancellation it received (SIGTERM, SIGINT), or
-    ``exc``'s if it is one; None if it was not cancelled. An error raised by the stop (a
-    DataLoader worker killed by the same SIGTERM) is not the cause: the cancellation is."""
+    """Why this process is stopping: the stop it received (SIGTERM, SIGINT), or ``exc``'s if
+    it is one; None if it was not stopped. An error raised by the stop (a DataLoader worker
+    killed by the same SIGTERM) is not the cause: the stop is."""
     with _lock:
         if _stopped:
-            return _stopped[0]
-    if isinstance(exc, JobCancelled):
-        return SIGTERM_CAUSE
+            return _stopped[0][0]
+    if isinstance(exc, JobStopped):
+        return str(exc) or SIGTERM_CAUSE
     if isinstance(exc, KeyboardInterrupt):
         return SIGINT_CAUSE
     return None
 
 
-def _note(cause: str) -> None:
+def _cancelling(exc: BaseException) -> bool:
     with _lock:
-        if not _stopped:
-            _stopped.append(cause)
+        if _stopped:
+            return _stopped[0][1]
+    return isinstance(exc, (JobCancelled, KeyboardInterrupt))
+
+
+def _note(cause: str, cancel: bool) -> bool:
+    """Record the first stop; returns whether this one was the first."""
+    with _lock:
+        if _stopped:
+            return False
+        _stopped.append((cause, cancel))
+        return True
 
 
 @contextmanager
 def cancel_children_on_stop() -> Iterator[None]:
-    """Run a driver's block (in the main thread) so that a SIGTERM raises
-    :class:`JobCancelled` in it, unless the job checkpointed for a requeue (then submitit's
-    handler runs as before), and a block ended by a cancellation (SIGTERM or SIGINT) cancels
-    the jobs this process submitted before the exception goes on."""
+    """Run a driver's block (in the main thread) so that a SIGTERM raises :class:`JobStopped`
+    (:class:`JobCancelled` for a cancellation) in it, unless the job checkpointed for a requeue
+    (then submitit's handler runs as before); a block ended by a cancellation cancels the jobs
+    this process submitted before the exception goes on. Signals during that cleanup are
+    ignored: a second Ctrl-C or SIGTERM must not leave half of the children running."""
 
     def on_sigterm(signum: int, frame: FrameType | None) -> None:
         if requeue_started.is_set():  # stopping for a requeue: not a cancellation
             if callable(previous):
                 previous(signum, frame)
             return
-        _note(SIGTERM_CAUSE)
-        raise JobCancelled(SIGTERM_CAUSE)
+        with _lock:
+            if _stopped:
+                return  # already stopping: the first signal's cause stands
+        cause, cancel = sigterm_cause()
+        if _note(cause, cancel):
+            raise (JobCancelled if cancel else JobStopped)(cause)
 
     main = threading.current_thread() is threading.main_thread()
     # Only the main thread may set a handler; elsewhere (a test's thread) SIGINT still counts.
     previous = signal.signal(signal.SIGTERM, on_sigterm) if main else None
+    previous_int = signal.getsignal(signal.SIGINT) if main else None
     try:
         yield
     except BaseException as exc:
         cause = stop_cause(exc)
         if cause is not None:
-            _note(cause)
-            cancel_own_jobs(f"{cause}, with the job that submitted it")
+            if main:  # the cleanup must run to its end
+                signal.signal(signal.SIGTERM, signal.SIG_IGN)
+                signal.signal(signal.SIGINT, signal.SIG_IGN)
+            cancel = _cancelling(exc)
+            _note(cause, cancel)
+            if cancel:
+                cancel_own_jobs(f"{cause}, with the job that submitted it")
+            else:
+                print(f"stopping: {cause}", file=sys.stderr, flush=True)
         raise
     finally:
         if main:
             signal.signal(signal.SIGTERM, previous)
+            signal.signal(signal.SIGINT, previous_int)
         with _lock:
             _stopped.clear()  # the block is over: a later block of this process starts afresh
+
+
+def _say(text: str) -> None:
+    with contextlib.suppress(OSError):  # stderr's reader has gone: the cancelling goes on
+        print(text, file=sys.stderr, flush=True)
+
+
+def cancel_own_jobs(cause: str) -> int:
+    """Cancel the unfinished jobs this process submitted and did not collect yet, recording
+    ``cause`` (by whom or what); returns how many were cancelled. For a driver that is being
+    cancelled itself (a pipeline stage job ``scancel``-ed): its child jobs would run on,
+    unwatched. Quick, as Slurm kills the driver ``KillWait`` seconds (often 5 to 30) after its
+    SIGTERM: all Slurm jobs get one ``scancel`` at once, without asking for their state first
+    (one that ended meanwhile keeps its final state in the registry), and are recorded in one
+    transaction per registry. Errors are reported and skipped, job by job."""
+    with _OWN_LOCK:
+        handles = list(_OWN)
+        _OWN.clear()
+    slurm: list[JobHandle] = []
+    n = 0
+    for handle in handles:
+        try:
+            if handle.scheduler_id is None or handle.given_up_state is not None:
+                continue
+            if handle.backend == "slurm":
+                slurm.append(handle)
+            elif not handle.done():
+                handle.cancel(cause)
+                n += 1
+                _say(f"cancelled job {handle.name}: {cause}")
+        except BaseException as exc:  # best effort: the next job still goes
+            _say(f"could not cancel job {handle.name}: {exc!r}")
+    return n + _cancel_slurm(slurm, cause)
+
+
+def _cancel_slurm(handles: list[JobHandle], cause: str) -> int:
+    """One ``scancel`` for all of ``handles``, then one registry transaction per registry."""
+    if not handles:
+        return 0
+    ids = [str(h.scheduler_id) for h in handles]
+    try:
+        proc = subprocess.run(["scancel", *ids], capture_output=True, text=True, check=False)
+        if proc.returncode != 0:  # an id that ended meanwhile: the others are cancelled
+            _say(f"scancel {' '.join(ids)}: {proc.stderr.strip()}")
+    except BaseException as exc:  # best effort while going down
+        _say(f"could not cancel jobs {', '.join(ids)}: {exc!r}")
+        return 0
+    by_registry: dict[int, tuple[Registry, list[int]]] = {}
+    for h in handles:
+        if h.registry is not None and h.record_id is not None:
+            by_registry.setdefault(id(h.registry), (h.registry, []))[1].append(h.record_id)
+    for reg, record_ids in by_registry.values():
+        try:
+            mark_all_cancelled(reg, record_ids, cause)
+        except BaseException as exc:  # the jobs are cancelled: say so anyway
+            _say(f"could not record jobs {record_ids} as cancelled: {exc!r}")
+    for h in handles:
+        _say(f"cancelled job {h.name}: {cause}")
+    return len(handles)
