@@ -24,13 +24,14 @@ report's output then goes to ``/dev/null`` (:func:`write_line`), and one line on
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import IO
+from typing import IO, Any
 
 from rich.console import Console, RenderableType
 from rich.live import Live
@@ -178,23 +179,79 @@ def write_line(stream: IO[str], text: str) -> None:
         drop_output(stream)
 
 
+def _same_file(fd_a: int, fd_b: int) -> bool:
+    try:
+        a, b = os.fstat(fd_a), os.fstat(fd_b)
+    except OSError:
+        return False
+    return (a.st_dev, a.st_ino) == (b.st_dev, b.st_ino)
+
+
 def drop_output(stream: IO[str]) -> None:
     """Send ``stream``'s further output to ``/dev/null`` (its reader has gone), with one note on
-    stderr; a stream without a file descriptor is left as it is."""
+    stderr; a stream without a file descriptor is left as it is. When stderr is the same pipe
+    (``2>&1 | head``), its descriptor goes to ``/dev/null`` too: the next warning would die."""
     try:
         fd = stream.fileno()
     except (OSError, ValueError):
         return
+    stderr_too = fd != 2 and _same_file(fd, 2)
     devnull = os.open(os.devnull, os.O_WRONLY)
     try:
         os.dup2(devnull, fd)  # the same stream object stays usable: its fd now discards
+        if stderr_too:
+            os.dup2(devnull, 2)
     finally:
         os.close(devnull)
     try:
         sys.stderr.write("note: the output's reader has gone; going on without printing\n")
         sys.stderr.flush()
-    except OSError:
+    except (OSError, ValueError):
         pass  # stderr closed too: nothing to tell anyone
+
+
+class PipeSafeStream:
+    """A text stream (``sys.stdout``, ``sys.stderr``) whose writes survive its reader going
+    away (``pomlia automl run ... | head -3``): on a broken pipe its descriptor is pointed at
+    ``/dev/null`` (:func:`drop_output`) and the command goes on, whoever wrote (``say()``, a
+    library's ``print``, ``logging``). Everything else is the wrapped stream's."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self._stream = stream
+
+    @property
+    def wrapped(self) -> IO[str]:
+        """The stream this one writes to."""
+        return self._stream
+
+    def write(self, text: str) -> int:
+        """Write ``text`` (returns its length in characters, written or discarded)."""
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            drop_output(self._stream)
+            return len(text)
+
+    def flush(self) -> None:
+        """Flush; a broken pipe drops the output instead of raising."""
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            drop_output(self._stream)
+            with contextlib.suppress(OSError, ValueError):
+                self._stream.flush()  # the buffered text now goes to /dev/null
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+
+def guard_std_streams() -> None:
+    """Wrap ``sys.stdout`` and ``sys.stderr`` in :class:`PipeSafeStream` (idempotent): what the
+    CLI does first, so no write anywhere in a command dies of a closed pipe."""
+    if not isinstance(sys.stdout, PipeSafeStream):
+        sys.stdout = PipeSafeStream(sys.stdout)
+    if not isinstance(sys.stderr, PipeSafeStream):
+        sys.stderr = PipeSafeStream(sys.stderr)
 
 
 def stamped(text: str) -> str:
@@ -205,9 +262,7 @@ def stamped(text: str) -> str:
 def say(text: str, stream: IO[str] | None = None) -> None:
     """Write ``text`` as one time-stamped line, flushed at once (default: on stdout): how a job
     reports what it does in its output file, e.g. ``[04:31:07] epoch 3/10 loss 0.0123``."""
-    out = stream if stream is not None else sys.stdout
-    out.write(stamped(text) + "\n")
-    out.flush()
+    write_line(stream if stream is not None else sys.stdout, stamped(text))
 
 
 @contextmanager

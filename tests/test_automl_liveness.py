@@ -55,18 +55,21 @@ def test_driver_records_say_who_is_gone() -> None:
 
 
 @pytest.mark.timeout(300)
-def test_a_closed_stdout_does_not_kill_the_driver(workspace: Workspace) -> None:
+@pytest.mark.parametrize("both", [False, True], ids=["stdout", "2>&1"])
+def test_a_closed_stdout_does_not_kill_the_driver(workspace: Workspace, both: bool) -> None:
+    """`| head -1` and `2>&1 | head -1`: the driver goes on (with `2>&1` the next warning on
+    stderr died of the same closed pipe)."""
     reg = Registry.open(workspace.db_url)
     tiny_task(workspace, reg, "blood")
     proc = _pomlia(
         workspace, "automl", "run", "blood", "--study", "piped", *STUDY,
         "--archs", "small_cnn", "--executor", "debug",
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT if both else subprocess.PIPE,
     )  # fmt: skip
-    assert proc.stdout is not None and proc.stderr is not None
+    assert proc.stdout is not None
     proc.stdout.readline()  # `| head -1`: one line, then the reader is gone
     proc.stdout.close()
-    err = proc.stderr.read().decode()
+    err = "" if proc.stderr is None else proc.stderr.read().decode()
     rc = proc.wait(timeout=240)
     runs = records.study_runs(reg, "piped")
     assert rc == 0, (err, [(r.status, r.error) for r in runs])

@@ -4,12 +4,14 @@ while the work runs, not only when it ends."""
 from __future__ import annotations
 
 import io
+import os
 import re
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import pytest
 from rich.console import Console
 
 from pomlia_hpc.progress import progress
@@ -121,3 +123,40 @@ def test_a_reader_that_goes_away_does_not_stop_the_work() -> None:
             bar.update(3)
         out.write("still fine\n")
         out.flush()
+
+
+_WRITER = """
+import logging, sys, time
+from pomlia_hpc.progress import guard_std_streams, say
+guard_std_streams()
+print("first", flush=True)
+time.sleep(1.0)  # the reader reads one line and goes
+for i in range(2000):
+    say(f"line {i}")
+    print("x" * 100)
+    logging.warning("warned %d", i)
+    print("to stderr", file=sys.stderr, flush=True)
+open(sys.argv[1], "w").write("done")
+"""
+
+
+@pytest.mark.parametrize("both", [False, True], ids=["stdout", "2>&1"])
+def test_writes_after_the_reader_went_do_not_kill_the_command(tmp_path: Path, both: bool) -> None:
+    """say(), print and logging died of BrokenPipeError after `| head -1`, and with `2>&1`
+    stderr (the same pipe) too: all output now goes to /dev/null and the command goes on."""
+    root = Path(__file__).resolve().parents[1]
+    marker = tmp_path / "done"
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _WRITER, str(marker)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT if both else subprocess.PIPE,
+        cwd=root,
+        env={**os.environ, "PYTHONPATH": str(root)},
+    )
+    assert proc.stdout is not None
+    assert proc.stdout.readline().strip() == b"first"
+    proc.stdout.close()
+    err = b"" if proc.stderr is None else proc.stderr.read()
+    assert proc.wait(timeout=60) == 0, err.decode()[-2000:]
+    assert marker.read_text() == "done"
+    assert b"Traceback" not in err

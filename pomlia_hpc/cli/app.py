@@ -16,10 +16,11 @@ from rich.markup import escape
 from sqlalchemy.exc import DBAPIError
 
 from pomlia_hpc import __version__
+from pomlia_hpc.cluster.terminate import cancelled_with_this_process
 from pomlia_hpc.config import load_cluster_profile, load_settings
 from pomlia_hpc.errors import InputError, PomliaError
 from pomlia_hpc.files import remove_made_dirs
-from pomlia_hpc.progress import drop_output, stamped
+from pomlia_hpc.progress import drop_output, guard_std_streams, stamped
 from pomlia_hpc.registry import Registry, RegistryMissingError
 from pomlia_hpc.workspace import Workspace
 
@@ -202,6 +203,7 @@ def _interrupted(exc: SystemExit) -> bool:
 
 def main() -> None:
     """Console-script entry point: run the app; a :class:`PomliaError` is one line, exit 2."""
+    guard_std_streams()  # `| head`: no write (a job's say(), a library's print) kills the command
     try:
         app()
     except PomliaError as exc:
@@ -214,9 +216,15 @@ def main() -> None:
     except SystemExit as exc:
         if exc.code == 130 and _interrupted(exc):
             # typer turns Ctrl-C into a silent exit 130: say it, once (`automl run` says more)
+            cancelled = cancelled_with_this_process()  # a driver (pipeline run --in-process)
+            jobs = (
+                f"the {len(cancelled)} job(s) it submitted were cancelled with it"
+                if cancelled
+                else "jobs it started locally were stopped with it, Slurm jobs run on"
+            )
             err_console.print(
-                "[yellow]interrupted[/] (Ctrl-C): stopped; jobs it started locally were stopped "
-                "with it, Slurm jobs run on (`pomlia jobs list`); the same command resumes",
+                f"[yellow]interrupted[/] (Ctrl-C): stopped; {jobs} (`pomlia jobs list`); "
+                "the same command resumes",
                 highlight=False,
                 soft_wrap=True,
             )

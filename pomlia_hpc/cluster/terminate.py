@@ -48,6 +48,7 @@ _lock = threading.Lock()
 #: cancel()): what :func:`cancel_own_jobs` cancels when the process itself is cancelled.
 _OWN: set[JobHandle] = set()
 _OWN_LOCK = threading.Lock()
+_cancelled: list[str] = []  # the jobs cancel_own_jobs cancelled in this process (labels)
 
 
 class JobStopped(BaseException):
@@ -208,6 +209,7 @@ def cancel_own_jobs(cause: str) -> int:
             elif not handle.done():
                 handle.cancel(cause)
                 n += 1
+                _cancelled.append(handle.name)
                 _say(f"cancelled job {handle.name}: {cause}")
         except BaseException as exc:  # best effort: the next job still goes
             _say(f"could not cancel job {handle.name}: {exc!r}")
@@ -236,5 +238,12 @@ def _cancel_slurm(handles: list[JobHandle], cause: str) -> int:
         except BaseException as exc:  # the jobs are cancelled: say so anyway
             _say(f"could not record jobs {record_ids} as cancelled: {exc!r}")
     for h in handles:
+        _cancelled.append(h.name)
         _say(f"cancelled job {h.name}: {cause}")
     return len(handles)
+
+
+def cancelled_with_this_process() -> list[str]:
+    """The jobs (as messages name them) this process cancelled because it was stopped itself:
+    what the CLI's Ctrl-C message reports instead of "Slurm jobs run on"."""
+    return list(_cancelled)
