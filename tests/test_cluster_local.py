@@ -281,3 +281,24 @@ def test_jobs_cancel_of_a_local_job_is_one_line_naming_the_registry_job(
     assert "Traceback" not in capfd.readouterr().err
     with reg.session() as s:
         assert s.scalars(select(Job)).one().exit_cause == "cancelled by user"
+
+
+def test_the_local_job_controller_entry_is_cheap() -> None:
+    """`python -m pomlia_hpc.cluster.submitit_local` imported the whole cluster package
+    (sqlalchemy, the registry, submitit's executors): a second more per local job."""
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    code = (
+        "import sys, pomlia_hpc.cluster.submitit_local; "
+        "print(sorted(m for m in ('sqlalchemy', 'pomlia_hpc.registry', "
+        "'pomlia_hpc.cluster.executor') if m in sys.modules))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], cwd=root, capture_output=True, text=True, check=True
+    ).stdout
+    assert out.strip() == "[]"
+    from pomlia_hpc.cluster import Executor  # the package's names still resolve
+
+    assert Executor.__name__ == "Executor"

@@ -16,6 +16,7 @@ from pomlia_hpc.cluster.terminate import (
     JobCancelled,
     JobStopped,
     cancel_children_on_stop,
+    cancelled_with_this_process,
     stop_cause,
 )
 from pomlia_hpc.registry import Job, Registry
@@ -96,6 +97,8 @@ def test_sigterm_outside_slurm_is_a_cancellation(
     assert isinstance(exc, JobCancelled)
     assert child.record_id is not None
     assert _state(reg, child.record_id)[0] == "CANCELLED"
+    # what the CLI's Ctrl-C message reports (it said "Slurm jobs run on" whatever happened)
+    assert child.name in cancelled_with_this_process()
 
 
 def test_a_second_sigterm_while_stopping_is_ignored(monkeypatch: pytest.MonkeyPatch) -> None:
