@@ -13,12 +13,14 @@ import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from pomlia_hpc.automl import records
 from pomlia_hpc.automl.liveness import (
     DRIVER_FILE,
     STALE_AFTER_S,
+    DriverBeat,
     DriverRecord,
     driver_gone,
     read_driver,
@@ -104,3 +106,28 @@ def test_runs_list_flags_the_runs_of_a_killed_driver(workspace: Workspace) -> No
     driver = json.loads((workspace.path("runs", "killed") / DRIVER_FILE).read_text())
     assert driver["pid"] == proc.pid and driver["ended"] is None
     reg.dispose()
+
+
+def test_a_reused_pid_does_not_hide_a_dead_driver() -> None:
+    """Same host: a live pid counted as the driver even when the pid was reused by another
+    process after the driver's kill -9; the process's start time now has to match too."""
+    here, now = socket.gethostname(), time.time()
+    mine = psutil.Process(os.getpid()).create_time()
+    assert driver_gone(DriverRecord(here, os.getpid(), now, now, None, mine)) is None
+    other = DriverRecord(here, os.getpid(), now, now, None, mine - 3600)  # our pid, not us
+    assert "is not running" in (driver_gone(other) or "")
+
+
+def test_only_the_driver_the_file_names_beats_and_ends(workspace: Workspace) -> None:
+    """Two drivers of one study (a second --resume): the first to end wrote `ended` over the
+    second's record, and `runs list` called the study's running driver stopped."""
+    first, second = DriverBeat(workspace, "twice"), DriverBeat(workspace, "twice")
+    first.start()
+    time.sleep(0.01)
+    second.start()  # same pid here: the recorded start tells them apart
+    assert second.record is not None
+    first.end()
+    on_file = read_driver(workspace, "twice")
+    assert on_file is not None and on_file.ended is None and on_file == second.record
+    second.end()
+    assert (read_driver(workspace, "twice") or second.record).ended is not None

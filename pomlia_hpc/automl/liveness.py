@@ -16,6 +16,8 @@ import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
+import psutil
+
 from pomlia_hpc.automl.folders import study_dir
 from pomlia_hpc.files import write_atomic
 from pomlia_hpc.processes import pid_alive
@@ -39,6 +41,17 @@ class DriverRecord:
     started: float
     beat: float
     ended: float | None = None
+    #: The process's start time (Unix seconds; psutil's create_time): a pid reused after the
+    #: driver was killed (kill -9) is another process. None in records from before it.
+    proc_start: float | None = None
+
+
+def _process_start(pid: int) -> float | None:
+    """When process ``pid`` started (Unix seconds), or None if it is not running."""
+    try:
+        return float(psutil.Process(pid).create_time())
+    except (psutil.Error, OSError):
+        return None
 
 
 class DriverBeat:
@@ -51,26 +64,37 @@ class DriverBeat:
 
     def start(self) -> None:
         """Record this process (host, pid) as the study's driver."""
-        now = time.time()
-        self.record = DriverRecord(socket.gethostname(), os.getpid(), now, now)
+        now, pid = time.time(), os.getpid()
+        self.record = DriverRecord(socket.gethostname(), pid, now, now, None, _process_start(pid))
         self._write()
 
     def beat(self) -> None:
         """Say this driver is still at work (written only when :data:`BEAT_S` have passed)."""
         if self.record is not None and time.time() - self.record.beat >= BEAT_S:
             self.record = replace(self.record, beat=time.time())
-            self._write()
+            self._write(only_if_mine=True)
 
     def end(self) -> None:
         """Record that this driver stopped (finished, interrupted or failed)."""
         if self.record is not None:
             now = time.time()
             self.record = replace(self.record, beat=now, ended=now)
-            self._write()
+            self._write(only_if_mine=True)
 
-    def _write(self) -> None:
+    def _write(self, *, only_if_mine: bool = False) -> None:
+        """Write the record; with ``only_if_mine``, only while the file still names this driver:
+        a second driver of the study (a second ``--resume``) took it over, and the first one's
+        beat or ``ended`` would hide the driver at work."""
         if self.record is None:
             return
+        if only_if_mine:
+            on_file = read_driver_file(self.path)
+            if on_file is not None and (on_file.host, on_file.pid, on_file.started) != (
+                self.record.host,
+                self.record.pid,
+                self.record.started,
+            ):
+                return
         # Liveness is advice for readers: never stop a study over it. No fsync: a heartbeat
         # lost to a power cut only makes the driver look gone sooner.
         with contextlib.suppress(OSError):
@@ -79,7 +103,11 @@ class DriverBeat:
 
 def read_driver(workspace: Workspace, study: str) -> DriverRecord | None:
     """The record of ``study``'s driver, or None (a study from before records, or unreadable)."""
-    path: Path = study_dir(workspace, study) / DRIVER_FILE
+    return read_driver_file(study_dir(workspace, study) / DRIVER_FILE)
+
+
+def read_driver_file(path: Path) -> DriverRecord | None:
+    """The driver record in ``path``, or None (missing or unreadable)."""
     try:
         raw = json.loads(path.read_text())
         return DriverRecord(
@@ -88,6 +116,7 @@ def read_driver(workspace: Workspace, study: str) -> DriverRecord | None:
             started=float(raw["started"]),
             beat=float(raw["beat"]),
             ended=None if raw.get("ended") is None else float(raw["ended"]),
+            proc_start=None if raw.get("proc_start") is None else float(raw["proc_start"]),
         )
     except (OSError, ValueError, KeyError, TypeError):
         return None
@@ -96,15 +125,22 @@ def read_driver(workspace: Workspace, study: str) -> DriverRecord | None:
 def driver_gone(record: DriverRecord, now: float | None = None) -> str | None:
     """Why the driver of ``record`` is gone (one phrase), or None while it seems at work.
 
-    On this host the pid decides (a driver running trials in its own process may beat late);
-    on another host the heartbeat does: none for :data:`STALE_AFTER_S` seconds is gone."""
+    On this host the process decides (a driver running trials in its own process may beat
+    late): its pid must run and, when recorded, have started when the driver did (a pid reused
+    after a kill -9 is another process); on another host the heartbeat does: none for
+    :data:`STALE_AFTER_S` seconds is gone."""
     now = time.time() if now is None else now
     who = f"pid {record.pid} on {record.host}"
     if record.ended is not None:
         at = time.strftime("%Y-%m-%d %H:%M", time.localtime(record.ended))
         return f"its driver ({who}) stopped at {at}"
     if record.host == socket.gethostname():
-        return None if pid_alive(record.pid) else f"its driver ({who}) is not running"
+        alive = pid_alive(record.pid)
+        if alive and record.proc_start is not None:
+            started = _process_start(record.pid)
+            # create_time is rounded differently across reads: a second apart is another process
+            alive = started is not None and abs(started - record.proc_start) < 1.0
+        return None if alive else f"its driver ({who}) is not running"
     silent = now - record.beat
     if silent >= STALE_AFTER_S:
         return f"its driver ({who}) has not reported for {silent / 60:.0f} min"
