@@ -103,3 +103,47 @@ def test_next_begin() -> None:
     assert next_begin("06:15", timedelta(hours=1), now) == datetime(2026, 12, 2, 5, 15, tzinfo=tz)
     assert next_begin("05:00", timedelta(hours=6), now) == datetime(2026, 12, 2, 11, 0, tzinfo=tz)
     assert next_begin(None, timedelta(seconds=5), now) == now + timedelta(seconds=5)
+
+
+@pytest.mark.usefixtures("wide_console")
+def test_replace_records_the_replaced_job_and_a_registry_failure_is_no_submit_failure(
+    slurm: None, workspace: Workspace, reg: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--replace scancelled the queued job but left its row PENDING; a registry failure after
+    the submission failed the command, and the chain job then said "could not submit"."""
+    from sqlalchemy.exc import OperationalError
+
+    from pomlia_hpc.monitor import schedule as schedule_module
+
+    demo_model(reg, workspace, name="blood-repl", n_ref=50)
+    name = job_name("blood-repl")
+    try:
+        res = runner.invoke(app, ["monitor", "schedule", "blood-repl", "--at", "03:30"])
+        assert res.exit_code == 0, (res.output, res.exception)
+        with reg.session() as s:
+            (first,) = s.scalars(select(Job).where(Job.name == name))
+        res = runner.invoke(
+            app, ["monitor", "schedule", "blood-repl", "--at", "03:40", "--replace"]
+        )
+        assert res.exit_code == 0, (res.output, res.exception)
+        with reg.session() as s:
+            row = s.get(Job, first.id)
+            assert row is not None and row.state == "CANCELLED"
+            assert row.exit_cause is not None and "--replace" in row.exit_cause
+
+        def broken(*args: object, **kw: object) -> None:
+            raise OperationalError("INSERT", {}, Exception("database is locked"))
+
+        with monkeypatch.context() as m:
+            m.setattr(schedule_module, "record_submission", broken)
+            res = runner.invoke(
+                app, ["monitor", "schedule", "blood-repl", "--at", "03:50", "--replace"]
+            )
+        out = " ".join(res.output.split())
+        assert res.exit_code == 0, (out, res.exception)
+        assert "submitted" in out and "could not record it in the registry" in out, out
+        assert len([j for j in jobs_named(name) if j.state == "PENDING"]) == 1
+    finally:
+        res = runner.invoke(app, ["monitor", "unschedule", "blood-repl"])
+    assert res.exit_code == 0, (res.output, res.exception)
+    wait_until(lambda: jobs_named(name) == [], timeout=60, interval=0.5, what="no chain job")

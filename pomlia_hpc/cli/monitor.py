@@ -217,10 +217,21 @@ def schedule_cmd(
     if res.job_id is None:
         console.print(f"no job submitted: {res.note}")
         return
+    job = (
+        f"job {res.record_id} (slurm {res.job_id}, "
+        if res.record_id
+        else f"job (slurm {res.job_id}, "
+    )
     console.print(
-        f"job {res.record_id} (slurm {res.job_id}, {job_name(model)}) submitted, begins "
+        f"{job}{job_name(model)}) submitted, begins "
         f"{res.begin:%Y-%m-%d %H:%M:%S}; settings {res.conf}"
     )
+    if res.note:  # submitted, not recorded: the chain goes on; `jobs list` will not show it
+        err_console.print(
+            f"[yellow]warning:[/] slurm job {res.job_id} {res.note}",
+            highlight=False,
+            soft_wrap=True,
+        )
     if not chain:
         if res.cron:
             console.print("or, from cron (one run per line, no chain):", highlight=False)

@@ -24,9 +24,11 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from pomlia_hpc.cluster.batch import QueuedJob, cancel_named, jobs_named, submit_script
-from pomlia_hpc.cluster.records import mark_cancelled, record_submission
-from pomlia_hpc.errors import InputError
+from pomlia_hpc.cluster.records import mark_all_cancelled, record_submission
+from pomlia_hpc.errors import InputError, PomliaError
 from pomlia_hpc.files import write_atomic
 from pomlia_hpc.monitor.reference import load_reference, resolve_target
 from pomlia_hpc.monitor.run import parse_duration
@@ -158,8 +160,9 @@ def schedule(
                 f"model '{name}' is already scheduled (job {_ids(queued)}); "
                 f"end it with `pomlia monitor unschedule {name}` or pass --replace"
             )
-        if queued:
-            cancel_named(jname)
+        if queued:  # recorded at once, as unschedule does: `jobs list` must not show them queued
+            replaced = cancel_named(jname)
+            _record_cancelled(registry, replaced, "replaced by `monitor schedule --replace`")
         folder.mkdir(parents=True, exist_ok=True)
         _write_conf(
             conf,
@@ -190,15 +193,21 @@ def schedule(
         env={"POMLIA_MONITOR_CONF": str(conf)},
         output=folder / "slurm-%j.out",
     )
-    # Recorded like every other job, so `pomlia jobs list` shows the chain's runs.
-    (record_id,) = record_submission(
-        registry,
-        backend="slurm",
-        scheduler_ids=[job_id],
-        name=jname,
-        folder=str(folder),
-        meta={"model": name, "begin": begin.isoformat(), "chain": chain},
-    )
+    # Recorded like every other job, so `pomlia jobs list` shows the chain's runs. The job is
+    # queued already: a registry failure now must not read as "could not submit".
+    try:
+        (record_id,) = record_submission(
+            registry,
+            backend="slurm",
+            scheduler_ids=[job_id],
+            name=jname,
+            folder=str(folder),
+            meta={"model": name, "begin": begin.isoformat(), "chain": chain},
+        )
+    except (SQLAlchemyError, PomliaError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        note = f"submitted, but could not record it in the registry: {first}"
+        return Scheduled(job_id, begin, conf, script, cron, scron, note=note)
     return Scheduled(job_id, begin, conf, script, cron, scron, record_id=record_id)
 
 
@@ -221,7 +230,9 @@ def unschedule(registry: Registry, workspace: Workspace, model: str) -> list[str
     return cancelled
 
 
-def _record_cancelled(registry: Registry, scheduler_ids: list[str]) -> None:
+def _record_cancelled(
+    registry: Registry, scheduler_ids: list[str], cause: str = "cancelled by user"
+) -> None:
     """Mark the registry rows of the cancelled chain jobs CANCELLED (at once, not at the next
     sacct poll, which may come after the accounting forgot them)."""
     from sqlalchemy import select
@@ -233,5 +244,4 @@ def _record_cancelled(registry: Registry, scheduler_ids: list[str]) -> None:
     with registry.session() as s:
         q = select(Job.id).where(Job.backend == "slurm", Job.scheduler_id.in_(scheduler_ids))
         ids = list(s.scalars(q))
-    for job_id in ids:
-        mark_cancelled(registry, job_id)
+    mark_all_cancelled(registry, ids, cause)
