@@ -163,3 +163,39 @@ def test_a_cancelled_driver_job_cancels_its_child_job(tmp_path: Path, reg: Regis
         row = s.scalars(select(Job).where(Job.name == child)).one()
     assert row.state == "CANCELLED", row.state
     assert (row.exit_cause or "").startswith("cancelled (SIGTERM"), row.exit_cause
+
+
+@pytest.mark.timeout(300)
+def test_a_requeued_driver_job_leaves_its_child_job_running(tmp_path: Path, reg: Registry) -> None:
+    """A requeue (as a time limit or preemption of a `--requeue` job) SIGTERMs the driver too:
+    it cancelled the child jobs the requeued driver should reattach to. Only a cancellation
+    (sacct: CANCELLED) cancels them now."""
+    from pomlia_hpc.cluster.batch import jobs_named
+
+    child = f"child-{os.getpid()}-{time.time_ns()}"
+    parent = _slurm(tmp_path, reg).submit(
+        jobfns.parent_of_a_child,
+        str(tmp_path / "child-jobs"),
+        reg.url,
+        "slurm-local",
+        child,
+        300,
+        name="parent",
+    )
+    try:
+        deadline = time.time() + 180
+        while not [j for j in jobs_named(child) if j.state == "RUNNING"]:
+            assert time.time() < deadline, "the child job never ran"
+            time.sleep(0.5)
+        first = [j.job_id for j in jobs_named(child)]
+        subprocess.run(["scontrol", "requeue", parent.job_id], check=True)
+        time.sleep(12)  # KillWait (5 s here) and then some: a cancel would have happened
+        running = {j.job_id for j in jobs_named(child) if j.state == "RUNNING"}
+        assert set(first) <= running, (first, running)
+        with reg.session() as s:
+            rows = s.scalars(select(Job).where(Job.scheduler_id.in_(first))).all()
+        assert rows and all(r.state != "CANCELLED" for r in rows), [r.exit_cause for r in rows]
+    finally:
+        subprocess.run(["scancel", parent.job_id], check=False)
+        time.sleep(1)
+        subprocess.run(["scancel", "--name", child], check=False)
