@@ -169,7 +169,8 @@ def test_a_cancelled_driver_job_cancels_its_child_job(tmp_path: Path, reg: Regis
 def test_a_requeued_driver_job_leaves_its_child_job_running(tmp_path: Path, reg: Registry) -> None:
     """A requeue (as a time limit or preemption of a `--requeue` job) SIGTERMs the driver too:
     it cancelled the child jobs the requeued driver should reattach to. Only a cancellation
-    (sacct: CANCELLED) cancels them now."""
+    (sacct: CANCELLED) cancels those now (children it would not reattach to are cancelled on
+    any stop: tests/test_cluster_terminate.py)."""
     from pomlia_hpc.cluster.batch import jobs_named
 
     child = f"child-{os.getpid()}-{time.time_ns()}"
@@ -180,6 +181,7 @@ def test_a_requeued_driver_job_leaves_its_child_job_running(tmp_path: Path, reg:
         "slurm-local",
         child,
         300,
+        True,  # a child the requeued driver reattaches to, as an AutoML trial
         name="parent",
     )
     try:

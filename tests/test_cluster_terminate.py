@@ -34,18 +34,20 @@ def _fake_sacct(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, script: str) ->
     monkeypatch.setenv("SLURM_JOB_ID", "4242")
 
 
-def _sigterm_with_a_child(tmp_path: Path, reg: Registry) -> tuple[Any, BaseException]:
-    """A driver block that submits a local child job and gets a SIGTERM; returns the child's
-    handle and what the block raised."""
+def _sigterm_with_children(tmp_path: Path, reg: Registry) -> tuple[Any, Any, BaseException]:
+    """A driver block that submits two local child jobs, one a restarted driver reattaches to
+    (an AutoML trial: ``adoptable``) and one it does not, and gets a SIGTERM; returns
+    (adoptable child, other child, what the block raised)."""
     child: list[Any] = []
     with pytest.raises(JobStopped) as info, cancel_children_on_stop():
-        child.append(
-            Executor.from_profile("local", tmp_path / "jobs", reg).submit(jobfns.sleep_for, 60)
-        )
-        child[0].job(30)
+        ex = Executor.from_profile("local", tmp_path / "jobs", reg)
+        child += [ex.submit(jobfns.sleep_for, 60), ex.submit(jobfns.sleep_for, 60)]
+        child[0].adoptable = True
+        for c in child:
+            c.job(30)
         os.kill(os.getpid(), signal.SIGTERM)
         time.sleep(5)
-    return child[0], info.value
+    return child[0], child[1], info.value
 
 
 def _state(reg: Registry, rid: int) -> tuple[str, str | None]:
@@ -62,38 +64,58 @@ def test_a_slurm_stop_that_is_no_cancellation_leaves_the_children_running(
     tmp_path: Path, reg: Registry, monkeypatch: pytest.MonkeyPatch, answer: str
 ) -> None:
     """A requeue, time limit or preemption (or a state that cannot be read) cancelled every
-    child job of a `--requeue` pipeline driver: now they run on for the requeued driver."""
+    child job of a `--requeue` pipeline driver: now the ones the requeued driver reattaches to
+    run on, and only the others (which it would submit a second time) are cancelled."""
     _fake_sacct(tmp_path, monkeypatch, answer)
-    child, exc = _sigterm_with_a_child(tmp_path, reg)
+    kept, other, exc = _sigterm_with_children(tmp_path, reg)
     try:
         assert not isinstance(exc, JobCancelled)
         assert "stopped by Slurm" in str(exc) and "run on" in str(exc)
         assert stop_cause(exc) == str(exc)
-        assert child.record_id is not None
-        assert _state(reg, child.record_id)[0] != "CANCELLED"
-        assert not child.done()
+        assert kept.record_id is not None and other.record_id is not None
+        assert _state(reg, kept.record_id)[0] != "CANCELLED"
+        assert not kept.done()
+        assert _state(reg, other.record_id)[0] == "CANCELLED"
     finally:
-        child.cancel("test over")
+        kept.cancel("test over")
 
 
 def test_a_slurm_job_cancelled_by_scancel_cancels_its_children(
     tmp_path: Path, reg: Registry, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _fake_sacct(tmp_path, monkeypatch, "echo 'CANCELLED by 1000'")
-    child, exc = _sigterm_with_a_child(tmp_path, reg)
+    *children, exc = _sigterm_with_children(tmp_path, reg)
     assert isinstance(exc, JobCancelled) and str(exc) == SIGTERM_CAUSE
-    assert child.record_id is not None
-    assert _state(reg, child.record_id) == (
-        "CANCELLED",
-        f"{SIGTERM_CAUSE}, with the job that submitted it",
+    for child in children:  # adoptable or not: a cancellation takes every child along
+        assert child.record_id is not None
+        assert _state(reg, child.record_id) == (
+            "CANCELLED",
+            f"{SIGTERM_CAUSE}, with the job that submitted it",
+        )
+
+
+def test_a_scancel_recorded_late_by_accounting_is_still_a_cancellation(
+    tmp_path: Path, reg: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # slurmdbd records a scancel asynchronously: the first answers may still say RUNNING.
+    counter = tmp_path / "asked"
+    _fake_sacct(
+        tmp_path,
+        monkeypatch,
+        f"echo x >> {counter}; "
+        f"if [ $(wc -l < {counter}) -lt 3 ]; then echo RUNNING; else echo CANCELLED; fi",
     )
+    kept, _, exc = _sigterm_with_children(tmp_path, reg)
+    assert isinstance(exc, JobCancelled)
+    assert kept.record_id is not None
+    assert _state(reg, kept.record_id)[0] == "CANCELLED"
 
 
 def test_sigterm_outside_slurm_is_a_cancellation(
     tmp_path: Path, reg: Registry, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.delenv("SLURM_JOB_ID", raising=False)
-    child, exc = _sigterm_with_a_child(tmp_path, reg)
+    _, child, exc = _sigterm_with_children(tmp_path, reg)
     assert isinstance(exc, JobCancelled)
     assert child.record_id is not None
     assert _state(reg, child.record_id)[0] == "CANCELLED"
@@ -105,11 +127,16 @@ def test_a_second_sigterm_while_stopping_is_ignored(monkeypatch: pytest.MonkeyPa
     """A second signal raised again inside the cleanup (orphaning the children not yet
     cancelled): once a cause is noted, further SIGTERMs are no-ops."""
     monkeypatch.delenv("SLURM_JOB_ID", raising=False)
+    second: list[BaseException] = []
     with pytest.raises(JobCancelled), cancel_children_on_stop():
         try:
             os.kill(os.getpid(), signal.SIGTERM)
             time.sleep(5)
-        except JobCancelled as first:
-            os.kill(os.getpid(), signal.SIGTERM)  # raised a second JobCancelled here
-            time.sleep(0.2)
+        except JobStopped as first:
+            try:
+                os.kill(os.getpid(), signal.SIGTERM)  # raised a second stop here
+                time.sleep(0.2)
+            except JobStopped as again:
+                second.append(again)
             raise first from None
+    assert not second

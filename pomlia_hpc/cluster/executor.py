@@ -74,6 +74,9 @@ class JobHandle:
         self._error: BaseException | None = None
         #: Set when Slurm reports the job ended in a state submitit keeps waiting on.
         self.given_up_state: str | None = None
+        #: Whether a restarted driver reattaches to this job (an AutoML trial): a driver
+        #: stopped for a requeue leaves it running (see cluster.terminate.cancel_own_jobs).
+        self.adoptable = False
 
     def _bind(self, job: submitit.Job[Any]) -> None:
         if self._executor.profile.backend == "local":

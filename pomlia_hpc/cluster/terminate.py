@@ -23,6 +23,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from types import FrameType
@@ -38,6 +39,8 @@ if TYPE_CHECKING:
 #: What a SIGTERM outside Slurm, or to a Slurm job that accounting reports CANCELLED, means.
 SIGTERM_CAUSE = "cancelled (SIGTERM: scancel, `pomlia jobs cancel` or kill)"
 SIGINT_CAUSE = "cancelled (SIGINT: `pomlia jobs cancel` or Ctrl-C)"
+#: The handler's message: what the SIGTERM meant is decided after it (see sigterm_cause).
+_SIGTERM_PENDING = "SIGTERM"
 #: Seconds to wait for ``sacct`` in the SIGTERM handler (Slurm kills the job ``KillWait``
 #: seconds, often 5 to 30, after the SIGTERM; the children still have to be cancelled).
 STATE_QUERY_TIMEOUT_S = 3.0
@@ -91,16 +94,24 @@ def slurm_job_state(job_id: str) -> str | None:
 
 def sigterm_cause() -> tuple[str, bool]:
     """What a SIGTERM to this process means: (cause, whether it is a cancellation). Outside
-    Slurm (no ``SLURM_JOB_ID``) it is one; under Slurm only when accounting says CANCELLED."""
+    Slurm (no ``SLURM_JOB_ID``) it is one; under Slurm only when accounting says CANCELLED.
+    slurmdbd records a ``scancel`` asynchronously, so a job still reported RUNNING is asked
+    again until :data:`STATE_QUERY_TIMEOUT_S` seconds have passed. Runs ``sacct``: never call
+    it from a signal handler."""
     job_id = os.environ.get("SLURM_JOB_ID")
     if not job_id:
         return SIGTERM_CAUSE, True
+    deadline = time.monotonic() + STATE_QUERY_TIMEOUT_S
     state = slurm_job_state(job_id)
+    while state in (None, "RUNNING") and time.monotonic() < deadline - 0.3:
+        time.sleep(0.3)
+        state = slurm_job_state(job_id) or state
     if state == "CANCELLED":
         return SIGTERM_CAUSE, True
     return (
         f"stopped by Slurm (SIGTERM, job state {state or 'unknown'}: time limit, preemption "
-        "or requeue); its child jobs run on for the requeued job to reattach",
+        "or requeue); its trial jobs run on for the requeued job to reattach, its other jobs "
+        "are cancelled and resume from their checkpoints when submitted again",
         False,
     )
 
@@ -113,7 +124,7 @@ def stop_cause(exc: BaseException | None = None) -> str | None:
         if _stopped:
             return _stopped[0][0]
     if isinstance(exc, JobStopped):
-        return str(exc) or SIGTERM_CAUSE
+        return str(exc) if str(exc) not in ("", _SIGTERM_PENDING) else SIGTERM_CAUSE
     if isinstance(exc, KeyboardInterrupt):
         return SIGINT_CAUSE
     return None
@@ -144,17 +155,17 @@ def cancel_children_on_stop() -> Iterator[None]:
     ignored: a second Ctrl-C or SIGTERM must not leave half of the children running."""
 
     def on_sigterm(signum: int, frame: FrameType | None) -> None:
+        # No lock and no subprocess here: the main thread may hold the lock (or be anywhere)
+        # when the signal lands. What the SIGTERM means is asked after it, in `except`.
         if requeue_started.is_set():  # stopping for a requeue: not a cancellation
             if callable(previous):
                 previous(signum, frame)
             return
-        with _lock:
-            if _stopped:
-                return  # already stopping: the first signal's cause stands
-        cause, cancel = sigterm_cause()
-        if _note(cause, cancel):
-            raise (JobCancelled if cancel else JobStopped)(cause)
+        if not signalled:
+            signalled.append(signum)
+            raise JobStopped(_SIGTERM_PENDING)
 
+    signalled: list[int] = []  # set by the handler: a SIGTERM arrived
     main = threading.current_thread() is threading.main_thread()
     # Only the main thread may set a handler; elsewhere (a test's thread) SIGINT still counts.
     previous = signal.signal(signal.SIGTERM, on_sigterm) if main else None
@@ -162,17 +173,23 @@ def cancel_children_on_stop() -> Iterator[None]:
     try:
         yield
     except BaseException as exc:
-        cause = stop_cause(exc)
-        if cause is not None:
+        if signalled or isinstance(exc, (JobStopped, KeyboardInterrupt)):
             if main:  # the cleanup must run to its end
                 signal.signal(signal.SIGTERM, signal.SIG_IGN)
                 signal.signal(signal.SIGINT, signal.SIG_IGN)
-            cancel = _cancelling(exc)
-            _note(cause, cancel)
+            if signalled:  # a SIGTERM (whatever it surfaced as): ask what it meant
+                _note(*sigterm_cause())
+            else:
+                _note(stop_cause(exc) or SIGINT_CAUSE, _cancelling(exc))
+            cause, cancel = _stopped[0]
             if cancel:
                 cancel_own_jobs(f"{cause}, with the job that submitted it")
             else:
-                print(f"stopping: {cause}", file=sys.stderr, flush=True)
+                _say(f"stopping: {cause}")
+                cancel_own_jobs(f"{cause}, with the job that submitted it", keep_adoptable=True)
+            if isinstance(exc, JobStopped) and str(exc) == _SIGTERM_PENDING:
+                # the handler's placeholder: raise what the SIGTERM turned out to mean
+                raise (JobCancelled if cancel else JobStopped)(cause) from None
         raise
     finally:
         if main:
@@ -187,17 +204,21 @@ def _say(text: str) -> None:
         print(text, file=sys.stderr, flush=True)
 
 
-def cancel_own_jobs(cause: str) -> int:
+def cancel_own_jobs(cause: str, *, keep_adoptable: bool = False) -> int:
     """Cancel the unfinished jobs this process submitted and did not collect yet, recording
     ``cause`` (by whom or what); returns how many were cancelled. For a driver that is being
     cancelled itself (a pipeline stage job ``scancel``-ed): its child jobs would run on,
     unwatched. Quick, as Slurm kills the driver ``KillWait`` seconds (often 5 to 30) after its
     SIGTERM: all Slurm jobs get one ``scancel`` at once, without asking for their state first
     (one that ended meanwhile keeps its final state in the registry), and are recorded in one
-    transaction per registry. Errors are reported and skipped, job by job."""
+    transaction per registry. Errors are reported and skipped, job by job. ``keep_adoptable``
+    (a driver stopped for a requeue, time limit or preemption): jobs a restarted driver
+    reattaches to (AutoML trials, ``JobHandle.adoptable``) run on; the others (an encoder
+    training, extraction shards) would be submitted a second time beside themselves, so they
+    are cancelled, and resume from their checkpoints or shard markers when submitted again."""
     with _OWN_LOCK:
-        handles = list(_OWN)
-        _OWN.clear()
+        handles = [h for h in _OWN if not (keep_adoptable and h.adoptable)]
+        _OWN.difference_update(handles)
     slurm: list[JobHandle] = []
     n = 0
     for handle in handles:

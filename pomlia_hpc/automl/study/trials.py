@@ -180,6 +180,7 @@ class TrialRunner:
             # often transiently (slurmctld down, a full queue): not the configuration's fault, so
             # SMAC is not told "crashed"; the run is kept for --resume to submit again.
             self._submit_failed(run_id, proposal, exc)
+        handle.adoptable = True  # a restarted driver reattaches to it (study/recover.py)
         records.mark_running(self.registry, run_id, handle.record_id, start_epoch=start)
         self.active[run_id] = ActiveTrial(run_id, proposal, handle, time.time())
         self.views[run_id] = replace(self.views[run_id], status=records.RUNNING, job=handle.job_id)
