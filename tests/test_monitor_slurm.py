@@ -147,3 +147,57 @@ def test_replace_records_the_replaced_job_and_a_registry_failure_is_no_submit_fa
         res = runner.invoke(app, ["monitor", "unschedule", "blood-repl"])
     assert res.exit_code == 0, (res.output, res.exception)
     wait_until(lambda: jobs_named(name) == [], timeout=60, interval=0.5, what="no chain job")
+
+
+def test_replace_submits_first_a_failed_submission_keeps_the_old_chain(
+    slurm: None, workspace: Workspace, reg: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--replace cancelled the old chain (and recorded it) before sbatch: a refused submission
+    left the model unscheduled. Now the old chain and its settings stay; a successful replace
+    cancels only the old jobs (by id, not the new job of the same name)."""
+    from pomlia_hpc.errors import ClusterError
+    from pomlia_hpc.monitor import schedule as schedule_module
+
+    demo_model(reg, workspace, name="blood-keep", n_ref=50)
+    name = job_name("blood-keep")
+    conf = workspace.path("jobs", "monitor", "blood-keep", "schedule.env")
+    try:
+        res = runner.invoke(app, ["monitor", "schedule", "blood-keep", "--at", "04:10"])
+        assert res.exit_code == 0, (res.output, res.exception)
+        (old,) = jobs_named(name)
+        settings = conf.read_text()
+
+        def refused(*args: object, **kw: object) -> str:
+            raise ClusterError("sbatch refused: Invalid account")
+
+        with monkeypatch.context() as m:
+            m.setattr(schedule_module, "submit_script", refused)
+            res = runner.invoke(
+                app, ["monitor", "schedule", "blood-keep", "--at", "04:20", "--replace"]
+            )
+        assert res.exit_code != 0
+        assert [j.job_id for j in jobs_named(name)] == [old.job_id]
+        assert conf.read_text() == settings
+        with reg.session() as s:
+            (row,) = s.scalars(select(Job).where(Job.name == name))
+            assert row.state == "PENDING"
+
+        res = runner.invoke(
+            app, ["monitor", "schedule", "blood-keep", "--at", "04:30", "--replace"]
+        )
+        assert res.exit_code == 0, (res.output, res.exception)
+        assert f"replaced (cancelled): {old.job_id}" in " ".join(res.output.split())
+        wait_until(
+            lambda: [j.job_id for j in jobs_named(name)] != [old.job_id],
+            timeout=30,
+            interval=0.5,
+            what="old job gone",
+        )
+        (new,) = jobs_named(name)
+        assert new.job_id != old.job_id and new.state == "PENDING" and "04:30:00" in new.begin
+        assert "AT=04:30" in conf.read_text()
+        with reg.session() as s:
+            assert s.get(Job, row.id).state == "CANCELLED"  # type: ignore[union-attr]
+    finally:
+        runner.invoke(app, ["monitor", "unschedule", "blood-keep"])
+    wait_until(lambda: jobs_named(name) == [], timeout=60, interval=0.5, what="no chain job")

@@ -192,7 +192,11 @@ def schedule_cmd(
         str | None, typer.Option(help="Shell command each run calls on an alarm.")
     ] = None,
     replace: Annotated[
-        bool, typer.Option(help="Replace an existing chain instead of refusing.")
+        bool,
+        typer.Option(
+            help="Replace an existing chain instead of refusing: its queued jobs are cancelled "
+            "once the new one is submitted (a failed submission keeps it)."
+        ),
     ] = False,
     chain: Annotated[
         bool,
@@ -226,6 +230,10 @@ def schedule_cmd(
         f"{job}{job_name(model)}) submitted, begins "
         f"{res.begin:%Y-%m-%d %H:%M:%S}; settings {res.conf}"
     )
+    if res.replaced:
+        console.print(f"replaced (cancelled): {', '.join(res.replaced)}", highlight=False)
+    for warning in res.warnings:  # the new chain stands; the old one may need a hand
+        err_console.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
     if res.note:  # submitted, not recorded: the chain goes on; `jobs list` will not show it
         err_console.print(
             f"[yellow]warning:[/] slurm job {res.job_id} {res.note}",

@@ -97,3 +97,9 @@ def cancel_named(name: str) -> list[str]:
     if ids:
         _run(["scancel", "-u", getpass.getuser(), "-n", name])
     return ids
+
+
+def cancel_ids(ids: Sequence[str]) -> None:
+    """Cancel these Slurm jobs by id (one ``scancel``; an id that has ended is no error)."""
+    if ids:
+        _run(["scancel", *ids])

@@ -5,7 +5,9 @@ copies ``jobs/monitor.sbatch`` beside it and submits it as job ``pomlia-monitor-
 ``--begin`` at the next occurrence of ``--at`` (every ``--every``) and
 ``--dependency=singleton``. Each run submits the next one (``chain=True``) before it monitors,
 unless a job of the chain is already queued: a requeued or doubly submitted job then adds
-nothing, so one chain per model survives. ``unschedule`` removes the settings file (a run that
+nothing, so one chain per model survives. ``--replace`` submits the new chain first and then
+cancels the old one's jobs by id (a failed submission leaves the old chain and its settings
+as they were). ``unschedule`` removes the settings file (a run that
 starts later does nothing, and no run can resubmit) and cancels every queued job of the name.
 
 Slurm starts a job at the first scheduling pass after its begin time (every second with this
@@ -26,7 +28,13 @@ from pathlib import Path
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from pomlia_hpc.cluster.batch import QueuedJob, cancel_named, jobs_named, submit_script
+from pomlia_hpc.cluster.batch import (
+    QueuedJob,
+    cancel_ids,
+    cancel_named,
+    jobs_named,
+    submit_script,
+)
 from pomlia_hpc.cluster.records import mark_all_cancelled, record_submission
 from pomlia_hpc.errors import InputError, PomliaError
 from pomlia_hpc.files import write_atomic
@@ -80,6 +88,8 @@ class Scheduled:
     scrontab: str | None
     note: str = ""
     record_id: int | None = None  # the job's registry row (`pomlia jobs list`)
+    replaced: tuple[str, ...] = ()  # the old chain's jobs cancelled by --replace
+    warnings: tuple[str, ...] = ()  # what went wrong after the submission (it stands)
 
 
 def _cron_fields(at: str | None, every: timedelta) -> str | None:
@@ -118,6 +128,60 @@ def _write_conf(
     write_atomic(path, text)
 
 
+def _write_files(
+    conf: Path,
+    script: Path,
+    name: str,
+    every: str,
+    at: str | None,
+    window: str | None,
+    on_alarm: str | None,
+    workspace: Workspace,
+) -> str | None:
+    """Write the chain's settings and script; returns the settings they replaced (``None``:
+    there were none), for putting back when the submission fails."""
+    conf.parent.mkdir(parents=True, exist_ok=True)
+    old_conf = conf.read_text() if conf.is_file() else None
+    _write_conf(
+        conf,
+        model=name,
+        every=every,
+        at=at,
+        window=window or every,
+        on_alarm=on_alarm,
+        workspace=workspace,
+    )
+    shutil.copyfile(SOURCE_ROOT / SCRIPT, script)
+    script.chmod(0o755)
+    return old_conf
+
+
+def _cron_lines(
+    at: str | None,
+    period: timedelta,
+    jname: str,
+    conf: Path,
+    script: Path,
+    workspace: Workspace,
+    name: str,
+    window: str,
+) -> tuple[str | None, str | None]:
+    """The equivalent cron and scrontab lines (``None`` when the period has no cron form)."""
+    fields = _cron_fields(at, period)
+    if not fields:
+        return None, None
+    cron = (
+        f"{fields} sbatch --job-name={jname} --dependency=singleton "
+        f"--export=ALL,POMLIA_MONITOR_CONF={conf},POMLIA_MONITOR_ONCE=1 {script}"
+    )
+    scron = (
+        f"#SCRON --job-name={jname} --time=01:00:00\n{fields} {sys.executable} -m "
+        f"pomlia_hpc --home {shlex.quote(str(workspace.home))} monitor run "
+        f"{shlex.quote(name)} --window {window}"
+    )
+    return cron, scron
+
+
 def schedule(
     registry: Registry,
     workspace: Workspace,
@@ -143,7 +207,7 @@ def schedule(
     begin = next_begin(at, period)
     jname = job_name(name)
     queued = [j for j in jobs_named(jname) if j.job_id != os.environ.get("SLURM_JOB_ID")]
-    cron = scron = None
+    cron = scron = old_conf = None
     if chain:
         if not conf.is_file():
             return Scheduled(None, begin, conf, script, None, None, "unscheduled: no next run")
@@ -160,39 +224,25 @@ def schedule(
                 f"model '{name}' is already scheduled (job {_ids(queued)}); "
                 f"end it with `pomlia monitor unschedule {name}` or pass --replace"
             )
-        if queued:  # recorded at once, as unschedule does: `jobs list` must not show them queued
-            replaced = cancel_named(jname)
-            _record_cancelled(registry, replaced, "replaced by `monitor schedule --replace`")
-        folder.mkdir(parents=True, exist_ok=True)
-        _write_conf(
-            conf,
-            model=name,
-            every=every,
-            at=at,
-            window=window or every,
-            on_alarm=on_alarm,
-            workspace=workspace,
+        old_conf = _write_files(conf, script, name, every, at, window, on_alarm, workspace)
+        cron, scron = _cron_lines(at, period, jname, conf, script, workspace, name, window or every)
+    try:
+        job_id = submit_script(
+            script,
+            name=jname,
+            begin=begin,
+            env={"POMLIA_MONITOR_CONF": str(conf)},
+            output=folder / "slurm-%j.out",
         )
-        shutil.copyfile(SOURCE_ROOT / SCRIPT, script)
-        script.chmod(0o755)
-        fields = _cron_fields(at, period)
-        if fields:
-            cron = (
-                f"{fields} sbatch --job-name={jname} --dependency=singleton "
-                f"--export=ALL,POMLIA_MONITOR_CONF={conf},POMLIA_MONITOR_ONCE=1 {script}"
-            )
-            scron = (
-                f"#SCRON --job-name={jname} --time=01:00:00\n{fields} {sys.executable} -m "
-                f"pomlia_hpc --home {shlex.quote(str(workspace.home))} monitor run "
-                f"{shlex.quote(name)} --window {window or every}"
-            )
-    job_id = submit_script(
-        script,
-        name=jname,
-        begin=begin,
-        env={"POMLIA_MONITOR_CONF": str(conf)},
-        output=folder / "slurm-%j.out",
-    )
+    except PomliaError:
+        if not chain:  # nothing half-done: an old chain keeps its own settings
+            if old_conf is None:
+                conf.unlink(missing_ok=True)
+            else:
+                write_atomic(conf, old_conf)
+        raise
+    # Only now, with the new job queued, the old chain goes (by id: its name is the new job's).
+    replaced, warnings = ([], []) if chain or not queued else _cancel_old(registry, jname, job_id)
     # Recorded like every other job, so `pomlia jobs list` shows the chain's runs. The job is
     # queued already: a registry failure now must not read as "could not submit".
     try:
@@ -206,9 +256,35 @@ def schedule(
         )
     except (SQLAlchemyError, PomliaError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        note = f"submitted, but could not record it in the registry: {first}"
-        return Scheduled(job_id, begin, conf, script, cron, scron, note=note)
-    return Scheduled(job_id, begin, conf, script, cron, scron, record_id=record_id)
+        note, record_id = f"submitted, but could not record it in the registry: {first}", None
+    else:
+        note = ""
+    return Scheduled(
+        job_id, begin, conf, script, cron, scron, note, record_id, tuple(replaced), tuple(warnings)
+    )
+
+
+def _cancel_old(registry: Registry, jname: str, new_id: str) -> tuple[list[str], list[str]]:
+    """Cancel the jobs called ``jname`` other than ``new_id`` (and this job, when run from
+    one): the replaced chain, including a run that resubmitted since we looked. Returns the
+    cancelled ids and warnings; the new job stands either way, so nothing here raises."""
+    mine = {new_id, os.environ.get("SLURM_JOB_ID")}
+    warnings: list[str] = []
+    try:
+        old = [j.job_id for j in jobs_named(jname) if j.job_id not in mine]
+        cancel_ids(old)
+    except PomliaError as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        return [], [f"could not cancel the replaced chain ({first}); end it with scancel"]
+    try:  # at once, as unschedule does: `jobs list` must not show them queued
+        _record_cancelled(registry, old, "replaced by `monitor schedule --replace`")
+    except (SQLAlchemyError, PomliaError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        warnings.append(
+            f"replaced jobs {', '.join(old)} cancelled, but not recorded in the registry "
+            f"({first}); `pomlia jobs list` shows them until its next refresh"
+        )
+    return old, warnings
 
 
 def _ids(jobs: list[QueuedJob]) -> str:
