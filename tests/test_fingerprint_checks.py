@@ -196,7 +196,7 @@ def test_a_pipeline_does_not_replace_an_encoder_it_did_not_train(
     with pytest.raises(InputError) as exc:
         train_encoder(reg, workspace, "ae", [ref], _small(2), pipeline="p")
     assert str(exc.value).startswith(
-        "encoder 'ae' was trained by 'fingerprint train' with epochs 1 but pipeline 'p' asks "
+        "encoder 'ae' was trained outside pipeline 'p' with epochs 1 but pipeline 'p' asks "
         "for 2: a pipeline retrains only an encoder its own encoder stage trained"
     )
     assert exc.value.hint == "choose another encoder.name in pipeline 'p'"

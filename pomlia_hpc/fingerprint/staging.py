@@ -76,13 +76,48 @@ def check_replaceable(
         check_same_training(name, state, old, new)
         return
     words, before, now = diff
-    by = f"pipeline '{owner}'" if owner is not None else "'fingerprint train'"
+    # No owner: `fingerprint train`, or a pipeline before records named one; we cannot tell.
+    by = f"by pipeline '{owner}'" if owner is not None else f"outside pipeline '{pipeline}'"
     raise InputError(
-        f"encoder '{name}' was {state} by {by} with {words} {shown(before)} but pipeline "
+        f"encoder '{name}' was {state} {by} with {words} {shown(before)} but pipeline "
         f"'{pipeline}' asks for {shown(now)}: a pipeline retrains only an encoder its own "
         "encoder stage trained, and this one is kept",
         hint=f"choose another encoder.name in pipeline '{pipeline}'",
     )
+
+
+def training_target(
+    name: str,
+    out: Path,
+    registered: dict[str, Any],
+    wanted: dict[str, Any],
+    pipeline: str | None,
+    owned: bool,
+    normalise: Callable[[dict[str, Any]], dict[str, Any]],
+) -> Path | None:
+    """Where the training ``wanted`` of the registered encoder ``name`` (trained ``registered``,
+    weights in ``out``) runs: None when the registered encoder is it (nothing to do), ``out``
+    when the weights there are it but their registration did not finish (a crash between
+    :func:`swap_in` and the registration: the job finds the training done and registers it),
+    else the staging folder, once :func:`check_replaceable` allows it.
+
+    The folder's own record is compared, not the registry row: it always describes the
+    weights beside it (a staged training's record is swapped in with them), the row only once
+    registered. ``owned``: ``pipeline``'s encoder stage knows it trained these weights (its
+    own stage record says so) though the record, written before records named their
+    pipeline, does not; the record is completed, so a failed retrain does not lose that."""
+    record = read_record(out)
+    if owned and pipeline is not None and record is not None and owner_of(record) is None:
+        record = record | {OWNER_KEY: pipeline}
+        write_atomic(out / TRAINING_RECORD, json.dumps(record, indent=1))
+    trained = registered
+    if record is not None:
+        trained = settings_of(record)
+        trained["config"] = normalise(trained.get("config", {}))
+    if first_difference(trained, wanted) is None:
+        return None if first_difference(registered, wanted) is None else out
+    check_replaceable(name, "trained", trained, wanted, pipeline, owner_of(record))
+    return staging_dir(out)
 
 
 def start_record(

@@ -74,15 +74,7 @@ from pomlia_hpc.fingerprint.objectives import (
     ObjectiveName,
     build_objective,
 )
-from pomlia_hpc.fingerprint.sameness import first_difference
-from pomlia_hpc.fingerprint.staging import (
-    check_replaceable,
-    owner_of,
-    read_record,
-    staging_dir,
-    start_record,
-    swap_in,
-)
+from pomlia_hpc.fingerprint.staging import start_record, swap_in, training_target
 from pomlia_hpc.fingerprint.validation import (
     CURVE_MODULES,
     lr_at,
@@ -478,6 +470,7 @@ def train_encoder(
     resources: dict[str, Any] | None = None,
     progress: Callable[[int, int], None] | None = None,
     pipeline: str | None = None,
+    owned: bool = False,
 ) -> Encoder:
     """Train (or finish training) the encoder ``name`` on ``datasets`` as one cluster job, wait
     for it, and register it. Re-running with the same name, datasets and ``config`` resumes
@@ -485,7 +478,8 @@ def train_encoder(
     cluster profile needed); other datasets or options raise :class:`InputError` naming the
     first setting that differs.
     ``pipeline``: the pipeline whose encoder stage trains it; its record names the pipeline,
-    and that pipeline (only) retrains the encoder under its name when its settings change. A
+    and that pipeline (only) retrains the encoder under its name when its settings change
+    (``owned``: it trained the registered weights, whose older record does not say so). A
     retrain runs in a staging folder and replaces the old weights only once its job succeeded
     (:mod:`pomlia_hpc.fingerprint.staging`); embeddings of the old weights are then re-made by
     ``extract``, which compares the weights' digest.
@@ -501,19 +495,16 @@ def train_encoder(
     with registry.session() as s:
         existing = s.scalar(select(Encoder).where(Encoder.name == name))
     target = out
-    if (
-        existing is not None
-        and existing.checkpoint_path
-        and Path(existing.checkpoint_path).exists()
-    ):
+    if existing and existing.checkpoint_path and Path(existing.checkpoint_path).exists():
         trained = {
             "config": normalise_config(existing.config),
             "datasets": _refs(registry, existing.dataset_version_ids),
         }
-        if first_difference(trained, wanted) is None:
+        # A retrain is staged: the old weights stay registered until the new ones exist.
+        staged = training_target(name, out, trained, wanted, pipeline, owned, normalise_config)
+        if staged is None:
             return existing
-        check_replaceable(name, "trained", trained, wanted, pipeline, owner_of(read_record(out)))
-        target = staging_dir(out)  # the old weights stay registered until the new ones exist
+        target = staged
     # Everything is checked before a replaced training is removed or a job submitted.
     ex = executor or Executor.from_profile(workspace.cluster_profile, workspace.jobs, registry)
     start_record(name, target, wanted, pipeline, _read_latest(target) is not None, normalise_config)

@@ -73,6 +73,9 @@ class StageContext:
     log: Callable[[str], None] = print
     #: The running stage's content key (set by :func:`run_stage`).
     key: str = ""
+    #: The running stage's record from before this run, which :func:`run_stage` overwrites
+    #: first (None: it never ran); e.g. what it made last time.
+    previous: dict[str, Any] | None = None
 
     @property
     def folder(self) -> Path:
@@ -270,6 +273,7 @@ def run_stage(ctx: StageContext, stage: Stage, *, job_id: int | None = None) -> 
         "started_at": started,
         "job": job_id,
     }
+    ctx.previous = ctx.record(stage.name)
     write_json_atomic(path, {**base, "status": "running", "outputs": {}}, sort_keys=True)
     if reason is None:
         ctx.log(f"[{stage.name}] running: {stage.summary}")

@@ -65,6 +65,7 @@ def _run_encoder(ctx: StageContext) -> dict[str, Any]:
         # The file owns the encoder this stage trained: an edited `encoder` section retrains
         # it under its name; an encoder made otherwise is refused, not replaced.
         pipeline=ctx.spec.name,
+        owned=_trained_here(ctx, enc.name),
     )
     return {
         "encoder": row.name,
@@ -73,6 +74,20 @@ def _run_encoder(ctx: StageContext) -> dict[str, Any]:
         "digest": checkpoint_digest(row.checkpoint_path),
         "loss": list(row.loss_curve),
     }
+
+
+def _trained_here(ctx: StageContext, name: str) -> bool:
+    """Whether this stage's last finished run made the weights now registered as encoder
+    ``name`` (same name, same weights' digest). Encoders trained before their training record
+    named the pipeline are owned through this."""
+    from pomlia_hpc.fingerprint.shards import checkpoint_digest
+
+    prev = ctx.previous or {}
+    out = prev.get("outputs") or {}
+    if prev.get("status") != "done" or out.get("encoder") != name:
+        return False
+    path = Path(str(out.get("checkpoint", "")))
+    return path.is_file() and checkpoint_digest(path) == out.get("digest")
 
 
 def _encoder_there(_ctx: StageContext, out: dict[str, Any]) -> bool:
