@@ -4,6 +4,7 @@ command that resumes them."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import signal
@@ -13,7 +14,6 @@ import sys
 import time
 from pathlib import Path
 
-import psutil
 import pytest
 
 from pomlia_hpc.automl import records
@@ -108,14 +108,37 @@ def test_runs_list_flags_the_runs_of_a_killed_driver(workspace: Workspace) -> No
     reg.dispose()
 
 
-def test_a_reused_pid_does_not_hide_a_dead_driver() -> None:
+def test_a_reused_pid_does_not_hide_a_dead_driver(workspace: Workspace) -> None:
     """Same host: a live pid counted as the driver even when the pid was reused by another
-    process after the driver's kill -9; the process's start time now has to match too."""
-    here, now = socket.gethostname(), time.time()
-    mine = psutil.Process(os.getpid()).create_time()
-    assert driver_gone(DriverRecord(here, os.getpid(), now, now, None, mine)) is None
-    other = DriverRecord(here, os.getpid(), now, now, None, mine - 3600)  # our pid, not us
-    assert "is not running" in (driver_gone(other) or "")
+    process after the driver's kill -9; the process's start has to match too."""
+    workspace.path("runs", "s").mkdir(parents=True, exist_ok=True)
+    beat = DriverBeat(workspace, "s")
+    beat.start()
+    mine = beat.record
+    assert mine is not None and mine.proc_ticks is not None  # Linux: /proc start ticks
+    assert driver_gone(mine) is None
+    boot, ticks = mine.proc_ticks.rsplit(":", 1)
+    for other in (f"{boot}:{int(ticks) + 1}", f"another-boot:{ticks}"):  # our pid, not us
+        reused = dataclasses.replace(mine, proc_ticks=other)
+        assert "is not running" in (driver_gone(reused) or "")
+
+
+def test_a_stepped_clock_does_not_make_a_live_driver_look_dead(workspace: Workspace) -> None:
+    """The start was psutil's create_time (wall clock) compared within 1 s: after the clock
+    was stepped a live driver read as dead, and `runs list` suggested a second --resume."""
+    workspace.path("runs", "s").mkdir(parents=True, exist_ok=True)
+    beat = DriverBeat(workspace, "s")
+    beat.start()
+    assert beat.record is not None and beat.record.proc_start is not None
+    stepped = dataclasses.replace(beat.record, proc_start=beat.record.proc_start - 3600)
+    assert driver_gone(stepped) is None
+    # A file from before start ticks: the pid decides.
+    path = workspace.path("runs", "s", DRIVER_FILE)
+    raw = json.loads(path.read_text())
+    del raw["proc_ticks"]
+    path.write_text(json.dumps(raw | {"proc_start": raw["proc_start"] - 3600}))
+    old = read_driver(workspace, "s")
+    assert old is not None and old.proc_ticks is None and driver_gone(old) is None
 
 
 def test_only_the_driver_the_file_names_beats_and_ends(workspace: Workspace) -> None:

@@ -44,6 +44,17 @@ class DriverRecord:
     #: The process's start time (Unix seconds; psutil's create_time): a pid reused after the
     #: driver was killed (kill -9) is another process. None in records from before it.
     proc_start: float | None = None
+    #: ``<boot id>:<start ticks>`` of the process (``/proc``, Linux): what tells it from a
+    #: reused pid where ``/proc`` exists. None without ``/proc`` and in records from before.
+    proc_ticks: str | None = None
+
+
+#: Where the kernel tells a process's boot-relative start (Linux); absent elsewhere.
+PROC = Path("/proc")
+#: Seconds two create_time reads of one process may differ by without /proc: it is wall-clock
+#: time, which moves when the clock is stepped (NTP, a VM resumed); a reused pid started at
+#: least when the driver died, usually much later.
+CREATE_TIME_TOLERANCE_S = 120.0
 
 
 def _process_start(pid: int) -> float | None:
@@ -52,6 +63,35 @@ def _process_start(pid: int) -> float | None:
         return float(psutil.Process(pid).create_time())
     except (psutil.Error, OSError):
         return None
+
+
+def _process_ticks(pid: int) -> str | None:
+    """``<boot id>:<start ticks>`` of process ``pid`` (field 22 of ``/proc/<pid>/stat``, clock
+    ticks after boot: unlike create_time, a step of the wall clock does not move it), or None
+    without ``/proc`` or when it is not running."""
+    try:
+        stat = (PROC / str(pid) / "stat").read_text()
+        boot = (PROC / "sys" / "kernel" / "random" / "boot_id").read_text().strip()
+        # The command name (field 2) may hold spaces and ')': count fields after the last ')'.
+        ticks = stat[stat.rindex(")") + 1 :].split()[19]  # field 22; field 3 is at index 0
+    except (OSError, ValueError, IndexError):
+        return None
+    return f"{boot}:{ticks}"
+
+
+def _same_process(record: DriverRecord) -> bool:
+    """Whether the driver process of ``record`` (on this host) still runs: its pid, and, when
+    recorded, its start (a pid reused after a kill -9 is another process)."""
+    if not pid_alive(record.pid):
+        return False
+    if PROC.is_dir():
+        if record.proc_ticks is None:  # a record from before start ticks: the pid decides
+            return True
+        return _process_ticks(record.pid) == record.proc_ticks
+    if record.proc_start is None:
+        return True
+    started = _process_start(record.pid)
+    return started is not None and abs(started - record.proc_start) < CREATE_TIME_TOLERANCE_S
 
 
 class DriverBeat:
@@ -65,7 +105,9 @@ class DriverBeat:
     def start(self) -> None:
         """Record this process (host, pid) as the study's driver."""
         now, pid = time.time(), os.getpid()
-        self.record = DriverRecord(socket.gethostname(), pid, now, now, None, _process_start(pid))
+        self.record = DriverRecord(
+            socket.gethostname(), pid, now, now, None, _process_start(pid), _process_ticks(pid)
+        )
         self._write()
 
     def beat(self) -> None:
@@ -117,6 +159,7 @@ def read_driver_file(path: Path) -> DriverRecord | None:
             beat=float(raw["beat"]),
             ended=None if raw.get("ended") is None else float(raw["ended"]),
             proc_start=None if raw.get("proc_start") is None else float(raw["proc_start"]),
+            proc_ticks=None if raw.get("proc_ticks") is None else str(raw["proc_ticks"]),
         )
     except (OSError, ValueError, KeyError, TypeError):
         return None
@@ -127,20 +170,16 @@ def driver_gone(record: DriverRecord, now: float | None = None) -> str | None:
 
     On this host the process decides (a driver running trials in its own process may beat
     late): its pid must run and, when recorded, have started when the driver did (a pid reused
-    after a kill -9 is another process); on another host the heartbeat does: none for
-    :data:`STALE_AFTER_S` seconds is gone."""
+    after a kill -9 is another process; boot-relative start ticks where ``/proc`` exists, else
+    the start time within :data:`CREATE_TIME_TOLERANCE_S`); on another host the heartbeat
+    does: none for :data:`STALE_AFTER_S` seconds is gone."""
     now = time.time() if now is None else now
     who = f"pid {record.pid} on {record.host}"
     if record.ended is not None:
         at = time.strftime("%Y-%m-%d %H:%M", time.localtime(record.ended))
         return f"its driver ({who}) stopped at {at}"
     if record.host == socket.gethostname():
-        alive = pid_alive(record.pid)
-        if alive and record.proc_start is not None:
-            started = _process_start(record.pid)
-            # create_time is rounded differently across reads: a second apart is another process
-            alive = started is not None and abs(started - record.proc_start) < 1.0
-        return None if alive else f"its driver ({who}) is not running"
+        return None if _same_process(record) else f"its driver ({who}) is not running"
     silent = now - record.beat
     if silent >= STALE_AFTER_S:
         return f"its driver ({who}) has not reported for {silent / 60:.0f} min"
