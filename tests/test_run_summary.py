@@ -57,6 +57,21 @@ def test_registry_queries_load_no_torch(args: list[str], tmp_path: Path) -> None
     assert out.stdout.strip().splitlines()[-1] == "False", out.stdout + out.stderr
 
 
+@pytest.mark.parametrize("args", [["--help"], ["runs", "list"]], ids=" ".join)
+def test_help_and_registry_queries_load_no_submitit(args: list[str], tmp_path: Path) -> None:
+    """The CLI imported the cluster's terminate module (and submitit with it, ~70 ms) for
+    every command, only for its Ctrl-C message."""
+    code = (
+        "import sys\n"
+        "from typer.testing import CliRunner\n"
+        "from pomlia_hpc.cli import app\n"
+        f"res = CliRunner().invoke(app, ['--home', {str(tmp_path)!r}, *{args!r}])\n"
+        "print('submitit' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip().splitlines()[-1] == "False", out.stdout + out.stderr
+
+
 def test_similar_loads_no_torch(tmp_path: Path) -> None:
     # `pomlia similar` ranks data sets from stored summaries and a FAISS index: torch and
     # DeepSpeed (the encoder's training and extraction) are not needed (4 s of a 5.6 s answer).

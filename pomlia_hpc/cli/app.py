@@ -16,7 +16,6 @@ from rich.markup import escape
 from sqlalchemy.exc import DBAPIError
 
 from pomlia_hpc import __version__
-from pomlia_hpc.cluster.terminate import cancelled_with_this_process
 from pomlia_hpc.config import load_cluster_profile, load_settings
 from pomlia_hpc.errors import InputError, PomliaError
 from pomlia_hpc.files import remove_made_dirs
@@ -215,7 +214,10 @@ def main() -> None:
         sys.exit(exc.exit_code)
     except SystemExit as exc:
         if exc.code == 130 and _interrupted(exc):
-            # typer turns Ctrl-C into a silent exit 130: say it, once (`automl run` says more)
+            # typer turns Ctrl-C into a silent exit 130: say it, once (`automl run` says more).
+            # Imported here: it pulls submitit, which no other command needs at start-up.
+            from pomlia_hpc.cluster.terminate import cancelled_with_this_process
+
             cancelled = cancelled_with_this_process()  # a driver (pipeline run --in-process)
             jobs = (
                 f"the {len(cancelled)} job(s) it submitted were cancelled with it"
