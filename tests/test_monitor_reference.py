@@ -78,6 +78,7 @@ def test_export_writes_the_reference_the_server_would_log(
     said = " ".join(res_cli.output.split())  # pytest-xdist's workers fold output at 80 columns
     assert "warning: the monitoring reference of blood-model holds only 5 image(s) (blood@" in said
     assert "[test]); drift tests against fewer than 100 are weak" in said
+    assert said.count("monitoring reference of blood-model holds only") == 1, said  # once
 
 
 def test_export_and_the_pipeline_warn_of_a_tiny_reference(
@@ -99,6 +100,7 @@ def test_export_and_the_pipeline_warn_of_a_tiny_reference(
         assert out.exit_code == 0, out.output
         said = " ".join(out.output.split())
         assert warning in said and "drift tests against fewer than 100 are weak" in said, args
+        assert said.count(warning) == 1, (args, said)  # once, from the one shared helper
     spec = parse_pipeline(
         {
             "name": "p",
@@ -185,16 +187,3 @@ def test_a_foreign_key_in_the_reference_is_one_error_naming_it(
     write_npz(path, {"meta": np.asarray(json.dumps(meta | change)), **arrays})
     with pytest.raises(InputError, match=f"^monitoring reference {path}: {message}"):
         read_reference(path)
-
-
-def test_one_helper_prints_the_tiny_reference_warning() -> None:
-    """`monitor reference` and `model export`/`deploy` each printed the warning with their own
-    code (two copies of its markup and escaping); both call the CLI's one helper now."""
-    import inspect
-
-    import pomlia_hpc.cli.monitor
-    import pomlia_hpc.cli.serve
-
-    for module in (pomlia_hpc.cli.monitor, pomlia_hpc.cli.serve):
-        source = inspect.getsource(module)
-        assert "few_images_warning" not in source and "warn_few_images(" in source, module
