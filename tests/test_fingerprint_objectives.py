@@ -162,5 +162,5 @@ def test_contrastive_training_with_holdout_and_early_stop(
     assert bits[0].shape == (48, 4)
     np.testing.assert_array_equal(bits[0], bits[1])
     # The same name with another objective is another training: refused.
-    with pytest.raises(InputError, match=r"config\.objective = 'contrastive' but this run asks"):
+    with pytest.raises(InputError, match=r"trained with objective contrastive but this run asks"):
         train_encoder(reg, workspace, "con", [a, b], cfg.model_copy(update={"objective": "mse"}))
