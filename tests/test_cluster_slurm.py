@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from pomlia_hpc.cluster import Executor, JobFailedError, records, wait_all
+from pomlia_hpc.cluster import Executor, JobFailedError, JobHandle, records, wait_all
 from pomlia_hpc.registry import Job, Registry
 from tests.fixtures import jobfns
 
@@ -132,12 +132,11 @@ def test_checkpointable_job_requeues_and_resumes(tmp_path: Path, reg: Registry) 
     assert row.requeue_count >= 1
 
 
-@pytest.mark.timeout(300)
-def test_a_cancelled_driver_job_cancels_its_child_job(tmp_path: Path, reg: Registry) -> None:
-    """scancel of a pipeline stage job left the Slurm job it had submitted running, and the
-    stage's cause was a DataLoader RuntimeError: the child is cancelled with it, and says so."""
-    from pomlia_hpc.cluster.batch import jobs_named
-
+def _parent_with_a_child(
+    tmp_path: Path, reg: Registry, *, adoptable: bool
+) -> tuple[str, JobHandle]:
+    """A driver job on the real Slurm that submits a child job (sleeping 300 s) and waits for
+    it: (the child's job name, the parent's handle)."""
     child = f"child-{os.getpid()}-{time.time_ns()}"
     parent = _slurm(tmp_path, reg).submit(
         jobfns.parent_of_a_child,
@@ -146,8 +145,19 @@ def test_a_cancelled_driver_job_cancels_its_child_job(tmp_path: Path, reg: Regis
         "slurm-local",
         child,
         300,
+        adoptable,
         name="parent",
     )
+    return child, parent
+
+
+@pytest.mark.timeout(300)
+def test_a_cancelled_driver_job_cancels_its_child_job(tmp_path: Path, reg: Registry) -> None:
+    """scancel of a pipeline stage job left the Slurm job it had submitted running, and the
+    stage's cause was a DataLoader RuntimeError: the child is cancelled with it, and says so."""
+    from pomlia_hpc.cluster.batch import jobs_named
+
+    child, parent = _parent_with_a_child(tmp_path, reg, adoptable=False)
     deadline = time.time() + 180
     while not [j for j in jobs_named(child) if j.state == "RUNNING"]:
         assert time.time() < deadline, "the child job never ran"
@@ -173,17 +183,8 @@ def test_a_requeued_driver_job_leaves_its_child_job_running(tmp_path: Path, reg:
     any stop: tests/test_cluster_terminate.py)."""
     from pomlia_hpc.cluster.batch import jobs_named
 
-    child = f"child-{os.getpid()}-{time.time_ns()}"
-    parent = _slurm(tmp_path, reg).submit(
-        jobfns.parent_of_a_child,
-        str(tmp_path / "child-jobs"),
-        reg.url,
-        "slurm-local",
-        child,
-        300,
-        True,  # a child the requeued driver reattaches to, as an AutoML trial
-        name="parent",
-    )
+    # a child the requeued driver reattaches to, as an AutoML trial
+    child, parent = _parent_with_a_child(tmp_path, reg, adoptable=True)
     try:
         deadline = time.time() + 180
         while not [j for j in jobs_named(child) if j.state == "RUNNING"]:

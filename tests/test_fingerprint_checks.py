@@ -29,7 +29,7 @@ from pomlia_hpc.fingerprint.train import (
 )
 from pomlia_hpc.registry import Registry
 from pomlia_hpc.workspace import Workspace
-from tests.fixtures.factories import make_dataset, make_encoder
+from tests.fixtures.factories import make_dataset, make_encoder, tiny_encoder_config
 
 pytestmark = pytest.mark.usefixtures("restore_torch_threads")
 
@@ -146,18 +146,8 @@ def test_a_bad_factory_string_names_no_cpp_source() -> None:
     assert ".cpp" not in text and "faiss::" not in text and "Error in" not in text
 
 
-_SMALL = {
-    "encoder": {"latent_dim": 2},
-    "batch_size": 16,
-    "num_workers": 0,
-    "max_images_per_dataset": 32,
-    "objective": "mse",
-    "holdout": 0.0,
-}
-
-
 def _small(epochs: int) -> TrainConfig:
-    return TrainConfig.model_validate(_SMALL | {"epochs": epochs})
+    return tiny_encoder_config(epochs)
 
 
 def test_replace_retrains_under_the_same_name(workspace: Workspace, reg: Registry) -> None:

@@ -20,7 +20,7 @@ from pomlia_hpc.pipeline.stage import StageContext, run_stage
 from pomlia_hpc.pipeline.stages import STAGES
 from pomlia_hpc.registry import Registry
 from pomlia_hpc.workspace import Workspace
-from tests.fixtures.factories import make_dataset
+from tests.fixtures.factories import make_dataset, tiny_encoder_config
 
 SECTION: dict[str, Any] = {
     "name": "ae",
@@ -73,17 +73,7 @@ def test_a_pipeline_retrains_an_encoder_its_stage_trained_before_records_named_i
 
 
 def _config(epochs: int) -> TrainConfig:
-    return TrainConfig.model_validate(
-        {
-            "encoder": {"latent_dim": 2},
-            "batch_size": 16,
-            "num_workers": 0,
-            "max_images_per_dataset": 32,
-            "objective": "mse",
-            "holdout": 0.0,
-            "epochs": epochs,
-        }
-    )
+    return tiny_encoder_config(epochs)
 
 
 def test_a_crash_before_a_retrain_is_registered_does_not_pass_its_weights_as_the_old(
