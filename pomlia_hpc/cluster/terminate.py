@@ -45,6 +45,8 @@ _SIGTERM_PENDING = "SIGTERM"
 #: seconds, often 5 to 30, after the SIGTERM; the children still have to be cancelled).
 STATE_QUERY_TIMEOUT_S = 3.0
 
+#: Set by the SIGTERM handler (without a lock: the signal may land while the lock is held).
+_signalled: list[int] = []
 _stopped: list[tuple[str, bool]] = []  # (cause, whether it is a cancellation), once stopped
 _lock = threading.Lock()
 #: The jobs this process submitted whose outcome it has not collected yet (result() or
@@ -123,6 +125,10 @@ def stop_cause(exc: BaseException | None = None) -> str | None:
     with _lock:
         if _stopped:
             return _stopped[0][0]
+    if _signalled:  # a SIGTERM arrived: what it means is asked here, outside the handler
+        _note(*sigterm_cause())
+        with _lock:
+            return _stopped[0][0]
     if isinstance(exc, JobStopped):
         return str(exc) if str(exc) not in ("", _SIGTERM_PENDING) else SIGTERM_CAUSE
     if isinstance(exc, KeyboardInterrupt):
@@ -161,11 +167,10 @@ def cancel_children_on_stop() -> Iterator[None]:
             if callable(previous):
                 previous(signum, frame)
             return
-        if not signalled:
-            signalled.append(signum)
+        if not _signalled:
+            _signalled.append(signum)  # a list append: safe wherever the signal lands
             raise JobStopped(_SIGTERM_PENDING)
 
-    signalled: list[int] = []  # set by the handler: a SIGTERM arrived
     main = threading.current_thread() is threading.main_thread()
     # Only the main thread may set a handler; elsewhere (a test's thread) SIGINT still counts.
     previous = signal.signal(signal.SIGTERM, on_sigterm) if main else None
@@ -173,15 +178,15 @@ def cancel_children_on_stop() -> Iterator[None]:
     try:
         yield
     except BaseException as exc:
-        if signalled or isinstance(exc, (JobStopped, KeyboardInterrupt)):
+        if _signalled or isinstance(exc, (JobStopped, KeyboardInterrupt)):
             if main:  # the cleanup must run to its end
                 signal.signal(signal.SIGTERM, signal.SIG_IGN)
                 signal.signal(signal.SIGINT, signal.SIG_IGN)
-            if signalled:  # a SIGTERM (whatever it surfaced as): ask what it meant
-                _note(*sigterm_cause())
-            else:
+            if not _signalled:
                 _note(stop_cause(exc) or SIGINT_CAUSE, _cancelling(exc))
-            cause, cancel = _stopped[0]
+            # a SIGTERM (whatever it surfaced as) is asked about here, if the block did not
+            cause = stop_cause(exc) or SIGTERM_CAUSE
+            cancel = _stopped[0][1]
             if cancel:
                 cancel_own_jobs(f"{cause}, with the job that submitted it")
             else:
@@ -196,6 +201,7 @@ def cancel_children_on_stop() -> Iterator[None]:
             signal.signal(signal.SIGTERM, previous)
             signal.signal(signal.SIGINT, previous_int)
         with _lock:
+            _signalled.clear()
             _stopped.clear()  # the block is over: a later block of this process starts afresh
 
 
