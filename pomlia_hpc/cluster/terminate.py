@@ -182,11 +182,10 @@ def cancel_children_on_stop() -> Iterator[None]:
             if main:  # the cleanup must run to its end
                 signal.signal(signal.SIGTERM, signal.SIG_IGN)
                 signal.signal(signal.SIGINT, signal.SIG_IGN)
-            if not _signalled:
-                _note(stop_cause(exc) or SIGINT_CAUSE, _cancelling(exc))
-            # a SIGTERM (whatever it surfaced as) is asked about here, if the block did not
-            cause = stop_cause(exc) or SIGTERM_CAUSE
-            cancel = _stopped[0][1]
+            # A SIGTERM (whatever it surfaced as) is asked about and noted by stop_cause, if
+            # the block did not ask already; a SIGINT or a raised stop is noted here.
+            _note(stop_cause(exc) or SIGINT_CAUSE, _cancelling(exc))
+            cause, cancel = _stopped[0]
             if cancel:
                 cancel_own_jobs(f"{cause}, with the job that submitted it")
             else:

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from pomlia_hpc.errors import InputError, PomliaError
-from pomlia_hpc.files import publish_dir, write_atomic
+from pomlia_hpc.files import publish_dir, write_json_atomic
 from pomlia_hpc.fingerprint.sameness import check_same_training, first_difference, shown
 
 #: File in the encoder folder recording what a training was started with (and by whom).
@@ -109,7 +109,7 @@ def training_target(
     record = read_record(out)
     if owned and pipeline is not None and record is not None and owner_of(record) is None:
         record = record | {OWNER_KEY: pipeline}
-        write_atomic(out / TRAINING_RECORD, json.dumps(record, indent=1))
+        write_json_atomic(out / TRAINING_RECORD, record)
     trained = registered
     if record is not None:
         trained = settings_of(record)
@@ -144,7 +144,7 @@ def start_record(
             shutil.rmtree(folder, ignore_errors=True)
             owner = pipeline
     record = wanted | ({OWNER_KEY: owner} if owner else {})
-    write_atomic(folder / TRAINING_RECORD, json.dumps(record, indent=1))
+    write_json_atomic(folder / TRAINING_RECORD, record)
 
 
 def swap_in(staged: Path, out: Path) -> None:
