@@ -355,3 +355,58 @@ def test_serve_config_file_errors_name_the_key(tmp_path: Path) -> None:
     assert load_serve_config(cfg).graceful_timeout_whole_s == 1
     cfg.write_text("max_batch: 64\nport: 9000\n")
     assert load_serve_config(cfg, {"port": 9100, "host": None}).model_dump()["port"] == 9100
+
+
+class FileSizeLimitedServer(LocalServer):
+    """A server whose files may not grow past ``max_file_bytes`` (RLIMIT_FSIZE; Python ignores
+    SIGXFSZ, so a write past it fails with EFBIG): its prediction log fails once full, and the
+    server is not ready from then on, as on a full disk."""
+
+    def __init__(self, bundle: Path, log_dir: Path, *, max_file_bytes: int) -> None:
+        super().__init__(bundle, log_dir, env={"POMLIA_SERVE_TOKEN": TOKEN})
+        self.max_file_bytes = max_file_bytes
+
+    def command(self) -> list[str]:
+        return ["prlimit", f"--fsize={self.max_file_bytes}", "--", *super().command()]
+
+
+def test_a_server_that_is_not_ready_still_judges_a_feedback_body_first(
+    tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
+) -> None:
+    """A malformed feedback body got the 503 of a server that was not ready; it gets the 4xx
+    a ready server gives it, and only a valid body gets the 503."""
+    bundle = cached_demo_bundle(tmp_path_factory.getbasetemp() / "serve-demo", num_classes=4)
+    srv = FileSizeLimitedServer(bundle, tmp_path / "logs", max_file_bytes=64 * 1024)
+    with srv, httpx.Client(base_url=srv.url, timeout=30) as c:
+        npy_type = {"content-type": "application/x-npy"}
+        pid = c.post("/v1/predict", content=npy(images(1)[0]), headers=npy_type).json()
+        pid = pid["predictions"][0]["id"]
+        for _ in range(20):  # ~4 KB a prediction line: the log is full after a few batches
+            if c.post("/v1/predict", content=npy(images(8)), headers=npy_type).status_code == 503:
+                break
+        assert c.get("/ready").status_code == 503
+        json_type = {**AUTH, "content-type": "application/json"}
+        refusals = [
+            (c.post("/v1/feedback", content=b"{", headers=json_type), 422, "Invalid JSON"),
+            (c.post("/v1/feedback", json={"label": 1}, headers=AUTH), 422, "prediction_id"),
+            (
+                c.post("/v1/feedback", json={"prediction_id": pid, "label": 1.5}, headers=AUTH),
+                422,
+                "body.label: 1.5 is not a label; expected an integer class index 0..3",
+            ),
+            (
+                c.post("/v1/feedback", json={"prediction_id": "x", "label": 1}, headers=AUTH),
+                400,
+                "prediction_id: expected the 32-hex-digit id",
+            ),
+            (
+                c.post("/v1/feedback", json={"prediction_id": pid, "label": "cat"}, headers=AUTH),
+                400,
+                "not a label of this model",
+            ),
+        ]
+        for resp, status, message in refusals:
+            assert resp.status_code == status, resp.text
+            assert message in resp.json()["error"]
+        valid = c.post("/v1/feedback", json={"prediction_id": pid, "label": 1}, headers=AUTH)
+        assert valid.status_code == 503, valid.text

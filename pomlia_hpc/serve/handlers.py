@@ -69,13 +69,17 @@ async def predict(
 
 
 async def feedback(holder: ModelHolder, request: Request) -> Response:
-    """Answer one /v1/feedback request (the token has been checked by then)."""
-    pred = holder.current()
-    bundle = pred.bundle
-    item = await feedback_body(request, expected_label(bundle))
+    """Answer one /v1/feedback request (the token has been checked by then). The body is
+    judged before readiness: a malformed body gets the same 4xx whatever the server's state,
+    and only a valid one may get the 503 of a server that is not ready."""
+    # A hot swap never changes the labels (see holder.incompatible), so the bundle the server
+    # was started with judges a label as the current one would, before any model is loaded.
+    item = await feedback_body(request, expected_label(holder.card_bundle()))
     if not PREDICTION_ID.fullmatch(item.prediction_id):
         raise RequestError(400, "prediction_id: expected the 32-hex-digit id /v1/predict returned")
-    names, indices = labels_of(item.label, bundle)
+    names, indices = labels_of(item.label, holder.card_bundle())
+    pred = holder.current()
+    bundle = pred.bundle
     issued = holder.issued
     had_label = issued.labelled(item.prediction_id)
     refusal = feedback_refusal(
