@@ -158,7 +158,9 @@ def make_dirs(path: str | Path) -> list[Path]:
     try:
         target.mkdir(parents=True, exist_ok=True)
     except OSError:
-        remove_made_dirs(made)
+        # Only those that exist now: rmdir of one never made can fail otherwise than with
+        # ENOENT (a name too long: ENAMETOOLONG), which would stop the removal above it.
+        remove_made_dirs([p for p in made if os.path.lexists(p)])
         raise
     return made
 

@@ -163,3 +163,11 @@ def test_made_folders_are_reported_and_removed_only_while_empty(tmp_path: Path) 
     (top / "b" / "other.txt").unlink()
     remove_made_dirs(made)
     assert not (top / "b").exists() and top.is_dir()  # it existed before
+
+
+def test_a_folder_name_too_long_leaves_none_of_the_folders_made_before_it(tmp_path: Path) -> None:
+    """make_dirs made the parents of a name too long for the file system and then failed; its
+    cleanup stopped at the one never made (rmdir: ENAMETOOLONG) and left the parents."""
+    with pytest.raises(OSError, match="too long"):
+        make_dirs(tmp_path / "new1" / "new2" / ("x" * 300) / "deeper")
+    assert list(tmp_path.iterdir()) == []

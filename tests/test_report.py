@@ -315,6 +315,35 @@ def test_an_out_that_is_a_file_or_unwritable_is_one_error(
             build_report(reg, workspace, Path("/proc/pomlia-report"))
 
 
+def test_a_refused_report_leaves_no_folder_it_made(
+    workspace: Workspace, reg: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A refused `pomlia report --out NEW/.../REPORT` left the missing parents it had made
+    (empty folders) behind: when a deeper name could not be made, and when the report was
+    refused after its parents were made."""
+    room = tmp_path / "room"
+    room.mkdir()
+    too_long = room / "new1" / "new2" / ("x" * 300) / "r"
+    with pytest.raises(InputError, match="cannot be created: File name too long"):
+        build_report(reg, workspace, too_long)
+    assert sorted(p.name for p in room.iterdir()) == []
+
+    def refuses(_reg: Registry, _ws: Workspace) -> str:
+        raise InputError("refused while the pages were built")
+
+    monkeypatch.setattr("pomlia_hpc.report.build.PAGES", [("x.html", "X", refuses)])
+    (room / "kept").mkdir()
+    with pytest.raises(InputError, match="refused while the pages were built"):
+        build_report(reg, workspace, room / "kept" / "new" / "r")
+    assert sorted(p.name for p in room.iterdir()) == ["kept"]
+    assert list((room / "kept").iterdir()) == []
+    afile = room / "notes.txt"
+    afile.write_text("mine")
+    with pytest.raises(InputError, match=r"notes\.txt is a file, expected a folder"):
+        build_report(reg, workspace, afile / "new" / "r")
+    assert sorted(p.name for p in room.iterdir()) == ["kept", "notes.txt"]
+
+
 def test_pages_load_in_chromium_without_errors(
     filled: tuple[Workspace, Registry], tmp_path: Path, browser: object
 ) -> None:

@@ -16,7 +16,7 @@ from pathlib import Path
 from sqlalchemy import func, select
 
 from pomlia_hpc.errors import InputError
-from pomlia_hpc.files import staged_dir
+from pomlia_hpc.files import make_dirs, remove_made_dirs, staged_dir
 from pomlia_hpc.registry import (
     DatasetVersion,
     Deployment,
@@ -90,11 +90,13 @@ def _counts(registry: Registry) -> list[tuple[str, int]]:
 
 def check_out_folder(out: Path) -> None:
     """Refuse ``out`` unless the report may be written there: a new or empty folder, or one
-    that holds a report (its :data:`MARKER`). Creates the parent folder."""
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise InputError(f"report folder {out} cannot be created: {exc.strerror}") from exc
+    that holds a report (its :data:`MARKER`). Creates nothing: a refused report leaves no
+    folder behind (:func:`build_report` makes the missing parents after this check)."""
+    above = next((p for p in out.parents if p.exists()), None)
+    if above is not None and not above.is_dir():
+        raise InputError(
+            f"report folder {out} cannot be created: {above} is a file, expected a folder"
+        )
     if not out.exists() or (out / MARKER).is_file():
         return
     if not out.is_dir():
@@ -127,6 +129,25 @@ def build_report(
     """Write the report of ``workspace`` into ``out_dir`` (default ``<home>/reports/html``)."""
     out = (out_dir or workspace.path("reports", "html")).expanduser().resolve()
     check_out_folder(out)
+    try:
+        made = make_dirs(out.parent)
+    except OSError as exc:  # make_dirs removed what it made
+        raise InputError(f"report folder {out} cannot be created: {exc.strerror}") from exc
+    try:
+        return _write_report(registry, workspace, out, progress)
+    except BaseException:
+        # Refused or interrupted: the parents this call made go again (only while empty).
+        remove_made_dirs(made)
+        raise
+
+
+def _write_report(
+    registry: Registry,
+    workspace: Workspace,
+    out: Path,
+    progress: Callable[[str], None] | None,
+) -> ReportResult:
+    """Build the pages and publish them as the folder ``out``, whose parent exists."""
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     bodies: list[tuple[str, str, str]] = []
     for file, title, builder in PAGES:
