@@ -23,6 +23,7 @@ from pomlia_hpc.registry import (
 )
 from pomlia_hpc.report import build_report
 from pomlia_hpc.report.build import PAGES
+from pomlia_hpc.report.html import relative_href
 from pomlia_hpc.report.pages_strategy import recommendations_page
 from pomlia_hpc.workspace import Workspace
 from tests.fixtures.factories import make_dataset, make_encoder
@@ -328,7 +329,7 @@ def test_a_refused_report_leaves_no_folder_it_made(
         build_report(reg, workspace, too_long)
     assert sorted(p.name for p in room.iterdir()) == []
 
-    def refuses(_reg: Registry, _ws: Workspace) -> str:
+    def refuses(_reg: Registry, _ws: Workspace, _folder: Path) -> str:
         raise InputError("refused while the pages were built")
 
     monkeypatch.setattr("pomlia_hpc.report.build.PAGES", [("x.html", "X", refuses)])
@@ -371,7 +372,7 @@ def test_recommendations_page_reads_the_answers_once(filled: tuple[Workspace, Re
 
     event.listen(reg.engine, "before_cursor_execute", seen)
     try:
-        page = recommendations_page(reg, ws)
+        page = recommendations_page(reg, ws, ws.path("reports", "html"))
     finally:
         event.remove(reg.engine, "before_cursor_execute", seen)
     assert page is not None and "Recommendation 1 for task pneu-task" in page
@@ -422,17 +423,51 @@ def test_monitor_page_links_each_report_page(
     filled: tuple[Workspace, Registry], tmp_path: Path, browser: object
 ) -> None:
     """monitor.html named a report's JSON file as text; it links its report.html now, and
-    the link opens in a browser."""
+    the link opens in a browser. The link was an absolute file:// one, which broke once the
+    folders were copied or served over HTTP; it is relative to the report folder now."""
+    import functools
+    import shutil
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
     ws, reg = filled
-    res = build_report(reg, ws, tmp_path / "r")
-    browser.check(res.folder / "monitor.html")  # type: ignore[attr-defined]
+    res = build_report(reg, ws)  # the default folder, <home>/reports/html
+    try:
+        copy = tmp_path / "elsewhere" / "reports"
+        shutil.copytree(ws.path("reports"), copy)
+    finally:
+        shutil.rmtree(res.folder)
     driver = browser.driver  # type: ignore[attr-defined]
-    links = driver.find_elements("tag name", "a")
-    pages = [a.get_attribute("href") for a in links if a.text == "report.html"]
-    target = ws.path("reports", "st-best", "r4", "report.html")
-    assert pages == [target.resolve().as_uri()], pages
-    driver.get(pages[0])
-    assert driver.title == "monitor report"
+
+    def follow(url: str) -> str:
+        """Open monitor.html at ``url``, follow its one report link; the page reached."""
+        driver.get(url)
+        links = driver.find_elements("tag name", "a")
+        pages = [a.get_attribute("href") for a in links if a.text == "report.html"]
+        assert len(pages) == 1, pages
+        driver.get(pages[0])
+        assert driver.title == "monitor report", (pages[0], driver.title)
+        return str(pages[0])
+
+    html = (copy / "html" / "monitor.html").read_text()
+    assert "href='../st-best/r4/report.html'" in html and "file:" not in html
+    reached = follow((copy / "html" / "monitor.html").as_uri())
+    assert reached == (copy / "st-best" / "r4" / "report.html").as_uri()
+    handler = functools.partial(SimpleHTTPRequestHandler, directory=str(copy))
+    with ThreadingHTTPServer(("127.0.0.1", 0), handler) as server:
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        try:
+            root = f"http://127.0.0.1:{server.server_address[1]}"
+            assert follow(f"{root}/html/monitor.html") == f"{root}/st-best/r4/report.html"
+        finally:
+            server.shutdown()
+
+
+def test_a_relative_link_is_quoted_part_by_part() -> None:
+    """A ``#`` or ``?`` in a folder name would end a link's path; ``/`` separates its parts."""
+    target = Path("/ws/reports/st #1?/r 4/report.html")
+    assert relative_href(target, Path("/ws/reports/html")) == "../st%20%231%3F/r%204/report.html"
+    assert relative_href(target, Path("/ws/reports/st #1?")) == "r%204/report.html"
 
 
 def test_lineage_shows_every_recorded_key() -> None:

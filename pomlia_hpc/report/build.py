@@ -40,7 +40,10 @@ MARKER_TEXT = (
     "as a whole. Keep nothing else here.\n"
 )
 
-PageFn = Callable[[Registry, Workspace], str | None]
+#: A page builder: ``builder(registry, workspace, folder)`` returns the page's body, or None
+#: when it has no data; ``folder`` is the report folder the page will be read from (links to
+#: other files are made relative to it).
+PageFn = Callable[[Registry, Workspace, Path], str | None]
 
 #: (file, title, builder) in navigation order; a builder returns None when it has no data.
 PAGES: list[tuple[str, str, PageFn]] = [
@@ -153,7 +156,7 @@ def _write_report(
     for file, title, builder in PAGES:
         if progress is not None:
             progress(title)
-        body = builder(registry, workspace)
+        body = builder(registry, workspace, out)
         if body is not None:
             bodies.append((file, title, body))
     nav = [("index.html", "Overview")] + [(f, t) for f, t, _b in bodies]

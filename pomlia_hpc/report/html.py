@@ -9,7 +9,10 @@ from __future__ import annotations
 
 import base64
 import html
+import os
+import urllib.parse
 from collections.abc import Iterable, Sequence
+from pathlib import Path
 from typing import Any
 
 CSS = """
@@ -35,6 +38,14 @@ overflow:auto}
 def esc(value: Any) -> str:
     """``value`` as escaped HTML text."""
     return html.escape("" if value is None else str(value), quote=True)
+
+
+def relative_href(target: Path, folder: Path) -> str:
+    """A link from a page in ``folder`` to the file ``target``: relative (an absolute
+    ``file://`` link breaks when the folders are copied or served over HTTP), with ``/``
+    separators and each part URL-quoted (a ``#`` or ``?`` in a name would end the path)."""
+    rel = Path(os.path.relpath(target, folder))
+    return "/".join(urllib.parse.quote(part) for part in rel.parts)
 
 
 def cut(text: Any, limit: int) -> str:

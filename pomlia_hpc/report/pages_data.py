@@ -44,7 +44,7 @@ def _intensity(fp: dict[str, Any]) -> str:
     return "; ".join(f"{c.get('mean', 0):.0f}±{c.get('std', 0):.0f}" for c in chans)
 
 
-def datasets_page(registry: Registry, workspace: Workspace) -> str | None:
+def datasets_page(registry: Registry, workspace: Workspace, folder: Path) -> str | None:
     """Every dataset version with its explicit fingerprint, and a sample grid per dataset."""
     from pomlia_hpc.data.grid import sample_grid
     from pomlia_hpc.data.store import open_store
@@ -126,7 +126,7 @@ def _labels(refs: list[str]) -> list[str]:
     return [n if names.count(n) == 1 else r for n, r in zip(names, refs, strict=True)]
 
 
-def fingerprints_page(registry: Registry, workspace: Workspace) -> str | None:
+def fingerprints_page(registry: Registry, workspace: Workspace, folder: Path) -> str | None:
     """Per encoder: its training, latent maps (Figures 5/6), the heatmap of distances between
     dataset fingerprints (mean embeddings); then the pipelines' clustering results."""
     from pomlia_hpc.fingerprint.plots import plot_encoder_latent

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from collections import defaultdict
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
@@ -29,7 +30,7 @@ from pomlia_hpc.workspace import Workspace
 MAX_TRIALS = 200
 
 
-def studies_page(registry: Registry, workspace: Workspace) -> str | None:
+def studies_page(registry: Registry, workspace: Workspace, folder: Path) -> str | None:
     with registry.session() as s:
         runs = list(s.scalars(select(Run).order_by(Run.id)))
         tasks = {t.id: t for t in s.scalars(select(Task))}
@@ -103,7 +104,7 @@ def _num(x: Any) -> str:
     return f"{x:.4g}" if isinstance(x, int | float) and not isinstance(x, bool) else ""
 
 
-def models_page(registry: Registry, workspace: Workspace) -> str | None:
+def models_page(registry: Registry, workspace: Workspace, folder: Path) -> str | None:
     with registry.session() as s:
         models = list(s.scalars(select(Model).order_by(Model.id)))
         deps = list(s.scalars(select(Deployment).order_by(Deployment.id)))

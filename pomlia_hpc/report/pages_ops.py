@@ -13,7 +13,7 @@ from sqlalchemy import select
 
 from pomlia_hpc.registry import Model, MonitorReport, Registry
 from pomlia_hpc.report import figures
-from pomlia_hpc.report.html import cut, esc, png, status_span, table
+from pomlia_hpc.report.html import cut, esc, png, relative_href, status_span, table
 from pomlia_hpc.workspace import Workspace
 
 #: The file of a pipeline's last run (written by the pipeline room; read here as plain JSON,
@@ -21,7 +21,7 @@ from pomlia_hpc.workspace import Workspace
 RUN_FILE = "run.json"
 
 
-def monitor_page(registry: Registry, workspace: Workspace) -> str | None:
+def monitor_page(registry: Registry, workspace: Workspace, folder: Path) -> str | None:
     with registry.session() as s:
         reports = list(s.scalars(select(MonitorReport).order_by(MonitorReport.id)))
         names = {m.id: m.name for m in s.scalars(select(Model))}
@@ -45,7 +45,7 @@ def monitor_page(registry: Registry, workspace: Workspace) -> str | None:
         chart = figures.series(times, series, [r.triggered for r in items], f"monitor, {model}")
         parts.append(png(chart, f"monitor history of {model}", 600))
         headers = ["report", "time", "status", "window", "predictions", "labels", "tests"]
-        rows = [_report_row(r, t) for r, t in zip(items, times, strict=True)]
+        rows = [_report_row(r, t, folder) for r, t in zip(items, times, strict=True)]
         parts.append(table([*headers, "page"], rows, raw=True))
     return "".join(parts)
 
@@ -64,7 +64,7 @@ def _numbers(r: MonitorReport) -> dict[str, float]:
     return out
 
 
-def _report_row(r: MonitorReport, time: str) -> list[str]:
+def _report_row(r: MonitorReport, time: str, folder: Path) -> list[str]:
     """One monitor report as readable, escaped cells (the registry keeps its summary)."""
     m = r.metrics or {}
     status = str(m.get("status") or ("alarm" if r.triggered else "ok"))
@@ -91,7 +91,7 @@ def _report_row(r: MonitorReport, time: str) -> list[str]:
         esc(predictions),
         esc(labels),
         _tests_html(r.drift or {}),
-        _page_link(r.report_path),
+        _page_link(r.report_path, folder),
     ]
 
 
@@ -111,17 +111,21 @@ def _tests_html(drift: dict[str, Any]) -> str:
     return "<br>".join(lines) or "<span class='muted'>none</span>"
 
 
-def _page_link(report_path: str | None) -> str:
-    """A link to the report's own HTML page (next to its JSON), or why there is none."""
+def _page_link(report_path: str | None, folder: Path) -> str:
+    """A link to the report's own HTML page (next to its JSON), or why there is none. The link
+    is relative to ``folder`` (where monitor.html is written), never an absolute ``file://``
+    one: it still opens when the workspace's folders are moved or served over HTTP together
+    (the default report folder, ``<home>/reports/html``, sits beside the monitor reports)."""
     if not report_path:
         return "<span class='muted'>no file</span>"
     page = Path(report_path).with_name("report.html")
     if not page.is_file():
         return f"<span class='muted'>{esc(page)} (missing)</span>"
-    return f"<a href='{esc(page.resolve().as_uri())}'>report.html</a>"
+    href = relative_href(page.resolve(), folder)
+    return f"<a href='{esc(href)}'>report.html</a>"
 
 
-def pipelines_page(registry: Registry, workspace: Workspace) -> str | None:
+def pipelines_page(registry: Registry, workspace: Workspace, folder: Path) -> str | None:
     root = workspace.path("pipelines")
     names = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
     if not names:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
@@ -43,7 +44,7 @@ def _since(o: Outcome | None) -> str:
     return f"Since: {o.n_runs} run(s), the best {_num(o.best_value)} (run {o.best_run_id}){told}."
 
 
-def recommendations_page(registry: Registry, workspace: Workspace) -> str | None:
+def recommendations_page(registry: Registry, workspace: Workspace, folder: Path) -> str | None:
     with registry.session() as s:
         rows = list(
             s.scalars(select(Recommendation).order_by(Recommendation.id.desc()).limit(MAX_ANSWERS))
