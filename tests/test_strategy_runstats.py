@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import sqlite3
 from typing import Any
 
 import pytest
+from sqlalchemy import delete
 
 from pomlia_hpc.registry import Dataset, DatasetVersion, Registry, Run, Task
 from pomlia_hpc.strategy import cost, kb
@@ -118,6 +121,32 @@ def test_of_two_runs_with_the_best_objective_the_lower_id_counts_whenever_read(
         _finish(registry, first, 0.9)
         obs, _ = kb.registry_observations(registry, "acc")
         assert [o.evidence for o in obs if o.dataset == name] == [(first,)], name
+
+
+def test_runs_deleted_after_they_were_counted_are_no_longer_counted(registry: Registry) -> None:
+    """The summaries kept counting runs deleted from the registry (their best run, its value,
+    their number). A refresh notices the deletion and builds the summaries again, whether the
+    delete removed the run's kb_run_seen row too (foreign keys enforced) or left it behind
+    (the sqlite3 shell, where foreign keys are off)."""
+    tid = _task(registry)
+    kept = _run(registry, tid, "small_cnn", "ok", 0.7)
+    best = _run(registry, tid, "small_cnn", "ok", 0.9)
+    crashed = _run(registry, tid, "resnet18", "crashed")
+    got = _by_arch(registry)
+    assert (got["small_cnn"].n_runs, got["small_cnn"].evidence) == (2, (best,))
+    assert got["resnet18"].n_runs == 1
+    with registry.session() as s:
+        s.execute(delete(Run).where(Run.id == best))
+    got = _by_arch(registry)
+    assert (got["small_cnn"].n_runs, got["small_cnn"].evidence) == (1, (kept,))
+    assert got["small_cnn"].value == pytest.approx(0.65) and got["resnet18"].n_runs == 1
+    if registry.engine.dialect.name == "sqlite":
+        database = registry.engine.url.database
+        assert database is not None
+        with contextlib.closing(sqlite3.connect(database)) as conn, conn:
+            conn.execute("DELETE FROM runs WHERE id = ?", (crashed,))  # foreign keys off
+        assert set(_by_arch(registry)) == {"small_cnn"}
+    assert _by_arch(registry)["small_cnn"].n_runs == 1  # nothing counted twice after a rebuild
 
 
 def test_a_strategys_cost_is_one_run_at_the_tasks_full_budget(registry: Registry) -> None:
