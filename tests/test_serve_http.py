@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import socket
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -367,7 +368,12 @@ class FileSizeLimitedServer(LocalServer):
         self.max_file_bytes = max_file_bytes
 
     def command(self) -> list[str]:
-        return ["prlimit", f"--fsize={self.max_file_bytes}", "--", *super().command()]
+        limit = (
+            "import os, resource, sys; "
+            f"resource.setrlimit(resource.RLIMIT_FSIZE, ({self.max_file_bytes},) * 2); "
+            "os.execv(sys.executable, sys.argv[1:])"
+        )
+        return [sys.executable, "-c", limit, *super().command()]
 
 
 def test_a_server_that_is_not_ready_still_judges_a_feedback_body_first(
