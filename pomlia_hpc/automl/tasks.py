@@ -6,6 +6,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from pomlia_hpc.data.classes import require_two_train_classes
 from pomlia_hpc.data.splits import require_all_splits
 from pomlia_hpc.data.store import find_version, open_store
 from pomlia_hpc.errors import InputError, NotFoundError, PomliaError
@@ -44,9 +45,11 @@ def add_task(
 
 def check_trainable(meta: dict[str, Any], ref: str) -> None:
     """Refuse a dataset version (``ref``, its store's ``meta``) that no trial could learn
-    from: an empty train, val or test split, or a binary task without exactly 2 classes
-    (versions ingested before ``data add`` refused that); one :class:`InputError` each."""
+    from: an empty train, val or test split, fewer than 2 classes with training images, or
+    a binary task without exactly 2 classes (versions ingested before ``data add`` refused
+    that); one :class:`InputError` each."""
     require_all_splits(meta, ref)
+    require_two_train_classes(meta, ref)
     n_classes = int(meta.get("n_classes", 0))
     if meta.get("task_type") == "binary-class" and n_classes != 2:
         raise InputError(

@@ -126,10 +126,18 @@ def add(
         ),
     ] = None,
     val_fraction: Annotated[
-        float | None, typer.Option(help="Folder/HDF5 without splits: share of val (0.1).")
+        float | None,
+        typer.Option(
+            help="Folder/HDF5 without splits: share of val (0.1). Split folders without "
+            "val/: share of train/ carved out as val."
+        ),
     ] = None,
     test_fraction: Annotated[
-        float | None, typer.Option(help="Folder/HDF5 without splits: share of test (0.1).")
+        float | None,
+        typer.Option(
+            help="Folder/HDF5 without splits: share of test (0.1). Split folders without "
+            "test/: share of train/ carved out as test."
+        ),
     ] = None,
     max_classes: Annotated[
         int | None,
@@ -179,11 +187,38 @@ def add(
     console.print(f"{what} [bold]{rec.ref}[/] ({rec.n_images} images{parent})")
     console.print(f"store: {rec.store_path}")
     _print_notes(rec.meta)
+    if rec.created and rec.parent:
+        _print_changes(name, rec.parent, rec.meta)
+
+
+def _print_changes(name: str, parent: str, meta: dict[str, Any]) -> None:
+    """Warn when a new version of ``name`` has other classes, channels or task type than its
+    parent (the previous newest version): commands naming the dataset now get the new one."""
+    from pomlia_hpc.data.api import show
+    from pomlia_hpc.data.classes import version_changes
+
+    changes = version_changes(show(STATE.registry(), f"{name}@{parent}").meta, meta)
+    if changes:
+        console.print(
+            f"[yellow]warning:[/] this version of '{name}' differs from the previous one "
+            f"({name}@{parent}): {'; '.join(changes)}. Tasks already registered keep the "
+            f"version they were made with; `pomlia task add --dataset {name}` and other "
+            f"commands naming '{name}' now use this one (name {name}@{parent} for the old)"
+        )
+
+
+_UNUSED = (
+    " (a class in no split is still an output of every model: the classes are those "
+    "declared by --n-classes / --class-names, else 0 .. the largest label)"
+)
 
 
 def _print_notes(meta: dict[str, Any]) -> None:
     """The split sizes of an ingested version, a warning for an empty split (no task can be
-    made of it) and a note on gray images converted to RGB."""
+    made of it), for class folders skipped as empty, for classes without images in a split
+    and for fewer than 2 classes with training images, and a note on gray images converted
+    to RGB."""
+    from pomlia_hpc.data.classes import classes_without_images, describe_missing, train_classes
     from pomlia_hpc.data.splits import describe_splits, empty_splits, fill_hint
 
     console.print(f"splits: {describe_splits(meta)}")
@@ -192,6 +227,24 @@ def _print_notes(meta: dict[str, Any]) -> None:
         console.print(
             f"[yellow]warning:[/] no {' or '.join(empty)} images: `pomlia task add` refuses "
             f"this version (AutoML needs train, val and test images); {fill_hint(meta, empty)}"
+        )
+    skipped = (meta.get("source") or {}).get("skipped_empty_folders") or []
+    if skipped:
+        console.print(
+            f"[yellow]warning:[/] skipped {len(skipped)} class folder(s) without images "
+            f"(not made classes): {', '.join(skipped)}"
+        )
+    missing = classes_without_images(meta)
+    if missing:
+        console.print(
+            f"[yellow]warning:[/] class(es) without images in a split: {describe_missing(missing)}"
+            + (_UNUSED if any(len(v) == 3 for v in missing.values()) else "")
+        )
+    multi = str(meta.get("task_type", "")).startswith("multi-label")
+    if not multi and "train" not in empty and len(train_classes(meta)) < 2:
+        console.print(
+            "[yellow]warning:[/] fewer than 2 classes have training images: `pomlia task add` "
+            "refuses this version (a classification task needs at least 2)"
         )
     gray = int((meta.get("source") or {}).get("gray_to_rgb", 0))
     if gray:
@@ -282,6 +335,8 @@ def list_cmd(
 
 
 def _render(ref: str, parent: str | None, meta: dict[str, Any], fp: dict[str, Any]) -> None:
+    from pomlia_hpc.data.classes import classes_without_images, describe_missing
+
     table = Table(title=ref, show_header=False)
     table.add_column("field", style="bold")
     table.add_column("value", overflow="fold")
@@ -290,6 +345,7 @@ def _render(ref: str, parent: str | None, meta: dict[str, Any], fp: dict[str, An
         ("parent", parent or "-"),
         ("task", str(meta.get("task_type"))),
         ("classes", f"{meta.get('n_classes')}: {', '.join(meta.get('class_names', []))}"),
+        ("classes without images", describe_missing(classes_without_images(meta)) or "-"),
         ("images", f"{meta.get('n_images')} ({', '.join(f'{k} {v}' for k, v in sizes.items())})"),
         ("image size", f"{meta.get('height')}x{meta.get('width')} px, {meta.get('channels')} ch"),
         ("chunk rows", str(meta.get("chunk_rows"))),
@@ -307,7 +363,10 @@ def _render(ref: str, parent: str | None, meta: dict[str, Any], fp: dict[str, An
 def show_cmd(
     ref: Annotated[str, typer.Argument(help="NAME (newest version) or NAME@VERSION.")],
     grid: Annotated[
-        Path | None, typer.Option(help="Write a sample grid PNG (rows = classes) here.")
+        Path | None,
+        typer.Option(
+            help="Write a sample grid PNG (rows = classes) here; the path must end in .png."
+        ),
     ] = None,
     per_class: Annotated[int, typer.Option(help="Images per class in the grid.")] = 8,
     as_json: Annotated[bool, typer.Option("--json", help="Print the record as JSON.")] = False,
@@ -315,6 +374,10 @@ def show_cmd(
     """Show a version: metadata and its explicit fingerprint."""
     from pomlia_hpc.data.api import show
 
+    if grid is not None:
+        from pomlia_hpc.data.grid import check_grid_path
+
+        check_grid_path(grid)  # before printing anything: a bad path is one clear error
     rec = show(STATE.registry(), ref)
     meta = {k: v for k, v in rec.meta.items() if k != "chunk_hashes"}
     if as_json:

@@ -42,7 +42,9 @@ def fill_hint(meta: dict[str, Any], empty: list[str]) -> str:
         return f"add the arrays {arrays} to the npz file and run `pomlia data add` again"
     if kind == "folder" and source.get("layout") == "split folders":
         folders = ", ".join(f"{s}/<class>/" for s in empty)
-        return f"add the folder(s) {folders} with images and run `pomlia data add` again"
+        carve = " / ".join(f"--{s}-fraction F" for s in empty if s != "train")
+        how = f", or carve it from train with {carve}" if carve else ""
+        return f"add the folder(s) {folders} with images and run `pomlia data add` again{how}"
     if kind == "folder":
         fractions = " / ".join(f"--{s}-fraction" for s in empty if s != "train")
         more = f"a larger {fractions} or " if fractions else ""

@@ -5,13 +5,22 @@ Layouts::
     root/<class>/<image>                 splits assigned by a hash of the file's path
     root/{train,val,test}/<class>/<image> splits given by the folders
 
+Split folders may also be named ``training``; ``valid``, ``validation``, ``dev``; ``testing``
+(any case, :data:`SPLIT_FOLDER_NAMES`). A top level mixing split folders with class folders
+is refused, as is a file directly inside a split folder.
+
 Without split folders each file goes to train/val/test by a hash of its path relative to
 ``root`` (``val_fraction``, ``test_fraction``; default 0.1 each), so adding files never moves
-the existing ones to another split. Within a split, rows are ordered by another hash of that
-path (deterministic, and not class by class). Files under a class folder may sit in nested
-folders; hidden files (``.name``) are skipped. Every image must have the size of the first one.
-A dataset is RGB if any of its images is colour (gray ones are then replicated to 3 channels;
-their count is kept as ``meta["source"]["gray_to_rgb"]`` and ``data add`` reports it).
+the existing ones to another split. With split folders, ``val_fraction`` / ``test_fraction``
+carve a missing val / test split out of the train folder by the same hash (a split that has
+its folder refuses the fraction). A class folder without images is skipped (not made a
+class) and recorded as ``meta["source"]["skipped_empty_folders"]``.
+
+Within a split, rows are ordered by another hash of that path (deterministic, and not class by
+class). Files under a class folder may sit in nested folders; hidden files (``.name``) are
+skipped. Every image must have the size of the first one. A dataset is RGB if any of its images
+is colour (gray ones are then replicated to 3 channels; their count is kept as
+``meta["source"]["gray_to_rgb"]`` and ``data add`` reports it).
 """
 
 from __future__ import annotations
@@ -149,6 +158,112 @@ def _visible(path: Path) -> list[Path]:
     return sorted(p for p in path.iterdir() if not p.name.startswith("."))
 
 
+SPLIT_FOLDER_NAMES: dict[str, str] = {
+    "train": "train",
+    "training": "train",
+    "val": "val",
+    "valid": "val",
+    "validation": "val",
+    "dev": "val",
+    "test": "test",
+    "testing": "test",
+}
+"""Top-level folder names (any case) taken as a split folder, and the split each one is."""
+
+
+def _names(paths: list[Path]) -> str:
+    shown = ", ".join(f"'{p.name}'" for p in paths[:5])
+    return shown + (f" and {len(paths) - 5} more" if len(paths) > 5 else "")
+
+
+def _expected_layout() -> str:
+    aliases = ", ".join(
+        f"{s} ({'/'.join(k for k, v in SPLIT_FOLDER_NAMES.items() if v == s)})" for s in SPLITS
+    )
+    return (
+        "expected either class folders only (root/<class>/<image>) or split folders only "
+        f"(root/<split>/<class>/<image>, splits {aliases})"
+    )
+
+
+def split_folders(path: Path) -> dict[str, Path]:
+    """The split folders of image folder ``path`` by split (train, val, test), or {} when
+    its top level holds class folders. A top level that mixes split folders with other
+    folders or files, or names one split twice (``val`` and ``valid``), is refused."""
+    entries = _visible(path)
+    named = [p for p in entries if p.is_dir() and p.name.lower() in SPLIT_FOLDER_NAMES]
+    if not named:
+        return {}
+    others = [p for p in entries if p not in named]
+    if others:
+        raise InputError(
+            f"image folder '{path}' mixes split folders ({_names(named)}) with other "
+            f"folders or files ({_names(others)}) at its top level: {_expected_layout()}"
+        )
+    out: dict[str, Path] = {}
+    for p in named:
+        split = SPLIT_FOLDER_NAMES[p.name.lower()]
+        if split in out:
+            raise InputError(
+                f"image folder '{path}' has two folders for the {split} split, "
+                f"'{out[split].name}' and '{p.name}': expected one"
+            )
+        out[split] = p
+    return {s: out[s] for s in SPLITS if s in out}
+
+
+def _fractions(
+    path: Path, roots: dict[str, Path], val: float | None, test: float | None
+) -> tuple[float, float]:
+    """(val, test) shares of the rows that are split by hash: all rows of a class-folder
+    layout (default 0.1 each); with split folders, the train folder's rows, and only for a
+    split that has no folder (default 0, so nothing is carved unless asked)."""
+    if not roots:
+        return (0.1 if val is None else val, 0.1 if test is None else test)
+    for split, value in (("val", val), ("test", test)):
+        if value is not None and split in roots:
+            raise InputError(
+                f"--{split}-fraction {value} does not apply: image folder '{path}' has a "
+                f"{split} split folder ('{roots[split].name}'): expected no --{split}-fraction "
+                f"(it carves a {split} split from train only where the folder is missing)"
+            )
+    return (val or 0.0, test or 0.0)
+
+
+def _class_dirs(path: Path, root: Path, split_name: str) -> list[Path]:
+    """The class folders under ``root`` (the dataset folder, or one split folder of it)."""
+    dirs = []
+    for cdir in _visible(root):
+        if cdir.is_dir():
+            dirs.append(cdir)
+        elif split_name:
+            raise InputError(
+                f"'{cdir}' is a file in split folder '{root.name}': expected one sub-folder "
+                f"per class inside each split folder ({root.name}/<class>/<image>)"
+            )
+        else:
+            raise InputError(
+                f"'{cdir}' is a file in the dataset folder: expected one sub-folder per class "
+                f"(root/<class>/<image>) or split folders (root/<split>/<class>/<image>)"
+            )
+    return dirs
+
+
+def _images(cdir: Path) -> list[Path]:
+    """Image files under class folder ``cdir`` (nested folders too; hidden ones skipped)."""
+    out = []
+    for f in sorted(cdir.rglob("*")):
+        hidden = any(p.startswith(".") for p in f.relative_to(cdir).parts)
+        if f.is_dir() or hidden:
+            continue
+        if f.suffix.lower() not in IMAGE_SUFFIXES:
+            raise InputError(
+                f"file '{f}' is not an image: expected one of {', '.join(IMAGE_SUFFIXES)}"
+            )
+        out.append(f)
+    return out
+
+
 class FolderSource(Source):
     """Class sub-folders of images (see the module docstring for layouts and rules)."""
 
@@ -157,41 +272,36 @@ class FolderSource(Source):
         path: Path,
         decl: LabelDecl | None = None,
         *,
-        val_fraction: float = 0.1,
-        test_fraction: float = 0.1,
+        val_fraction: float | None = None,
+        test_fraction: float | None = None,
         limits: IngestLimits | None = None,
     ) -> None:
         super().__init__(path=path, kind="folder")
         self._limits = limits or IngestLimits()
-        check_split_fractions(f"image folder '{path}'", val_fraction, test_fraction)
-        entries = _visible(path)
-        split_dirs = {p.name for p in entries if p.is_dir()} & set(SPLITS)
-        by_split = bool(entries) and all(p.is_dir() and p.name in SPLITS for p in entries)
-        roots = {p.name: p for p in entries} if by_split else {"": path}
+        roots = split_folders(path)
+        by_split = bool(roots)
+        fractions = _fractions(path, roots, val_fraction, test_fraction)
+        check_split_fractions(f"image folder '{path}'", *fractions)
         # Per split: (order key, file, class); the key is bytes 8..16 of the path's SHA-256.
         files: dict[str, list[tuple[bytes, Path, str]]] = {s: [] for s in SPLITS}
-        classes: set[str] = set()
-        for split_name, root in roots.items():
-            for cdir in _visible(root):
-                if not cdir.is_dir():
-                    hint = " (or train/val/test folders)" if split_dirs else ""
-                    raise InputError(
-                        f"'{cdir}' is a file in the dataset folder: expected one "
-                        f"sub-folder per class{hint}"
-                    )
-                classes.add(cdir.name)
-                for f in sorted(cdir.rglob("*")):
-                    hidden = any(p.startswith(".") for p in f.relative_to(cdir).parts)
-                    if f.is_dir() or hidden:
-                        continue
-                    if f.suffix.lower() not in IMAGE_SUFFIXES:
-                        raise InputError(
-                            f"file '{f}' is not an image: expected one of "
-                            f"{', '.join(IMAGE_SUFFIXES)}"
-                        )
+        class_dirs: list[Path] = []
+        for split_name, root in (roots or {"": path}).items():
+            for cdir in _class_dirs(path, root, split_name):
+                class_dirs.append(cdir)
+                for f in _images(cdir):
                     digest = hashlib.sha256(f.relative_to(path).as_posix().encode()).digest()
-                    split = split_name or _split_of(digest, val_fraction, test_fraction)
+                    # A split folder fixes the split, but train lends rows to a missing
+                    # val/test (fractions are 0 unless asked, see _fractions).
+                    split = split_name
+                    if split_name in ("", "train"):
+                        split = _split_of(digest, *fractions)
                     files[split].append((digest[8:16], f, cdir.name))
+        classes = {c for rows in files.values() for _k, _f, c in rows}
+        # A class folder without images is most likely a mistake: not made a class (a model
+        # could never predict it), and `data add` names it.
+        skipped = sorted(
+            d.relative_to(path).as_posix() for d in class_dirs if d.name not in classes
+        )
         self.class_names = sorted(classes)
         self._limits.check_classes(f"image folder '{path}'", len(classes), "class folders")
         # Rows in hash order, not class by class: any run of rows (a chunk, a shuffle buffer,
@@ -212,15 +322,19 @@ class FolderSource(Source):
                 "has one class, its folder): expected multi-class, binary or ordinal"
             )
         task = decl.task_type or ("binary-class" if n == 2 else "multi-class")
-        check_binary(task, n, f"image folder '{path}' has {n} class folder(s)")
+        check_binary(task, n, f"image folder '{path}' has {n} class folder(s) with images")
         self.label_info = LabelInfo(task, self.class_names, 1)
+        carved = by_split and any(fractions)
         self.extra.update(
             {
                 "layout": "split folders" if by_split else "class folders",
-                "val_fraction": None if by_split else val_fraction,
-                "test_fraction": None if by_split else test_fraction,
+                "split_folders": {s: p.name for s, p in roots.items()} if by_split else None,
+                "val_fraction": fractions[0] if not by_split or carved else None,
+                "test_fraction": fractions[1] if not by_split or carved else None,
             }
         )
+        if skipped:
+            self.extra["skipped_empty_folders"] = skipped
 
     def _scan(self) -> None:
         """First pass over headers: one size, one bit depth; any colour image makes it RGB."""

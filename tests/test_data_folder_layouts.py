@@ -1,0 +1,118 @@
+"""Image-folder layouts: split folders under their common names (``valid`` ...), a top level
+mixing split and class folders, files directly in a split folder, val/test carved from a
+split layout's train folder, and class folders without images (skipped, and said so)."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pomlia_hpc.workspace import Workspace
+from tests.fixtures.cli import cli_ok
+
+pytestmark = pytest.mark.usefixtures("wide_console")
+
+
+def _mk(root: Path, *rels: str, n: int = 10) -> Path:
+    """``n`` random 12x12 PNGs in each ``root/rel`` folder."""
+    rng = np.random.default_rng(len(rels))
+    for rel in rels:
+        (root / rel).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            img = rng.integers(0, 255, (12, 12), dtype=np.uint8)
+            Image.fromarray(img).save(root / rel / f"{i}.png")
+    return root
+
+
+def _meta(name: str) -> dict[str, object]:
+    return dict(json.loads(cli_ok("data", "show", name, "--json"))["meta"])
+
+
+def _flat(text: str) -> str:
+    return " ".join(text.split())
+
+
+@pytest.mark.parametrize("val", ["valid", "validation", "val", "dev", "Valid"])
+def test_common_split_folder_names_are_splits_not_classes(
+    workspace: Workspace, tmp_path: Path, val: str
+) -> None:
+    # 'valid' made a 3-class dataset 'test, train, valid', dropping the real labels.
+    rels = [f"{s}/{c}" for s in ("train", val, "test") for c in ("benign", "malignant")]
+    cli_ok("data", "add", "v", str(_mk(tmp_path / "v", *rels)))
+    meta = _meta("v")
+    assert meta["class_names"] == ["benign", "malignant"]
+    assert meta["split_sizes"] == {"train": 20, "val": 20, "test": 20}
+    assert meta["source"]["split_folders"]["val"] == val  # type: ignore[index]
+
+
+def test_split_and_class_folders_mixed_at_the_top_are_refused(
+    data_add: Callable[..., str], tmp_path: Path
+) -> None:
+    root = _mk(tmp_path / "mixed", "train/a", "train/b", "c")
+    err = data_add(root)
+    assert "mixes split folders ('train') with other folders or files ('c')" in err
+    assert "root/<split>/<class>/<image>" in err and "val (val/valid/validation/dev)" in err
+
+
+def test_two_folders_for_one_split_and_files_in_a_split_folder_are_refused(
+    data_add: Callable[..., str], tmp_path: Path
+) -> None:
+    root = _mk(tmp_path / "two", "train/a", "train/b", "val/a", "valid/a")
+    assert "two folders for the val split, 'val' and 'valid': expected one" in data_add(root)
+    flat = _mk(tmp_path / "flat", "train", "test")  # images straight in the split folders
+    err = data_add(flat)
+    assert "is a file in split folder 'train': expected one sub-folder per class" in err
+    assert "(train/<class>/<image>)" in err
+
+
+def test_a_missing_val_split_is_carved_from_train_with_val_fraction(
+    workspace: Workspace, tmp_path: Path
+) -> None:
+    root = _mk(tmp_path / "tt", "train/a", "train/b", "test/a", "test/b", n=20)
+    text = _flat(cli_ok("data", "add", "tt", str(root), "--val-fraction", "0.3"))
+    meta = _meta("tt")
+    sizes = meta["split_sizes"]
+    assert isinstance(sizes, dict) and sizes["test"] == 40 and sizes["train"] + sizes["val"] == 40
+    assert 4 <= sizes["val"] <= 20 and "warning: no val" not in text
+    assert meta["source"]["val_fraction"] == 0.3  # type: ignore[index]
+    # The same files, the same split (a hash of the path): a second add is the same version.
+    assert "identical content" in cli_ok("data", "add", "tt", str(root), "--val-fraction", "0.3")
+    # Without the flag nothing is carved, and the warning says how.
+    text = _flat(cli_ok("data", "add", "tt0", str(root)))
+    assert "splits: train 40, val 0, test 40" in text
+    assert "or carve it from train with --val-fraction F" in text
+
+
+def test_a_fraction_for_a_split_that_has_its_folder_is_refused(
+    data_add: Callable[..., str], tmp_path: Path
+) -> None:
+    root = _mk(tmp_path / "tt", "train/a", "train/b", "test/a", "test/b")
+    err = data_add(root, "--test-fraction", "0.2")
+    assert err.startswith("error: --test-fraction 0.2 does not apply: image folder")
+    assert "has a test split folder ('test'): expected no --test-fraction" in err
+
+
+def test_an_empty_class_folder_is_skipped_with_a_warning(
+    workspace: Workspace, tmp_path: Path
+) -> None:
+    root = _mk(tmp_path / "e", "a", "b")
+    (root / "empty").mkdir()
+    text = _flat(cli_ok("data", "add", "e", str(root)))
+    assert "warning: skipped 1 class folder(s) without images (not made classes): empty" in text
+    meta = _meta("e")
+    assert meta["class_names"] == ["a", "b"]
+    assert meta["source"]["skipped_empty_folders"] == ["empty"]  # type: ignore[index]
+
+
+def test_a_class_without_training_images_is_named_by_add_and_show(
+    workspace: Workspace, tmp_path: Path
+) -> None:
+    rels = ["train/a", "train/b", "val/a", "val/b", "test/a", "test/b", "test/c"]
+    text = _flat(cli_ok("data", "add", "s", str(_mk(tmp_path / "s", *rels))))
+    assert "warning: class(es) without images in a split: 'c' (train, val)" in text
+    assert "classes without images │ 'c' (train, val)" in _flat(cli_ok("data", "show", "s"))

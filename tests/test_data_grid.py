@@ -1,0 +1,90 @@
+"""`data show --grid`: the path is checked before anything is printed (a .png in a writable
+folder), and class names outside ASCII are drawn with their glyphs, not a box."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pomlia_hpc.cli import main
+from pomlia_hpc.workspace import Workspace
+from tests.fixtures.cli import cli_ok
+
+pytestmark = pytest.mark.usefixtures("wide_console")
+
+
+def _npz(path: Path) -> Path:
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for s in ("train", "val", "test"):
+        arrays[f"{s}_images"] = rng.integers(0, 255, (20, 8, 8), dtype=np.uint8)
+        arrays[f"{s}_labels"] = (np.arange(20) % 2)[:, None]
+    np.savez(path, **arrays)  # type: ignore[arg-type]
+    return path
+
+
+def _show_fails(
+    workspace: Workspace,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    grid: Path,
+) -> str:
+    argv = ["pomlia", "--home", str(workspace.home), "data", "show", "d", "--grid", str(grid)]
+    monkeypatch.setattr(sys, "argv", argv)
+    with pytest.raises(SystemExit) as ex:
+        main()
+    out = capsys.readouterr()
+    assert ex.value.code == 2 and "Traceback" not in out.err
+    assert out.out == ""  # no fingerprint printed before the error
+    return " ".join(out.err.split())
+
+
+def test_a_bad_grid_path_is_refused_before_anything_is_printed(
+    workspace: Workspace,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    cli_ok("data", "add", "d", str(_npz(tmp_path / "d.npz")))
+    capsys.readouterr()
+    for suffix in (".jpg", ".txt", ""):
+        err = _show_fails(workspace, monkeypatch, capsys, tmp_path / f"g{suffix}")
+        assert f"has suffix '{suffix}': expected a .png path" in err
+        assert not (tmp_path / f"g{suffix}").exists()
+    err = _show_fails(workspace, monkeypatch, capsys, tmp_path / "no" / "g.png")
+    assert "folder" in err and "does not exist" in err
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    try:
+        probe = ro / "x"
+        try:
+            probe.write_bytes(b"")  # root ignores permissions: skip that case
+            writable = True
+        except OSError:
+            writable = False
+        if not writable:
+            err = _show_fails(workspace, monkeypatch, capsys, ro / "g.png")
+            assert "cannot be written" in err and "expected a writable path" in err
+    finally:
+        ro.chmod(0o700)
+    assert sorted(p.name for p in ro.iterdir()) in ([], ["x"])  # no probe left behind
+    cli_ok("data", "show", "d", "--grid", str(tmp_path / "g.PNG"))
+    with Image.open(tmp_path / "g.PNG") as im:
+        assert im.format == "PNG"
+
+
+def test_non_ascii_class_names_are_drawn_not_boxed(workspace: Workspace, tmp_path: Path) -> None:
+    src = str(_npz(tmp_path / "d.npz"))
+    # U+E000 (private use) has a glyph in no font: it is always drawn as the missing-glyph box.
+    for name, names in (("accent", "dög,cat"), ("boxed", "d\ue000g,cat")):
+        cli_ok("data", "add", name, src, "--class-names", names)
+        cli_ok("data", "show", name, "--grid", str(tmp_path / f"{name}.png"))
+    with Image.open(tmp_path / "accent.png") as a, Image.open(tmp_path / "boxed.png") as b:
+        assert a.size == b.size
+        # Same images (same seed), so only the labels can differ: 'ö' must not be the box.
+        assert np.any(np.asarray(a) != np.asarray(b))
