@@ -162,3 +162,27 @@ def test_ctrl_c_during_a_study_says_how_to_resume_without_a_traceback(
     said = " ".join(res.output.split())
     assert "interrupted: study s stopped" in said
     assert "pomlia automl run t --study s --resume" in said
+
+
+def test_a_gpu_missing_here_is_refused_before_the_study_on_the_local_executor(
+    workspace: Workspace, reg: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`automl run T --device cuda` (or `--gpus 1`) on the local executor of a machine without
+    a GPU submitted trials that crashed and counted as the strategy's failures; a Slurm
+    profile is not checked here (its GPUs are on the compute node)."""
+    import torch
+
+    tiny_task(workspace, reg, "blood", sizes=(16, 8, 8))
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    cuda = EngineOptions(device="cuda")
+    for kwargs in ({"engine": cuda}, {"resources": {"gpus_per_node": 1}}):
+        with pytest.raises(InputError, match="torch sees 0 on this machine") as exc:
+            create_study(reg, workspace, "blood", name="s", **kwargs)  # type: ignore[arg-type]
+        assert "--cluster PROFILE" in str(exc.value) and "\n" not in str(exc.value)
+    assert not study_dir(workspace, "s").exists()
+    study_mod.check_study_options(engine=cuda, executor="slurm-local", name="s")
+    # With a GPU here, a local job still sees none unless it asks for one (CUDA_VISIBLE_DEVICES).
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(InputError, match="add --gpus 1"):
+        create_study(reg, workspace, "blood", name="s", engine=cuda)
+    study_mod.check_study_options(engine=cuda, resources={"gpus_per_node": 1}, name="s")

@@ -206,6 +206,24 @@ def test_a_finished_encoder_needs_no_cluster_profile(workspace: Workspace, reg: 
         train_encoder(reg, nosuch, "other", [ref], _small(1))  # a job is needed
 
 
+def test_a_gpu_missing_here_is_refused_before_the_job(
+    workspace: Workspace, reg: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`fingerprint train ... --gpus 1` (and `extract --gpus 1`) on the local profile of a
+    machine without a GPU trained on the CPU without a word; now nothing is started."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    ref = make_dataset(workspace, reg, "blood", sizes=(48, 4, 4))
+    with pytest.raises(InputError, match=r"--gpus 1: 1 GPU.* torch sees 0 on this machine"):
+        train_encoder(reg, workspace, "ae", [ref], _small(1), resources={"gpus_per_node": 1})
+    assert not encoder_dir(workspace, "ae").exists()
+    make_encoder(workspace, reg, "enc")
+    with pytest.raises(InputError, match=r"--gpus 1: .*ask for no GPU \(--gpus 0\)"):
+        extract(reg, workspace, "enc", [ref], resources={"gpus_per_node": 1})
+    assert list(workspace.path("embeddings").rglob("*")) == []
+
+
 class _Cancelled:
     """The handle of a job cancelled (scancel, preemption without requeue) before its end."""
 

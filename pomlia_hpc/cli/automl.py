@@ -274,7 +274,11 @@ def automl_run(
         bool | None, typer.Option("--bf16/--no-bf16", help="bf16 training (default: on CUDA only).")
     ] = None,
     device: Annotated[
-        str, typer.Option(help="auto (cuda if there is a GPU), cpu or cuda.")
+        str,
+        typer.Option(
+            help="auto (cuda if the trial has a GPU), cpu or cuda (on the local executor: "
+            "needs --gpus 1 and a GPU on this machine, else refused before the study)."
+        ),
     ] = "auto",
     mem_gb: Annotated[
         float | None,

@@ -122,7 +122,13 @@ def train(
     ] = 3,
     lr_schedule: Annotated[str, typer.Option(help="cosine or constant.")] = "cosine",
     cpus: Annotated[int | None, typer.Option(min=1, help="CPUs for the job.")] = None,
-    gpus: Annotated[int | None, typer.Option(min=0, help="GPUs for the job (0: none).")] = None,
+    gpus: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            help="GPUs for the job (0: none; local profile: refused if this machine lacks them).",
+        ),
+    ] = None,
 ) -> None:
     """Train the ResNet-18 encoder on DATASETS as a cluster job and register it.
 
@@ -201,7 +207,13 @@ def extract(
     ] = 1,
     force: Annotated[bool, typer.Option(help="Recompute even complete embeddings.")] = False,
     cpus: Annotated[int | None, typer.Option(min=1, help="CPUs per shard.")] = None,
-    gpus: Annotated[int | None, typer.Option(min=0, help="GPUs per shard (0: none).")] = None,
+    gpus: Annotated[
+        int | None,
+        typer.Option(
+            min=0,
+            help="GPUs per shard (0: none; local profile: refused if this machine lacks them).",
+        ),
+    ] = None,
 ) -> None:
     """Embed DATASETS with an encoder as an array job (complete shards are skipped).
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from pomlia_hpc.config import ClusterProfile, validate_model
-from pomlia_hpc.errors import ConfigError
+from pomlia_hpc.errors import ConfigError, InputError
 
 #: Keys a single job may override.
 JOB_RESOURCE_KEYS = ("cpus_per_task", "gpus_per_node", "mem_gb", "time_min", "partition", "qos")
@@ -63,3 +63,33 @@ def after_ok_parameters(profile: ClusterProfile, job_ids: list[str]) -> dict[str
         raise ConfigError(f"job dependencies need the slurm backend, not '{profile.backend}'")
     deps = {"dependency": f"afterok:{':'.join(job_ids)}", "kill-on-invalid-dep": "yes"}
     return {"slurm_additional_parameters": deps}
+
+
+def check_local_gpus(profile: ClusterProfile, *, cuda: bool = False, what: str = "the job") -> None:
+    """Refuse, before anything is submitted, GPUs that a job of a ``local`` or ``debug``
+    profile would not get: ``profile.gpus_per_node`` (overrides applied) more than this
+    machine has, or ``cuda`` (the job will ask torch for a CUDA device) while the job gets
+    none. Such a job ran on the CPU without a word, or crashed and was recorded as a failed
+    run. A Slurm profile is not checked: its GPUs are on the compute node, not here.
+    ``what``: names the job in the message (e.g. ``--device cuda``)."""
+    if profile.backend == "slurm":
+        return
+    if not cuda and profile.gpus_per_node == 0:
+        return
+    import torch  # only here: a job that asks for no GPU must not pay for loading torch
+
+    here = torch.cuda.device_count()
+    wanted = max(profile.gpus_per_node, 1)
+    if here < wanted:
+        no_gpu = "--device cpu or auto" if cuda else "--gpus 0"
+        raise InputError(
+            f"{what}: {wanted} GPU(s) asked for, but torch sees {here} on this machine, where "
+            f"the '{profile.backend}' executor runs its jobs; ask for no GPU ({no_gpu}), or "
+            "run on a Slurm profile (--cluster PROFILE)"
+        )
+    if cuda and profile.backend == "local" and profile.gpus_per_node == 0:
+        # submitit's local executor sets CUDA_VISIBLE_DEVICES to the GPUs a job asked for.
+        raise InputError(
+            f"{what}: a job of the local executor sees only the GPUs it asks for, and it "
+            "asks for none: add --gpus 1, or use --device cpu or auto"
+        )

@@ -46,7 +46,7 @@ import zarr
 from sqlalchemy import select
 
 from pomlia_hpc.cluster import Executor, JobHandle
-from pomlia_hpc.cluster.resources import with_overrides
+from pomlia_hpc.cluster.resources import check_local_gpus, with_overrides
 from pomlia_hpc.data.store import DatasetStore, find_version, open_store
 from pomlia_hpc.errors import (
     ClusterError,
@@ -436,7 +436,9 @@ def extract(
     vectors are removed, and a refusal after that would leave nothing in their place.
     """
     ex = executor or Executor.from_profile(workspace.cluster_profile, workspace.jobs, registry)
-    with_overrides(ex.profile, resources)
+    shard = with_overrides(ex.profile, resources)
+    # A shard embeds on the CPU when it gets no GPU: a GPU asked for but missing is refused.
+    check_local_gpus(shard, what=f"--gpus {shard.gpus_per_node}")
     plan = plan_extraction(
         registry,
         workspace,

@@ -50,6 +50,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
 from pomlia_hpc.cluster import Checkpointable, Executor, JobFailedError, apply_distributed_env
+from pomlia_hpc.cluster.resources import check_local_gpus, with_overrides
 from pomlia_hpc.curves import CURVES_DIR, Curves
 from pomlia_hpc.data.store import find_version, open_store
 from pomlia_hpc.errors import InputError, integrity_failure
@@ -507,6 +508,9 @@ def train_encoder(
         target = staged
     # Everything is checked before a replaced training is removed or a job submitted.
     ex = executor or Executor.from_profile(workspace.cluster_profile, workspace.jobs, registry)
+    # The job trains on the CPU when it gets no GPU: a GPU asked for but missing is refused.
+    job_profile = with_overrides(ex.profile, resources)
+    check_local_gpus(job_profile, what=f"--gpus {job_profile.gpus_per_node}")
     start_record(name, target, wanted, pipeline, _read_latest(target) is not None, normalise_config)
     job = TrainJob(config, sources, str(target))
     result, job_id = _run_training(ex, job, name, resources, progress)

@@ -13,7 +13,7 @@ from pydantic import BaseModel, ConfigDict, StrictBool, StrictInt, ValidationErr
 from pomlia_hpc.automl.folders import SPEC_FILE, spec_files, study_dir
 from pomlia_hpc.automl.options import EngineOptions, WeightSource, check_engine_options
 from pomlia_hpc.automl.space import SpaceOptions, check_space_options
-from pomlia_hpc.cluster.resources import with_overrides
+from pomlia_hpc.cluster.resources import check_local_gpus, with_overrides
 from pomlia_hpc.config import load_cluster_profile, validate_model
 from pomlia_hpc.errors import ConfigError, InputError, NotFoundError
 from pomlia_hpc.files import write_json_atomic
@@ -111,9 +111,14 @@ def check_study_options(
     overrides, and ``space``'s architectures. The first problem is one :class:`InputError`
     or :class:`ConfigError` line."""
     options = StudyOptions.checked(**values)
-    check_engine_options(engine or EngineOptions())  # now, not as every trial crashes on it
+    eng = engine or EngineOptions()
+    check_engine_options(eng)  # now, not as every trial crashes on it
     profile = load_cluster_profile(options.executor)  # fails early, naming the known profiles
-    with_overrides(profile, options.resources)  # a bad trial resource now, not at submission
+    # A bad trial resource now, not at submission; a GPU this machine lacks (local executor)
+    # now, not as a crashed run that the recommender then counts as the strategy's failure.
+    trial = with_overrides(profile, options.resources)
+    asked = "--device cuda" if eng.device == "cuda" else f"--gpus {trial.gpus_per_node}"
+    check_local_gpus(trial, cuda=eng.device == "cuda", what=asked)
     if space is not None:
         check_space_options(space)
     return options
