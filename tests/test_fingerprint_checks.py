@@ -13,6 +13,7 @@ from typing import Any, NoReturn
 import pytest
 
 from pomlia_hpc.cluster import Executor, JobFailedError
+from pomlia_hpc.config import ClusterProfile
 from pomlia_hpc.data.store import find_version
 from pomlia_hpc.errors import ClusterError, ConfigError, InputError, NotFoundError
 from pomlia_hpc.fingerprint.extract import extract, finish_extraction, plan_extraction
@@ -241,6 +242,7 @@ class _Stub(Executor):
     cancelled; it remembers the folder the job was to train in."""
 
     def __init__(self, refuse: bool) -> None:  # no backend: nothing runs
+        self.profile = ClusterProfile()  # the local default: asks for no GPU
         self.refuse = refuse
         self.folders: list[str] = []
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, NoReturn
 
 import numpy as np
 import pytest
@@ -185,6 +185,43 @@ def test_bad_limits_and_initial_file_are_refused_before_recording(
         assert message in str(bad.exception)
     with reg.session() as s:
         assert s.scalar(select(Recommendation.id)) is None  # nothing recorded
+
+
+def test_an_initial_file_that_cannot_be_written_records_nothing(
+    workspace: Workspace, reg: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`recommend T --write-initial /proc/x.json` exited 2 but the recommendation was already
+    recorded (in `strategy outcomes` and the report): the path is now probed before anything
+    is computed, and a write failing after that rolls the record back."""
+    import pomlia_hpc.strategy.recommend as rec
+
+    meta = DATA / "medmnist_meta_features.csv"
+    kb.import_table(reg, DATA / "medmnist_plus_doerrich2025.csv", "plus", meta_path=meta)
+    tiny_task(workspace, reg, "blood", "bloodmnist", "acc")
+    (tmp_path / "file").write_text("x")
+    bad_paths = [tmp_path / "file" / "x.json"]
+    if Path("/proc/self").exists():
+        bad_paths.append(Path("/proc/x.json"))
+    for path in bad_paths:
+        bad = CliRunner().invoke(app, ["recommend", "blood", "--write-initial", str(path)])
+        assert isinstance(bad.exception, InputError), (path, bad.output, bad.exception)
+        assert f"--write-initial {path} cannot be written" in str(bad.exception)
+    with reg.session() as s:
+        assert s.scalar(select(Recommendation.id)) is None  # nothing recorded
+
+    def full_disk(*args: object, **kwargs: object) -> NoReturn:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(rec, "write_json_atomic", full_disk)
+    out = tmp_path / "new" / "warm.json"
+    with pytest.raises(InputError, match="No space left on device"):
+        recommend(reg, "blood", initial_file=out)
+    assert not out.exists()
+    with reg.session() as s:
+        assert s.scalar(select(Recommendation.id)) is None  # nothing recorded
+    monkeypatch.undo()
+    answer = recommend(reg, "blood", initial_file=out)
+    assert json.loads(out.read_text())["recommendation_id"] == answer["recommendation_id"]
 
 
 def test_pareto_front() -> None:

@@ -223,11 +223,8 @@ def recommend_cmd(
 ) -> None:
     """The top-k strategies for TASK: expected metric +- spread over similar data sets,
     expected cost, evidence, and the cost/metric Pareto front. Each answer is recorded."""
-    from pomlia_hpc.strategy.recommend import check_initial_target, recommend
-    from pomlia_hpc.strategy.recommend import write_initial as write
+    from pomlia_hpc.strategy.recommend import recommend
 
-    if write_initial is not None:
-        check_initial_target(write_initial)
     answer = recommend(
         STATE.registry(),
         task,
@@ -235,8 +232,9 @@ def recommend_cmd(
         max_cost_s=max_cost,
         max_gpu_hours=max_gpu_hours,
         sources=source or None,
+        initial_file=write_initial,
     )
-    n_written = write(answer, write_initial) if write_initial is not None else None
+    n_written = len(answer["initial"]) if write_initial is not None else None
     if as_json:
         typer.echo(json.dumps(answer, indent=1, default=str))
         return

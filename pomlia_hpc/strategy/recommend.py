@@ -16,6 +16,8 @@ The answer is recorded in ``recommendations``.
 from __future__ import annotations
 
 import math
+import os
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -23,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from sqlalchemy.orm import Session
 
 from pomlia_hpc.errors import InputError, NotFoundError
 from pomlia_hpc.files import write_json_atomic
@@ -217,11 +220,17 @@ def recommend(
     record: bool = True,
     archs: tuple[str, ...] | None = None,
     exclude_own_runs: bool = False,
+    initial_file: str | Path | None = None,
 ) -> dict[str, Any]:
     """The top-``k`` strategies for ``task`` (see the module docstring), as a JSON-able dict.
     ``archs``: the AutoML configurations (``initial``) only use these architectures;
-    ``exclude_own_runs``: leave the task's own runs out (to evaluate on a held-out task)."""
+    ``exclude_own_runs``: leave the task's own runs out (to evaluate on a held-out task);
+    ``initial_file``: also write the AutoML configurations there (:func:`write_initial`),
+    checked before anything is computed and written before the record is committed, so that
+    a file that cannot be written leaves no recommendation recorded."""
     t0 = time.perf_counter()
+    if initial_file is not None:
+        check_initial_target(initial_file)
     if k < 1:
         raise InputError(f"--k {k}: expected an integer >= 1")
     for option, limit in (("--max-cost", max_cost_s), ("--max-gpu-hours", max_gpu_hours)):
@@ -335,7 +344,9 @@ def recommend(
             "archs": list(archs) if archs is not None else None,
             "exclude_own_runs": exclude_own_runs,
         }
-        answer["recommendation_id"] = _record(registry, target, answer, asked)
+        answer["recommendation_id"] = _record(registry, target, answer, asked, initial_file)
+    elif initial_file is not None:
+        write_initial(answer, initial_file)
     answer["seconds"] = round(time.perf_counter() - t0, 3)
     return answer
 
@@ -443,38 +454,74 @@ def _record(
     target: TargetTask,
     answer: dict[str, Any],
     asked: dict[str, Any],
+    initial_file: str | Path | None = None,
 ) -> int:
     """Record the answer with everything it was asked with (``asked``: the options), so
-    that it can be scored and reproduced later."""
-    with registry.session() as s:
-        row = Recommendation(
-            task_id=target.id,
-            task=target.name,
-            learner=LEARNER,
-            learner_version=LEARNER_VERSION,
-            inputs={
-                **asked,
-                "meta": target.meta,
-                "metric": target.metric,
-                "n_datasets": answer["n_datasets"],
-            },
-            output={
-                k2: answer[k2]
-                for k2 in ("strategies", "pareto", "similar", "similarity", "initial")
-            },
-        )
-        s.add(row)
-        s.flush()
-        return int(row.id)
+    that it can be scored and reproduced later. ``initial_file``: :func:`write_initial` the
+    answer there before the record is committed (it names the record's id): when the file
+    cannot be written nothing is recorded, and when the commit fails the file is removed."""
+    written = False
+    try:
+        with registry.session() as s:
+            rid = _add_record(s, target, answer, asked)
+            if initial_file is not None:
+                answer["recommendation_id"] = rid
+                write_initial(answer, initial_file)
+                written = True
+    except BaseException:
+        if written and initial_file is not None:  # the file names a record that is not there
+            Path(initial_file).unlink(missing_ok=True)
+        raise
+    return rid
+
+
+def _add_record(
+    s: Session, target: TargetTask, answer: dict[str, Any], asked: dict[str, Any]
+) -> int:
+    """Add the :class:`Recommendation` row of ``answer`` in session ``s``; its id."""
+    row = Recommendation(
+        task_id=target.id,
+        task=target.name,
+        learner=LEARNER,
+        learner_version=LEARNER_VERSION,
+        inputs={
+            **asked,
+            "meta": target.meta,
+            "metric": target.metric,
+            "n_datasets": answer["n_datasets"],
+        },
+        output={
+            k2: answer[k2] for k2 in ("strategies", "pareto", "similar", "similarity", "initial")
+        },
+    )
+    s.add(row)
+    s.flush()
+    return int(row.id)
 
 
 def check_initial_target(path: str | Path) -> None:
-    """Refuse ``path`` for :func:`write_initial` when it is a folder (before a recommendation
-    is made and recorded)."""
-    if Path(path).is_dir():
+    """Refuse ``path`` for :func:`write_initial` when it is a folder or no file can be made
+    where it goes (before a recommendation is made and recorded): a probe file is created and
+    removed in its folder, or in the nearest folder that exists (the writer makes the rest)."""
+    path = Path(path)
+    if path.is_dir():
         raise InputError(
             f"--write-initial {path} is a folder: expected the path of a JSON file to write"
         )
+    folder = path.absolute().parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        # A probe, not os.access: root passes that check where the file system refuses
+        # (/proc, a read-only mount), and a file in the way of a folder fails only here.
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".pomlia-probe-")
+        os.close(fd)
+        Path(probe).unlink()
+    except OSError as exc:
+        raise InputError(
+            f"--write-initial {path} cannot be written ({exc.strerror or exc} in {folder}): "
+            "expected a writable file path"
+        ) from exc
 
 
 def write_initial(answer: dict[str, Any], path: str | Path) -> int:
