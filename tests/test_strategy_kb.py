@@ -84,6 +84,32 @@ def test_bad_file_is_one_error_and_nothing_imported(
         assert s.scalar(select(func.count()).select_from(KbSource)) == 0
 
 
+@pytest.mark.parametrize(
+    ("meta", "expected"),
+    [
+        (META.replace("b,binary,1,2,", "b,binary,1,3,"), "'3' is not valid; expected 2 for"),
+        (META.replace("b,binary,1,2,", "b,binary,1,1,"), "'1' is not valid; expected 2 for"),
+        (META.replace("a,multi-class,3,8,", "a,multi-class,3,1,"), "an integer >= 2 for"),
+    ],
+)
+def test_meta_features_the_task_type_contradicts_are_refused(
+    registry: Registry, tmp_path: Path, meta: str, expected: str
+) -> None:
+    """`strategy import --meta` took `task_type binary` with `n_classes 3` (which `data add`
+    refuses): the file, line and column are named, and nothing is imported."""
+    path = _write(tmp_path, meta, "m.csv")
+    with pytest.raises(InputError) as err:
+        kb.import_table(registry, _write(tmp_path, GOOD), "t", meta_path=path)
+    assert f"{path}: line " in str(err.value) and "column 'n_classes'" in str(err.value)
+    assert expected in str(err.value) and "nothing was imported" in str(err.value)
+    assert _n_results(registry) == 0
+    head = "dataset,arch,init,mode,img_size,metric,value,meta_task_type,meta_n_channels,"
+    cols = head + "meta_n_classes,meta_n_train\nz,r,s,full,28,acc,0.9,binary,1,3,100\n"
+    with pytest.raises(InputError, match="line 2, column 'meta_n_classes': '3' is not valid"):
+        kb.import_table(registry, _write(tmp_path, cols, "c.csv"), "cols")
+    assert _n_results(registry) == 0
+
+
 def test_meta_as_columns_and_conflicts(registry: Registry, tmp_path: Path) -> None:
     head = "dataset,arch,init,mode,img_size,metric,value,meta_task_type,meta_n_channels,"
     head += "meta_n_classes,meta_n_train\n"

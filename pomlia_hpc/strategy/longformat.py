@@ -30,6 +30,8 @@ Meta-features (a second file, or ``meta_``-prefixed columns): ``dataset``, ``tas
 (``multi-class``, ``binary``, ``multi-label``, ``ordinal``), ``n_channels``, ``n_classes``,
 ``n_train`` are required; ``n_val``, ``n_test``, ``image_size``, ``dims`` are optional
 integers; ``license`` and ``notes`` optional text. An empty optional cell means "unknown".
+``n_classes`` must agree with ``task_type``: 2 for ``binary``, at least 2 for ``multi-class``
+and ``ordinal`` (as ``pomlia data add`` requires).
 
 Every problem is an :class:`~pomlia_hpc.errors.InputError` naming the file, the line (the
 header is line 1) and the column, and saying what was expected.
@@ -207,7 +209,19 @@ def _meta_of(cell: _Cell, prefix: str) -> dict[str, Any]:
     for name in META_TEXT:
         if prefix + name in cell.row and cell.text(prefix + name, required=False):
             meta[name] = cell.text(prefix + name)
+    _check_classes(cell, prefix, task_type, meta["n_classes"])
     return meta
+
+
+def _check_classes(cell: _Cell, prefix: str, task_type: str, n_classes: int) -> None:
+    """Refuse a class count the task type contradicts, as `pomlia data add` does: a binary
+    task has exactly 2 classes, a multi-class or ordinal one at least 2 (a task of one class
+    has nothing to tell apart; the recommender would compare it with real ones)."""
+    if task_type == "binary" and n_classes != 2:
+        more = " (or task_type multi-class)" if n_classes > 2 else ""
+        raise cell.fail(prefix + "n_classes", f"2 for task_type 'binary'{more}")
+    if task_type in ("multi-class", "ordinal") and n_classes < 2:
+        raise cell.fail(prefix + "n_classes", f"an integer >= 2 for task_type '{task_type}'")
 
 
 def read_meta(path: str | Path) -> dict[str, dict[str, Any]]:
