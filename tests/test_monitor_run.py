@@ -288,6 +288,27 @@ def test_bad_targets_and_options_are_one_clear_message(
     assert n_rows(reg, MonitorReport) == before
 
 
+def test_schedule_without_slurm_says_so_and_gives_the_cron_line(
+    fresh: tuple[Workspace, Registry, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`monitor schedule M` on the default local profile ended with squeue's raw "Unable to
+    contact slurm controller"; now it names the profile and prints the cron line that runs
+    the monitor on this machine (docs/guide/monitor.md)."""
+    ws, _reg, _bundle = fresh
+    monkeypatch.delenv("POMLIA_CLUSTER", raising=False)
+    code, out = monitor("schedule", "blood", "--at", "02:30", "--on-alarm", "echo 'alarm!'")
+    text = " ".join(out.split())
+    assert code == 2 and "Traceback" not in out, out
+    assert "the cluster profile 'local' has the local backend: pass --cluster PROFILE" in text
+    assert "squeue" not in text
+    cron = text[text.index("hint: ") :]
+    assert "30 2 * * * " in cron and " monitor run blood --window 1d" in cron
+    assert "--on-alarm 'echo '\"'\"'alarm!'\"'\"''" in cron  # shell-quoted
+    code, out = monitor("schedule", "blood", "--every", "12h")
+    assert code == 2 and "this period has no single cron line" in " ".join(out.split())
+    assert not ws.path("jobs", "monitor", "blood", "schedule.env").exists()
+
+
 def test_missing_or_foreign_reference_says_how_to_create_it(
     fresh: tuple[Workspace, Registry, Path],
 ) -> None:

@@ -24,6 +24,12 @@ pytestmark = pytest.mark.slurm
 runner = CliRunner()
 
 
+@pytest.fixture(autouse=True)
+def slurm_profile(workspace: Workspace, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`monitor schedule` needs a Slurm profile (the local one is refused with a cron line)."""
+    monkeypatch.setenv("POMLIA_CLUSTER", "slurm-local")
+
+
 def reports(reg: Registry) -> int:
     with reg.session() as s:
         return int(s.scalar(select(func.count()).select_from(MonitorReport)) or 0)

@@ -204,7 +204,9 @@ def schedule_cmd(
     ] = False,
 ) -> None:
     """Run the monitor of MODEL on Slurm every period (a self-resubmitting job chain,
-    jobs/monitor.sbatch); prints equivalent cron and scrontab lines."""
+    jobs/monitor.sbatch); prints equivalent cron and scrontab lines. Needs a Slurm profile
+    (--cluster PROFILE): on another one it is refused with the cron line that runs the
+    monitor on this machine instead."""
     from pomlia_hpc.monitor.schedule import job_name, schedule
 
     res = schedule(

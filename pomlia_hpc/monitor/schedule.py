@@ -36,6 +36,7 @@ from pomlia_hpc.cluster.batch import (
     submit_script,
 )
 from pomlia_hpc.cluster.records import mark_all_cancelled, record_submission
+from pomlia_hpc.config import load_cluster_profile
 from pomlia_hpc.errors import InputError, PomliaError
 from pomlia_hpc.files import write_atomic
 from pomlia_hpc.monitor.reference import load_reference, resolve_target
@@ -182,6 +183,66 @@ def _cron_lines(
     return cron, scron
 
 
+def cron_run_line(
+    workspace: Workspace,
+    model: str,
+    *,
+    at: str | None,
+    every: timedelta,
+    window: str,
+    on_alarm: str | None = None,
+) -> str | None:
+    """The crontab line that runs ``pomlia monitor run MODEL`` on this machine every period
+    (no Slurm: the job of a workspace on the local profile); ``None`` when the period has no
+    cron form (only 1h, 1d and 1w have one). Every value is shell-quoted."""
+    fields = _cron_fields(at, every)
+    if fields is None:
+        return None
+    db = (
+        f" --db-url {shlex.quote(workspace.db_url)}"
+        if workspace.db_url != _default_db(workspace)
+        else ""
+    )
+    alarm = f" --on-alarm {shlex.quote(on_alarm)}" if on_alarm else ""
+    return (
+        f"{fields} {shlex.quote(sys.executable)} -m pomlia_hpc --home "
+        f"{shlex.quote(str(workspace.home))}{db} monitor run {shlex.quote(model)} "
+        f"--window {shlex.quote(window)}{alarm}"
+    )
+
+
+def _default_db(workspace: Workspace) -> str:
+    return f"sqlite:///{workspace.home / 'registry.db'}"
+
+
+def _check_slurm_profile(
+    workspace: Workspace,
+    model: str,
+    at: str | None,
+    period: timedelta,
+    window: str,
+    on_alarm: str | None,
+) -> None:
+    """Refuse a schedule on a profile that is not a Slurm one (the chain is Slurm jobs: on
+    the local profile sbatch failed with a raw "Unable to contact slurm controller"); the
+    hint is the cron line that runs the monitor on this machine instead."""
+    profile = load_cluster_profile(workspace.cluster_profile)
+    if profile.backend == "slurm":
+        return
+    cron = cron_run_line(workspace, model, at=at, every=period, window=window, on_alarm=on_alarm)
+    raise InputError(
+        f"monitor schedule submits a chain of Slurm jobs, but the cluster profile "
+        f"'{workspace.cluster_profile}' has the {profile.backend} backend: pass --cluster "
+        "PROFILE (a Slurm profile, e.g. slurm-local or haicore)",
+        hint=(
+            f"without Slurm, run the monitor from cron instead (crontab -e): {cron}"
+            if cron
+            else f"without Slurm, run `pomlia monitor run {shlex.quote(model)} --window "
+            f"{shlex.quote(window)}` from cron (this period has no single cron line)"
+        ),
+    )
+
+
 def schedule(
     registry: Registry,
     workspace: Workspace,
@@ -206,6 +267,11 @@ def schedule(
     conf, script = folder / "schedule.env", folder / "monitor.sbatch"
     begin = next_begin(at, period)
     jname = job_name(name)
+    if not chain:
+        load_reference(target)  # fail now, not at 02:00, if the monitor cannot run
+        parse_duration(window or every, "--window" if window else "--every")
+        # Before squeue is asked: without Slurm its own error said nothing about the profile.
+        _check_slurm_profile(workspace, name, at, period, window or every, on_alarm)
     queued = [j for j in jobs_named(jname) if j.job_id != os.environ.get("SLURM_JOB_ID")]
     cron = scron = old_conf = None
     if chain:
@@ -217,8 +283,6 @@ def schedule(
                 None, begin, conf, script, None, None, f"next run already queued: {_ids(pending)}"
             )
     else:
-        load_reference(target)  # fail now, not at 02:00, if the monitor cannot run
-        parse_duration(window or every, "--window" if window else "--every")
         if queued and not replace:
             raise InputError(
                 f"model '{name}' is already scheduled (job {_ids(queued)}); "
