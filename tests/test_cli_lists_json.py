@@ -95,14 +95,19 @@ def test_list_json_values(filled: Workspace) -> None:
     assert version["image_size"] == [28, 28] and version["parent"] is None
 
 
-@pytest.mark.parametrize("command", [("model", "list"), ("runs", "list"), ("jobs", "list")])
+@pytest.mark.parametrize(
+    "command",
+    [("model", "list"), ("runs", "list"), ("jobs", "list"), ("status",), ("strategy", "outcomes")],
+)
 def test_a_limit_below_one_is_refused_naming_the_flag(
-    filled: Workspace, command: tuple[str, str]
+    filled: Workspace, command: tuple[str, ...]
 ) -> None:
-    """`model list --limit 0` printed an empty table; `runs list --limit 0` said "limit 0"."""
-    res = CliRunner().invoke(app, [*command, "--limit", "0"])
-    assert res.exit_code != 0
-    assert "--limit 0: expected an integer >= 1" in str(res.exception)
+    """`model list --limit 0` printed an empty table; `runs list --limit 0` said "limit 0";
+    `status --limit -1` listed every job (`monitor history`: tests/test_monitor_run.py)."""
+    for limit in ("0", "-1"):
+        res = CliRunner().invoke(app, [*command, "--limit", limit])
+        assert res.exit_code != 0
+        assert f"--limit {limit}: expected an integer >= 1" in str(res.exception)
 
 
 def test_missing_values_are_null_and_the_error_whole(filled: Workspace, reg: Registry) -> None:

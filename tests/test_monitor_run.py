@@ -280,6 +280,9 @@ def test_bad_targets_and_options_are_one_clear_message(
         ),
         (["show", "4242"], "monitor report 4242 is not in the registry"),
         (["history", "nope"], "model 'nope' not found; known:"),
+        # An empty table (0) or every report (-1), where `runs list` refuses both.
+        (["history", "blood", "--limit", "0"], "--limit 0: expected an integer >= 1"),
+        (["history", "blood", "--limit", "-1"], "--limit -1: expected an integer >= 1"),
     ):
         code, out = monitor(*args)
         assert code == 2, (args, out)

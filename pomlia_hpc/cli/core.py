@@ -10,6 +10,7 @@ from rich.table import Table
 from sqlalchemy import select
 
 from pomlia_hpc.cli.app import STATE, app, console
+from pomlia_hpc.cli.listing import check_limit
 from pomlia_hpc.cluster.records import refresh_jobs
 from pomlia_hpc.config import load_cluster_profile
 from pomlia_hpc.errors import ClusterError
@@ -59,6 +60,7 @@ def status(
     limit: Annotated[int, typer.Option(help="How many recent jobs to show.")] = 10,
 ) -> None:
     """Show the workspace, registry URL, cluster backend and the most recent jobs."""
+    check_limit(limit)
     ws = STATE.workspace
     profile = load_cluster_profile(ws.cluster_profile)
     console.print(f"workspace : {ws.home}{'' if ws.exists else '  (not initialised: pomlia init)'}")

@@ -34,7 +34,11 @@ def get_report(registry: Registry, report_id: int) -> tuple[MonitorReport, dict[
 
 
 def list_reports(registry: Registry, ref: str, limit: int = 20) -> list[MonitorReport]:
-    """Reports of model ``ref`` (name, id or ``deployment:ID``), newest first."""
+    """The newest ``limit`` reports of model ``ref`` (name, id or ``deployment:ID``), newest
+    first. A ``limit`` below 1 is refused, as ``runs list`` does (0 listed nothing without
+    saying why; -1 listed everything)."""
+    if limit < 1:
+        raise InputError(f"--limit {limit}: expected an integer >= 1")
     model_id, deployment_id = resolve_model_id(registry, ref)
     with registry.session() as s:
         q = select(MonitorReport).where(MonitorReport.model_id == model_id)
