@@ -28,7 +28,10 @@ app.add_typer(loop_app, name="loop")
 SlotArg = Annotated[
     str, typer.Argument(help="Deployment slot (the name `pomlia serve SLOT` follows).")
 ]
-MARGIN_HELP = "Non-inferiority margin on the fixed test split (accuracy points as a fraction)."
+MARGIN_HELP = (
+    "Non-inferiority margin on the fixed test split: accuracy points as a fraction in [0, 1) "
+    "(0.02 = 2 points)."
+)
 ALPHA_HELP = "Significance level of both gate tests."
 
 

@@ -116,8 +116,13 @@ def check_levels(margin: float, alpha: float) -> None:
     before a promotion or a loop run starts, not when the gate is reached)."""
     if not 0 < alpha < 1:
         raise InputError(f"--alpha {alpha}: expected a significance level between 0 and 1")
-    if not margin >= 0:  # NaN too
-        raise InputError(f"--margin {margin}: expected a fraction >= 0 (e.g. 0.02, 2 points)")
+    # An accuracy difference lies in [-1, 1]: a margin of 1 or more lets every challenger
+    # through the non-inferiority test (`--margin 2` meant 2 points, which is 0.02).
+    if not 0 <= margin < 1:  # NaN too
+        raise InputError(
+            f"--margin {margin}: expected a fraction in [0, 1) (e.g. 0.02 for 2 accuracy "
+            "points; 1 or more would let any challenger pass)"
+        )
 
 
 def decide(
