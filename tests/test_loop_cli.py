@@ -74,7 +74,10 @@ def test_a_share_outside_0_1_is_refused(workspace: Workspace, seen: dict[str, An
     [
         (["--alpha", "2"], "--alpha 2.0: expected a significance level between 0 and 1"),
         (["--alpha", "0"], "--alpha 0.0: expected a significance level between 0 and 1"),
-        (["--margin", "-1"], "--margin -1.0: expected a fraction >= 0"),
+        (["--margin", "-1"], "--margin -1.0: expected a fraction in [0, 1)"),
+        # `--margin 2` (meant as 2 points) let any challenger pass the non-inferiority test.
+        (["--margin", "2"], "--margin 2.0: expected a fraction in [0, 1) (e.g. 0.02 for 2"),
+        (["--margin", "1"], "--margin 1.0: expected a fraction in [0, 1)"),
     ],
 )
 def test_gate_levels_are_checked_before_anything_runs(
@@ -237,3 +240,11 @@ def test_the_watcher_itself_refuses_a_bad_interval(workspace: Workspace) -> None
         with pytest.raises(InputError, match=f"--interval {interval}: expected"):
             watch(reg, workspace, interval_s=interval, once=True, progress=lambda _l: None)
     reg.dispose()
+
+
+def test_a_suggested_command_quotes_the_slot(workspace: Workspace) -> None:
+    """`loop run 'bad slot/..'` suggested `pomlia deploy promote bad slot/.. MODEL`, which a
+    shell splits into other arguments; every user value in a suggested command is quoted."""
+    res = runner.invoke(app, ["loop", "run", "bad slot/.."])
+    assert isinstance(res.exception, InputError), (res.output, res.exception)
+    assert "`pomlia deploy promote 'bad slot/..' MODEL`" in str(res.exception)

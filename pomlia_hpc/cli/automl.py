@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import shlex
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any
@@ -391,8 +392,8 @@ def automl_run(
         # tell), and its unfinished trials stay 'running' until a resume takes them up.
         err_console.print(
             f"[yellow]interrupted:[/] study {spec.name} stopped; its unfinished trials stay "
-            f"'running' until `pomlia automl run {spec.task} --study {spec.name} --resume` "
-            "takes them up (jobs: `pomlia jobs list`)",
+            f"'running' until `pomlia automl run {shlex.quote(spec.task)} --study "
+            f"{shlex.quote(spec.name)} --resume` takes them up (jobs: `pomlia jobs list`)",
             soft_wrap=True,
         )
         raise typer.Exit(130) from None
@@ -413,12 +414,13 @@ def _report(spec: Any, result: Any, *, resume: bool) -> int:
             console.print(
                 f"[red]no best model[/]: {result.n_ok} trial(s) finished ok but their validation "
                 f"{spec.metric} is undefined (e.g. only one class in the validation split), "
-                f"{result.n_crashed} crashed; see `pomlia runs list --study {spec.name}`"
+                f"{result.n_crashed} crashed; see "
+                f"`pomlia runs list --study {shlex.quote(spec.name)}`"
             )
         else:
             console.print(
                 f"[red]no trial finished[/] ({result.n_crashed} crashed); see "
-                f"`pomlia runs list --task {spec.task}`"
+                f"`pomlia runs list --task {shlex.quote(spec.task)}`"
             )
         return 1
     m = result.best_metrics or {}
@@ -501,7 +503,8 @@ def runs_list(
     for name, (task_name, why) in sorted(gone.items()):
         err_console.print(
             f"[yellow]stale:[/] study {name}'s unfinished runs stay 'running' because {why}; "
-            f"resume it with `pomlia automl run {task_name} --study {name} --resume`",
+            f"resume it with `pomlia automl run {shlex.quote(task_name)} --study "
+            f"{shlex.quote(name)} --resume`",
             soft_wrap=True,
             highlight=False,
         )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 import time
 from pathlib import Path
 from typing import Annotated
@@ -132,7 +133,7 @@ def run(
         return
     for stage, info in jobs.items():
         console.print(f"  {stage}: job {info['job']} (Slurm {info['scheduler_id']})")
-    console.print(f"watch it with: pomlia pipeline status {spec.name}")
+    console.print(f"watch it with: pomlia pipeline status {shlex.quote(spec.name)}")
     if wait:
         _wait(ctx)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shlex
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -87,7 +88,7 @@ def export(
     else:
         console.print(
             "no monitoring reference (no training dataset recorded for the model); create one "
-            f"with: pomlia monitor reference {model} --data DATASET[@VERSION]"
+            f"with: pomlia monitor reference {shlex.quote(model)} --data DATASET[@VERSION]"
         )
 
 
@@ -200,7 +201,7 @@ def demo(
         )
     console.print(
         f"demo model [bold]{name}[/] exported to {res.bundle.root}; "
-        f"serve it with: pomlia serve {name}"
+        f"serve it with: pomlia serve {shlex.quote(name)}"
     )
 
 

@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import shlex
 import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -303,7 +304,7 @@ def load_index(
     except (OSError, RuntimeError, NotFoundError) as exc:
         raise NotFoundError(
             f"encoder '{enc.name}' has no {kind} index at {current}",
-            hint=f"run `pomlia index build --encoder {enc.name}`",
+            hint=f"run `pomlia index build --encoder {shlex.quote(enc.name)}`",
         ) from exc
     return LoadedIndex(faiss.read_index(str(gen / "index.faiss")), manifest, gen)
 
@@ -417,7 +418,7 @@ def build_index(
     if not sets:
         raise NotFoundError(
             f"encoder '{enc.name}' has no complete embeddings",
-            hint=f"run `pomlia fingerprint extract --encoder {enc.name} DATASET...`",
+            hint=f"run `pomlia fingerprint extract --encoder {shlex.quote(enc.name)} DATASET...`",
         )
     entries = {fs.id: (_entry(fs, ref, kind), fs.embeddings_path) for fs, ref in sets}
     dim = int(open_array(sets[0][0].embeddings_path, "z").shape[1])

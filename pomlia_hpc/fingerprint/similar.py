@@ -26,6 +26,7 @@ Read the images with ``open_version(registry, hit.ref).read_rows(hit.row, hit.ro
 from __future__ import annotations
 
 import math
+import shlex
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -82,7 +83,8 @@ def fingerprint_set(
         state = "not extracted" if fs is None else f"extraction {fs.status}"
         raise NotFoundError(
             f"dataset '{store.ref}' has no embeddings under encoder '{enc.name}' ({state})",
-            hint=f"run `pomlia fingerprint extract --encoder {enc.name} {store.ref}`",
+            hint=f"run `pomlia fingerprint extract --encoder {shlex.quote(enc.name)} "
+            f"{shlex.quote(store.ref)}`",
         )
     return fs, store.ref
 
@@ -197,8 +199,8 @@ def similar_datasets(
         raise NotFoundError(
             f"nothing to compare '{full}' with: no other dataset has complete embeddings under "
             f"encoder '{enc.name}'",
-            hint=f"embed another dataset first: `pomlia fingerprint extract --encoder {enc.name} "
-            "DATASET`",
+            hint="embed another dataset first: `pomlia fingerprint extract --encoder "
+            f"{shlex.quote(enc.name)} DATASET`",
         )
     need = fields_for(distance)
     query = load_summary(registry, fs, full, need)
@@ -258,8 +260,8 @@ def nearest_images(
         raise NotFoundError(
             f"nothing to compare '{full}' with: the index of encoder '{enc.name}' holds no "
             "other dataset's images",
-            hint=f"embed another dataset (`pomlia fingerprint extract --encoder {enc.name} "
-            "DATASET`), then `pomlia index build`",
+            hint="embed another dataset (`pomlia fingerprint extract --encoder "
+            f"{shlex.quote(enc.name)} DATASET`), then `pomlia index build`",
         )
     if len(queries) == 0:
         return []

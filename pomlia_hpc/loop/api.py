@@ -8,6 +8,7 @@ not the new ones); ``new=True`` starts another.
 
 from __future__ import annotations
 
+import shlex
 from datetime import UTC, datetime
 
 from pomlia_hpc.errors import InputError
@@ -42,7 +43,7 @@ def run_loop(
     if entry is None:
         raise InputError(
             f"deployment slot '{slot}' serves no model; put one on it first: "
-            f"`pomlia deploy promote {slot} MODEL`"
+            f"`pomlia deploy promote {shlex.quote(slot)} MODEL`"
         )
     model = resolve_model(registry, str(entry.model_id))
     parent, _ = training_version(registry, model)

@@ -10,6 +10,7 @@ successive harvests never take an image twice.
 
 from __future__ import annotations
 
+import shlex
 from collections import Counter
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -99,13 +100,14 @@ def harvest(
     if log_dir is not None and not log_dir.is_dir():
         raise InputError(
             f"--log-dir {log_dir}: no such folder; expected the prediction log folder of a "
-            f"server of {log_name} (`pomlia serve {log_name} --keep-inputs --log-dir DIR`)"
+            f"server of {log_name} "
+            f"(`pomlia serve {shlex.quote(log_name)} --keep-inputs --log-dir DIR`)"
         )
     logs = log_dir or default_log_dir(workspace.path("logs"), log_name)
     if not logs.is_dir():
         raise InputError(
             f"no prediction log for {log_name} at {logs}: expected the folder a server of "
-            f"{log_name} logs to (`pomlia serve {log_name} --keep-inputs`)"
+            f"{log_name} logs to (`pomlia serve {shlex.quote(log_name)} --keep-inputs`)"
         )
     since = since if since is not None else default_since(parent)
     until = until or datetime.now(UTC)

@@ -11,6 +11,7 @@ Kinds: ``initial`` (the slot's first model), ``promoted`` (the gate passed), ``f
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -143,7 +144,7 @@ def rollback(registry: Registry, workspace: Workspace, slot: str) -> SlotEntry:
     if not (Path(back.bundle_path) / "card.json").is_file():
         raise NotFoundError(
             f"the bundle of {back.model} ({back.bundle_path}) is gone; export it again with "
-            f"`pomlia model export {back.model}` and promote it with --force"
+            f"`pomlia model export {shlex.quote(back.model)}` and promote it with --force"
         )
     point(current_link(workspace, slot), Path(back.bundle_path))
     with registry.session() as s:

@@ -18,6 +18,7 @@ redeploy     the slot's link moves to the bundle (servers following it swap); re
 from __future__ import annotations
 
 import json
+import shlex
 from dataclasses import asdict, dataclass
 from datetime import datetime
 from pathlib import Path
@@ -348,7 +349,7 @@ def automl_stage(ctx: LoopContext) -> StageOutput:
     if result.model_name is None:
         raise LoopError(
             f"study {name}: no trial produced a model ({result.n_ok} ok, "
-            f"{result.n_crashed} crashed); see `pomlia runs list --study {name}`"
+            f"{result.n_crashed} crashed); see `pomlia runs list --study {shlex.quote(name)}`"
         )
     return {
         "study": name,

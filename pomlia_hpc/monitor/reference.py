@@ -6,6 +6,7 @@ bundle's ``monitor-reference.npz`` written at export (:mod:`pomlia_hpc.serve.ref
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -36,7 +37,10 @@ class Target:
 
 
 def _how_to_create(name: str) -> str:
-    return f"create it with: pomlia monitor reference {name} --data DATASET[@VERSION] [--split val]"
+    return (
+        f"create it with: pomlia monitor reference {shlex.quote(name)} "
+        "--data DATASET[@VERSION] [--split val]"
+    )
 
 
 def resolve_model_id(registry: Registry, ref: str) -> tuple[int, int | None]:
@@ -64,7 +68,7 @@ def resolve_target(registry: Registry, ref: str) -> Target:
     if bundle is None:
         raise NotFoundError(
             f"model '{model.name}' has no exported bundle; export it first: "
-            f"pomlia model export {model.name}"
+            f"pomlia model export {shlex.quote(model.name)}"
         )
     return Target(model, deployment_id, bundle)
 
@@ -98,6 +102,6 @@ def create_reference(
     if path is None:
         raise InputError(
             f"model '{target.model.name}' records no training dataset; pass one: "
-            f"pomlia monitor reference {target.model.name} --data DATASET[@VERSION]"
+            f"pomlia monitor reference {shlex.quote(target.model.name)} --data DATASET[@VERSION]"
         )
     return path

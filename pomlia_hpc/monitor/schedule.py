@@ -286,7 +286,7 @@ def schedule(
         if queued and not replace:
             raise InputError(
                 f"model '{name}' is already scheduled (job {_ids(queued)}); "
-                f"end it with `pomlia monitor unschedule {name}` or pass --replace"
+                f"end it with `pomlia monitor unschedule {shlex.quote(name)}` or pass --replace"
             )
         old_conf = _write_files(conf, script, name, every, at, window, on_alarm, workspace)
         cron, scron = _cron_lines(at, period, jname, conf, script, workspace, name, window or every)

@@ -15,6 +15,7 @@ is not changed (its version is a hash of the weights, and the reference depends 
 from __future__ import annotations
 
 import json
+import shlex
 import zipfile
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -225,7 +226,7 @@ def few_images_warning(path: Path | None, model: str) -> str | None:
     return (
         f"the monitoring reference of {model} holds only {ref.n} image(s) ({ref.source}); "
         f"drift tests against fewer than {FEW_IMAGES} are weak: expected a larger split or "
-        f"data set (pomlia monitor reference {model} --split SPLIT or --data DATASET)"
+        f"data set (pomlia monitor reference {shlex.quote(model)} --split SPLIT or --data DATASET)"
     )
 
 

@@ -8,6 +8,7 @@ collect its result or its failure, record both as registry runs and tell the opt
 from __future__ import annotations
 
 import math
+import shlex
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -199,8 +200,9 @@ class TrialRunner:
             f"study '{self.spec.name}' stopped: the job of trial run {run_id} "
             f"({proposal.epochs} epochs) could not be submitted to executor "
             f"'{self.spec.options.executor}': {message[:500]}{still}",
-            hint=f"once the scheduler accepts jobs again, `pomlia automl run {self.spec.task} "
-            f"--study {self.spec.name} --resume` submits it and continues the study",
+            hint="once the scheduler accepts jobs again, `pomlia automl run "
+            f"{shlex.quote(self.spec.task)} --study {shlex.quote(self.spec.name)} --resume` "
+            "submits it and continues the study",
         ) from exc
 
     def trial_engine(self, key: str) -> EngineOptions:
