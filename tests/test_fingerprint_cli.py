@@ -12,7 +12,9 @@ from pathlib import Path
 import pytest
 
 from pomlia_hpc.cli import app
+from pomlia_hpc.data.store import find_version, open_store
 from pomlia_hpc.errors import PomliaError
+from pomlia_hpc.registry import Registry
 from pomlia_hpc.workspace import Workspace
 from tests.fixtures.cli import cli_ok, runner
 
@@ -55,6 +57,15 @@ def test_train_extract_index_similar_plot(workspace: Workspace, tmp_path: Path) 
     hits = json.loads(text)
     assert len(hits) == 7 and not any(h["dataset"].startswith("bloodmnist@") for h in hits)
     assert {h["split"] for h in hits} <= {"train", "val", "test"}
+    # `row` counts the whole store; the row within the split (what a user looks up) was not
+    # shown: a test split of 72 images listed row 1065.
+    reg = Registry.open(workspace.db_url)
+    for h in hits:
+        lo, hi = open_store(find_version(reg, h["dataset"]).store_path).split_range(h["split"])
+        assert h["split_row"] == h["row"] - lo and 0 <= h["split_row"] < hi - lo, h
+    reg.dispose()
+    text = " ".join(cli_ok("similar", "bloodmnist", "--images", "3", "-e", "ae").split())
+    assert "row in split" in text and "store row" in text
     text = cli_ok("similar", "organamnist")
     assert "combined distance" in text and "explicit" in text
     found = json.loads(cli_ok("similar", "organamnist", "--json"))

@@ -302,6 +302,10 @@ def build(
         console.print(f"  added {ref}")
 
 
+#: Table headings of ``similar --images`` columns whose --json key says less.
+_HEADINGS = {"split_row": "row in split", "row": "store row"}
+
+
 @app.command("similar")
 def similar(
     dataset: Annotated[str, typer.Argument(help="Query dataset: name or name@version.")],
@@ -315,7 +319,11 @@ def similar(
         ),
     ] = None,
     images: Annotated[
-        int | None, typer.Option(help="List the N nearest images of other datasets instead.")
+        int | None,
+        typer.Option(
+            help="List the N nearest images of other datasets instead: split, row in that "
+            "split (--json split_row) and row in the whole store (--json row)."
+        ),
     ] = None,
     split: Annotated[
         str | None, typer.Option(help="With --images: query only this split's images.")
@@ -349,8 +357,10 @@ def similar(
         hits = nearest_images(
             reg, STATE.workspace, enc, dataset, images, split=split, patches=patches
         )
-        rows: list[list[Any]] = [[h.ref, h.split, h.row, h.distance] for h in hits]
-        cols = ["dataset", "split", "row", "distance"]
+        # The row within the split is what a user can look up (the split of 72 test images
+        # showed row 1065, the store's); the store row stays beside it, and as --json's "row".
+        rows: list[list[Any]] = [[h.ref, h.split, h.split_row, h.row, h.distance] for h in hits]
+        cols = ["dataset", "split", "split_row", "row", "distance"]
         if patches:
             cols.append("tile")
             rows = [[*r, h.tile] for r, h in zip(rows, hits, strict=True)]
@@ -381,7 +391,7 @@ def similar(
         return
     table = Table(title=title)
     for c in cols:
-        table.add_column(c)
+        table.add_column(_HEADINGS.get(c, c))
     for r in rows:
         table.add_row(*(f"{v:.4g}" if isinstance(v, float) else str(v) for v in r))
     console.print(table)

@@ -231,14 +231,18 @@ class Hit:
     distance: float
     tile: int | None = None
     fs_id: int = 0
+    #: The row within ``split`` (``row`` counts the whole store): the index a user looks the
+    #: image up by, e.g. ``test_images[split_row]`` of a MedMNIST file.
+    split_row: int = 0
 
 
-def _split_of(splits: dict[str, list[int]], row: int) -> str:
+def _split_of(splits: dict[str, list[int]], row: int) -> tuple[str, int]:
+    """(the split holding store row ``row``, the row within that split)."""
     for name in SPLITS:
         lo, hi = splits.get(name, [0, 0])
         if lo <= row < hi:
-            return name
-    return "unknown"
+            return name, row - lo
+    return "unknown", row
 
 
 # ----------------------------------------------------------------------------- loaded index
@@ -285,7 +289,8 @@ class LoadedIndex:
         row, tile = (
             (local // entry.tiles, local % entry.tiles) if entry.tiles > 1 else (local, None)
         )
-        return Hit(entry.ref, _split_of(entry.splits, row), row, float(distance), tile, fs_id)
+        split, split_row = _split_of(entry.splits, row)
+        return Hit(entry.ref, split, row, float(distance), tile, fs_id, split_row)
 
 
 def index_root(workspace: Workspace, encoder: str, kind: Kind = "images") -> Path:

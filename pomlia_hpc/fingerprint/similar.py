@@ -56,11 +56,15 @@ class SimilarDataset:
 
 @dataclass(frozen=True)
 class NearestImage:
+    """``row``: the image's row in the whole store (what ``read_rows`` takes);
+    ``split_row``: its row within ``split`` (what a user looks up, e.g. ``test_images[i]``)."""
+
     ref: str
     split: str
     row: int
     distance: float
     tile: int | None = None
+    split_row: int = 0
 
 
 def fingerprint_set(
@@ -285,5 +289,5 @@ def nearest_images(
     out = []
     for d, vid in ranked:
         hit = index.decode(vid, d)
-        out.append(NearestImage(hit.ref, hit.split, hit.row, d, hit.tile))
+        out.append(NearestImage(hit.ref, hit.split, hit.row, d, hit.tile, hit.split_row))
     return out
