@@ -25,6 +25,7 @@ import json
 import os
 import shutil
 import socket
+import tempfile
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -163,6 +164,15 @@ def make_dirs(path: str | Path) -> list[Path]:
         remove_made_dirs([p for p in made if os.path.lexists(p)])
         raise
     return made
+
+
+def probe_writable(folder: str | Path) -> None:
+    """Create and remove a temporary file in ``folder``; raises the :class:`OSError` of a
+    folder where nothing can be written. A probe, not ``os.access``: root passes that check
+    where the file system refuses (``/proc``, a read-only mount)."""
+    fd, probe = tempfile.mkstemp(dir=folder, prefix=".pomlia-probe-")
+    os.close(fd)
+    Path(probe).unlink()
 
 
 def remove_made_dirs(made: list[Path]) -> None:

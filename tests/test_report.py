@@ -508,3 +508,23 @@ def test_lineage_shows_every_recorded_key() -> None:
     long = text({"notes": ["x" * 300]})
     assert long.endswith("…") and len(long) < 180
     assert text({}) == "none recorded"
+
+
+def test_an_unwritable_out_is_refused_before_any_page_is_built(
+    workspace: Workspace, reg: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`pomlia report --out /proc/rep` built every page (seconds, each listed) before the
+    folder was refused; now no page is built, and no parent folder it made is left."""
+    built: list[str] = []
+    if Path("/proc/self").is_dir():  # a folder no one can create anything in (Linux)
+        with pytest.raises(InputError, match="/proc/rep cannot be written"):
+            build_report(reg, workspace, Path("/proc/rep"), progress=built.append)
+        assert built == []
+
+    def read_only(folder: object) -> None:
+        raise OSError(30, "Read-only file system")
+
+    monkeypatch.setattr("pomlia_hpc.report.build.probe_writable", read_only)
+    with pytest.raises(InputError, match=r"cannot be written \(Read-only file system in "):
+        build_report(reg, workspace, tmp_path / "new" / "r", progress=built.append)
+    assert built == [] and not (tmp_path / "new").exists()

@@ -16,7 +16,7 @@ from pathlib import Path
 from sqlalchemy import func, select
 
 from pomlia_hpc.errors import InputError
-from pomlia_hpc.files import make_dirs, remove_made_dirs, staged_dir
+from pomlia_hpc.files import make_dirs, probe_writable, remove_made_dirs, staged_dir
 from pomlia_hpc.registry import (
     DatasetVersion,
     Deployment,
@@ -137,6 +137,16 @@ def build_report(
     except OSError as exc:  # make_dirs removed what it made
         raise InputError(f"report folder {out} cannot be created: {exc.strerror}") from exc
     try:
+        try:
+            # The report is staged beside OUT and renamed into place: a parent where nothing
+            # can be written (/proc, a read-only mount) is refused now, not after every page
+            # was built (seconds on a large workspace).
+            probe_writable(out.parent)
+        except OSError as exc:
+            raise InputError(
+                f"report folder {out} cannot be written ({exc.strerror or exc} in "
+                f"{out.parent}): expected a writable folder"
+            ) from exc
         return _write_report(registry, workspace, out, progress)
     except BaseException:
         # Refused or interrupted: the parents this call made go again (only while empty).

@@ -16,8 +16,6 @@ The answer is recorded in ``recommendations``.
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -28,7 +26,7 @@ import numpy as np
 from sqlalchemy.orm import Session
 
 from pomlia_hpc.errors import InputError, NotFoundError
-from pomlia_hpc.files import write_json_atomic
+from pomlia_hpc.files import probe_writable, write_json_atomic
 from pomlia_hpc.registry import (
     DatasetVersion,
     Recommendation,
@@ -512,11 +510,7 @@ def check_initial_target(path: str | Path) -> None:
     while not folder.exists() and folder != folder.parent:
         folder = folder.parent
     try:
-        # A probe, not os.access: root passes that check where the file system refuses
-        # (/proc, a read-only mount), and a file in the way of a folder fails only here.
-        fd, probe = tempfile.mkstemp(dir=folder, prefix=".pomlia-probe-")
-        os.close(fd)
-        Path(probe).unlink()
+        probe_writable(folder)  # a file in the way of a folder fails here too
     except OSError as exc:
         raise InputError(
             f"--write-initial {path} cannot be written ({exc.strerror or exc} in {folder}): "
