@@ -231,6 +231,8 @@ def test_every_section_is_written_and_escaped(
     studies = (res.folder / "studies.html").read_text()
     assert EVIL not in studies and "&lt;script&gt;" in studies  # causes shown, never executed
     assert "out of memory" in studies and "crashed" in studies
+    # The crashed run's epochs (its budget, a float) read 1.0 beside the others' 1.
+    assert ">1.0<" not in studies and ">1<" in studies
     recs = (res.folder / "recommendations.html").read_text()
     assert "Recommendation 1 for task pneu-task" in recs and "expected" in recs
     assert "No run on the task since." in recs  # the runs above are older than the answer

@@ -18,7 +18,7 @@ from pomlia_hpc.errors import InputError, NotFoundError
 from pomlia_hpc.pipeline.stages_strategy import RECOMMEND
 from pomlia_hpc.registry import Model, Recommendation, Registry, Run, Task
 from pomlia_hpc.strategy import kb
-from pomlia_hpc.strategy.cost import pareto_front
+from pomlia_hpc.strategy.cost import COST_TIE_REL, COST_TIE_S, pareto_front
 from pomlia_hpc.strategy.recommend import recommend
 from pomlia_hpc.workspace import Workspace
 from tests.fixtures.factories import tiny_task
@@ -226,6 +226,19 @@ def test_an_initial_file_that_cannot_be_written_records_nothing(
 
 def test_pareto_front() -> None:
     assert pareto_front([3.0, 1.0, 2.0, 4.0], [0.9, 0.5, 0.4, 0.95]) == [1, 0, 3]
+
+
+def test_costs_within_one_percent_are_one_point_of_the_front() -> None:
+    """`recommend`'s front listed six strategies that all cost "30" s (30.00004 to 30.06):
+    costs within 1 % (or 1 s) count as equal, and only the best expected metric stays."""
+    costs = [30.00004, 30.01, 30.02, 30.03, 30.05, 30.06, 60.0, 60.3, 200.0]
+    values = [0.70, 0.72, 0.71, 0.74, 0.75, 0.76, 0.80, 0.79, 0.81]
+    assert pareto_front(costs, values) == [0, 1, 3, 4, 5, 6, 8]  # exact: every decimal counts
+    tied = pareto_front(costs, values, rel_tol=COST_TIE_REL, abs_tol=COST_TIE_S)
+    assert tied == [5, 6, 8]
+    # A tie on the metric keeps the cheaper; a group is measured from its cheapest point.
+    assert pareto_front([10.0, 10.05], [0.5, 0.5], rel_tol=0.01) == [0]
+    assert pareto_front([100.0, 100.9, 101.8], [0.1, 0.2, 0.3], rel_tol=0.01) == [1, 2]
 
 
 def test_recommend_without_knowledge_is_one_error(workspace: Workspace, reg: Registry) -> None:

@@ -70,7 +70,7 @@ def studies_page(registry: Registry, workspace: Workspace, folder: Path) -> str 
                 [
                     str(r.id),
                     esc(config_summary(r.config or {})),
-                    esc(m.get("epochs", r.budget or "")),
+                    esc(_epochs(m.get("epochs", r.budget))),
                     status_span(r.status),
                     esc(_num(m.get("objective"))),
                     esc(_num((m.get("test") or {}).get(metric))),
@@ -102,6 +102,14 @@ def studies_page(registry: Registry, workspace: Workspace, folder: Path) -> str 
 
 def _num(x: Any) -> str:
     return f"{x:.4g}" if isinstance(x, int | float) and not isinstance(x, bool) else ""
+
+
+def _epochs(x: Any) -> str:
+    """Epochs as ``runs list`` shows them: a whole number without decimals. A crashed run
+    has only its budget (a float: ``1.0``) where a finished one records ``epochs`` (``1``)."""
+    if not isinstance(x, int | float) or isinstance(x, bool):
+        return ""
+    return str(int(x)) if float(x).is_integer() else f"{x:g}"
 
 
 def models_page(registry: Registry, workspace: Workspace, folder: Path) -> str | None:

@@ -98,13 +98,32 @@ def measured(
     return Cost(wall, wall / 3600.0, "measured")
 
 
-def pareto_front(costs: list[float], values: list[float]) -> list[int]:
+#: Costs that differ by at most this share (1 %) or :data:`COST_TIE_S` count as equal on the
+#: recommender's Pareto front: strategies costing 30.00004 s and 30.06 s are not a trade-off
+#: (both read "30 s"), so only the better expected metric of the two stays on it.
+COST_TIE_REL = 0.01
+#: ... or by at most this many seconds (the front shows whole seconds).
+COST_TIE_S = 1.0
+
+
+def pareto_front(
+    costs: list[float], values: list[float], *, rel_tol: float = 0.0, abs_tol: float = 0.0
+) -> list[int]:
     """Indices of the points that no other point beats on both cost (lower) and value
-    (higher), cheapest first."""
+    (higher), cheapest first. Costs within ``rel_tol`` (a share) or ``abs_tol`` (cost units)
+    of the cheapest point of a group count as equal: of such a group, only the point of the
+    highest value stays (the cheapest of those on a tie), so the front lists only trade-offs
+    of a meaningful cost. The defaults compare costs exactly."""
     order = sorted(range(len(costs)), key=lambda i: (costs[i], -values[i]))
-    front, best = [], -math.inf
+    front: list[int] = []
+    best, anchor = -math.inf, -math.inf  # best value so far; cost that opened the last group
     for i in order:
-        if values[i] > best + 1e-12:
+        if values[i] <= best + 1e-12:
+            continue  # no better than a point that costs as much or less
+        if front and costs[i] - anchor <= max(rel_tol * abs(anchor), abs_tol):
+            front[-1] = i  # the same cost as the last point on the front, a better value
+        else:
             front.append(i)
-            best = values[i]
+            anchor = costs[i]
+        best = values[i]
     return front

@@ -420,10 +420,13 @@ def _evidence(m: Matrix, w: np.ndarray, by_weight: list[int], j: int) -> list[di
 def _pareto(
     m: Matrix, expected: np.ndarray, allowed: list[int], all_costs: dict[int, costs.Cost]
 ) -> list[dict[str, Any]]:
-    """The cost/metric Pareto front of the allowed strategies ("cheapest efficient")."""
+    """The cost/metric Pareto front of the allowed strategies ("cheapest efficient"); costs
+    within 1 % or 1 s of each other count as equal (``cost.COST_TIE_REL``, ``COST_TIE_S``)."""
     front = costs.pareto_front(
         [all_costs[j].wall_s for j in allowed],
         [float(np.nan_to_num(expected[j], nan=-1.0)) for j in allowed],
+        rel_tol=costs.COST_TIE_REL,
+        abs_tol=costs.COST_TIE_S,
     )
     return [
         {
