@@ -46,7 +46,7 @@ def _plan_table(plan: object) -> Table:
             table.add_row(
                 sp.stage.name if first else "",
                 sp.action if first else "",
-                f"{j.count} x {j.what}" if j is not None else "(in the stage process)",
+                f"{j.count_words} x {j.what}" if j is not None else "(in the stage process)",
                 f"{r.cpus_per_task} CPU, {r.gpus_per_node} GPU, {r.mem_gb:g} GB, {r.time_min} min"
                 if r is not None
                 else "",
@@ -110,7 +110,7 @@ def run(
     if plan.driver is not None:
         r = plan.driver.resources
         console.print(
-            f"plus {plan.driver.count} x {plan.driver.what}: {r.cpus_per_task} CPU, "
+            f"plus {plan.driver.count_words} x {plan.driver.what}: {r.cpus_per_task} CPU, "
             f"{r.mem_gb:g} GB, {r.time_min} min",
             highlight=False,
         )

@@ -27,12 +27,32 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, PrivateAttr, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PrivateAttr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from pomlia_hpc.config import read_yaml, validate_model
+from pomlia_hpc.config import read_yaml
 from pomlia_hpc.errors import ConfigError
+from pomlia_hpc.pipeline.options import check_options, source_kind
+from pomlia_hpc.pipeline.wording import pipeline_problem
 
-_NAME = r"[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}"
+_NAME = r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}$"
+_AT = r"^([01]\d|2[0-3]):[0-5]\d$"
+_WINDOW = r"^0*[1-9]\d*[mhd]$"  # above zero, as monitor run takes
+
+#: What each pattern of the file accepts, in the words the CLI uses (error messages).
+PATTERN_WORDS = {
+    _NAME: "a name of letters, digits, '_', '.', '-' (at most 64, starting with a letter, "
+    "digit or '_')",
+    _AT: "a time of day HH:MM, 00:00-23:59 (e.g. 02:00)",
+    _WINDOW: "a length of time above zero: a number and m, h or d (e.g. 1d, 12h)",
+}
 
 
 class _Strict(BaseModel):
@@ -66,7 +86,7 @@ class Lookalikes(_Strict):
 class DatasetSpec(_Strict):
     """One dataset: exactly one of ``medmnist``, ``file``, ``folder``."""
 
-    name: str = Field(pattern=f"^{_NAME}$")
+    name: str = Field(pattern=_NAME)
     medmnist: str | None = None
     file: str | None = None
     folder: str | None = None
@@ -89,7 +109,7 @@ class DatasetSpec(_Strict):
 class EncoderSpec(_Strict):
     """The fingerprint encoder, trained as one job on ``datasets`` (default: all)."""
 
-    name: str = Field(pattern=f"^{_NAME}$")
+    name: str = Field(pattern=_NAME)
     datasets: tuple[str, ...] | None = None
     objective: str | None = None
     latent_dim: int = Field(16, ge=1, le=4096)
@@ -133,7 +153,7 @@ class FiguresSpec(_Strict):
 
 
 class TaskSpec(_Strict):
-    name: str = Field(pattern=f"^{_NAME}$")
+    name: str = Field(pattern=_NAME)
     dataset: str
     metric: Literal["acc", "auc", "f1_macro"] = "acc"
 
@@ -189,8 +209,8 @@ class MonitorSpec(_Strict):
     last ``window`` of predictions; ``on_alarm``: a shell command run on an alarm (e.g.
     ``pomlia loop run SLOT --executor slurm``)."""
 
-    at: str = Field("02:00", pattern=r"^([01]\d|2[0-3]):[0-5]\d$")
-    window: str = Field("1d", pattern=r"^0*[1-9]\d*[mhd]$")  # above zero, as monitor run takes
+    at: str = Field("02:00", pattern=_AT)
+    window: str = Field("1d", pattern=_WINDOW)
     on_alarm: str | None = None
     enabled: bool = True
 
@@ -212,10 +232,14 @@ class Assumptions(_Strict):
     classifier_images_per_s: float = Field(5000.0, gt=0)
 
 
+#: How YAML and pydantic spell true (``use_encoder: yes`` is asked for too).
+_TRUE = frozenset({"true", "1", "yes", "on", "y", "t"})
+
+
 class PipelineSpec(_Strict):
     """The whole pipeline file."""
 
-    name: str = Field(pattern=f"^{_NAME}$")
+    name: str = Field(pattern=_NAME)
     description: str = ""
     lookalikes: Lookalikes | None = None
     datasets: tuple[DatasetSpec, ...] = Field(min_length=1)
@@ -233,15 +257,47 @@ class PipelineSpec(_Strict):
     estimate: Assumptions = Assumptions()
     #: Folder of the pipeline file; relative paths in it are resolved against this.
     _base_dir: Path = PrivateAttr(default_factory=Path.cwd)
+    #: The file (or what stands for it) that errors found after parsing name.
+    _source: str = PrivateAttr(default="the pipeline file")
 
-    @field_validator("datasets")
+    @field_validator("datasets", "tasks")
     @classmethod
-    def _unique(cls, v: tuple[DatasetSpec, ...]) -> tuple[DatasetSpec, ...]:
+    def _unique(cls, v: tuple[DatasetSpec | TaskSpec, ...], info: Any) -> Any:
+        # Two tasks of one name would be registered as NAME and NAME-<version>, silently.
         names = [d.name for d in v]
         dup = sorted({n for n in names if names.count(n) > 1})
         if dup:
-            raise ValueError(f"dataset names must be unique; repeated: {', '.join(dup)}")
+            what = "dataset" if info.field_name == "datasets" else "task"
+            raise ValueError(f"{what} names must be unique; repeated: {', '.join(dup)}")
         return v
+
+    @field_validator("datasets")
+    @classmethod
+    def _options(cls, v: tuple[DatasetSpec, ...]) -> tuple[DatasetSpec, ...]:
+        # Here, not in the data stage: ingest would convert them as command-line values.
+        for i, d in enumerate(v):
+            kind = source_kind(d.medmnist, d.file, d.folder)
+            check_options(f"datasets.{i}.options", d.name, kind, d.options)
+        return v
+
+    @model_validator(mode="before")
+    @classmethod
+    def _encoder_asked(cls, data: Any) -> Any:
+        # Before validation: automl fills in use_encoder, so only the file says it was asked.
+        if not isinstance(data, dict) or data.get("encoder") is not None:
+            return data
+        automl = data.get("automl")
+        asked = [
+            k
+            for k in ("use_encoder", "extra_data")
+            if isinstance(automl, dict) and str(automl.get(k)).lower() in _TRUE
+        ]
+        if asked:
+            raise ValueError(
+                f"automl.{' and automl.'.join(asked)}: true needs an 'encoder' section "
+                "(the encoder's weights and fingerprint index are what they use)"
+            )
+        return data
 
     @model_validator(mode="after")
     def _references(self) -> PipelineSpec:
@@ -271,6 +327,11 @@ class PipelineSpec(_Strict):
             raise ValueError("section 'monitor' needs a 'deploy' section")
         return self
 
+    @property
+    def source(self) -> str:
+        """The pipeline file, as errors found after parsing name it."""
+        return self._source
+
     def path(self, value: str) -> Path:
         """``value`` as a path: absolute, or relative to the pipeline file's folder."""
         p = Path(value).expanduser()
@@ -278,9 +339,15 @@ class PipelineSpec(_Strict):
 
 
 def parse_pipeline(data: dict[str, Any], source: str, base_dir: Path) -> PipelineSpec:
-    """Validate ``data`` (the YAML mapping) into a :class:`PipelineSpec`; one error line."""
-    spec = validate_model(PipelineSpec, data, source)
+    """Validate ``data`` (the YAML mapping) into a :class:`PipelineSpec`; one error line
+    naming ``source``, the key and, in words, what it takes."""
+    try:
+        spec = PipelineSpec.model_validate(data)
+    except ValidationError as exc:
+        why = pipeline_problem(exc, PipelineSpec, data, PATTERN_WORDS)
+        raise ConfigError(f"{source}: {why}") from exc
     spec._base_dir = base_dir
+    spec._source = source
     return spec
 
 

@@ -109,12 +109,20 @@ class StageContext:
 
 @dataclass(frozen=True)
 class PlannedJob:
-    """One job (or array) a stage submits, with an estimate of its length."""
+    """One job (or array) a stage submits, with an estimate of its length. ``count`` is
+    exact unless ``bound`` says it is not (``"up to"``, ``"about"``): how many an array job
+    has can depend on sizes known only after ingest."""
 
     what: str
     count: int
     resources: ClusterProfile
     hours: float | None = None  # wall hours of one job (estimate)
+    bound: str = ""
+
+    @property
+    def count_words(self) -> str:
+        """``count``, as the plan shows it (``up to 2``)."""
+        return f"{self.bound} {self.count}" if self.bound else str(self.count)
 
     @property
     def gpu_hours(self) -> float:

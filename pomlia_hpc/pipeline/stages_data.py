@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
+from pomlia_hpc.errors import InputError
+from pomlia_hpc.pipeline.options import OPTIONS
 from pomlia_hpc.pipeline.spec import DatasetSpec, PipelineSpec
-from pomlia_hpc.pipeline.stage import Stage, StageContext
+from pomlia_hpc.pipeline.stage import Stage, StageContext, content_key
 
 
 def lookalike_dir(ctx_home: Path, spec: PipelineSpec) -> Path:
@@ -90,26 +95,60 @@ def _check_data(spec: PipelineSpec) -> None:
     """Open each file or folder source as ingest would (it exists, its options hold), so a
     missing file or a bad option is refused before anything runs. MedMNIST sources are left
     to the stage: opening one may download it."""
+    for i in range(len(spec.datasets)):
+        source_split_sizes(spec, i)
+
+
+#: Split sizes of the sources opened in this process, by source, options and file stamps:
+#: the data and encoder checks of one dry run open a folder (which hashes its files) once.
+_OPENED: dict[str, dict[str, int]] = {}
+
+
+def source_split_sizes(spec: PipelineSpec, index: int) -> dict[str, int] | None:
+    """Images per split of data set entry ``index`` when it is a file or folder, opened and
+    checked as ingest would open it; None for MedMNIST (opening one may download it)."""
     from pomlia_hpc.data.sources import open_source
 
-    for ds in spec.datasets:
-        if ds.file or ds.folder:
-            source, opts = source_of(spec, ds, Path())  # the home is read for MedMNIST only
-            for own in ("workers", "parent", "progress"):  # ingest's, not the source's
-                opts.pop(own, None)
+    ds = spec.datasets[index]
+    if not (ds.file or ds.folder):
+        return None
+    source, opts = source_of(spec, ds, Path())  # the home is read for MedMNIST only
+    for own in ("workers", "parent", "progress"):  # ingest's, not the source's
+        opts.pop(own, None)
+    key = content_key([source, opts, _stat(Path(source))])
+    if key not in _OPENED:
+        with in_entry(spec, index):
             opened = open_source(source, **opts)
-            close = getattr(opened, "close", None)
-            if close is not None:
-                close()
+        close = getattr(opened, "close", None)
+        if close is not None:
+            close()
+        _OPENED[key] = dict(opened.split_sizes)
+    return _OPENED[key]
+
+
+@contextmanager
+def in_entry(spec: PipelineSpec, index: int) -> Iterator[None]:
+    """Re-raise the data room's :class:`InputError` with the pipeline file and data set entry
+    in front, and its command-line flags (``--val-fraction``) as the file's keys."""
+    try:
+        yield
+    except InputError as exc:
+        message = exc.message
+        for key in OPTIONS:
+            flag = "--" + key.replace("_", "-")
+            message = re.sub(rf"{flag}\b", f"'options.{key}'", message)
+        where = f"datasets.{index} (data set '{spec.datasets[index].name}')"
+        raise InputError(f"{spec.source}: {where}: {message}", hint=exc.hint) from exc
 
 
 def _run_data(ctx: StageContext) -> dict[str, Any]:
     from pomlia_hpc.data.api import ingest
 
     versions: dict[str, str] = {}
-    for ds in ctx.spec.datasets:
+    for i, ds in enumerate(ctx.spec.datasets):
         source, opts = source_of(ctx.spec, ds, ctx.workspace.home)
-        rec = ingest(ctx.workspace, ctx.registry, ds.name, source, **opts)
+        with in_entry(ctx.spec, i):
+            rec = ingest(ctx.workspace, ctx.registry, ds.name, source, **opts)
         versions[ds.name] = rec.ref
         ctx.log(f"  {rec.ref}: {rec.n_images} images{' (new)' if rec.created else ''}")
     return {"versions": versions}

@@ -9,7 +9,7 @@ from pomlia_hpc.config import ClusterProfile
 from pomlia_hpc.errors import ConfigError
 from pomlia_hpc.pipeline.spec import EncoderSpec, ExtractSpec, PipelineSpec
 from pomlia_hpc.pipeline.stage import PlannedJob, StageContext, resources_of, section_stage
-from pomlia_hpc.pipeline.stages_data import estimated_images
+from pomlia_hpc.pipeline.stages_data import estimated_images, source_split_sizes
 
 
 def _enc(spec: PipelineSpec) -> EncoderSpec:
@@ -46,6 +46,69 @@ def _train_config(enc: EncoderSpec) -> Any:
         ) from exc
 
 
+def _held_out(n: int, holdout: float) -> int:
+    """Rows of a dataset of ``n`` training rows that training keeps apart for early stopping
+    (as :func:`pomlia_hpc.fingerprint.validation.split_holdout` splits them)."""
+    return min(n - 1, max(1, round(n * holdout))) if holdout > 0 and n >= 2 else 0
+
+
+def _check_batch(spec: PipelineSpec, rows: int, exact: bool) -> None:
+    """Refuse a training set of ``rows`` images (``exact``: counted; else at most) that gives
+    no process a full batch, naming the pipeline's keys (the trainer names its CLI flags)."""
+    enc = _enc(spec)
+    need = enc.batch_size * enc.processes
+    if rows >= need:
+        return
+    count = f"{rows}" if exact else f"at most {rows}"
+    raise ConfigError(
+        f"{spec.source}: encoder '{enc.name}' would train on {count} images (after "
+        f"encoder.max_images and the rows held out for early stopping), fewer than one batch: "
+        f"expected at least encoder.batch_size {enc.batch_size} x encoder.processes "
+        f"{enc.processes} = {need}; lower encoder.batch_size (or encoder.processes)"
+        + (", or raise encoder.max_images" if enc.max_images is not None else "")
+    )
+
+
+def _check_encoder(spec: PipelineSpec) -> None:
+    """Before anything runs: the training options hold, and the training set fills a batch
+    (counted from MedMNIST's tables and the file and folder sources, capped at
+    ``encoder.max_images``)."""
+    enc = _enc(spec)
+    config = _train_config(enc)
+    split = None if config.split == "all" else config.split
+    names = set(enc.datasets or [d.name for d in spec.datasets])
+    rows = 0
+    for i, ds in enumerate(spec.datasets):
+        if ds.name not in names:
+            continue
+        known = estimated_images(spec, ds, split)
+        sizes = source_split_sizes(spec, i) if known is None else None
+        if sizes is not None:
+            known = sizes.get(split, 0) if split else sum(sizes.values())
+        if known is None and enc.max_images is None:
+            return  # no bound on the training set: the stage counts it after ingest
+        n = min(n for n in (known, enc.max_images) if n is not None)
+        rows += n - _held_out(n, config.holdout)
+    _check_batch(spec, rows, exact=False)
+
+
+def _training_rows(ctx: StageContext, refs: list[str], config: Any) -> int:
+    """Images the encoder trains on, counted in the ingested stores (as the trainer picks
+    them: the split, at most ``max_images_per_dataset`` each, less the held-out rows)."""
+    from pomlia_hpc.data.store import find_version, open_store
+
+    rows = 0
+    for ref in refs:
+        store = open_store(find_version(ctx.registry, ref).store_path)
+        split = config.split
+        lo, hi = (0, store.n_images) if split == "all" else store.split_range(split)
+        if config.max_images_per_dataset is not None:
+            hi = min(hi, lo + config.max_images_per_dataset)
+        n = max(0, hi - lo)
+        rows += n - _held_out(n, config.holdout)
+    return rows
+
+
 def _run_encoder(ctx: StageContext) -> dict[str, Any]:
     from pomlia_hpc.fingerprint.shards import checkpoint_digest
     from pomlia_hpc.fingerprint.train import train_encoder
@@ -54,12 +117,14 @@ def _run_encoder(ctx: StageContext) -> dict[str, Any]:
     versions = ctx.outputs("data")["versions"]
     names = enc.datasets or tuple(versions)
     refs = [versions[n.split("@")[0]] for n in names]
+    config = _train_config(enc)
+    _check_batch(ctx.spec, _training_rows(ctx, refs, config), exact=True)
     row = train_encoder(
         ctx.registry,
         ctx.workspace,
         enc.name,
         refs,
-        _train_config(enc),
+        config,
         resources=enc.resources.as_overrides(),
         progress=ctx.progress("encoder epochs"),
         # The file owns the encoder this stage trained: an edited `encoder` section retrains
@@ -149,21 +214,39 @@ def _extract_there(ctx: StageContext, out: dict[str, Any]) -> bool:
 
 
 def _extract_jobs(spec: PipelineSpec, profile: ClusterProfile) -> list[PlannedJob]:
-    from pomlia_hpc.fingerprint.extract import DEFAULT_SHARD_ROWS
-
     ex = spec.extract or ExtractSpec()
     counts = [estimated_images(spec, ds) for ds in spec.datasets]
     known = [c for c in counts if c is not None]
     total = sum(known) if len(known) == len(counts) else None
-    if ex.shards is not None:
-        tasks = ex.shards * len(spec.datasets)
-    elif total is not None:  # small datasets are packed into tasks of about shard_rows images
-        tasks = max(1, -(-total // (ex.shard_rows or DEFAULT_SHARD_ROWS)))
-    else:
-        tasks = len(spec.datasets)
+    if ex.shards is not None:  # a dataset of fewer chunks than that gets fewer shards
+        tasks, bound = ex.shards * len(spec.datasets), "up to"
+    elif total is not None:
+        tasks, bound = _packed_tasks(known, ex.shard_rows)
+    else:  # small datasets share a task: how many depends on sizes known after ingest
+        tasks, bound = 1, "at least"
     hours = None if total is None else total / spec.estimate.extract_images_per_s / 3600 / tasks
     res = resources_of(profile, ex.resources)
-    return [PlannedJob("extract embeddings (array)", tasks, res, hours)]
+    return [PlannedJob("extract embeddings (array)", tasks, res, hours, bound)]
+
+
+def _packed_tasks(counts: list[int], shard_rows: int | None) -> tuple[int, str]:
+    """Array tasks for datasets of ``counts`` images, packed as
+    :func:`pomlia_hpc.fingerprint.extract.group_shards` packs them, and the plan's word for
+    the count: exact when every dataset is one shard, else ``about`` (shards end on chunk
+    boundaries, which are known after ingest)."""
+    from pomlia_hpc.fingerprint.extract import DEFAULT_SHARD_ROWS
+
+    target = shard_rows or DEFAULT_SHARD_ROWS
+    shards: list[int] = []
+    for n in counts:
+        k = max(1, -(-n // target))
+        shards += [n // k + (1 if i < n % k else 0) for i in range(k)]
+    tasks, rows = 0, 0
+    for n in shards:
+        if tasks == 0 or rows + n > target:
+            tasks, rows = tasks + 1, 0
+        rows += n
+    return tasks, "" if len(shards) == len(counts) else "about"
 
 
 def _run_index(ctx: StageContext) -> dict[str, Any]:
@@ -221,6 +304,7 @@ ENCODER = section_stage(
     run=_run_encoder,
     jobs=_encoder_jobs,
     still_there=_encoder_there,
+    check=_check_encoder,
 )
 
 EXTRACT = section_stage(

@@ -1,0 +1,273 @@
+"""A pipeline file's mistakes are one line in the file's words, found before anything runs:
+dataset options of a wrong kind, encoder trials without an encoder, repeated task names, a
+training set smaller than one encoder batch; and the plan counts the jobs that will run."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import h5py
+import numpy as np
+import pytest
+import yaml
+
+from pomlia_hpc.errors import ConfigError
+from pomlia_hpc.pipeline.runner import make_plan
+from pomlia_hpc.pipeline.spec import load_pipeline, parse_pipeline
+from pomlia_hpc.pipeline.stage import StageContext
+from pomlia_hpc.registry import Registry
+from pomlia_hpc.workspace import Workspace
+from tests.fixtures.factories import tiny_npz
+
+REPO = Path(__file__).resolve().parents[1]
+MINIMAL: dict[str, Any] = {"name": "p", "datasets": [{"name": "a", "medmnist": "bloodmnist"}]}
+
+
+def _refused(data: dict[str, Any]) -> str:
+    with pytest.raises(ConfigError) as err:
+        parse_pipeline(data, "p.yaml", Path("/data"))
+    text = str(err.value)
+    assert text.startswith("p.yaml: ") and "\n" not in text
+    return text
+
+
+# -- dataset options ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("source", "options", "words"),
+    [
+        (
+            {"folder": "f"},
+            {"val_fraction": "abc"},
+            "options.val_fraction' (data set 'c'): "
+            "expected a number from 0 up to (not including) 1 (got 'abc')",
+        ),
+        ({"folder": "f"}, {"val_fraction": [0.1]}, "(got [0.1])"),
+        (
+            {"file": "x.npz"},
+            {"class_names": 5},
+            "options.class_names' (data set 'c'): expected a list of class names",
+        ),
+        (
+            {"file": "x.h5"},
+            {"images": 5, "labels": "y"},
+            "options.images' (data set 'c'): "
+            "expected the path of the image data set inside the HDF5 file (got 5)",
+        ),
+        ({"file": "x.npz"}, {"n_classes": 2.5}, "expected a whole number >= 1 (got 2.5)"),
+        ({"folder": "f"}, {"task_type": "regression"}, "options.task_type' (data set 'c')"),
+        ({"folder": "f"}, {"val_fraction": 0.5, "test_fraction": 0.5}, "expected a sum below 1"),
+    ],
+)
+def test_options_of_a_wrong_kind_name_the_entry_key_and_value(
+    source: dict[str, Any], options: dict[str, Any], words: str
+) -> None:
+    """`val_fraction: abc` was `ValueError: could not convert string to float` (a traceback),
+    `class_names: 5` and `images: 5` TypeErrors from inside the data room."""
+    text = _refused({"name": "p", "datasets": [{"name": "c", **source, "options": options}]})
+    assert "datasets.0.options." in text and words in text, text
+
+
+def test_an_option_a_source_does_not_take_is_named_as_a_key_not_a_flag() -> None:
+    data = {"name": "p", "datasets": [{"name": "c", "folder": "f", "options": {"bogus": 1}}]}
+    text = _refused(data)
+    assert "unknown key 'datasets.0.options.bogus' (data set 'c', a folder source)" in text
+    assert "--" not in text and "valid keys: " in text and "val_fraction" in text
+
+
+def _dry_run(path: Path, home: Path) -> subprocess.CompletedProcess[str]:
+    env = {"POMLIA_HOME": str(home), "PATH": "/usr/bin:/bin", "COLUMNS": "1000"}
+    return subprocess.run(
+        [sys.executable, "-m", "pomlia_hpc", "pipeline", "run", str(path), "--dry-run"],
+        capture_output=True,
+        text=True,
+        env={**env, "PYTHONPATH": str(REPO)},
+        check=False,
+    )
+
+
+def test_dry_run_refuses_bad_options_with_exit_2_and_the_file(tmp_path: Path) -> None:
+    """Exit 1 and a traceback before; the data room's own refusals (an HDF5 file without
+    `labels`) now say the file, the entry and the key too."""
+    h5 = tmp_path / "x.h5"
+    with h5py.File(h5, "w") as f:
+        f["images"] = np.zeros((4, 28, 28), np.uint8)
+    path = tmp_path / "p.yaml"
+    env = {"POMLIA_HOME": str(tmp_path / "ws"), "PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)}
+    subprocess.run([sys.executable, "-m", "pomlia_hpc", "init"], env=env, check=True)
+    for options, words in (
+        ({"val_fraction": "abc"}, "bad value for 'datasets.0.options.val_fraction'"),
+        ({"images": "images"}, "datasets.0 (data set 'c'): HDF5 file"),
+    ):
+        kind = {"folder": str(tmp_path)} if "val_fraction" in options else {"file": str(h5)}
+        entry = {"name": "c", **kind, "options": options}
+        path.write_text(yaml.safe_dump({"name": "p", "datasets": [entry]}))
+        proc = _dry_run(path, tmp_path / "ws")
+        assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+        assert f"{path}: " in proc.stderr and words in proc.stderr, proc.stderr
+    assert "'options.labels' not given" in proc.stderr
+
+
+# -- automl without an encoder, repeated task names ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("automl", "keys"),
+    [
+        ({"use_encoder": True, "extra_data": True}, "automl.use_encoder and automl.extra_data"),
+        ({"archs": ["small_cnn"], "extra_data": True}, "automl.extra_data"),
+        ({"archs": ["small_cnn"], "use_encoder": "yes"}, "automl.use_encoder"),
+    ],
+)
+def test_encoder_trials_without_an_encoder_section_are_refused(
+    automl: dict[str, Any], keys: str
+) -> None:
+    """They were ignored: the dry run and the run gave plain trials (the CLI refuses
+    `--extra-data` without `--encoder`)."""
+    tasks = [{"name": "t", "dataset": "a"}]
+    text = _refused({**MINIMAL, "tasks": tasks, "automl": automl})
+    assert f"{keys}: true needs an 'encoder' section" in text
+    spec = parse_pipeline(
+        {**MINIMAL, "tasks": tasks, "automl": automl, "encoder": {"name": "e"}}, "p", Path("/")
+    )
+    assert spec.automl is not None and spec.automl.extra_data == ("extra_data" in automl)
+
+
+def test_default_encoder_trials_need_no_encoder_section() -> None:
+    spec = parse_pipeline(
+        {**MINIMAL, "tasks": [{"name": "t", "dataset": "a"}], "automl": {}}, "p", Path("/")
+    )
+    assert spec.encoder is None
+
+
+def test_repeated_task_names_are_refused_as_dataset_names_are() -> None:
+    """Two tasks `t16` registered `t16` and `t16-68d99289`."""
+    tasks = [{"name": "t16", "dataset": "a"}, {"name": "t16", "dataset": "a", "metric": "auc"}]
+    text = _refused({**MINIMAL, "tasks": tasks})
+    assert "task names must be unique; repeated: t16" in text
+
+
+# -- schema errors in words -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [
+        (
+            {"name": "bad name/.."},
+            "bad value for 'name': expected a name of letters, digits, '_', '.', '-' (at most "
+            "64, starting with a letter, digit or '_') (got 'bad name/..')",
+        ),
+        (
+            {"monitor": {"at": "25:99"}},
+            "bad value for 'monitor.at': expected a time of day HH:MM, 00:00-23:59",
+        ),
+        (
+            {"datasets": {"name": "a", "medmnist": "bloodmnist"}},
+            "bad value for 'datasets': expected a list of data set entries (got a section",
+        ),
+        ({"datasets": []}, "bad value for 'datasets': expected at least one data set entry"),
+        (
+            {"datasets": [{"name": "x/y", "medmnist": "bloodmnist"}]},
+            "bad value for 'datasets.0.name' (entry 'x/y'): expected a name of letters",
+        ),
+        ({"encoder": {"name": "e", "epochs": "two"}}, "expected a whole number (got 'two')"),
+        ({"encoder": {"name": "e", "lr": 0}}, "'encoder.lr': expected a number > 0"),
+        ({"execution": {"mode": "dag"}}, "expected 'chain' or 'driver' (got 'dag')"),
+        ({"monitor": {"window": "0h"}}, "expected a length of time above zero"),
+        ({"tasks": [{"name": "t", "dataset": "a", "metric": 3}]}, "'tasks.0.metric' (entry 't')"),
+    ],
+)
+def test_schema_errors_are_in_words_not_pydantic_or_regexes(
+    change: dict[str, Any], words: str
+) -> None:
+    deps = {"deploy": {}, "export": {}, "automl": {}, "tasks": [{"name": "t", "dataset": "a"}]}
+    text = _refused({**MINIMAL, **(deps if "monitor" in change else {}), **change})
+    assert words in text, text
+    for pydantic in ("should", "pattern", "Input", "tuple", "Tuple", "^"):
+        assert pydantic not in text, text
+
+
+# -- the encoder's batch, the plan's counts --------------------------------------------------
+
+
+def test_dry_run_refuses_an_encoder_batch_larger_than_its_capped_training_set(
+    workspace: Workspace, reg: Registry
+) -> None:
+    """`max_images: 100` (90 after the held-out rows) with the default batch of 128 passed
+    the dry run; the run said `lower --batch-size`, a flag the file does not have."""
+    data = {**MINIMAL, "encoder": {"name": "e", "max_images": 100}}
+    spec = parse_pipeline(data, "p.yaml", Path("/data"))
+    with pytest.raises(ConfigError) as err:
+        make_plan(StageContext(spec, workspace, reg), "local")
+    text = str(err.value)
+    assert text.startswith("p.yaml: encoder 'e' would train on at most 90 images")
+    assert "encoder.batch_size 128" in text and "lower encoder.batch_size" in text
+    assert "raise encoder.max_images" in text and "--" not in text
+    ok = {**MINIMAL, "encoder": {"name": "e", "max_images": 100, "batch_size": 64}}
+    make_plan(StageContext(parse_pipeline(ok, "p.yaml", Path("/")), workspace, reg), "local")
+
+
+def test_the_encoder_stage_counts_the_ingested_images_before_its_job(
+    workspace: Workspace, reg: Registry, tmp_path: Path
+) -> None:
+    """The dry run counts a file as it opens it; the stage counts the ingested stores again
+    before the training job (the file may have changed since), naming the pipeline's keys
+    (the trainer said `lower --batch-size`)."""
+    from pomlia_hpc.pipeline.runner import run_in_process
+    from pomlia_hpc.pipeline.stage import run_stage
+    from pomlia_hpc.pipeline.stages_fingerprint import ENCODER
+
+    tiny_npz(tmp_path / "a.npz")  # 40 training images, 36 after the held-out rows
+    data = {
+        "name": "p",
+        "datasets": [{"name": "a", "file": "a.npz"}],
+        "encoder": {"name": "e", "batch_size": 64},
+    }
+    spec = parse_pipeline(data, "p.yaml", tmp_path)
+    ctx = StageContext(spec, workspace, reg)
+    with pytest.raises(ConfigError, match=r"^p\.yaml: encoder 'e' would train on at most 36 "):
+        make_plan(ctx, "local")
+    ingest_only = parse_pipeline({**data, "encoder": None}, "p.yaml", tmp_path)
+    no_encoder = StageContext(ingest_only, workspace, reg)
+    assert run_in_process(no_encoder, make_plan(no_encoder, "local"))["data"] == "done"
+    with pytest.raises(ConfigError) as err:
+        run_stage(ctx, ENCODER)
+    text = str(err.value)
+    assert text.startswith("p.yaml: encoder 'e' would train on 36 images"), text
+    assert "encoder.batch_size 64 x encoder.processes 1 = 64" in text and "--" not in text
+    assert not (workspace.home / "models" / "encoders" / "e").exists()
+
+
+def test_plan_of_unknown_sizes_says_at_least_one_extraction_task(
+    workspace: Workspace, reg: Registry, tmp_path: Path
+) -> None:
+    """Two small files were planned as `2 x extract embeddings (array)`; one task ran (small
+    datasets share a task)."""
+    for name in ("a", "b"):
+        tiny_npz(tmp_path / f"{name}.npz")
+    data = {
+        "name": "p",
+        "datasets": [{"name": n, "file": str(tmp_path / f"{n}.npz")} for n in ("a", "b")],
+        "encoder": {"name": "e", "batch_size": 8},
+        "extract": {},
+    }
+    plan = make_plan(StageContext(parse_pipeline(data, "p", tmp_path), workspace, reg), "local")
+    (ex,) = plan.stages[2].jobs
+    assert ex.count_words == "at least 1"
+    data["extract"] = {"shards": 3}
+    plan = make_plan(StageContext(parse_pipeline(data, "p", tmp_path), workspace, reg), "local")
+    assert plan.stages[2].jobs[0].count_words == "up to 6"
+
+
+def test_plan_of_small_known_datasets_is_one_extraction_task(
+    workspace: Workspace, reg: Registry
+) -> None:
+    spec = load_pipeline(REPO / "configs" / "pipelines" / "lookalikes.yaml")
+    plan = make_plan(StageContext(spec, workspace, reg), "local")
+    (ex,) = next(sp for sp in plan.stages if sp.stage.name == "extract").jobs
+    assert ex.count_words == "1"
