@@ -271,3 +271,18 @@ def test_plan_of_small_known_datasets_is_one_extraction_task(
     plan = make_plan(StageContext(spec, workspace, reg), "local")
     (ex,) = next(sp for sp in plan.stages if sp.stage.name == "extract").jobs
     assert ex.count_words == "1"
+
+
+def test_dry_run_refuses_a_training_option_the_trainer_refuses_in_words(
+    workspace: Workspace, reg: Registry
+) -> None:
+    """`encoder.objective: bogus` passed the dry run; the stage then said `pipeline key
+    'encoder.objective': Input should be ...` (pydantic's words, no file)."""
+    data = {**MINIMAL, "encoder": {"name": "e", "objective": "bogus"}}
+    spec = parse_pipeline(data, "p.yaml", Path("/data"))
+    with pytest.raises(ConfigError) as err:
+        make_plan(StageContext(spec, workspace, reg), "local")
+    assert str(err.value) == (
+        "p.yaml: bad value for 'encoder.objective': expected 'mse', 'style' or 'contrastive' "
+        "(got 'bogus')"
+    )

@@ -10,6 +10,7 @@ from pomlia_hpc.errors import ConfigError
 from pomlia_hpc.pipeline.spec import EncoderSpec, ExtractSpec, PipelineSpec
 from pomlia_hpc.pipeline.stage import PlannedJob, StageContext, resources_of, section_stage
 from pomlia_hpc.pipeline.stages_data import estimated_images, source_split_sizes
+from pomlia_hpc.pipeline.wording import expected_words
 
 
 def _enc(spec: PipelineSpec) -> EncoderSpec:
@@ -17,13 +18,14 @@ def _enc(spec: PipelineSpec) -> EncoderSpec:
     return spec.encoder
 
 
-def _train_config(enc: EncoderSpec) -> Any:
+def _train_config(spec: PipelineSpec) -> Any:
     """The fingerprint room's training config; a value it refuses is one error naming the
-    pipeline key (``encoder.objective``), not a traceback."""
+    pipeline file and key (``encoder.objective``) in words, not a traceback."""
     from pydantic import ValidationError
 
     from pomlia_hpc.fingerprint.train import TrainConfig
 
+    enc = _enc(spec)
     data: dict[str, Any] = {
         "encoder": {"latent_dim": enc.latent_dim, "image_size": enc.image_size, "stem": enc.stem},
         "epochs": enc.epochs,
@@ -41,8 +43,11 @@ def _train_config(enc: EncoderSpec) -> Any:
     except ValidationError as exc:
         err = exc.errors()[0]
         key = str(err["loc"][-1]) if err["loc"] else "encoder"
+        words = expected_words(err["type"], err.get("ctx") or {}, list(err["loc"]), {})
         raise ConfigError(
-            f"pipeline key 'encoder.{key}': {err['msg']} (got {err.get('input')!r})"
+            f"{spec.source}: bad value for 'encoder.{key}': "
+            + (f"expected {words}" if words else str(err["msg"]))
+            + f" (got {err.get('input')!r})"
         ) from exc
 
 
@@ -74,7 +79,7 @@ def _check_encoder(spec: PipelineSpec) -> None:
     (counted from MedMNIST's tables and the file and folder sources, capped at
     ``encoder.max_images``)."""
     enc = _enc(spec)
-    config = _train_config(enc)
+    config = _train_config(spec)
     split = None if config.split == "all" else config.split
     names = set(enc.datasets or [d.name for d in spec.datasets])
     rows = 0
@@ -117,7 +122,7 @@ def _run_encoder(ctx: StageContext) -> dict[str, Any]:
     versions = ctx.outputs("data")["versions"]
     names = enc.datasets or tuple(versions)
     refs = [versions[n.split("@")[0]] for n in names]
-    config = _train_config(enc)
+    config = _train_config(ctx.spec)
     _check_batch(ctx.spec, _training_rows(ctx, refs, config), exact=True)
     row = train_encoder(
         ctx.registry,
