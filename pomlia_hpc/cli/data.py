@@ -6,7 +6,7 @@ import json
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
@@ -17,6 +17,9 @@ from pomlia_hpc.cli.listing import JsonFlag, print_rows
 from pomlia_hpc.data.medmnist_info import FLAGS_2D
 from pomlia_hpc.progress import Reporter, progress
 from pomlia_hpc.vocab import task_type_choices
+
+if TYPE_CHECKING:
+    from pomlia_hpc.data.versioning import VersionRecord
 
 # The library (zarr, dask, h5py) is imported inside the commands, so `pomlia --help` and other
 # command groups do not pay for it.
@@ -83,15 +86,26 @@ def _progress() -> Iterator[Callable[[str, int, int], None]]:
         yield report
 
 
+# `data add`'s longer help texts, kept here so the command's signature stays readable.
+_SOURCE_HELP = (
+    "An .npz, an HDF5 file, an image folder, or medmnist:FLAG. Default: NAME as a MedMNIST flag."
+)
+_TASK_TYPE_HELP = (
+    f"One of {task_type_choices()}; default: the source's (binary for 2 classes, else "
+    "multi-class). Kept in MedMNIST's spelling."
+)
+_FRACTION_HELP = (
+    "Folder/HDF5 without splits: share of {split} (0.1). Split folders without {split}/: "
+    "share of train/ carved out as {split}."
+)
+
+
 @data_app.command("add")
 def add(
     name: Annotated[str, typer.Argument(help="Dataset name (an identifier, e.g. pathmnist).")],
     source: Annotated[
         str | None,
-        typer.Argument(
-            help="An .npz, an HDF5 file, an image folder, or medmnist:FLAG. Default: NAME as a "
-            "MedMNIST flag."
-        ),
+        typer.Argument(help=_SOURCE_HELP),
     ] = None,
     size: Annotated[
         int | None, typer.Option(help="MedMNIST image size, px: 28, 64, 128 or 224 (default 28).")
@@ -120,24 +134,15 @@ def add(
     ] = None,
     task_type: Annotated[
         str | None,
-        typer.Option(
-            help=f"One of {task_type_choices()}; default: the source's (binary for 2 "
-            "classes, else multi-class). Kept in MedMNIST's spelling."
-        ),
+        typer.Option(help=_TASK_TYPE_HELP),
     ] = None,
     val_fraction: Annotated[
         float | None,
-        typer.Option(
-            help="Folder/HDF5 without splits: share of val (0.1). Split folders without "
-            "val/: share of train/ carved out as val."
-        ),
+        typer.Option(help=_FRACTION_HELP.format(split="val")),
     ] = None,
     test_fraction: Annotated[
         float | None,
-        typer.Option(
-            help="Folder/HDF5 without splits: share of test (0.1). Split folders without "
-            "test/: share of train/ carved out as test."
-        ),
+        typer.Option(help=_FRACTION_HELP.format(split="test")),
     ] = None,
     max_classes: Annotated[
         int | None,
@@ -182,6 +187,12 @@ def add(
             progress=report,
             **{k: v for k, v in opts.items() if v is not None},
         )
+    _print_ingested(name, rec)
+
+
+def _print_ingested(name: str, rec: VersionRecord) -> None:
+    """What ``data add`` made of the source (``rec``, the ingest record): the version, its store,
+    the split notes and, for a new version of a known name, how it differs from its parent."""
     what = "new version" if rec.created else "identical content: existing version"
     parent = f", parent {rec.parent}" if rec.parent else ""
     console.print(f"{what} [bold]{rec.ref}[/] ({rec.n_images} images{parent})")
