@@ -116,3 +116,42 @@ def test_a_class_without_training_images_is_named_by_add_and_show(
     text = _flat(cli_ok("data", "add", "s", str(_mk(tmp_path / "s", *rels))))
     assert "warning: class(es) without images in a split: 'c' (train, val)" in text
     assert "classes without images │ 'c' (train, val)" in _flat(cli_ok("data", "show", "s"))
+
+
+def test_classes_named_like_splits_without_a_train_folder_are_classes(
+    workspace: Workspace, tmp_path: Path
+) -> None:
+    # Any top-level 'Test' made a split layout, so classes Control/Test were refused as a mix.
+    root = _mk(tmp_path / "ct", "Control", "Test", n=20)
+    text = _flat(cli_ok("data", "add", "ct", str(root)))
+    assert "note: class folder(s) 'Test' named like a split folder: treated as a class" in text
+    assert "a split layout needs a train/ folder" in text
+    meta = _meta("ct")
+    assert meta["class_names"] == ["Control", "Test"]
+    assert meta["source"]["layout"] == "class folders"  # type: ignore[index]
+    assert sum(meta["split_sizes"].values()) == 40  # type: ignore[attr-defined]
+
+
+def test_a_train_folder_beside_a_class_folder_is_still_refused(
+    data_add: Callable[..., str], tmp_path: Path
+) -> None:
+    root = _mk(tmp_path / "tc", "Training/a", "Training/b", "Control")
+    err = data_add(root)
+    assert "mixes split folders ('Training') with other folders or files ('Control')" in err
+
+
+def test_an_empty_val_folder_is_carved_from_train_as_the_hint_says(
+    workspace: Workspace, tmp_path: Path
+) -> None:
+    root = _mk(tmp_path / "ev", "train/a", "train/b", "test/a", "test/b", n=20)
+    (root / "val" / "a").mkdir(parents=True)  # the folder is there, but holds no image
+    text = _flat(cli_ok("data", "add", "ev0", str(root)))
+    assert "splits: train 40, val 0, test 40" in text
+    assert "or carve it from train with --val-fraction F" in text
+    assert "note: split folder 'val' holds no file: taken as missing" in text
+    # The hint's flag is accepted (it was refused: "has a val split folder").
+    text = _flat(cli_ok("data", "add", "ev", str(root), "--val-fraction", "0.3"))
+    assert "carved from train with --val-fraction 0.3" in text
+    sizes = _meta("ev")["split_sizes"]
+    assert isinstance(sizes, dict) and sizes["test"] == 40 and 4 <= sizes["val"] <= 20
+    assert "skipped" not in text  # the empty val/a is no class folder to skip

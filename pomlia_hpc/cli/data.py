@@ -95,8 +95,8 @@ _TASK_TYPE_HELP = (
     "multi-class). Kept in MedMNIST's spelling."
 )
 _FRACTION_HELP = (
-    "Folder/HDF5 without splits: share of {split} (0.1). Split folders without {split}/: "
-    "share of train/ carved out as {split}."
+    "Folder/HDF5 without splits: share of {split} (0.1). Split folders without {split}/ "
+    "(or an empty one): share of train/ carved out as {split}."
 )
 
 
@@ -257,11 +257,33 @@ def _print_notes(meta: dict[str, Any]) -> None:
             "[yellow]warning:[/] fewer than 2 classes have training images: `pomlia task add` "
             "refuses this version (a classification task needs at least 2)"
         )
+    _print_folder_notes(meta.get("source") or {})
     gray = int((meta.get("source") or {}).get("gray_to_rgb", 0))
     if gray:
         console.print(
             f"[yellow]note:[/] {gray} gray image(s) converted to RGB (the folder mixes gray "
             "and colour images; each gray value is copied to the 3 channels)"
+        )
+
+
+def _print_folder_notes(source: dict[str, Any]) -> None:
+    """Notes on how an image folder's layout was read: classes named like a split (no train
+    folder, so not a split layout) and val/test folders without files (taken as missing)."""
+    named = source.get("split_named_classes") or []
+    if named:
+        console.print(
+            f"[yellow]note:[/] class folder(s) {', '.join(repr(c) for c in named)} named like a "
+            "split folder: treated as a class; a split layout needs a train/ folder"
+        )
+    for split, folder in (source.get("empty_split_folders") or {}).items():
+        carved = source.get(f"{split}_fraction")
+        how = (
+            f"carved from train with --{split}-fraction {carved}"
+            if carved
+            else f"--{split}-fraction F carves it from train"
+        )
+        console.print(
+            f"[yellow]note:[/] split folder '{folder}' holds no file: taken as missing ({how})"
         )
 
 

@@ -6,15 +6,21 @@ Layouts::
     root/{train,val,test}/<class>/<image> splits given by the folders
 
 Split folders may also be named ``training``; ``valid``, ``validation``, ``dev``; ``testing``
-(any case, :data:`SPLIT_FOLDER_NAMES`). A top level mixing split folders with class folders
-is refused, as is a file directly inside a split folder.
+(any case, :data:`SPLIT_FOLDER_NAMES`). A top level is a split layout only when it has a
+train folder (``train`` or ``training``): then any other top-level folder or file that is not
+a split folder is refused as a mix, as is a file directly inside a split folder. Without a
+train folder the top-level folders are classes, whatever their names (``Control``/``Test``);
+those named like a split are recorded as ``meta["source"]["split_named_classes"]`` and
+``data add`` notes them.
 
 Without split folders each file goes to train/val/test by a hash of its path relative to
 ``root`` (``val_fraction``, ``test_fraction``; default 0.1 each), so adding files never moves
 the existing ones to another split. With split folders, ``val_fraction`` / ``test_fraction``
 carve a missing val / test split out of the train folder by the same hash (a split that has
-its folder refuses the fraction). A class folder without images is skipped (not made a
-class) and recorded as ``meta["source"]["skipped_empty_folders"]``.
+its folder refuses the fraction). A val / test folder without any file counts as missing
+(recorded, by split, as ``meta["source"]["empty_split_folders"]``), so the fraction carves it.
+A class folder without images is skipped (not made a class) and recorded as
+``meta["source"]["skipped_empty_folders"]``.
 
 Within a split, rows are ordered by another hash of that path (deterministic, and not class by
 class). Files under a class folder may sit in nested folders; hidden files (``.name``) are
@@ -188,11 +194,13 @@ def _expected_layout() -> str:
 
 def split_folders(path: Path) -> dict[str, Path]:
     """The split folders of image folder ``path`` by split (train, val, test), or {} when
-    its top level holds class folders. A top level that mixes split folders with other
-    folders or files, or names one split twice (``val`` and ``valid``), is refused."""
+    its top level holds class folders. A split layout needs a train folder at the top (a
+    class-folder dataset may well have classes named ``Test`` or ``dev``); with one, a top
+    level that mixes split folders with other folders or files, or names one split twice
+    (``val`` and ``valid``), is refused."""
     entries = _visible(path)
     named = [p for p in entries if p.is_dir() and p.name.lower() in SPLIT_FOLDER_NAMES]
-    if not named:
+    if not any(SPLIT_FOLDER_NAMES[p.name.lower()] == "train" for p in named):
         return {}
     others = [p for p in entries if p not in named]
     if others:
@@ -212,6 +220,24 @@ def split_folders(path: Path) -> dict[str, Path]:
     return {s: out[s] for s in SPLITS if s in out}
 
 
+def _has_files(root: Path) -> bool:
+    """Whether ``root`` holds any visible file, at any depth (hidden ones do not count)."""
+    return any(
+        f.is_file() and not any(p.startswith(".") for p in f.relative_to(root).parts)
+        for f in root.rglob("*")
+    )
+
+
+def _drop_empty_splits(roots: dict[str, Path]) -> tuple[dict[str, Path], dict[str, str]]:
+    """``roots`` without the val / test folders that hold no file, and those folders' names
+    by split:
+    an empty split folder is taken as missing, so ``--val-fraction`` / ``--test-fraction``
+    can carve the split from train (what ``data add``'s hint for an empty split says)."""
+    empty = [s for s in ("val", "test") if s in roots and not _has_files(roots[s])]
+    kept = {s: p for s, p in roots.items() if s not in empty}
+    return kept, {s: roots[s].name for s in empty}
+
+
 def _fractions(
     path: Path, roots: dict[str, Path], val: float | None, test: float | None
 ) -> tuple[float, float]:
@@ -225,7 +251,8 @@ def _fractions(
             raise InputError(
                 f"--{split}-fraction {value} does not apply: image folder '{path}' has a "
                 f"{split} split folder ('{roots[split].name}'): expected no --{split}-fraction "
-                f"(it carves a {split} split from train only where the folder is missing)"
+                f"(it carves a {split} split from train only where the folder is missing "
+                "or holds no file)"
             )
     return (val or 0.0, test or 0.0)
 
@@ -278,7 +305,7 @@ class FolderSource(Source):
     ) -> None:
         super().__init__(path=path, kind="folder")
         self._limits = limits or IngestLimits()
-        roots = split_folders(path)
+        roots, empty_splits = _drop_empty_splits(split_folders(path))
         by_split = bool(roots)
         fractions = _fractions(path, roots, val_fraction, test_fraction)
         check_split_fractions(f"image folder '{path}'", *fractions)
@@ -335,6 +362,15 @@ class FolderSource(Source):
         )
         if skipped:
             self.extra["skipped_empty_folders"] = skipped
+        if empty_splits:
+            self.extra["empty_split_folders"] = empty_splits
+        # Classes named like a split (no train folder at the top): kept as classes, but
+        # `data add` notes them in case a split layout was meant.
+        split_named = [
+            c for c in self.class_names if not by_split and c.lower() in SPLIT_FOLDER_NAMES
+        ]
+        if split_named:
+            self.extra["split_named_classes"] = split_named
 
     def _scan(self) -> None:
         """First pass over headers: one size, one bit depth; any colour image makes it RGB."""
