@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, NoReturn
@@ -10,6 +12,8 @@ from typing import Any, NoReturn
 import numpy as np
 import pytest
 from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session
 from typer.testing import CliRunner
 
 from pomlia_hpc.automl.space import SpaceOptions, build_space, load_initial_configs
@@ -220,6 +224,39 @@ def test_an_initial_file_that_cannot_be_written_records_nothing(
     with reg.session() as s:
         assert s.scalar(select(Recommendation.id)) is None  # nothing recorded
     monkeypatch.undo()
+    answer = recommend(reg, "blood", initial_file=out)
+    assert json.loads(out.read_text())["recommendation_id"] == answer["recommendation_id"]
+
+
+def test_a_failed_commit_keeps_an_initial_file_written_before(
+    workspace: Workspace, reg: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The file was overwritten in place before the commit and deleted when the commit
+    failed, so a `--write-initial` file from an earlier run was lost: it is now written
+    beside, renamed into place after the commit, and kept as it was when the commit fails."""
+    meta = DATA / "medmnist_meta_features.csv"
+    kb.import_table(reg, DATA / "medmnist_plus_doerrich2025.csv", "plus", meta_path=meta)
+    tiny_task(workspace, reg, "blood", "bloodmnist", "acc")
+    (tmp_path / "out").mkdir()
+    out = tmp_path / "out" / "warm.json"
+    out.write_text('{"earlier": true}')
+    real = reg.session
+
+    @contextmanager
+    def commit_fails() -> Iterator[Session]:
+        with real() as s:
+            yield s
+            if s.scalar(select(Recommendation.id)) is not None:  # the record's commit
+                raise OperationalError("COMMIT", {}, Exception("database is locked"))
+
+    monkeypatch.setattr(reg, "session", commit_fails)
+    with pytest.raises(OperationalError, match="database is locked"):
+        recommend(reg, "blood", initial_file=out)
+    assert out.read_text() == '{"earlier": true}'
+    assert [p.name for p in out.parent.iterdir()] == ["warm.json"]  # no temporary left
+    monkeypatch.undo()
+    with reg.session() as s:
+        assert s.scalar(select(Recommendation.id)) is None  # nothing recorded
     answer = recommend(reg, "blood", initial_file=out)
     assert json.loads(out.read_text())["recommendation_id"] == answer["recommendation_id"]
 

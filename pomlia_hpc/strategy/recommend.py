@@ -15,6 +15,7 @@ The answer is recorded in ``recommendations``.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from collections.abc import Callable
@@ -26,7 +27,7 @@ import numpy as np
 from sqlalchemy.orm import Session
 
 from pomlia_hpc.errors import InputError, NotFoundError
-from pomlia_hpc.files import probe_writable, write_json_atomic
+from pomlia_hpc.files import atomic_target, probe_writable, write_json_atomic
 from pomlia_hpc.registry import (
     DatasetVersion,
     Recommendation,
@@ -459,20 +460,17 @@ def _record(
 ) -> int:
     """Record the answer with everything it was asked with (``asked``: the options), so
     that it can be scored and reproduced later. ``initial_file``: :func:`write_initial` the
-    answer there before the record is committed (it names the record's id): when the file
-    cannot be written nothing is recorded, and when the commit fails the file is removed."""
-    written = False
-    try:
-        with registry.session() as s:
-            rid = _add_record(s, target, answer, asked)
-            if initial_file is not None:
-                answer["recommendation_id"] = rid
-                write_initial(answer, initial_file)
-                written = True
-    except BaseException:
-        if written and initial_file is not None:  # the file names a record that is not there
-            Path(initial_file).unlink(missing_ok=True)
-        raise
+    answer under a temporary name beside it before the record is committed (it names the
+    record's id), renamed into place after the commit: when the file cannot be written
+    nothing is recorded, and when the commit fails only the temporary file is removed (a file
+    already at ``initial_file`` is kept as it was)."""
+    # The temporary name's block encloses the session's, so the rename follows the commit.
+    staged = atomic_target(initial_file) if initial_file is not None else contextlib.nullcontext()
+    with staged as tmp, registry.session() as s:
+        rid = _add_record(s, target, answer, asked)
+        if initial_file is not None and tmp is not None:
+            answer["recommendation_id"] = rid
+            write_initial(answer, initial_file, staged=tmp)
     return rid
 
 
@@ -521,9 +519,11 @@ def check_initial_target(path: str | Path) -> None:
         ) from exc
 
 
-def write_initial(answer: dict[str, Any], path: str | Path) -> int:
+def write_initial(answer: dict[str, Any], path: str | Path, *, staged: Path | None = None) -> int:
     """Write the recommendation's AutoML configurations (``initial``) as the JSON that
-    ``pomlia automl run --initial`` reads; returns how many. Atomic (temporary file, rename)."""
+    ``pomlia automl run --initial`` reads; returns how many. Atomic (temporary file, rename).
+    ``staged``: write there instead, a temporary name of ``path`` that the caller renames into
+    place (messages still name ``path``)."""
     check_initial_target(path)
 
     configs = answer.get("initial") or []
@@ -539,7 +539,7 @@ def write_initial(answer: dict[str, Any], path: str | Path) -> int:
         "configs": configs,
     }
     try:
-        write_json_atomic(path, data)
+        write_json_atomic(path if staged is None else staged, data)
     except OSError as exc:
         raise InputError(
             f"--write-initial {path} cannot be written ({exc.strerror or exc}): expected a "
