@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from pomlia_hpc.cli import main
+from pomlia_hpc.data.grid import LABEL_WIDTH_PX, fit_label, label_font
 from pomlia_hpc.workspace import Workspace
 from tests.fixtures.cli import cli_ok
 
@@ -88,3 +89,19 @@ def test_non_ascii_class_names_are_drawn_not_boxed(workspace: Workspace, tmp_pat
         assert a.size == b.size
         # Same images (same seed), so only the labels can differ: 'ö' must not be the box.
         assert np.any(np.asarray(a) != np.asarray(b))
+
+
+def test_a_long_upper_case_class_name_stays_in_the_label_column(
+    workspace: Workspace, tmp_path: Path
+) -> None:
+    # 18 characters were kept whatever their width: ~130-170 px upper case in the 120 px column.
+    long = "WWWWWWWWWWWWWWWWWWWWWWWW"
+    cli_ok("data", "add", "up", str(_npz(tmp_path / "d.npz")), "--class-names", f"{long},cat")
+    cli_ok("data", "show", "up", "--grid", str(tmp_path / "up.png"))
+    label = fit_label(long)
+    assert label.endswith("…") and label_font().getlength(label) <= LABEL_WIDTH_PX - 8
+    assert fit_label("cat") == "cat"
+    with Image.open(tmp_path / "up.png") as im:
+        pixels = np.asarray(im.convert("L"))
+    # The strip just before the first tile (its 1 px border included) is left white.
+    assert (pixels[:, LABEL_WIDTH_PX - 4 : LABEL_WIDTH_PX + 1] == 255).all()

@@ -18,6 +18,8 @@ MAX_ROWS = 20
 LABEL_WIDTH_PX = 120
 LABEL_FONT_PX = 11
 """Size of the class labels, px."""
+LABEL_X_PX = 4
+"""Left margin of a class label, px; the label ends at least this far before the first tile."""
 
 
 @cache
@@ -31,6 +33,23 @@ def label_font() -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
         if ttf.is_file():
             return ImageFont.truetype(str(ttf), LABEL_FONT_PX)
     return ImageFont.load_default()
+
+
+def fit_label(name: str, max_px: float = LABEL_WIDTH_PX - 2 * LABEL_X_PX) -> str:
+    """``name`` as drawn in the label column: whole when it fits ``max_px`` (px, in
+    :func:`label_font`), else cut by its measured width and ended with an ellipsis (a cut
+    by characters let wide upper-case names run over the first tile)."""
+    font = label_font()
+    if font.getlength(name) <= max_px:
+        return name
+    lo, hi = 0, len(name)  # the longest prefix that fits with the ellipsis, by bisection
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        if font.getlength(name[:mid] + "…") <= max_px:
+            lo = mid
+        else:
+            hi = mid - 1
+    return name[:lo].rstrip() + "…"
 
 
 def check_grid_path(out: str | Path) -> Path:
@@ -85,7 +104,10 @@ def sample_grid(store: DatasetStore, out: str | Path, *, per_class: int = 8, see
     canvas = Image.new("RGB", (LABEL_WIDTH_PX + per_class * cell_w, len(rows) * cell_h), "white")
     draw = ImageDraw.Draw(canvas)
     for r, name in enumerate(rows):
-        draw.text((4, r * cell_h + cell_h // 2 - 6), name[:18], fill="black", font=label_font())
+        label = fit_label(name)
+        draw.text(
+            (LABEL_X_PX, r * cell_h + cell_h // 2 - 6), label, fill="black", font=label_font()
+        )
         for j, idx in enumerate(_pick(labels, r, multi, per_class, rng)):
             img = np.asarray(store.images[int(idx)])
             tile = Image.fromarray(img[..., 0] if c == 1 else img).convert("RGB")
