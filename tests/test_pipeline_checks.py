@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 import yaml
 
-from pomlia_hpc.errors import ConfigError
+from pomlia_hpc.errors import ConfigError, InputError
 from pomlia_hpc.pipeline.runner import make_plan
 from pomlia_hpc.pipeline.spec import load_pipeline, parse_pipeline
 from pomlia_hpc.pipeline.stage import StageContext
@@ -44,7 +44,7 @@ def _refused(data: dict[str, Any]) -> str:
             {"folder": "f"},
             {"val_fraction": "abc"},
             "options.val_fraction' (data set 'c'): "
-            "expected a number from 0 up to (not including) 1 (got 'abc')",
+            "expected a number (the fraction of images for validation) (got 'abc')",
         ),
         ({"folder": "f"}, {"val_fraction": [0.1]}, "(got [0.1])"),
         (
@@ -60,7 +60,6 @@ def _refused(data: dict[str, Any]) -> str:
         ),
         ({"file": "x.npz"}, {"n_classes": 2.5}, "expected a whole number >= 1 (got 2.5)"),
         ({"folder": "f"}, {"task_type": "regression"}, "options.task_type' (data set 'c')"),
-        ({"folder": "f"}, {"val_fraction": 0.5, "test_fraction": 0.5}, "expected a sum below 1"),
     ],
 )
 def test_options_of_a_wrong_kind_name_the_entry_key_and_value(
@@ -77,6 +76,58 @@ def test_an_option_a_source_does_not_take_is_named_as_a_key_not_a_flag() -> None
     text = _refused(data)
     assert "unknown key 'datasets.0.options.bogus' (data set 'c', a folder source)" in text
     assert "--" not in text and "valid keys: " in text and "val_fraction" in text
+    # A file of no known kind read "(... a None source)".
+    data = {"name": "p", "datasets": [{"name": "c", "file": "x.txt", "options": {"n_classes": 2}}]}
+    text = _refused(data)
+    assert "'datasets.0.options' given for a file of no known kind (data set 'c'): " in text
+    assert "expected a file ending in .npz, .h5, .hdf5, .he5, .hdf or a folder" in text
+    assert "None" not in text
+
+
+def _split_folders(root: Path, splits: tuple[str, ...], per_class: int) -> Path:
+    """Image folders ``root/<split>/<class>/<n>.png``, two classes of ``per_class`` images."""
+    from PIL import Image
+
+    for split in splits:
+        for cls in ("a", "b"):
+            (root / split / cls).mkdir(parents=True)
+            for n in range(per_class):
+                Image.new("L", (8, 8), 40 * n % 256).save(root / split / cls / f"{n}.png")
+    return root
+
+
+def test_fractions_are_the_data_rooms_to_check(
+    workspace: Workspace, reg: Registry, tmp_path: Path
+) -> None:
+    """The pipeline kept a copy of the data room's fraction rules: `val_fraction: 0.9` with a
+    test/ folder was refused (it took test_fraction's default as 0.1, which is 0 there) though
+    `data add` takes it, and `val_fraction: null` was refused though the data room drops it."""
+    from pomlia_hpc.data.sources import open_source
+
+    split = _split_folders(tmp_path / "split", ("train", "test"), 10)
+    for options in ({"val_fraction": 0.9}, {"val_fraction": None}, {"test_fraction": None}):
+        open_source(split, **options)  # what `data add` opens
+        data = {"name": "p", "datasets": [{"name": "c", "folder": "split", "options": options}]}
+        make_plan(StageContext(parse_pipeline(data, "p.yaml", tmp_path), workspace, reg), "local")
+    flat = _split_folders(tmp_path / "flat", ("",), 10)
+    options = {"val_fraction": 0.5, "test_fraction": 0.5}
+    data = {"name": "p", "datasets": [{"name": "c", "folder": str(flat), "options": options}]}
+    spec = parse_pipeline(data, "p.yaml", tmp_path)  # the types hold; the data room refuses
+    with pytest.raises(InputError) as err:
+        make_plan(StageContext(spec, workspace, reg), "local")
+    text = " ".join(str(err.value).split())
+    assert text.startswith("p.yaml: datasets.0 (data set 'c'): image folder"), text
+    assert "'options.val_fraction' 0.5 + 'options.test_fraction' 0.5" in text, text
+
+
+def test_each_kind_of_source_takes_the_options_the_data_room_lists() -> None:
+    """The pipeline's list of options per kind had drifted from the data room's own."""
+    from pomlia_hpc.data.sources import LIMIT_OPTIONS, SOURCE_OPTIONS
+    from pomlia_hpc.pipeline.options import BY_KIND, OPTIONS
+
+    assert set(BY_KIND) == set(SOURCE_OPTIONS)
+    for kind, options in SOURCE_OPTIONS.items():
+        assert set(options) | set(LIMIT_OPTIONS) <= set(BY_KIND[kind]) <= set(OPTIONS)
 
 
 def _dry_run(path: Path, home: Path) -> subprocess.CompletedProcess[str]:
@@ -286,3 +337,62 @@ def test_dry_run_refuses_a_training_option_the_trainer_refuses_in_words(
         "p.yaml: bad value for 'encoder.objective': expected 'mse', 'style' or 'contrastive' "
         "(got 'bogus')"
     )
+
+
+def test_encoder_datasets_may_name_a_version(workspace: Workspace, reg: Registry) -> None:
+    """`encoder.datasets: [bloodmnist@1]` was refused by the dry run ("would train on at most
+    0 images": the check compared the entry names with `bloodmnist@1`), and the plan's time
+    estimate left that data set out."""
+    data = {
+        "name": "p",
+        "lookalikes": {"scale": 0.1},
+        "datasets": [
+            {"name": "bloodmnist", "medmnist": "bloodmnist"},
+            {"name": "dermamnist", "medmnist": "dermamnist"},
+        ],
+        "encoder": {"name": "e", "datasets": ["bloodmnist@1"], "epochs": 2},
+    }
+    spec = parse_pipeline(data, "p.yaml", Path("/data"))
+    plan = make_plan(StageContext(spec, workspace, reg), "local")
+    (job,) = next(sp for sp in plan.stages if sp.stage.name == "encoder").jobs
+    train = round(11959 * 0.1)  # MedMNIST's bloodmnist training split, as the look-alike
+    assert job.hours == pytest.approx(train * 2 / spec.estimate.train_images_per_s / 3600)
+
+
+def test_the_size_of_all_splits_of_look_alikes_rounds_each_split() -> None:
+    """All splits of a look-alike (the extraction plan's count; the encoder's bound over all
+    splits) rounded the scaled total once (59 images of pneumoniamnist at 0.01), where the
+    generator rounds each split (47 + 5 + 6 = 58)."""
+    from pomlia_hpc.data.synth import split_sizes
+    from pomlia_hpc.pipeline.stages_data import estimated_images
+
+    for scale in (0.01, 0.1):
+        data = {
+            "name": "p",
+            "lookalikes": {"scale": scale},
+            "datasets": [{"name": "pneu", "medmnist": "pneumoniamnist"}],
+        }
+        spec = parse_pipeline(data, "p.yaml", Path("/data"))
+        sizes = split_sizes("pneumoniamnist", scale)
+        assert estimated_images(spec, spec.datasets[0]) == sum(sizes.values())
+        assert estimated_images(spec, spec.datasets[0], "val") == sizes["val"]
+
+
+def test_the_sources_opened_by_checks_are_kept_in_a_bounded_cache(tmp_path: Path) -> None:
+    """The split sizes of every source a process opened were kept for good (a dict never
+    cleared); now the least recently used go beyond OPENED_MAX, and a check is still cached."""
+    from pomlia_hpc.pipeline.stages_data import (
+        OPENED_MAX,
+        opened_split_sizes,
+        source_split_sizes,
+    )
+
+    tiny_npz(tmp_path / "a.npz")
+    spec = parse_pipeline(
+        {"name": "p", "datasets": [{"name": "a", "file": "a.npz"}]}, "p.yaml", tmp_path
+    )
+    first = source_split_sizes(spec, 0)
+    hits = opened_split_sizes.cache_info().hits
+    assert source_split_sizes(spec, 0) == first and first is not None and first["train"] == 40
+    info = opened_split_sizes.cache_info()
+    assert info.hits == hits + 1 and info.maxsize == OPENED_MAX <= 256

@@ -128,7 +128,8 @@ def test_cli_malformed_yaml_or_a_folder_is_one_line(tmp_path: Path) -> None:
 
 def test_dry_run_refuses_a_missing_source_or_a_bad_option(tmp_path: Path) -> None:
     """`--dry-run` showed `data: run` (exit 0) for a missing file or `val_fraction: 2`; the
-    error came only from the real run."""
+    error came only from the real run. (The fraction's range is the data room's check; the
+    dry run shows its refusal with the file and entry.)"""
     folder = tmp_path / "imgs"
     (folder / "a").mkdir(parents=True)
     env = {"POMLIA_HOME": str(tmp_path / "ws"), "PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)}
@@ -137,7 +138,7 @@ def test_dry_run_refuses_a_missing_source_or_a_bad_option(tmp_path: Path) -> Non
         ({"name": "a", "file": str(tmp_path / "nope.npz")}, "nope.npz' does not exist"),
         (
             {"name": "a", "folder": str(folder), "options": {"val_fraction": 2}},
-            "bad value for 'datasets.0.options.val_fraction' (data set 'a'): expected a number",
+            "datasets.0 (data set 'a'): image folder",
         ),
     ):
         path = tmp_path / "p.yaml"

@@ -75,6 +75,7 @@ from pomlia_hpc.fingerprint.objectives import (
     ObjectiveName,
     build_objective,
 )
+from pomlia_hpc.fingerprint.rows import train_range
 from pomlia_hpc.fingerprint.staging import start_record, swap_in, training_target
 from pomlia_hpc.fingerprint.validation import (
     CURVE_MODULES,
@@ -450,9 +451,7 @@ def _sources(
     for ref in refs:
         row = find_version(registry, ref)
         store = open_store(row.store_path)
-        lo, hi = (0, store.n_images) if config.split == "all" else store.split_range(config.split)
-        if config.max_images_per_dataset is not None:
-            hi = min(hi, lo + config.max_images_per_dataset)
+        lo, hi = train_range(store, config.split, config.max_images_per_dataset)
         if hi <= lo:
             raise InputError(f"dataset '{ref}' has no '{config.split}' images to train on")
         sources.append(Source(str(store.path), lo, hi))

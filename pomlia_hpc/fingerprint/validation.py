@@ -28,6 +28,7 @@ from pomlia_hpc.fingerprint.augment import acquisition_view
 from pomlia_hpc.fingerprint.autoencoder import to_input
 from pomlia_hpc.fingerprint.loader import Source, to_uint8
 from pomlia_hpc.fingerprint.objectives import Objective
+from pomlia_hpc.fingerprint.rows import held_out
 from pomlia_hpc.models.checkpoint import write_torch
 
 if TYPE_CHECKING:
@@ -50,8 +51,7 @@ def split_holdout(sources: list[Source], fraction: float) -> tuple[list[Source],
     least 1 when ``fraction`` > 0 and the source has 2 rows or more) are held out."""
     train, val = [], []
     for s in sources:
-        n = s.stop - s.start
-        k = min(n - 1, max(1, round(n * fraction))) if fraction > 0 and n >= 2 else 0
+        k = held_out(s.stop - s.start, fraction)
         train.append(Source(s.path, s.start, s.stop - k))
         if k:
             val.append(Source(s.path, s.stop - k, s.stop))

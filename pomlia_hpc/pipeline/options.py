@@ -5,6 +5,10 @@ converts and checks them as command-line values (``float(val_fraction)``), and n
 flags (``--val-fraction``) when they are wrong; a pipeline file is YAML, where ``abc`` or
 ``[0.1]`` can stand anywhere. So each option's kind of value is checked here first, with
 the file's words: the data set entry, ``options.KEY``, the value and what is expected.
+Which options a kind of source takes, and their types, is the data room's table
+(:data:`pomlia_hpc.data.sources.SOURCE_OPTIONS`); the values themselves (fractions that sum
+to 1, say) are left to the data room, whose refusals the dry run shows with the file's
+words (:func:`pomlia_hpc.pipeline.stages_data.in_entry`). ``null`` is an option not given.
 """
 
 from __future__ import annotations
@@ -12,12 +16,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from pomlia_hpc.data.sources import HDF5_SUFFIXES
+from pomlia_hpc.data.sources import HDF5_SUFFIXES, LIMIT_OPTIONS, SOURCE_OPTIONS, file_kind
 from pomlia_hpc.errors import InputError
 from pomlia_hpc.vocab import medmnist_task, task_type_choices
-
-#: The default of ``val_fraction`` and ``test_fraction`` in the data room's hash split.
-_DEFAULT_FRACTION = 0.1
 
 
 def _whole(v: Any) -> bool:
@@ -29,9 +30,10 @@ def _whole(v: Any) -> bool:
     return isinstance(v, int) and v >= 1
 
 
-def _fraction(v: Any) -> bool:
-    x = _number(v)
-    return x is not None and 0 <= x < 1
+def _number_ok(v: Any) -> bool:
+    # Its range (and the sum of both fractions) is the data room's: split folders and hash
+    # splits take different defaults, and its refusal names the file and entry in a dry run.
+    return _number(v) is not None
 
 
 def _number(v: Any) -> float | None:
@@ -73,8 +75,8 @@ OPTIONS: dict[str, _Check] = {
     "class_names": ("a list of class names (or one text of comma-separated names)", _names),
     "n_classes": ("a whole number >= 1", _whole),
     "task_type": (f"one of {task_type_choices()}", _task_type),
-    "val_fraction": ("a number from 0 up to (not including) 1", _fraction),
-    "test_fraction": ("a number from 0 up to (not including) 1", _fraction),
+    "val_fraction": ("a number (the fraction of images for validation)", _number_ok),
+    "test_fraction": ("a number (the fraction of images for testing)", _number_ok),
     "images": ("the path of the image data set inside the HDF5 file", _text),
     "labels": ("the path of the label data set inside the HDF5 file", _text),
     "split": ("the path of the split data set inside the HDF5 file", _text),
@@ -84,37 +86,36 @@ OPTIONS: dict[str, _Check] = {
     "parent": ("a data set version (name@version)", _text),
 }
 
-_LABELS = ("class_names", "n_classes", "task_type")
-_FRACTIONS = ("val_fraction", "test_fraction")
-#: Options every kind of source takes (ingest's own, and the size caps).
-_ANY = ("max_classes", "max_side_px", "workers", "parent")
+#: Options of :func:`pomlia_hpc.data.api.ingest` itself, whatever the source.
+_INGEST = ("workers", "parent")
 #: The options of each kind of source, as :func:`pomlia_hpc.data.sources.open_source` takes.
 BY_KIND: dict[str, tuple[str, ...]] = {
-    "MedMNIST": ("size", "root", "download", "mirror", *_ANY),
-    "npz": (*_LABELS, *_ANY),
-    "folder": ("task_type", *_FRACTIONS, *_ANY),
-    "HDF5": ("images", "labels", "split", *_LABELS, *_FRACTIONS, *_ANY),
+    kind: (*opts, *LIMIT_OPTIONS, *_INGEST) for kind, opts in SOURCE_OPTIONS.items()
 }
 
 
 def source_kind(medmnist: str | None, file: str | None, folder: str | None) -> str | None:
-    """The kind of source a data set entry names; None for a file whose suffix says none
-    (opening it says what is wrong)."""
+    """The kind of source a data set entry names (a key of :data:`BY_KIND`); None for a file
+    whose suffix says none."""
     if medmnist:
         return "MedMNIST"
     if folder:
         return "folder"
-    suffix = "." + (file or "").rsplit(".", 1)[-1].lower() if "." in (file or "") else ""
-    if suffix == ".npz":
-        return "npz"
-    return "HDF5" if suffix in HDF5_SUFFIXES else None
+    return file_kind(file or "")
 
 
 def check_options(where: str, dataset: str, kind: str | None, options: dict[str, Any]) -> None:
     """Raise ValueError (one line: the key path ``where.KEY``, the data set, the value, what
-    is expected) for an option ``kind`` of source does not take or a value of a wrong kind."""
-    allowed = BY_KIND.get(kind or "", tuple(OPTIONS))
-    for key, value in options.items():
+    is expected) for an option ``kind`` of source does not take or a value of a wrong kind.
+    A None value (YAML ``~``) is an option not given, as the data room reads it."""
+    given = {k: v for k, v in options.items() if v is not None}
+    if given and kind is None:
+        raise ValueError(
+            f"'{where}' given for a file of no known kind (data set '{dataset}'): expected "
+            f"a file ending in .npz, {', '.join(HDF5_SUFFIXES)} or a folder"
+        )
+    allowed = BY_KIND.get(kind or "", ())
+    for key, value in given.items():
         if key not in allowed:
             article = "an" if kind in ("npz", "HDF5") else "a"
             raise ValueError(
@@ -127,10 +128,3 @@ def check_options(where: str, dataset: str, kind: str | None, options: dict[str,
                 f"bad value for '{where}.{key}' (data set '{dataset}'): expected {words} "
                 f"(got {value!r})"
             )
-    fractions = [_number(options.get(k, _DEFAULT_FRACTION)) or 0.0 for k in _FRACTIONS]
-    if sum(fractions) >= 1:
-        raise ValueError(
-            f"bad values for '{where}.val_fraction' + '{where}.test_fraction' (data set "
-            f"'{dataset}'): expected a sum below 1, the rest being training images (got "
-            f"{sum(fractions):g})"
-        )

@@ -308,7 +308,7 @@ class PipelineSpec(_Strict):
         for group in self.figures.groups if self.figures and self.figures.groups else ():
             refs += [("figures.groups", d) for d in group]
         for where, ref in refs:
-            if ref.split("@")[0] not in known:
+            if dataset_name(ref) not in known:
                 raise ValueError(
                     f"{where}: dataset '{ref}' is not declared under datasets "
                     f"(declared: {', '.join(sorted(known))})"
@@ -336,6 +336,11 @@ class PipelineSpec(_Strict):
         """``value`` as a path: absolute, or relative to the pipeline file's folder."""
         p = Path(value).expanduser()
         return p if p.is_absolute() else (self._base_dir / p).resolve()
+
+
+def dataset_name(ref: str) -> str:
+    """The data set entry a reference names: ``name`` of ``name@version`` (or ``name``)."""
+    return ref.split("@")[0]
 
 
 def parse_pipeline(data: dict[str, Any], source: str, base_dir: Path) -> PipelineSpec:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import json
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -99,31 +101,38 @@ def _check_data(spec: PipelineSpec) -> None:
         source_split_sizes(spec, i)
 
 
-#: Split sizes of the sources opened in this process, by source, options and file stamps:
-#: the data and encoder checks of one dry run open a folder (which hashes its files) once.
-_OPENED: dict[str, dict[str, int]] = {}
+#: How many opened sources' split sizes a process keeps (least recently used dropped first):
+#: the data and encoder checks of one dry run open a folder (which hashes its files) once,
+#: and a long-lived process (a test session, a notebook) does not grow without bound.
+OPENED_MAX = 64
 
 
 def source_split_sizes(spec: PipelineSpec, index: int) -> dict[str, int] | None:
     """Images per split of data set entry ``index`` when it is a file or folder, opened and
     checked as ingest would open it; None for MedMNIST (opening one may download it)."""
-    from pomlia_hpc.data.sources import open_source
-
     ds = spec.datasets[index]
     if not (ds.file or ds.folder):
         return None
     source, opts = source_of(spec, ds, Path())  # the home is read for MedMNIST only
     for own in ("workers", "parent", "progress"):  # ingest's, not the source's
         opts.pop(own, None)
-    key = content_key([source, opts, _stat(Path(source))])
-    if key not in _OPENED:
-        with in_entry(spec, index):
-            opened = open_source(source, **opts)
-        close = getattr(opened, "close", None)
-        if close is not None:
-            close()
-        _OPENED[key] = dict(opened.split_sizes)
-    return _OPENED[key]
+    # The file stamps are part of the cache key: an edited source is opened (checked) again.
+    stamp = content_key(_stat(Path(source)))
+    with in_entry(spec, index):
+        return dict(opened_split_sizes(source, json.dumps(opts, sort_keys=True), stamp))
+
+
+@functools.lru_cache(maxsize=OPENED_MAX)
+def opened_split_sizes(source: str, options: str, stamp: str) -> tuple[tuple[str, int], ...]:
+    """(split, images) of ``source`` opened with ``options`` (JSON text) as ingest opens it;
+    cached by source, options and ``stamp`` (of the files' sizes and times), a refusal not."""
+    from pomlia_hpc.data.sources import open_source
+
+    opened = open_source(source, **json.loads(options))
+    close = getattr(opened, "close", None)
+    if close is not None:
+        close()
+    return tuple(opened.split_sizes.items())
 
 
 @contextmanager
@@ -168,19 +177,20 @@ def _data_there(ctx: StageContext, out: dict[str, Any]) -> bool:
 
 def estimated_images(spec: PipelineSpec, ds: DatasetSpec, split: str | None = None) -> int | None:
     """Images of a dataset entry (one split, or all) from MedMNIST's tables, scaled for
-    look-alikes; None when unknown before ingest (files and folders)."""
+    look-alikes as the generator sizes them (each split rounded on its own, at least 1);
+    None when unknown before ingest (files and folders)."""
     if not ds.medmnist:
         return None
     from pomlia_hpc.data.medmnist_info import flag_info
+    from pomlia_hpc.data.synth import split_sizes
 
     try:
         n = flag_info(ds.medmnist).n_samples
-    except Exception:
+        if spec.lookalikes is not None and ds.root is None:
+            n = split_sizes(ds.medmnist, spec.lookalikes.scale)
+    except Exception:  # an unknown flag (or scale) fails in its own stage, with its message
         return None
-    total = n.get(split, 0) if split else sum(n.values())
-    if spec.lookalikes is not None and ds.root is None:
-        total = max(1, round(total * spec.lookalikes.scale))
-    return int(total)
+    return int(n.get(split, 0) if split else sum(n.values()))
 
 
 LOOKALIKES = Stage(

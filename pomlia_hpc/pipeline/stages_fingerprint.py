@@ -7,7 +7,13 @@ from typing import Any
 
 from pomlia_hpc.config import ClusterProfile
 from pomlia_hpc.errors import ConfigError
-from pomlia_hpc.pipeline.spec import EncoderSpec, ExtractSpec, PipelineSpec
+from pomlia_hpc.pipeline.spec import (
+    DatasetSpec,
+    EncoderSpec,
+    ExtractSpec,
+    PipelineSpec,
+    dataset_name,
+)
 from pomlia_hpc.pipeline.stage import PlannedJob, StageContext, resources_of, section_stage
 from pomlia_hpc.pipeline.stages_data import estimated_images, source_split_sizes
 from pomlia_hpc.pipeline.wording import expected_words
@@ -51,12 +57,6 @@ def _train_config(spec: PipelineSpec) -> Any:
         ) from exc
 
 
-def _held_out(n: int, holdout: float) -> int:
-    """Rows of a dataset of ``n`` training rows that training keeps apart for early stopping
-    (as :func:`pomlia_hpc.fingerprint.validation.split_holdout` splits them)."""
-    return min(n - 1, max(1, round(n * holdout))) if holdout > 0 and n >= 2 else 0
-
-
 def _check_batch(spec: PipelineSpec, rows: int, exact: bool) -> None:
     """Refuse a training set of ``rows`` images (``exact``: counted; else at most) that gives
     no process a full batch, naming the pipeline's keys (the trainer names its CLI flags)."""
@@ -74,18 +74,25 @@ def _check_batch(spec: PipelineSpec, rows: int, exact: bool) -> None:
     )
 
 
+def _trained_on(spec: PipelineSpec) -> list[tuple[int, DatasetSpec]]:
+    """The data set entries (index, entry) the encoder trains on: ``encoder.datasets``
+    (``name`` or ``name@version``; the stage trains on the version the file ingests), or all."""
+    enc = _enc(spec)
+    names = {dataset_name(r) for r in enc.datasets} if enc.datasets else None
+    return [(i, d) for i, d in enumerate(spec.datasets) if names is None or d.name in names]
+
+
 def _check_encoder(spec: PipelineSpec) -> None:
     """Before anything runs: the training options hold, and the training set fills a batch
     (counted from MedMNIST's tables and the file and folder sources, capped at
     ``encoder.max_images``)."""
+    from pomlia_hpc.fingerprint.rows import held_out
+
     enc = _enc(spec)
     config = _train_config(spec)
     split = None if config.split == "all" else config.split
-    names = set(enc.datasets or [d.name for d in spec.datasets])
     rows = 0
-    for i, ds in enumerate(spec.datasets):
-        if ds.name not in names:
-            continue
+    for i, ds in _trained_on(spec):
         known = estimated_images(spec, ds, split)
         sizes = source_split_sizes(spec, i) if known is None else None
         if sizes is not None:
@@ -93,37 +100,24 @@ def _check_encoder(spec: PipelineSpec) -> None:
         if known is None and enc.max_images is None:
             return  # no bound on the training set: the stage counts it after ingest
         n = min(n for n in (known, enc.max_images) if n is not None)
-        rows += n - _held_out(n, config.holdout)
+        rows += n - held_out(n, config.holdout)
     _check_batch(spec, rows, exact=False)
 
 
-def _training_rows(ctx: StageContext, refs: list[str], config: Any) -> int:
-    """Images the encoder trains on, counted in the ingested stores (as the trainer picks
-    them: the split, at most ``max_images_per_dataset`` each, less the held-out rows)."""
-    from pomlia_hpc.data.store import find_version, open_store
-
-    rows = 0
-    for ref in refs:
-        store = open_store(find_version(ctx.registry, ref).store_path)
-        split = config.split
-        lo, hi = (0, store.n_images) if split == "all" else store.split_range(split)
-        if config.max_images_per_dataset is not None:
-            hi = min(hi, lo + config.max_images_per_dataset)
-        n = max(0, hi - lo)
-        rows += n - _held_out(n, config.holdout)
-    return rows
-
-
 def _run_encoder(ctx: StageContext) -> dict[str, Any]:
+    from pomlia_hpc.fingerprint.rows import training_rows
     from pomlia_hpc.fingerprint.shards import checkpoint_digest
     from pomlia_hpc.fingerprint.train import train_encoder
 
     enc = _enc(ctx.spec)
     versions = ctx.outputs("data")["versions"]
     names = enc.datasets or tuple(versions)
-    refs = [versions[n.split("@")[0]] for n in names]
+    refs = [versions[dataset_name(n)] for n in names]
     config = _train_config(ctx.spec)
-    _check_batch(ctx.spec, _training_rows(ctx, refs, config), exact=True)
+    rows = training_rows(
+        ctx.registry, refs, config.split, config.max_images_per_dataset, config.holdout
+    )
+    _check_batch(ctx.spec, rows, exact=True)
     row = train_encoder(
         ctx.registry,
         ctx.workspace,
@@ -165,15 +159,15 @@ def _encoder_there(_ctx: StageContext, out: dict[str, Any]) -> bool:
 
 
 def _train_images(spec: PipelineSpec) -> int | None:
+    """Training images of the encoder, at most ``encoder.max_images`` per data set (for the
+    plan's time estimate); None when a data set's size is known only after ingest."""
     enc = _enc(spec)
-    names = set(enc.datasets or [d.name for d in spec.datasets])
     total = 0
-    for ds in spec.datasets:
-        if ds.name in names:
-            n = estimated_images(spec, ds, "train")
-            if n is None:
-                return None
-            total += min(n, enc.max_images or n)
+    for _i, ds in _trained_on(spec):
+        n = estimated_images(spec, ds, "train")
+        if n is None:
+            return None
+        total += min(n, enc.max_images or n)
     return total
 
 

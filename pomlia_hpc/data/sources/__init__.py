@@ -28,8 +28,30 @@ from pomlia_hpc.data.sources.base import IngestLimits, LabelDecl, Source, take_o
 from pomlia_hpc.errors import InputError
 
 HDF5_SUFFIXES = (".h5", ".hdf5", ".he5", ".hdf")
-_LABEL_OPTS = ("class_names", "n_classes", "task_type")
-_FRACTIONS = ("val_fraction", "test_fraction")
+# A command line gives every value as text, which the source converts to these types.
+_LABEL_OPTS: dict[str, type] = {"class_names": list, "n_classes": int, "task_type": str}
+_FRACTIONS: dict[str, type] = {"val_fraction": float, "test_fraction": float}
+
+#: The options of each kind of source (the kinds of the module docstring) and the type of
+#: value each expects; a None value counts as not given. The one list of what a kind takes:
+#: :func:`open_source` refuses anything else, and a pipeline file's check reads it too.
+SOURCE_OPTIONS: dict[str, dict[str, type]] = {
+    "MedMNIST": {"size": int, "root": str, "download": bool, "mirror": str},
+    "npz": _LABEL_OPTS,
+    "folder": {"task_type": str, **_FRACTIONS},
+    "HDF5": {"images": str, "labels": str, "split": str, **_LABEL_OPTS, **_FRACTIONS},
+}
+#: Options every kind takes: the caps of :class:`IngestLimits` (whole numbers >= 1).
+LIMIT_OPTIONS: dict[str, type] = {"max_classes": int, "max_side_px": int}
+
+
+def file_kind(path: str | Path) -> str | None:
+    """The kind of source (a key of :data:`SOURCE_OPTIONS`) a file is by its suffix: ``npz``
+    or ``HDF5``; None for any other suffix."""
+    suffix = Path(path).suffix.lower()
+    if suffix == ".npz":
+        return "npz"
+    return "HDF5" if suffix in HDF5_SUFFIXES else None
 
 
 def open_source(source: str | Path | Source, **options: Any) -> Source:
@@ -43,7 +65,7 @@ def open_source(source: str | Path | Source, **options: Any) -> Source:
     if text.startswith("medmnist:") or (not Path(text).exists() and is_flag(text)):
         from pomlia_hpc.data.sources.medmnist import medmnist_source
 
-        take_options("MedMNIST", opts, ("size", "root", "download", "mirror"))
+        take_options("MedMNIST", opts, tuple(SOURCE_OPTIONS["MedMNIST"]))
         return medmnist_source(
             text.removeprefix("medmnist:"),
             int(opts.get("size", 28)),
@@ -61,26 +83,34 @@ def open_source(source: str | Path | Source, **options: Any) -> Source:
     if path.is_dir():
         from pomlia_hpc.data.sources.folder import FolderSource
 
-        take_options("folder", opts, ("task_type", *_FRACTIONS))
+        take_options("folder", opts, tuple(SOURCE_OPTIONS["folder"]))
         decl = LabelDecl.from_options(opts)
         fractions = {k: float(v) for k, v in opts.items()}
         return FolderSource(path, decl, limits=limits, **fractions)
-    suffix = path.suffix.lower()
-    if suffix == ".npz":
+    kind = file_kind(path)
+    if kind == "npz":
         from pomlia_hpc.data.sources.npz import NpzSource
 
-        take_options("npz", opts, _LABEL_OPTS)
+        take_options(kind, opts, tuple(SOURCE_OPTIONS[kind]))
         return NpzSource(path, LabelDecl.from_options(opts), limits=limits)
-    if suffix in HDF5_SUFFIXES:
+    if kind == "HDF5":
         from pomlia_hpc.data.sources.hdf5 import Hdf5Source
 
-        take_options("HDF5", opts, ("images", "labels", "split", *_LABEL_OPTS, *_FRACTIONS))
+        take_options(kind, opts, tuple(SOURCE_OPTIONS[kind]))
         decl = LabelDecl.from_options(opts)
         return Hdf5Source(path, decl, limits=limits, **opts)
     raise InputError(
-        f"source file '{path}' has suffix '{suffix}': expected .npz, "
+        f"source file '{path}' has suffix '{path.suffix.lower()}': expected .npz, "
         f"{', '.join(HDF5_SUFFIXES)} or a folder"
     )
 
 
-__all__ = ["IngestLimits", "LabelDecl", "Source", "open_source"]
+__all__ = [
+    "LIMIT_OPTIONS",
+    "SOURCE_OPTIONS",
+    "IngestLimits",
+    "LabelDecl",
+    "Source",
+    "file_kind",
+    "open_source",
+]
