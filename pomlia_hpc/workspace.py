@@ -38,6 +38,11 @@ SUBDIRS = (
 )
 
 
+def default_db_url(home: Path) -> str:
+    """The registry a workspace uses when no URL is given: SQLite ``registry.db`` in it."""
+    return f"sqlite:///{home / 'registry.db'}"
+
+
 @dataclass(frozen=True)
 class Workspace:
     """Paths of one workspace and the registry URL it uses."""
@@ -52,7 +57,7 @@ class Workspace:
         """Build the workspace from loaded settings (defaults + env + flags)."""
         s = settings or load_settings()
         home = s.workspace.home.expanduser().resolve()
-        url = s.registry.url or f"sqlite:///{home / 'registry.db'}"
+        url = s.registry.url or default_db_url(home)
         return cls(
             home=home,
             db_url=url,

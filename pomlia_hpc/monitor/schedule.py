@@ -42,7 +42,7 @@ from pomlia_hpc.files import write_atomic
 from pomlia_hpc.monitor.reference import load_reference, resolve_target
 from pomlia_hpc.monitor.run import parse_duration
 from pomlia_hpc.registry import Registry
-from pomlia_hpc.workspace import Workspace
+from pomlia_hpc.workspace import Workspace, default_db_url
 
 SOURCE_ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = Path("jobs") / "monitor.sbatch"
@@ -200,7 +200,7 @@ def cron_run_line(
         return None
     db = (
         f" --db-url {shlex.quote(workspace.db_url)}"
-        if workspace.db_url != _default_db(workspace)
+        if workspace.db_url != default_db_url(workspace.home)
         else ""
     )
     alarm = f" --on-alarm {shlex.quote(on_alarm)}" if on_alarm else ""
@@ -209,10 +209,6 @@ def cron_run_line(
         f"{shlex.quote(str(workspace.home))}{db} monitor run {shlex.quote(model)} "
         f"--window {shlex.quote(window)}{alarm}"
     )
-
-
-def _default_db(workspace: Workspace) -> str:
-    return f"sqlite:///{workspace.home / 'registry.db'}"
 
 
 def _check_slurm_profile(

@@ -8,8 +8,7 @@ scheduled: the stage records the cron line that runs the monitor instead.
 
 from __future__ import annotations
 
-import shlex
-import sys
+from datetime import timedelta
 from typing import Any
 
 from pomlia_hpc.config import ClusterProfile, load_cluster_profile
@@ -20,7 +19,7 @@ from pomlia_hpc.pipeline.stages import register_stage
 
 def _run(ctx: StageContext) -> dict[str, Any]:
     from pomlia_hpc.monitor.reference import create_reference
-    from pomlia_hpc.monitor.schedule import schedule
+    from pomlia_hpc.monitor.schedule import cron_run_line, schedule
     from pomlia_hpc.serve.reference import few_images_warning
 
     mon = ctx.spec.monitor
@@ -34,11 +33,14 @@ def _run(ctx: StageContext) -> dict[str, Any]:
         warning = few_images_warning(ref, model)
         if warning is not None:
             ctx.log(f"  warning: {warning}")
-        hh, mm = mon.at.split(":")
-        cron = (
-            f"{int(mm)} {int(hh)} * * * {shlex.quote(sys.executable)} -m pomlia_hpc --home "
-            f"{shlex.quote(str(ctx.workspace.home))} monitor run {shlex.quote(model)} "
-            f"--window {mon.window}"
+        # The line `monitor schedule` suggests too: with the registry URL and alarm action.
+        cron = cron_run_line(
+            ctx.workspace,
+            model,
+            at=mon.at,
+            every=timedelta(days=1),
+            window=mon.window,
+            on_alarm=mon.on_alarm,
         )
         entry: dict[str, Any] = {"model": model, "reference": str(ref), "cron": cron}
         if slurm:

@@ -1,0 +1,51 @@
+"""The pipeline's monitor stage records the same cron line as `monitor schedule` suggests:
+with the registry URL (a workspace on PostgreSQL) and the alarm action."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import pytest
+
+import pomlia_hpc.monitor.reference as reference
+import pomlia_hpc.serve.reference as serve_reference
+from pomlia_hpc.pipeline.spec import parse_pipeline
+from pomlia_hpc.pipeline.stage import StageContext
+from pomlia_hpc.pipeline.stages_monitor import MONITOR
+from pomlia_hpc.registry import Registry
+from pomlia_hpc.workspace import Workspace
+
+
+def test_the_cron_line_names_the_registry_and_the_alarm_action(
+    workspace: Workspace, reg: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stage built its own line without --db-url and --on-alarm: run from cron, the
+    monitor read the default SQLite registry and never started the retrain."""
+    monkeypatch.setattr(reference, "create_reference", lambda _reg, model: tmp_path / "r.npz")
+    monkeypatch.setattr(serve_reference, "few_images_warning", lambda _ref, _model: None)
+    spec = parse_pipeline(
+        {
+            "name": "p",
+            "datasets": [{"name": "blood", "medmnist": "bloodmnist"}],
+            "tasks": [{"name": "t", "dataset": "blood", "metric": "acc"}],
+            "automl": {},
+            "export": {},
+            "deploy": {},
+            "monitor": {"at": "03:15", "window": "2d", "on_alarm": "pomlia loop run s"},
+        },
+        "p.yaml",
+        tmp_path,
+    )
+    url = "postgresql://pomlia@db.example/registry"
+    ws = dataclasses.replace(workspace, db_url=url)
+    ctx = StageContext(spec, ws, reg, log=lambda _line: None)
+    ctx.record_path("deploy").parent.mkdir(parents=True)
+    record = {"status": "done", "outputs": {"t": {"model": "blood-model"}}}
+    ctx.record_path("deploy").write_text(json.dumps(record))
+    out = MONITOR.run(ctx)
+    cron = out["t"]["cron"]
+    assert cron.startswith("15 3 * * * ") and out["t"]["scheduled"] is False, cron
+    assert f"--db-url {url}" in cron and "--on-alarm 'pomlia loop run s'" in cron, cron
+    assert "monitor run blood-model --window 2d" in cron, cron
