@@ -225,6 +225,30 @@ def test_a_gpu_missing_here_is_refused_before_the_job(
     assert list(workspace.path("embeddings").rglob("*")) == []
 
 
+def test_a_gpu_missing_here_is_no_reason_to_refuse_when_nothing_runs(
+    workspace: Workspace, reg: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`extract --gpus 1` on a CPU-only local machine was refused even when every embedding
+    was complete and nothing would run; a dataset still to embed (or --force) is refused,
+    before anything is written."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    ref = make_dataset(workspace, reg, "blood", sizes=(20, 4, 8))
+    other = make_dataset(workspace, reg, "derma", sizes=(20, 4, 8))
+    make_encoder(workspace, reg, "enc")
+    _embed(reg, workspace, [ref])
+    gpu = {"gpus_per_node": 1}
+    (res,) = extract(reg, workspace, "enc", [ref], resources=gpu)
+    assert res.status == "complete"
+    before = sorted(p.name for p in workspace.path("embeddings").rglob("*"))
+    for refs, force in (([ref, other], False), ([ref], True)):
+        with pytest.raises(InputError, match=r"--gpus 1: .*ask for no GPU \(--gpus 0\)"):
+            extract(reg, workspace, "enc", refs, resources=gpu, force=force)
+        assert sorted(p.name for p in workspace.path("embeddings").rglob("*")) == before
+    assert fingerprint_set(reg, "enc", ref)[0].status == "complete"
+
+
 class _Cancelled:
     """The handle of a job cancelled (scancel, preemption without requeue) before its end."""
 
@@ -306,3 +330,16 @@ def test_a_kept_unfinished_plan_is_called_the_existing_plan(
     plan_extraction(reg, workspace, "enc", [ref], shards=2, threads=1)  # interrupted: not run
     (ds,) = plan_extraction(reg, workspace, "enc", [ref], shards=1, threads=1).datasets
     assert ds.note == "2 shard(s), not 1: the existing plan was kept (--force plans again)"
+
+
+def test_the_held_out_rows_are_counted_in_one_place() -> None:
+    """The pipeline kept its own copy of the hold-out rule and of the trainer's row range;
+    both count with `fingerprint.rows` now, which `split_holdout` uses too."""
+    from pomlia_hpc.fingerprint.loader import Source
+    from pomlia_hpc.fingerprint.rows import held_out
+    from pomlia_hpc.fingerprint.validation import split_holdout
+
+    for n, fraction in ((1, 0.1), (2, 0.1), (9, 0.1), (36, 0.25), (40, 0.0)):
+        train, val = split_holdout([Source("s", 3, 3 + n)], fraction)
+        assert sum(s.stop - s.start for s in val) == held_out(n, fraction)
+        assert train[0].stop - train[0].start == n - held_out(n, fraction)

@@ -211,7 +211,10 @@ def extract(
         int | None,
         typer.Option(
             min=0,
-            help="GPUs per shard (0: none; local profile: refused if this machine lacks them).",
+            help=(
+                "GPUs per shard (0: none; local profile: refused if this machine lacks them "
+                "and a shard will run)."
+            ),
         ),
     ] = None,
 ) -> None:

@@ -437,8 +437,13 @@ def extract(
     """
     ex = executor or Executor.from_profile(workspace.cluster_profile, workspace.jobs, registry)
     shard = with_overrides(ex.profile, resources)
-    # A shard embeds on the CPU when it gets no GPU: a GPU asked for but missing is refused.
-    check_local_gpus(shard, what=f"--gpus {shard.gpus_per_node}")
+    # A shard embeds on the CPU when it gets no GPU: a GPU asked for but missing is refused,
+    # unless every embedding is complete already and no shard would be submitted to get it.
+    try:
+        check_local_gpus(shard, what=f"--gpus {shard.gpus_per_node}")
+    except InputError:
+        if force or not all_embedded(registry, workspace, encoder, datasets, patch_grid):
+            raise
     plan = plan_extraction(
         registry,
         workspace,
@@ -480,6 +485,32 @@ def extract(
             hint="run the same command again to retry only the failed shards",
         )
     return results
+
+
+def all_embedded(
+    registry: Registry,
+    workspace: Workspace,
+    encoder: int | str | Encoder,
+    datasets: list[str],
+    patch_grid: int = 1,
+) -> bool:
+    """Whether every shard of ``datasets`` (refs) is embedded already with ``encoder``'s
+    current weights, so :func:`extract` would submit nothing. Reads only (planning writes);
+    False also when a dataset or the encoder is not found (planning then says why)."""
+    try:
+        enc = get_encoder(registry, encoder)
+        if not enc.checkpoint_path:
+            return False
+        latent_dim = int(load_checkpoint(enc.checkpoint_path)[1].latent_dim)
+        digest = checkpoint_digest(enc.checkpoint_path)
+        for _row, store in _resolve(registry, datasets):
+            out = embeddings_path(workspace, enc.name, store)
+            ranges = _stored_plan(out, store, latent_dim, patch_grid, digest)
+            if ranges is None or any(done_record(out, i, r) is None for i, r in enumerate(ranges)):
+                return False
+    except PomliaError:
+        return False
+    return bool(datasets)
 
 
 def group_shards(specs: list[ShardSpec], target_rows: int | None) -> list[list[ShardSpec]]:
