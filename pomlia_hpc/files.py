@@ -15,22 +15,27 @@ Every file, folder and link the project publishes appears whole or not at all:
 - :func:`replace_link` points a symbolic link elsewhere by renaming a new link over it.
 - :func:`sweep_stale_temps` removes what writers on this host that died before their rename
   left (files, folders and links).
+- :func:`held_lock` makes a check and the claim that follows it one step for every process
+  that takes the same lock file (e.g. "no driver at work, so I am the driver now").
 """
 
 from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import json
 import os
 import shutil
 import socket
 import tempfile
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
+from pomlia_hpc.errors import PomliaError
 from pomlia_hpc.processes import pid_alive
 
 TEMP_SUFFIX = ".tmp"
@@ -278,3 +283,39 @@ def replace_link(link: str | Path, points_to: str | Path, *, fsync: bool = True)
     never no link. Creates the folder."""
     with atomic_target(link, fsync=fsync) as tmp:
         tmp.symlink_to(points_to)
+
+
+#: Seconds :func:`held_lock` waits for another holder before giving up.
+LOCK_WAIT_S = 60.0
+
+
+@contextlib.contextmanager
+def held_lock(path: str | Path, what: str, *, wait_s: float = LOCK_WAIT_S) -> Iterator[None]:
+    """Hold an exclusive lock on the file ``path`` (created, with its folder, if missing) for
+    the block, waiting at most ``wait_s`` seconds for another holder; ``what`` names the lock
+    in the :class:`~pomlia_hpc.errors.PomliaError` raised when it stays held.
+
+    A POSIX record lock (``lockf``): the kernel drops it when its holder dies, however it
+    dies, and NFS clients pass it to the server, so processes on other nodes of a shared file
+    system wait for it too. Hold it for a check and the claim after it, not for long work."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as fh:
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.lockf(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except OSError as exc:
+                if exc.errno not in (errno.EACCES, errno.EAGAIN):
+                    raise
+                if time.monotonic() >= deadline:
+                    raise PomliaError(
+                        f"{what}: the lock {path} stayed held by another process for "
+                        f"{wait_s:.0f} s; try again"
+                    ) from exc
+                time.sleep(0.05)
+        try:
+            yield
+        finally:
+            fcntl.lockf(fh, fcntl.LOCK_UN)

@@ -2,6 +2,11 @@
 (host, pid, start, heartbeat, end) and readers such as ``pomlia runs list`` tell a study whose
 runs say ``running`` but whose driver is gone (killed, its node lost) from one at work.
 
+A study has one driver at a time: :meth:`DriverBeat.start` claims the study under a lock
+(``runs/<study>/.driver.lock``, held only for the check and the write) and is refused while the
+driver on file is at work, so two ``--resume`` (or a resume racing a run) never train the same
+configurations twice.
+
 Apart from :mod:`pomlia_hpc.automl.study` (which imports torch) so that registry queries can
 use it. Only the driver writes the file; nothing here touches a process.
 """
@@ -19,12 +24,15 @@ from pathlib import Path
 import psutil
 
 from pomlia_hpc.automl.folders import study_dir
-from pomlia_hpc.files import write_atomic
+from pomlia_hpc.errors import PomliaError
+from pomlia_hpc.files import held_lock, write_atomic
 from pomlia_hpc.processes import pid_alive
 from pomlia_hpc.workspace import Workspace
 
 #: The driver's record, in the study's folder.
 DRIVER_FILE = "driver.json"
+#: The lock that makes "no driver at work, so this process is the driver" one step.
+CLAIM_FILE = ".driver.lock"
 #: Seconds between two heartbeats of a driver.
 BEAT_S = 30.0
 #: Seconds without a heartbeat after which a driver on another host counts as gone (ten
@@ -47,6 +55,10 @@ class DriverRecord:
     #: ``<boot id>:<start ticks>`` of the process (``/proc``, Linux): what tells it from a
     #: reused pid where ``/proc`` exists. None without ``/proc`` and in records from before.
     proc_ticks: str | None = None
+    #: The Slurm job the driver ran in (``SLURM_JOB_ID``), None outside one: a requeued
+    #: ``jobs/automl.sbatch`` keeps its job id, and its killed previous attempt (which wrote
+    #: no end, perhaps on another node) is not a second driver.
+    slurm_job: str | None = None
 
 
 #: Where the kernel tells a process's boot-relative start (Linux); absent elsewhere.
@@ -103,12 +115,28 @@ class DriverBeat:
         self.record: DriverRecord | None = None
 
     def start(self) -> None:
-        """Record this process (host, pid) as the study's driver."""
-        now, pid = time.time(), os.getpid()
-        self.record = DriverRecord(
-            socket.gethostname(), pid, now, now, None, _process_start(pid), _process_ticks(pid)
-        )
-        self._write()
+        """Record this process (host, pid) as the study's driver; a :class:`DriverBusyError`
+        (nothing written) while the driver on file is at work (:func:`driver_gone`)."""
+        study = self.path.parent.name
+        with held_lock(self.path.with_name(CLAIM_FILE), f"study '{study}'"):
+            on_file = read_driver_file(self.path)
+            job = os.environ.get("SLURM_JOB_ID") or None
+            requeued = on_file is not None and job is not None and on_file.slurm_job == job
+            if on_file is not None and not requeued and driver_gone(on_file) is None:
+                raise DriverBusyError(busy_message(study, on_file))
+            now, pid = time.time(), os.getpid()
+            self.record = DriverRecord(
+                socket.gethostname(),
+                pid,
+                now,
+                now,
+                None,
+                _process_start(pid),
+                _process_ticks(pid),
+                job,
+            )
+            # Not through _write: the claim must be on disk before the lock is let go.
+            write_atomic(self.path, json.dumps(asdict(self.record)), fsync=False)
 
     def beat(self) -> None:
         """Say this driver is still at work (written only when :data:`BEAT_S` have passed)."""
@@ -143,6 +171,34 @@ class DriverBeat:
             write_atomic(self.path, json.dumps(asdict(self.record)), fsync=False)
 
 
+class DriverBusyError(PomliaError):
+    """Another driver is at work on the study."""
+
+
+def busy_message(study: str, record: DriverRecord, now: float | None = None) -> str:
+    """Why study ``study`` cannot get a second driver while ``record``'s is at work, and what
+    to do: stop that one (how, on this host) or wait for its heartbeat to go stale (another
+    host, whose process cannot be checked from here)."""
+    now = time.time() if now is None else now
+    started = time.strftime("%Y-%m-%d %H:%M", time.localtime(record.started))
+    head = (
+        f"study '{study}' is being driven by pid {record.pid} on {record.host} (since "
+        f"{started}, last heartbeat {max(0.0, now - record.beat):.0f} s ago); one driver at a "
+        "time, or the same configurations would be trained twice"
+    )
+    if record.host == socket.gethostname():
+        return (
+            f"{head}: wait for it to end, or stop it (`kill {record.pid}`; its unfinished "
+            "trials stay for a later --resume)"
+        )
+    wait = max(0.0, record.beat + STALE_AFTER_S - now)
+    return (
+        f"{head}: its process cannot be checked from here; stop it on {record.host} "
+        f"(`kill {record.pid}` there, or cancel its job), or, if that host is gone, retry once "
+        f"its heartbeat is {STALE_AFTER_S / 60:.0f} min old (in {wait / 60:.0f} min)"
+    )
+
+
 def read_driver(workspace: Workspace, study: str) -> DriverRecord | None:
     """The record of ``study``'s driver, or None (a study from before records, or unreadable)."""
     return read_driver_file(study_dir(workspace, study) / DRIVER_FILE)
@@ -160,6 +216,7 @@ def read_driver_file(path: Path) -> DriverRecord | None:
             ended=None if raw.get("ended") is None else float(raw["ended"]),
             proc_start=None if raw.get("proc_start") is None else float(raw["proc_start"]),
             proc_ticks=None if raw.get("proc_ticks") is None else str(raw["proc_ticks"]),
+            slurm_job=None if raw.get("slurm_job") is None else str(raw["slurm_job"]),
         )
     except (OSError, ValueError, KeyError, TypeError):
         return None

@@ -218,7 +218,9 @@ class RunRow:
     config: dict[str, Any]
     metrics: dict[str, Any]
     cost_s: float | None
-    job: str | None
+    #: The registry's job id (what `pomlia jobs show/cancel` take) and the scheduler's.
+    job: int | None
+    scheduler_id: str | None
     error: str | None
     created_at: datetime | None
 
@@ -238,7 +240,7 @@ def list_runs(
     if limit < 1:
         raise InputError(f"--limit {limit}: expected an integer >= 1")
     with registry.session() as s:
-        q = select(Run, Task.name, Job.scheduler_id).join(
+        q = select(Run, Task.name, Job.id, Job.scheduler_id).join(
             Task, Run.task_id == Task.id, isouter=True
         )
         q = q.join(Job, Run.job_id == Job.id, isouter=True)
@@ -264,9 +266,10 @@ def list_runs(
                 config=dict(r.config or {}),
                 metrics=dict(r.metrics or {}),
                 cost_s=r.cost_s,
-                job=sched or None,
+                job=job_id,
+                scheduler_id=sched or None,
                 error=r.error or None,
                 created_at=r.created_at,
             )
-            for r, tname, sched in rows
+            for r, tname, job_id, sched in rows
         ]

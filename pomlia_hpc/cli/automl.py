@@ -448,7 +448,8 @@ def runs_list(
     """List training runs with configuration, budget, metrics, cost, status and job.
 
     --json keys: id, task, study, status, epochs, config, val, test, objective, cost_s, job
-    (the scheduler's id), error (the whole text; the table shows its first line), created_at;
+    (the registry's job id, as `pomlia jobs show/cancel` take), scheduler_id (Slurm's job id
+    or the local pid), error (the whole text; the table shows its first line), created_at;
     a missing value is null."""
     from pomlia_hpc.automl.folders import study_names  # not .study: that imports torch
     from pomlia_hpc.automl.records import config_summary, list_runs
@@ -461,7 +462,8 @@ def runs_list(
                 {"id": r.id, "task": r.task, "study": r.study, "status": r.status}
                 | {"epochs": r.epochs, "config": r.config}
                 | {k: r.metrics.get(k) for k in ("val", "test", "objective")}
-                | {"cost_s": r.cost_s, "job": r.job, "error": r.error}
+                | {"cost_s": r.cost_s, "job": r.job, "scheduler_id": r.scheduler_id}
+                | {"error": r.error}
                 | {"created_at": r.created_at}
                 for r in rows
             ]
@@ -496,7 +498,7 @@ def runs_list(
             _metrics(val),
             _metrics(test),
             _fmt(r.cost_s, 1),
-            r.job or "",
+            "" if r.job is None else str(r.job),
             (r.error or "").split("\n")[0][:60],
         )
     console.print(table)

@@ -49,12 +49,19 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import select
 
-from pomlia_hpc.cluster import Checkpointable, Executor, JobFailedError, apply_distributed_env
+from pomlia_hpc.cluster import (
+    Checkpointable,
+    Executor,
+    JobFailedError,
+    JobHandle,
+    apply_distributed_env,
+)
 from pomlia_hpc.cluster.resources import check_local_gpus, with_overrides
 from pomlia_hpc.curves import CURVES_DIR, Curves
 from pomlia_hpc.data.store import find_version, open_store
 from pomlia_hpc.errors import InputError, integrity_failure
 from pomlia_hpc.fingerprint.autoencoder import Autoencoder, EncoderConfig
+from pomlia_hpc.fingerprint.busy import one_training, training_job_name
 from pomlia_hpc.fingerprint.encoders import get_encoder, load_checkpoint, load_encoder
 from pomlia_hpc.fingerprint.epochlog import (
     EPOCH_LOG,
@@ -510,9 +517,13 @@ def train_encoder(
     # The job trains on the CPU when it gets no GPU: a GPU asked for but missing is refused.
     job_profile = with_overrides(ex.profile, resources)
     check_local_gpus(job_profile, what=f"--gpus {job_profile.gpus_per_node}")
-    start_record(name, target, wanted, pipeline, _read_latest(target) is not None, normalise_config)
     job = TrainJob(config, sources, str(target))
-    result, job_id = _run_training(ex, job, name, resources, progress)
+    with one_training(registry, out.parent, name):  # refused while a job trains `name`
+        start_record(
+            name, target, wanted, pipeline, _read_latest(target) is not None, normalise_config
+        )
+        handle = ex.submit(job, name=training_job_name(name), resources=resources)
+    result, job_id = _wait_training(handle, job, progress)
     if progress is not None:
         progress(len(result["loss_curve"]), config.epochs)
     if target != out:
@@ -528,16 +539,11 @@ def train_encoder(
     )
 
 
-def _run_training(
-    ex: Executor,
-    job: TrainJob,
-    name: str,
-    resources: dict[str, Any] | None,
-    progress: Callable[[int, int], None] | None = None,
+def _wait_training(
+    handle: JobHandle, job: TrainJob, progress: Callable[[int, int], None] | None = None
 ) -> tuple[dict[str, Any], int | None]:
-    """Submit ``job`` and wait for it: (its result, the registry's job id)."""
+    """Wait for the submitted ``job``: (its result, the registry's job id)."""
     out = Path(job.out_dir)
-    handle = ex.submit(job, name=f"fingerprint-train-{name}", resources=resources)
     while not handle.done():
         if progress is not None:
             progress(int((_read_latest(out) or {}).get("epoch", 0)), job.config.epochs)

@@ -8,6 +8,7 @@ from typing import Any
 
 from pomlia_hpc.automl.engine import EngineOptions
 from pomlia_hpc.automl.folders import SPEC_FILE, study_dir
+from pomlia_hpc.automl.liveness import CLAIM_FILE
 from pomlia_hpc.automl.options import WeightSource
 from pomlia_hpc.automl.space import SpaceOptions, build_space, configs_from_values, split_fitting
 from pomlia_hpc.automl.study.spec import (
@@ -19,6 +20,7 @@ from pomlia_hpc.automl.tasks import check_trainable, get_task, task_dataset
 from pomlia_hpc.config import load_cluster_profile
 from pomlia_hpc.data.store import open_store
 from pomlia_hpc.errors import InputError, PomliaError
+from pomlia_hpc.files import held_lock
 from pomlia_hpc.registry import DatasetVersion, Registry, Task
 from pomlia_hpc.vocab import check_metric
 from pomlia_hpc.workspace import Workspace
@@ -120,7 +122,11 @@ def create_study(
         recent_share=recent_share,
         created_at=stamp.isoformat(),
     )
-    write_json(folder / SPEC_FILE, spec.to_dict())
+    # Checked again under the study's lock: a start of the same name racing this one may have
+    # written its study.json meanwhile, and one of the two must be refused, not overwritten.
+    with held_lock(folder / CLAIM_FILE, f"study '{name}'"):
+        _new_study_folder(workspace, name)
+        write_json(folder / SPEC_FILE, spec.to_dict())
     return spec
 
 

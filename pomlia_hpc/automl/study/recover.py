@@ -61,7 +61,7 @@ def recover_trial(runner: TrialRunner, opt: SearchOptimizer, proposal: Proposal)
     runner.views[run.id] = replace(
         view_of_run(runner.registry, run, runner.spec.metric),
         status=records.RUNNING,
-        job=job.scheduler_id,
+        job=str(job.id),
     )
     if not result_path.is_file():
         poll_attached([orphan])

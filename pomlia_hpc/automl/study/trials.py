@@ -184,7 +184,9 @@ class TrialRunner:
         handle.adoptable = True  # a restarted driver reattaches to it (study/recover.py)
         records.mark_running(self.registry, run_id, handle.record_id, start_epoch=start)
         self.active[run_id] = ActiveTrial(run_id, proposal, handle, time.time())
-        self.views[run_id] = replace(self.views[run_id], status=records.RUNNING, job=handle.job_id)
+        # The registry's job id: the one `pomlia jobs show/cancel` take (not Slurm's or the pid).
+        job = "" if handle.record_id is None else str(handle.record_id)
+        self.views[run_id] = replace(self.views[run_id], status=records.RUNNING, job=job)
 
     def _submit_failed(self, run_id: int, proposal: Proposal, exc: BaseException) -> NoReturn:
         """Record that run ``run_id``'s job could not be submitted and stop the study."""

@@ -27,6 +27,7 @@ class TrialView:
     objective: float | None
     test: float | None
     cost_s: float | None
+    #: The registry's job id (what `pomlia jobs show/cancel` take), "" before a job exists.
     job: str
     cause: str = ""
     start_epoch: int = 0
@@ -83,7 +84,7 @@ def view_of_run(registry: Registry, run: Run, metric: str) -> TrialView:
         m.get("val", {}).get(metric),
         m.get("test", {}).get(metric),
         run.cost_s,
-        job.scheduler_id if job else "",
+        str(job.id) if job else "",
         str(m.get("cause", "")),
         int(m.get("start_epoch", 0)),
     )
