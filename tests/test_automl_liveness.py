@@ -21,6 +21,7 @@ from pomlia_hpc.automl.liveness import (
     DRIVER_FILE,
     STALE_AFTER_S,
     DriverBeat,
+    DriverBusyError,
     DriverRecord,
     driver_gone,
     read_driver,
@@ -146,11 +147,78 @@ def test_only_the_driver_the_file_names_beats_and_ends(workspace: Workspace) -> 
     second's record, and `runs list` called the study's running driver stopped."""
     first, second = DriverBeat(workspace, "twice"), DriverBeat(workspace, "twice")
     first.start()
+    # The first looks gone (another host, silent for long), so a second one takes over...
+    path = workspace.path("runs", "twice", DRIVER_FILE)
+    old = json.loads(path.read_text())
+    path.write_text(json.dumps(old | {"host": "other-node", "beat": old["beat"] - 3600}))
     time.sleep(0.01)
-    second.start()  # same pid here: the recorded start tells them apart
+    second.start()
+    first.record = dataclasses.replace(first.record, host="other-node")  # type: ignore[arg-type]
+    # ...and the first, back after all, must not write over the second's record.
     assert second.record is not None
     first.end()
     on_file = read_driver(workspace, "twice")
     assert on_file is not None and on_file.ended is None and on_file == second.record
     second.end()
     assert (read_driver(workspace, "twice") or second.record).ended is not None
+
+
+def test_a_second_driver_is_refused_while_the_first_is_at_work(workspace: Workspace) -> None:
+    """Two drivers of one study (`automl run` and a `--resume` meanwhile) trained the same
+    configurations twice: the second is refused, naming the first, until the first ends."""
+    first, second = DriverBeat(workspace, "cc"), DriverBeat(workspace, "cc")
+    first.start()
+    with pytest.raises(DriverBusyError) as refused:
+        second.start()
+    message = " ".join(str(refused.value).split())
+    assert f"pid {os.getpid()} on {socket.gethostname()}" in message
+    assert f"kill {os.getpid()}" in message and "study 'cc'" in message
+    assert read_driver(workspace, "cc") == first.record  # nothing written by the refused one
+    first.end()
+    second.start()  # the first ended: a resume takes over
+    assert read_driver(workspace, "cc") == second.record
+    second.end()
+
+
+def test_a_driver_on_another_host_is_refused_until_its_heartbeat_is_stale(
+    workspace: Workspace,
+) -> None:
+    path = workspace.path("runs", "far", DRIVER_FILE)
+    path.parent.mkdir(parents=True)
+    now = time.time()
+    far = DriverRecord("other-node", 4242, now - 600, now - 20)
+    path.write_text(json.dumps(dataclasses.asdict(far)))
+    with pytest.raises(DriverBusyError, match="cannot be checked from here"):
+        DriverBeat(workspace, "far").start()
+    stale = dataclasses.replace(far, beat=now - STALE_AFTER_S - 1)
+    path.write_text(json.dumps(dataclasses.asdict(stale)))
+    DriverBeat(workspace, "far").start()
+    assert (read_driver(workspace, "far") or far).host == socket.gethostname()
+
+
+@pytest.mark.timeout(300)
+def test_a_resume_while_the_study_runs_is_refused(workspace: Workspace) -> None:
+    """The tester's case through the CLI: the second driver exits non-zero with one message
+    and trains nothing; each configuration is trained once."""
+    reg = Registry.open(workspace.db_url)
+    tiny_task(workspace, reg, "blood", sizes=(768, 24, 24))
+    proc = _pomlia(
+        workspace, "automl", "run", "blood", "--study", "cc", *STUDY, "--archs", "small_cnn",
+        "--parallel", "1", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.time() + 200
+    while read_driver(workspace, "cc") is None:
+        assert proc.poll() is None and time.time() < deadline, "the driver did not start"
+        time.sleep(0.2)
+    second = _pomlia(
+        workspace, "automl", "run", "blood", "--study", "cc", "--resume",
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    out, err = (x.decode() for x in second.communicate(timeout=120))
+    text = " ".join((out + err).split())
+    assert second.returncode != 0 and "Traceback" not in text, text
+    assert f"is being driven by pid {proc.pid}" in text, text
+    assert proc.wait(timeout=240) == 0
+    runs = records.study_runs(reg, "cc")
+    assert len(runs) == 2 and all(r.status == "ok" for r in runs)
+    reg.dispose()

@@ -18,8 +18,8 @@ KEYS = {
     ("data", "list"): "name version parent n_images task_type n_classes image_size channels "
     "created_at store_path",
     ("task", "list"): "id name dataset task_type metric",
-    ("runs", "list"): "id task study status epochs config val test objective cost_s job error "
-    "created_at",
+    ("runs", "list"): "id task study status epochs config val test objective cost_s job "
+    "scheduler_id error created_at",
     ("model", "list"): "id name task dataset run_id study arch metric test_score exported "
     "code_version created_at",
     ("jobs", "list"): "id name backend scheduler_id state requeue_count submitted_at ended_at "
@@ -37,7 +37,7 @@ def filled(workspace: Workspace, reg: Registry) -> Workspace:
     with reg.session() as s:
         task = Task(name="t", dataset_version_id=version_id, metric="acc", task_type="x")
         s.add(task)
-        job = Job(backend="local", scheduler_id="42", name="trial", state="COMPLETED")
+        job = Job(id=7, backend="local", scheduler_id="42", name="trial", state="COMPLETED")
         job.ended_at = datetime.now(UTC)
         s.add(job)
         s.flush()
@@ -86,7 +86,12 @@ def test_list_json_values(filled: Workspace) -> None:
         return list(json.loads(res.stdout))
 
     (run,) = rows("runs", "list")
-    assert run["job"] == "42" and run["val"] == {"acc": 0.5} and run["objective"] == 0.5
+    assert run["val"] == {"acc": 0.5} and run["objective"] == 0.5
+    # `job` is the registry's id, the one `pomlia jobs show/cancel` take; Slurm's id beside it
+    (job_row,) = rows("jobs", "list")
+    assert run["job"] == job_row["id"] == 7 and run["scheduler_id"] == "42"
+    table = " ".join(CliRunner().invoke(app, ["runs", "list"]).output.split())
+    assert f"│ {job_row['id']} │" in table and "│ 42 │" not in table
     (model,) = rows("model", "list")
     assert model["test_score"] == 0.4 and model["arch"] == "small_cnn" and model["exported"] is None
     (job,) = rows("jobs", "list")
