@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from pomlia_hpc.automl import records
 from pomlia_hpc.automl.space import SpaceOptions
-from pomlia_hpc.automl.study import create_study, load_spec, run_study
+from pomlia_hpc.automl.study import StudyView, create_study, load_spec, run_study
 from pomlia_hpc.cli import app
 from pomlia_hpc.errors import InputError, PomliaError
 from pomlia_hpc.models.checkpoint import load_classifier
@@ -60,15 +60,17 @@ def test_study_records_every_trial_and_goes_on_after_a_crash(
     # The prepared weights get damaged on the way: that trial's job raises.
     Path(spec.init_model.path).write_bytes(b"not a checkpoint")
     seen: list[int] = []
-    result = run_study(
-        reg,
-        workspace,
-        spec,
-        poll_s=0.3,
-        on_update=lambda v: seen.append(sum(t.status == "running" for t in v.trials)),
-    )
+    shown: dict[int, str] = {}  # the live table's `job` column, per run
+
+    def update(view: StudyView) -> None:
+        seen.append(sum(t.status == "running" for t in view.trials))
+        shown.update({t.run_id: t.job for t in view.trials if t.job})
+
+    result = run_study(reg, workspace, spec, poll_s=0.3, on_update=update)
     assert max(seen) == 2  # two trials out at once
     runs = records.study_runs(reg, "s1")
+    # the registry's job id, which `pomlia jobs show/cancel` take (not the local pid)
+    assert shown == {r.id: str(r.job_id) for r in runs}
     assert len(runs) == 3 and result.n_ok + result.n_crashed == 3
     crashed = [r for r in runs if r.status == "crashed"]
     # exactly the trials that start from the damaged weights crash (the first initial one does)
