@@ -18,7 +18,7 @@ from pomlia_hpc.cli import app
 from pomlia_hpc.errors import ConfigError, InputError, PomliaError
 from pomlia_hpc.registry import Registry
 from pomlia_hpc.workspace import Workspace
-from tests.fixtures.factories import tiny_task
+from tests.fixtures.factories import donor_model, tiny_task
 
 
 @pytest.mark.parametrize(
@@ -162,6 +162,26 @@ def test_ctrl_c_during_a_study_says_how_to_resume_without_a_traceback(
     said = " ".join(res.output.split())
     assert "interrupted: study s stopped" in said
     assert "pomlia automl run t --study s --resume" in said
+
+
+def test_init_model_outside_archs_is_said(
+    workspace: Workspace, reg: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--init-model M --archs resnet18 --trials 1` trained only a small_cnn (M's architecture,
+    which the space adds) and said nothing about it."""
+
+    def interrupted(*_a: Any, **_k: Any) -> None:
+        raise KeyboardInterrupt
+
+    tiny_task(workspace, reg, "t", "bloodmnist", "acc")
+    donor = donor_model(workspace, reg)
+    monkeypatch.setattr(study_mod, "run_study", interrupted)
+    args = ["automl", "run", "t", "--init-model", donor, "--trials", "1", "--study"]
+    res = CliRunner().invoke(app, [*args, "s", "--archs", "resnet18"])
+    said = " ".join(res.output.split())
+    assert "note: --init-model donor is a small_cnn, not among --archs (resnet18)" in said, said
+    res = CliRunner().invoke(app, [*args, "s2", "--archs", "resnet18,small_cnn"])
+    assert "note:" not in res.output
 
 
 def test_a_gpu_missing_here_is_refused_before_the_study_on_the_local_executor(

@@ -374,6 +374,7 @@ def automl_run(
             initial_configs=warm,
             final_full_budget=final,
         )
+        _note_added_archs(spec)
     console.print(
         f"study [bold]{spec.name}[/] on task {spec.task} ({spec.dataset}, metric "
         f"{spec.metric}), {spec.options.optimizer}, executor '{spec.options.executor}'"
@@ -404,6 +405,24 @@ def automl_run(
         code = 0 if result.best_run_id is not None else 1
     if code:
         raise typer.Exit(code)
+
+
+def _note_added_archs(spec: Any) -> None:
+    """Say when --encoder or --init-model brought an architecture that --archs did not name:
+    the space holds it too (weights only fit their own architecture), so trials, even all of
+    a short study's, may train it rather than what --archs asked for."""
+    for flag, source in (("--encoder", spec.encoder), ("--init-model", spec.init_model)):
+        if source is not None and source.arch not in spec.space.archs:
+            err_console.print(
+                f"[yellow]note:[/] {flag} {source.name} is a {source.arch}, not among --archs "
+                f"({', '.join(spec.space.archs)}): the study searches {source.arch} too (its "
+                f"trials starting from those weights); --archs {', '.join(spec.space.archs)} "
+                "trials start from scratch. Add "
+                f"{source.arch} to --archs to silence this, or leave out {flag} to search only "
+                "--archs",
+                soft_wrap=True,
+                highlight=False,
+            )
 
 
 def _report(spec: Any, result: Any, *, resume: bool) -> int:
