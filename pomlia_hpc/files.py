@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from pomlia_hpc.errors import PomliaError
+from pomlia_hpc.errors import InputError, PomliaError
 from pomlia_hpc.processes import pid_alive
 
 TEMP_SUFFIX = ".tmp"
@@ -262,19 +262,51 @@ def staged_dir(
     under :func:`temp_name` beside it (permissions ``mode``); when the block ends without an
     error it is published by :func:`publish_dir` (``replace`` and ``fsync`` as there), and in
     every case nothing of it is left under the temporary name. Temporaries of dead writers of
-    this host beside ``target`` are swept first."""
+    this host beside ``target`` are swept first.
+
+    A folder that cannot be made there (a parent that is a file, ``/proc``, a read-only mount,
+    no permission) is an :class:`InputError` naming ``target``, raised before the block runs
+    (the parent folders this call made are removed again); so is a publishing rename that
+    fails. The block's own errors pass unchanged."""
     target = Path(target)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    sweep_stale_temps(target.parent)
     staged = StagedDir(temp_name(target), target)
-    _remove(staged.path)
-    staged.path.mkdir(mode=mode)
-    staged.path.chmod(mode)  # mkdir's mode is masked by the umask
+    made: list[Path] = []
+    try:
+        made = make_dirs(target.parent)
+        sweep_stale_temps(target.parent)
+        _remove(staged.path)
+        staged.path.mkdir(mode=mode)
+        staged.path.chmod(mode)  # mkdir's mode is masked by the umask
+    except OSError as exc:
+        # A path the user chose (--out) reaches here: one line naming it, not a traceback
+        with contextlib.suppress(OSError):  # under a file there is nothing to remove
+            _remove(staged.path)
+        remove_made_dirs(made)
+        raise _unwritable(target, exc) from exc
     try:
         yield staged
-        staged.published = publish_dir(staged.path, target, replace=replace, fsync=fsync)
+        try:
+            staged.published = publish_dir(staged.path, target, replace=replace, fsync=fsync)
+        except OSError as exc:
+            raise _unwritable(target, exc) from exc
     finally:
         _remove(staged.path)
+
+
+def _unwritable(target: Path, exc: OSError) -> InputError:
+    """The one-line error for a folder ``target`` that cannot be made or published: the
+    command called :func:`staged_dir` with a path the user chose (``--out``), or the
+    workspace's own disk refused."""
+    # A file in the way reads as "File exists" or "Not a directory" (by depth): say which file
+    blocker = next((p for p in target.parents if p.exists() and not p.is_dir()), None)
+    if blocker is not None:
+        reason = f"{blocker} is a file, not a folder"
+    else:
+        where = f" ({exc.filename})" if exc.filename and str(exc.filename) != str(target) else ""
+        reason = f"{exc.strerror or exc}{where}"
+    return InputError(
+        f"folder {target} cannot be created: {reason}; expected a path in a writable folder"
+    )
 
 
 def replace_link(link: str | Path, points_to: str | Path, *, fsync: bool = True) -> None:

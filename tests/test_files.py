@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from pomlia_hpc.errors import InputError
 from pomlia_hpc.files import (
     atomic_target,
     make_dirs,
@@ -55,6 +56,28 @@ def test_a_staged_folder_appears_whole_or_not_at_all(tmp_path: Path) -> None:
         (staged.path / "a.txt").write_text("three")
     assert staged.published and (target / "a.txt").read_text() == "three"
     assert [p.name for p in target.parent.iterdir()] == ["bundle"]
+
+
+def test_a_staged_folder_that_cannot_be_made_is_one_input_error(tmp_path: Path) -> None:
+    """`staged_dir` under a file or in /proc raised FileExistsError / FileNotFoundError, a
+    traceback for every command that took the path from the user: an InputError naming the
+    folder now, with no folder of its own left behind."""
+    afile = tmp_path / "f"
+    afile.write_text("mine")
+    for target, cause in (
+        (afile / "sub" / "bundle", f"{afile} is a file, not a folder"),
+        (afile / "bundle", f"{afile} is a file, not a folder"),
+        (Path("/proc/pomlia-staged"), ""),
+    ):
+        with pytest.raises(InputError, match=f"folder {target} cannot be created: {cause}"):
+            with staged_dir(target):
+                raise AssertionError("the block must not run")
+    assert afile.read_text() == "mine" and sorted(tmp_path.iterdir()) == [afile]
+    # The staging name (longer than the target's) is too long: the parents made go again.
+    long = tmp_path / "new" / "deeper" / ("b" * 250)
+    with pytest.raises(InputError, match="File name too long"), staged_dir(long):
+        raise AssertionError("the block must not run")
+    assert sorted(tmp_path.iterdir()) == [afile]
 
 
 def test_a_link_is_replaced_never_missing(tmp_path: Path) -> None:

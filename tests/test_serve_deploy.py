@@ -256,6 +256,29 @@ def test_an_out_that_is_a_file_or_another_deployment_is_refused_fittingly(
     assert "remove it or pass --out DIR" in refusal(default)
 
 
+def test_an_out_that_cannot_be_made_is_refused_in_one_line(
+    workspace: Workspace, bundle: Path, tmp_path: Path
+) -> None:
+    """`deploy M --out /proc/x` (and `deploy write`) ended in a FileNotFoundError traceback
+    from the staging folder, `--out FILE/sub` in a FileExistsError: both are one line naming
+    the path now, exit 2, checked before anything is exported or written."""
+    reg = register_exported(workspace, bundle)
+    afile = tmp_path / "f"
+    afile.write_text("mine")
+    cases = (
+        (["deploy", "demo", "--out", "/proc/pomlia-x"], "--out /proc/pomlia-x cannot be created"),
+        (["deploy", "write", "demo", "--out", "/proc/x/y"], "--out /proc/x/y cannot be created"),
+        (["deploy", "demo", "--out", str(afile / "sub")], f"{afile} is a file, not a folder"),
+    )
+    for args, expected in cases:
+        res = CliRunner().invoke(app, args)
+        assert expected in refusal(res), args  # an InputError: one line, exit 2
+        assert "choose another --out" in refusal(res)
+    assert afile.read_text() == "mine"
+    with reg.session() as s:
+        assert s.query(Deployment).count() == 0
+
+
 def test_sbatch_script_runs_the_server_and_prints_its_address(
     workspace: Workspace, bundle: Path, tmp_path: Path
 ) -> None:

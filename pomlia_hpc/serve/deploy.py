@@ -32,7 +32,7 @@ from sqlalchemy import select
 from pomlia_hpc.cluster.records import sbatch_script
 from pomlia_hpc.config import ClusterProfile
 from pomlia_hpc.errors import InputError, NotFoundError
-from pomlia_hpc.files import staged_dir
+from pomlia_hpc.files import probe_writable, staged_dir
 from pomlia_hpc.models.catalog import resolve_model
 from pomlia_hpc.registry import Deployment, Model, Registry
 from pomlia_hpc.serve.export import bundle_for_model, export_model
@@ -301,6 +301,8 @@ def write_deployment(
     checked before anything is written or exported. ``profile_name``: the ``--profile``
     given, for the command the messages suggest."""
     row = resolve_model(registry, ref)
+    if out_dir is not None:
+        _check_out(out_dir.resolve())  # before the export, which takes seconds to minutes
     out = f" --out {shlex.quote(str(out_dir))}" if out_dir is not None else ""
     if profile_name is not None:
         out += f" --profile {shlex.quote(profile_name)}"
@@ -339,6 +341,28 @@ def write_deployment(
     return _write_new(plan)
 
 
+def _check_out(target: Path) -> None:
+    """Refuse ``--out`` when the folder could not be made: a file in its path or a parent where
+    nothing can be written (``/proc``, a read-only mount). A folder that exists is left to the
+    reuse checks (it may be one written before, and nothing is written then)."""
+    if target.exists():
+        return  # reused or refused as a file by write_deployment, with its own message
+    # The directory is staged beside the target: its nearest existing parent must take a file.
+    parent = next(p for p in target.parents if p.exists() or p.is_symlink())
+    if not parent.is_dir():
+        raise InputError(
+            f"--out {target}: {parent} is a file, not a folder; expected a new folder path "
+            "whose parents are folders (choose another --out)"
+        )
+    try:
+        probe_writable(parent)
+    except OSError as exc:
+        raise InputError(
+            f"--out {target} cannot be created ({exc.strerror or exc} in {parent}): expected "
+            "a path in a writable folder (choose another --out)"
+        ) from exc
+
+
 def _write_new(t: _Target) -> DeployResult:
     """Write the deployment directory ``t.target`` (new or empty) and its registry row."""
     registry, row, bundle, target, source_root = (
@@ -348,7 +372,6 @@ def _write_new(t: _Target) -> DeployResult:
         t.target,
         t.source_root,
     )
-    target.parent.mkdir(parents=True, exist_ok=True)
     # The row first: its id goes into the script, so every record the server logs names it.
     with registry.session() as s:
         dep = Deployment(model_id=row.id, bundle_path=str(target / "bundle"), status="created")
