@@ -449,3 +449,24 @@ def test_export_ships_the_task_encoder_from_the_registry(
         ref = autoencoder.encode(x.expand(-1, 3, -1, -1)).numpy()
     np.testing.assert_allclose(got, ref, atol=1e-5)
     assert export_model(reg, workspace, "grey").reused  # same weights, same encoder: one export
+
+
+def test_negative_or_non_finite_tolerances_are_refused_up_front(
+    workspace: Workspace, tmp_path: Path
+) -> None:
+    """`model export --rtol -1 --atol -1` and `--rtol nan` were taken: a negative tolerance
+    fails every export after the work, NaN passes every difference. Both are refused before
+    the model is looked up or anything is written."""
+    for args, flag, shown in (
+        (["--rtol", "-1"], "--rtol", "-1.0"),
+        (["--atol", "-1"], "--atol", "-1.0"),
+        (["--rtol", "nan"], "--rtol", "nan"),
+        (["--atol", "inf"], "--atol", "inf"),
+    ):
+        res = CliRunner().invoke(app, ["model", "export", "nosuch", *args])
+        assert isinstance(res.exception, InputError), res.output
+        assert str(res.exception) == f"{flag} {shown}: expected a finite number >= 0"
+    with pytest.raises(InputError, match="--rtol nan: expected a finite number >= 0"):
+        export_checkpoint(tmp_path / "none.pt", tmp_path / "out", name="x", rtol=float("nan"))
+    assert not (tmp_path / "out").exists()
+    assert not workspace.path("models").exists() or not any(workspace.path("models").iterdir())

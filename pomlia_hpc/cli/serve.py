@@ -63,11 +63,15 @@ def export(
         float,
         typer.Option(
             help="Allowed relative difference of each exported probability from PyTorch's, on "
-            "inputs as the server preprocesses them; the predicted class must match too."
+            "inputs as the server preprocesses them; the predicted class must match too (a finite "
+            "number >= 0)."
         ),
     ] = 1e-3,
     atol: Annotated[
-        float, typer.Option(help="Absolute allowance added for probabilities near 0.")
+        float,
+        typer.Option(
+            help="Absolute allowance added for probabilities near 0 (a finite number >= 0)."
+        ),
     ] = 1e-5,
 ) -> None:
     """Export MODEL to ONNX + a torch.export program + model card (checked against PyTorch)."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import math
 import shutil
 import warnings
 from collections.abc import Mapping
@@ -184,6 +185,15 @@ def _encoder_dim(path: Path, channels: int, size: int) -> int:
     return dims.pop()
 
 
+def check_tolerances(rtol: float, atol: float) -> None:
+    """Refuse a parity tolerance (``--rtol``, ``--atol``: differences of probabilities, unitless)
+    that is negative or not finite: a negative one fails every export after minutes of work,
+    and NaN or infinity would pass every difference unchecked."""
+    for flag, value in (("--rtol", rtol), ("--atol", atol)):
+        if not math.isfinite(value) or value < 0:
+            raise InputError(f"{flag} {value}: expected a finite number >= 0")
+
+
 def export_checkpoint(
     checkpoint: str | Path,
     out_root: str | Path,
@@ -206,6 +216,7 @@ def export_checkpoint(
     Raises :class:`ExportError` when an export's probabilities disagree with PyTorch's by more
     than ``rtol`` (relative) + ``atol``, or it predicts another class.
     """
+    check_tolerances(rtol, atol)
     ckpt = Path(checkpoint)
     loaded = load_classifier(ckpt)
     meta = loaded.meta
@@ -290,6 +301,7 @@ def export_model(
     else the newest encoder with complete fingerprints of the task's dataset version (see
     :func:`task_encoder`); so the logged fingerprints compare with the training set's.
     """
+    check_tolerances(rtol, atol)  # before the model is looked up or anything is exported
     row = resolve_model(registry, ref)
     if not row.path:
         raise InputError(f"model '{row.name}' has no checkpoint path in the registry")
