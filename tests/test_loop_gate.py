@@ -4,21 +4,24 @@ whose predictions stand in for the truth (so which model is "better" is known ex
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
 from typer.testing import CliRunner
 
+import pomlia_hpc.loop.gate as gate_mod
 from pomlia_hpc.cli import app
 from pomlia_hpc.data.api import ingest
 from pomlia_hpc.data.harvest import harvest_info
 from pomlia_hpc.data.store import find_version, open_store
 from pomlia_hpc.errors import InputError, PomliaError
-from pomlia_hpc.loop.gate import run_gate
+from pomlia_hpc.loop.gate import promote_with_gate, run_gate
 from pomlia_hpc.loop.harvest import harvest
 from pomlia_hpc.loop.lineage import lineage
 from pomlia_hpc.loop.promote import champion, gate_decisions, history, put_on_slot, rollback
-from pomlia_hpc.registry import Registry
+from pomlia_hpc.models.catalog import resolve_model
+from pomlia_hpc.registry import GateDecision, Registry
 from pomlia_hpc.serve.predlog import log_dir
 from pomlia_hpc.serve.slots import current_bundle, current_link
 from pomlia_hpc.workspace import Workspace
@@ -171,3 +174,74 @@ def test_harvest_without_kept_inputs_is_one_error_naming_the_log(
     assert isinstance(res.exception, InputError)
     assert str(res.exception).startswith(f"--log-dir {tmp_path / 'none'}: no such folder")
     assert [x.version for x in list_versions(reg)] == [v.version]
+
+
+def test_two_promotions_at_once_each_record_the_champion_they_replaced(
+    tmp_path: Path, workspace: Workspace, registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`deploy promote p a --force & deploy promote p b --force`: both gates recorded the same
+    old champion. The champion is read again, the slot locked, in the transaction that
+    records the promotion: a promotion that landed after a forced gate was recorded becomes
+    that gate's champion. Runs on SQLite and PostgreSQL."""
+    for seed, name in enumerate(("first", "x1", "x2")):
+        make_model(registry, tmp_path, name, seed, 0)
+    promote_with_gate(registry, workspace, "p", "first")
+    real = gate_mod.put_on_slot
+
+    def x2_lands_first(*args: Any, **kwargs: Any) -> Any:
+        # x1's gate is recorded (champion: first); x2's whole promotion lands before x1's
+        if args[3] == "x1":
+            monkeypatch.setattr(gate_mod, "put_on_slot", real)
+            promote_with_gate(registry, workspace, "p", "x2", force=True)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(gate_mod, "put_on_slot", x2_lands_first)
+    gate, entry = promote_with_gate(registry, workspace, "p", "x1", force=True)
+    assert gate is not None and entry is not None and entry.model == "x1"
+    ids = {m.name: m.id for m in (resolve_model(registry, n) for n in ("first", "x1", "x2"))}
+    got = [
+        (g.evidence["challenger"], g.evidence["champion"], g.champion_id)
+        for g in gate_decisions(registry, "p")
+    ]
+    assert got == [("x1", "x2", ids["x2"]), ("x2", "first", ids["first"])]
+    assert [h.model for h in history(registry, "p")] == ["first", "x2", "x1"]
+    assert current_bundle(current_link(workspace, "p")) == Path(entry.bundle_path)
+
+    # A gate that passed against a champion no longer on the slot promotes nothing.
+    with registry.session() as s:
+        stale = GateDecision(
+            slot="p",
+            champion_id=ids["x2"],
+            challenger_id=ids["first"],
+            passed=True,
+            evidence={"champion": "x2", "challenger": "first"},
+        )
+        s.add(stale)
+        s.flush()
+        stale_id = stale.id
+    with pytest.raises(InputError, match="slot 'p' changed while the gate ran: it now serves x1"):
+        put_on_slot(registry, workspace, "p", "first", kind="promoted", gate_id=stale_id)
+    assert champion(registry, "p").model == "x1"  # type: ignore[union-attr]
+
+
+def test_deploy_history_names_the_champion_of_every_gate(
+    tmp_path: Path, workspace: Workspace, reg: Registry, wide_console: None
+) -> None:
+    """`deploy history` showed model ids (`2`) as the champion of forced gates and names for
+    the others: names throughout now, also for gates recorded before (id only)."""
+    for seed, name in enumerate(("first", "x1", "x2")):
+        make_model(reg, tmp_path, name, seed, 0)
+    promote_with_gate(reg, workspace, "p", "first")
+    promote_with_gate(reg, workspace, "p", "x1", force=True)
+    assert gate_decisions(reg, "p")[-1].evidence["champion"] == "first"
+    with reg.session() as s:  # a forced gate as earlier versions recorded it
+        old = s.get(GateDecision, gate_decisions(reg, "p")[-1].id)
+        assert old is not None
+        old.evidence = {k: v for k, v in old.evidence.items() if k != "champion"}
+    promote_with_gate(reg, workspace, "p", "x2", force=True)
+    out = CliRunner().invoke(app, ["deploy", "history", "p"])
+    assert out.exit_code == 0, out.output
+    gates = out.output.split("gate decisions")[1]
+    cells = [[c.strip() for c in line.split("│")[1:-1]] for line in gates.splitlines()]
+    rows = [c[:3] for c in cells if c and c[0].isdigit()]  # id, challenger, champion
+    assert [r[1:] for r in rows] == [["x1", "first"], ["x2", "x1"]]

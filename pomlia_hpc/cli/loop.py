@@ -174,13 +174,17 @@ def history_cmd(slot: SlotArg) -> None:
         "p",
     ):
         gates.add_column(col)
+    # Forced gates recorded by earlier versions hold only the champion's id; every champion
+    # served on the slot, so the slot's promotions know its name.
+    names = {e.model_id: e.model for e in entries}
     for g in decisions:
         ev = g.evidence or {}
+        champ = ev.get("champion") or names.get(g.champion_id or -1) or g.champion_id
         fixed, prod = ev.get("fixed_test") or {}, ev.get("production") or {}
         gates.add_row(
             str(g.id),
             str(ev.get("challenger", g.challenger_id)),
-            str(ev.get("champion", g.champion_id)),
+            str(champ if champ is not None else "-"),
             ("passed" if g.passed else "failed") + (", forced" if g.forced else ""),
             _pair(fixed),
             _pair(prod),

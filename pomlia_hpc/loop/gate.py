@@ -261,7 +261,12 @@ def _forced_without_data(registry: Registry, slot: str, model_ref: str) -> GateO
             challenger_id=chal.id,
             passed=False,
             forced=True,
-            evidence={**_finite(result.to_dict()), "data": None, "challenger": chal.name},
+            evidence={
+                **_finite(result.to_dict()),
+                "data": None,
+                "champion": entry.model if entry else None,
+                "challenger": chal.name,
+            },
         )
         s.add(row)
         s.flush()

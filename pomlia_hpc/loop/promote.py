@@ -11,12 +11,14 @@ Kinds: ``initial`` (the slot's first model), ``promoted`` (the gate passed), ``f
 
 from __future__ import annotations
 
+import hashlib
 import shlex
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
+from sqlalchemy.orm import Session
 
 from pomlia_hpc.errors import InputError, NotFoundError
 from pomlia_hpc.registry import GateDecision, Model, Promotion, Registry
@@ -100,7 +102,11 @@ def put_on_slot(
         bundle_for_model(registry, model_ref) or export_model(registry, workspace, model_ref).bundle
     )
     link = current_link(workspace, slot)
+    # One transaction, the slot locked, from reading the champion to recording the promotion:
+    # two promotions at once must each record (in the gate) the champion they replaced, and
+    # the link must end on the model the newest row names.
     with registry.session() as s:
+        lock_slot(s, slot)
         model = s.scalar(select(Model).where(Model.name == bundle.name))
         if model is None:
             raise NotFoundError(f"model '{bundle.name}' is not in the registry")
@@ -113,8 +119,9 @@ def put_on_slot(
             if done is not None:
                 point(link, Path(done.bundle_path))  # the link may not have moved before a kill
                 return _entry(done, model.name)
-    point(link, bundle.root)
-    with registry.session() as s:
+        if gate_id is not None:
+            _settle_gate(s, slot, gate_id)
+        point(link, bundle.root)
         row = Promotion(
             slot=slot,
             model_id=model.id,
@@ -126,6 +133,49 @@ def put_on_slot(
         s.add(row)
         s.flush()
         return _entry(row, model.name)
+
+
+def lock_slot(session: Session, slot: str) -> None:
+    """Hold the slot's write lock until ``session``'s transaction ends. SQLite: the
+    registry's ``BEGIN IMMEDIATE`` already admits one writer at a time; PostgreSQL: a
+    transaction-scoped advisory lock keyed by the slot name (a new slot has no row to lock
+    with ``SELECT ... FOR UPDATE``)."""
+    if session.get_bind().dialect.name == "postgresql":
+        digest = hashlib.sha256(f"pomlia-slot:{slot}".encode()).digest()
+        key = int.from_bytes(digest[:8], "big", signed=True)  # a bigint, as the lock wants
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+    else:
+        # The first statement takes SQLite's write lock (BEGIN IMMEDIATE) if nothing did yet.
+        session.execute(text("SELECT 1"))
+
+
+def _settle_gate(session: Session, slot: str, gate_id: int) -> None:
+    """Make gate ``gate_id`` name the champion its promotion replaces, read under the slot's
+    lock. Another promotion may have landed after the gate read the champion: a forced gate
+    then records the champion it replaced (a gate with evidence keeps the model it was
+    compared with as ``compared_with``); a passed gate compared with another model than the
+    one on the slot now is refused, nothing promoted."""
+    gate = session.get(GateDecision, gate_id)
+    if gate is None:
+        raise NotFoundError(f"gate decision {gate_id} is not in the registry")
+    newest = session.scalar(
+        select(Promotion).where(Promotion.slot == slot).order_by(Promotion.id.desc()).limit(1)
+    )
+    now_id = newest.model_id if newest is not None else None
+    if now_id == gate.champion_id:
+        return
+    now = session.get(Model, now_id) if now_id is not None else None
+    now_name = now.name if now is not None else None
+    was = (gate.evidence or {}).get("champion")
+    if not gate.forced:
+        raise InputError(
+            f"slot '{slot}' changed while the gate ran: it now serves {now_name}, not {was} "
+            "that the gate compared with; nothing was promoted: run the promotion again"
+        )
+    evidence = dict(gate.evidence or {}, champion=now_name)
+    if was is not None and evidence.get("data") is not None:
+        evidence["compared_with"] = was  # the statistics are against that model
+    gate.champion_id, gate.evidence = now_id, evidence  # a new dict: JSON changes are unseen
 
 
 def rollback(registry: Registry, workspace: Workspace, slot: str) -> SlotEntry:
@@ -146,8 +196,9 @@ def rollback(registry: Registry, workspace: Workspace, slot: str) -> SlotEntry:
             f"the bundle of {back.model} ({back.bundle_path}) is gone; export it again with "
             f"`pomlia model export {shlex.quote(back.model)}` and promote it with --force"
         )
-    point(current_link(workspace, slot), Path(back.bundle_path))
     with registry.session() as s:
+        lock_slot(s, slot)
+        point(current_link(workspace, slot), Path(back.bundle_path))
         row = Promotion(
             slot=slot, model_id=back.model_id, bundle_path=back.bundle_path, kind="rollback"
         )
