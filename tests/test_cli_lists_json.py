@@ -10,6 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from pomlia_hpc.cli import app
+from pomlia_hpc.errors import NotFoundError
 from pomlia_hpc.registry import Job, Model, Registry, Run, Task
 from pomlia_hpc.workspace import Workspace
 from tests.fixtures.factories import make_dataset
@@ -136,3 +137,20 @@ def test_missing_values_are_null_and_the_error_whole(filled: Workspace, reg: Reg
         assert model[key] is None, (key, model)
     table = " ".join(CliRunner().invoke(app, ["runs", "list"]).output.split())
     assert "None" not in table and "boom" not in table  # the table keeps the first line
+
+
+def test_a_filter_naming_nothing_is_an_error_not_an_empty_list(filled: Workspace) -> None:
+    """`model list --task nosuch` printed an empty table (exit 0) where `runs list --task
+    nosuch` says the task is not found; so did `data list nosuch` and `loop show nosuch`.
+    Each names what was not found and what is known, exit 2; a known name still lists."""
+    for args, expected in (
+        (["model", "list", "--task", "nosuch"], "task 'nosuch' not found; known: t"),
+        (["data", "list", "nosuch"], "dataset 'nosuch' not found; known: blood"),
+        (["loop", "show", "nosuch"], "slot 'nosuch' not found; known: none"),
+    ):
+        res = CliRunner().invoke(app, [*args, "--json"] if args[1] == "list" else args)
+        assert isinstance(res.exception, NotFoundError), (args, res.output)
+        assert str(res.exception).startswith(expected), args
+    for args, n in ((["model", "list", "--task", "t"], 1), (["data", "list", "blood"], 1)):
+        res = CliRunner().invoke(app, [*args, "--json"])
+        assert res.exit_code == 0 and len(json.loads(res.output)) == n, res.output

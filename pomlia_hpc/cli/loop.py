@@ -361,11 +361,16 @@ def loop_show(slot: SlotArg) -> None:
     """The slot's loop runs and what each stage produced."""
     from sqlalchemy import select
 
+    from pomlia_hpc.loop.promote import slots
     from pomlia_hpc.registry import LoopRun
+    from pomlia_hpc.registry.lookup import not_found
 
-    with STATE.registry().session() as s:
+    reg = STATE.registry()
+    with reg.session() as s:
         runs = s.scalars(select(LoopRun).where(LoopRun.slot == slot).order_by(LoopRun.id)).all()
     if not runs:
+        if slot not in (known := slots(reg)):  # a typo is an error, not "no loop runs"
+            raise not_found("slot", slot, known)
         console.print(f"slot {slot} has no loop runs")
         return
     for r in runs:

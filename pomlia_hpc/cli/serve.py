@@ -98,7 +98,9 @@ def export(
 
 @model_app.command("list")
 def list_models(
-    task: Annotated[str | None, typer.Option("--task", help="Only models of this task.")] = None,
+    task: Annotated[
+        str | None, typer.Option("--task", help="Only models of this task (name or id).")
+    ] = None,
     limit: Annotated[int, typer.Option(help="How many, newest first.")] = 50,
     as_json: JsonFlag = False,
 ) -> None:
@@ -107,12 +109,15 @@ def list_models(
     --json keys: id, name, task, dataset, run_id, study, arch, metric, test_score, exported
     (the bundle version), code_version, created_at."""
     from pomlia_hpc.registry import Model, Task
+    from pomlia_hpc.registry.lookup import by_name_or_id
 
     check_limit(limit)
     with STATE.registry().session() as s:
         q = select(Model, Task.name).join(Task, Model.task_id == Task.id, isouter=True)
         if task is not None:
-            q = q.where(Task.name == task)
+            # A task that does not exist is an error, as for `runs list --task`: an empty
+            # table read as "no models yet".
+            q = q.where(Model.task_id == by_name_or_id(s, Task, task, "task").id)
         rows = s.execute(q.order_by(Model.id.desc()).limit(limit)).all()
     if as_json:
         print_rows([_model_row(m, task_name) for m, task_name in rows])

@@ -50,6 +50,7 @@ from pomlia_hpc.data.writer import StoreWriter
 from pomlia_hpc.errors import InputError
 from pomlia_hpc.files import sweep_stale_temps, temp_name
 from pomlia_hpc.registry import Dataset, DatasetVersion, Registry
+from pomlia_hpc.registry.lookup import not_found
 from pomlia_hpc.workspace import Workspace
 
 ProgressFn = Callable[[str, int, int], None]
@@ -235,12 +236,17 @@ class VersionSummary:
 
 
 def list_versions(registry: Registry, name: str | None = None) -> list[VersionSummary]:
-    """All registered versions (of ``name`` if given), oldest first."""
+    """All registered versions (of ``name`` if given), oldest first. An unknown ``name`` is
+    a :class:`~pomlia_hpc.errors.NotFoundError` listing the datasets (an empty list read as
+    "no versions yet")."""
     with registry.session() as s:
         q = select(Dataset.name, DatasetVersion).join(
             Dataset, Dataset.id == DatasetVersion.dataset_id
         )
         if name is not None:
+            known = list(s.scalars(select(Dataset.name).order_by(Dataset.id)))
+            if name not in known:
+                raise not_found("dataset", name, known)
             q = q.where(Dataset.name == name)
         rows = list(s.execute(q.order_by(Dataset.name, DatasetVersion.id)))
         by_id = {v.id: v.version for _, v in rows}
