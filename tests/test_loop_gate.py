@@ -21,7 +21,7 @@ from pomlia_hpc.loop.harvest import harvest
 from pomlia_hpc.loop.lineage import lineage
 from pomlia_hpc.loop.promote import champion, gate_decisions, history, put_on_slot, rollback
 from pomlia_hpc.models.catalog import resolve_model
-from pomlia_hpc.registry import GateDecision, Registry
+from pomlia_hpc.registry import GateDecision, Model, Registry
 from pomlia_hpc.serve.predlog import log_dir
 from pomlia_hpc.serve.slots import current_bundle, current_link
 from pomlia_hpc.workspace import Workspace
@@ -245,3 +245,24 @@ def test_deploy_history_names_the_champion_of_every_gate(
     cells = [[c.strip() for c in line.split("│")[1:-1]] for line in gates.splitlines()]
     rows = [c[:3] for c in cells if c and c[0].isdigit()]  # id, challenger, champion
     assert [r[1:] for r in rows] == [["x1", "first"], ["x2", "x1"]]
+
+
+def test_lineage_names_each_step_once(
+    tmp_path: Path, workspace: Workspace, reg: Registry, wide_console: None
+) -> None:
+    """`lineage s2-best` printed `model model s2-best` and `study study s2 (best run 3, ...)`:
+    the step's kind was printed before a text that already names it."""
+    make_model(reg, tmp_path, "s2-best", 0, 0)
+    with reg.session() as s:
+        row = s.get(Model, resolve_model(reg, "s2-best").id)
+        assert row is not None
+        row.lineage = {"study": "s2", "run_id": 3, "task": "t"}
+    put_on_slot(reg, workspace, "p", "s2-best", kind="initial")
+    out = CliRunner().invoke(app, ["lineage", "s2-best"])
+    assert out.exit_code == 0, out.output
+    lines = [" ".join(line.split()) for line in out.output.splitlines()]
+    assert lines[0].startswith("promotion: initial on slot p at ")
+    assert lines[1].startswith("model s2-best (created ")
+    assert lines[2] == "study s2 (best run 3, task t)"
+    for doubled in ("model model", "study study", "promotion promotion"):
+        assert doubled not in out.output

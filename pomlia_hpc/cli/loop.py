@@ -395,4 +395,5 @@ def lineage_cmd(
 
     for step in lineage(STATE.registry(), model):
         indent = "" if step.kind in ("model", "replaced") else "  "
-        console.print(f"{indent}[bold]{step.kind}[/] {step.text}", highlight=False)
+        # The text names what the step is ("model x", "study s"): the kind is not repeated.
+        console.print(f"{indent}{step.text}", highlight=False, markup=False)

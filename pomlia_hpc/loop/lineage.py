@@ -31,7 +31,8 @@ MAX_DEPTH = 20
 
 @dataclass(frozen=True)
 class Step:
-    """One link: what (``kind``), its registry id, a line for people, details for machines."""
+    """One link: what (``kind``), its registry id, a line for people (it names what it is:
+    ``model x ...``, ``study s ...``), details for machines."""
 
     kind: str
     id: int | None
@@ -58,7 +59,7 @@ def _model_steps(registry: Registry, model: Model) -> tuple[list[Step], str | No
             select(Promotion).where(Promotion.model_id == model.id).order_by(Promotion.id.desc())
         ).all()
         for p in promos:
-            text = f"{p.kind} on slot {p.slot} at {p.created_at:%Y-%m-%d %H:%M:%S}"
+            text = f"promotion: {p.kind} on slot {p.slot} at {p.created_at:%Y-%m-%d %H:%M:%S}"
             if p.gate_id is not None and (g := s.get(GateDecision, p.gate_id)) is not None:
                 ev = g.evidence or {}
                 text += (
