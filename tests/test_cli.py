@@ -227,3 +227,43 @@ def test_output_to_a_file_is_not_folded_at_80_columns(tmp_path: Path) -> None:
 
     assert header(run("status").stdout)
     assert not header(run("status", columns="60").stdout)
+
+
+def test_a_value_that_is_not_a_number_is_one_line_naming_it(workspace: Workspace) -> None:
+    """`jobs cancel abc` and `monitor show pneumo` printed typer's boxed "Invalid value for
+    'job_id': Input should be a valid integer, unable to parse string as an integer", and
+    `jobs cancel -1` "No such option: -1". One line in the project's style now, exit 2."""
+    cases = (
+        (
+            ["jobs", "cancel", "abc"],
+            "error: job 'abc': expected a registry job id (a whole number; see pomlia jobs list)",
+        ),
+        (["jobs", "show", "1.5"], "error: job '1.5': expected a registry job id (a whole number;"),
+        (
+            ["monitor", "show", "pneumo"],
+            "error: report 'pneumo': expected a registry report id (a whole number; see pomlia "
+            "monitor history MODEL)",
+        ),
+        (
+            ["jobs", "cancel", "-1"],
+            "error: job '-1': expected a registry job id (a whole number >= 1; see pomlia jobs "
+            "list)",
+        ),
+        (["monitor", "show", "-2"], "error: report '-2': expected a registry report id"),
+        (
+            ["model", "register", "m", "x.pt", "--task-id", "q"],
+            "error: --task-id 'q': expected a registry task id (a whole number; see pomlia task "
+            "list)",
+        ),
+        (["model", "list", "--limit", "x"], "error: --limit 'x': expected a whole number"),
+        (["model", "export", "m", "--rtol", "x"], "error: --rtol 'x': expected a number"),
+        (["deploy", "history", "-1"], "error: no such option: -1 (a value starting with '-'"),
+    )
+    for args, expected in cases:
+        res = CliRunner().invoke(app, args)
+        out = " ".join(res.output.split())
+        assert res.exit_code == 2 and out.startswith(expected), (args, out)
+        assert "Input should be" not in out and "╭" not in out and "Usage:" not in out
+    # Other usage errors keep typer's message with the usage line.
+    res = CliRunner().invoke(app, ["jobs", "list", "--bogus"])
+    assert res.exit_code == 2 and "No such option: --bogus" in res.output
