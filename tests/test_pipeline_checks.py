@@ -20,6 +20,7 @@ from pomlia_hpc.pipeline.spec import load_pipeline, parse_pipeline
 from pomlia_hpc.pipeline.stage import StageContext
 from pomlia_hpc.registry import Registry
 from pomlia_hpc.workspace import Workspace
+from tests.fixtures.cli import dry_run
 from tests.fixtures.factories import tiny_npz
 
 REPO = Path(__file__).resolve().parents[1]
@@ -130,17 +131,6 @@ def test_each_kind_of_source_takes_the_options_the_data_room_lists() -> None:
         assert set(options) | set(LIMIT_OPTIONS) <= set(BY_KIND[kind]) <= set(OPTIONS)
 
 
-def _dry_run(path: Path, home: Path) -> subprocess.CompletedProcess[str]:
-    env = {"POMLIA_HOME": str(home), "PATH": "/usr/bin:/bin", "COLUMNS": "1000"}
-    return subprocess.run(
-        [sys.executable, "-m", "pomlia_hpc", "pipeline", "run", str(path), "--dry-run"],
-        capture_output=True,
-        text=True,
-        env={**env, "PYTHONPATH": str(REPO)},
-        check=False,
-    )
-
-
 def test_dry_run_refuses_bad_options_with_exit_2_and_the_file(tmp_path: Path) -> None:
     """Exit 1 and a traceback before; the data room's own refusals (an HDF5 file without
     `labels`) now say the file, the entry and the key too."""
@@ -157,7 +147,7 @@ def test_dry_run_refuses_bad_options_with_exit_2_and_the_file(tmp_path: Path) ->
         kind = {"folder": str(tmp_path)} if "val_fraction" in options else {"file": str(h5)}
         entry = {"name": "c", **kind, "options": options}
         path.write_text(yaml.safe_dump({"name": "p", "datasets": [entry]}))
-        proc = _dry_run(path, tmp_path / "ws")
+        proc = dry_run(path, tmp_path / "ws")
         assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
         assert f"{path}: " in proc.stderr and words in proc.stderr, proc.stderr
     assert "'options.labels' not given" in proc.stderr

@@ -26,6 +26,7 @@ from pomlia_hpc.pipeline.stage import (
 )
 from pomlia_hpc.registry import Registry
 from pomlia_hpc.workspace import Workspace
+from tests.fixtures.cli import dry_run
 
 REPO = Path(__file__).resolve().parents[1]
 MINIMAL: dict[str, Any] = {"name": "p", "datasets": [{"name": "a", "medmnist": "bloodmnist"}]}
@@ -89,18 +90,6 @@ def test_relative_paths_are_relative_to_the_file() -> None:
     spec = _parse({**MINIMAL, "datasets": [{"name": "a", "file": "x/a.npz"}]})
     assert spec.path("x/a.npz") == Path("/data/x/a.npz")
     assert spec.path("/abs/a.npz") == Path("/abs/a.npz")
-
-
-def dry_run(path: Path, home: Path) -> subprocess.CompletedProcess[str]:
-    """``pomlia pipeline run PATH --dry-run`` as a user runs it (the console's own process)."""
-    env = {"POMLIA_HOME": str(home), "PATH": "/usr/bin:/bin", "COLUMNS": "1000"}
-    return subprocess.run(
-        [sys.executable, "-m", "pomlia_hpc", "pipeline", "run", str(path), "--dry-run"],
-        capture_output=True,
-        text=True,
-        env={**env, "PYTHONPATH": str(REPO)},
-        check=False,
-    )
 
 
 def test_cli_bad_file_exits_2_with_one_line(tmp_path: Path) -> None:
