@@ -122,12 +122,19 @@ def create_study(
         recent_share=recent_share,
         created_at=stamp.isoformat(),
     )
-    # Checked again under the study's lock: a start of the same name racing this one may have
-    # written its study.json meanwhile, and one of the two must be refused, not overwritten.
-    with held_lock(folder / CLAIM_FILE, f"study '{name}'"):
-        _new_study_folder(workspace, name)
-        write_json(folder / SPEC_FILE, spec.to_dict())
+    _claim_study(workspace, spec)
     return spec
+
+
+def _claim_study(workspace: Workspace, spec: StudySpec) -> None:
+    """Write ``spec``'s ``study.json``, refused (nothing written) when a study of its name
+    exists. Checked again under the study's lock: a start of the same name racing this one may
+    have written its study.json since the first check, and one of the two must be refused,
+    not overwritten."""
+    folder = study_dir(workspace, spec.name)
+    with held_lock(folder / CLAIM_FILE, f"study '{spec.name}'"):
+        _new_study_folder(workspace, spec.name)
+        write_json(folder / SPEC_FILE, spec.to_dict())
 
 
 def _checked_task(registry: Registry, task: str) -> tuple[Task, DatasetVersion, str]:
