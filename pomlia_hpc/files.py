@@ -28,6 +28,7 @@ import json
 import os
 import shutil
 import socket
+import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
@@ -319,6 +320,11 @@ def replace_link(link: str | Path, points_to: str | Path, *, fsync: bool = True)
 
 #: Seconds :func:`held_lock` waits for another holder before giving up.
 LOCK_WAIT_S = 60.0
+#: What ``lockf`` fails with on a file system that does not lock (NFS without ``lockd``:
+#: ENOLCK; Lustre mounted without ``flock``, some FUSE file systems: ENOSYS, EOPNOTSUPP).
+NO_LOCKING_ERRNOS = frozenset({errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP, errno.ENOTSUP})
+#: The lock files :func:`held_lock` already warned about (once per process and file).
+_warned_unlocked: set[Path] = set()
 
 
 @contextlib.contextmanager
@@ -329,25 +335,64 @@ def held_lock(path: str | Path, what: str, *, wait_s: float = LOCK_WAIT_S) -> It
 
     A POSIX record lock (``lockf``): the kernel drops it when its holder dies, however it
     dies, and NFS clients pass it to the server, so processes on other nodes of a shared file
-    system wait for it too. Hold it for a check and the claim after it, not for long work."""
+    system wait for it too. Hold it for a check and the claim after it, not for long work.
+
+    A file system that cannot lock (:data:`NO_LOCKING_ERRNOS`) runs the block without the lock
+    after one warning on stderr: the work went on there before locks existed, only concurrent
+    claims are no longer excluded. A lock file that cannot be created (a read-only folder) is
+    an :class:`~pomlia_hpc.errors.InputError` naming it."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as fh:
-        deadline = time.monotonic() + wait_s
-        while True:
-            try:
-                fcntl.lockf(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except OSError as exc:
-                if exc.errno not in (errno.EACCES, errno.EAGAIN):
-                    raise
-                if time.monotonic() >= deadline:
-                    raise PomliaError(
-                        f"{what}: the lock {path} stayed held by another process for "
-                        f"{wait_s:.0f} s; try again"
-                    ) from exc
-                time.sleep(0.05)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fh = path.open("a")
+    except OSError as exc:
+        raise InputError(
+            f"{what}: the lock file {path} cannot be created: {exc.strerror or exc}; "
+            "expected a writable folder"
+        ) from exc
+    with fh:
+        if not _lock(fh, path, what, wait_s):
+            yield
+            return
         try:
             yield
         finally:
             fcntl.lockf(fh, fcntl.LOCK_UN)
+
+
+def _lock(fh: IO[str], path: Path, what: str, wait_s: float) -> bool:
+    """Take :func:`held_lock`'s lock on ``fh`` (waiting at most ``wait_s`` seconds); False
+    (after the warning) where the file system does not lock."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            fcntl.lockf(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except OSError as exc:
+            if exc.errno in NO_LOCKING_ERRNOS:
+                _warn_unlocked(path, what, exc)
+                return False
+            if exc.errno not in (errno.EACCES, errno.EAGAIN):
+                raise
+            if time.monotonic() >= deadline:
+                raise PomliaError(
+                    f"{what}: the lock {path} stayed held by another process for "
+                    f"{wait_s:.0f} s; try again"
+                ) from exc
+            time.sleep(0.05)
+
+
+def _warn_unlocked(path: Path, what: str, exc: OSError) -> None:
+    """Say once per lock file that its file system does not lock."""
+    if path in _warned_unlocked:
+        return
+    _warned_unlocked.add(path)
+    reason = errno.errorcode.get(exc.errno or 0, str(exc.errno))
+    with contextlib.suppress(OSError):  # stderr's reader has gone: the work goes on
+        print(
+            f"warning: {what}: the file system of {path} does not support locks ({reason}: "
+            f"{exc.strerror}); going on without the lock, so concurrent starts are not "
+            "excluded",
+            file=sys.stderr,
+            flush=True,
+        )

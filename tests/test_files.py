@@ -3,6 +3,8 @@ or not at all, and what dead writers of this host left is swept."""
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
 import re
 import subprocess
@@ -14,6 +16,7 @@ import pytest
 from pomlia_hpc.errors import InputError
 from pomlia_hpc.files import (
     atomic_target,
+    held_lock,
     make_dirs,
     remove_made_dirs,
     replace_link,
@@ -195,3 +198,46 @@ def test_a_folder_name_too_long_leaves_none_of_the_folders_made_before_it(tmp_pa
     with pytest.raises(OSError, match="too long"):
         make_dirs(tmp_path / "new1" / "new2" / ("x" * 300) / "deeper")
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("code", [errno.ENOLCK, errno.ENOSYS, errno.EOPNOTSUPP])
+def test_a_file_system_without_locks_warns_once_and_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], code: int
+) -> None:
+    """NFS without lockd (ENOLCK), Lustre without flock or FUSE (ENOSYS, EOPNOTSUPP): the raw
+    OSError stopped every automl run, --resume and fingerprint train that used to work there."""
+
+    def no_locks(fh: object, cmd: int, *args: object) -> None:
+        raise OSError(code, os.strerror(code))
+
+    monkeypatch.setattr(fcntl, "lockf", no_locks)
+    lock, ran = tmp_path / "s" / ".lock", []
+    for _ in range(2):
+        with held_lock(lock, "study 's'"):
+            ran.append(1)
+    assert ran == [1, 1]
+    err = " ".join(capsys.readouterr().err.split())
+    assert err.count("warning:") == 1, err  # once, not at every heartbeat
+    assert f"{lock} does not support locks ({errno.errorcode[code]}" in err
+    assert "concurrent starts are not excluded" in err
+
+
+def test_a_lock_that_cannot_be_created_is_one_input_error(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(InputError) as refused, held_lock(tmp_path / "file" / ".lock", "study 's'"):
+        pass
+    assert str(refused.value).startswith(f"study 's': the lock file {tmp_path / 'file'}/.lock")
+    assert "expected a writable folder" in str(refused.value)
+
+
+@pytest.mark.skipif(os.geteuid() == 0, reason="root writes into a read-only folder")
+def test_a_lock_in_a_read_only_folder_is_one_input_error(tmp_path: Path) -> None:
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    folder.chmod(0o555)
+    try:
+        with pytest.raises(InputError, match="Permission denied"), held_lock(folder / ".l", "x"):
+            pass
+    finally:
+        folder.chmod(0o755)
+    assert not (folder / ".l").exists()
