@@ -16,8 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from pomlia_hpc.automl import records
+from pomlia_hpc.automl import liveness, records
 from pomlia_hpc.automl.liveness import (
+    CLAIM_FILE,
     DRIVER_FILE,
     STALE_AFTER_S,
     DriverBeat,
@@ -26,6 +27,7 @@ from pomlia_hpc.automl.liveness import (
     driver_gone,
     read_driver,
 )
+from pomlia_hpc.files import held_lock
 from pomlia_hpc.registry import Registry
 from pomlia_hpc.workspace import Workspace
 from tests.fixtures.cli import cli_ok
@@ -210,11 +212,19 @@ def test_a_resume_while_the_study_runs_is_refused(workspace: Workspace) -> None:
     while read_driver(workspace, "cc") is None:
         assert proc.poll() is None and time.time() < deadline, "the driver did not start"
         time.sleep(0.2)
-    second = _pomlia(
-        workspace, "automl", "run", "blood", "--study", "cc", "--resume",
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-    )  # fmt: skip
-    out, err = (x.decode() for x in second.communicate(timeout=120))
+    # The first driver is stopped (alive, but it cannot finish) until the second has exited:
+    # a 2-trial study could otherwise end before the second, importing torch, reaches its
+    # check. Stopped while this test holds the claim lock, so it cannot be stopped holding it.
+    with held_lock(workspace.path("runs", "cc", CLAIM_FILE), "test"):
+        proc.send_signal(signal.SIGSTOP)
+    try:
+        second = _pomlia(
+            workspace, "automl", "run", "blood", "--study", "cc", "--resume",
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )  # fmt: skip
+        out, err = (x.decode() for x in second.communicate(timeout=120))
+    finally:
+        proc.send_signal(signal.SIGCONT)
     text = " ".join((out + err).split())
     assert second.returncode != 0 and "Traceback" not in text, text
     assert f"is being driven by pid {proc.pid}" in text, text
@@ -222,3 +232,119 @@ def test_a_resume_while_the_study_runs_is_refused(workspace: Workspace) -> None:
     runs = records.study_runs(reg, "cc")
     assert len(runs) == 2 and all(r.status == "ok" for r in runs)
     reg.dispose()
+
+
+def test_a_second_driver_in_the_same_slurm_job_is_refused_until_a_requeue(
+    workspace: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two `automl run --resume` in one salloc share SLURM_JOB_ID: the second took the study
+    over as if the job had been requeued, and both drove it. Only a restarted job takes over."""
+    monkeypatch.setenv("SLURM_JOB_ID", "777")
+    monkeypatch.delenv("SLURM_RESTART_COUNT", raising=False)
+    first, second = DriverBeat(workspace, "salloc"), DriverBeat(workspace, "salloc")
+    first.start()  # this process: alive, same job, restart count 0
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "0")
+    with pytest.raises(DriverBusyError):
+        second.start()
+    assert read_driver(workspace, "salloc") == first.record
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")  # Slurm requeued the job: it takes over
+    second.start()
+    assert read_driver(workspace, "salloc") == second.record
+    assert first.record is not None and first.record.slurm_restart == 0
+    assert second.record is not None and second.record.slurm_restart == 1
+
+
+def _fake_sacct(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, job: str) -> Path:
+    """An ``sacct`` on PATH that reports job ``job`` in the state the returned file holds."""
+    bin_dir, state = tmp_path / "bin", tmp_path / "state"
+    bin_dir.mkdir()
+    sacct = bin_dir / "sacct"
+    t = "2026-01-01T00:00:00"
+    sacct.write_text(f'#!/bin/sh\necho "{job}|$(cat {state})|{t}|{t}|0:0"\n')
+    sacct.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    return state
+
+
+def test_a_resubmitted_job_takes_over_once_slurm_says_the_old_one_ended(
+    workspace: Workspace, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """`sbatch jobs/automl.sbatch` again with the same STUDY after a TIMEOUT or scancel: the
+    killed driver wrote no end, and the new job (on another node) was refused for 5 minutes."""
+    path = workspace.path("runs", "resub", DRIVER_FILE)
+    path.parent.mkdir(parents=True)
+    now = time.time()
+    old = DriverRecord("other-node", 4242, now - 600, now - 20, slurm_job="555")
+    path.write_text(json.dumps(dataclasses.asdict(old)))
+    monkeypatch.setenv("SLURM_JOB_ID", "556")
+    state = _fake_sacct(tmp_path, monkeypatch, "555")
+    state.write_text("RUNNING")
+    with pytest.raises(DriverBusyError) as busy:
+        DriverBeat(workspace, "resub").start()
+    state.write_text("")  # accounting unreadable: the driver counts as at work
+    with pytest.raises(DriverBusyError):
+        DriverBeat(workspace, "resub").start()
+    assert read_driver(workspace, "resub") == old
+    state.write_text("TIMEOUT")
+    monkeypatch.delenv("SLURM_JOB_ID")  # also from outside Slurm
+    new = DriverBeat(workspace, "resub")
+    new.start()
+    assert read_driver(workspace, "resub") == new.record
+    assert "`scancel 555`" in str(busy.value)  # how to stop it names its job
+
+
+def test_a_sigterm_to_the_driver_writes_its_end(workspace: Workspace) -> None:
+    """A driver killed by SIGTERM (scancel, the time limit) ran no `finally` and wrote no end,
+    so its study looked driven until the heartbeat went stale."""
+    code = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from pomlia_hpc.automl.liveness import DriverBeat\n"
+        "from pomlia_hpc.workspace import Workspace\n"
+        f"ws = Workspace(home=Path({str(workspace.home)!r}), db_url='sqlite://', "
+        "cluster_profile='local')\n"
+        "with DriverBeat(ws, 'term').driving():\n"
+        "    print('driving', flush=True)\n"
+        "    time.sleep(120)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("SLURM_JOB_ID", None)
+    workspace.path("runs", "term").mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE)
+    assert proc.stdout is not None and proc.stdout.readline() == b"driving\n"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=60) == -signal.SIGTERM  # it still dies of the signal
+    record = read_driver(workspace, "term")
+    assert record is not None and record.pid == proc.pid and record.ended is not None
+
+
+def test_an_old_drivers_beat_waits_for_the_claim_lock(
+    workspace: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """beat/end read driver.json, then wrote it, without the claim lock: a takeover between the
+    two was overwritten by the old driver. They hold the lock now (and skip a write rather
+    than wait long for it: a heartbeat is advice)."""
+    beat = DriverBeat(workspace, "locked")
+    beat.start()
+    lock = workspace.path("runs", "locked", CLAIM_FILE)
+    code = (
+        "import sys, time\n"
+        "from pomlia_hpc.files import held_lock\n"
+        "with held_lock(sys.argv[1], 'test'):\n"
+        "    print('held', flush=True)\n"
+        "    time.sleep(60)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    holder = subprocess.Popen(
+        [sys.executable, "-c", code, str(lock)], env=env, stdout=subprocess.PIPE
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == b"held\n"
+        monkeypatch.setattr(liveness, "BEAT_LOCK_WAIT_S", 0.3)
+        beat.end()  # the lock is held elsewhere (a takeover at work): nothing written
+        assert (read_driver(workspace, "locked") or beat.record).ended is None
+    finally:
+        holder.kill()
+        holder.wait()
+    beat.end()
+    assert (read_driver(workspace, "locked") or DriverRecord("", 0, 0, 0)).ended is not None

@@ -7,8 +7,13 @@ A study has one driver at a time: :meth:`DriverBeat.start` claims the study unde
 driver on file is at work, so two ``--resume`` (or a resume racing a run) never train the same
 configurations twice.
 
+A driver killed without writing its end is taken over at once when that is certain: on this
+host when its process is gone; in the same Slurm job when Slurm restarted the job since
+(``SLURM_RESTART_COUNT``); from another Slurm job when accounting reports that job ended
+(``sacct``). And a SIGTERM that nothing else in the driver handles writes the end first.
+
 Apart from :mod:`pomlia_hpc.automl.study` (which imports torch) so that registry queries can
-use it. Only the driver writes the file; nothing here touches a process.
+use it. Only the driver writes the file; nothing here signals another process.
 """
 
 from __future__ import annotations
@@ -16,15 +21,20 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import signal
 import socket
+import subprocess
+import threading
 import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
+from types import FrameType
 
 import psutil
 
 from pomlia_hpc.automl.folders import study_dir
-from pomlia_hpc.errors import PomliaError
+from pomlia_hpc.errors import ClusterError, PomliaError
 from pomlia_hpc.files import held_lock, write_atomic
 from pomlia_hpc.processes import pid_alive
 from pomlia_hpc.workspace import Workspace
@@ -35,6 +45,8 @@ DRIVER_FILE = "driver.json"
 CLAIM_FILE = ".driver.lock"
 #: Seconds between two heartbeats of a driver.
 BEAT_S = 30.0
+#: Seconds a heartbeat or end waits for the claim lock before it is skipped.
+BEAT_LOCK_WAIT_S = 5.0
 #: Seconds without a heartbeat after which a driver on another host counts as gone (ten
 #: missed beats: a busy shared file system delays a write by seconds, not minutes).
 STALE_AFTER_S = 300.0
@@ -59,6 +71,10 @@ class DriverRecord:
     #: ``jobs/automl.sbatch`` keeps its job id, and its killed previous attempt (which wrote
     #: no end, perhaps on another node) is not a second driver.
     slurm_job: str | None = None
+    #: Slurm's restart count of that job (``SLURM_RESTART_COUNT``; 0 before a requeue, None
+    #: in records from before it): the same job id with the same count is not a requeue but a
+    #: second driver in the same allocation (two ``--resume`` in one ``salloc``).
+    slurm_restart: int | None = None
 
 
 #: Where the kernel tells a process's boot-relative start (Linux); absent elsewhere.
@@ -121,8 +137,7 @@ class DriverBeat:
         with held_lock(self.path.with_name(CLAIM_FILE), f"study '{study}'"):
             on_file = read_driver_file(self.path)
             job = os.environ.get("SLURM_JOB_ID") or None
-            requeued = on_file is not None and job is not None and on_file.slurm_job == job
-            if on_file is not None and not requeued and driver_gone(on_file) is None:
+            if on_file is not None and not may_take_over(on_file, job, slurm_restarts()):
                 raise DriverBusyError(busy_message(study, on_file))
             now, pid = time.time(), os.getpid()
             self.record = DriverRecord(
@@ -134,6 +149,7 @@ class DriverBeat:
                 _process_start(pid),
                 _process_ticks(pid),
                 job,
+                slurm_restarts() if job is not None else None,
             )
             # Not through _write: the claim must be on disk before the lock is let go.
             write_atomic(self.path, json.dumps(asdict(self.record)), fsync=False)
@@ -151,23 +167,54 @@ class DriverBeat:
             self.record = replace(self.record, beat=now, ended=now)
             self._write(only_if_mine=True)
 
+    @contextlib.contextmanager
+    def driving(self) -> Iterator[None]:
+        """:meth:`start`, the block, then :meth:`end` however the block ends. A SIGTERM
+        (``scancel``, Slurm's time limit) kills a Python process without running ``finally``,
+        so while no one else handles SIGTERM in this process (a pipeline stage's
+        ``cluster.terminate`` handler, submitit's in a job: those end the block by an
+        exception), the block's SIGTERM writes the end and then kills the process as before."""
+        self.start()
+        previous = None
+        main = threading.current_thread() is threading.main_thread()  # only it sets handlers
+        if main and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+            previous = signal.signal(signal.SIGTERM, self._end_and_die)
+        try:
+            yield
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGTERM, previous)
+            self.end()
+
+    def _end_and_die(self, signum: int, frame: FrameType | None) -> None:
+        """SIGTERM while :meth:`driving`: write the end, then die of the signal as before (the
+        exit status still says SIGTERM; trials left running are taken up by a --resume)."""
+        self.end()
+        signal.signal(signum, signal.SIG_DFL)
+        signal.raise_signal(signum)
+
     def _write(self, *, only_if_mine: bool = False) -> None:
         """Write the record; with ``only_if_mine``, only while the file still names this driver:
         a second driver of the study (a second ``--resume``) took it over, and the first one's
-        beat or ``ended`` would hide the driver at work."""
+        beat or ``ended`` would hide the driver at work. That read and the write hold the claim
+        lock, so a takeover cannot land between them."""
         if self.record is None:
             return
-        if only_if_mine:
-            on_file = read_driver_file(self.path)
-            if on_file is not None and (on_file.host, on_file.pid, on_file.started) != (
-                self.record.host,
-                self.record.pid,
-                self.record.started,
-            ):
-                return
-        # Liveness is advice for readers: never stop a study over it. No fsync: a heartbeat
-        # lost to a power cut only makes the driver look gone sooner.
-        with contextlib.suppress(OSError):
+        # Liveness is advice for readers: never stop a study over it (a lock held by a stuck
+        # process waits :data:`BEAT_LOCK_WAIT_S`, not a minute). No fsync: a heartbeat lost to
+        # a power cut only makes the driver look gone sooner.
+        with (
+            contextlib.suppress(OSError, PomliaError),
+            held_lock(self.path.with_name(CLAIM_FILE), "driver.json", wait_s=BEAT_LOCK_WAIT_S),
+        ):
+            if only_if_mine:
+                on_file = read_driver_file(self.path)
+                if on_file is not None and (on_file.host, on_file.pid, on_file.started) != (
+                    self.record.host,
+                    self.record.pid,
+                    self.record.started,
+                ):
+                    return
             write_atomic(self.path, json.dumps(asdict(self.record)), fsync=False)
 
 
@@ -192,9 +239,10 @@ def busy_message(study: str, record: DriverRecord, now: float | None = None) -> 
             "trials stay for a later --resume)"
         )
     wait = max(0.0, record.beat + STALE_AFTER_S - now)
+    job = f"`scancel {record.slurm_job}`" if record.slurm_job else "cancel its job"
     return (
         f"{head}: its process cannot be checked from here; stop it on {record.host} "
-        f"(`kill {record.pid}` there, or cancel its job), or, if that host is gone, retry once "
+        f"(`kill {record.pid}` there, or {job}), or, if that host is gone, retry once "
         f"its heartbeat is {STALE_AFTER_S / 60:.0f} min old (in {wait / 60:.0f} min)"
     )
 
@@ -217,6 +265,7 @@ def read_driver_file(path: Path) -> DriverRecord | None:
             proc_start=None if raw.get("proc_start") is None else float(raw["proc_start"]),
             proc_ticks=None if raw.get("proc_ticks") is None else str(raw["proc_ticks"]),
             slurm_job=None if raw.get("slurm_job") is None else str(raw["slurm_job"]),
+            slurm_restart=None if raw.get("slurm_restart") is None else int(raw["slurm_restart"]),
         )
     except (OSError, ValueError, KeyError, TypeError):
         return None
@@ -241,3 +290,46 @@ def driver_gone(record: DriverRecord, now: float | None = None) -> str | None:
     if silent >= STALE_AFTER_S:
         return f"its driver ({who}) has not reported for {silent / 60:.0f} min"
     return None
+
+
+def slurm_restarts() -> int:
+    """How often Slurm restarted (requeued) this process's job: ``SLURM_RESTART_COUNT``, 0
+    when unset (the first attempt, or outside Slurm)."""
+    try:
+        return int(os.environ.get("SLURM_RESTART_COUNT") or 0)
+    except ValueError:
+        return 0
+
+
+def may_take_over(record: DriverRecord, job: str | None, restarts: int) -> bool:
+    """Whether a driver starting in Slurm job ``job`` (None outside Slurm), restarted
+    ``restarts`` times, may take the study over from ``record``'s: that driver is gone
+    (:func:`driver_gone`); or it ran in this job and Slurm restarted the job since (a requeue
+    killed it, wherever it ran; the same restart count is a second driver in the same
+    allocation); or it ran in another Slurm job that the scheduler reports ended (killed at
+    its time limit or by ``scancel``, it wrote no end, and a resubmission usually runs on
+    another node, where its heartbeat decides only after :data:`STALE_AFTER_S`)."""
+    if driver_gone(record) is not None:
+        return True
+    if record.slurm_job is None:
+        return False
+    if record.slurm_job == job:
+        return restarts > (record.slurm_restart or 0)
+    return slurm_job_ended(record.slurm_job) is not None
+
+
+def slurm_job_ended(job_id: str) -> str | None:
+    """The final state (``TIMEOUT``, ``CANCELLED``, ...) Slurm's accounting reports for job
+    ``job_id``, or None while it may still run: queued, running, requeued, or its state cannot
+    be read (no ``sacct``, accounting down), as a driver that cannot be checked counts as at
+    work. A node failure or preemption is final only for the attempt; if Slurm requeues the
+    job, its next attempt finds this driver at work and is refused."""
+    # Imported here: `runs list` reads driver records without the scheduler's modules.
+    from pomlia_hpc.cluster.records import sacct_states
+    from pomlia_hpc.vocab import FINAL_STATES
+
+    try:
+        state = sacct_states([job_id]).get(job_id)
+    except (ClusterError, OSError, subprocess.SubprocessError):
+        return None
+    return state.state if state is not None and state.state in FINAL_STATES else None

@@ -77,11 +77,8 @@ class StudyRunner(TrialRunner):
         (:mod:`pomlia_hpc.automl.liveness`): ``pomlia runs list`` flags the running trials of a
         study whose driver is gone."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.liveness.start()
-        try:
+        with self.liveness.driving():
             return self.search(resume)
-        finally:
-            self.liveness.end()
 
     def search(self, resume: bool) -> StudyResult:
         """:meth:`run`'s work: ask, submit, collect and tell until the study is done."""
