@@ -63,6 +63,12 @@ class LoopContext:
             raise LoopError(f"loop run {self.run_id}: stage '{stage}' has no recorded output")
         return self.outputs[stage]
 
+    def record(self, stage: str, output: StageOutput) -> None:
+        """Replace the recorded output of an earlier ``stage`` (e.g. the redeploy's new gate
+        after the slot changed), so that a resume reads the new one."""
+        _record(self.registry, self.run_id, stage, output)
+        self.outputs[stage] = output
+
 
 Stage = tuple[str, Callable[[LoopContext], StageOutput]]
 

@@ -21,7 +21,7 @@ from sqlalchemy import select
 from pomlia_hpc.data.harvest import harvest_info
 from pomlia_hpc.data.store import DatasetStore, find_version, open_store
 from pomlia_hpc.errors import InputError
-from pomlia_hpc.loop.promote import SlotEntry, champion, put_on_slot
+from pomlia_hpc.loop.promote import SlotEntry, champion, is_superseded, put_on_slot
 from pomlia_hpc.loop.stats import GateResult, PairedCounts, check_levels, decide
 from pomlia_hpc.models.catalog import resolve_model
 from pomlia_hpc.models.checkpoint import load_classifier
@@ -107,17 +107,29 @@ def run_gate(
     loop_run_id: int | None = None,
 ) -> GateOutcome:
     """Compare the slot's champion with ``challenger_ref`` and record the decision (see the
-    module docstring). Within one loop run a decision is made once and then read back."""
+    module docstring). Within one loop run a decision is made once and then read back, unless
+    it was superseded (the slot changed before the redeploy)."""
     chal = resolve_model(registry, challenger_ref)
     champ_entry = champion(registry, slot)
     if champ_entry is None:
         raise InputError(f"slot '{slot}' serves no model yet: promote a first one (no gate needed)")
     if loop_run_id is not None:
         with registry.session() as s:
-            done = s.scalar(
-                select(GateDecision).where(
-                    GateDecision.loop_run_id == loop_run_id, GateDecision.challenger_id == chal.id
-                )
+            # A superseded decision compared with a model the slot no longer serves: gate again.
+            done = next(
+                (
+                    g
+                    for g in s.scalars(
+                        select(GateDecision)
+                        .where(
+                            GateDecision.loop_run_id == loop_run_id,
+                            GateDecision.challenger_id == chal.id,
+                        )
+                        .order_by(GateDecision.id.desc())
+                    )
+                    if not is_superseded(g)
+                ),
+                None,
             )
         if done is not None:
             return _outcome(done, champ_entry.model, chal.name)

@@ -27,6 +27,18 @@ from pomlia_hpc.workspace import Workspace
 
 KINDS = ("initial", "promoted", "forced", "rollback")
 
+#: The evidence key of a gate decision that no longer counts (the slot changed after it).
+SUPERSEDED = "superseded"
+
+
+class SlotChangedError(InputError):
+    """A passed gate compared its challenger with a model the slot no longer serves (a
+    promotion or rollback landed after the gate): nothing was promoted."""
+
+    def __init__(self, message: str, *, slot: str, gate_id: int, now: str | None) -> None:
+        super().__init__(message)
+        self.slot, self.gate_id, self.now = slot, gate_id, now
+
 
 @dataclass(frozen=True)
 class SlotEntry:
@@ -60,12 +72,16 @@ def _entry(p: Promotion, model_name: str) -> SlotEntry:
 def history(registry: Registry, slot: str) -> list[SlotEntry]:
     """The slot's promotions, oldest first."""
     with registry.session() as s:
-        rows = s.execute(
-            select(Promotion, Model.name)
-            .join(Model, Model.id == Promotion.model_id)
-            .where(Promotion.slot == slot)
-            .order_by(Promotion.id)
-        ).all()
+        return _history(s, slot)
+
+
+def _history(session: Session, slot: str) -> list[SlotEntry]:
+    rows = session.execute(
+        select(Promotion, Model.name)
+        .join(Model, Model.id == Promotion.model_id)
+        .where(Promotion.slot == slot)
+        .order_by(Promotion.id)
+    ).all()
     return [_entry(p, name) for p, name in rows]
 
 
@@ -119,6 +135,11 @@ def put_on_slot(
             if done is not None:
                 point(link, Path(done.bundle_path))  # the link may not have moved before a kill
                 return _entry(done, model.name)
+        if kind == "initial":
+            first = _first_model(s, slot, model)
+            if first is not None:
+                point(link, Path(first.bundle_path))  # a kill may have left the link behind
+                return _entry(first, model.name)
         if gate_id is not None:
             _settle_gate(s, slot, gate_id)
         point(link, bundle.root)
@@ -149,6 +170,25 @@ def lock_slot(session: Session, slot: str) -> None:
         session.execute(text("SELECT 1"))
 
 
+def _first_model(session: Session, slot: str, model: Model) -> Promotion | None:
+    """Under the slot's lock, for an ``initial`` promotion: None while the slot is empty; the
+    slot's newest row when it already serves ``model`` (the same first promotion, twice);
+    otherwise an :class:`InputError`: another first model landed since the slot was read
+    empty, and replacing it silently would skip the gate."""
+    newest = session.scalar(
+        select(Promotion).where(Promotion.slot == slot).order_by(Promotion.id.desc()).limit(1)
+    )
+    if newest is None or newest.model_id == model.id:
+        return newest
+    now = session.get(Model, newest.model_id)
+    raise InputError(
+        f"slot '{slot}' was empty when this promotion of {model.name} began, but "
+        f"{now.name if now else newest.model_id} was put on it meanwhile; nothing was "
+        f"promoted: run `pomlia deploy promote {shlex.quote(slot)} {shlex.quote(model.name)}` "
+        "again to gate it against that champion"
+    )
+
+
 def _settle_gate(session: Session, slot: str, gate_id: int) -> None:
     """Make gate ``gate_id`` name the champion its promotion replaces, read under the slot's
     lock. Another promotion may have landed after the gate read the champion: a forced gate
@@ -168,9 +208,12 @@ def _settle_gate(session: Session, slot: str, gate_id: int) -> None:
     now_name = now.name if now is not None else None
     was = (gate.evidence or {}).get("champion")
     if not gate.forced:
-        raise InputError(
+        raise SlotChangedError(
             f"slot '{slot}' changed while the gate ran: it now serves {now_name}, not {was} "
-            "that the gate compared with; nothing was promoted: run the promotion again"
+            "that the gate compared with; nothing was promoted: run the promotion again",
+            slot=slot,
+            gate_id=gate_id,
+            now=now_name,
         )
     evidence = dict(gate.evidence or {}, champion=now_name)
     if was is not None and evidence.get("data") is not None:
@@ -179,25 +222,27 @@ def _settle_gate(session: Session, slot: str, gate_id: int) -> None:
 
 
 def rollback(registry: Registry, workspace: Workspace, slot: str) -> SlotEntry:
-    """Serve the champion before the current one again (recorded as ``rollback``)."""
-    rows = history(registry, slot)
-    if not rows:
-        raise NotFoundError(f"slot '{slot}' has never served a model; nothing to roll back")
-    now = rows[-1]
-    earlier = [r for r in rows[:-1] if r.model_id != now.model_id]
-    if not earlier:
-        raise InputError(
-            f"slot '{slot}' has served only {now.model}; there is no previous champion to "
-            "roll back to"
-        )
-    back = earlier[-1]
-    if not (Path(back.bundle_path) / "card.json").is_file():
-        raise NotFoundError(
-            f"the bundle of {back.model} ({back.bundle_path}) is gone; export it again with "
-            f"`pomlia model export {shlex.quote(back.model)}` and promote it with --force"
-        )
+    """Serve the champion before the current one again (recorded as ``rollback``). The
+    history is read with the slot locked: a promotion landing between the read and the
+    lock would otherwise be undone by a rollback to the model before it."""
     with registry.session() as s:
         lock_slot(s, slot)
+        rows = _history(s, slot)
+        if not rows:
+            raise NotFoundError(f"slot '{slot}' has never served a model; nothing to roll back")
+        now = rows[-1]
+        earlier = [r for r in rows[:-1] if r.model_id != now.model_id]
+        if not earlier:
+            raise InputError(
+                f"slot '{slot}' has served only {now.model}; there is no previous champion to "
+                "roll back to"
+            )
+        back = earlier[-1]
+        if not (Path(back.bundle_path) / "card.json").is_file():
+            raise NotFoundError(
+                f"the bundle of {back.model} ({back.bundle_path}) is gone; export it again with "
+                f"`pomlia model export {shlex.quote(back.model)}` and promote it with --force"
+            )
         point(current_link(workspace, slot), Path(back.bundle_path))
         row = Promotion(
             slot=slot, model_id=back.model_id, bundle_path=back.bundle_path, kind="rollback"
@@ -205,6 +250,23 @@ def rollback(registry: Registry, workspace: Workspace, slot: str) -> SlotEntry:
         s.add(row)
         s.flush()
         return _entry(row, back.model)
+
+
+def supersede_gate(registry: Registry, gate_id: int, champion_now: str | None) -> None:
+    """Mark gate decision ``gate_id`` superseded: the slot serves ``champion_now`` since, so
+    the decision no longer says whether its challenger should replace the champion. A loop
+    run then gates its challenger again instead of reading this decision back."""
+    with registry.session() as s:
+        gate = s.get(GateDecision, gate_id)
+        if gate is None:
+            raise NotFoundError(f"gate decision {gate_id} is not in the registry")
+        # A new dict: SQLAlchemy does not see changes inside a JSON value.
+        gate.evidence = {**(gate.evidence or {}), SUPERSEDED: {"champion_now": champion_now}}
+
+
+def is_superseded(gate: GateDecision) -> bool:
+    """Whether ``gate`` was marked by :func:`supersede_gate`."""
+    return SUPERSEDED in (gate.evidence or {})
 
 
 def gate_decisions(registry: Registry, slot: str) -> list[GateDecision]:

@@ -32,7 +32,7 @@ from pomlia_hpc.files import write_json_atomic, write_npz
 from pomlia_hpc.loop.driver import LoopContext, LoopError, Stage, StageOutput
 from pomlia_hpc.loop.gate import DEFAULT_ALPHA, DEFAULT_MARGIN, run_gate
 from pomlia_hpc.loop.harvest import training_version
-from pomlia_hpc.loop.promote import put_on_slot
+from pomlia_hpc.loop.promote import SlotChangedError, put_on_slot, supersede_gate
 from pomlia_hpc.loop.stats import check_levels
 from pomlia_hpc.models.catalog import resolve_model
 from pomlia_hpc.registry import Encoder, Model, Registry, Task
@@ -414,6 +414,7 @@ def gate_stage(ctx: LoopContext) -> StageOutput:
         "gate_id": outcome.id,
         "passed": r.passed,
         "forced": outcome.forced,
+        "champion": outcome.champion,
         "reason": r.reason,
         "p_value": r.p_value,
         "production_accuracy": [r.production.champion_accuracy, r.production.challenger_accuracy],
@@ -431,18 +432,44 @@ def export_stage(ctx: LoopContext) -> StageOutput:
     return {"bundle": str(res.bundle.root), "version": res.bundle.version, "reused": res.reused}
 
 
+#: Gates a redeploy runs again when the slot keeps changing under it, before it gives up.
+REGATES = 3
+
+
 def redeploy_stage(ctx: LoopContext) -> StageOutput:
-    g = ctx.out("gate")
-    entry = put_on_slot(
-        ctx.registry,
-        ctx.workspace,
-        ctx.slot,
-        ctx.out("challenger")["model"],
-        kind="promoted" if g["passed"] else "forced",
-        gate_id=g["gate_id"],
-        loop_run_id=ctx.run_id,
+    for _ in range(REGATES):
+        g = ctx.out("gate")
+        try:
+            entry = put_on_slot(
+                ctx.registry,
+                ctx.workspace,
+                ctx.slot,
+                ctx.out("challenger")["model"],
+                kind="promoted" if g["passed"] else "forced",
+                gate_id=g["gate_id"],
+                loop_run_id=ctx.run_id,
+            )
+        except SlotChangedError as exc:
+            # A manual rollback or promotion landed after the gate: its decision is about a
+            # model the slot no longer serves. Read back, it would be refused on every resume,
+            # so it is superseded and the challenger is gated against the current champion.
+            supersede_gate(ctx.registry, exc.gate_id, exc.now)
+            ctx.progress(
+                f"slot {ctx.slot} now serves {exc.now}, not the champion the gate compared "
+                f"with (gate {exc.gate_id}, superseded): gating the challenger again"
+            )
+            again = gate_stage(ctx)
+            ctx.record("gate", {**again, "regated_from": exc.gate_id})
+            if "stop" in again:
+                return {"stop": again["stop"], "regated": True}
+            continue
+        return {"promotion_id": entry.id, "model": entry.model, "bundle": entry.bundle_path}
+    raise LoopError(
+        f"slot {ctx.slot} changed {REGATES} times while this loop run gated its challenger "
+        "(manual promotions or rollbacks); nothing was promoted. Every gate of this run is "
+        f"marked superseded: `pomlia loop run {shlex.quote(ctx.slot)} --new` retrains and "
+        "gates once the slot is left alone"
     )
-    return {"promotion_id": entry.id, "model": entry.model, "bundle": entry.bundle_path}
 
 
 STAGES: tuple[Stage, ...] = (
