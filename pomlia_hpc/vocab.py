@@ -121,6 +121,9 @@ class JobState(StrEnum):
     DEADLINE = "DEADLINE"
     INTERRUPTED = "INTERRUPTED"
     PREEMPTED = "PREEMPTED"
+    # Not Slurm's: neither squeue nor sacct knows the job any more (purged from accounting);
+    # it ran at some point and cannot be running now, so it counts as ended.
+    LOST = "LOST"
     UNKNOWN = "UNKNOWN"
 
 
@@ -139,6 +142,7 @@ FINAL_STATES: frozenset[str] = frozenset(
         JobState.INTERRUPTED,
         # The last attempt: a requeued job shows a later PENDING/RUNNING attempt.
         JobState.PREEMPTED,
+        JobState.LOST,
     )
 )
 

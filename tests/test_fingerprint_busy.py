@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import pytest
 from sqlalchemy import func, select
+from typer.testing import CliRunner
 
+from pomlia_hpc.cli import app
 from pomlia_hpc.cluster import Executor
+from pomlia_hpc.cluster.cancel import cancel_recorded_job
 from pomlia_hpc.cluster.records import mark_cancelled
 from pomlia_hpc.errors import PomliaError
 from pomlia_hpc.fingerprint.busy import one_training, training_job_name
@@ -14,6 +17,7 @@ from pomlia_hpc.fingerprint.train import encoder_dir, train_encoder
 from pomlia_hpc.registry import Job, Registry
 from pomlia_hpc.workspace import Workspace
 from tests.fixtures.factories import make_dataset, tiny_encoder_config
+from tests.fixtures.fake_slurm import FakeSlurm
 
 
 def _live_job(reg: Registry, name: str) -> int:
@@ -61,3 +65,63 @@ def test_fingerprint_train_is_refused_while_a_job_trains_the_name(
     mark_cancelled(reg, job_id)
     enc = train_encoder(reg, workspace, "aeS", [ref], tiny_encoder_config(1), executor=ex)
     assert enc.name == "aeS" and enc.job_id != job_id
+
+
+def _slurm_job(reg: Registry, name: str, scheduler_id: str) -> int:
+    with reg.session() as s:
+        job = Job(
+            backend="slurm",
+            scheduler_id=scheduler_id,
+            name=training_job_name(name),
+            state="RUNNING",
+        )
+        s.add(job)
+        s.flush()
+        return job.id
+
+
+def test_a_slurm_job_the_scheduler_forgot_does_not_block_the_name(
+    workspace: Workspace, reg: Registry, fake_slurm: FakeSlurm
+) -> None:
+    """A Slurm job purged from accounting (neither squeue nor sacct knows it) kept its
+    RUNNING row: the name was refused forever, and `jobs cancel` failed in scancel."""
+    encoders = workspace.path("models", "encoders")
+    gone = _slurm_job(reg, "aeS", "4242")
+    with one_training(reg, encoders, "aeS"):
+        pass
+    with reg.session() as s:
+        row = s.get(Job, gone)
+        assert row is not None and row.state == "LOST" and row.ended_at is not None
+        assert "neither squeue nor sacct" in (row.exit_cause or "")
+    # `jobs cancel` of such a row: recorded LOST, not a scancel error.
+    other = _slurm_job(reg, "aeT", "4243")
+    assert cancel_recorded_job(reg, other) == "LOST"
+    # When squeue cannot answer, a job sacct does not list may still train: refused.
+    unsure = _slurm_job(reg, "aeU", "4244")
+    fake_slurm.fail_next("squeue")
+    with pytest.raises(PomliaError, match=f"job {unsure} "), one_training(reg, encoders, "aeU"):
+        pass
+
+
+def test_jobs_cancel_force_marks_a_job_of_another_host(workspace: Workspace, reg: Registry) -> None:
+    """A local job of another host: `jobs cancel` said "cancel it there" and nothing here could
+    free the name. `--force` marks the row CANCELLED, with a warning that no process was
+    touched; the busy message and the refusal name it."""
+    encoders = workspace.path("models", "encoders")
+    job_id = _live_job(reg, "aeS")
+    with pytest.raises(PomliaError) as refused, one_training(reg, encoders, "aeS"):
+        pass
+    assert f"`pomlia jobs cancel {job_id} --force`" in " ".join(str(refused.value).split())
+    res = CliRunner().invoke(app, ["jobs", "cancel", str(job_id)])
+    assert res.exit_code != 0
+    text = " ".join(f"{res.output} {res.exception}".split())
+    assert "runs on host another-node" in text and f"jobs cancel {job_id} --force" in text
+    res = CliRunner().invoke(app, ["jobs", "cancel", str(job_id), "--force"])
+    assert res.exit_code == 0, res.output
+    out = " ".join(res.output.split())
+    assert "warning" in out and "marked CANCELLED" in out and "was not touched" in out
+    with reg.session() as s:
+        row = s.get(Job, job_id)
+        assert row is not None and row.state == "CANCELLED"
+    with one_training(reg, encoders, "aeS"):
+        pass

@@ -12,7 +12,7 @@ from sqlalchemy import select
 from pomlia_hpc.cli.app import STATE, app, console, err_console
 from pomlia_hpc.cli.core import jobs_table
 from pomlia_hpc.cli.listing import JsonFlag, check_limit, print_rows
-from pomlia_hpc.cluster.cancel import cancel_recorded_job
+from pomlia_hpc.cluster.cancel import FORCED_CAUSE, cancel_recorded_job
 from pomlia_hpc.cluster.records import refresh_jobs
 from pomlia_hpc.errors import ClusterError, InputError, NotFoundError
 from pomlia_hpc.registry import Job, Registry
@@ -113,11 +113,30 @@ def show(job_id: Annotated[int, typer.Argument(help="Registry id of the job.")])
 
 
 @jobs_app.command("cancel")
-def cancel(job_id: Annotated[int, typer.Argument(help="Registry id of the job.")]) -> None:
-    """Cancel a job (scancel on Slurm, SIGINT to a local process)."""
+def cancel(
+    job_id: Annotated[int, typer.Argument(help="Registry id of the job.")],
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="A job that cannot be signalled from here (a local job of another host, one "
+            "scancel refuses) is marked CANCELLED in the registry; its process is not touched.",
+        ),
+    ] = False,
+) -> None:
+    """Cancel a job (scancel on Slurm, SIGINT to a local process). A Slurm job that neither
+    squeue nor sacct knows any more is recorded LOST (ended)."""
     row = _get(job_id)
-    ended = cancel_recorded_job(STATE.registry(), job_id)
+    ended = cancel_recorded_job(STATE.registry(), job_id, force=force)
     if ended is not None:
         console.print(f"job {job_id} already ended ({ended})")
+        return
+    after = _get(job_id)
+    if after.exit_cause == FORCED_CAUSE:
+        console.print(
+            f"[yellow]warning:[/] job {job_id} ({row.backend} {row.scheduler_id}) could not be "
+            "signalled from here; it is marked CANCELLED in the registry, but its process "
+            "(if it still runs) was not touched"
+        )
         return
     console.print(f"job {job_id} ({row.backend} {row.scheduler_id}) cancelled")

@@ -7,6 +7,7 @@ killed with its tasks. A Slurm job is ``scancel``-ed.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -18,6 +19,7 @@ from pomlia_hpc.cluster.records import (
     FINAL_STATES,
     is_local_job_process,
     mark_cancelled,
+    mark_lost,
     refresh_jobs,
     this_host,
 )
@@ -85,11 +87,18 @@ def cancel_scheduler_job(backend: str, scheduler_id: str, *, folder: str | None 
         raise ClusterError(f"jobs of backend '{backend}' run in-process and cannot be cancelled")
 
 
-def cancel_recorded_job(registry: Registry, record_id: int) -> str | None:
+#: Why a row was marked cancelled by ``--force`` (its ``exit_cause``).
+FORCED_CAUSE = "marked cancelled with --force; the process itself was not signalled"
+
+
+def cancel_recorded_job(registry: Registry, record_id: int, *, force: bool = False) -> str | None:
     """Cancel the job of registry row ``record_id`` and record it CANCELLED (with its end time).
 
     Returns None when cancelled, or the final state of a job that had already ended (then
-    nothing is signalled and its row keeps that state)."""
+    nothing is signalled and its row keeps that state). A Slurm job neither ``squeue`` nor
+    ``sacct`` knows any more is recorded ``LOST`` (ended). A job that cannot be signalled from
+    here (a local job of another host, a failed ``scancel``) is a :class:`ClusterError`; with
+    ``force`` its row is marked CANCELLED instead, the process itself untouched."""
     refresh_jobs(registry, [record_id])
     with registry.session() as s:
         row = s.get(Job, record_id)
@@ -99,21 +108,48 @@ def cancel_recorded_job(registry: Registry, record_id: int) -> str | None:
         folder, host = row.folder, (row.meta or {}).get("host")
     if state in FINAL_STATES:
         return state
-    if backend == "local" and host not in (None, this_host()):
-        raise ClusterError(f"job {record_id} runs on host {host}; cancel it there")
     try:
-        # Older rows may hold a relative folder; submitit's command line has it absolute.
-        absolute = folder if folder and Path(folder).is_absolute() else None
-        cancel_scheduler_job(backend, scheduler_id, folder=absolute)
+        if backend == "local" and host not in (None, this_host()):
+            raise ClusterError(
+                f"job {record_id} runs on host {host}; cancel it there, or if it is gone, "
+                f"`pomlia jobs cancel {record_id} --force` marks it cancelled here"
+            )
+        _signal(registry, record_id, backend, scheduler_id, folder)
     except ClusterError:
-        refresh_jobs(registry, [record_id])
-        with registry.session() as s:
-            row = s.get(Job, record_id)
-            if row is not None and row.state in FINAL_STATES:
-                return row.state  # it ended between the refresh and the signal
-        raise
+        if not force:
+            raise
+        mark_cancelled(registry, record_id, FORCED_CAUSE)
+        return None
     if not mark_cancelled(registry, record_id):
         with registry.session() as s:
             row = s.get(Job, record_id)
             return row.state if row is not None else None
     return None
+
+
+def _signal(
+    registry: Registry, record_id: int, backend: str, scheduler_id: str, folder: str | None
+) -> None:
+    """Signal the job of a row; a :class:`ClusterError` unless it was signalled or turned out
+    to have ended (then its row holds the final state)."""
+    try:
+        # Older rows may hold a relative folder; submitit's command line has it absolute.
+        absolute = folder if folder and Path(folder).is_absolute() else None
+        cancel_scheduler_job(backend, scheduler_id, folder=absolute)
+    except ClusterError as exc:
+        refresh_jobs(registry, [record_id])
+        if backend == "slurm":
+            # scancel refuses a job Slurm forgot; if squeue/sacct cannot answer either, the
+            # scancel error stands.
+            with contextlib.suppress(ClusterError):
+                mark_lost(registry, [record_id])
+        with registry.session() as s:
+            row = s.get(Job, record_id)
+            if row is not None and row.state in FINAL_STATES:
+                return  # it ended (or was forgotten) between the refresh and the signal
+        if "--force" not in str(exc):
+            exc.hint = (
+                f"if the job is gone, `pomlia jobs cancel {record_id} --force` marks it "
+                "cancelled in the registry (nothing is signalled)"
+            )
+        raise

@@ -283,6 +283,61 @@ def refresh_slurm_jobs(registry: Registry, job_ids: Sequence[int] | None = None)
     return changed
 
 
+def squeue_ids(job_ids: Sequence[str]) -> set[str]:
+    """The ids among ``job_ids`` that ``squeue`` lists (queued or running); a
+    :class:`ClusterError` when it cannot answer. Slurm answers an id it does not know with
+    "Invalid job id specified" (exit 1): that id is simply not listed."""
+    try:
+        proc = subprocess.run(
+            ["squeue", "-h", "-o", "%i", "-j", ",".join(job_ids)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    except (FileNotFoundError, subprocess.TimeoutExpired) as exc:
+        raise ClusterError(f"squeue could not be run: {exc}") from exc
+    if proc.returncode != 0:
+        if "invalid job id" in proc.stderr.lower():
+            return set()
+        raise ClusterError(f"squeue failed ({proc.returncode}): {proc.stderr.strip()}")
+    # A pending array prints as one line (``12_[0-3]``): its tasks count as listed.
+    listed = {jid for tok in proc.stdout.split() for jid in _expand_pending(tok)}
+    return {sid for sid in job_ids if sid in listed}
+
+
+def mark_lost(registry: Registry, job_ids: Sequence[int]) -> list[int]:
+    """Record as ``LOST`` (ended) the unfinished Slurm rows among ``job_ids`` that neither
+    ``sacct`` nor ``squeue`` knows (e.g. purged from accounting): without this they counted
+    as queued forever. Both are asked because a job just submitted may be missing from
+    ``sacct`` for a moment, never from ``squeue``. Returns the rows marked; a
+    :class:`ClusterError` when either command cannot answer (then nothing is marked)."""
+    with registry.session() as s:
+        q = select(Job.id, Job.scheduler_id).where(
+            Job.backend == "slurm", Job.id.in_(job_ids), Job.state.not_in(FINAL_STATES)
+        )
+        targets = [(rid, sid) for rid, sid in s.execute(q)]
+    if not targets:
+        return []
+    known = sacct_states(sid for _, sid in targets)
+    missing = [(rid, sid) for rid, sid in targets if sid not in known]
+    if not missing:
+        return []
+    queued = squeue_ids([sid for _, sid in missing])
+    lost = [(rid, sid) for rid, sid in missing if sid not in queued]
+    now = datetime.now(UTC)
+    with registry.session() as s:
+        for rid, sid in lost:
+            row = s.get(Job, rid)
+            if row is not None and row.state not in FINAL_STATES:
+                row.state, row.ended_at = "LOST", now
+                row.exit_cause = (
+                    f"Slurm no longer knows job {sid} (neither squeue nor sacct lists it): "
+                    "counted as ended, its outcome unknown"
+                )
+    return [rid for rid, _ in lost]
+
+
 def this_host() -> str:
     """The name local jobs record as their host (a pid means nothing on another machine)."""
     return socket.gethostname()

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from pomlia_hpc.cluster.records import refresh_jobs
+from pomlia_hpc.cluster.records import mark_lost, refresh_jobs, this_host
 from pomlia_hpc.errors import ClusterError, PomliaError
 from pomlia_hpc.files import held_lock
 from pomlia_hpc.registry import Job, Registry
@@ -29,8 +29,9 @@ def training_job_name(name: str) -> str:
 
 def live_trainings(registry: Registry, name: str) -> list[Job]:
     """The jobs training encoder ``name`` that are still queued or running, oldest first.
-    Their states are asked of the scheduler first; when it cannot answer (``sacct`` failed)
-    the registry's state stands: a job that may be training counts as training."""
+    Their states are asked of the scheduler first (a Slurm job it no longer knows at all is
+    recorded ``LOST``, i.e. ended); when it cannot answer (``sacct`` failed) the registry's
+    state stands: a job that may be training counts as training."""
     job_name = training_job_name(name)
 
     def unfinished() -> list[Job]:
@@ -44,9 +45,15 @@ def live_trainings(registry: Registry, name: str) -> list[Job]:
     if rows:
         try:
             refresh_jobs(registry, [r.id for r in rows])
+            rows = unfinished()
+            # A Slurm job neither squeue nor sacct knows any more is not training: without
+            # this it blocked the name for good (`jobs cancel` cannot scancel it either).
+            if any(r.backend == "slurm" for r in rows) and mark_lost(
+                registry, [r.id for r in rows]
+            ):
+                rows = unfinished()
         except ClusterError:
-            return rows
-        rows = unfinished()
+            return unfinished()
     return rows
 
 
@@ -59,11 +66,18 @@ def one_training(registry: Registry, encoders: Path, name: str) -> Iterator[None
         live = live_trainings(registry, name)
         if live:
             job = live[0]
+            host = (job.meta or {}).get("host")
+            elsewhere = (
+                f"; it runs on host {host}: cancel it there, or if it is gone, `pomlia jobs "
+                f"cancel {job.id} --force` marks it cancelled here"
+                if job.backend == "local" and host not in (None, this_host())
+                else ""
+            )
             raise PomliaError(
                 f"encoder '{name}' is being trained by job {job.id} ({job.state}, {job.backend} "
                 f"{job.scheduler_id}) into {encoders / name}; a second training would write "
                 f"the same folder: wait for it (`pomlia jobs show {job.id}`) or cancel it "
-                f"(`pomlia jobs cancel {job.id}`) and run this again, which resumes from its "
-                "last epoch"
+                f"(`pomlia jobs cancel {job.id}`{elsewhere}) and run this again, which resumes "
+                "from its last epoch"
             )
         yield
