@@ -49,3 +49,37 @@ def test_the_cron_line_names_the_registry_and_the_alarm_action(
     assert cron.startswith("15 3 * * * ") and out["t"]["scheduled"] is False, cron
     assert f"--db-url {url}" in cron and "--on-alarm 'pomlia loop run s'" in cron, cron
     assert "monitor run blood-model --window 2d" in cron, cron
+
+
+def test_the_recorded_cron_line_hides_the_registry_password(
+    workspace: Workspace, reg: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The cron line with `--db-url postgresql://user:secret@...` was stored in the stage's
+    outputs and its log as is: the password is `***` there now, and the log says how to give
+    cron the real one."""
+    monkeypatch.setattr(reference, "create_reference", lambda _reg, model: tmp_path / "r.npz")
+    monkeypatch.setattr(serve_reference, "few_images_warning", lambda _ref, _model: None)
+    spec = parse_pipeline(
+        {
+            "name": "p",
+            "datasets": [{"name": "blood", "medmnist": "bloodmnist"}],
+            "tasks": [{"name": "t", "dataset": "blood", "metric": "acc"}],
+            "automl": {},
+            "export": {},
+            "deploy": {},
+            "monitor": {"at": "03:15", "window": "2d"},
+        },
+        "p.yaml",
+        tmp_path,
+    )
+    ws = dataclasses.replace(workspace, db_url="postgresql://pomlia:s3cret@db.example/registry")
+    lines: list[str] = []
+    ctx = StageContext(spec, ws, reg, log=lines.append)
+    ctx.record_path("deploy").parent.mkdir(parents=True)
+    record = {"status": "done", "outputs": {"t": {"model": "blood-model"}}}
+    ctx.record_path("deploy").write_text(json.dumps(record))
+    out = MONITOR.run(ctx)
+    log = "\n".join(lines)
+    assert "s3cret" not in json.dumps(out) and "s3cret" not in log
+    assert "--db-url 'postgresql://pomlia:***@db.example/registry'" in out["t"]["cron"]
+    assert "password is shown as ***" in log and "POMLIA_DB_URL" in log

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from pomlia_hpc.cluster.batch import (
@@ -191,15 +192,20 @@ def cron_run_line(
     every: timedelta,
     window: str,
     on_alarm: str | None = None,
+    hide_password: bool = False,
 ) -> str | None:
     """The crontab line that runs ``pomlia monitor run MODEL`` on this machine every period
     (no Slurm: the job of a workspace on the local profile); ``None`` when the period has no
-    cron form (only 1h, 1d and 1w have one). Every value is shell-quoted."""
+    cron form (only 1h, 1d and 1w have one). Every value is shell-quoted. ``hide_password``:
+    the registry URL's password as ``***``, for a line that is stored or logged."""
     fields = _cron_fields(at, every)
     if fields is None:
         return None
+    url = workspace.db_url
+    if hide_password:
+        url = make_url(url).render_as_string(hide_password=True)
     db = (
-        f" --db-url {shlex.quote(workspace.db_url)}"
+        f" --db-url {shlex.quote(url)}"
         if workspace.db_url != default_db_url(workspace.home)
         else ""
     )

@@ -3,13 +3,16 @@
 It computes the model's monitoring reference (the validation images as the server would log
 them) and, on a Slurm profile, starts the self-resubmitting nightly chain
 (``pomlia monitor schedule``; ``jobs/monitor.sbatch``). On other profiles nothing can be
-scheduled: the stage records the cron line that runs the monitor instead.
+scheduled: the stage records the cron line that runs the monitor instead (the registry
+URL's password, if any, shown as ``***``: outputs and log are readable files).
 """
 
 from __future__ import annotations
 
 from datetime import timedelta
 from typing import Any
+
+from sqlalchemy.engine import make_url
 
 from pomlia_hpc.config import ClusterProfile, load_cluster_profile
 from pomlia_hpc.pipeline.spec import PipelineSpec
@@ -34,6 +37,8 @@ def _run(ctx: StageContext) -> dict[str, Any]:
         if warning is not None:
             ctx.log(f"  warning: {warning}")
         # The line `monitor schedule` suggests too: with the registry URL and alarm action.
+        # The stage's outputs and log are files others read: the URL's password is hidden
+        # there, and the log says how to give it to cron.
         cron = cron_run_line(
             ctx.workspace,
             model,
@@ -41,6 +46,7 @@ def _run(ctx: StageContext) -> dict[str, Any]:
             every=timedelta(days=1),
             window=mon.window,
             on_alarm=mon.on_alarm,
+            hide_password=True,
         )
         entry: dict[str, Any] = {"model": model, "reference": str(ref), "cron": cron}
         if slurm:
@@ -61,6 +67,11 @@ def _run(ctx: StageContext) -> dict[str, Any]:
         else:
             entry["scheduled"] = False
             ctx.log(f"  {model}: not a Slurm profile, nothing scheduled; a cron line: {cron}")
+            if cron is not None and make_url(ctx.workspace.db_url).password is not None:
+                ctx.log(
+                    "  (the registry password is shown as ***: put it back in the crontab, or "
+                    "set POMLIA_DB_URL in the crontab's environment and drop --db-url)"
+                )
         out[key] = entry
     return out
 
