@@ -6,6 +6,7 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -18,11 +19,16 @@ from pomlia_hpc.registry import Registry
 from pomlia_hpc.workspace import Workspace
 
 
-def test_the_cron_line_names_the_registry_and_the_alarm_action(
-    workspace: Workspace, reg: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The stage built its own line without --db-url and --on-alarm: run from cron, the
-    monitor read the default SQLite registry and never started the retrain."""
+def _run_stage(
+    workspace: Workspace,
+    reg: Registry,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    url: str,
+    monitor: dict[str, str],
+) -> tuple[dict[str, Any], str]:
+    """The monitor stage of a minimal pipeline after a done deploy stage, on a workspace
+    whose registry is ``url``: its outputs and its log."""
     monkeypatch.setattr(reference, "create_reference", lambda _reg, model: tmp_path / "r.npz")
     monkeypatch.setattr(serve_reference, "few_images_warning", lambda _ref, _model: None)
     spec = parse_pipeline(
@@ -33,18 +39,27 @@ def test_the_cron_line_names_the_registry_and_the_alarm_action(
             "automl": {},
             "export": {},
             "deploy": {},
-            "monitor": {"at": "03:15", "window": "2d", "on_alarm": "pomlia loop run s"},
+            "monitor": monitor,
         },
         "p.yaml",
         tmp_path,
     )
-    url = "postgresql://pomlia@db.example/registry"
-    ws = dataclasses.replace(workspace, db_url=url)
-    ctx = StageContext(spec, ws, reg, log=lambda _line: None)
+    lines: list[str] = []
+    ctx = StageContext(spec, dataclasses.replace(workspace, db_url=url), reg, log=lines.append)
     ctx.record_path("deploy").parent.mkdir(parents=True)
     record = {"status": "done", "outputs": {"t": {"model": "blood-model"}}}
     ctx.record_path("deploy").write_text(json.dumps(record))
-    out = MONITOR.run(ctx)
+    return MONITOR.run(ctx), "\n".join(lines)
+
+
+def test_the_cron_line_names_the_registry_and_the_alarm_action(
+    workspace: Workspace, reg: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stage built its own line without --db-url and --on-alarm: run from cron, the
+    monitor read the default SQLite registry and never started the retrain."""
+    url = "postgresql://pomlia@db.example/registry"
+    monitor = {"at": "03:15", "window": "2d", "on_alarm": "pomlia loop run s"}
+    out, _ = _run_stage(workspace, reg, tmp_path, monkeypatch, url, monitor)
     cron = out["t"]["cron"]
     assert cron.startswith("15 3 * * * ") and out["t"]["scheduled"] is False, cron
     assert f"--db-url {url}" in cron and "--on-alarm 'pomlia loop run s'" in cron, cron
@@ -57,29 +72,10 @@ def test_the_recorded_cron_line_hides_the_registry_password(
     """The cron line with `--db-url postgresql://user:secret@...` was stored in the stage's
     outputs and its log as is: the password is `***` there now, and the log says how to give
     cron the real one."""
-    monkeypatch.setattr(reference, "create_reference", lambda _reg, model: tmp_path / "r.npz")
-    monkeypatch.setattr(serve_reference, "few_images_warning", lambda _ref, _model: None)
-    spec = parse_pipeline(
-        {
-            "name": "p",
-            "datasets": [{"name": "blood", "medmnist": "bloodmnist"}],
-            "tasks": [{"name": "t", "dataset": "blood", "metric": "acc"}],
-            "automl": {},
-            "export": {},
-            "deploy": {},
-            "monitor": {"at": "03:15", "window": "2d"},
-        },
-        "p.yaml",
-        tmp_path,
+    url = "postgresql://pomlia:s3cret@db.example/registry"
+    out, log = _run_stage(
+        workspace, reg, tmp_path, monkeypatch, url, {"at": "03:15", "window": "2d"}
     )
-    ws = dataclasses.replace(workspace, db_url="postgresql://pomlia:s3cret@db.example/registry")
-    lines: list[str] = []
-    ctx = StageContext(spec, ws, reg, log=lines.append)
-    ctx.record_path("deploy").parent.mkdir(parents=True)
-    record = {"status": "done", "outputs": {"t": {"model": "blood-model"}}}
-    ctx.record_path("deploy").write_text(json.dumps(record))
-    out = MONITOR.run(ctx)
-    log = "\n".join(lines)
     assert "s3cret" not in json.dumps(out) and "s3cret" not in log
     assert "--db-url 'postgresql://pomlia:***@db.example/registry'" in out["t"]["cron"]
     assert "password is shown as ***" in log and "POMLIA_DB_URL" in log
