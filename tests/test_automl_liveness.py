@@ -247,8 +247,13 @@ def test_a_second_driver_in_the_same_slurm_job_is_refused_until_a_requeue(
     with pytest.raises(DriverBusyError):
         second.start()
     assert read_driver(workspace, "salloc") == first.record
-    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")  # Slurm requeued the job: it takes over
-    second.start()
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    with pytest.raises(DriverBusyError):  # on this host the live process decides, not Slurm
+        second.start()
+    assert first.record is not None
+    path = workspace.path("runs", "salloc", DRIVER_FILE)  # the first ran on another node
+    path.write_text(json.dumps(dataclasses.asdict(first.record) | {"host": "other-node"}))
+    second.start()  # Slurm requeued the job: it takes over
     assert read_driver(workspace, "salloc") == second.record
     assert first.record is not None and first.record.slurm_restart == 0
     assert second.record is not None and second.record.slurm_restart == 1

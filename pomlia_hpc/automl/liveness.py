@@ -304,13 +304,18 @@ def slurm_restarts() -> int:
 def may_take_over(record: DriverRecord, job: str | None, restarts: int) -> bool:
     """Whether a driver starting in Slurm job ``job`` (None outside Slurm), restarted
     ``restarts`` times, may take the study over from ``record``'s: that driver is gone
-    (:func:`driver_gone`); or it ran in this job and Slurm restarted the job since (a requeue
-    killed it, wherever it ran; the same restart count is a second driver in the same
-    allocation); or it ran in another Slurm job that the scheduler reports ended (killed at
-    its time limit or by ``scancel``, it wrote no end, and a resubmission usually runs on
-    another node, where its heartbeat decides only after :data:`STALE_AFTER_S`)."""
+    (:func:`driver_gone`); or, on another host (on this one its process decides), it ran in
+    this job and Slurm restarted the job since (a requeue killed it; the same restart count
+    is a second driver in the same allocation), or it ran in another Slurm job that the
+    scheduler reports ended (killed at its time limit or by ``scancel``, it wrote no end,
+    and a resubmission usually runs on another node, where its heartbeat decides only after
+    :data:`STALE_AFTER_S`)."""
     if driver_gone(record) is not None:
         return True
+    if record.host == socket.gethostname():
+        # its process was looked at and runs: no Slurm answer overrides that (a shell with a
+        # stale SLURM_JOB_ID, left from an ended allocation, would otherwise take over)
+        return False
     if record.slurm_job is None:
         return False
     if record.slurm_job == job:
