@@ -13,7 +13,6 @@ CLI (``pomlia data``) only parses and renders.
 
 from __future__ import annotations
 
-import os
 import shutil
 import uuid
 from collections.abc import Callable
@@ -48,7 +47,7 @@ from pomlia_hpc.data.versioning import (
 )
 from pomlia_hpc.data.writer import StoreWriter
 from pomlia_hpc.errors import InputError
-from pomlia_hpc.files import sweep_stale_temps, temp_name
+from pomlia_hpc.files import probe_writable, sweep_stale_temps, temp_name
 from pomlia_hpc.registry import Dataset, DatasetVersion, Registry
 from pomlia_hpc.registry.lookup import not_found
 from pomlia_hpc.workspace import Workspace
@@ -74,9 +73,7 @@ def _writable_dirs(workspace: Workspace, name: str) -> Path:
     for path in (workspace.stores, staging):
         try:
             path.mkdir(parents=True, exist_ok=True)
-            probe = path / f".probe-{os.getpid()}"
-            probe.write_bytes(b"")
-            probe.unlink()
+            probe_writable(path)
         except OSError as exc:
             shutil.rmtree(staging, ignore_errors=True)
             raise InputError(

@@ -12,7 +12,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from pomlia_hpc.data.store import DatasetStore
 from pomlia_hpc.errors import InputError
-from pomlia_hpc.files import temp_name, write_atomic
+from pomlia_hpc.files import probe_writable, write_atomic
 
 MAX_ROWS = 20
 LABEL_WIDTH_PX = 120
@@ -54,7 +54,7 @@ def fit_label(name: str, max_px: float = LABEL_WIDTH_PX - 2 * LABEL_X_PX) -> str
 
 def check_grid_path(out: str | Path) -> Path:
     """Refuse a grid path that does not end in ``.png`` (the grid is PNG) or whose folder
-    does not exist or cannot be written (probed with a file removed at once), before any
+    does not exist or cannot be written (:func:`~pomlia_hpc.files.probe_writable`), before any
     work; return it as a Path."""
     out = Path(out)
     if out.suffix.lower() != ".png":
@@ -67,10 +67,8 @@ def check_grid_path(out: str | Path) -> Path:
         raise InputError(
             f"sample grid '{out}': folder '{folder}' does not exist: expected an existing folder"
         )
-    probe = temp_name(out, ".probe")
     try:
-        probe.write_bytes(b"")
-        probe.unlink()
+        probe_writable(folder)
     except OSError as exc:
         raise InputError(
             f"sample grid '{out}' cannot be written ({exc.strerror or exc}): "
