@@ -88,6 +88,25 @@ def test_a_missing_val_split_is_carved_from_train_with_val_fraction(
     assert "or carve it from train with --val-fraction F" in text
 
 
+def test_the_carve_is_stratified_by_class_and_keeps_one_image_in_train(
+    workspace: Workspace, tmp_path: Path
+) -> None:
+    # A hash of each path alone put none of b's 3 images into val (their hashes fall above
+    # 0.1): a class no configuration could be picked on.
+    root = _mk(tmp_path / "im", "train/a", "test/a", "test/b", n=30)
+    _mk(root, "train/b", n=3)
+    text = _flat(cli_ok("data", "add", "im", str(root), "--val-fraction", "0.1"))
+    assert "without images in a split" not in text
+    # a: 3 of 30; b: its share rounds to 0, but a class asked for gives at least one image
+    assert _meta("im")["split_sizes"] == {"train": 29, "val": 4, "test": 60}
+    assert "identical content" in cli_ok("data", "add", "im", str(root), "--val-fraction", "0.1")
+    # Two images and two splits to carve: one stays in train, val is served first.
+    two = _mk(tmp_path / "two", "train/a", n=30)
+    _mk(two, "train/b", n=2)
+    cli_ok("data", "add", "two", str(two), "--val-fraction", "0.1", "--test-fraction", "0.1")
+    assert _meta("two")["split_sizes"] == {"train": 25, "val": 4, "test": 3}
+
+
 def test_a_fraction_for_a_split_that_has_its_folder_is_refused(
     data_add: Callable[..., str], tmp_path: Path
 ) -> None:

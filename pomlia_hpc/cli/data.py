@@ -96,7 +96,8 @@ _TASK_TYPE_HELP = (
 )
 _FRACTION_HELP = (
     "Folder/HDF5 without splits: share of {split} (0.1). Split folders without {split}/ "
-    "(or an empty one): share of train/ carved out as {split}."
+    "(or an empty one): share of each class of train/ carved out as {split} (at least one "
+    "image; one stays in train)."
 )
 
 

@@ -16,8 +16,10 @@ those named like a split are recorded as ``meta["source"]["split_named_classes"]
 Without split folders each file goes to train/val/test by a hash of its path relative to
 ``root`` (``val_fraction``, ``test_fraction``; default 0.1 each), so adding files never moves
 the existing ones to another split. With split folders, ``val_fraction`` / ``test_fraction``
-carve a missing val / test split out of the train folder by the same hash (a split that has
-its folder refuses the fraction). A val / test folder without any file counts as missing
+carve a missing val / test split out of the train folder stratified by class (:func:`_carve`:
+each class gives its share, at least one image, and keeps one in train; which files go is
+decided by their path hashes, so the same files give the same split). A split that has its
+folder refuses the fraction. A val / test folder without any file counts as missing
 (recorded, by split, as ``meta["source"]["empty_split_folders"]``), so the fraction carves it.
 A class folder without images is skipped (not made a class) and recorded as
 ``meta["source"]["skipped_empty_folders"]``.
@@ -158,6 +160,37 @@ def _split_of(digest: bytes, val_fraction: float, test_fraction: float) -> str:
     if u < test_fraction + val_fraction:
         return "val"
     return "train"
+
+
+_Row = tuple[bytes, Path, str]  # (SHA-256 of the path relative to the root, file, class)
+
+
+def _carved_count(n: int, fraction: float) -> int:
+    """Images of a class of ``n`` carved for a split of share ``fraction``: the rounded share,
+    but at least one when asked at all (a class absent from val cannot be picked on)."""
+    return 0 if fraction <= 0 else max(1, round(n * fraction))
+
+
+def _carve(train: list[_Row], val_fraction: float, test_fraction: float) -> dict[str, list[_Row]]:
+    """Split the rows of a train folder into train, val and test, stratified by class: of each
+    class (its files in the order of their path hashes, so deterministic given the files) the
+    first :func:`_carved_count` go to test, the next to val, the rest stay in train. A class
+    of 2 or more images keeps at least one in train (val is served before test when there
+    are too few); a class of one image stays in train. Adding files to a class can move
+    others of that class (the counts change), unlike the class-folder layout's own hash."""
+    by_class: dict[str, list[_Row]] = {}
+    for row in train:
+        by_class.setdefault(row[2], []).append(row)
+    out: dict[str, list[_Row]] = {s: [] for s in SPLITS}
+    for rows in by_class.values():
+        rows.sort(key=lambda r: r[0][:8])
+        spare = len(rows) - 1  # one image stays in train
+        n_val = min(_carved_count(len(rows), val_fraction), spare)
+        n_test = min(_carved_count(len(rows), test_fraction), spare - n_val)
+        out["test"] += rows[:n_test]
+        out["val"] += rows[n_test : n_test + n_val]
+        out["train"] += rows[n_test + n_val :]
+    return out
 
 
 def _visible(path: Path) -> list[Path]:
@@ -309,20 +342,23 @@ class FolderSource(Source):
         by_split = bool(roots)
         fractions = _fractions(path, roots, val_fraction, test_fraction)
         check_split_fractions(f"image folder '{path}'", *fractions)
-        # Per split: (order key, file, class); the key is bytes 8..16 of the path's SHA-256.
-        files: dict[str, list[tuple[bytes, Path, str]]] = {s: [] for s in SPLITS}
+        # Per split: (SHA-256 of the relative path, file, class); bytes 0..8 of the digest pick
+        # the split, bytes 8..16 order the rows.
+        files: dict[str, list[_Row]] = {s: [] for s in SPLITS}
         class_dirs: list[Path] = []
         for split_name, root in (roots or {"": path}).items():
             for cdir in _class_dirs(path, root, split_name):
                 class_dirs.append(cdir)
                 for f in _images(cdir):
                     digest = hashlib.sha256(f.relative_to(path).as_posix().encode()).digest()
-                    # A split folder fixes the split, but train lends rows to a missing
-                    # val/test (fractions are 0 unless asked, see _fractions).
-                    split = split_name
-                    if split_name in ("", "train"):
-                        split = _split_of(digest, *fractions)
-                    files[split].append((digest[8:16], f, cdir.name))
+                    # A split folder fixes the split; a class-folder layout splits each file
+                    # by its own hash, so adding files never moves the others.
+                    split = _split_of(digest, *fractions) if split_name == "" else split_name
+                    files[split].append((digest, f, cdir.name))
+        if by_split and any(fractions):
+            # train/ lends rows to a missing val/test (fractions are 0 unless asked).
+            lent = _carve(files.pop("train"), *fractions)
+            files = {s: files.get(s, []) + lent[s] for s in SPLITS}
         classes = {c for rows in files.values() for _k, _f, c in rows}
         # A class folder without images is most likely a mistake: not made a class (a model
         # could never predict it), and `data add` names it.
@@ -333,7 +369,9 @@ class FolderSource(Source):
         self._limits.check_classes(f"image folder '{path}'", len(classes), "class folders")
         # Rows in hash order, not class by class: any run of rows (a chunk, a shuffle buffer,
         # the first N) then holds a mix of classes; adding files keeps the others' order.
-        self._files = [(f, c) for s in SPLITS for _key, f, c in sorted(files[s])]
+        self._files = [
+            (f, c) for s in SPLITS for _d, f, c in sorted(files[s], key=lambda r: r[0][8:16])
+        ]
         self.split_sizes = {s: len(files[s]) for s in SPLITS if files[s]}
         if not self._files:
             raise InputError(
