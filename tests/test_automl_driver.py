@@ -3,9 +3,12 @@ submissions, and trial jobs that ended or vanished while the driver was away."""
 
 from __future__ import annotations
 
+import os
 import shutil
 import time
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from sqlalchemy import select
@@ -13,9 +16,12 @@ from typer.testing import CliRunner
 
 from pomlia_hpc.automl import records
 from pomlia_hpc.automl.study import StudyRunner, run_study
+from pomlia_hpc.automl.study.trials import ActiveTrial, job_wall_s
+from pomlia_hpc.automl.trial import TrialStart, failure_path, started_path
 from pomlia_hpc.cli import app
 from pomlia_hpc.cluster.cancel import cancel_scheduler_job
 from pomlia_hpc.errors import ClusterError, PomliaError
+from pomlia_hpc.files import write_json_atomic
 from pomlia_hpc.registry import Job, Registry, Run
 from pomlia_hpc.workspace import Workspace
 from tests.fixtures.factories import FAST, donor_model, tiny_study, tiny_task, warm_file
@@ -217,3 +223,42 @@ def test_a_study_that_finds_a_best_model_ends_with_exit_0_and_its_outcome(
     assert code == 0, text
     assert "best: run" in text
     reg.dispose()
+
+
+@pytest.mark.slow
+def test_a_cancelled_trial_costs_its_jobs_time_not_the_drivers(
+    workspace: Workspace, reg: Registry, fake_slurm: FakeSlurm
+) -> None:
+    # The recommender's expected cost reads a crashed trial's cost_s: it is the job's own
+    # run time (sacct's Start to End), not the time until the driver noticed the end.
+    tiny_task(workspace, reg, "blood", sizes=(16, 8, 8))
+    spec = tiny_study(reg, workspace, "blood", "cc", n_trials=1, executor="slurm-local")
+    fake_slurm.hold()
+    runner = StudyRunner(reg, workspace, spec)
+    opt = runner.optimizer(resume=False)
+    runner.start(opt, opt.ask())
+    (act,) = runner.active.values()
+    time.sleep(3)  # queued, then noticed late (sacct polls, a busy login node)
+    fake_slurm.set_state(str(act.handle.job_id), "CANCELLED")  # ran 1 s: Start = End - 1 s
+    runner.collect(opt, act)
+    (run,) = records.study_runs(reg, "cc")
+    assert run.status == "crashed" and run.metrics["state"] == "CANCELLED"
+    assert run.cost_s == pytest.approx(1.0, abs=0.01)
+
+
+def test_without_scheduler_times_a_crash_costs_from_the_jobs_own_start_stamp(
+    reg: Registry, tmp_path: Path
+) -> None:
+    # A local job has no Start/End from a scheduler: its own stamps measure it, not the time
+    # since its submission (which counts the wait for a free slot).
+    result = tmp_path / "trials" / "run-1" / "result.json"
+    handle: Any = SimpleNamespace(record_id=None)  # no registry job row
+    proposal: Any = None  # not read
+    act = ActiveTrial(1, proposal, handle, time.time() - 100.0, result)
+    assert job_wall_s(reg, act) == pytest.approx(100.0, abs=5.0)  # no stamp: since submission
+    begun = time.time() - 30.0
+    write_json_atomic(started_path(result), TrialStart(started=begun).to_dict())
+    failure = failure_path(result)
+    failure.write_text("{}")
+    os.utime(failure, (begun + 12.0, begun + 12.0))
+    assert job_wall_s(reg, act) == pytest.approx(12.0, abs=0.01)

@@ -77,6 +77,11 @@ def test_slurm_trials_in_parallel_and_a_cancelled_one(workspace: Workspace) -> N
     assert "cancelled" in cancelled.metrics["cause"] and (cancelled.error or "").startswith(
         "CANCELLED"
     )
+    # Its cost is the job's own run time (sacct's Start to End), not the driver's noticing.
+    with reg.session() as s:
+        job = s.get(Job, cancelled.job_id)
+        assert job is not None and job.started_at is not None and job.ended_at is not None
+        assert cancelled.cost_s == (job.ended_at - job.started_at).total_seconds()
     assert result.n_crashed == 1 and result.n_ok == 2
     assert result.model_name == "sl-best"
     ok = [r for r in runs if r.status == "ok"]

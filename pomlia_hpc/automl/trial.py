@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import os
 import sys
+import time
 import traceback
 from pathlib import Path
 from typing import Any
@@ -22,6 +23,7 @@ from pomlia_hpc.automl.engine import TrainRequest, TrainResult, train
 from pomlia_hpc.automl.records import config_summary
 from pomlia_hpc.cluster import Checkpointable, requeue_exit
 from pomlia_hpc.config import Record, read_record
+from pomlia_hpc.errors import PomliaError
 from pomlia_hpc.files import write_json_atomic
 from pomlia_hpc.models.archs import WITHOUT_TORCHVISION
 from pomlia_hpc.progress import say
@@ -30,6 +32,15 @@ DIST_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
 FAILURE_FILE = "failure.json"
+#: The job's own start stamp (``{"started": epoch seconds}``), written as it begins: what a
+#: trial that never returns a result cost is measured from where the scheduler gives no times.
+STARTED_FILE = "started.json"
+
+
+class TrialStart(Record):
+    """What a trial job writes to ``started.json`` as it begins."""
+
+    started: float  # epoch seconds (time.time() on the job's node)
 
 
 class TrialFailure(Record):
@@ -49,6 +60,23 @@ def read_result(path: str | Path) -> dict[str, Any] | None:
 def failure_path(result_path: str | Path) -> Path:
     """Where the job whose result goes to ``result_path`` writes its traceback if it fails."""
     return Path(result_path).with_name(FAILURE_FILE)
+
+
+def started_path(result_path: str | Path) -> Path:
+    """Where the job whose result goes to ``result_path`` stamps its start."""
+    return Path(result_path).with_name(STARTED_FILE)
+
+
+def read_started(result_path: str | Path) -> float | None:
+    """When the trial job of ``result_path`` (its latest attempt) began, in epoch seconds;
+    ``None``: it has not begun, or the stamp is unreadable (a cost estimate then falls back)."""
+    path = started_path(result_path)
+    if not path.is_file():
+        return None
+    try:
+        return read_record(TrialStart, path).started
+    except PomliaError:
+        return None
 
 
 def read_failure(result_path: str | Path) -> tuple[str, str] | None:
@@ -89,6 +117,8 @@ class TrialJob(Checkpointable):
         # The job's output file is named by the scheduler's id: say which trial this is, and
         # stamp each epoch, so `tail -f` on it tells what runs and whether it still moves.
         req, lineage = self.request, self.request.lineage
+        stamp = TrialStart(started=time.time())
+        write_json_atomic(started_path(self.result_path), stamp.to_dict())
         say(
             f"trial: run {lineage.get('run_id', '?')} of study {lineage.get('study', '?')} on "
             f"{lineage.get('dataset', '?')}, {config_summary(req.config.to_dict())}, to "

@@ -25,7 +25,14 @@ from pomlia_hpc.automl.options import EngineOptions
 from pomlia_hpc.automl.space import TrainConfig, build_space
 from pomlia_hpc.automl.study.spec import StudySpec
 from pomlia_hpc.automl.study.view import StudyView, TrialView, job_name
-from pomlia_hpc.automl.trial import TrialJob, failure_path, read_failure, read_result
+from pomlia_hpc.automl.trial import (
+    TrialJob,
+    failure_path,
+    read_failure,
+    read_result,
+    read_started,
+    started_path,
+)
 from pomlia_hpc.cluster import Executor, JobFailedError, JobHandle
 from pomlia_hpc.cluster.attach import AttachedJob, poll_attached
 from pomlia_hpc.errors import ClusterError, InputError, PomliaError, integrity_failure
@@ -63,8 +70,31 @@ class ActiveTrial:
     run_id: int
     proposal: Proposal
     handle: JobHandle | AttachedJob
-    started: float
-    result_path: Path | None = None  # of an attached job
+    started: float  # time.time() of the submission (or of the attachment)
+    result_path: Path | None = None  # where the job writes its result (and its stamps)
+
+
+def job_wall_s(registry: Registry, act: ActiveTrial) -> float:
+    """Seconds the job of ``act``, which ended without a result, ran: its cost as the
+    recommender sees it (kb run stats, expected cost), not the driver's time to notice.
+
+    The scheduler's Start to End of its latest attempt (Slurm: ``sacct``, settled when the
+    failure was collected); else from the job's own start stamp to its ``failure.json`` (or
+    to now: a local job's end is noticed at once, as the driver waits on its process); else
+    (neither known) the time since its submission.
+    """
+    started = read_started(act.result_path) if act.result_path is not None else None
+    if act.handle.record_id is not None:
+        with registry.session() as s:
+            row = s.get(Job, act.handle.record_id)
+            if row is not None and row.started_at is not None and row.ended_at is not None:
+                return max((row.ended_at - row.started_at).total_seconds(), 0.0)
+    if started is not None:
+        assert act.result_path is not None
+        failure = failure_path(act.result_path)
+        end = failure.stat().st_mtime if failure.is_file() else time.time()
+        return max(end - started, 0.0)
+    return max(time.time() - act.started, 0.0)
 
 
 UpdateFn = Callable[[StudyView], None]
@@ -149,6 +179,7 @@ class TrialRunner:
             )
         workdir, model_path, result_path = self.paths(key, epochs, run_id)
         failure_path(result_path).unlink(missing_ok=True)  # from an attempt that was lost
+        started_path(result_path).unlink(missing_ok=True)
         state = read_state(workdir)
         start = int(state["epoch"]) if state else 0
         self.views[run_id] = TrialView(
@@ -183,7 +214,7 @@ class TrialRunner:
             self._submit_failed(run_id, proposal, exc)
         handle.adoptable = True  # a restarted driver reattaches to it (study/recover.py)
         records.mark_running(self.registry, run_id, handle.record_id, start_epoch=start)
-        self.active[run_id] = ActiveTrial(run_id, proposal, handle, time.time())
+        self.active[run_id] = ActiveTrial(run_id, proposal, handle, time.time(), result_path)
         # The registry's job id: the one `pomlia jobs show/cancel` take (not Slurm's or the pid).
         job = "" if handle.record_id is None else str(handle.record_id)
         self.views[run_id] = replace(self.views[run_id], status=records.RUNNING, job=job)
@@ -313,7 +344,7 @@ class TrialRunner:
                 act.proposal,
                 cause,
                 error,
-                time.time() - act.started,
+                job_wall_s(self.registry, act),
                 state=exc.state,
             )
             damage = integrity_failure(exc.traceback or str(exc))
