@@ -220,7 +220,10 @@ def test_an_initial_file_that_cannot_be_written_records_nothing(
     out = tmp_path / "new" / "warm.json"
     with pytest.raises(InputError, match="No space left on device"):
         recommend(reg, "blood", initial_file=out)
-    assert not out.exists()
+    assert not out.exists() and not out.parent.exists()  # nor the folder it made
+    with pytest.raises(InputError, match="No space left on device"):
+        recommend(reg, "blood", initial_file=out, record=False)
+    assert not out.parent.exists()
     with reg.session() as s:
         assert s.scalar(select(Recommendation.id)) is None  # nothing recorded
     monkeypatch.undo()
@@ -259,6 +262,34 @@ def test_a_failed_commit_keeps_an_initial_file_written_before(
         assert s.scalar(select(Recommendation.id)) is None  # nothing recorded
     answer = recommend(reg, "blood", initial_file=out)
     assert json.loads(out.read_text())["recommendation_id"] == answer["recommendation_id"]
+
+
+def test_a_failed_commit_leaves_no_folder_it_made(
+    workspace: Workspace, reg: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failed commit removed the staged file but left the empty folders made for it."""
+    meta = DATA / "medmnist_meta_features.csv"
+    kb.import_table(reg, DATA / "medmnist_plus_doerrich2025.csv", "plus", meta_path=meta)
+    tiny_task(workspace, reg, "blood", "bloodmnist", "acc")
+    out = tmp_path / "made" / "deeper" / "warm.json"
+    real = reg.session
+
+    @contextmanager
+    def commit_fails() -> Iterator[Session]:
+        with real() as s:
+            yield s
+            if s.scalar(select(Recommendation.id)) is not None:  # the record's commit
+                raise OperationalError("COMMIT", {}, Exception("database is locked"))
+
+    monkeypatch.setattr(reg, "session", commit_fails)
+    with pytest.raises(OperationalError, match="database is locked"):
+        recommend(reg, "blood", initial_file=out)
+    assert not (tmp_path / "made").exists()
+    (tmp_path / "kept").mkdir()  # a folder that was there stays
+    with pytest.raises(OperationalError, match="database is locked"):
+        recommend(reg, "blood", initial_file=tmp_path / "kept" / "new" / "warm.json")
+    assert [p.name for p in tmp_path.iterdir() if p.name in ("kept", "made")] == ["kept"]
+    assert not any((tmp_path / "kept").iterdir())
 
 
 def test_pareto_front() -> None:

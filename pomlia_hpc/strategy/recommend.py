@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -27,7 +27,13 @@ import numpy as np
 from sqlalchemy.orm import Session
 
 from pomlia_hpc.errors import InputError, NotFoundError
-from pomlia_hpc.files import atomic_target, probe_writable, write_json_atomic
+from pomlia_hpc.files import (
+    atomic_target,
+    make_dirs,
+    probe_writable,
+    remove_made_dirs,
+    write_json_atomic,
+)
 from pomlia_hpc.registry import (
     DatasetVersion,
     Recommendation,
@@ -466,7 +472,8 @@ def _record(
     already at ``initial_file`` is kept as it was)."""
     # The temporary name's block encloses the session's, so the rename follows the commit.
     staged = atomic_target(initial_file) if initial_file is not None else contextlib.nullcontext()
-    with staged as tmp, registry.session() as s:
+    parents = _parents_of(initial_file) if initial_file is not None else contextlib.nullcontext()
+    with parents, staged as tmp, registry.session() as s:
         rid = _add_record(s, target, answer, asked)
         if initial_file is not None and tmp is not None:
             answer["recommendation_id"] = rid
@@ -496,6 +503,25 @@ def _add_record(
     s.add(row)
     s.flush()
     return int(row.id)
+
+
+@contextlib.contextmanager
+def _parents_of(path: str | Path) -> Iterator[None]:
+    """Make the missing folders above ``path`` for the block and, when the block fails (the
+    commit, the write, an interrupt), remove those again while empty: a refused
+    ``--write-initial`` leaves no folder it made; folders that existed are never removed."""
+    try:
+        made = make_dirs(Path(path).absolute().parent)
+    except OSError as exc:  # make_dirs removed what it made
+        raise InputError(
+            f"--write-initial {path} cannot be written ({exc.strerror or exc}): expected a "
+            "writable file path"
+        ) from exc
+    try:
+        yield
+    except BaseException:
+        remove_made_dirs(made)
+        raise
 
 
 def check_initial_target(path: str | Path) -> None:
@@ -539,7 +565,11 @@ def write_initial(answer: dict[str, Any], path: str | Path, *, staged: Path | No
         "configs": configs,
     }
     try:
-        write_json_atomic(path if staged is None else staged, data)
+        if staged is not None:
+            write_json_atomic(staged, data)  # the caller made (and cleans up) the folders
+        else:
+            with _parents_of(path):
+                write_json_atomic(path, data)
     except OSError as exc:
         raise InputError(
             f"--write-initial {path} cannot be written ({exc.strerror or exc}): expected a "
