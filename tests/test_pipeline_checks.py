@@ -349,6 +349,39 @@ def test_encoder_datasets_may_name_a_version(workspace: Workspace, reg: Registry
     assert job.hours == pytest.approx(train * 2 / spec.estimate.train_images_per_s / 3600)
 
 
+def test_an_encoder_version_other_than_the_ingested_one_is_refused(
+    workspace: Workspace, reg: Registry, tmp_path: Path
+) -> None:
+    """`encoder.datasets: [a@VERSION]` trained on the version the file ingests whatever
+    VERSION said: the dry run (once the ingest is recorded) and the stage refuse another one."""
+    from pomlia_hpc.pipeline.runner import run_in_process
+    from pomlia_hpc.pipeline.stage import run_stage
+    from pomlia_hpc.pipeline.stages_fingerprint import ENCODER
+
+    tiny_npz(tmp_path / "a.npz")
+    data: dict[str, Any] = {"name": "p", "datasets": [{"name": "a", "file": "a.npz"}]}
+    ingest = StageContext(parse_pipeline(data, "p.yaml", tmp_path), workspace, reg)
+    assert run_in_process(ingest, make_plan(ingest, "local"))["data"] == "done"
+    have = ingest.outputs("data")["versions"]["a"].partition("@")[2]
+    enc = {"name": "e", "batch_size": 8, "datasets": ["a@0ld"]}
+    ctx = StageContext(parse_pipeline({**data, "encoder": enc}, "p.yaml", tmp_path), workspace, reg)
+    with pytest.raises(ConfigError) as err:
+        make_plan(ctx, "local")
+    assert str(err.value) == (
+        f"p.yaml: encoder.datasets.0: 'a@0ld' asks for version 0ld of data set 'a', but the "
+        f"file ingests version {have}: expected 'a' or 'a@{have}' (the encoder trains on the "
+        "version the file ingests)"
+    )
+    with pytest.raises(ConfigError, match="asks for version 0ld"):
+        run_stage(ctx, ENCODER)
+    assert not (workspace.home / "models" / "encoders" / "e").exists()
+    enc["datasets"] = [f"a@{have[:8]}"]  # the ingested version (a prefix of it) is fine
+    make_plan(
+        StageContext(parse_pipeline({**data, "encoder": enc}, "p.yaml", tmp_path), workspace, reg),
+        "local",
+    )
+
+
 def test_the_size_of_all_splits_of_look_alikes_rounds_each_split() -> None:
     """All splits of a look-alike (the extraction plan's count; the encoder's bound over all
     splits) rounded the scaled total once (59 images of pneumoniamnist at 0.01), where the

@@ -96,6 +96,9 @@ def make_plan(ctx: StageContext, profile_name: str, *, in_process: bool = False)
         fresh = not (set(stage.needs) & will_run) and is_fresh(ctx, stage)
         if not fresh:
             stage.check(spec)  # a bad input is said now, not after the stages before it ran
+            # The needs that are skipped: their recorded outputs are what the stage will read.
+            upstream = {n: ctx.outputs(n) for n in stage.needs if n not in will_run}
+            stage.check_upstream(spec, upstream)
             will_run.add(stage.name)
         plans.append(
             StagePlan(

@@ -138,7 +138,9 @@ class Stage:
     files outside the workspace it reads; ``run`` does the work and returns the outputs;
     ``still_there`` checks that recorded outputs were not deleted since; ``jobs`` lists the
     jobs it will submit (for ``--dry-run``); ``check`` refuses inputs the stage would refuse,
-    cheaply and before anything runs (so ``--dry-run`` finds them too)."""
+    cheaply and before anything runs (so ``--dry-run`` finds them too); ``check_upstream``
+    likewise, given the recorded outputs of the needed stages that will be skipped (by stage
+    name; what the stage will read from them), for checks that depend on them."""
 
     name: str
     needs: tuple[str, ...]
@@ -150,6 +152,7 @@ class Stage:
     still_there: Callable[[StageContext, dict[str, Any]], bool] = lambda _c, _o: True
     external: Callable[[PipelineSpec], Any] = lambda _s: None
     check: Callable[[PipelineSpec], None] = lambda _s: None
+    check_upstream: Callable[[PipelineSpec, dict[str, dict[str, Any]]], None] = lambda _s, _u: None
     tags: tuple[str, ...] = field(default=())
 
 

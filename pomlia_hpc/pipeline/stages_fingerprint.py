@@ -76,10 +76,33 @@ def _check_batch(spec: PipelineSpec, rows: int, exact: bool) -> None:
 
 def _trained_on(spec: PipelineSpec) -> list[tuple[int, DatasetSpec]]:
     """The data set entries (index, entry) the encoder trains on: ``encoder.datasets``
-    (``name`` or ``name@version``; the stage trains on the version the file ingests), or all."""
+    (``name``, or ``name@version`` naming the version the file ingests), or all."""
     enc = _enc(spec)
     names = {dataset_name(r) for r in enc.datasets} if enc.datasets else None
     return [(i, d) for i, d in enumerate(spec.datasets) if names is None or d.name in names]
+
+
+def _check_versions(spec: PipelineSpec, upstream: dict[str, dict[str, Any]]) -> None:
+    """Refuse an ``encoder.datasets`` entry ``name@version`` whose version is not the one the
+    file ingests (``upstream["data"]["versions"]``, when known): the stage trains on what the
+    file ingests, so another version there would be silently replaced."""
+    from pomlia_hpc.data.store import parse_ref
+
+    enc, data = _enc(spec), upstream.get("data")
+    if data is None:
+        return  # ingest has not run yet: checked when the encoder stage starts
+    for i, ref in enumerate(enc.datasets or ()):
+        name, version = parse_ref(ref)
+        ingested = data["versions"].get(name)
+        if version is None or ingested is None:
+            continue
+        have = parse_ref(ingested)[1] or ""
+        if not have.startswith(version):
+            raise ConfigError(
+                f"{spec.source}: encoder.datasets.{i}: '{ref}' asks for version {version} of "
+                f"data set '{name}', but the file ingests version {have}: expected '{name}' "
+                f"or '{name}@{have}' (the encoder trains on the version the file ingests)"
+            )
 
 
 def _check_encoder(spec: PipelineSpec) -> None:
@@ -110,6 +133,7 @@ def _run_encoder(ctx: StageContext) -> dict[str, Any]:
     from pomlia_hpc.fingerprint.train import train_encoder
 
     enc = _enc(ctx.spec)
+    _check_versions(ctx.spec, {"data": ctx.outputs("data")})
     versions = ctx.outputs("data")["versions"]
     names = enc.datasets or tuple(versions)
     refs = [versions[dataset_name(n)] for n in names]
@@ -304,6 +328,7 @@ ENCODER = section_stage(
     jobs=_encoder_jobs,
     still_there=_encoder_there,
     check=_check_encoder,
+    check_upstream=_check_versions,
 )
 
 EXTRACT = section_stage(
