@@ -174,3 +174,24 @@ def test_an_empty_val_folder_is_carved_from_train_as_the_hint_says(
     sizes = _meta("ev")["split_sizes"]
     assert isinstance(sizes, dict) and sizes["test"] == 40 and 4 <= sizes["val"] <= 20
     assert "skipped" not in text  # the empty val/a is no class folder to skip
+
+
+def test_class_folders_one_level_too_deep_are_named_as_the_layout_problem(
+    workspace: Workspace, tmp_path: Path
+) -> None:
+    # train/images/<class>/ read as one class 'images': the warning only said "fewer than 2
+    # classes", not that the class folders sit one level too deep.
+    rels = [f"{s}/images/{c}" for s in ("train", "val", "test") for c in ("a", "b")]
+    text = _flat(cli_ok("data", "add", "deep", str(_mk(tmp_path / "deep", *rels, n=3))))
+    assert "fewer than 2 classes have training images" in text
+    assert (
+        "the only class folder found is 'train/images', whose images sit in its sub-folders "
+        "('a', 'b'): class folders belong directly under train/ (train/<class>/<image>), so "
+        "'images' was read as one class; move its sub-folders up one level" in text
+    )
+    flat = _mk(tmp_path / "flat", "images/a", "images/b", n=10)
+    text = _flat(cli_ok("data", "add", "flat", str(flat)))
+    assert "class folders belong directly in the dataset folder (root/<class>/<image>)" in text
+    # A single class without sub-folders keeps the plain warning.
+    text = _flat(cli_ok("data", "add", "one", str(_mk(tmp_path / "one", "only", n=10))))
+    assert "fewer than 2 classes" in text and "only class folder found" not in text

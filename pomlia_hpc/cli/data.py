@@ -257,6 +257,7 @@ def _print_notes(meta: dict[str, Any]) -> None:
         console.print(
             "[yellow]warning:[/] fewer than 2 classes have training images: `pomlia task add` "
             "refuses this version (a classification task needs at least 2)"
+            + _one_class_layout(meta.get("source") or {})
         )
     _print_folder_notes(meta.get("source") or {})
     gray = int((meta.get("source") or {}).get("gray_to_rgb", 0))
@@ -265,6 +266,29 @@ def _print_notes(meta: dict[str, Any]) -> None:
             f"[yellow]note:[/] {gray} gray image(s) converted to RGB (the folder mixes gray "
             "and colour images; each gray value is copied to the 3 channels)"
         )
+
+
+def _one_class_layout(source: dict[str, Any]) -> str:
+    """For an image folder read as one class whose images sit in sub-folders (one level too
+    deep, ``train/images/<class>/``): where the class folders belong, naming what was found."""
+    found = source.get("one_class_folder") or {}
+    subs = found.get("subfolders") or []
+    if not subs:
+        return ""
+    folder = str(found["folder"])
+    shown = ", ".join(f"'{s}'" for s in subs[:5]) + (
+        f" and {len(subs) - 5} more" if len(subs) > 5 else ""
+    )
+    if source.get("layout") == "split folders":
+        split = folder.split("/")[0]
+        where = f"directly under {split}/ ({split}/<class>/<image>)"
+    else:
+        where = "directly in the dataset folder (root/<class>/<image>)"
+    return (
+        f"; the only class folder found is '{folder}', whose images sit in its sub-folders "
+        f"({shown}): class folders belong {where}, so '{folder.split('/')[-1]}' was read as "
+        "one class; move its sub-folders up one level and run `pomlia data add` again"
+    )
 
 
 def _print_folder_notes(source: dict[str, Any]) -> None:

@@ -22,7 +22,9 @@ decided by their path hashes, so the same files give the same split). A split th
 folder refuses the fraction. A val / test folder without any file counts as missing
 (recorded, by split, as ``meta["source"]["empty_split_folders"]``), so the fraction carves it.
 A class folder without images is skipped (not made a class) and recorded as
-``meta["source"]["skipped_empty_folders"]``.
+``meta["source"]["skipped_empty_folders"]``. A single class is recorded with its folder and
+sub-folders as ``meta["source"]["one_class_folder"]`` (``train/images/<class>/`` reads as one
+class ``images``: ``data add`` says where the class folders belong).
 
 Within a split, rows are ordered by another hash of that path (deterministic, and not class by
 class). Files under a class folder may sit in nested folders; hidden files (``.name``) are
@@ -366,6 +368,14 @@ class FolderSource(Source):
             d.relative_to(path).as_posix() for d in class_dirs if d.name not in classes
         )
         self.class_names = sorted(classes)
+        if len(classes) == 1:
+            # One class whose images sit in sub-folders is most likely a layout one level too
+            # deep (train/images/<class>/...): `data add` names the folder and its sub-folders.
+            only = next(d for d in class_dirs if d.name in classes)
+            self.extra["one_class_folder"] = {
+                "folder": only.relative_to(path).as_posix(),
+                "subfolders": [p.name for p in _visible(only) if p.is_dir()],
+            }
         self._limits.check_classes(f"image folder '{path}'", len(classes), "class folders")
         # Rows in hash order, not class by class: any run of rows (a chunk, a shuffle buffer,
         # the first N) then holds a mix of classes; adding files keeps the others' order.
