@@ -89,8 +89,7 @@ def job_wall_s(registry: Registry, act: ActiveTrial) -> float:
             row = s.get(Job, act.handle.record_id)
             if row is not None and row.started_at is not None and row.ended_at is not None:
                 return max((row.ended_at - row.started_at).total_seconds(), 0.0)
-    if started is not None:
-        assert act.result_path is not None
+    if started is not None and act.result_path is not None:
         failure = failure_path(act.result_path)
         end = failure.stat().st_mtime if failure.is_file() else time.time()
         return max(end - started, 0.0)
