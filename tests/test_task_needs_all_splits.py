@@ -95,3 +95,27 @@ def test_a_binary_version_with_three_classes_is_refused_as_a_task() -> None:
     with pytest.raises(InputError, match=r"'g2@ab' is binary-class but has 3 classes: expected"):
         check_trainable(meta, "g2@ab")
     check_trainable({**meta, "n_classes": 2}, "g2@ab")
+
+
+def test_a_one_image_val_split_is_refused_by_task_add_and_automl_run(
+    workspace: Workspace, reg: Registry, tmp_path: Path
+) -> None:
+    # breastmnist at `data synth --scale 0.01`: train 5, val 1, test 2
+    rng = np.random.default_rng(0)
+    arrays = {}
+    for split, n in (("train", 6), ("val", 1), ("test", 2)):
+        arrays[f"{split}_images"] = rng.integers(0, 255, (n, 28, 28), dtype=np.uint8)
+        arrays[f"{split}_labels"] = (np.arange(n) % 2)[:, None]
+    np.savez(tmp_path / "b.npz", **arrays)
+    cli_ok("data", "add", "b1", str(tmp_path / "b.npz"))
+    err = _refused("task", "add", "tb", "--dataset", "b1", "--metric", "auc")
+    assert "dataset 'b1@" in err and "val has 1 image(s) (train 6, val 1, test 2)" in err
+    assert "expected at least 2 images in val and in test" in err
+    assert _tasks(reg) == []
+    version = find_version(reg, "b1")
+    with reg.session() as s:  # as `task add` registered it before it checked the sizes
+        s.add(Task(name="old", dataset_version_id=version.id, metric="auc", task_type="binary"))
+    err = _refused("automl", "run", "old", "--trials", "1")
+    assert "val has 1 image(s)" in err
+    with reg.session() as s:
+        assert s.scalar(select(Run.id)) is None  # no trial, no job

@@ -28,6 +28,7 @@ from collections.abc import Mapping
 import numpy as np
 from sklearn.metrics import f1_score, roc_auc_score
 
+from pomlia_hpc.data.splits import MIN_EVAL_IMAGES
 from pomlia_hpc.errors import InputError
 from pomlia_hpc.vocab import check_metric, medmnist_task
 
@@ -75,9 +76,10 @@ def evaluate(task_type: str, y_true: np.ndarray, y_score: np.ndarray) -> dict[st
             f"{y_true.shape} and {y_score.shape}"
         )
     n = int(y_true.shape[0])
-    if n < 2:
-        # MedMNIST's functions squeeze their inputs, which breaks on a single image.
-        raise InputError(f"evaluate: expected at least 2 images, got {n}")
+    if n < MIN_EVAL_IMAGES:
+        # MedMNIST's functions squeeze their inputs, which breaks on a single image
+        # (`task add` and `automl run` refuse such splits up front: data.splits).
+        raise InputError(f"evaluate: expected at least {MIN_EVAL_IMAGES} images, got {n}")
     auc: float | None
     if task == "multi-label, binary-class" and y_score.shape[1] == 1:
         # MedMNIST squeezes (N, 1) to (N,) and then indexes a second axis: compute its

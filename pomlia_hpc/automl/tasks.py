@@ -7,7 +7,7 @@ from typing import Any
 from sqlalchemy import select
 
 from pomlia_hpc.data.classes import require_two_train_classes
-from pomlia_hpc.data.splits import require_all_splits
+from pomlia_hpc.data.splits import require_all_splits, require_eval_sizes
 from pomlia_hpc.data.store import find_version, open_store
 from pomlia_hpc.errors import InputError, NotFoundError, PomliaError
 from pomlia_hpc.names import validate_name
@@ -45,10 +45,12 @@ def add_task(
 
 def check_trainable(meta: dict[str, Any], ref: str) -> None:
     """Refuse a dataset version (``ref``, its store's ``meta``) that no trial could learn
-    from: an empty train, val or test split, fewer than 2 classes with training images, or
-    a binary task without exactly 2 classes (versions ingested before ``data add`` refused
-    that); one :class:`InputError` each."""
+    from: an empty train, val or test split, a val or test split too small to evaluate on
+    (:data:`~pomlia_hpc.data.splits.MIN_EVAL_IMAGES`), fewer than 2 classes with training
+    images, or a binary task without exactly 2 classes (versions ingested before ``data add``
+    refused that); one :class:`InputError` each."""
     require_all_splits(meta, ref)
+    require_eval_sizes(meta, ref)
     require_two_train_classes(meta, ref)
     n_classes = int(meta.get("n_classes", 0))
     if meta.get("task_type") == "binary-class" and n_classes != 2:

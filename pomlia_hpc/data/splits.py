@@ -14,6 +14,10 @@ from typing import Any
 from pomlia_hpc.data.store import SPLITS
 from pomlia_hpc.errors import InputError
 
+#: Fewest images a split that AutoML evaluates (val, test) must hold: the metric functions
+#: (MedMNIST's) squeeze their inputs, which breaks on a single image.
+MIN_EVAL_IMAGES = 2
+
 
 def split_sizes(meta: dict[str, Any]) -> dict[str, int]:
     """Images per split of a store's ``meta`` (``split_sizes``, else the ``splits`` ranges)."""
@@ -60,6 +64,22 @@ def fill_hint(meta: dict[str, Any], empty: list[str]) -> str:
         how = f"a larger {fractions}" if fractions else "smaller --val-fraction / --test-fraction"
         return f"add it again with {how}, or a --split dataset holding the codes {codes}"
     return f"ingest a version of this dataset with {_or(empty)} images"
+
+
+def require_eval_sizes(meta: dict[str, Any], ref: str) -> None:
+    """Refuse a version (``ref``, its store's ``meta``) whose val or test split holds images
+    but fewer than :data:`MIN_EVAL_IMAGES`: every trial would train, then fail to evaluate
+    (recorded as crashed runs). One :class:`InputError` naming the split(s) and counts."""
+    sizes = split_sizes(meta)
+    few = [s for s in ("val", "test") if 0 < sizes[s] < MIN_EVAL_IMAGES]
+    if few:
+        counts = ", ".join(f"{s} has {sizes[s]}" for s in few)
+        raise InputError(
+            f"dataset '{ref}': {counts} image(s) ({describe_splits(meta)}): expected at least "
+            f"{MIN_EVAL_IMAGES} images in val and in test (AutoML evaluates every trial on "
+            f"both); ingest a version with more {_or(few)} images (more in the source's "
+            f"{_or(few)} split, or a larger --{few[0]}-fraction where the split is carved)"
+        )
 
 
 def describe_splits(meta: dict[str, Any]) -> str:
