@@ -443,6 +443,15 @@ def _report(spec: Any, result: Any, *, resume: bool) -> int:
             )
         return 1
     m = result.best_metrics or {}
+    if result.model_name is None:
+        # the study found a best, but its model's name belonged to another model
+        console.print(
+            f"best: run {result.best_run_id}, val {spec.metric} {_fmt(m.get('objective'))}; "
+            f"[red]model not registered[/]: {result.model_refused}",
+            soft_wrap=True,
+            highlight=False,
+        )
+        return 1
     # A resumed study ran partly (or wholly) in earlier drivers: this driver's time would
     # say "0 s" for a finished one, so the study's own span is given, or nothing.
     took = result.elapsed_s if resume else result.wall_s

@@ -37,7 +37,11 @@ def register(
     ] = None,
 ) -> None:
     """Register a classifier checkpoint as a model. The checkpoint is copied into the
-    workspace (models/NAME.pt): the model does not depend on the file it came from."""
+    workspace (models/NAME.pt): the model does not depend on the file it came from.
+
+    Refused, nothing written: a different file already at models/NAME.pt (another registry's
+    model), a --run-id of another task than --task-id, a checkpoint whose class count is not
+    its task's."""
     from pomlia_hpc.models.catalog import promote_checkpoint
     from pomlia_hpc.models.checkpoint import read_meta
 

@@ -348,7 +348,9 @@ def automl_stage(ctx: LoopContext) -> StageOutput:
     )
     if result.model_name is None:
         raise LoopError(
-            f"study {name}: no trial produced a model ({result.n_ok} ok, "
+            f"study {name}: {result.model_refused}"
+            if result.model_refused
+            else f"study {name}: no trial produced a model ({result.n_ok} ok, "
             f"{result.n_crashed} crashed); see `pomlia runs list --study {shlex.quote(name)}`"
         )
     return {

@@ -10,6 +10,7 @@ Model names follow :func:`pomlia_hpc.names.validate_name`: they become parts of 
 
 from __future__ import annotations
 
+import filecmp
 import shutil
 from collections.abc import Mapping
 from pathlib import Path
@@ -21,9 +22,14 @@ from pomlia_hpc.errors import NotFoundError, PomliaError
 from pomlia_hpc.files import atomic_target
 from pomlia_hpc.models.card import MODEL_NAME_MAX, model_card
 from pomlia_hpc.names import validate_name
-from pomlia_hpc.registry import Model, Registry, Run, Task
+from pomlia_hpc.registry import DatasetVersion, Model, Registry, Run, Task
 from pomlia_hpc.registry.lookup import by_name_or_id
 from pomlia_hpc.workspace import Workspace
+
+
+class ModelNameTakenError(PomliaError):
+    """A model name that is registered already, or whose file ``models/NAME.pt`` holds another
+    checkpoint: nothing was written under it."""
 
 
 def register_model(
@@ -58,7 +64,7 @@ def register_model(
     with registry.session() as s:
         existing = s.scalar(select(Model).where(Model.name == name))
         if existing is not None:
-            raise PomliaError(_taken(name, existing.id))
+            raise ModelNameTakenError(_taken(name, existing.id))
         row = Model(
             name=name,
             task_id=task_id,
@@ -82,7 +88,24 @@ def check_new_model_name(registry: Registry, name: str) -> None:
     validate_name("model", name, max_len=MODEL_NAME_MAX)
     existing = find_model(registry, name)
     if existing is not None:
-        raise PomliaError(_taken(name, existing.id))
+        raise ModelNameTakenError(_taken(name, existing.id))
+
+
+def check_model_free(registry: Registry, workspace: Workspace, name: str) -> None:
+    """Refuse ``name`` for a model that :func:`promote_checkpoint` will write later (an AutoML
+    study's best): an invalid name, one already registered, or one whose file
+    ``models/NAME.pt`` exists already (a model of another registry sharing this workspace)."""
+    check_new_model_name(registry, name)
+    dst = workspace.path("models", f"{name}.pt")
+    if dst.exists():
+        raise ModelNameTakenError(_unregistered_file(name, dst))
+
+
+def _unregistered_file(name: str, dst: Path) -> str:
+    return (
+        f"{dst} exists but no model '{name}' is registered in this registry (a model of "
+        "another registry sharing this workspace?); expected a new name, or move that file away"
+    )
 
 
 def find_model(registry: Registry, name: str) -> Model | None:
@@ -108,15 +131,20 @@ def promote_checkpoint(
 
     The copy is atomic (temp name, then rename). With ``exist_ok``, a model already registered
     under ``name`` is returned unchanged: a resumed study that had already promoted its best.
+    A file already at ``models/NAME.pt`` that differs from ``checkpoint`` is refused, nothing
+    written: with no model ``name`` in this registry it belongs to another registry sharing
+    the workspace (or to a registration that failed half-way) and must not be overwritten.
     """
     validate_name("model", name, max_len=MODEL_NAME_MAX)
     existing = find_model(registry, name)
     if existing is not None:
         if exist_ok:
             return existing
-        raise PomliaError(_taken(name, existing.id))  # before its checkpoint is overwritten
-    _check_ids(registry, task_id, run_id)
+        raise ModelNameTakenError(_taken(name, existing.id))  # before its checkpoint is overwritten
+    _check_ids(registry, task_id, run_id, Path(checkpoint))
     dst = workspace.path("models", f"{name}.pt")
+    if dst.exists() and not filecmp.cmp(checkpoint, dst, shallow=False):
+        raise ModelNameTakenError(_unregistered_file(name, dst))
     with atomic_target(dst) as tmp:
         shutil.copyfile(checkpoint, tmp)
     try:
@@ -141,12 +169,38 @@ def _drop_unregistered_copy(registry: Registry, name: str, source: Path, copy: P
     copy.unlink(missing_ok=True)
 
 
-def _check_ids(registry: Registry, task_id: int | None, run_id: int | None) -> None:
-    """Refuse a task or run id that is not in the registry (before anything is copied)."""
+def _check_ids(
+    registry: Registry, task_id: int | None, run_id: int | None, checkpoint: Path
+) -> None:
+    """Refuse, before anything is copied, a task or run id that is not in the registry, a run
+    of another task than ``task_id``, and a checkpoint whose class count is not its task's (a
+    model's lineage, listing and serving would name the wrong task)."""
     with registry.session() as s:
         for kind, table, ref in (("task", Task, task_id), ("run", Run, run_id)):
             if ref is not None and s.get(table, ref) is None:
                 raise NotFoundError(f"{kind} id {ref} is not in the registry")
+        run = s.get(Run, run_id) if run_id is not None else None
+        if run is not None and task_id is not None and run.task_id != task_id:
+            raise PomliaError(
+                f"run {run_id} belongs to task id {run.task_id}, not to --task-id {task_id}; "
+                "expected the task of the run that trained the model"
+            )
+        # a run id alone still names its task: the checkpoint must fit that one
+        tid = task_id if task_id is not None else (run.task_id if run is not None else None)
+        task = s.get(Task, tid) if tid is not None else None
+        version = s.get(DatasetVersion, task.dataset_version_id) if task is not None else None
+        if task is None or version is None or "n_classes" not in version.meta:
+            return
+        want, task_name = int(version.meta["n_classes"]), task.name
+    # Imported here: reading a checkpoint needs torch (see register_model).
+    from pomlia_hpc.models.checkpoint import read_meta
+
+    got = read_meta(checkpoint).num_classes
+    if got != want:
+        raise PomliaError(
+            f"{checkpoint}: the checkpoint has {got} classes but task '{task_name}' (id {tid}) "
+            f"has {want}; expected a checkpoint trained for that task"
+        )
 
 
 def resolve_model(registry: Registry, ref: str) -> Model:

@@ -105,7 +105,8 @@ def _run_automl(ctx: StageContext) -> dict[str, Any]:
             f"  study {name}: {res.n_ok} ok, {res.n_crashed} crashed, best model {res.model_name}"
         )
         if res.model_name is None:
-            raise RuntimeError(f"study {name} produced no model: every trial crashed")
+            why = res.model_refused or "every trial crashed"
+            raise RuntimeError(f"study {name} produced no model: {why}")
         out[key] = {
             "study": name,
             "model": res.model_name,

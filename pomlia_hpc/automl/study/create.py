@@ -21,6 +21,7 @@ from pomlia_hpc.config import load_cluster_profile
 from pomlia_hpc.data.store import open_store
 from pomlia_hpc.errors import InputError, PomliaError
 from pomlia_hpc.files import held_lock
+from pomlia_hpc.models.catalog import ModelNameTakenError, check_model_free
 from pomlia_hpc.registry import DatasetVersion, Registry, Task
 from pomlia_hpc.vocab import check_metric
 from pomlia_hpc.workspace import Workspace
@@ -93,6 +94,16 @@ def create_study(
     )
     recent_rows = _recent_rows(version.meta, ref) if recent_share is not None else 0
     folder = _new_study_folder(workspace, name)
+    # The study ends by registering <name>-best: a model of that name that is not this new
+    # study's would be kept while the study reported its own best as registered.
+    try:
+        check_model_free(registry, workspace, f"{name}-best")
+    except ModelNameTakenError as exc:
+        raise PomliaError(
+            exc.message,
+            hint=f"study '{name}' registers its best model as '{name}-best'; choose another "
+            "--study name (or remove that model)",
+        ) from None
     profile = load_cluster_profile(executor)  # checked above; its CPUs set the trials' threads
     store = open_store(version.store_path)
     enc, model = _initial_weights(registry, folder, store.image_shape[2], encoder, init_model)

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import shlex
 from dataclasses import asdict
 
 from pomlia_hpc.automl import records
 from pomlia_hpc.automl.study.spec import SUMMARY_FILE, write_json
 from pomlia_hpc.automl.study.trials import TrialRunner
 from pomlia_hpc.automl.study.view import StudyResult
-from pomlia_hpc.models.catalog import promote_checkpoint
+from pomlia_hpc.models.catalog import ModelNameTakenError, find_model, promote_checkpoint
 from pomlia_hpc.registry import Run
 
 
@@ -27,6 +28,7 @@ def finish(runner: TrialRunner, wall_s: float) -> StudyResult:
     n_ok = sum(v.status == records.OK for v in runner.views.values())
     n_crashed = sum(v.status == records.CRASHED for v in runner.views.values())
     model_name = config = metrics = None
+    model_refused = ""
     runs = records.study_runs(runner.registry, runner.spec.name)
     if best is not None:
         run = next(r for r in runs if r.id == best.run_id)
@@ -36,7 +38,7 @@ def finish(runner: TrialRunner, wall_s: float) -> StudyResult:
             if k not in ("config_key", "origin", "smac_budget", "engine")
         }
         metrics = {k: run.metrics[k] for k in ("val", "test", "objective", "epochs")}
-        model_name = register_best(runner, run)
+        model_name, model_refused = register_best(runner, run, runs)
     summary = StudyResult(
         runner.spec.name,
         best.run_id if best else None,
@@ -48,14 +50,27 @@ def finish(runner: TrialRunner, wall_s: float) -> StudyResult:
         runner.spent(),
         wall_s,
         elapsed_s(runs),
+        model_refused,
     )
     write_json(runner.folder / SUMMARY_FILE, asdict(summary))
     return summary
 
 
-def register_best(runner: TrialRunner, run: Run) -> str:
-    """Promote ``run``'s checkpoint to the model ``<study>-best``; returns its name."""
+def register_best(runner: TrialRunner, run: Run, runs: list[Run]) -> tuple[str | None, str]:
+    """Promote ``run``'s checkpoint to the model ``<study>-best``; returns its name, or None and
+    why when the name belongs to another model (registered or its file written since the
+    study started: refused then, and a resume must not adopt a stranger's model)."""
     name = f"{runner.spec.name}-best"
+    existing = find_model(runner.registry, name)
+    if existing is not None:
+        own = (existing.lineage or {}).get("study") == runner.spec.name and existing.run_id in {
+            r.id for r in runs
+        }
+        if own:  # a resumed study that had already finished keeps its model
+            return name, ""
+        return None, _not_registered(
+            runner, run, f"model name '{name}' is taken by model id {existing.id}, not this study's"
+        )
     lineage = {
         "task": runner.spec.task,
         "task_id": runner.spec.task_id,
@@ -70,15 +85,25 @@ def register_best(runner: TrialRunner, run: Run) -> str:
     }
     if run.encoder_id is not None:
         lineage["encoder_id"] = run.encoder_id
-    # exist_ok: a resumed study that had already finished keeps its model.
-    promote_checkpoint(
-        runner.registry,
-        runner.workspace,
-        name,
-        run.metrics["model_path"],
-        task_id=runner.spec.task_id,
-        run_id=run.id,
-        lineage=lineage,
-        exist_ok=True,
+    try:
+        promote_checkpoint(
+            runner.registry,
+            runner.workspace,
+            name,
+            run.metrics["model_path"],
+            task_id=runner.spec.task_id,
+            run_id=run.id,
+            lineage=lineage,
+        )
+    except ModelNameTakenError as exc:  # taken since the check above, or its file is another's
+        return None, _not_registered(runner, run, exc.message)
+    return name, ""
+
+
+def _not_registered(runner: TrialRunner, run: Run, why: str) -> str:
+    """Why the best model was not registered, and the command that registers it by hand."""
+    return (
+        f"{why}; the best model was not registered (register it under another name: `pomlia "
+        f"model register NAME {shlex.quote(str(run.metrics['model_path']))} --task-id "
+        f"{runner.spec.task_id} --run-id {run.id}`)"
     )
-    return name

@@ -63,6 +63,8 @@ class StudyResult:
     #: Seconds from the study's first trial start to its last trial end, over every driver
     #: that ran it (None: no trial recorded a time).
     elapsed_s: float | None = None
+    #: Why the best trial's model was not registered (its name taken by another model), or "".
+    model_refused: str = ""
 
 
 def job_name(study: str, run_id: int) -> str:
