@@ -9,6 +9,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from sqlalchemy import func, select
 from typer.testing import CliRunner
 
 from pomlia_hpc.automl import records
@@ -17,8 +18,8 @@ from pomlia_hpc.automl.optimizers import Proposal
 from pomlia_hpc.automl.space import configs_from_values
 from pomlia_hpc.automl.study import StudyRunner, TrialView, run_study
 from pomlia_hpc.cli import app
-from pomlia_hpc.errors import InputError
-from pomlia_hpc.registry import Registry
+from pomlia_hpc.errors import InputError, PomliaError
+from pomlia_hpc.registry import Recommendation, Registry
 from pomlia_hpc.strategy import kb
 from pomlia_hpc.strategy.warmstart import from_recommendation
 from pomlia_hpc.workspace import Workspace
@@ -229,3 +230,18 @@ def test_warm_start_first_training_keeps_to_the_epoch_budget(
     assert first_training("free", None) == [9]  # no epoch budget: the full budget
     assert first_training("capped", 4) == [4]  # was 9: more than the whole study's budget
     assert first_training("tiny", 2, min_epochs=3) == []  # below the lowest rung: searched
+
+
+def test_a_refused_study_from_a_recommendation_records_no_recommendation(
+    workspace: Workspace, reg: Registry
+) -> None:
+    meta = DATA / "medmnist_meta_features.csv"
+    kb.import_table(reg, DATA / "medmnist_v2_yang2023.csv", "v2", meta_path=meta)
+    tiny_task(workspace, reg, "blood", sizes=(64, 24, 24))
+    tiny_study(reg, workspace, "blood", "s0")  # the name a new study is refused
+    args = ["automl", "run", "blood", "--study", "s0", "--from-recommendation"]
+    for _ in range(2):
+        with pytest.raises(PomliaError, match="study 's0' already exists"):
+            CliRunner().invoke(app, args, catch_exceptions=False)
+    with reg.session() as s:
+        assert s.scalar(select(func.count()).select_from(Recommendation)) == 0

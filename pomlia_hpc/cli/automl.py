@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import math
 import shlex
 from collections.abc import Callable
@@ -313,6 +314,7 @@ def automl_run(
     else:
         from pomlia_hpc.automl.budget import default_budget, task_train_size
         from pomlia_hpc.strategy.warmstart import from_recommendation as recommended_start
+        from pomlia_hpc.strategy.warmstart import withdraw
 
         if from_recommendation and initial is not None:
             raise InputError(
@@ -322,17 +324,6 @@ def automl_run(
         if from_recommendation and recommend_k < 1:
             # Here, not in the recommender: its own message names `pomlia recommend`'s --k.
             raise InputError(f"--recommend-k {recommend_k}: expected an integer >= 1")
-        if from_recommendation:
-            ws_rec = recommended_start(reg, task, k=recommend_k)
-            warm = ws_rec.configs
-            archs = archs or ",".join(ws_rec.archs)
-            encoder = encoder or ws_rec.encoder
-            init_model = init_model or ws_rec.init_model
-            extra_data = extra_data or ws_rec.extra_data
-            console.print(
-                f"warm start: {len(warm)} configuration(s) from recommendation "
-                f"{ws_rec.recommendation_id}; architectures {', '.join(ws_rec.archs)}"
-            )
         if min_epochs is None or max_epochs is None:
             low, high = default_budget(task_train_size(reg, task), eta)
             min_epochs = min_epochs if min_epochs is not None else min(low, max_epochs or low)
@@ -343,37 +334,60 @@ def automl_run(
                 f"--gpus {gpus}: expected 0 or 1; a trial trains on one GPU (multi-GPU trials "
                 "need one process per GPU, tasks_per_node=N, which is not supported yet)"
             )
-        if extra_data and encoder is None:
-            raise InputError("--extra-data needs --encoder (the fingerprint index to search)")
-        resources = {
-            k: v
-            for k, v in (("mem_gb", mem_gb), ("time_min", time_min), ("gpus_per_node", gpus))
-            if v is not None
-        }
-        arch_list = tuple(a.strip() for a in archs.split(",")) if archs else DEFAULT_ARCHS
-        spec = create_study(
-            reg,
-            ws,
-            task,
-            name=study,
-            n_trials=trials,
-            max_epochs=max_epochs,
-            min_epochs=min_epochs,
-            eta=eta,
-            parallel=parallel,
-            executor=profile_for(executor),
-            optimizer=optimizer,
-            seed=seed,
-            budget_epochs=budget_epochs,
-            engine=EngineOptions(zero_stage=zero_stage, bf16=bf16, device=device),
-            space=SpaceOptions(archs=arch_list),
-            resources=resources,
-            encoder=encoder,
-            init_model=init_model,
-            extra_data=extra_data,
-            initial_configs=warm,
-            final_full_budget=final,
-        )
+        # The recommendation is recorded when it is made; a study refused after it (too few
+        # --trials for its configurations, a name taken, ...) never used it: withdrawn, so
+        # that `strategy outcomes` does not score one answer per refused attempt.
+        rec_id: int | None = None
+        try:
+            if from_recommendation:
+                ws_rec = recommended_start(reg, task, k=recommend_k)
+                rec_id = ws_rec.recommendation_id
+                warm = ws_rec.configs
+                archs = archs or ",".join(ws_rec.archs)
+                encoder = encoder or ws_rec.encoder
+                init_model = init_model or ws_rec.init_model
+                extra_data = extra_data or ws_rec.extra_data
+            if extra_data and encoder is None:
+                raise InputError("--extra-data needs --encoder (the fingerprint index to search)")
+            resources = {
+                k: v
+                for k, v in (("mem_gb", mem_gb), ("time_min", time_min), ("gpus_per_node", gpus))
+                if v is not None
+            }
+            arch_list = tuple(a.strip() for a in archs.split(",")) if archs else DEFAULT_ARCHS
+            spec = create_study(
+                reg,
+                ws,
+                task,
+                name=study,
+                n_trials=trials,
+                max_epochs=max_epochs,
+                min_epochs=min_epochs,
+                eta=eta,
+                parallel=parallel,
+                executor=profile_for(executor),
+                optimizer=optimizer,
+                seed=seed,
+                budget_epochs=budget_epochs,
+                engine=EngineOptions(zero_stage=zero_stage, bf16=bf16, device=device),
+                space=SpaceOptions(archs=arch_list),
+                resources=resources,
+                encoder=encoder,
+                init_model=init_model,
+                extra_data=extra_data,
+                initial_configs=warm,
+                final_full_budget=final,
+            )
+        except BaseException:
+            # the refusal is what the user must see, not a failed clean-up
+            with contextlib.suppress(Exception):
+                withdraw(reg, rec_id)
+            raise
+        if from_recommendation:
+            console.print(
+                f"warm start: {len(warm)} configuration(s) from recommendation {rec_id}; "
+                f"architectures {', '.join(ws_rec.archs)}"
+            )
         _note_added_archs(spec)
     console.print(
         f"study [bold]{spec.name}[/] on task {spec.task} ({spec.dataset}, metric "

@@ -5,6 +5,7 @@
 top-k strategies and turns them into the study's initial design (with the hyperparameters of
 their best runs on similar tasks where known) and a narrower space: only the recommended
 architectures, the pretrained sources they use, extra images only if recommended.
+:func:`withdraw` removes the recorded answer again when the study it was for is refused.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pomlia_hpc.errors import InputError
-from pomlia_hpc.registry import Registry
+from pomlia_hpc.registry import Recommendation, Registry
 from pomlia_hpc.strategy.recommend import recommend
 
 
@@ -45,6 +46,7 @@ def from_recommendation(
     )
     configs = list(answer.get("initial") or [])
     if not configs:
+        withdraw(registry, answer.get("recommendation_id"))
         raise InputError(
             f"the recommendation for task '{task}' has no strategy the AutoML space can "
             "express (architectures or pretrained weights missing here); run without "
@@ -63,3 +65,15 @@ def from_recommendation(
         extra_data=extra and encoder is not None,
         recommendation_id=answer.get("recommendation_id"),
     )
+
+
+def withdraw(registry: Registry, recommendation_id: int | None) -> None:
+    """Delete the record of a recommendation whose warm start was refused (the study never
+    ran): `pomlia strategy outcomes` must not score an answer that nothing used, once per
+    refused attempt. Nothing to do for ``None`` (an answer that was not recorded)."""
+    if recommendation_id is None:
+        return
+    with registry.session() as s:
+        row = s.get(Recommendation, recommendation_id)
+        if row is not None:
+            s.delete(row)
