@@ -94,16 +94,7 @@ def create_study(
     )
     recent_rows = _recent_rows(version.meta, ref) if recent_share is not None else 0
     folder = _new_study_folder(workspace, name)
-    # The study ends by registering <name>-best: a model of that name that is not this new
-    # study's would be kept while the study reported its own best as registered.
-    try:
-        check_model_free(registry, workspace, f"{name}-best")
-    except ModelNameTakenError as exc:
-        raise PomliaError(
-            exc.message,
-            hint=f"study '{name}' registers its best model as '{name}-best'; choose another "
-            "--study name (or remove that model)",
-        ) from None
+    _check_best_name_free(registry, workspace, name)
     profile = load_cluster_profile(executor)  # checked above; its CPUs set the trials' threads
     store = open_store(version.store_path)
     enc, model = _initial_weights(registry, folder, store.image_shape[2], encoder, init_model)
@@ -146,6 +137,19 @@ def _claim_study(workspace: Workspace, spec: StudySpec) -> None:
     with held_lock(folder / CLAIM_FILE, f"study '{spec.name}'"):
         _new_study_folder(workspace, spec.name)
         write_json(folder / SPEC_FILE, spec.to_dict())
+
+
+def _check_best_name_free(registry: Registry, workspace: Workspace, name: str) -> None:
+    """Refuse study ``name`` when ``<name>-best``, the model it ends by registering, is a model
+    already (or a file in ``models/``): that model, not this study's, would be kept."""
+    try:
+        check_model_free(registry, workspace, f"{name}-best")
+    except ModelNameTakenError as exc:
+        raise PomliaError(
+            exc.message,
+            hint=f"study '{name}' registers its best model as '{name}-best'; choose another "
+            "--study name (or remove that model)",
+        ) from None
 
 
 def _checked_task(registry: Registry, task: str) -> tuple[Task, DatasetVersion, str]:
