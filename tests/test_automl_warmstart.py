@@ -23,7 +23,7 @@ from pomlia_hpc.registry import Recommendation, Registry
 from pomlia_hpc.strategy import kb
 from pomlia_hpc.strategy.warmstart import from_recommendation
 from pomlia_hpc.workspace import Workspace
-from tests.fixtures.factories import FAST, tiny_study, tiny_task
+from tests.fixtures.factories import FAST, donor_model, tiny_study, tiny_task
 
 DATA = Path(__file__).resolve().parents[1] / "pomlia_hpc" / "strategy" / "data"
 
@@ -177,6 +177,19 @@ def test_warm_start_larger_than_the_trials_is_one_clear_error(
     with pytest.raises(InputError, match="3 configurations but the study has 2 trial"):
         tiny_study(reg, workspace, "blood", "big", optimizer="smac", initial_configs=[FAST] * 3)
     assert not (workspace.path("runs", "big") / "study.json").exists()  # nothing written
+
+
+def test_a_refused_warm_start_leaves_no_copied_weights(workspace: Workspace, reg: Registry) -> None:
+    """A study refused for its warm start had already copied its initial weights (44 MB for
+    a recommended model) into the study folder, and left them there."""
+    tiny_task(workspace, reg, "blood", sizes=(64, 24, 24))
+    donor = donor_model(workspace, reg)
+    with pytest.raises(InputError, match="3 configurations but the study has 2 trial"):
+        tiny_study(
+            reg, workspace, "blood", "big", optimizer="smac", init_model=donor,
+            initial_configs=[FAST] * 3,
+        )  # fmt: skip
+    assert not workspace.path("runs", "big").exists()
 
 
 def test_unfit_warm_start_configurations_are_left_out_one_by_one_when_asked(

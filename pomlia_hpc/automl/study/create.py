@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -97,11 +98,21 @@ def create_study(
     _check_best_name_free(registry, workspace, name)
     profile = load_cluster_profile(executor)  # checked above; its CPUs set the trials' threads
     store = open_store(version.store_path)
+    made = not folder.exists()
     enc, model = _initial_weights(registry, folder, store.image_shape[2], encoder, init_model)
     opts = _space_options(space or SpaceOptions(), enc, model, extra_data)
-    initial, dropped = _warm_start(
-        initial_configs or [], build_space(opts, seed=seed), optimizer, n_trials, drop_unfit_initial
-    )
+    try:
+        initial, dropped = _warm_start(
+            initial_configs or [],
+            build_space(opts, seed=seed),
+            optimizer,
+            n_trials,
+            drop_unfit_initial,
+        )
+    except PomliaError:
+        # Refused: the copied initial weights (tens of MB) must not stay behind.
+        shutil.rmtree(folder if made else folder / "init", ignore_errors=True)
+        raise
     eng = _engine_options(engine, resources, profile.cpus_per_task)
     spec = StudySpec(
         options=options,
