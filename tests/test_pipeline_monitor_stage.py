@@ -79,3 +79,16 @@ def test_the_recorded_cron_line_hides_the_registry_password(
     assert "s3cret" not in json.dumps(out) and "s3cret" not in log
     assert "--db-url 'postgresql://pomlia:***@db.example/registry'" in out["t"]["cron"]
     assert "password is shown as ***" in log and "POMLIA_DB_URL" in log
+
+
+def test_the_recorded_cron_line_hides_a_password_given_as_a_query_parameter(
+    workspace: Workspace, reg: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`?password=s3cret` (libpq's other spelling) was stored in the cron line as is."""
+    url = "postgresql://pomlia@db.example/registry?password=s3cret"
+    out, log = _run_stage(
+        workspace, reg, tmp_path, monkeypatch, url, {"at": "03:15", "window": "2d"}
+    )
+    assert "s3cret" not in json.dumps(out) and "s3cret" not in log
+    assert "registry?password=***'" in out["t"]["cron"]
+    assert "password is shown as ***" in log

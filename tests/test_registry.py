@@ -14,7 +14,7 @@ from sqlalchemy import func, inspect, select, text
 
 from pomlia_hpc.cluster.records import record_submission
 from pomlia_hpc.errors import ConfigError
-from pomlia_hpc.registry import Base, Dataset, DatasetVersion, Job, Registry
+from pomlia_hpc.registry import Base, Dataset, DatasetVersion, Job, Registry, shown_url
 from pomlia_hpc.registry.db import current_revision, head_revision
 
 TABLES = {
@@ -168,3 +168,21 @@ def test_16_concurrent_writers_lose_nothing(registry: Registry) -> None:
     with registry.session() as s:
         ids = set(s.scalars(select(Job.scheduler_id)))
     assert ids == {f"{w}-{i}" for w in range(workers) for i in range(rows)}
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql+psycopg://pomlia@127.0.0.1:1/x?password=s3cret",
+        "postgresql+psycopg://pomlia@127.0.0.1:1/x?sslmode=disable&PASSWORD=s3cret",
+        "postgresql+psycopg://pomlia:s3cret@127.0.0.1:1/x?sslpassword=s3cret",
+    ],
+)
+def test_a_password_given_as_a_query_parameter_is_hidden_too(url: str) -> None:
+    """libpq takes the password as `?password=` as well: only `user:password@` was hidden, so
+    `status`, the report and every error line showed the query's password in clear."""
+    assert "s3cret" not in shown_url(url) and "=***" in shown_url(url)
+    with pytest.raises(ConfigError) as exc:
+        Registry.open(url)
+    msg = str(exc.value)
+    assert "cannot open the database" in msg and "s3cret" not in msg and "=***" in msg

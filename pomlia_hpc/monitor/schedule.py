@@ -26,7 +26,6 @@ from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
 
-from sqlalchemy.engine import make_url
 from sqlalchemy.exc import SQLAlchemyError
 
 from pomlia_hpc.cluster.batch import (
@@ -42,7 +41,7 @@ from pomlia_hpc.errors import InputError, PomliaError
 from pomlia_hpc.files import write_atomic
 from pomlia_hpc.monitor.reference import load_reference, resolve_target
 from pomlia_hpc.monitor.run import parse_duration
-from pomlia_hpc.registry import Registry
+from pomlia_hpc.registry import Registry, shown_url
 from pomlia_hpc.workspace import Workspace, default_db_url
 
 SOURCE_ROOT = Path(__file__).resolve().parents[2]
@@ -197,13 +196,14 @@ def cron_run_line(
     """The crontab line that runs ``pomlia monitor run MODEL`` on this machine every period
     (no Slurm: the job of a workspace on the local profile); ``None`` when the period has no
     cron form (only 1h, 1d and 1w have one). Every value is shell-quoted. ``hide_password``:
-    the registry URL's password as ``***``, for a line that is stored or logged."""
+    the registry URL's password (``user:password@`` or ``?password=``) as ``***``, for a
+    line that is stored or logged."""
     fields = _cron_fields(at, every)
     if fields is None:
         return None
     url = workspace.db_url
     if hide_password:
-        url = make_url(url).render_as_string(hide_password=True)
+        url = shown_url(url)
     db = (
         f" --db-url {shlex.quote(url)}"
         if workspace.db_url != default_db_url(workspace.home)

@@ -18,6 +18,7 @@ from pomlia_hpc.config import ClusterProfile, load_cluster_profile
 from pomlia_hpc.pipeline.spec import PipelineSpec
 from pomlia_hpc.pipeline.stage import PlannedJob, StageContext, section_stage
 from pomlia_hpc.pipeline.stages import register_stage
+from pomlia_hpc.registry import shown_url
 
 
 def _run(ctx: StageContext) -> dict[str, Any]:
@@ -67,13 +68,19 @@ def _run(ctx: StageContext) -> dict[str, Any]:
         else:
             entry["scheduled"] = False
             ctx.log(f"  {model}: not a Slurm profile, nothing scheduled; a cron line: {cron}")
-            if cron is not None and make_url(ctx.workspace.db_url).password is not None:
+            if cron is not None and _has_password(ctx.workspace.db_url):
                 ctx.log(
                     "  (the registry password is shown as ***: put it back in the crontab, or "
                     "set POMLIA_DB_URL in the crontab's environment and drop --db-url)"
                 )
         out[key] = entry
     return out
+
+
+def _has_password(url: str) -> bool:
+    """Whether ``url`` shows differently once its secrets are hidden (``user:password@`` or
+    ``?password=``): then the cron line in the log lacks them."""
+    return shown_url(url) != make_url(url).render_as_string(hide_password=False)
 
 
 def _jobs(spec: PipelineSpec, profile: ClusterProfile) -> list[PlannedJob]:

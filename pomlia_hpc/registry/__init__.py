@@ -1,6 +1,11 @@
 """The registry: image DB and model DB (SQLAlchemy; SQLite by default, PostgreSQL by URL)."""
 
-from pomlia_hpc.registry.db import Registry, RegistryDamagedError, RegistryMissingError
+from pomlia_hpc.registry.db import (
+    Registry,
+    RegistryDamagedError,
+    RegistryMissingError,
+    shown_url,
+)
 from pomlia_hpc.registry.knowledge import (
     KbDataset,
     KbResult,
@@ -52,4 +57,5 @@ __all__ = [
     "RetrainRequest",
     "Run",
     "Task",
+    "shown_url",
 ]

@@ -8,6 +8,7 @@ so many job processes can record rows at the same time without errors.
 
 from __future__ import annotations
 
+import re
 import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -34,8 +35,27 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 EXPECTED_URLS = "sqlite:///PATH or postgresql+psycopg://USER:PASSWORD@HOST:PORT/DATABASE"
 
 
+#: Query parameters of a URL that carry a secret (libpq takes the password as ``?password=``
+#: too, not only as ``user:password@``): shown as ``***`` like the password.
+SECRET_QUERY_KEYS: tuple[str, ...] = ("password", "sslpassword")
+_SECRET_QUERY = re.compile(
+    r"([?&](?:" + "|".join(SECRET_QUERY_KEYS) + r")=)[^&#]*", flags=re.IGNORECASE
+)
+
+
+def shown_url(url: str | URL) -> str:
+    """``url`` as it may be shown, logged or stored: the password of ``user:password@`` and
+    of any ``password=`` query parameter replaced by ``***``. The one redaction of registry
+    URLs; a string that does not parse as a URL is returned with its query secrets hidden."""
+    try:
+        text = (make_url(url) if isinstance(url, str) else url).render_as_string(hide_password=True)
+    except Exception:  # shown in the message that refuses it: hide what can be hidden
+        text = str(url)
+    return _SECRET_QUERY.sub(r"\1***", text)
+
+
 def _shown(url: URL) -> str:
-    return url.render_as_string(hide_password=True)
+    return shown_url(url)
 
 
 def make_engine(url: str, *, busy_timeout_s: float = 60.0) -> Engine:
@@ -44,7 +64,7 @@ def make_engine(url: str, *, busy_timeout_s: float = 60.0) -> Engine:
         parsed = make_url(url)
     except Exception as exc:
         raise ConfigError(
-            f"registry URL '{url}' is not a valid database URL; expected {EXPECTED_URLS}"
+            f"registry URL '{shown_url(url)}' is not a valid database URL; expected {EXPECTED_URLS}"
         ) from exc
     try:
         if parsed.get_backend_name() == "sqlite":
@@ -242,8 +262,8 @@ class Registry:
             raise self.damaged(reason) from exc
 
     def display_url(self) -> str:
-        """The URL with any password hidden."""
-        return self.engine.url.render_as_string(hide_password=True)
+        """The URL with any password hidden (:func:`shown_url`)."""
+        return shown_url(self.engine.url)
 
     def dispose(self) -> None:
         self.engine.dispose()
