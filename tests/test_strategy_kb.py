@@ -69,6 +69,17 @@ def test_a_table_with_gpu_hours_only_gives_its_costs(registry: Registry, tmp_pat
         (GOOD + "a,vgg,scratch,full,big,acc,0.5,\n", "line 4, column 'img_size'"),
         (HEADER.replace("std", "sdt") + "a,r,s,full,28,acc,0.9,\n", "unknown column(s) sdt"),
         (GOOD + "a,vgg,scratch,full,28\n", "line 4: 5 cells, fewer than the header's 8 columns"),
+        (GOOD + "a,vgg,scratch,full,28,acc,1.5,\n", "expected a number in [0, 1];"),
+        (GOOD + "a,vgg,scratch,full,28,acc,0.5,-1\n", "column 'std': '-1' is not valid"),
+        # scaled by size and epochs, 1e308 overflowed to infinity, which JSON cannot hold
+        (
+            HEADER.replace("std", "cost_s") + "a,r,s,full,28,acc,0.9,1e308\n",
+            "column 'cost_s': '1e308' is not valid; expected a number in [0, 1e+09]",
+        ),
+        (
+            HEADER.replace("std", "gpu_hours") + "a,r,s,full,28,acc,0.9,-1\n",
+            "column 'gpu_hours': '-1' is not valid; expected a number in [0, 277778]",
+        ),
     ],
 )
 def test_bad_file_is_one_error_and_nothing_imported(

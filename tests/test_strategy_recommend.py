@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -11,7 +12,7 @@ from typing import Any, NoReturn
 
 import numpy as np
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session
 from typer.testing import CliRunner
@@ -20,7 +21,7 @@ from pomlia_hpc.automl.space import SpaceOptions, build_space, load_initial_conf
 from pomlia_hpc.cli import app
 from pomlia_hpc.errors import InputError, NotFoundError
 from pomlia_hpc.pipeline.stages_strategy import RECOMMEND
-from pomlia_hpc.registry import Model, Recommendation, Registry, Run, Task
+from pomlia_hpc.registry import KbResult, Model, Recommendation, Registry, Run, Task
 from pomlia_hpc.strategy import kb
 from pomlia_hpc.strategy.cost import COST_TIE_REL, COST_TIE_S, pareto_front
 from pomlia_hpc.strategy.recommend import recommend
@@ -180,8 +181,10 @@ def test_bad_limits_and_initial_file_are_refused_before_recording(
     tiny_task(workspace, reg, "blood", "bloodmnist", "acc")
     runner = CliRunner()
     for args, message in (
-        (["--max-cost", "-5"], "--max-cost -5.0: expected a positive number"),
-        (["--max-gpu-hours", "nan"], "--max-gpu-hours nan: expected a positive number"),
+        (["--max-cost", "-5"], "--max-cost -5.0: expected a positive finite number"),
+        (["--max-gpu-hours", "nan"], "--max-gpu-hours nan: expected a positive finite number"),
+        (["--max-cost", "inf"], "--max-cost inf: expected a positive finite number"),
+        (["--max-gpu-hours", "Infinity"], "--max-gpu-hours inf: expected a positive finite"),
         (["--write-initial", str(tmp_path)], f"--write-initial {tmp_path} is a folder"),
     ):
         bad = runner.invoke(app, ["recommend", "blood", *args])
@@ -550,3 +553,24 @@ def test_a_pipelines_cost_limit_that_nothing_meets_leaves_the_study_without_a_wa
     )
     assert RECOMMEND.run(ctx) == {"t": {"recommendation_id": None, "configs": [], "top": []}}
     assert "no strategy fits --max-gpu-hours 1e-09" in lines[0] and "no warm start" in lines[0]
+
+
+def test_no_infinity_reaches_an_answer_on_either_backend(
+    workspace: Workspace, registry: Registry
+) -> None:
+    """A cost of 1e308 imported before the limit scaled to infinity: PostgreSQL refused the
+    record (a raw "invalid input syntax for type json"), SQLite stored `Infinity` and `--json`
+    printed it (not JSON). Such a cost now counts as unknown (the compute estimate)."""
+    meta = DATA / "medmnist_meta_features.csv"
+    kb.import_table(registry, DATA / "medmnist_plus_doerrich2025.csv", "plus", meta_path=meta)
+    with registry.session() as s:
+        s.execute(update(KbResult).values(cost_s=1e308))
+    tiny_task(workspace, registry, "blood", "bloodmnist", "acc")
+    answer = recommend(registry, "blood")
+    json.dumps(answer, allow_nan=False)  # valid JSON
+    assert all(s["cost"]["basis"] == "estimate" for s in answer["strategies"])
+    with registry.session() as s:
+        row = s.scalar(select(Recommendation))
+        assert row is not None and row.output["strategies"][0]["cost"]["wall_s"] < 1e9
+    with pytest.raises(InputError, match="--max-cost inf: expected a positive finite number"):
+        recommend(registry, "blood", max_cost_s=math.inf)

@@ -195,13 +195,16 @@ def recommend_cmd(
         float | None,
         typer.Option(
             "--max-cost",
-            help="Only strategies expected to train within this many seconds (wall time).",
+            help="Only strategies expected to train within this many seconds (wall time; a "
+            "positive finite number, leave it out for no limit).",
         ),
     ] = None,
     max_gpu_hours: Annotated[
         float | None,
         typer.Option(
-            "--max-gpu-hours", help="Only strategies expected to need at most this many GPU-hours."
+            "--max-gpu-hours",
+            help="Only strategies expected to need at most this many GPU-hours (a positive "
+            "finite number).",
         ),
     ] = None,
     source: Annotated[
@@ -223,6 +226,7 @@ def recommend_cmd(
 ) -> None:
     """The top-k strategies for TASK: expected metric +- spread over similar data sets,
     expected cost, evidence, and the cost/metric Pareto front. Each answer is recorded."""
+    from pomlia_hpc.automl.records import json_safe
     from pomlia_hpc.strategy.recommend import recommend
 
     answer = recommend(
@@ -236,7 +240,8 @@ def recommend_cmd(
     )
     n_written = len(answer["initial"]) if write_initial is not None else None
     if as_json:
-        typer.echo(json.dumps(answer, indent=1, default=str))
+        # valid JSON: a non-finite number (never expected) is null, not `Infinity`
+        typer.echo(json.dumps(json_safe(answer), indent=1, default=str, allow_nan=False))
         return
     similar = ", ".join(
         # a task with runs of its own is its own nearest "data set": say so

@@ -40,6 +40,7 @@ from pomlia_hpc.registry import (
 from pomlia_hpc.strategy import runstats
 from pomlia_hpc.strategy.cost import full_epochs
 from pomlia_hpc.strategy.longformat import (
+    MAX_COST_S,
     METRICS,
     ResultTable,
     normalize_task_type,
@@ -258,6 +259,8 @@ def load(
         for src, ds, strategy, key, value, std, cost, gpu_hours in s.execute(q):
             if cost is None and gpu_hours is not None:  # a table that gives GPU hours only
                 cost = 3600.0 * gpu_hours  # one GPU: its hours are the run's wall time
+            if cost is not None and not 0 <= cost <= MAX_COST_S:
+                cost = None  # imported before the limit (1e308, inf): unknown, not infinite
             kb.observations.append(Observation(src, ds, dict(strategy), key, value, std, cost))
         mq = select(KbDataset.name, KbDataset.meta).join(
             KbSource, KbDataset.source_id == KbSource.id

@@ -20,8 +20,8 @@ column         required  meaning
 ``extra_data`` no        ``none`` (default) or ``nearest``
 ``std``        no        standard deviation over seeds, same scale as ``value``
 ``n_seeds``    no        number of seeds (integer >= 1)
-``cost_s``     no        wall seconds of one training run
-``gpu_hours``  no        GPU hours of one training run
+``cost_s``     no        wall seconds of one training run (at most :data:`MAX_COST_S`)
+``gpu_hours``  no        GPU hours of one training run (at most :data:`MAX_COST_S` / 3600)
 ``meta_*``     no        meta-features as columns (see below), the same on every row of a
                          data set
 =============  ========  ===============================================================
@@ -60,6 +60,10 @@ META_INTS: tuple[str, ...] = ("n_channels", "n_classes", "n_train")
 META_OPTIONAL_INTS: tuple[str, ...] = ("n_val", "n_test", "image_size", "dims")
 META_TEXT: tuple[str, ...] = ("license", "notes")
 META_PREFIX = "meta_"
+#: The largest cost of one training run a table may give (seconds; about 32 years of one
+#: GPU): the recommender scales costs by training-set size and epochs, and a larger figure
+#: (``1e308``) overflowed to infinity, which no JSON column or output can hold.
+MAX_COST_S = 1e9
 
 
 @dataclass(frozen=True)
@@ -170,7 +174,7 @@ class _Cell:
         text = self.text(column, required=required)
         if not text:
             return None
-        expected = f"a finite number in [{low:g}, {high:g}]"
+        expected = _range_text(low, high)
         try:
             value = float(text)
         except ValueError:
@@ -190,6 +194,24 @@ class _Cell:
         if value < low:
             raise self.fail(column, f"an integer >= {low}")
         return value
+
+
+def _range_text(low: float, high: float) -> str:
+    """``a number in [0, 1]``, ``a number >= 0`` or ``a number <= 5``: the range of a
+    number column in words (an unbounded end is left out, not written as ``inf``)."""
+    if math.isinf(low) and math.isinf(high):
+        return "a finite number"
+    if math.isinf(high):
+        return f"a number >= {low:g}"
+    if math.isinf(low):
+        return f"a number <= {high:g}"
+    return f"a number in [{low:g}, {high:g}]"
+
+
+def _optional(cell: _Cell, column: str, high: float) -> float | None:
+    """The optional number in ``column`` (in [0, ``high``]); ``None`` where the file has no
+    such column or the cell is empty."""
+    return cell.number(column, required=False, low=0.0, high=high) if column in cell.row else None
 
 
 def _meta_of(cell: _Cell, prefix: str) -> dict[str, Any]:
@@ -322,12 +344,10 @@ def read_results(
             strategy=strategy,
             metric=metric,
             value=value,
-            std=cell.number("std", required=False, low=0.0, high=1.0) if "std" in row else None,
+            std=_optional(cell, "std", 1.0),
             n_seeds=n_seeds,
-            cost_s=cell.number("cost_s", required=False, low=0.0) if "cost_s" in row else None,
-            gpu_hours=(
-                cell.number("gpu_hours", required=False, low=0.0) if "gpu_hours" in row else None
-            ),
+            cost_s=_optional(cell, "cost_s", MAX_COST_S),
+            gpu_hours=_optional(cell, "gpu_hours", MAX_COST_S / 3600),
         )
         key = (dataset, result.strategy_key, metric)
         if key in seen:

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy.orm import Session
 
+from pomlia_hpc.automl.records import json_safe
 from pomlia_hpc.errors import InputError, NotFoundError
 from pomlia_hpc.files import (
     atomic_target,
@@ -239,8 +240,12 @@ def recommend(
     if k < 1:
         raise InputError(f"--k {k}: expected an integer >= 1")
     for option, limit in (("--max-cost", max_cost_s), ("--max-gpu-hours", max_gpu_hours)):
-        if limit is not None and not limit > 0:  # NaN too: no strategy would be allowed
-            raise InputError(f"{option} {limit}: expected a positive number")
+        # NaN would allow no strategy; inf cannot be recorded (JSON has no infinity)
+        if limit is not None and not (limit > 0 and math.isfinite(limit)):
+            raise InputError(
+                f"{option} {limit}: expected a positive finite number (leave the option out "
+                "for no limit)"
+            )
     target = get_target(registry, task)
     kb = load(
         registry, target.metric, sources, exclude_task=target.name if exclude_own_runs else None
@@ -490,15 +495,18 @@ def _add_record(
         task=target.name,
         learner=LEARNER,
         learner_version=LEARNER_VERSION,
-        inputs={
-            **asked,
-            "meta": target.meta,
-            "metric": target.metric,
-            "n_datasets": answer["n_datasets"],
-        },
-        output={
-            k2: answer[k2] for k2 in ("strategies", "pareto", "similar", "similarity", "initial")
-        },
+        inputs=json_safe(
+            {
+                **asked,
+                "meta": target.meta,
+                "metric": target.metric,
+                "n_datasets": answer["n_datasets"],
+            }
+        ),
+        # No infinity in a JSON column (PostgreSQL refuses it, SQLite stores invalid JSON).
+        output=json_safe(
+            {k2: answer[k2] for k2 in ("strategies", "pareto", "similar", "similarity", "initial")}
+        ),
     )
     s.add(row)
     s.flush()
