@@ -6,7 +6,10 @@ import math
 import struct
 import subprocess
 import sys
+import threading
+import warnings
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -410,3 +413,41 @@ def test_evaluation_scores_a_pick_that_failed_on_the_held_out_set_not_the_next_o
     assert res.methods["random"].top1[3] == pytest.approx((0 + 35 + 40) / 3)
     fail[3, 1] = 0.0  # never tried there: not known, skipped
     assert evaluate.loo(_matrix(values, fail), k=1).methods["best_mean"].top1[3] == 0.0
+
+
+def test_two_imports_of_one_source_at_once_both_finish(
+    registry: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two `strategy import --replace` of one source at once on PostgreSQL: both deleted the
+    old source's rows, and the loser failed with a raw "duplicate key value violates unique
+    constraint kb_sources_name_key". The second now waits for the first and replaces it."""
+    meta = _write(tmp_path, META, "m.csv")
+    kb.import_table(registry, _write(tmp_path, GOOD), "t", meta_path=meta)
+    both_read = threading.Barrier(2, timeout=30)
+    read = kb.read_results
+
+    def read_then_wait(*args: Any, **kwargs: Any) -> Any:
+        table = read(*args, **kwargs)
+        both_read.wait()  # both have checked the old source and read the file
+        return table
+
+    monkeypatch.setattr(kb, "read_results", read_then_wait)
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            kb.import_table(registry, tmp_path / "r.csv", "t", meta_path=meta, replace=True)
+        except BaseException as exc:  # reported below, with the test's failure
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # SQLAlchemy's "expected to delete 1 row(s)" too
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(60)
+    assert errors == []
+    assert _n_results(registry) == 2
+    with registry.session() as s:
+        assert s.scalar(select(func.count()).select_from(KbSource)) == 1

@@ -8,6 +8,7 @@ so many job processes can record rows at the same time without errors.
 
 from __future__ import annotations
 
+import hashlib
 import re
 import sqlite3
 from collections.abc import Iterator
@@ -20,7 +21,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from alembic.util import CommandError
-from sqlalchemy import Engine, create_engine, event, inspect
+from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import URL, make_url
 from sqlalchemy.exc import DatabaseError, DBAPIError, NoSuchModuleError
 from sqlalchemy.orm import Session, sessionmaker
@@ -56,6 +57,20 @@ def shown_url(url: str | URL) -> str:
 
 def _shown(url: URL) -> str:
     return shown_url(url)
+
+
+def lock_name(session: Session, name: str) -> None:
+    """Hold a write lock named ``name`` until ``session``'s transaction ends, for writers that
+    check a row and then replace or create it (a row that may not exist yet cannot be locked
+    with ``SELECT ... FOR UPDATE``). PostgreSQL: a transaction-scoped advisory lock keyed by
+    the name; SQLite: the registry's ``BEGIN IMMEDIATE`` already admits one writer at a time."""
+    if session.get_bind().dialect.name == "postgresql":
+        digest = hashlib.sha256(f"pomlia:{name}".encode()).digest()
+        key = int.from_bytes(digest[:8], "big", signed=True)  # a bigint, as the lock wants
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
+    else:
+        # The first statement takes SQLite's write lock (BEGIN IMMEDIATE) if nothing did yet.
+        session.execute(text("SELECT 1"))
 
 
 def make_engine(url: str, *, busy_timeout_s: float = 60.0) -> Engine:

@@ -37,6 +37,7 @@ from pomlia_hpc.registry import (
     Run,
     Task,
 )
+from pomlia_hpc.registry.db import lock_name
 from pomlia_hpc.strategy import runstats
 from pomlia_hpc.strategy.cost import full_epochs
 from pomlia_hpc.strategy.longformat import (
@@ -142,6 +143,10 @@ def import_table(
     table: ResultTable = read_results(p, meta_path, _known_meta(registry, source))
     replaced = 0
     with registry.session() as s:
+        # Two imports of one source at once: the second waits here for the first to commit
+        # (it then replaces that one, or is refused without --replace) instead of deleting
+        # the same rows and failing on the source's unique name.
+        lock_name(s, f"kb-source:{source}")
         old = refuse_existing(s)  # again in the transaction: another import may have won
         if old is not None:
             replaced = old.n_results
