@@ -17,9 +17,10 @@ from sqlalchemy import func, select
 from typer.testing import CliRunner
 
 from pomlia_hpc.cli import app
+from pomlia_hpc.data.sources.base import MAX_CLASSES, MAX_SIDE_PX
 from pomlia_hpc.errors import InputError, NotFoundError
 from pomlia_hpc.registry import KbResult, KbSource, Registry
-from pomlia_hpc.strategy import evaluate, kb, learner
+from pomlia_hpc.strategy import evaluate, kb, learner, longformat
 from pomlia_hpc.strategy.kb import KnowledgeBase, Observation
 
 DATA = Path(__file__).resolve().parents[1] / "pomlia_hpc" / "strategy" / "data"
@@ -451,3 +452,66 @@ def test_two_imports_of_one_source_at_once_both_finish(
     assert _n_results(registry) == 2
     with registry.session() as s:
         assert s.scalar(select(func.count()).select_from(KbSource)) == 1
+
+
+def test_a_file_with_a_byte_order_mark_is_read(registry: Registry, tmp_path: Path) -> None:
+    """A CSV saved by a spreadsheet starts with a UTF-8 byte-order mark: both files were
+    refused with "line 1: missing column(s) dataset"."""
+    results = tmp_path / "bom.csv"
+    results.write_bytes(b"\xef\xbb\xbf" + GOOD.encode())
+    meta = tmp_path / "bom-meta.csv"
+    meta.write_bytes(b"\xef\xbb\xbf" + META.encode())
+    assert kb.import_table(registry, results, "t", meta_path=meta).n_results == 2
+
+
+COLS = "dataset,arch,init,mode,img_size,metric,value,meta_task_type,meta_n_channels,"
+COLS += "meta_n_classes,meta_n_train,meta_dims,meta_image_size,meta_n_test\n"
+ROW = "a,r,s,full,28,acc,0.9,multi-class,3,8,1000,2,28,100\n"
+
+
+@pytest.mark.parametrize(
+    ("row", "column", "expected"),
+    [
+        (ROW.replace(",28,acc", ",99999999999999999999,acc"), "img_size", "[1, 4096]"),
+        (ROW.replace(",2,28,", ",7,28,"), "meta_dims", "2 or 3"),
+        (ROW.replace(",3,8,", ",7,8,"), "meta_n_channels", "1 or 3"),
+        (ROW.replace(",2,28,", ",2,99999999,"), "meta_image_size", "[1, 4096]"),
+        (ROW.replace(",1000,", ",100000000000000000000,"), "meta_n_train", "[1, 1000000000]"),
+        (ROW.replace(",3,8,", ",3,100000,"), "meta_n_classes", "[1, 500]"),
+        (ROW.replace(",100\n", ",0\n"), "meta_n_test", "[1, 1000000000]"),
+    ],
+)
+def test_values_data_add_would_refuse_are_refused(
+    registry: Registry, tmp_path: Path, row: str, column: str, expected: str
+) -> None:
+    """`strategy import` took a 1e20-px input size (recommend then expected 3.9e+35 s), 7
+    channels, 7 dims, 100000 classes: the limits are now those of `data add`."""
+    path = _write(tmp_path, COLS + row)
+    with pytest.raises(InputError) as err:
+        kb.import_table(registry, path, "t")
+    msg = str(err.value)
+    assert f"{path}: line 2, column '{column}'" in msg and expected in msg, msg
+    assert _n_results(registry) == 0
+    assert kb.import_table(registry, _write(tmp_path, COLS + ROW, "ok.csv"), "t").n_results == 1
+
+
+def test_the_limits_are_those_of_data_add() -> None:
+    assert (longformat.MAX_SIDE_PX, longformat.MAX_CLASSES) == (MAX_SIDE_PX, MAX_CLASSES)
+
+
+def test_meta_features_another_source_defines_differently_are_refused(
+    registry: Registry, tmp_path: Path
+) -> None:
+    """Two sources with different meta-features for one data set were merged silently (the
+    first source's won in the recommender); the same ones are fine."""
+    meta = _write(tmp_path, META, "m.csv")
+    kb.import_table(registry, _write(tmp_path, GOOD), "one", meta_path=meta)
+    assert kb.import_table(registry, _write(tmp_path, GOOD), "two", meta_path=meta).n_results
+    other = META.replace("a,multi-class,3,8,1000", "a,multi-class,3,9,1000")
+    other = _write(tmp_path, other, "m2.csv")
+    with pytest.raises(InputError) as err:
+        kb.import_table(registry, _write(tmp_path, GOOD), "three", meta_path=other)
+    msg = str(err.value)
+    assert "data set 'a': meta-features differ from those of source 'one'" in msg, msg
+    assert "n_classes 9 here, 8 there" in msg and "nothing was imported" in msg
+    assert [s.name for s in kb.list_sources(registry)] == ["one", "two"]

@@ -14,7 +14,7 @@ column         required  meaning
                          ``encoder``, ``model`` or another word
 ``mode``       yes       ``full``, ``linear_probe``, ``freeze_unfreeze``, ``knn``,
                          ``automl`` or another word
-``img_size``   yes       input size in pixels (integer >= 1)
+``img_size``   yes       input size in pixels (integer in [1, 4096], as ``data add``)
 ``metric``     yes       ``acc``, ``auc`` or ``f1_macro``
 ``value``      yes       the metric, a fraction in [0, 1] (not percent)
 ``extra_data`` no        ``none`` (default) or ``nearest``
@@ -30,6 +30,8 @@ Meta-features (a second file, or ``meta_``-prefixed columns): ``dataset``, ``tas
 (``multi-class``, ``binary``, ``multi-label``, ``ordinal``), ``n_channels``, ``n_classes``,
 ``n_train`` are required; ``n_val``, ``n_test``, ``image_size``, ``dims`` are optional
 integers; ``license`` and ``notes`` optional text. An empty optional cell means "unknown".
+The limits are those of ``pomlia data add``: 1 or 3 channels, 2 or 3 dims, at most 500
+classes and 4096 px, at most :data:`MAX_IMAGES` images per split.
 ``n_classes`` must agree with ``task_type``: 2 for ``binary``, at least 2 for ``multi-class``
 and ``ordinal`` (as ``pomlia data add`` requires).
 
@@ -60,6 +62,24 @@ META_INTS: tuple[str, ...] = ("n_channels", "n_classes", "n_train")
 META_OPTIONAL_INTS: tuple[str, ...] = ("n_val", "n_test", "image_size", "dims")
 META_TEXT: tuple[str, ...] = ("license", "notes")
 META_PREFIX = "meta_"
+#: The limits `pomlia data add` keeps to (``data.sources.base.MAX_SIDE_PX`` and
+#: ``MAX_CLASSES``; not imported, which would load the Zarr stack into every recommendation;
+#: a test checks they agree): pixels of an image side, classes of a data set.
+MAX_SIDE_PX = 4096
+MAX_CLASSES = 500
+#: The most images of one split a table may give (a billion): more is a typo, and it would
+#: weigh in the recommender's size distance as if it were real.
+MAX_IMAGES = 10**9
+#: The allowed values of the meta-features that have a short list of them.
+META_CHOICES: dict[str, tuple[int, ...]] = {"n_channels": (1, 3), "dims": (2, 3)}
+#: (lowest, highest) of the other integer meta-features.
+META_RANGES: dict[str, tuple[int, int]] = {
+    "n_classes": (1, MAX_CLASSES),
+    "n_train": (1, MAX_IMAGES),
+    "n_val": (1, MAX_IMAGES),
+    "n_test": (1, MAX_IMAGES),
+    "image_size": (1, MAX_SIDE_PX),
+}
 #: The largest cost of one training run a table may give (seconds; about 32 years of one
 #: GPU): the recommender scales costs by training-set size and epochs, and a larger figure
 #: (``1e308``) overflowed to infinity, which no JSON column or output can hold.
@@ -111,7 +131,7 @@ def normalize_task_type(value: str) -> str | None:
 def _rows(path: Path) -> Iterator[tuple[int, dict[str, str]]]:
     """(line number, row) pairs; an unreadable file is one :class:`InputError`."""
     try:
-        with path.open(newline="", encoding="utf-8") as f:
+        with path.open(newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
             if reader.fieldnames is None:
                 raise InputError(f"{path}: the file is empty; expected a CSV header line")
@@ -138,7 +158,7 @@ def _rows(path: Path) -> Iterator[tuple[int, dict[str, str]]]:
 
 def _header(path: Path) -> list[str]:
     try:
-        with path.open(newline="", encoding="utf-8") as f:
+        with path.open(newline="", encoding="utf-8-sig") as f:
             first = next(csv.reader(f), None)
     except OSError as exc:
         raise InputError(f"{path}: cannot be read ({exc.strerror})") from exc
@@ -183,16 +203,30 @@ class _Cell:
             raise self.fail(column, expected)
         return value
 
-    def integer(self, column: str, *, required: bool = True, low: int = 0) -> int | None:
+    def integer(
+        self,
+        column: str,
+        *,
+        required: bool = True,
+        low: int = 0,
+        high: int | None = None,
+        choices: tuple[int, ...] = (),
+    ) -> int | None:
+        """The integer in ``column``: in [``low``, ``high``], or one of ``choices``."""
         text = self.text(column, required=required)
         if not text:
             return None
+        if choices:
+            expected = " or ".join(str(c) for c in choices)
+        else:
+            expected = f"an integer >= {low}" if high is None else f"an integer in [{low}, {high}]"
         try:
             value = int(text)
         except ValueError:
-            raise self.fail(column, f"an integer >= {low}") from None
-        if value < low:
-            raise self.fail(column, f"an integer >= {low}")
+            raise self.fail(column, expected) from None
+        allowed = value in choices if choices else low <= value and (high is None or value <= high)
+        if not allowed:
+            raise self.fail(column, expected)
         return value
 
 
@@ -224,8 +258,14 @@ def _meta_of(cell: _Cell, prefix: str) -> dict[str, Any]:
     for name in META_INTS + META_OPTIONAL_INTS:
         required = name in META_REQUIRED
         if required or prefix + name in cell.row:
-            low = 2 if name == "dims" else 1
-            value = cell.integer(prefix + name, required=required, low=low)
+            low, high = META_RANGES.get(name, (1, MAX_IMAGES))
+            value = cell.integer(
+                prefix + name,
+                required=required,
+                low=low,
+                high=high,
+                choices=META_CHOICES.get(name, ()),
+            )
             if value is not None:
                 meta[name] = value
     for name in META_TEXT:
@@ -334,7 +374,7 @@ def read_results(
             "arch": cell.text("arch"),
             "init": cell.text("init"),
             "mode": cell.text("mode"),
-            "img_size": cell.integer("img_size", low=1),
+            "img_size": cell.integer("img_size", low=1, high=MAX_SIDE_PX),
             "extra_data": extra,
         }
         n_seeds = cell.integer("n_seeds", required=False, low=1) if "n_seeds" in row else None
