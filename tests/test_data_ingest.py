@@ -522,3 +522,26 @@ def test_stale_staging_of_killed_ingests_is_removed(workspace: Workspace) -> Non
         (path / "images").mkdir(parents=True)
     assert clean_stale_staging(workspace) == [stale]
     assert not stale.exists() and live.is_dir() and elsewhere.is_dir()
+
+
+def test_big_endian_16_bit_images_are_ingested_as_native_ones(
+    workspace: Workspace, reg: Registry, tmp_path: Path
+) -> None:
+    """`>u2` arrays (npz or HDF5) were refused with "has dtype >u2: expected uint8, uint16 or
+    float in [0, 1]": they are uint16, in another byte order."""
+    arrays = tiny_arrays("bloodmnist", (40, 7, 13))
+    little = {k: v.astype(np.uint16) * 16 if "images" in k else v for k, v in arrays.items()}
+    big = {k: v.astype(">u2") if "images" in k else v for k, v in little.items()}
+    ingest(workspace, reg, "le", write_npz(tmp_path / "le.npz", little))
+    ingest(workspace, reg, "be", write_npz(tmp_path / "be.npz", big))
+    expected = np.asarray(open_version(workspace, "le").images[:])
+    assert np.array_equal(np.asarray(open_version(workspace, "be").images[:]), expected)
+    path = tmp_path / "be.h5"
+    with h5py.File(path, "w") as f:
+        f["x"] = np.concatenate([big[f"{s}_images"] for s in ("train", "val", "test")])
+        f["y"] = np.concatenate([big[f"{s}_labels"] for s in ("train", "val", "test")])[:, 0]
+    rec = ingest(workspace, reg, "beh5", path, images="x", labels="y")
+    assert rec.n_images == 60
+    assert np.array_equal(
+        np.sort(open_version(workspace, "beh5").images[:], axis=None), np.sort(expected, axis=None)
+    )

@@ -85,6 +85,9 @@ class PixelConverter:
     scale_max: float | None = None  # set for uint16 after the first pass
 
     def __post_init__(self) -> None:
+        # A big-endian array (">u2", as some writers store it) holds the same values: compare
+        # and convert in the machine's own byte order (see __call__).
+        self.dtype = np.dtype(self.dtype).newbyteorder("=")
         ok = self.dtype in (np.uint8, np.uint16) or np.issubdtype(self.dtype, np.floating)
         if not ok:
             raise InputError(
@@ -103,6 +106,8 @@ class PixelConverter:
 
     def __call__(self, batch: np.ndarray, first_row: int = 0) -> np.ndarray:
         x = batch if batch.ndim == 4 else batch[..., None]
+        if not x.dtype.isnative:
+            x = x.astype(x.dtype.newbyteorder("="))
         if x.dtype == np.uint8:
             return x
         if x.dtype == np.uint16:
