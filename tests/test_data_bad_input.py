@@ -281,3 +281,20 @@ def test_an_option_the_source_does_not_take_is_named_as_typed(add: Run, tmp_path
     err = add(npz, "--task-type", "regression")
     assert err.startswith("error: --task-type 'regression' is not known: expected one of ")
     assert add(npz, "--max-classes", "0") == "error: --max-classes 0: expected a whole number >= 1"
+
+
+@pytest.mark.parametrize("kind", ["external", "soft"])
+def test_hdf5_broken_link_is_named_as_a_link(add: Run, tmp_path: Path, kind: str) -> None:
+    """A link whose target is missing read as "has no dataset at path 'x' ... expected one
+    of: s, y", as if the name were not in the file."""
+    p = tmp_path / "d.h5"
+    with h5py.File(p, "w") as f:
+        f["y"] = np.zeros(4, np.int64)
+        if kind == "external":
+            f["x"] = h5py.ExternalLink("missing.h5", "/x")
+        else:
+            f["x"] = h5py.SoftLink("/nothere")
+    err = add(p, "--images", "x", "--labels", "y")
+    target = "'/x' in file 'missing.h5'" if kind == "external" else "'/nothere'"
+    assert f"'x' (--images x) is a link to {target}, which does not exist" in err, err
+    assert "no dataset at path" not in err

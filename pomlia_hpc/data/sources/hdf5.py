@@ -134,6 +134,8 @@ class Hdf5Source(Source):
 
     def _dataset(self, name: str, option: str) -> h5py.Dataset:
         obj = self._file.get(name)
+        if obj is None:
+            self._refuse_broken_link(name, option)
         if not isinstance(obj, h5py.Dataset):
             found = ", ".join(_dataset_paths(self._file)) or "none"
             raise InputError(
@@ -141,6 +143,25 @@ class Hdf5Source(Source):
                 f"{name}): expected one of: {found}"
             )
         return obj
+
+    def _refuse_broken_link(self, name: str, option: str) -> None:
+        """Say so when ``name`` is a link whose target is missing (h5py reads it as nothing,
+        which read as a missing name beside the names listed)."""
+        try:
+            link = self._file.get(name, getlink=True)
+        except (KeyError, ValueError, OSError):  # a missing group on the way: not a link
+            return
+        if isinstance(link, h5py.ExternalLink):
+            target = f"'{link.path}' in file '{link.filename}'"
+        elif isinstance(link, h5py.SoftLink):
+            target = f"'{link.path}'"
+        else:
+            return
+        raise InputError(
+            f"HDF5 file '{self.path}': '{name}' (--{option} {name}) is a link to {target}, "
+            "which does not exist: expected a link to an existing dataset (or the dataset "
+            "itself)"
+        )
 
     def _split_codes(self, name: str, n: int) -> np.ndarray:
         raw = np.asarray(self._dataset(name, "split")[()])
