@@ -172,6 +172,19 @@ def make_dirs(path: str | Path) -> list[Path]:
     return made
 
 
+def check_png_suffix(path: str | Path, what: str) -> Path:
+    """Refuse ``path`` for a PNG image unless it ends in ``.png`` (any case), before any work:
+    the writers write PNG whatever the name says, and ``x.jpg`` holding PNG data misleads
+    every viewer. ``what`` names the path in the message (``--png``, ``sample grid``)."""
+    out = Path(path)
+    if out.suffix.lower() != ".png":
+        raise InputError(
+            f"{what} '{out}' has suffix '{out.suffix}': expected a .png path (the file is "
+            "written as PNG)"
+        )
+    return out
+
+
 def probe_writable(folder: str | Path) -> None:
     """Create and remove a temporary file in ``folder``; raises the :class:`OSError` of a
     folder where nothing can be written. A probe, not ``os.access``: root passes that check

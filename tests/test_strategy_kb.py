@@ -252,6 +252,13 @@ def test_cli_import_and_eval_json(workspace: object, tmp_path: Path) -> None:
     assert isinstance(bad.exception, InputError) and "is a folder; expected a file name" in str(
         bad.exception
     )
+    # a PNG chart was written under a .jpg name: refused before the evaluation, as for a grid
+    jpg = tmp_path / "regrets.jpg"
+    bad = runner.invoke(
+        app, ["strategy", "eval", "--source", "p", "--metric", "acc", "--png", str(jpg)]
+    )
+    assert isinstance(bad.exception, InputError) and not jpg.exists()
+    assert f"--png '{jpg}' has suffix '.jpg': expected a .png path" in str(bad.exception)
     # --k 0 reached math.comb in the random baseline: a ValueError traceback
     bad = runner.invoke(app, ["strategy", "eval", "--source", "p", "--metric", "acc", "--k", "0"])
     assert isinstance(bad.exception, InputError) and "--k 0: expected an integer >= 1" in str(

@@ -92,16 +92,20 @@ def strategy_eval(
         Path | None,
         typer.Option(
             "--png",
-            help="Also draw each held-out data set's regrets, per method, into this PNG file.",
+            help="Also draw each held-out data set's regrets, per method, into this PNG file "
+            "(the path must end in .png).",
         ),
     ] = None,
 ) -> None:
     """Leave-one-dataset-out: regret of the recommender's top-1 and best-of-top-k against
     random, best-mean, best-mean-rank and nearest-data-set baselines (metric points)."""
+    from pomlia_hpc.files import check_png_suffix
     from pomlia_hpc.strategy.service import evaluate_source
 
     if png is not None and png.is_dir():
         raise InputError(f"--png {png}: is a folder; expected a file name (e.g. regrets.png)")
+    if png is not None:
+        check_png_suffix(png, "--png")  # before the evaluation, as data show --grid does
     result = evaluate_source(STATE.registry(), source, metric, k=k, cheap=cheap)
     data = result.to_dict()
     data["metric"], data["source"] = metric, source

@@ -12,7 +12,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from pomlia_hpc.data.store import DatasetStore
 from pomlia_hpc.errors import InputError
-from pomlia_hpc.files import probe_writable, write_atomic
+from pomlia_hpc.files import check_png_suffix, probe_writable, write_atomic
 
 MAX_ROWS = 20
 LABEL_WIDTH_PX = 120
@@ -56,12 +56,7 @@ def check_grid_path(out: str | Path) -> Path:
     """Refuse a grid path that does not end in ``.png`` (the grid is PNG) or whose folder
     does not exist or cannot be written (:func:`~pomlia_hpc.files.probe_writable`), before any
     work; return it as a Path."""
-    out = Path(out)
-    if out.suffix.lower() != ".png":
-        raise InputError(
-            f"sample grid '{out}' has suffix '{out.suffix}': expected a .png path (the grid "
-            "is written as PNG)"
-        )
+    out = check_png_suffix(out, "sample grid")
     folder = out.parent
     if not folder.is_dir():
         raise InputError(
