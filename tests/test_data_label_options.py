@@ -137,3 +137,13 @@ def test_class_options_from_the_library_or_a_pipeline_file_are_checked_too(
         with pytest.raises(InputError, match=r"--n-classes .*: expected a whole number >= 1"):
             open_source(npz, n_classes=bad)
     assert open_source(npz, n_classes="4").label_info.n_classes == 4
+
+
+@pytest.mark.parametrize("value", ["0", "-3"])
+def test_a_class_count_below_one_is_one_error_line(
+    data_add: Run, tmp_path: Path, value: str
+) -> None:
+    """`--n-classes 0` printed typer's boxed "Invalid value" error, unlike every other
+    option's one line."""
+    err = data_add(_npz(tmp_path / "a.npz"), "--n-classes", value)
+    assert err == f"error: --n-classes {value}: expected a whole number >= 1"

@@ -131,7 +131,10 @@ def add(
         str | None, typer.Option(help="Comma-separated class names (npz, HDF5).")
     ] = None,
     n_classes: Annotated[
-        int | None, typer.Option(min=1, help="Declared number of classes.")
+        # >= 1, checked by the source options (one error line, as every option; typer's
+        # own range check printed a box)
+        int | None,
+        typer.Option(help="Declared number of classes (a whole number >= 1)."),
     ] = None,
     task_type: Annotated[
         str | None,
