@@ -574,3 +574,39 @@ def test_no_infinity_reaches_an_answer_on_either_backend(
         assert row is not None and row.output["strategies"][0]["cost"]["wall_s"] < 1e9
     with pytest.raises(InputError, match="--max-cost inf: expected a positive finite number"):
         recommend(registry, "blood", max_cost_s=math.inf)
+
+
+@pytest.mark.usefixtures("wide_console")
+def test_a_task_type_no_known_data_set_has_is_noted(
+    workspace: Workspace, reg: Registry, tmp_path: Path
+) -> None:
+    """A multi-class task ranked on multi-label data sets only gave a confident table without
+    a word about it."""
+    meta = tmp_path / "m.csv"
+    meta.write_text(
+        "dataset,task_type,n_channels,n_classes,n_train\n"
+        "a,multi-label,1,5,1000\nb,multi-label,3,9,5000\n"
+    )
+    rows = ["dataset,arch,init,mode,img_size,metric,value"]
+    for d, base in (("a", 0.7), ("b", 0.8)):
+        rows += [f"{d},resnet18,scratch,full,28,acc,{base}", f"{d},vgg16,scratch,full,28,acc,0.6"]
+    table = tmp_path / "r.csv"
+    table.write_text("\n".join(rows) + "\n")
+    kb.import_table(reg, table, "ml", meta_path=meta)
+    tiny_task(workspace, reg, "blood", "bloodmnist", "acc")
+    answer = recommend(reg, "blood", record=False)
+    assert answer["n_same_task_type"] == 0
+    assert answer["note"] == (
+        "no known data set with metric 'acc' has the task's type 'multi-class': the ranking "
+        "rests on data sets of other types (multi-label) only"
+    )
+    text = " ".join(CliRunner().invoke(app, ["recommend", "blood"]).output.split())
+    assert "note: no known data set with metric 'acc' has the task's type" in text, text
+    kb.import_table(
+        reg,
+        DATA / "medmnist_plus_doerrich2025.csv",
+        "plus",
+        meta_path=DATA / "medmnist_meta_features.csv",
+    )
+    answer = recommend(reg, "blood", record=False)
+    assert answer["note"] is None and answer["n_same_task_type"] > 0

@@ -244,7 +244,6 @@ def recommend_cmd(
     )
     n_written = len(answer["initial"]) if write_initial is not None else None
     if as_json:
-        # valid JSON: a non-finite number (never expected) is null, not `Infinity`
         typer.echo(json.dumps(json_safe(answer), indent=1, default=str, allow_nan=False))
         return
     similar = ", ".join(
@@ -281,6 +280,8 @@ def recommend_cmd(
             ev,
         )
     console.print(table)
+    if answer.get("note"):
+        console.print(f"note: {answer['note']}")
     front = Table(title="cost/metric Pareto front (cheapest first; the first 6, --json: all)")
     for col in ("strategy", f"expected {answer['metric']}", "cost (s)"):
         front.add_column(col, overflow="fold")

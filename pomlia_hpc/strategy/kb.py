@@ -307,6 +307,23 @@ def load(
     return kb
 
 
+def task_type_note(
+    kb: KnowledgeBase, datasets: list[str], task_type: str
+) -> tuple[int, str | None]:
+    """How many of ``datasets`` (those the recommender ranks on) have ``task_type``, and, when
+    none has, a note saying that the ranking rests on data sets of other types (a
+    multi-class task ranked on multi-label data sets only looked as confident as any)."""
+    types = [str(kb.meta.get(d, {}).get("task_type")) for d in datasets]
+    n = sum(t == task_type for t in types)
+    if n or not datasets:
+        return n, None
+    others = ", ".join(sorted(set(types)))
+    return 0, (
+        f"no known data set with metric '{kb.metric}' has the task's type '{task_type}': "
+        f"the ranking rests on data sets of other types ({others}) only"
+    )
+
+
 #: Appended to a published data set's name when a registry task has that name.
 PUBLISHED_SUFFIX = " (published)"
 

@@ -57,6 +57,7 @@ from pomlia_hpc.strategy.kb import (
     REGISTRY_SOURCE,
     load,
     run_hparams,
+    task_type_note,
     version_meta,
 )
 from pomlia_hpc.strategy.learner import (
@@ -316,10 +317,13 @@ def recommend(
                 _ranges(runs_hp),
             )
         )
+    n_same_type, type_note = task_type_note(kb, m.datasets, target.meta["task_type"])
     answer: dict[str, Any] = {
         "task": target.name,
         "metric": target.metric,
         "meta": target.meta,
+        "n_same_task_type": n_same_type,  # known data sets of the task's type
+        "note": type_note,
         "similar": [
             {
                 "dataset": m.datasets[i],
