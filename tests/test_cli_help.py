@@ -73,3 +73,20 @@ def test_help_to_a_pipe_is_as_wide_as_other_output() -> None:
     ).stdout
     assert "(env POMLIA_MEDMNIST_ROOT)" in out
     assert max(len(line) for line in out.splitlines()) > 80
+
+
+def _all_paths(cmd: Any, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    subs = getattr(cmd, "commands", {})
+    return [path] + [p for name, sub in subs.items() for p in _all_paths(sub, (*path, name))]
+
+
+def test_flags_show_no_value_placeholder() -> None:
+    """Typer's help showed every on/off flag as taking a value (`--resume <bool>`,
+    `--dry-run <bool>`, `--help <bool>`), and `automl run blood --resume true` then failed.
+    Flags show no placeholder; options that take a value keep theirs."""
+    for path in _all_paths(ROOT):
+        out = runner.invoke(app, [*path, "--help"], env={"COLUMNS": "200"}).output
+        assert "<bool>" not in out, (path, out)
+    out = runner.invoke(app, ["automl", "run", "--help"], env={"COLUMNS": "200"}).output
+    lines = {line.split()[1]: line for line in out.splitlines() if line.startswith("│ --")}
+    assert "<int>" in lines["--trials"] and lines["--resume"].split()[2] == "Continue", out

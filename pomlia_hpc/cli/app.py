@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+import typer.core
 import typer.rich_utils
 from rich.console import Console
 from rich.markup import escape
@@ -279,6 +280,22 @@ def _format_usage_error(exc: Any) -> None:
 # (the console entry point and the test runner alike).
 _typer_format_error = typer.rich_utils.rich_format_error
 typer.rich_utils.rich_format_error = _format_usage_error  # type: ignore[assignment]
+
+
+_typer_option_type = typer.core.TyperOption.display_type_rich
+
+
+def _option_type_in_help(self: typer.core.TyperOption, ctx: Any) -> str | None:
+    """The value placeholder an option shows in ``--help`` (``<int>``, ``<path>``), and none
+    for an on/off flag (``--resume``, ``--dry-run``, ``--help``): typer's rich help showed
+    ``<bool>`` there, as if the flag took a value (``--resume true`` is then refused)."""
+    if self.is_flag or self.count:
+        return None
+    return _typer_option_type(self, ctx)
+
+
+# The rich help panels ask each option for this (the plain help already skips flags).
+typer.core.TyperOption.display_type_rich = _option_type_in_help  # type: ignore[method-assign]
 
 
 def _interrupted(exc: SystemExit) -> bool:
