@@ -189,9 +189,15 @@ def test_deploy_writes_a_buildable_directory(deployed: tuple[Registry, Path]) ->
     assert (
         subprocess.run(["bash", "-n", str(directory / "serve.sbatch")], check=False).returncode == 0
     )
-    again = CliRunner().invoke(app, ["deploy", "demo"])  # the workspace's profile, not haicore
+    # The workspace's profile, not haicore: the refusal named neither the profile the directory
+    # was written for nor the command that reuses it (README's `deploy demo --submit` failed).
+    again = CliRunner().invoke(app, ["deploy", "demo", "--submit"])
     assert "already exists" in refusal(again)
-    assert "serve.sbatch other than this cluster profile gives" in refusal(again)
+    assert "serve.sbatch written for cluster profile 'haicore'" in refusal(again)
+    assert "run `pomlia deploy demo --profile haicore --submit` to reuse it" in refusal(again)
+    (directory / "serve.sbatch").write_text(script + "# edited\n")
+    edited = CliRunner().invoke(app, ["deploy", "demo", "--profile", "haicore"])
+    assert "serve.sbatch other than this cluster profile gives" in refusal(edited)
 
 
 def test_submit_checks_the_image_first_and_reuses_the_written_directory(

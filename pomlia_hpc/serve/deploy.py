@@ -24,14 +24,14 @@ import filecmp
 import re
 import shlex
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 from sqlalchemy import select
 
 from pomlia_hpc.cluster.records import sbatch_script
-from pomlia_hpc.config import ClusterProfile
-from pomlia_hpc.errors import InputError, NotFoundError
+from pomlia_hpc.config import ClusterProfile, cluster_profiles, load_cluster_profile
+from pomlia_hpc.errors import ConfigError, InputError, NotFoundError
 from pomlia_hpc.files import probe_writable, staged_dir
 from pomlia_hpc.models.catalog import resolve_model
 from pomlia_hpc.registry import Deployment, Model, Registry
@@ -236,10 +236,11 @@ class _Target:
         )
 
 
-def _reuse_refusal(t: _Target) -> tuple[int | None, str]:
+def _reuse_refusal(t: _Target, retry: tuple[str, str]) -> tuple[int | None, str]:
     """(deployment id, '') when ``target`` is the directory ``pomlia deploy`` would write for
     ``bundle`` of ``row`` with ``profile`` (the same bundle and ``serve.sbatch``); else
-    (None, what ``target`` holds instead). Its source snapshot and definition are not
+    (None, what ``target`` holds instead). ``retry``: the command that reuses it, before and
+    after the ``--profile`` it was written for. Its source snapshot and definition are not
     compared: the image in it was built from them, and stays consistent with them."""
     registry, row, bundle, target = t.registry, t.row, t.bundle, t.target
     script = target / "serve.sbatch"
@@ -255,12 +256,32 @@ def _reuse_refusal(t: _Target) -> tuple[int | None, str]:
         return None, f"deployment {dep_id}, which the registry does not record for {row.name} there"
     if not (target / "bundle").is_dir() or not _same_files(bundle.root, target / "bundle"):
         return None, f"a bundle other than {row.name} version {bundle.version}"
-    if script.read_text() != t.sbatch_text(dep_id):
+    text = script.read_text()
+    if text != t.sbatch_text(dep_id):
+        written_for = _written_for(t, dep_id, text)
+        if written_for is not None:
+            return None, (
+                f"a serve.sbatch written for cluster profile '{written_for}', not for the "
+                f"profile this command uses: run `{retry[0]} --profile {written_for}{retry[1]}` to reuse it"
+            )
         return None, (
             "a serve.sbatch other than this cluster profile gives (written for another "
             "profile, or edited: submit it by hand with `sbatch serve.sbatch`)"
         )
     return dep_id, ""
+
+
+def _written_for(t: _Target, dep_id: int, text: str) -> str | None:
+    """The shipped cluster profile (``configs/cluster/``) whose ``serve.sbatch`` for
+    deployment ``dep_id`` is ``text``, or None (another profile file, or an edited script)."""
+    for name in cluster_profiles():
+        try:
+            other = replace(t, profile=load_cluster_profile(name))
+        except ConfigError:
+            continue  # a broken shipped profile names nothing
+        if other.profile != t.profile and other.sbatch_text(dep_id) == text:
+            return name
+    return None
 
 
 def _check_image(target: Path, write_cmd: str) -> None:
@@ -304,6 +325,7 @@ def write_deployment(
     if out_dir is not None:
         _check_out(out_dir.resolve())  # before the export, which takes seconds to minutes
     out = f" --out {shlex.quote(str(out_dir))}" if out_dir is not None else ""
+    retry = (f"pomlia deploy {shlex.quote(ref)}{out}", " --submit" if need_image else "")
     if profile_name is not None:
         out += f" --profile {shlex.quote(profile_name)}"
     write_cmd = f"pomlia deploy {shlex.quote(ref)}{out}"
@@ -325,7 +347,7 @@ def write_deployment(
         )
     plan = _Target(registry, workspace, profile, row, bundle, target, source_root)
     if target.is_dir() and any(target.iterdir()):
-        dep_id, refusal = _reuse_refusal(plan)
+        dep_id, refusal = _reuse_refusal(plan, retry)
         if dep_id is None:
             raise InputError(
                 f"deploy directory {target} already exists and holds {refusal}; "
