@@ -13,7 +13,7 @@ import pytest
 import yaml
 
 from pomlia_hpc.data.medmnist_info import flag_info
-from pomlia_hpc.errors import ConfigError
+from pomlia_hpc.errors import ConfigError, NotFoundError
 from pomlia_hpc.pipeline.runner import make_plan
 from pomlia_hpc.pipeline.spec import load_pipeline, parse_pipeline
 from pomlia_hpc.pipeline.stage import (
@@ -317,6 +317,27 @@ def test_status_by_name_and_by_file_agree_on_staleness(
     by_name, by_file = states("p"), states(str(file))
     assert "│ data │ stale │" in by_name and "│ data │ stale │" in by_file
     assert by_name == by_file
+
+
+def test_status_by_name_and_by_file_agree_before_any_run(
+    workspace: Workspace, tmp_path: Path
+) -> None:
+    """On a new workspace `pipeline status FILE` showed a table of stages "not run" while
+    `pipeline status NAME` said the pipeline has not run: both say it now."""
+    from typer.testing import CliRunner
+
+    from pomlia_hpc.cli import app
+
+    file = tmp_path / "p.yaml"
+    file.write_text(yaml.safe_dump(MINIMAL))
+    cli = CliRunner()
+    by_name = cli.invoke(app, ["pipeline", "status", "p"])
+    by_file = cli.invoke(app, ["pipeline", "status", str(file)])
+    for res in (by_name, by_file):
+        assert isinstance(res.exception, NotFoundError), res.output
+        message = " ".join(str(res.exception).split())
+        assert "pipeline 'p'" in message and "has not run" in message, message
+        assert "start it with `pomlia pipeline run" in message, message
 
 
 def test_stage_summaries_name_what_export_writes() -> None:

@@ -343,12 +343,20 @@ def status_spec(workspace: Workspace, name_or_file: str | None) -> PipelineSpec:
     name or file (``None``: the only pipeline of ``workspace``).
 
     Both answer the same: the pipeline file as it is now, so a stage whose part of the file
-    changed since it ran is ``stale`` whichever was given. A name reads the file its last run
+    changed since it ran is ``stale`` whichever was given; a pipeline that has not run in
+    ``workspace`` is a :class:`NotFoundError` either way. A name reads the file its last run
     was started from (kept in the snapshot) when that file is still there and still names
     the pipeline; otherwise the snapshot, the file as it ran."""
-    if name_or_file is not None and Path(name_or_file).suffix in (".yaml", ".yml"):
-        return load_pipeline(name_or_file)
     known = known_pipelines(workspace)
+    if name_or_file is not None and Path(name_or_file).suffix in (".yaml", ".yml"):
+        spec = load_pipeline(name_or_file)
+        if spec.name not in known:  # as for its name: nothing has run to show
+            raise NotFoundError(
+                f"pipeline '{spec.name}' ({name_or_file}) has not run in {workspace.home} "
+                f"(known: {', '.join(known) or 'none'}); start it with `pomlia pipeline run "
+                f"{name_or_file}`"
+            )
+        return spec
     if name_or_file is None:
         if len(known) != 1:
             raise InputError(
@@ -359,7 +367,7 @@ def status_spec(workspace: Workspace, name_or_file: str | None) -> PipelineSpec:
     if name_or_file not in known:
         raise NotFoundError(
             f"pipeline '{name_or_file}' has not run in {workspace.home} "
-            f"(known: {', '.join(known) or 'none'})"
+            f"(known: {', '.join(known) or 'none'}); start it with `pomlia pipeline run FILE`"
         )
     path = workspace.path("pipelines", name_or_file, SPEC_SNAPSHOT)
     snap = json.loads(path.read_text())
