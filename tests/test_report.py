@@ -262,6 +262,26 @@ def test_empty_workspace_has_only_the_overview(
     assert "Nothing recorded yet" in (res.folder / "index.html").read_text()
 
 
+def test_report_lists_only_the_pages_it_writes(
+    workspace: Workspace, reg: Registry, tmp_path: Path
+) -> None:
+    """`pomlia report` printed every page title ("Pipelines", "Monitor history", ...) and
+    counted index.html among "(7 pages)" while it wrote only the pages with data."""
+    from typer.testing import CliRunner
+
+    from pomlia_hpc.cli import app
+
+    listed: list[str] = []
+    res = build_report(reg, workspace, tmp_path / "r", progress=listed.append)
+    assert listed == [] and [p.name for p in res.pages] == ["index.html"]
+    make_dataset(workspace, reg, "pneu")
+    res = build_report(reg, workspace, tmp_path / "r", progress=listed.append)
+    titles = {file: title for file, title, _b in PAGES}
+    assert listed == [titles[p.name] for p in res.pages[1:]] == ["Datasets"]
+    out = " ".join(CliRunner().invoke(app, ["report", "--out", str(tmp_path / "c")]).output.split())
+    assert out.startswith("Datasets report: ") and "(the overview and the 1 page(s) above)" in out
+
+
 def test_report_replaces_a_report_but_not_other_folders(
     workspace: Workspace, reg: Registry, tmp_path: Path
 ) -> None:

@@ -27,4 +27,9 @@ def report(
         out,
         progress=lambda title: console.print(f"  {title}", highlight=False),
     )
-    console.print(f"report: {res.folder / 'index.html'} ({len(res.pages)} pages)")
+    others = len(res.pages) - 1  # besides index.html, the overview
+    console.print(
+        f"report: {res.folder / 'index.html'} (the overview"
+        + (f" and the {others} page(s) above)" if others else "; nothing else recorded yet)"),
+        highlight=False,
+    )

@@ -129,7 +129,9 @@ def build_report(
     out_dir: Path | None = None,
     progress: Callable[[str], None] | None = None,
 ) -> ReportResult:
-    """Write the report of ``workspace`` into ``out_dir`` (default ``<home>/reports/html``)."""
+    """Write the report of ``workspace`` into ``out_dir`` (default ``<home>/reports/html``).
+    ``progress`` gets the title of each page built with data (the pages to be written, but
+    for the overview ``index.html``)."""
     out = (out_dir or workspace.path("reports", "html")).expanduser().resolve()
     check_out_folder(out)
     try:
@@ -164,11 +166,11 @@ def _write_report(
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     bodies: list[tuple[str, str, str]] = []
     for file, title, builder in PAGES:
-        if progress is not None:
-            progress(title)
         body = builder(registry, workspace, out)
-        if body is not None:
+        if body is not None:  # a page without data is not written, nor listed
             bodies.append((file, title, body))
+            if progress is not None:
+                progress(title)
     nav = [("index.html", "Overview")] + [(f, t) for f, t, _b in bodies]
     overview = (
         f"<p>Workspace <code>{esc(workspace.home)}</code>, registry "
