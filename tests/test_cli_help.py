@@ -90,3 +90,36 @@ def test_flags_show_no_value_placeholder() -> None:
     out = runner.invoke(app, ["automl", "run", "--help"], env={"COLUMNS": "200"}).output
     lines = {line.split()[1]: line for line in out.splitlines() if line.startswith("│ --")}
     assert "<int>" in lines["--trials"] and lines["--resume"].split()[2] == "Continue", out
+
+
+def test_options_without_a_shown_default_say_theirs() -> None:
+    """Options whose default is decided later (None in the signature) showed none in --help."""
+    from pomlia_hpc.fingerprint.extract import DEFAULT_SHARD_ROWS
+    from pomlia_hpc.fingerprint.index import DEFAULT_NPROBE
+
+    wanted = {
+        ("fingerprint", "extract"): {
+            "shards": "default: as many as --shard-rows gives",
+            "shard_rows": f"default {DEFAULT_SHARD_ROWS:,}",
+            "cpus": "default: the cluster profile's cpus_per_task",
+            "gpus": "default: the cluster profile's gpus_per_node",
+        },
+        ("fingerprint", "train"): {
+            "cpus": "default: the cluster profile's cpus_per_task",
+            "gpus": "default: the cluster profile's gpus_per_node",
+        },
+        ("index", "build"): {"nprobe": f"{DEFAULT_NPROBE} when it was built without"},
+        ("plot", "latent"): {"out": "default <home>/reports/latent/<encoder>"},
+        ("data", "add"): {"download": "default: --download"},
+    }
+    for path, params in wanted.items():
+        helps = {p.name: getattr(p, "help", "") or "" for p in _command(path).params}
+        for name, text in params.items():
+            assert text in helps[name], (path, name, helps[name])
+
+
+def test_deploy_help_shows_the_main_use() -> None:
+    """`deploy --help` showed only `deploy [OPTIONS] COMMAND`, though `deploy MODEL --profile
+    P --submit` (the `write` command, run without its name) is the main use."""
+    out = " ".join(runner.invoke(app, ["deploy", "--help"], env={"COLUMNS": "200"}).output.split())
+    assert "deploy MODEL [--profile PROFILE] [--out DIR] [--submit] | COMMAND" in out, out

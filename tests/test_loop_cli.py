@@ -221,24 +221,43 @@ def test_bad_settings_record_no_loop_run(tmp_path: Path, workspace: Workspace) -
     reg.dispose()
 
 
-@pytest.mark.parametrize("interval", ["-5", "0", "nan"])
+@pytest.mark.parametrize(("interval", "once"), [("-5", True), ("nan", True), ("0", False)])
 def test_watch_refuses_an_interval_that_is_not_positive(
-    workspace: Workspace, seen: dict[str, Any], interval: str
+    workspace: Workspace, seen: dict[str, Any], interval: str, once: bool
 ) -> None:
-    """`--interval -5` crashed at the first sleep, and with --once both it and 0 exited 0."""
-    res = runner.invoke(app, ["loop", "watch", "--once", "--interval", interval])
+    """`--interval -5` crashed at the first sleep, and with --once it exited 0."""
+    res = runner.invoke(
+        app, ["loop", "watch", *(["--once"] if once else []), "--interval", interval]
+    )
     assert isinstance(res.exception, InputError)
     assert f"--interval {float(interval)}: expected a number of seconds > 0" in str(res.exception)
     assert seen == {}
+
+
+def test_watch_once_accepts_interval_zero(workspace: Workspace, seen: dict[str, Any]) -> None:
+    """`loop watch --once --interval 0` was refused, although --once never waits."""
+    res = runner.invoke(app, ["loop", "watch", "--once", "--interval", "0"])
+    assert res.exit_code == 0, res.output
+    assert seen["watch"][1] is True
+
+
+def test_recent_share_help_and_error_agree(workspace: Workspace) -> None:
+    """The help said "0 < share < 1; 0: plain shuffling", the error "expected 0 <= share < 1"."""
+    for command in ("run", "watch"):
+        res = runner.invoke(app, ["loop", command, "--help"], env={"COLUMNS": "200"})
+        shown = " ".join(res.output.split())
+        assert "(0 <= share < 1; 0: plain shuffling" in shown, shown
+    res = runner.invoke(app, ["loop", "watch", "--once", "--recent-share", "1"])
+    assert "expected 0 <= share < 1" in str(res.exception)
 
 
 def test_the_watcher_itself_refuses_a_bad_interval(workspace: Workspace) -> None:
     from pomlia_hpc.loop.watch import watch
 
     reg = Registry.open(workspace.db_url)
-    for interval in (-5.0, 0.0):
+    for interval, once in ((-5.0, True), (0.0, False)):
         with pytest.raises(InputError, match=f"--interval {interval}: expected"):
-            watch(reg, workspace, interval_s=interval, once=True, progress=lambda _l: None)
+            watch(reg, workspace, interval_s=interval, once=once, progress=lambda _l: None)
     reg.dispose()
 
 

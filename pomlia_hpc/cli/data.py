@@ -118,7 +118,8 @@ def add(
     download: Annotated[
         bool | None,
         typer.Option(
-            "--download/--no-download", help="Download missing MedMNIST files (md5-checked)."
+            "--download/--no-download",
+            help="Download missing MedMNIST files (md5-checked; default: --download).",
         ),
     ] = None,
     mirror: Annotated[str | None, typer.Option(help="Base URL replacing MedMNIST's.")] = None,

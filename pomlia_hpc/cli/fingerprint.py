@@ -121,12 +121,18 @@ def train(
         int, typer.Option(help="Stop after this many epochs without a better held-out loss.")
     ] = 3,
     lr_schedule: Annotated[str, typer.Option(help="cosine or constant.")] = "cosine",
-    cpus: Annotated[int | None, typer.Option(min=1, help="CPUs for the job.")] = None,
+    cpus: Annotated[
+        int | None,
+        typer.Option(
+            min=1, help="CPUs for the job (default: the cluster profile's cpus_per_task)."
+        ),
+    ] = None,
     gpus: Annotated[
         int | None,
         typer.Option(
             min=0,
-            help="GPUs for the job (0: none; local profile: refused if this machine lacks them).",
+            help="GPUs for the job (0: none; local profile: refused if this machine lacks "
+            "them; default: the cluster profile's gpus_per_node).",
         ),
     ] = None,
 ) -> None:
@@ -192,10 +198,19 @@ def extract(
     datasets: Annotated[list[str], typer.Argument(help="Dataset versions: name or name@version.")],
     encoder: EncoderOpt = None,
     shards: Annotated[
-        int | None, typer.Option(min=1, help="Shards per dataset (array tasks).")
+        int | None,
+        typer.Option(
+            min=1,
+            help="Shards per dataset (array tasks; default: as many as --shard-rows gives).",
+        ),
     ] = None,
     shard_rows: Annotated[
-        int | None, typer.Option(min=1, help="Or: about this many images per shard.")
+        int | None,
+        typer.Option(
+            min=1,
+            help="Or: about this many images per shard (default 200,000; small datasets are "
+            "packed into one shard).",
+        ),
     ] = None,
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 256,
     patch_grid: Annotated[
@@ -206,14 +221,17 @@ def extract(
         ),
     ] = 1,
     force: Annotated[bool, typer.Option(help="Recompute even complete embeddings.")] = False,
-    cpus: Annotated[int | None, typer.Option(min=1, help="CPUs per shard.")] = None,
+    cpus: Annotated[
+        int | None,
+        typer.Option(min=1, help="CPUs per shard (default: the cluster profile's cpus_per_task)."),
+    ] = None,
     gpus: Annotated[
         int | None,
         typer.Option(
             min=0,
             help=(
                 "GPUs per shard (0: none; local profile: refused if this machine lacks them "
-                "and a shard will run)."
+                "and a shard will run; default: the cluster profile's gpus_per_node)."
             ),
         ),
     ] = None,
@@ -272,7 +290,13 @@ def build(
         str | None, typer.Option(help="faiss index_factory string (default: Flat up to 1M).")
     ] = None,
     metric: Annotated[str, typer.Option(help="l2 or ip (cosine).")] = "l2",
-    nprobe: Annotated[int | None, typer.Option(help="Lists an IVF search visits.")] = None,
+    nprobe: Annotated[
+        int | None,
+        typer.Option(
+            help="Lists an IVF search visits (default: the index's, 16 when it was built "
+            "without; unused by exact indexes)."
+        ),
+    ] = None,
     patches: Annotated[bool, typer.Option(help="Index the patch embeddings instead.")] = False,
     rebuild: Annotated[bool, typer.Option(help="Rebuild from scratch.")] = False,
 ) -> None:
@@ -406,7 +430,10 @@ def latent(
         list[str] | None, typer.Argument(help="Datasets (default: all extracted).")
     ] = None,
     encoder: EncoderOpt = None,
-    out: Annotated[Path | None, typer.Option(help="Folder for the PNGs.")] = None,
+    out: Annotated[
+        Path | None,
+        typer.Option(help="Folder for the PNGs (default <home>/reports/latent/<encoder>)."),
+    ] = None,
 ) -> None:
     """Write the latent scatter of test samples (Figure 5) and per-dataset means (Figure 6)."""
     from pomlia_hpc.fingerprint.plots import plot_encoder_latent

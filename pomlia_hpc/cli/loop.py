@@ -236,7 +236,7 @@ RecentShareOpt = Annotated[
     float,
     typer.Option(
         help="Share of every training epoch drawn from the harvested production images "
-        "(0 < share < 1; 0: plain shuffling of old and new images together).",
+        "(0 <= share < 1; 0: plain shuffling of old and new images together).",
     ),
 ]
 
@@ -318,7 +318,9 @@ def _render_result(res: object) -> None:
 
 @loop_app.command("watch")
 def loop_watch(
-    interval: Annotated[float, typer.Option(help="Seconds between looks at the registry.")] = 60.0,
+    interval: Annotated[
+        float, typer.Option(help="Seconds between looks at the registry (> 0; unused with --once).")
+    ] = 60.0,
     once: Annotated[bool, typer.Option("--once", help="Look once and exit.")] = False,
     trials: TrialsOpt = 6,
     max_epochs: MaxEpochsOpt = 6,
@@ -337,7 +339,7 @@ def loop_watch(
     that serves the model; a request whose driver was killed is resumed."""
     from pomlia_hpc.loop.watch import check_interval, watch
 
-    check_interval(interval)
+    check_interval(interval, once=once)
     cfg = _settings(locals())
 
     handled = watch(

@@ -382,6 +382,11 @@ class _DeployGroup(TyperGroup):
     """``pomlia deploy MODEL ...`` keeps working beside ``pomlia deploy promote ...``: a first
     argument that is not a subcommand runs ``deploy write``."""
 
+    def collect_usage_pieces(self, ctx: Any) -> list[str]:
+        """The usage line shows the main use, ``deploy MODEL [--profile ...]``, beside the
+        subcommands (it showed only ``deploy [OPTIONS] COMMAND [ARGS]...``)."""
+        return ["MODEL [--profile PROFILE] [--out DIR] [--submit]", "|", "COMMAND [ARGS]..."]
+
     def parse_args(self, ctx: Any, args: list[str]) -> list[str]:
         first = next((a for a in args if not a.startswith("-")), None)
         if first is not None and first not in self.commands and "--help" not in args[:1]:
@@ -392,8 +397,9 @@ class _DeployGroup(TyperGroup):
 deploy_app = typer.Typer(
     cls=_DeployGroup,
     help=(
-        "Deploy a model: `pomlia deploy MODEL` writes its Slurm/Apptainer directory; "
-        "`promote`, `rollback` and `history` manage a deployment slot (hot swap, gate)."
+        "Deploy a model: `pomlia deploy MODEL` writes its Slurm/Apptainer directory (the "
+        "`write` command: `pomlia deploy write --help` for its options); `promote`, `rollback` "
+        "and `history` manage a deployment slot (hot swap, gate)."
     ),
     no_args_is_help=True,
 )

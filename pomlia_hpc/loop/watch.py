@@ -130,11 +130,17 @@ def consume(
     return handled
 
 
-def check_interval(interval_s: float) -> None:
+def check_interval(interval_s: float, *, once: bool = False) -> None:
     """One :class:`InputError` for an interval between looks that is not a positive, finite
-    number of seconds (a negative one was a crash at the first sleep, 0 a busy loop)."""
+    number of seconds (a negative one was a crash at the first sleep, 0 a busy loop). With
+    ``once`` (one look, no wait) 0 is accepted too."""
+    if once and interval_s == 0:
+        return
     if not 0 < interval_s < math.inf:  # NaN too
-        raise InputError(f"--interval {interval_s}: expected a number of seconds > 0")
+        raise InputError(
+            f"--interval {interval_s}: expected a number of seconds > 0"
+            + (" (or 0: --once never waits)" if once else "")
+        )
 
 
 def watch(
@@ -148,7 +154,7 @@ def watch(
 ) -> list[Handled]:
     """Consume requests now and then every ``interval_s`` seconds (only once with ``once``).
     The interval and ``settings`` are checked first: bad ones would fail every request."""
-    check_interval(interval_s)
+    check_interval(interval_s, once=once)
     check_settings(settings or LoopSettings())
     handled = consume(registry, workspace, settings, progress=progress)
     while not once:

@@ -262,7 +262,8 @@ def _reuse_refusal(t: _Target, retry: tuple[str, str]) -> tuple[int | None, str]
         if written_for is not None:
             return None, (
                 f"a serve.sbatch written for cluster profile '{written_for}', not for the "
-                f"profile this command uses: run `{retry[0]} --profile {written_for}{retry[1]}` to reuse it"
+                f"profile this command uses: run `{retry[0]} --profile {written_for}"
+                f"{retry[1]}` to reuse it"
             )
         return None, (
             "a serve.sbatch other than this cluster profile gives (written for another "
