@@ -324,6 +324,8 @@ def test_missing_or_foreign_reference_says_how_to_create_it(
         text = " ".join(out.split())
         assert code == 2 and "has no monitoring reference" in text
         assert "pomlia monitor reference blood --data" in text
+        # which data set fits: a MedMNIST one was refused for `model demo`'s class_0, ... labels
+        assert "a data set with the model's" in text and "or unnamed" in text
         from dataclasses import replace
 
         from pomlia_hpc.serve.exported import ExportedBundle

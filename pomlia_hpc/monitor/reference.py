@@ -36,10 +36,18 @@ class Target:
         return f"{self.model.name}{suffix}"
 
 
-def _how_to_create(name: str) -> str:
+def _how_to_create(name: str, bundle: ExportedBundle) -> str:
+    """The command that writes model ``name``'s reference, and the data set it needs: one with
+    the model's classes (named alike, or unnamed) and input size (a MedMNIST data set has its
+    own class names, which a model with other labels, such as `model demo`'s, refuses)."""
+    labels = bundle.labels
+    shown = ", ".join(labels[:3]) + (", ..." if len(labels) > 3 else "")
     return (
         f"create it with: pomlia monitor reference {shlex.quote(name)} "
-        "--data DATASET[@VERSION] [--split val]"
+        f"--data DATASET[@VERSION] [--split val], a data set with the model's {len(labels)} "
+        f"classes ({shown}: the same names in the same order, or unnamed, as an npz file "
+        f"ingested without --class-names gives) and its {bundle.image_size} px, "
+        f"{bundle.channels}-channel images"
     )
 
 
@@ -80,14 +88,14 @@ def load_reference(target: Target) -> Reference:
         raise NotFoundError(
             f"model '{target.model.name}' (version {target.bundle.version}) has no monitoring "
             f"reference ({path} is missing)",
-            hint=_how_to_create(target.model.name),
+            hint=_how_to_create(target.model.name, target.bundle),
         )
     ref = read_reference(path)
     if ref.model != target.bundle.name or ref.model_version != target.bundle.version:
         raise InputError(
             f"monitoring reference {path} was computed for model '{ref.model}' version "
             f"{ref.model_version}, not '{target.bundle.name}' version {target.bundle.version}",
-            hint=_how_to_create(target.model.name),
+            hint=_how_to_create(target.model.name, target.bundle),
         )
     return ref
 
