@@ -14,7 +14,7 @@ help:  ## Show the targets
 venv:  ## Create .venv and install the pinned stack (no-op when up to date)
 	@bash scripts/setup-venv.sh
 
-demo: venv  ## Run the main job end to end on the embedded default (local executor, SQLite)
+demo: venv  ## Create .venv if missing, install, run the main job end to end (local executor, SQLite, generated data)
 	$(PY) -m pomlia_hpc.demo
 
 services:  ## Start the test services: single-node Slurm and PostgreSQL on 127.0.0.1, Chromium
