@@ -349,14 +349,14 @@ def status_spec(workspace: Workspace, name_or_file: str | None) -> PipelineSpec:
     the pipeline; otherwise the snapshot, the file as it ran."""
     known = known_pipelines(workspace)
     if name_or_file is not None and Path(name_or_file).suffix in (".yaml", ".yml"):
-        spec = load_pipeline(name_or_file)
-        if spec.name not in known:  # as for its name: nothing has run to show
+        given = load_pipeline(name_or_file)
+        if given.name not in known:  # as for its name: nothing has run to show
             raise NotFoundError(
-                f"pipeline '{spec.name}' ({name_or_file}) has not run in {workspace.home} "
+                f"pipeline '{given.name}' ({name_or_file}) has not run in {workspace.home} "
                 f"(known: {', '.join(known) or 'none'}); start it with `pomlia pipeline run "
                 f"{name_or_file}`"
             )
-        return spec
+        return given
     if name_or_file is None:
         if len(known) != 1:
             raise InputError(
