@@ -85,6 +85,20 @@ def _resources(cpus: int | None, gpus: int | None) -> dict[str, Any] | None:
     return res or None
 
 
+TrainCpusOpt = Annotated[
+    int | None,
+    typer.Option(min=1, help="CPUs for the job (default: the cluster profile's cpus_per_task)."),
+]
+TrainGpusOpt = Annotated[
+    int | None,
+    typer.Option(
+        min=0,
+        help="GPUs for the job (0: none; local profile: refused if this machine lacks them; "
+        "default: the cluster profile's gpus_per_node).",
+    ),
+]
+
+
 @fingerprint_app.command("train")
 def train(
     datasets: Annotated[list[str], typer.Argument(help="Dataset versions: name or name@version.")],
@@ -121,20 +135,8 @@ def train(
         int, typer.Option(help="Stop after this many epochs without a better held-out loss.")
     ] = 3,
     lr_schedule: Annotated[str, typer.Option(help="cosine or constant.")] = "cosine",
-    cpus: Annotated[
-        int | None,
-        typer.Option(
-            min=1, help="CPUs for the job (default: the cluster profile's cpus_per_task)."
-        ),
-    ] = None,
-    gpus: Annotated[
-        int | None,
-        typer.Option(
-            min=0,
-            help="GPUs for the job (0: none; local profile: refused if this machine lacks "
-            "them; default: the cluster profile's gpus_per_node).",
-        ),
-    ] = None,
+    cpus: TrainCpusOpt = None,
+    gpus: TrainGpusOpt = None,
 ) -> None:
     """Train the ResNet-18 encoder on DATASETS as a cluster job and register it.
 
