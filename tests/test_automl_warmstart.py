@@ -190,6 +190,16 @@ def test_a_refused_warm_start_leaves_no_copied_weights(workspace: Workspace, reg
             initial_configs=[FAST] * 3,
         )  # fmt: skip
     assert not workspace.path("runs", "big").exists()
+    # What it did not write stays (a start of the same name racing it may own the folder).
+    theirs = workspace.path("runs", "big2", "theirs.txt")
+    theirs.parent.mkdir(parents=True)
+    theirs.write_text("x")
+    with pytest.raises(InputError):
+        tiny_study(
+            reg, workspace, "blood", "big2", optimizer="smac", init_model=donor,
+            initial_configs=[FAST] * 3,
+        )  # fmt: skip
+    assert theirs.exists() and not workspace.path("runs", "big2", "init").exists()
 
 
 def test_unfit_warm_start_configurations_are_left_out_one_by_one_when_asked(

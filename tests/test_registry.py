@@ -186,3 +186,17 @@ def test_a_password_given_as_a_query_parameter_is_hidden_too(url: str) -> None:
         Registry.open(url)
     msg = str(exc.value)
     assert "cannot open the database" in msg and "s3cret" not in msg and "=***" in msg
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql+psycopg://u:s3cret@h:bad/db",  # does not parse: SQLAlchemy cannot redact it
+        "postgresql+psycopg://u:s3@cret@h:5432/db",  # an unencoded @ in the password
+    ],
+)
+def test_a_password_is_hidden_in_a_url_that_does_not_parse_cleanly(url: str) -> None:
+    """The review's case: a bad port sent the URL through the fallback that hid only query
+    passwords, and an unencoded `@` left the password's tail after `***@`."""
+    assert "s3" not in shown_url(url) and "cret" not in shown_url(url), shown_url(url)
+    assert shown_url(url).startswith("postgresql+psycopg://u:***@h")

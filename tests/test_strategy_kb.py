@@ -522,3 +522,12 @@ def test_meta_features_another_source_defines_differently_are_refused(
     assert "data set 'a': meta-features differ from those of source 'one'" in msg, msg
     assert "n_classes 9 here, 8 there" in msg and "nothing was imported" in msg
     assert [s.name for s in kb.list_sources(registry)] == ["one", "two"]
+    # Free text may differ (a licence written another way, own notes): not a conflict.
+    licensed = META.replace("n_train\n", "n_train,license\n").replace("0\n", "0,CC BY 4.0\n")
+    worded = licensed.replace("CC BY 4.0", "CC-BY-4.0")
+    kb.import_table(
+        registry, _write(tmp_path, GOOD), "four", meta_path=_write(tmp_path, licensed, "m3.csv")
+    )
+    kb.import_table(
+        registry, _write(tmp_path, GOOD), "five", meta_path=_write(tmp_path, worded, "m4.csv")
+    )

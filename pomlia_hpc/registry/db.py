@@ -44,15 +44,20 @@ _SECRET_QUERY = re.compile(
 )
 
 
+#: ``://user:`` up to the authority's last ``@``: the password, even one with an unencoded
+#: ``@`` in it, or in a URL that does not parse (a bad port), which SQLAlchemy cannot redact.
+_USER_PASSWORD = re.compile(r"(://[^:/?#@]*:)[^/?#]*@")
+
+
 def shown_url(url: str | URL) -> str:
     """``url`` as it may be shown, logged or stored: the password of ``user:password@`` and
     of any ``password=`` query parameter replaced by ``***``. The one redaction of registry
-    URLs; a string that does not parse as a URL is returned with its query secrets hidden."""
+    URLs; a string that does not parse as a URL is redacted the same way."""
     try:
         text = (make_url(url) if isinstance(url, str) else url).render_as_string(hide_password=True)
     except Exception:  # shown in the message that refuses it: hide what can be hidden
         text = str(url)
-    return _SECRET_QUERY.sub(r"\1***", text)
+    return _SECRET_QUERY.sub(r"\1***", _USER_PASSWORD.sub(r"\1***@", text))
 
 
 def _shown(url: URL) -> str:

@@ -42,6 +42,7 @@ from pomlia_hpc.strategy import runstats
 from pomlia_hpc.strategy.cost import full_epochs
 from pomlia_hpc.strategy.longformat import (
     MAX_COST_S,
+    META_TEXT,
     METRICS,
     ResultTable,
     normalize_task_type,
@@ -126,7 +127,10 @@ def _check_meta_agrees(registry: Registry, table: ResultTable, source: str) -> N
         )
         for name, meta, other in s.execute(q):
             new = table.meta[name]
-            differ = sorted(k for k in set(new) & set(meta) if new[k] != meta[k])
+            # Free text (licence, notes) may be worded differently; the recommender reads
+            # only the numbers and the task type.
+            shared = (set(new) & set(meta)) - set(META_TEXT)
+            differ = sorted(k for k in shared if new[k] != meta[k])
             if differ:
                 shown = ", ".join(f"{k} {new[k]!r} here, {meta[k]!r} there" for k in differ)
                 raise InputError(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import shutil
+import contextlib
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -98,10 +98,11 @@ def create_study(
     _check_best_name_free(registry, workspace, name)
     profile = load_cluster_profile(executor)  # checked above; its CPUs set the trials' threads
     store = open_store(version.store_path)
-    made = not folder.exists()
-    enc, model = _initial_weights(registry, folder, store.image_shape[2], encoder, init_model)
-    opts = _space_options(space or SpaceOptions(), enc, model, extra_data)
+    copies = (folder / "init" / "encoder.pt", folder / "init" / "model.pt")
+    fresh = [p for p in copies if not p.exists()]  # what this call may write
     try:
+        enc, model = _initial_weights(registry, folder, store.image_shape[2], encoder, init_model)
+        opts = _space_options(space or SpaceOptions(), enc, model, extra_data)
         initial, dropped = _warm_start(
             initial_configs or [],
             build_space(opts, seed=seed),
@@ -109,9 +110,8 @@ def create_study(
             n_trials,
             drop_unfit_initial,
         )
-    except PomliaError:
-        # Refused: the copied initial weights (tens of MB) must not stay behind.
-        shutil.rmtree(folder if made else folder / "init", ignore_errors=True)
+    except Exception:
+        _remove_copied(folder, fresh)  # refused: the copies (tens of MB) must not stay behind
         raise
     eng = _engine_options(engine, resources, profile.cpus_per_task)
     spec = StudySpec(
@@ -215,6 +215,17 @@ def _initial_weights(
 
         model = model_weights(registry, init_model, folder / "init" / "model.pt")
     return enc, model
+
+
+def _remove_copied(folder: Path, copies: list[Path]) -> None:
+    """Remove ``copies`` (initial weights this call wrote) and then ``folder/init`` and
+    ``folder`` if that left them empty; never anything else, as a start of the same study
+    name racing this one may have claimed the folder meanwhile."""
+    for path in copies:
+        path.unlink(missing_ok=True)
+    for empty in (folder / "init", folder):
+        with contextlib.suppress(OSError):  # absent, or holds what another start put there
+            empty.rmdir()
 
 
 def _space_options(
