@@ -31,6 +31,7 @@ from pomlia_hpc.fingerprint.similar import (
 from pomlia_hpc.fingerprint.summary import summary_path
 from pomlia_hpc.registry import FingerprintSet, Registry
 from pomlia_hpc.workspace import Workspace
+from tests.fixtures.cli import cli_ok
 from tests.fixtures.factories import make_dataset, make_encoder
 
 
@@ -194,3 +195,35 @@ def test_similar_errors(workspace: Workspace) -> None:
         similar_datasets(reg, "enc", ref, k=0)
     with pytest.raises(InputError, match="distance 'cosine' is not known"):
         similar_datasets(reg, "enc", ref, distance="cosine")
+
+
+def test_only_the_newest_version_of_each_dataset_by_default(
+    workspace: Workspace, world: tuple[Registry, list[str]], wide_console: None
+) -> None:
+    """A second version of 'organ' (harvested data, say) with embeddings: similar datasets,
+    nearest images and the latent plot take each dataset once, its newest version, and say
+    what they left out; --all-versions takes them all."""
+    reg, refs = world
+    new = make_dataset(workspace, reg, "organ", "organamnist", (60, 8, 30), seed=5)
+    assert new != refs[2]
+    plan = plan_extraction(reg, workspace, "enc", [new], shards=1, threads=1)
+    for spec in plan.specs:
+        run_shard(spec)
+    finish_extraction(reg, plan)
+    build_index(reg, workspace, "enc")
+    found = [r.ref for r in similar_datasets(reg, "enc", "derma", k=10)]
+    assert sorted(found) == sorted([refs[0], refs[1], new])
+    every = [r.ref for r in similar_datasets(reg, "enc", "derma", k=10, all_versions=True)]
+    assert sorted(every) == sorted([refs[0], refs[1], refs[2], new])
+    hits = nearest_images(reg, workspace, "enc", "derma", 10_000, split="test")
+    assert {h.ref for h in hits} == {refs[0], refs[1], new}
+    assert len(hits) == 3 * 98  # each image once: not once per version of 'organ'
+    hits = nearest_images(reg, workspace, "enc", "derma", 10_000, all_versions=True)
+    assert {h.ref for h in hits} == {refs[0], refs[1], refs[2], new}
+    text = " ".join(cli_ok("similar", "derma", "-e", "enc").split())
+    assert refs[2] not in text.split("older versions left out")[0] and new in text
+    assert f"older versions left out: {refs[2]}" in text and "--all-versions" in text
+    text = " ".join(cli_ok("similar", "derma", "-e", "enc", "--all-versions").split())
+    assert refs[2] in text and "left out" not in text
+    text = " ".join(cli_ok("plot", "latent", "-e", "enc", "--out", str(workspace.home)).split())
+    assert f"older versions left out: {refs[2]}" in text

@@ -16,7 +16,7 @@ from sqlalchemy import select
 from pomlia_hpc.cli.app import STATE, app, console
 from pomlia_hpc.errors import InputError, NotFoundError
 from pomlia_hpc.progress import Reporter, progress
-from pomlia_hpc.registry import Encoder
+from pomlia_hpc.registry import Encoder, Registry
 
 fingerprint_app = typer.Typer(
     help="Train the fingerprint autoencoder and embed datasets with it.", no_args_is_help=True
@@ -331,6 +331,35 @@ def build(
         console.print(f"  added {ref}")
 
 
+def _check_similar_options(
+    images: int | None, split: str | None, k: int | None, distance: str | None
+) -> None:
+    """Refuse the options of the other mode of ``similar`` rather than ignore them."""
+    if images is None and split is not None:
+        raise InputError("option '--split' needs --images N: datasets are compared on all rows")
+    for option, value in (("--k", k), ("--distance", distance)):
+        if images is not None and value is not None:
+            raise InputError(
+                f"option '{option}' applies to similar datasets, not to --images (nearest "
+                "images are ranked by the index's own metric): expected one or the other"
+            )
+
+
+def _older_versions_note(reg: Registry, enc: str, query: str | None = None) -> None:
+    """The footnote naming the older versions of datasets (other than ``query``'s) that the
+    command left out, if any."""
+    from pomlia_hpc.fingerprint.similar import superseded_refs
+
+    older = [r for r in superseded_refs(reg, enc) if r.split("@")[0] != query]
+    if older:
+        console.print(
+            f"older versions left out: {', '.join(older)} (the newest version of each dataset "
+            "only; --all-versions to include them)",
+            highlight=False,
+            soft_wrap=True,
+        )
+
+
 #: Table headings of ``similar --images`` columns whose --json key says less.
 _HEADINGS = {"split_row": "row in split", "row": "store row"}
 
@@ -363,28 +392,37 @@ def similar(
             "--patches", help="Compare patch embeddings (extracted with --patch-grid > 1)."
         ),
     ] = False,
+    all_versions: Annotated[
+        bool,
+        typer.Option(
+            "--all-versions",
+            help="Compare every version of each dataset with embeddings (default: its newest).",
+        ),
+    ] = False,
     as_json: Annotated[
         bool, typer.Option("--json", help="Print JSON (with each distance's components).")
     ] = False,
 ) -> None:
-    """The datasets (or, with --images, the images) most similar to DATASET."""
+    """The datasets (or, with --images, the images) most similar to DATASET.
+
+    Each other dataset counts once, as its newest version with embeddings (--all-versions:
+    every version)."""
     from pomlia_hpc.fingerprint.ranking import DEFAULT_DISTANCE
     from pomlia_hpc.fingerprint.similar import nearest_images, similar_datasets
 
-    # Options of the other mode are refused rather than silently ignored.
-    if images is None and split is not None:
-        raise InputError("option '--split' needs --images N: datasets are compared on all rows")
-    for option, value in (("--k", k), ("--distance", distance)):
-        if images is not None and value is not None:
-            raise InputError(
-                f"option '{option}' applies to similar datasets, not to --images (nearest "
-                "images are ranked by the index's own metric): expected one or the other"
-            )
+    _check_similar_options(images, split, k, distance)
     k, distance = 5 if k is None else k, distance or DEFAULT_DISTANCE
     reg, enc = STATE.registry(), _encoder(encoder)
     if images is not None:
         hits = nearest_images(
-            reg, STATE.workspace, enc, dataset, images, split=split, patches=patches
+            reg,
+            STATE.workspace,
+            enc,
+            dataset,
+            images,
+            split=split,
+            patches=patches,
+            all_versions=all_versions,
         )
         # The row within the split is what a user can look up (the split of 72 test images
         # showed row 1065, the store's); the store row stays beside it, and as --json's "row".
@@ -395,16 +433,13 @@ def similar(
             rows = [[*r, h.tile] for r, h in zip(rows, hits, strict=True)]
         title = f"{len(hits)} nearest images to {dataset} (encoder {enc})"
     else:
-        found = similar_datasets(reg, enc, dataset, k, distance, patches=patches)
+        found = similar_datasets(
+            reg, enc, dataset, k, distance, patches=patches, all_versions=all_versions
+        )
         if as_json:
             out = [
-                {
-                    "dataset": r.ref,
-                    "distance": r.distance,
-                    "kind": distance,
-                    "images": r.n_vectors,
-                    "components": r.components,
-                }
+                {"dataset": r.ref, "distance": r.distance, "kind": distance}
+                | {"images": r.n_vectors, "components": r.components}
                 for r in found
             ]
             typer.echo(json.dumps(out))
@@ -424,6 +459,8 @@ def similar(
     for r in rows:
         table.add_row(*(f"{v:.4g}" if isinstance(v, float) else str(v) for v in r))
     console.print(table)
+    if not all_versions:
+        _older_versions_note(reg, enc, dataset.split("@")[0])
 
 
 @plot_app.command("latent")
@@ -436,15 +473,26 @@ def latent(
         Path | None,
         typer.Option(help="Folder for the PNGs (default <home>/reports/latent/<encoder>)."),
     ] = None,
+    all_versions: Annotated[
+        bool,
+        typer.Option(
+            "--all-versions",
+            help="Without DATASETS: plot every version with embeddings (default: the newest "
+            "of each dataset).",
+        ),
+    ] = False,
 ) -> None:
     """Write the latent scatter of test samples (Figure 5) and per-dataset means (Figure 6)."""
     from pomlia_hpc.fingerprint.plots import plot_encoder_latent
 
     enc = _encoder(encoder)
     folder = out or STATE.workspace.path("reports", "latent", enc)
-    paths = plot_encoder_latent(STATE.registry(), enc, datasets or None, folder)
+    reg = STATE.registry()
+    paths = plot_encoder_latent(reg, enc, datasets or None, folder, all_versions=all_versions)
     for p in paths:
         console.print(f"wrote {p}")
+    if not (datasets or all_versions):
+        _older_versions_note(reg, enc)
 
 
 @fingerprint_app.command("refresh")

@@ -24,7 +24,7 @@ from pomlia_hpc.errors import InputError
 from pomlia_hpc.files import write_atomic
 from pomlia_hpc.fingerprint.encoders import get_encoder
 from pomlia_hpc.fingerprint.index import complete_sets
-from pomlia_hpc.fingerprint.similar import embedding_sample, fingerprint_set
+from pomlia_hpc.fingerprint.similar import embedding_sample, fingerprint_set, newest_sets
 from pomlia_hpc.registry import Encoder, Registry
 
 #: Points per dataset in the scatter (evenly spaced test rows).
@@ -100,11 +100,15 @@ def plot_encoder_latent(
     encoder: int | str | Encoder,
     datasets: list[str] | None,
     out_dir: str | Path,
+    *,
+    all_versions: bool = False,
 ) -> tuple[Path, Path]:
-    """Figures 5 and 6 for ``datasets`` (default: every dataset extracted with ``encoder``),
-    using up to :data:`SCATTER_MAX` test embeddings per dataset."""
+    """Figures 5 and 6 for ``datasets`` (default: every dataset extracted with ``encoder``,
+    its newest version with embeddings only unless ``all_versions``), using up to
+    :data:`SCATTER_MAX` test embeddings per dataset."""
     enc = get_encoder(registry, encoder)
-    refs = datasets or [ref for _fs, ref in complete_sets(registry, enc.id)]
+    sets = complete_sets(registry, enc.id)
+    refs = datasets or [ref for _fs, ref in (sets if all_versions else newest_sets(sets))]
     samples, means = {}, {}
     for ref in refs:
         fs, full = fingerprint_set(registry, enc, ref)

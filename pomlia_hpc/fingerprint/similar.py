@@ -14,7 +14,11 @@ Public API::
 ``name@version`` and must have been extracted with that encoder (``pomlia fingerprint
 extract``). Distances are those of :mod:`pomlia_hpc.fingerprint.ranking`, computed from the
 per-version summaries stored at extraction (:mod:`pomlia_hpc.fingerprint.summary`). Other
-versions of the query's own dataset are left out unless ``include_same_dataset=True``.
+versions of the query's own dataset are left out unless ``include_same_dataset=True``. Of every
+other dataset only its newest version with embeddings under the encoder is compared (in the
+index: the newest version the index holds), unless ``all_versions=True``: a dataset is never
+listed twice, and its images never come twice (once per version) by default;
+:func:`superseded_refs` names the versions left out.
 
 Nearest images: up to ``max_queries`` embeddings of the query dataset (evenly spaced) are
 searched in the encoder's FAISS index with the query dataset excluded by an id selector; each
@@ -91,6 +95,26 @@ def fingerprint_set(
             f"{shlex.quote(store.ref)}`",
         )
     return fs, store.ref
+
+
+def newest_sets(sets: list[tuple[FingerprintSet, str]]) -> list[tuple[FingerprintSet, str]]:
+    """Of ``sets`` (``(set, name@version)`` pairs, as :func:`complete_sets` gives them), the one
+    of each dataset's newest version (the highest version id, as ``name`` alone resolves),
+    in their order."""
+    newest: dict[str, int] = {}
+    for fs, ref in sets:
+        name = ref.split("@")[0]
+        newest[name] = max(newest.get(name, fs.dataset_version_id), fs.dataset_version_id)
+    return [(fs, r) for fs, r in sets if fs.dataset_version_id == newest[r.split("@")[0]]]
+
+
+def superseded_refs(registry: Registry, encoder: EncoderRef) -> list[str]:
+    """The ``name@version`` of every complete fingerprint set of ``encoder`` whose dataset has
+    a newer version with complete embeddings: what similar datasets, nearest images and the
+    latent plots leave out unless asked for all versions."""
+    sets = complete_sets(registry, get_encoder(registry, encoder).id)
+    kept = {fs.id for fs, _ref in newest_sets(sets)}
+    return [ref for fs, ref in sets if fs.id not in kept]
 
 
 #: A sample of a large range reads at least this many of its chunks (all of them if fewer).
@@ -181,22 +205,25 @@ def similar_datasets(
     *,
     include_same_dataset: bool = False,
     patches: bool = False,
+    all_versions: bool = False,
 ) -> list[SimilarDataset]:
     """The ``k`` datasets nearest to ``ref`` by ``distance`` (see
     :mod:`pomlia_hpc.fingerprint.ranking`), each with the components of its distance.
 
     Reads only the per-version summaries stored at extraction, never the embeddings.
     ``patches=True`` compares the patch embeddings (``--patch-grid``) instead of whole-image
-    ones (latent distances only; the explicit part is the same)."""
+    ones (latent distances only; the explicit part is the same). Of every other dataset only
+    its newest version with embeddings is compared unless ``all_versions=True``."""
     if k < 1:
         raise InputError(f"--k {k}: expected a number of datasets >= 1")
     check_distance(distance)
     enc = get_encoder(registry, encoder)
     fs, full = fingerprint_set(registry, enc, ref)
     name = full.split("@")[0]
+    sets = complete_sets(registry, enc.id)
     others = [
         (other, other_ref)
-        for other, other_ref in complete_sets(registry, enc.id)
+        for other, other_ref in (sets if all_versions else newest_sets(sets))
         if other.id != fs.id and (include_same_dataset or other_ref.split("@")[0] != name)
     ]
     if not others:
@@ -218,6 +245,18 @@ def similar_datasets(
     return out[:k]
 
 
+def _older_in_index(registry: Registry, enc: Encoder, entries: dict[int, Any]) -> set[int]:
+    """Ids of the sets in an index (``entries``: set id -> entry with ``ref``) whose dataset
+    has a newer version in the same index. Versions are ordered by their registry id; a set
+    the registry no longer lists as complete counts as oldest."""
+    version_ids = {fs.id: fs.dataset_version_id for fs, _r in complete_sets(registry, enc.id)}
+    newest: dict[str, tuple[int, int]] = {}
+    for sid, e in entries.items():
+        key = (version_ids.get(sid, -1), sid)
+        newest[e.ref.split("@")[0]] = max(newest.get(e.ref.split("@")[0], key), key)
+    return {sid for sid, e in entries.items() if newest[e.ref.split("@")[0]][1] != sid}
+
+
 def nearest_images(
     registry: Registry,
     workspace: Workspace,
@@ -229,22 +268,27 @@ def nearest_images(
     max_queries: int = 2000,
     include_same_dataset: bool = False,
     patches: bool = False,
+    all_versions: bool = False,
 ) -> list[NearestImage]:
     """The ``n`` images of other datasets nearest to dataset ``ref`` (see module docstring).
 
     ``patches=True`` searches the patch index (``pomlia index build --patches``) with the
     query's patch vectors; an image's distance is that of its nearest patch, whose number is
-    returned as ``tile``."""
+    returned as ``tile``. Of every other dataset only the newest version the index holds is
+    searched unless ``all_versions=True`` (its images would otherwise come once per version)."""
     if n < 1:
         raise InputError(f"--images {n}: expected a number of images >= 1")
     enc = get_encoder(registry, encoder)
     fs, full = fingerprint_set(registry, enc, ref)
     index = load_index(registry, workspace, enc, "patches" if patches else "images")
     name = full.split("@")[0]
+    older = set() if all_versions else _older_in_index(registry, enc, index.manifest.sets)
     exclude = tuple(
         sid
         for sid, e in index.manifest.sets.items()
-        if sid == fs.id or (not include_same_dataset and e.ref.split("@")[0] == name)
+        if sid == fs.id
+        or sid in older
+        or (not include_same_dataset and e.ref.split("@")[0] == name)
     )
     lo, hi = 0, fs.n_vectors
     if split is not None:
