@@ -4,6 +4,7 @@ it made current (a failure before the end leaves the previous encoder current)."
 
 from __future__ import annotations
 
+import re
 from dataclasses import replace
 
 import pytest
@@ -13,6 +14,7 @@ from pomlia_hpc.fingerprint.refresh import current_encoder, plan_refresh, refres
 from pomlia_hpc.fingerprint.train import TrainConfig, get_encoder, train_encoder
 from pomlia_hpc.registry import FingerprintSet, Registry
 from pomlia_hpc.workspace import Workspace
+from tests.fixtures.cli import cli_ok
 from tests.fixtures.factories import make_dataset
 
 CFG = TrainConfig.model_validate(
@@ -53,3 +55,26 @@ def test_refresh_retrains_on_new_versions_and_switches_only_when_complete(
         sets = s.query(FingerprintSet).filter(FingerprintSet.encoder_id == new_id).all()
     assert sorted(fs.status for fs in sets) == ["complete", "complete"]  # both versions
     assert not plan_refresh(reg, workspace).needed  # the current encoder covers both now
+
+
+def test_refresh_reports_progress_as_train_extract_and_index_build(
+    workspace: Workspace, reg: Registry
+) -> None:
+    """`fingerprint refresh` ran for minutes printing three lines: each of its steps now
+    reports as its own command does (time-stamped lines off a terminal)."""
+    debug = replace(workspace, cluster_profile="debug")
+    a = make_dataset(debug, reg, "blood", "bloodmnist", (32, 4, 4), chunk_rows=16)
+    train_encoder(reg, debug, "ae", [a], CFG)
+    make_dataset(debug, reg, "organ", "organamnist", (32, 4, 4), chunk_rows=16)
+    out = cli_ok("--cluster", "debug", "fingerprint", "refresh", "-e", "ae")
+    lines = [" ".join(line.split()) for line in out.splitlines()]
+    stamp = re.compile(r"^\[\d\d:\d\d:\d\d\] ")
+    for text in (
+        "training ae-r1 on 2 versions (1 new)",
+        "training 'ae-r1': 1/1 epochs",
+        "extracting: ",
+        "array tasks",
+        "adding vectors: ",
+        "current encoder: ae-r1",
+    ):
+        assert any(stamp.match(line) and text in line for line in lines), (text, out)

@@ -4,7 +4,8 @@
 from __future__ import annotations
 
 import json
-from contextlib import ExitStack
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -13,7 +14,7 @@ from pydantic import ValidationError
 from rich.table import Table
 from sqlalchemy import select
 
-from pomlia_hpc.cli.app import STATE, app, console
+from pomlia_hpc.cli.app import STATE, app, console, log_line
 from pomlia_hpc.errors import InputError, NotFoundError
 from pomlia_hpc.progress import Reporter, progress
 from pomlia_hpc.registry import Encoder, Registry
@@ -66,6 +67,16 @@ class _LazyProgress:
             report = progress(*self._args, console=console, **self._kw)
             self._bar = self._stack.enter_context(report)
         self._bar.update(done, total)
+
+
+@contextmanager
+def _step_progress(description: str, unit: str) -> Iterator[Callable[[int, int], None]]:
+    """The progress report of one step of a longer command (``fingerprint refresh``), as the
+    command of that step reports it; vectors (``index build``) at most one line per 10 s."""
+    with ExitStack() as stack:
+        yield _LazyProgress(
+            stack, description, unit=unit, min_interval_s=10 if unit == "vectors" else 0
+        )
 
 
 #: ``fingerprint train``'s flag for each field of its training config (as pydantic names it).
@@ -510,6 +521,8 @@ def refresh_cmd(
     embed them all, build its index, then make it the current encoder (only when complete)."""
     from pomlia_hpc.fingerprint.refresh import plan_refresh, refresh
 
+    # A refresh trains, extracts and indexes for minutes to hours: each step reports as its
+    # own command does (time-stamped lines off a terminal, a bar on one).
     if dry_run:
         plan = plan_refresh(STATE.registry(), STATE.workspace, encoder)
         what = f"would train {plan.name}" if plan.needed else "nothing to do"
@@ -521,5 +534,6 @@ def refresh_cmd(
         encoder,
         epochs=epochs,
         shards=shards,
-        say=lambda line: console.print(line, highlight=False),
+        say=log_line,
+        report=_step_progress,
     )

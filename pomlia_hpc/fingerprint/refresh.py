@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -35,6 +36,9 @@ from pomlia_hpc.registry import Dataset, DatasetVersion, Encoder, Registry
 from pomlia_hpc.workspace import Workspace
 
 POINTER = "current-encoder.json"
+#: ``report(description, unit)``: a context around one step that yields its progress
+#: callback ``(done, total)``, or None for none.
+Phase = Callable[[str, str], AbstractContextManager[Callable[[int, int], None] | None]]
 _SUFFIX = re.compile(r"-r(\d+)$")
 
 
@@ -122,8 +126,16 @@ def refresh(
     epochs: int | None = None,
     shards: int = 1,
     say: Callable[[str], None] = print,
+    report: Phase | None = None,
 ) -> RefreshPlan:
-    """Run the refresh of the module docstring; returns its plan (``needed`` False: no-op)."""
+    """Run the refresh of the module docstring; returns its plan (``needed`` False: no-op).
+
+    ``say`` gets the step lines and the extraction's warnings. ``report(description, unit)``,
+    if given, is entered around each step and yields its progress callback: training
+    (``epochs``: epochs done, epochs), extraction (``array tasks``: done, tasks) and the
+    index (``vectors``: added, vectors), as ``fingerprint train``, ``fingerprint extract``
+    and ``index build`` report them."""
+    phase: Phase = report or (lambda _description, _unit: nullcontext(None))
     plan = plan_refresh(registry, workspace, base)
     if not plan.needed:
         say(f"encoder {plan.base} covers the newest version of every dataset: nothing to do")
@@ -133,10 +145,22 @@ def refresh(
     if epochs is not None:
         config = config.model_copy(update={"epochs": epochs})
     say(f"training {plan.name} on {len(plan.datasets)} versions ({len(plan.new)} new)")
-    train_encoder(registry, workspace, plan.name, plan.datasets, config)
+    with phase(f"training '{plan.name}'", "epochs") as bar:
+        train_encoder(registry, workspace, plan.name, plan.datasets, config, progress=bar)
     say(f"embedding {len(plan.datasets)} versions with {plan.name}")
-    extract(registry, workspace, plan.name, plan.datasets, shards=shards)
-    built = build_index(registry, workspace, plan.name)
+    with phase("extracting", "array tasks") as bar:
+        extract(
+            registry,
+            workspace,
+            plan.name,
+            plan.datasets,
+            shards=shards,
+            progress=bar,
+            say=lambda line: say(f"warning: {line}"),
+        )
+    say(f"building the index of {plan.name}")
+    with phase("adding vectors", "vectors") as bar:
+        built = build_index(registry, workspace, plan.name, progress=bar)
     _write_pointer(
         workspace,
         {
