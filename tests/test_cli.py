@@ -267,3 +267,23 @@ def test_a_value_that_is_not_a_number_is_one_line_naming_it(workspace: Workspace
     # Other usage errors keep typer's message with the usage line.
     res = CliRunner().invoke(app, ["jobs", "list", "--bogus"])
     assert res.exit_code == 2 and "No such option: --bogus" in res.output
+
+
+def test_a_message_off_a_terminal_is_never_wrapped(tmp_path: Path) -> None:
+    """Messages and hints to a file or a pipe were hard-wrapped at 200 columns (or COLUMNS),
+    breaking the `pomlia ...` command a hint suggests in two; tables keep the width."""
+    home = tmp_path / ("w" * 230)  # `init` says the workspace's path: a 300-column line
+    unset = ("COLUMNS", "POMLIA_DB_URL", "POMLIA_CLUSTER", "FORCE_COLOR", "TTY_COMPATIBLE")
+    env = {k: v for k, v in os.environ.items() if k not in unset}
+    for columns in (None, "60"):
+        extra = {"COLUMNS": columns} if columns else {}
+        res = subprocess.run(
+            [sys.executable, "-m", "pomlia_hpc", "--home", str(home), "init"],
+            env={**env, **extra},
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert res.returncode == 0, res.stderr
+        (line,) = res.stdout.strip().splitlines()
+        assert line.startswith(f"workspace {home} ready; registry "), line

@@ -14,6 +14,7 @@ import typer.core
 import typer.rich_utils
 from rich.console import Console
 from rich.markup import escape
+from rich.text import Text
 from sqlalchemy.exc import DBAPIError
 
 from pomlia_hpc import __version__
@@ -29,8 +30,30 @@ from pomlia_hpc.workspace import Workspace
 FILE_WIDTH = 200
 
 
+class MessageConsole(Console):
+    """A rich console whose messages off a terminal are never wrapped.
+
+    Printed to a file or a pipe, a message or hint longer than the console's width was
+    hard-wrapped (a newline in the middle of the ``pomlia ...`` command it suggests); there a
+    :meth:`print` of only text (``str``, :class:`rich.text.Text`) now stays one line per line
+    of its text, as with ``soft_wrap=True``. Tables and other renderables keep the width, and a
+    terminal keeps rich's wrapping (it re-wraps for the eye anyway)."""
+
+    def print(self, *objects: Any, **kwargs: Any) -> None:
+        """:meth:`rich.console.Console.print`, with ``soft_wrap`` True by default for text
+        printed off a terminal (see the class)."""
+        if (
+            kwargs.get("soft_wrap") is None
+            and not self.is_terminal
+            and objects
+            and all(isinstance(o, str | Text) for o in objects)
+        ):
+            kwargs["soft_wrap"] = True
+        super().print(*objects, **kwargs)
+
+
 def _console(*, stderr: bool = False) -> Console:
-    out = Console(stderr=stderr)
+    out = MessageConsole(stderr=stderr)
     if not out.is_terminal and not os.environ.get("COLUMNS"):
         out.width = FILE_WIDTH  # a terminal keeps following its own width
     return out
