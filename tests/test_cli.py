@@ -287,3 +287,29 @@ def test_a_message_off_a_terminal_is_never_wrapped(tmp_path: Path) -> None:
         assert res.returncode == 0, res.stderr
         (line,) = res.stdout.strip().splitlines()
         assert line.startswith(f"workspace {home} ready; registry "), line
+
+
+def test_jobs_show_says_dash_for_unset_fields_and_a_local_jobs_start(
+    workspace: Workspace,
+) -> None:
+    """`jobs show` printed Python's None for unset fields, and a completed local job's
+    started_at stayed None (its process starts at its submission)."""
+    reg = Registry.open(workspace.db_url)
+    ex = Executor.from_profile("local", workspace.jobs, reg)
+    job = ex.submit(jobfns.sleep_for, 0, name="quick")
+    job.result()
+    res = runner.invoke(app, ["jobs", "show", str(job.record_id)])
+    assert res.exit_code == 0, res.output
+    fields = {
+        line.split("│")[1].strip(): line.split("│")[2].strip()
+        for line in res.output.splitlines()
+        if line.count("│") == 3
+    }
+    assert fields["state"] == "COMPLETED" and fields["array_job_id"] == "-", fields
+    assert fields["exit_cause"] == "-" and "None" not in res.output, res.output
+    with reg.session() as s:
+        row = s.get(Job, job.record_id)
+        assert row is not None and row.started_at is not None and row.ended_at is not None
+        assert row.submitted_at <= row.started_at <= row.ended_at
+    assert fields["started_at"] == str(row.started_at)
+    reg.dispose()

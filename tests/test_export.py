@@ -470,3 +470,15 @@ def test_negative_or_non_finite_tolerances_are_refused_up_front(
         export_checkpoint(tmp_path / "none.pt", tmp_path / "out", name="x", rtol=float("nan"))
     assert not (tmp_path / "out").exists()
     assert not workspace.path("models").exists() or not any(workspace.path("models").iterdir())
+
+
+def test_a_reused_export_reports_the_differences_it_recorded(
+    small_export: tuple[Path, Path],
+) -> None:
+    """A re-run of `model export` printed "(max |probability diff| vs PyTorch: unchanged)":
+    the bundle it reuses says the numbers its export measured."""
+    ckpt, root = small_export
+    again = export_checkpoint(ckpt, root.parent, name="demo")
+    recorded = ExportedBundle.open(root).card["export"]["max_prob_diff"]
+    assert again.reused and set(again.max_abs_diff) == {"onnx", "torch_export"}
+    assert again.max_abs_diff == recorded

@@ -267,3 +267,32 @@ def test_a_suggested_command_quotes_the_slot(workspace: Workspace) -> None:
     res = runner.invoke(app, ["loop", "run", "bad slot/.."])
     assert isinstance(res.exception, InputError), (res.output, res.exception)
     assert "`pomlia deploy promote 'bad slot/..' MODEL`" in str(res.exception)
+
+
+def test_loop_show_prints_stage_outputs_as_text_not_python_reprs(
+    workspace: Workspace, reg: Registry
+) -> None:
+    """`loop show` printed each stage's output as a Python dict ('since': None, a reason
+    with its hint as "...\\n  hint: ..."); now key value pairs, '-' for unset, and the hint
+    on a line of its own."""
+    from pomlia_hpc.registry import LoopRun
+
+    reason = "no recommendation: the knowledge base is empty\n  hint: run `pomlia strategy import`"
+    with reg.session() as s:
+        s.add(
+            LoopRun(
+                slot="blood",
+                status="done",
+                stages={
+                    "params": {"new": 1},
+                    "harvest": {"since": None, "images": 12, "forced": False},
+                    "retrain": {"skipped": reason},
+                },
+            )
+        )
+    out = cli_ok("loop", "show", "blood")
+    lines = [" ".join(line.split()) for line in out.splitlines()]
+    assert "harvest: since -; images 12; forced no" in lines, out
+    assert "retrain: skipped no recommendation: the knowledge base is empty" in lines, out
+    assert "hint: run `pomlia strategy import`" in lines, out
+    assert "None" not in out and "{" not in out and "\\n" not in out, out

@@ -105,7 +105,8 @@ def show(job_id: Annotated[int, typer.Argument(help="Registry id of the job.")])
         "exit_cause",
         "folder",
     ):
-        table.add_row(key, str(getattr(row, key)))
+        value = getattr(row, key)
+        table.add_row(key, "-" if value is None else str(value))
     console.print(table)
     if row.traceback:
         console.print("[bold]traceback[/]")

@@ -3,6 +3,7 @@ run/watch/show`` and ``pomlia lineage``: production feedback back into developme
 
 from __future__ import annotations
 
+import json
 from dataclasses import fields
 from datetime import UTC, datetime
 from pathlib import Path
@@ -382,9 +383,34 @@ def loop_show(slot: SlotArg) -> None:
         )
         for name, out in r.stages.items():
             if name != "params":
-                console.print(f"  {name}: {out}", highlight=False)
+                for line in stage_lines(name, out):
+                    console.print(line, highlight=False, markup=False)
         if r.error:
             console.print(f"  [red]{r.error.splitlines()[0]}[/]", highlight=False)
+
+
+def _plain(value: Any) -> str:
+    """A recorded value as a user reads it: ``-`` for unset, yes/no, JSON for lists and maps."""
+    if value is None:
+        return "-"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, dict | list):
+        return json.dumps(value, default=str)
+    return str(value)
+
+
+def stage_lines(name: str, output: Any) -> list[str]:
+    """The lines ``loop show`` prints for one stage's recorded output (a JSON map): its
+    ``key value`` pairs after the stage's name, ``-`` for an unset value; a value of several
+    lines (a reason with its hint) continues on lines of its own, indented, not as ``\\n``."""
+    items = output.items() if isinstance(output, dict) else [("", output)]
+    head, rest = [], []
+    for key, value in items:
+        first, *more = _plain(value).splitlines() or [""]
+        head.append(f"{key} {first}".strip())
+        rest += [f"      {line.strip()}" for line in more]
+    return [f"  {name}: {'; '.join(head)}", *rest]
 
 
 @app.command("lineage")

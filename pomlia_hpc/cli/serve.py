@@ -85,10 +85,11 @@ def export(
         res = export_model(
             STATE.registry(), STATE.workspace, model, encoder=encoder, rtol=rtol, atol=atol
         )
-    diffs = ", ".join(f"{k} {v:.2g}" for k, v in res.max_abs_diff.items()) or "unchanged"
+    diffs = ", ".join(f"{k} {v:.2g}" for k, v in res.max_abs_diff.items()) or "not recorded"
+    again = "; exported before, as recorded then" if res.reused else ""
     console.print(
         f"bundle [bold]{res.bundle.root}[/] version {res.bundle.version} "
-        f"(max |probability diff| vs PyTorch: {diffs})"
+        f"(max |probability diff| vs PyTorch: {diffs}{again})"
     )
     if res.reference is not None:
         console.print(f"monitoring reference: {res.reference}")

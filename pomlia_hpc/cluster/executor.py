@@ -394,6 +394,8 @@ class Executor:
                 folder=str(self.folder),
                 array_job_id=array_id,
                 meta={"host": this_host()} if self.backend == "local" else None,
+                # submitit launches a local job's process at once: it has started
+                started=self.backend == "local",
             )
         )
 

@@ -139,8 +139,12 @@ def record_submission(
     folder: str,
     array_job_id: str | None = None,
     meta: dict[str, Any] | None = None,
+    started: bool = False,
 ) -> list[int]:
-    """Insert one row per submitted job (or array task); returns their registry ids."""
+    """Insert one row per submitted job (or array task); returns their registry ids.
+    ``started``: the jobs' processes start now (a local job is launched at its submission),
+    recorded as their ``started_at`` (UTC)."""
+    now = datetime.now(UTC)
     with registry.session() as s:
         rows = [
             Job(
@@ -151,6 +155,8 @@ def record_submission(
                 name=name,
                 folder=folder,
                 state="PENDING",
+                submitted_at=now,
+                started_at=now if started else None,
                 meta=meta or {},
             )
             for i, sid in enumerate(scheduler_ids)

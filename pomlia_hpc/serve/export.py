@@ -53,7 +53,8 @@ class ExportResult:
     """Where the bundle is and how closely the exported graphs match eager PyTorch."""
 
     bundle: ExportedBundle
-    #: Per exported graph, the largest |probability - PyTorch's| on the parity inputs.
+    #: Per exported graph, the largest |probability - PyTorch's| on the parity inputs (of a
+    #: reused bundle: as its card records them).
     max_abs_diff: dict[str, float]
     reused: bool
     #: The monitoring reference (``monitor-reference.npz``), when the model's validation data
@@ -194,6 +195,14 @@ def check_tolerances(rtol: float, atol: float) -> None:
             raise InputError(f"{flag} {value}: expected a finite number >= 0")
 
 
+def _reused(root: Path) -> ExportResult:
+    """The bundle exported before at ``root``, with the parity differences its card records
+    (what the export that wrote it measured)."""
+    bundle = ExportedBundle.open(root)
+    recorded = (bundle.card.get("export") or {}).get("max_prob_diff") or {}
+    return ExportResult(bundle, {str(k): float(v) for k, v in recorded.items()}, reused=True)
+
+
 def export_checkpoint(
     checkpoint: str | Path,
     out_root: str | Path,
@@ -233,7 +242,7 @@ def export_checkpoint(
     out_root = Path(out_root)
     final = out_root / version
     if (final / CARD).is_file():
-        return ExportResult(ExportedBundle.open(final), {}, reused=True)
+        return _reused(final)
     with staged_dir(final) as staged:
         tmp = staged.path
         example = torch.zeros(2, meta.in_channels, meta.image_size, meta.image_size)
@@ -280,7 +289,7 @@ def export_checkpoint(
             raise PomliaError(f"bundle directory {final} exists without {CARD}; remove it")
         # A concurrent export of the same weights (and encoder) finished first; its bundle
         # is this one, so use it and drop ours.
-        return ExportResult(ExportedBundle.open(final), diffs, reused=True)
+        return _reused(final)
     return ExportResult(ExportedBundle.open(final), diffs, reused=False)
 
 
