@@ -95,12 +95,37 @@ def exact_topk(seed: int, n: int, queries: np.ndarray, k: int) -> np.ndarray:
 
 
 def training_sample(seed: int, n: int, size: int, max_blocks: int = 20) -> np.ndarray:
-    """``size`` rows drawn from up to ``max_blocks`` blocks spread over the collection (the
-    sample a real build would read from a few shards)."""
-    n_blocks = n // BLOCK
+    """``size`` rows (at most ``n``) drawn from up to ``max_blocks`` blocks spread over the
+    collection's ``n`` rows (the sample a real build would read from a few shards)."""
+    n_blocks = -(-n // BLOCK)
     picked = np.unique(np.linspace(0, n_blocks - 1, min(max_blocks, n_blocks)).astype(int))
-    per = -(-size // len(picked))
-    return np.concatenate([block(seed, int(b))[:per] for b in picked])[:size]
+    per = -(-min(size, n) // len(picked))
+    parts = [block(seed, int(b))[: min(per, n - int(b) * BLOCK)] for b in picked]
+    x = np.concatenate(parts)[:size]
+    if len(x) < min(size, n):  # the last block is short: top up from the first
+        x = np.concatenate([x, rows(seed, 0, min(size, n) - len(x))])
+    return x
+
+
+def shard_ranges(n: int, shards: int) -> list[tuple[int, int]]:
+    """Rows [start, stop) of each array task: ``n`` vectors in all, in up to ``shards`` tasks
+    of whole blocks (the last one shorter when ``n`` is not a multiple of :data:`BLOCK`)."""
+    blocks = -(-n // BLOCK)
+    per = -(-blocks // shards) * BLOCK
+    return [(lo, min(n, lo + per)) for lo in range(0, n, per)]
+
+
+def check_args(ap: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse what the run cannot do, before any work (argparse's one-line error, exit 2)."""
+    if args.n < 1:
+        ap.error(f"--n {args.n}: expected a number of vectors >= 1")
+    if args.n < args.nlist or args.train < args.nlist:
+        ap.error(
+            f"--n {args.n} / --train {args.train}: IVF training needs at least --nlist "
+            f"({args.nlist}) vectors: expected a larger --n and --train or a smaller --nlist"
+        )
+    if args.queries > args.n:
+        ap.error(f"--queries {args.queries}: expected at most --n ({args.n}) queries")
 
 
 def recall(found: np.ndarray, truth: np.ndarray) -> float:
@@ -110,7 +135,9 @@ def recall(found: np.ndarray, truth: np.ndarray) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--n", type=int, default=10_000_000, help="vectors in all")
+    ap.add_argument(
+        "--n", type=int, default=10_000_000, help="vectors in all (any number >= --nlist)"
+    )
     ap.add_argument("--shards", type=int, default=0, help="array tasks (default: 1 per million)")
     ap.add_argument("--nlist", type=int, default=4096)
     ap.add_argument("--pq", type=int, default=32, help="PQ sub-quantisers (bytes per vector)")
@@ -120,6 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=Path("bench-results"))
     args = ap.parse_args(argv)
+    check_args(ap, args)
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
     import faiss
 
@@ -128,7 +156,7 @@ def main(argv: list[str] | None = None) -> int:
     from pomlia_hpc.cluster import Executor, wait_all
     from pomlia_hpc.config import load_cluster_profile
 
-    n, seed = args.n - args.n % BLOCK or BLOCK, args.seed
+    n, seed = args.n, args.seed
     shards = args.shards or max(1, n // 1_000_000)
     work = args.out / "index_scale"
     work.mkdir(parents=True, exist_ok=True)
@@ -149,16 +177,15 @@ def main(argv: list[str] | None = None) -> int:
         flush=True,
     )
 
-    per = -(-(n // BLOCK) // shards) * BLOCK
     tasks = [
         {
             "trained": trained,
             "seed": seed,
             "start": lo,
-            "stop": min(n, lo + per),
+            "stop": hi,
             "out": str(work / f"shard{i:04d}.faiss"),
         }
-        for i, lo in enumerate(range(0, n, per))
+        for i, (lo, hi) in enumerate(shard_ranges(n, shards))
     ]
     profile = load_cluster_profile("local", max_parallel=args.parallel, mem_gb=4.0)
     ex = Executor(profile, work / "jobs")
