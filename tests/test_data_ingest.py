@@ -412,12 +412,12 @@ def test_killed_ingest_leaves_no_version_and_reruns(
         check=False,
     )
     assert proc.returncode == -9, proc.stderr
-    assert list(workspace.tmp.glob(".ingest-killed-*"))  # the staging folder it left ...
+    assert list(workspace.stores.glob(".ingest-killed-*"))  # the staging folder it left ...
     assert not list((workspace.stores / "killed").glob("*.zarr"))
     assert list_versions(reg) == []
     rec = ingest(workspace, reg, "killed", npz)  # ... is cleaned up by the re-run
     assert rec.created and rec.n_images == 9020
-    assert nothing_visible(workspace, "other") and not list(workspace.tmp.iterdir())
+    assert nothing_visible(workspace, "other") and not list(workspace.stores.glob(".*"))
 
 
 @pytest.mark.parametrize("shape", [(3, 5, 7, 3), (1, 1, 1, 1), (2, 3, 3, 1), (4, 28, 28, 3)])

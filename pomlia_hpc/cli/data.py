@@ -202,6 +202,19 @@ def _print_ingested(name: str, rec: VersionRecord) -> None:
     parent = f", parent {rec.parent}" if rec.parent else ""
     console.print(f"{what} [bold]{rec.ref}[/] ({rec.n_images} images{parent})")
     console.print(f"store: {rec.store_path}")
+    if rec.repaired:
+        console.print(
+            f"[yellow]repaired:[/] the existing store was damaged ({'; '.join(rec.repaired)}) "
+            "and has been rewritten from this source"
+        )
+    elif not rec.created:
+        console.print("store checked: every chunk matches this source")
+    if not rec.created and rec.was_current:
+        console.print(
+            f"[yellow]note:[/] '{name}' now means this version again (it meant "
+            f"{name}@{rec.was_current}, the one added before); tasks already registered keep "
+            f"their version; name {name}@{rec.was_current} to use the other"
+        )
     _print_notes(rec.meta)
     if rec.created and rec.parent:
         _print_changes(name, rec.parent, rec.meta)
@@ -423,7 +436,9 @@ def _render(ref: str, parent: str | None, meta: dict[str, Any], fp: dict[str, An
 
 @data_app.command("show")
 def show_cmd(
-    ref: Annotated[str, typer.Argument(help="NAME (newest version) or NAME@VERSION.")],
+    ref: Annotated[
+        str, typer.Argument(help="NAME (its current version: the last added) or NAME@VERSION.")
+    ],
     grid: Annotated[
         Path | None,
         typer.Option(

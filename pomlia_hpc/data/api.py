@@ -13,10 +13,11 @@ CLI (``pomlia data``) only parses and renders.
 
 from __future__ import annotations
 
+import errno
 import shutil
 import uuid
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,7 @@ from pomlia_hpc.data.store import (
     check_name,
     find_version,
     open_store,
+    store_damage,
     store_path,
 )
 from pomlia_hpc.data.versioning import (
@@ -60,27 +62,53 @@ STORE_FORMAT = 1
 
 def clean_stale_staging(workspace: Workspace) -> list[Path]:
     """Remove staging folders of ingests on this host whose process is gone (killed ingests):
-    they have :func:`~pomlia_hpc.files.temp_name` names, so the one sweep of the artifact layer
-    finds them (those of other hosts, on a shared file system, are left alone)."""
-    return sweep_stale_temps(workspace.tmp)
+    they have :func:`~pomlia_hpc.files.temp_name` names in ``<home>/stores/`` (and, from
+    older versions, ``<home>/tmp/``), so the one sweep of the artifact layer finds them
+    (those of other hosts, on a shared file system, are left alone)."""
+    return sweep_stale_temps(workspace.stores) + sweep_stale_temps(workspace.tmp)
 
 
 def _writable_dirs(workspace: Workspace, name: str) -> Path:
-    """Create the staging folder and check that the stores folder is writable; a readable
-    error if not. ``stores/<name>/`` itself is made only when a version is published, so a
-    refused ingest leaves no empty folder behind."""
-    staging = temp_name(workspace.tmp / f"ingest-{name}-{uuid.uuid4().hex[:8]}")
-    for path in (workspace.stores, staging):
-        try:
-            path.mkdir(parents=True, exist_ok=True)
-            probe_writable(path)
-        except OSError as exc:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise InputError(
-                f"store path '{path}' is not writable ({exc.strerror or exc}): expected a "
-                "writable directory inside the workspace (POMLIA_HOME / --home)"
-            ) from exc
+    """Create the staging folder beside the stores (on their file system, so publishing is
+    one rename) and check it is writable; a readable error if not. ``stores/<name>/`` itself
+    is made only when a version is published, so a refused ingest leaves no empty folder
+    behind; a file in its place is refused here, before any work."""
+    folder = workspace.stores / name
+    if folder.exists() and not folder.is_dir():
+        raise InputError(
+            f"'{folder}' is a file, not a folder: expected a folder for the stores of "
+            f"dataset '{name}' (or nothing there); move the file away and run `pomlia data "
+            "add` again"
+        )
+    staging = temp_name(workspace.stores / f"ingest-{name}-{uuid.uuid4().hex[:8]}")
+    try:
+        staging.mkdir(parents=True)
+        probe_writable(staging)
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise InputError(
+            f"store path '{workspace.stores}' is not writable ({exc.strerror or exc}): "
+            "expected a writable directory inside the workspace (POMLIA_HOME / --home)"
+        ) from exc
     return staging
+
+
+def _no_space(exc: OSError, staging: Path, src: Source | None) -> InputError:
+    """The one-line error for a full disk (or quota) while a store was written or published:
+    the path, the space the store needs at most (uncompressed) and what is free there."""
+    need = ""
+    if src is not None:
+        mb = src.n_images * src.height * src.width * src.channels / 1e6
+        need = f"the store needs up to {mb:,.1f} MB (uncompressed), "
+    try:
+        free = f"{shutil.disk_usage(staging.parent).free / 1e6:,.1f} MB"
+    except OSError:
+        free = "unknown"
+    return InputError(
+        f"no space left writing dataset store under '{staging.parent}' "
+        f"({exc.strerror or exc}): {need}{free} free there; expected room for the store "
+        "(free space, or point POMLIA_HOME / --home at a larger file system); nothing was kept"
+    )
 
 
 def _split_codes(src: Source) -> np.ndarray:
@@ -131,6 +159,40 @@ def _meta(
     }
 
 
+def _registered(registry: Registry, name: str, version: str) -> DatasetVersion | None:
+    """The registry row of ``name@version`` exactly, or None."""
+    with registry.session() as s:
+        return s.scalar(
+            select(DatasetVersion)
+            .join(Dataset, Dataset.id == DatasetVersion.dataset_id)
+            .where(Dataset.name == name, DatasetVersion.version == version)
+        )
+
+
+def _write_store(
+    staging: Path, src: Source, workers: int, progress: ProgressFn | None
+) -> tuple[StoreWriter, np.ndarray, dict[str, Any]]:
+    """Write ``src``'s rows, labels and split as a store at ``staging``; return the writer,
+    the labels and the content digests."""
+    writer = StoreWriter(
+        staging,
+        src.n_images,
+        (src.height, src.width, src.channels),
+        src.label_info.label_width,
+        workers=workers,
+    )
+    try:
+        for start, rows in src.iter_rows(writer.chunk_rows):
+            writer.put(start, rows)
+            if progress:
+                progress("ingest", len(rows), src.n_images)
+    except BaseException:
+        writer.abort()
+        raise
+    labels = src.labels()
+    return writer, labels, writer.finish(labels, _split_codes(src))
+
+
 def ingest(
     workspace: Workspace,
     registry: Registry,
@@ -145,10 +207,13 @@ def ingest(
     """Ingest ``source`` as a version of dataset ``name``; return its registry record.
 
     ``source`` and ``options`` are as in :func:`pomlia_hpc.data.sources.open_source`. Identical
-    content gives the existing version (``created=False``) and no second copy; new content
-    gives a new version whose parent is the dataset's newest version (or version ``parent``,
-    as a harvest asks: the model's training version). On any error nothing is
-    published or registered and the staging folder is removed.
+    content gives the existing version (``created=False``) and no second copy, after its store
+    is checked chunk by chunk against the new content: a damaged or missing store is rewritten
+    (``repaired`` says what was wrong). New content gives a new version whose parent is the
+    dataset's current version (or version ``parent``, as a harvest asks: the model's training
+    version). Either way the version becomes the one the plain name means. On any error
+    nothing is published or registered and the staging folder is removed; a full disk is one
+    :class:`~pomlia_hpc.errors.InputError` naming the path and the space.
     """
     check_name(name)
     staging = _writable_dirs(workspace, name)
@@ -156,23 +221,7 @@ def ingest(
     src: Source | None = None
     try:
         src = open_source(source, **options)
-        writer = StoreWriter(
-            staging / "store.zarr",
-            src.n_images,
-            (src.height, src.width, src.channels),
-            src.label_info.label_width,
-            workers=workers,
-        )
-        try:
-            for start, rows in src.iter_rows(writer.chunk_rows):
-                writer.put(start, rows)
-                if progress:
-                    progress("ingest", len(rows), src.n_images)
-        except BaseException:
-            writer.abort()
-            raise
-        labels = src.labels()
-        digests = writer.finish(labels, _split_codes(src))
+        writer, labels, digests = _write_store(staging / "store", src, workers, progress)
         header = {
             "format": STORE_FORMAT,
             "shape": [src.n_images, src.height, src.width, src.channels],
@@ -185,22 +234,30 @@ def ingest(
         full = content_hash(header, digests)
         version = full[:VERSION_CHARS]
         final = store_path(workspace, name, version)
-        parent_version = parent
-        if parent_version is None:
-            prev = latest_version(registry, name)
-            parent_version = prev.version if prev else None
+        prev = latest_version(registry, name)
+        parent_version = parent if parent is not None else (prev.version if prev else None)
         if parent_version == version:
             parent_version = None
-        if not final.exists():
-            meta = _meta(name, src, writer, labels, digests, full, parent_version)
-            writer.group.attrs[META_ATTR] = meta
-            staged = DatasetStore(staging / "store.zarr")
-            fp_progress = (lambda k: progress("fingerprint", k, src.n_images)) if progress else None
-            fp = compute_fingerprint(staged, workers=workers, progress=fp_progress)
-            writer.group.attrs[FINGERPRINT_ATTR] = fp
-            publish(staging / "store.zarr", final)
+        known = _registered(registry, name, version)
+        repaired: list[str] = []
+        if final.exists():
+            repaired = store_damage(final, digests)
+        elif known is not None:
+            repaired = [f"store {final} is missing"]
+        if not final.exists() or repaired:
+            if known is not None:  # the registered metadata and fingerprint, as they were
+                meta, fp = dict(known.meta), dict(known.fingerprint)
+            else:
+                meta = _meta(name, src, writer, labels, digests, full, parent_version)
+                writer.group.attrs[META_ATTR] = meta
+                staged = DatasetStore(staging / "store")
+                n = src.n_images
+                fp_progress = (lambda k: progress("fingerprint", k, n)) if progress else None
+                fp = compute_fingerprint(staged, workers=workers, progress=fp_progress)
+            writer.group.attrs.update({META_ATTR: meta, FINGERPRINT_ATTR: fp})
+            publish(staging / "store", final, replace=bool(repaired))
         done = open_store(final)
-        return record_version(
+        rec = record_version(
             registry,
             name,
             version,
@@ -210,6 +267,13 @@ def ingest(
             done.fingerprint,
             parent=parent_version if parent is not None else None,
         )
+        before = prev.version if prev is not None and prev.version != version else None
+        return replace(rec, repaired=tuple(repaired), was_current=before)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):
+            shutil.rmtree(staging, ignore_errors=True)  # first: the free space shown is real
+            raise _no_space(exc, staging, src) from exc
+        raise
     finally:
         if src is not None and hasattr(src, "close"):
             src.close()
@@ -272,7 +336,7 @@ def list_versions(registry: Registry, name: str | None = None) -> list[VersionSu
 
 
 def show(registry: Registry, ref: str) -> VersionRecord:
-    """The record of ``name`` (newest) or ``name@version``."""
+    """The record of ``name`` (its current version, the last added) or ``name@version``."""
     row = find_version(registry, ref)
     name = ref.partition("@")[0]
     parent = None

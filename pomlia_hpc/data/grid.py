@@ -81,6 +81,20 @@ def _pick(
     return np.sort(rng.choice(hits, size=min(k, len(hits)), replace=False)) if len(hits) else hits
 
 
+def _read_tiles(store: DatasetStore, picks: list[np.ndarray]) -> dict[int, np.ndarray]:
+    """The images of the rows in ``picks``, read through the store's checked reader (each
+    chunk touched is decoded once and compared with its ingest hash: a damaged chunk is a
+    :class:`~pomlia_hpc.errors.DataIntegrityError`, as in training, not a black tile)."""
+    wanted = sorted({int(i) for p in picks for i in p})
+    step = store.chunk_rows
+    out: dict[int, np.ndarray] = {}
+    for chunk in sorted({i // step for i in wanted}):
+        lo = chunk * step
+        block = store.read_rows(lo, min(store.n_images, lo + step))
+        out.update({i: block[i - lo] for i in wanted if i // step == chunk})
+    return out
+
+
 def sample_grid(store: DatasetStore, out: str | Path, *, per_class: int = 8, seed: int = 0) -> Path:
     """Write a grid of ``per_class`` random images per class (first ``MAX_ROWS`` classes) to
     ``out`` (PNG, written atomically; see :func:`check_grid_path`); images under 64 px are
@@ -94,6 +108,8 @@ def sample_grid(store: DatasetStore, out: str | Path, *, per_class: int = 8, see
     zoom = max(1, 64 // max(h, w))
     cell_h, cell_w = h * zoom + 2, w * zoom + 2
     rows = names[:MAX_ROWS]
+    picks = [_pick(labels, r, multi, per_class, rng) for r in range(len(rows))]
+    tiles = _read_tiles(store, picks)
     canvas = Image.new("RGB", (LABEL_WIDTH_PX + per_class * cell_w, len(rows) * cell_h), "white")
     draw = ImageDraw.Draw(canvas)
     for r, name in enumerate(rows):
@@ -101,8 +117,8 @@ def sample_grid(store: DatasetStore, out: str | Path, *, per_class: int = 8, see
         draw.text(
             (LABEL_X_PX, r * cell_h + cell_h // 2 - 6), label, fill="black", font=label_font()
         )
-        for j, idx in enumerate(_pick(labels, r, multi, per_class, rng)):
-            img = np.asarray(store.images[int(idx)])
+        for j, idx in enumerate(picks[r]):
+            img = tiles[int(idx)]
             tile = Image.fromarray(img[..., 0] if c == 1 else img).convert("RGB")
             tile = tile.resize((w * zoom, h * zoom), Image.Resampling.NEAREST)
             canvas.paste(tile, (LABEL_WIDTH_PX + j * cell_w + 1, r * cell_h + 1))

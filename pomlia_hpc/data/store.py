@@ -29,7 +29,7 @@ training on damaged data.
 Typical use (fingerprint extraction, AutoML)::
 
     from pomlia_hpc.data.store import open_version
-    ds = open_version(workspace, "pathmnist")          # newest version
+    ds = open_version(workspace, "pathmnist")          # current version (the last added)
     ds = open_version(registry, "pathmnist@3fa2c1")    # a version, by id or unique prefix
     for start, stop in ds.chunk_ranges():               # whole chunks: one read each
         x = ds.read_rows(start, stop)                   # uint8 (n, H, W, C)
@@ -269,6 +269,39 @@ class DatasetStore:
         return self.read_rows(lo, hi), self.read_labels(lo, hi)
 
 
+def store_damage(path: str | Path, digests: dict[str, Any]) -> list[str]:
+    """What differs between the store at ``path`` and the content ``digests`` (as
+    ``meta["chunk_hashes"]``: SHA-256 per image chunk, of labels and of split): one line per
+    problem, empty when the store holds exactly that content. Reads the whole store once."""
+    try:
+        store = DatasetStore(Path(path), verify=False)
+        images, labels, split = store.images, store.labels, store.split
+    except Exception as exc:  # a store too damaged to open is a finding, not a crash
+        return [f"store cannot be opened ({type(exc).__name__}: {exc})"]
+    want = list(digests.get("images", []))
+    ranges = list(store.chunk_ranges())
+    if len(want) != len(ranges):
+        return [f"the store has {len(ranges)} image chunks, expected {len(want)}"]
+    bad = []
+    for idx, (lo, hi) in enumerate(ranges):
+        try:
+            got = hashlib.sha256(np.ascontiguousarray(images[lo:hi]).data).hexdigest()
+        except Exception:  # undecodable chunk bytes (truncated, overwritten)
+            got = ""
+        if got != want[idx]:
+            bad.append(idx)
+    problems = [f"damaged image chunk(s) {', '.join(map(str, bad[:20]))}"] if bad else []
+    for what, arr, dtype in (("labels", labels, "<i4"), ("split", split, "i1")):
+        try:
+            data = np.ascontiguousarray(np.asarray(arr[:]), dtype=dtype)
+            got = hashlib.sha256(data.data).hexdigest()
+        except Exception:
+            got = ""
+        if got != digests.get(what):
+            problems.append(f"damaged {what}")
+    return problems
+
+
 def open_store(path: str | Path, *, verify: bool = True) -> DatasetStore:
     """Open the store directory at ``path`` (``verify``: check reads, see the module doc)."""
     p = Path(path)
@@ -278,33 +311,56 @@ def open_store(path: str | Path, *, verify: bool = True) -> DatasetStore:
 
 
 def parse_ref(ref: str) -> tuple[str, str | None]:
-    """Split ``"name@version"`` into (name, version or None)."""
-    name, _, version = ref.partition("@")
-    return name, (version or None)
+    """Split ``"name@version"`` into (name, version or None); the version in lower case
+    (version ids are hex). ``"name@"`` (nothing after the @) is an
+    :class:`~pomlia_hpc.errors.InputError`: it never silently means the newest version."""
+    name, at, version = ref.partition("@")
+    if at and not version.strip():
+        raise InputError(
+            f"'{ref}': expected a version (an id or its prefix) after '@', or the name alone "
+            "for the current version"
+        )
+    return name, (version.strip().lower() or None)
+
+
+def current_row(rows: list[DatasetVersion], current_id: int | None) -> DatasetVersion | None:
+    """The version the plain dataset name means among ``rows`` (any order): the dataset's
+    recorded current version (the one last added, also when identical to an older one), else
+    the newest registered."""
+    chosen = next((r for r in rows if current_id is not None and r.id == current_id), None)
+    return chosen or max(rows, key=lambda r: r.id, default=None)
 
 
 def find_version(registry: Registry, ref: str) -> DatasetVersion:
-    """The registry row for ``"name"`` (newest version) or ``"name@version"`` (id or unique
-    prefix)."""
+    """The registry row for ``"name"`` (its current version: the one last added, see
+    :func:`current_row`) or ``"name@version"`` (id or unique prefix, any case)."""
     name, version = parse_ref(ref)
     with registry.session() as s:
         ds = by_name_or_id(s, Dataset, name, "dataset")
         q = select(DatasetVersion).where(DatasetVersion.dataset_id == ds.id)
         rows = list(s.scalars(q.order_by(DatasetVersion.id.desc())))
         if version is None:
-            if not rows:
+            row = current_row(rows, ds.current_version_id)
+            if row is None:
                 raise NotFoundError(f"dataset '{name}' has no versions")
-            return rows[0]
-        hits = [r for r in rows if r.version.startswith(version)]
+            return row
+        hits = [r for r in rows if r.version.lower().startswith(version)]
         if len(hits) == 1:
             return hits[0]
+        if hits:
+            raise NotFoundError(
+                f"version '{version}' of dataset '{name}' is ambiguous: it starts "
+                f"{len(hits)} versions ({', '.join(r.version for r in hits)}); give more digits"
+            )
         known = ", ".join(r.version for r in rows) or "none"
-        what = "is ambiguous" if hits else "is not known"
-        raise NotFoundError(f"version '{version}' of dataset '{name}' {what} (versions: {known})")
+        raise NotFoundError(
+            f"version '{version}' of dataset '{name}' is not known (versions: {known})"
+        )
 
 
 def open_version(where: Registry | Workspace, ref: str) -> DatasetStore:
-    """Open the store of ``ref`` (``"name"`` = newest version, or ``"name@version"``)."""
+    """Open the store of ``ref`` (``"name"`` = its current version, see :func:`find_version`,
+    or ``"name@version"``)."""
     registry = (
         where
         if isinstance(where, Registry)

@@ -5,15 +5,17 @@ type, class names, split sizes, chunk rows), the SHA-256 of every image chunk in
 the SHA-256 of the labels and split arrays. Source paths and ingest times are not content, so
 the same pixels and labels from another file give the same version.
 
-Publishing: a store is written under ``<home>/tmp/`` and renamed to
-``<home>/stores/<name>/<version>.zarr`` (same file system, so the rename is atomic). If that
-path already exists the content is already there: the new copy is dropped. Only then is the
-version recorded in the registry, so an interrupted ingest leaves nothing that ``data list``
-or ``open_version`` can see, and re-running it finishes the job.
+Publishing: a store is written in a staging folder beside the stores
+(``<home>/stores/.ingest-<name>-*.tmp/``, so on their file system) and renamed to
+``<home>/stores/<name>/<version>.zarr`` (atomic). If that path already exists and holds the
+same content (every chunk hash checked) the new copy is dropped; a damaged one is replaced.
+Only then is the version recorded in the registry, so an interrupted ingest leaves nothing
+that ``data list`` or ``open_version`` can see, and re-running it finishes the job.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import shutil
@@ -23,7 +25,8 @@ from typing import Any
 
 from sqlalchemy import select
 
-from pomlia_hpc.files import publish_dir
+from pomlia_hpc.data.store import current_row
+from pomlia_hpc.files import make_dirs, publish_dir, remove_made_dirs, temp_name
 from pomlia_hpc.registry import Dataset, DatasetVersion, Registry
 
 VERSION_CHARS = 16
@@ -40,13 +43,36 @@ def content_hash(header: dict[str, Any], digests: dict[str, Any]) -> str:
     return h.hexdigest()
 
 
-def publish(tmp_store: Path, final: Path) -> bool:
+def publish(tmp_store: Path, final: Path, *, replace: bool = False) -> bool:
     """Rename ``tmp_store`` to ``final`` (files flushed first); False (and ``tmp_store``
-    removed) if ``final`` exists: another ingest of the same content got there first."""
-    if final.exists() or not publish_dir(tmp_store, final):
+    removed) if ``final`` exists: another ingest of the same content got there first.
+    ``replace``: a damaged ``final`` is replaced instead (see :func:`publish_dir`).
+
+    A ``final`` on another file system than ``tmp_store`` (a dataset's folder mounted
+    elsewhere) is reached by a copy beside it, then the same rename. On an error nothing is
+    left: not the copy, not a ``stores/<name>/`` folder this call made."""
+    made = make_dirs(final.parent)
+    try:
+        if not replace and final.exists():
+            ok = False
+        else:
+            try:
+                ok = publish_dir(tmp_store, final, replace=replace)
+            except OSError as exc:
+                if exc.errno != errno.EXDEV:
+                    raise
+                copy = temp_name(final)
+                try:
+                    shutil.copytree(tmp_store, copy)
+                    ok = publish_dir(copy, final, replace=replace)
+                finally:
+                    shutil.rmtree(copy, ignore_errors=True)
+    except BaseException:
+        remove_made_dirs(made)
+        raise
+    if not ok:
         shutil.rmtree(tmp_store, ignore_errors=True)
-        return False
-    return True
+    return ok
 
 
 @dataclass(frozen=True)
@@ -63,6 +89,11 @@ class VersionRecord:
     meta: dict[str, Any]
     fingerprint: dict[str, Any]
     created: bool
+    repaired: tuple[str, ...] = ()
+    """Identical content whose store was damaged or missing: what was wrong with it (the
+    store was rewritten from this ingest); empty otherwise."""
+    was_current: str | None = None
+    """The version the plain name meant before this ingest, when that was another one."""
 
     @property
     def ref(self) -> str:
@@ -70,16 +101,14 @@ class VersionRecord:
 
 
 def latest_version(registry: Registry, name: str) -> DatasetVersion | None:
+    """The version the plain ``name`` means (:func:`~pomlia_hpc.data.store.current_row`: the
+    one last added), or None for a dataset without versions."""
     with registry.session() as s:
         ds = s.scalar(select(Dataset).where(Dataset.name == name))
         if ds is None:
             return None
-        return s.scalar(
-            select(DatasetVersion)
-            .where(DatasetVersion.dataset_id == ds.id)
-            .order_by(DatasetVersion.id.desc())
-            .limit(1)
-        )
+        rows = list(s.scalars(select(DatasetVersion).where(DatasetVersion.dataset_id == ds.id)))
+        return current_row(rows, ds.current_version_id)
 
 
 def to_record(name: str, row: DatasetVersion, parent: str | None, created: bool) -> VersionRecord:
@@ -110,7 +139,8 @@ def record_version(
     parent: str | None = None,
 ) -> VersionRecord:
     """Get or create the Dataset and DatasetVersion rows; the parent is version ``parent`` if
-    given, else the newest version."""
+    given, else the current version. The version (new, or existing with identical content)
+    becomes the dataset's current one: what the plain name means from now on."""
     with registry.session() as s:
         ds = s.scalar(select(Dataset).where(Dataset.name == name))
         if ds is None:
@@ -123,12 +153,15 @@ def record_version(
             )
         )
         if existing is not None:
+            ds.current_version_id = existing.id  # what was just added is what the name means
             parent_row = s.get(DatasetVersion, existing.parent_id) if existing.parent_id else None
             return to_record(name, existing, parent_row.version if parent_row else None, False)
         q = select(DatasetVersion).where(DatasetVersion.dataset_id == ds.id)
         if parent is not None:
             q = q.where(DatasetVersion.version == parent)
-        parent_row = s.scalar(q.order_by(DatasetVersion.id.desc()).limit(1))
+            parent_row = s.scalar(q.order_by(DatasetVersion.id.desc()).limit(1))
+        else:
+            parent_row = current_row(list(s.scalars(q)), ds.current_version_id)
         row = DatasetVersion(
             dataset_id=ds.id,
             version=version,
@@ -140,4 +173,5 @@ def record_version(
         )
         s.add(row)
         s.flush()
+        ds.current_version_id = row.id
         return to_record(name, row, parent_row.version if parent_row else None, True)

@@ -54,6 +54,10 @@ class Dataset(Base):
     name: Mapped[str] = mapped_column(String(128), unique=True)
     description: Mapped[str] = mapped_column(Text, default="")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
+    #: The version the plain name means (``dataset_versions.id``): the one last added, also
+    #: when its content was identical to an older version's; None: the newest registered.
+    #: No foreign key, so the two tables do not depend on each other.
+    current_version_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class DatasetVersion(Base):
