@@ -17,7 +17,7 @@ from tests.fixtures.factories import make_dataset
 
 KEYS = {
     ("data", "list"): "name version parent n_images task_type n_classes image_size channels "
-    "created_at store_path",
+    "created_at store_path current",
     ("task", "list"): "id name dataset task_type metric",
     ("runs", "list"): "id task study status epochs config val test objective cost_s job "
     "scheduler_id error created_at",

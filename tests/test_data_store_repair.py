@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from pomlia_hpc.cli import app
-from pomlia_hpc.data.api import ingest, verify
+from pomlia_hpc.data.api import ingest, list_versions, verify
 from pomlia_hpc.data.grid import sample_grid
 from pomlia_hpc.data.store import find_version, open_store
 from pomlia_hpc.errors import DataIntegrityError, InputError, NotFoundError
@@ -81,6 +81,7 @@ def test_readding_older_content_makes_it_what_the_name_means(
     again = ingest(workspace, reg, "rv", full)
     assert not again.created and again.version == a.version and again.was_current == b.version
     assert find_version(reg, "rv").version == a.version
+    assert [v.version for v in list_versions(reg, "rv") if v.current] == [a.version]
     assert find_version(reg, f"rv@{b.version}").version == b.version
     c = ingest(workspace, reg, "rv", tiny_npz(tmp_path / "c.npz", sizes=(38, 10, 10)))
     assert c.parent == a.version and find_version(reg, "rv").version == c.version

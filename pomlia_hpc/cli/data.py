@@ -375,8 +375,10 @@ def list_cmd(
 ) -> None:
     """List registered datasets and their versions.
 
+    A `*` after a version marks the one the plain name means (the one last added).
+
     --json keys: name, version, parent, n_images, task_type, n_classes, image_size (height
-    and width, px), channels, created_at, store_path."""
+    and width, px), channels, created_at, store_path, current."""
     from pomlia_hpc.data.api import list_versions
 
     rows = list_versions(STATE.registry(), name)
@@ -386,7 +388,7 @@ def list_cmd(
                 {"name": r.name, "version": r.version, "parent": r.parent}
                 | {"n_images": r.n_images, "task_type": r.task_type, "n_classes": r.n_classes}
                 | {"image_size": list(r.image_size), "channels": r.channels}
-                | {"created_at": r.created_at, "store_path": r.store_path}
+                | {"created_at": r.created_at, "store_path": r.store_path, "current": r.current}
                 for r in rows
             ]
         )
@@ -397,7 +399,7 @@ def list_cmd(
     for r in rows:
         table.add_row(
             r.name,
-            r.version,
+            f"{r.version} *" if r.current else r.version,
             r.parent or "",
             str(r.n_images),
             r.task_type,

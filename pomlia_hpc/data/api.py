@@ -33,6 +33,7 @@ from pomlia_hpc.data.store import (
     SPLITS,
     DatasetStore,
     check_name,
+    current_row,
     find_version,
     open_store,
     store_damage,
@@ -294,6 +295,8 @@ class VersionSummary:
     channels: int
     created_at: datetime
     store_path: str
+    current: bool = False
+    """Whether the plain name means this version (the one last added)."""
 
 
 def list_versions(registry: Registry, name: str | None = None) -> list[VersionSummary]:
@@ -311,6 +314,13 @@ def list_versions(registry: Registry, name: str | None = None) -> list[VersionSu
             q = q.where(Dataset.name == name)
         rows = list(s.execute(q.order_by(Dataset.name, DatasetVersion.id)))
         by_id = {v.id: v.version for _, v in rows}
+        datasets = {d.name: d for d in s.scalars(select(Dataset))}
+        current = {
+            n: getattr(
+                current_row([v for m, v in rows if m == n], d.current_version_id), "id", None
+            )
+            for n, d in datasets.items()
+        }
         out = []
         for ds_name, v in rows:
             parent = by_id.get(v.parent_id) if v.parent_id else None
@@ -330,6 +340,7 @@ def list_versions(registry: Registry, name: str | None = None) -> list[VersionSu
                     channels=int(m.get("channels", 0)),
                     created_at=v.created_at,
                     store_path=v.store_path,
+                    current=current.get(ds_name) == v.id,
                 )
             )
     return out
