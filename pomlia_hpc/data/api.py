@@ -219,6 +219,7 @@ def ingest(
     check_name(name)
     staging = _writable_dirs(workspace, name)
     clean_stale_staging(workspace)
+    sweep_stale_temps(workspace.stores / name)  # copies across file systems of killed ingests
     src: Source | None = None
     try:
         src = open_source(source, **options)
