@@ -68,12 +68,6 @@ def test_add_without_source_needs_a_flag(workspace: Workspace) -> None:
     assert res.exit_code == 2 and "SOURCE" in res.output
 
 
-def test_a_class_count_below_one_is_a_usage_error(workspace: Workspace) -> None:
-    # It used to reach the label check as "expected 0 .. -1".
-    res = runner.invoke(app, ["data", "add", "mine", "a.h5", "--n-classes", "0"])
-    assert res.exit_code == 2 and "'--n-classes': Input should be greater" in res.output
-
-
 def test_add_says_how_many_gray_images_of_a_mixed_folder_became_rgb(
     workspace: Workspace, tmp_path: Path
 ) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -96,24 +97,15 @@ def create_study(
     recent_rows = _recent_rows(version.meta, ref) if recent_share is not None else 0
     folder = _new_study_folder(workspace, name)
     _check_best_name_free(registry, workspace, name)
-    profile = load_cluster_profile(executor)  # checked above; its CPUs set the trials' threads
     store = open_store(version.store_path)
-    copies = (folder / "init" / "encoder.pt", folder / "init" / "model.pt")
-    fresh = [p for p in copies if not p.exists()]  # what this call may write
-    try:
+    with _copies_removed_on_failure(folder):  # refused: copies (tens of MB) must not stay
         enc, model = _initial_weights(registry, folder, store.image_shape[2], encoder, init_model)
         opts = _space_options(space or SpaceOptions(), enc, model, extra_data)
+        cs = build_space(opts, seed=seed)
         initial, dropped = _warm_start(
-            initial_configs or [],
-            build_space(opts, seed=seed),
-            optimizer,
-            n_trials,
-            drop_unfit_initial,
+            initial_configs or [], cs, optimizer, n_trials, drop_unfit_initial
         )
-    except Exception:
-        _remove_copied(folder, fresh)  # refused: the copies (tens of MB) must not stay behind
-        raise
-    eng = _engine_options(engine, resources, profile.cpus_per_task)
+    eng = _engine_options(engine, resources, load_cluster_profile(executor).cpus_per_task)
     spec = StudySpec(
         options=options,
         name=name,
@@ -217,15 +209,23 @@ def _initial_weights(
     return enc, model
 
 
-def _remove_copied(folder: Path, copies: list[Path]) -> None:
-    """Remove ``copies`` (initial weights this call wrote) and then ``folder/init`` and
-    ``folder`` if that left them empty; never anything else, as a start of the same study
-    name racing this one may have claimed the folder meanwhile."""
-    for path in copies:
-        path.unlink(missing_ok=True)
-    for empty in (folder / "init", folder):
-        with contextlib.suppress(OSError):  # absent, or holds what another start put there
-            empty.rmdir()
+@contextlib.contextmanager
+def _copies_removed_on_failure(folder: Path) -> Iterator[None]:
+    """On an exception in the block: remove the initial weights it copied into
+    ``folder/init`` (those not there before it), then ``folder/init`` and ``folder`` if that
+    left them empty; never anything else, as a start of the same study name racing this one
+    may have claimed the folder meanwhile."""
+    copies = (folder / "init" / "encoder.pt", folder / "init" / "model.pt")
+    fresh = [p for p in copies if not p.exists()]
+    try:
+        yield
+    except Exception:
+        for path in fresh:
+            path.unlink(missing_ok=True)
+        for empty in (folder / "init", folder):
+            with contextlib.suppress(OSError):  # absent, or holds what another start put there
+                empty.rmdir()
+        raise
 
 
 def _space_options(
