@@ -47,13 +47,17 @@ def task_add(
 ) -> None:
     """Register task NAME: a dataset version, the metric to optimise and the task type."""
     from pomlia_hpc.automl.tasks import add_task, task_dataset
+    from pomlia_hpc.data.leakage import duplicate_warning
 
     reg = STATE.registry()
     row = add_task(reg, name, dataset, metric, task_type)
+    version, ref = task_dataset(reg, row)
     console.print(
-        f"task [bold]{row.name}[/] (id {row.id}): {task_dataset(reg, row)[1]}, "
-        f"{row.task_type}, metric {row.metric}"
+        f"task [bold]{row.name}[/] (id {row.id}): {ref}, {row.task_type}, metric {row.metric}"
     )
+    warning = duplicate_warning(version.fingerprint or {})
+    if warning:
+        console.print(f"[yellow]warning:[/] dataset {ref}: {warning}")
 
 
 @task_app.command("list")

@@ -216,8 +216,18 @@ def _print_ingested(name: str, rec: VersionRecord) -> None:
             f"their version; name {name}@{rec.was_current} to use the other"
         )
     _print_notes(rec.meta)
+    _print_duplicates(rec.fingerprint)
     if rec.created and rec.parent:
         _print_changes(name, rec.parent, rec.meta)
+
+
+def _print_duplicates(fingerprint: dict[str, Any]) -> None:
+    """Warn about val/test images copied from train and duplicates with conflicting labels."""
+    from pomlia_hpc.data.leakage import duplicate_warning
+
+    warning = duplicate_warning(fingerprint)
+    if warning:
+        console.print(f"[yellow]warning:[/] {warning}")
 
 
 def _print_changes(name: str, parent: str, meta: dict[str, Any]) -> None:

@@ -10,6 +10,8 @@ Modules, in the order data flows through them:
 - :mod:`.explicit_fingerprint`  the human-readable dataset fingerprint (dask, chunk by chunk)
 - :mod:`.store`          the stable reader API: ``open_version``, ``DatasetStore``
 - :mod:`.api`            ``ingest``, ``list_versions``, ``show``, ``verify``
+- :mod:`.leakage`        the duplicate warnings of ``data add`` and ``task add`` (train copies
+                         in val/test, conflicting labels)
 - :mod:`.grid`           sample-grid PNGs
 - :mod:`.synth`          the 12 MedMNIST look-alikes (offline demo and test data)
 """

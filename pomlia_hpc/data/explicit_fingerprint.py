@@ -18,8 +18,10 @@ Fields (``version`` 1):
   pixels) is below ``NEAR_CONSTANT_STD`` grey levels in every channel (a flat colour counts):
   ``count`` and ``fraction``
 - ``duplicates``: exact pixel duplicates by hash: ``unique_images``, ``duplicate_images``
-  (rows equal to an earlier row), ``groups``, and ``across_splits`` (val/test images whose
-  pixels also occur in train: leakage)
+  (rows equal to an earlier row), ``groups``, ``across_splits`` (val/test images whose
+  pixels also occur in train: leakage) and ``conflicting_labels`` (rows equal to an earlier
+  row whose label differs from that row's: the same image under two classes; absent from
+  fingerprints computed before it existed)
 """
 
 from __future__ import annotations
@@ -149,8 +151,16 @@ def label_counts(labels: np.ndarray, n_classes: int, multi_label: bool) -> np.nd
     return np.bincount(labels[:, 0], minlength=n_classes).astype(np.int64)
 
 
-def _duplicates(hashes: np.ndarray, ranges: dict[str, tuple[int, int]]) -> dict[str, Any]:
-    uniq, counts = np.unique(hashes, return_counts=True)
+def _duplicates(
+    hashes: np.ndarray, ranges: dict[str, tuple[int, int]], labels: np.ndarray
+) -> dict[str, Any]:
+    """Duplicate counts of the images with pixel ``hashes`` (one per row), split row
+    ``ranges`` and ``labels`` (n, label width)."""
+    uniq, first, inverse, counts = np.unique(
+        hashes, return_index=True, return_inverse=True, return_counts=True
+    )
+    rows = labels.reshape(len(labels), -1)
+    conflicting = int((rows != rows[first[inverse.ravel()]]).any(axis=1).sum()) if len(rows) else 0
     train = hashes[slice(*ranges["train"])] if "train" in ranges else hashes[:0]
     across = {}
     for s in ("val", "test"):
@@ -161,6 +171,7 @@ def _duplicates(hashes: np.ndarray, ranges: dict[str, tuple[int, int]]) -> dict[
         "duplicate_images": int(len(hashes) - len(uniq)),
         "groups": int((counts > 1).sum()),
         "across_splits": across,
+        "conflicting_labels": conflicting,
     }
 
 
@@ -208,5 +219,5 @@ def compute_fingerprint(
             "count": int(near),
             "fraction": round(near / max(n, 1), 6),
         },
-        "duplicates": _duplicates(hashes, ranges),
+        "duplicates": _duplicates(hashes, ranges, labels),
     }
