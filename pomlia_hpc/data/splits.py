@@ -53,8 +53,8 @@ def fill_hint(meta: dict[str, Any], empty: list[str]) -> str:
         fractions = " / ".join(f"--{s}-fraction" for s in empty if s != "train")
         more = f"a larger {fractions} or " if fractions else ""
         return (
-            f"add the images again with {more}more images per class (each file goes to a "
-            "split by a hash of its path, so a small folder can leave a split empty)"
+            f"add the images again with {more}more images per class (each class of 3 or more "
+            "images gives val and test at least one each; a fraction of 0 gives none)"
         )
     if kind == "hdf5":
         codes = ", ".join(f"{SPLITS.index(s)} ({s})" for s in empty)

@@ -2,7 +2,7 @@
 
 Layouts::
 
-    root/<class>/<image>                 splits assigned by a hash of the file's path
+    root/<class>/<image>                 split per class, files picked by path hashes
     root/{train,val,test}/<class>/<image> splits given by the folders
 
 Split folders may also be named ``training``; ``valid``, ``validation``, ``dev``; ``testing``
@@ -13,14 +13,18 @@ train folder the top-level folders are classes, whatever their names (``Control`
 those named like a split are recorded as ``meta["source"]["split_named_classes"]`` and
 ``data add`` notes them.
 
-Without split folders each file goes to train/val/test by a hash of its path relative to
-``root`` (``val_fraction``, ``test_fraction``; default 0.1 each), so adding files never moves
-the existing ones to another split. With split folders, ``val_fraction`` / ``test_fraction``
-carve a missing val / test split out of the train folder stratified by class (:func:`_carve`:
-each class gives its share, at least one image, and keeps one in train; which files go is
-decided by their path hashes, so the same files give the same split). A split that has its
-folder refuses the fraction. A val / test folder without any file counts as missing
-(recorded, by split, as ``meta["source"]["empty_split_folders"]``), so the fraction carves it.
+Without split folders the files of each class are split into train/val/test stratified by
+class (``val_fraction``, ``test_fraction``; default 0.1 each), as a split layout's missing
+val / test is carved from its train folder (:func:`_carve`): each class gives each split its
+share (rounded, at least one image), a class of 3 or more images has at least one image in
+each of train, val and test, a class of 2 gives one to val, a class of 1 stays in train;
+which files go is decided by the hashes of their paths, so the same files give the same
+split. Adding or removing files of a class can move a few others of that class (its counts
+change, or a new file's hash ranks among those carved); other classes are untouched. With
+split folders, ``val_fraction`` / ``test_fraction`` carve a missing val / test split out of
+the train folder the same way. A split that has its folder refuses the fraction. A val /
+test folder without any file counts as missing (recorded, by split, as
+``meta["source"]["empty_split_folders"]``), so the fraction carves it.
 A class folder without images is skipped (not made a class) and recorded as
 ``meta["source"]["skipped_empty_folders"]``. A single class is recorded with its folder and
 sub-folders as ``meta["source"]["one_class_folder"]`` (``train/images/<class>/`` reads as one
@@ -154,16 +158,6 @@ def read_image(path: Path, channels: int, depth: str) -> np.ndarray:
     return x.astype(depth, copy=False)
 
 
-def _split_of(digest: bytes, val_fraction: float, test_fraction: float) -> str:
-    """The split of a file from the SHA-256 ``digest`` of its relative path (first 8 bytes)."""
-    u = int.from_bytes(digest[:8], "big") / 2.0**64
-    if u < test_fraction:
-        return "test"
-    if u < test_fraction + val_fraction:
-        return "val"
-    return "train"
-
-
 _Row = tuple[bytes, Path, str]  # (SHA-256 of the path relative to the root, file, class)
 
 
@@ -179,7 +173,7 @@ def _carve(train: list[_Row], val_fraction: float, test_fraction: float) -> dict
     first :func:`_carved_count` go to test, the next to val, the rest stay in train. A class
     of 2 or more images keeps at least one in train (val is served before test when there
     are too few); a class of one image stays in train. Adding files to a class can move
-    others of that class (the counts change), unlike the class-folder layout's own hash."""
+    others of that class (the counts change); other classes keep their split."""
     by_class: dict[str, list[_Row]] = {}
     for row in train:
         by_class.setdefault(row[2], []).append(row)
@@ -344,8 +338,8 @@ class FolderSource(Source):
         by_split = bool(roots)
         fractions = _fractions(path, roots, val_fraction, test_fraction)
         check_split_fractions(f"image folder '{path}'", *fractions)
-        # Per split: (SHA-256 of the relative path, file, class); bytes 0..8 of the digest pick
-        # the split, bytes 8..16 order the rows.
+        # Per split: (SHA-256 of the relative path, file, class); bytes 0..8 of the digest rank
+        # a class's files for the carve, bytes 8..16 order the rows.
         files: dict[str, list[_Row]] = {s: [] for s in SPLITS}
         class_dirs: list[Path] = []
         for split_name, root in (roots or {"": path}).items():
@@ -353,12 +347,12 @@ class FolderSource(Source):
                 class_dirs.append(cdir)
                 for f in _images(cdir):
                     digest = hashlib.sha256(f.relative_to(path).as_posix().encode()).digest()
-                    # A split folder fixes the split; a class-folder layout splits each file
-                    # by its own hash, so adding files never moves the others.
-                    split = _split_of(digest, *fractions) if split_name == "" else split_name
-                    files[split].append((digest, f, cdir.name))
-        if by_split and any(fractions):
-            # train/ lends rows to a missing val/test (fractions are 0 unless asked).
+                    # A split folder fixes the split; a class-folder layout's rows all start
+                    # in train, and are carved below like a split layout's train folder.
+                    files[split_name or "train"].append((digest, f, cdir.name))
+        if not by_split or any(fractions):
+            # train lends rows to val/test, stratified by class (a split layout's fractions
+            # are 0 unless asked, for a split without its folder).
             lent = _carve(files.pop("train"), *fractions)
             files = {s: files.get(s, []) + lent[s] for s in SPLITS}
         classes = {c for rows in files.values() for _k, _f, c in rows}
