@@ -149,11 +149,13 @@ def test_truncated_image_found_while_decoding(add: Run, tmp_path: Path) -> None:
     assert str(p) in err and "cannot be read" in err
 
 
-def test_non_image_file_in_folder(add: Run, tmp_path: Path) -> None:
+def test_image_of_a_format_not_read_in_folder(add: Run, tmp_path: Path) -> None:
+    # notes.txt is skipped (tests/test_data_folder_files.py); an image we cannot read is not
     root = _folder(tmp_path / "f")
-    (root / "a" / "notes.txt").write_text("hello")
+    Image.fromarray(np.zeros((16, 16), np.uint8)).save(root / "a" / "scan.bmp")
     err = add(root)
-    assert str(root / "a" / "notes.txt") in err and "is not an image: expected one of .png" in err
+    assert str(root / "a" / "scan.bmp") in err and "is a .bmp image, which image folders" in err
+    assert "expected one of .png" in err
 
 
 def test_hdf5_path_missing(add: Run, tmp_path: Path) -> None:

@@ -5,6 +5,7 @@ folder names that differ only in case or hold control characters."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -59,3 +60,66 @@ def test_a_fraction_carves_each_class(workspace: Workspace, tmp_path: Path) -> N
     cli_ok("data", "add", "g", str(root), "--val-fraction", "0.2", "--test-fraction", "0.3")
     dist = _meta("g")["label_distribution"]
     assert dist == {"train": [10, 3], "val": [4, 1], "test": [6, 2]}
+
+
+def _broken(root: Path) -> None:
+    """A truncated PNG (header intact) and a 0-byte PNG in ``root``'s class folders."""
+    cut, empty = root / "benign" / "cut.png", root / "malignant" / "empty.png"
+    cut.write_bytes((root / "benign" / "img0.png").read_bytes()[:80])
+    empty.write_bytes(b"")
+
+
+def test_system_and_other_files_are_skipped_and_named(workspace: Workspace, tmp_path: Path) -> None:
+    # Thumbs.db, notes.txt each refused the whole folder (.DS_Store alone was skipped)
+    root = _mk(tmp_path / "s", {"benign": 5, "malignant": 5})
+    for name in ("Thumbs.db", "desktop.ini", "ehthumbs.db", "._img0.png", ".DS_Store"):
+        (root / "benign" / name).write_bytes(b"\0\1")
+    (root / "benign" / "notes.txt").write_text("hello")
+    (root / "malignant" / "labels.csv").write_text("a,b")
+    (root / "README.md").write_text("# data")
+    text = _flat(cli_ok("data", "add", "s", str(root)))
+    assert "splits: train 6, val 2, test 2" in text
+    assert (
+        "warning: skipped 3 file(s) that are not images: 'README.md', 'benign/notes.txt', "
+        "'malignant/labels.csv'" in text
+    )
+    assert "Thumbs" not in text and "desktop" not in text and "._img0" not in text
+    skipped = _meta("s")["source"]["skipped_other_files"]  # type: ignore[index]
+    assert skipped == {
+        "count": 3,
+        "files": ["README.md", "benign/notes.txt", "malignant/labels.csv"],
+    }
+
+
+def test_unreadable_images_refuse_unless_skipped(
+    data_add: Callable[..., str], workspace: Workspace, tmp_path: Path
+) -> None:
+    root = _mk(tmp_path / "u", {"benign": 5, "malignant": 5})
+    _broken(root)
+    err = data_add(root)
+    assert "cannot be read" in err and "--skip-unreadable" in err
+    text = _flat(cli_ok("data", "add", "u", str(root), "--skip-unreadable"))
+    assert "warning: skipped 2 unreadable image file(s) (--skip-unreadable):" in text
+    assert "benign/cut.png (" in text and "malignant/empty.png (empty file, 0 bytes)" in text
+    meta = _meta("u")
+    assert meta["n_images"] == 10
+    assert meta["source"]["skipped_unreadable"]["count"] == 2  # type: ignore[index]
+
+
+def test_class_folders_differing_only_in_case_are_refused(
+    data_add: Callable[..., str], tmp_path: Path
+) -> None:
+    root = _mk(tmp_path / "c", {"Benign": 3, "benign": 3, "malignant": 3})
+    err = data_add(root)
+    assert "class folders 'Benign' and 'benign'" in err and "differ only in case" in err
+    split = _mk(tmp_path / "sc", {"train/benign": 3, "train/malignant": 3, "test/Benign": 3})
+    assert "class folders 'train/benign' and 'test/Benign'" in data_add(split)
+
+
+@pytest.mark.parametrize("name", ["ben\nign", "tab\there", "bell\x07"])
+def test_control_characters_in_a_class_folder_name_are_refused(
+    data_add: Callable[..., str], tmp_path: Path, name: str
+) -> None:
+    root = _mk(tmp_path / "n", {name: 3, "malignant": 3})
+    err = data_add(root)
+    assert f"class folder {name!r} in image folder" in err and "control character" in err

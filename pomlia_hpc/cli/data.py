@@ -99,6 +99,10 @@ _FRACTION_HELP = (
     "(or an empty one): share of each class of train/ carved out as {split} (at least one "
     "image; one stays in train)."
 )
+_SKIP_HELP = (
+    "Image folder: skip image files that do not decode (damaged, truncated, empty), naming "
+    "each, instead of refusing the folder."
+)
 
 
 @data_app.command("add")
@@ -157,6 +161,10 @@ def add(
         int | None,
         typer.Option(help="Refuse images with a side longer than this, px (default 4096)."),
     ] = None,
+    skip_unreadable: Annotated[
+        bool,
+        typer.Option("--skip-unreadable", help=_SKIP_HELP),
+    ] = False,
 ) -> None:
     """Ingest a dataset as a new version (or find the identical existing one)."""
     from pomlia_hpc.data.api import ingest
@@ -181,6 +189,7 @@ def add(
         test_fraction=test_fraction,
         max_classes=max_classes,
         max_side_px=max_side_px,
+        skip_unreadable=True if skip_unreadable else None,
     )
     ws = STATE.workspace
     with _progress() as report:
@@ -287,6 +296,7 @@ def _print_notes(meta: dict[str, Any]) -> None:
             + _one_class_layout(meta.get("source") or {})
         )
     _print_folder_notes(meta.get("source") or {})
+    _print_skipped_files(meta.get("source") or {})
     gray = int((meta.get("source") or {}).get("gray_to_rgb", 0))
     if gray:
         console.print(
@@ -337,6 +347,28 @@ def _print_folder_notes(source: dict[str, Any]) -> None:
         console.print(
             f"[yellow]note:[/] split folder '{folder}' holds no file: taken as missing ({how})"
         )
+
+
+def _print_skipped_files(source: dict[str, Any]) -> None:
+    """Warnings naming the files of an image folder that were skipped: files that are no
+    image (count and the first few) and, with --skip-unreadable, each unreadable image."""
+    others = source.get("skipped_other_files") or {}
+    if others:
+        names = [str(f) for f in others.get("files", [])][:5]
+        more = int(others["count"]) - len(names)
+        console.print(
+            f"[yellow]warning:[/] skipped {others['count']} file(s) that are not images: "
+            + ", ".join(f"'{n}'" for n in names)
+            + (f" and {more} more (`data show` lists up to 20)" if more > 0 else "")
+        )
+    unreadable = source.get("skipped_unreadable") or {}
+    if unreadable:
+        console.print(
+            f"[yellow]warning:[/] skipped {unreadable['count']} unreadable image file(s) "
+            "(--skip-unreadable):"
+        )
+        for line in unreadable.get("files", []):
+            console.print(f"  {line}", markup=False, highlight=False)
 
 
 @data_app.command("synth")

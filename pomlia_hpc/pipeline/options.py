@@ -45,6 +45,10 @@ def _number(v: Any) -> float | None:
         return None
 
 
+def _bool(v: Any) -> bool:
+    return isinstance(v, bool)
+
+
 def _text(v: Any) -> bool:
     return isinstance(v, str) and v.strip() != ""
 
@@ -70,7 +74,7 @@ _Check = tuple[str, Callable[[Any], bool]]
 OPTIONS: dict[str, _Check] = {
     "size": ("28, 64, 128 or 224 (px)", lambda v: v in (28, 64, 128, 224) and v is not True),
     "root": ("a folder path", _text),
-    "download": ("true or false", lambda v: isinstance(v, bool)),
+    "download": ("true or false", _bool),
     "mirror": ("a base URL", _text),
     "class_names": ("a list of class names (or one text of comma-separated names)", _names),
     "n_classes": ("a whole number >= 1", _whole),
@@ -80,6 +84,7 @@ OPTIONS: dict[str, _Check] = {
     "images": ("the path of the image data set inside the HDF5 file", _text),
     "labels": ("the path of the label data set inside the HDF5 file", _text),
     "split": ("the path of the split data set inside the HDF5 file", _text),
+    "skip_unreadable": ("true or false (skip image files that do not decode)", _bool),
     "max_classes": ("a whole number >= 1", _whole),
     "max_side_px": ("a whole number >= 1 (px)", _whole),
     "workers": ("a whole number >= 1 (ingest's writer threads)", _whole),

@@ -9,7 +9,8 @@ a single pixel is written (keys, shapes, dtypes, label counts and ranges, sizes 
 ``"medmnist:pathmnist"`` or a  ``size`` (28/64/128/224), ``root``, ``download`` (bool),
 MedMNIST flag (no such path)   ``mirror`` (base URL)
 ``x.npz``                      ``class_names``, ``n_classes``, ``task_type``
-a folder                       ``task_type``, ``val_fraction``, ``test_fraction``
+a folder                       ``task_type``, ``val_fraction``, ``test_fraction``,
+                               ``skip_unreadable`` (bool)
 ``x.h5`` / ``x.hdf5``          ``images``, ``labels``, ``split``, ``class_names``,
                                ``n_classes``, ``task_type``, ``val_fraction``, ``test_fraction``
 =============================  ============================================================
@@ -38,7 +39,7 @@ _FRACTIONS: dict[str, type] = {"val_fraction": float, "test_fraction": float}
 SOURCE_OPTIONS: dict[str, dict[str, type]] = {
     "MedMNIST": {"size": int, "root": str, "download": bool, "mirror": str},
     "npz": _LABEL_OPTS,
-    "folder": {"task_type": str, **_FRACTIONS},
+    "folder": {"task_type": str, **_FRACTIONS, "skip_unreadable": bool},
     "HDF5": {"images": str, "labels": str, "split": str, **_LABEL_OPTS, **_FRACTIONS},
 }
 #: Options every kind takes: the caps of :class:`IngestLimits` (whole numbers >= 1).
@@ -85,8 +86,11 @@ def open_source(source: str | Path | Source, **options: Any) -> Source:
 
         take_options("folder", opts, tuple(SOURCE_OPTIONS["folder"]))
         decl = LabelDecl.from_options(opts)
+        skip = opts.pop("skip_unreadable", False)
+        if not isinstance(skip, bool):
+            raise InputError(f"--skip-unreadable {skip!r}: expected true or false")
         fractions = {k: float(v) for k, v in opts.items()}
-        return FolderSource(path, decl, limits=limits, **fractions)
+        return FolderSource(path, decl, limits=limits, skip_unreadable=skip, **fractions)
     kind = file_kind(path)
     if kind == "npz":
         from pomlia_hpc.data.sources.npz import NpzSource

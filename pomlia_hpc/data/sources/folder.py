@@ -31,10 +31,16 @@ sub-folders as ``meta["source"]["one_class_folder"]`` (``train/images/<class>/``
 class ``images``: ``data add`` says where the class folders belong).
 
 Within a split, rows are ordered by another hash of that path (deterministic, and not class by
-class). Files under a class folder may sit in nested folders; hidden files (``.name``) are
-skipped. Every image must have the size of the first one. A dataset is RGB if any of its images
-is colour (gray ones are then replicated to 3 channels; their count is kept as
-``meta["source"]["gray_to_rgb"]`` and ``data add`` reports it).
+class). Files under a class folder may sit in nested folders; hidden and system files are
+skipped, other files that are no image are skipped and recorded
+(``meta["source"]["skipped_other_files"]``), images of formats not read are refused, and
+class folder names that differ only in case or hold a control character are refused
+(:mod:`.folder_files`). An image that does not decode refuses the folder, unless
+``skip_unreadable``: then each file is decoded in full first and those that fail are skipped
+and recorded (``meta["source"]["skipped_unreadable"]``). Every image must have the size of
+the first one; EXIF orientation is not applied (the server does not either). A dataset is
+RGB if any of its images is colour (gray ones are then replicated to 3 channels; their count
+is kept as ``meta["source"]["gray_to_rgb"]`` and ``data add`` reports it).
 """
 
 from __future__ import annotations
@@ -58,10 +64,20 @@ from pomlia_hpc.data.sources.base import (
     check_side,
     check_split_fractions,
 )
+from pomlia_hpc.data.sources.folder_files import (
+    IMAGE_SUFFIXES,
+    NAMED_SKIPPED,
+    check_class_names,
+    check_image_suffix,
+    hidden_under,
+    is_other_file,
+    is_system,
+    other_files,
+)
 from pomlia_hpc.data.store import SPLITS
 from pomlia_hpc.errors import InputError
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".tif", ".tiff")
+__all__ = ["IMAGE_SUFFIXES", "FolderSource", "UnreadableImageError", "read_header", "read_image"]
 _GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 _COLOR_MODES = {"RGB", "RGBA", "P", "PA", "CMYK", "YCbCr", "LAB", "HSV", "RGBX"}
 
@@ -78,11 +94,38 @@ def _is_tiff(path: Path) -> bool:
     return path.suffix.lower() in (".tif", ".tiff")
 
 
+class UnreadableImageError(InputError):
+    """An image file that cannot be decoded (damaged, truncated, empty)."""
+
+
 def _unreadable(path: Path, exc: Exception) -> InputError:
-    return InputError(
+    return UnreadableImageError(
         f"image file '{path}' cannot be read ({type(exc).__name__}: {exc}): expected a valid "
-        "PNG, JPEG or TIFF image"
+        "PNG, JPEG or TIFF image (`data add --skip-unreadable` skips such files, naming them)"
     )
+
+
+def decodes(path: Path) -> str | None:
+    """None when image file ``path`` decodes in full, else why not (one line): the check of
+    ``--skip-unreadable``, which also finds files whose header reads but whose pixels are cut
+    off."""
+    try:
+        if path.stat().st_size == 0:
+            return "empty file, 0 bytes"
+        read_header(path)
+        if _is_tiff(path):
+            tifffile.imread(path)
+        else:
+            with Image.open(path) as im:
+                im.load()
+    except UnreadableImageError as exc:
+        cause = exc.__cause__ or exc
+        return f"{type(cause).__name__}: {cause}"
+    except InputError:
+        return None  # readable, but refused for its shape or type: the scan says so
+    except Exception as exc:  # Pillow and tifffile raise many types for damaged files
+        return f"{type(exc).__name__}: {exc}"
+    return None
 
 
 def _tiff_header(path: Path) -> _Header:
@@ -190,7 +233,8 @@ def _carve(train: list[_Row], val_fraction: float, test_fraction: float) -> dict
 
 
 def _visible(path: Path) -> list[Path]:
-    return sorted(p for p in path.iterdir() if not p.name.startswith("."))
+    """The entries of ``path`` but hidden and system files (:func:`is_system`)."""
+    return sorted(p for p in path.iterdir() if not is_system(p))
 
 
 SPLIT_FOLDER_NAMES: dict[str, str] = {
@@ -231,7 +275,7 @@ def split_folders(path: Path) -> dict[str, Path]:
     named = [p for p in entries if p.is_dir() and p.name.lower() in SPLIT_FOLDER_NAMES]
     if not any(SPLIT_FOLDER_NAMES[p.name.lower()] == "train" for p in named):
         return {}
-    others = [p for p in entries if p not in named]
+    others = [p for p in entries if p not in named and not is_other_file(p)]
     if others:
         raise InputError(
             f"image folder '{path}' mixes split folders ({_names(named)}) with other "
@@ -250,10 +294,10 @@ def split_folders(path: Path) -> dict[str, Path]:
 
 
 def _has_files(root: Path) -> bool:
-    """Whether ``root`` holds any visible file, at any depth (hidden ones do not count)."""
+    """Whether ``root`` holds any image file, at any depth (hidden, system and other files
+    that are skipped do not count)."""
     return any(
-        f.is_file() and not any(p.startswith(".") for p in f.relative_to(root).parts)
-        for f in root.rglob("*")
+        f.is_file() and not hidden_under(f, root) and not is_other_file(f) for f in root.rglob("*")
     )
 
 
@@ -292,6 +336,8 @@ def _class_dirs(path: Path, root: Path, split_name: str) -> list[Path]:
     for cdir in _visible(root):
         if cdir.is_dir():
             dirs.append(cdir)
+        elif is_other_file(cdir):
+            continue  # notes.txt beside the class folders: skipped, and `data add` names it
         elif split_name:
             raise InputError(
                 f"'{cdir}' is a file in split folder '{root.name}': expected one sub-folder "
@@ -306,16 +352,13 @@ def _class_dirs(path: Path, root: Path, split_name: str) -> list[Path]:
 
 
 def _images(cdir: Path) -> list[Path]:
-    """Image files under class folder ``cdir`` (nested folders too; hidden ones skipped)."""
+    """Image files under class folder ``cdir`` (nested folders too; hidden, system and other
+    files skipped: :mod:`.folder_files`)."""
     out = []
     for f in sorted(cdir.rglob("*")):
-        hidden = any(p.startswith(".") for p in f.relative_to(cdir).parts)
-        if f.is_dir() or hidden:
+        if f.is_dir() or hidden_under(f, cdir) or is_other_file(f):
             continue
-        if f.suffix.lower() not in IMAGE_SUFFIXES:
-            raise InputError(
-                f"file '{f}' is not an image: expected one of {', '.join(IMAGE_SUFFIXES)}"
-            )
+        check_image_suffix(f)
         out.append(f)
     return out
 
@@ -331,6 +374,7 @@ class FolderSource(Source):
         val_fraction: float | None = None,
         test_fraction: float | None = None,
         limits: IngestLimits | None = None,
+        skip_unreadable: bool = False,
     ) -> None:
         super().__init__(path=path, kind="folder")
         self._limits = limits or IngestLimits()
@@ -338,18 +382,7 @@ class FolderSource(Source):
         by_split = bool(roots)
         fractions = _fractions(path, roots, val_fraction, test_fraction)
         check_split_fractions(f"image folder '{path}'", *fractions)
-        # Per split: (SHA-256 of the relative path, file, class); bytes 0..8 of the digest rank
-        # a class's files for the carve, bytes 8..16 order the rows.
-        files: dict[str, list[_Row]] = {s: [] for s in SPLITS}
-        class_dirs: list[Path] = []
-        for split_name, root in (roots or {"": path}).items():
-            for cdir in _class_dirs(path, root, split_name):
-                class_dirs.append(cdir)
-                for f in _images(cdir):
-                    digest = hashlib.sha256(f.relative_to(path).as_posix().encode()).digest()
-                    # A split folder fixes the split; a class-folder layout's rows all start
-                    # in train, and are carved below like a split layout's train folder.
-                    files[split_name or "train"].append((digest, f, cdir.name))
+        files, class_dirs = self._collect(roots, skip_unreadable)
         if not by_split or any(fractions):
             # train lends rows to val/test, stratified by class (a split layout's fractions
             # are 0 unless asked, for a split without its folder).
@@ -413,6 +446,42 @@ class FolderSource(Source):
         ]
         if split_named:
             self.extra["split_named_classes"] = split_named
+
+    def _collect(
+        self, roots: dict[str, Path], skip_unreadable: bool
+    ) -> tuple[dict[str, list[_Row]], list[Path]]:
+        """The rows of each split (a class-folder layout's all in train, to be carved) and
+        the class folders; records the files skipped (no image; unreadable with
+        ``skip_unreadable``) in :attr:`extra`."""
+        path = self.path
+        # Per split: (SHA-256 of the relative path, file, class); bytes 0..8 of the digest rank
+        # a class's files for the carve, bytes 8..16 order the rows.
+        files: dict[str, list[_Row]] = {s: [] for s in SPLITS}
+        class_dirs: list[Path] = []
+        unreadable: list[str] = []
+        for split_name, root in (roots or {"": path}).items():
+            class_dirs += _class_dirs(path, root, split_name)
+        check_class_names(path, class_dirs)
+        for cdir in class_dirs:
+            split_name = next((s for s, r in roots.items() if cdir.parent == r), "")
+            for f in _images(cdir):
+                rel = f.relative_to(path).as_posix()
+                if skip_unreadable and (why := decodes(f)) is not None:
+                    unreadable.append(f"{rel} ({why})")
+                    continue
+                digest = hashlib.sha256(rel.encode()).digest()
+                # A split folder fixes the split; a class-folder layout's rows all start in
+                # train, and are carved like a split layout's train folder.
+                files[split_name or "train"].append((digest, f, cdir.name))
+        others = other_files(path)
+        if others:  # notes.txt, labels.csv: skipped, and `data add` names them
+            self.extra["skipped_other_files"] = {
+                "count": len(others),
+                "files": others[:NAMED_SKIPPED],
+            }
+        if unreadable:
+            self.extra["skipped_unreadable"] = {"count": len(unreadable), "files": unreadable}
+        return files, class_dirs
 
     def _scan(self) -> None:
         """First pass over headers: one size, one bit depth; any colour image makes it RGB."""
