@@ -8,7 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
+from PIL import Image, ImageDraw
 
 from pomlia_hpc.cli import main
 from pomlia_hpc.data.grid import LABEL_WIDTH_PX, fit_label, label_font
@@ -105,3 +105,11 @@ def test_a_long_upper_case_class_name_stays_in_the_label_column(
         pixels = np.asarray(im.convert("L"))
     # The strip just before the first tile (its 1 px border included) is left white.
     assert (pixels[:, LABEL_WIDTH_PX - 4 : LABEL_WIDTH_PX + 1] == 255).all()
+
+
+@pytest.mark.parametrize("name", ["ben\nign", "tab\there", "x\u2028y"])
+def test_control_characters_in_a_label_are_drawn_escaped(name: str) -> None:
+    # a newline in a class name crashed `data show --grid` (raqm_layout() failed)
+    label = fit_label(name)
+    assert label == repr(name)[1:-1] and "\n" not in label
+    ImageDraw.Draw(Image.new("RGB", (400, 20))).text((0, 0), label, font=label_font())

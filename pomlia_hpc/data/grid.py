@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import unicodedata
 from functools import cache
 from pathlib import Path
 
@@ -38,7 +39,12 @@ def label_font() -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
 def fit_label(name: str, max_px: float = LABEL_WIDTH_PX - 2 * LABEL_X_PX) -> str:
     """``name`` as drawn in the label column: whole when it fits ``max_px`` (px, in
     :func:`label_font`), else cut by its measured width and ended with an ellipsis (a cut
-    by characters let wide upper-case names run over the first tile)."""
+    by characters let wide upper-case names run over the first tile). Control characters
+    (a newline in a name of a version ingested before image folders refused them, or in
+    ``--class-names``) are drawn escaped (``\\n``): Pillow's text layout fails on them."""
+    name = "".join(
+        repr(c)[1:-1] if unicodedata.category(c) in ("Cc", "Zl", "Zp") else c for c in name
+    )
     font = label_font()
     if font.getlength(name) <= max_px:
         return name
