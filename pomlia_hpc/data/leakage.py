@@ -24,8 +24,8 @@ def duplicate_warning(fingerprint: dict[str, Any]) -> str | None:
     if across:
         counts = " and ".join(f"{n} {s}" for s, n in across.items())
         parts.append(
-            f"{counts} image(s) are pixel copies of training images (leakage: val and test "
-            "metrics come out inflated)"
+            f"{counts} image(s) are pixel copies of training images (leakage: "
+            f"{' and '.join(across)} metrics come out inflated)"
         )
     if conflicting:
         parts.append(
