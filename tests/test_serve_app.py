@@ -40,6 +40,7 @@ def _bundle() -> ExportedBundle:
         version="v1",
         image_size=8,
         channels=1,
+        scale_max=None,
         encoder_file=None,
         card={},
     )

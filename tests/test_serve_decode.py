@@ -62,6 +62,28 @@ def test_grey_png_and_16_bit() -> None:
     np.testing.assert_allclose(out[0, :, :, 0], grey / 65535, atol=1e-6)
 
 
+@pytest.mark.parametrize("mode", ["L", "LA", "P", "RGBA", "CMYK"])
+def test_image_kinds_ingest_reads_are_converted_as_it_converts_them(
+    rgb: np.ndarray, mode: str
+) -> None:
+    """As an image-folder ingest reads a file for a colour data set (Pillow's RGB rendering):
+    alpha dropped, palette rendered, grey repeated to 3 channels."""
+    buf = io.BytesIO()
+    Image.fromarray(rgb).convert(mode).save(buf, "JPEG" if mode == "CMYK" else "PNG")
+    want = np.asarray(Image.open(io.BytesIO(buf.getvalue())).convert("RGB"), np.float32) / 255
+    out = decode(buf.getvalue(), None, RGB28, LIMITS)
+    assert out.shape == (1, 28, 28, 3)
+    np.testing.assert_allclose(out[0], want, atol=1e-6)
+
+
+def test_16_bit_pixels_are_scaled_by_the_training_maximum_when_known() -> None:
+    raw = np.array([[0, 1000, 3999, 60000]], np.uint16).repeat(28, 0).repeat(7, 1)
+    spec = InputSpec(image_size=28, channels=1, scale_max=3999.0)
+    out = decode(encode(raw, "PNG"), "image/png", spec, LIMITS)[0, 0, ::7, 0]
+    stored = np.array([0, 64, 255, 255])  # round(x * 255 / 3999), saturated above 3999
+    np.testing.assert_allclose(out, stored / 255, atol=1e-6)
+
+
 def test_multipage_tiff_is_a_batch(rgb: np.ndarray) -> None:
     frames = [Image.fromarray(np.full((28, 28, 3), v, np.uint8)) for v in (0, 100, 200)]
     buf = io.BytesIO()
@@ -127,11 +149,12 @@ def test_truncated_png_and_declared_type_mismatch(rgb: np.ndarray) -> None:
 
 def test_wrong_size_and_channel_count(rgb: np.ndarray) -> None:
     err = refused(encode(np.zeros((32, 32, 3), np.uint8), "PNG"), "image/png")
-    assert "32x32 px, the model expects 28x28" in err.message
+    assert "32 px high, 32 px wide, the model expects 28 px high, 28 px wide" in err.message
     err = refused(encode(rgb, "PNG"), "image/png", GREY28)
     assert "3 channel(s), the model expects 1" in err.message
-    rgba = np.zeros((28, 28, 4), np.uint8)
-    assert "4 channel(s)" in refused(encode(rgba, "PNG"), "image/png").message
+    rgba = np.zeros((28, 28, 4), np.uint8)  # alpha dropped, as ingest does
+    assert decode(encode(rgba, "PNG"), "image/png", RGB28, LIMITS).shape == (1, 28, 28, 3)
+    assert "4 channel(s)" in refused(npy(rgba), "application/x-npy").message  # NPY: strict
 
 
 def _png_header_only(width: int, height: int) -> bytes:
@@ -152,7 +175,8 @@ def test_decompression_bomb_is_refused_from_the_header() -> None:
     err = refused(_png_header_only(100_000, 100_000), "image/png")
     assert err.status == 413 and "limit of 512 px" in err.message
     err = refused(_png_header_only(600, 20), "image/png")  # under Pillow's bomb limit: ours
-    assert err.status == 413 and "600x20 px, larger than the limit of 512 px" in err.message
+    assert err.status == 413
+    assert "20 px high, 600 px wide, larger than the limit of 512 px" in err.message
 
 
 def test_npy_refusals() -> None:
@@ -203,15 +227,17 @@ def test_compressed_tiff_pages_of_the_wrong_size_are_refused_before_decoding() -
     finally:
         tracemalloc.stop()
     assert info.value.status == 400
-    assert "page 1: image is 2048x2048 px, the model expects 28x28" in info.value.message
+    assert "page 1: image is 2048 px high, 2048 px wide, the model expects 28 px high" in (
+        info.value.message
+    )
     assert peak < 8 * 2**20  # one decoded page alone would be 12 MiB (uint8) + 48 MiB (float)
 
 
 def test_a_bad_page_after_good_ones_is_named() -> None:
-    pages = [Image.new("RGB", (28, 28)), Image.new("L", (28, 28)), Image.new("RGB", (28, 28))]
-    err = refused(_tiff(pages), "image/tiff")
+    pages = [Image.new("L", (28, 28)), Image.new("RGB", (28, 28)), Image.new("L", (28, 28))]
+    err = refused(_tiff(pages), "image/tiff", GREY28)
     assert err.status == 400
-    assert "page 2: image has 1 channel(s), the model expects 3" in err.message
+    assert "page 2: image has 3 channel(s), the model expects 1" in err.message
 
 
 def test_files_of_one_request_share_the_image_budget() -> None:
@@ -247,6 +273,6 @@ def test_3d_npy_for_a_grey_model_names_both_readings() -> None:
     grey64 = InputSpec(image_size=64, channels=1)
     err = refused(npy(np.zeros((5, 32, 32), np.uint8)), "application/x-npy", grey64)
     assert err.status == 400
-    assert "as one (H, W, C) image it is 32x5 px with 32 channel(s)" in err.message
-    assert "as (N, H, W) grey images 5 of 32x32 px" in err.message
+    assert "as one (H, W, C) image it is 5 px high, 32 px wide with 32 channel(s)" in err.message
+    assert "as (N, H, W) grey images 5 of 32 px high, 32 px wide" in err.message
     assert "(N, 64, 64)" in err.message

@@ -138,12 +138,12 @@ def test_every_format_one_or_many(client: httpx.Client) -> None:
                 "headers": {"content-type": "image/png"},
             },
             400,
-            "model expects 28x28",
+            "model expects 28 px high, 28 px wide",
         ),
         (
-            {
-                "content": png(np.zeros((28, 28), np.uint8)),
-                "headers": {"content-type": "image/png"},
+            {  # NPY stays strict (a grey PNG is repeated to RGB, as ingest does)
+                "content": npy(np.zeros((28, 28, 1), np.uint8)),
+                "headers": {"content-type": "application/x-npy"},
             },
             400,
             "the model expects 3",

@@ -47,8 +47,10 @@ def check_trainable(meta: dict[str, Any], ref: str) -> None:
     """Refuse a dataset version (``ref``, its store's ``meta``) that no trial could learn
     from: an empty train, val or test split, a val or test split too small to evaluate on
     (:data:`~pomlia_hpc.data.splits.MIN_EVAL_IMAGES`), fewer than 2 classes with training
-    images, or a binary task without exactly 2 classes (versions ingested before ``data add``
-    refused that); one :class:`InputError` each."""
+    images, a binary task without exactly 2 classes (versions ingested before ``data add``
+    refused that), or images that are not square (the model card, export and server take
+    square images only); one :class:`InputError` each."""
+    require_square_images(meta, ref)
     require_all_splits(meta, ref)
     require_eval_sizes(meta, ref)
     require_two_train_classes(meta, ref)
@@ -57,6 +59,18 @@ def check_trainable(meta: dict[str, Any], ref: str) -> None:
         raise InputError(
             f"dataset '{ref}' is binary-class but has {n_classes} classes: expected exactly 2 "
             "(ingest it again with --task-type multi-class)"
+        )
+
+
+def require_square_images(meta: dict[str, Any], ref: str) -> None:
+    """Refuse dataset version ``ref`` (its store's ``meta``, sizes in px) whose images are not
+    square: training would run, but the model could not be exported or served."""
+    height, width = meta.get("height"), meta.get("width")
+    if isinstance(height, int) and isinstance(width, int) and height != width:
+        raise InputError(
+            f"dataset '{ref}' has images {height} px high and {width} px wide: expected "
+            "square images (height = width), which the model card, `model export` and the "
+            "server require; crop or pad them to a square and add the data set again"
         )
 
 

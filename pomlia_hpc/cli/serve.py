@@ -85,6 +85,8 @@ def export(
         res = export_model(
             STATE.registry(), STATE.workspace, model, encoder=encoder, rtol=rtol, atol=atol
         )
+    if res.rebuilt is not None:
+        console.print(f"rebuilt the existing bundle of this version: {res.rebuilt}")
     diffs = ", ".join(f"{k} {v:.2g}" for k, v in res.max_abs_diff.items()) or "not recorded"
     again = "; exported before, as recorded then" if res.reused else ""
     console.print(
@@ -308,6 +310,7 @@ def serve(
         overrides.update(max_batch=1, max_wait_ms=0.0)
     cfg = load_serve_config(config, overrides)
     bundle, follow, log_name, cfg = _serve_target(model, cfg)
+    bundle.check_integrity()  # a damaged file is refused now, not served wrongly
     logs = cfg.log_dir or default_log_dir(STATE.workspace.path("logs"), log_name or bundle.name)
     if follow is not None:
         console.print(f"following {follow}: a new bundle there is swapped in without downtime")

@@ -29,9 +29,9 @@ DEFAULT_STD = 0.5
 INPUT_SCALING = {
     "uint8": "x / 255",
     "uint16": (
-        "x / 65535, the full 16-bit range; ingest scaled 16-bit training images by the "
-        "dataset's own maximum (its intensity_scaling metadata), so for such data send "
-        "float32 x / max in [0, 1] instead"
+        "as ingest scaled the training images when input.intensity_scaling records their "
+        "16-bit maximum: min(x, max) * 255 / max rounded to 8 bits, then / 255 (values above "
+        "the maximum saturate); else x / 65535, the full 16-bit range"
     ),
     "float": "as sent; must be finite and in [0, 1], else the request is refused (400)",
 }
@@ -124,6 +124,9 @@ class CardInput(Record):
     image_size: int = Field(ge=1)
     channels: int = Field(ge=1)
     layout: str = "HWC (NHWC for a batch) as uploaded; NCHW float32 into the network"
+    #: The training data set's ``meta["intensity_scaling"]`` (how ingest turned its pixels
+    #: into 8 bits), which the server applies to uploads; None for 8-bit data and old cards.
+    intensity_scaling: dict[str, Any] | None = None
 
 
 class CardPreprocessing(Record):
@@ -177,19 +180,28 @@ class ModelCard(Record):
 
 
 def model_card(
-    meta: ClassifierMeta, *, name: str, task: Mapping[str, Any] | None = None
+    meta: ClassifierMeta,
+    *,
+    name: str,
+    task: Mapping[str, Any] | None = None,
+    intensity_scaling: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """The model card: what a user of the served model needs to know (JSON-able)."""
+    """The model card: what a user of the served model needs to know (JSON-able).
+    ``task``: extra task fields (id, metric); ``intensity_scaling``: the training data set's
+    ``meta["intensity_scaling"]``, recorded as ``input.intensity_scaling`` when given."""
+    card_input: dict[str, Any] = {
+        "image_size": meta.image_size,
+        "channels": meta.in_channels,
+        "layout": "HWC (NHWC for a batch) as uploaded; NCHW float32 into the network",
+    }
+    if intensity_scaling:
+        card_input["intensity_scaling"] = dict(intensity_scaling)
     return {
         "name": name,
         "task": {"type": meta.task_type, **dict(task or {})},
         "architecture": meta.arch,
         "label_names": list(meta.label_names),
-        "input": {
-            "image_size": meta.image_size,
-            "channels": meta.in_channels,
-            "layout": "HWC (NHWC for a batch) as uploaded; NCHW float32 into the network",
-        },
+        "input": card_input,
         "preprocessing": meta.pre.to_dict(),
         "output": (
             "one sigmoid probability per label; labels with p >= 0.5 are predicted"

@@ -91,7 +91,7 @@ def create_app(
     """Build the app for ``bundle``. The model, batcher and log start in the lifespan, so
     nothing runs until a server starts it; ``on_ready()`` (optional) is called then.
     ``follow``: the link ``bundle`` was found through; the server swaps to where it points."""
-    spec = InputSpec(bundle.image_size, bundle.channels)
+    spec = InputSpec(bundle.image_size, bundle.channels, bundle.scale_max)
     limits = Limits(config.max_upload_bytes, config.max_side_px, config.max_images)
     metrics = ServerMetrics()
     holder = ModelHolder(bundle, config, log_dir, metrics, fingerprint=fingerprint, follow=follow)

@@ -4,10 +4,20 @@ Accepted: PNG, JPEG, TIFF (every page of a multi-page TIFF is one image) and NPY
 is channel-last: (H, W) one grey image, (H, W, C) one image, (N, H, W, C) a batch, and (N, H, W)
 a batch of grey images when the model has one channel.
 
-Scaling to [0, 1]: 8-bit pixels are divided by 255, 16-bit pixels by 65535 (the full 16-bit
-range, whatever the training set's own maximum was), 32-bit integer pixels (16-bit PNGs open
-so) by 65535 and must lie in 0..65535; float pixels are taken as they are and must be finite
-and in [0, 1], the rule ingest applies (:mod:`pomlia_hpc.data.sources.base`).
+Scaling to [0, 1]: 8-bit pixels are divided by 255. 16-bit pixels (and 32-bit integer pixels,
+as 16-bit PNGs open, which must lie in 0..65535) are scaled as ingest scaled the training
+images when the model card records that data set's maximum (``input.intensity_scaling``):
+``min(x, max)`` to 8 bits by ingest's own converter
+(:class:`pomlia_hpc.data.sources.base.PixelConverter`), then divided by 255; values above the
+training maximum saturate. Without that record (8-bit or float training data, or a bundle
+exported before it was kept) they are divided by 65535. Float pixels are taken as they are and
+must be finite and in [0, 1], the rule ingest applies.
+
+Image files (PNG, JPEG, TIFF) are converted as ingest converts image-folder files
+(:mod:`pomlia_hpc.data.sources.folder`): an alpha channel is dropped (RGBA -> RGB, LA -> L), a
+palette image is its RGB rendering, and a grey image is repeated to 3 channels for a colour
+model. A colour image for a grey model is refused (ingest would have made that data set
+colour). NPY arrays are taken as they are: their channel count must match the model's.
 
 Every frame's size and channel count are checked against the model from the header, before
 any of its pixels is decoded, and the number of images against the request's budget before the
@@ -26,6 +36,8 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from pomlia_hpc.data.sources.base import PixelConverter
+
 MAGIC = {
     b"\x89PNG\r\n\x1a\n": "image/png",
     b"\xff\xd8\xff": "image/jpeg",
@@ -34,6 +46,8 @@ MAGIC = {
     b"\x93NUMPY": "application/x-npy",
 }
 IMAGE_TYPES = ("image/png", "image/jpeg", "image/tiff")
+#: Other spellings clients send for an accepted type (``image/jpg`` is common, not registered).
+TYPE_ALIASES = {"image/jpg": "image/jpeg", "image/pjpeg": "image/jpeg", "image/tif": "image/tiff"}
 NPY_TYPES = ("application/x-npy", "application/npy")
 SNIFFED_TYPES = ("application/octet-stream",)
 PIL_FORMATS = {"image/png": "PNG", "image/jpeg": "JPEG", "image/tiff": "TIFF"}
@@ -45,10 +59,10 @@ MODE_CHANNELS = {
     "I;16L": 1,
     "I": 1,
     "F": 1,
-    "LA": 2,
+    "LA": 1,  # alpha dropped, as ingest does
     "RGB": 3,
-    "RGBA": 4,
-    "CMYK": 4,
+    "RGBA": 3,  # alpha dropped, as ingest does
+    "CMYK": 3,  # its RGB rendering, as ingest reads it
 }
 NPY_DTYPES = ("uint8", "uint16", "float32", "float64")
 #: A Python object's default repr, as some exception messages quote one.
@@ -67,10 +81,13 @@ class RequestError(Exception):
 
 @dataclass(frozen=True)
 class InputSpec:
-    """What the model takes: square ``image_size`` px images with ``channels`` channels."""
+    """What the model takes: square ``image_size`` px images with ``channels`` channels;
+    ``scale_max``: the largest 16-bit value of the training data set, which ingest scaled to
+    255 (None: 16-bit pixels are divided by 65535)."""
 
     image_size: int
     channels: int
+    scale_max: float | None = None
 
 
 @dataclass(frozen=True)
@@ -91,8 +108,10 @@ def sniff(data: bytes) -> str | None:
 
 
 def base_type(content_type: str | None) -> str:
-    """``'image/png; charset=x'`` → ``'image/png'`` (lower case); '' when absent."""
-    return (content_type or "").split(";", 1)[0].strip().lower()
+    """``'image/png; charset=x'`` → ``'image/png'`` (lower case, ``image/jpg`` read as
+    ``image/jpeg``); '' when absent."""
+    ctype = (content_type or "").split(";", 1)[0].strip().lower()
+    return TYPE_ALIASES.get(ctype, ctype)
 
 
 def decode(
@@ -145,20 +164,29 @@ def _too_many(what: str, n: int, limits: Limits, budget: int) -> RequestError:
     )
 
 
-def _check_frame(what: str, w: int, h: int, c: int, spec: InputSpec, limits: Limits) -> None:
-    """Refuse a ``w`` x ``h`` px, ``c``-channel image that the model cannot take."""
+def describe_size(h: int, w: int) -> str:
+    """``'10 px high, 50 px wide'``: an image size that cannot be read the wrong way round."""
+    return f"{h} px high, {w} px wide"
+
+
+def _check_frame(
+    what: str, w: int, h: int, c: int, spec: InputSpec, limits: Limits, *, grey_ok: bool = False
+) -> None:
+    """Refuse a ``w`` px wide, ``h`` px high, ``c``-channel image that the model cannot take;
+    ``grey_ok``: a grey image is fine for a colour model (it is repeated to 3 channels)."""
     if max(w, h) > limits.max_side_px:
         raise RequestError(
             413,
-            f"{what}: image is {w}x{h} px, larger than the limit of "
+            f"{what}: image is {describe_size(h, w)}, larger than the limit of "
             f"{limits.max_side_px} px per side",
         )
     if (h, w) != (spec.image_size, spec.image_size):
         raise RequestError(
             400,
-            f"{what}: image is {w}x{h} px, the model expects {spec.image_size}x{spec.image_size}",
+            f"{what}: image is {describe_size(h, w)}, the model expects "
+            f"{describe_size(spec.image_size, spec.image_size)}",
         )
-    if c != spec.channels:
+    if c != spec.channels and not (grey_ok and c == 1):
         raise RequestError(
             400, f"{what}: image has {c} channel(s), the model expects {spec.channels}"
         )
@@ -192,8 +220,8 @@ def _decode_image(
             img.seek(i)  # reads the page's header only; its pixels are decoded in _pixels
             where = what if n_frames == 1 else f"{what} page {i + 1}"
             w, h = img.size
-            _check_frame(where, w, h, _mode_channels(img, where), spec, limits)
-            frames.append(_pixels(img, where))
+            _check_frame(where, w, h, _mode_channels(img, where), spec, limits, grey_ok=True)
+            frames.append(_pixels(img, where, spec))
     except RequestError:
         raise
     except (
@@ -229,10 +257,11 @@ def struct_error() -> type[Exception]:
 
 
 def _mode_channels(img: Image.Image, what: str) -> int:
-    """Channels the frame will have once decoded, from its header (mode) alone."""
+    """Channels the frame will have once decoded and converted as ingest converts it (alpha
+    dropped, a palette rendered as RGB), from its header (mode) alone."""
     mode = img.mode
-    if mode == "P":  # a palette image is its RGB (or RGBA) rendering
-        return 4 if "transparency" in img.info else 3
+    if mode in ("P", "PA"):  # a palette image is its RGB rendering
+        return 3
     if mode not in MODE_CHANNELS:
         raise RequestError(
             400, f"{what}: pixel mode '{mode}' is not supported; expected grey, RGB or RGBA"
@@ -240,23 +269,39 @@ def _mode_channels(img: Image.Image, what: str) -> int:
     return MODE_CHANNELS[mode]
 
 
-def _pixels(img: Image.Image, what: str) -> np.ndarray:
-    """One frame → float32 HWC in [0, 1] (decodes its pixels)."""
-    if img.mode == "P":
-        img = img.convert("RGBA" if "transparency" in img.info else "RGB")
-    elif img.mode == "1":
+def _pixels(img: Image.Image, what: str, spec: InputSpec) -> np.ndarray:
+    """One frame → float32 HWC in [0, 1] with ``spec.channels`` channels (decodes its pixels;
+    converted as ingest converts an image file: alpha dropped, palette → RGB, grey repeated
+    for a colour model)."""
+    if img.mode in ("P", "PA", "RGBA", "CMYK"):
+        img = img.convert("RGB")
+    elif img.mode in ("1", "LA"):
         img = img.convert("L")
     arr = np.asarray(img)
     if arr.ndim == 2:
         arr = arr[:, :, None]
-    return _to_unit_float(arr, what)
+    if arr.shape[2] == 1 and spec.channels == 3:
+        arr = np.repeat(arr, 3, axis=2)
+    return _to_unit_float(arr, what, spec.scale_max)
 
 
-def _to_unit_float(arr: np.ndarray, what: str) -> np.ndarray:
+def _from_16_bit(arr: np.ndarray, scale_max: float | None) -> np.ndarray:
+    """16-bit values (any integer dtype, in 0..65535) → float32 in [0, 1]: as ingest scaled
+    the training set when its maximum ``scale_max`` is known, else divided by 65535."""
+    if scale_max is None:
+        return np.multiply(arr, np.float32(1 / 65535), dtype=np.float32)
+    # Ingest's converter, on values clipped to the training maximum (above it they would wrap).
+    clipped = np.minimum(arr, scale_max).astype(np.uint16)
+    convert = PixelConverter("upload", np.dtype(np.uint16), scale_max=scale_max)
+    as_8_bit = convert(clipped.reshape(1, -1, 1, 1)).reshape(arr.shape)
+    return np.multiply(as_8_bit, np.float32(1 / 255), dtype=np.float32)
+
+
+def _to_unit_float(arr: np.ndarray, what: str, scale_max: float | None = None) -> np.ndarray:
     if arr.dtype == np.uint8:
         return np.multiply(arr, np.float32(1 / 255), dtype=np.float32)
     if arr.dtype in (np.uint16, np.dtype(">u2"), np.dtype("<u2")):
-        return np.multiply(arr, np.float32(1 / 65535), dtype=np.float32)
+        return _from_16_bit(arr, scale_max)
     if arr.dtype.kind in "iu":  # 32-bit integer pixels: Pillow opens 16-bit PNGs so
         lo, hi = int(arr.min()), int(arr.max())
         if lo < 0 or hi > 65535:
@@ -265,7 +310,7 @@ def _to_unit_float(arr: np.ndarray, what: str) -> np.ndarray:
                 f"{what}: integer pixels in [{lo}, {hi}]; expected 8-bit or 16-bit values "
                 "(0..65535)",
             )
-        return np.multiply(arr, np.float32(1 / 65535), dtype=np.float32)
+        return _from_16_bit(arr, scale_max)
     if arr.dtype.kind == "f":
         out = arr.astype(np.float32)
         if not np.isfinite(out).all():
@@ -307,8 +352,9 @@ def _npy_layout(
         raise RequestError(
             400,
             f"{what}: NPY shape {shape} fits neither reading: as one (H, W, C) image it is "
-            f"{shape[1]}x{shape[0]} px with {shape[2]} channel(s), as (N, H, W) grey images "
-            f"{shape[0]} of {shape[2]}x{shape[1]} px; the model expects {size}x{size} px grey "
+            f"{describe_size(shape[0], shape[1])} with {shape[2]} channel(s), as (N, H, W) grey "
+            f"images {shape[0]} of {describe_size(shape[1], shape[2])}; the model expects "
+            f"{describe_size(size, size)} grey "
             f"images: ({size}, {size}), ({size}, {size}, 1), (N, {size}, {size}) or "
             f"(N, {size}, {size}, 1)",
         )
@@ -355,4 +401,4 @@ def _decode_npy(data: bytes, spec: InputSpec, limits: Limits, what: str, budget:
         )
     arr = np.frombuffer(data, dtype=dtype, count=count, offset=offset)
     arr = arr.reshape(shape, order="F" if fortran else "C").reshape(nhwc)
-    return _to_unit_float(np.ascontiguousarray(arr), what)
+    return _to_unit_float(np.ascontiguousarray(arr), what, spec.scale_max)

@@ -31,15 +31,23 @@ import torch
 from sqlalchemy import select
 
 from pomlia_hpc.errors import InputError, PomliaError
-from pomlia_hpc.files import staged_dir, sweep_stale_temps, temp_name
+from pomlia_hpc.files import make_dirs, probe_writable, staged_dir, sweep_stale_temps, temp_name
 from pomlia_hpc.models.card import model_card
 from pomlia_hpc.models.catalog import resolve_model, update_card
 from pomlia_hpc.models.checkpoint import LoadedClassifier, load_classifier
 from pomlia_hpc.registry import FingerprintSet, Model, Registry, Task
-from pomlia_hpc.serve.exported import CARD, ENCODER_FILES, ONNX, TORCH_PROGRAM, ExportedBundle
+from pomlia_hpc.serve.exported import (
+    CARD,
+    ENCODER_FILES,
+    ONNX,
+    TORCH_PROGRAM,
+    ExportedBundle,
+    bundle_damage,
+    sha256_file,
+)
 from pomlia_hpc.serve.fingerprint import STATS_KIND, stats_dim
 from pomlia_hpc.serve.parity import DEFAULT_ATOL, DEFAULT_RTOL, ParityReport, check_exports
-from pomlia_hpc.serve.reference import REFERENCE_FILE, reference_for_model
+from pomlia_hpc.serve.reference import REFERENCE_FILE, model_dataset_meta, reference_for_model
 from pomlia_hpc.serve.runtime import load_program
 from pomlia_hpc.workspace import Workspace
 
@@ -60,15 +68,21 @@ class ExportResult:
     #: The monitoring reference (``monitor-reference.npz``), when the model's validation data
     #: is known (see :mod:`pomlia_hpc.serve.reference`).
     reference: Path | None = None
+    #: Why an existing bundle of this version was rebuilt (damaged files, an old card), or None.
+    rebuilt: str | None = None
 
 
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file, read in ``chunk``-byte pieces."""
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
+def _reuse_problem(final: Path, intensity_scaling: Mapping[str, Any] | None) -> str | None:
+    """Why the existing bundle ``final`` of this version cannot be reused: damaged files, or a
+    card that lacks the training data's intensity scaling; None when it can."""
+    damage = bundle_damage(final)
+    if damage is not None:
+        return damage
+    if intensity_scaling:
+        card = json.loads((final / CARD).read_text())
+        if card.get("input", {}).get("intensity_scaling") != dict(intensity_scaling):
+            return f"its {CARD} does not record the training data's intensity scaling"
+    return None
 
 
 def _batch_dim() -> Any:
@@ -211,6 +225,7 @@ def export_checkpoint(
     task: Mapping[str, Any] | None = None,
     encoder: str | Path | None = None,
     encoder_info: Mapping[str, Any] | None = None,
+    intensity_scaling: Mapping[str, Any] | None = None,
     rtol: float = DEFAULT_RTOL,
     atol: float = DEFAULT_ATOL,
     seed: int = 0,
@@ -221,7 +236,10 @@ def export_checkpoint(
     that maps float32 NCHW images in [0, 1] to vectors; without it the server logs the explicit
     statistics fingerprint (see :mod:`pomlia_hpc.serve.fingerprint`). ``encoder_info`` (e.g. the
     registry encoder's id and name) goes into the card; its ``key`` (default: the file's hash)
-    is part of the version, so the same weights with the same encoder are exported once.
+    is part of the version, so the same weights with the same encoder are exported once;
+    an existing bundle of that version whose files do not match their SHA-256 in its card (or
+    whose card lacks ``intensity_scaling``, the training data set's ``meta`` record that the
+    server applies to 16-bit uploads) is rebuilt, and :attr:`ExportResult.rebuilt` says why.
     Raises :class:`ExportError` when an export's probabilities disagree with PyTorch's by more
     than ``rtol`` (relative) + ``atol``, or it predicts another class.
     """
@@ -241,9 +259,12 @@ def export_checkpoint(
     )
     out_root = Path(out_root)
     final = out_root / version
+    rebuilt = None
     if (final / CARD).is_file():
-        return _reused(final)
-    with staged_dir(final) as staged:
+        rebuilt = _reuse_problem(final, intensity_scaling)
+        if rebuilt is None:
+            return _reused(final)
+    with staged_dir(final, replace=rebuilt is not None) as staged:
         tmp = staged.path
         example = torch.zeros(2, meta.in_channels, meta.image_size, meta.image_size)
         save_program(loaded.model, example, tmp / TORCH_PROGRAM)
@@ -269,7 +290,7 @@ def export_checkpoint(
                 "input": "float32 NCHW images scaled to [0, 1]",
                 **{k: v for k, v in info.items() if k != "key"},
             }
-        card = model_card(meta, name=name, task=task)
+        card = model_card(meta, name=name, task=task, intensity_scaling=intensity_scaling)
         card.update(
             model_version=version,
             checkpoint_sha256=ckpt_sha,
@@ -290,7 +311,7 @@ def export_checkpoint(
         # A concurrent export of the same weights (and encoder) finished first; its bundle
         # is this one, so use it and drop ours.
         return _reused(final)
-    return ExportResult(ExportedBundle.open(final), diffs, reused=False)
+    return ExportResult(ExportedBundle.open(final), diffs, reused=False, rebuilt=rebuilt)
 
 
 def export_model(
@@ -315,13 +336,19 @@ def export_model(
     if not row.path:
         raise InputError(f"model '{row.name}' has no checkpoint path in the registry")
     task: dict[str, Any] = {"id": row.task_id} if row.task_id is not None else {}
+    if row.task_id is not None:
+        with registry.session() as s:
+            task_row = s.get(Task, row.task_id)
+            if task_row is not None:
+                task["metric"] = task_row.metric
+    data_meta = model_dataset_meta(registry, row) or {}
+    # Where ingest records how it made the pixels 8-bit (the source's record in the meta).
+    scaling = data_meta.get("intensity_scaling") or (data_meta.get("source") or {}).get(
+        "intensity_scaling"
+    )
     enc_file: Path | None = None
     enc_info: dict[str, Any] | None = None
-    # Scratch for the encoder's export in the workspace, under this process's temporary name:
-    # a killed export's folder is swept by the next one (the system's temp folder never was).
-    sweep_stale_temps(workspace.tmp)
-    tmp_dir = temp_name(workspace.tmp / f"export-{row.name}")
-    tmp_dir.mkdir(parents=True, exist_ok=True)
+    tmp_dir = _scratch_dir(workspace, row.name)
     try:
         if encoder is not None and Path(encoder).is_file():
             enc_file = Path(encoder)
@@ -339,6 +366,7 @@ def export_model(
             task=task,
             encoder=enc_file,
             encoder_info=enc_info,
+            intensity_scaling=scaling if isinstance(scaling, dict) else None,
             rtol=rtol,
             atol=atol,
         )
@@ -348,10 +376,35 @@ def export_model(
     if not reference.is_file():
         # The monitor compares the prediction log with this: fingerprints and outputs of the
         # validation images, computed exactly as the server computes what it logs.
-        reference = reference_for_model(registry, result.bundle, row) or reference
+        try:
+            reference = reference_for_model(registry, result.bundle, row) or reference
+        except BaseException:
+            if not result.reused:  # the model stays unexported: leave no bundle of it
+                shutil.rmtree(result.bundle.root, ignore_errors=True)
+            raise
     result = dataclasses.replace(result, reference=reference if reference.is_file() else None)
     update_card(registry, row.id, card_with_bundle(row.card, result))
     return result
+
+
+def _scratch_dir(workspace: Workspace, name: str) -> Path:
+    """A fresh scratch folder for the export of model ``name`` in the workspace's ``tmp``,
+    under this process's temporary name: a killed export's folder is swept by the next one
+    (the system's temp folder never was). One :class:`InputError` naming the folder when the
+    workspace's ``tmp`` cannot be written."""
+    try:
+        make_dirs(workspace.tmp)
+        probe_writable(workspace.tmp)
+        sweep_stale_temps(workspace.tmp)
+        tmp_dir = temp_name(workspace.tmp / f"export-{name}")
+        tmp_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(
+            f"workspace folder {workspace.tmp} cannot be written ({exc.strerror or exc}); "
+            "`model export` needs it for scratch files: make it writable (or point the "
+            "workspace home elsewhere)"
+        ) from exc
+    return tmp_dir
 
 
 def card_with_bundle(card: Mapping[str, Any], result: ExportResult) -> dict[str, Any]:

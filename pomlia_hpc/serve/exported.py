@@ -16,6 +16,8 @@ This module imports neither torch nor onnxruntime, so a CPU server starts fast.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -31,6 +33,34 @@ ENCODER_FILES = ("encoder.onnx", "encoder.pt2")
 #: Files of bundles exported with TorchScript (before version 0.2): recognised, not loaded.
 LEGACY_TORCHSCRIPT = "model.ts"
 LEGACY_ENCODER = "encoder.ts"
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    """Hex SHA-256 of a file, read in ``chunk``-byte pieces."""
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def bundle_damage(root: Path) -> str | None:
+    """What is wrong with the files of bundle ``root`` against the SHA-256 its card records
+    (``'model.onnx is missing'``, ``'model.onnx does not match its SHA-256 in card.json'``),
+    or None when every file is intact. Reads every file (about 1 s per GB)."""
+    try:
+        files = json.loads((root / CARD).read_text()).get("files")
+    except (OSError, ValueError, AttributeError) as exc:
+        return f"{CARD} cannot be read ({exc})"
+    if not isinstance(files, dict):
+        return f"{CARD} has no 'files' record"
+    for name, digest in sorted(files.items()):
+        path = root / str(name)
+        if not path.is_file():
+            return f"{name} is missing"
+        if sha256_file(path) != digest:
+            return f"{name} does not match its SHA-256 in {CARD}"
+    return None
 
 
 def reexport_hint(root: Path, what: str) -> str:
@@ -71,7 +101,10 @@ class ExportedBundle:
                     "file name inside the bundle"
                 )
             if not (self.root / name).is_file():
-                raise NotFoundError(f"{card_path}: names file '{name}', which is missing")
+                raise NotFoundError(
+                    f"{card_path}: names file '{name}', which is missing; rebuild the bundle "
+                    f"with: pomlia model export {self.card['name']}"
+                )
         if ONNX not in files and TORCH_PROGRAM not in files:
             if LEGACY_TORCHSCRIPT in files:
                 raise InputError(reexport_hint(self.root, f"its only model, {LEGACY_TORCHSCRIPT},"))
@@ -81,6 +114,16 @@ class ExportedBundle:
             # monitor's reference holds: refuse instead.
             what = f"its fingerprint encoder, {LEGACY_ENCODER},"
             raise InputError(reexport_hint(self.root, what))
+
+    def check_integrity(self) -> None:
+        """Refuse a bundle whose files do not match the SHA-256 its card records (one
+        :class:`InputError` naming the file and how to rebuild the bundle)."""
+        damage = bundle_damage(self.root)
+        if damage is not None:
+            raise InputError(
+                f"bundle {self.root}: {damage}; the bundle is damaged: rebuild it with "
+                f"`pomlia model export {self.name}` (which replaces a damaged bundle)"
+            )
 
     @property
     def name(self) -> str:
@@ -105,6 +148,15 @@ class ExportedBundle:
     @property
     def channels(self) -> int:
         return int(self.card["input"]["channels"])
+
+    @property
+    def scale_max(self) -> float | None:
+        """The largest 16-bit value of the training data set, which ingest scaled to 255
+        (``input.intensity_scaling``); None when the data were not 16-bit or it is not
+        recorded."""
+        scaling = self.card["input"].get("intensity_scaling") or {}
+        top = scaling.get("max") if scaling.get("from") == "uint16" else None
+        return float(top) if isinstance(top, int | float) and top > 0 else None
 
     @property
     def mean(self) -> list[float]:

@@ -196,6 +196,7 @@ def incompatible(old: ExportedBundle, new: ExportedBundle) -> str | None:
     for what, a, b in (
         ("image size", old.image_size, new.image_size),
         ("channels", old.channels, new.channels),
+        ("16-bit intensity scaling maximum", old.scale_max, new.scale_max),
         ("task type", old.task_type, new.task_type),
         ("label names", old.labels, new.labels),
     ):

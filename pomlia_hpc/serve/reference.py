@@ -240,6 +240,18 @@ def subsample(n: int, limit: int = MAX_IMAGES, seed: int = 0) -> np.ndarray:
 def model_dataset_store(registry: Registry, model: Model) -> str | None:
     """Store path of the dataset version ``model`` was trained on: its lineage's
     ``dataset_version_id``, else its task's dataset version; None when neither is known."""
+    row = _model_dataset_row(registry, model)
+    return row[0] if row is not None else None
+
+
+def model_dataset_meta(registry: Registry, model: Model) -> dict[str, Any] | None:
+    """The registry ``meta`` of the dataset version ``model`` was trained on (found as
+    :func:`model_dataset_store` finds it); None when it is not known."""
+    row = _model_dataset_row(registry, model)
+    return row[1] if row is not None else None
+
+
+def _model_dataset_row(registry: Registry, model: Model) -> tuple[str, dict[str, Any]] | None:
     with registry.session() as s:
         dv_id = (model.lineage or {}).get("dataset_version_id")
         if not isinstance(dv_id, int) and model.task_id is not None:
@@ -248,7 +260,7 @@ def model_dataset_store(registry: Registry, model: Model) -> str | None:
         if not isinstance(dv_id, int):
             return None
         row = s.get(DatasetVersion, dv_id)
-        return row.store_path if row is not None else None
+        return (row.store_path, dict(row.meta or {})) if row is not None else None
 
 
 def _named(names: list[str]) -> bool:

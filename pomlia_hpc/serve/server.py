@@ -24,7 +24,7 @@ from pathlib import Path
 import uvicorn
 
 from pomlia_hpc.errors import ConfigError
-from pomlia_hpc.files import write_atomic
+from pomlia_hpc.files import make_dirs, probe_writable, write_atomic
 from pomlia_hpc.serve.app import create_app
 from pomlia_hpc.serve.config import ServeConfig
 from pomlia_hpc.serve.exported import ExportedBundle
@@ -48,6 +48,21 @@ def bind_socket(host: str, port: int) -> socket.socket:
     sock.listen(2048)  # connections wait in the backlog while the model loads
     sock.set_inheritable(True)
     return sock
+
+
+def check_log_dir(log_dir: Path) -> None:
+    """Create the prediction log folder ``log_dir`` if needed and check that a file can be
+    written there: a folder that cannot (read-only, no permission) is one
+    :class:`ConfigError` naming it, before the server binds or loads anything."""
+    try:
+        make_dirs(log_dir)
+        probe_writable(log_dir)
+    except OSError as exc:
+        raise ConfigError(
+            f"prediction log folder {log_dir} cannot be written ({exc.strerror or exc}); "
+            "the server logs every prediction before answering: make it writable or choose "
+            "another folder with --log-dir"
+        ) from exc
 
 
 def public_address(host: str, port: int) -> str:
@@ -105,6 +120,7 @@ def run_server(
                 f"address file {config.address_file}: its folder cannot be created "
                 f"({exc.strerror or exc}); expected a writable path"
             ) from exc
+    check_log_dir(log_dir)
     sock = bind_socket(config.host, config.port)
     port = int(sock.getsockname()[1])
     address = public_address(config.host, port)

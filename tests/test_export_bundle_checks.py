@@ -1,0 +1,134 @@
+"""`model export` and `serve` on damaged bundles, unwritable workspace folders, failed exports
+and data sets whose images are not square."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+import pomlia_hpc.serve.export as export_mod
+from pomlia_hpc.automl.tasks import add_task
+from pomlia_hpc.cli import app
+from pomlia_hpc.data.api import ingest
+from pomlia_hpc.errors import InputError
+from pomlia_hpc.models.catalog import register_model
+from pomlia_hpc.registry import Registry
+from pomlia_hpc.serve.demo import save_demo_checkpoint
+from pomlia_hpc.serve.export import sha256_file
+from pomlia_hpc.workspace import Workspace
+
+
+def pomlia(ws: Workspace, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "POMLIA_HOME": str(ws.home), "POMLIA_DB_URL": ws.db_url}
+    return subprocess.run(
+        [sys.executable, "-m", "pomlia_hpc", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
+
+
+def exported_model(ws: Workspace, tmp_path: Path, name: str = "grade") -> Path:
+    """Register and export a demo model ``name``; its bundle folder."""
+    reg = Registry.open(ws.db_url)
+    try:
+        ckpt = save_demo_checkpoint(tmp_path / f"{name}.pt", num_classes=3)
+        register_model(reg, name, ckpt)
+    finally:
+        reg.dispose()
+    res = CliRunner().invoke(app, ["model", "export", name])
+    assert res.exit_code == 0, res.output
+    (bundle,) = ws.path("models", name, "bundles").iterdir()
+    return bundle
+
+
+@pytest.mark.usefixtures("wide_console")
+def test_a_damaged_bundle_is_refused_by_serve_and_rebuilt_by_export(
+    workspace: Workspace, tmp_path: Path
+) -> None:
+    bundle = exported_model(workspace, tmp_path)
+    onnx = bundle / "model.onnx"
+    data = bytearray(onnx.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    onnx.write_bytes(bytes(data))
+    served = pomlia(workspace, "serve", "grade", "--port", "0")
+    assert served.returncode != 0 and "Traceback" not in served.stderr + served.stdout
+    out = " ".join((served.stdout + served.stderr).split())
+    assert "model.onnx does not match its SHA-256 in card.json" in out
+    assert "pomlia model export grade" in out
+    runner = CliRunner()
+    res = runner.invoke(app, ["model", "export", "grade"])
+    assert res.exit_code == 0, res.output
+    assert "rebuilt the existing bundle" in res.output and "model.onnx" in res.output
+    card = (bundle / "card.json").read_text()
+    assert sha256_file(onnx) in card
+    onnx.unlink()
+    res = runner.invoke(app, ["model", "export", "grade"])
+    assert res.exit_code == 0, res.output
+    assert "model.onnx is missing" in " ".join(res.output.split()) and onnx.is_file()
+
+
+@pytest.mark.usefixtures("wide_console")
+def test_unwritable_log_and_tmp_folders_are_one_line_each(
+    workspace: Workspace, tmp_path: Path
+) -> None:
+    exported_model(workspace, tmp_path)
+    blocker = tmp_path / "a-file"
+    blocker.write_text("")
+    served = pomlia(workspace, "serve", "grade", "--port", "0", "--log-dir", str(blocker / "x"))
+    text = served.stdout + served.stderr
+    assert served.returncode != 0 and "Traceback" not in text, text
+    assert f"prediction log folder {blocker / 'x'} cannot be written" in " ".join(text.split())
+    # The workspace's tmp unusable (a file where the folder should be): export says so.
+    shutil.rmtree(workspace.tmp, ignore_errors=True)
+    workspace.tmp.write_text("")
+    res = pomlia(workspace, "model", "export", "grade")
+    text = res.stdout + res.stderr
+    assert res.returncode != 0 and "Traceback" not in text, text
+    assert f"workspace folder {workspace.tmp} cannot be written" in " ".join(text.split())
+
+
+def test_a_failed_export_leaves_no_bundle(
+    workspace: Workspace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    reg = Registry.open(workspace.db_url)
+    ckpt = save_demo_checkpoint(tmp_path / "m.pt", num_classes=3)
+    register_model(reg, "m", ckpt)
+
+    def broken_reference(*args: Any, **kwargs: Any) -> None:
+        raise InputError("reference data: images of another shape")
+
+    monkeypatch.setattr(export_mod, "reference_for_model", broken_reference)
+    with pytest.raises(InputError, match="another shape"):
+        export_mod.export_model(reg, workspace, "m")
+    bundles = workspace.path("models", "m", "bundles")
+    assert not bundles.exists() or not any(bundles.iterdir())
+    reg.dispose()
+
+
+def test_a_data_set_of_non_square_images_is_refused_before_any_training(
+    workspace: Workspace, tmp_path: Path
+) -> None:
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 4), ("val", 2), ("test", 2)):
+        for label in ("a", "b"):
+            (tmp_path / "img" / split / label).mkdir(parents=True)
+            for i in range(n):
+                arr = rng.integers(0, 256, (24, 40), dtype=np.uint8)
+                Image.fromarray(arr).save(tmp_path / "img" / split / label / f"{i}.png")
+    reg = Registry.open(workspace.db_url)
+    rec = ingest(workspace, reg, "wide", tmp_path / "img", workers=1)
+    with pytest.raises(InputError, match="24 px high and 40 px wide: expected square images"):
+        add_task(reg, "t", f"wide@{rec.version}", "acc")
+    reg.dispose()
