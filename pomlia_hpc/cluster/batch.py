@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from pomlia_hpc.cluster.refusal import option_of
 from pomlia_hpc.errors import ClusterError
 
 TIMEOUT_S = 60
@@ -36,7 +37,10 @@ def _run(cmd: Sequence[str], cwd: Path | None = None) -> str:
     except subprocess.TimeoutExpired as exc:
         raise ClusterError(f"{cmd[0]} did not answer within {TIMEOUT_S} s") from exc
     if out.returncode != 0:
-        raise ClusterError(f"{cmd[0]} refused: {out.stderr.strip() or out.stdout.strip()}")
+        text = " ".join((out.stderr.strip() or out.stdout.strip()).split())
+        if cmd[0] == "sbatch":  # name the option behind it, as for every other submission
+            raise ClusterError(f"sbatch refused: {text} (check {option_of(text)})")
+        raise ClusterError(f"{cmd[0]} refused: {text}")
     return out.stdout
 
 

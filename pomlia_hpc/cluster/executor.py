@@ -38,6 +38,7 @@ from pomlia_hpc.cluster.records import (
     this_host,
     update_job,
 )
+from pomlia_hpc.cluster.refusal import sbatch_refusals
 from pomlia_hpc.cluster.resources import after_ok_parameters, submitit_parameters, with_overrides
 from pomlia_hpc.cluster.terminate import collected, own_job
 from pomlia_hpc.config import ClusterProfile, load_cluster_profile
@@ -416,7 +417,8 @@ class Executor:
         ex = self._submitit(profile, name)
         if after_ok:
             ex.update_parameters(**after_ok_parameters(profile, [h.job_id for h in after_ok]))
-        job = ex.submit(fn, *args, **kwargs)
+        with sbatch_refusals(profile, name):  # one line naming the option, not a traceback
+            job = ex.submit(fn, *args, **kwargs)
         (rid,) = self._record([str(job.job_id)], name, None)
         handle = JobHandle(self, rid)
         handle._bind(job)
@@ -455,7 +457,7 @@ class Executor:
                 ex.update_parameters(
                     slurm_additional_parameters={"dependency": f"afterany:{previous}"}
                 )
-            with ex.batch():
+            with sbatch_refusals(profile, name), ex.batch():
                 jobs = [ex.submit(fn, item) for item in chunk]
             array_id = str(jobs[0].job_id).split("_")[0]
             previous = array_id

@@ -55,6 +55,7 @@ from pomlia_hpc.errors import (
     PomliaError,
     integrity_failure,
 )
+from pomlia_hpc.fingerprint.aside import SetAside, drop, move_aside, remember, restore
 from pomlia_hpc.fingerprint.io import group_meta
 from pomlia_hpc.fingerprint.shards import (
     ShardSpec,
@@ -242,6 +243,8 @@ class ExtractionPlan:
     datasets: list[DatasetPlan]
     specs: list[ShardSpec]
     warnings: list[str] = field(default_factory=list)
+    #: Embeddings replaced by this plan, moved aside until its array job is submitted.
+    aside: list[SetAside] = field(default_factory=list)
 
 
 def _resolve(registry: Registry, refs: list[str]) -> list[tuple[DatasetVersion, DatasetStore]]:
@@ -341,13 +344,17 @@ def plan_extraction(
     digest = checkpoint_digest(enc.checkpoint_path)
     specs: list[ShardSpec] = []
     plans: list[DatasetPlan] = []
+    aside: list[SetAside] = []
     for row, store in resolved:
         out = embeddings_path(workspace, enc.name, store)
         stored = None if force else _stored_plan(out, store, latent_dim, patch_grid, digest)
         if stored is None:
-            # Marked running before the old vectors are removed, so no reader (or crash in
+            # Marked running before the old vectors are moved aside, so no reader (or crash in
             # between) ever sees "complete" over a new, NaN-filled array.
+            kept = remember(registry, out, enc.id, row.id)
             _record(registry, enc.id, row.id, out, status="running")
+            move_aside(kept)  # put back if the array job is refused (extract)
+            aside.append(kept)
             stored = plan_shards(store, shards, shard_rows)
             create_embeddings(out, store, enc, digest, latent_dim, stored, patch_grid)
         ranges = stored
@@ -369,7 +376,7 @@ def plan_extraction(
         fs_id = _record(registry, enc.id, row.id, out, status="running" if missing else "complete")
         note = _shard_note(store, shards, len(ranges))
         plans.append(DatasetPlan(store.ref, row.id, fs_id, out, ranges, missing, note))
-    return ExtractionPlan(enc, plans, specs, warnings)
+    return ExtractionPlan(enc, plans, specs, warnings, aside)
 
 
 def finish_extraction(registry: Registry, plan: ExtractionPlan) -> list[ExtractResult]:
@@ -462,7 +469,13 @@ def extract(
     tasks = group_shards(
         plan.specs, None if shards is not None else (shard_rows or DEFAULT_SHARD_ROWS)
     )
-    outcomes = _run(tasks, ex, resources, progress)
+    try:
+        handles = _submit(tasks, ex, resources)
+    except PomliaError:
+        restore(registry, plan.aside, plan.encoder.id)  # nothing runs: keep the old vectors
+        raise
+    drop(plan.aside)
+    outcomes = _run(handles, progress)
     results = finish_extraction(registry, plan)
     # A shard failed if it left no .done file: a failed task may hold shards that succeeded.
     failed = [
@@ -551,17 +564,17 @@ def run_shards(specs: list[ShardSpec]) -> list[dict[str, Any]]:
     return records
 
 
-def _run(
-    specs: list[list[ShardSpec]],
-    ex: Executor,
-    resources: dict[str, Any] | None,
-    progress: Callable[[int, int], None] | None,
-) -> list[Any]:
+def _submit(
+    specs: list[list[ShardSpec]], ex: Executor, resources: dict[str, Any] | None
+) -> list[JobHandle]:
     if not specs:
         return []
-    handles: list[JobHandle] = ex.map_array(
-        run_shards, specs, name="fingerprint-extract", resources=resources
-    )
+    return ex.map_array(run_shards, specs, name="fingerprint-extract", resources=resources)
+
+
+def _run(handles: list[JobHandle], progress: Callable[[int, int], None] | None) -> list[Any]:
+    if not handles:
+        return []
     while True:
         done = sum(h.done() for h in handles)
         if progress is not None:

@@ -147,6 +147,18 @@ def start_record(
     write_json_atomic(folder / TRAINING_RECORD, record)
 
 
+def undo_record(folder: Path, existed: bool, record: bytes | None) -> None:
+    """Undo :func:`start_record` after the training job was refused: a ``folder`` that did
+    not exist (``existed``) is removed, else its training record is put back as it was
+    (``record``: its bytes, None when it had none)."""
+    if not existed:
+        shutil.rmtree(folder, ignore_errors=True)
+    elif record is None:
+        (folder / TRAINING_RECORD).unlink(missing_ok=True)
+    else:
+        write_atomic(folder / TRAINING_RECORD, record)
+
+
 def swap_in(staged: Path, out: Path) -> None:
     """Make the finished training in ``staged`` the encoder folder ``out``
     (:func:`~pomlia_hpc.files.publish_dir`: the old folder is moved aside, the new one renamed

@@ -59,7 +59,7 @@ from pomlia_hpc.cluster import (
 from pomlia_hpc.cluster.resources import check_local_gpus, with_overrides
 from pomlia_hpc.curves import CURVES_DIR, Curves
 from pomlia_hpc.data.store import find_version, open_store
-from pomlia_hpc.errors import InputError, integrity_failure
+from pomlia_hpc.errors import InputError, PomliaError, integrity_failure
 from pomlia_hpc.fingerprint.autoencoder import Autoencoder, EncoderConfig
 from pomlia_hpc.fingerprint.busy import one_training, training_job_name
 from pomlia_hpc.fingerprint.encoders import get_encoder, load_checkpoint, load_encoder
@@ -83,7 +83,13 @@ from pomlia_hpc.fingerprint.objectives import (
     build_objective,
 )
 from pomlia_hpc.fingerprint.rows import train_range
-from pomlia_hpc.fingerprint.staging import start_record, swap_in, training_target
+from pomlia_hpc.fingerprint.staging import (
+    TRAINING_RECORD,
+    start_record,
+    swap_in,
+    training_target,
+    undo_record,
+)
 from pomlia_hpc.fingerprint.validation import (
     CURVE_MODULES,
     lr_at,
@@ -519,10 +525,16 @@ def train_encoder(
     check_local_gpus(job_profile, what=f"--gpus {job_profile.gpus_per_node}")
     job = TrainJob(config, sources, str(target))
     with one_training(registry, out.parent, name):  # refused while a job trains `name`
+        record = target / TRAINING_RECORD
+        before = (target.exists(), record.read_bytes() if record.exists() else None)
         start_record(
             name, target, wanted, pipeline, _read_latest(target) is not None, normalise_config
         )
-        handle = ex.submit(job, name=training_job_name(name), resources=resources)
+        try:
+            handle = ex.submit(job, name=training_job_name(name), resources=resources)
+        except PomliaError:  # refused: leave the folder as it was (a new one not at all)
+            undo_record(target, *before)
+            raise
     result, job_id = _wait_training(handle, job, progress)
     if progress is not None:
         progress(len(result["loss_curve"]), config.epochs)

@@ -1,0 +1,122 @@
+"""Submissions the scheduler refuses, and requests it will never start, as one line each.
+
+``sbatch`` refuses a request it can tell is wrong (a GPU on a cluster without ``gres``, more
+memory than any node has, an unknown partition): submitit raises ``FailedJobError`` with
+sbatch's stderr. :func:`sbatch_refusals` turns it into a :class:`ClusterError` that names the
+profile option behind the refusal and sbatch's own message, so every command that submits
+(fingerprint train/extract, AutoML trials, pipeline stages, the monitor, deploy) stops with one
+line instead of a traceback.
+
+Some requests ``sbatch`` accepts but Slurm will never start: the job pends with a reason that
+no amount of waiting clears (:data:`PERMANENT_REASONS`). :func:`never_starts` says which.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import TYPE_CHECKING
+
+from pomlia_hpc.errors import ClusterError
+
+if TYPE_CHECKING:
+    from pomlia_hpc.config import ClusterProfile
+
+#: Words of sbatch's message → the profile option (and command-line flag) that set it.
+_OPTIONS: tuple[tuple[str, str], ...] = (
+    ("gres", "gpus_per_node (--gpus)"),
+    ("gpu", "gpus_per_node (--gpus)"),
+    ("memory", "mem_gb"),
+    ("partition", "partition"),
+    ("time limit", "time_min"),
+    ("qos", "qos"),
+    ("account", "account"),
+    ("cpu", "cpus_per_task (--cpus)"),
+    ("node configuration", "cpus_per_task, mem_gb or gpus_per_node"),
+)
+
+#: Pending reasons that Slurm documents as never clearing by themselves (squeue(1), JOB
+#: REASON CODES): the request exceeds what the partition, its nodes, the QOS or the
+#: association allow, or names what does not exist. Such a job pends forever.
+PERMANENT_REASONS = frozenset(
+    {
+        "PartitionConfig",
+        "PartitionNodeLimit",
+        "PartitionTimeLimit",
+        "BadConstraints",
+        "InvalidAccount",
+        "InvalidQOS",
+        "QOSMaxCpuPerJobLimit",
+        "QOSMaxGRESPerJob",
+        "QOSMaxMemoryPerJob",
+        "QOSMaxNodePerJobLimit",
+        "QOSMaxWallDurationPerJobLimit",
+        "AssocMaxCpuPerJobLimit",
+        "AssocMaxMemPerJob",
+        "AssocMaxNodePerJobLimit",
+        "AssocMaxWallDurationPerJobLimit",
+        "DependencyNeverSatisfied",
+    }
+)
+
+
+def request_text(profile: ClusterProfile) -> str:
+    """The request of a job of ``profile`` in words: ``1 CPU, 0 GPU, 1 GB, 30 min, partition
+    debug`` (memory in GB, time in minutes)."""
+    parts = [
+        f"{profile.cpus_per_task} CPU",
+        f"{profile.gpus_per_node} GPU",
+        f"{profile.mem_gb:g} GB",
+        f"{profile.time_min} min",
+    ]
+    if profile.partition:
+        parts.append(f"partition {profile.partition}")
+    if profile.qos:
+        parts.append(f"qos {profile.qos}")
+    return ", ".join(parts)
+
+
+def option_of(message: str) -> str:
+    """The profile option that sbatch's ``message`` is about, or a list of the likely ones."""
+    low = message.lower()
+    for word, option in _OPTIONS:
+        if word in low:
+            return option
+    return "the job's resources"
+
+
+def refusal_error(profile: ClusterProfile, message: str, name: str) -> ClusterError:
+    """The one-line error for sbatch refusing job ``name`` with ``message`` (its stderr)."""
+    text = " ".join(message.split()) or "no message"
+    return ClusterError(
+        f"sbatch refused job '{name}' ({request_text(profile)}): check {option_of(text)}: "
+        f"{text}",
+        hint="change the option (or the cluster profile) and run the command again",
+    )
+
+
+@contextlib.contextmanager
+def sbatch_refusals(profile: ClusterProfile, name: str) -> Iterator[None]:
+    """Turn submitit's ``FailedJobError`` (sbatch refused the job) inside the block into the
+    :class:`ClusterError` of :func:`refusal_error`."""
+    from submitit.core.utils import FailedJobError  # only where submitit submits anyway
+
+    try:
+        yield
+    except FailedJobError as exc:
+        raise refusal_error(profile, str(exc), name) from None
+
+
+def never_starts(reason: str | None) -> bool:
+    """Whether a pending job's Slurm ``reason`` (``PartitionConfig``, ``ReqNodeNotAvail,
+    UnavailableNodes:``) means it will never start. ``ReqNodeNotAvail`` counts only when it
+    names no unavailable node (a requested node that does not exist)."""
+    if not reason:
+        return False
+    head = reason.split(",")[0].strip().strip("()")
+    if head in PERMANENT_REASONS:
+        return True
+    if head == "ReqNodeNotAvail":
+        nodes = reason.partition("UnavailableNodes:")[2].strip().strip(")")
+        return not nodes
+    return False

@@ -1,0 +1,112 @@
+"""Submissions sbatch refuses (a GPU on a cluster without gres, too much memory) end in one
+line naming the option and sbatch's message, and leave nothing behind: an ``extract --force``
+keeps its finished vectors, a training leaves no folder."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pomlia_hpc.cluster import Executor
+from pomlia_hpc.cluster.refusal import never_starts
+from pomlia_hpc.errors import ClusterError
+from pomlia_hpc.fingerprint.extract import extract, finish_extraction, plan_extraction
+from pomlia_hpc.fingerprint.shards import marker_dir, read_embeddings, run_shard
+from pomlia_hpc.fingerprint.similar import fingerprint_set
+from pomlia_hpc.fingerprint.train import encoder_dir, train_encoder
+from pomlia_hpc.registry import Registry
+from pomlia_hpc.workspace import Workspace
+from tests.fixtures.factories import make_dataset, make_encoder, tiny_encoder_config
+from tests.fixtures.fake_slurm import FakeSlurm
+
+GRES = "sbatch: error: Invalid generic resource (gres) specification"
+
+
+def _slurm(workspace: Workspace, reg: Registry) -> Executor:
+    return Executor.from_profile("slurm-local", workspace.jobs, reg)
+
+
+def _fn() -> int:
+    return 1
+
+
+def test_a_refused_submission_is_one_line_naming_the_option(
+    workspace: Workspace, reg: Registry, fake_slurm: FakeSlurm
+) -> None:
+    ex = _slurm(workspace, reg)
+    fake_slurm.fail_next("sbatch", GRES)
+    with pytest.raises(ClusterError) as err:
+        ex.submit(_fn, name="one", resources={"gpus_per_node": 1})
+    text = str(err.value).splitlines()[0]
+    assert "gpus_per_node (--gpus)" in text and GRES in text and "1 GPU" in text
+    fake_slurm.fail_next("sbatch", "sbatch: error: Memory specification can not be satisfied")
+    with pytest.raises(ClusterError, match=r"check mem_gb: sbatch: error: Memory"):
+        ex.map_array(_fn, [1, 2], name="arr", resources={"mem_gb": 999})
+
+
+def test_extract_force_refused_keeps_the_finished_vectors(
+    workspace: Workspace, reg: Registry, fake_slurm: FakeSlurm
+) -> None:
+    ref = make_dataset(workspace, reg, "blood", sizes=(20, 4, 8), chunk_rows=16)
+    make_encoder(workspace, reg, "enc", latent_dim=4)
+    plan = plan_extraction(reg, workspace, "enc", [ref], shards=2, threads=1)
+    for spec in plan.specs:
+        run_shard(spec)
+    finish_extraction(reg, plan)
+    fs, _ = fingerprint_set(reg, "enc", ref)
+    out = Path(fs.embeddings_path)
+    before = read_embeddings(out)
+    markers = sorted(p.name for p in marker_dir(out).iterdir())
+    fake_slurm.fail_next("sbatch", GRES)
+    with pytest.raises(ClusterError, match="gpus_per_node"):
+        extract(
+            reg,
+            workspace,
+            "enc",
+            [ref],
+            executor=_slurm(workspace, reg),
+            shards=2,
+            force=True,
+            resources={"gpus_per_node": 1},
+        )
+    np.testing.assert_array_equal(read_embeddings(out), before)
+    assert sorted(p.name for p in marker_dir(out).iterdir()) == markers
+    again, _ = fingerprint_set(reg, "enc", ref)  # complete, not "extraction running"
+    assert again.status == "complete" and again.mean == fs.mean
+    assert not [p for p in out.parent.iterdir() if p.name.endswith(".aside")]
+
+
+def test_train_refused_leaves_no_encoder_folder(
+    workspace: Workspace, reg: Registry, fake_slurm: FakeSlurm
+) -> None:
+    ref = make_dataset(workspace, reg, "blood", sizes=(20, 4, 8), chunk_rows=16)
+    fake_slurm.fail_next("sbatch", GRES)
+    with pytest.raises(ClusterError, match="gpus_per_node"):
+        train_encoder(
+            reg,
+            workspace,
+            "fp2",
+            [ref],
+            tiny_encoder_config(1),
+            executor=_slurm(workspace, reg),
+            resources={"gpus_per_node": 1},
+        )
+    assert not encoder_dir(workspace, "fp2").exists()
+
+
+@pytest.mark.parametrize(
+    ("reason", "permanent"),
+    [
+        ("PartitionConfig", True),
+        ("BadConstraints", True),
+        ("ReqNodeNotAvail, UnavailableNodes:", True),
+        ("ReqNodeNotAvail, UnavailableNodes:node3", False),
+        ("Resources", False),
+        ("Priority", False),
+        (None, False),
+    ],
+)
+def test_pending_reasons_that_never_clear(reason: str | None, permanent: bool) -> None:
+    assert never_starts(reason) is permanent
