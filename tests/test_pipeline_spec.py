@@ -400,3 +400,12 @@ def test_a_cancelled_stage_says_so_and_cancels_its_child_jobs(
         row = s.get(Job, child[0].record_id)
         assert row is not None and row.state == "CANCELLED"
         assert row.exit_cause == f"{cause}, with the job that submitted it"
+
+
+def test_execution_resources_given_in_part_keep_the_other_defaults() -> None:
+    # {mem_gb: 64} alone used to take time_min from the profile (30 min), not 24 h.
+    spec = _parse({**MINIMAL, "execution": {"resources": {"mem_gb": 64}}})
+    res = spec.execution.resources
+    assert (res.cpus_per_task, res.mem_gb, res.time_min) == (1, 64, 24 * 60)
+    spec = _parse({**MINIMAL, "execution": {"mode": "driver", "resources": {"time_min": 90}}})
+    assert spec.execution.resources.time_min == 90 and spec.execution.resources.mem_gb == 4

@@ -215,13 +215,25 @@ class MonitorSpec(_Strict):
     enabled: bool = True
 
 
+#: A stage or driver job's resources where ``execution.resources`` does not say (GB, minutes).
+DRIVER_RESOURCES = Resources(cpus_per_task=1, mem_gb=4, time_min=24 * 60)
+
+
 class DriverSpec(_Strict):
     """How the stages run on a Slurm profile: ``chain`` = one job per stage chained with
     ``afterok`` dependencies; ``driver`` = one requeue-safe job that runs the stages in order.
     Local profiles always run the stages in the calling process."""
 
     mode: Literal["chain", "driver"] = "chain"
-    resources: Resources = Resources(cpus_per_task=1, mem_gb=4, time_min=24 * 60)
+    resources: Resources = DRIVER_RESOURCES
+
+    @field_validator("resources")
+    @classmethod
+    def _keep_defaults(cls, res: Resources) -> Resources:
+        """Keys not given keep the defaults above (``{mem_gb: 64}`` keeps 1 CPU and
+        24 h), not the cluster profile's values (a 30 min limit would end every stage)."""
+        given = {k: v for k, v in res.model_dump().items() if v is not None}
+        return DRIVER_RESOURCES.model_copy(update=given)
 
 
 class Assumptions(_Strict):
