@@ -8,8 +8,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 
-from pomlia_hpc.cluster import Executor
+from pomlia_hpc.cli import app
+from pomlia_hpc.cluster import Executor, JobFailedError
+from pomlia_hpc.cluster import refusal
 from pomlia_hpc.cluster.refusal import never_starts
 from pomlia_hpc.errors import ClusterError
 from pomlia_hpc.fingerprint.extract import extract, finish_extraction, plan_extraction
@@ -110,3 +113,36 @@ def test_train_refused_leaves_no_encoder_folder(
 )
 def test_pending_reasons_that_never_clear(reason: str | None, permanent: bool) -> None:
     assert never_starts(reason) is permanent
+
+
+def test_a_job_slurm_will_never_start_is_cancelled_naming_request_and_reason(
+    workspace: Workspace,
+    reg: Registry,
+    fake_slurm: FakeSlurm,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    monkeypatch.setattr(refusal, "REASON_CHECK_S", 0.0)
+    fake_slurm.hold()
+    handle = _slurm(workspace, reg).submit(_fn, name="big", resources={"cpus_per_task": 64})
+    fake_slurm.set_reason(handle.job_id, "Resources")  # may clear: keeps waiting
+    assert not handle.done() and handle.pending_reason == "Resources"
+    assert "pending: Resources" in capsys.readouterr().out
+    fake_slurm.set_reason(handle.job_id, "PartitionConfig")
+    with pytest.raises(JobFailedError) as err:
+        handle.result()
+    text = str(err.value)
+    assert "ended CANCELLED" in text and "64 CPU" in text and "PartitionConfig" in text
+    assert ["scancel", handle.job_id] in [c[:2] for c in fake_slurm.calls("scancel")]
+
+
+def test_jobs_show_gives_the_pending_reason(
+    workspace: Workspace, reg: Registry, fake_slurm: FakeSlurm
+) -> None:
+    fake_slurm.hold()
+    handle = _slurm(workspace, reg).submit(_fn, name="waits")
+    fake_slurm.set_reason(handle.job_id, "PartitionConfig")
+    res = CliRunner().invoke(app, ["jobs", "show", str(handle.record_id)])
+    assert res.exit_code == 0, res.output
+    (line,) = [ln for ln in res.output.splitlines() if "pending_reason" in ln]
+    assert "PartitionConfig (Slurm will never start it" in line

@@ -107,10 +107,25 @@ def show(job_id: Annotated[int, typer.Argument(help="Registry id of the job.")])
     ):
         value = getattr(row, key)
         table.add_row(key, "-" if value is None else str(value))
+        if key == "state" and row.backend == "slurm" and row.state == "PENDING":
+            table.add_row("pending_reason", _pending_reason(row.scheduler_id))
     console.print(table)
     if row.traceback:
         console.print("[bold]traceback[/]")
         console.print(row.traceback, highlight=False, markup=False)
+
+
+def _pending_reason(scheduler_id: str) -> str:
+    """Slurm's reason why job ``scheduler_id`` still pends (``-`` if squeue cannot say)."""
+    from pomlia_hpc.cluster.refusal import never_starts, pending_reasons
+
+    try:
+        reason = pending_reasons([scheduler_id]).get(scheduler_id)
+    except ClusterError:
+        return "-"
+    if reason and never_starts(reason):
+        return f"{reason} (Slurm will never start it: lower its request)"
+    return reason or "-"
 
 
 @jobs_app.command("cancel")

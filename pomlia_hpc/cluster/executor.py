@@ -38,7 +38,7 @@ from pomlia_hpc.cluster.records import (
     this_host,
     update_job,
 )
-from pomlia_hpc.cluster.refusal import sbatch_refusals
+from pomlia_hpc.cluster.refusal import sbatch_refusals, watch_pending
 from pomlia_hpc.cluster.resources import after_ok_parameters, submitit_parameters, with_overrides
 from pomlia_hpc.cluster.terminate import collected, own_job
 from pomlia_hpc.config import ClusterProfile, load_cluster_profile
@@ -78,6 +78,9 @@ class JobHandle:
         #: Whether a restarted driver reattaches to this job (an AutoML trial): a driver
         #: stopped for a requeue leaves it running (see cluster.terminate.cancel_own_jobs).
         self.adoptable = False
+        #: What the job asked for (the profile with its overrides); Slurm's pending reason.
+        self.resources: ClusterProfile = executor.profile
+        self.pending_reason: str | None = None
 
     def _bind(self, job: submitit.Job[Any]) -> None:
         if self._executor.profile.backend == "local":
@@ -142,7 +145,11 @@ class JobHandle:
         cancelled before it happened)."""
         if self._error is not None or self.given_up_state is not None:
             return True
-        return self.submitted and self.job().done()
+        if not self.submitted or self.job().done():
+            return self.submitted
+        if self._executor.backend == "slurm":
+            watch_pending(self)  # a job Slurm will never start is cancelled and given up
+        return self.given_up_state is not None
 
     def cancel(self, cause: str = "cancelled by user") -> None:
         """Cancel the job (``scancel`` on Slurm; SIGINT for a local process, then SIGKILL if it
@@ -198,9 +205,7 @@ class JobHandle:
         if self._executor.backend != "slurm":
             return  # submitit's own wait is right for local and debug jobs
         last_check = time.monotonic()
-        while not job.done():
-            if self.given_up_state is not None:
-                return
+        while not self.done():
             if time.monotonic() - last_check >= SLURM_FINAL_CHECK_S:
                 last_check = time.monotonic()
                 try:
@@ -421,6 +426,7 @@ class Executor:
             job = ex.submit(fn, *args, **kwargs)
         (rid,) = self._record([str(job.job_id)], name, None)
         handle = JobHandle(self, rid)
+        handle.resources = profile
         handle._bind(job)
         return handle
 
@@ -464,6 +470,7 @@ class Executor:
             ids = self._record([str(j.job_id) for j in jobs], name, array_id)
             for job, rid in zip(jobs, ids, strict=True):
                 h = JobHandle(self, rid)
+                h.resources = profile
                 h._bind(job)
                 handles.append(h)
         return handles

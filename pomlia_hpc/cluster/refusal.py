@@ -14,12 +14,17 @@ no amount of waiting clears (:data:`PERMANENT_REASONS`). :func:`never_starts` sa
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import getpass
+import subprocess
+import time
+from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING
 
 from pomlia_hpc.errors import ClusterError
+from pomlia_hpc.progress import say
 
 if TYPE_CHECKING:
+    from pomlia_hpc.cluster.executor import JobHandle
     from pomlia_hpc.config import ClusterProfile
 
 #: Words of sbatch's message → the profile option (and command-line flag) that set it.
@@ -120,3 +125,72 @@ def never_starts(reason: str | None) -> bool:
         nodes = reason.partition("UnavailableNodes:")[2].strip().strip(")")
         return not nodes
     return False
+
+
+#: Seconds between the ``squeue`` calls that read the pending reasons of this user's jobs (one
+#: call answers every job this process waits for).
+REASON_CHECK_S = 15.0
+
+_cache: dict[str, object] = {"at": None, "reasons": {}}
+_said: set[tuple[str, str]] = set()
+
+
+def pending_reasons(job_ids: Sequence[str] | None = None) -> dict[str, str]:
+    """Slurm's reason (``squeue %r``: ``Resources``, ``PartitionConfig`` ...) for each pending
+    job among ``job_ids`` (default: all of this user's), by job id (array tasks ``A_I``).
+    Raises :class:`ClusterError` when ``squeue`` cannot answer."""
+    cmd = ["squeue", "-h", "-r", "-t", "PENDING", "-o", "%i|%T|%r"]
+    cmd += ["-j", ",".join(job_ids)] if job_ids else ["-u", getpass.getuser()]
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
+    except (FileNotFoundError, subprocess.TimeoutExpired) as exc:
+        raise ClusterError(f"squeue could not be run: {exc}") from exc
+    if proc.returncode != 0:
+        if "invalid job id" in proc.stderr.lower():
+            return {}
+        raise ClusterError(f"squeue failed ({proc.returncode}): {proc.stderr.strip()}")
+    out = {}
+    for line in proc.stdout.splitlines():
+        jid, _, rest = line.strip().partition("|")
+        state, _, reason = rest.partition("|")
+        if state == "PENDING" and reason:
+            out[jid] = reason
+    return out
+
+
+def _reasons_now() -> dict[str, str]:
+    """:func:`pending_reasons` of this user's jobs, asked at most every
+    :data:`REASON_CHECK_S` seconds ({} while ``squeue`` cannot answer)."""
+    at = _cache["at"]
+    if not isinstance(at, float) or time.monotonic() - at >= REASON_CHECK_S:
+        _cache["at"] = time.monotonic()
+        try:
+            _cache["reasons"] = pending_reasons()
+        except ClusterError:
+            _cache["reasons"] = {}
+    reasons = _cache["reasons"]
+    return reasons if isinstance(reasons, dict) else {}
+
+
+def watch_pending(handle: JobHandle) -> None:
+    """For a pending Slurm job: note Slurm's reason (``handle.pending_reason``), say it once
+    when it changes, and cancel a job that will never start (:func:`never_starts`), giving up
+    on it with a cause that names its request and the reason."""
+    job_id = handle.scheduler_id
+    if job_id is None:
+        return
+    reason = _reasons_now().get(job_id)
+    handle.pending_reason = reason
+    if not reason or reason == "None":
+        return
+    key = (job_id.split("_")[0], reason)
+    if key not in _said:
+        _said.add(key)
+        say(f"job {handle.name} pending: {reason}")
+    if never_starts(reason):
+        request = request_text(handle.resources)
+        handle.cancel(
+            f"Slurm will never start it: the request ({request}) exceeds what the cluster "
+            f"allows (pending reason {reason}); lower the request or change the profile"
+        )
+        handle.given_up_state = "CANCELLED"
