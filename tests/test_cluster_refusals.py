@@ -11,8 +11,7 @@ import pytest
 from typer.testing import CliRunner
 
 from pomlia_hpc.cli import app
-from pomlia_hpc.cluster import Executor, JobFailedError
-from pomlia_hpc.cluster import refusal
+from pomlia_hpc.cluster import Executor, JobFailedError, refusal
 from pomlia_hpc.cluster.refusal import never_starts
 from pomlia_hpc.errors import ClusterError
 from pomlia_hpc.fingerprint.extract import extract, finish_extraction, plan_extraction

@@ -94,8 +94,7 @@ def refusal_error(profile: ClusterProfile, message: str, name: str) -> ClusterEr
     """The one-line error for sbatch refusing job ``name`` with ``message`` (its stderr)."""
     text = " ".join(message.split()) or "no message"
     return ClusterError(
-        f"sbatch refused job '{name}' ({request_text(profile)}): check {option_of(text)}: "
-        f"{text}",
+        f"sbatch refused job '{name}' ({request_text(profile)}): check {option_of(text)}: {text}",
         hint="change the option (or the cluster profile) and run the command again",
     )
 

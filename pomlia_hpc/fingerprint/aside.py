@@ -10,7 +10,6 @@ For one embeddings group ``<version>.zarr`` the set-aside paths are the group, i
 
 from __future__ import annotations
 
-import os
 import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -69,7 +68,7 @@ def move_aside(kept: SetAside) -> None:
         backup = path.with_name(path.name + SUFFIX)
         _remove(backup)
         if path.exists():
-            os.replace(path, backup)
+            path.replace(backup)
             kept.moved.append((path, backup))
 
 
@@ -80,7 +79,7 @@ def restore(registry: Registry, kept: list[SetAside], encoder_id: int) -> None:
         for path in _paths(k.out):
             _remove(path)
         for path, backup in reversed(k.moved):
-            os.replace(backup, path)
+            backup.replace(path)
         with registry.session() as s:
             row = s.scalar(
                 select(FingerprintSet).where(

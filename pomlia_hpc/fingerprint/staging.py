@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from pomlia_hpc.errors import InputError, PomliaError
-from pomlia_hpc.files import publish_dir, write_json_atomic
+from pomlia_hpc.files import publish_dir, write_atomic, write_json_atomic
 from pomlia_hpc.fingerprint.sameness import check_same_training, first_difference, shown
 
 #: File in the encoder folder recording what a training was started with (and by whom).
