@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -140,3 +142,24 @@ def test_a_second_sigterm_while_stopping_is_ignored(monkeypatch: pytest.MonkeyPa
                 second.append(again)
             raise first from None
     assert not second
+
+
+def test_a_cancelled_driver_job_ends_without_a_traceback(tmp_path: Path) -> None:
+    # What a pipeline stage or driver job runs: the cause in one line, exit 1, no traceback.
+    code = (
+        "import os, signal, time\n"
+        "from pomlia_hpc.cluster.terminate import cancel_children_on_stop, quiet_cancellation\n"
+        "with quiet_cancellation(), cancel_children_on_stop():\n"
+        "    try:\n"
+        "        os.kill(os.getpid(), signal.SIGTERM); time.sleep(10)\n"
+        "    except BaseException as exc:\n"
+        "        print(f'[encoder] failed: {exc}', flush=True); raise\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert proc.returncode == 1
+    assert "[encoder] failed:" in proc.stdout
+    assert "Traceback" not in proc.stderr and "JobCancelled" not in proc.stderr, proc.stderr

@@ -204,6 +204,18 @@ def cancel_children_on_stop() -> Iterator[None]:
             _stopped.clear()  # the block is over: a later block of this process starts afresh
 
 
+@contextmanager
+def quiet_cancellation() -> Iterator[None]:
+    """Around a driver job's body (a pipeline stage or driver job): a cancellation
+    (:class:`JobCancelled`, whose cause the driver has said in one line) ends the process with
+    exit status 1 and no traceback. Uncaught, it is a BaseException that submitit lets through,
+    and Python printed ~40 lines of traceback into the job's log after the clear line."""
+    try:
+        yield
+    except JobCancelled:
+        raise SystemExit(1) from None
+
+
 def _say(text: str) -> None:
     with contextlib.suppress(OSError):  # stderr's reader has gone: the cancelling goes on
         print(text, file=sys.stderr, flush=True)

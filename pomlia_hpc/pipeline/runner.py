@@ -29,7 +29,7 @@ from sqlalchemy import select
 
 from pomlia_hpc.cluster import Checkpointable, Executor
 from pomlia_hpc.cluster.records import FINAL_STATES, refresh_jobs
-from pomlia_hpc.cluster.terminate import cancel_children_on_stop
+from pomlia_hpc.cluster.terminate import cancel_children_on_stop, quiet_cancellation
 from pomlia_hpc.config import ClusterProfile, load_cluster_profile
 from pomlia_hpc.errors import ConfigError, InputError, NotFoundError, PomliaError
 from pomlia_hpc.files import write_json_atomic
@@ -177,7 +177,7 @@ class StageJob:
         ctx = job_context(self.snapshot, self.home, self.db_url, self.profile)
         stage = next(s for s in active_stages(ctx.spec) if s.name == self.stage)
         # scancel of this job: its child jobs (the stage's work) are cancelled with it
-        with pipeline_lock(ctx.folder), cancel_children_on_stop():
+        with quiet_cancellation(), pipeline_lock(ctx.folder), cancel_children_on_stop():
             return run_stage(ctx, stage)
 
 
@@ -192,7 +192,7 @@ class DriverJob(Checkpointable):
     def __call__(self) -> dict[str, str]:
         ctx = job_context(*self.args)
         out: dict[str, str] = {}
-        with pipeline_lock(ctx.folder), cancel_children_on_stop():
+        with quiet_cancellation(), pipeline_lock(ctx.folder), cancel_children_on_stop():
             for stage in active_stages(ctx.spec):
                 out[stage.name] = run_stage(ctx, stage)
         return out
