@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -201,7 +202,11 @@ def test_deploy_writes_a_buildable_directory(deployed: tuple[Registry, Path]) ->
 
 
 def test_submit_checks_the_image_first_and_reuses_the_written_directory(
-    workspace: Workspace, bundle: Path, fake_slurm: FakeSlurm
+    workspace: Workspace,
+    bundle: Path,
+    fake_slurm: FakeSlurm,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """`pomlia deploy MODEL --submit` wrote the directory, then failed for want of the image;
     run again once the image was built, it refused the directory it had written itself. The
@@ -221,8 +226,21 @@ def test_submit_checks_the_image_first_and_reuses_the_written_directory(
     assert wrote.exit_code == 0, wrote.output
     (directory,) = deploys.iterdir()
     before = {p: p.read_bytes() for p in directory.rglob("*") if p.is_file()}
+    path = os.environ["PATH"]
+    monkeypatch.setenv("PATH", f"{path}{os.pathsep}{tmp_path / 'nothing'}")
+    no_tool = shutil.which("apptainer") is None
+    no_image = cli.invoke(app, ["deploy", "demo", "--profile", "haicore", "--submit"])
+    # the build command either way; where apptainer is missing, that it is
+    assert "apptainer build pomlia-serve.sif apptainer.def" in refusal(no_image)
+    assert ("Apptainer is not installed here" in refusal(no_image)) is no_tool
+    tool = tmp_path / "tool"
+    tool.mkdir()
+    (tool / "apptainer").write_text("#!/bin/sh\nexit 0\n")
+    (tool / "apptainer").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{path}{os.pathsep}{tool}")
     no_image = cli.invoke(app, ["deploy", "demo", "--profile", "haicore", "--submit"])
     assert "build it first" in refusal(no_image)
+    monkeypatch.setenv("PATH", path)
     (directory / "pomlia-serve.sif").write_bytes(b"built image")  # apptainer build
     # `pomlia monitor reference` (or a pipeline's monitor stage) rewrites the model's reference
     # after the directory was written: still the same deployment

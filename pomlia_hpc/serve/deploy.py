@@ -297,10 +297,14 @@ def _check_image(target: Path, write_cmd: str) -> None:
             f"first with `{write_cmd}`, build the image there (apptainer build {IMAGE} "
             "apptainer.def), then submit; nothing was written"
         )
-    raise InputError(
-        f"{sif} does not exist; build it first: cd {target} && "
-        f"apptainer build {IMAGE} apptainer.def"
-    )
+    build = f"cd {target} && apptainer build {IMAGE} apptainer.def"
+    if shutil.which("apptainer") is None:
+        raise InputError(
+            f"{sif} does not exist, and Apptainer is not installed here (no `apptainer` on "
+            f"PATH): build the image on a machine that has it (often a login or build node; "
+            f"`module load apptainer`): {build}"
+        )
+    raise InputError(f"{sif} does not exist; build it first: {build}")
 
 
 def write_deployment(
