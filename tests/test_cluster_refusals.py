@@ -12,7 +12,9 @@ from typer.testing import CliRunner
 
 from pomlia_hpc.cli import app
 from pomlia_hpc.cluster import Executor, JobFailedError, refusal
-from pomlia_hpc.cluster.refusal import never_starts
+from pomlia_hpc.cluster.failures import exit_line, timeout_cause
+from pomlia_hpc.cluster.refusal import never_starts, signal_delay_warning
+from pomlia_hpc.config import load_cluster_profile
 from pomlia_hpc.errors import ClusterError
 from pomlia_hpc.fingerprint.extract import extract, finish_extraction, plan_extraction
 from pomlia_hpc.fingerprint.shards import marker_dir, read_embeddings, run_shard
@@ -145,3 +147,22 @@ def test_jobs_show_gives_the_pending_reason(
     assert res.exit_code == 0, res.output
     (line,) = [ln for ln in res.output.splitlines() if "pending_reason" in ln]
     assert "PartitionConfig (Slurm will never start it" in line
+
+
+def test_a_job_that_kept_timing_out_says_so() -> None:
+    tb = (
+        "Traceback (most recent call last):\n"
+        '  File "submitit/core/job_environment.py", line 226, in checkpoint_and_try_requeue\n'
+        "submitit.core.utils.UncompletedJobError: Job not requeued because: timed-out too "
+        "many times.\n"
+    )
+    assert exit_line("FAILED", tb) == "FAILED"  # submitit's own line says nothing by itself
+    cause = timeout_cause(tb, 3, 1, 30)
+    assert cause is not None
+    assert "timed out 4 time(s) at its 1 min time limit (signal 30 s before it)" in cause
+    assert "raise time_min" in cause
+    assert timeout_cause("ValueError: x", 3, 1, 30) is None
+    profile = load_cluster_profile("slurm-local", time_min=1)
+    warning = signal_delay_warning(profile)
+    assert warning is not None and "30 s before a 1 min time limit" in warning
+    assert signal_delay_warning(load_cluster_profile("slurm-local")) is None

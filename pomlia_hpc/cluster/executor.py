@@ -28,7 +28,7 @@ from submitit.core.utils import UncompletedJobError
 
 from pomlia_hpc.cluster import records, submitit_controller
 from pomlia_hpc.cluster.cancel import cancel_scheduler_job, kill_after_grace
-from pomlia_hpc.cluster.failures import exit_line, failure_cause
+from pomlia_hpc.cluster.failures import exit_line, failure_cause, timeout_cause
 from pomlia_hpc.cluster.records import (
     FINAL_STATES,
     mark_cancelled,
@@ -38,7 +38,7 @@ from pomlia_hpc.cluster.records import (
     this_host,
     update_job,
 )
-from pomlia_hpc.cluster.refusal import sbatch_refusals, watch_pending
+from pomlia_hpc.cluster.refusal import sbatch_refusals, warn_signal_delay, watch_pending
 from pomlia_hpc.cluster.resources import after_ok_parameters, submitit_parameters, with_overrides
 from pomlia_hpc.cluster.terminate import collected, own_job
 from pomlia_hpc.config import ClusterProfile, load_cluster_profile
@@ -245,6 +245,7 @@ class JobHandle:
             if self.given_up_state is not None:
                 state = self.given_up_state
             cause = ""  # a cancellation's recorded cause (by whom), else the traceback's line
+            requeues = 0
             if reg is not None and self.record_id is not None:
                 fields: dict[str, Any] = {"traceback": tb}
                 if slurm:
@@ -258,12 +259,18 @@ class JobHandle:
                             cause = row.exit_cause or ""
                     # Slurm's End time, if sacct gave one, is when the job ended; now is later.
                     ended = row.ended_at if row is not None and slurm else None
+                    requeues = row.requeue_count if row is not None else 0
                 fields["ended_at"] = ended or datetime.now(UTC)
             if state == "CANCELLED" and not cause:
                 # The traceback of a cancelled job is the signal's (KeyboardInterrupt, a
                 # DataLoader worker killed by SIGTERM), not a cause: the state is.
                 cause = failure_cause(state, None)
-            cause = cause or exit_line(state, tb)
+            res = self.resources
+            cause = (
+                cause
+                or timeout_cause(tb, requeues, res.time_min, res.signal_delay_s)
+                or exit_line(state, tb)
+            )
             if reg is not None and self.record_id is not None:
                 fields["state"] = state
                 fields["exit_cause"] = cause
@@ -384,6 +391,7 @@ class Executor:
     def _submitit(self, profile: ClusterProfile, name: str) -> submitit.AutoExecutor:
         if profile.backend == "local":
             submitit_controller.install()  # a cancelled local job ends without a traceback
+        warn_signal_delay(profile)  # a limit so short that the job may never finish an epoch
         ex = submitit.AutoExecutor(folder=self.folder, cluster=profile.backend)
         ex.update_parameters(**submitit_parameters(profile, name=name))
         return ex

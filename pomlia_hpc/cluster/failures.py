@@ -45,3 +45,25 @@ def failure_cause(state: str, traceback: str | None, detail: str = "") -> str:
     if "MemoryError" in tb:
         return "out of memory"
     return (detail or exit_line(state, traceback))[:300] or state
+
+
+_NOT_REQUEUED = re.compile(r"Job not requeued because: ([^\n]*?)\.?\s*$", re.MULTILINE)
+
+
+def timeout_cause(
+    traceback: str | None, requeues: int, time_min: int, signal_delay_s: int
+) -> str | None:
+    """The cause of a checkpointable job that submitit stopped requeueing, in words (None if
+    ``traceback`` says no such thing): how often it hit its time limit (``time_min``, minutes;
+    the USR2 came ``signal_delay_s`` seconds before it) and what to change. ``requeues``: the
+    requeues Slurm counted (the last attempt timed out as well)."""
+    found = _NOT_REQUEUED.search(traceback or "")
+    if found is None:
+        return None
+    why = found.group(1).strip()
+    if "timed-out" not in why:
+        return f"not requeued: {why}"
+    return (
+        f"timed out {requeues + 1} time(s) at its {time_min} min time limit (signal "
+        f"{signal_delay_s} s before it), then submitit gave up requeueing it; raise time_min"
+    )

@@ -193,3 +193,24 @@ def watch_pending(handle: JobHandle) -> None:
             f"allows (pending reason {reason}); lower the request or change the profile"
         )
         handle.given_up_state = "CANCELLED"
+
+
+def signal_delay_warning(profile: ClusterProfile) -> str | None:
+    """A warning when the USR2 that makes a job checkpoint (``signal_delay_s`` seconds before
+    the time limit) comes in the first half of the job's ``time_min`` (minutes): such a job
+    spends most of each attempt being told to stop, and may never finish an epoch."""
+    if profile.backend != "slurm" or profile.signal_delay_s * 2 < profile.time_min * 60:
+        return None
+    return (
+        f"warning: the checkpoint signal comes {profile.signal_delay_s} s before a "
+        f"{profile.time_min} min time limit, in the first half of each attempt: the job may be "
+        "requeued again and again without finishing an epoch; raise time_min"
+    )
+
+
+def warn_signal_delay(profile: ClusterProfile) -> None:
+    """Say :func:`signal_delay_warning` once per process and limit."""
+    text = signal_delay_warning(profile)
+    if text is not None and ("delay", text) not in _said:
+        _said.add(("delay", text))
+        say(text)

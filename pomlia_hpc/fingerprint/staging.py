@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import json
 import shutil
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -147,16 +148,23 @@ def start_record(
     write_json_atomic(folder / TRAINING_RECORD, record)
 
 
-def undo_record(folder: Path, existed: bool, record: bytes | None) -> None:
-    """Undo :func:`start_record` after the training job was refused: a ``folder`` that did
-    not exist (``existed``) is removed, else its training record is put back as it was
-    (``record``: its bytes, None when it had none)."""
-    if not existed:
-        shutil.rmtree(folder, ignore_errors=True)
-    elif record is None:
-        (folder / TRAINING_RECORD).unlink(missing_ok=True)
-    else:
-        write_atomic(folder / TRAINING_RECORD, record)
+@contextmanager
+def undone_if_refused(folder: Path) -> Iterator[None]:
+    """Undo :func:`start_record` in the block when the training job is refused (a
+    :class:`PomliaError`: sbatch refused it): a ``folder`` that did not exist is removed,
+    else its training record is put back as it was."""
+    path = folder / TRAINING_RECORD
+    existed, record = folder.exists(), (path.read_bytes() if path.exists() else None)
+    try:
+        yield
+    except PomliaError:
+        if not existed:
+            shutil.rmtree(folder, ignore_errors=True)
+        elif record is None:
+            path.unlink(missing_ok=True)
+        else:
+            write_atomic(path, record)
+        raise
 
 
 def swap_in(staged: Path, out: Path) -> None:

@@ -59,7 +59,7 @@ from pomlia_hpc.cluster import (
 from pomlia_hpc.cluster.resources import check_local_gpus, with_overrides
 from pomlia_hpc.curves import CURVES_DIR, Curves
 from pomlia_hpc.data.store import find_version, open_store
-from pomlia_hpc.errors import InputError, PomliaError, integrity_failure
+from pomlia_hpc.errors import ClusterError, InputError, integrity_failure
 from pomlia_hpc.fingerprint.autoencoder import Autoencoder, EncoderConfig
 from pomlia_hpc.fingerprint.busy import one_training, training_job_name
 from pomlia_hpc.fingerprint.encoders import get_encoder, load_checkpoint, load_encoder
@@ -83,13 +83,7 @@ from pomlia_hpc.fingerprint.objectives import (
     build_objective,
 )
 from pomlia_hpc.fingerprint.rows import train_range
-from pomlia_hpc.fingerprint.staging import (
-    TRAINING_RECORD,
-    start_record,
-    swap_in,
-    training_target,
-    undo_record,
-)
+from pomlia_hpc.fingerprint.staging import start_record, swap_in, training_target, undone_if_refused
 from pomlia_hpc.fingerprint.validation import (
     CURVE_MODULES,
     lr_at,
@@ -524,17 +518,11 @@ def train_encoder(
     job_profile = with_overrides(ex.profile, resources)
     check_local_gpus(job_profile, what=f"--gpus {job_profile.gpus_per_node}")
     job = TrainJob(config, sources, str(target))
-    with one_training(registry, out.parent, name):  # refused while a job trains `name`
-        record = target / TRAINING_RECORD
-        before = (target.exists(), record.read_bytes() if record.exists() else None)
-        start_record(
-            name, target, wanted, pipeline, _read_latest(target) is not None, normalise_config
-        )
-        try:
-            handle = ex.submit(job, name=training_job_name(name), resources=resources)
-        except PomliaError:  # refused: leave the folder as it was (a new one not at all)
-            undo_record(target, *before)
-            raise
+    # One job trains `name` at a time; a refused job leaves the folder as it was.
+    with one_training(registry, out.parent, name), undone_if_refused(target):
+        resumable = _read_latest(target) is not None
+        start_record(name, target, wanted, pipeline, resumable, normalise_config)
+        handle = ex.submit(job, name=training_job_name(name), resources=resources)
     result, job_id = _wait_training(handle, job, progress)
     if progress is not None:
         progress(len(result["loss_curve"]), config.epochs)
@@ -566,6 +554,10 @@ def _wait_training(
         damage = integrity_failure(exc.traceback or str(exc))
         if damage is not None:  # a damaged chunk: running again would fail the same way
             raise damage from exc
+        if "timed out" in exc.detail:  # how far it got, at that time limit
+            done = int((_read_latest(out) or {}).get("epoch", 0))
+            got = f"{done} of {job.config.epochs} epochs finished" if done else "no epoch finished"
+            raise ClusterError(f"{exc}; {got}") from exc
         raise
 
 
