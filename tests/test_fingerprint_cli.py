@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -35,6 +36,7 @@ def test_train_extract_index_similar_plot(workspace: Workspace, tmp_path: Path) 
     assert "encoder ae (id 1, objective mse)" in text and "held-out loss" in text
     # Off a terminal (as in a Slurm output file) progress comes as plain lines.
     assert "training 'ae': 1/1 epochs (100%)" in text
+    assert re.search(r"training job \d+ \(local \d+\) submitted; its log: \S+\.out", text)
 
     text = cli_ok(
         "fingerprint", "extract", "bloodmnist", "organamnist", "pneumoniamnist",
@@ -42,6 +44,7 @@ def test_train_extract_index_similar_plot(workspace: Workspace, tmp_path: Path) 
     )  # fmt: skip
     assert text.count("complete") == 3 and "pneumoniamnist" in text
     assert "] extracting: " in text and " array tasks (100%)" in text
+    assert "extracting: 0 array tasks," not in text  # the first line has the total
 
     text = cli_ok("index", "build")  # the only encoder is the default
     assert "index built: Flat" in text and "generation 1" in text

@@ -363,10 +363,15 @@ def test_one_failed_shard_does_not_fail_the_others_of_its_task(
     # running the same command again (which would fail the same way).
     marker(specs[1].out_path, 0).unlink()
     ex = Executor.from_profile("local", workspace.jobs, reg)
+    seen: list[tuple[int, int]] = []
     with pytest.raises(
         DataIntegrityError, match=r"^1 extraction shard\(s\) failed \(blood/\w+ shard 0\)"
     ) as info:
-        extract(reg, workspace, "enc", [a, b], executor=ex, threads=1)
+        extract(
+            reg, workspace, "enc", [a, b], executor=ex, threads=1, shards=1,
+            progress=lambda d, t: seen.append((d, t)),
+        )  # fmt: skip
+    assert seen[-1] == (1, 2)  # the failed task is not counted as done
     assert "cannot be decoded" in str(info.value) and f"pomlia data verify {a}" in str(info.value)
     assert "same command again" not in str(info.value)
     with reg.session() as s:

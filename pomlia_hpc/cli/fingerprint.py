@@ -63,8 +63,9 @@ class _LazyProgress:
         self._bar: Reporter | None = None
 
     def __call__(self, done: int, total: int | None = None) -> None:
-        if self._bar is None:
-            report = progress(*self._args, console=console, **self._kw)
+        if self._bar is None:  # the first line already shows the total, once known
+            first = (self._args[0], total if total is not None else self._args[1])
+            report = progress(*first, console=console, **self._kw)
             self._bar = self._stack.enter_context(report)
         self._bar.update(done, total)
 

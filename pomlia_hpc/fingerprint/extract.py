@@ -475,7 +475,7 @@ def extract(
         restore(registry, plan.aside, plan.encoder.id)  # nothing runs: keep the old vectors
         raise
     drop(plan.aside)
-    outcomes = _run(handles, progress)
+    outcomes = _run(handles, tasks, progress)
     results = finish_extraction(registry, plan)
     # A shard failed if it left no .done file: a failed task may hold shards that succeeded.
     failed = [
@@ -572,14 +572,18 @@ def _submit(
     return ex.map_array(run_shards, specs, name="fingerprint-extract", resources=resources)
 
 
-def _run(handles: list[JobHandle], progress: Callable[[int, int], None] | None) -> list[Any]:
+def _run(
+    handles: list[JobHandle],
+    tasks: list[list[ShardSpec]],
+    progress: Callable[[int, int], None] | None,
+) -> list[Any]:
     if not handles:
         return []
     while True:
-        done = sum(h.done() for h in handles)
-        if progress is not None:
-            progress(done, len(handles))
-        if done == len(handles):
+        ended = [h.done() for h in handles]
+        if progress is not None:  # tasks that succeeded: a failed one is named in the error
+            progress(sum(e and _succeeded(tasks[i]) for i, e in enumerate(ended)), len(handles))
+        if all(ended):
             break
         time.sleep(0.5)
     out: list[Any] = []
@@ -589,3 +593,8 @@ def _run(handles: list[JobHandle], progress: Callable[[int, int], None] | None) 
         except ClusterError as exc:
             out.append(exc)
     return out
+
+
+def _succeeded(task: list[ShardSpec]) -> bool:
+    """Whether every shard of an ended array task left its ``.done`` file."""
+    return all(done_record(s.out_path, s.shard, (s.start, s.stop)) is not None for s in task)

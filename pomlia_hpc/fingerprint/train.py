@@ -523,6 +523,8 @@ def train_encoder(
         resumable = _read_latest(target) is not None
         start_record(name, target, wanted, pipeline, resumable, normalise_config)
         handle = ex.submit(job, name=training_job_name(name), resources=resources)
+    if handle.backend != "debug":  # where to look: a stage's log names the job it started
+        say(f"training job {handle.name} submitted; its log: {handle.job().paths.stdout}")
     result, job_id = _wait_training(handle, job, progress)
     if progress is not None:
         progress(len(result["loss_curve"]), config.epochs)
