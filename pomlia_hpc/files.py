@@ -51,6 +51,13 @@ def fsync_path(path: Path) -> None:
         os.close(fd)
 
 
+def move_path(src: Path, dst: Path) -> None:
+    """Rename ``src`` (a file or folder) to ``dst`` in one step (same file system; an existing
+    file ``dst`` is replaced), and flush the folder's entries."""
+    src.replace(dst)
+    fsync_path(dst.parent)
+
+
 def host_field(host: str | None = None) -> str:
     """``host`` (default: this host's name) as temporary names carry it: its dots become
     ``_``, so the field never holds a dot and a sweep can split it off exactly (host

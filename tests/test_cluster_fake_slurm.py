@@ -200,7 +200,8 @@ def test_a_refused_submission_is_a_cluster_error(
     tmp_path: Path, reg: Registry, fake_slurm: FakeSlurm
 ) -> None:
     fake_slurm.fail_next("sbatch", "sbatch: error: Batch job submission failed: QOS limit")
-    with pytest.raises(RuntimeError, match="QOS limit"):  # submitit's FailedJobError
+    # one line naming the option and sbatch's message, not submitit's FailedJobError
+    with pytest.raises(ClusterError, match=r"check qos: sbatch: error: .*QOS limit"):
         _slurm(tmp_path, reg).submit(jobfns.add, 1, 1)
     with reg.session() as s:
         assert s.scalars(select(Job)).first() is None  # nothing recorded for a refused job

@@ -17,6 +17,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from pomlia_hpc.files import move_path
 from pomlia_hpc.fingerprint.shards import marker_dir
 from pomlia_hpc.fingerprint.summary import summary_path
 from pomlia_hpc.registry import FingerprintSet, Registry
@@ -68,7 +69,7 @@ def move_aside(kept: SetAside) -> None:
         backup = path.with_name(path.name + SUFFIX)
         _remove(backup)
         if path.exists():
-            path.replace(backup)
+            move_path(path, backup)
             kept.moved.append((path, backup))
 
 
@@ -79,7 +80,7 @@ def restore(registry: Registry, kept: list[SetAside], encoder_id: int) -> None:
         for path in _paths(k.out):
             _remove(path)
         for path, backup in reversed(k.moved):
-            backup.replace(path)
+            move_path(backup, path)
         with registry.session() as s:
             row = s.scalar(
                 select(FingerprintSet).where(
