@@ -103,6 +103,10 @@ class RunStatus(StrEnum):
     OK = "ok"  # finished with a result
     CRASHED = "crashed"  # ended without a result; the run's ``metrics.cause`` says why
     SUBMIT_FAILED = "submit_failed"  # the scheduler refused the job; a resumed study retries
+    # Its job was cancelled (scancel, `pomlia jobs cancel`, or with its study's driver): not a
+    # failure of its configuration; ``metrics.cause`` says how. A resumed study whose optimiser
+    # was not told yet submits it again (it continues from its last checkpoint).
+    CANCELLED = "cancelled"
 
 
 class JobState(StrEnum):

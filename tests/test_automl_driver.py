@@ -242,8 +242,11 @@ def test_a_cancelled_trial_costs_its_jobs_time_not_the_drivers(
     fake_slurm.set_state(str(act.handle.job_id), "CANCELLED")  # ran 1 s: Start = End - 1 s
     runner.collect(opt, act)
     (run,) = records.study_runs(reg, "cc")
-    assert run.status == "crashed" and run.metrics["state"] == "CANCELLED"
+    # a cancel is its own status (not a crash of the configuration), its error one line
+    assert run.status == "cancelled" and run.metrics["state"] == "CANCELLED"
+    assert run.error == run.metrics["cause"] and "\n" not in run.error
     assert run.cost_s == pytest.approx(1.0, abs=0.01)
+    assert runner.view().trials[0].status == "cancelled"
 
 
 def test_without_scheduler_times_a_crash_costs_from_the_jobs_own_start_stamp(

@@ -172,3 +172,13 @@ def test_a_strategys_cost_is_one_run_at_the_tasks_full_budget(registry: Registry
     # projected to 1,000x the images: 1,000x the seconds per epoch, at 9 epochs, not 60
     scaled = cost.measured(600.0, 100, 100_000, (60, 9))
     assert scaled.wall_s == pytest.approx(10.0 * 1000 * 9) and scaled.basis == "measured"
+
+
+def test_a_cancelled_run_is_no_failure_of_its_strategy(registry: Registry) -> None:
+    # A trial cancelled by a user (or with its driver) says nothing about its configuration.
+    tid = _task(registry)
+    _run(registry, tid, "small_cnn", "ok", 0.7)
+    _run(registry, tid, "small_cnn", "cancelled", cost=40.0)
+    got = _by_arch(registry)
+    assert (got["small_cnn"].n_runs, got["small_cnn"].n_failed) == (1, 0)
+    assert got["small_cnn"].cost_s == 10.0

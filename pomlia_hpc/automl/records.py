@@ -1,9 +1,10 @@
 """AutoML trials as registry runs, and the lineage of the models they produce.
 
 Only the submitting process (the study driver) writes these rows; trial jobs write result files.
-Run ``status``: ``pending`` (created, not yet submitted), ``running``, ``ok``, ``crashed``, or
-``submit_failed`` (the scheduler refused the job, ``error`` says why; a resumed study submits it
-again).
+Run ``status``: ``pending`` (created, not yet submitted), ``running``, ``ok``, ``crashed``,
+``cancelled`` (its job was cancelled: by a user, or with the study's driver; not a failure of
+the configuration, ``error`` is the one-line cause), or ``submit_failed`` (the scheduler refused
+the job, ``error`` says why; a resumed study submits it again).
 ``config`` holds the hyperparameters plus the configuration's key and origin; ``metrics`` holds
 ``val`` and ``test`` metric dicts, the ``objective`` (the task metric on ``val``) and the epoch
 accounting (``epochs``, ``start_epoch``, ``epochs_run``), or the ``cause`` of a crash.
@@ -38,6 +39,7 @@ OK, CRASHED, RUNNING, PENDING = (
     RunStatus.PENDING.value,
 )
 SUBMIT_FAILED = RunStatus.SUBMIT_FAILED.value
+CANCELLED = RunStatus.CANCELLED.value
 
 
 def config_summary(values: dict[str, Any]) -> str:
@@ -161,7 +163,7 @@ def finish_run(
     cost_s: float | None,
     error: str | None = None,
 ) -> None:
-    """Record a trial's outcome (``ok`` or ``crashed``)."""
+    """Record a trial's outcome (``ok``, ``crashed`` or ``cancelled``); ``cost_s``: seconds."""
     with registry.session() as s:
         row = s.get(Run, run_id)
         if row is None:

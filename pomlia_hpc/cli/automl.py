@@ -124,6 +124,7 @@ def study_table(view: Any) -> Table:
     style = {
         RunStatus.OK: "green",
         RunStatus.CRASHED: "red",
+        RunStatus.CANCELLED: "magenta",
         RunStatus.RUNNING: "yellow",
         RunStatus.PENDING: "dim",
     }
@@ -443,6 +444,12 @@ def _note_added_archs(spec: Any) -> None:
             )
 
 
+def _cancelled(result: Any) -> str:
+    """", 2 cancelled" when trials of ``result`` were cancelled, else ""."""
+    n = getattr(result, "n_cancelled", 0)
+    return f", {n} cancelled" if n else ""
+
+
 def _report(spec: Any, result: Any, *, resume: bool) -> int:
     """Print a finished study's outcome; returns the exit status (1: no best model)."""
     if result.best_run_id is None:
@@ -456,7 +463,8 @@ def _report(spec: Any, result: Any, *, resume: bool) -> int:
             )
         else:
             console.print(
-                f"[red]no trial finished[/] ({result.n_crashed} crashed); see "
+                f"[red]no trial finished[/] ({result.n_crashed} crashed"
+                f"{_cancelled(result)}); see "
                 f"`pomlia runs list --task {shlex.quote(spec.task)}`"
             )
         return 1
@@ -476,8 +484,8 @@ def _report(spec: Any, result: Any, *, resume: bool) -> int:
     console.print(
         f"best: run {result.best_run_id}, val {spec.metric} {_fmt(m.get('objective'))}, test "
         f"{_fmt((m.get('test') or {}).get(spec.metric))}; model [bold]{result.model_name}[/] "
-        f"registered; {result.n_ok} ok, {result.n_crashed} crashed, {result.spent_epochs} "
-        "epochs"
+        f"registered; {result.n_ok} ok, {result.n_crashed} crashed{_cancelled(result)}, "
+        f"{result.spent_epochs} epochs"
         + ("" if took is None else f", {took:.0f} s")
         + (" (the study's trials, first start to last end)" if resume and took is not None else "")
     )

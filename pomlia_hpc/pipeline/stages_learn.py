@@ -102,7 +102,9 @@ def _run_automl(ctx: StageContext) -> dict[str, Any]:
             on_update=TrialLog(ctx.log, prefix="  "),
         )
         ctx.log(
-            f"  study {name}: {res.n_ok} ok, {res.n_crashed} crashed, best model {res.model_name}"
+            f"  study {name}: {res.n_ok} ok, {res.n_crashed} crashed"
+            + (f", {res.n_cancelled} cancelled" if res.n_cancelled else "")
+            + f", best model {res.model_name}"
         )
         if res.model_name is None:
             why = res.model_refused or "every trial crashed"

@@ -36,6 +36,8 @@ from sqlalchemy.orm import Session
 from pomlia_hpc.registry import KbRunSeen, KbRunStats, Registry, Run, Task
 from pomlia_hpc.strategy.longformat import strategy_key
 
+#: Statuses counted; a cancelled run (no failure of its strategy, and a resumed study may
+#: submit it again) stays waiting, like a running one.
 FINAL = ("ok", "crashed")
 #: How many ids below the newest examined one are looked at again for runs that committed late
 #: (concurrent inserts; a run's transaction is seconds long, far fewer runs start meanwhile).

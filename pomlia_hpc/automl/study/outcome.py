@@ -27,6 +27,7 @@ def finish(runner: TrialRunner, wall_s: float) -> StudyResult:
     best = runner.best()
     n_ok = sum(v.status == records.OK for v in runner.views.values())
     n_crashed = sum(v.status == records.CRASHED for v in runner.views.values())
+    n_cancelled = sum(v.status == records.CANCELLED for v in runner.views.values())
     model_name = config = metrics = None
     model_refused = ""
     runs = records.study_runs(runner.registry, runner.spec.name)
@@ -51,6 +52,7 @@ def finish(runner: TrialRunner, wall_s: float) -> StudyResult:
         wall_s,
         elapsed_s(runs),
         model_refused,
+        n_cancelled,
     )
     write_json(runner.folder / SUMMARY_FILE, asdict(summary))
     return summary

@@ -38,6 +38,9 @@ def recover_trial(runner: TrialRunner, opt: SearchOptimizer, proposal: Proposal)
     if run.status == records.CRASHED:
         opt.tell(proposal, 1.0, crashed=True, time_s=run.cost_s or 0.0)
         return
+    if run.status == records.CANCELLED:  # cancelled with its driver: it never had its chance
+        runner.start(opt, proposal, run_id=run.id)  # continues from its last checkpoint
+        return
     _, _, result_path = runner.paths(proposal.key, proposal.epochs, run.id)
     job = records.job_of(runner.registry, run.job_id)
     if job is None and run.job_id is None and run.status == records.PENDING:

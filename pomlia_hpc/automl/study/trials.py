@@ -337,6 +337,8 @@ class TrialRunner:
         except JobFailedError as exc:
             cause = exc.cause
             error = f"{exc.state}: {cause}\n\n{exc.traceback or ''}".rstrip()
+            if exc.state == "CANCELLED":  # a user's (or its driver's) cancel: one line
+                error = cause
             self.record_crash(
                 opt,
                 act.run_id,
@@ -409,10 +411,13 @@ class TrialRunner:
     ) -> None:
         old = self.views.get(run_id)
         start = old.start_epoch if old else 0
+        # A cancelled job is no failure of its configuration (the recommender's run stats do
+        # not count it); the optimiser is still told it crashed, so that the search moves on.
+        status = records.CANCELLED if state == "CANCELLED" else records.CRASHED
         records.finish_run(
             self.registry,
             run_id,
-            status=records.CRASHED,
+            status=status,
             metrics={"cause": cause, "state": state, "start_epoch": start},
             cost_s=wall_s,
             error=error,
@@ -424,7 +429,7 @@ class TrialRunner:
             proposal.key,
             records.config_summary(proposal.values),
             proposal.epochs,
-            records.CRASHED,
+            status,
             None,
             None,
             wall_s,
@@ -445,7 +450,9 @@ class TrialRunner:
             done = [
                 v
                 for v in self.views.values()
-                if v.key == key and v.epochs > epochs and v.status in (records.OK, records.CRASHED)
+                if v.key == key
+                and v.epochs > epochs
+                and v.status in (records.OK, records.CRASHED, records.CANCELLED)
             ]
         if not done:
             self.repeats = 0
@@ -455,7 +462,7 @@ class TrialRunner:
         if view.status == records.OK:
             cost = objective_cost({self.spec.metric: view.objective}, self.spec.metric)
             opt.tell(proposal, cost, crashed=False, time_s=0.0)
-        elif view.status == records.CRASHED:
+        elif view.status in (records.CRASHED, records.CANCELLED):
             opt.tell(proposal, 1.0, crashed=True, time_s=0.0)
         else:
             self.waiting.setdefault((key, epochs), []).append(proposal)

@@ -12,7 +12,7 @@ from pomlia_hpc.registry import Registry, Run
 from pomlia_hpc.vocab import RunStatus
 
 #: The statuses of a trial that has ended.
-ENDED = (RunStatus.OK, RunStatus.CRASHED)
+ENDED = (RunStatus.OK, RunStatus.CRASHED, RunStatus.CANCELLED)
 
 
 @dataclass(frozen=True)
@@ -65,6 +65,8 @@ class StudyResult:
     elapsed_s: float | None = None
     #: Why the best trial's model was not registered (its name taken by another model), or "".
     model_refused: str = ""
+    #: Trials whose job was cancelled (not counted as crashed).
+    n_cancelled: int = 0
 
 
 def job_name(study: str, run_id: int) -> str:
