@@ -50,17 +50,8 @@ def _automl(spec: PipelineSpec) -> AutoMLSpec:
 
 
 def _run_automl(ctx: StageContext) -> dict[str, Any]:
-    from pomlia_hpc.automl.space import DEFAULT_ARCHS, SpaceOptions
-    from pomlia_hpc.automl.study import (
-        SPEC_FILE,
-        TrialLog,
-        create_study,
-        load_spec,
-        run_study,
-        study_dir,
-    )
+    from pomlia_hpc.automl.study import TrialLog, run_study
 
-    am = _automl(ctx.spec)
     tasks = ctx.outputs("tasks")
     encoder = ctx.outputs("encoder")["encoder"] if ctx.spec.encoder is not None else None
     warm = ctx.outputs("recommend") if ctx.spec.recommend is not None else {}
@@ -68,32 +59,9 @@ def _run_automl(ctx: StageContext) -> dict[str, Any]:
     for key, t in tasks.items():
         # A study per task and stage key: the same inputs resume the same study.
         name = f"{ctx.spec.name}-{key}-{ctx.key[:8]}"
-        if (study_dir(ctx.workspace, name) / SPEC_FILE).exists():
-            spec, resume = load_spec(ctx.workspace, name), True
-            ctx.log(f"  resuming study {name}")
-        else:
-            spec, resume = (
-                create_study(
-                    ctx.registry,
-                    ctx.workspace,
-                    t["task"],
-                    name=name,
-                    n_trials=am.trials,
-                    max_epochs=am.max_epochs,
-                    min_epochs=am.min_epochs,
-                    parallel=am.parallel,
-                    executor=ctx.workspace.cluster_profile,
-                    optimizer=am.optimizer,
-                    seed=am.seed,
-                    space=SpaceOptions(archs=tuple(am.archs or DEFAULT_ARCHS)),
-                    resources=am.resources.as_overrides(),
-                    encoder=encoder if am.use_encoder else None,
-                    extra_data=am.extra_data and encoder is not None,
-                    initial_configs=_fitting(warm.get(key, {}).get("configs", []), am, encoder),
-                ),
-                False,
-            )
-            ctx.log(f"  study {name}: {am.trials} trials, {am.min_epochs}-{am.max_epochs} epochs")
+        spec, resume = open_study(
+            ctx, name, t["task"], list(warm.get(key, {}).get("configs", [])), encoder
+        )
         res = run_study(
             ctx.registry,
             ctx.workspace,
@@ -118,22 +86,56 @@ def _run_automl(ctx: StageContext) -> dict[str, Any]:
     return out
 
 
-def _fitting(configs: list[dict[str, Any]], am: AutoMLSpec, encoder: str | None) -> list[Any]:
-    """The recommended configurations this study's space can take (its architectures, an
-    encoder only when the study offers one, no registered-model weights)."""
-    from pomlia_hpc.automl.space import DEFAULT_ARCHS
+def open_study(
+    ctx: StageContext,
+    name: str,
+    task: str,
+    warm: list[dict[str, Any]],
+    encoder: str | None,
+) -> tuple[Any, bool]:
+    """The study ``name`` of the automl stage for ``task``: (its spec, whether it resumes).
 
-    archs = set(am.archs or DEFAULT_ARCHS)
-    keep = []
-    for c in configs:
-        if c.get("arch") not in archs or c.get("init") == "model":
-            continue
-        if c.get("init") == "encoder" and not (am.use_encoder and encoder):
-            continue
-        if c.get("extra_n") and not am.extra_data:
-            continue
-        keep.append(c)
-    return keep
+    A new study gets the recommendation's configurations ``warm`` as its warm start, as
+    ``automl run --from-recommendation`` does: with ``automl.archs`` left out, its space is
+    the recommended architectures; named ``archs`` win, and a configuration the space cannot
+    hold (another architecture, weights the study is not given) is left out with its reason,
+    logged and kept in ``study.json``'s ``dropped_initial``."""
+    from pomlia_hpc.automl.space import DEFAULT_ARCHS, SpaceOptions
+    from pomlia_hpc.automl.study import SPEC_FILE, create_study, load_spec, study_dir
+
+    if (study_dir(ctx.workspace, name) / SPEC_FILE).exists():
+        ctx.log(f"  resuming study {name}")
+        return load_spec(ctx.workspace, name), True
+    am = _automl(ctx.spec)
+    recommended = tuple(dict.fromkeys(str(c["arch"]) for c in warm if c.get("arch")))
+    archs = tuple(am.archs) if am.archs else (recommended or DEFAULT_ARCHS)
+    spec = create_study(
+        ctx.registry,
+        ctx.workspace,
+        task,
+        name=name,
+        n_trials=am.trials,
+        max_epochs=am.max_epochs,
+        min_epochs=am.min_epochs,
+        parallel=am.parallel,
+        executor=ctx.workspace.cluster_profile,
+        optimizer=am.optimizer,
+        seed=am.seed,
+        space=SpaceOptions(archs=archs),
+        resources=am.resources.as_overrides(),
+        encoder=encoder if am.use_encoder else None,
+        extra_data=am.extra_data and encoder is not None,
+        initial_configs=warm,
+        drop_unfit_initial=True,
+    )
+    ctx.log(
+        f"  study {name}: {am.trials} trials, {am.min_epochs}-{am.max_epochs} epochs, "
+        f"architectures {', '.join(archs)}"
+        + (f"; warm start: {len(spec.initial_configs)} configuration(s)" if warm else "")
+    )
+    for reason in spec.dropped_initial:
+        ctx.log(f"  warm start: left out {reason}")
+    return spec, False
 
 
 def _models_there(ctx: StageContext, out: dict[str, Any]) -> bool:
