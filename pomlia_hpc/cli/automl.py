@@ -445,7 +445,7 @@ def _note_added_archs(spec: Any) -> None:
 
 
 def _cancelled(result: Any) -> str:
-    """ ", 2 cancelled" when trials of ``result`` were cancelled, else ""."""
+    """``, 2 cancelled`` when trials of ``result`` were cancelled, else the empty text."""
     n = getattr(result, "n_cancelled", 0)
     return f", {n} cancelled" if n else ""
 
