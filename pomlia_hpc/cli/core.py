@@ -69,7 +69,7 @@ def status(
     where = f" partition={profile.partition}" if profile.partition else ""
     console.print(f"cluster   : profile '{ws.cluster_profile}' (backend {profile.backend}{where})")
     try:
-        refresh_jobs(reg)
+        refresh_jobs(reg, lost=True)
     except ClusterError as exc:
         console.print(f"[yellow]could not poll Slurm: {escape(str(exc))}[/]")
     with reg.session() as s:

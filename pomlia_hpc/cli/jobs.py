@@ -47,7 +47,7 @@ def list_jobs(
     if state is not None:
         _check_state(reg, state)
     try:
-        refresh_jobs(reg)
+        refresh_jobs(reg, lost=True)
     except ClusterError as exc:
         # stderr with --json: stdout stays one JSON document.
         (err_console if as_json else console).print(
@@ -85,7 +85,7 @@ def show(job_id: Annotated[int, typer.Argument(help="Registry id of the job.")])
     """Show one job in full, with the traceback of a failure."""
     _get(job_id)
     try:
-        refresh_jobs(STATE.registry(), [job_id])
+        refresh_jobs(STATE.registry(), [job_id], lost=True)
     except ClusterError as exc:
         console.print(f"[yellow]could not poll Slurm: {escape(str(exc))}[/]")
     row = _get(job_id)
@@ -144,6 +144,12 @@ def cancel(
     squeue nor sacct knows any more is recorded LOST (ended)."""
     row = _get(job_id)
     ended = cancel_recorded_job(STATE.registry(), job_id, force=force)
+    if ended == JobState.LOST:
+        console.print(
+            f"job {job_id} ({row.backend} {row.scheduler_id}) is not known to Slurm any more "
+            "(neither squeue nor sacct lists it): recorded LOST, nothing was cancelled"
+        )
+        return
     if ended is not None:
         console.print(f"job {job_id} already ended ({ended})")
         return

@@ -98,8 +98,10 @@ def cancel_recorded_job(registry: Registry, record_id: int, *, force: bool = Fal
     nothing is signalled and its row keeps that state). A Slurm job neither ``squeue`` nor
     ``sacct`` knows any more is recorded ``LOST`` (ended). A job that cannot be signalled from
     here (a local job of another host, a failed ``scancel``) is a :class:`ClusterError`; with
-    ``force`` its row is marked CANCELLED instead, the process itself untouched."""
-    refresh_jobs(registry, [record_id])
+    ``force`` its row is marked CANCELLED instead, the process itself untouched. Slurm 22.05's
+    ``scancel`` of a job it forgot exits 0 silently: such a job is found LOST before the
+    signal and its final state ``LOST`` returned (nothing signalled)."""
+    refresh_jobs(registry, [record_id], lost=True)
     with registry.session() as s:
         row = s.get(Job, record_id)
         if row is None:

@@ -252,12 +252,16 @@ def merge_scheduler_state(row: Job, st: SchedulerState) -> dict[str, Any]:
     return {k: v for k, v in new.items() if getattr(row, k) != v}
 
 
-def refresh_slurm_jobs(registry: Registry, job_ids: Sequence[int] | None = None) -> int:
+def refresh_slurm_jobs(
+    registry: Registry, job_ids: Sequence[int] | None = None, *, lost: bool = False
+) -> int:
     """Poll Slurm once for every unfinished Slurm job row (or those in ``job_ids``).
 
     Unfinished includes rows that ended in a requeuable state less than
     :data:`REQUEUE_WINDOW_S` seconds ago. Returns how many rows changed. No transaction is
     open while ``sacct`` runs (up to a minute), so other registry users are never blocked.
+    With ``lost``, an unfinished row that ``sacct`` does not know and ``squeue`` does not list
+    either is recorded ``LOST`` (one ``squeue`` call for those; what `pomlia jobs` shows).
     """
     with registry.session() as s:
         q = select(Job.id, Job.scheduler_id).where(Job.backend == "slurm")
@@ -286,6 +290,10 @@ def refresh_slurm_jobs(registry: Registry, job_ids: Sequence[int] | None = None)
                 changed += 1
                 for k, v in new.items():
                     setattr(row, k, v)
+    missing = [(rid, sid) for rid, sid in targets if sid not in states]
+    if lost and missing:
+        queued = squeue_ids([sid for _, sid in missing])
+        changed += len(_record_lost(registry, [(r, i) for r, i in missing if i not in queued]))
     return changed
 
 
@@ -330,8 +338,13 @@ def mark_lost(registry: Registry, job_ids: Sequence[int]) -> list[int]:
     if not missing:
         return []
     queued = squeue_ids([sid for _, sid in missing])
-    lost = [(rid, sid) for rid, sid in missing if sid not in queued]
-    now = datetime.now(UTC)
+    return _record_lost(registry, [(rid, sid) for rid, sid in missing if sid not in queued])
+
+
+def _record_lost(registry: Registry, lost: Sequence[tuple[int, str]]) -> list[int]:
+    """Record the unfinished rows of ``lost`` (registry id, Slurm id) as ``LOST``; returns
+    the ids of the rows changed."""
+    now, marked = datetime.now(UTC), []
     with registry.session() as s:
         for rid, sid in lost:
             row = s.get(Job, rid)
@@ -341,7 +354,8 @@ def mark_lost(registry: Registry, job_ids: Sequence[int]) -> list[int]:
                     f"Slurm no longer knows job {sid} (neither squeue nor sacct lists it): "
                     "counted as ended, its outcome unknown"
                 )
-    return [rid for rid, _ in lost]
+                marked.append(rid)
+    return marked
 
 
 def this_host() -> str:
@@ -413,6 +427,9 @@ def refresh_local_jobs(registry: Registry, job_ids: Sequence[int] | None = None)
         return changed
 
 
-def refresh_jobs(registry: Registry, job_ids: Sequence[int] | None = None) -> int:
-    """:func:`refresh_slurm_jobs` and :func:`refresh_local_jobs`; returns rows changed."""
-    return refresh_slurm_jobs(registry, job_ids) + refresh_local_jobs(registry, job_ids)
+def refresh_jobs(
+    registry: Registry, job_ids: Sequence[int] | None = None, *, lost: bool = False
+) -> int:
+    """:func:`refresh_slurm_jobs` (with its ``lost``) and :func:`refresh_local_jobs`; returns
+    rows changed."""
+    return refresh_slurm_jobs(registry, job_ids, lost=lost) + refresh_local_jobs(registry, job_ids)
