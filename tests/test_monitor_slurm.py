@@ -192,7 +192,13 @@ def test_replace_submits_first_a_failed_submission_keeps_the_old_chain(
             app, ["monitor", "schedule", "blood-keep", "--at", "04:30", "--replace"]
         )
         assert res.exit_code == 0, (res.output, res.exception)
-        assert f"replaced (cancelled): {old.job_id}" in " ".join(res.output.split())
+        # jobs named as `runs list` does: the registry id (`jobs show` takes it), Slurm's beside
+        said = " ".join(res.output.split())
+        assert f"replaced (cancelled): job {row.id} (slurm {old.job_id})" in said
+        with pytest.raises(InputError, match=r"already scheduled \(job \d+ \(slurm \d+\) pending"):
+            runner.invoke(
+                app, ["monitor", "schedule", "blood-keep", "--at", "04:40"], catch_exceptions=False
+            )
         wait_until(
             lambda: [j.job_id for j in jobs_named(name)] != [old.job_id],
             timeout=30,
@@ -204,6 +210,9 @@ def test_replace_submits_first_a_failed_submission_keeps_the_old_chain(
         assert "AT=04:30" in conf.read_text()
         with reg.session() as s:
             assert s.get(Job, row.id).state == "CANCELLED"  # type: ignore[union-attr]
+            new_row = s.scalar(select(Job.id).where(Job.scheduler_id == new.job_id))
+        res = runner.invoke(app, ["monitor", "unschedule", "blood-keep"])
+        assert f"cancelled: job {new_row} (slurm {new.job_id})" in " ".join(res.output.split())
     finally:
         runner.invoke(app, ["monitor", "unschedule", "blood-keep"])
     wait_until(lambda: jobs_named(name) == [], timeout=60, interval=0.5, what="no chain job")

@@ -207,7 +207,7 @@ def schedule_cmd(
     jobs/monitor.sbatch); prints equivalent cron and scrontab lines. Needs a Slurm profile
     (--cluster PROFILE): on another one it is refused with the cron line that runs the
     monitor on this machine instead."""
-    from pomlia_hpc.monitor.schedule import job_name, schedule
+    from pomlia_hpc.monitor.schedule import job_labels, job_name, schedule
 
     res = schedule(
         STATE.registry(),
@@ -233,7 +233,8 @@ def schedule_cmd(
         f"{res.begin:%Y-%m-%d %H:%M:%S}; settings {res.conf}"
     )
     if res.replaced:
-        console.print(f"replaced (cancelled): {', '.join(res.replaced)}", highlight=False)
+        replaced = job_labels(STATE.registry(), list(res.replaced))
+        console.print(f"replaced (cancelled): {', '.join(replaced)}", highlight=False)
     for warning in res.warnings:  # the new chain stands; the old one may need a hand
         err_console.print(f"[yellow]warning:[/] {warning}", highlight=False, soft_wrap=True)
     if res.note:  # submitted, not recorded: the chain goes on; `jobs list` will not show it
@@ -259,7 +260,8 @@ def unschedule_cmd(
     model: Annotated[str, typer.Argument(help="Registry model name or id.")],
 ) -> None:
     """End MODEL's monitoring chain: cancel its queued and running jobs."""
-    from pomlia_hpc.monitor.schedule import unschedule
+    from pomlia_hpc.monitor.schedule import job_labels, unschedule
 
     ids = unschedule(STATE.registry(), STATE.workspace, model)
-    console.print(f"cancelled: {', '.join(ids)}" if ids else "no monitoring job was queued")
+    labels = job_labels(STATE.registry(), ids)
+    console.print(f"cancelled: {', '.join(labels)}" if ids else "no monitoring job was queued")

@@ -282,12 +282,18 @@ def schedule(
         pending = [j for j in queued if j.state == "PENDING"]
         if pending:
             return Scheduled(
-                None, begin, conf, script, None, None, f"next run already queued: {_ids(pending)}"
+                None,
+                begin,
+                conf,
+                script,
+                None,
+                None,
+                f"next run already queued: {_ids(registry, pending)}",
             )
     else:
         if queued and not replace:
             raise InputError(
-                f"model '{name}' is already scheduled (job {_ids(queued)}); "
+                f"model '{name}' is already scheduled ({_ids(registry, queued)}); "
                 f"end it with `pomlia monitor unschedule {shlex.quote(name)}` or pass --replace"
             )
         old_conf = _write_files(conf, script, name, every, at, window, on_alarm, workspace)
@@ -353,8 +359,31 @@ def _cancel_old(registry: Registry, jname: str, new_id: str) -> tuple[list[str],
     return old, warnings
 
 
-def _ids(jobs: list[QueuedJob]) -> str:
-    return ", ".join(f"{j.job_id} {j.state.lower()}" for j in jobs)
+def _ids(registry: Registry, jobs: list[QueuedJob]) -> str:
+    labels = job_labels(registry, [j.job_id for j in jobs])
+    return ", ".join(f"{label} {j.state.lower()}" for label, j in zip(labels, jobs, strict=True))
+
+
+def job_labels(registry: Registry, scheduler_ids: list[str]) -> list[str]:
+    """Each Slurm id of ``scheduler_ids`` as `runs list` names jobs: ``job 21 (slurm 28)``
+    (the registry id, which `pomlia jobs show/cancel` take), or ``slurm job 28`` for a job the
+    registry does not hold; in the same order."""
+    from sqlalchemy import select
+
+    from pomlia_hpc.registry import Job
+
+    ids: dict[str, int] = {}
+    if scheduler_ids:
+        with registry.session() as s:
+            q = select(Job.scheduler_id, Job.id).where(
+                Job.backend == "slurm", Job.scheduler_id.in_(scheduler_ids)
+            )
+            for sid, rid in s.execute(q.order_by(Job.id)):
+                ids[sid] = rid  # the newest row of an id (a requeue keeps its id)
+    return [
+        f"job {ids[sid]} (slurm {sid})" if sid in ids else f"slurm job {sid}"
+        for sid in scheduler_ids
+    ]
 
 
 def unschedule(registry: Registry, workspace: Workspace, model: str) -> list[str]:

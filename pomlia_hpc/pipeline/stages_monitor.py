@@ -62,9 +62,13 @@ def _run(ctx: StageContext) -> dict[str, Any]:
                 replace=True,
             )
             entry.update(job=res.job_id, begin=res.begin.isoformat(), scheduled=True)
-            ctx.log(
-                f"  {model}: nightly monitor job {res.job_id}, first run {res.begin:%Y-%m-%d %H:%M}"
+            entry["record_id"] = res.record_id
+            job = (
+                f"job {res.record_id} (slurm {res.job_id})"
+                if res.record_id is not None
+                else f"slurm job {res.job_id}"
             )
+            ctx.log(f"  {model}: nightly monitor {job}, first run {res.begin:%Y-%m-%d %H:%M}")
         else:
             entry["scheduled"] = False
             ctx.log(f"  {model}: not a Slurm profile, nothing scheduled; a cron line: {cron}")
