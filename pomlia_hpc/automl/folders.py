@@ -6,6 +6,7 @@ registry queries such as ``pomlia runs list`` can tell a created study without i
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 from pomlia_hpc.workspace import Workspace
@@ -28,3 +29,15 @@ def spec_files(workspace: Workspace) -> list[Path]:
 def study_names(workspace: Workspace) -> list[str]:
     """The studies created in this workspace (a folder with a saved specification), sorted."""
     return [p.parent.name for p in spec_files(workspace)]
+
+
+def owning_pipeline(workspace: Workspace, name: str) -> str | None:
+    """The pipeline whose automl stage made study ``name`` (named ``<pipeline>-<task>-<key>``,
+    the key 8 hex digits, with ``<home>/pipelines/<pipeline>/`` present), else None: such a
+    study is resumed by running its pipeline again, not by ``automl run --resume``."""
+    root = workspace.path("pipelines")
+    head, _, key = name.rpartition("-")
+    if not head or not re.fullmatch(r"[0-9a-f]{8}", key) or not root.is_dir():
+        return None
+    owners = [p.name for p in root.iterdir() if p.is_dir() and head.startswith(p.name + "-")]
+    return max(owners, key=len) if owners else None

@@ -275,3 +275,37 @@ def list_runs(
             )
             for r, tname, job_id, sched in rows
         ]
+
+
+def settle_cancelled(registry: Registry, runs: Iterable[RunRow]) -> list[int]:
+    """Record as ``cancelled`` the unfinished runs among ``runs`` whose job is known to have
+    ended CANCELLED (``sacct``, asked once for all of them, or the row the cancelling driver
+    wrote), with the job's one-line cause; returns their ids. For runs whose driver is gone
+    (nothing else would record them: they showed as ``running (stale)``); a resumed study
+    submits them again. Their cost: the job's Start to End, in seconds, when known."""
+    from pomlia_hpc.cluster.records import refresh_jobs
+    from pomlia_hpc.errors import ClusterError
+
+    targets = {r.id: r.job for r in runs if r.status in (RUNNING, PENDING) and r.job is not None}
+    if not targets:
+        return []
+    try:
+        refresh_jobs(registry, sorted({j for j in targets.values() if j is not None}))
+    except ClusterError:
+        pass  # Slurm cannot answer now: the rows as recorded
+    settled: list[int] = []
+    with registry.session() as s:
+        for run_id, job_id in targets.items():
+            job, run = s.get(Job, job_id), s.get(Run, run_id)
+            if job is None or run is None or job.state != "CANCELLED":
+                continue
+            if run.status not in (RUNNING, PENDING):
+                continue
+            cause = ((job.exit_cause or "").strip().splitlines() or ["cancelled"])[0]
+            start = int(dict(run.metrics or {}).get("start_epoch", 0))
+            run.status, run.error = CANCELLED, cause
+            run.metrics = {"cause": cause, "state": "CANCELLED", "start_epoch": start}
+            if job.started_at is not None and job.ended_at is not None:
+                run.cost_s = max((job.ended_at - job.started_at).total_seconds(), 0.0)
+            settled.append(run_id)
+    return settled

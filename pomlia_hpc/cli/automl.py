@@ -506,10 +506,16 @@ def runs_list(
     or the local pid), error (the whole text; the table shows its first line), created_at;
     a missing value is null."""
     from pomlia_hpc.automl.folders import study_names  # not .study: that imports torch
-    from pomlia_hpc.automl.records import config_summary, list_runs
+    from pomlia_hpc.automl.records import config_summary, list_runs, settle_cancelled
 
     known = study_names(STATE.workspace) if study is not None else []
     rows = list_runs(STATE.registry(), task=task, study=study, limit=limit, known_studies=known)
+    gone = _gone_drivers(rows)
+    # The trials a gone driver's cancel took along (its jobs ended CANCELLED) are recorded
+    # cancelled rather than shown running (stale) forever.
+    settled = settle_cancelled(STATE.registry(), [r for r in rows if r.study in gone])
+    if settled:
+        rows = list_runs(STATE.registry(), task=task, study=study, limit=limit, known_studies=known)
     if as_json:
         print_rows(
             [
@@ -538,7 +544,6 @@ def runs_list(
         "error",
     ):
         table.add_column(col, overflow="fold")
-    gone = _gone_drivers(rows)
     for r in rows:
         val, test = r.metrics.get("val") or {}, r.metrics.get("test") or {}
         unfinished = r.status in (RunStatus.RUNNING, RunStatus.PENDING) and r.study in gone
@@ -556,11 +561,26 @@ def runs_list(
             (r.error or "").split("\n")[0][:60],
         )
     console.print(table)
+    _stale_hints(gone, settled)
+
+
+def _stale_hints(gone: dict[str, tuple[str, str]], settled: list[int]) -> None:
+    """Per study whose driver is gone: why, and how to take it up (a pipeline's study: run
+    its pipeline again; else ``automl run --resume``)."""
+    from pomlia_hpc.automl.folders import owning_pipeline
+
     for name, (task_name, why) in sorted(gone.items()):
+        owner = owning_pipeline(STATE.workspace, name)
+        how = (
+            f"run pipeline {owner} again (`pomlia pipeline status {shlex.quote(owner)}`)"
+            if owner is not None
+            else f"resume it with `pomlia automl run {shlex.quote(task_name)} --study "
+            f"{shlex.quote(name)} --resume`"
+        )
+        what = "runs cancelled with it are recorded so; " if settled else ""
         err_console.print(
-            f"[yellow]stale:[/] study {name}'s unfinished runs stay 'running' because {why}; "
-            f"resume it with `pomlia automl run {shlex.quote(task_name)} --study "
-            f"{shlex.quote(name)} --resume`",
+            f"[yellow]stale:[/] study {name}: {what}its unfinished runs stay 'running' "
+            f"because {why}; {how}",
             soft_wrap=True,
             highlight=False,
         )

@@ -102,8 +102,9 @@ class AttachedJob:
         )
 
     def completed(self) -> None:
-        """Record that the job's result was collected."""
-        self.close_row("COMPLETED")
+        """Record that the job's result was collected (a cancel recorded just after it ended
+        does not stay its cause: the row's state and cause agree)."""
+        self.close_row("COMPLETED", exit_cause=None)
 
     def failed(self) -> JobFailedError:
         """Record the job's failure and return it as a :class:`JobFailedError` to raise: its

@@ -39,7 +39,12 @@ def recover_trial(runner: TrialRunner, opt: SearchOptimizer, proposal: Proposal)
         opt.tell(proposal, 1.0, crashed=True, time_s=run.cost_s or 0.0)
         return
     if run.status == records.CANCELLED:  # cancelled with its driver: it never had its chance
-        runner.start(opt, proposal, run_id=run.id)  # continues from its last checkpoint
+        _, _, result_path = runner.paths(proposal.key, proposal.epochs, run.id)
+        result = read_result(result_path)
+        if result is not None:  # it finished just before the cancel
+            runner.record_ok(opt, run.id, proposal, result)
+        else:
+            runner.start(opt, proposal, run_id=run.id)  # continues from its last checkpoint
         return
     _, _, result_path = runner.paths(proposal.key, proposal.epochs, run.id)
     job = records.job_of(runner.registry, run.job_id)
