@@ -15,6 +15,7 @@ PostgreSQL's ``json`` type rejects NaN (a driver would die mid-study on a ``Data
 
 from __future__ import annotations
 
+import contextlib
 import math
 import subprocess
 from collections.abc import Iterable
@@ -289,10 +290,8 @@ def settle_cancelled(registry: Registry, runs: Iterable[RunRow]) -> list[int]:
     targets = {r.id: r.job for r in runs if r.status in (RUNNING, PENDING) and r.job is not None}
     if not targets:
         return []
-    try:
+    with contextlib.suppress(ClusterError):  # Slurm cannot answer now: the rows as recorded
         refresh_jobs(registry, sorted({j for j in targets.values() if j is not None}))
-    except ClusterError:
-        pass  # Slurm cannot answer now: the rows as recorded
     settled: list[int] = []
     with registry.session() as s:
         for run_id, job_id in targets.items():
