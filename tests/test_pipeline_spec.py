@@ -409,3 +409,49 @@ def test_execution_resources_given_in_part_keep_the_other_defaults() -> None:
     assert (res.cpus_per_task, res.mem_gb, res.time_min) == (1, 64, 24 * 60)
     spec = _parse({**MINIMAL, "execution": {"mode": "driver", "resources": {"time_min": 90}}})
     assert spec.execution.resources.time_min == 90 and spec.execution.resources.mem_gb == 4
+
+
+def test_status_shows_the_stages_after_a_stale_one_stale(
+    workspace: Workspace, tmp_path: Path, wide_console: None
+) -> None:
+    """A changed section made its stage stale while the stages after it, recorded from the old
+    run, still showed `done`: they are stale too, saying which stage they wait for."""
+    from typer.testing import CliRunner
+
+    from pomlia_hpc.cli import app
+    from tests.fixtures.factories import tiny_npz
+
+    tiny_npz(tmp_path / "a.npz")
+    file = tmp_path / "p.yaml"
+    data: dict[str, Any] = {
+        "name": "p",
+        "datasets": [{"name": "a", "file": "a.npz"}],
+        "tasks": [{"name": "t", "dataset": "a", "metric": "acc"}],
+    }
+    file.write_text(yaml.safe_dump(data))
+    cli = CliRunner()
+    res = cli.invoke(app, ["pipeline", "run", str(file)])
+    assert res.exit_code == 0, res.output
+    res = cli.invoke(app, ["pipeline", "status", "p"])
+    assert "│ tasks │ done │" in " ".join(res.output.split()), res.output
+    data["datasets"][0]["options"] = {"task_type": "multi-class"}
+    file.write_text(yaml.safe_dump(data))
+    res = cli.invoke(app, ["pipeline", "status", "p"])
+    said = " ".join(res.output.split())
+    assert "│ data │ stale │" in said and "│ tasks │ stale │" in said, res.output
+    assert "needs data" in said
+
+
+def test_the_monitor_stage_runs_again_after_unschedule(workspace: Workspace) -> None:
+    """After `monitor unschedule M` the pipeline counted its monitor stage up to date."""
+    from pomlia_hpc.pipeline.stage import StageContext
+    from pomlia_hpc.pipeline.stages_monitor import MONITOR
+
+    ctx: Any = StageContext(spec=_parse(MINIMAL), workspace=workspace, registry=None)  # type: ignore[arg-type]
+    conf = workspace.path("jobs", "monitor", "m", "schedule.env")
+    conf.parent.mkdir(parents=True)
+    conf.write_text("AT=02:00\n")
+    out = {"t": {"model": "m", "scheduled": True}, "u": {"model": "n", "scheduled": False}}
+    assert MONITOR.still_there(ctx, out)
+    conf.unlink()  # what `monitor unschedule m` does
+    assert not MONITOR.still_there(ctx, out)

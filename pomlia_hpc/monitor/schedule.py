@@ -386,6 +386,12 @@ def job_labels(registry: Registry, scheduler_ids: list[str]) -> list[str]:
     ]
 
 
+def is_scheduled(workspace: Workspace, model: str) -> bool:
+    """Whether ``model`` (its name) has a nightly chain: its settings file, which
+    :func:`unschedule` deletes and without which no run of the chain resubmits."""
+    return workspace.path("jobs", "monitor", model, "schedule.env").is_file()
+
+
 def unschedule(registry: Registry, workspace: Workspace, model: str) -> list[str]:
     """End ``model``'s chain; returns the cancelled job ids."""
     from pomlia_hpc.models.catalog import resolve_model

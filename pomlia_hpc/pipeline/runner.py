@@ -308,6 +308,7 @@ def pipeline_status(ctx: StageContext) -> list[StageStatus]:
         with ctx.registry.session() as s:
             rows = {r.id: r for r in s.scalars(select(Job).where(Job.id.in_(ids)))}
     out = []
+    behind: list[str] = []  # stages not done as the file is now: what needs them is stale too
     for stage in active_stages(ctx.spec):
         rec = ctx.record(stage.name) or {}
         info = run_stages.get(stage.name, {})
@@ -315,12 +316,18 @@ def pipeline_status(ctx: StageContext) -> list[StageStatus]:
         state = str(rec.get("status", "not run"))
         if state == "done" and not is_fresh(ctx, stage):
             state = "stale"  # the file or an upstream output changed since
+        upstream = [n for n in stage.needs if n in behind]
+        if state == "done" and upstream:
+            state = "stale"  # its inputs will change when the stages it needs run again
+            rec = {**rec, "error": f"needs {', '.join(upstream)}, which is not up to date"}
         if job is not None and job.state not in FINAL_STATES and state != "running":
             state = "pending" if job.state == "PENDING" else state
         ended_badly = job is not None and job.state in _BAD_END
         if ended_badly and state not in ("done", "failed"):
             # A stage job killed mid-run never wrote "failed"; one never started was cancelled.
             state = "failed" if rec.get("status") == "running" else "cancelled"
+        if state != "done":
+            behind.append(stage.name)
         detail = str(rec.get("error") or (job.exit_cause if job is not None else "") or "")
         out.append(
             StageStatus(

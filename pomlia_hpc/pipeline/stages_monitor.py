@@ -93,12 +93,25 @@ def _jobs(spec: PipelineSpec, profile: ClusterProfile) -> list[PlannedJob]:
     return [PlannedJob("nightly monitor (self-resubmitting)", len(spec.tasks), profile, None)]
 
 
+def _still_there(ctx: StageContext, out: dict[str, Any]) -> bool:
+    """Whether each model the stage scheduled still has its nightly chain: ``monitor
+    unschedule`` (which deletes the chain's settings) makes the stage run again."""
+    from pomlia_hpc.monitor.schedule import is_scheduled
+
+    return all(
+        is_scheduled(ctx.workspace, str(v.get("model")))
+        for v in out.values()
+        if isinstance(v, dict) and v.get("scheduled")
+    )
+
+
 MONITOR = section_stage(
     "monitor",
     needs=("deploy",),
     summary="monitoring reference and the nightly monitor schedule",
     run=_run,
     jobs=_jobs,
+    still_there=_still_there,
 )
 
 register_stage(MONITOR, after="deploy")
