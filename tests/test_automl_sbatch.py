@@ -40,5 +40,6 @@ def test_budgets_are_passed_only_when_set(tmp_path: Path) -> None:
     resumed = _args(
         tmp_path, TASK="blood", STUDY="hb", TRIALS="60", MIN_EPOCHS="3", EXTRA_ARGS="--seed 1"
     )
-    wanted = "--executor slurm --resume --trials 60 --min-epochs 3 --seed 1"
+    # no --executor on a resume: the study keeps its own, and each requeued job noted it ignored
+    wanted = "--resume --trials 60 --min-epochs 3 --seed 1"
     assert shlex.join(resumed[5:]) == wanted
