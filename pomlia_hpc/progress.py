@@ -276,6 +276,7 @@ def progress(
     every_s: float | None = None,
     min_interval_s: float = 0.0,
     live_view: bool = False,
+    start: int = 0,
 ) -> Iterator[Reporter]:
     """Report the progress of one long piece of work; yields a :class:`Reporter`.
 
@@ -284,7 +285,8 @@ def progress(
     ``view``; anything else gets plain lines on ``stream`` (default: the console's file). A
     plain report writes its first status at once, every change (but at most one line per
     ``min_interval_s`` seconds, except the last), a heartbeat after ``every_s`` seconds of
-    silence, and a final status when the block ends.
+    silence, and a final status when the block ends. ``start``: how much was done before (a
+    resumed piece of work), the first status a plain report writes.
     """
     console = console or Console()
     if stream is None and console.is_terminal:
@@ -306,7 +308,7 @@ def progress(
     reporter = Reporter(
         description, total, unit, stream=out, console=console, min_interval_s=min_interval_s
     )
-    reporter.update(0)
+    reporter.update(start)
     period = _every_s(every_s)
     stop = threading.Event()
 

@@ -56,6 +56,8 @@ def test_runs_cancelled_with_a_pipelines_driver_are_recorded_cancelled(
     assert runs[running].status == "running"
     assert "run pipeline lookalikes again" in out and "--resume" not in out, out
     assert "recorded" in out
+    # what `automl run --resume` counts as ended before it starts (not 0/N)
+    assert records.ended_runs(reg, study) == 1
 
 
 def test_a_collected_result_clears_a_cancel_recorded_just_after_the_job_ended(

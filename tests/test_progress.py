@@ -92,6 +92,15 @@ def test_plain_lines_follow_changes_and_fine_counts_are_thinned() -> None:
     assert lines[2].endswith("] run 4 small_cnn: crashed (out of memory)")
 
 
+def test_a_resumed_study_starts_from_its_ended_trials() -> None:
+    """`automl run --resume` printed `0/3 trials (0%)` before it listed the trials it adopted:
+    its first line counts the trials that ended before (`records.ended_runs`)."""
+    buf = io.StringIO()
+    with progress("study s", 3, unit="trials", stream=buf, start=2):
+        pass
+    assert "study s: 2/3 trials (66%), " in buf.getvalue().splitlines()[0]
+
+
 def test_a_terminal_gets_a_bar_and_no_plain_lines() -> None:
     buf = io.StringIO()
     console = Console(file=buf, force_terminal=True, width=100)

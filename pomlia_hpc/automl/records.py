@@ -24,7 +24,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 import pomlia_hpc
 from pomlia_hpc.errors import InputError
@@ -180,6 +180,13 @@ def study_runs(registry: Registry, study: str) -> list[Run]:
         for r in rows:
             s.expunge(r)
         return rows
+
+
+def ended_runs(registry: Registry, study: str) -> int:
+    """How many runs of ``study`` have ended (``ok``, ``crashed`` or ``cancelled``)."""
+    with registry.session() as s:
+        q = select(func.count()).where(Run.study == study, Run.status.in_((OK, CRASHED, CANCELLED)))
+        return int(s.scalar(q) or 0)
 
 
 def job_of(registry: Registry, job_id: int | None) -> Job | None:

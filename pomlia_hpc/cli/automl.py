@@ -302,6 +302,7 @@ def automl_run(
 ) -> None:
     """Run an AutoML study on TASK: SMAC-Hyperband (budget = epochs), trials as cluster jobs."""
     from pomlia_hpc.automl.engine import EngineOptions
+    from pomlia_hpc.automl.records import ended_runs
     from pomlia_hpc.automl.space import DEFAULT_ARCHS, SpaceOptions, read_initial_values
     from pomlia_hpc.automl.study import create_study, latest_study, load_spec, run_study
 
@@ -405,6 +406,7 @@ def automl_run(
             unit="trials",
             console=console,
             live_view=True,
+            start=ended_runs(reg, spec.name) if resume else 0,  # not 0/N before adopting
         ) as bar:
             result = run_study(reg, ws, spec, resume=resume, on_update=_reporter(bar))
     except KeyboardInterrupt:
