@@ -92,3 +92,23 @@ def test_the_recorded_cron_line_hides_a_password_given_as_a_query_parameter(
     assert "s3cret" not in json.dumps(out) and "s3cret" not in log
     assert "registry?password=***'" in out["t"]["cron"]
     assert "password is shown as ***" in log
+
+
+def test_on_slurm_the_stage_names_the_registry_job_with_slurms_id_beside_it(
+    workspace: Workspace, reg: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It said `nightly monitor job 28` (Slurm's id), which `pomlia jobs show` does not take."""
+    from datetime import UTC, datetime
+
+    import pomlia_hpc.monitor.schedule as schedule
+
+    def scheduled(*_a: object, **_k: object) -> schedule.Scheduled:
+        path = tmp_path / "x"
+        return schedule.Scheduled("28", datetime.now(UTC), path, path, None, None, record_id=21)
+
+    monkeypatch.setattr(schedule, "schedule", scheduled)
+    monkeypatch.setenv("POMLIA_CLUSTER", "slurm-local")
+    slurm = dataclasses.replace(workspace, cluster_profile="slurm-local")
+    out, log = _run_stage(slurm, reg, tmp_path, monkeypatch, workspace.db_url, {"at": "02:00"})
+    assert "nightly monitor job 21 (slurm 28)," in log, log
+    assert out["t"]["scheduled"] is True
