@@ -43,7 +43,7 @@ def test_a_recommended_configuration_the_named_archs_leave_out_is_logged_and_rec
     assert not resume
     assert [c["arch"] for c in spec.initial_configs] == ["small_cnn"]
     (why,) = spec.dropped_initial
-    assert "entry 0" in why
+    assert "entry 0" in why and "architecture 'resnet18' is not in this study's space" in why
     text = "\n".join(lines)
     assert "warm start: 1 configuration(s)" in text and f"warm start: left out {why}" in text
 

@@ -217,6 +217,12 @@ def make_configuration(
     """Validate ``values`` against ``space``; :class:`InputError` naming ``where`` and the
     hyperparameter on failure. Inactive hyperparameters may be left out."""
     known = set(space.keys())
+    if "arch" in known and "arch" in values and not space["arch"].legal_value(values["arch"]):
+        # first: another architecture is the reason, not the weights' keys it brings along
+        raise InputError(
+            f"{where}: architecture {values['arch']!r} is not in this study's space; "
+            f"expected {_describe(space['arch'])}"
+        )
     unknown = sorted(set(values) - known)
     if unknown:
         raise InputError(
