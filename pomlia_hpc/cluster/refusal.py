@@ -18,14 +18,32 @@ import getpass
 import subprocess
 import time
 from collections.abc import Iterator, Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from pomlia_hpc.errors import ClusterError
 from pomlia_hpc.progress import say
 
 if TYPE_CHECKING:
-    from pomlia_hpc.cluster.executor import JobHandle
     from pomlia_hpc.config import ClusterProfile
+
+
+class PendingJob(Protocol):
+    """What :func:`watch_pending` needs of a job handle (the executor's ``JobHandle``; named
+    by its shape so that this module, which the registry-query commands load, does not
+    import the executor and with it torch)."""
+
+    pending_reason: str | None
+    given_up_state: str | None
+    resources: ClusterProfile
+
+    @property
+    def scheduler_id(self) -> str | None: ...
+
+    @property
+    def name(self) -> str: ...
+
+    def cancel(self, cause: str = ...) -> None: ...
+
 
 #: Words of sbatch's message → the profile option (and command-line flag) that set it.
 _OPTIONS: tuple[tuple[str, str], ...] = (
@@ -171,7 +189,7 @@ def _reasons_now() -> dict[str, str]:
     return reasons if isinstance(reasons, dict) else {}
 
 
-def watch_pending(handle: JobHandle) -> None:
+def watch_pending(handle: PendingJob) -> None:
     """For a pending Slurm job: note Slurm's reason (``handle.pending_reason``), say it once
     when it changes, and cancel a job that will never start (:func:`never_starts`), giving up
     on it with a cause that names its request and the reason."""
