@@ -105,8 +105,12 @@ def test_train_refused_leaves_no_encoder_folder(
     [
         ("PartitionConfig", True),
         ("BadConstraints", True),
-        ("ReqNodeNotAvail, UnavailableNodes:", True),
+        ("QOSMaxCpuPerJobLimit", True),
+        ("ReqNodeNotAvail, UnavailableNodes:", False),
         ("ReqNodeNotAvail, UnavailableNodes:node3", False),
+        ("ReqNodeNotAvail, Reserved for maintenance", False),
+        ("ReqNodeNotAvail, May be reserved for other job", False),
+        ("PartitionNodeLimit", False),
         ("Resources", False),
         ("Priority", False),
         (None, False),

@@ -59,12 +59,14 @@ _OPTIONS: tuple[tuple[str, str], ...] = (
 )
 
 #: Pending reasons that Slurm documents as never clearing by themselves (squeue(1), JOB
-#: REASON CODES): the request exceeds what the partition, its nodes, the QOS or the
-#: association allow, or names what does not exist. Such a job pends forever.
+#: REASON CODES): the request exceeds a per-job limit of the partition, QOS or association,
+#: or names what does not exist. Such a job pends forever. Not here: ``ReqNodeNotAvail``
+#: (nodes down, drained or reserved, e.g. ``Reserved for maintenance``) and
+#: ``PartitionNodeLimit`` (also given while the partition's nodes are down or drained): both
+#: clear when the nodes come back.
 PERMANENT_REASONS = frozenset(
     {
         "PartitionConfig",
-        "PartitionNodeLimit",
         "PartitionTimeLimit",
         "BadConstraints",
         "InvalidAccount",
@@ -131,17 +133,11 @@ def sbatch_refusals(profile: ClusterProfile, name: str) -> Iterator[None]:
 
 def never_starts(reason: str | None) -> bool:
     """Whether a pending job's Slurm ``reason`` (``PartitionConfig``, ``ReqNodeNotAvail,
-    UnavailableNodes:``) means it will never start. ``ReqNodeNotAvail`` counts only when it
-    names no unavailable node (a requested node that does not exist)."""
+    Reserved for maintenance``) means it will never start: only the reasons of
+    :data:`PERMANENT_REASONS`, whatever detail follows the comma."""
     if not reason:
         return False
-    head = reason.split(",")[0].strip().strip("()")
-    if head in PERMANENT_REASONS:
-        return True
-    if head == "ReqNodeNotAvail":
-        nodes = reason.partition("UnavailableNodes:")[2].strip().strip(")")
-        return not nodes
-    return False
+    return reason.split(",")[0].strip().strip("()") in PERMANENT_REASONS
 
 
 #: Seconds between the ``squeue`` calls that read the pending reasons of this user's jobs (one
