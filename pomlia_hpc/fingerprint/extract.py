@@ -55,7 +55,7 @@ from pomlia_hpc.errors import (
     PomliaError,
     integrity_failure,
 )
-from pomlia_hpc.fingerprint.aside import SetAside, drop, move_aside, remember, restore
+from pomlia_hpc.fingerprint.aside import SetAside, drop, move_aside, recover, remember, restoring
 from pomlia_hpc.fingerprint.io import group_meta
 from pomlia_hpc.fingerprint.shards import (
     ShardSpec,
@@ -345,37 +345,40 @@ def plan_extraction(
     specs: list[ShardSpec] = []
     plans: list[DatasetPlan] = []
     aside: list[SetAside] = []
-    for row, store in resolved:
-        out = embeddings_path(workspace, enc.name, store)
-        stored = None if force else _stored_plan(out, store, latent_dim, patch_grid, digest)
-        if stored is None:
-            # Marked running before the old vectors are moved aside, so no reader (or crash in
-            # between) ever sees "complete" over a new, NaN-filled array.
-            kept = remember(registry, out, enc.id, row.id)
-            _record(registry, enc.id, row.id, out, status="running")
-            move_aside(kept)  # put back if the array job is refused (extract)
-            aside.append(kept)
-            stored = plan_shards(store, shards, shard_rows)
-            create_embeddings(out, store, enc, digest, latent_dim, stored, patch_grid)
-        ranges = stored
-        missing = [i for i, r in enumerate(ranges) if done_record(out, i, r) is None]
-        specs.extend(
-            ShardSpec(
-                store_path=str(store.path),
-                out_path=str(out),
-                checkpoint=enc.checkpoint_path,
-                shard=i,
-                start=ranges[i][0],
-                stop=ranges[i][1],
-                batch_size=batch_size,
-                patch_grid=patch_grid,
-                threads=threads,
+    with restoring(registry, aside, enc.id):  # a failure puts back what was set aside
+        for row, store in resolved:
+            out = embeddings_path(workspace, enc.name, store)
+            recover(out)  # set aside by a run that was killed before submitting
+            stored = None if force else _stored_plan(out, store, latent_dim, patch_grid, digest)
+            if stored is None:
+                # Marked running before the old vectors are moved aside, so no reader (or crash
+                # in between) ever sees "complete" over a new, NaN-filled array.
+                aside.append(kept := remember(registry, out, enc.id, row.id))
+                _record(registry, enc.id, row.id, out, status="running")
+                move_aside(kept)  # put back if the array job is not submitted (extract)
+                stored = plan_shards(store, shards, shard_rows)
+                create_embeddings(out, store, enc, digest, latent_dim, stored, patch_grid)
+            ranges = stored
+            missing = [i for i, r in enumerate(ranges) if done_record(out, i, r) is None]
+            specs.extend(
+                ShardSpec(
+                    store_path=str(store.path),
+                    out_path=str(out),
+                    checkpoint=enc.checkpoint_path,
+                    shard=i,
+                    start=ranges[i][0],
+                    stop=ranges[i][1],
+                    batch_size=batch_size,
+                    patch_grid=patch_grid,
+                    threads=threads,
+                )
+                for i in missing
             )
-            for i in missing
-        )
-        fs_id = _record(registry, enc.id, row.id, out, status="running" if missing else "complete")
-        note = _shard_note(store, shards, len(ranges))
-        plans.append(DatasetPlan(store.ref, row.id, fs_id, out, ranges, missing, note))
+            fs_id = _record(
+                registry, enc.id, row.id, out, status="running" if missing else "complete"
+            )
+            note = _shard_note(store, shards, len(ranges))
+            plans.append(DatasetPlan(store.ref, row.id, fs_id, out, ranges, missing, note))
     return ExtractionPlan(enc, plans, specs, warnings, aside)
 
 
@@ -466,14 +469,10 @@ def extract(
     for line in plan.warnings:
         if say is not None:
             say(line)
-    tasks = group_shards(
-        plan.specs, None if shards is not None else (shard_rows or DEFAULT_SHARD_ROWS)
-    )
-    try:
+    with restoring(registry, plan.aside, plan.encoder.id):  # nothing runs: keep old vectors
+        rows = None if shards is not None else (shard_rows or DEFAULT_SHARD_ROWS)
+        tasks = group_shards(plan.specs, rows)
         handles = _submit(tasks, ex, resources)
-    except PomliaError:
-        restore(registry, plan.aside, plan.encoder.id)  # nothing runs: keep the old vectors
-        raise
     drop(plan.aside)
     outcomes = _run(handles, tasks, progress)
     results = finish_extraction(registry, plan)
