@@ -50,7 +50,7 @@ def test_node_fail_then_requeued_then_completed(
             f"77|NODE_FAIL|{t[0]}|{t[1]}|0:0\n77|COMPLETED|{t[2]}|{t[3]}|0:0",
         ]
     )
-    monkeypatch.setattr(records, "sacct_states", lambda ids: parse_sacct(next(answers)))
+    monkeypatch.setattr(records, "sacct_states", lambda ids, *_: parse_sacct(next(answers)))
     (rid,) = record_submission(reg, backend="slurm", scheduler_ids=["77"], name="x", folder="/")
 
     refresh_slurm_jobs(reg)
@@ -107,7 +107,7 @@ def test_sacct_times_are_local_time(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_unchanged_state_changes_no_row(reg: Registry, monkeypatch: pytest.MonkeyPatch) -> None:
     st = SchedulerState("RUNNING", datetime(2026, 1, 1, 3, tzinfo=UTC), None, "0:0", 0)
-    monkeypatch.setattr(records, "sacct_states", lambda ids: {"77": st})
+    monkeypatch.setattr(records, "sacct_states", lambda ids, *_: {"77": st})
     (rid,) = record_submission(reg, backend="slurm", scheduler_ids=["77"], name="x", folder="/")
     assert [refresh_slurm_jobs(reg) for _ in range(3)] == [1, 0, 0]
     row = _row(reg, rid)
@@ -121,7 +121,7 @@ def test_poll_holds_no_lock_while_sacct_runs(
     other = Registry(reg.url, busy_timeout_s=0.2)
     written: list[int] = []
 
-    def sacct_while_others_write(ids: Any) -> dict[str, SchedulerState]:
+    def sacct_while_others_write(ids: Any, *_: Any) -> dict[str, SchedulerState]:
         # While sacct runs (up to a minute on a busy cluster), others must be able to write.
         written.extend(
             record_submission(other, backend="local", scheduler_ids=["1"], name="y", folder="/")
@@ -154,3 +154,22 @@ def test_sbatch_script_records_the_job_and_names_sbatchs_refusal(
     monkeypatch.setenv("PATH", str(tmp_path / "nothing"))
     with pytest.raises(ClusterError, match="sbatch not found"):
         records.sbatch_script(reg, script, name="pomlia-serve")
+
+
+def test_a_sacct_that_hangs_is_one_cluster_error_after_the_timeout(
+    reg: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    sacct = bin_dir / "sacct"
+    sacct.write_text("#!/bin/sh\nsleep 30\n")
+    sacct.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:/usr/bin:/bin")
+    (rid,) = records.record_submission(
+        reg, backend="slurm", scheduler_ids=["4242"], name="x", folder=str(tmp_path)
+    )
+    began = time.monotonic()
+    with pytest.raises(ClusterError, match="sacct could not be run"):
+        records.refresh_jobs(reg, [rid], timeout_s=0.5)
+    assert time.monotonic() - began < 10
+    assert _row(reg, rid).state == "PENDING"  # as recorded

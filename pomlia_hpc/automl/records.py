@@ -285,6 +285,10 @@ def list_runs(
         ]
 
 
+#: Seconds ``sacct`` may take when ``runs list`` settles cancelled runs (then: as recorded).
+LIST_SACCT_TIMEOUT_S = 10.0
+
+
 def settle_cancelled(registry: Registry, runs: Iterable[RunRow]) -> list[int]:
     """Record as ``cancelled`` the unfinished runs among ``runs`` whose job is known to have
     ended CANCELLED (``sacct``, asked once for all of them, or the row the cancelling driver
@@ -298,7 +302,8 @@ def settle_cancelled(registry: Registry, runs: Iterable[RunRow]) -> list[int]:
     if not targets:
         return []
     with contextlib.suppress(ClusterError):  # Slurm cannot answer now: the rows as recorded
-        refresh_jobs(registry, sorted({j for j in targets.values() if j is not None}))
+        ids = sorted({j for j in targets.values() if j is not None})
+        refresh_jobs(registry, ids, timeout_s=LIST_SACCT_TIMEOUT_S)  # a listing: never hang
     settled: list[int] = []
     with registry.session() as s:
         for run_id, job_id in targets.items():

@@ -103,8 +103,9 @@ def parse_sacct(text: str) -> dict[str, SchedulerState]:
     return out
 
 
-def sacct_states(job_ids: Iterable[str]) -> dict[str, SchedulerState]:
-    """States of ``job_ids`` (plain ids, array task ids ``A_I`` or array ids) in one sacct call."""
+def sacct_states(job_ids: Iterable[str], timeout_s: float = 60.0) -> dict[str, SchedulerState]:
+    """States of ``job_ids`` (plain ids, array task ids ``A_I`` or array ids) in one sacct call.
+    Raises :class:`ClusterError` when ``sacct`` is missing, fails or takes over ``timeout_s``."""
     global SACCT_CALLS
     ids = sorted({jid.split("_")[0] for jid in job_ids})
     if not ids:
@@ -122,9 +123,11 @@ def sacct_states(job_ids: Iterable[str]) -> dict[str, SchedulerState]:
     ]
     SACCT_CALLS += 1
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, check=False)
     except FileNotFoundError as exc:
         raise ClusterError("sacct not found: is this a Slurm cluster node?") from exc
+    except (subprocess.TimeoutExpired, OSError) as exc:
+        raise ClusterError(f"sacct could not be run: {exc}") from exc
     if proc.returncode != 0:
         raise ClusterError(f"sacct failed ({proc.returncode}): {proc.stderr.strip()}")
     return parse_sacct(proc.stdout)
@@ -253,7 +256,11 @@ def merge_scheduler_state(row: Job, st: SchedulerState) -> dict[str, Any]:
 
 
 def refresh_slurm_jobs(
-    registry: Registry, job_ids: Sequence[int] | None = None, *, lost: bool = False
+    registry: Registry,
+    job_ids: Sequence[int] | None = None,
+    *,
+    lost: bool = False,
+    timeout_s: float = 60.0,
 ) -> int:
     """Poll Slurm once for every unfinished Slurm job row (or those in ``job_ids``).
 
@@ -262,6 +269,7 @@ def refresh_slurm_jobs(
     open while ``sacct`` runs (up to a minute), so other registry users are never blocked.
     With ``lost``, an unfinished row that ``sacct`` does not know and ``squeue`` does not list
     either is recorded ``LOST`` (one ``squeue`` call for those; what `pomlia jobs` shows).
+    ``timeout_s``: how long ``sacct`` may take (then :class:`ClusterError`).
     """
     with registry.session() as s:
         q = select(Job.id, Job.scheduler_id).where(Job.backend == "slurm")
@@ -277,7 +285,7 @@ def refresh_slurm_jobs(
         targets = [(rid, sid) for rid, sid in s.execute(q)]
     if not targets:
         return 0
-    states = sacct_states(sid for _, sid in targets)
+    states = sacct_states((sid for _, sid in targets), timeout_s)
     changed = 0
     with registry.session() as s:
         for rid, sid in targets:
@@ -428,8 +436,13 @@ def refresh_local_jobs(registry: Registry, job_ids: Sequence[int] | None = None)
 
 
 def refresh_jobs(
-    registry: Registry, job_ids: Sequence[int] | None = None, *, lost: bool = False
+    registry: Registry,
+    job_ids: Sequence[int] | None = None,
+    *,
+    lost: bool = False,
+    timeout_s: float = 60.0,
 ) -> int:
-    """:func:`refresh_slurm_jobs` (with its ``lost``) and :func:`refresh_local_jobs`; returns
-    rows changed."""
-    return refresh_slurm_jobs(registry, job_ids, lost=lost) + refresh_local_jobs(registry, job_ids)
+    """:func:`refresh_slurm_jobs` (with its ``lost`` and ``timeout_s``) and
+    :func:`refresh_local_jobs`; returns rows changed."""
+    slurm = refresh_slurm_jobs(registry, job_ids, lost=lost, timeout_s=timeout_s)
+    return slurm + refresh_local_jobs(registry, job_ids)
