@@ -182,3 +182,19 @@ def test_a_cancelled_run_is_no_failure_of_its_strategy(registry: Registry) -> No
     got = _by_arch(registry)
     assert (got["small_cnn"].n_runs, got["small_cnn"].n_failed) == (1, 0)
     assert got["small_cnn"].cost_s == 10.0
+
+
+def test_a_cancelled_run_leaves_the_waiting_list(registry: Registry) -> None:
+    from pomlia_hpc.registry import KbRunSeen
+    from pomlia_hpc.strategy import runstats
+
+    tid = _task(registry)
+    _run(registry, tid, "small_cnn", "ok", 0.7)
+    _run(registry, tid, "small_cnn", "cancelled", cost=40.0)
+    _by_arch(registry)
+    with registry.session() as s:
+        waiting = s.query(KbRunSeen).filter(KbRunSeen.done.is_(False)).count()
+    assert waiting == 0  # not examined again on every refresh
+    assert runstats.refresh(registry, {tid: 28}) == 0
+    got = _by_arch(registry)
+    assert (got["small_cnn"].n_runs, got["small_cnn"].n_failed) == (1, 0)

@@ -36,9 +36,11 @@ from sqlalchemy.orm import Session
 from pomlia_hpc.registry import KbRunSeen, KbRunStats, Registry, Run, Task
 from pomlia_hpc.strategy.longformat import strategy_key
 
-#: Statuses counted; a cancelled run (no failure of its strategy, and a resumed study may
-#: submit it again) stays waiting, like a running one.
-FINAL = ("ok", "crashed")
+#: Statuses counted as runs of their strategy (``crashed``: a failure of it).
+COUNTED = ("ok", "crashed")
+#: Statuses that never change: examined once. A cancelled run is no run (nor failure) of its
+#: strategy, and a resumed study submits a new run in its place, so it leaves the waiting list.
+FINAL = (*COUNTED, "cancelled")
 #: How many ids below the newest examined one are looked at again for runs that committed late
 #: (concurrent inserts; a run's transaction is seconds long, far fewer runs start meanwhile).
 RECHECK = 1000
@@ -84,7 +86,7 @@ def _forget_if_stale(s: Session) -> bool:
         select(func.count())
         .select_from(KbRunSeen)
         .join(Run, Run.id == KbRunSeen.run_id)
-        .where(KbRunSeen.done.is_(True), Run.task_id.is_not(None))
+        .where(KbRunSeen.done.is_(True), Run.task_id.is_not(None), Run.status.in_(COUNTED))
         .scalar_subquery()
     )
     if s.execute(select(counted - present)).scalar_one() == 0:
@@ -125,7 +127,7 @@ def _refresh(registry: Registry, image_sizes: dict[int, int]) -> int:
         examined = s.execute(q).all()
         if not examined:
             return 0
-        rows = [r for r in examined if r[2] in FINAL and r[1] is not None]
+        rows = [r for r in examined if r[2] in COUNTED and r[1] is not None]
         again = {r[0] for r in examined if r[2] not in FINAL}
         # Waiting runs (ids up to ``newest``) that have finished leave the waiting list;
         # unfinished ones already waiting stay; new unfinished ones join it.
