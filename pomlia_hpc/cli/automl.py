@@ -1,4 +1,4 @@
-"""``pomlia task add/list``, ``pomlia automl run``, and ``pomlia runs list``."""
+"""``pomlia automl run`` and ``pomlia runs list``."""
 
 from __future__ import annotations
 
@@ -17,70 +17,14 @@ from pomlia_hpc.cli.app import STATE, app, console, err_console, profile_for
 from pomlia_hpc.cli.listing import JsonFlag, print_rows
 from pomlia_hpc.errors import InputError
 from pomlia_hpc.progress import Reporter, drop_output, progress
-from pomlia_hpc.vocab import METRICS, RunStatus, task_type_choices
+from pomlia_hpc.vocab import METRICS, RunStatus
 
-task_app = typer.Typer(
-    help="Register learning tasks (dataset version, metric, task type).", no_args_is_help=True
-)
 automl_app = typer.Typer(
     help="AutoML studies: SMAC-Hyperband over training strategies.", no_args_is_help=True
 )
 runs_app = typer.Typer(help="Training runs (AutoML trials) in the registry.", no_args_is_help=True)
-app.add_typer(task_app, name="task")
 app.add_typer(automl_app, name="automl")
 app.add_typer(runs_app, name="runs")
-
-
-@task_app.command("add")
-def task_add(
-    name: Annotated[str, typer.Argument(help="Task name (unique).")],
-    dataset: Annotated[str, typer.Option("--dataset", help="Dataset NAME or NAME@VERSION.")],
-    metric: Annotated[str, typer.Option("--metric", help="acc, auc or f1_macro.")],
-    task_type: Annotated[
-        str | None,
-        typer.Option(
-            "--task-type",
-            help=f"One of {task_type_choices()}; default: the dataset's (a different one "
-            "is refused).",
-        ),
-    ] = None,
-) -> None:
-    """Register task NAME: a dataset version, the metric to optimise and the task type."""
-    from pomlia_hpc.automl.tasks import add_task, task_dataset
-    from pomlia_hpc.data.leakage import duplicate_warning
-
-    reg = STATE.registry()
-    row = add_task(reg, name, dataset, metric, task_type)
-    version, ref = task_dataset(reg, row)
-    console.print(
-        f"task [bold]{row.name}[/] (id {row.id}): {ref}, {row.task_type}, metric {row.metric}"
-    )
-    warning = duplicate_warning(version.fingerprint or {})
-    if warning:
-        console.print(f"[yellow]warning:[/] dataset {ref}: {warning}")
-
-
-@task_app.command("list")
-def task_list(as_json: JsonFlag = False) -> None:
-    """List the registered tasks. --json keys: id, name, dataset, task_type, metric."""
-    from pomlia_hpc.automl.tasks import list_tasks
-
-    tasks = list_tasks(STATE.registry())
-    if as_json:
-        print_rows(
-            [
-                {"id": t.id, "name": t.name, "dataset": ref, "task_type": t.task_type}
-                | {"metric": t.metric}
-                for t, ref in tasks
-            ]
-        )
-        return
-    table = Table(title="tasks")
-    for col in ("id", "name", "dataset", "type", "metric"):
-        table.add_column(col)
-    for t, ref in tasks:
-        table.add_row(str(t.id), t.name, ref, t.task_type, t.metric)
-    console.print(table)
 
 
 def _fmt(x: float | None, digits: int = 3) -> str:
