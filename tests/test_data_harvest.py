@@ -14,7 +14,7 @@ from pomlia_hpc.data.store import find_version, open_store
 from pomlia_hpc.errors import InputError
 from pomlia_hpc.registry import Registry
 from pomlia_hpc.workspace import Workspace
-from tests.fixtures.factories import tiny_arrays, tiny_npz
+from tests.fixtures.factories import tiny_arrays, tiny_npz, write_npz
 
 
 def _new(n: int, seed: int = 5) -> NewImages:
@@ -72,3 +72,36 @@ def test_harvest_refuses_nothing_and_wrong_shapes(
     with pytest.raises(InputError, match=r"expected uint8 \(28, 28, 3\)"):
         harvest_version(workspace, reg, base, "blood", wrong, {})
     assert len(list((workspace.stores / "blood").glob("*.zarr"))) == 1
+
+
+def test_harvest_keeps_the_parents_16_bit_intensity_scaling(
+    tmp_path: Path, workspace: Workspace, reg: Registry
+) -> None:
+    # The kept inputs were made 8-bit on the parent's scale: without the parent's scaling in
+    # the version's meta, a retrained model would be exported with none (uploads / 65535) and
+    # the hot swap from the champion (scaling set) to it would be refused.
+    images = np.zeros((40, 28, 28), np.uint16)
+    images[:, 0, 0] = np.arange(40) * 100
+    path = write_npz(
+        tmp_path / "d.npz", {"train_images": images, "train_labels": np.arange(40) % 2}
+    )
+    base = ingest(workspace, reg, "deep", path)
+    scaling = open_store(base.store_path).meta["source"]["intensity_scaling"]
+    assert scaling["max"] == 3900
+    a = tiny_arrays("bloodmnist", sizes=(6, 0, 0), seed=3)
+    new = NewImages(
+        a["train_images"][..., :1], a["train_labels"] % 2, [f"k{i:030x}" for i in range(6)]
+    )
+    rec = harvest_version(workspace, reg, find_version(reg, base.ref), "deep", new, {})
+    assert open_store(rec.store_path).meta["source"]["intensity_scaling"] == scaling
+    # Where export reads it: the registry's meta of the version a model was trained on.
+    meta = find_version(reg, rec.ref).meta or {}
+    assert meta["source"]["intensity_scaling"] == scaling
+    # A harvest of the harvest keeps it too.
+    again = harvest_version(workspace, reg, find_version(reg, rec.ref), "deep", _new_gray(4), {})
+    assert open_store(again.store_path).meta["source"]["intensity_scaling"] == scaling
+
+
+def _new_gray(n: int) -> NewImages:
+    a = tiny_arrays("bloodmnist", sizes=(n, 0, 0), seed=11)
+    return NewImages(a["train_images"][..., :1], a["train_labels"] % 2, [f"g{i}" for i in range(n)])

@@ -8,6 +8,8 @@ harvested with it. Rows stay ordered by split; within a split the parent's rows 
     train: parent train | new train      val: parent val | new val
     test:  parent test (the fixed test split) | new test (the "production" test subset)
 
+``meta["source"]["intensity_scaling"]`` is the parent's (the kept inputs were made 8-bit on
+its scale), so a model retrained on the version serves 16-bit uploads as its parent did.
 ``meta["source"]["harvest"]`` records the provenance (model, window, counts, where the images
 came from) and the two test ranges the gate compares champion and challenger on:
 ``fixed_test_rows`` and ``production_test_rows`` (store rows, stop exclusive).
@@ -98,6 +100,13 @@ class HarvestSource(Source):
         self.label_info = LabelInfo(
             str(meta["task_type"]), [str(x) for x in meta["class_names"]], int(meta["label_width"])
         )
+        # The kept inputs were scaled to 8 bits on the parent's scale (the server applies the
+        # card's scaling): the version keeps it, so a model retrained on it scales alike.
+        scaling = meta.get("intensity_scaling") or (meta.get("source") or {}).get(
+            "intensity_scaling"
+        )
+        if isinstance(scaling, dict) and scaling:
+            self.extra["intensity_scaling"] = dict(scaling)
         offsets = self.split_offsets()
         test_lo, test_hi = parent.split_range("test")
         fixed_end = offsets["test"] + (test_hi - test_lo)
