@@ -7,8 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import zarr
+from sqlalchemy import select
 
-from pomlia_hpc.data.store import open_version
+from pomlia_hpc.data.store import current_versions, find_version, open_version
 from pomlia_hpc.errors import InputError, NotFoundError
 from pomlia_hpc.fingerprint.distances import (
     DISTANCES,
@@ -20,6 +21,7 @@ from pomlia_hpc.fingerprint.extract import finish_extraction, plan_extraction
 from pomlia_hpc.fingerprint.index import build_index
 from pomlia_hpc.fingerprint.plots import plot_encoder_latent
 from pomlia_hpc.fingerprint.ranking import DISTANCE_NAMES
+from pomlia_hpc.fingerprint.refresh import plan_refresh
 from pomlia_hpc.fingerprint.shards import run_shard
 from pomlia_hpc.fingerprint.similar import (
     dataset_fingerprint,
@@ -29,7 +31,7 @@ from pomlia_hpc.fingerprint.similar import (
     similar_datasets,
 )
 from pomlia_hpc.fingerprint.summary import summary_path
-from pomlia_hpc.registry import FingerprintSet, Registry
+from pomlia_hpc.registry import Dataset, FingerprintSet, Registry
 from pomlia_hpc.workspace import Workspace
 from tests.fixtures.cli import cli_ok
 from tests.fixtures.factories import make_dataset, make_encoder
@@ -227,3 +229,31 @@ def test_only_the_newest_version_of_each_dataset_by_default(
     assert refs[2] in text and "left out" not in text
     text = " ".join(cli_ok("plot", "latent", "-e", "enc", "--out", str(workspace.home)).split())
     assert f"older versions left out: {refs[2]}" in text
+
+
+def test_the_version_the_name_means_is_preferred_over_the_highest_id(
+    workspace: Workspace, world: tuple[Registry, list[str]]
+) -> None:
+    """When an older version of 'organ' is current again (re-added identical content), the
+    plain name means it: similar datasets, nearest images and the refresh take it, not the
+    newer (higher id) version, as ``find_version`` does."""
+    reg, refs = world
+    new = make_dataset(workspace, reg, "organ", "organamnist", (60, 8, 30), seed=5)
+    plan = plan_extraction(reg, workspace, "enc", [new], shards=1, threads=1)
+    for spec in plan.specs:
+        run_shard(spec)
+    finish_extraction(reg, plan)
+    build_index(reg, workspace, "enc")
+    old = find_version(reg, refs[2])
+    with reg.session() as s:
+        ds = s.scalar(select(Dataset).where(Dataset.name == "organ"))
+        assert ds is not None
+        ds.current_version_id = old.id
+    assert find_version(reg, "organ").id == old.id
+    assert current_versions(reg)["organ"].id == old.id
+    found = [r.ref for r in similar_datasets(reg, "enc", "derma", k=10)]
+    assert sorted(found) == sorted([refs[0], refs[1], refs[2]])
+    hits = nearest_images(reg, workspace, "enc", "derma", 10_000, split="test")
+    assert {h.ref for h in hits} == {refs[0], refs[1], refs[2]}
+    datasets = plan_refresh(reg, workspace, "enc").datasets
+    assert refs[2] in datasets and new not in datasets

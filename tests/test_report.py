@@ -14,6 +14,7 @@ from sqlalchemy import event, select
 
 from pomlia_hpc.errors import InputError
 from pomlia_hpc.registry import (
+    Dataset,
     DatasetVersion,
     Deployment,
     Model,
@@ -554,3 +555,24 @@ def test_an_unwritable_out_is_refused_before_any_page_is_built(
     with pytest.raises(InputError, match=r"cannot be written \(Read-only file system in "):
         build_report(reg, workspace, tmp_path / "new" / "r", progress=built.append)
     assert built == [] and not (tmp_path / "new").exists()
+
+
+def test_the_sample_grid_is_of_the_version_the_name_means(
+    workspace: Workspace, reg: Registry, tmp_path: Path
+) -> None:
+    """The datasets page draws the grid of the current version (an older one re-added is
+    current again), not of the highest id."""
+    from pomlia_hpc.report.pages_data import datasets_page
+
+    old = make_dataset(workspace, reg, "blood", seed=0)
+    new = make_dataset(workspace, reg, "blood", seed=3)
+    assert new != old
+    with reg.session() as s:
+        ds = s.scalar(select(Dataset).where(Dataset.name == "blood"))
+        assert ds is not None
+        ds.current_version_id = s.scalar(
+            select(DatasetVersion.id).where(DatasetVersion.version == old.split("@")[1])
+        )
+    body = datasets_page(reg, workspace, tmp_path) or ""
+    grids = body.split("Sample grids")[1]
+    assert f"@{old.split('@')[1]}<br>" in grids and f"@{new.split('@')[1]}<br>" not in grids

@@ -331,6 +331,27 @@ def current_row(rows: list[DatasetVersion], current_id: int | None) -> DatasetVe
     return chosen or max(rows, key=lambda r: r.id, default=None)
 
 
+def current_versions(registry: Registry) -> dict[str, DatasetVersion]:
+    """Dataset name → the version its plain name means (:func:`current_row`), for every
+    dataset with versions: the one rule wherever "which version of a data set" is decided."""
+    with registry.session() as s:
+        rows = s.execute(
+            select(Dataset.name, Dataset.current_version_id, DatasetVersion).join(
+                DatasetVersion, DatasetVersion.dataset_id == Dataset.id
+            )
+        ).all()
+        by_name: dict[str, tuple[int | None, list[DatasetVersion]]] = {}
+        for name, current_id, v in rows:
+            by_name.setdefault(name, (current_id, []))[1].append(v)
+        out: dict[str, DatasetVersion] = {}
+        for name, (current_id, versions) in by_name.items():
+            row = current_row(versions, current_id)
+            if row is not None:
+                s.expunge(row)
+                out[name] = row
+    return out
+
+
 def find_version(registry: Registry, ref: str) -> DatasetVersion:
     """The registry row for ``"name"`` (its current version: the one last added, see
     :func:`current_row`) or ``"name@version"`` (id or unique prefix, any case)."""

@@ -104,11 +104,11 @@ def plot_encoder_latent(
     all_versions: bool = False,
 ) -> tuple[Path, Path]:
     """Figures 5 and 6 for ``datasets`` (default: every dataset extracted with ``encoder``,
-    its newest version with embeddings only unless ``all_versions``), using up to
+    its current version with embeddings only unless ``all_versions``), using up to
     :data:`SCATTER_MAX` test embeddings per dataset."""
     enc = get_encoder(registry, encoder)
     sets = complete_sets(registry, enc.id)
-    refs = datasets or [ref for _fs, ref in (sets if all_versions else newest_sets(sets))]
+    refs = datasets or [ref for _fs, ref in (sets if all_versions else newest_sets(registry, sets))]
     samples, means = {}, {}
     for ref in refs:
         fs, full = fingerprint_set(registry, enc, ref)

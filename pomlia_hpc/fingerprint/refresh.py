@@ -4,8 +4,8 @@ The paper (§3.2) retrains the embedding periodically, so new data shapes the si
 The *current* encoder is named in ``<home>/indexes/current-encoder.json`` (commands that take
 ``--encoder`` use it when none is given). A refresh:
 
-1. compares the newest version of every registered dataset with the versions the current
-   encoder was trained on; nothing new → nothing to do;
+1. compares the current version (what the plain name means) of every registered dataset
+   with the versions the current encoder was trained on; nothing new → nothing to do;
 2. trains ``<root>-r<k>`` (same settings, ``epochs`` may be overridden) on all of them, as the
    usual resumable cluster job;
 3. embeds every one of them with it and builds its FAISS index;
@@ -25,14 +25,15 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import func, select
+from sqlalchemy import select
 
+from pomlia_hpc.data.store import current_versions
 from pomlia_hpc.errors import NotFoundError
 from pomlia_hpc.files import write_json_atomic
 from pomlia_hpc.fingerprint.extract import extract
 from pomlia_hpc.fingerprint.index import build_index
 from pomlia_hpc.fingerprint.train import TrainConfig, get_encoder, train_encoder
-from pomlia_hpc.registry import Dataset, DatasetVersion, Encoder, Registry
+from pomlia_hpc.registry import Encoder, Registry
 from pomlia_hpc.workspace import Workspace
 
 POINTER = "current-encoder.json"
@@ -58,22 +59,6 @@ def _write_pointer(workspace: Workspace, data: dict[str, Any]) -> None:
     write_json_atomic(pointer_path(workspace), data)
 
 
-def newest_versions(registry: Registry) -> dict[str, DatasetVersion]:
-    """Dataset name → its newest version."""
-    with registry.session() as s:
-        newest = (
-            select(func.max(DatasetVersion.id))
-            .group_by(DatasetVersion.dataset_id)
-            .scalar_subquery()
-        )
-        rows = s.execute(
-            select(Dataset.name, DatasetVersion)
-            .join(Dataset, Dataset.id == DatasetVersion.dataset_id)
-            .where(DatasetVersion.id.in_(newest))
-        ).all()
-    return {name: v for name, v in rows}
-
-
 @dataclass(frozen=True)
 class RefreshPlan:
     """What a refresh would do: the base encoder, the versions, which of them are new."""
@@ -90,7 +75,7 @@ class RefreshPlan:
 
 def plan_refresh(registry: Registry, workspace: Workspace, base: str | None = None) -> RefreshPlan:
     """Which encoder to refresh (``base``, else the current one, else the only one) and on
-    what; ``new`` is empty when the base already covers every newest version."""
+    what; ``new`` is empty when the base already covers every current version."""
     if base is None:
         base = current_encoder(workspace)
     if base is None:
@@ -102,7 +87,7 @@ def plan_refresh(registry: Registry, workspace: Workspace, base: str | None = No
             )
         base = names[0]
     enc = get_encoder(registry, base)
-    versions = newest_versions(registry)
+    versions = current_versions(registry)
     covered = set(enc.dataset_version_ids or [])
     refs = {name: f"{name}@{v.version}" for name, v in sorted(versions.items())}
     new = [refs[n] for n, v in sorted(versions.items()) if v.id not in covered]
@@ -138,7 +123,7 @@ def refresh(
     phase: Phase = report or (lambda _description, _unit: nullcontext(None))
     plan = plan_refresh(registry, workspace, base)
     if not plan.needed:
-        say(f"encoder {plan.base} covers the newest version of every dataset: nothing to do")
+        say(f"encoder {plan.base} covers the current version of every dataset: nothing to do")
         return plan
     enc = get_encoder(registry, plan.base)
     config = TrainConfig.model_validate(enc.config)

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import math
 import shlex
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,7 +39,7 @@ import numpy as np
 import zarr
 from sqlalchemy import select
 
-from pomlia_hpc.data.store import find_version, open_store
+from pomlia_hpc.data.store import current_versions, find_version, open_store
 from pomlia_hpc.errors import InputError, NotFoundError
 from pomlia_hpc.fingerprint.encoders import get_encoder
 from pomlia_hpc.fingerprint.index import complete_sets, load_index
@@ -97,23 +98,34 @@ def fingerprint_set(
     return fs, store.ref
 
 
-def newest_sets(sets: list[tuple[FingerprintSet, str]]) -> list[tuple[FingerprintSet, str]]:
+def _preference(registry: Registry) -> Callable[[int], tuple[bool, int]]:
+    """Sort key of a dataset version id: the version the plain name means
+    (:func:`~pomlia_hpc.data.store.current_versions`) first, then the highest id."""
+    current = {v.id for v in current_versions(registry).values()}
+    return lambda version_id: (version_id in current, version_id)
+
+
+def newest_sets(
+    registry: Registry, sets: list[tuple[FingerprintSet, str]]
+) -> list[tuple[FingerprintSet, str]]:
     """Of ``sets`` (``(set, name@version)`` pairs, as :func:`complete_sets` gives them), the one
-    of each dataset's newest version (the highest version id, as ``name`` alone resolves),
-    in their order."""
-    newest: dict[str, int] = {}
+    of each dataset's current version (as ``name`` alone resolves), else of its newest version
+    among ``sets``, in their order."""
+    key = _preference(registry)
+    best: dict[str, int] = {}
     for fs, ref in sets:
         name = ref.split("@")[0]
-        newest[name] = max(newest.get(name, fs.dataset_version_id), fs.dataset_version_id)
-    return [(fs, r) for fs, r in sets if fs.dataset_version_id == newest[r.split("@")[0]]]
+        best[name] = max(best.get(name, fs.dataset_version_id), fs.dataset_version_id, key=key)
+    return [(fs, r) for fs, r in sets if fs.dataset_version_id == best[r.split("@")[0]]]
 
 
 def superseded_refs(registry: Registry, encoder: EncoderRef) -> list[str]:
     """The ``name@version`` of every complete fingerprint set of ``encoder`` whose dataset has
-    a newer version with complete embeddings: what similar datasets, nearest images and the
-    latent plots leave out unless asked for all versions."""
+    another version with complete embeddings that is preferred (:func:`newest_sets`): what
+    similar datasets, nearest images and the latent plots leave out unless asked for all
+    versions."""
     sets = complete_sets(registry, get_encoder(registry, encoder).id)
-    kept = {fs.id for fs, _ref in newest_sets(sets)}
+    kept = {fs.id for fs, _ref in newest_sets(registry, sets)}
     return [ref for fs, ref in sets if fs.id not in kept]
 
 
@@ -223,7 +235,7 @@ def similar_datasets(
     sets = complete_sets(registry, enc.id)
     others = [
         (other, other_ref)
-        for other, other_ref in (sets if all_versions else newest_sets(sets))
+        for other, other_ref in (sets if all_versions else newest_sets(registry, sets))
         if other.id != fs.id and (include_same_dataset or other_ref.split("@")[0] != name)
     ]
     if not others:
@@ -247,12 +259,14 @@ def similar_datasets(
 
 def _older_in_index(registry: Registry, enc: Encoder, entries: dict[int, Any]) -> set[int]:
     """Ids of the sets in an index (``entries``: set id -> entry with ``ref``) whose dataset
-    has a newer version in the same index. Versions are ordered by their registry id; a set
-    the registry no longer lists as complete counts as oldest."""
+    has a preferred version in the same index (as :func:`newest_sets` prefers: the current
+    version, then the highest id); a set the registry no longer lists as complete counts as
+    oldest."""
     version_ids = {fs.id: fs.dataset_version_id for fs, _r in complete_sets(registry, enc.id)}
-    newest: dict[str, tuple[int, int]] = {}
+    prefer = _preference(registry)
+    newest: dict[str, tuple[tuple[bool, int], int]] = {}
     for sid, e in entries.items():
-        key = (version_ids.get(sid, -1), sid)
+        key = (prefer(version_ids.get(sid, -1)), sid)
         newest[e.ref.split("@")[0]] = max(newest.get(e.ref.split("@")[0], key), key)
     return {sid for sid, e in entries.items() if newest[e.ref.split("@")[0]][1] != sid}
 

@@ -44,18 +44,36 @@ def _intensity(fp: dict[str, Any]) -> str:
     return "; ".join(f"{c.get('mean', 0):.0f}±{c.get('std', 0):.0f}" for c in chans)
 
 
-def datasets_page(registry: Registry, workspace: Workspace, folder: Path) -> str | None:
-    """Every dataset version with its explicit fingerprint, and a sample grid per dataset."""
+def _grid(name: str, v: DatasetVersion) -> str:
+    """The card of version ``v``'s sample grid (or of why there is none)."""
     from pomlia_hpc.data.grid import sample_grid
     from pomlia_hpc.data.store import open_store
+
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            out = sample_grid(open_store(v.store_path), Path(tmp) / "g.png", per_class=6)
+        except Exception as exc:  # one unreadable store must not stop the report
+            return f"<div class='card'>{esc(name)}: no grid ({esc(exc)})</div>"
+        return (
+            f"<div class='card'><strong>{esc(name)}</strong>@{esc(v.version)}<br>"
+            f"{png(figures.image_bytes(str(out)), f'samples of {name}')}</div>"
+        )
+
+
+def datasets_page(registry: Registry, workspace: Workspace, folder: Path) -> str | None:
+    """Every dataset version with its explicit fingerprint, and a sample grid per dataset."""
+    from pomlia_hpc.data.store import current_versions
 
     rows = _versions(registry)
     if not rows:
         return None
+    current = {name: v.id for name, v in current_versions(registry).items()}
     seen: dict[str, int] = {}
     table_rows, grids = [], []
     for name, v in rows:
         seen[name] = seen.get(name, 0) + 1
+        if v.id == current.get(name) and Path(v.store_path).exists():
+            grids.append(_grid(name, v))
         if seen[name] > MAX_VERSIONS:
             continue
         fp = v.fingerprint or {}
@@ -73,17 +91,6 @@ def datasets_page(registry: Registry, workspace: Workspace, folder: Path) -> str
                 _balance(fp),
             ]
         )
-        if seen[name] == 1 and Path(v.store_path).exists():
-            with tempfile.TemporaryDirectory() as tmp:
-                try:
-                    out = sample_grid(open_store(v.store_path), Path(tmp) / "g.png", per_class=6)
-                except Exception as exc:  # one unreadable store must not stop the report
-                    grids.append(f"<div class='card'>{esc(name)}: no grid ({esc(exc)})</div>")
-                    continue
-                grids.append(
-                    f"<div class='card'><strong>{esc(name)}</strong>@{esc(v.version)}<br>"
-                    f"{png(figures.image_bytes(str(out)), f'samples of {name}')}</div>"
-                )
     body = "<h2>Versions and explicit fingerprints</h2>" + table(
         [
             "dataset",
@@ -98,7 +105,7 @@ def datasets_page(registry: Registry, workspace: Workspace, folder: Path) -> str
         ],
         table_rows,
     )
-    body += "<h2>Sample grids (newest version; one row per class)</h2>"
+    body += "<h2>Sample grids (current version; one row per class)</h2>"
     body += f"<div class='grid'>{''.join(grids)}</div>"
     return body
 
