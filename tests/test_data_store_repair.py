@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 from pomlia_hpc.cli import app
 from pomlia_hpc.data.api import ingest, list_versions, verify
 from pomlia_hpc.data.grid import sample_grid
-from pomlia_hpc.data.store import find_version, open_store
+from pomlia_hpc.data.store import compare_digests, find_version, open_store, store_damage
 from pomlia_hpc.errors import DataIntegrityError, InputError, NotFoundError
 from pomlia_hpc.registry import Dataset, DatasetVersion, Registry
 from pomlia_hpc.workspace import Workspace
@@ -161,3 +161,26 @@ def test_staging_is_beside_the_stores(workspace: Workspace, reg: Registry, tmp_p
     stage = workspace.stores
     ingest(workspace, reg, "here", npz, progress=lambda *_: seen.extend(stage.glob(".i*")))
     assert seen and nothing_visible(workspace, "other")
+
+
+def test_verify_and_repair_find_damage_with_one_check(
+    workspace: Workspace, reg: Registry, tmp_path: Path
+) -> None:
+    """`data verify` and the repair of a re-ingest use one comparison with the ingest digests:
+    a truncated image chunk and truncated labels are found by both, in their own words."""
+    rec = ingest(workspace, reg, "blood", tiny_npz(tmp_path / "b.npz", sizes=(40, 10, 10)))
+    digests = find_version(reg, "blood").meta["chunk_hashes"]
+    assert compare_digests(open_store(rec.store_path), digests).damaged_chunks == []
+    damage(chunk_file(rec.store_path), "truncated")
+    (labels,) = (p for p in (Path(rec.store_path) / "labels").rglob("c/**/*") if p.is_file())
+    labels.write_bytes(labels.read_bytes()[:3])
+    seen: list[tuple[int, int]] = []
+    found = compare_digests(
+        open_store(rec.store_path), digests, lambda lo, hi: seen.append((lo, hi))
+    )
+    assert found.damaged_chunks == [0] and found.damaged_arrays == ["labels"]
+    assert seen == [(0, 60)]
+    assert store_damage(rec.store_path, digests) == ["damaged image chunk(s) 0", "damaged labels"]
+    problems = verify(reg, "blood")[0].problems
+    assert problems[0].startswith("1 damaged image chunk(s): 0 ")
+    assert problems[1:] == ["array 'labels' is damaged (hash differs)"]

@@ -33,6 +33,7 @@ from pomlia_hpc.data.store import (
     SPLITS,
     DatasetStore,
     check_name,
+    compare_digests,
     current_row,
     find_version,
     open_store,
@@ -375,13 +376,11 @@ class VerifyResult:
 
 
 def _verify_one(ref: str, row: DatasetVersion, progress: ProgressFn | None) -> VerifyResult:
-    from pomlia_hpc.data.writer import sha256_hex
-
     res = VerifyResult(ref, row.store_path)
     expected = row.meta.get("chunk_hashes") or {}
     try:
         store = open_store(row.store_path)
-        images = store.images
+        _ = store.images  # opening it may fail
     except Exception as exc:  # a store too damaged to open is a finding, not a crash
         res.fail(f"store cannot be opened: {exc}")
         return res
@@ -389,31 +388,21 @@ def _verify_one(ref: str, row: DatasetVersion, progress: ProgressFn | None) -> V
     n_chunks = (store.n_images + store.chunk_rows - 1) // store.chunk_rows
     if len(want) != n_chunks:
         res.fail(f"registry lists {len(want)} image chunks, the store has {n_chunks}")
-    digests = []
-    for idx, (lo, hi) in enumerate(store.chunk_ranges()):
-        try:
-            got = sha256_hex(np.ascontiguousarray(images[lo:hi]))
-        except Exception:  # undecodable chunk bytes
-            got = ""
-        digests.append(got)
-        if idx >= len(want) or got != want[idx]:
-            res.damaged_chunks.append(idx)
+
+    def report(lo: int, hi: int) -> None:
         if progress:
             progress(f"verify {ref}", hi - lo, store.n_images)  # one report per version
+
+    found = compare_digests(store, expected, report)
+    res.damaged_chunks.extend(found.damaged_chunks)
     if res.damaged_chunks:
         res.fail(
             f"{len(res.damaged_chunks)} damaged image chunk(s): "
             f"{', '.join(map(str, res.damaged_chunks[:20]))} (rows of chunk i: "
             f"i*{store.chunk_rows} .. (i+1)*{store.chunk_rows}-1)"
         )
-    for arr in ("labels", "split"):
-        try:
-            data = np.asarray(store.labels[:] if arr == "labels" else store.split[:])
-            got = sha256_hex(data.astype("<i4") if arr == "labels" else data)
-        except Exception:
-            got = ""
-        if got != expected.get(arr):
-            res.fail(f"array '{arr}' is damaged (hash differs)")
+    for arr in found.damaged_arrays:
+        res.fail(f"array '{arr}' is damaged (hash differs)")
     return res
 
 

@@ -45,7 +45,7 @@ listed here changes meaning.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
@@ -269,37 +269,64 @@ class DatasetStore:
         return self.read_rows(lo, hi), self.read_labels(lo, hi)
 
 
+@dataclass(frozen=True)
+class DigestCheck:
+    """Where an open store's content differs from its ingest digests (see
+    :func:`compare_digests`): image chunk indices and array names ("labels", "split")."""
+
+    damaged_chunks: list[int]
+    damaged_arrays: list[str]
+
+
+def compare_digests(
+    store: DatasetStore,
+    digests: dict[str, Any],
+    on_chunk: Callable[[int, int], None] | None = None,
+) -> DigestCheck:
+    """Hash every image chunk, the labels and the split of ``store`` and compare them with
+    ``digests`` (as ``meta["chunk_hashes"]``); an unreadable chunk or array counts as damaged,
+    as does a chunk beyond those listed. ``on_chunk(lo, hi)`` is called after each chunk."""
+    want = list(digests.get("images", []))
+    images = store.images
+    bad = []
+    for idx, (lo, hi) in enumerate(store.chunk_ranges()):
+        try:
+            got = hashlib.sha256(np.ascontiguousarray(images[lo:hi]).data).hexdigest()
+        except Exception:  # undecodable chunk bytes (truncated, overwritten)
+            got = ""
+        if idx >= len(want) or got != want[idx]:
+            bad.append(idx)
+        if on_chunk is not None:
+            on_chunk(lo, hi)
+    arrays = []
+    for what, dtype in (("labels", "<i4"), ("split", "i1")):
+        try:  # a missing array fails here: damaged too
+            arr = store.labels if what == "labels" else store.split
+            data = np.ascontiguousarray(np.asarray(arr[:]), dtype=dtype)
+            got = hashlib.sha256(data.data).hexdigest()
+        except Exception:
+            got = ""
+        if got != digests.get(what):
+            arrays.append(what)
+    return DigestCheck(bad, arrays)
+
+
 def store_damage(path: str | Path, digests: dict[str, Any]) -> list[str]:
     """What differs between the store at ``path`` and the content ``digests`` (as
     ``meta["chunk_hashes"]``: SHA-256 per image chunk, of labels and of split): one line per
     problem, empty when the store holds exactly that content. Reads the whole store once."""
     try:
         store = DatasetStore(Path(path), verify=False)
-        images, labels, split = store.images, store.labels, store.split
+        _ = (store.images, store.labels, store.split)  # opening them may fail
     except Exception as exc:  # a store too damaged to open is a finding, not a crash
         return [f"store cannot be opened ({type(exc).__name__}: {exc})"]
-    want = list(digests.get("images", []))
-    ranges = list(store.chunk_ranges())
-    if len(want) != len(ranges):
-        return [f"the store has {len(ranges)} image chunks, expected {len(want)}"]
-    bad = []
-    for idx, (lo, hi) in enumerate(ranges):
-        try:
-            got = hashlib.sha256(np.ascontiguousarray(images[lo:hi]).data).hexdigest()
-        except Exception:  # undecodable chunk bytes (truncated, overwritten)
-            got = ""
-        if got != want[idx]:
-            bad.append(idx)
+    n_want, n_have = len(digests.get("images", [])), len(list(store.chunk_ranges()))
+    if n_want != n_have:
+        return [f"the store has {n_have} image chunks, expected {n_want}"]
+    found = compare_digests(store, digests)
+    bad = found.damaged_chunks
     problems = [f"damaged image chunk(s) {', '.join(map(str, bad[:20]))}"] if bad else []
-    for what, arr, dtype in (("labels", labels, "<i4"), ("split", split, "i1")):
-        try:
-            data = np.ascontiguousarray(np.asarray(arr[:]), dtype=dtype)
-            got = hashlib.sha256(data.data).hexdigest()
-        except Exception:
-            got = ""
-        if got != digests.get(what):
-            problems.append(f"damaged {what}")
-    return problems
+    return problems + [f"damaged {what}" for what in found.damaged_arrays]
 
 
 def open_store(path: str | Path, *, verify: bool = True) -> DatasetStore:
