@@ -6,11 +6,13 @@ import io
 import struct
 import tracemalloc
 import zlib
+from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from pomlia_hpc.data.sources.folder import read_image
 from pomlia_hpc.serve.decode import InputSpec, Limits, RequestError, decode
 from pomlia_hpc.serve.fingerprint import stats_dim, stats_fingerprint
 from tests.fixtures.factories import npy
@@ -74,6 +76,20 @@ def test_image_kinds_ingest_reads_are_converted_as_it_converts_them(
     out = decode(buf.getvalue(), None, RGB28, LIMITS)
     assert out.shape == (1, 28, 28, 3)
     np.testing.assert_allclose(out[0], want, atol=1e-6)
+
+
+@pytest.mark.parametrize(("mode", "spec"), [("P", RGB28), ("1", GREY28), ("LA", GREY28)])
+def test_ingest_and_the_server_read_an_image_by_one_rule_in_any_data_set(
+    tmp_path: Path, rgb: np.ndarray, mode: str, spec: InputSpec
+) -> None:
+    """A palette or bilevel file in a 16-bit image folder was read as palette indices or 0/1
+    by ingest (its 8-bit rule differed) but as its rendering by the server: one rule now."""
+    path = tmp_path / "a.png"
+    Image.fromarray(rgb).convert(mode).save(path)
+    eight = read_image(path, spec.channels, "uint8")
+    np.testing.assert_array_equal(read_image(path, spec.channels, "uint16"), eight)
+    served = decode(path.read_bytes(), "image/png", spec, LIMITS)[0]
+    np.testing.assert_allclose(served, eight / 255, atol=1e-6)
 
 
 def test_16_bit_pixels_are_scaled_by_the_training_maximum_when_known() -> None:

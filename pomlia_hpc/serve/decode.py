@@ -37,6 +37,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from pomlia_hpc.data.sources.base import PixelConverter
+from pomlia_hpc.data.sources.pixels import pil_pixels
 
 MAGIC = {
     b"\x89PNG\r\n\x1a\n": "image/png",
@@ -271,18 +272,9 @@ def _mode_channels(img: Image.Image, what: str) -> int:
 
 def _pixels(img: Image.Image, what: str, spec: InputSpec) -> np.ndarray:
     """One frame → float32 HWC in [0, 1] with ``spec.channels`` channels (decodes its pixels;
-    converted as ingest converts an image file: alpha dropped, palette → RGB, grey repeated
-    for a colour model)."""
-    if img.mode in ("P", "PA", "RGBA", "CMYK"):
-        img = img.convert("RGB")
-    elif img.mode in ("1", "LA"):
-        img = img.convert("L")
-    arr = np.asarray(img)
-    if arr.ndim == 2:
-        arr = arr[:, :, None]
-    if arr.shape[2] == 1 and spec.channels == 3:
-        arr = np.repeat(arr, 3, axis=2)
-    return _to_unit_float(arr, what, spec.scale_max)
+    converted by ingest's own rule, :func:`~pomlia_hpc.data.sources.pixels.pil_pixels`: alpha
+    dropped, palette → RGB, grey repeated for a colour model)."""
+    return _to_unit_float(pil_pixels(img, spec.channels), what, spec.scale_max)
 
 
 def _from_16_bit(arr: np.ndarray, scale_max: float | None) -> np.ndarray:

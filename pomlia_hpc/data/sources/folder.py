@@ -74,6 +74,7 @@ from pomlia_hpc.data.sources.folder_files import (
     is_system,
     other_files,
 )
+from pomlia_hpc.data.sources.pixels import pil_pixels, pixel_layout
 from pomlia_hpc.data.store import SPLITS
 from pomlia_hpc.errors import InputError
 
@@ -175,29 +176,20 @@ def read_header(path: Path) -> _Header:
 
 
 def read_image(path: Path, channels: int, depth: str) -> np.ndarray:
-    """Pixels of one file as (H, W, channels) in dtype ``depth``."""
+    """Pixels of one file as (H, W, channels) in dtype ``depth``, converted as
+    :func:`~pomlia_hpc.data.sources.pixels.pil_pixels` says (the server reads uploads alike)."""
     try:
         if _is_tiff(path):
-            x = np.asarray(tifffile.imread(path))
+            x = pixel_layout(np.asarray(tifffile.imread(path)), channels)
         else:
             with Image.open(path) as im:
-                if depth == "uint8":
-                    im2 = im.convert("L" if channels == 1 and im.mode in _GRAY_MODES else "RGB")
-                    x = np.asarray(im2)
-                else:
-                    x = np.asarray(im)
+                x = pil_pixels(im, channels)
     except Exception as exc:  # Pillow and tifffile raise many types for damaged files
         raise _unreadable(path, exc) from exc
-    if x.ndim == 3 and x.shape[2] == 4:
-        x = x[..., :3]  # drop alpha
-    if x.ndim == 3 and x.shape[2] == 1:
-        x = x[..., 0]
     if depth == "uint16" and x.dtype != np.uint16:
         if x.size and (x.min() < 0 or x.max() > 65535):
             raise InputError(f"image file '{path}' has values outside 0..65535: expected 16-bit")
         x = x.astype(np.uint16)
-    if x.ndim == 2:
-        x = np.repeat(x[..., None], channels, axis=2)
     return x.astype(depth, copy=False)
 
 
