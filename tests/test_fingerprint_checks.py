@@ -255,6 +255,7 @@ class _Cancelled:
     """The handle of a job cancelled (scancel, preemption without requeue) before its end."""
 
     record_id = None
+    backend = "debug"  # no job folder or log to name
 
     def done(self) -> bool:
         return True
