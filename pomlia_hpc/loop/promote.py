@@ -11,17 +11,17 @@ Kinds: ``initial`` (the slot's first model), ``promoted`` (the gate passed), ``f
 
 from __future__ import annotations
 
-import hashlib
 import shlex
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from sqlalchemy import func, select, text
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from pomlia_hpc.errors import InputError, NotFoundError
 from pomlia_hpc.registry import GateDecision, Model, Promotion, Registry
+from pomlia_hpc.registry.db import lock_name
 from pomlia_hpc.serve.slots import current_link, point
 from pomlia_hpc.workspace import Workspace
 
@@ -157,17 +157,9 @@ def put_on_slot(
 
 
 def lock_slot(session: Session, slot: str) -> None:
-    """Hold the slot's write lock until ``session``'s transaction ends. SQLite: the
-    registry's ``BEGIN IMMEDIATE`` already admits one writer at a time; PostgreSQL: a
-    transaction-scoped advisory lock keyed by the slot name (a new slot has no row to lock
-    with ``SELECT ... FOR UPDATE``)."""
-    if session.get_bind().dialect.name == "postgresql":
-        digest = hashlib.sha256(f"pomlia-slot:{slot}".encode()).digest()
-        key = int.from_bytes(digest[:8], "big", signed=True)  # a bigint, as the lock wants
-        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": key})
-    else:
-        # The first statement takes SQLite's write lock (BEGIN IMMEDIATE) if nothing did yet.
-        session.execute(text("SELECT 1"))
+    """Hold the slot's write lock until ``session``'s transaction ends (a new slot has no
+    row to lock with ``SELECT ... FOR UPDATE``): :func:`~pomlia_hpc.registry.db.lock_name`."""
+    lock_name(session, f"slot:{slot}")
 
 
 def _first_model(session: Session, slot: str, model: Model) -> Promotion | None:
