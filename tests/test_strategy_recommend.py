@@ -246,16 +246,7 @@ def test_a_failed_commit_keeps_an_initial_file_written_before(
     (tmp_path / "out").mkdir()
     out = tmp_path / "out" / "warm.json"
     out.write_text('{"earlier": true}')
-    real = reg.session
-
-    @contextmanager
-    def commit_fails() -> Iterator[Session]:
-        with real() as s:
-            yield s
-            if s.scalar(select(Recommendation.id)) is not None:  # the record's commit
-                raise OperationalError("COMMIT", {}, Exception("database is locked"))
-
-    monkeypatch.setattr(reg, "session", commit_fails)
+    _fail_the_record_commit(reg, monkeypatch)
     with pytest.raises(OperationalError, match="database is locked"):
         recommend(reg, "blood", initial_file=out)
     assert out.read_text() == '{"earlier": true}'
@@ -275,16 +266,7 @@ def test_a_failed_commit_leaves_no_folder_it_made(
     kb.import_table(reg, DATA / "medmnist_plus_doerrich2025.csv", "plus", meta_path=meta)
     tiny_task(workspace, reg, "blood", "bloodmnist", "acc")
     out = tmp_path / "made" / "deeper" / "warm.json"
-    real = reg.session
-
-    @contextmanager
-    def commit_fails() -> Iterator[Session]:
-        with real() as s:
-            yield s
-            if s.scalar(select(Recommendation.id)) is not None:  # the record's commit
-                raise OperationalError("COMMIT", {}, Exception("database is locked"))
-
-    monkeypatch.setattr(reg, "session", commit_fails)
+    _fail_the_record_commit(reg, monkeypatch)
     with pytest.raises(OperationalError, match="database is locked"):
         recommend(reg, "blood", initial_file=out)
     assert not (tmp_path / "made").exists()
@@ -610,3 +592,17 @@ def test_a_task_type_no_known_data_set_has_is_noted(
     )
     answer = recommend(reg, "blood", record=False)
     assert answer["note"] is None and answer["n_same_task_type"] > 0
+
+
+def _fail_the_record_commit(reg: Registry, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Make the registry's session fail at the commit that records a recommendation."""
+    real = reg.session
+
+    @contextmanager
+    def commit_fails() -> Iterator[Session]:
+        with real() as s:
+            yield s
+            if s.scalar(select(Recommendation.id)) is not None:  # the record's commit
+                raise OperationalError("COMMIT", {}, Exception("database is locked"))
+
+    monkeypatch.setattr(reg, "session", commit_fails)
