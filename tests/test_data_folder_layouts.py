@@ -5,6 +5,7 @@ split layout's train folder, and class folders without images (skipped, and said
 from __future__ import annotations
 
 import json
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -195,3 +196,64 @@ def test_class_folders_one_level_too_deep_are_named_as_the_layout_problem(
     # A single class without sub-folders keeps the plain warning.
     text = _flat(cli_ok("data", "add", "one", str(_mk(tmp_path / "one", "only", n=10))))
     assert "fewer than 2 classes" in text and "only class folder found" not in text
+
+
+def _swap(src: Path, dst: Path) -> Path:
+    """A copy of split layout ``src`` (``<split>/<class>/<image>``) laid out as class folders
+    of split folders (``<class>/<split>/<image>``), the same files."""
+    for f in src.rglob("*.png"):
+        split, cls, *rest = f.relative_to(src).parts
+        target = dst.joinpath(cls, split, *rest)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(f, target)
+    return dst
+
+
+def test_class_folders_of_split_folders_ingest_as_the_split_layout(
+    workspace: Workspace, tmp_path: Path
+) -> None:
+    # root/<class>/train/ was read as class folders with nested folders: the given train/test
+    # split was dropped and re-split by hash (train 24, val 4, test 4).
+    rels = [f"{s}/{c}" for s in ("train", "test") for c in ("benign", "malignant")]
+    by_split = _mk(tmp_path / "sc", *rels, n=8)
+    _mk(by_split, "train/benign/batch2", n=3)  # nested folders inside a class are kept
+    by_class = _swap(by_split, tmp_path / "cs")
+    assert (by_class / "benign" / "train" / "batch2" / "0.png").is_file()
+    text = _flat(cli_ok("data", "add", "cs", str(by_class)))
+    assert "splits: train 19, val 0, test 16" in text
+    assert "add the folder(s) <class>/val/ with images" in text
+    cli_ok("data", "add", "sc", str(by_split))
+    cs, sc = _meta("cs"), _meta("sc")
+    assert cs["version"] == sc["version"]  # the same rows in the same order, the same labels
+    assert cs["split_sizes"] == sc["split_sizes"] == {"train": 19, "val": 0, "test": 16}
+    assert cs["class_names"] == ["benign", "malignant"]
+    source = cs["source"]
+    assert isinstance(source, dict) and source["layout"] == "class folders of split folders"
+    assert source["split_folders"] == {"train": "train", "test": "test"}
+    # A val split carved from train picks the same files in both layouts.
+    carved = [
+        cli_ok("data", "add", n, str(p), "--val-fraction", "0.2")
+        for n, p in (("csv", by_class), ("scv", by_split))
+    ]
+    assert all("new version" in t for t in carved)
+    assert _meta("csv")["version"] == _meta("scv")["version"]
+    assert _meta("csv")["split_sizes"] == {"train": 15, "val": 4, "test": 16}
+
+
+def test_class_folders_mixing_split_folders_and_images_are_refused(
+    data_add: Callable[..., str], tmp_path: Path
+) -> None:
+    root = _mk(tmp_path / "mix", "a/train", "a/test", "b/train", "b/test")
+    _mk(root, "c")  # images straight in class folder c
+    err = data_add(root)
+    assert "mixes layouts: class folder 'c' holds images or folders that are no split" in err
+    assert "while class folder 'a' holds split folders ('test', 'train')" in err
+    assert "(root/<class>/<split>/<image>, splits train (train/training)" in err
+    assert "or none (root/<class>/<image>)" in err
+    extra = _mk(tmp_path / "extra", "a/train", "a/test", "a/more", "b/train")
+    err = data_add(extra)
+    assert "class folder 'a' holds images or folders that are no split folders ('more')" in err
+    assert "beside its split folders ('test', 'train')" in err
+    names = _mk(tmp_path / "names", "a/train", "a/val", "b/train", "b/valid")
+    err = data_add(names)
+    assert "class folders 'a' and 'b' name the val split differently ('val', 'valid')" in err

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from pomlia_hpc.data.sources.folder_layout import CLASS_SPLIT_FOLDERS, SPLIT_FOLDERS
 from pomlia_hpc.data.store import SPLITS
 from pomlia_hpc.errors import InputError
 
@@ -44,8 +45,9 @@ def fill_hint(meta: dict[str, Any], empty: list[str]) -> str:
     if kind == "npz":
         arrays = ", ".join(f"{s}_images/{s}_labels" for s in empty)
         return f"add the arrays {arrays} to the npz file and run `pomlia data add` again"
-    if kind == "folder" and source.get("layout") == "split folders":
-        folders = ", ".join(f"{s}/<class>/" for s in empty)
+    if kind == "folder" and source.get("layout") in (SPLIT_FOLDERS, CLASS_SPLIT_FOLDERS):
+        inner = source.get("layout") == CLASS_SPLIT_FOLDERS  # root/<class>/<split>/
+        folders = ", ".join(f"<class>/{s}/" if inner else f"{s}/<class>/" for s in empty)
         carve = " / ".join(f"--{s}-fraction F" for s in empty if s != "train")
         how = f", or carve it from train with {carve}" if carve else ""
         return f"add the folder(s) {folders} with images and run `pomlia data add` again{how}"

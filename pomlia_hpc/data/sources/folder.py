@@ -1,9 +1,10 @@
 """Image-folder sources: one sub-folder per class; PNG, JPEG or TIFF; 8/16-bit; gray or RGB.
 
-Layouts::
+Layouts (told apart by :mod:`.folder_layout`)::
 
-    root/<class>/<image>                 split per class, files picked by path hashes
+    root/<class>/<image>                  split per class, files picked by path hashes
     root/{train,val,test}/<class>/<image> splits given by the folders
+    root/<class>/{train,val,test}/<image> the same, class folders holding split folders
 
 Split folders may also be named ``training``; ``valid``, ``validation``, ``dev``; ``testing``
 (any case, :data:`SPLIT_FOLDER_NAMES`). A top level is a split layout only when it has a
@@ -11,7 +12,14 @@ train folder (``train`` or ``training``): then any other top-level folder or fil
 a split folder is refused as a mix, as is a file directly inside a split folder. Without a
 train folder the top-level folders are classes, whatever their names (``Control``/``Test``);
 those named like a split are recorded as ``meta["source"]["split_named_classes"]`` and
-``data add`` notes them.
+``data add`` notes them. When a class folder holds a train folder, the class folders hold
+split folders (layout ``class folders of split folders``): every class folder with images
+must then hold only split folders (images or other folders beside them, or a class folder of
+images beside one of split folders, are refused as a mix, naming the first such folder), with
+one name per split across the class folders. Such a folder is read exactly as the same files
+under ``root/<split>/<class>/`` (each file's path is hashed as that layout names it), so it
+gives the same rows, split and version; the rules below for split folders apply alike (a
+missing or empty val / test is carved with the fraction).
 
 Without split folders the files of each class are split into train/val/test stratified by
 class (``val_fraction``, ``test_fraction``; default 0.1 each), as a split layout's missing
@@ -71,14 +79,30 @@ from pomlia_hpc.data.sources.folder_files import (
     check_image_suffix,
     hidden_under,
     is_other_file,
-    is_system,
     other_files,
+)
+from pomlia_hpc.data.sources.folder_layout import (
+    CLASS_FOLDERS,
+    CLASS_SPLIT_FOLDERS,
+    SPLIT_FOLDER_NAMES,
+    Layout,
+    read_layout,
+    split_folders,
+    visible,
 )
 from pomlia_hpc.data.sources.pixels import pil_pixels, pixel_layout
 from pomlia_hpc.data.store import SPLITS
 from pomlia_hpc.errors import InputError
 
-__all__ = ["IMAGE_SUFFIXES", "FolderSource", "UnreadableImageError", "read_header", "read_image"]
+__all__ = [
+    "IMAGE_SUFFIXES",
+    "SPLIT_FOLDER_NAMES",
+    "FolderSource",
+    "UnreadableImageError",
+    "read_header",
+    "read_image",
+    "split_folders",
+]
 _GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
 _COLOR_MODES = {"RGB", "RGBA", "P", "PA", "CMYK", "YCbCr", "LAB", "HSV", "RGBX"}
 
@@ -224,123 +248,24 @@ def _carve(train: list[_Row], val_fraction: float, test_fraction: float) -> dict
     return out
 
 
-def _visible(path: Path) -> list[Path]:
-    """The entries of ``path`` but hidden and system files (:func:`is_system`)."""
-    return sorted(p for p in path.iterdir() if not is_system(p))
-
-
-SPLIT_FOLDER_NAMES: dict[str, str] = {
-    "train": "train",
-    "training": "train",
-    "val": "val",
-    "valid": "val",
-    "validation": "val",
-    "dev": "val",
-    "test": "test",
-    "testing": "test",
-}
-"""Top-level folder names (any case) taken as a split folder, and the split each one is."""
-
-
-def _names(paths: list[Path]) -> str:
-    shown = ", ".join(f"'{p.name}'" for p in paths[:5])
-    return shown + (f" and {len(paths) - 5} more" if len(paths) > 5 else "")
-
-
-def _expected_layout() -> str:
-    aliases = ", ".join(
-        f"{s} ({'/'.join(k for k, v in SPLIT_FOLDER_NAMES.items() if v == s)})" for s in SPLITS
-    )
-    return (
-        "expected either class folders only (root/<class>/<image>) or split folders only "
-        f"(root/<split>/<class>/<image>, splits {aliases})"
-    )
-
-
-def split_folders(path: Path) -> dict[str, Path]:
-    """The split folders of image folder ``path`` by split (train, val, test), or {} when
-    its top level holds class folders. A split layout needs a train folder at the top (a
-    class-folder dataset may well have classes named ``Test`` or ``dev``); with one, a top
-    level that mixes split folders with other folders or files, or names one split twice
-    (``val`` and ``valid``), is refused."""
-    entries = _visible(path)
-    named = [p for p in entries if p.is_dir() and p.name.lower() in SPLIT_FOLDER_NAMES]
-    if not any(SPLIT_FOLDER_NAMES[p.name.lower()] == "train" for p in named):
-        return {}
-    others = [p for p in entries if p not in named and not is_other_file(p)]
-    if others:
-        raise InputError(
-            f"image folder '{path}' mixes split folders ({_names(named)}) with other "
-            f"folders or files ({_names(others)}) at its top level: {_expected_layout()}"
-        )
-    out: dict[str, Path] = {}
-    for p in named:
-        split = SPLIT_FOLDER_NAMES[p.name.lower()]
-        if split in out:
-            raise InputError(
-                f"image folder '{path}' has two folders for the {split} split, "
-                f"'{out[split].name}' and '{p.name}': expected one"
-            )
-        out[split] = p
-    return {s: out[s] for s in SPLITS if s in out}
-
-
-def _has_files(root: Path) -> bool:
-    """Whether ``root`` holds any image file, at any depth (hidden, system and other files
-    that are skipped do not count)."""
-    return any(
-        f.is_file() and not hidden_under(f, root) and not is_other_file(f) for f in root.rglob("*")
-    )
-
-
-def _drop_empty_splits(roots: dict[str, Path]) -> tuple[dict[str, Path], dict[str, str]]:
-    """``roots`` without the val / test folders that hold no file, and those folders' names
-    by split:
-    an empty split folder is taken as missing, so ``--val-fraction`` / ``--test-fraction``
-    can carve the split from train (what ``data add``'s hint for an empty split says)."""
-    empty = [s for s in ("val", "test") if s in roots and not _has_files(roots[s])]
-    kept = {s: p for s, p in roots.items() if s not in empty}
-    return kept, {s: roots[s].name for s in empty}
-
-
 def _fractions(
-    path: Path, roots: dict[str, Path], val: float | None, test: float | None
+    path: Path, splits: dict[str, str], val: float | None, test: float | None
 ) -> tuple[float, float]:
     """(val, test) shares of the rows that are split by hash: all rows of a class-folder
-    layout (default 0.1 each); with split folders, the train folder's rows, and only for a
-    split that has no folder (default 0, so nothing is carved unless asked)."""
-    if not roots:
+    layout (default 0.1 each); with split folders (``splits``: their names by split), the
+    train folder's rows, and only for a split that has no folder (default 0, so nothing is
+    carved unless asked)."""
+    if not splits:
         return (0.1 if val is None else val, 0.1 if test is None else test)
     for split, value in (("val", val), ("test", test)):
-        if value is not None and split in roots:
+        if value is not None and split in splits:
             raise InputError(
                 f"--{split}-fraction {value} does not apply: image folder '{path}' has a "
-                f"{split} split folder ('{roots[split].name}'): expected no --{split}-fraction "
+                f"{split} split folder ('{splits[split]}'): expected no --{split}-fraction "
                 f"(it carves a {split} split from train only where the folder is missing "
                 "or holds no file)"
             )
     return (val or 0.0, test or 0.0)
-
-
-def _class_dirs(path: Path, root: Path, split_name: str) -> list[Path]:
-    """The class folders under ``root`` (the dataset folder, or one split folder of it)."""
-    dirs = []
-    for cdir in _visible(root):
-        if cdir.is_dir():
-            dirs.append(cdir)
-        elif is_other_file(cdir):
-            continue  # notes.txt beside the class folders: skipped, and `data add` names it
-        elif split_name:
-            raise InputError(
-                f"'{cdir}' is a file in split folder '{root.name}': expected one sub-folder "
-                f"per class inside each split folder ({root.name}/<class>/<image>)"
-            )
-        else:
-            raise InputError(
-                f"'{cdir}' is a file in the dataset folder: expected one sub-folder per class "
-                f"(root/<class>/<image>) or split folders (root/<split>/<class>/<image>)"
-            )
-    return dirs
 
 
 def _images(cdir: Path) -> list[Path]:
@@ -370,11 +295,11 @@ class FolderSource(Source):
     ) -> None:
         super().__init__(path=path, kind="folder")
         self._limits = limits or IngestLimits()
-        roots, empty_splits = _drop_empty_splits(split_folders(path))
-        by_split = bool(roots)
-        fractions = _fractions(path, roots, val_fraction, test_fraction)
+        layout = read_layout(path)
+        by_split = layout.kind != CLASS_FOLDERS
+        fractions = _fractions(path, layout.splits, val_fraction, test_fraction)
         check_split_fractions(f"image folder '{path}'", *fractions)
-        files, class_dirs = self._collect(roots, skip_unreadable)
+        files, class_dirs = self._collect(layout, skip_unreadable)
         if not by_split or any(fractions):
             # train lends rows to val/test, stratified by class (a split layout's fractions
             # are 0 unless asked, for a split without its folder).
@@ -387,13 +312,14 @@ class FolderSource(Source):
             d.relative_to(path).as_posix() for d in class_dirs if d.name not in classes
         )
         self.class_names = sorted(classes)
-        if len(classes) == 1:
+        if len(classes) == 1 and layout.kind != CLASS_SPLIT_FOLDERS:
             # One class whose images sit in sub-folders is most likely a layout one level too
             # deep (train/images/<class>/...): `data add` names the folder and its sub-folders.
+            # (A class folder of split folders has its splits as sub-folders: not that.)
             only = next(d for d in class_dirs if d.name in classes)
             self.extra["one_class_folder"] = {
                 "folder": only.relative_to(path).as_posix(),
-                "subfolders": [p.name for p in _visible(only) if p.is_dir()],
+                "subfolders": [p.name for p in visible(only) if p.is_dir()],
             }
         self._limits.check_classes(f"image folder '{path}'", len(classes), "class folders")
         # Rows in hash order, not class by class: any run of rows (a chunk, a shuffle buffer,
@@ -421,16 +347,16 @@ class FolderSource(Source):
         carved = by_split and any(fractions)
         self.extra.update(
             {
-                "layout": "split folders" if by_split else "class folders",
-                "split_folders": {s: p.name for s, p in roots.items()} if by_split else None,
+                "layout": layout.kind,
+                "split_folders": layout.splits if by_split else None,
                 "val_fraction": fractions[0] if not by_split or carved else None,
                 "test_fraction": fractions[1] if not by_split or carved else None,
             }
         )
         if skipped:
             self.extra["skipped_empty_folders"] = skipped
-        if empty_splits:
-            self.extra["empty_split_folders"] = empty_splits
+        if layout.empty_splits:
+            self.extra["empty_split_folders"] = layout.empty_splits
         # Classes named like a split (no train folder at the top): kept as classes, but
         # `data add` notes them in case a split layout was meant.
         split_named = [
@@ -440,31 +366,29 @@ class FolderSource(Source):
             self.extra["split_named_classes"] = split_named
 
     def _collect(
-        self, roots: dict[str, Path], skip_unreadable: bool
+        self, layout: Layout, skip_unreadable: bool
     ) -> tuple[dict[str, list[_Row]], list[Path]]:
         """The rows of each split (a class-folder layout's all in train, to be carved) and
-        the class folders; records the files skipped (no image; unreadable with
+        the folders named as classes; records the files skipped (no image; unreadable with
         ``skip_unreadable``) in :attr:`extra`."""
         path = self.path
-        # Per split: (SHA-256 of the relative path, file, class); bytes 0..8 of the digest rank
-        # a class's files for the carve, bytes 8..16 order the rows.
+        # Per split: (SHA-256 of the path as the split layout names it, file, class); bytes
+        # 0..8 of the digest rank a class's files for the carve, bytes 8..16 order the rows.
         files: dict[str, list[_Row]] = {s: [] for s in SPLITS}
-        class_dirs: list[Path] = []
         unreadable: list[str] = []
-        for split_name, root in (roots or {"": path}).items():
-            class_dirs += _class_dirs(path, root, split_name)
-        check_class_names(path, class_dirs)
-        for cdir in class_dirs:
-            split_name = next((s for s, r in roots.items() if cdir.parent == r), "")
-            for f in _images(cdir):
-                rel = f.relative_to(path).as_posix()
+        check_class_names(path, layout.named)
+        for cf in layout.class_folders:
+            for f in _images(cf.folder):
                 if skip_unreadable and (why := decodes(f)) is not None:
-                    unreadable.append(f"{rel} ({why})")
+                    unreadable.append(f"{f.relative_to(path).as_posix()} ({why})")
                     continue
+                # The key, not the file's own path: root/<class>/<split>/ hashes as
+                # root/<split>/<class>/ does, so both give the same rows and version.
+                rel = f"{cf.key}/{f.relative_to(cf.folder).as_posix()}"
                 digest = hashlib.sha256(rel.encode()).digest()
                 # A split folder fixes the split; a class-folder layout's rows all start in
                 # train, and are carved like a split layout's train folder.
-                files[split_name or "train"].append((digest, f, cdir.name))
+                files[cf.split or "train"].append((digest, f, cf.name))
         others = other_files(path)
         if others:  # notes.txt, labels.csv: skipped, and `data add` names them
             self.extra["skipped_other_files"] = {
@@ -473,7 +397,7 @@ class FolderSource(Source):
             }
         if unreadable:
             self.extra["skipped_unreadable"] = {"count": len(unreadable), "files": unreadable}
-        return files, class_dirs
+        return files, layout.named
 
     def _scan(self) -> None:
         """First pass over headers: one size, one bit depth; any colour image makes it RGB."""
