@@ -95,9 +95,9 @@ _TASK_TYPE_HELP = (
     "multi-class). Kept in MedMNIST's spelling."
 )
 _FRACTION_HELP = (
-    "Folder/HDF5 without splits: share of {split} (0.1). Split folders without {split}/ "
-    "(or an empty one): share of each class of train/ carved out as {split} (at least one "
-    "image; one stays in train)."
+    "Folder/HDF5 without splits: share of {split} (0.1), of each class. Split folders "
+    "without {split}/ (or an empty one): share of each class of train/ carved out as {split} "
+    "(at least one image; one stays in train)."
 )
 _SKIP_HELP = (
     "Image folder: skip image files that do not decode (damaged, truncated, empty), naming "

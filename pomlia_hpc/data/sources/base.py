@@ -152,6 +152,38 @@ def check_split_fractions(where: str, val_fraction: float, test_fraction: float)
         )
 
 
+def carved_count(n: int, fraction: float) -> int:
+    """Images of a class of ``n`` carved for a split of share ``fraction``: the rounded share,
+    but at least one when asked at all (a class absent from val cannot be picked on)."""
+    return 0 if fraction <= 0 else max(1, round(n * fraction))
+
+
+def stratified_split(
+    ranks: np.ndarray, classes: np.ndarray, val_fraction: float, test_fraction: float
+) -> np.ndarray:
+    """Split codes (0 train, 1 val, 2 test; int8) for rows with sort keys ``ranks`` (uint64,
+    e.g. a hash of each row's path or index, so the split is deterministic) and ``classes``
+    (one per row, any comparable values), stratified by class: of each class, in the order of
+    its ranks, the first :func:`carved_count` rows go to test, the next to val, the rest stay
+    in train. A class of 2 or more rows keeps at least one in train (val is served before
+    test when there are too few); a class of one row stays in train. Adding rows to a class
+    can move others of that class (its counts change); other classes keep their split.
+    The one rule for every source split by hash (image folders, HDF5 files)."""
+    codes = np.zeros(len(ranks), np.int8)
+    if len(ranks) == 0:
+        return codes
+    _, group = np.unique(np.asarray(classes), return_inverse=True)
+    order = np.lexsort((np.asarray(ranks, np.uint64), group.ravel()))
+    bounds = np.flatnonzero(np.diff(group.ravel()[order])) + 1
+    for rows in np.split(order, bounds):
+        spare = len(rows) - 1  # one row stays in train
+        n_val = min(carved_count(len(rows), val_fraction), spare)
+        n_test = min(carved_count(len(rows), test_fraction), spare - n_val)
+        codes[rows[:n_test]] = 2
+        codes[rows[n_test : n_test + n_val]] = 1
+    return codes
+
+
 def check_side(where: str, height: int, width: int, limits: IngestLimits) -> None:
     """Refuse images with a side of 0 or over ``limits.max_side_px``."""
     if min(height, width) < 1 or max(height, width) > limits.max_side_px:

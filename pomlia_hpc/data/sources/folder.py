@@ -71,6 +71,7 @@ from pomlia_hpc.data.sources.base import (
     check_binary,
     check_side,
     check_split_fractions,
+    stratified_split,
 )
 from pomlia_hpc.data.sources.folder_files import (
     IMAGE_SUFFIXES,
@@ -220,31 +221,15 @@ def read_image(path: Path, channels: int, depth: str) -> np.ndarray:
 _Row = tuple[bytes, Path, str]  # (SHA-256 of the path relative to the root, file, class)
 
 
-def _carved_count(n: int, fraction: float) -> int:
-    """Images of a class of ``n`` carved for a split of share ``fraction``: the rounded share,
-    but at least one when asked at all (a class absent from val cannot be picked on)."""
-    return 0 if fraction <= 0 else max(1, round(n * fraction))
-
-
 def _carve(train: list[_Row], val_fraction: float, test_fraction: float) -> dict[str, list[_Row]]:
-    """Split the rows of a train folder into train, val and test, stratified by class: of each
-    class (its files in the order of their path hashes, so deterministic given the files) the
-    first :func:`_carved_count` go to test, the next to val, the rest stay in train. A class
-    of 2 or more images keeps at least one in train (val is served before test when there
-    are too few); a class of one image stays in train. Adding files to a class can move
-    others of that class (the counts change); other classes keep their split."""
-    by_class: dict[str, list[_Row]] = {}
-    for row in train:
-        by_class.setdefault(row[2], []).append(row)
+    """Split the rows of a train folder into train, val and test, stratified by class
+    (:func:`~pomlia_hpc.data.sources.base.stratified_split`), each class's files ranked by
+    bytes 0..8 of their path hashes: deterministic given the files."""
+    ranks = np.asarray([int.from_bytes(r[0][:8], "big") for r in train], np.uint64)
+    codes = stratified_split(ranks, np.asarray([r[2] for r in train]), val_fraction, test_fraction)
     out: dict[str, list[_Row]] = {s: [] for s in SPLITS}
-    for rows in by_class.values():
-        rows.sort(key=lambda r: r[0][:8])
-        spare = len(rows) - 1  # one image stays in train
-        n_val = min(_carved_count(len(rows), val_fraction), spare)
-        n_test = min(_carved_count(len(rows), test_fraction), spare - n_val)
-        out["test"] += rows[:n_test]
-        out["val"] += rows[n_test : n_test + n_val]
-        out["train"] += rows[n_test + n_val :]
+    for row, code in zip(train, codes, strict=True):
+        out[SPLITS[code]].append(row)
     return out
 
 

@@ -2,9 +2,15 @@
 
 Options: ``images`` (path of an (N, H, W) or (N, H, W, C) dataset), ``labels`` (path of (N,) or
 (N, L)), optional ``split`` (path of an (N,) dataset holding 0/1/2 or the strings
-"train"/"val"/"test"). Without ``split``, row ``i`` goes to a split by a hash of ``i``
-(``val_fraction``, ``test_fraction``, default 0.1 each). Images are read in batches (one pass),
-so the file can be larger than memory.
+"train"/"val"/"test"). Without ``split``, the rows are split into train/val/test stratified by
+class (``val_fraction``, ``test_fraction``, default 0.1 each), by the rule an image folder's
+split follows (:func:`~pomlia_hpc.data.sources.base.stratified_split`): each class gives val
+and test their share (rounded, at least one row each), a class of 3 or more rows is in every
+split, a class of 2 gives one to val, a class of 1 stays in train; which rows go is decided by
+a hash of their index, so the same file gives the same split. Adding rows to a class can move
+a few others of that class; other classes are untouched. Multi-label rows (no one class) go to
+a split by that hash alone. Images are read in batches (one pass), so the file can be larger
+than memory.
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from pomlia_hpc.data.sources.base import (
     image_shape,
     normalize_labels,
     resolve_labels,
+    stratified_split,
 )
 from pomlia_hpc.data.store import SPLIT_CODE, SPLITS
 from pomlia_hpc.errors import InputError
@@ -38,16 +45,27 @@ def _dataset_paths(f: h5py.File) -> list[str]:
     return out
 
 
-def _hash_splits(n: int, val_fraction: float, test_fraction: float) -> np.ndarray:
-    """Deterministic split codes for rows 0..n-1 (independent of n, so appending keeps them)."""
+def _row_ranks(n: int) -> np.ndarray:
+    """A deterministic hash of each row index 0..n-1 (uint64; independent of n, so appending
+    rows keeps the others' ranks)."""
     idx = np.arange(n, dtype=np.uint64)
     # splitmix64: a good 64-bit mix, vectorised; uint64 arithmetic wraps as intended.
     with np.errstate(over="ignore"):
         z = idx + np.uint64(0x9E3779B97F4A7C15)
         z = (z ^ (z >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
         z = (z ^ (z >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
-        z = z ^ (z >> np.uint64(31))
-    u = (z >> np.uint64(11)).astype(np.float64) / 2.0**53
+        return z ^ (z >> np.uint64(31))
+
+
+def _hash_splits(y: np.ndarray, val_fraction: float, test_fraction: float) -> np.ndarray:
+    """Split codes for rows with labels ``y`` (n, L): with one label column, stratified by
+    class as an image folder's (:func:`~pomlia_hpc.data.sources.base.stratified_split`, rows
+    ranked by a hash of their index); multi-label rows (no one class to stratify by) go to a
+    split by that hash alone, each with the fractions' chance."""
+    ranks = _row_ranks(len(y))
+    if y.shape[1] == 1:
+        return stratified_split(ranks, y[:, 0], val_fraction, test_fraction)
+    u = (ranks >> np.uint64(11)).astype(np.float64) / 2.0**53
     return np.where(u < test_fraction, 2, np.where(u < test_fraction + val_fraction, 1, 0)).astype(
         np.int8
     )
@@ -115,7 +133,7 @@ class Hdf5Source(Source):
         if split:
             codes = self._split_codes(split, n)
         else:
-            codes = _hash_splits(n, val_fraction, test_fraction)
+            codes = _hash_splits(y, val_fraction, test_fraction)
         self._codes = codes
         self._order = np.argsort(codes, kind="stable")
         self.split_sizes = {s: int((codes == i).sum()) for i, s in enumerate(SPLITS)}
