@@ -7,6 +7,9 @@ from __future__ import annotations
 
 import errno
 import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -184,3 +187,31 @@ def test_verify_and_repair_find_damage_with_one_check(
     problems = verify(reg, "blood")[0].problems
     assert problems[0].startswith("1 damaged image chunk(s): 0 ")
     assert problems[1:] == ["array 'labels' is damaged (hash differs)"]
+
+
+def test_a_readd_reports_the_store_check_in_a_batch_jobs_output(
+    workspace: Workspace, reg: Registry, tmp_path: Path
+) -> None:
+    """Re-adding identical content reads the whole store back (the repair check): minutes of
+    silence on a large store, in a terminal and in a Slurm output file alike. It now reports
+    like the other stages of `data add`: time-stamped lines when stdout is a file."""
+    npz = tiny_npz(tmp_path / "b.npz", sizes=(40, 10, 10))
+    ingest(workspace, reg, "blood", npz)
+    calls: list[tuple[str, int, int]] = []
+    ingest(workspace, reg, "blood", npz, progress=lambda *a: calls.append(a))
+    checked = [c for c in calls if c[0] == "check store"]
+    assert checked and sum(c[1] for c in checked) == 60 and {c[2] for c in checked} == {60}
+    out = tmp_path / "slurm-1.out"  # stdout a file, as sbatch makes it: not a terminal
+    with out.open("w") as f:
+        subprocess.run(
+            [sys.executable, "-m", "pomlia_hpc", "data", "add", "blood", str(npz)],
+            stdout=f,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+            check=True,
+        )
+    text = out.read_text()
+    first, last = "check store: 0/60 images (0%)", "check store: 60/60 images (100%)"
+    assert first in text and last in text, text
+    assert text.index(last) < text.index("identical content: existing version"), text
+    assert re.search(r"^\[\d\d:\d\d:\d\d\] check store: 60/60 images", text, re.M), text

@@ -57,7 +57,8 @@ from pomlia_hpc.registry.lookup import not_found
 from pomlia_hpc.workspace import Workspace
 
 ProgressFn = Callable[[str, int, int], None]
-"""progress(stage, images_done_since_last_call, images_total); stages "ingest", "fingerprint"."""
+"""progress(stage, images_done_since_last_call, images_total); stages "ingest", "fingerprint",
+"check store" (identical content: the existing store read back against it)."""
 
 STORE_FORMAT = 1
 
@@ -161,6 +162,14 @@ def _meta(
     }
 
 
+def _per_chunk(progress: ProgressFn | None, total: int) -> Callable[[int, int], None] | None:
+    """The ``on_chunk(lo, hi)`` of :func:`store_damage` that reports the rows checked as stage
+    ``check store`` of ``progress`` (``total``: images in the store), or None without one."""
+    if progress is None:
+        return None
+    return lambda lo, hi: progress("check store", hi - lo, total)
+
+
 def _registered(registry: Registry, name: str, version: str) -> DatasetVersion | None:
     """The registry row of ``name@version`` exactly, or None."""
     with registry.session() as s:
@@ -244,7 +253,9 @@ def ingest(
         known = _registered(registry, name, version)
         repaired: list[str] = []
         if final.exists():
-            repaired = store_damage(final, digests)
+            # Reads the whole existing store: minutes for a large one, so it reports progress
+            # like the stages before it (a Slurm output file would otherwise fall silent).
+            repaired = store_damage(final, digests, _per_chunk(progress, src.n_images))
         elif known is not None:
             repaired = [f"store {final} is missing"]
         if not final.exists() or repaired:

@@ -311,10 +311,16 @@ def compare_digests(
     return DigestCheck(bad, arrays)
 
 
-def store_damage(path: str | Path, digests: dict[str, Any]) -> list[str]:
+def store_damage(
+    path: str | Path,
+    digests: dict[str, Any],
+    on_chunk: Callable[[int, int], None] | None = None,
+) -> list[str]:
     """What differs between the store at ``path`` and the content ``digests`` (as
     ``meta["chunk_hashes"]``: SHA-256 per image chunk, of labels and of split): one line per
-    problem, empty when the store holds exactly that content. Reads the whole store once."""
+    problem, empty when the store holds exactly that content. Reads the whole store once;
+    ``on_chunk(lo, hi)`` is called after each image chunk (rows ``lo`` .. ``hi``-1), for
+    progress."""
     try:
         store = DatasetStore(Path(path), verify=False)
         _ = (store.images, store.labels, store.split)  # opening them may fail
@@ -323,7 +329,7 @@ def store_damage(path: str | Path, digests: dict[str, Any]) -> list[str]:
     n_want, n_have = len(digests.get("images", [])), len(list(store.chunk_ranges()))
     if n_want != n_have:
         return [f"the store has {n_have} image chunks, expected {n_want}"]
-    found = compare_digests(store, digests)
+    found = compare_digests(store, digests, on_chunk)
     bad = found.damaged_chunks
     problems = [f"damaged image chunk(s) {', '.join(map(str, bad[:20]))}"] if bad else []
     return problems + [f"damaged {what}" for what in found.damaged_arrays]
