@@ -1,17 +1,24 @@
 """A study's driver cancelled (a pipeline's automl stage `scancel`-ed) cancels its trial jobs;
 `runs list` then records those runs `cancelled` rather than showing them `running (stale)`,
 and for a pipeline's study says to run the pipeline again. A job collected as COMPLETED
-does not keep a cancel as its cause."""
+does not keep a cancel as its cause. Which pipeline owns a study is what its study.json
+records, not its name."""
 
 from __future__ import annotations
 
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import pytest
 
 from pomlia_hpc.automl import records
+from pomlia_hpc.automl.folders import owning_pipeline
 from pomlia_hpc.automl.liveness import DriverBeat
+from pomlia_hpc.automl.study import create_study
 from pomlia_hpc.cluster.attach import AttachedJob
+from pomlia_hpc.pipeline.spec import load_pipeline
+from pomlia_hpc.pipeline.stage import StageContext
+from pomlia_hpc.pipeline.stages_learn import open_study
 from pomlia_hpc.registry import Job, Registry
 from pomlia_hpc.workspace import Workspace
 from tests.fixtures.cli import cli_ok
@@ -58,6 +65,49 @@ def test_runs_cancelled_with_a_pipelines_driver_are_recorded_cancelled(
     assert "recorded" in out
     # what `automl run --resume` counts as ended before it starts (not 0/N)
     assert records.ended_runs(reg, study) == 1
+
+
+def _stale_hint(workspace: Workspace, reg: Registry, study: str) -> str:
+    """What `runs list` says of ``study`` once its driver is gone, a run left running."""
+    beat = DriverBeat(workspace, study)
+    beat.start()
+    beat.end()
+    _trial(reg, 1, study, "RUNNING")
+    return " ".join(cli_ok("runs", "list", "--study", study).split())
+
+
+@pytest.mark.usefixtures("wide_console")
+def test_a_users_study_named_like_a_pipelines_is_not_the_pipelines(
+    workspace: Workspace, reg: Registry
+) -> None:
+    """A study counted as a pipeline's by its name alone: `lab-blood-deadbeef`, made by
+    `automl run` while a pipeline `lab` exists, got "run pipeline lab again" instead of its
+    --resume command. The owner is recorded in study.json when the study is made now."""
+    tiny_task(workspace, reg, "blood", sizes=(16, 8, 8))
+    workspace.path("pipelines", "lab").mkdir(parents=True)
+    study = "lab-blood-deadbeef"
+    create_study(reg, workspace, "blood", name=study, n_trials=2, max_epochs=1)
+    assert owning_pipeline(workspace, study) is None
+    out = _stale_hint(workspace, reg, study)
+    assert f"automl run blood --study {study} --resume" in out and "pipeline lab" not in out, out
+
+
+@pytest.mark.usefixtures("wide_console")
+def test_a_study_made_by_a_pipelines_automl_stage_is_the_pipelines(
+    workspace: Workspace, reg: Registry
+) -> None:
+    """The pipeline's automl stage records itself as the owner, whatever the study's name and
+    whether or not the pipeline's folder exists."""
+    tiny_task(workspace, reg, "blood", sizes=(16, 8, 8))
+    spec = load_pipeline(Path(__file__).resolve().parents[1] / "configs/pipelines/lookalikes.yaml")
+    spec = spec.model_copy(update={"name": "lab"})
+    ctx = StageContext(spec=spec, workspace=workspace, registry=reg, log=lambda _m: None,
+                       key="k" * 16)  # fmt: skip
+    made, resume = open_study(ctx, "blood-by-lab", "blood", [], None)
+    assert not resume and made.pipeline == "lab"
+    assert owning_pipeline(workspace, "blood-by-lab") == "lab"
+    out = _stale_hint(workspace, reg, "blood-by-lab")
+    assert "run pipeline lab again" in out and "--resume" not in out, out
 
 
 def test_a_collected_result_clears_a_cancel_recorded_just_after_the_job_ended(

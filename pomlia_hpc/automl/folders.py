@@ -6,6 +6,7 @@ registry queries such as ``pomlia runs list`` can tell a created study without i
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -32,9 +33,36 @@ def study_names(workspace: Workspace) -> list[str]:
 
 
 def owning_pipeline(workspace: Workspace, name: str) -> str | None:
-    """The pipeline whose automl stage made study ``name`` (named ``<pipeline>-<task>-<key>``,
-    the key 8 hex digits, with ``<home>/pipelines/<pipeline>/`` present), else None: such a
-    study is resumed by running its pipeline again, not by ``automl run --resume``."""
+    """The pipeline whose automl stage made study ``name``, else None: such a study is resumed
+    by running its pipeline again, not by ``automl run --resume``.
+
+    The owner is what the study's ``study.json`` records (its ``pipeline`` key, written when
+    the study is created; null for a study of ``automl run`` or the loop). Only a study whose
+    ``study.json`` has no such key (made before pomlia recorded owners, or without a readable
+    specification) is guessed from its name: ``<pipeline>-<task>-<key>``, the key 8 hex
+    digits, with ``<home>/pipelines/<pipeline>/`` present. A guess, since a user's own study
+    may be named like that; recorded owners never are guessed."""
+    recorded, owner = _recorded_owner(study_dir(workspace, name) / SPEC_FILE)
+    # Studies made before owners were recorded have no key: only for them the name guesses.
+    return owner if recorded else _owner_by_name(workspace, name)
+
+
+def _recorded_owner(spec_file: Path) -> tuple[bool, str | None]:
+    """(whether ``spec_file`` records an owner, the pipeline it names or None), read as plain
+    JSON (no import of the study room); a missing or unreadable file records none."""
+    try:
+        data = json.loads(spec_file.read_bytes())
+    except (OSError, ValueError):
+        return False, None
+    if not isinstance(data, dict) or "pipeline" not in data:
+        return False, None
+    owner = data["pipeline"]
+    return True, owner if isinstance(owner, str) and owner else None
+
+
+def _owner_by_name(workspace: Workspace, name: str) -> str | None:
+    """The legacy guess for a study made before owners were recorded (see
+    :func:`owning_pipeline`): the longest pipeline name that ``name`` starts with."""
     root = workspace.path("pipelines")
     head, _, key = name.rpartition("-")
     if not head or not re.fullmatch(r"[0-9a-f]{8}", key) or not root.is_dir():

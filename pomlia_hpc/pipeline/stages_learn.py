@@ -127,6 +127,7 @@ def open_study(
         extra_data=am.extra_data and encoder is not None,
         initial_configs=warm,
         drop_unfit_initial=True,
+        pipeline=ctx.spec.name,  # the owner: `runs list` names this pipeline, not --resume
     )
     ctx.log(
         f"  study {name}: {am.trials} trials, {am.min_epochs}-{am.max_epochs} epochs, "

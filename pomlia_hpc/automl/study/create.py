@@ -55,6 +55,7 @@ def create_study(
     drop_unfit_initial: bool = False,
     final_full_budget: bool = False,
     recent_share: float | None = None,
+    pipeline: str | None = None,
 ) -> StudySpec:
     """Validate the arguments, prepare initial weights, and write the study's ``study.json``.
 
@@ -69,7 +70,8 @@ def create_study(
     ``final_full_budget``: when the best configuration trained fewer than ``max_epochs``, train
     it on to ``max_epochs`` (from its checkpoint) after the search, outside the budget.
     ``recent_share``: on a harvested dataset version (:mod:`pomlia_hpc.data.harvest`), the
-    share of every epoch drawn from its new (production) training images.
+    share of every epoch drawn from its new (production) training images. ``pipeline``: the
+    pipeline whose automl stage creates the study, recorded in ``study.json`` as its owner.
     """
     t, version, ref = _checked_task(registry, task)
     stamp = datetime.now(UTC)
@@ -126,6 +128,7 @@ def create_study(
         recent_rows=recent_rows,
         recent_share=recent_share,
         created_at=stamp.isoformat(),
+        pipeline=pipeline,
     )
     _claim_study(workspace, spec)
     return spec

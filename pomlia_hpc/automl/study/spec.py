@@ -157,6 +157,11 @@ class StudySpec(BaseModel):
     recent_rows: int = 0
     recent_share: float | None = None
     created_at: str = ""
+    #: The pipeline whose automl stage created the study (resumed by running that pipeline
+    #: again); None: made by ``automl run`` or the loop. Always written, so that a file
+    #: without the key is one made before owners were recorded
+    #: (:func:`~pomlia_hpc.automl.folders.owning_pipeline`).
+    pipeline: str | None = None
 
     @property
     def extra_encoder(self) -> str | None:
