@@ -60,19 +60,18 @@ def create_study(
     """Validate the arguments, prepare initial weights, and write the study's ``study.json``.
 
     ``encoder``: a fingerprint encoder (name or id) whose weights become ``init=encoder``;
-    ``init_model``: a registered model whose weights become ``init=model``; ``extra_data``:
-    offer nearest images from similar datasets (found with ``encoder``'s index).
-    ``initial_configs``: warm-start configurations (value mappings), SMAC's initial design.
-    ``drop_unfit_initial``: leave out the warm-start configurations that this study's space
-    cannot hold (e.g. a recommendation naming ``init=encoder`` where no encoder is given) and,
-    with SMAC, those beyond ``n_trials``; the spec keeps the reasons in ``dropped_initial``.
-    Otherwise either is an error (the random optimizer runs the first ``n_trials`` of them).
-    ``final_full_budget``: when the best configuration trained fewer than ``max_epochs``, train
-    it on to ``max_epochs`` (from its checkpoint) after the search, outside the budget.
-    ``recent_share``: on a harvested dataset version (:mod:`pomlia_hpc.data.harvest`), the
-    share of every epoch drawn from its new (production) training images. ``pipeline``: the
-    pipeline whose automl stage creates the study, recorded in ``study.json`` as its owner.
-    """
+    ``init_model``: a registered model whose weights become ``init=model``; ``extra_data``: offer
+    nearest images from similar datasets (found with ``encoder``'s index). ``initial_configs``:
+    warm-start configurations (value mappings), SMAC's initial design. ``drop_unfit_initial``: leave
+    out the warm-start configurations that this study's space cannot hold (e.g. a recommendation
+    naming ``init=encoder`` where no encoder is given) and, with SMAC, those beyond ``n_trials``;
+    the spec keeps the reasons in ``dropped_initial``. Otherwise either is an error (the random
+    optimizer runs the first ``n_trials`` of them). ``final_full_budget``: when the best
+    configuration trained fewer than ``max_epochs``, train it on to ``max_epochs`` (from its
+    checkpoint) after the search, outside the budget. ``recent_share``: on a harvested dataset
+    version (:mod:`pomlia_hpc.data.harvest`), the share of every epoch drawn from its new
+    (production) training images. ``pipeline``: the pipeline whose automl stage creates the study,
+    recorded in ``study.json`` as its owner."""
     t, version, ref = _checked_task(registry, task)
     stamp = datetime.now(UTC)
     name = name or f"{t.name}-{stamp:%Y%m%d-%H%M%S}"
@@ -111,13 +110,7 @@ def create_study(
     spec = StudySpec(
         options=options,
         name=name,
-        task=t.name,
-        task_id=t.id,
-        metric=t.metric,
-        task_type=t.task_type,
-        dataset_version_id=version.id,
-        dataset=ref,
-        store_path=version.store_path,
+        **_task_fields(t, version, ref),
         engine=eng,
         space=opts,
         encoder=enc,
@@ -132,6 +125,19 @@ def create_study(
     )
     _claim_study(workspace, spec)
     return spec
+
+
+def _task_fields(t: Task, version: DatasetVersion, ref: str) -> dict[str, Any]:
+    """The fields of a :class:`StudySpec` that name its task and that task's dataset."""
+    return {
+        "task": t.name,
+        "task_id": t.id,
+        "metric": t.metric,
+        "task_type": t.task_type,
+        "dataset_version_id": version.id,
+        "dataset": ref,
+        "store_path": version.store_path,
+    }
 
 
 def _claim_study(workspace: Workspace, spec: StudySpec) -> None:
