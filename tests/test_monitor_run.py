@@ -397,5 +397,96 @@ def test_report_page_in_headless_chromium(
     assert len(page.broken_images) == 1 and page.console_errors
 
 
+#: A monitor run in a child process that dies (SIGKILL-like: nothing runs after) at the commit
+#: of the transaction that adds its report's row: before it ("before_commit") or after it
+#: ("after_commit"). Told by SQLAlchemy's session events, not by pomlia's functions, so the
+#: same child kills any order of the steps.
+KILLED_RUN = """
+import os, runpy, sys
+from sqlalchemy import event
+from sqlalchemy.orm import Session
+from pomlia_hpc.registry import MonitorReport
+
+@event.listens_for(Session, "after_flush")
+def mark(session, _ctx):
+    if any(isinstance(o, MonitorReport) for o in session.new):
+        session.info["report"] = True
+
+@event.listens_for(Session, sys.argv[1])
+def die(session):
+    if session.info.get("report"):
+        os._exit(9)
+
+sys.argv = ["pomlia", "monitor", "run", "blood"]
+runpy.run_module("pomlia_hpc", run_name="__main__")
+"""
+
+
+def recorded_folders(reg: Registry, model: str) -> set[str]:
+    """The report folders that rows of ``model``'s reports name."""
+    with reg.session() as s:
+        paths = s.scalars(select(MonitorReport.report_path)).all()
+    return {Path(p).parent.name for p in paths if Path(p).parent.parent.name == model}
+
+
+@pytest.mark.parametrize("when", ["before_commit", "after_commit"])
+def test_a_run_killed_at_its_commit_leaves_folder_and_row_together(
+    fresh: tuple[Workspace, Registry, Path], when: str
+) -> None:
+    """A kill between publishing a report's folder and committing its row left a folder
+    without a row, for good. Now the folder is staged, the row committed, then the folder
+    renamed; whatever a kill leaves is settled by the next run: a staged folder without a row
+    is removed, one with its row is published."""
+    import subprocess
+    import sys
+
+    ws, reg, _bundle = fresh
+    rows_before = n_rows(reg, MonitorReport)
+    proc = subprocess.run(
+        [sys.executable, "-c", KILLED_RUN, when],
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=300,
+    )
+    assert proc.returncode == 9, proc.stderr
+    assert n_rows(reg, MonitorReport) == rows_before + (when == "after_commit")
+    shown = {p.name for p in report_dir(ws, "blood")}
+    # Right after the kill nothing is visible without its row (a row may wait for its folder).
+    assert shown <= recorded_folders(reg, "blood"), (when, shown)
+    code, out = monitor("run", "blood")
+    assert code == 0, out
+    shown = {p.name for p in report_dir(ws, "blood")}
+    assert shown == recorded_folders(reg, "blood"), when
+    assert all((ws.path("reports", "blood", name) / "report.html").is_file() for name in shown)
+    assert not [p for p in ws.path("reports", "blood").iterdir() if p.name.startswith(".")]
+
+
+def test_a_failed_rename_after_the_commit_takes_the_row_back(
+    fresh: tuple[Workspace, Registry, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An error between the row's commit and the folder's rename: one message, and neither
+    the row nor its retrain request nor a folder, staged or final, is left."""
+    from pomlia_hpc.monitor import publish
+
+    ws, reg, bundle = fresh
+    foreign, _ = make_split("pathmnist", 100, size=28)
+    log_predictions(ws, bundle, foreign)  # an alarm: its retrain request goes with the row
+    before = (n_rows(reg, MonitorReport), n_rows(reg, RetrainRequest), report_dir(ws, "blood"))
+
+    def refused(staged: Path, target: Path, **_kw: object) -> bool:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(publish, "publish_dir", refused)
+    code, out = monitor("run", "blood")
+    said = " ".join(out.split())
+    assert code == 2 and "could not be published (No space left on device)" in said, said
+    assert "Traceback" not in said
+    after = (n_rows(reg, MonitorReport), n_rows(reg, RetrainRequest), report_dir(ws, "blood"))
+    assert after == before
+    assert not [p for p in ws.path("reports", "blood").iterdir() if p.name.startswith(".")]
+
+
 def report_dir(ws: Workspace, model: str) -> list[Path]:
     return sorted(p for p in ws.path("reports", model).iterdir() if not p.name.startswith("."))

@@ -1,10 +1,10 @@
 """One monitor run: read the window, test it, write the report, record it, act on an alarm.
 
 Reports go to ``<home>/reports/<model>/<UTC time>-<random>/`` (``report.json`` for machines,
-``report.html`` for people), written in a temporary folder that is renamed into place, then
-recorded in the registry's ``monitor_reports``; if recording fails the folder is removed, so a
-report is complete and recorded or absent, but for a kill between the rename and the commit,
-which leaves a folder without a row (docs/ARCHITECTURE.md, crash protocols). An alarm also
+``report.html`` for people), written in a staged folder beside it, recorded in the registry's
+``monitor_reports``, then renamed into place (:mod:`pomlia_hpc.monitor.publish`): a report is
+complete and recorded or absent, also after a kill at any step, which the next run of the
+model's monitor settles (docs/ARCHITECTURE.md, crash protocols). An alarm also
 records a ``retrain_requests`` row (for the loop) and runs the ``--on-alarm`` command, if any,
 with the report's paths in its environment (``POMLIA_REPORT_JSON``, ``POMLIA_REPORT_HTML``,
 ``POMLIA_MODEL``, ``POMLIA_RETRAIN_REQUEST``).
@@ -15,7 +15,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import uuid
 from collections import Counter
@@ -29,9 +28,9 @@ import numpy as np
 from sqlalchemy import select
 
 from pomlia_hpc.errors import InputError
-from pomlia_hpc.files import staged_dir
 from pomlia_hpc.monitor.checks import CheckOutcome, run_checks
 from pomlia_hpc.monitor.logread import LogWindow, read_window
+from pomlia_hpc.monitor.publish import publish_report
 from pomlia_hpc.monitor.reference import Target, load_reference, resolve_target
 from pomlia_hpc.monitor.stats import N_PERM
 from pomlia_hpc.registry import Model, MonitorReport, Promotion, Registry, RetrainRequest
@@ -214,11 +213,6 @@ def history(registry: Registry, model_id: int, limit: int = 60) -> list[MonitorR
     return rows[::-1]
 
 
-def _write(folder: Path, report: dict[str, Any], html: str) -> None:
-    (folder / "report.json").write_text(json.dumps(report, indent=2, sort_keys=True))
-    (folder / "report.html").write_text(html)
-
-
 def _record(
     registry: Registry, target: Target, report: dict[str, Any], folder: Path
 ) -> tuple[int, int | None]:
@@ -340,13 +334,12 @@ def monitor_run(
     parent.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     final = parent / f"{stamp}-{uuid.uuid4().hex[:6]}"
-    with staged_dir(final) as staged:
-        _write(staged.path, report, html)
-    try:
-        report_id, request_id = _record(registry, target, report, final)
-    except BaseException:
-        shutil.rmtree(final, ignore_errors=True)  # not recorded: not visible either
-        raise
+    report_id, request_id = publish_report(
+        registry,
+        final,
+        {"report.json": json.dumps(report, indent=2, sort_keys=True), "report.html": html},
+        lambda: _record(registry, target, report, final),
+    )
     # The id and the page are the command's result (stdout); progress says only the step, so
     # a terminal, which shows both streams, reads "report N" once.
     progress(f"recorded the report ({report['status']})")
