@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from pomlia_hpc.cluster import Executor, JobFailedError, executor, records, wait_all
+from pomlia_hpc.cluster import Executor, JobFailedError, records, states, wait_all
 from pomlia_hpc.errors import ClusterError
 from pomlia_hpc.registry import Job, Registry
 from tests.fixtures import jobfns
@@ -88,7 +88,7 @@ def test_preempted_job_counts_as_ended_only_after_the_grace_period(
     clock: FakeClock,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(executor, "SLURM_FINAL_CHECK_S", 0.1)
+    monkeypatch.setattr(states, "SLURM_FINAL_CHECK_S", 0.1)
     fake_slurm.hold()
     h = _slurm(tmp_path, reg).submit(jobfns.add, 1, 2)
     fake_slurm.set_state(h.job_id, "PREEMPTED")
@@ -100,7 +100,7 @@ def test_preempted_job_counts_as_ended_only_after_the_grace_period(
     n = len(fake_slurm.calls("sacct"))
     wait_until(lambda: len(fake_slurm.calls("sacct")) > n + 2, what="polls during the grace")
     assert waiter.is_alive() and h.given_up_state is None  # within the grace: may be requeued
-    clock.advance(executor.PREEMPT_GRACE_S + 1)
+    clock.advance(states.PREEMPT_GRACE_S + 1)
     waiter.join(30)
     # result() raises the failure; wait_all() returns it in place of the value
     assert isinstance(out["value"], JobFailedError) and out["value"].state == "PREEMPTED"

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import pomlia_hpc.fingerprint.extract as fx
+import pomlia_hpc.fingerprint.planning as fplan
 from pomlia_hpc.fingerprint.extract import extract, finish_extraction, plan_extraction
 from pomlia_hpc.fingerprint.shards import marker_dir, read_embeddings, run_shard
 from pomlia_hpc.fingerprint.similar import fingerprint_set
@@ -44,7 +45,7 @@ def test_a_failure_while_planning_puts_back_what_was_set_aside(
     make_encoder(workspace, reg, "enc", latent_dim=4)
     outs = _extracted(workspace, reg, refs)
     before = [read_embeddings(out) for out in outs]
-    real = fx.create_embeddings
+    real = fplan.create_embeddings
     calls: list[int] = []
 
     def full_disk(*args: Any, **kwargs: Any) -> None:
@@ -53,7 +54,7 @@ def test_a_failure_while_planning_puts_back_what_was_set_aside(
             raise OSError(28, "No space left on device")
         real(*args, **kwargs)
 
-    monkeypatch.setattr(fx, "create_embeddings", full_disk)
+    monkeypatch.setattr(fplan, "create_embeddings", full_disk)
     with pytest.raises(OSError, match="No space"):
         plan_extraction(reg, workspace, "enc", refs, shards=2, threads=1, force=True)
     for ref, out, b in zip(refs, outs, before, strict=True):

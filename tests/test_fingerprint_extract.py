@@ -33,9 +33,9 @@ from pomlia_hpc.fingerprint.extract import (
     finish_extraction,
     group_shards,
     plan_extraction,
-    plan_shards,
     run_shards,
 )
+from pomlia_hpc.fingerprint.layout import plan_shards
 from pomlia_hpc.fingerprint.shards import embed_images, marker, read_embeddings, run_shard, tiles
 from pomlia_hpc.fingerprint.similar import fingerprint_set
 from pomlia_hpc.fingerprint.train import load_encoder
@@ -44,8 +44,8 @@ from pomlia_hpc.workspace import Workspace
 from tests.fixtures.factories import make_dataset, make_encoder
 
 pytestmark = pytest.mark.usefixtures("restore_torch_threads")
-# The module (the package re-exports its function ``extract`` under the same name).
-extract_module = importlib.import_module("pomlia_hpc.fingerprint.extract")
+# The module that plans an extraction (where the spy below replaces create_embeddings).
+planning_module = importlib.import_module("pomlia_hpc.fingerprint.planning")
 
 
 def _bits(x: np.ndarray) -> np.ndarray:
@@ -306,14 +306,14 @@ def test_force_marks_the_set_running_before_removing_its_vectors(
     make_encoder(workspace, reg, "enc", latent_dim=4)
     _run_all(reg, workspace, ref)
     seen: list[str] = []
-    create = extract_module.create_embeddings
+    create = planning_module.create_embeddings
 
     def spy(*args: object, **kw: object) -> None:
         with reg.session() as s:
             seen.append(s.scalars(select(FingerprintSet.status)).one())
         create(*args, **kw)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(extract_module, "create_embeddings", spy)
+    monkeypatch.setattr(planning_module, "create_embeddings", spy)
     plan_extraction(reg, workspace, "enc", [ref], shards=2, force=True)
     assert seen == ["running"]  # already running when the old vectors were removed
     with pytest.raises(NotFoundError, match="extraction running"):

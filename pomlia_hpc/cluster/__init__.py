@@ -21,8 +21,10 @@ if TYPE_CHECKING:
         distributed_env,
         expand_hostlist,
     )
-    from pomlia_hpc.cluster.executor import Executor, JobFailedError, JobHandle, wait_all
+    from pomlia_hpc.cluster.executor import Executor
+    from pomlia_hpc.cluster.handle import JobFailedError, JobHandle
     from pomlia_hpc.cluster.records import refresh_slurm_jobs, sacct_states
+    from pomlia_hpc.cluster.waiting import wait_all
 
 #: Public name → the module that defines it.
 _WHERE = {
@@ -34,9 +36,9 @@ _WHERE = {
     "distributed_env": "distributed",
     "expand_hostlist": "distributed",
     "Executor": "executor",
-    "JobFailedError": "executor",
-    "JobHandle": "executor",
-    "wait_all": "executor",
+    "JobFailedError": "handle",
+    "JobHandle": "handle",
+    "wait_all": "waiting",
     "refresh_slurm_jobs": "records",
     "sacct_states": "records",
 }

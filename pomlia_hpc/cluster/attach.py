@@ -24,7 +24,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
-from pomlia_hpc.cluster.executor import JobFailedError
+from pomlia_hpc.cluster.handle import JobFailedError
 from pomlia_hpc.cluster.records import FINAL_STATES, SchedulerState, sacct_states, update_job
 from pomlia_hpc.errors import ClusterError
 from pomlia_hpc.processes import pid_alive

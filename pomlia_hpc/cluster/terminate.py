@@ -33,7 +33,7 @@ from pomlia_hpc.cluster.checkpoint import requeue_started
 from pomlia_hpc.cluster.records import mark_all_cancelled
 
 if TYPE_CHECKING:
-    from pomlia_hpc.cluster.executor import JobHandle
+    from pomlia_hpc.cluster.handle import JobHandle
     from pomlia_hpc.registry import Registry
 
 #: What a SIGTERM outside Slurm, or to a Slurm job that accounting reports CANCELLED, means.

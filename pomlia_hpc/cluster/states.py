@@ -1,0 +1,62 @@
+"""Job states as the registry records them: submitit's and Slurm's spellings mapped onto one
+vocabulary, when a job submitit still waits on has ended for good (a preemption without a
+requeue), and the wait for Slurm's accounting to record a job's end.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import Sequence
+from datetime import datetime
+
+from sqlalchemy import func, select
+
+from pomlia_hpc.cluster import records
+from pomlia_hpc.cluster.records import refresh_slurm_jobs
+from pomlia_hpc.errors import ClusterError
+from pomlia_hpc.registry import Job, Registry
+
+#: Seconds between the ``sacct`` calls with which a waiting ``result()`` looks for a Slurm job
+#: that ended in a state submitit does not count as done.
+SLURM_FINAL_CHECK_S = 30.0
+
+#: Seconds after a preemption without a new attempt from which a job counts as ended: a cluster
+#: that requeues preempted jobs has started the next attempt by then.
+PREEMPT_GRACE_S = 120.0
+
+
+#: Seconds to wait for ``sacct`` to show the End of Slurm jobs that have written their result:
+#: slurmdbd records it a moment after the job ends. After that the collection time is used.
+SLURM_END_WAIT_S = 10.0
+
+
+def settle_slurm_rows(reg: Registry, ids: Sequence[int]) -> None:
+    """Refresh the Slurm rows ``ids`` until each has an end time (at most
+    :data:`SLURM_END_WAIT_S` seconds), so that the recorded end and state are Slurm's."""
+    deadline = time.monotonic() + SLURM_END_WAIT_S
+    while True:
+        # An accounting hiccup: ask again until the deadline, then keep what is known.
+        with contextlib.suppress(ClusterError):
+            refresh_slurm_jobs(reg, ids)
+        with reg.session() as s:
+            q = select(func.count()).select_from(Job)
+            missing = s.scalar(q.where(Job.id.in_(ids), Job.ended_at.is_(None)))
+        if not missing or time.monotonic() >= deadline:
+            return
+        time.sleep(0.5)
+
+
+def ended_for_good(state: str, ended_at: datetime | None) -> bool:
+    """Whether a job that submitit still counts as unfinished has really ended."""
+    if state != "PREEMPTED" or ended_at is None:
+        return False
+    return (records.utcnow() - ended_at).total_seconds() >= PREEMPT_GRACE_S
+
+
+def normalize_state(state: str) -> str:
+    """Map submitit/Slurm state strings onto the registry's vocabulary."""
+    s = state.split()[0].upper() if state else "UNKNOWN"
+    return {"FINISHED": "COMPLETED", "DONE": "COMPLETED", "READY": "PENDING", "NO": "FAILED"}.get(
+        s, s
+    )

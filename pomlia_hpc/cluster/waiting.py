@@ -1,0 +1,76 @@
+"""Waiting for many jobs at once: one ``sacct`` call per poll for all Slurm jobs of a batch."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from sqlalchemy import select
+
+from pomlia_hpc.cluster.handle import JobFailedError, JobHandle
+from pomlia_hpc.cluster.records import refresh_slurm_jobs, sacct_states
+from pomlia_hpc.cluster.states import ended_for_good, settle_slurm_rows
+from pomlia_hpc.errors import ClusterError
+from pomlia_hpc.registry import Job, Registry
+
+
+def wait_all(
+    handles: Sequence[JobHandle], *, poll_s: float = 1.0, registry: Registry | None = None
+) -> list[Any]:
+    """Wait for all ``handles``; return results in order (exceptions in place of failures).
+
+    A job that never ran (its submission failed, or it was cancelled before submission) gives
+    the :class:`ClusterError` that says so.
+
+    On Slurm each poll refreshes every job's registry row with one ``sacct`` call.
+    """
+    reg = registry or (handles[0].registry if handles else None)
+    while not all(h.done() for h in handles):
+        waiting = [h for h in handles if h.submitted and not h.done()]
+        if waiting and handles[0].backend == "slurm":
+            _poll_slurm(waiting, reg)
+        time.sleep(poll_s)
+    recorded = [h.record_id for h in handles if h.submitted and h.record_id is not None]
+    if reg is not None and recorded and handles[0].backend == "slurm":
+        settle_slurm_rows(reg, recorded)  # one wait for all, not one per result() below
+    out: list[Any] = []
+    for h in handles:
+        if h.submission_error is not None:
+            out.append(ClusterError(f"job never ran: {h.submission_error}"))
+            continue
+        try:
+            out.append(h.result())
+        except JobFailedError as exc:
+            out.append(exc)
+    return out
+
+
+def _poll_slurm(handles: Sequence[JobHandle], reg: Registry | None) -> None:
+    """One ``sacct`` for all ``handles``: refresh their rows, and give up on jobs that ended in
+    a state submitit keeps waiting on. A failing ``sacct`` (slurmdbd restarting, a timeout) says
+    nothing about the jobs: this poll changes nothing and the next one asks again."""
+    try:
+        _poll_slurm_once(handles, reg)
+    except ClusterError:
+        return
+
+
+def _poll_slurm_once(handles: Sequence[JobHandle], reg: Registry | None) -> None:
+    if reg is not None and all(h.record_id is not None for h in handles):
+        ids = [h.record_id for h in handles if h.record_id is not None]
+        refresh_slurm_jobs(reg, ids)
+        with reg.session() as s:
+            rows = {
+                r.id: (r.state, r.ended_at) for r in s.scalars(select(Job).where(Job.id.in_(ids)))
+            }
+        for h in handles:
+            state, ended = rows.get(h.record_id or -1, ("UNKNOWN", None))
+            if ended_for_good(state, ended):
+                h.given_up_state = state
+        return
+    states = sacct_states(h.job_id for h in handles)
+    for h in handles:
+        st = states.get(h.job_id)
+        if st is not None and ended_for_good(st.state, st.ended_at):
+            h.given_up_state = st.state
