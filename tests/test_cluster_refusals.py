@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from sqlalchemy import func, select
 from typer.testing import CliRunner
 
 from pomlia_hpc.cli import app
@@ -20,7 +21,7 @@ from pomlia_hpc.fingerprint.extract import extract, finish_extraction, plan_extr
 from pomlia_hpc.fingerprint.shards import marker_dir, read_embeddings, run_shard
 from pomlia_hpc.fingerprint.similar import fingerprint_set
 from pomlia_hpc.fingerprint.train import encoder_dir, train_encoder
-from pomlia_hpc.registry import Registry
+from pomlia_hpc.registry import FingerprintSet, Job, Registry
 from pomlia_hpc.workspace import Workspace
 from tests.fixtures.factories import make_dataset, make_encoder, tiny_encoder_config
 from tests.fixtures.fake_slurm import FakeSlurm
@@ -80,6 +81,66 @@ def test_extract_force_refused_keeps_the_finished_vectors(
     again, _ = fingerprint_set(reg, "enc", ref)  # complete, not "extraction running"
     assert again.status == "complete" and again.mean == fs.mean
     assert not [p for p in out.parent.iterdir() if p.name.endswith(".aside")]
+
+
+def _split(workspace: Workspace, reg: Registry) -> Executor:
+    """A Slurm executor that submits arrays in parts of two tasks."""
+    return Executor.from_profile("slurm-local", workspace.jobs, reg, max_array_size=2)
+
+
+def _job_rows(reg: Registry) -> list[Job]:
+    with reg.session() as s:
+        rows = list(s.scalars(select(Job).order_by(Job.id)))
+        s.expunge_all()
+    return rows
+
+
+def test_a_refused_later_part_of_a_split_array_cancels_the_parts_before_it(
+    workspace: Workspace, reg: Registry, fake_slurm: FakeSlurm
+) -> None:
+    """Part 2 of 3 refused by sbatch left part 1 queued: it ran alone, unwatched."""
+    fake_slurm.hold()
+    fake_slurm.fail_next("sbatch", GRES, after=1)
+    with pytest.raises(ClusterError) as err:
+        _split(workspace, reg).map_array(_fn, [1, 2, 3, 4, 5], name="arr")
+    (first,) = {t["array_id"] for t in fake_slurm.submitted()}
+    text = " ".join(str(err.value).split())
+    assert "sbatch refused job 'arr'" in text and "part 2 of 3" in text
+    assert f"were cancelled (Slurm job {first})" in text
+    assert {fake_slurm.state(sid) for sid in fake_slurm.task_ids(first)} == {"CANCELLED"}
+    rows = _job_rows(reg)
+    assert len(rows) == 2 and {r.state for r in rows} == {"CANCELLED"}
+    assert all("part 2 of 3" in (r.exit_cause or "") for r in rows)
+
+
+def test_extract_split_array_refused_leaves_no_record_of_its_parts(
+    workspace: Workspace, reg: Registry, fake_slurm: FakeSlurm
+) -> None:
+    """An extraction whose second array part sbatch refused: its first part must not run on,
+    and no fingerprint set may stay "running" for shards that nothing runs."""
+    fresh = make_dataset(workspace, reg, "blood", sizes=(40, 8, 16), chunk_rows=16)
+    make_encoder(workspace, reg, "enc", latent_dim=4)
+    fake_slurm.hold()
+    fake_slurm.fail_next("sbatch", GRES, after=1)
+    with pytest.raises(ClusterError, match="were cancelled"):
+        extract(reg, workspace, "enc", [fresh], executor=_split(workspace, reg), shards=4)
+    assert {fake_slurm.state(sid) for sid in fake_slurm.tasks()} == {"CANCELLED"}
+    assert {r.state for r in _job_rows(reg)} == {"CANCELLED"}
+    with reg.session() as s:  # no record, no embeddings: as before the command
+        assert s.scalar(select(func.count()).select_from(FingerprintSet)) == 0
+    assert not workspace.path("embeddings", "enc", "blood").exists() or not [
+        p for p in workspace.path("embeddings", "enc", "blood").iterdir()
+    ]
+    # A set with shards to run again (one ran, then the rest failed) keeps its "failed".
+    plan = plan_extraction(reg, workspace, "enc", [fresh], shards=4, threads=1)
+    run_shard(plan.specs[0])
+    (res,) = finish_extraction(reg, plan)
+    assert res.status == "failed"
+    fake_slurm.fail_next("sbatch", GRES, after=1)
+    with pytest.raises(ClusterError, match="were cancelled"):
+        extract(reg, workspace, "enc", [fresh], executor=_split(workspace, reg), shards=4)
+    with reg.session() as s:
+        assert s.scalars(select(FingerprintSet.status)).one() == "failed"
 
 
 def test_train_refused_leaves_no_encoder_folder(

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import functools
 import itertools
 import os
+import shutil
 import subprocess
 import time
 from pathlib import Path
@@ -12,6 +14,7 @@ import pytest
 from sqlalchemy import select
 
 from pomlia_hpc.cluster import Executor, JobFailedError, JobHandle, records, wait_all
+from pomlia_hpc.errors import ClusterError
 from pomlia_hpc.registry import Job, Registry
 from tests.fixtures import jobfns
 
@@ -84,6 +87,39 @@ def test_array_split_at_max_array_size(tmp_path: Path, reg: Registry) -> None:
         last_end = max(e for j in before if (e := times[j].ended_at) is not None)
         first_start = min(s for j in after if (s := times[j].started_at) is not None)
         assert first_start >= last_end
+
+
+def test_a_refused_later_part_cancels_the_parts_submitted_before_it(
+    tmp_path: Path, reg: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """sbatch refusing part 2 of a split array left part 1 running on Slurm, unwatched."""
+    real = shutil.which("sbatch")
+    calls = tmp_path / "sbatch-calls"
+    wrapper = tmp_path / "bin" / "sbatch"  # the real sbatch once, then a refusal
+    wrapper.parent.mkdir()
+    wrapper.write_text(
+        f'#!/bin/sh\necho x >> "{calls}"\n'
+        f'if [ "$(wc -l < "{calls}")" -ge 2 ]; then\n'
+        '  echo "sbatch: error: Batch job submission failed: Invalid partition name" >&2\n'
+        "  exit 1\nfi\n"
+        f'exec "{real}" "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{wrapper.parent}{os.pathsep}{os.environ['PATH']}")
+    traces = [str(tmp_path / f"ran-{i}") for i in range(3)]
+    touch = functools.partial(jobfns.touch_after, seconds=8.0)
+    started = time.monotonic()
+    with pytest.raises(ClusterError) as err:
+        _slurm(tmp_path, reg, max_array_size=2).map_array(touch, traces, name="split")
+    rows = _rows(reg)
+    (array_id,) = {r.array_job_id for r in rows}
+    text = " ".join(str(err.value).split())
+    assert "check partition" in text and "part 2 of 2" in text
+    assert f"were cancelled (Slurm job {array_id})" in text
+    assert {r.state for r in rows} == {"CANCELLED"} and len(rows) == 2
+    assert not records.squeue_ids([str(r.scheduler_id) for r in rows])  # gone from the queue
+    time.sleep(max(0.0, 12.0 - (time.monotonic() - started)))
+    assert not [p for p in traces if Path(p).exists()]  # no task outlived the cancel
 
 
 def test_failing_job(tmp_path: Path, reg: Registry) -> None:

@@ -2,7 +2,9 @@
 
 A local job is a process tree whose controller may ignore SIGINT (it inherits SIG_IGN when
 started from a background job of a non-interactive shell); it gets a grace period, then is
-killed with its tasks. A Slurm job is ``scancel``-ed.
+killed with its tasks. A Slurm job is ``scancel``-ed; so are the parts of an array split
+into several submissions when a later part could not be submitted
+(:func:`cancel_array_parts`).
 """
 
 from __future__ import annotations
@@ -12,15 +14,18 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from pomlia_hpc.cluster.records import (
     FINAL_STATES,
     is_local_job_process,
+    mark_all_cancelled,
     mark_cancelled,
     mark_lost,
     refresh_jobs,
+    squeue_ids,
     this_host,
 )
 from pomlia_hpc.errors import ClusterError, NotFoundError
@@ -85,6 +90,41 @@ def cancel_scheduler_job(backend: str, scheduler_id: str, *, folder: str | None 
             kill_tree(pid)
     else:
         raise ClusterError(f"jobs of backend '{backend}' run in-process and cannot be cancelled")
+
+
+#: Seconds to wait for cancelled parts of an array to leave Slurm's queue: a running task gets
+#: SIGTERM and SIGKILL ``KillWait`` (30 s by default) later; the caller may then clean up
+#: what the tasks would have written without a task still writing into it.
+ARRAY_CANCEL_WAIT_S = 60.0
+
+
+def cancel_array_parts(
+    array_ids: Sequence[str],
+    task_ids: Sequence[str],
+    registry: Registry | None,
+    record_ids: Sequence[int],
+    cause: str,
+) -> None:
+    """Cancel the Slurm arrays ``array_ids`` with one ``scancel``, record their rows
+    ``record_ids`` CANCELLED with ``cause``, then wait until ``squeue`` lists none of their
+    tasks ``task_ids`` (at most :data:`ARRAY_CANCEL_WAIT_S` seconds; a ``squeue`` that cannot
+    answer is asked again). A :class:`ClusterError` when ``scancel`` fails (nothing recorded)."""
+    try:
+        proc = subprocess.run(
+            ["scancel", *array_ids], capture_output=True, text=True, timeout=60, check=False
+        )
+    except (FileNotFoundError, subprocess.TimeoutExpired) as exc:
+        raise ClusterError(f"scancel could not be run: {exc}") from exc
+    if proc.returncode != 0:
+        raise ClusterError(f"scancel {' '.join(array_ids)} failed: {proc.stderr.strip()}")
+    if registry is not None:
+        mark_all_cancelled(registry, record_ids, cause)
+    deadline = time.monotonic() + ARRAY_CANCEL_WAIT_S
+    while time.monotonic() < deadline:
+        with contextlib.suppress(ClusterError):
+            if not squeue_ids(task_ids):
+                return
+        time.sleep(0.5)
 
 
 #: Why a row was marked cancelled by ``--force`` (its ``exit_cause``).

@@ -7,12 +7,14 @@
 
 Every job is recorded in the registry when one is given (state, times, requeues, traceback).
 Arrays larger than the cluster's ``max_array_size`` are split into several Slurm arrays that run
-one after the other, each with at most ``max_parallel`` tasks at once; the local backend caps
-the number of concurrent processes the same way.
+one after the other, each with at most ``max_parallel`` tasks at once (a part that cannot be
+submitted cancels the parts before it: the array runs whole or not at all); the local backend
+caps the number of concurrent processes the same way.
 """
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -22,11 +24,14 @@ from typing import Any
 import submitit
 
 from pomlia_hpc.cluster import submitit_controller
+from pomlia_hpc.cluster.cancel import cancel_array_parts
 from pomlia_hpc.cluster.handle import JobHandle
 from pomlia_hpc.cluster.records import record_submission, this_host
 from pomlia_hpc.cluster.refusal import sbatch_refusals, warn_signal_delay
 from pomlia_hpc.cluster.resources import after_ok_parameters, submitit_parameters, with_overrides
+from pomlia_hpc.cluster.terminate import collected
 from pomlia_hpc.config import ClusterProfile, load_cluster_profile
+from pomlia_hpc.errors import ClusterError, PomliaError
 from pomlia_hpc.registry import Registry
 
 
@@ -142,8 +147,14 @@ class Executor:
                 ex.update_parameters(
                     slurm_additional_parameters={"dependency": f"afterany:{previous}"}
                 )
-            with sbatch_refusals(profile, name), ex.batch():
-                jobs = [ex.submit(fn, item) for item in chunk]
+            try:
+                with sbatch_refusals(profile, name), ex.batch():
+                    jobs = [ex.submit(fn, item) for item in chunk]
+            except BaseException as exc:
+                if handles:  # an earlier part is queued or running: it must not run alone
+                    part = (start // size + 1, math.ceil(len(items) / size))
+                    self._withdraw(handles, exc, part)
+                raise
             array_id = str(jobs[0].job_id).split("_")[0]
             previous = array_id
             ids = self._record([str(j.job_id) for j in jobs], name, array_id)
@@ -153,6 +164,37 @@ class Executor:
                 h._bind(job)
                 handles.append(h)
         return handles
+
+    def _withdraw(
+        self, handles: list[JobHandle], exc: BaseException, part: tuple[int, int]
+    ) -> None:
+        """Cancel the parts of a split array submitted before part ``part`` (number, of how
+        many) failed to be (``exc``: sbatch refused it, Ctrl-C): alone they would do part of
+        the work, which a caller that sees the error cleans up. Raises the
+        :class:`ClusterError` that names the failure and the cancelled (or, if ``scancel``
+        failed, the still queued) Slurm jobs; an interrupt is left to the caller to re-raise."""
+        arrays = list(dict.fromkeys(h.job_id.split("_")[0] for h in handles))
+        named = f"Slurm job{'s' if len(arrays) > 1 else ''} {', '.join(arrays)}"
+        records = [h.record_id for h in handles if h.record_id is not None]
+        cause = f"cancelled: part {part[0]} of {part[1]} of its array was not submitted"
+        try:
+            tasks = [h.job_id for h in handles]
+            cancel_array_parts(arrays, tasks, self.registry, records, cause)
+            done = f"the parts submitted before it were cancelled ({named})"
+        except ClusterError as err:
+            done = (
+                f"the parts submitted before it ({named}) could not be cancelled ({err.message}):"
+                f" cancel them with `scancel {' '.join(arrays)}`"
+            )
+        for h in handles:
+            collected(h)  # cancelled (or named in the error): nothing left for this process
+        if not isinstance(exc, Exception):
+            return  # KeyboardInterrupt, SystemExit: the caller re-raises it
+        what = exc.message if isinstance(exc, PomliaError) else f"{type(exc).__name__}: {exc}"
+        hint = exc.hint if isinstance(exc, PomliaError) else None
+        raise ClusterError(
+            f"{what}; that was part {part[0]} of {part[1]} of the array, and {done}", hint=hint
+        ) from exc
 
     def _local_array(
         self, fn: Callable[..., Any], items: Sequence[Any], profile: ClusterProfile, name: str

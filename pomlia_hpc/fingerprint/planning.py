@@ -71,7 +71,8 @@ class ExtractionPlan:
     datasets: list[DatasetPlan]
     specs: list[ShardSpec]
     warnings: list[str] = field(default_factory=list)
-    #: Embeddings replaced by this plan, moved aside until its array job is submitted.
+    #: Embeddings replaced by this plan, moved aside until its array job is submitted, and the
+    #: records of those it reuses: all put back as they were if that job is not submitted.
     aside: list[SetAside] = field(default_factory=list)
 
 
@@ -188,6 +189,10 @@ def plan_extraction(
                 move_aside(kept)  # put back if the array job is not submitted (extract)
                 stored = plan_shards(store, shards, shard_rows)
                 create_embeddings(out, store, enc, digest, latent_dim, stored, patch_grid)
+            else:
+                # Kept in place; only its record (marked running below) is put back as it was
+                # if the array job is not submitted: no record claims shards nothing runs.
+                aside.append(remember(registry, out, enc.id, row.id))
             ranges = stored
             missing = [i for i, r in enumerate(ranges) if done_record(out, i, r) is None]
             specs.extend(
