@@ -32,6 +32,7 @@ from pomlia_hpc.registry import Registry
 from pomlia_hpc.workspace import Workspace
 from tests.fixtures.cli import cli_ok
 from tests.fixtures.factories import tiny_task
+from tests.fixtures.lock_probe import lock_states, on_path, probe_commands
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDY = ["--trials", "2", "--max-epochs", "1", "--min-epochs", "1", "--no-final"]
@@ -296,6 +297,62 @@ def test_a_resubmitted_job_takes_over_once_slurm_says_the_old_one_ended(
     new.start()
     assert read_driver(workspace, "resub") == new.record
     assert "`scancel 555`" in str(busy.value)  # how to stop it names its job
+
+
+def _probed_sacct(
+    workspace: Workspace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, study: str, then: str
+) -> Path:
+    """An ``sacct`` on PATH that notes whether ``study``'s claim lock is free while it runs,
+    runs the shell line ``then`` and reports job 555 ended (TIMEOUT); returns the probe's log."""
+    t = "2026-01-01T00:00:00"
+    log = tmp_path / "probe.log"
+    lock = workspace.path("runs", study, CLAIM_FILE)
+    body = f'{then}\necho "555|TIMEOUT|{t}|{t}|0:0"'
+    probe_commands(tmp_path / "bin", lock, log, {"sacct": body})
+    monkeypatch.setenv("PATH", on_path(tmp_path / "bin"))
+    return log
+
+
+def _old_driver(workspace: Workspace, study: str) -> DriverRecord:
+    """A driver on another node, in Slurm job 555, that wrote no end (killed)."""
+    path = workspace.path("runs", study, DRIVER_FILE)
+    path.parent.mkdir(parents=True)
+    now = time.time()
+    old = DriverRecord("other-node", 4242, now - 600, now - 20, slurm_job="555")
+    path.write_text(json.dumps(dataclasses.asdict(old)))
+    return old
+
+
+def test_the_claim_lock_is_not_held_while_sacct_answers(
+    workspace: Workspace, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A claim asked `sacct` about the driver on file while holding the study's lock: on a
+    slow controller every heartbeat of the study was skipped and every claim waited."""
+    _old_driver(workspace, "slowctl")
+    log = _probed_sacct(workspace, tmp_path, monkeypatch, "slowctl", "true")
+    new = DriverBeat(workspace, "slowctl")
+    new.start()  # sacct says job 555 ended: taken over
+    assert read_driver(workspace, "slowctl") == new.record
+    assert lock_states(log) == ["sacct free"]
+
+
+def test_a_driver_that_claims_while_sacct_answers_is_not_overwritten(
+    workspace: Workspace, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """The decision is made before the lock: a driver that claimed the study meanwhile (here
+    this live process, on this host) must be seen under the lock and refuse the takeover."""
+    _old_driver(workspace, "race")
+    now = time.time()
+    live = DriverRecord(socket.gethostname(), os.getpid(), now, now)
+    racer = tmp_path / "racer.json"
+    racer.write_text(json.dumps(dataclasses.asdict(live)))
+    path = workspace.path("runs", "race", DRIVER_FILE)
+    _probed_sacct(
+        workspace, tmp_path, monkeypatch, "race", f'[ -f "{racer}" ] && mv "{racer}" "{path}"'
+    )
+    with pytest.raises(DriverBusyError, match=f"pid {os.getpid()} on"):
+        DriverBeat(workspace, "race").start()
+    assert read_driver(workspace, "race") == live
 
 
 def test_a_sigterm_to_the_driver_writes_its_end(workspace: Workspace) -> None:

@@ -3,6 +3,8 @@ while a job training NAME is queued or running, naming it and how to cancel it."
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from sqlalchemy import func, select
 from typer.testing import CliRunner
@@ -12,12 +14,14 @@ from pomlia_hpc.cluster import Executor
 from pomlia_hpc.cluster.cancel import cancel_recorded_job
 from pomlia_hpc.cluster.records import mark_cancelled
 from pomlia_hpc.errors import PomliaError
+from pomlia_hpc.fingerprint import busy
 from pomlia_hpc.fingerprint.busy import one_training, training_job_name
 from pomlia_hpc.fingerprint.train import encoder_dir, train_encoder
 from pomlia_hpc.registry import Job, Registry
 from pomlia_hpc.workspace import Workspace
 from tests.fixtures.factories import make_dataset, tiny_encoder_config
 from tests.fixtures.fake_slurm import FakeSlurm
+from tests.fixtures.lock_probe import lock_states, on_path, probe_commands
 
 
 def _live_job(reg: Registry, name: str) -> int:
@@ -125,3 +129,52 @@ def test_jobs_cancel_force_marks_a_job_of_another_host(workspace: Workspace, reg
         assert row is not None and row.state == "CANCELLED"
     with one_training(reg, encoders, "aeS"):
         pass
+
+
+def test_the_name_lock_is_not_held_while_slurm_is_asked(
+    workspace: Workspace,
+    reg: Registry,
+    fake_slurm: FakeSlurm,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """`sacct`/`squeue` ran under the encoder's lock: a slow controller blocked every other
+    start of the name (and gave up after the lock's wait) for as long as it took to answer."""
+    encoders = workspace.path("models", "encoders")
+    gone = _slurm_job(reg, "aeS", "4242")  # Slurm is asked about it (then: LOST)
+    log, bin_dir = tmp_path / "probe.log", tmp_path / "probe-bin"
+    lock = encoders / ".aeS.train.lock"
+    bodies = {cmd: f'exec "{fake_slurm.bin / cmd}" "$@"' for cmd in ("sacct", "squeue")}
+    probe_commands(bin_dir, lock, log, bodies)
+    monkeypatch.setenv("PATH", on_path(bin_dir))
+    with one_training(reg, encoders, "aeS"):
+        pass
+    states = lock_states(log)
+    assert "sacct free" in states and "squeue free" in states, states
+    assert not [s for s in states if s.endswith("held")], states
+    with reg.session() as s:
+        row = s.get(Job, gone)
+        assert row is not None and row.state == "LOST"
+
+
+def test_a_training_submitted_while_slurm_answers_is_seen_under_the_lock(
+    workspace: Workspace, reg: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Slurm is asked before the lock: a start of the same name that submitted its job in the
+    meantime must still refuse this one (the registry, read under the lock, decides)."""
+    encoders = workspace.path("models", "encoders")
+    first = _live_job(reg, "aeS")
+    answered = busy.refresh_jobs
+    racing: list[int] = []
+
+    def meanwhile(registry: Registry, ids: object, **kw: object) -> int:
+        if not racing:  # another start's job appears while the scheduler is being asked
+            mark_cancelled(reg, first)
+            racing.append(_live_job(reg, "aeS"))
+        return answered(registry, ids, **kw)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(busy, "refresh_jobs", meanwhile)
+    with pytest.raises(PomliaError) as refused, one_training(reg, encoders, "aeS"):
+        pytest.fail("a second training of aeS was let through")
+    (second,) = racing
+    assert f"job {second} (RUNNING" in " ".join(str(refused.value).split())

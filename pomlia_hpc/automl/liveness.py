@@ -3,9 +3,10 @@
 runs say ``running`` but whose driver is gone (killed, its node lost) from one at work.
 
 A study has one driver at a time: :meth:`DriverBeat.start` claims the study under a lock
-(``runs/<study>/.driver.lock``, held only for the check and the write) and is refused while the
-driver on file is at work, so two ``--resume`` (or a resume racing a run) never train the same
-configurations twice.
+(``runs/<study>/.driver.lock``, held only to read the record again and write the claim; whether
+the driver on file is at work, which may ask ``sacct``, is decided before, and decided again
+if the record changed meanwhile) and is refused while the driver on file is at work, so two
+``--resume`` (or a resume racing a run) never train the same configurations twice.
 
 A driver killed without writing its end is taken over at once when that is certain: on this
 host when its process is gone; in the same Slurm job when Slurm restarted the job since
@@ -43,6 +44,8 @@ from pomlia_hpc.workspace import Workspace
 DRIVER_FILE = "driver.json"
 #: The lock that makes "no driver at work, so this process is the driver" one step.
 CLAIM_FILE = ".driver.lock"
+#: How often a claim decides again when the record on file changed while it decided.
+CLAIM_TRIES = 5
 #: Seconds between two heartbeats of a driver.
 BEAT_S = 30.0
 #: Seconds a heartbeat or end waits for the claim lock before it is skipped.
@@ -134,25 +137,43 @@ class DriverBeat:
         """Record this process (host, pid) as the study's driver; a :class:`DriverBusyError`
         (nothing written) while the driver on file is at work (:func:`driver_gone`)."""
         study = self.path.parent.name
-        with held_lock(self.path.with_name(CLAIM_FILE), f"study '{study}'"):
-            on_file = read_driver_file(self.path)
-            job = os.environ.get("SLURM_JOB_ID") or None
-            if on_file is not None and not may_take_over(on_file, job, slurm_restarts()):
-                raise DriverBusyError(busy_message(study, on_file))
-            now, pid = time.time(), os.getpid()
-            self.record = DriverRecord(
-                socket.gethostname(),
-                pid,
-                now,
-                now,
-                None,
-                _process_start(pid),
-                _process_ticks(pid),
-                job,
-                slurm_restarts() if job is not None else None,
-            )
-            # Not through _write: the claim must be on disk before the lock is let go.
-            write_atomic(self.path, json.dumps(asdict(self.record)), fsync=False)
+        job = os.environ.get("SLURM_JOB_ID") or None
+        for _ in range(CLAIM_TRIES):
+            # Decided before the lock is taken: the decision may ask sacct, which a busy
+            # controller answers in a minute, and every heartbeat, end and claim of the study
+            # would wait for the lock meanwhile (a beat gives up after BEAT_LOCK_WAIT_S).
+            seen = read_driver_file(self.path)
+            free = seen is None or may_take_over(seen, job, slurm_restarts())
+            with held_lock(self.path.with_name(CLAIM_FILE), f"study '{study}'"):
+                on_file = read_driver_file(self.path)
+                if on_file is not None and on_file != seen:
+                    continue  # written since (a beat, another claim): decide again on it
+                if on_file is not None and not free:
+                    raise DriverBusyError(busy_message(study, on_file))
+                self._claim(job)
+                return
+        # A record that changes under each decision is a driver at work, beating or claiming.
+        last = read_driver_file(self.path)
+        if last is None:
+            raise DriverBusyError(f"study '{study}' is being claimed by another driver; try again")
+        raise DriverBusyError(busy_message(study, last))
+
+    def _claim(self, job: str | None) -> None:
+        """Write this process's record (under the claim lock, which the caller holds)."""
+        now, pid = time.time(), os.getpid()
+        self.record = DriverRecord(
+            socket.gethostname(),
+            pid,
+            now,
+            now,
+            None,
+            _process_start(pid),
+            _process_ticks(pid),
+            job,
+            slurm_restarts() if job is not None else None,
+        )
+        # Not through _write: the claim must be on disk before the lock is let go.
+        write_atomic(self.path, json.dumps(asdict(self.record)), fsync=False)
 
     def beat(self) -> None:
         """Say this driver is still at work (written only when :data:`BEAT_S` have passed)."""

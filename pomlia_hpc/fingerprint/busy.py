@@ -4,7 +4,9 @@ while a job that trains NAME is queued or running, since both would train into
 
 The check and the submission that follows it are one step for every process of the workspace
 (:func:`one_training` holds a lock beside the encoder folders while the caller submits), so two
-starts racing each other cannot both pass.
+starts racing each other cannot both pass. The scheduler is asked before that lock is taken
+(``sacct``/``squeue`` may take a minute on a busy controller, and every start of the name would
+wait for the lock meanwhile); under the lock only the registry, which the answer updated, is read.
 """
 
 from __future__ import annotations
@@ -27,33 +29,34 @@ def training_job_name(name: str) -> str:
     return f"fingerprint-train-{name}"
 
 
+def recorded_trainings(registry: Registry, name: str) -> list[Job]:
+    """The jobs training encoder ``name`` that the registry records as queued or running,
+    oldest first (the scheduler is not asked: :func:`live_trainings` does that)."""
+    with registry.session() as s:
+        q = select(Job).where(Job.name == training_job_name(name), Job.state.not_in(FINAL_STATES))
+        rows = list(s.scalars(q.order_by(Job.id)))
+        s.expunge_all()
+    return rows
+
+
 def live_trainings(registry: Registry, name: str) -> list[Job]:
     """The jobs training encoder ``name`` that are still queued or running, oldest first.
     Their states are asked of the scheduler first (a Slurm job it no longer knows at all is
     recorded ``LOST``, i.e. ended); when it cannot answer (``sacct`` failed) the registry's
     state stands: a job that may be training counts as training."""
-    job_name = training_job_name(name)
-
-    def unfinished() -> list[Job]:
-        with registry.session() as s:
-            q = select(Job).where(Job.name == job_name, Job.state.not_in(FINAL_STATES))
-            rows = list(s.scalars(q.order_by(Job.id)))
-            s.expunge_all()
-        return rows
-
-    rows = unfinished()
+    rows = recorded_trainings(registry, name)
     if rows:
         try:
             refresh_jobs(registry, [r.id for r in rows])
-            rows = unfinished()
+            rows = recorded_trainings(registry, name)
             # A Slurm job neither squeue nor sacct knows any more is not training: without
             # this it blocked the name for good (`jobs cancel` cannot scancel it either).
             if any(r.backend == "slurm" for r in rows) and mark_lost(
                 registry, [r.id for r in rows]
             ):
-                rows = unfinished()
+                rows = recorded_trainings(registry, name)
         except ClusterError:
-            return unfinished()
+            return recorded_trainings(registry, name)
     return rows
 
 
@@ -62,8 +65,12 @@ def one_training(registry: Registry, encoders: Path, name: str) -> Iterator[None
     """Hold the training claim of encoder ``name`` (``encoders``: the folder of all encoders)
     for the block, in which the caller submits its job; a :class:`PomliaError` naming the live
     job (registry id, state, scheduler id) and how to cancel it while one trains ``name``."""
+    # The scheduler's answer is recorded in the registry before the lock is taken. Under the
+    # lock the registry decides: a job the answer found ended is recorded so, and a job another
+    # start submitted since (under this lock) is recorded unfinished, so it counts as training.
+    live_trainings(registry, name)
     with held_lock(encoders / f".{name}.train.lock", f"encoder '{name}'"):
-        live = live_trainings(registry, name)
+        live = recorded_trainings(registry, name)
         if live:
             job = live[0]
             host = (job.meta or {}).get("host")
