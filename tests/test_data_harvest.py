@@ -105,3 +105,44 @@ def test_harvest_keeps_the_parents_16_bit_intensity_scaling(
 def _new_gray(n: int) -> NewImages:
     a = tiny_arrays("bloodmnist", sizes=(n, 0, 0), seed=11)
     return NewImages(a["train_images"][..., :1], a["train_labels"] % 2, [f"g{i}" for i in range(n)])
+
+
+def test_harvest_skips_ids_in_the_parent_and_replaces_corrected_labels(
+    tmp_path: Path, workspace: Workspace, reg: Registry
+) -> None:
+    # A --since reaching back into the parent's window reads the parent's images again, and a
+    # corrected label ("replaces": true) comes back for an id the parent holds: the first must
+    # be skipped, the second must replace the parent's row, never add a second copy.
+    base = ingest(workspace, reg, "blood", tiny_npz(tmp_path / "a.npz"))
+    first = _new(30)
+    one = harvest_version(workspace, reg, find_version(reg, base.ref), "blood", first, {})
+    rows = harvest_info(open_store(one.store_path).meta)["prediction_rows"]  # type: ignore[index]
+    assert sorted(rows) == sorted(first.keys)
+    fixed = int(first.labels[3, 0] + 1) % 8
+    labels = first.labels.copy()
+    labels[3, 0] = fixed
+    more = _new(5, seed=6)
+    again = NewImages(
+        np.concatenate([first.images, more.images]),
+        np.concatenate([labels, more.labels]),
+        first.keys + more.keys,
+    )
+    two = harvest_version(workspace, reg, find_version(reg, one.ref), "blood", again, {})
+    store = open_store(two.store_path)
+    info = harvest_info(store.meta)
+    assert info is not None
+    assert (info["skipped_in_parent"], info["replaced"], info["n_new"]) == (29, 1, 6)
+    assert info["replaced_ids"] == [first.keys[3]]
+    assert store.n_images == open_store(one.store_path).n_images + 5
+    rows = info["prediction_rows"]
+    assert sorted(rows) == sorted(first.keys + more.keys)
+    labels_now = store.read_labels()
+    images_now = store.read_rows(0, store.n_images)
+    for i, key in enumerate(again.keys):  # every id once, on its row, with its latest label
+        np.testing.assert_array_equal(images_now[rows[key]], again.images[i])
+        assert labels_now[rows[key], 0] == again.labels[i, 0]
+    for split in ("train", "val", "test"):
+        lo, hi = store.split_range(split)
+        assert all(lo <= rows[k] < hi for k in again.keys if hash_split(k) == split)
+    with pytest.raises(InputError, match="all 35 labelled image.* already in"):
+        harvest_version(workspace, reg, find_version(reg, two.ref), "blood", again, {})

@@ -89,6 +89,25 @@ def harvest_cmd(
         f"{info['production_test_rows']}, fixed test rows {info['fixed_test_rows']}"
     )
     console.print(f"feedback counts: {out.counts}", highlight=False)
+    if info.get("skipped_in_parent"):
+        console.print(
+            f"skipped {info['skipped_in_parent']} image(s) already in the parent with the same "
+            "label",
+            highlight=False,
+        )
+    if info.get("replaced"):
+        ids = ", ".join(info.get("replaced_ids", [])[:10])
+        console.print(
+            f"replaced {info['replaced']} image(s) of the parent with a corrected label "
+            f"(the parent's row left out): {ids}",
+            highlight=False,
+        )
+    if info.get("lineage_ids_unknown"):
+        console.print(
+            "[yellow]warning:[/] the parent was harvested before prediction ids were recorded: "
+            "images it already holds could not be recognised and may be added again",
+            highlight=False,
+        )
 
 
 @deploy_app.command("promote")

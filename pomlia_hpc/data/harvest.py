@@ -14,6 +14,16 @@ its scale), so a model retrained on the version serves 16-bit uploads as its par
 came from) and the two test ranges the gate compares champion and challenger on:
 ``fixed_test_rows`` and ``production_test_rows`` (store rows, stop exclusive).
 
+A version remembers which prediction id each harvested row came from (``prediction_rows``:
+id -> store row, for every harvested row of its lineage, carried from version to version), so
+an image is never added twice. A new image whose id is already in the parent is skipped when
+its label is the parent's (a ``--since`` reaching back into an earlier harvest's window) and
+*replaces* the parent's row when its label differs (a corrected label, ``"replaces": true``):
+the parent's row of that id is left out of the new version and the image is added as a new row
+with the new label (same hash split). ``skipped_in_parent`` and ``replaced`` (with the ids)
+record both. A parent harvested before ids were recorded has no ``prediction_rows``; its rows
+cannot be matched, and ``lineage_ids_unknown`` says so.
+
 This module only builds the version from arrays; finding the labelled images (the prediction
 log and the kept inputs) is the serving room's (:mod:`pomlia_hpc.serve.labelled`), and the
 command that joins both is the loop's (:mod:`pomlia_hpc.loop.harvest`).
@@ -78,7 +88,9 @@ class HarvestSource(Source):
         new: NewImages,
         provenance: dict[str, Any],
         fractions: Sequence[float] = FRACTIONS,
+        drop: frozenset[int] = frozenset(),
     ) -> None:
+        """``drop``: parent store rows to leave out (their ids come again with a new label)."""
         super().__init__(path=parent.path, kind="harvest")
         h, w, c = parent.image_shape
         if new.images.dtype != np.uint8 or new.images.shape[1:] != (h, w, c):
@@ -93,9 +105,13 @@ class HarvestSource(Source):
             s: [i for i, k in enumerate(new.keys) if hash_split(k, fractions) == s] for s in SPLITS
         }
         self._new_rows = {s: np.asarray(v, dtype=np.int64) for s, v in order.items()}
+        self._drop = np.asarray(sorted(drop), dtype=np.int64)
+        self._drop_set = drop
+        kept: dict[str, int] = {}
         for s in SPLITS:
             lo, hi = parent.split_range(s)
-            self.split_sizes[s] = (hi - lo) + len(order[s])
+            kept[s] = (hi - lo) - int(((self._drop >= lo) & (self._drop < hi)).sum())
+            self.split_sizes[s] = kept[s] + len(order[s])
         meta = parent.meta
         self.label_info = LabelInfo(
             str(meta["task_type"]), [str(x) for x in meta["class_names"]], int(meta["label_width"])
@@ -108,10 +124,10 @@ class HarvestSource(Source):
         if isinstance(scaling, dict) and scaling:
             self.extra["intensity_scaling"] = dict(scaling)
         offsets = self.split_offsets()
-        test_lo, test_hi = parent.split_range("test")
-        fixed_end = offsets["test"] + (test_hi - test_lo)
+        fixed_end = offsets["test"] + kept["test"]
         self.extra["harvest"] = {
             **provenance,
+            "prediction_rows": self._row_map(offsets, order),
             "parent": parent.ref,
             "n_new": len(new.keys),
             "new_per_split": {s: len(order[s]) for s in SPLITS},
@@ -120,11 +136,34 @@ class HarvestSource(Source):
             "production_test_rows": [fixed_end, fixed_end + len(order["test"])],
         }
 
+    def _row_map(self, offsets: dict[str, int], order: dict[str, list[int]]) -> dict[str, int]:
+        """Prediction id -> row in the new store: the parent's harvested rows that stay
+        (shifted past the rows dropped before them and the splits' new offsets), then the
+        new images."""
+        out: dict[str, int] = {}
+        starts = {s: self._parent.split_range(s)[0] for s in SPLITS}
+        for key, row in parent_rows(self._parent.meta).items():
+            if row in self._drop_set:
+                continue
+            split = next(s for s in SPLITS if starts[s] <= row < self._parent.split_range(s)[1])
+            gone = int(((self._drop >= starts[split]) & (self._drop < row)).sum())
+            out[key] = offsets[split] + (row - starts[split]) - gone
+        for s in SPLITS:
+            base = offsets[s] + self.split_sizes[s] - len(order[s])
+            for j, i in enumerate(order[s]):
+                out[self._new.keys[i]] = base + j
+        return out
+
+    def _kept(self, start: int, arr: np.ndarray) -> np.ndarray:
+        """``arr`` (parent rows from ``start``) without the dropped rows."""
+        hit = self._drop[(self._drop >= start) & (self._drop < start + len(arr))]
+        return np.delete(arr, hit - start, axis=0) if len(hit) else arr
+
     def labels(self) -> np.ndarray:
         parts = []
         for s in SPLITS:
             lo, hi = self._parent.split_range(s)
-            parts.append(self._parent.read_labels(lo, hi))
+            parts.append(self._kept(lo, self._parent.read_labels(lo, hi)))
             parts.append(
                 self._new.labels[self._new_rows[s]].reshape(-1, self.label_info.label_width)
             )
@@ -135,7 +174,9 @@ class HarvestSource(Source):
         for s in SPLITS:
             lo, hi = self._parent.split_range(s)
             for start in range(lo, hi, batch_rows):
-                rows = self._parent.read_rows(start, min(hi, start + batch_rows))
+                rows = self._kept(start, self._parent.read_rows(start, min(hi, start + batch_rows)))
+                if not len(rows):
+                    continue
                 yield pos, rows
                 pos += len(rows)
             idx = self._new_rows[s]
@@ -156,15 +197,71 @@ def harvest_version(
     fractions: Sequence[float] = FRACTIONS,
 ) -> VersionRecord:
     """Ingest ``parent`` plus ``new`` as a version of ``dataset_name`` whose parent is
-    ``parent``. The same inputs give the same version (``created=False``) and no copy."""
+    ``parent``. The same inputs give the same version (``created=False``) and no copy.
+    Images whose prediction id the parent already holds are skipped or replace the parent's
+    row (module docstring); nothing left to add is an :class:`InputError` saying so."""
     if not new.keys:
         raise InputError(
             "harvest: no labelled images to add; expected predictions with kept inputs "
             "(`pomlia serve --keep-inputs`) and feedback labels in the window"
         )
     store = open_store(Path(parent.store_path))
-    source = HarvestSource(store, new, provenance, fractions)
+    new, drop, skipped, replaced = _against_parent(store, new)
+    if not new.keys:
+        raise InputError(
+            f"harvest: all {skipped} labelled image(s) in the window are already in "
+            f"{parent.version} (the parent) with the same label; nothing new to add "
+            "(a --since before the parent's harvest window reads them again)"
+        )
+    provenance = {
+        **provenance,
+        "skipped_in_parent": skipped,
+        "replaced": len(replaced),
+        "replaced_ids": replaced,
+    }
+    before = harvest_info(store.meta)
+    if before is not None and "prediction_rows" not in before:
+        provenance["lineage_ids_unknown"] = True  # harvested before ids were recorded
+    source = HarvestSource(store, new, provenance, fractions, frozenset(drop))
     return ingest(workspace, registry, dataset_name, source, parent=parent.version)
+
+
+def parent_rows(meta: dict[str, Any]) -> dict[str, int]:
+    """Prediction id -> store row of every harvested row of a version (empty for an ordinary
+    ingest or a harvest made before ids were recorded)."""
+    rows = (harvest_info(meta) or {}).get("prediction_rows") or {}
+    return {str(k): int(v) for k, v in rows.items()}
+
+
+def _against_parent(
+    parent: DatasetStore, new: NewImages
+) -> tuple[NewImages, list[int], int, list[str]]:
+    """``new`` without the ids ``parent`` holds with the same label; the parent rows of ids
+    that come with another label (to drop), how many were skipped, the replaced ids."""
+    rows = parent_rows(parent.meta)
+    # One read of all labels: a read checks the labels' hash, once per call.
+    old_labels = parent.read_labels(0, parent.n_images) if rows else None
+    keep: list[int] = []
+    drop: list[int] = []
+    replaced: list[str] = []
+    for i, key in enumerate(new.keys):
+        row = rows.get(key)
+        if row is None:
+            keep.append(i)
+            continue
+        assert old_labels is not None
+        old = old_labels[row].reshape(-1)
+        if np.array_equal(old, np.asarray(new.labels[i]).reshape(-1)):
+            continue
+        keep.append(i)
+        drop.append(row)
+        replaced.append(key)
+    skipped = len(new.keys) - len(keep)
+    if len(keep) == len(new.keys):
+        return new, drop, 0, replaced
+    idx = np.asarray(keep, dtype=np.int64)
+    kept = NewImages(new.images[idx], new.labels[idx], [new.keys[i] for i in keep])
+    return kept, drop, skipped, replaced
 
 
 def harvest_info(meta: dict[str, Any]) -> dict[str, Any] | None:

@@ -204,6 +204,10 @@ def ingest_stage(ctx: LoopContext) -> StageOutput:
         "parent": f"{dataset}@{parent.version}",
         "created": rec.created,
         "n_images": rec.n_images,
+        # Ids the parent already holds: skipped (same label) or replacing the parent's row
+        # (a corrected label); see pomlia_hpc.data.harvest.
+        "skipped_in_parent": int(info.get("skipped_in_parent", 0)),
+        "replaced": int(info.get("replaced", 0)),
     }
 
 
