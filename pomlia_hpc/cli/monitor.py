@@ -202,6 +202,14 @@ def schedule_cmd(
         bool,
         typer.Option(help="Internal: resubmission from a running job of the chain.", hidden=True),
     ] = False,
+    after: Annotated[
+        str | None,
+        typer.Option(
+            help="Internal (with --chain): the resubmitting run's scheduled start; the next "
+            "run begins one period after it.",
+            hidden=True,
+        ),
+    ] = None,
 ) -> None:
     """Run the monitor of MODEL on Slurm every period (a self-resubmitting job chain,
     jobs/monitor.sbatch); prints equivalent cron and scrontab lines. Needs a Slurm profile
@@ -219,6 +227,7 @@ def schedule_cmd(
         on_alarm=on_alarm,
         chain=chain,
         replace=replace,
+        after=parse_time(after, "--after") if after else None,
     )
     if res.job_id is None:
         console.print(f"no job submitted: {res.note}")

@@ -10,6 +10,12 @@ cancels the old one's jobs by id (a failed submission leaves the old chain and i
 as they were). ``unschedule`` removes the settings file (a run that
 starts later does nothing, and no run can resubmit) and cancels every queued job of the name.
 
+Each job is given its scheduled start (``POMLIA_MONITOR_BEGIN``, the ``--begin`` it was
+submitted with). A run tests the window that ends there (``monitor run --until BEGIN``), not at
+its actual start, and submits the next run one period after it (``--after BEGIN``), not after
+its actual start: a job held for hours still tests its own period, and the chain neither
+drifts nor leaves a gap (a late run's successor may start at once, to catch up).
+
 Slurm starts a job at the first scheduling pass after its begin time (every second with this
 project's test cluster, ``sched_interval=1``; typically 60 s on a production cluster), so a
 period of a few seconds works in tests and a nightly run starts within about a minute.
@@ -256,10 +262,13 @@ def schedule(
     on_alarm: str | None = None,
     chain: bool = False,
     replace: bool = False,
+    after: datetime | None = None,
 ) -> Scheduled:
     """Submit the next run of ``model``'s chain (see the module docstring). ``window``
     defaults to ``every``. ``chain``: called from a running job of the chain (resubmission:
-    keeps its settings, adds nothing when the next run is already queued)."""
+    keeps its settings, adds nothing when the next run is already queued). ``after``: the
+    scheduled start of the run that resubmits; the next begins one period after it (default:
+    after now)."""
     period = parse_duration(every, "--every")
     if at is not None:
         parse_at(at)
@@ -267,7 +276,7 @@ def schedule(
     name = target.model.name
     folder = workspace.path("jobs", "monitor", name)
     conf, script = folder / "schedule.env", folder / "monitor.sbatch"
-    begin = next_begin(at, period)
+    begin = next_begin(at, period, now=after)
     jname = job_name(name)
     if not chain:
         load_reference(target)  # fail now, not at 02:00, if the monitor cannot run
@@ -303,7 +312,9 @@ def schedule(
             script,
             name=jname,
             begin=begin,
-            env={"POMLIA_MONITOR_CONF": str(conf)},
+            # The run's own scheduled start: its window ends there and its successor is
+            # scheduled from it (module docstring), whenever Slurm actually starts it.
+            env={"POMLIA_MONITOR_CONF": str(conf), "POMLIA_MONITOR_BEGIN": begin.isoformat()},
             output=folder / "slurm-%j.out",
         )
     except PomliaError:
