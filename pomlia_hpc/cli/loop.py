@@ -153,7 +153,9 @@ def promote_cmd(
 
 @deploy_app.command("rollback")
 def rollback_cmd(slot: SlotArg) -> None:
-    """Return SLOT to its previous champion (recorded; servers following it swap back)."""
+    """Return SLOT to its previous champion (recorded; servers following it swap back).
+    Repeated rollbacks walk back the history (C → B → A), not between the last two models;
+    to serve a later model again, promote it."""
     from pomlia_hpc.loop.promote import rollback
 
     entry = rollback(STATE.registry(), STATE.workspace, slot)

@@ -7,6 +7,10 @@ model, so a driver killed between the two (or run twice) neither records nor mov
 
 Kinds: ``initial`` (the slot's first model), ``promoted`` (the gate passed), ``forced``
 (``--force`` past a failed or missing gate), ``rollback`` (back to the previous champion).
+
+Rollbacks walk back the history: a rollback undoes the promotion that put the current model
+on the slot, so a second rollback goes to the champion before that one, and so on (not back
+and forth between the last two models); a promotion after a rollback starts a new step.
 """
 
 from __future__ import annotations
@@ -223,13 +227,18 @@ def rollback(registry: Registry, workspace: Workspace, slot: str) -> SlotEntry:
         if not rows:
             raise NotFoundError(f"slot '{slot}' has never served a model; nothing to roll back")
         now = rows[-1]
-        earlier = [r for r in rows[:-1] if r.model_id != now.model_id]
-        if not earlier:
-            raise InputError(
-                f"slot '{slot}' has served only {now.model}; there is no previous champion to "
-                "roll back to"
+        back = _walk_back(rows)
+        if back is None:
+            served = (
+                "only " + now.model
+                if all(r.model_id == now.model_id for r in rows)
+                else (f"{now.model}, its first champion, again after rolling back")
             )
-        back = earlier[-1]
+            raise InputError(
+                f"slot '{slot}' serves {served}; there is no earlier champion to roll back "
+                f"to (put another model on it with `pomlia deploy promote "
+                f"{shlex.quote(slot)} MODEL`)"
+            )
         if not (Path(back.bundle_path) / "card.json").is_file():
             raise NotFoundError(
                 f"the bundle of {back.model} ({back.bundle_path}) is gone; export it again with "
@@ -242,6 +251,22 @@ def rollback(registry: Registry, workspace: Workspace, slot: str) -> SlotEntry:
         s.add(row)
         s.flush()
         return _entry(row, back.model)
+
+
+def _walk_back(rows: list[SlotEntry]) -> SlotEntry | None:
+    """The promotion a rollback returns to: the champions as a stack, where a promotion
+    pushes its model and a rollback pops back to the model it restored; the entry below the
+    top of that stack, or None when the stack holds one model."""
+    stack: list[SlotEntry] = []
+    for row in rows:
+        if row.kind == "rollback":
+            while stack and stack[-1].model_id != row.model_id:
+                stack.pop()
+            if not stack:  # a rollback to a model no longer on the stack: it starts anew
+                stack.append(row)
+        elif not stack or stack[-1].model_id != row.model_id:
+            stack.append(row)
+    return stack[-2] if len(stack) > 1 else None
 
 
 def supersede_gate(registry: Registry, gate_id: int, champion_now: str | None) -> None:
