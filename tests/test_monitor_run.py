@@ -271,6 +271,12 @@ def test_bad_targets_and_options_are_one_clear_message(
         # they name the flag and what is expected now.
         (["run", "blood", "--window", "0h"], "--window '0h' is not valid; expected a duration"),
         (["run", "blood", "--permutations", "0"], "--permutations 0: expected an integer >= 1"),
+        # 1/(5+1) > 0.05: the MMD test could never alarm.
+        (
+            ["run", "blood", "--permutations", "5"],
+            "--permutations 5: the MMD test's smallest p-value is then 1/6 = 0.167, above "
+            "--alpha 0.05, so it could never alarm; expected at least 19",
+        ),
         (["run", "blood", "--since", "yesterday"], "--since 'yesterday' is not a valid time"),
         (["run", "blood", "--alpha", "2"], "--alpha 2: expected a number between 0 and 1"),
         (["schedule", "blood", "--every", "0h"], "--every '0h' is not valid; expected a duration"),
@@ -338,11 +344,75 @@ def test_missing_or_foreign_reference_says_how_to_create_it(
         assert code == 2 and "version 000000000000" in text and "pomlia monitor reference" in text
         ref_path.write_bytes(b"PK\x03\x04 broken")
         code, out = monitor("run", "blood")
-        assert code == 2 and "not a readable reference" in " ".join(out.split())
+        text = " ".join(out.split())
+        assert code == 2 and f"monitoring reference {ref_path} is damaged" in text
+        assert "; recreate it with: pomlia monitor reference blood" in text
+        # Not a zip at all: numpy's "pickled (object) data ... load it unsafely" is no help.
+        ref_path.write_bytes(b"garbage, not a reference")
+        code, out = monitor("run", "blood")
+        text = " ".join(out.split())
+        assert code == 2 and "is damaged (not an npz archive); recreate it with" in text
+        assert "pickle" not in text and "unsafely" not in text
         code, out = monitor("reference", "blood")
         assert code == 2 and "records no training dataset" in " ".join(out.split())
     finally:
         ref_path.write_bytes(original)
+
+
+def test_a_known_lineage_needs_no_data_in_the_hint(
+    fresh: tuple[Workspace, Registry, Path], tmp_path: Path
+) -> None:
+    from pomlia_hpc.data.api import ingest
+    from pomlia_hpc.registry import Model
+    from tests.fixtures.factories import tiny_npz
+
+    ws, reg, bundle = fresh
+    ref_path = bundle / REFERENCE_FILE
+    original = ref_path.read_bytes()
+    rec = ingest(ws, reg, "blood-data", tiny_npz(tmp_path / "d.npz"), workers=1)
+    with reg.session() as s:
+        model = s.scalar(select(Model).where(Model.name == "blood"))
+        assert model is not None
+        lineage = model.lineage
+        model.lineage = {**(lineage or {}), "dataset_version_id": rec.id}
+    try:
+        ref_path.unlink()
+        code, out = monitor("run", "blood")
+        text = " ".join(out.split())
+        assert code == 2 and "has no monitoring reference" in text
+        assert (
+            f"create it with: pomlia monitor reference blood (from its training data "
+            f"blood-data@{rec.version}, val split;" in text
+        )
+        assert "--data DATASET[@VERSION] [--split" not in text
+    finally:
+        ref_path.write_bytes(original)
+        with reg.session() as s:
+            model = s.scalar(select(Model).where(Model.name == "blood"))
+            assert model is not None
+            model.lineage = lineage
+
+
+@pytest.mark.usefixtures("wide_console")
+def test_a_slot_name_monitors_its_champion(fresh: tuple[Workspace, Registry, Path]) -> None:
+    # `pomlia serve pneu` serves slot pneu; `monitor run pneu` said "model 'pneu' not found".
+    ws, reg, bundle = fresh
+    from pomlia_hpc.registry import Model, Promotion
+
+    with reg.session() as s:
+        model_id = s.scalar(select(Model.id).where(Model.name == "blood"))
+        assert model_id is not None
+        s.add(Promotion(slot="pneu", model_id=model_id, bundle_path=str(bundle), kind="initial"))
+    x, _ = images(60)
+    try:
+        log_predictions(ws, bundle, x, log_name="pneu")
+        code, out = monitor("run", "pneu")
+        text = " ".join(out.split())
+        assert code == 0, out
+        assert "slot 'pneu' serves model 'blood': monitoring that model" in text
+        assert "blood OK: 60 predictions" in text and "reasons" not in text
+    finally:
+        shutil.rmtree(log_dir(ws.path("logs"), "pneu"), ignore_errors=True)
 
 
 def test_console_script_prints_one_line_without_traceback(

@@ -21,7 +21,11 @@ monitor_app = typer.Typer(
 app.add_typer(monitor_app, name="monitor")
 
 TargetArg = Annotated[
-    str, typer.Argument(help="Registry model name or id, or deployment:ID (one deployment).")
+    str,
+    typer.Argument(
+        help="Registry model name or id, deployment:ID (one deployment), or a deployment "
+        "slot (the name `pomlia serve SLOT` uses: its champion is monitored)."
+    ),
 ]
 
 
@@ -43,7 +47,11 @@ def run(
     until: Annotated[str | None, typer.Option(help="Window end, ISO 8601 (default now).")] = None,
     alpha: Annotated[float, typer.Option(help="Family-wise false-alarm rate of the alarm.")] = 0.05,
     permutations: Annotated[
-        int, typer.Option(help="MMD window resamples (per reference resample).")
+        int,
+        typer.Option(
+            help="MMD window resamples (per reference resample); at least 1/alpha - 1 (19 at "
+            "alpha 0.05), else the MMD test could never alarm."
+        ),
     ] = 1000,
     max_vectors: Annotated[
         int, typer.Option(help="Fingerprints sampled from the window for the input tests.")
@@ -80,9 +88,11 @@ def run(
         typer.echo(json.dumps(res.report, indent=2))
     else:
         rep = res.report
+        # An OK or EMPTY window has no reasons: "reasons: none" would only be noise.
+        why = f"; reasons: {', '.join(rep['reasons'])}" if rep["reasons"] else ""
         console.print(
             f"[bold]{rep['model']}[/] {rep['status'].upper()}: {rep['volume']['predictions']} "
-            f"predictions; reasons: {', '.join(rep['reasons']) or 'none'}"
+            f"predictions{why}"
         )
         for note in rep["quality"].get("warnings", []) + rep["notes"]:
             console.print(f"  - {note}", highlight=False)

@@ -1,7 +1,9 @@
 """Finding what to monitor: the model (or deployment), its exported bundle and its reference.
 
-``pomlia monitor run`` takes a model name or id, or ``deployment:ID``; the reference is the
-bundle's ``monitor-reference.npz`` written at export (:mod:`pomlia_hpc.serve.reference`).
+``pomlia monitor run`` takes a model name or id, ``deployment:ID``, or a deployment slot's
+name (the name ``pomlia serve SLOT`` uses: its champion is monitored, and the target says so;
+a model of the same name wins); the reference is the bundle's ``monitor-reference.npz``
+written at export (:mod:`pomlia_hpc.serve.reference`).
 """
 
 from __future__ import annotations
@@ -12,11 +14,14 @@ from pathlib import Path
 
 from pomlia_hpc.errors import InputError, NotFoundError
 from pomlia_hpc.models.catalog import resolve_model
-from pomlia_hpc.registry import Deployment, Model, Registry
+from sqlalchemy import select
+
+from pomlia_hpc.registry import Deployment, Model, Promotion, Registry
 from pomlia_hpc.serve.exported import CARD, ExportedBundle
 from pomlia_hpc.serve.reference import (
     REFERENCE_FILE,
     Reference,
+    model_dataset_meta,
     read_reference,
     reference_for_model,
 )
@@ -29,6 +34,10 @@ class Target:
     model: Model
     deployment_id: int | None
     bundle: ExportedBundle
+    #: The deployment slot named on the command line, whose champion ``model`` is.
+    slot: str | None = None
+    #: ``dataset@version`` the model was trained on, when its lineage says.
+    trained_on: str | None = None
 
     @property
     def label(self) -> str:
@@ -36,10 +45,17 @@ class Target:
         return f"{self.model.name}{suffix}"
 
 
-def _how_to_create(name: str, bundle: ExportedBundle) -> str:
+def _how_to_create(name: str, bundle: ExportedBundle, trained_on: str | None = None) -> str:
     """The command that writes model ``name``'s reference, and the data set it needs: one with
     the model's classes (named alike, or unnamed) and input size (a MedMNIST data set has its
-    own class names, which a model with other labels, such as `model demo`'s, refuses)."""
+    own class names, which a model with other labels, such as `model demo`'s, refuses).
+    ``trained_on``: the training data its lineage names; then no ``--data`` is needed."""
+    if trained_on is not None:
+        return (
+            f"create it with: pomlia monitor reference {shlex.quote(name)} "
+            f"(from its training data {trained_on}, val split; --split SPLIT for another, "
+            "--data DATASET[@VERSION] for another data set with the model's classes)"
+        )
     labels = bundle.labels
     shown = ", ".join(labels[:3]) + (", ..." if len(labels) > 3 else "")
     return (
@@ -62,13 +78,40 @@ def resolve_model_id(registry: Registry, ref: str) -> tuple[int, int | None]:
             if dep is None:
                 raise NotFoundError(f"deployment {raw} is not in the registry")
             return dep.model_id, int(raw)
-    return resolve_model(registry, ref).id, None
+    try:
+        return resolve_model(registry, ref).id, None
+    except NotFoundError:
+        champion = slot_champion(registry, ref)
+        if champion is None:
+            raise
+        return champion, None
+
+
+def slot_champion(registry: Registry, slot: str) -> int | None:
+    """The id of the model deployment slot ``slot`` serves now (its newest promotion), or
+    None when no slot has that name."""
+    with registry.session() as s:
+        return s.scalar(
+            select(Promotion.model_id)
+            .where(Promotion.slot == slot)
+            .order_by(Promotion.id.desc())
+            .limit(1)
+        )
+
+
+def _trained_on(registry: Registry, model: Model) -> str | None:
+    meta = model_dataset_meta(registry, model)
+    if not meta or not meta.get("name") or not meta.get("version"):
+        return None
+    return f"{meta['name']}@{meta['version']}"
 
 
 def resolve_target(registry: Registry, ref: str) -> Target:
-    """``ref``: a model name or id, or ``deployment:ID``. The model must be exported."""
+    """``ref``: a model name or id, ``deployment:ID`` or a deployment slot (its champion;
+    ``Target.slot`` says so). The model must be exported."""
     model_id, deployment_id = resolve_model_id(registry, ref)
     model = resolve_model(registry, str(model_id))
+    slot = ref if deployment_id is None and model.name != ref and str(model.id) != ref else None
     # The bundle its last export recorded (serve.export.bundle_for_model's rule, without
     # importing the exporter: it needs torch, and a monitor run should start fast).
     path = (model.card.get("export") or {}).get("bundle")
@@ -78,24 +121,29 @@ def resolve_target(registry: Registry, ref: str) -> Target:
             f"model '{model.name}' has no exported bundle; export it first: "
             f"pomlia model export {shlex.quote(model.name)}"
         )
-    return Target(model, deployment_id, bundle)
+    return Target(model, deployment_id, bundle, slot, _trained_on(registry, model))
 
 
 def load_reference(target: Target) -> Reference:
     """The reference of the target's bundle, checked to belong to this model version."""
     path = target.bundle.root / REFERENCE_FILE
+    how = _how_to_create(target.model.name, target.bundle, target.trained_on)
     if not path.is_file():
         raise NotFoundError(
             f"model '{target.model.name}' (version {target.bundle.version}) has no monitoring "
             f"reference ({path} is missing)",
-            hint=_how_to_create(target.model.name, target.bundle),
+            hint=how,
         )
-    ref = read_reference(path)
+    try:
+        ref = read_reference(path)
+    except InputError as exc:
+        # read_reference names the file and what is wrong; the way out is a new reference.
+        raise InputError(f"{exc}; re{how}") from None
     if ref.model != target.bundle.name or ref.model_version != target.bundle.version:
         raise InputError(
             f"monitoring reference {path} was computed for model '{ref.model}' version "
             f"{ref.model_version}, not '{target.bundle.name}' version {target.bundle.version}",
-            hint=_how_to_create(target.model.name, target.bundle),
+            hint=how,
         )
     return ref
 

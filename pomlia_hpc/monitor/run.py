@@ -13,6 +13,7 @@ with the report's paths in its environment (``POMLIA_REPORT_JSON``, ``POMLIA_REP
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 import subprocess
@@ -281,14 +282,25 @@ def monitor_run(
     seed: int = 0,
     progress: Progress = lambda _m: None,
 ) -> RunResult:
-    """Monitor ``ref`` (model name/id or ``deployment:ID``) over [since, until) (default: the
-    ``window`` before now); see the module docstring."""
+    """Monitor ``ref`` (model name/id, ``deployment:ID`` or a deployment slot, whose champion
+    is monitored) over [since, until) (default: the ``window`` before now); see the module
+    docstring."""
     from pomlia_hpc.monitor.html import render_html
 
     if not 0 < alpha < 1:
         raise InputError(f"--alpha {alpha:g}: expected a number between 0 and 1 (exclusive)")
     if n_perm < 1:
         raise InputError(f"--permutations {n_perm}: expected an integer >= 1")
+    if 1 / (n_perm + 1) > alpha * (1 + 1e-9):
+        # The permutation p-value is at least 1/(n_perm + 1): above alpha, the MMD test could
+        # never reject, and a drift only it sees would never alarm.
+        least = math.ceil(1 / alpha - 1 - 1e-9)
+        raise InputError(
+            f"--permutations {n_perm}: the MMD test's smallest p-value is then "
+            f"1/{n_perm + 1} = {1 / (n_perm + 1):.3g}, above --alpha {alpha:g}, so it could "
+            f"never alarm; expected at least {least} (1/(N+1) <= alpha; the MMD test gets a "
+            f"share of alpha, so use well more: the default is {N_PERM})"
+        )
     end = "--until" if until is not None else "now"
     until = until or datetime.now(UTC)
     since = since or until - window
@@ -299,6 +311,8 @@ def monitor_run(
             "expected a start before the end"
         )
     target = resolve_target(registry, ref)
+    if target.slot is not None:
+        progress(f"slot '{target.slot}' serves model '{target.model.name}': monitoring that model")
     reference = load_reference(target)
     folders = model_log_dirs(registry, workspace.path("logs"), target.model)
     where = ", ".join(str(f) for f in folders)

@@ -193,8 +193,16 @@ def read_reference(path: Path) -> Reference:
             raw_meta = json.loads(str(z["meta"]))
             arrays = {k: np.asarray(z[k]) for k in ("fingerprints", "labels", "pred_index")}
             conf = np.asarray(z["confidence"])
-    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile) as exc:
-        raise InputError(f"monitoring reference {path}: not a readable reference ({exc})") from exc
+    except KeyError as exc:
+        raise InputError(
+            f"monitoring reference {path} is damaged: it has no array {exc}; expected "
+            "meta, fingerprints, labels, pred_index and confidence"
+        ) from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as exc:
+        # numpy reads a file that is not an npz archive as a pickle and, refused one, talks
+        # of loading it "unsafely": the user needs to hear that the file is damaged.
+        why = "not an npz archive" if "pickle" in str(exc) else str(exc).splitlines()[0]
+        raise InputError(f"monitoring reference {path} is damaged ({why})") from None
     if not isinstance(raw_meta, dict) or raw_meta.get("format") != FORMAT:
         raise InputError(f"monitoring reference {path}: field 'format' should be '{FORMAT}'")
     # Strict from the parsed dict: the accuracy may be NaN, which JSON parsers refuse.
