@@ -18,9 +18,7 @@ from pomlia_hpc.workspace import Workspace
 from tests.loop_support import CLASSES, make_model
 
 
-def test_repeated_rollbacks_walk_back_the_history(
-    tmp_path: Path, workspace: Workspace, reg: Registry
-) -> None:
+def _dataset(tmp_path: Path, workspace: Workspace, reg: Registry) -> int:
     npz = tmp_path / "d.npz"
     rng = np.random.default_rng(0)
     np.savez(
@@ -31,9 +29,15 @@ def test_repeated_rollbacks_walk_back_the_history(
         },
         **{f"{s}_labels": np.zeros((8, 1), np.int64) for s in ("train", "val", "test")},
     )
-    v = ingest(workspace, reg, "d", npz, class_names=CLASSES)
+    return ingest(workspace, reg, "d", npz, class_names=CLASSES).id
+
+
+def test_repeated_rollbacks_walk_back_the_history(
+    tmp_path: Path, workspace: Workspace, reg: Registry
+) -> None:
+    vid = _dataset(tmp_path, workspace, reg)
     for seed, name in enumerate(("a", "b", "c", "d"), start=1):
-        make_model(reg, tmp_path, name, seed, v.id)
+        make_model(reg, tmp_path, name, seed, vid)
     put_on_slot(reg, workspace, "s", "a", kind="initial")
     put_on_slot(reg, workspace, "s", "b", kind="forced")
     put_on_slot(reg, workspace, "s", "c", kind="forced")
@@ -46,3 +50,18 @@ def test_repeated_rollbacks_walk_back_the_history(
     assert res.exit_code == 0, res.output
     assert champion(reg, "s").model == "a"  # type: ignore[union-attr]
     assert [h.model for h in history(reg, "s")] == ["a", "b", "c", "b", "a", "d", "a"]
+
+
+def test_promoting_the_champion_says_it_is_the_champion(
+    tmp_path: Path, workspace: Workspace, reg: Registry
+) -> None:
+    # It said "not trained on a harvested dataset version ...", the gate's complaint.
+    make_model(reg, tmp_path, "a", 1, _dataset(tmp_path, workspace, reg))
+    put_on_slot(reg, workspace, "s", "a", kind="initial")
+    res = CliRunner().invoke(app, ["deploy", "promote", "s", "a"])
+    # The console script prints a PomliaError as one line and exits 2 (tests/test_cli.py).
+    assert isinstance(res.exception, InputError) and res.exception.exit_code == 2
+    text = " ".join(str(res.exception).split())
+    assert "model a is already the champion of slot s (since " in text
+    assert "nothing to promote" in text and "harvested" not in text
+    assert [h.model for h in history(reg, "s")] == ["a"]

@@ -228,6 +228,13 @@ def promote_with_gate(
     entry = champion(registry, slot)
     if entry is None:
         return None, put_on_slot(registry, workspace, slot, model_ref, kind="initial")
+    if resolve_model(registry, model_ref).id == entry.model_id:
+        # The gate would compare the model with itself and say it was not trained on a
+        # harvested version, which is beside the point.
+        raise InputError(
+            f"model {entry.model} is already the champion of slot {slot} (since "
+            f"{entry.created_at:%Y-%m-%d %H:%M}); nothing to promote"
+        )
     check_same_labels(registry, slot, entry.model, model_ref)  # --force cannot skip this
     try:
         outcome = run_gate(
