@@ -160,14 +160,17 @@ def test_truncated_png_and_declared_type_mismatch(rgb: np.ndarray) -> None:
     png = encode(rgb, "PNG")
     assert "corrupt" in refused(png[: len(png) // 2], "image/png").message
     err = refused(png, "image/jpeg")
-    assert err.status == 415 and "declared as image/jpeg but the data is image/png" in err.message
+    assert (
+        err.status == 415
+        and "declared as image/jpeg (its Content-Type) but the data is image/png" in err.message
+    )
 
 
 def test_wrong_size_and_channel_count(rgb: np.ndarray) -> None:
     err = refused(encode(np.zeros((32, 32, 3), np.uint8), "PNG"), "image/png")
     assert "32 px high, 32 px wide, the model expects 28 px high, 28 px wide" in err.message
     err = refused(encode(rgb, "PNG"), "image/png", GREY28)
-    assert "3 channel(s), the model expects 1" in err.message
+    assert "3 channel(s) (colour), the model expects 1" in err.message
     rgba = np.zeros((28, 28, 4), np.uint8)  # alpha dropped, as ingest does
     assert decode(encode(rgba, "PNG"), "image/png", RGB28, LIMITS).shape == (1, 28, 28, 3)
     assert "4 channel(s)" in refused(npy(rgba), "application/x-npy").message  # NPY: strict
@@ -253,7 +256,7 @@ def test_a_bad_page_after_good_ones_is_named() -> None:
     pages = [Image.new("L", (28, 28)), Image.new("RGB", (28, 28)), Image.new("L", (28, 28))]
     err = refused(_tiff(pages), "image/tiff", GREY28)
     assert err.status == 400
-    assert "page 2: image has 3 channel(s), the model expects 1" in err.message
+    assert "page 2: image has 3 channel(s) (colour), the model expects 1" in err.message
 
 
 def test_files_of_one_request_share_the_image_budget() -> None:
@@ -292,3 +295,31 @@ def test_3d_npy_for_a_grey_model_names_both_readings() -> None:
     assert "as one (H, W, C) image it is 5 px high, 32 px wide with 32 channel(s)" in err.message
     assert "as (N, H, W) grey images 5 of 32 px high, 32 px wide" in err.message
     assert "(N, 64, 64)" in err.message
+
+
+def test_a_channel_first_npy_names_its_shape_and_the_accepted_ones() -> None:
+    # (1, 1, 28, 28) read channel-last was "image is 1 px high, 28 px wide".
+    err = refused(npy(np.zeros((1, 1, 28, 28), np.uint8)), "application/x-npy", GREY28)
+    assert err.status == 400 and err.reason == "wrong-size"
+    assert "NPY shape (1, 1, 28, 28) does not fit the model" in err.message
+    assert "accepted shapes (28, 28), (28, 28, 1), (N, 28, 28) or (N, 28, 28, 1)" in err.message
+    err = refused(npy(np.zeros((3, 28, 28), np.uint8)), "application/x-npy", RGB28)
+    assert "NPY shape (3, 28, 28)" in err.message
+    assert "accepted shapes (28, 28, 3) or (N, 28, 28, 3)" in err.message
+
+
+def test_no_content_type_reads_the_type_from_the_data(rgb: np.ndarray) -> None:
+    assert decode(encode(rgb, "PNG"), None, RGB28, LIMITS).shape == (1, 28, 28, 3)
+    assert decode(encode(rgb, "PNG"), "", RGB28, LIMITS).shape == (1, 28, 28, 3)
+    err = refused(encode(rgb, "PNG"), "application/x-npy")
+    assert "declared as application/x-npy (its Content-Type) but the data is image/png" in (
+        err.message
+    )
+    assert "send Content-Type: image/png, or no Content-Type" in err.message
+
+
+def test_a_colour_image_for_a_grey_model_says_how_to_convert_it(rgb: np.ndarray) -> None:
+    # Ingest never makes a colour image grey, so the server does not either; it says how.
+    err = refused(encode(rgb, "JPEG"), "image/jpeg", GREY28)
+    assert "3 channel(s) (colour), the model expects 1 (grey); convert it to grey" in (err.message)
+    assert "convert('L')" in err.message

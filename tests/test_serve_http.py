@@ -197,7 +197,7 @@ def test_multipart_files_share_the_image_limit(client: httpx.Client) -> None:
     resp = client.post("/v1/predict", files=files)
     assert resp.status_code == 413, resp.text
     assert (
-        "#1: 100 images, at most 256 per request (56 left after the earlier files)"
+        "#2: 100 images, at most 256 per request (56 left after the earlier files)"
         in (resp.json()["error"])
     )
 

@@ -123,10 +123,13 @@ async def uploaded_files(
         raise RequestError(413 if too_many else 400, f"multipart body: {exc.message}") from exc
     out: list[tuple[str, str, bytes]] = []
     try:
-        for i, (field, value) in enumerate(form.multi_items()):
+        for field, value in form.multi_items():
             if isinstance(value, UploadFile):
                 data = await value.read()
-                out.append((f"part '{field[:40]}' #{i}", value.content_type or "", data))
+                # Files numbered from 1, in request order (form fields between them not
+                # counted): the second file is #2.
+                name = f"part '{field[:40]}' #{len(out) + 1}"
+                out.append((name, value.content_type or "", data))
     finally:
         await form.close()
     if not out:

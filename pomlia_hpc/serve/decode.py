@@ -16,8 +16,13 @@ must be finite and in [0, 1], the rule ingest applies.
 Image files (PNG, JPEG, TIFF) are converted as ingest converts image-folder files
 (:mod:`pomlia_hpc.data.sources.folder`): an alpha channel is dropped (RGBA -> RGB, LA -> L), a
 palette image is its RGB rendering, and a grey image is repeated to 3 channels for a colour
-model. A colour image for a grey model is refused (ingest would have made that data set
-colour). NPY arrays are taken as they are: their channel count must match the model's.
+model. A colour image for a grey model is refused, with how to convert it (ingest never makes a
+colour image grey: one colour image makes an image folder's data set colour, so there is no
+ingest rule to apply). NPY arrays are taken as they are: their channel count must match the
+model's, and a shape that does not fit is named with the shapes the model accepts.
+
+The type is read from the data (its first bytes); a Content-Type header, when given, must
+agree with it (or be ``application/octet-stream``). Without one the sniffed type is used.
 
 Every frame's size and channel count are checked against the model from the header, before
 any of its pixels is decoded, and the number of images against the request's budget before the
@@ -74,10 +79,13 @@ class RequestError(Exception):
     """A request the server refuses: ``status`` is the HTTP code (always 4xx), ``message`` says
     what was wrong and what is expected."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, reason: str | None = None) -> None:
         super().__init__(message)
         self.status = status
         self.message = message
+        #: The rejection category when the message's words would mislead the guess
+        #: (``handlers.rejection_reason``), e.g. a size refusal that names channels.
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -152,7 +160,12 @@ def decode(
         and declared != actual
         and not (declared in NPY_TYPES and actual in NPY_TYPES)
     ):
-        raise RequestError(415, f"{what}: declared as {declared} but the data is {actual}")
+        raise RequestError(
+            415,
+            f"{what}: declared as {declared} (its Content-Type) but the data is {actual}; "
+            f"send Content-Type: {actual}, or no Content-Type (the type is then read from "
+            "the data)",
+        )
     if actual in NPY_TYPES:
         return _decode_npy(data, spec, limits, what, budget)
     return _decode_image(data, actual, spec, limits, what, budget)
@@ -186,6 +199,14 @@ def _check_frame(
             400,
             f"{what}: image is {describe_size(h, w)}, the model expects "
             f"{describe_size(spec.image_size, spec.image_size)}",
+        )
+    if c == 3 and spec.channels == 1:
+        raise RequestError(
+            400,
+            f"{what}: image has 3 channel(s) (colour), the model expects 1 (grey); convert it "
+            "to grey before sending it (Pillow: Image.open(path).convert('L'); ImageMagick: "
+            "magick in.jpg -colorspace Gray out.png). The server does not: ingest never makes "
+            "a colour image grey (one colour image makes an image folder's data set colour)",
         )
     if c != spec.channels and not (grey_ok and c == 1):
         raise RequestError(
@@ -350,8 +371,30 @@ def _npy_layout(
             f"images: ({size}, {size}), ({size}, {size}, 1), (N, {size}, {size}) or "
             f"(N, {size}, {size}, 1)",
         )
+    if not fits and (h, w) != (size, size):
+        # A channel-first (1, 1, 28, 28) array read channel-last is "1 px high, 28 px wide":
+        # name the shape the client sent and the shapes the model takes instead.
+        raise RequestError(
+            400,
+            f"{what}: NPY shape {shape} does not fit the model: read channel-last "
+            f"{'(N, H, W, C)' if len(shape) == 4 else '(H, W, C)'} it is "
+            f"{describe_size(h, w)} with {c} channel(s); the model expects "
+            f"{describe_size(size, size)}, {spec.channels} channel(s): accepted shapes "
+            f"{accepted_npy_shapes(spec)} (channel-last: move a channel-first axis to the end)",
+            reason="wrong-size",
+        )
     _check_frame(what, w, h, c, spec, limits)
     return n, h, w, c
+
+
+def accepted_npy_shapes(spec: InputSpec) -> str:
+    """The NPY shapes the model takes, e.g. ``(28, 28), (28, 28, 1), (N, 28, 28) or
+    (N, 28, 28, 1)`` for a grey 28 px model."""
+    s, c = spec.image_size, spec.channels
+    shapes = [f"({s}, {s}, {c})", f"(N, {s}, {s}, {c})"]
+    if c == 1:
+        shapes = [f"({s}, {s})", shapes[0], f"(N, {s}, {s})", shapes[1]]
+    return ", ".join(shapes[:-1]) + " or " + shapes[-1]
 
 
 def _decode_npy(data: bytes, spec: InputSpec, limits: Limits, what: str, budget: int) -> np.ndarray:

@@ -111,6 +111,8 @@ async def feedback(holder: ModelHolder, request: Request) -> Response:
 def rejection_reason(exc: RequestError) -> str:
     """A short category of a refused upload, for the monitor's rejected-share-by-reason."""
     text = exc.message.lower()
+    if exc.reason is not None:
+        return exc.reason
     if exc.status == 413:
         return "too-large"
     if exc.status == 415:
