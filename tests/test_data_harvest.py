@@ -144,5 +144,5 @@ def test_harvest_skips_ids_in_the_parent_and_replaces_corrected_labels(
     for split in ("train", "val", "test"):
         lo, hi = store.split_range(split)
         assert all(lo <= rows[k] < hi for k in again.keys if hash_split(k) == split)
-    with pytest.raises(InputError, match="all 35 labelled image.* already in"):
+    with pytest.raises(InputError, match=r"all 35 labelled image.* already in"):
         harvest_version(workspace, reg, find_version(reg, two.ref), "blood", again, {})

@@ -11,7 +11,9 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
+from typer.testing import CliRunner
 
+from pomlia_hpc.cli import app
 from pomlia_hpc.cluster.batch import QueuedJob
 from pomlia_hpc.monitor import schedule as schedule_mod
 from pomlia_hpc.registry import Registry
@@ -73,11 +75,11 @@ def test_the_next_run_is_scheduled_from_the_schedule_not_the_start(
     monkeypatch.setattr(schedule_mod, "jobs_named", none_queued)
     scheduled = datetime.fromisoformat("2026-12-05T02:00:00+00:00")
     # The run scheduled for 02:00 started three hours late; its successor is due at 02:00
-    # the next day all the same, and is told that it was scheduled for then.
-    res = schedule_mod.schedule(
-        reg, workspace, "blood", every="1d", at="02:00", chain=True, after=scheduled
-    )
-    assert res.begin == scheduled + timedelta(days=1)
+    # the next day all the same, and is told that it was scheduled for then. As the chain's
+    # job calls it: the command line with the hidden --chain --after.
+    args = ["monitor", "schedule", "blood", "--every", "1d", "--at", "02:00", "--chain"]
+    res = CliRunner().invoke(app, [*args, "--after", scheduled.isoformat()])
+    assert res.exit_code == 0, (res.output, res.exception)
     ((begin, env),) = submitted
     assert begin == scheduled + timedelta(days=1)
     assert datetime.fromisoformat(env["POMLIA_MONITOR_BEGIN"]) == begin

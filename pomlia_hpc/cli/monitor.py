@@ -225,6 +225,7 @@ def schedule_cmd(
     jobs/monitor.sbatch); prints equivalent cron and scrontab lines. Needs a Slurm profile
     (--cluster PROFILE): on another one it is refused with the cron line that runs the
     monitor on this machine instead."""
+    from pomlia_hpc.monitor.run import parse_time
     from pomlia_hpc.monitor.schedule import job_labels, job_name, schedule
 
     res = schedule(

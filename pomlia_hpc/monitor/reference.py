@@ -12,10 +12,10 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
-from pomlia_hpc.errors import InputError, NotFoundError
-from pomlia_hpc.models.catalog import resolve_model
 from sqlalchemy import select
 
+from pomlia_hpc.errors import InputError, NotFoundError
+from pomlia_hpc.models.catalog import resolve_model
 from pomlia_hpc.registry import Deployment, Model, Promotion, Registry
 from pomlia_hpc.serve.exported import CARD, ExportedBundle
 from pomlia_hpc.serve.reference import (
