@@ -3,18 +3,23 @@ version, the fixed and production test ranges recorded, the same inputs give the
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
 import pytest
+from typer.testing import CliRunner
 
+from pomlia_hpc.cli import app
 from pomlia_hpc.data.api import ingest
 from pomlia_hpc.data.harvest import NewImages, harvest_info, harvest_version, hash_split
 from pomlia_hpc.data.store import find_version, open_store
 from pomlia_hpc.errors import InputError
 from pomlia_hpc.registry import Registry
+from pomlia_hpc.serve.predlog import PredictionLog, log_dir
 from pomlia_hpc.workspace import Workspace
-from tests.fixtures.factories import tiny_arrays, tiny_npz, write_npz
+from tests.fixtures.factories import log_line, tiny_arrays, tiny_npz, write_npz
+from tests.loop_support import CLASSES, make_model, write_production
 
 
 def _new(n: int, seed: int = 5) -> NewImages:
@@ -146,3 +151,37 @@ def test_harvest_skips_ids_in_the_parent_and_replaces_corrected_labels(
         assert all(lo <= rows[k] < hi for k in again.keys if hash_split(k) == split)
     with pytest.raises(InputError, match=r"all 35 labelled image.* already in"):
         harvest_version(workspace, reg, find_version(reg, two.ref), "blood", again, {})
+
+
+@pytest.mark.usefixtures("wide_console")
+def test_harvest_cli_says_what_it_skipped_and_replaced(
+    tmp_path: Path, workspace: Workspace, reg: Registry
+) -> None:
+    # `data harvest` end to end: a --since reaching back into the parent's window and a
+    # corrected label of a harvested image; the command says what it skipped and replaced.
+    a = tiny_arrays("bloodmnist", sizes=(8, 8, 8), seed=1)
+    a = {k: v % len(CLASSES) if k.endswith("labels") else v for k, v in a.items()}
+    base = ingest(workspace, reg, "d", write_npz(tmp_path / "d.npz", a), class_names=CLASSES)
+    make_model(reg, tmp_path, "m", 1, base.id)
+    logs = log_dir(workspace.path("logs"), "m")
+    rng = np.random.default_rng(3)
+    ids = write_production(logs, rng.integers(0, 255, (20, 28, 28, 3), np.uint8), np.zeros(20))
+    start = (datetime.now(UTC) - timedelta(hours=1)).isoformat()
+    res = CliRunner().invoke(app, ["data", "harvest", "m"])
+    assert res.exit_code == 0, res.output
+    # The harvested model is retrained: its successor is trained on the harvest.
+    first = find_version(reg, "d").id
+    make_model(reg, tmp_path, "m2", 2, first)
+    plog = PredictionLog(logs)  # a corrected label ("replaces": true) of a harvested image
+    now = datetime.now(UTC).isoformat()
+    plog.append(
+        [log_line("feedback", prediction_id=ids[0], label_index=1, replaces=True, time=now)]
+    )
+    plog.close()
+    res = CliRunner().invoke(
+        app, ["data", "harvest", "m2", "--log-dir", str(logs), "--since", start]
+    )
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.output.split())
+    assert "skipped 19 image(s) already in the parent with the same label" in text
+    assert "replaced 1 image(s) of the parent with a corrected label" in text and ids[0] in text
