@@ -267,6 +267,25 @@ def _run_hook(command: str, env: dict[str, str], progress: Progress) -> int:
     return done.returncode
 
 
+def check_levels(alpha: float, n_perm: int) -> None:
+    """Refuse an ``alpha`` outside (0, 1) and a permutation count with which the MMD test
+    could never reject at ``alpha``."""
+    if not 0 < alpha < 1:
+        raise InputError(f"--alpha {alpha:g}: expected a number between 0 and 1 (exclusive)")
+    if n_perm < 1:
+        raise InputError(f"--permutations {n_perm}: expected an integer >= 1")
+    if 1 / (n_perm + 1) > alpha * (1 + 1e-9):
+        # The permutation p-value is at least 1/(n_perm + 1): above alpha, the MMD test could
+        # never reject, and a drift only it sees would never alarm.
+        least = math.ceil(1 / alpha - 1 - 1e-9)
+        raise InputError(
+            f"--permutations {n_perm}: the MMD test's smallest p-value is then "
+            f"1/{n_perm + 1} = {1 / (n_perm + 1):.3g}, above --alpha {alpha:g}, so it could "
+            f"never alarm; expected at least {least} (1/(N+1) <= alpha; the MMD test gets a "
+            f"share of alpha, so use well more: the default is {N_PERM})"
+        )
+
+
 def monitor_run(
     registry: Registry,
     workspace: Workspace,
@@ -287,20 +306,7 @@ def monitor_run(
     docstring."""
     from pomlia_hpc.monitor.html import render_html
 
-    if not 0 < alpha < 1:
-        raise InputError(f"--alpha {alpha:g}: expected a number between 0 and 1 (exclusive)")
-    if n_perm < 1:
-        raise InputError(f"--permutations {n_perm}: expected an integer >= 1")
-    if 1 / (n_perm + 1) > alpha * (1 + 1e-9):
-        # The permutation p-value is at least 1/(n_perm + 1): above alpha, the MMD test could
-        # never reject, and a drift only it sees would never alarm.
-        least = math.ceil(1 / alpha - 1 - 1e-9)
-        raise InputError(
-            f"--permutations {n_perm}: the MMD test's smallest p-value is then "
-            f"1/{n_perm + 1} = {1 / (n_perm + 1):.3g}, above --alpha {alpha:g}, so it could "
-            f"never alarm; expected at least {least} (1/(N+1) <= alpha; the MMD test gets a "
-            f"share of alpha, so use well more: the default is {N_PERM})"
-        )
+    check_levels(alpha, n_perm)
     end = "--until" if until is not None else "now"
     until = until or datetime.now(UTC)
     since = since or until - window
