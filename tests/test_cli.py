@@ -258,6 +258,12 @@ def test_a_value_that_is_not_a_number_is_one_line_naming_it(workspace: Workspace
         (["model", "list", "--limit", "x"], "error: --limit 'x': expected a whole number"),
         (["model", "export", "m", "--rtol", "x"], "error: --rtol 'x': expected a number"),
         (["deploy", "history", "-1"], "error: no such option: -1 (a value starting with '-'"),
+        # Below typer's min=: its boxed "Input should be greater than or equal to 1" before.
+        (
+            ["fingerprint", "extract", "a", "-e", "e", "--shards", "0"],
+            "error: --shards 0: expected a whole number >= 1",
+        ),
+        (["fingerprint", "extract", "a", "--gpus", "-1"], "error: --gpus -1: expected a whole"),
     )
     for args, expected in cases:
         res = CliRunner().invoke(app, args)

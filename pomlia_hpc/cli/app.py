@@ -250,6 +250,11 @@ def _number_error(exc: typer.BadParameter) -> str | None:
         return None
     first = (errors() or [{}])[0]
     kind, value = str(first.get("type", "")), first.get("input")
+    bound = _bound_words(kind, first.get("ctx") or {})
+    if bound is not None:  # typer's min=/max=: "Input should be greater than or equal to 1"
+        ann = getattr(getattr(param, "type_descriptor", None), "annotation", None)
+        number = "a number" if ann is float else "a whole number"
+        return f"{_param_label(param)} {value}: expected {number} {bound}"
     if kind.startswith("int_"):
         expected = "a whole number"
     elif kind.startswith("float_"):
@@ -261,6 +266,22 @@ def _number_error(exc: typer.BadParameter) -> str | None:
         what = noun if _is_argument(param) else _param_label(param)
         return f"{what} '{value}': expected a registry {noun} id ({expected}; see {where})"
     return f"{_param_label(param)} '{value}': expected {expected}"
+
+
+#: Pydantic's bound errors (typer's ``min=``/``max=``), as the signs the one line shows.
+_BOUND_SIGNS = {
+    "greater_than_equal": ("ge", ">="),
+    "greater_than": ("gt", ">"),
+    "less_than_equal": ("le", "<="),
+    "less_than": ("lt", "<"),
+}
+
+
+def _bound_words(kind: str, ctx: dict[str, Any]) -> str | None:
+    """``>= 1`` for a value outside its parameter's bound (pydantic error type ``kind`` with
+    context ``ctx``), else None."""
+    key, sign = _BOUND_SIGNS.get(kind, ("", ""))
+    return f"{sign} {ctx[key]}" if key in ctx else None
 
 
 def _negative_error(exc: Any) -> str | None:
