@@ -115,6 +115,45 @@ def test_cli_malformed_yaml_or_a_folder_is_one_line(tmp_path: Path) -> None:
         assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
 
 
+@pytest.mark.parametrize(
+    ("change", "key"),
+    [
+        ({"encoder": {"name": "e", "latent_dim": True}}, "encoder.latent_dim"),
+        ({"tasks": [{"name": "t", "dataset": "a"}], "automl": {"trials": True}}, "automl.trials"),
+        ({"encoder": {"name": "e", "lr": True}}, "encoder.lr"),
+        ({"execution": {"resources": {"mem_gb": False}}}, "execution.resources.mem_gb"),
+    ],
+)
+def test_true_is_not_a_number(change: dict[str, Any], key: str) -> None:
+    """`latent_dim: true` trained a d=1 encoder and `trials: true` ran one trial (pydantic's
+    lax true -> 1)."""
+    with pytest.raises(ConfigError) as err:
+        _parse({**MINIMAL, **change})
+    text = str(err.value)
+    assert text.startswith(f"p.yaml: bad value for '{key}': expected a ") and "\n" not in text
+    assert text.endswith(("(got true)", "(got false)")), text
+    # A float YAML 1.1 reads as text is still a number.
+    assert _parse({**MINIMAL, "encoder": {"name": "e", "lr": "1e-3"}}).encoder.lr == 1e-3
+
+
+def test_a_key_given_twice_is_refused_naming_both_lines(tmp_path: Path) -> None:
+    """PyYAML kept the last of `latent_dim: 4` and `latent_dim: 9` silently."""
+    path = tmp_path / "dup.yaml"
+    path.write_text(
+        "name: p\ndatasets:\n  - {name: a, medmnist: bloodmnist}\nencoder:\n  name: e\n"
+        "  latent_dim: 4\n  epochs: 1\n  latent_dim: 9\n"
+    )
+    with pytest.raises(ConfigError) as err:
+        load_pipeline(path)
+    assert str(err.value) == (
+        f"{path}: not valid YAML (line 8, column 3: key 'latent_dim' is given twice in one "
+        "mapping (lines 6 and 8); expected each key once)"
+    )
+    proc = dry_run(path, tmp_path / "ws")
+    assert proc.returncode == 2 and "key 'latent_dim' is given twice" in proc.stderr
+    assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+
+
 def test_dry_run_refuses_a_missing_source_or_a_bad_option(tmp_path: Path) -> None:
     """`--dry-run` showed `data: run` (exit 0) for a missing file or `val_fraction: 2`; the
     error came only from the real run. (The fraction's range is the data room's check; the

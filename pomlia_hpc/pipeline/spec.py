@@ -25,17 +25,20 @@ Sections (all but ``name`` and ``datasets`` optional; a missing section is a ski
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     PrivateAttr,
+    Strict,
     ValidationError,
     field_validator,
     model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from pomlia_hpc.config import read_yaml
 from pomlia_hpc.errors import ConfigError
@@ -55,6 +58,19 @@ PATTERN_WORDS = {
 }
 
 
+def _not_bool(value: Any) -> Any:
+    """Refuse true/false where a number is expected (pydantic reads true as 1.0)."""
+    if isinstance(value, bool):
+        raise PydanticCustomError("float_type", "Input should be a valid number")
+    return value
+
+
+#: A whole number: ``true`` is not 1, nor ``4.0`` or ``"4"`` 4 (``latent_dim: true`` made d=1).
+Int = Annotated[int, Strict()]
+#: A number: an int, a float or a float YAML 1.1 reads as text (``1e-3``), never true/false.
+Num = Annotated[float, BeforeValidator(_not_bool)]
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -62,10 +78,10 @@ class _Strict(BaseModel):
 class Resources(_Strict):
     """Per-job resources; ``None`` keeps the cluster profile's value."""
 
-    cpus_per_task: int | None = Field(None, ge=1)
-    gpus_per_node: int | None = Field(None, ge=0)
-    mem_gb: float | None = Field(None, gt=0)
-    time_min: int | None = Field(None, ge=1)
+    cpus_per_task: Int | None = Field(None, ge=1)
+    gpus_per_node: Int | None = Field(None, ge=0)
+    mem_gb: Num | None = Field(None, gt=0)
+    time_min: Int | None = Field(None, ge=1)
 
     def as_overrides(self) -> dict[str, Any] | None:
         """The set keys, as :func:`pomlia_hpc.cluster.resources.with_overrides` takes them."""
@@ -77,9 +93,9 @@ class Lookalikes(_Strict):
     """Generate MedMNIST look-alikes into ``out`` (relative: inside the workspace)."""
 
     out: str = "raw-lookalikes"
-    scale: float = Field(0.01, gt=0, le=1)
+    scale: Num = Field(0.01, gt=0, le=1)
     size: Literal[28, 64] = 28
-    seed: int = 0
+    seed: Int = 0
     flags: tuple[str, ...] | None = None
 
 
@@ -112,23 +128,23 @@ class EncoderSpec(_Strict):
     name: str = Field(pattern=_NAME)
     datasets: tuple[str, ...] | None = None
     objective: str | None = None
-    latent_dim: int = Field(16, ge=1, le=4096)
+    latent_dim: Int = Field(16, ge=1, le=4096)
     image_size: Literal[28, 64] = 28
     stem: Literal["imagenet", "small"] = "imagenet"
-    epochs: int = Field(10, ge=1)
-    batch_size: int = Field(128, ge=1)
-    lr: float = Field(1e-3, gt=0)
-    max_images: int | None = Field(None, ge=1)
-    processes: int = Field(1, ge=1)
+    epochs: Int = Field(10, ge=1)
+    batch_size: Int = Field(128, ge=1)
+    lr: Num = Field(1e-3, gt=0)
+    max_images: Int | None = Field(None, ge=1)
+    processes: Int = Field(1, ge=1)
     precision: Literal["fp32", "bf16"] = "fp32"
-    seed: int = 0
+    seed: Int = 0
     resources: Resources = Resources()
 
 
 class ExtractSpec(_Strict):
-    shards: int | None = Field(None, ge=1)
-    shard_rows: int | None = Field(None, ge=1)
-    batch_size: int = Field(256, ge=1)
+    shards: Int | None = Field(None, ge=1)
+    shard_rows: Int | None = Field(None, ge=1)
+    batch_size: Int = Field(256, ge=1)
     resources: Resources = Resources()
 
     @model_validator(mode="after")
@@ -163,8 +179,8 @@ class RecommendSpec(_Strict):
     AutoML space can express). ``shipped_tables``: import the published MedMNIST tables into
     the knowledge base when it lacks them; ``sources``: restrict to these KB sources."""
 
-    k: int = Field(3, ge=1)
-    max_gpu_hours: float | None = Field(None, gt=0)
+    k: Int = Field(3, ge=1)
+    max_gpu_hours: Num | None = Field(None, gt=0)
     sources: tuple[str, ...] | None = None
     shipped_tables: bool = True
 
@@ -174,15 +190,15 @@ class AutoMLSpec(_Strict):
     fingerprint encoder's weights (a ResNet-18, whatever ``archs`` lists); left out, it is on
     only when ``archs`` is left out too, so a file that names its architectures gets those."""
 
-    trials: int = Field(20, ge=1)
-    max_epochs: int = Field(9, ge=1)
-    min_epochs: int = Field(1, ge=1)
-    parallel: int = Field(2, ge=1)
+    trials: Int = Field(20, ge=1)
+    max_epochs: Int = Field(9, ge=1)
+    min_epochs: Int = Field(1, ge=1)
+    parallel: Int = Field(2, ge=1)
     optimizer: Literal["smac", "random"] = "smac"
     archs: tuple[str, ...] | None = None
     use_encoder: bool = True
     extra_data: bool = False
-    seed: int = 0
+    seed: Int = 0
     resources: Resources = Resources()
 
     @model_validator(mode="before")
@@ -239,9 +255,9 @@ class DriverSpec(_Strict):
 class Assumptions(_Strict):
     """Throughputs (images/s per GPU) behind the dry run's GPU-hour estimate."""
 
-    train_images_per_s: float = Field(6000.0, gt=0)
-    extract_images_per_s: float = Field(20000.0, gt=0)
-    classifier_images_per_s: float = Field(5000.0, gt=0)
+    train_images_per_s: Num = Field(6000.0, gt=0)
+    extract_images_per_s: Num = Field(20000.0, gt=0)
+    classifier_images_per_s: Num = Field(5000.0, gt=0)
 
 
 #: How YAML and pydantic spell true (``use_encoder: yes`` is asked for too).

@@ -126,5 +126,7 @@ def _shown(value: Any) -> str:
         return "a section of key: value lines"
     if isinstance(value, list | tuple) and value:
         return "a list"
+    if isinstance(value, bool):  # YAML's spelling, not Python's
+        return str(value).lower()
     text = repr(value)
     return text if len(text) <= 80 else text[:77] + "..."
