@@ -419,3 +419,60 @@ def test_the_sources_opened_by_checks_are_kept_in_a_bounded_cache(tmp_path: Path
     assert source_split_sizes(spec, 0) == first and first is not None and first["train"] == 40
     info = opened_split_sizes.cache_info()
     assert info.hits == hits + 1 and info.maxsize == OPENED_MAX <= 256
+
+
+# -- the index factory and the architectures, before the stages before them run ---------------
+
+
+@pytest.mark.parametrize(
+    ("change", "words"),
+    [
+        (
+            {"index": {"factory": "Bogus99"}},
+            "p.yaml: bad value for 'index.factory': index factory string 'Bogus99' is not "
+            "valid for 4-dimensional vectors",
+        ),
+        (
+            {"index": {"factory": "IVF16,PQ16"}},  # PQ16 needs d divisible by 16
+            "p.yaml: bad value for 'index.factory': index factory string 'IVF16,PQ16'",
+        ),
+        (
+            {"tasks": [{"name": "t", "dataset": "a"}], "automl": {"archs": ["nosuch_arch"]}},
+            "p.yaml: bad value for 'automl.archs.0': unknown architecture 'nosuch_arch'; "
+            "expected one of: ",
+        ),
+    ],
+)
+def test_the_plan_refuses_a_bad_index_factory_or_architecture(
+    workspace: Workspace, reg: Registry, change: dict[str, Any], words: str
+) -> None:
+    """The dry run accepted them; the run failed at the index or automl stage, after the
+    encoder's training and the extraction had run."""
+    encoder = {"name": "e", "latent_dim": 4, "max_images": 100, "batch_size": 16}
+    spec = parse_pipeline({**MINIMAL, "encoder": encoder, **change}, "p.yaml", Path("/"))
+    with pytest.raises(ConfigError) as err:
+        make_plan(StageContext(spec, workspace, reg), "local")
+    assert str(err.value).startswith(words) and "\n" not in str(err.value), str(err.value)
+    good = {k: v for k, v in change.items() if k != "index"}
+    if "automl" in good:
+        good["automl"] = {"archs": ["small_cnn"]}
+    fine = parse_pipeline(
+        {**MINIMAL, "encoder": encoder, "index": {"factory": "IVF4,Flat"}, **good},
+        "p.yaml",
+        Path("/"),
+    )
+    make_plan(StageContext(fine, workspace, reg), "local")
+
+
+def test_dry_run_refuses_a_bad_index_factory_with_exit_2(tmp_path: Path) -> None:
+    path = tmp_path / "p.yaml"
+    encoder = {"name": "e", "latent_dim": 4, "max_images": 100, "batch_size": 16}
+    path.write_text(
+        yaml.safe_dump({**MINIMAL, "encoder": encoder, "index": {"factory": "Bogus99"}})
+    )
+    env = {"POMLIA_HOME": str(tmp_path / "ws"), "PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)}
+    subprocess.run([sys.executable, "-m", "pomlia_hpc", "init"], env=env, check=True)
+    proc = dry_run(path, tmp_path / "ws")
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.startswith(f"error: {path}: bad value for 'index.factory'"), proc.stderr
+    assert "stage" not in proc.stdout  # refused before the plan

@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any
 
 from pomlia_hpc.config import ClusterProfile
-from pomlia_hpc.errors import ConfigError
+from pomlia_hpc.errors import ConfigError, InputError
 from pomlia_hpc.pipeline.spec import (
     DatasetSpec,
     EncoderSpec,
@@ -272,6 +272,21 @@ def _packed_tasks(counts: list[int], shard_rows: int | None) -> tuple[int, str]:
     return tasks, "" if len(shards) == len(counts) else "about"
 
 
+def _check_index(spec: PipelineSpec) -> None:
+    """Before anything runs: ``index.factory`` is one faiss builds for the encoder's vectors
+    (``encoder.latent_dim`` wide), checked as the index build checks it; a bad one failed only
+    after encoder training and extraction."""
+    from pomlia_hpc.fingerprint.index import new_index
+
+    assert spec.index is not None
+    if spec.index.factory is None:
+        return
+    try:
+        new_index(_enc(spec).latent_dim, spec.index.factory, spec.index.metric)
+    except InputError as exc:
+        raise ConfigError(f"{spec.source}: bad value for 'index.factory': {exc}") from exc
+
+
 def _run_index(ctx: StageContext) -> dict[str, Any]:
     from pomlia_hpc.fingerprint.index import build_index
 
@@ -347,6 +362,7 @@ INDEX = section_stage(
     summary="build or extend the FAISS index",
     run=_run_index,
     still_there=_index_there,
+    check=_check_index,
 )
 
 FIGURES = section_stage(

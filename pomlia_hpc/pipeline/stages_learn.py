@@ -8,6 +8,8 @@ from typing import Any
 from sqlalchemy import select
 
 from pomlia_hpc.config import ClusterProfile
+from pomlia_hpc.errors import ConfigError, InputError
+from pomlia_hpc.models.archs import check_arch
 from pomlia_hpc.pipeline.spec import AutoMLSpec, PipelineSpec
 from pomlia_hpc.pipeline.stage import PlannedJob, Stage, StageContext, resources_of, section_stage
 from pomlia_hpc.pipeline.stages_data import estimated_images
@@ -47,6 +49,16 @@ def _task_name(ctx: StageContext, name: str, version_id: int, metric: str, versi
 def _automl(spec: PipelineSpec) -> AutoMLSpec:
     assert spec.automl is not None
     return spec.automl
+
+
+def _check_automl(spec: PipelineSpec) -> None:
+    """Before anything runs: every name in ``automl.archs`` is an architecture of the
+    catalogue (the study refuses others, but only after the stages before it ran)."""
+    for i, arch in enumerate(_automl(spec).archs or ()):
+        try:
+            check_arch(arch)
+        except InputError as exc:
+            raise ConfigError(f"{spec.source}: bad value for 'automl.archs.{i}': {exc}") from exc
 
 
 def _run_automl(ctx: StageContext) -> dict[str, Any]:
@@ -231,6 +243,7 @@ AUTOML = section_stage(
     run=_run_automl,
     jobs=_automl_jobs,
     still_there=_models_there,
+    check=_check_automl,
 )
 
 EXPORT = section_stage(
