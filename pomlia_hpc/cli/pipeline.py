@@ -84,18 +84,25 @@ def run(
     On a local profile the stages run here, one after the other. On a Slurm profile every
     stage becomes one job chained with afterok (or one driver job, execution.mode: driver),
     and the command returns; `pomlia pipeline status NAME` shows the stages. Running it again
-    skips finished stages and resumes at a failed one.
+    skips finished stages and resumes at a failed one; while its jobs are still queued or
+    running, it follows them (--wait) or says so, and `pomlia pipeline cancel NAME` stops them.
     """
     from pomlia_hpc.config import read_yaml
     from pomlia_hpc.pipeline import runner
     from pomlia_hpc.pipeline.spec import load_pipeline
 
     spec = load_pipeline(file)
+    data = read_yaml(file)  # as validated: what the stage jobs will read (the snapshot)
     if cluster is not None:
         STATE.cluster = cluster
     ws = STATE.workspace
     reg = STATE.prepared()
     ctx = runner.context_for(ws, reg, spec, log=log_line)
+    # Refusals and a run already under way are said before the plan, not after it.
+    if not dry_run and _attached(ctx, data, ws.cluster_profile, wait):
+        return
+    if not dry_run:
+        runner.check_not_locked(ctx.folder)
     plan = runner.make_plan(ctx, ws.cluster_profile, in_process=in_process)
     console.print(_plan_table(plan))
     a = spec.estimate
@@ -116,7 +123,7 @@ def run(
         )
     if dry_run:
         return
-    snapshot = runner.snapshot_spec(ctx, read_yaml(file), str(file))
+    snapshot = runner.snapshot_spec(ctx, data, str(file))
     if plan.mode == "in-process":
         outcome = runner.run_in_process(ctx, plan)
         ran = [s for s, o in outcome.items() if o == "done"]
@@ -136,6 +143,34 @@ def run(
     console.print(f"watch it with: pomlia pipeline status {shlex.quote(spec.name)}")
     if wait:
         _wait(ctx)
+
+
+def _attached(ctx: object, data: dict[str, object], profile: str, wait: bool) -> bool:
+    """When this pipeline's jobs are queued or running: for the same file and profile (the
+    same command run again, e.g. after Ctrl-C of --wait), say so and follow them with
+    ``wait`` (True: nothing left to do); for another one, refuse (exit 2)."""
+    from pomlia_hpc.errors import PomliaError
+    from pomlia_hpc.pipeline import runner
+
+    assert isinstance(ctx, runner.StageContext)
+    live = runner.live_jobs(ctx)
+    if not live:
+        return False
+    name = shlex.quote(ctx.spec.name)
+    jobs = ", ".join(f"{r.name} ({r.scheduler_id}, {r.state})" for r in live)
+    if not runner.same_submission(ctx, data, profile):
+        raise PomliaError(
+            f"pipeline '{ctx.spec.name}' has jobs of another version of its file or another "
+            f"profile queued or running: {jobs}",
+            hint=f"wait for them (pomlia pipeline status {name}), or cancel them: "
+            f"pomlia pipeline cancel {name}",
+        )
+    console.print(f"pipeline {ctx.spec.name} is already running: {jobs}", highlight=False)
+    if wait:
+        _wait(ctx)
+    else:
+        console.print(f"watch it with: pomlia pipeline status {name}")
+    return True
 
 
 def _wait(ctx: object) -> None:
@@ -198,3 +233,22 @@ def status(
     ws = STATE.workspace
     spec = runner.status_spec(ws, name)
     _print_status(runner.context_for(ws, STATE.registry(), spec))
+
+
+@pipeline_app.command("cancel")
+def cancel(
+    name: Annotated[str, typer.Argument(help="Pipeline name.")],
+) -> None:
+    """Cancel the queued and running stage jobs of pipeline NAME (Slurm chain or driver job).
+
+    A running stage job cancels the jobs it submitted (training, extraction, trials) as it
+    stops; each job is recorded CANCELLED. Run the pipeline again to resume it.
+    """
+    from pomlia_hpc.pipeline import runner
+
+    done = runner.cancel_pipeline(STATE.workspace, STATE.registry(), name)
+    if not done:
+        console.print(f"pipeline {name}: no job queued or running; nothing cancelled")
+        return
+    for r in done:
+        console.print(f"cancelled job {r.id} {r.name} (Slurm {r.scheduler_id})", highlight=False)

@@ -54,6 +54,8 @@ _lock = threading.Lock()
 _OWN: set[JobHandle] = set()
 _OWN_LOCK = threading.Lock()
 _cancelled: list[str] = []  # the jobs cancel_own_jobs cancelled in this process (labels)
+#: The registry ids of every job this process submitted, in order (collected or not).
+_submitted: list[int] = []
 
 
 class JobStopped(BaseException):
@@ -70,6 +72,15 @@ def own_job(handle: JobHandle) -> None:
     """Note a job this process submitted (cancelled with it, until :func:`collected`)."""
     with _OWN_LOCK:
         _OWN.add(handle)
+        if handle.record_id is not None:
+            _submitted.append(handle.record_id)
+
+
+def submitted_jobs() -> list[int]:
+    """The registry ids of the jobs this process submitted so far, in order: what a driver
+    (a pipeline stage run here) names as its jobs, e.g. a training it was stopped in."""
+    with _OWN_LOCK:
+        return list(_submitted)
 
 
 def collected(handle: JobHandle) -> None:

@@ -38,10 +38,13 @@ from pomlia_hpc.pipeline.stage import (
     PlannedJob,
     Stage,
     StageContext,
+    content_key,
     is_fresh,
     now,
+    pipeline_dir,
     read_json,
     resources_of,
+    run_reason,
     run_stage,
     stage_key,
 )
@@ -208,6 +211,7 @@ def job_context(snapshot: str, home: str, db_url: str, profile: str) -> StageCon
 def submit(ctx: StageContext, plan: Plan, snapshot: Path) -> dict[str, dict[str, Any]]:
     """Submit the plan's stages as Slurm jobs (chain or driver); returns stage → job info."""
     check_not_running(ctx)
+    submitted = now()  # before the first job: a stage's record of this run is not older
     ws = ctx.workspace
     ex = Executor(plan.profile, ws.jobs, ctx.registry)
     res = ctx.spec.execution.resources.as_overrides() or {}
@@ -232,18 +236,20 @@ def submit(ctx: StageContext, plan: Plan, snapshot: Path) -> dict[str, dict[str,
             )
             jobs[sp.stage.name] = {"job": h.record_id, "scheduler_id": h.job_id}
             previous = h
-    _write_run(ctx, plan, jobs)
+    _write_run(ctx, plan, jobs, submitted)
     return jobs
 
 
-def _write_run(ctx: StageContext, plan: Plan, jobs: dict[str, dict[str, Any]]) -> None:
+def _write_run(
+    ctx: StageContext, plan: Plan, jobs: dict[str, dict[str, Any]], submitted: str | None = None
+) -> None:
     write_json_atomic(
         ctx.folder / RUN_FILE,
         {
             "pipeline": ctx.spec.name,
             "mode": plan.mode,
             "profile": plan.profile_name,
-            "submitted_at": now(),
+            "submitted_at": submitted or now(),
             # The stages in pipeline order (the report lists them so; "stages" is sorted).
             "order": [sp.stage.name for sp in plan.stages],
             "stages": {
@@ -255,25 +261,80 @@ def _write_run(ctx: StageContext, plan: Plan, jobs: dict[str, dict[str, Any]]) -
     )
 
 
+def _run_job_ids(folder: Path) -> list[int]:
+    """The registry ids of the stage (or driver) jobs of the pipeline's last submission."""
+    run = read_json(folder / RUN_FILE) or {}
+    ids = [int(v["job"]) for v in run.get("stages", {}).values() if v.get("job") is not None]
+    return sorted(set(ids))
+
+
+def live_jobs(ctx: StageContext) -> list[Job]:
+    """The jobs of this pipeline's last submission that are still queued or running (their
+    states refreshed from the scheduler first)."""
+    ids = _run_job_ids(ctx.folder)
+    if not ids:
+        return []
+    refresh_jobs(ctx.registry, ids)
+    with ctx.registry.session() as s:
+        rows = s.scalars(select(Job).where(Job.id.in_(ids)).order_by(Job.id))
+        return [r for r in rows if r.state not in FINAL_STATES]
+
+
+def _described(jobs: list[Job]) -> str:
+    return ", ".join(f"{r.name} ({r.scheduler_id}, {r.state})" for r in jobs)
+
+
+def same_submission(ctx: StageContext, data: dict[str, Any], profile_name: str) -> bool:
+    """Whether the last submission ran this file's content (``data``, the YAML mapping) with
+    the profile ``profile_name``: running the same command again re-attaches to it."""
+    run = read_json(ctx.folder / RUN_FILE) or {}
+    snap = read_json(ctx.folder / SPEC_SNAPSHOT) or {}
+    return run.get("profile") == profile_name and content_key(snap.get("data")) == content_key(data)
+
+
 def check_not_running(ctx: StageContext) -> None:
     """Refuse to submit while jobs of this pipeline's last submission are still queued or
     running (a second chain would run the same stages twice)."""
-    run = read_json(ctx.folder / RUN_FILE) or {}
-    ids = [int(v["job"]) for v in run.get("stages", {}).values() if v.get("job") is not None]
-    if not ids:
-        return
-    refresh_jobs(ctx.registry, ids)
-    with ctx.registry.session() as s:
-        live = [
-            f"{r.name} ({r.scheduler_id}, {r.state})"
-            for r in s.scalars(select(Job).where(Job.id.in_(ids)))
-            if r.state not in FINAL_STATES
-        ]
+    live = live_jobs(ctx)
     if live:
         raise PomliaError(
-            f"pipeline '{ctx.spec.name}' has jobs queued or running: {', '.join(live)}",
-            hint=f"wait, or cancel them: pomlia pipeline status {ctx.spec.name}",
+            f"pipeline '{ctx.spec.name}' has jobs queued or running: {_described(live)}",
+            hint=f"wait for them (pomlia pipeline status {ctx.spec.name}), or cancel them: "
+            f"pomlia pipeline cancel {ctx.spec.name}",
         )
+
+
+def check_not_locked(folder: Path) -> None:
+    """Refuse now, before a plan is printed, when another process runs stages of the pipeline
+    of ``folder`` (its lock is held); the run takes the lock itself later."""
+    if (folder / "lock").exists():
+        with pipeline_lock(folder):
+            pass
+
+
+def cancel_pipeline(workspace: Workspace, registry: Registry, name: str) -> list[Job]:
+    """Cancel the queued and running stage (or driver) jobs of pipeline ``name``'s last
+    submission (``scancel``; a running stage job cancels the jobs it submitted) and record
+    them CANCELLED; returns the jobs it cancelled (none: nothing was running)."""
+    from pomlia_hpc.cluster.cancel import cancel_recorded_job
+
+    if name not in known_pipelines(workspace):
+        raise NotFoundError(
+            f"pipeline '{name}' has not run in {workspace.home} "
+            f"(known: {', '.join(known_pipelines(workspace)) or 'none'})"
+        )
+    ids = _run_job_ids(pipeline_dir(workspace, name))
+    if ids:
+        refresh_jobs(registry, ids)
+    with registry.session() as s:
+        rows = list(s.scalars(select(Job).where(Job.id.in_(ids)).order_by(Job.id.desc())))
+    cancelled = []
+    # The waiting ones first: a cancelled running stage would otherwise make Slurm drop its
+    # dependants (kill-on-invalid-dep) while this loop still goes through them.
+    for row in sorted(rows, key=lambda r: r.state == "PENDING", reverse=True):
+        if row.state not in FINAL_STATES and cancel_recorded_job(registry, row.id) is None:
+            cancelled.append(row)
+    return cancelled
 
 
 # -- status ---------------------------------------------------------------------------------
@@ -298,10 +359,15 @@ _BAD_END = frozenset({"CANCELLED", "FAILED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_F
 
 
 def pipeline_status(ctx: StageContext) -> list[StageStatus]:
-    """Each stage's record, its current freshness and its job's state (refreshed)."""
+    """Each stage's record, its current freshness and its job's state (refreshed). The job is
+    the stage's own job (Slurm chain or driver), else the last job the stage submitted from
+    here (a local run's training, say)."""
     run = read_json(ctx.folder / RUN_FILE) or {}
     run_stages = run.get("stages", {})
+    stages = active_stages(ctx.spec)
+    records = {st.name: ctx.record(st.name) or {} for st in stages}
     ids = [int(v["job"]) for v in run_stages.values() if v.get("job") is not None]
+    ids += [int(j) for rec in records.values() for j in rec.get("jobs") or ()]
     rows: dict[int, Job] = {}
     if ids:
         refresh_jobs(ctx.registry, ids)
@@ -309,26 +375,16 @@ def pipeline_status(ctx: StageContext) -> list[StageStatus]:
             rows = {r.id: r for r in s.scalars(select(Job).where(Job.id.in_(ids)))}
     out = []
     behind: list[str] = []  # stages not done as the file is now: what needs them is stale too
-    for stage in active_stages(ctx.spec):
-        rec = ctx.record(stage.name) or {}
+    for stage in stages:
+        rec = records[stage.name]
         info = run_stages.get(stage.name, {})
-        job = rows.get(int(info["job"])) if info.get("job") is not None else None
-        state = str(rec.get("status", "not run"))
-        if state == "done" and not is_fresh(ctx, stage):
-            state = "stale"  # the file or an upstream output changed since
-        upstream = [n for n in stage.needs if n in behind]
-        if state == "done" and upstream:
-            state = "stale"  # its inputs will change when the stages it needs run again
-            rec = {**rec, "error": f"needs {', '.join(upstream)}, which is not up to date"}
-        if job is not None and job.state not in FINAL_STATES and state != "running":
-            state = "pending" if job.state == "PENDING" else state
-        ended_badly = job is not None and job.state in _BAD_END
-        if ended_badly and state not in ("done", "failed"):
-            # A stage job killed mid-run never wrote "failed"; one never started was cancelled.
-            state = "failed" if rec.get("status") == "running" else "cancelled"
+        stage_job = rows.get(int(info["job"])) if info.get("job") is not None else None
+        state, detail = _stage_state(ctx, stage, rec, stage_job, run, behind)
+        own = [rows[int(j)] for j in rec.get("jobs") or () if int(j) in rows]
+        job = stage_job if stage_job is not None else (own[-1] if own else None)
         if state != "done":
             behind.append(stage.name)
-        detail = str(rec.get("error") or (job.exit_cause if job is not None else "") or "")
+        detail = detail or str(rec.get("error") or (job.exit_cause if job is not None else ""))
         out.append(
             StageStatus(
                 stage=stage.name,
@@ -343,6 +399,41 @@ def pipeline_status(ctx: StageContext) -> list[StageStatus]:
             )
         )
     return out
+
+
+def _stage_state(
+    ctx: StageContext,
+    stage: Stage,
+    rec: dict[str, Any],
+    job: Job | None,
+    run: dict[str, Any],
+    behind: list[str],
+) -> tuple[str, str]:
+    """A stage's state in ``pipeline status`` and, for a stale one, why (else ""), from its
+    record ``rec``, its stage job ``job`` of the last submission ``run`` and the stages before
+    it that are not done (``behind``)."""
+    state = str(rec.get("status", "not run"))
+    detail = ""
+    upstream = [n for n in stage.needs if n in behind]
+    if state == "done" and upstream:
+        state = "stale"  # its inputs will change when the stages it needs run again
+        which = "which is" if len(upstream) == 1 else "which are"
+        detail = f"needs {', '.join(upstream)}, {which} not up to date"
+    elif state == "done" and not is_fresh(ctx, stage):
+        state = "stale"  # the file or an upstream output changed since
+        why = run_reason(ctx, stage) or "its inputs changed"
+        detail = why if why.endswith("gone") else f"{why} since it ran ({rec.get('ended_at')})"
+    # A record of this submission's run (not of an earlier one) says what the job did.
+    this_run = str(rec.get("started_at", "")) >= str(run.get("submitted_at", "~"))
+    if job is not None and job.state not in FINAL_STATES and not this_run:
+        # Submitted and not ended: never "not run" (nor an old record's state) meanwhile. In
+        # driver mode one job runs the stages in turn: one not started yet waits.
+        waiting = job.state == "PENDING" or run.get("mode") == "driver"
+        state = "pending" if waiting else "running"
+    if job is not None and job.state in _BAD_END and state not in ("done", "failed"):
+        # A stage job killed mid-run never wrote "failed"; one never started was cancelled.
+        state = "failed" if rec.get("status") == "running" else "cancelled"
+    return state, detail
 
 
 def status_spec(workspace: Workspace, name_or_file: str | None) -> PipelineSpec:

@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pomlia_hpc.cluster.terminate import stop_cause
+from pomlia_hpc.cluster.terminate import stop_cause, submitted_jobs
 from pomlia_hpc.config import ClusterProfile
 from pomlia_hpc.files import write_json_atomic
 from pomlia_hpc.pipeline.spec import PipelineSpec, Resources
@@ -277,7 +277,7 @@ def run_stage(ctx: StageContext, stage: Stage, *, job_id: int | None = None) -> 
     reason = run_reason(ctx, stage)
     path = ctx.record_path(stage.name)
     started = now()
-    base = {
+    base: dict[str, Any] = {
         "stage": stage.name,
         "key": key,
         "inputs": _input_keys(inputs),
@@ -291,12 +291,15 @@ def run_stage(ctx: StageContext, stage: Stage, *, job_id: int | None = None) -> 
     else:
         ctx.log(f"[{stage.name}] running again, since {reason}: {stage.summary}")
     ctx.key = key
+    mark = len(submitted_jobs())
     try:
         outputs = stage.run(ctx)
     except BaseException as exc:
         # A cancellation is the cause, not what it surfaced as (an empty KeyboardInterrupt, a
         # DataLoader worker killed by the same SIGTERM).
         error = stop_cause(exc) or str(exc) or type(exc).__name__
+        # The jobs it submitted (a training stopped by Ctrl-C): `pipeline status` shows them.
+        base["jobs"] = submitted_jobs()[mark:]
         write_json_atomic(
             path,
             {**base, "status": "failed", "outputs": {}, "ended_at": now(), "error": error},
@@ -304,6 +307,7 @@ def run_stage(ctx: StageContext, stage: Stage, *, job_id: int | None = None) -> 
         )
         ctx.log(f"[{stage.name}] failed: {error}")
         raise
+    base["jobs"] = submitted_jobs()[mark:]
     write_json_atomic(
         path, {**base, "status": "done", "outputs": outputs, "ended_at": now()}, sort_keys=True
     )

@@ -1,0 +1,185 @@
+"""Running a pipeline again while its jobs are queued or running, `pipeline cancel`, and what
+`pipeline status` (and `run --wait`'s progress) says about submitted, stale and stopped stages.
+
+The stage jobs here are local jobs that sleep: what the commands read is the run file, the
+stage records and the jobs' registry rows, whichever backend ran them."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+from typer.testing import CliRunner
+
+from pomlia_hpc.cli import app
+from pomlia_hpc.cluster import Executor
+from pomlia_hpc.errors import PomliaError
+from pomlia_hpc.files import write_json_atomic
+from pomlia_hpc.pipeline.runner import (
+    RUN_FILE,
+    context_for,
+    pipeline_lock,
+    pipeline_status,
+    snapshot_spec,
+)
+from pomlia_hpc.pipeline.spec import load_pipeline
+from pomlia_hpc.pipeline.stage import StageContext, now
+from pomlia_hpc.registry import Job, Registry
+from pomlia_hpc.workspace import Workspace
+from tests.fixtures import jobfns
+from tests.fixtures.factories import tiny_npz
+
+PLAN_HEADER = "est. time per job"  # a column of the plan's table
+
+
+def _pipeline(tmp_path: Path, **more: Any) -> tuple[Path, dict[str, Any]]:
+    tiny_npz(tmp_path / "a.npz")
+    data: dict[str, Any] = {"name": "p", "datasets": [{"name": "a", "file": "a.npz"}], **more}
+    file = tmp_path / "p.yaml"
+    file.write_text(yaml.safe_dump(data))
+    return file, data
+
+
+def _submitted(
+    workspace: Workspace,
+    reg: Registry,
+    file: Path,
+    data: dict[str, Any],
+    jobs: dict[str, int],
+    mode: str = "chain",
+) -> StageContext:
+    """What `pipeline run FILE` on a cluster leaves: the snapshot and the run file naming
+    each stage's job (``jobs``: stage -> registry id)."""
+    ctx = context_for(workspace, reg, load_pipeline(file))
+    snapshot_spec(ctx, data, str(file))
+    write_json_atomic(
+        ctx.folder / RUN_FILE,
+        {
+            "pipeline": "p",
+            "mode": mode,
+            "profile": "local",
+            "submitted_at": now(),
+            "stages": {s: {"action": "run", "job": j} for s, j in jobs.items()},
+        },
+    )
+    return ctx
+
+
+def _sleeper(tmp_path: Path, reg: Registry, seconds: float) -> int:
+    handle = Executor.from_profile("local", tmp_path / "jobs", reg).submit(
+        jobfns.sleep_for, seconds
+    )
+    assert handle.record_id is not None
+    return handle.record_id
+
+
+def _state(reg: Registry, job_id: int) -> str:
+    with reg.session() as s:
+        row = s.get(Job, job_id)
+        assert row is not None
+        return row.state
+
+
+def test_the_same_command_again_attaches_to_its_running_jobs_and_cancel_stops_them(
+    workspace: Workspace, reg: Registry, tmp_path: Path, wide_console: None
+) -> None:
+    """After Ctrl-C of `run --wait`, it said "the same command resumes", but the same command
+    printed the plan and refused, naming `pipeline status` (which cancels nothing)."""
+    file, data = _pipeline(tmp_path)
+    job = _sleeper(tmp_path, reg, 120)
+    _submitted(workspace, reg, file, data, {"data": job})
+    cli = CliRunner()
+
+    res = cli.invoke(app, ["pipeline", "run", str(file)])
+    said = " ".join(res.output.split())
+    assert res.exit_code == 0, res.output
+    assert "pipeline p is already running: " in said and "watch it with:" in said
+    assert PLAN_HEADER not in said
+
+    # Another version of the file is refused, before the plan, naming a command that cancels.
+    file.write_text(yaml.safe_dump({**data, "description": "changed"}))
+    res = cli.invoke(app, ["pipeline", "run", str(file)])
+    assert isinstance(res.exception, PomliaError) and res.exception.exit_code == 2
+    assert "has jobs of another version of its file" in str(res.exception)
+    assert "pomlia pipeline cancel p" in str(res.exception.hint)
+    assert PLAN_HEADER not in " ".join(res.output.split())
+
+    res = cli.invoke(app, ["pipeline", "cancel", "p"])
+    assert res.exit_code == 0 and f"cancelled job {job} " in res.output, res.output
+    assert _state(reg, job) == "CANCELLED"
+    res = cli.invoke(app, ["pipeline", "cancel", "p"])
+    assert res.exit_code == 0 and "nothing cancelled" in res.output
+
+
+def test_run_wait_again_follows_the_running_jobs_to_their_end(
+    workspace: Workspace, reg: Registry, tmp_path: Path, wide_console: None
+) -> None:
+    file, data = _pipeline(tmp_path)
+    job = _sleeper(tmp_path, reg, 3)
+    _submitted(workspace, reg, file, data, {"data": job})
+    res = CliRunner().invoke(app, ["pipeline", "run", str(file), "--wait"])
+    said = " ".join(res.output.split())
+    assert res.exit_code == 0 and "pipeline p is already running" in said, said
+    assert _state(reg, job) == "COMPLETED" and PLAN_HEADER not in said
+
+
+def test_a_pipeline_run_by_another_process_is_refused_before_the_plan(
+    workspace: Workspace, reg: Registry, tmp_path: Path, wide_console: None
+) -> None:
+    """The plan and its GPU-hour estimate were printed first, then the refusal."""
+    file, _data = _pipeline(tmp_path)
+    ctx = context_for(workspace, reg, load_pipeline(file))
+    with pipeline_lock(ctx.folder):
+        res = CliRunner().invoke(app, ["pipeline", "run", str(file)])
+    said = " ".join(res.output.split())
+    assert isinstance(res.exception, PomliaError) and res.exception.exit_code == 2
+    assert "is being run by another process" in str(res.exception)
+    assert PLAN_HEADER not in said and "GPU-hours" not in said
+
+
+@pytest.mark.parametrize(("mode", "state"), [("chain", "running"), ("driver", "pending")])
+def test_a_submitted_stage_is_never_not_run(
+    workspace: Workspace, reg: Registry, tmp_path: Path, mode: str, state: str
+) -> None:
+    """`--wait` showed extract=pending, then extract=not run (the job started, its record not
+    written yet), then extract=running."""
+    file, data = _pipeline(tmp_path, tasks=[{"name": "t", "dataset": "a"}])
+    job = _sleeper(tmp_path, reg, 120)
+    try:
+        ctx = _submitted(workspace, reg, file, data, {"data": job, "tasks": job}, mode)
+        rows = {r.stage: r for r in pipeline_status(ctx)}
+        assert rows["data"].state == state and rows["tasks"].state == state
+        assert rows["data"].job == job
+    finally:
+        CliRunner().invoke(app, ["jobs", "cancel", str(job)])
+
+
+def test_status_says_why_a_stage_is_stale_and_names_the_job_a_local_stage_ran(
+    workspace: Workspace, reg: Registry, tmp_path: Path
+) -> None:
+    """Stale `data` and `encoder` rows had no detail; "needs encoder, extract, which is not
+    up to date"; after Ctrl-C of a local run the encoder row had no job, though its training
+    job had been submitted."""
+    encoder = {"name": "e", "latent_dim": 4, "max_images": 100, "batch_size": 16}
+    file, data = _pipeline(tmp_path, encoder=encoder, extract={})
+    ctx = _submitted(workspace, reg, file, data, {})
+    job = _sleeper(tmp_path, reg, 0.1)
+    CliRunner().invoke(app, ["jobs", "cancel", str(job)])
+    stages = ctx.folder / "stages"
+    stages.mkdir(parents=True)
+    old = {"key": "0" * 64, "outputs": {}, "started_at": "2026-01-01T00:00:00+00:00"}
+    ended = {"ended_at": "2026-01-01T01:00:00+00:00"}
+    for stage, rec in {
+        "data": {"status": "done", **ended},
+        "encoder": {"status": "failed", "error": "cancelled (SIGINT)", "jobs": [job], **ended},
+        "extract": {"status": "done", **ended},
+    }.items():
+        (stages / f"{stage}.json").write_text(json.dumps({**old, "stage": stage, **rec}))
+    rows = {r.stage: r for r in pipeline_status(ctx)}
+    assert rows["data"].state == "stale"
+    assert rows["data"].detail.endswith("changed since it ran (2026-01-01T01:00:00+00:00)")
+    assert rows["encoder"].state == "failed" and rows["encoder"].job == job
+    assert rows["extract"].detail == "needs data, encoder, which are not up to date"
