@@ -152,6 +152,7 @@ def test_a_submitted_stage_is_never_not_run(
         ctx = _submitted(workspace, reg, file, data, {"data": job, "tasks": job}, mode)
         rows = {r.stage: r for r in pipeline_status(ctx)}
         assert rows["data"].state == state and rows["tasks"].state == state
+        assert rows["data"].detail == ""  # not "None" (a running job has no exit cause)
         assert rows["data"].job == job
     finally:
         CliRunner().invoke(app, ["jobs", "cancel", str(job)])

@@ -384,7 +384,9 @@ def pipeline_status(ctx: StageContext) -> list[StageStatus]:
         job = stage_job if stage_job is not None else (own[-1] if own else None)
         if state != "done":
             behind.append(stage.name)
-        detail = detail or str(rec.get("error") or (job.exit_cause if job is not None else ""))
+        detail = detail or str(
+            rec.get("error") or (job.exit_cause if job is not None else "") or ""
+        )
         out.append(
             StageStatus(
                 stage=stage.name,
