@@ -97,7 +97,11 @@ def run(
         for note in rep["quality"].get("warnings", []) + rep["notes"]:
             console.print(f"  - {note}", highlight=False)
         console.print(f"report {res.report_id}: {res.html_path}")
-        if res.retrain_request_id is not None:
+        if res.retrain_request_merged:
+            console.print(
+                f"retrain request {res.retrain_request_id} already open: alarm added to it"
+            )
+        elif res.retrain_request_id is not None:
             console.print(f"retrain request {res.retrain_request_id} recorded")
     if res.alarm:
         raise typer.Exit(ALARM_EXIT)

@@ -5,7 +5,8 @@ Reports go to ``<home>/reports/<model>/<UTC time>-<random>/`` (``report.json`` f
 ``monitor_reports``, then renamed into place (:mod:`pomlia_hpc.monitor.publish`): a report is
 complete and recorded or absent, also after a kill at any step, which the next run of the
 model's monitor settles (docs/ARCHITECTURE.md, crash protocols). An alarm also
-records a ``retrain_requests`` row (for the loop) and runs the ``--on-alarm`` command, if any,
+records a ``retrain_requests`` row for the loop, or adds itself to the model's open one
+(:mod:`pomlia_hpc.monitor.requests`), and runs the ``--on-alarm`` command, if any,
 with the report's paths in its environment (``POMLIA_REPORT_JSON``, ``POMLIA_REPORT_HTML``,
 ``POMLIA_MODEL``, ``POMLIA_RETRAIN_REQUEST``).
 """
@@ -33,8 +34,9 @@ from pomlia_hpc.monitor.checks import CheckOutcome, run_checks
 from pomlia_hpc.monitor.logread import LogWindow, read_window
 from pomlia_hpc.monitor.publish import publish_report
 from pomlia_hpc.monitor.reference import Target, load_reference, resolve_target
+from pomlia_hpc.monitor.requests import AlarmRecorded, record_alarm
 from pomlia_hpc.monitor.stats import N_PERM
-from pomlia_hpc.registry import Model, MonitorReport, Promotion, Registry, RetrainRequest
+from pomlia_hpc.registry import Model, MonitorReport, Promotion, Registry
 from pomlia_hpc.serve.inbox import inputs_dir, read_inputs
 from pomlia_hpc.serve.predlog import log_dir
 from pomlia_hpc.serve.reference import Reference
@@ -82,6 +84,8 @@ class RunResult:
     report_id: int
     retrain_request_id: int | None
     hook_status: int | None
+    #: Whether the alarm was added to the model's open retrain request (no new request).
+    retrain_request_merged: bool = False
 
     @property
     def alarm(self) -> bool:
@@ -216,7 +220,7 @@ def history(registry: Registry, model_id: int, limit: int = 60) -> list[MonitorR
 
 def _record(
     registry: Registry, target: Target, report: dict[str, Any], folder: Path
-) -> tuple[int, int | None]:
+) -> tuple[int, AlarmRecorded | None]:
     with registry.session() as s:
         row = MonitorReport(
             deployment_id=target.deployment_id,
@@ -234,11 +238,13 @@ def _record(
         )
         s.add(row)
         s.flush()
-        request_id = None
+        alarm = None
         if report["alarm"]:
-            req = RetrainRequest(
+            # One open request per model: a rerun over the same traffic adds to it.
+            alarm = record_alarm(
+                s,
                 model_id=target.model.id,
-                monitor_report_id=row.id,
+                report_id=row.id,
                 reason="monitor alarm: " + ", ".join(report["reasons"]),
                 meta={
                     "model_version": report["model_version"],
@@ -247,10 +253,7 @@ def _record(
                     "deployment_id": target.deployment_id,
                 },
             )
-            s.add(req)
-            s.flush()
-            request_id = req.id
-        return row.id, request_id
+        return row.id, alarm
 
 
 def _run_hook(command: str, env: dict[str, str], progress: Progress) -> int:
@@ -354,7 +357,7 @@ def monitor_run(
     parent.mkdir(parents=True, exist_ok=True)
     stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
     final = parent / f"{stamp}-{uuid.uuid4().hex[:6]}"
-    report_id, request_id = publish_report(
+    report_id, alarm = publish_report(
         registry,
         final,
         {"report.json": json.dumps(report, indent=2, sort_keys=True), "report.html": html},
@@ -371,10 +374,16 @@ def monitor_run(
                 "POMLIA_REPORT_JSON": str(final / "report.json"),
                 "POMLIA_REPORT_HTML": str(final / "report.html"),
                 "POMLIA_MODEL": target.model.name,
-                "POMLIA_RETRAIN_REQUEST": str(request_id or ""),
+                "POMLIA_RETRAIN_REQUEST": str(alarm.request_id if alarm else ""),
             },
             progress,
         )
     return RunResult(
-        report, final / "report.json", final / "report.html", report_id, request_id, hook_status
+        report,
+        final / "report.json",
+        final / "report.html",
+        report_id,
+        alarm.request_id if alarm else None,
+        hook_status,
+        alarm is not None and alarm.merged,
     )
