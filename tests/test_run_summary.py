@@ -35,6 +35,7 @@ def test_a_configuration_in_one_line() -> None:
         ["runs", "list", "--study", "s"],
         ["task", "list"],
         ["deploy", "history", "demo"],
+        ["loop", "show", "demo"],
     ],
     ids=" ".join,
 )

@@ -133,6 +133,14 @@ class DriverBeat:
         self.path = study_dir(workspace, study) / DRIVER_FILE
         self.record: DriverRecord | None = None
 
+    @classmethod
+    def at(cls, path: Path) -> DriverBeat:
+        """A driver record kept in ``path`` (its claim lock beside it): for other drivers
+        than a study's, e.g. the one driver of a loop run."""
+        beat = cls.__new__(cls)
+        beat.path, beat.record = path, None
+        return beat
+
     def start(self) -> None:
         """Record this process (host, pid) as the study's driver; a :class:`DriverBusyError`
         (nothing written) while the driver on file is at work (:func:`driver_gone`)."""
@@ -149,14 +157,14 @@ class DriverBeat:
                 if on_file is not None and on_file != seen:
                     continue  # written since (a beat, another claim): decide again on it
                 if on_file is not None and not free:
-                    raise DriverBusyError(busy_message(study, on_file))
+                    raise DriverBusyError(busy_message(study, on_file), record=on_file)
                 self._claim(job)
                 return
         # A record that changes under each decision is a driver at work, beating or claiming.
         last = read_driver_file(self.path)
         if last is None:
             raise DriverBusyError(f"study '{study}' is being claimed by another driver; try again")
-        raise DriverBusyError(busy_message(study, last))
+        raise DriverBusyError(busy_message(study, last), record=last)
 
     def _claim(self, job: str | None) -> None:
         """Write this process's record (under the claim lock, which the caller holds)."""
@@ -240,7 +248,11 @@ class DriverBeat:
 
 
 class DriverBusyError(PomliaError):
-    """Another driver is at work on the study."""
+    """Another driver is at work on the study; ``record`` is that driver's."""
+
+    def __init__(self, message: str, *, record: DriverRecord | None = None) -> None:
+        super().__init__(message)
+        self.record = record
 
 
 def busy_message(study: str, record: DriverRecord, now: float | None = None) -> str:

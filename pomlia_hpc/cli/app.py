@@ -225,6 +225,7 @@ ID_PARAMS = {
     "task_id": ("task", "pomlia task list"),
     "run_id": ("run", "pomlia runs list"),
     "deployment_id": ("deployment", "what `pomlia deploy MODEL` printed"),
+    "request_id": ("retrain request", "pomlia loop show SLOT"),
 }
 
 

@@ -1,9 +1,11 @@
 """``pomlia data harvest``, ``pomlia deploy promote/rollback/history``, ``pomlia loop
-run/watch/show`` and ``pomlia lineage``: production feedback back into development."""
+run/watch/show/dismiss`` and ``pomlia lineage``: production feedback back into development."""
 
 from __future__ import annotations
 
+import contextlib
 import json
+from collections.abc import Iterator
 from dataclasses import fields
 from datetime import UTC, datetime
 from pathlib import Path
@@ -12,7 +14,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.table import Table
 
-from pomlia_hpc.cli.app import STATE, app, console, log_line, profile_for
+from pomlia_hpc.cli.app import STATE, app, console, err_console, log_line, profile_for
 from pomlia_hpc.cli.data import data_app
 from pomlia_hpc.cli.serve import deploy_app
 from pomlia_hpc.errors import InputError
@@ -312,19 +314,25 @@ def loop_run(
     ] = False,
 ) -> None:
     """One pass of the loop for SLOT: harvest → ingest → fingerprints → recommend → AutoML →
-    challenger → gate → export → redeploy. Rerun after a crash: finished stages are skipped."""
+    challenger → gate → export → redeploy. Rerun after a crash: finished stages are skipped.
+
+    Exit status: 0 done or stopped by the gate; 1 the loop run failed (the reason is printed);
+    2 bad options or input; 3 the slot's unfinished run is held by another live driver (a
+    watcher); 130 (Ctrl-C) or 143 (SIGTERM): stopped, the run recorded interrupted and the
+    local jobs it started stopped; the same command resumes it."""
     cfg = _settings(locals(), recommend=not no_recommend)
     from pomlia_hpc.loop.api import run_loop
 
-    res = run_loop(
-        STATE.prepared(),
-        STATE.workspace,
-        slot,
-        cfg,
-        since=_time(since, "--since"),
-        new=new,
-        progress=log_line,
-    )
+    with _stoppable():
+        res = run_loop(
+            STATE.prepared(),
+            STATE.workspace,
+            slot,
+            cfg,
+            since=_time(since, "--since"),
+            new=new,
+            progress=log_line,
+        )
     _render_result(res)
 
 
@@ -358,34 +366,109 @@ def loop_watch(
     recent_share: RecentShareOpt = 0.5,
 ) -> None:
     """Run the loop for every retrain request the monitor records (its alarm), for the slot
-    that serves the model; a request whose driver was killed is resumed."""
+    that serves the model, one loop per slot per pass; a request whose driver was killed is
+    resumed, one whose loop run another live watcher holds is skipped (one line names it).
+
+    Exit status: 0 nothing failed (also: nothing to do, or requests held by another
+    watcher); 1 a loop run it ran failed (its reason is printed); 2 bad options; 130 (Ctrl-C)
+    or 143 (SIGTERM): stopped, the loop run recorded interrupted, its request open again and
+    the local jobs it started stopped; the next watch resumes it."""
     from pomlia_hpc.loop.watch import check_interval, watch
 
     check_interval(interval, once=once)
     cfg = _settings(locals())
 
-    handled = watch(
-        STATE.prepared(),
-        STATE.workspace,
-        cfg,
-        interval_s=interval,
-        once=once,
-        progress=log_line,
-    )
+    with _stoppable():
+        handled = watch(
+            STATE.prepared(),
+            STATE.workspace,
+            cfg,
+            interval_s=interval,
+            once=once,
+            progress=log_line,
+        )
     for h in handled:
+        style = "red" if h.failed else "green"
         console.print(
-            f"request {h.request_id} → slot {h.slot}: loop run {h.result.run_id} {h.result.status}"
+            f"request {h.request_id} → slot {h.slot}: [{style}]{h.message}[/]", highlight=False
         )
     if not handled:
         console.print("no retrain requests to act on")
+    if any(h.failed for h in handled):
+        raise typer.Exit(1)
+
+
+#: Exit status of a loop command stopped by a signal: 128 + the signal's number.
+_STOP_EXIT = {"SIGINT": 130, "SIGTERM": 143}
+
+
+@contextlib.contextmanager
+def _stoppable() -> Iterator[None]:
+    """Around a loop command: SIGTERM (systemd, ``scancel``, ``kill``) is handled as Ctrl-C
+    is; either stops the local jobs the command started (``cluster.terminate``: the jobs'
+    controllers are signalled, whoever got the signal) and ends the command with one line
+    and 130 (SIGINT) or 143 (SIGTERM). The loop run is recorded interrupted by the driver."""
+    from pomlia_hpc.cluster.terminate import (
+        JobStopped,
+        cancel_children_on_stop,
+        cancelled_with_this_process,
+        stop_cause,
+    )
+    from pomlia_hpc.loop.driver import interrupted_runs
+
+    try:
+        with cancel_children_on_stop():
+            yield
+    except (KeyboardInterrupt, JobStopped) as exc:
+        cause = stop_cause(exc) or "stopped"
+        runs = interrupted_runs()
+        where = (
+            "; ".join(
+                f"loop run {r.run_id} of slot {r.slot} recorded interrupted"
+                + (f" at stage {r.stage}" if r.stage else "")
+                for r in runs
+            )
+            if runs
+            else "no loop run was under way"
+        )
+        jobs = cancelled_with_this_process()
+        stopped = f"{len(jobs)} job(s) it started were stopped" if jobs else "no job was running"
+        again = "; the same command resumes it" if runs else ""
+        err_console.print(
+            f"[yellow]stopped[/] ({cause}): {where}; {stopped}{again}",
+            highlight=False,
+            soft_wrap=True,
+        )
+        signal_name = "SIGINT" if isinstance(exc, KeyboardInterrupt) else "SIGTERM"
+        raise typer.Exit(_STOP_EXIT[signal_name]) from None
+
+
+@loop_app.command("dismiss")
+def loop_dismiss(
+    request_id: Annotated[
+        int, typer.Argument(help="Retrain request id (`pomlia loop show SLOT` lists them).")
+    ],
+    reason: Annotated[
+        str, typer.Option(help="Why it is dismissed (recorded, shown by `loop show`).")
+    ] = "by hand",
+) -> None:
+    """Close a retrain request that should not start a retrain (an open or failed one; a
+    request whose loop run a live watcher drives is refused: stop that watcher first). An
+    interrupted loop run of the request is recorded stopped, so nothing resumes it."""
+    from pomlia_hpc.loop.requests import dismiss
+
+    was = dismiss(STATE.registry(), STATE.workspace, request_id, reason)
+    console.print(f"retrain request {request_id} dismissed (was {was}): {reason}", highlight=False)
 
 
 @loop_app.command("show")
 def loop_show(slot: SlotArg) -> None:
-    """The slot's loop runs and what each stage produced."""
+    """The slot's loop runs and what each stage produced, then the retrain requests of the
+    models it served (open, taken, done, failed, merged, obsolete or dismissed, and why)."""
     from sqlalchemy import select
 
     from pomlia_hpc.loop.promote import slots
+    from pomlia_hpc.loop.requests import requests_of_slot
     from pomlia_hpc.registry import LoopRun
     from pomlia_hpc.registry.lookup import not_found
 
@@ -396,7 +479,6 @@ def loop_show(slot: SlotArg) -> None:
         if slot not in (known := slots(reg)):  # a typo is an error, not "no loop runs"
             raise not_found("slot", slot, known)
         console.print(f"slot {slot} has no loop runs")
-        return
     for r in runs:
         console.print(
             f"[bold]loop run {r.id}[/] {r.status} (trigger {r.trigger}, started "
@@ -408,6 +490,11 @@ def loop_show(slot: SlotArg) -> None:
                     console.print(line, highlight=False, markup=False)
         if r.error:
             console.print(f"  [red]{r.error.splitlines()[0]}[/]", highlight=False)
+    reqs = requests_of_slot(reg, slot)
+    if reqs:
+        console.print("[bold]retrain requests[/]")
+    for q in reqs:
+        console.print(f"  request {q.id} {q.status}: {q.text}", highlight=False, markup=False)
 
 
 def _plain(value: Any) -> str:

@@ -12,6 +12,7 @@ import shlex
 from datetime import UTC, datetime
 
 from pomlia_hpc.errors import InputError
+from pomlia_hpc.loop.claim import check_free
 from pomlia_hpc.loop.driver import LoopResult, Progress, Stage, open_run, run_stages
 from pomlia_hpc.loop.harvest import default_since, training_version
 from pomlia_hpc.loop.promote import champion
@@ -66,5 +67,6 @@ def run_loop(
         new=new,
     )
     if resumed:
+        check_free(workspace, slot, run_id)  # held by another live driver: say so, not "resuming"
         progress(f"resuming loop run {run_id} of slot {slot} (its own settings and window)")
     return run_stages(registry, workspace, run_id, stages, progress=progress)

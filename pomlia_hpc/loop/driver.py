@@ -10,6 +10,9 @@ Killed (SIGKILL) at any point, a rerun resumes the newest unfinished run of the 
 stages are skipped, and a stage that was interrupted runs again, which is safe because every
 stage looks for what it would create before creating it (same content → same dataset version;
 the study resumes; a model, gate decision or promotion of this loop run is found and reused).
+A driver stopped by a signal (SIGTERM, Ctrl-C) records the run ``interrupted`` with the cause;
+it is resumed the same way. One driver at a time holds a run (:mod:`.claim`): a second one
+that finds it held by a live driver is refused before it runs or records anything.
 
 Test hook: ``POMLIA_LOOP_KILL_AT=STAGE:before`` (or ``:after``, i.e. after the stage's work
 but before its entry is written) makes the driver SIGKILL itself there.
@@ -17,6 +20,7 @@ but before its entry is written) makes the driver SIGKILL itself there.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import time
@@ -29,12 +33,17 @@ from typing import Any
 from sqlalchemy import select
 
 from pomlia_hpc.errors import PomliaError
+from pomlia_hpc.loop.claim import holding
 from pomlia_hpc.registry import LoopRun, Registry
 from pomlia_hpc.registry.schema import utcnow
 from pomlia_hpc.workspace import Workspace
 
 KILL_ENV = "POMLIA_LOOP_KILL_AT"
 PARAMS = "params"
+#: The status of a run stopped by a signal (SIGTERM, SIGINT): resumed like a ``running`` one.
+INTERRUPTED = "interrupted"
+#: Loop run statuses a later run of the slot (or of its request) resumes.
+RESUMABLE = ("running", INTERRUPTED)
 
 #: A stage's result: JSON-able; ``{"stop": reason}`` ends the run early (e.g. the gate said no).
 StageOutput = dict[str, Any]
@@ -104,7 +113,7 @@ def open_run(
     """(the id of the slot's unfinished run, or of a new one; whether it is resumed)."""
     with registry.session() as s:
         if not new:
-            q = select(LoopRun).where(LoopRun.slot == slot, LoopRun.status == "running")
+            q = select(LoopRun).where(LoopRun.slot == slot, LoopRun.status.in_(RESUMABLE))
             if request_id is not None:
                 q = q.where(LoopRun.request_id == request_id)
             row = s.scalar(q.order_by(LoopRun.id.desc()).limit(1))
@@ -151,13 +160,72 @@ def run_stages(
     *,
     progress: Progress = print,
 ) -> LoopResult:
-    """Run the stages of loop run ``run_id`` that have no recorded output (module docstring)."""
+    """Run the stages of loop run ``run_id`` that have no recorded output (module docstring),
+    holding the run (:func:`~pomlia_hpc.loop.claim.holding`: a
+    :class:`~pomlia_hpc.loop.claim.LoopBusyError` while another live driver holds it). A
+    signal that stops the driver (SIGTERM, SIGINT: raised as an exception by the caller's
+    handler) records the run ``interrupted`` with its cause, and goes on."""
     with registry.session() as s:
         row = s.get(LoopRun, run_id)
         if row is None:
             raise LoopError(f"loop run {run_id} does not exist")
-        recorded = dict(row.stages)
         slot = row.slot
+    with holding(workspace, slot, run_id):
+        try:
+            return _run_held(registry, workspace, run_id, stages, progress)
+        except BaseException as exc:
+            if not isinstance(exc, Exception):  # a stop: resumable, and says why it ended
+                _interrupted(registry, run_id, exc)
+            raise
+
+
+def _interrupted(registry: Registry, run_id: int, exc: BaseException) -> None:
+    """Record run ``run_id`` as interrupted by ``exc`` (a signal's exception), if it can."""
+    # Imported here: the cluster room's signal handling pulls submitit, which registry
+    # queries of the loop (``loop show``) do not need.
+    from pomlia_hpc.cluster.terminate import stop_cause
+
+    cause = stop_cause(exc) or f"stopped ({type(exc).__name__})"
+    # The registry may be what went away: the run then stays `running`, resumable all the same.
+    with contextlib.suppress(Exception), registry.session() as s:
+        row = s.get(LoopRun, run_id)
+        if row is not None and row.status == "running":
+            row.status = INTERRUPTED
+            row.error = f"{row.stage}: {cause}" if row.stage else cause
+            row.updated_at = utcnow()
+            _interrupted_here.append(Interrupted(run_id, row.slot, row.stage))
+
+
+@dataclass(frozen=True)
+class Interrupted:
+    """A loop run this process recorded interrupted, and the stage it was at."""
+
+    run_id: int
+    slot: str
+    stage: str
+
+
+#: What :func:`_interrupted` recorded in this process: what the CLI's one line names.
+_interrupted_here: list[Interrupted] = []
+
+
+def interrupted_runs() -> list[Interrupted]:
+    """The loop runs this process recorded interrupted (stopped by a signal)."""
+    return list(_interrupted_here)
+
+
+def _run_held(
+    registry: Registry,
+    workspace: Workspace,
+    run_id: int,
+    stages: Sequence[Stage],
+    progress: Progress,
+) -> LoopResult:
+    with registry.session() as s:
+        row = s.get(LoopRun, run_id)
+        assert row is not None
+        recorded = dict(row.stages)
+        slot, status = row.slot, row.status
     ctx = LoopContext(
         registry,
         workspace,
@@ -169,7 +237,7 @@ def run_stages(
     )
     skipped: list[str] = []
     ran: list[str] = []
-    if row.status != "running":
+    if status != "running":
         _set(registry, run_id, status="running", error=None)
     for name, fn in stages:
         if name in ctx.outputs:

@@ -11,6 +11,9 @@ Kinds: ``initial`` (the slot's first model), ``promoted`` (the gate passed), ``f
 Rollbacks walk back the history: a rollback undoes the promotion that put the current model
 on the slot, so a second rollback goes to the champion before that one, and so on (not back
 and forth between the last two models); a promotion after a rollback starts a new step.
+
+A change of champion closes the open retrain requests it makes obsolete, in the same
+transaction (:func:`pomlia_hpc.loop.requests.retire_stale`).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from pomlia_hpc.errors import InputError, NotFoundError
+from pomlia_hpc.loop.requests import retire_stale
 from pomlia_hpc.registry import GateDecision, Model, Promotion, Registry
 from pomlia_hpc.registry.db import lock_name
 from pomlia_hpc.serve.slots import current_link, point
@@ -157,6 +161,7 @@ def put_on_slot(
         )
         s.add(row)
         s.flush()
+        retire_stale(s, slot)  # alarms about the champion it replaced no longer apply
         return _entry(row, model.name)
 
 
@@ -250,6 +255,7 @@ def rollback(registry: Registry, workspace: Workspace, slot: str) -> SlotEntry:
         )
         s.add(row)
         s.flush()
+        retire_stale(s, slot)
         return _entry(row, back.model)
 
 

@@ -29,6 +29,7 @@ import numpy as np
 from pomlia_hpc.data.harvest import NewImages, harvest_info, harvest_version
 from pomlia_hpc.errors import InputError, PomliaError
 from pomlia_hpc.files import write_json_atomic, write_npz
+from pomlia_hpc.loop.claim import run_dir
 from pomlia_hpc.loop.driver import LoopContext, LoopError, Stage, StageOutput
 from pomlia_hpc.loop.gate import DEFAULT_ALPHA, DEFAULT_MARGIN, run_gate
 from pomlia_hpc.loop.harvest import training_version
@@ -143,7 +144,7 @@ def champion_encoder(
 
 
 def run_folder(ctx: LoopContext) -> Path:
-    return ctx.workspace.path("runs", "loop", f"{ctx.slot}-{ctx.run_id}")
+    return run_dir(ctx.workspace, ctx.slot, ctx.run_id)
 
 
 def _when(text: str | None) -> datetime | None:

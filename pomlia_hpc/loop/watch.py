@@ -1,12 +1,22 @@
 """``pomlia loop watch``: run the loop for every retrain request the monitor records.
 
 The monitor's alarm writes a ``retrain_requests`` row for the model it watched (status
-``open``). For each open request whose model a deployment slot serves now, the watcher marks it
-``taken`` and runs (or resumes) that slot's loop run for the request, linked to the request and
-its monitor report; when the run ends the request is ``done`` (with the run's id and outcome in
-its ``meta``). A request taken by a driver that was killed is picked up again and its loop run
-resumed. A request for a model no slot serves is left open and reported; one whose loop run
-failed is marked ``failed`` (retry by hand with ``pomlia loop run SLOT``).
+``open``; later alarms while it is open are added to it, :mod:`pomlia_hpc.monitor.requests`).
+For each open request whose model a deployment slot serves now, the watcher marks it ``taken``
+(merging the model's other open requests into it) and runs (or resumes) that slot's loop run
+for the request, linked to the request and its monitor report; when the run ends the request
+is ``done`` (with the run's id and outcome in its ``meta``), or ``failed`` with the reason
+(retry by hand with ``pomlia loop run SLOT``). At most one loop per slot per pass.
+
+- A request taken by a driver that was killed is picked up again and its loop run resumed;
+  one whose loop run another live watcher holds (:mod:`.claim`) is skipped, with one line
+  saying who holds it.
+- A request whose alarm no longer applies (the slot moved to another model since) is closed
+  as ``obsolete`` (:func:`~pomlia_hpc.loop.requests.stale_reason`); one for a model no slot
+  serves, and none did when it rang, is left open and reported once per watcher
+  (``pomlia loop dismiss ID`` closes it).
+- A signal that stops the watcher (SIGTERM, SIGINT) records the loop run ``interrupted`` and
+  puts its request back to ``open``: the next watcher resumes it.
 """
 
 from __future__ import annotations
@@ -14,26 +24,51 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy import select
 
 from pomlia_hpc.errors import InputError, PomliaError
+from pomlia_hpc.loop import requests
 from pomlia_hpc.loop.api import run_loop
+from pomlia_hpc.loop.claim import LoopBusyError, held_message, holder
 from pomlia_hpc.loop.driver import LoopResult, Progress
 from pomlia_hpc.loop.stages import LoopSettings, check_settings
-from pomlia_hpc.registry import LoopRun, Promotion, Registry, RetrainRequest
-from pomlia_hpc.registry.schema import utcnow
+from pomlia_hpc.monitor.requests import DONE, FAILED, OPEN
+from pomlia_hpc.registry import Model, Promotion, Registry
 from pomlia_hpc.workspace import Workspace
 
 
 @dataclass(frozen=True)
 class Handled:
-    """One request the watcher acted on, and the loop run's result."""
+    """One request the watcher acted on: the loop run's result, or (``result`` None) the
+    error that stopped it before a loop run existed."""
 
     request_id: int
     slot: str
-    result: LoopResult
+    result: LoopResult | None
+    error: str = ""
+
+    @property
+    def failed(self) -> bool:
+        """Whether the request's loop failed (or could not start)."""
+        return self.result is None or self.result.status == "failed"
+
+    @property
+    def message(self) -> str:
+        """The loop run's status and message (or the error), for one line."""
+        if self.result is None:
+            return f"failed before a loop run: {self.error}"
+        tail = f": {self.result.message}" if self.result.message else ""
+        return f"loop run {self.result.run_id} {self.result.status}{tail}"
+
+
+@dataclass
+class WatchState:
+    """What a watcher remembers across passes: the requests it reported as having no slot
+    (said once, not on every pass)."""
+
+    reported: set[int] = field(default_factory=set)
 
 
 def slot_serving(registry: Registry, model_id: int) -> str | None:
@@ -49,37 +84,39 @@ def slot_serving(registry: Registry, model_id: int) -> str | None:
     return None
 
 
-def _pending(registry: Registry) -> list[RetrainRequest]:
-    """Open requests, and taken ones whose loop run did not finish (a killed watcher)."""
+def _model_name(registry: Registry, model_id: int) -> str:
     with registry.session() as s:
-        rows = list(
-            s.scalars(
-                select(RetrainRequest)
-                .where(RetrainRequest.status.in_(("open", "taken")))
-                .order_by(RetrainRequest.id)
-            )
+        row = s.get(Model, model_id)
+        return row.name if row is not None else str(model_id)
+
+
+def _skip_reason(
+    registry: Registry,
+    workspace: Workspace,
+    req: requests.Pending,
+    slot: str | None,
+    state: WatchState,
+    busy: set[str],
+) -> str | None:
+    """Why the watcher does not act on ``req`` in this pass (None: it does); the empty string
+    for a request already reported (nothing more to say)."""
+    if req.status == OPEN and (stale := requests.retire_if_stale(registry, req.id)):
+        return f"obsolete, closed: {stale}"
+    if slot is None:
+        if req.id in state.reported:
+            return ""
+        state.reported.add(req.id)
+        return (
+            f"no deployment slot serves model {_model_name(registry, req.model_id)} (id "
+            f"{req.model_id}); left open ({requests.dismiss_hint([req.id])} closes it)"
         )
-        out = []
-        for r in rows:
-            if r.status == "taken":
-                running = s.scalar(
-                    select(LoopRun.id).where(
-                        LoopRun.request_id == r.id, LoopRun.status == "running"
-                    )
-                )
-                if running is None:
-                    continue
-            out.append(r)
-        return out
-
-
-def _mark(registry: Registry, request_id: int, status: str, **meta: object) -> None:
-    with registry.session() as s:
-        row = s.get(RetrainRequest, request_id)
-        if row is not None:
-            row.status = status
-            row.meta = {**(row.meta or {}), **meta}
-            row.updated_at = utcnow()
+    if slot in busy:
+        return f"slot {slot} ran a loop in this pass already; left for the next pass"
+    if req.run_id is not None and req.run_slot is not None:
+        held = holder(workspace, req.run_slot, req.run_id)
+        if held is not None:
+            return f"{held_message(req.run_slot, req.run_id, held)}; skipped"
+    return None
 
 
 def consume(
@@ -89,45 +126,83 @@ def consume(
     *,
     progress: Progress = print,
     run: Callable[..., LoopResult] = run_loop,
+    state: WatchState | None = None,
 ) -> list[Handled]:
     """One pass over the pending requests (module docstring)."""
-    handled = []
-    for req in _pending(registry):
+    state = state or WatchState()
+    handled: list[Handled] = []
+    busy: set[str] = set()
+    for req in requests.pending(registry):
         slot = slot_serving(registry, req.model_id)
-        if slot is None:
-            progress(f"retrain request {req.id}: no deployment slot serves model {req.model_id}")
+        skip = _skip_reason(registry, workspace, req, slot, state, busy)
+        if skip is not None:
+            if skip:
+                progress(f"retrain request {req.id}: {skip}")
             continue
-        _mark(registry, req.id, "taken", slot=slot)
+        assert slot is not None
+        got = requests.take(registry, req.id, slot)
+        if not got.taken:
+            progress(f"retrain request {req.id}: not taken, {got.why_not}")
+            continue
+        if got.merged:
+            ids = ", ".join(str(i) for i in got.merged)
+            progress(f"retrain request {req.id}: request(s) {ids} of the same model merged into it")
+        busy.add(slot)
         progress(f"retrain request {req.id} ({req.reason}): loop for slot {slot}")
-        try:
-            result = run(
-                registry,
-                workspace,
-                slot,
-                settings,
-                trigger="monitor",
-                request_id=req.id,
-                report_id=req.monitor_report_id,
-                progress=progress,
-            )
-        except PomliaError as exc:  # before any loop run existed (e.g. no training data)
-            progress(f"retrain request {req.id}: {exc}")
-            _mark(registry, req.id, "failed", outcome=str(exc))
-            continue
-        if result.status == "failed":
-            # Left taken with no running loop run: it is not retried in a tight loop; the
-            # next `pomlia loop watch` reports it, `pomlia loop run` retries it by hand.
-            _mark(registry, req.id, "failed", loop_run_id=result.run_id, outcome=result.message)
-        else:
-            _mark(
-                registry,
-                req.id,
-                "done",
-                loop_run_id=result.run_id,
-                outcome=f"{result.status} {result.message}".strip(),
-            )
-        handled.append(Handled(req.id, slot, result))
+        done = _run_one(registry, workspace, settings, req, slot, run, progress)
+        if done is not None:
+            handled.append(done)
     return handled
+
+
+def _run_one(
+    registry: Registry,
+    workspace: Workspace,
+    settings: LoopSettings | None,
+    req: requests.Pending,
+    slot: str,
+    run: Callable[..., LoopResult],
+    progress: Progress,
+) -> Handled | None:
+    """Run (or resume) the loop for taken request ``req`` and record how it ended; None when
+    another live driver holds its loop run (left to that one)."""
+    try:
+        result = run(
+            registry,
+            workspace,
+            slot,
+            settings,
+            trigger="monitor",
+            request_id=req.id,
+            report_id=req.report_id,
+            progress=progress,
+        )
+    except LoopBusyError as exc:  # another watcher got the run first: it finishes the request
+        progress(f"retrain request {req.id}: {exc}; skipped")
+        return None
+    except PomliaError as exc:  # before any loop run existed (e.g. no training data)
+        progress(f"retrain request {req.id}: failed: {exc}")
+        requests.finish(registry, req.id, FAILED, outcome=str(exc))
+        return Handled(req.id, slot, None, str(exc))
+    except BaseException:
+        # A stop (SIGTERM, SIGINT): the run was recorded interrupted; the request is open
+        # again so that the next watcher resumes it (and a change of slot can retire it).
+        requests.finish(registry, req.id, OPEN, outcome="interrupted; resumed by the next watch")
+        raise
+    out = Handled(req.id, slot, result)
+    if result.status == "failed":
+        # Left failed: not retried in a tight loop; `pomlia loop run SLOT` retries it by hand.
+        progress(f"retrain request {req.id}: {out.message}")
+        requests.finish(registry, req.id, FAILED, loop_run_id=result.run_id, outcome=result.message)
+    else:
+        requests.finish(
+            registry,
+            req.id,
+            DONE,
+            loop_run_id=result.run_id,
+            outcome=f"{result.status} {result.message}".strip(),
+        )
+    return out
 
 
 def check_interval(interval_s: float, *, once: bool = False) -> None:
@@ -156,8 +231,9 @@ def watch(
     The interval and ``settings`` are checked first: bad ones would fail every request."""
     check_interval(interval_s, once=once)
     check_settings(settings or LoopSettings())
-    handled = consume(registry, workspace, settings, progress=progress)
+    state = WatchState()
+    handled = consume(registry, workspace, settings, progress=progress, state=state)
     while not once:
         time.sleep(interval_s)
-        handled += consume(registry, workspace, settings, progress=progress)
+        handled += consume(registry, workspace, settings, progress=progress, state=state)
     return handled

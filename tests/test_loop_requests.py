@@ -1,0 +1,253 @@
+"""Retrain requests between the monitor and the watcher: one open request per model (alarms
+are added to it), one loop per slot, requests closed when the slot moves on or by hand, a loop
+run held by another live watcher skipped, and a failed run's reason and exit status."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+
+from pomlia_hpc.cli import app
+from pomlia_hpc.data.api import ingest
+from pomlia_hpc.errors import PomliaError
+from pomlia_hpc.loop.api import run_loop
+from pomlia_hpc.loop.claim import LoopBusyError
+from pomlia_hpc.loop.driver import LoopResult, open_run
+from pomlia_hpc.loop.promote import put_on_slot, rollback
+from pomlia_hpc.loop.requests import take
+from pomlia_hpc.loop.watch import WatchState, consume
+from pomlia_hpc.registry import Promotion, Registry, RetrainRequest
+from pomlia_hpc.workspace import Workspace
+from tests.fixtures.cli import runner
+from tests.loop_support import CLASSES, make_model
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def served(tmp_path: Path, workspace: Workspace, reg: Registry) -> Registry:
+    """Models ``m`` (on slot ``s``), ``n`` and ``lonely`` (on no slot), trained on ``d``."""
+    npz = tmp_path / "d.npz"
+    rng = np.random.default_rng(0)
+    np.savez(
+        npz,
+        **{
+            f"{s}_images": rng.integers(0, 256, (8, 28, 28, 3), dtype=np.uint8)
+            for s in ("train", "val", "test")
+        },
+        **{f"{s}_labels": np.zeros((8, 1), np.int64) for s in ("train", "val", "test")},
+    )
+    v = ingest(workspace, reg, "d", npz, class_names=CLASSES)
+    for seed, name in enumerate(("m", "n", "lonely")):
+        make_model(reg, tmp_path, name, seed, v.id)
+    put_on_slot(reg, workspace, "s", "m", kind="initial")
+    return reg
+
+
+def _request(reg: Registry, model: str = "m") -> int:
+    from pomlia_hpc.models.catalog import resolve_model
+
+    with reg.session() as s:
+        row = RetrainRequest(model_id=resolve_model(reg, model).id, reason="monitor alarm: mmd")
+        s.add(row)
+        s.flush()
+        return row.id
+
+
+def _status(reg: Registry, request_id: int) -> tuple[str, dict[str, Any]]:
+    with reg.session() as s:
+        row = s.get(RetrainRequest, request_id)
+        assert row is not None
+        return row.status, dict(row.meta or {})
+
+
+class Calls:
+    """A stand-in for the loop: records its calls, returns ``status``."""
+
+    def __init__(self, status: str = "done", message: str = "") -> None:
+        self.calls: list[tuple[str, int]] = []
+        self.status, self.message = status, message
+
+    def __call__(self, *args: Any, **kw: Any) -> LoopResult:
+        self.calls.append((args[2], kw["request_id"]))
+        return LoopResult(len(self.calls), self.status, {}, [], [], self.message)
+
+
+def test_an_alarm_while_a_request_is_open_is_added_to_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Five alarming monitor runs over the same traffic recorded five requests, and the
+    watcher ran five loops (five studies) for them."""
+    from pomlia_hpc.data.synth import make_split
+    from tests.monitor_support import demo_model, log_predictions
+
+    home = tmp_path / "ws"
+    ws = Workspace(home=home, db_url=f"sqlite:///{home / 'registry.db'}", cluster_profile="local")
+    ws.create()
+    reg = Registry.open(ws.db_url)
+    monkeypatch.setenv("POMLIA_HOME", str(home))
+    monkeypatch.delenv("POMLIA_DB_URL", raising=False)
+    bundle = demo_model(reg, ws, n_ref=100)
+    foreign, _ = make_split("pathmnist", 100, size=28)
+    log_predictions(ws, bundle, foreign)
+    said = []
+    for _ in range(3):
+        res = runner.invoke(app, ["monitor", "run", "blood", "--permutations", "50"])
+        assert res.exit_code == 1, (res.output, res.exception)  # the alarm
+        said.append(" ".join(res.output.split()))
+    assert "retrain request 1 recorded" in said[0]
+    assert all("retrain request 1 already open: alarm added to it" in t for t in said[1:])
+    with reg.session() as s:
+        rows = s.query(RetrainRequest).all()
+        assert len(rows) == 1 and rows[0].meta["alarms"] == 3
+        assert rows[0].meta["last_alarm"]["report_id"] == 3
+    reg.dispose()
+
+
+def test_the_watcher_runs_one_loop_for_requests_of_the_same_model(
+    workspace: Workspace, served: Registry
+) -> None:
+    """Requests recorded before alarms were merged (or by two monitors at once): one loop."""
+    first, second = _request(served), _request(served)
+    loop, lines = Calls(), []
+    handled = consume(served, workspace, run=loop, progress=lines.append)
+    assert loop.calls == [("s", first)] and [h.request_id for h in handled] == [first]
+    assert _status(served, first)[0] == "done"
+    status, meta = _status(served, second)
+    assert status == "merged" and meta["merged_into"] == first
+    assert f"retrain request {first}: request(s) {second} of the same model merged" in lines[0]
+    assert consume(served, workspace, run=loop, progress=lines.append) == []
+
+
+def test_a_change_of_champion_closes_the_requests_about_the_old_one(
+    workspace: Workspace, served: Registry
+) -> None:
+    """After the slot moved to another model the request stayed open ("no deployment slot
+    serves model 1" on every pass), and a promotion back started a retrain on the old alarm."""
+    req = _request(served)
+    put_on_slot(served, workspace, "s", "n", kind="forced")
+    status, meta = _status(served, req)
+    assert status == "obsolete"
+    assert meta["outcome"].startswith("obsolete: slot s moved from m to n (forced, promotion 2")
+    rollback(served, workspace, "s")  # m serves again: the old alarm must not start a retrain
+    loop = Calls()
+    assert consume(served, workspace, run=loop, progress=lambda _l: None) == []
+    assert loop.calls == []
+    # A request of m's second tenure is closed by the next change (a rollback too).
+    again = _request(served)
+    rollback(served, workspace, "s")
+    assert _status(served, again)[0] == "obsolete"
+
+
+def test_the_watcher_closes_stale_requests_and_reports_a_lonely_one_once(
+    workspace: Workspace, served: Registry
+) -> None:
+    """A request recorded before changes closed requests (the promotion row written directly
+    here) is closed by the watcher; one for a model no slot ever served is said once."""
+    stale, lonely = _request(served), _request(served, "lonely")
+    with served.session() as s:
+        m = s.get(Promotion, 1)
+        assert m is not None
+        n_id = m.model_id + 1
+        s.add(Promotion(slot="s", model_id=n_id, bundle_path=m.bundle_path, kind="forced"))
+    lines: list[str] = []
+    state = WatchState()
+    for _ in range(3):
+        assert consume(served, workspace, run=Calls(), progress=lines.append, state=state) == []
+    assert _status(served, stale)[0] == "obsolete"
+    assert lines[0].startswith(f"retrain request {stale}: obsolete, closed: slot s moved from m")
+    assert lines[1:] == [
+        f"retrain request {lonely}: no deployment slot serves model lonely (id 3); left open "
+        f"(`pomlia loop dismiss {lonely}` closes it)"
+    ]
+
+
+def test_dismiss_closes_a_request_and_loop_show_lists_it(
+    workspace: Workspace, served: Registry
+) -> None:
+    req = _request(served)
+    res = runner.invoke(app, ["loop", "dismiss", str(req), "--reason", "known shift"])
+    assert res.exit_code == 0, (res.output, res.exception)
+    assert f"retrain request {req} dismissed (was open): known shift" in res.output
+    status, meta = _status(served, req)
+    assert status == "dismissed" and meta["outcome"] == "dismissed: known shift"
+    res = runner.invoke(app, ["loop", "show", "s"])
+    said = " ".join(res.output.split())
+    assert res.exit_code == 0 and f"request {req} dismissed: model m;" in said, said
+    assert "dismissed: known shift" in said
+    res = runner.invoke(app, ["loop", "dismiss", str(req)])
+    assert isinstance(res.exception, PomliaError)
+    assert f"retrain request {req} is dismissed already" in str(res.exception)
+    res = runner.invoke(app, ["loop", "dismiss", "99"])
+    assert "retrain request '99' not found; known: 1" in str(res.exception)
+    assert consume(served, workspace, run=Calls(), progress=lambda _l: None) == []
+
+
+HOLDER = """
+import sys, time
+from pathlib import Path
+from pomlia_hpc.loop.claim import holding
+from pomlia_hpc.workspace import Workspace
+ws = Workspace(home=Path(sys.argv[1]), db_url=sys.argv[2], cluster_profile="local")
+with holding(ws, sys.argv[3], int(sys.argv[4])):
+    print("held", flush=True)
+    time.sleep(120)
+"""
+
+
+@pytest.fixture
+def holder(workspace: Workspace, served: Registry) -> Iterator[tuple[int, int, Any]]:
+    """Request 1 taken by a watcher at work on its loop run: a live process holding it."""
+    req = _request(served)
+    assert take(served, req, "s").taken
+    run_id, _ = open_run(served, "s", champion_id=1, params={}, request_id=req)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(workspace.home), workspace.db_url, "s", str(run_id)],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
+    )
+    assert proc.stdout is not None and proc.stdout.readline().strip() == "held"
+    yield req, run_id, proc
+    proc.kill()
+    proc.wait()
+
+
+def test_a_loop_run_held_by_a_live_watcher_is_skipped(
+    workspace: Workspace, served: Registry, holder: tuple[int, int, Any]
+) -> None:
+    """A second watcher resumed the first one's loop run, failed at once and recorded the
+    run `failed` while the first was still training."""
+    req, run_id, proc = holder
+    loop, lines = Calls(), []
+    assert consume(served, workspace, run=loop, progress=lines.append) == []
+    assert loop.calls == []
+    assert lines == [
+        f"retrain request {req}: loop run {run_id} of slot s is held by pid {proc.pid} on host "
+        + lines[0].split(" on host ")[1]
+    ]
+    assert lines[0].endswith("s ago); skipped") and "(since " in lines[0]
+    assert _status(served, req)[0] == "taken"
+    with pytest.raises(LoopBusyError, match=f"loop run {run_id} of slot s is held by pid"):
+        run_loop(served, workspace, "s", request_id=req, progress=lambda _l: None)
+    proc.kill()  # the holder is gone (SIGKILL: no end written): the next watcher takes over
+    proc.wait()
+    assert consume(served, workspace, run=loop, progress=lines.append)
+    assert loop.calls == [("s", req)]
+
+
+def test_a_failed_loop_run_prints_its_reason_and_watch_once_exits_1(
+    workspace: Workspace, served: Registry
+) -> None:
+    req = _request(served)
+    res = runner.invoke(app, ["loop", "watch", "--once", "--min-labels", "5"])
+    said = " ".join(res.output.split())
+    assert res.exit_code == 1, (said, res.exception)
+    assert f"request {req} → slot s: loop run 1 failed: harvest: only 0 labelled" in said
+    assert _status(served, req)[0] == "failed"
