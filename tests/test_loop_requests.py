@@ -139,10 +139,13 @@ def test_a_change_of_champion_closes_the_requests_about_the_old_one(
     loop = Calls()
     assert consume(served, workspace, run=loop, progress=lambda _l: None) == []
     assert loop.calls == []
-    # A request of m's second tenure is closed by the next change (a rollback too).
+    # A request of m's second tenure is closed by the next change, and a rollback is one.
     again = _request(served)
-    rollback(served, workspace, "s")
+    put_on_slot(served, workspace, "s", "n", kind="forced")
     assert _status(served, again)[0] == "obsolete"
+    about_n = _request(served, "n")
+    rollback(served, workspace, "s")  # back to m: n's alarm no longer applies
+    assert _status(served, about_n)[0] == "obsolete"
 
 
 def test_the_watcher_closes_stale_requests_and_reports_a_lonely_one_once(
