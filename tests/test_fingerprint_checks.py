@@ -126,7 +126,7 @@ def test_similar_with_nothing_to_compare_says_so(workspace: Workspace, reg: Regi
     _embed(reg, workspace, [ref])
     with pytest.raises(NotFoundError, match=r"nothing to compare 'blood@\w+' with") as exc:
         similar_datasets(reg, "enc", ref)
-    assert "pomlia fingerprint extract --encoder enc DATASET" in str(exc.value)
+    assert "pomlia fingerprint extract DATASET -e enc" in str(exc.value)
     first = build_index(reg, workspace, "enc")
     assert first.first and first.rebuilt
     with pytest.raises(NotFoundError, match="holds no other dataset's images"):

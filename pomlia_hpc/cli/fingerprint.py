@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from rich.table import Table
 from sqlalchemy import select
 
-from pomlia_hpc.cli.app import STATE, app, console, log_line
+from pomlia_hpc.cli.app import STATE, app, console, err_console, log_line
 from pomlia_hpc.errors import InputError, NotFoundError
 from pomlia_hpc.progress import Reporter, progress
 from pomlia_hpc.registry import Encoder, Registry
@@ -316,6 +316,7 @@ def build(
 ) -> None:
     """Build (or extend with newly extracted datasets) the FAISS index of an encoder."""
     from pomlia_hpc.fingerprint.index import build_index
+    from pomlia_hpc.fingerprint.usable import left_out_note
 
     if metric not in ("l2", "ip"):
         raise InputError(f"option '--metric': expected 'l2' or 'ip', got '{metric}'")
@@ -341,6 +342,7 @@ def build(
     )
     for ref in res.added_sets:
         console.print(f"  added {ref}")
+    _note(left_out_note(res.left_out))
 
 
 def _check_similar_options(
@@ -372,8 +374,50 @@ def _older_versions_note(reg: Registry, enc: str, query: str | None = None) -> N
         )
 
 
+def _note(text: str, *, stderr: bool = False) -> None:
+    """A note under the results (if any text); on stderr beside --json, whose output stays
+    one JSON document."""
+    if text:
+        out = err_console if stderr else console
+        out.print(text, markup=False, highlight=False, soft_wrap=True)
+
+
 #: Table headings of ``similar --images`` columns whose --json key says less.
 _HEADINGS = {"split_row": "row in split", "row": "store row"}
+
+
+def _image_rows(
+    reg: Registry,
+    enc: str,
+    dataset: str,
+    n: int,
+    split: str | None,
+    patches: bool,
+    all_versions: bool,
+    left: list[Any],
+) -> tuple[list[list[Any]], list[str]]:
+    """The rows and columns of ``similar --images`` (what was left out goes to ``left``)."""
+    from pomlia_hpc.fingerprint.similar import nearest_images
+
+    hits = nearest_images(
+        reg,
+        STATE.workspace,
+        enc,
+        dataset,
+        n,
+        split=split,
+        patches=patches,
+        all_versions=all_versions,
+        left_out=left,
+    )
+    # The row within the split is what a user can look up (the split of 72 test images
+    # showed row 1065, the store's); the store row stays beside it, and as --json's "row".
+    rows: list[list[Any]] = [[h.ref, h.split, h.split_row, h.row, h.distance] for h in hits]
+    cols = ["dataset", "split", "split_row", "row", "distance"]
+    if patches:
+        cols.append("tile")
+        rows = [[*r, h.tile] for r, h in zip(rows, hits, strict=True)]
+    return rows, cols
 
 
 @app.command("similar")
@@ -420,41 +464,39 @@ def similar(
     Each other dataset counts once, as its newest version with embeddings (--all-versions:
     every version)."""
     from pomlia_hpc.fingerprint.ranking import DEFAULT_DISTANCE
-    from pomlia_hpc.fingerprint.similar import nearest_images, similar_datasets
+    from pomlia_hpc.fingerprint.similar import same_content_note, similar_datasets
+    from pomlia_hpc.fingerprint.usable import left_out_note
 
     _check_similar_options(images, split, k, distance)
     k, distance = 5 if k is None else k, distance or DEFAULT_DISTANCE
     reg, enc = STATE.registry(), _encoder(encoder)
+    left: list[Any] = []  # what was left out, and why: one note under the results
+    same = ""
     if images is not None:
-        hits = nearest_images(
-            reg,
-            STATE.workspace,
-            enc,
-            dataset,
-            images,
-            split=split,
-            patches=patches,
-            all_versions=all_versions,
-        )
-        # The row within the split is what a user can look up (the split of 72 test images
-        # showed row 1065, the store's); the store row stays beside it, and as --json's "row".
-        rows: list[list[Any]] = [[h.ref, h.split, h.split_row, h.row, h.distance] for h in hits]
-        cols = ["dataset", "split", "split_row", "row", "distance"]
-        if patches:
-            cols.append("tile")
-            rows = [[*r, h.tile] for r, h in zip(rows, hits, strict=True)]
-        title = f"{len(hits)} nearest images to {dataset} (encoder {enc})"
+        rows, cols = _image_rows(reg, enc, dataset, images, split, patches, all_versions, left)
+        title = f"{len(rows)} nearest images to {dataset} (encoder {enc})"
     else:
         found = similar_datasets(
-            reg, enc, dataset, k, distance, patches=patches, all_versions=all_versions
+            reg,
+            enc,
+            dataset,
+            k,
+            distance,
+            patches=patches,
+            all_versions=all_versions,
+            left_out=left,
         )
+        same = same_content_note(dataset, found)
         if as_json:
             out = [
                 {"dataset": r.ref, "distance": r.distance, "kind": distance}
                 | {"images": r.n_vectors, "components": r.components}
+                | {"same_content": r.same_content}
                 for r in found
             ]
             typer.echo(json.dumps(out))
+            _note(same, stderr=True)
+            _note(left_out_note(left), stderr=True)
             return
         parts = sorted({c for r in found for c in r.components} - {distance, "weight"})
         rows = [
@@ -464,6 +506,7 @@ def similar(
         title = f"datasets nearest to {dataset} (encoder {enc})"
     if as_json:
         typer.echo(json.dumps([dict(zip(cols, r, strict=True)) for r in rows]))
+        _note(left_out_note(left), stderr=True)
         return
     table = Table(title=title)
     for c in cols:
@@ -471,6 +514,8 @@ def similar(
     for r in rows:
         table.add_row(*(f"{v:.4g}" if isinstance(v, float) else str(v) for v in r))
     console.print(table)
+    _note(same)
+    _note(left_out_note(left))
     if not all_versions:
         _older_versions_note(reg, enc, dataset.split("@")[0])
 
@@ -496,15 +541,20 @@ def latent(
 ) -> None:
     """Write the latent scatter of test samples (Figure 5) and per-dataset means (Figure 6)."""
     from pomlia_hpc.fingerprint.plots import plot_encoder_latent
+    from pomlia_hpc.fingerprint.usable import left_out_note
 
     enc = _encoder(encoder)
     folder = out or STATE.workspace.path("reports", "latent", enc)
     reg = STATE.registry()
-    paths = plot_encoder_latent(reg, enc, datasets or None, folder, all_versions=all_versions)
+    left: list[Any] = []
+    paths = plot_encoder_latent(
+        reg, enc, datasets or None, folder, all_versions=all_versions, left_out=left
+    )
     for p in paths:
         console.print(f"wrote {p}")
     if not (datasets or all_versions):
         _older_versions_note(reg, enc)
+    _note(left_out_note(left))
 
 
 @fingerprint_app.command("refresh")

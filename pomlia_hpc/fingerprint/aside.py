@@ -26,7 +26,7 @@ from sqlalchemy import select
 
 from pomlia_hpc.files import move_path
 from pomlia_hpc.fingerprint.io import group_meta
-from pomlia_hpc.fingerprint.shards import done_record, marker_dir
+from pomlia_hpc.fingerprint.markers import done_record, marker_dir
 from pomlia_hpc.fingerprint.summary import summary_path
 from pomlia_hpc.registry import FingerprintSet, Registry
 

@@ -37,11 +37,8 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-
 from pomlia_hpc.cluster import Executor, JobHandle
 from pomlia_hpc.cluster.resources import check_local_gpus, with_overrides
-from pomlia_hpc.data.store import find_version, open_store
 from pomlia_hpc.errors import (
     ClusterError,
     DataIntegrityError,
@@ -51,14 +48,10 @@ from pomlia_hpc.errors import (
 )
 from pomlia_hpc.fingerprint.aside import drop, restoring
 from pomlia_hpc.fingerprint.layout import DEFAULT_SHARD_ROWS
-from pomlia_hpc.fingerprint.planning import (
-    ExtractionPlan,
-    all_embedded,
-    plan_extraction,
-    record_set,
-)
-from pomlia_hpc.fingerprint.shards import ShardSpec, done_record, run_shard
-from pomlia_hpc.fingerprint.summary import compute_summary, summary_path, write_summary
+from pomlia_hpc.fingerprint.markers import done_record
+from pomlia_hpc.fingerprint.planning import ExtractionPlan, all_embedded, plan_extraction
+from pomlia_hpc.fingerprint.shards import ShardSpec, run_shard
+from pomlia_hpc.fingerprint.usable import record_finished, record_set
 from pomlia_hpc.registry import Encoder, Registry
 from pomlia_hpc.workspace import Workspace
 
@@ -92,24 +85,9 @@ def finish_extraction(registry: Registry, plan: ExtractionPlan) -> list[ExtractR
     embedding, from the shards' sums), the others as failed."""
     results = []
     for ds in plan.datasets:
-        done = [done_record(ds.out, i, r) for i, r in enumerate(ds.shards)]
         n = ds.shards[-1][1] if ds.shards else 0
-        if all(d is not None for d in done):
-            total = np.sum([d["sum"] for d in done if d is not None], axis=0)
-            mean = (np.asarray(total) / max(n, 1)).tolist()
+        if record_finished(registry, plan.encoder.id, ds.version_id, ds.out, ds.shards, ds.ref):
             status = "complete"
-            if not summary_path(ds.out).exists():  # before "complete": complete sets have one
-                fp = open_store(find_version(registry, ds.ref).store_path).fingerprint
-                write_summary(ds.out, compute_summary(ds.out, fp))
-            record_set(
-                registry,
-                plan.encoder.id,
-                ds.version_id,
-                ds.out,
-                status=status,
-                n_vectors=n,
-                mean=mean,
-            )
         else:
             status = "failed"
             record_set(registry, plan.encoder.id, ds.version_id, ds.out, status=status)

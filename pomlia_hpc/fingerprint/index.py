@@ -30,7 +30,7 @@ import re
 import shlex
 import shutil
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
@@ -38,7 +38,6 @@ import faiss
 import numpy as np
 import zarr
 from pydantic import ConfigDict, Field, field_serializer, field_validator
-from sqlalchemy import select
 
 from pomlia_hpc.config import Record, read_record
 from pomlia_hpc.errors import InputError, NotFoundError, PomliaError
@@ -51,7 +50,8 @@ from pomlia_hpc.files import (
 )
 from pomlia_hpc.fingerprint.encoders import get_encoder
 from pomlia_hpc.fingerprint.io import group_meta, open_array
-from pomlia_hpc.registry import Dataset, DatasetVersion, Encoder, FingerprintSet, Registry
+from pomlia_hpc.fingerprint.usable import LeftOut, extract_command, left_out_note, usable_sets
+from pomlia_hpc.registry import Encoder, FingerprintSet, Registry
 from pomlia_hpc.workspace import Workspace
 
 #: Up to this many vectors the default index is exact (Flat).
@@ -317,23 +317,6 @@ def load_index(
 # ----------------------------------------------------------------------------- building
 
 
-def complete_sets(registry: Registry, encoder_id: int) -> list[tuple[FingerprintSet, str]]:
-    """Complete fingerprint sets of an encoder with their ``name@version``, by id."""
-    with registry.session() as s:
-        q = (
-            select(FingerprintSet, Dataset.name, DatasetVersion.version)
-            .join(DatasetVersion, DatasetVersion.id == FingerprintSet.dataset_version_id)
-            .join(Dataset, Dataset.id == DatasetVersion.dataset_id)
-            .where(FingerprintSet.encoder_id == encoder_id, FingerprintSet.status == "complete")
-            .order_by(FingerprintSet.id)
-        )
-        out = []
-        for fs, name, version in s.execute(q):
-            s.expunge(fs)
-            out.append((fs, f"{name}@{version}"))
-        return out
-
-
 def _entry(fs: FingerprintSet, ref: str, kind: Kind) -> SetEntry:
     g = zarr.open_group(fs.embeddings_path, mode="r")
     meta = group_meta(fs.embeddings_path)
@@ -394,6 +377,9 @@ class BuildResult:
     rebuilt: bool
     #: No index of this encoder and kind existed before: built, not rebuilt.
     first: bool = False
+    #: Sets of the encoder not indexed, as they are not usable (:mod:`.usable`): the index
+    #: holds no vectors of them (one it held before is rebuilt without them).
+    left_out: list[LeftOut] = field(default_factory=list)
 
 
 def build_index(
@@ -412,18 +398,21 @@ def build_index(
     """Build or extend the ``kind`` index of ``encoder`` over its complete fingerprint sets.
 
     Without ``rebuild``, a current index of the same factory/metric gets only the sets it lacks
-    (nothing to add: nothing is written). A set that vanished or was extracted again
-    (``--force``) forces a rebuild.
+    (nothing to add: nothing is written). Only usable sets are indexed (complete, on disk,
+    made with the encoder's current weights: :mod:`.usable`); a set that vanished, became
+    unusable or was extracted again (``--force``) forces a rebuild.
     ``progress(vectors_done, vectors_total)`` is called while adding.
     """
     if metric not in ("l2", "ip"):
         raise InputError(f"metric '{metric}': expected 'l2' or 'ip'")
     enc = get_encoder(registry, encoder)
-    sets = complete_sets(registry, enc.id)
+    usable = usable_sets(registry, enc)
+    sets = usable.sets
     if not sets:
+        left = f" ({left_out_note(usable.left_out)})" if usable.left_out else ""
         raise NotFoundError(
-            f"encoder '{enc.name}' has no complete embeddings",
-            hint=f"run `pomlia fingerprint extract --encoder {shlex.quote(enc.name)} DATASET...`",
+            f"encoder '{enc.name}' has no complete embeddings of its current weights{left}",
+            hint=f"run `{extract_command('DATASET...', enc.name)}`",
         )
     entries = {fs.id: (_entry(fs, ref, kind), fs.embeddings_path) for fs, ref in sets}
     dim = int(open_array(sets[0][0].embeddings_path, "z").shape[1])
@@ -447,7 +436,13 @@ def build_index(
         new = [sid for sid in entries if sid not in manifest.sets]
         if not new:
             return BuildResult(
-                current.path, manifest.generation, manifest.factory, manifest.ntotal, [], False
+                current.path,
+                manifest.generation,
+                manifest.factory,
+                manifest.ntotal,
+                [],
+                False,
+                left_out=usable.left_out,
             )
         if nprobe is not None:
             manifest.nprobe = nprobe
@@ -482,6 +477,7 @@ def build_index(
         [entries[s][0].ref for s in new],
         current is None,
         first,
+        usable.left_out,
     )
 
 

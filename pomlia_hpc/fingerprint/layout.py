@@ -18,7 +18,7 @@ import zarr
 from pomlia_hpc.data.store import DatasetStore
 from pomlia_hpc.errors import InputError
 from pomlia_hpc.fingerprint.io import group_meta
-from pomlia_hpc.fingerprint.shards import marker_dir
+from pomlia_hpc.fingerprint.markers import made_with, marker_dir
 from pomlia_hpc.fingerprint.summary import summary_path
 from pomlia_hpc.registry import Encoder
 from pomlia_hpc.workspace import Workspace
@@ -85,7 +85,7 @@ def stored_plan(
         return None
     meta = group_meta(out)
     fits = (
-        meta.get("encoder_sha256") == digest
+        made_with(meta, digest)
         and meta.get("latent_dim") == latent_dim
         and meta.get("patch_grid", 1) == patch_grid
         and meta.get("n_images") == store.n_images

@@ -8,7 +8,6 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from sqlalchemy import select
 
@@ -23,29 +22,12 @@ from pomlia_hpc.fingerprint.layout import (
     plan_shards,
     stored_plan,
 )
-from pomlia_hpc.fingerprint.shards import ShardSpec, checkpoint_digest, done_record
+from pomlia_hpc.fingerprint.markers import checkpoint_digest, done_record
+from pomlia_hpc.fingerprint.shards import ShardSpec
 from pomlia_hpc.fingerprint.train import get_encoder, load_checkpoint
-from pomlia_hpc.registry import DatasetVersion, Encoder, FingerprintSet, Registry
+from pomlia_hpc.fingerprint.usable import record_set
+from pomlia_hpc.registry import DatasetVersion, Encoder, Registry
 from pomlia_hpc.workspace import Workspace
-
-
-def record_set(
-    registry: Registry, encoder_id: int, version_id: int, path: Path, **fields: Any
-) -> int:
-    with registry.session() as s:
-        q = select(FingerprintSet).where(
-            FingerprintSet.encoder_id == encoder_id,
-            FingerprintSet.dataset_version_id == version_id,
-        )
-        row = s.scalar(q) or FingerprintSet(
-            encoder_id=encoder_id, dataset_version_id=version_id, embeddings_path=str(path)
-        )
-        row.embeddings_path = str(path)
-        for k, v in fields.items():
-            setattr(row, k, v)
-        s.add(row)
-        s.flush()
-        return int(row.id)
 
 
 @dataclass(frozen=True)

@@ -23,8 +23,8 @@ import numpy as np
 from pomlia_hpc.errors import InputError
 from pomlia_hpc.files import write_atomic
 from pomlia_hpc.fingerprint.encoders import get_encoder
-from pomlia_hpc.fingerprint.index import complete_sets
-from pomlia_hpc.fingerprint.similar import embedding_sample, fingerprint_set, newest_sets
+from pomlia_hpc.fingerprint.similar import candidates, embedding_sample, fingerprint_set
+from pomlia_hpc.fingerprint.usable import LeftOut, left_out_note
 from pomlia_hpc.registry import Encoder, Registry
 
 #: Points per dataset in the scatter (evenly spaced test rows).
@@ -102,13 +102,24 @@ def plot_encoder_latent(
     out_dir: str | Path,
     *,
     all_versions: bool = False,
+    left_out: list[LeftOut] | None = None,
 ) -> tuple[Path, Path]:
-    """Figures 5 and 6 for ``datasets`` (default: every dataset extracted with ``encoder``,
-    its current version with embeddings only unless ``all_versions``), using up to
-    :data:`SCATTER_MAX` test embeddings per dataset."""
+    """Figures 5 and 6 for ``datasets`` (default: every dataset with usable embeddings under
+    ``encoder`` (:mod:`.usable`), its newest such version only unless ``all_versions``; the
+    versions left out as unusable are appended to ``left_out``), using up to
+    :data:`SCATTER_MAX` test embeddings per dataset. A dataset given by name must be usable."""
     enc = get_encoder(registry, encoder)
-    sets = complete_sets(registry, enc.id)
-    refs = datasets or [ref for _fs, ref in (sets if all_versions else newest_sets(registry, sets))]
+    refs = datasets
+    if not refs:
+        sets, left = candidates(registry, enc, all_versions=all_versions)
+        refs = [ref for _fs, ref in sets]
+        if left_out is not None:
+            left_out.extend(left)
+        if not refs and left:
+            raise InputError(
+                f"no datasets to plot: none has usable embeddings under encoder '{enc.name}' "
+                f"({left_out_note(left)})"
+            )
     samples, means = {}, {}
     for ref in refs:
         fs, full = fingerprint_set(registry, enc, ref)

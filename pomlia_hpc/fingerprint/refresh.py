@@ -4,11 +4,13 @@ The paper (§3.2) retrains the embedding periodically, so new data shapes the si
 The *current* encoder is named in ``<home>/indexes/current-encoder.json`` (commands that take
 ``--encoder`` use it when none is given). A refresh:
 
-1. compares the current version (what the plain name means) of every registered dataset
-   with the versions the current encoder was trained on; nothing new → nothing to do;
-2. trains ``<root>-r<k>`` (same settings, ``epochs`` may be overridden) on all of them, as the
-   usual resumable cluster job;
-3. embeds every one of them with it and builds its FAISS index;
+1. compares the content hash of the current version (what the plain name means) of every
+   registered dataset with those the current encoder was trained on; nothing new → nothing
+   to do (the same images registered under another name are not new);
+2. trains ``<root>-r<k>`` (same settings, ``epochs`` may be overridden) on all of them, each
+   content once (a copy under another name would count its images twice), as the usual
+   resumable cluster job;
+3. embeds every one of them (copies too) with it and builds its FAISS index;
 4. only then switches the pointer (written atomically). Until step 4 similarity and the index
    keep using the previous encoder; a refresh killed midway resumes the same ``<root>-r<k>``
    (its training record and complete shards are reused) when run again.
@@ -20,7 +22,7 @@ import json
 import re
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -33,7 +35,7 @@ from pomlia_hpc.files import write_json_atomic
 from pomlia_hpc.fingerprint.extract import extract
 from pomlia_hpc.fingerprint.index import build_index
 from pomlia_hpc.fingerprint.train import TrainConfig, get_encoder, train_encoder
-from pomlia_hpc.registry import Encoder, Registry
+from pomlia_hpc.registry import DatasetVersion, Encoder, Registry
 from pomlia_hpc.workspace import Workspace
 
 POINTER = "current-encoder.json"
@@ -61,12 +63,20 @@ def _write_pointer(workspace: Workspace, data: dict[str, Any]) -> None:
 
 @dataclass(frozen=True)
 class RefreshPlan:
-    """What a refresh would do: the base encoder, the versions, which of them are new."""
+    """What a refresh would do: the base encoder, the versions to train on (one per content
+    hash), which of them are new, and the versions whose content another one of ``datasets``
+    has (``copies``: embedded, not trained on)."""
 
     base: str
     name: str
     datasets: list[str]
     new: list[str]
+    copies: list[str] = field(default_factory=list)
+
+    @property
+    def embed(self) -> list[str]:
+        """Every version the refresh embeds: those trained on and their copies."""
+        return self.datasets + self.copies
 
     @property
     def needed(self) -> bool:
@@ -89,18 +99,30 @@ def plan_refresh(registry: Registry, workspace: Workspace, base: str | None = No
     enc = get_encoder(registry, base)
     versions = current_versions(registry)
     covered = set(enc.dataset_version_ids or [])
-    refs = {name: f"{name}@{v.version}" for name, v in sorted(versions.items())}
-    new = [refs[n] for n, v in sorted(versions.items()) if v.id not in covered]
+    with registry.session() as s:
+        trained = set(
+            s.scalars(select(DatasetVersion.version).where(DatasetVersion.id.in_(covered)))
+        )
+    # One version per content hash (version ids are content hashes): the one trained on before,
+    # else the first by name. A copy under another name is embedded but neither new nor
+    # trained on twice.
+    by_content: dict[str, str] = {}
+    for name, v in sorted(versions.items(), key=lambda nv: (nv[1].id not in covered, nv[0])):
+        by_content.setdefault(v.version, name)
+    keep = sorted(by_content.values())
+    refs = {name: f"{name}@{versions[name].version}" for name in keep}
+    copies = [f"{n}@{v.version}" for n, v in sorted(versions.items()) if n not in refs]
+    new = [refs[n] for n in keep if versions[n].version not in trained]
     root = _SUFFIX.sub("", enc.name)
-    wanted = {v.id for v in versions.values()}
+    wanted = {versions[n].id for n in keep}
     with registry.session() as s:
         taken = list(s.scalars(select(Encoder).where(Encoder.name.like(f"{root}-r%"))))
     for other in taken:
         # A refresh that trained its encoder but did not finish (no switch): finish that one.
         if other.name != enc.name and set(other.dataset_version_ids or []) == wanted:
-            return RefreshPlan(enc.name, other.name, list(refs.values()), new)
+            return RefreshPlan(enc.name, other.name, list(refs.values()), new, copies)
     k = 1 + max((int(m.group(1)) for t in taken if (m := _SUFFIX.search(t.name))), default=0)
-    return RefreshPlan(enc.name, f"{root}-r{k}", list(refs.values()), new)
+    return RefreshPlan(enc.name, f"{root}-r{k}", list(refs.values()), new, copies)
 
 
 def refresh(
@@ -130,15 +152,17 @@ def refresh(
     if epochs is not None:
         config = config.model_copy(update={"epochs": epochs})
     say(f"training {plan.name} on {len(plan.datasets)} versions ({len(plan.new)} new)")
+    if plan.copies:
+        say(f"same content as a version trained on, embedded only: {', '.join(plan.copies)}")
     with phase(f"training '{plan.name}'", "epochs") as bar:
         train_encoder(registry, workspace, plan.name, plan.datasets, config, progress=bar)
-    say(f"embedding {len(plan.datasets)} versions with {plan.name}")
+    say(f"embedding {len(plan.embed)} versions with {plan.name}")
     with phase("extracting", "array tasks") as bar:
         extract(
             registry,
             workspace,
             plan.name,
-            plan.datasets,
+            plan.embed,
             shards=shards,
             progress=bar,
             say=lambda line: say(f"warning: {line}"),
@@ -151,7 +175,7 @@ def refresh(
         {
             "encoder": plan.name,
             "previous": plan.base,
-            "datasets": plan.datasets,
+            "datasets": plan.embed,
             "index": str(built.path),
             "switched_at": datetime.now(UTC).isoformat(timespec="seconds"),
         },

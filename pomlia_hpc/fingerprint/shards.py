@@ -2,12 +2,13 @@
 embeddings group and mark it done.
 
 See :mod:`pomlia_hpc.fingerprint.extract` for the layout of the group, the shard plan and how
-re-runs skip finished shards; this module is what a job imports and runs.
+re-runs skip finished shards; this module is what a job imports and runs. The ``.done``
+markers and the weights digest are defined in :mod:`.markers` (read without torch) and
+imported from here too.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import os
@@ -22,12 +23,16 @@ from typing import Any
 import numpy as np
 import torch
 
-from pomlia_hpc.config import Record, read_record
 from pomlia_hpc.data.store import DatasetStore, open_store
 from pomlia_hpc.errors import InputError
 from pomlia_hpc.files import write_atomic
 from pomlia_hpc.fingerprint.autoencoder import Autoencoder, to_input
 from pomlia_hpc.fingerprint.io import group_meta, open_array
+from pomlia_hpc.fingerprint.markers import ShardMarker as ShardMarker
+from pomlia_hpc.fingerprint.markers import checkpoint_digest as checkpoint_digest
+from pomlia_hpc.fingerprint.markers import done_record as done_record
+from pomlia_hpc.fingerprint.markers import marker as marker
+from pomlia_hpc.fingerprint.markers import marker_dir as marker_dir
 from pomlia_hpc.fingerprint.train import load_checkpoint
 from pomlia_hpc.processes import cpus_available
 from pomlia_hpc.progress import say
@@ -59,16 +64,6 @@ class ShardSpec:
         return f"{out.parent.name}/{out.name.removesuffix('.zarr')} shard {self.shard}"
 
 
-def marker_dir(out_path: str | Path) -> Path:
-    """The folder of ``.done`` files of an embeddings group."""
-    p = Path(out_path)
-    return p.with_name(p.name.removesuffix(".zarr") + ".shards")
-
-
-def marker(out_path: str | Path, shard: int) -> Path:
-    return marker_dir(out_path) / f"{shard:04d}.done"
-
-
 # ----------------------------------------------------------------------------- the shard job
 
 _MODEL_CACHE: dict[tuple[str, int, int, int, str], Autoencoder] = {}
@@ -83,15 +78,6 @@ def _model(checkpoint: str, device: torch.device) -> Autoencoder:
         model, _cfg = load_checkpoint(checkpoint)
         _MODEL_CACHE[key] = model.to(device)
     return _MODEL_CACHE[key]
-
-
-def checkpoint_digest(path: str | Path) -> str:
-    """SHA-256 (hex) of an encoder checkpoint file: which weights an embeddings group holds."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(1 << 20):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _prefetch(store: DatasetStore, start: int, stop: int) -> Iterator[tuple[int, np.ndarray]]:
@@ -194,29 +180,6 @@ def run_shard(spec: ShardSpec) -> dict[str, Any]:
     ).to_dict()
     write_atomic(done, json.dumps(record))
     return record
-
-
-class ShardMarker(Record):
-    """A finished shard's ``NNNN.done`` file: its rows, the sum of its vectors (for the mean
-    embedding without reading them again), how long it took and where it ran."""
-
-    shard: int
-    start: int
-    stop: int
-    sum: list[float]
-    seconds: float
-    host: str
-
-
-def done_record(out_path: str | Path, shard: int, rows: tuple[int, int]) -> dict[str, Any] | None:
-    """The ``.done`` record of ``shard`` if it exists and covers ``rows`` (start, stop), else
-    None (a marker of another plan does not count); a damaged marker is one
-    :class:`~pomlia_hpc.errors.InputError` naming it and the key."""
-    path = marker(out_path, shard)
-    if not path.is_file():
-        return None
-    record = read_record(ShardMarker, path)
-    return record.to_dict() if (record.start, record.stop) == tuple(rows) else None
 
 
 def read_embeddings(path: str | Path, start: int = 0, stop: int | None = None) -> np.ndarray:

@@ -30,21 +30,28 @@ Read the images with ``open_version(registry, hit.ref).read_rows(hit.row, hit.ro
 from __future__ import annotations
 
 import math
-import shlex
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import zarr
-from sqlalchemy import select
 
 from pomlia_hpc.data.store import current_versions, find_version, open_store
 from pomlia_hpc.errors import InputError, NotFoundError
 from pomlia_hpc.fingerprint.encoders import get_encoder
-from pomlia_hpc.fingerprint.index import complete_sets, load_index
+from pomlia_hpc.fingerprint.index import load_index
 from pomlia_hpc.fingerprint.ranking import DEFAULT_DISTANCE, check_distance, fields_for, score
 from pomlia_hpc.fingerprint.summary import Summary, compute_summary, read_summary, write_summary
+from pomlia_hpc.fingerprint.usable import (
+    LeftOut,
+    extract_command,
+    index_build_command,
+    left_out_note,
+    usable_set,
+    usable_sets,
+)
 from pomlia_hpc.registry import Encoder, FingerprintSet, Registry
 from pomlia_hpc.workspace import Workspace
 
@@ -53,10 +60,14 @@ EncoderRef = int | str | Encoder
 
 @dataclass(frozen=True)
 class SimilarDataset:
+    """``same_content``: the version has the query's content hash (the same images under
+    another name), so its distance is about 0 by construction."""
+
     ref: str
     distance: float
     n_vectors: int
     components: dict[str, float] = field(default_factory=dict)
+    same_content: bool = False
 
 
 @dataclass(frozen=True)
@@ -75,27 +86,10 @@ class NearestImage:
 def fingerprint_set(
     registry: Registry, encoder: EncoderRef, ref: str
 ) -> tuple[FingerprintSet, str]:
-    """The complete fingerprint set of dataset ``ref`` under ``encoder``, with its full ref."""
-    enc = get_encoder(registry, encoder)
-    version = find_version(registry, ref)
-    with registry.session() as s:
-        fs = s.scalar(
-            select(FingerprintSet).where(
-                FingerprintSet.encoder_id == enc.id,
-                FingerprintSet.dataset_version_id == version.id,
-            )
-        )
-        if fs is not None:
-            s.expunge(fs)
-    store = open_store(version.store_path)
-    if fs is None or fs.status != "complete":
-        state = "not extracted" if fs is None else f"extraction {fs.status}"
-        raise NotFoundError(
-            f"dataset '{store.ref}' has no embeddings under encoder '{enc.name}' ({state})",
-            hint=f"run `pomlia fingerprint extract --encoder {shlex.quote(enc.name)} "
-            f"{shlex.quote(store.ref)}`",
-        )
-    return fs, store.ref
+    """The usable fingerprint set of dataset ``ref`` under ``encoder`` (complete, on disk, made
+    with the encoder's current weights: :mod:`.usable`), with its full ref; else one
+    :class:`NotFoundError` saying why and what to run."""
+    return usable_set(registry, encoder, ref)
 
 
 def _preference(registry: Registry) -> Callable[[int], tuple[bool, int]]:
@@ -108,7 +102,7 @@ def _preference(registry: Registry) -> Callable[[int], tuple[bool, int]]:
 def newest_sets(
     registry: Registry, sets: list[tuple[FingerprintSet, str]]
 ) -> list[tuple[FingerprintSet, str]]:
-    """Of ``sets`` (``(set, name@version)`` pairs, as :func:`complete_sets` gives them), the one
+    """Of ``sets`` (``(set, name@version)`` pairs, as :func:`candidates` gives them), the one
     of each dataset's current version (as ``name`` alone resolves), else of its newest version
     among ``sets``, in their order."""
     key = _preference(registry)
@@ -120,13 +114,34 @@ def newest_sets(
 
 
 def superseded_refs(registry: Registry, encoder: EncoderRef) -> list[str]:
-    """The ``name@version`` of every complete fingerprint set of ``encoder`` whose dataset has
-    another version with complete embeddings that is preferred (:func:`newest_sets`): what
+    """The ``name@version`` of every usable fingerprint set of ``encoder`` whose dataset has
+    another version with usable embeddings that is preferred (:func:`newest_sets`): what
     similar datasets, nearest images and the latent plots leave out unless asked for all
     versions."""
-    sets = complete_sets(registry, get_encoder(registry, encoder).id)
+    sets = usable_sets(registry, encoder).sets
     kept = {fs.id for fs, _ref in newest_sets(registry, sets)}
     return [ref for fs, ref in sets if fs.id not in kept]
+
+
+def candidates(
+    registry: Registry, encoder: EncoderRef, *, all_versions: bool = False
+) -> tuple[list[tuple[FingerprintSet, str]], list[LeftOut]]:
+    """The sets a reader compares (usable ones; of each dataset only its newest unless
+    ``all_versions``) and the versions it left out for being unusable (:mod:`.usable`). With
+    one version per dataset, an unusable version is named only when it would have been
+    preferred to the one used (an older one would not have been used anyway)."""
+    found = usable_sets(registry, encoder)
+    if all_versions:
+        return found.sets, found.left_out
+    sets = newest_sets(registry, found.sets)
+    prefer = _preference(registry)
+    used = {ref.split("@")[0]: prefer(fs.dataset_version_id) for fs, ref in sets}
+    left = [
+        x
+        for x in found.left_out
+        if x.ref.split("@")[0] not in used or prefer(x.version_id) > used[x.ref.split("@")[0]]
+    ]
+    return sets, left
 
 
 #: A sample of a large range reads at least this many of its chunks (all of them if fewer).
@@ -208,6 +223,11 @@ def load_summary(
     return summary
 
 
+def _left_out_clause(left: list[LeftOut]) -> str:
+    """`` (left out: ...)`` for an error that would otherwise hide why nothing was left."""
+    return f" ({left_out_note(left)})" if left else ""
+
+
 def similar_datasets(
     registry: Registry,
     encoder: EncoderRef,
@@ -218,6 +238,7 @@ def similar_datasets(
     include_same_dataset: bool = False,
     patches: bool = False,
     all_versions: bool = False,
+    left_out: list[LeftOut] | None = None,
 ) -> list[SimilarDataset]:
     """The ``k`` datasets nearest to ``ref`` by ``distance`` (see
     :mod:`pomlia_hpc.fingerprint.ranking`), each with the components of its distance.
@@ -225,50 +246,106 @@ def similar_datasets(
     Reads only the per-version summaries stored at extraction, never the embeddings.
     ``patches=True`` compares the patch embeddings (``--patch-grid``) instead of whole-image
     ones (latent distances only; the explicit part is the same). Of every other dataset only
-    its newest version with embeddings is compared unless ``all_versions=True``."""
+    its newest version with usable embeddings is compared unless ``all_versions=True``.
+    Versions left out as unusable (:func:`candidates`) are appended to ``left_out``; a
+    version with the query's content hash is compared and marked ``same_content``."""
     if k < 1:
         raise InputError(f"--k {k}: expected a number of datasets >= 1")
     check_distance(distance)
     enc = get_encoder(registry, encoder)
     fs, full = fingerprint_set(registry, enc, ref)
-    name = full.split("@")[0]
-    sets = complete_sets(registry, enc.id)
+    name, content = full.split("@")
+    sets, left = candidates(registry, enc, all_versions=all_versions)
     others = [
         (other, other_ref)
-        for other, other_ref in (sets if all_versions else newest_sets(registry, sets))
+        for other, other_ref in sets
         if other.id != fs.id and (include_same_dataset or other_ref.split("@")[0] != name)
     ]
+    left = [x for x in left if include_same_dataset or x.ref.split("@")[0] != name]
+    if left_out is not None:
+        left_out.extend(left)
     if not others:
         raise NotFoundError(
-            f"nothing to compare '{full}' with: no other dataset has complete embeddings under "
-            f"encoder '{enc.name}'",
-            hint="embed another dataset first: `pomlia fingerprint extract --encoder "
-            f"{shlex.quote(enc.name)} DATASET`",
+            f"nothing to compare '{full}' with: no other dataset has usable embeddings under "
+            f"encoder '{enc.name}'{_left_out_clause(left)}",
+            hint=f"embed another dataset first: `{extract_command('DATASET', enc.name)}`",
         )
     need = fields_for(distance)
     query = load_summary(registry, fs, full, need)
-    candidates = [load_summary(registry, o, r, need) for o, r in others]
-    scored = score(query, candidates, distance, patches=patches) if candidates else []
+    summaries = [load_summary(registry, o, r, need) for o, r in others]
+    scored = score(query, summaries, distance, patches=patches) if summaries else []
     out = [
-        SimilarDataset(r, sc.distance, o.n_vectors, sc.components)
+        SimilarDataset(r, sc.distance, o.n_vectors, sc.components, r.split("@")[1] == content)
         for (o, r), sc in zip(others, scored, strict=True)
     ]
     out.sort(key=lambda r: (r.distance, r.ref))
     return out[:k]
 
 
-def _older_in_index(registry: Registry, enc: Encoder, entries: dict[int, Any]) -> set[int]:
+def same_content_note(query: str, found: list[SimilarDataset]) -> str:
+    """The note naming the versions of ``found`` that hold ``query``'s own images under
+    another name (empty when none)."""
+    same = [r.ref for r in found if r.same_content]
+    if not same:
+        return ""
+    return (
+        f"same content as {query}: {', '.join(same)} (the same images under another name, "
+        "at distance about 0)"
+    )
+
+
+def _older_in_index(
+    registry: Registry, version_ids: dict[int, int], entries: dict[int, Any]
+) -> set[int]:
     """Ids of the sets in an index (``entries``: set id -> entry with ``ref``) whose dataset
     has a preferred version in the same index (as :func:`newest_sets` prefers: the current
-    version, then the highest id); a set the registry no longer lists as complete counts as
-    oldest."""
-    version_ids = {fs.id: fs.dataset_version_id for fs, _r in complete_sets(registry, enc.id)}
+    version, then the highest id); ``version_ids``: set id -> dataset version id of the usable
+    sets (any other set counts as oldest)."""
     prefer = _preference(registry)
     newest: dict[str, tuple[tuple[bool, int], int]] = {}
     for sid, e in entries.items():
         key = (prefer(version_ids.get(sid, -1)), sid)
         newest[e.ref.split("@")[0]] = max(newest.get(e.ref.split("@")[0], key), key)
     return {sid for sid, e in entries.items() if newest[e.ref.split("@")[0]][1] != sid}
+
+
+def _index_left_out(
+    registry: Registry,
+    enc: Encoder,
+    entries: dict[int, Any],
+    query: FingerprintSet,
+    content: str,
+    all_versions: bool,
+) -> tuple[set[int], list[LeftOut]]:
+    """The ids of the index's sets (``entries``) a search must skip besides the query's
+    dataset: the query's own, unusable sets, sets re-extracted since the index was built,
+    exact copies of the query (its content hash under another name) and, unless
+    ``all_versions``, older versions; with what the caller names as left out."""
+    found = usable_sets(registry, enc)
+    usable = {fs.id: (fs, ref) for fs, ref in found.sets}
+    skip = {sid for sid in entries if sid not in usable or sid == query.id}
+    if not all_versions:
+        version_ids = {sid: fs.dataset_version_id for sid, (fs, _r) in usable.items()}
+        skip |= _older_in_index(registry, version_ids, entries)
+    left = candidates(registry, enc, all_versions=all_versions)[1]
+    for sid, e in entries.items():
+        if sid in skip:
+            continue
+        stamp = (Path(usable[sid][0].embeddings_path) / "zarr.json").stat().st_mtime_ns
+        if e.stamp and stamp != e.stamp:
+            skip.add(sid)
+            why = "the index holds vectors of an earlier extraction of it"
+            left.append(LeftOut(e.ref, why, index_build_command(enc.name), 0, sid))
+        elif e.ref.split("@")[1] == content:
+            skip.add(sid)
+            left.append(LeftOut(e.ref, "same content as the query: copies of its own images"))
+    newest = usable.values() if all_versions else newest_sets(registry, found.sets)
+    left += [
+        LeftOut(ref, "not in the index", index_build_command(enc.name), 0, fs.id)
+        for fs, ref in newest
+        if fs.id not in entries and fs.id != query.id
+    ]
+    return skip, left
 
 
 def nearest_images(
@@ -283,27 +360,33 @@ def nearest_images(
     include_same_dataset: bool = False,
     patches: bool = False,
     all_versions: bool = False,
+    left_out: list[LeftOut] | None = None,
 ) -> list[NearestImage]:
     """The ``n`` images of other datasets nearest to dataset ``ref`` (see module docstring).
 
     ``patches=True`` searches the patch index (``pomlia index build --patches``) with the
     query's patch vectors; an image's distance is that of its nearest patch, whose number is
     returned as ``tile``. Of every other dataset only the newest version the index holds is
-    searched unless ``all_versions=True`` (its images would otherwise come once per version)."""
+    searched unless ``all_versions=True`` (its images would otherwise come once per version).
+
+    Only vectors of usable sets (:mod:`.usable`) that the index holds as they are now are
+    searched, and never those of a dataset with the query's content hash (copies of its own
+    images, at distance 0); what is left out is appended to ``left_out``."""
     if n < 1:
         raise InputError(f"--images {n}: expected a number of images >= 1")
     enc = get_encoder(registry, encoder)
     fs, full = fingerprint_set(registry, enc, ref)
     index = load_index(registry, workspace, enc, "patches" if patches else "images")
-    name = full.split("@")[0]
-    older = set() if all_versions else _older_in_index(registry, enc, index.manifest.sets)
+    name, content = full.split("@")
+    skip, left = _index_left_out(registry, enc, index.manifest.sets, fs, content, all_versions)
     exclude = tuple(
         sid
         for sid, e in index.manifest.sets.items()
-        if sid == fs.id
-        or sid in older
-        or (not include_same_dataset and e.ref.split("@")[0] == name)
+        if sid in skip or (not include_same_dataset and e.ref.split("@")[0] == name)
     )
+    left = [x for x in left if include_same_dataset or x.ref.split("@")[0] != name]
+    if left_out is not None:
+        left_out.extend(left)
     lo, hi = 0, fs.n_vectors
     if split is not None:
         lo, hi = open_store(find_version(registry, full).store_path).split_range(split)
@@ -321,9 +404,9 @@ def nearest_images(
     if available <= 0:
         raise NotFoundError(
             f"nothing to compare '{full}' with: the index of encoder '{enc.name}' holds no "
-            "other dataset's images",
-            hint="embed another dataset (`pomlia fingerprint extract --encoder "
-            f"{shlex.quote(enc.name)} DATASET`), then `pomlia index build`",
+            f"other dataset's images{_left_out_clause(left)}",
+            hint=f"embed another dataset (`{extract_command('DATASET', enc.name)}`), then "
+            f"`{index_build_command(enc.name)}`",
         )
     if len(queries) == 0:
         return []
