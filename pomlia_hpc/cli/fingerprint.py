@@ -462,7 +462,8 @@ def similar(
     """The datasets (or, with --images, the images) most similar to DATASET.
 
     Each other dataset counts once, as its newest version with embeddings (--all-versions:
-    every version)."""
+    every version). Embeddings of the encoder's earlier weights, missing or unfinished ones
+    are left out and named in a note; a dataset with DATASET's content is named too."""
     from pomlia_hpc.fingerprint.ranking import DEFAULT_DISTANCE
     from pomlia_hpc.fingerprint.similar import same_content_note, similar_datasets
     from pomlia_hpc.fingerprint.usable import left_out_note

@@ -37,7 +37,9 @@ Modules: ``autoencoder`` (model, input conversion), ``objectives`` (pluggable lo
 loss), ``augment`` (acquisition-like views), ``loader`` (chunk-wise shuffled batches from
 Zarr), ``validation`` (hold-out, early stopping, LR schedule, loss curves), ``train`` (job,
 checkpoints, registry), ``extract`` (shards as an array job), ``layout`` (the embeddings
-group and its shard plan), ``planning`` (what an extraction will run), ``summary``
+group and its shard plan), ``markers`` (``.done`` files and the weights digest, without
+torch), ``usable`` (which sets a reader may use), ``planning`` (what an extraction will run),
+``summary``
 (per-version statistics), ``index`` (FAISS), ``distances`` (sample distances), ``ranking``
 (distances over summaries), ``similar``, ``plots``, ``io`` (atomic files).
 """

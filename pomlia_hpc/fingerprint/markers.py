@@ -8,6 +8,7 @@ every reader (``similar``, ``index build``, ``plot latent``, which load no torch
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -70,3 +71,16 @@ def made_with(meta: dict[str, Any], digest: str) -> bool:
     encoder weights of SHA-256 ``digest``: the rule by which an extraction reuses a group and
     every reader uses one (others hold vectors of earlier weights of the same encoder name)."""
     return meta.get("encoder_sha256") == digest
+
+
+def stored_meta(out: str | Path) -> dict[str, Any] | None:
+    """The ``attrs["pomlia"]`` of the embeddings group at ``out`` (empty if it has none), or
+    None when the group is not there (no readable ``zarr.json``). Read as the JSON file it is:
+    a reader checks every set of an encoder, and opening each group through zarr cost about a
+    millisecond a set."""
+    try:
+        attrs = json.loads((Path(out) / "zarr.json").read_bytes()).get("attributes") or {}
+    except (OSError, ValueError, AttributeError):
+        return None
+    meta = attrs.get("pomlia", {}) if isinstance(attrs, dict) else {}
+    return dict(meta) if isinstance(meta, dict) else {}

@@ -28,8 +28,12 @@ from sqlalchemy import select
 from pomlia_hpc.data.store import current_versions, find_version, open_store
 from pomlia_hpc.errors import NotFoundError
 from pomlia_hpc.fingerprint.encoders import get_encoder
-from pomlia_hpc.fingerprint.io import group_meta
-from pomlia_hpc.fingerprint.markers import checkpoint_digest, done_record, made_with
+from pomlia_hpc.fingerprint.markers import (
+    checkpoint_digest,
+    done_record,
+    made_with,
+    stored_meta,
+)
 from pomlia_hpc.fingerprint.summary import compute_summary, summary_path, write_summary
 from pomlia_hpc.registry import Dataset, DatasetVersion, Encoder, FingerprintSet, Registry
 
@@ -55,9 +59,9 @@ def record_set(
         return int(row.id)
 
 
-def shard_plan(out: str | Path) -> list[tuple[int, int]]:
-    """The shard plan (row ranges) stored in the embeddings group at ``out``."""
-    return [(int(a), int(b)) for a, b in group_meta(out).get("shards") or []]
+def shard_plan(meta: dict[str, Any]) -> list[tuple[int, int]]:
+    """The shard plan (row ranges) of an embeddings group's ``attrs["pomlia"]``."""
+    return [(int(a), int(b)) for a, b in meta.get("shards") or []]
 
 
 def shards_done(out: str | Path, plan: list[tuple[int, int]]) -> list[dict[str, Any] | None]:
@@ -162,14 +166,15 @@ def check_set(
     out = Path(fs.embeddings_path)
     run = extract_command(ref, enc.name)
     vid = fs.dataset_version_id
-    if not (out / "zarr.json").is_file():
+    meta = stored_meta(out)
+    if meta is None:
         why = "not extracted" if fs.status == "pending" else f"embeddings folder {out} is missing"
         return fs, LeftOut(ref, why, run, vid, fs.id)
-    if not made_with(group_meta(out), digest):
+    if not made_with(meta, digest):
         return fs, LeftOut(ref, f"embedded with earlier weights of {enc.name}", run, vid, fs.id)
     if fs.status == "complete":
         return fs, None
-    plan = shard_plan(out)
+    plan = shard_plan(meta)
     if record_finished(registry, enc.id, fs.dataset_version_id, out, plan, ref):
         with registry.session() as s:
             row = s.get(FingerprintSet, fs.id)

@@ -36,6 +36,7 @@ from pomlia_hpc.data.synth import make_split, write_npz
 from pomlia_hpc.data.versioning import record_version
 from pomlia_hpc.fingerprint.autoencoder import Autoencoder, EncoderConfig
 from pomlia_hpc.fingerprint.distances import frechet_distance
+from pomlia_hpc.fingerprint.markers import checkpoint_digest
 from pomlia_hpc.fingerprint.similar import sample_rows, similar_datasets
 from pomlia_hpc.fingerprint.summary import compute_summary, write_summary
 from pomlia_hpc.fingerprint.train import (
@@ -61,6 +62,7 @@ def setup(ws: Workspace, reg: Registry, n: int, vectors: int, d: int) -> list[st
         encoder_dir(ws, "enc") / "encoder.pt", Autoencoder(EncoderConfig(latent_dim=d)), cfg, []
     )
     enc = register_encoder(reg, "enc", cfg, [], [], path)
+    digest = checkpoint_digest(path)
     rng = np.random.default_rng(0)
     refs = []
     for i in range(n):
@@ -79,6 +81,8 @@ def setup(ws: Workspace, reg: Registry, n: int, vectors: int, d: int) -> list[st
             np.float32
         )
         g.create_array("z", shape=z.shape, chunks=(1024, d), dtype="float32")[:] = z
+        # Readers use only sets made with the encoder's current weights: say these were.
+        g.attrs["pomlia"] = {"encoder_sha256": digest, "shards": [[0, vectors]]}
         write_summary(out, compute_summary(out, store.fingerprint))
         with reg.session() as s:
             s.add(
