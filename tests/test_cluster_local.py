@@ -302,3 +302,31 @@ def test_the_local_job_controller_entry_is_cheap() -> None:
     from pomlia_hpc.cluster import Executor  # the package's names still resolve
 
     assert Executor.__name__ == "Executor"
+
+
+def test_local_job_stopped_by_ctrl_c_is_recorded_cancelled(tmp_path: Path, reg: Registry) -> None:
+    """Ctrl-C in a terminal signals the job's processes too (one process group), and the
+    submitting command goes down before it records anything: the row said FAILED ("ended
+    without a result") while the command said "interrupted (Ctrl-C)"."""
+    import os
+
+    ex = Executor.from_profile("local", tmp_path / "jobs", reg)
+    h = ex.submit(jobfns.sleep_for, 60, name="slow")
+    controller = psutil.Process(int(h.job_id))
+    deadline = time.monotonic() + 60  # wait until the task process runs
+    while not controller.children() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for proc in [controller, *controller.children()]:  # what the terminal's SIGINT reaches
+        os.kill(proc.pid, signal.SIGINT)
+    deadline = time.monotonic() + 30
+    while pid_alive(controller.pid) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    refresh_jobs(reg)  # `pomlia jobs list` in another process
+    with reg.session() as s:
+        row = s.scalars(select(Job)).one()
+        state, cause = row.state, row.exit_cause or ""
+    assert state == "CANCELLED" and "SIGINT" in cause, (state, cause)
+    # The submitting process, had it survived, records the same.
+    with pytest.raises(JobFailedError) as exc:
+        h.result()
+    assert exc.value.state == "CANCELLED" and "SIGINT" in str(exc.value)

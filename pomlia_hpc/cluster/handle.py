@@ -18,6 +18,7 @@ from pomlia_hpc.cluster.cancel import cancel_scheduler_job, kill_after_grace
 from pomlia_hpc.cluster.failures import exit_line, failure_cause, timeout_cause
 from pomlia_hpc.cluster.records import (
     FINAL_STATES,
+    local_cancel_cause,
     mark_cancelled,
     refresh_slurm_jobs,
     sacct_states,
@@ -254,6 +255,12 @@ class JobHandle:
                     ended = row.ended_at if row is not None and slurm else None
                     requeues = row.requeue_count if row is not None else 0
                 fields["ended_at"] = ended or datetime.now(UTC)
+            if not slurm and state != "CANCELLED":
+                # Its controller was interrupted (a Ctrl-C reaches the job's processes too):
+                # cancelled, not failed, whatever its tasks raised on the way out.
+                noted = local_cancel_cause(str(self._executor.folder), str(job.job_id))
+                if noted is not None:
+                    state, cause = "CANCELLED", noted
             if state == "CANCELLED" and not cause:
                 # The traceback of a cancelled job is the signal's (KeyboardInterrupt, a
                 # DataLoader worker killed by SIGTERM), not a cause: the state is.

@@ -20,6 +20,7 @@ from typing import Any
 from sqlalchemy import and_, or_, select
 
 from pomlia_hpc.cluster.batch import submit_script
+from pomlia_hpc.cluster.submitit_local import cancel_marker
 from pomlia_hpc.errors import ClusterError
 from pomlia_hpc.processes import pid_alive
 from pomlia_hpc.registry import Job, Registry
@@ -401,8 +402,19 @@ def local_result_outcome(folder: str, scheduler_id: str) -> str | None:
     return None
 
 
+def local_cancel_cause(folder: str, scheduler_id: str) -> str | None:
+    """The cause a local job's controller noted when it was interrupted (SIGINT: Ctrl-C in
+    the terminal, ``pomlia jobs cancel``), or None if it was not."""
+    try:
+        text = cancel_marker(folder, scheduler_id).read_text()
+    except OSError:
+        return None
+    return text.strip() or "cancelled (SIGINT)"
+
+
 def refresh_local_jobs(registry: Registry, job_ids: Sequence[int] | None = None) -> int:
-    """Bring unfinished local job rows of this host up to date (RUNNING, COMPLETED, FAILED).
+    """Bring unfinished local job rows of this host up to date (RUNNING, COMPLETED, FAILED;
+    CANCELLED with its cause when the job's controller was interrupted).
 
     Only the submitting process's ``result()`` records the traceback; this poll tells a
     ``pomlia jobs list`` in another process whether the job still runs. Returns how many rows
@@ -422,8 +434,12 @@ def refresh_local_jobs(registry: Registry, job_ids: Sequence[int] | None = None)
                 new = {"state": "RUNNING"}
             else:
                 outcome = local_result_outcome(row.folder, row.scheduler_id)
+                cancelled = local_cancel_cause(row.folder, row.scheduler_id)
                 if outcome == "success":
                     new = {"state": "COMPLETED", "exit_cause": None}
+                elif cancelled is not None:
+                    # Stopped by a signal: an error it raised on the way out is not the cause.
+                    new = {"state": "CANCELLED", "exit_cause": cancelled}
                 else:
                     cause = "error raised" if outcome == "error" else "ended without a result"
                     new = {"state": "FAILED", "exit_cause": f"FAILED ({cause})"}

@@ -1,13 +1,30 @@
 """Entry point of the local backend's job controller (see
 :mod:`pomlia_hpc.cluster.submitit_controller`): ``python -m pomlia_hpc.cluster.submitit_local
 FOLDER`` runs submitit's controller of the job in FOLDER and ends with status 130, without a
-traceback, when it is interrupted (``pomlia jobs cancel``, Ctrl-C)."""
+traceback, when it is interrupted (``pomlia jobs cancel``, Ctrl-C).
+
+An interrupted controller leaves a marker beside the job's files (:func:`cancel_marker`) that
+holds the cause: a Ctrl-C in the terminal reaches the job's processes directly, and the
+submitting command is gone before it could record anything, so the marker is what tells
+"cancelled by SIGINT" from "ended without a result" (``cluster.records.refresh_local_jobs``,
+``JobHandle.result``). Imports nothing heavy: it starts with every local job.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+
+#: The cause recorded for a job (or driver) stopped by SIGINT.
+SIGINT_CAUSE = "cancelled (SIGINT: `pomlia jobs cancel` or Ctrl-C)"
+
+
+def cancel_marker(folder: str | Path, job_id: str) -> Path:
+    """Where the controller of local job ``job_id`` (its pid) in ``folder`` notes that it was
+    interrupted, and why (one line of text)."""
+    return Path(folder) / f"{job_id}_cancelled.txt"
 
 
 def main(argv: Sequence[str]) -> int:
@@ -19,9 +36,14 @@ def main(argv: Sequence[str]) -> int:
             "usage: python -m pomlia_hpc.cluster.submitit_local <submitit folder>", file=sys.stderr
         )
         return 2
+    controller = Controller(Path(argv[1]))
     try:
-        Controller(Path(argv[1])).run()  # its own `finally` stops the tasks
+        controller.run()  # its own `finally` stops the tasks
     except KeyboardInterrupt:
+        # Written before the exit: whoever sees the process gone then finds the cause. A
+        # plain write (no rename): its presence is what counts, an empty file still says it.
+        with contextlib.suppress(OSError):
+            cancel_marker(argv[1], controller.pid).write_text(SIGINT_CAUSE + "\n")
         return 130  # cancelled: the submitter records and reports it
     return 0
 

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING
 
 from pomlia_hpc.cluster.checkpoint import requeue_started
 from pomlia_hpc.cluster.records import mark_all_cancelled
+from pomlia_hpc.cluster.submitit_local import SIGINT_CAUSE
 
 if TYPE_CHECKING:
     from pomlia_hpc.cluster.handle import JobHandle
@@ -38,7 +39,6 @@ if TYPE_CHECKING:
 
 #: What a SIGTERM outside Slurm, or to a Slurm job that accounting reports CANCELLED, means.
 SIGTERM_CAUSE = "cancelled (SIGTERM: scancel, `pomlia jobs cancel` or kill)"
-SIGINT_CAUSE = "cancelled (SIGINT: `pomlia jobs cancel` or Ctrl-C)"
 #: The handler's message: what the SIGTERM meant is decided after it (see sigterm_cause).
 _SIGTERM_PENDING = "SIGTERM"
 #: Seconds to wait for ``sacct`` in the SIGTERM handler (Slurm kills the job ``KillWait``
