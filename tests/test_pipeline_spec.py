@@ -495,3 +495,53 @@ def test_the_monitor_stage_runs_again_after_unschedule(workspace: Workspace) -> 
     assert MONITOR.still_there(ctx, out)
     conf.unlink()  # what `monitor unschedule m` does
     assert not MONITOR.still_there(ctx, out)
+
+
+# -- status after interruptions ----------------------------------------------------------------
+
+
+def _write_stage(ctx: StageContext, name: str, status: str, started: str, ended: str = "") -> None:
+    from pomlia_hpc.files import write_json_atomic
+
+    rec: dict[str, Any] = {"stage": name, "status": status, "started_at": started, "outputs": {}}
+    if ended:
+        rec["ended_at"] = ended
+    write_json_atomic(ctx.record_path(name), rec)
+
+
+def test_a_stage_whose_driver_was_killed_shows_interrupted(ctx: StageContext) -> None:
+    """`pipeline run` SIGKILLed left its stage recorded `running`, and `pipeline status` showed
+    it running for good; no process holds the pipeline's lock then: it was interrupted."""
+    from pomlia_hpc.pipeline.runner import pipeline_lock, pipeline_status
+    from pomlia_hpc.pipeline.stage import now
+
+    _write_stage(ctx, "encoder", "running", now())
+    with pipeline_lock(ctx.folder):  # a process at work: running it is
+        assert {r.stage: r.state for r in pipeline_status(ctx)}["encoder"] == "running"
+    row = {r.stage: r for r in pipeline_status(ctx)}["encoder"]
+    assert row.state == "interrupted" and "run the pipeline again" in row.detail
+
+
+def test_a_queued_stage_job_shows_no_times_of_an_earlier_run(
+    ctx: StageContext, reg: Registry
+) -> None:
+    """A stage job still pending showed the start and end of the stage's earlier run (`pending
+    ... 01:51:10 01:51:11`); a record its own job wrote was overruled by a lagging job state."""
+    from pomlia_hpc.cluster.records import record_submission
+    from pomlia_hpc.files import write_json_atomic
+    from pomlia_hpc.pipeline.runner import RUN_FILE, pipeline_status
+
+    old_start, old_end = "2020-01-01T00:00:00+00:00", "2020-01-01T00:00:05+00:00"
+    _write_stage(ctx, "data", "done", old_start, old_end)
+    (job,) = record_submission(
+        reg, backend="debug", scheduler_ids=["1"], name="pipeline-p-data", folder="/x"
+    )
+    stages = {"data": {"action": "run", "job": job}}
+    run = {"mode": "chain", "stages": stages, "submitted_at": "2026-01-01T00:00:00+00:00"}
+    write_json_atomic(ctx.folder / RUN_FILE, run)
+    row = {r.stage: r for r in pipeline_status(ctx)}["data"]
+    assert (row.state, row.started_at, row.ended_at) == ("pending", "", "")
+    # The job's own run recorded the stage done while the job still shows PENDING: done.
+    _write_stage(ctx, "data", "done", "2999-01-01T00:00:00+00:00", "2999-01-01T00:00:01+00:00")
+    row = {r.stage: r for r in pipeline_status(ctx)}["data"]
+    assert row.state in ("done", "stale") and row.ended_at.startswith("2999")

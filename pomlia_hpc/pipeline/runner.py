@@ -156,6 +156,24 @@ def pipeline_lock(folder: Path) -> Iterator[None]:
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
+def pipeline_held(folder: Path) -> bool:
+    """Whether a process holds ``folder/lock`` now (runs stages of this pipeline: in-process,
+    a stage job or a driver job). The kernel frees the lock when its holder dies, even by
+    SIGKILL, so a free lock means nothing runs there any more. Probed without blocking and
+    let go at once."""
+    try:
+        fh = (folder / "lock").open("rb")
+    except OSError:
+        return False  # no lock file: no process ever ran a stage here
+    with fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(fh, fcntl.LOCK_UN)
+        return False
+
+
 def run_in_process(ctx: StageContext, plan: Plan) -> dict[str, str]:
     """Run the plan's stages here, in order; returns stage → skipped/done."""
     outcome: dict[str, str] = {}
@@ -345,7 +363,7 @@ class StageStatus:
     """One row of ``pomlia pipeline status``."""
 
     stage: str
-    state: str  # done, stale, failed, running, skipped, pending, not run
+    state: str  # done, stale, failed, cancelled, running, interrupted, pending, not run
     job: int | None = None
     scheduler_id: str = ""
     job_state: str = ""
@@ -356,6 +374,12 @@ class StageStatus:
 
 
 _BAD_END = frozenset({"CANCELLED", "FAILED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL"})
+
+#: The detail of a stage whose record says running while no process runs the pipeline.
+INTERRUPTED_DETAIL = (
+    "the process that ran it is gone (killed before it could record an end); run the "
+    "pipeline again to resume it"
+)
 
 
 def pipeline_status(ctx: StageContext) -> list[StageStatus]:
@@ -382,6 +406,8 @@ def pipeline_status(ctx: StageContext) -> list[StageStatus]:
         state, detail = _stage_state(ctx, stage, rec, stage_job, run, behind)
         own = [rows[int(j)] for j in rec.get("jobs") or () if int(j) in rows]
         job = stage_job if stage_job is not None else (own[-1] if own else None)
+        if state in ("pending", "running") and not _this_run(rec, run):
+            rec = {}  # an earlier run's record: its times say nothing about the job now
         if state != "done":
             behind.append(stage.name)
         detail = detail or str(
@@ -425,9 +451,7 @@ def _stage_state(
         state = "stale"  # the file or an upstream output changed since
         why = run_reason(ctx, stage) or "its inputs changed"
         detail = why if why.endswith("gone") else f"{why} since it ran ({rec.get('ended_at')})"
-    # A record of this submission's run (not of an earlier one) says what the job did.
-    this_run = str(rec.get("started_at", "")) >= str(run.get("submitted_at", "~"))
-    if job is not None and job.state not in FINAL_STATES and not this_run:
+    if job is not None and job.state not in FINAL_STATES and not _this_run(rec, run):
         # Submitted and not ended: never "not run" (nor an old record's state) meanwhile. In
         # driver mode one job runs the stages in turn: one not started yet waits.
         waiting = job.state == "PENDING" or run.get("mode") == "driver"
@@ -435,7 +459,18 @@ def _stage_state(
     if job is not None and job.state in _BAD_END and state not in ("done", "failed"):
         # A stage job killed mid-run never wrote "failed"; one never started was cancelled.
         state = "failed" if rec.get("status") == "running" else "cancelled"
+    at_work = job is not None and job.state not in FINAL_STATES
+    if state == "running" and not at_work and not pipeline_held(ctx.folder):
+        # Recorded running, no job at work and nobody holds the pipeline's lock: its driver
+        # was killed (SIGKILL, a lost node) before it could record an end.
+        state, detail = "interrupted", INTERRUPTED_DETAIL
     return state, detail
+
+
+def _this_run(rec: dict[str, Any], run: dict[str, Any]) -> bool:
+    """Whether stage record ``rec`` is of the last submission ``run`` (not an earlier one's),
+    so that it, not the queued job, says what the stage did."""
+    return str(rec.get("started_at", "")) >= str(run.get("submitted_at", "~"))
 
 
 def status_spec(workspace: Workspace, name_or_file: str | None) -> PipelineSpec:
