@@ -377,3 +377,36 @@ def test_one_failed_shard_does_not_fail_the_others_of_its_task(
     with reg.session() as s:
         status = dict(s.execute(select(FingerprintSet.id, FingerprintSet.status)).all())
     assert sorted(status.values()) == ["complete", "failed"]
+
+
+def test_a_rerun_waits_for_the_shard_jobs_of_a_killed_run(
+    workspace: Workspace, reg: Registry
+) -> None:
+    """`fingerprint extract` run again while the shard jobs of the first (SIGKILLed) command ran
+    on submitted every shard again: two writers on the same regions. It waits for them now,
+    and runs only what they leave undone."""
+    from pomlia_hpc.fingerprint.planning import shard_claim
+    from pomlia_hpc.registry import Job
+    from tests.fixtures import jobfns
+
+    a = make_dataset(workspace, reg, "blood", "bloodmnist", (20, 4, 8), chunk_rows=32)
+    make_encoder(workspace, reg, "enc", latent_dim=4)
+    # The first command planned and submitted its one shard, then was killed: its job runs on.
+    plan = plan_extraction(reg, workspace, "enc", [a], shards=1, threads=1)
+    (spec,) = plan.specs
+    ex = Executor.from_profile("local", workspace.jobs, reg)
+    orphan = ex.submit(
+        jobfns.sleep_then_call,
+        3.0,
+        run_shards,
+        [spec],
+        name="fingerprint-extract",
+        job_meta={"shards": [shard_claim(spec.out_path, spec.shard)]},
+    )
+    said: list[str] = []
+    (res,) = extract(reg, workspace, "enc", [a], executor=ex, shards=1, say=said.append)
+    assert (res.status, res.shards_run) == ("complete", 0)  # the orphan's shard, not a second
+    assert any(f"job(s) {orphan.record_id} (" in line and "waiting" in line for line in said)
+    with reg.session() as s:
+        names = [j.name for j in s.scalars(select(Job))]
+    assert names == ["fingerprint-extract"]  # nothing submitted beside it

@@ -46,8 +46,11 @@ class Executor:
         self.folder = Path(folder).expanduser().absolute()
         self.folder.mkdir(parents=True, exist_ok=True)
         self.registry = registry
+        #: Local jobs not started yet: handle, callable, its arguments, profile, name, row meta.
         self._pending: list[
-            tuple[JobHandle, Callable[..., Any], tuple[Any, ...], ClusterProfile, str]
+            tuple[
+                JobHandle, Callable[..., Any], tuple[Any, ...], ClusterProfile, str, dict[str, Any]
+            ]
         ] = []
         self._running: list[JobHandle] = []
         self._lock = threading.Lock()
@@ -72,7 +75,13 @@ class Executor:
         ex.update_parameters(**submitit_parameters(profile, name=name))
         return ex
 
-    def _record(self, ids: Sequence[str], name: str, array_id: str | None) -> list[int | None]:
+    def _record(
+        self,
+        ids: Sequence[str],
+        name: str,
+        array_id: str | None,
+        row_meta: Sequence[dict[str, Any]] | None = None,
+    ) -> list[int | None]:
         if self.registry is None:
             return [None] * len(ids)
         return list(
@@ -86,6 +95,7 @@ class Executor:
                 meta={"host": this_host()} if self.backend == "local" else None,
                 # submitit launches a local job's process at once: it has started
                 started=self.backend == "local",
+                row_meta=row_meta,
             )
         )
 
@@ -97,18 +107,20 @@ class Executor:
         name: str = "pomlia",
         resources: dict[str, Any] | None = None,
         after_ok: Sequence[JobHandle] = (),
+        job_meta: dict[str, Any] | None = None,
         **kwargs: Any,
     ) -> JobHandle:
         """Submit ``fn(*args, **kwargs)`` as one job. ``after_ok``: Slurm jobs that must end
         COMPLETED before this one starts (``--dependency=afterok``); if one fails, Slurm
-        cancels this one (``--kill-on-invalid-dep``). Only the Slurm backend chains jobs."""
+        cancels this one (``--kill-on-invalid-dep``). Only the Slurm backend chains jobs.
+        ``job_meta``: recorded in the job's row (``Job.meta``) with the executor's own keys."""
         profile = with_overrides(self.profile, resources)
         ex = self._submitit(profile, name)
         if after_ok:
             ex.update_parameters(**after_ok_parameters(profile, [h.job_id for h in after_ok]))
         with sbatch_refusals(profile, name):  # one line naming the option, not a traceback
             job = ex.submit(fn, *args, **kwargs)
-        (rid,) = self._record([str(job.job_id)], name, None)
+        (rid,) = self._record([str(job.job_id)], name, None, [job_meta or {}])
         handle = JobHandle(self, rid)
         handle.resources = profile
         handle._bind(job)
@@ -122,19 +134,33 @@ class Executor:
         *,
         name: str = "pomlia-array",
         resources: dict[str, Any] | None = None,
+        item_meta: Sequence[dict[str, Any]] | None = None,
     ) -> list[JobHandle]:
-        """Run ``fn(item)`` for each item as an array job; one handle per item, in order."""
+        """Run ``fn(item)`` for each item as an array job; one handle per item, in order.
+        ``item_meta``: one dict per item, recorded in its task's row (``Job.meta``), so that a
+        later command can tell what a task still queued or running works on."""
         profile = with_overrides(self.profile, resources)
         if not items:
             return []
+        metas = list(item_meta) if item_meta is not None else [{} for _ in items]
+        if len(metas) != len(items):
+            raise ValueError(f"item_meta: {len(metas)} entries for {len(items)} items")
         if profile.backend == "slurm":
-            return self._slurm_array(fn, items, profile, name)
+            return self._slurm_array(fn, items, profile, name, metas)
         if profile.backend == "debug":
-            return [self.submit(fn, item, name=name, resources=resources) for item in items]
-        return self._local_array(fn, items, profile, name)
+            return [
+                self.submit(fn, item, name=name, resources=resources, job_meta=m)
+                for item, m in zip(items, metas, strict=True)
+            ]
+        return self._local_array(fn, items, profile, name, metas)
 
     def _slurm_array(
-        self, fn: Callable[..., Any], items: Sequence[Any], profile: ClusterProfile, name: str
+        self,
+        fn: Callable[..., Any],
+        items: Sequence[Any],
+        profile: ClusterProfile,
+        name: str,
+        metas: Sequence[dict[str, Any]],
     ) -> list[JobHandle]:
         handles: list[JobHandle] = []
         previous: str | None = None
@@ -157,7 +183,8 @@ class Executor:
                 raise
             array_id = str(jobs[0].job_id).split("_")[0]
             previous = array_id
-            ids = self._record([str(j.job_id) for j in jobs], name, array_id)
+            chunk_meta = metas[start : start + size]
+            ids = self._record([str(j.job_id) for j in jobs], name, array_id, chunk_meta)
             for job, rid in zip(jobs, ids, strict=True):
                 h = JobHandle(self, rid)
                 h.resources = profile
@@ -197,14 +224,19 @@ class Executor:
         ) from exc
 
     def _local_array(
-        self, fn: Callable[..., Any], items: Sequence[Any], profile: ClusterProfile, name: str
+        self,
+        fn: Callable[..., Any],
+        items: Sequence[Any],
+        profile: ClusterProfile,
+        name: str,
+        metas: Sequence[dict[str, Any]],
     ) -> list[JobHandle]:
         handles = []
-        for item in items:
+        for item, meta in zip(items, metas, strict=True):
             h = JobHandle(self, None)
             handles.append(h)
             with self._lock:
-                self._pending.append((h, fn, (item,), profile, name))
+                self._pending.append((h, fn, (item,), profile, name, meta))
         self._pump()
         with self._lock:
             if self._feeder is None or not self._feeder.is_alive():
@@ -219,7 +251,7 @@ class Executor:
                 self._running = [h for h in self._running if not h.done()]
                 if not self._pending or len(self._running) >= self.profile.max_parallel:
                     return
-                handle, fn, args, profile, name = self._pending.pop(0)
+                handle, fn, args, profile, name, meta = self._pending.pop(0)
                 self._running.append(handle)
             try:
                 job = self._submitit(profile, name).submit(fn, *args)
@@ -228,7 +260,7 @@ class Executor:
                     self._running.remove(handle)  # it holds no max_parallel slot
                 handle._fail_submission(exc)
                 continue
-            (handle.record_id,) = self._record([str(job.job_id)], name, None)
+            (handle.record_id,) = self._record([str(job.job_id)], name, None, [meta])
             handle._bind(job)
 
     def _feed(self) -> None:

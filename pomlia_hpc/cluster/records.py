@@ -144,10 +144,15 @@ def record_submission(
     array_job_id: str | None = None,
     meta: dict[str, Any] | None = None,
     started: bool = False,
+    row_meta: Sequence[dict[str, Any]] | None = None,
 ) -> list[int]:
     """Insert one row per submitted job (or array task); returns their registry ids.
     ``started``: the jobs' processes start now (a local job is launched at its submission),
-    recorded as their ``started_at`` (UTC)."""
+    recorded as their ``started_at`` (UTC). ``row_meta``: one more dict per row, merged into
+    ``meta`` (what each array task works on, for a later command to find it)."""
+    extra = list(row_meta) if row_meta is not None else [{} for _ in scheduler_ids]
+    if len(extra) != len(scheduler_ids):
+        raise ValueError(f"row_meta: {len(extra)} entries for {len(scheduler_ids)} jobs")
     now = datetime.now(UTC)
     with registry.session() as s:
         rows = [
@@ -161,7 +166,7 @@ def record_submission(
                 state="PENDING",
                 submitted_at=now,
                 started_at=now if started else None,
-                meta=meta or {},
+                meta={**(meta or {}), **extra[i]},
             )
             for i, sid in enumerate(scheduler_ids)
         ]

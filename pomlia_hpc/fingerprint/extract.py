@@ -49,7 +49,14 @@ from pomlia_hpc.errors import (
 from pomlia_hpc.fingerprint.aside import drop, restoring
 from pomlia_hpc.fingerprint.layout import DEFAULT_SHARD_ROWS
 from pomlia_hpc.fingerprint.markers import done_record
-from pomlia_hpc.fingerprint.planning import ExtractionPlan, all_embedded, plan_extraction
+from pomlia_hpc.fingerprint.planning import (
+    EXTRACT_JOB_NAME,
+    ExtractionPlan,
+    all_embedded,
+    plan_extraction,
+    shard_claim,
+    wait_for_earlier_shards,
+)
 from pomlia_hpc.fingerprint.shards import ShardSpec, run_shard
 from pomlia_hpc.fingerprint.usable import record_finished, record_set
 from pomlia_hpc.registry import Encoder, Registry
@@ -124,6 +131,9 @@ def extract(
     ``progress(done, total)`` is called as tasks finish. Raises :class:`ClusterError` naming
     the failed shards (the others stay done; running again retries only the failed ones).
     ``say(line)`` gets each warning (an encoder trained on other channels) before any job.
+    Shard jobs of an earlier run (killed before they ended) that are still queued or running
+    and write into the same embeddings are waited for first (``say`` names them), so that no
+    shard is submitted a second time beside its running job.
 
     The cluster profile and ``resources`` are checked first: with ``force`` the finished
     vectors are removed, and a refusal after that would leave nothing in their place.
@@ -137,6 +147,8 @@ def extract(
     except InputError:
         if force or not all_embedded(registry, workspace, encoder, datasets, patch_grid):
             raise
+    # Shard jobs of an earlier run killed meanwhile may still write here: never a second writer.
+    wait_for_earlier_shards(registry, workspace, encoder, datasets, say=say)
     plan = plan_extraction(
         registry,
         workspace,
@@ -225,7 +237,11 @@ def _submit(
 ) -> list[JobHandle]:
     if not specs:
         return []
-    return ex.map_array(run_shards, specs, name="fingerprint-extract", resources=resources)
+    # Each task's row names its shards: a later run waits for the tasks still at work.
+    claims = [{"shards": [shard_claim(s.out_path, s.shard) for s in task]} for task in specs]
+    return ex.map_array(
+        run_shards, specs, name=EXTRACT_JOB_NAME, resources=resources, item_meta=claims
+    )
 
 
 def _run(

@@ -1,18 +1,28 @@
 """Planning an extraction: resolve the datasets, create (or reuse) each embeddings group and
 its shard plan, list the shards still to run, and record each fingerprint set as running.
 Nothing is submitted here (:mod:`.extract` does that).
+
+Each array task's job row names the shards it writes (``Job.meta["shards"]``,
+:func:`shard_claim`). A run whose predecessor was killed (SIGKILL, a lost login node) while its
+shard jobs ran on first waits for those still queued or running that write into the same
+embeddings (:func:`wait_for_earlier_shards`): submitted again beside them, two jobs would write
+the same regions (and take the GPUs twice). What they finish is then done, and only the rest
+is planned.
 """
 
 from __future__ import annotations
 
 import math
+import time
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from sqlalchemy import select
 
+from pomlia_hpc.cluster.records import FINAL_STATES, mark_lost, refresh_jobs, this_host
 from pomlia_hpc.data.store import DatasetStore, find_version, open_store
-from pomlia_hpc.errors import InputError, PomliaError
+from pomlia_hpc.errors import ClusterError, InputError, PomliaError
 from pomlia_hpc.fingerprint.aside import SetAside, move_aside, recover, remember, restoring
 from pomlia_hpc.fingerprint.layout import (
     check_patch_grid,
@@ -26,7 +36,7 @@ from pomlia_hpc.fingerprint.markers import checkpoint_digest, done_record
 from pomlia_hpc.fingerprint.shards import ShardSpec
 from pomlia_hpc.fingerprint.train import get_encoder, load_checkpoint
 from pomlia_hpc.fingerprint.usable import record_set
-from pomlia_hpc.registry import DatasetVersion, Encoder, Registry
+from pomlia_hpc.registry import DatasetVersion, Encoder, Job, Registry
 from pomlia_hpc.workspace import Workspace
 
 
@@ -223,3 +233,93 @@ def all_embedded(
     except PomliaError:
         return False
     return bool(datasets)
+
+
+#: The job name of extraction array tasks.
+EXTRACT_JOB_NAME = "fingerprint-extract"
+#: Seconds between two looks at the shard jobs of an earlier run that are still at work.
+SHARD_WAIT_POLL_S = 2.0
+
+
+def shard_claim(out_path: str, shard: int) -> str:
+    """How a task's job row names shard ``shard`` of the embeddings at ``out_path``."""
+    return f"{out_path}#{shard}"
+
+
+def _claiming(registry: Registry, outs: Collection[str]) -> list[Job]:
+    """The extraction job rows recorded unfinished whose shards are in one of ``outs``."""
+    with registry.session() as s:
+        q = select(Job).where(Job.name == EXTRACT_JOB_NAME, Job.state.not_in(FINAL_STATES))
+        rows = [
+            r
+            for r in s.scalars(q.order_by(Job.id))
+            if any(str(c).rpartition("#")[0] in outs for c in (r.meta or {}).get("shards", []))
+        ]
+        s.expunge_all()
+    return rows
+
+
+def live_shard_jobs(registry: Registry, outs: Collection[str]) -> list[Job]:
+    """The extraction jobs still queued or running that write into one of the embeddings
+    ``outs`` (paths), oldest first. Their states are asked of the scheduler first (a local job
+    lives while its controller process does; a Slurm job neither ``sacct`` nor ``squeue``
+    knows is ``LOST``); when it cannot answer, the registry's state stands: a job that may be
+    writing counts as writing."""
+    rows = _claiming(registry, outs)
+    if rows:
+        try:
+            refresh_jobs(registry, [r.id for r in rows])
+            if any(r.backend == "slurm" for r in rows):
+                mark_lost(registry, [r.id for r in rows])
+        except ClusterError:
+            pass
+        rows = _claiming(registry, outs)
+    return rows
+
+
+def wait_for_earlier_shards(
+    registry: Registry,
+    workspace: Workspace,
+    encoder: int | str | Encoder,
+    datasets: list[str],
+    *,
+    say: Callable[[str], None] | None = None,
+    poll_s: float = SHARD_WAIT_POLL_S,
+) -> None:
+    """Wait (polling every ``poll_s`` seconds) until no extraction job of an earlier run that
+    writes into the embeddings of ``datasets`` is queued or running; ``say`` gets one line
+    naming them first. A local job of another host cannot be checked from here: a
+    :class:`PomliaError` naming it and how to cancel it. Unknown names are left to planning."""
+    try:
+        enc = get_encoder(registry, encoder)
+        outs = {
+            str(embeddings_path(workspace, enc.name, store))
+            for _row, store in resolve_versions(registry, datasets)
+        }
+    except PomliaError:
+        return  # planning names what is wrong
+    said = False
+    while live := live_shard_jobs(registry, outs):
+        named = ", ".join(f"{j.id} ({j.state}, {j.backend} {j.scheduler_id})" for j in live)
+        away = [j for j in live if j.backend == "local" and _host(j) not in (None, this_host())]
+        if away:
+            raise PomliaError(
+                f"extraction job(s) {named} of an earlier run still write into these "
+                f"embeddings, {len(away)} of them on another host ({_host(away[0])}), which "
+                "cannot be checked from here: wait for them, or cancel them there "
+                f"(`pomlia jobs cancel {away[0].id}`; if that host is gone, `pomlia jobs cancel "
+                f"{away[0].id} --force`) and run this again"
+            )
+        if not said and say is not None:
+            say(
+                f"extraction job(s) {named} of an earlier run still write into these "
+                "embeddings: waiting for them, then only the shards they leave undone run "
+                f"(to stop them instead: `pomlia jobs cancel {live[0].id}`, one id at a time)"
+            )
+            said = True
+        time.sleep(poll_s)
+
+
+def _host(job: Job) -> str | None:
+    host = (job.meta or {}).get("host")
+    return None if host is None else str(host)
