@@ -253,7 +253,9 @@ def extract(
     """Embed DATASETS with an encoder as an array job (complete shards are skipped).
 
     A dataset given twice is embedded once. A shard holds whole chunks of the dataset's store,
-    so a small dataset gets fewer shards than --shards asks for (the table says why)."""
+    so a small dataset gets fewer shards than --shards asks for (the table says why). Shard
+    jobs of an earlier, killed run that still write into the same embeddings are waited for,
+    not submitted again."""
     from pomlia_hpc.fingerprint.extract import extract as run_extract
 
     ws = STATE.workspace
