@@ -121,3 +121,30 @@ def test_a_job_the_real_slurm_never_knew_is_lost(tmp_path: Path, reg: Registry) 
     job = _attach(reg, rid, tmp_path)
     poll_attached([job])
     assert job.done() and job.lost(cancelled_too=False)
+
+
+def test_a_local_job_stopped_by_ctrl_c_is_closed_cancelled_when_resubmitted(
+    tmp_path: Path, reg: Registry
+) -> None:
+    """A resumed study closed the row of a trial job that Ctrl-C had stopped as FAILED ("unknown
+    to the scheduler") when it ran the trial again; its controller noted the SIGINT."""
+    import subprocess
+
+    from pomlia_hpc.cluster.submitit_local import SIGINT_CAUSE, cancel_marker
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    folder = tmp_path / "jobs"
+    folder.mkdir()
+    cancel_marker(folder, str(gone.pid)).write_text(SIGINT_CAUSE + "\n")
+    (rid,) = record_submission(
+        reg, backend="local", scheduler_ids=[str(gone.pid)], name="automl-s-1", folder=str(folder)
+    )
+    job = _attach(reg, rid, tmp_path)
+    poll_attached([job])
+    assert job.lost(cancelled_too=False)  # still run again: nothing was learnt
+    job.forget("trial")
+    with reg.session() as s:
+        row = s.get(Job, rid)
+        assert row is not None
+        assert row.state == "CANCELLED" and SIGINT_CAUSE in (row.exit_cause or ""), row.exit_cause

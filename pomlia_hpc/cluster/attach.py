@@ -25,7 +25,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from pomlia_hpc.cluster.handle import JobFailedError
-from pomlia_hpc.cluster.records import FINAL_STATES, SchedulerState, sacct_states, update_job
+from pomlia_hpc.cluster.records import (
+    FINAL_STATES,
+    SchedulerState,
+    local_cancel_cause,
+    sacct_states,
+    update_job,
+)
 from pomlia_hpc.errors import ClusterError
 from pomlia_hpc.processes import pid_alive
 from pomlia_hpc.registry import Job, Registry
@@ -50,6 +56,9 @@ class AttachedJob:
     ) -> None:
         self.registry, self.record_id = registry, int(row.id)
         self.backend, self.job_id = row.backend, row.scheduler_id
+        self.folder = row.folder
+        #: Why a local job gone without a trace ended, when its controller noted a signal.
+        self.cancel_cause: str | None = None
         self.has_result, self.failure = has_result, failure
         #: The scheduler's state; ``None``: unknown to it (never ran, or long forgotten).
         self.state: str | None = "PENDING"
@@ -70,6 +79,7 @@ class AttachedJob:
             self.state = "FAILED"
         else:
             self.state = None  # gone without a trace: killed, as if cancelled
+            self.cancel_cause = local_cancel_cause(self.folder, self.job_id)
 
     @property
     def ended(self) -> bool:
@@ -95,11 +105,13 @@ class AttachedJob:
         )
 
     def forget(self, what: str = "job") -> None:
-        """Close the job's row: its work (a ``what``) is submitted again as a new job."""
-        self.close_row(
-            self.state or "FAILED",
-            exit_cause=f"{self.state or 'unknown to the scheduler'}; the {what} was resubmitted",
-        )
+        """Close the job's row: its work (a ``what``) is submitted again as a new job. A local
+        job its controller noted as interrupted (Ctrl-C) was cancelled, not failed."""
+        if self.state is None and self.cancel_cause is not None:
+            state, why = "CANCELLED", self.cancel_cause
+        else:
+            state, why = self.state or "FAILED", self.state or "unknown to the scheduler"
+        self.close_row(state, exit_cause=f"{why}; the {what} was resubmitted")
 
     def completed(self) -> None:
         """Record that the job's result was collected (a cancel recorded just after it ended
