@@ -34,7 +34,7 @@ def _run(task_id: int, arch: str, val: float, test: float, minutes: int, **kw: A
 
 def _answer(reg: Registry, task: str) -> int:
     """A recorded answer: ResNet-18 first (it runs here), a ViT second (it cannot), a third
-    pick beyond k = 2, and the small CNN as the AutoML warm start."""
+    pick beyond k = 2, and the small CNN at lr 0.01 (the runs' own) as the AutoML warm start."""
     picks = [
         {"rank": 1, "strategy": {"arch": "resnet18", "img_size": 28}, "expected": 0.9,
          "automl": {"arch": "resnet18", "lr": 0.001}},
@@ -51,7 +51,7 @@ def _answer(reg: Registry, task: str) -> int:
             learner="kernel-regret",
             learner_version="2",
             inputs={"metric": "acc", "k": 2},
-            output={"strategies": picks, "initial": [{"arch": "small_cnn", "lr": 0.003}]},
+            output={"strategies": picks, "initial": [{"arch": "small_cnn", "lr": 0.01}]},
             created_at=NOW,
         )
         s.add(row)
@@ -113,3 +113,38 @@ def test_an_answer_without_runs_since_is_not_run_and_bad_input_is_one_error(
         outcomes(reg, "nosuch")
     with pytest.raises(InputError, match="--limit 0"):
         outcomes(reg, limit=0)
+
+
+def test_the_warm_regret_scores_the_warm_start_configuration_not_its_architecture(
+    workspace: Workspace, reg: Registry
+) -> None:
+    """A ``--from-recommendation --recommend-k 1`` study: its first run trained the warm-start
+    configuration (test 0.500), the next one SMAC's own proposal of the same architecture
+    (test 0.667, better on validation too). The warm regret is the warm configuration's."""
+    task = tiny_task(workspace, reg, "warmth")
+    warm = {"arch": "mobilenet_v3_small", "lr": 0.0006210398231, "optimizer": "adamw"}
+    with reg.session() as s:
+        tid = s.scalar(select(Task.id).where(Task.name == task))
+        assert tid is not None
+        s.add(
+            Recommendation(
+                task_id=tid,
+                task=task,
+                inputs={"metric": "acc", "k": 1},
+                output={"strategies": [], "initial": [warm]},
+                created_at=NOW,
+            )
+        )
+        own = _run(tid, "mobilenet_v3_small", 0.7, 0.667, 2)
+        own.config = {"arch": "mobilenet_v3_small", "lr": 0.0186848325935, "optimizer": "sgd"}
+        first = _run(tid, "mobilenet_v3_small", 0.5, 0.5, 1)
+        # as recorded: the search's bookkeeping beside the values, the lr's last digits rounded
+        first.config = {**warm, "lr": 0.00062103982, "origin": "Initial design: warm start"}
+        s.add_all([first, own])
+        s.flush()
+        first_id, own_id = first.id, own.id
+    (o,) = outcomes(reg, task)
+    assert o.best_run_id == own_id
+    (w,) = o.warm
+    assert (w.run_id, w.n_runs, w.value) == (first_id, 1, 0.5)
+    assert w.regret == pytest.approx(16.7) and o.warm_regret == pytest.approx(16.7)

@@ -175,8 +175,8 @@ def strategy_outcomes(
     console.print(table)
     console.print(
         "top-1 / best of top k / warm: regret of the answer's first pick, of its best pick and of "
-        "its best AutoML warm-start configuration against the best run since (not run: none "
-        "of them has run on the task since)"
+        "its best AutoML warm-start configuration (scored by the runs of that configuration "
+        "itself) against the best run since (not run: none of them has run on the task since)"
     )
 
 

@@ -10,8 +10,11 @@ run when its AutoML translation (or, for a strategy of the registry's own runs, 
 itself) has the run's architecture, initial weights, training mode and extra data; published
 strategies that the AutoML space cannot run never match. The answer's AutoML warm-start
 configurations (``initial``, what ``--from-recommendation`` and the loop start from) are scored
-the same way. Regrets are ``None`` while none of the picks has run: the answer has not been
-tested yet.
+by the runs of those configurations themselves: a run matches one when its configuration has
+every hyperparameter value of it (a study's initial design, the warm start's first training,
+a final training of it), not by its strategy, since a later run of the same architecture with
+the optimiser's own hyperparameters says nothing about the configuration recommended. Regrets
+are ``None`` while none of the picks has run: the answer has not been tested yet.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from datetime import datetime
+from math import isclose
 from typing import Any
 
 from sqlalchemy import select
@@ -59,7 +63,9 @@ class Outcome:
     best_run_id: int | None
     best_strategy: dict[str, Any] | None
     picks: list[PickOutcome]
-    warm: list[PickOutcome]  # the AutoML warm-start configurations, in their order
+    #: The AutoML warm-start configurations, in their order, each scored by the runs of that
+    #: very configuration (every hyperparameter value of it), not of its strategy.
+    warm: list[PickOutcome]
     top1_regret: float | None  # the first pick's regret (None: it has not run)
     topk_regret: float | None  # the best pick's regret (None: none has run)
     warm_regret: float | None  # the best warm-start configuration's regret
@@ -85,6 +91,23 @@ def _pick_fields(pick: dict[str, Any]) -> tuple[str, ...] | None:
     if pick.get("note"):  # the translation failed: not in the AutoML space
         return None
     return _fields(pick.get("strategy") or {})
+
+
+def _same_values(entry: dict[str, Any], config: dict[str, Any]) -> bool:
+    """Whether a run's ``config`` has every hyperparameter value of the warm-start ``entry``
+    (numbers within a relative 1e-6: the registry's JSON may round the last digits)."""
+    for name, want in entry.items():
+        got = config.get(name)
+        if _number(want) and _number(got):
+            if not isclose(float(want), float(got), rel_tol=1e-6):
+                return False
+        elif got != want:
+            return False
+    return True
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
 
 
 def _score(runs: list[tuple[int, float, float]]) -> tuple[int, float] | None:
@@ -137,21 +160,31 @@ def score_answers(registry: Registry, recs: Sequence[Recommendation]) -> list[Ou
 def _outcome(rec: Recommendation, rows: Sequence[Any]) -> Outcome:
     metric = str((rec.inputs or {}).get("metric") or "")
     k = int((rec.inputs or {}).get("k") or 0) or None
-    since: list[tuple[int, float, float, tuple[str, ...]]] = []
+    since: list[tuple[int, float, float, tuple[str, ...], dict[str, Any]]] = []
     for run_id, task_id, created, config, objective, test in rows:
         value = test.get(metric) if isinstance(test, dict) else None
         if task_id != rec.task_id or created < rec.created_at or objective is None:
             continue
         if value is not None:
-            since.append((run_id, float(objective), float(value), _fields(config or {})))
+            config = dict(config or {})
+            since.append((run_id, float(objective), float(value), _fields(config), config))
     best = _score([r[:3] for r in since])
     best_value = best[1] if best else None
     best_fields = next((r[3] for r in since if best and r[0] == best[0]), None)
 
     def scored(
-        rank: int, strategy: dict[str, Any], fields: tuple[str, ...] | None, expected: Any
+        rank: int,
+        strategy: dict[str, Any],
+        fields: tuple[str, ...] | None,
+        expected: Any,
+        values: dict[str, Any] | None = None,
     ) -> PickOutcome:
-        mine = [r[:3] for r in since if fields is not None and r[3] == fields]
+        """A pick scored by the runs of its strategy (``fields``), or with ``values`` (a
+        warm-start configuration) by the runs of exactly that configuration."""
+        if values is not None:
+            mine = [r[:3] for r in since if _same_values(values, r[4])]
+        else:
+            mine = [r[:3] for r in since if fields is not None and r[3] == fields]
         got = _score(mine)
         value = got[1] if got else None
         return PickOutcome(
@@ -174,10 +207,10 @@ def _outcome(rec: Recommendation, rows: Sequence[Any]) -> Outcome:
         )
         for i, p in enumerate(list(output.get("strategies") or [])[:k])
     ]
-    warm_fields = [_fields(c) for c in output.get("initial") or []]
+    initial = [dict(c) for c in output.get("initial") or [] if isinstance(c, dict)]
     warm = [
-        scored(i + 1, dict(zip(MATCH_FIELDS, f, strict=True)), f, None)
-        for i, f in enumerate(warm_fields)
+        scored(i + 1, dict(zip(MATCH_FIELDS, _fields(c), strict=True)), None, None, values=c)
+        for i, c in enumerate(initial)
     ]
     return Outcome(
         recommendation_id=rec.id,
