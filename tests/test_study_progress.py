@@ -4,8 +4,10 @@ study ended, however many hours that took)."""
 
 from __future__ import annotations
 
+import io
 import math
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -13,7 +15,8 @@ import pytest
 from rich.console import Console
 
 from pomlia_hpc.automl.study import StudyView, TrialLog, TrialView, trial_line
-from pomlia_hpc.cli.automl import study_table
+from pomlia_hpc.cli.automl import study_reporter, study_table
+from pomlia_hpc.progress import progress
 
 
 def _trial(run_id: int, status: str, objective: float | None = None, cause: str = "") -> TrialView:
@@ -96,10 +99,32 @@ def test_a_trial_job_says_which_trial_it_is_and_stamps_its_epochs(
 
 def test_the_final_training_is_not_counted_as_a_trial_beyond_trials() -> None:
     """`--trials 2` ran 3 jobs (the final training of the best) and said "3/2 trials"."""
-    trials = [_trial(i, "ok", 0.5) for i in range(1, 6)]
+    trials = [_trial(i, "ok", 0.5) for i in range(1, 5)]
+    trials.append(replace(_trial(5, "ok", 0.5), final=True))
     console = Console(width=200, record=True)
     console.print(study_table(_view(*trials)))
     assert "s: 4/4 trials + final training" in console.export_text()
     lines: list[str] = []
     TrialLog(lines.append)(_view(*trials))
-    assert lines[-1].endswith("[5/5 ended]")
+    assert lines[-2].endswith("[4/4 ended]") and lines[-1].endswith("[final training]")
+
+
+def test_the_final_training_is_a_stage_of_its_own_not_a_third_of_two_trials() -> None:
+    """`--trials 2`: the final training of the best made the progress say `3/2 trials
+    (150%)`; it says `2/2 trials` and names the final training (run 1's, to 9 epochs)."""
+    out = io.StringIO()
+    best = _trial(1, "ok", 0.9)
+    search = [best, _trial(2, "ok", 0.5)]
+    final = replace(best, run_id=3, epochs=9, status="running", final=True)
+    with progress("study s", 2, unit="trials", stream=out, every_s=3600) as bar:
+        update = study_reporter(bar)
+        update(replace(_view(*search), n_trials=2, best=best))
+        update(replace(_view(*search, final), n_trials=2, best=best))
+        update(replace(_view(*search, replace(final, status="ok")), n_trials=2, best=best))
+    text = out.getvalue()
+    assert "3/2" not in text and "150%" not in text, text
+    assert "study s: 2/2 trials; final training of run 1 to 9 epochs (run 3)" in text, text
+    assert "study s: 2/2 trials (100%)" in text and "(run 3): ok" in text, text
+    console = Console(width=200, record=True)
+    console.print(study_table(_view(*search, final)))
+    assert "s: 2/4 trials + final training" in console.export_text()

@@ -46,9 +46,9 @@ def study_table(view: Any) -> Table:
         if best
         else "best so far: none yet"
     )
-    runs = f"{len(view.trials)}/{view.n_trials} trials"
-    if len(view.trials) > view.n_trials:  # the final training of the best is not a trial
-        runs = f"{view.n_trials}/{view.n_trials} trials + final training"
+    runs = f"{len(view.search)}/{view.n_trials} trials"
+    if len(view.search) < len(view.trials):  # the final training of the best is not a trial
+        runs += " + final training"
     table = Table(
         title=f"study {view.name}: {runs}, {view.spent_epochs}{budget} epochs",
         caption=caption,
@@ -89,19 +89,27 @@ def study_table(view: Any) -> Table:
     return table
 
 
-def _reporter(bar: Reporter) -> Callable[[Any], None]:
+def study_reporter(bar: Reporter) -> Callable[[Any], None]:
     """``on_update`` for a study: the live table in a terminal; otherwise a status line per
     finished trial count and a line each time a trial changes status (for a Slurm log)."""
     from pomlia_hpc.automl.study import ENDED, TrialLog  # imports torch: not at the top
 
     lines = TrialLog(bar.line, counts=False)  # the bar's own line counts the ended trials
+    announced: set[int] = set()
 
     def update(view: Any) -> None:
-        ended = sum(t.status in ENDED for t in view.trials)
+        # The final training is a stage of its own, never "3/2 trials (150%)".
+        ended = min(sum(t.status in ENDED for t in view.search), view.n_trials)
         best = view.best
-        note = f"best run {best.run_id} val {view.metric} {_fmt(best.objective)}" if best else ""
+        stage = view.final_stage()
+        final = view.final_trial
+        if final is not None and final.run_id not in announced:
+            announced.add(final.run_id)  # its start on a line of its own, once
+            bar.line(f"study {view.name}: {ended}/{view.n_trials} trials; {stage}")
         if bar.plain:
             lines(view)
+        notes = [stage, f"best run {best.run_id} val {view.metric} {_fmt(best.objective)}"]
+        note = "; ".join(n for n in notes[: 2 if best else 1] if n)
         bar.update(ended, view.n_trials, note=note, view=study_table(view))
 
     return update
@@ -350,9 +358,10 @@ def automl_run(
             unit="trials",
             console=console,
             live_view=True,
-            start=ended_runs(reg, spec.name) if resume else 0,  # not 0/N before adopting
+            # not 0/N before adopting; a final training that ended is not one more trial
+            start=min(ended_runs(reg, spec.name), spec.options.n_trials) if resume else 0,
         ) as bar:
-            result = run_study(reg, ws, spec, resume=resume, on_update=_reporter(bar))
+            result = run_study(reg, ws, spec, resume=resume, on_update=study_reporter(bar))
     except KeyboardInterrupt:
         # Not a traceback: the study is consistent (its state is saved after every ask and
         # tell), and its unfinished trials stay 'running' until a resume takes them up.

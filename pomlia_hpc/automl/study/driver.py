@@ -14,7 +14,7 @@ from pomlia_hpc.automl.study.outcome import finish
 from pomlia_hpc.automl.study.recover import recover_trial
 from pomlia_hpc.automl.study.spec import StudySpec
 from pomlia_hpc.automl.study.trials import TrialRunner, UpdateFn
-from pomlia_hpc.automl.study.view import StudyResult, view_of_run
+from pomlia_hpc.automl.study.view import FINAL_ORIGIN, StudyResult, view_of_run
 from pomlia_hpc.registry import Registry
 from pomlia_hpc.workspace import Workspace
 
@@ -185,7 +185,7 @@ class StudyRunner(TrialRunner):
             if k not in ("config_key", "origin", "smac_budget", "engine")
         }
         config = configs_from_values([values], self.space, f"run {run.id}")[0]
-        config.origin = "Final: the best configuration at the full budget"
+        config.origin = FINAL_ORIGIN
         self.run_untold(Proposal(config, float(self.spec.options.max_epochs)))
 
     def may_ask(self) -> bool:

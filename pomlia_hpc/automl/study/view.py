@@ -14,6 +14,10 @@ from pomlia_hpc.vocab import RunStatus
 #: The statuses of a trial that has ended.
 ENDED = (RunStatus.OK, RunStatus.CRASHED, RunStatus.CANCELLED)
 
+#: The ``origin`` recorded with the final training of the best configuration: a job on top of
+#: ``--trials``, which the progress shows as its own stage rather than as one more trial.
+FINAL_ORIGIN = "Final: the best configuration at the full budget"
+
 
 @dataclass(frozen=True)
 class TrialView:
@@ -31,6 +35,8 @@ class TrialView:
     job: str
     cause: str = ""
     start_epoch: int = 0
+    #: The final training of the best configuration (not one of ``--trials``).
+    final: bool = False
 
 
 @dataclass(frozen=True)
@@ -44,6 +50,34 @@ class StudyView:
     spent_epochs: int
     n_trials: int
     budget_epochs: int | None
+
+    @property
+    def search(self) -> list[TrialView]:
+        """The trials of the search (``--trials``), without the final training."""
+        return [t for t in self.trials if not t.final]
+
+    @property
+    def final_trial(self) -> TrialView | None:
+        """The final training of the best configuration, once it started, else None."""
+        return next((t for t in reversed(self.trials) if t.final), None)
+
+    def final_stage(self) -> str:
+        """``final training of run 5 to 27 epochs (run 7)`` (with its status once it ended)
+        while or after the best configuration (run 5's) trains on to the full budget, else
+        ""."""
+        final = self.final_trial
+        if final is None:
+            return ""
+        # The run it continues: the search's longest (then best) training of the configuration.
+        same = [t for t in self.search if t.key == final.key]
+        source = (
+            max(same, key=lambda t: (t.epochs, _value(t.objective))).run_id
+            if same
+            else final.run_id
+        )
+        ended = f": {final.status}" if final.status in ENDED else ""
+        epochs = f"{final.epochs} epochs (run {final.run_id})"
+        return f"final training of run {source} to {epochs}{ended}"
 
 
 @dataclass(frozen=True)
@@ -69,6 +103,11 @@ class StudyResult:
     n_cancelled: int = 0
 
 
+def _value(objective: float | None) -> float:
+    """An objective for ordering: a missing or undefined one below every value."""
+    return -math.inf if objective is None or math.isnan(objective) else objective
+
+
 def job_name(study: str, run_id: int) -> str:
     """The name of trial run ``run_id``'s job (how a resumed driver finds it)."""
     return f"automl-{study}-{run_id}"
@@ -91,6 +130,7 @@ def view_of_run(registry: Registry, run: Run, metric: str) -> TrialView:
         str(job.id) if job else "",
         str(m.get("cause", "")),
         int(m.get("start_epoch", 0)),
+        values.get("origin") == FINAL_ORIGIN,
     )
 
 
@@ -116,9 +156,11 @@ class TrialLog:
 
     def __call__(self, view: StudyView) -> None:
         changed = [t for t in view.trials if self._seen.get(t.run_id) != t.status]
-        ended = sum(x.status in ENDED for x in view.trials)
+        search = view.search
+        ended = sum(x.status in ENDED for x in search)
         # the final training of the best comes on top of --trials: never "5/4 ended"
-        tail = f" [{ended}/{max(view.n_trials, len(view.trials))} ended]" if self.counts else ""
+        tail = f" [{ended}/{max(view.n_trials, len(search))} ended]" if self.counts else ""
         for t in changed:
             self._seen[t.run_id] = t.status
-            self.log(f"{self.prefix}{trial_line(t, view.metric)}{tail}")
+            mark = " [final training]" if t.final and self.counts else tail
+            self.log(f"{self.prefix}{trial_line(t, view.metric)}{mark}")
