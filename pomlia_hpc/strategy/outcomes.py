@@ -98,8 +98,8 @@ def _same_values(entry: dict[str, Any], config: dict[str, Any]) -> bool:
     (numbers within a relative 1e-6: the registry's JSON may round the last digits)."""
     for name, want in entry.items():
         got = config.get(name)
-        if _number(want) and _number(got):
-            if not isclose(float(want), float(got), rel_tol=1e-6):
+        if isinstance(want, int | float) and isinstance(got, int | float) and _number(want):
+            if not _number(got) or not isclose(want, got, rel_tol=1e-6):
                 return False
         elif got != want:
             return False
