@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import numbers
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -92,6 +93,22 @@ def check_space_options(opt: SpaceOptions) -> None:
         raise InputError("search space: expected at least one architecture in 'archs'")
     if opt.extra_data and opt.max_extra < 100:
         raise InputError(f"search space: max_extra={opt.max_extra}, expected >= 100")
+
+
+def parse_archs(text: str, option: str = "--archs") -> tuple[str, ...]:
+    """The architectures of a comma-separated ``text`` (``small_cnn,resnet18``); an empty
+    list or an empty name in it (``""``, ``small_cnn,``) is an :class:`InputError`, not the
+    default architectures."""
+    names = tuple(a.strip() for a in text.split(","))
+    if not any(names):
+        raise InputError(
+            f"{option} {text!r}: expected a comma-separated list of architectures (some of "
+            f"{', '.join(ARCHITECTURES)}); leave {option} out for the default "
+            f"{','.join(DEFAULT_ARCHS)}"
+        )
+    if not all(names):
+        raise InputError(f"{option} {text!r}: an empty architecture name in the list")
+    return names
 
 
 def build_space(options: SpaceOptions | None = None, seed: int = 0) -> ConfigurationSpace:
@@ -214,48 +231,69 @@ def config_key(values: Mapping[str, Any]) -> str:
 def make_configuration(
     space: ConfigurationSpace, values: Mapping[str, Any], where: str
 ) -> Configuration:
-    """Validate ``values`` against ``space``; :class:`InputError` naming ``where`` and the
-    hyperparameter on failure. Inactive hyperparameters may be left out."""
+    """Validate ``values`` against ``space``; :class:`InputError` naming ``where`` and every
+    bad hyperparameter (one line each when there are several) on failure. Inactive
+    hyperparameters may be left out."""
     known = set(space.keys())
     if "arch" in known and "arch" in values and not space["arch"].legal_value(values["arch"]):
-        # first: another architecture is the reason, not the weights' keys it brings along
+        # alone: another architecture is the reason, not the weights' keys it brings along
         raise InputError(
             f"{where}: architecture {values['arch']!r} is not in this study's space; "
             f"expected {_describe(space['arch'])}"
         )
+    problems: list[str] = []
     unknown = sorted(set(values) - known)
     if unknown:
-        raise InputError(
-            f"{where}: unknown hyperparameter(s) {', '.join(unknown)}; expected some of "
+        problems.append(
+            f"unknown hyperparameter(s) {', '.join(unknown)}; expected some of "
             f"{', '.join(sorted(known))}"
         )
+    # Every hyperparameter at its default, the file's values over them, then drop what the
+    # conditions make inactive (parents before children: topological order).
+    full = {name: hp.default_value for name, hp in space.items()}
+    full.update({k: v for k, v in values.items() if k in known})
     try:
-        # Every hyperparameter at its default, the file's values over them, then drop what
-        # the conditions make inactive (parents before children: topological order).
-        full = {name: hp.default_value for name, hp in space.items()}
-        full.update(values)
         for name in space.keys():  # noqa: SIM118 (ConfigSpace keeps topological order)
             hp = space[name]
             if not _active(space, name, full):
                 full.pop(name)
                 if name in values:
                     parents = ", ".join(p.name for p in space.parents_of.get(name, []))
-                    raise InputError(
-                        f"{where}: hyperparameter '{name}' is inactive with the other values "
+                    problems.append(
+                        f"hyperparameter '{name}' is inactive with the other values "
                         f"(it depends on {parents})"
                     )
             elif name in values and not hp.legal_value(full[name]):
-                raise InputError(
-                    f"{where}: value {full[name]!r} of '{name}' is not legal; "
-                    f"expected {_describe(hp)}"
-                )
+                problems.append(_illegal(name, full[name], hp))
+    except Exception as exc:  # ConfigSpace raises several types on values it cannot compare
+        raise InputError(f"{where}: not a valid configuration ({exc})") from exc
+    if problems:
+        if len(problems) == 1:
+            raise InputError(f"{where}: {problems[0]}")
+        lines = "".join(f"\n  - {p}" for p in problems)
+        raise InputError(f"{where}: {len(problems)} problems:{lines}")
+    try:
         config = Configuration(space, values=full)
         config.check_valid_configuration()
-    except InputError:
-        raise
     except Exception as exc:  # ConfigSpace raises several types (forbidden, illegal value)
         raise InputError(f"{where}: not a valid configuration ({exc})") from exc
     return config
+
+
+def _illegal(name: str, value: Any, hp: Any) -> str:
+    """Why ``value`` of hyperparameter ``name`` is refused; a string where ``hp`` takes
+    numbers is named as one (``"64"`` quoted in a file is text, not 64)."""
+    numeric = not hasattr(hp, "choices") and (
+        not hasattr(hp, "sequence") or all(_is_number(v) for v in hp.sequence)
+    )
+    kind = (
+        " (a string; write the number without quotes)" if isinstance(value, str) and numeric else ""
+    )
+    return f"value {value!r} of '{name}' is not legal{kind}; expected {_describe(hp)}"
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, numbers.Real) and not isinstance(value, bool)
 
 
 def _active(space: ConfigurationSpace, name: str, values: Mapping[str, Any]) -> bool:
@@ -276,11 +314,27 @@ def _describe(hp: Any) -> str:
     return f"a number in [{hp.lower}, {hp.upper}]"
 
 
-def read_initial_values(path: str | Path) -> list[Any]:
-    """The entries of a warm-start file, not yet validated: a YAML or JSON list of mappings
-    from hyperparameter name to value (or a mapping with a ``configs`` list, as the
-    recommender writes). An unreadable file or anything but a non-empty list is an
-    :class:`InputError` naming the file."""
+@dataclass(frozen=True)
+class InitialFile:
+    """A warm-start file as read: its entries (not yet validated) and, when the recommender
+    wrote it (``pomlia recommend TASK --write-initial``), the task and answer it was for."""
+
+    path: Path
+    configs: list[Any]
+    task: str | None = None
+    recommendation_id: int | None = None
+
+    @property
+    def source(self) -> str:
+        """How messages name the file: ``initial configurations file 'warm.json'``."""
+        return f"initial configurations file '{self.path}'"
+
+
+def read_initial_file(path: str | Path) -> InitialFile:
+    """Read a warm-start file: a YAML or JSON list of mappings from hyperparameter name to
+    value, or a mapping with a ``configs`` list (and ``task``, ``recommendation_id``), as the
+    recommender writes. An unreadable file, anything but a non-empty list, or a ``task`` that
+    is not a name is an :class:`InputError` naming the file."""
     p = Path(path)
     try:
         data = yaml.safe_load(p.read_text())
@@ -290,14 +344,26 @@ def read_initial_values(path: str | Path) -> list[Any]:
         raise InputError(
             f"initial configurations file '{p}' is not YAML/JSON ({yaml_problem(exc)})"
         ) from exc
+    task: Any = None
+    rec_id: Any = None
     if isinstance(data, dict) and "configs" in data:
+        task, rec_id = data.get("task"), data.get("recommendation_id")
         data = data["configs"]
     if not isinstance(data, list) or not data:
         raise InputError(
             f"initial configurations file '{p}': expected a non-empty list of configurations "
             "(mappings hyperparameter: value)"
         )
-    return data
+    if task is not None and not isinstance(task, str):
+        raise InputError(
+            f"initial configurations file '{p}': 'task' is {task!r}, expected a task name"
+        )
+    return InitialFile(p, data, task, rec_id if isinstance(rec_id, int) else None)
+
+
+def read_initial_values(path: str | Path) -> list[Any]:
+    """The entries of a warm-start file, not yet validated (:func:`read_initial_file`)."""
+    return read_initial_file(path).configs
 
 
 def load_initial_configs(path: str | Path, space: ConfigurationSpace) -> list[Configuration]:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
@@ -191,6 +192,17 @@ def _strategy_text(s: dict[str, Any]) -> str:
     return f"{s.get('arch')} {s.get('init')}/{s.get('mode')} {s.get('img_size')}px{extra}"
 
 
+def _initial_path(text: str | None) -> Path | None:
+    """``--write-initial``'s path; one ending in a separator (``dir/``) is refused, since
+    ``Path`` drops it and the recommender would write a file named as the folder."""
+    if text is not None and text.endswith(("/", os.sep)):
+        raise InputError(
+            f"--write-initial {text} ends in a path separator (a folder): expected the path "
+            f"of a JSON file to write, e.g. {text.rstrip('/' + os.sep) or '.'}/warm.json"
+        )
+    return None if text is None else Path(text)
+
+
 @app.command("recommend")
 def recommend_cmd(
     task: Annotated[str, typer.Argument(help="Registered task name or id.")],
@@ -220,10 +232,10 @@ def recommend_cmd(
         ),
     ] = None,
     write_initial: Annotated[
-        Path | None,
+        str | None,
         typer.Option(
             "--write-initial",
-            help="Write the AutoML configurations for `pomlia automl run --initial FILE`.",
+            help="Write the AutoML configurations to a file for `automl run --initial FILE`.",
         ),
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
@@ -240,7 +252,7 @@ def recommend_cmd(
         max_cost_s=max_cost,
         max_gpu_hours=max_gpu_hours,
         sources=source or None,
-        initial_file=write_initial,
+        initial_file=_initial_path(write_initial),
     )
     n_written = len(answer["initial"]) if write_initial is not None else None
     if as_json:

@@ -67,6 +67,21 @@ def from_recommendation(
     )
 
 
+def check_archs(warm: WarmStart, archs: tuple[str, ...]) -> None:
+    """Refuse ``archs`` (the user's ``--archs``) when they leave out an architecture that the
+    recommendation's warm-start configurations train: an :class:`InputError` naming the
+    recommendation and what to do, not an error about an "initial configurations" entry that
+    the user never wrote."""
+    missing = [a for a in warm.archs if a not in archs]
+    if missing:
+        names = ", ".join(missing)
+        raise InputError(
+            f"recommendation {warm.recommendation_id} for this task starts from {names}, not "
+            f"among --archs {','.join(archs)}: drop --archs to search the recommendation's "
+            f"architectures ({','.join(warm.archs)}), or add {names} to --archs"
+        )
+
+
 def withdraw(registry: Registry, recommendation_id: int | None) -> None:
     """Delete the record of a recommendation whose warm start was refused (the study never
     ran): `pomlia strategy outcomes` must not score an answer that nothing used, once per

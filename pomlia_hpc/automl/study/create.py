@@ -52,6 +52,8 @@ def create_study(
     init_model: str | None = None,
     extra_data: bool = False,
     initial_configs: list[dict[str, Any]] | None = None,
+    initial_source: str = "initial configurations",
+    initial_task: str | None = None,
     drop_unfit_initial: bool = False,
     final_full_budget: bool = False,
     recent_share: float | None = None,
@@ -62,8 +64,9 @@ def create_study(
     ``encoder``: a fingerprint encoder (name or id) whose weights become ``init=encoder``;
     ``init_model``: a registered model whose weights become ``init=model``; ``extra_data``: offer
     nearest images from similar datasets (found with ``encoder``'s index). ``initial_configs``:
-    warm-start configurations (value mappings), SMAC's initial design. ``drop_unfit_initial``: leave
-    out the warm-start configurations that this study's space cannot hold (e.g. a recommendation
+    warm-start configurations (value mappings), SMAC's initial design, from ``initial_source``
+    (named in messages), for ``initial_task`` (refused unless ``task``). ``drop_unfit_initial``:
+    leave out the warm-start configurations this study's space cannot hold (e.g. a recommendation
     naming ``init=encoder`` where no encoder is given) and, with SMAC, those beyond ``n_trials``;
     the spec keeps the reasons in ``dropped_initial``. Otherwise either is an error (the random
     optimizer runs the first ``n_trials`` of them). ``final_full_budget``: when the best
@@ -73,6 +76,7 @@ def create_study(
     (production) training images. ``pipeline``: the pipeline whose automl stage creates the study,
     recorded in ``study.json`` as its owner."""
     t, version, ref = _checked_task(registry, task)
+    _check_initial_task(initial_source, initial_task, t.name)
     stamp = datetime.now(UTC)
     name = name or f"{t.name}-{stamp:%Y%m%d-%H%M%S}"
     options = check_study_options(
@@ -104,7 +108,7 @@ def create_study(
         opts = _space_options(space or SpaceOptions(), enc, model, extra_data)
         cs = build_space(opts, seed=seed)
         initial, dropped = _warm_start(
-            initial_configs or [], cs, optimizer, n_trials, drop_unfit_initial
+            initial_configs or [], cs, optimizer, n_trials, drop_unfit_initial, initial_source
         )
     eng = _engine_options(engine, resources, load_cluster_profile(executor).cpus_per_task)
     spec = StudySpec(
@@ -125,6 +129,17 @@ def create_study(
     )
     _claim_study(workspace, spec)
     return spec
+
+
+def _check_initial_task(source: str, written_for: str | None, task: str) -> None:
+    """Refuse warm-start configurations written for another task than ``task`` (a file of
+    ``pomlia recommend OTHER --write-initial``: recommended for another data set)."""
+    if written_for is not None and written_for != task:
+        raise InputError(
+            f"{source} was written for task '{written_for}', not for task '{task}': its "
+            "configurations were recommended for another data set; write one for this task "
+            f"with `pomlia recommend {task} --write-initial FILE`"
+        )
 
 
 def _task_fields(t: Task, version: DatasetVersion, ref: str) -> dict[str, Any]:
@@ -257,30 +272,35 @@ def _warm_start(
     optimizer: str,
     n_trials: int,
     drop_unfit: bool,
+    source: str = "initial configurations",
 ) -> tuple[list[dict[str, Any]], list[str]]:
     """(the warm-start configurations the study keeps, why each other one was left out); see
     :func:`create_study`'s ``drop_unfit_initial``."""
     initial = list(initial_configs)
     dropped: list[str] = []
     if drop_unfit:
-        kept, dropped = split_fitting(initial, cs, "initial configurations")
+        kept, dropped = split_fitting(initial, cs, source)
         initial = [initial[i] for i in kept]
         if optimizer == "smac" and len(initial) > n_trials:
             dropped.append(
-                f"initial configurations: {len(initial) - n_trials} fitting one(s) after the "
+                f"{source}: {len(initial) - n_trials} fitting one(s) after the "
                 f"first {n_trials} (the study has {n_trials} trial(s))"
             )
             initial = initial[:n_trials]
-    _check_warm_start(initial, cs, optimizer, n_trials)
+    _check_warm_start(initial, cs, optimizer, n_trials, source)
     return initial, dropped
 
 
 def _check_warm_start(
-    initial_configs: list[dict[str, Any]], cs: Any, optimizer: str, n_trials: int
+    initial_configs: list[dict[str, Any]],
+    cs: Any,
+    optimizer: str,
+    n_trials: int,
+    source: str = "initial configurations",
 ) -> None:
     """Validate the warm start now, with a message naming the entry; SMAC refuses an initial
     design larger than its trials with a bare ValueError, so that is refused here too."""
-    configs_from_values(initial_configs, cs, "initial configurations")
+    configs_from_values(initial_configs, cs, source)
     if optimizer == "smac" and len(initial_configs) > n_trials:
         raise InputError(
             f"the warm start has {len(initial_configs)} configurations but the study "
