@@ -5,7 +5,10 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
+import threading
+from collections.abc import Iterator
 from pathlib import Path
+from types import FrameType
 
 import psutil
 
@@ -63,3 +66,30 @@ def cpus_available() -> int:
     if slurm.isdigit() and int(slurm) > 0:
         return int(slurm)
     return max(1, len(os.sched_getaffinity(0)))
+
+
+class Hangup(KeyboardInterrupt):
+    """SIGHUP in a :func:`hangup_as_interrupt` block: the terminal (or ssh session) that ran
+    the command went away. A KeyboardInterrupt, so that the command stops as on Ctrl-C: its
+    clean-up runs (``finally``, records of where it stopped) instead of the process dying."""
+
+
+@contextlib.contextmanager
+def hangup_as_interrupt() -> Iterator[None]:
+    """In the block, SIGHUP raises :class:`Hangup` in the main thread instead of killing the
+    process at once (the default), so a long command ends like an interrupted one. Where
+    SIGHUP is not at its default (``nohup`` ignores it, someone else handles it) or outside
+    the main thread (only it may set handlers) the block runs as it is."""
+    main = threading.current_thread() is threading.main_thread()
+    if not main or signal.getsignal(signal.SIGHUP) != signal.SIG_DFL:
+        yield
+        return
+
+    def hang_up(signum: int, frame: FrameType | None) -> None:
+        raise Hangup()
+
+    previous = signal.signal(signal.SIGHUP, hang_up)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGHUP, previous)

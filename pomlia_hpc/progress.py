@@ -18,13 +18,15 @@ A plain line looks like::
 Jobs write their own lines into their output files with :func:`say` (a trial's epochs, a
 fingerprint shard's rows), stamped the same way (:func:`stamped`).
 
-A reader that goes away (``pomlia automl run ... | head -2``) does not stop the work: the
-report's output then goes to ``/dev/null`` (:func:`write_line`), and one line on stderr says so.
+A reader that goes away (``pomlia automl run ... | head -2``, or a terminal that hung up, whose
+writes fail with EIO) does not stop the work: the report's output then goes to ``/dev/null``
+(:func:`write_line`), and one line on stderr says so.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import sys
 import threading
@@ -148,7 +150,9 @@ class Reporter:
             if self._view is not None and self._console is not None:
                 try:
                     self._console.print(self._view)
-                except BrokenPipeError:
+                except OSError as exc:
+                    if not reader_gone(exc):
+                        raise
                     drop_output(self._console.file)
 
     def _status(self) -> str:
@@ -175,8 +179,16 @@ def write_line(stream: IO[str], text: str) -> None:
     try:
         stream.write(text + "\n")
         stream.flush()
-    except BrokenPipeError:
+    except OSError as exc:
+        if not reader_gone(exc):
+            raise
         drop_output(stream)
+
+
+def reader_gone(exc: OSError) -> bool:
+    """Whether a write failed because nobody reads the stream any more: a closed pipe
+    (EPIPE), or a terminal that hung up (EIO, what a write to a tty returns after SIGHUP)."""
+    return isinstance(exc, BrokenPipeError) or exc.errno in (errno.EPIPE, errno.EIO)
 
 
 def _same_file(fd_a: int, fd_b: int) -> bool:
@@ -212,9 +224,9 @@ def drop_output(stream: IO[str]) -> None:
 
 class PipeSafeStream:
     """A text stream (``sys.stdout``, ``sys.stderr``) whose writes survive its reader going
-    away (``pomlia automl run ... | head -3``): on a broken pipe its descriptor is pointed at
-    ``/dev/null`` (:func:`drop_output`) and the command goes on, whoever wrote (``say()``, a
-    library's ``print``, ``logging``). Everything else is the wrapped stream's."""
+    away (``pomlia automl run ... | head -3``, a hung-up terminal): then its descriptor is
+    pointed at ``/dev/null`` (:func:`drop_output`) and the command goes on, whoever wrote
+    (``say()``, a library's ``print``, ``logging``). Everything else is the wrapped stream's."""
 
     def __init__(self, stream: IO[str]) -> None:
         self._stream = stream
@@ -228,7 +240,9 @@ class PipeSafeStream:
         """Write ``text`` (returns its length in characters, written or discarded)."""
         try:
             return self._stream.write(text)
-        except BrokenPipeError:
+        except OSError as exc:
+            if not reader_gone(exc):
+                raise
             drop_output(self._stream)
             return len(text)
 
@@ -236,7 +250,9 @@ class PipeSafeStream:
         """Flush; a broken pipe drops the output instead of raising."""
         try:
             self._stream.flush()
-        except BrokenPipeError:
+        except OSError as exc:
+            if not reader_gone(exc):
+                raise
             drop_output(self._stream)
             with contextlib.suppress(OSError, ValueError):
                 self._stream.flush()  # the buffered text now goes to /dev/null

@@ -118,6 +118,7 @@ def test_the_final_training_is_a_stage_of_its_own_not_a_third_of_two_trials() ->
     final = replace(best, run_id=3, epochs=9, status="running", final=True)
     with progress("study s", 2, unit="trials", stream=out, every_s=3600) as bar:
         update = study_reporter(bar)
+        update(replace(_view(_trial(1, "running")), n_trials=2))  # no best yet
         update(replace(_view(*search), n_trials=2, best=best))
         update(replace(_view(*search, final), n_trials=2, best=best))
         update(replace(_view(*search, replace(final, status="ok")), n_trials=2, best=best))

@@ -14,6 +14,8 @@ from pomlia_hpc.workspace import Workspace
 
 #: A study's saved specification, in its folder.
 SPEC_FILE = "study.json"
+#: What a study's driver writes when the study has finished (its outcome), in its folder.
+SUMMARY_FILE = "summary.json"
 
 
 def study_dir(workspace: Workspace, name: str) -> Path:
@@ -30,6 +32,13 @@ def spec_files(workspace: Workspace) -> list[Path]:
 def study_names(workspace: Workspace) -> list[str]:
     """The studies created in this workspace (a folder with a saved specification), sorted."""
     return [p.parent.name for p in spec_files(workspace)]
+
+
+def study_finished(workspace: Workspace, name: str) -> bool:
+    """Whether study ``name`` finished: its driver wrote ``summary.json`` after registering
+    the best model (or finding none). A study stopped before (interrupted, its driver killed or
+    hung up) has none, whatever its runs say."""
+    return (study_dir(workspace, name) / SUMMARY_FILE).is_file()
 
 
 def owning_pipeline(workspace: Workspace, name: str) -> str | None:

@@ -34,7 +34,7 @@ from types import FrameType
 
 import psutil
 
-from pomlia_hpc.automl.folders import study_dir
+from pomlia_hpc.automl.folders import study_dir, study_finished
 from pomlia_hpc.errors import ClusterError, PomliaError
 from pomlia_hpc.files import held_lock, write_atomic
 from pomlia_hpc.processes import pid_alive
@@ -323,6 +323,17 @@ def driver_gone(record: DriverRecord, now: float | None = None) -> str | None:
     if silent >= STALE_AFTER_S:
         return f"its driver ({who}) has not reported for {silent / 60:.0f} min"
     return None
+
+
+def stopped_unfinished(workspace: Workspace, study: str) -> str | None:
+    """Why ``study``'s driver is gone although the study has not finished (no
+    ``summary.json``: its best model not registered, its summary not written), or None (it
+    finished, its driver is at work, or it never recorded one). A driver stopped by a hang-up,
+    Ctrl-C or a kill after its last trial ended leaves no run 'running' to say so."""
+    if study_finished(workspace, study):
+        return None
+    record = read_driver(workspace, study)
+    return driver_gone(record) if record is not None else None
 
 
 def slurm_restarts() -> int:

@@ -4,7 +4,7 @@ arguments, calls the library and renders the result."""
 from __future__ import annotations
 
 # Command groups register themselves on import.
-from pomlia_hpc.cli import automl as _automl  # noqa: F401  (automl, runs)
+from pomlia_hpc.cli import automl as _automl  # noqa: F401
 from pomlia_hpc.cli import core as _core  # noqa: F401  (init, status)
 from pomlia_hpc.cli import data as _data  # noqa: F401
 from pomlia_hpc.cli import fingerprint as _fingerprint  # noqa: F401  (index, similar, plot)
@@ -14,6 +14,7 @@ from pomlia_hpc.cli import monitor as _monitor  # noqa: F401  (monitor run/show/
 from pomlia_hpc.cli import pipeline as _pipeline  # noqa: F401
 from pomlia_hpc.cli import registry as _registry  # noqa: F401  (registry recover)
 from pomlia_hpc.cli import report as _report  # noqa: F401
+from pomlia_hpc.cli import runs as _runs  # noqa: F401  (after automl: its place in --help)
 from pomlia_hpc.cli import serve as _serve  # noqa: F401  (model, serve, deploy)
 from pomlia_hpc.cli import strategy as _strategy  # noqa: F401  (strategy, recommend)
 from pomlia_hpc.cli import task as _task  # noqa: F401

@@ -14,26 +14,19 @@ from rich.table import Table
 from rich.text import Text
 
 from pomlia_hpc.cli.app import STATE, app, console, err_console, profile_for
-from pomlia_hpc.cli.listing import JsonFlag, print_rows
 from pomlia_hpc.errors import InputError
-from pomlia_hpc.progress import Reporter, drop_output, progress
-from pomlia_hpc.vocab import METRICS, RunStatus
+from pomlia_hpc.processes import Hangup, hangup_as_interrupt
+from pomlia_hpc.progress import Reporter, drop_output, progress, reader_gone
+from pomlia_hpc.vocab import RunStatus
 
 automl_app = typer.Typer(
     help="AutoML studies: SMAC-Hyperband over training strategies.", no_args_is_help=True
 )
-runs_app = typer.Typer(help="Training runs (AutoML trials) in the registry.", no_args_is_help=True)
 app.add_typer(automl_app, name="automl")
-app.add_typer(runs_app, name="runs")
 
 
 def _fmt(x: float | None, digits: int = 3) -> str:
     return "" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
-
-
-def _metrics(values: dict[str, Any]) -> str:
-    """A run's metrics on one split, named: ``acc 0.912 auc 0.981`` (f1_macro too)."""
-    return " ".join(f"{k} {_fmt(values[k])}" for k in METRICS if values.get(k) is not None)
 
 
 def study_table(view: Any) -> Table:
@@ -108,8 +101,10 @@ def study_reporter(bar: Reporter) -> Callable[[Any], None]:
             bar.line(f"study {view.name}: {ended}/{view.n_trials} trials; {stage}")
         if bar.plain:
             lines(view)
-        notes = [stage, f"best run {best.run_id} val {view.metric} {_fmt(best.objective)}"]
-        note = "; ".join(n for n in notes[: 2 if best else 1] if n)
+        notes = [stage]
+        if best is not None:
+            notes.append(f"best run {best.run_id} val {view.metric} {_fmt(best.objective)}")
+        note = "; ".join(n for n in notes if n)
         bar.update(ended, view.n_trials, note=note, view=study_table(view))
 
     return update
@@ -176,13 +171,18 @@ def automl_run(
     optimizer: Annotated[str, typer.Option(help="smac (Hyperband) or random.")] = "smac",
     study: Annotated[str | None, typer.Option(help="Study name (default TASK-time).")] = None,
     resume: Annotated[
-        bool, typer.Option("--resume", help="Continue the study (--study, or the task's newest).")
+        bool,
+        typer.Option(
+            "--resume",
+            help="Continue the study (--study, or the task's newest that has not finished).",
+        ),
     ] = False,
     initial: Annotated[
         Path | None,
         typer.Option(
             "--initial",
-            help="Warm start: YAML/JSON list of configurations (initial design).",
+            help="Warm start: YAML/JSON list of configurations (initial design); a file of "
+            "`pomlia recommend OTHER --write-initial` (another task) is refused.",
         ),
     ] = None,
     from_recommendation: Annotated[
@@ -211,8 +211,9 @@ def automl_run(
     archs: Annotated[
         str | None,
         typer.Option(
-            help="Comma-separated architectures to search (default small_cnn,resnet18,"
-            "mobilenet_v3_small)."
+            help="Comma-separated architectures to search, at least one (default small_cnn,"
+            "resnet18,mobilenet_v3_small; with --from-recommendation: the recommended ones, "
+            "which --archs must include)."
         ),
     ] = None,
     encoder: Annotated[
@@ -255,13 +256,17 @@ def automl_run(
     """Run an AutoML study on TASK: SMAC-Hyperband (budget = epochs), trials as cluster jobs."""
     from pomlia_hpc.automl.engine import EngineOptions
     from pomlia_hpc.automl.records import ended_runs
-    from pomlia_hpc.automl.space import DEFAULT_ARCHS, SpaceOptions, read_initial_values
-    from pomlia_hpc.automl.study import create_study, latest_study, load_spec, run_study
+    from pomlia_hpc.automl.space import DEFAULT_ARCHS, SpaceOptions, parse_archs, read_initial_file
+    from pomlia_hpc.automl.study import create_study, load_spec, run_study, study_to_resume
 
     ws = STATE.workspace
     reg = STATE.prepared()
+    defaulted: int | None = None  # the training images the epoch budgets were chosen for
     if resume:
-        spec = load_spec(ws, study or latest_study(ws, task))
+        name, why = (study, "") if study is not None else study_to_resume(ws, task)
+        if why:
+            console.print(f"[yellow]note:[/] {why}", soft_wrap=True, highlight=False)
+        spec = load_spec(ws, name)
         ignored = _ignored_on_resume(ctx)
         if ignored:
             # Same command line with --resume is the natural way to restart: warn, not refuse.
@@ -271,19 +276,23 @@ def automl_run(
             )
     else:
         from pomlia_hpc.automl.budget import default_budget, task_train_size
+        from pomlia_hpc.strategy.warmstart import check_archs, withdraw
         from pomlia_hpc.strategy.warmstart import from_recommendation as recommended_start
-        from pomlia_hpc.strategy.warmstart import withdraw
 
         if from_recommendation and initial is not None:
             raise InputError(
                 "--from-recommendation and --initial both give a warm start: choose one"
             )
-        warm = read_initial_values(initial) if initial is not None else []
+        warm_file = read_initial_file(initial) if initial is not None else None
+        warm = warm_file.configs if warm_file is not None else []
+        warm_source = warm_file.source if warm_file is not None else "initial configurations"
+        arch_list = parse_archs(archs) if archs is not None else None
         if from_recommendation and recommend_k < 1:
             # Here, not in the recommender: its own message names `pomlia recommend`'s --k.
             raise InputError(f"--recommend-k {recommend_k}: expected an integer >= 1")
         if min_epochs is None or max_epochs is None:
-            low, high = default_budget(task_train_size(reg, task), eta)
+            defaulted = task_train_size(reg, task)
+            low, high = default_budget(defaulted, eta)
             min_epochs = min_epochs if min_epochs is not None else min(low, max_epochs or low)
             max_epochs = max_epochs if max_epochs is not None else max(high, min_epochs)
         if gpus is not None and not 0 <= gpus <= 1:
@@ -301,7 +310,10 @@ def automl_run(
                 ws_rec = recommended_start(reg, task, k=recommend_k)
                 rec_id = ws_rec.recommendation_id
                 warm = ws_rec.configs
-                archs = archs or ",".join(ws_rec.archs)
+                warm_source = f"recommendation {rec_id}'s configurations"
+                if arch_list is not None:
+                    check_archs(ws_rec, arch_list)
+                arch_list = arch_list or ws_rec.archs
                 encoder = encoder or ws_rec.encoder
                 init_model = init_model or ws_rec.init_model
                 extra_data = extra_data or ws_rec.extra_data
@@ -312,7 +324,6 @@ def automl_run(
                 for k, v in (("mem_gb", mem_gb), ("time_min", time_min), ("gpus_per_node", gpus))
                 if v is not None
             }
-            arch_list = tuple(a.strip() for a in archs.split(",")) if archs else DEFAULT_ARCHS
             spec = create_study(
                 reg,
                 ws,
@@ -328,12 +339,14 @@ def automl_run(
                 seed=seed,
                 budget_epochs=budget_epochs,
                 engine=EngineOptions(zero_stage=zero_stage, bf16=bf16, device=device),
-                space=SpaceOptions(archs=arch_list),
+                space=SpaceOptions(archs=arch_list or DEFAULT_ARCHS),
                 resources=resources,
                 encoder=encoder,
                 init_model=init_model,
                 extra_data=extra_data,
                 initial_configs=warm,
+                initial_source=warm_source,
+                initial_task=warm_file.task if warm_file is not None else None,
                 final_full_budget=final,
             )
         except BaseException:
@@ -351,34 +364,63 @@ def automl_run(
         f"study [bold]{spec.name}[/] on task {spec.task} ({spec.dataset}, metric "
         f"{spec.metric}), {spec.options.optimizer}, executor '{spec.options.executor}'"
     )
+    console.print(_budgets(spec.options, defaulted), highlight=False)
     try:
-        with progress(
-            f"study {spec.name}",
-            spec.options.n_trials,
-            unit="trials",
-            console=console,
-            live_view=True,
-            # not 0/N before adopting; a final training that ended is not one more trial
-            start=min(ended_runs(reg, spec.name), spec.options.n_trials) if resume else 0,
-        ) as bar:
+        # A hung-up terminal (SIGHUP) stops the study as Ctrl-C does, its driver's end
+        # recorded, rather than killing it between a trial's end and the best model's record.
+        with (
+            hangup_as_interrupt(),
+            progress(
+                f"study {spec.name}",
+                spec.options.n_trials,
+                unit="trials",
+                console=console,
+                live_view=True,
+                # not 0/N before adopting; a final training that ended is not one more trial
+                start=min(ended_runs(reg, spec.name), spec.options.n_trials) if resume else 0,
+            ) as bar,
+        ):
             result = run_study(reg, ws, spec, resume=resume, on_update=study_reporter(bar))
-    except KeyboardInterrupt:
+    except KeyboardInterrupt as exc:
         # Not a traceback: the study is consistent (its state is saved after every ask and
         # tell), and its unfinished trials stay 'running' until a resume takes them up.
+        hangup = isinstance(exc, Hangup)
         err_console.print(
-            f"[yellow]interrupted:[/] study {spec.name} stopped; its unfinished trials stay "
+            f"[yellow]{'hung up (SIGHUP)' if hangup else 'interrupted'}:[/] study {spec.name} "
+            "stopped before its end (best model, summary); its unfinished trials stay "
             f"'running' until `pomlia automl run {shlex.quote(spec.task)} --study "
-            f"{shlex.quote(spec.name)} --resume` takes them up (jobs: `pomlia jobs list`)",
+            f"{shlex.quote(spec.name)} --resume` takes them up and records the rest (jobs: "
+            "`pomlia jobs list`)",
             soft_wrap=True,
         )
-        raise typer.Exit(130) from None
+        raise typer.Exit(129 if hangup else 130) from None
     try:
         code = _report(spec, result, resume=resume)
-    except BrokenPipeError:  # `| head`: the study is done and recorded; nobody reads on
+    except OSError as exc:  # `| head`: the study is done and recorded; nobody reads on
+        if not reader_gone(exc):
+            raise
         drop_output(console.file)
         code = 0 if result.best_run_id is not None else 1
     if code:
         raise typer.Exit(code)
+
+
+def _budgets(options: Any, defaulted: int | None) -> str:
+    """The study's budgets for its header: ``budgets: 20 to 60 epochs per trial (eta 3), 20
+    trials, 2 at once`` and, when the epochs were left to the default, the data size they were
+    chosen for."""
+    text = (
+        f"budgets: {options.min_epochs} to {options.max_epochs} epochs per trial (eta "
+        f"{options.eta}), {options.n_trials} trials, {options.parallel} at once"
+    )
+    if options.budget_epochs is not None:
+        text += f", at most {options.budget_epochs} epochs in all"
+    if defaulted is not None:
+        text += (
+            f"; epochs: default for {defaulted:,} training images (--min-epochs, --max-epochs "
+            "to choose)"
+        )
+    return text
 
 
 def _note_added_archs(spec: Any) -> None:
@@ -445,113 +487,3 @@ def _report(spec: Any, result: Any, *, resume: bool) -> int:
         + (" (the study's trials, first start to last end)" if resume and took is not None else "")
     )
     return 0
-
-
-@runs_app.command("list")
-def runs_list(
-    task: Annotated[str | None, typer.Option("--task", help="Only runs of this task.")] = None,
-    study: Annotated[str | None, typer.Option("--study", help="Only runs of this study.")] = None,
-    limit: Annotated[int, typer.Option(help="How many, newest first.")] = 50,
-    as_json: JsonFlag = False,
-) -> None:
-    """List training runs with configuration, budget, metrics, cost, status and job.
-
-    --json keys: id, task, study, status, epochs, config, val, test, objective, cost_s, job
-    (the registry's job id, as `pomlia jobs show/cancel` take), scheduler_id (Slurm's job id
-    or the local pid), error (the whole text; the table shows its first line), created_at;
-    a missing value is null."""
-    from pomlia_hpc.automl.folders import study_names  # not .study: that imports torch
-    from pomlia_hpc.automl.records import config_summary, list_runs, settle_cancelled
-
-    known = study_names(STATE.workspace) if study is not None else []
-    rows = list_runs(STATE.registry(), task=task, study=study, limit=limit, known_studies=known)
-    gone = _gone_drivers(rows)
-    # The trials a gone driver's cancel took along (its jobs ended CANCELLED) are recorded
-    # cancelled rather than shown running (stale) forever.
-    settled = settle_cancelled(STATE.registry(), [r for r in rows if r.study in gone])
-    if settled:
-        rows = list_runs(STATE.registry(), task=task, study=study, limit=limit, known_studies=known)
-    if as_json:
-        print_rows(
-            [
-                {"id": r.id, "task": r.task, "study": r.study, "status": r.status}
-                | {"epochs": r.epochs, "config": r.config}
-                | {k: r.metrics.get(k) for k in ("val", "test", "objective")}
-                | {"cost_s": r.cost_s, "job": r.job, "scheduler_id": r.scheduler_id}
-                | {"error": r.error}
-                | {"created_at": r.created_at}
-                for r in rows
-            ]
-        )
-        return
-    table = Table(title=f"runs ({len(rows)})")
-    for col in (
-        "id",
-        "task",
-        "study",
-        "configuration",
-        "epochs",
-        "status",
-        "val",
-        "test",
-        "cost (s)",
-        "job",
-        "error",
-    ):
-        table.add_column(col, overflow="fold")
-    for r in rows:
-        val, test = r.metrics.get("val") or {}, r.metrics.get("test") or {}
-        unfinished = r.status in (RunStatus.RUNNING, RunStatus.PENDING) and r.study in gone
-        table.add_row(
-            str(r.id),
-            r.task or "",
-            r.study or "",
-            config_summary(r.config),
-            _fmt(r.epochs, 0),
-            Text(f"{r.status} (stale)", style="yellow") if unfinished else r.status,
-            _metrics(val),
-            _metrics(test),
-            _fmt(r.cost_s, 1),
-            "" if r.job is None else str(r.job),
-            (r.error or "").split("\n")[0][:60],
-        )
-    console.print(table)
-    _stale_hints(gone, settled)
-
-
-def _stale_hints(gone: dict[str, tuple[str, str]], settled: list[int]) -> None:
-    """Per study whose driver is gone: why, and how to take it up (a pipeline's study: run
-    its pipeline again; else ``automl run --resume``)."""
-    from pomlia_hpc.automl.folders import owning_pipeline
-
-    for name, (task_name, why) in sorted(gone.items()):
-        owner = owning_pipeline(STATE.workspace, name)
-        how = (
-            f"run pipeline {owner} again (`pomlia pipeline status {shlex.quote(owner)}`)"
-            if owner is not None
-            else f"resume it with `pomlia automl run {shlex.quote(task_name)} --study "
-            f"{shlex.quote(name)} --resume`"
-        )
-        what = "runs cancelled with it are recorded so; " if settled else ""
-        err_console.print(
-            f"[yellow]stale:[/] study {name}: {what}its unfinished runs stay 'running' "
-            f"because {why}; {how}",
-            soft_wrap=True,
-            highlight=False,
-        )
-
-
-def _gone_drivers(rows: list[Any]) -> dict[str, tuple[str, str]]:
-    """The studies among ``rows`` with unfinished runs whose driver is gone (killed, its node
-    lost), as study -> (task, why): nothing else would ever finish those runs."""
-    from pomlia_hpc.automl.liveness import driver_gone, read_driver
-
-    gone: dict[str, tuple[str, str]] = {}
-    for r in rows:
-        if r.study in gone or not r.study or r.status not in (RunStatus.RUNNING, RunStatus.PENDING):
-            continue
-        record = read_driver(STATE.workspace, r.study)
-        why = driver_gone(record) if record is not None else None
-        if why is not None:
-            gone[r.study] = (r.task or "TASK", why)  # a deleted task: not "None"
-    return gone

@@ -27,17 +27,17 @@ no finished trial runs twice. At the end the best configuration's model is regis
 lineage.
 """
 
-from pomlia_hpc.automl.folders import SPEC_FILE, study_dir, study_names
+from pomlia_hpc.automl.folders import SPEC_FILE, SUMMARY_FILE, study_dir, study_names
 from pomlia_hpc.automl.study.create import create_study
 from pomlia_hpc.automl.study.driver import StudyRunner, run_study
 from pomlia_hpc.automl.study.spec import (
-    SUMMARY_FILE,
     StudyOptions,
     StudySpec,
     check_study_options,
     latest_study,
     load_spec,
     read_spec,
+    study_to_resume,
 )
 from pomlia_hpc.automl.study.trials import (
     ORPHAN_POLL_S,
@@ -83,5 +83,6 @@ __all__ = [
     "run_study",
     "study_dir",
     "study_names",
+    "study_to_resume",
     "trial_line",
 ]

@@ -6,7 +6,8 @@ import shlex
 from dataclasses import asdict
 
 from pomlia_hpc.automl import records
-from pomlia_hpc.automl.study.spec import SUMMARY_FILE, write_json
+from pomlia_hpc.automl.folders import SUMMARY_FILE
+from pomlia_hpc.automl.study.spec import write_json
 from pomlia_hpc.automl.study.trials import TrialRunner
 from pomlia_hpc.automl.study.view import StudyResult
 from pomlia_hpc.models.catalog import ModelNameTakenError, find_model, promote_checkpoint

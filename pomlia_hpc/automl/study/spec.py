@@ -10,7 +10,12 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, StrictBool, StrictInt, ValidationError, model_validator
 
-from pomlia_hpc.automl.folders import SPEC_FILE, spec_files, study_dir
+from pomlia_hpc.automl.folders import (
+    SPEC_FILE,
+    spec_files,
+    study_dir,
+    study_finished,
+)
 from pomlia_hpc.automl.options import EngineOptions, WeightSource, check_engine_options
 from pomlia_hpc.automl.space import SpaceOptions, check_space_options
 from pomlia_hpc.cluster.resources import check_local_gpus, with_overrides
@@ -20,7 +25,6 @@ from pomlia_hpc.files import write_json_atomic
 from pomlia_hpc.names import validate_name
 from pomlia_hpc.workspace import Workspace
 
-SUMMARY_FILE = "summary.json"
 #: Longest study name (its best model is ``<study>-best``, at most 128).
 STUDY_NAME_MAX = 96
 OPTIMIZERS = ("smac", "random")
@@ -210,16 +214,37 @@ def load_spec(workspace: Workspace, name: str) -> StudySpec:
 
 
 def latest_study(workspace: Workspace, task: str) -> str:
-    """The newest study of ``task`` in this workspace (for ``--resume`` without ``--study``)."""
-    best: tuple[str, str] | None = None
-    root = workspace.path("runs")
+    """The newest study of ``task`` in this workspace."""
+    studies = _task_studies(workspace, task)
+    return studies[0][1]
+
+
+def study_to_resume(workspace: Workspace, task: str) -> tuple[str, str]:
+    """The study of ``task`` that ``--resume`` without ``--study`` takes up, and a note ("" or
+    why it is not the newest): the newest study not finished (no ``summary.json``: stopped,
+    interrupted, its runs stale), else the newest. A finished newest study beside an
+    unfinished older one would only report its result again and leave the other stale."""
+    studies = _task_studies(workspace, task)
+    newest = studies[0][1]
+    unfinished = [name for _, name in studies if not study_finished(workspace, name)]
+    if not unfinished or unfinished[0] == newest:
+        return newest, ""
+    return unfinished[0], (
+        f"resuming study {unfinished[0]}, the newest of task '{task}' that has not finished; "
+        f"the newest, {newest}, has finished (--study {newest} --resume to take it instead)"
+    )
+
+
+def _task_studies(workspace: Workspace, task: str) -> list[tuple[str, str]]:
+    """(created_at, name) of the studies of ``task``, newest first; NotFoundError if none."""
+    found: list[tuple[str, str]] = []
     for spec_file in spec_files(workspace):
         data = json.loads(spec_file.read_text())
-        if data.get("task") == task and (best is None or data.get("created_at", "") > best[0]):
-            best = (data.get("created_at", ""), data["name"])
-    if best is None:
-        raise NotFoundError(f"no study of task '{task}' to resume in {root}")
-    return best[1]
+        if data.get("task") == task:
+            found.append((str(data.get("created_at", "")), str(data["name"])))
+    if not found:
+        raise NotFoundError(f"no study of task '{task}' to resume in {workspace.path('runs')}")
+    return sorted(found, reverse=True)
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:

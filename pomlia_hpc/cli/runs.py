@@ -1,0 +1,168 @@
+"""``pomlia runs list``: the registry's training runs (AutoML trials), and what to do about a
+study whose driver stopped before it finished."""
+
+from __future__ import annotations
+
+import math
+import shlex
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+from rich.text import Text
+
+from pomlia_hpc.cli.app import STATE, app, console, err_console
+from pomlia_hpc.cli.listing import JsonFlag, print_rows
+from pomlia_hpc.vocab import METRICS, RunStatus
+
+runs_app = typer.Typer(help="Training runs (AutoML trials) in the registry.", no_args_is_help=True)
+app.add_typer(runs_app, name="runs")
+
+
+def fmt(x: float | None, digits: int = 3) -> str:
+    """``x`` with ``digits`` decimals; the empty text for a missing or undefined value."""
+    return "" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+
+
+def _metrics(values: dict[str, Any]) -> str:
+    """A run's metrics on one split, named: ``acc 0.912 auc 0.981`` (f1_macro too)."""
+    return " ".join(f"{k} {fmt(values[k])}" for k in METRICS if values.get(k) is not None)
+
+
+@runs_app.command("list")
+def runs_list(
+    task: Annotated[str | None, typer.Option("--task", help="Only runs of this task.")] = None,
+    study: Annotated[str | None, typer.Option("--study", help="Only runs of this study.")] = None,
+    limit: Annotated[int, typer.Option(help="How many, newest first.")] = 50,
+    as_json: JsonFlag = False,
+) -> None:
+    """List training runs with configuration, budget, metrics, cost, status and job.
+
+    --json keys: id, task, study, status, epochs, config, val, test, objective, cost_s, job
+    (the registry's job id, as `pomlia jobs show/cancel` take), scheduler_id (Slurm's job id
+    or the local pid), error (the whole text; the table shows its first line), created_at;
+    a missing value is null."""
+    from pomlia_hpc.automl.folders import study_names  # not .study: that imports torch
+    from pomlia_hpc.automl.records import config_summary, list_runs, settle_cancelled
+
+    known = study_names(STATE.workspace) if study is not None else []
+    rows = list_runs(STATE.registry(), task=task, study=study, limit=limit, known_studies=known)
+    gone = _gone_drivers(rows)
+    # The trials a gone driver's cancel took along (its jobs ended CANCELLED) are recorded
+    # cancelled rather than shown running (stale) forever.
+    settled = settle_cancelled(STATE.registry(), [r for r in rows if r.study in gone])
+    if settled:
+        rows = list_runs(STATE.registry(), task=task, study=study, limit=limit, known_studies=known)
+    if as_json:
+        print_rows(
+            [
+                {"id": r.id, "task": r.task, "study": r.study, "status": r.status}
+                | {"epochs": r.epochs, "config": r.config}
+                | {k: r.metrics.get(k) for k in ("val", "test", "objective")}
+                | {"cost_s": r.cost_s, "job": r.job, "scheduler_id": r.scheduler_id}
+                | {"error": r.error}
+                | {"created_at": r.created_at}
+                for r in rows
+            ]
+        )
+        return
+    table = Table(title=f"runs ({len(rows)})")
+    for col in (
+        "id",
+        "task",
+        "study",
+        "configuration",
+        "epochs",
+        "status",
+        "val",
+        "test",
+        "cost (s)",
+        "job",
+        "error",
+    ):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        val, test = r.metrics.get("val") or {}, r.metrics.get("test") or {}
+        unfinished = r.status in (RunStatus.RUNNING, RunStatus.PENDING) and r.study in gone
+        table.add_row(
+            str(r.id),
+            r.task or "",
+            r.study or "",
+            config_summary(r.config),
+            fmt(r.epochs, 0),
+            Text(f"{r.status} (stale)", style="yellow") if unfinished else r.status,
+            _metrics(val),
+            _metrics(test),
+            fmt(r.cost_s, 1),
+            "" if r.job is None else str(r.job),
+            (r.error or "").split("\n")[0][:60],
+        )
+    console.print(table)
+    _stale_hints(gone, settled)
+    _unfinished_hints(rows, gone)
+
+
+def _stale_hints(gone: dict[str, tuple[str, str]], settled: list[int]) -> None:
+    """Per study whose driver is gone: why, and how to take it up (a pipeline's study: run
+    its pipeline again; else ``automl run --resume``)."""
+    from pomlia_hpc.automl.folders import owning_pipeline
+
+    for name, (task_name, why) in sorted(gone.items()):
+        owner = owning_pipeline(STATE.workspace, name)
+        how = (
+            f"run pipeline {owner} again (`pomlia pipeline status {shlex.quote(owner)}`)"
+            if owner is not None
+            else f"resume it with `pomlia automl run {shlex.quote(task_name)} --study "
+            f"{shlex.quote(name)} --resume`"
+        )
+        what = "runs cancelled with it are recorded so; " if settled else ""
+        err_console.print(
+            f"[yellow]stale:[/] study {name}: {what}its unfinished runs stay 'running' "
+            f"because {why}; {how}",
+            soft_wrap=True,
+            highlight=False,
+        )
+
+
+def _unfinished_hints(rows: list[Any], gone: dict[str, tuple[str, str]]) -> None:
+    """Per study whose runs all ended but whose driver stopped before the study's end (a
+    hang-up, Ctrl-C or kill after the last trial): its best model is not registered and
+    nothing else says so; a resume (or its pipeline) records it."""
+    from pomlia_hpc.automl.folders import owning_pipeline
+    from pomlia_hpc.automl.liveness import stopped_unfinished
+
+    busy = {r.study for r in rows if r.status in (RunStatus.RUNNING, RunStatus.PENDING)}
+    tasks = {r.study: r.task or "TASK" for r in rows if r.study}
+    for name in sorted(set(tasks) - busy - set(gone)):
+        why = stopped_unfinished(STATE.workspace, name)
+        if why is None:
+            continue
+        owner = owning_pipeline(STATE.workspace, name)
+        how = (
+            f"run pipeline {owner} again"
+            if owner is not None
+            else f"`pomlia automl run {shlex.quote(tasks[name])} --study {shlex.quote(name)} "
+            "--resume` registers it"
+        )
+        err_console.print(
+            f"[yellow]unfinished:[/] study {name}: its trials ended but {why} before it "
+            f"registered the best model and wrote its summary; {how}",
+            soft_wrap=True,
+            highlight=False,
+        )
+
+
+def _gone_drivers(rows: list[Any]) -> dict[str, tuple[str, str]]:
+    """The studies among ``rows`` with unfinished runs whose driver is gone (killed, its node
+    lost), as study -> (task, why): nothing else would ever finish those runs."""
+    from pomlia_hpc.automl.liveness import driver_gone, read_driver
+
+    gone: dict[str, tuple[str, str]] = {}
+    for r in rows:
+        if r.study in gone or not r.study or r.status not in (RunStatus.RUNNING, RunStatus.PENDING):
+            continue
+        record = read_driver(STATE.workspace, r.study)
+        why = driver_gone(record) if record is not None else None
+        if why is not None:
+            gone[r.study] = (r.task or "TASK", why)  # a deleted task: not "None"
+    return gone
