@@ -14,9 +14,12 @@ from typing import Any
 import pytest
 from rich.console import Console
 
-from pomlia_hpc.automl.study import StudyView, TrialLog, TrialView, trial_line
+from pomlia_hpc.automl.study import StudyView, TrialLog, TrialView, run_study, trial_line
 from pomlia_hpc.cli.automl import study_reporter, study_table
 from pomlia_hpc.progress import progress
+from pomlia_hpc.registry import Registry
+from pomlia_hpc.workspace import Workspace
+from tests.fixtures.factories import tiny_study, tiny_task
 
 
 def _trial(run_id: int, status: str, objective: float | None = None, cause: str = "") -> TrialView:
@@ -129,3 +132,20 @@ def test_the_final_training_is_a_stage_of_its_own_not_a_third_of_two_trials() ->
     console = Console(width=200, record=True)
     console.print(study_table(_view(*search, final)))
     assert "s: 2/4 trials + final training" in console.export_text()
+
+
+@pytest.mark.slow
+def test_a_studys_own_views_mark_its_final_training(workspace: Workspace, reg: Registry) -> None:
+    """The driver's live views (not only those read back from the registry) say which run is
+    the final training: `automl run` showed `3/2 trials` during it."""
+    tiny_task(workspace, reg, "blood", sizes=(64, 24, 24))
+    spec = tiny_study(
+        reg, workspace, "blood", "fin", optimizer="smac", n_trials=1, min_epochs=1,
+        max_epochs=2, eta=2, initial_configs=[], final_full_budget=True,
+    )  # fmt: skip
+    seen: list[StudyView] = []
+    run_study(reg, workspace, spec, poll_s=0.2, on_update=seen.append)
+    finals = {t.run_id for v in seen for t in v.trials if t.final}
+    (final,) = finals
+    assert all(t.final == (t.run_id == final) for v in seen for t in v.trials)
+    assert len(seen[-1].search) == 1 and seen[-1].final_stage().startswith("final training")

@@ -24,7 +24,7 @@ from pomlia_hpc.automl.optimizers import Proposal, SearchOptimizer
 from pomlia_hpc.automl.options import EngineOptions
 from pomlia_hpc.automl.space import TrainConfig, build_space
 from pomlia_hpc.automl.study.spec import StudySpec
-from pomlia_hpc.automl.study.view import StudyView, TrialView, job_name
+from pomlia_hpc.automl.study.view import FINAL_ORIGIN, StudyView, TrialView, job_name
 from pomlia_hpc.automl.trial import (
     TrialJob,
     failure_path,
@@ -193,6 +193,7 @@ class TrialRunner:
             "",
             "",
             start,
+            proposal.origin == FINAL_ORIGIN,
         )
         try:
             request = self.trial_request(proposal, workdir, model_path, run_id)
@@ -436,6 +437,7 @@ class TrialRunner:
             old.job if old else "",
             cause,
             start,
+            proposal.origin == FINAL_ORIGIN,
         )
 
     # -- repeated proposals ----------------------------------------------------------------
