@@ -187,6 +187,15 @@ def _regret(value: float | None, picks: list[Any]) -> str:
     return "no picks" if not picks else "not run"
 
 
+def _expected_text(r: dict[str, Any]) -> str:
+    """Expected value ± spread (n_eff data sets), * when it is the published strategy's."""
+    if r["expected"] is None:
+        return ""
+    spread = "" if r.get("spread") is None else f" ± {r['spread']:.3f}"
+    star = "*" if r.get("expected_of_published") else ""
+    return f"{r['expected']:.3f}{spread}{star} (n={r.get('n_eff', 0):.1f})"
+
+
 def _strategy_text(s: dict[str, Any]) -> str:
     extra = " +nearest images" if s.get("extra_data") == "nearest" else ""
     return f"{s.get('arch')} {s.get('init')}/{s.get('mode')} {s.get('img_size')}px{extra}"
@@ -269,7 +278,9 @@ def recommend_cmd(
         f"({answer['metric']}), {answer['n_datasets']} known data sets, "
         f"{answer['n_strategies']} strategies",
         caption=f"similar ({answer['similarity']}): {similar}; expected: similarity-weighted "
-        f"mean ± spread over the similar data sets; cost: expected training wall time",
+        "mean ± spread over the similar data sets (n: their effective number; no spread when "
+        "one carries the weight), of the published strategy where the run here differs (*); "
+        "cost: expected training wall time of the run here",
     )
     for col in (
         "#",
@@ -282,7 +293,7 @@ def recommend_cmd(
         table.add_column(col, overflow="fold")
     for r in answer["strategies"]:
         ev = "; ".join(f"{e['dataset']} {e['value']:.3f}" for e in r["evidence"][:2])
-        exp = "" if r["expected"] is None else f"{r['expected']:.3f} ± {r['spread'] or 0:.3f}"
+        exp = _expected_text(r)
         table.add_row(
             str(r["rank"]),
             _strategy_text(r["strategy"]) + (f"\n→ {r['note']}" if r["note"] else ""),
@@ -294,7 +305,17 @@ def recommend_cmd(
     console.print(table)
     if answer.get("note"):
         console.print(f"note: {answer['note']}")
-    front = Table(title="cost/metric Pareto front (cheapest first; the first 6, --json: all)")
+    for sr in answer.get("short_runs", []):
+        best = "" if sr["value"] is None else f" (best test {sr['value']:.3f}, a lower bound)"
+        console.print(
+            f"note: this task's {sr['n']} run(s) of {_strategy_text(sr['strategy'])} reached at "
+            f"most {sr['epochs']:g} of {sr['full_epochs']} epochs, below a third of the budget: "
+            f"not counted{best}"
+        )
+    front = Table(
+        title="cost/metric Pareto front on the expected regret of the ranking (cheapest first; "
+        "the first 6, --json: all)"
+    )
     for col in ("strategy", f"expected {answer['metric']}", "cost (s)"):
         front.add_column(col, overflow="fold")
     for p in answer["pareto"][:6]:

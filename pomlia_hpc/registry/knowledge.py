@@ -100,6 +100,18 @@ class KbRunStats(Base):
     # (their ratio: seconds per epoch; a promoted run's seconds cover only the epochs it added)
     timed_s: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
     timed_epochs: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
+    # of the successful runs whose seconds per epoch are known (their history): how many, the
+    # seconds and number of the epochs they trained, and the rest of their wall time (start-up,
+    # once per run whatever the budget)
+    timed_n: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    epoch_s: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
+    epoch_n: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
+    startup_s: Mapped[float] = mapped_column(Float, default=0.0, server_default="0")
+    # successful runs far below the task's full budget: not the strategy's value (a lower
+    # bound): their count, best test value (by validation) and most epochs
+    n_short: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
+    short_value: Mapped[float | None] = mapped_column(Float)
+    short_epochs: Mapped[float | None] = mapped_column(Float)
 
 
 class KbRunSeen(Base):

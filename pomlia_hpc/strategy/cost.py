@@ -2,10 +2,11 @@
 
 Two sources, best first:
 
-1. **Measured**: the registry's own runs of the strategy (seconds per epoch of its successful
-   runs, times the epochs of a full run: AutoML's default largest budget, which shrinks as the
-   data set grows), scaled linearly by training-set size (images per epoch) and by the full
-   run's epochs on this data set; a published table's cost of one run, by size alone.
+1. **Measured**: the registry's own runs of the strategy (start-up once, measured as a run's
+   wall time less the seconds of its epochs, plus seconds per epoch of its successful runs
+   times the epochs of a full run: AutoML's default largest budget, which shrinks as the data
+   set grows), the epochs' part scaled linearly by training-set size (images per epoch) and by
+   the full run's epochs on this data set; a published table's cost of one run, by size alone.
 2. **Estimated** from compute: forward multiply-adds per image at 224 px (published figures of
    the architectures, :data:`GMACS_224`) scaled by ``(img_size / 224)^2``; training costs 3x a
    forward pass (forward + backward) per image and epoch; frozen features (``linear_probe``,
@@ -88,13 +89,20 @@ def estimate(strategy: Mapping[str, Any], n_train: int) -> Cost:
 
 
 def measured(
-    cost_s: float, n_train_then: int, n_train_now: int, epochs: tuple[int, int] | None = None
+    cost_s: float,
+    n_train_then: int,
+    n_train_now: int,
+    epochs: tuple[int, int] | None = None,
+    startup_s: float = 0.0,
 ) -> Cost:
-    """A measured run time scaled linearly by training-set size and, given ``epochs`` (the
-    epochs of the measured run, those of the run asked for), by epochs."""
-    wall = float(cost_s) * max(n_train_now, 1) / max(n_train_then, 1)
+    """A measured run time (seconds) scaled linearly by training-set size and, given
+    ``epochs`` (the epochs of the measured run, those of the run asked for), by epochs; of
+    it, ``startup_s`` seconds are start-up, paid once per run whatever its size and epochs."""
+    startup = min(max(float(startup_s), 0.0), float(cost_s))
+    wall = (float(cost_s) - startup) * max(n_train_now, 1) / max(n_train_then, 1)
     if epochs is not None:
         wall *= epochs[1] / max(epochs[0], 1)
+    wall += startup
     return Cost(wall, wall / 3600.0, "measured")
 
 

@@ -13,7 +13,8 @@ same other data sets:
 
 - ``random``: a uniformly random strategy (the exact expectation: for the best of ``k`` distinct
   random picks, ``sum_r P(min rank = r) * regret_r``);
-- ``best_mean``: the strategies with the best mean value over the other data sets;
+- ``best_mean``: the strategies with the best mean value over the other data sets (one without
+  any result there last, as the learner ranks strategies without evidence last);
 - ``best_rank``: the best mean rank (rank 1 = best on a data set; ties share their mean rank);
 - ``nearest``: the ranking of the nearest data set by meta-features (standardised as for the
   learner).
@@ -90,6 +91,21 @@ def _rank_rows(values: np.ndarray) -> np.ndarray:
     return out
 
 
+def column_means(values: np.ndarray) -> np.ndarray:
+    """Per column, the mean of its finite cells; NaN for a column without any (a strategy
+    with no result on these data sets), without numpy's "Mean of empty slice" warning."""
+    ok = np.isfinite(values)
+    n = ok.sum(axis=0)
+    total = np.where(ok, values, 0.0).sum(axis=0)
+    return np.where(n > 0, total / np.maximum(n, 1), np.nan)
+
+
+def _mean(xs: list[float]) -> float:
+    """The mean of the finite ones of ``xs``; NaN when there are none."""
+    finite = [x for x in xs if math.isfinite(x)]
+    return float(np.mean(finite)) if finite else math.nan
+
+
 def _order(score: np.ndarray, cand: np.ndarray) -> np.ndarray:
     """Indices of candidates by ``score`` descending (NaN last)."""
     s = np.where(cand & np.isfinite(score), score, -np.inf)
@@ -103,10 +119,7 @@ class MethodResult:
     topk: list[float] = field(default_factory=list)
 
     def summary(self) -> dict[str, float]:
-        return {
-            "top1_mean": float(np.nanmean(self.top1)) if self.top1 else math.nan,
-            "topk_mean": float(np.nanmean(self.topk)) if self.topk else math.nan,
-        }
+        return {"top1_mean": _mean(self.top1), "topk_mean": _mean(self.topk)}
 
 
 @dataclass
@@ -174,8 +187,9 @@ def loo(
         to_i = fingerprints[i, others] if fingerprints is not None else None
         orders = {
             LEARNER: learner.rank(m.features[i], cand, fingerprints=to_i).order,
-            "best_mean": _order(np.nanmean(train.values, axis=0), cand),
-            "best_rank": _order(-np.nanmean(_rank_rows(train.values), axis=0), cand),
+            # a strategy without a result on the other data sets: NaN, ranked last
+            "best_mean": _order(column_means(train.values), cand),
+            "best_rank": _order(-column_means(_rank_rows(train.values)), cand),
         }
         d = Standardizer(train.features).distances(m.features[i][None, :], train.features)[0]
         orders["nearest"] = _order(train.values[int(np.argmin(d))], cand)

@@ -47,7 +47,9 @@ from pomlia_hpc.strategy.longformat import (
     ResultTable,
     normalize_task_type,
     read_results,
+    strategy_key,
 )
+from pomlia_hpc.strategy.translate import canonical_arch
 
 #: The pseudo-source of the registry's own runs.
 REGISTRY_SOURCE = "registry"
@@ -87,6 +89,7 @@ class Observation:
     n_failed: int = 0
     evidence: tuple[int, ...] = ()  # registry run ids
     hparams: tuple[dict[str, Any], ...] = ()  # the best runs' hyperparameters
+    startup_s: float | None = None  # of ``cost_s``: the start-up (not scaled by epochs or size)
 
 
 @dataclass
@@ -96,6 +99,11 @@ class KnowledgeBase:
     metric: str
     observations: list[Observation] = field(default_factory=list)
     meta: dict[str, dict[str, Any]] = field(default_factory=dict)
+    #: (task, strategy key) -> its successful runs far below the task's full budget, which
+    #: give no value (:data:`SHORT_SHARE`): ``strategy``, ``n``, best test ``value`` (a lower
+    #: bound),
+    #: most ``epochs``, the full budget's ``full_epochs``
+    short: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
 
     def datasets(self) -> list[str]:
         return sorted({o.dataset for o in self.observations if o.value is not None})
@@ -295,7 +303,8 @@ def load(
                 cost = 3600.0 * gpu_hours  # one GPU: its hours are the run's wall time
             if cost is not None and not 0 <= cost <= MAX_COST_S:
                 cost = None  # imported before the limit (1e308, inf): unknown, not infinite
-            kb.observations.append(Observation(src, ds, dict(strategy), key, value, std, cost))
+            strategy, key = _canonical(dict(strategy), key)
+            kb.observations.append(Observation(src, ds, strategy, key, value, std, cost))
         mq = select(KbDataset.name, KbDataset.meta).join(
             KbSource, KbDataset.source_id == KbSource.id
         )
@@ -304,11 +313,23 @@ def load(
         for name, meta in s.execute(mq):
             kb.meta.setdefault(name, dict(meta))
     if wanted is None or REGISTRY_SOURCE in wanted:
-        obs, meta = registry_observations(registry, metric, exclude_task)
+        obs, meta = registry_observations(registry, metric, exclude_task, short=kb.short)
         _rename_published(kb, set(meta))
         kb.observations.extend(obs)
         kb.meta.update(meta)
     return kb
+
+
+def _canonical(strategy: dict[str, Any], key: str) -> tuple[dict[str, Any], str]:
+    """A published strategy with its architecture spelled as the AutoML space (and so the
+    registry's runs) spell it (``ResNet-18`` -> ``resnet18``), and its key: one architecture
+    is one strategy, whichever table or run names it."""
+    arch = str(strategy.get("arch", ""))
+    canonical = canonical_arch(arch)
+    if canonical == arch:
+        return strategy, key
+    strategy["arch"] = canonical
+    return strategy, strategy_key(strategy)
 
 
 def task_type_note(
@@ -390,12 +411,23 @@ HPARAMS: tuple[str, ...] = (
 )
 
 
+#: A run counts as its strategy's value on a task only when it reached at least this share of
+#: the task's full budget (:func:`full_epochs`); shorter runs (a 1-epoch test study) are kept
+#: apart as a lower bound.
+SHORT_SHARE = 1 / 3
+
+
 def registry_observations(
-    registry: Registry, metric: str, exclude_task: str | None = None
+    registry: Registry,
+    metric: str,
+    exclude_task: str | None = None,
+    short: dict[tuple[str, str], dict[str, Any]] | None = None,
 ) -> tuple[list[Observation], dict[str, dict[str, Any]]]:
     """One observation per (task, strategy) over the registry's finished runs of tasks whose
     metric is ``metric`` (failed ones included; see :mod:`.runstats`, refreshed first), and
-    the tasks' meta-features by task name."""
+    the tasks' meta-features by task name. Runs below :data:`SHORT_SHARE` of the task's full
+    budget give no value; a strategy with only such runs (and no failure) gives no observation
+    but an entry in ``short`` (see :attr:`KnowledgeBase.short`)."""
     with registry.session() as s:
         tasks = {
             tid: (name, ttype, metric_, dict(fp or {}))
@@ -406,11 +438,26 @@ def registry_observations(
             )
         }
     meta_all = {tid: version_meta(fp, ttype) for tid, (_, ttype, _, fp) in tasks.items()}
-    runstats.refresh(registry, {tid: int(m["image_size"]) for tid, m in meta_all.items()})
+    full = {tid: full_epochs(m["n_train"]) for tid, m in meta_all.items()}
+    runstats.refresh(
+        registry,
+        {tid: int(m["image_size"]) for tid, m in meta_all.items()},
+        {tid: SHORT_SHARE * e for tid, e in full.items()},
+    )
     wanted = {tid for tid, (name, _, m, _) in tasks.items() if m == metric and name != exclude_task}
     out = []
     with registry.session() as s:
         for st in s.scalars(select(KbRunStats).where(KbRunStats.task_id.in_(wanted))):
+            if st.n_short and short is not None:
+                short[(tasks[st.task_id][0], st.strategy_key)] = {
+                    "strategy": dict(st.strategy),
+                    "n": st.n_short,
+                    "value": st.short_value,
+                    "epochs": st.short_epochs,
+                    "full_epochs": full[st.task_id],
+                }
+            if st.best_value is None and not st.n_failed:
+                continue  # only short runs: no value, and no failure either
             out.append(
                 Observation(
                     REGISTRY_SOURCE,
@@ -423,6 +470,7 @@ def registry_observations(
                     st.n_runs,
                     st.n_failed,
                     (st.best_run_id,) if st.best_run_id is not None else (),
+                    startup_s=st.startup_s / st.timed_n if st.timed_n else None,
                 )
             )
     return out, {tasks[t][0]: meta_all[t] for t in wanted}
@@ -430,9 +478,12 @@ def registry_observations(
 
 def _run_cost(st: KbRunStats, meta: dict[str, Any]) -> float | None:
     """Wall seconds of one run of the strategy at the task's full budget
-    (:func:`full_epochs`): from its runs' seconds per epoch trained where known (a study's runs
-    span 1 to 60 epochs, and a promoted one resumes from a checkpoint), else their mean wall
-    seconds."""
+    (:func:`full_epochs`): start-up once plus seconds per epoch times the epochs, where the
+    runs' histories give each epoch's seconds (a study's runs span 1 to 60 epochs, and a
+    promoted one resumes from a checkpoint); else their seconds per epoch trained (start-up
+    included), else their mean wall seconds."""
+    if st.timed_n and st.epoch_n:
+        return st.startup_s / st.timed_n + st.epoch_s / st.epoch_n * full_epochs(meta["n_train"])
     if st.timed_epochs:
         return st.timed_s / st.timed_epochs * full_epochs(meta["n_train"])
     return st.cost_sum / st.n_cost if st.n_cost else None

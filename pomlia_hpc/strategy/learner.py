@@ -34,7 +34,7 @@ import numpy as np
 from pomlia_hpc.strategy.kb import KnowledgeBase
 
 LEARNER = "kernel-regret"
-LEARNER_VERSION = "5"
+LEARNER_VERSION = "6"
 BANDWIDTHS: tuple[float, ...] = (0.3, 0.5, 0.7, 1.0, 1.5, 2.0, 3.0, math.inf)
 FEATURES: tuple[str, ...] = (
     "log10_n_train",
@@ -92,6 +92,8 @@ class Matrix:
     features: np.ndarray
     evidence: dict[tuple[int, int], tuple[int, ...]] = field(default_factory=dict)
     sources: dict[tuple[int, int], str] = field(default_factory=dict)  # per cell
+    # per cell, seconds of ``cost_s`` that are start-up (not scaled by epochs); NaN: unknown
+    startup_s: np.ndarray | None = None
 
     def subset(self, rows: Sequence[int]) -> Matrix:
         idx = list(rows)
@@ -125,6 +127,7 @@ def build_matrix(kb: KnowledgeBase, *, min_datasets: int = 1) -> Matrix:
     shape = (len(datasets), len(keys))
     values, fail = np.full(shape, np.nan), np.zeros(shape)
     std, cost = np.full(shape, np.nan), np.full(shape, np.nan)
+    startup = np.full(shape, np.nan)
     evidence: dict[tuple[int, int], tuple[int, ...]] = {}
     sources: dict[tuple[int, int], str] = {}
     for o in kb.observations:
@@ -137,6 +140,7 @@ def build_matrix(kb: KnowledgeBase, *, min_datasets: int = 1) -> Matrix:
         fail[i, j] = o.n_failed / max(o.n_runs, 1)
         std[i, j] = o.std if o.std is not None else np.nan
         cost[i, j] = o.cost_s if o.cost_s is not None else np.nan
+        startup[i, j] = o.startup_s if o.startup_s is not None else np.nan
         if o.evidence:
             evidence[(i, j)] = o.evidence
     features = (
@@ -155,7 +159,28 @@ def build_matrix(kb: KnowledgeBase, *, min_datasets: int = 1) -> Matrix:
         features,
         evidence,
         sources,
+        startup,
     )
+
+
+def supported(train: Matrix, features: np.ndarray) -> np.ndarray:
+    """Per strategy, whether it has evidence (a value, or failed runs) on a training data set
+    of the same dimensionality (2D/3D) as the data set with meta-vector ``features``: a
+    strategy never run there, or run on 3D volumes only for a 2D data set, has no evidence to
+    be ranked by. Without any such strategy: those with evidence on any data set."""
+    dims = FEATURES.index("dims3")
+    evidence = np.isfinite(train.values) | (train.fail > 0)
+    same = np.nan_to_num(train.features[:, dims]) == np.nan_to_num(features[dims])
+    mask = evidence[same].any(axis=0) if same.any() else np.zeros(len(train.keys), bool)
+    return mask if mask.any() else evidence.any(axis=0)
+
+
+def _ordered(score: np.ndarray, cand: np.ndarray, backed: np.ndarray) -> np.ndarray:
+    """The candidates by ``score`` (lower first), those with evidence (``backed``) before
+    those without: the median regret a strategy gets where it was never tried must not rank
+    it above ones measured there."""
+    order = np.lexsort((score, ~backed))
+    return order[cand[order]]
 
 
 def failure_regret(values: np.ndarray) -> np.ndarray:
@@ -242,6 +267,11 @@ class Ranking:
     value_sd: np.ndarray  # per strategy, [0, 1]
     weights: np.ndarray  # per training data set
     bandwidth: float
+    # per strategy: the similarity weight of the data sets with a value of it (sum 0..1), and
+    # their effective number (Kish: (sum w)^2 / sum w^2; 1 when one data set carries it all)
+    evidence_weight: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    n_eff: np.ndarray = field(default_factory=lambda: np.zeros(0))
+    supported: np.ndarray = field(default_factory=lambda: np.zeros(0, bool))
 
 
 def top_k_regret(
@@ -387,8 +417,8 @@ class KernelRegret:
             for i in range(n):
                 others = [j for j in range(n) if j != i]
                 w = kernel_weights(d_all[i, others], h)
-                score = np.where(cand, w @ self._r[others], np.inf)
-                order = np.argsort(score, kind="stable")
+                backed = supported(train.subset(others), train.features[i])
+                order = _ordered(w @ self._r[others], cand, backed)
                 v = train.values[i]
                 if not np.isfinite(v[cand]).any():
                     continue
@@ -422,9 +452,8 @@ class KernelRegret:
         w = kernel_weights(d, self.h)
         cand = np.ones(len(train.keys), bool) if candidates is None else candidates
         exp_r = w @ self._r
-        score = np.where(cand, exp_r, np.inf)
-        order = np.argsort(score, kind="stable")
-        order = order[cand[order]]
+        backed = supported(train, features)
+        order = _ordered(exp_r, cand, backed)
         vals = train.values
         known = np.isfinite(vals)
         wk = w[:, None] * known
@@ -434,4 +463,5 @@ class KernelRegret:
             var = np.where(
                 tot > 0, (wk * (np.nan_to_num(vals) - mean) ** 2).sum(axis=0) / tot, np.nan
             )
-        return Ranking(order, exp_r, mean, np.sqrt(var), w, self.h)
+            n_eff = np.where(tot > 0, tot**2 / (w[:, None] ** 2 * known).sum(axis=0), 0.0)
+        return Ranking(order, exp_r, mean, np.sqrt(var), w, self.h, tot, n_eff, backed)

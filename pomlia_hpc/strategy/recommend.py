@@ -42,7 +42,14 @@ from pomlia_hpc.registry import (
     Task,
 )
 from pomlia_hpc.registry.lookup import by_name_or_id
-from pomlia_hpc.strategy import cost as costs
+from pomlia_hpc.strategy.candidates import (
+    NothingFitsError,
+    cost_reader,
+    differs,
+    pareto,
+    runs_as,
+    within_limits,
+)
 from pomlia_hpc.strategy.fpdist import fingerprint_distances
 from pomlia_hpc.strategy.hparams import (
     MAX_TASKS,
@@ -70,6 +77,8 @@ from pomlia_hpc.strategy.learner import (
     similarity_label,
 )
 from pomlia_hpc.strategy.translate import Sources, available_sources, to_automl, with_hparams
+
+__all__ = ["NothingFitsError", "recommend", "within_limits", "write_initial"]
 
 
 @dataclass(frozen=True)
@@ -197,10 +206,6 @@ def _ranges(hparams: list[dict[str, Any]]) -> dict[str, Any]:
     return out
 
 
-class NothingFitsError(InputError):
-    """No strategy meets the cost limits asked for (nothing is recorded)."""
-
-
 @dataclass
 class Recommended:
     rank: int
@@ -214,6 +219,14 @@ class Recommended:
     automl: dict[str, Any] | None
     note: str
     hparam_ranges: dict[str, Any] = field(default_factory=dict)
+    # the effective number of data sets behind ``expected`` (Kish's, of their weights) and
+    # their summed similarity weight
+    n_eff: float = 0.0
+    evidence_weight: float = 0.0
+    # the strategy as it will run here (its AutoML translation; ``None``: not runnable here)
+    # and whether ``expected`` describes the published strategy rather than that run
+    runs_as: dict[str, Any] | None = None
+    expected_of_published: bool = False
 
 
 def recommend(
@@ -274,20 +287,15 @@ def recommend(
     near = [m.datasets[i] for i in by_weight[:5] if i in tasks]
     src = available_sources(registry, target.id, target.dataset_version_id, near)
 
-    def cost_of(j: int) -> costs.Cost:
-        """Measured on the most similar data set with a cost, else estimated."""
-        for i in by_weight:
-            if np.isfinite(m.cost_s[i, j]):
-                n_then = int(kb.meta[m.datasets[i]].get("n_train", 1))
-                # a registry task's cost is one run at its full budget, and so is the answer
-                epochs = (
-                    (costs.full_epochs(n_then), costs.full_epochs(n_train)) if i in tasks else None
-                )
-                return costs.measured(float(m.cost_s[i, j]), n_then, n_train, epochs)
-        return costs.estimate(m.strategies[j], n_train)
-
-    order = list(ranking.order)
-    all_costs = {j: cost_of(j) for j in order}
+    size = int(target.meta.get("image_size") or 0)
+    order = [int(j) for j in ranking.order if ranking.supported[j]] or list(ranking.order)
+    translated = {j: to_automl(m.strategies[j], src, size) for j in order}
+    as_run = {j: runs_as(translated[j][0], size or 28) for j in order}
+    cost_of = cost_reader(
+        m, by_weight, tasks, lambda i: int(kb.meta[m.datasets[i]].get("n_train", 1)), n_train
+    )
+    # the cost (and the limits) of what will run: the translation where there is one
+    all_costs = {j: cost_of(as_run[j] or m.strategies[j]) for j in order}
     allowed = within_limits(order, all_costs, max_cost_s, max_gpu_hours)
     picked = allowed[:k]
     evidence_runs = [rid for (_, j), ids in m.evidence.items() if j in set(allowed) for rid in ids]
@@ -299,22 +307,35 @@ def recommend(
     out = []
     for rank, j in enumerate(picked, 1):
         ev = _evidence(m, w, by_weight, j)
-        values, note = to_automl(m.strategies[j], src, int(target.meta.get("image_size") or 0))
+        values, note = translated[j]
         runs_hp = [hp[r] for e in ev for r in e["runs"] if r in hp]
         fail = failure_rate(m, w, j)
+        changed = differs(m.strategies[j], as_run[j])
+        n_eff = float(ranking.n_eff[j])
+        notes = [note] if note else []
+        if changed:
+            notes.append("expected: of the published strategy, not of this run")
+        short = kb.short.get((target.name, m.keys[j]))
+        if short:
+            notes.append(_short_note(short))
         out.append(
             Recommended(
                 rank,
                 m.strategies[j],
                 _num(ranking.expected_value[j]),
-                _num(ranking.value_sd[j]),
+                # one data set carrying (nearly) all the weight has no spread to show
+                _num(ranking.value_sd[j]) if n_eff >= MIN_N_EFF else None,
                 round(float(ranking.expected_regret[j]), 3),
                 all_costs[j].to_dict(),
                 None if fail is None else round(fail, 3),
                 ev,
                 values,
-                note,
+                "; ".join(notes),
                 _ranges(runs_hp),
+                round(n_eff, 2),
+                round(float(ranking.evidence_weight[j]), 4),
+                as_run[j],
+                changed,
             )
         )
     n_same_type, type_note = task_type_note(kb, m.datasets, target.meta["task_type"])
@@ -341,7 +362,17 @@ def recommend(
             "imagenet_local": list(src.imagenet),
         },
         "strategies": [r.__dict__ for r in out],
-        "pareto": _pareto(m, ranking.expected_value, allowed, all_costs),
+        # the task's own runs far below the budget: not counted (a lower bound each)
+        "short_runs": [v for (t, _), v in sorted(kb.short.items()) if t == target.name],
+        "pareto": [
+            {
+                "strategy": m.strategies[j],
+                "expected": _num(ranking.expected_value[j]),
+                "expected_regret": round(float(ranking.expected_regret[j]), 3),
+                "cost": all_costs[j].to_dict(),
+            }
+            for j in pareto(allowed, ranking.expected_regret, ranking.evidence_weight, all_costs)
+        ],
         "initial": initial,
         "n_datasets": len(m.datasets),
         "n_strategies": len(m.keys),
@@ -393,30 +424,6 @@ def _settings_reader(
     return settings_of
 
 
-def within_limits(
-    order: list[int],
-    all_costs: dict[int, costs.Cost],
-    max_cost_s: float | None,
-    max_gpu_hours: float | None,
-) -> list[int]:
-    """The strategies of ``order`` whose expected cost meets the limits (seconds, GPU-hours);
-    none is :class:`NothingFitsError` (an empty answer, recorded, read as a missing space)."""
-    allowed = [
-        j
-        for j in order
-        if (max_cost_s is None or all_costs[j].wall_s <= max_cost_s)
-        and (max_gpu_hours is None or all_costs[j].gpu_hours <= max_gpu_hours)
-    ]
-    if not allowed:
-        cheapest = min(all_costs.values(), key=lambda c: c.wall_s)
-        raise NothingFitsError(
-            f"no strategy fits {_limits(max_cost_s, max_gpu_hours)} on this task: the cheapest "
-            f"expected costs {cheapest.wall_s:.0f} s ({cheapest.gpu_hours:.2g} GPU-hours); "
-            "raise the limit or leave it out"
-        )
-    return allowed
-
-
 def _evidence(m: Matrix, w: np.ndarray, by_weight: list[int], j: int) -> list[dict[str, Any]]:
     """Strategy ``j``'s values on the 3 most similar data sets that have one, with their
     similarity weights and registry runs."""
@@ -433,33 +440,18 @@ def _evidence(m: Matrix, w: np.ndarray, by_weight: list[int], j: int) -> list[di
     ]
 
 
-def _pareto(
-    m: Matrix, expected: np.ndarray, allowed: list[int], all_costs: dict[int, costs.Cost]
-) -> list[dict[str, Any]]:
-    """The cost/metric Pareto front of the allowed strategies ("cheapest efficient"); costs
-    within 1 % or 1 s of each other count as equal (``cost.COST_TIE_REL``, ``COST_TIE_S``)."""
-    front = costs.pareto_front(
-        [all_costs[j].wall_s for j in allowed],
-        [float(np.nan_to_num(expected[j], nan=-1.0)) for j in allowed],
-        rel_tol=costs.COST_TIE_REL,
-        abs_tol=costs.COST_TIE_S,
+#: Below this effective number of data sets (one carries nearly all the weight), no spread is
+#: given: the weighted spread of a single value is 0, which would read as certainty.
+MIN_N_EFF = 1.5
+
+
+def _short_note(short: dict[str, Any]) -> str:
+    """What the task's own runs below the budget say (a lower bound, not counted)."""
+    value = "" if short["value"] is None else f", best test {short['value']:.3f} (a lower bound)"
+    return (
+        f"this task's {short['n']} run(s) of it reached at most {short['epochs']:g} of "
+        f"{short['full_epochs']} epochs: below a third of the budget, not counted{value}"
     )
-    return [
-        {
-            "strategy": m.strategies[allowed[i]],
-            "expected": _num(expected[allowed[i]]),
-            "cost": all_costs[allowed[i]].to_dict(),
-        }
-        for i in front
-    ]
-
-
-def _limits(max_cost_s: float | None, max_gpu_hours: float | None) -> str:
-    """The cost limits asked for, as the command line names them."""
-    parts = [f"--max-cost {max_cost_s:g} s"] if max_cost_s is not None else []
-    if max_gpu_hours is not None:
-        parts.append(f"--max-gpu-hours {max_gpu_hours:g}")
-    return " and ".join(parts)
 
 
 def _num(x: float) -> float | None:

@@ -17,7 +17,12 @@ Of two runs with the same best validation objective, the one with the lower id c
 Per (task, strategy): the number of runs and of crashed runs, the run with the best validation
 objective and its test metric (the task's own metric), and the summed wall seconds of the
 successful runs and, of those whose trained epochs are known, their summed seconds and epochs
-(seconds per epoch: their ratio, so a run's fixed start-up weighs by its length).
+(seconds per epoch: their ratio), and of those whose history gives each epoch's seconds, the
+seconds in epochs and the rest, start-up (once per run: a measured cost is start-up plus
+seconds per epoch times the epochs asked for). A successful run that reached fewer epochs than
+the task's ``min_epochs`` (a third of its full budget) gives no value: its count, best test value
+and epochs are kept apart, a lower bound (a 1-epoch test study says little of what the
+strategy reaches at 60 epochs).
 
 Runs deleted from the registry after they were counted (by hand: no command deletes runs) are
 noticed by each refresh in one cheap query, and then every summary is built again from the
@@ -26,6 +31,7 @@ runs that remain.
 
 from __future__ import annotations
 
+import math
 from collections import defaultdict
 from typing import Any
 
@@ -62,15 +68,62 @@ def _strategy_of(row: Any, image_size: int) -> dict[str, Any]:
     return run_strategy(config, image_size)
 
 
-def refresh(registry: Registry, image_sizes: dict[int, int]) -> int:
+def refresh(
+    registry: Registry, image_sizes: dict[int, int], min_epochs: dict[int, float] | None = None
+) -> int:
     """Fold the finished runs not counted yet; returns how many. ``image_sizes``: the input
-    size of each task (by id), part of a strategy. Another process folding the same runs at the
-    same moment makes this one's transaction fail on ``kb_run_seen`` (nothing of it stays);
-    it then reads what the other one folded."""
+    size of each task (by id), part of a strategy; ``min_epochs``: per task, the fewest epochs
+    a run must have reached for its value to count as the strategy's (fewer: a short run, kept
+    apart as a lower bound; a run that does not say how far it trained counts). Another
+    process folding the same runs at the same moment makes this one's transaction fail on
+    ``kb_run_seen`` (nothing of it stays); it then reads what the other one folded."""
     try:
-        return _refresh(registry, image_sizes)
+        return _refresh(registry, image_sizes, min_epochs or {})
     except IntegrityError:
         return 0  # folded by a concurrent refresh
+
+
+def _epoch_seconds(history: Any, epochs_run: float | None) -> float | None:
+    """Seconds spent in the epochs this run trained (the last ``epochs_run`` entries of its
+    history: a resumed run's history starts with the checkpoint's), ``None`` when unknown."""
+    if not epochs_run or not isinstance(history, list) or len(history) < epochs_run:
+        return None
+    secs = [h.get("seconds") if isinstance(h, dict) else None for h in history]
+    mine = [x for x in secs[len(secs) - int(epochs_run) :] if isinstance(x, int | float)]
+    if not mine or len(mine) < int(epochs_run):
+        return None
+    return float(sum(mine))
+
+
+def _fold(st: KbRunStats, r: Any, metric: str, min_epochs: float) -> None:
+    """Fold the successful run ``r`` (a row of :func:`_refresh`'s query) into ``st``."""
+    if r[3] is not None:
+        st.cost_sum += float(r[3])
+        st.n_cost += 1
+        if r[10]:  # epochs it trained (from a checkpoint: only those it added)
+            st.timed_s += float(r[3])
+            st.timed_epochs += float(r[10])
+            in_epochs = _epoch_seconds(r[12], r[10])
+            if in_epochs is not None:
+                st.timed_n += 1
+                st.epoch_s += in_epochs
+                st.epoch_n += float(r[10])
+                st.startup_s += max(float(r[3]) - in_epochs, 0.0)
+    value = (r[9] or {}).get(metric) if isinstance(r[9], dict) else None
+    if value is None:
+        return
+    if r[11] is not None and float(r[11]) < min_epochs:
+        # far below the full budget: a 1-epoch test run's value is not what the strategy gets
+        st.n_short += 1
+        st.short_value = max(st.short_value or -math.inf, float(value))
+        st.short_epochs = max(st.short_epochs or 0.0, float(r[11]))
+        return
+    if (
+        st.best_objective is None
+        or r[8] > st.best_objective
+        or (r[8] == st.best_objective and r[0] < (st.best_run_id or r[0]))
+    ):
+        st.best_objective, st.best_value, st.best_run_id = r[8], value, r[0]
 
 
 def _forget_if_stale(s: Session) -> bool:
@@ -98,7 +151,7 @@ def _forget_if_stale(s: Session) -> bool:
     return True
 
 
-def _refresh(registry: Registry, image_sizes: dict[int, int]) -> int:
+def _refresh(registry: Registry, image_sizes: dict[int, int], min_epochs: dict[int, float]) -> int:
     with registry.session() as s:
         _forget_if_stale(s)
         metric_of = dict(s.execute(select(Task.id, Task.metric)).all())
@@ -116,6 +169,8 @@ def _refresh(registry: Registry, image_sizes: dict[int, int]) -> int:
             Run.metrics["objective"].as_float(),
             Run.metrics["test"],
             Run.metrics["epochs_run"].as_float(),
+            Run.metrics["epochs"].as_float(),
+            Run.metrics["history"],
         ).where(
             (Run.id > newest)
             | Run.id.in_(waiting)
@@ -163,29 +218,19 @@ def _refresh(registry: Registry, image_sizes: dict[int, int]) -> int:
                     n_cost=0,
                     timed_s=0.0,
                     timed_epochs=0.0,
+                    timed_n=0,
+                    epoch_s=0.0,
+                    epoch_n=0.0,
+                    startup_s=0.0,
+                    n_short=0,
                 )
                 s.add(st)
             metric = metric_of.get(task_id, "acc")
             st.n_runs += len(runs)
             st.n_failed += sum(r[2] == "crashed" for r in runs)
             for r in runs:
-                if r[2] != "ok" or r[8] is None:
-                    continue
-                if r[3] is not None:
-                    st.cost_sum += float(r[3])
-                    st.n_cost += 1
-                    if r[10]:  # epochs it trained (from a checkpoint: only those it added)
-                        st.timed_s += float(r[3])
-                        st.timed_epochs += float(r[10])
-                value = (r[9] or {}).get(metric) if isinstance(r[9], dict) else None
-                if value is None:
-                    continue
-                if (
-                    st.best_objective is None
-                    or r[8] > st.best_objective
-                    or (r[8] == st.best_objective and r[0] < (st.best_run_id or r[0]))
-                ):
-                    st.best_objective, st.best_value, st.best_run_id = r[8], value, r[0]
+                if r[2] == "ok" and r[8] is not None:
+                    _fold(st, r, metric, min_epochs.get(task_id, 0.0))
         done = [{"run_id": r[0], "done": True} for r in examined if r[2] in FINAL]
         if done or new_waiting:
             s.execute(insert(KbRunSeen), done + new_waiting)

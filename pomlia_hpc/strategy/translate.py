@@ -26,6 +26,12 @@ SPACE_ARCHS = {
 FROZEN = ("linear_probe", "knn")
 
 
+def canonical_arch(arch: str) -> str:
+    """The AutoML space's name of an architecture it has, however spelled (``ResNet-18``,
+    ``resnet-18`` -> ``resnet18``); other architectures as given."""
+    return SPACE_ARCHS.get(costs.arch_key(arch), arch)
+
+
 @dataclass(frozen=True)
 class Sources:
     """Initial weights available for this task."""
