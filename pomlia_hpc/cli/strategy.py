@@ -267,6 +267,13 @@ def recommend_cmd(
     if as_json:
         typer.echo(json.dumps(json_safe(answer), indent=1, default=str, allow_nan=False))
         return
+    _print_answer(answer)
+    if n_written is not None:
+        console.print(f"wrote {n_written} AutoML configuration(s) to {write_initial}")
+
+
+def _print_answer(answer: dict[str, Any]) -> None:
+    """The recommendation's tables: the top-k, notes, the Pareto front."""
     similar = ", ".join(
         # a task with runs of its own is its own nearest "data set": say so
         f"{s['dataset']}{' (this task: its own runs)' if s.get('own_runs') else ''}"
@@ -322,5 +329,3 @@ def recommend_cmd(
         exp = "" if p["expected"] is None else f"{p['expected']:.3f}"
         front.add_row(_strategy_text(p["strategy"]), exp, f"{p['cost']['wall_s']:.0f}")
     console.print(front)
-    if n_written is not None:
-        console.print(f"wrote {n_written} AutoML configuration(s) to {write_initial}")

@@ -170,7 +170,10 @@ def supported(train: Matrix, features: np.ndarray) -> np.ndarray:
     be ranked by. Without any such strategy: those with evidence on any data set."""
     dims = FEATURES.index("dims3")
     evidence = np.isfinite(train.values) | (train.fail > 0)
-    same = np.nan_to_num(train.features[:, dims]) == np.nan_to_num(features[dims])
+    if train.features.shape[1] > dims:
+        same = np.nan_to_num(train.features[:, dims]) == np.nan_to_num(features[dims])
+    else:  # features without a dimensionality (other feature sets): all alike
+        same = np.ones(len(train.datasets), bool)
     mask = evidence[same].any(axis=0) if same.any() else np.zeros(len(train.keys), bool)
     return mask if mask.any() else evidence.any(axis=0)
 
@@ -412,13 +415,14 @@ class KernelRegret:
         with distances ``d_all``."""
         n = len(train.datasets)
         best: tuple[float, float] | None = None
+        outside = [[j for j in range(n) if j != i] for i in range(n)]
+        backed = [supported(train.subset(outside[i]), train.features[i]) for i in range(n)]
         for h in self.bandwidths:
             loss = 0.0
             for i in range(n):
-                others = [j for j in range(n) if j != i]
+                others = outside[i]
                 w = kernel_weights(d_all[i, others], h)
-                backed = supported(train.subset(others), train.features[i])
-                order = _ordered(w @ self._r[others], cand, backed)
+                order = _ordered(w @ self._r[others], cand, backed[i])
                 v = train.values[i]
                 if not np.isfinite(v[cand]).any():
                     continue
