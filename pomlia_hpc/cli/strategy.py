@@ -220,8 +220,9 @@ def recommend_cmd(
         float | None,
         typer.Option(
             "--max-cost",
-            help="Only strategies expected to train within this many seconds (wall time; a "
-            "positive finite number, leave it out for no limit).",
+            help="Only strategies whose run here (their AutoML translation) is expected to "
+            "train within this many seconds (wall time; a positive finite number, leave it "
+            "out for no limit).",
         ),
     ] = None,
     max_gpu_hours: Annotated[
@@ -249,8 +250,10 @@ def recommend_cmd(
     ] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of tables.")] = False,
 ) -> None:
-    """The top-k strategies for TASK: expected metric +- spread over similar data sets,
-    expected cost, evidence, and the cost/metric Pareto front. Each answer is recorded."""
+    """The top-k strategies for TASK: expected metric +- spread over similar data sets (n:
+    their effective number), expected cost of the run it becomes here, evidence, and the
+    cost/metric Pareto front. Runs of the task below a third of its full budget are not
+    counted (a note names them). Each answer is recorded."""
     from pomlia_hpc.automl.records import json_safe
     from pomlia_hpc.strategy.recommend import recommend
 

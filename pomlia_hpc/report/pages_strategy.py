@@ -25,6 +25,20 @@ def _num(x: Any, digits: int = 3) -> str:
     return f"{x:.{digits}f}" if isinstance(x, int | float) and not isinstance(x, bool) else ""
 
 
+def _expected(x: dict[str, Any]) -> str:
+    """A recommended strategy's expected value ± spread and the effective number of data sets
+    behind it; no spread where one data set carries the weight (``spread`` None) or where an
+    answer recorded before learner version 6 gave none."""
+    expected = x.get("expected")
+    if expected is None:
+        return ""
+    spread = x.get("spread")
+    text = f"{expected:.3f}" + ("" if spread is None else f" ± {spread:.3f}")
+    if x.get("expected_of_published"):
+        text += "*"
+    return text + (f" (n={x['n_eff']:.1f})" if x.get("n_eff") else "")
+
+
 def _since(o: Outcome | None) -> str:
     """One sentence: how the answer did against the runs on its task since."""
     if o is None or not o.n_runs:
@@ -76,12 +90,11 @@ def recommendations_page(registry: Registry, workspace: Workspace, folder: Path)
             ev = "; ".join(
                 f"{e.get('dataset')} {_num(e.get('value'))}" for e in (x.get("evidence") or [])[:2]
             )
-            expected = x.get("expected")
             strategies.append(
                 [
                     x.get("rank", ""),
                     _strategy(x.get("strategy") or {}),
-                    "" if expected is None else f"{expected:.3f} ± {x.get('spread') or 0:.3f}",
+                    _expected(x),
                     _num(cost.get("wall_s"), 0),
                     _num(cost.get("gpu_hours")),
                     _num(x.get("failure_rate"), 2),
