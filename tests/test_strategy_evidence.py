@@ -10,14 +10,17 @@ import warnings
 from pathlib import Path
 
 import numpy as np
+import pytest
 from sqlalchemy import select
 from typer.testing import CliRunner
 
 from pomlia_hpc.cli import app
+from pomlia_hpc.errors import InputError
 from pomlia_hpc.registry import Registry, Run, Task
 from pomlia_hpc.strategy import kb, learner
 from pomlia_hpc.strategy.evaluate import loo
 from pomlia_hpc.strategy.recommend import recommend
+from pomlia_hpc.strategy.service import evaluate_source
 from pomlia_hpc.workspace import Workspace
 from tests.fixtures.factories import tiny_task
 
@@ -93,6 +96,9 @@ def test_runs_far_below_the_budget_are_no_value_and_start_up_is_paid_once(
         if r["strategy"] == {**r["strategy"], "arch": "resnet18", "init": "scratch", "img_size": 28}
     ]
     assert r18["cost"]["basis"] == "measured" and r18["cost"]["wall_s"] < 20
+    # the evaluation on the registry's runs says why blood is not among its data sets
+    with pytest.raises(InputError, match="runs of blood reached less than a third"):
+        evaluate_source(reg, "registry", "acc")
 
 
 def test_one_architecture_one_strategy_and_costs_of_what_runs(

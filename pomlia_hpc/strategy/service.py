@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pomlia_hpc.errors import InputError
 from pomlia_hpc.registry import Registry
 from pomlia_hpc.strategy.evaluate import EvalResult, loo
 from pomlia_hpc.strategy.fpdist import fingerprint_distances
@@ -33,12 +34,22 @@ def evaluate_kb(
     (:mod:`pomlia_hpc.strategy.fpdist`)."""
     m = build_matrix(kb)
     fp = fingerprint_distances(registry, m.datasets) if registry_tasks else None
-    result = loo(
-        m,
-        k=k,
-        cheap=cheap,
-        fingerprints=fp.pairs if fp else None,
-        encoder=fp.encoder if fp else None,
-    )
+    try:
+        result = loo(
+            m,
+            k=k,
+            cheap=cheap,
+            fingerprints=fp.pairs if fp else None,
+            encoder=fp.encoder if fp else None,
+        )
+    except InputError as exc:
+        short = sorted({task for task, _ in kb.short} - set(m.datasets))
+        if not short:
+            raise
+        # say why tasks with runs are missing: their runs are all far below the budget
+        raise InputError(
+            f"{exc}; the runs of {', '.join(short)} reached less than a third of their full "
+            "budget and give no value (docs/strategy.md)"
+        ) from exc
     result.metric = kb.metric
     return result
