@@ -208,3 +208,19 @@ def test_a_strategy_without_evidence_is_ranked_last_and_eval_warns_of_nothing() 
     # held out d0: the learner's pick is strategy 3 (regret 1 point), not strategy 0 (80)
     assert abs(result.methods["kernel-regret"].top1[0] - 1.0) < 1e-6
     assert abs(result.methods["best_mean"].top1[0] - 1.0) < 1e-6
+
+
+def test_a_study_run_at_nine_epochs_counts_whatever_the_full_budget(
+    workspace: Workspace, reg: Registry
+) -> None:
+    """A knowledge base of deliberately short studies (9 epochs, the smallest full budget
+    AutoML gives any task) is evidence even where the task's full budget is 60 epochs (a
+    third of it is 20): only runs below both are kept apart."""
+    tiny_task(workspace, reg, "derm", "dermamnist", "acc", seed=1)
+    _run(reg, "derm", "resnet18", 0.60, 9, 4.0, 0.2)
+    _run(reg, "derm", "small_cnn", 0.50, 8, 4.0, 0.2)
+    base = kb.load(reg, "acc")
+    [obs] = [o for o in base.observations if o.dataset == "derm"]
+    assert obs.value == 0.60 and obs.strategy["arch"] == "resnet18"
+    [short] = [v for (t, _), v in base.short.items() if t == "derm"]
+    assert short["epochs"] == 8 and short["counted_epochs"] == 9

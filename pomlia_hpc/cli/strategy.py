@@ -252,8 +252,8 @@ def recommend_cmd(
 ) -> None:
     """The top-k strategies for TASK: expected metric +- spread over similar data sets (n:
     their effective number), expected cost of the run it becomes here, evidence, and the
-    cost/metric Pareto front. Runs of the task below a third of its full budget are not
-    counted (a note names them). Each answer is recorded."""
+    cost/metric Pareto front. Runs of the task below a third of its full budget (or 9
+    epochs, if fewer) are not counted (a note names them). Each answer is recorded."""
     from pomlia_hpc.automl.records import json_safe
     from pomlia_hpc.strategy.recommend import recommend
 
@@ -319,8 +319,8 @@ def _print_answer(answer: dict[str, Any]) -> None:
         best = "" if sr["value"] is None else f" (best test {sr['value']:.3f}, a lower bound)"
         console.print(
             f"note: this task's {sr['n']} run(s) of {_strategy_text(sr['strategy'])} reached at "
-            f"most {sr['epochs']:g} of {sr['full_epochs']} epochs, below a third of the budget: "
-            f"not counted{best}"
+            f"most {sr['epochs']:g} of {sr['full_epochs']} epochs, below the "
+            f"{sr['counted_epochs']:g} that count: not counted{best}"
         )
     front = Table(
         title="cost/metric Pareto front on the expected regret of the ranking (cheapest first; "

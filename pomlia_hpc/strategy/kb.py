@@ -102,7 +102,8 @@ class KnowledgeBase:
     #: (task, strategy key) -> its successful runs far below the task's full budget, which
     #: give no value (:data:`SHORT_SHARE`): ``strategy``, ``n``, best test ``value`` (a lower
     #: bound),
-    #: most ``epochs``, the full budget's ``full_epochs``
+    #: most ``epochs``, the full budget's ``full_epochs``, the epochs that count
+    #: (``counted_epochs``)
     short: dict[tuple[str, str], dict[str, Any]] = field(default_factory=dict)
 
     def datasets(self) -> list[str]:
@@ -412,9 +413,19 @@ HPARAMS: tuple[str, ...] = (
 
 
 #: A run counts as its strategy's value on a task only when it reached at least this share of
-#: the task's full budget (:func:`full_epochs`); shorter runs (a 1-epoch test study) are kept
-#: apart as a lower bound.
+#: the task's full budget (:func:`full_epochs`) or :data:`COUNTED_EPOCHS`, whichever is fewer;
+#: shorter runs (a 1-epoch test study) are kept apart as a lower bound.
 SHORT_SHARE = 1 / 3
+#: Epochs after which a run counts whatever the task's size: the fewest epochs AutoML's default
+#: full budget ever gives (:func:`pomlia_hpc.automl.budget.default_budget`), so a study run
+#: deliberately at such a budget (a knowledge base of short studies) still gives evidence.
+COUNTED_EPOCHS = 9.0
+
+
+def counted_epochs(full: int) -> float:
+    """The fewest epochs a run of a task whose full budget is ``full`` epochs must reach for
+    its value to count (see :data:`SHORT_SHARE`)."""
+    return min(SHORT_SHARE * full, COUNTED_EPOCHS)
 
 
 def registry_observations(
@@ -425,7 +436,7 @@ def registry_observations(
 ) -> tuple[list[Observation], dict[str, dict[str, Any]]]:
     """One observation per (task, strategy) over the registry's finished runs of tasks whose
     metric is ``metric`` (failed ones included; see :mod:`.runstats`, refreshed first), and
-    the tasks' meta-features by task name. Runs below :data:`SHORT_SHARE` of the task's full
+    the tasks' meta-features by task name. Runs below :func:`counted_epochs` of the task's full
     budget give no value; a strategy with only such runs (and no failure) gives no observation
     but an entry in ``short`` (see :attr:`KnowledgeBase.short`)."""
     with registry.session() as s:
@@ -442,7 +453,7 @@ def registry_observations(
     runstats.refresh(
         registry,
         {tid: int(m["image_size"]) for tid, m in meta_all.items()},
-        {tid: SHORT_SHARE * e for tid, e in full.items()},
+        {tid: counted_epochs(e) for tid, e in full.items()},
     )
     wanted = {tid for tid, (name, _, m, _) in tasks.items() if m == metric and name != exclude_task}
     out = []
@@ -455,6 +466,7 @@ def registry_observations(
                     "value": st.short_value,
                     "epochs": st.short_epochs,
                     "full_epochs": full[st.task_id],
+                    "counted_epochs": counted_epochs(full[st.task_id]),
                 }
             if st.best_value is None and not st.n_failed:
                 continue  # only short runs: no value, and no failure either

@@ -450,7 +450,8 @@ def _short_note(short: dict[str, Any]) -> str:
     value = "" if short["value"] is None else f", best test {short['value']:.3f} (a lower bound)"
     return (
         f"this task's {short['n']} run(s) of it reached at most {short['epochs']:g} of "
-        f"{short['full_epochs']} epochs: below a third of the budget, not counted{value}"
+        f"{short['full_epochs']} epochs: below the {short['counted_epochs']:g} that count, "
+        f"not counted{value}"
     )
 
 

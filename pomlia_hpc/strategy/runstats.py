@@ -20,9 +20,9 @@ successful runs and, of those whose trained epochs are known, their summed secon
 (seconds per epoch: their ratio), and of those whose history gives each epoch's seconds, the
 seconds in epochs and the rest, start-up (once per run: a measured cost is start-up plus
 seconds per epoch times the epochs asked for). A successful run that reached fewer epochs than
-the task's ``min_epochs`` (a third of its full budget) gives no value: its count, best test value
-and epochs are kept apart, a lower bound (a 1-epoch test study says little of what the
-strategy reaches at 60 epochs).
+the task's ``min_epochs`` (a third of its full budget, or 9 epochs if fewer) gives no value: its
+count, best test value and epochs are kept apart, a lower bound (a 1-epoch test study says
+little of what the strategy reaches at 60 epochs).
 
 Runs deleted from the registry after they were counted (by hand: no command deletes runs) are
 noticed by each refresh in one cheap query, and then every summary is built again from the

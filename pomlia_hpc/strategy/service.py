@@ -49,7 +49,7 @@ def evaluate_kb(
         # say why tasks with runs are missing: their runs are all far below the budget
         raise InputError(
             f"{exc}; the runs of {', '.join(short)} reached less than a third of their full "
-            "budget and give no value (docs/strategy.md)"
+            "budget (or 9 epochs) and give no value (docs/strategy.md)"
         ) from exc
     result.metric = kb.metric
     return result
