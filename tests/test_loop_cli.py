@@ -296,3 +296,43 @@ def test_loop_show_prints_stage_outputs_as_text_not_python_reprs(
     assert "retrain: skipped no recommendation: the knowledge base is empty" in lines, out
     assert "hint: run `pomlia strategy import`" in lines, out
     assert "None" not in out and "{" not in out and "\\n" not in out, out
+
+
+def test_loop_show_marks_a_running_loop_run_whose_driver_is_gone(
+    workspace: Workspace, reg: Registry
+) -> None:
+    """`loop show` said "loop run 1 running ... stage automl" after its watcher was killed
+    with SIGKILL, with nothing running; now it says the run is stale and what resumes it,
+    and says nothing of the kind while the driver is at work."""
+    import json
+    import os
+    import socket
+    import subprocess
+    import sys
+    import time
+    from dataclasses import asdict
+
+    from pomlia_hpc.automl.liveness import DRIVER_FILE, DriverRecord
+    from pomlia_hpc.loop.claim import run_dir
+    from pomlia_hpc.registry import LoopRun
+
+    with reg.session() as s:
+        for _ in range(2):
+            s.add(LoopRun(slot="blood", status="running", stage="automl", stages={}))
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        text=True,
+        capture_output=True,
+        check=True,
+    )
+    now = time.time()
+    for run_id, pid in ((1, int(dead.stdout)), (2, os.getpid())):
+        record = DriverRecord(socket.gethostname(), pid, now, now, None, None, None, None, None)
+        folder = run_dir(workspace, "blood", run_id)
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / DRIVER_FILE).write_text(json.dumps(asdict(record)))
+    out = " ".join(cli_ok("loop", "show", "blood").split())
+    first, second = out.split("loop run 2")
+    assert f"stale: its driver (pid {int(dead.stdout)} on" in first, out
+    assert "`pomlia loop watch --once` resumes it" in first, out
+    assert "stale" not in second, out

@@ -467,6 +467,7 @@ def loop_show(slot: SlotArg) -> None:
     models it served (open, taken, done, failed, merged, obsolete or dismissed, and why)."""
     from sqlalchemy import select
 
+    from pomlia_hpc.loop.claim import gone_driver
     from pomlia_hpc.loop.promote import slots
     from pomlia_hpc.loop.requests import requests_of_slot
     from pomlia_hpc.registry import LoopRun
@@ -490,6 +491,12 @@ def loop_show(slot: SlotArg) -> None:
                     console.print(line, highlight=False, markup=False)
         if r.error:
             console.print(f"  [red]{r.error.splitlines()[0]}[/]", highlight=False)
+        gone = gone_driver(STATE.workspace, slot, r.id) if r.status == "running" else None
+        if gone:  # killed (SIGKILL, a lost node) before it could record how it ended
+            console.print(
+                f"  [yellow]stale: {gone}; `pomlia loop watch --once` resumes it[/]",
+                highlight=False,
+            )
     reqs = requests_of_slot(reg, slot)
     if reqs:
         console.print("[bold]retrain requests[/]")

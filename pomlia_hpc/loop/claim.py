@@ -26,6 +26,7 @@ from pomlia_hpc.automl.liveness import (
     DriverBeat,
     DriverBusyError,
     DriverRecord,
+    driver_gone,
     may_take_over,
     read_driver_file,
     slurm_restarts,
@@ -59,6 +60,14 @@ def holder(workspace: Workspace, slot: str, run_id: int) -> DriverRecord | None:
         return None
     job = os.environ.get("SLURM_JOB_ID") or None
     return None if may_take_over(record, job, slurm_restarts()) else record
+
+
+def gone_driver(workspace: Workspace, slot: str, run_id: int) -> str | None:
+    """Why the driver of a loop run recorded ``running`` is gone (one phrase, e.g. "its driver
+    (pid 12 on vm) is not running": killed before it could record an end), or None while one
+    is at work or the run has no driver record (a run from before driver records)."""
+    record = read_driver_file(run_dir(workspace, slot, run_id) / DRIVER_FILE)
+    return driver_gone(record) if record is not None else None
 
 
 def held_message(slot: str, run_id: int, record: DriverRecord | None) -> str:
