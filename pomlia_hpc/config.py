@@ -79,28 +79,51 @@ def yaml_problem(exc: yaml.YAMLError) -> str:
     return " ".join(str(exc).split())
 
 
+def _at(mark: yaml.Mark) -> str:
+    return f"line {mark.line + 1}, column {mark.column + 1}"
+
+
 class UniqueKeyLoader(yaml.SafeLoader):
     """PyYAML's safe loader, refusing a key given twice in one mapping: PyYAML keeps the last
     one silently, so ``latent_dim: 4`` followed by ``latent_dim: 9`` trained a d=9 encoder.
     Keys a merge (``<<: *base``) brings in may still be overridden."""
 
-    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-        seen: dict[Any, int] = {}
-        for key_node, _value in node.value:
-            if key_node.tag == "tag:yaml.org,2002:merge":
+    def construct_document(self, node: yaml.Node) -> Any:
+        # Checked on the composed tree, once, before anything is built: building a mapping
+        # that merges an anchored one rewrites that node in place (PyYAML's flatten_mapping),
+        # so a check while building saw the merged keys as given twice.
+        self.check_unique_keys(node)
+        return super().construct_document(node)
+
+    def check_unique_keys(self, root: yaml.Node) -> None:
+        """Raise a ConstructorError naming both places (line and column, 1-based) of the
+        first key given twice in one mapping of the tree under ``root``; merge keys (``<<``)
+        are not keys of the mapping. Walks each node once (an alias reuses its anchor's)."""
+        stack, visited = [root], set()
+        while stack:
+            node = stack.pop()
+            if id(node) in visited:
                 continue
-            key = self.construct_object(key_node, deep=True)
-            try:
-                first = seen.setdefault(key, key_node.start_mark.line)
-            except TypeError:  # an unhashable key: the base class says so
+            visited.add(id(node))
+            if isinstance(node, yaml.SequenceNode):
+                stack.extend(node.value)
+            if not isinstance(node, yaml.MappingNode):
                 continue
-            if first != key_node.start_mark.line:
-                raise yaml.constructor.ConstructorError(
-                    problem=f"key '{key}' is given twice in one mapping (lines {first + 1} and "
-                    f"{key_node.start_mark.line + 1}); expected each key once",
-                    problem_mark=key_node.start_mark,
-                )
-        return super().construct_mapping(node, deep)
+            seen: dict[Any, yaml.Mark] = {}
+            for key_node, value_node in node.value:
+                stack.extend((key_node, value_node))
+                if key_node.tag == "tag:yaml.org,2002:merge" or not isinstance(
+                    key_node, yaml.ScalarNode
+                ):
+                    continue  # a merge, or a collection as key (the base class refuses it)
+                key = self.construct_object(key_node)  # by value: `1` and `0x1` are one key
+                first = seen.setdefault(key, key_node.start_mark)
+                if first is not key_node.start_mark:
+                    raise yaml.constructor.ConstructorError(
+                        problem=f"key '{key}' is given twice in one mapping ({_at(first)} and "
+                        f"{_at(key_node.start_mark)}); expected each key once",
+                        problem_mark=key_node.start_mark,
+                    )
 
 
 def read_yaml(path: Path) -> dict[str, Any]:

@@ -2,6 +2,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import yaml
 
 from pomlia_hpc.automl.space import read_initial_values
 from pomlia_hpc.cluster.resources import submitit_parameters, with_overrides
@@ -119,3 +120,49 @@ def test_malformed_yaml_is_one_line_with_where(
     msg = str(exc.value)
     assert "bad.yaml" in msg and "line 2, column 2: expected ',' or ']'" in msg
     assert "\n" not in msg
+
+
+MERGED_DEEPER_FIRST = """\
+base: &base {lr: 0.1}
+a:
+  b:
+    exp1: &e
+      <<: *base
+      lr: 0.2
+c:
+  <<: *e
+  x: 1
+"""
+
+
+def test_merge_keys_overridden_are_not_given_twice(tmp_path: Path) -> None:
+    """A mapping merged by a shallower one before its own turn (`c: {<<: *e}`) was refused as
+    "key 'lr' is given twice": building `c` rewrote the anchored node in place."""
+    path = tmp_path / "merge.yaml"
+    path.write_text(MERGED_DEEPER_FIRST)
+    assert read_yaml(path) == yaml.safe_load(MERGED_DEEPER_FIRST)
+    assert read_yaml(path)["c"] == {"lr": 0.2, "x": 1}
+
+
+@pytest.mark.parametrize(
+    ("text", "where"),
+    [
+        ("x:\n  y: {a: 1, a: 2}\n", "(line 2, column 7 and line 2, column 13)"),
+        ("a: 1\nb: 2\n0x1: 3\n1: 4\n", "(line 3, column 1 and line 4, column 1)"),
+        (
+            "- base: &b {k: 1}\n- {<<: *b, k: 2, j: 3, j: 4}\n",
+            "(line 2, column 18 and line 2, column 24)",
+        ),
+    ],
+)
+def test_a_key_given_twice_is_refused_with_line_and_column(
+    text: str, where: str, tmp_path: Path
+) -> None:
+    """`{a: 1, a: 2}` on one line passed (the check compared lines); keys are compared by value
+    (`0x1` is `1`) and both places are named by line and column."""
+    path = tmp_path / "dup.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as exc:
+        read_yaml(path)
+    assert str(path) in str(exc.value) and "is given twice in one mapping" in str(exc.value)
+    assert where in str(exc.value), str(exc.value)

@@ -147,7 +147,7 @@ def test_a_key_given_twice_is_refused_naming_both_lines(tmp_path: Path) -> None:
         load_pipeline(path)
     assert str(err.value) == (
         f"{path}: not valid YAML (line 8, column 3: key 'latent_dim' is given twice in one "
-        "mapping (lines 6 and 8); expected each key once)"
+        "mapping (line 6, column 3 and line 8, column 3); expected each key once)"
     )
     proc = dry_run(path, tmp_path / "ws")
     assert proc.returncode == 2 and "key 'latent_dim' is given twice" in proc.stderr
