@@ -166,3 +166,16 @@ def test_a_key_given_twice_is_refused_with_line_and_column(
         read_yaml(path)
     assert str(path) in str(exc.value) and "is given twice in one mapping" in str(exc.value)
     assert where in str(exc.value), str(exc.value)
+
+
+@pytest.mark.parametrize("read", [load_serve_config, read_initial_values])
+def test_serve_and_warm_start_files_refuse_a_key_given_twice(
+    read: Callable[[Path], object], tmp_path: Path
+) -> None:
+    """Serve settings and AutoML warm-start files kept the last of two equal keys silently."""
+    path = tmp_path / "dup.yaml"
+    path.write_text("configs:\n  - {lr: 0.1}\nport: 1\nport: 2\n")
+    with pytest.raises(PomliaError) as exc:
+        read(path)
+    msg = str(exc.value)
+    assert str(path) in msg and "key 'port' is given twice" in msg and "\n" not in msg

@@ -57,7 +57,7 @@ from ConfigSpace import (
     OrdinalHyperparameter,
 )
 
-from pomlia_hpc.config import Record, yaml_problem
+from pomlia_hpc.config import Record, UniqueKeyLoader, yaml_problem
 from pomlia_hpc.errors import InputError
 from pomlia_hpc.models.archs import ARCHITECTURES
 
@@ -337,7 +337,7 @@ def read_initial_file(path: str | Path) -> InitialFile:
     is not a name is an :class:`InputError` naming the file."""
     p = Path(path)
     try:
-        data = yaml.safe_load(p.read_text())
+        data = yaml.load(p.read_text(), Loader=UniqueKeyLoader)  # a SafeLoader: builds no objects
     except OSError as exc:
         raise InputError(f"initial configurations file '{p}' cannot be read ({exc})") from exc
     except yaml.YAMLError as exc:

@@ -20,11 +20,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field
 
-from pomlia_hpc.config import validate_model, yaml_problem
-from pomlia_hpc.errors import ConfigError
+from pomlia_hpc.config import read_yaml, validate_model
 
 
 class ServeConfig(BaseModel):
@@ -94,14 +92,6 @@ def load_serve_config(
     source = "serve settings"
     if path is not None:
         source = str(path)
-        try:
-            loaded = yaml.safe_load(Path(path).read_text())
-        except OSError as exc:
-            raise ConfigError(f"{path}: cannot read serve config ({exc.strerror})") from exc
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML ({yaml_problem(exc)})") from exc
-        if loaded is not None and not isinstance(loaded, dict):
-            raise ConfigError(f"{path}: expected a mapping at the top level")
-        data.update(loaded or {})
+        data.update(read_yaml(Path(path)))  # a key given twice is refused, naming the file
     data.update({k: v for k, v in (overrides or {}).items() if v is not None})
     return validate_model(ServeConfig, data, source)
