@@ -19,8 +19,10 @@ from pomlia_hpc.cluster import Executor
 from pomlia_hpc.errors import PomliaError
 from pomlia_hpc.files import write_json_atomic
 from pomlia_hpc.pipeline.runner import (
+    LOCK_WAIT_S,
     RUN_FILE,
     context_for,
+    pipeline_held,
     pipeline_lock,
     pipeline_status,
     snapshot_spec,
@@ -138,6 +140,37 @@ def test_a_pipeline_run_by_another_process_is_refused_before_the_plan(
     assert isinstance(res.exception, PomliaError) and res.exception.exit_code == 2
     assert "is being run by another process" in str(res.exception)
     assert PLAN_HEADER not in said and "GPU-hours" not in said
+
+
+def test_a_stage_starting_while_the_lock_is_probed_waits_for_it(tmp_path: Path) -> None:
+    """`pipeline status` and `pipeline run` probe the lock by taking it for an instant; a stage
+    or driver job starting then failed as "being run by another process"."""
+    import fcntl
+    import threading
+    import time
+
+    folder = tmp_path / "p"
+    folder.mkdir()
+    taken, held_s = threading.Event(), 0.3
+
+    def probe() -> None:  # a probe that takes a moment (a busy machine)
+        with (folder / "lock").open("a") as fh:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            taken.set()
+            time.sleep(held_s)
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+    prober = threading.Thread(target=probe)
+    prober.start()
+    try:
+        assert taken.wait(5)
+        start = time.monotonic()
+        with pipeline_lock(folder):
+            assert pipeline_held(folder)
+        assert time.monotonic() - start < LOCK_WAIT_S
+    finally:
+        prober.join()
+    assert not pipeline_held(folder)
 
 
 @pytest.mark.parametrize(("mode", "state"), [("chain", "running"), ("driver", "pending")])

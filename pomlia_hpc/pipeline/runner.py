@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -55,6 +56,10 @@ from pomlia_hpc.workspace import Workspace
 
 SPEC_SNAPSHOT = "spec.json"
 RUN_FILE = "run.json"
+#: How long (seconds) :func:`pipeline_lock` waits for a held lock before refusing: a probe
+#: (:func:`pipeline_held`, :func:`check_not_locked`) holds it for an instant, which must not
+#: make a stage or driver job starting then fail as "being run by another process".
+LOCK_WAIT_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -141,15 +146,24 @@ def load_snapshot(path: Path) -> PipelineSpec:
 
 @contextmanager
 def pipeline_lock(folder: Path) -> Iterator[None]:
-    """Hold ``folder/lock`` so two processes never run stages of one pipeline at once."""
+    """Hold ``folder/lock`` so two processes never run stages of one pipeline at once; a lock
+    held by another process is waited for up to :data:`LOCK_WAIT_S` seconds, then refused."""
     folder.mkdir(parents=True, exist_ok=True)
     with (folder / "lock").open("a") as fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError as exc:
-            raise PomliaError(
-                f"pipeline '{folder.name}' is being run by another process (lock {folder / 'lock'})"
-            ) from exc
+        # flock has no "test": probes take the lock for an instant. Polled without blocking,
+        # not waited on, so a lock really held refuses after LOCK_WAIT_S instead of hanging.
+        deadline = time.monotonic() + LOCK_WAIT_S
+        while True:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError as exc:
+                if time.monotonic() >= deadline:
+                    raise PomliaError(
+                        f"pipeline '{folder.name}' is being run by another process "
+                        f"(lock {folder / 'lock'})"
+                    ) from exc
+                time.sleep(0.05)
         try:
             yield
         finally:
