@@ -330,3 +330,38 @@ def test_local_job_stopped_by_ctrl_c_is_recorded_cancelled(tmp_path: Path, reg: 
     with pytest.raises(JobFailedError) as exc:
         h.result()
     assert exc.value.state == "CANCELLED" and "SIGINT" in str(exc.value)
+
+
+def test_a_cancel_marker_of_an_earlier_job_with_the_same_pid_is_forgotten(tmp_path: Path) -> None:
+    """A marker left by a job stopped by Ctrl-C stayed: a later local job given the same pid
+    that failed was recorded CANCELLED instead of FAILED."""
+    import os
+    import sys
+
+    from pomlia_hpc.cluster.records import local_cancel_cause
+    from pomlia_hpc.cluster.submitit_local import SIGINT_CAUSE, cancel_marker
+
+    folder = tmp_path / "jobs"
+    folder.mkdir()
+    job_id = str(os.getpid())  # with a shell, the controller's job id is its parent's pid
+    cancel_marker(folder, job_id).write_text(SIGINT_CAUSE + "\n")
+    env = {
+        **os.environ,
+        "SUBMITIT_LOCAL_NTASKS": "1",
+        "SUBMITIT_LOCAL_COMMAND": "false",
+        "SUBMITIT_LOCAL_TIMEOUT_S": "60",
+        "SUBMITIT_LOCAL_SIGNAL_DELAY_S": "1",
+        "SUBMITIT_STDERR_TO_STDOUT": "",
+        "SUBMITIT_LOCAL_WITH_SHELL": "1",
+        "PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+    }
+    proc = subprocess.run(
+        [sys.executable, "-m", "pomlia_hpc.cluster.submitit_local", str(folder)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert local_cancel_cause(str(folder), job_id) is None
+    assert not cancel_marker(folder, job_id).exists()

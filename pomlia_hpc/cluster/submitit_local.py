@@ -23,7 +23,8 @@ SIGINT_CAUSE = "cancelled (SIGINT: `pomlia jobs cancel` or Ctrl-C)"
 
 def cancel_marker(folder: str | Path, job_id: str) -> Path:
     """Where the controller of local job ``job_id`` (its pid) in ``folder`` notes that it was
-    interrupted, and why (one line of text)."""
+    interrupted, and why (one line of text); the controller of a later job with the same id
+    deletes it when it starts."""
     return Path(folder) / f"{job_id}_cancelled.txt"
 
 
@@ -37,6 +38,10 @@ def main(argv: Sequence[str]) -> int:
         )
         return 2
     controller = Controller(Path(argv[1]))
+    # Job ids are pids, and pids are reused: a marker left by an earlier job with this id
+    # would have this one recorded CANCELLED whatever its end.
+    with contextlib.suppress(OSError):
+        cancel_marker(argv[1], controller.pid).unlink(missing_ok=True)
     try:
         controller.run()  # its own `finally` stops the tasks
     except KeyboardInterrupt:
