@@ -410,3 +410,40 @@ def test_a_rerun_waits_for_the_shard_jobs_of_a_killed_run(
     with reg.session() as s:
         names = [j.name for j in s.scalars(select(Job))]
     assert names == ["fingerprint-extract"]  # nothing submitted beside it
+
+
+def test_the_wait_for_earlier_shards_gives_up_when_the_scheduler_does_not_answer(
+    workspace: Workspace, reg: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With sacct and squeue failing, the registry's RUNNING stood and the wait for an earlier
+    run's shard job polled for good: it now gives up after SHARD_WAIT_UNANSWERED_S seconds
+    without an answer, naming the job and `pomlia jobs cancel ID --force`."""
+    import os
+
+    from pomlia_hpc.cluster.records import record_submission
+    from pomlia_hpc.fingerprint import planning
+
+    a = make_dataset(workspace, reg, "blood", "bloodmnist", (20, 4, 8), chunk_rows=32)
+    make_encoder(workspace, reg, "enc", latent_dim=4)
+    (spec,) = plan_extraction(reg, workspace, "enc", [a], shards=1, threads=1).specs
+    (job,) = record_submission(
+        reg,
+        backend="slurm",
+        scheduler_ids=["424242"],
+        name=planning.EXTRACT_JOB_NAME,
+        folder=str(tmp_path),
+        meta={"shards": [planning.shard_claim(spec.out_path, spec.shard)]},
+        started=True,
+    )
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    for tool in ("sacct", "squeue"):
+        (bin_dir / tool).write_text("#!/bin/sh\necho 'slurm_load_jobs error' >&2\nexit 1\n")
+        (bin_dir / tool).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setattr(planning, "SHARD_WAIT_UNANSWERED_S", 0.05)
+    with pytest.raises(PomliaError) as err:
+        planning.wait_for_earlier_shards(reg, workspace, "enc", [a], poll_s=0.01)
+    text = str(err.value)
+    assert f"job(s) {job} (" in text and "has not answered" in text, text
+    assert f"pomlia jobs cancel {job} --force" in text, text

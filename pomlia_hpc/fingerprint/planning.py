@@ -239,6 +239,9 @@ def all_embedded(
 EXTRACT_JOB_NAME = "fingerprint-extract"
 #: Seconds between two looks at the shard jobs of an earlier run that are still at work.
 SHARD_WAIT_POLL_S = 2.0
+#: Seconds without an answer from the scheduler after which a wait for earlier shard jobs
+#: gives up (their registry state would otherwise keep it waiting for good).
+SHARD_WAIT_UNANSWERED_S = 120.0
 
 
 def shard_claim(out_path: str, shard: int) -> str:
@@ -265,16 +268,23 @@ def live_shard_jobs(registry: Registry, outs: Collection[str]) -> list[Job]:
     lives while its controller process does; a Slurm job neither ``sacct`` nor ``squeue``
     knows is ``LOST``); when it cannot answer, the registry's state stands: a job that may be
     writing counts as writing."""
+    return _live(registry, outs)[0]
+
+
+def _live(registry: Registry, outs: Collection[str]) -> tuple[list[Job], bool]:
+    """(:func:`live_shard_jobs`, whether the scheduler answered: False when it failed and the
+    registry's states stood)."""
     rows = _claiming(registry, outs)
+    answered = True
     if rows:
         try:
             refresh_jobs(registry, [r.id for r in rows])
             if any(r.backend == "slurm" for r in rows):
                 mark_lost(registry, [r.id for r in rows])
         except ClusterError:
-            pass
+            answered = False
         rows = _claiming(registry, outs)
-    return rows
+    return rows, answered
 
 
 def wait_for_earlier_shards(
@@ -298,9 +308,21 @@ def wait_for_earlier_shards(
         }
     except PomliaError:
         return  # planning names what is wrong
-    said = False
-    while live := live_shard_jobs(registry, outs):
+    said, unanswered = False, 0
+    while True:
+        live, answered = _live(registry, outs)
+        if not live:
+            return
         named = ", ".join(f"{j.id} ({j.state}, {j.backend} {j.scheduler_id})" for j in live)
+        unanswered = 0 if answered else unanswered + 1
+        if unanswered * poll_s >= SHARD_WAIT_UNANSWERED_S:
+            # Without answers the registry's "running" would keep this waiting for good.
+            raise PomliaError(
+                f"extraction job(s) {named} of an earlier run may still write into these "
+                f"embeddings, and the scheduler has not answered for {unanswered * poll_s:.0f} s "
+                "(sacct/squeue failed): check it (`sinfo`), then run this again; if those jobs "
+                f"are gone, `pomlia jobs cancel {live[0].id} --force` first"
+            )
         away = [j for j in live if j.backend == "local" and _host(j) not in (None, this_host())]
         if away:
             raise PomliaError(
