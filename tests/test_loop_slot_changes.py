@@ -146,5 +146,56 @@ def test_a_second_first_promotion_does_not_replace_the_first(
     assert "nothing was promoted" in msg and "`pomlia deploy promote p b`" in msg
     assert [(h.model, h.kind) for h in history(reg, "p")] == [("a", "initial")]
     assert current_bundle(current_link(workspace, "p")) == Path(first.bundle_path)
-    # The same first promotion twice (e.g. rerun after a kill) is the same row.
-    assert put_on_slot(reg, workspace, "p", "a", kind="initial").id == first.id
+
+
+def _twice_at_once(
+    reg: Registry, workspace: Workspace, monkeypatch: pytest.MonkeyPatch, model: str
+) -> pytest.ExceptionInfo[InputError]:
+    """`deploy promote p MODEL --force` twice at once: the other one takes the slot lock
+    first (both read the champion before either held it); returns this one's refusal."""
+    real = promote_mod.lock_slot
+    landed: list[bool] = []
+
+    def other_lands_first(session: Any, slot: str) -> None:
+        if not landed:
+            landed.append(True)
+            monkeypatch.setattr(promote_mod, "lock_slot", real)
+            promote_with_gate(reg, workspace, "p", model, force=True)
+        real(session, slot)
+
+    monkeypatch.setattr(promote_mod, "lock_slot", other_lands_first)
+    with pytest.raises(InputError) as err:
+        promote_with_gate(reg, workspace, "p", model, force=True)
+    return err
+
+
+def test_the_same_forced_promotion_twice_at_once_promotes_once(
+    tmp_path: Path, workspace: Workspace, reg: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both promoted x1 (two history rows) and the second gate was rewritten to compare x1
+    with itself. Now the second is refused as when run alone."""
+    for seed, name in enumerate(("first", "x1")):
+        make_model(reg, tmp_path, name, seed, 0)
+    promote_with_gate(reg, workspace, "p", "first")
+    err = _twice_at_once(reg, workspace, monkeypatch, "x1")
+    assert "model x1 is already the champion of slot p" in str(err.value)
+    assert "nothing to promote" in str(err.value)
+    assert [(h.model, h.kind) for h in history(reg, "p")] == [
+        ("first", "initial"),
+        ("x1", "forced"),
+    ]
+    gates = gate_decisions(reg, "p")
+    assert all(g.champion_id != g.challenger_id for g in gates)
+    assert all(g.evidence["champion"] == "first" for g in gates)
+    used = {h.gate_id for h in history(reg, "p")}
+    assert [is_superseded(g) for g in gates if g.id not in used] == [True]
+
+
+def test_the_same_first_promotion_twice_at_once_is_refused_once(
+    tmp_path: Path, workspace: Workspace, reg: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Both printed success on an empty slot while only one recorded anything."""
+    make_model(reg, tmp_path, "a", 0, 0)
+    err = _twice_at_once(reg, workspace, monkeypatch, "a")
+    assert "model a is already the champion of slot p" in str(err.value)
+    assert [(h.model, h.kind) for h in history(reg, "p")] == [("a", "initial")]

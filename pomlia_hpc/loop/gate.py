@@ -21,7 +21,14 @@ from sqlalchemy import select
 from pomlia_hpc.data.harvest import harvest_info
 from pomlia_hpc.data.store import DatasetStore, find_version, open_store
 from pomlia_hpc.errors import InputError
-from pomlia_hpc.loop.promote import SlotEntry, champion, is_superseded, put_on_slot
+from pomlia_hpc.loop.promote import (
+    SlotEntry,
+    already_champion,
+    champion,
+    is_superseded,
+    put_on_slot,
+    supersede_gate,
+)
 from pomlia_hpc.loop.stats import GateResult, PairedCounts, check_levels, decide
 from pomlia_hpc.models.catalog import resolve_model
 from pomlia_hpc.models.checkpoint import load_classifier
@@ -231,10 +238,7 @@ def promote_with_gate(
     if resolve_model(registry, model_ref).id == entry.model_id:
         # The gate would compare the model with itself and say it was not trained on a
         # harvested version, which is beside the point.
-        raise InputError(
-            f"model {entry.model} is already the champion of slot {slot} (since "
-            f"{entry.created_at:%Y-%m-%d %H:%M}); nothing to promote"
-        )
+        raise already_champion(slot, entry.model, entry.created_at)
     check_same_labels(registry, slot, entry.model, model_ref)  # --force cannot skip this
     try:
         outcome = run_gate(
@@ -247,7 +251,16 @@ def promote_with_gate(
     if not outcome.promote:
         return outcome, None
     kind = "promoted" if outcome.result.passed else "forced"
-    return outcome, put_on_slot(registry, workspace, slot, model_ref, kind=kind, gate_id=outcome.id)
+    try:
+        entry = put_on_slot(registry, workspace, slot, model_ref, kind=kind, gate_id=outcome.id)
+    except InputError:
+        # Another promotion landed under the slot lock first (the same one run at once, or
+        # one that changed the champion): this gate replaced nothing, so it is marked
+        # superseded; it keeps the champion it compared with, never the model itself.
+        now = champion(registry, slot)
+        supersede_gate(registry, outcome.id, now.model if now else None)
+        raise
+    return outcome, entry
 
 
 def check_same_labels(registry: Registry, slot: str, champion_ref: str, model_ref: str) -> None:

@@ -144,10 +144,9 @@ def put_on_slot(
                 point(link, Path(done.bundle_path))  # the link may not have moved before a kill
                 return _entry(done, model.name)
         if kind == "initial":
-            first = _first_model(s, slot, model)
-            if first is not None:
-                point(link, Path(first.bundle_path))  # a kill may have left the link behind
-                return _entry(first, model.name)
+            _first_model(s, slot, model)
+        elif loop_run_id is None:
+            _not_champion_yet(s, slot, model)
         if gate_id is not None:
             _settle_gate(s, slot, gate_id)
         point(link, bundle.root)
@@ -171,16 +170,39 @@ def lock_slot(session: Session, slot: str) -> None:
     lock_name(session, f"slot:{slot}")
 
 
-def _first_model(session: Session, slot: str, model: Model) -> Promotion | None:
-    """Under the slot's lock, for an ``initial`` promotion: None while the slot is empty; the
-    slot's newest row when it already serves ``model`` (the same first promotion, twice);
-    otherwise an :class:`InputError`: another first model landed since the slot was read
-    empty, and replacing it silently would skip the gate."""
+def already_champion(slot: str, model: str, since: datetime) -> InputError:
+    """The refusal of a promotion of the model the slot already serves (since ``since``)."""
+    return InputError(
+        f"model {model} is already the champion of slot {slot} (since "
+        f"{since:%Y-%m-%d %H:%M}); nothing to promote"
+    )
+
+
+def _not_champion_yet(session: Session, slot: str, model: Model) -> None:
+    """Under the slot's lock, for a promotion by hand: refuse it when the slot already serves
+    ``model``. The same promotion run twice at once both read the old champion before either
+    held the lock; the second would record a gate of the model against itself and a second
+    history row, where run alone it is refused (:func:`already_champion`)."""
     newest = session.scalar(
         select(Promotion).where(Promotion.slot == slot).order_by(Promotion.id.desc()).limit(1)
     )
-    if newest is None or newest.model_id == model.id:
-        return newest
+    if newest is not None and newest.model_id == model.id:
+        raise already_champion(slot, model.name, newest.created_at)
+
+
+def _first_model(session: Session, slot: str, model: Model) -> None:
+    """Under the slot's lock, for an ``initial`` promotion: nothing while the slot is empty;
+    otherwise an :class:`InputError`. When it serves ``model`` already, the same first
+    promotion ran twice at once: the second is refused as when run alone
+    (:func:`already_champion`). Another first model landed since the slot was read empty:
+    replacing it silently would skip the gate."""
+    newest = session.scalar(
+        select(Promotion).where(Promotion.slot == slot).order_by(Promotion.id.desc()).limit(1)
+    )
+    if newest is None:
+        return
+    if newest.model_id == model.id:
+        raise already_champion(slot, model.name, newest.created_at)
     now = session.get(Model, newest.model_id)
     raise InputError(
         f"slot '{slot}' was empty when this promotion of {model.name} began, but "
