@@ -113,7 +113,7 @@ def show(
     as_json: Annotated[bool, typer.Option("--json", help="Print the JSON report.")] = False,
 ) -> None:
     """Show one report: status, tests, and where its HTML page is."""
-    from pomlia_hpc.monitor.history import get_report
+    from pomlia_hpc.monitor.history import NOT_TESTED, get_report, is_tested
 
     row, data = get_report(STATE.registry(), report)
     if as_json:
@@ -128,12 +128,15 @@ def show(
     for col in ("test", "family", "statistic", "p-value", "rejected"):
         table.add_column(col)
     for t in data["tests"]:
+        tested = is_tested(t)
         table.add_row(
             t["name"],
             t["family"],
             f"{t['statistic']:.4g}" if t["statistic"] is not None else "",
-            f"{t['p_value']:.4g}" if t["p_value"] is not None else "",
-            "yes" if t["rejected"] else "no",
+            NOT_TESTED
+            if not tested
+            else (f"{t['p_value']:.4g}" if t["p_value"] is not None else ""),
+            ("yes" if t["rejected"] else "no") if tested else "-",
         )
     console.print(table)
     for note in data["quality"].get("warnings", []) + data["notes"]:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +12,18 @@ from sqlalchemy import select
 from pomlia_hpc.errors import InputError, NotFoundError
 from pomlia_hpc.monitor.reference import resolve_model_id
 from pomlia_hpc.registry import MonitorReport, Registry
+
+#: What a report shows in place of the p-value of a test that was not tested.
+NOT_TESTED = "not tested"
+
+
+def is_tested(test: Mapping[str, Any]) -> bool:
+    """Whether a recorded test (an entry of a report's ``tests``) took part in the alarm. A
+    test given no share of alpha (``weight`` 0: accuracy from too few labels) is reported but
+    not tested, so its p-value means nothing and is shown nowhere. Older records without a
+    weight were all tested."""
+    weight = test.get("weight")
+    return not (isinstance(weight, int | float) and weight <= 0)
 
 
 def get_report(registry: Registry, report_id: int) -> tuple[MonitorReport, dict[str, Any]]:

@@ -24,6 +24,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from pomlia_hpc.monitor.checks import CheckOutcome
+from pomlia_hpc.monitor.history import NOT_TESTED, is_tested
 from pomlia_hpc.registry import MonitorReport
 from pomlia_hpc.serve.reference import Reference
 
@@ -62,15 +63,33 @@ def _history_points(
     return labels, tests
 
 
+def history_p_values(
+    past: Sequence[MonitorReport], report: dict[str, Any]
+) -> dict[str, list[float | None]]:
+    """The p-value of each test per report (oldest first, ``report`` last), as the history
+    plot draws them against alpha: None where the test did not run or was not tested (its
+    p-value means nothing, :func:`~pomlia_hpc.monitor.history.is_tested`)."""
+    _, tests = _history_points(past, report)
+    names = sorted({n for t in tests for n in t})
+    out: dict[str, list[float | None]] = {}
+    for name in names:
+        found = [t.get(name) for t in tests]
+        out[name] = [
+            t.get("p_value") if isinstance(t, dict) and is_tested(t) else None for t in found
+        ]
+    return out
+
+
 def plot_history(past: Sequence[MonitorReport], report: dict[str, Any]) -> str:
     labels, tests = _history_points(past, report)
     names = sorted({n for t in tests for n in t})
     if not names:
         return ""
+    p_values = history_p_values(past, report)
     x = np.arange(len(labels))
     fig, (ax_p, ax_s) = plt.subplots(2, 1, figsize=(9, 6), sharex=True)
     for name in names:
-        p = [t.get(name, {}).get("p_value") for t in tests]
+        p = p_values[name]
         s = [t.get(name, {}).get("statistic") for t in tests]
         pv = np.array([v if v is not None else np.nan for v in p], dtype=float)
         sv = np.array([v if v is not None else np.nan for v in s], dtype=float)
@@ -238,9 +257,9 @@ def render_html(
                 e(t["family"]),
                 f"<span class='{'rej' if t['rejected'] else ''}'>{e(t['name'])}</span>",
                 _fmt(t["statistic"]),
-                _fmt(t["p_value"]),
-                _fmt(t["weight"] * report["alpha"]),
-                "yes" if t["rejected"] else "no",
+                _fmt(t["p_value"]) if is_tested(t) else NOT_TESTED,
+                _fmt(t["weight"] * report["alpha"]) if is_tested(t) else "-",
+                ("yes" if t["rejected"] else "no") if is_tested(t) else "-",
             ]
             for t in report["tests"]
         ]

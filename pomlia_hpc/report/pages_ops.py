@@ -11,6 +11,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from pomlia_hpc.monitor.history import NOT_TESTED, is_tested
 from pomlia_hpc.registry import Model, MonitorReport, Registry
 from pomlia_hpc.report import figures
 from pomlia_hpc.report.html import cut, esc, png, relative_href, status_span, table
@@ -101,6 +102,9 @@ def _tests_html(drift: dict[str, Any]) -> str:
     for name, t in drift.items():
         if isinstance(t, dict):
             p = t.get("p_value")
+            if not is_tested(t):
+                lines.append(esc(f"{name} {NOT_TESTED}"))
+                continue
             text = f"{name} p={p:.3g}" if _is_num(p) else f"{name} (no p-value)"
             rejected = f"<span class='bad'>{esc(text)} rejected</span>"
             lines.append(rejected if t.get("rejected") else esc(text))
