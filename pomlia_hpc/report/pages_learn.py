@@ -75,7 +75,10 @@ def studies_page(registry: Registry, workspace: Workspace, folder: Path) -> str 
                     esc(_num(m.get("objective"))),
                     esc(_num((m.get("test") or {}).get(metric))),
                     esc(_num(r.cost_s)),
-                    esc(f"{job.scheduler_id} {job.state}" if job else ""),
+                    # The registry's job id, as `runs list` and `jobs show` name it; the
+                    # scheduler's id (a Slurm job id, a local pid) only in its own column.
+                    esc(f"{job.id} {job.state}" if job else ""),
+                    esc(job.scheduler_id if job else ""),
                     esc(cut(cause if isinstance(cause, str) else cause[0], 300)),
                 ]
             )
@@ -90,6 +93,7 @@ def studies_page(registry: Registry, workspace: Workspace, folder: Path) -> str 
                     f"test {metric}",
                     "cost (s)",
                     "job",
+                    "scheduler id",
                     "failure cause",
                 ],
                 rows,

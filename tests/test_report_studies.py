@@ -1,0 +1,67 @@
+"""The report's Studies page reads as `runs list` does: the registry's job ids, numbers."""
+
+from __future__ import annotations
+
+import html
+import re
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from pomlia_hpc.registry import DatasetVersion, Job, Registry, Run, Task
+from pomlia_hpc.report import build_report
+from pomlia_hpc.workspace import Workspace
+from tests.fixtures.factories import make_dataset
+
+
+@pytest.fixture
+def studied(workspace: Workspace, reg: Registry) -> tuple[Workspace, Registry]:
+    """A study of two finished trials, each run by a job whose scheduler id (a pid) is far
+    from its registry id."""
+    make_dataset(workspace, reg, "pneu", "pneumoniamnist", sizes=(24, 8, 16))
+    with reg.session() as s:
+        version = s.scalar(select(DatasetVersion.id).order_by(DatasetVersion.id.desc()))
+        task = Task(name="pneu", dataset_version_id=version, metric="auc", task_type="binary")
+        s.add(task)
+        s.flush()
+        for i, (objective, test, cost) in enumerate(((0, 0, 6.674), (1, 0.8889, 5.643))):
+            job = Job(backend="local", scheduler_id=str(17571 + i), state="COMPLETED")
+            s.add(job)
+            s.flush()
+            s.add(
+                Run(
+                    task_id=task.id,
+                    study="st1",
+                    config={"arch": "small_cnn"},
+                    budget=1,
+                    status="ok",
+                    metrics={"objective": objective, "test": {"auc": test}, "epochs": 1},
+                    cost_s=cost,
+                    job_id=job.id,
+                )
+            )
+    return workspace, reg
+
+
+def _rows(page: str) -> list[list[str]]:
+    """Each table row's cells as plain text (header cells included)."""
+    out = []
+    for row in re.findall(r"<tr>(.*?)</tr>", page, re.S):
+        cells = re.findall(r"<t[dh][^>]*>(.*?)</t[dh]>", row, re.S)
+        out.append([" ".join(html.unescape(re.sub(r"<[^>]+>", " ", c)).split()) for c in cells])
+    return out
+
+
+def test_the_job_column_is_the_registry_job_id(
+    studied: tuple[Workspace, Registry], tmp_path: Path
+) -> None:
+    """The job column showed the scheduler's id (17571, a pid) where `runs list` and `jobs
+    show` name the registry's job (1)."""
+    ws, reg = studied
+    res = build_report(reg, ws, tmp_path / "r")
+    rows = _rows((res.folder / "studies.html").read_text())
+    head = next(r for r in rows if "failure cause" in r)
+    trials = [dict(zip(head, r, strict=True)) for r in rows if len(r) == len(head) and r != head]
+    assert [t["job"] for t in trials] == ["1 COMPLETED", "2 COMPLETED"]
+    assert [t["scheduler id"] for t in trials] == ["17571", "17572"]
