@@ -10,6 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
+from matplotlib.figure import Figure
 
 
 def _bytes(fig: plt.Figure) -> bytes:
@@ -72,25 +73,43 @@ def best_so_far(
     return _bytes(fig)
 
 
+def series_figure(
+    times: Sequence[str],
+    panels: Mapping[str, Mapping[str, Sequence[float | None]]],
+    flags: Sequence[bool],
+    title: str,
+) -> Figure:
+    """Series over report times, one panel per unit (``panels``: y label with its unit ->
+    {series name: values}), the panels sharing the time axis: numbers of different units
+    (an accuracy from 0 to 1, counts of predictions) on one y axis flatten each other.
+    Reports that triggered the loop are marked in red in every panel."""
+    fig, axes = plt.subplots(
+        max(1, len(panels)), 1, figsize=(6.5, 1.2 + 2.0 * max(1, len(panels))), sharex=True
+    )
+    axes = np.atleast_1d(axes)
+    xs = np.arange(len(times))
+    for ax, (unit, values) in zip(axes, panels.items(), strict=False):
+        for name, ys in values.items():
+            ax.plot(xs, [np.nan if y is None else y for y in ys], marker="o", ms=3, label=name)
+        for x, flag in zip(xs, flags, strict=True):
+            if flag:
+                ax.axvline(float(x), color="#c44e52", alpha=0.3)
+        ax.set_ylabel(unit, fontsize=8)
+        if values:
+            ax.legend(fontsize=7)
+    axes[-1].set_xticks(xs, [t[5:16] for t in times], rotation=45, ha="right", fontsize=7)
+    axes[0].set_title(title, fontsize=10)
+    return fig
+
+
 def series(
     times: Sequence[str],
-    values: Mapping[str, Sequence[float | None]],
+    panels: Mapping[str, Mapping[str, Sequence[float | None]]],
     flags: Sequence[bool],
     title: str,
 ) -> bytes:
-    """Several series over report times; reports that triggered the loop marked in red."""
-    fig, ax = plt.subplots(figsize=(6.5, 3.2))
-    xs = np.arange(len(times))
-    for name, ys in values.items():
-        ax.plot(xs, [np.nan if y is None else y for y in ys], marker="o", ms=3, label=name)
-    for x, flag in zip(xs, flags, strict=True):
-        if flag:
-            ax.axvline(float(x), color="#c44e52", alpha=0.3)
-    ax.set_xticks(xs, [t[5:16] for t in times], rotation=45, ha="right", fontsize=7)
-    ax.set_title(title, fontsize=10)
-    if values:
-        ax.legend(fontsize=7)
-    return _bytes(fig)
+    """:func:`series_figure` as PNG bytes."""
+    return _bytes(series_figure(times, panels, flags, title))
 
 
 def image_bytes(path: str) -> bytes:

@@ -36,19 +36,42 @@ def monitor_page(registry: Registry, workspace: Workspace, folder: Path) -> str 
     parts = []
     for model, items in by_model.items():
         times = [f"{r.created_at:%Y-%m-%d %H:%M}" for r in items]
-        series: dict[str, list[float | None]] = defaultdict(list)
-        values = [_numbers(r) for r in items]
-        keys = sorted({k for v in values for k in v})[:6]
-        for v in values:
-            for k in keys:
-                series[k].append(v.get(k))
+        panels = monitor_panels([_numbers(r) for r in items])
         parts.append(f"<h2>Model {esc(model)}</h2>")
-        chart = figures.series(times, series, [r.triggered for r in items], f"monitor, {model}")
+        chart = figures.series(times, panels, [r.triggered for r in items], f"monitor, {model}")
         parts.append(png(chart, f"monitor history of {model}", 600))
         headers = ["report", "time", "status", "window", "predictions", "labels", "tests"]
         rows = [_report_row(r, t, folder) for r, t in zip(items, times, strict=True)]
         parts.append(table([*headers, "page"], rows, raw=True))
     return "".join(parts)
+
+
+#: Monitor numbers that are shares from 0 to 1, and those that count predictions.
+_SHARES = ("accuracy", "share", "rate", "coverage")
+_COUNTS = ("predictions", "n", "labels", "requests")
+
+
+def unit_of(key: str) -> str:
+    """The y label, with its unit, of the chart panel that draws monitor number ``key``:
+    numbers of one unit share a panel, any other number has a panel of its own."""
+    if any(word in key for word in _SHARES):
+        return "share (0 to 1)"
+    if key in _COUNTS:
+        return "count (predictions, labels)"
+    return key
+
+
+def monitor_panels(
+    values: list[dict[str, float]], most: int = 6
+) -> dict[str, dict[str, list[float | None]]]:
+    """The chart of a model's monitor reports (``values``: each report's numbers, oldest
+    first) as panels: y label with its unit -> {number: value per report, None where the
+    report has none}; at most ``most`` numbers."""
+    keys = sorted({k for v in values for k in v})[:most]
+    panels: dict[str, dict[str, list[float | None]]] = defaultdict(dict)
+    for k in keys:
+        panels[unit_of(k)][k] = [v.get(k) for v in values]
+    return dict(panels)
 
 
 def _is_num(v: Any) -> bool:
