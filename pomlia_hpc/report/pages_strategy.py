@@ -58,6 +58,42 @@ def _since(o: Outcome | None) -> str:
     return f"Since: {o.n_runs} run(s), the best {_num(o.best_value)} (run {o.best_run_id}){told}."
 
 
+def _cost(cost: dict[str, Any]) -> str:
+    """Wall time as ``recommend`` prints it: seconds, then whether it was measured on the
+    registry's runs or estimated."""
+    wall = _num(cost.get("wall_s"), 0)
+    return f"{wall} ({cost['basis']})" if wall and cost.get("basis") else wall
+
+
+def _strategies_table(out: dict[str, Any], metric: str) -> str:
+    """The answer's strategies as ``recommend`` lists them, each with its note (e.g. why it
+    is not in the AutoML warm start). The failure rate (similarity-weighted, over the
+    registry's runs of the strategy) is a column only when some strategy has one: published
+    tables record no failures."""
+    found = out.get("strategies") or []
+    with_failures = any(x.get("failure_rate") is not None for x in found)
+    rows = []
+    for x in found:
+        note = x.get("note")
+        ev = "; ".join(
+            f"{e.get('dataset')} {_num(e.get('value'))}" for e in (x.get("evidence") or [])[:2]
+        )
+        rate = x.get("failure_rate")
+        rows.append(
+            [
+                x.get("rank", ""),
+                _strategy(x.get("strategy") or {}) + (f" → {note}" if note else ""),
+                _expected(x),
+                _cost(x.get("cost") or {}),
+                _num((x.get("cost") or {}).get("gpu_hours")),
+                *([_num(rate, 2) if rate is not None else "no runs"] if with_failures else []),
+                ev,
+            ]
+        )
+    head = ["#", "strategy", f"expected {metric}".strip(), "cost (s)", "GPU-hours"]
+    return table([*head, *(["failure rate"] if with_failures else []), "evidence"], rows)
+
+
 def recommendations_page(registry: Registry, workspace: Workspace, folder: Path) -> str | None:
     with registry.session() as s:
         rows = list(
@@ -84,27 +120,7 @@ def recommendations_page(registry: Registry, workspace: Workspace, folder: Path)
             f"{len(out.get('initial') or [])} AutoML warm-start configuration(s). "
             f"{esc(_since(since.get(r.id)))}</p>"
         )
-        strategies = []
-        for x in out.get("strategies") or []:
-            cost = x.get("cost") or {}
-            ev = "; ".join(
-                f"{e.get('dataset')} {_num(e.get('value'))}" for e in (x.get("evidence") or [])[:2]
-            )
-            strategies.append(
-                [
-                    x.get("rank", ""),
-                    _strategy(x.get("strategy") or {}),
-                    _expected(x),
-                    _num(cost.get("wall_s"), 0),
-                    _num(cost.get("gpu_hours")),
-                    _num(x.get("failure_rate"), 2),
-                    ev,
-                ]
-            )
-        parts.append(
-            table(
-                ["#", "strategy", "expected", "cost (s)", "GPU-hours", "failure rate", "evidence"],
-                strategies,
-            )
-        )
+        parts.append(_strategies_table(out, str(inp.get("metric", ""))))
+        if out.get("note"):
+            parts.append(f"<p>Note: {esc(out['note'])}</p>")
     return "".join(parts)
