@@ -123,3 +123,31 @@ def test_an_untested_accuracy_shows_no_p_value_on_the_monitor_page(
     assert "accuracy not tested" in page and "p=0.169" not in page
     with reg.session() as s:
         assert s.scalar(select(MonitorReport.id)) is not None
+
+
+def test_show_gives_the_window_in_whole_seconds_utc(
+    workspace: Workspace, reg: Registry, wide_console: None
+) -> None:
+    """The header showed `2026-12-04T02:12:25.821433+00:00`."""
+    rid = _recorded(workspace, reg)
+    res = CliRunner().invoke(app, ["monitor", "show", str(rid)])
+    said = " ".join(res.output.split())
+    assert "window 2026-12-04 02:12:25 UTC → 2026-12-05 02:12:25 UTC" in said, said
+    assert ".821433" not in said
+
+
+def test_the_page_shows_no_python_values_and_readable_times() -> None:
+    """The page read `near-constant inputs | None`, `rejections by reason | {}` and ISO times
+    with microseconds in its title and window."""
+    ref: Any = SimpleNamespace(source="val", n=10, accuracy=0.9, label_names=["a", "b"])
+    raw = render_html(_report(), [], None, ref)
+    title = re.search(r"<title>(.*?)</title>", raw)
+    assert title is not None and title.group(1) == "pomlia monitor: m 2026-12-05 02:12:25 UTC"
+    page = _text(raw)
+    assert "window 2026-12-04 02:12:25 UTC → 2026-12-05 02:12:25 UTC" in page
+    assert "near-constant inputs -" in page and "rejections by reason none" in page
+    assert "None" not in page and "{}" not in page and ".821433" not in page
+    report = _report()
+    report["quality"]["rejections_by_reason"] = {"too_large": 2, "not_an_image": 1}
+    page = _text(render_html(report, [], None, ref))
+    assert "rejections by reason not_an_image: 1, too_large: 2" in page

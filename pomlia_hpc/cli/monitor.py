@@ -113,7 +113,7 @@ def show(
     as_json: Annotated[bool, typer.Option("--json", help="Print the JSON report.")] = False,
 ) -> None:
     """Show one report: status, tests, and where its HTML page is."""
-    from pomlia_hpc.monitor.history import NOT_TESTED, get_report, is_tested
+    from pomlia_hpc.monitor.history import NOT_TESTED, get_report, is_tested, show_time
 
     row, data = get_report(STATE.registry(), report)
     if as_json:
@@ -121,7 +121,7 @@ def show(
         return
     console.print(
         f"report {row.id}: [bold]{data['model']}[/] {data['status'].upper()} "
-        f"window {data['window']['since']} → {data['window']['until']}, "
+        f"window {show_time(data['window']['since'])} → {show_time(data['window']['until'])}, "
         f"{data['volume']['predictions']} predictions"
     )
     table = Table()

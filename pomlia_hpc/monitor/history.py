@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +16,22 @@ from pomlia_hpc.registry import MonitorReport, Registry
 
 #: What a report shows in place of the p-value of a test that was not tested.
 NOT_TESTED = "not tested"
+
+
+def show_time(value: Any) -> str:
+    """A recorded time (ISO 8601 text, as a report's window holds it, or a datetime) as
+    ``YYYY-MM-DD HH:MM:SS UTC``: whole seconds, in UTC (a time without a zone is UTC, as
+    the monitor writes it); ``-`` for none, the text itself when it is not a time."""
+    if value is None or value == "":
+        return "-"
+    when = value
+    if not isinstance(when, datetime):
+        try:
+            when = datetime.fromisoformat(str(value))
+        except ValueError:
+            return str(value)
+    when = when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+    return f"{when:%Y-%m-%d %H:%M:%S} UTC"
 
 
 def is_tested(test: Mapping[str, Any]) -> bool:

@@ -24,7 +24,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from pomlia_hpc.monitor.checks import CheckOutcome
-from pomlia_hpc.monitor.history import NOT_TESTED, is_tested
+from pomlia_hpc.monitor.history import NOT_TESTED, is_tested, show_time
 from pomlia_hpc.registry import MonitorReport
 from pomlia_hpc.serve.reference import Reference
 
@@ -216,9 +216,20 @@ def _table(rows: list[list[str]], head: list[str]) -> str:
 
 
 def _fmt(v: Any) -> str:
+    """A value for a cell: numbers to 4 significant digits, ``-`` for none (never Python's
+    ``None``)."""
+    if v is None:
+        return "-"
     if isinstance(v, float):
         return f"{v:.4g}"
     return html.escape(str(v))
+
+
+def _reasons(counts: Any) -> str:
+    """Rejections by reason as ``reason: n, ...``; ``none`` when there were none."""
+    if not isinstance(counts, dict) or not counts:
+        return "none"
+    return html.escape(", ".join(f"{k}: {n}" for k, n in sorted(counts.items())))
 
 
 def render_html(
@@ -231,10 +242,10 @@ def render_html(
     """The whole page for ``report`` (history ``past`` oldest first); ``atypical``: (prediction
     id, distance, uint8 HWC image) of the least typical kept inputs."""
     e = html.escape
-    status = report["status"]
+    status, window = report["status"], report["window"]
     parts = [
         "<!DOCTYPE html><html lang='en'><head><meta charset='utf-8'>",
-        f"<title>pomlia monitor: {e(report['model'])} {e(report['window']['until'])}</title>",
+        f"<title>pomlia monitor: {e(report['model'])} {e(show_time(window['until']))}</title>",
         f"<style>{_CSS}</style></head><body>",
         f"<h1>Monitoring report: {e(report['model'])} "
         f"<span class='{e(status)}'>{e(status.upper())}</span></h1>",
@@ -242,7 +253,10 @@ def render_html(
             [
                 ["model version", e(report["model_version"])],
                 ["deployment", e(str(report["deployment_id"] or "all"))],
-                ["window", f"{e(report['window']['since'])} → {e(report['window']['until'])}"],
+                [
+                    "window",
+                    f"{e(show_time(window['since']))} → {e(show_time(window['until']))}",
+                ],
                 ["predictions", _fmt(report["volume"]["predictions"])],
                 ["reference", f"{e(ref.source)}, {ref.n} images, accuracy {ref.accuracy:.3f}"],
                 ["alpha (family-wise)", _fmt(report["alpha"])],
@@ -296,7 +310,7 @@ def render_html(
                 [
                     ["requests", _fmt(q["requests"])],
                     ["rejected share", _fmt(q["rejected_share"])],
-                    ["rejections by reason", e(str(q["rejections_by_reason"]) or "{}")],
+                    ["rejections by reason", _reasons(q.get("rejections_by_reason"))],
                     ["near-constant inputs", _fmt(q.get("near_constant_share"))],
                 ],
                 ["", ""],

@@ -31,6 +31,7 @@ from sqlalchemy import select
 
 from pomlia_hpc.errors import InputError
 from pomlia_hpc.monitor.checks import CheckOutcome, run_checks
+from pomlia_hpc.monitor.history import show_time
 from pomlia_hpc.monitor.logread import LogWindow, read_window
 from pomlia_hpc.monitor.publish import publish_report
 from pomlia_hpc.monitor.reference import Target, load_reference, resolve_target
@@ -325,7 +326,7 @@ def monitor_run(
     reference = load_reference(target)
     folders = model_log_dirs(registry, workspace.path("logs"), target.model)
     where = ", ".join(str(f) for f in folders)
-    progress(f"reading {where} from {since.isoformat()} to {until.isoformat()}")
+    progress(f"reading {where} from {show_time(since)} to {show_time(until)}")
     win = read_window(
         folders,
         model=target.model.name,
