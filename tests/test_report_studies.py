@@ -65,3 +65,20 @@ def test_the_job_column_is_the_registry_job_id(
     trials = [dict(zip(head, r, strict=True)) for r in rows if len(r) == len(head) and r != head]
     assert [t["job"] for t in trials] == ["1 COMPLETED", "2 COMPLETED"]
     assert [t["scheduler id"] for t in trials] == ["17571", "17572"]
+
+
+def test_numbers_read_as_runs_list_shows_them(
+    studied: tuple[Workspace, Registry], tmp_path: Path
+) -> None:
+    """`0`, `1`, `0.8889`, `6.674` and an unnamed "best val" 1: metrics now have 3 decimals,
+    costs 1, and the best names its metric."""
+    ws, reg = studied
+    res = build_report(reg, ws, tmp_path / "r")
+    rows = _rows((res.folder / "studies.html").read_text())
+    overview = dict(zip(rows[0], rows[1], strict=True))
+    assert overview["best validation metric"] == "auc 1.000"
+    head = next(r for r in rows if "failure cause" in r)
+    trials = [dict(zip(head, r, strict=True)) for r in rows if len(r) == len(head) and r != head]
+    assert [t["val auc"] for t in trials] == ["0.000", "1.000"]
+    assert [t["test auc"] for t in trials] == ["0.000", "0.889"]
+    assert [t["cost (s)"] for t in trials] == ["6.7", "5.6"]

@@ -55,7 +55,13 @@ def studies_page(registry: Registry, workspace: Workspace, folder: Path) -> str 
         ok = [o for o in objectives if o is not None]
         crashed = sum(1 for r in members if r.status == "crashed")
         overview.append(
-            [study, task.name if task else "", len(members), crashed, max(ok) if ok else ""]
+            [
+                study,
+                task.name if task else "",
+                len(members),
+                crashed,
+                f"{metric} {max(ok):.3f}" if ok else "",
+            ]
         )
         parts.append(f"<h2>Study {esc(study)}</h2>")
         crashed_flags = [r.status == "crashed" for r in members]
@@ -74,7 +80,7 @@ def studies_page(registry: Registry, workspace: Workspace, folder: Path) -> str 
                     status_span(r.status),
                     esc(_num(m.get("objective"))),
                     esc(_num((m.get("test") or {}).get(metric))),
-                    esc(_num(r.cost_s)),
+                    esc(_num(r.cost_s, 1)),
                     # The registry's job id, as `runs list` and `jobs show` name it; the
                     # scheduler's id (a Slurm job id, a local pid) only in its own column.
                     esc(f"{job.id} {job.state}" if job else ""),
@@ -100,12 +106,17 @@ def studies_page(registry: Registry, workspace: Workspace, folder: Path) -> str 
                 raw=True,
             )
         )
-    head = "<h2>Studies</h2>" + table(["study", "task", "trials", "crashed", "best val"], overview)
+    head = "<h2>Studies</h2>" + table(
+        ["study", "task", "trials", "crashed", "best validation metric"], overview
+    )
     return head + "".join(parts)
 
 
-def _num(x: Any) -> str:
-    return f"{x:.4g}" if isinstance(x, int | float) and not isinstance(x, bool) else ""
+def _num(x: Any, digits: int = 3) -> str:
+    """A metric (or, with ``digits=1``, a cost in seconds) as ``runs list`` shows it."""
+    if not isinstance(x, int | float) or isinstance(x, bool):
+        return ""
+    return f"{x:.{digits}f}"
 
 
 def _epochs(x: Any) -> str:
