@@ -112,9 +112,15 @@ def write_curves(folder: Path, curves: dict[str, Any]) -> None:
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
+    from matplotlib.ticker import FixedLocator, MaxNLocator
 
     fig, ax = plt.subplots(figsize=(5, 3.2), dpi=100)
     train, val = curves.get("train", []), curves.get("val", [])
+    # Epochs are whole: few get a tick each (a locator falls back to 0.96, 0.98, ... around
+    # one epoch), more integer ticks only.
+    n = max(len(train), len(val))
+    few = FixedLocator(range(1, n + 1)) if 0 < n <= 12 else MaxNLocator(integer=True)
+    ax.xaxis.set_major_locator(few)
     ax.plot(range(1, len(train) + 1), train, marker="o", label="train")
     if val:
         ax.plot(range(1, len(val) + 1), val, marker="s", label="held-out")

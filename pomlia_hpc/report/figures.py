@@ -11,6 +11,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
+from matplotlib.ticker import FixedLocator, MaxNLocator
 
 
 def _bytes(fig: plt.Figure) -> bytes:
@@ -47,10 +48,22 @@ def heatmap(matrix: np.ndarray, labels: Sequence[str], title: str) -> bytes:
 def best_so_far(
     objectives: Sequence[float | None], crashed: Sequence[bool], metric: str, title: str
 ) -> bytes:
+    """:func:`best_so_far_figure` as PNG bytes."""
+    return _bytes(best_so_far_figure(objectives, crashed, metric, title))
+
+
+def best_so_far_figure(
+    objectives: Sequence[float | None], crashed: Sequence[bool], metric: str, title: str
+) -> Figure:
     """Each finished trial's validation metric (dots; crashed trials as red x at the bottom;
     trials still running are left out) and the best so far (line), in trial order."""
     fig, ax = plt.subplots(figsize=(6, 3.2))
     xs = np.arange(1, len(objectives) + 1)
+    # Trials are whole: few get a tick each (a locator falls back to 0.96, 0.98, ... around
+    # one trial), more integer ticks only.
+    ax.xaxis.set_major_locator(
+        FixedLocator(xs.tolist()) if len(xs) <= 12 else MaxNLocator(integer=True)
+    )
     ok = [(x, y) for x, y in zip(xs, objectives, strict=True) if y is not None]
     bad = [x for x, c in zip(xs, crashed, strict=True) if c]
     if ok:
@@ -70,7 +83,7 @@ def best_so_far(
     ax.set_title(title, fontsize=10)
     if ok or bad:
         ax.legend(fontsize=7)
-    return _bytes(fig)
+    return fig
 
 
 def series_figure(
