@@ -8,9 +8,12 @@ from pathlib import Path
 
 import pytest
 from sqlalchemy import select
+from typer.testing import CliRunner
 
-from pomlia_hpc.registry import DatasetVersion, Job, Registry, Run, Task
+from pomlia_hpc.cli import app
+from pomlia_hpc.registry import DatasetVersion, Job, Recommendation, Registry, Run, Task
 from pomlia_hpc.report import build_report
+from pomlia_hpc.report.build import PAGES
 from pomlia_hpc.workspace import Workspace
 from tests.fixtures.factories import make_dataset
 
@@ -82,3 +85,23 @@ def test_numbers_read_as_runs_list_shows_them(
     assert [t["val auc"] for t in trials] == ["0.000", "1.000"]
     assert [t["test auc"] for t in trials] == ["0.000", "0.889"]
     assert [t["cost (s)"] for t in trials] == ["6.7", "5.6"]
+
+
+def test_the_overview_counts_tasks_studies_and_recommendations(
+    studied: tuple[Workspace, Registry], tmp_path: Path
+) -> None:
+    ws, reg = studied
+    with reg.session() as s:
+        s.add(Recommendation(task="pneu", output={"strategies": []}))
+    res = build_report(reg, ws, tmp_path / "r")
+    counts = {r[0]: r[1] for r in _rows((res.folder / "index.html").read_text()) if len(r) == 2}
+    assert counts["tasks"] == "1" and counts["studies"] == "1"
+    assert counts["recommendations"] == "1" and counts["training runs"] == "2"
+
+
+def test_report_help_names_every_page(wide_console: None) -> None:
+    """`report --help` did not list the Recommendations page."""
+    res = CliRunner().invoke(app, ["report", "--help"])
+    said = " ".join(res.output.split()).lower()
+    for _file, title, _builder in PAGES:
+        assert title.lower() in said, title

@@ -18,7 +18,8 @@ def report(
     ] = None,
 ) -> None:
     """Write a static, self-contained HTML report of the workspace (opens without a server):
-    datasets, fingerprints, studies, models and deployments, monitor history, pipelines."""
+    an overview with counts, then datasets, fingerprints, recommendations, studies, models and
+    deployments, monitor history, pipelines (each page only when there is something on it)."""
     from pomlia_hpc.report import build_report
 
     res = build_report(

@@ -24,8 +24,10 @@ from pomlia_hpc.registry import (
     Job,
     Model,
     MonitorReport,
+    Recommendation,
     Registry,
     Run,
+    Task,
 )
 from pomlia_hpc.report import pages_data, pages_learn, pages_ops, pages_strategy
 from pomlia_hpc.report.html import esc, page, table
@@ -76,18 +78,24 @@ class ReportResult:
 
 
 def _counts(registry: Registry) -> list[tuple[str, int]]:
+    """The overview's counts, in the order of the pages (a study is a name runs share)."""
     with registry.session() as s:
+
+        def rows(model: type) -> int:
+            return int(s.scalar(select(func.count()).select_from(model)) or 0)
+
+        studies = select(func.count(func.distinct(Run.study))).where(Run.study.is_not(None))
         return [
-            (label, int(s.scalar(select(func.count()).select_from(model)) or 0))
-            for label, model in (
-                ("dataset versions", DatasetVersion),
-                ("encoders", Encoder),
-                ("training runs", Run),
-                ("models", Model),
-                ("deployments", Deployment),
-                ("monitor reports", MonitorReport),
-                ("jobs", Job),
-            )
+            ("dataset versions", rows(DatasetVersion)),
+            ("encoders", rows(Encoder)),
+            ("tasks", rows(Task)),
+            ("recommendations", rows(Recommendation)),
+            ("studies", int(s.scalar(studies) or 0)),
+            ("training runs", rows(Run)),
+            ("models", rows(Model)),
+            ("deployments", rows(Deployment)),
+            ("monitor reports", rows(MonitorReport)),
+            ("jobs", rows(Job)),
         ]
 
 
