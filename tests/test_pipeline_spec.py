@@ -379,6 +379,21 @@ def test_status_by_name_and_by_file_agree_before_any_run(
         assert "start it with `pomlia pipeline run" in message, message
 
 
+def test_status_of_a_workspace_without_pipelines_is_an_empty_listing(
+    workspace: Workspace,
+) -> None:
+    """`pipeline status` said `error: 0 pipelines in ... name one` (exit 2) where every other
+    listing shows an empty table."""
+    from typer.testing import CliRunner
+
+    from pomlia_hpc.cli import app
+
+    res = CliRunner().invoke(app, ["pipeline", "status"])
+    said = " ".join(res.output.split())
+    assert res.exit_code == 0 and res.exception is None, said
+    assert "pipelines (0)" in said and "pomlia pipeline run FILE" in said, said
+
+
 def test_stage_summaries_name_what_export_writes() -> None:
     """The export stage said "TorchScript + ONNX + card" while export writes ONNX and a
     torch.export program (TorchScript is no longer written or loaded)."""

@@ -222,7 +222,8 @@ def status(
         typer.Argument(help="Pipeline name or file (default: the only one in the workspace)."),
     ] = None,
 ) -> None:
-    """Show each stage of a pipeline: done / stale / failed / running, with its job's state.
+    """Show each stage of a pipeline: done / stale / failed / running, with its job's state
+    (an empty table when no pipeline has run in the workspace).
 
     NAME and FILE give the same answer: the stage records compared with the pipeline file as
     it is now (for NAME, the file its last run was started from), so a stage whose part of
@@ -231,6 +232,14 @@ def status(
     from pomlia_hpc.pipeline import runner
 
     ws = STATE.workspace
+    if name is None and not runner.known_pipelines(ws):
+        # Nothing has run: an empty listing (exit 0), as every other listing shows it.
+        table = Table(title=f"pipelines (0) in {ws.home}")
+        for col in ("pipeline", "stage", "state"):
+            table.add_column(col)
+        console.print(table)
+        console.print("no pipeline has run here; start one with `pomlia pipeline run FILE`")
+        return
     spec = runner.status_spec(ws, name)
     _print_status(runner.context_for(ws, STATE.registry(), spec))
 
