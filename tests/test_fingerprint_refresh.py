@@ -9,8 +9,14 @@ from dataclasses import replace
 
 import pytest
 
+from pomlia_hpc.errors import NotFoundError
 from pomlia_hpc.fingerprint import refresh as refresh_mod
-from pomlia_hpc.fingerprint.refresh import current_encoder, plan_refresh, refresh
+from pomlia_hpc.fingerprint.refresh import (
+    current_encoder,
+    default_encoder,
+    plan_refresh,
+    refresh,
+)
 from pomlia_hpc.fingerprint.train import TrainConfig, get_encoder, train_encoder
 from pomlia_hpc.registry import FingerprintSet, Registry
 from pomlia_hpc.workspace import Workspace
@@ -78,3 +84,49 @@ def test_refresh_reports_progress_as_train_extract_and_index_build(
         "current encoder: ae-r1",
     ):
         assert any(stamp.match(line) and text in line for line in lines), (text, out)
+
+
+def _interrupted_at_extraction(workspace: Workspace, reg: Registry) -> None:
+    """Run a refresh of ``ae`` that trains and registers ``ae-r1``, then is interrupted."""
+
+    def killed(*_a: object, **_k: object) -> None:
+        raise KeyboardInterrupt
+
+    with pytest.MonkeyPatch.context() as mp, pytest.raises(KeyboardInterrupt):
+        mp.setattr(refresh_mod, "extract", killed)
+        refresh(reg, workspace, say=lambda _l: None)
+
+
+def test_encoder_under_refresh_is_never_the_default(workspace: Workspace, reg: Registry) -> None:
+    """Once a refresh registered `ae-r1` (training done, extraction started), every command
+    without --encoder failed ("several encoders are registered (ae, ae-r1)"), for good after
+    an interrupted refresh, and `fingerprint refresh --dry-run` refused itself."""
+    workspace = replace(workspace, cluster_profile="debug")
+    a = make_dataset(workspace, reg, "blood", "bloodmnist", (32, 4, 4), chunk_rows=16)
+    train_encoder(reg, workspace, "ae", [a], CFG)
+    make_dataset(workspace, reg, "organ", "organamnist", (32, 4, 4), chunk_rows=16)
+    _interrupted_at_extraction(workspace, reg)
+    assert get_encoder(reg, "ae-r1").checkpoint_path  # registered, not switched to
+    assert default_encoder(reg, workspace) == "ae"
+    out = " ".join(cli_ok("fingerprint", "refresh", "--dry-run").split())
+    assert "would train ae-r1" in out, out
+    done = refresh(reg, workspace, say=lambda _l: None)
+    assert done.name == "ae-r1" and default_encoder(reg, workspace) == "ae-r1"
+
+
+def test_rerun_finishes_encoder_trained_on_copies_too(workspace: Workspace, reg: Registry) -> None:
+    """An interrupted refresh's encoder trained on a copy as well (same content, other name)
+    was not recognised (version ids compared): the re-run trained `ae-r2`. Contents decide."""
+    workspace = replace(workspace, cluster_profile="debug")
+    a = make_dataset(workspace, reg, "blood", "bloodmnist", (32, 4, 4), chunk_rows=16)
+    copy = make_dataset(workspace, reg, "blood2", "bloodmnist", (32, 4, 4), chunk_rows=16)
+    assert a.split("@")[1] == copy.split("@")[1]  # the same content
+    train_encoder(reg, workspace, "ae", [a], CFG)
+    b = make_dataset(workspace, reg, "organ", "organamnist", (32, 4, 4), chunk_rows=16)
+    train_encoder(reg, workspace, "ae-r1", [a, copy, b], CFG)  # the half-done refresh
+    assert plan_refresh(reg, workspace, "ae").name == "ae-r1"
+    lines: list[str] = []
+    done = refresh(reg, workspace, "ae", say=lines.append)
+    assert done.name == "ae-r1" and current_encoder(workspace) == "ae-r1", lines
+    with pytest.raises(NotFoundError):
+        get_encoder(reg, "ae-r2")

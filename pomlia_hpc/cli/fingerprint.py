@@ -12,12 +12,11 @@ from typing import Annotated, Any
 import typer
 from pydantic import ValidationError
 from rich.table import Table
-from sqlalchemy import select
 
 from pomlia_hpc.cli.app import STATE, app, console, err_console, log_line
-from pomlia_hpc.errors import InputError, NotFoundError
+from pomlia_hpc.errors import InputError
 from pomlia_hpc.progress import Reporter, progress
-from pomlia_hpc.registry import Encoder, Registry
+from pomlia_hpc.registry import Registry
 
 fingerprint_app = typer.Typer(
     help="Train the fingerprint autoencoder and embed datasets with it.", no_args_is_help=True
@@ -41,17 +40,9 @@ EncoderOpt = Annotated[
 def _encoder(name: str | None) -> str:
     if name is not None:
         return name
-    from pomlia_hpc.fingerprint.refresh import current_encoder
+    from pomlia_hpc.fingerprint.refresh import default_encoder
 
-    if (current := current_encoder(STATE.workspace)) is not None:
-        return current
-    with STATE.registry().session() as s:
-        names = list(s.scalars(select(Encoder.name).order_by(Encoder.id)))
-    if len(names) == 1:
-        return names[0]
-    if not names:
-        raise NotFoundError("no encoder is registered", hint="run `pomlia fingerprint train`")
-    raise InputError(f"several encoders are registered ({', '.join(names)}): pass --encoder")
+    return default_encoder(STATE.registry(), STATE.workspace)
 
 
 class _LazyProgress:

@@ -14,6 +14,11 @@ The *current* encoder is named in ``<home>/indexes/current-encoder.json`` (comma
 4. only then switches the pointer (written atomically). Until step 4 similarity and the index
    keep using the previous encoder; a refresh killed midway resumes the same ``<root>-r<k>``
    (its training record and complete shards are reused) when run again.
+
+An encoder under refresh is marked (``<home>/indexes/refreshing/<name>.json``) from before
+its training starts until the switch: it is never the default encoder of the commands that
+take ``--encoder`` (:func:`default_encoder`), so while a refresh runs, and after one was
+interrupted, the encoder being refreshed stays the default.
 """
 
 from __future__ import annotations
@@ -30,7 +35,7 @@ from typing import Any
 from sqlalchemy import select
 
 from pomlia_hpc.data.store import current_versions
-from pomlia_hpc.errors import NotFoundError
+from pomlia_hpc.errors import InputError, NotFoundError
 from pomlia_hpc.files import write_json_atomic
 from pomlia_hpc.fingerprint.extract import extract
 from pomlia_hpc.fingerprint.index import build_index
@@ -55,6 +60,34 @@ def current_encoder(workspace: Workspace) -> str | None:
     if not path.is_file():
         return None
     return str(json.loads(path.read_text())["encoder"])
+
+
+def _refresh_marker(workspace: Workspace, name: str) -> Path:
+    return workspace.path("indexes", "refreshing", f"{name}.json")
+
+
+def under_refresh(workspace: Workspace) -> set[str]:
+    """The encoders a refresh has started and not yet switched to (running or interrupted)."""
+    folder = workspace.path("indexes", "refreshing")
+    return {p.stem for p in folder.glob("*.json")} if folder.is_dir() else set()
+
+
+def default_encoder(registry: Registry, workspace: Workspace) -> str:
+    """The encoder commands use when no ``--encoder`` is given: the current one after a
+    refresh, else the only registered one; an encoder under refresh (not yet switched to) is
+    never the default and does not make it ambiguous. :class:`NotFoundError` when none is
+    registered, :class:`InputError` when several are and none is current."""
+    if (current := current_encoder(workspace)) is not None:
+        return current
+    with registry.session() as s:
+        names = list(s.scalars(select(Encoder.name).order_by(Encoder.id)))
+    refreshing = under_refresh(workspace)
+    names = [n for n in names if n not in refreshing] or names
+    if len(names) == 1:
+        return names[0]
+    if not names:
+        raise NotFoundError("no encoder is registered: train one with `pomlia fingerprint train`")
+    raise InputError(f"several encoders are registered ({', '.join(names)}): pass --encoder")
 
 
 def _write_pointer(workspace: Workspace, data: dict[str, Any]) -> None:
@@ -86,23 +119,10 @@ class RefreshPlan:
 def plan_refresh(registry: Registry, workspace: Workspace, base: str | None = None) -> RefreshPlan:
     """Which encoder to refresh (``base``, else the current one, else the only one) and on
     what; ``new`` is empty when the base already covers every current version."""
-    if base is None:
-        base = current_encoder(workspace)
-    if base is None:
-        with registry.session() as s:
-            names = list(s.scalars(select(Encoder.name).order_by(Encoder.id)))
-        if len(names) != 1:
-            raise NotFoundError(
-                f"{len(names)} encoders are registered and none is current: pass --encoder"
-            )
-        base = names[0]
-    enc = get_encoder(registry, base)
+    enc = get_encoder(registry, base if base is not None else default_encoder(registry, workspace))
     versions = current_versions(registry)
     covered = set(enc.dataset_version_ids or [])
-    with registry.session() as s:
-        trained = set(
-            s.scalars(select(DatasetVersion.version).where(DatasetVersion.id.in_(covered)))
-        )
+    trained = _contents(registry, covered)
     # One version per content hash (version ids are content hashes): the one trained on before,
     # else the first by name. A copy under another name is embedded but neither new nor
     # trained on twice.
@@ -114,15 +134,24 @@ def plan_refresh(registry: Registry, workspace: Workspace, base: str | None = No
     copies = [f"{n}@{v.version}" for n, v in sorted(versions.items()) if n not in refs]
     new = [refs[n] for n in keep if versions[n].version not in trained]
     root = _SUFFIX.sub("", enc.name)
-    wanted = {versions[n].id for n in keep}
+    wanted = {versions[n].version for n in keep}
     with registry.session() as s:
         taken = list(s.scalars(select(Encoder).where(Encoder.name.like(f"{root}-r%"))))
     for other in taken:
         # A refresh that trained its encoder but did not finish (no switch): finish that one.
-        if other.name != enc.name and set(other.dataset_version_ids or []) == wanted:
+        # Contents are compared, not version ids: the other may have been trained on copies
+        # too (an earlier release did not fold them), which adds ids but no content.
+        if other.name != enc.name and _contents(registry, other.dataset_version_ids) == wanted:
             return RefreshPlan(enc.name, other.name, list(refs.values()), new, copies)
     k = 1 + max((int(m.group(1)) for t in taken if (m := _SUFFIX.search(t.name))), default=0)
     return RefreshPlan(enc.name, f"{root}-r{k}", list(refs.values()), new, copies)
+
+
+def _contents(registry: Registry, version_ids: Any) -> set[str]:
+    """The content hashes of the dataset versions with these ids."""
+    ids = set(version_ids or [])
+    with registry.session() as s:
+        return set(s.scalars(select(DatasetVersion.version).where(DatasetVersion.id.in_(ids))))
 
 
 def refresh(
@@ -151,11 +180,18 @@ def refresh(
     config = TrainConfig.model_validate(enc.config)
     if epochs is not None:
         config = config.model_copy(update={"epochs": epochs})
-    say(f"training {plan.name} on {len(plan.datasets)} versions ({len(plan.new)} new)")
-    if plan.copies:
-        say(f"same content as a version trained on, embedded only: {', '.join(plan.copies)}")
-    with phase(f"training '{plan.name}'", "epochs") as bar:
-        train_encoder(registry, workspace, plan.name, plan.datasets, config, progress=bar)
+    # Marked before its training can register it: until the switch it is not the default.
+    write_json_atomic(_refresh_marker(workspace, plan.name), {"base": plan.base})
+    if _trained(registry, plan.name):
+        # An interrupted refresh trained it (on these contents, see plan_refresh): its
+        # record may list other names for them, which train_encoder would refuse.
+        say(f"{plan.name} is trained already: finishing its refresh")
+    else:
+        say(f"training {plan.name} on {len(plan.datasets)} versions ({len(plan.new)} new)")
+        if plan.copies:
+            say(f"same content as a version trained on, embedded only: {', '.join(plan.copies)}")
+        with phase(f"training '{plan.name}'", "epochs") as bar:
+            train_encoder(registry, workspace, plan.name, plan.datasets, config, progress=bar)
     say(f"embedding {len(plan.embed)} versions with {plan.name}")
     with phase("extracting", "array tasks") as bar:
         extract(
@@ -180,5 +216,13 @@ def refresh(
             "switched_at": datetime.now(UTC).isoformat(timespec="seconds"),
         },
     )
+    _refresh_marker(workspace, plan.name).unlink(missing_ok=True)  # current now
     say(f"current encoder: {plan.name} (was {plan.base}); index {built.path}")
     return plan
+
+
+def _trained(registry: Registry, name: str) -> bool:
+    """Whether encoder ``name`` is registered with its weights on disk."""
+    with registry.session() as s:
+        path = s.scalar(select(Encoder.checkpoint_path).where(Encoder.name == name))
+    return bool(path) and Path(str(path)).is_file()
