@@ -447,3 +447,45 @@ def test_the_wait_for_earlier_shards_gives_up_when_the_scheduler_does_not_answer
     text = str(err.value)
     assert f"job(s) {job} (" in text and "has not answered" in text, text
     assert f"pomlia jobs cancel {job} --force" in text, text
+
+
+def test_two_runs_started_at_once_do_not_both_submit(
+    workspace: Workspace, reg: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two `fingerprint extract` of the same data started at the same moment both found no
+    earlier shard job and both computed every shard into the same stores. Planning and
+    submitting is one step per encoder now: the run that comes second waits for the other's
+    jobs (here the other submits just after this run's wait found none)."""
+    from pomlia_hpc.fingerprint.planning import shard_claim
+    from pomlia_hpc.registry import Job
+    from tests.fixtures import jobfns
+
+    a = make_dataset(workspace, reg, "blood", "bloodmnist", (20, 4, 8), chunk_rows=32)
+    make_encoder(workspace, reg, "enc", latent_dim=4)
+    (spec,) = plan_extraction(reg, workspace, "enc", [a], shards=1, threads=1).specs
+    ex = Executor.from_profile("local", workspace.jobs, reg)
+    extract_module = importlib.import_module("pomlia_hpc.fingerprint.extract")
+    real_wait = extract_module.wait_for_earlier_shards
+    other: list[int | None] = []
+
+    def wait_then_other_run_submits(*args: object, **kw: object) -> None:
+        real_wait(*args, **kw)  # type: ignore[arg-type]
+        if not other:  # the other run, started at the same moment, submits its shard now
+            job = ex.submit(
+                jobfns.sleep_then_call,
+                3.0,
+                run_shards,
+                [spec],
+                name="fingerprint-extract",
+                job_meta={"shards": [shard_claim(spec.out_path, spec.shard)]},
+            )
+            other.append(job.record_id)
+
+    monkeypatch.setattr(extract_module, "wait_for_earlier_shards", wait_then_other_run_submits)
+    said: list[str] = []
+    (res,) = extract(reg, workspace, "enc", [a], executor=ex, shards=1, say=said.append)
+    assert (res.status, res.shards_run) == ("complete", 0)  # the other's shard, not a second
+    assert any(f"job(s) {other[0]} (" in line and "waiting" in line for line in said), said
+    with reg.session() as s:
+        names = [j.name for j in s.scalars(select(Job))]
+    assert names == ["fingerprint-extract"]  # nothing submitted beside it

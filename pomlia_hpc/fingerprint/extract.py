@@ -46,7 +46,9 @@ from pomlia_hpc.errors import (
     PomliaError,
     integrity_failure,
 )
+from pomlia_hpc.files import held_lock
 from pomlia_hpc.fingerprint.aside import drop, restoring
+from pomlia_hpc.fingerprint.encoders import get_encoder
 from pomlia_hpc.fingerprint.layout import DEFAULT_SHARD_ROWS
 from pomlia_hpc.fingerprint.markers import done_record
 from pomlia_hpc.fingerprint.planning import (
@@ -54,6 +56,7 @@ from pomlia_hpc.fingerprint.planning import (
     ExtractionPlan,
     all_embedded,
     plan_extraction,
+    recorded_shard_jobs,
     shard_claim,
     wait_for_earlier_shards,
 )
@@ -131,9 +134,10 @@ def extract(
     ``progress(done, total)`` is called as tasks finish. Raises :class:`ClusterError` naming
     the failed shards (the others stay done; running again retries only the failed ones).
     ``say(line)`` gets each warning (an encoder trained on other channels) before any job.
-    Shard jobs of an earlier run (killed before they ended) that are still queued or running
-    and write into the same embeddings are waited for first (``say`` names them), so that no
-    shard is submitted a second time beside its running job.
+    Shard jobs of an earlier run (killed before they ended, or started at the same moment)
+    that are still queued or running and write into the same embeddings are waited for first
+    (``say`` names them), so that no shard is submitted a second time beside its running job:
+    planning and submitting hold a lock per encoder (``embeddings/<encoder>/.extract.lock``).
 
     The cluster profile and ``resources`` are checked first: with ``force`` the finished
     vectors are removed, and a refusal after that would leave nothing in their place.
@@ -147,28 +151,17 @@ def extract(
     except InputError:
         if force or not all_embedded(registry, workspace, encoder, datasets, patch_grid):
             raise
-    # Shard jobs of an earlier run killed meanwhile may still write here: never a second writer.
-    wait_for_earlier_shards(registry, workspace, encoder, datasets, say=say)
-    plan = plan_extraction(
-        registry,
-        workspace,
-        encoder,
-        datasets,
-        shards=shards,
-        shard_rows=shard_rows,
-        batch_size=batch_size,
-        patch_grid=patch_grid,
-        threads=threads,
-        force=force,
+    options = {
+        "shards": shards,
+        "shard_rows": shard_rows,
+        "batch_size": batch_size,
+        "patch_grid": patch_grid,
+        "threads": threads,
+        "force": force,
+    }
+    plan, tasks, handles = _plan_and_submit(
+        registry, workspace, encoder, datasets, options, ex, resources, say
     )
-    for line in plan.warnings:
-        if say is not None:
-            say(line)
-    with restoring(registry, plan.aside, plan.encoder.id):  # nothing runs: keep old vectors
-        rows = None if shards is not None else (shard_rows or DEFAULT_SHARD_ROWS)
-        tasks = group_shards(plan.specs, rows)
-        handles = _submit(tasks, ex, resources)
-    drop(plan.aside)
     outcomes = _run(handles, tasks, progress)
     results = finish_extraction(registry, plan)
     # A shard failed if it left no .done file: a failed task may hold shards that succeeded.
@@ -192,6 +185,41 @@ def extract(
             hint="run the same command again to retry only the failed shards",
         )
     return results
+
+
+def _plan_and_submit(
+    registry: Registry,
+    workspace: Workspace,
+    encoder: int | str | Encoder,
+    datasets: list[str],
+    options: dict[str, Any],
+    ex: Executor,
+    resources: dict[str, Any] | None,
+    say: Callable[[str], None] | None,
+) -> tuple[ExtractionPlan, list[list[ShardSpec]], list[JobHandle]]:
+    """Plan ``datasets`` and submit their array job, never beside another run's shard jobs
+    that write into the same embeddings (``options``: :func:`plan_extraction`'s keywords)."""
+    enc = get_encoder(registry, encoder)
+    lock = workspace.path("embeddings", enc.name, ".extract.lock")
+    while True:
+        # Shard jobs of an earlier run (killed meanwhile, or started just before this one) may
+        # still write here: never a second writer. The scheduler is asked outside the lock.
+        wait_for_earlier_shards(registry, workspace, enc, datasets, say=say)
+        # Two runs started at once both passed the wait: planning and submitting is one step
+        # per encoder, and a run that submitted first is found in the registry under the lock.
+        with held_lock(lock, f"extraction with encoder '{enc.name}'"):
+            if recorded_shard_jobs(registry, workspace, enc, datasets):
+                continue  # another run submitted since the wait: wait for its jobs
+            plan = plan_extraction(registry, workspace, enc, datasets, **options)
+            for line in plan.warnings:
+                if say is not None:
+                    say(line)
+            with restoring(registry, plan.aside, plan.encoder.id):  # nothing ran: keep vectors
+                rows = options["shard_rows"] or DEFAULT_SHARD_ROWS
+                tasks = group_shards(plan.specs, None if options["shards"] is not None else rows)
+                handles = _submit(tasks, ex, resources)
+        drop(plan.aside)
+        return plan, tasks, handles
 
 
 def group_shards(specs: list[ShardSpec], target_rows: int | None) -> list[list[ShardSpec]]:

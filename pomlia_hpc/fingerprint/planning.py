@@ -7,7 +7,9 @@ Each array task's job row names the shards it writes (``Job.meta["shards"]``,
 shard jobs ran on first waits for those still queued or running that write into the same
 embeddings (:func:`wait_for_earlier_shards`): submitted again beside them, two jobs would write
 the same regions (and take the GPUs twice). What they finish is then done, and only the rest
-is planned.
+is planned. Two runs started at once would both find no such job and plan the same shards:
+:mod:`.extract` plans and submits under a lock per encoder, and under it asks
+:func:`recorded_shard_jobs` whether another run submitted meanwhile (then it waits again).
 """
 
 from __future__ import annotations
@@ -300,14 +302,7 @@ def wait_for_earlier_shards(
     writes into the embeddings of ``datasets`` is queued or running; ``say`` gets one line
     naming them first. A local job of another host cannot be checked from here: a
     :class:`PomliaError` naming it and how to cancel it. Unknown names are left to planning."""
-    try:
-        enc = get_encoder(registry, encoder)
-        outs = {
-            str(embeddings_path(workspace, enc.name, store))
-            for _row, store in resolve_versions(registry, datasets)
-        }
-    except PomliaError:
-        return  # planning names what is wrong
+    outs = _outs(registry, workspace, encoder, datasets)
     said, unanswered = False, 0
     while True:
         live, answered = _live(registry, outs)
@@ -340,6 +335,32 @@ def wait_for_earlier_shards(
             )
             said = True
         time.sleep(poll_s)
+
+
+def _outs(
+    registry: Registry, workspace: Workspace, encoder: int | str | Encoder, datasets: list[str]
+) -> set[str]:
+    """The embeddings paths ``datasets`` have under ``encoder`` (empty where a name is unknown:
+    planning names what is wrong)."""
+    try:
+        enc = get_encoder(registry, encoder)
+        return {
+            str(embeddings_path(workspace, enc.name, store))
+            for _row, store in resolve_versions(registry, datasets)
+        }
+    except PomliaError:
+        return set()
+
+
+def recorded_shard_jobs(
+    registry: Registry, workspace: Workspace, encoder: int | str | Encoder, datasets: list[str]
+) -> list[Job]:
+    """The extraction jobs the registry records as unfinished that write into the embeddings
+    of ``datasets`` under ``encoder`` (the scheduler is not asked: :func:`live_shard_jobs`
+    does that). Under the extraction lock, after :func:`wait_for_earlier_shards`, these are
+    the jobs another run submitted meanwhile."""
+    outs = _outs(registry, workspace, encoder, datasets)
+    return _claiming(registry, outs) if outs else []
 
 
 def _host(job: Job) -> str | None:
