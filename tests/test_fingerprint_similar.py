@@ -223,20 +223,21 @@ def test_only_the_newest_version_of_each_dataset_by_default(
     hits = nearest_images(reg, workspace, "enc", "derma", 10_000, all_versions=True)
     assert {h.ref for h in hits} == {refs[0], refs[1], refs[2], new}
     text = " ".join(cli_ok("similar", "derma", "-e", "enc").split())
-    assert refs[2] not in text.split("older versions left out")[0] and new in text
-    assert f"older versions left out: {refs[2]}" in text and "--all-versions" in text
+    assert refs[2] not in text.split("other versions left out")[0] and new in text
+    assert f"other versions left out: {refs[2]}" in text and "--all-versions" in text
     text = " ".join(cli_ok("similar", "derma", "-e", "enc", "--all-versions").split())
     assert refs[2] in text and "left out" not in text
     text = " ".join(cli_ok("plot", "latent", "-e", "enc", "--out", str(workspace.home)).split())
-    assert f"older versions left out: {refs[2]}" in text
+    assert f"other versions left out: {refs[2]}" in text
 
 
 def test_the_version_the_name_means_is_preferred_over_the_highest_id(
-    workspace: Workspace, world: tuple[Registry, list[str]]
+    workspace: Workspace, world: tuple[Registry, list[str]], wide_console: None
 ) -> None:
     """When an older version of 'organ' is current again (re-added identical content), the
     plain name means it: similar datasets, nearest images and the refresh take it, not the
-    newer (higher id) version, as ``find_version`` does."""
+    newer (higher id) version, as ``find_version`` does. The note naming the version left out
+    called that newer one "older" ("the newest version of each dataset only")."""
     reg, refs = world
     new = make_dataset(workspace, reg, "organ", "organamnist", (60, 8, 30), seed=5)
     plan = plan_extraction(reg, workspace, "enc", [new], shards=1, threads=1)
@@ -257,3 +258,6 @@ def test_the_version_the_name_means_is_preferred_over_the_highest_id(
     assert {h.ref for h in hits} == {refs[0], refs[1], refs[2]}
     datasets = plan_refresh(reg, workspace, "enc").datasets
     assert refs[2] in datasets and new not in datasets
+    text = " ".join(cli_ok("similar", "derma", "-e", "enc").split())
+    assert f"other versions left out: {new} (the current version of each dataset only;" in text
+    assert "older" not in text and "newest" not in text

@@ -353,14 +353,14 @@ def _check_similar_options(
 
 
 def _older_versions_note(reg: Registry, enc: str, query: str | None = None) -> None:
-    """The footnote naming the older versions of datasets (other than ``query``'s) that the
-    command left out, if any."""
+    """The footnote naming the versions of datasets (other than ``query``'s) that the command
+    left out for not being the current one (which may be older or newer), if any."""
     from pomlia_hpc.fingerprint.similar import superseded_refs
 
     older = [r for r in superseded_refs(reg, enc) if r.split("@")[0] != query]
     if older:
         console.print(
-            f"older versions left out: {', '.join(older)} (the newest version of each dataset "
+            f"other versions left out: {', '.join(older)} (the current version of each dataset "
             "only; --all-versions to include them)",
             highlight=False,
             soft_wrap=True,
@@ -445,7 +445,8 @@ def similar(
         bool,
         typer.Option(
             "--all-versions",
-            help="Compare every version of each dataset with embeddings (default: its newest).",
+            help="Compare every version of each dataset with embeddings (default: its current "
+            "version, else its newest with embeddings).",
         ),
     ] = False,
     as_json: Annotated[
@@ -454,9 +455,10 @@ def similar(
 ) -> None:
     """The datasets (or, with --images, the images) most similar to DATASET.
 
-    Each other dataset counts once, as its newest version with embeddings (--all-versions:
-    every version). Embeddings of the encoder's earlier weights, missing or unfinished ones
-    are left out and named in a note; a dataset with DATASET's content is named too."""
+    Each other dataset counts once, as its current version (else its newest with embeddings;
+    --all-versions: every version). Embeddings of the encoder's earlier weights, missing or
+    unfinished ones are left out and named in a note; a dataset with DATASET's content is
+    named too."""
     from pomlia_hpc.fingerprint.ranking import DEFAULT_DISTANCE
     from pomlia_hpc.fingerprint.similar import same_content_note, similar_datasets
     from pomlia_hpc.fingerprint.usable import left_out_note
@@ -528,8 +530,8 @@ def latent(
         bool,
         typer.Option(
             "--all-versions",
-            help="Without DATASETS: plot every version with embeddings (default: the newest "
-            "of each dataset).",
+            help="Without DATASETS: plot every version with embeddings (default: the current "
+            "version of each dataset).",
         ),
     ] = False,
 ) -> None:
@@ -562,7 +564,7 @@ def refresh_cmd(
         bool, typer.Option("--dry-run", help="Only say what would be done.")
     ] = False,
 ) -> None:
-    """Retrain the encoder on the newest version of every dataset when new versions arrived,
+    """Retrain the encoder on the current version of every dataset when new versions arrived,
     embed them all, build its index, then make it the current encoder (only when complete)."""
     from pomlia_hpc.fingerprint.refresh import plan_refresh, refresh
 
