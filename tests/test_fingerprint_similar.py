@@ -187,6 +187,17 @@ def test_fingerprint_and_plots(workspace: Workspace, world: tuple[Registry, list
         assert p.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and p.stat().st_size > 10_000
 
 
+def test_plot_latent_of_one_dataset_skips_the_means_figure(
+    workspace: Workspace, world: tuple[Registry, list[str]], wide_console: None
+) -> None:
+    """`plot latent` of a single data set drew the PCA of one mean: one point on axes of
+    rounding noise (overlapping ±0.0008 ticks). It writes the scatter only, and says why."""
+    out = workspace.path("reports", "one")
+    text = " ".join(cli_ok("plot", "latent", "derma", "-e", "enc", "--out", str(out)).split())
+    assert (out / "latent_scatter.png").is_file() and not (out / "latent_means.png").exists()
+    assert "latent_means.png not written: the mean embeddings need 2 data sets" in text
+
+
 def test_similar_errors(workspace: Workspace) -> None:
     reg = Registry.open(workspace.db_url)
     ref = make_dataset(workspace, reg, "blood", sizes=(10, 2, 2))

@@ -535,19 +535,21 @@ def latent(
         ),
     ] = False,
 ) -> None:
-    """Write the latent scatter of test samples (Figure 5) and per-dataset means (Figure 6)."""
-    from pomlia_hpc.fingerprint.plots import plot_encoder_latent
+    """Write the latent scatter of test samples (Figure 5) and per-dataset means (Figure 6,
+    for two datasets or more)."""
+    from pomlia_hpc.fingerprint.plots import latent_figures
     from pomlia_hpc.fingerprint.usable import left_out_note
 
     enc = _encoder(encoder)
     folder = out or STATE.workspace.path("reports", "latent", enc)
     reg = STATE.registry()
     left: list[Any] = []
-    paths = plot_encoder_latent(
+    paths, skipped = latent_figures(
         reg, enc, datasets or None, folder, all_versions=all_versions, left_out=left
     )
     for p in paths:
         console.print(f"wrote {p}")
+    _note(skipped)
     if not (datasets or all_versions):
         _older_versions_note(reg, enc)
     _note(left_out_note(left))

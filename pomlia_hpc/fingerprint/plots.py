@@ -2,7 +2,8 @@
 
 * Figure 5 (``latent_scatter.png``): test-split embeddings of each dataset, one colour per
   dataset, with a legend.
-* Figure 6 (``latent_means.png``): each dataset's mean embedding, labelled.
+* Figure 6 (``latent_means.png``): each dataset's mean embedding, labelled (``pomlia plot
+  latent``: only for two datasets or more, :func:`latent_figures`).
 
 For ``d = 2`` the latent axes are plotted as they are; for ``d > 2`` both figures use the same
 2-D PCA projection, fitted on the pooled test embeddings (axis labels say so). Files are written
@@ -68,9 +69,22 @@ def plot_latent(
 ) -> tuple[Path, Path]:
     """Write Figure 5 and Figure 6 for ``samples`` (dataset → (n, d) test embeddings) and
     ``means`` (dataset → (d,) mean embedding); returns the two PNG paths."""
+    scatter, mean_plot = _figures(samples, means, Path(out_dir), title, means_min=1)
+    assert mean_plot is not None  # means_min=1: drawn whenever there is a dataset
+    return scatter, mean_plot
+
+
+def _figures(
+    samples: dict[str, np.ndarray],
+    means: dict[str, np.ndarray],
+    out: Path,
+    title: str,
+    *,
+    means_min: int,
+) -> tuple[Path, Path | None]:
+    """Figure 5, and Figure 6 when it has at least ``means_min`` datasets (else None)."""
     if not samples:
         raise InputError("no datasets to plot: expected at least one extracted dataset")
-    out = Path(out_dir)
     proj, prefix, center, axes = project_2d(samples)
     colours = plt.get_cmap("tab20" if len(samples) > 10 else "tab10")
     fig, ax = plt.subplots(figsize=(7, 6))
@@ -81,6 +95,8 @@ def plot_latent(
     ax.set_title(f"Latent space, test samples{' — ' + title if title else ''}")
     ax.legend(markerscale=3, fontsize=8, loc="best", frameon=True)
     scatter = _png(fig, out / "latent_scatter.png")
+    if len(means) < means_min:
+        return scatter, None
 
     fig, ax = plt.subplots(figsize=(7, 6))
     for i, (name, mu) in enumerate(means.items()):
@@ -91,8 +107,7 @@ def plot_latent(
     ax.set_ylabel(f"{prefix}2")
     ax.set_title(f"Mean embedding per dataset{' — ' + title if title else ''}")
     ax.legend(fontsize=8, loc="best")
-    mean_plot = _png(fig, out / "latent_means.png")
-    return scatter, mean_plot
+    return scatter, _png(fig, out / "latent_means.png")
 
 
 def plot_encoder_latent(
@@ -105,10 +120,42 @@ def plot_encoder_latent(
     left_out: list[LeftOut] | None = None,
 ) -> tuple[Path, Path]:
     """Figures 5 and 6 for ``datasets`` (default: every dataset with usable embeddings under
-    ``encoder`` (:mod:`.usable`), its newest such version only unless ``all_versions``; the
+    ``encoder`` (:mod:`.usable`), its current such version only unless ``all_versions``; the
     versions left out as unusable are appended to ``left_out``), using up to
     :data:`SCATTER_MAX` test embeddings per dataset. A dataset given by name must be usable."""
     enc = get_encoder(registry, encoder)
+    samples, means = _gather(registry, enc, datasets, all_versions, left_out)
+    return plot_latent(samples, means, out_dir, title=f"encoder {enc.name}")
+
+
+def latent_figures(
+    registry: Registry,
+    encoder: int | str | Encoder,
+    datasets: list[str] | None,
+    out_dir: str | Path,
+    *,
+    all_versions: bool = False,
+    left_out: list[LeftOut] | None = None,
+) -> tuple[list[Path], str]:
+    """As :func:`plot_encoder_latent` (``pomlia plot latent``), but Figure 6 only for two
+    datasets or more: the PCA of one mean is one point on axes of rounding noise. Returns the
+    PNG paths written and a note saying why Figure 6 was not (else empty)."""
+    enc = get_encoder(registry, encoder)
+    samples, means = _gather(registry, enc, datasets, all_versions, left_out)
+    scatter, mean_plot = _figures(samples, means, Path(out_dir), f"encoder {enc.name}", means_min=2)
+    if mean_plot is None:
+        return [scatter], "latent_means.png not written: the mean embeddings need 2 data sets"
+    return [scatter, mean_plot], ""
+
+
+def _gather(
+    registry: Registry,
+    enc: Encoder,
+    datasets: list[str] | None,
+    all_versions: bool,
+    left_out: list[LeftOut] | None,
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """The test embeddings (up to :data:`SCATTER_MAX`) and the mean embedding per dataset."""
     refs = datasets
     if not refs:
         sets, left = candidates(registry, enc, all_versions=all_versions)
@@ -132,4 +179,4 @@ def plot_encoder_latent(
             else full
         )
         samples[label], means[label] = x, np.asarray(fs.mean, float)
-    return plot_latent(samples, means, out_dir, title=f"encoder {enc.name}")
+    return samples, means
