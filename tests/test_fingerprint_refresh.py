@@ -9,6 +9,7 @@ from dataclasses import replace
 
 import pytest
 
+from pomlia_hpc.cli import app
 from pomlia_hpc.errors import NotFoundError
 from pomlia_hpc.fingerprint import refresh as refresh_mod
 from pomlia_hpc.fingerprint.refresh import (
@@ -20,7 +21,7 @@ from pomlia_hpc.fingerprint.refresh import (
 from pomlia_hpc.fingerprint.train import TrainConfig, get_encoder, train_encoder
 from pomlia_hpc.registry import FingerprintSet, Registry
 from pomlia_hpc.workspace import Workspace
-from tests.fixtures.cli import cli_ok
+from tests.fixtures.cli import cli_ok, runner
 from tests.fixtures.factories import make_dataset
 
 CFG = TrainConfig.model_validate(
@@ -130,3 +131,16 @@ def test_rerun_finishes_encoder_trained_on_copies_too(workspace: Workspace, reg:
     assert done.name == "ae-r1" and current_encoder(workspace) == "ae-r1", lines
     with pytest.raises(NotFoundError):
         get_encoder(reg, "ae-r2")
+
+
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_refresh_without_encoders_says_to_train_one(
+    workspace: Workspace, reg: Registry, dry_run: bool
+) -> None:
+    """With no encoder, `fingerprint refresh` said "0 encoders are registered and none is
+    current: pass --encoder"; it now says what `plot latent` says."""
+    res = runner.invoke(app, ["fingerprint", "refresh", *(["--dry-run"] if dry_run else [])])
+    assert res.exit_code != 0 and isinstance(res.exception, NotFoundError), res.output
+    assert (
+        str(res.exception) == "no encoder is registered: train one with `pomlia fingerprint train`"
+    )
