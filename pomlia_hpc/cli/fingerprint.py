@@ -32,7 +32,8 @@ EncoderOpt = Annotated[
     typer.Option(
         "--encoder",
         "-e",
-        help="Encoder name or id (default: the current one after a refresh, else the only one).",
+        help="Encoder name or id (default: the current one after a refresh, else the only one; "
+        "an encoder a refresh is training, not yet current, is never the default).",
     ),
 ]
 
@@ -558,7 +559,13 @@ def latent(
 @fingerprint_app.command("refresh")
 def refresh_cmd(
     encoder: Annotated[
-        str | None, typer.Option("--encoder", "-e", help="Encoder to refresh (default: current).")
+        str | None,
+        typer.Option(
+            "--encoder",
+            "-e",
+            help="Encoder to refresh (default: the current one after a refresh, else the only "
+            "one; an encoder under refresh, not yet current, is never the default).",
+        ),
     ] = None,
     epochs: Annotated[int | None, typer.Option(help="Epochs (default: the encoder's).")] = None,
     shards: Annotated[int, typer.Option(help="Extraction shards per dataset.")] = 1,
