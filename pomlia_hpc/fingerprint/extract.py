@@ -199,7 +199,12 @@ def _plan_and_submit(
 ) -> tuple[ExtractionPlan, list[list[ShardSpec]], list[JobHandle]]:
     """Plan ``datasets`` and submit their array job, never beside another run's shard jobs
     that write into the same embeddings (``options``: :func:`plan_extraction`'s keywords)."""
-    enc = get_encoder(registry, encoder)
+    try:
+        enc = get_encoder(registry, encoder)
+    except PomliaError:
+        # Planning checks the options before the encoder: its error names the first problem.
+        plan_extraction(registry, workspace, encoder, datasets, **options)
+        raise
     lock = workspace.path("embeddings", enc.name, ".extract.lock")
     while True:
         # Shard jobs of an earlier run (killed meanwhile, or started just before this one) may
