@@ -147,4 +147,5 @@ def test_errors_are_one_line_exit_2(tmp_path: Path) -> None:
         (["train", "-n", "ae", "x"], "--cpus"),
     ):
         res = runner.invoke(app, ["--home", str(tmp_path / "ws"), "fingerprint", *cmd, option, "0"])
-        assert res.exit_code == 2 and f"'{option}': Input should be greater" in res.output
+        text = " ".join(res.output.split())
+        assert res.exit_code == 2 and f"{option} 0: expected a whole number >= 1" in text, text

@@ -485,15 +485,7 @@ def similar(
         )
         same = same_content_note(dataset, found)
         if as_json:
-            out = [
-                {"dataset": r.ref, "distance": r.distance, "kind": distance}
-                | {"images": r.n_vectors, "components": r.components}
-                | {"same_content": r.same_content}
-                for r in found
-            ]
-            typer.echo(json.dumps(out))
-            _note(same, stderr=True)
-            _note(left_out_note(left), stderr=True)
+            _similar_json(found, distance, [same, left_out_note(left)])
             return
         parts = sorted({c for r in found for c in r.components} - {distance, "weight"})
         rows = [
@@ -515,6 +507,19 @@ def similar(
     _note(left_out_note(left))
     if not all_versions:
         _older_versions_note(reg, enc, dataset.split("@")[0])
+
+
+def _similar_json(found: list[Any], distance: str, notes: list[str]) -> None:
+    """``similar --json`` of data sets: one JSON document on stdout, the notes on stderr."""
+    out = [
+        {"dataset": r.ref, "distance": r.distance, "kind": distance}
+        | {"images": r.n_vectors, "components": r.components}
+        | {"same_content": r.same_content}
+        for r in found
+    ]
+    typer.echo(json.dumps(out))
+    for note in notes:
+        _note(note, stderr=True)
 
 
 @plot_app.command("latent")
