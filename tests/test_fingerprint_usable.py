@@ -220,3 +220,29 @@ def test_refresh_counts_a_trained_content_hash_as_known_and_trains_on_it_once(
     assert plan.new == [blood]
     assert plan.datasets == [blood, pneu] and plan.copies == [copy]
     assert sorted(plan.embed) == sorted([blood, pneu, copy])
+
+
+def test_a_reader_that_cannot_record_a_finished_extraction_leaves_it_out(
+    workspace: Workspace, reg: Registry, three: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A reader records a finished but unrecorded extraction; one without write access (a
+    read-only registry or embeddings folder) failed with the write's error. It now leaves the
+    set out, saying so, and the extraction command records it."""
+    from pomlia_hpc.fingerprint import usable
+
+    plan = plan_extraction(reg, workspace, "enc", ["organ"], shards=1, threads=1, force=True)
+    for spec in plan.specs:
+        run_shard(spec)
+        summary_path(Path(spec.out_path)).unlink(missing_ok=True)
+
+    def read_only(*_args: object, **_kw: object) -> None:
+        raise PermissionError(13, "Permission denied")
+
+    monkeypatch.setattr(usable, "write_summary", read_only)
+    left: list[LeftOut] = []
+    found = similar_datasets(reg, "enc", "blood", left_out=left)
+    assert "organ" not in [r.ref.split("@")[0] for r in found]
+    assert [str(x) for x in left] == [
+        "organ (extraction finished but could not be recorded here (PermissionError); run "
+        "pomlia fingerprint extract organ -e enc)"
+    ]

@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
 
 from pomlia_hpc.data.store import current_versions, find_version, open_store
 from pomlia_hpc.errors import NotFoundError
@@ -175,7 +176,14 @@ def check_set(
     if fs.status == "complete":
         return fs, None
     plan = shard_plan(meta)
-    if record_finished(registry, enc.id, fs.dataset_version_id, out, plan, ref):
+    try:
+        recorded = record_finished(registry, enc.id, fs.dataset_version_id, out, plan, ref)
+    except (OSError, SQLAlchemyError) as exc:
+        # A reader may lack write access (a read-only registry or embeddings folder): the set
+        # is left out, as an unrecorded one is, and the extraction command records it.
+        why = f"extraction finished but could not be recorded here ({type(exc).__name__})"
+        return fs, LeftOut(ref, why, run, vid, fs.id)
+    if recorded:
         with registry.session() as s:
             row = s.get(FingerprintSet, fs.id)
             if row is not None:
