@@ -38,6 +38,11 @@ class ClusterError(PomliaError):
     """The cluster backend refused or failed an operation."""
 
 
+class ArrayNotWithdrawnError(ClusterError):
+    """Part of a split array failed to be submitted and the parts before it could not be
+    confirmed cancelled: they may still run and write their outputs."""
+
+
 class DataIntegrityError(PomliaError):
     """Stored data differs from what was recorded at ingest (a damaged or undecodable chunk).
     Running the same command again fails the same way; ``pomlia data verify`` lists the

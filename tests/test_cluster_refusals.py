@@ -231,3 +231,29 @@ def test_a_job_that_kept_timing_out_says_so() -> None:
     warning = signal_delay_warning(profile)
     assert warning is not None and "30 s before a 1 min time limit" in warning
     assert signal_delay_warning(load_cluster_profile("slurm-local")) is None
+
+
+def test_parts_that_could_not_be_cancelled_do_not_get_the_old_vectors_back(
+    workspace: Workspace, reg: Registry, fake_slurm: FakeSlurm
+) -> None:
+    """A refused later part whose earlier parts `scancel` failed to cancel: the old vectors
+    were moved back into the outputs those parts still write into. They now stay aside, and
+    the error says the parts could not be cancelled."""
+    from pomlia_hpc.errors import ArrayNotWithdrawnError
+
+    fresh = make_dataset(workspace, reg, "blood", sizes=(40, 8, 16), chunk_rows=16)
+    make_encoder(workspace, reg, "enc", latent_dim=4)
+    plan = plan_extraction(reg, workspace, "enc", [fresh], shards=4, threads=1)
+    for spec in plan.specs:
+        run_shard(spec)
+    finish_extraction(reg, plan)
+    out = workspace.path("embeddings", "enc", "blood")
+    before = sorted(p.name for p in out.iterdir())
+    fake_slurm.hold()
+    fake_slurm.fail_next("sbatch", GRES, after=1)
+    fake_slurm.fail_next("scancel", "scancel: error: Socket timed out")
+    with pytest.raises(ArrayNotWithdrawnError, match="could not be cancelled"):
+        extract(
+            reg, workspace, "enc", [fresh], executor=_split(workspace, reg), shards=4, force=True
+        )
+    assert sorted(p.name for p in out.iterdir()) != before  # not put back under the parts

@@ -104,11 +104,12 @@ def cancel_array_parts(
     registry: Registry | None,
     record_ids: Sequence[int],
     cause: str,
-) -> None:
+) -> bool:
     """Cancel the Slurm arrays ``array_ids`` with one ``scancel``, record their rows
     ``record_ids`` CANCELLED with ``cause``, then wait until ``squeue`` lists none of their
     tasks ``task_ids`` (at most :data:`ARRAY_CANCEL_WAIT_S` seconds; a ``squeue`` that cannot
-    answer is asked again). A :class:`ClusterError` when ``scancel`` fails (nothing recorded)."""
+    answer is asked again). True once they are gone, False when the wait ran out. A
+    :class:`ClusterError` when ``scancel`` fails (nothing recorded)."""
     try:
         proc = subprocess.run(
             ["scancel", *array_ids], capture_output=True, text=True, timeout=60, check=False
@@ -123,8 +124,9 @@ def cancel_array_parts(
     while time.monotonic() < deadline:
         with contextlib.suppress(ClusterError):
             if not squeue_ids(task_ids):
-                return
+                return True
         time.sleep(0.5)
+    return False
 
 
 #: Why a row was marked cancelled by ``--force`` (its ``exit_cause``).

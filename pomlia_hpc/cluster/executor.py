@@ -31,7 +31,7 @@ from pomlia_hpc.cluster.refusal import sbatch_refusals, warn_signal_delay
 from pomlia_hpc.cluster.resources import after_ok_parameters, submitit_parameters, with_overrides
 from pomlia_hpc.cluster.terminate import collected
 from pomlia_hpc.config import ClusterProfile, load_cluster_profile
-from pomlia_hpc.errors import ClusterError, PomliaError
+from pomlia_hpc.errors import ArrayNotWithdrawnError, ClusterError, PomliaError
 from pomlia_hpc.registry import Registry
 
 
@@ -206,9 +206,12 @@ class Executor:
         cause = f"cancelled: part {part[0]} of {part[1]} of its array was not submitted"
         try:
             tasks = [h.job_id for h in handles]
-            cancel_array_parts(arrays, tasks, self.registry, records, cause)
+            gone = cancel_array_parts(arrays, tasks, self.registry, records, cause)
             done = f"the parts submitted before it were cancelled ({named})"
+            if not gone:
+                done += f" but are still listed by squeue: check `squeue -j {arrays[0]}`"
         except ClusterError as err:
+            gone = False
             done = (
                 f"the parts submitted before it ({named}) could not be cancelled ({err.message}):"
                 f" cancel them with `scancel {' '.join(arrays)}`"
@@ -219,7 +222,9 @@ class Executor:
             return  # KeyboardInterrupt, SystemExit: the caller re-raises it
         what = exc.message if isinstance(exc, PomliaError) else f"{type(exc).__name__}: {exc}"
         hint = exc.hint if isinstance(exc, PomliaError) else None
-        raise ClusterError(
+        # Parts that may still run must not find a caller's restored outputs to write into.
+        error = ClusterError if gone else ArrayNotWithdrawnError
+        raise error(
             f"{what}; that was part {part[0]} of {part[1]} of the array, and {done}", hint=hint
         ) from exc
 

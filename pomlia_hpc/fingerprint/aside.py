@@ -24,6 +24,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from pomlia_hpc.errors import ArrayNotWithdrawnError
 from pomlia_hpc.files import move_path
 from pomlia_hpc.fingerprint.io import group_meta
 from pomlia_hpc.fingerprint.markers import done_record, marker_dir
@@ -141,9 +142,14 @@ def restore(registry: Registry, kept: list[SetAside], encoder_id: int) -> None:
 @contextlib.contextmanager
 def restoring(registry: Registry, kept: list[SetAside], encoder_id: int) -> Iterator[None]:
     """Whatever ends the block early (an error, Ctrl-C) first puts back every group in
-    ``kept`` (:func:`restore`; a list the block may still be filling), then goes on."""
+    ``kept`` (:func:`restore`; a list the block may still be filling), then goes on; except an
+    :class:`~pomlia_hpc.errors.ArrayNotWithdrawnError`: jobs may still write there."""
     try:
         yield
+    except ArrayNotWithdrawnError:
+        # Parts of the array may still run and write into the outputs: putting the old
+        # vectors back there would mix them. They stay aside; the set stays as recorded.
+        raise
     except BaseException:
         restore(registry, kept, encoder_id)
         raise
