@@ -3,7 +3,9 @@ the chain runs twice (two reports), refuses a second chain, and unschedule leave
 
 from __future__ import annotations
 
+import os
 import time
+from collections.abc import Callable, Iterator
 from datetime import UTC
 from pathlib import Path
 
@@ -216,3 +218,43 @@ def test_replace_submits_first_a_failed_submission_keeps_the_old_chain(
     finally:
         runner.invoke(app, ["monitor", "unschedule", "blood-keep"])
     wait_until(lambda: jobs_named(name) == [], timeout=60, interval=0.5, what="no chain job")
+
+
+@pytest.fixture
+def local_zone() -> Iterator[Callable[[str], None]]:
+    """Sets this process's local time zone (TZ + tzset); restores the old one after."""
+    old = os.environ.get("TZ")
+
+    def use(zone: str) -> None:
+        os.environ["TZ"] = zone
+        time.tzset()
+
+    yield use
+    if old is None:
+        os.environ.pop("TZ", None)
+    else:
+        os.environ["TZ"] = old
+    time.tzset()
+
+
+@pytest.mark.parametrize(
+    ("zone", "at", "after", "expected"),
+    [
+        # --at 02:00 is local time: the next night at 02:00 local, not 02:00 UTC
+        ("Europe/Berlin", "02:00", "2026-12-04T02:00:00+01:00", "2026-12-05T02:00:00+01:00"),
+        ("America/New_York", "02:00", "2026-12-04T02:00:00-05:00", "2026-12-05T02:00:00-05:00"),
+        # a daily run stays at its wall-clock time across the start of summer time
+        ("Europe/Berlin", "04:00", "2027-03-27T04:00:00+01:00", "2027-03-28T04:00:00+02:00"),
+    ],
+)
+def test_next_begin_applies_at_in_local_time_to_a_utc_after(
+    local_zone: Callable[[str], None], zone: str, at: str, after: str, expected: str
+) -> None:
+    from datetime import datetime, timedelta
+
+    from pomlia_hpc.monitor.run import parse_time
+
+    local_zone(zone)
+    begin = next_begin(at, timedelta(days=1), parse_time(after, "--after"))
+    assert begin == datetime.fromisoformat(expected)
+    assert begin.isoformat() == expected  # local wall clock and offset, as submitted

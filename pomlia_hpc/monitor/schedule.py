@@ -70,17 +70,21 @@ def parse_at(text: str) -> tuple[int, int]:
 
 def next_begin(at: str | None, every: timedelta, now: datetime | None = None) -> datetime:
     """The next start strictly after ``now`` (local time): today's ``at`` plus whole periods,
-    or ``now + every`` without ``at``."""
-    now = (now or datetime.now().astimezone()).replace(microsecond=0)
+    or ``now + every`` without ``at``. ``now`` may be in any zone (``--after`` is read as UTC):
+    ``at`` is a wall-clock time of this machine's zone, so it is applied to ``now`` in that zone,
+    and the result is local time (a daily run stays at ``at`` across a DST change)."""
+    now = (now or datetime.now()).astimezone().replace(microsecond=0)
     if at is None:
         return now + every
     h, m = parse_at(at)
-    t = now.replace(hour=h, minute=m, second=0)
-    if t > now:
-        back = (t - now - timedelta(seconds=1)) // every  # earlier slots today still ahead
-        return t - back * every
-    periods = (now - t) // every + 1
-    return t + periods * every
+    wall = now.replace(tzinfo=None)  # whole periods on the local wall clock, not UTC's
+    t = wall.replace(hour=h, minute=m, second=0)
+    if t > wall:
+        back = (t - wall - timedelta(seconds=1)) // every  # earlier slots today still ahead
+        t -= back * every
+    else:
+        t += ((wall - t) // every + 1) * every
+    return t.astimezone()  # a naive time is read as local time, with that day's UTC offset
 
 
 @dataclass(frozen=True)
