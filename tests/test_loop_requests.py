@@ -254,3 +254,127 @@ def test_a_failed_loop_run_prints_its_reason_and_watch_once_exits_1(
     assert res.exit_code == 1, (said, res.exception)
     assert f"request {req} → slot s: loop run 1 failed: harvest: only 0 labelled" in said
     assert _status(served, req)[0] == "failed"
+
+
+def _alarm(reg: Registry, model_id: int = 1) -> tuple[int, bool]:
+    """A monitor alarm of model ``model_id`` (a report row and its request): (request, merged)."""
+    from pomlia_hpc.monitor.requests import record_alarm
+    from pomlia_hpc.registry import MonitorReport
+
+    with reg.session() as s:
+        report = MonitorReport(model_id=model_id, triggered=True)
+        s.add(report)
+        s.flush()
+        got = record_alarm(s, model_id=model_id, report_id=report.id, reason="alarm", meta={})
+        return got.request_id, got.merged
+
+
+def _set_run(reg: Registry, run_id: int, status: str) -> None:
+    from pomlia_hpc.registry import LoopRun
+
+    with reg.session() as s:
+        row = s.get(LoopRun, run_id)
+        assert row is not None
+        row.status = status
+
+
+def _interrupted_run(reg: Registry, request_id: int) -> int:
+    """Request ``request_id`` taken, its loop run recorded interrupted (a stopped watcher)."""
+    assert take(reg, request_id, "s").taken
+    run_id, _ = open_run(reg, "s", champion_id=1, params={}, request_id=request_id)
+    _set_run(reg, run_id, "interrupted")
+    return run_id
+
+
+def test_a_stopped_watcher_leaves_its_request_taken_and_a_later_alarm_is_not_merged(
+    workspace: Workspace, served: Registry
+) -> None:
+    """The stopped watcher put the request back to `open`: the next alarms were merged into a
+    request whose resumed run's window does not hold their traffic."""
+    req, _ = _alarm(served)
+
+    def stopped(*args: Any, **kw: Any) -> LoopResult:
+        run_id, _ = open_run(served, "s", champion_id=1, params={}, request_id=kw["request_id"])
+        _set_run(served, run_id, "interrupted")
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        consume(served, workspace, run=stopped, progress=lambda _l: None)
+    status, meta = _status(served, req)
+    assert status == "taken" and meta["outcome"] == "interrupted; resumed by the next watch"
+    later, merged = _alarm(served)
+    assert later != req and not merged
+    loop = Calls()
+    consume(served, workspace, run=loop, progress=lambda _l: None)
+    assert loop.calls == [("s", req)]  # the interrupted run resumed; one loop per slot a pass
+    assert _status(served, req)[0] == "done" and _status(served, later)[0] == "open"
+    assert "merged" not in _status(served, req)[1]
+    consume(served, workspace, run=loop, progress=lambda _l: None)
+    assert loop.calls[1:] == [("s", later)] and _status(served, later)[0] == "done"
+
+
+def test_a_watcher_stopped_before_its_loop_run_started_reopens_the_request(
+    workspace: Workspace, served: Registry
+) -> None:
+    req = _request(served)
+
+    def stopped(*args: Any, **kw: Any) -> LoopResult:
+        raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        consume(served, workspace, run=stopped, progress=lambda _l: None)
+    assert _status(served, req)[0] == "open"
+
+
+def test_a_taken_request_with_an_interrupted_run_is_retired_when_the_slot_moves_on(
+    workspace: Workspace, served: Registry
+) -> None:
+    from pomlia_hpc.registry import LoopRun
+
+    req = _request(served)
+    run_id = _interrupted_run(served, req)
+    at_work = _request(served)  # taken by a watcher whose loop run is running: left to it
+    assert take(served, at_work, "s").taken
+    busy, _ = open_run(served, "s", champion_id=1, params={}, request_id=at_work)
+    put_on_slot(served, workspace, "s", "n", kind="forced")
+    status, meta = _status(served, req)
+    assert status == "obsolete" and meta["outcome"].startswith("obsolete: slot s moved from m")
+    assert _status(served, at_work)[0] == "taken"
+    with served.session() as s:
+        assert s.get(LoopRun, run_id).status == "stopped"  # type: ignore[union-attr]
+        assert s.get(LoopRun, busy).status == "running"  # type: ignore[union-attr]
+
+
+def test_loop_run_resuming_a_requests_run_records_the_request(
+    workspace: Workspace, served: Registry
+) -> None:
+    """`loop run SLOT` resumed the interrupted run of a request and left the request open
+    (or taken): the next watcher retrained for it again."""
+    req = _request(served)
+    run_id = _interrupted_run(served, req)
+    res = run_loop(
+        served, workspace, "s", stages=(("harvest", lambda _ctx: {"n": 1}),), progress=print
+    )
+    assert res.run_id == run_id and res.status == "done"
+    status, meta = _status(served, req)
+    assert status == "done" and meta["loop_run_id"] == run_id
+    loop = Calls()
+    assert consume(served, workspace, run=loop, progress=lambda _l: None) == []
+    assert loop.calls == []
+
+
+def test_take_refuses_a_taken_request_without_a_run_to_resume(
+    workspace: Workspace, served: Registry
+) -> None:
+    """A watcher working from an older list took a request another had just taken (or whose
+    run had just ended) and started a second loop run for it."""
+    req = _request(served)
+    assert take(served, req, "s").taken
+    again = take(served, req, "s")
+    assert not again.taken and again.why_not == "another watcher took it (no loop run to resume)"
+    run_id, _ = open_run(served, "s", champion_id=1, params={}, request_id=req)
+    assert take(served, req, "s").taken  # running: its driver may be gone, resumed
+    _set_run(served, run_id, "done")  # ended, not yet finished by its watcher
+    assert not take(served, req, "s").taken
+    _set_run(served, run_id, "interrupted")
+    assert take(served, req, "s").taken

@@ -1,6 +1,7 @@
 """`pomlia loop watch` stopped by a signal sent to its own process only (systemd's or
 Slurm's SIGTERM, a `kill -INT PID`): the local job it started is stopped, the loop run is
-recorded interrupted and its request open again, in one line, with exit status 128 + signal.
+recorded interrupted and its request left taken (for the next watcher), in one line, with
+exit status 128 + signal.
 
 Real processes: the watcher is `pomlia loop watch --once` in a process of its own, whose loop
 has one stage that runs a local job (a process tree of its own) and waits for it."""
@@ -99,7 +100,7 @@ def test_a_signal_to_the_watcher_alone_stops_its_job_and_records_the_run(
         run = s.get(LoopRun, 1)
         req = s.get(RetrainRequest, 1)
         assert run is not None and run.status == "interrupted" and run.stage == "harvest"
-        assert req is not None and req.status == "open"
+        assert req is not None and req.status == "taken"
     # The next watcher resumes the same loop run for the request.
     assert [(p.id, p.run_id) for p in pending(reg)] == [(1, 1)]
     assert open_run(reg, "s", champion_id=model.id, params={}, request_id=1) == (1, True)

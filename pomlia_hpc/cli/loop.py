@@ -371,7 +371,7 @@ def loop_watch(
 
     Exit status: 0 nothing failed (also: nothing to do, or requests held by another
     watcher); 1 a loop run it ran failed (its reason is printed); 2 bad options; 130 (Ctrl-C)
-    or 143 (SIGTERM): stopped, the loop run recorded interrupted, its request open again and
+    or 143 (SIGTERM): stopped, the loop run recorded interrupted, its request left taken and
     the local jobs it started stopped; the next watch resumes it."""
     from pomlia_hpc.loop.watch import check_interval, watch
 

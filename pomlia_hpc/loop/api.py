@@ -3,7 +3,9 @@
 The run's parameters are fixed when it is created: the champion, the harvest window (from the
 end of the window that built the champion's training data, or ``since``, to now) and the
 settings. A second call while a run of the slot is unfinished resumes that run (its settings,
-not the new ones); ``new=True`` starts another.
+not the new ones); ``new=True`` starts another. A run of a retrain request resumed by hand
+(``loop run SLOT``) takes that request and records how it ended, as the watcher does: left
+``open``, the next watcher would retrain for it again.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ import shlex
 from datetime import UTC, datetime
 
 from pomlia_hpc.errors import InputError
+from pomlia_hpc.loop import requests
 from pomlia_hpc.loop.claim import check_free
 from pomlia_hpc.loop.driver import LoopResult, Progress, Stage, open_run, run_stages
 from pomlia_hpc.loop.harvest import default_since, training_version
@@ -66,7 +69,18 @@ def run_loop(
         report_id=report_id,
         new=new,
     )
+    adopted = None
     if resumed:
         check_free(workspace, slot, run_id)  # held by another live driver: say so, not "resuming"
         progress(f"resuming loop run {run_id} of slot {slot} (its own settings and window)")
-    return run_stages(registry, workspace, run_id, stages, progress=progress)
+        if request_id is None:  # by hand: the watcher, which passes its request, settles it
+            adopted = requests.adopt(registry, run_id)
+    try:
+        result = run_stages(registry, workspace, run_id, stages, progress=progress)
+    except BaseException as exc:
+        if adopted is not None and not isinstance(exc, Exception):  # a stop: resumable
+            requests.release(registry, adopted)
+        raise
+    if adopted is not None:
+        requests.settle(registry, adopted, result)
+    return result

@@ -2,12 +2,18 @@
 
 - A watcher **takes** an open request in one transaction under the model's request lock
   (:func:`take`); other open requests of the same model are merged into it then (its loop run's
-  window, fixed now, holds their traffic), so one slot runs one loop for them.
+  window, fixed now, holds their traffic), so one slot runs one loop for them. A taken request
+  is taken again only to resume its unfinished loop run (and merges nothing: that run's window
+  was fixed before the later alarms). A loop run stopped by a signal leaves its request
+  ``taken`` (:func:`release`); ``loop run SLOT`` resuming a request's run takes the request
+  and records how it ended (:func:`adopt`, :func:`settle`).
 - A request is **obsolete** once every slot that served its model when the alarm rang has
   changed its champion since (:func:`stale_reason`): the alarm was about a model no longer
   served there, and a promotion back later must not start a retrain on that old alarm.
   :func:`retire_stale` marks them in the transaction that records a promotion or rollback;
-  the watcher applies the same rule to requests recorded before that.
+  the watcher applies the same rule to requests recorded before that. A ``taken`` request is
+  retired too when its loop run is ``interrupted`` (no driver at work on it): resuming that run
+  would retrain on the alarm of a model the slot no longer serves.
 - **Dismissed** by hand (:func:`dismiss`, ``pomlia loop dismiss``), with a reason.
 
 Closing a request stops its interrupted loop run (status ``stopped``): a later ``loop run
@@ -26,10 +32,12 @@ from sqlalchemy.orm import Session
 
 from pomlia_hpc.errors import InputError
 from pomlia_hpc.loop.claim import held_message, holder
-from pomlia_hpc.loop.driver import RESUMABLE
+from pomlia_hpc.loop.driver import INTERRUPTED, RESUMABLE, LoopResult
 from pomlia_hpc.monitor.requests import (
     CLOSED,
     DISMISSED,
+    DONE,
+    FAILED,
     MERGED,
     OBSOLETE,
     OPEN,
@@ -144,9 +152,33 @@ def _close(session: Session, row: RetrainRequest, status: str, **meta: Any) -> N
     )
 
 
+def _resumable_runs(session: Session, request_id: int) -> list[LoopRun]:
+    """The loop runs of request ``request_id`` that a driver may resume (running, interrupted)."""
+    return list(
+        session.scalars(
+            select(LoopRun).where(LoopRun.request_id == request_id, LoopRun.status.in_(RESUMABLE))
+        ).all()
+    )
+
+
+def _may_retire(session: Session, row: RetrainRequest, workspace: Workspace | None) -> bool:
+    """Whether ``row`` is one the stale rule may close: open, or taken with its loop run
+    recorded ``interrupted`` and none ``running`` (a driver at work finishes its own run). With
+    ``workspace``, an interrupted run a live driver holds (resuming it now) keeps it too."""
+    if row.status == OPEN:
+        return True
+    if row.status != TAKEN:
+        return False
+    runs = _resumable_runs(session, row.id)
+    if not runs or any(r.status != INTERRUPTED for r in runs):
+        return False  # taken by a watcher about to start its run, or one at work on it
+    return workspace is None or all(holder(workspace, r.slot, r.id) is None for r in runs)
+
+
 def retire_stale(session: Session, slot: str) -> list[int]:
-    """Mark obsolete the open requests of models that served ``slot`` and are stale now (call
-    it in the transaction that records the slot's new champion); returns their ids."""
+    """Mark obsolete the open requests of models that served ``slot`` and are stale now, and
+    the taken ones whose loop run is interrupted (call it in the transaction that records the
+    slot's new champion); returns their ids."""
     models = session.scalars(
         select(Promotion.model_id).where(Promotion.slot == slot).distinct()
     ).all()
@@ -155,9 +187,11 @@ def retire_stale(session: Session, slot: str) -> list[int]:
         lock_requests(session, model_id)
         for row in session.scalars(
             select(RetrainRequest).where(
-                RetrainRequest.model_id == model_id, RetrainRequest.status == OPEN
+                RetrainRequest.model_id == model_id, RetrainRequest.status.in_((OPEN, TAKEN))
             )
         ).all():
+            if not _may_retire(session, row, None):
+                continue
             reason = stale_reason(session, row)
             if reason is not None:
                 _close(session, row, OBSOLETE, outcome=f"obsolete: {reason}")
@@ -165,15 +199,18 @@ def retire_stale(session: Session, slot: str) -> list[int]:
     return retired
 
 
-def retire_if_stale(registry: Registry, request_id: int) -> str | None:
-    """Mark request ``request_id`` obsolete if it is open and stale; returns the reason."""
+def retire_if_stale(
+    registry: Registry, request_id: int, workspace: Workspace | None = None
+) -> str | None:
+    """Mark request ``request_id`` obsolete if it is stale and open (or taken with its loop run
+    interrupted, held by no live driver of ``workspace``); returns the reason."""
     with registry.session() as s:
         row = s.get(RetrainRequest, request_id)
         if row is None:
             return None
         lock_requests(s, row.model_id)
         s.refresh(row)
-        if row.status != OPEN:
+        if not _may_retire(s, row, workspace):
             return None
         reason = stale_reason(s, row)
         if reason is not None:
@@ -182,8 +219,10 @@ def retire_if_stale(registry: Registry, request_id: int) -> str | None:
 
 
 def take(registry: Registry, request_id: int, slot: str) -> Taken:
-    """Take request ``request_id`` for ``slot``: an open one (or a taken one whose loop run is
-    resumable) becomes ``taken``, and the model's other open requests are merged into it."""
+    """Take request ``request_id`` for ``slot``: an open one becomes ``taken`` and the model's
+    other open requests are merged into it; a taken one only while a loop run of it is running
+    or interrupted (to resume it; nothing merged). A request another watcher took, with no run
+    to resume (not started yet, or ended before it was finished), is refused."""
     with registry.session() as s:
         row = s.get(RetrainRequest, request_id)
         if row is None:
@@ -192,6 +231,13 @@ def take(registry: Registry, request_id: int, slot: str) -> Taken:
         s.refresh(row)  # as it is under the lock: another watcher may have taken it
         if row.status not in (OPEN, TAKEN):
             return Taken(False, why_not=f"it is {row.status} now")
+        if row.status == TAKEN:
+            # Checked in this transaction: a list read earlier may predate another's take.
+            if not _resumable_runs(s, row.id):
+                return Taken(False, why_not="another watcher took it (no loop run to resume)")
+            row.meta = {**(row.meta or {}), "slot": slot, "taken_at": utcnow().isoformat()}
+            row.updated_at = utcnow()
+            return Taken(True)  # its run's window is fixed: later alarms are not merged
         row.status = TAKEN
         row.meta = {**(row.meta or {}), "slot": slot, "taken_at": utcnow().isoformat()}
         row.updated_at = utcnow()
@@ -212,14 +258,61 @@ def take(registry: Registry, request_id: int, slot: str) -> Taken:
 
 
 def finish(registry: Registry, request_id: int, status: str, **meta: Any) -> None:
-    """Record how the request's loop run ended (``done``, ``failed``) or that it goes back to
-    ``open`` (its loop run was interrupted: the next watcher resumes it)."""
+    """Record how the request's loop run ended (``done``, ``failed``)."""
     with registry.session() as s:
         row = s.get(RetrainRequest, request_id)
         if row is not None:
             row.status = status
             row.meta = {**(row.meta or {}), **meta}
             row.updated_at = utcnow()
+
+
+def settle(registry: Registry, request_id: int, result: LoopResult) -> None:
+    """Record the end of request ``request_id``'s loop run: ``failed`` with its reason (retry
+    by hand with ``loop run SLOT``), else ``done`` (also when the gate stopped it)."""
+    if result.status == "failed":
+        finish(registry, request_id, FAILED, loop_run_id=result.run_id, outcome=result.message)
+    else:
+        outcome = f"{result.status} {result.message}".strip()
+        finish(registry, request_id, DONE, loop_run_id=result.run_id, outcome=outcome)
+
+
+def release(registry: Registry, request_id: int) -> None:
+    """After a stop (a signal) of the request's driver: the request stays ``taken`` while its
+    loop run can be resumed (its window is fixed; the next watcher resumes it), and is
+    ``open`` again when no run was started (nothing fixed: later alarms may join it)."""
+    with registry.session() as s:
+        row = s.get(RetrainRequest, request_id)
+        if row is None:
+            return
+        lock_requests(s, row.model_id)
+        s.refresh(row)
+        if row.status != TAKEN:
+            return
+        if _resumable_runs(s, row.id):
+            outcome = "interrupted; resumed by the next watch"
+        else:
+            row.status, outcome = OPEN, "stopped before its loop run started"
+        row.meta = {**(row.meta or {}), "outcome": outcome}
+        row.updated_at = utcnow()
+
+
+def adopt(registry: Registry, run_id: int) -> int | None:
+    """Take the request of loop run ``run_id`` (being resumed by ``loop run SLOT``): an open
+    or taken request becomes ``taken``; returns its id, or None (no request, or a closed one)."""
+    with registry.session() as s:
+        run = s.get(LoopRun, run_id)
+        row = s.get(RetrainRequest, run.request_id) if run and run.request_id else None
+        if run is None or row is None:
+            return None
+        lock_requests(s, row.model_id)
+        s.refresh(row)
+        if row.status not in (OPEN, TAKEN):
+            return None
+        row.status = TAKEN
+        row.meta = {**(row.meta or {}), "slot": run.slot, "taken_at": utcnow().isoformat()}
+        row.updated_at = utcnow()
+        return row.id
 
 
 def dismiss(registry: Registry, workspace: Workspace, request_id: int, reason: str) -> str:

@@ -16,7 +16,9 @@ is ``done`` (with the run's id and outcome in its ``meta``), or ``failed`` with 
   serves, and none did when it rang, is left open and reported once per watcher
   (``pomlia loop dismiss ID`` closes it).
 - A signal that stops the watcher (SIGTERM, SIGINT) records the loop run ``interrupted`` and
-  puts its request back to ``open``: the next watcher resumes it.
+  leaves its request ``taken``: the next watcher resumes that run, and later alarms make a new
+  request (their traffic is not in the run's fixed window). A slot that moves on meanwhile
+  retires the request (``obsolete``) and stops the run.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from pomlia_hpc.loop.api import run_loop
 from pomlia_hpc.loop.claim import LoopBusyError, held_message, holder
 from pomlia_hpc.loop.driver import LoopResult, Progress
 from pomlia_hpc.loop.stages import LoopSettings, check_settings
-from pomlia_hpc.monitor.requests import DONE, FAILED, OPEN
+from pomlia_hpc.monitor.requests import FAILED
 from pomlia_hpc.registry import Model, Promotion, Registry
 from pomlia_hpc.workspace import Workspace
 
@@ -100,7 +102,7 @@ def _skip_reason(
 ) -> str | None:
     """Why the watcher does not act on ``req`` in this pass (None: it does); the empty string
     for a request already reported (nothing more to say)."""
-    if req.status == OPEN and (stale := requests.retire_if_stale(registry, req.id)):
+    if stale := requests.retire_if_stale(registry, req.id, workspace):
         return f"obsolete, closed: {stale}"
     if slot is None:
         if req.id in state.reported:
@@ -185,23 +187,16 @@ def _run_one(
         requests.finish(registry, req.id, FAILED, outcome=str(exc))
         return Handled(req.id, slot, None, str(exc))
     except BaseException:
-        # A stop (SIGTERM, SIGINT): the run was recorded interrupted; the request is open
-        # again so that the next watcher resumes it (and a change of slot can retire it).
-        requests.finish(registry, req.id, OPEN, outcome="interrupted; resumed by the next watch")
+        # A stop (SIGTERM, SIGINT): the run was recorded interrupted; the request stays taken
+        # (the run's window is fixed) for the next watcher to resume, or a change of slot to
+        # retire; open again only when no run was started.
+        requests.release(registry, req.id)
         raise
     out = Handled(req.id, slot, result)
     if result.status == "failed":
         # Left failed: not retried in a tight loop; `pomlia loop run SLOT` retries it by hand.
         progress(f"retrain request {req.id}: {out.message}")
-        requests.finish(registry, req.id, FAILED, loop_run_id=result.run_id, outcome=result.message)
-    else:
-        requests.finish(
-            registry,
-            req.id,
-            DONE,
-            loop_run_id=result.run_id,
-            outcome=f"{result.status} {result.message}".strip(),
-        )
+    requests.settle(registry, req.id, result)
     return out
 
 

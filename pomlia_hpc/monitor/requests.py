@@ -4,7 +4,8 @@ A request's ``status`` goes ``open`` → ``taken`` (a watcher runs its loop run)
 ``failed``; an ``open`` one may also end ``dismissed`` (by hand, ``pomlia loop dismiss``),
 ``obsolete`` (the slot that served its model moved to another model: the alarm was about a
 model no longer served) or ``merged`` (folded into another open request of the same model).
-A loop run stopped by a signal puts its request back to ``open``; the next watcher resumes it.
+A loop run stopped by a signal leaves its request ``taken``; the next watcher resumes it (a
+later alarm makes a new request: its traffic is not in that run's fixed window).
 
 One open request per model: an alarm while the model has an open request is added to it
 (:func:`record_alarm`: ``meta["alarms"]`` counts them, ``meta["last_alarm"]`` holds the newest
