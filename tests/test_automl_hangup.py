@@ -117,3 +117,34 @@ def test_resume_without_study_prefers_the_newest_unfinished_study(
     assert "study v-9009 on task blood" in out, out
     (study_dir(workspace, "v-9009") / SUMMARY_FILE).write_text("{}")
     assert study_to_resume(workspace, "blood") == ("done", "")  # all finished: the newest
+
+
+def test_resume_without_study_passes_over_studies_of_a_pipeline_or_a_loop_run(
+    workspace: Workspace, reg: Registry
+) -> None:
+    """An abandoned loop study (newer, unfinished) was resumed and started trials."""
+    import json
+
+    from pomlia_hpc.errors import InputError
+
+    tiny_task(workspace, reg, "blood", sizes=(64, 24, 24))
+    tiny_study(reg, workspace, "blood", "mine")
+    (study_dir(workspace, "mine") / SUMMARY_FILE).write_text("{}")  # finished
+    tiny_study(reg, workspace, "blood", "s-loop7", loop_run=7)
+    tiny_study(reg, workspace, "blood", "nightly-blood-0a1b2c3d", pipeline="nightly")
+    assert json.loads((study_dir(workspace, "s-loop7") / "study.json").read_text())["loop_run"] == 7
+    assert study_to_resume(workspace, "blood") == ("mine", "")
+    # A loop study made before the loop run was recorded: told by its name and task.
+    tiny_task(workspace, reg, "p-loop3", sizes=(64, 24, 24))
+    tiny_study(reg, workspace, "p-loop3", "p-loop3")
+    spec_file = study_dir(workspace, "p-loop3") / "study.json"
+    data = json.loads(spec_file.read_text())
+    del data["loop_run"]
+    spec_file.write_text(json.dumps(data))
+    with pytest.raises(InputError) as err:
+        study_to_resume(workspace, "p-loop3")
+    assert "task 'p-loop3' has no study of `automl run` to resume" in str(err.value)
+    assert "p-loop3 (loop run 3)" in str(err.value)
+    res = CliRunner().invoke(app, ["automl", "run", "p-loop3", "--resume"])
+    assert isinstance(res.exception, InputError), res.output  # one line, exit status 2
+    assert "p-loop3 (loop run 3)" in str(res.exception)

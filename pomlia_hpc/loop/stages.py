@@ -341,6 +341,7 @@ def automl_stage(ctx: LoopContext) -> StageOutput:
             encoder=champion_encoder(ctx.registry, champ, archs),
             init_model=str(champ.id) if fine_tune else None,
             recent_share=effective_recent_share(ctx, cfg.recent_share),
+            loop_run=ctx.run_id,  # resumed by this loop run, not by `automl run --resume`
             **cfg.study_options(),
         )
         kept = spec.initial_configs

@@ -58,6 +58,7 @@ def create_study(
     final_full_budget: bool = False,
     recent_share: float | None = None,
     pipeline: str | None = None,
+    loop_run: int | None = None,
 ) -> StudySpec:
     """Validate the arguments, prepare initial weights, and write the study's ``study.json``.
 
@@ -74,7 +75,8 @@ def create_study(
     checkpoint) after the search, outside the budget. ``recent_share``: on a harvested dataset
     version (:mod:`pomlia_hpc.data.harvest`), the share of every epoch drawn from its new
     (production) training images. ``pipeline``: the pipeline whose automl stage creates the study,
-    recorded in ``study.json`` as its owner."""
+    recorded in ``study.json`` as its owner; ``loop_run``: likewise the loop run whose automl
+    stage creates it (``automl run --resume`` without ``--study`` passes over both)."""
     t, version, ref = _checked_task(registry, task)
     _check_initial_task(initial_source, initial_task, t.name)
     stamp = datetime.now(UTC)
@@ -126,6 +128,7 @@ def create_study(
         recent_share=recent_share,
         created_at=stamp.isoformat(),
         pipeline=pipeline,
+        loop_run=loop_run,
     )
     _claim_study(workspace, spec)
     return spec

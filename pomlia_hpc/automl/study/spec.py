@@ -5,6 +5,7 @@ back strictly: an unknown or mistyped key is one error naming the file and the k
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -12,6 +13,7 @@ from pydantic import BaseModel, ConfigDict, StrictBool, StrictInt, ValidationErr
 
 from pomlia_hpc.automl.folders import (
     SPEC_FILE,
+    owning_pipeline,
     spec_files,
     study_dir,
     study_finished,
@@ -28,6 +30,8 @@ from pomlia_hpc.workspace import Workspace
 #: Longest study name (its best model is ``<study>-best``, at most 128).
 STUDY_NAME_MAX = 96
 OPTIMIZERS = ("smac", "random")
+#: The name of a loop run's study (and task): ``<slot>-loop<run id>``.
+_LOOP_NAME = re.compile(r".+-loop(\d+)")
 
 
 class StudyOptions(BaseModel):
@@ -166,6 +170,10 @@ class StudySpec(BaseModel):
     #: without the key is one made before owners were recorded
     #: (:func:`~pomlia_hpc.automl.folders.owning_pipeline`).
     pipeline: str | None = None
+    #: The loop run whose automl stage created the study (resumed by resuming that loop run,
+    #: ``pomlia loop run SLOT``); None: not made by the loop. Studies made before it was
+    #: recorded are told by their name and task, both ``<slot>-loop<run>``.
+    loop_run: int | None = None
 
     @property
     def extra_encoder(self) -> str | None:
@@ -223,8 +231,20 @@ def study_to_resume(workspace: Workspace, task: str) -> tuple[str, str]:
     """The study of ``task`` that ``--resume`` without ``--study`` takes up, and a note ("" or
     why it is not the newest): the newest study not finished (no ``summary.json``: stopped,
     interrupted, its runs stale), else the newest. A finished newest study beside an
-    unfinished older one would only report its result again and leave the other stale."""
-    studies = _task_studies(workspace, task)
+    unfinished older one would only report its result again and leave the other stale.
+
+    Only studies of ``automl run`` count: one a pipeline or a loop run made is resumed by that
+    pipeline or loop run (resumed here, it would start trials nobody asked for). An
+    :class:`InputError` naming them when the task has no other."""
+    found = _task_studies(workspace, task)
+    studies = [(at, name) for at, name, owner in found if not owner]
+    if not studies:
+        owned = ", ".join(f"{name} ({owner})" for _, name, owner in found)
+        raise InputError(
+            f"task '{task}' has no study of `automl run` to resume; its studies belong to a "
+            f"pipeline or a loop run, which resume them: {owned}. Name one with --study NAME "
+            "--resume to take it up all the same"
+        )
     newest = studies[0][1]
     unfinished = [name for _, name in studies if not study_finished(workspace, name)]
     if not unfinished or unfinished[0] == newest:
@@ -235,16 +255,34 @@ def study_to_resume(workspace: Workspace, task: str) -> tuple[str, str]:
     )
 
 
-def _task_studies(workspace: Workspace, task: str) -> list[tuple[str, str]]:
-    """(created_at, name) of the studies of ``task``, newest first; NotFoundError if none."""
-    found: list[tuple[str, str]] = []
+def _task_studies(workspace: Workspace, task: str) -> list[tuple[str, str, str]]:
+    """(created_at, name, owner) of the studies of ``task``, newest first; the owner is ""
+    for a study of ``automl run``, else "pipeline P" or "loop run N". NotFoundError if none."""
+    found: list[tuple[str, str, str]] = []
     for spec_file in spec_files(workspace):
         data = json.loads(spec_file.read_text())
         if data.get("task") == task:
-            found.append((str(data.get("created_at", "")), str(data["name"])))
+            name = str(data["name"])
+            owner = _owner(workspace, name, data)
+            found.append((str(data.get("created_at", "")), name, owner))
     if not found:
         raise NotFoundError(f"no study of task '{task}' to resume in {workspace.path('runs')}")
     return sorted(found, reverse=True)
+
+
+def _owner(workspace: Workspace, name: str, data: dict[str, Any]) -> str:
+    """Who made study ``name`` (its ``study.json`` as ``data``), if not ``automl run``."""
+    pipeline = owning_pipeline(workspace, name)
+    if pipeline is not None:
+        return f"pipeline {pipeline}"
+    if "loop_run" in data:
+        run = data["loop_run"]
+        return f"loop run {run}" if run is not None else ""
+    # Made before the loop run was recorded: the loop names its task and study <slot>-loop<run>.
+    legacy = _LOOP_NAME.fullmatch(name)
+    if legacy and str(data.get("task")) == name[:64]:
+        return f"loop run {legacy.group(1)}"
+    return ""
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
