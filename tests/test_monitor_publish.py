@@ -99,3 +99,87 @@ def test_a_full_disk_is_one_message_and_leaves_nothing(
     assert list(final.parent.iterdir()) == []
     with reg.session() as s:
         assert s.scalar(select(func.count()).select_from(MonitorReport)) == 0
+
+
+def test_a_report_not_published_takes_back_only_its_own_alarm(
+    workspace: Workspace, reg: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Undoing a report whose alarm was added to an open request deleted the whole request,
+    with the alarms of the other runs it held."""
+    from pomlia_hpc.monitor.requests import record_alarm
+    from pomlia_hpc.registry import Model, RetrainRequest
+
+    with reg.session() as s:
+        model = Model(name="m")
+        s.add(model)
+        s.flush()
+        model_id = int(model.id)
+    parent = workspace.path("reports", "m")
+
+    def alarming(name: str) -> tuple[int, int]:
+        final = parent / name
+
+        def record() -> tuple[int, int]:
+            with reg.session() as s:
+                row = MonitorReport(model_id=model_id, report_path=str(final / "report.json"))
+                s.add(row)
+                s.flush()
+                got = record_alarm(s, model_id=model_id, report_id=row.id, reason="mmd", meta={})
+                return int(row.id), got.request_id
+
+        return publish_report(reg, final, {"report.json": "{}"}, record)
+
+    def unpublishable(name: str) -> None:
+        def refused(_staged: Path, _final: Path) -> bool:
+            raise OSError(13, "Permission denied")
+
+        with monkeypatch.context() as m:
+            m.setattr(publish, "publish_dir", refused)
+            with pytest.raises(PomliaError, match="could not be published"):
+                alarming(name)
+
+    def request(request_id: int) -> tuple[str, int | None, dict[str, object]] | None:
+        with reg.session() as s:
+            row = s.get(RetrainRequest, request_id)
+            return None if row is None else (row.status, row.monitor_report_id, dict(row.meta))
+
+    first, req = alarming("20261201T020000Z-aaaaaa")
+    unpublishable("20261202T020000Z-bbbbbb")  # added to request `req`, then taken back
+    got = request(req)
+    assert got is not None and got[1] == first
+    assert got[2]["alarms"] == 1 and "last_alarm" not in got[2] and got[2]["alarm_reports"] == []
+    second, again = alarming("20261203T020000Z-cccccc")
+    assert again == req
+    unpublishable("20261204T020000Z-dddddd")
+    got = request(req)
+    assert got is not None and got[2]["alarms"] == 2 and got[2]["alarm_reports"] == [second]
+    assert got[2]["last_alarm"]["report_id"] == second  # type: ignore[index]
+    with reg.session() as s:
+        row = s.get(RetrainRequest, req)
+        assert row is not None
+        row.status = "done"
+        assert s.scalar(select(func.count()).select_from(MonitorReport)) == 2
+    unpublishable("20261205T020000Z-eeeeee")  # its own new request: deleted with it
+    with reg.session() as s:
+        assert s.scalar(select(func.count()).select_from(RetrainRequest)) == 1
+        assert s.scalar(select(func.count()).select_from(MonitorReport)) == 2
+    # Another run's alarm joins the request this report created before its folder fails.
+    joined: list[int] = []
+    with monkeypatch.context() as m:
+
+        def refused(_staged: Path, _final: Path) -> bool:
+            with reg.session() as s:
+                row = MonitorReport(model_id=model_id, report_path="elsewhere/report.json")
+                s.add(row)
+                s.flush()
+                record_alarm(s, model_id=model_id, report_id=row.id, reason="psi", meta={})
+                joined.append(int(row.id))
+            raise OSError(13, "Permission denied")
+
+        m.setattr(publish, "publish_dir", refused)
+        with pytest.raises(PomliaError, match="could not be published"):
+            alarming("20261206T020000Z-ffffff")
+    with reg.session() as s:
+        rows = s.scalars(select(RetrainRequest).where(RetrainRequest.status == "open")).all()
+        assert len(rows) == 1 and rows[0].monitor_report_id == joined[0]
+        assert rows[0].meta["alarms"] == 1 and "last_alarm" not in rows[0].meta

@@ -28,8 +28,9 @@ from sqlalchemy import delete, select
 
 from pomlia_hpc.errors import PomliaError
 from pomlia_hpc.files import TEMP_SUFFIX, fsync_tree, publish_dir, temp_name, temp_writer
+from pomlia_hpc.monitor.requests import take_back_alarm
 from pomlia_hpc.processes import pid_alive
-from pomlia_hpc.registry import MonitorReport, Registry, RetrainRequest
+from pomlia_hpc.registry import MonitorReport, Registry
 
 T = TypeVar("T")
 
@@ -98,13 +99,19 @@ def _unwritable(final: Path, exc: OSError) -> PomliaError:
 
 
 def _undo(registry: Registry, final: Path, staged: Path) -> None:
-    """Take back a recording whose folder could not be published: its rows are deleted, then
-    the staged folder removed. If the rows cannot be deleted the staged folder stays, for the
-    next run to publish (a row without its folder must not be left)."""
+    """Take back a recording whose folder could not be published: its report row is deleted
+    and its alarm taken back (:func:`~pomlia_hpc.monitor.requests.take_back_alarm`: a request
+    holding other runs' alarms stays), then the staged folder removed. If the rows cannot be
+    changed the staged folder stays, for the next run to publish (a row without its folder
+    must not be left)."""
     try:
         with registry.session() as s:
-            ids = select(MonitorReport.id).where(MonitorReport.report_path == _row_path(final))
-            s.execute(delete(RetrainRequest).where(RetrainRequest.monitor_report_id.in_(ids)))
+            rows = s.scalars(
+                select(MonitorReport).where(MonitorReport.report_path == _row_path(final))
+            ).all()
+            for row in rows:
+                take_back_alarm(s, row.id, row.model_id)
+            s.flush()  # the requests no longer name the report before it goes
             s.execute(delete(MonitorReport).where(MonitorReport.report_path == _row_path(final)))
     except Exception:
         return

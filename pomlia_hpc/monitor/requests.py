@@ -9,8 +9,10 @@ later alarm makes a new request: its traffic is not in that run's fixed window).
 
 One open request per model: an alarm while the model has an open request is added to it
 (:func:`record_alarm`: ``meta["alarms"]`` counts them, ``meta["last_alarm"]`` holds the newest
-one's time, report and reasons), so five alarming monitor runs over the same traffic ask for
-one retrain, not five. The loop lives above this room and imports these names; the monitor
+one's time, report and reasons, and ``previous``, the one before; ``meta["alarm_reports"]`` the
+reports of the alarms added), so five alarming monitor runs over the same traffic ask for
+one retrain, not five. A report that could not be published takes its alarm back
+(:func:`take_back_alarm`). The loop lives above this room and imports these names; the monitor
 may not import the loop.
 """
 
@@ -88,7 +90,55 @@ def record_alarm(
         session.flush()
         return AlarmRecorded(row.id, False, 1)
     count = alarm_count(row) + 1
-    last = {"at": utcnow().isoformat(), "report_id": report_id, "reason": reason, **meta}
-    row.meta = {**(row.meta or {}), "alarms": count, "last_alarm": last}  # a new dict: seen
+    old = dict(row.meta or {})
+    last: dict[str, Any] = {
+        "at": utcnow().isoformat(),
+        "report_id": report_id,
+        "reason": reason,
+        **meta,
+    }
+    if old.get("last_alarm"):  # one level: what taking this alarm back restores
+        last["previous"] = {k: v for k, v in old["last_alarm"].items() if k != "previous"}
+    added = [*old.get("alarm_reports", []), report_id]
+    # a new dict: SQLAlchemy sees the change
+    row.meta = {**old, "alarms": count, "last_alarm": last, "alarm_reports": added}
     row.updated_at = utcnow()
     return AlarmRecorded(row.id, True, count)
+
+
+def take_back_alarm(session: Session, report_id: int, model_id: int | None) -> None:
+    """Undo what :func:`record_alarm` did for report ``report_id`` (of model ``model_id``; None:
+    unknown), whose report is taken back: a request it created and that holds no other alarm
+    is deleted; otherwise its alarm is taken out of the request (the count lowered, the newest
+    alarm before it restored). A request it created that holds later alarms stands for them,
+    its report the first later one's."""
+    if model_id is not None:
+        lock_requests(session, model_id)
+    q = select(RetrainRequest)
+    if model_id is not None:
+        q = q.where(RetrainRequest.model_id == model_id)
+    for row in session.scalars(q.order_by(RetrainRequest.id)).all():
+        meta = dict(row.meta or {})
+        added = [int(i) for i in meta.get("alarm_reports", [])]
+        last = dict(meta.get("last_alarm") or {})
+        created = row.monitor_report_id == report_id
+        if not created and report_id not in added and last.get("report_id") != report_id:
+            continue
+        count = alarm_count(row)
+        if created and count <= 1 and row.status == OPEN:
+            session.delete(row)  # its own request, which no other alarm joined
+            continue
+        if created:  # later alarms joined (or a watcher took it): it stands for them now
+            row.monitor_report_id = added.pop(0) if added else None
+        else:
+            added = [i for i in added if i != report_id]
+        if last.get("report_id") == report_id:
+            last = dict(last.get("previous") or {})
+        meta["alarms"] = max(1, count - 1)
+        meta["alarm_reports"] = added
+        if last and meta["alarms"] > 1:
+            meta["last_alarm"] = last
+        else:  # one alarm left: the request's own, no "last" beside it
+            meta.pop("last_alarm", None)
+        row.meta = meta
+        row.updated_at = utcnow()
