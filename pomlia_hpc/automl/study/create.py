@@ -72,11 +72,9 @@ def create_study(
     the spec keeps the reasons in ``dropped_initial``. Otherwise either is an error (the random
     optimizer runs the first ``n_trials`` of them). ``final_full_budget``: when the best
     configuration trained fewer than ``max_epochs``, train it on to ``max_epochs`` (from its
-    checkpoint) after the search, outside the budget. ``recent_share``: on a harvested dataset
-    version (:mod:`pomlia_hpc.data.harvest`), the share of every epoch drawn from its new
-    (production) training images. ``pipeline``: the pipeline whose automl stage creates the study,
-    recorded in ``study.json`` as its owner; ``loop_run``: likewise the loop run whose automl
-    stage creates it (``automl run --resume`` without ``--study`` passes over both)."""
+    checkpoint) after the search, outside the budget. ``recent_share``: on a harvested version
+    (:mod:`pomlia_hpc.data.harvest`), the share of every epoch from its production images;
+    ``pipeline``/``loop_run``: the study's owner (``--resume`` without ``--study`` skips it)."""
     t, version, ref = _checked_task(registry, task)
     _check_initial_task(initial_source, initial_task, t.name)
     stamp = datetime.now(UTC)
@@ -109,9 +107,8 @@ def create_study(
         enc, model = _initial_weights(registry, folder, store.image_shape[2], encoder, init_model)
         opts = _space_options(space or SpaceOptions(), enc, model, extra_data)
         cs = build_space(opts, seed=seed)
-        initial, dropped = _warm_start(
-            initial_configs or [], cs, optimizer, n_trials, drop_unfit_initial, initial_source
-        )
+        warm = (cs, optimizer, n_trials, drop_unfit_initial, initial_source)
+        initial, dropped = _warm_start(initial_configs or [], *warm)
     eng = _engine_options(engine, resources, load_cluster_profile(executor).cpus_per_task)
     spec = StudySpec(
         options=options,
