@@ -114,7 +114,10 @@ def test_image_kinds_ingest_accepts_are_served_like_ingest_reads_them(
     if mode in ("P", "RGB", "RGBA"):  # a colour file for a grey model: ingest made it colour
         body = png(grey, mode)
         resp = client.post("/v1/predict", content=body, headers={"content-type": "image/png"})
-        assert resp.status_code == 400 and "3 channel(s), the model expects 1" in resp.text
+        assert (
+            resp.status_code == 400
+            and "3 channel(s) (colour), the model expects 1 (grey)" in resp.text
+        )
         return
     assert probabilities(client, png(grey, mode), "image/png") == pytest.approx(want, abs=1e-6)
 
