@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import base64
 import html
+import math
 import os
 import urllib.parse
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeGuard
 
 CSS = """
 body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:0;color:#1b1f24;
@@ -55,12 +56,31 @@ def cut(text: Any, limit: int) -> str:
     return raw if len(raw) <= limit else raw[: limit - 1] + "…"
 
 
+#: What the report shows for an undefined number (a metric not recorded, NaN or infinite):
+#: an empty cell reads as "not filled in" and Python's ``nan`` as a bug.
+NA = "n/a"
+
+
+def is_number(value: Any) -> TypeGuard[int | float]:
+    """Whether ``value`` is a finite int or float (a bool is not a number here)."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return False
+    return math.isfinite(value)
+
+
+def metric_text(value: Any, digits: int = 3) -> str:
+    """A metric (unitless, or in the unit its column names) to ``digits`` decimals, or
+    :data:`NA` when it is undefined: not recorded (None), not a number, NaN or infinite."""
+    return f"{value:.{digits}f}" if is_number(value) else NA
+
+
 def fmt(value: Any, digits: int = 4) -> str:
-    """A number short enough for a table cell; anything else as text."""
+    """A number short enough for a table cell (``digits`` significant digits; :data:`NA` for
+    NaN or infinity); anything else as text."""
     if isinstance(value, bool) or value is None:
         return esc(value if value is not None else "")
     if isinstance(value, float):
-        return esc(f"{value:.{digits}g}")
+        return esc(f"{value:.{digits}g}" if math.isfinite(value) else NA)
     return esc(value)
 
 

@@ -23,7 +23,7 @@ from pomlia_hpc.registry import (
     Task,
 )
 from pomlia_hpc.report import figures
-from pomlia_hpc.report.html import cut, esc, png, status_span, table
+from pomlia_hpc.report.html import NA, cut, esc, is_number, metric_text, png, status_span, table
 from pomlia_hpc.workspace import Workspace
 
 #: Trials listed per study (the newest); the curve shows all of them.
@@ -49,9 +49,9 @@ def studies_page(registry: Registry, workspace: Workspace, folder: Path) -> str 
     for study, members in by_study.items():
         task = tasks.get(members[0].task_id or -1)
         metric = task.metric if task else "metric"
-        objectives = [
-            (r.metrics or {}).get("objective") if r.status == "ok" else None for r in members
-        ]
+        # An undefined objective (None, NaN: an AUC of one class) is no point on the curve
+        # and no best; its cell says n/a.
+        objectives = [_objective(r) for r in members]
         ok = [o for o in objectives if o is not None]
         crashed = sum(1 for r in members if r.status == "crashed")
         overview.append(
@@ -60,7 +60,7 @@ def studies_page(registry: Registry, workspace: Workspace, folder: Path) -> str 
                 task.name if task else "",
                 len(members),
                 crashed,
-                f"{metric} {max(ok):.3f}" if ok else "",
+                f"{metric} {max(ok):.3f}" if ok else NA,
             ]
         )
         parts.append(f"<h2>Study {esc(study)}</h2>")
@@ -78,8 +78,8 @@ def studies_page(registry: Registry, workspace: Workspace, folder: Path) -> str 
                     esc(config_summary(r.config or {})),
                     esc(_epochs(m.get("epochs", r.budget))),
                     status_span(r.status),
-                    esc(_num(m.get("objective"))),
-                    esc(_num((m.get("test") or {}).get(metric))),
+                    esc(metric_text(m.get("objective"))),
+                    esc(metric_text((m.get("test") or {}).get(metric))),
                     esc(_num(r.cost_s, 1)),
                     # The registry's job id, as `runs list` and `jobs show` name it; the
                     # scheduler's id (a Slurm job id, a local pid) only in its own column.
@@ -112,11 +112,16 @@ def studies_page(registry: Registry, workspace: Workspace, folder: Path) -> str 
     return head + "".join(parts)
 
 
+def _objective(r: Run) -> float | None:
+    """A finished run's validation metric; None when it crashed, runs or has none defined."""
+    value = (r.metrics or {}).get("objective")
+    return float(value) if r.status == "ok" and is_number(value) else None
+
+
 def _num(x: Any, digits: int = 3) -> str:
-    """A metric (or, with ``digits=1``, a cost in seconds) as ``runs list`` shows it."""
-    if not isinstance(x, int | float) or isinstance(x, bool):
-        return ""
-    return f"{x:.{digits}f}"
+    """A number (a cost in seconds, with ``digits=1``) as ``runs list`` shows it; metrics
+    go through :func:`~pomlia_hpc.report.html.metric_text` (n/a when undefined)."""
+    return f"{x:.{digits}f}" if is_number(x) else ""
 
 
 def _epochs(x: Any) -> str:

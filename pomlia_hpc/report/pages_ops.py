@@ -14,7 +14,17 @@ from sqlalchemy import select
 from pomlia_hpc.monitor.history import NOT_TESTED, is_tested
 from pomlia_hpc.registry import Model, MonitorReport, Registry
 from pomlia_hpc.report import figures
-from pomlia_hpc.report.html import cut, esc, png, relative_href, status_span, table
+from pomlia_hpc.report.html import (
+    NA,
+    cut,
+    esc,
+    is_number,
+    metric_text,
+    png,
+    relative_href,
+    status_span,
+    table,
+)
 from pomlia_hpc.workspace import Workspace
 
 #: The file of a pipeline's last run (written by the pipeline room; read here as plain JSON,
@@ -75,7 +85,8 @@ def monitor_panels(
 
 
 def _is_num(v: Any) -> bool:
-    return isinstance(v, int | float) and not isinstance(v, bool)
+    """A finite number (NaN is no point on a chart, and is shown as n/a in a table)."""
+    return is_number(v)
 
 
 def _numbers(r: MonitorReport) -> dict[str, float]:
@@ -103,10 +114,10 @@ def _report_row(r: MonitorReport, time: str, folder: Path) -> list[str]:
     labels = ""
     if perf:
         labels = str(perf.get("labels", ""))
-        if _is_num(perf.get("accuracy")):
-            labels += f", accuracy {perf['accuracy']:.3f}"
-    elif _is_num(m.get("accuracy")):
-        labels = f"accuracy {m['accuracy']:.3f}"
+        if "accuracy" in perf:  # recorded, maybe undefined (no labels): n/a, never "nan"
+            labels += f", accuracy {metric_text(perf['accuracy'])}"
+    elif "accuracy" in m:
+        labels = f"accuracy {metric_text(m['accuracy'])}"
     return [
         esc(r.id),
         esc(time),
@@ -131,8 +142,8 @@ def _tests_html(drift: dict[str, Any]) -> str:
             text = f"{name} p={p:.3g}" if _is_num(p) else f"{name} (no p-value)"
             rejected = f"<span class='bad'>{esc(text)} rejected</span>"
             lines.append(rejected if t.get("rejected") else esc(text))
-        elif _is_num(t):
-            lines.append(esc(f"{name} {t:.3g}"))
+        elif isinstance(t, float | int) and not isinstance(t, bool):
+            lines.append(esc(f"{name} {t:.3g}" if _is_num(t) else f"{name} {NA}"))
         else:
             lines.append(esc(cut(f"{name} {t}", 80)))
     return "<br>".join(lines) or "<span class='muted'>none</span>"

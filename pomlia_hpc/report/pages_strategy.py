@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import select
 
 from pomlia_hpc.registry import Recommendation, Registry
-from pomlia_hpc.report.html import esc, table
+from pomlia_hpc.report.html import NA, esc, is_number, metric_text, table
 from pomlia_hpc.strategy.outcomes import Outcome, score_answers
 from pomlia_hpc.workspace import Workspace
 
@@ -22,7 +22,8 @@ def _strategy(s: dict[str, Any]) -> str:
 
 
 def _num(x: Any, digits: int = 3) -> str:
-    return f"{x:.{digits}f}" if isinstance(x, int | float) and not isinstance(x, bool) else ""
+    """A weight, cost or count; empty when not recorded (metrics: ``metric_text``, n/a)."""
+    return f"{x:.{digits}f}" if is_number(x) else ""
 
 
 def _expected(x: dict[str, Any]) -> str:
@@ -30,10 +31,10 @@ def _expected(x: dict[str, Any]) -> str:
     behind it; no spread where one data set carries the weight (``spread`` None) or where an
     answer recorded before learner version 6 gave none."""
     expected = x.get("expected")
-    if expected is None:
-        return ""
+    if not is_number(expected):
+        return NA
     spread = x.get("spread")
-    text = f"{expected:.3f}" + ("" if spread is None else f" ± {spread:.3f}")
+    text = f"{expected:.3f}" + (f" ± {spread:.3f}" if is_number(spread) else "")
     if x.get("expected_of_published"):
         text += "*"
     return text + (f" (n={x['n_eff']:.1f})" if x.get("n_eff") else "")
@@ -55,7 +56,8 @@ def _since(o: Outcome | None) -> str:
     told = (
         "; regret (points) of its " + ", ".join(regrets) if regrets else "; none of its picks ran"
     )
-    return f"Since: {o.n_runs} run(s), the best {_num(o.best_value)} (run {o.best_run_id}){told}."
+    best = metric_text(o.best_value)
+    return f"Since: {o.n_runs} run(s), the best {best} (run {o.best_run_id}){told}."
 
 
 def _cost(cost: dict[str, Any]) -> str:
@@ -76,7 +78,8 @@ def _strategies_table(out: dict[str, Any], metric: str) -> str:
     for x in found:
         note = x.get("note")
         ev = "; ".join(
-            f"{e.get('dataset')} {_num(e.get('value'))}" for e in (x.get("evidence") or [])[:2]
+            f"{e.get('dataset')} {metric_text(e.get('value'))}"
+            for e in (x.get("evidence") or [])[:2]
         )
         rate = x.get("failure_rate")
         rows.append(
@@ -86,7 +89,7 @@ def _strategies_table(out: dict[str, Any], metric: str) -> str:
                 _expected(x),
                 _cost(x.get("cost") or {}),
                 _num((x.get("cost") or {}).get("gpu_hours")),
-                *([_num(rate, 2) if rate is not None else "no runs"] if with_failures else []),
+                *([metric_text(rate, 2) if rate is not None else "no runs"] * with_failures),
                 ev,
             ]
         )
