@@ -18,8 +18,10 @@ def report(
     ] = None,
 ) -> None:
     """Write a static, self-contained HTML report of the workspace (opens without a server):
-    an overview with counts, then datasets, fingerprints, recommendations, studies, models and
-    deployments, monitor history, pipelines (each page only when there is something on it)."""
+    an overview with counts, then datasets (the current version of each marked), fingerprints
+    (figures of each dataset's current version), recommendations, studies, models and
+    deployments, monitor history, pipelines (each page only when there is something on it).
+    Undefined metrics read n/a."""
     from pomlia_hpc.report import build_report
 
     res = build_report(

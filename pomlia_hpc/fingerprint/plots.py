@@ -3,7 +3,8 @@
 * Figure 5 (``latent_scatter.png``): test-split embeddings of each dataset, one colour per
   dataset, with a legend.
 * Figure 6 (``latent_means.png``): each dataset's mean embedding, labelled (``pomlia plot
-  latent``: only for two datasets or more, :func:`latent_figures`).
+  latent``, the report and the pipeline's ``figures`` stage: only for two datasets or more,
+  :func:`latent_figures`).
 
 For ``d = 2`` the latent axes are plotted as they are; for ``d > 2`` both figures use the same
 2-D PCA projection, fitted on the pooled test embeddings (axis labels say so). Files are written
@@ -122,7 +123,8 @@ def plot_encoder_latent(
     """Figures 5 and 6 for ``datasets`` (default: every dataset with usable embeddings under
     ``encoder`` (:mod:`.usable`), its current such version only unless ``all_versions``; the
     versions left out as unusable are appended to ``left_out``), using up to
-    :data:`SCATTER_MAX` test embeddings per dataset. A dataset given by name must be usable."""
+    :data:`SCATTER_MAX` test embeddings per dataset. A dataset given by name must be usable.
+    Draws Figure 6 also for one dataset; what a user sees uses :func:`latent_figures`."""
     enc = get_encoder(registry, encoder)
     samples, means = _gather(registry, enc, datasets, all_versions, left_out)
     return plot_latent(samples, means, out_dir, title=f"encoder {enc.name}")

@@ -308,7 +308,7 @@ def _index_there(_ctx: StageContext, out: dict[str, Any]) -> bool:
 
 
 def _run_figures(ctx: StageContext) -> dict[str, Any]:
-    from pomlia_hpc.fingerprint.plots import plot_encoder_latent
+    from pomlia_hpc.fingerprint.plots import latent_figures
     from pomlia_hpc.pipeline.paper import dataset_groups_ari
 
     fig = ctx.spec.figures
@@ -318,9 +318,16 @@ def _run_figures(ctx: StageContext) -> dict[str, Any]:
     out_dir = ctx.workspace.path("reports", "pipelines", ctx.spec.name)
     outputs: dict[str, Any] = {"folder": str(out_dir)}
     if fig.latent:
-        scatter, means = plot_encoder_latent(ctx.registry, enc, list(versions.values()), out_dir)
-        outputs.update(scatter=str(scatter), means=str(means))
-        ctx.log(f"  wrote {scatter} and {means}")
+        # The rule of `pomlia plot latent` and the report: no means figure of one data set
+        # (one point, axes of rounding noise); the reason is logged and recorded instead.
+        paths, skipped = latent_figures(ctx.registry, enc, list(versions.values()), out_dir)
+        outputs.update(dict(zip(("scatter", "means"), map(str, paths), strict=False)))
+        ctx.log(f"  wrote {' and '.join(map(str, paths))}")
+        if skipped:
+            # A means figure of an earlier run (of other data sets) would read as this one's.
+            (out_dir / "latent_means.png").unlink(missing_ok=True)
+            outputs["means_note"] = skipped
+            ctx.log(f"  {skipped}")
     if fig.groups:
         ari = dataset_groups_ari(ctx.registry, enc, versions, fig.groups, fig.linkage, out_dir)
         outputs["clustering"] = ari

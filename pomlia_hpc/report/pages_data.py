@@ -6,18 +6,25 @@ from __future__ import annotations
 import json
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from sqlalchemy import select
 
 from pomlia_hpc.registry import Dataset, DatasetVersion, Encoder, FingerprintSet, Registry
 from pomlia_hpc.report import figures
-from pomlia_hpc.report.html import esc, png, table
+from pomlia_hpc.report.html import esc, metric_text, png, table
 from pomlia_hpc.workspace import Workspace
 
-#: Datasets with more versions than this show only their newest ones.
+if TYPE_CHECKING:  # the fingerprint room is imported when a page needs it (torch)
+    from pomlia_hpc.fingerprint.usable import LeftOut
+
+#: Datasets with more versions than this show only their current one and their newest others.
 MAX_VERSIONS = 3
+
+#: The marker of the version a dataset's plain name means (``pomlia data``, ``similar``, a
+#: task's ``--dataset NAME``: :func:`~pomlia_hpc.data.store.current_versions`).
+CURRENT = "current"
 
 
 def _versions(registry: Registry) -> list[tuple[str, DatasetVersion]]:
@@ -68,13 +75,12 @@ def datasets_page(registry: Registry, workspace: Workspace, folder: Path) -> str
     if not rows:
         return None
     current = {name: v.id for name, v in current_versions(registry).items()}
-    seen: dict[str, int] = {}
+    listed, hidden = _listed(rows, current)
     table_rows, grids = [], []
     for name, v in rows:
-        seen[name] = seen.get(name, 0) + 1
         if v.id == current.get(name) and Path(v.store_path).exists():
             grids.append(_grid(name, v))
-        if seen[name] > MAX_VERSIONS:
+        if v.id not in listed:
             continue
         fp = v.fingerprint or {}
         size = fp.get("image_size") or ["?", "?"]
@@ -82,6 +88,7 @@ def datasets_page(registry: Registry, workspace: Workspace, folder: Path) -> str
             [
                 name,
                 v.version,
+                CURRENT if v.id == current.get(name) else "",
                 v.n_images,
                 f"{size[0]}x{size[1]}x{fp.get('channels', '?')}",
                 str(fp.get("task_type", "")),
@@ -95,6 +102,7 @@ def datasets_page(registry: Registry, workspace: Workspace, folder: Path) -> str
         [
             "dataset",
             "version",
+            CURRENT,
             "images",
             "size",
             "task",
@@ -105,13 +113,36 @@ def datasets_page(registry: Registry, workspace: Workspace, folder: Path) -> str
         ],
         table_rows,
     )
+    body += (
+        f"<p class='muted'>{CURRENT}: the version the plain dataset name means (the one last "
+        "added), which every command uses unless given <code>name@version</code>."
+        + (f" {hidden} older version(s) not listed." if hidden else "")
+        + "</p>"
+    )
     body += "<h2>Sample grids (current version; one row per class)</h2>"
     body += f"<div class='grid'>{''.join(grids)}</div>"
     return body
 
 
+def _listed(
+    rows: list[tuple[str, DatasetVersion]], current: dict[str, int]
+) -> tuple[set[int], int]:
+    """The version ids the table lists (of each dataset its current version and its newest
+    others, :data:`MAX_VERSIONS` in all; ``rows`` newest first) and how many it leaves out."""
+    by_name: dict[str, list[int]] = {}
+    for name, v in rows:
+        by_name.setdefault(name, []).append(v.id)
+    listed: set[int] = set()
+    for name, ids in by_name.items():
+        keep = [i for i in ids if i == current.get(name)]  # the current one, however old
+        keep += [i for i in ids if i not in keep][: MAX_VERSIONS - len(keep)]
+        listed.update(keep)
+    return listed, len(rows) - len(listed)
+
+
 def _sets(registry: Registry) -> dict[str, list[tuple[str, FingerprintSet]]]:
-    """Encoder name → its complete fingerprint sets with dataset refs."""
+    """Encoder name → its complete fingerprint sets with dataset refs (by dataset, newest
+    version first)."""
     with registry.session() as s:
         q = (
             select(Encoder.name, Dataset.name, DatasetVersion.version, FingerprintSet)
@@ -119,7 +150,7 @@ def _sets(registry: Registry) -> dict[str, list[tuple[str, FingerprintSet]]]:
             .join(DatasetVersion, DatasetVersion.id == FingerprintSet.dataset_version_id)
             .join(Dataset, Dataset.id == DatasetVersion.dataset_id)
             .where(FingerprintSet.status == "complete")
-            .order_by(Encoder.id, Dataset.name)
+            .order_by(Encoder.id, Dataset.name, DatasetVersion.id.desc())
         )
         out: dict[str, list[tuple[str, FingerprintSet]]] = {}
         for enc, ds, ver, fs in s.execute(q):
@@ -128,15 +159,12 @@ def _sets(registry: Registry) -> dict[str, list[tuple[str, FingerprintSet]]]:
     return out
 
 
-def _labels(refs: list[str]) -> list[str]:
-    names = [r.split("@")[0] for r in refs]
-    return [n if names.count(n) == 1 else r for n, r in zip(names, refs, strict=True)]
-
-
 def fingerprints_page(registry: Registry, workspace: Workspace, folder: Path) -> str | None:
-    """Per encoder: its training, latent maps (Figures 5/6), the heatmap of distances between
-    dataset fingerprints (mean embeddings); then the pipelines' clustering results."""
-    from pomlia_hpc.fingerprint.plots import plot_encoder_latent
+    """Per encoder: its training, its fingerprint sets (the current version marked), latent
+    maps (Figures 5/6) and the heatmap of distances between dataset fingerprints (mean
+    embeddings) of each dataset's current version, as ``pomlia plot latent`` and ``similar``
+    compare them; then the pipelines' clustering results."""
+    from pomlia_hpc.data.store import current_versions
 
     sets = _sets(registry)
     with registry.session() as s:
@@ -155,35 +183,92 @@ def fingerprints_page(registry: Registry, workspace: Workspace, folder: Path) ->
                     (e.config.get("encoder") or {}).get("latent_dim", ""),
                     len(e.dataset_version_ids),
                     len(e.loss_curve),
-                    float(e.loss_curve[-1]) if e.loss_curve else "",
+                    metric_text(e.loss_curve[-1] if e.loss_curve else None, 4),
                     len(sets.get(e.name, [])),
                 ]
                 for e in encoders
             ],
         )
     )
+    current = {v.id for v in current_versions(registry).values()}
     for enc, members in sets.items():
-        refs = [r for r, _fs in members]
-        labels = _labels(refs)
-        means = np.stack([np.asarray(fs.mean, float) for _r, fs in members])
-        dist = np.sqrt(((means[:, None, :] - means[None, :, :]) ** 2).sum(-1))
-        parts.append(f"<h2>Encoder {esc(enc)}</h2><div class='grid'>")
-        with tempfile.TemporaryDirectory() as tmp:
-            try:
-                scatter, mean_plot = plot_encoder_latent(registry, enc, refs, Path(tmp))
-                for p, alt in ((scatter, "latent scatter"), (mean_plot, "latent means")):
-                    parts.append(
-                        f"<div class='card'>{png(figures.image_bytes(str(p)), alt, 520)}</div>"
-                    )
-            except Exception as exc:
-                parts.append(f"<div class='card'>latent map unavailable: {esc(exc)}</div>")
-        title = f"distance between dataset fingerprints (mean embeddings), encoder {enc}"
-        parts.append(
-            f"<div class='card'>{png(figures.heatmap(dist, labels, title), title, 560)}</div>"
-        )
-        parts.append("</div>")
+        parts += _encoder_section(registry, enc, members, current)
     parts += _clustering(workspace)
     return "".join(parts)
+
+
+def _encoder_section(
+    registry: Registry, enc: str, members: list[tuple[str, FingerprintSet]], current: set[int]
+) -> list[str]:
+    """Encoder ``enc``'s fingerprint sets (``members``; ``current``: the ids of the versions
+    the plain names mean), then its figures of the sets ``pomlia plot latent`` draws by
+    default: each dataset's current version (else its newest usable one). Figure 6 only for
+    two datasets or more, else its one-line reason where it would be."""
+    from pomlia_hpc.fingerprint.plots import latent_figures
+    from pomlia_hpc.fingerprint.similar import candidates
+
+    parts = [f"<h2>Encoder {esc(enc)}</h2>"]
+    left: list[LeftOut] = []
+    cards: list[str] = []
+    with tempfile.TemporaryDirectory() as tmp:
+        try:
+            paths, skipped = latent_figures(registry, enc, None, Path(tmp), left_out=left)
+            alts = ["latent scatter", "latent means"]
+            cards += [
+                f"<div class='card'>{png(figures.image_bytes(str(p)), alt, 520)}</div>"
+                for p, alt in zip(paths, alts, strict=False)
+            ]
+            if skipped:  # the reason stands where the figure would be
+                cards.append(f"<div class='card muted'>{esc(skipped)}</div>")
+        except Exception as exc:  # one unreadable set must not stop the report
+            cards.append(f"<div class='card'>latent map unavailable: {esc(exc)}</div>")
+    try:
+        plotted = candidates(registry, enc)[0]
+    except Exception as exc:
+        plotted = []
+        cards.append(f"<div class='card'>distances unavailable: {esc(exc)}</div>")
+    if plotted:
+        labels = [ref.split("@")[0] for _fs, ref in plotted]  # one version per dataset
+        means = np.stack([np.asarray(fs.mean, float) for fs, _r in plotted])
+        dist = np.sqrt(((means[:, None, :] - means[None, :, :]) ** 2).sum(-1))
+        title = f"distance between dataset fingerprints (mean embeddings), encoder {enc}"
+        cards.append(
+            f"<div class='card'>{png(figures.heatmap(dist, labels, title), title, 560)}</div>"
+        )
+    parts.append(_sets_table(members, current, {fs.id for fs, _r in plotted}, left))
+    parts.append(f"<div class='grid'>{''.join(cards)}</div>")
+    return parts
+
+
+def _sets_table(
+    members: list[tuple[str, FingerprintSet]],
+    current: set[int],
+    plotted: set[int],
+    left: list[LeftOut],
+) -> str:
+    """The table of an encoder's fingerprint sets: which version is current, which the
+    figures show, and why the others are not shown."""
+    why = {x.set_id: x.why for x in left if x.set_id}
+    rows = []
+    for ref, fs in members:
+        name, _at, version = ref.partition("@")
+        shown = (
+            "yes"
+            if fs.id in plotted
+            else f"no: {why[fs.id]}"
+            if fs.id in why
+            else "no: another version of the dataset is shown"
+        )
+        rows.append(
+            [name, version, CURRENT * (fs.dataset_version_id in current), fs.n_vectors, shown]
+        )
+    note = (
+        f"<p class='muted'>The figures show each dataset once: its {CURRENT} version (the one "
+        "its plain name means), else its newest version with usable embeddings, as "
+        "<code>pomlia plot latent</code> and <code>pomlia similar</code> do "
+        "(<code>pomlia plot latent --all-versions</code> draws every version).</p>"
+    )
+    return table(["dataset", "version", CURRENT, "vectors", "in the figures"], rows) + note
 
 
 def _clustering(workspace: Workspace) -> list[str]:
@@ -197,8 +282,8 @@ def _clustering(workspace: Workspace) -> list[str]:
             f"<p>Agglomerative clustering ({esc(data['linkage'])} linkage) of the dataset "
             f"fingerprints of encoder <strong>{esc(data['encoder'])}</strong> "
             f"(d = {esc(data['latent_dim'])}) against the given groups: adjusted Rand index "
-            f"<strong>{data['ari']:.3f}</strong>; explicit-fingerprint baseline "
-            f"{data['baseline_ari']:.3f}.</p>"
+            f"<strong>{metric_text(data.get('ari'))}</strong>; explicit-fingerprint baseline "
+            f"{metric_text(data.get('baseline_ari'))}.</p>"
         )
         groups = {n: i + 1 for i, g in enumerate(data["groups"]) for n in g}
         out.append(
