@@ -380,26 +380,50 @@ def held_lock(path: str | Path, what: str, *, wait_s: float = LOCK_WAIT_S) -> It
             fcntl.lockf(fh, fcntl.LOCK_UN)
 
 
+#: Seconds between two tries of :func:`poll_lock`: short beside the waits (2 s, 60 s).
+LOCK_POLL_S = 0.05
+
+
+def poll_lock(try_lock: Callable[[], bool], refusal: str, wait_s: float) -> None:
+    """Call ``try_lock`` (a non-blocking attempt: True when taken, False while another process
+    holds the lock) every :data:`LOCK_POLL_S` seconds until it succeeds; after ``wait_s``
+    seconds of False, raise :class:`~pomlia_hpc.errors.PomliaError` with ``refusal``.
+
+    Polled, not waited on in the kernel, so a lock really held refuses after ``wait_s``
+    instead of hanging. The caller keeps its own primitive: ``held_lock``'s ``lockf`` and the
+    pipeline's ``flock`` (which its Slurm chain jobs take) do not exclude each other on Linux.
+    """
+    deadline = time.monotonic() + wait_s
+    while not try_lock():
+        if time.monotonic() >= deadline:
+            raise PomliaError(refusal)
+        time.sleep(LOCK_POLL_S)
+
+
 def _lock(fh: IO[str], path: Path, what: str, wait_s: float) -> bool:
     """Take :func:`held_lock`'s lock on ``fh`` (waiting at most ``wait_s`` seconds); False
     (after the warning) where the file system does not lock."""
-    deadline = time.monotonic() + wait_s
-    while True:
+    unlocked = False
+
+    def attempt() -> bool:
+        nonlocal unlocked
         try:
             fcntl.lockf(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return True
         except OSError as exc:
             if exc.errno in NO_LOCKING_ERRNOS:
                 _warn_unlocked(path, what, exc)
-                return False
+                unlocked = True  # go on without the lock: stop polling
+                return True
             if exc.errno not in (errno.EACCES, errno.EAGAIN):
                 raise
-            if time.monotonic() >= deadline:
-                raise PomliaError(
-                    f"{what}: the lock {path} stayed held by another process for "
-                    f"{wait_s:.0f} s; try again"
-                ) from exc
-            time.sleep(0.05)
+            return False
+        return True
+
+    refusal = (
+        f"{what}: the lock {path} stayed held by another process for {wait_s:.0f} s; try again"
+    )
+    poll_lock(attempt, refusal, wait_s)
+    return not unlocked
 
 
 def _warn_unlocked(path: Path, what: str, exc: OSError) -> None:

@@ -9,15 +9,18 @@ import os
 import re
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
 
-from pomlia_hpc.errors import InputError
+from pomlia_hpc.errors import InputError, PomliaError
 from pomlia_hpc.files import (
     atomic_target,
     held_lock,
     make_dirs,
+    poll_lock,
     remove_made_dirs,
     replace_link,
     staged_dir,
@@ -241,3 +244,45 @@ def test_a_lock_in_a_read_only_folder_is_one_input_error(tmp_path: Path) -> None
     finally:
         folder.chmod(0o755)
     assert not (folder / ".l").exists()
+
+
+def test_poll_lock_gives_up_at_the_deadline_with_the_callers_refusal() -> None:
+    tries: list[float] = []
+
+    def held() -> bool:
+        tries.append(time.monotonic())
+        return False
+
+    start = time.monotonic()
+    with pytest.raises(PomliaError) as refused:
+        poll_lock(held, "x is held by another process", 0.3)
+    waited = time.monotonic() - start
+    assert str(refused.value) == "x is held by another process"
+    assert 0.3 <= waited < 3 and len(tries) > 2  # polled, then refused once past the deadline
+    tries.clear()
+    with pytest.raises(PomliaError):
+        poll_lock(held, "x", 0)
+    assert len(tries) == 1  # no wait: one try
+
+
+def test_poll_lock_takes_the_lock_once_its_holder_lets_go(tmp_path: Path) -> None:
+    lock = tmp_path / "lock"
+    with lock.open("a") as holder, lock.open("a") as fh:
+        fcntl.flock(holder, fcntl.LOCK_EX)  # another open file: flock excludes it
+
+        def attempt() -> bool:
+            try:
+                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                return False
+            return True
+
+        release = threading.Timer(0.3, fcntl.flock, (holder, fcntl.LOCK_UN))
+        release.start()
+        start = time.monotonic()
+        try:
+            poll_lock(attempt, "held", 10)
+        finally:
+            release.join()
+        assert 0.25 <= time.monotonic() - start < 5  # waited for the release, not the deadline
+        fcntl.flock(fh, fcntl.LOCK_UN)

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import fcntl
 import json
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -33,7 +32,7 @@ from pomlia_hpc.cluster.records import FINAL_STATES, refresh_jobs
 from pomlia_hpc.cluster.terminate import cancel_children_on_stop, quiet_cancellation
 from pomlia_hpc.config import ClusterProfile, load_cluster_profile
 from pomlia_hpc.errors import ConfigError, InputError, NotFoundError, PomliaError
-from pomlia_hpc.files import write_json_atomic
+from pomlia_hpc.files import poll_lock, write_json_atomic
 from pomlia_hpc.pipeline.spec import PipelineSpec, load_pipeline, parse_pipeline
 from pomlia_hpc.pipeline.stage import (
     PlannedJob,
@@ -150,20 +149,19 @@ def pipeline_lock(folder: Path) -> Iterator[None]:
     held by another process is waited for up to :data:`LOCK_WAIT_S` seconds, then refused."""
     folder.mkdir(parents=True, exist_ok=True)
     with (folder / "lock").open("a") as fh:
-        # flock has no "test": probes take the lock for an instant. Polled without blocking,
-        # not waited on, so a lock really held refuses after LOCK_WAIT_S instead of hanging.
-        deadline = time.monotonic() + LOCK_WAIT_S
-        while True:
+
+        def attempt() -> bool:
             try:
                 fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-                break
-            except BlockingIOError as exc:
-                if time.monotonic() >= deadline:
-                    raise PomliaError(
-                        f"pipeline '{folder.name}' is being run by another process "
-                        f"(lock {folder / 'lock'})"
-                    ) from exc
-                time.sleep(0.05)
+            except BlockingIOError:
+                return False
+            return True
+
+        # flock has no "test": probes take the lock for an instant, hence the wait.
+        refusal = (
+            f"pipeline '{folder.name}' is being run by another process (lock {folder / 'lock'})"
+        )
+        poll_lock(attempt, refusal, LOCK_WAIT_S)
         try:
             yield
         finally:
