@@ -1,16 +1,20 @@
 """Readers (``similar`` with and without ``--images``, ``index build``, ``plot latent``,
 ``fingerprint show``) use only usable embeddings: made with the encoder's current weights,
-on disk, recorded as complete (or finished, unrecorded, and then recorded); every other set
-is left out and named. Identical content under another name is marked, not searched, and
-not trained on twice by a refresh."""
+on disk, recorded as complete (or finished, unrecorded, and then used as found, writing
+nothing); every other set is left out and named. Identical content under another name is
+marked, not searched, and not trained on twice by a refresh."""
 
 from __future__ import annotations
 
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
+from sqlalchemy import event, select
+from sqlalchemy.engine import Engine
 
 from pomlia_hpc.cli import app
 from pomlia_hpc.data.store import find_version
@@ -26,7 +30,7 @@ from pomlia_hpc.fingerprint.summary import summary_path
 from pomlia_hpc.fingerprint.train import TrainConfig, get_encoder, register_encoder
 from pomlia_hpc.fingerprint.train import write_checkpoint as write_encoder
 from pomlia_hpc.fingerprint.usable import LeftOut
-from pomlia_hpc.registry import Registry
+from pomlia_hpc.registry import FingerprintSet, Registry
 from pomlia_hpc.workspace import Workspace
 from tests.fixtures.cli import cli_ok, runner
 from tests.fixtures.factories import make_dataset, make_encoder
@@ -110,23 +114,6 @@ def test_an_index_older_than_re_extracted_embeddings_is_not_searched(
     left = []
     hits = nearest_images(reg, workspace, "enc", "blood", 5, left_out=left)
     assert hits and left == []
-
-
-def test_a_finished_extraction_whose_driver_was_killed_is_recorded_by_its_readers(
-    workspace: Workspace, reg: Registry, three: list[str]
-) -> None:
-    before = similar_datasets(reg, "enc", "blood")
-    # `extract --force` of organ: its job ran every shard, its driver never recorded it.
-    plan = plan_extraction(reg, workspace, "enc", ["organ"], shards=1, threads=1, force=True)
-    for spec in plan.specs:
-        run_shard(spec)
-    assert fingerprint_set(reg, "enc", "organ")[0].status == "complete"
-    after = similar_datasets(reg, "enc", "blood")
-    assert [(r.ref, round(r.distance, 6)) for r in after] == [
-        (r.ref, round(r.distance, 6)) for r in before
-    ]
-    shown = cli_ok("--home", str(workspace.home), "fingerprint", "show", "organ", "-e", "enc")
-    assert '"n_vectors": 32' in shown
 
 
 def test_an_unfinished_extraction_is_named_with_how_far_it_got(
@@ -222,27 +209,85 @@ def test_refresh_counts_a_trained_content_hash_as_known_and_trains_on_it_once(
     assert sorted(plan.embed) == sorted([blood, pneu, copy])
 
 
-def test_a_reader_that_cannot_record_a_finished_extraction_leaves_it_out(
-    workspace: Workspace, reg: Registry, three: list[str], monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """A reader records a finished but unrecorded extraction; one without write access (a
-    read-only registry or embeddings folder) failed with the write's error. It now leaves the
-    set out, saying so, and the extraction command records it."""
-    from pomlia_hpc.fingerprint import usable
+#: SQL that writes: what a reader must never send.
+_WRITES = ("INSERT", "UPDATE", "DELETE", "REPLACE", "CREATE", "DROP", "ALTER")
 
+
+@pytest.fixture
+def sql_writes() -> Iterator[list[str]]:
+    """Every writing SQL statement any engine of this process sends while the test runs."""
+    seen: list[str] = []
+
+    def spy(_conn: Any, _cursor: Any, statement: str, *_args: Any) -> None:
+        if statement.lstrip().split(None, 1)[0].upper() in _WRITES:
+            seen.append(statement)
+
+    event.listen(Engine, "before_cursor_execute", spy)
+    yield seen
+    event.remove(Engine, "before_cursor_execute", spy)
+
+
+def _files(root: Path, *skip: Path) -> dict[str, tuple[int, int]]:
+    """Size and mtime (ns) of every file under ``root``, but the registry's and ``skip``'s."""
+    return {
+        str(p): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in root.rglob("*")
+        if p.is_file()
+        and not p.name.startswith("registry.db")
+        and not any(p.is_relative_to(s) for s in skip)
+    }
+
+
+def test_a_finished_unrecorded_extraction_is_used_by_readers_that_write_nothing(
+    workspace: Workspace, reg: Registry, three: list[str], tmp_path: Path, sql_writes: list[str]
+) -> None:
+    """Readers recorded a finished extraction whose driver was killed (and wrote its summary):
+    a query wrote the registry and the embeddings folder. They now use it as found, say so in
+    one line with the command that records it, and write nothing."""
+    before = similar_datasets(reg, "enc", "blood")
+    # `extract --force` of organ: its job ran every shard, its driver never recorded it.
     plan = plan_extraction(reg, workspace, "enc", ["organ"], shards=1, threads=1, force=True)
     for spec in plan.specs:
         run_shard(spec)
-        summary_path(Path(spec.out_path)).unlink(missing_ok=True)
+    out = Path(plan.specs[0].out_path)
+    assert not summary_path(out).exists()
+    home, organ = str(workspace.home), three[1]
 
-    def read_only(*_args: object, **_kw: object) -> None:
-        raise PermissionError(13, "Permission denied")
+    def rows() -> list[tuple[Any, ...]]:
+        with reg.session() as s:
+            return [
+                (f.id, f.status, f.n_vectors, f.mean) for f in s.scalars(select(FingerprintSet))
+            ]
 
-    monkeypatch.setattr(usable, "write_summary", read_only)
-    left: list[LeftOut] = []
-    found = similar_datasets(reg, "enc", "blood", left_out=left)
-    assert "organ" not in [r.ref.split("@")[0] for r in found]
-    assert [str(x) for x in left] == [
-        "organ (extraction finished but could not be recorded here (PermissionError); run "
-        "pomlia fingerprint extract organ -e enc)"
+    recorded, files = rows(), _files(workspace.home, workspace.path("reports"))
+    sql_writes.clear()
+    note = f"not recorded: {organ} (run pomlia fingerprint extract {organ} -e enc to record it)"
+    out_similar = " ".join(cli_ok("--home", home, "similar", "blood", "-e", "enc").split())
+    assert organ in out_similar.split("used as found")[0] and note in out_similar
+    shown = " ".join(cli_ok("--home", home, "fingerprint", "show", "organ", "-e", "enc").split())
+    assert '"n_vectors": 32' in shown and note in shown
+    plots = tmp_path / "plots"
+    assert note in " ".join(cli_ok("--home", home, "plot", "latent", "--out", str(plots)).split())
+    after = similar_datasets(reg, "enc", "blood")
+    assert [(r.ref, round(r.distance, 6)) for r in after] == [
+        (r.ref, round(r.distance, 6)) for r in before
     ]
+    assert fingerprint_set(reg, "enc", "organ")[0].status == "running"  # as recorded
+    assert sql_writes == [] and rows() == recorded and _files(workspace.home) == files
+    # index build writes its index only: organ's vectors go in, its record stays as it was
+    built = " ".join(cli_ok("--home", home, "index", "build", "-e", "enc").split())
+    assert f"added {organ}" in built and note in built
+    assert {e.ref for e in load_index(reg, workspace, "enc").manifest.sets.values()} == set(three)
+    images = cli_ok("--home", home, "similar", "blood", "-e", "enc", "--images", "40")
+    assert note in " ".join(images.split())
+    index = workspace.path("indexes")
+    assert sql_writes == [] and rows() == recorded
+    assert _files(workspace.home, index) == {
+        k: v for k, v in files.items() if index not in Path(k).parents
+    }
+
+    # The extraction command records it, summary first, running nothing again.
+    cli_ok("--home", home, "fingerprint", "extract", organ, "-e", "enc")
+    assert fingerprint_set(reg, "enc", "organ")[0].status == "complete"
+    assert summary_path(out).is_file()
+    assert note not in " ".join(cli_ok("--home", home, "similar", "blood", "-e", "enc").split())

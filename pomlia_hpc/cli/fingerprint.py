@@ -13,7 +13,8 @@ import typer
 from pydantic import ValidationError
 from rich.table import Table
 
-from pomlia_hpc.cli.app import STATE, app, console, err_console, log_line
+from pomlia_hpc.cli.app import STATE, app, console, log_line
+from pomlia_hpc.cli.notes import note, older_versions_note, set_notes
 from pomlia_hpc.errors import InputError
 from pomlia_hpc.progress import Reporter, progress
 from pomlia_hpc.registry import Registry
@@ -284,11 +285,16 @@ def show(
     dataset: Annotated[str, typer.Argument(help="Dataset: name or name@version.")],
     encoder: EncoderOpt = None,
 ) -> None:
-    """Print a dataset's fingerprint as JSON: mean embedding and the explicit fingerprint."""
+    """Print a dataset's fingerprint as JSON: mean embedding and the explicit fingerprint.
+
+    Embeddings whose extraction finished unrecorded are read as found, and a note on stderr
+    names the command that records them; nothing is written."""
     from pomlia_hpc.fingerprint.similar import dataset_fingerprint
 
-    fp = dataset_fingerprint(STATE.registry(), _encoder(encoder), dataset)
+    unrec: list[Any] = []
+    fp = dataset_fingerprint(STATE.registry(), _encoder(encoder), dataset, unrecorded_out=unrec)
     typer.echo(json.dumps(fp, indent=1))
+    set_notes([], unrec, stderr=True)
 
 
 @index_app.command("build")
@@ -310,7 +316,6 @@ def build(
 ) -> None:
     """Build (or extend with newly extracted datasets) the FAISS index of an encoder."""
     from pomlia_hpc.fingerprint.index import build_index
-    from pomlia_hpc.fingerprint.usable import left_out_note
 
     if metric not in ("l2", "ip"):
         raise InputError(f"option '--metric': expected 'l2' or 'ip', got '{metric}'")
@@ -336,7 +341,7 @@ def build(
     )
     for ref in res.added_sets:
         console.print(f"  added {ref}")
-    _note(left_out_note(res.left_out))
+    set_notes(res.left_out, res.unrecorded)
 
 
 def _check_similar_options(
@@ -353,29 +358,6 @@ def _check_similar_options(
             )
 
 
-def _older_versions_note(reg: Registry, enc: str, query: str | None = None) -> None:
-    """The footnote naming the versions of datasets (other than ``query``'s) that the command
-    left out for not being the current one (which may be older or newer), if any."""
-    from pomlia_hpc.fingerprint.similar import superseded_refs
-
-    older = [r for r in superseded_refs(reg, enc) if r.split("@")[0] != query]
-    if older:
-        console.print(
-            f"other versions left out: {', '.join(older)} (the current version of each dataset "
-            "only; --all-versions to include them)",
-            highlight=False,
-            soft_wrap=True,
-        )
-
-
-def _note(text: str, *, stderr: bool = False) -> None:
-    """A note under the results (if any text); on stderr beside --json, whose output stays
-    one JSON document."""
-    if text:
-        out = err_console if stderr else console
-        out.print(text, markup=False, highlight=False, soft_wrap=True)
-
-
 #: Table headings of ``similar --images`` columns whose --json key says less.
 _HEADINGS = {"split_row": "row in split", "row": "store row"}
 
@@ -389,8 +371,10 @@ def _image_rows(
     patches: bool,
     all_versions: bool,
     left: list[Any],
+    unrec: list[Any],
 ) -> tuple[list[list[Any]], list[str]]:
-    """The rows and columns of ``similar --images`` (what was left out goes to ``left``)."""
+    """The rows and columns of ``similar --images`` (what was left out goes to ``left``, the
+    data sets used unrecorded to ``unrec``)."""
     from pomlia_hpc.fingerprint.similar import nearest_images
 
     hits = nearest_images(
@@ -403,6 +387,7 @@ def _image_rows(
         patches=patches,
         all_versions=all_versions,
         left_out=left,
+        unrecorded_out=unrec,
     )
     # The row within the split is what a user can look up (the split of 72 test images
     # showed row 1065, the store's); the store row stays beside it, and as --json's "row".
@@ -459,18 +444,21 @@ def similar(
     Each other dataset counts once, as its current version (else its newest with embeddings;
     --all-versions: every version). Embeddings of the encoder's earlier weights, missing or
     unfinished ones are left out and named in a note; a dataset with DATASET's content is
-    named too."""
+    named too. Embeddings whose extraction finished unrecorded are used as found and named in
+    a note with the command that records them; nothing is written."""
     from pomlia_hpc.fingerprint.ranking import DEFAULT_DISTANCE
     from pomlia_hpc.fingerprint.similar import same_content_note, similar_datasets
-    from pomlia_hpc.fingerprint.usable import left_out_note
 
     _check_similar_options(images, split, k, distance)
     k, distance = 5 if k is None else k, distance or DEFAULT_DISTANCE
     reg, enc = STATE.registry(), _encoder(encoder)
     left: list[Any] = []  # what was left out, and why: one note under the results
+    unrec: list[Any] = []  # what was used unrecorded: another note
     same = ""
     if images is not None:
-        rows, cols = _image_rows(reg, enc, dataset, images, split, patches, all_versions, left)
+        rows, cols = _image_rows(
+            reg, enc, dataset, images, split, patches, all_versions, left, unrec
+        )
         title = f"{len(rows)} nearest images to {dataset} (encoder {enc})"
     else:
         found = similar_datasets(
@@ -482,10 +470,11 @@ def similar(
             patches=patches,
             all_versions=all_versions,
             left_out=left,
+            unrecorded_out=unrec,
         )
         same = same_content_note(dataset, found)
         if as_json:
-            _similar_json(found, distance, [same, left_out_note(left)])
+            _similar_json(found, distance, same, left, unrec)
             return
         parts = sorted({c for r in found for c in r.components} - {distance, "weight"})
         rows = [
@@ -495,7 +484,7 @@ def similar(
         title = f"datasets nearest to {dataset} (encoder {enc})"
     if as_json:
         typer.echo(json.dumps([dict(zip(cols, r, strict=True)) for r in rows]))
-        _note(left_out_note(left), stderr=True)
+        set_notes(left, unrec, stderr=True)
         return
     table = Table(title=title)
     for c in cols:
@@ -503,13 +492,15 @@ def similar(
     for r in rows:
         table.add_row(*(f"{v:.4g}" if isinstance(v, float) else str(v) for v in r))
     console.print(table)
-    _note(same)
-    _note(left_out_note(left))
+    note(same)
+    set_notes(left, unrec)
     if not all_versions:
-        _older_versions_note(reg, enc, dataset.split("@")[0])
+        older_versions_note(reg, enc, dataset.split("@")[0])
 
 
-def _similar_json(found: list[Any], distance: str, notes: list[str]) -> None:
+def _similar_json(
+    found: list[Any], distance: str, same: str, left: list[Any], unrec: list[Any]
+) -> None:
     """``similar --json`` of data sets: one JSON document on stdout, the notes on stderr."""
     out = [
         {"dataset": r.ref, "distance": r.distance, "kind": distance}
@@ -518,8 +509,8 @@ def _similar_json(found: list[Any], distance: str, notes: list[str]) -> None:
         for r in found
     ]
     typer.echo(json.dumps(out))
-    for note in notes:
-        _note(note, stderr=True)
+    note(same, stderr=True)
+    set_notes(left, unrec, stderr=True)
 
 
 @plot_app.command("latent")
@@ -544,21 +535,27 @@ def latent(
     """Write the latent scatter of test samples (Figure 5) and per-dataset means (Figure 6,
     for two datasets or more)."""
     from pomlia_hpc.fingerprint.plots import latent_figures
-    from pomlia_hpc.fingerprint.usable import left_out_note
 
     enc = _encoder(encoder)
     folder = out or STATE.workspace.path("reports", "latent", enc)
     reg = STATE.registry()
     left: list[Any] = []
+    unrec: list[Any] = []
     paths, skipped = latent_figures(
-        reg, enc, datasets or None, folder, all_versions=all_versions, left_out=left
+        reg,
+        enc,
+        datasets or None,
+        folder,
+        all_versions=all_versions,
+        left_out=left,
+        unrecorded_out=unrec,
     )
     for p in paths:
         console.print(f"wrote {p}")
-    _note(skipped)
+    note(skipped)
     if not (datasets or all_versions):
-        _older_versions_note(reg, enc)
-    _note(left_out_note(left))
+        older_versions_note(reg, enc)
+    set_notes(left, unrec)
 
 
 @fingerprint_app.command("refresh")

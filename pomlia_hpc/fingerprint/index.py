@@ -50,7 +50,14 @@ from pomlia_hpc.files import (
 )
 from pomlia_hpc.fingerprint.encoders import get_encoder
 from pomlia_hpc.fingerprint.io import group_meta, open_array
-from pomlia_hpc.fingerprint.usable import LeftOut, extract_command, left_out_note, usable_sets
+from pomlia_hpc.fingerprint.usable import (
+    LeftOut,
+    Unrecorded,
+    extract_command,
+    left_out_note,
+    unrecorded,
+    usable_sets,
+)
 from pomlia_hpc.registry import Encoder, FingerprintSet, Registry
 from pomlia_hpc.workspace import Workspace
 
@@ -380,6 +387,9 @@ class BuildResult:
     #: Sets of the encoder not indexed, as they are not usable (:mod:`.usable`): the index
     #: holds no vectors of them (one it held before is rebuilt without them).
     left_out: list[LeftOut] = field(default_factory=list)
+    #: Sets indexed as their unrecorded extraction left them (:mod:`.usable`): nothing about
+    #: them is recorded; the extraction command records them.
+    unrecorded: list[Unrecorded] = field(default_factory=list)
 
 
 def build_index(
@@ -443,6 +453,7 @@ def build_index(
                 [],
                 False,
                 left_out=usable.left_out,
+                unrecorded=unrecorded(sets, enc),
             )
         if nprobe is not None:
             manifest.nprobe = nprobe
@@ -478,6 +489,7 @@ def build_index(
         current is None,
         first,
         usable.left_out,
+        unrecorded(sets, enc),
     )
 
 

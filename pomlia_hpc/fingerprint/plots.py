@@ -26,7 +26,7 @@ from pomlia_hpc.errors import InputError
 from pomlia_hpc.files import write_atomic
 from pomlia_hpc.fingerprint.encoders import get_encoder
 from pomlia_hpc.fingerprint.similar import candidates, embedding_sample, fingerprint_set
-from pomlia_hpc.fingerprint.usable import LeftOut, left_out_note
+from pomlia_hpc.fingerprint.usable import LeftOut, Unrecorded, left_out_note, unrecorded
 from pomlia_hpc.registry import Encoder, Registry
 
 #: Points per dataset in the scatter (evenly spaced test rows).
@@ -119,14 +119,16 @@ def plot_encoder_latent(
     *,
     all_versions: bool = False,
     left_out: list[LeftOut] | None = None,
+    unrecorded_out: list[Unrecorded] | None = None,
 ) -> tuple[Path, Path]:
     """Figures 5 and 6 for ``datasets`` (default: every dataset with usable embeddings under
     ``encoder`` (:mod:`.usable`), its current such version only unless ``all_versions``; the
-    versions left out as unusable are appended to ``left_out``), using up to
-    :data:`SCATTER_MAX` test embeddings per dataset. A dataset given by name must be usable.
-    Draws Figure 6 also for one dataset; what a user sees uses :func:`latent_figures`."""
+    versions left out as unusable are appended to ``left_out``, those used as their unrecorded
+    extraction left them to ``unrecorded_out``), using up to :data:`SCATTER_MAX` test
+    embeddings per dataset. A dataset given by name must be usable. Draws Figure 6 also for
+    one dataset; what a user sees uses :func:`latent_figures`."""
     enc = get_encoder(registry, encoder)
-    samples, means = _gather(registry, enc, datasets, all_versions, left_out)
+    samples, means = _gather(registry, enc, datasets, all_versions, left_out, unrecorded_out)
     return plot_latent(samples, means, out_dir, title=f"encoder {enc.name}")
 
 
@@ -138,12 +140,13 @@ def latent_figures(
     *,
     all_versions: bool = False,
     left_out: list[LeftOut] | None = None,
+    unrecorded_out: list[Unrecorded] | None = None,
 ) -> tuple[list[Path], str]:
     """As :func:`plot_encoder_latent` (``pomlia plot latent``), but Figure 6 only for two
     datasets or more: the PCA of one mean is one point on axes of rounding noise. Returns the
     PNG paths written and a note saying why Figure 6 was not (else empty)."""
     enc = get_encoder(registry, encoder)
-    samples, means = _gather(registry, enc, datasets, all_versions, left_out)
+    samples, means = _gather(registry, enc, datasets, all_versions, left_out, unrecorded_out)
     scatter, mean_plot = _figures(samples, means, Path(out_dir), f"encoder {enc.name}", means_min=2)
     if mean_plot is None:
         return [scatter], "latent_means.png not written: the mean embeddings need 2 data sets"
@@ -156,6 +159,7 @@ def _gather(
     datasets: list[str] | None,
     all_versions: bool,
     left_out: list[LeftOut] | None,
+    unrecorded_out: list[Unrecorded] | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     """The test embeddings (up to :data:`SCATTER_MAX`) and the mean embedding per dataset."""
     refs = datasets
@@ -172,6 +176,8 @@ def _gather(
     samples, means = {}, {}
     for ref in refs:
         fs, full = fingerprint_set(registry, enc, ref)
+        if unrecorded_out is not None:
+            unrecorded_out.extend(unrecorded([(fs, full)], enc))
         x = embedding_sample(registry, enc, full, SCATTER_MAX, split="test")
         if len(x) == 0:  # a dataset without a test split: use all rows
             x = embedding_sample(registry, enc, full, SCATTER_MAX)

@@ -46,9 +46,11 @@ from pomlia_hpc.fingerprint.ranking import DEFAULT_DISTANCE, check_distance, fie
 from pomlia_hpc.fingerprint.summary import Summary, compute_summary, read_summary, write_summary
 from pomlia_hpc.fingerprint.usable import (
     LeftOut,
+    Unrecorded,
     extract_command,
     index_build_command,
     left_out_note,
+    unrecorded,
     usable_set,
     usable_sets,
 )
@@ -195,9 +197,19 @@ def embedding_sample(
     return sample_rows(fs.embeddings_path, lo, hi, max_n)
 
 
-def dataset_fingerprint(registry: Registry, encoder: EncoderRef, ref: str) -> dict[str, Any]:
-    """The dataset-level fingerprint: mean embedding, size, and the explicit fingerprint."""
+def dataset_fingerprint(
+    registry: Registry,
+    encoder: EncoderRef,
+    ref: str,
+    *,
+    unrecorded_out: list[Unrecorded] | None = None,
+) -> dict[str, Any]:
+    """The dataset-level fingerprint: mean embedding, size, and the explicit fingerprint. A
+    set used as its unrecorded extraction left it (:mod:`.usable`) is appended to
+    ``unrecorded_out``."""
     fs, full = fingerprint_set(registry, encoder, ref)
+    if unrecorded_out is not None:
+        unrecorded_out.extend(unrecorded([(fs, full)], get_encoder(registry, encoder)))
     store = open_store(find_version(registry, full).store_path)
     return {
         "dataset": full,
@@ -213,13 +225,15 @@ def load_summary(
 ) -> Summary:
     """The stored summary of a complete fingerprint set (only ``fields`` of it, see
     :func:`read_summary`); sets extracted before summaries existed get theirs computed from
-    the embeddings now (and stored, atomically)."""
+    the embeddings now (and stored, atomically, for a recorded set: an unrecorded one's is
+    the extraction command's to write, a reader writes nothing for it)."""
     found = read_summary(fs.embeddings_path, fields)
     if found is not None:
         return found
     fp = open_store(find_version(registry, ref).store_path).fingerprint
     summary = compute_summary(fs.embeddings_path, fp)
-    write_summary(fs.embeddings_path, summary)
+    if fs.status == "complete":
+        write_summary(fs.embeddings_path, summary)
     return summary
 
 
@@ -239,6 +253,7 @@ def similar_datasets(
     patches: bool = False,
     all_versions: bool = False,
     left_out: list[LeftOut] | None = None,
+    unrecorded_out: list[Unrecorded] | None = None,
 ) -> list[SimilarDataset]:
     """The ``k`` datasets nearest to ``ref`` by ``distance`` (see
     :mod:`pomlia_hpc.fingerprint.ranking`), each with the components of its distance.
@@ -247,7 +262,8 @@ def similar_datasets(
     ``patches=True`` compares the patch embeddings (``--patch-grid``) instead of whole-image
     ones (latent distances only; the explicit part is the same). Of every other dataset only
     its newest version with usable embeddings is compared unless ``all_versions=True``.
-    Versions left out as unusable (:func:`candidates`) are appended to ``left_out``; a
+    Versions left out as unusable (:func:`candidates`) are appended to ``left_out``, those
+    used as their unrecorded extraction left them (:mod:`.usable`) to ``unrecorded_out``; a
     version with the query's content hash is compared and marked ``same_content``."""
     if k < 1:
         raise InputError(f"--k {k}: expected a number of datasets >= 1")
@@ -270,6 +286,8 @@ def similar_datasets(
             f"encoder '{enc.name}'{_left_out_clause(left)}",
             hint=f"embed another dataset first: `{extract_command('DATASET', enc.name)}`",
         )
+    if unrecorded_out is not None:
+        unrecorded_out.extend(unrecorded([(fs, full), *others], enc))
     need = fields_for(distance)
     query = load_summary(registry, fs, full, need)
     summaries = [load_summary(registry, o, r, need) for o, r in others]
@@ -316,11 +334,12 @@ def _index_left_out(
     query: FingerprintSet,
     content: str,
     all_versions: bool,
-) -> tuple[set[int], list[LeftOut]]:
+) -> tuple[set[int], list[LeftOut], dict[int, tuple[FingerprintSet, str]]]:
     """The ids of the index's sets (``entries``) a search must skip besides the query's
     dataset: the query's own, unusable sets, sets re-extracted since the index was built,
     exact copies of the query (its content hash under another name) and, unless
-    ``all_versions``, older versions; with what the caller names as left out."""
+    ``all_versions``, older versions; with what the caller names as left out and the usable
+    sets by id."""
     found = usable_sets(registry, enc)
     usable = {fs.id: (fs, ref) for fs, ref in found.sets}
     skip = {sid for sid in entries if sid not in usable or sid == query.id}
@@ -345,7 +364,7 @@ def _index_left_out(
         for fs, ref in newest
         if fs.id not in entries and fs.id != query.id
     ]
-    return skip, left
+    return skip, left, usable
 
 
 def nearest_images(
@@ -361,6 +380,7 @@ def nearest_images(
     patches: bool = False,
     all_versions: bool = False,
     left_out: list[LeftOut] | None = None,
+    unrecorded_out: list[Unrecorded] | None = None,
 ) -> list[NearestImage]:
     """The ``n`` images of other datasets nearest to dataset ``ref`` (see module docstring).
 
@@ -371,14 +391,16 @@ def nearest_images(
 
     Only vectors of usable sets (:mod:`.usable`) that the index holds as they are now are
     searched, and never those of a dataset with the query's content hash (copies of its own
-    images, at distance 0); what is left out is appended to ``left_out``."""
+    images, at distance 0); what is left out is appended to ``left_out``, the sets used as
+    their unrecorded extraction left them (:mod:`.usable`) to ``unrecorded_out``."""
     if n < 1:
         raise InputError(f"--images {n}: expected a number of images >= 1")
     enc = get_encoder(registry, encoder)
     fs, full = fingerprint_set(registry, enc, ref)
     index = load_index(registry, workspace, enc, "patches" if patches else "images")
     name, content = full.split("@")
-    skip, left = _index_left_out(registry, enc, index.manifest.sets, fs, content, all_versions)
+    entries = index.manifest.sets
+    skip, left, usable = _index_left_out(registry, enc, entries, fs, content, all_versions)
     exclude = tuple(
         sid
         for sid, e in index.manifest.sets.items()
@@ -387,6 +409,9 @@ def nearest_images(
     left = [x for x in left if include_same_dataset or x.ref.split("@")[0] != name]
     if left_out is not None:
         left_out.extend(left)
+    if unrecorded_out is not None:
+        searched = [usable[sid] for sid in entries if sid in usable and sid not in exclude]
+        unrecorded_out.extend(unrecorded([(fs, full), *searched], enc))
     lo, hi = 0, fs.n_vectors
     if split is not None:
         lo, hi = open_store(find_version(registry, full).store_path).split_range(split)

@@ -7,10 +7,13 @@ an extraction decides to embed again): an encoder retrained under the same name 
 vectors of its earlier weights behind, and they must not be mixed with new ones.
 
 A set whose record still says running (its driver was killed, yet its array job finished) is
-recorded here as complete when every shard of its plan left its ``.done`` marker and the group
-was made with the current weights: what the driver would have recorded
-(:func:`record_finished`, which the driver itself calls). Every other set is left out, as a
-:class:`LeftOut` that says why and what to run; readers name them in one note.
+used as found on disk when every shard of its plan left its ``.done`` marker and the group was
+made with the current weights: an in-memory copy of its record with the count and mean the
+driver would have recorded (:func:`finished_copy`; the copy keeps the record's status, which
+is how :func:`unrecorded` tells such a set). A reader writes nothing, neither the record nor the
+summary file: the extraction command records it (:func:`record_finished`, which the driver
+calls), and readers name such sets in one note (:func:`unrecorded_note`). Every other set is
+left out, as a :class:`LeftOut` that says why and what to run; readers name them in one note.
 
 Torch-free: ``pomlia similar`` and the other registry queries import this module.
 """
@@ -18,13 +21,13 @@ Torch-free: ``pomlia similar`` and the other registry queries import this module
 from __future__ import annotations
 
 import shlex
+from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 from sqlalchemy import select
-from sqlalchemy.exc import SQLAlchemyError
 
 from pomlia_hpc.data.store import current_versions, find_version, open_store
 from pomlia_hpc.errors import NotFoundError
@@ -81,17 +84,46 @@ def record_finished(
     """Record the set at ``out`` as complete, with its mean embedding (from the shards' sums)
     and its summary (:mod:`.summary`) written first, if every shard of ``plan`` is done;
     False (nothing written) otherwise."""
-    done = shards_done(out, plan)
-    if not plan or any(d is None for d in done):
+    found = _finished(out, plan)
+    if found is None:
         return False
-    n = plan[-1][1]
-    total = np.sum([d["sum"] for d in done if d is not None], axis=0)
+    n, mean = found
     if not summary_path(out).exists():  # before "complete": complete sets have one
         fp = open_store(find_version(registry, ref).store_path).fingerprint
         write_summary(out, compute_summary(out, fp))
-    mean = (np.asarray(total) / max(n, 1)).tolist()
     record_set(registry, encoder_id, version_id, out, status="complete", n_vectors=n, mean=mean)
     return True
+
+
+def _finished(out: Path, plan: list[tuple[int, int]]) -> tuple[int, list[float]] | None:
+    """The vector count and mean embedding of the group at ``out`` (from its shards' sums)
+    if every shard of ``plan`` is done, else None."""
+    done = shards_done(out, plan)
+    if not plan or any(d is None for d in done):
+        return None
+    n = plan[-1][1]
+    total = np.sum([d["sum"] for d in done if d is not None], axis=0)
+    return n, (np.asarray(total) / max(n, 1)).tolist()
+
+
+def finished_copy(fs: FingerprintSet, plan: list[tuple[int, int]]) -> FingerprintSet | None:
+    """A copy of ``fs`` (never added to a session: nothing is written) with the count and
+    mean embedding its extraction left on disk, if every shard of ``plan`` is done (else
+    None). It keeps ``fs``'s status, so :func:`unrecorded` tells it from a recorded set."""
+    found = _finished(Path(fs.embeddings_path), plan)
+    if found is None:
+        return None
+    n, mean = found
+    return FingerprintSet(
+        id=fs.id,
+        encoder_id=fs.encoder_id,
+        dataset_version_id=fs.dataset_version_id,
+        embeddings_path=fs.embeddings_path,
+        n_vectors=n,
+        mean=mean,
+        status=fs.status,
+        created_at=fs.created_at,
+    )
 
 
 def fingerprint_sets(
@@ -137,6 +169,47 @@ def left_out_note(left: list[LeftOut]) -> str:
     return f"left out: {', '.join(str(x) for x in left)}" if left else ""
 
 
+@dataclass(frozen=True)
+class Unrecorded:
+    """A set a reader used as its finished extraction left it on disk, its record not saying
+    so yet (:func:`finished_copy`): ``run`` records it."""
+
+    ref: str
+    run: str
+    set_id: int = 0
+
+    def __str__(self) -> str:
+        return f"{self.ref} (run {self.run} to record it)"
+
+
+def unrecorded(
+    used: Iterable[tuple[FingerprintSet, str]], encoder: str | Encoder
+) -> list[Unrecorded]:
+    """Of the sets a reader used (``(set, ref)`` pairs from :func:`usable_sets` or
+    :func:`usable_set`), those whose finished extraction is not recorded, once each."""
+    name = encoder if isinstance(encoder, str) else encoder.name
+    out: dict[int, Unrecorded] = {}
+    for fs, ref in used:
+        if fs.status != "complete" and fs.id not in out:
+            out[fs.id] = Unrecorded(ref, record_command(fs, ref, name), fs.id)
+    return list(out.values())
+
+
+def unrecorded_note(sets: list[Unrecorded]) -> str:
+    """The one note naming every set used unrecorded (empty when none)."""
+    if not sets:
+        return ""
+    named = ", ".join(dict.fromkeys(str(x) for x in sets))
+    return f"used as found on disk, extraction finished but not recorded: {named}"
+
+
+def record_command(fs: FingerprintSet, ref: str, encoder: str) -> str:
+    """The extraction command that records ``fs``'s finished extraction without embedding
+    again: with its ``--patch-grid``, since a plan of another grid is not reused."""
+    grid = int((stored_meta(fs.embeddings_path) or {}).get("patch_grid", 1))
+    return extract_command(ref, encoder) + (f" --patch-grid {grid}" if grid > 1 else "")
+
+
 def extract_command(ref: str, encoder: str) -> str:
     """The command that embeds dataset ``ref`` with ``encoder``'s current weights."""
     return f"pomlia fingerprint extract {shlex.quote(ref)} -e {shlex.quote(encoder)}"
@@ -160,10 +233,11 @@ def _digest(enc: Encoder) -> str:
 
 
 def check_set(
-    registry: Registry, enc: Encoder, fs: FingerprintSet, ref: str, digest: str
+    enc: Encoder, fs: FingerprintSet, ref: str, digest: str
 ) -> tuple[FingerprintSet, LeftOut | None]:
-    """``fs`` as a reader may use it (recorded as complete first if its extraction finished
-    unrecorded), or why it may not (with ``ref`` as the note shows it)."""
+    """``fs`` as a reader may use it (an in-memory copy, :func:`finished_copy`, if its
+    extraction finished unrecorded), or why it may not (with ``ref`` as the note shows it).
+    Writes nothing."""
     out = Path(fs.embeddings_path)
     run = extract_command(ref, enc.name)
     vid = fs.dataset_version_id
@@ -176,19 +250,11 @@ def check_set(
     if fs.status == "complete":
         return fs, None
     plan = shard_plan(meta)
-    try:
-        recorded = record_finished(registry, enc.id, fs.dataset_version_id, out, plan, ref)
-    except (OSError, SQLAlchemyError) as exc:
-        # A reader may lack write access (a read-only registry or embeddings folder): the set
-        # is left out, as an unrecorded one is, and the extraction command records it.
-        why = f"extraction finished but could not be recorded here ({type(exc).__name__})"
-        return fs, LeftOut(ref, why, run, vid, fs.id)
-    if recorded:
-        with registry.session() as s:
-            row = s.get(FingerprintSet, fs.id)
-            if row is not None:
-                s.expunge(row)
-                return row, None
+    # Used, not recorded: a query must not write (the reader may not even be allowed to);
+    # the extraction command records it, with its summary file.
+    found = finished_copy(fs, plan)
+    if found is not None:
+        return found, None
     done = sum(d is not None for d in shards_done(out, plan))
     why = f"extraction {fs.status}, {done} of {len(plan)} shard(s) done"
     return fs, LeftOut(ref, why, run, vid, fs.id)
@@ -213,7 +279,7 @@ def usable_sets(registry: Registry, encoder: int | str | Encoder) -> Usable:
     left: list[LeftOut] = []
     for fs, ref in fingerprint_sets(registry, enc.id, complete=False):
         shown = ref.split("@")[0] if fs.dataset_version_id in current else ref
-        fs, why = check_set(registry, enc, fs, shown, digest)
+        fs, why = check_set(enc, fs, shown, digest)
         if why is None:
             sets.append((fs, ref))
         else:
@@ -245,7 +311,7 @@ def usable_set(
             f"dataset '{full}' has no embeddings under encoder '{enc.name}' (not extracted)",
             hint=f"run `{extract_command(ref, enc.name)}`",
         )
-    fs, why = check_set(registry, enc, fs, ref, _digest(enc))
+    fs, why = check_set(enc, fs, ref, _digest(enc))
     if why is not None:
         raise NotFoundError(
             f"dataset '{full}' has no usable embeddings under encoder '{enc.name}' ({why.why})",
