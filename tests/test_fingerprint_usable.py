@@ -29,7 +29,7 @@ from pomlia_hpc.fingerprint.similar import fingerprint_set, nearest_images, simi
 from pomlia_hpc.fingerprint.summary import summary_path
 from pomlia_hpc.fingerprint.train import TrainConfig, get_encoder, register_encoder
 from pomlia_hpc.fingerprint.train import write_checkpoint as write_encoder
-from pomlia_hpc.fingerprint.usable import LeftOut
+from pomlia_hpc.fingerprint.usable import LeftOut, unrecorded, usable_sets
 from pomlia_hpc.registry import FingerprintSet, Registry
 from pomlia_hpc.workspace import Workspace
 from tests.fixtures.cli import cli_ok, runner
@@ -291,3 +291,24 @@ def test_a_finished_unrecorded_extraction_is_used_by_readers_that_write_nothing(
     assert fingerprint_set(reg, "enc", "organ")[0].status == "complete"
     assert summary_path(out).is_file()
     assert note not in " ".join(cli_ok("--home", home, "similar", "blood", "-e", "enc").split())
+
+
+def test_the_command_that_records_an_unrecorded_extraction_keeps_its_patch_grid(
+    workspace: Workspace, reg: Registry, three: list[str]
+) -> None:
+    """The plain extract command would embed again a set extracted with --patch-grid 2 (a
+    plan of another grid is not reused), losing its patches: the note names the grid."""
+    plan = plan_extraction(
+        reg, workspace, "enc", ["organ"], shards=1, threads=1, patch_grid=2, force=True
+    )
+    for spec in plan.specs:
+        run_shard(spec)
+    found = unrecorded(usable_sets(reg, "enc").sets, "enc")
+    organ = three[1]
+    assert [x.run for x in found] == [f"pomlia fingerprint extract {organ} -e enc --patch-grid 2"]
+    group = Path(plan.specs[0].out_path) / "zarr.json"
+    stamp = group.stat().st_mtime_ns
+    cli_ok("--home", str(workspace.home), "fingerprint", *found[0].run.split()[2:])
+    assert fingerprint_set(reg, "enc", "organ")[0].status == "complete"
+    assert group.stat().st_mtime_ns == stamp  # recorded, not embedded again
+    assert unrecorded(usable_sets(reg, "enc").sets, "enc") == []
