@@ -4,6 +4,7 @@ examples at the foot of the main commands' help that parse with the commands' re
 from __future__ import annotations
 
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -123,3 +124,79 @@ def test_deploy_help_shows_the_main_use() -> None:
     P --submit` (the `write` command, run without its name) is the main use."""
     out = " ".join(runner.invoke(app, ["deploy", "--help"], env={"COLUMNS": "200"}).output.split())
     assert "deploy MODEL [--profile PROFILE] [--out DIR] [--submit] | COMMAND" in out, out
+
+
+#: Wide enough that every option of every command is one row of its help panel.
+ONE_ROW = {"COLUMNS": "1000"}
+
+
+def _rows(out: str) -> dict[str, str]:
+    """The rows of a rendered help's Arguments and Options panels, by their first word (an
+    argument's name, an option's first long name)."""
+    rows = {}
+    for line in out.splitlines():
+        words = line.strip("│ ").lstrip("* ").split()
+        if line.startswith("│") and words:
+            rows.setdefault(words[0].removesuffix("..."), line)
+    return rows
+
+
+def test_positional_arguments_read_as_upper_case_names() -> None:
+    """Usage lines showed `automl run [OPTIONS] {task}` and `data list [OPTIONS] [name]` while
+    the help text and the hints say TASK and NAME. Every positional argument reads as one
+    upper-case name, in the usage line and in the Arguments panel."""
+    name = re.compile(r"\[?[A-Z][A-Z0-9_]*\]?(\.\.\.)?\]?")
+    for path in _all_paths(ROOT):
+        out = runner.invoke(app, [*path, "--help"], env=ONE_ROW).output
+        usage = next(line for line in out.splitlines() if "Usage:" in line).split()
+        words = usage[usage.index("pomlia") + 1 + len(path) :]
+        for word in words:
+            if not word.lstrip("[").startswith("-") and word != "|":
+                assert name.fullmatch(word), (path, word, " ".join(usage))
+        rows = _rows(out)
+        for param in _command(path).params:
+            if param.param_type_name == "argument":
+                upper = param.name.upper()
+                assert upper in rows, (path, param.name, out)
+                assert upper in {w.strip("[].") for w in words}, (path, " ".join(usage))
+
+
+def test_every_encoder_option_has_the_short_e() -> None:
+    """`--encoder` was `-e` in the fingerprint commands but not in `automl run` and `model
+    export`."""
+    seen = []
+    for path in _all_paths(ROOT):
+        for param in getattr(_command(path), "params", []):
+            if "--encoder" in getattr(param, "opts", []):
+                seen.append(path)
+                assert "-e" in param.opts, (path, param.opts)
+    assert ("automl", "run") in seen and ("model", "export") in seen, seen
+
+
+def _plain_flag(param: Any) -> bool:
+    """An on/off flag without a --no- twin: absent means off, so it shows no default."""
+    return bool(getattr(param, "is_flag", False)) and not param.secondary_opts and not param.default
+
+
+def test_defaults_are_shown_in_one_form() -> None:
+    """Defaults read "(default 5)" in some options' help, "[default: 5]" in others (typer's),
+    and not at all in some (`automl run --gpus`). Every default is typer's `[default: X]`
+    after the help: no help text words its own default, and every option (or argument) with
+    a default shows it."""
+    for path in _all_paths(ROOT):
+        cmd = _command(path)
+        out = runner.invoke(app, [*path, "--help"], env=ONE_ROW).output
+        assert "[default: (" not in out, (path, out)
+        rows = _rows(out)
+        for param in cmd.params:
+            if param.name == "help" or getattr(param, "hidden", False):
+                continue
+            text = getattr(param, "help", "") or ""
+            assert not re.search(r"\bdefault\b", text, re.I), (path, param.name, text)
+            shown = isinstance(param.show_default, str) or param.default is not None
+            if param.param_type_name == "argument":
+                row = rows[param.name.upper()]
+            else:
+                row = rows[next(o for o in param.opts if o.startswith("--"))]
+            if shown and not _plain_flag(param):
+                assert "[default: " in row, (path, param.name, row.strip())

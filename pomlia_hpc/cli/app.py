@@ -343,6 +343,47 @@ def _option_type_in_help(self: typer.core.TyperOption, ctx: Any) -> str | None:
 typer.core.TyperOption.display_type_rich = _option_type_in_help  # type: ignore[method-assign]
 
 
+def _argument_name(self: typer.core.TyperArgument) -> str:
+    """An argument's name in ``--help`` and in usage errors: its metavar, else its name
+    upper-cased (``TASK``, ``SLOT``), as the docstrings and hints spell it; typer showed the
+    Python name (``task``)."""
+    return self.metavar if self.metavar is not None else str(self.name).upper()
+
+
+def _argument_usage(self: typer.core.TyperArgument, ctx: Any) -> list[str]:
+    """An argument in the usage line: ``TASK``, ``[NAME]`` when optional, ``DATASETS...``
+    when it takes several; typer wrapped a required one in braces (``{task}``), which read as
+    a choice list beside a group's ``{run,show}``."""
+    name = self.display_name_raw
+    name = name if self.required else f"[{name}]"
+    return [name + ("..." if self.nargs != 1 else "")]
+
+
+typer.core.TyperArgument.display_name_raw = property(_argument_name)  # type: ignore[assignment,method-assign]
+typer.core.TyperArgument.get_usage_pieces = _argument_usage  # type: ignore[method-assign]
+
+_typer_option_default = typer.core.TyperOption._get_default_string
+
+
+def _default_text(self: Any, *, ctx: Any, show_default_is_str: bool, default_value: Any) -> str:
+    """The text of an option's or argument's ``[default: ...]`` in ``--help``. A default said
+    in words (``show_default="the cluster profile's gpus_per_node"``, for an option whose
+    value is decided at run time) is shown as written: typer put it in parentheses
+    (``[default: (5)]``). Every default in the help thus reads ``[default: X]``."""
+    if show_default_is_str:
+        return str(self.show_default)
+    return str(
+        _typer_option_default(
+            self, ctx=ctx, show_default_is_str=False, default_value=default_value
+        )
+    )
+
+
+# Typer's rich help asks each parameter for this text (typer.rich_utils).
+typer.core.TyperOption._get_default_string = _default_text  # type: ignore[method-assign]
+typer.core.TyperArgument._get_default_string = _default_text  # type: ignore[method-assign]
+
+
 def _interrupted(exc: SystemExit) -> bool:
     """Whether ``exc`` is typer's exit for a KeyboardInterrupt that no command handled (a
     command that says something itself raises its exit ``from None``)."""

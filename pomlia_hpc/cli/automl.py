@@ -217,7 +217,10 @@ def automl_run(
         ),
     ] = None,
     encoder: Annotated[
-        str | None, typer.Option(help="Fingerprint encoder whose weights become init=encoder.")
+        str | None,
+        typer.Option(
+            "--encoder", "-e", help="Fingerprint encoder whose weights become init=encoder."
+        ),
     ] = None,
     init_model: Annotated[
         str | None,

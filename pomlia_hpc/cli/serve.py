@@ -58,9 +58,11 @@ def export(
     encoder: Annotated[
         str | None,
         typer.Option(
+            "--encoder",
+            "-e",
             help="Fingerprint encoder to ship: a file (ONNX .onnx or torch.export .pt2: float32 "
-            "NCHW in [0,1] → vector) or a registry encoder name/id. Default: the task's encoder, "
-            "if any."
+            "NCHW in [0,1] → vector) or a registry encoder name/id.",
+            show_default="the task's encoder, if any",
         ),
     ] = None,
     rtol: Annotated[
