@@ -192,6 +192,25 @@ def check_png_suffix(path: str | Path, what: str) -> Path:
     return out
 
 
+#: Suffixes that make a path read as an image file, not a folder (``--out x.png``).
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".svg", ".pdf", ".tif", ".tiff", ".gif", ".webp")
+
+
+def check_folder_path(path: str | Path, what: str, writes: str) -> Path:
+    """Refuse ``path`` as a folder for several output files, before any work, when it names
+    an image file (``x.png``: the command would make a folder named ``x.png``) or an existing
+    file. ``what`` names the path in the message (``--out``), ``writes`` says which files go
+    into the folder."""
+    out = Path(path)
+    if out.suffix.lower() in IMAGE_SUFFIXES or (out.exists() and not out.is_dir()):
+        why = "an existing file" if out.exists() and not out.is_dir() else "an image file name"
+        raise InputError(
+            f"{what} {out}: is {why}; {what} is a folder, into which the command writes "
+            f"{writes}: expected a folder path (e.g. {what} {out.with_suffix('')})"
+        )
+    return out
+
+
 def probe_writable(folder: str | Path) -> None:
     """Create and remove a temporary file in ``folder``; raises the :class:`OSError` of a
     folder where nothing can be written. A probe, not ``os.access``: root passes that check

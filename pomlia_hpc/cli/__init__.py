@@ -7,11 +7,12 @@ from __future__ import annotations
 from pomlia_hpc.cli import automl as _automl  # noqa: F401
 from pomlia_hpc.cli import core as _core  # noqa: F401  (init, status)
 from pomlia_hpc.cli import data as _data  # noqa: F401
-from pomlia_hpc.cli import fingerprint as _fingerprint  # noqa: F401  (index, similar, plot)
+from pomlia_hpc.cli import fingerprint as _fingerprint  # noqa: F401  (index, similar)
 from pomlia_hpc.cli import jobs as _jobs  # noqa: F401
 from pomlia_hpc.cli import loop as _loop  # noqa: F401  (data harvest, deploy promote, loop)
 from pomlia_hpc.cli import monitor as _monitor  # noqa: F401  (monitor run/show/history/...)
 from pomlia_hpc.cli import pipeline as _pipeline  # noqa: F401
+from pomlia_hpc.cli import plot as _plot  # noqa: F401  (plot latent)
 from pomlia_hpc.cli import registry as _registry  # noqa: F401  (registry recover)
 from pomlia_hpc.cli import report as _report  # noqa: F401
 from pomlia_hpc.cli import runs as _runs  # noqa: F401  (after automl: its place in --help)

@@ -181,17 +181,23 @@ def _root(
     home: Annotated[
         Path | None,
         typer.Option(
-            "--home", help="Workspace directory (env POMLIA_HOME; default ./pomlia-home)."
+            "--home", help="Workspace directory (env POMLIA_HOME).", show_default="./pomlia-home"
         ),
     ] = None,
     db_url: Annotated[
         str | None,
-        typer.Option("--db-url", help="Registry database URL (env POMLIA_DB_URL; default SQLite)."),
+        typer.Option(
+            "--db-url",
+            help="Registry database URL (env POMLIA_DB_URL).",
+            show_default="SQLite, <home>/registry.db",
+        ),
     ] = None,
     cluster: Annotated[
         str | None,
         typer.Option(
-            "--cluster", help="Cluster profile from configs/cluster/ (env POMLIA_CLUSTER)."
+            "--cluster",
+            help="Cluster profile from configs/cluster/ (env POMLIA_CLUSTER).",
+            show_default="the workspace's pomlia.yaml, else local",
         ),
     ] = None,
     version: Annotated[
@@ -373,9 +379,7 @@ def _default_text(self: Any, *, ctx: Any, show_default_is_str: bool, default_val
     if show_default_is_str:
         return str(self.show_default)
     return str(
-        _typer_option_default(
-            self, ctx=ctx, show_default_is_str=False, default_value=default_value
-        )
+        _typer_option_default(self, ctx=ctx, show_default_is_str=False, default_value=default_value)
     )
 
 

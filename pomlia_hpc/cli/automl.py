@@ -146,16 +146,18 @@ def automl_run(
         int | None,
         typer.Option(
             "--max-epochs",
-            help="Largest budget (epochs; default: about 1,500 optimizer steps at batch 64, "
-            "9 to 60 epochs, so smaller data sets get more epochs).",
+            help="Largest budget, epochs.",
+            show_default="about 1,500 optimizer steps at batch 64, 9 to 60 epochs, so smaller "
+            "data sets get more epochs",
         ),
     ] = None,
     min_epochs: Annotated[
         int | None,
         typer.Option(
             "--min-epochs",
-            help="Smallest budget (default: at least 60 optimizer steps, so the lowest "
-            "Hyperband rung ranks configurations rather than noise).",
+            help="Smallest budget, epochs.",
+            show_default="at least 60 optimizer steps, so the lowest Hyperband rung ranks "
+            "configurations rather than noise",
         ),
     ] = None,
     eta: Annotated[int, typer.Option(help="Hyperband's eta: keep 1/eta per rung.")] = 3,
@@ -164,12 +166,12 @@ def automl_run(
         str | None,
         typer.Option(
             "--executor",
-            help="local, slurm (the --cluster profile) or a cluster profile name; default: "
-            "the --cluster profile (POMLIA_CLUSTER; local if none).",
+            help="local, slurm (the --cluster profile) or a cluster profile name.",
+            show_default="the --cluster profile (POMLIA_CLUSTER; local if none)",
         ),
     ] = None,
     optimizer: Annotated[str, typer.Option(help="smac (Hyperband) or random.")] = "smac",
-    study: Annotated[str | None, typer.Option(help="Study name (default TASK-time).")] = None,
+    study: Annotated[str | None, typer.Option(help="Study name.", show_default="TASK-time")] = None,
     resume: Annotated[
         bool,
         typer.Option(
@@ -211,9 +213,10 @@ def automl_run(
     archs: Annotated[
         str | None,
         typer.Option(
-            help="Comma-separated architectures to search, at least one (default small_cnn,"
-            "resnet18,mobilenet_v3_small; with --from-recommendation: the recommended ones, "
-            "which --archs must include)."
+            help="Comma-separated architectures to search, at least one (with "
+            "--from-recommendation it must include the recommended ones).",
+            show_default="small_cnn,resnet18,mobilenet_v3_small; with --from-recommendation: "
+            "the recommended ones",
         ),
     ] = None,
     encoder: Annotated[
@@ -234,7 +237,8 @@ def automl_run(
     ] = False,
     zero_stage: Annotated[int, typer.Option("--zero-stage", help="DeepSpeed ZeRO stage.")] = 0,
     bf16: Annotated[
-        bool | None, typer.Option("--bf16/--no-bf16", help="bf16 training (default: on CUDA only).")
+        bool | None,
+        typer.Option("--bf16/--no-bf16", help="bf16 training.", show_default="on CUDA only"),
     ] = None,
     device: Annotated[
         str,
@@ -245,15 +249,27 @@ def automl_run(
     ] = "auto",
     mem_gb: Annotated[
         float | None,
-        typer.Option("--mem-gb", help="Memory per trial job, GB (default: profile's)."),
+        typer.Option(
+            "--mem-gb",
+            help="Memory per trial job, GB.",
+            show_default="the cluster profile's mem_gb",
+        ),
     ] = None,
     time_min: Annotated[
         int | None,
-        typer.Option("--time-min", help="Time limit per trial job, minutes (default: profile's)."),
+        typer.Option(
+            "--time-min",
+            help="Time limit per trial job, minutes.",
+            show_default="the cluster profile's time_min",
+        ),
     ] = None,
     gpus: Annotated[
         int | None,
-        typer.Option("--gpus", help="GPUs per trial job (0 or 1: a trial is one process)."),
+        typer.Option(
+            "--gpus",
+            help="GPUs per trial job (0 or 1: a trial is one process).",
+            show_default="the cluster profile's gpus_per_node",
+        ),
     ] = None,
 ) -> None:
     """Run an AutoML study on TASK: SMAC-Hyperband (budget = epochs), trials as cluster jobs."""

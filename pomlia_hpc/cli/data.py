@@ -87,15 +87,10 @@ def _progress() -> Iterator[Callable[[str, int, int], None]]:
 
 
 # `data add`'s longer help texts, kept here so the command's signature stays readable.
-_SOURCE_HELP = (
-    "An .npz, an HDF5 file, an image folder, or medmnist:FLAG. Default: NAME as a MedMNIST flag."
-)
-_TASK_TYPE_HELP = (
-    f"One of {task_type_choices()}; default: the source's (binary for 2 classes, else "
-    "multi-class). Kept in MedMNIST's spelling."
-)
+_SOURCE_HELP = "An .npz, an HDF5 file, an image folder, or medmnist:FLAG."
+_TASK_TYPE_HELP = f"One of {task_type_choices()}. Kept in MedMNIST's spelling."
 _FRACTION_HELP = (
-    "Folder/HDF5 without splits: share of {split} (0.1), of each class. Split folders "
+    "Folder/HDF5 without splits: share of {split}, of each class. Split folders "
     "without {split}/ (or an empty one): share of each class of train/ carved out as {split} "
     "(at least one image; one stays in train)."
 )
@@ -110,20 +105,25 @@ def add(
     name: Annotated[str, typer.Argument(help="Dataset name (an identifier, e.g. pathmnist).")],
     source: Annotated[
         str | None,
-        typer.Argument(help=_SOURCE_HELP),
+        typer.Argument(help=_SOURCE_HELP, show_default="NAME as a MedMNIST flag"),
     ] = None,
     size: Annotated[
-        int | None, typer.Option(help="MedMNIST image size, px: 28, 64, 128 or 224 (default 28).")
+        int | None,
+        typer.Option(help="MedMNIST image size, px: 28, 64, 128 or 224.", show_default="28"),
     ] = None,
     root: Annotated[
         Path | None,
-        typer.Option(help="Folder holding MedMNIST npz files (env POMLIA_MEDMNIST_ROOT)."),
+        typer.Option(
+            help="Folder holding MedMNIST npz files (env POMLIA_MEDMNIST_ROOT).",
+            show_default="~/.medmnist",
+        ),
     ] = None,
     download: Annotated[
         bool | None,
         typer.Option(
             "--download/--no-download",
-            help="Download missing MedMNIST files (md5-checked; default: --download).",
+            help="Download missing MedMNIST files (md5-checked).",
+            show_default="download",
         ),
     ] = None,
     mirror: Annotated[str | None, typer.Option(help="Base URL replacing MedMNIST's.")] = None,
@@ -143,23 +143,26 @@ def add(
     ] = None,
     task_type: Annotated[
         str | None,
-        typer.Option(help=_TASK_TYPE_HELP),
+        typer.Option(
+            help=_TASK_TYPE_HELP,
+            show_default="the source's (binary for 2 classes, else multi-class)",
+        ),
     ] = None,
     val_fraction: Annotated[
         float | None,
-        typer.Option(help=_FRACTION_HELP.format(split="val")),
+        typer.Option(help=_FRACTION_HELP.format(split="val"), show_default="0.1"),
     ] = None,
     test_fraction: Annotated[
         float | None,
-        typer.Option(help=_FRACTION_HELP.format(split="test")),
+        typer.Option(help=_FRACTION_HELP.format(split="test"), show_default="0.1"),
     ] = None,
     max_classes: Annotated[
         int | None,
-        typer.Option(help="Refuse more classes or label columns than this (default 500)."),
+        typer.Option(help="Refuse more classes or label columns than this.", show_default="500"),
     ] = None,
     max_side_px: Annotated[
         int | None,
-        typer.Option(help="Refuse images with a side longer than this, px (default 4096)."),
+        typer.Option(help="Refuse images with a side longer than this, px.", show_default="4096"),
     ] = None,
     skip_unreadable: Annotated[
         bool,
@@ -378,7 +381,7 @@ def synth(
     seed: Annotated[int, typer.Option(help="Random seed (output is deterministic).")] = 0,
     size: Annotated[int, typer.Option(help="Image size: 28, 64, 128 or 224.")] = 28,
     flags: Annotated[
-        str | None, typer.Option(help="Comma-separated MedMNIST flags (default: all 12).")
+        str | None, typer.Option(help="Comma-separated MedMNIST flags.", show_default="all 12")
     ] = None,
 ) -> None:
     """Write MedMNIST look-alike npz files (exact layouts, synthetic pixels)."""
@@ -525,7 +528,9 @@ def show_cmd(
 
 @data_app.command("verify")
 def verify_cmd(
-    ref: Annotated[str | None, typer.Argument(help="NAME or NAME@VERSION; default all.")] = None,
+    ref: Annotated[
+        str | None, typer.Argument(help="NAME or NAME@VERSION.", show_default="all")
+    ] = None,
 ) -> None:
     """Recompute chunk hashes and report damaged chunks (exit 1 if any version is damaged)."""
     from pomlia_hpc.data.api import verify

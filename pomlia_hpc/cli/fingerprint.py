@@ -1,5 +1,6 @@
-"""``pomlia fingerprint train|extract``, ``pomlia index build``, ``pomlia similar`` and
-``pomlia plot latent``: parse, call :mod:`pomlia_hpc.fingerprint`, render."""
+"""``pomlia fingerprint train|extract|show|refresh``, ``pomlia index build`` and ``pomlia
+similar``: parse, call :mod:`pomlia_hpc.fingerprint`, render. (``pomlia plot latent``:
+:mod:`pomlia_hpc.cli.plot`.)"""
 
 from __future__ import annotations
 
@@ -23,23 +24,23 @@ fingerprint_app = typer.Typer(
     help="Train the fingerprint autoencoder and embed datasets with it.", no_args_is_help=True
 )
 index_app = typer.Typer(help="FAISS indexes over an encoder's embeddings.", no_args_is_help=True)
-plot_app = typer.Typer(help="Figures of the latent space.", no_args_is_help=True)
 app.add_typer(fingerprint_app, name="fingerprint")
 app.add_typer(index_app, name="index")
-app.add_typer(plot_app, name="plot")
 
+ENCODER_DEFAULT = "the current one after a refresh, else the only one (never one still training)"
 EncoderOpt = Annotated[
     str | None,
     typer.Option(
         "--encoder",
         "-e",
-        help="Encoder name or id (default: the current one after a refresh, else the only one; "
-        "an encoder a refresh is training, not yet current, is never the default).",
+        help="Encoder name or id.",
+        show_default=ENCODER_DEFAULT,
     ),
 ]
 
 
-def _encoder(name: str | None) -> str:
+def encoder_name(name: str | None) -> str:
+    """The encoder an ``--encoder`` value names: itself, else the workspace's default one."""
     if name is not None:
         return name
     from pomlia_hpc.fingerprint.refresh import default_encoder
@@ -92,14 +93,16 @@ def _resources(cpus: int | None, gpus: int | None) -> dict[str, Any] | None:
 
 TrainCpusOpt = Annotated[
     int | None,
-    typer.Option(min=1, help="CPUs for the job (default: the cluster profile's cpus_per_task)."),
+    typer.Option(
+        min=1, help="CPUs for the job.", show_default="the cluster profile's cpus_per_task"
+    ),
 ]
 TrainGpusOpt = Annotated[
     int | None,
     typer.Option(
         min=0,
-        help="GPUs for the job (0: none; local profile: refused if this machine lacks them; "
-        "default: the cluster profile's gpus_per_node).",
+        help="GPUs for the job (0: none; local profile: refused if this machine lacks them).",
+        show_default="the cluster profile's gpus_per_node",
     ),
 ]
 
@@ -129,8 +132,8 @@ def train(
         str | None,
         typer.Option(
             help="Loss: mse (the paper's autoencoder), style (MSE + Gram-matrix texture loss) "
-            "or contrastive (acquisition-invariant views + dataset membership) "
-            "(default contrastive)."
+            "or contrastive (acquisition-invariant views + dataset membership).",
+            show_default="contrastive",
         ),
     ] = None,
     holdout: Annotated[
@@ -208,15 +211,16 @@ def extract(
         int | None,
         typer.Option(
             min=1,
-            help="Shards per dataset (array tasks; default: as many as --shard-rows gives).",
+            help="Shards per dataset (array tasks).",
+            show_default="as many as --shard-rows gives",
         ),
     ] = None,
     shard_rows: Annotated[
         int | None,
         typer.Option(
             min=1,
-            help="Or: about this many images per shard (default 200,000; small datasets are "
-            "packed into one shard).",
+            help="Or: about this many images per shard (small datasets are packed into one).",
+            show_default="200,000",
         ),
     ] = None,
     batch_size: Annotated[int, typer.Option(help="Images per forward pass.")] = 256,
@@ -230,7 +234,9 @@ def extract(
     force: Annotated[bool, typer.Option(help="Recompute even complete embeddings.")] = False,
     cpus: Annotated[
         int | None,
-        typer.Option(min=1, help="CPUs per shard (default: the cluster profile's cpus_per_task)."),
+        typer.Option(
+            min=1, help="CPUs per shard.", show_default="the cluster profile's cpus_per_task"
+        ),
     ] = None,
     gpus: Annotated[
         int | None,
@@ -238,8 +244,9 @@ def extract(
             min=0,
             help=(
                 "GPUs per shard (0: none; local profile: refused if this machine lacks them "
-                "and a shard will run; default: the cluster profile's gpus_per_node)."
+                "and a shard will run)."
             ),
+            show_default="the cluster profile's gpus_per_node",
         ),
     ] = None,
 ) -> None:
@@ -258,7 +265,7 @@ def extract(
         results = run_extract(
             reg,
             ws,
-            _encoder(encoder),
+            encoder_name(encoder),
             datasets,
             shards=shards,
             shard_rows=shard_rows,
@@ -292,7 +299,7 @@ def show(
     from pomlia_hpc.fingerprint.similar import dataset_fingerprint
 
     unrec: list[Any] = []
-    fp = dataset_fingerprint(STATE.registry(), _encoder(encoder), dataset, unrecorded_out=unrec)
+    fp = dataset_fingerprint(STATE.registry(), encoder_name(encoder), dataset, unrecorded_out=unrec)
     typer.echo(json.dumps(fp, indent=1))
     set_notes([], unrec, stderr=True)
 
@@ -301,14 +308,14 @@ def show(
 def build(
     encoder: EncoderOpt = None,
     factory: Annotated[
-        str | None, typer.Option(help="faiss index_factory string (default: Flat up to 1M).")
+        str | None, typer.Option(help="faiss index_factory string.", show_default="Flat up to 1M")
     ] = None,
     metric: Annotated[str, typer.Option(help="l2 or ip (cosine).")] = "l2",
     nprobe: Annotated[
         int | None,
         typer.Option(
-            help="Lists an IVF search visits (default: the index's, 16 when it was built "
-            "without; unused by exact indexes)."
+            help="Lists an IVF search visits (unused by exact indexes).",
+            show_default="the index's, 16 when it was built without",
         ),
     ] = None,
     patches: Annotated[bool, typer.Option(help="Index the patch embeddings instead.")] = False,
@@ -325,7 +332,7 @@ def build(
         res = build_index(
             STATE.registry(),
             STATE.workspace,
-            _encoder(encoder),
+            encoder_name(encoder),
             factory=factory,
             metric="ip" if metric == "ip" else "l2",
             kind="patches" if patches else "images",
@@ -403,12 +410,15 @@ def _image_rows(
 def similar(
     dataset: Annotated[str, typer.Argument(help="Query dataset: name or name@version.")],
     encoder: EncoderOpt = None,
-    k: Annotated[int | None, typer.Option("--k", help="How many datasets (default 5).")] = None,
+    k: Annotated[
+        int | None, typer.Option("--k", help="How many datasets.", show_default="5")
+    ] = None,
     distance: Annotated[
         str | None,
         typer.Option(
             help="combined (latent + explicit fingerprint), trimmed, frechet, mean (the "
-            "paper), mmd, kl, marginal or explicit (default combined)."
+            "paper), mmd, kl, marginal or explicit.",
+            show_default="combined",
         ),
     ] = None,
     images: Annotated[
@@ -431,8 +441,8 @@ def similar(
         bool,
         typer.Option(
             "--all-versions",
-            help="Compare every version of each dataset with embeddings (default: its current "
-            "version, else its newest with embeddings).",
+            help="Compare every version of each dataset with embeddings (without it: its "
+            "current version, else its newest with embeddings).",
         ),
     ] = False,
     as_json: Annotated[
@@ -451,7 +461,7 @@ def similar(
 
     _check_similar_options(images, split, k, distance)
     k, distance = 5 if k is None else k, distance or DEFAULT_DISTANCE
-    reg, enc = STATE.registry(), _encoder(encoder)
+    reg, enc = STATE.registry(), encoder_name(encoder)
     left: list[Any] = []  # what was left out, and why: one note under the results
     unrec: list[Any] = []  # what was used unrecorded: another note
     same = ""
@@ -513,51 +523,6 @@ def _similar_json(
     set_notes(left, unrec, stderr=True)
 
 
-@plot_app.command("latent")
-def latent(
-    datasets: Annotated[
-        list[str] | None, typer.Argument(help="Datasets (default: all extracted).")
-    ] = None,
-    encoder: EncoderOpt = None,
-    out: Annotated[
-        Path | None,
-        typer.Option(help="Folder for the PNGs (default <home>/reports/latent/<encoder>)."),
-    ] = None,
-    all_versions: Annotated[
-        bool,
-        typer.Option(
-            "--all-versions",
-            help="Without DATASETS: plot every version with embeddings (default: the current "
-            "version of each dataset).",
-        ),
-    ] = False,
-) -> None:
-    """Write the latent scatter of test samples (Figure 5) and per-dataset means (Figure 6,
-    for two datasets or more)."""
-    from pomlia_hpc.fingerprint.plots import latent_figures
-
-    enc = _encoder(encoder)
-    folder = out or STATE.workspace.path("reports", "latent", enc)
-    reg = STATE.registry()
-    left: list[Any] = []
-    unrec: list[Any] = []
-    paths, skipped = latent_figures(
-        reg,
-        enc,
-        datasets or None,
-        folder,
-        all_versions=all_versions,
-        left_out=left,
-        unrecorded_out=unrec,
-    )
-    for p in paths:
-        console.print(f"wrote {p}")
-    note(skipped)
-    if not (datasets or all_versions):
-        older_versions_note(reg, enc)
-    set_notes(left, unrec)
-
-
 @fingerprint_app.command("refresh")
 def refresh_cmd(
     encoder: Annotated[
@@ -565,11 +530,13 @@ def refresh_cmd(
         typer.Option(
             "--encoder",
             "-e",
-            help="Encoder to refresh (default: the current one after a refresh, else the only "
-            "one; an encoder under refresh, not yet current, is never the default).",
+            help="Encoder to refresh.",
+            show_default=ENCODER_DEFAULT,
         ),
     ] = None,
-    epochs: Annotated[int | None, typer.Option(help="Epochs (default: the encoder's).")] = None,
+    epochs: Annotated[
+        int | None, typer.Option(help="Epochs.", show_default="the encoder's")
+    ] = None,
     shards: Annotated[int, typer.Option(help="Extraction shards per dataset.")] = 1,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Only say what would be done.")

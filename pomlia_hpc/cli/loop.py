@@ -58,13 +58,14 @@ def harvest_cmd(
     ],
     since: Annotated[
         str | None,
-        typer.Option(help="Feedback from this time (ISO; default: end of the last harvest)."),
+        typer.Option(help="Feedback from this time (ISO).", show_default="end of the last harvest"),
     ] = None,
     until: Annotated[
-        str | None, typer.Option(help="Feedback before this time (default now).")
+        str | None, typer.Option(help="Feedback before this time (ISO).", show_default="now")
     ] = None,
     log_dir: Annotated[
-        Path | None, typer.Option(help="Prediction log folder (default the model's/slot's).")
+        Path | None,
+        typer.Option(help="Prediction log folder.", show_default="the model's/slot's"),
     ] = None,
 ) -> None:
     """Labelled production images (kept inputs + feedback) → a new version of the model's
@@ -121,7 +122,9 @@ def promote_cmd(
     ] = False,
     data: Annotated[
         str | None,
-        typer.Option(help="Harvested dataset version to gate on (default: MODEL's training data)."),
+        typer.Option(
+            help="Harvested dataset version to gate on.", show_default="MODEL's training data"
+        ),
     ] = None,
     margin: Annotated[float, typer.Option(help=MARGIN_HELP)] = 0.02,
     alpha: Annotated[float, typer.Option(help=ALPHA_HELP)] = 0.05,
@@ -236,14 +239,14 @@ MinEpochsOpt = Annotated[
 ]
 ParallelOpt = Annotated[int, typer.Option(help="Trials running at once.")]
 ArchsOpt = Annotated[
-    str | None, typer.Option(help="Architectures to search (default: the champion's).")
+    str | None, typer.Option(help="Architectures to search.", show_default="the champion's")
 ]
 OptimizerOpt = Annotated[str, typer.Option(help="smac (Hyperband) or random.")]
 ExecutorOpt = Annotated[
     str | None,
     typer.Option(
-        help="local, slurm (the --cluster profile) or a cluster profile name; default: the "
-        "--cluster profile (POMLIA_CLUSTER; local if none)."
+        help="local, slurm (the --cluster profile) or a cluster profile name.",
+        show_default="the --cluster profile (POMLIA_CLUSTER; local if none)",
     ),
 ]
 MarginOpt = Annotated[float, typer.Option(help=MARGIN_HELP)]
@@ -304,7 +307,8 @@ def loop_run(
     fine_tune: FineTuneOpt = True,
     recent_share: RecentShareOpt = 0.5,
     since: Annotated[
-        str | None, typer.Option(help="Harvest feedback from this time (default: last harvest).")
+        str | None,
+        typer.Option(help="Harvest feedback from this time.", show_default="the last harvest"),
     ] = None,
     new: Annotated[
         bool, typer.Option("--new", help="Start a new run even if one is unfinished.")

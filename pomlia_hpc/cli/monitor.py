@@ -44,7 +44,9 @@ def run(
         str | None,
         typer.Option(help="Window start, ISO 8601 (UTC if no zone); overrides --window."),
     ] = None,
-    until: Annotated[str | None, typer.Option(help="Window end, ISO 8601 (default now).")] = None,
+    until: Annotated[
+        str | None, typer.Option(help="Window end, ISO 8601.", show_default="now")
+    ] = None,
     alpha: Annotated[float, typer.Option(help="Family-wise false-alarm rate of the alarm.")] = 0.05,
     permutations: Annotated[
         int,
@@ -177,7 +179,9 @@ def reference(
     model: Annotated[str, typer.Argument(help="Registry model name or id (exported).")],
     data: Annotated[
         str | None,
-        typer.Option(help="Dataset NAME[@VERSION]; default: the one the model was trained on."),
+        typer.Option(
+            help="Dataset NAME[@VERSION].", show_default="the one the model was trained on"
+        ),
     ] = None,
     split: Annotated[str, typer.Option(help="Split of the dataset to use.")] = "val",
 ) -> None:
@@ -203,7 +207,7 @@ def schedule_cmd(
     ] = "02:00",
     every: Annotated[str, typer.Option(help="Period: 1d (nightly), 12h, 1w, ...")] = "1d",
     window: Annotated[
-        str | None, typer.Option(help="Window each run tests (default: the period).")
+        str | None, typer.Option(help="Window each run tests.", show_default="the period")
     ] = None,
     on_alarm: Annotated[
         str | None, typer.Option(help="Shell command each run calls on an alarm.")

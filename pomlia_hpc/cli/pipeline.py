@@ -219,7 +219,7 @@ def _print_status(ctx: object) -> None:
 def status(
     name: Annotated[
         str | None,
-        typer.Argument(help="Pipeline name or file (default: the only one in the workspace)."),
+        typer.Argument(help="Pipeline name or file.", show_default="the only one in the workspace"),
     ] = None,
 ) -> None:
     """Show each stage of a pipeline: done / stale / failed / running, with its job's state

@@ -14,7 +14,9 @@ from pomlia_hpc.cli.app import STATE, app, console
 def report(
     out: Annotated[
         Path | None,
-        typer.Option("--out", help="Folder for the HTML pages (default <home>/reports/html)."),
+        typer.Option(
+            "--out", help="Folder for the HTML pages.", show_default="<home>/reports/html"
+        ),
     ] = None,
 ) -> None:
     """Write a static, self-contained HTML report of the workspace (opens without a server):

@@ -229,25 +229,35 @@ def serve(
         str,
         typer.Argument(help="Registry model name/id, or the path of an exported bundle directory."),
     ],
-    host: Annotated[str | None, typer.Option(help="Interface (default 127.0.0.1).")] = None,
-    port: Annotated[int | None, typer.Option(help="Port (default 8000; 0: a free one).")] = None,
+    # None for the settings below: a --config file's value then stands (serve/config.py);
+    # show_default says the built-in one.
+    host: Annotated[str | None, typer.Option(help="Interface.", show_default="127.0.0.1")] = None,
+    port: Annotated[
+        int | None, typer.Option(help="Port (0: a free one).", show_default="8000")
+    ] = None,
     config: Annotated[Path | None, typer.Option(help="Serve settings YAML (see docs).")] = None,
     backend: Annotated[
-        str | None, typer.Option(help="auto (torch on GPU, else onnxruntime), onnx or torch.")
+        str | None,
+        typer.Option(
+            help="auto (torch on GPU, else onnxruntime), onnx or torch.", show_default="auto"
+        ),
     ] = None,
-    threads: Annotated[int | None, typer.Option(help="Inference threads (default: cores).")] = None,
+    threads: Annotated[
+        int | None, typer.Option(help="Inference threads.", show_default="cores")
+    ] = None,
     max_batch: Annotated[
-        int | None, typer.Option(help="Images per model call (default 32).")
+        int | None, typer.Option(help="Images per model call.", show_default="32")
     ] = None,
     max_wait_ms: Annotated[
-        float | None, typer.Option(help="Longest wait for a batch to fill, ms (default 5).")
+        float | None,
+        typer.Option(help="Longest wait for a batch to fill, ms.", show_default="5"),
     ] = None,
     no_batching: Annotated[
         bool,
         typer.Option("--no-batching", help="One request per model call (max batch 1, no wait)."),
     ] = False,
     max_upload_mb: Annotated[
-        float | None, typer.Option(help="Upload limit, MiB (default 16).")
+        float | None, typer.Option(help="Upload limit, MiB.", show_default="16")
     ] = None,
     token_file: Annotated[
         Path | None,
@@ -257,7 +267,9 @@ def serve(
     ] = None,
     log_dir: Annotated[
         Path | None,
-        typer.Option(help="Prediction log directory (default <home>/logs/predictions/<model>)."),
+        typer.Option(
+            help="Prediction log directory.", show_default="<home>/logs/predictions/<model>"
+        ),
     ] = None,
     address_file: Annotated[
         Path | None, typer.Option(help="Write http://HOST:PORT here once ready.")
@@ -274,14 +286,16 @@ def serve(
         typer.Option(
             "--keep-inputs/--no-keep-inputs",
             help="Store every decoded input durably next to the log, keyed by prediction id "
-            "(for `pomlia data harvest`). Off by default.",
+            "(for `pomlia data harvest`).",
+            show_default="no-keep-inputs",
         ),
     ] = None,
     inputs_quota_mb: Annotated[
-        float | None, typer.Option(help="Kept inputs: byte quota, MiB (default 1024).")
+        float | None, typer.Option(help="Kept inputs: byte quota, MiB.", show_default="1024")
     ] = None,
     inputs_retention_days: Annotated[
-        float | None, typer.Option(help="Kept inputs: retention period, days (default 30).")
+        float | None,
+        typer.Option(help="Kept inputs: retention period, days.", show_default="30"),
     ] = None,
 ) -> None:
     """Serve MODEL over REST until SIGTERM/Ctrl-C (FastAPI + uvicorn, dynamic batching).
@@ -417,11 +431,13 @@ def deploy(
     model: ModelArg,
     out: Annotated[
         Path | None,
-        typer.Option(help="Deployment directory (default <home>/models/<name>/deploy/<version>)."),
+        typer.Option(
+            help="Deployment directory.", show_default="<home>/models/<name>/deploy/<version>"
+        ),
     ] = None,
     profile: Annotated[
         str | None,
-        typer.Option(help="Cluster profile for the #SBATCH lines (default: the workspace's)."),
+        typer.Option(help="Cluster profile for the #SBATCH lines.", show_default="the workspace's"),
     ] = None,
     submit: Annotated[
         bool,

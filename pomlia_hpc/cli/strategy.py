@@ -237,8 +237,8 @@ def recommend_cmd(
         list[str] | None,
         typer.Option(
             "--source",
-            help="Knowledge-base source, repeatable (default: every imported source and the "
-            "registry's runs).",
+            help="Knowledge-base source, repeatable.",
+            show_default="every imported source and the registry's runs",
         ),
     ] = None,
     write_initial: Annotated[

@@ -26,8 +26,8 @@ def task_add(
         str | None,
         typer.Option(
             "--task-type",
-            help=f"One of {task_type_choices()}; default: the dataset's (a different one "
-            "is refused).",
+            help=f"One of {task_type_choices()} (one other than the dataset's is refused).",
+            show_default="the dataset's",
         ),
     ] = None,
 ) -> None:
