@@ -7,11 +7,12 @@ import json
 from datetime import UTC, datetime
 
 import pytest
+from sqlalchemy import select
 from typer.testing import CliRunner
 
 from pomlia_hpc.cli import app
 from pomlia_hpc.errors import NotFoundError
-from pomlia_hpc.registry import Job, Model, Registry, Run, Task
+from pomlia_hpc.registry import Job, Model, MonitorReport, Registry, Run, Task
 from pomlia_hpc.workspace import Workspace
 from tests.fixtures.factories import make_dataset
 
@@ -154,3 +155,41 @@ def test_a_filter_naming_nothing_is_an_error_not_an_empty_list(filled: Workspace
     for args, n in ((["model", "list", "--task", "t"], 1), (["data", "list", "blood"], 1)):
         res = CliRunner().invoke(app, [*args, "--json"])
         assert res.exit_code == 0 and len(json.loads(res.output)) == n, res.output
+
+
+def test_an_undefined_metric_reads_n_a(filled: Workspace, reg: Registry) -> None:
+    """`runs list` left AUC out of a run whose validation split had one class (AUC undefined,
+    recorded None) as if it had not been computed; the table says `auc n/a` now, and --json
+    keeps the key with null."""
+    with reg.session() as s:
+        val = {"acc": 0.75, "auc": None, "f1_macro": 0.5}
+        s.add(Run(config={}, status="ok", metrics={"val": val, "test": {"acc": 0.5}}))
+    table = " ".join(
+        CliRunner().invoke(app, ["runs", "list"], env={"COLUMNS": "300"}).output.split()
+    )
+    assert "acc 0.750 auc n/a f1_macro 0.500" in table, table
+    res = CliRunner().invoke(app, ["runs", "list", "--json"])
+    newest = json.loads(res.stdout)[0]
+    assert newest["val"] == {"acc": 0.75, "auc": None, "f1_macro": 0.5}, newest
+
+
+def test_monitor_history_json_has_the_table_fields(filled: Workspace, reg: Registry) -> None:
+    """`monitor history` had no --json, unlike the other lists: its rows as one JSON array,
+    the table's columns as keys, numbers as recorded (not the table's rounding)."""
+    with reg.session() as s:
+        model_id = s.scalars(select(Model.id).where(Model.name == "m")).one()
+        metrics = {"status": "alarm", "predictions": 120, "performance": {"labels": 30}}
+        metrics["performance"]["accuracy"] = 0.123456
+        s.add(MonitorReport(model_id=model_id, metrics=metrics, triggered=True, report_path="/r"))
+        s.add(MonitorReport(model_id=model_id, metrics={}, report_path="/q"))
+    res = CliRunner().invoke(app, ["monitor", "history", "m", "--json"])
+    assert res.exit_code == 0, res.output
+    rows = json.loads(res.stdout)
+    keys = ["id", "created_at", "status", "predictions", "labels", "accuracy", "alarm", "path"]
+    assert [list(r) for r in rows] == [keys, keys], rows
+    empty, full = rows  # newest first
+    assert full["accuracy"] == 0.123456 and full["predictions"] == 120 and full["labels"] == 30
+    assert full["alarm"] is True and full["status"] == "alarm" and full["path"] == "/r"
+    assert empty["accuracy"] is None and empty["alarm"] is False
+    helped = " ".join(CliRunner().invoke(app, ["monitor", "history", "--help"]).output.split())
+    assert "--json" in helped and all(k in helped for k in keys), helped

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import typer
 from rich.table import Table
 
 from pomlia_hpc.cli.app import STATE, app, console, err_console
+from pomlia_hpc.cli.listing import JsonFlag, print_rows
 from pomlia_hpc.cli.reference import warn_few_images
 from pomlia_hpc.errors import InputError
 
@@ -150,11 +151,19 @@ def show(
 def history_cmd(
     target: TargetArg,
     limit: Annotated[int, typer.Option(help="How many, newest first.")] = 20,
+    as_json: JsonFlag = False,
 ) -> None:
-    """List TARGET's monitoring reports, newest first."""
+    """List TARGET's monitoring reports, newest first.
+
+    --json keys (the table's columns): id, created_at, status, predictions, labels (feedback
+    labels in the window), accuracy (on them; a number in [0, 1], not rounded), alarm (true or
+    false), path (the report's JSON file); a missing value is null."""
     from pomlia_hpc.monitor.history import list_reports
 
     rows = list_reports(STATE.registry(), target, limit)
+    if as_json:
+        print_rows([_history_row(r) for r in rows])
+        return
     table = Table(title=f"monitor reports ({len(rows)})")
     for col in ("id", "created", "status", "predictions", "labels", "accuracy", "alarm", "path"):
         table.add_column(col, overflow="fold")
@@ -172,6 +181,22 @@ def history_cmd(
             r.report_path,
         )
     console.print(table)
+
+
+def _history_row(report: Any) -> dict[str, Any]:
+    """One row of ``monitor history --json``: the table's columns, numbers as recorded."""
+    metrics = report.metrics or {}
+    perf = metrics.get("performance") or {}
+    return {
+        "id": report.id,
+        "created_at": report.created_at,
+        "status": metrics.get("status"),
+        "predictions": metrics.get("predictions"),
+        "labels": perf.get("labels"),
+        "accuracy": perf.get("accuracy"),
+        "alarm": bool(report.triggered),
+        "path": report.report_path,
+    }
 
 
 @monitor_app.command("reference")

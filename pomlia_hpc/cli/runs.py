@@ -24,9 +24,31 @@ def fmt(x: float | None, digits: int = 3) -> str:
     return "" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
 
 
+#: A metric that is undefined for a run (AUC on a split of one class) in the table.
+UNDEFINED = "n/a"
+
+
+def _defined(x: Any) -> bool:
+    return x is not None and not (isinstance(x, float) and math.isnan(x))
+
+
 def _metrics(values: dict[str, Any]) -> str:
-    """A run's metrics on one split, named: ``acc 0.912 auc 0.981`` (f1_macro too)."""
-    return " ".join(f"{k} {fmt(values[k])}" for k in METRICS if values.get(k) is not None)
+    """A run's metrics on one split, named: ``acc 0.912 auc 0.981`` (f1_macro too). A metric
+    the split has a key for but no value (``None``: undefined, e.g. AUC with one class; NaN
+    in older records) reads ``auc n/a``: leaving it out looked like a metric not computed."""
+    return " ".join(
+        f"{k} {fmt(values[k]) if _defined(values[k]) else UNDEFINED}"
+        for k in METRICS
+        if k in values
+    )
+
+
+def _split_json(values: Any) -> Any:
+    """A split's metrics for --json: an undefined one (NaN in older records) is null, as JSON
+    has no NaN."""
+    if not isinstance(values, dict):
+        return values
+    return {k: (v if not isinstance(v, float) or _defined(v) else None) for k, v in values.items()}
 
 
 @runs_app.command("list")
@@ -41,7 +63,8 @@ def runs_list(
     --json keys: id, task, study, status, epochs, config, val, test, objective, cost_s, job
     (the registry's job id, as `pomlia jobs show/cancel` take), scheduler_id (Slurm's job id
     or the local pid), error (the whole text; the table shows its first line), created_at;
-    a missing value is null."""
+    a missing value is null, and so is a metric undefined for the run (val.auc of a split of
+    one class; the table shows n/a)."""
     from pomlia_hpc.automl.folders import study_names  # not .study: that imports torch
     from pomlia_hpc.automl.records import config_summary, list_runs, settle_cancelled
 
@@ -58,7 +81,7 @@ def runs_list(
             [
                 {"id": r.id, "task": r.task, "study": r.study, "status": r.status}
                 | {"epochs": r.epochs, "config": r.config}
-                | {k: r.metrics.get(k) for k in ("val", "test", "objective")}
+                | {k: _split_json(r.metrics.get(k)) for k in ("val", "test", "objective")}
                 | {"cost_s": r.cost_s, "job": r.job, "scheduler_id": r.scheduler_id}
                 | {"error": r.error}
                 | {"created_at": r.created_at}
