@@ -197,16 +197,16 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".svg", ".pdf", ".tif", ".tiff", ".gi
 
 
 def check_folder_path(path: str | Path, what: str, writes: str) -> Path:
-    """Refuse ``path`` as a folder for several output files, before any work, when it names
-    an image file (``x.png``: the command would make a folder named ``x.png``) or an existing
-    file. ``what`` names the path in the message (``--out``), ``writes`` says which files go
-    into the folder."""
+    """Refuse ``path`` as a folder for several output files, before any work, when it reads
+    as an image file (``x.png``: the command made a folder named ``x.png``) and is not an
+    existing folder. ``what`` names the path in the message (``--out``), ``writes`` says
+    which files go into the folder."""
     out = Path(path)
-    if out.suffix.lower() in IMAGE_SUFFIXES or (out.exists() and not out.is_dir()):
-        why = "an existing file" if out.exists() and not out.is_dir() else "an image file name"
+    if out.suffix.lower() in IMAGE_SUFFIXES and not out.is_dir():
         raise InputError(
-            f"{what} {out}: is {why}; {what} is a folder, into which the command writes "
-            f"{writes}: expected a folder path (e.g. {what} {out.with_suffix('')})"
+            f"{what} {out}: is an image file name, but {what} is a folder, into which the "
+            f"command writes {writes}; expected a folder path (e.g. {what} "
+            f"{out.with_suffix('')})"
         )
     return out
 

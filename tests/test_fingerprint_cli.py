@@ -149,3 +149,18 @@ def test_errors_are_one_line_exit_2(tmp_path: Path) -> None:
         res = runner.invoke(app, ["--home", str(tmp_path / "ws"), "fingerprint", *cmd, option, "0"])
         text = " ".join(res.output.split())
         assert res.exit_code == 2 and f"{option} 0: expected a whole number >= 1" in text, text
+
+
+@pytest.mark.parametrize("name", ["x.png", "fig.PDF", "a/b.svg"])
+def test_plot_out_naming_an_image_file_is_refused(
+    workspace: Workspace, tmp_path: Path, name: str
+) -> None:
+    """`plot latent --out x.png` made a folder named x.png with the figures in it: --out is a
+    folder (the command writes up to two PNGs), so an image file name is refused up front
+    with one line saying so, and nothing is made."""
+    res = runner.invoke(app, ["plot", "latent", "--out", str(tmp_path / name)])
+    assert isinstance(res.exception, PomliaError), res.output
+    said = str(res.exception)
+    assert "is an image file name, but --out is a folder" in said, said
+    assert "latent_scatter.png" in said and "latent_means.png" in said, said
+    assert not (tmp_path / name).exists() and not (tmp_path / "a").exists()
