@@ -1,5 +1,6 @@
 """``--json`` of the list commands (``data list``, ``task list``, ``runs list``, ``model list``,
-``jobs list``): one shared option and printer, so every list prints the same way.
+``jobs list``, ``monitor history``): one shared option and printer, so every list prints the
+same way.
 
 The output is one JSON array on stdout, one object per row, in the table's order; each command
 documents its keys (``docs/guide/README.md``), which stay stable: a key is only ever added.
