@@ -157,6 +157,7 @@ def test_a_filter_naming_nothing_is_an_error_not_an_empty_list(filled: Workspace
         assert res.exit_code == 0 and len(json.loads(res.output)) == n, res.output
 
 
+@pytest.mark.usefixtures("wide_console")
 def test_an_undefined_metric_reads_n_a(filled: Workspace, reg: Registry) -> None:
     """`runs list` left AUC out of a run whose validation split had one class (AUC undefined,
     recorded None) as if it had not been computed; the table says `auc n/a` now, and --json
@@ -164,9 +165,7 @@ def test_an_undefined_metric_reads_n_a(filled: Workspace, reg: Registry) -> None
     with reg.session() as s:
         val = {"acc": 0.75, "auc": None, "f1_macro": 0.5}
         s.add(Run(config={}, status="ok", metrics={"val": val, "test": {"acc": 0.5}}))
-    table = " ".join(
-        CliRunner().invoke(app, ["runs", "list"], env={"COLUMNS": "300"}).output.split()
-    )
+    table = " ".join(CliRunner().invoke(app, ["runs", "list"]).output.split())
     assert "acc 0.750 auc n/a f1_macro 0.500" in table, table
     res = CliRunner().invoke(app, ["runs", "list", "--json"])
     newest = json.loads(res.stdout)[0]

@@ -94,6 +94,26 @@ _FRACTION_HELP = (
     "without {split}/ (or an empty one): share of each class of train/ carved out as {split} "
     "(at least one image; one stays in train)."
 )
+# `data add`'s options with the longest declarations, so that its signature stays short.
+_RootOpt = Annotated[
+    Path | None,
+    typer.Option(
+        help="Folder holding MedMNIST npz files (env POMLIA_MEDMNIST_ROOT).",
+        show_default="~/.medmnist",
+    ),
+]
+_TaskTypeOpt = Annotated[
+    str | None,
+    typer.Option(
+        help=_TASK_TYPE_HELP, show_default="the source's (binary for 2 classes, else multi-class)"
+    ),
+]
+_ValFractionOpt = Annotated[
+    float | None, typer.Option(help=_FRACTION_HELP.format(split="val"), show_default="0.1")
+]
+_TestFractionOpt = Annotated[
+    float | None, typer.Option(help=_FRACTION_HELP.format(split="test"), show_default="0.1")
+]
 _SKIP_HELP = (
     "Image folder: skip image files that do not decode (damaged, truncated, empty), naming "
     "each, instead of refusing the folder."
@@ -111,13 +131,7 @@ def add(
         int | None,
         typer.Option(help="MedMNIST image size, px: 28, 64, 128 or 224.", show_default="28"),
     ] = None,
-    root: Annotated[
-        Path | None,
-        typer.Option(
-            help="Folder holding MedMNIST npz files (env POMLIA_MEDMNIST_ROOT).",
-            show_default="~/.medmnist",
-        ),
-    ] = None,
+    root: _RootOpt = None,
     download: Annotated[
         bool | None,
         typer.Option(
@@ -141,21 +155,9 @@ def add(
         int | None,
         typer.Option(help="Declared number of classes (a whole number >= 1)."),
     ] = None,
-    task_type: Annotated[
-        str | None,
-        typer.Option(
-            help=_TASK_TYPE_HELP,
-            show_default="the source's (binary for 2 classes, else multi-class)",
-        ),
-    ] = None,
-    val_fraction: Annotated[
-        float | None,
-        typer.Option(help=_FRACTION_HELP.format(split="val"), show_default="0.1"),
-    ] = None,
-    test_fraction: Annotated[
-        float | None,
-        typer.Option(help=_FRACTION_HELP.format(split="test"), show_default="0.1"),
-    ] = None,
+    task_type: _TaskTypeOpt = None,
+    val_fraction: _ValFractionOpt = None,
+    test_fraction: _TestFractionOpt = None,
     max_classes: Annotated[
         int | None,
         typer.Option(help="Refuse more classes or label columns than this.", show_default="500"),
