@@ -165,7 +165,7 @@ def test_positional_arguments_read_as_upper_case_names() -> None:
         rows = _rows(out)
         for param in _command(path).params:
             if param.param_type_name == "argument":
-                upper = param.name.upper()
+                upper = param.metavar or param.name.upper()
                 assert upper in rows, (path, param.name, out)
                 assert upper in {w.strip("[].") for w in words}, (path, " ".join(usage))
 
@@ -204,7 +204,7 @@ def test_defaults_are_shown_in_one_form() -> None:
             assert not re.search(r"\bdefault\b", text, re.I), (path, param.name, text)
             shown = isinstance(param.show_default, str) or param.default is not None
             if param.param_type_name == "argument":
-                row = rows[param.name.upper()]
+                row = rows[param.metavar or param.name.upper()]
             else:
                 row = rows[next(o for o in param.opts if o.startswith("--"))]
             if shown and not _plain_flag(param):

@@ -486,7 +486,11 @@ def _render(ref: str, parent: str | None, meta: dict[str, Any], fp: dict[str, An
 @data_app.command("show")
 def show_cmd(
     ref: Annotated[
-        str, typer.Argument(help="NAME (its current version: the last added) or NAME@VERSION.")
+        str,
+        typer.Argument(
+            metavar="DATASET",  # as `similar DATASET`: the Python name `ref` said less
+            help="NAME (its current version: the last added) or NAME@VERSION.",
+        ),
     ],
     grid: Annotated[
         Path | None,
@@ -531,7 +535,8 @@ def show_cmd(
 @data_app.command("verify")
 def verify_cmd(
     ref: Annotated[
-        str | None, typer.Argument(help="NAME or NAME@VERSION.", show_default="all")
+        str | None,
+        typer.Argument(metavar="DATASET", help="NAME or NAME@VERSION.", show_default="all"),
     ] = None,
 ) -> None:
     """Recompute chunk hashes and report damaged chunks (exit 1 if any version is damaged)."""
