@@ -28,7 +28,7 @@ def latent(
     out: Annotated[
         Path | None,
         typer.Option(
-            help=f"Folder for the PNGs ({LATENT_FILES}); a name ending in .png is refused.",
+            help=f"Folder for the PNGs ({LATENT_FILES}); an image file name (x.png) is refused.",
             show_default="<home>/reports/latent/<encoder>",
         ),
     ] = None,
