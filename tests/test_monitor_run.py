@@ -560,3 +560,29 @@ def test_a_failed_rename_after_the_commit_takes_the_row_back(
 
 def report_dir(ws: Workspace, model: str) -> list[Path]:
     return sorted(p for p in ws.path("reports", model).iterdir() if not p.name.startswith("."))
+
+
+def test_body_timeouts_are_transport_failures_not_refused_data(
+    fresh: tuple[Workspace, Registry, Path],
+) -> None:
+    """A 408 (the body did not arrive in time) says nothing about the images: it was counted
+    as an "undecodable" refusal ("47.0% of requests were refused (undecodable 345)"). Now it is
+    a transport failure, apart from the refused share, also as older servers logged it."""
+    ws, _reg, bundle = fresh
+    x, _ = images(60)
+    records = log_predictions(ws, bundle, x)
+    (first,) = log_dir(ws.path("logs"), "blood").glob("*.jsonl")
+    at = {"time": records[0]["time"], "model": "blood"}
+    timeouts = [log_line("rejection", status=408, reason="timeout", **at) for _ in range(20)]
+    old = [log_line("rejection", status=408, reason="undecodable", **at) for _ in range(10)]
+    append_lines(first, *timeouts, *old, log_line("rejection", **at))
+    code, out = monitor("run", "blood", "--json")
+    assert code == 0, out
+    quality = json.loads(out[out.index("{") :])["quality"]
+    assert quality["rejections_by_reason"] == {"wrong-size": 1}
+    assert quality["rejected_share"] == pytest.approx(1 / 61)
+    assert quality["transport_failures_by_reason"] == {"timeout": 30}
+    assert quality["transport_failures"] == 30 and quality["requests"] == 91
+    warnings = " ".join(quality["warnings"])
+    assert "were refused" not in warnings
+    assert "33.0% of requests failed in transport (timeout 30" in warnings

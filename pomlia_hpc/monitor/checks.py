@@ -10,6 +10,7 @@ tests share all of it. Input-drift tests need :data:`MIN_VECTORS` fingerprints.
 
 from __future__ import annotations
 
+from collections import Counter
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -29,6 +30,7 @@ from pomlia_hpc.monitor.stats import (
     performance_test,
 )
 from pomlia_hpc.serve.fingerprint import STATS_KIND
+from pomlia_hpc.serve.records import TRANSPORT_REASONS
 from pomlia_hpc.serve.reference import Reference
 
 MIN_VECTORS = 10
@@ -92,14 +94,19 @@ def _performance(win: LogWindow, ref: Reference) -> tuple[CheckResult | None, di
 
 
 def _quality(win: LogWindow, ref: Reference, vectors: np.ndarray) -> dict[str, Any]:
-    rejected = sum(win.rejections.values())
+    # A timeout says nothing about the data: counted apart, not in the refused share.
+    refused = Counter({k: n for k, n in win.rejections.items() if k not in TRANSPORT_REASONS})
+    failed = Counter({k: n for k, n in win.rejections.items() if k in TRANSPORT_REASONS})
+    rejected, n_failed = sum(refused.values()), sum(failed.values())
     total = win.n_predictions + rejected
     q: dict[str, Any] = {
-        "requests": total,
+        "requests": total + n_failed,
         "predictions": win.n_predictions,
         "rejected": rejected,
         "rejected_share": rejected / total if total else 0.0,
-        "rejections_by_reason": dict(win.rejections.most_common()),
+        "rejections_by_reason": dict(refused.most_common()),
+        "transport_failures": n_failed,
+        "transport_failures_by_reason": dict(failed.most_common()),
         "bad_fingerprints": win.bad_fingerprints,
     }
     warnings: list[str] = []
@@ -118,8 +125,14 @@ def _quality(win: LogWindow, ref: Reference, vectors: np.ndarray) -> dict[str, A
     else:
         q["near_constant_share"] = None
     if total and rejected / total > 0.05:
-        top = ", ".join(f"{k} {v}" for k, v in win.rejections.most_common(3))
+        top = ", ".join(f"{k} {v}" for k, v in refused.most_common(3))
         warnings.append(f"{rejected / total:.1%} of requests were refused ({top})")
+    if n_failed and n_failed / (total + n_failed) > 0.05:
+        warnings.append(
+            f"{n_failed / (total + n_failed):.1%} of requests failed in transport "
+            f"({', '.join(f'{k} {v}' for k, v in failed.most_common())}: the body did not "
+            "arrive in time; a client or network problem, not the data)"
+        )
     if win.bad_fingerprints:
         warnings.append(
             f"{win.bad_fingerprints} predictions logged a fingerprint of another kind or "

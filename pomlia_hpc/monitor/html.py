@@ -311,6 +311,10 @@ def render_html(
                     ["requests", _fmt(q["requests"])],
                     ["rejected share", _fmt(q["rejected_share"])],
                     ["rejections by reason", _reasons(q.get("rejections_by_reason"))],
+                    [
+                        "transport failures (not in the share)",
+                        _reasons(q.get("transport_failures_by_reason")),
+                    ],
                     ["near-constant inputs", _fmt(q.get("near_constant_share"))],
                 ],
                 ["", ""],

@@ -34,7 +34,13 @@ from typing import Any
 
 import numpy as np
 
-from pomlia_hpc.serve.records import BadLineError, FeedbackLine, RejectionLine, parse_line
+from pomlia_hpc.serve.records import (
+    TIMEOUT_REASON,
+    BadLineError,
+    FeedbackLine,
+    RejectionLine,
+    parse_line,
+)
 
 #: Bad lines quoted in the report at most (file, line number and what is wrong), so a broken
 #: file does not flood it.
@@ -163,7 +169,9 @@ def read_window(
                     continue
                 if isinstance(rec, RejectionLine):
                     if lo <= rec.time < hi:
-                        win.rejections[rec.reason] += 1
+                        # Older servers logged a body timeout (408) as "undecodable".
+                        reason = TIMEOUT_REASON if rec.status == 408 else rec.reason
+                        win.rejections[reason] += 1
                     continue
                 t = rec.time
                 if not lo <= t < hi:

@@ -71,6 +71,13 @@ class FeedbackLine(_Line):
     replaces: bool = False
 
 
+#: The rejection reason of a request whose body did not arrive in time (HTTP 408).
+TIMEOUT_REASON = "timeout"
+#: Rejection reasons that say nothing about the uploaded data (the client or the network
+#: failed): the monitor keeps them out of the refused share, its data-quality figure.
+TRANSPORT_REASONS = frozenset({TIMEOUT_REASON})
+
+
 class RejectionLine(_Line):
     """A refused upload: its HTTP status and a short reason (see ``handlers.rejection_reason``)."""
 
