@@ -43,6 +43,12 @@ from PIL import Image, UnidentifiedImageError
 
 from pomlia_hpc.data.sources.base import PixelConverter
 from pomlia_hpc.data.sources.pixels import pil_pixels
+from pomlia_hpc.serve.formats import (
+    npy_header_problem,
+    tiff_layout,
+    unsupported_format,
+    unsupported_format_message,
+)
 
 MAGIC = {
     b"\x89PNG\r\n\x1a\n": "image/png",
@@ -151,6 +157,8 @@ def decode(
             f"{what}: content type '{declared}' is not supported; expected one of "
             f"{', '.join(accepted)} (or application/octet-stream)",
         )
+    if actual is None and (name := unsupported_format(data)) is not None:
+        raise RequestError(400, unsupported_format_message(what, name), reason="unsupported-type")
     if actual is None:
         raise RequestError(
             400, f"{what}: not a PNG, JPEG, TIFF or NPY file (unrecognised first bytes)"
@@ -226,6 +234,15 @@ def _decode_image(
             413, f"{what}: image dimensions exceed the limit of {limits.max_side_px} px per side"
         ) from exc
     except UnidentifiedImageError as exc:
+        layout = tiff_layout(data) if ctype == "image/tiff" else None
+        if layout is not None:
+            # The header reads: Pillow has no mode for this layout; the file is not corrupt.
+            raise RequestError(
+                400,
+                f"{what}: TIFF sample format not supported ({layout}); send 8- or 16-bit "
+                "unsigned integer grey, RGB or RGBA, or 32-bit float grey in [0, 1]",
+                reason="unsupported-type",
+            ) from exc
         raise RequestError(
             400, f"{what}: corrupt {ctype} image (its header cannot be read as {ctype})"
         ) from exc
@@ -407,12 +424,15 @@ def _decode_npy(data: bytes, spec: InputSpec, limits: Limits, what: str, budget:
         elif version in ((2, 0), (3, 0)):
             shape, fortran, dtype = fmt.read_array_header_2_0(buf)
         else:
-            raise ValueError(f"NPY version {version}")
+            raise ValueError(f"NPY version {version[0]}.{version[1]}")
     except Exception as exc:  # numpy's header parser (ast.literal_eval on
         # client bytes) raises ValueError, SyntaxError, tokenize.TokenError, RecursionError,
         # MemoryError...: every one of them means a malformed header, never a server error.
+        # Their words quote Python reprs (<ast.Call object at 0x...>): named by field instead.
         raise RequestError(
-            400, f"{what}: corrupt NPY header ({type(exc).__name__}: {str(exc)[:200]})"
+            400,
+            f"{what}: corrupt NPY header: {npy_header_problem(data, exc)}",
+            reason="undecodable",  # not "wrong-size" for a bad 'shape' field
         ) from exc
     if dtype.hasobject or dtype.name not in NPY_DTYPES:
         raise RequestError(

@@ -15,6 +15,7 @@ import uuid
 from typing import Any
 
 import numpy as np
+import orjson
 from fastapi import Request
 from fastapi.responses import Response
 
@@ -26,7 +27,7 @@ from pomlia_hpc.serve.holder import ModelHolder
 from pomlia_hpc.serve.issued import feedback_refusal
 from pomlia_hpc.serve.predictor import Predictor, now_iso
 from pomlia_hpc.serve.predlog import LogClosedError, LogWriteError, PredictionLog
-from pomlia_hpc.serve.records import FeedbackLine, RejectionLine, to_line
+from pomlia_hpc.serve.records import TIMEOUT_REASON, FeedbackLine, RejectionLine, to_line
 
 PREDICTION_ID = re.compile(r"^[0-9a-f]{32}$")
 
@@ -75,6 +76,9 @@ async def feedback(holder: ModelHolder, request: Request) -> Response:
     # A hot swap never changes the labels (see holder.incompatible), so the bundle the server
     # was started with judges a label as the current one would, before any model is loaded.
     item = await feedback_body(request, expected_label(holder.card_bundle()))
+    # Ids are issued in lower case; hex digits are case-insensitive, so an upper-case copy
+    # (a spreadsheet, a client that upper-cases ids) names the same prediction.
+    item.prediction_id = item.prediction_id.lower()
     if not PREDICTION_ID.fullmatch(item.prediction_id):
         raise RequestError(400, "prediction_id: expected the 32-hex-digit id /v1/predict returned")
     names, indices = labels_of(item.label, holder.card_bundle())
@@ -113,6 +117,10 @@ def rejection_reason(exc: RequestError) -> str:
     text = exc.message.lower()
     if exc.reason is not None:
         return exc.reason
+    if exc.status == 408:
+        # The body did not arrive in time: the client's or the network's failure, not a
+        # property of the image (the monitor leaves it out of the refused share).
+        return TIMEOUT_REASON
     if exc.status == 413:
         return "too-large"
     if exc.status == 415:
@@ -178,11 +186,15 @@ def labels_of(
             idx = bundle.labels.index(v)
         else:
             shown = ", ".join(bundle.labels[:20])
+            # Quoted as JSON: an index stays a number (99), a name a string ("x").
+            what = (
+                f"index {v} is out of range"
+                if isinstance(v, int)
+                else f"{orjson.dumps(v[:60]).decode()} is not a label of this model"
+            )
             raise RequestError(
                 400,
-                f"label: {str(v)[:60]!r} is not a label of this model; "
-                f"expected a name ({shown}) or an index "
-                f"0..{len(bundle.labels) - 1}",
+                f"label: {what}; expected a name ({shown}) or an index 0..{len(bundle.labels) - 1}",
             )
         names.append(bundle.labels[idx])
         indices.append(idx)
