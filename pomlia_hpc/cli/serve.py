@@ -330,7 +330,13 @@ def serve(
     logs = cfg.log_dir or default_log_dir(STATE.workspace.path("logs"), log_name or bundle.name)
     if follow is not None:
         console.print(f"following {follow}: a new bundle there is swapped in without downtime")
-    run_server(bundle, cfg, logs, follow=follow)
+    try:
+        run_server(bundle, cfg, logs, follow=follow)
+    except KeyboardInterrupt:
+        # uvicorn re-raises SIGINT once drained, and the server has said "stopped (SIGINT)":
+        # exit here, or the generic Ctrl-C line would speak of jobs, which a server never
+        # starts. 130 as for any Ctrl-C.
+        raise typer.Exit(130) from None
 
 
 def _serve_target(

@@ -7,8 +7,9 @@ is how the sbatch script and the tests find a server.
 
 SIGTERM / SIGINT: uvicorn stops accepting connections, waits up to ``graceful_timeout_s`` for
 in-flight requests, then the app's lifespan answers anything still queued and closes the
-prediction log. After SIGTERM the process prints ``stopped (SIGTERM)`` and exits 0 (SIGINT is
-re-raised, as uvicorn does).
+prediction log. After SIGTERM the process prints ``stopped (SIGTERM)`` and exits 0; after
+SIGINT (Ctrl-C) it prints ``stopped (SIGINT)`` and the signal is re-raised, as uvicorn does
+(``pomlia serve`` then exits 130).
 """
 
 from __future__ import annotations
@@ -93,6 +94,10 @@ class _DrainingServer(uvicorn.Server):
             captured = getattr(self, "_captured_signals", None)
             if isinstance(captured, list):
                 self.stopped_by_sigterm = signal.SIGTERM in captured
+                if signal.SIGINT in captured:
+                    # Drained by now; said before uvicorn re-raises it (and also when the
+                    # process inherited SIGINT ignored, so the re-raise ends nothing).
+                    print("stopped (SIGINT)", flush=True)
                 captured[:] = [s for s in captured if s != signal.SIGTERM]
 
 
