@@ -9,8 +9,9 @@ separate worker processes fed through queues, an extra copy and hop per request.
 This module wires routes to the parts that do the work: :mod:`~pomlia_hpc.serve.holder` (the
 model, its start and stop, hot swap to the bundle a followed link names, ``POST
 /v1/admin/reload``), :mod:`~pomlia_hpc.serve.handlers` (what predict and feedback do),
-:mod:`~pomlia_hpc.serve.bodies` (bounded body reads and JSON answers) and
-:mod:`~pomlia_hpc.serve.schemas` (the documented shapes).
+:mod:`~pomlia_hpc.serve.bodies` (bounded body reads and JSON answers),
+:mod:`~pomlia_hpc.serve.schemas` (the documented shapes and the codes each route sends) and
+:mod:`~pomlia_hpc.serve.apidocs` (the offline ``/docs`` page, HEAD, the words of a 404/405).
 
 Every refusal is a JSON ``{"error": message, "status": code}`` with a 4xx code; an unexpected
 exception is a 500 with a generic message (and its traceback in the server log), which the
@@ -27,7 +28,7 @@ from typing import Any
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -35,6 +36,12 @@ from starlette.requests import ClientDisconnect
 
 from pomlia_hpc import __version__
 from pomlia_hpc.serve import handlers
+from pomlia_hpc.serve.apidocs import (
+    add_head_routes,
+    docs_page,
+    not_allowed_message,
+    not_found_message,
+)
 from pomlia_hpc.serve.bodies import client_gone, error_response, json_response
 from pomlia_hpc.serve.config import ServeConfig
 from pomlia_hpc.serve.decode import InputSpec, Limits, RequestError
@@ -51,13 +58,13 @@ from pomlia_hpc.serve.metrics import (
     ServerMetrics,
 )
 from pomlia_hpc.serve.schemas import (
-    ERRORS,
     FEEDBACK_BODY,
     PREDICT_BODY,
     FeedbackOut,
     PredictResponse,
     ReloadOut,
     Status,
+    errors,
 )
 from pomlia_hpc.serve.security import BearerGuard, load_token
 
@@ -72,7 +79,6 @@ ROUTES = frozenset(
         "/v1/model",
         "/metrics",
         "/docs",
-        "/redoc",
         "/openapi.json",
         "/v1/admin/reload",
     }
@@ -110,12 +116,22 @@ def create_app(
         description=(
             f"Classifier '{bundle.name}' (version {bundle.version}, task {bundle.task_type}, "
             f"{bundle.channels}-channel {bundle.image_size}x{bundle.image_size} px input). "
-            "Every prediction and feedback is logged durably before it is answered."
+            "Every prediction and feedback is logged durably before it is answered. "
+            "Refusals are JSON {error, status}; a method a route does not take is 405 "
+            "(Allow names the methods), an unknown path 404; HEAD is answered on every GET "
+            "route."
         ),
         lifespan=lifespan,
+        # FastAPI's Swagger UI and ReDoc load their assets from a CDN, blank offline (on a
+        # compute node): /docs is our own page (serve.apidocs). No slash redirect: its
+        # Location was built from the client's Host header (an open redirect).
+        docs_url=None,
+        redoc_url=None,
+        redirect_slashes=False,
     )
     _add_error_handlers(app)
     _add_routes(app, holder, spec, limits, BearerGuard(load_token(config.token_file)))
+    _add_info_routes(app, holder)
 
     async def fast_predict(scope: Scope, receive: Receive, send: Send) -> None:
         try:
@@ -147,8 +163,14 @@ def _add_error_handlers(app: FastAPI) -> None:
         return error_response(422, f"{where}: {first.get('msg', 'invalid request')}")
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http_error(_r: Request, exc: StarletteHTTPException) -> JSONResponse:
-        return error_response(exc.status_code, str(exc.detail), dict(exc.headers or {}) or None)
+    async def _http_error(r: Request, exc: StarletteHTTPException) -> JSONResponse:
+        headers = dict(exc.headers or {}) or None
+        message = str(exc.detail)
+        if exc.status_code == 404:
+            message = not_found_message(r.url.path, ROUTES)
+        elif exc.status_code == 405:
+            message = not_allowed_message(r.method, r.url.path, (headers or {}).get("Allow"))
+        return error_response(exc.status_code, message, headers)
 
     @app.exception_handler(ClientDisconnect)
     async def _disconnect(_r: Request, _exc: ClientDisconnect) -> JSONResponse:
@@ -176,7 +198,7 @@ def _add_routes(
     @app.post(
         "/v1/predict",
         response_model=PredictResponse,
-        responses=ERRORS,
+        responses=errors("/v1/predict"),
         openapi_extra=PREDICT_BODY,
         summary="Classify one image or a batch",
     )
@@ -186,7 +208,7 @@ def _add_routes(
     @app.post(
         "/v1/feedback",
         response_model=FeedbackOut,
-        responses=ERRORS,
+        responses=errors("/v1/feedback"),
         dependencies=[Depends(require_token)],
         openapi_extra=FEEDBACK_BODY,
         summary="Record the true label of a prediction (bearer token)",
@@ -197,14 +219,19 @@ def _add_routes(
         # read is bounded (FastAPI would parse a body of any size).
         return await handlers.feedback(holder, request)
 
-    @app.get("/health", response_model=Status, summary="Liveness: the process answers")
+    @app.get(
+        "/health",
+        response_model=Status,
+        responses=errors("/health"),
+        summary="Liveness: the process answers",
+    )
     async def health() -> Response:
         return json_response({"status": "ok"})
 
     @app.get(
         "/ready",
         response_model=Status,
-        responses={503: ERRORS[503]},
+        responses=errors("/ready"),
         summary="Readiness: model loaded, worker and log healthy",
     )
     async def ready() -> Response:
@@ -214,14 +241,14 @@ def _add_routes(
     @app.post(
         "/v1/admin/reload",
         response_model=ReloadOut,
-        responses=ERRORS,
+        responses=errors("/v1/admin/reload"),
         dependencies=[Depends(require_token)],
         summary="Swap to the bundle the followed link names now (bearer token)",
     )
     async def admin_reload() -> Response:
         return json_response(await holder.reload())
 
-    @app.get("/v1/model", summary="The model card")
+    @app.get("/v1/model", responses=errors("/v1/model"), summary="The model card")
     async def model_card() -> Response:
         card = dict(holder.card_bundle().card)
         card["serving"] = {
@@ -233,16 +260,35 @@ def _add_routes(
         }
         return json_response(card)
 
+
+def _add_info_routes(app: FastAPI, holder: ModelHolder) -> None:
+    """``/metrics`` and ``/docs``, then HEAD beside every GET route (so these come last)."""
+
     @app.get(
         "/metrics",
         summary="Prometheus metrics",
-        responses={200: {"content": {CONTENT_TYPE_LATEST: {}}}},
+        # Response (no media type of its own): the 200 is documented as the text it is, and
+        # not also as application/json, FastAPI's default.
+        response_class=Response,
+        responses={
+            200: {
+                "description": "metrics in the Prometheus text format",
+                "content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}}},
+            },
+            **errors("/metrics"),
+        },
     )
     async def prometheus() -> Response:
         p = holder.predictor
         if p is not None:
             holder.metrics.queue_depth.set(p.batcher.depth)
         return Response(generate_latest(holder.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/docs", include_in_schema=False)
+    async def docs() -> Response:
+        return HTMLResponse(docs_page(app.openapi()))
+
+    add_head_routes(app)
 
 
 class ServingApp:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, Field, StrictBool, StrictInt, StrictStr
+from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
 from pomlia_hpc.serve.decode import IMAGE_TYPES
 
@@ -32,6 +32,9 @@ class PredictResponse(BaseModel):
 
 
 class FeedbackIn(BaseModel):
+    # A misspelt key ("replace") must not be dropped silently: refused with its name.
+    model_config = ConfigDict(extra="forbid")
+
     # Strict types: JSON true is not class 1, "3" is not index 3, 2.0 is not an index.
     prediction_id: StrictStr = Field(
         description="the id /v1/predict returned", examples=["0123456789abcdef0123456789abcdef"]
@@ -64,20 +67,46 @@ class Status(BaseModel):
     model_version: str | None = None
 
 
-#: The error responses every route may give, for the OpenAPI description.
-ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": ErrorBody, "description": text}
-    for code, text in (
-        (400, "bad input: corrupt image, wrong size or channel count, bad multipart"),
-        (401, "missing or wrong bearer token"),
-        (403, "route disabled (no token configured)"),
-        (413, "upload, image side or image count over the limit"),
-        (409, "reload refused: no link followed, or a bundle of another input or labels"),
-        (415, "unsupported content type"),
-        (422, "request body does not match the schema"),
-        (503, "not ready or shutting down"),
-    )
+#: What each refusal code means, for the OpenAPI description of the routes that send it.
+ERROR_TEXT: dict[int, str] = {
+    400: "bad input: corrupt or unsupported image, wrong size or channel count, bad multipart",
+    401: "missing or wrong bearer token",
+    403: "route disabled (no token configured)",
+    404: "prediction_id was not issued by this deployment",
+    408: "request head or body not received in time (the connection is closed)",
+    409: "conflict: a second label without replaces, or a reload the server refuses",
+    413: "upload, image side or image count over the limit",
+    415: "unsupported content type",
+    422: "request body does not match the schema",
+    431: "request head too large or too many header fields (the connection is closed)",
+    503: "not ready or shutting down, or the prediction log cannot be written",
 }
+
+#: Sent for any route, by the connection guard before routing (``serve.guards``).
+TRANSPORT_CODES = (408, 431)
+
+#: The refusal codes each route really sends (tests compare the OpenAPI description with
+#: these and provoke each one over HTTP). A 5xx other than 503 is a bug, not documented.
+ROUTE_ERRORS: dict[str, tuple[int, ...]] = {
+    "/v1/predict": (400, 408, 413, 415, 431, 503),
+    "/v1/feedback": (400, 401, 403, 404, 408, 409, 413, 415, 422, 431, 503),
+    "/v1/admin/reload": (401, 403, 408, 409, 431, 503),
+    "/ready": (*TRANSPORT_CODES, 503),
+    "/health": TRANSPORT_CODES,
+    "/v1/model": TRANSPORT_CODES,
+    "/metrics": TRANSPORT_CODES,
+}
+
+
+def errors(route: str) -> dict[int | str, dict[str, Any]]:
+    """The documented error responses of ``route`` (FastAPI's ``responses=``)."""
+    # The JSON content is spelled out, not given as ``model=``: FastAPI files a model under
+    # the route's own media type, and /metrics answers text, while its refusals are JSON.
+    body = {"application/json": {"schema": ErrorBody.model_json_schema()}}
+    return {
+        code: {"description": ERROR_TEXT[code], "content": body} for code in ROUTE_ERRORS[route]
+    }
+
 
 _BINARY = {"schema": {"type": "string", "format": "binary"}}
 
