@@ -1,0 +1,278 @@
+"""What the REST server says and which routes it answers, against a real server process on
+127.0.0.1 (a tester's findings): a body timeout is logged as ``timeout``, not ``undecodable``;
+a cut-off multipart body, a file part without ``filename=``, a malicious NPY header, a BMP and a
+float RGB TIFF are named for what they are; HEAD works on the GET routes; the OpenAPI
+description lists the codes each route sends; /docs needs no CDN; no slash redirect built from
+the Host header; feedback bodies are judged strictly; Ctrl-C says "stopped (SIGINT)"."""
+
+from __future__ import annotations
+
+import io
+import signal
+import socket
+import struct
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+from pomlia_hpc.serve.demo import cached_demo_bundle
+from pomlia_hpc.serve.local import LocalServer
+from pomlia_hpc.serve.predlog import read_records
+from pomlia_hpc.serve.records import FeedbackLine, RejectionLine
+from tests.fixtures.factories import npy
+
+TOKEN = "test-token-0123456789abcdef"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+SETTINGS = "max_head_kb: 8\nbody_timeout_s: 1\n"
+BOUNDARY = "XyZ"
+MULTIPART = {"content-type": f"multipart/form-data; boundary={BOUNDARY}"}
+
+#: The status codes each route can answer with (a 500 is a bug and never documented): what
+#: the handlers raise, plus 408 and 431, which the connection guard sends for any route.
+SENT = {
+    "/v1/predict": {200, 400, 408, 413, 415, 431, 503},
+    "/v1/feedback": {200, 400, 401, 403, 404, 408, 409, 413, 415, 422, 431, 503},
+    "/v1/admin/reload": {200, 401, 403, 408, 409, 431, 503},
+    "/health": {200, 408, 431},
+    "/ready": {200, 408, 431, 503},
+    "/v1/model": {200, 408, 431},
+    "/metrics": {200, 408, 431},
+}
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return cached_demo_bundle(tmp_path_factory.getbasetemp() / "serve-demo", num_classes=4)
+
+
+@pytest.fixture(scope="module")
+def logs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("message-logs")
+
+
+@pytest.fixture(scope="module")
+def server(
+    bundle: Path, logs: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[LocalServer]:
+    cfg = tmp_path_factory.mktemp("cfg") / "serve.yaml"
+    cfg.write_text(SETTINGS)
+    env = {"POMLIA_SERVE_TOKEN": TOKEN}
+    with LocalServer(bundle, logs, env=env, args=["--config", str(cfg)]) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def client(server: LocalServer) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.url, timeout=30) as c:
+        yield c
+
+
+def image() -> np.ndarray:
+    return np.random.default_rng(0).integers(0, 256, (28, 28, 3), dtype=np.uint8)
+
+
+def encoded(fmt: str) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(image()).save(buf, fmt)
+    return buf.getvalue()
+
+
+def refusal(resp: httpx.Response, status: int = 400) -> str:
+    assert resp.status_code == status, resp.text
+    body = resp.json()
+    assert body["status"] == status
+    return str(body["error"])
+
+
+def raw_request(server: LocalServer, data: bytes, wait_s: float = 5.0) -> bytes:
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=wait_s) as sock:
+        sock.sendall(data)
+        out = b""
+        try:
+            while chunk := sock.recv(65536):
+                out += chunk
+        except TimeoutError:
+            pass
+    return out
+
+
+def predict_id(client: httpx.Client) -> str:
+    resp = client.post(
+        "/v1/predict", content=npy(image()), headers={"content-type": "application/x-npy"}
+    )
+    assert resp.status_code == 200, resp.text
+    return str(resp.json()["predictions"][0]["id"])
+
+
+def test_a_body_timeout_is_logged_as_timeout_not_as_undecodable(
+    server: LocalServer, logs: Path
+) -> None:
+    answer = raw_request(
+        server,
+        b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+        b"Content-Length: 1000\r\n\r\n\x89PNG",
+    )
+    assert answer.startswith(b"HTTP/1.1 408 "), answer[:200]
+    deadline = time.monotonic() + 10  # a rejection is appended without waiting for the disk
+    while time.monotonic() < deadline:
+        timeouts = [r for r in read_records(logs, RejectionLine) if r.status == 408]
+        if timeouts:
+            break
+        time.sleep(0.1)
+    assert [r.reason for r in timeouts] == ["timeout"]
+
+
+def part(data: bytes, disposition: str = 'name="file"; filename="a.png"') -> bytes:
+    return (
+        f"--{BOUNDARY}\r\nContent-Disposition: form-data; {disposition}\r\n"
+        "Content-Type: image/png\r\n\r\n"
+    ).encode() + data
+
+
+def test_a_cut_off_multipart_body_and_a_part_without_filename_are_named(
+    client: httpx.Client,
+) -> None:
+    png = encoded("PNG")
+    whole = part(png) + f"\r\n--{BOUNDARY}--\r\n".encode()
+    assert client.post("/v1/predict", content=whole, headers=MULTIPART).status_code == 200
+    for cut in (whole[:-8], whole[:200]):
+        error = refusal(client.post("/v1/predict", content=cut, headers=MULTIPART))
+        assert "multipart body is incomplete (no closing boundary '--XyZ--')" in error
+    error = refusal(client.post("/v1/predict", content=b"", headers=MULTIPART))
+    assert "multipart body is empty" in error
+    for disposition in ('name="file"', "name=\"file\"; filename*=UTF-8''%E2%82%AC.png"):
+        body = part(png, disposition) + f"\r\n--{BOUNDARY}--\r\n".encode()
+        error = refusal(client.post("/v1/predict", content=body, headers=MULTIPART))
+        assert "part 'file' has no filename=" in error and "holds no file" not in error
+
+
+def npy_with_header(raw: bytes, version: int = 1) -> bytes:
+    if version == 1:
+        return b"\x93NUMPY\x01\x00" + struct.pack("<H", len(raw)) + raw
+    return b"\x93NUMPY\x02\x00" + struct.pack("<I", len(raw)) + raw
+
+
+def test_a_malformed_npy_header_is_named_without_python_reprs(client: httpx.Client) -> None:
+    npy_type = {"content-type": "application/x-npy"}
+    cases = [
+        (npy_with_header(b"{'descr': __import__('os'), }".ljust(117) + b"\n"), "field 'descr'"),
+        (npy_with_header(b"(" * 3000 + b"\n", version=2), "not a valid NPY dict"),
+        (
+            npy_with_header(b"{'descr': '|u1', 'fortran_order': 'no', 'shape': (28, 28, 3)}\n"),
+            "field 'fortran_order'",
+        ),
+        (npy_with_header(b"{'descr': '|u1'}\n"), "'descr', 'fortran_order' and 'shape'"),
+    ]
+    for data, expected in cases:
+        error = refusal(client.post("/v1/predict", content=data, headers=npy_type))
+        assert error.startswith("body: corrupt NPY header: ") and expected in error, error
+        for python_words in ("object at 0x", "Error", "<ast."):
+            assert python_words not in error, error
+
+
+def test_an_unsupported_format_is_named_not_called_corrupt(client: httpx.Client) -> None:
+    for fmt, name in (("BMP", "BMP"), ("GIF", "GIF"), ("WEBP", "WebP")):
+        error = refusal(client.post("/v1/predict", content=encoded(fmt)))
+        assert f"{name} is not supported; send PNG, JPEG, TIFF or NPY" in error, error
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, (image() / 255).astype(np.float32), photometric="rgb")
+    error = refusal(client.post("/v1/predict", content=buf.getvalue()))
+    assert "TIFF sample format not supported (3 sample(s) per pixel, 32-bit float)" in error
+    assert "corrupt" not in error
+
+
+def test_head_is_answered_on_the_get_routes(client: httpx.Client) -> None:
+    for path in ("/health", "/ready", "/v1/model", "/metrics", "/docs", "/openapi.json"):
+        resp = client.head(path)
+        assert resp.status_code == 200 and resp.content == b"", (path, resp.status_code)
+    assert client.head("/v1/predict").status_code == 405
+
+
+def test_openapi_lists_the_codes_each_route_sends(
+    client: httpx.Client, server: LocalServer
+) -> None:
+    paths = client.get("/openapi.json").json()["paths"]
+    declared = {
+        path: {int(code) for op in ops.values() for code in op["responses"]}
+        for path, ops in paths.items()
+    }
+    assert declared == SENT
+    metrics_200 = paths["/metrics"]["get"]["responses"]["200"]["content"]
+    assert list(metrics_200) == [client.get("/metrics").headers["content-type"]]
+    # Each refusal of predict that a test can provoke is one that is documented.
+    too_many = npy(np.zeros((300, 28, 28, 3), np.uint8))
+    responses = [
+        client.post("/v1/predict", content=b"junk"),  # 400
+        client.post("/v1/predict", content=b"x", headers={"content-type": "text/plain"}),  # 415
+        client.post("/v1/predict", content=too_many),  # 413
+    ]
+    codes = {r.status_code for r in responses}
+    # A head over the 8 KB limit that has not ended yet (one that ends in the same read is
+    # parsed before it is counted).
+    head = b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 20_000
+    codes.add(int(raw_request(server, head).split(b" ")[1]))
+    body = b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Length: 10\r\n\r\nab"
+    codes.add(int(raw_request(server, body).split(b" ")[1]))
+    assert codes == {400, 408, 413, 415, 431} and codes <= declared["/v1/predict"]
+
+
+def test_docs_is_a_self_contained_page_and_redoc_is_gone(client: httpx.Client) -> None:
+    docs = client.get("/docs")
+    assert docs.status_code == 200 and docs.headers["content-type"].startswith("text/html")
+    page = docs.text
+    assert "<script" not in page and "cdn." not in page and "<link" not in page
+    assert "href='/openapi.json'" in page and "POST /v1/predict" in page
+    assert refusal(client.get("/redoc"), 404).startswith("no route /redoc; routes: ")
+
+
+def test_a_trailing_slash_is_a_404_naming_the_route_not_a_redirect(client: httpx.Client) -> None:
+    resp = client.post("/v1/predict/", content=encoded("PNG"), headers={"host": "evil.example"})
+    assert "location" not in resp.headers
+    error = refusal(resp, 404)
+    assert error == "no route /v1/predict/; use /v1/predict (without the trailing slash)"
+    assert "evil" not in error
+
+
+def test_feedback_bodies_are_judged_strictly_and_quoted_as_sent(
+    client: httpx.Client, logs: Path
+) -> None:
+    pid = predict_id(client)
+    json_type = {**AUTH, "content-type": "application/json"}
+    huge = f'{{"prediction_id": "{pid}", "label": 1e400}}'.encode()
+    error = refusal(client.post("/v1/feedback", content=huge, headers=json_type), 422)
+    assert error.startswith("body.label: a number out of range is not a label; expected")
+    error = refusal(
+        client.post("/v1/feedback", json={"prediction_id": pid, "label": 99}, headers=AUTH)
+    )
+    assert error.startswith("label: index 99 is out of range;") and "'99'" not in error
+    extra = {"prediction_id": pid, "label": 1, "x": 1}
+    error = refusal(client.post("/v1/feedback", json=extra, headers=AUTH), 422)
+    assert error == "body: unknown key 'x'; valid keys: prediction_id, label, replaces"
+    upper = client.post(
+        "/v1/feedback", json={"prediction_id": pid.upper(), "label": 1}, headers=AUTH
+    )
+    assert upper.status_code == 200, upper.text
+    assert upper.json()["prediction_id"] == pid
+    deadline = time.monotonic() + 10
+    while not [r for r in read_records(logs, FeedbackLine) if r.prediction_id == pid]:
+        assert time.monotonic() < deadline, "feedback not logged"
+        time.sleep(0.1)
+
+
+def test_ctrl_c_says_the_server_stopped_not_that_jobs_run_on(bundle: Path, tmp_path: Path) -> None:
+    srv = LocalServer(bundle, tmp_path / "logs").start()
+    try:
+        srv.signal(signal.SIGINT)
+        code = srv.wait()
+    finally:
+        srv.stop()
+    out = srv.log_tail()
+    assert code == 130, out
+    assert out.rstrip().endswith("stopped (SIGINT)") and "interrupted" not in out, out
