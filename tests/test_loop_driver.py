@@ -111,3 +111,24 @@ def test_a_failing_stage_marks_the_run_and_a_rerun_retries_it(
         row = s.get(LoopRun, run_id)
         assert row is not None and row.status == "stopped" and row.error == "refused"
         assert row.stages["params"]["x"] == 1
+
+
+def test_the_progress_line_shows_the_gate_reason_whole_and_cuts_other_values_at_a_word(
+    workspace: Workspace, reg: Registry
+) -> None:
+    # a reason over 200 characters was cut mid-word ("only champion righ") in `loop watch`
+    reason = (
+        "not shown non-inferior on the fixed test split: lower bound -0.041 <= -margin -0.020; "
+        "not shown better on production data: McNemar p = 0.38 >= alpha 0.05 "
+        "(only challenger right 12, only champion right 9), p_value=0.38"
+    )
+    hint = " ".join(f"word{i}" for i in range(60))  # 419 characters
+    table = (("gate", lambda c: {"reason": reason, "hint": hint}),)
+    run_id, _ = open_run(reg, "long", champion_id=None, params={})
+    lines: list[str] = []
+    run_stages(reg, workspace, run_id, table, progress=lines.append)
+    (done,) = [line for line in lines if "gate done" in line]
+    assert f"reason={reason}," in done
+    shown = done.split("hint=", 1)[1].split(", seconds=")[0]
+    assert shown.endswith(" …") and len(shown) <= 200
+    assert hint.startswith(shown[:-2]) and shown[:-2].split()[-1] in hint.split()

@@ -268,14 +268,30 @@ def _run_held(
     return LoopResult(run_id, "done", ctx.outputs, skipped, ran)
 
 
+#: Characters of a stage output's value shown in a progress line (a ``reason``: all of it).
+SHOWN_CHARS = 200
+#: Values shown whole, however long: the gate's reason is the answer a watcher's log is read for.
+WHOLE = ("reason",)
+
+
+def _clip(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` characters at a word, with `` …`` saying so (a cut
+    mid-word read as a value: "only champion righ")."""
+    if len(text) <= limit:
+        return text
+    head = text[: limit - 2]
+    cut = head.rsplit(" ", 1)[0] if " " in head else head
+    return f"{cut.rstrip(' ,;:')} …"
+
+
 def _short(output: StageOutput) -> str:
-    """The stage's plain outputs on one line, each value cut at 200 characters (a line cut as
-    a whole lost the end of a long reason, e.g. a skipped stage's hint)."""
-    return (
-        ", ".join(
-            f"{k}={' '.join(str(v).split())[:200]}"
-            for k, v in output.items()
-            if not isinstance(v, (dict, list))
-        )
-        or "ok"
-    )
+    """The stage's plain outputs on one line: a ``reason`` whole, any other value cut at a word
+    after :data:`SHOWN_CHARS` characters with an ellipsis (a line cut as a whole lost the end
+    of a long reason, e.g. a skipped stage's hint)."""
+    parts = []
+    for k, v in output.items():
+        if isinstance(v, (dict, list)):
+            continue
+        text = " ".join(str(v).split())
+        parts.append(f"{k}={text if k in WHOLE else _clip(text, SHOWN_CHARS)}")
+    return ", ".join(parts) or "ok"
