@@ -112,6 +112,8 @@ class KbRunStats(Base):
     n_short: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     short_value: Mapped[float | None] = mapped_column(Float)
     short_epochs: Mapped[float | None] = mapped_column(Float)
+    # how the row was counted (pomlia_hpc.strategy.runstats.FORMAT); NULL: by an older pomlia
+    summary_format: Mapped[int | None] = mapped_column(Integer)
 
 
 class KbRunSeen(Base):
@@ -123,3 +125,5 @@ class KbRunSeen(Base):
         ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True, autoincrement=False
     )
     done: Mapped[bool] = mapped_column(default=True, index=True)
+    # as KbRunStats.summary_format: a row an older pomlia wrote (NULL) is built again
+    summary_format: Mapped[int | None] = mapped_column(Integer)

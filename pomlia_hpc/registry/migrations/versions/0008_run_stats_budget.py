@@ -43,6 +43,10 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
+    # The older code would take these summaries for its own (short runs kept apart, never
+    # counted): empty them, it folds the runs in again its way.
+    op.execute("DELETE FROM kb_run_seen")
+    op.execute("DELETE FROM kb_run_stats")
     with op.batch_alter_table("kb_run_stats", schema=None) as batch_op:
         for name, _, _ in reversed(COLUMNS):
             batch_op.drop_column(name)
