@@ -81,13 +81,14 @@ tail_log() {
 
 sql_literal() { printf "'%s'" "${1//\'/\'\'}"; }
 
+# CREATEROLE: the registry tests make a SELECT-only role for a read-only user and drop it again.
 ensure_role_and_db() {
     local pass
     pass=$(sql_literal "$DB_PASS")
     psql_admin -v "u=$DB_USER" <<EOF
 SELECT format('CREATE ROLE %I LOGIN', :'u')
  WHERE NOT EXISTS (SELECT 1 FROM pg_roles WHERE rolname = :'u') \gexec
-ALTER ROLE :"u" WITH LOGIN PASSWORD $pass;
+ALTER ROLE :"u" WITH LOGIN CREATEROLE PASSWORD $pass;
 EOF
     psql_admin -v "u=$DB_USER" -v "d=$DB_NAME" <<'EOF'
 SELECT format('CREATE DATABASE %I OWNER %I', :'d', :'u')

@@ -19,6 +19,7 @@ from pomlia_hpc.cli import app
 from pomlia_hpc.cluster import Executor, JobFailedError
 from pomlia_hpc.errors import InputError, NotFoundError
 from pomlia_hpc.registry import Job, Registry
+from pomlia_hpc.registry.db import head_revision
 from pomlia_hpc.workspace import Workspace
 from tests.fixtures import jobfns
 
@@ -71,10 +72,12 @@ def test_init_and_status(tmp_path: Path) -> None:
     res = runner.invoke(app, ["--home", str(home), "status"])
     assert res.exit_code == 0, res.output
     lines = res.output.splitlines()
-    # The workspace just made, the registry in it, the local backend; no jobs yet.
-    assert lines[:3] == [
+    # The workspace just made, the registry in it at this pomlia's schema, the local backend;
+    # no jobs yet.
+    assert lines[:4] == [
         f"workspace : {home}",
         f"registry  : sqlite:///{home / 'registry.db'}",
+        f"schema    : revision {head_revision()}",
         "cluster   : profile 'local' (backend local)",
     ], res.output
     assert "recent jobs (0)" in res.output

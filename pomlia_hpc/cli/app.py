@@ -121,6 +121,9 @@ class Context:
                     "right workspace)"
                 )
                 raise RegistryMissingError(f"{exc.message} (workspace {ws.home}); {hint}") from exc
+            note = self._registry.upgrade_note()
+            if note is not None:  # a schema change is never silent (README, "Upgrading")
+                err_console.print(note, highlight=False, markup=False, soft_wrap=True)
         return self._registry
 
     def prepared(self, *, create: bool = False) -> Registry:

@@ -59,13 +59,15 @@ def jobs_table(rows: list[Job], title: str) -> Table:
 def status(
     limit: Annotated[int, typer.Option(help="How many recent jobs to show.")] = 10,
 ) -> None:
-    """Show the workspace, registry URL, cluster backend and the most recent jobs."""
+    """Show the workspace, registry URL and schema revision, cluster backend and the most
+    recent jobs."""
     check_limit(limit)
     ws = STATE.workspace
     profile = load_cluster_profile(ws.cluster_profile)
     console.print(f"workspace : {ws.home}{'' if ws.exists else '  (not initialised: pomlia init)'}")
     reg = STATE.registry()
     console.print(f"registry  : {reg.display_url()}")
+    console.print(f"schema    : revision {reg.schema_revision()}", highlight=False)
     where = f" partition={profile.partition}" if profile.partition else ""
     console.print(f"cluster   : profile '{ws.cluster_profile}' (backend {profile.backend}{where})")
     try:

@@ -1,12 +1,18 @@
-"""``pomlia registry recover``: rebuild the image DB from the dataset stores on disk."""
+"""``pomlia registry``: recover the image DB from the dataset stores on disk; upgrade or
+downgrade the registry's schema."""
 
 from __future__ import annotations
+
+from typing import Annotated
 
 import typer
 
 from pomlia_hpc.cli.app import STATE, app, console
+from pomlia_hpc.registry import Registry
 
-registry_app = typer.Typer(help="The registry database: recover it from the stores.")
+registry_app = typer.Typer(
+    help="The registry database: recover it from the stores, upgrade or downgrade its schema."
+)
 app.add_typer(registry_app, name="registry")
 
 
@@ -28,3 +34,59 @@ def recover() -> None:
         f"{len(res.registered)} dataset version(s) registered, {len(res.known)} already "
         f"known, {len(res.skipped)} skipped; registry {reg.display_url()}"
     )
+
+
+@registry_app.command("upgrade")
+def upgrade() -> None:
+    """Bring the registry's schema to this pomlia's newest revision.
+
+    Any command does that on opening the registry (and says so on stderr); this one does only
+    that, for a user with write access when the everyday users may only read. Back the
+    registry up and stop older pomlia processes (`loop watch`, pipeline drivers) first: see
+    README, "Upgrading"."""
+    reg = STATE.registry()  # opening upgrades (and prints the line saying so)
+    console.print(
+        f"registry {reg.display_url()}: schema at revision {reg.schema_revision()} "
+        "(this pomlia's newest)",
+        highlight=False,
+    )
+
+
+@registry_app.command("downgrade")
+def downgrade(
+    revision: Annotated[
+        str,
+        typer.Argument(help="The schema revision to go back to, e.g. 0007.", show_default=False),
+    ],
+    yes: Annotated[bool, typer.Option("--yes", help="Downgrade without asking.")] = False,
+) -> None:
+    """Take the registry's schema back to REVISION, for going back to an older pomlia.
+
+    REVISION is the newest migration of the older release (the last file in its
+    pomlia_hpc/registry/migrations/versions/, e.g. 0007 for 511a219). Each migration's
+    downgrade runs in turn; asks first (or --yes). What the newer revisions' columns and
+    tables held is lost, and the recommender's run summaries are emptied (the older pomlia
+    builds them again). A migration without a downgrade is refused, with nothing changed.
+    Run it with the newer pomlia, then use only the older one: any command of the newer one
+    upgrades the schema again."""
+    ws = STATE.workspace
+    reg = Registry.open(
+        ws.db_url, busy_timeout_s=ws.sqlite_busy_timeout_s, migrate=False, create=False
+    )
+    try:
+        current = reg.check_downgrade(revision)  # a refusal before the question
+        if not yes and not typer.confirm(
+            f"Downgrade registry {reg.display_url()} from schema revision {current} to "
+            f"{revision}? Data of the newer revisions is lost.",
+            default=False,
+        ):
+            console.print("nothing changed")
+            raise typer.Exit(1)
+        was = reg.downgrade(revision)
+        console.print(
+            f"registry {reg.display_url()}: schema downgraded {was} -> {revision}; use the "
+            "pomlia that needs it from now on (any command of this one upgrades it again)",
+            highlight=False,
+        )
+    finally:
+        reg.dispose()

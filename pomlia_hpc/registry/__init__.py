@@ -4,6 +4,7 @@ from pomlia_hpc.registry.db import (
     Registry,
     RegistryDamagedError,
     RegistryMissingError,
+    RegistryReadOnlyError,
     shown_url,
 )
 from pomlia_hpc.registry.knowledge import (
@@ -54,6 +55,7 @@ __all__ = [
     "Registry",
     "RegistryDamagedError",
     "RegistryMissingError",
+    "RegistryReadOnlyError",
     "RetrainRequest",
     "Run",
     "Task",

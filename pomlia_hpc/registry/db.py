@@ -28,7 +28,7 @@ from sqlalchemy.exc import DatabaseError, DBAPIError, NoSuchModuleError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool
 
-from pomlia_hpc.errors import ConfigError, NotFoundError
+from pomlia_hpc.errors import ConfigError, InputError, NotFoundError
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
@@ -87,6 +87,14 @@ def make_engine(url: str, *, busy_timeout_s: float = 60.0) -> Engine:
         raise ConfigError(
             f"registry URL '{shown_url(url)}' is not a valid database URL; expected {EXPECTED_URLS}"
         ) from exc
+    if parsed.get_backend_name() == "sqlite" and _sqlite_uri(parsed):
+        path = str(parsed.database or "").removeprefix("file:")
+        path = "/" + path.lstrip("/") if path.startswith("//") else path  # file:///abs
+        raise ConfigError(
+            f"registry URL '{url}': SQLite URI filenames (file:..., ?uri=true, ?mode=ro) are "
+            f"not supported; expected sqlite:///PATH, here sqlite:///{path} (it opens the file "
+            "read-write; for users who may only read, use PostgreSQL with a read-only role)"
+        )
     try:
         if parsed.get_backend_name() == "sqlite":
             if parsed.database and parsed.database != ":memory:":
@@ -113,6 +121,13 @@ def make_engine(url: str, *, busy_timeout_s: float = 60.0) -> Engine:
             f"registry URL '{_shown(parsed)}': cannot create the folder of the SQLite file "
             f"({exc.strerror})"
         ) from exc
+
+
+def _sqlite_uri(parsed: URL) -> bool:
+    """Whether a SQLite URL names its database as a URI (``sqlite:///file:PATH?mode=ro&uri=true``):
+    the registry's checks would take ``file:PATH`` for a path (a missing file, a folder named
+    ``file:``), and a read-only connection cannot take the write lock every session starts with."""
+    return "uri" in parsed.query or str(parsed.database or "").startswith("file:")
 
 
 def _wal_mode(cur: sqlite3.Cursor, busy_timeout_s: float) -> None:
@@ -178,6 +193,11 @@ def head_revision() -> str | None:
     return _scripts().get_current_head()
 
 
+def known_revisions() -> list[str]:
+    """The schema revisions this pomlia knows, oldest first."""
+    return [sc.revision for sc in reversed(list(_scripts().walk_revisions()))]
+
+
 def _known_revision(revision: str) -> bool:
     try:
         return _scripts().get_revision(revision) is not None
@@ -189,8 +209,25 @@ class RegistryMissingError(NotFoundError):
     """There is no registry where the settings point (only ``pomlia init`` creates one)."""
 
 
+class RegistryReadOnlyError(ConfigError):
+    """The registry's schema needs an upgrade that this database user may not make."""
+
+
 class RegistryDamagedError(ConfigError):
     """The registry database is damaged (a corrupt SQLite page, not a database file)."""
+
+
+#: Words of a write refused for lack of rights: PostgreSQL's "permission denied for table ..."
+#: (SQLSTATE 42501), "must be owner of table ..." (42501 too), SQLite's "attempt to write a
+#: readonly database".
+_NO_WRITE_WORDS = ("permission denied", "must be owner", "readonly database")
+
+
+def _no_write(exc: DBAPIError) -> bool:
+    """Whether ``exc`` is a write the database refused this user (not a failure of the write)."""
+    if getattr(exc.orig, "sqlstate", None) == "42501":  # psycopg: insufficient_privilege
+        return True
+    return any(w in str(exc.orig or exc).lower() for w in _NO_WRITE_WORDS)
 
 
 #: Words SQLite uses for a damaged file (sqlite3.DatabaseError, SQLITE_CORRUPT / SQLITE_NOTADB).
@@ -212,6 +249,8 @@ def _sqlite_file(url: str) -> Path | None:
         return None
     if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
         return None
+    if _sqlite_uri(parsed):
+        return None  # not a path: refused by make_engine, with the form expected
     return Path(parsed.database)
 
 
@@ -222,6 +261,9 @@ class Registry:
         self.url = url
         self.engine = make_engine(url, busy_timeout_s=busy_timeout_s)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+        #: (from, to) when :meth:`open` upgraded an existing schema; None otherwise (a fresh
+        #: registry's creation is no upgrade).
+        self.upgraded: tuple[str, str] | None = None
 
     @classmethod
     def open(
@@ -275,8 +317,75 @@ class Registry:
                 f"registry {reg.display_url()}: schema revision {current} is newer than this "
                 f"pomlia (head {head}); upgrade pomlia-hpc to use this registry"
             )
-        upgrade(reg.engine)
+        try:
+            upgrade(reg.engine)
+        except DBAPIError as exc:
+            reg.dispose()
+            if not _no_write(exc) or current is None:
+                raise
+            reason = str(exc.orig or exc).strip().splitlines()[0]
+            raise RegistryReadOnlyError(
+                f"registry {reg.display_url()}: its schema is at revision {current} and this "
+                f"pomlia needs {head}, an upgrade this database user may not make ({reason}); "
+                "a user with write access must run `pomlia registry upgrade` (or any other "
+                "pomlia command) on it once"
+            ) from exc
+        if current is not None and head is not None:
+            reg.upgraded = (current, head)
         return reg
+
+    def upgrade_note(self) -> str | None:
+        """The one line saying that :meth:`open` upgraded the schema, None if it did not."""
+        if self.upgraded is None:
+            return None
+        was, now = self.upgraded
+        return f"registry {self.display_url()}: schema upgraded {was} -> {now}"
+
+    def schema_revision(self) -> str | None:
+        """The revision the database's schema is at (None: no registry schema)."""
+        return current_revision(self.engine)
+
+    def check_downgrade(self, revision: str) -> str:
+        """The current revision, if the schema can go down to ``revision``; else one-line
+        errors: a revision this pomlia does not know or not below the current one, a
+        migration on the way without a downgrade (or with a module-level
+        ``IRREVERSIBLE = "why"``)."""
+        current = self.schema_revision()
+        known = known_revisions()
+        where = f"registry {self.display_url()}"
+        if current is None:
+            raise RegistryMissingError(f"{where} holds no registry schema: nothing to downgrade")
+        if current not in known:
+            raise ConfigError(
+                f"{where}: schema revision {current} is newer than this pomlia (head "
+                f"{head_revision()}): downgrade it with the pomlia that upgraded it"
+            )
+        below = known[: known.index(current)]
+        if revision not in below:
+            expected = (
+                f"one of {', '.join(below)} (below the current {current})"
+                if below
+                else f"nothing: {current} is the first revision"
+            )
+            raise InputError(
+                f"{where}: cannot downgrade to revision '{revision}'; expected {expected}"
+            )
+        for sc in _scripts().iterate_revisions(current, revision):
+            why = getattr(sc.module, "IRREVERSIBLE", None)
+            if why or not callable(getattr(sc.module, "downgrade", None)):
+                raise ConfigError(
+                    f"{where}: migration {sc.revision} ({sc.doc}) has no downgrade"
+                    f"{f' ({why})' if why else ''}; restore the backup taken before the upgrade"
+                )
+        return current
+
+    def downgrade(self, revision: str) -> str:
+        """Take the schema down to ``revision`` (Alembic downgrade, each migration's own
+        ``downgrade()`` in turn); returns the revision it was at. Refused, changing nothing,
+        as :meth:`check_downgrade` says."""
+        current = self.check_downgrade(revision)
+        command.downgrade(alembic_config(self.engine), revision)
+        return current
 
     def damaged(self, reason: str) -> RegistryDamagedError:
         """The one-line error for a damaged registry database."""

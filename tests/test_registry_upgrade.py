@@ -1,0 +1,251 @@
+"""Upgrading a registry an older pomlia made: the schema change is said and can be undone, a
+user who may only read gets one line, an older process's run summaries are built again.
+
+The older state is built here (Alembic to revision 0007, rows as the older code wrote them),
+not with an older checkout."""
+
+from __future__ import annotations
+
+import sys
+import uuid
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import inspect, select, text
+
+from pomlia_hpc.cli import main
+from pomlia_hpc.registry import (
+    Dataset,
+    DatasetVersion,
+    KbRunSeen,
+    KbRunStats,
+    Registry,
+    RegistryReadOnlyError,
+    Run,
+    Task,
+)
+from pomlia_hpc.registry.db import head_revision, upgrade
+from pomlia_hpc.strategy import kb
+from tests.fixtures.services import PG_URL
+
+OLD = "0007"  # the schema of release 511a219
+
+
+def _pomlia(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str
+) -> tuple[Any, str, str]:
+    """Run ``pomlia ARGS`` as the console script does: (exit code, stdout, stderr)."""
+    monkeypatch.setattr(sys, "argv", ["pomlia", *args])
+    with pytest.raises(SystemExit) as ex:
+        main()
+    got = capsys.readouterr()
+    return ex.value.code, " ".join(got.out.split()), got.err
+
+
+def _old_registry(url: str) -> None:
+    """A registry at revision 0007 with a task and two finished runs of one strategy: a 1-epoch
+    test run with the higher value and a full 60-epoch run."""
+    reg = Registry(url)
+    upgrade(reg.engine, OLD)
+    with reg.session() as s:
+        ds = Dataset(name="t")
+        s.add(ds)
+        s.flush()
+        fp = {"counts": {"train": 100}, "image_size": [28, 28], "channels": 1, "n_classes": 2}
+        ver = DatasetVersion(dataset_id=ds.id, version="v1", store_path="-", fingerprint=fp)
+        s.add(ver)
+        s.flush()
+        task = Task(name="t", dataset_version_id=ver.id, metric="acc", task_type="binary")
+        s.add(task)
+        s.flush()
+        for run_id, epochs, value in ((1, 1, 0.95), (2, 60, 0.7)):
+            metrics = {"objective": value, "test": {"acc": value}, "epochs": epochs}
+            s.add(
+                Run(
+                    id=run_id,
+                    task_id=task.id,
+                    config={"arch": "small_cnn"},
+                    status="ok",
+                    metrics=metrics,
+                    cost_s=10.0,
+                )
+            )
+    reg.dispose()
+
+
+def _old_process_refills(reg: Registry) -> None:
+    """What release 511a219's refresh writes after migration 0008 emptied the tables: its
+    own columns only (n_short, timed_n, epoch_s from their server defaults), the 1-epoch run
+    as the strategy's best, both runs marked seen."""
+    with reg.session() as s:
+        task_id = s.scalar(select(Task.id))
+        s.execute(
+            text(
+                "INSERT INTO kb_run_stats (task_id, strategy_key, strategy, n_runs, n_failed, "
+                "best_run_id, best_objective, best_value, cost_sum, n_cost, timed_s, "
+                "timed_epochs) VALUES (:t, :k, :st, 2, 0, 1, 0.95, 0.95, 20.0, 2, 0, 0)"
+            ),
+            {"t": task_id, "k": _strategy_key(), "st": '{"arch": "small_cnn"}'},
+        )
+        s.execute(
+            text("INSERT INTO kb_run_seen (run_id, done) VALUES (1, :d), (2, :d)"), {"d": True}
+        )
+
+
+def _strategy_key() -> str:
+    from pomlia_hpc.strategy.longformat import strategy_key
+    from pomlia_hpc.strategy.runstats import run_strategy
+
+    return strategy_key(run_strategy({"arch": "small_cnn"}, 28))
+
+
+def test_summaries_an_older_process_writes_after_the_upgrade_are_built_again(db_url: str) -> None:
+    _old_registry(db_url)
+    reg = Registry.open(db_url)  # the new release migrates ...
+    assert reg.upgraded == (OLD, head_revision())
+    _old_process_refills(reg)  # ... and an old `loop watch` still running refills the tables
+    (obs,), _ = kb.registry_observations(reg, "acc")  # what `pomlia recommend` reads
+    # counted as this release counts: the 1-epoch run is a short run, not the value
+    assert (obs.n_runs, obs.value, obs.evidence) == (2, 0.7, (2,))
+    with reg.session() as s:
+        (st,) = s.scalars(select(KbRunStats)).all()
+        assert (st.n_short, st.short_value, st.short_epochs) == (1, 0.95, 1.0)
+        assert st.summary_format is not None
+        seen = s.scalars(select(KbRunSeen)).all()
+        assert len(seen) == 2 and all(r.summary_format == st.summary_format for r in seen)
+    (again,), _ = kb.registry_observations(reg, "acc")
+    assert (again.n_runs, again.value) == (2, 0.7)  # read again: nothing counted twice
+    reg.dispose()
+
+
+def test_a_command_that_upgrades_the_schema_says_so_and_status_shows_the_revision(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    home = tmp_path / "w"
+    home.mkdir()
+    url = f"sqlite:///{home / 'registry.db'}"
+    _old_registry(url)
+    code, out, err = _pomlia(monkeypatch, capsys, "--home", str(home), "data", "list")
+    assert code == 0, err
+    head = head_revision()
+    assert err == f"registry {url}: schema upgraded {OLD} -> {head}\n"
+    code, out, err = _pomlia(monkeypatch, capsys, "--home", str(home), "status")
+    assert code == 0 and err == ""  # upgraded once: not said again
+    assert f"schema : revision {head}" in out
+
+
+def test_downgrade_round_trip_on_sqlite(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    home = tmp_path / "w"
+    url = f"sqlite:///{home / 'registry.db'}"
+    assert _pomlia(monkeypatch, capsys, "--home", str(home), "init")[0] == 0
+    reg = Registry.open(url)
+    with reg.session() as s:
+        s.add(Dataset(name="kept"))
+    kb.registry_observations(reg, "acc")
+    head = reg.schema_revision()
+    # asked first: "n" changes nothing
+    monkeypatch.setattr(sys, "stdin", _Answer("n\n"))
+    code, out, _ = _pomlia(monkeypatch, capsys, "--home", str(home), "registry", "downgrade", OLD)
+    assert code == 1 and "nothing changed" in out and reg.schema_revision() == head
+    code, out, err = _pomlia(
+        monkeypatch, capsys, "--home", str(home), "registry", "downgrade", OLD, "--yes"
+    )
+    assert code == 0, err
+    assert f"schema downgraded {head} -> {OLD}" in out
+    assert reg.schema_revision() == OLD
+    columns = {c["name"] for c in inspect(reg.engine).get_columns("kb_run_stats")}
+    assert "n_short" not in columns and "summary_format" not in columns
+    with reg.session() as s:
+        assert s.scalars(select(Dataset.name)).all() == ["kept"]
+    # and up again, said on stderr, the data still there
+    code, out, err = _pomlia(monkeypatch, capsys, "--home", str(home), "registry", "upgrade")
+    assert code == 0 and f"schema upgraded {OLD} -> {head}" in err
+    assert f"schema at revision {head}" in out and reg.schema_revision() == head
+    reg.dispose()
+
+
+class _Answer:
+    """A stdin that answers a question (``typer.confirm``) with ``text``."""
+
+    def __init__(self, answer: str) -> None:
+        self.lines = [answer]
+
+    def readline(self, *_: Any) -> str:
+        return self.lines.pop(0) if self.lines else ""
+
+    def isatty(self) -> bool:
+        return False
+
+
+@pytest.mark.parametrize(
+    ("revision", "expected"),
+    [("0009x", "cannot downgrade to revision '0009x'; expected one of 0001"), ("9999", "below")],
+)
+def test_downgrade_to_a_revision_not_below_the_current_is_one_line(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    revision: str,
+    expected: str,
+) -> None:
+    home = tmp_path / "w"
+    assert _pomlia(monkeypatch, capsys, "--home", str(home), "init")[0] == 0
+    code, _, err = _pomlia(
+        monkeypatch, capsys, "--home", str(home), "registry", "downgrade", revision, "--yes"
+    )
+    assert code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
+    assert expected in err and "Traceback" not in err
+
+
+@pytest.mark.postgres
+def test_a_read_only_user_on_a_registry_that_needs_an_upgrade_gets_one_line(
+    pg_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import psycopg
+
+    _old_registry(pg_url)
+    schema = pg_url.rsplit("%3D", 1)[1]
+    role = f"ro_{uuid.uuid4().hex[:10]}"
+    dsn = PG_URL.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {role} LOGIN PASSWORD 'ro'")
+        conn.execute(f"GRANT USAGE ON SCHEMA {schema} TO {role}")
+        conn.execute(f"GRANT SELECT ON ALL TABLES IN SCHEMA {schema} TO {role}")
+    user = PG_URL.split("://", 1)[1].split("@", 1)[0]
+    ro_url = pg_url.replace(f"{user}@", f"{role}:ro@", 1)
+    try:
+        with pytest.raises(RegistryReadOnlyError) as exc:
+            Registry.open(ro_url, create=False)
+        head = head_revision()
+        assert f"its schema is at revision {OLD} and this pomlia needs {head}" in str(exc.value)
+        assert "permission denied" in str(exc.value) and "pomlia registry upgrade" in str(exc.value)
+        code, _, err = _pomlia(monkeypatch, capsys, "--db-url", ro_url, "data", "list")
+        assert code == 2 and err.count("\n") == 1 and "this pomlia needs" in err, err
+        assert "registry database error" not in err and ":ro@" not in err  # password hidden
+    finally:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(f"REVOKE ALL ON ALL TABLES IN SCHEMA {schema} FROM {role}")
+            conn.execute(f"REVOKE USAGE ON SCHEMA {schema} FROM {role}")
+            conn.execute(f"DROP ROLE {role}")
+    reg = Registry.open(pg_url)  # a user with write access upgrades it
+    assert reg.schema_revision() == head_revision()
+    reg.dispose()
+
+
+def test_a_sqlite_uri_is_refused_with_the_url_form_expected(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    home = tmp_path / "w"
+    assert _pomlia(monkeypatch, capsys, "--home", str(home), "init")[0] == 0
+    monkeypatch.chdir(tmp_path)
+    uri = f"sqlite:///file:{home}/registry.db?mode=ro&uri=true"
+    for command in (["data", "list"], ["init"]):
+        code, _, err = _pomlia(monkeypatch, capsys, "--home", str(home), "--db-url", uri, *command)
+        assert code == 2 and err.count("\n") == 1, err
+        assert f"registry URL '{uri}': SQLite URI filenames" in err
+        assert f"expected sqlite:///PATH, here sqlite:///{home}/registry.db" in err
+        assert "recover" not in err and "does not exist" not in err
+    assert not (tmp_path / "file:").exists()  # no folder made from the URI taken for a path
