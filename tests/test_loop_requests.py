@@ -208,7 +208,7 @@ with holding(ws, sys.argv[3], int(sys.argv[4])):
 def holder(workspace: Workspace, served: Registry) -> Iterator[tuple[int, int, Any]]:
     """Request 1 taken by a watcher at work on its loop run: a live process holding it."""
     req = _request(served)
-    assert take(served, req, "s").taken
+    assert take(served, req, "s", workspace).taken
     run_id, _ = open_run(served, "s", champion_id=1, params={}, request_id=req)
     proc = subprocess.Popen(
         [sys.executable, "-c", HOLDER, str(workspace.home), workspace.db_url, "s", str(run_id)],
@@ -278,9 +278,9 @@ def _set_run(reg: Registry, run_id: int, status: str) -> None:
         row.status = status
 
 
-def _interrupted_run(reg: Registry, request_id: int) -> int:
+def _interrupted_run(reg: Registry, workspace: Workspace, request_id: int) -> int:
     """Request ``request_id`` taken, its loop run recorded interrupted (a stopped watcher)."""
-    assert take(reg, request_id, "s").taken
+    assert take(reg, request_id, "s", workspace).taken
     run_id, _ = open_run(reg, "s", champion_id=1, params={}, request_id=request_id)
     _set_run(reg, run_id, "interrupted")
     return run_id
@@ -332,9 +332,9 @@ def test_a_taken_request_with_an_interrupted_run_is_retired_when_the_slot_moves_
     from pomlia_hpc.registry import LoopRun
 
     req = _request(served)
-    run_id = _interrupted_run(served, req)
+    run_id = _interrupted_run(served, workspace, req)
     at_work = _request(served)  # taken by a watcher whose loop run is running: left to it
-    assert take(served, at_work, "s").taken
+    assert take(served, at_work, "s", workspace).taken
     busy, _ = open_run(served, "s", champion_id=1, params={}, request_id=at_work)
     put_on_slot(served, workspace, "s", "n", kind="forced")
     status, meta = _status(served, req)
@@ -351,7 +351,7 @@ def test_loop_run_resuming_a_requests_run_records_the_request(
     """`loop run SLOT` resumed the interrupted run of a request and left the request open
     (or taken): the next watcher retrained for it again."""
     req = _request(served)
-    run_id = _interrupted_run(served, req)
+    run_id = _interrupted_run(served, workspace, req)
     res = run_loop(
         served, workspace, "s", stages=(("harvest", lambda _ctx: {"n": 1}),), progress=print
     )
@@ -369,12 +369,160 @@ def test_take_refuses_a_taken_request_without_a_run_to_resume(
     """A watcher working from an older list took a request another had just taken (or whose
     run had just ended) and started a second loop run for it."""
     req = _request(served)
-    assert take(served, req, "s").taken
-    again = take(served, req, "s")
+    assert take(served, req, "s", workspace).taken
+    again = take(served, req, "s", workspace)
     assert not again.taken and again.why_not == "another watcher took it (no loop run to resume)"
     run_id, _ = open_run(served, "s", champion_id=1, params={}, request_id=req)
-    assert take(served, req, "s").taken  # running: its driver may be gone, resumed
+    assert take(served, req, "s", workspace).taken  # running: its driver may be gone, resumed
     _set_run(served, run_id, "done")  # ended, not yet finished by its watcher
-    assert not take(served, req, "s").taken
+    assert not take(served, req, "s", workspace).taken
     _set_run(served, run_id, "interrupted")
-    assert take(served, req, "s").taken
+    assert take(served, req, "s", workspace).taken
+
+
+# -- a watcher killed (SIGKILL): its request is abandoned, retired or taken over --------------
+
+TAKER = """
+import os, signal, sys
+from pathlib import Path
+from pomlia_hpc.loop.claim import holding
+from pomlia_hpc.loop.driver import open_run
+from pomlia_hpc.loop.requests import take
+from pomlia_hpc.registry import Registry
+from pomlia_hpc.workspace import Workspace
+ws = Workspace(home=Path(sys.argv[1]), db_url=sys.argv[2], cluster_profile="local")
+reg = Registry.open(ws.db_url)
+req, then = int(sys.argv[3]), sys.argv[4]
+if then == "wait":  # a second watcher: take it when told (stdin), then live until stdin ends
+    sys.stdin.readline()
+got = take(reg, req, "s", ws)
+print("taken" if got.taken else "refused: " + got.why_not, flush=True)
+if then == "die":  # killed between its take and its loop run
+    os.kill(os.getpid(), signal.SIGKILL)
+if then == "run":  # killed while it holds its loop run (as at a stage's start)
+    run_id, _ = open_run(reg, "s", champion_id=1, params={}, request_id=req)
+    with holding(ws, "s", run_id):
+        os.kill(os.getpid(), signal.SIGKILL)
+sys.stdin.read()
+"""
+
+
+def _taker(workspace: Workspace, req: int, then: str) -> subprocess.Popen[str]:
+    """A watcher process that takes request ``req`` (``then``: what it does next)."""
+    return subprocess.Popen(
+        [sys.executable, "-c", TAKER, str(workspace.home), workspace.db_url, str(req), then],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
+    )
+
+
+def _killed(workspace: Workspace, req: int, then: str) -> None:
+    """Request ``req`` taken by a watcher that was SIGKILLed (``then``: before or in its run)."""
+    proc = _taker(workspace, req, then)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == -9 and out.strip() == "taken", (proc.returncode, out)
+
+
+def _run_status(reg: Registry, request_id: int) -> str:
+    from pomlia_hpc.registry import LoopRun
+
+    with reg.session() as s:
+        run = s.query(LoopRun).filter(LoopRun.request_id == request_id).one()
+        return run.status
+
+
+def test_a_killed_watchers_request_is_retired_when_the_slot_moves_on(
+    workspace: Workspace, served: Registry
+) -> None:
+    """A `loop watch` SIGKILLed at work left its request `taken` for good: a promotion of
+    another model did not retire it, and every watcher said "no deployment slot serves
+    model m" (only `loop dismiss` closed it), though `loop show` said the run was stale."""
+    req = _request(served)
+    proc = subprocess.run(
+        [sys.executable, "-m", "pomlia_hpc", "loop", "watch", "--once", "--min-labels", "1"],
+        env={
+            "PYTHONPATH": str(REPO),
+            "PATH": "/usr/bin:/bin",
+            "POMLIA_HOME": str(workspace.home),
+            "POMLIA_LOOP_KILL_AT": "harvest:before",  # SIGKILL, its run held and `running`
+        },
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert proc.returncode == -9, (proc.returncode, proc.stdout, proc.stderr)
+    assert _status(served, req)[0] == "taken" and _run_status(served, req) == "running"
+    said = " ".join(runner.invoke(app, ["loop", "show", "s"]).output.split())
+    assert "stale: its driver (pid" in said, said
+    put_on_slot(served, workspace, "s", "n", kind="forced")
+    status, meta = _status(served, req)
+    assert status == "obsolete" and meta["outcome"].startswith("obsolete: slot s moved from m")
+    assert _run_status(served, req) == "stopped"
+
+
+def test_the_watcher_retires_a_killed_watchers_request_about_a_model_no_longer_served(
+    workspace: Workspace, served: Registry
+) -> None:
+    """The same, with the promotion recorded before promotions retired requests: the
+    watcher applies the rule."""
+    req = _request(served)
+    _killed(workspace, req, "run")
+    with served.session() as s:
+        m = s.get(Promotion, 1)
+        assert m is not None
+        s.add(
+            Promotion(slot="s", model_id=m.model_id + 1, bundle_path=m.bundle_path, kind="forced")
+        )
+    lines: list[str] = []
+    assert consume(served, workspace, run=Calls(), progress=lines.append) == []
+    assert lines == [lines[0]] and lines[0].startswith(
+        f"retrain request {req}: obsolete, closed: slot s moved from m"
+    )
+    assert _status(served, req)[0] == "obsolete"
+
+
+def test_a_request_whose_watcher_was_killed_before_its_loop_run_is_taken_over(
+    workspace: Workspace, served: Registry
+) -> None:
+    """Taken, then its watcher SIGKILLed before it created a loop run: no watcher listed it
+    again (nothing to resume), and it stayed `taken` for good."""
+    req = _request(served)
+    _killed(workspace, req, "die")
+    later = _request(served)  # recorded meanwhile: merged, as into an open request
+    loop = Calls()
+    handled = consume(served, workspace, run=loop, progress=lambda _l: None)
+    assert loop.calls == [("s", req)] and [h.request_id for h in handled] == [req]
+    assert _status(served, req)[0] == "done" and _status(served, later)[0] == "merged"
+
+
+@pytest.mark.parametrize("then", ["die", "run"])
+def test_two_watchers_take_over_a_killed_watchers_request_once(
+    workspace: Workspace, served: Registry, then: str
+) -> None:
+    """Two watchers found a request whose watcher was killed (before or in its loop run) and
+    both took it; the second must find the first recorded as its taker, alive."""
+    req = _request(served)
+    _killed(workspace, req, then)
+    pair = [_taker(workspace, req, "wait") for _ in range(2)]
+    try:
+        for proc in pair:
+            assert proc.stdin is not None
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+        said = [proc.stdout.readline().strip() for proc in pair if proc.stdout is not None]
+        assert sorted(said)[1] == "taken", said
+        winner = pair[said.index("taken")]
+        busy = f"another watcher took it (pid {winner.pid} on "
+        assert sorted(said)[0].startswith("refused: " + busy), said
+        again = take(served, req, "s", workspace)
+        assert not again.taken and again.why_not.startswith(busy)
+        assert consume(served, workspace, run=Calls(), progress=lambda _l: None) == []
+        winner.kill()  # SIGKILL: the third watcher takes it over
+        winner.wait()
+        assert take(served, req, "s", workspace).taken
+    finally:
+        for proc in pair:
+            proc.kill()
+            proc.wait()

@@ -158,7 +158,7 @@ class DriverBeat:
                     continue  # written since (a beat, another claim): decide again on it
                 if on_file is not None and not free:
                     raise DriverBusyError(busy_message(study, on_file), record=on_file)
-                self._claim(job)
+                self._claim()
                 return
         # A record that changes under each decision is a driver at work, beating or claiming.
         last = read_driver_file(self.path)
@@ -166,20 +166,9 @@ class DriverBeat:
             raise DriverBusyError(f"study '{study}' is being claimed by another driver; try again")
         raise DriverBusyError(busy_message(study, last), record=last)
 
-    def _claim(self, job: str | None) -> None:
+    def _claim(self) -> None:
         """Write this process's record (under the claim lock, which the caller holds)."""
-        now, pid = time.time(), os.getpid()
-        self.record = DriverRecord(
-            socket.gethostname(),
-            pid,
-            now,
-            now,
-            None,
-            _process_start(pid),
-            _process_ticks(pid),
-            job,
-            slurm_restarts() if job is not None else None,
-        )
+        self.record = this_process()
         # Not through _write: the claim must be on disk before the lock is let go.
         write_atomic(self.path, json.dumps(asdict(self.record)), fsync=False)
 
@@ -285,10 +274,38 @@ def read_driver(workspace: Workspace, study: str) -> DriverRecord | None:
     return read_driver_file(study_dir(workspace, study) / DRIVER_FILE)
 
 
+def this_process() -> DriverRecord:
+    """The record of this process as a driver starting now (host, pid, its start, its Slurm
+    job): what :func:`driver_gone` later tells from a reused pid."""
+    now, pid = time.time(), os.getpid()
+    job = os.environ.get("SLURM_JOB_ID") or None
+    return DriverRecord(
+        socket.gethostname(),
+        pid,
+        now,
+        now,
+        None,
+        _process_start(pid),
+        _process_ticks(pid),
+        job,
+        slurm_restarts() if job is not None else None,
+    )
+
+
 def read_driver_file(path: Path) -> DriverRecord | None:
     """The driver record in ``path``, or None (missing or unreadable)."""
     try:
-        raw = json.loads(path.read_text())
+        return record_from(json.loads(path.read_text()))
+    except (OSError, ValueError):
+        return None
+
+
+def record_from(raw: object) -> DriverRecord | None:
+    """The driver record a JSON map holds (``asdict`` of one: a driver file, or a copy kept
+    elsewhere, e.g. a retrain request's taker), or None when it is not one."""
+    if not isinstance(raw, dict):
+        return None
+    try:
         return DriverRecord(
             host=str(raw["host"]),
             pid=int(raw["pid"]),
@@ -300,7 +317,7 @@ def read_driver_file(path: Path) -> DriverRecord | None:
             slurm_job=None if raw.get("slurm_job") is None else str(raw["slurm_job"]),
             slurm_restart=None if raw.get("slurm_restart") is None else int(raw["slurm_restart"]),
         )
-    except (OSError, ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError):
         return None
 
 

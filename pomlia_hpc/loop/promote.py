@@ -160,7 +160,7 @@ def put_on_slot(
         )
         s.add(row)
         s.flush()
-        retire_stale(s, slot)  # alarms about the champion it replaced no longer apply
+        retire_stale(s, slot, workspace)  # alarms about the champion it replaced no longer apply
         return _entry(row, model.name)
 
 
@@ -277,7 +277,7 @@ def rollback(registry: Registry, workspace: Workspace, slot: str) -> SlotEntry:
         )
         s.add(row)
         s.flush()
-        retire_stale(s, slot)
+        retire_stale(s, slot, workspace)
         return _entry(row, back.model)
 
 

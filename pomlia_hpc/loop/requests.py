@@ -1,19 +1,25 @@
 """The loop's side of retrain requests (statuses: :mod:`pomlia_hpc.monitor.requests`).
 
 - A watcher **takes** an open request in one transaction under the model's request lock
-  (:func:`take`); other open requests of the same model are merged into it then (its loop run's
-  window, fixed now, holds their traffic), so one slot runs one loop for them. A taken request
-  is taken again only to resume its unfinished loop run (and merges nothing: that run's window
-  was fixed before the later alarms). A loop run stopped by a signal leaves its request
-  ``taken`` (:func:`release`); ``loop run SLOT`` resuming a request's run takes the request
-  and records how it ended (:func:`adopt`, :func:`settle`).
+  (:func:`take`), recording itself as the taker (``meta["taken_by"]``, a driver record);
+  other open requests of the same model are merged into it then (its loop run's window, fixed
+  now, holds their traffic), so one slot runs one loop for them. A taken request is taken
+  again only to resume its unfinished loop run (and merges nothing: that run's window was
+  fixed before the later alarms), and only while no other live watcher took it and no live
+  driver holds the run. A loop run stopped by a signal leaves its request ``taken``
+  (:func:`release`); ``loop run SLOT`` resuming a request's run takes the request and records
+  how it ended (:func:`adopt`, :func:`settle`).
+- A taken request whose driver is provably gone (:func:`abandoned`: its taker and its loop
+  run's driver, by the rule ``loop show`` marks a run ``stale`` with; e.g. a watcher SIGKILLed)
+  is treated as an open one: the stale rule below closes it, and a new watcher takes it over
+  (one of two: the first records itself as the taker under the lock).
 - A request is **obsolete** once every slot that served its model when the alarm rang has
   changed its champion since (:func:`stale_reason`): the alarm was about a model no longer
   served there, and a promotion back later must not start a retrain on that old alarm.
   :func:`retire_stale` marks them in the transaction that records a promotion or rollback;
   the watcher applies the same rule to requests recorded before that. A ``taken`` request is
-  retired too when its loop run is ``interrupted`` (no driver at work on it): resuming that run
-  would retrain on the alarm of a model the slot no longer serves.
+  retired too when no driver is at work on it (its loop run ``interrupted``, or its driver
+  gone): resuming that run would retrain on the alarm of a model the slot no longer serves.
 - **Dismissed** by hand (:func:`dismiss`, ``pomlia loop dismiss``), with a reason.
 
 Closing a request stops its interrupted loop run (status ``stopped``): a later ``loop run
@@ -22,16 +28,19 @@ SLOT`` must not resume a retrain that nobody asks for any more.
 
 from __future__ import annotations
 
+import os
 import shlex
+import socket
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
+from pomlia_hpc.automl.liveness import DriverRecord, driver_gone, record_from, this_process
 from pomlia_hpc.errors import InputError
-from pomlia_hpc.loop.claim import held_message, holder
+from pomlia_hpc.loop.claim import at_work, gone_driver, held_message, holder
 from pomlia_hpc.loop.driver import INTERRUPTED, RESUMABLE, LoopResult
 from pomlia_hpc.monitor.requests import (
     CLOSED,
@@ -73,8 +82,9 @@ class Taken:
     why_not: str = ""
 
 
-def pending(registry: Registry) -> list[Pending]:
-    """Open requests, and taken ones whose loop run did not finish (a killed watcher)."""
+def pending(registry: Registry, workspace: Workspace) -> list[Pending]:
+    """Open requests, and taken ones whose loop run did not finish (a killed watcher) or
+    whose watcher is gone before it started one (:func:`abandoned`)."""
     out = []
     with registry.session() as s:
         rows = s.scalars(
@@ -89,8 +99,8 @@ def pending(registry: Registry) -> list[Pending]:
                 .order_by(LoopRun.id.desc())
                 .limit(1)
             )
-            if r.status == TAKEN and run is None:
-                continue  # its loop run ended: failed, retried by hand (`pomlia loop run`)
+            if r.status == TAKEN and run is None and abandoned(s, r, workspace) is None:
+                continue  # its loop run ended (failed: retried by hand), or starts now
             run_id, slot = (run.id, run.slot) if run is not None else (None, None)
             out.append(
                 Pending(r.id, r.model_id, r.reason, r.monitor_report_id, r.status, run_id, slot)
@@ -161,24 +171,70 @@ def _resumable_runs(session: Session, request_id: int) -> list[LoopRun]:
     )
 
 
-def _may_retire(session: Session, row: RetrainRequest, workspace: Workspace | None) -> bool:
-    """Whether ``row`` is one the stale rule may close: open, or taken with its loop run
-    recorded ``interrupted`` and none ``running`` (a driver at work finishes its own run). With
-    ``workspace``, an interrupted run a live driver holds (resuming it now) keeps it too."""
+#: ``meta`` key of a taken request: the record (:class:`DriverRecord`) of the process that
+#: took it, so that the liveness rule of loop runs tells a watcher at work from a killed one.
+TAKER = "taken_by"
+
+
+def _taker(row: RetrainRequest) -> DriverRecord | None:
+    """The process that took ``row`` (None: not recorded, e.g. taken before takers were)."""
+    return record_from((row.meta or {}).get(TAKER))
+
+
+def _mine(record: DriverRecord) -> bool:
+    """Whether ``record`` is this process (which may take again what it took itself)."""
+    return (record.host, record.pid) == (socket.gethostname(), os.getpid())
+
+
+def _taker_at_work(row: RetrainRequest) -> DriverRecord | None:
+    """Another process that took ``row`` and is at work (not gone by :func:`driver_gone`)."""
+    taker = _taker(row)
+    if taker is None or _mine(taker) or driver_gone(taker) is not None:
+        return None
+    return taker
+
+
+def abandoned(session: Session, row: RetrainRequest, workspace: Workspace) -> str | None:
+    """Why taken request ``row`` provably has no driver any more (one phrase), or None while
+    one may be at work. Provably gone, by the rule ``loop show`` marks a run ``stale`` with
+    (:func:`~pomlia_hpc.automl.liveness.driver_gone`): the process that took it, unless it is
+    this one, and each of its unfinished loop runs: ``interrupted`` (its driver let go) and
+    held by no live driver, or ``running`` with its driver gone (SIGKILL, a lost node; a run
+    its driver never held, by its taker). With no loop run ever, by its taker."""
+    if _taker_at_work(row) is not None:
+        return None  # about to start its loop run, or at work on it
+    taker = _taker(row)
+    taker_gone = driver_gone(taker) if taker is not None and not _mine(taker) else None
+    runs = _resumable_runs(session, row.id)
+    if not runs:
+        ever = session.scalar(select(LoopRun.id).where(LoopRun.request_id == row.id).limit(1))
+        # Its run ended (a failed one is retried by hand), or the taker is this process.
+        return None if ever is not None or taker_gone is None else taker_gone
+    whys = []
+    for run in runs:
+        if at_work(workspace, run.slot, run.id) is not None:
+            return None
+        if run.status == INTERRUPTED:
+            whys.append(f"loop run {run.id} interrupted")
+        elif (gone := gone_driver(workspace, run.slot, run.id) or taker_gone) is not None:
+            whys.append(f"loop run {run.id}: {gone}")
+        else:
+            return None  # running, never held, taken by this process or before takers
+    return "; ".join(whys)
+
+
+def _may_retire(session: Session, row: RetrainRequest, workspace: Workspace) -> bool:
+    """Whether ``row`` is one the stale rule may close: open, or taken with no driver at work
+    any more (:func:`abandoned`): a driver at work finishes its own run."""
     if row.status == OPEN:
         return True
-    if row.status != TAKEN:
-        return False
-    runs = _resumable_runs(session, row.id)
-    if not runs or any(r.status != INTERRUPTED for r in runs):
-        return False  # taken by a watcher about to start its run, or one at work on it
-    return workspace is None or all(holder(workspace, r.slot, r.id) is None for r in runs)
+    return row.status == TAKEN and abandoned(session, row, workspace) is not None
 
 
-def retire_stale(session: Session, slot: str) -> list[int]:
+def retire_stale(session: Session, slot: str, workspace: Workspace) -> list[int]:
     """Mark obsolete the open requests of models that served ``slot`` and are stale now, and
-    the taken ones whose loop run is interrupted (call it in the transaction that records the
-    slot's new champion); returns their ids."""
+    the taken ones no driver works on any more (:func:`abandoned`; call it in the transaction
+    that records the slot's new champion); returns their ids."""
     models = session.scalars(
         select(Promotion.model_id).where(Promotion.slot == slot).distinct()
     ).all()
@@ -190,7 +246,7 @@ def retire_stale(session: Session, slot: str) -> list[int]:
                 RetrainRequest.model_id == model_id, RetrainRequest.status.in_((OPEN, TAKEN))
             )
         ).all():
-            if not _may_retire(session, row, None):
+            if not _may_retire(session, row, workspace):
                 continue
             reason = stale_reason(session, row)
             if reason is not None:
@@ -199,11 +255,9 @@ def retire_stale(session: Session, slot: str) -> list[int]:
     return retired
 
 
-def retire_if_stale(
-    registry: Registry, request_id: int, workspace: Workspace | None = None
-) -> str | None:
-    """Mark request ``request_id`` obsolete if it is stale and open (or taken with its loop run
-    interrupted, held by no live driver of ``workspace``); returns the reason."""
+def retire_if_stale(registry: Registry, request_id: int, workspace: Workspace) -> str | None:
+    """Mark request ``request_id`` obsolete if it is stale and open (or taken with no driver at
+    work any more, :func:`abandoned`); returns the reason."""
     with registry.session() as s:
         row = s.get(RetrainRequest, request_id)
         if row is None:
@@ -218,11 +272,14 @@ def retire_if_stale(
         return reason
 
 
-def take(registry: Registry, request_id: int, slot: str) -> Taken:
-    """Take request ``request_id`` for ``slot``: an open one becomes ``taken`` and the model's
-    other open requests are merged into it; a taken one only while a loop run of it is running
-    or interrupted (to resume it; nothing merged). A request another watcher took, with no run
-    to resume (not started yet, or ended before it was finished), is refused."""
+def take(registry: Registry, request_id: int, slot: str, workspace: Workspace) -> Taken:
+    """Take request ``request_id`` for ``slot`` (this process recorded as its taker): an open
+    one becomes ``taken`` and the model's other open requests are merged into it, as into a
+    taken one whose taker is gone before it started a loop run (:func:`abandoned`); a taken
+    one with a loop run running or interrupted is taken over (to resume that run; nothing
+    merged) unless another live watcher took it or a live driver holds the run. Decided under
+    the model's request lock, so of two watchers only one takes it: the second finds the
+    first recorded as the taker, alive."""
     with registry.session() as s:
         row = s.get(RetrainRequest, request_id)
         if row is None:
@@ -231,15 +288,16 @@ def take(registry: Registry, request_id: int, slot: str) -> Taken:
         s.refresh(row)  # as it is under the lock: another watcher may have taken it
         if row.status not in (OPEN, TAKEN):
             return Taken(False, why_not=f"it is {row.status} now")
-        if row.status == TAKEN:
-            # Checked in this transaction: a list read earlier may predate another's take.
-            if not _resumable_runs(s, row.id):
-                return Taken(False, why_not="another watcher took it (no loop run to resume)")
-            row.meta = {**(row.meta or {}), "slot": slot, "taken_at": utcnow().isoformat()}
+        taken = {"slot": slot, "taken_at": utcnow().isoformat(), TAKER: asdict(this_process())}
+        # Checked in this transaction: a list read earlier may predate another's take.
+        if row.status == TAKEN and (why_not := _held(s, row, workspace)) is not None:
+            return Taken(False, why_not=why_not)
+        if row.status == TAKEN and _resumable_runs(s, row.id):
+            row.meta = {**(row.meta or {}), **taken}
             row.updated_at = utcnow()
             return Taken(True)  # its run's window is fixed: later alarms are not merged
         row.status = TAKEN
-        row.meta = {**(row.meta or {}), "slot": slot, "taken_at": utcnow().isoformat()}
+        row.meta = {**(row.meta or {}), **taken}
         row.updated_at = utcnow()
         merged = []
         for other in s.scalars(
@@ -255,6 +313,22 @@ def take(registry: Registry, request_id: int, slot: str) -> Taken:
             alarms = alarm_count(row) + sum(1 for _ in merged)
             row.meta = {**row.meta, "alarms": alarms, "merged": merged}
         return Taken(True, tuple(merged))
+
+
+def _held(session: Session, row: RetrainRequest, workspace: Workspace) -> str | None:
+    """Why taken request ``row`` cannot be taken over (its :attr:`Taken.why_not`), or None."""
+    taker = _taker_at_work(row)
+    if taker is not None:
+        return f"another watcher took it (pid {taker.pid} on {taker.host} is at work)"
+    runs = _resumable_runs(session, row.id)
+    if not runs:
+        if abandoned(session, row, workspace) is None:
+            return "another watcher took it (no loop run to resume)"
+        return None
+    for run in runs:
+        if (record := at_work(workspace, run.slot, run.id)) is not None:
+            return held_message(run.slot, run.id, record)
+    return None
 
 
 def finish(registry: Registry, request_id: int, status: str, **meta: Any) -> None:
@@ -293,7 +367,9 @@ def release(registry: Registry, request_id: int) -> None:
             outcome = "interrupted; resumed by the next watch"
         else:
             row.status, outcome = OPEN, "stopped before its loop run started"
-        row.meta = {**(row.meta or {}), "outcome": outcome}
+        # It let go: no taker at work, whatever becomes of this process.
+        meta = {k: v for k, v in (row.meta or {}).items() if k != TAKER}
+        row.meta = {**meta, "outcome": outcome}
         row.updated_at = utcnow()
 
 
@@ -310,7 +386,12 @@ def adopt(registry: Registry, run_id: int) -> int | None:
         if row.status not in (OPEN, TAKEN):
             return None
         row.status = TAKEN
-        row.meta = {**(row.meta or {}), "slot": run.slot, "taken_at": utcnow().isoformat()}
+        row.meta = {
+            **(row.meta or {}),
+            "slot": run.slot,
+            "taken_at": utcnow().isoformat(),
+            TAKER: asdict(this_process()),
+        }
         row.updated_at = utcnow()
         return row.id
 

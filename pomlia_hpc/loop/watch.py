@@ -8,9 +8,10 @@ for the request, linked to the request and its monitor report; when the run ends
 is ``done`` (with the run's id and outcome in its ``meta``), or ``failed`` with the reason
 (retry by hand with ``pomlia loop run SLOT``). At most one loop per slot per pass.
 
-- A request taken by a driver that was killed is picked up again and its loop run resumed;
-  one whose loop run another live watcher holds (:mod:`.claim`) is skipped, with one line
-  saying who holds it.
+- A request taken by a watcher that was killed (its driver gone by the rule ``loop show``
+  marks a run ``stale`` with) is taken over and its loop run resumed, or started if it had
+  none; one that another live watcher took, or whose loop run another live driver holds
+  (:mod:`.claim`), is skipped, with one line saying who.
 - A request whose alarm no longer applies (the slot moved to another model since) is closed
   as ``obsolete`` (:func:`~pomlia_hpc.loop.requests.stale_reason`); one for a model no slot
   serves, and none did when it rang, is left open and reported once per watcher
@@ -134,7 +135,7 @@ def consume(
     state = state or WatchState()
     handled: list[Handled] = []
     busy: set[str] = set()
-    for req in requests.pending(registry):
+    for req in requests.pending(registry, workspace):
         slot = slot_serving(registry, req.model_id)
         skip = _skip_reason(registry, workspace, req, slot, state, busy)
         if skip is not None:
@@ -142,7 +143,7 @@ def consume(
                 progress(f"retrain request {req.id}: {skip}")
             continue
         assert slot is not None
-        got = requests.take(registry, req.id, slot)
+        got = requests.take(registry, req.id, slot, workspace)
         if not got.taken:
             progress(f"retrain request {req.id}: not taken, {got.why_not}")
             continue
