@@ -30,6 +30,21 @@ def pid_alive(pid: int) -> bool:
         return True
 
 
+def process_start_id(pid: int, proc: Path = Path("/proc")) -> str | None:
+    """``<boot id>:<start ticks>`` of process ``pid``: when it started, in clock ticks after
+    boot (field 22 of ``/proc/<pid>/stat``), with the boot's id. A pid is reused once its
+    process is gone; this pair names one process of this machine for good. None without
+    ``/proc`` (``proc``) or when the process is not running."""
+    try:
+        stat = (proc / str(pid) / "stat").read_text()
+        boot = (proc / "sys" / "kernel" / "random" / "boot_id").read_text().strip()
+        # The command name (field 2) may hold spaces and ')': count fields after the last ')'.
+        ticks = stat[stat.rindex(")") + 1 :].split()[19]  # field 22; field 3 is at index 0
+    except (OSError, ValueError, IndexError):
+        return None
+    return f"{boot}:{ticks}"
+
+
 def ignores_signal(pid: int, sig: signal.Signals) -> bool:
     """Whether process ``pid`` ignores ``sig`` (Linux ``/proc``; False when unknown).
 

@@ -324,8 +324,13 @@ def test_local_job_stopped_by_ctrl_c_is_recorded_cancelled(tmp_path: Path, reg: 
     refresh_jobs(reg)  # `pomlia jobs list` in another process
     with reg.session() as s:
         row = s.scalars(select(Job)).one()
-        state, cause = row.state, row.exit_cause or ""
+        state, cause, started = row.state, row.exit_cause or "", (row.meta or {})["controller"]
     assert state == "CANCELLED" and "SIGINT" in cause, (state, cause)
+    # The marker is named by the process the row recorded (pid and start), not by its pid.
+    from pomlia_hpc.cluster.submitit_local import cancel_marker
+
+    assert started and cancel_marker(ex.folder, h.job_id, started).is_file()
+    assert not cancel_marker(ex.folder, h.job_id).exists()
     # The submitting process, had it survived, records the same.
     with pytest.raises(JobFailedError) as exc:
         h.result()
@@ -365,3 +370,51 @@ def test_a_cancel_marker_of_an_earlier_job_with_the_same_pid_is_forgotten(tmp_pa
     assert proc.returncode == 0, proc.stderr
     assert local_cancel_cause(str(folder), job_id) is None
     assert not cancel_marker(folder, job_id).exists()
+
+
+def test_a_cancel_marker_of_another_process_with_the_same_pid_is_not_taken(
+    tmp_path: Path, reg: Registry
+) -> None:
+    """A local job's Ctrl-C marker was named by its pid alone: a job whose pid had been a
+    cancelled job's was recorded CANCELLED from that job's marker, until its controller
+    deleted the marker at its start (and if it never got there, for good). The marker of a
+    process with the same pid but another start (another boot id or start ticks) is not the
+    job's."""
+    from pomlia_hpc.cluster.attach import AttachedJob
+    from pomlia_hpc.cluster.records import local_cancel_cause, refresh_local_jobs
+    from pomlia_hpc.cluster.submitit_local import SIGINT_CAUSE, cancel_marker
+
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    pid, folder = str(gone.pid), tmp_path / "jobs"
+    folder.mkdir()
+    mine, other = "boot-a:4242", "boot-a:77"  # same boot, the pid reused by a later process
+    cancel_marker(folder, pid, other).write_text(SIGINT_CAUSE + "\n")
+    cancel_marker(folder, pid).write_text(SIGINT_CAUSE + "\n")  # a marker by pid alone too
+    assert local_cancel_cause(str(folder), pid, mine) is None
+    ids = [
+        record_submission(
+            reg,
+            backend="local",
+            scheduler_ids=[pid],
+            name=name,
+            folder=str(folder),
+            meta={"host": this_host(), "controller": mine},
+        )[0]
+        for name in ("failed", "attached")
+    ]
+    with reg.session() as s:
+        attached = AttachedJob(
+            reg, s.get(Job, ids[1]), has_result=lambda: False, failure=lambda: None
+        )
+    attached.check_local()
+    assert attached.cancel_cause is None
+    refresh_local_jobs(reg, [ids[0]])
+    with reg.session() as s:
+        row = s.get(Job, ids[0])
+        assert row is not None and row.state == "FAILED", (row.state, row.exit_cause)
+    # Its own marker is taken.
+    cancel_marker(folder, pid, mine).write_text(SIGINT_CAUSE + "\n")
+    assert local_cancel_cause(str(folder), pid, mine) == SIGINT_CAUSE
+    attached.check_local()
+    assert attached.cancel_cause == SIGINT_CAUSE

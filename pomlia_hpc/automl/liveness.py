@@ -37,7 +37,7 @@ import psutil
 from pomlia_hpc.automl.folders import study_dir, study_finished
 from pomlia_hpc.errors import ClusterError, PomliaError
 from pomlia_hpc.files import held_lock, write_atomic
-from pomlia_hpc.processes import pid_alive
+from pomlia_hpc.processes import pid_alive, process_start_id
 from pomlia_hpc.workspace import Workspace
 
 #: The driver's record, in the study's folder.
@@ -97,17 +97,10 @@ def _process_start(pid: int) -> float | None:
 
 
 def _process_ticks(pid: int) -> str | None:
-    """``<boot id>:<start ticks>`` of process ``pid`` (field 22 of ``/proc/<pid>/stat``, clock
-    ticks after boot: unlike create_time, a step of the wall clock does not move it), or None
-    without ``/proc`` or when it is not running."""
-    try:
-        stat = (PROC / str(pid) / "stat").read_text()
-        boot = (PROC / "sys" / "kernel" / "random" / "boot_id").read_text().strip()
-        # The command name (field 2) may hold spaces and ')': count fields after the last ')'.
-        ticks = stat[stat.rindex(")") + 1 :].split()[19]  # field 22; field 3 is at index 0
-    except (OSError, ValueError, IndexError):
-        return None
-    return f"{boot}:{ticks}"
+    """``<boot id>:<start ticks>`` of process ``pid`` (``processes.process_start_id``: unlike
+    create_time, a step of the wall clock does not move it), or None without ``/proc`` or
+    when it is not running."""
+    return process_start_id(pid, PROC)
 
 
 def _same_process(record: DriverRecord) -> bool:

@@ -32,6 +32,7 @@ from pomlia_hpc.cluster.records import (
     sacct_states,
     update_job,
 )
+from pomlia_hpc.cluster.submitit_local import CONTROLLER_META
 from pomlia_hpc.errors import ClusterError
 from pomlia_hpc.processes import pid_alive
 from pomlia_hpc.registry import Job, Registry
@@ -57,6 +58,8 @@ class AttachedJob:
         self.registry, self.record_id = registry, int(row.id)
         self.backend, self.job_id = row.backend, row.scheduler_id
         self.folder = row.folder
+        #: A local job's process start id, recorded at submission: its Ctrl-C marker's name.
+        self.controller: str | None = (row.meta or {}).get(CONTROLLER_META)
         #: Why a local job gone without a trace ended, when its controller noted a signal.
         self.cancel_cause: str | None = None
         self.has_result, self.failure = has_result, failure
@@ -79,7 +82,7 @@ class AttachedJob:
             self.state = "FAILED"
         else:
             self.state = None  # gone without a trace: killed, as if cancelled
-            self.cancel_cause = local_cancel_cause(self.folder, self.job_id)
+            self.cancel_cause = local_cancel_cause(self.folder, self.job_id, self.controller)
 
     @property
     def ended(self) -> bool:

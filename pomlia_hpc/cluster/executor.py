@@ -29,6 +29,7 @@ from pomlia_hpc.cluster.handle import JobHandle
 from pomlia_hpc.cluster.records import record_submission, this_host
 from pomlia_hpc.cluster.refusal import sbatch_refusals, warn_signal_delay
 from pomlia_hpc.cluster.resources import after_ok_parameters, submitit_parameters, with_overrides
+from pomlia_hpc.cluster.submitit_local import CONTROLLER_META
 from pomlia_hpc.cluster.terminate import collected
 from pomlia_hpc.config import ClusterProfile, load_cluster_profile
 from pomlia_hpc.errors import ArrayNotWithdrawnError, ClusterError, PomliaError
@@ -120,8 +121,10 @@ class Executor:
             ex.update_parameters(**after_ok_parameters(profile, [h.job_id for h in after_ok]))
         with sbatch_refusals(profile, name):  # one line naming the option, not a traceback
             job = ex.submit(fn, *args, **kwargs)
-        (rid,) = self._record([str(job.job_id)], name, None, [job_meta or {}])
+        started = _started(profile, job)
+        (rid,) = self._record([str(job.job_id)], name, None, [{**(job_meta or {}), **started}])
         handle = JobHandle(self, rid)
+        handle.controller = started.get(CONTROLLER_META)
         handle.resources = profile
         handle._bind(job)
         return handle
@@ -265,7 +268,9 @@ class Executor:
                     self._running.remove(handle)  # it holds no max_parallel slot
                 handle._fail_submission(exc)
                 continue
-            (handle.record_id,) = self._record([str(job.job_id)], name, None, [meta])
+            started = _started(profile, job)
+            (handle.record_id,) = self._record([str(job.job_id)], name, None, [{**meta, **started}])
+            handle.controller = started.get(CONTROLLER_META)
             handle._bind(job)
 
     def _feed(self) -> None:
@@ -284,3 +289,12 @@ class Executor:
             dropped = len(kept) != len(self._pending)
             self._pending = kept
             return dropped
+
+
+def _started(profile: ClusterProfile, job: submitit.Job[Any]) -> dict[str, Any]:
+    """What a local job's row records of its process: its start id, which names its Ctrl-C
+    marker (a later job given the same pid is another process); nothing on other backends."""
+    if profile.backend != "local":
+        return {}
+    started = submitit_controller.started_id(str(job.job_id))
+    return {CONTROLLER_META: started} if started is not None else {}

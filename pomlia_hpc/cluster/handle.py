@@ -70,6 +70,8 @@ class JobHandle:
         #: What the job asked for (the profile with its overrides); Slurm's pending reason.
         self.resources: ClusterProfile = executor.profile
         self.pending_reason: str | None = None
+        #: A local job's process start id (``processes.process_start_id``): its Ctrl-C marker.
+        self.controller: str | None = None
 
     def _bind(self, job: submitit.Job[Any]) -> None:
         if self._executor.profile.backend == "local":
@@ -258,7 +260,8 @@ class JobHandle:
             if not slurm and state != "CANCELLED":
                 # Its controller was interrupted (a Ctrl-C reaches the job's processes too):
                 # cancelled, not failed, whatever its tasks raised on the way out.
-                noted = local_cancel_cause(str(self._executor.folder), str(job.job_id))
+                folder = str(self._executor.folder)
+                noted = local_cancel_cause(folder, str(job.job_id), self.controller)
                 if noted is not None:
                     state, cause = "CANCELLED", noted
             if state == "CANCELLED" and not cause:

@@ -20,7 +20,7 @@ from typing import Any
 from sqlalchemy import and_, or_, select
 
 from pomlia_hpc.cluster.batch import submit_script
-from pomlia_hpc.cluster.submitit_local import cancel_marker
+from pomlia_hpc.cluster.submitit_local import CONTROLLER_META, cancel_marker
 from pomlia_hpc.errors import ClusterError
 from pomlia_hpc.processes import pid_alive
 from pomlia_hpc.registry import Job, Registry
@@ -407,11 +407,13 @@ def local_result_outcome(folder: str, scheduler_id: str) -> str | None:
     return None
 
 
-def local_cancel_cause(folder: str, scheduler_id: str) -> str | None:
+def local_cancel_cause(folder: str, scheduler_id: str, controller: str | None = None) -> str | None:
     """The cause a local job's controller noted when it was interrupted (SIGINT: Ctrl-C in
-    the terminal, ``pomlia jobs cancel``), or None if it was not."""
+    the terminal, ``pomlia jobs cancel``), or None if it was not. ``controller``: the start id
+    of the job's process, as recorded with the job (``Job.meta``): the marker of another
+    process with the same pid is not this job's."""
     try:
-        text = cancel_marker(folder, scheduler_id).read_text()
+        text = cancel_marker(folder, scheduler_id, controller).read_text()
     except OSError:
         return None
     return text.strip() or "cancelled (SIGINT)"
@@ -439,7 +441,8 @@ def refresh_local_jobs(registry: Registry, job_ids: Sequence[int] | None = None)
                 new = {"state": "RUNNING"}
             else:
                 outcome = local_result_outcome(row.folder, row.scheduler_id)
-                cancelled = local_cancel_cause(row.folder, row.scheduler_id)
+                started = (row.meta or {}).get(CONTROLLER_META)
+                cancelled = local_cancel_cause(row.folder, row.scheduler_id, started)
                 if outcome == "success":
                     new = {"state": "COMPLETED", "exit_cause": None}
                 elif cancelled is not None:

@@ -21,8 +21,19 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from pomlia_hpc.processes import process_start_id
+
 #: The controller's entry point (a module the package does not import, so ``-m`` runs it clean).
 MODULE = "pomlia_hpc.cluster.submitit_local"
+
+#: The start id of each controller started here, by job id (its pid), until it is recorded.
+_started: dict[str, str | None] = {}
+
+
+def started_id(job_id: str) -> str | None:
+    """The start id (:func:`~pomlia_hpc.processes.process_start_id`) of the job process this
+    process started as local job ``job_id``, once (it is forgotten then); None if unknown."""
+    return _started.pop(str(job_id), None)
 
 
 def start_controller(
@@ -53,8 +64,12 @@ def start_controller(
     )
     cmd = [sys.executable, "-m", MODULE, str(folder)]
     if setup:
-        return subprocess.Popen(" && ".join([*setup, shlex.join(cmd)]), shell=True, env=env)
-    return subprocess.Popen(cmd, env=env)
+        proc = subprocess.Popen(" && ".join([*setup, shlex.join(cmd)]), shell=True, env=env)
+    else:
+        proc = subprocess.Popen(cmd, env=env)
+    # Read now: our child, not reaped yet, so its pid cannot name another process already.
+    _started[str(proc.pid)] = process_start_id(proc.pid)
+    return proc
 
 
 def install() -> None:

@@ -7,7 +7,9 @@ An interrupted controller leaves a marker beside the job's files (:func:`cancel_
 holds the cause: a Ctrl-C in the terminal reaches the job's processes directly, and the
 submitting command is gone before it could record anything, so the marker is what tells
 "cancelled by SIGINT" from "ended without a result" (``cluster.records.refresh_local_jobs``,
-``JobHandle.result``). Imports nothing heavy: it starts with every local job.
+``JobHandle.result``). The marker is named by the job's process (its pid and its start, which
+the submitter records with the job): a later job given the same pid is another process, and
+neither takes the other's marker. Imports nothing heavy: it starts with every local job.
 """
 
 from __future__ import annotations
@@ -17,15 +19,23 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
+from pomlia_hpc.processes import process_start_id
+
 #: The cause recorded for a job (or driver) stopped by SIGINT.
 SIGINT_CAUSE = "cancelled (SIGINT: `pomlia jobs cancel` or Ctrl-C)"
+#: ``Job.meta`` key of a local job: the start id of its process (:func:`process_start_id`).
+CONTROLLER_META = "controller"
 
 
-def cancel_marker(folder: str | Path, job_id: str) -> Path:
+def cancel_marker(folder: str | Path, job_id: str, controller: str | None = None) -> Path:
     """Where the controller of local job ``job_id`` (its pid) in ``folder`` notes that it was
-    interrupted, and why (one line of text); the controller of a later job with the same id
-    deletes it when it starts."""
-    return Path(folder) / f"{job_id}_cancelled.txt"
+    interrupted, and why (one line of text). ``controller``: the start id of the job's process
+    (:func:`~pomlia_hpc.processes.process_start_id`), so that a process that reuses the pid
+    has another marker; None (no ``/proc``, a job recorded without it): the pid's marker, which
+    the controller of a later job with the same pid deletes when it starts."""
+    if controller is None:
+        return Path(folder) / f"{job_id}_cancelled.txt"
+    return Path(folder) / f"{job_id}_{controller.replace(':', '_')}_cancelled.txt"
 
 
 def main(argv: Sequence[str]) -> int:
@@ -38,8 +48,10 @@ def main(argv: Sequence[str]) -> int:
         )
         return 2
     controller = Controller(Path(argv[1]))
-    # Job ids are pids, and pids are reused: a marker left by an earlier job with this id
-    # would have this one recorded CANCELLED whatever its end.
+    # The job's process (this one, or the shell that runs it): what the submitter recorded.
+    me = process_start_id(int(controller.pid))
+    # Job ids are pids, and pids are reused: a pid's marker left by an earlier job with this
+    # id would have this one recorded CANCELLED whatever its end.
     with contextlib.suppress(OSError):
         cancel_marker(argv[1], controller.pid).unlink(missing_ok=True)
     try:
@@ -48,7 +60,7 @@ def main(argv: Sequence[str]) -> int:
         # Written before the exit: whoever sees the process gone then finds the cause. A
         # plain write (no rename): its presence is what counts, an empty file still says it.
         with contextlib.suppress(OSError):
-            cancel_marker(argv[1], controller.pid).write_text(SIGINT_CAUSE + "\n")
+            cancel_marker(argv[1], controller.pid, me).write_text(SIGINT_CAUSE + "\n")
         return 130  # cancelled: the submitter records and reports it
     return 0
 
