@@ -183,3 +183,33 @@ def test_a_report_not_published_takes_back_only_its_own_alarm(
         rows = s.scalars(select(RetrainRequest).where(RetrainRequest.status == "open")).all()
         assert len(rows) == 1 and rows[0].monitor_report_id == joined[0]
         assert rows[0].meta["alarms"] == 1 and "last_alarm" not in rows[0].meta
+
+
+def test_an_alarm_added_to_a_request_from_before_the_report_list_is_taken_back_exactly(
+    reg: Registry,
+) -> None:
+    """A request recorded before ``alarm_reports`` (its alarms counted, the newest kept, no
+    list): an alarm added to it now is listed, so taking it back restores the request as it
+    was; the alarms before are not listed, and need not be (their reports were published)."""
+    from pomlia_hpc.monitor.requests import record_alarm, take_back_alarm
+    from pomlia_hpc.registry import Model, RetrainRequest
+
+    with reg.session() as s:
+        model = Model(name="m")
+        s.add(model)
+        s.flush()
+        reports = [MonitorReport(model_id=model.id, triggered=True) for _ in range(4)]
+        s.add_all(reports)
+        s.flush()
+        ids, model_id = [int(r.id) for r in reports], int(model.id)
+        last = {"at": "2026-12-04T02:00:00+00:00", "report_id": ids[2], "reason": "mmd"}
+        old = {"alarms": 3, "last_alarm": last}  # reports ids[0] (its own), ids[1], ids[2]
+        s.add(RetrainRequest(model_id=model_id, monitor_report_id=ids[0], reason="mmd", meta=old))
+    with reg.session() as s:
+        assert record_alarm(s, model_id=model_id, report_id=ids[3], reason="psi", meta={}).merged
+    with reg.session() as s:
+        take_back_alarm(s, ids[3], model_id)
+    with reg.session() as s:
+        row = s.scalars(select(RetrainRequest)).one()
+        assert (row.status, row.monitor_report_id) == ("open", ids[0])
+        assert row.meta == {**old, "alarm_reports": []}
