@@ -102,5 +102,5 @@ def test_a_signal_to_the_watcher_alone_stops_its_job_and_records_the_run(
         assert run is not None and run.status == "interrupted" and run.stage == "harvest"
         assert req is not None and req.status == "taken"
     # The next watcher resumes the same loop run for the request.
-    assert [(p.id, p.run_id) for p in pending(reg)] == [(1, 1)]
+    assert [(p.id, p.run_id) for p in pending(reg, workspace)] == [(1, 1)]
     assert open_run(reg, "s", champion_id=model.id, params={}, request_id=1) == (1, True)
