@@ -70,12 +70,9 @@ def gone_driver(workspace: Workspace, slot: str, run_id: int) -> str | None:
     return driver_gone(record) if record is not None else None
 
 
-def at_work(workspace: Workspace, slot: str, run_id: int) -> DriverRecord | None:
-    """The driver at work on the loop run by the rule ``loop show`` marks a run ``stale`` with
-    (:func:`gone_driver`: its process on this host, its heartbeat from another), or None
-    (ended, gone, or no driver record)."""
-    record = read_driver_file(run_dir(workspace, slot, run_id) / DRIVER_FILE)
-    return record if record is not None and driver_gone(record) is None else None
+def driver_record(workspace: Workspace, slot: str, run_id: int) -> DriverRecord | None:
+    """The record of the loop run's driver (None: never held, or unreadable)."""
+    return read_driver_file(run_dir(workspace, slot, run_id) / DRIVER_FILE)
 
 
 def held_message(slot: str, run_id: int, record: DriverRecord | None) -> str:

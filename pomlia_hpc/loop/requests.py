@@ -38,9 +38,16 @@ from typing import Any
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from pomlia_hpc.automl.liveness import DriverRecord, driver_gone, record_from, this_process
+from pomlia_hpc.automl.liveness import (
+    DriverRecord,
+    driver_gone,
+    may_take_over,
+    record_from,
+    slurm_restarts,
+    this_process,
+)
 from pomlia_hpc.errors import InputError
-from pomlia_hpc.loop.claim import at_work, gone_driver, held_message, holder
+from pomlia_hpc.loop.claim import driver_record, held_message, holder
 from pomlia_hpc.loop.driver import INTERRUPTED, RESUMABLE, LoopResult
 from pomlia_hpc.monitor.requests import (
     CLOSED,
@@ -99,7 +106,7 @@ def pending(registry: Registry, workspace: Workspace) -> list[Pending]:
                 .order_by(LoopRun.id.desc())
                 .limit(1)
             )
-            if r.status == TAKEN and run is None and abandoned(s, r, workspace) is None:
+            if r.status == TAKEN and run is None and not abandoned(s, r, workspace, requeue=True):
                 continue  # its loop run ended (failed: retried by hand), or starts now
             run_id, slot = (run.id, run.slot) if run is not None else (None, None)
             out.append(
@@ -186,25 +193,40 @@ def _mine(record: DriverRecord) -> bool:
     return (record.host, record.pid) == (socket.gethostname(), os.getpid())
 
 
-def _taker_at_work(row: RetrainRequest) -> DriverRecord | None:
-    """Another process that took ``row`` and is at work (not gone by :func:`driver_gone`)."""
+def _why_gone(record: DriverRecord, requeue: bool) -> str | None:
+    """Why the driver (or taker) of ``record`` is gone, by the rule ``loop show`` marks a run
+    ``stale`` with (:func:`~pomlia_hpc.automl.liveness.driver_gone`), or None. With
+    ``requeue``, also when its Slurm job ended or was requeued (the rule a new driver takes a
+    run over by, :func:`~pomlia_hpc.automl.liveness.may_take_over`; it may ask ``sacct``)."""
+    why = driver_gone(record)
+    job = os.environ.get("SLURM_JOB_ID") or None
+    if why is None and requeue and may_take_over(record, job, slurm_restarts()):
+        why = f"its driver (pid {record.pid} on {record.host}): its Slurm job ended or restarted"
+    return why
+
+
+def _taker_at_work(row: RetrainRequest, requeue: bool = False) -> DriverRecord | None:
+    """Another process that took ``row`` and is at work (not gone by :func:`_why_gone`)."""
     taker = _taker(row)
-    if taker is None or _mine(taker) or driver_gone(taker) is not None:
+    if taker is None or _mine(taker) or _why_gone(taker, requeue) is not None:
         return None
     return taker
 
 
-def abandoned(session: Session, row: RetrainRequest, workspace: Workspace) -> str | None:
+def abandoned(
+    session: Session, row: RetrainRequest, workspace: Workspace, *, requeue: bool = False
+) -> str | None:
     """Why taken request ``row`` provably has no driver any more (one phrase), or None while
     one may be at work. Provably gone, by the rule ``loop show`` marks a run ``stale`` with
-    (:func:`~pomlia_hpc.automl.liveness.driver_gone`): the process that took it, unless it is
-    this one, and each of its unfinished loop runs: ``interrupted`` (its driver let go) and
-    held by no live driver, or ``running`` with its driver gone (SIGKILL, a lost node; a run
-    its driver never held, by its taker). With no loop run ever, by its taker."""
-    if _taker_at_work(row) is not None:
+    (:func:`~pomlia_hpc.automl.liveness.driver_gone`; with ``requeue`` also the Slurm rule of
+    a take-over, :func:`_why_gone`): the process that took it, unless it is this one, and the
+    driver of each of its unfinished loop runs: ``interrupted`` (its driver let go) and held by
+    no live driver, or ``running`` with its driver gone (SIGKILL, a lost node; by its taker
+    when its driver never held it). With no loop run ever, by its taker."""
+    if _taker_at_work(row, requeue) is not None:
         return None  # about to start its loop run, or at work on it
     taker = _taker(row)
-    taker_gone = driver_gone(taker) if taker is not None and not _mine(taker) else None
+    taker_gone = _why_gone(taker, requeue) if taker is not None and not _mine(taker) else None
     runs = _resumable_runs(session, row.id)
     if not runs:
         ever = session.scalar(select(LoopRun.id).where(LoopRun.request_id == row.id).limit(1))
@@ -212,11 +234,13 @@ def abandoned(session: Session, row: RetrainRequest, workspace: Workspace) -> st
         return None if ever is not None or taker_gone is None else taker_gone
     whys = []
     for run in runs:
-        if at_work(workspace, run.slot, run.id) is not None:
-            return None
+        record = driver_record(workspace, run.slot, run.id)
+        gone = _why_gone(record, requeue) if record is not None else taker_gone
+        if record is not None and gone is None:
+            return None  # a live driver holds it
         if run.status == INTERRUPTED:
             whys.append(f"loop run {run.id} interrupted")
-        elif (gone := gone_driver(workspace, run.slot, run.id) or taker_gone) is not None:
+        elif gone is not None:
             whys.append(f"loop run {run.id}: {gone}")
         else:
             return None  # running, never held, taken by this process or before takers
@@ -316,17 +340,18 @@ def take(registry: Registry, request_id: int, slot: str, workspace: Workspace) -
 
 
 def _held(session: Session, row: RetrainRequest, workspace: Workspace) -> str | None:
-    """Why taken request ``row`` cannot be taken over (its :attr:`Taken.why_not`), or None."""
-    taker = _taker_at_work(row)
+    """Why taken request ``row`` cannot be taken over (its :attr:`Taken.why_not`), or None:
+    by the rules :func:`~pomlia_hpc.loop.claim.holding` lets a new driver take a run over by."""
+    taker = _taker_at_work(row, requeue=True)
     if taker is not None:
         return f"another watcher took it (pid {taker.pid} on {taker.host} is at work)"
     runs = _resumable_runs(session, row.id)
     if not runs:
-        if abandoned(session, row, workspace) is None:
+        if abandoned(session, row, workspace, requeue=True) is None:
             return "another watcher took it (no loop run to resume)"
         return None
     for run in runs:
-        if (record := at_work(workspace, run.slot, run.id)) is not None:
+        if (record := holder(workspace, run.slot, run.id)) is not None:
             return held_message(run.slot, run.id, record)
     return None
 
