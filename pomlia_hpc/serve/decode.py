@@ -49,6 +49,15 @@ from pomlia_hpc.serve.formats import (
     unsupported_format,
     unsupported_format_message,
 )
+from pomlia_hpc.serve.scan import (
+    JPEG_MAX_SEGMENTS,
+    PNG_BASE_CHUNKS,
+    PNG_BYTES_PER_CHUNK,
+    jpeg_segments,
+    png_chunk_limit,
+    png_chunks,
+    tiff_pages,
+)
 
 MAGIC = {
     b"\x89PNG\r\n\x1a\n": "image/png",
@@ -176,13 +185,47 @@ def decode(
         )
     if actual in NPY_TYPES:
         return _decode_npy(data, spec, limits, what, budget)
+    _check_structure(data, actual, limits, what, budget)
     return _decode_image(data, actual, spec, limits, what, budget)
 
 
-def _too_many(what: str, n: int, limits: Limits, budget: int) -> RequestError:
+def _check_structure(data: bytes, ctype: str, limits: Limits, what: str, budget: int) -> None:
+    """Refuse (413) a TIFF with more pages than ``budget``, a JPEG with more marker segments
+    than ``JPEG_MAX_SEGMENTS`` or a PNG with more chunks than
+    :func:`~pomlia_hpc.serve.scan.png_chunk_limit`, counted by a linear scan that stops just
+    past the limit (Pillow's own walk of such files is slow: see :mod:`.scan`)."""
+    if ctype == "image/tiff":
+        # Counted to one past the request's limit (not the smaller budget left after earlier
+        # files), so a refusal within the limit still says how many pages the file has.
+        pages = tiff_pages(data, stop_after=limits.max_images + 1)
+        if pages > budget:
+            raise _too_many(what, pages, limits, budget, at_least=pages > limits.max_images)
+    elif ctype == "image/jpeg":
+        if jpeg_segments(data, stop_after=JPEG_MAX_SEGMENTS + 1) > JPEG_MAX_SEGMENTS:
+            raise RequestError(
+                413,
+                f"{what}: JPEG holds more than {JPEG_MAX_SEGMENTS} marker segments before its "
+                "image data; save the image again with a standard encoder",
+            )
+    elif ctype == "image/png":
+        limit = png_chunk_limit(len(data))
+        if png_chunks(data, stop_after=limit + 1) > limit:
+            raise RequestError(
+                413,
+                f"{what}: PNG holds more than {limit} chunks (at most {PNG_BASE_CHUNKS} plus one "
+                f"per {PNG_BYTES_PER_CHUNK} bytes of file); save the image again with a "
+                "standard encoder",
+            )
+
+
+def _too_many(
+    what: str, n: int, limits: Limits, budget: int, *, at_least: bool = False
+) -> RequestError:
     earlier = "" if budget >= limits.max_images else f" ({budget} left after the earlier files)"
+    # A TIFF's pages are counted only to one past the budget: "more than", not a total.
+    count = f"more than {n - 1}" if at_least else str(n)
     return RequestError(
-        413, f"{what}: {n} images, at most {limits.max_images} per request{earlier}"
+        413, f"{what}: {count} images, at most {limits.max_images} per request{earlier}"
     )
 
 
