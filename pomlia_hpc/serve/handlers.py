@@ -37,17 +37,15 @@ async def predict(
 ) -> Response:
     """Answer one /v1/predict request (raises :class:`RequestError` for a refusal)."""
     pred = holder.current()
-    arrays: list[np.ndarray] = []
     try:
         body = await read_body(request, limits.max_upload_bytes)
-        budget = limits.max_images  # shared by all files, checked before each is decoded
-        for what, ctype, data in await uploaded_files(request, body, limits):
-            arrays.append(decode(data, ctype, spec, limits, what, budget=budget))
-            budget -= len(arrays[-1])
+        files = await uploaded_files(request, body, limits)
+        # Decoded in a worker thread: one upload that takes long to decode must not hold the
+        # event loop, which answers /health, /ready and every other request meanwhile.
+        images = await asyncio.to_thread(decode_uploads, files, spec, limits)
     except RequestError as exc:
         log_rejection(pred, exc, holder.config.deployment_id)
         raise
-    images = arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
     try:
         try:
             predictions = await pred.predict(images)
@@ -67,6 +65,20 @@ async def predict(
             "predictions": predictions,
         }
     )
+
+
+def decode_uploads(
+    files: list[tuple[str, str, bytes]], spec: InputSpec, limits: Limits
+) -> np.ndarray:
+    """The images of one request's ``files`` ((name, content type, bytes) each), in order,
+    as one float32 NHWC array; the files share ``limits.max_images``, checked before each is
+    decoded. Blocking: runs in a worker thread."""
+    arrays: list[np.ndarray] = []
+    budget = limits.max_images
+    for what, ctype, data in files:
+        arrays.append(decode(data, ctype, spec, limits, what, budget=budget))
+        budget -= len(arrays[-1])
+    return arrays[0] if len(arrays) == 1 else np.concatenate(arrays)
 
 
 async def feedback(holder: ModelHolder, request: Request) -> Response:
