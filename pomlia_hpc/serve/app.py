@@ -20,6 +20,7 @@ schemathesis test checks never happens.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -47,10 +48,11 @@ from pomlia_hpc.serve.config import ServeConfig
 from pomlia_hpc.serve.decode import InputSpec, Limits, RequestError
 from pomlia_hpc.serve.exported import ExportedBundle
 from pomlia_hpc.serve.fingerprint import FingerprintFn
-from pomlia_hpc.serve.guards import timed_receive
+from pomlia_hpc.serve.guards import BodyClock, UploadBytes
 from pomlia_hpc.serve.holder import ModelHolder
 from pomlia_hpc.serve.metrics import (
     ASGIApp,
+    Message,
     MetricsMiddleware,
     Receive,
     Scope,
@@ -145,7 +147,8 @@ def create_app(
             response = error_response(500, "internal server error")
         await response(scope, receive, send)
 
-    return ServingApp(app, fast_predict, metrics, config.body_timeout_s)
+    clock = BodyClock(config.body_timeout_s, config.body_deadline_s)
+    return ServingApp(app, fast_predict, metrics, clock, UploadBytes(config.max_buffered_bytes))
 
 
 def _add_error_handlers(app: FastAPI) -> None:
@@ -302,21 +305,55 @@ class ServingApp:
     """
 
     def __init__(
-        self, api: FastAPI, predict: ASGIApp, metrics: ServerMetrics, body_timeout_s: float = 30.0
+        self,
+        api: FastAPI,
+        predict: ASGIApp,
+        metrics: ServerMetrics,
+        clock: BodyClock,
+        uploads: UploadBytes,
     ) -> None:
         self.api = api
         self.metrics = metrics
         self._predict = predict
         self._inner = MetricsMiddleware(self._route, metrics, ROUTES)
-        self.body_timeout_s = body_timeout_s
+        self.clock = clock
+        self.uploads = uploads
+
+    def drain(self, within_s: float) -> None:
+        """The server is stopping: body reads still waiting ``within_s`` seconds from now end
+        with a 503 (see :class:`~pomlia_hpc.serve.guards.BodyClock`)."""
+        self.clock.drain(within_s)
 
     async def _route(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] == "http":
-            receive = timed_receive(receive, self.body_timeout_s)
-        if scope["type"] == "http" and scope["path"] == "/v1/predict" and scope["method"] == "POST":
-            await self._predict(scope, receive, send)
-        else:
+        if scope["type"] != "http":
             await self.api(scope, receive, send)
+            return
+        receive = self.clock.wrap(receive)
+        self.uploads.attach(scope)
+        started = False
+
+        async def tracked(message: Message) -> None:
+            nonlocal started
+            started = True
+            await send(message)
+
+        try:
+            if scope["path"] == "/v1/predict" and scope["method"] == "POST":
+                await self._predict(scope, receive, tracked)
+            else:
+                await self.api(scope, receive, tracked)
+        except asyncio.CancelledError:
+            if self.clock.drain_at is None:
+                raise
+            # uvicorn cancels what is still running when the graceful shutdown ends; its
+            # answer would be a text/plain 500 and a logged traceback.
+            log.warning("request %s %s cut off by the shutdown", scope["method"], scope["path"])
+            if not started:
+                await error_response(503, "server is shutting down; send the request again")(
+                    scope, receive, send
+                )
+        finally:
+            self.uploads.release(scope)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await self._inner(scope, receive, send)

@@ -19,6 +19,7 @@ from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
 from pomlia_hpc.serve.decode import Limits, RequestError, base_type
+from pomlia_hpc.serve.guards import UploadBytes
 from pomlia_hpc.serve.schemas import FeedbackIn
 
 #: Largest /v1/feedback body, bytes: a prediction id and a few labels need far less.
@@ -30,10 +31,11 @@ FIELD_MAX_BYTES = 64 * 1024
 FILE_PART_HINT = 'Content-Disposition: form-data; name="file"; filename="a.png"'
 
 #: Refusals given before the request's body was read to its end (a missing token, a body
-#: declared too large or of the wrong type, a timeout): the rest of the body may still be on
-#: the connection, where it would be parsed as the next request (a keep-alive client then got
-#: 431 for its next, good request), so the connection is closed after the answer.
-BODY_LEFT_UNREAD = frozenset({401, 408, 413, 415})
+#: declared too large or of the wrong type, a timeout, a busy or stopping server): the rest
+#: of the body may still be on the connection, where it would be parsed as the next request
+#: (a keep-alive client then got 431 for its next, good request), so the connection is
+#: closed after the answer.
+BODY_LEFT_UNREAD = frozenset({401, 408, 413, 415, 503})
 
 
 def error_response(
@@ -58,15 +60,25 @@ def json_response(payload: Any) -> Response:
 
 
 async def read_body(request: Request, limit: int) -> bytes:
-    """The whole body, at most ``limit`` bytes (413 beyond, before reading when declared)."""
+    """The whole body, at most ``limit`` bytes (413 beyond, before reading when declared;
+    503 when the server's uploads in progress would hold more than ``max_buffered_mb``)."""
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise RequestError(413, f"upload of {declared} bytes exceeds the limit of {limit} bytes")
+    # The server-wide cap on body bytes held (503): the declared length is taken before a
+    # byte is read, a chunked body's bytes as they arrive; given back when the request ends.
+    pool = UploadBytes.of(request.scope)
+    held = int(declared) if declared is not None and declared.isdigit() else 0
+    if pool is not None and held:
+        pool.take(request.scope, held)
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
             raise RequestError(413, f"upload exceeds the limit of {limit} bytes")
+        if pool is not None and size > held:
+            pool.take(request.scope, size - held)
+            held = size
         chunks.append(chunk)
     return b"".join(chunks)
 

@@ -7,6 +7,9 @@ Example ``serve.yaml``::
     max_batch: 32          # images per model call; 1 turns dynamic batching off
     max_wait_ms: 5         # how long the first request of a batch waits for company
     max_upload_mb: 16
+    max_buffered_mb: 256   # body bytes all uploads in progress may hold together (503 beyond)
+    body_deadline_s: 60    # time for a whole request body (408 beyond)
+    graceful_timeout_s: 3  # drain on SIGTERM; keep below Slurm's KillWait
     token_file: ~/.pomlia/serve.token   # or env POMLIA_SERVE_TOKEN
     keep_inputs: false     # store every decoded input next to the log (opt-in)
     inputs_quota_mb: 1024  # oldest kept inputs removed beyond this
@@ -20,7 +23,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pomlia_hpc.config import read_yaml, validate_model
 
@@ -44,9 +47,13 @@ class ServeConfig(BaseModel):
     log_fsync: bool = True
     deployment_id: int | None = None
     graceful_timeout_s: float = Field(
-        30.0,
+        3.0,
         gt=0,
-        description="longest wait for in-flight requests on SIGTERM, s (rounded up to whole s)",
+        description=(
+            "longest wait for in-flight requests on SIGTERM, s (rounded up to whole s); "
+            "body reads still waiting 1 s before it ends get 503. Keep it below Slurm's "
+            "KillWait"
+        ),
     )
     address_file: Path | None = None
     keep_inputs: bool = Field(False, description="store every decoded input (see serve.inbox)")
@@ -61,9 +68,27 @@ class ServeConfig(BaseModel):
     body_timeout_s: float = Field(
         30.0, gt=0, description="longest wait for more body bytes, s (408)"
     )
+    body_deadline_s: float = Field(
+        60.0, gt=0, description="time for a request's whole body after its head, s (408)"
+    )
+    max_buffered_mb: float = Field(
+        256.0,
+        gt=0,
+        description="request body bytes all requests in progress may hold together, MiB (503)",
+    )
     watch_interval_s: float = Field(
         1.0, ge=0, description="how often a server started on a link checks it, s (0: never)"
     )
+
+    @model_validator(mode="after")
+    def _one_upload_fits(self) -> ServeConfig:
+        # A cap below one upload would refuse every large upload with 503, however idle.
+        if self.max_buffered_mb < self.max_upload_mb:
+            raise ValueError(
+                f"max_buffered_mb ({self.max_buffered_mb:g}) must be at least max_upload_mb "
+                f"({self.max_upload_mb:g}): it caps the bytes of all uploads in progress"
+            )
+        return self
 
     @property
     def inputs_quota_bytes(self) -> int:
@@ -72,6 +97,10 @@ class ServeConfig(BaseModel):
     @property
     def max_head_bytes(self) -> int:
         return int(self.max_head_kb * 1024)
+
+    @property
+    def max_buffered_bytes(self) -> int:
+        return int(self.max_buffered_mb * 1024 * 1024)
 
     @property
     def max_upload_bytes(self) -> int:

@@ -5,11 +5,13 @@ the real address is known. Once the model is loaded the address is printed (``se
 http://HOST:PORT``) and, if asked, written to ``address_file`` (temp name, then rename), which
 is how the sbatch script and the tests find a server.
 
-SIGTERM / SIGINT: uvicorn stops accepting connections, waits up to ``graceful_timeout_s`` for
-in-flight requests, then the app's lifespan answers anything still queued and closes the
-prediction log. After SIGTERM the process prints ``stopped (SIGTERM)`` and exits 0; after
-SIGINT (Ctrl-C) it prints ``stopped (SIGINT)`` and the signal is re-raised, as uvicorn does
-(``pomlia serve`` then exits 130).
+SIGTERM / SIGINT: uvicorn stops accepting connections, closes idle ones and waits up to
+``graceful_timeout_s`` (default 3 s, below Slurm's KillWait) for in-flight requests; a body
+read still waiting one second before that ends gets a JSON 503 (the server is stopping, send
+it again) and its connection is closed. Then the app's lifespan answers anything still queued
+and closes the prediction log. After SIGTERM the process prints ``stopped (SIGTERM)`` and
+exits 0; after SIGINT (Ctrl-C) it prints ``stopped (SIGINT)`` and the signal is re-raised, as
+uvicorn does (``pomlia serve`` then exits 130).
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ import uvicorn
 
 from pomlia_hpc.errors import ConfigError
 from pomlia_hpc.files import make_dirs, probe_writable, write_atomic
-from pomlia_hpc.serve.app import create_app
+from pomlia_hpc.serve.app import ServingApp, create_app
 from pomlia_hpc.serve.config import ServeConfig
 from pomlia_hpc.serve.exported import ExportedBundle
 from pomlia_hpc.serve.guards import guarded_protocol
@@ -79,6 +81,10 @@ def write_address(path: Path, address: str) -> None:
     write_atomic(path, address + "\n")
 
 
+#: Seconds of the graceful shutdown left for answering once body reads are cut off.
+DRAIN_ANSWER_S = 1.0
+
+
 class _DrainingServer(uvicorn.Server):
     """Uvicorn re-raises SIGTERM after its graceful shutdown, so the process dies "killed by
     signal". Once the app has drained and closed its log that is misleading (a Slurm job or a
@@ -86,6 +92,18 @@ class _DrainingServer(uvicorn.Server):
 
     #: Whether a SIGTERM stopped the server (then it says so in one line and exits 0).
     stopped_by_sigterm = False
+
+    def __init__(self, config: uvicorn.Config, app: ServingApp) -> None:
+        super().__init__(config)
+        self.app = app
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        # Body reads still waiting one second before the graceful timeout ends get a JSON 503
+        # and the connection is closed: a client trickling its upload kept the server for the
+        # whole timeout, then uvicorn cancelled it (text/plain 500, a logged traceback).
+        grace = self.config.timeout_graceful_shutdown or 0
+        self.app.drain(max(0.0, grace - DRAIN_ANSWER_S))
+        await super().shutdown(sockets)
 
     @contextlib.contextmanager
     def capture_signals(self) -> Generator[None, None, None]:
@@ -156,7 +174,8 @@ def run_server(
             # head and its time (see serve.guards); uvicorn itself has none for httptools.
             http=guarded_protocol(config.max_head_bytes, config.max_headers, config.head_timeout_s),
             backlog=2048,
-        )
+        ),
+        app,
     )
     try:
         server.run(sockets=[sock])
