@@ -23,9 +23,10 @@ import pytest
 import uvicorn
 from PIL import Image
 
+from pomlia_hpc.errors import ConfigError
 from pomlia_hpc.serve import handlers
 from pomlia_hpc.serve.app import create_app
-from pomlia_hpc.serve.config import ServeConfig
+from pomlia_hpc.serve.config import ServeConfig, load_serve_config
 from pomlia_hpc.serve.demo import cached_demo_bundle
 from pomlia_hpc.serve.exported import ExportedBundle
 from pomlia_hpc.serve.guards import guarded_protocol
@@ -271,3 +272,12 @@ def test_sigterm_with_a_trickling_client_is_short_and_clean(bundle: Path, tmp_pa
     if answer:  # or the connection was closed without one
         assert answer.startswith(b"HTTP/1.1 503 "), answer[:300]
         assert "server is shutting down" in json_body(answer)["error"]
+
+
+def test_the_upload_cap_must_hold_one_upload(tmp_path: Path) -> None:
+    assert load_serve_config().max_buffered_bytes == 256 << 20
+    assert load_serve_config(None, {"max_upload_mb": 512}).max_buffered_bytes == 512 << 20
+    cfg = tmp_path / "serve.yaml"
+    cfg.write_text("max_upload_mb: 32\nmax_buffered_mb: 16\n")
+    with pytest.raises(ConfigError, match=r"max_buffered_mb \(16\) must be at least max_upload"):
+        load_serve_config(cfg)

@@ -28,6 +28,10 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from pomlia_hpc.config import read_yaml, validate_model
 
 
+#: Default cap on the request body bytes all uploads in progress hold, MiB (16 uploads of 16).
+DEFAULT_MAX_BUFFERED_MB = 256.0
+
+
 class ServeConfig(BaseModel):
     """Everything ``pomlia serve`` can be told. Times in ms or s as named; sizes in MiB/px."""
 
@@ -71,10 +75,13 @@ class ServeConfig(BaseModel):
     body_deadline_s: float = Field(
         60.0, gt=0, description="time for a request's whole body after its head, s (408)"
     )
-    max_buffered_mb: float = Field(
-        256.0,
+    max_buffered_mb: float | None = Field(
+        None,
         gt=0,
-        description="request body bytes all requests in progress may hold together, MiB (503)",
+        description=(
+            "request body bytes all requests in progress may hold together, MiB (503); "
+            "default 256, or max_upload_mb if larger"
+        ),
     )
     watch_interval_s: float = Field(
         1.0, ge=0, description="how often a server started on a link checks it, s (0: never)"
@@ -83,7 +90,7 @@ class ServeConfig(BaseModel):
     @model_validator(mode="after")
     def _one_upload_fits(self) -> ServeConfig:
         # A cap below one upload would refuse every large upload with 503, however idle.
-        if self.max_buffered_mb < self.max_upload_mb:
+        if self.max_buffered_mb is not None and self.max_buffered_mb < self.max_upload_mb:
             raise ValueError(
                 f"max_buffered_mb ({self.max_buffered_mb:g}) must be at least max_upload_mb "
                 f"({self.max_upload_mb:g}): it caps the bytes of all uploads in progress"
@@ -100,7 +107,10 @@ class ServeConfig(BaseModel):
 
     @property
     def max_buffered_bytes(self) -> int:
-        return int(self.max_buffered_mb * 1024 * 1024)
+        mb = self.max_buffered_mb
+        if mb is None:  # the default follows a larger upload limit given alone
+            mb = max(DEFAULT_MAX_BUFFERED_MB, self.max_upload_mb)
+        return int(mb * 1024 * 1024)
 
     @property
     def max_upload_bytes(self) -> int:
