@@ -31,6 +31,8 @@ from pomlia_hpc.serve.demo import cached_demo_bundle
 from pomlia_hpc.serve.exported import ExportedBundle
 from pomlia_hpc.serve.guards import guarded_protocol
 from pomlia_hpc.serve.local import LocalServer
+from pomlia_hpc.serve.predlog import read_records
+from pomlia_hpc.serve.records import RejectionLine
 from pomlia_hpc.serve.server import bind_socket
 
 SETTINGS = (
@@ -194,6 +196,9 @@ def test_uploads_in_progress_are_capped_with_a_json_503(server: LocalServer) -> 
             break
         time.sleep(0.1)
     assert resp.status_code == 200, resp.text
+    # Counted in the prediction log as a busy server, not as a bad upload.
+    reasons = {r.reason for r in read_records(server.log_dir, RejectionLine)}
+    assert "server-busy" in reasons and "undecodable" not in reasons, reasons
 
 
 # --- 4. pipelined requests followed by bytes that are not HTTP ---------------------------

@@ -27,7 +27,6 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from pomlia_hpc.config import read_yaml, validate_model
 
-
 #: Default cap on the request body bytes all uploads in progress hold, MiB (16 uploads of 16).
 DEFAULT_MAX_BUFFERED_MB = 256.0
 
