@@ -28,6 +28,7 @@ from starlette.types import Message, Receive
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol, RequestResponseCycle
 
 from pomlia_hpc.serve.decode import RequestError
+from pomlia_hpc.serve.records import BUSY_REASON, SHUTDOWN_REASON
 
 
 def mib(n: int) -> str:
@@ -78,20 +79,18 @@ class BodyClock:
                 503,
                 "server is shutting down and the request body was not complete; send the "
                 "request again (to the server that replaces this one)",
-                reason="shutting-down",
+                reason=SHUTDOWN_REASON,
             )
         if now >= deadline:
             return RequestError(
                 408,
                 f"request body not complete within {self.deadline_s:g} s of its head "
                 "(body_deadline_s); send the whole body the Content-Length announces, faster",
-                reason="too-slow",
             )
         return RequestError(
             408,
             f"request body not received: nothing arrived for {self.gap_s:g} s (send the "
             "whole body the Content-Length announces)",
-            reason="too-slow",
         )
 
     def drain(self, within_s: float) -> None:
@@ -137,7 +136,7 @@ class UploadBytes:
                 f"server busy: uploads in progress hold {mib(self.held)} MiB and this one "
                 f"needs {mib(n)} MiB more, over the limit of {mib(self.cap)} MiB "
                 "(max_buffered_mb); retry in a moment",
-                reason="server-busy",
+                reason=BUSY_REASON,
             )
         self.held += n
         scope[self.SCOPE_KEY] = scope.get(self.SCOPE_KEY, 0) + n

@@ -73,9 +73,14 @@ class FeedbackLine(_Line):
 
 #: The rejection reason of a request whose body did not arrive in time (HTTP 408).
 TIMEOUT_REASON = "timeout"
-#: Rejection reasons that say nothing about the uploaded data (the client or the network
-#: failed): the monitor keeps them out of the refused share, its data-quality figure.
-TRANSPORT_REASONS = frozenset({TIMEOUT_REASON})
+#: ... of an upload refused because the uploads in progress held too much memory (HTTP 503).
+BUSY_REASON = "server-busy"
+#: ... of an upload whose body was still arriving when the server stopped (HTTP 503).
+SHUTDOWN_REASON = "shutting-down"
+#: Rejection reasons that say nothing about the uploaded data (the client, the network or
+#: the server's load failed): the monitor keeps them out of the refused share, its
+#: data-quality figure.
+TRANSPORT_REASONS = frozenset({TIMEOUT_REASON, BUSY_REASON, SHUTDOWN_REASON})
 
 
 class RejectionLine(_Line):
