@@ -161,6 +161,7 @@ class _GuardedProtocol(HttpToolsProtocol):
         self._in_head = True  # waiting for or reading a head (the head timer runs)
         self._head_begun = False  # a head's first byte was parsed, its end not yet
         self._heads_begun = 0  # heads begun on this connection
+        self._in_message = False  # a request's first byte was parsed, its last not yet
         self._refused = False
         self._last_answer: bytes | None = None  # to send once earlier answers are out
         self._running: RequestResponseCycle | None = None
@@ -230,22 +231,29 @@ class _GuardedProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         if self._refused:
             return
-        # Whether this read only continues a head begun in an earlier one: no head began in it.
         carried, begun = self._head_begun, self._heads_begun
+        between = not self._in_message  # the read starts between requests
         super().data_received(data)
-        if self._head_begun and carried and self._heads_begun == begun and not self._refused:
-            # The whole read lies inside one head that is still incomplete (a header line
-            # arriving in pieces is passed to on_header only once complete): the head may
-            # take max_head_bytes plus the read in which it began.
+        if not self._head_begun or self._refused:
+            return
+        # An incomplete head (a header line arriving in pieces reaches on_header only once
+        # complete): every byte of a read that continues it, or that began it between
+        # requests, is a byte of it. In a read that also held earlier (pipelined) requests
+        # its share is unknown and not counted: such a head may take max_head_bytes plus
+        # that one read.
+        if carried and self._heads_begun == begun:
             self._read_head_bytes += len(data)
-            if self._read_head_bytes > self.max_head_bytes:
-                self._refuse(431, f"request head over {self.max_head_bytes} bytes")
+        elif between and self._heads_begun == begun + 1:
+            self._read_head_bytes = len(data)
+        if self._read_head_bytes > self.max_head_bytes:
+            self._refuse(431, f"request head over {self.max_head_bytes} bytes")
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
         self._in_head, self._n_headers = True, 0
         self._head_begun, self._head_bytes, self._read_head_bytes = True, 0, 0
         self._heads_begun += 1
+        self._in_message = True
         if self._head_timer is None:
             self._arm()
 
@@ -286,6 +294,7 @@ class _GuardedProtocol(HttpToolsProtocol):
             super().on_body(body)
 
     def on_message_complete(self) -> None:
+        self._in_message = False
         if not self._refused:
             super().on_message_complete()
 
