@@ -7,6 +7,8 @@ import json
 import os
 import re
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -28,6 +30,7 @@ from tests.fixtures.factories import log_line
 from tests.monitor_support import append_lines, demo_model, images, log_predictions
 
 runner = CliRunner()
+REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
@@ -126,6 +129,27 @@ def test_foreign_data_alarms_with_a_retrain_request_and_the_hook(
     assert html.count("data:image/png;base64,") >= 4 and "ALARM" in html
     code, out = monitor("show", str(req.monitor_report_id))
     assert code == 0 and "mmd" in out and "report.html" in out
+
+
+def test_the_alarm_hook_leaves_json_output_valid(fresh: tuple[Workspace, Registry, Path]) -> None:
+    """The `--on-alarm` hook inherited stdout: its output landed before `monitor run --json`'s
+    report, so a cron job's stdout was no JSON exactly when there was an alarm. The hook's
+    output goes to stderr now."""
+    ws, _, bundle = fresh
+    log_predictions(ws, bundle, images(100)[0])
+    log_predictions(ws, bundle, make_split("pathmnist", 100, size=28)[0])
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    res = subprocess.run(
+        [sys.executable, "-m", "pomlia_hpc", "monitor", "run", "blood", "--json"]
+        + ["--on-alarm", "echo HOOK-SAID-HI"],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert res.returncode == 1, res.stderr
+    assert json.loads(res.stdout)["alarm"], res.stdout
+    assert "HOOK-SAID-HI" in res.stderr and "HOOK-SAID-HI" not in res.stdout
 
 
 def test_accuracy_drop_on_feedback_is_detected(

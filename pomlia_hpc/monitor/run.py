@@ -8,7 +8,8 @@ model's monitor settles (docs/ARCHITECTURE.md, crash protocols). An alarm also
 records a ``retrain_requests`` row for the loop, or adds itself to the model's open one
 (:mod:`pomlia_hpc.monitor.requests`), and runs the ``--on-alarm`` command, if any,
 with the report's paths in its environment (``POMLIA_REPORT_JSON``, ``POMLIA_REPORT_HTML``,
-``POMLIA_MODEL``, ``POMLIA_RETRAIN_REQUEST``).
+``POMLIA_MODEL``, ``POMLIA_RETRAIN_REQUEST``) and its stdout on our stderr (stdout stays the
+command's result, a JSON document with ``--json``).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import math
 import os
 import re
 import subprocess
+import sys
 import uuid
 from collections import Counter
 from collections.abc import Callable
@@ -257,11 +259,28 @@ def _record(
         return row.id, alarm
 
 
+def _stderr_fd() -> int:
+    """The file descriptor of ``sys.stderr``, flushed (so the hook's lines follow ours), or 2
+    when it has none (a test's captured stream)."""
+    try:
+        sys.stderr.flush()
+        return sys.stderr.fileno()
+    except (AttributeError, OSError, ValueError):
+        return 2
+
+
 def _run_hook(command: str, env: dict[str, str], progress: Progress) -> int:
     progress(f"alarm: running hook: {command}")
     try:
+        # The hook's stdout goes to stderr: inherited, its output landed in front of
+        # `monitor run --json`'s report, and stdout was no JSON exactly when there was an alarm.
         done = subprocess.run(
-            command, shell=True, env={**os.environ, **env}, timeout=300, check=False
+            command,
+            shell=True,
+            env={**os.environ, **env},
+            stdout=_stderr_fd(),
+            timeout=300,
+            check=False,
         )
     except subprocess.TimeoutExpired:
         progress("alarm hook did not finish within 300 s; left it")
