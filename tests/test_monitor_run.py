@@ -139,9 +139,9 @@ def test_the_alarm_hook_leaves_json_output_valid(fresh: tuple[Workspace, Registr
     log_predictions(ws, bundle, images(100)[0])
     log_predictions(ws, bundle, make_split("pathmnist", 100, size=28)[0])
     env = {**os.environ, "PYTHONPATH": str(REPO)}
+    hook = ["--on-alarm", "echo HOOK-SAID-HI"]
     res = subprocess.run(
-        [sys.executable, "-m", "pomlia_hpc", "monitor", "run", "blood", "--json"]
-        + ["--on-alarm", "echo HOOK-SAID-HI"],
+        [sys.executable, "-m", "pomlia_hpc", "monitor", "run", "blood", "--json", *hook],
         env=env,
         capture_output=True,
         text=True,
