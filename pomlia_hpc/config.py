@@ -9,6 +9,7 @@ valid keys, so a typo never silently falls back to a default.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal, TypeVar, get_args
@@ -280,6 +281,9 @@ def load_settings(
     if env.get("POMLIA_CLUSTER"):
         env_layer.setdefault("cluster", {})["profile"] = env["POMLIA_CLUSTER"]
     flag_layer = _drop_none(overrides or {})
+    for layer, source in ((env_layer, "POMLIA_HOME"), (flag_layer, "--home")):
+        if "home" in layer.get("workspace", {}):
+            layer["workspace"]["home"] = expand_home(layer["workspace"]["home"], source)
 
     # The workspace file is found with the home that env/flags select.
     home = Path(
@@ -292,6 +296,23 @@ def load_settings(
         data = _merge(data, ws_data)
     data = _merge(_merge(data, env_layer), flag_layer)
     return validate_model(Settings, data, "settings (after environment and flags)")
+
+
+def expand_home(value: str | Path, source: str) -> Path:
+    """A workspace path as given in ``source`` (``POMLIA_HOME``, ``--home``), with ``~`` and
+    environment variables (``$HOME``, ``${USER}``) expanded: systemd units and ``sbatch
+    --export`` pass ``'$HOME/ws'`` unexpanded, which made a folder literally named ``$HOME``
+    in the current directory. A variable that is not set is refused (:class:`ConfigError`)."""
+    text = str(value)
+    expanded = os.path.expandvars(Path(text).expanduser())
+    if "$" in expanded:
+        unset = re.search(r"\$\{?(\w+)", expanded)
+        what = f"${unset.group(1)} is not set" if unset else "a '$' is left in it"
+        raise ConfigError(
+            f"{source} '{text}': {what}, so the path cannot be expanded; expected a path "
+            "(set the variable, or write the path out)"
+        )
+    return Path(expanded)
 
 
 def _drop_none(d: Mapping[str, Any]) -> dict[str, Any]:

@@ -1,3 +1,6 @@
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from pathlib import Path
 
@@ -179,3 +182,36 @@ def test_serve_and_warm_start_files_refuse_a_key_given_twice(
         read(path)
     msg = str(exc.value)
     assert str(path) in msg and "key 'port' is given twice" in msg and "\n" not in msg
+
+
+def test_variables_in_the_home_are_expanded_and_an_unset_one_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`POMLIA_HOME='$HOME/ws'` (unexpanded, from a systemd unit or `sbatch --export`) made a
+    folder literally named `$HOME` in the current directory. Variables are expanded now, in
+    POMLIA_HOME and --home; one that is not set is refused in one line, nothing created."""
+    monkeypatch.setenv("POMLIA_TEST_ROOT", str(tmp_path))
+    env = {"POMLIA_HOME": "$POMLIA_TEST_ROOT/ws"}
+    assert load_settings(env=env).workspace.home == tmp_path / "ws"
+    flag = {"workspace": {"home": Path("${POMLIA_TEST_ROOT}/w2")}}
+    assert load_settings(flag, env=env).workspace.home == tmp_path / "w2"
+    here = tmp_path / "cwd"
+    here.mkdir()
+    base = {k: v for k, v in os.environ.items() if k not in ("POMLIA_DB_URL", "POMLIA_UNSET_X")}
+    base["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+    for env_home, flags, source in (
+        ("$POMLIA_UNSET_X/ws", [], "POMLIA_HOME"),
+        (None, ["--home", "${POMLIA_UNSET_X}/ws"], "--home"),
+    ):
+        res = subprocess.run(
+            [sys.executable, "-m", "pomlia_hpc", *flags, "init"],
+            cwd=here,
+            env={**base, "POMLIA_HOME": env_home} if env_home else base,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        err = res.stderr.strip()
+        assert res.returncode == 2 and "\n" not in err and "Traceback" not in err, err
+        assert err.startswith(f"error: {source} '") and "$POMLIA_UNSET_X is not set" in err, err
+        assert list(here.iterdir()) == []
