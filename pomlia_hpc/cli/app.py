@@ -15,6 +15,7 @@ import typer.rich_utils
 from rich.console import Console
 from rich.markup import escape
 from rich.text import Text
+from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
 from pomlia_hpc import __version__
@@ -23,7 +24,7 @@ from pomlia_hpc.errors import InputError, PomliaError
 from pomlia_hpc.files import remove_made_dirs
 from pomlia_hpc.progress import drop_output, guard_std_streams, stamped
 from pomlia_hpc.registry import Registry, RegistryMissingError
-from pomlia_hpc.workspace import Workspace
+from pomlia_hpc.workspace import Workspace, default_db_url
 
 #: Width of output that goes to a file or a pipe (a Slurm output file, ``| grep``), where rich
 #: would fold every table row and message at 80 columns; the ``COLUMNS`` variable still wins.
@@ -109,18 +110,9 @@ class Context:
                     ws.db_url, busy_timeout_s=ws.sqlite_busy_timeout_s, create=create
                 )
             except RegistryMissingError as exc:
-                from pomlia_hpc.data.recover import store_dirs
-
-                n = len(store_dirs(ws))
-                hint = (
-                    f"{n} dataset store(s) exist under {ws.stores}: run `pomlia registry "
-                    "recover` to create the registry and register them again from their own "
-                    "metadata"
-                    if n
-                    else "run `pomlia init` to create one (or point --home / --db-url at the "
-                    "right workspace)"
-                )
-                raise RegistryMissingError(f"{exc.message} (workspace {ws.home}); {hint}") from exc
+                raise RegistryMissingError(
+                    f"{exc.message} (workspace {ws.home}); {_missing_hint(ws)}"
+                ) from exc
             note = self._registry.upgrade_note()
             if note is not None:  # a schema change is never silent (README, "Upgrading")
                 err_console.print(note, highlight=False, markup=False, soft_wrap=True)
@@ -141,6 +133,35 @@ class Context:
 
 
 STATE = Context()
+
+
+def _missing_hint(ws: Workspace) -> str:
+    """What to do when there is no registry at ``ws.db_url``. When the workspace's own
+    ``registry.db`` exists, the URL is mistyped or relative (``sqlite:///registy.db``): name
+    the right one; `registry recover` would make a second, partial registry. Recover is offered
+    only when the workspace has dataset stores and no registry file at all."""
+    from pomlia_hpc.data.recover import store_dirs
+
+    default = ws.home / "registry.db"
+    if ws.db_url != default_db_url(ws.home) and default.is_file() and default.stat().st_size:
+        database = make_url(ws.db_url).database if ws.db_url.startswith("sqlite") else None
+        relative = (
+            f"that is a relative path, read from the current directory {Path.cwd()}; "
+            if database and not Path(database).is_absolute()
+            else ""
+        )
+        return (
+            f"{relative}the workspace's registry is {default}; did you mean --db-url "
+            f"{default_db_url(ws.home)}? (or unset POMLIA_DB_URL and the workspace file's "
+            "registry.url, to use it)"
+        )
+    n = len(store_dirs(ws))
+    if n:
+        return (
+            f"{n} dataset store(s) exist under {ws.stores}: run `pomlia registry recover` to "
+            "create the registry and register them again from their own metadata"
+        )
+    return "run `pomlia init` to create one (or point --home / --db-url at the right workspace)"
 
 
 def profile_for(executor: str | None) -> str:
