@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import inspect
 import os
+import shutil
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,16 +54,26 @@ class MessageConsole(Console):
         super().print(*objects, **kwargs)
 
 
+def env_columns() -> int | None:
+    """The width the ``COLUMNS`` variable asks for, in characters, or None when it is unset or
+    not a whole number >= 1 (``abc``, ``0``, ``-5``: ignored, so the usual width applies)."""
+    text = os.environ.get("COLUMNS", "").strip()
+    return int(text) if text.isdigit() and int(text) > 0 else None
+
+
 def _console(*, stderr: bool = False) -> Console:
     out = MessageConsole(stderr=stderr)
-    if not out.is_terminal and not os.environ.get("COLUMNS"):
-        out.width = FILE_WIDTH  # a terminal keeps following its own width
+    if not out.is_terminal and env_columns() is None:
+        # a terminal keeps following its own width; an invalid COLUMNS gave rich's 80
+        out.width = FILE_WIDTH
+    elif env_columns() is None and os.environ.get("COLUMNS") is not None:
+        out.width = shutil.get_terminal_size().columns  # rich took COLUMNS=0 as width 0
     return out
 
 
 console = _console()
 err_console = _console(stderr=True)
-if not console.is_terminal and not (os.environ.get("COLUMNS") or os.environ.get("TERMINAL_WIDTH")):
+if not console.is_terminal and env_columns() is None and not os.environ.get("TERMINAL_WIDTH"):
     # --help to a file or a pipe: as wide as the other output (typer's own console folded
     # option help at 80 columns mid-word)
     typer.rich_utils.MAX_WIDTH = FILE_WIDTH
