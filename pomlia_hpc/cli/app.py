@@ -15,11 +15,13 @@ import typer.core
 import typer.rich_utils
 from rich.console import Console
 from rich.markup import escape
+from rich.table import Table
 from rich.text import Text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
 from pomlia_hpc import __version__
+from pomlia_hpc.cli.tables import fit_columns, title_apart
 from pomlia_hpc.config import load_cluster_profile, load_settings
 from pomlia_hpc.errors import InputError, PomliaError
 from pomlia_hpc.files import remove_made_dirs
@@ -43,7 +45,8 @@ class MessageConsole(Console):
 
     def print(self, *objects: Any, **kwargs: Any) -> None:
         """:meth:`rich.console.Console.print`, with ``soft_wrap`` True by default for text
-        printed off a terminal (see the class)."""
+        printed off a terminal (see the class), and tables laid out without a word broken and
+        with their titles on one line (:mod:`pomlia_hpc.cli.tables`)."""
         if (
             kwargs.get("soft_wrap") is None
             and not self.is_terminal
@@ -51,6 +54,12 @@ class MessageConsole(Console):
             and all(isinstance(o, str | Text) for o in objects)
         ):
             kwargs["soft_wrap"] = True
+        for table in (o for o in objects if isinstance(o, Table)):  # one per call, in practice
+            if fit_columns(table, self):
+                kwargs["crop"] = False  # wider than the console rather than words cut
+            title = title_apart(table, self)
+            if title is not None:
+                super().print(title, soft_wrap=True)
         super().print(*objects, **kwargs)
 
 

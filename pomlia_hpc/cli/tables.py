@@ -1,0 +1,95 @@
+"""How every table of the ``pomlia`` command is laid out when it is wider than the console.
+
+Rich fits a wide table into the console by shrinking its columns evenly, below the width of
+their words: at 80 columns ``jobs list`` showed ``COMPLE``/``TED``, ``backen``/``d`` and
+``2026-1``/``2-05``, ``runs list`` ``f1_ma``/``cro``, and at 40 columns ``data list`` was one
+letter per line. :func:`fit_columns` lays such a table out itself: every column gets at least
+its longest word (ids, states, versions, times, metric names stay whole; only a word longer than
+:data:`FOLD_CAP` characters, a path or a configuration, folds), the rest of the width goes to
+the columns whose text wraps, in proportion to what they would need; a table whose words alone
+do not fit is printed wider than the console (the terminal wraps its lines, a file keeps them)
+rather than cut words. :func:`title_apart` keeps a title longer than its table on one line off
+a terminal, where rich wrapped it inside the table's width.
+
+:class:`~pomlia_hpc.cli.app.MessageConsole` applies both to every table it prints, so no
+command lays out its own.
+"""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.measure import Measurement
+from rich.table import Table
+from rich.text import Text
+
+#: Longest word (characters) a column keeps whole when the console is too narrow for the
+#: table: longer ones (paths, configurations, JSON) fold. Ids, versions (16 hex digits), times
+#: and metric names are shorter.
+FOLD_CAP = 24
+
+
+def _edge_width(table: Table) -> int:
+    """The characters a row takes besides its cells' text: borders and cell padding."""
+    n = len(table.columns)
+    borders = (n - 1 + (2 if table.show_edge else 0)) if table.box else 0
+    _, right, _, left = table.padding
+    pads = n * (left + right)
+    if not table.pad_edge:
+        pads -= left + right  # the first column's left and the last one's right
+    return borders + max(pads, 0)
+
+
+def _share(extra: int, needs: list[int]) -> list[int]:
+    """``extra`` characters given to columns that ``needs`` more each to show their cells on
+    one line: the smallest needs first and whole (as many cells as can be unwrapped are), what
+    is left to the next column."""
+    parts = [0] * len(needs)
+    for i in sorted(range(len(needs)), key=lambda i: needs[i]):
+        parts[i] = min(max(needs[i], 0), extra)
+        extra -= parts[i]
+    return parts
+
+
+def fit_columns(table: Table, console: Console) -> bool:
+    """Lay ``table`` out for ``console``'s width without breaking a word (see the module);
+    returns whether the table is wider than the console, which must then print it uncropped
+    (``crop=False``). A table that fits, or one with columns of fixed width, is left as it is."""
+    if not table.columns or any(c.width is not None for c in table.columns):
+        return False
+    options = console.options
+    lows: list[int] = []
+    highs: list[int] = []
+    for column in table.columns:
+        low, high = 1, 1
+        for cell in [column.header, *column.cells]:
+            m = Measurement.get(console, options, cell)
+            low, high = max(low, m.minimum), max(high, m.maximum)
+        lows.append(min(low, FOLD_CAP, high))
+        highs.append(high)
+    room = console.width - _edge_width(table)
+    if sum(highs) <= room:
+        return False  # rich shows every cell whole
+    widths = lows
+    if sum(lows) <= room:
+        grow = _share(room - sum(lows), [h - w for h, w in zip(highs, lows, strict=True)])
+        widths = [w + g for w, g in zip(lows, grow, strict=True)]
+    for column, width in zip(table.columns, widths, strict=True):
+        column.width = width
+    wide = sum(widths) > room
+    if wide:
+        table.width = sum(widths) + _edge_width(table)  # else rich squeezes it back in
+    return wide
+
+
+def title_apart(table: Table, console: Console) -> Text | None:
+    """Off a terminal, a title longer than ``table`` is wide: take it off the table and
+    return it as a line to print before it (rich wrapped it inside the table's width, in the
+    middle of a log file's line). None, and the table unchanged, otherwise."""
+    if console.is_terminal or not isinstance(table.title, str | Text):
+        return None
+    title = Text.from_markup(table.title) if isinstance(table.title, str) else table.title
+    if title.cell_len <= Measurement.get(console, console.options, table).maximum:
+        return None
+    table.title = None
+    title.stylize(table.title_style or "table.title")
+    return title

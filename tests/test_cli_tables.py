@@ -1,0 +1,128 @@
+"""Tables of the ``pomlia`` command at narrow widths and off a terminal: words stay whole, an
+invalid COLUMNS is ignored, a title longer than its table stays one line."""
+
+from __future__ import annotations
+
+import io
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime
+from pathlib import Path
+
+from rich.table import Table
+
+from pomlia_hpc.cli.app import MessageConsole
+from pomlia_hpc.registry import Job, Registry, Run
+from pomlia_hpc.workspace import Workspace
+
+REPO = Path(__file__).resolve().parents[1]
+#: What would make rich take the output for a terminal, or point elsewhere.
+UNSET = ("COLUMNS", "POMLIA_DB_URL", "POMLIA_CLUSTER", "FORCE_COLOR", "TTY_COMPATIBLE")
+
+
+def pomlia(home: Path, *args: str, columns: str | None = None) -> str:
+    """stdout of ``pomlia --home HOME ARGS`` in its own process (a file, not a terminal),
+    with ``COLUMNS`` set to ``columns`` (unset when None); fails unless it exits 0."""
+    env = {k: v for k, v in os.environ.items() if k not in UNSET}
+    env["PYTHONPATH"] = str(REPO)
+    if columns is not None:
+        env["COLUMNS"] = columns
+    res = subprocess.run(
+        [sys.executable, "-m", "pomlia_hpc", "--home", str(home), *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert res.returncode == 0, res.stderr
+    return res.stdout
+
+
+def some_jobs_and_runs(reg: Registry) -> None:
+    """Three ended jobs and two runs, with the values the tester saw split."""
+    when = datetime(2026, 12, 5, 4, 31, 7, tzinfo=UTC)
+    with reg.session() as s:
+        for i, (name, state, cause) in enumerate(
+            (
+                ("fingerprint-train-ae9", "COMPLETED", None),
+                ("extract-ae9-pathmnist", "FAILED", "RuntimeError: CUDA out of memory"),
+                ("trial-demo-17", "CANCELLED", "cancelled by the user"),
+            )
+        ):
+            s.add(
+                Job(
+                    backend="slurm",
+                    scheduler_id=f"{123456 + i}_{i}",
+                    name=name,
+                    state=state,
+                    submitted_at=when,
+                    ended_at=when,
+                    exit_cause=cause,
+                )
+            )
+        s.flush()
+        for _ in range(2):
+            s.add(
+                Run(
+                    study="demo-study",
+                    config={"arch": "resnet18", "lr": 0.001, "batch_size": 64},
+                    budget=3,
+                    metrics={"val": {"f1_macro": 0.8123}, "test": {"f1_macro": 0.79}},
+                    cost_s=12.5,
+                    status="completed",
+                    job_id=1,
+                )
+            )
+        s.commit()
+
+
+def test_tables_keep_ids_states_times_and_metric_names_whole(
+    workspace: Workspace, reg: Registry
+) -> None:
+    """At COLUMNS=80 `jobs list` showed COMPLE/TED, backen/d, schedu/ler id and 2026-1/2-05,
+    `runs list` f1_ma/cro; at 40 `data list` was one letter per line. Every word stays whole
+    now (a table too wide for its words is printed wider than the console)."""
+    some_jobs_and_runs(reg)
+    jobs = pomlia(workspace.home, "jobs", "list", columns="80")
+    words = {w for line in jobs.splitlines() for w in line.replace("┃", "│").split("│")}
+    words = {w.strip() for w in words}
+    for token in ("COMPLETED", "CANCELLED", "FAILED", "backend", "scheduler", "123458_2"):
+        assert token in words, jobs
+    assert "2026-12-05" in words and "04:31:07" in words, jobs
+    assert "fingerprint-train-ae9" in words, jobs
+    runs = pomlia(workspace.home, "runs", "list", columns="80")
+    assert "f1_macro" in runs and "demo-study" in runs and "completed" in runs, runs
+    narrow = pomlia(workspace.home, "jobs", "list", columns="40")
+    assert "COMPLETED" in narrow and "fingerprint-train-ae9" in narrow, narrow
+
+
+def test_an_invalid_columns_is_ignored_off_a_terminal(workspace: Workspace, reg: Registry) -> None:
+    """COLUMNS=abc, 0 or -5 gave 80-column tables in files and pipes, where the README
+    promises 200 columns; such a value is ignored now."""
+    some_jobs_and_runs(reg)
+
+    def one_line_rows(out: str) -> bool:  # a 100-character table, unfolded
+        lines = out.splitlines()
+        header = any("scheduler id" in ln and "exit cause" in ln for ln in lines)
+        return header and any("RuntimeError: CUDA out of memory" in ln for ln in lines)
+
+    for columns in ("abc", "0", "-5", None):
+        assert one_line_rows(pomlia(workspace.home, "jobs", "list", columns=columns)), columns
+    assert not one_line_rows(pomlia(workspace.home, "jobs", "list", columns="80"))
+
+
+def test_a_title_longer_than_its_table_stays_one_line_off_a_terminal() -> None:
+    """`fingerprint train ... > out.txt` wrapped the summary's title inside the table's width
+    ("encoder ae9 (id 1, objective" / "contrastive)"), where off a terminal nothing is."""
+    out = io.StringIO()
+    console = MessageConsole(file=out, width=200, force_terminal=False)
+    title = "encoder ae9 (id 1, objective contrastive, 2 epochs on 6 datasets)"
+    table = Table(title=title)
+    table.add_column("epoch")
+    table.add_column("loss")
+    table.add_row("1", "0.0123")
+    console.print(table)
+    lines = out.getvalue().splitlines()
+    assert lines[0].strip() == title, out.getvalue()
+    assert any("0.0123" in line for line in lines)
