@@ -222,38 +222,77 @@ def drop_output(stream: IO[str]) -> None:
         pass  # stderr closed too: nothing to tell anyone
 
 
+#: Why the command's output could not be written (a full disk, a closed stdout), once known;
+#: :func:`output_failure` reads it, the CLI reports it when the command ends.
+_FAILURES: list[str] = []
+
+
+def output_failure() -> str | None:
+    """Why a write to stdout failed during this command (``No space left on device``,
+    ``standard output is closed``), or None if none did (a reader gone is no failure)."""
+    return _FAILURES[0] if _FAILURES else None
+
+
+def _discard(stream: IO[str]) -> None:
+    """Point ``stream``'s descriptor at ``/dev/null``, without a note: the rest of the command's
+    output to it is lost anyway, and one failed write is reported once, at the end."""
+    try:
+        fd = stream.fileno()
+    except (OSError, ValueError):
+        return
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, fd)
+    finally:
+        os.close(devnull)
+
+
 class PipeSafeStream:
     """A text stream (``sys.stdout``, ``sys.stderr``) whose writes survive its reader going
     away (``pomlia automl run ... | head -3``, a hung-up terminal): then its descriptor is
     pointed at ``/dev/null`` (:func:`drop_output`) and the command goes on, whoever wrote
-    (``say()``, a library's ``print``, ``logging``). Everything else is the wrapped stream's."""
+    (``say()``, a library's ``print``, ``logging``). Any other failed write (``> /dev/full``:
+    ENOSPC) is recorded for :func:`output_failure` (stdout only: ``reported``) and discarded
+    the same way, so the command finishes its work and the CLI says once that its output was
+    lost. ``closed``: the stream stands in for a closed descriptor (``>&-``); its first write
+    is such a failure. Everything else is the wrapped stream's."""
 
-    def __init__(self, stream: IO[str]) -> None:
+    def __init__(self, stream: IO[str], *, reported: bool = False, closed: str = "") -> None:
         self._stream = stream
+        self._reported = reported
+        self._closed = closed
 
     @property
     def wrapped(self) -> IO[str]:
         """The stream this one writes to."""
         return self._stream
 
+    def _failed(self, exc: OSError) -> None:
+        if reader_gone(exc):
+            drop_output(self._stream)
+            return
+        if self._reported and not _FAILURES:
+            _FAILURES.append(exc.strerror or str(exc))
+        _discard(self._stream)
+
     def write(self, text: str) -> int:
         """Write ``text`` (returns its length in characters, written or discarded)."""
+        if self._closed and text:
+            if self._reported and not _FAILURES:
+                _FAILURES.append(self._closed)
+            return len(text)
         try:
             return self._stream.write(text)
         except OSError as exc:
-            if not reader_gone(exc):
-                raise
-            drop_output(self._stream)
+            self._failed(exc)
             return len(text)
 
     def flush(self) -> None:
-        """Flush; a broken pipe drops the output instead of raising."""
+        """Flush; a failed write drops the output instead of raising (see the class)."""
         try:
             self._stream.flush()
         except OSError as exc:
-            if not reader_gone(exc):
-                raise
-            drop_output(self._stream)
+            self._failed(exc)
             with contextlib.suppress(OSError, ValueError):
                 self._stream.flush()  # the buffered text now goes to /dev/null
 
@@ -261,13 +300,46 @@ class PipeSafeStream:
         return getattr(self._stream, name)
 
 
+def _open_std_fds() -> None:
+    """Put ``/dev/null`` on any of the descriptors 0-2 that is closed (``pomlia ... >&-``):
+    else the next file opened (the registry's database) would get the number, and a write
+    meant for stdout or stderr (a library's, a child process's) would land in it."""
+    for fd in (0, 1, 2):
+        try:
+            os.fstat(fd)
+        except OSError:
+            new = os.open(os.devnull, os.O_RDWR)
+            if new != fd:
+                os.dup2(new, fd)
+                os.close(new)
+
+
+def _tolerant(stream: IO[str] | None, fd: int, name: str) -> tuple[IO[str], str]:
+    """``stream`` with unencodable characters written as backslash escapes, or for a closed
+    one (None) a stream on ``/dev/null`` and why (``standard output is closed``)."""
+    if stream is None:
+        return open(fd, "w", encoding="utf-8", closefd=False), f"standard {name} is closed"
+    reconfigure = getattr(stream, "reconfigure", None)
+    if callable(reconfigure):
+        # An ASCII or Latin-1 stream (PYTHONIOENCODING, LC_ALL=C) raised UnicodeEncodeError on a
+        # class name or path after the work was done; `\xe4` is readable and JSON is ASCII.
+        with contextlib.suppress(ValueError, OSError):
+            reconfigure(errors="backslashreplace")
+    return stream, ""
+
+
 def guard_std_streams() -> None:
     """Wrap ``sys.stdout`` and ``sys.stderr`` in :class:`PipeSafeStream` (idempotent): what the
-    CLI does first, so no write anywhere in a command dies of a closed pipe."""
+    CLI does first, so no write anywhere in a command dies of a closed pipe, a failed write,
+    a closed stream or a character the stream's encoding lacks."""
+    _open_std_fds()
+    _FAILURES.clear()  # a new command (tests run several in one process)
     if not isinstance(sys.stdout, PipeSafeStream):
-        sys.stdout = PipeSafeStream(sys.stdout)
+        out, closed = _tolerant(sys.stdout, 1, "output")
+        sys.stdout = PipeSafeStream(out, reported=True, closed=closed)
     if not isinstance(sys.stderr, PipeSafeStream):
-        sys.stderr = PipeSafeStream(sys.stderr)
+        err, closed = _tolerant(sys.stderr, 2, "error")
+        sys.stderr = PipeSafeStream(err, closed=closed)
 
 
 def stamped(text: str) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import inspect
 import os
 import shutil
@@ -25,7 +26,7 @@ from pomlia_hpc.cli.tables import fit_columns, title_apart
 from pomlia_hpc.config import load_cluster_profile, load_settings
 from pomlia_hpc.errors import InputError, PomliaError
 from pomlia_hpc.files import remove_made_dirs
-from pomlia_hpc.progress import drop_output, guard_std_streams, stamped
+from pomlia_hpc.progress import drop_output, guard_std_streams, output_failure, stamped
 from pomlia_hpc.registry import Registry, RegistryMissingError
 from pomlia_hpc.workspace import Workspace, default_db_url
 
@@ -439,9 +440,36 @@ def _interrupted(exc: SystemExit) -> bool:
     return ctx is not None and isinstance(ctx.__cause__, KeyboardInterrupt)
 
 
+#: Exit status of a command whose output could not be written (sysexits' EX_IOERR).
+OUTPUT_ERROR_EXIT = 74
+
+
 def main() -> None:
-    """Console-script entry point: run the app; a :class:`PomliaError` is one line, exit 2."""
+    """Console-script entry point: run the app; a :class:`PomliaError` is one line, exit 2.
+    Output that could not be written (``> /dev/full``, a closed stdout) is one line on stderr
+    when the command ends, exit :data:`OUTPUT_ERROR_EXIT` (a failed command keeps its own)."""
     guard_std_streams()  # `| head`: no write (a job's say(), a library's print) kills the command
+    try:
+        _run()
+        code: Any = 0
+    except SystemExit as exc:
+        code = exc.code
+    with contextlib.suppress(OSError, ValueError):
+        sys.stdout.flush()  # what is still buffered fails here, not in the interpreter's exit
+    failure = output_failure()
+    if failure is not None:
+        with contextlib.suppress(OSError, ValueError):
+            err_console.print(
+                f"[bold red]error:[/] cannot write output: {escape(failure)}",
+                highlight=False,
+                soft_wrap=True,
+            )
+        sys.exit(code if code not in (0, None) else OUTPUT_ERROR_EXIT)
+    sys.exit(code)
+
+
+def _run() -> None:
+    """The app, with the project's errors as one line each (see :func:`main`)."""
     try:
         app()
     except PomliaError as exc:

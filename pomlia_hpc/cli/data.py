@@ -520,7 +520,8 @@ def show_cmd(
                     "meta": meta,
                     "fingerprint": rec.fingerprint,
                 }
-            )
+            ),
+            ensure_ascii=True,  # \u escapes: valid JSON whatever stdout's encoding
         )
     else:
         _render(rec.ref, rec.parent, meta, rec.fingerprint)
