@@ -12,7 +12,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 from rich.table import Table
 
-from pomlia_hpc.cli.app import STATE, app, console
+from pomlia_hpc.cli.app import STATE, app, console, err_console
 from pomlia_hpc.cli.listing import JsonFlag, print_rows
 from pomlia_hpc.data.medmnist_info import FLAGS_2D
 from pomlia_hpc.progress import Reporter, progress
@@ -46,7 +46,7 @@ class _PlainStages:
         if stage != self._stage or self._reporter is None:
             self.close()
             self._reporter = self._open.enter_context(
-                progress(stage, total, unit="images", console=console, min_interval_s=10)
+                progress(stage, total, unit="images", console=err_console, min_interval_s=10)
             )
             self._stage, self._done = stage, 0
         self._done += advance
@@ -60,8 +60,8 @@ class _PlainStages:
 @contextmanager
 def _progress() -> Iterator[Callable[[str, int, int], None]]:
     """A rich progress bar per stage, driven by the library's progress callback; plain lines
-    when the output is not a terminal."""
-    if not console.is_terminal:
+    when the output is not a terminal. Both on stderr: stdout is the command's result."""
+    if not err_console.is_terminal:
         plain = _PlainStages()
         try:
             yield plain
@@ -73,7 +73,7 @@ def _progress() -> Iterator[Callable[[str, int, int], None]]:
         BarColumn(),
         MofNCompleteColumn(),
         TimeRemainingColumn(),
-        console=console,
+        console=err_console,
         transient=True,
     ) as bar:
         tasks: dict[str, Any] = {}
@@ -118,6 +118,16 @@ _SKIP_HELP = (
     "Image folder: skip image files that do not decode (damaged, truncated, empty), naming "
     "each, instead of refusing the folder."
 )
+
+#: `data add --json`: the result as one JSON object (stdout stays that object alone).
+_RecordFlag = Annotated[
+    bool,
+    typer.Option(
+        "--json",
+        help="Print the version's record as one JSON object (name, version, ref, created, "
+        "parent, n_images, splits, n_classes, task_type, store, repaired).",
+    ),
+]
 
 
 @data_app.command("add")
@@ -170,8 +180,11 @@ def add(
         bool,
         typer.Option("--skip-unreadable", help=_SKIP_HELP),
     ] = False,
+    as_json: _RecordFlag = False,
 ) -> None:
-    """Ingest a dataset as a new version (or find the identical existing one)."""
+    """Ingest a dataset as a new version (or find the identical existing one).
+
+    The result goes to stdout; progress, notes and warnings to stderr."""
     from pomlia_hpc.data.api import ingest
 
     src = source or (f"medmnist:{name}" if name in FLAGS_2D else None)
@@ -206,25 +219,52 @@ def add(
             progress=report,
             **{k: v for k, v in opts.items() if v is not None},
         )
-    _print_ingested(name, rec)
+    _print_ingested(name, rec, as_json)
 
 
-def _print_ingested(name: str, rec: VersionRecord) -> None:
-    """What ``data add`` made of the source (``rec``, the ingest record): the version, its store,
-    the split notes and, for a new version of a known name, how it differs from its parent."""
-    what = "new version" if rec.created else "identical content: existing version"
-    parent = f", parent {rec.parent}" if rec.parent else ""
-    console.print(f"{what} [bold]{rec.ref}[/] ({rec.n_images} images{parent})")
-    console.print(f"store: {rec.store_path}")
+def _ingested_record(rec: VersionRecord) -> dict[str, Any]:
+    """``data add --json``: the version's record (sizes in images)."""
+    from pomlia_hpc.data.splits import split_sizes
+
+    return {
+        "name": rec.name,
+        "version": rec.version,
+        "ref": rec.ref,
+        "created": rec.created,
+        "parent": rec.parent,
+        "n_images": rec.n_images,
+        "splits": split_sizes(rec.meta),
+        "n_classes": rec.meta.get("n_classes"),
+        "task_type": rec.meta.get("task_type"),
+        "store": str(rec.store_path),
+        "repaired": list(rec.repaired),
+    }
+
+
+def _print_ingested(name: str, rec: VersionRecord, as_json: bool = False) -> None:
+    """What ``data add`` made of the source (``rec``, the ingest record): on stdout the version,
+    its store and split sizes (``as_json``: one JSON object); on stderr the notes, warnings
+    and, for a new version of a known name, how it differs from its parent."""
+    from pomlia_hpc.data.splits import describe_splits
+
+    if as_json:
+        typer.echo(json.dumps(_ingested_record(rec), indent=2))
+    else:
+        what = "new version" if rec.created else "identical content: existing version"
+        parent = f", parent {rec.parent}" if rec.parent else ""
+        console.print(f"{what} [bold]{rec.ref}[/] ({rec.n_images} images{parent})")
+        console.print(f"store: {rec.store_path}")
+        console.print(f"splits: {describe_splits(rec.meta)}")
+    # Notes and warnings go to stderr: `V=$(pomlia data add ...)` captures the result only.
     if rec.repaired:
-        console.print(
+        err_console.print(
             f"[yellow]repaired:[/] the existing store was damaged ({'; '.join(rec.repaired)}) "
             "and has been rewritten from this source"
         )
-    elif not rec.created:
+    elif not rec.created and not as_json:
         console.print("store checked: every chunk matches this source")
     if not rec.created and rec.was_current:
-        console.print(
+        err_console.print(
             f"[yellow]note:[/] '{name}' now means this version again (it meant "
             f"{name}@{rec.was_current}, the one added before); tasks already registered keep "
             f"their version; name {name}@{rec.was_current} to use the other"
@@ -241,7 +281,7 @@ def _print_duplicates(fingerprint: dict[str, Any]) -> None:
 
     warning = duplicate_warning(fingerprint)
     if warning:
-        console.print(f"[yellow]warning:[/] {warning}")
+        err_console.print(f"[yellow]warning:[/] {warning}")
 
 
 def _print_changes(name: str, parent: str, meta: dict[str, Any]) -> None:
@@ -252,7 +292,7 @@ def _print_changes(name: str, parent: str, meta: dict[str, Any]) -> None:
 
     changes = version_changes(show(STATE.registry(), f"{name}@{parent}").meta, meta)
     if changes:
-        console.print(
+        err_console.print(
             f"[yellow]warning:[/] this version of '{name}' differs from the previous one "
             f"({name}@{parent}): {'; '.join(changes)}. Tasks already registered keep the "
             f"version they were made with; `pomlia task add --dataset {name}` and other "
@@ -272,30 +312,29 @@ def _print_notes(meta: dict[str, Any]) -> None:
     and for fewer than 2 classes with training images, and a note on gray images converted
     to RGB."""
     from pomlia_hpc.data.classes import classes_without_images, describe_missing, train_classes
-    from pomlia_hpc.data.splits import describe_splits, empty_splits, fill_hint
+    from pomlia_hpc.data.splits import empty_splits, fill_hint
 
-    console.print(f"splits: {describe_splits(meta)}")
     empty = empty_splits(meta)
     if empty:
-        console.print(
+        err_console.print(
             f"[yellow]warning:[/] no {' or '.join(empty)} images: `pomlia task add` refuses "
             f"this version (AutoML needs train, val and test images); {fill_hint(meta, empty)}"
         )
     skipped = (meta.get("source") or {}).get("skipped_empty_folders") or []
     if skipped:
-        console.print(
+        err_console.print(
             f"[yellow]warning:[/] skipped {len(skipped)} class folder(s) without images "
             f"(not made classes): {', '.join(skipped)}"
         )
     missing = classes_without_images(meta)
     if missing:
-        console.print(
+        err_console.print(
             f"[yellow]warning:[/] class(es) without images in a split: {describe_missing(missing)}"
             + (_UNUSED if any(len(v) == 3 for v in missing.values()) else "")
         )
     multi = str(meta.get("task_type", "")).startswith("multi-label")
     if not multi and "train" not in empty and len(train_classes(meta)) < 2:
-        console.print(
+        err_console.print(
             "[yellow]warning:[/] fewer than 2 classes have training images: `pomlia task add` "
             "refuses this version (a classification task needs at least 2)"
             + _one_class_layout(meta.get("source") or {})
@@ -304,7 +343,7 @@ def _print_notes(meta: dict[str, Any]) -> None:
     _print_skipped_files(meta.get("source") or {})
     gray = int((meta.get("source") or {}).get("gray_to_rgb", 0))
     if gray:
-        console.print(
+        err_console.print(
             f"[yellow]note:[/] {gray} gray image(s) converted to RGB (the folder mixes gray "
             "and colour images; each gray value is copied to the 3 channels)"
         )
@@ -338,7 +377,7 @@ def _print_folder_notes(source: dict[str, Any]) -> None:
     folder, so not a split layout) and val/test folders without files (taken as missing)."""
     named = source.get("split_named_classes") or []
     if named:
-        console.print(
+        err_console.print(
             f"[yellow]note:[/] class folder(s) {', '.join(repr(c) for c in named)} named like a "
             "split folder: treated as a class; a split layout needs a train/ folder"
         )
@@ -349,7 +388,7 @@ def _print_folder_notes(source: dict[str, Any]) -> None:
             if carved
             else f"--{split}-fraction F carves it from train"
         )
-        console.print(
+        err_console.print(
             f"[yellow]note:[/] split folder '{folder}' holds no file: taken as missing ({how})"
         )
 
@@ -361,19 +400,19 @@ def _print_skipped_files(source: dict[str, Any]) -> None:
     if others:
         names = [str(f) for f in others.get("files", [])][:5]
         more = int(others["count"]) - len(names)
-        console.print(
+        err_console.print(
             f"[yellow]warning:[/] skipped {others['count']} file(s) that are not images: "
             + ", ".join(f"'{n}'" for n in names)
             + (f" and {more} more (`data show` lists up to 20)" if more > 0 else "")
         )
     unreadable = source.get("skipped_unreadable") or {}
     if unreadable:
-        console.print(
+        err_console.print(
             f"[yellow]warning:[/] skipped {unreadable['count']} unreadable image file(s) "
             "(--skip-unreadable):"
         )
         for line in unreadable.get("files", []):
-            console.print(f"  {line}", markup=False, highlight=False)
+            err_console.print(f"  {line}", markup=False, highlight=False)
 
 
 @data_app.command("synth")
