@@ -8,7 +8,8 @@ One CSV row per (data set, strategy, metric)::
 =============  ========  ===============================================================
 column         required  meaning
 =============  ========  ===============================================================
-``dataset``    yes       data set name (matched to the meta-features)
+``dataset``    yes       data set name (matched to the meta-features), by the name rule
+                         of ``data add`` (:mod:`pomlia_hpc.names`)
 ``arch``       yes       architecture, free text (``ResNet-18``, ``resnet18``, ...)
 ``init``       yes       initial weights: ``scratch``, ``pretrained``, ``imagenet``,
                          ``encoder``, ``model`` or another word
@@ -30,6 +31,8 @@ Meta-features (a second file, or ``meta_``-prefixed columns): ``dataset``, ``tas
 (``multi-class``, ``binary``, ``multi-label``, ``ordinal``), ``n_channels``, ``n_classes``,
 ``n_train`` are required; ``n_val``, ``n_test``, ``image_size``, ``dims`` are optional
 integers; ``license`` and ``notes`` optional text. An empty optional cell means "unknown".
+Text cells (``arch``, ``init``, ``mode``, ``license``, ``notes``) may not hold control
+characters nor start with ``=``, ``+``, ``-`` or ``@`` (a spreadsheet formula).
 The limits are those of ``pomlia data add``: 1 or 3 channels, 2 or 3 dims, at most 500
 classes and 4096 px, at most :data:`MAX_IMAGES` images per split.
 ``n_classes`` must agree with ``task_type``: 2 for ``binary``, at least 2 for ``multi-class``
@@ -45,6 +48,7 @@ import csv
 import hashlib
 import json
 import math
+import unicodedata
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -52,6 +56,7 @@ from typing import Any
 
 from pomlia_hpc import vocab
 from pomlia_hpc.errors import InputError
+from pomlia_hpc.names import validate_name
 from pomlia_hpc.vocab import METRICS, TASK_TYPES
 
 STRATEGY_FIELDS: tuple[str, ...] = ("arch", "init", "mode", "img_size", "extra_data")
@@ -84,6 +89,13 @@ META_RANGES: dict[str, tuple[int, int]] = {
 #: GPU): the recommender scales costs by training-set size and epochs, and a larger figure
 #: (``1e308``) overflowed to infinity, which no JSON column or output can hold.
 MAX_COST_S = 1e9
+#: First characters a spreadsheet takes for a formula (``=cmd|' /c calc'!A1``): a text cell
+#: starting with one is refused, as the tables are read back and shared as CSV.
+FORMULA_STARTS = ("=", "+", "-", "@")
+#: Unicode categories of characters refused in text cells: control characters (newlines,
+#: escape sequences that rewrite a terminal), invisible format characters (bidi overrides
+#: that show text in another order than it is stored) and line/paragraph separators.
+_CONTROL_CATEGORIES = ("Cc", "Cf", "Zl", "Zp")
 
 
 @dataclass(frozen=True)
@@ -188,6 +200,32 @@ class _Cell:
             raise self.fail(column, "a non-empty value")
         return value
 
+    def name(self, column: str) -> str:
+        """The data set name in ``column``, by the name rule of ``data add``
+        (:mod:`pomlia_hpc.names`)."""
+        value = self.text(column)
+        try:
+            validate_name("data set", value)
+        except InputError as exc:
+            rule = str(exc).partition("expected ")[2]
+            raise self.fail(column, f"a data set name as `data add` takes: {rule}") from None
+        return value
+
+    def plain(self, column: str, *, required: bool = True) -> str:
+        """The text in ``column``, refused when it holds a control character or starts like a
+        spreadsheet formula (:data:`FORMULA_STARTS`): such cells are shown in tables and
+        written back to CSV files, where they would run or garble what is shown."""
+        value = self.text(column, required=required)
+        bad = [c for c in value if unicodedata.category(c) in _CONTROL_CATEGORIES]
+        if bad or value.startswith(FORMULA_STARTS):
+            raise self.fail(
+                column,
+                "text without control characters, not starting with "
+                + ", ".join(FORMULA_STARTS)
+                + " (a spreadsheet would take it for a formula)",
+            )
+        return value
+
     def number(
         self, column: str, *, required: bool = True, low: float = -math.inf, high: float = math.inf
     ) -> float | None:
@@ -270,7 +308,7 @@ def _meta_of(cell: _Cell, prefix: str) -> dict[str, Any]:
                 meta[name] = value
     for name in META_TEXT:
         if prefix + name in cell.row and cell.text(prefix + name, required=False):
-            meta[name] = cell.text(prefix + name)
+            meta[name] = cell.plain(prefix + name)
     _check_classes(cell, prefix, task_type, meta["n_classes"])
     return meta
 
@@ -296,7 +334,7 @@ def read_meta(path: str | Path) -> dict[str, dict[str, Any]]:
     first: dict[str, int] = {}
     for line, row in _rows(p):
         cell = _Cell(p, line, row)
-        name = cell.text("dataset")
+        name = cell.name("dataset")
         if name in out:
             raise InputError(
                 f"{p}: line {line}, column 'dataset': data set '{name}' was already described "
@@ -361,7 +399,7 @@ def read_results(
     seen: dict[tuple[str, str, str], int] = {}
     for line, row in _rows(p):
         cell = _Cell(p, line, row)
-        dataset = cell.text("dataset")
+        dataset = cell.name("dataset")
         metric = cell.text("metric").lower()
         if metric not in METRICS:
             raise cell.fail("metric", "one of " + ", ".join(METRICS))
@@ -371,9 +409,9 @@ def read_results(
         if extra not in ("none", "nearest"):
             raise cell.fail("extra_data", "none or nearest (or empty)")
         strategy = {
-            "arch": cell.text("arch"),
-            "init": cell.text("init"),
-            "mode": cell.text("mode"),
+            "arch": cell.plain("arch"),
+            "init": cell.plain("init"),
+            "mode": cell.plain("mode"),
             "img_size": cell.integer("img_size", low=1, high=MAX_SIDE_PX),
             "extra_data": extra,
         }
