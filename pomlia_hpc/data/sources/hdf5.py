@@ -11,6 +11,11 @@ a hash of their index, so the same file gives the same split. Adding rows to a c
 a few others of that class; other classes are untouched. Multi-label rows (no one class) go to
 a split by that hash alone. Images are read in batches (one pass), so the file can be larger
 than memory.
+
+The datasets must be stored in the file: one reached through an external link (or a group
+that is one), a virtual dataset mapping another file, and raw external storage are refused,
+naming the link and the other file (the version would name only this file). Soft links and
+virtual datasets within the file are followed.
 """
 
 from __future__ import annotations
@@ -151,6 +156,8 @@ class Hdf5Source(Source):
             self.extra["intensity_scaling"] = self._convert.scaling()
 
     def _dataset(self, name: str, option: str) -> h5py.Dataset:
+        # Before `get`: h5py opens the file an external link names as it follows it.
+        self._refuse_external_link(name, option)
         obj = self._file.get(name)
         if obj is None:
             self._refuse_broken_link(name, option)
@@ -160,7 +167,58 @@ class Hdf5Source(Source):
                 f"HDF5 file '{self.path}' has no dataset at path '{name}' (--{option} "
                 f"{name}): expected one of: {found}"
             )
+        self._refuse_data_elsewhere(obj, name, option)
         return obj
+
+    def _external_link(self, name: str, hops: int = 0) -> tuple[str, h5py.ExternalLink] | None:
+        """The first external link on the way to ``name`` (soft links followed, at most 32),
+        with its path; ``None`` when the way stays in this file (or breaks off)."""
+        parts = [p for p in name.split("/") if p]
+        here = ""
+        for i, part in enumerate(parts):
+            here = f"{here}/{part}"
+            try:
+                link = self._file.get(here, getlink=True)
+            except (KeyError, ValueError, OSError):  # missing: `_dataset` says so
+                return None
+            if isinstance(link, h5py.ExternalLink):
+                return here.lstrip("/"), link
+            if isinstance(link, h5py.SoftLink) and hops < 32:
+                base = link.path if link.path.startswith("/") else f"{here}/../{link.path}"
+                return self._external_link("/".join([base, *parts[i + 1 :]]), hops + 1)
+        return None
+
+    def _refuse_external_link(self, name: str, option: str) -> None:
+        """Refuse a dataset reached through an external link: its rows would come from
+        another file while the version names only this one (and who may read this file may
+        not be meant to read that one)."""
+        found = self._external_link(name)
+        if found is None:
+            return
+        at, link = found
+        way = "" if at == name.strip("/") else f" on the way to '{name}'"
+        raise InputError(
+            f"HDF5 file '{self.path}': '{at}'{way} (--{option} {name}) is an external link to "
+            f"'{link.path}' in file '{link.filename}': expected a dataset stored in this file "
+            "(external links are not followed: copy the data in, or add that file itself)"
+        )
+
+    def _refuse_data_elsewhere(self, obj: h5py.Dataset, name: str, option: str) -> None:
+        """Refuse a dataset whose data lie in other files (a virtual dataset mapping another
+        file, raw external storage, or a backstop: reached into another file), as
+        :meth:`_refuse_external_link` does a link."""
+        others: list[str] = []
+        if obj.file.filename != self._file.filename:
+            others.append(obj.file.filename)
+        if obj.is_virtual:
+            others += [m.file_name for m in obj.virtual_sources() if m.file_name != "."]
+        others += [str(entry[0]) for entry in obj.external or ()]
+        if others:
+            raise InputError(
+                f"HDF5 file '{self.path}': dataset '{name}' (--{option} {name}) has its data "
+                f"in file '{others[0]}': expected a dataset stored in this file (virtual and "
+                "external datasets are not followed: copy the data in, or add that file itself)"
+            )
 
     def _refuse_broken_link(self, name: str, option: str) -> None:
         """Say so when ``name`` is a link whose target is missing (h5py reads it as nothing,
