@@ -13,6 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemaining
 from rich.table import Table
 
 from pomlia_hpc.cli.app import STATE, app, console, err_console
+from pomlia_hpc.cli.folder_notes import print_folder_notes, print_skipped_files
 from pomlia_hpc.cli.listing import JsonFlag, print_rows
 from pomlia_hpc.data.medmnist_info import FLAGS_2D
 from pomlia_hpc.progress import Reporter, progress
@@ -339,8 +340,8 @@ def _print_notes(meta: dict[str, Any]) -> None:
             "refuses this version (a classification task needs at least 2)"
             + _one_class_layout(meta.get("source") or {})
         )
-    _print_folder_notes(meta.get("source") or {})
-    _print_skipped_files(meta.get("source") or {})
+    print_folder_notes(meta.get("source") or {})
+    print_skipped_files(meta.get("source") or {})
     gray = int((meta.get("source") or {}).get("gray_to_rgb", 0))
     if gray:
         err_console.print(
@@ -370,49 +371,6 @@ def _one_class_layout(source: dict[str, Any]) -> str:
         f"({shown}): class folders belong {where}, so '{folder.split('/')[-1]}' was read as "
         "one class; move its sub-folders up one level and run `pomlia data add` again"
     )
-
-
-def _print_folder_notes(source: dict[str, Any]) -> None:
-    """Notes on how an image folder's layout was read: classes named like a split (no train
-    folder, so not a split layout) and val/test folders without files (taken as missing)."""
-    named = source.get("split_named_classes") or []
-    if named:
-        err_console.print(
-            f"[yellow]note:[/] class folder(s) {', '.join(repr(c) for c in named)} named like a "
-            "split folder: treated as a class; a split layout needs a train/ folder"
-        )
-    for split, folder in (source.get("empty_split_folders") or {}).items():
-        carved = source.get(f"{split}_fraction")
-        how = (
-            f"carved from train with --{split}-fraction {carved}"
-            if carved
-            else f"--{split}-fraction F carves it from train"
-        )
-        err_console.print(
-            f"[yellow]note:[/] split folder '{folder}' holds no file: taken as missing ({how})"
-        )
-
-
-def _print_skipped_files(source: dict[str, Any]) -> None:
-    """Warnings naming the files of an image folder that were skipped: files that are no
-    image (count and the first few) and, with --skip-unreadable, each unreadable image."""
-    others = source.get("skipped_other_files") or {}
-    if others:
-        names = [str(f) for f in others.get("files", [])][:5]
-        more = int(others["count"]) - len(names)
-        err_console.print(
-            f"[yellow]warning:[/] skipped {others['count']} file(s) that are not images: "
-            + ", ".join(f"'{n}'" for n in names)
-            + (f" and {more} more (`data show` lists up to 20)" if more > 0 else "")
-        )
-    unreadable = source.get("skipped_unreadable") or {}
-    if unreadable:
-        err_console.print(
-            f"[yellow]warning:[/] skipped {unreadable['count']} unreadable image file(s) "
-            "(--skip-unreadable):"
-        )
-        for line in unreadable.get("files", []):
-            err_console.print(f"  {line}", markup=False, highlight=False)
 
 
 @data_app.command("synth")

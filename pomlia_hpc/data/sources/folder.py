@@ -41,7 +41,9 @@ class ``images``: ``data add`` says where the class folders belong).
 Within a split, rows are ordered by another hash of that path (deterministic, and not class by
 class). Files under a class folder may sit in nested folders; hidden and system files are
 skipped, other files that are no image are skipped and recorded
-(``meta["source"]["skipped_other_files"]``), images of formats not read are refused, and
+(``meta["source"]["skipped_other_files"]``), symlinks are followed when they point inside
+the image folder and skipped and recorded when they point outside it, are broken or loop
+(``meta["source"]["skipped_symlinks"]``), images of formats not read are refused, and
 class folder names that differ only in case or hold a control character are refused
 (:mod:`.folder_files`). An image that does not decode refuses the folder, unless
 ``skip_unreadable``: then each file is decoded in full first and those that fail are skipped
@@ -78,9 +80,10 @@ from pomlia_hpc.data.sources.folder_files import (
     NAMED_SKIPPED,
     check_class_names,
     check_image_suffix,
-    hidden_under,
     is_other_file,
     other_files,
+    skipped_symlinks,
+    walk_files,
 )
 from pomlia_hpc.data.sources.folder_layout import (
     CLASS_FOLDERS,
@@ -253,12 +256,13 @@ def _fractions(
     return (val or 0.0, test or 0.0)
 
 
-def _images(cdir: Path) -> list[Path]:
-    """Image files under class folder ``cdir`` (nested folders too; hidden, system and other
-    files skipped: :mod:`.folder_files`)."""
+def _images(cdir: Path, root: Path) -> list[Path]:
+    """Image files under class folder ``cdir`` of image folder ``root`` (nested folders too;
+    hidden, system and other files and symlinks out of the folder skipped:
+    :mod:`.folder_files`)."""
     out = []
-    for f in sorted(cdir.rglob("*")):
-        if f.is_dir() or hidden_under(f, cdir) or is_other_file(f):
+    for f in walk_files(cdir, root):
+        if is_other_file(f):
             continue
         check_image_suffix(f)
         out.append(f)
@@ -304,7 +308,7 @@ class FolderSource(Source):
             only = next(d for d in class_dirs if d.name in classes)
             self.extra["one_class_folder"] = {
                 "folder": only.relative_to(path).as_posix(),
-                "subfolders": [p.name for p in visible(only) if p.is_dir()],
+                "subfolders": [p.name for p in visible(only, path) if p.is_dir()],
             }
         self._limits.check_classes(f"image folder '{path}'", len(classes), "class folders")
         # Rows in hash order, not class by class: any run of rows (a chunk, a shuffle buffer,
@@ -314,9 +318,15 @@ class FolderSource(Source):
         ]
         self.split_sizes = {s: len(files[s]) for s in SPLITS if files[s]}
         if not self._files:
+            links = self.extra.get("skipped_symlinks")
             raise InputError(
                 f"image folder '{path}' has zero images: expected class sub-folders "
                 f"holding {', '.join(IMAGE_SUFFIXES)} files"
+                + (
+                    f" (skipped {links['count']} symlink(s): {links['files'][0]}...)"
+                    if links
+                    else ""
+                )
             )
         self._scan()
         n = len(self.class_names)
@@ -363,7 +373,7 @@ class FolderSource(Source):
         unreadable: list[str] = []
         check_class_names(path, layout.named)
         for cf in layout.class_folders:
-            for f in _images(cf.folder):
+            for f in _images(cf.folder, path):
                 if skip_unreadable and (why := decodes(f)) is not None:
                     unreadable.append(f"{f.relative_to(path).as_posix()} ({why})")
                     continue
@@ -380,6 +390,9 @@ class FolderSource(Source):
                 "count": len(others),
                 "files": others[:NAMED_SKIPPED],
             }
+        links = skipped_symlinks(path)
+        if links:  # out of the folder, broken, loops: skipped, and `data add` names them
+            self.extra["skipped_symlinks"] = {"count": len(links), "files": links[:NAMED_SKIPPED]}
         if unreadable:
             self.extra["skipped_unreadable"] = {"count": len(unreadable), "files": unreadable}
         return files, layout.named

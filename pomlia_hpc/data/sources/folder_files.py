@@ -11,11 +11,19 @@ are refused.
   would drop data the user meant to ingest.
 - **Class folder names** that differ only in case (``Benign`` and ``benign``) or that hold a
   control character (a newline breaks tables and the grid's text layout) are refused.
+- **Symlinks** (to files or folders, at any depth) are followed when what they point to lies
+  inside the image folder; those that point outside it, are broken, or point to a folder they
+  sit in (a loop, ``ln -s .. loop``) are skipped: the image folder source records them
+  (count and the first :data:`NAMED_SKIPPED`, with their targets) and ``data add`` names
+  them in a warning. (An image outside the folder would be ingested while the version names
+  only the folder; a loop would repeat its images for ever.)
 """
 
 from __future__ import annotations
 
+import os
 import unicodedata
+from collections.abc import Iterator
 from pathlib import Path
 
 from pomlia_hpc.errors import InputError
@@ -67,14 +75,70 @@ def hidden_under(path: Path, root: Path) -> bool:
     return any(is_system(Path(p)) for p in path.relative_to(root).parts)
 
 
+def _real(path: Path) -> Path:
+    """``path`` with every symlink resolved (``os.path.realpath``: a loop does not raise)."""
+    return Path(os.path.realpath(path))
+
+
+def skipped_symlink(path: Path, root: Path, chain: tuple[Path, ...] = ()) -> str | None:
+    """Why ``path``, a symlink in image folder ``root``, is skipped (``"outside the
+    folder"``, ``"broken"`` or ``"a loop"``); ``None`` when it is no symlink or is followed.
+    ``chain``: the real folders a walk went through to reach it (a loop may take two links)."""
+    if not path.is_symlink():
+        return None
+    target = _real(path)
+    if not target.exists():
+        return "broken"
+    if not target.is_relative_to(_real(root)):
+        return "outside the folder"
+    if target.is_dir() and any(d.is_relative_to(target) for d in (_real(path.parent), *chain)):
+        return "a loop"
+    return None
+
+
+def walk_files(folder: Path, root: Path, skipped: list[str] | None = None) -> list[Path]:
+    """The files under ``folder`` (in image folder ``root``), at any depth, sorted; hidden
+    and system files and folders are left out, and symlinks are followed or skipped by
+    :func:`skipped_symlink`. The skipped ones are added to ``skipped`` (when given) as
+    ``'<path relative to root> -> <link text> (<why>)'``."""
+
+    def visit(d: Path, chain: tuple[Path, ...]) -> Iterator[Path]:
+        for e in d.iterdir():
+            if is_system(e):
+                continue
+            why = skipped_symlink(e, root, chain)
+            if why is not None:
+                if skipped is not None:
+                    rel = e.relative_to(root).as_posix()
+                    skipped.append(f"{rel} -> {e.readlink()} ({why})")
+            elif e.is_dir():
+                yield from visit(e, (*chain, _real(e)))
+            elif e.is_file():  # not a socket or FIFO
+                yield e
+
+    return sorted(visit(folder, (_real(folder),)))
+
+
+def visible_entries(path: Path, root: Path) -> list[Path]:
+    """The entries of folder ``path`` (in image folder ``root``), sorted, but hidden and
+    system files and the symlinks :func:`skipped_symlink` skips."""
+    return sorted(
+        p for p in path.iterdir() if not is_system(p) and skipped_symlink(p, root) is None
+    )
+
+
 def other_files(root: Path) -> list[str]:
     """The files under ``root`` that are no image (:func:`is_other_file`), as paths relative
-    to ``root``, sorted; hidden folders and system files are left out."""
-    return sorted(
-        f.relative_to(root).as_posix()
-        for f in root.rglob("*")
-        if not hidden_under(f, root) and is_other_file(f)
-    )
+    to ``root``, sorted; hidden folders, system files and skipped symlinks are left out."""
+    return [f.relative_to(root).as_posix() for f in walk_files(root, root) if is_other_file(f)]
+
+
+def skipped_symlinks(root: Path) -> list[str]:
+    """The symlinks under image folder ``root`` that are skipped, described as
+    :func:`walk_files` does, sorted."""
+    skipped: list[str] = []
+    walk_files(root, root, skipped)
+    return sorted(skipped)
 
 
 def check_image_suffix(path: Path) -> None:

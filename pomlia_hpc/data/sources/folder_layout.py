@@ -18,7 +18,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from pomlia_hpc.data.sources.folder_files import hidden_under, is_other_file, is_system
+from pomlia_hpc.data.sources.folder_files import is_other_file, visible_entries, walk_files
 from pomlia_hpc.data.store import SPLITS
 from pomlia_hpc.errors import InputError
 
@@ -69,17 +69,16 @@ class Layout:
     """The folders named as classes (their names checked; skipped when they hold no image)."""
 
 
-def visible(path: Path) -> list[Path]:
-    """The entries of ``path`` but hidden and system files (:func:`is_system`), sorted."""
-    return sorted(p for p in path.iterdir() if not is_system(p))
+def visible(path: Path, root: Path) -> list[Path]:
+    """The entries of ``path`` (in image folder ``root``) but hidden and system files and
+    skipped symlinks (:func:`~.folder_files.visible_entries`), sorted."""
+    return visible_entries(path, root)
 
 
-def has_files(root: Path) -> bool:
-    """Whether ``root`` holds any image file, at any depth (hidden, system and other files
-    that are skipped do not count)."""
-    return any(
-        f.is_file() and not hidden_under(f, root) and not is_other_file(f) for f in root.rglob("*")
-    )
+def has_files(folder: Path, root: Path) -> bool:
+    """Whether ``folder`` (in image folder ``root``) holds any image file, at any depth
+    (hidden, system and other files and skipped symlinks do not count)."""
+    return any(not is_other_file(f) for f in walk_files(folder, root))
 
 
 def names(paths: list[Path]) -> str:
@@ -122,10 +121,10 @@ def _has_train(named: list[Path]) -> bool:
     return any(SPLIT_FOLDER_NAMES[p.name.lower()] == "train" for p in named)
 
 
-def _split_named(folder: Path) -> tuple[list[Path], list[Path]]:
-    """The split-named sub-folders of ``folder``, and its other entries (files that are no
-    image, skipped anyway, left out)."""
-    entries = [e for e in visible(folder) if not is_other_file(e)]
+def _split_named(folder: Path, root: Path) -> tuple[list[Path], list[Path]]:
+    """The split-named sub-folders of ``folder`` (in image folder ``root``), and its other
+    entries (files that are no image, skipped anyway, left out)."""
+    entries = [e for e in visible(folder, root) if not is_other_file(e)]
     named = [e for e in entries if e.is_dir() and e.name.lower() in SPLIT_FOLDER_NAMES]
     return named, [e for e in entries if e not in named]
 
@@ -136,7 +135,7 @@ def split_folders(path: Path) -> dict[str, Path]:
     class-folder dataset may well have classes named ``Test`` or ``dev``); with one, a top
     level that mixes split folders with other folders or files, or names one split twice
     (``val`` and ``valid``), is refused."""
-    entries = visible(path)
+    entries = visible(path, path)
     named = [p for p in entries if p.is_dir() and p.name.lower() in SPLIT_FOLDER_NAMES]
     if not _has_train(named):
         return {}
@@ -157,15 +156,15 @@ def class_split_folders(path: Path) -> dict[Path, dict[str, Path]]:
     same names: a mix (a class folder with images or other folders, beside or instead of
     split folders) is refused, naming the first such folder. Class folders without images
     are left out."""
-    tops = [p for p in visible(path) if p.is_dir()]
-    parts = {p: _split_named(p) for p in tops}
+    tops = [p for p in visible(path, path) if p.is_dir()]
+    parts = {p: _split_named(p, path) for p in tops}
     with_train = next((p for p in tops if _has_train(parts[p][0])), None)
     if with_train is None:
         return {}
     out: dict[Path, dict[str, Path]] = {}
     for p in tops:
         named, rest = parts[p]
-        rest = [e for e in rest if e.is_file() or has_files(e)]
+        rest = [e for e in rest if e.is_file() or has_files(e, path)]
         if rest:
             if named:
                 beside = f"beside its split folders ({names(named)})"
@@ -181,7 +180,7 @@ def class_split_folders(path: Path) -> dict[Path, dict[str, Path]]:
                 f"(root/<class>/<split>/<image>, splits {_aliases()}) or none "
                 "(root/<class>/<image>)"
             )
-        if has_files(p):
+        if has_files(p, path):
             out[p] = _by_split(path, f"class folder '{p.name}' in image folder '{path}'", named)
     _same_split_names(path, out)
     return out
@@ -202,10 +201,10 @@ def _same_split_names(path: Path, found: dict[Path, dict[str, Path]]) -> None:
                 )
 
 
-def _class_dirs(root: Path, split_name: str) -> list[Path]:
-    """The class folders under ``root`` (the dataset folder, or one split folder of it)."""
+def _class_dirs(root: Path, split_name: str, top: Path) -> list[Path]:
+    """The class folders under ``root`` (image folder ``top``, or one split folder of it)."""
     dirs = []
-    for cdir in visible(root):
+    for cdir in visible(root, top):
         if cdir.is_dir():
             dirs.append(cdir)
         elif is_other_file(cdir):
@@ -223,10 +222,12 @@ def _class_dirs(root: Path, split_name: str) -> list[Path]:
     return dirs
 
 
-def _empty(roots: dict[str, list[Path]]) -> list[str]:
-    """The val / test splits whose folders hold no file (taken as missing, so
-    ``--val-fraction`` / ``--test-fraction`` can carve them from train)."""
-    return [s for s in ("val", "test") if s in roots and not any(map(has_files, roots[s]))]
+def _empty(roots: dict[str, list[Path]], top: Path) -> list[str]:
+    """The val / test splits whose folders (in image folder ``top``) hold no file (taken as
+    missing, so ``--val-fraction`` / ``--test-fraction`` can carve them from train)."""
+    return [
+        s for s in ("val", "test") if s in roots and not any(has_files(f, top) for f in roots[s])
+    ]
 
 
 def read_layout(path: Path) -> Layout:
@@ -235,18 +236,18 @@ def read_layout(path: Path) -> Layout:
     folder breaks it and the layouts expected."""
     tops = split_folders(path)
     if tops:
-        empty = _empty({s: [p] for s, p in tops.items()})
+        empty = _empty({s: [p] for s, p in tops.items()}, path)
         out = Layout(SPLIT_FOLDERS, {s: p.name for s, p in tops.items() if s not in empty})
         out.empty_splits = {s: tops[s].name for s in empty}
         for split, root in tops.items():
             if split in empty:
                 continue
-            for cdir in _class_dirs(root, split):
+            for cdir in _class_dirs(root, split, path):
                 key = f"{root.name}/{cdir.name}"
                 out.class_folders.append(ClassFolder(split, cdir.name, cdir, key))
                 out.named.append(cdir)
         return out
-    classes = _class_dirs(path, "")  # refuses image files at the top, as before
+    classes = _class_dirs(path, "", path)  # refuses image files at the top, as before
     by_class = class_split_folders(path)
     if not by_class:
         folders = [ClassFolder("", c.name, c, c.name) for c in classes]
@@ -255,7 +256,7 @@ def read_layout(path: Path) -> Layout:
     for splits in by_class.values():
         for split, folder in splits.items():
             roots.setdefault(split, []).append(folder)
-    empty = _empty(roots)
+    empty = _empty(roots, path)
     out = Layout(CLASS_SPLIT_FOLDERS, named=classes)
     out.splits = {s: roots[s][0].name for s in SPLITS if s in roots and s not in empty}
     out.empty_splits = {s: roots[s][0].name for s in empty}

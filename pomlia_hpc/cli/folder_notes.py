@@ -1,0 +1,57 @@
+"""The warnings and notes ``pomlia data add`` prints on stderr about how an image folder
+was read: its layout (classes named like a split, empty split folders) and the files it
+skipped (no images, symlinks not followed, unreadable images)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pomlia_hpc.cli.app import err_console
+
+
+def print_folder_notes(source: dict[str, Any]) -> None:
+    """Notes on how an image folder's layout was read: classes named like a split (no train
+    folder, so not a split layout) and val/test folders without files (taken as missing)."""
+    named = source.get("split_named_classes") or []
+    if named:
+        err_console.print(
+            f"[yellow]note:[/] class folder(s) {', '.join(repr(c) for c in named)} named like a "
+            "split folder: treated as a class; a split layout needs a train/ folder"
+        )
+    for split, folder in (source.get("empty_split_folders") or {}).items():
+        carved = source.get(f"{split}_fraction")
+        how = (
+            f"carved from train with --{split}-fraction {carved}"
+            if carved
+            else f"--{split}-fraction F carves it from train"
+        )
+        err_console.print(
+            f"[yellow]note:[/] split folder '{folder}' holds no file: taken as missing ({how})"
+        )
+
+
+def print_skipped_files(source: dict[str, Any]) -> None:
+    """Warnings naming the files of an image folder that were skipped: files that are no
+    image and symlinks not followed (count and the first few of each) and, with
+    --skip-unreadable, each unreadable image."""
+    for key, what in (
+        ("skipped_other_files", "file(s) that are not images"),
+        ("skipped_symlinks", "symlink(s) pointing outside the folder, broken or looping"),
+    ):
+        skipped = source.get(key) or {}
+        if skipped:
+            names = [str(f) for f in skipped.get("files", [])][:5]
+            more = int(skipped["count"]) - len(names)
+            err_console.print(
+                f"[yellow]warning:[/] skipped {skipped['count']} {what}: "
+                + ", ".join(f"'{n}'" for n in names)
+                + (f" and {more} more (`data show` lists up to 20)" if more > 0 else "")
+            )
+    unreadable = source.get("skipped_unreadable") or {}
+    if unreadable:
+        err_console.print(
+            f"[yellow]warning:[/] skipped {unreadable['count']} unreadable image file(s) "
+            "(--skip-unreadable):"
+        )
+        for line in unreadable.get("files", []):
+            err_console.print(f"  {line}", markup=False, highlight=False)
