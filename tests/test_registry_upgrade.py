@@ -249,3 +249,75 @@ def test_a_sqlite_uri_is_refused_with_the_url_form_expected(
         assert f"expected sqlite:///PATH, here sqlite:///{home}/registry.db" in err
         assert "recover" not in err and "does not exist" not in err
     assert not (tmp_path / "file:").exists()  # no folder made from the URI taken for a path
+
+
+def test_downgrade_below_0007_with_a_dataset_version_and_back_up(db_url: str) -> None:
+    """0007's downgrade rebuilds ``datasets`` (copy, DROP, rename on SQLite), which versions,
+    tasks and runs refer to: the references must survive it, and the way up again."""
+    _old_registry(db_url)  # a dataset with a version, a task and two runs ...
+    reg = Registry.open(db_url)  # ... at the newest schema
+    kb.registry_observations(reg, "acc")  # run summaries filled
+    head = reg.schema_revision()
+    assert reg.downgrade("0006") == head
+    assert reg.schema_revision() == "0006"
+    assert "current_version_id" not in {
+        c["name"] for c in inspect(reg.engine).get_columns("datasets")
+    }
+    upgrade(reg.engine)
+    assert reg.schema_revision() == head
+    with reg.session() as s:
+        ds = s.scalars(select(Dataset)).one()
+        ver = s.scalars(select(DatasetVersion)).one()
+        task = s.scalars(select(Task)).one()
+        assert (ver.dataset_id, task.dataset_version_id) == (ds.id, ver.id)
+        assert sorted(s.scalars(select(Run.id)).all()) == [1, 2]
+    (obs,), _ = kb.registry_observations(reg, "acc")
+    assert obs.n_runs == 2
+    reg.dispose()
+
+
+def test_a_downgrade_that_fails_half_way_changes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """All the migrations of a downgrade run in one transaction: a reference that would not
+    hold after them (the foreign key check at the end) refuses the whole downgrade, one line,
+    and the schema stays at the newest revision (not at one of the steps on the way)."""
+    home = tmp_path / "w"
+    url = f"sqlite:///{home / 'registry.db'}"
+    assert _pomlia(monkeypatch, capsys, "--home", str(home), "init")[0] == 0
+    head = head_revision()
+    import sqlite3
+
+    with sqlite3.connect(home / "registry.db") as raw:  # foreign keys off: a dangling version
+        raw.execute(
+            "INSERT INTO dataset_versions (dataset_id, version, store_path, n_images, meta, "
+            "fingerprint, created_at) VALUES (999, 'v1', '-', 0, '{}', '{}', '2026-01-01')"
+        )
+    code, _, err = _pomlia(
+        monkeypatch, capsys, "--home", str(home), "registry", "downgrade", "0006", "--yes"
+    )
+    assert code != 0 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert "nothing changed" in err and "dataset_versions" in err
+    reg = Registry.open(url, migrate=False)
+    assert reg.schema_revision() == head  # 0009 and 0008 were not left undone
+    columns = {c["name"] for c in inspect(reg.engine).get_columns("kb_run_stats")}
+    assert "summary_format" in columns and "n_short" in columns
+    reg.dispose()
+
+
+def test_only_the_process_that_migrated_says_it_upgraded(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two processes open an old schema at once: both read the old revision, one migrates,
+    the other finds the schema current under the migration lock and says nothing."""
+    from pomlia_hpc.registry import db
+
+    _old_registry(db_url)
+    first = Registry.open(db_url)
+    assert first.upgraded == (OLD, head_revision())
+    first.dispose()
+    # the second read the revision before the first migrated
+    monkeypatch.setattr(db, "current_revision", lambda engine: OLD)
+    second = Registry.open(db_url)
+    assert second.upgraded is None and second.upgrade_note() is None
+    second.dispose()

@@ -32,6 +32,10 @@ from pomlia_hpc.errors import ConfigError, InputError, NotFoundError
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
+#: ``Config.attributes`` key under which the migrations' ``env.py`` leaves the revision it found
+#: under the migration lock, before migrating (another process may have migrated meanwhile).
+FOUND_REVISION = "pomlia_found_revision"
+
 
 #: What a registry URL should look like, for error messages.
 EXPECTED_URLS = "sqlite:///PATH or postgresql+psycopg://USER:PASSWORD@HOST:PORT/DATABASE"
@@ -173,9 +177,14 @@ def alembic_config(engine: Engine) -> Config:
     return cfg
 
 
-def upgrade(engine: Engine, revision: str = "head") -> None:
-    """Bring the schema to ``revision`` with Alembic (creates it on an empty database)."""
-    command.upgrade(alembic_config(engine), revision)
+def upgrade(engine: Engine, revision: str = "head") -> str | None:
+    """Bring the schema to ``revision`` with Alembic (creates it on an empty database), all
+    migrations in one transaction; returns the revision the schema was at when this process
+    took the migration lock (None: no schema yet). Equal to ``revision``: nothing ran here."""
+    cfg = alembic_config(engine)
+    command.upgrade(cfg, revision)
+    found = cfg.attributes.get(FOUND_REVISION)
+    return str(found) if found is not None else None
 
 
 def current_revision(engine: Engine) -> str | None:
@@ -318,7 +327,7 @@ class Registry:
                 f"pomlia (head {head}); upgrade pomlia-hpc to use this registry"
             )
         try:
-            upgrade(reg.engine)
+            found = upgrade(reg.engine)
         except DBAPIError as exc:
             reg.dispose()
             if not _no_write(exc) or current is None:
@@ -330,8 +339,13 @@ class Registry:
                 "a user with write access must run `pomlia registry upgrade` (or any other "
                 "pomlia command) on it once"
             ) from exc
-        if current is not None and head is not None:
-            reg.upgraded = (current, head)
+        except BaseException:
+            reg.dispose()
+            raise
+        if found is not None and head is not None and found != head:
+            # ``found``, not ``current``: a process that opened the old schema at the same
+            # time may have migrated it first, and then this one changed nothing to report.
+            reg.upgraded = (found, head)
         return reg
 
     def upgrade_note(self) -> str | None:
