@@ -198,3 +198,71 @@ def test_a_cancelled_run_leaves_the_waiting_list(registry: Registry) -> None:
     assert runstats.refresh(registry, {tid: 28}) == 0
     got = _by_arch(registry)
     assert (got["small_cnn"].n_runs, got["small_cnn"].n_failed) == (1, 0)
+
+
+@pytest.mark.postgres
+def test_two_refreshes_that_both_rebuild_count_each_run_once_on_postgres(pg_url: str) -> None:
+    """Refresh A rebuilds the summaries and waits before its commit; refresh B, started
+    meanwhile, must wait for it and then count nothing again (it used to delete A's rows it
+    could not see yet, then fold every run onto A's: each run counted twice)."""
+    import threading
+    import time
+    from collections.abc import Iterator
+
+    from sqlalchemy import text
+    from sqlalchemy.orm import Session
+
+    from pomlia_hpc.strategy import runstats
+
+    reg = Registry.open(pg_url)
+    task_id = _task(reg)
+    _run(reg, task_id, "small_cnn", "ok", 0.9)
+    _run(reg, task_id, "small_cnn", "ok", 0.8)
+    kb.registry_observations(reg, "acc")
+    with reg.session() as s:  # rows of another format: both refreshes build all again
+        s.execute(text("UPDATE kb_run_stats SET summary_format = NULL"))
+        s.execute(text("UPDATE kb_run_seen SET summary_format = NULL"))
+
+    paused, go = threading.Event(), threading.Event()
+
+    class Held(Registry):
+        @contextlib.contextmanager
+        def session(self) -> Iterator[Session]:
+            with super().session() as s:
+                yield s
+                paused.set()  # the refresh is done, its commit waits
+                assert go.wait(120)
+
+    folded: dict[str, Any] = {}
+
+    def refresh(name: str, r: Registry) -> None:
+        try:
+            folded[name] = runstats.refresh(r, {}, {})
+        except Exception as exc:  # reported by the assertion below
+            folded[name] = exc
+
+    reg_a, reg_b = Held(pg_url), Registry(pg_url)
+    a = threading.Thread(target=refresh, args=("a", reg_a))
+    a.start()
+    assert paused.wait(120)
+    b = threading.Thread(target=refresh, args=("b", reg_b))
+    b.start()
+    deadline = time.monotonic() + 120  # until B waits on a lock A holds
+    waiting = 0
+    while not waiting and time.monotonic() < deadline and b.is_alive():
+        with reg.session() as s:
+            waiting = s.execute(
+                text(
+                    "SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock' "
+                    "AND datname = current_database()"
+                )
+            ).scalar_one()
+        time.sleep(0.05)
+    go.set()
+    a.join(120)
+    b.join(120)
+    assert folded == {"a": 2, "b": 0}
+    (obs,) = kb.registry_observations(reg, "acc")[0]
+    assert obs.n_runs == 2
+    for r in (reg_a, reg_b, reg):
+        r.dispose()

@@ -46,6 +46,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from pomlia_hpc.registry import KbRunSeen, KbRunStats, Registry, Run, Task
+from pomlia_hpc.registry.db import lock_name
 from pomlia_hpc.strategy.longformat import strategy_key
 
 #: Statuses counted as runs of their strategy (``crashed``: a failure of it).
@@ -83,8 +84,10 @@ def refresh(
     """Fold the finished runs not counted yet; returns how many. ``image_sizes``: the input
     size of each task (by id), part of a strategy; ``min_epochs``: per task, the fewest epochs
     a run must have reached for its value to count as the strategy's (fewer: a short run, kept
-    apart as a lower bound; a run that does not say how far it trained counts). Another
-    process folding the same runs at the same moment makes this one's transaction fail on
+    apart as a lower bound; a run that does not say how far it trained counts). Refreshes
+    take one write lock first (:func:`~pomlia_hpc.registry.db.lock_name`), so a second one
+    waits and then sees what the first folded. Should another process fold the same runs
+    anyway (an older pomlia, which takes no lock), this one's transaction fails on
     ``kb_run_seen`` (nothing of it stays); it then reads what the other one folded."""
     try:
         return _refresh(registry, image_sizes, min_epochs or {})
@@ -183,6 +186,10 @@ def _forget_if_foreign(s: Session) -> bool:
 
 def _refresh(registry: Registry, image_sizes: dict[int, int], min_epochs: dict[int, float]) -> int:
     with registry.session() as s:
+        # First, so refreshes run one at a time: on PostgreSQL a second one that decided to
+        # rebuild from its own snapshot would delete rows it cannot see yet and fold every run
+        # onto the first one's (counted twice), or update a row the first deleted (a crash).
+        lock_name(s, "kb-run-stats")
         if not _forget_if_foreign(s):
             _forget_if_stale(s)
         metric_of = dict(s.execute(select(Task.id, Task.metric)).all())
