@@ -526,3 +526,64 @@ def test_two_watchers_take_over_a_killed_watchers_request_once(
         for proc in pair:
             proc.kill()
             proc.wait()
+
+
+# -- who the taker is: the same host and pid may be another process ---------------------------
+
+
+def _set_taker(reg: Registry, request_id: int, record: Any) -> None:
+    from dataclasses import asdict
+
+    from pomlia_hpc.loop.requests import TAKER
+
+    with reg.session() as s:
+        row = s.get(RetrainRequest, request_id)
+        assert row is not None
+        row.status = "taken"
+        row.meta = {**(row.meta or {}), TAKER: asdict(record)}
+
+
+def test_a_dead_watcher_with_this_processs_pid_is_not_this_process(
+    workspace: Workspace, served: Registry
+) -> None:
+    """A container restarted: its new watcher is pid 1 on the same host name, like the dead
+    one that took the request. Taken for this process, the request was neither abandoned nor
+    taken over ("another watcher took it"): stuck."""
+    from dataclasses import replace
+
+    from pomlia_hpc.automl.liveness import this_process
+    from pomlia_hpc.loop.requests import abandoned
+
+    req = _request(served)
+    me = this_process()
+    dead = replace(me, proc_ticks="another-boot:1", proc_start=(me.proc_start or 0.0) - 3600)
+    _set_taker(served, req, dead)
+    with served.session() as s:
+        row = s.get(RetrainRequest, req)
+        assert row is not None
+        assert abandoned(s, row, workspace) is not None  # its taker is not running
+    assert take(served, req, "s", workspace).taken
+
+
+def test_release_leaves_a_request_another_watcher_took_over(
+    workspace: Workspace, served: Registry
+) -> None:
+    """A watcher shutting down let go of a request that another had taken over meanwhile:
+    the other's record was removed and the request put back to open under it."""
+    import time
+    from dataclasses import replace
+
+    from pomlia_hpc.automl.liveness import this_process
+    from pomlia_hpc.loop.requests import TAKER, release
+
+    req = _request(served)
+    assert take(served, req, "s", workspace).taken
+    other = replace(this_process(), host="other-node", pid=4242, beat=time.time())
+    _set_taker(served, req, other)  # taken over by a live watcher on another node
+    release(served, req)
+    status, meta = _status(served, req)
+    assert status == "taken" and meta[TAKER]["host"] == "other-node" and "outcome" not in meta
+    _set_taker(served, req, this_process())  # its own: let go (no run: open again)
+    release(served, req)
+    status, meta = _status(served, req)
+    assert status == "open" and TAKER not in meta

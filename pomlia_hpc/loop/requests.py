@@ -39,6 +39,7 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from pomlia_hpc.automl.liveness import (
+    CREATE_TIME_TOLERANCE_S,
     DriverRecord,
     driver_gone,
     may_take_over,
@@ -189,8 +190,18 @@ def _taker(row: RetrainRequest) -> DriverRecord | None:
 
 
 def _mine(record: DriverRecord) -> bool:
-    """Whether ``record`` is this process (which may take again what it took itself)."""
-    return (record.host, record.pid) == (socket.gethostname(), os.getpid())
+    """Whether ``record`` is this process (which may take again what it took itself): its host,
+    pid and, when both are known, its start (boot-relative ticks, else the start time within
+    the tolerance of :func:`~pomlia_hpc.automl.liveness.driver_gone`). Host and pid alone are
+    not enough: a restarted container's watcher is pid 1 on the same host name again."""
+    if (record.host, record.pid) != (socket.gethostname(), os.getpid()):
+        return False
+    me = this_process()
+    if record.proc_ticks is not None and me.proc_ticks is not None:
+        return record.proc_ticks == me.proc_ticks
+    if record.proc_start is not None and me.proc_start is not None:
+        return abs(record.proc_start - me.proc_start) < CREATE_TIME_TOLERANCE_S
+    return True  # a record from before start ids: the pid decides
 
 
 def _why_gone(record: DriverRecord, requeue: bool) -> str | None:
@@ -379,7 +390,9 @@ def settle(registry: Registry, request_id: int, result: LoopResult) -> None:
 def release(registry: Registry, request_id: int) -> None:
     """After a stop (a signal) of the request's driver: the request stays ``taken`` while its
     loop run can be resumed (its window is fixed; the next watcher resumes it), and is
-    ``open`` again when no run was started (nothing fixed: later alarms may join it)."""
+    ``open`` again when no run was started (nothing fixed: later alarms may join it). A
+    request another process has taken over meanwhile (this one was shutting down) is left as
+    that process recorded it."""
     with registry.session() as s:
         row = s.get(RetrainRequest, request_id)
         if row is None:
@@ -388,6 +401,9 @@ def release(registry: Registry, request_id: int) -> None:
         s.refresh(row)
         if row.status != TAKEN:
             return
+        taker = _taker(row)
+        if taker is not None and not _mine(taker):
+            return  # no longer ours to let go
         if _resumable_runs(s, row.id):
             outcome = "interrupted; resumed by the next watch"
         else:
