@@ -258,7 +258,10 @@ def test_poll_lock_gives_up_at_the_deadline_with_the_callers_refusal() -> None:
         poll_lock(held, "x is held by another process", 0.3)
     waited = time.monotonic() - start
     assert str(refused.value) == "x is held by another process"
-    assert 0.3 <= waited < 3 and len(tries) > 2  # polled, then refused once past the deadline
+    # polled (at least once more after the first try), refused once past the deadline; the
+    # upper bound is loose: a loaded CI machine may oversleep each poll many times over
+    assert waited >= 0.3 and len(tries) >= 2
+    assert waited < 60
     tries.clear()
     with pytest.raises(PomliaError):
         poll_lock(held, "x", 0)
@@ -278,11 +281,11 @@ def test_poll_lock_takes_the_lock_once_its_holder_lets_go(tmp_path: Path) -> Non
             return True
 
         release = threading.Timer(0.3, fcntl.flock, (holder, fcntl.LOCK_UN))
+        start = time.monotonic()  # before the timer starts: the release comes >= 0.3 s after
         release.start()
-        start = time.monotonic()
         try:
-            poll_lock(attempt, "held", 10)
+            poll_lock(attempt, "held", 120)  # returns (no refusal): taken before the deadline
         finally:
             release.join()
-        assert 0.25 <= time.monotonic() - start < 5  # waited for the release, not the deadline
+        assert time.monotonic() - start >= 0.3  # waited for the release
         fcntl.flock(fh, fcntl.LOCK_UN)
