@@ -209,3 +209,51 @@ def test_defaults_are_shown_in_one_form() -> None:
                 row = rows[next(o for o in param.opts if o.startswith("--"))]
             if shown and not _plain_flag(param):
                 assert "[default: " in row, (path, param.name, row.strip())
+
+
+#: A typer whose internals moved: the renderers cli/app.py replaces are not where it looks
+#: (removed while pomlia_hpc.cli is imported), then typer's own are back under its own names
+#: (put back, as a newer typer would call its own), and no patch of ours may be in the way.
+WITHOUT_TYPER_INTERNALS = """
+import sys
+import typer.core
+import typer.rich_utils
+
+moved = [
+    (typer.core.TyperOption, "_get_default_string"),
+    (typer.core.TyperArgument, "_get_default_string"),
+]
+own = [(cls, name, cls.__dict__[name]) for cls, name in moved]
+for cls, name in moved:
+    delattr(cls, name)
+name_raw = typer.core.TyperArgument.__mro__[1].__dict__["display_name_raw"]
+typer.core.TyperArgument.display_name_raw = None
+from pomlia_hpc.cli import main
+
+for cls, name, was in own:
+    assert getattr(cls, name, None) is None, name  # nothing of ours put there
+    setattr(cls, name, was)
+assert typer.core.TyperArgument.display_name_raw is None
+del typer.core.TyperArgument.display_name_raw
+assert typer.core.TyperArgument.display_name_raw is name_raw
+sys.argv = ["pomlia", *sys.argv[1:]]
+main()
+"""
+
+
+@pytest.mark.parametrize("args", [["--help"], ["automl", "run", "--help"], ["data", "list", "x"]])
+def test_the_cli_starts_with_a_typer_whose_internals_moved(args: list[str]) -> None:
+    """Patching a renderer this typer lacks broke every command at import (AttributeError):
+    typer's own rendering is kept instead."""
+    proc = subprocess.run(
+        [sys.executable, "-c", WITHOUT_TYPER_INTERNALS, *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "COLUMNS": "120", "POMLIA_HOME": "/nonexistent-pomlia-home"},
+    )
+    assert "Traceback" not in proc.stderr and "AttributeError" not in proc.stderr, proc.stderr
+    if args[-1] == "--help":
+        assert proc.returncode == 0 and "Usage:" in proc.stdout, proc.stdout
+    else:  # a command runs as far as its own refusal
+        assert proc.returncode != 0 and proc.stderr.startswith("error: "), proc.stderr

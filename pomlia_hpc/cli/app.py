@@ -372,13 +372,21 @@ def _format_usage_error(exc: Any) -> None:
     err_console.print(f"[bold red]error:[/] {escape(line)}", highlight=False, soft_wrap=True)
 
 
+def patch_typer(owner: Any, name: str, new: Any) -> Any:
+    """Replace typer's ``owner.name`` (a help or error renderer, some of them typer's private
+    ones) with ``new``; returns what it was. A typer without that name (its internals moved:
+    pyproject pins the 0.29 line, but an install may not follow it) is left as it is and None
+    returned: typer's own rendering then stays, and the CLI still starts."""
+    old = getattr(owner, name, None)
+    if old is None:
+        return None
+    setattr(owner, name, new)
+    return old
+
+
 # Typer looks the printer up on its module at each error, so this replaces it everywhere
 # (the console entry point and the test runner alike).
-_typer_format_error = typer.rich_utils.rich_format_error
-typer.rich_utils.rich_format_error = _format_usage_error  # type: ignore[assignment]
-
-
-_typer_option_type = typer.core.TyperOption.display_type_rich
+_typer_format_error = patch_typer(typer.rich_utils, "rich_format_error", _format_usage_error)
 
 
 def _option_type_in_help(self: typer.core.TyperOption, ctx: Any) -> str | None:
@@ -391,7 +399,7 @@ def _option_type_in_help(self: typer.core.TyperOption, ctx: Any) -> str | None:
 
 
 # The rich help panels ask each option for this (the plain help already skips flags).
-typer.core.TyperOption.display_type_rich = _option_type_in_help  # type: ignore[method-assign]
+_typer_option_type = patch_typer(typer.core.TyperOption, "display_type_rich", _option_type_in_help)
 
 
 def _argument_name(self: typer.core.TyperArgument) -> str:
@@ -410,10 +418,11 @@ def _argument_usage(self: typer.core.TyperArgument, ctx: Any) -> list[str]:
     return [name + ("..." if self.nargs != 1 else "")]
 
 
-typer.core.TyperArgument.display_name_raw = property(_argument_name)  # type: ignore[assignment,method-assign]
-typer.core.TyperArgument.get_usage_pieces = _argument_usage  # type: ignore[method-assign]
+if patch_typer(typer.core.TyperArgument, "display_name_raw", property(_argument_name)):
+    # the usage line reads the name patched above: typer's own where that is missing
+    patch_typer(typer.core.TyperArgument, "get_usage_pieces", _argument_usage)
 
-_typer_option_default = typer.core.TyperOption._get_default_string
+_typer_option_default: Any = getattr(typer.core.TyperOption, "_get_default_string", None)
 
 
 def _default_text(self: Any, *, ctx: Any, show_default_is_str: bool, default_value: Any) -> str:
@@ -428,9 +437,11 @@ def _default_text(self: Any, *, ctx: Any, show_default_is_str: bool, default_val
     )
 
 
-# Typer's rich help asks each parameter for this text (typer.rich_utils).
-typer.core.TyperOption._get_default_string = _default_text  # type: ignore[method-assign]
-typer.core.TyperArgument._get_default_string = _default_text  # type: ignore[method-assign]
+# Typer's rich help asks each parameter for this text (typer.rich_utils); only where this
+# typer has it for both, as the text of a default said in words comes from the option's.
+if _typer_option_default is not None:
+    patch_typer(typer.core.TyperOption, "_get_default_string", _default_text)
+    patch_typer(typer.core.TyperArgument, "_get_default_string", _default_text)
 
 
 def _interrupted(exc: SystemExit) -> bool:
