@@ -245,7 +245,7 @@ def test_a_sqlite_uri_is_refused_with_the_url_form_expected(
     for command in (["data", "list"], ["init"]):
         code, _, err = _pomlia(monkeypatch, capsys, "--home", str(home), "--db-url", uri, *command)
         assert code == 2 and err.count("\n") == 1, err
-        assert f"registry URL '{uri}': SQLite URI filenames" in err
+        assert f"registry URL '{uri}': SQLite URI filenames and query arguments" in err
         assert f"expected sqlite:///PATH, here sqlite:///{home}/registry.db" in err
         assert "recover" not in err and "does not exist" not in err
     assert not (tmp_path / "file:").exists()  # no folder made from the URI taken for a path
@@ -321,3 +321,24 @@ def test_only_the_process_that_migrated_says_it_upgraded(
     second = Registry.open(db_url)
     assert second.upgraded is None and second.upgrade_note() is None
     second.dispose()
+
+
+@pytest.mark.parametrize("query", ["mode=ro", "cache=shared", "timeout=5"])
+def test_a_sqlite_url_with_a_query_argument_is_refused_and_the_file_left_alone(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], query: str
+) -> None:
+    """``?mode=ro`` without ``uri=true``: SQLAlchemy ignored it with a warning, opened the file
+    read-write and migrated it, though the message and the README said it was refused."""
+    home = tmp_path / "w"
+    home.mkdir()
+    db = home / "registry.db"
+    _old_registry(f"sqlite:///{db}")
+    before = db.read_bytes()
+    url = f"sqlite:///{db}?{query}"
+    code, _, err = _pomlia(
+        monkeypatch, capsys, "--home", str(home), "--db-url", url, "data", "list"
+    )
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert f"registry URL '{url}': SQLite URI filenames and query arguments" in err
+    assert f"expected sqlite:///PATH, here sqlite:///{db}" in err
+    assert db.read_bytes() == before  # not migrated

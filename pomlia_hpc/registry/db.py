@@ -95,8 +95,9 @@ def make_engine(url: str, *, busy_timeout_s: float = 60.0) -> Engine:
         path = str(parsed.database or "").removeprefix("file:")
         path = "/" + path.lstrip("/") if path.startswith("//") else path  # file:///abs
         raise ConfigError(
-            f"registry URL '{url}': SQLite URI filenames (file:..., ?uri=true, ?mode=ro) are "
-            f"not supported; expected sqlite:///PATH, here sqlite:///{path} (it opens the file "
+            f"registry URL '{url}': SQLite URI filenames and query arguments (file:..., "
+            f"?uri=true, ?mode=ro) are not supported; expected sqlite:///PATH, here "
+            f"sqlite:///{path} (it opens the file "
             "read-write; for users who may only read, use PostgreSQL with a read-only role)"
         )
     try:
@@ -128,10 +129,12 @@ def make_engine(url: str, *, busy_timeout_s: float = 60.0) -> Engine:
 
 
 def _sqlite_uri(parsed: URL) -> bool:
-    """Whether a SQLite URL names its database as a URI (``sqlite:///file:PATH?mode=ro&uri=true``):
-    the registry's checks would take ``file:PATH`` for a path (a missing file, a folder named
-    ``file:``), and a read-only connection cannot take the write lock every session starts with."""
-    return "uri" in parsed.query or str(parsed.database or "").startswith("file:")
+    """Whether a SQLite URL names its database as a URI (``sqlite:///file:PATH?mode=ro&uri=true``)
+    or has any query argument: the registry's checks would take ``file:PATH`` for a path (a
+    missing file, a folder named ``file:``), a read-only connection cannot take the write lock
+    every session starts with, and without ``uri=true`` SQLAlchemy ignores ``?mode=ro`` with
+    a warning and opens (and migrates) the file read-write."""
+    return bool(parsed.query) or str(parsed.database or "").startswith("file:")
 
 
 def _wal_mode(cur: sqlite3.Cursor, busy_timeout_s: float) -> None:
