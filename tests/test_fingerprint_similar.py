@@ -121,8 +121,12 @@ def test_similar_reads_summaries_not_embeddings(world: tuple[Registry, list[str]
     assert similar_datasets(reg, "enc", "blood_a", k=3) == before
 
 
-def test_missing_summary_is_computed_on_first_use(world: tuple[Registry, list[str]]) -> None:
-    reg, _refs = world
+def test_missing_summary_is_computed_on_use_and_stored_by_the_extraction(
+    world: tuple[Registry, list[str]], workspace: Workspace
+) -> None:
+    """A set extracted before summaries existed: a reader (`similar`) computes its summary in
+    memory and writes nothing (it wrote summary.npz); `fingerprint extract` stores it."""
+    reg, refs = world
     with reg.session() as s:
         paths = [fs.embeddings_path for fs in s.query(FingerprintSet)]
     before = similar_datasets(reg, "enc", "blood_a", k=3, distance="frechet")
@@ -131,7 +135,11 @@ def test_missing_summary_is_computed_on_first_use(world: tuple[Registry, list[st
     after = similar_datasets(reg, "enc", "blood_a", k=3, distance="frechet")
     assert [r.ref for r in after] == [r.ref for r in before]
     assert [r.distance for r in after] == pytest.approx([r.distance for r in before])
-    assert all(summary_path(p).is_file() for p in paths)
+    assert not any(summary_path(p).exists() for p in paths)  # readers write nothing
+    plan = plan_extraction(reg, workspace, "enc", refs, shards=1, threads=1)
+    assert not plan.specs  # complete: nothing to run, ...
+    finish_extraction(reg, plan)
+    assert all(summary_path(p).is_file() for p in paths)  # ... and the summaries stored
 
 
 def test_sample_of_class_sorted_rows_covers_every_class(tmp_path: Path) -> None:

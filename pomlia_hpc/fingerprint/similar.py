@@ -43,7 +43,7 @@ from pomlia_hpc.errors import InputError, NotFoundError
 from pomlia_hpc.fingerprint.encoders import get_encoder
 from pomlia_hpc.fingerprint.index import load_index
 from pomlia_hpc.fingerprint.ranking import DEFAULT_DISTANCE, check_distance, fields_for, score
-from pomlia_hpc.fingerprint.summary import Summary, compute_summary, read_summary, write_summary
+from pomlia_hpc.fingerprint.summary import Summary, compute_summary, read_summary
 from pomlia_hpc.fingerprint.usable import (
     LeftOut,
     Unrecorded,
@@ -225,16 +225,13 @@ def load_summary(
 ) -> Summary:
     """The stored summary of a complete fingerprint set (only ``fields`` of it, see
     :func:`read_summary`); sets extracted before summaries existed get theirs computed from
-    the embeddings now (and stored, atomically, for a recorded set: an unrecorded one's is
-    the extraction command's to write, a reader writes nothing for it)."""
+    the embeddings now, in memory: a reader writes nothing (`pomlia fingerprint extract` run
+    again on such a set stores it, :func:`~pomlia_hpc.fingerprint.usable.record_finished`)."""
     found = read_summary(fs.embeddings_path, fields)
     if found is not None:
         return found
     fp = open_store(find_version(registry, ref).store_path).fingerprint
-    summary = compute_summary(fs.embeddings_path, fp)
-    if fs.status == "complete":
-        write_summary(fs.embeddings_path, summary)
-    return summary
+    return compute_summary(fs.embeddings_path, fp)
 
 
 def _left_out_clause(left: list[LeftOut]) -> str:
