@@ -66,7 +66,8 @@ def downgrade(
     pomlia_hpc/registry/migrations/versions/, e.g. 0007 for 511a219). Each migration's
     downgrade runs in turn; asks first (or --yes). What the newer revisions' columns and
     tables held is lost, and the recommender's run summaries are emptied (the older pomlia
-    builds them again). A migration without a downgrade is refused, with nothing changed.
+    builds them again). A migration without a downgrade is refused, with nothing changed;
+    all of them run in one transaction, so one that fails changes nothing either.
     Run it with the newer pomlia, then use only the older one: any command of the newer one
     upgrades the schema again."""
     ws = STATE.workspace

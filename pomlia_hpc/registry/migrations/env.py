@@ -6,7 +6,7 @@ failing step would leave half done): a failure leaves the schema where it was.
 """
 
 from alembic import context
-from sqlalchemy import create_engine, text
+from sqlalchemy import Connection, create_engine, text
 
 from pomlia_hpc.errors import ConfigError
 from pomlia_hpc.registry.db import FOUND_REVISION
@@ -14,6 +14,14 @@ from pomlia_hpc.registry.schema import Base
 
 #: Key of the PostgreSQL advisory lock that serialises migrations (any constant; "pomlia" in hex).
 MIGRATION_LOCK_KEY = 0x706F6D6C6961
+
+
+def _foreign_keys(connection: Connection, on: bool) -> None:
+    """Switch SQLite's foreign key enforcement on the raw connection, outside any transaction
+    (inside one the pragma does nothing)."""
+    raw = connection.connection.driver_connection
+    if raw is not None:
+        raw.execute(f"PRAGMA foreign_keys={'ON' if on else 'OFF'}")
 
 
 config = context.config
@@ -28,7 +36,7 @@ with engine.connect() as connection:
         # DROP of a referenced table (datasets) fails. The pragma is a no-op inside a
         # transaction, so it is set on the raw connection before ours begins; the keys are
         # checked at the end instead (PRAGMA foreign_key_check), as SQLite's docs prescribe.
-        connection.connection.driver_connection.execute("PRAGMA foreign_keys=OFF")
+        _foreign_keys(connection, on=False)
     context.configure(
         connection=connection,
         target_metadata=Base.metadata,
@@ -62,4 +70,4 @@ with engine.connect() as connection:
         connection.commit()
     finally:
         if sqlite and not connection.invalidated:  # the next user of the connection
-            connection.connection.driver_connection.execute("PRAGMA foreign_keys=ON")
+            _foreign_keys(connection, on=True)
