@@ -14,10 +14,12 @@ caps the number of concurrent processes the same way.
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -109,17 +111,23 @@ class Executor:
         resources: dict[str, Any] | None = None,
         after_ok: Sequence[JobHandle] = (),
         job_meta: dict[str, Any] | None = None,
+        env: Mapping[str, str] | None = None,
         **kwargs: Any,
     ) -> JobHandle:
         """Submit ``fn(*args, **kwargs)`` as one job. ``after_ok``: Slurm jobs that must end
         COMPLETED before this one starts (``--dependency=afterok``); if one fails, Slurm
         cancels this one (``--kill-on-invalid-dep``). Only the Slurm backend chains jobs.
-        ``job_meta``: recorded in the job's row (``Job.meta``) with the executor's own keys."""
+        ``job_meta``: recorded in the job's row (``Job.meta``) with the executor's own keys.
+        ``env``: variables of the job's environment, for secrets (the registry URL): the job
+        and its arguments are pickled into the job folder, the environment is not (a local
+        or debug job inherits it from this process, a Slurm job through sbatch's default
+        ``--export=ALL``, kept by slurmctld for requeues)."""
         profile = with_overrides(self.profile, resources)
         ex = self._submitit(profile, name)
         if after_ok:
             ex.update_parameters(**after_ok_parameters(profile, [h.job_id for h in after_ok]))
-        with sbatch_refusals(profile, name):  # one line naming the option, not a traceback
+        # one line naming the option, not a traceback
+        with sbatch_refusals(profile, name), _environment(env or {}):
             job = ex.submit(fn, *args, **kwargs)
         started = _started(profile, job)
         (rid,) = self._record([str(job.job_id)], name, None, [{**(job_meta or {}), **started}])
@@ -289,6 +297,22 @@ class Executor:
             dropped = len(kept) != len(self._pending)
             self._pending = kept
             return dropped
+
+
+@contextlib.contextmanager
+def _environment(env: Mapping[str, str]) -> Iterator[None]:
+    """This process's environment with ``env`` set, for the submission only: submitit starts a
+    local job, records a debug job and runs sbatch with the environment of the moment."""
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def _started(profile: ClusterProfile, job: submitit.Job[Any]) -> dict[str, Any]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import fcntl
 import json
+import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -50,7 +51,7 @@ from pomlia_hpc.pipeline.stage import (
 )
 from pomlia_hpc.pipeline.stages import active_stages
 from pomlia_hpc.progress import say
-from pomlia_hpc.registry import Job, Registry
+from pomlia_hpc.registry import Job, Registry, shown_url
 from pomlia_hpc.workspace import Workspace
 
 SPEC_SNAPSHOT = "spec.json"
@@ -196,18 +197,24 @@ def run_in_process(ctx: StageContext, plan: Plan) -> dict[str, str]:
     return outcome
 
 
+#: The variable that carries the registry URL into stage and driver jobs (see :func:`submit`).
+REGISTRY_ENV = "POMLIA_DB_URL"
+
+
 @dataclass
 class StageJob:
-    """One stage as a cluster job (chain mode): rebuilds its context from the snapshot."""
+    """One stage as a cluster job (chain mode): rebuilds its context from the snapshot.
+    ``registry``: the registry URL as shown (password hidden), to check the job's
+    ``POMLIA_DB_URL`` against; the URL itself is never pickled into the job folder."""
 
     snapshot: str
     stage: str
     home: str
-    db_url: str
+    registry: str
     profile: str
 
     def __call__(self) -> str:
-        ctx = job_context(self.snapshot, self.home, self.db_url, self.profile)
+        ctx = job_context(self.snapshot, self.home, self.registry, self.profile)
         stage = next(s for s in active_stages(ctx.spec) if s.name == self.stage)
         # scancel of this job: its child jobs (the stage's work) are cancelled with it
         with quiet_cancellation(), pipeline_lock(ctx.folder), cancel_children_on_stop():
@@ -219,8 +226,8 @@ class DriverJob(Checkpointable):
     stage resumes its own work (training from its checkpoint, extraction from done shards,
     a study from its saved state)."""
 
-    def __init__(self, snapshot: str, home: str, db_url: str, profile: str) -> None:
-        self.args = (snapshot, home, db_url, profile)
+    def __init__(self, snapshot: str, home: str, registry: str, profile: str) -> None:
+        self.args = (snapshot, home, registry, profile)  # registry: as StageJob's
 
     def __call__(self) -> dict[str, str]:
         ctx = job_context(*self.args)
@@ -231,8 +238,22 @@ class DriverJob(Checkpointable):
         return out
 
 
-def job_context(snapshot: str, home: str, db_url: str, profile: str) -> StageContext:
-    """The context of a stage job: the spec snapshot, the workspace and registry it ran with."""
+def job_context(snapshot: str, home: str, registry: str, profile: str) -> StageContext:
+    """The context of a stage job: the spec snapshot, the workspace and registry it ran with.
+    The registry URL comes from the job's environment (``POMLIA_DB_URL``, set by
+    :func:`submit`); ``registry`` is the submitter's, as shown, which it must match."""
+    db_url = os.environ.get(REGISTRY_ENV, "")
+    if not db_url:
+        raise ConfigError(
+            f"this pipeline job has no {REGISTRY_ENV} in its environment; expected the "
+            f"registry {registry}, which `pipeline run` passes in the job's environment "
+            "(a cluster profile or SBATCH_EXPORT that sets sbatch --export to NONE drops it)"
+        )
+    if shown_url(db_url) != registry:
+        raise ConfigError(
+            f"this pipeline job's {REGISTRY_ENV} names the registry {shown_url(db_url)}, "
+            f"but the pipeline was submitted on {registry}; nothing was run"
+        )
     ws = Workspace(home=Path(home), db_url=db_url, cluster_profile=profile)
     reg = Registry.open(db_url, busy_timeout_s=ws.sqlite_busy_timeout_s)
     return StageContext(load_snapshot(Path(snapshot)), ws, reg, log=say)
@@ -246,10 +267,13 @@ def submit(ctx: StageContext, plan: Plan, snapshot: Path) -> dict[str, dict[str,
     ex = Executor(plan.profile, ws.jobs, ctx.registry)
     res = ctx.spec.execution.resources.as_overrides() or {}
     res.setdefault("gpus_per_node", 0)
-    args = (str(snapshot), str(ws.home), ws.db_url, plan.profile_name)
+    # The registry URL (its password) travels in the jobs' environment, not in their pickled
+    # arguments: those stay in the job folder, readable by whoever can read the workspace.
+    args = (str(snapshot), str(ws.home), shown_url(ws.db_url), plan.profile_name)
+    env = {REGISTRY_ENV: ws.db_url}
     jobs: dict[str, dict[str, Any]] = {}
     if plan.mode == "driver":
-        h = ex.submit(DriverJob(*args), name=f"pipeline-{ctx.spec.name}", resources=res)
+        h = ex.submit(DriverJob(*args), name=f"pipeline-{ctx.spec.name}", resources=res, env=env)
         info = {"job": h.record_id, "scheduler_id": h.job_id}
         jobs = {sp.stage.name: info for sp in plan.stages if sp.action == "run"}
     else:
@@ -263,6 +287,7 @@ def submit(ctx: StageContext, plan: Plan, snapshot: Path) -> dict[str, dict[str,
                 name=f"pipeline-{ctx.spec.name}-{sp.stage.name}",
                 resources=res,
                 after_ok=[previous] if previous is not None else [],
+                env=env,
             )
             jobs[sp.stage.name] = {"job": h.record_id, "scheduler_id": h.job_id}
             previous = h
