@@ -98,18 +98,29 @@ def write_atomic(
     data: bytes | str | Callable[[IO[bytes]], Any],
     *,
     fsync: bool = True,
+    mode: int | None = None,
 ) -> Path:
     """Write ``path`` all at once: ``data`` (bytes, text as UTF-8, or a function that writes
     to the open binary file) under :func:`temp_name`, flushed, renamed over ``path``, the folder
     flushed. Creates the folder; nothing is left behind when writing fails. ``fsync=False``
-    skips both flushes (files that are cheap to make again). Returns ``path``."""
+    skips both flushes (files that are cheap to make again). ``mode``: the permission bits the
+    file is created with (``0o600`` for a secret; the umask still applies), never wider for
+    an instant; ``None``: the umask's default. Returns ``path``."""
     path = Path(path)
-    with atomic_target(path, fsync=fsync) as tmp, open(tmp, "wb") as f:
+    with atomic_target(path, fsync=fsync) as tmp, _create(tmp, mode) as f:
         if callable(data):
             data(f)
         else:
             f.write(data.encode() if isinstance(data, str) else data)
     return path
+
+
+def _create(path: Path, mode: int | None) -> IO[bytes]:
+    """``path`` opened for writing, created with ``mode`` (a chmod afterwards would leave a
+    moment in which others can open it, and keep what they opened then)."""
+    if mode is None:
+        return open(path, "wb")
+    return os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode), "wb")
 
 
 def write_npz(

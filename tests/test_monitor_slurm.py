@@ -81,8 +81,8 @@ def test_daily_schedule_prints_cron_and_scrontab_lines(
     try:
         assert res.exit_code == 0, (res.output, res.exception)
         out = " ".join(res.output.split())
-        cron = "30 2 * * * sbatch --job-name=pomlia-monitor-blood-daily --dependency=singleton"
-        assert cron in out
+        cron = "sbatch --job-name=pomlia-monitor-blood-daily --dependency=singleton"
+        assert "30 2 * * * POMLIA_MONITOR_CONF=" in out and cron in out
         assert "#SCRON --job-name=pomlia-monitor-blood-daily" in out
         (job,) = jobs_named(job_name("blood-daily"))
         assert job.state == "PENDING" and "02:30:00" in job.begin

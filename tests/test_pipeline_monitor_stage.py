@@ -1,5 +1,5 @@
-"""The pipeline's monitor stage records the same cron line as `monitor schedule` suggests:
-with the registry URL (a workspace on PostgreSQL) and the alarm action."""
+"""The pipeline's monitor stage records the same crontab lines as `monitor schedule` suggests:
+with the registry URL (a workspace on PostgreSQL: a POMLIA_DB_URL line) and the alarm action."""
 
 from __future__ import annotations
 
@@ -61,9 +61,11 @@ def test_the_cron_line_names_the_registry_and_the_alarm_action(
     monitor = {"at": "03:15", "window": "2d", "on_alarm": "pomlia loop run s"}
     out, _ = _run_stage(workspace, reg, tmp_path, monkeypatch, url, monitor)
     cron = out["t"]["cron"]
-    assert cron.startswith("15 3 * * * ") and out["t"]["scheduled"] is False, cron
-    assert f"--db-url {url}" in cron and "--on-alarm 'pomlia loop run s'" in cron, cron
-    assert "monitor run blood-model --window 2d" in cron, cron
+    assert out["t"]["scheduled"] is False, cron
+    env, line = cron.splitlines()
+    assert env == f"POMLIA_DB_URL={url}" and "--db-url" not in line, cron
+    assert line.startswith("15 3 * * * ") and "--on-alarm 'pomlia loop run s'" in line, cron
+    assert "monitor run blood-model --window 2d" in line, cron
 
 
 def test_the_recorded_cron_line_hides_the_registry_password(
@@ -77,8 +79,8 @@ def test_the_recorded_cron_line_hides_the_registry_password(
         workspace, reg, tmp_path, monkeypatch, url, {"at": "03:15", "window": "2d"}
     )
     assert "s3cret" not in json.dumps(out) and "s3cret" not in log
-    assert "--db-url 'postgresql://pomlia:***@db.example/registry'" in out["t"]["cron"]
-    assert "password is shown as ***" in log and "POMLIA_DB_URL" in log
+    assert "POMLIA_DB_URL=postgresql://pomlia:***@db.example/registry\n" in out["t"]["cron"]
+    assert "password is shown as ***" in log and "POMLIA_DB_URL line" in log
 
 
 def test_the_recorded_cron_line_hides_a_password_given_as_a_query_parameter(
@@ -90,7 +92,7 @@ def test_the_recorded_cron_line_hides_a_password_given_as_a_query_parameter(
         workspace, reg, tmp_path, monkeypatch, url, {"at": "03:15", "window": "2d"}
     )
     assert "s3cret" not in json.dumps(out) and "s3cret" not in log
-    assert "registry?password=***'" in out["t"]["cron"]
+    assert "registry?password=***\n" in out["t"]["cron"]
     assert "password is shown as ***" in log
 
 

@@ -262,7 +262,7 @@ def schedule_cmd(
     (--cluster PROFILE): on another one it is refused with the cron line that runs the
     monitor on this machine instead."""
     from pomlia_hpc.monitor.run import parse_time
-    from pomlia_hpc.monitor.schedule import job_labels, job_name, schedule
+    from pomlia_hpc.monitor.schedule import has_hidden_password, job_labels, job_name, schedule
 
     res = schedule(
         STATE.registry(),
@@ -307,6 +307,13 @@ def schedule_cmd(
             console.print("or, with scrontab (where the site enables it):", highlight=False)
             for line in res.scrontab.splitlines():
                 console.print(f"  {line}", highlight=False, soft_wrap=True)
+            if has_hidden_password(STATE.workspace):
+                console.print(
+                    "  (the registry password is shown as ***: write it into the "
+                    "POMLIA_DB_URL line; not as --db-url, which every user sees in ps)",
+                    highlight=False,
+                    soft_wrap=True,
+                )
         if not res.cron:
             console.print(f"(no cron line: period {every} has no cron equivalent)")
 

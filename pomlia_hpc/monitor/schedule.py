@@ -51,6 +51,9 @@ from pomlia_hpc.registry import Registry, shown_url
 from pomlia_hpc.workspace import Workspace, default_db_url
 
 SOURCE_ROOT = Path(__file__).resolve().parents[2]
+#: The chain's settings hold the registry URL with its password: the owner's alone, from the
+#: moment the file exists (the jobs run as the owner, and source it).
+CONF_MODE = 0o600
 SCRIPT = Path("jobs") / "monitor.sbatch"
 JOB_PREFIX = "pomlia-monitor-"
 
@@ -136,7 +139,7 @@ def _write_conf(
     }
     text = "# written by `pomlia monitor schedule`; removed by `pomlia monitor unschedule`\n"
     text += "".join(f"export {k}={shlex.quote(v)}\n" for k, v in values.items())
-    write_atomic(path, text)
+    write_atomic(path, text, mode=CONF_MODE)
 
 
 def _write_files(
@@ -176,21 +179,57 @@ def _cron_lines(
     workspace: Workspace,
     name: str,
     window: str,
+    on_alarm: str | None,
 ) -> tuple[str | None, str | None]:
-    """The equivalent cron and scrontab lines (``None`` when the period has no cron form)."""
+    """The equivalent cron and scrontab lines (``None`` when the period has no cron form).
+    The cron line submits the chain's script, which takes every setting (registry, alarm
+    action) from ``conf``; the scrontab line runs the monitor with the same settings."""
     fields = _cron_fields(at, period)
     if not fields:
         return None, None
-    cron = (
-        f"{fields} sbatch --job-name={jname} --dependency=singleton "
-        f"--export=ALL,POMLIA_MONITOR_CONF={conf},POMLIA_MONITOR_ONCE=1 {script}"
+    # The settings file goes in the environment, not in --export=ALL,NAME=VALUE: sbatch
+    # splits that at commas, which a path may hold.
+    submit = (
+        f"POMLIA_MONITOR_CONF={shlex.quote(str(conf))} POMLIA_MONITOR_ONCE=1 sbatch "
+        f"--job-name={shlex.quote(jname)} --dependency=singleton --export=ALL "
+        f"{shlex.quote(str(script))}"
     )
-    scron = (
-        f"#SCRON --job-name={jname} --time=01:00:00\n{fields} {sys.executable} -m "
-        f"pomlia_hpc --home {shlex.quote(str(workspace.home))} monitor run "
-        f"{shlex.quote(name)} --window {window}"
+    cron = f"{fields} {_cron_escape(submit)}"
+    registry = registry_env_line(workspace)
+    scron = "\n".join(
+        [
+            *([registry] if registry else []),
+            f"#SCRON --job-name={shlex.quote(jname)} --time=01:00:00",
+            f"{fields} {run_command(workspace, name, window, on_alarm)}",
+        ]
     )
     return cron, scron
+
+
+def _cron_escape(command: str) -> str:
+    """``command`` as a crontab line's command: cron reads an unescaped ``%`` as a newline."""
+    return command.replace("%", "\\%")
+
+
+def registry_env_line(workspace: Workspace) -> str | None:
+    """The crontab (or scrontab) environment line that names the workspace's registry,
+    ``POMLIA_DB_URL=...`` with its password as ``***`` (to be filled in by hand; the crontab
+    is its owner's alone, while a ``--db-url`` on the command line shows in ``ps``); ``None``
+    for the workspace's own SQLite registry, which ``--home`` already selects."""
+    if workspace.db_url == default_db_url(workspace.home):
+        return None
+    return f"POMLIA_DB_URL={shown_url(workspace.db_url)}"
+
+
+def run_command(workspace: Workspace, model: str, window: str, on_alarm: str | None) -> str:
+    """The shell command that runs ``pomlia monitor run MODEL`` once on this workspace (its
+    registry comes from the environment: :func:`registry_env_line`); every value quoted."""
+    alarm = f" --on-alarm {shlex.quote(on_alarm)}" if on_alarm else ""
+    return (
+        f"{shlex.quote(sys.executable)} -m pomlia_hpc --home "
+        f"{shlex.quote(str(workspace.home))} monitor run {shlex.quote(model)} "
+        f"--window {shlex.quote(window)}{alarm}"
+    )
 
 
 def cron_run_line(
@@ -201,30 +240,27 @@ def cron_run_line(
     every: timedelta,
     window: str,
     on_alarm: str | None = None,
-    hide_password: bool = False,
 ) -> str | None:
-    """The crontab line that runs ``pomlia monitor run MODEL`` on this machine every period
-    (no Slurm: the job of a workspace on the local profile); ``None`` when the period has no
-    cron form (only 1h, 1d and 1w have one). Every value is shell-quoted. ``hide_password``:
-    the registry URL's password (``user:password@`` or ``?password=``) as ``***``, for a
-    line that is stored or logged."""
+    """The crontab lines that run ``pomlia monitor run MODEL`` on this machine every period
+    (no Slurm: the job of a workspace on the local profile): :func:`registry_env_line` (when
+    the registry is not the workspace's own SQLite file), then the schedule and command;
+    ``None`` when the period has no cron form (only 1h, 1d and 1w have one). Every value is
+    shell-quoted, and the registry's password is shown as ``***``: the lines are printed,
+    stored and logged."""
     fields = _cron_fields(at, every)
     if fields is None:
         return None
-    url = workspace.db_url
-    if hide_password:
-        url = shown_url(url)
-    db = (
-        f" --db-url {shlex.quote(url)}"
-        if workspace.db_url != default_db_url(workspace.home)
-        else ""
-    )
-    alarm = f" --on-alarm {shlex.quote(on_alarm)}" if on_alarm else ""
-    return (
-        f"{fields} {shlex.quote(sys.executable)} -m pomlia_hpc --home "
-        f"{shlex.quote(str(workspace.home))}{db} monitor run {shlex.quote(model)} "
-        f"--window {shlex.quote(window)}{alarm}"
-    )
+    command = f"{fields} {_cron_escape(run_command(workspace, model, window, on_alarm))}"
+    registry = registry_env_line(workspace)
+    return f"{registry}\n{command}" if registry else command
+
+
+def has_hidden_password(workspace: Workspace) -> bool:
+    """Whether the lines of :func:`registry_env_line` show the registry URL with its password
+    hidden (``user:password@`` or ``?password=``): the user must fill it in."""
+    if registry_env_line(workspace) is None:
+        return False
+    return "***" in shown_url(workspace.db_url) and "***" not in workspace.db_url
 
 
 def _check_slurm_profile(
@@ -242,16 +278,30 @@ def _check_slurm_profile(
     if profile.backend == "slurm":
         return
     cron = cron_run_line(workspace, model, at=at, every=period, window=window, on_alarm=on_alarm)
+    if cron is None:
+        hint = (
+            f"without Slurm, run `{run_command(workspace, model, window, on_alarm)}` from "
+            "cron (this period has no single cron line)"
+        )
+    else:
+        lines = "".join(f"\n    {line}" for line in cron.splitlines())
+        hint = f"without Slurm, run the monitor from cron instead (crontab -e):{lines}"
+    registry = registry_env_line(workspace)
+    if registry is not None:
+        hint += (
+            "\n    (the registry goes in the crontab's environment, POMLIA_DB_URL, not in "
+            "--db-url on the command line, which every user of the machine sees in ps"
+            + (
+                ": the password is shown as ***, write it in there)"
+                if has_hidden_password(workspace)
+                else ")"
+            )
+        )
     raise InputError(
         f"monitor schedule submits a chain of Slurm jobs, but the cluster profile "
         f"'{workspace.cluster_profile}' has the {profile.backend} backend: pass --cluster "
         "PROFILE (a Slurm profile, e.g. slurm-local or haicore)",
-        hint=(
-            f"without Slurm, run the monitor from cron instead (crontab -e): {cron}"
-            if cron
-            else f"without Slurm, run `pomlia monitor run {shlex.quote(model)} --window "
-            f"{shlex.quote(window)}` from cron (this period has no single cron line)"
-        ),
+        hint=hint,
     )
 
 
@@ -310,7 +360,9 @@ def schedule(
                 f"end it with `pomlia monitor unschedule {shlex.quote(name)}` or pass --replace"
             )
         old_conf = _write_files(conf, script, name, every, at, window, on_alarm, workspace)
-        cron, scron = _cron_lines(at, period, jname, conf, script, workspace, name, window or every)
+        cron, scron = _cron_lines(
+            at, period, jname, conf, script, workspace, name, window or every, on_alarm
+        )
     try:
         job_id = submit_script(
             script,
@@ -326,7 +378,7 @@ def schedule(
             if old_conf is None:
                 conf.unlink(missing_ok=True)
             else:
-                write_atomic(conf, old_conf)
+                write_atomic(conf, old_conf, mode=CONF_MODE)
         raise
     # Only now, with the new job queued, the old chain goes (by id: its name is the new job's).
     replaced, warnings = ([], []) if chain or not queued else _cancel_old(registry, jname, job_id)

@@ -3,8 +3,9 @@
 It computes the model's monitoring reference (the validation images as the server would log
 them) and, on a Slurm profile, starts the self-resubmitting nightly chain
 (``pomlia monitor schedule``; ``jobs/monitor.sbatch``). On other profiles nothing can be
-scheduled: the stage records the cron line that runs the monitor instead (the registry
-URL's password, if any, shown as ``***``: outputs and log are readable files).
+scheduled: the stage records the crontab lines that run the monitor instead (the registry
+as a ``POMLIA_DB_URL`` line, its password, if any, shown as ``***``: outputs and log are
+readable files).
 """
 
 from __future__ import annotations
@@ -12,18 +13,15 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy.engine import make_url
-
 from pomlia_hpc.config import ClusterProfile, load_cluster_profile
 from pomlia_hpc.pipeline.spec import PipelineSpec
 from pomlia_hpc.pipeline.stage import PlannedJob, StageContext, section_stage
 from pomlia_hpc.pipeline.stages import register_stage
-from pomlia_hpc.registry import shown_url
 
 
 def _run(ctx: StageContext) -> dict[str, Any]:
     from pomlia_hpc.monitor.reference import create_reference
-    from pomlia_hpc.monitor.schedule import cron_run_line, schedule
+    from pomlia_hpc.monitor.schedule import cron_run_line, has_hidden_password, schedule
     from pomlia_hpc.serve.reference import few_images_warning
 
     mon = ctx.spec.monitor
@@ -47,7 +45,6 @@ def _run(ctx: StageContext) -> dict[str, Any]:
             every=timedelta(days=1),
             window=mon.window,
             on_alarm=mon.on_alarm,
-            hide_password=True,
         )
         entry: dict[str, Any] = {"model": model, "reference": str(ref), "cron": cron}
         if slurm:
@@ -71,20 +68,16 @@ def _run(ctx: StageContext) -> dict[str, Any]:
             ctx.log(f"  {model}: nightly monitor {job}, first run {res.begin:%Y-%m-%d %H:%M}")
         else:
             entry["scheduled"] = False
-            ctx.log(f"  {model}: not a Slurm profile, nothing scheduled; a cron line: {cron}")
-            if cron is not None and _has_password(ctx.workspace.db_url):
+            ctx.log(f"  {model}: not a Slurm profile, nothing scheduled; crontab lines:")
+            for line in (cron or "(none: the period has no cron form)").splitlines():
+                ctx.log(f"    {line}")
+            if cron is not None and has_hidden_password(ctx.workspace):
                 ctx.log(
-                    "  (the registry password is shown as ***: put it back in the crontab, or "
-                    "set POMLIA_DB_URL in the crontab's environment and drop --db-url)"
+                    "  (the registry password is shown as ***: write it into the crontab's "
+                    "POMLIA_DB_URL line; not as --db-url, which every user sees in ps)"
                 )
         out[key] = entry
     return out
-
-
-def _has_password(url: str) -> bool:
-    """Whether ``url`` shows differently once its secrets are hidden (``user:password@`` or
-    ``?password=``): then the cron line in the log lacks them."""
-    return shown_url(url) != make_url(url).render_as_string(hide_password=False)
 
 
 def _jobs(spec: PipelineSpec, profile: ClusterProfile) -> list[PlannedJob]:
