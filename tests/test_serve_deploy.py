@@ -369,3 +369,30 @@ def test_serve_refuses_a_deployment_id_the_registry_does_not_have(
     ok = CliRunner().invoke(app, ["serve", "demo", "--deployment-id", str(dep_id)])
     assert ok.exit_code == 0, ok.output
     assert started == [dep_id]
+
+
+@pytest.mark.usefixtures("wide_console")  # each hint on one line
+def test_hints_quote_a_directory_with_a_space_and_a_dollar(
+    workspace: Workspace, bundle: Path, tmp_path: Path
+) -> None:
+    """`build : cd /x/sp ace/...` split at the space when pasted (and a `$` expanded): the
+    directory in every suggested command is shell-quoted."""
+    import shlex
+
+    register_exported(workspace, bundle)
+    out = tmp_path / "sp ace $x" / "dep"
+    cli = CliRunner()
+    res = cli.invoke(app, ["deploy", "demo", "--profile", "haicore", "--out", str(out)])
+    assert res.exit_code == 0, res.output
+    hints = {
+        line.split(":", 1)[0].strip(): line.split(":", 1)[1]
+        for line in res.output.splitlines()
+        if line.strip().startswith(("build :", "serve :"))
+    }
+    assert shlex.split(hints["build"])[:3] == ["cd", str(out), "&&"], hints
+    assert shlex.split(hints["serve"])[:3] == ["cd", str(out), "&&"], hints
+    submit = cli.invoke(
+        app, ["deploy", "demo", "--profile", "haicore", "--out", str(out), "--submit"]
+    )
+    build = refusal(submit).rsplit(": ", 1)[1]
+    assert shlex.split(build)[:3] == ["cd", str(out), "&&"], build

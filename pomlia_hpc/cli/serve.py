@@ -470,13 +470,11 @@ def deploy(
     console.print(f"deployment {res.deployment_id} {done} in [bold]{res.directory}[/]")
     bundle = bundle_for_model(STATE.registry(), model)
     warn_few_images(bundle.root / REFERENCE_FILE if bundle is not None else None, model)
+    cd = f"cd {shlex.quote(str(res.directory))}"  # pasted into a shell: one word
     if not (res.directory / IMAGE).is_file():
-        console.print(
-            f"  build : cd {res.directory} && apptainer build {IMAGE} apptainer.def",
-            highlight=False,
-        )
+        console.print(f"  build : {cd} && apptainer build {IMAGE} apptainer.def", highlight=False)
     console.print(
-        f"  serve : cd {res.directory} && sbatch serve.sbatch   "
+        f"  serve : {cd} && sbatch serve.sbatch   "
         "(the address is printed in the job output and written to ./address)",
         highlight=False,
     )

@@ -297,7 +297,7 @@ def _check_image(target: Path, write_cmd: str) -> None:
             f"first with `{write_cmd}`, build the image there (apptainer build {IMAGE} "
             "apptainer.def), then submit; nothing was written"
         )
-    build = f"cd {target} && apptainer build {IMAGE} apptainer.def"
+    build = f"cd {shlex.quote(str(target))} && apptainer build {IMAGE} apptainer.def"
     if shutil.which("apptainer") is None:
         raise InputError(
             f"{sif} does not exist, and Apptainer is not installed here (no `apptainer` on "
