@@ -172,6 +172,24 @@ def temp_writer(name: str, host: str) -> int | None:
     return int(pid)
 
 
+#: Permission bits of files and folders that hold clinical data (a server's prediction log
+#: and kept inputs): the owner's alone whatever the umask, which governs the rest.
+PRIVATE_FILE = 0o600
+PRIVATE_DIR = 0o700
+
+
+def make_private_dirs(path: str | Path) -> Path:
+    """Create folder ``path`` and its missing parents, each made ``0o700`` (:data:`PRIVATE_DIR`)
+    from the start; folders that exist are left as they are. Returns ``path``."""
+    target = Path(path)
+    for folder in (*reversed(target.parents), target):
+        if folder.is_dir():
+            continue
+        with contextlib.suppress(FileExistsError):  # made by another process meanwhile
+            folder.mkdir(mode=PRIVATE_DIR)
+    return target
+
+
 def make_dirs(path: str | Path) -> list[Path]:
     """Create folder ``path`` and its missing parents; return the folders this call created,
     outermost first, so that a command that fails afterwards can remove them again

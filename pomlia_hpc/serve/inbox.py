@@ -42,7 +42,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pomlia_hpc.files import fsync_path
+from pomlia_hpc.files import PRIVATE_FILE, fsync_path, make_private_dirs
 
 log = logging.getLogger("pomlia.serve")
 
@@ -145,7 +145,7 @@ class Inbox:
         if quota_bytes < 1 or retention_s <= 0 or chunk_bytes < 1:
             raise ValueError("quota_bytes, retention_s and chunk_bytes must be positive")
         self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
+        make_private_dirs(self.directory)  # clinical data: the owner's alone
         self.quota_bytes = quota_bytes
         self.retention_s = retention_s
         # A chunk never exceeds the quota, or pruning could never bring the folder under it.
@@ -172,7 +172,7 @@ class Inbox:
             os.close(self._fd)
             self._fd = -1
             self._seq += 1
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, PRIVATE_FILE)
         self._size = 0
         fsync_path(self.directory)
 

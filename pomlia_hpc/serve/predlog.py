@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 import orjson
 
 from pomlia_hpc.errors import InputError
-from pomlia_hpc.files import fsync_path
+from pomlia_hpc.files import PRIVATE_FILE, fsync_path, make_private_dirs
 from pomlia_hpc.serve.records import BadLineError, LogLine, parse_line
 
 if TYPE_CHECKING:
@@ -95,7 +95,7 @@ class PredictionLog:
     ) -> None:
         self.directory = Path(directory)
         self.sidecar = sidecar
-        self.directory.mkdir(parents=True, exist_ok=True)
+        make_private_dirs(self.directory)  # clinical data: the owner's alone
         self.max_bytes = max_bytes
         self.fsync = fsync
         self.written = 0
@@ -151,7 +151,7 @@ class PredictionLog:
             os.close(self._fd)
             self._fd = -1  # never a stale number: the OS may hand it to another file
             self._seq += 1
-        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, PRIVATE_FILE)
         self._size = 0
         fsync_path(self.directory)  # the new file's name is durable too
 
