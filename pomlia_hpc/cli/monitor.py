@@ -258,9 +258,10 @@ def schedule_cmd(
     ] = None,
 ) -> None:
     """Run the monitor of MODEL on Slurm every period (a self-resubmitting job chain,
-    jobs/monitor.sbatch); prints equivalent cron and scrontab lines. Needs a Slurm profile
-    (--cluster PROFILE): on another one it is refused with the cron line that runs the
-    monitor on this machine instead."""
+    jobs/monitor.sbatch); prints equivalent cron and scrontab lines (the registry as a
+    POMLIA_DB_URL line, its password as ***). Needs a Slurm profile (--cluster PROFILE): on
+    another one it is refused with the crontab lines that run the monitor on this machine
+    instead."""
     from pomlia_hpc.monitor.run import parse_time
     from pomlia_hpc.monitor.schedule import has_hidden_password, job_labels, job_name, schedule
 
