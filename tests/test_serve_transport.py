@@ -29,14 +29,14 @@ from pomlia_hpc.serve.app import create_app
 from pomlia_hpc.serve.config import ServeConfig, load_serve_config
 from pomlia_hpc.serve.demo import cached_demo_bundle
 from pomlia_hpc.serve.exported import ExportedBundle
-from pomlia_hpc.serve.guards import guarded_protocol
+from pomlia_hpc.serve.guards import amount, guarded_protocol
 from pomlia_hpc.serve.local import LocalServer
 from pomlia_hpc.serve.predlog import read_records
 from pomlia_hpc.serve.records import RejectionLine
 from pomlia_hpc.serve.server import bind_socket
 
 SETTINGS = (
-    "max_head_kb: 8\nbody_timeout_s: 1\nbody_deadline_s: 3\n"
+    "max_head_kb: 8\nbody_timeout_s: 5\nbody_deadline_s: 3\n"
     "max_upload_mb: 1\nmax_buffered_mb: 1.5\n"
 )
 
@@ -146,10 +146,11 @@ def test_health_answers_while_an_upload_is_being_decoded(
 
 
 def test_a_trickled_body_is_408_at_the_whole_body_deadline(server: LocalServer) -> None:
-    """One byte every 0.3 s never trips the 1 s gap limit; the 3 s deadline ends it."""
+    """One byte every 0.2 s never trips the 5 s gap limit (a 4.8 s stall would be needed);
+    the 3 s deadline ends it."""
     sock = connect(server.url)
     sock.sendall(upload_head(1000))
-    sock.settimeout(0.3)
+    sock.settimeout(0.2)
     answer = b""
     start = time.monotonic()
     while not answer and time.monotonic() - start < 30:  # before: no answer for 1000 bytes
@@ -168,26 +169,30 @@ def test_a_trickled_body_is_408_at_the_whole_body_deadline(server: LocalServer) 
 
 
 def test_uploads_in_progress_are_capped_with_a_json_503(server: LocalServer) -> None:
-    """Two uploads of 1,000,000 bytes would hold more than max_buffered_mb (1.5 MiB)."""
-    holder = connect(server.url)
-    holder.sendall(upload_head(1_000_000) + png()[:100])
-    try:
-        deadline = time.monotonic() + 30
-        while True:  # the first upload's bytes are counted once its request has begun
-            second = connect(server.url)
-            second.sendall(upload_head(1_000_000) + png()[:100])
-            answer = read_all(second)
-            second.close()
-            if answer.startswith(b"HTTP/1.1 503 ") or time.monotonic() > deadline:
-                break
-        assert answer.startswith(b"HTTP/1.1 503 "), answer[:300]
-        error = json_body(answer)["error"]
-        assert error.startswith("server busy: uploads in progress hold 1.0 MiB") and (
-            "over the limit of 1.5 MiB (max_buffered_mb)" in error
-        )
-        assert b"connection: close" in answer.lower()
-    finally:
+    """Two uploads that sent 999,999 and 600,000 bytes hold more than max_buffered_mb
+    (1.5 MiB) together: the second gets a JSON 503."""
+    deadline = time.monotonic() + 30
+    while True:  # the first upload's bytes are counted once the server has read them
+        holder = connect(server.url)
+        holder.sendall(upload_head(1_000_000) + png()[:100] + b"\0" * 999_899)
+        time.sleep(0.2)
+        second = connect(server.url)
+        second.sendall(upload_head(1_000_000) + png()[:100] + b"\0" * 599_900)
+        answer = read_all(second)
+        second.close()
         holder.close()
+        if answer.startswith(b"HTTP/1.1 503 ") or time.monotonic() > deadline:
+            break
+    assert answer.startswith(b"HTTP/1.1 503 "), answer[:300]
+    error = json_body(answer)["error"]
+    # In the unit that shows the amount (a 1.2 KB upload was said to need "0.0 MiB").
+    assert re.match(
+        r"server busy: uploads in progress hold 1\.\d MiB and this one needs "
+        r"\d+(\.\d KiB| bytes) more",
+        error,
+    ), error
+    assert "over the limit of 1.5 MiB (max_buffered_mb)" in error
+    assert b"connection: close" in answer.lower()  # its body was not read to the end
     # The bytes are given back when the first upload ends (its client hung up).
     deadline = time.monotonic() + 30
     while True:
@@ -199,6 +204,27 @@ def test_uploads_in_progress_are_capped_with_a_json_503(server: LocalServer) -> 
     # Counted in the prediction log as a busy server, not as a bad upload.
     reasons = {r.reason for r in read_records(server.log_dir, RejectionLine)}
     assert "server-busy" in reasons and "undecodable" not in reasons, reasons
+
+
+def test_amounts_in_messages_are_in_a_unit_that_shows_them() -> None:
+    assert [amount(n) for n in (900, 1229, 16 << 20)] == ["900 bytes", "1.2 KiB", "16.0 MiB"]
+
+
+def test_idle_heads_declaring_large_bodies_do_not_make_uploads_503(server: LocalServer) -> None:
+    """Before, each head reserved its declared Content-Length against max_buffered_mb (1.5
+    MiB) before a byte of its body arrived: a few idle connections made every upload 503."""
+    idle = [connect(server.url) for _ in range(4)]
+    try:
+        for sock in idle:
+            # Together 1,572,000 bytes declared, 864 short of the cap; nothing sent.
+            sock.sendall(upload_head(393_000))
+        time.sleep(1)  # their requests begin (and, before, reserved their bytes)
+        for seed in range(3):
+            resp = httpx.post(server.url + "/v1/predict", content=png(seed), timeout=30)
+            assert resp.status_code == 200, resp.text
+    finally:
+        for sock in idle:
+            sock.close()
 
 
 # --- 4. pipelined requests followed by bytes that are not HTTP ---------------------------

@@ -65,20 +65,17 @@ async def read_body(request: Request, limit: int) -> bytes:
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise RequestError(413, f"upload of {declared} bytes exceeds the limit of {limit} bytes")
-    # The server-wide cap on body bytes held (503): the declared length is taken before a
-    # byte is read, a chunked body's bytes as they arrive; given back when the request ends.
+    # The server-wide cap on body bytes held (503) counts each chunk as it arrives, not the
+    # declared length: heads that announce 16 MiB and send nothing must cost nothing.
+    # What was taken is given back when the request ends (ServingApp, in a finally).
     pool = UploadBytes.of(request.scope)
-    held = int(declared) if declared is not None and declared.isdigit() else 0
-    if pool is not None and held:
-        pool.take(request.scope, held)
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
             raise RequestError(413, f"upload exceeds the limit of {limit} bytes")
-        if pool is not None and size > held:
-            pool.take(request.scope, size - held)
-            held = size
+        if pool is not None and chunk:
+            pool.take(request.scope, len(chunk))
         chunks.append(chunk)
     return b"".join(chunks)
 

@@ -15,7 +15,8 @@ open for minutes). Here:
   body bytes (``body_timeout_s``) and one for the whole body (``body_deadline_s``); the app
   answers 408 and closes the connection. At shutdown the waits end early with a 503.
 * :class:`UploadBytes` — a cap on the request body bytes all requests in progress hold
-  together (``max_buffered_mb``); a request that does not fit gets 503.
+  together (``max_buffered_mb``), counted as they arrive; a request whose next bytes do not
+  fit gets 503.
 """
 
 from __future__ import annotations
@@ -34,6 +35,16 @@ from pomlia_hpc.serve.records import BUSY_REASON, SHUTDOWN_REASON
 def mib(n: int) -> str:
     """``n`` bytes in MiB for a message, e.g. ``'16.0'``."""
     return f"{n / 2**20:.1f}"
+
+
+def amount(n: int) -> str:
+    """``n`` bytes for a message in the unit that shows it: ``'900 bytes'``, ``'1.2 KiB'``,
+    ``'16.0 MiB'`` (a 1.2 KB upload was said to need "0.0 MiB")."""
+    if n < 1024:
+        return f"{n} bytes"
+    if n < 2**20:
+        return f"{n / 1024:.1f} KiB"
+    return f"{mib(n)} MiB"
 
 
 class BodyClock:
@@ -106,9 +117,11 @@ class UploadBytes:
     """Request body bytes held by the requests in progress, server-wide, at most ``cap``.
 
     Without a cap, 50 connections each holding a 16 MiB upload one byte short took 720 MB.
-    A request takes its declared ``Content-Length`` before reading (or each chunk of a
-    chunked body as it arrives); one that does not fit is refused with 503 and gives back
-    what it took when it ends (:meth:`release`)."""
+    A request takes each chunk of its body as it arrives, not its declared
+    ``Content-Length`` up front: 16 connections that sent only a head declaring 16 MiB
+    reserved the whole 256 MiB and every real upload got 503, while costing no memory. A
+    chunk that does not fit is refused with 503; the request gives back what it took when
+    it ends (:meth:`release`)."""
 
     #: Where a request's share is noted in its ASGI scope, and where the pool itself is.
     SCOPE_KEY = "pomlia.upload_bytes"
@@ -133,8 +146,8 @@ class UploadBytes:
         if self.held + n > self.cap:
             raise RequestError(
                 503,
-                f"server busy: uploads in progress hold {mib(self.held)} MiB and this one "
-                f"needs {mib(n)} MiB more, over the limit of {mib(self.cap)} MiB "
+                f"server busy: uploads in progress hold {amount(self.held)} and this one "
+                f"needs {amount(n)} more, over the limit of {mib(self.cap)} MiB "
                 "(max_buffered_mb); retry in a moment",
                 reason=BUSY_REASON,
             )
