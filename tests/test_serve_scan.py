@@ -101,3 +101,62 @@ def test_a_jpeg_padded_with_comments_is_413() -> None:
     assert decode(jpeg, None, GREY1, LIMITS).shape == (1, 1, 1, 1)
     err = refusal(jpeg[:2] + b"\xff\xfe\x00\x02" * 5000 + jpeg[2:])
     assert err.status == 413 and "more than 1024 marker segments" in err.message
+
+
+def overlapping_tiff(entries: int, ifds: int) -> bytes:
+    """A TIFF of ``ifds`` IFDs of ``entries`` entries each, IFD k 12 bytes after IFD k-1 (so
+    they overlap): a small file in which Pillow loads ``entries * ifds`` entries (a 783 KB
+    one of 256 IFDs of 65,535 entries took it 57 s). Entry m is at 10 + 12 m; IFD k's count
+    is the top half of entry k-1's value and its next-IFD offset entry entries + k's tag and
+    type."""
+    first = 8
+    out = []
+    for m in range(entries + ifds):
+        if m < entries:
+            tag, kind, value = 0x8000 + m % 0x7000, 3, entries << 16
+        else:
+            k = m - entries + 1  # this entry's first 4 bytes point IFD k-1 at IFD k
+            nxt = first + 12 * k if k < ifds else 0
+            tag, kind, value = nxt & 0xFFFF, nxt >> 16, entries << 16
+        out.append(struct.pack("<HHII", tag, kind, 1, value))
+    body = struct.pack("<H", entries) + b"".join(out)
+    return b"II*\x00" + struct.pack("<I", first) + body + b"\0" * 16
+
+
+def test_a_tiff_of_overlapping_ifds_with_many_entries_is_413() -> None:
+    data = overlapping_tiff(600, 64)
+    assert tiff_pages(data, stop_after=257) == 64
+    err = refusal(data)
+    assert err.status == 413
+    assert err.message == (
+        "upload: TIFF holds 38400 tag entries in its 64 page(s), at most 5120 (1024 plus 64 "
+        "per page); save the image again with a standard encoder"
+    )
+
+
+def test_a_tiff_page_of_too_many_entries_is_413() -> None:
+    err = refusal(overlapping_tiff(1100, 1))
+    assert err.status == 413
+    assert err.message == (
+        "upload: a TIFF page (IFD) holds 1100 tag entries, at most 1024; save the image "
+        "again with a standard encoder"
+    )
+    # A plain multi-page file is far within both limits.
+    assert decode(tiff_of_pages(256), None, GREY1, LIMITS).shape == (256, 1, 1, 1)
+
+
+def test_a_jpeg_padded_with_fill_or_junk_bytes_is_413() -> None:
+    """Pillow steps over fill (0xFF) and junk bytes one at a time in Python: 15 MiB of fill
+    took 14 s to decode."""
+    buf = io.BytesIO()
+    Image.fromarray(np.zeros((1, 1), np.uint8)).save(buf, "JPEG")
+    jpeg = buf.getvalue()
+    app0_end = 4 + int.from_bytes(jpeg[4:6], "big")  # SOI, APP0 marker, APP0 segment
+    assert decode(jpeg[:2] + b"\xff" * 100 + jpeg[2:], None, GREY1, LIMITS).shape[0] == 1
+    for data in (
+        jpeg[:2] + b"\xff" * (1 << 20) + jpeg[2:],
+        jpeg[:app0_end] + b"\x00" * (1 << 20) + jpeg[app0_end:],
+    ):
+        err = refusal(data)
+        assert err.status == 413, err.message
+        assert "JPEG holds more than 4096 bytes of fill (0xFF) or junk" in err.message

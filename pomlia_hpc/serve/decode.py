@@ -51,12 +51,17 @@ from pomlia_hpc.serve.formats import (
 )
 from pomlia_hpc.serve.scan import (
     JPEG_MAX_SEGMENTS,
+    JPEG_MAX_SKIPPED,
     PNG_BASE_CHUNKS,
     PNG_BYTES_PER_CHUNK,
-    jpeg_segments,
+    TIFF_BASE_ENTRIES,
+    TIFF_ENTRIES_PER_PAGE,
+    TIFF_MAX_IFD_ENTRIES,
+    jpeg_head,
     png_chunk_limit,
     png_chunks,
-    tiff_pages,
+    tiff_chain,
+    tiff_entry_limit,
 )
 
 MAGIC = {
@@ -190,22 +195,27 @@ def decode(
 
 
 def _check_structure(data: bytes, ctype: str, limits: Limits, what: str, budget: int) -> None:
-    """Refuse (413) a TIFF with more pages than ``budget``, a JPEG with more marker segments
-    than ``JPEG_MAX_SEGMENTS`` or a PNG with more chunks than
-    :func:`~pomlia_hpc.serve.scan.png_chunk_limit`, counted by a linear scan that stops just
-    past the limit (Pillow's own walk of such files is slow: see :mod:`.scan`)."""
+    """Refuse (413) a TIFF with more pages than ``budget`` or more IFD entries than
+    :mod:`.scan` allows, a JPEG with more marker segments than ``JPEG_MAX_SEGMENTS`` or more
+    fill or junk bytes than ``JPEG_MAX_SKIPPED`` before its image data, or a PNG with more
+    chunks than :func:`~pomlia_hpc.serve.scan.png_chunk_limit`, counted by a linear scan that
+    stops just past the limit (Pillow's own walk of such files is slow: see :mod:`.scan`)."""
     if ctype == "image/tiff":
-        # Counted to one past the request's limit (not the smaller budget left after earlier
-        # files), so a refusal within the limit still says how many pages the file has.
-        pages = tiff_pages(data, stop_after=limits.max_images + 1)
-        if pages > budget:
-            raise _too_many(what, pages, limits, budget, at_least=pages > limits.max_images)
+        _check_tiff_chain(data, limits, what, budget)
     elif ctype == "image/jpeg":
-        if jpeg_segments(data, stop_after=JPEG_MAX_SEGMENTS + 1) > JPEG_MAX_SEGMENTS:
+        head = jpeg_head(data, stop_after=JPEG_MAX_SEGMENTS + 1, max_skipped=JPEG_MAX_SKIPPED)
+        if head.segments > JPEG_MAX_SEGMENTS:
             raise RequestError(
                 413,
                 f"{what}: JPEG holds more than {JPEG_MAX_SEGMENTS} marker segments before its "
                 "image data; save the image again with a standard encoder",
+            )
+        if head.skipped > JPEG_MAX_SKIPPED:
+            raise RequestError(
+                413,
+                f"{what}: JPEG holds more than {JPEG_MAX_SKIPPED} bytes of fill (0xFF) or junk "
+                "between its marker segments before its image data; save the image again with "
+                "a standard encoder",
             )
     elif ctype == "image/png":
         limit = png_chunk_limit(len(data))
@@ -216,6 +226,30 @@ def _check_structure(data: bytes, ctype: str, limits: Limits, what: str, budget:
                 f"per {PNG_BYTES_PER_CHUNK} bytes of file); save the image again with a "
                 "standard encoder",
             )
+
+
+def _check_tiff_chain(data: bytes, limits: Limits, what: str, budget: int) -> None:
+    """Refuse (413) a TIFF with more pages than ``budget``, an IFD of more than
+    ``TIFF_MAX_IFD_ENTRIES`` entries, or more entries in all than
+    :func:`~pomlia_hpc.serve.scan.tiff_entry_limit`."""
+    # Counted to one past the request's limit (not the smaller budget left after earlier
+    # files), so a refusal within the limit still says how many pages the file has.
+    chain = tiff_chain(data, stop_after=limits.max_images + 1)
+    if chain.pages > budget:
+        raise _too_many(what, chain.pages, limits, budget, at_least=chain.pages > limits.max_images)
+    if chain.largest > TIFF_MAX_IFD_ENTRIES:
+        raise RequestError(
+            413,
+            f"{what}: a TIFF page (IFD) holds {chain.largest} tag entries, at most "
+            f"{TIFF_MAX_IFD_ENTRIES}; save the image again with a standard encoder",
+        )
+    if chain.entries > (limit := tiff_entry_limit(chain.pages)):
+        raise RequestError(
+            413,
+            f"{what}: TIFF holds {chain.entries} tag entries in its {chain.pages} page(s), at "
+            f"most {limit} ({TIFF_BASE_ENTRIES} plus {TIFF_ENTRIES_PER_PAGE} per page); save "
+            "the image again with a standard encoder",
+        )
 
 
 def _too_many(

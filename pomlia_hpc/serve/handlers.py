@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import re
 import uuid
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -31,6 +33,11 @@ from pomlia_hpc.serve.records import TIMEOUT_REASON, FeedbackLine, RejectionLine
 
 PREDICTION_ID = re.compile(r"^[0-9a-f]{32}$")
 
+#: The threads uploads are decoded in, apart from asyncio's default executor: slow uploads
+#: queue here and cannot take every thread that a model reload (ModelHolder) also needs.
+DECODE_THREADS = min(4, os.cpu_count() or 1)
+DECODE_POOL = ThreadPoolExecutor(DECODE_THREADS, thread_name_prefix="pomlia-decode")
+
 
 async def predict(
     holder: ModelHolder, request: Request, spec: InputSpec, limits: Limits
@@ -42,7 +49,8 @@ async def predict(
         files = await uploaded_files(request, body, limits)
         # Decoded in a worker thread: one upload that takes long to decode must not hold the
         # event loop, which answers /health, /ready and every other request meanwhile.
-        images = await asyncio.to_thread(decode_uploads, files, spec, limits)
+        loop = asyncio.get_running_loop()
+        images = await loop.run_in_executor(DECODE_POOL, decode_uploads, files, spec, limits)
     except RequestError as exc:
         log_rejection(pred, exc, holder.config.deployment_id)
         raise
