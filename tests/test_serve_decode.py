@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import struct
+import sys
+import threading
 import tracemalloc
+import warnings
 import zlib
 from pathlib import Path
 
 import numpy as np
 import pytest
+import tifffile
 from PIL import Image
 
 from pomlia_hpc.data.sources.folder import read_image
@@ -323,3 +328,32 @@ def test_a_colour_image_for_a_grey_model_says_how_to_convert_it(rgb: np.ndarray)
     err = refused(encode(rgb, "JPEG"), "image/jpeg", GREY28)
     assert "3 channel(s) (colour), the model expects 1 (grey); convert it to grey" in (err.message)
     assert "convert('L')" in err.message
+
+
+def test_concurrent_decodes_leave_the_warning_filters_as_they_were() -> None:
+    """warnings.catch_warnings swaps the process-wide filter list and is not thread-safe:
+    decodes in threads left ('ignore', Warning) and ('error', DecompressionBombWarning)
+    in warnings.filters for good."""
+    png = encode(np.zeros((28, 28), np.uint8), "PNG")
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, np.zeros((28, 28, 3), np.float32))  # a layout Pillow cannot open
+    float_tiff = buf.getvalue()
+    assert "TIFF sample format not supported" in refused(float_tiff, None, GREY28).message
+    before = list(warnings.filters)
+
+    def loop(data: bytes) -> None:
+        for _ in range(400):
+            with contextlib.suppress(RequestError):
+                decode(data, None, GREY28, LIMITS)
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads often, so that a race shows
+    try:
+        threads = [threading.Thread(target=loop, args=(d,)) for d in (png, float_tiff) * 2]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert list(warnings.filters) == before

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import io
 import re
-import warnings
 from dataclasses import dataclass
 
 import numpy as np
@@ -303,10 +302,12 @@ def _decode_image(
     data: bytes, ctype: str, spec: InputSpec, limits: Limits, what: str, budget: int
 ) -> np.ndarray:
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            img = Image.open(io.BytesIO(data), formats=[PIL_FORMATS[ctype]])
-    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        # No warnings.catch_warnings here: it swaps the process-wide filter list, which is not
+        # thread-safe, and decodes run in threads (concurrent ones left filters behind for
+        # good). Pillow's DecompressionBombWarning needs no filter: every frame's size is
+        # checked against max_side_px (_check_frame) before any of its pixels is decoded.
+        img = Image.open(io.BytesIO(data), formats=[PIL_FORMATS[ctype]])
+    except Image.DecompressionBombError as exc:
         raise RequestError(
             413, f"{what}: image dimensions exceed the limit of {limits.max_side_px} px per side"
         ) from exc

@@ -123,14 +123,16 @@ def tiff_layout(data: bytes) -> str | None:
     from PIL import TiffImagePlugin
 
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # Pillow warns of a damaged directory, then goes on
-            ifd = TiffImagePlugin.ImageFileDirectory_v2(ifh=data[:8])
-            if not 8 <= ifd.next < len(data):
-                return None
-            fp = io.BytesIO(data)
-            fp.seek(ifd.next)
-            ifd.load(fp)
+        # Pillow may warn of a damaged directory, then goes on. Not silenced here with
+        # warnings.catch_warnings: it swaps the process-wide filter list, which is not
+        # thread-safe (this runs in decode threads); the server silences Pillow's warnings
+        # once at start (quiet_pillow_warnings).
+        ifd = TiffImagePlugin.ImageFileDirectory_v2(ifh=data[:8])
+        if not 8 <= ifd.next < len(data):
+            return None
+        fp = io.BytesIO(data)
+        fp.seek(ifd.next)
+        ifd.load(fp)
         if not {256, 257, 258} <= set(ifd.keys()):  # width, height, bits: else not a page
             return None
         samples = int(ifd.get(277, 1))
@@ -141,3 +143,14 @@ def tiff_layout(data: bytes) -> str | None:
     except Exception:
         return None
     return f"{samples} sample(s) per pixel, {bit}-bit {_SAMPLE_KINDS.get(kind, 'unknown')}"
+
+
+def quiet_pillow_warnings() -> None:
+    """Ignore Pillow's warnings about uploads for the rest of the process: a damaged TIFF
+    directory and a decompression bomb (the decoder checks every frame's size itself). Call
+    once at server start, before decode threads run: changing warning filters is not
+    thread-safe."""
+    from PIL import Image
+
+    warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
+    warnings.filterwarnings("ignore", module=r"PIL\.TiffImagePlugin")

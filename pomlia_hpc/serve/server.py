@@ -31,6 +31,7 @@ from pomlia_hpc.files import make_dirs, probe_writable, write_atomic
 from pomlia_hpc.serve.app import ServingApp, create_app
 from pomlia_hpc.serve.config import ServeConfig
 from pomlia_hpc.serve.exported import ExportedBundle
+from pomlia_hpc.serve.formats import quiet_pillow_warnings
 from pomlia_hpc.serve.guards import guarded_protocol
 
 
@@ -155,6 +156,7 @@ def run_server(
             write_address(config.address_file, address)
 
     _single_threaded_blas()
+    quiet_pillow_warnings()  # once, before the decode threads start
     logging.basicConfig(
         level=logging.INFO,
         stream=sys.stderr,
