@@ -227,6 +227,27 @@ def test_idle_heads_declaring_large_bodies_do_not_make_uploads_503(server: Local
             sock.close()
 
 
+def test_a_refusal_after_the_whole_body_keeps_the_connection_open(server: LocalServer) -> None:
+    """Before, every 401/408/413/415/503 closed the connection, even one found once the
+    whole body was read (a keep-alive client reconnected for nothing); only a refusal that
+    leaves body bytes unread on the connection must close it."""
+    data = png()
+    sock = connect(server.url)
+    mislabelled = upload_head(len(data)).replace(b"image/png", b"image/jpeg") + data
+    sock.sendall(mislabelled + b"GET /health HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+    answer = read_all(sock)
+    sock.close()
+    statuses = re.findall(rb"HTTP/1\.1 (\d{3}) ", answer)
+    assert statuses == [b"415", b"200"], answer[:600]
+    assert b"declared as image/jpeg" in answer
+    # A refusal before the body was read still closes: the rest of the body is not parsed.
+    sock = connect(server.url)
+    sock.sendall(upload_head(2_000_000) + b"x" * 100)
+    answer = read_all(sock)
+    sock.close()
+    assert answer.startswith(b"HTTP/1.1 413 ") and b"connection: close" in answer.lower()
+
+
 # --- 4. pipelined requests followed by bytes that are not HTTP ---------------------------
 
 

@@ -43,7 +43,12 @@ from pomlia_hpc.serve.apidocs import (
     not_allowed_message,
     not_found_message,
 )
-from pomlia_hpc.serve.bodies import client_gone, error_response, json_response
+from pomlia_hpc.serve.bodies import (
+    client_gone,
+    close_unless_read,
+    error_response,
+    json_response,
+)
 from pomlia_hpc.serve.config import ServeConfig
 from pomlia_hpc.serve.decode import InputSpec, Limits, RequestError
 from pomlia_hpc.serve.exported import ExportedBundle
@@ -328,7 +333,7 @@ class ServingApp:
         if scope["type"] != "http":
             await self.api(scope, receive, send)
             return
-        receive = self.clock.wrap(receive)
+        receive, send = close_unless_read(scope, self.clock.wrap(receive), send)
         self.uploads.attach(scope)
         started = False
 

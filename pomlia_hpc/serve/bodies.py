@@ -17,6 +17,8 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
 from starlette.datastructures import UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
+from starlette.types import Message as AsgiMessage
+from starlette.types import Receive, Scope, Send
 
 from pomlia_hpc.serve.decode import Limits, RequestError, base_type
 from pomlia_hpc.serve.guards import UploadBytes
@@ -30,21 +32,41 @@ FIELD_MAX_BYTES = 64 * 1024
 #: How a file part's header must look, for refusals of multipart bodies.
 FILE_PART_HINT = 'Content-Disposition: form-data; name="file"; filename="a.png"'
 
-#: Refusals given before the request's body was read to its end (a missing token, a body
-#: declared too large or of the wrong type, a timeout, a busy or stopping server): the rest
-#: of the body may still be on the connection, where it would be parsed as the next request
-#: (a keep-alive client then got 431 for its next, good request), so the connection is
-#: closed after the answer.
-BODY_LEFT_UNREAD = frozenset({401, 408, 413, 415, 503})
-
 
 def error_response(
     status: int, message: str, headers: dict[str, str] | None = None
 ) -> JSONResponse:
     """The JSON refusal ``{"error": message, "status": status}``."""
-    if status in BODY_LEFT_UNREAD:
-        headers = {**(headers or {}), "Connection": "close"}
     return JSONResponse({"error": message, "status": status}, status_code=status, headers=headers)
+
+
+def close_unless_read(scope: Scope, receive: Receive, send: Send) -> tuple[Receive, Send]:
+    """``receive`` and ``send`` of a request whose answer closes the connection when it is
+    sent before the request's body was read to its end (a missing token, a body declared too
+    large, a timeout, a busy or stopping server, an unknown path): the rest of the body may
+    still be on its way, and the connection is of no use for another request. An answer after
+    the whole body (a 503 for a prediction not recorded, a 415 found while decoding) or to a
+    request without a body keeps the connection open: closing it for every refusal made
+    keep-alive clients reconnect for nothing."""
+    headers = dict(scope.get("headers") or [])
+    read = b"transfer-encoding" not in headers and headers.get(b"content-length", b"0") == b"0"
+
+    async def counting() -> AsgiMessage:
+        nonlocal read
+        message = await receive()
+        if message["type"] == "http.request" and not message.get("more_body", False):
+            read = True
+        return message
+
+    async def closing(message: AsgiMessage) -> None:
+        if message["type"] == "http.response.start" and not read:
+            fields = list(message.get("headers") or [])
+            if not any(k.lower() == b"connection" for k, _ in fields):
+                fields.append((b"connection", b"close"))
+            message = {**message, "headers": fields}
+        await send(message)
+
+    return counting, closing
 
 
 def client_gone() -> JSONResponse:
