@@ -25,6 +25,7 @@ from typing import Any
 from pomlia_hpc.config import read_record
 from pomlia_hpc.errors import InputError, NotFoundError
 from pomlia_hpc.models.card import ModelCard
+from pomlia_hpc.serve.programs import check_program
 
 CARD = "card.json"
 ONNX = "model.onnx"
@@ -92,7 +93,8 @@ class ExportedBundle:
         return bundle
 
     def _check(self, card_path: Path) -> None:
-        """The files the card names are plain names inside the bundle, and present."""
+        """The files the card names are plain names inside the bundle, and present; its
+        ``torch.export`` programs hold nothing that runs code when loaded."""
         files = self.card["files"]
         for name in files:
             if Path(name).name != name:
@@ -114,6 +116,11 @@ class ExportedBundle:
             # monitor's reference holds: refuse instead.
             what = f"its fingerprint encoder, {LEGACY_ENCODER},"
             raise InputError(reexport_hint(self.root, what))
+        # A program that would run code when torch reads it is refused on opening, so the
+        # server neither starts on it nor swaps to it (whatever backend it would use).
+        for name in files:
+            if name.endswith(".pt2"):
+                check_program(self.root / name)
 
     def check_integrity(self) -> None:
         """Refuse a bundle whose files do not match the SHA-256 its card records (one

@@ -7,8 +7,11 @@ event loop needs to parse the next requests.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+import os
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -22,6 +25,7 @@ from pomlia_hpc.serve.exported import (
     ExportedBundle,
     reexport_hint,
 )
+from pomlia_hpc.serve.programs import check_program
 
 LogitsFn = Callable[[np.ndarray], np.ndarray]
 BACKENDS = ("auto", "onnx", "torch")
@@ -108,14 +112,36 @@ def load_program(path: str, device: str = "cpu") -> Callable[..., Any]:
     """The ``torch.export`` program saved at ``path`` as a callable module on ``device``.
 
     The program was exported on CPU; its weights and any device constants are moved with
-    ``move_to_device_pass`` (``Module.to`` is not allowed on an exported program's module)."""
+    ``move_to_device_pass`` (``Module.to`` is not allowed on an exported program's module).
+    An archive that could run code when read (pickled objects, compiled libraries, guard
+    code, see :mod:`pomlia_hpc.serve.programs`) is refused with an :class:`InputError`
+    before torch opens it."""
     import torch
     from torch.export.passes import move_to_device_pass
 
-    program = torch.export.load(path)
+    check_program(Path(path))
+    with _weights_only_loads():
+        program = torch.export.load(path)
     if device != "cpu":
         program = move_to_device_pass(program, device)
     return program.module()
+
+
+@contextlib.contextmanager
+def _weights_only_loads() -> Iterator[None]:
+    """Force ``weights_only=True`` on every ``torch.load`` inside (torch reads
+    ``TORCH_FORCE_WEIGHTS_ONLY_LOAD`` on each call): a second guard behind
+    :func:`check_program`, for the sample inputs, whose loader falls back to a full unpickle."""
+    key = "TORCH_FORCE_WEIGHTS_ONLY_LOAD"
+    before = os.environ.get(key)
+    os.environ[key] = "1"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = before
 
 
 def to_nchw(images: np.ndarray) -> np.ndarray:
