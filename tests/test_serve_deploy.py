@@ -396,3 +396,32 @@ def test_hints_quote_a_directory_with_a_space_and_a_dollar(
     )
     build = refusal(submit).rsplit(": ", 1)[1]
     assert shlex.split(build)[:3] == ["cd", str(out), "&&"], build
+
+
+def test_sbatch_script_passes_the_token_in_the_environment_not_the_command_line(
+    workspace: Workspace, bundle: Path, tmp_path: Path
+) -> None:
+    """A command line is world-readable (/proc/PID/cmdline): the token must not be on
+    apptainer's; APPTAINERENV_* reaches the container even with --cleanenv. Apptainer is not
+    installed here: a stand-in records its arguments and environment."""
+    register_exported(workspace, bundle)
+    out = tmp_path / "deploy"
+    result = CliRunner().invoke(app, ["deploy", "demo", "--profile", "local", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    (out / "pomlia-serve.sif").touch()
+    tools = tmp_path / "tools"
+    tools.mkdir()
+    seen = tmp_path / "seen"
+    stand_in = tools / "apptainer"
+    stand_in.write_text(f'#!/bin/sh\necho "$@" > "{seen}.args"\nenv > "{seen}.env"\n')
+    stand_in.chmod(0o755)
+    secret = "s3cret-token-0123456789abcdef"
+    env = native_env(POMLIA_SERVE_TOKEN=secret, POMLIA_LOG_DIR=str(tmp_path / "logs"))
+    env["PATH"] = f"{tools}:{env['PATH']}"
+    run = subprocess.run(
+        ["bash", str(out / "serve.sbatch")], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert run.returncode == 0, run.stderr
+    args = Path(f"{seen}.args").read_text()
+    assert args.startswith("run --nv --cleanenv") and secret not in args
+    assert f"APPTAINERENV_POMLIA_SERVE_TOKEN={secret}" in Path(f"{seen}.env").read_text()
