@@ -262,7 +262,8 @@ def serve(
     token_file: Annotated[
         Path | None,
         typer.Option(
-            help="File with the bearer token for /v1/feedback (else env POMLIA_SERVE_TOKEN)."
+            help="File with the bearer token for /v1/feedback (else env POMLIA_SERVE_TOKEN); "
+            "must not be readable by group or others (chmod 600)."
         ),
     ] = None,
     log_dir: Annotated[

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hmac
 import os
+import stat
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -20,14 +21,23 @@ MIN_TOKEN_CHARS = 16
 
 
 def load_token(token_file: Path | None, env: Mapping[str, str] | None = None) -> str | None:
-    """The configured token, or None. A token shorter than 16 characters is a config error."""
+    """The configured token, or None. A token shorter than 16 characters is a config error, and
+    so is a token file that group or others may read (as ssh refuses such a private key)."""
     env = os.environ if env is None else env
     if token_file is not None:
         path = Path(token_file).expanduser()
         try:
+            mode = path.stat().st_mode
             token = path.read_text().strip()
         except OSError as exc:
             raise ConfigError(f"token file {path}: cannot read it ({exc.strerror})") from exc
+        if mode & (stat.S_IRGRP | stat.S_IROTH):
+            # Whoever can read the token can send feedback, which steers the monitor and the
+            # retraining loop: the file must be private, like an ssh key.
+            raise ConfigError(
+                f"token file {path}: readable by group or others (mode "
+                f"{stat.S_IMODE(mode):04o}); expected a private file: run `chmod 600 {path}`"
+            )
         source = str(path)
     else:
         token = env.get(TOKEN_ENV, "").strip()
