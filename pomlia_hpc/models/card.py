@@ -7,7 +7,8 @@ network. Task types come from :mod:`pomlia_hpc.vocab`.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import unicodedata
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from pydantic import Field, field_validator, model_validator
@@ -62,6 +63,23 @@ class Preprocessing(Record):
         return cls(mean=(DEFAULT_MEAN,) * channels, std=(DEFAULT_STD,) * channels)
 
 
+#: Unicode categories a class or label name may not hold: control characters (escape sequences
+#: that rewrite a terminal, newlines that break tables and logs) and line separators. The
+#: rule `pomlia data add` applies to class folders.
+_CONTROL = ("Cc", "Zl", "Zp")
+
+
+def check_label_names(names: Sequence[str]) -> None:
+    """Raise ``ValueError`` naming the first label name that holds a control character."""
+    for i, name in enumerate(names, 1):
+        bad = [c for c in name if unicodedata.category(c) in _CONTROL]
+        if bad:
+            raise ValueError(
+                f"'label_names' name {i} of {len(names)} ({name!r}) has a control character "
+                f"({bad[0]!r}): expected names without newlines, tabs or other control characters"
+            )
+
+
 class ClassifierMeta(Record):
     """Everything needed to rebuild, serve and describe a classifier (stored in its checkpoint;
     read back with :meth:`from_dict`, which refuses unknown keys)."""
@@ -87,6 +105,7 @@ class ClassifierMeta(Record):
 
     @model_validator(mode="after")
     def _consistent(self) -> ClassifierMeta:
+        check_label_names(self.label_names)
         n, channels = len(self.label_names), self.in_channels
         if n != self.num_classes:
             raise ValueError(
@@ -170,6 +189,7 @@ class ModelCard(Record):
 
     @model_validator(mode="after")
     def _consistent(self) -> ModelCard:
+        check_label_names(self.label_names)  # a bundle made elsewhere: the checkpoint's rule
         if self.task.get("type") not in TASK_TYPES:
             raise ValueError(f"'task.type' should be one of {', '.join(TASK_TYPES)}")
         n = self.input.channels
