@@ -26,13 +26,28 @@ from tests.fixtures.factories import tiny_study, tiny_task
 
 
 def test_sighup_in_the_block_is_an_interrupt_and_the_default_comes_back() -> None:
-    assert signal.getsignal(signal.SIGHUP) == signal.SIG_DFL
-    with pytest.raises(Hangup), hangup_as_interrupt():
-        os.kill(os.getpid(), signal.SIGHUP)
-        signal.sigtimedwait([], 0.5)  # a Python handler runs between bytecodes: give it one
-        raise AssertionError("SIGHUP did not interrupt the block")
-    assert signal.getsignal(signal.SIGHUP) == signal.SIG_DFL
+    # a suite started under nohup inherits SIGHUP ignored (the block then leaves it so, as it
+    # should): start this test from the default whatever started pytest
+    before = signal.signal(signal.SIGHUP, signal.SIG_DFL)
+    try:
+        with pytest.raises(Hangup), hangup_as_interrupt():
+            os.kill(os.getpid(), signal.SIGHUP)
+            signal.sigtimedwait([], 0.5)  # a Python handler runs between bytecodes: give it one
+            raise AssertionError("SIGHUP did not interrupt the block")
+        assert signal.getsignal(signal.SIGHUP) == signal.SIG_DFL
+    finally:
+        signal.signal(signal.SIGHUP, before)
     assert issubclass(Hangup, KeyboardInterrupt)  # every Ctrl-C clean-up applies
+
+
+def test_under_nohup_the_block_leaves_sighup_ignored() -> None:
+    before = signal.signal(signal.SIGHUP, signal.SIG_IGN)
+    try:
+        with hangup_as_interrupt():
+            assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
+        assert signal.getsignal(signal.SIGHUP) == signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGHUP, before)
 
 
 def test_a_hung_up_terminal_is_a_reader_gone_not_an_error() -> None:

@@ -90,6 +90,7 @@ def test_an_answer_is_scored_against_the_runs_since(workspace: Workspace, reg: R
     assert res.exit_code == 0 and "2.00" in res.output and "0.00" in res.output, res.output
 
 
+@pytest.mark.usefixtures("wide_console")  # "no picks" in one cell line: whole words wrap
 def test_an_answer_without_runs_since_is_not_run_and_bad_input_is_one_error(
     workspace: Workspace, reg: Registry
 ) -> None:
