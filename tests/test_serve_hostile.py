@@ -23,6 +23,7 @@ from pomlia_hpc.serve.local import LocalServer
 from pomlia_hpc.serve.predlog import read_records
 from pomlia_hpc.serve.records import FeedbackLine
 from tests.fixtures.factories import npy
+from tests.fixtures.sockets import read_until_closed as read_response
 
 TOKEN = "test-token-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -82,17 +83,6 @@ def connect(server: LocalServer) -> socket.socket:
     host, port = server.url.removeprefix("http://").rsplit(":", 1)
     sock = socket.create_connection((host, int(port)), timeout=10)
     return sock
-
-
-def read_response(sock: socket.socket) -> bytes:
-    """Everything the server sends until it closes the connection (or 10 s pass)."""
-    data = b""
-    try:
-        while chunk := sock.recv(65536):
-            data += chunk
-    except (ConnectionResetError, TimeoutError):
-        pass
-    return data
 
 
 # --- 8. no 5xx for a malformed NPY header ------------------------------------------------

@@ -34,6 +34,7 @@ from pomlia_hpc.serve.local import LocalServer
 from pomlia_hpc.serve.predlog import read_records
 from pomlia_hpc.serve.records import RejectionLine
 from pomlia_hpc.serve.server import bind_socket
+from tests.fixtures.sockets import read_until_closed as read_all
 
 SETTINGS = (
     "max_head_kb: 8\nbody_timeout_s: 5\nbody_deadline_s: 3\n"
@@ -67,17 +68,6 @@ def png(seed: int = 0) -> bytes:
 def connect(url: str) -> socket.socket:
     host, port = url.removeprefix("http://").rsplit(":", 1)
     return socket.create_connection((host, int(port)), timeout=15)
-
-
-def read_all(sock: socket.socket) -> bytes:
-    """Everything the server sends until it closes the connection (or 15 s of silence)."""
-    data = b""
-    try:
-        while chunk := sock.recv(65536):
-            data += chunk
-    except (ConnectionResetError, TimeoutError):
-        pass
-    return data
 
 
 def upload_head(length: int) -> bytes:
