@@ -195,3 +195,44 @@ def test_an_exported_program_passes_the_check_and_runs(bundle: Path) -> None:
     check_program(bundle / "model.pt2")
     out = load_program(str(bundle / "model.pt2"))(torch.rand(2, 3, 28, 28))
     assert tuple(out.shape) == (2, 4) and bool(np.isfinite(out.detach().numpy()).all())
+
+
+def test_overlapping_loads_keep_the_weights_only_guard(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """Two program loads at once (a hot swap beside a reload): the second must still read
+    under ``TORCH_FORCE_WEIGHTS_ONLY_LOAD`` after the first has finished and lifted it."""
+    import os
+    import threading
+
+    import pomlia_hpc.serve.runtime as runtime
+
+    key = "TORCH_FORCE_WEIGHTS_ONLY_LOAD"
+    monkeypatch.delenv(key, raising=False)
+    monkeypatch.setattr(runtime, "check_program", lambda path: None)
+    first_inside, second_started = threading.Event(), threading.Event()
+    seen: dict[str, str | None] = {}
+
+    class Program:
+        def module(self) -> object:
+            return object()
+
+    def fake_load(path: str) -> Program:
+        if path.endswith("first.pt2"):
+            first_inside.set()
+            second_started.wait(1.0)  # loads serialised: the second cannot start, go on
+        else:
+            second_started.set()
+            one.join(5.0)  # the first load has returned and left its guard
+            seen["second"] = os.environ.get(key)
+        return Program()
+
+    monkeypatch.setattr(torch.export, "load", fake_load)
+    one = threading.Thread(target=load_program, args=(str(tmp_path / "first.pt2"),))
+    two = threading.Thread(target=load_program, args=(str(tmp_path / "second.pt2"),))
+    one.start()
+    assert first_inside.wait(5.0)
+    two.start()
+    two.join(10.0)
+    assert seen["second"] == "1"
+    assert os.environ.get(key) is None

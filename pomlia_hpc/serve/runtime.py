@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,11 +121,17 @@ def load_program(path: str, device: str = "cpu") -> Callable[..., Any]:
     from torch.export.passes import move_to_device_pass
 
     check_program(Path(path))
-    with _weights_only_loads():
+    with _LOAD_LOCK, _weights_only_loads():
         program = torch.export.load(path)
     if device != "cpu":
         program = move_to_device_pass(program, device)
     return program.module()
+
+
+# One program load at a time: the guard below is process-wide (an environment variable), and
+# a second load finishing first would otherwise lift it while the first still reads (a hot
+# swap's load in the watcher thread beside a ``/v1/reload``). Loads are rare and short.
+_LOAD_LOCK = threading.Lock()
 
 
 @contextlib.contextmanager
