@@ -6,6 +6,9 @@ under CI (``CI=true``) where a missing service is a failure: CI must execute the
 
 from __future__ import annotations
 
+import signal
+import threading
+
 import pytest
 
 from tests.fixtures import jobfns
@@ -45,6 +48,8 @@ __all__ = [
 def pytest_configure(config: pytest.Config) -> None:
     import cloudpickle
 
+    ctrl_c_as_in_a_terminal()
+
     # Job processes (local or Slurm) get the test callables by value: they need not import
     # anything from the tests folder.
     cloudpickle.register_pickle_by_value(jobfns)
@@ -53,6 +58,23 @@ def pytest_configure(config: pytest.Config) -> None:
     # collection order, LONG_FILES first (pytest_collection_modifyitems), is the queue's order.
     if hasattr(config.option, "loadscopereorder"):  # xdist installed
         config.option.loadscopereorder = False
+
+
+def ctrl_c_as_in_a_terminal() -> None:
+    """Give this pytest process Python's usual SIGINT handler (KeyboardInterrupt) if it
+    started with SIGINT ignored.
+
+    An asynchronous command of a shell without job control (`bash -c 'pytest ... &'`, a CI
+    step started in the background) starts with SIGINT ignored, and SIG_IGN is inherited
+    across exec: Python then installs no KeyboardInterrupt handler, nor does any process the
+    tests start, and the tests that send Ctrl-C (SIGINT) to a command fail. A handler (unlike
+    SIG_IGN) is reset to the default on exec, so the processes started from here (xdist
+    workers, the commands under test) get SIGINT at its default again. Only the suite is
+    changed: the product still honours a SIGINT ignored by whoever started it (a `nohup`'d
+    run), which tests/test_cluster_local.py's ignored-SIGINT tests set up themselves."""
+    main = threading.current_thread() is threading.main_thread()
+    if main and signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 #: The longest test files (each 1.5-5.5 min on 2 cores: the sum of their slowest tests in a
