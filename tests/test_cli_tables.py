@@ -13,8 +13,9 @@ from pathlib import Path
 from rich.table import Table
 
 from pomlia_hpc.cli.app import MessageConsole
-from pomlia_hpc.registry import Job, Registry, Run
+from pomlia_hpc.registry import Job, Model, MonitorReport, Registry, Run
 from pomlia_hpc.workspace import Workspace
+from tests.fixtures.factories import tiny_dataset
 
 REPO = Path(__file__).resolve().parents[1]
 #: What would make rich take the output for a terminal, or point elsewhere.
@@ -77,6 +78,12 @@ def some_jobs_and_runs(reg: Registry) -> None:
         s.commit()
 
 
+def cells(out: str) -> set[str]:
+    """The stripped lines of the cells of a table printed in ``out``."""
+    words = {w for line in out.splitlines() for w in line.replace("┃", "│").split("│")}
+    return {w.strip() for w in words}
+
+
 def test_tables_keep_ids_states_times_and_metric_names_whole(
     workspace: Workspace, reg: Registry
 ) -> None:
@@ -85,16 +92,79 @@ def test_tables_keep_ids_states_times_and_metric_names_whole(
     now (a table too wide for its words is printed wider than the console)."""
     some_jobs_and_runs(reg)
     jobs = pomlia(workspace.home, "jobs", "list", columns="80")
-    words = {w for line in jobs.splitlines() for w in line.replace("┃", "│").split("│")}
-    words = {w.strip() for w in words}
-    for token in ("COMPLETED", "CANCELLED", "FAILED", "backend", "scheduler", "123458_2"):
+    words = cells(jobs)
+    for token in ("COMPLETED", "CANCELLED", "FAILED", "scheduler id", "123458_2", "12-05 04:31"):
         assert token in words, jobs
-    assert "2026-12-05" in words and "04:31:07" in words, jobs
     assert "fingerprint-train-ae9" in words, jobs
+    assert "2026-12-05 04:31:07" in cells(pomlia(workspace.home, "jobs", "list", columns="200"))
     runs = pomlia(workspace.home, "runs", "list", columns="80")
     assert "f1_macro" in runs and "demo-study" in runs and "completed" in runs, runs
     narrow = pomlia(workspace.home, "jobs", "list", columns="40")
     assert "COMPLETED" in narrow and "fingerprint-train-ae9" in narrow, narrow
+
+
+def test_list_commands_fit_80_columns_with_ids_states_and_times_whole(
+    workspace: Workspace, reg: Registry
+) -> None:
+    """Once their words were kept whole, `jobs list` at COLUMNS=80 printed 97-119 columns,
+    `data list` 106, `runs list` 110, `model list` 158 and `monitor history` 97: lists now
+    have a narrow form (fewer columns, values stacked, times as MM-DD HH:MM)."""
+    some_jobs_and_runs(reg)
+    tiny_dataset(workspace, reg, "pneumoniamnist", "pneumoniamnist", sizes=(16, 8, 8))
+    with reg.session() as s:
+        job = s.get(Job, 2)
+        assert job is not None
+        job.requeue_count = 2
+        job.exit_cause = (
+            "RuntimeError: CUDA out of memory. Tried to allocate 2.00 GiB (GPU 0; 39.59 GiB)"
+        )
+        model = Model(
+            name="pneumoniamnist-best-1",
+            run_id=1,
+            path="/x",
+            lineage={
+                "dataset": "pneumoniamnist@296499f1692ab6e5",
+                "study": "demo-study",
+                "metric": "f1_macro",
+                "code_version": {"commit": "7930a5c1d2e3-dirty"},
+            },
+            card={
+                "architecture": "resnet18",
+                "metrics": {"test": {"f1_macro": 0.8123}},
+                "export": {"version": "0123456789abcdef"},
+            },
+            created_at=datetime(2026, 12, 5, 4, 31, 7, tzinfo=UTC),
+        )
+        s.add(model)
+        s.flush()
+        s.add(
+            MonitorReport(
+                model_id=model.id,
+                report_path=str(workspace.home / "monitor" / "pneumoniamnist-best-1" / "r.json"),
+                triggered=True,
+                metrics={"status": "alarm", "predictions": 12345, "performance": {"labels": 321}},
+                created_at=datetime(2026, 12, 5, 4, 31, 7, tzinfo=UTC),
+            )
+        )
+        s.commit()
+    wanted = {
+        ("jobs", "list"): ["123457_1", "FAILED", "2 requeues", "CANCELLED", "12-05 04:31"],
+        ("status",): ["123458_2", "COMPLETED", "12-05 04:31"],
+        ("data", "list"): ["pneumoniamnist"],
+        ("runs", "list"): ["demo-study", "completed", "3 epochs"],
+        ("model", "list"): ["pneumoniamnist-best-1", "@296499f1692ab6e5", "12-05 04:31"],
+        ("monitor", "history", "pneumoniamnist-best-1"): ["12-05 04:31", "alarm", "12345"],
+    }
+    for args, tokens in wanted.items():
+        out = pomlia(workspace.home, *args, columns="80")
+        table = [line for line in out.splitlines() if line.strip()[:1] in set("┏┃┡│└")]
+        assert table and max(len(line) for line in table) <= 80, out  # status's paths are not
+        for token in tokens:
+            assert token in cells(out), (args, token, out)
+    version = pomlia(workspace.home, "data", "list", "--json")
+    assert version.split('"version": "')[1][:16] in " ".join(
+        pomlia(workspace.home, "data", "list", columns="80").split()
+    )
 
 
 def test_an_invalid_columns_is_ignored_off_a_terminal(workspace: Workspace, reg: Registry) -> None:

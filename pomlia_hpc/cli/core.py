@@ -11,6 +11,7 @@ from sqlalchemy import select
 
 from pomlia_hpc.cli.app import STATE, app, console
 from pomlia_hpc.cli.listing import check_limit
+from pomlia_hpc.cli.tables import ListTable, stack, when
 from pomlia_hpc.cluster.records import refresh_jobs
 from pomlia_hpc.config import load_cluster_profile
 from pomlia_hpc.errors import ClusterError
@@ -26,8 +27,10 @@ def init() -> None:
 
 
 def jobs_table(rows: list[Job], title: str) -> Table:
-    """Render job rows as a rich table (shared by ``status`` and ``jobs list``)."""
-    table = Table(title=title)
+    """Render job rows as a rich table (shared by ``status`` and ``jobs list``), with its
+    narrow form (said in their --help)."""
+    table = ListTable(title=title)
+    whole = {"id", "scheduler id", "state", "submitted", "ended"}  # never wrapped
     for col in (
         "id",
         "name",
@@ -39,8 +42,15 @@ def jobs_table(rows: list[Job], title: str) -> Table:
         "ended",
         "exit cause",
     ):
-        table.add_column(col, overflow="fold")
+        table.add_column(col, overflow="fold", no_wrap=col in whole)
+    narrow = table.narrow = Table(title=title)
+    narrow.add_column("id", no_wrap=True)
+    narrow.add_column("name\nexit cause", overflow="fold")
+    narrow.add_column("scheduler id", overflow="fold")
+    narrow.add_column("state", overflow="fold")
+    narrow.add_column("submitted\nended", no_wrap=True)
     for r in rows:
+        cause = (r.exit_cause or "")[:80]
         table.add_row(
             str(r.id),
             r.name,
@@ -48,9 +58,20 @@ def jobs_table(rows: list[Job], title: str) -> Table:
             r.scheduler_id,
             r.state,
             str(r.requeue_count),
-            f"{r.submitted_at:%Y-%m-%d %H:%M:%S}" if r.submitted_at else "",
+            when(r.submitted_at, seconds=True),
             f"{r.ended_at:%H:%M:%S}" if r.ended_at else "",
-            (r.exit_cause or "")[:80],
+            cause,
+        )
+        requeues = f"{r.requeue_count} requeue{'s' if r.requeue_count != 1 else ''}"
+        ended = r.ended_at and when(r.ended_at, narrow=True)
+        if ended and r.submitted_at and ended[:5] == when(r.submitted_at, narrow=True)[:5]:
+            ended = ended[6:]  # the same day: the time alone, as the full table shows it
+        narrow.add_row(
+            str(r.id),
+            stack(r.name, cause),
+            r.scheduler_id,
+            stack(r.state, requeues if r.requeue_count else ""),
+            stack(when(r.submitted_at, narrow=True), ended or ""),
         )
     return table
 
@@ -60,7 +81,9 @@ def status(
     limit: Annotated[int, typer.Option(help="How many recent jobs to show.")] = 10,
 ) -> None:
     """Show the workspace, registry URL and schema revision, cluster backend and the most
-    recent jobs."""
+    recent jobs.
+
+    A console too narrow for the jobs table (80 columns) gets the narrow one of `jobs list`."""
     check_limit(limit)
     ws = STATE.workspace
     profile = load_cluster_profile(ws.cluster_profile)

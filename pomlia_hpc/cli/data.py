@@ -15,6 +15,7 @@ from rich.table import Table
 from pomlia_hpc.cli.app import STATE, app, console, err_console
 from pomlia_hpc.cli.folder_notes import print_folder_notes, print_skipped_files
 from pomlia_hpc.cli.listing import JsonFlag, print_rows
+from pomlia_hpc.cli.tables import ListTable, stack, when
 from pomlia_hpc.data.medmnist_info import FLAGS_2D
 from pomlia_hpc.progress import Reporter, progress
 from pomlia_hpc.vocab import task_type_choices
@@ -419,7 +420,9 @@ def list_cmd(
 ) -> None:
     """List registered datasets and their versions.
 
-    A `*` after a version marks the one the plain name means (the one last added).
+    A `*` after a version marks the one the plain name means (the one last added). A console
+    too narrow for the full table (80 columns) gets 4 columns, two values stacked in each
+    (size as HEIGHTxWIDTHxCHANNELS, the creation time as MM-DD HH:MM).
 
     --json keys: name, version, parent, n_images, task_type, n_classes, image_size (height
     and width, px), channels, created_at, store_path, current."""
@@ -437,20 +440,33 @@ def list_cmd(
             ]
         )
         return
-    table = Table(title=f"dataset versions ({len(rows)})")
+    title = f"dataset versions ({len(rows)})"
+    table = ListTable(title=title)
     for col in ("name", "version", "parent", "images", "task", "classes", "size", "ch", "created"):
-        table.add_column(col, overflow="fold")
+        table.add_column(col, overflow="fold", no_wrap=col == "created")
+    # The narrow form (an 80-column terminal): related values stacked, in 4 columns.
+    narrow = table.narrow = Table(title=title)
+    for col in ("name\ncreated", "version\nparent", "images\nsize", "task\nclasses"):
+        narrow.add_column(col, overflow="fold")
     for r in rows:
+        version = f"{r.version} *" if r.current else r.version
+        size = f"{r.image_size[0]}x{r.image_size[1]}"
         table.add_row(
             r.name,
-            f"{r.version} *" if r.current else r.version,
+            version,
             r.parent or "",
             str(r.n_images),
             r.task_type,
             str(r.n_classes),
-            f"{r.image_size[0]}x{r.image_size[1]}",
+            size,
             str(r.channels),
-            f"{r.created_at:%Y-%m-%d %H:%M}",
+            when(r.created_at),
+        )
+        narrow.add_row(
+            stack(r.name, when(r.created_at, narrow=True)),
+            stack(version, r.parent or ""),
+            stack(str(r.n_images), f"{size}x{r.channels}"),
+            stack(r.task_type, f"{r.n_classes} classes"),
         )
     console.print(table)
 

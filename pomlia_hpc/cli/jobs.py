@@ -40,6 +40,10 @@ def list_jobs(
 ) -> None:
     """List recorded jobs, newest first (Slurm states refreshed with one sacct call).
 
+    A console too narrow for the full table (80 columns) gets a narrow one: times as MM-DD
+    HH:MM, the exit cause under the name, the end time under the submission time, requeues
+    under the state, and no backend column (`pomlia jobs show ID` has it).
+
     --json keys: id, name, backend, scheduler_id, state, requeue_count, submitted_at,
     ended_at, exit_cause."""
     check_limit(limit)

@@ -17,6 +17,7 @@ from rich.table import Table
 from pomlia_hpc.cli.app import STATE, app, console, err_console, log_line, profile_for
 from pomlia_hpc.cli.data import data_app
 from pomlia_hpc.cli.serve import deploy_app
+from pomlia_hpc.cli.tables import ListTable, when
 from pomlia_hpc.errors import InputError
 
 if TYPE_CHECKING:
@@ -169,7 +170,9 @@ def rollback_cmd(slot: SlotArg) -> None:
 
 @deploy_app.command("history")
 def history_cmd(slot: SlotArg) -> None:
-    """What SLOT served when, and each gate decision with its evidence."""
+    """What SLOT served when, and each gate decision with its evidence.
+
+    A console too narrow for the full table (80 columns) shows times as MM-DD HH:MM."""
     from pomlia_hpc.loop.promote import gate_decisions, history, slots
     from pomlia_hpc.registry.lookup import not_found
 
@@ -177,18 +180,16 @@ def history_cmd(slot: SlotArg) -> None:
     entries, decisions = history(reg, slot), gate_decisions(reg, slot)
     if not entries and not decisions:
         raise not_found("slot", slot, slots(reg))
-    table = Table(title=f"slot {slot}")
+    table = ListTable(title=f"slot {slot}")
+    # The narrow form (an 80-column terminal): times as MM-DD HH:MM.
+    narrow = table.narrow = Table(title=f"slot {slot}")
     for col in ("id", "time", "model", "kind", "gate", "loop run"):
-        table.add_column(col)
+        table.add_column(col, no_wrap=col in ("id", "time"))
+        narrow.add_column(col, no_wrap=col in ("id", "time"))
     for e in entries:
-        table.add_row(
-            str(e.id),
-            f"{e.created_at:%Y-%m-%d %H:%M:%S}",
-            e.model,
-            e.kind,
-            str(e.gate_id or ""),
-            str(e.loop_run_id or ""),
-        )
+        rest = (e.model, e.kind, str(e.gate_id or ""), str(e.loop_run_id or ""))
+        table.add_row(str(e.id), when(e.created_at, seconds=True), *rest)
+        narrow.add_row(str(e.id), when(e.created_at, narrow=True), *rest)
     console.print(table)
     gates = Table(title="gate decisions")
     for col in (

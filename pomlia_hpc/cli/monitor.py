@@ -12,6 +12,7 @@ from rich.table import Table
 from pomlia_hpc.cli.app import STATE, app, console, err_console
 from pomlia_hpc.cli.listing import JsonFlag, print_rows
 from pomlia_hpc.cli.reference import warn_few_images
+from pomlia_hpc.cli.tables import ListTable, stack, when
 from pomlia_hpc.errors import InputError
 
 monitor_app = typer.Typer(
@@ -157,28 +158,47 @@ def history_cmd(
 
     --json keys (the table's columns): id, created_at, status, predictions, labels (feedback
     labels in the window), accuracy (on them; a number in [0, 1], not rounded), alarm (true or
-    false), path (the report's JSON file); a missing value is null."""
+    false), path (the report's JSON file); a missing value is null. A console too narrow for
+    the full table (80 columns) gets 5 columns: predictions, labels and accuracy stacked in
+    one, the creation time (MM-DD HH:MM) above the status."""
     from pomlia_hpc.monitor.history import list_reports
 
     rows = list_reports(STATE.registry(), target, limit)
     if as_json:
         print_rows([_history_row(r) for r in rows])
         return
-    table = Table(title=f"monitor reports ({len(rows)})")
+    title = f"monitor reports ({len(rows)})"
+    table = ListTable(title=title)
     for col in ("id", "created", "status", "predictions", "labels", "accuracy", "alarm", "path"):
-        table.add_column(col, overflow="fold")
+        table.add_column(col, overflow="fold", no_wrap=col in ("id", "created"))
+    # The narrow form (an 80-column terminal): counts and accuracy stacked, path in full.
+    narrow = table.narrow = Table(title=title)
+    narrow.add_column("id", no_wrap=True)
+    narrow.add_column("created\nstatus", no_wrap=True)
+    narrow.add_column("predictions\nlabels\naccuracy")
+    narrow.add_column("alarm")
+    narrow.add_column("path", overflow="fold")
     for r in rows:
         perf = (r.metrics or {}).get("performance") or {}
         acc = perf.get("accuracy")
-        table.add_row(
+        cells = (
             str(r.id),
-            f"{r.created_at:%Y-%m-%d %H:%M}",
+            when(r.created_at),
             str((r.metrics or {}).get("status", "")),
             str((r.metrics or {}).get("predictions", "")),
             str(perf.get("labels", "")),
             f"{acc:.3f}" if isinstance(acc, float) else "",
             "yes" if r.triggered else "no",
             r.report_path,
+        )
+        table.add_row(*cells)
+        ident, _, status, predictions, labels, accuracy, alarm, path = cells
+        narrow.add_row(
+            ident,
+            stack(when(r.created_at, narrow=True), status),
+            stack(predictions, labels, accuracy),
+            alarm,
+            path,
         )
     console.print(table)
 

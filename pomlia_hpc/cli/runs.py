@@ -13,6 +13,7 @@ from rich.text import Text
 
 from pomlia_hpc.cli.app import STATE, app, console, err_console
 from pomlia_hpc.cli.listing import JsonFlag, print_rows
+from pomlia_hpc.cli.tables import ListTable, stack
 from pomlia_hpc.vocab import METRICS, RunStatus
 
 runs_app = typer.Typer(help="Training runs (AutoML trials) in the registry.", no_args_is_help=True)
@@ -64,9 +65,11 @@ def runs_list(
     (the registry's job id, as `pomlia jobs show/cancel` take), scheduler_id (Slurm's job id
     or the local pid), error (the whole text; the table shows its first line), created_at;
     a missing value is null, and so is a metric undefined for the run (val.auc of a split of
-    one class; the table shows n/a)."""
+    one class; the table shows n/a). A console too narrow for the full table (80 columns)
+    gets 6 columns: the error under the configuration, val and test metrics in one column,
+    two values stacked in the others."""
     from pomlia_hpc.automl.folders import study_names  # not .study: that imports torch
-    from pomlia_hpc.automl.records import config_summary, list_runs, settle_cancelled
+    from pomlia_hpc.automl.records import list_runs, settle_cancelled
 
     known = study_names(STATE.workspace) if study is not None else []
     rows = list_runs(STATE.registry(), task=task, study=study, limit=limit, known_studies=known)
@@ -89,7 +92,18 @@ def runs_list(
             ]
         )
         return
-    table = Table(title=f"runs ({len(rows)})")
+    table = _runs_table(rows, gone)
+    console.print(table)
+    _stale_hints(gone, settled)
+    _unfinished_hints(rows, gone)
+
+
+def _runs_table(rows: list[Any], gone: dict[str, tuple[str, str]]) -> ListTable:
+    """The runs as a table, with its narrow form (said in ``runs list --help``)."""
+    from pomlia_hpc.automl.records import config_summary
+
+    title = f"runs ({len(rows)})"
+    table = ListTable(title=title)
     for col in (
         "id",
         "task",
@@ -103,26 +117,41 @@ def runs_list(
         "job",
         "error",
     ):
-        table.add_column(col, overflow="fold")
+        table.add_column(col, overflow="fold", no_wrap=col in ("id", "job"))
+    narrow = table.narrow = Table(title=title)
+    narrow.add_column("id", no_wrap=True)
+    for col in ("task\nstudy", "configuration\nerror", "status\nepochs", "metrics", "job\ncost"):
+        narrow.add_column(col, overflow="fold")
     for r in rows:
         val, test = r.metrics.get("val") or {}, r.metrics.get("test") or {}
         unfinished = r.status in (RunStatus.RUNNING, RunStatus.PENDING) and r.study in gone
+        status = f"{r.status} (stale)" if unfinished else str(r.status)
+        error = (r.error or "").split("\n")[0][:60]
         table.add_row(
             str(r.id),
             r.task or "",
             r.study or "",
             config_summary(r.config),
             fmt(r.epochs, 0),
-            Text(f"{r.status} (stale)", style="yellow") if unfinished else r.status,
+            Text(status, style="yellow") if unfinished else status,
             _metrics(val),
             _metrics(test),
             fmt(r.cost_s, 1),
             "" if r.job is None else str(r.job),
-            (r.error or "").split("\n")[0][:60],
+            error,
         )
-    console.print(table)
-    _stale_hints(gone, settled)
-    _unfinished_hints(rows, gone)
+        epochs = fmt(r.epochs, 0)
+        narrow.add_row(
+            str(r.id),
+            stack(r.task or "", r.study or ""),
+            stack(config_summary(r.config), error),
+            Text(
+                stack(status, f"{epochs} epochs" if epochs else ""), "yellow" if unfinished else ""
+            ),
+            stack(*(f"{k} {_metrics(v)}" for k, v in (("val", val), ("test", test)) if v)),
+            stack("" if r.job is None else str(r.job), f"{fmt(r.cost_s, 1)} s" if r.cost_s else ""),
+        )
+    return table
 
 
 def _stale_hints(gone: dict[str, tuple[str, str]], settled: list[int]) -> None:

@@ -14,6 +14,7 @@ from typer.core import TyperGroup
 from pomlia_hpc.cli.app import STATE, app, console
 from pomlia_hpc.cli.listing import JsonFlag, check_limit, print_rows
 from pomlia_hpc.cli.reference import warn_few_images
+from pomlia_hpc.cli.tables import ListTable, stack, when
 from pomlia_hpc.errors import InputError, NotFoundError
 from pomlia_hpc.models.archs import ARCHITECTURES
 
@@ -115,6 +116,9 @@ def list_models(
 ) -> None:
     """List registered models: task, lineage (dataset, run, study), test metric, export state.
 
+    A console too narrow for the full table (80 columns) gets 4 columns, related values
+    stacked in each (the creation time as MM-DD HH:MM).
+
     --json keys: id, name, task, dataset, run_id, study, arch, metric, test_score, exported
     (the bundle version), code_version, created_at."""
     from pomlia_hpc.registry import Model, Task
@@ -131,7 +135,8 @@ def list_models(
     if as_json:
         print_rows([_model_row(m, task_name) for m, task_name in rows])
         return
-    table = Table(title=f"models ({len(rows)})")
+    title = f"models ({len(rows)})"
+    table = ListTable(title=title)
     for col in (
         "id",
         "name",
@@ -145,13 +150,18 @@ def list_models(
         "code",
         "created",
     ):
-        table.add_column(col, overflow="fold")
+        table.add_column(col, overflow="fold", no_wrap=col in ("id", "run", "created"))
+    # The narrow form (an 80-column terminal): 4 columns, related values stacked.
+    narrow = table.narrow = Table(title=title)
+    narrow.add_column("id", no_wrap=True)
+    for col in ("name\ntask\ncreated", "dataset\nstudy\nrun", "arch\nmetric\nexported\ncode"):
+        narrow.add_column(col, overflow="fold")
     for m, task_name in rows:
         lin, card = m.lineage or {}, m.card or {}
         metric = lin.get("metric")
         score = ((card.get("metrics") or {}).get("test") or {}).get(metric) if metric else None
         code = lin.get("code_version") or {}
-        table.add_row(
+        cells = (
             str(m.id),
             m.name,
             task_name or "-",  # no task: not its task type, which read as a task name
@@ -162,7 +172,15 @@ def list_models(
             f"test {metric} {score:.3f}" if isinstance(score, (int, float)) else "",
             str((card.get("export") or {}).get("version", "")),
             str(code.get("commit", code.get("version", ""))),
-            f"{m.created_at:%Y-%m-%d %H:%M}" if m.created_at else "",
+        )
+        table.add_row(*cells, when(m.created_at))
+        ident, name, task_cell, dataset, run, study, arch, test, exported, commit = cells
+        narrow.add_row(
+            ident,
+            stack(name, task_cell, when(m.created_at, narrow=True)),
+            # NAME @VERSION: two words, so that the version is never cut
+            stack(dataset.replace("@", " @"), study, f"run {run}" if run else ""),
+            stack(arch, test, exported, commit),
         )
     console.print(table)
 

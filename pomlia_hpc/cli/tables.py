@@ -8,14 +8,25 @@ its longest word (ids, states, versions, times, metric names stay whole; only a 
 :data:`FOLD_CAP` characters, a path or a configuration, folds), the rest of the width goes to
 the columns whose text wraps, in proportion to what they would need; a table whose words alone
 do not fit is printed wider than the console (the terminal wraps its lines, a file keeps them)
-rather than cut words. :func:`title_apart` keeps a title longer than its table on one line off
-a terminal, where rich wrapped it inside the table's width.
+rather than cut words; a column with ``no_wrap`` (ids, states, times) keeps each cell on one
+line. :func:`title_apart` keeps a title longer than its table on one line off a terminal, where
+rich wrapped it inside the table's width.
 
-:class:`~pomlia_hpc.cli.app.MessageConsole` applies both to every table it prints, so no
+A list command's table (:class:`ListTable`) also has a narrow form, for an 80-column terminal:
+the same rows in fewer columns (two related values stacked in one cell, :func:`stack`), shorter
+times (:func:`when`), a low-value column left out. At 80 columns the full ``jobs list`` was 97
+to 119 columns wide once its words were kept whole. :func:`pick_form` prints the narrow form
+when the full one does not fit the console without squeezing its free text below
+:data:`TEXT_MIN` characters.
+
+:class:`~pomlia_hpc.cli.app.MessageConsole` applies all three to every table it prints, so no
 command lays out its own.
 """
 
 from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
 
 from rich.console import Console
 from rich.measure import Measurement
@@ -26,6 +37,36 @@ from rich.text import Text
 #: table: longer ones (paths, configurations, JSON) fold. Ids, versions (16 hex digits), times
 #: and metric names are shorter.
 FOLD_CAP = 24
+
+#: Narrowest (characters) a column of free text (a name, an error) may be squeezed to before
+#: a table's narrow form is printed instead of the full one: narrower, it reads as a column of
+#: words.
+TEXT_MIN = 16
+
+
+class ListTable(Table):
+    """A list command's table, with ``narrow``: the same rows in fewer columns, printed
+    instead of this one on a console too narrow for it (:func:`pick_form`). None: no narrow
+    form."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.narrow: Table | None = None
+
+
+def when(at: datetime | None, *, narrow: bool = False, seconds: bool = False) -> str:
+    """``at`` as a table shows it: ``2026-12-05 04:31`` (``:07`` with ``seconds``), or in a
+    narrow form ``12-05 04:31`` (the year left out); the empty text for None."""
+    if at is None:
+        return ""
+    if narrow:
+        return f"{at:%m-%d %H:%M}"
+    return f"{at:%Y-%m-%d %H:%M:%S}" if seconds else f"{at:%Y-%m-%d %H:%M}"
+
+
+def stack(*parts: str) -> str:
+    """Two (or more) values of a narrow form's cell, one per line; empty ones left out."""
+    return "\n".join(p for p in parts if p)
 
 
 def _edge_width(table: Table) -> int:
@@ -50,29 +91,54 @@ def _share(extra: int, needs: list[int]) -> list[int]:
     return parts
 
 
+def _measure(table: Table, console: Console) -> tuple[list[int], list[int]]:
+    """Per column of ``table``, the width (characters) its words need and the width its cells
+    need on one line each; a ``no_wrap`` column needs the latter for both."""
+    lows: list[int] = []
+    highs: list[int] = []
+    for column in table.columns:
+        low, high = 1, 1
+        for cell in [column.header, *column.cells]:
+            m = Measurement.get(console, console.options, cell)
+            low, high = max(low, m.minimum), max(high, m.maximum)
+        lows.append(high if column.no_wrap else min(low, FOLD_CAP, high))
+        highs.append(high)
+    return lows, highs
+
+
+def pick_form(table: Table, console: Console) -> Table:
+    """``table``, or its narrow form when it is a :class:`ListTable` that does not fit
+    ``console``'s width with its free text at least :data:`TEXT_MIN` characters wide (or as
+    wide as its longest cell, if less)."""
+    if not isinstance(table, ListTable) or table.narrow is None or not table.columns:
+        return table
+    lows, highs = _measure(table, console)
+    return (
+        table if sum(_floors(lows, highs)) <= console.width - _edge_width(table) else table.narrow
+    )
+
+
+def _floors(lows: list[int], highs: list[int]) -> list[int]:
+    """The widths below which a column is squeezed: its words, and :data:`TEXT_MIN` for text
+    that wraps (or its cells' width, if less)."""
+    return [max(lo, min(hi, TEXT_MIN)) for lo, hi in zip(lows, highs, strict=True)]
+
+
 def fit_columns(table: Table, console: Console) -> bool:
     """Lay ``table`` out for ``console``'s width without breaking a word (see the module);
     returns whether the table is wider than the console, which must then print it uncropped
     (``crop=False``). A table that fits, or one with columns of fixed width, is left as it is."""
     if not table.columns or any(c.width is not None for c in table.columns):
         return False
-    options = console.options
-    lows: list[int] = []
-    highs: list[int] = []
-    for column in table.columns:
-        low, high = 1, 1
-        for cell in [column.header, *column.cells]:
-            m = Measurement.get(console, options, cell)
-            low, high = max(low, m.minimum), max(high, m.maximum)
-        lows.append(min(low, FOLD_CAP, high))
-        highs.append(high)
+    lows, highs = _measure(table, console)
     room = console.width - _edge_width(table)
     if sum(highs) <= room:
         return False  # rich shows every cell whole
-    widths = lows
-    if sum(lows) <= room:
-        grow = _share(room - sum(lows), [h - w for h, w in zip(highs, lows, strict=True)])
-        widths = [w + g for w, g in zip(lows, grow, strict=True)]
+    floors = _floors(lows, highs)
+    widths = floors if sum(floors) <= room else lows  # no text squeezed while room is left
+    if sum(widths) <= room:
+        grow = _share(room - sum(widths), [h - w for h, w in zip(highs, widths, strict=True)])
+        widths = [w + g for w, g in zip(widths, grow, strict=True)]
     for column, width in zip(table.columns, widths, strict=True):
         column.width = width
     wide = sum(widths) > room
