@@ -7,30 +7,21 @@ buffering any size, and a refusal is always a JSON ``{"error": message, "status"
 from __future__ import annotations
 
 import math
-from collections.abc import AsyncGenerator
-from email.message import Message
 from typing import Any
 
 import orjson
 from fastapi import Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import ValidationError
-from starlette.datastructures import UploadFile
-from starlette.formparsers import MultiPartException, MultiPartParser
 from starlette.types import Message as AsgiMessage
 from starlette.types import Receive, Scope, Send
 
-from pomlia_hpc.serve.decode import Limits, RequestError, base_type
+from pomlia_hpc.serve.decode import RequestError, base_type
 from pomlia_hpc.serve.guards import UploadBytes
 from pomlia_hpc.serve.schemas import FeedbackIn
 
 #: Largest /v1/feedback body, bytes: a prediction id and a few labels need far less.
 FEEDBACK_MAX_BYTES = 64 * 1024
-
-#: Largest multipart part without ``filename=`` (a form field, not a file), bytes.
-FIELD_MAX_BYTES = 64 * 1024
-#: How a file part's header must look, for refusals of multipart bodies.
-FILE_PART_HINT = 'Content-Disposition: form-data; name="file"; filename="a.png"'
 
 
 def error_response(
@@ -142,82 +133,3 @@ def feedback_refusal_text(exc: ValidationError, expected_label: str) -> str:
         return f"body.label: {shown} is not a label; expected {expected_label}"
     where = ".".join(("body", *(str(p) for p in loc)))
     return f"{where}: {first['msg']}"
-
-
-async def uploaded_files(
-    request: Request, body: bytes, limits: Limits
-) -> list[tuple[str, str, bytes]]:
-    """(name for messages, content type, bytes) of each uploaded file, in request order."""
-    ctype = base_type(request.headers.get("content-type"))
-    if ctype != "multipart/form-data":
-        return [("body", ctype, body)]
-    check_multipart_complete(request.headers.get("content-type", ""), body)
-
-    async def stream() -> AsyncGenerator[bytes, None]:
-        yield body
-
-    try:
-        form = await MultiPartParser(
-            request.headers,
-            stream(),
-            max_files=limits.max_images,
-            max_fields=32,
-            max_part_size=FIELD_MAX_BYTES,
-        ).parse()
-    except MultiPartException as exc:
-        # Starlette says which limit was hit only in words; too many files is a count limit.
-        too_many = exc.message.startswith("Too many files")
-        message = f"multipart body: {exc.message}"
-        if exc.message.startswith("Part exceeded"):
-            # Only a part without filename= (a form field) is held to this limit.
-            message = (
-                f"multipart body: a part without filename= is a form field, at most "
-                f"{FIELD_MAX_BYTES // 1024} KB; send each image as a file part ({FILE_PART_HINT})"
-            )
-        raise RequestError(413 if too_many else 400, message) from exc
-    out: list[tuple[str, str, bytes]] = []
-    fields: list[str] = []
-    try:
-        for field, value in form.multi_items():
-            if not isinstance(value, UploadFile):
-                fields.append(field)
-            else:
-                data = await value.read()
-                # Files numbered from 1, in request order (form fields between them not
-                # counted): the second file is #2.
-                name = f"part '{field[:40]}' #{len(out) + 1}"
-                out.append((name, value.content_type or "", data))
-    finally:
-        await form.close()
-    if not out and fields:
-        # Starlette reads filename= only (not RFC 2231's filename*=): a part without it is a
-        # form field, and the client meant it as the image.
-        raise RequestError(
-            400,
-            f"multipart body: part '{fields[0][:40]}' has no filename= in its "
-            "Content-Disposition, so it is a form field, not a file (filename*= alone is not "
-            f"read); send each image as a file part ({FILE_PART_HINT})",
-        )
-    if not out:
-        raise RequestError(400, "multipart body holds no file; send images as file parts")
-    return out
-
-
-def check_multipart_complete(content_type: str, body: bytes) -> None:
-    """400 for a multipart ``body`` that is empty or lacks its closing boundary (cut off, or
-    cut mid-part): the parser would read it as a body without files and say so."""
-    msg = Message()
-    msg["content-type"] = content_type
-    boundary = msg.get_param("boundary")
-    if not isinstance(boundary, str) or not boundary:
-        return  # the parser names a missing boundary itself
-    if not body.strip():
-        raise RequestError(
-            400, "multipart body is empty; send each image as a file part (" + FILE_PART_HINT + ")"
-        )
-    if f"--{boundary}--".encode("latin-1", "replace") not in body:
-        raise RequestError(
-            400,
-            f"multipart body is incomplete (no closing boundary '--{boundary[:70]}--'): it "
-            "was cut off; send the whole body",
-        )

@@ -22,9 +22,10 @@ from fastapi import Request
 from fastapi.responses import Response
 
 from pomlia_hpc.serve.batching import BatcherClosedError
-from pomlia_hpc.serve.bodies import feedback_body, json_response, read_body, uploaded_files
+from pomlia_hpc.serve.bodies import feedback_body, json_response, read_body
 from pomlia_hpc.serve.decode import InputSpec, Limits, RequestError, decode
 from pomlia_hpc.serve.exported import ExportedBundle
+from pomlia_hpc.serve.formdata import Upload, uploaded_files
 from pomlia_hpc.serve.holder import ModelHolder
 from pomlia_hpc.serve.issued import feedback_refusal
 from pomlia_hpc.serve.predictor import Predictor, now_iso
@@ -45,8 +46,11 @@ async def predict(
     """Answer one /v1/predict request (raises :class:`RequestError` for a refusal)."""
     pred = holder.current()
     try:
-        body = await read_body(request, limits.max_upload_bytes)
-        files = await uploaded_files(request, body, limits)
+        # The body is not kept in a name here: once its files are split out of a multipart
+        # body it is freed, and the upload is held once (what max_buffered_mb counted), not
+        # twice for the decode and the model call.
+        ctype = request.headers.get("content-type")
+        files = uploaded_files(ctype, await read_body(request, limits.max_upload_bytes), limits)
         # Decoded in a worker thread: one upload that takes long to decode must not hold the
         # event loop, which answers /health, /ready and every other request meanwhile.
         loop = asyncio.get_running_loop()
@@ -75,9 +79,7 @@ async def predict(
     )
 
 
-def decode_uploads(
-    files: list[tuple[str, str, bytes]], spec: InputSpec, limits: Limits
-) -> np.ndarray:
+def decode_uploads(files: list[Upload], spec: InputSpec, limits: Limits) -> np.ndarray:
     """The images of one request's ``files`` ((name, content type, bytes) each), in order,
     as one float32 NHWC array; the files share ``limits.max_images``, checked before each is
     decoded. Blocking: runs in a worker thread."""

@@ -110,7 +110,7 @@ def errors(route: str) -> dict[int | str, dict[str, Any]]:
 
 _BINARY = {"schema": {"type": "string", "format": "binary"}}
 
-#: The /v1/predict request body (read by :func:`pomlia_hpc.serve.bodies.uploaded_files`).
+#: The /v1/predict request body (read by :func:`pomlia_hpc.serve.formdata.uploaded_files`).
 PREDICT_BODY = {
     "requestBody": {
         "required": True,
