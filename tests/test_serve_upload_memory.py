@@ -25,8 +25,10 @@ from PIL import Image
 from pomlia_hpc.serve import handlers
 from pomlia_hpc.serve.app import ServingApp, create_app
 from pomlia_hpc.serve.config import ServeConfig
+from pomlia_hpc.serve.decode import Limits, RequestError
 from pomlia_hpc.serve.demo import cached_demo_bundle
 from pomlia_hpc.serve.exported import ExportedBundle
+from pomlia_hpc.serve.formdata import uploaded_files
 from pomlia_hpc.serve.guards import guarded_protocol
 from pomlia_hpc.serve.server import bind_socket
 from tests.fixtures.sockets import read_until_closed
@@ -154,3 +156,28 @@ def test_multipart_uploads_hold_what_the_cap_counts(
         release.set()
         srv.should_exit = True
         thread.join(30)
+
+
+def test_files_are_split_out_whole_around_boundary_lookalikes() -> None:
+    """Bytes that start like the boundary (the parser's look-behind) stay in the file, and
+    form fields between files are skipped and not counted in the file numbers."""
+    files = [b"\r\n--pomlia\r\n-" + bytes(range(256)) + b"\r\n--", b"", b"\r"]
+    body = b""
+    for i, data in enumerate(files):
+        body += (
+            (
+                f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="f"; filename="{i}.png"\r\n'
+                f"Content-Type: image/x-{i}\r\n\r\n"
+            ).encode()
+            + data
+            + b"\r\n"
+        )
+        body += f'--{BOUNDARY}\r\nContent-Disposition: form-data; name="note"\r\n\r\nx\r\n'.encode()
+    body += f"--{BOUNDARY}--\r\n".encode()
+    ctype = f"multipart/form-data; boundary={BOUNDARY}"
+    out = uploaded_files(ctype, body, Limits(max_images=3))
+    assert [u.data for u in out] == files
+    assert [u.content_type for u in out] == ["image/x-0", "image/x-1", "image/x-2"]
+    assert [u.what for u in out] == ["part 'f' #1", "part 'f' #2", "part 'f' #3"]
+    with pytest.raises(RequestError, match=r"Too many files\. Maximum number of files is 2"):
+        uploaded_files(ctype, body, Limits(max_images=2))

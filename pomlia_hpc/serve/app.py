@@ -10,6 +10,7 @@ This module wires routes to the parts that do the work: :mod:`~pomlia_hpc.serve.
 model, its start and stop, hot swap to the bundle a followed link names, ``POST
 /v1/admin/reload``), :mod:`~pomlia_hpc.serve.handlers` (what predict and feedback do),
 :mod:`~pomlia_hpc.serve.bodies` (bounded body reads and JSON answers),
+:mod:`~pomlia_hpc.serve.formdata` (the files of a multipart upload),
 :mod:`~pomlia_hpc.serve.schemas` (the documented shapes and the codes each route sends) and
 :mod:`~pomlia_hpc.serve.apidocs` (the offline ``/docs`` page, HEAD, the words of a 404/405).
 

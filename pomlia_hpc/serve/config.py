@@ -7,7 +7,7 @@ Example ``serve.yaml``::
     max_batch: 32          # images per model call; 1 turns dynamic batching off
     max_wait_ms: 5         # how long the first request of a batch waits for company
     max_upload_mb: 16
-    max_buffered_mb: 256   # body bytes all uploads in progress may hold together (503 beyond)
+    max_buffered_mb: 256   # upload bytes all requests in progress may hold together (503 beyond)
     body_deadline_s: 60    # time for a whole request body (408 beyond)
     graceful_timeout_s: 3  # drain on SIGTERM; keep below Slurm's KillWait
     token_file: ~/.pomlia/serve.token   # or env POMLIA_SERVE_TOKEN
@@ -79,7 +79,9 @@ class ServeConfig(BaseModel):
         gt=0,
         description=(
             "request body bytes all requests in progress may hold together, MiB (503); "
-            "default 256, or max_upload_mb if larger"
+            "default 256, or max_upload_mb if larger. Each upload is held once (a multipart "
+            "body's files are split out of it and it is freed); decoded pixels and model "
+            "activations are not counted"
         ),
     )
     watch_interval_s: float = Field(

@@ -16,7 +16,8 @@ open for minutes). Here:
   answers 408 and closes the connection. At shutdown the waits end early with a 503.
 * :class:`UploadBytes` — a cap on the request body bytes all requests in progress hold
   together (``max_buffered_mb``), counted as they arrive; a request whose next bytes do not
-  fit gets 503.
+  fit gets 503. A body is held once (:mod:`~pomlia_hpc.serve.formdata` copies a multipart
+  body's files out of it and the body is freed), so the count is what the uploads hold.
 """
 
 from __future__ import annotations
