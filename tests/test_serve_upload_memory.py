@@ -1,7 +1,7 @@
 """The cap on uploads in progress (``max_buffered_mb``) bounds what a multipart upload really
 holds. Before, each file was held three times (the body, Starlette's spooled copy, the bytes
 ``UploadFile.read()`` returned) while only the body was counted: 20 concurrent 10 MiB uploads
-under a 64 MiB cap raised the server's peak memory by about 220 MB.
+under a 64 MiB cap raised the server's peak memory by 200 to 280 MB.
 
 A real server on 127.0.0.1 runs in this process, so that the bytes it holds can be counted
 (tracemalloc: Python's own allocations, not the noisy RSS) while uploads wait in the decoder.

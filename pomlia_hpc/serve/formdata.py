@@ -4,12 +4,12 @@ Why not Starlette's ``MultiPartParser``: it held each file three times while the
 in progress: the received body, the parser's copy of each file part (spooled to a
 ``SpooledTemporaryFile``, written in a thread) and the bytes ``UploadFile.read()`` returned,
 while only the body counted against ``max_buffered_mb`` (20 concurrent 10 MiB uploads under a
-64 MiB cap raised the server's peak memory by about 220 MB). Here the body, already in memory
+64 MiB cap raised the server's peak memory by 200 to 280 MB). Here the body, already in memory
 and counted, is parsed by python-multipart in one synchronous call: each file's bytes are
 copied out of the body once, with no spool and no thread, and the caller drops the body when
 this returns. Two copies of an upload exist only inside that call, which no other request can
 interleave with (one event loop), so the uploads in progress hold at most the counted bytes,
-plus one upload being split.
+plus one upload being assembled (:func:`~pomlia_hpc.serve.bodies.read_body`) or split.
 """
 
 from __future__ import annotations
