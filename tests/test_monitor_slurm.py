@@ -258,3 +258,43 @@ def test_next_begin_applies_at_in_local_time_to_a_utc_after(
     begin = next_begin(at, timedelta(days=1), parse_time(after, "--after"))
     assert begin == datetime.fromisoformat(expected)
     assert begin.isoformat() == expected  # local wall clock and offset, as submitted
+
+
+def test_a_slot_chain_follows_a_promotion(slurm: None, workspace: Workspace, reg: Registry) -> None:
+    """The chain of `monitor schedule SLOT` was the champion's of that moment: after the loop
+    promoted another model onto the slot, every run still tested the old one (empty reports).
+    Now each run monitors what the slot serves then, and says so."""
+    from pomlia_hpc.registry import Model, Promotion
+
+    old = demo_model(reg, workspace, name="ward-old", n_ref=50)
+    new = demo_model(reg, workspace, name="ward-new", n_ref=50)
+
+    def promote(model: str, bundle: Path, kind: str) -> int:
+        with reg.session() as s:
+            model_id = s.scalar(select(Model.id).where(Model.name == model))
+            assert model_id is not None
+            s.add(Promotion(slot="ward", model_id=model_id, bundle_path=str(bundle), kind=kind))
+            return model_id
+
+    def reports_of(model_id: int) -> int:
+        with reg.session() as s:
+            q = select(func.count()).where(MonitorReport.model_id == model_id)
+            return int(s.scalar(q.select_from(MonitorReport)) or 0)
+
+    old_id = promote("ward-old", old, "initial")
+    res = runner.invoke(app, ["monitor", "schedule", "ward", "--at", "", "--every", "3s"])
+    assert res.exit_code == 0, (res.output, res.exception)
+    name = job_name("slot:ward")
+    folder = workspace.path("jobs", "monitor", "slot:ward")
+    try:
+        wait_until(lambda: reports_of(old_id) >= 1, timeout=240, interval=0.5, what="a report")
+        new_id = promote("ward-new", new, "promoted")
+        x, _ = images(40)
+        log_predictions(workspace, new, x, log_name="ward")  # the server follows the slot
+        wait_until(lambda: reports_of(new_id) >= 1, timeout=240, interval=0.5, what="its report")
+        logs = "\n".join(p.read_text() for p in sorted(folder.glob("slurm-*.out")))
+        assert "slot 'ward' serves model 'ward-new': monitoring that model" in logs, logs
+    finally:
+        res = runner.invoke(app, ["monitor", "unschedule", "ward"])
+    assert res.exit_code == 0 and "cancelled" in res.output, res.output
+    wait_until(lambda: jobs_named(name) == [], timeout=60, interval=0.5, what="no chain job")

@@ -26,7 +26,8 @@ TargetArg = Annotated[
     str,
     typer.Argument(
         help="Registry model name or id, deployment:ID (one deployment), or a deployment "
-        "slot (the name `pomlia serve SLOT` uses: its champion is monitored)."
+        "slot (the name `pomlia serve SLOT` uses, or slot:SLOT: the model it serves now is "
+        "monitored)."
     ),
 ]
 
@@ -123,8 +124,9 @@ def show(
     if as_json:
         typer.echo(json.dumps(data, indent=2))
         return
+    slot = f" (champion of slot '{data['slot']}')" if data.get("slot") else ""
     console.print(
-        f"report {row.id}: [bold]{data['model']}[/] {data['status'].upper()} "
+        f"report {row.id}: [bold]{data['model']}[/]{slot} {data['status'].upper()} "
         f"window {show_time(data['window']['since'])} → {show_time(data['window']['until'])}, "
         f"{data['volume']['predictions']} predictions"
     )
@@ -242,7 +244,13 @@ def reference(
 
 @monitor_app.command("schedule")
 def schedule_cmd(
-    model: Annotated[str, typer.Argument(help="Registry model name or id (exported).")],
+    model: Annotated[
+        str,
+        typer.Argument(
+            help="Registry model name or id (exported), or a deployment slot (its name, or "
+            "slot:SLOT): each run then monitors the model the slot serves at that time."
+        ),
+    ],
     at: Annotated[
         str,
         typer.Option(
@@ -281,9 +289,10 @@ def schedule_cmd(
     jobs/monitor.sbatch); prints equivalent cron and scrontab lines (the registry as a
     POMLIA_DB_URL line, its password as ***). Needs a Slurm profile (--cluster PROFILE): on
     another one it is refused with the crontab lines that run the monitor on this machine
-    instead."""
+    instead. A chain for a slot follows its promotions; one for a model stays on that model
+    (a warning when no slot serves it any more)."""
     from pomlia_hpc.monitor.run import parse_time
-    from pomlia_hpc.monitor.schedule import has_hidden_password, job_labels, job_name, schedule
+    from pomlia_hpc.monitor.schedule import job_labels, job_name, schedule
 
     res = schedule(
         STATE.registry(),
@@ -306,9 +315,16 @@ def schedule_cmd(
         else f"job (slurm {res.job_id}, "
     )
     console.print(
-        f"{job}{job_name(model)}) submitted, begins "
+        f"{job}{job_name(res.key)}) submitted, begins "
         f"{res.begin:%Y-%m-%d %H:%M:%S}; settings {res.conf}"
     )
+    if res.slot is not None and not chain:
+        console.print(
+            f"slot '{res.slot}' serves model '{res.champion}' now; each run monitors the "
+            "model the slot serves at that time (after a promotion, the new one)",
+            highlight=False,
+            soft_wrap=True,
+        )
     if res.replaced:
         replaced = job_labels(STATE.registry(), list(res.replaced))
         console.print(f"replaced (cancelled): {', '.join(replaced)}", highlight=False)
@@ -321,29 +337,39 @@ def schedule_cmd(
             soft_wrap=True,
         )
     if not chain:
-        if res.cron:
-            console.print("or, from cron (one run per line, no chain):", highlight=False)
-            console.print(f"  {res.cron}", highlight=False, soft_wrap=True)
-        if res.scrontab:
-            console.print("or, with scrontab (where the site enables it):", highlight=False)
-            for line in res.scrontab.splitlines():
-                console.print(f"  {line}", highlight=False, soft_wrap=True)
-            if has_hidden_password(STATE.workspace):
-                console.print(
-                    "  (the registry password is shown as ***: write it into the "
-                    "POMLIA_DB_URL line; not as --db-url, which every user sees in ps)",
-                    highlight=False,
-                    soft_wrap=True,
-                )
-        if not res.cron:
-            console.print(f"(no cron line: period {every} has no cron equivalent)")
+        _print_cron_lines(res.cron, res.scrontab, every)
+
+
+def _print_cron_lines(cron: str | None, scrontab: str | None, every: str) -> None:
+    """The cron and scrontab lines that `monitor schedule` offers instead of the chain."""
+    from pomlia_hpc.monitor.schedule import has_hidden_password
+
+    if cron:
+        console.print("or, from cron (one run per line, no chain):", highlight=False)
+        console.print(f"  {cron}", highlight=False, soft_wrap=True)
+    if scrontab:
+        console.print("or, with scrontab (where the site enables it):", highlight=False)
+        for line in scrontab.splitlines():
+            console.print(f"  {line}", highlight=False, soft_wrap=True)
+        if has_hidden_password(STATE.workspace):
+            console.print(
+                "  (the registry password is shown as ***: write it into the "
+                "POMLIA_DB_URL line; not as --db-url, which every user sees in ps)",
+                highlight=False,
+                soft_wrap=True,
+            )
+    if not cron:
+        console.print(f"(no cron line: period {every} has no cron equivalent)")
 
 
 @monitor_app.command("unschedule")
 def unschedule_cmd(
-    model: Annotated[str, typer.Argument(help="Registry model name or id.")],
+    model: Annotated[
+        str,
+        typer.Argument(help="Registry model name or id, or a deployment slot (or slot:SLOT)."),
+    ],
 ) -> None:
-    """End MODEL's monitoring chain: cancel its queued and running jobs."""
+    """End MODEL's (or a slot's) monitoring chain: cancel its queued and running jobs."""
     from pomlia_hpc.monitor.schedule import job_labels, unschedule
 
     ids = unschedule(STATE.registry(), STATE.workspace, model)

@@ -2,8 +2,11 @@
 
 ``pomlia monitor run`` takes a model name or id, ``deployment:ID``, or a deployment slot's
 name (the name ``pomlia serve SLOT`` uses: its champion is monitored, and the target says so;
-a model of the same name wins); the reference is the bundle's ``monitor-reference.npz``
-written at export (:mod:`pomlia_hpc.serve.reference`).
+a model of the same name wins; ``slot:NAME`` always means the slot); the reference is the
+bundle's ``monitor-reference.npz`` written at export (:mod:`pomlia_hpc.serve.reference`).
+
+A slot's champion is looked up each time (its newest promotion), so a nightly chain scheduled
+for a slot follows the promotions onto it (:mod:`pomlia_hpc.monitor.schedule`).
 """
 
 from __future__ import annotations
@@ -12,11 +15,12 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from pomlia_hpc.errors import InputError, NotFoundError
 from pomlia_hpc.models.catalog import resolve_model
 from pomlia_hpc.registry import Deployment, Model, Promotion, Registry
+from pomlia_hpc.registry.lookup import not_found
 from pomlia_hpc.serve.exported import CARD, ExportedBundle
 from pomlia_hpc.serve.reference import (
     REFERENCE_FILE,
@@ -67,8 +71,68 @@ def _how_to_create(name: str, bundle: ExportedBundle, trained_on: str | None = N
     )
 
 
+#: ``slot:NAME`` names a deployment slot even where a model has the same name.
+SLOT_PREFIX = "slot:"
+
+
+def slot_names(registry: Registry) -> list[str]:
+    """Every deployment slot that has had a model, oldest first."""
+    with registry.session() as s:
+        rows = s.execute(
+            select(Promotion.slot, func.min(Promotion.id)).group_by(Promotion.slot)
+        ).all()
+    return [slot for slot, _ in sorted(rows, key=lambda r: r[1])]
+
+
+def named_slot(registry: Registry, ref: str) -> str | None:
+    """The deployment slot ``ref`` names (``slot:NAME``, or a slot's name that is no model's),
+    else None (a model, or nothing: :func:`resolve_target` says which). ``slot:NAME`` of an
+    unknown slot is :class:`NotFoundError` with the known slots."""
+    if ref.startswith(SLOT_PREFIX):
+        slot = ref.removeprefix(SLOT_PREFIX)
+        if slot_champion(registry, slot) is None:
+            raise not_found("deployment slot", slot, slot_names(registry))
+        return slot
+    try:
+        resolve_model(registry, ref)
+    except NotFoundError:
+        return ref if slot_champion(registry, ref) is not None else None
+    return None
+
+
+def replaced_note(registry: Registry, model: Model) -> str | None:
+    """Why monitoring ``model`` may test nothing: it was put on deployment slots and no
+    longer serves any of them (a promotion replaced it). None while it serves a slot, or when
+    it never was on one (served by name, ``pomlia serve MODEL``)."""
+    with registry.session() as s:
+        slots = sorted(
+            s.scalars(select(Promotion.slot).where(Promotion.model_id == model.id).distinct())
+        )
+    now: dict[str, str] = {}
+    for slot in slots:
+        champion = slot_champion(registry, slot)
+        if champion == model.id:
+            return None
+        now[slot] = resolve_model(registry, str(champion)).name
+    if not now:
+        return None
+    served = ", ".join(f"slot '{slot}' serves '{name}'" for slot, name in now.items())
+    first = next(iter(now))
+    return (
+        f"model '{model.name}' is no longer any slot's champion ({served} now): its "
+        "predictions there have stopped; to monitor what a slot serves, use the slot: "
+        f"pomlia monitor run {SLOT_PREFIX}{first} (or schedule it)"
+    )
+
+
 def resolve_model_id(registry: Registry, ref: str) -> tuple[int, int | None]:
-    """(model id, deployment id or None) of ``ref``: a model name or id, or ``deployment:ID``."""
+    """(model id, deployment id or None) of ``ref``: a model name or id, ``deployment:ID``, or
+    a deployment slot (its champion now; ``slot:NAME`` or a slot name that is no model's)."""
+    if ref.startswith(SLOT_PREFIX):
+        slot = named_slot(registry, ref)
+        champion = slot_champion(registry, slot) if slot is not None else None
+        assert champion is not None  # named_slot refused an unknown slot
+        return champion, None
     if ref.startswith("deployment:"):
         raw = ref.removeprefix("deployment:")
         if not raw.isdigit():
@@ -108,10 +172,15 @@ def _trained_on(registry: Registry, model: Model) -> str | None:
 
 def resolve_target(registry: Registry, ref: str) -> Target:
     """``ref``: a model name or id, ``deployment:ID`` or a deployment slot (its champion;
-    ``Target.slot`` says so). The model must be exported."""
+    ``Target.slot`` says so; ``slot:NAME`` always means the slot). The model must be
+    exported."""
     model_id, deployment_id = resolve_model_id(registry, ref)
     model = resolve_model(registry, str(model_id))
-    slot = ref if deployment_id is None and model.name != ref and str(model.id) != ref else None
+    slot = None
+    if ref.startswith(SLOT_PREFIX):
+        slot = ref.removeprefix(SLOT_PREFIX)
+    elif deployment_id is None and model.name != ref and str(model.id) != ref:
+        slot = ref
     # The bundle its last export recorded (serve.export.bundle_for_model's rule, without
     # importing the exporter: it needs torch, and a monitor run should start fast).
     path = (model.card.get("export") or {}).get("bundle")

@@ -36,7 +36,12 @@ from pomlia_hpc.monitor.checks import CheckOutcome, run_checks
 from pomlia_hpc.monitor.history import show_time
 from pomlia_hpc.monitor.logread import LogWindow, read_window
 from pomlia_hpc.monitor.publish import publish_report
-from pomlia_hpc.monitor.reference import Target, load_reference, resolve_target
+from pomlia_hpc.monitor.reference import (
+    Target,
+    load_reference,
+    replaced_note,
+    resolve_target,
+)
 from pomlia_hpc.monitor.requests import AlarmRecorded, record_alarm
 from pomlia_hpc.monitor.stats import N_PERM
 from pomlia_hpc.registry import Model, MonitorReport, Promotion, Registry
@@ -158,6 +163,8 @@ def build_report(
         "format": FORMAT,
         "model": target.model.name,
         "model_id": target.model.id,
+        # The slot asked for, whose champion `model` was at this run (None: the model itself).
+        "slot": target.slot,
         "deployment_id": target.deployment_id,
         "model_version": ref.model_version,
         "created_at": datetime.now(UTC).isoformat(timespec="seconds"),
@@ -194,6 +201,20 @@ def _least_typical_inputs(
     ids = [i for i, _ in ranked]
     found = {item.id: item.as_uint8() for inbox in kept for item in read_inputs(inbox, ids)}
     return [(i, d, found[i]) for i, d in ranked if i in found]
+
+
+def _note_replaced(
+    registry: Registry, target: Target, report: dict[str, Any], progress: Progress
+) -> None:
+    """Warn (and note in ``report``) when the model was asked for by name and a promotion has
+    replaced it on every slot it was on: it gets no more traffic there, and its empty windows
+    must say why (a chain scheduled for the model, not its slot, would look quiet, not idle)."""
+    if target.slot is not None or target.deployment_id is not None:
+        return
+    stale = replaced_note(registry, target.model)
+    if stale is not None:
+        progress(f"warning: {stale}")
+        report["notes"].append(stale)
 
 
 def model_log_dirs(registry: Registry, logs_root: Path, model: Model) -> list[Path]:
@@ -235,6 +256,7 @@ def _record(
                 "predictions": report["volume"]["predictions"],
                 "performance": report["performance"],
                 "model_version": report["model_version"],
+                "slot": report["slot"],
             },
             triggered=report["alarm"],
             report_path=str(folder / "report.json"),
@@ -368,6 +390,7 @@ def monitor_run(
         progress("testing (MMD, KS, classifier, labels, confidence, accuracy)")
         outcome = run_checks(win, reference, alpha=alpha, n_perm=n_perm, seed=seed)
     report = build_report(target, reference, win, outcome, alpha=alpha)
+    _note_replaced(registry, target, report, progress)
     past = history(registry, target.model.id)
     atypical = _least_typical_inputs(folders, win, outcome)
     if atypical:

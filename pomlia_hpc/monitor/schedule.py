@@ -16,6 +16,16 @@ its actual start, and submits the next run one period after it (``--after BEGIN`
 its actual start: a job held for hours still tests its own period, and the chain neither
 drifts nor leaves a gap (a late run's successor may start at once, to catch up).
 
+A chain scheduled for a deployment slot (``monitor schedule SLOT`` or ``slot:SLOT``) is the
+slot's, not its champion's: its key is ``slot:SLOT`` (settings in
+``jobs/monitor/slot:SLOT/``, job ``pomlia-monitor-slot:SLOT``; a name cannot hold a colon, so
+no model's chain has that key) and each run monitors the model the slot serves at that moment
+(``monitor run slot:SLOT``, which says which model it tested; the report records it). A
+promotion onto the slot therefore moves the monitoring with it, with nothing to update and no
+window in which the old model is tested instead. A chain scheduled for a model stays on that
+model; scheduling one that a promotion has replaced on every slot it was on warns, and so does
+each of its runs (:func:`~pomlia_hpc.monitor.reference.replaced_note`).
+
 Slurm starts a job at the first scheduling pass after its begin time (every second with this
 project's test cluster, ``sched_interval=1``; typically 60 s on a production cluster), so a
 period of a few seconds works in tests and a nightly run starts within about a minute.
@@ -45,7 +55,13 @@ from pomlia_hpc.cluster.records import mark_all_cancelled, record_submission
 from pomlia_hpc.config import load_cluster_profile
 from pomlia_hpc.errors import InputError, PomliaError
 from pomlia_hpc.files import write_atomic
-from pomlia_hpc.monitor.reference import load_reference, resolve_target
+from pomlia_hpc.monitor.reference import (
+    SLOT_PREFIX,
+    load_reference,
+    named_slot,
+    replaced_note,
+    resolve_target,
+)
 from pomlia_hpc.monitor.run import parse_duration
 from pomlia_hpc.registry import Registry, shown_url
 from pomlia_hpc.workspace import Workspace, default_db_url
@@ -59,8 +75,20 @@ JOB_PREFIX = "pomlia-monitor-"
 
 
 def job_name(model: str) -> str:
-    """The Slurm job name of ``model``'s chain (also the singleton key)."""
+    """The Slurm job name of the chain keyed ``model`` (a model's name, or ``slot:SLOT``;
+    also the singleton key)."""
     return f"{JOB_PREFIX}{model}"
+
+
+def chain_key(registry: Registry, ref: str) -> str:
+    """The key of the chain that ``ref`` names: ``slot:SLOT`` for a deployment slot (``slot:``
+    given, or a slot's name that is no model's), else the model's name."""
+    from pomlia_hpc.models.catalog import resolve_model
+
+    slot = named_slot(registry, ref)
+    if slot is not None:
+        return f"{SLOT_PREFIX}{slot}"
+    return resolve_model(registry, ref).name
 
 
 def parse_at(text: str) -> tuple[int, int]:
@@ -103,7 +131,12 @@ class Scheduled:
     note: str = ""
     record_id: int | None = None  # the job's registry row (`pomlia jobs list`)
     replaced: tuple[str, ...] = ()  # the old chain's jobs cancelled by --replace
-    warnings: tuple[str, ...] = ()  # what went wrong after the submission (it stands)
+    # What the user should know: the submission stands (a failure after it, a model that
+    # serves no slot any more).
+    warnings: tuple[str, ...] = ()
+    key: str = ""  # the chain's key: the model's name, or slot:SLOT (job_name's argument)
+    slot: str | None = None  # the deployment slot the chain follows
+    champion: str | None = None  # the model the slot serves now (what the first run tests)
 
 
 def _cron_fields(at: str | None, every: timedelta) -> str | None:
@@ -326,14 +359,16 @@ def schedule(
     period = parse_duration(every, "--every")
     if at is not None:
         parse_at(at)
-    target = resolve_target(registry, model)
-    name = target.model.name
+    name = chain_key(registry, model)
+    slot = name.removeprefix(SLOT_PREFIX) if name.startswith(SLOT_PREFIX) else None
     folder = workspace.path("jobs", "monitor", name)
     conf, script = folder / "schedule.env", folder / "monitor.sbatch"
     begin = next_begin(at, period, now=after)
     jname = job_name(name)
+    advice: list[str] = []
+    champion = None
     if not chain:
-        load_reference(target)  # fail now, not at 02:00, if the monitor cannot run
+        champion, advice = _check_target(registry, name, slot)
         parse_duration(window or every, "--window" if window else "--every")
         # Before squeue is asked: without Slurm its own error said nothing about the profile.
         _check_slurm_profile(workspace, name, at, period, window or every, on_alarm)
@@ -382,8 +417,45 @@ def schedule(
         raise
     # Only now, with the new job queued, the old chain goes (by id: its name is the new job's).
     replaced, warnings = ([], []) if chain or not queued else _cancel_old(registry, jname, job_id)
-    # Recorded like every other job, so `pomlia jobs list` shows the chain's runs. The job is
-    # queued already: a registry failure now must not read as "could not submit".
+    meta = {"model": name, "begin": begin.isoformat(), "chain": chain, "slot": slot}
+    record_id, note = _record_job(registry, job_id, jname, folder, meta)
+    return Scheduled(
+        job_id,
+        begin,
+        conf,
+        script,
+        cron,
+        scron,
+        note,
+        record_id,
+        tuple(replaced),
+        (*advice, *warnings),
+        name,
+        slot,
+        champion,
+    )
+
+
+def _check_target(registry: Registry, key: str, slot: str | None) -> tuple[str | None, list[str]]:
+    """Check that the chain keyed ``key`` can run now (the model, or the slot's champion, is
+    exported with a reference: fail now, not at 02:00); returns the slot's champion (None for
+    a model's chain) and the warnings to show. A resubmission checks none of this: a slot's
+    new champion without a reference must fail its own run (named in its output), not end
+    the chain."""
+    target = resolve_target(registry, key)
+    load_reference(target)
+    if slot is not None:
+        return target.model.name, []
+    note = replaced_note(registry, target.model)
+    return None, [note] if note is not None else []
+
+
+def _record_job(
+    registry: Registry, job_id: str, jname: str, folder: Path, meta: dict[str, object]
+) -> tuple[int | None, str]:
+    """Record the submitted job like every other, so `pomlia jobs list` shows the chain's
+    runs: (its registry id, ""). The job is queued already: a registry failure now must not
+    read as "could not submit", so it is (None, a note saying so)."""
     try:
         (record_id,) = record_submission(
             registry,
@@ -391,16 +463,12 @@ def schedule(
             scheduler_ids=[job_id],
             name=jname,
             folder=str(folder),
-            meta={"model": name, "begin": begin.isoformat(), "chain": chain},
+            meta=meta,
         )
     except (SQLAlchemyError, PomliaError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        note, record_id = f"submitted, but could not record it in the registry: {first}", None
-    else:
-        note = ""
-    return Scheduled(
-        job_id, begin, conf, script, cron, scron, note, record_id, tuple(replaced), tuple(warnings)
-    )
+        return None, f"submitted, but could not record it in the registry: {first}"
+    return record_id, ""
 
 
 def _cancel_old(registry: Registry, jname: str, new_id: str) -> tuple[list[str], list[str]]:
@@ -460,10 +528,9 @@ def is_scheduled(workspace: Workspace, model: str) -> bool:
 
 
 def unschedule(registry: Registry, workspace: Workspace, model: str) -> list[str]:
-    """End ``model``'s chain; returns the cancelled job ids."""
-    from pomlia_hpc.models.catalog import resolve_model
-
-    name = resolve_model(registry, model).name
+    """End the chain of ``model`` (a model, or a deployment slot as :func:`chain_key` reads
+    it); returns the cancelled job ids."""
+    name = chain_key(registry, model)
     workspace.path("jobs", "monitor", name, "schedule.env").unlink(missing_ok=True)
     cancelled = cancel_named(job_name(name))
     # A run that was resubmitting at this very moment may have queued one more job; the

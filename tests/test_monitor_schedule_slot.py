@@ -1,0 +1,138 @@
+"""A nightly chain scheduled for a deployment slot follows the slot's promotions: it was
+scheduled for the champion of that moment and went on testing the old model (whose records
+stop at the promotion: empty, quiet reports) after the loop put a new one on the slot.
+
+Slurm is stood in for here (submission, queue, cancel); tests/test_monitor_slurm.py runs a
+slot's chain across a promotion on the real test cluster."""
+
+from __future__ import annotations
+
+import json
+import shlex
+from datetime import datetime
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from pomlia_hpc.cli import app
+from pomlia_hpc.cluster.batch import QueuedJob
+from pomlia_hpc.errors import NotFoundError
+from pomlia_hpc.monitor import schedule as schedule_mod
+from pomlia_hpc.registry import Model, Promotion, Registry
+from pomlia_hpc.workspace import Workspace
+from tests.monitor_support import demo_model, images, log_predictions
+
+runner = CliRunner()
+
+
+@pytest.fixture
+def submitted(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, object]]:
+    """Stand-ins for sbatch, squeue and scancel; returns what was submitted."""
+    calls: list[dict[str, object]] = []
+
+    def submit(script: Path, *, name: str, begin: datetime, env: dict[str, str], **kw: object):
+        calls.append({"script": script, "name": name, "begin": begin, "env": dict(env)})
+        return str(100 + len(calls))
+
+    def none_queued(name: str) -> list[QueuedJob]:
+        return []
+
+    monkeypatch.setenv("POMLIA_CLUSTER", "slurm-local")
+    monkeypatch.setattr(schedule_mod, "submit_script", submit)
+    monkeypatch.setattr(schedule_mod, "jobs_named", none_queued)
+    monkeypatch.setattr(schedule_mod, "cancel_named", lambda name: [])
+    return calls
+
+
+def promote(reg: Registry, slot: str, model: str, bundle: Path, kind: str) -> None:
+    """What `deploy promote` records once the slot's link has moved."""
+    with reg.session() as s:
+        model_id = s.query(Model.id).filter(Model.name == model).scalar()
+        s.add(Promotion(slot=slot, model_id=model_id, bundle_path=str(bundle), kind=kind))
+
+
+def conf_values(conf: Path) -> dict[str, str]:
+    """The chain's settings as the job sees them once it sources the file."""
+    values = {}
+    for line in conf.read_text().splitlines():
+        if line.startswith("export "):
+            key, _, value = line.removeprefix("export ").partition("=")
+            values[key] = shlex.split(value)[0] if value else ""
+    return values
+
+
+def invoke(*args: str) -> tuple[int, str]:
+    res = runner.invoke(app, list(args))
+    return res.exit_code, " ".join(res.output.split())
+
+
+def test_a_slot_chain_monitors_the_slot_s_champion_of_each_run(
+    workspace: Workspace, reg: Registry, submitted: list[dict[str, object]]
+) -> None:
+    old = demo_model(reg, workspace, name="ward-a", n_ref=50)
+    new = demo_model(reg, workspace, name="ward-b", n_ref=50)
+    promote(reg, "ward", "ward-a", old, "initial")
+    code, out = invoke("monitor", "schedule", "ward", "--at", "", "--every", "1h")
+    assert code == 0, out
+    assert "pomlia-monitor-slot:ward) submitted" in out, out
+    assert "slot 'ward' serves model 'ward-a' now; each run monitors the model" in out, out
+    (job,) = submitted
+    assert job["name"] == "pomlia-monitor-slot:ward"
+    conf = workspace.path("jobs", "monitor", "slot:ward", "schedule.env")
+    settings = conf_values(conf)
+    assert settings["MODEL"] == "slot:ward"
+
+    # The loop promotes ward-b onto the slot; the server, following the slot, logs its
+    # predictions under the slot's name.
+    promote(reg, "ward", "ward-b", new, "promoted")
+    x, _ = images(30)
+    log_predictions(workspace, new, x, log_name="ward")
+    # The chain's next run: `monitor run $MODEL` with the settings it sourced.
+    res = runner.invoke(app, ["monitor", "run", settings["MODEL"], "--window", "1h", "--json"])
+    assert res.exit_code == 0, (res.output, res.exception)
+    report = json.loads(res.stdout)
+    assert report["model"] == "ward-b" and report["slot"] == "ward"
+    assert report["volume"]["predictions"] == 30
+    assert "slot 'ward' serves model 'ward-b': monitoring that model" in res.stderr
+
+    # Its resubmission needs no more than the slot (not the champion's reference), and the
+    # slot's chain is ended by the slot's name.
+    code, out = invoke("monitor", "schedule", "slot:ward", "--every", "1h", "--at", "", "--chain")
+    assert code == 0 and len(submitted) == 2, out
+    assert submitted[1]["name"] == "pomlia-monitor-slot:ward"
+    code, out = invoke("monitor", "unschedule", "ward")
+    assert code == 0 and not conf.exists(), out
+
+
+def test_scheduling_a_model_no_slot_serves_any_more_warns(
+    workspace: Workspace, reg: Registry, submitted: list[dict[str, object]]
+) -> None:
+    old = demo_model(reg, workspace, name="pneu-a", n_ref=50)
+    new = demo_model(reg, workspace, name="pneu-b", n_ref=50)
+    promote(reg, "pneu", "pneu-a", old, "initial")
+    code, out = invoke("monitor", "schedule", "pneu-a", "--at", "", "--every", "1h")
+    assert code == 0 and "warning" not in out, out  # it serves the slot: nothing to say
+    promote(reg, "pneu", "pneu-b", new, "promoted")
+    code, out = invoke("monitor", "schedule", "pneu-a", "--at", "", "--every", "1h", "--replace")
+    assert code == 0, out
+    assert (
+        "warning: model 'pneu-a' is no longer any slot's champion (slot 'pneu' serves "
+        "'pneu-b' now)" in out
+    ), out
+    assert "pomlia monitor run slot:pneu" in out, out
+    # Each run of that chain says so too, in its output and its report.
+    res = runner.invoke(app, ["monitor", "run", "pneu-a", "--window", "1h", "--json"])
+    assert res.exit_code == 0, (res.output, res.exception)
+    report = json.loads(res.stdout)
+    assert report["slot"] is None and report["volume"]["predictions"] == 0
+    assert any("no longer any slot's champion" in n for n in report["notes"]), report["notes"]
+    assert "warning: model 'pneu-a' is no longer" in " ".join(res.stderr.split())
+
+
+def test_an_unknown_slot_is_one_message(workspace: Workspace, reg: Registry) -> None:
+    # The console script prints a NotFoundError as one line, exit status 2.
+    demo_model(reg, workspace, name="ward-a", n_ref=50)
+    promote(reg, "ward", "ward-a", workspace.home, "initial")
+    with pytest.raises(NotFoundError, match="deployment slot 'nope' not found; known: ward"):
+        runner.invoke(app, ["monitor", "run", "slot:nope"], catch_exceptions=False)
