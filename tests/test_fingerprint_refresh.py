@@ -144,3 +144,56 @@ def test_refresh_without_encoders_says_to_train_one(
     assert (
         str(res.exception) == "no encoder is registered: train one with `pomlia fingerprint train`"
     )
+
+
+def test_an_older_release_s_unmarked_interrupted_refresh_leaves_an_unambiguous_default(
+    workspace: Workspace, reg: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A refresh an older release interrupted left `ae` and `ae-r1` registered with neither a
+    current encoder nor a refresh marker: every command without --encoder refused ("several
+    encoders are registered (ae, ae-r1)") until `fingerprint refresh -e ae` was run by hand.
+    The default is now decided from what is on disk; nothing is written to decide it."""
+    workspace = replace(workspace, cluster_profile="debug")
+    a = make_dataset(workspace, reg, "blood", "bloodmnist", (32, 4, 4), chunk_rows=16)
+    train_encoder(reg, workspace, "ae", [a], CFG)
+    make_dataset(workspace, reg, "organ", "organamnist", (32, 4, 4), chunk_rows=16)
+    _interrupted_at_extraction(workspace, reg)
+    markers = workspace.path("indexes", "refreshing")
+    for marker in markers.glob("*.json"):  # an older release wrote none
+        marker.unlink()
+    # Killed before its extraction: the encoder it started from stays the default, and a
+    # plain refresh finishes ae-r1.
+    assert default_encoder(reg, workspace) == "ae"
+    out = " ".join(cli_ok("fingerprint", "refresh", "--dry-run").split())
+    assert "would train ae-r1" in out, out
+
+    # Killed after its extraction (in the index build): ae-r1 embedded everything, and is
+    # taken as finished.
+    def broken(*_a: object, **_k: object) -> None:
+        raise RuntimeError("killed while building the index")
+
+    monkeypatch.setattr(refresh_mod, "build_index", broken)
+    with pytest.raises(RuntimeError):
+        refresh(reg, workspace, "ae", say=lambda _l: None)
+    monkeypatch.undo()
+    for marker in markers.glob("*.json"):
+        marker.unlink()
+    assert default_encoder(reg, workspace) == "ae-r1"
+    assert current_encoder(workspace) is None and not list(markers.glob("*.json"))
+
+
+def test_several_unrelated_encoders_name_them_and_the_option(
+    workspace: Workspace, reg: Registry
+) -> None:
+    from pomlia_hpc.errors import InputError
+
+    workspace = replace(workspace, cluster_profile="debug")
+    a = make_dataset(workspace, reg, "blood", "bloodmnist", (32, 4, 4), chunk_rows=16)
+    train_encoder(reg, workspace, "ae", [a], CFG)
+    train_encoder(reg, workspace, "be", [a], CFG)
+    with pytest.raises(InputError) as err:
+        default_encoder(reg, workspace)
+    assert str(err.value) == (
+        "several encoders are registered and none is current (ae, be): pass one with "
+        "--encoder, e.g. --encoder ae"
+    )

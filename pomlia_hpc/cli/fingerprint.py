@@ -27,7 +27,9 @@ index_app = typer.Typer(help="FAISS indexes over an encoder's embeddings.", no_a
 app.add_typer(fingerprint_app, name="fingerprint")
 app.add_typer(index_app, name="index")
 
-ENCODER_DEFAULT = "the current one after a refresh, else the only one (never one still training)"
+ENCODER_DEFAULT = (
+    "the current one after a refresh, else the only one (never one a refresh has not finished)"
+)
 EncoderOpt = Annotated[
     str | None,
     typer.Option(

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass, field
@@ -40,6 +41,7 @@ from pomlia_hpc.files import write_json_atomic
 from pomlia_hpc.fingerprint.extract import extract
 from pomlia_hpc.fingerprint.index import build_index
 from pomlia_hpc.fingerprint.train import TrainConfig, get_encoder, train_encoder
+from pomlia_hpc.fingerprint.usable import fingerprint_sets, usable_sets
 from pomlia_hpc.registry import DatasetVersion, Encoder, Registry
 from pomlia_hpc.workspace import Workspace
 
@@ -75,19 +77,87 @@ def under_refresh(workspace: Workspace) -> set[str]:
 def default_encoder(registry: Registry, workspace: Workspace) -> str:
     """The encoder commands use when no ``--encoder`` is given: the current one after a
     refresh, else the only registered one; an encoder under refresh (not yet switched to) is
-    never the default and does not make it ambiguous. :class:`NotFoundError` when none is
-    registered, :class:`InputError` when several are and none is current."""
+    never the default and does not make it ambiguous, and neither is the unmarked
+    ``<root>-r<k>`` of a refresh an older release left unfinished (:func:`_settle_unmarked`).
+    :class:`NotFoundError` when none is registered, :class:`InputError` naming the encoders
+    when several remain and none is current."""
     if (current := current_encoder(workspace)) is not None:
         return current
     with registry.session() as s:
-        names = list(s.scalars(select(Encoder.name).order_by(Encoder.id)))
+        encoders = list(s.scalars(select(Encoder).order_by(Encoder.id)))
+        s.expunge_all()
     refreshing = under_refresh(workspace)
-    names = [n for n in names if n not in refreshing] or names
+    encoders = [e for e in encoders if e.name not in refreshing] or encoders
+    if not encoders:
+        raise NotFoundError("no encoder is registered: train one with `pomlia fingerprint train`")
+    names, unfinished = _settle_unmarked(registry, encoders)
     if len(names) == 1:
         return names[0]
-    if not names:
-        raise NotFoundError("no encoder is registered: train one with `pomlia fingerprint train`")
-    raise InputError(f"several encoders are registered ({', '.join(names)}): pass --encoder")
+    first = shlex.quote(names[0])
+    finish = "".join(
+        f"; `pomlia fingerprint refresh -e {shlex.quote(root)}` finishes the refresh of "
+        f"{root} into {name}, which then becomes the default"
+        for name, root in unfinished.items()
+    )
+    raise InputError(
+        f"several encoders are registered and none is current ({', '.join(names)}): pass "
+        f"one with --encoder, e.g. --encoder {first}{finish}"
+    )
+
+
+def _settle_unmarked(
+    registry: Registry, encoders: list[Encoder]
+) -> tuple[list[str], dict[str, str]]:
+    """The candidates for the default among ``encoders`` (none current), and the unfinished
+    refreshes left out (name → its root). A release before the refresh marker left a refresh
+    it did not finish unmarked: ``<root>-r<k>`` registered beside its root, no pointer. That
+    one is settled here, without writing anything: a ``<root>-r<k>`` with the root's training
+    settings (epochs aside) that has usable embeddings of every version it was trained on and
+    of the current version of every data set its root has embeddings of finished its
+    extraction, and stands for its family (the highest such k); otherwise the refresh stopped
+    before that, and the root stays the default, as a marked refresh's does."""
+    by_name = {e.name: e for e in encoders}
+    families: dict[str, list[tuple[int, Encoder]]] = {}
+    for enc in encoders:
+        m = _SUFFIX.search(enc.name)
+        base = by_name.get(_SUFFIX.sub("", enc.name)) if m else None
+        if m and base is not None and _same_settings(base, enc):
+            families.setdefault(base.name, []).append((int(m.group(1)), enc))
+    out: dict[str, str] = {}  # each family's name → the one that stands for it
+    for root, members in families.items():
+        done = [(k, e.name) for k, e in members if _embedded_all(registry, by_name[root], e)]
+        out[root] = max(done)[1] if done else root
+        for _k, enc in members:
+            out[enc.name] = out[root]
+    unfinished = {
+        e.name: root for root, members in families.items() for _k, e in members if out[root] == root
+    }
+    names = list(dict.fromkeys(out.get(e.name, e.name) for e in encoders))
+    return names, unfinished
+
+
+def _same_settings(root: Encoder, enc: Encoder) -> bool:
+    """Whether ``enc`` was trained with ``root``'s settings, as a refresh trains (the number
+    of epochs may differ: ``fingerprint refresh --epochs``)."""
+
+    def settings(e: Encoder) -> dict[str, Any]:
+        return {k: v for k, v in (e.config or {}).items() if k != "epochs"}
+
+    return settings(root) == settings(enc)
+
+
+def _embedded_all(registry: Registry, root: Encoder, enc: Encoder) -> bool:
+    """Whether ``enc`` has usable embeddings (the readers' rule, current weights) of every
+    version it was trained on and of the current version of every data set ``root`` has
+    complete embeddings of: what a refresh embeds before it switches."""
+    try:
+        usable = {fs.dataset_version_id for fs, _ref in usable_sets(registry, enc).sets}
+    except NotFoundError:  # its weights file is gone: not a finished refresh
+        return False
+    current = current_versions(registry)
+    had = {ref.split("@")[0] for _fs, ref in fingerprint_sets(registry, root.id)}
+    wanted = set(enc.dataset_version_ids or []) | {current[n].id for n in had if n in current}
+    return wanted <= usable
 
 
 def _write_pointer(workspace: Workspace, data: dict[str, Any]) -> None:
