@@ -60,6 +60,7 @@ from pomlia_hpc.monitor.reference import (
     load_reference,
     named_slot,
     replaced_note,
+    resolve_model_id,
     resolve_target,
 )
 from pomlia_hpc.monitor.run import parse_duration
@@ -82,13 +83,15 @@ def job_name(model: str) -> str:
 
 def chain_key(registry: Registry, ref: str) -> str:
     """The key of the chain that ``ref`` names: ``slot:SLOT`` for a deployment slot (``slot:``
-    given, or a slot's name that is no model's), else the model's name."""
+    given, or a slot's name that is no model's), else the model's name (also for
+    ``deployment:ID``: the chain monitors the deployment's model)."""
     from pomlia_hpc.models.catalog import resolve_model
 
     slot = named_slot(registry, ref)
     if slot is not None:
         return f"{SLOT_PREFIX}{slot}"
-    return resolve_model(registry, ref).name
+    model_id, _deployment = resolve_model_id(registry, ref)
+    return resolve_model(registry, str(model_id)).name
 
 
 def parse_at(text: str) -> tuple[int, int]:
