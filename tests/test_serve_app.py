@@ -179,6 +179,9 @@ def test_refused_uploads_are_logged_as_rejections_by_reason(make_app: Any, tmp_p
             for body, ctype, status in (
                 (npy(np.zeros((9, 9), np.uint8)), "application/x-npy", 400),  # wrong size
                 (npy(np.zeros((8, 8, 3), np.uint8)), "application/x-npy", 400),  # channels
+                # One (H, W, 1) grey image of the wrong size: its message names "1 channel(s)"
+                # as one reading, and it was logged "wrong-channels".
+                (npy(np.zeros((10, 10, 1), np.uint8)), "application/x-npy", 400),
                 (b"hello", "text/plain", 415),
                 (npy(np.zeros((8, 8), np.uint8)), "application/x-npy", 200),
             ):
@@ -192,6 +195,7 @@ def test_refused_uploads_are_logged_as_rejections_by_reason(make_app: Any, tmp_p
     assert sorted(r.reason for r in rejections) == [
         "unsupported-type",
         "wrong-channels",
+        "wrong-size",
         "wrong-size",
     ]
     assert {r.model for r in rejections} == {"m"} and all(r.time for r in rejections)

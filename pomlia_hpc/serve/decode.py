@@ -283,6 +283,7 @@ def _check_frame(
             400,
             f"{what}: image is {describe_size(h, w)}, the model expects "
             f"{describe_size(spec.image_size, spec.image_size)}",
+            reason="wrong-size",
         )
     if c == 3 and spec.channels == 1:
         raise RequestError(
@@ -456,7 +457,10 @@ def _npy_layout(
         raise _too_many(what, n, limits, budget)
     fits = (h, w, c) == (size, size, spec.channels)
     if len(shape) == 3 and spec.channels == 1 and not fits:
-        # Both readings of a 3-D array are plausible for a grey model; name them both.
+        # Both readings of a 3-D array are plausible for a grey model; name them both. Only a
+        # model-sized (H, W, C) reading makes the channels the fault; the message names
+        # channels either way, so the reason is set here, not guessed from its words.
+        channels_wrong = (shape[0], shape[1]) == (size, size)
         raise RequestError(
             400,
             f"{what}: NPY shape {shape} fits neither reading: as one (H, W, C) image it is "
@@ -465,6 +469,7 @@ def _npy_layout(
             f"{describe_size(size, size)} grey "
             f"images: ({size}, {size}), ({size}, {size}, 1), (N, {size}, {size}) or "
             f"(N, {size}, {size}, 1)",
+            reason="wrong-channels" if channels_wrong else "wrong-size",
         )
     if not fits and (h, w) != (size, size):
         # A channel-first (1, 1, 28, 28) array read channel-last is "1 px high, 28 px wide":
