@@ -53,10 +53,13 @@ def log_predictions(
     deployment: int | None = None,
     keep_inputs: bool = False,
     log_name: str | None = None,
+    one_request: bool = True,
 ) -> list[dict[str, Any]]:
     """Run the server's predictor on uint8 ``x`` and log the records (one new log file, as a
-    new server process would); ``when`` rewrites their time; ``labels`` adds feedback;
-    ``log_name``: the folder's name (a deployment slot's) instead of the model's."""
+    new server process would); ``when`` rewrites their time; ``labels`` adds feedback ((n,)
+    class indices, or (n, L) 0/1 rows for a multi-label model); ``log_name``: the folder's
+    name (a deployment slot's) instead of the model's; ``one_request``: ``x`` came as one
+    request (a batch), else as one request per image."""
     bundle = ExportedBundle.open(bundle_dir)
     directory = log_dir(ws.path("logs"), log_name or bundle.name)
     # Written in a side folder, then moved in under a name of its own: each call is one more
@@ -65,10 +68,11 @@ def log_predictions(
     log = PredictionLog(staging, fsync=False)
     pred = onnx_predictor(bundle_dir, log, deployment_id=deployment)
     try:
-        results = pred.process([x.astype(np.float32) / 255.0])
+        scaled = x.astype(np.float32) / 255.0
+        results = pred.process([scaled] if one_request else [row[None] for row in scaled])
     finally:
         pred.batcher.close()
-    records = results[0].records
+    records = [r for res in results for r in res.records]
     t = (when or datetime.now(UTC)).isoformat(timespec="microseconds")
     for r in records:
         r["time"] = t
@@ -84,8 +88,7 @@ def log_predictions(
                     "model": bundle.name,
                     "model_version": bundle.version,
                     "deployment": deployment,
-                    "label": f"class_{int(y)}",
-                    "label_index": int(y),
+                    **_label(bundle.labels, y),
                 }
             )
     log.append(records + feedback)
@@ -108,3 +111,11 @@ def append_lines(path: Path, *lines: bytes | dict[str, Any]) -> None:
             if isinstance(line, dict):
                 line = orjson.dumps(line, option=orjson.OPT_SERIALIZE_NUMPY) + b"\n"
             f.write(line)
+
+
+def _label(names: list[str], y: Any) -> dict[str, Any]:
+    """The feedback ``label`` and ``label_index`` of ``y``: a class index, or a 0/1 row."""
+    if np.ndim(y):
+        idx = [int(i) for i in np.flatnonzero(y)]
+        return {"label": [names[i] for i in idx], "label_index": idx}
+    return {"label": names[int(y)], "label_index": int(y)}

@@ -75,6 +75,7 @@ def test_export_writes_the_reference_the_server_would_log(
     assert res_cli.exit_code == 0, res_cli.output
     assert read_reference(res.reference).n == 5
     assert "[test]" in read_reference(res.reference).source
+    assert read_reference(res.reference).split == "test"  # the report names it
     said = " ".join(res_cli.output.split())  # pytest-xdist's workers fold output at 80 columns
     assert "warning: the monitoring reference of blood-model holds only 5 image(s) (blood@" in said
     assert "[test]); drift tests against fewer than 100 are weak" in said

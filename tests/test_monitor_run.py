@@ -229,7 +229,8 @@ def test_torn_corrupt_and_foreign_lines_are_skipped_and_counted(
     assert unknown_key.startswith(f"{first.name}:{len(records) + 5}: unknown key 'colour'")
     quality = report["quality"]
     assert quality["rejections_by_reason"] == {"wrong-size": 2}
-    assert quality["rejected_share"] == pytest.approx(2 / 62)
+    # The 60 predictions were one request (a batch): 2 refused of 3 requests.
+    assert quality["rejected_share"] == pytest.approx(2 / 3)
     assert log["other_models"] == {"pathology": 2}
     assert log["other_versions"] == {"0123456789ab": 1}
     notes = " ".join(report["notes"])
@@ -594,7 +595,7 @@ def test_body_timeouts_are_transport_failures_not_refused_data(
     a transport failure, apart from the refused share, also as older servers logged it."""
     ws, _reg, bundle = fresh
     x, _ = images(60)
-    records = log_predictions(ws, bundle, x)
+    records = log_predictions(ws, bundle, x, one_request=False)
     (first,) = log_dir(ws.path("logs"), "blood").glob("*.jsonl")
     at = {"time": records[0]["time"], "model": "blood"}
     timeouts = [log_line("rejection", status=408, reason="timeout", **at) for _ in range(20)]

@@ -166,9 +166,26 @@ def test_vectorised_ks_equals_scipy_with_ties() -> None:
     win = np.round(rng.normal(0.2, 1.0, size=(80, 12)), 1)
     ref[:, 3] = win[:, 3] = 0.0  # a constant dimension
     stat, p = ks_statistics(ref, win)
-    expected = stats.ks_2samp(ref, win, axis=0, method="asymp")
+    expected = stats.ks_2samp(ref, win, axis=0)
     np.testing.assert_allclose(stat, expected.statistic, atol=1e-12)
     np.testing.assert_allclose(p, expected.pvalue, atol=1e-9)
+
+
+def test_ks_p_values_are_exact_for_small_samples() -> None:
+    """11 window vectors against 5 reference ones: the asymptotic tail (kstwo at n*m/(n+m)) said
+    p = 0.236 here where the exact two-sample p (scipy's ks_2samp) is 0.174."""
+    from scipy import stats
+
+    from pomlia_hpc.monitor.stats import ks_statistics
+
+    ref = np.array([[0.1], [0.5], [0.9], [1.3], [1.7]])
+    win = np.linspace(0.8, 2.8, 11)[:, None]
+    stat, p = ks_statistics(ref, win)
+    exact = stats.ks_2samp(ref[:, 0], win[:, 0], method="exact")
+    assert stat[0] == pytest.approx(exact.statistic)
+    assert p[0] == pytest.approx(exact.pvalue, abs=1e-12) and p[0] < 0.2
+    res = ks_test(ref, win)
+    assert res.p_value == pytest.approx(exact.pvalue, abs=1e-12)
 
 
 def _unlucky(draws: np.ndarray, score: np.ndarray) -> np.ndarray:

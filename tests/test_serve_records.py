@@ -37,10 +37,13 @@ def test_what_the_predictor_logs_is_a_strict_prediction_record(
     answers = asyncio.run(pred.predict(x))
     pred.close()
     (path,) = tmp_path.glob("*.jsonl")
-    for raw, answer in zip(path.read_bytes().splitlines(), answers, strict=True):
+    for i, (raw, answer) in enumerate(zip(path.read_bytes().splitlines(), answers, strict=True)):
         rec = PredictionLine.model_validate_json(raw, strict=True)
         assert rec.id == answer["id"] and rec.deployment == 7 and rec.input_kept
-        assert set(orjson.loads(raw)) == set(PredictionLine.model_fields)
+        # The request's size only on its first prediction (the monitor counts requests by it).
+        assert rec.request_images == (3 if i == 0 else 1)
+        fields = set(PredictionLine.model_fields) - ({"request_images"} if i else set())
+        assert set(orjson.loads(raw)) == fields
 
 
 def test_feedback_and_rejection_lines_carry_their_flags_only_when_true() -> None:

@@ -159,7 +159,8 @@ def history_cmd(
     """List TARGET's monitoring reports, newest first.
 
     --json keys (the table's columns): id, created_at, status, predictions, labels (feedback
-    labels in the window), accuracy (on them; a number in [0, 1], not rounded), alarm (true or
+    labels in the window), accuracy (on them, the task's ACC: label-wise for multi-label; a
+    number in [0, 1], not rounded), alarm (true or
     false), path (the report's JSON file); a missing value is null. A console too narrow for
     the full table (80 columns) gets 5 columns: predictions, labels and accuracy stacked in
     one, the creation time (MM-DD HH:MM) above the status."""
@@ -233,7 +234,8 @@ def reference(
     split: Annotated[str, typer.Option(help="Split of the dataset to use.")] = "val",
 ) -> None:
     """(Re)compute MODEL's monitoring reference: the fingerprints and outputs the server would
-    log for the validation images (written next to the exported bundle)."""
+    log for the images of --split (written next to the exported bundle). `monitor run` tests
+    the accuracy on feedback against the accuracy on that split and names it (reference_split)."""
     from pomlia_hpc.monitor.reference import create_reference
 
     with console.status(f"computing the monitoring reference of {model}"):

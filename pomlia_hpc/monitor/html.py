@@ -122,7 +122,14 @@ def plot_metric(past: Sequence[MonitorReport], report: dict[str, Any]) -> str:
     lo = np.array([p["interval_95"][0] for _, p in points], dtype=float)
     hi = np.array([p["interval_95"][1] for _, p in points], dtype=float)
     ax.errorbar(x, acc, yerr=[acc - lo, hi - acc], fmt="o-", capsize=4, label="accuracy (95% CI)")
-    ax.axhline(report["reference"]["accuracy"], color="k", ls="--", lw=1, label="validation")
+    split = report["reference"].get("split")
+    ax.axhline(
+        report["reference"]["accuracy"],
+        color="k",
+        ls="--",
+        lw=1,
+        label=f"reference ({split})" if split else "reference",
+    )
     ax.set_xticks(x, [k for k, _ in points], rotation=45, fontsize=7)
     ax.set_ylim(0, 1.02)
     ax.set_ylabel("accuracy on feedback")
@@ -284,11 +291,14 @@ def render_html(
     perf = report["performance"]
     if perf and perf.get("labels"):
         lo, hi = perf["interval_95"]
+        # The reference's split, not always validation (monitor reference --split test).
+        split = perf.get("reference_split")
+        against = f"reference ({e(split)} split)" if split else "reference"
         parts += [
             "<h2>Performance from feedback</h2>",
             f"<p>accuracy {perf['accuracy']:.3f} (95% interval {lo:.3f} to {hi:.3f}) from "
-            f"{perf['labels']} labels (coverage {perf['coverage']:.1%}); validation "
-            f"{perf['validation_accuracy']:.3f}.</p>",
+            f"{perf['labels']} labels (coverage {perf['coverage']:.1%}); {against} "
+            f"{perf.get('reference_accuracy', perf['validation_accuracy']):.3f}.</p>",
         ]
     plots = [plot_history(past, report), plot_metric(past, report)]
     if outcome is not None:
@@ -309,6 +319,7 @@ def render_html(
             _table(
                 [
                     ["requests", _fmt(q["requests"])],
+                    ["predictions (images)", _fmt(q.get("predictions"))],
                     ["rejected share", _fmt(q["rejected_share"])],
                     ["rejections by reason", _reasons(q.get("rejections_by_reason"))],
                     [

@@ -78,10 +78,18 @@ class LogWindow:
     #: Feedback matched to a prediction of the window: (predicted, true label, feedback time).
     feedback: list[tuple[Any, Any, str]] = field(default_factory=list)
     feedback_unmatched: int = 0
+    #: Predictions of the window beyond the first of their request (a batch of k images adds
+    #: k - 1): what tells images from answered requests.
+    batched_images: int = 0
 
     @property
     def n_predictions(self) -> int:
         return len(self.pred_index)
+
+    @property
+    def n_requests(self) -> int:
+        """Answered requests of the window: a batch of images is one (as a refused one is)."""
+        return self.n_predictions - self.batched_images
 
     def fingerprint_matrix(self, dim: int) -> np.ndarray:
         """The sampled fingerprints as float32 (m, dim)."""
@@ -184,6 +192,7 @@ def read_window(
                 win.pred_index.append(out.label_index)
                 win.confidence.append(_confidence(out.probabilities, multi_label))
                 win.per_hour[t[:13]] += 1
+                win.batched_images += rec.request_images - 1
                 fp = rec.fingerprint
                 if rec.fingerprint_kind != kind or len(fp) != dim:
                     win.bad_fingerprints += 1

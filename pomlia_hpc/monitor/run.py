@@ -175,6 +175,7 @@ def build_report(
         "reasons": [f"{t.name} (p={t.p_value:.3g})" for t in tests if t.rejected],
         "reference": {
             "source": ref.source,
+            "split": ref.split,
             "n": ref.n,
             "accuracy": ref.accuracy,
             "fingerprint_kind": ref.fingerprint_kind,

@@ -157,6 +157,8 @@ class Predictor:
                         },
                     }
                 )
+                if i == start and len(arr) > 1:
+                    recs[-1]["request_images"] = len(arr)  # the monitor counts requests by it
                 if self.keep_inputs:
                     recs[-1]["input_kept"] = True
                     kept.append(encode_image(pid, when, images[i]))

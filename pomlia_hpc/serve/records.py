@@ -58,6 +58,10 @@ class PredictionLine(_Line):
     output: PredictionOutput
     #: The input image was kept (``--keep-inputs``); written only when true.
     input_kept: bool = False
+    #: The number of images of its request, on the first prediction of a request of several
+    #: (an NPY batch, several files); written only then. The monitor counts requests with it
+    #: (a batch is one request, as a refused one is); a line without it is a request of its own.
+    request_images: int = Field(default=1, ge=1)
 
 
 class FeedbackLine(_Line):

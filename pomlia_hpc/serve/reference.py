@@ -15,6 +15,7 @@ is not changed (its version is a hash of the weights, and the reference depends 
 from __future__ import annotations
 
 import json
+import re
 import shlex
 import zipfile
 from dataclasses import dataclass
@@ -92,12 +93,27 @@ class Reference:
         return len(self.fingerprints)
 
     @property
-    def accuracy(self) -> float:
-        """Validation accuracy of the model on the reference images (exact-match for
-        multi-label)."""
+    def split(self) -> str | None:
+        """The data split the reference images came from (``val``, ``test``, ...), as its
+        ``source`` names it (``name@version [split]``); None when it names none."""
+        m = re.search(r" \[([^\]]+)\]$", self.source)
+        return m.group(1) if m else None
+
+    @property
+    def image_scores(self) -> np.ndarray:
+        """Per-image accuracy, float64 (n,): 1.0 or 0.0 (right or wrong); for multi-label
+        the share of the image's labels predicted right (MedMNIST's label-wise ACC is their
+        mean)."""
         if self.task_type == "multi-label":
-            return float(np.mean(np.all(self.pred_index == self.labels, axis=1)))
-        return float(np.mean(self.pred_index == self.labels))
+            right = self.pred_index.reshape(self.n, -1) == self.labels.reshape(self.n, -1)
+            return np.asarray(right.mean(axis=1), dtype=np.float64)
+        return np.asarray(self.pred_index == self.labels, dtype=np.float64)
+
+    @property
+    def accuracy(self) -> float:
+        """Accuracy of the model on the reference images, as the task's ACC: for multi-label
+        label-wise (the mean over images and labels), not exact match."""
+        return float(np.mean(self.image_scores)) if self.n else float("nan")
 
 
 def confidence_of(probs: np.ndarray, task_type: str) -> np.ndarray:
