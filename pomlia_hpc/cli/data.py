@@ -94,7 +94,7 @@ _TASK_TYPE_HELP = f"One of {task_type_choices()}. Kept in MedMNIST's spelling."
 _FRACTION_HELP = (
     "Folder/HDF5 without splits: share of {split}, of each class. Split folders "
     "without {split}/ (or an empty one): share of each class of train/ carved out as {split} "
-    "(at least one image; one stays in train)."
+    "(rounded half up, at least one image; one stays in train)."
 )
 # `data add`'s options with the longest declarations, so that its signature stays short.
 _RootOpt = Annotated[

@@ -24,6 +24,7 @@ array is refused in constant memory.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -153,9 +154,15 @@ def check_split_fractions(where: str, val_fraction: float, test_fraction: float)
 
 
 def carved_count(n: int, fraction: float) -> int:
-    """Images of a class of ``n`` carved for a split of share ``fraction``: the rounded share,
-    but at least one when asked at all (a class absent from val cannot be picked on)."""
-    return 0 if fraction <= 0 else max(1, round(n * fraction))
+    """Images of a class of ``n`` carved for a split of share ``fraction``: the share rounded
+    half up (2.5 -> 3, 1.5 -> 2, 2.49 -> 2), but at least one when asked at all (a class
+    absent from val cannot be picked on)."""
+    if fraction <= 0:
+        return 0
+    # Not round(): it rounds half to even (2.5 -> 2, 1.5 -> 2), so classes of 25 and 15 got
+    # the same count. The product is rounded to 9 decimals first: 15 * 0.1 is
+    # 1.5000000000000002 and 45 * 0.7 is 31.499999999999996 in floats, both meant as halves.
+    return max(1, math.floor(round(n * fraction, 9) + 0.5))
 
 
 def stratified_split(

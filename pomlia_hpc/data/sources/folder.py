@@ -24,8 +24,8 @@ missing or empty val / test is carved with the fraction).
 Without split folders the files of each class are split into train/val/test stratified by
 class (``val_fraction``, ``test_fraction``; default 0.1 each), as a split layout's missing
 val / test is carved from its train folder (:func:`_carve`): each class gives each split its
-share (rounded, at least one image), a class of 3 or more images has at least one image in
-each of train, val and test, a class of 2 gives one to val, a class of 1 stays in train;
+share (rounded half up, at least one image), a class of 3 or more images has at least one
+image in each of train, val and test, a class of 2 gives one to val, a class of 1 stays in train;
 which files go is decided by the hashes of their paths, so the same files give the same
 split. Adding or removing files of a class can move a few others of that class (its counts
 change, or a new file's hash ranks among those carved); other classes are untouched. With

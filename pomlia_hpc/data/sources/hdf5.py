@@ -5,7 +5,7 @@ Options: ``images`` (path of an (N, H, W) or (N, H, W, C) dataset), ``labels`` (
 "train"/"val"/"test"). Without ``split``, the rows are split into train/val/test stratified by
 class (``val_fraction``, ``test_fraction``, default 0.1 each), by the rule an image folder's
 split follows (:func:`~pomlia_hpc.data.sources.base.stratified_split`): each class gives val
-and test their share (rounded, at least one row each), a class of 3 or more rows is in every
+and test their share (rounded half up, at least one row each), a class of 3 or more rows is in every
 split, a class of 2 gives one to val, a class of 1 stays in train; which rows go is decided by
 a hash of their index, so the same file gives the same split. Adding rows to a class can move
 a few others of that class; other classes are untouched. Multi-label rows (no one class) go to

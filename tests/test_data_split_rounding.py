@@ -1,0 +1,54 @@
+"""Split sizes carved per class round half up (2.5 -> 3), not half to even (Python's round,
+which gave a class of 25 the same count as one of 15): one documented rule for image folders
+and HDF5 files."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pomlia_hpc.data.sources.base import carved_count, stratified_split
+from pomlia_hpc.workspace import Workspace
+from tests.fixtures.cli import cli_ok
+
+pytestmark = pytest.mark.usefixtures("wide_console")
+
+#: Images per class and the val (= test) count each gets at the default fraction 0.1.
+SIZES = {"a": 25, "b": 15, "c": 3, "d": 45}
+CARVED = {"a": 3, "b": 2, "c": 1, "d": 5}
+
+
+@pytest.mark.parametrize(
+    ("n", "fraction", "want"),
+    [(25, 0.1, 3), (15, 0.1, 2), (45, 0.1, 5), (24, 0.1, 2), (45, 0.7, 32), (3, 0.1, 1), (7, 0, 0)],
+)
+def test_carved_count_rounds_half_up(n: int, fraction: float, want: int) -> None:
+    assert carved_count(n, fraction) == want
+
+
+def test_stratified_split_gives_each_class_its_half_up_share() -> None:
+    classes = np.concatenate([np.full(n, i) for i, n in enumerate(SIZES.values())])
+    ranks = np.arange(len(classes), dtype=np.uint64)[::-1].copy()
+    codes = stratified_split(ranks, classes, 0.1, 0.1)
+    for i, name in enumerate(SIZES):
+        mine = codes[classes == i]
+        assert (int((mine == 1).sum()), int((mine == 2).sum())) == (CARVED[name],) * 2, name
+
+
+def test_an_image_folder_is_split_half_up_per_class(workspace: Workspace, tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    for name, n in SIZES.items():
+        (tmp_path / "imgs" / name).mkdir(parents=True)
+        for i in range(n):
+            img = rng.integers(0, 255, (8, 8), dtype=np.uint8)
+            Image.fromarray(img).save(tmp_path / "imgs" / name / f"{i}.png")
+    cli_ok("data", "add", "roundy", str(tmp_path / "imgs"))
+    meta = json.loads(cli_ok("data", "show", "roundy", "--json"))["meta"]
+    carved = sum(CARVED.values())
+    sizes = meta["split_sizes"]
+    assert (sizes["val"], sizes["test"]) == (carved, carved)
+    assert sizes["train"] == sum(SIZES.values()) - 2 * carved
