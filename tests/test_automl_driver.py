@@ -112,10 +112,12 @@ def test_resume_of_a_finished_study_reports_the_studys_time(
     tiny_task(workspace, reg, "blood", sizes=(16, 8, 8))
     spec = tiny_study(reg, workspace, "blood", "done", n_trials=1)
     run_study(reg, workspace, spec, poll_s=0.2)
-    with reg.session() as s:  # the study ran an hour ago, for cost_s seconds
+    with reg.session() as s:  # the study's one trial job ran an hour ago, for 125 s
         (run,) = s.scalars(select(Run).where(Run.study == "done"))
-        run.created_at = run.created_at - timedelta(hours=1)
-        run.cost_s = 125.0
+        job = s.get(Job, run.job_id)
+        assert job is not None and job.started_at is not None
+        job.started_at = job.started_at - timedelta(hours=1)
+        job.ended_at = job.started_at + timedelta(seconds=125)
     monkeypatch.setenv("POMLIA_HOME", str(workspace.home))
     code, text = _run_cli("blood", "--study", "done", "--resume")
     said = " ".join(text.split())

@@ -20,8 +20,8 @@ KEYS = {
     ("data", "list"): "name version parent n_images task_type n_classes image_size channels "
     "created_at store_path current",
     ("task", "list"): "id name dataset task_type metric",
-    ("runs", "list"): "id task study status epochs config val test objective cost_s job "
-    "scheduler_id error created_at",
+    ("runs", "list"): "id task study status epochs config val test objective cost_s "
+    "train_s job scheduler_id error created_at",
     ("model", "list"): "id name task dataset run_id study arch metric test_score exported "
     "code_version created_at",
     ("jobs", "list"): "id name backend scheduler_id state requeue_count submitted_at ended_at "

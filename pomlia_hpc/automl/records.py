@@ -9,6 +9,15 @@ the job, ``error`` says why; a resumed study submits it again).
 ``val`` and ``test`` metric dicts, the ``objective`` (the task metric on ``val``) and the epoch
 accounting (``epochs``, ``start_epoch``, ``epochs_run``), or the ``cause`` of a crash.
 
+``cost_s`` is the trial job's wall time in seconds, from its start to its end, start-up
+(interpreter, imports, data, model and DeepSpeed set-up) included, for every status: Slurm's
+Start to End of the job's latest attempt, a local job's launch to its result (or failure) file
+(:func:`~pomlia_hpc.automl.study.trials.trial_wall_s`). What the training call itself took
+is ``metrics["train_s"]`` (ok runs). A run recorded ``ok`` before ``train_s`` was kept
+recorded the training call's seconds as its cost: :func:`run_cost_s` reads such a run's cost
+from its job's times instead, so every reader (``runs list``, the study's span, the
+recommender's run statistics) sees one definition.
+
 Non-finite floats (NaN, infinities) are stored as ``null``: these columns are JSON, and
 PostgreSQL's ``json`` type rejects NaN (a driver would die mid-study on a ``DataError``).
 """
@@ -173,6 +182,51 @@ def finish_run(
         row.metrics, row.cost_s = json_safe(dict(metrics)), _finite(cost_s)
 
 
+def job_span_s(started: datetime | None, ended: datetime | None) -> float | None:
+    """Seconds from ``started`` to ``ended`` (a job's times), or None when one is unknown."""
+    if started is None or ended is None:
+        return None
+    return max((ended - started).total_seconds(), 0.0)
+
+
+def run_cost_s(
+    status: str,
+    cost_s: float | None,
+    metrics: dict[str, Any] | None,
+    job_started: datetime | None,
+    job_ended: datetime | None,
+) -> float | None:
+    """A run's cost in seconds by the one definition (module docstring): its recorded
+    ``cost_s``; for an ``ok`` run recorded before ``metrics["train_s"]`` existed, which
+    recorded only its training call's seconds, its job's Start to End when known."""
+    legacy = status == OK and not (isinstance(metrics, dict) and "train_s" in metrics)
+    span = job_span_s(job_started, job_ended) if legacy else None
+    return cost_s if span is None else span
+
+
+def study_span_s(registry: Registry, runs: Iterable[Run]) -> float | None:
+    """Seconds from the first start of ``runs``' jobs to the last end (a resumed study's real
+    length, drivers and gaps included), or None when no run has a time. A run without job
+    times counts from its creation to its creation plus its cost."""
+    runs = list(runs)
+    ids = {r.job_id for r in runs if r.job_id is not None}
+    with registry.session() as s:
+        jobs = {j.id: j for j in s.scalars(select(Job).where(Job.id.in_(ids)))} if ids else {}
+        starts: list[float] = []
+        ends: list[float] = []
+        for r in runs:
+            job = jobs.get(r.job_id) if r.job_id is not None else None
+            if job is not None and job.started_at is not None and job.ended_at is not None:
+                starts.append(job.started_at.timestamp())
+                ends.append(job.ended_at.timestamp())
+            elif r.cost_s is not None:
+                starts.append(r.created_at.timestamp())
+                ends.append(r.created_at.timestamp() + r.cost_s)
+    if not ends:
+        return None
+    return max(max(ends) - min(starts), 0.0)
+
+
 def study_runs(registry: Registry, study: str) -> list[Run]:
     """All runs of ``study``, oldest first."""
     with registry.session() as s:
@@ -250,7 +304,7 @@ def list_runs(
     if limit < 1:
         raise InputError(f"--limit {limit}: expected an integer >= 1")
     with registry.session() as s:
-        q = select(Run, Task.name, Job.id, Job.scheduler_id).join(
+        q = select(Run, Task.name, Job.id, Job.scheduler_id, Job.started_at, Job.ended_at).join(
             Task, Run.task_id == Task.id, isouter=True
         )
         q = q.join(Job, Run.job_id == Job.id, isouter=True)
@@ -275,13 +329,13 @@ def list_runs(
                 epochs=r.budget,
                 config=dict(r.config or {}),
                 metrics=dict(r.metrics or {}),
-                cost_s=r.cost_s,
+                cost_s=run_cost_s(r.status, r.cost_s, r.metrics, started, ended),
                 job=job_id,
                 scheduler_id=sched or None,
                 error=r.error or None,
                 created_at=r.created_at,
             )
-            for r, tname, job_id, sched in rows
+            for r, tname, job_id, sched, started, ended in rows
         ]
 
 
@@ -316,7 +370,8 @@ def settle_cancelled(registry: Registry, runs: Iterable[RunRow]) -> list[int]:
             start = int(dict(run.metrics or {}).get("start_epoch", 0))
             run.status, run.error = CANCELLED, cause
             run.metrics = {"cause": cause, "state": "CANCELLED", "start_epoch": start}
-            if job.started_at is not None and job.ended_at is not None:
-                run.cost_s = max((job.ended_at - job.started_at).total_seconds(), 0.0)
+            span = job_span_s(job.started_at, job.ended_at)
+            if span is not None:
+                run.cost_s = span
             settled.append(run_id)
     return settled

@@ -61,13 +61,17 @@ def runs_list(
 ) -> None:
     """List training runs with configuration, budget, metrics, cost, status and job.
 
-    --json keys: id, task, study, status, epochs, config, val, test, objective, cost_s, job
-    (the registry's job id, as `pomlia jobs show/cancel` take), scheduler_id (Slurm's job id
-    or the local pid), error (the whole text; the table shows its first line), created_at;
-    a missing value is null, and so is a metric undefined for the run (val.auc of a split of
-    one class; the table shows n/a). A console too narrow for the full table (80 columns)
-    gets 6 columns: the error under the configuration, val and test metrics in one column,
-    two values stacked in the others."""
+    Cost: the trial job's wall time from its start to its end in seconds, start-up included,
+    whatever the status (Slurm: the job's Start to End).
+
+    --json keys: id, task, study, status, epochs, config, val, test, objective, cost_s,
+    train_s (of cost_s, the training call's own seconds; null for a crash, or a run recorded
+    before it was kept), job (the registry's job id, as `pomlia jobs show/cancel` take),
+    scheduler_id (Slurm's job id or the local pid), error (the whole text; the table shows its
+    first line), created_at; a missing value is null, and so is a metric undefined for the
+    run (val.auc of a split of one class; the table shows n/a). A console too narrow for the
+    full table (80 columns) gets 6 columns: the error under the configuration, val and test
+    metrics in one column, two values stacked in the others."""
     from pomlia_hpc.automl.folders import study_names  # not .study: that imports torch
     from pomlia_hpc.automl.records import list_runs, settle_cancelled
 
@@ -85,7 +89,8 @@ def runs_list(
                 {"id": r.id, "task": r.task, "study": r.study, "status": r.status}
                 | {"epochs": r.epochs, "config": r.config}
                 | {k: _split_json(r.metrics.get(k)) for k in ("val", "test", "objective")}
-                | {"cost_s": r.cost_s, "job": r.job, "scheduler_id": r.scheduler_id}
+                | {"cost_s": r.cost_s, "train_s": r.metrics.get("train_s")}
+                | {"job": r.job, "scheduler_id": r.scheduler_id}
                 | {"error": r.error}
                 | {"created_at": r.created_at}
                 for r in rows

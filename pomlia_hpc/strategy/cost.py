@@ -3,10 +3,13 @@
 Two sources, best first:
 
 1. **Measured**: the registry's own runs of the strategy (start-up once, measured as a run's
-   wall time less the seconds of its epochs, plus seconds per epoch of its successful runs
-   times the epochs of a full run: AutoML's default largest budget, which shrinks as the data
-   set grows), the epochs' part scaled linearly by training-set size (images per epoch) and by
-   the full run's epochs on this data set; a published table's cost of one run, by size alone.
+   cost, its job's wall time from start to end, less the seconds of its epochs: the job's
+   scheduler start, imports, data loading, model build and evaluation, what
+   :data:`OVERHEAD_S` assumes for an estimate, so the two compare; plus seconds per epoch of
+   its successful runs times the epochs of a full run: AutoML's default largest budget, which
+   shrinks as the data set grows), the epochs' part scaled linearly by training-set size
+   (images per epoch) and by the full run's epochs on this data set; a published table's cost
+   of one run, by size alone.
 2. **Estimated** from compute: forward multiply-adds per image at 224 px (published figures of
    the architectures, :data:`GMACS_224`) scaled by ``(img_size / 224)^2``; training costs 3x a
    forward pass (forward + backward) per image and epoch; frozen features (``linear_probe``,
@@ -50,7 +53,8 @@ GMACS_224: dict[str, float] = {
 FROZEN_EPOCHS = {"linear_probe": 1.0, "knn": 1.0}
 #: Effective tera multiply-accumulates per second of the assumed device.
 DEVICE_TMACS = 20.0
-#: Fixed start-up seconds of a job (scheduler, data loading, model build).
+#: Fixed start-up seconds of a job (scheduler, data loading, model build): the part of a
+#: measured run's cost (its job's wall time) outside its epochs.
 OVERHEAD_S = 30.0
 
 

@@ -15,10 +15,13 @@ Of two runs with the same best validation objective, the one with the lower id c
 :mod:`.outcomes` breaks the tie), whichever order they were folded in.
 
 Per (task, strategy): the number of runs and of crashed runs, the run with the best validation
-objective and its test metric (the task's own metric), and the summed wall seconds of the
-successful runs and, of those whose trained epochs are known, their summed seconds and epochs
-(seconds per epoch: their ratio), and of those whose history gives each epoch's seconds, the
-seconds in epochs and the rest, start-up (once per run: a measured cost is start-up plus
+objective and its test metric (the task's own metric), and the summed wall seconds (a run's
+cost: its job's wall time from start to end, start-up included; see
+:mod:`pomlia_hpc.automl.records`) of the successful runs and, of those whose trained epochs
+are known, their summed seconds and epochs (seconds per epoch: their ratio), and of those
+whose history gives each epoch's seconds, the seconds in epochs and the rest, start-up (the
+job's: interpreter, imports, data, model build, evaluation; once per run, as the compute
+estimate's fixed start-up: a measured cost is start-up plus
 seconds per epoch times the epochs asked for). A successful run that reached fewer epochs than
 the task's ``min_epochs`` (a third of its full budget, or 9 epochs if fewer) gives no value: its
 count, best test value and epochs are kept apart, a lower bound (a 1-epoch test study says
@@ -45,7 +48,8 @@ from sqlalchemy import delete, exists, func, insert, select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from pomlia_hpc.registry import KbRunSeen, KbRunStats, Registry, Run, Task
+from pomlia_hpc.automl.records import run_cost_s
+from pomlia_hpc.registry import Job, KbRunSeen, KbRunStats, Registry, Run, Task
 from pomlia_hpc.registry.db import lock_name
 from pomlia_hpc.strategy.longformat import strategy_key
 
@@ -58,8 +62,10 @@ FINAL = (*COUNTED, "cancelled")
 #: (concurrent inserts; a run's transaction is seconds long, far fewer runs start meanwhile).
 RECHECK = 1000
 #: How this code counts runs (short runs apart, start-up once per run: migration 0008's rules),
-#: written into every row it writes; raise it when that changes.
-FORMAT = 1
+#: written into every row it writes; raise it when that changes. 2: a run's cost is its job's
+#: wall time, start-up included (1 took an ok run's training call alone, so the start-up
+#: measured as cost less epoch seconds missed the job's own start-up).
+FORMAT = 2
 
 
 def run_strategy(config: dict[str, Any], image_size: int) -> dict[str, Any]:
@@ -105,6 +111,14 @@ def _epoch_seconds(history: Any, epochs_run: float | None) -> float | None:
     if not mine or len(mine) < int(epochs_run):
         return None
     return float(sum(mine))
+
+
+def _with_cost(r: Any) -> tuple[Any, ...]:
+    """Row ``r`` of :func:`_refresh`'s query with its cost (index 3) by the one definition:
+    the job's wall time, start-up included (:func:`~pomlia_hpc.automl.records.run_cost_s`:
+    an ok run recorded before ``train_s`` was kept apart gets its job's Start to End)."""
+    cost = run_cost_s(r[2], r[3], r[13], r[14], r[15])
+    return (*r[:3], cost, *r[4:13])
 
 
 def _fold(st: KbRunStats, r: Any, metric: str, min_epochs: float) -> None:
@@ -209,7 +223,11 @@ def _refresh(registry: Registry, image_sizes: dict[int, int], min_epochs: dict[i
             Run.metrics["epochs_run"].as_float(),
             Run.metrics["epochs"].as_float(),
             Run.metrics["history"],
-        ).where(
+            Run.metrics,  # 13: whether it kept train_s apart (see run_cost_s)
+            Job.started_at,
+            Job.ended_at,
+        )
+        q = q.outerjoin(Job, Run.job_id == Job.id).where(
             (Run.id > newest)
             | Run.id.in_(waiting)
             | (
@@ -220,7 +238,7 @@ def _refresh(registry: Registry, image_sizes: dict[int, int], min_epochs: dict[i
         examined = s.execute(q).all()
         if not examined:
             return 0
-        rows = [r for r in examined if r[2] in COUNTED and r[1] is not None]
+        rows = [_with_cost(r) for r in examined if r[2] in COUNTED and r[1] is not None]
         again = {r[0] for r in examined if r[2] not in FINAL}
         # Waiting runs (ids up to ``newest``) that have finished leave the waiting list;
         # unfinished ones already waiting stay; new unfinished ones join it.

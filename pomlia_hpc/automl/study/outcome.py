@@ -14,15 +14,6 @@ from pomlia_hpc.models.catalog import ModelNameTakenError, find_model, promote_c
 from pomlia_hpc.registry import Run
 
 
-def elapsed_s(runs: list[Run]) -> float | None:
-    """Seconds from the first run's start to the last run's end (start + its cost), or None
-    when no run recorded a cost. A resumed study's real length, drivers and gaps included."""
-    ends = [r.created_at.timestamp() + r.cost_s for r in runs if r.cost_s is not None]
-    if not ends:
-        return None
-    return max(ends) - min(r.created_at.timestamp() for r in runs)
-
-
 def finish(runner: TrialRunner, wall_s: float) -> StudyResult:
     """Register the best trial's model (with its lineage) and write ``summary.json``."""
     best = runner.best()
@@ -51,7 +42,7 @@ def finish(runner: TrialRunner, wall_s: float) -> StudyResult:
         n_crashed,
         runner.spent(),
         wall_s,
-        elapsed_s(runs),
+        records.study_span_s(runner.registry, runs),
         model_refused,
         n_cancelled,
     )

@@ -14,7 +14,12 @@ from dataclasses import replace
 from pomlia_hpc.automl import records
 from pomlia_hpc.automl.metrics import objective_cost
 from pomlia_hpc.automl.optimizers import Proposal, SearchOptimizer
-from pomlia_hpc.automl.study.trials import ActiveTrial, TrialRunner, attach_trial_job
+from pomlia_hpc.automl.study.trials import (
+    ActiveTrial,
+    TrialRunner,
+    attach_trial_job,
+    trial_wall_s,
+)
 from pomlia_hpc.automl.study.view import job_name, view_of_run
 from pomlia_hpc.automl.trial import read_result
 from pomlia_hpc.cluster.attach import poll_attached
@@ -42,7 +47,10 @@ def recover_trial(runner: TrialRunner, opt: SearchOptimizer, proposal: Proposal)
         _, _, result_path = runner.paths(proposal.key, proposal.epochs, run.id)
         result = read_result(result_path)
         if result is not None:  # it finished just before the cancel
-            runner.record_ok(opt, run.id, proposal, result)
+            wall = trial_wall_s(
+                runner.registry, run.job_id, result_path, default=float(result["cost_s"])
+            )
+            runner.record_ok(opt, run.id, proposal, result, wall)
         else:
             runner.start(opt, proposal, run_id=run.id)  # continues from its last checkpoint
         return
@@ -59,7 +67,8 @@ def recover_trial(runner: TrialRunner, opt: SearchOptimizer, proposal: Proposal)
     if job is None:
         result = read_result(result_path)
         if result is not None:  # finished while the driver was away
-            runner.record_ok(opt, run.id, proposal, result)
+            wall = trial_wall_s(runner.registry, None, result_path, default=float(result["cost_s"]))
+            runner.record_ok(opt, run.id, proposal, result, wall)
         else:  # never submitted, or refused: submit it now
             runner.start(opt, proposal, run_id=run.id)
         return

@@ -74,26 +74,53 @@ class ActiveTrial:
     result_path: Path | None = None  # where the job writes its result (and its stamps)
 
 
-def job_wall_s(registry: Registry, act: ActiveTrial) -> float:
-    """Seconds the job of ``act``, which ended without a result, ran: its cost as the
-    recommender sees it (kb run stats, expected cost), not the driver's time to notice.
+def trial_wall_s(
+    registry: Registry,
+    job_id: int | None,
+    result_path: Path | None,
+    *,
+    submitted: float | None = None,
+    default: float = 0.0,
+) -> float:
+    """A trial job's wall time in seconds, start-up included: the run's ``cost_s`` (see
+    :mod:`pomlia_hpc.automl.records`), for a result and a failure alike, as the recommender
+    sees it (kb run stats, expected cost), not the driver's time to notice.
 
-    The scheduler's Start to End of its latest attempt (Slurm: ``sacct``, settled when the
-    failure was collected); else from the job's own start stamp to its ``failure.json`` (or
-    to now: a local job's end is noticed at once, as the driver waits on its process); else
-    (neither known) the time since its submission.
+    The job row's Start to End (Slurm: ``sacct``'s, of its latest attempt, settled when the
+    outcome was collected); a local job's end is when it wrote its result (or failure) file,
+    since its row's end is when a driver noticed (after a resume, perhaps much later). Without
+    the row's times: from the job's own start stamp to that file (or to now: a local job's end
+    is noticed at once, as the driver waits on its process); else the time since
+    ``submitted`` (epoch seconds); else ``default``.
     """
-    started = read_started(act.result_path) if act.result_path is not None else None
-    if act.handle.record_id is not None:
+    written = _written(result_path) if result_path is not None else None
+    if job_id is not None:
         with registry.session() as s:
-            row = s.get(Job, act.handle.record_id)
+            row = s.get(Job, job_id)
             if row is not None and row.started_at is not None and row.ended_at is not None:
-                return max((row.ended_at - row.started_at).total_seconds(), 0.0)
-    if started is not None and act.result_path is not None:
-        failure = failure_path(act.result_path)
-        end = failure.stat().st_mtime if failure.is_file() else time.time()
-        return max(end - started, 0.0)
-    return max(time.time() - act.started, 0.0)
+                start, end = row.started_at.timestamp(), row.ended_at.timestamp()
+                if row.backend != "slurm" and written is not None and written >= start:
+                    end = min(end, written)
+                return max(end - start, 0.0)
+    started = read_started(result_path) if result_path is not None else None
+    if started is not None:
+        return max((written if written is not None else time.time()) - started, 0.0)
+    if submitted is not None:
+        return max(time.time() - submitted, 0.0)
+    return default
+
+
+def _written(result_path: Path) -> float | None:
+    """When the trial's result file, else its failure file, was written (epoch seconds)."""
+    for path in (result_path, failure_path(result_path)):
+        if path.is_file():
+            return path.stat().st_mtime
+    return None
+
+
+def job_wall_s(registry: Registry, act: ActiveTrial) -> float:
+    """Seconds the job of ``act`` ran (:func:`trial_wall_s`)."""
+    return trial_wall_s(registry, act.handle.record_id, act.result_path, submitted=act.started)
 
 
 UpdateFn = Callable[[StudyView], None]
@@ -356,11 +383,18 @@ class TrialRunner:
                 self.emit()  # the table's last frame shows this trial crashed, not running
                 raise damage from exc
             return
-        self.record_ok(opt, act.run_id, act.proposal, result)
+        self.record_ok(opt, act.run_id, act.proposal, result, job_wall_s(self.registry, act))
 
     def record_ok(
-        self, opt: SearchOptimizer, run_id: int, proposal: Proposal, result: dict[str, Any]
+        self,
+        opt: SearchOptimizer,
+        run_id: int,
+        proposal: Proposal,
+        result: dict[str, Any],
+        wall_s: float,
     ) -> None:
+        """Record a trial's result; ``wall_s``: its job's wall time (:func:`trial_wall_s`), the
+        run's cost; the training call's own seconds go to ``metrics["train_s"]``."""
         val, test = result["metrics"]["val"], result["metrics"]["test"]
         cost = objective_cost(val, self.spec.metric)
         objective = val.get(self.spec.metric)
@@ -373,6 +407,7 @@ class TrialRunner:
             "epochs": result["epochs"],
             "start_epoch": result["start_epoch"],
             "epochs_run": result["epochs"] - result["start_epoch"],
+            "train_s": float(result["cost_s"]),  # the training call, without the job's start-up
             "gpu_hours": result.get("gpu_hours", 0.0),
             "device": result.get("device"),
             "model_path": result.get("model_path"),
@@ -386,16 +421,16 @@ class TrialRunner:
             run_id,
             status=records.OK,
             metrics=metrics,
-            cost_s=float(result["cost_s"]),
+            cost_s=wall_s,
         )
-        opt.tell(proposal, cost, crashed=False, time_s=float(result["cost_s"]))
+        opt.tell(proposal, cost, crashed=False, time_s=wall_s)
         self.tell_waiting(opt, proposal, cost, crashed=False)
         self.views[run_id] = replace(
             self.views[run_id],
             status=records.OK,
             objective=objective,
             test=test.get(self.spec.metric),
-            cost_s=float(result["cost_s"]),
+            cost_s=wall_s,
             cause="",
             start_epoch=int(result["start_epoch"]),
         )
