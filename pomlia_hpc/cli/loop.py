@@ -70,8 +70,10 @@ def harvest_cmd(
     ] = None,
 ) -> None:
     """Labelled production images (kept inputs + feedback) → a new version of the model's
-    training dataset (parent = that version; new images split by hash; production test rows
-    kept for the gate)."""
+    training dataset (parent = that version; new images split by hash, an image whose pixels
+    the parent holds put in its copy's split; production test rows kept for the gate). Warns,
+    as `data add` does, of val/test images that are copies of training images."""
+    from pomlia_hpc.data.leakage import duplicate_warning
     from pomlia_hpc.loop.harvest import harvest
 
     ws = STATE.workspace
@@ -106,6 +108,16 @@ def harvest_cmd(
             f"(the parent's row left out): {ids}",
             highlight=False,
         )
+    if info.get("placed_with_copy"):
+        console.print(
+            f"put {info['placed_with_copy']} image(s) into the split of their pixel copy (in the "
+            "parent, or among the harvested images) rather than their hash's: a copy in another "
+            "split would leak between train, val and test",
+            highlight=False,
+        )
+    warning = duplicate_warning(rec.fingerprint)
+    if warning:  # as `data add` and `task add` warn: the parent's own copies, conflicting labels
+        err_console.print(f"[yellow]warning:[/] dataset {rec.ref}: {warning}", highlight=False)
     if info.get("lineage_ids_unknown"):
         console.print(
             "[yellow]warning:[/] the parent was harvested before prediction ids were recorded: "

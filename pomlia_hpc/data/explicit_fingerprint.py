@@ -81,17 +81,21 @@ def pair_histogram(x: np.ndarray) -> np.ndarray:
     return out
 
 
-def chunk_stats(x: np.ndarray) -> tuple[np.ndarray, int, np.ndarray]:
-    """(C, 256) histogram, near-constant count and per-image uint64 hashes of one chunk."""
-    b = x.shape[0]
-    hist = pair_histogram(x)
-    flat = x.reshape(b, -1)
-    near = int((_image_std(x) < NEAR_CONSTANT_STD).sum())
+def image_hashes(x: np.ndarray) -> np.ndarray:
+    """One uint64 hash of the pixels of each image of ``x`` (n, ...): equal pixels, equal
+    hash. The duplicates of the fingerprint and of a harvest are counted by it."""
+    flat = np.ascontiguousarray(x).reshape(x.shape[0], -1)
     # SHA-1 is used as a fast content hash (duplicates), not for security.
-    hashes = np.frombuffer(
+    return np.frombuffer(
         b"".join(hashlib.sha1(row.data).digest()[:8] for row in flat), dtype=np.uint64
     )
-    return hist, near, hashes
+
+
+def chunk_stats(x: np.ndarray) -> tuple[np.ndarray, int, np.ndarray]:
+    """(C, 256) histogram, near-constant count and per-image uint64 hashes of one chunk."""
+    hist = pair_histogram(x)
+    near = int((_image_std(x) < NEAR_CONSTANT_STD).sum())
+    return hist, near, image_hashes(x)
 
 
 class _Progress(Callback):

@@ -3,7 +3,14 @@
 The new version's parent is the version the model was trained on. It holds every row of the
 parent, split as before, plus the new images, each assigned to train, val or test by a hash of
 its key (the prediction id), so the same image always lands in the same split whatever else is
-harvested with it. Rows stay ordered by split; within a split the parent's rows come first::
+harvested with it. An image whose pixels the parent already holds (a served val or test image,
+say) goes instead to the split of its first copy there (train before val before test), and
+images of equal pixels harvested together go to one split (the hash split of the smallest key
+among them, unless one of them has a copy in the parent): a copy in another split than its
+original is train/test leakage, which would inflate the val and test metrics (and the gate's)
+of every model trained on the version. ``placed_with_copy`` counts the images so placed in
+another split than their hash's. Rows stay ordered by split; within a split the parent's rows
+come first::
 
     train: parent train | new train      val: parent val | new val
     test:  parent test (the fixed test split) | new test (the "production" test subset)
@@ -40,6 +47,7 @@ from typing import Any
 import numpy as np
 
 from pomlia_hpc.data.api import ingest
+from pomlia_hpc.data.explicit_fingerprint import image_hashes
 from pomlia_hpc.data.sources.base import LabelInfo, Source
 from pomlia_hpc.data.store import SPLITS, DatasetStore, open_store
 from pomlia_hpc.data.versioning import VersionRecord
@@ -89,8 +97,10 @@ class HarvestSource(Source):
         provenance: dict[str, Any],
         fractions: Sequence[float] = FRACTIONS,
         drop: frozenset[int] = frozenset(),
+        splits: Sequence[str] | None = None,
     ) -> None:
-        """``drop``: parent store rows to leave out (their ids come again with a new label)."""
+        """``drop``: parent store rows to leave out (their ids come again with a new label);
+        ``splits``: the split of each new image (default: :func:`hash_split` of its key)."""
         super().__init__(path=parent.path, kind="harvest")
         h, w, c = parent.image_shape
         if new.images.dtype != np.uint8 or new.images.shape[1:] != (h, w, c):
@@ -101,9 +111,9 @@ class HarvestSource(Source):
         self.height, self.width, self.channels = h, w, c
         self._parent = parent
         self._new = new
-        order = {
-            s: [i for i, k in enumerate(new.keys) if hash_split(k, fractions) == s] for s in SPLITS
-        }
+        if splits is None:
+            splits = [hash_split(k, fractions) for k in new.keys]
+        order = {s: [i for i, x in enumerate(splits) if x == s] for s in SPLITS}
         self._new_rows = {s: np.asarray(v, dtype=np.int64) for s, v in order.items()}
         self._drop = np.asarray(sorted(drop), dtype=np.int64)
         self._drop_set = drop
@@ -219,11 +229,42 @@ def harvest_version(
         "replaced": len(replaced),
         "replaced_ids": replaced,
     }
+    splits = splits_beside_copies(store, new, frozenset(drop), fractions)
+    provenance["placed_with_copy"] = sum(
+        x != hash_split(k, fractions) for x, k in zip(splits, new.keys, strict=True)
+    )
     before = harvest_info(store.meta)
     if before is not None and "prediction_rows" not in before:
         provenance["lineage_ids_unknown"] = True  # harvested before ids were recorded
-    source = HarvestSource(store, new, provenance, fractions, frozenset(drop))
+    source = HarvestSource(store, new, provenance, fractions, frozenset(drop), splits)
     return ingest(workspace, registry, dataset_name, source, parent=parent.version)
+
+
+def splits_beside_copies(
+    parent: DatasetStore,
+    new: NewImages,
+    drop: frozenset[int] = frozenset(),
+    fractions: Sequence[float] = FRACTIONS,
+) -> list[str]:
+    """The split of each new image (module docstring): that of its first pixel copy among the
+    parent's rows (those in ``drop`` left out), else the hash split of the smallest key of the
+    new images with its pixels. One pass over the parent's rows, a chunk at a time."""
+    hashes = image_hashes(new.images)
+    found: dict[int, str] = {}
+    wanted = set(hashes.tolist())
+    step = max(int(parent.meta.get("chunk_rows") or 0), 256)
+    for split in SPLITS:  # rows are stored train, val, test: a first copy is in the first split
+        lo, hi = parent.split_range(split)
+        for start in range(lo, hi, step):
+            stop = min(hi, start + step)
+            got = image_hashes(parent.read_rows(start, stop))
+            for row, h in zip(range(start, stop), got.tolist(), strict=True):
+                if h in wanted and h not in found and row not in drop:
+                    found[h] = split
+    first_key: dict[int, str] = {}
+    for h, key in zip(hashes.tolist(), new.keys, strict=True):
+        first_key[h] = min(first_key.get(h, key), key)
+    return [found.get(h) or hash_split(first_key[h], fractions) for h in hashes.tolist()]
 
 
 def parent_rows(meta: dict[str, Any]) -> dict[str, int]:

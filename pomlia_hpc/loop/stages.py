@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from pomlia_hpc.data.harvest import NewImages, harvest_info, harvest_version
+from pomlia_hpc.data.leakage import duplicate_warning
 from pomlia_hpc.errors import InputError, PomliaError
 from pomlia_hpc.files import write_json_atomic, write_npz
 from pomlia_hpc.loop.claim import run_dir
@@ -197,6 +198,9 @@ def ingest_stage(ctx: LoopContext) -> StageOutput:
     }
     rec = harvest_version(ctx.workspace, ctx.registry, parent, dataset, new, provenance)
     info = harvest_info(rec.meta) or {}
+    warning = duplicate_warning(rec.fingerprint)
+    if warning:  # said where `data harvest` and `data add` say it, not only at `task add`
+        ctx.progress(f"warning: dataset {rec.ref}: {warning}")
     return {
         "dataset_version_id": rec.id,
         # The hash split may put none of a few new images into training (odds 0.4^n).
