@@ -6,6 +6,8 @@ is costed from its job's times."""
 
 from __future__ import annotations
 
+import json
+import os
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -14,6 +16,8 @@ import pytest
 
 from pomlia_hpc.automl import records
 from pomlia_hpc.automl.study import StudyRunner
+from pomlia_hpc.automl.study.trials import attached_result, trial_wall_s
+from pomlia_hpc.cluster.attach import AttachedJob
 from pomlia_hpc.registry import DatasetVersion, Job, Registry, Run, Task
 from pomlia_hpc.strategy import kb
 from pomlia_hpc.workspace import Workspace
@@ -161,14 +165,22 @@ def test_measured_start_up_is_the_jobs_not_the_training_calls(
     assert row.cost_s == pytest.approx(27.0)
 
 
-def test_a_local_jobs_cost_ends_when_it_wrote_its_result(reg: Registry, tmp_path: Path) -> None:
-    # A local job's row ends when a driver noticed it (after a resume: maybe hours later).
-    from pomlia_hpc.automl.study.trials import trial_wall_s
-
-    job_id = _job(reg, 0.0, 3600.0, backend="local")
+def test_a_local_job_found_ended_on_resume_ends_when_it_wrote_its_result(
+    reg: Registry, tmp_path: Path
+) -> None:
+    # A driver attaching to a local job that ended while it was away recorded its own time
+    # as the job's end (maybe hours later): the cost and the study's span with it.
+    job_id = _job(reg, 0.0, 0.0, backend="local")
+    with reg.session() as s:
+        row = s.get(Job, job_id)
+        assert row is not None
+        row.ended_at, row.state = None, "RUNNING"
+        s.flush()
+        s.expunge(row)
     result = tmp_path / "result.json"
-    result.write_text("{}")
-    import os
-
+    result.write_text(json.dumps(_result(5.0)))
     os.utime(result, ((T0 + timedelta(seconds=30)).timestamp(),) * 2)
+    job = AttachedJob(reg, row, has_result=result.is_file, failure=lambda: None)
+    job.check_local()
+    assert attached_result(job, result)["cost_s"] == 5.0
     assert trial_wall_s(reg, job_id, result) == pytest.approx(30.0)

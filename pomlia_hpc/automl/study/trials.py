@@ -12,6 +12,7 @@ import shlex
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -55,7 +56,12 @@ def attach_trial_job(registry: Registry, job: Job, result_path: Path) -> Attache
 
 
 def attached_result(job: AttachedJob, result_path: Path) -> dict[str, Any]:
-    """The trial's result, or :class:`JobFailedError` with the job's state and traceback."""
+    """The trial's result, or :class:`JobFailedError` with the job's state and traceback.
+    A local job's row ends when it wrote its result (or failure) file: a driver that attaches
+    after it finished (a resume, maybe hours later) would otherwise record its own time."""
+    written = _written(result_path)
+    if job.backend != "slurm" and job.ended_at is None and written is not None:
+        job.ended_at = datetime.fromtimestamp(written, UTC)
     res = read_result(result_path)
     if res is not None:
         job.completed()
@@ -86,24 +92,24 @@ def trial_wall_s(
     :mod:`pomlia_hpc.automl.records`), for a result and a failure alike, as the recommender
     sees it (kb run stats, expected cost), not the driver's time to notice.
 
-    The job row's Start to End (Slurm: ``sacct``'s, of its latest attempt, settled when the
-    outcome was collected); a local job's end is when it wrote its result (or failure) file,
-    since its row's end is when a driver noticed (after a resume, perhaps much later). Without
-    the row's times: from the job's own start stamp to that file (or to now: a local job's end
-    is noticed at once, as the driver waits on its process); else the time since
-    ``submitted`` (epoch seconds); else ``default``.
+    The job row's Start to End, as `jobs list` shows them (Slurm: ``sacct``'s, of its latest
+    attempt, settled when the outcome was collected; local: its launch to when its driver
+    collected it, or to its result file for a driver that attached later, see
+    :func:`attached_result`). Without the row's times: from the job's own start stamp to its
+    result (or failure) file (or to now: a local job's end is noticed at once, as the driver
+    waits on its process); else the time since ``submitted`` (epoch seconds); else
+    ``default``.
     """
-    written = _written(result_path) if result_path is not None else None
     if job_id is not None:
         with registry.session() as s:
             row = s.get(Job, job_id)
-            if row is not None and row.started_at is not None and row.ended_at is not None:
-                start, end = row.started_at.timestamp(), row.ended_at.timestamp()
-                if row.backend != "slurm" and written is not None and written >= start:
-                    end = min(end, written)
-                return max(end - start, 0.0)
+            span = records.job_span_s(row.started_at, row.ended_at) if row is not None else None
+            if span is not None:
+                return span
     started = read_started(result_path) if result_path is not None else None
     if started is not None:
+        assert result_path is not None
+        written = _written(result_path)
         return max((written if written is not None else time.time()) - started, 0.0)
     if submitted is not None:
         return max(time.time() - submitted, 0.0)
