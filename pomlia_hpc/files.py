@@ -180,13 +180,19 @@ PRIVATE_DIR = 0o700
 
 def make_private_dirs(path: str | Path) -> Path:
     """Create folder ``path`` and its missing parents, each made ``0o700`` (:data:`PRIVATE_DIR`)
-    from the start; folders that exist are left as they are. Returns ``path``."""
+    from the start; folders that exist are left as they are (they are not this call's to
+    change). Returns ``path``."""
     target = Path(path)
     for folder in (*reversed(target.parents), target):
         if folder.is_dir():
             continue
-        with contextlib.suppress(FileExistsError):  # made by another process meanwhile
+        try:
             folder.mkdir(mode=PRIVATE_DIR)
+        except FileExistsError:  # made by another process meanwhile: theirs, left as it is
+            continue
+        # mkdir's mode passes through the umask: a umask that removes owner bits (0o277)
+        # would leave a folder its owner cannot enter, so the mode is set outright.
+        folder.chmod(PRIVATE_DIR)
     return target
 
 

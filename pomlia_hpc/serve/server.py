@@ -27,7 +27,7 @@ from pathlib import Path
 import uvicorn
 
 from pomlia_hpc.errors import ConfigError
-from pomlia_hpc.files import make_dirs, probe_writable, write_atomic
+from pomlia_hpc.files import make_private_dirs, probe_writable, write_atomic
 from pomlia_hpc.serve.app import ServingApp, create_app
 from pomlia_hpc.serve.config import ServeConfig
 from pomlia_hpc.serve.exported import ExportedBundle
@@ -57,9 +57,12 @@ def bind_socket(host: str, port: int) -> socket.socket:
 def check_log_dir(log_dir: Path) -> None:
     """Create the prediction log folder ``log_dir`` if needed and check that a file can be
     written there: a folder that cannot (read-only, no permission) is one
-    :class:`ConfigError` naming it, before the server binds or loads anything."""
+    :class:`ConfigError` naming it, before the server binds or loads anything. The folders
+    made here are 0700 (the log is clinical data); existing ones keep their mode."""
     try:
-        make_dirs(log_dir)
+        # Private from the start: made with the umask here, the log's own private mkdir
+        # afterwards would find them existing and leave them readable by all.
+        make_private_dirs(log_dir)
         probe_writable(log_dir)
     except OSError as exc:
         raise ConfigError(
