@@ -295,17 +295,40 @@ def test_plan_of_the_paper_pipeline_on_haicore(workspace: Workspace, reg: Regist
     ]
     assert all(sp.action == "run" for sp in plan.stages)
     (train,) = plan.stages[1].jobs
-    # The 12 train splits of MedMNIST 2D, 10 epochs at the assumed 6000 images/s on one GPU.
+    # The 12 train splits of MedMNIST 2D, 10 epochs at the 2797 images/s measured on one H200.
     n_train = sum(flag_info(d.medmnist or "").n_samples["train"] for d in spec.datasets)
     assert n_train == 518_175
     assert train.resources.gpus_per_node == 1
-    assert train.hours == pytest.approx(n_train * 10 / 6000 / 3600)
+    assert train.hours == pytest.approx(n_train * 10 / 2797 / 3600)
     (ex,) = plan.stages[2].jobs
     # 708,069 images: 16 shards of at most 100,000 (tissuemnist's 236,386 in 3), packed into
     # tasks of at most 100,000 as extraction packs them; shards end on chunk boundaries.
     assert (ex.count, ex.bound) == (11, "about")
     assert plan.gpu_hours == pytest.approx(train.gpu_hours + ex.gpu_hours)
     assert plan.driver is not None and plan.driver.resources.gpus_per_node == 0
+
+
+def test_estimate_defaults_are_the_gpu_checks_figures() -> None:
+    """The dry run's encoder and extraction throughputs are the H200 figures of record in
+    docs/BENCHMARKS.md ("GPU check"), not the older guesses (6000 and 20000 img/s, which
+    halved the encoder's GPU-hours)."""
+    import re
+
+    from pomlia_hpc.pipeline.spec import Assumptions
+
+    text = (REPO / "docs" / "BENCHMARKS.md").read_text()
+    section = text[text.index("## GPU check") : text.index("### AutoML trials on the GPU")]
+
+    def measured(step: str) -> float:
+        found = re.search(rf"^\s+{re.escape(step)}\s+(\d+) img/s", section, re.MULTILINE)
+        assert found, step
+        return float(found.group(1))
+
+    defaults = Assumptions()
+    assert defaults.train_images_per_s == measured("contrastive objective epoch")
+    assert defaults.extract_images_per_s == measured("extraction (cuda)")
+    guide = " ".join((REPO / "docs" / "guide" / "pipeline.md").read_text().split())
+    assert "measured on one NVIDIA H200" in guide
 
 
 def test_plan_counts_gpu_hours_only_for_gpu_jobs(workspace: Workspace, reg: Registry) -> None:

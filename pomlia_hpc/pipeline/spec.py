@@ -253,10 +253,15 @@ class DriverSpec(_Strict):
 
 
 class Assumptions(_Strict):
-    """Throughputs (images/s per GPU) behind the dry run's GPU-hour estimate."""
+    """Throughputs (images/s per GPU) behind the dry run's GPU-hour estimate.
 
-    train_images_per_s: Num = Field(6000.0, gt=0)
-    extract_images_per_s: Num = Field(20000.0, gt=0)
+    The encoder's (an epoch of the default contrastive objective) and the extraction's (28 px)
+    are measured on one NVIDIA H200 by ``scripts/gpu_check.sh`` (docs/BENCHMARKS.md, "GPU
+    check"); other cards, sizes and objectives differ. The classifier's is an assumption: no
+    AutoML trial has run on a GPU yet."""
+
+    train_images_per_s: Num = Field(2797.0, gt=0)
+    extract_images_per_s: Num = Field(62244.0, gt=0)
     classifier_images_per_s: Num = Field(5000.0, gt=0)
 
 
