@@ -201,6 +201,38 @@ def test_deploy_writes_a_buildable_directory(deployed: tuple[Registry, Path]) ->
     assert "serve.sbatch other than this cluster profile gives" in refusal(edited)
 
 
+def test_refusal_names_the_profile_the_script_was_written_with(
+    workspace: Workspace, bundle: Path
+) -> None:
+    """`local` and `debug` give the same serve.sbatch: a directory written with the workspace's
+    `local` was said to be "written for cluster profile 'debug'" (the first that matched). The
+    script records its profile now; one without the record names every profile that fits."""
+    register_exported(workspace, bundle)
+    wrote = CliRunner().invoke(app, ["deploy", "demo"])  # the workspace's profile: local
+    assert wrote.exit_code == 0, wrote.output
+    (directory,) = workspace.path("models", "demo", "deploy").iterdir()
+    script = (directory / "serve.sbatch").read_text()
+    assert "# cluster profile: local\n" in script
+    other = CliRunner().invoke(app, ["--cluster", "slurm-local", "deploy", "demo"])
+    said = " ".join(refusal(other).split())
+    assert "serve.sbatch written for cluster profile 'local', not for" in said
+    assert "run `pomlia deploy demo --profile local` to reuse it" in said
+    assert "debug" not in said
+    # Reused with the profile it names, and with `debug`, which gives the same job.
+    for profile in ("local", "debug"):
+        again = CliRunner().invoke(app, ["deploy", "demo", "--profile", profile])
+        assert again.exit_code == 0 and "reused" in again.output, again.output
+    # A directory from before the record: both profiles that give its script are named.
+    old = "".join(line for line in script.splitlines(True) if "# cluster profile" not in line)
+    (directory / "serve.sbatch").write_text(old)
+    unrecorded = CliRunner().invoke(app, ["--cluster", "slurm-local", "deploy", "demo"])
+    said = " ".join(refusal(unrecorded).split())
+    assert "written for cluster profile 'debug' or 'local' (the script does not record" in said
+    assert "`pomlia deploy demo --profile debug` or `pomlia deploy demo --profile local`" in said
+    reused = CliRunner().invoke(app, ["deploy", "demo"])  # still reused as it is
+    assert reused.exit_code == 0 and "reused" in reused.output, reused.output
+
+
 def test_submit_checks_the_image_first_and_reuses_the_written_directory(
     workspace: Workspace,
     bundle: Path,

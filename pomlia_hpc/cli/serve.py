@@ -481,9 +481,17 @@ def deploy(
     from pomlia_hpc.serve.reference import REFERENCE_FILE
 
     ws = STATE.workspace
-    prof = load_cluster_profile(profile or ws.cluster_profile)
+    label = profile or ws.cluster_profile
+    prof = load_cluster_profile(label)
     res = write_deployment(
-        STATE.registry(), ws, model, prof, out_dir=out, need_image=submit, profile_name=profile
+        STATE.registry(),
+        ws,
+        model,
+        prof,
+        out_dir=out,
+        need_image=submit,
+        profile_name=profile,
+        profile_label=label,
     )
     done = "reused (written before for this version and profile)" if res.reused else "written"
     console.print(f"deployment {res.deployment_id} {done} in [bold]{res.directory}[/]")

@@ -211,7 +211,13 @@ def _run_deploy(ctx: StageContext) -> dict[str, Any]:
         if target.exists():  # written by an earlier run of this stage whose record was lost
             out[key] = {"model": v["model"], "directory": str(target), "deployment": None}
             continue
-        res = write_deployment(ctx.registry, ctx.workspace, v["model"], profile)
+        res = write_deployment(
+            ctx.registry,
+            ctx.workspace,
+            v["model"],
+            profile,
+            profile_label=ctx.workspace.cluster_profile,
+        )
         if ctx.spec.deploy.submit:
             res = submit_deployment(ctx.registry, res)
         out[key] = {

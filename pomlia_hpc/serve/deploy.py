@@ -48,6 +48,9 @@ SOURCE_ITEMS = ("pyproject.toml", "requirements.lock", "README.md", "pomlia_hpc"
 SETTINGS_BLOCK = re.compile(r"# >>> pomlia deploy settings.*?# <<< pomlia deploy settings", re.S)
 SECTION = re.compile(r"^%(\w+)\s*$", re.M)
 DEPLOYMENT_ID_LINE = re.compile(r"^DEPLOYMENT_ID=\$\{POMLIA_DEPLOYMENT_ID:-(\d+)\}$", re.M)
+#: The settings block's record of the cluster profile a script was written with (a comment:
+#: profiles that give the same lines, `local` and `debug`, cannot be told apart otherwise).
+PROFILE_LINE = re.compile(r"^# cluster profile: (.*)\n", re.M)
 IMAGE = "pomlia-serve.sif"
 
 
@@ -137,10 +140,12 @@ def render_sbatch(
     deploy_dir: Path,
     deployment_id: int,
     log_dir: Path,
+    profile_name: str | None = None,
 ) -> str:
     """The template with the profile's ``#SBATCH`` lines, and ``DEPLOY_DIR``,
     ``DEPLOYMENT_ID`` and ``LOG_DIR`` (the prediction log directory) set; the environment
-    (``POMLIA_DEPLOY_DIR`` ...) still overrides them when the job is submitted."""
+    (``POMLIA_DEPLOY_DIR`` ...) still overrides them when the job is submitted.
+    ``profile_name`` (the profile's name or path as given) is recorded in a comment line."""
     lines = template.splitlines()
     first = next(i for i, line in enumerate(lines) if line.startswith("#SBATCH"))
     kept = [line for line in lines if not line.startswith("#SBATCH")]
@@ -148,7 +153,9 @@ def render_sbatch(
     setup = "\n".join(profile.setup)
     settings = (
         "# >>> pomlia deploy settings (rewritten by `pomlia deploy`)\n"
-        f"DEPLOY_DIR=${{POMLIA_DEPLOY_DIR:-{shlex.quote(str(deploy_dir))}}}\n"
+        # A name with a line break would end the comment: not recorded (named by matching).
+        + (f"# cluster profile: {profile_name}\n" if (profile_name or "\n").isprintable() else "")
+        + f"DEPLOY_DIR=${{POMLIA_DEPLOY_DIR:-{shlex.quote(str(deploy_dir))}}}\n"
         f"DEPLOYMENT_ID=${{POMLIA_DEPLOYMENT_ID:-{int(deployment_id)}}}\n"
         f"LOG_DIR=${{POMLIA_LOG_DIR:-{shlex.quote(str(log_dir))}}}\n"
         + (f"{setup}\n" if setup else "")
@@ -184,6 +191,7 @@ def _sbatch_text(
     target: Path,
     deployment_id: int,
     source_root: Path,
+    profile_name: str | None = None,
 ) -> str:
     """The ``serve.sbatch`` that deployment ``deployment_id`` of model ``name`` in ``target``
     gets (also what an existing one is compared with before it is reused)."""
@@ -194,7 +202,14 @@ def _sbatch_text(
         deploy_dir=target,
         deployment_id=deployment_id,
         log_dir=log_dir(workspace.path("logs"), name),
+        profile_name=profile_name,
     )
+
+
+def _unrecorded(text: str) -> str:
+    """``text`` without its profile record: scripts that differ only there are the same job
+    (and directories written before the record existed are reused as before)."""
+    return PROFILE_LINE.sub("", text)
 
 
 def _same_files(a: Path, b: Path) -> bool:
@@ -214,7 +229,8 @@ def _same_files(a: Path, b: Path) -> bool:
 @dataclass(frozen=True)
 class _Target:
     """What one deployment directory is written from: ``bundle`` of model ``row`` into
-    ``target`` with ``profile`` (the source snapshot from ``source_root``)."""
+    ``target`` with ``profile``, named ``profile_name`` (the source snapshot from
+    ``source_root``)."""
 
     registry: Registry
     workspace: Workspace
@@ -223,6 +239,7 @@ class _Target:
     bundle: ExportedBundle
     target: Path
     source_root: Path
+    profile_name: str | None = None
 
     def sbatch_text(self, deployment_id: int) -> str:
         """The ``serve.sbatch`` this deployment gets (its id written into it)."""
@@ -233,6 +250,7 @@ class _Target:
             target=self.target,
             deployment_id=deployment_id,
             source_root=self.source_root,
+            profile_name=self.profile_name,
         )
 
 
@@ -257,13 +275,18 @@ def _reuse_refusal(t: _Target, retry: tuple[str, str]) -> tuple[int | None, str]
     if not (target / "bundle").is_dir() or not _same_files(bundle.root, target / "bundle"):
         return None, f"a bundle other than {row.name} version {bundle.version}"
     text = script.read_text()
-    if text != t.sbatch_text(dep_id):
+    if _unrecorded(text) != _unrecorded(t.sbatch_text(dep_id)):
         written_for = _written_for(t, dep_id, text)
-        if written_for is not None:
+        if written_for:
+            names = " or ".join(f"'{n}'" for n in written_for)
+            unsure = " (the script does not record which; they give the same script)"
+            runs = " or ".join(
+                f"`{retry[0]} --profile {shlex.quote(n)}{retry[1]}`" for n in written_for
+            )
             return None, (
-                f"a serve.sbatch written for cluster profile '{written_for}', not for the "
-                f"profile this command uses: run `{retry[0]} --profile {written_for}"
-                f"{retry[1]}` to reuse it"
+                f"a serve.sbatch written for cluster profile {names}"
+                f"{unsure if len(written_for) > 1 else ''}, not for the profile this command "
+                f"uses: run {runs} to reuse it"
             )
         return None, (
             "a serve.sbatch other than this cluster profile gives (written for another "
@@ -272,17 +295,24 @@ def _reuse_refusal(t: _Target, retry: tuple[str, str]) -> tuple[int | None, str]
     return dep_id, ""
 
 
-def _written_for(t: _Target, dep_id: int, text: str) -> str | None:
-    """The shipped cluster profile (``configs/cluster/``) whose ``serve.sbatch`` for
-    deployment ``dep_id`` is ``text``, or None (another profile file, or an edited script)."""
-    for name in cluster_profiles():
+def _written_for(t: _Target, dep_id: int, text: str) -> list[str]:
+    """The cluster profiles whose ``serve.sbatch`` for deployment ``dep_id`` is ``text``: the
+    one the script records, if it gives that script still; for a script without the record
+    (written before it existed), every shipped profile (``configs/cluster/``) that gives it,
+    since two (``local`` and ``debug``) give the same. Empty: another profile file, a changed
+    profile, or an edited script."""
+    recorded = PROFILE_LINE.search(text)
+    names = [recorded.group(1)] if recorded is not None else cluster_profiles()
+    found = []
+    for name in names:
         try:
             other = replace(t, profile=load_cluster_profile(name))
         except ConfigError:
-            continue  # a broken shipped profile names nothing
-        if other.profile != t.profile and other.sbatch_text(dep_id) == text:
-            return name
-    return None
+            continue  # a broken (or since removed) profile names nothing
+        same = _unrecorded(other.sbatch_text(dep_id)) == _unrecorded(text)
+        if other.profile != t.profile and same:
+            found.append(name)
+    return found
 
 
 def _check_image(target: Path, write_cmd: str) -> None:
@@ -317,6 +347,7 @@ def write_deployment(
     source_root: Path = SOURCE_ROOT,
     need_image: bool = False,
     profile_name: str | None = None,
+    profile_label: str | None = None,
 ) -> DeployResult:
     """Export ``ref`` if needed and write its deployment directory (see module docstring);
     records a ``Deployment`` row (status ``created``).
@@ -325,7 +356,8 @@ def write_deployment(
     with its deployment (``reused``); any other file or folder there is refused.
     ``need_image`` (``--submit``): the directory must exist already, with its image built;
     checked before anything is written or exported. ``profile_name``: the ``--profile``
-    given, for the command the messages suggest."""
+    given, for the command the messages suggest. ``profile_label``: the name (or path) of
+    ``profile``, recorded in the script so that a later refusal names it."""
     row = resolve_model(registry, ref)
     if out_dir is not None:
         _check_out(out_dir.resolve())  # before the export, which takes seconds to minutes
@@ -350,7 +382,8 @@ def write_deployment(
             f"{target} is a file: expected a folder for the deployment (new, or one "
             f"`pomlia deploy` wrote for this model version); {other}"
         )
-    plan = _Target(registry, workspace, profile, row, bundle, target, source_root)
+    label = profile_label or profile_name
+    plan = _Target(registry, workspace, profile, row, bundle, target, source_root, label)
     if target.is_dir() and any(target.iterdir()):
         dep_id, refusal = _reuse_refusal(plan, retry)
         if dep_id is None:
