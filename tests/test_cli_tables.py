@@ -196,3 +196,25 @@ def test_a_title_longer_than_its_table_stays_one_line_off_a_terminal() -> None:
     lines = out.getvalue().splitlines()
     assert lines[0].strip() == title, out.getvalue()
     assert any("0.0123" in line for line in lines)
+
+
+def test_a_caption_longer_than_its_table_stays_one_line_off_a_terminal() -> None:
+    """`recommend TASK | cat` split its footnote ("similar (meta-features): ... no spread when"
+    / "one carries the weight) ...") over centred lines inside the table's width (5 at
+    COLUMNS=60): off a terminal a caption is one line under the table, as a title is above."""
+    caption = (
+        "similar (meta-features): a, b, c; expected: similarity-weighted mean of their results "
+        "(no spread when one carries the weight)"
+    )
+    for width in (200, 60):
+        out = io.StringIO()
+        console = MessageConsole(file=out, width=width, force_terminal=False)
+        table = Table(title="recommendations", caption=caption)
+        table.add_column("rank")
+        table.add_column("strategy")
+        table.add_row("1", "resnet18 fine-tune")
+        console.print(table)
+        lines = out.getvalue().splitlines()
+        assert lines[-1] == caption, out.getvalue()
+        assert any("resnet18 fine-tune" in line for line in lines[:-1])
+        assert sum("similar" in line for line in lines) == 1

@@ -22,7 +22,7 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
 from pomlia_hpc import __version__
-from pomlia_hpc.cli.tables import fit_columns, pick_form, title_apart
+from pomlia_hpc.cli.tables import caption_apart, fit_columns, pick_form, title_apart
 from pomlia_hpc.config import load_cluster_profile, load_settings
 from pomlia_hpc.errors import InputError, PomliaError
 from pomlia_hpc.files import remove_made_dirs
@@ -47,7 +47,7 @@ class MessageConsole(Console):
     def print(self, *objects: Any, **kwargs: Any) -> None:
         """:meth:`rich.console.Console.print`, with ``soft_wrap`` True by default for text
         printed off a terminal (see the class), and tables laid out without a word broken and
-        with their titles on one line, a list's narrow form on a narrow console
+        with their titles and captions on one line, a list's narrow form on a narrow console
         (:mod:`pomlia_hpc.cli.tables`)."""
         if (
             kwargs.get("soft_wrap") is None
@@ -57,13 +57,17 @@ class MessageConsole(Console):
         ):
             kwargs["soft_wrap"] = True
         objects = tuple(pick_form(o, self) if isinstance(o, Table) else o for o in objects)
+        captions = []
         for table in (o for o in objects if isinstance(o, Table)):  # one per call, in practice
             if fit_columns(table, self):
                 kwargs["crop"] = False  # wider than the console rather than words cut
             title = title_apart(table, self)
             if title is not None:
                 super().print(title, soft_wrap=True)
+            captions.append(caption_apart(table, self))
         super().print(*objects, **kwargs)
+        for caption in (c for c in captions if c is not None):
+            super().print(caption, soft_wrap=True)
 
 
 def env_columns() -> int | None:

@@ -10,7 +10,7 @@ the columns whose text wraps, in proportion to what they would need; a table who
 do not fit is printed wider than the console (the terminal wraps its lines, a file keeps them)
 rather than cut words; a column with ``no_wrap`` (ids, states, times) keeps each cell on one
 line. :func:`title_apart` keeps a title longer than its table on one line off a terminal, where
-rich wrapped it inside the table's width.
+rich wrapped it inside the table's width, and :func:`caption_apart` a caption (footnote).
 
 A list command's table (:class:`ListTable`) also has a narrow form, for an 80-column terminal:
 the same rows in fewer columns (two related values stacked in one cell, :func:`stack`), shorter
@@ -151,11 +151,24 @@ def title_apart(table: Table, console: Console) -> Text | None:
     """Off a terminal, a title longer than ``table`` is wide: take it off the table and
     return it as a line to print before it (rich wrapped it inside the table's width, in the
     middle of a log file's line). None, and the table unchanged, otherwise."""
-    if console.is_terminal or not isinstance(table.title, str | Text):
+    return _apart(table, console, "title")
+
+
+def caption_apart(table: Table, console: Console) -> Text | None:
+    """As :func:`title_apart`, for the caption (a footnote under the table): the line to print
+    after the table, or None."""
+    return _apart(table, console, "caption")
+
+
+def _apart(table: Table, console: Console, which: str) -> Text | None:
+    """Take ``table``'s title or caption (``which``) off it when it is longer than the table
+    is wide off a terminal, and return it styled as rich would have; else None."""
+    text = getattr(table, which)
+    if console.is_terminal or not isinstance(text, str | Text):
         return None
-    title = Text.from_markup(table.title) if isinstance(table.title, str) else table.title
-    if title.cell_len <= Measurement.get(console, console.options, table).maximum:
+    line = Text.from_markup(text) if isinstance(text, str) else text
+    if line.cell_len <= Measurement.get(console, console.options, table).maximum:
         return None
-    table.title = None
-    title.stylize(table.title_style or "table.title")
-    return title
+    setattr(table, which, None)
+    line.stylize(getattr(table, f"{which}_style") or f"table.{which}")
+    return line
