@@ -119,6 +119,15 @@ def test_the_header_states_the_budgets_and_what_chose_them(
     out = " ".join(res.output.split())
     assert "budgets: 1 to 3 epochs per trial (eta 3), 20 trials, 2 at once, at most 9 " \
         "epochs in all" in out and "default for" not in out, out  # fmt: skip
+    # One given, the other defaulted: the header said "epochs: default ... (--min-epochs,
+    # --max-epochs to choose)" though --max-epochs was given.
+    res = _run("blood", "--archs", "small_cnn", "--study", "h3", "--max-epochs", "3")
+    out = " ".join(res.output.split())
+    assert "; minimum epochs: default for 64 training images (--min-epochs to choose)" in out
+    assert "epochs: default" not in out.replace("minimum epochs: default", ""), out
+    res = _run("blood", "--archs", "small_cnn", "--study", "h4", "--min-epochs", "2")
+    out = " ".join(res.output.split())
+    assert "; maximum epochs: default for 64 training images (--max-epochs to choose)" in out
 
 
 def test_write_initial_ending_in_a_separator_is_refused(

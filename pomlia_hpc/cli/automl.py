@@ -281,6 +281,7 @@ def automl_run(
     ws = STATE.workspace
     reg = STATE.prepared()
     defaulted: int | None = None  # the training images the epoch budgets were chosen for
+    chosen: list[str] = []  # the epoch options left to that default
     if resume:
         name, why = (study, "") if study is not None else study_to_resume(ws, task)
         if why:
@@ -310,6 +311,11 @@ def automl_run(
             # Here, not in the recommender: its own message names `pomlia recommend`'s --k.
             raise InputError(f"--recommend-k {recommend_k}: expected an integer >= 1")
         if min_epochs is None or max_epochs is None:
+            chosen = [
+                f
+                for f, v in (("--min-epochs", min_epochs), ("--max-epochs", max_epochs))
+                if v is None
+            ]
             defaulted = task_train_size(reg, task)
             low, high = default_budget(defaulted, eta)
             min_epochs = min_epochs if min_epochs is not None else min(low, max_epochs or low)
@@ -383,7 +389,7 @@ def automl_run(
         f"study [bold]{spec.name}[/] on task {spec.task} ({spec.dataset}, metric "
         f"{spec.metric}), {spec.options.optimizer}, executor '{spec.options.executor}'"
     )
-    console.print(_budgets(spec.options, defaulted), highlight=False)
+    console.print(_budgets(spec.options, defaulted, chosen), highlight=False)
     try:
         # A hung-up terminal (SIGHUP) stops the study as Ctrl-C does, its driver's end
         # recorded, rather than killing it between a trial's end and the best model's record.
@@ -424,20 +430,22 @@ def automl_run(
         raise typer.Exit(code)
 
 
-def _budgets(options: Any, defaulted: int | None) -> str:
+def _budgets(options: Any, defaulted: int | None, chosen: list[str]) -> str:
     """The study's budgets for its header: ``budgets: 20 to 60 epochs per trial (eta 3), 20
-    trials, 2 at once`` and, when the epochs were left to the default, the data size they were
-    chosen for."""
+    trials, 2 at once`` and, when epochs were left to the default (``chosen``: the options not
+    given), the data size they were chosen for."""
     text = (
         f"budgets: {options.min_epochs} to {options.max_epochs} epochs per trial (eta "
         f"{options.eta}), {options.n_trials} trials, {options.parallel} at once"
     )
     if options.budget_epochs is not None:
         text += f", at most {options.budget_epochs} epochs in all"
-    if defaulted is not None:
+    if defaulted is not None and chosen:
+        # Only what was defaulted: "epochs: default" after an explicit --max-epochs misled.
+        what = {"--min-epochs": "minimum epochs", "--max-epochs": "maximum epochs"}
+        said = "epochs" if len(chosen) == 2 else what[chosen[0]]
         text += (
-            f"; epochs: default for {defaulted:,} training images (--min-epochs, --max-epochs "
-            "to choose)"
+            f"; {said}: default for {defaulted:,} training images ({', '.join(chosen)} to choose)"
         )
     return text
 
