@@ -54,3 +54,45 @@ def test_guide_command_runs(
         return
     assert isinstance(res.exception, PomliaError), (page, cmd, res.exit_code, res.output)
     assert "\n" not in res.exception.message, (page, cmd, res.exception.message)
+
+
+class _Submitted(Exception):
+    """Raised where the encoder's training job would be submitted: every check passed."""
+
+
+def test_the_data_page_feeds_the_fingerprints_page(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The pages chain (automl.md's model is "used on the next pages"), but data.md synthesised
+    at --scale 0.002 and fingerprints.md's first command then failed: "training set has 35
+    images, fewer than one batch of 128". Here data.md's ingest, then that command, in one
+    workspace, up to the training job's submission (the training itself is not run)."""
+    from pomlia_hpc.cli import app
+    from pomlia_hpc.cluster import Executor
+
+    def page(name: str) -> list[str]:
+        return [cmd for p, cmd in guide_commands() if p == name]
+
+    raw = str(tmp_path / "lookalikes")  # not the page's /tmp folder, which other tests write
+    ingest = [
+        cmd.replace("/tmp/pomlia-guide-lookalikes", raw)
+        for cmd in page("data.md")
+        if cmd.startswith(("pomlia data synth", "pomlia data add"))
+    ]
+    assert len(ingest) >= 3, ingest
+    monkeypatch.setenv("POMLIA_HOME", str(tmp_path / "ws"))
+    monkeypatch.delenv("POMLIA_DB_URL", raising=False)
+    monkeypatch.delenv("POMLIA_CLUSTER", raising=False)
+    monkeypatch.chdir(GUIDE.parents[1])
+    for cmd in ["pomlia init", *ingest]:
+        res = CliRunner().invoke(app, shlex.split(cmd)[1:])
+        assert res.exit_code == 0, (cmd, res.output)
+
+    def submitted(*args: object, **kw: object) -> Executor:
+        raise _Submitted
+
+    monkeypatch.setattr(Executor, "from_profile", submitted)
+    train = page("fingerprints.md")[0]
+    assert train.startswith("pomlia fingerprint train "), train
+    res = CliRunner().invoke(app, shlex.split(train)[1:])
+    assert isinstance(res.exception, _Submitted), (train, res.output)
