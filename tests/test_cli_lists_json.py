@@ -4,7 +4,9 @@ each command's --help documents (stable: scripts rely on them)."""
 from __future__ import annotations
 
 import json
+import re
 from datetime import UTC, datetime
+from pathlib import Path
 
 import pytest
 from sqlalchemy import select
@@ -184,7 +186,7 @@ def test_monitor_history_json_has_the_table_fields(filled: Workspace, reg: Regis
     res = CliRunner().invoke(app, ["monitor", "history", "m", "--json"])
     assert res.exit_code == 0, res.output
     rows = json.loads(res.stdout)
-    keys = ["id", "created_at", "status", "predictions", "labels", "accuracy", "alarm", "path"]
+    keys = HISTORY_KEYS.split()
     assert [list(r) for r in rows] == [keys, keys], rows
     empty, full = rows  # newest first
     assert full["accuracy"] == 0.123456 and full["predictions"] == 120 and full["labels"] == 30
@@ -192,3 +194,29 @@ def test_monitor_history_json_has_the_table_fields(filled: Workspace, reg: Regis
     assert empty["accuracy"] is None and empty["alarm"] is False
     helped = " ".join(CliRunner().invoke(app, ["monitor", "history", "--help"]).output.split())
     assert "--json" in helped and all(k in helped for k in keys), helped
+
+
+#: The keys of `monitor history MODEL --json` (checked against the command above).
+HISTORY_KEYS = "id created_at status predictions labels accuracy alarm path"
+
+
+def documented_keys() -> dict[tuple[str, ...], list[str]]:
+    """The keys docs/guide/README.md ("Lists as JSON") lists per command, explanations in
+    parentheses left out."""
+    text = (Path(__file__).resolve().parents[1] / "docs" / "guide" / "README.md").read_text()
+    out = {}
+    for command, cell in re.findall(r"^\| `pomlia ([^`]+) --json` \| (.*) \|$", text, re.M):
+        while re.search(r"\([^()]*\)", cell):
+            cell = re.sub(r"\([^()]*\)", "", cell)
+        out[tuple(w for w in command.split() if w != "MODEL")] = [
+            k.strip() for k in cell.split(",")
+        ]
+    return out
+
+
+def test_the_guide_lists_the_keys_each_command_gives() -> None:
+    """docs/guide/README.md's `data list --json` keys left out `current`, which the command
+    gives and its --help lists; the guide's lists are the keys checked above, in order."""
+    expected = {command: keys.split() for command, keys in KEYS.items()}
+    expected["monitor", "history"] = HISTORY_KEYS.split()
+    assert documented_keys() == expected
