@@ -220,3 +220,34 @@ def test_the_guide_lists_the_keys_each_command_gives() -> None:
     expected = {command: keys.split() for command, keys in KEYS.items()}
     expected["monitor", "history"] = HISTORY_KEYS.split()
     assert documented_keys() == expected
+
+
+def cells(output: str, first: str) -> list[str]:
+    """The cells of the table row of ``output`` whose first cell is ``first``."""
+    for line in output.splitlines():
+        parts = [c.strip() for c in line.strip().strip("│").split("│")]
+        if parts and parts[0] == first:
+            return parts
+    raise AssertionError(output)
+
+
+@pytest.mark.usefixtures("wide_console")
+def test_missing_values_read_the_marker_in_tables(filled: Workspace, reg: Registry) -> None:
+    """`model list` showed `-` for a model without task, but blank cells for its dataset,
+    run, study and metric; `monitor history` blank labels and accuracy for a report of an
+    empty window. Every missing value in these tables reads `-` now."""
+    with reg.session() as s:
+        bare = Model(name="bare", path="/b.pt")
+        s.add(bare)
+        s.flush()
+        s.add(MonitorReport(model_id=bare.id, metrics={"status": "ok"}, report_path="/e"))
+        bare_id = bare.id
+    models = CliRunner().invoke(app, ["model", "list"])
+    assert models.exit_code == 0, models.output
+    # id name task dataset run study arch metric exported code (created)
+    assert cells(models.output, str(bare_id))[2:10] == ["-"] * 8
+    history = CliRunner().invoke(app, ["monitor", "history", "bare"])
+    assert history.exit_code == 0, history.output
+    row = cells(history.output, "1")
+    # id created status predictions labels accuracy alarm path
+    assert [row[2], *row[3:6]] == ["ok", "-", "-", "-"], row

@@ -110,6 +110,12 @@ def test_an_answer_without_runs_since_is_not_run_and_bad_input_is_one_error(
     )
     res = CliRunner().invoke(app, ["strategy", "outcomes"])
     assert res.exit_code == 0 and "not run" in res.output and "no picks" in res.output
+    # No best since: the missing-value marker, not a blank cell.
+    (row,) = [
+        line for line in res.output.splitlines() if line.startswith("│") and "not run" in line
+    ]
+    cells = [c.strip() for c in row.strip("│ ").split("│")]
+    assert cells[3:5] == ["0", "-"], cells
     with pytest.raises(NotFoundError, match="task 'nosuch' not found"):
         outcomes(reg, "nosuch")
     with pytest.raises(InputError, match="--limit 0"):

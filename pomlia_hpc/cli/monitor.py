@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -12,7 +13,7 @@ from rich.table import Table
 from pomlia_hpc.cli.app import STATE, app, console, err_console
 from pomlia_hpc.cli.listing import JsonFlag, print_rows
 from pomlia_hpc.cli.reference import warn_few_images
-from pomlia_hpc.cli.tables import ListTable, stack, when
+from pomlia_hpc.cli.tables import MISSING, ListTable, shown, stack, when
 from pomlia_hpc.errors import InputError
 
 monitor_app = typer.Typer(
@@ -187,10 +188,10 @@ def history_cmd(
         cells = (
             str(r.id),
             when(r.created_at),
-            str((r.metrics or {}).get("status", "")),
-            str((r.metrics or {}).get("predictions", "")),
-            str(perf.get("labels", "")),
-            f"{acc:.3f}" if isinstance(acc, float) else "",
+            shown((r.metrics or {}).get("status")),
+            shown((r.metrics or {}).get("predictions")),
+            shown(perf.get("labels")),
+            f"{acc:.3f}" if isinstance(acc, float) and math.isfinite(acc) else MISSING,
             "yes" if r.triggered else "no",
             r.report_path,
         )

@@ -14,7 +14,7 @@ from typer.core import TyperGroup
 from pomlia_hpc.cli.app import STATE, app, console
 from pomlia_hpc.cli.listing import JsonFlag, check_limit, print_rows
 from pomlia_hpc.cli.reference import warn_few_images
-from pomlia_hpc.cli.tables import ListTable, stack, when
+from pomlia_hpc.cli.tables import MISSING, ListTable, shown, stack, when
 from pomlia_hpc.errors import InputError, NotFoundError
 from pomlia_hpc.models.archs import ARCHITECTURES
 
@@ -164,14 +164,14 @@ def list_models(
         cells = (
             str(m.id),
             m.name,
-            task_name or "-",  # no task: not its task type, which read as a task name
-            str(lin.get("dataset", "")),
-            str(m.run_id or ""),
-            str(lin.get("study", "")),
-            str(card.get("architecture", "")),
-            f"test {metric} {score:.3f}" if isinstance(score, (int, float)) else "",
-            str((card.get("export") or {}).get("version", "")),
-            str(code.get("commit", code.get("version", ""))),
+            shown(task_name),  # no task: not its task type, which read as a task name
+            shown(lin.get("dataset")),
+            shown(m.run_id),
+            shown(lin.get("study")),
+            shown(card.get("architecture")),
+            f"test {metric} {score:.3f}" if isinstance(score, (int, float)) else MISSING,
+            shown((card.get("export") or {}).get("version")),
+            shown(code.get("commit", code.get("version"))),
         )
         table.add_row(*cells, when(m.created_at))
         ident, name, task_cell, dataset, run, study, arch, test, exported, commit = cells
@@ -179,7 +179,7 @@ def list_models(
             ident,
             stack(name, task_cell, when(m.created_at, narrow=True)),
             # NAME @VERSION: two words, so that the version is never cut
-            stack(dataset.replace("@", " @"), study, f"run {run}" if run else ""),
+            stack(dataset.replace("@", " @"), study, f"run {run}" if m.run_id else MISSING),
             stack(arch, test, exported, commit),
         )
     console.print(table)

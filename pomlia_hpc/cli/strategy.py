@@ -12,6 +12,7 @@ import typer
 from rich.table import Table
 
 from pomlia_hpc.cli.app import STATE, app, console
+from pomlia_hpc.cli.tables import MISSING
 from pomlia_hpc.errors import InputError
 
 if TYPE_CHECKING:
@@ -162,7 +163,7 @@ def strategy_outcomes(
     ):
         table.add_column(col, overflow="fold")
     for o in found:
-        best = f"{o.best_value:.3f} (run {o.best_run_id})" if o.best_value is not None else ""
+        best = f"{o.best_value:.3f} (run {o.best_run_id})" if o.best_value is not None else MISSING
         table.add_row(
             str(o.recommendation_id),
             o.task,

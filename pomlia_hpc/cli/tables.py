@@ -44,6 +44,17 @@ FOLD_CAP = 24
 TEXT_MIN = 16
 
 
+#: What a table cell shows for a missing value (not recorded, no such thing): an empty cell
+#: read as a layout fault, and `monitor show`, `jobs show` and `loop show` print this already.
+#: An undefined metric (AUC on a split of one class) reads ``n/a`` instead.
+MISSING = "-"
+
+
+def shown(value: object) -> str:
+    """``value`` as a table cell: its text, or :data:`MISSING` for None and the empty text."""
+    return MISSING if value is None or value == "" else str(value)
+
+
 class ListTable(Table):
     """A list command's table, with ``narrow``: the same rows in fewer columns, printed
     instead of this one on a console too narrow for it (:func:`pick_form`). None: no narrow
