@@ -322,5 +322,7 @@ def test_jobs_show_says_dash_for_unset_fields_and_a_local_jobs_start(
         row = s.get(Job, job.record_id)
         assert row is not None and row.started_at is not None and row.ended_at is not None
         assert row.submitted_at <= row.started_at <= row.ended_at
-    assert fields["started_at"] == str(row.started_at)
+    # As `jobs list` shows times (to the second): not `2026-12-05 07:24:46.164275+00:00`.
+    for key in ("submitted_at", "started_at", "ended_at"):
+        assert fields[key] == f"{getattr(row, key):%Y-%m-%d %H:%M:%S}", fields
     reg.dispose()

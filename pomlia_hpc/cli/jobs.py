@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from datetime import datetime
 from typing import Annotated
 
 import typer
@@ -12,6 +13,7 @@ from sqlalchemy import select
 from pomlia_hpc.cli.app import STATE, app, console, err_console
 from pomlia_hpc.cli.core import jobs_table
 from pomlia_hpc.cli.listing import JsonFlag, check_limit, print_rows
+from pomlia_hpc.cli.tables import when
 from pomlia_hpc.cluster.cancel import FORCED_CAUSE, cancel_recorded_job
 from pomlia_hpc.cluster.records import refresh_jobs
 from pomlia_hpc.errors import ClusterError, InputError, NotFoundError
@@ -110,7 +112,9 @@ def show(job_id: Annotated[int, typer.Argument(help="Registry id of the job.")])
         "folder",
     ):
         value = getattr(row, key)
-        table.add_row(key, "-" if value is None else str(value))
+        # Times as `jobs list` shows them (to the second): str() gave microseconds and +00:00.
+        shown = when(value, seconds=True) if isinstance(value, datetime) else value
+        table.add_row(key, "-" if shown is None else str(shown))
         if key == "state" and row.backend == "slurm" and row.state == "PENDING":
             table.add_row("pending_reason", _pending_reason(row.scheduler_id))
     console.print(table)
