@@ -62,6 +62,13 @@ def test_option_help_gives_units() -> None:
             assert unit in helps[name], (path, name, helps[name])
 
 
+def test_schedule_at_says_whose_clock() -> None:
+    """`monitor schedule --at` said "cluster's local time", but the next start is computed on
+    the clock and in the time zone of the machine that runs the command (as the guide says)."""
+    (at,) = [p for p in _command(("monitor", "schedule")).params if p.name == "at"]
+    assert "this machine's clock" in at.help and "cluster" not in at.help, at.help
+
+
 def test_help_to_a_pipe_is_as_wide_as_other_output() -> None:
     """Typer's help console folded option help at 80 columns in a pipe ("POMLIA_MEDMNIST_ROO…")."""
     env = {k: v for k, v in os.environ.items() if k not in ("COLUMNS", "TERMINAL_WIDTH")}

@@ -257,8 +257,8 @@ def schedule_cmd(
     at: Annotated[
         str,
         typer.Option(
-            help="Time of day of the runs, HH:MM (cluster's local time); '' for none: the "
-            "first run one period from now."
+            help="Time of day of the runs, HH:MM on this machine's clock (its time zone, "
+            "summer time included); '' for none: the first run one period from now."
         ),
     ] = "02:00",
     every: Annotated[str, typer.Option(help="Period: 1d (nightly), 12h, 1w, ...")] = "1d",
