@@ -56,3 +56,26 @@ def test_readme_command_runs(cmd: str, tmp_path: Path) -> None:
         assert proc.returncode == 2, proc.stderr
         assert proc.stderr.startswith("error:"), proc.stderr
         assert "Usage:" not in proc.stderr, proc.stderr
+
+
+def test_commands_named_in_comments_have_their_arguments() -> None:
+    """A command a bash block's comment names in backticks (`loop show`) is one the reader may
+    type as written: README said "(`loop show` lists them)", but `loop show` needs SLOT."""
+    import typer
+
+    root = typer.main.get_command(app)
+    blocks = re.findall(r"```bash\n(.*?)```", README.read_text(), flags=re.S)
+    comments = [line.split("#", 1)[1] for b in blocks for line in b.splitlines() if "#" in line]
+    checked = []
+    for span in (s for c in comments for s in re.findall(r"`([^`]+)`", c)):
+        words = span.removeprefix("pomlia ").split()
+        cmd, rest = root, words
+        while rest and hasattr(cmd, "commands") and rest[0] in cmd.commands:
+            cmd, rest = cmd.commands[rest[0]], rest[1:]
+        if cmd is root or hasattr(cmd, "commands"):
+            continue  # not a command of pomlia (or only a group named)
+        required = [p for p in cmd.params if p.param_type_name == "argument" and p.required]
+        given = [w for w in rest if not w.startswith("-")]
+        assert len(given) >= len(required), (span, [p.name for p in required])
+        checked.append(span)
+    assert "loop show SLOT" in checked
