@@ -56,7 +56,7 @@ def test_guide_command_runs(
     assert "\n" not in res.exception.message, (page, cmd, res.exception.message)
 
 
-class _Submitted(Exception):
+class _SubmittedError(Exception):
     """Raised where the encoder's training job would be submitted: every check passed."""
 
 
@@ -89,10 +89,10 @@ def test_the_data_page_feeds_the_fingerprints_page(
         assert res.exit_code == 0, (cmd, res.output)
 
     def submitted(*args: object, **kw: object) -> Executor:
-        raise _Submitted
+        raise _SubmittedError
 
     monkeypatch.setattr(Executor, "from_profile", submitted)
     train = page("fingerprints.md")[0]
     assert train.startswith("pomlia fingerprint train "), train
     res = CliRunner().invoke(app, shlex.split(train)[1:])
-    assert isinstance(res.exception, _Submitted), (train, res.output)
+    assert isinstance(res.exception, _SubmittedError), (train, res.output)
