@@ -163,3 +163,27 @@ def test_a_cancelled_driver_job_ends_without_a_traceback(tmp_path: Path) -> None
     assert proc.returncode == 1
     assert "[encoder] failed:" in proc.stdout
     assert "Traceback" not in proc.stderr and "JobCancelled" not in proc.stderr, proc.stderr
+
+
+def test_a_requeued_driver_job_ends_without_a_traceback(tmp_path: Path) -> None:
+    """`scontrol requeue` of a pipeline stage job left a `JobStopped` traceback ending in
+    `srun: error: ... Exited with exit code 1` in its .err: the attempt did not fail."""
+    code = (
+        "import os, signal, time\n"
+        "from pomlia_hpc.cluster.terminate import cancel_children_on_stop, quiet_cancellation\n"
+        "with quiet_cancellation(), cancel_children_on_stop():\n"
+        "    os.kill(os.getpid(), signal.SIGTERM); time.sleep(10)\n"
+    )
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "sacct").write_text("#!/bin/sh\necho REQUEUED\n")
+    (bin_dir / "sacct").chmod(0o755)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLURM_")}
+    env.update(SLURM_JOB_ID="4242", PATH=f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    env["PYTHONPATH"] = str(Path(__file__).resolve().parents[1])
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, env=env, timeout=60
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "Traceback" not in proc.stderr and "JobRequeued" not in proc.stderr, proc.stderr
+    assert "stopping: stopped by Slurm (SIGTERM, job state REQUEUED" in proc.stderr

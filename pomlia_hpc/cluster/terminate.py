@@ -48,6 +48,11 @@ STATE_QUERY_TIMEOUT_S = 3.0
 #: Set by the SIGTERM handler (without a lock: the signal may land while the lock is held).
 _signalled: list[int] = []
 _stopped: list[tuple[str, bool]] = []  # (cause, whether it is a cancellation), once stopped
+#: Whether the SIGTERM came with a requeue (set where accounting was asked: sigterm_cause).
+_requeued: list[bool] = []
+#: Job states accounting reports for a job that Slurm requeued (``scontrol requeue``): it
+#: runs again, so the SIGTERM of its stop is no failure. PENDING: the requeue is done already.
+REQUEUE_STATES = frozenset({"REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "PENDING"})
 _lock = threading.Lock()
 #: The jobs this process submitted whose outcome it has not collected yet (result() or
 #: cancel()): what :func:`cancel_own_jobs` cancels when the process itself is cancelled.
@@ -66,6 +71,11 @@ class JobStopped(BaseException):
 
 class JobCancelled(JobStopped):
     """This driver job was cancelled (SIGTERM): its child jobs are cancelled with it."""
+
+
+class JobRequeued(JobStopped):
+    """This driver job was requeued by Slurm (SIGTERM, job state REQUEUED or PENDING): it
+    runs again and resumes; this attempt ends without a failure."""
 
 
 def own_job(handle: JobHandle) -> None:
@@ -119,6 +129,7 @@ def sigterm_cause() -> tuple[str, bool]:
     while state in (None, "RUNNING") and time.monotonic() < deadline - 0.3:
         time.sleep(0.3)
         state = slurm_job_state(job_id) or state
+    _requeued[:] = [state in REQUEUE_STATES]
     if state == "CANCELLED":
         return SIGTERM_CAUSE, True
     return (
@@ -147,7 +158,21 @@ def stop_cause(exc: BaseException | None = None) -> str | None:
     return None
 
 
-def _cancelling(exc: BaseException) -> bool:
+def stop_kind(exc: BaseException | None = None) -> str | None:
+    """What stopped this process: ``"cancelled"`` (scancel, Ctrl-C), ``"requeued"`` (Slurm
+    runs its job again: ``scontrol requeue``), ``"stopped"`` (another Slurm stop: the time
+    limit, preemption, a state accounting could not give), or None if it was not stopped.
+    Asks accounting (through :func:`stop_cause`) when a SIGTERM arrived and nobody asked yet:
+    never call it from a signal handler."""
+    if stop_cause(exc) is None:
+        return None
+    if _cancelling(exc):
+        return "cancelled"
+    requeued = _requeued[0] if _requeued else isinstance(exc, JobRequeued)
+    return "requeued" if requeued else "stopped"
+
+
+def _cancelling(exc: BaseException | None) -> bool:
     with _lock:
         if _stopped:
             return _stopped[0][1]
@@ -204,7 +229,8 @@ def cancel_children_on_stop() -> Iterator[None]:
                 cancel_own_jobs(f"{cause}, with the job that submitted it", keep_adoptable=True)
             if isinstance(exc, JobStopped) and str(exc) == _SIGTERM_PENDING:
                 # the handler's placeholder: raise what the SIGTERM turned out to mean
-                raise (JobCancelled if cancel else JobStopped)(cause) from None
+                kind = JobRequeued if _requeued and _requeued[0] else JobStopped
+                raise (JobCancelled if cancel else kind)(cause) from None
         raise
     finally:
         if main:
@@ -213,17 +239,22 @@ def cancel_children_on_stop() -> Iterator[None]:
         with _lock:
             _signalled.clear()
             _stopped.clear()  # the block is over: a later block of this process starts afresh
+            _requeued.clear()
 
 
 @contextmanager
 def quiet_cancellation() -> Iterator[None]:
-    """Around a driver job's body (a pipeline stage or driver job): a cancellation
-    (:class:`JobCancelled`, whose cause the driver has said in one line) ends the process with
-    exit status 1 and no traceback. Uncaught, it is a BaseException that submitit lets through,
-    and Python printed ~40 lines of traceback into the job's log after the clear line."""
+    """Around a driver job's body (a pipeline stage or driver job): a stop whose cause the
+    driver has said in one line ends the process without a traceback: a cancellation
+    (:class:`JobCancelled`) or another Slurm stop (time limit, preemption) with exit status 1,
+    a requeue (:class:`JobRequeued`) with 0, as this attempt did not fail (the job runs
+    again). Uncaught, each is a BaseException that submitit lets through, and Python printed
+    ~40 lines of traceback into the job's log after the clear line."""
     try:
         yield
-    except JobCancelled:
+    except JobRequeued:
+        raise SystemExit(0) from None
+    except JobStopped:
         raise SystemExit(1) from None
 
 
