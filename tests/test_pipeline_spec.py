@@ -473,7 +473,7 @@ def test_a_cancelled_stage_says_so_and_cancels_its_child_jobs(
         run_stage(ctx, stage)
     cause = SIGINT_CAUSE if how == "sigint" else SIGTERM_CAUSE
     record = ctx.record("s") or {}
-    assert (record.get("status"), record.get("error")) == ("failed", cause)
+    assert (record.get("status"), record.get("error")) == ("cancelled", cause)
     assert record.get("jobs") == [child[0].record_id]  # what `pipeline status` shows
     with reg.session() as s:
         row = s.get(Job, child[0].record_id)

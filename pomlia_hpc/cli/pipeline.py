@@ -222,8 +222,9 @@ def status(
         typer.Argument(help="Pipeline name or file.", show_default="the only one in the workspace"),
     ] = None,
 ) -> None:
-    """Show each stage of a pipeline: done / stale / failed / running, with its job's state
-    (an empty table when no pipeline has run in the workspace).
+    """Show each stage of a pipeline: done / stale / failed / running / pending (with Slurm's
+    reason) / requeued / cancelled, with its job's state (an empty table when no pipeline has
+    run in the workspace).
 
     NAME and FILE give the same answer: the stage records compared with the pipeline file as
     it is now (for NAME, the file its last run was started from), so a stage whose part of

@@ -171,6 +171,29 @@ def pending_reasons(job_ids: Sequence[str] | None = None) -> dict[str, str]:
     return out
 
 
+def pending_words(job_ids: Sequence[str]) -> dict[str, str]:
+    """Why each pending Slurm job among ``job_ids`` waits, in words for a listing's detail
+    column: Slurm's reason, and what ends the wait where that is known (``pending reason:
+    JobHeldAdmin (held: scontrol release 12 lets it start)``), by job id. One ``squeue`` call;
+    {} when none is pending or ``squeue`` cannot answer (the listing shows what it has)."""
+    if not job_ids:
+        return {}
+    try:
+        reasons = pending_reasons(job_ids)
+    except ClusterError:
+        return {}
+    out = {}
+    for jid, reason in reasons.items():
+        more = ""
+        if never_starts(reason):
+            more = " (Slurm will never start it: lower its request)"
+        elif reason.startswith("JobHeld"):
+            more = f" (held: scontrol release {jid} lets it start)"
+        if reason != "None":
+            out[jid] = f"pending reason: {reason}{more}"
+    return out
+
+
 def _reasons_now() -> dict[str, str]:
     """:func:`pending_reasons` of this user's jobs, asked at most every
     :data:`REASON_CHECK_S` seconds ({} while ``squeue`` cannot answer)."""

@@ -30,6 +30,7 @@ from sqlalchemy import select
 
 from pomlia_hpc.cluster import Checkpointable, Executor
 from pomlia_hpc.cluster.records import FINAL_STATES, refresh_jobs
+from pomlia_hpc.cluster.refusal import pending_words
 from pomlia_hpc.cluster.terminate import cancel_children_on_stop, quiet_cancellation
 from pomlia_hpc.config import ClusterProfile, load_cluster_profile
 from pomlia_hpc.errors import ConfigError, InputError, NotFoundError, PomliaError
@@ -400,7 +401,7 @@ class StageStatus:
     """One row of ``pomlia pipeline status``."""
 
     stage: str
-    state: str  # done, stale, failed, cancelled, running, interrupted, pending, not run
+    state: str  # done, stale, failed, cancelled, requeued, running, interrupted, pending, not run
     job: int | None = None
     scheduler_id: str = ""
     job_state: str = ""
@@ -427,13 +428,15 @@ def pipeline_status(ctx: StageContext) -> list[StageStatus]:
     run_stages = run.get("stages", {})
     stages = active_stages(ctx.spec)
     records = {st.name: ctx.record(st.name) or {} for st in stages}
-    ids = [int(v["job"]) for v in run_stages.values() if v.get("job") is not None]
-    ids += [int(j) for rec in records.values() for j in rec.get("jobs") or ()]
+    stage_ids = [int(v["job"]) for v in run_stages.values() if v.get("job") is not None]
+    ids = stage_ids + [int(j) for rec in records.values() for j in rec.get("jobs") or ()]
     rows: dict[int, Job] = {}
     if ids:
         refresh_jobs(ctx.registry, ids)
         with ctx.registry.session() as s:
             rows = {r.id: r for r in s.scalars(select(Job).where(Job.id.in_(ids)))}
+    queued = [rows[i] for i in stage_ids if i in rows and rows[i].state == "PENDING"]
+    waiting = pending_words([r.scheduler_id for r in queued if r.backend == "slurm"])
     out = []
     behind: list[str] = []  # stages not done as the file is now: what needs them is stale too
     for stage in stages:
@@ -443,13 +446,17 @@ def pipeline_status(ctx: StageContext) -> list[StageStatus]:
         state, detail = _stage_state(ctx, stage, rec, stage_job, run, behind)
         own = [rows[int(j)] for j in rec.get("jobs") or () if int(j) in rows]
         job = stage_job if stage_job is not None else (own[-1] if own else None)
-        if state in ("pending", "running") and not _this_run(rec, run):
-            rec = {}  # an earlier run's record: its times say nothing about the job now
+        if stage_job is not None and state not in ("done", "stale") and not _this_run(rec, run):
+            # An earlier run's record: its times say nothing about this run's job (queued,
+            # running, or cancelled before it started).
+            rec = {}
         if state != "done":
             behind.append(stage.name)
         detail = detail or str(
             rec.get("error") or (job.exit_cause if job is not None else "") or ""
         )
+        if state == "pending" and job is not None:
+            detail = waiting.get(job.scheduler_id, detail)  # held, resources, dependency ...
         out.append(
             StageStatus(
                 stage=stage.name,
@@ -493,7 +500,11 @@ def _stage_state(
         # driver mode one job runs the stages in turn: one not started yet waits.
         waiting = job.state == "PENDING" or run.get("mode") == "driver"
         state = "pending" if waiting else "running"
-    if job is not None and job.state in _BAD_END and state not in ("done", "failed"):
+    if job is not None and job.state == "CANCELLED" and state != "done":
+        # scancel-ed, queued or running (a "failed" record of a cancellation is older)
+        state = "cancelled"
+        detail = "" if _this_run(rec, run) else "its job was cancelled before it started"
+    elif job is not None and job.state in _BAD_END and state not in ("done", "failed"):
         # A stage job killed mid-run never wrote "failed"; one never started was cancelled.
         state = "failed" if rec.get("status") == "running" else "cancelled"
     at_work = job is not None and job.state not in FINAL_STATES

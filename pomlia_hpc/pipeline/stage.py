@@ -22,7 +22,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from pomlia_hpc.cluster.terminate import stop_cause, submitted_jobs
+from pomlia_hpc.cluster.terminate import stop_cause, stop_kind, submitted_jobs
 from pomlia_hpc.config import ClusterProfile
 from pomlia_hpc.files import write_json_atomic
 from pomlia_hpc.pipeline.spec import PipelineSpec, Resources
@@ -236,6 +236,10 @@ def run_reason(ctx: StageContext, stage: Stage) -> str | None:
         return None
     if rec.get("status") == "failed":
         return "its last run failed"
+    if rec.get("status") == "cancelled":
+        return "its last run was cancelled"
+    if rec.get("status") == "requeued":
+        return "Slurm requeued it"
     if rec.get("status") != "done":
         return "its last run did not finish"
     inputs = _key_inputs(ctx, stage)
@@ -288,6 +292,8 @@ def run_stage(ctx: StageContext, stage: Stage, *, job_id: int | None = None) -> 
     write_json_atomic(path, {**base, "status": "running", "outputs": {}}, sort_keys=True)
     if reason is None:
         ctx.log(f"[{stage.name}] running: {stage.summary}")
+    elif (ctx.previous or {}).get("status") == "requeued":
+        ctx.log(f"[{stage.name}] resumed after a requeue: {stage.summary}")
     else:
         ctx.log(f"[{stage.name}] running again, since {reason}: {stage.summary}")
     ctx.key = key
@@ -298,14 +304,28 @@ def run_stage(ctx: StageContext, stage: Stage, *, job_id: int | None = None) -> 
         # A cancellation is the cause, not what it surfaced as (an empty KeyboardInterrupt, a
         # DataLoader worker killed by the same SIGTERM).
         error = stop_cause(exc) or str(exc) or type(exc).__name__
+        # A cancellation or a requeue is no failure: `pipeline status` and the next run say
+        # which it was (a requeued stage job runs again and resumes by itself).
+        status = {"cancelled": "cancelled", "requeued": "requeued"}.get(stop_kind(exc) or "")
         # The jobs it submitted (a training stopped by Ctrl-C): `pipeline status` shows them.
         base["jobs"] = submitted_jobs()[mark:]
         write_json_atomic(
             path,
-            {**base, "status": "failed", "outputs": {}, "ended_at": now(), "error": error},
+            {
+                **base,
+                "status": status or "failed",
+                "outputs": {},
+                "ended_at": now(),
+                "error": error,
+            },
             sort_keys=True,
         )
-        ctx.log(f"[{stage.name}] failed: {error}")
+        if status == "requeued":
+            ctx.log(f"[{stage.name}] requeued, will resume when Slurm starts its job again")
+        elif status == "cancelled" and error.startswith("cancelled"):
+            ctx.log(f"[{stage.name}] {error}")  # "cancelled (SIGTERM: ...)"
+        else:
+            ctx.log(f"[{stage.name}] {status or 'failed'}: {error}")
         raise
     base["jobs"] = submitted_jobs()[mark:]
     write_json_atomic(
