@@ -60,6 +60,9 @@ class RegistryConfig(_Strict):
 
 class ClusterConfig(_Strict):
     profile: str = "local"
+    #: Seconds a listing (``jobs list``, ``jobs show``, ``status``) waits for ``sacct`` before
+    #: it shows the states as last recorded; drivers that must know wait longer.
+    list_sacct_timeout_s: float = Field(15.0, gt=0)
 
 
 class Settings(_Strict):

@@ -51,6 +51,8 @@ class Workspace:
     db_url: str
     cluster_profile: str
     sqlite_busy_timeout_s: float = 60.0
+    #: Seconds a listing waits for ``sacct`` (settings' ``cluster.list_sacct_timeout_s``).
+    list_sacct_timeout_s: float = 15.0
 
     @classmethod
     def from_settings(cls, settings: Settings | None = None) -> Workspace:
@@ -63,6 +65,7 @@ class Workspace:
             db_url=url,
             cluster_profile=s.cluster.profile,
             sqlite_busy_timeout_s=s.registry.sqlite_busy_timeout_s,
+            list_sacct_timeout_s=s.cluster.list_sacct_timeout_s,
         )
 
     def path(self, *parts: str) -> Path:

@@ -2,19 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 from sqlalchemy import select
 
 from pomlia_hpc.cli.app import STATE, app, console
 from pomlia_hpc.cli.listing import check_limit
+from pomlia_hpc.cli.polling import refresh_for_listing, say_unsure, unsure_states
 from pomlia_hpc.cli.tables import ListTable, stack, when
-from pomlia_hpc.cluster.records import refresh_jobs
 from pomlia_hpc.config import load_cluster_profile
-from pomlia_hpc.errors import ClusterError
 from pomlia_hpc.registry import Job
 
 
@@ -26,9 +25,10 @@ def init() -> None:
     console.print(f"workspace [bold]{ws.home}[/] ready; registry {reg.display_url()}")
 
 
-def jobs_table(rows: list[Job], title: str) -> Table:
+def jobs_table(rows: list[Job], title: str, unsure: Collection[int] = ()) -> Table:
     """Render job rows as a rich table (shared by ``status`` and ``jobs list``), with its
-    narrow form (said in their --help)."""
+    narrow form (said in their --help). ``unsure``: the ids of rows whose state may be out of
+    date (the scheduler did not answer), shown with a ``?``."""
     table = ListTable(title=title)
     whole = {"id", "scheduler id", "state", "submitted", "ended"}  # never wrapped
     for col in (
@@ -51,12 +51,13 @@ def jobs_table(rows: list[Job], title: str) -> Table:
     narrow.add_column("submitted\nended", no_wrap=True)
     for r in rows:
         cause = (r.exit_cause or "")[:80]
+        state = f"{r.state}?" if r.id in unsure else r.state
         table.add_row(
             str(r.id),
             r.name,
             r.backend,
             r.scheduler_id,
-            r.state,
+            state,
             str(r.requeue_count),
             when(r.submitted_at, seconds=True),
             f"{r.ended_at:%H:%M:%S}" if r.ended_at else "",
@@ -70,7 +71,7 @@ def jobs_table(rows: list[Job], title: str) -> Table:
             str(r.id),
             stack(r.name, cause),
             r.scheduler_id,
-            stack(r.state, requeues if r.requeue_count else ""),
+            stack(state, requeues if r.requeue_count else ""),
             stack(when(r.submitted_at, narrow=True), ended or ""),
         )
     return table
@@ -83,7 +84,8 @@ def status(
     """Show the workspace, registry URL and schema revision, cluster backend and the most
     recent jobs.
 
-    A console too narrow for the jobs table (80 columns) gets the narrow one of `jobs list`."""
+    A console too narrow for the jobs table (80 columns) gets the narrow one of `jobs list`.
+    Slurm states as in `jobs list` (sacct waited for at most cluster.list_sacct_timeout_s)."""
     check_limit(limit)
     ws = STATE.workspace
     profile = load_cluster_profile(ws.cluster_profile)
@@ -93,10 +95,10 @@ def status(
     console.print(f"schema    : revision {reg.schema_revision()}", highlight=False)
     where = f" partition={profile.partition}" if profile.partition else ""
     console.print(f"cluster   : profile '{ws.cluster_profile}' (backend {profile.backend}{where})")
-    try:
-        refresh_jobs(reg, lost=True)
-    except ClusterError as exc:
-        console.print(f"[yellow]could not poll Slurm: {escape(str(exc))}[/]")
+    problem = refresh_for_listing(reg)
     with reg.session() as s:
         rows = list(s.scalars(select(Job).order_by(Job.id.desc()).limit(limit)))
-    console.print(jobs_table(rows, f"recent jobs ({len(rows)})"))
+    unsure = [r.id for r in unsure_states(rows)] if problem else []
+    if problem:
+        say_unsure(console, problem, rows)
+    console.print(jobs_table(rows, f"recent jobs ({len(rows)})", unsure))

@@ -6,16 +6,15 @@ from datetime import datetime
 from typing import Annotated
 
 import typer
-from rich.markup import escape
 from rich.table import Table
 from sqlalchemy import select
 
 from pomlia_hpc.cli.app import STATE, app, console, err_console
 from pomlia_hpc.cli.core import jobs_table
 from pomlia_hpc.cli.listing import JsonFlag, check_limit, print_rows
+from pomlia_hpc.cli.polling import refresh_for_listing, say_unsure, unsure_states
 from pomlia_hpc.cli.tables import when
 from pomlia_hpc.cluster.cancel import FORCED_CAUSE, cancel_recorded_job
-from pomlia_hpc.cluster.records import refresh_jobs
 from pomlia_hpc.errors import ClusterError, InputError, NotFoundError
 from pomlia_hpc.registry import Job, Registry
 from pomlia_hpc.vocab import JobState
@@ -42,6 +41,9 @@ def list_jobs(
 ) -> None:
     """List recorded jobs, newest first (Slurm states refreshed with one sacct call).
 
+    sacct is waited for at most cluster.list_sacct_timeout_s seconds (15; <home>/pomlia.yaml);
+    then the states are the last recorded ones, said so, and unfinished ones marked ?.
+
     A console too narrow for the full table (80 columns) gets a narrow one: times as MM-DD
     HH:MM, the exit cause under the name, the end time under the submission time, requeues
     under the state, and no backend column (`pomlia jobs show ID` has it).
@@ -52,23 +54,21 @@ def list_jobs(
     reg = STATE.registry()
     if state is not None:
         _check_state(reg, state)
-    try:
-        refresh_jobs(reg, lost=True)
-    except ClusterError as exc:
-        # stderr with --json: stdout stays one JSON document.
-        (err_console if as_json else console).print(
-            f"[yellow]could not poll Slurm: {escape(str(exc))}[/]"
-        )
+    problem = refresh_for_listing(reg)
     with reg.session() as s:
         q = select(Job).order_by(Job.id.desc()).limit(limit)
         if state:
             q = q.where(Job.state == state.upper())
         rows = list(s.scalars(q))
+    if problem:
+        # stderr with --json: stdout stays one JSON document.
+        say_unsure(err_console if as_json else console, problem, rows)
     if as_json:
         keys = "id name backend scheduler_id state requeue_count submitted_at ended_at exit_cause"
         print_rows([{k: getattr(r, k) for k in keys.split()} for r in rows])
         return
-    console.print(jobs_table(rows, f"jobs ({len(rows)})"))
+    unsure = [r.id for r in unsure_states(rows)] if problem else []
+    console.print(jobs_table(rows, f"jobs ({len(rows)})", unsure))
 
 
 def _check_state(reg: Registry, state: str) -> None:
@@ -88,13 +88,13 @@ def _check_state(reg: Registry, state: str) -> None:
 
 @jobs_app.command("show")
 def show(job_id: Annotated[int, typer.Argument(help="Registry id of the job.")]) -> None:
-    """Show one job in full, with the traceback of a failure."""
+    """Show one job in full, with the traceback of a failure (a state sacct could not
+    confirm within cluster.list_sacct_timeout_s seconds is marked ?)."""
     _get(job_id)
-    try:
-        refresh_jobs(STATE.registry(), [job_id], lost=True)
-    except ClusterError as exc:
-        console.print(f"[yellow]could not poll Slurm: {escape(str(exc))}[/]")
+    problem = refresh_for_listing(STATE.registry(), [job_id])
     row = _get(job_id)
+    if problem:
+        say_unsure(console, problem, [row])
     table = Table(show_header=False)
     for key in (
         "id",
@@ -112,6 +112,8 @@ def show(job_id: Annotated[int, typer.Argument(help="Registry id of the job.")])
         "folder",
     ):
         value = getattr(row, key)
+        if key == "state" and problem and unsure_states([row]):
+            value = f"{value}?"  # as last recorded: the scheduler did not answer
         # Times as `jobs list` shows them (to the second): str() gave microseconds and +00:00.
         shown = when(value, seconds=True) if isinstance(value, datetime) else value
         table.add_row(key, "-" if shown is None else str(shown))

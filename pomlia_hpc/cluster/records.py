@@ -127,11 +127,28 @@ def sacct_states(job_ids: Iterable[str], timeout_s: float = 60.0) -> dict[str, S
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, check=False)
     except FileNotFoundError as exc:
         raise ClusterError("sacct not found: is this a Slurm cluster node?") from exc
-    except (subprocess.TimeoutExpired, OSError) as exc:
+    except subprocess.TimeoutExpired as exc:
+        raise ClusterError(f"sacct did not answer within {timeout_s:g} s") from exc
+    except OSError as exc:
         raise ClusterError(f"sacct could not be run: {exc}") from exc
     if proc.returncode != 0:
         raise ClusterError(f"sacct failed ({proc.returncode}): {proc.stderr.strip()}")
     return parse_sacct(proc.stdout)
+
+
+#: ``Job.meta`` key: when ``sacct`` last answered for the row (ISO 8601, UTC), so a listing
+#: whose poll fails can say how old the states it shows are.
+POLLED_META = "polled_at"
+
+
+def recorded_as_of(row: Job) -> datetime:
+    """When ``row``'s state was last confirmed by the scheduler (aware UTC): the last poll
+    that answered for it, else its submission."""
+    text = (row.meta or {}).get(POLLED_META)
+    try:
+        return datetime.fromisoformat(text) if isinstance(text, str) else row.submitted_at
+    except ValueError:
+        return row.submitted_at
 
 
 def record_submission(
@@ -292,13 +309,14 @@ def refresh_slurm_jobs(
     if not targets:
         return 0
     states = sacct_states((sid for _, sid in targets), timeout_s)
-    changed = 0
+    changed, polled = 0, datetime.now(UTC).isoformat(timespec="seconds")
     with registry.session() as s:
         for rid, sid in targets:
             st = states.get(sid)
             row = s.get(Job, rid) if st is not None else None
             if row is None or st is None:
                 continue
+            row.meta = {**(row.meta or {}), POLLED_META: polled}
             new = merge_scheduler_state(row, st)
             if new:
                 changed += 1
@@ -306,24 +324,27 @@ def refresh_slurm_jobs(
                     setattr(row, k, v)
     missing = [(rid, sid) for rid, sid in targets if sid not in states]
     if lost and missing:
-        queued = squeue_ids([sid for _, sid in missing])
+        queued = squeue_ids([sid for _, sid in missing], timeout_s)
         changed += len(_record_lost(registry, [(r, i) for r, i in missing if i not in queued]))
     return changed
 
 
-def squeue_ids(job_ids: Sequence[str]) -> set[str]:
+def squeue_ids(job_ids: Sequence[str], timeout_s: float = 60.0) -> set[str]:
     """The ids among ``job_ids`` that ``squeue`` lists (queued or running); a
-    :class:`ClusterError` when it cannot answer. Slurm answers an id it does not know with
-    "Invalid job id specified" (exit 1): that id is simply not listed."""
+    :class:`ClusterError` when it cannot answer within ``timeout_s`` seconds. Slurm answers
+    an id it does not know with "Invalid job id specified" (exit 1): that id is simply not
+    listed."""
     try:
         proc = subprocess.run(
             ["squeue", "-h", "-o", "%i", "-j", ",".join(job_ids)],
             capture_output=True,
             text=True,
-            timeout=60,
+            timeout=timeout_s,
             check=False,
         )
-    except (FileNotFoundError, subprocess.TimeoutExpired) as exc:
+    except subprocess.TimeoutExpired as exc:
+        raise ClusterError(f"squeue did not answer within {timeout_s:g} s") from exc
+    except FileNotFoundError as exc:
         raise ClusterError(f"squeue could not be run: {exc}") from exc
     if proc.returncode != 0:
         if "invalid job id" in proc.stderr.lower():

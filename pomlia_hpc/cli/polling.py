@@ -1,0 +1,74 @@
+"""Job states for a listing (``jobs list``, ``jobs show``, ``status``), without hanging on a
+slow Slurm.
+
+A listing refreshes the recorded states with one ``sacct`` call first. ``sacct`` that does not
+answer (slurmdbd busy or down) used to hold the listing for 60 s in silence, then print
+Python's ``TimeoutExpired`` text above states that were out of date. Now a line on stderr says
+what the listing waits for once it waits :data:`STATUS_AFTER_S` seconds, the wait ends after
+the workspace's ``cluster.list_sacct_timeout_s`` (15 s by default), and the listing says in
+words that its states are the last recorded ones, and as of when.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+
+from rich.console import Console
+from rich.markup import escape
+
+from pomlia_hpc.cli.app import STATE, err_console
+from pomlia_hpc.cli.tables import when
+from pomlia_hpc.cluster.records import recorded_as_of, refresh_local_jobs, refresh_slurm_jobs
+from pomlia_hpc.errors import ClusterError
+from pomlia_hpc.registry import Job, Registry
+from pomlia_hpc.vocab import FINAL_STATES
+
+#: Seconds a listing waits for the scheduler before it says so on stderr.
+STATUS_AFTER_S = 2.0
+
+
+def refresh_for_listing(registry: Registry, job_ids: Sequence[int] | None = None) -> str | None:
+    """Refresh the job rows a listing shows (all unfinished ones, or ``job_ids``) from the
+    scheduler, waiting at most the workspace's ``list_sacct_timeout_s`` seconds for ``sacct``
+    (and as long again for ``squeue``). Returns None when the states are current, else why
+    they are not (the error in words), for :func:`say_unsure`."""
+    timeout_s = STATE.workspace.list_sacct_timeout_s
+
+    def waiting() -> None:
+        err_console.print(
+            f"waiting for Slurm's accounting (sacct) to answer, at most {timeout_s:g} s ...",
+            highlight=False,
+        )
+
+    timer = threading.Timer(STATUS_AFTER_S, waiting)
+    timer.daemon = True
+    timer.start()
+    problem = None
+    try:
+        refresh_slurm_jobs(registry, job_ids, lost=True, timeout_s=timeout_s)
+    except ClusterError as exc:
+        problem = str(exc)
+    finally:
+        timer.cancel()
+        timer.join()  # its line, if it is being printed, comes before the listing's
+    refresh_local_jobs(registry, job_ids)  # this host's jobs: no scheduler to wait for
+    return problem
+
+
+def unsure_states(rows: Sequence[Job]) -> list[Job]:
+    """The rows whose shown state may be out of date after a failed poll: the unfinished
+    Slurm ones (an ended job's state does not change; local jobs were polled here)."""
+    return [r for r in rows if r.backend == "slurm" and r.state not in FINAL_STATES]
+
+
+def say_unsure(console: Console, problem: str, rows: Sequence[Job]) -> None:
+    """Say on ``console`` that the scheduler could not be asked (``problem``) and that the
+    states of ``rows`` are the last recorded ones, as of the oldest confirmation among the
+    unfinished ones (table times, UTC)."""
+    unsure = unsure_states(rows)
+    text = f"{problem}; the states shown are the last recorded ones"
+    if unsure:
+        oldest = min(recorded_as_of(r) for r in unsure)
+        text += f", as of {when(oldest, seconds=True)} (marked ?)"
+    console.print(f"[yellow]{escape(text)}[/]", highlight=False)
