@@ -51,8 +51,9 @@ _stopped: list[tuple[str, bool]] = []  # (cause, whether it is a cancellation), 
 #: Whether the SIGTERM came with a requeue (set where accounting was asked: sigterm_cause).
 _requeued: list[bool] = []
 #: Job states accounting reports for a job that Slurm requeued (``scontrol requeue``): it
-#: runs again, so the SIGTERM of its stop is no failure. PENDING: the requeue is done already.
-REQUEUE_STATES = frozenset({"REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD", "PENDING"})
+#: runs again, so the SIGTERM of its stop is no failure. Not PENDING: a busy slurmdbd may
+#: not have recorded the start of a job that runs (and is being cancelled) yet.
+REQUEUE_STATES = frozenset({"REQUEUED", "REQUEUE_FED", "REQUEUE_HOLD"})
 _lock = threading.Lock()
 #: The jobs this process submitted whose outcome it has not collected yet (result() or
 #: cancel()): what :func:`cancel_own_jobs` cancels when the process itself is cancelled.
@@ -74,7 +75,7 @@ class JobCancelled(JobStopped):
 
 
 class JobRequeued(JobStopped):
-    """This driver job was requeued by Slurm (SIGTERM, job state REQUEUED or PENDING): it
+    """This driver job was requeued by Slurm (SIGTERM, job state REQUEUED): it
     runs again and resumes; this attempt ends without a failure."""
 
 
@@ -118,15 +119,17 @@ def slurm_job_state(job_id: str) -> str | None:
 def sigterm_cause() -> tuple[str, bool]:
     """What a SIGTERM to this process means: (cause, whether it is a cancellation). Outside
     Slurm (no ``SLURM_JOB_ID``) it is one; under Slurm only when accounting says CANCELLED.
-    slurmdbd records a ``scancel`` asynchronously, so a job still reported RUNNING is asked
-    again until :data:`STATE_QUERY_TIMEOUT_S` seconds have passed. Runs ``sacct``: never call
-    it from a signal handler."""
+    slurmdbd records a ``scancel`` (and, under load, even the job's start) asynchronously, so
+    a job still reported RUNNING (or PENDING) is asked again until
+    :data:`STATE_QUERY_TIMEOUT_S` seconds have passed. Runs ``sacct``: never call it from a
+    signal handler."""
     job_id = os.environ.get("SLURM_JOB_ID")
     if not job_id:
         return SIGTERM_CAUSE, True
     deadline = time.monotonic() + STATE_QUERY_TIMEOUT_S
     state = slurm_job_state(job_id)
-    while state in (None, "RUNNING") and time.monotonic() < deadline - 0.3:
+    # PENDING: a running job whose start a busy slurmdbd has not recorded yet
+    while state in (None, "RUNNING", "PENDING") and time.monotonic() < deadline - 0.3:
         time.sleep(0.3)
         state = slurm_job_state(job_id) or state
     _requeued[:] = [state in REQUEUE_STATES]
