@@ -109,7 +109,7 @@ def test_repeat_is_told_the_recorded_result(workspace: Workspace, reg: Registry)
     assert opt.told == [(done.key, 1, 0.25, False)]
     assert runner.answer_repeat(opt, running)  # still training at 2 epochs: told later
     assert len(opt.told) == 1
-    runner.tell_waiting(opt, running, 0.1, crashed=False)
+    runner.tell_waiting(running, 0.1, crashed=False)
     assert opt.told[-1] == (done.key, 2, 0.1, False)
 
 

@@ -77,6 +77,26 @@ def _without_meta(scenario: Any) -> dict[str, Any]:
     return data
 
 
+#: The files of SMAC's saved state (:meth:`SmacHyperband.save`).
+_SMAC_FILES = ("runhistory.json", "intensifier.json", "optimization.json")
+
+
+def _smac_files(out: Path) -> dict[str, str]:
+    """The text of SMAC's state files in ``out`` (empty when one is missing)."""
+    try:
+        return {name: (out / name).read_text() for name in _SMAC_FILES}
+    except FileNotFoundError:
+        return {}
+
+
+def _submitted(files: dict[str, str]) -> int:
+    """How many trials the saved runhistory among ``files`` had handed out."""
+    try:
+        return int(json.loads(files["runhistory.json"])["stats"]["submitted"])
+    except (KeyError, TypeError, ValueError):
+        return 0
+
+
 def _dummy_target(config: Configuration, seed: int = 0, budget: float = 1.0) -> float:
     raise RuntimeError("trials run as cluster jobs; SMAC is driven by ask/tell only")
 
@@ -136,6 +156,10 @@ class SmacHyperband:
                 )
         elif not fresh and out.exists() and any(out.iterdir()):
             raise PomliaError(f"SMAC state already exists in '{out}'; use --resume")
+        # SMAC starts afresh from a saved state with one trial asked and none told (its "the
+        # last run was not successful"), and overwrites that state: a study of one trial, or
+        # killed while its first trial ran, would forget the trial still out. Keep the files.
+        saved = _smac_files(out) if resume else {}
         warm = list(initial or [])
         n_random = n_initial if n_initial is not None else max(1, round(0.25 * n_trials))
         design = Facade.get_initial_design(
@@ -150,6 +174,13 @@ class SmacHyperband:
             logging_level=logging.ERROR,
         )
         self._out = out
+        if saved and self._smac.runhistory.submitted < _submitted(saved):
+            for name, text in saved.items():
+                with atomic_target(out / name, suffix=".json") as tmp:
+                    tmp.write_text(text)
+            smbo = self._smac.optimizer
+            smbo.reset()
+            smbo.load()
         self.save()
 
     def ask(self) -> Proposal:

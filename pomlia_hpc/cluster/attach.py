@@ -30,6 +30,7 @@ from pomlia_hpc.cluster.records import (
     SchedulerState,
     local_cancel_cause,
     sacct_states,
+    squeue_ids,
     update_job,
 )
 from pomlia_hpc.cluster.submitit_local import CONTROLLER_META
@@ -144,8 +145,15 @@ def poll_attached(jobs: Sequence[AttachedJob]) -> None:
         except ClusterError:
             pass  # an accounting hiccup says nothing about the jobs: ask again next poll
         else:
+            unknown = [j.job_id for j in slurm if j.job_id not in states]
+            try:
+                # Just submitted (a driver killed at once): squeue lists it before sacct does.
+                queued = squeue_ids(unknown) if unknown else set()
+            except ClusterError:
+                queued = set(unknown)  # cannot tell: not "lost" on a hiccup
             for j in slurm:
-                j.update(states.get(j.job_id))
+                if j.job_id not in queued:
+                    j.update(states.get(j.job_id))
     for j in jobs:
         if j.backend != "slurm":
             j.check_local()

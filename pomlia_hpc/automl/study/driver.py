@@ -11,7 +11,7 @@ from pomlia_hpc.automl import records
 from pomlia_hpc.automl.optimizers import Proposal, RandomSearch, SearchOptimizer, SmacHyperband
 from pomlia_hpc.automl.space import configs_from_values
 from pomlia_hpc.automl.study.outcome import finish
-from pomlia_hpc.automl.study.recover import recover_trial
+from pomlia_hpc.automl.study.recover import recover_trial, recover_untracked
 from pomlia_hpc.automl.study.spec import StudySpec
 from pomlia_hpc.automl.study.trials import TrialRunner, UpdateFn
 from pomlia_hpc.automl.study.view import FINAL_ORIGIN, StudyResult, view_of_run
@@ -92,6 +92,7 @@ class StudyRunner(TrialRunner):
         if resume:
             for proposal in opt.running():
                 recover_trial(self, opt, proposal)
+            recover_untracked(self, Untold())
         self.emit()
         self.train_warm_start_first()
         last_emit = time.monotonic()
@@ -109,7 +110,7 @@ class StudyRunner(TrialRunner):
             for run_id, act in list(self.active.items()):
                 if act.handle.done():
                     del self.active[run_id]  # before collecting: a lost orphan is resubmitted
-                    self.collect(opt, act)
+                    self.collect(act.optimizer or opt, act)
                     changed = True
             if changed or time.monotonic() - last_emit > 2.0:
                 self.emit()

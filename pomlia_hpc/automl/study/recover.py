@@ -14,6 +14,7 @@ from dataclasses import replace
 from pomlia_hpc.automl import records
 from pomlia_hpc.automl.metrics import objective_cost
 from pomlia_hpc.automl.optimizers import Proposal, SearchOptimizer
+from pomlia_hpc.automl.space import configs_from_values
 from pomlia_hpc.automl.study.trials import (
     ActiveTrial,
     TrialRunner,
@@ -23,13 +24,18 @@ from pomlia_hpc.automl.study.trials import (
 from pomlia_hpc.automl.study.view import job_name, view_of_run
 from pomlia_hpc.automl.trial import read_result
 from pomlia_hpc.cluster.attach import poll_attached
+from pomlia_hpc.errors import PomliaError
+
+#: Keys of a run's recorded configuration that are not hyperparameters.
+RUN_ONLY_KEYS = ("config_key", "origin", "smac_budget", "engine")
 
 
 def recover_trial(runner: TrialRunner, opt: SearchOptimizer, proposal: Proposal) -> None:
     """Settle a trial of ``runner`` that was out when the previous driver stopped."""
     run = runner.known.pop((proposal.key, proposal.epochs), None)
     if run is None:  # asked, but the driver died before recording it
-        runner.start(opt, proposal)
+        if not runner.answer_repeat(opt, proposal):  # (or settled already: its outcome)
+            runner.start(opt, proposal)
         return
     if run.status == records.OK:  # recorded, but not yet told
         m = dict(run.metrics or {})
@@ -73,7 +79,7 @@ def recover_trial(runner: TrialRunner, opt: SearchOptimizer, proposal: Proposal)
             runner.start(opt, proposal, run_id=run.id)
         return
     orphan = attach_trial_job(runner.registry, job, result_path)
-    act = ActiveTrial(run.id, proposal, orphan, time.time(), result_path)
+    act = ActiveTrial(run.id, proposal, orphan, time.time(), result_path, opt)
     runner.active[run.id] = act
     runner.views[run.id] = replace(
         view_of_run(runner.registry, run, runner.spec.metric),
@@ -91,3 +97,23 @@ def recover_trial(runner: TrialRunner, opt: SearchOptimizer, proposal: Proposal)
         runner.start(opt, proposal, run_id=run.id)  # continues from its last checkpoint
         return
     runner.collect(opt, act)  # its result, or a crash (failed, timed out, out of memory)
+
+
+def recover_untracked(runner: TrialRunner, opt: SearchOptimizer) -> None:
+    """Settle the trials the registry holds as out (running or pending) that the optimiser's
+    saved state does not know (a state saved before them, or lost): their jobs are waited for
+    and their outcome recorded, as :func:`recover_trial` does, but told to ``opt`` (which may
+    tell nothing), not to the study's optimiser. Without this a resumed study would end at once
+    with such a trial ``running`` for good."""
+    for (key, epochs), run in list(runner.known.items()):
+        if run.status not in (records.RUNNING, records.PENDING):
+            continue
+        values = {k: v for k, v in (run.config or {}).items() if k not in RUN_ONLY_KEYS}
+        try:
+            config = configs_from_values([values], runner.space, f"run {run.id}")[0]
+        except PomliaError:
+            continue  # not of this study's space: nothing to train it again with
+        config.origin = (run.config or {}).get("origin")
+        proposal = Proposal(config, float(run.budget or epochs))
+        if (proposal.key, proposal.epochs) == (key, epochs):
+            recover_trial(runner, opt, proposal)

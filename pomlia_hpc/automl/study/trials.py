@@ -78,6 +78,8 @@ class ActiveTrial:
     handle: JobHandle | AttachedJob
     started: float  # time.time() of the submission (or of the attachment)
     result_path: Path | None = None  # where the job writes its result (and its stamps)
+    #: The optimiser told its outcome, when not the study's (a trial the optimiser never asked).
+    optimizer: SearchOptimizer | None = None
 
 
 def trial_wall_s(
@@ -160,7 +162,8 @@ class TrialRunner:
         self._executor = executor
         self.views: dict[int, TrialView] = {}
         #: Repeated proposals of a (configuration key, epochs) still training: told its result.
-        self.waiting: dict[tuple[str, int], list[Proposal]] = {}
+        #: Each with the optimiser it came from (a trial the optimiser never asked is told none).
+        self.waiting: dict[tuple[str, int], list[tuple[SearchOptimizer, Proposal]]] = {}
         self.repeats = 0  # repeated proposals answered in a row (the space may be exhausted)
         self.liveness = DriverBeat(workspace, spec.name)  # the driver's heartbeat file
 
@@ -247,7 +250,7 @@ class TrialRunner:
             self._submit_failed(run_id, proposal, exc)
         handle.adoptable = True  # a restarted driver reattaches to it (study/recover.py)
         records.mark_running(self.registry, run_id, handle.record_id, start_epoch=start)
-        self.active[run_id] = ActiveTrial(run_id, proposal, handle, time.time(), result_path)
+        self.active[run_id] = ActiveTrial(run_id, proposal, handle, time.time(), result_path, opt)
         # The registry's job id: the one `pomlia jobs show/cancel` take (not Slurm's or the pid).
         job = "" if handle.record_id is None else str(handle.record_id)
         self.views[run_id] = replace(self.views[run_id], status=records.RUNNING, job=job)
@@ -430,7 +433,7 @@ class TrialRunner:
             cost_s=wall_s,
         )
         opt.tell(proposal, cost, crashed=False, time_s=wall_s)
-        self.tell_waiting(opt, proposal, cost, crashed=False)
+        self.tell_waiting(proposal, cost, crashed=False)
         self.views[run_id] = replace(
             self.views[run_id],
             status=records.OK,
@@ -465,7 +468,7 @@ class TrialRunner:
             error=error,
         )
         opt.tell(proposal, 1.0, crashed=True, time_s=wall_s)
-        self.tell_waiting(opt, proposal, 1.0, crashed=True)
+        self.tell_waiting(proposal, 1.0, crashed=True)
         self.views[run_id] = TrialView(
             run_id,
             proposal.key,
@@ -508,13 +511,13 @@ class TrialRunner:
         elif view.status in (records.CRASHED, records.CANCELLED):
             opt.tell(proposal, 1.0, crashed=True, time_s=0.0)
         else:
-            self.waiting.setdefault((key, epochs), []).append(proposal)
+            self.waiting.setdefault((key, epochs), []).append((opt, proposal))
         return True
 
-    def tell_waiting(
-        self, opt: SearchOptimizer, proposal: Proposal, cost: float, crashed: bool
-    ) -> None:
-        for repeat in self.waiting.pop((proposal.key, proposal.epochs), []):
+    def tell_waiting(self, proposal: Proposal, cost: float, crashed: bool) -> None:
+        """Tell the repeats of ``proposal`` that waited for it its outcome, each to its own
+        optimiser."""
+        for opt, repeat in self.waiting.pop((proposal.key, proposal.epochs), []):
             opt.tell(repeat, cost, crashed=crashed, time_s=0.0)
 
     # -- the view --------------------------------------------------------------------------

@@ -1,0 +1,74 @@
+"""A study driver killed while its only trial's job was out: ``--resume`` waits for that job and
+records its outcome, instead of ending at once with the trial ``running`` for good (SMAC started
+afresh from a state with one trial asked and none told, and overwrote it)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pomlia_hpc.automl import records
+from pomlia_hpc.automl.optimizers import SmacHyperband
+from pomlia_hpc.automl.space import SpaceOptions, build_space
+from pomlia_hpc.automl.study import create_study, run_study
+from pomlia_hpc.automl.study.driver import StudyRunner
+from pomlia_hpc.registry import Job, Registry
+from pomlia_hpc.workspace import Workspace
+from tests.fixtures.factories import FAST, tiny_task
+
+
+def _smac(space_seed: int, folder: Path, *, resume: bool) -> SmacHyperband:
+    space = build_space(SpaceOptions(archs=("small_cnn",)), seed=space_seed)
+    return SmacHyperband(
+        space, folder, n_trials=1, min_epochs=3, max_epochs=3, seed=0, resume=resume
+    )
+
+
+def test_a_resumed_smac_keeps_its_only_trial_still_out(tmp_path: Path) -> None:
+    first = _smac(0, tmp_path / "smac", resume=False)
+    asked = first.ask()  # the driver is killed while this trial trains
+    resumed = _smac(0, tmp_path / "smac", resume=True)
+    out = resumed.running()
+    assert [(p.key, p.epochs) for p in out] == [(asked.key, asked.epochs)]
+    # and the state on disk still says so, for a resume after this one
+    again = _smac(0, tmp_path / "smac", resume=True)
+    assert [p.key for p in again.running()] == [asked.key]
+
+
+@pytest.mark.slurm
+@pytest.mark.slow
+@pytest.mark.usefixtures("slurm")
+@pytest.mark.timeout(600)
+def test_resume_waits_for_the_job_of_a_killed_driver(workspace: Workspace) -> None:
+    reg = Registry.open(workspace.db_url)
+    tiny_task(workspace, reg, "blood", sizes=(64, 24, 24))
+    spec = create_study(
+        reg,
+        workspace,
+        "blood",
+        name="out1",
+        n_trials=1,
+        max_epochs=2,
+        min_epochs=2,
+        parallel=1,
+        executor="slurm-local",
+        space=SpaceOptions(archs=("small_cnn",)),
+        initial_configs=[FAST],
+        n_initial=1,
+    )
+    # The first driver asks, submits the trial's job and dies (nothing more of it runs).
+    first = StudyRunner(reg, workspace, spec)
+    opt = first.optimizer(resume=False)
+    first.start(opt, opt.ask())
+    (run,) = records.study_runs(reg, "out1")
+    assert run.status == records.RUNNING and run.job_id is not None
+
+    result = run_study(reg, workspace, spec, resume=True, poll_s=0.5)
+
+    assert result.n_ok == 1, result
+    (run,) = records.study_runs(reg, "out1")
+    assert run.status == records.OK and run.metrics["epochs"] == 2
+    with reg.session() as s:
+        jobs = s.query(Job).all()
+        assert [j.state for j in jobs] == ["COMPLETED"]  # waited for, not submitted again
