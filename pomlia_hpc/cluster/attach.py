@@ -24,6 +24,7 @@ from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from pomlia_hpc.cluster.failures import job_limits, log_cause, log_tail
 from pomlia_hpc.cluster.handle import JobFailedError
 from pomlia_hpc.cluster.records import (
     FINAL_STATES,
@@ -67,11 +68,18 @@ class AttachedJob:
         #: The scheduler's state; ``None``: unknown to it (never ran, or long forgotten).
         self.state: str | None = "PENDING"
         self.ended_at: datetime | None = None
+        #: sacct's ExitCode and requeue count; the time limit and signal delay it ran under.
+        self.exit_code: str | None = None
+        self.requeues = int(row.requeue_count or 0)
+        self.limits = job_limits(row.meta)
 
     def update(self, state: SchedulerState | None) -> None:
         """Take the scheduler's answer for this job (``None``: it does not know the job)."""
         self.state = state.state if state is not None else None
         self.ended_at = state.ended_at if state is not None else None
+        if state is not None:
+            self.exit_code = state.exit_code
+            self.requeues = max(self.requeues, state.requeue_count)
 
     def check_local(self) -> None:
         """A local job is a process of this machine: running while its pid lives."""
@@ -129,6 +137,15 @@ class AttachedJob:
         error, tb = self.failure() or ("no result", None)
         known = self.state
         state = known if known is not None and known != "COMPLETED" else "FAILED"
+        if state == "FAILED" and self.backend == "slurm":
+            # Gave up requeueing, or killed by the checkpoint signal: its logs say which.
+            logs = "\n".join([error, tb or "", log_tail(self.folder, self.job_id)])
+            error = (
+                log_cause(
+                    logs, exit_code=self.exit_code, requeues=self.requeues, limits=self.limits
+                )
+                or error
+            )
         self.close_row(state, exit_cause=error[:500], traceback=tb)
         return JobFailedError(
             f"job {self.job_id} ended {state}: {error}", state=state, traceback=tb, detail=error

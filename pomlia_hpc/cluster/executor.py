@@ -27,6 +27,7 @@ import submitit
 
 from pomlia_hpc.cluster import submitit_controller
 from pomlia_hpc.cluster.cancel import cancel_array_parts
+from pomlia_hpc.cluster.failures import LIMIT_KEYS
 from pomlia_hpc.cluster.handle import JobHandle
 from pomlia_hpc.cluster.records import record_submission, this_host
 from pomlia_hpc.cluster.refusal import sbatch_refusals, warn_signal_delay
@@ -129,7 +130,7 @@ class Executor:
         # one line naming the option, not a traceback
         with sbatch_refusals(profile, name), _environment(env or {}):
             job = ex.submit(fn, *args, **kwargs)
-        started = _started(profile, job)
+        started = {**_started(profile, job), **_limits(profile)}
         (rid,) = self._record([str(job.job_id)], name, None, [{**(job_meta or {}), **started}])
         handle = JobHandle(self, rid)
         handle.controller = started.get(CONTROLLER_META)
@@ -194,7 +195,7 @@ class Executor:
                 raise
             array_id = str(jobs[0].job_id).split("_")[0]
             previous = array_id
-            chunk_meta = metas[start : start + size]
+            chunk_meta = [{**m, **_limits(profile)} for m in metas[start : start + size]]
             ids = self._record([str(j.job_id) for j in jobs], name, array_id, chunk_meta)
             for job, rid in zip(jobs, ids, strict=True):
                 h = JobHandle(self, rid)
@@ -322,3 +323,12 @@ def _started(profile: ClusterProfile, job: submitit.Job[Any]) -> dict[str, Any]:
         return {}
     started = submitit_controller.started_id(str(job.job_id))
     return {CONTROLLER_META: started} if started is not None else {}
+
+
+def _limits(profile: ClusterProfile) -> dict[str, Any]:
+    """What a Slurm job's row records of its limits (its time limit, minutes; how long before it
+    the checkpoint signal is asked for, seconds): the cause of a failure that they explain
+    (``failures.log_cause``) names them, also when the driver that submitted it is gone."""
+    if profile.backend != "slurm":
+        return {}
+    return dict(zip(LIMIT_KEYS, (profile.time_min, profile.signal_delay_s), strict=True))

@@ -9,6 +9,9 @@ then the job's own traceback.
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
 
 #: Causes that the scheduler's final state says by itself.
 SCHEDULER_CAUSES = {
@@ -49,14 +52,32 @@ def failure_cause(state: str, traceback: str | None, detail: str = "") -> str:
 
 _NOT_REQUEUED = re.compile(r"Job not requeued because: ([^\n]*?)\.?\s*$", re.MULTILINE)
 
+#: Seconds by which Slurm may send a job's ``--signal`` earlier than asked (its resolution).
+SIGNAL_EARLY_S = 60
+
+#: What says that SIGUSR2 itself killed a job: srun's line in its error log, or sacct's
+#: ExitCode of the step (``exit code:signal``; 12 is SIGUSR2 on Linux).
+_USR2_KILL = re.compile(r"User defined signal 2\b")
+USR2_EXIT_CODES = ("0:12",)
+
+#: Keys of a Slurm job's row meta (``Job.meta``) that hold its time limit (minutes) and how
+#: long before it the checkpoint signal was asked for (seconds); written at submission.
+LIMIT_KEYS = ("time_min", "signal_delay_s")
+
+
+def _limit_words(time_min: int | None, signal_delay_s: int | None) -> str:
+    if time_min is None or signal_delay_s is None:
+        return "its time limit"
+    return f"its {time_min} min time limit (signal {signal_delay_s} s before it)"
+
 
 def timeout_cause(
-    traceback: str | None, requeues: int, time_min: int, signal_delay_s: int
+    traceback: str | None, requeues: int, time_min: int | None, signal_delay_s: int | None
 ) -> str | None:
     """The cause of a checkpointable job that submitit stopped requeueing, in words (None if
     ``traceback`` says no such thing): how often it hit its time limit (``time_min``, minutes;
-    the USR2 came ``signal_delay_s`` seconds before it) and what to change. ``requeues``: the
-    requeues Slurm counted (the last attempt timed out as well)."""
+    the USR2 came ``signal_delay_s`` seconds before it; None: not known) and what to change.
+    ``requeues``: the requeues Slurm counted (the last attempt timed out as well)."""
     found = _NOT_REQUEUED.search(traceback or "")
     if found is None:
         return None
@@ -64,6 +85,75 @@ def timeout_cause(
     if "timed-out" not in why:
         return f"not requeued: {why}"
     return (
-        f"timed out {requeues + 1} time(s) at its {time_min} min time limit (signal "
-        f"{signal_delay_s} s before it), then submitit gave up requeueing it; raise time_min"
+        f"timed out {requeues + 1} time(s) at {_limit_words(time_min, signal_delay_s)}, then "
+        "submitit gave up requeueing it; raise time_min"
     )
+
+
+def usr2_kill_cause(
+    text: str | None,
+    exit_code: str | None,
+    time_min: int | None,
+    signal_delay_s: int | None,
+) -> str | None:
+    """The cause of a job that the checkpoint signal (SIGUSR2) killed before the job could
+    handle it (None if neither ``text``, its log, nor ``exit_code``, sacct's, says so): with a
+    short time limit the signal comes while the job starts (Slurm may send it up to
+    :data:`SIGNAL_EARLY_S` seconds early)."""
+    if not (_USR2_KILL.search(text or "") or exit_code in USR2_EXIT_CODES):
+        return None
+    when = (
+        "shortly before the time limit"
+        if time_min is None or signal_delay_s is None
+        else f"{signal_delay_s} s before the {time_min} min time limit"
+    )
+    return (
+        f"killed by the checkpoint signal (USR2) before it could checkpoint: it is sent {when} "
+        f"(Slurm may send it up to {SIGNAL_EARLY_S} s earlier), here while the job was "
+        "starting; raise time_min"
+    )
+
+
+def log_cause(
+    text: str | None,
+    *,
+    exit_code: str | None = None,
+    requeues: int = 0,
+    limits: tuple[int, int] | None = None,
+) -> str | None:
+    """The cause that a failed job's log ``text`` (its traceback, or the tail of its output
+    files) or sacct's ``exit_code`` names: submitit gave up requeueing it, or the checkpoint
+    signal killed it; None if neither. ``limits``: its time limit (minutes) and signal delay
+    (seconds), when known."""
+    time_min, delay = limits if limits is not None else (None, None)
+    return timeout_cause(text, requeues, time_min, delay) or usr2_kill_cause(
+        text, exit_code, time_min, delay
+    )
+
+
+def job_limits(meta: Mapping[str, Any] | None) -> tuple[int, int] | None:
+    """A Slurm job's time limit (minutes) and signal delay (seconds) from its row's meta."""
+    time_min, delay = ((meta or {}).get(k) for k in LIMIT_KEYS)
+    if not isinstance(time_min, int) or not isinstance(delay, int):
+        return None
+    return time_min, delay
+
+
+#: Bytes read from the end of each of a job's log files: submitit's last words are there.
+LOG_TAIL_BYTES = 16384
+
+
+def log_tail(folder: str, scheduler_id: str) -> str:
+    """The ends of the logs submitit's job ``scheduler_id`` wrote in ``folder`` (its
+    ``<id>_0_log.err`` and ``.out``; "" for a missing or unreadable one)."""
+    parts = []
+    for suffix in ("err", "out"):
+        path = Path(folder) / f"{scheduler_id}_0_log.{suffix}"
+        try:
+            with path.open("rb") as fh:
+                size = fh.seek(0, 2)
+                fh.seek(max(size - LOG_TAIL_BYTES, 0))
+                parts.append(fh.read().decode("utf-8", "replace"))
+        except OSError:
+            continue
+    return "\n".join(parts)

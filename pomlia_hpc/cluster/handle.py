@@ -15,7 +15,7 @@ from submitit.core.utils import UncompletedJobError
 
 from pomlia_hpc.cluster import states
 from pomlia_hpc.cluster.cancel import cancel_scheduler_job, kill_after_grace
-from pomlia_hpc.cluster.failures import exit_line, failure_cause, timeout_cause
+from pomlia_hpc.cluster.failures import exit_line, failure_cause, log_cause, log_tail
 from pomlia_hpc.cluster.records import (
     FINAL_STATES,
     local_cancel_cause,
@@ -269,11 +269,15 @@ class JobHandle:
                 # DataLoader worker killed by SIGTERM), not a cause: the state is.
                 cause = failure_cause(state, None)
             res = self.resources
-            cause = (
-                cause
-                or timeout_cause(tb, requeues, res.time_min, res.signal_delay_s)
-                or exit_line(state, tb)
-            )
+            if not cause and state == "FAILED":
+                # Gave up requeueing, or killed by the checkpoint signal: the traceback (with
+                # the job's last error lines) or, on Slurm, the job's logs say which.
+                logs = tb + (
+                    "\n" + log_tail(str(self._executor.folder), job.job_id) if slurm else ""
+                )
+                limits = (res.time_min, res.signal_delay_s) if slurm else None
+                cause = log_cause(logs, requeues=requeues, limits=limits) or ""
+            cause = cause or exit_line(state, tb)
             if reg is not None and self.record_id is not None:
                 fields["state"] = state
                 fields["exit_cause"] = cause

@@ -20,6 +20,7 @@ from typing import Any
 from sqlalchemy import and_, or_, select
 
 from pomlia_hpc.cluster.batch import submit_script
+from pomlia_hpc.cluster.failures import job_limits, log_cause, log_tail
 from pomlia_hpc.cluster.submitit_local import CONTROLLER_META, cancel_marker
 from pomlia_hpc.errors import ClusterError
 from pomlia_hpc.processes import pid_alive
@@ -275,6 +276,17 @@ def merge_scheduler_state(row: Job, st: SchedulerState) -> dict[str, Any]:
         new["exit_cause"] = None  # a failed earlier attempt no longer explains anything
     elif not row.exit_cause or row.state != st.state:
         new["exit_cause"] = f"{st.state} (exit code {st.exit_code})"
+        if st.state == "FAILED" and row.backend == "slurm":
+            # What the job's own log says (submitit gave up requeueing it, the checkpoint
+            # signal killed it) explains more than an exit code; nobody else may record it
+            # when the job's driver is gone.
+            said = log_cause(
+                log_tail(row.folder, row.scheduler_id),
+                exit_code=st.exit_code,
+                requeues=new["requeue_count"],
+                limits=job_limits(row.meta),
+            )
+            new["exit_cause"] = said or new["exit_cause"]
     return {k: v for k, v in new.items() if getattr(row, k) != v}
 
 

@@ -20,6 +20,7 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Protocol
 
+from pomlia_hpc.cluster.failures import SIGNAL_EARLY_S
 from pomlia_hpc.errors import ClusterError
 from pomlia_hpc.progress import say
 
@@ -233,15 +234,20 @@ def watch_pending(handle: PendingJob) -> None:
 
 
 def signal_delay_warning(profile: ClusterProfile) -> str | None:
-    """A warning when the USR2 that makes a job checkpoint (``signal_delay_s`` seconds before
-    the time limit) comes in the first half of the job's ``time_min`` (minutes): such a job
-    spends most of each attempt being told to stop, and may never finish an epoch."""
-    if profile.backend != "slurm" or profile.signal_delay_s * 2 < profile.time_min * 60:
+    """A warning when the USR2 that makes a job checkpoint (asked for ``signal_delay_s`` seconds
+    before the time limit, which Slurm may send up to :data:`SIGNAL_EARLY_S` seconds earlier)
+    can come in the first half of the job's ``time_min`` (minutes): such a job spends most of
+    each attempt being told to stop, may never finish an epoch, and one told while it starts
+    may be killed outright."""
+    early = profile.signal_delay_s + SIGNAL_EARLY_S
+    if profile.backend != "slurm" or early * 2 < profile.time_min * 60:
         return None
     return (
         f"warning: the checkpoint signal comes {profile.signal_delay_s} s before a "
-        f"{profile.time_min} min time limit, in the first half of each attempt: the job may be "
-        "requeued again and again without finishing an epoch; raise time_min"
+        f"{profile.time_min} min time limit (Slurm may send it up to {SIGNAL_EARLY_S} s "
+        "earlier), possibly in the first half of each attempt: the job may be requeued again "
+        "and again without finishing an epoch, or killed outright by a signal that comes "
+        "before it can checkpoint; raise time_min"
     )
 
 
