@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from pomlia_hpc.cluster import Executor
 from pomlia_hpc.cluster.attach import AttachedJob
 from pomlia_hpc.cluster.failures import log_cause
 from pomlia_hpc.cluster.records import (
@@ -22,6 +23,8 @@ from pomlia_hpc.cluster.records import (
 from pomlia_hpc.cluster.refusal import signal_delay_warning
 from pomlia_hpc.config import load_cluster_profile
 from pomlia_hpc.registry import Job, Registry
+from tests.fixtures import jobfns
+from tests.fixtures.fake_slurm import FakeSlurm
 
 GAVE_UP = (
     "submitit.core.utils.UncompletedJobError: Job not requeued because: timed-out too many times.\n"
@@ -35,6 +38,19 @@ def _row(reg: Registry, rid: int | None) -> Job:
         assert row is not None
         s.expunge(row)
         return row
+
+
+def test_a_usr2_while_the_job_starts_requeues_it(
+    tmp_path: Path, reg: Registry, fake_slurm: FakeSlurm
+) -> None:
+    ex = Executor.from_profile("slurm-local", tmp_path / "jobs", reg, time_min=2)
+    h = ex.submit(jobfns.SignalledAtStart())
+    assert h.result() == [1]  # the first attempt was requeued, the second ran it
+    attempts = [a["state"] for a in fake_slurm.tasks()[h.job_id]["attempts"]]
+    assert attempts == ["REQUEUED", "COMPLETED"]
+    row = _row(reg, h.record_id)
+    assert (row.state, row.requeue_count) == ("COMPLETED", 1)
+    assert (row.meta["time_min"], row.meta["signal_delay_s"]) == (2, 30)  # for a later cause
 
 
 def test_causes_name_the_time_limit() -> None:

@@ -38,7 +38,8 @@ class Checkpointable(submitit.helpers.Checkpointable):
 
     ``preload`` names modules the job would otherwise import lazily while it runs (plotting,
     event writers). They are imported when the job is unpickled on the node, which is before
-    submitit installs its USR2 handler: a preemption signal that lands inside a C extension's
+    submitit installs its USR2 handler (a USR2 that comes meanwhile is held back until then:
+    :mod:`pomlia_hpc.cluster.jobstart`): a preemption signal that lands inside a C extension's
     import turns the handler's ``SystemExit`` into ``ImportError: initialization failed``, and
     the job fails instead of requeueing (``__call__`` would turn that error back into the exit,
     but code that catches it, as the optional event writer's import does, would run on after

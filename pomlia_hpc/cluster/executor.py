@@ -29,6 +29,7 @@ from pomlia_hpc.cluster import submitit_controller
 from pomlia_hpc.cluster.cancel import cancel_array_parts
 from pomlia_hpc.cluster.failures import LIMIT_KEYS
 from pomlia_hpc.cluster.handle import JobHandle
+from pomlia_hpc.cluster.jobstart import SLURM_PYTHON
 from pomlia_hpc.cluster.records import record_submission, this_host
 from pomlia_hpc.cluster.refusal import sbatch_refusals, warn_signal_delay
 from pomlia_hpc.cluster.resources import after_ok_parameters, submitit_parameters, with_overrides
@@ -75,7 +76,10 @@ class Executor:
         if profile.backend == "local":
             submitit_controller.install()  # a cancelled local job ends without a traceback
         warn_signal_delay(profile)  # a limit so short that the job may never finish an epoch
-        ex = submitit.AutoExecutor(folder=self.folder, cluster=profile.backend)
+        # A Slurm job starts under jobstart: a checkpoint signal that comes while it starts
+        # (short time limits) is held back until submitit can act on it, not fatal.
+        python = {"slurm_python": SLURM_PYTHON} if profile.backend == "slurm" else {}
+        ex = submitit.AutoExecutor(folder=self.folder, cluster=profile.backend, **python)
         ex.update_parameters(**submitit_parameters(profile, name=name))
         return ex
 
