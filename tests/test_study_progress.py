@@ -58,6 +58,18 @@ def test_trial_log_without_counts_is_automl_runs_plain_lines() -> None:
     ]
 
 
+def test_a_cancelled_trial_says_cancelled_once() -> None:
+    for cause, said in [
+        ("cancelled (scancel or preemption)", "cancelled (scancel or preemption)"),
+        ("cancelled by user", "cancelled by user"),
+        ("", "cancelled"),
+    ]:
+        line = trial_line(_trial(2, "cancelled", cause=cause), "acc")
+        assert line == f"run 2 small_cnn lr=1.0e-03 adamw bs=64, 3 epochs: {said}"
+    crashed = trial_line(_trial(3, "crashed", cause="time limit reached"), "acc")
+    assert crashed.endswith("3 epochs: crashed (time limit reached)")
+
+
 def test_trial_line_leaves_out_an_undefined_metric() -> None:
     assert "val" not in trial_line(_trial(1, "ok", math.nan), "auc")
 

@@ -145,8 +145,11 @@ def trial_line(trial: TrialView, metric: str) -> str:
     val acc 0.912`` (and the cause of a crash)."""
     value = trial.objective
     val = f" val {metric} {value:.3f}" if value is not None and not math.isnan(value) else ""
-    cause = f" ({trial.cause[:120]})" if trial.cause else ""
-    return f"run {trial.run_id} {trial.summary}, {trial.epochs} epochs: {trial.status}{val}{cause}"
+    status, cause = trial.status, trial.cause[:120]
+    if cause.startswith(status):  # "cancelled (scancel or preemption)": said once, not twice
+        status, cause = cause, ""
+    cause = f" ({cause})" if cause else ""
+    return f"run {trial.run_id} {trial.summary}, {trial.epochs} epochs: {status}{val}{cause}"
 
 
 class TrialLog:
