@@ -72,3 +72,37 @@ def test_resume_waits_for_the_job_of_a_killed_driver(workspace: Workspace) -> No
     with reg.session() as s:
         jobs = s.query(Job).all()
         assert [j.state for j in jobs] == ["COMPLETED"]  # waited for, not submitted again
+
+
+@pytest.mark.timeout(600)
+def test_resume_settles_a_trial_the_optimiser_state_lost(
+    workspace: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SMAC's saved state no longer knows the trial (overwritten by a resume before the fix):
+    the registry's running run is still waited for and recorded, not left running for good."""
+    reg = Registry.open(workspace.db_url)
+    tiny_task(workspace, reg, "blood", sizes=(64, 24, 24))
+    spec = create_study(
+        reg,
+        workspace,
+        "blood",
+        name="lost1",
+        n_trials=1,
+        max_epochs=1,
+        min_epochs=1,
+        parallel=1,
+        space=SpaceOptions(archs=("small_cnn",)),
+        initial_configs=[FAST],
+        n_initial=1,
+    )
+    first = StudyRunner(reg, workspace, spec)
+    opt = first.optimizer(resume=False)
+    first.start(opt, opt.ask())
+    monkeypatch.setattr(SmacHyperband, "running", lambda self: [])
+
+    result = run_study(reg, workspace, spec, resume=True, poll_s=0.2)
+
+    (run,) = records.study_runs(reg, "lost1")
+    assert run.status == records.OK and result.n_ok == 1
+    with reg.session() as s:
+        assert s.query(Job).count() == 1  # its own job, waited for
