@@ -14,12 +14,10 @@ plus one upload being assembled (:func:`~pomlia_hpc.serve.bodies.read_body`) or 
 
 from __future__ import annotations
 
-import codecs
-from email.message import Message
 from typing import TYPE_CHECKING, NamedTuple
 
 from python_multipart.exceptions import FormParserError
-from python_multipart.multipart import MultipartParser, parse_options_header
+from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
 
 from pomlia_hpc.serve.decode import Limits, RequestError, base_type
 
@@ -49,9 +47,7 @@ class _Part:
         self.headers: list[tuple[bytes, bytes]] = []
         self.name = ""
         self.is_file = False
-        # (start, end) in the body, or bytes the parser passed from its own look-behind
-        # buffer (a few bytes that looked like the start of a boundary and were not).
-        self.pieces: list[tuple[int, int] | bytes] = []
+        self.span: tuple[int, int] | None = None  # (start, end) of its data in the body
         self.size = 0
 
 
@@ -60,23 +56,26 @@ def uploaded_files(content_type: str | None, body: bytes, limits: Limits) -> lis
     ``multipart/form-data``, else the file parts, each copied out of ``body`` once (the
     caller should hold no other reference to ``body``, so that it is freed on return).
     Raises :class:`RequestError`: 413 for more files than ``limits.max_images``, 400 for a
-    malformed body or one without a file part."""
+    malformed or incomplete body or one without a file part."""
     if base_type(content_type) != "multipart/form-data":
         return [Upload("body", base_type(content_type), body)]
-    header = content_type or ""
-    check_multipart_complete(header, body)
-    _, params = parse_options_header(header)
+    # The boundary is read here only: the parser and every message use this one.
+    _, params = parse_options_header(content_type or "")
     boundary = params.get(b"boundary")
     if not boundary:
         raise RequestError(400, "multipart body: Missing boundary in multipart.")
-    charset = _charset(params.get(b"charset", b"utf-8"))
-    parts = _parse(body, boundary, charset, limits.max_images)
+    if not body or body.isspace():  # not body.strip(): that copies a whole body
+        raise RequestError(
+            400, "multipart body is empty; send each image as a file part (" + FILE_PART_HINT + ")"
+        )
+    parts = _parse(body, boundary, limits.max_images)
     out: list[Upload] = []
     for part in parts:
         if part.is_file:
             # Files numbered from 1, in request order (form fields between them not counted).
             what = f"part '{part.name[:40]}' #{len(out) + 1}"
-            out.append(Upload(what, _header(part, b"content-type"), _join(body, part.pieces)))
+            data = body[part.span[0] : part.span[1]] if part.span else b""
+            out.append(Upload(what, _header(part, b"content-type"), data))
     if not out and parts:
         # Starlette reads filename= only (not RFC 2231's filename*=): a part without it is a
         # form field, and the client meant it as the image.
@@ -91,16 +90,19 @@ def uploaded_files(content_type: str | None, body: bytes, limits: Limits) -> lis
     return out
 
 
-def _parse(body: bytes, boundary: bytes, charset: str, max_files: int) -> list[_Part]:
+def _parse(body: bytes, boundary: bytes, max_files: int) -> list[_Part]:
     """The parts of ``body``, their data as places in it (nothing copied yet)."""
+    preamble = _Part()  # what comes before the first boundary line (RFC 2046: ignored)
     parts: list[_Part] = []
-    current = _Part()
+    current = preamble
     field: list[bytes] = [b"", b""]  # header name and value being read
     files = fields = 0
+    begun = 0
 
     def on_part_begin() -> None:
-        nonlocal current
-        current = _Part()
+        nonlocal current, begun
+        begun += 1
+        current = preamble if begun == 1 else _Part()
 
     def on_header_field(data: bytes, start: int, end: int) -> None:
         field[0] += data[start:end]
@@ -114,12 +116,17 @@ def _parse(body: bytes, boundary: bytes, charset: str, max_files: int) -> list[_
 
     def on_headers_finished() -> None:
         nonlocal files, fields
+        if current is preamble:
+            return
         _, options = parse_options_header(_header(current, b"content-disposition"))
         if b"name" not in options:
             raise RequestError(
                 400, 'multipart body: The Content-Disposition header field "name" must be provided.'
             )
-        current.name = _decode(options[b"name"], charset)
+        # RFC 7578 (4.2): names are UTF-8 unless a _charset_ field says otherwise, and a
+        # charset= of the body's Content-Type is not part of the standard: it is not read (a
+        # codec such as punycode raised what no refusal caught, a 500).
+        current.name = options[b"name"].decode("utf-8", "replace")
         current.is_file = b"filename" in options
         if current.is_file:
             files += 1
@@ -136,6 +143,11 @@ def _parse(body: bytes, boundary: bytes, charset: str, max_files: int) -> list[_
                 )
 
     def on_part_data(data: bytes, start: int, end: int) -> None:
+        if current is preamble:
+            return
+        # The parser passes bytes of its own (a look-behind buffer) only for data carried
+        # over from an earlier write(), and ``body`` is the last and only write with parts.
+        assert data is body, "a part's data must lie in the body"
         current.size += end - start
         if not current.is_file and current.size > FIELD_MAX_BYTES:
             # Only a part without filename= (a form field) is held to this limit.
@@ -145,10 +157,11 @@ def _parse(body: bytes, boundary: bytes, charset: str, max_files: int) -> list[_
                 f"{FIELD_MAX_BYTES // 1024} KB; send each image as a file part ({FILE_PART_HINT})",
             )
         # A place in the body, not a copy: the file's bytes are copied out once, at the end.
-        current.pieces.append((start, end) if data is body else bytes(data[start:end]))
+        current.span = (current.span[0] if current.span else start, end)
 
     def on_part_end() -> None:
-        parts.append(current)
+        if current is not preamble:
+            parts.append(current)
 
     callbacks: MultipartCallbacks = {
         "on_part_begin": on_part_begin,
@@ -161,58 +174,43 @@ def _parse(body: bytes, boundary: bytes, charset: str, max_files: int) -> list[_
     }
     try:
         parser = MultipartParser(boundary, callbacks)
+        # A part without headers whose data ends in CRLF, fed first, is the preamble: the
+        # parser then reads the body's first boundary line as it reads every later one, after
+        # a preamble (which python-multipart refuses at the start) and with transport padding
+        # (spaces or tabs before its CRLF, refused on the first line only). Fed separately,
+        # not joined to the body: that would copy a whole upload.
+        parser.write(b"--" + boundary + b"\r\n\r\n\r\n")
         parser.write(body)
         parser.finalize()
     except FormParserError:
         raise RequestError(400, "multipart body: Invalid multipart data.") from None
+    if parser.state != MultipartState.END:
+        no_line = current is preamble
+        raise RequestError(400, _unfinished(boundary, no_line, len(parts) + 1, current.name))
     return parts
 
 
-def _join(body: bytes, pieces: list[tuple[int, int] | bytes]) -> bytes:
-    """A file's bytes: one copy of its pieces (memoryviews of the body copy nothing more)."""
-    if len(pieces) == 1 and isinstance(pieces[0], tuple):
-        start, end = pieces[0]
-        return body[start:end]
-    view = memoryview(body)
-    return b"".join(view[p[0] : p[1]] if isinstance(p, tuple) else p for p in pieces)
+def _unfinished(boundary: bytes, no_line: bool, number: int, name: str) -> str:
+    """The 400 message for a multipart body that ends before its closing boundary: without
+    a boundary line at all (``no_line``), or inside its part ``number`` (form fields
+    counted), named ``name`` when its headers were read."""
+    shown = boundary.decode("latin-1")[:70]
+    if no_line:
+        return (
+            f"multipart body has no boundary line ('--{shown}' then CRLF; the boundary= of its "
+            f"Content-Type); send each image as a file part ({FILE_PART_HINT})"
+        )
+    # Checked here, not by finding '--BOUNDARY--' anywhere in the body: a last part without
+    # the CRLF before its closing boundary, or file bytes that hold that text in a body that
+    # was cut off, lost the last file and got 200.
+    part = f"part {number} '{name[:40]}'" if name else f"part {number}"
+    return (
+        f"multipart body ends inside a part: {part} is not followed by a boundary line "
+        f"('--{shown}', or the closing '--{shown}--', each after a CRLF): it was cut off or "
+        "badly terminated; send the whole body"
+    )
 
 
 def _header(part: _Part, name: bytes) -> str:
     """The first header field ``name`` (lower case) of ``part``, "" when it has none."""
     return next((v.decode("latin-1") for k, v in part.headers if k == name), "")
-
-
-def _charset(value: bytes | str) -> str:
-    """The codec of a multipart body's ``charset=`` (latin-1 for one Python does not know)."""
-    name = value.decode("latin-1") if isinstance(value, bytes) else value
-    try:
-        return codecs.lookup(name).name
-    except LookupError:
-        return "latin-1"
-
-
-def _decode(raw: bytes, charset: str) -> str:
-    try:
-        return raw.decode(charset)
-    except (UnicodeDecodeError, LookupError):
-        return raw.decode("latin-1")
-
-
-def check_multipart_complete(content_type: str, body: bytes) -> None:
-    """400 for a multipart ``body`` that is empty or lacks its closing boundary (cut off, or
-    cut mid-part): the parser would read it as a body without files and say so."""
-    msg = Message()
-    msg["content-type"] = content_type
-    boundary = msg.get_param("boundary")
-    if not isinstance(boundary, str) or not boundary:
-        return  # the parser names a missing boundary itself
-    if not body or body.isspace():  # not body.strip(): that copies a whole body
-        raise RequestError(
-            400, "multipart body is empty; send each image as a file part (" + FILE_PART_HINT + ")"
-        )
-    if f"--{boundary}--".encode("latin-1", "replace") not in body:
-        raise RequestError(
-            400,
-            f"multipart body is incomplete (no closing boundary '--{boundary[:70]}--'): it "
-            "was cut off; send the whole body",
-        )
