@@ -7,6 +7,7 @@ buffering any size, and a refusal is always a JSON ``{"error": message, "status"
 from __future__ import annotations
 
 import math
+import sys
 from typing import Any
 
 import orjson
@@ -22,6 +23,8 @@ from pomlia_hpc.serve.schemas import FeedbackIn
 
 #: Largest /v1/feedback body, bytes: a prediction id and a few labels need far less.
 FEEDBACK_MAX_BYTES = 64 * 1024
+#: sys.getsizeof of an empty bytearray: the object without any buffer, bytes.
+_EMPTY_BUFFER = sys.getsizeof(bytearray())
 
 
 def error_response(
@@ -81,18 +84,35 @@ async def read_body(request: Request, limit: int) -> bytes:
     # The server-wide cap on body bytes held (503) counts each chunk as it arrives, not the
     # declared length: heads that announce 16 MiB and send nothing must cost nothing.
     # What was taken is given back when the request ends (ServingApp, in a finally).
+    # Not preallocated to the declared length for the same reason: a head and one byte
+    # would hold the whole 16 MiB.
     pool = UploadBytes.of(request.scope)
     # One buffer, not a list of chunks joined at the end: the chunks of concurrent uploads
     # arrive interleaved, and the allocator could not reuse their holes for the joined body
     # (6 uploads of 10 MiB under a 64 MiB cap peaked at 123 MB of RSS, 75 MB this way).
     body = bytearray()
+    counted = 0  # bytes taken from the pool: what ``body`` allocated, not only what it holds
     async for chunk in request.stream():
         if len(body) + len(chunk) > limit:
             raise RequestError(413, f"upload exceeds the limit of {limit} bytes")
-        if pool is not None and chunk:
-            pool.take(request.scope, len(chunk))
+        if pool is None or not chunk:
+            body += chunk
+            continue
+        # Taken before the chunk is stored: a chunk that does not fit is refused unstored.
+        if (need := len(body) + len(chunk) - counted) > 0:
+            pool.take(request.scope, need)
+            counted += need
         body += chunk
-    return bytes(body)
+        # A growing bytearray allocates up to 1/8 more than it holds (so that appends are
+        # cheap); that is memory held too, and counted (sys.getsizeof: its allocation).
+        if (spare := sys.getsizeof(body) - _EMPTY_BUFFER - counted) > 0:
+            pool.take(request.scope, spare)
+            counted += spare
+    out = bytes(body)
+    del body  # freed here: from now on the request holds len(out) bytes, and counts that
+    if pool is not None and counted > len(out):
+        pool.give_back(request.scope, counted - len(out))
+    return out
 
 
 async def feedback_body(

@@ -121,8 +121,9 @@ class UploadBytes:
     A request takes each chunk of its body as it arrives, not its declared
     ``Content-Length`` up front: 16 connections that sent only a head declaring 16 MiB
     reserved the whole 256 MiB and every real upload got 503, while costing no memory. A
-    chunk that does not fit is refused with 503; the request gives back what it took when
-    it ends (:meth:`release`)."""
+    chunk that does not fit is refused with 503; the spare room a body's buffer allocated
+    is taken too, and given back once the body is read (:meth:`give_back`); the request
+    gives back what it took when it ends (:meth:`release`)."""
 
     #: Where a request's share is noted in its ASGI scope, and where the pool itself is.
     SCOPE_KEY = "pomlia.upload_bytes"
@@ -154,6 +155,12 @@ class UploadBytes:
             )
         self.held += n
         scope[self.SCOPE_KEY] = scope.get(self.SCOPE_KEY, 0) + n
+
+    def give_back(self, scope: MutableMapping[str, Any], n: int) -> None:
+        """Count ``n`` fewer bytes for the request of ``scope`` (its body shrank)."""
+        n = min(n, scope.get(self.SCOPE_KEY, 0))
+        self.held -= n
+        scope[self.SCOPE_KEY] = scope.get(self.SCOPE_KEY, 0) - n
 
     def release(self, scope: MutableMapping[str, Any]) -> None:
         """Give back everything the request of ``scope`` took."""
