@@ -126,9 +126,11 @@ def test_labelwise_test_uses_images_as_the_unit() -> None:
         return np.asarray(1.0 - wrong / LABELS)
 
     ref = scores(2000)
-    rang = sum(labelwise_performance_test(scores(200), ref).p_value <= 0.05 for _ in range(400))
+    rang = sum(
+        labelwise_performance_test(scores(200), ref, LABELS).p_value <= 0.05 for _ in range(400)
+    )
     assert rang <= 0.05 * 400 * 1.6  # 32: a Wilson-sized allowance around 20
-    drop = labelwise_performance_test(scores(200) - 0.1, ref)
+    drop = labelwise_performance_test(scores(200) - 0.1, ref, LABELS)
     assert drop.p_value < 1e-4 and drop.detail["drop"] == pytest.approx(0.1, abs=0.05)
 
 
@@ -167,3 +169,32 @@ def test_the_reference_accuracy_is_named_by_its_split(chest: tuple[Workspace, Pa
 def report_path(ws: Workspace) -> Path:
     (folder,) = [p for p in ws.path("reports", "chest").iterdir() if not p.name.startswith(".")]
     return folder
+
+
+def test_labelwise_interval_is_not_degenerate_when_every_image_scores_the_same() -> None:
+    """30 images that all get 13 of 14 labels right have a sample variance of 0: the interval
+    was [0.92857, 0.92857] and any reference above it an alarm at p ~ 0. The variance is now
+    at least that of independent labels, and the quantile a t one."""
+    ref = np.full(500, 1.0 - 1 / LABELS)
+    ref[:50] = 1.0
+    res = labelwise_performance_test(np.full(30, 13 / LABELS), ref, LABELS)
+    lo, hi = res.detail["interval_95"]
+    assert hi - lo > 0.02 and lo < 13 / LABELS < hi
+    assert res.p_value > 0.05  # 0.929 against 0.936 from 30 images is no evidence of a drop
+    perfect = labelwise_performance_test(np.ones(30), np.ones(100), LABELS)
+    assert perfect.detail["interval_95"][0] < 1.0
+
+
+def test_labelwise_false_alarms_stay_below_alpha_at_small_windows() -> None:
+    rng = np.random.default_rng(1)
+    probs = [0.80, 0.15, 0.04, 0.01]  # 0..3 wrong labels per image, ChestMNIST-like
+
+    def draw(n: int) -> np.ndarray:
+        return np.asarray(1.0 - rng.choice(4, size=n, p=probs) / LABELS)
+
+    ref = draw(2000)
+    for n in (30, 200):
+        rang = sum(
+            labelwise_performance_test(draw(n), ref, LABELS).p_value <= 0.05 for _ in range(400)
+        )
+        assert rang <= 0.05 * 400

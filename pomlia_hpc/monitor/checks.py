@@ -89,7 +89,7 @@ def _performance(win: LogWindow, ref: Reference) -> tuple[CheckResult | None, di
         # 14-label model almost never gets (accuracy 0 against a reference of 0: no test).
         n_labels = len(ref.label_names)
         scores = np.asarray([1.0 - len(_as_set(p) ^ _as_set(t)) / n_labels for p, t in pairs])
-        res = labelwise_performance_test(scores, ref.image_scores)
+        res = labelwise_performance_test(scores, ref.image_scores, n_labels)
     else:
         correct = sum(1 for p, t in pairs if p == t)
         res = performance_test(correct, len(pairs), round(ref.accuracy * ref.n), ref.n)

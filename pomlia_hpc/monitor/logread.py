@@ -38,6 +38,8 @@ from pomlia_hpc.serve.records import (
     TIMEOUT_REASON,
     BadLineError,
     FeedbackLine,
+    LogLine,
+    PredictionLine,
     RejectionLine,
     parse_line,
 )
@@ -78,9 +80,11 @@ class LogWindow:
     #: Feedback matched to a prediction of the window: (predicted, true label, feedback time).
     feedback: list[tuple[Any, Any, str]] = field(default_factory=list)
     feedback_unmatched: int = 0
-    #: Predictions of the window beyond the first of their request (a batch of k images adds
-    #: k - 1): what tells images from answered requests.
-    batched_images: int = 0
+    #: Answered requests of the window: a batch of images counts once, at its first record
+    #: (the one with ``request_images``), a single image once; see :func:`read_window`.
+    requests: int = 0
+    #: Batches of the window with fewer records than images (a torn or corrupt line cut them).
+    short_batches: int = 0
 
     @property
     def n_predictions(self) -> int:
@@ -89,7 +93,7 @@ class LogWindow:
     @property
     def n_requests(self) -> int:
         """Answered requests of the window: a batch of images is one (as a refused one is)."""
-        return self.n_predictions - self.batched_images
+        return self.requests
 
     def fingerprint_matrix(self, dim: int) -> np.ndarray:
         """The sampled fingerprints as float32 (m, dim)."""
@@ -143,6 +147,7 @@ def read_window(
     pred_of: dict[str, Any] = {}  # prediction id -> predicted index, for the feedback join
     feedback: dict[str, tuple[Any, str]] = {}  # the last label sent for each prediction
     folders = [directory] if isinstance(directory, Path) else list(directory)
+    batch = _Batch()
     for path in [p for folder in folders for p in log_files(folder)]:
         try:
             if path.stat().st_mtime < since_ts - 1.0:  # 1 s of clock slack
@@ -153,6 +158,7 @@ def read_window(
             win.unreadable_files.append(f"{path.name}: {exc.strerror}")
             continue
         win.files_read += 1
+        batch.end(win)  # a batch never spans files (one commit, one file)
         with fh:
             for lineno, raw in enumerate(fh, 1):
                 if not raw.endswith(b"\n"):
@@ -163,9 +169,12 @@ def read_window(
                     rec = parse_line(raw)
                 except BadLineError as exc:
                     win.corrupt_lines += 1
+                    batch.skip()  # most likely one of the batch's own records
                     if len(win.corrupt_examples) < MAX_EXAMPLES:
                         win.corrupt_examples.append(f"{path.name}:{lineno}: {exc}")
                     continue
+                # Before any filter: a batch's records share its model, version and time.
+                follows = batch.follows(rec, win)
                 if rec.model != model:
                     win.other_models[rec.model] += 1
                     continue
@@ -192,7 +201,10 @@ def read_window(
                 win.pred_index.append(out.label_index)
                 win.confidence.append(_confidence(out.probabilities, multi_label))
                 win.per_hour[t[:13]] += 1
-                win.batched_images += rec.request_images - 1
+                if not follows:
+                    win.requests += 1
+                    if rec.request_images > 1:
+                        batch.start(rec, counted=True)
                 fp = rec.fingerprint
                 if rec.fingerprint_kind != kind or len(fp) != dim:
                     win.bad_fingerprints += 1
@@ -206,9 +218,52 @@ def read_window(
                     if j < max_vectors:
                         win.vectors[j] = np.asarray(fp, dtype=np.float32)
                         win.vector_ids[j] = rec.id
+    batch.end(win)
     for pid, (label, t) in feedback.items():
         if pid in pred_of:
             win.feedback.append((pred_of[pid], label, t))
         elif t >= lo:
             win.feedback_unmatched += 1
     return win
+
+
+class _Batch:
+    """The batch whose records are being read. The server writes a request's records in one
+    commit, its first record carrying ``request_images`` (k), so the k - 1 records after it
+    in the same file are the batch's own: not requests of their own. A torn or corrupt line
+    cuts a batch short (it was counted once all the same, at its first record): counting
+    ``predictions - (k - 1)`` instead went negative."""
+
+    def __init__(self) -> None:
+        self.left = 0  # records of the batch still to come
+        self.time = ""
+        self.counted = False  # its first record was a prediction of the window
+
+    def start(self, rec: PredictionLine, *, counted: bool) -> None:
+        self.left, self.time, self.counted = rec.request_images - 1, rec.time, counted
+
+    def skip(self) -> None:
+        if self.left:
+            self.left -= 1
+
+    def end(self, win: LogWindow) -> None:
+        if self.left and self.counted:
+            win.short_batches += 1
+        self.left, self.counted = 0, False
+
+    def follows(self, rec: LogLine, win: LogWindow) -> bool:
+        """Whether ``rec`` is one of the current batch's records after its first; a record
+        that is not ends the batch (and a first record with ``request_images`` starts one,
+        counted by the caller when it is a prediction of the window)."""
+        if (
+            self.left
+            and isinstance(rec, PredictionLine)
+            and rec.request_images == 1
+            and rec.time == self.time
+        ):
+            self.left -= 1
+            return True
+        self.end(win)
+        if isinstance(rec, PredictionLine) and rec.request_images > 1:
+            self.start(rec, counted=False)
+        return False

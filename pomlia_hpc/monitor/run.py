@@ -107,6 +107,7 @@ def _log_summary(win: LogWindow) -> dict[str, Any]:
         "lines": win.lines,
         "torn_lines": win.torn_lines,
         "corrupt_lines": win.corrupt_lines,
+        "short_batches": win.short_batches,
         "corrupt_examples": win.corrupt_examples,
         "unreadable_files": win.unreadable_files,
         "other_versions": dict(win.other_versions),
@@ -122,6 +123,11 @@ def _log_notes(win: LogWindow, version: str) -> list[str]:
         notes.append(
             f"{win.corrupt_lines} corrupt line(s) skipped (not a valid record), e.g. "
             + " | ".join(win.corrupt_examples)
+        )
+    if win.short_batches:
+        notes.append(
+            f"{win.short_batches} batch request(s) with fewer records than images (a torn or "
+            "corrupt line): each counted as one request, its missing images not at all"
         )
     for item in win.unreadable_files:
         notes.append(f"log file not readable: {item}")

@@ -35,8 +35,9 @@ leaves it conservative enough without); the price is power at small references, 
 each result's ``detail`` with the plain p-value beside it.
 * :func:`performance_test` - accuracy on feedback labels with a Wilson interval and a one-sided
   two-proportion z-test for a drop below the reference's accuracy;
-  :func:`labelwise_performance_test` the same for multi-label models, on each image's
-  label-wise accuracy (images are the unit: the labels of one image are not independent).
+  :func:`labelwise_performance_test` the same for multi-label models (a Welch t test), on each
+  image's label-wise accuracy (images are the unit: the labels of one image are not
+  independent).
 
 :func:`combine` runs a weighted Holm procedure over the tests: the alarm rings when any test is
 rejected, which happens with probability at most ``alpha`` when nothing changed, whatever the
@@ -495,6 +496,7 @@ def performance_test(correct: int, n: int, ref_correct: int, ref_n: int) -> Chec
         {
             "labels": n,
             "correct": correct,
+            "accuracy_kind": "top-1",
             "interval_95": [lo, hi],
             **_reference_fields(ref_acc, ref_n),
             "drop": ref_acc - acc,
@@ -503,40 +505,62 @@ def performance_test(correct: int, n: int, ref_correct: int, ref_n: int) -> Chec
     )
 
 
-def labelwise_performance_test(scores: np.ndarray, ref_scores: np.ndarray) -> CheckResult:
-    """One-sided z-test of "window accuracy < reference accuracy" for a multi-label model.
+def labelwise_performance_test(
+    scores: np.ndarray, ref_scores: np.ndarray, n_labels: int
+) -> CheckResult:
+    """One-sided test of "window accuracy < reference accuracy" for a multi-label model.
 
     ``scores`` / ``ref_scores``: each labelled image's label-wise accuracy (the share of its
-    labels predicted right, in [0, 1]); their mean is the task's ACC (MedMNIST's label-wise
-    mean). The image is the unit: the labels of one image are not independent (one bad image
-    gets many wrong), so counting labels as trials would understate the variance. The standard
-    error is that of a difference of two means, each from its own sample's variance (unpooled:
-    valid whatever the two spreads); the interval is the normal 95% interval of the window's
-    mean, clipped to [0, 1]."""
+    ``n_labels`` labels predicted right, in [0, 1]); their mean is the task's ACC (MedMNIST's
+    label-wise mean). The image is the unit: the labels of one image are not independent (one
+    bad image gets many wrong), so counting labels as trials would understate the variance. The
+    standard error is that of a difference of two means, each from its own sample's variance
+    (unpooled: valid whatever the two spreads), the p-value a Welch t test's. Each variance is
+    at least that of independent labels, p(1 - p) / n_labels (p smoothed by half a label, so
+    never 0): 30 images that all score 13/14 have a sample variance of 0, which made a zero-
+    width interval and a z that any drop at all sent to infinity. The interval is the t 95%
+    interval of the window's mean (n - 1 degrees of freedom), clipped to [0, 1]."""
     w = np.asarray(scores, dtype=np.float64)
     r = np.asarray(ref_scores, dtype=np.float64)
     n, ref_n = len(w), len(r)
     acc = float(w.mean()) if n else float("nan")
     ref_acc = float(r.mean())
-    var_w = float(w.var(ddof=1)) if n > 1 else 0.25  # one image: the largest variance of [0, 1]
-    var_r = float(r.var(ddof=1)) if ref_n > 1 else 0.25
-    se = math.sqrt(max(var_w / max(n, 1) + var_r / ref_n, 1e-12))
-    z = (ref_acc - acc) / se
-    half = float(stats.norm.ppf(0.975)) * math.sqrt(var_w / max(n, 1))
+    var_w = _score_variance(w, n_labels)
+    var_r = _score_variance(r, n_labels)
+    se_w2, se_r2 = var_w / max(n, 1), var_r / ref_n
+    se = math.sqrt(se_w2 + se_r2)
+    # Welch-Satterthwaite degrees of freedom (at least 1: one image).
+    df = (se_w2 + se_r2) ** 2 / (se_w2**2 / max(n - 1, 1) + se_r2**2 / max(ref_n - 1, 1))
+    t = (ref_acc - acc) / se
+    half = float(stats.t.ppf(0.975, max(n - 1, 1))) * math.sqrt(se_w2)
     return CheckResult(
         "accuracy",
         "performance",
         acc,
-        float(stats.norm.sf(z)),
+        float(stats.t.sf(t, df)),
         {
             "labels": n,
             "unit": "image (label-wise accuracy per image)",
+            "accuracy_kind": "label-wise",
             "interval_95": [max(0.0, acc - half), min(1.0, acc + half)],
             **_reference_fields(ref_acc, ref_n),
             "drop": ref_acc - acc,
-            "z": z,
+            "z": t,  # the t statistic (kept under its old key)
+            "df": df,
         },
     )
+
+
+def _score_variance(scores: np.ndarray, n_labels: int) -> float:
+    """The variance of per-image label-wise accuracies, at least that of ``n_labels``
+    independent labels (see :func:`labelwise_performance_test`); 0.25 (the largest of [0, 1])
+    for one image."""
+    n = len(scores)
+    if n < 2:
+        return 0.25
+    trials = n * max(n_labels, 1)
+    p = (float(scores.sum()) * max(n_labels, 1) + 0.5) / (trials + 1)
+    return max(float(scores.var(ddof=1)), p * (1 - p) / max(n_labels, 1))
 
 
 def combine(results: Sequence[CheckResult], alpha: float = 0.05) -> bool:
