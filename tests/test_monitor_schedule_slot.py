@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from pomlia_hpc.cli import app
 from pomlia_hpc.cluster.batch import QueuedJob
-from pomlia_hpc.errors import NotFoundError
+from pomlia_hpc.errors import NotFoundError, PomliaError
 from pomlia_hpc.monitor import schedule as schedule_mod
 from pomlia_hpc.registry import Model, Promotion, Registry
 from pomlia_hpc.workspace import Workspace
@@ -136,3 +136,102 @@ def test_an_unknown_slot_is_one_message(workspace: Workspace, reg: Registry) -> 
     promote(reg, "ward", "ward-a", workspace.home, "initial")
     with pytest.raises(NotFoundError, match="deployment slot 'nope' not found; known: ward"):
         runner.invoke(app, ["monitor", "run", "slot:nope"], catch_exceptions=False)
+
+
+def refusal(*args: str) -> str:
+    """The one-line message of the error a command stops with (the console script prints it
+    as such, exit status 2), whitespace folded."""
+    with pytest.raises(PomliaError) as info:
+        runner.invoke(app, list(args), catch_exceptions=False)
+    return " ".join(str(info.value).split())
+
+
+def legacy_chain(workspace: Workspace, champion: str) -> Path:
+    """The settings of a chain `monitor schedule SLOT` made before slot chains: keyed by the
+    champion's name, MODEL=<champion>."""
+    conf = workspace.path("jobs", "monitor", champion, "schedule.env")
+    conf.parent.mkdir(parents=True, exist_ok=True)
+    conf.write_text(f"export MODEL={champion}\nexport EVERY=1d\n")
+    return conf
+
+
+@pytest.fixture
+def queue(monkeypatch: pytest.MonkeyPatch, submitted: list[dict[str, object]]) -> dict:
+    """A queue stand-in: {job name: [ids]}; cancel_named empties a name and says what went."""
+    jobs: dict[str, list[str]] = {}
+
+    def named(name: str) -> list[QueuedJob]:
+        return [QueuedJob(i, "PENDING", "N/A") for i in jobs.get(name, [])]
+
+    def cancel(name: str) -> list[str]:
+        return jobs.pop(name, [])
+
+    monkeypatch.setattr(schedule_mod, "jobs_named", named)
+    monkeypatch.setattr(schedule_mod, "cancel_named", cancel)
+    monkeypatch.setattr(schedule_mod.time, "sleep", lambda s: None)
+    return jobs
+
+
+def test_a_chain_under_the_champion_s_name_is_refused_then_replaced(
+    workspace: Workspace, reg: Registry, submitted: list[dict[str, object]], queue: dict
+) -> None:
+    bundle = demo_model(reg, workspace, name="ward-a", n_ref=50)
+    promote(reg, "ward", "ward-a", bundle, "initial")
+    conf = legacy_chain(workspace, "ward-a")
+    queue["pomlia-monitor-ward-a"] = ["77"]
+    out = refusal("monitor", "schedule", "ward", "--at", "", "--every", "1h")
+    assert not submitted, out
+    assert "slot 'ward' is already monitored by a chain under its champion's name 'ward-a'" in out
+    assert "pomlia-monitor-ward-a: slurm job 77 pending" in out and "--replace" in out, out
+    assert "pomlia monitor unschedule ward-a" in out, out
+    code, out = invoke("monitor", "schedule", "slot:ward", "--at", "", "--every", "1h", "--replace")
+    assert code == 0, out
+    (job,) = submitted
+    assert job["name"] == "pomlia-monitor-slot:ward"
+    assert "replaced (cancelled): slurm job 77" in out, out
+    assert not conf.exists() and "pomlia-monitor-ward-a" not in queue
+
+
+def test_unscheduling_a_slot_ends_the_chain_under_its_champion_s_name(
+    workspace: Workspace, reg: Registry, submitted: list[dict[str, object]], queue: dict
+) -> None:
+    bundle = demo_model(reg, workspace, name="ward-a", n_ref=50)
+    promote(reg, "ward", "ward-a", bundle, "initial")
+    conf = legacy_chain(workspace, "ward-a")  # settings only: its next job not queued yet
+    queue["pomlia-monitor-ward-a"] = []
+    code, out = invoke("monitor", "unschedule", "slot:ward")
+    assert code == 0 and not conf.exists(), out
+    # Settings alone (no job queued) are a chain too: scheduling refuses beside them.
+    legacy_chain(workspace, "ward-a")
+    out = refusal("monitor", "schedule", "ward", "--at", "", "--every", "1h")
+    assert "'ward-a' (job pomlia-monitor-ward-a: no job queued;" in out, out
+
+
+def test_the_refusals_name_a_slot_as_a_slot_and_list_the_slots(
+    workspace: Workspace, reg: Registry, submitted: list[dict[str, object]], queue: dict
+) -> None:
+    bundle = demo_model(reg, workspace, name="ward-a", n_ref=50)
+    promote(reg, "ward", "ward-a", bundle, "initial")
+    queue["pomlia-monitor-slot:ward"] = ["5"]
+    out = refusal("monitor", "schedule", "ward", "--at", "", "--every", "1h")
+    assert "slot 'ward' is already scheduled (slurm job 5 pending)" in out, out
+    with pytest.raises(NotFoundError, match="no deployment slot is named 'nope' either"):
+        runner.invoke(app, ["monitor", "run", "nope"], catch_exceptions=False)
+    with pytest.raises(NotFoundError, match=r"\(slots: ward\)"):
+        runner.invoke(app, ["monitor", "schedule", "nope"], catch_exceptions=False)
+
+
+def test_the_replaced_note_does_not_say_the_model_is_served_nowhere(
+    workspace: Workspace, reg: Registry
+) -> None:
+    from pomlia_hpc.monitor.reference import replaced_note
+
+    old = demo_model(reg, workspace, name="pneu-a", n_ref=50)
+    new = demo_model(reg, workspace, name="pneu-b", n_ref=50)
+    promote(reg, "pneu", "pneu-a", old, "initial")
+    promote(reg, "pneu", "pneu-b", new, "promoted")
+    with reg.session() as s:
+        model = s.query(Model).filter(Model.name == "pneu-a").one()
+    note = replaced_note(reg, model) or ""
+    assert "have stopped" not in note
+    assert "only from servers that serve it by name (pomlia serve pneu-a), if any" in note

@@ -272,7 +272,9 @@ def schedule_cmd(
         bool,
         typer.Option(
             help="Replace an existing chain instead of refusing: its queued jobs are cancelled "
-            "once the new one is submitted (a failed submission keeps it)."
+            "once the new one is submitted (a failed submission keeps it). For a slot, also "
+            "the chain under its champion's name (as `schedule SLOT` made it before slot "
+            "chains)."
         ),
     ] = False,
     chain: Annotated[
@@ -372,7 +374,10 @@ def unschedule_cmd(
         typer.Argument(help="Registry model name or id, or a deployment slot (or slot:SLOT)."),
     ],
 ) -> None:
-    """End MODEL's (or a slot's) monitoring chain: cancel its queued and running jobs."""
+    """End MODEL's (or a slot's) monitoring chain: cancel its queued and running jobs.
+
+    A slot's also ends the chain under its champion's name, as `monitor schedule SLOT` made it
+    before slot chains."""
     from pomlia_hpc.monitor.schedule import job_labels, unschedule
 
     ids = unschedule(STATE.registry(), STATE.workspace, model)

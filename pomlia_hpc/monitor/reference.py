@@ -103,7 +103,8 @@ def named_slot(registry: Registry, ref: str) -> str | None:
 def replaced_note(registry: Registry, model: Model) -> str | None:
     """Why monitoring ``model`` may test nothing: it was put on deployment slots and no
     longer serves any of them (a promotion replaced it). None while it serves a slot, or when
-    it never was on one (served by name, ``pomlia serve MODEL``)."""
+    it never was on one (served by name, ``pomlia serve MODEL``). The text does not say the
+    model is served nowhere: a server may serve it by name, which the registry cannot tell."""
     with registry.session() as s:
         slots = sorted(
             s.scalars(select(Promotion.slot).where(Promotion.model_id == model.id).distinct())
@@ -118,10 +119,14 @@ def replaced_note(registry: Registry, model: Model) -> str | None:
         return None
     served = ", ".join(f"slot '{slot}' serves '{name}'" for slot, name in now.items())
     first = next(iter(now))
+    # Said of the slots only: a server may still serve the model by name (`pomlia serve
+    # MODEL`, its own log folder), which the registry does not record.
     return (
-        f"model '{model.name}' is no longer any slot's champion ({served} now): its "
-        "predictions there have stopped; to monitor what a slot serves, use the slot: "
-        f"pomlia monitor run {SLOT_PREFIX}{first} (or schedule it)"
+        f"model '{model.name}' is no longer any slot's champion ({served} now): a server "
+        "following a slot logs its champion's predictions, so this model's come only from "
+        f"servers that serve it by name (pomlia serve {shlex.quote(model.name)}), if any; to "
+        f"monitor what a slot serves, use the slot: pomlia monitor run {SLOT_PREFIX}{first} "
+        "(or schedule it)"
     )
 
 
@@ -144,10 +149,15 @@ def resolve_model_id(registry: Registry, ref: str) -> tuple[int, int | None]:
             return dep.model_id, int(raw)
     try:
         return resolve_model(registry, ref).id, None
-    except NotFoundError:
+    except NotFoundError as exc:
         champion = slot_champion(registry, ref)
         if champion is None:
-            raise
+            # A bare name may be a slot's too: say which slots there are, not models alone.
+            slots = ", ".join(slot_names(registry)) or "none"
+            raise NotFoundError(
+                f"{exc.message}; no deployment slot is named '{ref}' either (slots: {slots})",
+                hint=exc.hint,
+            ) from None
         return champion, None
 
 

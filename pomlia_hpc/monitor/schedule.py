@@ -26,6 +26,11 @@ window in which the old model is tested instead. A chain scheduled for a model s
 model; scheduling one that a promotion has replaced on every slot it was on warns, and so does
 each of its runs (:func:`~pomlia_hpc.monitor.reference.replaced_note`).
 
+Before slot chains, ``schedule SLOT`` keyed the chain by the champion's name: it monitors
+that model for good. ``schedule SLOT`` refuses beside such a chain (settings or queued jobs
+under the slot's current champion's name), ``--replace`` ends it once the slot's chain is
+queued, and ``unschedule SLOT`` ends it too.
+
 Slurm starts a job at the first scheduling pass after its begin time (every second with this
 project's test cluster, ``sched_interval=1``; typically 60 s on a production cluster), so a
 period of a few seconds works in tests and a nightly run starts within about a minute.
@@ -52,9 +57,15 @@ from pomlia_hpc.cluster.batch import (
     submit_script,
 )
 from pomlia_hpc.cluster.records import mark_all_cancelled, record_submission
-from pomlia_hpc.config import load_cluster_profile
 from pomlia_hpc.errors import InputError, PomliaError
 from pomlia_hpc.files import write_atomic
+from pomlia_hpc.monitor.cronlines import (
+    check_slurm_profile,
+    cron_lines,
+    parse_at,
+)
+from pomlia_hpc.monitor.cronlines import cron_run_line as cron_run_line
+from pomlia_hpc.monitor.cronlines import has_hidden_password as has_hidden_password
 from pomlia_hpc.monitor.reference import (
     SLOT_PREFIX,
     load_reference,
@@ -62,10 +73,11 @@ from pomlia_hpc.monitor.reference import (
     replaced_note,
     resolve_model_id,
     resolve_target,
+    slot_champion,
 )
 from pomlia_hpc.monitor.run import parse_duration
-from pomlia_hpc.registry import Registry, shown_url
-from pomlia_hpc.workspace import Workspace, default_db_url
+from pomlia_hpc.registry import Registry
+from pomlia_hpc.workspace import Workspace
 
 SOURCE_ROOT = Path(__file__).resolve().parents[2]
 #: The chain's settings hold the registry URL with its password: the owner's alone, from the
@@ -92,14 +104,6 @@ def chain_key(registry: Registry, ref: str) -> str:
         return f"{SLOT_PREFIX}{slot}"
     model_id, _deployment = resolve_model_id(registry, ref)
     return resolve_model(registry, str(model_id)).name
-
-
-def parse_at(text: str) -> tuple[int, int]:
-    """``"02:00"`` → (2, 0)."""
-    hh, sep, mm = text.partition(":")
-    if not (sep and hh.isdigit() and mm.isdigit() and int(hh) < 24 and int(mm) < 60):
-        raise InputError(f"--at '{text}' is not valid; expected a time of day HH:MM, e.g. 02:00")
-    return int(hh), int(mm)
 
 
 def next_begin(at: str | None, every: timedelta, now: datetime | None = None) -> datetime:
@@ -140,17 +144,6 @@ class Scheduled:
     key: str = ""  # the chain's key: the model's name, or slot:SLOT (job_name's argument)
     slot: str | None = None  # the deployment slot the chain follows
     champion: str | None = None  # the model the slot serves now (what the first run tests)
-
-
-def _cron_fields(at: str | None, every: timedelta) -> str | None:
-    h, m = parse_at(at) if at else (0, 0)
-    if every == timedelta(days=1):
-        return f"{m} {h} * * *"
-    if every == timedelta(hours=1):
-        return f"{m} * * * *"
-    if every == timedelta(weeks=1):
-        return f"{m} {h} * * 0"
-    return None
 
 
 def _write_conf(
@@ -206,141 +199,6 @@ def _write_files(
     return old_conf
 
 
-def _cron_lines(
-    at: str | None,
-    period: timedelta,
-    jname: str,
-    conf: Path,
-    script: Path,
-    workspace: Workspace,
-    name: str,
-    window: str,
-    on_alarm: str | None,
-) -> tuple[str | None, str | None]:
-    """The equivalent cron and scrontab lines (``None`` when the period has no cron form).
-    The cron line submits the chain's script, which takes every setting (registry, alarm
-    action) from ``conf``; the scrontab line runs the monitor with the same settings."""
-    fields = _cron_fields(at, period)
-    if not fields:
-        return None, None
-    # The settings file goes in the environment, not in --export=ALL,NAME=VALUE: sbatch
-    # splits that at commas, which a path may hold.
-    submit = (
-        f"POMLIA_MONITOR_CONF={shlex.quote(str(conf))} POMLIA_MONITOR_ONCE=1 sbatch "
-        f"--job-name={shlex.quote(jname)} --dependency=singleton --export=ALL "
-        f"{shlex.quote(str(script))}"
-    )
-    cron = f"{fields} {_cron_escape(submit)}"
-    registry = registry_env_line(workspace)
-    scron = "\n".join(
-        [
-            *([registry] if registry else []),
-            f"#SCRON --job-name={shlex.quote(jname)} --time=01:00:00",
-            f"{fields} {run_command(workspace, name, window, on_alarm)}",
-        ]
-    )
-    return cron, scron
-
-
-def _cron_escape(command: str) -> str:
-    """``command`` as a crontab line's command: cron reads an unescaped ``%`` as a newline."""
-    return command.replace("%", "\\%")
-
-
-def registry_env_line(workspace: Workspace) -> str | None:
-    """The crontab (or scrontab) environment line that names the workspace's registry,
-    ``POMLIA_DB_URL=...`` with its password as ``***`` (to be filled in by hand; the crontab
-    is its owner's alone, while a ``--db-url`` on the command line shows in ``ps``); ``None``
-    for the workspace's own SQLite registry, which ``--home`` already selects."""
-    if workspace.db_url == default_db_url(workspace.home):
-        return None
-    return f"POMLIA_DB_URL={shown_url(workspace.db_url)}"
-
-
-def run_command(workspace: Workspace, model: str, window: str, on_alarm: str | None) -> str:
-    """The shell command that runs ``pomlia monitor run MODEL`` once on this workspace (its
-    registry comes from the environment: :func:`registry_env_line`); every value quoted."""
-    alarm = f" --on-alarm {shlex.quote(on_alarm)}" if on_alarm else ""
-    return (
-        f"{shlex.quote(sys.executable)} -m pomlia_hpc --home "
-        f"{shlex.quote(str(workspace.home))} monitor run {shlex.quote(model)} "
-        f"--window {shlex.quote(window)}{alarm}"
-    )
-
-
-def cron_run_line(
-    workspace: Workspace,
-    model: str,
-    *,
-    at: str | None,
-    every: timedelta,
-    window: str,
-    on_alarm: str | None = None,
-) -> str | None:
-    """The crontab lines that run ``pomlia monitor run MODEL`` on this machine every period
-    (no Slurm: the job of a workspace on the local profile): :func:`registry_env_line` (when
-    the registry is not the workspace's own SQLite file), then the schedule and command;
-    ``None`` when the period has no cron form (only 1h, 1d and 1w have one). Every value is
-    shell-quoted, and the registry's password is shown as ``***``: the lines are printed,
-    stored and logged."""
-    fields = _cron_fields(at, every)
-    if fields is None:
-        return None
-    command = f"{fields} {_cron_escape(run_command(workspace, model, window, on_alarm))}"
-    registry = registry_env_line(workspace)
-    return f"{registry}\n{command}" if registry else command
-
-
-def has_hidden_password(workspace: Workspace) -> bool:
-    """Whether the lines of :func:`registry_env_line` show the registry URL with its password
-    hidden (``user:password@`` or ``?password=``): the user must fill it in."""
-    if registry_env_line(workspace) is None:
-        return False
-    return "***" in shown_url(workspace.db_url) and "***" not in workspace.db_url
-
-
-def _check_slurm_profile(
-    workspace: Workspace,
-    model: str,
-    at: str | None,
-    period: timedelta,
-    window: str,
-    on_alarm: str | None,
-) -> None:
-    """Refuse a schedule on a profile that is not a Slurm one (the chain is Slurm jobs: on
-    the local profile sbatch failed with a raw "Unable to contact slurm controller"); the
-    hint is the cron line that runs the monitor on this machine instead."""
-    profile = load_cluster_profile(workspace.cluster_profile)
-    if profile.backend == "slurm":
-        return
-    cron = cron_run_line(workspace, model, at=at, every=period, window=window, on_alarm=on_alarm)
-    if cron is None:
-        hint = (
-            f"without Slurm, run `{run_command(workspace, model, window, on_alarm)}` from "
-            "cron (this period has no single cron line)"
-        )
-    else:
-        lines = "".join(f"\n    {line}" for line in cron.splitlines())
-        hint = f"without Slurm, run the monitor from cron instead (crontab -e):{lines}"
-    registry = registry_env_line(workspace)
-    if registry is not None:
-        hint += (
-            "\n    (the registry goes in the crontab's environment, POMLIA_DB_URL, not in "
-            "--db-url on the command line, which every user of the machine sees in ps"
-            + (
-                ": the password is shown as ***, write it in there)"
-                if has_hidden_password(workspace)
-                else ")"
-            )
-        )
-    raise InputError(
-        f"monitor schedule submits a chain of Slurm jobs, but the cluster profile "
-        f"'{workspace.cluster_profile}' has the {profile.backend} backend: pass --cluster "
-        "PROFILE (a Slurm profile, e.g. slurm-local or haicore)",
-        hint=hint,
-    )
-
-
 def schedule(
     registry: Registry,
     workspace: Workspace,
@@ -374,31 +232,28 @@ def schedule(
         champion, advice = _check_target(registry, name, slot)
         parse_duration(window or every, "--window" if window else "--every")
         # Before squeue is asked: without Slurm its own error said nothing about the profile.
-        _check_slurm_profile(workspace, name, at, period, window or every, on_alarm)
+        check_slurm_profile(workspace, name, at, period, window or every, on_alarm)
     queued = [j for j in jobs_named(jname) if j.job_id != os.environ.get("SLURM_JOB_ID")]
     cron = scron = old_conf = None
+    legacy = None
     if chain:
-        if not conf.is_file():
-            return Scheduled(None, begin, conf, script, None, None, "unscheduled: no next run")
         pending = [j for j in queued if j.state == "PENDING"]
-        if pending:
+        if not conf.is_file() or pending:
             return Scheduled(
-                None,
-                begin,
-                conf,
-                script,
-                None,
-                None,
-                f"next run already queued: {_ids(registry, pending)}",
+                job_id=None,
+                begin=begin,
+                conf=conf,
+                script=script,
+                cron=None,
+                scrontab=None,
+                note="unscheduled: no next run"
+                if not conf.is_file()
+                else f"next run already queued: {_ids(registry, pending)}",
             )
     else:
-        if queued and not replace:
-            raise InputError(
-                f"model '{name}' is already scheduled ({_ids(registry, queued)}); "
-                f"end it with `pomlia monitor unschedule {shlex.quote(name)}` or pass --replace"
-            )
+        legacy = _check_free(registry, workspace, name, slot, queued, replace)
         old_conf = _write_files(conf, script, name, every, at, window, on_alarm, workspace)
-        cron, scron = _cron_lines(
+        cron, scron = cron_lines(
             at, period, jname, conf, script, workspace, name, window or every, on_alarm
         )
     try:
@@ -420,23 +275,99 @@ def schedule(
         raise
     # Only now, with the new job queued, the old chain goes (by id: its name is the new job's).
     replaced, warnings = ([], []) if chain or not queued else _cancel_old(registry, jname, job_id)
+    if legacy is not None:  # the champion-named chain this slot's chain replaces
+        more, warned = _end_legacy(registry, workspace, legacy)
+        replaced, warnings = [*replaced, *more], [*warnings, *warned]
     meta = {"model": name, "begin": begin.isoformat(), "chain": chain, "slot": slot}
     record_id, note = _record_job(registry, job_id, jname, folder, meta)
     return Scheduled(
-        job_id,
-        begin,
-        conf,
-        script,
-        cron,
-        scron,
-        note,
-        record_id,
-        tuple(replaced),
-        (*advice, *warnings),
-        name,
-        slot,
-        champion,
+        job_id=job_id,
+        begin=begin,
+        conf=conf,
+        script=script,
+        cron=cron,
+        scrontab=scron,
+        note=note,
+        record_id=record_id,
+        replaced=tuple(replaced),
+        warnings=(*advice, *warnings),
+        key=name,
+        slot=slot,
+        champion=champion,
     )
+
+
+def _check_free(
+    registry: Registry,
+    workspace: Workspace,
+    name: str,
+    slot: str | None,
+    queued: list[QueuedJob],
+    replace: bool,
+) -> str | None:
+    """Refuse a new chain beside a queued one (``queued``: its jobs) or, for a slot, beside
+    the chain under its champion's name (:func:`_legacy_chain`), unless ``replace``; returns
+    that champion's name when its chain is to be ended (None: there is none)."""
+    what = f"slot '{slot}'" if slot is not None else f"model '{name}'"
+    if queued and not replace:
+        raise InputError(
+            f"{what} is already scheduled ({_ids(registry, queued)}); "
+            f"end it with `pomlia monitor unschedule {shlex.quote(name)}` or pass --replace"
+        )
+    legacy = _legacy_chain(registry, workspace, slot) if slot is not None else None
+    if legacy is None:
+        return None
+    if not replace:
+        raise InputError(_legacy_refusal(registry, workspace, what, *legacy))
+    return legacy[0]
+
+
+def _legacy_chain(
+    registry: Registry, workspace: Workspace, slot: str
+) -> tuple[str, list[QueuedJob]] | None:
+    """The chain keyed by the name of ``slot``'s champion, as ``monitor schedule SLOT`` made
+    it before slot chains (it monitors that model for good, and would report beside the
+    slot's chain): (the champion's name, its queued jobs), or None when it has neither
+    settings nor queued jobs."""
+    from pomlia_hpc.models.catalog import resolve_model
+
+    champion_id = slot_champion(registry, slot)
+    if champion_id is None:
+        return None
+    champion = resolve_model(registry, str(champion_id)).name
+    queued = jobs_named(job_name(champion))
+    if not queued and not is_scheduled(workspace, champion):
+        return None
+    return champion, queued
+
+
+def _legacy_refusal(
+    registry: Registry, workspace: Workspace, what: str, champion: str, queued: list[QueuedJob]
+) -> str:
+    jobs = _ids(registry, queued) if queued else "no job queued"
+    folder = workspace.path("jobs", "monitor", champion)
+    return (
+        f"{what} is already monitored by a chain under its champion's name '{champion}' "
+        f"(job {job_name(champion)}: {jobs}; settings {folder}), scheduled for the model or, "
+        "before slot chains, for the slot: it monitors that model even after a promotion. "
+        "Pass --replace to end it and schedule the slot's chain, or end it with "
+        f"`pomlia monitor unschedule {shlex.quote(champion)}`"
+    )
+
+
+def _end_legacy(
+    registry: Registry, workspace: Workspace, champion: str
+) -> tuple[list[str], list[str]]:
+    """End the champion-named chain (:func:`_legacy_chain`) after the slot's chain is queued:
+    (cancelled ids, warnings); the slot's chain stands either way, so nothing here raises."""
+    try:
+        return _end_chain(registry, workspace, champion, "replaced by the slot's chain"), []
+    except (SQLAlchemyError, PomliaError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        return [], [
+            f"could not end the chain under the champion's name ({first}); end it with "
+            f"`pomlia monitor unschedule {shlex.quote(champion)}`"
+        ]
 
 
 def _check_target(registry: Registry, key: str, slot: str | None) -> tuple[str | None, list[str]]:
@@ -532,15 +463,26 @@ def is_scheduled(workspace: Workspace, model: str) -> bool:
 
 def unschedule(registry: Registry, workspace: Workspace, model: str) -> list[str]:
     """End the chain of ``model`` (a model, or a deployment slot as :func:`chain_key` reads
-    it); returns the cancelled job ids."""
+    it); returns the cancelled job ids. A slot's also ends the chain under its champion's name
+    (:func:`_legacy_chain`), as ``monitor schedule SLOT`` made it before slot chains."""
     name = chain_key(registry, model)
+    cancelled = _end_chain(registry, workspace, name, "cancelled by user")
+    if name.startswith(SLOT_PREFIX):
+        legacy = _legacy_chain(registry, workspace, name.removeprefix(SLOT_PREFIX))
+        if legacy is not None:
+            cancelled += _end_chain(registry, workspace, legacy[0], "cancelled by user")
+    return cancelled
+
+
+def _end_chain(registry: Registry, workspace: Workspace, name: str, cause: str) -> list[str]:
+    """Remove the settings of the chain keyed ``name`` and cancel its queued jobs."""
     workspace.path("jobs", "monitor", name, "schedule.env").unlink(missing_ok=True)
     cancelled = cancel_named(job_name(name))
     # A run that was resubmitting at this very moment may have queued one more job; the
     # settings file is gone, so it cannot do so again: one more look catches it.
     time.sleep(1.0)
     cancelled += cancel_named(job_name(name))
-    _record_cancelled(registry, cancelled)
+    _record_cancelled(registry, cancelled, cause)
     return cancelled
 
 
