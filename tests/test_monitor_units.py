@@ -198,3 +198,51 @@ def test_labelwise_false_alarms_stay_below_alpha_at_small_windows() -> None:
             labelwise_performance_test(draw(n), ref, LABELS).p_value <= 0.05 for _ in range(400)
         )
         assert rang <= 0.05 * 400
+
+
+def test_old_exact_match_accuracies_stay_off_the_history(
+    chest: tuple[Workspace, Path], reg: Registry, wide_console: None
+) -> None:
+    """Reports of format /1 of a multi-label model hold exact-match accuracy (about 0), later
+    ones label-wise (about 0.9): one plot or column of both showed a drop that never was."""
+    from pomlia_hpc.monitor.html import metric_points
+    from pomlia_hpc.registry import Model, MonitorReport
+
+    ws, bundle = chest
+    with reg.session() as s:
+        model_id = s.query(Model.id).filter(Model.name == "chest").scalar()
+        old = MonitorReport(
+            model_id=model_id,
+            drift={},
+            metrics={
+                "status": "ok",
+                "predictions": 40,
+                "performance": {"labels": 40, "accuracy": 0.0},
+            },
+            triggered=False,
+            report_path=str(ws.home / "old" / "report.json"),
+        )
+        s.add(old)
+        s.flush()
+        old_id = old.id
+    x, y = chest_images(40, "val")
+    log_predictions(ws, bundle, x, labels=y)
+    report = run_json()
+    assert report["format"] == "pomlia-monitor-report/2"
+    assert report["performance"]["accuracy_kind"] == "label-wise"
+    assert report["quality"]["rejected_share_unit"] == "request"
+    with reg.session() as s:
+        rows = s.query(MonitorReport).order_by(MonitorReport.id).all()
+        s.expunge_all()
+    points, left_out = metric_points(rows[:1], report)
+    assert left_out == 1 and [label for label, _ in points] == ["now"]
+
+    res = CliRunner().invoke(app, ["monitor", "history", "chest", "--json"])
+    assert res.exit_code == 0, res.output
+    by_id = {r["id"]: r for r in json.loads(res.output)}
+    assert by_id[old_id]["accuracy"] is None and by_id[old_id]["labels"] == 40
+    (new,) = [r for i, r in by_id.items() if i != old_id]
+    assert new["accuracy"] == pytest.approx(report["performance"]["accuracy"])
+    res = CliRunner().invoke(app, ["monitor", "history", "chest"])
+    out = " ".join(res.output.split())
+    assert "note: 1 report(s) written before report format /2 show no accuracy" in out, out

@@ -162,14 +162,17 @@ def history_cmd(
     --json keys (the table's columns): id, created_at, status, predictions, labels (feedback
     labels in the window), accuracy (on them, the task's ACC: label-wise for multi-label; a
     number in [0, 1], not rounded), alarm (true or
-    false), path (the report's JSON file); a missing value is null. A console too narrow for
+    false), path (the report's JSON file); a missing value is null. A multi-label model's
+    reports written before report format /2 held exact-match accuracy, not comparable: their
+    accuracy is "-" (null), with a note. A console too narrow for
     the full table (80 columns) gets 5 columns: predictions, labels and accuracy stacked in
     one, the creation time (MM-DD HH:MM) above the status."""
-    from pomlia_hpc.monitor.history import list_reports
+    from pomlia_hpc.monitor.history import comparable_accuracy, is_multi_label, list_reports
 
     rows = list_reports(STATE.registry(), target, limit)
+    multi = bool(rows) and is_multi_label(STATE.registry(), rows[0].model_id)
     if as_json:
-        print_rows([_history_row(r) for r in rows])
+        print_rows([_history_row(r, comparable_accuracy(r.metrics, multi)) for r in rows])
         return
     title = f"monitor reports ({len(rows)})"
     table = ListTable(title=title)
@@ -182,9 +185,11 @@ def history_cmd(
     narrow.add_column("predictions\nlabels\naccuracy")
     narrow.add_column("alarm")
     narrow.add_column("path", overflow="fold")
+    old_kind = 0  # reports whose accuracy is of another kind (format /1, multi-label)
     for r in rows:
         perf = (r.metrics or {}).get("performance") or {}
-        acc = perf.get("accuracy")
+        acc = comparable_accuracy(r.metrics, multi)
+        old_kind += acc is None and perf.get("accuracy") is not None
         cells = (
             str(r.id),
             when(r.created_at),
@@ -205,10 +210,17 @@ def history_cmd(
             path,
         )
     console.print(table)
+    if old_kind:
+        console.print(
+            f"note: {old_kind} report(s) written before report format /2 show no accuracy: "
+            "theirs was exact match over all labels, not the label-wise accuracy of later ones",
+            highlight=False,
+        )
 
 
-def _history_row(report: Any) -> dict[str, Any]:
-    """One row of ``monitor history --json``: the table's columns, numbers as recorded."""
+def _history_row(report: Any, acc: float | None) -> dict[str, Any]:
+    """One row of ``monitor history --json``: the table's columns, numbers as recorded
+    (``acc``: the comparable accuracy, history.comparable_accuracy)."""
     metrics = report.metrics or {}
     perf = metrics.get("performance") or {}
     return {
@@ -217,7 +229,7 @@ def _history_row(report: Any) -> dict[str, Any]:
         "status": metrics.get("status"),
         "predictions": metrics.get("predictions"),
         "labels": perf.get("labels"),
-        "accuracy": perf.get("accuracy"),
+        "accuracy": acc,
         "alarm": bool(report.triggered),
         "path": report.report_path,
     }

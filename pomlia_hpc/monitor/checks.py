@@ -118,6 +118,7 @@ def _quality(win: LogWindow, ref: Reference, vectors: np.ndarray) -> dict[str, A
         "predictions": win.n_predictions,
         "rejected": rejected,
         "rejected_share": rejected / total if total else 0.0,
+        "rejected_share_unit": "request",  # per image in reports of format /1
         "rejections_by_reason": dict(refused.most_common()),
         "transport_failures": n_failed,
         "transport_failures_by_reason": dict(failed.most_common()),

@@ -17,6 +17,37 @@ from pomlia_hpc.registry import MonitorReport, Registry
 #: What a report shows in place of the p-value of a test that was not tested.
 NOT_TESTED = "not tested"
 
+#: The report format written now. /2: a multi-label model's accuracy is label-wise (the
+#: task's ACC; the kind is recorded, ``performance.accuracy_kind``) and the refused share is
+#: per request (``quality.rejected_share_unit``). Reports of /1 are still read: their
+#: multi-label accuracy was exact match over all labels (about 0 for 14 labels) and their
+#: refused share per image, so neither is comparable with /2's and neither is drawn beside it.
+FORMAT = "pomlia-monitor-report/2"
+READ_FORMATS = ("pomlia-monitor-report/1", FORMAT)
+
+
+def is_multi_label(registry: Registry, model_id: int | None) -> bool:
+    """Whether model ``model_id`` is a multi-label one (its card's task type)."""
+    from pomlia_hpc.registry import Model
+
+    if model_id is None:
+        return False
+    with registry.session() as s:
+        model = s.get(Model, model_id)
+        card = model.card if model is not None else {}
+    return (card.get("task") or {}).get("type") == "multi-label"
+
+
+def comparable_accuracy(metrics: Mapping[str, Any] | None, multi_label: bool) -> float | None:
+    """The accuracy a recorded report (its registry ``metrics``) holds, or None where it has
+    none or one not comparable with today's: a multi-label model's report of format /1
+    (:data:`FORMAT`; /1 recorded no format in the metrics) held exact-match accuracy."""
+    metrics = metrics or {}
+    acc = (metrics.get("performance") or {}).get("accuracy")
+    if multi_label and metrics.get("format") is None:
+        return None
+    return float(acc) if isinstance(acc, int | float) else None
+
 
 def show_time(value: Any) -> str:
     """A recorded time (ISO 8601 text, as a report's window holds it, or a datetime) as

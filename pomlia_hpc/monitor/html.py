@@ -24,7 +24,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from pomlia_hpc.monitor.checks import CheckOutcome
-from pomlia_hpc.monitor.history import NOT_TESTED, is_tested, show_time
+from pomlia_hpc.monitor.history import NOT_TESTED, comparable_accuracy, is_tested, show_time
 from pomlia_hpc.registry import MonitorReport
 from pomlia_hpc.serve.reference import Reference
 
@@ -106,14 +106,29 @@ def plot_history(past: Sequence[MonitorReport], report: dict[str, Any]) -> str:
     return _img(fig, "p-values and statistics over the history of reports")
 
 
-def plot_metric(past: Sequence[MonitorReport], report: dict[str, Any]) -> str:
-    points = []
+def metric_points(
+    past: Sequence[MonitorReport], report: dict[str, Any]
+) -> tuple[list[tuple[str, dict[str, Any]]], int]:
+    """(label, performance) of each report with feedback labels, oldest first, ``report``
+    last, and how many were left out for an accuracy of another kind: a multi-label model's
+    reports of format /1 held exact-match accuracy (about 0), not today's label-wise one."""
+    multi_label = report["reference"].get("task_type") == "multi-label"
+    points, left_out = [], 0
     for row in past:
         perf = (row.metrics or {}).get("performance") or {}
-        if perf.get("labels"):
+        if not perf.get("labels"):
+            continue
+        if comparable_accuracy(row.metrics, multi_label) is None:
+            left_out += 1
+        else:
             points.append((f"#{row.id}", perf))
     if report["performance"] and report["performance"].get("labels"):
         points.append(("now", report["performance"]))
+    return points, left_out
+
+
+def plot_metric(past: Sequence[MonitorReport], report: dict[str, Any]) -> str:
+    points, left_out = metric_points(past, report)
     if not points:
         return ""
     fig, ax = plt.subplots(figsize=(9, 3.2))
@@ -134,7 +149,10 @@ def plot_metric(past: Sequence[MonitorReport], report: dict[str, Any]) -> str:
     ax.set_ylim(0, 1.02)
     ax.set_ylabel("accuracy on feedback")
     ax.legend(fontsize=8)
-    ax.set_title("performance over time")
+    ax.set_title(
+        "performance over time"
+        + (f" ({left_out} older report(s) with exact-match accuracy left out)" if left_out else "")
+    )
     return _img(fig, "accuracy over time with its interval")
 
 

@@ -33,7 +33,7 @@ from sqlalchemy import select
 
 from pomlia_hpc.errors import InputError
 from pomlia_hpc.monitor.checks import CheckOutcome, run_checks
-from pomlia_hpc.monitor.history import show_time
+from pomlia_hpc.monitor.history import FORMAT, show_time
 from pomlia_hpc.monitor.logread import LogWindow, read_window
 from pomlia_hpc.monitor.publish import publish_report
 from pomlia_hpc.monitor.reference import (
@@ -50,7 +50,6 @@ from pomlia_hpc.serve.predlog import log_dir
 from pomlia_hpc.serve.reference import Reference
 from pomlia_hpc.workspace import Workspace
 
-FORMAT = "pomlia-monitor-report/1"
 #: Exit status of ``pomlia monitor run`` when the alarm rings (errors exit 2).
 ALARM_EXIT = 1
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
@@ -186,6 +185,7 @@ def build_report(
             "accuracy": ref.accuracy,
             "fingerprint_kind": ref.fingerprint_kind,
             "created_at": ref.created_at,
+            "task_type": ref.task_type,
         },
         "log": _log_summary(win),
         "volume": {"predictions": win.n_predictions, "per_hour": _volume(win.per_hour)},
@@ -258,6 +258,8 @@ def _record(
             model_id=target.model.id,
             drift={t["name"]: t for t in report["tests"]},
             metrics={
+                # Which format's accuracy and refused share (history.comparable_accuracy).
+                "format": report["format"],
                 "status": report["status"],
                 "window": report["window"],
                 "predictions": report["volume"]["predictions"],
