@@ -10,14 +10,14 @@ from pathlib import Path
 
 import orjson
 
-from pomlia_hpc.monitor.logread import read_window
+from pomlia_hpc.monitor.logread import LogWindow, read_window
 from tests.fixtures.factories import log_line
 
 T = "2026-01-01T00:00:00.000000+00:00"
 T2 = "2026-01-01T00:00:01.000000+00:00"
 
 
-def window(folder: Path):  # noqa: ANN201 - a LogWindow
+def window(folder: Path) -> LogWindow:
     return read_window(
         folder,
         model="demo",
