@@ -13,10 +13,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 
 from pomlia_hpc.automl import records
 from pomlia_hpc.automl.study import StudyRunner
 from pomlia_hpc.automl.study.trials import attached_result, trial_wall_s
+from pomlia_hpc.automl.study.view import view_of_run
 from pomlia_hpc.cluster.attach import AttachedJob
 from pomlia_hpc.registry import DatasetVersion, Job, Registry, Run, Task
 from pomlia_hpc.strategy import kb
@@ -184,3 +186,46 @@ def test_a_local_job_found_ended_on_resume_ends_when_it_wrote_its_result(
     job.check_local()
     assert attached_result(job, result)["cost_s"] == 5.0
     assert trial_wall_s(reg, job_id, result) == pytest.approx(30.0)
+
+
+def test_an_old_ok_run_of_a_local_job_keeps_its_recorded_cost(registry: Registry) -> None:
+    # An older pomlia closed a local job's row when the driver collected it: a resumed driver
+    # collected a trial 3 h after it ended, so its job times said 10800 s. Only Slurm's are
+    # the job's; a local one's recorded cost stays (runs list, the recommender, a resume).
+    tid = _task(registry)
+    job_id = _job(registry, 0.0, 10800.0, backend="local")
+    _ok_run(registry, tid, 27.0, job_id)  # before train_s
+    (row,) = records.list_runs(registry)
+    assert row.cost_s == pytest.approx(27.0)
+    obs, _meta = kb.registry_observations(registry, "acc")
+    (o,) = obs
+    assert o.startup_s == pytest.approx(23.0)  # 27 s less 2 x 2 s of epochs, not 10796 s
+    with registry.session() as s:
+        run = s.scalars(select(Run)).one()
+        s.expunge(run)
+    assert view_of_run(registry, run, "acc").cost_s == pytest.approx(27.0)
+
+
+def test_a_resume_tells_the_optimiser_the_runs_cost_by_the_one_definition(
+    registry: Registry,
+) -> None:
+    # A resumed driver told the optimiser an ok run's stored cost_s (the training call's 5 s
+    # for a run recorded before train_s) where every other reader takes its job's 27 s.
+    from types import SimpleNamespace
+
+    from pomlia_hpc.automl.study.recover import recover_trial
+
+    tid = _task(registry)
+    job_id = _job(registry, 0.0, 27.0)
+    _ok_run(registry, tid, 5.0, job_id)
+    with registry.session() as s:
+        run = s.scalars(select(Run)).one()
+        s.expunge(run)
+    told: list[float] = []
+    opt = SimpleNamespace(tell=lambda *a, crashed, time_s: told.append(time_s))
+    proposal = SimpleNamespace(key="k", epochs=60)
+    runner = SimpleNamespace(
+        known={("k", 60): run}, spec=SimpleNamespace(metric="acc"), registry=registry
+    )
+    recover_trial(runner, opt, proposal)  # type: ignore[arg-type]
+    assert told == [pytest.approx(27.0)]

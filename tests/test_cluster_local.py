@@ -418,3 +418,20 @@ def test_a_cancel_marker_of_another_process_with_the_same_pid_is_not_taken(
     assert local_cancel_cause(str(folder), pid, mine) == SIGINT_CAUSE
     attached.check_local()
     assert attached.cancel_cause == SIGINT_CAUSE
+
+
+def test_a_local_job_collected_late_ends_when_it_wrote_its_result(
+    tmp_path: Path, reg: Registry
+) -> None:
+    # A local job's row ended when its result was collected: a driver busy elsewhere for a
+    # while recorded its own time as the job's end (the run's cost with it).
+    ex = Executor.from_profile("local", tmp_path / "jobs", reg)
+    h = ex.submit(jobfns.add, 2, 3, name="add")
+    h.job(None).wait()
+    time.sleep(1.5)  # the driver looks later
+    assert h.result() == 5
+    written = h.job(None).paths.result_pickle.stat().st_mtime
+    with reg.session() as s:
+        row = s.scalars(select(Job)).one()
+    assert row.ended_at is not None
+    assert abs(row.ended_at.timestamp() - written) < 0.01

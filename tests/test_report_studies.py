@@ -87,6 +87,31 @@ def test_numbers_read_as_runs_list_shows_them(
     assert [t["cost (s)"] for t in trials] == ["6.7", "5.6"]
 
 
+def test_costs_read_as_runs_list_costs_them(
+    studied: tuple[Workspace, Registry], tmp_path: Path
+) -> None:
+    """The page printed each run's stored cost_s where `runs list` prints the one cost
+    definition: an ok run recorded before train_s, of a Slurm job, costs its job's Start to
+    End (here 27.5 s, not the training call's 6.7 s)."""
+    from datetime import UTC, datetime, timedelta
+
+    from pomlia_hpc.automl import records
+
+    ws, reg = studied
+    with reg.session() as s:
+        job = s.get(Job, 1)
+        assert job is not None
+        t0 = datetime(2026, 12, 5, 7, 0, tzinfo=UTC)
+        job.backend, job.started_at, job.ended_at = "slurm", t0, t0 + timedelta(seconds=27.5)
+    res = build_report(reg, ws, tmp_path / "r")
+    rows = _rows((res.folder / "studies.html").read_text())
+    head = next(r for r in rows if "failure cause" in r)
+    trials = [dict(zip(head, r, strict=True)) for r in rows if len(r) == len(head) and r != head]
+    listed = {r.id: r.cost_s for r in records.list_runs(reg)}
+    assert [t["cost (s)"] for t in trials] == ["27.5", "5.6"]
+    assert [f"{listed[int(t['run'])]:.1f}" for t in trials] == ["27.5", "5.6"]
+
+
 def test_the_overview_counts_tasks_studies_and_recommendations(
     studied: tuple[Workspace, Registry], tmp_path: Path
 ) -> None:

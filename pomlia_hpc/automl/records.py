@@ -16,8 +16,10 @@ Start to End of the job's latest attempt, a local job's launch to its collection
 (:func:`~pomlia_hpc.automl.study.trials.trial_wall_s`). What the training call itself took
 is ``metrics["train_s"]`` (ok runs). A run recorded ``ok`` before ``train_s`` was kept
 recorded the training call's seconds as its cost: :func:`run_cost_s` reads such a run's cost
-from its job's times instead, so every reader (``runs list``, the study's span, the
-recommender's run statistics) sees one definition.
+from its job's times instead when the job ran on Slurm (a local job's row then ended when the
+driver collected it, maybe hours later: its recorded cost stays), so every reader (``runs
+list``, ``report``, a resumed study's optimiser, the recommender's run statistics) sees one
+definition.
 
 Non-finite floats (NaN, infinities) are stored as ``null``: these columns are JSON, and
 PostgreSQL's ``json`` type rejects NaN (a driver would die mid-study on a ``DataError``).
@@ -196,13 +198,30 @@ def run_cost_s(
     metrics: dict[str, Any] | None,
     job_started: datetime | None,
     job_ended: datetime | None,
+    *,
+    backend: str | None,
 ) -> float | None:
     """A run's cost in seconds by the one definition (module docstring): its recorded
-    ``cost_s``; for an ``ok`` run recorded before ``metrics["train_s"]`` existed, which
-    recorded only its training call's seconds, its job's Start to End when known."""
+    ``cost_s``; for an ``ok`` run of a Slurm job recorded before ``metrics["train_s"]``
+    existed, which recorded only its training call's seconds, its job's Start to End when
+    known. ``backend``: its job's (``slurm``, ``local``, ``debug``; None without a job)."""
     legacy = status == OK and not (isinstance(metrics, dict) and "train_s" in metrics)
-    span = job_span_s(job_started, job_ended) if legacy else None
+    # Only Slurm's End is when the job ended: before train_s, a local job's row ended when its
+    # driver collected it, hours later for a resumed driver; its recorded cost is nearer.
+    span = job_span_s(job_started, job_ended) if legacy and backend == "slurm" else None
     return cost_s if span is None else span
+
+
+def job_run_cost_s(run: Run, job: Job | None) -> float | None:
+    """:func:`run_cost_s` of ``run``, whose job row is ``job`` (None: none known)."""
+    return run_cost_s(
+        run.status,
+        run.cost_s,
+        run.metrics,
+        job.started_at if job is not None else None,
+        job.ended_at if job is not None else None,
+        backend=job.backend if job is not None else None,
+    )
 
 
 def study_span_s(registry: Registry, runs: Iterable[Run]) -> float | None:
@@ -305,9 +324,9 @@ def list_runs(
     if limit < 1:
         raise InputError(f"--limit {limit}: expected an integer >= 1")
     with registry.session() as s:
-        q = select(Run, Task.name, Job.id, Job.scheduler_id, Job.started_at, Job.ended_at).join(
-            Task, Run.task_id == Task.id, isouter=True
-        )
+        q = select(
+            Run, Task.name, Job.id, Job.scheduler_id, Job.started_at, Job.ended_at, Job.backend
+        ).join(Task, Run.task_id == Task.id, isouter=True)
         q = q.join(Job, Run.job_id == Job.id, isouter=True)
         if task is not None:
             q = q.where(Run.task_id == by_name_or_id(s, Task, task, "task").id)
@@ -330,13 +349,13 @@ def list_runs(
                 epochs=r.budget,
                 config=dict(r.config or {}),
                 metrics=dict(r.metrics or {}),
-                cost_s=run_cost_s(r.status, r.cost_s, r.metrics, started, ended),
+                cost_s=run_cost_s(r.status, r.cost_s, r.metrics, started, ended, backend=backend),
                 job=job_id,
                 scheduler_id=sched or None,
                 error=r.error or None,
                 created_at=r.created_at,
             )
-            for r, tname, job_id, sched, started, ended in rows
+            for r, tname, job_id, sched, started, ended, backend in rows
         ]
 
 

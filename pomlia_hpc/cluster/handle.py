@@ -297,7 +297,8 @@ class JobHandle:
                     if row is None or row.ended_at is None:
                         fields["ended_at"] = datetime.now(UTC)
             else:
-                fields["ended_at"] = datetime.now(UTC)
+                # A local job ended when it wrote its result; this process may look much later.
+                fields["ended_at"] = result_written(job) or datetime.now(UTC)
             update_job(reg, self.record_id, **fields)
         return value
 
@@ -319,3 +320,11 @@ class JobHandle:
             ok = state in FINAL_STATES and state != "COMPLETED"
             return (state if ok else "FAILED"), text
         return "FAILED", text
+
+
+def result_written(job: submitit.Job[Any]) -> datetime | None:
+    """When ``job`` wrote its result file (submitit's pickle; UTC), or None when unknown."""
+    try:
+        return datetime.fromtimestamp(job.paths.result_pickle.stat().st_mtime, UTC)
+    except (OSError, AttributeError):  # no file (a debug job runs in this process)
+        return None

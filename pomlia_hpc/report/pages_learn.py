@@ -11,7 +11,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from pomlia_hpc.automl.records import config_summary
+from pomlia_hpc.automl.records import config_summary, job_run_cost_s
 from pomlia_hpc.registry import (
     Deployment,
     Job,
@@ -80,7 +80,7 @@ def studies_page(registry: Registry, workspace: Workspace, folder: Path) -> str 
                     status_span(r.status),
                     esc(metric_text(m.get("objective"))),
                     esc(metric_text((m.get("test") or {}).get(metric))),
-                    esc(_num(r.cost_s, 1)),
+                    esc(_num(job_run_cost_s(r, job), 1)),  # as `runs list` costs it
                     # The registry's job id, as `runs list` and `jobs show` name it; the
                     # scheduler's id (a Slurm job id, a local pid) only in its own column.
                     esc(f"{job.id} {job.state}" if job else ""),

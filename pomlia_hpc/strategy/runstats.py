@@ -64,8 +64,9 @@ RECHECK = 1000
 #: How this code counts runs (short runs apart, start-up once per run: migration 0008's rules),
 #: written into every row it writes; raise it when that changes. 2: a run's cost is its job's
 #: wall time, start-up included (1 took an ok run's training call alone, so the start-up
-#: measured as cost less epoch seconds missed the job's own start-up).
-FORMAT = 2
+#: measured as cost less epoch seconds missed the job's own start-up). 3: an old ok run of a
+#: local job keeps its recorded cost (2 took its row's end, when its driver collected it).
+FORMAT = 3
 
 
 def run_strategy(config: dict[str, Any], image_size: int) -> dict[str, Any]:
@@ -117,7 +118,10 @@ def _with_cost(r: Any) -> tuple[Any, ...]:
     """Row ``r`` of :func:`_refresh`'s query with its cost (index 3) by the one definition:
     the job's wall time, start-up included (:func:`~pomlia_hpc.automl.records.run_cost_s`:
     an ok run recorded before ``train_s`` was kept apart gets its job's Start to End)."""
-    cost = run_cost_s(r[2], r[3], r[13], r[14], r[15])
+    # r[13] is metrics["train_s"]: NULL when absent (a JSON null too, for which the job's
+    # times are the recorded cost anyway).
+    kept = {"train_s": r[13]} if r[13] is not None else {}
+    cost = run_cost_s(r[2], r[3], kept, r[14], r[15], backend=r[16])
     return (*r[:3], cost, *r[4:13])
 
 
@@ -198,6 +202,41 @@ def _forget_if_foreign(s: Session) -> bool:
     return True
 
 
+def _examined_query(newest: int, waiting: Any) -> Any:
+    """The runs a refresh looks at (the module docstring says which), with their jobs' times
+    and backend: runs after ``newest`` (the highest run id seen), those in ``waiting`` (a
+    select of waiting run ids) and recent ones never seen."""
+    q = select(
+        Run.id,
+        Run.task_id,
+        Run.status,
+        Run.cost_s,
+        Run.config["arch"].as_string(),
+        Run.config["init"].as_string(),
+        Run.config["mode"].as_string(),
+        Run.config["extra_data"].as_string(),
+        Run.metrics["objective"].as_float(),
+        Run.metrics["test"],
+        Run.metrics["epochs_run"].as_float(),
+        Run.metrics["epochs"].as_float(),
+        Run.metrics["history"],
+        # 13: whether it kept train_s apart (see run_cost_s); not the whole metrics, which
+        # would read every run's history a second time.
+        Run.metrics["train_s"].as_float(),
+        Job.started_at,
+        Job.ended_at,
+        Job.backend,
+    )
+    return q.outerjoin(Job, Run.job_id == Job.id).where(
+        (Run.id > newest)
+        | Run.id.in_(waiting)
+        | (
+            (Run.id > newest - RECHECK)
+            & Run.id.not_in(select(KbRunSeen.run_id).where(KbRunSeen.run_id > newest - RECHECK))
+        )
+    )
+
+
 def _refresh(registry: Registry, image_sizes: dict[int, int], min_epochs: dict[int, float]) -> int:
     with registry.session() as s:
         # First, so refreshes run one at a time: on PostgreSQL a second one that decided to
@@ -209,33 +248,7 @@ def _refresh(registry: Registry, image_sizes: dict[int, int], min_epochs: dict[i
         metric_of = dict(s.execute(select(Task.id, Task.metric)).all())
         newest = s.scalar(select(func.max(KbRunSeen.run_id))) or 0
         waiting = select(KbRunSeen.run_id).where(KbRunSeen.done.is_(False))
-        q = select(
-            Run.id,
-            Run.task_id,
-            Run.status,
-            Run.cost_s,
-            Run.config["arch"].as_string(),
-            Run.config["init"].as_string(),
-            Run.config["mode"].as_string(),
-            Run.config["extra_data"].as_string(),
-            Run.metrics["objective"].as_float(),
-            Run.metrics["test"],
-            Run.metrics["epochs_run"].as_float(),
-            Run.metrics["epochs"].as_float(),
-            Run.metrics["history"],
-            Run.metrics,  # 13: whether it kept train_s apart (see run_cost_s)
-            Job.started_at,
-            Job.ended_at,
-        )
-        q = q.outerjoin(Job, Run.job_id == Job.id).where(
-            (Run.id > newest)
-            | Run.id.in_(waiting)
-            | (
-                (Run.id > newest - RECHECK)
-                & Run.id.not_in(select(KbRunSeen.run_id).where(KbRunSeen.run_id > newest - RECHECK))
-            )
-        )
-        examined = s.execute(q).all()
+        examined = s.execute(_examined_query(newest, waiting)).all()
         if not examined:
             return 0
         rows = [_with_cost(r) for r in examined if r[2] in COUNTED and r[1] is not None]

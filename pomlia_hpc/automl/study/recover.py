@@ -37,17 +37,15 @@ def recover_trial(runner: TrialRunner, opt: SearchOptimizer, proposal: Proposal)
         if not runner.answer_repeat(opt, proposal):  # (or settled already: its outcome)
             runner.start(opt, proposal)
         return
+    if run.status in (records.OK, records.CRASHED):
+        # The cost every reader sees (an old ok run's is its Slurm job's Start to End).
+        cost = records.job_run_cost_s(run, records.job_of(runner.registry, run.job_id)) or 0.0
     if run.status == records.OK:  # recorded, but not yet told
         m = dict(run.metrics or {})
-        opt.tell(
-            proposal,
-            objective_cost(m["val"], runner.spec.metric),
-            crashed=False,
-            time_s=run.cost_s or 0.0,
-        )
+        opt.tell(proposal, objective_cost(m["val"], runner.spec.metric), crashed=False, time_s=cost)
         return
     if run.status == records.CRASHED:
-        opt.tell(proposal, 1.0, crashed=True, time_s=run.cost_s or 0.0)
+        opt.tell(proposal, 1.0, crashed=True, time_s=cost)
         return
     if run.status == records.CANCELLED:  # cancelled with its driver: it never had its chance
         _, _, result_path = runner.paths(proposal.key, proposal.epochs, run.id)
