@@ -163,7 +163,12 @@ def test_an_older_release_s_unmarked_interrupted_refresh_leaves_an_unambiguous_d
         marker.unlink()
     # Killed before its extraction: the encoder it started from stays the default, and a
     # plain refresh finishes ae-r1.
-    assert default_encoder(reg, workspace) == "ae"
+    said: list[str] = []
+    assert default_encoder(reg, workspace, said.append) == "ae"
+    assert said == [
+        "default encoder ae: the refresh an older release left unfinished (ae-r1) stopped "
+        "before its extraction; `pomlia fingerprint refresh -e ae` finishes it"
+    ]
     out = " ".join(cli_ok("fingerprint", "refresh", "--dry-run").split())
     assert "would train ae-r1" in out, out
 
@@ -178,8 +183,40 @@ def test_an_older_release_s_unmarked_interrupted_refresh_leaves_an_unambiguous_d
     monkeypatch.undo()
     for marker in markers.glob("*.json"):
         marker.unlink()
-    assert default_encoder(reg, workspace) == "ae-r1"
+    said.clear()
+    assert default_encoder(reg, workspace, said.append) == "ae-r1"
     assert current_encoder(workspace) is None and not list(markers.glob("*.json"))
+    assert len(said) == 1 and said[0].startswith("default encoder ae-r1: an unfinished refresh")
+
+
+def test_data_added_after_an_unmarked_finished_refresh_keeps_its_default(
+    workspace: Workspace, reg: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`ae` embedded blood; an older release's refresh killed in its index build left `ae-r1`,
+    the default. A new version of blood (which no refresh embedded) made the default `ae`
+    again, silently: "finished" was judged against the versions current now."""
+    from pomlia_hpc.fingerprint.extract import extract
+
+    workspace = replace(workspace, cluster_profile="debug")
+    a = make_dataset(workspace, reg, "blood", "bloodmnist", (32, 4, 4), chunk_rows=16)
+    train_encoder(reg, workspace, "ae", [a], CFG)
+    extract(reg, workspace, "ae", [a], say=lambda _l: None)
+    make_dataset(workspace, reg, "organ", "organamnist", (32, 4, 4), chunk_rows=16)
+
+    def broken(*_a: object, **_k: object) -> None:
+        raise RuntimeError("killed while building the index")
+
+    monkeypatch.setattr(refresh_mod, "build_index", broken)
+    with pytest.raises(RuntimeError):
+        refresh(reg, workspace, "ae", say=lambda _l: None)
+    monkeypatch.undo()
+    for marker in workspace.path("indexes", "refreshing").glob("*.json"):
+        marker.unlink()  # an older release wrote none
+    assert default_encoder(reg, workspace) == "ae-r1"
+    make_dataset(workspace, reg, "blood", "bloodmnist", (40, 4, 4), chunk_rows=16)
+    said: list[str] = []
+    assert default_encoder(reg, workspace, said.append) == "ae-r1"
+    assert len(said) == 1 and "ae-r1" in said[0]
 
 
 def test_several_unrelated_encoders_name_them_and_the_option(

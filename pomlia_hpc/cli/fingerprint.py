@@ -47,7 +47,11 @@ def encoder_name(name: str | None) -> str:
         return name
     from pomlia_hpc.fingerprint.refresh import default_encoder
 
-    return default_encoder(STATE.registry(), STATE.workspace)
+    # How an older release's unfinished refresh settled the default is said on stderr: the
+    # default changes nothing on disk, and a command's output may be captured.
+    return default_encoder(
+        STATE.registry(), STATE.workspace, lambda n: note(f"note: {n}", stderr=True)
+    )
 
 
 class _LazyProgress:

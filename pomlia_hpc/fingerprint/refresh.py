@@ -42,7 +42,7 @@ from pomlia_hpc.fingerprint.extract import extract
 from pomlia_hpc.fingerprint.index import build_index
 from pomlia_hpc.fingerprint.train import TrainConfig, get_encoder, train_encoder
 from pomlia_hpc.fingerprint.usable import fingerprint_sets, usable_sets
-from pomlia_hpc.registry import DatasetVersion, Encoder, Registry
+from pomlia_hpc.registry import Dataset, DatasetVersion, Encoder, Registry
 from pomlia_hpc.workspace import Workspace
 
 POINTER = "current-encoder.json"
@@ -74,13 +74,16 @@ def under_refresh(workspace: Workspace) -> set[str]:
     return {p.stem for p in folder.glob("*.json")} if folder.is_dir() else set()
 
 
-def default_encoder(registry: Registry, workspace: Workspace) -> str:
+def default_encoder(
+    registry: Registry, workspace: Workspace, say: Callable[[str], None] | None = None
+) -> str:
     """The encoder commands use when no ``--encoder`` is given: the current one after a
     refresh, else the only registered one; an encoder under refresh (not yet switched to) is
     never the default and does not make it ambiguous, and neither is the unmarked
-    ``<root>-r<k>`` of a refresh an older release left unfinished (:func:`_settle_unmarked`).
-    :class:`NotFoundError` when none is registered, :class:`InputError` naming the encoders
-    when several remain and none is current."""
+    ``<root>-r<k>`` of a refresh an older release left unfinished (:func:`_settle_unmarked`;
+    ``say`` gets a one-line note when that rule decided). :class:`NotFoundError` when none is
+    registered, :class:`InputError` naming the encoders when several remain and none is
+    current."""
     if (current := current_encoder(workspace)) is not None:
         return current
     with registry.session() as s:
@@ -92,6 +95,8 @@ def default_encoder(registry: Registry, workspace: Workspace) -> str:
         raise NotFoundError("no encoder is registered: train one with `pomlia fingerprint train`")
     names, unfinished = _settle_unmarked(registry, encoders)
     if len(names) == 1:
+        if say is not None and (note := _settled_note(names[0], unfinished, encoders)):
+            say(note)
         return names[0]
     first = shlex.quote(names[0])
     finish = "".join(
@@ -105,6 +110,25 @@ def default_encoder(registry: Registry, workspace: Workspace) -> str:
     )
 
 
+def _settled_note(chosen: str, unfinished: dict[str, str], encoders: list[Encoder]) -> str:
+    """One line on how the unmarked refresh of an older release settled the default
+    ``chosen`` (empty when no such refresh decided it)."""
+    if _SUFFIX.search(chosen) and len(encoders) > 1:
+        root = _SUFFIX.sub("", chosen)
+        return (
+            f"default encoder {chosen}: an unfinished refresh of {root} by an older release "
+            f"embedded every data set, so it is taken as finished (its index may be missing: "
+            f"`pomlia index build -e {chosen}`)"
+        )
+    if unfinished:
+        left = ", ".join(sorted(unfinished))
+        return (
+            f"default encoder {chosen}: the refresh an older release left unfinished ({left}) "
+            f"stopped before its extraction; `pomlia fingerprint refresh -e {chosen}` finishes it"
+        )
+    return ""
+
+
 def _settle_unmarked(
     registry: Registry, encoders: list[Encoder]
 ) -> tuple[list[str], dict[str, str]]:
@@ -115,7 +139,9 @@ def _settle_unmarked(
     settings (epochs aside) that has usable embeddings of every version it was trained on and
     of the current version of every data set its root has embeddings of finished its
     extraction, and stands for its family (the highest such k); otherwise the refresh stopped
-    before that, and the root stays the default, as a marked refresh's does."""
+    before that, and the root stays the default, as a marked refresh's does. The current
+    versions are those of when ``<root>-r<k>`` was registered (:func:`_embedded_all`): data
+    added since does not make a finished refresh unfinished."""
     by_name = {e.name: e for e in encoders}
     families: dict[str, list[tuple[int, Encoder]]] = {}
     for enc in encoders:
@@ -148,16 +174,47 @@ def _same_settings(root: Encoder, enc: Encoder) -> bool:
 
 def _embedded_all(registry: Registry, root: Encoder, enc: Encoder) -> bool:
     """Whether ``enc`` has usable embeddings (the readers' rule, current weights) of every
-    version it was trained on and of the current version of every data set ``root`` has
-    complete embeddings of: what a refresh embeds before it switches."""
+    version it was trained on and of the version of every data set ``root`` has complete
+    embeddings of that was current when ``enc`` was registered: what its refresh embedded
+    before it would have switched. Not the versions current now: a version added since (one
+    no refresh embedded) made a finished refresh's encoder unfinished, and the default
+    silently went back to the root."""
     try:
         usable = {fs.dataset_version_id for fs, _ref in usable_sets(registry, enc).sets}
     except NotFoundError:  # its weights file is gone: not a finished refresh
         return False
-    current = current_versions(registry)
+    trained = set(enc.dataset_version_ids or [])
     had = {ref.split("@")[0] for _fs, ref in fingerprint_sets(registry, root.id)}
-    wanted = set(enc.dataset_version_ids or []) | {current[n].id for n in had if n in current}
-    return wanted <= usable
+    return trained | _versions_then(registry, had, trained, enc.created_at) <= usable
+
+
+def _versions_then(
+    registry: Registry, names: set[str], trained: set[int], when: datetime
+) -> set[int]:
+    """The version ids a refresh that registered its encoder at ``when``, trained on
+    ``trained``, embedded of the data sets ``names``: none more of a data set it trained on;
+    else the version current then (today's current one if it existed by then, else the
+    newest added by then); nothing of a data set added after."""
+    current = current_versions(registry)
+    with registry.session() as s:
+        rows = s.execute(
+            select(Dataset.name, DatasetVersion.id, DatasetVersion.created_at)
+            .join(Dataset, DatasetVersion.dataset_id == Dataset.id)
+            .where(Dataset.name.in_(names))
+        ).all()
+    by_name: dict[str, list[tuple[datetime, int]]] = {}
+    for name, vid, at in rows:
+        by_name.setdefault(name, []).append((at, int(vid)))
+    out: set[int] = set()
+    for name, versions in by_name.items():
+        if trained & {vid for _at, vid in versions}:
+            continue
+        now = current.get(name)
+        if now is not None and now.created_at <= when:
+            out.add(int(now.id))
+        elif before := [(at, vid) for at, vid in versions if at <= when]:
+            out.add(max(before)[1])
+    return out
 
 
 def _write_pointer(workspace: Workspace, data: dict[str, Any]) -> None:
