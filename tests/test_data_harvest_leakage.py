@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 from pomlia_hpc.cli import app
 from pomlia_hpc.data.api import ingest
 from pomlia_hpc.data.harvest import NewImages, harvest_info, harvest_version, hash_split
-from pomlia_hpc.data.leakage import duplicate_warning
+from pomlia_hpc.data.leakage import duplicate_warning, harvest_warning
 from pomlia_hpc.data.store import find_version, open_store
 from pomlia_hpc.registry import Registry
 from pomlia_hpc.serve.predlog import log_dir
@@ -89,9 +89,41 @@ def test_data_harvest_warns_of_copies_across_splits_as_data_add_does(
     assert res.exit_code == 0, res.output
     text = " ".join(res.output.split())
     new = find_version(reg, "d")
-    words = duplicate_warning(new.fingerprint or {})
-    assert words is not None and "1 test image(s) are pixel copies of training images" in words
-    assert f"warning: dataset {new_ref(new)}: {' '.join(words.split())}" in text
+    # The parent's own copy, inherited: named as such, with no `data add` of a source that a
+    # harvest does not have.
+    assert (
+        f"warning: dataset {new_ref(new)}: inherited from the parent {ref} (a harvest keeps its "
+        "parent's rows; retrain from a version without them to be rid of them): 1 test "
+        "image(s) are pixel copies of training images (leakage: test metrics come out inflated)"
+    ) in text
+    assert "pomlia data add" not in text
+
+
+def test_a_harvest_warning_tells_new_duplicates_from_inherited_ones() -> None:
+    def fp(across: dict[str, int], conflicting: int) -> dict[str, object]:
+        return {"duplicates": {"across_splits": across, "conflicting_labels": conflicting}}
+
+    parent = fp({"val": 0, "test": 1}, 1)
+    assert harvest_warning(fp({"val": 0, "test": 1}, 1), parent, "d@p") == (
+        "inherited from the parent d@p (a harvest keeps its parent's rows; retrain from a "
+        "version without them to be rid of them): 1 test image(s) are pixel copies of "
+        "training images (leakage: test metrics come out inflated) and 1 duplicate image(s) "
+        "carry a label other than their copy's (the same pixels under two classes)"
+    )
+    words = harvest_warning(fp({"val": 2, "test": 1}, 3), parent, "d@p")
+    assert words is not None
+    assert words.startswith(
+        "2 val image(s) are pixel copies of training images (leakage: val metrics come out "
+        "inflated); 2 duplicate image(s) carry a label other than their copy's (the same pixels "
+        "under two classes): check the feedback labels of those images (a corrected label sent "
+        'again with `"replaces": true` replaces the harvested one at the next harvest); '
+        "inherited from the parent d@p"
+    ), words
+    assert harvest_warning(fp({}, 0), parent, "d@p") is None
+    assert duplicate_warning(fp({"test": 1}, 0)) == (
+        "1 test image(s) are pixel copies of training images (leakage: test metrics come out "
+        "inflated); remove the copies from the source and run `pomlia data add` again"
+    )
 
 
 def new_ref(version: object) -> str:

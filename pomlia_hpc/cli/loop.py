@@ -73,7 +73,8 @@ def harvest_cmd(
     training dataset (parent = that version; new images split by hash, an image whose pixels
     the parent holds put in its copy's split; production test rows kept for the gate). Warns,
     as `data add` does, of val/test images that are copies of training images."""
-    from pomlia_hpc.data.leakage import duplicate_warning
+    from pomlia_hpc.data.leakage import harvest_warning
+    from pomlia_hpc.data.store import find_version
     from pomlia_hpc.loop.harvest import harvest
 
     ws = STATE.workspace
@@ -115,8 +116,9 @@ def harvest_cmd(
             "split would leak between train, val and test",
             highlight=False,
         )
-    warning = duplicate_warning(rec.fingerprint)
-    if warning:  # as `data add` and `task add` warn: the parent's own copies, conflicting labels
+    parent = find_version(STATE.registry(), f"{rec.name}@{rec.parent}")
+    warning = harvest_warning(rec.fingerprint, parent.fingerprint or {}, f"{rec.name}@{rec.parent}")
+    if warning:  # as `data add` and `task add` warn, with a harvest's own advice
         err_console.print(f"[yellow]warning:[/] dataset {rec.ref}: {warning}", highlight=False)
     if info.get("lineage_ids_unknown"):
         console.print(

@@ -13,25 +13,65 @@ from __future__ import annotations
 from typing import Any
 
 
+def _counts(fingerprint: dict[str, Any]) -> tuple[dict[str, int], int]:
+    """Val/test images that are copies of training images, per split, and duplicates with
+    conflicting labels, as ``fingerprint`` records them (none when it predates the counts)."""
+    dup = fingerprint.get("duplicates") or {}
+    across = {s: int(n) for s, n in (dup.get("across_splits") or {}).items() if int(n) > 0}
+    return across, int(dup.get("conflicting_labels") or 0)
+
+
+def _copies(across: dict[str, int]) -> str:
+    counts = " and ".join(f"{n} {s}" for s, n in across.items())
+    return (
+        f"{counts} image(s) are pixel copies of training images (leakage: "
+        f"{' and '.join(across)} metrics come out inflated)"
+    )
+
+
+_CONFLICTING = (
+    "duplicate image(s) carry a label other than their copy's (the same pixels under two classes)"
+)
+
+
 def duplicate_warning(fingerprint: dict[str, Any]) -> str | None:
     """One warning sentence on the duplicates a version's ``fingerprint`` records (val/test
     images that are copies of training images, duplicates with conflicting labels), or None
     when there are none (or the fingerprint predates the counts)."""
-    dup = fingerprint.get("duplicates") or {}
-    across = {s: int(n) for s, n in (dup.get("across_splits") or {}).items() if int(n) > 0}
-    conflicting = int(dup.get("conflicting_labels") or 0)
-    parts = []
-    if across:
-        counts = " and ".join(f"{n} {s}" for s, n in across.items())
-        parts.append(
-            f"{counts} image(s) are pixel copies of training images (leakage: "
-            f"{' and '.join(across)} metrics come out inflated)"
-        )
+    across, conflicting = _counts(fingerprint)
+    parts = [_copies(across)] if across else []
     if conflicting:
-        parts.append(
-            f"{conflicting} duplicate image(s) carry a label other than their copy's "
-            "(the same pixels under two classes)"
-        )
+        parts.append(f"{conflicting} {_CONFLICTING}")
     if not parts:
         return None
     return "; ".join(parts) + "; remove the copies from the source and run `pomlia data add` again"
+
+
+def harvest_warning(
+    fingerprint: dict[str, Any], parent_fingerprint: dict[str, Any], parent_ref: str
+) -> str | None:
+    """:func:`duplicate_warning` for a harvested version (``fingerprint``) of the version
+    ``parent_ref`` (``parent_fingerprint``): a harvest has no source to fix and keeps every row
+    of its parent, so the parent's own duplicates are said to be inherited from it (up to its
+    counts), and new conflicting labels point at the feedback that gave them. None when there
+    are none."""
+    across, conflicting = _counts(fingerprint)
+    old_across, old_conflicting = _counts(parent_fingerprint)
+    added = {s: n - old_across.get(s, 0) for s, n in across.items() if n > old_across.get(s, 0)}
+    kept = {s: min(n, old_across.get(s, 0)) for s, n in across.items() if old_across.get(s, 0)}
+    parts = [_copies(added)] if added else []
+    if conflicting > old_conflicting:
+        parts.append(
+            f"{conflicting - old_conflicting} {_CONFLICTING}: check the feedback labels of "
+            'those images (a corrected label sent again with `"replaces": true` replaces the '
+            "harvested one at the next harvest)"
+        )
+    inherited = [_copies(kept)] if kept else []
+    if min(conflicting, old_conflicting):
+        inherited.append(f"{min(conflicting, old_conflicting)} {_CONFLICTING}")
+    if inherited:
+        parts.append(
+            f"inherited from the parent {parent_ref} (a harvest keeps its parent's rows; "
+            f"retrain from a version without them to be rid of them): {' and '.join(inherited)}"
+        )
+    return "; ".join(parts) or None

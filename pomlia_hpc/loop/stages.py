@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from pomlia_hpc.data.harvest import NewImages, harvest_info, harvest_version
-from pomlia_hpc.data.leakage import duplicate_warning
+from pomlia_hpc.data.leakage import harvest_warning
 from pomlia_hpc.errors import InputError, PomliaError
 from pomlia_hpc.files import write_json_atomic, write_npz
 from pomlia_hpc.loop.claim import run_dir
@@ -198,12 +198,16 @@ def ingest_stage(ctx: LoopContext) -> StageOutput:
     }
     rec = harvest_version(ctx.workspace, ctx.registry, parent, dataset, new, provenance)
     info = harvest_info(rec.meta) or {}
-    warning = duplicate_warning(rec.fingerprint)
+    warning = harvest_warning(
+        rec.fingerprint, parent.fingerprint or {}, f"{dataset}@{parent.version}"
+    )
     if warning:  # said where `data harvest` and `data add` say it, not only at `task add`
         ctx.progress(f"warning: dataset {rec.ref}: {warning}")
     return {
         "dataset_version_id": rec.id,
-        # The hash split may put none of a few new images into training (odds 0.4^n).
+        # The split may put none of a few new images into training: by hash, 60 % go to train
+        # (odds 0.4^n that none of n does), but an image whose pixels the parent holds goes
+        # to its copy's split and equal images share one, so fewer draws than images.
         "new_train_rows": int((info.get("new_per_split") or {}).get("train", 0)),
         "ref": rec.ref,
         "parent": f"{dataset}@{parent.version}",
