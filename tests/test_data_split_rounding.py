@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pomlia_hpc.cli import app
 from pomlia_hpc.data.sources.base import carved_count, stratified_split
 from pomlia_hpc.workspace import Workspace
 from tests.fixtures.cli import cli_ok
@@ -52,3 +53,34 @@ def test_an_image_folder_is_split_half_up_per_class(workspace: Workspace, tmp_pa
     sizes = meta["split_sizes"]
     assert (sizes["val"], sizes["test"]) == (carved, carved)
     assert sizes["train"] == sum(SIZES.values()) - 2 * carved
+
+
+def test_re_adding_an_unchanged_folder_split_anew_says_so(
+    workspace: Workspace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A folder added before the rounding changed (classes of 25 and 14: 33/3/3), added again,
+    # silently became a new version (31/4/4) where the guide promised the same one.
+    from pomlia_hpc.data.sources import base
+    from tests.fixtures.cli import runner
+
+    rng = np.random.default_rng(1)
+    for name, n in {"a": 25, "b": 14}.items():
+        (tmp_path / "imgs" / name).mkdir(parents=True)
+        for i in range(n):
+            img = rng.integers(0, 255, (8, 8), dtype=np.uint8)
+            Image.fromarray(img).save(tmp_path / "imgs" / name / f"{i}.png")
+    with monkeypatch.context() as mp:  # the old rule: half to even
+        mp.setattr(base, "carved_count", lambda n, f: max(1, round(n * f)) if f > 0 else 0)
+        cli_ok("data", "add", "roundy", str(tmp_path / "imgs"))
+    old = json.loads(cli_ok("data", "show", "roundy", "--json"))
+    res = runner.invoke(app, ["data", "add", "roundy", str(tmp_path / "imgs")])
+    assert res.exit_code == 0, res.output
+    ref = old["ref"]
+    assert (
+        f"note: same images as {ref}; only the split differs (split sizes now round half up "
+        f"since 607d07e); use {ref} to keep the old split"
+    ) in " ".join(res.output.split())
+    # Other images: no such note.
+    Image.fromarray(rng.integers(0, 255, (8, 8), dtype=np.uint8)).save(tmp_path / "imgs/a/x.png")
+    res = runner.invoke(app, ["data", "add", "roundy", str(tmp_path / "imgs")])
+    assert res.exit_code == 0 and "same images as" not in res.output, res.output

@@ -275,6 +275,23 @@ def _print_ingested(name: str, rec: VersionRecord, as_json: bool = False) -> Non
     _print_duplicates(rec.fingerprint)
     if rec.created and rec.parent:
         _print_changes(name, rec.parent, rec.meta)
+        _print_resplit(name, rec)
+
+
+def _print_resplit(name: str, rec: VersionRecord) -> None:
+    """A note when the new version ``rec`` holds exactly its parent's images, split another
+    way (:func:`~pomlia_hpc.data.splits.resplit_note`)."""
+    from pomlia_hpc.data.splits import resplit_note
+    from pomlia_hpc.data.store import open_store, open_version
+    from pomlia_hpc.errors import PomliaError
+
+    old = f"{name}@{rec.parent}"
+    try:  # a note only: a parent that cannot be read is not this command's error
+        text = resplit_note(open_store(rec.store_path), open_version(STATE.registry(), old))
+    except PomliaError:
+        return
+    if text:
+        err_console.print(f"[yellow]note:[/] {text}", highlight=False)
 
 
 def _print_duplicates(fingerprint: dict[str, Any]) -> None:

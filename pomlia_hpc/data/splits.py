@@ -11,8 +11,10 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
+
 from pomlia_hpc.data.sources.folder_layout import CLASS_SPLIT_FOLDERS, SPLIT_FOLDERS
-from pomlia_hpc.data.store import SPLITS
+from pomlia_hpc.data.store import SPLITS, DatasetStore
 from pomlia_hpc.errors import InputError
 
 #: Fewest images a split that AutoML evaluates (val, test) must hold: the metric functions
@@ -99,3 +101,47 @@ def require_all_splits(meta: dict[str, Any], ref: str) -> None:
             "images in train, val and test (AutoML trains on train, picks on val, reports "
             f"test); {fill_hint(meta, empty)}"
         )
+
+
+def same_images(a: DatasetStore, b: DatasetStore) -> bool:
+    """Whether stores ``a`` and ``b`` hold the same images under the same labels, each as
+    often, whatever split they are in (a re-added source split another way). Reads both, a
+    chunk at a time; False at once when their sizes, image shapes or classes differ."""
+    if (a.n_images, a.image_shape, a.class_names) != (b.n_images, b.image_shape, b.class_names):
+        return False
+    return bool(np.array_equal(_image_label_hashes(a), _image_label_hashes(b)))
+
+
+def _image_label_hashes(store: DatasetStore) -> np.ndarray:
+    """(n, 2) pixel and label hashes of every row of ``store``, in a canonical order."""
+    from pomlia_hpc.data.explicit_fingerprint import image_hashes
+
+    pixels = np.concatenate(
+        [image_hashes(store.read_rows(lo, hi)) for lo, hi in store.chunk_ranges()]
+        or [np.zeros(0, np.uint64)]
+    )
+    labels = store.read_labels()
+    pairs = np.stack([pixels, image_hashes(labels.reshape(len(labels), -1))], axis=1)
+    return pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))]
+
+
+#: Why an unchanged folder or HDF5 source splits another way than it did (CHANGELOG).
+ROUNDING = "split sizes now round half up since 607d07e"
+
+
+def resplit_note(new: DatasetStore, parent: DatasetStore) -> str | None:
+    """One line when the new version ``new`` holds exactly ``parent``'s images and only the
+    split differs (the guide's "same files, same split" no longer held: carved split sizes
+    round half up since 607d07e, or other fractions were given), else None."""
+    if not same_images(new, parent):
+        return None
+    fractions = [
+        (store.meta.get("source") or {}).get(k)
+        for store in (new, parent)
+        for k in ("val_fraction", "test_fraction")
+    ]
+    why = "other split fractions" if fractions[:2] != fractions[2:] else ROUNDING
+    return (
+        f"same images as {parent.ref}; only the split differs ({why}); use {parent.ref} to "
+        "keep the old split"
+    )
