@@ -251,3 +251,46 @@ def test_missing_values_read_the_marker_in_tables(filled: Workspace, reg: Regist
     row = cells(history.output, "1")
     # id created status predictions labels accuracy alarm path
     assert [row[2], *row[3:6]] == ["ok", "-", "-", "-"], row
+
+
+@pytest.mark.usefixtures("wide_console")
+def test_more_missing_values_read_the_marker(filled: Workspace, reg: Registry) -> None:
+    """`data list` parent, `runs list` task/study/job/error, `jobs list` ended and `deploy
+    history` gate/loop run were blank cells, where the guide promises `-`."""
+    from pomlia_hpc.registry import Promotion
+
+    with reg.session() as s:
+        job = Job(backend="local", scheduler_id="43", name="running", state="RUNNING")
+        s.add(job)
+        run = Run(config={"arch": "small_cnn"}, budget=1, status="crashed", cost_s=0.0)
+        s.add(run)
+        model_id = s.scalars(select(Model.id)).one()
+        s.add(Promotion(slot="sl", model_id=model_id, bundle_path="/b", kind="initial"))
+        s.flush()
+        job_id, run_id = job.id, run.id
+    data = CliRunner().invoke(app, ["data", "list"])
+    assert data.exit_code == 0, data.output
+    assert cells(data.output, "blood")[2] == "-"  # name version parent
+    runs = CliRunner().invoke(app, ["runs", "list"])
+    assert runs.exit_code == 0, runs.output
+    row = cells(runs.output, str(run_id))
+    # id task study configuration epochs status val test cost job error
+    assert [row[1], row[2], row[8], row[9], row[10]] == ["-", "-", "0.0", "-", "-"], row
+    jobs = CliRunner().invoke(app, ["jobs", "list"])
+    assert jobs.exit_code == 0, jobs.output
+    assert cells(jobs.output, str(job_id))[7:9] == ["-", "-"]  # ended, exit cause
+    history = CliRunner().invoke(app, ["deploy", "history", "sl"])
+    assert history.exit_code == 0, history.output
+    assert cells(history.output, "1")[4:6] == ["-", "-"]  # gate, loop run
+
+
+def test_narrow_runs_list_shows_a_cost_of_zero_and_one_epoch(
+    filled: Workspace, reg: Registry
+) -> None:
+    """The narrow form hid a cost of 0.0 (`if r.cost_s`) and said "1 epochs"."""
+    with reg.session() as s:
+        s.add(Run(config={"arch": "small_cnn"}, budget=1, status="crashed", cost_s=0.0))
+    res = CliRunner().invoke(app, ["runs", "list"], env={"COLUMNS": "80"})
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.output.split())
+    assert "0.0 s" in text and "1 epoch" in text and "1 epochs" not in text, res.output

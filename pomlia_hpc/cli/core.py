@@ -12,7 +12,7 @@ from sqlalchemy import select
 from pomlia_hpc.cli.app import STATE, app, console
 from pomlia_hpc.cli.listing import check_limit
 from pomlia_hpc.cli.polling import refresh_for_listing, say_unsure, unsure_states
-from pomlia_hpc.cli.tables import ListTable, stack, when
+from pomlia_hpc.cli.tables import ListTable, shown, stack, when
 from pomlia_hpc.config import load_cluster_profile
 from pomlia_hpc.registry import Job
 
@@ -60,8 +60,8 @@ def jobs_table(rows: list[Job], title: str, unsure: Collection[int] = ()) -> Tab
             state,
             str(r.requeue_count),
             when(r.submitted_at, seconds=True),
-            f"{r.ended_at:%H:%M:%S}" if r.ended_at else "",
-            cause,
+            shown(f"{r.ended_at:%H:%M:%S}" if r.ended_at else None),
+            shown(cause),
         )
         requeues = f"{r.requeue_count} requeue{'s' if r.requeue_count != 1 else ''}"
         ended = r.ended_at and when(r.ended_at, narrow=True)

@@ -15,7 +15,7 @@ from rich.table import Table
 from pomlia_hpc.cli.app import STATE, app, console, err_console
 from pomlia_hpc.cli.folder_notes import print_folder_notes, print_skipped_files
 from pomlia_hpc.cli.listing import JsonFlag, print_rows
-from pomlia_hpc.cli.tables import ListTable, stack, when
+from pomlia_hpc.cli.tables import ListTable, shown, stack, when
 from pomlia_hpc.data.medmnist_info import FLAGS_2D
 from pomlia_hpc.progress import Reporter, progress
 from pomlia_hpc.vocab import task_type_choices
@@ -471,7 +471,7 @@ def list_cmd(
         table.add_row(
             r.name,
             version,
-            r.parent or "",
+            shown(r.parent),
             str(r.n_images),
             r.task_type,
             str(r.n_classes),

@@ -17,7 +17,7 @@ from rich.table import Table
 from pomlia_hpc.cli.app import STATE, app, console, err_console, log_line, profile_for
 from pomlia_hpc.cli.data import data_app
 from pomlia_hpc.cli.serve import deploy_app
-from pomlia_hpc.cli.tables import ListTable, when
+from pomlia_hpc.cli.tables import MISSING, ListTable, shown, when
 from pomlia_hpc.errors import InputError
 
 if TYPE_CHECKING:
@@ -201,7 +201,7 @@ def history_cmd(slot: SlotArg) -> None:
         table.add_column(col, no_wrap=col in ("id", "time"))
         narrow.add_column(col, no_wrap=col in ("id", "time"))
     for e in entries:
-        rest = (e.model, e.kind, str(e.gate_id or ""), str(e.loop_run_id or ""))
+        rest = (e.model, e.kind, shown(e.gate_id), shown(e.loop_run_id))
         table.add_row(str(e.id), when(e.created_at, seconds=True), *rest)
         narrow.add_row(str(e.id), when(e.created_at, narrow=True), *rest)
     console.print(table)
@@ -230,7 +230,7 @@ def history_cmd(slot: SlotArg) -> None:
             ("passed" if g.passed else "failed") + (", forced" if g.forced else ""),
             _pair(fixed),
             _pair(prod),
-            f"{ev['p_value']:.3g}" if isinstance(ev.get("p_value"), float) else "",
+            f"{ev['p_value']:.3g}" if isinstance(ev.get("p_value"), float) else MISSING,
         )
     console.print(gates)
 

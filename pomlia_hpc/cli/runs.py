@@ -13,7 +13,7 @@ from rich.text import Text
 
 from pomlia_hpc.cli.app import STATE, app, console, err_console
 from pomlia_hpc.cli.listing import JsonFlag, print_rows
-from pomlia_hpc.cli.tables import ListTable, stack
+from pomlia_hpc.cli.tables import ListTable, shown, stack
 from pomlia_hpc.vocab import METRICS, RunStatus
 
 runs_app = typer.Typer(help="Training runs (AutoML trials) in the registry.", no_args_is_help=True)
@@ -134,27 +134,28 @@ def _runs_table(rows: list[Any], gone: dict[str, tuple[str, str]]) -> ListTable:
         error = (r.error or "").split("\n")[0][:60]
         table.add_row(
             str(r.id),
-            r.task or "",
-            r.study or "",
+            shown(r.task),
+            shown(r.study),
             config_summary(r.config),
-            fmt(r.epochs, 0),
+            shown(fmt(r.epochs, 0)),
             Text(status, style="yellow") if unfinished else status,
             _metrics(val),
             _metrics(test),
-            fmt(r.cost_s, 1),
-            "" if r.job is None else str(r.job),
-            error,
+            shown(fmt(r.cost_s, 1)),
+            shown(r.job),
+            shown(error),
         )
         epochs = fmt(r.epochs, 0)
+        if epochs:
+            epochs += " epoch" if r.epochs == 1 else " epochs"
         narrow.add_row(
             str(r.id),
-            stack(r.task or "", r.study or ""),
+            stack(shown(r.task), r.study or ""),
             stack(config_summary(r.config), error),
-            Text(
-                stack(status, f"{epochs} epochs" if epochs else ""), "yellow" if unfinished else ""
-            ),
+            Text(stack(status, epochs), "yellow" if unfinished else ""),
             stack(*(f"{k} {_metrics(v)}" for k, v in (("val", val), ("test", test)) if v)),
-            stack("" if r.job is None else str(r.job), f"{fmt(r.cost_s, 1)} s" if r.cost_s else ""),
+            # A cost of 0.0 is a cost (a trial that failed at once): shown, not left out.
+            stack(shown(r.job), f"{fmt(r.cost_s, 1)} s" if r.cost_s is not None else ""),
         )
     return table
 
