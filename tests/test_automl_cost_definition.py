@@ -229,3 +229,12 @@ def test_a_resume_tells_the_optimiser_the_runs_cost_by_the_one_definition(
     )
     recover_trial(runner, opt, proposal)  # type: ignore[arg-type]
     assert told == [pytest.approx(27.0)]
+
+
+def test_run_stats_read_train_s_alone_to_tell_old_runs(registry: Registry) -> None:
+    # The rebuild selected the whole metrics (history included) to test for train_s; it reads
+    # metrics["train_s"] now: a run that kept it keeps its cost (27 s), its job's 40 s aside.
+    tid = _task(registry)
+    _ok_run(registry, tid, 27.0, _job(registry, 0.0, 40.0), train_s=5.0)
+    (o,) = kb.registry_observations(registry, "acc")[0]
+    assert o.startup_s == pytest.approx(23.0)

@@ -11,8 +11,8 @@ accounting (``epochs``, ``start_epoch``, ``epochs_run``), or the ``cause`` of a 
 
 ``cost_s`` is the trial job's wall time in seconds, from its start to its end, start-up
 (interpreter, imports, data, model and DeepSpeed set-up) included, for every status: Slurm's
-Start to End of the job's latest attempt, a local job's launch to its collection by the driver
-(or to its result file, for a driver that attached after it ended), as its job row has them
+Start to End of the job's latest attempt, a local job's launch to its result file (a failure:
+to its collection by the driver), as its job row has them
 (:func:`~pomlia_hpc.automl.study.trials.trial_wall_s`). What the training call itself took
 is ``metrics["train_s"]`` (ok runs). A run recorded ``ok`` before ``train_s`` was kept
 recorded the training call's seconds as its cost: :func:`run_cost_s` reads such a run's cost
