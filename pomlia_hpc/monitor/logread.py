@@ -210,14 +210,7 @@ def read_window(
                     win.bad_fingerprints += 1
                     continue
                 seen_in_window += 1
-                if len(win.vectors) < max_vectors:
-                    win.vectors.append(np.asarray(fp, dtype=np.float32))
-                    win.vector_ids.append(rec.id)
-                else:
-                    j = int(rng.integers(seen_in_window))
-                    if j < max_vectors:
-                        win.vectors[j] = np.asarray(fp, dtype=np.float32)
-                        win.vector_ids[j] = rec.id
+                _sample(win, rng, seen_in_window, max_vectors, rec.id, fp)
     batch.end(win)
     for pid, (label, t) in feedback.items():
         if pid in pred_of:
@@ -225,6 +218,26 @@ def read_window(
         elif t >= lo:
             win.feedback_unmatched += 1
     return win
+
+
+def _sample(
+    win: LogWindow,
+    rng: np.random.Generator,
+    seen: int,
+    max_vectors: int,
+    prediction_id: str,
+    fingerprint: Sequence[float],
+) -> None:
+    """Reservoir sampling: keep the ``seen``-th fingerprint of the window with probability
+    ``max_vectors / seen``, so that the kept ones are a uniform sample of all seen."""
+    if len(win.vectors) < max_vectors:
+        win.vectors.append(np.asarray(fingerprint, dtype=np.float32))
+        win.vector_ids.append(prediction_id)
+        return
+    j = int(rng.integers(seen))
+    if j < max_vectors:
+        win.vectors[j] = np.asarray(fingerprint, dtype=np.float32)
+        win.vector_ids[j] = prediction_id
 
 
 class _Batch:
