@@ -20,10 +20,10 @@ from pomlia_hpc.automl.study import StudyRunner
 from pomlia_hpc.automl.study.trials import attached_result, trial_wall_s
 from pomlia_hpc.automl.study.view import view_of_run
 from pomlia_hpc.cluster.attach import AttachedJob
-from pomlia_hpc.registry import DatasetVersion, Job, Registry, Run, Task
+from pomlia_hpc.registry import Job, Registry, Run
 from pomlia_hpc.strategy import kb
 from pomlia_hpc.workspace import Workspace
-from tests.fixtures.factories import tiny_study, tiny_task
+from tests.fixtures.factories import row_task, tiny_study, tiny_task
 
 T0 = datetime(2026, 12, 5, 7, 17, 30, 790000, tzinfo=UTC)
 
@@ -113,23 +113,6 @@ def test_a_study_spans_its_first_job_start_to_its_last_job_end(reg: Registry) ->
     assert records.study_span_s(reg, records.study_runs(reg, "sp")) == pytest.approx(55.45)
 
 
-def _task(reg: Registry) -> int:
-    from pomlia_hpc.registry import Dataset
-
-    with reg.session() as s:
-        ds = Dataset(name="t")
-        s.add(ds)
-        s.flush()
-        fp = {"counts": {"train": 100}, "image_size": [28, 28], "channels": 1, "n_classes": 2}
-        ver = DatasetVersion(dataset_id=ds.id, version="v1", store_path="-", fingerprint=fp)
-        s.add(ver)
-        s.flush()
-        task = Task(name="t", dataset_version_id=ver.id, metric="acc", task_type="binary")
-        s.add(task)
-        s.flush()
-        return int(task.id)
-
-
 def _ok_run(reg: Registry, task_id: int, cost_s: float, job_id: int, **metrics: Any) -> None:
     # a 60-epoch run (a full budget: its value counts) resumed for its last 2 epochs
     history = [{"seconds": 2.0}] * 60
@@ -154,7 +137,7 @@ def test_measured_start_up_is_the_jobs_not_the_training_calls(
 ) -> None:
     # Start-up = cost less the epochs' seconds: of a cost without the job's start-up it came
     # out ~0 s, while estimates assume 30 s, so measured and estimated costs did not compare.
-    tid = _task(registry)
+    tid = row_task(registry)
     job_id = _job(registry, 0.0, 27.0)
     if recorded == "now":
         _ok_run(registry, tid, 27.0, job_id, train_s=5.0)
@@ -192,7 +175,7 @@ def test_an_old_ok_run_of_a_local_job_keeps_its_recorded_cost(registry: Registry
     # An older pomlia closed a local job's row when the driver collected it: a resumed driver
     # collected a trial 3 h after it ended, so its job times said 10800 s. Only Slurm's are
     # the job's; a local one's recorded cost stays (runs list, the recommender, a resume).
-    tid = _task(registry)
+    tid = row_task(registry)
     job_id = _job(registry, 0.0, 10800.0, backend="local")
     _ok_run(registry, tid, 27.0, job_id)  # before train_s
     (row,) = records.list_runs(registry)
@@ -215,7 +198,7 @@ def test_a_resume_tells_the_optimiser_the_runs_cost_by_the_one_definition(
 
     from pomlia_hpc.automl.study.recover import recover_trial
 
-    tid = _task(registry)
+    tid = row_task(registry)
     job_id = _job(registry, 0.0, 27.0)
     _ok_run(registry, tid, 5.0, job_id)
     with registry.session() as s:
@@ -234,7 +217,7 @@ def test_a_resume_tells_the_optimiser_the_runs_cost_by_the_one_definition(
 def test_run_stats_read_train_s_alone_to_tell_old_runs(registry: Registry) -> None:
     # The rebuild selected the whole metrics (history included) to test for train_s; it reads
     # metrics["train_s"] now: a run that kept it keeps its cost (27 s), its job's 40 s aside.
-    tid = _task(registry)
+    tid = row_task(registry)
     _ok_run(registry, tid, 27.0, _job(registry, 0.0, 40.0), train_s=5.0)
     (o,) = kb.registry_observations(registry, "acc")[0]
     assert o.startup_s == pytest.approx(23.0)

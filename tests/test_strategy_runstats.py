@@ -9,23 +9,9 @@ from typing import Any
 import pytest
 from sqlalchemy import delete
 
-from pomlia_hpc.registry import Dataset, DatasetVersion, Registry, Run, Task
+from pomlia_hpc.registry import Registry, Run
 from pomlia_hpc.strategy import cost, kb
-
-
-def _task(reg: Registry, name: str = "t") -> int:
-    with reg.session() as s:
-        ds = Dataset(name=name)
-        s.add(ds)
-        s.flush()
-        fp = {"counts": {"train": 100}, "image_size": [28, 28], "channels": 1, "n_classes": 2}
-        ver = DatasetVersion(dataset_id=ds.id, version="v1", store_path="-", fingerprint=fp)
-        s.add(ver)
-        s.flush()
-        task = Task(name=name, dataset_version_id=ver.id, metric="acc", task_type="binary")
-        s.add(task)
-        s.flush()
-        return int(task.id)
+from tests.fixtures.factories import row_task
 
 
 def _run(
@@ -58,7 +44,7 @@ def _by_arch(reg: Registry) -> dict[str, kb.Observation]:
 
 def test_runs_counted_once_and_unfinished_ones_later(registry: Registry) -> None:
     reg = registry
-    tid = _task(reg)
+    tid = row_task(reg)
     _run(reg, tid, "small_cnn", "ok", 0.7)
     _run(reg, tid, "small_cnn", "crashed", cost=40.0)  # a crashed run's seconds are no cost
     waiting = _run(reg, tid, "resnet18", "running")
@@ -97,7 +83,7 @@ def _run_with_id(reg: Registry, task_id: int, run_id: int, status: str, val: flo
 def test_a_run_that_becomes_visible_after_a_higher_id_is_counted(registry: Registry) -> None:
     """Ids come at insert, visibility at commit: two drivers can commit run 101 before run 100.
     The knowledge base read in between must still count run 100 once it is visible."""
-    tid = _task(registry)
+    tid = row_task(registry)
     _run_with_id(registry, tid, 101, "running")
     assert _by_arch(registry) == {}  # read while only 101 is visible
     _run_with_id(registry, tid, 100, "ok", 0.95)  # commits late, with the lower id
@@ -113,7 +99,7 @@ def test_of_two_runs_with_the_best_objective_the_lower_id_counts_whenever_read(
     """The tie is broken as :mod:`pomlia_hpc.strategy.outcomes` breaks it, not by which run
     was folded first (a read between the two used to keep the later run)."""
     for name, read_between in (("t", False), ("u", True)):
-        tid = _task(registry, name)
+        tid = row_task(registry, name)
         first = _run(registry, tid, "small_cnn", "running")
         _run(registry, tid, "small_cnn", "ok", 0.9)
         if read_between:
@@ -128,7 +114,7 @@ def test_runs_deleted_after_they_were_counted_are_no_longer_counted(registry: Re
     their number). A refresh notices the deletion and builds the summaries again, whether the
     delete removed the run's kb_run_seen row too (foreign keys enforced) or left it behind
     (the sqlite3 shell, where foreign keys are off)."""
-    tid = _task(registry)
+    tid = row_task(registry)
     kept = _run(registry, tid, "small_cnn", "ok", 0.7)
     best = _run(registry, tid, "small_cnn", "ok", 0.9)
     crashed = _run(registry, tid, "resnet18", "crashed")
@@ -153,7 +139,7 @@ def test_a_strategys_cost_is_one_run_at_the_tasks_full_budget(registry: Registry
     """Seconds per epoch trained (a study's budgets span 3 to 60 epochs, and a promoted run
     resumes from its checkpoint: its seconds cover only the epochs it added) times the epochs
     of a full run on the task, not the mean of runs of any length."""
-    tid = _task(registry)  # 100 training images: a full run is 60 epochs
+    tid = row_task(registry)  # 100 training images: a full run is 60 epochs
     # (budget, epochs it trained, seconds): the 27-epoch run resumed from the 9-epoch one's
     for budget, trained, seconds in ((3, 3, 30.0), (9, 9, 90.0), (27, 18, 180.0)):
         with registry.session() as s:
@@ -176,7 +162,7 @@ def test_a_strategys_cost_is_one_run_at_the_tasks_full_budget(registry: Registry
 
 def test_a_cancelled_run_is_no_failure_of_its_strategy(registry: Registry) -> None:
     # A trial cancelled by a user (or with its driver) says nothing about its configuration.
-    tid = _task(registry)
+    tid = row_task(registry)
     _run(registry, tid, "small_cnn", "ok", 0.7)
     _run(registry, tid, "small_cnn", "cancelled", cost=40.0)
     got = _by_arch(registry)
@@ -188,7 +174,7 @@ def test_a_cancelled_run_leaves_the_waiting_list(registry: Registry) -> None:
     from pomlia_hpc.registry import KbRunSeen
     from pomlia_hpc.strategy import runstats
 
-    tid = _task(registry)
+    tid = row_task(registry)
     _run(registry, tid, "small_cnn", "ok", 0.7)
     _run(registry, tid, "small_cnn", "cancelled", cost=40.0)
     _by_arch(registry)
@@ -215,7 +201,7 @@ def test_two_refreshes_that_both_rebuild_count_each_run_once_on_postgres(pg_url:
     from pomlia_hpc.strategy import runstats
 
     reg = Registry.open(pg_url)
-    task_id = _task(reg)
+    task_id = row_task(reg)
     _run(reg, task_id, "small_cnn", "ok", 0.9)
     _run(reg, task_id, "small_cnn", "ok", 0.8)
     kb.registry_observations(reg, "acc")
