@@ -7,8 +7,6 @@ from __future__ import annotations
 import io
 import json
 import shutil
-import subprocess
-import sys
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -25,9 +23,9 @@ from pomlia_hpc.serve.local import LocalServer
 from pomlia_hpc.serve.programs import check_program
 from pomlia_hpc.serve.runtime import load_program
 from pomlia_hpc.serve.slots import point
+from tests.fixtures.cli import pomlia_process
 
 TOKEN = "programs-token-0123456789abcdef"
-REPO = Path(__file__).resolve().parents[1]
 Members = dict[str, bytes]
 
 
@@ -94,14 +92,7 @@ def test_serve_refuses_a_pickled_weight_without_running_it(
     marker = tmp_path / "pwned"
     evil = _tampered(bundle, tmp_path / "evil", marker, file)
     argv = ["serve", str(evil), "--backend", backend, "--port", "0"]
-    res = subprocess.run(
-        [sys.executable, "-m", "pomlia_hpc", *argv, "--log-dir", str(tmp_path / "logs")],
-        capture_output=True,
-        text=True,
-        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "COLUMNS": "1000"},
-        timeout=120,
-        check=False,
-    )
+    res = pomlia_process(*argv, "--log-dir", str(tmp_path / "logs"))
     err = res.stderr.strip()
     assert not marker.exists()
     assert res.returncode == 2, err

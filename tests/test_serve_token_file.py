@@ -3,8 +3,6 @@ refuses such a private key, with one line that says how to fix it."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -12,8 +10,8 @@ import pytest
 from pomlia_hpc.errors import ConfigError
 from pomlia_hpc.serve.demo import cached_demo_bundle
 from pomlia_hpc.serve.security import load_token
+from tests.fixtures.cli import pomlia_process
 
-REPO = Path(__file__).resolve().parents[1]
 TOKEN = "file-token-0123456789abcdef"
 
 
@@ -42,14 +40,7 @@ def test_serve_refuses_a_readable_token_file_in_one_line(
     bundle = cached_demo_bundle(tmp_path_factory.getbasetemp() / "serve-demo", num_classes=4)
     path = _token_file(tmp_path, 0o644)
     argv = ["serve", str(bundle), "--token-file", str(path), "--port", "0"]
-    res = subprocess.run(
-        [sys.executable, "-m", "pomlia_hpc", *argv, "--log-dir", str(tmp_path / "logs")],
-        capture_output=True,
-        text=True,
-        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "COLUMNS": "1000"},
-        timeout=120,
-        check=False,
-    )
+    res = pomlia_process(*argv, "--log-dir", str(tmp_path / "logs"))
     err = res.stderr.strip()
     assert res.returncode == 2, err
     assert err.startswith("error: ") and "\n" not in err and "Traceback" not in err, err
