@@ -34,7 +34,7 @@ SlotArg = Annotated[
 ]
 MARGIN_HELP = (
     "Non-inferiority margin on the fixed test split: accuracy points as a fraction in [0, 1) "
-    "(0.02 = 2 points)."
+    "(0.02 = 2 points; label-wise accuracy for a multi-label task)."
 )
 ALPHA_HELP = "Significance level of both gate tests."
 
@@ -184,10 +184,12 @@ def rollback_cmd(slot: SlotArg) -> None:
 
 @deploy_app.command("history")
 def history_cmd(slot: SlotArg) -> None:
-    """What SLOT served when, and each gate decision with its evidence.
+    """What SLOT served when, and each gate decision with its evidence (accuracies are
+    label-wise for a multi-label task; `test` names the gate's test: McNemar, or paired t).
 
     A console too narrow for the full table (80 columns) shows times as MM-DD HH:MM."""
     from pomlia_hpc.loop.promote import gate_decisions, history, slots
+    from pomlia_hpc.loop.stats import MCNEMAR
     from pomlia_hpc.registry.lookup import not_found
 
     reg = STATE.registry()
@@ -214,6 +216,7 @@ def history_cmd(slot: SlotArg) -> None:
         "fixed test acc",
         "production acc",
         "p",
+        "test",
     ):
         gates.add_column(col)
     # Forced gates recorded by earlier versions hold only the champion's id; every champion
@@ -231,6 +234,8 @@ def history_cmd(slot: SlotArg) -> None:
             _pair(fixed),
             _pair(prod),
             f"{ev['p_value']:.3g}" if isinstance(ev.get("p_value"), float) else MISSING,
+            # Gates recorded before the key existed were all McNemar's.
+            str(ev.get("test", MCNEMAR)),
         )
     console.print(gates)
 

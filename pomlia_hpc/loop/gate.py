@@ -3,7 +3,9 @@
 The images come from a harvested dataset version (:mod:`pomlia_hpc.data.harvest`): its fixed
 test split (the parent's test rows, where the challenger must not be worse, within
 ``margin``) and its production test subset (recent labelled production images never trained
-on, where it must be better at level ``alpha``); see :mod:`pomlia_hpc.loop.stats`.
+on, where it must be better at level ``alpha``); see :mod:`pomlia_hpc.loop.stats`. A
+single-label task compares per-image right/wrong (McNemar), a multi-label task per-image
+label-wise accuracy (paired t), as its ACC is label-wise.
 
 Every decision is a :class:`~pomlia_hpc.registry.GateDecision` row with its evidence (both
 tests' counts, accuracies, bound and p-value, the data version and row ranges). ``force``
@@ -29,10 +31,22 @@ from pomlia_hpc.loop.promote import (
     put_on_slot,
     supersede_gate,
 )
-from pomlia_hpc.loop.stats import GateResult, PairedCounts, check_levels, decide
+from pomlia_hpc.loop.stats import (
+    MCNEMAR,
+    NO_TEST,
+    PAIRED_T,
+    GateResult,
+    PairedCounts,
+    PairedScores,
+    check_levels,
+    decide,
+    decide_labelwise,
+)
+from pomlia_hpc.models.card import ClassifierMeta
 from pomlia_hpc.models.catalog import resolve_model
 from pomlia_hpc.models.checkpoint import load_classifier
 from pomlia_hpc.registry import DatasetVersion, GateDecision, Model, Registry
+from pomlia_hpc.vocab import TaskType, normalize_task_type
 
 #: Defaults: a challenger may be at most 2 accuracy points worse on the fixed test split
 #: (at 95% confidence), and must be better on production data at alpha 0.05.
@@ -57,9 +71,9 @@ class GateOutcome:
         return self.result.passed or self.forced
 
 
-def correct(model: Model, images: np.ndarray, labels: np.ndarray, batch: int = 256) -> np.ndarray:
-    """Per-image correctness (bool) of ``model`` on uint8 NHWC ``images``; multi-label tasks
-    count an image as right when every label is."""
+def _logits(model: Model, images: np.ndarray, batch: int) -> tuple[ClassifierMeta, np.ndarray]:
+    """``model``'s metadata and its logits (n, classes) on uint8 NHWC ``images``, scored
+    ``batch`` images at once."""
     import torch
 
     loaded = load_classifier(model.path)
@@ -70,14 +84,43 @@ def correct(model: Model, images: np.ndarray, labels: np.ndarray, batch: int = 2
     with torch.inference_mode():
         for lo in range(0, len(images), batch):
             x = torch.from_numpy(np.ascontiguousarray(images[lo : lo + batch])).permute(0, 3, 1, 2)
-            logits = loaded.model((x.float() / 255.0 - mean) / std)
-            y = labels[lo : lo + batch]
-            if meta.task_type == "multi-label":
-                pred = (logits > 0).numpy().astype(np.int64)
-                out.append((pred == y).all(axis=1))
-            else:
-                out.append(logits.argmax(dim=1).numpy() == y[:, 0])
-    return np.concatenate(out) if out else np.zeros(0, bool)
+            out.append(loaded.model((x.float() / 255.0 - mean) / std).numpy())
+    return meta, (np.concatenate(out) if out else np.zeros((0, meta.num_classes), np.float32))
+
+
+def correct(model: Model, images: np.ndarray, labels: np.ndarray, batch: int = 256) -> np.ndarray:
+    """Per-image correctness (bool) of ``model`` on uint8 NHWC ``images``; multi-label tasks
+    count an image as right when every label is (the gate uses :func:`labelwise_accuracy`)."""
+    meta, logits = _logits(model, images, batch)
+    if len(logits) == 0:
+        return np.zeros(0, bool)
+    if meta.task_type == TaskType.MULTI_LABEL:
+        return np.asarray(((logits > 0).astype(np.int64) == labels).all(axis=1))
+    return np.asarray(logits.argmax(axis=1) == labels[:, 0])
+
+
+def labelwise_accuracy(
+    model: Model, images: np.ndarray, labels: np.ndarray, batch: int = 256
+) -> np.ndarray:
+    """Per-image label-wise accuracy of multi-label ``model``: the fraction (0..1) of the
+    image's 0/1 ``labels`` (n, L) it gets right, a label predicted when its logit > 0 (sigmoid
+    > 0.5, as the task's ACC). NaN where the model's output for the image is not finite (a
+    missing output; :class:`~pomlia_hpc.loop.stats.PairedScores` scores it 0). An
+    :class:`InputError` for a model that is not multi-label or answers another number of labels."""
+    meta, logits = _logits(model, images, batch)
+    if meta.task_type != TaskType.MULTI_LABEL:
+        raise InputError(
+            f"model {model.name} is a {meta.task_type} model but the gate's data is multi-label: "
+            "expected a multi-label model (one sigmoid per label)"
+        )
+    width = labels.shape[1] if labels.ndim == 2 else 0
+    if meta.num_classes != width:
+        raise InputError(
+            f"model {model.name} answers {meta.num_classes} labels per image but the gate's "
+            f"data has {width}: expected the same labels"
+        )
+    right = ((logits > 0).astype(np.int64) == labels).mean(axis=1)
+    return np.where(np.isfinite(logits).all(axis=1), right, np.nan)
 
 
 def _rows(store: DatasetStore, rng: list[int]) -> tuple[np.ndarray, np.ndarray]:
@@ -148,13 +191,7 @@ def run_gate(
             f"dataset version {version.version} is not a harvest: it has no production test subset"
         )
     store = open_store(version.store_path)
-    counts = {}
-    for key in ("fixed_test_rows", "production_test_rows"):
-        x, y = _rows(store, info[key])
-        counts[key] = PairedCounts.of(correct(champ, x, y), correct(chal, x, y))
-    result = decide(
-        counts["fixed_test_rows"], counts["production_test_rows"], margin=margin, alpha=alpha
-    )
+    result = _compare(store, info, champ, chal, margin=margin, alpha=alpha)
     evidence: dict[str, Any] = {
         **_finite(result.to_dict()),
         "data": store.ref,
@@ -178,6 +215,38 @@ def run_gate(
         return GateOutcome(row.id, result, force, champ.name, chal.name, store.ref)
 
 
+def _compare(
+    store: DatasetStore,
+    info: dict[str, Any],
+    champ: Model,
+    chal: Model,
+    *,
+    margin: float,
+    alpha: float,
+) -> GateResult:
+    """Score both models on the version's fixed test and production test rows and decide:
+    per-image right/wrong and McNemar for a single-label task; per-image label-wise accuracy
+    and the paired t test for a multi-label one, whose task ACC is label-wise (exact match
+    would count an image with 13 of 14 labels right as wrong, for both models alike, and hide a
+    challenger that is better label by label)."""
+    if normalize_task_type(store.task_type) == TaskType.MULTI_LABEL:
+        scores = {}
+        for key in ("fixed_test_rows", "production_test_rows"):
+            x, y = _rows(store, info[key])
+            a, b = labelwise_accuracy(champ, x, y), labelwise_accuracy(chal, x, y)
+            scores[key] = PairedScores.of(a, b)
+        return decide_labelwise(
+            scores["fixed_test_rows"], scores["production_test_rows"], margin=margin, alpha=alpha
+        )
+    counts = {}
+    for key in ("fixed_test_rows", "production_test_rows"):
+        x, y = _rows(store, info[key])
+        counts[key] = PairedCounts.of(correct(champ, x, y), correct(chal, x, y))
+    return decide(
+        counts["fixed_test_rows"], counts["production_test_rows"], margin=margin, alpha=alpha
+    )
+
+
 def _finite(d: dict[str, Any]) -> dict[str, Any]:
     """NaN and infinities (no images) as None: JSON columns on PostgreSQL refuse them."""
     out: dict[str, Any] = {}
@@ -197,8 +266,17 @@ def _num(v: Any) -> float:
 
 def _outcome(row: GateDecision, champion_name: str, challenger_name: str) -> GateOutcome:
     ev = row.evidence
-    fixed = PairedCounts(**{k: ev["fixed_test"][k] for k in PairedCounts.__dataclass_fields__})
-    prod = PairedCounts(**{k: ev["production"][k] for k in PairedCounts.__dataclass_fields__})
+    test = str(ev.get("test", MCNEMAR))  # recorded before multi-label gates: McNemar
+    fixed: PairedCounts | PairedScores
+    prod: PairedCounts | PairedScores
+    if test == PAIRED_T:
+        fixed, prod = (
+            PairedScores.from_dict(ev["fixed_test"]),
+            PairedScores.from_dict(ev["production"]),
+        )
+    else:
+        fixed = PairedCounts(**{k: ev["fixed_test"][k] for k in PairedCounts.__dataclass_fields__})
+        prod = PairedCounts(**{k: ev["production"][k] for k in PairedCounts.__dataclass_fields__})
     result = GateResult(
         bool(ev["passed"]),
         bool(ev["noninferior"]),
@@ -210,6 +288,7 @@ def _outcome(row: GateDecision, champion_name: str, challenger_name: str) -> Gat
         _num(ev["lower_bound"]),
         _num(ev["p_value"]),
         str(ev["reason"]),
+        test,
     )
     return GateOutcome(row.id, result, row.forced, champion_name, challenger_name, str(ev["data"]))
 
@@ -285,7 +364,9 @@ def _forced_without_data(registry: Registry, slot: str, model_ref: str) -> GateO
     entry = champion(registry, slot)
     empty = PairedCounts(0, 0, 0, 0, 0)
     reason = "forced without a gate: no harvested data to compare on"
-    result = GateResult(False, False, False, 0.0, 0.5, empty, empty, float("nan"), 1.0, reason)
+    result = GateResult(
+        False, False, False, 0.0, 0.5, empty, empty, float("nan"), 1.0, reason, NO_TEST
+    )
     with registry.session() as s:
         row = GateDecision(
             slot=slot,

@@ -15,6 +15,7 @@ from typing import Any
 from sqlalchemy import select
 
 from pomlia_hpc.data.harvest import harvest_info
+from pomlia_hpc.loop.stats import MCNEMAR
 from pomlia_hpc.models.catalog import resolve_model
 from pomlia_hpc.registry import (
     Dataset,
@@ -64,7 +65,8 @@ def _model_steps(registry: Registry, model: Model) -> tuple[list[Step], str | No
                 ev = g.evidence or {}
                 text += (
                     f" (gate {g.id}: {'passed' if g.passed else 'failed'}"
-                    f"{', forced' if g.forced else ''}; p={ev.get('p_value')})"
+                    f"{', forced' if g.forced else ''}; p={ev.get('p_value')}, "
+                    f"{ev.get('test', MCNEMAR)})"
                 )
             steps.append(Step("promotion", p.id, text, {"slot": p.slot, "kind": p.kind}))
         steps.append(

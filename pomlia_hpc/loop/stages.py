@@ -432,6 +432,7 @@ def gate_stage(ctx: LoopContext) -> StageOutput:
         "forced": outcome.forced,
         "champion": outcome.champion,
         "reason": r.reason,
+        "test": r.test,
         "p_value": r.p_value,
         "production_accuracy": [r.production.champion_accuracy, r.production.challenger_accuracy],
         "fixed_test_accuracy": [r.fixed_test.champion_accuracy, r.fixed_test.challenger_accuracy],

@@ -1,7 +1,9 @@
-"""The gate's two paired tests on per-image correctness (numpy and the standard library only).
+"""The gate's two paired tests: on per-image correctness (single-label tasks) or on per-image
+label-wise accuracy (multi-label tasks).
 
-Champion and challenger are scored on the same images, so the tests use the pairs:
-``b`` = images only the champion gets right, ``c`` = images only the challenger gets right.
+Champion and challenger are scored on the same images, so the tests use the pairs. For a
+single-label task (:class:`PairedCounts`, :func:`decide`): ``b`` = images only the champion gets
+right, ``c`` = images only the challenger gets right.
 
 - **Non-inferiority** on the fixed test split: the challenger's accuracy minus the champion's,
   with a one-sided lower confidence bound at level 1 - alpha from the paired (Wald) variance of the
@@ -10,6 +12,16 @@ Champion and challenger are scored on the same images, so the tests use the pair
   images the bound is wide and the test rightly does not pass.)
 - **Superiority** on recent labelled production data: McNemar's exact test, one-sided,
   ``p = P(X >= c)`` for ``X ~ Binomial(b + c, 1/2)``; passed when ``p < alpha``.
+
+For a multi-label task (:class:`PairedScores`, :func:`decide_labelwise`) each image's score is
+the fraction of its labels a model gets right (0..1), the per-image share of the task's ACC,
+and both tests are one paired t test on the per-image differences ``d = challenger - champion``
+(:func:`paired_t`): non-inferiority when its one-sided (1 - alpha) lower bound of the mean
+difference is above ``-margin``, superiority when its one-sided p-value is below ``alpha``. A t
+test and not Wilcoxon's signed-rank test, because the quantity gated is the mean (the task's
+ACC is the mean over images and labels): the signed-rank test is about the median-like centre
+of the differences and can favour a challenger whose mean label-wise accuracy is lower (many
+small gains, a few large losses).
 """
 
 from __future__ import annotations
@@ -89,23 +101,118 @@ def noninferiority_lower_bound(counts: PairedCounts, alpha: float) -> float:
     return (c - b) / n - NormalDist().inv_cdf(1 - alpha) * math.sqrt(var)
 
 
+#: The test a gate used, recorded in its evidence as ``test`` (shown by ``deploy history``,
+#: ``loop show`` and ``lineage``): single-label tasks (and every gate recorded before the
+#: key existed), and multi-label tasks.
+MCNEMAR = "McNemar"
+PAIRED_T = "paired t (label-wise)"
+#: ... of a forced promotion with no data to gate on (no test ran).
+NO_TEST = "none"
+
+#: Fewest images a label-wise test (:func:`paired_t`) runs on: the t test leans on a normal
+#: approximation of the mean of bounded, discrete differences, which a handful of images
+#: cannot carry (and 10 images that all favour one side are already p = 0.001 by the sign
+#: test). With fewer the test is not run and does not pass.
+MIN_LABELWISE_IMAGES = 10
+
+
+@dataclass(frozen=True)
+class PairedScores:
+    """Per-image label-wise accuracy (fraction of the image's labels right, 0..1) of two
+    models on the same ``n`` images; the accuracies are the means over the images."""
+
+    n: int
+    champion_accuracy: float
+    challenger_accuracy: float
+    difference: float  # mean of challenger - champion per image
+    sd_difference: float  # sample standard deviation of those (ddof 1); NaN below 2 images
+    challenger_better: int  # images where the challenger scores higher
+    champion_better: int
+    champion_missing: int  # images the model gave no usable output for (scored 0)
+    challenger_missing: int
+
+    @classmethod
+    def of(cls, champion: np.ndarray, challenger: np.ndarray) -> PairedScores:
+        """From per-image scores in [0, 1]; NaN is a missing output."""
+        a, b = np.asarray(champion, float), np.asarray(challenger, float)
+        if a.shape != b.shape:
+            raise ValueError(f"paired results of different lengths: {a.shape} vs {b.shape}")
+        # A missing output scores 0 (no label right) and the image stays in the pairs: dropping
+        # it would let a model that fails on hard images skip exactly those, and both models
+        # must be compared on the same images.
+        miss_a, miss_b = np.isnan(a), np.isnan(b)
+        a, b = np.where(miss_a, 0.0, a), np.where(miss_b, 0.0, b)
+        d = b - a
+        n = int(d.size)
+        return cls(
+            n=n,
+            champion_accuracy=float(a.mean()) if n else float("nan"),
+            challenger_accuracy=float(b.mean()) if n else float("nan"),
+            difference=float(d.mean()) if n else float("nan"),
+            sd_difference=float(d.std(ddof=1)) if n > 1 else float("nan"),
+            challenger_better=int((d > 0).sum()),
+            champion_better=int((d < 0).sum()),
+            champion_missing=int(miss_a.sum()),
+            challenger_missing=int(miss_b.sum()),
+        )
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> PairedScores:
+        """Read back from a gate's evidence (None for NaN, see ``gate``)."""
+        kw = {k: d[k] for k in cls.__dataclass_fields__}
+        for k, v in kw.items():
+            if v is None:
+                kw[k] = float("nan")
+        return cls(**kw)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def paired_t(scores: PairedScores, alpha: float) -> tuple[float, float, str]:
+    """The one-sided paired t test on the per-image differences (challenger - champion):
+    ``(lower, p, note)``: the (1 - ``alpha``) lower confidence bound of the mean difference
+    (label-wise accuracy, a fraction), the p-value that the challenger is better, and a note on
+    a degenerate case ("" when the t test ran). Below :data:`MIN_LABELWISE_IMAGES` images it
+    is not run: ``(-inf, 1.0, note)``, so neither test passes."""
+    # Imported here, not at the top: the loop commands' option checks import this module, and
+    # scipy.stats alone takes a few tenths of a second to import.
+    from scipy import stats
+
+    n, mean, sd = scores.n, scores.difference, scores.sd_difference
+    if n < MIN_LABELWISE_IMAGES:
+        return float("-inf"), 1.0, ""
+    if not sd > 0:
+        # Every image's difference is the same (all zero included): the t statistic has no
+        # spread. The bound is that difference itself; the p-value is the exact sign test's,
+        # as every image moved the same way (0.5^n when the challenger gained on each, 1 when
+        # it gained on none: all zero means the models tied on every image, no evidence).
+        p = 0.5**n if mean > 0 else 1.0
+        return mean, p, f"every image differs by {mean:+.3f}, so the sign test's p"
+    se = sd / math.sqrt(n)
+    lower = mean - float(stats.t.ppf(1 - alpha, n - 1)) * se
+    p = float(stats.t.sf(mean / se, n - 1))
+    return lower, p, ""
+
+
 @dataclass(frozen=True)
 class GateResult:
-    """Both tests, their inputs and the decision."""
+    """Both tests, their inputs and the decision; ``test`` names the test used."""
 
     passed: bool
     noninferior: bool
     superior: bool
     margin: float
     alpha: float
-    fixed_test: PairedCounts
-    production: PairedCounts
+    fixed_test: PairedCounts | PairedScores
+    production: PairedCounts | PairedScores
     lower_bound: float
     p_value: float
     reason: str
+    test: str = MCNEMAR
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
+        d = asdict(self)  # with ``test``
         d["fixed_test"] = self.fixed_test.to_dict()
         d["production"] = self.production.to_dict()
         return d
@@ -163,3 +270,64 @@ def decide(
     return GateResult(
         passed, noninferior, superior, margin, alpha, fixed, production, lower, p, reason
     )
+
+
+def decide_labelwise(
+    fixed: PairedScores, production: PairedScores, *, margin: float, alpha: float
+) -> GateResult:
+    """:func:`decide` for a multi-label task, on per-image label-wise accuracy: pass when the
+    paired t test's lower bound on ``fixed`` is above ``-margin`` and its p-value on
+    ``production`` below ``alpha`` (module docstring)."""
+    if not (0 < alpha < 1) or margin < 0:
+        raise ValueError("alpha must be in (0, 1) and margin >= 0")
+    lower, _, fixed_note = paired_t(fixed, alpha)
+    _, p, prod_note = paired_t(production, alpha)
+    noninferior = fixed.n >= MIN_LABELWISE_IMAGES and lower > -margin
+    superior = production.n >= MIN_LABELWISE_IMAGES and p < alpha
+    few = f"fewer than {MIN_LABELWISE_IMAGES} images, not tested"
+    fixed_text = f"paired t, label-wise accuracy {_scores_text(fixed, fixed_note)}"
+    prod_text = f"label-wise accuracy {_scores_text(production, prod_note)}"
+    reasons = []
+    if fixed.n == 0:
+        reasons.append("no fixed test images")
+    elif fixed.n < MIN_LABELWISE_IMAGES:
+        reasons.append(f"not shown non-inferior on the fixed test split: {few} ({fixed_text})")
+    elif not noninferior:
+        reasons.append(
+            f"not shown non-inferior on the fixed test split ({fixed_text}): lower bound "
+            f"{lower:+.3f} <= -margin {-margin:+.3f}"
+        )
+    if production.n == 0:
+        reasons.append("no labelled production test images")
+    elif production.n < MIN_LABELWISE_IMAGES:
+        reasons.append(f"not shown better on production data: paired t {few} ({prod_text})")
+    elif not superior:
+        reasons.append(
+            f"not shown better on production data: paired t p = {p:.3g} >= alpha {alpha:g} "
+            f"({prod_text})"
+        )
+    passed = noninferior and superior
+    reason = (
+        "; ".join(reasons)
+        if reasons
+        else (
+            f"non-inferior ({fixed_text}: lower bound {lower:+.3f} > {-margin:+.3f}) and better "
+            f"on production (paired t p = {p:.3g} < {alpha:g}; {prod_text})"
+        )
+    )
+    return GateResult(
+        passed, noninferior, superior, margin, alpha, fixed, production, lower, p, reason, PAIRED_T
+    )
+
+
+def _scores_text(s: PairedScores, note: str) -> str:
+    """``0.512 -> 0.748 over 40 images, challenger better on 31, champion on 2`` and what is
+    missing or degenerate."""
+    text = (
+        f"{s.champion_accuracy:.3f} → {s.challenger_accuracy:.3f} over {s.n} images, "
+        f"challenger better on {s.challenger_better}, champion on {s.champion_better}"
+    )
+    for who, k in (("champion", s.champion_missing), ("challenger", s.challenger_missing)):
+        if k:
+            text += f"; no output from the {who} for {k} (scored 0)"
+    return f"{text}; {note}" if note else text
