@@ -209,10 +209,12 @@ def test_torn_corrupt_and_foreign_lines_are_skipped_and_counted(
     records = log_predictions(ws, bundle, x)
     folder = log_dir(ws.path("logs"), "blood")
     (first,) = folder.glob("*.jsonl")
-    other_version = dict(records[0], id="f" * 32, model_version="0123456789ab")
+    # A newer server's record: keys this version does not know are ignored, not corruption.
+    newer = {"colour": "red", "output": {**records[0]["output"], "p": 1}}
+    other_version = dict(records[0], id="f" * 32, model_version="0123456789ab", **newer)
     rejection = log_line("rejection", time=records[0]["time"], model="blood")
     append_lines(first, rejection, rejection)
-    foreign = dict(records[3], id="e" * 32, colour="red")  # a key no record has
+    foreign = dict(records[3], id="e" * 32, colour="red", deployment="3")  # mistyped
     append_lines(first, b"{not json\n", other_version, foreign)
     append_lines(first, b'{"type": "prediction", "id": "torn')  # a crash mid-line
     stray = folder / "20200101T000000-otherhost-1-0000.jsonl"  # a copied file of another model
@@ -224,9 +226,11 @@ def test_torn_corrupt_and_foreign_lines_are_skipped_and_counted(
     log = report["log"]
     assert report["volume"]["predictions"] == 60
     assert log["torn_lines"] == 1 and log["corrupt_lines"] == 2
-    bad_json, unknown_key = log["corrupt_examples"]
+    bad_json, mistyped = log["corrupt_examples"]
     assert bad_json.startswith(f"{first.name}:{len(records) + 3}: not valid JSON")
-    assert unknown_key.startswith(f"{first.name}:{len(records) + 5}: unknown key 'colour'")
+    # The key that makes it corrupt is named, not the unknown one beside it.
+    assert mistyped.startswith(f"{first.name}:{len(records) + 5}: bad value for 'deployment'")
+    assert log["unknown_key_lines"] == 1 and log["unknown_keys"] == {"colour": 1, "output.p": 1}
     quality = report["quality"]
     assert quality["rejections_by_reason"] == {"wrong-size": 2}
     # The 60 predictions were one request (a batch): 2 refused of 3 requests.
@@ -236,6 +240,7 @@ def test_torn_corrupt_and_foreign_lines_are_skipped_and_counted(
     notes = " ".join(report["notes"])
     assert "torn" in notes and "corrupt" in notes and "pathology" in notes
     assert "0123456789ab" in notes
+    assert "1 record(s) carry fields this version does not know: colour, output.p; ignored" in notes
 
 
 def test_deployment_filter(fresh: tuple[Workspace, Registry, Path]) -> None:

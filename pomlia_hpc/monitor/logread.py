@@ -17,7 +17,12 @@ and keeps:
   record (:mod:`pomlia_hpc.serve.records`: not JSON, an unknown or missing key, a mistyped
   value; the first few are quoted with file, line and key, e.g. ``<file>:12: unknown key
   'x'; valid keys: ...``), a torn last line (a writer that crashed mid-line), fingerprints of
-  the wrong kind or length, and refused requests by reason (``rejection`` records).
+  the wrong kind or length, and refused requests by reason (``rejection`` records);
+* records of a newer server: keys this version does not know are ignored (the record is read,
+  its known keys checked as strictly as ever) and counted by name; a record of a newer major
+  log format (``format`` above :data:`~pomlia_hpc.serve.records.LOG_FORMAT`) is skipped and
+  counted, not read, as its keys may mean what this version would misread (the rule:
+  :mod:`pomlia_hpc.serve.records`).
 
 Files whose last change is before the window cannot hold records of it and are not opened.
 """
@@ -39,9 +44,10 @@ from pomlia_hpc.serve.records import (
     BadLineError,
     FeedbackLine,
     LogLine,
+    NewerFormatError,
     PredictionLine,
     RejectionLine,
-    parse_line,
+    read_line,
 )
 
 #: Bad lines quoted in the report at most (file, line number and what is wrong), so a broken
@@ -63,6 +69,12 @@ class LogWindow:
     torn_lines: int = 0
     corrupt_lines: int = 0
     corrupt_examples: list[str] = field(default_factory=list)
+    #: Records read with keys this version does not know (a newer writer's), and how many
+    #: records carried each key (dotted: ``output.x``).
+    unknown_key_lines: int = 0
+    unknown_keys: Counter[str] = field(default_factory=Counter)
+    #: Records of a newer major log format, skipped, by format.
+    newer_formats: Counter[int] = field(default_factory=Counter)
     unreadable_files: list[str] = field(default_factory=list)
     other_versions: Counter[str] = field(default_factory=Counter)
     other_models: Counter[str] = field(default_factory=Counter)
@@ -165,13 +177,9 @@ def read_window(
                     win.torn_lines += 1  # the last line of a crashed writer
                     break
                 win.lines += 1
-                try:
-                    rec = parse_line(raw)
-                except BadLineError as exc:
-                    win.corrupt_lines += 1
+                rec = _record(raw, win, path, lineno)
+                if rec is None:
                     batch.skip()  # most likely one of the batch's own records
-                    if len(win.corrupt_examples) < MAX_EXAMPLES:
-                        win.corrupt_examples.append(f"{path.name}:{lineno}: {exc}")
                     continue
                 # Before any filter: a batch's records share its model, version and time.
                 follows = batch.follows(rec, win)
@@ -218,6 +226,25 @@ def read_window(
         elif t >= lo:
             win.feedback_unmatched += 1
     return win
+
+
+def _record(raw: bytes, win: LogWindow, path: Path, lineno: int) -> LogLine | None:
+    """The record on the line ``raw`` (line ``lineno`` of ``path``), its unknown keys counted
+    in ``win``; None for a line that is not one this version reads (counted in ``win``)."""
+    try:
+        rec, unknown = read_line(raw)
+    except NewerFormatError as exc:
+        win.newer_formats[exc.version] += 1
+        return None
+    except BadLineError as exc:
+        win.corrupt_lines += 1
+        if len(win.corrupt_examples) < MAX_EXAMPLES:
+            win.corrupt_examples.append(f"{path.name}:{lineno}: {exc}")
+        return None
+    if unknown:
+        win.unknown_key_lines += 1
+        win.unknown_keys.update(unknown)
+    return rec
 
 
 def _sample(

@@ -47,6 +47,7 @@ from pomlia_hpc.monitor.stats import N_PERM
 from pomlia_hpc.registry import Model, MonitorReport, Promotion, Registry
 from pomlia_hpc.serve.inbox import inputs_dir, read_inputs
 from pomlia_hpc.serve.predlog import log_dir
+from pomlia_hpc.serve.records import LOG_FORMAT
 from pomlia_hpc.serve.reference import Reference
 from pomlia_hpc.workspace import Workspace
 
@@ -108,6 +109,10 @@ def _log_summary(win: LogWindow) -> dict[str, Any]:
         "corrupt_lines": win.corrupt_lines,
         "short_batches": win.short_batches,
         "corrupt_examples": win.corrupt_examples,
+        "unknown_key_lines": win.unknown_key_lines,
+        # Key -> records carrying it; the most frequent few (a garbled writer has no limit).
+        "unknown_keys": dict(win.unknown_keys.most_common(20)),
+        "newer_format_lines": sum(win.newer_formats.values()),
         "unreadable_files": win.unreadable_files,
         "other_versions": dict(win.other_versions),
         "other_models": dict(win.other_models),
@@ -122,6 +127,22 @@ def _log_notes(win: LogWindow, version: str) -> list[str]:
         notes.append(
             f"{win.corrupt_lines} corrupt line(s) skipped (not a valid record), e.g. "
             + " | ".join(win.corrupt_examples)
+        )
+    if win.unknown_key_lines:
+        # Not corruption: a newer server's optional keys (serve/records.py, the format rule).
+        names = sorted(k for k, _ in win.unknown_keys.most_common(10))
+        more = len(win.unknown_keys) - len(names)
+        notes.append(
+            f"{win.unknown_key_lines} record(s) carry fields this version does not know: "
+            + ", ".join(names)
+            + (f" and {more} more" if more else "")
+            + "; ignored"
+        )
+    if win.newer_formats:
+        formats = ", ".join(str(v) for v in sorted(win.newer_formats))
+        notes.append(
+            f"{sum(win.newer_formats.values())} record(s) of a newer log format ({formats}) "
+            f"skipped: this version reads log format {LOG_FORMAT}; upgrade pomlia to read them"
         )
     if win.short_batches:
         notes.append(

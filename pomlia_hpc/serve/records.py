@@ -7,12 +7,23 @@ Three kinds, told apart by ``type``:
 * :class:`RejectionLine`: a refused upload and why (counted by the monitor).
 
 Like every file another process reads (:class:`~pomlia_hpc.config.Record`), a line with an
-unknown or missing key or a mistyped value (``"3"`` is not 3) is refused, and
-:func:`line_problem` says which key in one phrase. :func:`parse_line` validates a line's bytes
-directly (pydantic-core parses and checks in one pass, about 1.6 times a plain
-``orjson.loads``): the monitor reads a million lines this way and counts and quotes the bad
-ones instead of stopping; :func:`~.predlog.read_records` stops at the first with one error
-line naming the file, the line and the key.
+unknown or missing key or a mistyped value (``"3"`` is not 3) is refused by :func:`parse_line`,
+and :func:`line_problem` says which key in one phrase. It validates a line's bytes directly
+(pydantic-core parses and checks in one pass, about 1.6 times a plain ``orjson.loads``);
+:func:`~.predlog.read_records` stops at the first bad line with one error line naming the
+file, the line and the key. The monitor reads a million lines with :func:`read_line`, which
+takes the same fast path, ignores unknown keys (returning them beside the record), and counts
+and quotes the bad lines instead of stopping.
+
+Compatibility between versions (the rule; docs/ARCHITECTURE.md, "Files other processes
+read"): a record may carry ``format``, the major version of the log format it follows, written
+only when above 1 (so no log written so far holds it). A writer that adds an optional key keeps
+the format: an older monitor ignores the keys it does not know and says which. A writer that
+changes the meaning or type of a key, or adds a required one, raises ``format``: every reader
+of an older major format refuses such a record (:class:`NewerFormatError`) rather than misread
+it. Per record, not per file: a line is read, quoted and copied on its own, one folder holds
+the files of servers of several versions (a slot's successive champions), and a header line
+would be a corrupt line to older readers.
 
 The server builds feedback and rejection lines from these models. Prediction lines are built
 as plain dicts on the batcher's thread (no model object per image on the hot path); a test
@@ -38,15 +49,22 @@ class PredictionOutput(Record):
     probabilities: list[float]
 
 
+#: The major version of the log format this version writes and reads (see the module
+#: docstring): records of a higher ``format`` are refused, unknown keys of this one ignored.
+LOG_FORMAT = 1
+
+
 class _Line(Record):
     """What every line has: its own id, when, and the model, version and deployment (None for
-    a server outside a deployment) that wrote it."""
+    a server outside a deployment) that wrote it, and the log format's major version."""
 
     id: str
     time: str
     model: str
     model_version: str
     deployment: int | None
+    #: Written only when above 1 (``LOG_FORMAT``): no record of this version carries it.
+    format: int = Field(default=1, ge=1)
 
 
 class PredictionLine(_Line):
@@ -108,12 +126,35 @@ class BadLineError(ValueError):
     """A log line that is not a valid record; its message is :func:`line_problem`'s phrase,
     worked out only when asked for (the monitor quotes a few bad lines and counts the rest)."""
 
-    def __init__(self, raw: bytes | str) -> None:
+    def __init__(self, raw: bytes | str, *, unknown_keys_ok: bool = False) -> None:
         super().__init__()
         self.raw = raw
+        #: Refused by :func:`read_line`, which ignores unknown keys: the message names a key
+        #: that made it refuse the line, not an unknown one beside it.
+        self.unknown_keys_ok = unknown_keys_ok
 
     def __str__(self) -> str:
-        return line_problem(self.raw)
+        return line_problem(self.raw, unknown_keys_ok=self.unknown_keys_ok)
+
+
+class NewerFormatError(BadLineError):
+    """A record of a newer major log format (``format`` above :data:`LOG_FORMAT`): its keys
+    may mean what this version would misread, so it is not read at all."""
+
+    def __init__(self, raw: bytes | str, version: int) -> None:
+        super().__init__(raw)
+        self.version = version
+
+    def __str__(self) -> str:
+        return newer_format_problem(self.version)
+
+
+def newer_format_problem(version: int) -> str:
+    """The phrase for a record of log format ``version`` (above :data:`LOG_FORMAT`)."""
+    return (
+        f"record of log format {version}, newer than this version of pomlia reads "
+        f"({LOG_FORMAT}); upgrade pomlia to read it"
+    )
 
 
 def to_line(record: PredictionLine | FeedbackLine | RejectionLine) -> dict[str, Any]:
@@ -122,22 +163,110 @@ def to_line(record: PredictionLine | FeedbackLine | RejectionLine) -> dict[str, 
 
 
 def parse_line(raw: bytes | str) -> LogLine:
-    """The record on one log line (strict); :class:`BadLineError` naming the key otherwise."""
+    """The record on one log line (strict: an unknown key too is a :class:`BadLineError`
+    naming the key); :class:`NewerFormatError` for a record of a newer major format."""
     try:
-        return _LINE.validate_json(raw, strict=True)
+        rec = _LINE.validate_json(raw, strict=True)
     except ValidationError:
+        version = _format_of(raw)
+        if version > LOG_FORMAT:  # a newer format's keys may all differ from this one's
+            raise NewerFormatError(raw, version) from None
         raise BadLineError(raw) from None
+    if rec.format > LOG_FORMAT:
+        raise NewerFormatError(raw, rec.format)
+    return rec
 
 
-def line_problem(raw: bytes | str) -> str:
+def read_line(raw: bytes | str) -> tuple[LogLine, tuple[str, ...]]:
+    """The record on one log line and the keys on it that this version does not know, as
+    dotted paths (``("colour", "output.p")``), ignored: a newer writer's optional keys. A
+    known key is checked as strictly as by :func:`parse_line` (a missing or mistyped one is a
+    :class:`BadLineError`), and a record of a newer major format is a
+    :class:`NewerFormatError`, whatever its keys."""
+    try:
+        rec = _LINE.validate_json(raw, strict=True)
+    except ValidationError as exc:
+        # The slow path, only for lines that are not a record of this version as they stand.
+        return _without_unknown_keys(raw, exc)
+    if rec.format > LOG_FORMAT:
+        raise NewerFormatError(raw, rec.format)
+    return rec, ()
+
+
+def _without_unknown_keys(
+    raw: bytes | str, exc: ValidationError
+) -> tuple[LogLine, tuple[str, ...]]:
+    """:func:`read_line` for a line the strict parse refused with ``exc``."""
+    try:
+        data = orjson.loads(raw)
+    except orjson.JSONDecodeError:
+        raise BadLineError(raw) from None
+    version = _format_of_data(data)
+    if version > LOG_FORMAT:  # before the keys: a newer format's keys may all differ
+        raise NewerFormatError(raw, version)
+    errors = exc.errors()
+    if any(e["type"] != "extra_forbidden" for e in errors):
+        raise BadLineError(raw, unknown_keys_ok=True)
+    # loc[0] is the union's tag (the record's type), then the keys down to the unknown one.
+    unknown = _drop_unknown(data, [e["loc"][1:] for e in errors])
+    try:
+        rec = _LINE.validate_python(data, strict=True)
+    except ValidationError:  # not expected: only the keys it refused were taken out
+        raise BadLineError(raw) from None
+    return rec, unknown
+
+
+def _drop_unknown(data: dict[str, Any], paths: list[tuple[int | str, ...]]) -> tuple[str, ...]:
+    """Take the keys at ``paths`` (each a key path from the top, as pydantic gives it) out of
+    ``data``; their dotted names (``output.p``)."""
+    for *parents, key in paths:
+        holder: Any = data
+        for part in parents:
+            holder = holder[part]
+        del holder[key]
+    return tuple(".".join(str(p) for p in path) for path in paths)
+
+
+def _known_keys_error(
+    model: type[LogLine], data: dict[str, Any], exc: ValidationError
+) -> ValidationError:
+    """``model``'s error for ``data`` without its unknown keys (those ``exc`` names), so that
+    the problem named is one of a known key; ``exc`` when there is none."""
+    _drop_unknown(data, [e["loc"] for e in exc.errors() if e["type"] == "extra_forbidden"])
+    try:
+        model.model_validate(data, strict=True)
+    except ValidationError as known:
+        return known
+    return exc
+
+
+def _format_of(raw: bytes | str) -> int:
+    """The ``format`` the line ``raw`` declares (1 when it has none, a mistyped one, which
+    validation then names, or is not JSON)."""
+    try:
+        return _format_of_data(orjson.loads(raw))
+    except orjson.JSONDecodeError:
+        return 1
+
+
+def _format_of_data(data: Any) -> int:
+    """The ``format`` a decoded line declares (see :func:`_format_of`)."""
+    version = data.get("format", 1) if isinstance(data, dict) else 1
+    return version if type(version) is int else 1
+
+
+def line_problem(raw: bytes | str, *, unknown_keys_ok: bool = False) -> str:
     """What is wrong with the log line ``raw``, in one phrase that names the key (the slow
-    path: only for lines :func:`parse_line` refused)."""
+    path: only for lines :func:`parse_line` refused); ``unknown_keys_ok``: for a line
+    :func:`read_line` refused, which a key it knows made it refuse."""
     try:
         data = orjson.loads(raw)
     except orjson.JSONDecodeError as exc:
         return f"not valid JSON ({exc})"
     if not isinstance(data, dict):
         return "expected a JSON object"
+    if (version := _format_of_data(data)) > LOG_FORMAT:
+        return newer_format_problem(version)
     if "type" not in data:
         return "key 'type' is missing"
     kind = data["type"]
@@ -147,5 +276,7 @@ def line_problem(raw: bytes | str) -> str:
     try:
         model.model_validate_json(raw, strict=True)
     except ValidationError as exc:
+        if unknown_keys_ok:
+            exc = _known_keys_error(model, data, exc)
         return problem(model, exc)
     return "not a valid record"  # not reached: the union refused what the model takes
