@@ -188,13 +188,9 @@ def test_a_charset_parameter_cannot_cause_a_500(client: httpx.Client) -> None:
             assert resp.json()["error"].startswith(f"part '{name}' #1: not a PNG"), charset
 
 
-def test_a_preamble_transport_padding_and_a_repeated_boundary_are_read(
-    client: httpx.Client,
-) -> None:
+def test_a_preamble_and_transport_padding_are_read(client: httpx.Client) -> None:
     """RFC 2046 bodies that were refused with 400: text before the first boundary line (a
-    preamble) and spaces or tabs after a boundary line (transport padding). And a boundary=
-    given twice was read twice: the completeness check took the first, the parser the last,
-    and a body with the last boundary was refused as incomplete."""
+    preamble) and spaces or tabs after a boundary line (transport padding)."""
     png = encoded("PNG")
     closing = f"\r\n--{BOUNDARY}--\r\n".encode()
     line = f"--{BOUNDARY}\r\n".encode()
@@ -210,9 +206,53 @@ def test_a_preamble_transport_padding_and_a_repeated_boundary_are_read(
         resp = client.post("/v1/predict", content=body, headers=MULTIPART)
         assert resp.status_code == 200, (what, resp.text)
         assert len(resp.json()["predictions"]) == body.count(b'filename="a.png"'), what
-    ctype = f"multipart/form-data; boundary=abc; boundary={BOUNDARY}"
+
+
+def test_a_parameter_given_twice_is_refused(client: httpx.Client) -> None:
+    """``boundary=abc; boundary=XyZ`` was read as the last (a body that used the first was
+    refused as incomplete, one that used the last answered): an ambiguous header is a 400 now,
+    whichever boundary the body uses, and so is any other parameter given twice, in the
+    Content-Type (``charset=``, not read) or in a part's Content-Disposition."""
+    png = encoded("PNG")
+    closing = f"\r\n--{BOUNDARY}--\r\n".encode()
+    expected = "; expected it at most once"
+    for first in ("abc", BOUNDARY):
+        ctype = f"multipart/form-data; boundary={first}; boundary={BOUNDARY}"
+        for used in (first, BOUNDARY):
+            body = (part(png) + closing).replace(f"--{BOUNDARY}".encode(), f"--{used}".encode())
+            resp = client.post("/v1/predict", content=body, headers={"content-type": ctype})
+            assert resp.text.count("\n") == 0 and set(resp.json()) == {"status", "error"}
+            assert refusal(resp) == (
+                "Content-Type header: parameter 'boundary' is given more than once "
+                f"(boundary={first}, boundary={BOUNDARY})" + expected
+            )
     body = part(png) + closing
-    resp = client.post("/v1/predict", content=body, headers={"content-type": ctype})
+    for ctype, error in [
+        (
+            f"multipart/form-data; Boundary={BOUNDARY}; boundary={BOUNDARY}",
+            f"parameter 'boundary' is given more than once (boundary={BOUNDARY}, boundary=",
+        ),
+        (
+            f'multipart/form-data; boundary={BOUNDARY}; charset=utf-8; CHARSET="latin 1"',
+            "parameter 'charset' is given more than once (charset=utf-8, charset=\"latin 1\")",
+        ),
+    ]:
+        resp = client.post("/v1/predict", content=body, headers={"content-type": ctype})
+        assert refusal(resp).startswith(f"Content-Type header: {error}"), ctype
+    for disposition, key in [
+        ('name="file"; name="other"; filename="a.png"', "name"),
+        ('name="file"; filename="a.png"; filename="b.png"', "filename"),
+    ]:
+        body = part(png) + b"\r\n" + part(png, disposition) + closing
+        error = refusal(client.post("/v1/predict", content=body, headers=MULTIPART))
+        assert error.startswith(
+            f"multipart body: part 2: Content-Disposition header: parameter '{key}' is given "
+            "more than once ("
+        ), error
+        assert error.endswith(expected)
+    # Names are case-insensitive, and one of each is read as before.
+    ctype = f"multipart/form-data; BOUNDARY={BOUNDARY}; charset=utf-8; boundary*=x"
+    resp = client.post("/v1/predict", content=part(png) + closing, headers={"content-type": ctype})
     assert resp.status_code == 200, resp.text
 
 

@@ -14,10 +14,11 @@ plus one upload being assembled (:func:`~pomlia_hpc.serve.bodies.read_body`) or 
 
 from __future__ import annotations
 
+import re
 from typing import TYPE_CHECKING, NamedTuple
 
 from python_multipart.exceptions import FormParserError
-from python_multipart.multipart import MultipartParser, MultipartState, parse_options_header
+from python_multipart.multipart import MultipartParser, MultipartState
 
 from pomlia_hpc.serve.decode import Limits, RequestError, base_type
 
@@ -28,6 +29,10 @@ if TYPE_CHECKING:  # a typing-only name of python-multipart
 FIELD_MAX_BYTES = 64 * 1024
 #: Most form fields (parts without ``filename=``) a request may hold.
 MAX_FIELDS = 32
+#: One ``;``-separated segment of a header field: characters other than ``;`` and quotes, and
+#: quoted strings (backslash escapes kept; an unclosed one runs to the end). Possessive, so it
+#: never backtracks: linear in the header's length.
+_SEGMENT = re.compile(r'(?:[^;"]++|"(?:[^"\\]++|\\.)*+"?)*+')
 #: How a file part's header must look, for refusals of multipart bodies.
 FILE_PART_HINT = 'Content-Disposition: form-data; name="file"; filename="a.png"'
 
@@ -60,15 +65,14 @@ def uploaded_files(content_type: str | None, body: bytes, limits: Limits) -> lis
     if base_type(content_type) != "multipart/form-data":
         return [Upload("body", base_type(content_type), body)]
     # The boundary is read here only: the parser and every message use this one.
-    _, params = parse_options_header(content_type or "")
-    boundary = params.get(b"boundary")
+    boundary = header_params(content_type or "", "Content-Type header").get("boundary", "")
     if not boundary:
         raise RequestError(400, "multipart body: Missing boundary in multipart.")
     if not body or body.isspace():  # not body.strip(): that copies a whole body
         raise RequestError(
             400, "multipart body is empty; send each image as a file part (" + FILE_PART_HINT + ")"
         )
-    parts = _parse(body, boundary, limits.max_images)
+    parts = _parse(body, boundary.encode("latin-1"), limits.max_images)
     out: list[Upload] = []
     for part in parts:
         if part.is_file:
@@ -118,16 +122,17 @@ def _parse(body: bytes, boundary: bytes, max_files: int) -> list[_Part]:
         nonlocal files, fields
         if current is preamble:
             return
-        _, options = parse_options_header(_header(current, b"content-disposition"))
-        if b"name" not in options:
+        where = f"multipart body: part {len(parts) + 1}: Content-Disposition header"
+        options = header_params(_header(current, b"content-disposition"), where)
+        if "name" not in options:
             raise RequestError(
                 400, 'multipart body: The Content-Disposition header field "name" must be provided.'
             )
         # RFC 7578 (4.2): names are UTF-8 unless a _charset_ field says otherwise, and a
         # charset= of the body's Content-Type is not part of the standard: it is not read (a
         # codec such as punycode raised what no refusal caught, a 500).
-        current.name = options[b"name"].decode("utf-8", "replace")
-        current.is_file = b"filename" in options
+        current.name = options["name"].encode("latin-1").decode("utf-8", "replace")
+        current.is_file = "filename" in options
         if current.is_file:
             files += 1
             if files > max_files:
@@ -209,6 +214,58 @@ def _unfinished(boundary: bytes, no_line: bool, number: int, name: str) -> str:
         f"('--{shown}', or the closing '--{shown}--', each after a CRLF): it was cut off or "
         "badly terminated; send the whole body"
     )
+
+
+def header_params(value: str, where: str) -> dict[str, str]:
+    """The parameters of the header field ``value`` (``type; key=value; key="quoted"``) by
+    lower-case name, quotes and backslash escapes removed; ``where`` names the header in the
+    refusal. As python-multipart reads them (a ``;`` inside quotes is no separator, a name
+    without ``=`` has the value "", RFC 2231's ``key*=`` forms are left out: RFC 7578 forbids
+    them), except that a parameter given twice is refused (400): ``boundary=a; boundary=b``
+    gives no one boundary (the last won, and a client that meant the first got a body it did
+    not send read), and a repeated ``charset=`` or ``name=`` is as ambiguous, so every name is
+    held to once, read or not."""
+    params: dict[str, str] = {}
+    for segment in _segments(value)[1:]:
+        key, _, val = segment.partition("=")
+        key = key.strip(" \t").lower()
+        if not key or "*" in key:  # an empty segment (";;"), or an RFC 2231 form
+            continue
+        val = val.strip(" \t")
+        if len(val) >= 2 and val[0] == '"' and val[-1] == '"':
+            val = val[1:-1].replace("\\\\", "\\").replace('\\"', '"')
+        if key in params:
+            raise RequestError(
+                400,
+                f"{where}: parameter '{key[:40]}' is given more than once "
+                f"({key[:40]}={_shown(params[key])}, {key[:40]}={_shown(val)}); expected it "
+                "at most once",
+                reason="undecodable",
+            )
+        if key == "filename" and (val[1:3] == ":\\" or val[:2] == "\\\\"):
+            val = val.split("\\")[-1]  # a full Windows path (old browsers): its last part
+        params[key] = val
+    return params
+
+
+def _segments(value: str) -> list[str]:
+    """``value`` split at each ``;`` that is not inside a quoted string (a regular expression,
+    not a loop over characters: a part's header can be as long as the body)."""
+    out: list[str] = []
+    pos = 0
+    while True:
+        match = _SEGMENT.match(value, pos)
+        assert match is not None  # it matches the empty string
+        out.append(match.group())
+        pos = match.end() + 1  # past the ';' it stopped at
+        if pos > len(value):
+            return out
+
+
+def _shown(value: str) -> str:
+    """A parameter's value for a message: at most 40 characters, quoted when it has spaces."""
+    text = value[:40] + ("..." if len(value) > 40 else "")
+    return f'"{text}"' if not text or any(c in text for c in " \t;,") else text
 
 
 def _header(part: _Part, name: bytes) -> str:
