@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shlex
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Annotated
 
@@ -149,15 +150,20 @@ def _attached(ctx: object, data: dict[str, object], profile: str, wait: bool) ->
     """When this pipeline's jobs are queued or running: for the same file and profile (the
     same command run again, e.g. after Ctrl-C of --wait), say so and follow them with
     ``wait`` (True: nothing left to do); for another one, refuse (exit 2)."""
+    from pomlia_hpc.cli.polling import say_unsure, waiting_said
     from pomlia_hpc.errors import PomliaError
     from pomlia_hpc.pipeline import runner
 
     assert isinstance(ctx, runner.StageContext)
-    live = runner.live_jobs(ctx)
+    with waiting_said(ctx.workspace.list_sacct_timeout_s):
+        live, problem = runner.live_jobs(ctx)
     if not live:
         return False
     name = shlex.quote(ctx.spec.name)
-    jobs = ", ".join(f"{r.name} ({r.scheduler_id}, {r.state})" for r in live)
+    if problem:  # counted as live as recorded: a second submission could run stages twice
+        say_unsure(console, problem, live)
+    mark = "?" if problem else ""
+    jobs = ", ".join(f"{r.name} ({r.scheduler_id}, {r.state}{mark})" for r in live)
     if not runner.same_submission(ctx, data, profile):
         raise PomliaError(
             f"pipeline '{ctx.spec.name}' has jobs of another version of its file or another "
@@ -173,41 +179,69 @@ def _attached(ctx: object, data: dict[str, object], profile: str, wait: bool) ->
     return True
 
 
-def _wait(ctx: object) -> None:
+def _status_rows(ctx: object) -> Sequence[object]:
+    """The stages' status, saying on stderr when ``sacct`` keeps it waiting (at most the
+    workspace's ``cluster.list_sacct_timeout_s`` seconds)."""
+    from pomlia_hpc.cli.polling import waiting_said
     from pomlia_hpc.pipeline import runner
 
     assert isinstance(ctx, runner.StageContext)
-    last = ""
+    with waiting_said(ctx.workspace.list_sacct_timeout_s):
+        return list(runner.pipeline_status(ctx))
+
+
+def _wait(ctx: object) -> None:
+    """Follow the pipeline's jobs until none is queued or running (exit 1 when a stage failed
+    or was cancelled). A poll that ``sacct`` did not answer ends nothing: the states it
+    could not confirm are logged with a ``?`` and asked again at the next poll."""
+    from pomlia_hpc.pipeline import runner
+
+    last, said = "", ""
     while True:
-        rows = runner.pipeline_status(ctx)
-        line = ", ".join(f"{r.stage}={r.state}" for r in rows)
+        rows = [r for r in _status_rows(ctx) if isinstance(r, runner.StageStatus)]
+        problem = next((r.unsure for r in rows if r.unsure), "")
+        if problem and problem != said:
+            log_line(f"{problem}; states marked ? are as last recorded, asked again next poll")
+        said = problem
+        line = ", ".join(f"{r.stage}={r.state}{'?' if r.unsure else ''}" for r in rows)
         if line != last:
             log_line(line)
             last = line
+        # An unconfirmed job is unfinished as recorded: it is waited for, not taken as ended.
         active = [r for r in rows if r.job is not None and r.job_state not in runner.FINAL_STATES]
         if not active:
             break
         time.sleep(2.0)
-    _print_status(ctx)
+    _print_status(ctx, rows)
     if any(r.state in ("failed", "cancelled") for r in rows):
         raise typer.Exit(1)
 
 
-def _print_status(ctx: object) -> None:
+def _print_status(ctx: object, rows: Sequence[object] | None = None) -> None:
+    """The status table of ``ctx``'s pipeline, from ``rows`` (default: asked now); states
+    that Slurm did not confirm are marked ``?`` and said above the table."""
+    from pomlia_hpc.cli.polling import say_unsure_as_of
     from pomlia_hpc.pipeline import runner
 
     assert isinstance(ctx, runner.StageContext)
+    rows = rows if rows is not None else _status_rows(ctx)
+    shown = [r for r in rows if isinstance(r, runner.StageStatus)]
+    unsure = [r for r in shown if r.unsure]
+    if unsure:
+        as_of = min((r.as_of for r in unsure if r.as_of is not None), default=None)
+        say_unsure_as_of(console, unsure[0].unsure, as_of)
     table = Table(title=f"pipeline {ctx.spec.name} ({ctx.folder})")
     for col in ("stage", "state", "job", "Slurm/pid", "job state", "started", "ended", "detail"):
         table.add_column(col, overflow="fold")
     style = {"done": "green", "failed": "red", "running": "yellow", "stale": "yellow"}
-    for r in runner.pipeline_status(ctx):
+    for r in shown:
+        mark = "?" if r.unsure else ""  # as last recorded: Slurm did not confirm it
         table.add_row(
             r.stage,
-            f"[{style.get(r.state, 'white')}]{r.state}[/]",
+            f"[{style.get(r.state, 'white')}]{r.state}{mark}[/]",
             str(r.job or ""),
             r.scheduler_id,
-            r.job_state,
+            r.job_state + mark,
             r.started_at[11:19],
             r.ended_at[11:19],
             r.detail,

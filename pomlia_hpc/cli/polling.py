@@ -12,15 +12,16 @@ words that its states are the last recorded ones, and as of when.
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
 
 from rich.console import Console
 from rich.markup import escape
 
 from pomlia_hpc.cli.app import STATE, err_console
 from pomlia_hpc.cli.tables import when
-from pomlia_hpc.cluster.records import recorded_as_of, refresh_local_jobs, refresh_slurm_jobs
-from pomlia_hpc.errors import ClusterError
+from pomlia_hpc.cluster.records import recorded_as_of, refresh_jobs_within
 from pomlia_hpc.registry import Job, Registry
 from pomlia_hpc.vocab import FINAL_STATES
 
@@ -28,12 +29,10 @@ from pomlia_hpc.vocab import FINAL_STATES
 STATUS_AFTER_S = 2.0
 
 
-def refresh_for_listing(registry: Registry, job_ids: Sequence[int] | None = None) -> str | None:
-    """Refresh the job rows a listing shows (all unfinished ones, or ``job_ids``) from the
-    scheduler, waiting at most the workspace's ``list_sacct_timeout_s`` seconds for ``sacct``
-    (and as long again for ``squeue``). Returns None when the states are current, else why
-    they are not (the error in words), for :func:`say_unsure`."""
-    timeout_s = STATE.workspace.list_sacct_timeout_s
+@contextmanager
+def waiting_said(timeout_s: float) -> Iterator[None]:
+    """Say on stderr, once the block has run :data:`STATUS_AFTER_S` seconds, that it waits for
+    ``sacct`` (at most ``timeout_s`` seconds); silent when it ends sooner."""
 
     def waiting() -> None:
         err_console.print(
@@ -44,16 +43,21 @@ def refresh_for_listing(registry: Registry, job_ids: Sequence[int] | None = None
     timer = threading.Timer(STATUS_AFTER_S, waiting)
     timer.daemon = True
     timer.start()
-    problem = None
     try:
-        refresh_slurm_jobs(registry, job_ids, lost=True, timeout_s=timeout_s)
-    except ClusterError as exc:
-        problem = str(exc)
+        yield
     finally:
         timer.cancel()
-        timer.join()  # its line, if it is being printed, comes before the listing's
-    refresh_local_jobs(registry, job_ids)  # this host's jobs: no scheduler to wait for
-    return problem
+        timer.join()  # its line, if it is being printed, comes before what follows
+
+
+def refresh_for_listing(registry: Registry, job_ids: Sequence[int] | None = None) -> str | None:
+    """Refresh the job rows a listing shows (all unfinished ones, or ``job_ids``) from the
+    scheduler, waiting at most the workspace's ``list_sacct_timeout_s`` seconds for ``sacct``
+    (and as long again for ``squeue``). Returns None when the states are current, else why
+    they are not (the error in words), for :func:`say_unsure`."""
+    timeout_s = STATE.workspace.list_sacct_timeout_s
+    with waiting_said(timeout_s):
+        return refresh_jobs_within(registry, job_ids, timeout_s=timeout_s, lost=True)
 
 
 def unsure_states(rows: Sequence[Job]) -> list[Job]:
@@ -67,8 +71,14 @@ def say_unsure(console: Console, problem: str, rows: Sequence[Job]) -> None:
     states of ``rows`` are the last recorded ones, as of the oldest confirmation among the
     unfinished ones (table times, UTC)."""
     unsure = unsure_states(rows)
+    say_unsure_as_of(console, problem, min((recorded_as_of(r) for r in unsure), default=None))
+
+
+def say_unsure_as_of(console: Console, problem: str, as_of: datetime | None) -> None:
+    """Say on ``console`` that the scheduler could not be asked (``problem``) and that the
+    states shown are the last recorded ones, confirmed by Slurm at ``as_of`` (UTC; None: no
+    state shown depends on it, so nothing is marked)."""
     text = f"{problem}; the states shown are the last recorded ones"
-    if unsure:
-        oldest = min(recorded_as_of(r) for r in unsure)
-        text += f", as of {when(oldest, seconds=True)} (marked ?)"
+    if as_of is not None:
+        text += f", as of {when(as_of, seconds=True)} (marked ?)"
     console.print(f"[yellow]{escape(text)}[/]", highlight=False)

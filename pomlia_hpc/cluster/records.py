@@ -503,3 +503,24 @@ def refresh_jobs(
     :func:`refresh_local_jobs`; returns rows changed."""
     slurm = refresh_slurm_jobs(registry, job_ids, lost=lost, timeout_s=timeout_s)
     return slurm + refresh_local_jobs(registry, job_ids)
+
+
+def refresh_jobs_within(
+    registry: Registry,
+    job_ids: Sequence[int] | None = None,
+    *,
+    timeout_s: float,
+    lost: bool = False,
+) -> str | None:
+    """:func:`refresh_jobs` for a command that must not hang on a busy Slurm: ``sacct`` (and
+    ``squeue``, with ``lost``) may take at most ``timeout_s`` seconds each, and the local
+    jobs are polled either way. Returns None when the Slurm rows' states are current, else
+    why they are not, in words ("sacct did not answer within 15 s"): those rows then keep
+    their recorded states, :func:`recorded_as_of` says how old."""
+    problem = None
+    try:
+        refresh_slurm_jobs(registry, job_ids, lost=lost, timeout_s=timeout_s)
+    except ClusterError as exc:
+        problem = str(exc)
+    refresh_local_jobs(registry, job_ids)  # this host's jobs: no scheduler to wait for
+    return problem

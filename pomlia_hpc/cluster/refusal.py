@@ -149,15 +149,19 @@ _cache: dict[str, object] = {"at": None, "reasons": {}}
 _said: set[tuple[str, str]] = set()
 
 
-def pending_reasons(job_ids: Sequence[str] | None = None) -> dict[str, str]:
+def pending_reasons(
+    job_ids: Sequence[str] | None = None, timeout_s: float = 60.0
+) -> dict[str, str]:
     """Slurm's reason (``squeue %r``: ``Resources``, ``PartitionConfig`` ...) for each pending
     job among ``job_ids`` (default: all of this user's), by job id (array tasks ``A_I``).
-    Raises :class:`ClusterError` when ``squeue`` cannot answer."""
+    Raises :class:`ClusterError` when ``squeue`` cannot answer within ``timeout_s`` seconds."""
     cmd = ["squeue", "-h", "-r", "-t", "PENDING", "-o", "%i|%T|%r"]
     cmd += ["-j", ",".join(job_ids)] if job_ids else ["-u", getpass.getuser()]
     try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=60, check=False)
-    except (FileNotFoundError, subprocess.TimeoutExpired) as exc:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, check=False)
+    except subprocess.TimeoutExpired as exc:
+        raise ClusterError(f"squeue did not answer within {timeout_s:g} s") from exc
+    except OSError as exc:
         raise ClusterError(f"squeue could not be run: {exc}") from exc
     if proc.returncode != 0:
         if "invalid job id" in proc.stderr.lower():
@@ -172,15 +176,16 @@ def pending_reasons(job_ids: Sequence[str] | None = None) -> dict[str, str]:
     return out
 
 
-def pending_words(job_ids: Sequence[str]) -> dict[str, str]:
+def pending_words(job_ids: Sequence[str], timeout_s: float = 60.0) -> dict[str, str]:
     """Why each pending Slurm job among ``job_ids`` waits, in words for a listing's detail
     column: Slurm's reason, and what ends the wait where that is known (``pending reason:
     JobHeldAdmin (held: scontrol release 12 lets it start)``), by job id. One ``squeue`` call;
-    {} when none is pending or ``squeue`` cannot answer (the listing shows what it has)."""
+    {} when none is pending or ``squeue`` cannot answer within ``timeout_s`` seconds (the
+    listing shows what it has)."""
     if not job_ids:
         return {}
     try:
-        reasons = pending_reasons(job_ids)
+        reasons = pending_reasons(job_ids, timeout_s)
     except ClusterError:
         return {}
     out = {}

@@ -23,13 +23,14 @@ import os
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
 
 from pomlia_hpc.cluster import Checkpointable, Executor
-from pomlia_hpc.cluster.records import FINAL_STATES, refresh_jobs
+from pomlia_hpc.cluster.records import recorded_as_of, refresh_jobs, refresh_jobs_within
 from pomlia_hpc.cluster.refusal import pending_words
 from pomlia_hpc.cluster.terminate import cancel_children_on_stop, quiet_cancellation
 from pomlia_hpc.config import ClusterProfile, load_cluster_profile
@@ -53,6 +54,7 @@ from pomlia_hpc.pipeline.stage import (
 from pomlia_hpc.pipeline.stages import active_stages
 from pomlia_hpc.progress import say
 from pomlia_hpc.registry import Job, Registry, shown_url
+from pomlia_hpc.vocab import FINAL_STATES
 from pomlia_hpc.workspace import Workspace
 
 SPEC_SNAPSHOT = "spec.json"
@@ -324,16 +326,17 @@ def _run_job_ids(folder: Path) -> list[int]:
     return sorted(set(ids))
 
 
-def live_jobs(ctx: StageContext) -> list[Job]:
+def live_jobs(ctx: StageContext) -> tuple[list[Job], str | None]:
     """The jobs of this pipeline's last submission that are still queued or running (their
-    states refreshed from the scheduler first)."""
+    states refreshed from the scheduler first), and None; or, when ``sacct`` did not answer
+    within the workspace's ``list_sacct_timeout_s`` seconds, those recorded so and why."""
     ids = _run_job_ids(ctx.folder)
     if not ids:
-        return []
-    refresh_jobs(ctx.registry, ids)
+        return [], None
+    problem = refresh_jobs_within(ctx.registry, ids, timeout_s=ctx.workspace.list_sacct_timeout_s)
     with ctx.registry.session() as s:
         rows = s.scalars(select(Job).where(Job.id.in_(ids)).order_by(Job.id))
-        return [r for r in rows if r.state not in FINAL_STATES]
+        return [r for r in rows if r.state not in FINAL_STATES], problem
 
 
 def _described(jobs: list[Job]) -> str:
@@ -351,7 +354,7 @@ def same_submission(ctx: StageContext, data: dict[str, Any], profile_name: str) 
 def check_not_running(ctx: StageContext) -> None:
     """Refuse to submit while jobs of this pipeline's last submission are still queued or
     running (a second chain would run the same stages twice)."""
-    live = live_jobs(ctx)
+    live, _ = live_jobs(ctx)  # unconfirmed ones count: a second chain would be worse
     if live:
         raise PomliaError(
             f"pipeline '{ctx.spec.name}' has jobs queued or running: {_described(live)}",
@@ -409,6 +412,10 @@ class StageStatus:
     ended_at: str = ""
     detail: str = ""
     outputs: dict[str, Any] = field(default_factory=dict)
+    #: Why ``job_state`` (so the state) is the recorded one ("sacct did not answer within 15 s"),
+    #: confirmed by Slurm at ``as_of`` (UTC); "" and None when it is current.
+    unsure: str = ""
+    as_of: datetime | None = None
 
 
 _BAD_END = frozenset({"CANCELLED", "FAILED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL"})
@@ -423,7 +430,9 @@ INTERRUPTED_DETAIL = (
 def pipeline_status(ctx: StageContext) -> list[StageStatus]:
     """Each stage's record, its current freshness and its job's state (refreshed). The job is
     the stage's own job (Slurm chain or driver), else the last job the stage submitted from
-    here (a local run's training, say)."""
+    here (a local run's training, say). ``sacct`` may take the workspace's
+    ``list_sacct_timeout_s`` seconds; then unfinished Slurm jobs keep their recorded states,
+    marked ``unsure``."""
     run = read_json(ctx.folder / RUN_FILE) or {}
     run_stages = run.get("stages", {})
     stages = active_stages(ctx.spec)
@@ -431,12 +440,16 @@ def pipeline_status(ctx: StageContext) -> list[StageStatus]:
     stage_ids = [int(v["job"]) for v in run_stages.values() if v.get("job") is not None]
     ids = stage_ids + [int(j) for rec in records.values() for j in rec.get("jobs") or ()]
     rows: dict[int, Job] = {}
+    problem = None
+    timeout_s = ctx.workspace.list_sacct_timeout_s
     if ids:
-        refresh_jobs(ctx.registry, ids)
+        problem = refresh_jobs_within(ctx.registry, ids, timeout_s=timeout_s)
         with ctx.registry.session() as s:
             rows = {r.id: r for r in s.scalars(select(Job).where(Job.id.in_(ids)))}
     queued = [rows[i] for i in stage_ids if i in rows and rows[i].state == "PENDING"]
-    waiting = pending_words([r.scheduler_id for r in queued if r.backend == "slurm"])
+    # A Slurm too busy for sacct is too busy for squeue: the reasons are left out then.
+    asked = [r.scheduler_id for r in queued if r.backend == "slurm" and problem is None]
+    waiting = pending_words(asked, timeout_s=timeout_s)
     out = []
     behind: list[str] = []  # stages not done as the file is now: what needs them is stale too
     for stage in stages:
@@ -457,6 +470,8 @@ def pipeline_status(ctx: StageContext) -> list[StageStatus]:
         )
         if state == "pending" and job is not None:
             detail = waiting.get(job.scheduler_id, detail)  # held, resources, dependency ...
+        at_slurm = job is not None and job.backend == "slurm" and job.state not in FINAL_STATES
+        unsure = problem if at_slurm else None  # its recorded state stands, unconfirmed
         out.append(
             StageStatus(
                 stage=stage.name,
@@ -468,6 +483,8 @@ def pipeline_status(ctx: StageContext) -> list[StageStatus]:
                 ended_at=str(rec.get("ended_at", "")),
                 detail=detail[:200],
                 outputs=dict(rec.get("outputs", {})),
+                unsure=unsure or "",
+                as_of=recorded_as_of(job) if unsure and job is not None else None,
             )
         )
     return out

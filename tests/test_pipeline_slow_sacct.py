@@ -1,0 +1,139 @@
+"""`pomlia pipeline status` and `pipeline run --wait` when `sacct` does not answer: the wait
+is as long as the workspace's `cluster.list_sacct_timeout_s` (as for `jobs list`), a line on
+stderr says what it waits for, the states Slurm did not confirm are shown as last recorded
+and marked `?`, and `--wait` asks again at its next poll instead of ending.
+
+A fake `sacct` on PATH (a shell script) hangs for a minute on the calls it is told to."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import yaml
+
+from pomlia_hpc.cluster.records import record_submission
+from pomlia_hpc.config import read_yaml
+from pomlia_hpc.files import write_json_atomic
+from pomlia_hpc.pipeline.runner import RUN_FILE, snapshot_spec
+from pomlia_hpc.pipeline.spec import load_pipeline
+from pomlia_hpc.pipeline.stage import StageContext
+from pomlia_hpc.registry import Job, Registry
+from pomlia_hpc.workspace import Workspace
+
+REPO = Path(__file__).resolve().parents[1]
+SPEC = {
+    "name": "p",
+    "datasets": [{"name": "a", "medmnist": "bloodmnist"}],
+    "encoder": {"name": "e", "epochs": 2},
+}
+POLLED = "2026-01-02T03:04:05+00:00"
+
+
+def _slow_sacct(tmp_path: Path, slow_calls: int) -> Path:
+    """A folder whose ``sacct`` hangs on its first ``slow_calls`` calls (slurmdbd busy), then
+    says job 4242 completed; ``squeue`` hangs too. Calls are counted in ``sacct-calls``."""
+    bin_dir = tmp_path / "slow-bin"
+    bin_dir.mkdir()
+    count = tmp_path / "sacct-calls"
+    (bin_dir / "sacct").write_text(
+        "#!/bin/sh\n"
+        f'n=$(($(cat "{count}" 2>/dev/null || echo 0) + 1)); echo $n > "{count}"\n'
+        f"if [ $n -le {slow_calls} ]; then exec sleep 60; fi\n"
+        "echo '4242|COMPLETED|2026-01-02T03:05:00|2026-01-02T03:06:00|0:0'\n"
+    )
+    (bin_dir / "squeue").write_text("#!/bin/sh\nexec sleep 60\n")
+    for name in ("sacct", "squeue"):
+        (bin_dir / name).chmod(0o755)
+    return bin_dir
+
+
+def _running_stage_job(workspace: Workspace, reg: Registry, tmp_path: Path) -> Path:
+    """Pipeline ``p`` (file returned) submitted with profile slurm-local: its encoder stage
+    job, Slurm 4242, recorded RUNNING as last confirmed at :data:`POLLED`."""
+    file = tmp_path / "p.yaml"
+    file.write_text(yaml.safe_dump(SPEC))
+    ctx = StageContext(load_pipeline(file), workspace, reg)
+    snapshot_spec(ctx, read_yaml(file), str(file))
+    (job,) = record_submission(
+        reg, backend="slurm", scheduler_ids=["4242"], name="p-encoder", folder=str(tmp_path)
+    )
+    with reg.session() as s:
+        row = s.get(Job, job)
+        assert row is not None
+        row.state, row.meta = "RUNNING", {"polled_at": POLLED}
+    run = {
+        "mode": "chain",
+        "profile": "slurm-local",
+        "stages": {"encoder": {"action": "run", "job": job}},
+        "submitted_at": "2026-01-02T03:00:00+00:00",
+    }
+    write_json_atomic(ctx.folder / RUN_FILE, run)
+    return file
+
+
+def _pomlia(home: Path, bin_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "POMLIA_HOME": str(home),
+        "PYTHONPATH": str(REPO),
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+        "COLUMNS": "200",
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "pomlia_hpc", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=50,  # the fake sacct sleeps 60 s: returning at all is the point
+        check=False,
+    )
+
+
+def test_status_waits_briefly_and_marks_what_slurm_did_not_confirm(
+    workspace: Workspace, reg: Registry, tmp_path: Path
+) -> None:
+    """It waited 60 s in silence, then ended with `error: sacct did not answer within 60 s`
+    and no table."""
+    (workspace.home / "pomlia.yaml").write_text("cluster:\n  list_sacct_timeout_s: 3\n")
+    _running_stage_job(workspace, reg, tmp_path)
+    res = _pomlia(workspace.home, _slow_sacct(tmp_path, slow_calls=99), "pipeline", "status", "p")
+    assert res.returncode == 0, res.stdout + res.stderr
+    out = " ".join(res.stdout.split())
+    assert "Traceback" not in res.stderr and "timed out after" not in out + res.stderr
+    assert "waiting for Slurm's accounting (sacct) to answer, at most 3 s" in res.stderr
+    assert (
+        "sacct did not answer within 3 s; the states shown are the last recorded ones, "
+        "as of 2026-01-02 03:04:05 (marked ?)" in out
+    ), out
+    (encoder,) = [ln for ln in res.stdout.splitlines() if "encoder" in ln]
+    assert "running?" in encoder and "RUNNING?" in encoder and "4242" in encoder
+    with reg.session() as s:  # nothing written on a failed poll
+        assert [r.state for r in s.query(Job)] == ["RUNNING"]
+
+
+def test_run_wait_asks_again_at_the_next_poll(
+    workspace: Workspace, reg: Registry, tmp_path: Path
+) -> None:
+    """`pipeline run FILE --wait` with the pipeline's stage job running: a slow sacct held it
+    60 s, then ended it with `error: sacct did not answer within 60 s` (exit 2) while the
+    job still ran. Now the unanswered polls are logged and the wait goes on until Slurm
+    answers that the job ended."""
+    (workspace.home / "pomlia.yaml").write_text("cluster:\n  list_sacct_timeout_s: 3\n")
+    file = _running_stage_job(workspace, reg, tmp_path)
+    bin_dir = _slow_sacct(tmp_path, slow_calls=2)  # the attach check and the first poll
+    res = _pomlia(
+        workspace.home, bin_dir, "pipeline", "run", str(file), "--cluster", "slurm-local", "--wait"
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    out = " ".join(res.stdout.split())
+    assert "Traceback" not in res.stderr and "timed out after" not in out + res.stderr
+    assert "waiting for Slurm's accounting (sacct) to answer, at most 3 s" in res.stderr
+    assert "pipeline p is already running: p-encoder (4242, RUNNING?)" in out, out
+    assert "sacct did not answer within 3 s; states marked ? are as last recorded" in out
+    assert "encoder=running?" in out  # unconfirmed: waited for, not taken as ended
+    assert int((tmp_path / "sacct-calls").read_text()) >= 3  # asked again, then answered
+    with reg.session() as s:
+        assert [r.state for r in s.query(Job)] == ["COMPLETED"]
