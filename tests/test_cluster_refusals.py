@@ -222,9 +222,9 @@ def test_a_job_that_kept_timing_out_says_so() -> None:
         "many times.\n"
     )
     assert exit_line("FAILED", tb) == "FAILED"  # submitit's own line says nothing by itself
-    cause = timeout_cause(tb, 3, 1, 30)
+    cause = timeout_cause(tb, 4, 1, 30)
     assert cause is not None
-    assert "timed out 4 time(s) at its 1 min time limit (signal 30 s before it)" in cause
+    assert "timed out after 4 attempts at its 1 min time limit (signal 30 s before it)" in cause
     assert "raise time_min" in cause
     assert timeout_cause("ValueError: x", 3, 1, 30) is None
     profile = load_cluster_profile("slurm-local", time_min=1)

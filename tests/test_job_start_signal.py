@@ -10,21 +10,28 @@ refresh (``jobs list``/``show``) with nobody waiting for the job.
 
 from __future__ import annotations
 
+import functools
+import subprocess
 from pathlib import Path
 
-from pomlia_hpc.cluster import Executor
+import pytest
+
+from pomlia_hpc.cluster import Executor, JobFailedError
 from pomlia_hpc.cluster.attach import AttachedJob
 from pomlia_hpc.cluster.failures import log_cause
 from pomlia_hpc.cluster.records import (
     SchedulerState,
     merge_scheduler_state,
     record_submission,
+    refresh_slurm_jobs,
+    update_job,
 )
 from pomlia_hpc.cluster.refusal import signal_delay_warning
 from pomlia_hpc.config import load_cluster_profile
 from pomlia_hpc.registry import Job, Registry
 from tests.fixtures import jobfns
 from tests.fixtures.fake_slurm import FakeSlurm
+from tests.fixtures.waiting import wait_until
 
 GAVE_UP = (
     "submitit.core.utils.UncompletedJobError: Job not requeued because: timed-out too many times.\n"
@@ -54,9 +61,9 @@ def test_a_usr2_while_the_job_starts_requeues_it(
 
 
 def test_causes_name_the_time_limit() -> None:
-    gave_up = log_cause(GAVE_UP, requeues=3, limits=(2, 10))
+    gave_up = log_cause(GAVE_UP, attempts=4, limits=(2, 10))
     assert gave_up is not None
-    assert "timed out 4 time(s) at its 2 min time limit (signal 10 s before it)" in gave_up
+    assert "timed out after 4 attempts at its 2 min time limit (signal 10 s before it)" in gave_up
     assert gave_up.endswith("raise time_min")
     killed = log_cause(USR2_KILLED, limits=(1, 30))
     assert killed is not None and "killed by the checkpoint signal (USR2)" in killed
@@ -80,7 +87,7 @@ def test_a_sacct_refresh_reads_the_cause_from_the_job_log(tmp_path: Path) -> Non
         meta={"time_min": 2, "signal_delay_s": 10},
     )
     new = merge_scheduler_state(row, SchedulerState("FAILED", exit_code="1:0", requeue_count=3))
-    assert new["exit_cause"].startswith("timed out 4 time(s) at its 2 min time limit")
+    assert new["exit_cause"].startswith("timed out after 4 attempts at its 2 min time limit")
     (tmp_path / "32_0_log.err").write_text(USR2_KILLED)
     row = Job(backend="slurm", scheduler_id="32", folder=str(tmp_path), state="RUNNING")
     row.requeue_count, row.meta = 0, {"time_min": 1, "signal_delay_s": 30}
@@ -111,9 +118,49 @@ def test_a_restarted_driver_records_the_timeout_cause(tmp_path: Path, reg: Regis
     )
     job.update(SchedulerState("FAILED", exit_code="1:0", requeue_count=3))
     exc = job.failed()
-    assert exc.cause.startswith("timed out 4 time(s) at its 2 min time limit")
+    assert exc.cause.startswith("timed out after 4 attempts at its 2 min time limit")
     assert _row(reg, rid).exit_cause == exc.cause
     assert _row(reg, rid).traceback is not None  # jobs show keeps its traceback section
+
+
+def test_the_count_is_of_the_attempts_that_ran(
+    tmp_path: Path, reg: Registry, fake_slurm: FakeSlurm
+) -> None:
+    """Slurm requeued the job once before it started, then it hit its time limit at each of
+    its 4 attempts and submitit gave up: the cause said "timed out 5 time(s)" (Slurm's
+    requeues + 1), one more than the attempts that ran and than submitit counted. The fake
+    Slurm runs the job (a real Slurm would take 4 time limits, minutes, to get there)."""
+    markers = tmp_path / "markers"
+    markers.mkdir()
+    fake_slurm.hold()
+    ex = Executor.from_profile("slurm-local", tmp_path / "jobs", reg, time_min=1)
+    h = ex.submit(jobfns.WaitsEveryAttempt(str(markers)))
+    fake_slurm.set_state(h.job_id, "REQUEUED", started=False)  # e.g. its node failed at launch
+    fake_slurm.set_state(h.job_id, "PENDING", new_attempt=True)
+    fake_slurm.run(h.job_id, wait=False)
+
+    def running(n: int) -> bool:
+        return (markers / f"started-{n}").exists() and bool(
+            fake_slurm.tasks()[h.job_id]["step_pid"]
+        )
+
+    for n in range(1, 5):
+        wait_until(functools.partial(running, n), what=f"attempt {n} to run")
+        # At a 1 min limit every USR2 is a time-out to submitit (submitit's own rule).
+        subprocess.run(["scancel", "--signal=USR2", h.job_id], check=True)
+    with pytest.raises(JobFailedError) as err:
+        h.result()
+    attempts = [a["state"] for a in fake_slurm.tasks()[h.job_id]["attempts"]]
+    assert attempts == ["REQUEUED"] * 4 + ["FAILED"]
+    assert err.value.cause.startswith(
+        "timed out after 4 attempts at its 1 min time limit (signal 30 s before it)"
+    ), err.value.cause
+    row = _row(reg, h.record_id)
+    assert (row.requeue_count, row.exit_cause) == (4, err.value.cause)
+    # The same count where nobody waits for the job: a `jobs list` refresh (sacct's records).
+    update_job(reg, int(row.id), state="RUNNING", exit_cause=None, requeue_count=3)
+    refresh_slurm_jobs(reg, [int(row.id)])
+    assert _row(reg, h.record_id).exit_cause == err.value.cause
 
 
 def test_the_warning_counts_slurms_early_signal() -> None:

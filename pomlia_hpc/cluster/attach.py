@@ -29,6 +29,7 @@ from pomlia_hpc.cluster.handle import JobFailedError
 from pomlia_hpc.cluster.records import (
     FINAL_STATES,
     SchedulerState,
+    attempts_run,
     local_cancel_cause,
     sacct_states,
     squeue_ids,
@@ -68,9 +69,10 @@ class AttachedJob:
         #: The scheduler's state; ``None``: unknown to it (never ran, or long forgotten).
         self.state: str | None = "PENDING"
         self.ended_at: datetime | None = None
-        #: sacct's ExitCode and requeue count; the time limit and signal delay it ran under.
+        #: sacct's ExitCode and the attempts that ran (as recorded until sacct answers); the
+        #: time limit and signal delay it ran under.
         self.exit_code: str | None = None
-        self.requeues = int(row.requeue_count or 0)
+        self.attempts = attempts_run(row)
         self.limits = job_limits(row.meta)
 
     def update(self, state: SchedulerState | None) -> None:
@@ -79,7 +81,10 @@ class AttachedJob:
         self.ended_at = state.ended_at if state is not None else None
         if state is not None:
             self.exit_code = state.exit_code
-            self.requeues = max(self.requeues, state.requeue_count)
+            if state.attempts_run is not None:
+                self.attempts = state.attempts_run
+            else:  # not read from sacct: each requeue made an attempt
+                self.attempts = max(self.attempts, state.requeue_count + 1)
 
     def check_local(self) -> None:
         """A local job is a process of this machine: running while its pid lives."""
@@ -142,7 +147,7 @@ class AttachedJob:
             logs = "\n".join([error, tb or "", log_tail(self.folder, self.job_id)])
             error = (
                 log_cause(
-                    logs, exit_code=self.exit_code, requeues=self.requeues, limits=self.limits
+                    logs, exit_code=self.exit_code, attempts=self.attempts, limits=self.limits
                 )
                 or error
             )

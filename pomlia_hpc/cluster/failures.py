@@ -72,21 +72,30 @@ def _limit_words(time_min: int | None, signal_delay_s: int | None) -> str:
 
 
 def timeout_cause(
-    traceback: str | None, requeues: int, time_min: int | None, signal_delay_s: int | None
+    traceback: str | None, attempts: int, time_min: int | None, signal_delay_s: int | None
 ) -> str | None:
     """The cause of a checkpointable job that submitit stopped requeueing, in words (None if
-    ``traceback`` says no such thing): how often it hit its time limit (``time_min``, minutes;
-    the USR2 came ``signal_delay_s`` seconds before it; None: not known) and what to change.
-    ``requeues``: the requeues Slurm counted (the last attempt timed out as well)."""
+    ``traceback`` says no such thing): "timed out after N attempts" at its time limit
+    (``time_min``, minutes; the USR2 came ``signal_delay_s`` seconds before it; None: not
+    known), and what to change.
+
+    ``attempts``: how many attempts of the job ran (started), the last one included, which
+    timed out. It is not the number of time-outs: an earlier attempt may have been requeued
+    for another reason (preemption, ``scontrol requeue``), and submitit counts only the
+    time-outs; nor Slurm's requeues + 1, which also counts an attempt requeued before it
+    started. Callers count the attempts that sacct gives a start time
+    (:func:`pomlia_hpc.cluster.records.attempts_run`)."""
     found = _NOT_REQUEUED.search(traceback or "")
     if found is None:
         return None
     why = found.group(1).strip()
     if "timed-out" not in why:
         return f"not requeued: {why}"
+    n = max(attempts, 1)  # it timed out, so at least the attempt that said so ran
     return (
-        f"timed out {requeues + 1} time(s) at {_limit_words(time_min, signal_delay_s)}, then "
-        "submitit gave up requeueing it; raise time_min"
+        f"timed out after {n} attempt{'s' if n != 1 else ''} at "
+        f"{_limit_words(time_min, signal_delay_s)}, then submitit gave up requeueing it; "
+        "raise time_min"
     )
 
 
@@ -118,15 +127,16 @@ def log_cause(
     text: str | None,
     *,
     exit_code: str | None = None,
-    requeues: int = 0,
+    attempts: int = 1,
     limits: tuple[int, int] | None = None,
 ) -> str | None:
     """The cause that a failed job's log ``text`` (its traceback, or the tail of its output
     files) or sacct's ``exit_code`` names: submitit gave up requeueing it, or the checkpoint
-    signal killed it; None if neither. ``limits``: its time limit (minutes) and signal delay
-    (seconds), when known."""
+    signal killed it; None if neither. ``attempts``: the job's attempts that ran (see
+    :func:`timeout_cause`); ``limits``: its time limit (minutes) and signal delay (seconds),
+    when known."""
     time_min, delay = limits if limits is not None else (None, None)
-    return timeout_cause(text, requeues, time_min, delay) or usr2_kill_cause(
+    return timeout_cause(text, attempts, time_min, delay) or usr2_kill_cause(
         text, exit_code, time_min, delay
     )
 

@@ -18,6 +18,7 @@ from pomlia_hpc.cluster.cancel import cancel_scheduler_job, kill_after_grace
 from pomlia_hpc.cluster.failures import exit_line, failure_cause, log_cause, log_tail
 from pomlia_hpc.cluster.records import (
     FINAL_STATES,
+    attempts_run,
     local_cancel_cause,
     mark_cancelled,
     refresh_slurm_jobs,
@@ -241,7 +242,7 @@ class JobHandle:
             if self.given_up_state is not None:
                 state = self.given_up_state
             cause = ""  # a cancellation's recorded cause (by whom), else the traceback's line
-            requeues = 0
+            attempts = 1  # of the job that ran: see failures.timeout_cause
             if reg is not None and self.record_id is not None:
                 fields: dict[str, Any] = {"traceback": tb}
                 if slurm:
@@ -255,7 +256,7 @@ class JobHandle:
                             cause = row.exit_cause or ""
                     # Slurm's End time, if sacct gave one, is when the job ended; now is later.
                     ended = row.ended_at if row is not None and slurm else None
-                    requeues = row.requeue_count if row is not None else 0
+                    attempts = attempts_run(row) if row is not None else 1
                 fields["ended_at"] = ended or datetime.now(UTC)
             if not slurm and state != "CANCELLED":
                 # Its controller was interrupted (a Ctrl-C reaches the job's processes too):
@@ -276,7 +277,7 @@ class JobHandle:
                     "\n" + log_tail(str(self._executor.folder), job.job_id) if slurm else ""
                 )
                 limits = (res.time_min, res.signal_delay_s) if slurm else None
-                cause = log_cause(logs, requeues=requeues, limits=limits) or ""
+                cause = log_cause(logs, attempts=attempts, limits=limits) or ""
             cause = cause or exit_line(state, tb)
             if reg is not None and self.record_id is not None:
                 fields["state"] = state

@@ -51,6 +51,9 @@ class SchedulerState:
     ended_at: datetime | None = None
     exit_code: str | None = None
     requeue_count: int = 0
+    #: How many attempts ran: sacct's lines for the job (``-D``) with a Start time. None: not
+    #: known (a state not read from sacct).
+    attempts_run: int | None = None
 
 
 def _parse_time(text: str) -> datetime | None:
@@ -82,7 +85,8 @@ def parse_sacct(text: str) -> dict[str, SchedulerState]:
     """Parse ``sacct -n -P -X -D -o JobID,State,Start,End,ExitCode`` output.
 
     With ``-D`` a requeued job appears once per attempt; the last line is the current attempt
-    and the number of earlier lines is the requeue count.
+    and the number of earlier lines is the requeue count. An attempt that never ran (requeued
+    while it pended) has no Start: ``attempts_run`` counts those that have one.
     """
     lines: dict[str, list[list[str]]] = {}
     for raw in text.splitlines():
@@ -101,6 +105,7 @@ def parse_sacct(text: str) -> dict[str, SchedulerState]:
             ended_at=_parse_time(last[3]),
             exit_code=last[4] or None,
             requeue_count=len(attempts) - 1,
+            attempts_run=sum(_parse_time(a[2]) is not None for a in attempts),
         )
     return out
 
@@ -140,6 +145,23 @@ def sacct_states(job_ids: Iterable[str], timeout_s: float = 60.0) -> dict[str, S
 #: ``Job.meta`` key: when ``sacct`` last answered for the row (ISO 8601, UTC), so a listing
 #: whose poll fails can say how old the states it shows are.
 POLLED_META = "polled_at"
+
+
+#: ``Job.meta`` key: how many attempts of the job ran, as the last poll that answered counted
+#: them (:attr:`SchedulerState.attempts_run`).
+ATTEMPTS_META = "attempts_run"
+
+
+def attempts_run(row: Job, st: SchedulerState | None = None) -> int:
+    """How many attempts of Slurm job ``row`` ran (started), the current one included: those
+    sacct gives a start time in ``st``, else in the last poll that counted them (the row's
+    meta); without either, Slurm's requeues + 1 (then an attempt requeued before it started
+    counts too)."""
+    if st is not None and st.attempts_run is not None:
+        return st.attempts_run
+    known = (row.meta or {}).get(ATTEMPTS_META)
+    requeues = max(int(row.requeue_count or 0), st.requeue_count if st is not None else 0)
+    return known if isinstance(known, int) else requeues + 1
 
 
 def recorded_as_of(row: Job) -> datetime:
@@ -283,7 +305,7 @@ def merge_scheduler_state(row: Job, st: SchedulerState) -> dict[str, Any]:
             said = log_cause(
                 log_tail(row.folder, row.scheduler_id),
                 exit_code=st.exit_code,
-                requeues=new["requeue_count"],
+                attempts=attempts_run(row, st),
                 limits=job_limits(row.meta),
             )
             new["exit_cause"] = said or new["exit_cause"]
@@ -328,7 +350,8 @@ def refresh_slurm_jobs(
             row = s.get(Job, rid) if st is not None else None
             if row is None or st is None:
                 continue
-            row.meta = {**(row.meta or {}), POLLED_META: polled}
+            counted = {ATTEMPTS_META: st.attempts_run} if st.attempts_run is not None else {}
+            row.meta = {**(row.meta or {}), POLLED_META: polled, **counted}
             new = merge_scheduler_state(row, st)
             if new:
                 changed += 1
