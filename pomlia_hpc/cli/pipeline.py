@@ -69,7 +69,12 @@ def run(
         bool, typer.Option("--dry-run", help="Print the plan (stages, jobs, GPU-hours) only.")
     ] = False,
     wait: Annotated[
-        bool, typer.Option("--wait", help="On Slurm: wait for the stage jobs to end.")
+        bool,
+        typer.Option(
+            "--wait",
+            help="On Slurm: wait for the stage jobs to end (a poll that sacct does not answer "
+            "within cluster.list_sacct_timeout_s is logged and retried).",
+        ),
     ] = False,
     in_process: Annotated[
         bool,
@@ -262,7 +267,9 @@ def status(
 
     NAME and FILE give the same answer: the stage records compared with the pipeline file as
     it is now (for NAME, the file its last run was started from), so a stage whose part of
-    the file changed since it ran shows as stale.
+    the file changed since it ran shows as stale. sacct is waited for at most
+    cluster.list_sacct_timeout_s seconds (15; <home>/pomlia.yaml); a state it did not
+    confirm is the last recorded one, marked ?.
     """
     from pomlia_hpc.pipeline import runner
 

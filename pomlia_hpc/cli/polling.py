@@ -1,5 +1,5 @@
-"""Job states for a listing (``jobs list``, ``jobs show``, ``status``), without hanging on a
-slow Slurm.
+"""Job states for a listing (``jobs list``, ``jobs show``, ``status``, ``pipeline status``
+and ``pipeline run --wait``), without hanging on a slow Slurm.
 
 A listing refreshes the recorded states with one ``sacct`` call first. ``sacct`` that does not
 answer (slurmdbd busy or down) used to hold the listing for 60 s in silence, then print
