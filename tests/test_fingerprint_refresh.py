@@ -19,7 +19,7 @@ from pomlia_hpc.fingerprint.refresh import (
     refresh,
 )
 from pomlia_hpc.fingerprint.train import TrainConfig, get_encoder, train_encoder
-from pomlia_hpc.registry import FingerprintSet, Registry
+from pomlia_hpc.registry import Encoder, FingerprintSet, Registry
 from pomlia_hpc.workspace import Workspace
 from tests.fixtures.cli import cli_ok, runner
 from tests.fixtures.factories import make_dataset
@@ -57,7 +57,10 @@ def test_refresh_retrains_on_new_versions_and_switches_only_when_complete(
 
     done = refresh(reg, workspace, "ae", say=lambda _l: None)  # resumes ae-r1, same name
     assert done.name == "ae-r1" and current_encoder(workspace) == "ae-r1"
-    new_id = get_encoder(reg, "ae-r1").id
+    row = get_encoder(reg, "ae-r1")
+    assert (row.origin, row.refresh_of_id) == ("refresh", get_encoder(reg, "ae").id)  # recorded
+    assert get_encoder(reg, "ae").origin == "trained"
+    new_id = row.id
     with reg.session() as s:
         sets = s.query(FingerprintSet).filter(FingerprintSet.encoder_id == new_id).all()
     assert sorted(fs.status for fs in sets) == ["complete", "complete"]  # both versions
@@ -85,6 +88,16 @@ def test_refresh_reports_progress_as_train_extract_and_index_build(
         "current encoder: ae-r1",
     ):
         assert any(stamp.match(line) and text in line for line in lines), (text, out)
+
+
+def _as_older_release(workspace: Workspace, reg: Registry) -> None:
+    """Leave the workspace as a release before the refresh marker and the lineage record left
+    it: no marker, and no encoder says how it was made (migration 0010 adds NULLs)."""
+    for marker in workspace.path("indexes", "refreshing").glob("*.json"):
+        marker.unlink()
+    with reg.session() as s:
+        for row in s.query(Encoder):
+            row.origin, row.refresh_of_id = None, None
 
 
 def _interrupted_at_extraction(workspace: Workspace, reg: Registry) -> None:
@@ -124,7 +137,8 @@ def test_rerun_finishes_encoder_trained_on_copies_too(workspace: Workspace, reg:
     assert a.split("@")[1] == copy.split("@")[1]  # the same content
     train_encoder(reg, workspace, "ae", [a], CFG)
     b = make_dataset(workspace, reg, "organ", "organamnist", (32, 4, 4), chunk_rows=16)
-    train_encoder(reg, workspace, "ae-r1", [a, copy, b], CFG)  # the half-done refresh
+    train_encoder(reg, workspace, "ae-r1", [a, copy, b], CFG)  # the half-done refresh ...
+    _as_older_release(workspace, reg)  # ... of that earlier release (no lineage recorded)
     assert plan_refresh(reg, workspace, "ae").name == "ae-r1"
     lines: list[str] = []
     done = refresh(reg, workspace, "ae", say=lines.append)
@@ -159,8 +173,7 @@ def test_an_older_release_s_unmarked_interrupted_refresh_leaves_an_unambiguous_d
     make_dataset(workspace, reg, "organ", "organamnist", (32, 4, 4), chunk_rows=16)
     _interrupted_at_extraction(workspace, reg)
     markers = workspace.path("indexes", "refreshing")
-    for marker in markers.glob("*.json"):  # an older release wrote none
-        marker.unlink()
+    _as_older_release(workspace, reg)  # which wrote no marker and recorded no lineage
     # Killed before its extraction: the encoder it started from stays the default, and a
     # plain refresh finishes ae-r1.
     said: list[str] = []
@@ -181,8 +194,7 @@ def test_an_older_release_s_unmarked_interrupted_refresh_leaves_an_unambiguous_d
     with pytest.raises(RuntimeError):
         refresh(reg, workspace, "ae", say=lambda _l: None)
     monkeypatch.undo()
-    for marker in markers.glob("*.json"):
-        marker.unlink()
+    _as_older_release(workspace, reg)
     said.clear()
     assert default_encoder(reg, workspace, said.append) == "ae-r1"
     assert current_encoder(workspace) is None and not list(markers.glob("*.json"))
@@ -210,8 +222,7 @@ def test_data_added_after_an_unmarked_finished_refresh_keeps_its_default(
     with pytest.raises(RuntimeError):
         refresh(reg, workspace, "ae", say=lambda _l: None)
     monkeypatch.undo()
-    for marker in workspace.path("indexes", "refreshing").glob("*.json"):
-        marker.unlink()  # an older release wrote none
+    _as_older_release(workspace, reg)  # no marker, no lineage recorded
     assert default_encoder(reg, workspace) == "ae-r1"
     make_dataset(workspace, reg, "blood", "bloodmnist", (40, 4, 4), chunk_rows=16)
     said: list[str] = []
@@ -234,3 +245,31 @@ def test_several_unrelated_encoders_name_them_and_the_option(
         "several encoders are registered and none is current (ae, be): pass one with "
         "--encoder, e.g. --encoder ae"
     )
+
+
+def test_an_encoder_named_like_a_refresh_by_hand_is_no_refresh(
+    workspace: Workspace, reg: Registry
+) -> None:
+    """`ae-r1` trained by hand with ae's settings counted as a refresh of ae: the name was read
+    back as the lineage. Being unfinished it was left out of the default (ae chosen, with a note
+    about an older release's refresh), and the next refresh of ae took it over as its own
+    (trained on the same data: switched to it). The record decides now: it is an encoder of
+    its own, and a refresh of ae trains ae-r2."""
+    from pomlia_hpc.errors import InputError
+
+    workspace = replace(workspace, cluster_profile="debug")
+    a = make_dataset(workspace, reg, "blood", "bloodmnist", (32, 4, 4), chunk_rows=16)
+    train_encoder(reg, workspace, "ae", [a], CFG)
+    b = make_dataset(workspace, reg, "organ", "organamnist", (32, 4, 4), chunk_rows=16)
+    train_encoder(reg, workspace, "ae-r1", [a, b], CFG)  # by hand, ae's settings and the data
+    said: list[str] = []
+    with pytest.raises(InputError, match=r"several encoders are registered .* \(ae, ae-r1\)"):
+        default_encoder(reg, workspace, said.append)
+    assert said == []
+    plan = plan_refresh(reg, workspace, "ae")
+    assert plan.name == "ae-r2" and plan.new == [b]
+    done = refresh(reg, workspace, "ae", say=lambda _l: None)
+    assert done.name == "ae-r2" and current_encoder(workspace) == "ae-r2"
+    row, hand = get_encoder(reg, "ae-r2"), get_encoder(reg, "ae-r1")
+    assert (row.origin, row.refresh_of_id) == ("refresh", get_encoder(reg, "ae").id)
+    assert (hand.origin, hand.refresh_of_id) == ("trained", None)

@@ -7,9 +7,12 @@ The *current* encoder is named in ``<home>/indexes/current-encoder.json`` (comma
 1. compares the content hash of the current version (what the plain name means) of every
    registered dataset with those the current encoder was trained on; nothing new → nothing
    to do (the same images registered under another name are not new);
-2. trains ``<root>-r<k>`` (same settings, ``epochs`` may be overridden) on all of them, each
-   content once (a copy under another name would count its images twice), as the usual
-   resumable cluster job;
+2. trains ``<root>-r<k>`` (same settings, ``epochs`` may be overridden; ``<root>`` the encoder
+   the chain of refreshes started from, ``k`` one above any name of that form) on all of
+   them, each content once (a copy under another name would count its images twice), as the
+   usual resumable cluster job, and records it as a refresh of the base encoder
+   (:mod:`pomlia_hpc.fingerprint.lineage`: which encoder is a refresh of which is read from
+   that record, not from the name);
 3. embeds every one of them (copies too) with it and builds its FAISS index;
 4. only then switches the pointer (written atomically). Until step 4 similarity and the index
    keep using the previous encoder; a refresh killed midway resumes the same ``<root>-r<k>``
@@ -24,7 +27,6 @@ interrupted, the encoder being refreshed stays the default.
 from __future__ import annotations
 
 import json
-import re
 import shlex
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
@@ -40,6 +42,7 @@ from pomlia_hpc.errors import InputError, NotFoundError
 from pomlia_hpc.files import write_json_atomic
 from pomlia_hpc.fingerprint.extract import extract
 from pomlia_hpc.fingerprint.index import build_index
+from pomlia_hpc.fingerprint.lineage import refresh_number, refresh_roots
 from pomlia_hpc.fingerprint.train import TrainConfig, get_encoder, train_encoder
 from pomlia_hpc.fingerprint.usable import fingerprint_sets, usable_sets
 from pomlia_hpc.registry import Dataset, DatasetVersion, Encoder, Registry
@@ -49,7 +52,6 @@ POINTER = "current-encoder.json"
 #: ``report(description, unit)``: a context around one step that yields its progress
 #: callback ``(done, total)``, or None for none.
 Phase = Callable[[str, str], AbstractContextManager[Callable[[int, int], None] | None]]
-_SUFFIX = re.compile(r"-r(\d+)$")
 
 
 def pointer_path(workspace: Workspace) -> Path:
@@ -79,8 +81,8 @@ def default_encoder(
 ) -> str:
     """The encoder commands use when no ``--encoder`` is given: the current one after a
     refresh, else the only registered one; an encoder under refresh (not yet switched to) is
-    never the default and does not make it ambiguous, and neither is the unmarked
-    ``<root>-r<k>`` of a refresh an older release left unfinished (:func:`_settle_unmarked`;
+    never the default and does not make it ambiguous, and neither is the unmarked refresh
+    (``<root>-r<k>``) an older release left unfinished (:func:`_settle_unmarked`;
     ``say`` gets a one-line note when that rule decided). :class:`NotFoundError` when none is
     registered, :class:`InputError` naming the encoders when several remain and none is
     current."""
@@ -89,13 +91,14 @@ def default_encoder(
     with registry.session() as s:
         encoders = list(s.scalars(select(Encoder).order_by(Encoder.id)))
         s.expunge_all()
+    roots = refresh_roots(encoders)  # of all of them: a chain may pass one under refresh
     refreshing = under_refresh(workspace)
     encoders = [e for e in encoders if e.name not in refreshing] or encoders
     if not encoders:
         raise NotFoundError("no encoder is registered: train one with `pomlia fingerprint train`")
-    names, unfinished = _settle_unmarked(registry, encoders)
+    names, unfinished, stands = _settle_unmarked(registry, encoders, roots)
     if len(names) == 1:
-        if say is not None and (note := _settled_note(names[0], unfinished, encoders)):
+        if say is not None and (note := _settled_note(names[0], unfinished, stands)):
             say(note)
         return names[0]
     first = shlex.quote(names[0])
@@ -110,11 +113,11 @@ def default_encoder(
     )
 
 
-def _settled_note(chosen: str, unfinished: dict[str, str], encoders: list[Encoder]) -> str:
+def _settled_note(chosen: str, unfinished: dict[str, str], stands: dict[str, str]) -> str:
     """One line on how the unmarked refresh of an older release settled the default
-    ``chosen`` (empty when no such refresh decided it)."""
-    if _SUFFIX.search(chosen) and len(encoders) > 1:
-        root = _SUFFIX.sub("", chosen)
+    ``chosen`` (empty when no such refresh decided it); ``stands``: a refresh that stands for
+    its family → that family's root."""
+    if (root := stands.get(chosen)) is not None:
         return (
             f"default encoder {chosen}: an unfinished refresh of {root} by an older release "
             f"embedded every data set, so it is taken as finished (its index may be missing: "
@@ -130,46 +133,43 @@ def _settled_note(chosen: str, unfinished: dict[str, str], encoders: list[Encode
 
 
 def _settle_unmarked(
-    registry: Registry, encoders: list[Encoder]
-) -> tuple[list[str], dict[str, str]]:
-    """The candidates for the default among ``encoders`` (none current), and the unfinished
-    refreshes left out (name → its root). A release before the refresh marker left a refresh
-    it did not finish unmarked: ``<root>-r<k>`` registered beside its root, no pointer. That
-    one is settled here, without writing anything: a ``<root>-r<k>`` with the root's training
-    settings (epochs aside) that has usable embeddings of every version it was trained on and
-    of the current version of every data set its root has embeddings of finished its
-    extraction, and stands for its family (the highest such k); otherwise the refresh stopped
-    before that, and the root stays the default, as a marked refresh's does. The current
-    versions are those of when ``<root>-r<k>`` was registered (:func:`_embedded_all`): data
-    added since does not make a finished refresh unfinished."""
+    registry: Registry, encoders: list[Encoder], roots: dict[str, str]
+) -> tuple[list[str], dict[str, str], dict[str, str]]:
+    """The candidates for the default among ``encoders`` (none current), the unfinished
+    refreshes left out (name → its root), and the refreshes that stand for their family
+    (name → its root). A release before the refresh marker left a refresh it did not finish
+    unmarked: a refresh of a root (``roots``, :func:`~pomlia_hpc.fingerprint.lineage.refresh_roots`:
+    by its record, or by the name ``<root>-r<k>`` for rows without one) registered beside it,
+    no pointer. That one is settled here, without writing anything: a refresh that has usable
+    embeddings of every version it was trained on and of the current version of every data
+    set its root has embeddings of finished its extraction, and stands for its family (the
+    highest such k, then the newest); otherwise the refresh stopped before that, and the root
+    stays the default, as a marked refresh's does. The current versions are those of when the
+    refresh was registered (:func:`_embedded_all`): data added since does not make a finished
+    refresh unfinished. An encoder named ``<root>-r<k>`` by hand is recorded as trained, no
+    refresh: it is a candidate of its own."""
     by_name = {e.name: e for e in encoders}
-    families: dict[str, list[tuple[int, Encoder]]] = {}
+    families: dict[str, list[Encoder]] = {}
     for enc in encoders:
-        m = _SUFFIX.search(enc.name)
-        base = by_name.get(_SUFFIX.sub("", enc.name)) if m else None
-        if m and base is not None and _same_settings(base, enc):
-            families.setdefault(base.name, []).append((int(m.group(1)), enc))
+        root = roots.get(enc.name, enc.name)
+        if root != enc.name and root in by_name:
+            families.setdefault(root, []).append(enc)
     out: dict[str, str] = {}  # each family's name → the one that stands for it
     for root, members in families.items():
-        done = [(k, e.name) for k, e in members if _embedded_all(registry, by_name[root], e)]
-        out[root] = max(done)[1] if done else root
-        for _k, enc in members:
+        done = [
+            (refresh_number(root, e.name) or 0, e.id, e.name)
+            for e in members
+            if _embedded_all(registry, by_name[root], e)
+        ]
+        out[root] = max(done)[2] if done else root
+        for enc in members:
             out[enc.name] = out[root]
     unfinished = {
-        e.name: root for root, members in families.items() for _k, e in members if out[root] == root
+        e.name: root for root, members in families.items() for e in members if out[root] == root
     }
+    stands = {out[root]: root for root in families if out[root] != root}
     names = list(dict.fromkeys(out.get(e.name, e.name) for e in encoders))
-    return names, unfinished
-
-
-def _same_settings(root: Encoder, enc: Encoder) -> bool:
-    """Whether ``enc`` was trained with ``root``'s settings, as a refresh trains (the number
-    of epochs may differ: ``fingerprint refresh --epochs``)."""
-
-    def settings(e: Encoder) -> dict[str, Any]:
-        return {k: v for k, v in (e.config or {}).items() if k != "epochs"}
-
-    return settings(root) == settings(enc)
+    return names, unfinished, stands
 
 
 def _embedded_all(registry: Registry, root: Encoder, enc: Encoder) -> bool:
@@ -260,17 +260,25 @@ def plan_refresh(registry: Registry, workspace: Workspace, base: str | None = No
     refs = {name: f"{name}@{versions[name].version}" for name in keep}
     copies = [f"{n}@{v.version}" for n, v in sorted(versions.items()) if n not in refs]
     new = [refs[n] for n in keep if versions[n].version not in trained]
-    root = _SUFFIX.sub("", enc.name)
     wanted = {versions[n].version for n in keep}
     with registry.session() as s:
-        taken = list(s.scalars(select(Encoder).where(Encoder.name.like(f"{root}-r%"))))
-    for other in taken:
-        # A refresh that trained its encoder but did not finish (no switch): finish that one.
+        encoders = list(s.scalars(select(Encoder).order_by(Encoder.id)))
+        s.expunge_all()
+    roots = refresh_roots(encoders)  # by the lineage records (the name only for older rows)
+    root = roots[enc.name]
+    for other in encoders:
+        # A refresh of this family that trained its encoder but did not finish (no switch):
+        # finish that one. An encoder merely named like one (by hand) is none.
         # Contents are compared, not version ids: the other may have been trained on copies
         # too (an earlier release did not fold them), which adds ids but no content.
-        if other.name != enc.name and _contents(registry, other.dataset_version_ids) == wanted:
+        if (
+            other.name not in (enc.name, root)
+            and roots[other.name] == root
+            and _contents(registry, other.dataset_version_ids) == wanted
+        ):
             return RefreshPlan(enc.name, other.name, list(refs.values()), new, copies)
-    k = 1 + max((int(m.group(1)) for t in taken if (m := _SUFFIX.search(t.name))), default=0)
+    # The next free number: a name taken by hand is skipped, not reused.
+    k = 1 + max((n for e in encoders if (n := refresh_number(root, e.name))), default=0)
     return RefreshPlan(enc.name, f"{root}-r{k}", list(refs.values()), new, copies)
 
 
@@ -318,7 +326,16 @@ def refresh(
         if plan.copies:
             say(f"same content as a version trained on, embedded only: {', '.join(plan.copies)}")
         with phase(f"training '{plan.name}'", "epochs") as bar:
-            train_encoder(registry, workspace, plan.name, plan.datasets, config, progress=bar)
+            # The lineage is recorded with the row, so nothing reads it back from the name.
+            train_encoder(
+                registry,
+                workspace,
+                plan.name,
+                plan.datasets,
+                config,
+                progress=bar,
+                refresh_of=enc.id,
+            )
     say(f"embedding {len(plan.embed)} versions with {plan.name}")
     with phase("extracting", "array tasks") as bar:
         extract(

@@ -62,7 +62,12 @@ from pomlia_hpc.data.store import find_version, open_store
 from pomlia_hpc.errors import ClusterError, InputError, integrity_failure
 from pomlia_hpc.fingerprint.autoencoder import Autoencoder, EncoderConfig
 from pomlia_hpc.fingerprint.busy import one_training, training_job_name
-from pomlia_hpc.fingerprint.encoders import get_encoder, load_checkpoint, load_encoder
+from pomlia_hpc.fingerprint.encoders import (
+    get_encoder,
+    load_checkpoint,
+    load_encoder,
+    register_encoder,
+)
 from pomlia_hpc.fingerprint.epochlog import (
     EPOCH_LOG,
     append_epoch_line,
@@ -478,6 +483,7 @@ def train_encoder(
     progress: Callable[[int, int], None] | None = None,
     pipeline: str | None = None,
     owned: bool = False,
+    refresh_of: int | None = None,
 ) -> Encoder:
     """Train (or finish training) the encoder ``name`` on ``datasets`` as one cluster job, wait
     for it, and register it. Re-running with the same name, datasets and ``config`` resumes
@@ -491,6 +497,8 @@ def train_encoder(
     (:mod:`pomlia_hpc.fingerprint.staging`); embeddings of the old weights are then re-made by
     ``extract``, which compares the weights' digest.
     ``progress(epochs_done, epochs)`` is called while the job runs (from its ``latest.json``).
+    ``refresh_of``: the id of the encoder a ``fingerprint refresh`` trains this one from (its
+    lineage, recorded with the row; None: trained on its own).
     """
     validate_name("encoder", name, max_len=128)
     config = config or TrainConfig()
@@ -538,6 +546,7 @@ def train_encoder(
         list(result["loss_curve"]),
         out / Path(result["checkpoint_path"]).name,
         job_id=job_id,
+        refresh_of=refresh_of,
     )
 
 
@@ -572,27 +581,3 @@ def _refs(registry: Registry, version_ids: list[int] | list[DatasetVersion]) -> 
         )
         known = {i: f"{n}@{v}" for i, n, v in s.execute(q.where(DatasetVersion.id.in_(ids)))}
     return [known.get(i, f"dataset version id {i}") for i in ids]
-
-
-def register_encoder(
-    registry: Registry,
-    name: str,
-    config: TrainConfig,
-    dataset_version_ids: list[int],
-    loss_curve: list[float],
-    checkpoint_path: str | Path,
-    *,
-    job_id: int | None = None,
-) -> Encoder:
-    """Insert (or update) the registry row of encoder ``name``; returns it (detached)."""
-    with registry.session() as s:
-        row = s.scalar(select(Encoder).where(Encoder.name == name)) or Encoder(name=name)
-        row.config = config.model_dump()
-        row.dataset_version_ids = list(dataset_version_ids)
-        row.loss_curve = list(loss_curve)
-        row.checkpoint_path = str(checkpoint_path)
-        row.job_id = job_id
-        s.add(row)
-        s.flush()
-        s.expunge(row)
-    return row
