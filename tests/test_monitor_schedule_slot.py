@@ -235,3 +235,40 @@ def test_the_replaced_note_does_not_say_the_model_is_served_nowhere(
     note = replaced_note(reg, model) or ""
     assert "have stopped" not in note
     assert "only from servers that serve it by name (pomlia serve pneu-a), if any" in note
+
+
+def test_a_chain_scheduled_for_the_champion_by_name_is_the_model_s_own(
+    workspace: Workspace, reg: Registry, submitted: list[dict[str, object]], queue: dict
+) -> None:
+    """`monitor schedule ward-a` (the slot's champion, by name, on purpose) looked like the
+    chain `schedule SLOT` made before slot chains: `schedule ward` refused beside it,
+    `--replace` and `unschedule ward` ended it. Its settings and job record it as the model's
+    chain now, and the slot's commands leave it alone."""
+    from pomlia_hpc.registry import Job
+
+    bundle = demo_model(reg, workspace, name="ward-a", n_ref=50)
+    promote(reg, "ward", "ward-a", bundle, "initial")
+    code, out = invoke("monitor", "schedule", "ward-a", "--at", "", "--every", "1h")
+    assert code == 0, out
+    conf = workspace.path("jobs", "monitor", "ward-a", "schedule.env")
+    queue["pomlia-monitor-ward-a"] = ["101"]
+    code, out = invoke("monitor", "schedule", "ward", "--at", "", "--every", "1h")
+    assert code == 0, out
+    code, out = invoke("monitor", "schedule", "ward", "--at", "", "--every", "1h", "--replace")
+    assert code == 0 and "replaced" not in out, out
+    code, out = invoke("monitor", "unschedule", "ward")
+    assert code == 0, out
+    assert conf.is_file() and queue["pomlia-monitor-ward-a"] == ["101"]  # the model's chain
+    assert conf_values(conf)["CHAIN_KIND"] == "model"  # what records it
+    with reg.session() as s:
+        (meta,) = [j.meta for j in s.query(Job).filter(Job.name == "pomlia-monitor-ward-a")]
+    assert meta["kind"] == "model", meta
+    slot_conf = workspace.path("jobs", "monitor", "slot:ward", "schedule.env")
+    assert not slot_conf.exists()  # unscheduled; the next schedule records the slot's kind
+    invoke("monitor", "schedule", "ward", "--at", "", "--every", "1h")
+    assert conf_values(slot_conf)["CHAIN_KIND"] == "slot"
+    invoke("monitor", "unschedule", "ward")
+    # Its settings gone, a job still queued: the job's record decides, not the name.
+    conf.unlink()
+    code, out = invoke("monitor", "unschedule", "slot:ward")
+    assert code == 0 and queue["pomlia-monitor-ward-a"] == ["101"], out

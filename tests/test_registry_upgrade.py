@@ -158,6 +158,7 @@ def test_downgrade_round_trip_on_sqlite(
     assert reg.schema_revision() == OLD
     columns = {c["name"] for c in inspect(reg.engine).get_columns("kb_run_stats")}
     assert "n_short" not in columns and "summary_format" not in columns
+    assert "origin" not in {c["name"] for c in inspect(reg.engine).get_columns("encoders")}
     with reg.session() as s:
         assert s.scalars(select(Dataset.name)).all() == ["kept"]
     # and up again, said on stderr, the data still there
@@ -342,3 +343,39 @@ def test_a_sqlite_url_with_a_query_argument_is_refused_and_the_file_left_alone(
     assert f"registry URL '{url}': SQLite URI filenames and query arguments" in err
     assert f"expected sqlite:///PATH, here sqlite:///{db}" in err
     assert db.read_bytes() == before  # not migrated
+
+
+def test_an_older_release_s_encoders_keep_the_refresh_name_rule_after_the_upgrade(
+    db_url: str, tmp_path: Path
+) -> None:
+    """Encoders registered before 0010 record no lineage: an older release's refresh `ae-r1`
+    (ae's settings, no marker, no pointer, not yet embedded) is still found as ae's unfinished
+    refresh by its name, and ae stays the default encoder, as before the upgrade."""
+    import sqlalchemy as sa
+
+    from pomlia_hpc.fingerprint.refresh import default_encoder
+    from pomlia_hpc.workspace import Workspace
+
+    reg = Registry(db_url)
+    upgrade(reg.engine, "0009")
+    encoders = sa.Table("encoders", sa.MetaData(), autoload_with=reg.engine)
+    config = {"encoder": {"latent_dim": 2}, "epochs": 1}
+    with reg.engine.begin() as conn:
+        for name in ("ae", "ae-r1"):  # the columns of 0009, as the older release wrote them
+            conn.execute(
+                sa.insert(encoders).values(
+                    name=name,
+                    config=config,
+                    dataset_version_ids=[],
+                    loss_curve=[],
+                    checkpoint_path="",
+                    created_at=sa.func.now(),
+                )
+            )
+    reg.dispose()
+    reg = Registry.open(db_url)
+    ws = Workspace(home=tmp_path / "w", db_url=db_url, cluster_profile="local")
+    said: list[str] = []
+    assert default_encoder(reg, ws, said.append) == "ae"
+    assert said and "the refresh an older release left unfinished (ae-r1)" in said[0], said
+    reg.dispose()

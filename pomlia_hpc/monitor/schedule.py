@@ -26,10 +26,14 @@ window in which the old model is tested instead. A chain scheduled for a model s
 model; scheduling one that a promotion has replaced on every slot it was on warns, and so does
 each of its runs (:func:`~pomlia_hpc.monitor.reference.replaced_note`).
 
-Before slot chains, ``schedule SLOT`` keyed the chain by the champion's name: it monitors
-that model for good. ``schedule SLOT`` refuses beside such a chain (settings or queued jobs
-under the slot's current champion's name), ``--replace`` ends it once the slot's chain is
-queued, and ``unschedule SLOT`` ends it too.
+Each chain's settings record what it was scheduled for (``CHAIN_KIND=slot`` or ``model``;
+its jobs' registry rows too, ``Job.meta["kind"]``). Before slot chains, ``schedule SLOT``
+keyed the chain by the champion's name: it monitors that model for good. ``schedule SLOT``
+refuses beside such a chain (settings or queued jobs under the slot's current champion's
+name), ``--replace`` ends it once the slot's chain is queued, and ``unschedule SLOT`` ends it
+too. A chain scheduled for the champion by name on purpose (``schedule MODEL``) is recorded as
+a model's chain and left alone; only settings without a record (written before it was kept)
+are taken by the name rule, as nothing else tells them apart (:func:`_legacy_chain`).
 
 Slurm starts a job at the first scheduling pass after its begin time (every second with this
 project's test cluster, ``sched_interval=1``; typically 60 s on a production cluster), so a
@@ -158,6 +162,10 @@ def _write_conf(
 ) -> None:
     values = {
         "MODEL": model,
+        # What the chain is for, recorded: a slot's (MODEL=slot:SLOT) or a model's. A model
+        # chain of a slot's champion must not pass for a chain `schedule SLOT` made before
+        # slot chains, which had the same key (_legacy_chain).
+        "CHAIN_KIND": "slot" if model.startswith(SLOT_PREFIX) else "model",
         "EVERY": every,
         "AT": at or "",
         "WINDOW": window,
@@ -278,7 +286,8 @@ def schedule(
     if legacy is not None:  # the champion-named chain this slot's chain replaces
         more, warned = _end_legacy(registry, workspace, legacy)
         replaced, warnings = [*replaced, *more], [*warnings, *warned]
-    meta = {"model": name, "begin": begin.isoformat(), "chain": chain, "slot": slot}
+    kind = chain_kind(workspace, name)  # as the settings record it (None: written before)
+    meta = {"model": name, "begin": begin.isoformat(), "chain": chain, "slot": slot, "kind": kind}
     record_id, note = _record_job(registry, job_id, jname, folder, meta)
     return Scheduled(
         job_id=job_id,
@@ -328,7 +337,8 @@ def _legacy_chain(
     """The chain keyed by the name of ``slot``'s champion, as ``monitor schedule SLOT`` made
     it before slot chains (it monitors that model for good, and would report beside the
     slot's chain): (the champion's name, its queued jobs), or None when it has neither
-    settings nor queued jobs."""
+    settings nor queued jobs, or is recorded as the model's own chain (``monitor schedule
+    MODEL`` on purpose: not the slot's to end)."""
     from pomlia_hpc.models.catalog import resolve_model
 
     champion_id = slot_champion(registry, slot)
@@ -338,7 +348,44 @@ def _legacy_chain(
     queued = jobs_named(job_name(champion))
     if not queued and not is_scheduled(workspace, champion):
         return None
-    return champion, queued
+    if is_scheduled(workspace, champion):
+        recorded = chain_kind(workspace, champion)
+    else:  # settings gone (unscheduled), jobs still queued: what their rows recorded
+        recorded = _recorded_kind(registry, queued)
+    # No record: settings written before the kind was recorded. An old slot chain and a model
+    # chain of the champion look the same then; the name rule takes it for the slot's.
+    return None if recorded == "model" else (champion, queued)
+
+
+def chain_kind(workspace: Workspace, key: str) -> str | None:
+    """What the chain keyed ``key`` was scheduled for, as its settings record it: ``"slot"``
+    or ``"model"``; None when it has no settings, they cannot be read, or they were written
+    before the kind was recorded."""
+    try:
+        text = workspace.path("jobs", "monitor", key, "schedule.env").read_text()
+    except (OSError, UnicodeDecodeError):
+        return None
+    for line in text.splitlines():
+        if line.startswith("export CHAIN_KIND="):
+            words = shlex.split(line.removeprefix("export CHAIN_KIND="))
+            return words[0] if words else None
+    return None
+
+
+def _recorded_kind(registry: Registry, queued: list[QueuedJob]) -> str | None:
+    """The kind the registry rows of the ``queued`` jobs record (``Job.meta["kind"]``), when
+    they all agree; else None."""
+    from sqlalchemy import select
+
+    from pomlia_hpc.registry import Job
+
+    ids = [j.job_id for j in queued]
+    if not ids:
+        return None
+    with registry.session() as s:
+        q = select(Job.meta).where(Job.backend == "slurm", Job.scheduler_id.in_(ids))
+        kinds = {(meta or {}).get("kind") for meta in s.scalars(q)}
+    return kinds.pop() if len(kinds) == 1 else None
 
 
 def _legacy_refusal(
