@@ -549,7 +549,10 @@ def refresh_cmd(
     ] = False,
 ) -> None:
     """Retrain the encoder on the current version of every dataset when new versions arrived,
-    embed them all, build its index, then make it the current encoder (only when complete)."""
+    embed them all, build its index, then make it the current encoder (only when complete).
+
+    The new encoder (<root>-r<k>) is recorded as a refresh of the one refreshed; an encoder
+    merely named like that by hand is no refresh."""
     from pomlia_hpc.fingerprint.refresh import plan_refresh, refresh
 
     # A refresh trains, extracts and indexes for minutes to hours: each step reports as its

@@ -285,8 +285,8 @@ def schedule_cmd(
         typer.Option(
             help="Replace an existing chain instead of refusing: its queued jobs are cancelled "
             "once the new one is submitted (a failed submission keeps it). For a slot, also "
-            "the chain under its champion's name (as `schedule SLOT` made it before slot "
-            "chains)."
+            "the chain under its champion's name that `schedule SLOT` made before slot chains "
+            "(one scheduled for the model by name is left alone)."
         ),
     ] = False,
     chain: Annotated[
@@ -388,8 +388,9 @@ def unschedule_cmd(
 ) -> None:
     """End MODEL's (or a slot's) monitoring chain: cancel its queued and running jobs.
 
-    A slot's also ends the chain under its champion's name, as `monitor schedule SLOT` made it
-    before slot chains."""
+    A slot's also ends the chain under its champion's name that `monitor schedule SLOT` made
+    before slot chains; a chain scheduled for the champion by name (`monitor schedule MODEL`)
+    is the model's and stays."""
     from pomlia_hpc.monitor.schedule import job_labels, unschedule
 
     ids = unschedule(STATE.registry(), STATE.workspace, model)
