@@ -447,9 +447,9 @@ def test_uint16_first_pass_reads_batches_of_bounded_bytes(
     seen: list[int] = []
     observe = PixelConverter.observe
 
-    def spy(self: PixelConverter, batch: np.ndarray) -> None:
+    def spy(self: PixelConverter, batch: np.ndarray, *args: object, **kw: object) -> None:
         seen.append(batch.nbytes)
-        observe(self, batch)
+        observe(self, batch, *args, **kw)  # type: ignore[arg-type]
 
     monkeypatch.setattr(PixelConverter, "observe", spy)
     if kind == "hdf5":

@@ -336,10 +336,10 @@ def test_concurrent_decodes_leave_the_warning_filters_as_they_were() -> None:
     in warnings.filters for good."""
     png = encode(np.zeros((28, 28), np.uint8), "PNG")
     buf = io.BytesIO()
-    # A layout Pillow cannot open (3-channel float).
-    tifffile.imwrite(buf, np.zeros((28, 28, 3), np.float32), photometric="rgb")
+    # A pixel type neither ingest nor the server reads (signed 8-bit).
+    tifffile.imwrite(buf, np.zeros((28, 28), np.int8))
     float_tiff = buf.getvalue()
-    assert "TIFF sample format not supported" in refused(float_tiff, None, GREY28).message
+    assert "has pixel type int8" in refused(float_tiff, None, GREY28).message
     before = list(warnings.filters)
 
     def loop(data: bytes) -> None:

@@ -1,7 +1,7 @@
 """What the REST server says and which routes it answers, against a real server process on
 127.0.0.1 (a tester's findings): a body timeout is logged as ``timeout``, not ``undecodable``;
 a cut-off multipart body, a file part without ``filename=``, a malicious NPY header, a BMP and a
-float RGB TIFF are named for what they are; HEAD works on the GET routes; the OpenAPI
+signed-integer TIFF are named for what they are; HEAD works on the GET routes; the OpenAPI
 description lists the codes each route sends; /docs needs no CDN; no slash redirect built from
 the Host header; feedback bodies are judged strictly; Ctrl-C says "stopped (SIGINT)"."""
 
@@ -285,9 +285,9 @@ def test_an_unsupported_format_is_named_not_called_corrupt(client: httpx.Client)
         error = refusal(client.post("/v1/predict", content=encoded(fmt)))
         assert f"{name} is not supported; send PNG, JPEG, TIFF or NPY" in error, error
     buf = io.BytesIO()
-    tifffile.imwrite(buf, (image() / 255).astype(np.float32), photometric="rgb")
+    tifffile.imwrite(buf, image()[..., 0].astype(np.int8))  # a pixel type ingest refuses too
     error = refusal(client.post("/v1/predict", content=buf.getvalue()))
-    assert "TIFF sample format not supported (3 sample(s) per pixel, 32-bit float)" in error
+    assert "the image has pixel type int8: expected 1-, 8- or 16-bit unsigned" in error
     assert "corrupt" not in error
 
 

@@ -13,7 +13,11 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemaining
 from rich.table import Table
 
 from pomlia_hpc.cli.app import STATE, app, console, err_console
-from pomlia_hpc.cli.folder_notes import print_folder_notes, print_skipped_files
+from pomlia_hpc.cli.folder_notes import (
+    print_folder_notes,
+    print_pixel_notes,
+    print_skipped_files,
+)
 from pomlia_hpc.cli.listing import JsonFlag, print_rows
 from pomlia_hpc.cli.tables import ListTable, shown, stack, when
 from pomlia_hpc.data.medmnist_info import FLAGS_2D
@@ -360,6 +364,7 @@ def _print_notes(meta: dict[str, Any]) -> None:
         )
     print_folder_notes(meta.get("source") or {})
     print_skipped_files(meta.get("source") or {})
+    print_pixel_notes(meta.get("source") or {})
     gray = int((meta.get("source") or {}).get("gray_to_rgb", 0))
     if gray:
         err_console.print(

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from rich.markup import escape
+
 from pomlia_hpc.cli.app import err_console
 
 
@@ -55,3 +57,26 @@ def print_skipped_files(source: dict[str, Any]) -> None:
         )
         for line in unreadable.get("files", []):
             err_console.print(f"  {line}", markup=False, highlight=False)
+
+
+def print_pixel_notes(source: dict[str, Any]) -> None:
+    """A warning when a 16-bit data set's maximum is an extreme outlier (its images were all
+    scaled by it, so most of them are nearly black), naming where it is; a note when an RGBA
+    array's alpha channel was dropped."""
+    outlier = source.get("intensity_outlier") or {}
+    if outlier:
+        top, value, at = outlier["max"], outlier["value"], escape(str(outlier["at"]))
+        err_console.print(
+            f"[yellow]warning:[/] the largest 16-bit value, {top:g} ({at}), is "
+            f"{top / max(value, 1):.0f} times the {outlier['percentile']:g}th percentile "
+            f"({value}): every image was scaled by it (0..{top:g} -> 0..255), so most pixels "
+            f"are stored in 0..{255 * value / top + 0.5:.0f}. If it is a hot pixel or a "
+            "broken file, fix or remove it (or clip the values, e.g. np.minimum(x, "
+            f"{value})) and run `pomlia data add` again",
+            highlight=False,
+        )
+    if source.get("alpha_dropped"):
+        err_console.print(
+            "[yellow]note:[/] the images have 4 channels (RGBA): the alpha channel was dropped "
+            "(stored as RGB), as for RGBA image files"
+        )

@@ -13,13 +13,16 @@ training maximum saturate. Without that record (8-bit or float training data, or
 exported before it was kept) they are divided by 65535. Float pixels are taken as they are and
 must be finite and in [0, 1], the rule ingest applies.
 
-Image files (PNG, JPEG, TIFF) are converted as ingest converts image-folder files
-(:mod:`pomlia_hpc.data.sources.folder`): an alpha channel is dropped (RGBA -> RGB, LA -> L), a
-palette image is its RGB rendering, and a grey image is repeated to 3 channels for a colour
-model. A colour image for a grey model is refused, with how to convert it (ingest never makes a
-colour image grey: one colour image makes an image folder's data set colour, so there is no
-ingest rule to apply). NPY arrays are taken as they are: their channel count must match the
-model's, and a shape that does not fit is named with the shapes the model accepts.
+Image files (PNG, JPEG, TIFF) are decoded by the very per-file rule ingest applies to
+image-folder files (:mod:`pomlia_hpc.data.sources.pixels`; TIFFs through tifffile, as
+ingest reads them): an alpha channel is dropped (RGBA -> RGB, LA -> L), a palette or CMYK
+image is its RGB rendering, a MinIsWhite TIFF is inverted, 16-bit RGB keeps its depth, float
+TIFFs (32- or 64-bit) are taken in [0, 1], and a grey image is repeated to 3 channels for a
+colour model. So a training file is served exactly as it was stored. A colour image for a
+grey model is refused, with how to convert it (ingest never makes a colour image grey: one
+colour image makes an image folder's data set colour, so there is no ingest rule to apply).
+NPY arrays are taken as they are: their channel count must match the model's, and a shape
+that does not fit is named with the shapes the model accepts.
 
 The type is read from the data (its first bytes); a Content-Type header, when given, must
 agree with it (or be ``application/octet-stream``). Without one the sniffed type is used.
@@ -35,16 +38,25 @@ from __future__ import annotations
 
 import io
 import re
+import struct
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
+import tifffile
 from PIL import Image, UnidentifiedImageError
 
 from pomlia_hpc.data.sources.base import PixelConverter
-from pomlia_hpc.data.sources.pixels import pil_pixels
+from pomlia_hpc.data.sources.pixels import (
+    FrameHeader,
+    PixelFormatError,
+    TiffImage,
+    pil_header,
+    pil_pixels,
+)
 from pomlia_hpc.serve.formats import (
     npy_header_problem,
-    tiff_layout,
     unsupported_format,
     unsupported_format_message,
 )
@@ -76,19 +88,21 @@ TYPE_ALIASES = {"image/jpg": "image/jpeg", "image/pjpeg": "image/jpeg", "image/t
 NPY_TYPES = ("application/x-npy", "application/npy")
 SNIFFED_TYPES = ("application/octet-stream",)
 PIL_FORMATS = {"image/png": "PNG", "image/jpeg": "JPEG", "image/tiff": "TIFF"}
-MODE_CHANNELS = {
-    "1": 1,
-    "L": 1,
-    "I;16": 1,
-    "I;16B": 1,
-    "I;16L": 1,
-    "I": 1,
-    "F": 1,
-    "LA": 1,  # alpha dropped, as ingest does
-    "RGB": 3,
-    "RGBA": 3,  # alpha dropped, as ingest does
-    "CMYK": 3,  # its RGB rendering, as ingest reads it
-}
+#: What decoding a damaged file raises (Pillow's and tifffile's many types; ``struct.error``
+#: escapes from some truncated TIFF headers): a 400, never a server error.
+DECODE_ERRORS = (
+    OSError,
+    ValueError,
+    SyntaxError,
+    EOFError,
+    TypeError,
+    KeyError,
+    IndexError,
+    MemoryError,
+    ZeroDivisionError,
+    struct.error,
+    tifffile.TiffFileError,
+)
 NPY_DTYPES = ("uint8", "uint16", "float32", "float64")
 #: A Python object's default repr, as some exception messages quote one.
 OBJECT_REPR = re.compile(r"\s*<[\w.]+ object at 0x[0-9a-fA-F]+>")
@@ -302,6 +316,8 @@ def _check_frame(
 def _decode_image(
     data: bytes, ctype: str, spec: InputSpec, limits: Limits, what: str, budget: int
 ) -> np.ndarray:
+    if ctype == "image/tiff":
+        return _decode_tiff(data, spec, limits, what, budget)
     try:
         # No warnings.catch_warnings here: it swaps the process-wide filter list, which is not
         # thread-safe, and decodes run in threads (concurrent ones left filters behind for
@@ -313,15 +329,6 @@ def _decode_image(
             413, f"{what}: image dimensions exceed the limit of {limits.max_side_px} px per side"
         ) from exc
     except UnidentifiedImageError as exc:
-        layout = tiff_layout(data) if ctype == "image/tiff" else None
-        if layout is not None:
-            # The header reads: Pillow has no mode for this layout; the file is not corrupt.
-            raise RequestError(
-                400,
-                f"{what}: TIFF sample format not supported ({layout}); send 8- or 16-bit "
-                "unsigned integer grey, RGB or RGBA, or 32-bit float grey in [0, 1]",
-                reason="unsupported-type",
-            ) from exc
         raise RequestError(
             400, f"{what}: corrupt {ctype} image (its header cannot be read as {ctype})"
         ) from exc
@@ -331,33 +338,66 @@ def _decode_image(
         ) from exc
     frames: list[np.ndarray] = []
     try:
-        n_frames = int(getattr(img, "n_frames", 1))
+        n_frames = int(getattr(img, "n_frames", 1))  # an animated PNG: each frame an image
         if n_frames > budget:
             raise _too_many(what, n_frames, limits, budget)
+        # A 16-bit colour PNG is decoded twice (high, then low bytes): see pil_pixels.
+        again = None if n_frames > 1 else (lambda: Image.open(io.BytesIO(data), formats=["PNG"]))
         for i in range(n_frames):
-            img.seek(i)  # reads the page's header only; its pixels are decoded in _pixels
+            img.seek(i)  # reads the frame's header only; its pixels are decoded below
             where = what if n_frames == 1 else f"{what} page {i + 1}"
-            w, h = img.size
-            _check_frame(where, w, h, _mode_channels(img, where), spec, limits, grey_ok=True)
-            frames.append(_pixels(img, where, spec))
+            (w, h), c = img.size, _header(pil_header, img, where).channels
+            _check_frame(where, w, h, c, spec, limits, grey_ok=True)
+            pixels = pil_pixels(img, spec.channels, reopen=again)
+            frames.append(_to_unit_float(pixels, where, spec.scale_max))
     except RequestError:
         raise
-    except (
-        OSError,
-        ValueError,
-        SyntaxError,
-        EOFError,
-        TypeError,
-        KeyError,
-        IndexError,
-        MemoryError,
-        ZeroDivisionError,
-        struct_error(),
-    ) as exc:
+    except DECODE_ERRORS as exc:
         raise RequestError(400, f"{what}: corrupt {ctype} image ({reason(exc)})") from exc
     finally:
         img.close()
     return np.stack(frames)
+
+
+def _decode_tiff(
+    data: bytes, spec: InputSpec, limits: Limits, what: str, budget: int
+) -> np.ndarray:
+    """Every page of a TIFF as float32 NHWC, each decoded by ingest's own per-file rule
+    (:class:`~pomlia_hpc.data.sources.pixels.TiffImage`) after its header is checked."""
+    try:
+        tif = TiffImage(data)
+    except Exception as exc:  # tifffile raises many types for damaged files: a 400 each
+        raise RequestError(
+            400, f"{what}: corrupt image/tiff image (its header cannot be read: {reason(exc)})"
+        ) from exc
+    frames: list[np.ndarray] = []
+    try:
+        if tif.pages > budget:
+            raise _too_many(what, tif.pages, limits, budget)
+        for i in range(tif.pages):
+            where = what if tif.pages == 1 else f"{what} page {i + 1}"
+            head = _header(tif.header, i, where)
+            _check_frame(where, head.width, head.height, head.channels, spec, limits, grey_ok=True)
+            frames.append(_to_unit_float(tif.pixels(i, spec.channels), where, spec.scale_max))
+    except RequestError:
+        raise
+    except Exception as exc:  # tifffile raises many types for damaged files: a 400 each
+        raise RequestError(400, f"{what}: corrupt image/tiff image ({reason(exc)})") from exc
+    finally:
+        tif.close()
+    return np.stack(frames)
+
+
+def _header(read: Callable[[Any], FrameHeader], frame: Any, what: str) -> FrameHeader:
+    """``read(frame)``, a frame's header; a pixel layout ingest does not read is a 400."""
+    try:
+        return read(frame)
+    except PixelFormatError as exc:
+        raise RequestError(
+            400,
+            f"{what}: the image {exc} (ingest reads image files by the same rule)",
+            reason="unsupported-type",
+        ) from exc
 
 
 def reason(exc: BaseException) -> str:
@@ -365,33 +405,6 @@ def reason(exc: BaseException) -> str:
     file, ``<_io.BytesIO object at 0x7f…>``), which tells the client nothing."""
     text = OBJECT_REPR.sub("", str(exc)).strip(" :")
     return text or type(exc).__name__
-
-
-def struct_error() -> type[Exception]:
-    """``struct.error``, which Pillow lets escape from some truncated TIFF headers."""
-    import struct
-
-    return struct.error
-
-
-def _mode_channels(img: Image.Image, what: str) -> int:
-    """Channels the frame will have once decoded and converted as ingest converts it (alpha
-    dropped, a palette rendered as RGB), from its header (mode) alone."""
-    mode = img.mode
-    if mode in ("P", "PA"):  # a palette image is its RGB rendering
-        return 3
-    if mode not in MODE_CHANNELS:
-        raise RequestError(
-            400, f"{what}: pixel mode '{mode}' is not supported; expected grey, RGB or RGBA"
-        )
-    return MODE_CHANNELS[mode]
-
-
-def _pixels(img: Image.Image, what: str, spec: InputSpec) -> np.ndarray:
-    """One frame → float32 HWC in [0, 1] with ``spec.channels`` channels (decodes its pixels;
-    converted by ingest's own rule, :func:`~pomlia_hpc.data.sources.pixels.pil_pixels`: alpha
-    dropped, palette → RGB, grey repeated for a colour model)."""
-    return _to_unit_float(pil_pixels(img, spec.channels), what, spec.scale_max)
 
 
 def _from_16_bit(arr: np.ndarray, scale_max: float | None) -> np.ndarray:

@@ -2,8 +2,7 @@
 
 Called only once a file is refused (never on the hot path): a recognised image format the
 server does not take (BMP, GIF, WebP, ...) is named as such rather than "unrecognised first
-bytes"; a TIFF whose header is fine but whose sample layout Pillow cannot open (3-channel
-float, say) is an unsupported sample format, not a corrupt file; and a malformed NPY header
+bytes"; and a malformed NPY header
 is named by the field that is wrong, never by numpy's or Python's own words (which quoted
 ``<ast.Call object at 0x7f...>`` or a tokenizer error).
 """
@@ -11,7 +10,6 @@ is named by the field that is wrong, never by numpy's or Python's own words (whi
 from __future__ import annotations
 
 import ast
-import io
 import struct
 import warnings
 
@@ -49,9 +47,6 @@ _NPY_FIELD_ERRORS = (
     ("Header info length", "it is longer than numpy's limit of 10000 bytes"),
     ("EOF", "the file ends inside the header"),
 )
-
-#: TIFF SampleFormat tag values.
-_SAMPLE_KINDS = {1: "unsigned integer", 2: "signed integer", 3: "float", 4: "untyped"}
 
 
 def unsupported_format(data: bytes) -> str | None:
@@ -115,34 +110,6 @@ def _non_literal_field(header: str) -> str | None:
             name = key.value if isinstance(key, ast.Constant) else None
             return f"'{str(name)[:40]}'" if isinstance(name, str) else "(a non-string key)"
     return None
-
-
-def tiff_layout(data: bytes) -> str | None:
-    """The sample layout of a TIFF's first page, e.g. ``3 samples per pixel, 32-bit float``,
-    read from its header alone; None when the header cannot be read (a corrupt file)."""
-    from PIL import TiffImagePlugin
-
-    try:
-        # Pillow may warn of a damaged directory, then goes on. Not silenced here with
-        # warnings.catch_warnings: it swaps the process-wide filter list, which is not
-        # thread-safe (this runs in decode threads); the server silences Pillow's warnings
-        # once at start (quiet_pillow_warnings).
-        ifd = TiffImagePlugin.ImageFileDirectory_v2(ifh=data[:8])
-        if not 8 <= ifd.next < len(data):
-            return None
-        fp = io.BytesIO(data)
-        fp.seek(ifd.next)
-        ifd.load(fp)
-        if not {256, 257, 258} <= set(ifd.keys()):  # width, height, bits: else not a page
-            return None
-        samples = int(ifd.get(277, 1))
-        bits = ifd.get(258, (1,))
-        kinds = ifd.get(339, (1,))
-        bit = int(bits[0] if isinstance(bits, tuple) else bits)
-        kind = int(kinds[0] if isinstance(kinds, tuple) else kinds)
-    except Exception:
-        return None
-    return f"{samples} sample(s) per pixel, {bit}-bit {_SAMPLE_KINDS.get(kind, 'unknown')}"
 
 
 def quiet_pillow_warnings() -> None:

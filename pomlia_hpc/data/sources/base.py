@@ -6,8 +6,12 @@ Pixel rules, the same for every source:
 - ``uint16`` (16-bit PNG/TIFF, HDF5, npz) is scaled linearly so that the largest value in the
   whole dataset becomes 255 (``0 .. max`` -> ``0 .. 255``; the max is found in a first pass and
   recorded as ``meta["intensity_scaling"]``), because 12-bit scanners would be almost black if
-  scaled by 65535;
-- float images must be finite and in [0, 1]; they are scaled by 255 and rounded;
+  scaled by 65535; when that max is more than :data:`OUTLIER_RATIO` times the 99.9th
+  percentile (a hot pixel), it is recorded as ``meta["source"]["intensity_outlier"]`` with
+  where it is, and ``data add`` warns (the rule is unchanged: versions stay reproducible);
+- float images must be finite and in [0, 1]; they are scaled by 255 and rounded (recorded as
+  ``intensity_scaling`` too);
+- an (N, H, W, 4) array is RGBA: its alpha is dropped, as an RGBA PNG's is;
 - anything else is refused with a message naming the file and the field.
 
 Label rules: (N,) or (N, 1) class indices, or (N, L) 0/1 for multi-label; integer dtype (float
@@ -77,6 +81,13 @@ class IngestLimits:
             )
 
 
+#: A 16-bit data set's maximum is an outlier when it is more than this many times its
+#: 99.9th percentile (a hot pixel of 65535 in 12-bit data is 16 times): ``data add`` warns.
+OUTLIER_RATIO = 4.0
+#: The percentile that maximum is compared with, %.
+OUTLIER_PERCENTILE = 99.9
+
+
 @dataclass
 class PixelConverter:
     """Converts one source's pixel arrays to uint8 (b, H, W, C), checking values on the way."""
@@ -84,6 +95,12 @@ class PixelConverter:
     where: str  # "file 'x.npz', key 'train_images'" — used in every message
     dtype: np.dtype[Any]
     scale_max: float | None = None  # set for uint16 after the first pass
+    #: The source's images have a 4th (alpha) channel, dropped (as for RGBA PNGs).
+    drop_alpha: bool = False
+    #: Where the largest value seen by :meth:`observe` is (``"file 'x.tif'"``, ``"row 7"``).
+    max_at: str | None = None
+    #: How many times each 16-bit value was seen by :meth:`observe` (for the percentile).
+    counts: np.ndarray | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         # A big-endian array (">u2", as some writers store it) holds the same values: compare
@@ -99,14 +116,45 @@ class PixelConverter:
     def needs_max(self) -> bool:
         return self.dtype == np.uint16
 
-    def observe(self, batch: np.ndarray) -> None:
-        """First pass for uint16: remember the largest value."""
-        if batch.size:
-            m = float(batch.max())
-            self.scale_max = m if self.scale_max is None else max(self.scale_max, m)
+    def _colour(self, x: np.ndarray) -> np.ndarray:
+        return x[..., :3] if self.drop_alpha and x.ndim == 4 and x.shape[-1] == 4 else x
 
-    def __call__(self, batch: np.ndarray, first_row: int = 0) -> np.ndarray:
-        x = batch if batch.ndim == 4 else batch[..., None]
+    def observe(self, batch: np.ndarray, first_row: int = 0, name: str | None = None) -> None:
+        """First pass for uint16: remember the largest value, where it is (``name``, else
+        its row: ``first_row`` + its index in ``batch``) and how often each value occurs."""
+        batch = self._colour(batch)
+        if not batch.size:
+            return
+        m = float(batch.max())
+        if self.scale_max is None or m > self.scale_max:
+            self.scale_max = m
+            row = first_row + int(np.unravel_index(int(np.argmax(batch)), batch.shape)[0])
+            self.max_at = name or f"row {row}"
+        seen = np.bincount(np.asarray(batch, np.uint16).ravel(), minlength=65536)
+        self.counts = seen if self.counts is None else self.counts + seen
+
+    def outlier(self) -> dict[str, Any] | None:
+        """The maximum of a uint16 first pass when it is an extreme outlier (over
+        :data:`OUTLIER_RATIO` times the :data:`OUTLIER_PERCENTILE` th percentile), with the
+        percentile and where the maximum is; else None."""
+        if self.counts is None or not self.scale_max:
+            return None
+        cum = np.cumsum(self.counts)
+        rank = int(np.ceil(cum[-1] * OUTLIER_PERCENTILE / 100))
+        pct = int(np.searchsorted(cum, max(rank, 1)))
+        if self.scale_max <= OUTLIER_RATIO * max(pct, 1):
+            return None
+        return {
+            "max": self.scale_max,
+            "percentile": OUTLIER_PERCENTILE,
+            "value": pct,
+            "at": self.max_at,
+        }
+
+    def __call__(self, batch: np.ndarray, first_row: int | None = 0) -> np.ndarray:
+        """``batch`` as uint8 (b, H, W, C); a bad value is refused naming its row (its
+        ``first_row`` + index; no row when ``first_row`` is None: one image)."""
+        x = self._colour(batch if batch.ndim == 4 else batch[..., None])
         if not x.dtype.isnative:
             x = x.astype(x.dtype.newbyteorder("="))
         if x.dtype == np.uint8:
@@ -116,10 +164,9 @@ class PixelConverter:
             return (x.astype(np.float32) * (255.0 / top) + 0.5).astype(np.uint8)
         bad = ~np.isfinite(x)
         if bad.any():
-            row = first_row + int(np.argwhere(bad)[0][0])
+            row = "" if first_row is None else f" (row {first_row + int(np.argwhere(bad)[0][0])})"
             raise InputError(
-                f"{self.where} has NaN or infinite values (row {row}): expected "
-                "finite floats in [0, 1]"
+                f"{self.where} has NaN or infinite values{row}: expected finite floats in [0, 1]"
             )
         lo, hi = float(x.min()), float(x.max())
         if lo < 0.0 or hi > 1.0:
@@ -129,6 +176,8 @@ class PixelConverter:
         return (x * 255.0 + 0.5).astype(np.uint8)
 
     def scaling(self) -> dict[str, Any] | None:
+        """How the pixels were made 8-bit (``meta["source"]["intensity_scaling"]``); None for
+        uint8, stored as it is."""
         if self.dtype == np.uint8:
             return None
         if self.dtype == np.uint16:
@@ -203,18 +252,25 @@ def check_side(where: str, height: int, width: int, limits: IngestLimits) -> Non
 def image_shape(
     where: str, shape: Sequence[int], limits: IngestLimits | None = None
 ) -> tuple[int, int, int]:
-    """(H, W, C) from an array shape (N, H, W) or (N, H, W, C) with C 1 or 3, within
-    ``limits`` (default :class:`IngestLimits`)."""
+    """(H, W, C) from an array shape (N, H, W) or (N, H, W, C) with C 1, 3 or 4 (RGBA: its
+    alpha is dropped, as an RGBA PNG's is: C is 3; see :func:`has_alpha`), within ``limits``
+    (default :class:`IngestLimits`)."""
     if len(shape) == 3:
         hwc = int(shape[1]), int(shape[2]), 1
-    elif len(shape) == 4 and shape[3] in (1, 3):
-        hwc = int(shape[1]), int(shape[2]), int(shape[3])
+    elif len(shape) == 4 and shape[3] in (1, 3, 4):
+        hwc = int(shape[1]), int(shape[2]), min(int(shape[3]), 3)
     else:
         raise InputError(
-            f"{where} has shape {tuple(shape)}: expected (N, H, W) or (N, H, W, C) with C = 1 or 3"
+            f"{where} has shape {tuple(shape)}: expected (N, H, W) or (N, H, W, C) with C = 1, "
+            "3 or 4 (RGBA, whose alpha is dropped)"
         )
     check_side(where, hwc[0], hwc[1], limits or IngestLimits())
     return hwc
+
+
+def has_alpha(shape: Sequence[int]) -> bool:
+    """Whether an image array of ``shape`` (N, H, W, 4) is RGBA, whose alpha is dropped."""
+    return len(shape) == 4 and int(shape[3]) == 4
 
 
 def check_label_shape(

@@ -1,5 +1,8 @@
 """Image-folder sources: one sub-folder per class; PNG, JPEG or TIFF; 8/16-bit; gray or RGB.
 
+Each file is decoded by :mod:`.pixels` (the server's rule for uploads too): one image per
+file (a TIFF stack is refused), palette / CMYK / MinIsWhite as rendered, alpha dropped.
+
 Layouts (told apart by :mod:`.folder_layout`)::
 
     root/<class>/<image>                  split per class, files picked by path hashes
@@ -57,12 +60,10 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
-import tifffile
-from PIL import Image
 
 from pomlia_hpc.data.sources.base import (
     IngestLimits,
@@ -94,7 +95,12 @@ from pomlia_hpc.data.sources.folder_layout import (
     split_folders,
     visible,
 )
-from pomlia_hpc.data.sources.pixels import pil_pixels, pixel_layout
+from pomlia_hpc.data.sources.pixels import (
+    FrameHeader,
+    PixelFormatError,
+    file_header,
+    file_pixels,
+)
 from pomlia_hpc.data.store import SPLITS
 from pomlia_hpc.errors import InputError
 
@@ -107,20 +113,6 @@ __all__ = [
     "read_image",
     "split_folders",
 ]
-_GRAY_MODES = {"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"}
-_COLOR_MODES = {"RGB", "RGBA", "P", "PA", "CMYK", "YCbCr", "LAB", "HSV", "RGBX"}
-
-
-@dataclass(frozen=True)
-class _Header:
-    height: int
-    width: int
-    channels: int  # 1 or 3 after conversion
-    depth: str  # "uint8", "uint16" or "float32"
-
-
-def _is_tiff(path: Path) -> bool:
-    return path.suffix.lower() in (".tif", ".tiff")
 
 
 class UnreadableImageError(InputError):
@@ -141,12 +133,8 @@ def decodes(path: Path) -> str | None:
     try:
         if path.stat().st_size == 0:
             return "empty file, 0 bytes"
-        read_header(path)
-        if _is_tiff(path):
-            tifffile.imread(path)
-        else:
-            with Image.open(path) as im:
-                im.load()
+        header = read_header(path)
+        file_pixels(path, header.channels)
     except UnreadableImageError as exc:
         cause = exc.__cause__ or exc
         return f"{type(cause).__name__}: {cause}"
@@ -157,46 +145,13 @@ def decodes(path: Path) -> str | None:
     return None
 
 
-def _tiff_header(path: Path) -> _Header:
-    with tifffile.TiffFile(path) as tf:
-        page = tf.pages[0]
-        shape, dtype = tuple(page.shape), np.dtype(page.dtype)
-    if len(shape) == 2 or (len(shape) == 3 and shape[2] == 1):
-        ch = 1
-    elif len(shape) == 3 and shape[2] in (3, 4):
-        ch = 3
-    else:
-        raise InputError(
-            f"image file '{path}' has shape {shape}: expected (H, W), (H, W, 3) or (H, W, 4)"
-        )
-    depth = {np.dtype(np.uint8): "uint8", np.dtype(np.uint16): "uint16"}.get(dtype)
-    if depth is None and np.issubdtype(dtype, np.floating):
-        depth = "float32"
-    if depth is None:
-        raise InputError(
-            f"image file '{path}' has pixel type {dtype}: expected 8- or 16-bit "
-            "unsigned integers or floats in [0, 1]"
-        )
-    return _Header(int(shape[0]), int(shape[1]), ch, depth)
-
-
-def _pil_header(path: Path) -> _Header:
-    with Image.open(path) as im:
-        mode, (w, h) = im.mode, im.size
-    if mode in _GRAY_MODES:
-        ch = 1
-    elif mode in _COLOR_MODES:
-        ch = 3
-    else:
-        raise InputError(f"image file '{path}' has PIL mode {mode}: expected gray or RGB")
-    depth = "uint16" if mode.startswith("I") else ("float32" if mode == "F" else "uint8")
-    return _Header(h, w, ch, depth)
-
-
-def read_header(path: Path) -> _Header:
-    """Size, channels and bit depth of one image file, without decoding its pixels."""
+def read_header(path: Path) -> FrameHeader:
+    """Size, channels and bit depth of one image file, without decoding its pixels
+    (:func:`~pomlia_hpc.data.sources.pixels.file_header`: one image per file)."""
     try:
-        return _tiff_header(path) if _is_tiff(path) else _pil_header(path)
+        return file_header(path)
+    except PixelFormatError as exc:
+        raise InputError(f"image file '{path}' {exc}") from None
     except InputError:
         raise
     except Exception as exc:  # Pillow and tifffile raise many types for damaged files
@@ -204,14 +159,12 @@ def read_header(path: Path) -> _Header:
 
 
 def read_image(path: Path, channels: int, depth: str) -> np.ndarray:
-    """Pixels of one file as (H, W, channels) in dtype ``depth``, converted as
-    :func:`~pomlia_hpc.data.sources.pixels.pil_pixels` says (the server reads uploads alike)."""
+    """Pixels of one file as (H, W, channels) in dtype ``depth``, decoded by
+    :func:`~pomlia_hpc.data.sources.pixels.file_pixels`, the server's own rule for uploads."""
     try:
-        if _is_tiff(path):
-            x = pixel_layout(np.asarray(tifffile.imread(path)), channels)
-        else:
-            with Image.open(path) as im:
-                x = pil_pixels(im, channels)
+        x = file_pixels(path, channels)
+    except PixelFormatError as exc:
+        raise InputError(f"image file '{path}' {exc}") from None
     except Exception as exc:  # Pillow and tifffile raise many types for damaged files
         raise _unreadable(path, exc) from exc
     if depth == "uint16" and x.dtype != np.uint16:
@@ -426,8 +379,12 @@ class FolderSource(Source):
         self._convert = PixelConverter(f"image folder '{self.path}'", np.dtype(first.depth))
         if self._convert.needs_max:
             for f, _ in self._files:
-                self._convert.observe(read_image(f, channels, self._depth))
-            self.extra["intensity_scaling"] = self._convert.scaling()
+                self._convert.observe(read_image(f, channels, self._depth), name=f"file '{f}'")
+            outlier = self._convert.outlier()
+            if outlier:  # `data add` warns: one hot pixel darkens every image
+                self.extra["intensity_outlier"] = outlier
+        # Recorded for floats too (scaled by 255): how the stored pixels were made.
+        self.extra["intensity_scaling"] = self._convert.scaling()
 
     def labels(self) -> np.ndarray:
         index = {c: i for i, c in enumerate(self.class_names)}
@@ -437,5 +394,12 @@ class FolderSource(Source):
         for lo in range(0, len(self._files), batch_rows):
             chunk = self._files[lo : lo + batch_rows]
             raw = np.stack([read_image(f, self.channels, self._depth) for f, _ in chunk])
-            self._convert.where = f"image folder '{self.path}' (file '{chunk[0][0]}' onwards)"
-            yield lo, self._convert(raw)
+            try:
+                out = self._convert(raw)
+            except InputError:
+                # A value out of range: the file that holds it is named, not the batch's.
+                for i, (f, _) in enumerate(chunk):
+                    one = replace(self._convert, where=f"image file '{f}'")
+                    one(raw[i : i + 1], first_row=None)
+                raise
+            yield lo, out

@@ -35,6 +35,7 @@ from pomlia_hpc.data.sources.base import (
     check_label_shape,
     check_split_fractions,
     first_pass_rows,
+    has_alpha,
     image_shape,
     normalize_labels,
     resolve_labels,
@@ -128,7 +129,8 @@ class Hdf5Source(Source):
         lab = self._dataset(labels, "labels")
         where = f"HDF5 file '{path}', dataset '{images}'"
         self.height, self.width, self.channels = image_shape(where, self._img.shape, self._limits)
-        self._convert = PixelConverter(where, self._img.dtype)
+        alpha = has_alpha(self._img.shape)
+        self._convert = PixelConverter(where, self._img.dtype, drop_alpha=alpha)
         n = int(self._img.shape[0])
         if n == 0:
             raise InputError(f"{where} has zero images: expected at least one")
@@ -149,11 +151,17 @@ class Hdf5Source(Source):
         }
         self.label_info = resolve_labels(decl or LabelDecl(), parts, self._limits)
         self.extra = {"images": images, "labels": labels, "split": split}
+        if alpha:  # dropped, as an RGBA PNG's is; `data add` notes it
+            self.extra["alpha_dropped"] = True
         if self._convert.needs_max:
             step = first_pass_rows(self._img.shape, self._img.dtype.itemsize)
             for lo in range(0, n, step):
-                self._convert.observe(np.asarray(self._img[lo : lo + step]))
-            self.extra["intensity_scaling"] = self._convert.scaling()
+                self._convert.observe(np.asarray(self._img[lo : lo + step]), first_row=lo)
+            outlier = self._convert.outlier()
+            if outlier:  # `data add` warns: one hot pixel darkens every image
+                self.extra["intensity_outlier"] = outlier
+        # Recorded for floats too (scaled by 255): how the stored pixels were made.
+        self.extra["intensity_scaling"] = self._convert.scaling()
 
     def _dataset(self, name: str, option: str) -> h5py.Dataset:
         # Before `get`: h5py opens the file an external link names as it follows it.

@@ -18,6 +18,7 @@ from pomlia_hpc.data.sources.base import (
     Source,
     check_label_shape,
     first_pass_rows,
+    has_alpha,
     image_shape,
     normalize_labels,
     resolve_labels,
@@ -76,7 +77,10 @@ class NpzSource(Source):
         for split, m in self._members.items():
             where = self._where(f"{split}_images")
             shapes[split] = image_shape(where, m.shape, self._limits)
-            self._convert[split] = PixelConverter(where, m.dtype)
+            alpha = has_alpha(m.shape)
+            self._convert[split] = PixelConverter(where, m.dtype, drop_alpha=alpha)
+            if alpha:  # dropped, as an RGBA PNG's is; `data add` notes it
+                self.extra["alpha_dropped"] = True
             if m.n_rows == 0 and split == "train":
                 raise InputError(f"{where} has zero images: expected at least one")
             self.split_sizes[split] = m.n_rows
@@ -137,14 +141,26 @@ class NpzSource(Source):
         for split, m in self._members.items():
             conv = self._convert[split]
             if self._large(m):
-                for _row, _lo, piece in m.iter_image_pieces(PIECE_BYTES):
-                    conv.observe(piece)
+                for row, _lo, piece in m.iter_image_pieces(PIECE_BYTES):
+                    conv.observe(piece, first_row=row, name=f"key '{split}_images', row {row}")
             else:
+                done = 0
                 for batch in m.iter_rows(first_pass_rows(m.shape, m.dtype.itemsize)):
-                    conv.observe(batch)
+                    conv.observe(batch, first_row=done)
+                    done += len(batch)
+            if conv.max_at and conv.max_at.startswith("row"):
+                conv.max_at = f"key '{split}_images', {conv.max_at}"
             top = max(top, conv.scale_max or 0.0)
+        whole = PixelConverter(self._where("train_images"), np.dtype(np.uint16))
         for conv in self._convert.values():
+            if conv.counts is not None:  # the percentile over every split, as the max is
+                whole.counts = conv.counts + (0 if whole.counts is None else whole.counts)
+                if conv.scale_max == top:
+                    whole.scale_max, whole.max_at = top, conv.max_at
             conv.scale_max = top
+        outlier = whole.outlier()
+        if outlier:  # `data add` warns: one hot pixel darkens every image
+            self.extra["intensity_outlier"] = outlier
         self.extra["intensity_scaling"] = self._convert["train"].scaling()
 
     def labels(self) -> np.ndarray:

@@ -1,26 +1,123 @@
-"""How a decoded image file becomes pixels: the one rule ingest (image folders) and the
-server (uploaded PNG, JPEG and TIFF) share, so a served image is read as its training images
-were. Torch-free: the serving decode path imports it.
+"""How an image file becomes pixels: the one per-file decoding that ingest (image folders) and
+the server (uploaded PNG, JPEG and TIFF) share, so a served file is read exactly as the same
+file was read for training. Torch-free: the serving decode path imports it.
 
-A palette, CMYK or other colour image is its RGB rendering, an alpha channel is dropped
-(RGBA -> RGB, LA -> L), a bilevel image is grey 0/255, and a grey image is repeated to the
-wanted channel count. 16-bit, 32-bit integer and float pixels keep their values and dtype.
+Each frame (a PNG or JPEG, or one page of a TIFF) becomes an (H, W, C) array of its own depth,
+before any scaling (the caller scales: ingest by the data set's rule,
+:class:`~pomlia_hpc.data.sources.base.PixelConverter`; the server by the same rule, with the
+training set's maximum from the model card):
+
+- a palette, CMYK, YCbCr or other colour image is its RGB rendering (Pillow's, for PNG, JPEG
+  and TIFF alike), 8-bit;
+- a MinIsWhite (photometric 0) grey TIFF is inverted to what it looks like (0 black), as a
+  viewer shows it;
+- an alpha channel (and any other extra sample) is dropped: RGBA -> RGB, grey + alpha -> grey;
+- a bilevel (1-bit) image is grey 0/255 (PNG and TIFF alike);
+- a grey image is repeated to the wanted channel count;
+- 16-bit (grey or RGB, PNG or TIFF: 16-bit RGB PNGs are read at full depth, not cut to their
+  high byte), 32-bit integer and float pixels keep their values (``depth`` ``uint16`` or
+  ``float32``).
+
+Refused (:class:`PixelFormatError`, whose message the caller prefixes with the file's name):
+a multi-page TIFF where one image is expected, a TIFF pixel type or layout that has no grey or
+RGB reading, and a 16-bit colour TIFF whose compression only Pillow decodes (it would cut it
+to 8 bits).
 """
 
 from __future__ import annotations
 
+import io
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
 import numpy as np
-from PIL import Image
+import tifffile
+from PIL import Image, ImageFile
+
+from pomlia_hpc.errors import InputError
 
 #: PIL modes kept as they are (their pixels are already grey or RGB values).
 PLAIN_MODES = frozenset({"L", "I", "I;16", "I;16B", "I;16L", "I;16N", "F", "RGB"})
 #: PIL modes read as grey: bilevel, and grey with alpha.
 GREY_MODES = frozenset({"1", "LA"})
+_PIL_GREY = frozenset({"1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F"})
+_PIL_COLOUR = frozenset({"RGB", "RGBA", "P", "PA", "CMYK", "YCbCr", "LAB", "HSV", "RGBX"})
+#: Pillow's raw modes of 16-bit colour PNGs (which it cuts to their high byte), with the raw
+#: mode that unpacks their low byte instead.
+_PNG_16_BIT_COLOUR = {"RGB;16B": "RGB;16L", "RGBA;16B": "RGBA;16L"}
+_PH = tifffile.PHOTOMETRIC
+_CP = tifffile.COMPRESSION
+#: TIFF compressions tifffile decodes without the optional imagecodecs package.
+_TIFFFILE_CODECS = frozenset({_CP.NONE, _CP.ADOBE_DEFLATE, _CP.DEFLATE, _CP.PACKBITS, _CP.LZMA})
+#: TIFF integer types read as 16-bit values (checked to lie in 0..65535 when decoded).
+_TIFF_WIDE_INTS = frozenset({np.dtype(t) for t in ("uint16", "int16", "int32", "uint32")})
 
 
-def pil_pixels(image: Image.Image, channels: int) -> np.ndarray:
-    """The pixels of one decoded PIL image (or frame) as (H, W, C): see the module doc. C is
-    ``channels`` for a grey image, 3 for a colour one (the caller checks it fits)."""
+class PixelFormatError(InputError):
+    """A file whose pixels have no grey or RGB reading; the message starts with a verb ("is a
+    5-page TIFF stack ...") so that callers prefix the file's name."""
+
+
+@dataclass(frozen=True)
+class FrameHeader:
+    """One frame as it will decode: size in px, channels (1 or 3) and depth (``"uint8"``,
+    ``"uint16"`` or ``"float32"``), read without decoding a pixel."""
+
+    height: int
+    width: int
+    channels: int
+    depth: str
+
+
+def _png_16_bit_colour(image: Image.Image) -> str | None:
+    """The raw mode of a 16-bit-per-sample colour PNG (which Pillow cuts to 8 bits), else
+    None."""
+    if not isinstance(image, ImageFile.ImageFile) or image.format != "PNG" or len(image.tile) != 1:
+        return None
+    args = image.tile[0].args
+    raw = args[0] if isinstance(args, tuple) else args
+    return raw if raw in _PNG_16_BIT_COLOUR else None
+
+
+def pil_header(image: Image.Image) -> FrameHeader:
+    """The :class:`FrameHeader` of an opened PNG or JPEG (its current frame)."""
+    mode, (w, h) = image.mode, image.size
+    if mode in _PIL_GREY:
+        channels = 1
+    elif mode in _PIL_COLOUR:
+        channels = 3
+    else:
+        raise PixelFormatError(f"has pixel mode '{mode}': expected grey, RGB or RGBA")
+    if _png_16_bit_colour(image) is not None or mode.startswith("I"):
+        depth = "uint16"
+    else:
+        depth = "float32" if mode == "F" else "uint8"
+    return FrameHeader(h, w, channels, depth)
+
+
+def pil_pixels(
+    image: Image.Image, channels: int, reopen: Callable[[], Image.Image] | None = None
+) -> np.ndarray:
+    """The pixels of one opened PNG or JPEG (or frame) as (H, W, C): see the module doc. C is
+    ``channels`` for a grey image, 3 for a colour one (the caller checks it fits). ``reopen``
+    opens the same file again: a 16-bit colour PNG is decoded twice (high, then low bytes)."""
+    raw = _png_16_bit_colour(image)
+    if raw is not None and reopen is not None:
+        high = np.asarray(image.convert("RGB") if image.mode != "RGB" else image)
+        # Pillow has no 48-bit mode: its unpacker of little-endian samples, applied to the
+        # big-endian PNG data, yields each sample's low byte.
+        with reopen() as again:
+            assert isinstance(again, ImageFile.ImageFile)  # a PNG, as image is
+            tile = again.tile[0]
+            args = tile.args
+            low_raw = _PNG_16_BIT_COLOUR[raw]
+            again.tile = [
+                tile._replace(args=(low_raw, *args[1:]) if isinstance(args, tuple) else low_raw)
+            ]
+            low = np.asarray(again.convert("RGB") if again.mode != "RGB" else again)
+        return pixel_layout((high.astype(np.uint16) << 8) | low, channels)
     if image.mode in GREY_MODES:
         image = image.convert("L")
     elif image.mode not in PLAIN_MODES:
@@ -38,3 +135,142 @@ def pixel_layout(x: np.ndarray, channels: int) -> np.ndarray:
     if x.ndim == 2:
         x = np.repeat(x[..., None], channels, axis=2)
     return x
+
+
+def _tiff_plan(page: Any) -> tuple[FrameHeader, str]:
+    """A TIFF page's header, and how it is decoded: ``"raw"`` (tifffile's samples) or
+    ``"pillow"`` (Pillow's 8-bit rendering: palette, CMYK and other colour spaces, and
+    compressions tifffile cannot decode here)."""
+    photometric = page.photometric
+    dtype, bits = np.dtype(page.dtype), int(page.bitspersample)
+    samples = int(page.samplesperpixel) - len(page.extrasamples or ())
+    h, w = int(page.imagelength), int(page.imagewidth)
+    if photometric in (_PH.MINISBLACK, _PH.MINISWHITE) and samples == 1:
+        channels = 1
+    elif photometric == _PH.RGB and samples == 3:
+        channels = 3
+    elif photometric in (_PH.PALETTE, _PH.SEPARATED, _PH.YCBCR, _PH.CIELAB) and bits == 8:
+        return FrameHeader(h, w, 3, "uint8"), "pillow"
+    else:
+        name = getattr(photometric, "name", str(photometric))
+        raise PixelFormatError(
+            f"is a TIFF of photometric {name} with {samples} colour sample(s) of {bits} bit(s): "
+            "expected grey, RGB (an alpha sample is dropped), an 8-bit palette or CMYK image"
+        )
+    if dtype == np.bool_ or dtype == np.uint8:
+        depth = "uint8"
+    elif dtype in _TIFF_WIDE_INTS:
+        depth = "uint16"
+    elif dtype.kind == "f":
+        depth = "float32"
+    else:
+        raise PixelFormatError(
+            f"has pixel type {dtype}: expected 1-, 8- or 16-bit unsigned integers or floats "
+            "in [0, 1]"
+        )
+    how = "raw" if page.compression in _TIFFFILE_CODECS else "pillow"
+    if how == "pillow" and (depth != "uint8" or (channels == 3 and bits > 8)):
+        raise PixelFormatError(
+            f"is a {bits}-bit TIFF compressed as {page.compression.name}, which is read only "
+            "at 8 bits here: expected it uncompressed or compressed as deflate, packbits or "
+            "LZMA (save it again so)"
+        )
+    return FrameHeader(h, w, channels, depth), how
+
+
+def _raw_tiff_pixels(page: Any, channels: int) -> np.ndarray:
+    """A MinIsBlack, MinIsWhite or RGB page's samples as (H, W, C) of their own dtype."""
+    x = np.asarray(page.asarray())
+    if page.axes.startswith("S"):  # planar (one plane per sample): samples last
+        x = np.moveaxis(x, 0, -1)
+    colour = 3 if page.photometric == _PH.RGB else 1
+    if x.ndim == 3:
+        x = x[..., :colour]  # alpha and other extra samples dropped
+    if x.dtype == np.bool_:
+        x = x.astype(np.uint8) * np.uint8(255)  # bilevel: grey 0/255, as Pillow reads "1"
+    if page.photometric == _PH.MINISWHITE:
+        # 0 is white: inverted to what a viewer shows (Pillow does so for 8-bit files too).
+        if x.dtype.kind == "f":
+            x = 1.0 - x
+        elif page.bitspersample == 1:
+            x = 255 - x
+        else:  # in the file's dtype: a uint8 page stays uint8 (the server scales by dtype)
+            top = 2 ** int(page.bitspersample) - 1
+            x = np.clip(top - x.astype(np.int64), 0, None).astype(x.dtype)
+    if x.dtype.kind in "iu" and x.dtype not in (np.uint8, np.uint16):
+        x = x.astype(np.int64)  # the caller checks the 0..65535 range
+    return pixel_layout(x, channels)
+
+
+class TiffImage:
+    """An open TIFF (a path, or an upload's bytes) whose pages decode by the module's rule.
+
+    Use as a context manager; :attr:`pages` counts its pages (reduced-resolution copies,
+    such as pyramid levels and thumbnails, are not images of their own and are left out)."""
+
+    def __init__(self, source: Path | bytes) -> None:
+        self._source = source
+        self._tf = tifffile.TiffFile(io.BytesIO(source) if isinstance(source, bytes) else source)
+        self._pil: Image.Image | None = None
+        self._pages = [p for p in self._tf.pages if not getattr(p, "is_reduced", False)]
+        if not self._pages:  # tifffile reads a damaged first IFD offset as no page
+            self._tf.close()
+            raise ValueError("no image page can be read (damaged IFD chain)")
+
+    def __enter__(self) -> TiffImage:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self._tf.close()
+        if self._pil is not None:
+            self._pil.close()
+
+    @property
+    def pages(self) -> int:
+        return len(self._pages)
+
+    def header(self, index: int) -> FrameHeader:
+        """Page ``index``'s header, from its tags alone."""
+        return _tiff_plan(self._pages[index])[0]
+
+    def pixels(self, index: int, channels: int) -> np.ndarray:
+        """Page ``index`` as (H, W, C) (C is ``channels`` for a grey page, 3 for colour)."""
+        page = self._pages[index]
+        if _tiff_plan(page)[1] == "raw":
+            return _raw_tiff_pixels(page, channels)
+        if self._pil is None:
+            src = self._source
+            self._pil = Image.open(io.BytesIO(src) if isinstance(src, bytes) else src)
+        self._pil.seek(self._tf.pages.index(page))
+        return pil_pixels(self._pil, channels)
+
+
+def is_tiff(path: Path) -> bool:
+    """Whether ``path`` names a TIFF (by its suffix, as image folders tell formats)."""
+    return path.suffix.lower() in (".tif", ".tiff")
+
+
+def file_header(path: Path) -> FrameHeader:
+    """The header of image file ``path`` (one image per file: a TIFF stack is refused)."""
+    if not is_tiff(path):
+        with Image.open(path) as im:
+            return pil_header(im)
+    with TiffImage(path) as tif:
+        if tif.pages != 1:
+            raise PixelFormatError(
+                f"is a {tif.pages}-page TIFF stack: expected one image per file (save each "
+                "page as its own file)"
+            )
+        return tif.header(0)
+
+
+def file_pixels(path: Path, channels: int) -> np.ndarray:
+    """The pixels of image file ``path`` as (H, W, C), before scaling (see the module doc)."""
+    if not is_tiff(path):
+        with Image.open(path) as im:
+            return pil_pixels(im, channels, reopen=lambda: Image.open(path))
+    with TiffImage(path) as tif:
+        return tif.pixels(0, channels)
