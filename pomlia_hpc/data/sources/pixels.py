@@ -113,9 +113,11 @@ def pil_pixels(
             tile = again.tile[0]
             args = tile.args
             low_raw = _PNG_16_BIT_COLOUR[raw]
-            again.tile = [
-                tile._replace(args=(low_raw, *args[1:]) if isinstance(args, tuple) else low_raw)
-            ]
+            low_args = (low_raw, *args[1:]) if isinstance(args, tuple) else low_raw
+            # Pillow >= 11 keeps tiles as named tuples, older releases as plain tuples.
+            parts = (tile[0], tile[1], tile[2], low_args)
+            low_tile: Any = type(tile)(*parts) if hasattr(tile, "_replace") else parts
+            again.tile = [low_tile]
             low = np.asarray(again.convert("RGB") if again.mode != "RGB" else again)
         return pixel_layout((high.astype(np.uint16) << 8) | low, channels)
     if image.mode in GREY_MODES:
