@@ -87,7 +87,15 @@ def _progress() -> Iterator[Callable[[str, int, int], None]]:
 
 # `data add`'s longer help texts, kept here so the command's signature stays readable.
 _SOURCE_HELP = "An .npz, an HDF5 file, an image folder, or medmnist:FLAG."
-_TASK_TYPE_HELP = f"One of {task_type_choices()}. Kept in MedMNIST's spelling."
+_TASK_TYPE_HELP = (
+    f"One of {task_type_choices()}. Kept in MedMNIST's spelling. A single-label type reads "
+    "one-hot (N, L) labels as class indices."
+)
+_CLASS_NAMES_HELP = (
+    "Comma-separated class names, in label order (npz, HDF5); image folder: the class "
+    "folders' names in the order wanted (default: by value when all are integers, else "
+    "alphabetical)."
+)
 _FRACTION_HELP = (
     "Folder/HDF5 without splits: share of {split}, of each class. Split folders "
     "without {split}/ (or an empty one): share of each class of train/ carved out as {split} "
@@ -153,11 +161,10 @@ def add(
     images: Annotated[str | None, typer.Option(help="HDF5: path of the image dataset.")] = None,
     labels: Annotated[str | None, typer.Option(help="HDF5: path of the label dataset.")] = None,
     split: Annotated[
-        str | None, typer.Option(help="HDF5: path of the split dataset (0/1/2 or names).")
+        str | None,
+        typer.Option(help="HDF5: path of the split dataset (0/1/2, or split folder names)."),
     ] = None,
-    class_names: Annotated[
-        str | None, typer.Option(help="Comma-separated class names (npz, HDF5).")
-    ] = None,
+    class_names: Annotated[str | None, typer.Option(help=_CLASS_NAMES_HELP)] = None,
     n_classes: Annotated[
         # >= 1, checked by the source options (one error line, as every option; typer's
         # own range check printed a box)

@@ -68,6 +68,7 @@ def print_ingested(name: str, rec: VersionRecord, as_json: bool = False) -> None
             f"their version; name {name}@{rec.was_current} to use the other"
         )
     _print_notes(rec.meta)
+    _print_reading(rec.meta)
     _print_duplicates(rec.fingerprint)
     if rec.created and rec.parent:
         _print_changes(name, rec.parent, rec.meta)
@@ -186,3 +187,38 @@ def _one_class_layout(source: dict[str, Any]) -> str:
         f"({shown}): class folders belong {where}, so '{folder.split('/')[-1]}' was read as "
         "one class; move its sub-folders up one level and run `pomlia data add` again"
     )
+
+
+def _print_reading(meta: dict[str, Any]) -> None:
+    """Notes and warnings on how the source's labels, classes and images were read: the
+    sources' own (``meta["source"]["label_notes"]``: one-hot labels, a missing-label marker),
+    an ordinal task whose class folders are in alphabetical order, and images that are not
+    square (kept: fingerprints take them, but no task can be made of them)."""
+    from rich.markup import escape
+
+    source = meta.get("source") or {}
+    for note in source.get("label_notes") or []:
+        level = "warning" if note.get("level") == "warning" else "note"
+        err_console.print(f"[yellow]{level}:[/] {escape(str(note.get('text')))}", highlight=False)
+    if (
+        meta.get("task_type") == "ordinal-regression"
+        and source.get("class_order") == "alphabetical"
+    ):
+        names = [str(n) for n in meta.get("class_names", [])]
+        err_console.print(
+            "[yellow]warning:[/] an ordinal task, but its class folders are ordered "
+            f"alphabetically ({escape(', '.join(names[:10]))}{', ...' if len(names) > 10 else ''}"
+            "): the order is the classes' rank; to set it, pass --class-names with the folder "
+            "names from lowest to highest (or name the folders by integers, which are ordered "
+            "by value)",
+            highlight=False,
+        )
+    height, width = meta.get("height"), meta.get("width")
+    if isinstance(height, int) and isinstance(width, int) and height != width:
+        err_console.print(
+            f"[yellow]warning:[/] the images are {height} px high and {width} px wide: "
+            "`pomlia task add` refuses this version (the model card, `model export` and the "
+            "server take square images only; fingerprints and `similar` take any size); crop "
+            "or pad them to a square and add the data set again",
+            highlight=False,
+        )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from pomlia_hpc.data.sources.label_forms import nfc, summarize
 from pomlia_hpc.data.store import SPLITS
 from pomlia_hpc.errors import InputError
 
@@ -35,13 +36,14 @@ def classes_without_images(meta: dict[str, Any]) -> dict[str, list[str]]:
     return out
 
 
-def describe_missing(missing: dict[str, list[str]]) -> str:
-    """``'c' (train), 'x' (any split)`` for :func:`classes_without_images`' result."""
+def describe_missing(missing: dict[str, list[str]], shown: int | None = 5) -> str:
+    """``'c' (train), 'x' (any split)`` for :func:`classes_without_images`' result; more than
+    ``shown`` + 2 classes are cut to the first ``shown`` and a count (None: all of them)."""
     parts = []
     for name, splits in missing.items():
         where = "any split" if len(splits) == len(SPLITS) else ", ".join(splits)
         parts.append(f"'{name}' ({where})")
-    return ", ".join(parts)
+    return ", ".join(parts) if shown is None else summarize(parts, shown)
 
 
 def train_classes(meta: dict[str, Any]) -> list[str]:
@@ -73,11 +75,37 @@ def version_changes(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """What differs between two versions' ``meta`` in classes, channels and task type, one
     phrase each (``classes a, b -> x, y, z``); [] when none of them changed."""
     out = []
-    old_names, new_names = list(old.get("class_names", [])), list(new.get("class_names", []))
+    old_names = [str(n) for n in old.get("class_names", [])]
+    new_names = [str(n) for n in new.get("class_names", [])]
     if old_names != new_names:
-        out.append(f"classes {', '.join(map(str, old_names))} -> {', '.join(map(str, new_names))}")
+        out.append(
+            f"classes {summarize(old_names, 10)} -> {summarize(new_names, 10)}"
+            + _why_names_changed(old_names, new_names, new)
+        )
     if old.get("channels") != new.get("channels"):
         out.append(f"channels {old.get('channels')} -> {new.get('channels')}")
     if old.get("task_type") != new.get("task_type"):
         out.append(f"task type {old.get('task_type')} -> {new.get('task_type')}")
     return out
+
+
+def _why_names_changed(old: list[str], new: list[str], new_meta: dict[str, Any]) -> str:
+    """Why the same classes read differently in a new version: names now kept in Unicode NFC
+    (they print alike), or integer class folders now ordered by value (labels renumbered)."""
+    if old == new:
+        return ""
+    if [nfc(n) for n in old] == new:
+        return (
+            " (the same names, now kept in Unicode NFC form: they print alike, but a folder "
+            "copied from a Mac spells them decomposed (NFD), which made other classes before)"
+        )
+    order = (new_meta.get("source") or {}).get("class_order")
+    if sorted(old) == sorted(new) and order == "numeric" and old == sorted(old):
+        return (
+            " (the same classes, now in numeric order: class folders named by integers are "
+            "ordered by value, so '10' comes after '9', not after '1'; the labels of the "
+            "old version are numbered in text order)"
+        )
+    if sorted(old) == sorted(new):
+        return " (the same classes in another order: the labels are numbered differently)"
+    return ""

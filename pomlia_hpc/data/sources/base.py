@@ -31,12 +31,20 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from pomlia_hpc.data.sources.label_forms import (
+    Parts,
+    marker_warning,
+    negative_hint,
+    nfc,
+    one_hot_as_indices,
+    same_name_clash,
+)
 from pomlia_hpc.data.store import SPLITS
 from pomlia_hpc.data.writer import CHUNK_TARGET_BYTES
 from pomlia_hpc.errors import InputError
@@ -314,7 +322,7 @@ def _class_names(value: str | Sequence[object] | None) -> tuple[str, ...] | None
     items = (
         value.split(",") if isinstance(value, str) else ["" if v is None else str(v) for v in value]
     )
-    names = tuple(v.strip() for v in items)
+    names = tuple(nfc(v.strip()) for v in items)  # as class folders' names (label_forms)
     shown = ",".join(items)
     if not names:
         raise InputError("--class-names is an empty list: expected one name per class")
@@ -328,6 +336,12 @@ def _class_names(value: str | Sequence[object] | None) -> tuple[str, ...] | None
         raise InputError(
             f"--class-names '{shown}' names {', '.join(repr(n) for n in twice)} more than "
             "once: expected one name per class"
+        )
+    clash = same_name_clash(names)
+    if clash:
+        raise InputError(
+            f"--class-names '{shown}' names {clash[0]!r} and {clash[1]!r}, which differ "
+            f"{clash[2]}: expected one name per class (as for class folders)"
         )
     return names
 
@@ -373,6 +387,8 @@ class LabelDecl:
     class_names: tuple[str, ...] | None = None
     n_classes: int | None = None
     task_type: str | None = None
+    one_hot_columns: int | None = None
+    """Set by :func:`read_one_hot`: the labels were one-hot with this many columns (classes)."""
 
     @classmethod
     def from_options(cls, options: dict[str, Any]) -> LabelDecl:
@@ -397,20 +413,52 @@ class LabelInfo:
     task_type: str
     class_names: list[str]
     label_width: int
+    notes: list[dict[str, str]] = field(default_factory=list)
+    """How the labels were read, for ``data add`` (``{"level": "note", "text": ...}``)."""
 
     @property
     def n_classes(self) -> int:
         return len(self.class_names)
 
 
+def read_one_hot(decl: LabelDecl, parts: Parts) -> tuple[LabelDecl, Parts, list[dict[str, str]]]:
+    """One-hot (N, L) ``parts`` read as class indices where ``decl`` declares a single-label
+    task (:func:`~.label_forms.one_hot_as_indices`), with ``decl`` saying so; class names or
+    a class count that do not match the columns are refused. Also the notes for ``data add``."""
+    parts, columns, notes = one_hot_as_indices(decl.task_type, parts)
+    if columns is None:
+        return decl, parts, notes
+    declared = len(decl.class_names) if decl.class_names is not None else decl.n_classes
+    if declared is not None and declared != columns:
+        flag = "--class-names gives" if decl.class_names is not None else "--n-classes is"
+        raise InputError(
+            f"{flag} {declared} but the one-hot labels have {columns} columns: expected "
+            f"{columns} (one class per column)"
+        )
+    return replace(decl, one_hot_columns=columns), parts, notes
+
+
 def resolve_labels(
     decl: LabelDecl,
     parts: dict[str, tuple[str, np.ndarray]],
     limits: IngestLimits | None = None,
+    *,
+    one_hot_notes: list[dict[str, str]] | None = None,
 ) -> LabelInfo:
     """Check label values against the declared classes (or infer them); ``parts`` maps split
-    to (where, int64 labels (n, L)). More classes than ``limits.max_classes`` are refused."""
+    to (where, int64 labels (n, L)). More classes than ``limits.max_classes`` are refused.
+    One-hot labels of a declared single-label task are read as class indices
+    (:func:`read_one_hot`), unless the caller did (``one_hot_notes``: what it noted)."""
     limits = limits or IngestLimits()
+    notes = one_hot_notes
+    if notes is None:
+        decl, parts, notes = read_one_hot(decl, parts)
+    info = _resolve(decl, parts, limits)
+    info.notes = notes + info.notes
+    return info
+
+
+def _resolve(decl: LabelDecl, parts: Parts, limits: IngestLimits) -> LabelInfo:
     if decl.class_names is not None:
         limits.check_classes("--class-names", len(decl.class_names), "names")
     if decl.n_classes is not None:
@@ -449,7 +497,10 @@ def resolve_labels(
     n_declared = len(decl.class_names) if decl.class_names is not None else decl.n_classes
     for where, y in parts.values():
         if y.size and y.min() < 0:
-            raise InputError(f"{where} has label {y.min()}: expected class indices >= 0")
+            raise InputError(
+                f"{where} has label {y.min()}: expected class indices >= 0"
+                + negative_hint(int(y.min()))
+            )
         if n_declared is not None and y.size and y.max() >= n_declared:
             row = int(np.argmax(y[:, 0] >= n_declared))
             raise InputError(
@@ -460,7 +511,9 @@ def resolve_labels(
     names = list(decl.class_names or [str(i) for i in range(n)])
     task = decl.task_type or ("binary-class" if n == 2 else "multi-class")
     check_binary(task, n, what)
-    return LabelInfo(task, names, 1)
+    inferred = decl.class_names is None and decl.n_classes is None and not decl.one_hot_columns
+    marker = marker_warning(parts) if inferred else None
+    return LabelInfo(task, names, 1, [marker] if marker else [])
 
 
 def _class_count(
@@ -472,6 +525,8 @@ def _class_count(
         return len(decl.class_names), f"--class-names gives {len(decl.class_names)} names"
     if decl.n_classes is not None:
         return decl.n_classes, f"--n-classes is {decl.n_classes}"
+    if decl.one_hot_columns:
+        return decl.one_hot_columns, f"the one-hot labels have {decl.one_hot_columns} columns"
     for where, y in parts.values():
         if y.size:  # a label of 10**9 would otherwise make 10**9 class names
             limits.check_classes(where, int(y.max()) + 1, "classes (largest label + 1)")

@@ -87,7 +87,7 @@ def names(paths: list[Path]) -> str:
     return shown + (f" and {len(paths) - 5} more" if len(paths) > 5 else "")
 
 
-def _aliases() -> str:
+def split_aliases() -> str:
     """``train (train/training), val (val/valid/validation/dev), test (test/testing)``."""
     return ", ".join(
         f"{s} ({'/'.join(k for k, v in SPLIT_FOLDER_NAMES.items() if v == s)})" for s in SPLITS
@@ -99,7 +99,7 @@ def expected_layout() -> str:
     return (
         "expected class folders only (root/<class>/<image>), split folders only "
         "(root/<split>/<class>/<image>) or class folders that each hold only split folders "
-        f"(root/<class>/<split>/<image>), splits {_aliases()}"
+        f"(root/<class>/<split>/<image>), splits {split_aliases()}"
     )
 
 
@@ -177,7 +177,7 @@ def class_split_folders(path: Path) -> dict[Path, dict[str, Path]]:
                 f"image folder '{path}' mixes layouts: class folder '{p.name}' holds images "
                 f"or folders that are no split folders ({names(rest)}) {beside}: expected "
                 "either every class folder holding only split folders "
-                f"(root/<class>/<split>/<image>, splits {_aliases()}) or none "
+                f"(root/<class>/<split>/<image>, splits {split_aliases()}) or none "
                 "(root/<class>/<image>)"
             )
         if has_files(p, path):

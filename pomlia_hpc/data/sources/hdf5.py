@@ -1,16 +1,16 @@
 """HDF5 sources: image and label datasets named by their paths inside the file.
 
-Options: ``images`` (path of an (N, H, W) or (N, H, W, C) dataset), ``labels`` (path of (N,) or
-(N, L)), optional ``split`` (path of an (N,) dataset holding 0/1/2 or the strings
-"train"/"val"/"test"). Without ``split``, the rows are split into train/val/test stratified by
-class (``val_fraction``, ``test_fraction``, default 0.1 each), by the rule an image folder's
-split follows (:func:`~pomlia_hpc.data.sources.base.stratified_split`): each class gives val
-and test their share (rounded half up, at least one row each), a class of 3 or more rows is in every
-split, a class of 2 gives one to val, a class of 1 stays in train; which rows go is decided by
-a hash of their index, so the same file gives the same split. Adding rows to a class can move
-a few others of that class; other classes are untouched. Multi-label rows (no one class) go to
-a split by that hash alone. Images are read in batches (one pass), so the file can be larger
-than memory.
+Options: ``images`` (path of an (N, H, W) or (N, H, W, C) dataset), ``labels`` (path of (N,) or (N,
+L)), optional ``split`` (path of an (N,) dataset holding 0/1/2 or the strings "train"/"val"/"test",
+or the other names an image folder's split folders may have: "training", "valid", "validation",
+"dev", "testing"; any case). Without ``split``, the rows are split into train/val/test stratified by
+class (``val_fraction``, ``test_fraction``, default 0.1 each), by the rule an image folder's split
+follows (:func:`~pomlia_hpc.data.sources.base.stratified_split`): each class gives val and test
+their share (rounded half up, at least one row each), a class of 3 or more rows is in every split, a
+class of 2 gives one to val, a class of 1 stays in train; which rows go is decided by a hash of
+their index, so the same file gives the same split. Adding rows to a class can move a few others of
+that class; other classes are untouched. Multi-label rows (no one class) go to a split by that hash
+alone. Images are read in batches (one pass), so the file can be larger than memory.
 
 The datasets must be stored in the file: one reached through an external link (or a group
 that is one), a virtual dataset mapping another file, and raw external storage are refused,
@@ -38,9 +38,11 @@ from pomlia_hpc.data.sources.base import (
     has_alpha,
     image_shape,
     normalize_labels,
+    read_one_hot,
     resolve_labels,
     stratified_split,
 )
+from pomlia_hpc.data.sources.folder_layout import SPLIT_FOLDER_NAMES, split_aliases
 from pomlia_hpc.data.store import SPLIT_CODE, SPLITS
 from pomlia_hpc.errors import InputError
 
@@ -137,6 +139,9 @@ class Hdf5Source(Source):
         lab_where = f"HDF5 file '{path}', dataset '{labels}'"
         check_label_shape(lab_where, lab.shape, n, self._limits)  # before reading it
         y = normalize_labels(lab_where, np.asarray(lab[()]), n)
+        # One-hot classes become indices before the split, so that it is stratified by class.
+        decl, one, notes = read_one_hot(decl or LabelDecl(), {"all": (lab_where, y)})
+        y = one["all"][1]
         if split:
             codes = self._split_codes(split, n)
         else:
@@ -149,10 +154,14 @@ class Hdf5Source(Source):
             s: (f"HDF5 file '{path}', dataset '{labels}'", self._y[codes[self._order] == i])
             for i, s in enumerate(SPLITS)
         }
-        self.label_info = resolve_labels(decl or LabelDecl(), parts, self._limits)
+        self.label_info = resolve_labels(decl, parts, self._limits, one_hot_notes=notes)
         self.extra = {"images": images, "labels": labels, "split": split}
         if alpha:  # dropped, as an RGBA PNG's is; `data add` notes it
             self.extra["alpha_dropped"] = True
+        if not split:  # kept so that a re-add split another way can say why (data.splits)
+            self.extra.update(val_fraction=val_fraction, test_fraction=test_fraction)
+        if self.label_info.notes:
+            self.extra["label_notes"] = self.label_info.notes
         if self._convert.needs_max:
             step = first_pass_rows(self._img.shape, self._img.dtype.itemsize)
             for lo in range(0, n, step):
@@ -253,11 +262,16 @@ class Hdf5Source(Source):
         if raw.shape != (n,):
             raise InputError(f"{where} has shape {raw.shape}: expected ({n},), one code per image")
         if raw.dtype.kind in "SUO":
-            text = np.asarray([v.decode() if isinstance(v, bytes) else str(v) for v in raw])
-            bad = ~np.isin(text, SPLITS)
-            if bad.any():
-                raise InputError(f"{where} has value '{text[bad][0]}': expected train, val or test")
-            return np.asarray([SPLIT_CODE[t] for t in text], np.int8)
+            # The names an image folder's split folders may have, in any case (the same rule).
+            text = [v.decode() if isinstance(v, bytes) else str(v) for v in raw]
+            split_of = [SPLIT_FOLDER_NAMES.get(t.strip().lower()) for t in text]
+            if None in split_of:
+                raise InputError(
+                    f"{where} has value '{text[split_of.index(None)]}' (row "
+                    f"{split_of.index(None)}): expected a split name, {split_aliases()} "
+                    "(any case), or the codes 0, 1, 2"
+                )
+            return np.asarray([SPLIT_CODE[str(t)] for t in split_of], np.int8)
         if not np.issubdtype(raw.dtype, np.integer) or raw.min() < 0 or raw.max() > 2:
             raise InputError(
                 f"{where} has values outside 0..2: expected 0 (train), 1 (val), 2 (test)"

@@ -21,6 +21,7 @@ from pomlia_hpc.data.sources.base import (
     has_alpha,
     image_shape,
     normalize_labels,
+    read_one_hot,
     resolve_labels,
 )
 from pomlia_hpc.data.store import SPLITS
@@ -105,8 +106,12 @@ class NpzSource(Source):
             )
             for split in self._members
         }
+        # One-hot classes of a single-label task are kept as the indices they stand for.
+        decl, parts, notes = read_one_hot(decl, parts)
         self._labels = parts
-        self.label_info = resolve_labels(decl, parts, self._limits)
+        self.label_info = resolve_labels(decl, parts, self._limits, one_hot_notes=notes)
+        if self.label_info.notes:
+            self.extra["label_notes"] = self.label_info.notes
         if flag is not None:
             self._check_flag(flag, size)
         self.check_nonempty()
