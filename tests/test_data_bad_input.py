@@ -276,8 +276,8 @@ def test_an_option_the_source_does_not_take_is_named_as_typed(add: Run, tmp_path
     for label in ("a", "b"):
         (folder / label).mkdir(parents=True)
         Image.new("L", (8, 8)).save(folder / label / "0.png")
-    err = add(folder, "--class-names", "a,b")
-    assert err.startswith("error: option does not apply to a folder source: --class-names;")
+    err = add(folder, "--n-classes", "2")
+    assert err.startswith("error: option does not apply to a folder source: --n-classes;")
     err = add(npz, "--no-download")
     assert err.startswith("error: option does not apply to an npz source: --no-download;")
     err = add(npz, "--task-type", "regression")

@@ -9,6 +9,8 @@ kind of source the version came from (``meta["source"]``).
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -109,11 +111,11 @@ def same_images(a: DatasetStore, b: DatasetStore) -> bool:
     chunk at a time; False at once when their sizes, image shapes or classes differ."""
     if (a.n_images, a.image_shape, a.class_names) != (b.n_images, b.image_shape, b.class_names):
         return False
-    return bool(np.array_equal(_image_label_hashes(a), _image_label_hashes(b)))
+    return bool(np.array_equal(_canonical(_row_hashes(a)), _canonical(_row_hashes(b))))
 
 
-def _image_label_hashes(store: DatasetStore) -> np.ndarray:
-    """(n, 2) pixel and label hashes of every row of ``store``, in a canonical order."""
+def _row_hashes(store: DatasetStore) -> np.ndarray:
+    """(n, 2) pixel and label hashes of every row of ``store``, in store order."""
     from pomlia_hpc.data.explicit_fingerprint import image_hashes
 
     pixels = np.concatenate(
@@ -121,27 +123,114 @@ def _image_label_hashes(store: DatasetStore) -> np.ndarray:
         or [np.zeros(0, np.uint64)]
     )
     labels = store.read_labels()
-    pairs = np.stack([pixels, image_hashes(labels.reshape(len(labels), -1))], axis=1)
+    return np.stack([pixels, image_hashes(labels.reshape(len(labels), -1))], axis=1)
+
+
+def _canonical(pairs: np.ndarray) -> np.ndarray:
     return pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))]
+
+
+def _changed_split(new: DatasetStore, parent: DatasetStore) -> int:
+    """Images of ``new`` in another split than in ``parent`` (same images, each as often)."""
+    moved = 0
+    rows = {store: _row_hashes(store) for store in (new, parent)}
+    for split in SPLITS:
+        have = {}
+        for store in (new, parent):
+            lo, hi = store.meta["splits"].get(split, [0, 0])
+            have[store] = Counter(map(tuple, rows[store][lo:hi].tolist()))
+        moved += sum((have[new] - have[parent]).values())
+    return moved
 
 
 #: Why an unchanged folder or HDF5 source splits another way than it did (CHANGELOG).
 ROUNDING = "split sizes now round half up since 607d07e"
 
 
+def _old_count(n: int, fraction: float) -> int:
+    """A class's carved count before 607d07e: Python's round(), half to even."""
+    return 0 if fraction <= 0 else max(1, round(n * fraction))
+
+
+def _carved(
+    n: int, fractions: tuple[float, float], count: Callable[[int, float], int]
+) -> list[int]:
+    """(val, test) images carved from a class of ``n`` by rule ``count``, as
+    :func:`~pomlia_hpc.data.sources.base.stratified_split` serves them."""
+    spare = n - 1
+    n_val = min(count(n, fractions[0]), max(spare, 0))
+    return [n_val, min(count(n, fractions[1]), max(spare - n_val, 0))]
+
+
+def _rounding_explains(new: dict[str, Any], parent: dict[str, Any]) -> bool:
+    """Whether the two versions' class counts per split are what the old (half to even) and
+    the new (half up) rounding of carved sizes give for the same images."""
+    from pomlia_hpc.data.sources.base import carved_count
+
+    src = new.get("source") or {}
+    fractions = (src.get("val_fraction"), src.get("test_fraction"))
+    if str(new.get("task_type", "")).startswith("multi-label") or None in fractions:
+        return False
+    folders = src.get("split_folders") or {}
+    carved = [s for s in ("val", "test") if s not in folders]
+    dists = new.get("label_distribution") or {}, parent.get("label_distribution") or {}
+    if not carved or dists[0] == dists[1] or not all(s in d for d in dists for s in SPLITS):
+        return False
+    f = (float(fractions[0] or 0), float(fractions[1] or 0))
+    for c, n_train in enumerate(dists[0]["train"]):
+        pool = n_train + sum(dists[0][s][c] for s in carved)
+        for dist, rule in zip(dists, (carved_count, _old_count), strict=True):
+            want = dict(zip(("val", "test"), _carved(pool, f, rule), strict=True))
+            if any(dist[s][c] != want[s] for s in carved):
+                return False
+    return True
+
+
+def _why_resplit(new: DatasetStore, parent: DatasetStore) -> str:
+    """What differs, and why, for the same images in another split or order (see
+    :func:`resplit_note`)."""
+    src, old_src = new.meta.get("source") or {}, parent.meta.get("source") or {}
+    keys = ("val_fraction", "test_fraction")
+    # HDF5 versions made before this change did not record their fractions: nothing to compare.
+    known = keys[0] in old_src
+    if known and [old_src.get(k) for k in keys] != [src.get(k) for k in keys]:
+        return "only the split differs (other split fractions)"
+    if _rounding_explains(new.meta, parent.meta):
+        return f"only the split differs ({ROUNDING})"
+    moved = _changed_split(new, parent)
+    folder = src.get("kind") == "folder"
+    if moved == 0:  # the rows of a split are ordered by hashes of their paths too
+        why = "a file was renamed or moved: rows are ordered by file paths" if folder else ""
+        return f"same split, only the order of the rows differs{f' ({why})' if why else ''}"
+    same = new.meta.get("label_distribution") == parent.meta.get("label_distribution")
+    sizes = (
+        f"same split sizes, {describe_splits(new.meta)}"
+        if same
+        else f"split sizes {describe_splits(parent.meta)} -> {describe_splits(new.meta)}"
+    )
+    where = f"{sizes}; {moved} image(s) in another split"
+    if folder:
+        what = "a file was renamed or moved" if same else "files were renamed or moved"
+        return f"only the split differs: {what} ({where}); the split is decided by file paths"
+    if src.get("kind") == "hdf5" and not src.get("split"):
+        # Moved rows keep each class's count, so other sizes without recorded fractions
+        # most likely mean other fractions.
+        cause = "rows were moved within the file"
+        if not known and not same:
+            cause = "other --val-fraction / --test-fraction, or rows moved within the file"
+        return f"only the split differs: {cause} ({where}); the split is decided by row positions"
+    return f"only the split differs ({where})"
+
+
 def resplit_note(new: DatasetStore, parent: DatasetStore) -> str | None:
     """One line when the new version ``new`` holds exactly ``parent``'s images and only the
-    split differs (the guide's "same files, same split" no longer held: carved split sizes
-    round half up since 607d07e, or other fractions were given), else None."""
+    split (or the order of rows) differs, saying why: other split fractions; carved split
+    sizes that round half up since 607d07e (only when the class counts are what the old and
+    the new rounding give); a file renamed or moved (the split and the row order are decided
+    by path hashes; rows moved in an HDF5 file); else how many images changed split. None
+    when the images differ."""
     if not same_images(new, parent):
         return None
-    fractions = [
-        (store.meta.get("source") or {}).get(k)
-        for store in (new, parent)
-        for k in ("val_fraction", "test_fraction")
-    ]
-    why = "other split fractions" if fractions[:2] != fractions[2:] else ROUNDING
-    return (
-        f"same images as {parent.ref}; only the split differs ({why}); use {parent.ref} to "
-        "keep the old split"
-    )
+    why = _why_resplit(new, parent)
+    kept = "order" if why.startswith("same split") else "split"
+    return f"same images as {parent.ref}; {why}; use {parent.ref} to keep the old {kept}"

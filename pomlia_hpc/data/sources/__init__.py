@@ -9,7 +9,8 @@ a single pixel is written (keys, shapes, dtypes, label counts and ranges, sizes 
 ``"medmnist:pathmnist"`` or a  ``size`` (28/64/128/224), ``root``, ``download`` (bool),
 MedMNIST flag (no such path)   ``mirror`` (base URL)
 ``x.npz``                      ``class_names``, ``n_classes``, ``task_type``
-a folder                       ``task_type``, ``val_fraction``, ``test_fraction``,
+a folder                       ``class_names`` (the folders' names, in label order),
+                               ``task_type``, ``val_fraction``, ``test_fraction``,
                                ``skip_unreadable`` (bool)
 ``x.h5`` / ``x.hdf5``          ``images``, ``labels``, ``split``, ``class_names``,
                                ``n_classes``, ``task_type``, ``val_fraction``, ``test_fraction``
@@ -39,7 +40,7 @@ _FRACTIONS: dict[str, type] = {"val_fraction": float, "test_fraction": float}
 SOURCE_OPTIONS: dict[str, dict[str, type]] = {
     "MedMNIST": {"size": int, "root": str, "download": bool, "mirror": str},
     "npz": _LABEL_OPTS,
-    "folder": {"task_type": str, **_FRACTIONS, "skip_unreadable": bool},
+    "folder": {"class_names": list, "task_type": str, **_FRACTIONS, "skip_unreadable": bool},
     "HDF5": {"images": str, "labels": str, "split": str, **_LABEL_OPTS, **_FRACTIONS},
 }
 #: Options every kind takes: the caps of :class:`IngestLimits` (whole numbers >= 1).

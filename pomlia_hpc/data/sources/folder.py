@@ -95,6 +95,7 @@ from pomlia_hpc.data.sources.folder_layout import (
     split_folders,
     visible,
 )
+from pomlia_hpc.data.sources.label_forms import nfc
 from pomlia_hpc.data.sources.pixels import (
     FrameHeader,
     PixelFormatError,
@@ -209,6 +210,33 @@ def _fractions(
     return (val or 0.0, test or 0.0)
 
 
+def _is_integer(name: str) -> bool:
+    return name.isascii() and name.lstrip("-").isdigit() and name.count("-") <= 1
+
+
+def _class_order(path: Path, classes: set[str], decl: LabelDecl) -> tuple[list[str], str]:
+    """The class folders' names in label order, and how it was decided: as ``--class-names``
+    lists them (``declared``; they must be exactly the class folders with images), by value
+    when every name is an integer (``numeric``: ``2`` before ``10``, which text order put
+    after ``1``: the order is an ordinal task's rank), else alphabetically."""
+    if decl.class_names is not None:
+        declared = list(decl.class_names)
+        missing = sorted(classes - set(declared))
+        extra = [c for c in declared if c not in classes]
+        if missing or extra:
+            problems = [f"no class folder with images named {c!r}" for c in extra[:3]]
+            problems += [f"class folder {c!r} not named" for c in missing[:3]]
+            what = "; ".join(problems)
+            raise InputError(
+                f"--class-names for image folder '{path}' ({what}): expected the class folders' "
+                f"names ({', '.join(sorted(classes))}), each once, in the order wanted"
+            )
+        return declared, "declared"
+    if classes and all(_is_integer(c) for c in classes):
+        return sorted(classes, key=lambda c: (int(c), c)), "numeric"
+    return sorted(classes), "alphabetical"
+
+
 def _images(cdir: Path, root: Path) -> list[Path]:
     """Image files under class folder ``cdir`` of image folder ``root`` (nested folders too;
     hidden, system and other files and symlinks out of the folder skipped:
@@ -251,14 +279,15 @@ class FolderSource(Source):
         # A class folder without images is most likely a mistake: not made a class (a model
         # could never predict it), and `data add` names it.
         skipped = sorted(
-            d.relative_to(path).as_posix() for d in class_dirs if d.name not in classes
+            d.relative_to(path).as_posix() for d in class_dirs if nfc(d.name) not in classes
         )
-        self.class_names = sorted(classes)
+        decl = decl or LabelDecl()
+        self.class_names, self.extra["class_order"] = _class_order(path, classes, decl)
         if len(classes) == 1 and layout.kind != CLASS_SPLIT_FOLDERS:
             # One class whose images sit in sub-folders is most likely a layout one level too
             # deep (train/images/<class>/...): `data add` names the folder and its sub-folders.
             # (A class folder of split folders has its splits as sub-folders: not that.)
-            only = next(d for d in class_dirs if d.name in classes)
+            only = next(d for d in class_dirs if nfc(d.name) in classes)
             self.extra["one_class_folder"] = {
                 "folder": only.relative_to(path).as_posix(),
                 "subfolders": [p.name for p in visible(only, path) if p.is_dir()],
@@ -283,7 +312,6 @@ class FolderSource(Source):
             )
         self._scan()
         n = len(self.class_names)
-        decl = decl or LabelDecl()
         if (decl.task_type or "").startswith("multi-label"):
             raise InputError(
                 f"image folder '{path}': --task-type multi-label does not apply (each image "
@@ -332,11 +360,13 @@ class FolderSource(Source):
                     continue
                 # The key, not the file's own path: root/<class>/<split>/ hashes as
                 # root/<split>/<class>/ does, so both give the same rows and version.
-                rel = f"{cf.key}/{f.relative_to(cf.folder).as_posix()}"
+                # NFC: a Mac's copy (NFD names) hashes, splits and versions as the original;
+                # NFC and plain ASCII paths hash as before, so old versions keep their ids.
+                rel = nfc(f"{cf.key}/{f.relative_to(cf.folder).as_posix()}")
                 digest = hashlib.sha256(rel.encode()).digest()
                 # A split folder fixes the split; a class-folder layout's rows all start in
                 # train, and are carved like a split layout's train folder.
-                files[cf.split or "train"].append((digest, f, cf.name))
+                files[cf.split or "train"].append((digest, f, nfc(cf.name)))
         others = other_files(path)
         if others:  # notes.txt, labels.csv: skipped, and `data add` names them
             self.extra["skipped_other_files"] = {

@@ -152,7 +152,8 @@ def check_image_suffix(path: Path) -> None:
 
 def check_class_names(root: Path, class_dirs: list[Path]) -> None:
     """Refuse class folders (under image folder ``root``) whose name holds a control
-    character, or whose names differ only in case: one error naming the folder(s)."""
+    character, or whose names differ only in case, or only in Unicode form in one folder
+    (NFC / NFD): one error naming the folder(s)."""
     for d in class_dirs:
         bad = [c for c in d.name if unicodedata.category(c) in ("Cc", "Zl", "Zp")]
         if bad:
@@ -163,10 +164,19 @@ def check_class_names(root: Path, class_dirs: list[Path]) -> None:
             )
     seen: dict[str, Path] = {}
     for d in class_dirs:
-        first = seen.setdefault(d.name.casefold(), d)
-        if first.name != d.name:
-            raise InputError(
-                f"class folders '{first.relative_to(root).as_posix()}' and "
-                f"'{d.relative_to(root).as_posix()}' in image folder '{root}' differ only in "
-                "case: expected one folder per class (rename one, or merge their images)"
-            )
+        # NFC first: a folder copied from a Mac spells "ä" decomposed (NFD); it is the same
+        # class as in another split folder, but two such folders side by side are refused.
+        first = seen.setdefault(unicodedata.normalize("NFC", d.name).casefold(), d)
+        if first.name == d.name:
+            continue
+        same = unicodedata.normalize("NFC", first.name) == unicodedata.normalize("NFC", d.name)
+        if same and first.parent != d.parent:
+            continue  # one class in two splits, its name in two Unicode forms: read as one
+        how = "in case"
+        if same:  # they print alike: the escapes tell them apart
+            how = f"in Unicode form (NFC / NFD: {first.name!a}, {d.name!a})"
+        raise InputError(
+            f"class folders '{first.relative_to(root).as_posix()}' and "
+            f"'{d.relative_to(root).as_posix()}' in image folder '{root}' differ only {how}: "
+            "expected one folder per class (rename one, or merge their images)"
+        )
