@@ -252,3 +252,56 @@ def test_two_refreshes_that_both_rebuild_count_each_run_once_on_postgres(pg_url:
     assert obs.n_runs == 2
     for r in (reg_a, reg_b, reg):
         r.dispose()
+
+
+def _summaries(reg: Registry) -> list[tuple[Any, ...]]:
+    from pomlia_hpc.registry import KbRunStats
+
+    with reg.session() as s:
+        return sorted(
+            (st.task_id, st.strategy_key, st.n_runs, st.n_failed, st.best_run_id, st.cost_sum)
+            for st in s.query(KbRunStats)
+        )
+
+
+def test_the_fold_reads_the_runs_in_batches(
+    registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The first refresh read every run (with its training history) in one query, so its
+    memory grew with the registry (~0.6 GB at 100,000 runs); it reads them in id order,
+    ``BATCH`` at a time, and counts the same."""
+    from sqlalchemy import event
+
+    from pomlia_hpc.registry import KbRunSeen, KbRunStats
+    from pomlia_hpc.strategy import runstats
+
+    tid = row_task(registry)
+    archs = ("small_cnn", "resnet18", "small_cnn", "mobilenet_v3_small")
+    for i in range(10):
+        status = "crashed" if i % 4 == 3 else "ok"
+        _run(registry, tid, archs[i % 4], status, None if status == "crashed" else 0.5 + i / 50)
+    waiting = _run(registry, tid, "resnet18", "running")
+    monkeypatch.setattr(runstats, "BATCH", 1000)
+    assert runstats.refresh(registry, {tid: 28}) == 10
+    whole = _summaries(registry)
+    with registry.session() as s:  # fold it all again, now in batches of 3
+        s.execute(delete(KbRunStats))
+        s.execute(delete(KbRunSeen))
+    limits: list[Any] = []
+
+    def seen(conn: Any, cursor: Any, statement: str, params: Any, *_: Any) -> None:
+        if "kb_run_seen" in statement and "FROM runs" in statement:  # the examined runs
+            limits.append("LIMIT" in statement)
+
+    monkeypatch.setattr(runstats, "BATCH", 3)
+    event.listen(registry.engine, "before_cursor_execute", seen)
+    try:
+        assert runstats.refresh(registry, {tid: 28}) == 10
+    finally:
+        event.remove(registry.engine, "before_cursor_execute", seen)
+    assert limits == [True] * 4  # 11 runs, 3 a query (the last query returns 2)
+    assert _summaries(registry) == whole
+    _finish(registry, waiting, 0.9)  # a waiting run, examined again later, is counted once
+    assert runstats.refresh(registry, {tid: 28}) == 1
+    assert runstats.refresh(registry, {tid: 28}) == 0
+    assert sum(n for _, _, n, *_ in _summaries(registry)) == 11

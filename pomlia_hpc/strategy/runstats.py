@@ -5,7 +5,8 @@ were still pending or running then (``kb_run_seen.done`` false): finished runs (
 ``crashed``) are folded into ``kb_run_stats`` and marked done, the others are examined again
 next time. All in one transaction: each run is counted once, however often and from however
 many processes the knowledge base is read. The first refresh of a large registry reads every
-run once; afterwards only the new and the unfinished ones (an id range and a short list, so the
+run once, in id order and :data:`BATCH` runs at a time (so its memory does not grow with the
+runs); afterwards only the new and the unfinished ones (an id range and a short list, so the
 query does not scan the runs table). Ids are handed out when a run is inserted but a run
 becomes visible when its transaction commits, so on PostgreSQL a run can appear after a higher
 id was examined: the last :data:`RECHECK` ids below the newest are looked at again for runs
@@ -42,6 +43,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from dataclasses import dataclass, field
 from typing import Any
 
 from sqlalchemy import delete, exists, func, insert, select
@@ -67,6 +69,10 @@ RECHECK = 1000
 #: measured as cost less epoch seconds missed the job's own start-up). 3: an old ok run of a
 #: local job keeps its recorded cost (2 took its row's end, when its driver collected it).
 FORMAT = 3
+#: Runs a refresh reads per query (in id order): the first refresh of a large registry reads
+#: every run, and a run's row with its training history is a few KB, so its memory stays at
+#: one batch (a few MB) rather than growing with the runs (~0.5 GB at 100,000).
+BATCH = 2000
 
 
 def run_strategy(config: dict[str, Any], image_size: int) -> dict[str, Any]:
@@ -237,6 +243,19 @@ def _examined_query(newest: int, waiting: Any) -> Any:
     )
 
 
+@dataclass
+class _Folding:
+    """What one refresh carries from batch to batch: the summaries loaded or made so far (at
+    most one per task and strategy, whatever the number of runs) and the inputs of the fold."""
+
+    image_sizes: dict[int, int]
+    min_epochs: dict[int, float]
+    metric_of: dict[int, str]
+    stats: dict[tuple[int, str], KbRunStats] = field(default_factory=dict)
+    loaded: set[int] = field(default_factory=set)  # tasks whose stored summaries are in stats
+    keys: dict[tuple[Any, ...], str] = field(default_factory=dict)  # strategy fields -> key
+
+
 def _refresh(registry: Registry, image_sizes: dict[int, int], min_epochs: dict[int, float]) -> int:
     with registry.session() as s:
         # First, so refreshes run one at a time: on PostgreSQL a second one that decided to
@@ -245,69 +264,99 @@ def _refresh(registry: Registry, image_sizes: dict[int, int], min_epochs: dict[i
         lock_name(s, "kb-run-stats")
         if not _forget_if_foreign(s):
             _forget_if_stale(s)
-        metric_of = dict(s.execute(select(Task.id, Task.metric)).all())
+        folding = _Folding(
+            image_sizes, min_epochs, dict(s.execute(select(Task.id, Task.metric)).all())
+        )
         newest = s.scalar(select(func.max(KbRunSeen.run_id))) or 0
-        waiting = select(KbRunSeen.run_id).where(KbRunSeen.done.is_(False))
-        examined = s.execute(_examined_query(newest, waiting)).all()
-        if not examined:
-            return 0
-        rows = [_with_cost(r) for r in examined if r[2] in COUNTED and r[1] is not None]
-        again = {r[0] for r in examined if r[2] not in FINAL}
-        # Waiting runs (ids up to ``newest``) that have finished leave the waiting list;
-        # unfinished ones already waiting stay; new unfinished ones join it.
-        finished_waiting = [r[0] for r in examined if r[2] in FINAL and r[0] <= newest]
-        if finished_waiting:
-            s.execute(delete(KbRunSeen).where(KbRunSeen.run_id.in_(finished_waiting)))
-        known_waiting = set(s.scalars(waiting))
-        new_waiting = [
-            {"run_id": i, "done": False, "summary_format": FORMAT} for i in again - known_waiting
-        ]
-        groups: dict[tuple[int, str], list[Any]] = defaultdict(list)
-        keys: dict[tuple[Any, ...], str] = {}  # strategy fields -> key, computed once each
-        for r in rows:
-            fields = (r[4], r[5], r[6], r[7], image_sizes.get(r[1], 28))
-            key = keys.get(fields)
-            if key is None:
-                key = keys[fields] = strategy_key(_strategy_of(r, fields[4]))
-            groups[(r[1], key)].append(r)
-        existing = {
-            (st.task_id, st.strategy_key): st
-            for st in s.scalars(
-                select(KbRunStats).where(KbRunStats.task_id.in_({t for t, _ in groups}))
-            )
-        }
-        for (task_id, key), runs in groups.items():
-            st = existing.get((task_id, key))
-            if st is None:
-                st = KbRunStats(
-                    task_id=task_id,
-                    strategy_key=key,
-                    strategy=_strategy_of(runs[0], image_sizes.get(task_id, 28)),
-                    n_runs=0,
-                    n_failed=0,
-                    cost_sum=0.0,
-                    n_cost=0,
-                    timed_s=0.0,
-                    timed_epochs=0.0,
-                    timed_n=0,
-                    epoch_s=0.0,
-                    epoch_n=0.0,
-                    startup_s=0.0,
-                    n_short=0,
-                    summary_format=FORMAT,
+        query = _examined_query(newest, select(KbRunSeen.run_id).where(KbRunSeen.done.is_(False)))
+        # The runs in id order, BATCH at a time (keyset pagination): the first refresh of a
+        # large registry reads every run, and its rows (training histories) were held all at
+        # once before (~5 KB a run). A batch changes kb_run_seen only at ids up to its last,
+        # which the next batch's ``Run.id > last`` leaves out: every run is examined once.
+        folded, last = 0, None
+        while True:
+            page = query if last is None else query.where(Run.id > last)
+            examined = s.execute(page.order_by(Run.id).limit(BATCH)).all()
+            if examined:
+                folded += _fold_batch(s, examined, newest, folding)
+                last = examined[-1][0]
+            if len(examined) < BATCH:
+                return folded
+
+
+def _fold_batch(s: Session, examined: list[Any], newest: int, folding: _Folding) -> int:
+    """Fold one batch of examined runs (rows of :func:`_examined_query`, in id order) into the
+    summaries and mark them in ``kb_run_seen``; returns how many were counted."""
+    rows = [_with_cost(r) for r in examined if r[2] in COUNTED and r[1] is not None]
+    again = {r[0] for r in examined if r[2] not in FINAL}
+    # Waiting runs (ids up to ``newest``) that have finished leave the waiting list;
+    # unfinished ones already waiting stay; new unfinished ones join it.
+    finished_waiting = [r[0] for r in examined if r[2] in FINAL and r[0] <= newest]
+    if finished_waiting:
+        s.execute(delete(KbRunSeen).where(KbRunSeen.run_id.in_(finished_waiting)))
+    known_waiting = (
+        set(
+            s.scalars(
+                select(KbRunSeen.run_id).where(
+                    KbRunSeen.done.is_(False), KbRunSeen.run_id.in_(again)
                 )
-                s.add(st)
-            metric = metric_of.get(task_id, "acc")
-            st.n_runs += len(runs)
-            st.n_failed += sum(r[2] == "crashed" for r in runs)
-            for r in runs:
-                if r[2] == "ok" and r[8] is not None:
-                    _fold(st, r, metric, min_epochs.get(task_id, 0.0))
-        done = [
-            {"run_id": r[0], "done": True, "summary_format": FORMAT}
-            for r in examined
-            if r[2] in FINAL
-        ]
-        if done or new_waiting:
-            s.execute(insert(KbRunSeen), done + new_waiting)
-        return len(rows)
+            )
+        )
+        if again
+        else set()
+    )
+    new_waiting = [
+        {"run_id": i, "done": False, "summary_format": FORMAT} for i in again - known_waiting
+    ]
+    groups: dict[tuple[int, str], list[Any]] = defaultdict(list)
+    for r in rows:
+        fields = (r[4], r[5], r[6], r[7], folding.image_sizes.get(r[1], 28))
+        key = folding.keys.get(fields)
+        if key is None:
+            key = folding.keys[fields] = strategy_key(_strategy_of(r, fields[4]))
+        groups[(r[1], key)].append(r)
+    unloaded = {t for t, _ in groups} - folding.loaded
+    if unloaded:
+        for st in s.scalars(select(KbRunStats).where(KbRunStats.task_id.in_(unloaded))):
+            folding.stats[(st.task_id, st.strategy_key)] = st
+        folding.loaded |= unloaded
+    for (task_id, key), runs in groups.items():
+        st = folding.stats.get((task_id, key))
+        if st is None:
+            st = folding.stats[(task_id, key)] = _new_stats(
+                task_id, key, _strategy_of(runs[0], folding.image_sizes.get(task_id, 28))
+            )
+            s.add(st)
+        metric = folding.metric_of.get(task_id, "acc")
+        st.n_runs += len(runs)
+        st.n_failed += sum(r[2] == "crashed" for r in runs)
+        for r in runs:
+            if r[2] == "ok" and r[8] is not None:
+                _fold(st, r, metric, folding.min_epochs.get(task_id, 0.0))
+    done = [
+        {"run_id": r[0], "done": True, "summary_format": FORMAT} for r in examined if r[2] in FINAL
+    ]
+    if done or new_waiting:
+        s.execute(insert(KbRunSeen), done + new_waiting)
+    return len(rows)
+
+
+def _new_stats(task_id: int, key: str, strategy: dict[str, Any]) -> KbRunStats:
+    """An empty summary of ``strategy`` on task ``task_id``."""
+    return KbRunStats(
+        task_id=task_id,
+        strategy_key=key,
+        strategy=strategy,
+        n_runs=0,
+        n_failed=0,
+        cost_sum=0.0,
+        n_cost=0,
+        timed_s=0.0,
+        timed_epochs=0.0,
+        timed_n=0,
+        epoch_s=0.0,
+        epoch_n=0.0,
+        startup_s=0.0,
+        n_short=0,
+        summary_format=FORMAT,
+    )
