@@ -43,6 +43,7 @@ from __future__ import annotations
 
 import math
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -284,7 +285,7 @@ def _refresh(registry: Registry, image_sizes: dict[int, int], min_epochs: dict[i
                 return folded
 
 
-def _fold_batch(s: Session, examined: list[Any], newest: int, folding: _Folding) -> int:
+def _fold_batch(s: Session, examined: Sequence[Any], newest: int, folding: _Folding) -> int:
     """Fold one batch of examined runs (rows of :func:`_examined_query`, in id order) into the
     summaries and mark them in ``kb_run_seen``; returns how many were counted."""
     rows = [_with_cost(r) for r in examined if r[2] in COUNTED and r[1] is not None]
@@ -317,8 +318,8 @@ def _fold_batch(s: Session, examined: list[Any], newest: int, folding: _Folding)
         groups[(r[1], key)].append(r)
     unloaded = {t for t, _ in groups} - folding.loaded
     if unloaded:
-        for st in s.scalars(select(KbRunStats).where(KbRunStats.task_id.in_(unloaded))):
-            folding.stats[(st.task_id, st.strategy_key)] = st
+        for old in s.scalars(select(KbRunStats).where(KbRunStats.task_id.in_(unloaded))):
+            folding.stats[(old.task_id, old.strategy_key)] = old
         folding.loaded |= unloaded
     for (task_id, key), runs in groups.items():
         st = folding.stats.get((task_id, key))
