@@ -136,10 +136,13 @@ def build_report(
     workspace: Workspace,
     out_dir: Path | None = None,
     progress: Callable[[str], None] | None = None,
+    *,
+    max_studies: int = pages_learn.MAX_STUDIES,
 ) -> ReportResult:
     """Write the report of ``workspace`` into ``out_dir`` (default ``<home>/reports/html``).
     ``progress`` gets the title of each page built with data (the pages to be written, but
-    for the overview ``index.html``)."""
+    for the overview ``index.html``); ``max_studies``: how many studies (the newest) the
+    Studies page shows in full, with a figure each."""
     out = (out_dir or workspace.path("reports", "html")).expanduser().resolve()
     check_out_folder(out)
     try:
@@ -157,7 +160,7 @@ def build_report(
                 f"report folder {out} cannot be written ({exc.strerror or exc} in "
                 f"{out.parent}): expected a writable folder"
             ) from exc
-        return _write_report(registry, workspace, out, progress)
+        return _write_report(registry, workspace, out, progress, max_studies)
     except BaseException:
         # Refused or interrupted: the parents this call made go again (only while empty).
         remove_made_dirs(made)
@@ -169,12 +172,16 @@ def _write_report(
     workspace: Workspace,
     out: Path,
     progress: Callable[[str], None] | None,
+    max_studies: int,
 ) -> ReportResult:
     """Build the pages and publish them as the folder ``out``, whose parent exists."""
     stamp = datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC")
     bodies: list[tuple[str, str, str]] = []
     for file, title, builder in PAGES:
-        body = builder(registry, workspace, out)
+        if builder is pages_learn.studies_page:
+            body = pages_learn.studies_page(registry, workspace, out, max_studies)
+        else:
+            body = builder(registry, workspace, out)
         if body is not None:  # a page without data is not written, nor listed
             bodies.append((file, title, body))
             if progress is not None:

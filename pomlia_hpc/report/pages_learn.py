@@ -5,11 +5,12 @@ their causes), models with their lineage, deployments. Monitor history and pipel
 from __future__ import annotations
 
 import json
-from collections import defaultdict
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
+from sqlalchemy.orm import Session
 
 from pomlia_hpc.automl.records import config_summary, job_run_cost_s
 from pomlia_hpc.registry import (
@@ -28,94 +29,162 @@ from pomlia_hpc.workspace import Workspace
 
 #: Trials listed per study (the newest); the curve shows all of them.
 MAX_TRIALS = 200
+#: Studies shown in full, with their best-so-far curve and trial table: the newest (by their
+#: newest trial). Each costs a figure (~0.4 s of matplotlib, ~30 KB of PNG) and up to
+#: :data:`MAX_TRIALS` table rows, so the page keeps its size however many studies the registry
+#: holds (1,250 studies were a 37 MB page built in 5 minutes); ``pomlia report --studies N``
+#: shows another number.
+MAX_STUDIES = 20
+#: Studies listed in the page's overview table, one row each (the newest); older ones are
+#: counted below it.
+MAX_STUDY_ROWS = 500
+#: Runs read per query when the page sums up every study (a run's metrics hold its history).
+_BATCH = 2000
 
 
-def studies_page(registry: Registry, workspace: Workspace, folder: Path) -> str | None:
+@dataclass
+class _Study:
+    """One study's overview row, summed up over its runs in id order."""
+
+    key: str  # its runs' ``study``; "" for runs without one (None or "")
+    task_id: int | None  # its first run's
+    trials: int = 0
+    crashed: int = 0
+    best: float | None = None
+    newest: int = 0  # its newest run's id
+    # Each run's (objective, crashed) for the curve: only for a study shown in full.
+    points: list[tuple[float | None, bool]] | None = None
+
+
+def studies_page(
+    registry: Registry, workspace: Workspace, folder: Path, max_studies: int = MAX_STUDIES
+) -> str | None:
+    """Every study's trials, crashes and best validation metric (the newest
+    :data:`MAX_STUDY_ROWS`), then the newest ``max_studies`` studies in full: their best-so-far
+    curve and newest :data:`MAX_TRIALS` trials. Reads the runs in batches, so its memory and
+    the page's size do not grow with the number of runs or studies."""
+    key = func.coalesce(Run.study, "")
     with registry.session() as s:
-        runs = list(s.scalars(select(Run).order_by(Run.id)))
+        newest = func.max(Run.id)
+        order = s.execute(select(key, newest).group_by(key).order_by(newest.desc())).all()
+        if not order:
+            return None
+        full = {k for k, _ in order[: max(max_studies, 0)]}
+        listed = {k for k, _ in order[:MAX_STUDY_ROWS]}
+        studies = _sum_up(s, listed, full)
         tasks = {t.id: t for t in s.scalars(select(Task))}
-        jobs = {
-            j.id: j
-            for j in s.scalars(select(Job).where(Job.id.in_([r.job_id for r in runs if r.job_id])))
-        }
-        for obj in (*runs, *tasks.values(), *jobs.values()):
-            s.expunge(obj)
-    if not runs:
-        return None
-    by_study: dict[str, list[Run]] = defaultdict(list)
-    for r in runs:
-        by_study[r.study or "(no study)"].append(r)
+        for t in tasks.values():
+            s.expunge(t)
     overview, parts = [], []
-    for study, members in by_study.items():
-        task = tasks.get(members[0].task_id or -1)
+    for st in studies.values():  # in the order of their first run
+        task = tasks.get(st.task_id or -1)
         metric = task.metric if task else "metric"
-        # An undefined objective (None, NaN: an AUC of one class) is no point on the curve
-        # and no best; its cell says n/a.
-        objectives = [_objective(r) for r in members]
-        ok = [o for o in objectives if o is not None]
-        crashed = sum(1 for r in members if r.status == "crashed")
-        overview.append(
-            [
-                study,
-                task.name if task else "",
-                len(members),
-                crashed,
-                f"{metric} {max(ok):.3f}" if ok else NA,
-            ]
-        )
-        parts.append(f"<h2>Study {esc(study)}</h2>")
-        crashed_flags = [r.status == "crashed" for r in members]
-        curve = figures.best_so_far(objectives, crashed_flags, metric, f"study {study}")
-        parts.append(png(curve, f"best so far, study {study}", 560))
-        rows = []
-        for r in members[-MAX_TRIALS:]:
-            m = r.metrics or {}
-            job = jobs.get(r.job_id or -1)
-            cause = m.get("cause") or (r.error or "").strip().splitlines()[-1:] or [""]
-            rows.append(
-                [
-                    str(r.id),
-                    esc(config_summary(r.config or {})),
-                    esc(_epochs(m.get("epochs", r.budget))),
-                    status_span(r.status),
-                    esc(metric_text(m.get("objective"))),
-                    esc(metric_text((m.get("test") or {}).get(metric))),
-                    esc(_num(job_run_cost_s(r, job), 1)),  # as `runs list` costs it
-                    # The registry's job id, as `runs list` and `jobs show` name it; the
-                    # scheduler's id (a Slurm job id, a local pid) only in its own column.
-                    esc(f"{job.id} {job.state}" if job else ""),
-                    esc(job.scheduler_id if job else ""),
-                    esc(cut(cause if isinstance(cause, str) else cause[0], 300)),
-                ]
-            )
-        parts.append(
-            table(
-                [
-                    "run",
-                    "configuration",
-                    "epochs",
-                    "status",
-                    f"val {metric}",
-                    f"test {metric}",
-                    "cost (s)",
-                    "job",
-                    "scheduler id",
-                    "failure cause",
-                ],
-                rows,
-                raw=True,
-            )
-        )
+        name = st.key or "(no study)"
+        best = f"{metric} {st.best:.3f}" if st.best is not None else NA
+        overview.append([name, task.name if task else "", st.trials, st.crashed, best])
+        if st.points is not None:
+            parts.append(_study_section(registry, st, name, metric))
     head = "<h2>Studies</h2>" + table(
         ["study", "task", "trials", "crashed", "best validation metric"], overview
+    )
+    older = len(order) - len(listed)
+    if len(parts) == len(order):
+        said = "Every study is shown in full below"
+    else:
+        said = f"The newest {len(parts)} of {len(order)} studies (by their newest trial) are shown"
+        said += " in full below (<code>pomlia report --studies N</code> shows N)"
+    head += (
+        f"<p class='muted'>{said}, each with its best-so-far curve and newest {MAX_TRIALS} trials."
+        + (f" {older} older stud{'y is' if older == 1 else 'ies are'} not listed." if older else "")
+        + " A study's trials: <code>pomlia runs list --study NAME</code>.</p>"
     )
     return head + "".join(parts)
 
 
-def _objective(r: Run) -> float | None:
-    """A finished run's validation metric; None when it crashed, runs or has none defined."""
-    value = (r.metrics or {}).get("objective")
-    return float(value) if r.status == "ok" and is_number(value) else None
+def _sum_up(s: Session, listed: set[str], full: set[str]) -> dict[str, _Study]:
+    """The studies named in ``listed`` summed up (those in ``full`` with their curve's
+    points), reading the runs in id order, :data:`_BATCH` at a time."""
+    key = func.coalesce(Run.study, "")
+    out: dict[str, _Study] = {}
+    q = select(Run.id, key, Run.task_id, Run.status, Run.metrics).where(key.in_(listed))
+    last = 0
+    while True:
+        rows = s.execute(q.where(Run.id > last).order_by(Run.id).limit(_BATCH)).all()
+        for run_id, study, task_id, status, metrics in rows:
+            st = out.get(study)
+            if st is None:
+                st = out[study] = _Study(study, task_id, points=[] if study in full else None)
+            # An undefined objective (None, NaN: an AUC of one class) is no point on the
+            # curve and no best; its cell says n/a.
+            value = _value(status, metrics)
+            st.trials += 1
+            st.crashed += status == "crashed"
+            st.newest = run_id
+            if value is not None:
+                st.best = value if st.best is None else max(st.best, value)
+            if st.points is not None:
+                st.points.append((value, status == "crashed"))
+        if len(rows) < _BATCH:
+            return out
+        last = rows[-1][0]
+
+
+def _study_section(registry: Registry, st: _Study, name: str, metric: str) -> str:
+    """A study's heading, best-so-far curve and table of its newest :data:`MAX_TRIALS`."""
+    points = st.points or []
+    curve = figures.best_so_far(
+        [p[0] for p in points], [p[1] for p in points], metric, f"study {name}"
+    )
+    with registry.session() as s:
+        members = list(
+            s.scalars(
+                select(Run)
+                .where(func.coalesce(Run.study, "") == st.key)
+                .order_by(Run.id.desc())
+                .limit(MAX_TRIALS)
+            )
+        )[::-1]
+        job_ids = [r.job_id for r in members if r.job_id]
+        jobs = {j.id: j for j in s.scalars(select(Job).where(Job.id.in_(job_ids)))}
+        for obj in (*members, *jobs.values()):
+            s.expunge(obj)
+    rows = []
+    for r in members:
+        m = r.metrics or {}
+        job = jobs.get(r.job_id or -1)
+        cause = m.get("cause") or (r.error or "").strip().splitlines()[-1:] or [""]
+        rows.append(
+            [
+                str(r.id),
+                esc(config_summary(r.config or {})),
+                esc(_epochs(m.get("epochs", r.budget))),
+                status_span(r.status),
+                esc(metric_text(m.get("objective"))),
+                esc(metric_text((m.get("test") or {}).get(metric))),
+                esc(_num(job_run_cost_s(r, job), 1)),  # as `runs list` costs it
+                # The registry's job id, as `runs list` and `jobs show` name it; the
+                # scheduler's id (a Slurm job id, a local pid) only in its own column.
+                esc(f"{job.id} {job.state}" if job else ""),
+                esc(job.scheduler_id if job else ""),
+                esc(cut(cause if isinstance(cause, str) else cause[0], 300)),
+            ]
+        )
+    head = ["run", "configuration", "epochs", "status", f"val {metric}", f"test {metric}"]
+    return (
+        f"<h2>Study {esc(name)}</h2>"
+        + png(curve, f"best so far, study {name}", 560)
+        + table(
+            [*head, "cost (s)", "job", "scheduler id", "failure cause"],
+            rows,
+            raw=True,
+        )
+    )
+
+
+def _value(status: str, metrics: Any) -> float | None:
+    """A run's validation metric: None when it crashed, runs or has none defined."""
+    value = (metrics or {}).get("objective") if isinstance(metrics, dict) else None
+    return float(value) if status == "ok" and is_number(value) else None
 
 
 def _num(x: Any, digits: int = 3) -> str:
