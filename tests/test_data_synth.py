@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -92,15 +93,15 @@ def test_bad_options_are_refused_before_the_folder_is_made(
 def test_a_failed_write_takes_back_what_it_added(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    real, written = synth.write_npz, []
+    real, written = synth.write_lookalike, []
 
-    def full_disk(path: Path, arrays: dict[str, np.ndarray], **kw: object) -> Path:
+    def full_disk(path: Path, *args: Any, **kw: Any) -> Path:
         if written:
             raise OSError(28, "No space left on device")
         written.append(path)
-        return real(path, arrays, **kw)
+        return real(path, *args, **kw)
 
-    monkeypatch.setattr(synth, "write_npz", full_disk)
+    monkeypatch.setattr(synth, "write_lookalike", full_disk)
     flags = ["breastmnist", "pneumoniamnist"]
     with pytest.raises(OSError, match="No space left"):
         write_lookalikes(tmp_path / "new" / "la", scale=0.002, flags=flags)
@@ -136,3 +137,42 @@ def test_content_is_learnable(flag: str) -> None:
     acc = float((model.predict(_features(xte)) == yte[:, 0]).mean())
     majority = np.bincount(yte[:, 0]).max() / len(yte)
     assert acc > majority + 0.1, (flag, acc, majority)
+
+
+def test_a_file_is_written_in_batches(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each file was built whole in memory before it was written (scale 1 at 224 px: ~15 GB);
+    it is written a batch of images at a time, so memory stays at a batch: here a few
+    hundred images of 28 px, far below the file's 25 MB of pixels."""
+    import tracemalloc
+
+    monkeypatch.setattr(synth, "BATCH_PIXELS", 1 << 16)  # about 28 RGB images of 28 px
+    sizes = split_sizes("pathmnist", 0.1)
+    raw = sum(sizes.values()) * 28 * 28 * 3
+    tracemalloc.start()
+    try:
+        (path,) = write_lookalikes(tmp_path, scale=0.1, seed=3, flags=["pathmnist"])
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert raw > 20e6 and peak < raw / 8, (peak, raw)
+    with np.load(path) as d:  # the same arrays as made in memory
+        whole = make_lookalike("pathmnist", 0.1, seed=3)
+        assert sorted(d.keys()) == sorted(whole)
+        assert all(np.array_equal(d[k], whole[k]) for k in KEYS)
+
+
+def test_the_file_is_what_numpy_writes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Written in batches, a file has the bytes `np.savez_compressed` writes of the arrays
+    (zip entry times fixed), for a split of several batches and one of a part of one."""
+    import time
+
+    monkeypatch.setattr(synth, "BATCH_PIXELS", 1 << 16)
+    monkeypatch.setattr(time, "time", lambda: 1.7e9)  # the zip entries' times
+    for compress in (True, False):
+        (path,) = write_lookalikes(
+            tmp_path / str(compress), 0.01, seed=1, size=64, flags=["chestmnist"], compress=compress
+        )
+        arrays = make_lookalike("chestmnist", 0.01, seed=1, size=64)
+        expect = tmp_path / f"expect{compress}.npz"
+        (np.savez_compressed if compress else np.savez)(expect, **arrays)
+        assert path.read_bytes() == expect.read_bytes()

@@ -238,7 +238,11 @@ def synth(
         str | None, typer.Option(help="Comma-separated MedMNIST flags.", show_default="all 12")
     ] = None,
 ) -> None:
-    """Write MedMNIST look-alike npz files (exact layouts, synthetic pixels)."""
+    """Write MedMNIST look-alike npz files (exact layouts, synthetic pixels).
+
+    Each file is written a batch of images at a time, so memory stays at a few hundred MB
+    whatever --scale and --size (the files themselves take the disk space: PathMNIST at
+    --scale 1 --size 224 holds 16 GB of pixels before compression)."""
     from pomlia_hpc.data.synth import STYLES, write_lookalikes
     from pomlia_hpc.errors import InputError
 

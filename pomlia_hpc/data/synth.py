@@ -11,6 +11,7 @@ deterministic function of (flag, scale, seed, size).
 API::
 
     make_lookalike("pathmnist", scale=0.01, seed=0, size=28) -> dict[str, np.ndarray]
+    write_lookalike(path, "pathmnist", scale=0.01, seed=0, size=28) -> Path  # in batches
     write_lookalikes(out_dir, scale=0.01, seed=0, size=28) -> list[Path]   # all 12 files
 
 File names follow MedMNIST (``pathmnist.npz`` at 28 px, ``pathmnist_64.npz`` at 64 px), so a
@@ -19,15 +20,18 @@ folder of look-alikes is a drop-in MedMNIST root for ``pomlia data add pathmnist
 
 from __future__ import annotations
 
+import zipfile
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import IO, Any
 
 import numpy as np
+from numpy.lib import format as npy_format
 
 from pomlia_hpc.data.medmnist_info import FLAGS_2D, check_size, flag_info
 from pomlia_hpc.errors import InputError
-from pomlia_hpc.files import make_dirs, remove_made_dirs, write_npz
+from pomlia_hpc.files import make_dirs, remove_made_dirs, write_atomic
 
 Array = np.ndarray
 
@@ -59,8 +63,9 @@ STYLES: dict[str, str] = {
 }
 
 _KEYS = ("train", "val", "test")
-# Images generated per batch are bounded to about this many float32 pixels (64 MiB).
-_BATCH_PIXELS = 1 << 24
+#: Images generated (and written) per batch are bounded to about this many float32 pixels
+#: (64 MiB; a style makes a few such arrays): the memory `data synth` needs at any scale.
+BATCH_PIXELS = 1 << 24
 
 
 def split_sizes(flag: str, scale: float) -> dict[str, int]:
@@ -376,26 +381,77 @@ def make_split(
     flag: str, n: int, seed: int = 0, size: int = 28, split: str = "train"
 ) -> tuple[Array, Array]:
     """``n`` look-alike images and labels of one split: uint8 (n, S, S[, 3]), uint8 (n, L)."""
+    labels, shape, batches = split_batches(flag, n, seed=seed, size=size, split=split)
+    images = np.empty(shape, np.uint8)
+    lo = 0
+    for x in batches:
+        images[lo : lo + len(x)] = x
+        lo += len(x)
+    return images, labels
+
+
+def split_batches(
+    flag: str, n: int, seed: int = 0, size: int = 28, split: str = "train"
+) -> tuple[Array, tuple[int, ...], Iterator[Array]]:
+    """One split as :func:`make_split` makes it, its images in batches: the labels, the images'
+    shape, and an iterator of uint8 image batches (about :data:`BATCH_PIXELS` pixels, 16 MiB,
+    each) in order. The same random draws in the same order, so the images are the same."""
     info = flag_info(flag)
     check_size(size)
     _check_seed(seed)
     rng = np.random.default_rng([seed, FLAGS_2D.index(flag), _KEYS.index(split), size])
     labels = _labels(flag, n, rng)
     shape = (n, size, size, 3) if info.channels == 3 else (n, size, size)
-    images = np.empty(shape, np.uint8)
-    batch = max(1, _BATCH_PIXELS // (size * size * info.channels))
+    batch = max(1, BATCH_PIXELS // (size * size * info.channels))
     style = _STYLE_FNS[flag]
-    for lo in range(0, n, batch):
-        hi = min(n, lo + batch)
-        x = style(rng, labels[lo:hi], size)
-        # Per-image contrast/brightness jitter, then quantise.
-        gain = _col(rng.uniform(0.85, 1.15, hi - lo))
-        if x.ndim == 4:
-            gain = gain[..., None]
-        x = x * gain * 255.0
-        np.clip(x, 0, 255, out=x)
-        images[lo:hi] = (x + 0.5).astype(np.uint8)
-    return images, labels
+
+    def batches() -> Iterator[Array]:
+        for lo in range(0, n, batch):
+            hi = min(n, lo + batch)
+            x = style(rng, labels[lo:hi], size)
+            # Per-image contrast/brightness jitter, then quantise.
+            gain = _col(rng.uniform(0.85, 1.15, hi - lo))
+            if x.ndim == 4:
+                gain = gain[..., None]
+            x = x * gain * 255.0
+            np.clip(x, 0, 255, out=x)
+            yield (x + 0.5).astype(np.uint8)
+
+    return labels, shape, batches()
+
+
+def write_lookalike(
+    path: str | Path,
+    flag: str,
+    scale: float = 0.01,
+    seed: int = 0,
+    size: int = 28,
+    *,
+    compress: bool = True,
+) -> Path:
+    """Write one look-alike npz file, the same bytes ``np.savez_compressed`` (``np.savez``
+    with ``compress=False``) writes of :func:`make_lookalike`'s arrays (but for the zip
+    entries' times), one batch of images at a time: its memory is a few hundred MB (a batch
+    and the style's intermediate arrays) whatever ``scale`` and ``size`` (PathMNIST at 224
+    px and scale 1 is a 13.5 GB array). Atomic (:func:`~pomlia_hpc.files.write_atomic`)."""
+
+    def write(f: IO[bytes]) -> None:
+        # As numpy's savez: a zip64 member per array, an .npy header (version 1.0) and the
+        # C-order bytes; the deflate stream does not depend on how its input is cut.
+        mode = zipfile.ZIP_DEFLATED if compress else zipfile.ZIP_STORED
+        with zipfile.ZipFile(f, mode="w", compression=mode, allowZip64=True) as zf:
+            for split, n in split_sizes(flag, scale).items():
+                labels, shape, batches = split_batches(flag, n, seed, size, split)
+                descr = npy_format.dtype_to_descr(np.dtype(np.uint8))
+                header: dict[str, Any] = {"descr": descr, "fortran_order": False, "shape": shape}
+                with zf.open(f"{split}_images.npy", "w", force_zip64=True) as fid:
+                    npy_format.write_array_header_1_0(fid, header)
+                    for x in batches:
+                        fid.write(x.tobytes())
+                with zf.open(f"{split}_labels.npy", "w", force_zip64=True) as fid:
+                    npy_format.write_array(fid, labels)
+
+    return write_atomic(path, write)
 
 
 def make_lookalike(
@@ -451,9 +507,7 @@ def write_lookalikes(
         for flag in chosen:
             path = out / flag_info(flag).file_name(size)
             existed = path.exists()
-            write_npz(
-                path, make_lookalike(flag, scale=scale, seed=seed, size=size), compress=compress
-            )
+            write_lookalike(path, flag, scale, seed, size, compress=compress)
             paths.append(path)
             if not existed:
                 added.append(path)
