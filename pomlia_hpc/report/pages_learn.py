@@ -91,11 +91,11 @@ def studies_page(
     if len(parts) == len(order):
         said = "Every study is shown in full below"
     else:
-        said = f"The newest {len(parts)} of {len(order)} studies (by their newest trial) are shown"
-        said += " in full below (<code>pomlia report --studies N</code> shows N)"
+        said = f"The newest {len(parts)} of {len(order):,} studies (by their newest trial) are"
+        said += " shown in full below (<code>pomlia report --studies N</code> shows N)"
     head += (
         f"<p class='muted'>{said}, each with its best-so-far curve and newest {MAX_TRIALS} trials."
-        + (f" {older} older stud{'y is' if older == 1 else 'ies are'} not listed." if older else "")
+        + (f" {older:,} older stud{'y is' if older == 1 else 'ies are'} not listed." * (older > 0))
         + " A study's trials: <code>pomlia runs list --study NAME</code>.</p>"
     )
     return head + "".join(parts)
