@@ -17,7 +17,8 @@ flushes and ``fsync``s once (group commit), and only then runs the callbacks tha
 requests. So an answered request is on disk, and a crash loses at most requests that were never
 answered. ``close()`` (on SIGTERM, after the server drained) writes what is still queued.
 A file is rotated after ``max_bytes``; a torn last line (power loss mid-write) is skipped by
-:func:`read_records`, which refuses any other bad line (file, line and key).
+:func:`read_records`, which refuses any other bad line (file, line and key). A file is created
+at the first record, so a server that answered nothing leaves no file.
 
 Kept inputs (``--keep-inputs``): a ``sidecar`` :class:`~.inbox.Inbox` receives each group's
 input images in the same commit, written and fsynced before the group's log lines, so a logged
@@ -111,7 +112,8 @@ class PredictionLog:
         self._lock = threading.Lock()
         self._closed = False
         self._error: BaseException | None = None
-        self._open_next()
+        # No file yet: it is created with the first record, so a start without traffic leaves
+        # no empty file behind (every reader globs the folder; none needs one to exist).
         self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
         self._thread.start()
 
@@ -192,7 +194,8 @@ class PredictionLog:
                 if self.sidecar is not None:
                     # Inputs first: a logged prediction never lacks its kept image.
                     self.sidecar.write(b"".join(e.inputs for e in group))
-                if self._size and self._size + len(data) > self.max_bytes:
+                full = self._size and self._size + len(data) > self.max_bytes
+                if self._fd < 0 or full:
                     self._open_next()
                 self.write_all(data)
                 if self.fsync:
