@@ -403,6 +403,28 @@ def test_serve_refuses_a_deployment_id_the_registry_does_not_have(
     assert started == [dep_id]
 
 
+def test_serve_tells_the_server_when_its_deployment_was_created(
+    deployed: tuple[Registry, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A new deployment's server read every older file of the log at start-up: it now
+    knows the registry's creation time and skips the files written before it."""
+    reg, directory = deployed
+    started: list[ServeConfig] = []
+
+    def run_server(_bundle: object, cfg: ServeConfig, _logs: Path, follow: object = None) -> None:
+        started.append(cfg)
+
+    monkeypatch.setattr(servermod, "run_server", run_server)
+    with reg.session() as s:
+        dep = s.query(Deployment).filter_by(bundle_path=str(directory / "bundle")).one()
+        dep_id, created = dep.id, dep.created_at
+    ok = CliRunner().invoke(app, ["serve", "demo", "--deployment-id", str(dep_id)])
+    assert ok.exit_code == 0, ok.output
+    ok = CliRunner().invoke(app, ["serve", "demo"])
+    assert ok.exit_code == 0, ok.output
+    assert [c.deployment_created for c in started] == [created, None]
+
+
 @pytest.mark.usefixtures("wide_console")  # each hint on one line
 def test_hints_quote_a_directory_with_a_space_and_a_dollar(
     workspace: Workspace, bundle: Path, tmp_path: Path

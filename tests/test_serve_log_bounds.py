@@ -1,18 +1,95 @@
-"""What the prediction log costs over time: the log file appears with the first record."""
+"""What the prediction log costs over time: start-up reads only what can belong to the
+deployment, and the log file appears with the first record."""
 
 from __future__ import annotations
 
+import os
+import time
+import tracemalloc
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
+import orjson
 import pytest
 
+from pomlia_hpc.serve import predlog
 from pomlia_hpc.serve.demo import cached_demo_bundle
-from pomlia_hpc.serve.issued import IssuedIds
+from pomlia_hpc.serve.issued import Claim, IssuedIds
 from pomlia_hpc.serve.labelled import labelled_inputs
 from pomlia_hpc.serve.local import LocalServer
 from pomlia_hpc.serve.predlog import PredictionLog, read_records
 from tests.fixtures.factories import log_line
+
+DAY = 86400.0
+
+
+def write_log(path: Path, records: list[dict[str, Any]], mtime: float | None = None) -> None:
+    path.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in records))
+    if mtime is not None:
+        os.utime(path, (mtime, mtime))
+
+
+def stem(t: float) -> str:
+    return time.strftime("%Y%m%dT%H%M%S", time.gmtime(t))
+
+
+@pytest.fixture
+def opened(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[str]]:
+    """The names of the log files opened while the test runs."""
+    names: list[str] = []
+    real = Path.open
+
+    def spy(self: Path, *args: Any, **kwargs: Any) -> Any:
+        if self.suffix == ".jsonl":
+            names.append(self.name)
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", spy)
+    yield names
+
+
+def test_start_up_skips_files_older_than_the_deployment(tmp_path: Path, opened: list[str]) -> None:
+    """A new deployment read every file of the folder (other deployments' history: 20 s for
+    0.9 GB) looking for predictions it cannot have made. Files started or last written before
+    it was created (less the clock margin) are not opened, by name or by modification time."""
+    now = time.time()
+    created = now - 3 * DAY
+    own = log_line("prediction", deployment=3)
+    # Named long before the deployment, written recently: another deployment's long run.
+    write_log(tmp_path / f"{stem(now - 30 * DAY)}-h-1-0000.jsonl", [log_line("prediction")])
+    # Not in the server's form, last written before the deployment: skipped by mtime.
+    write_log(tmp_path / "copied.jsonl", [log_line("prediction")], mtime=now - 10 * DAY)
+    # Within the clock margin of the creation: read (its clock may be behind the registry's).
+    near = f"{stem(created - predlog.CLOCK_SKEW_S / 2)}-h-2-0000.jsonl"
+    write_log(tmp_path / near, [own])
+    opened.clear()
+    issued = IssuedIds.from_log(tmp_path, 3, created=created)
+    assert opened == [near]
+    assert issued.claim(own["id"], replaces=False) is Claim.OK
+    opened.clear()
+    IssuedIds.from_log(tmp_path, 3)  # no creation time known: every file, as before
+    assert sorted(opened) == sorted(p.name for p in tmp_path.glob("*.jsonl"))
+
+
+def test_start_up_memory_follows_the_window_not_the_feedback(tmp_path: Path) -> None:
+    """Every feedback id met was kept in a set (400,000 labels: 50 MB more) though only the
+    window's ids can use them; labels are held for the window only (or read again)."""
+    window = [log_line("prediction") for _ in range(5)]
+    older = [log_line("feedback", prediction_id=os.urandom(16).hex()) for _ in range(20_000)]
+    mine = log_line("feedback", prediction_id=window[1]["id"])
+    write_log(tmp_path / "20260101T000000-h-1-0000.jsonl", window)
+    write_log(tmp_path / "20260102T000000-h-1-0000.jsonl", [*older, mine, *older[:100]])
+    IssuedIds.from_log(tmp_path, None, capacity=5)  # first-use caches are not the log's
+    tracemalloc.start()
+    try:
+        issued = IssuedIds.from_log(tmp_path, None, capacity=5)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert issued.labelled(window[1]["id"]) and not issued.labelled(window[0]["id"])
+    assert peak < 2_000_000, peak  # 20,000 ids as strings in a set: 4.4 MB; now 0.9 MB
 
 
 def test_a_server_that_answered_nothing_leaves_no_file(tmp_path: Path) -> None:

@@ -375,7 +375,8 @@ def _serve_target(
         return ExportedBundle.open(path), path.absolute(), None, cfg
     if slot_link is not None:
         if cfg.deployment_id is not None:
-            check_deployment(STATE.registry(), cfg.deployment_id)
+            created = check_deployment(STATE.registry(), cfg.deployment_id)
+            cfg = cfg.model_copy(update={"deployment_created": created})
         if cfg.address_file is None:
             cfg = cfg.model_copy(update={"address_file": slot_link.parent / "address"})
         return ExportedBundle.open(slot_link), slot_link, model, cfg
@@ -391,25 +392,28 @@ def _serve_target(
             f"{model} does not exist; expected an exported bundle directory or a registry "
             "model name"
         )
-    return _model_bundle(model, cfg), None, None, cfg
+    bundle, cfg = _model_bundle(model, cfg)
+    return bundle, None, None, cfg
 
 
-def _model_bundle(model: str, cfg: ServeConfig) -> ExportedBundle:
-    """The bundle of registry model ``model``, exported first if it has none; its
-    ``--deployment-id`` must be one of its deployments (checked before exporting)."""
+def _model_bundle(model: str, cfg: ServeConfig) -> tuple[ExportedBundle, ServeConfig]:
+    """The bundle of registry model ``model``, exported first if it has none, and the settings
+    with its deployment's creation time; its ``--deployment-id`` must be one of its
+    deployments (checked before exporting)."""
     from pomlia_hpc.serve.deploy import check_deployment
     from pomlia_hpc.serve.export import bundle_for_model, export_model
 
     reg = STATE.registry()
     if cfg.deployment_id is not None:
-        check_deployment(reg, cfg.deployment_id, model)
+        created = check_deployment(reg, cfg.deployment_id, model)
+        cfg = cfg.model_copy(update={"deployment_created": created})
     found = bundle_for_model(reg, model)
     if found is None:
         console.print(f"model {model} has no export yet: exporting it first")
         exported = export_model(reg, STATE.workspace, model)
         warn_few_images(exported.reference, model)
         found = exported.bundle
-    return found
+    return found, cfg
 
 
 def _slot_link(name: str) -> Path | None:

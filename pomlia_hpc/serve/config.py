@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
@@ -62,6 +63,13 @@ class ServeConfig(BaseModel):
     keep_inputs: bool = Field(False, description="store every decoded input (see serve.inbox)")
     inputs_quota_mb: float = Field(1024.0, gt=0, description="kept inputs: byte quota, MiB")
     inputs_retention_days: float = Field(30.0, gt=0, description="kept inputs: retention, days")
+    deployment_created: datetime | None = Field(
+        None,
+        description=(
+            "when the deployment was created (set by `pomlia serve` from the registry): "
+            "older log files are not read at start-up"
+        ),
+    )
     feedback_window: int = Field(
         200_000, ge=1, description="prediction ids remembered for feedback (404 beyond)"
     )

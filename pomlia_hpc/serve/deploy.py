@@ -25,6 +25,7 @@ import re
 import shlex
 import shutil
 from dataclasses import dataclass, replace
+from datetime import datetime
 from pathlib import Path
 
 from sqlalchemy import select
@@ -464,11 +465,14 @@ def _write_new(t: _Target) -> DeployResult:
     return DeployResult(target, dep_id, target / "apptainer.def", target / "serve.sbatch")
 
 
-def check_deployment(registry: Registry, deployment_id: int, model_ref: str | None = None) -> None:
+def check_deployment(
+    registry: Registry, deployment_id: int, model_ref: str | None = None
+) -> datetime:
     """Refuse a deployment id (``pomlia serve --deployment-id``) that the registry does not
     record (:class:`NotFoundError`), or that is not a deployment of ``model_ref`` when that is
     given (:class:`InputError`): the server writes it into every record, and the monitor
-    would file those records under a deployment that is not theirs."""
+    would file those records under a deployment that is not theirs. Returns when the
+    deployment was created (UTC; the server reads no log file older than that)."""
     row = resolve_model(registry, model_ref) if model_ref is not None else None
     with registry.session() as s:
         dep = s.get(Deployment, deployment_id)
@@ -490,6 +494,7 @@ def check_deployment(registry: Registry, deployment_id: int, model_ref: str | No
             f"--deployment-id {deployment_id} is a deployment of model {name}, not of "
             f"{row.name} ({known})"
         )
+    return dep.created_at
 
 
 def submit_deployment(registry: Registry, result: DeployResult) -> DeployResult:

@@ -106,8 +106,13 @@ class ModelHolder:
                 retention_s=config.inputs_retention_days * 86400.0,
                 fsync=config.log_fsync,
             )
+        created = config.deployment_created
         self.issued = await asyncio.to_thread(
-            IssuedIds.from_log, self.log_dir, config.deployment_id, config.feedback_window
+            IssuedIds.from_log,
+            self.log_dir,
+            config.deployment_id,
+            config.feedback_window,
+            created=None if created is None else created.timestamp(),
         )
         plog = PredictionLog(self.log_dir, fsync=config.log_fsync, sidecar=inbox)
         self.predictor = await asyncio.to_thread(self._make_predictor, self.bundle, plog)

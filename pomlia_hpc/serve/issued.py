@@ -8,7 +8,11 @@ Memory is bounded: the newest ``capacity`` ids are kept (16 bytes each in an ord
 about 120 bytes per id with Python's overhead, so 24 MB for the default 200,000); older ones
 fall out first, and their feedback gets a 404 that says so. At start-up the index is rebuilt
 from the prediction log beside it (its newest files first, the records of this deployment
-only), so a restarted server still takes feedback for what it answered before.
+only), so a restarted server still takes feedback for what it answered before. Start-up reads
+no more than it needs whatever the folder holds: files that cannot hold a record of the
+deployment (started or last written before it was created, with a margin for clock skew) are
+not opened, reading stops once the window is full, and labels are looked up for the ids in the
+window only (a second pass over the files read that had feedback).
 """
 
 from __future__ import annotations
@@ -21,13 +25,16 @@ from enum import Enum
 from pathlib import Path
 
 from pomlia_hpc.serve.decode import RequestError
-from pomlia_hpc.serve.predlog import read_file
+from pomlia_hpc.serve.predlog import CLOCK_SKEW_S, file_start_time, read_file
 from pomlia_hpc.serve.records import FeedbackLine, PredictionLine
 
 log = logging.getLogger(__name__)
 
 #: Default number of recent prediction ids remembered for feedback.
 DEFAULT_CAPACITY = 200_000
+#: Labelled ids held while the window is read, per id of capacity (16 bytes each: at most half
+#: the index's own memory); a log with more feedback than that is read twice.
+LABEL_BUDGET = 4
 
 
 class Claim(Enum):
@@ -86,17 +93,30 @@ class IssuedIds:
 
     @classmethod
     def from_log(
-        cls, directory: Path, deployment: int | None, capacity: int = DEFAULT_CAPACITY
+        cls,
+        directory: Path,
+        deployment: int | None,
+        capacity: int = DEFAULT_CAPACITY,
+        *,
+        created: float | None = None,
     ) -> IssuedIds:
         """Rebuild the index from the prediction log files in ``directory``: the newest
-        ``capacity`` predictions of ``deployment`` and the feedback already given for them."""
-        files = sorted(Path(directory).glob("*.jsonl"), reverse=True)  # newest first
-        chunks: list[list[str]] = []
-        labelled: set[str] = set()
+        ``capacity`` predictions of ``deployment`` and the feedback already given for them.
+        ``created``: when the deployment was created (epoch s, the registry's time); files
+        started or last written more than :data:`CLOCK_SKEW_S` before it are not opened."""
         bad: list[str] = []
+        chunks: list[list[str]] = []
+        # Labelled ids met before their predictions (files are read newest first), 16 bytes
+        # each, at most LABEL_BUDGET * ``capacity`` of them; the files past that budget are
+        # read again for their labels once the window is known, so memory follows the window,
+        # not the log.
+        labels = bytearray()
+        reread: list[Path] = []
         n = 0
-        for path in files:
+        for path in _candidates(Path(directory), created):
             ids: list[str] = []
+            mark = len(labels)
+            over = bool(reread)
             # A bad line (e.g. a NaN the JSON writer turned into null, or a file copied in
             # from elsewhere) must not keep the server from starting: skip it and say so.
             for rec in read_file(path, bad):
@@ -104,8 +124,12 @@ class IssuedIds:
                     continue
                 if isinstance(rec, PredictionLine):
                     ids.append(rec.id)
-                elif isinstance(rec, FeedbackLine):
-                    labelled.add(rec.prediction_id)
+                elif isinstance(rec, FeedbackLine) and not over:
+                    labels += _key(rec.prediction_id)
+                    over = len(labels) > 16 * LABEL_BUDGET * capacity
+            if over:
+                del labels[mark:]
+                reread.append(path)
             chunks.append(ids)
             n += len(ids)
             if n >= capacity:
@@ -120,14 +144,55 @@ class IssuedIds:
         out = cls(capacity)
         for ids in reversed(chunks):  # oldest first, so the newest stay
             out.add(ids)
-        for pid in labelled:
-            try:
-                key = bytes.fromhex(pid)
-            except ValueError:
-                continue
-            if key in out._ids:
-                out._ids[key] = True
+        for i in range(0, len(labels), 16):
+            out._mark_labelled(bytes(labels[i : i + 16]))
+        for path in reread:
+            for rec in read_file(path, [], containing=b'"feedback"'):
+                if isinstance(rec, FeedbackLine) and rec.deployment == deployment:
+                    out._mark_labelled(_key(rec.prediction_id))
         return out
+
+    def _mark_labelled(self, key: bytes) -> None:
+        if key in self._ids:
+            self._ids[key] = True
+
+
+def _key(pid: str) -> bytes:
+    """The 16-byte key of prediction id ``pid`` (b"" for one that is not 32 hex digits:
+    never issued, so never in the index)."""
+    try:
+        key = bytes.fromhex(pid)
+    except ValueError:
+        return b""
+    return key if len(key) == 16 else b""
+
+
+def _candidates(directory: Path, created: float | None) -> list[Path]:
+    """The log files that may hold records of a deployment created at ``created`` (epoch s;
+    None: all), newest first. A file whose writer started, or that was last written, before
+    the deployment existed cannot hold its records; the name (start time) is checked without
+    a system call, the modification time with one stat, each with a margin for clock skew."""
+    files = sorted(directory.glob("*.jsonl"), reverse=True)  # newest first (name: start time)
+    if created is None:
+        return files
+    cutoff = created - CLOCK_SKEW_S
+    kept: list[Path] = []
+    skipped = 0
+    for path in files:
+        started = file_start_time(path)
+        try:
+            old = (started is not None and started < cutoff) or path.stat().st_mtime < cutoff
+        except FileNotFoundError:  # pruned meanwhile
+            continue
+        if old:
+            skipped += 1
+        else:
+            kept.append(path)
+    if skipped:
+        log.info(
+            "prediction log: %d file(s) older than the deployment not read at start-up", skipped
+        )
+    return kept
 
 
 def feedback_refusal(claim: Claim, pid: str) -> RequestError | None:

@@ -18,7 +18,8 @@ requests. So an answered request is on disk, and a crash loses at most requests 
 answered. ``close()`` (on SIGTERM, after the server drained) writes what is still queued.
 A file is rotated after ``max_bytes``; a torn last line (power loss mid-write) is skipped by
 :func:`read_records`, which refuses any other bad line (file, line and key). A file is created
-at the first record, so a server that answered nothing leaves no file.
+at the first record, so a server that answered nothing leaves no file; its name's start time is
+the process's, so no record in it is older than the name says (:func:`file_start_time`).
 
 Kept inputs (``--keep-inputs``): a ``sidecar`` :class:`~.inbox.Inbox` receives each group's
 input images in the same commit, written and fsynced before the group's log lines, so a logged
@@ -31,11 +32,13 @@ import contextlib
 import logging
 import os
 import queue
+import re
 import socket
 import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeVar, overload
 
@@ -53,6 +56,11 @@ Record = dict[str, Any]
 _L = TypeVar("_L", bound=LogLine)
 _ORJSON = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE
 Callback = Callable[[BaseException | None], None]
+#: Slack between clocks, s: a file's name (the writing node's clock), its modification time (the
+#: file server's) and a registry time (the deploying machine's) are compared only with this
+#: margin, as NTP keeps cluster clocks within seconds and a stale one within minutes.
+CLOCK_SKEW_S = 3600.0
+_STEM_TIME = re.compile(r"^(\d{8}T\d{6})-")
 
 
 class LogClosedError(RuntimeError):
@@ -237,6 +245,19 @@ def _safe(text: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in text)[:64] or "host"
 
 
+def file_start_time(path: Path) -> float | None:
+    """When the server that wrote log file ``path`` started (epoch s, from the name's UTC
+    ``YYYYmmddTHHMMSS``, the writing node's clock): none of its records is older. None for a
+    name not in the server's form (a file copied in or renamed)."""
+    m = _STEM_TIME.match(path.name)
+    if m is None:
+        return None
+    try:
+        return datetime.strptime(m.group(1), "%Y%m%dT%H%M%S").replace(tzinfo=UTC).timestamp()
+    except ValueError:
+        return None
+
+
 @overload
 def read_records(directory: Path, kind: None = None) -> Iterator[LogLine]: ...
 @overload
@@ -251,13 +272,19 @@ def read_records(directory: Path, kind: type[_L] | None = None) -> Iterator[LogL
                 yield rec
 
 
-def read_file(path: Path, bad: list[str] | None = None) -> Iterator[LogLine]:
+def read_file(
+    path: Path, bad: list[str] | None = None, *, containing: bytes | None = None
+) -> Iterator[LogLine]:
     """The records of one log file (strict, see :func:`read_records`). With ``bad``, a bad
-    line is appended to it as ``"<file>:<line>: <problem>"`` and skipped instead."""
+    line is appended to it as ``"<file>:<line>: <problem>"`` and skipped instead. With
+    ``containing``, lines without those bytes are skipped unparsed (a cheap filter, e.g.
+    ``b'"feedback"'``: the caller still checks what it gets)."""
     with path.open("rb") as f:
         for lineno, raw in enumerate(f, 1):
             if not raw.endswith(b"\n"):
                 break  # torn tail of a crashed writer
+            if containing is not None and containing not in raw:
+                continue
             try:
                 yield parse_line(raw)
             except BadLineError as exc:
