@@ -1,9 +1,12 @@
 """What the prediction log costs over time: start-up reads only what can belong to the
-deployment, and the log file appears with the first record."""
+deployment, the log file appears with the first record, and the opt-in retention deletes old
+files (logged) but never the feedback window's."""
 
 from __future__ import annotations
 
+import logging
 import os
+import threading
 import time
 import tracemalloc
 from collections.abc import Iterator
@@ -15,11 +18,12 @@ import orjson
 import pytest
 
 from pomlia_hpc.serve import predlog
+from pomlia_hpc.serve.config import load_serve_config
 from pomlia_hpc.serve.demo import cached_demo_bundle
 from pomlia_hpc.serve.issued import Claim, IssuedIds
 from pomlia_hpc.serve.labelled import labelled_inputs
 from pomlia_hpc.serve.local import LocalServer
-from pomlia_hpc.serve.predlog import PredictionLog, read_records
+from pomlia_hpc.serve.predlog import PredictionLog, prune_log, read_records
 from tests.fixtures.factories import log_line
 
 DAY = 86400.0
@@ -116,3 +120,74 @@ def test_serve_start_and_stop_without_requests_writes_no_file(bundle: Path, tmp_
     with LocalServer(bundle, logs) as srv:
         assert httpx.get(srv.url + "/ready").status_code == 200
     assert logs.is_dir() and list(logs.glob("*.jsonl")) == []
+
+
+def test_retention_is_off_unless_set(tmp_path: Path) -> None:
+    old = tmp_path / "20200101T000000-h-1-0000.jsonl"
+    write_log(old, [log_line("prediction")], mtime=time.time() - 1000 * DAY)
+    log = PredictionLog(tmp_path, max_bytes=1)  # every commit after the first rotates
+    for _ in range(3):
+        done = threading.Event()
+        log.append([log_line("prediction")], lambda _, d=done: d.set())
+        assert done.wait(30)
+    log.close()
+    assert len(list(tmp_path.glob("*.jsonl"))) == 4
+    assert old.exists() and log.pruned == 0
+
+
+def test_retention_deletes_old_files_at_rotation_but_not_the_feedback_window(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    now = time.time()
+    expired = tmp_path / "20200101T000000-h-1-0000.jsonl"
+    window = tmp_path / "20200102T000000-h-1-0000.jsonl"  # holds the oldest id remembered
+    recent = tmp_path / "20200103T000000-h-1-0000.jsonl"
+    write_log(expired, [log_line("prediction")], mtime=now - 40 * DAY)
+    write_log(window, [log_line("prediction")], mtime=now - 20 * DAY)
+    write_log(recent, [log_line("prediction")], mtime=now - 2 * DAY)
+    oldest = now - 20 * DAY - predlog.CLOCK_SKEW_S / 2  # within the margin of its last write
+    log = PredictionLog(tmp_path, max_bytes=1, retention_s=7 * DAY, keep_after=lambda: oldest)
+    first = threading.Event()
+    with caplog.at_level(logging.INFO, logger="pomlia.serve"):
+        log.append([log_line("prediction")], lambda _: first.set())
+        assert first.wait(30)  # written alone: the next record rotates
+        log.append([log_line("prediction")])
+        log.close()
+    assert not expired.exists() and window.exists() and recent.exists()
+    assert log.pruned == 1 and len(list(read_records(tmp_path))) == 4
+    (said,) = [r.getMessage() for r in caplog.records if "retention" in r.getMessage()]
+    assert str(expired) in said and "last written" in said
+
+
+def test_prune_log_leaves_kept_inputs_and_named_files(tmp_path: Path) -> None:
+    old = time.time() - 100 * DAY
+    write_log(a := tmp_path / "a.jsonl", [], mtime=old)
+    write_log(b := tmp_path / "b.jsonl", [], mtime=old)
+    (tmp_path / "inputs").mkdir()
+    assert prune_log(tmp_path, older_than=time.time() - DAY, keep={b}) == [a]
+    assert b.exists() and (tmp_path / "inputs").is_dir()
+
+
+def test_a_file_deleted_while_open_is_replaced(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An idle server's file pruned by another server (or by hand) would swallow records
+    into a deleted file: the writer notices and goes on in a new one."""
+    monkeypatch.setattr(predlog, "CLOCK_SKEW_S", 0.0)  # check on every commit
+    log = PredictionLog(tmp_path)
+    log.append([log_line("prediction", id="1" * 32)])
+    time.sleep(0.01)
+    for path in tmp_path.glob("*.jsonl"):
+        path.unlink()
+    log.append([log_line("prediction", id="2" * 32)])
+    log.close()
+    assert [r.id for r in read_records(tmp_path)] == ["2" * 32]
+
+
+def test_retention_settings() -> None:
+    assert load_serve_config().log_retention_days is None
+    assert load_serve_config(overrides={"log_retention_days": 30}).log_retention_s == 30 * DAY
+    with pytest.raises(Exception, match="at least inputs_retention_days"):
+        load_serve_config(overrides={"log_retention_days": 10, "keep_inputs": True})
+    with pytest.raises(Exception, match="log_retention_days"):
+        load_serve_config(overrides={"log_retention_days": 0.5})

@@ -316,6 +316,14 @@ def serve(
         float | None,
         typer.Option(help="Kept inputs: retention period, days.", show_default="30"),
     ] = None,
+    log_retention_days: Annotated[
+        float | None,
+        typer.Option(
+            help="Delete prediction log files last written longer ago than this, days (at "
+            "rotation; never those the feedback window needs; each deletion logged).",
+            show_default="none: keep all",
+        ),
+    ] = None,
 ) -> None:
     """Serve MODEL over REST until SIGTERM/Ctrl-C (FastAPI + uvicorn, dynamic batching).
 
@@ -340,6 +348,7 @@ def serve(
         "keep_inputs": keep_inputs,
         "inputs_quota_mb": inputs_quota_mb,
         "inputs_retention_days": inputs_retention_days,
+        "log_retention_days": log_retention_days,
     }
     if no_batching:
         overrides.update(max_batch=1, max_wait_ms=0.0)

@@ -14,6 +14,7 @@ Example ``serve.yaml``::
     keep_inputs: false     # store every decoded input next to the log (opt-in)
     inputs_quota_mb: 1024  # oldest kept inputs removed beyond this
     inputs_retention_days: 30
+    log_retention_days: 90 # prediction log files: delete those older (default: keep all)
 """
 
 from __future__ import annotations
@@ -63,6 +64,14 @@ class ServeConfig(BaseModel):
     keep_inputs: bool = Field(False, description="store every decoded input (see serve.inbox)")
     inputs_quota_mb: float = Field(1024.0, gt=0, description="kept inputs: byte quota, MiB")
     inputs_retention_days: float = Field(30.0, gt=0, description="kept inputs: retention, days")
+    log_retention_days: float | None = Field(
+        None,
+        ge=1,
+        description=(
+            "prediction log files last written longer ago than this are deleted at rotation, "
+            "days (default: none, every file is kept); never those the feedback window needs"
+        ),
+    )
     deployment_created: datetime | None = Field(
         None,
         description=(
@@ -105,6 +114,24 @@ class ServeConfig(BaseModel):
                 f"({self.max_upload_mb:g}): it caps the bytes of all uploads in progress"
             )
         return self
+
+    @model_validator(mode="after")
+    def _log_outlives_inputs(self) -> ServeConfig:
+        # The harvest joins each label with its kept input: a log pruned before the inputs
+        # would drop labels whose images are still there.
+        days = self.log_retention_days
+        if days is not None and self.keep_inputs and days < self.inputs_retention_days:
+            raise ValueError(
+                f"log_retention_days ({days:g}) must be at least inputs_retention_days "
+                f"({self.inputs_retention_days:g}) when inputs are kept: the harvest needs the "
+                "labels of every kept input"
+            )
+        return self
+
+    @property
+    def log_retention_s(self) -> float | None:
+        d = self.log_retention_days
+        return None if d is None else d * 86400.0
 
     @property
     def inputs_quota_bytes(self) -> int:

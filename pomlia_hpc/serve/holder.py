@@ -107,14 +107,20 @@ class ModelHolder:
                 fsync=config.log_fsync,
             )
         created = config.deployment_created
-        self.issued = await asyncio.to_thread(
+        self.issued = issued = await asyncio.to_thread(
             IssuedIds.from_log,
             self.log_dir,
             config.deployment_id,
             config.feedback_window,
             created=None if created is None else created.timestamp(),
         )
-        plog = PredictionLog(self.log_dir, fsync=config.log_fsync, sidecar=inbox)
+        plog = PredictionLog(
+            self.log_dir,
+            fsync=config.log_fsync,
+            sidecar=inbox,
+            retention_s=config.log_retention_s,
+            keep_after=issued.oldest_time,
+        )
         self.predictor = await asyncio.to_thread(self._make_predictor, self.bundle, plog)
         if self.follow is not None and config.watch_interval_s > 0:
             self._watcher = asyncio.create_task(self._watch(self.follow))

@@ -19,7 +19,8 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections import OrderedDict
+import time
+from collections import OrderedDict, deque
 from collections.abc import Iterable
 from enum import Enum
 from pathlib import Path
@@ -35,6 +36,8 @@ DEFAULT_CAPACITY = 200_000
 #: Labelled ids held while the window is read, per id of capacity (16 bytes each: at most half
 #: the index's own memory); a log with more feedback than that is read twice.
 LABEL_BUDGET = 4
+#: Resolution of :meth:`IssuedIds.oldest_time`, s: one time mark per this much time.
+MARK_S = 60.0
 
 
 class Claim(Enum):
@@ -53,19 +56,37 @@ class IssuedIds:
         self.capacity = capacity
         self._ids: OrderedDict[bytes, bool] = OrderedDict()
         self._lock = threading.Lock()
+        # (time, ids added before it): a mark per MARK_S, so the time of the oldest id kept is
+        # known to a minute (for the log's retention) at a few bytes per minute of traffic.
+        self._marks: deque[tuple[float, int]] = deque()
+        self._added = 0
 
     def __len__(self) -> int:
         return len(self._ids)
 
-    def add(self, ids: Iterable[str], labelled: bool = False) -> None:
-        """Remember newly issued ``ids`` (the oldest fall out beyond ``capacity``)."""
+    def add(self, ids: Iterable[str], labelled: bool = False, when: float | None = None) -> None:
+        """Remember newly issued ``ids`` (the oldest fall out beyond ``capacity``), issued at
+        ``when`` or later (epoch s; default now)."""
+        when = time.time() if when is None else when
         with self._lock:
+            if not self._marks or when - self._marks[-1][0] >= MARK_S:
+                self._marks.append((when, self._added))
             for pid in ids:
                 key = bytes.fromhex(pid)
                 self._ids[key] = labelled or self._ids.get(key, False)
                 self._ids.move_to_end(key)
+                self._added += 1
             while len(self._ids) > self.capacity:
                 self._ids.popitem(last=False)
+            first_kept = self._added - len(self._ids)
+            while len(self._marks) > 1 and self._marks[1][1] <= first_kept:
+                self._marks.popleft()
+
+    def oldest_time(self) -> float | None:
+        """No later than when the oldest remembered id was issued (epoch s); None if none is:
+        log files last written before it hold no id that can still take feedback."""
+        with self._lock:
+            return self._marks[0][0] if self._ids and self._marks else None
 
     def claim(self, pid: str, *, replaces: bool) -> Claim:
         """Reserve the label of ``pid``: UNKNOWN if not issued (or forgotten), LABELLED if it
@@ -105,7 +126,7 @@ class IssuedIds:
         ``created``: when the deployment was created (epoch s, the registry's time); files
         started or last written more than :data:`CLOCK_SKEW_S` before it are not opened."""
         bad: list[str] = []
-        chunks: list[list[str]] = []
+        chunks: list[tuple[float, list[str]]] = []
         # Labelled ids met before their predictions (files are read newest first), 16 bytes
         # each, at most LABEL_BUDGET * ``capacity`` of them; the files past that budget are
         # read again for their labels once the window is known, so memory follows the window,
@@ -130,7 +151,8 @@ class IssuedIds:
             if over:
                 del labels[mark:]
                 reread.append(path)
-            chunks.append(ids)
+            # Issued no earlier than the file's start (0: unknown, so never pruned early).
+            chunks.append((file_start_time(path) or 0.0, ids))
             n += len(ids)
             if n >= capacity:
                 break
@@ -142,8 +164,8 @@ class IssuedIds:
                 bad[0],
             )
         out = cls(capacity)
-        for ids in reversed(chunks):  # oldest first, so the newest stay
-            out.add(ids)
+        for when, ids in reversed(chunks):  # oldest first, so the newest stay
+            out.add(ids, when=when)
         for i in range(0, len(labels), 16):
             out._mark_labelled(bytes(labels[i : i + 16]))
         for path in reread:

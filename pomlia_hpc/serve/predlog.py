@@ -21,6 +21,11 @@ A file is rotated after ``max_bytes``; a torn last line (power loss mid-write) i
 at the first record, so a server that answered nothing leaves no file; its name's start time is
 the process's, so no record in it is older than the name says (:func:`file_start_time`).
 
+Retention (``retention_s``, off by default: every file is kept): at each rotation, files of the
+folder whose last write is older than ``retention_s`` are deleted, each logged, except the file
+being written and any file that may hold a prediction the server still takes feedback for
+(``keep_after``: the time of the oldest one; see :func:`prune_log`).
+
 Kept inputs (``--keep-inputs``): a ``sidecar`` :class:`~.inbox.Inbox` receives each group's
 input images in the same commit, written and fsynced before the group's log lines, so a logged
 prediction marked ``"input_kept": true`` always has its image on disk.
@@ -36,7 +41,7 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -101,9 +106,14 @@ class PredictionLog:
         max_bytes: int = 256 * 1024 * 1024,
         fsync: bool = True,
         sidecar: Inbox | None = None,
+        retention_s: float | None = None,
+        keep_after: Callable[[], float | None] | None = None,
     ) -> None:
         self.directory = Path(directory)
         self.sidecar = sidecar
+        self.retention_s = retention_s
+        self.keep_after = keep_after
+        self.pruned = 0
         make_private_dirs(self.directory)  # clinical data: the owner's alone
         self.max_bytes = max_bytes
         self.fsync = fsync
@@ -116,6 +126,7 @@ class PredictionLog:
         self._seq = 0
         self._fd = -1
         self._size = 0
+        self._last_write = time.monotonic()
         self._queue: queue.Queue[_Entry | None] = queue.Queue()
         self._lock = threading.Lock()
         self._closed = False
@@ -157,13 +168,42 @@ class PredictionLog:
         self._thread.join(timeout)
 
     def _open_next(self) -> None:
-        if self._fd >= 0:
+        rotated = self._fd >= 0
+        if rotated:
             os.close(self._fd)
             self._fd = -1  # never a stale number: the OS may hand it to another file
             self._seq += 1
         self._fd = os.open(self.path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, PRIVATE_FILE)
         self._size = 0
         fsync_path(self.directory)  # the new file's name is durable too
+        if rotated and self.retention_s is not None:
+            self._prune(self.retention_s)
+
+    def _gone(self) -> bool:
+        """Whether the current file was deleted while idle (another server's retention, or by
+        hand): records appended to it would be lost with it. Only a file idle longer than the
+        clock margin can be pruned, so only then is its name looked up (one stat)."""
+        if self._fd < 0 or time.monotonic() - self._last_write < CLOCK_SKEW_S:
+            return False
+        try:
+            gone = self.path.stat().st_ino != os.fstat(self._fd).st_ino
+        except FileNotFoundError:
+            gone = True
+        if gone:
+            log.warning("prediction log %s was deleted while open: on in a new file", self.path)
+        return gone
+
+    def _prune(self, retention_s: float) -> None:
+        """Apply the retention (see the module docstring); a failure is logged, never fatal."""
+        now = time.time()
+        older_than = now - retention_s
+        oldest = self.keep_after() if self.keep_after is not None else None
+        if oldest is not None:  # the newest feedback window's files stay
+            older_than = min(older_than, oldest - CLOCK_SKEW_S)
+        try:
+            self.pruned += len(prune_log(self.directory, older_than=older_than, keep={self.path}))
+        except OSError as exc:
+            log.warning("prediction log %s: retention not applied: %s", self.directory, exc)
 
     def _run(self) -> None:
         stop = False
@@ -203,7 +243,7 @@ class PredictionLog:
                     # Inputs first: a logged prediction never lacks its kept image.
                     self.sidecar.write(b"".join(e.inputs for e in group))
                 full = self._size and self._size + len(data) > self.max_bytes
-                if self._fd < 0 or full:
+                if self._fd < 0 or full or self._gone():
                     self._open_next()
                 self.write_all(data)
                 if self.fsync:
@@ -221,6 +261,7 @@ class PredictionLog:
                     f"cannot write the prediction log ({exc.strerror or type(exc).__name__})"
                 )
             else:
+                self._last_write = time.monotonic()
                 self._size += len(data)
                 self.written += sum(e.count for e in group)
                 self.commits += 1
@@ -256,6 +297,33 @@ def file_start_time(path: Path) -> float | None:
         return datetime.strptime(m.group(1), "%Y%m%dT%H%M%S").replace(tzinfo=UTC).timestamp()
     except ValueError:
         return None
+
+
+def prune_log(directory: Path, *, older_than: float, keep: Collection[Path] = ()) -> list[Path]:
+    """Delete the log files (``*.jsonl``) in ``directory`` last written before ``older_than``
+    (epoch s), but those in ``keep``; each deletion is logged (path, size in bytes, last
+    write). Returns the deleted paths. Kept inputs are not touched (:mod:`.inbox` has its own
+    retention)."""
+    removed: list[Path] = []
+    for path in sorted(Path(directory).glob("*.jsonl")):
+        if path in keep:
+            continue
+        try:
+            st = path.stat()
+            if st.st_mtime >= older_than:
+                continue
+            path.unlink()
+        except FileNotFoundError:  # another server's retention was first
+            continue
+        when = datetime.fromtimestamp(st.st_mtime, UTC).isoformat(timespec="seconds")
+        log.info(
+            "prediction log retention: deleted %s (%d bytes, last written %s)",
+            path,
+            st.st_size,
+            when,
+        )
+        removed.append(path)
+    return removed
 
 
 @overload
