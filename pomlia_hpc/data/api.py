@@ -47,7 +47,9 @@ from pomlia_hpc.data.versioning import (
     latest_version,
     publish,
     record_version,
+    sweep_empty_folders,
     to_record,
+    unpublish,
 )
 from pomlia_hpc.data.writer import StoreWriter
 from pomlia_hpc.errors import InputError
@@ -232,6 +234,7 @@ def ingest(
     sweep_stale_temps(workspace.stores / name)  # copies across file systems of killed ingests
     src: Source | None = None
     try:
+        sweep_empty_folders(workspace.stores, registry)  # stores/<name>/ of killed ingests
         src = open_source(source, **options)
         writer, labels, digests = _write_store(staging / "store", src, workers, progress)
         header = {
@@ -258,6 +261,7 @@ def ingest(
             repaired = store_damage(final, digests, _per_chunk(progress, src.n_images))
         elif known is not None:
             repaired = [f"store {final} is missing"]
+        published = False  # a new store this run made visible: removed if its row is not
         if not final.exists() or repaired:
             if known is not None:  # the registered metadata and fingerprint, as they were
                 meta, fp = dict(known.meta), dict(known.fingerprint)
@@ -269,18 +273,24 @@ def ingest(
                 fp_progress = (lambda k: progress("fingerprint", k, n)) if progress else None
                 fp = compute_fingerprint(staged, workers=workers, progress=fp_progress)
             writer.group.attrs.update({META_ATTR: meta, FINGERPRINT_ATTR: fp})
-            publish(staging / "store", final, replace=bool(repaired))
+            ok = publish(staging / "store", final, replace=bool(repaired))
+            published = ok and known is None
         done = open_store(final)
-        rec = record_version(
-            registry,
-            name,
-            version,
-            final,
-            done.n_images,
-            done.meta,
-            done.fingerprint,
-            parent=parent_version if parent is not None else None,
-        )
+        try:
+            rec = record_version(
+                registry,
+                name,
+                version,
+                final,
+                done.n_images,
+                done.meta,
+                done.fingerprint,
+                parent=parent_version if parent is not None else None,
+            )
+        except BaseException:
+            if published:
+                unpublish(final)
+            raise
         before = prev.version if prev is not None and prev.version != version else None
         return replace(rec, repaired=tuple(repaired), was_current=before)
     except OSError as exc:

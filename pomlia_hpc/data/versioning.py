@@ -10,14 +10,24 @@ Publishing: a store is written in a staging folder beside the stores
 ``<home>/stores/<name>/<version>.zarr`` (atomic). If that path already exists and holds the
 same content (every chunk hash checked) the new copy is dropped; a damaged one is replaced.
 Only then is the version recorded in the registry, so an interrupted ingest leaves nothing
-that ``data list`` or ``open_version`` can see, and re-running it finishes the job.
+that ``data list`` or ``open_version`` can see, and re-running it finishes the job; a
+recording that fails removes the store it had just published (:func:`unpublish`).
+
+Concurrency: :func:`record_version` checks and creates the dataset's rows under a lock on the
+dataset's name (``lock_name``: an advisory lock on PostgreSQL), so ingests of one name at once
+each record their version (or find it recorded) instead of failing on a unique key. The
+folder ``stores/<name>/`` is made right before the rename into it (the store's files are
+flushed first), and :func:`sweep_empty_folders` removes those a killed ingest left empty; an
+ingest whose folder such a sweep removed between the two steps makes it again.
 """
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import hashlib
 import json
+import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,10 +36,22 @@ from typing import Any
 from sqlalchemy import select
 
 from pomlia_hpc.data.store import current_row
-from pomlia_hpc.files import make_dirs, publish_dir, remove_made_dirs, temp_name
+from pomlia_hpc.files import (
+    fsync_path,
+    fsync_tree,
+    make_dirs,
+    publish_dir,
+    remove_made_dirs,
+    temp_name,
+)
 from pomlia_hpc.registry import Dataset, DatasetVersion, Registry
+from pomlia_hpc.registry.db import lock_name
 
 VERSION_CHARS = 16
+
+#: How often :func:`publish` makes ``stores/<name>/`` again when a concurrent
+#: :func:`sweep_empty_folders` removed it between the mkdir and the rename.
+PUBLISH_TRIES = 5
 
 
 def content_hash(header: dict[str, Any], digests: dict[str, Any]) -> str:
@@ -50,29 +72,95 @@ def publish(tmp_store: Path, final: Path, *, replace: bool = False) -> bool:
 
     A ``final`` on another file system than ``tmp_store`` (a dataset's folder mounted
     elsewhere) is reached by a copy beside it, then the same rename. On an error nothing is
-    left: not the copy, not a ``stores/<name>/`` folder this call made."""
-    made = make_dirs(final.parent)
+    left: not the copy, not a ``stores/<name>/`` folder this call made. The files are flushed
+    before ``stores/<name>/`` is made (flushing a large store takes a while, and a kill then
+    would leave the folder empty), and the folder is made again when another ingest's
+    :func:`sweep_empty_folders` removed it before the rename."""
+    fsync_tree(tmp_store)
+    for _ in range(PUBLISH_TRIES):
+        made = make_dirs(final.parent)
+        try:
+            ok = _publish_once(tmp_store, final, replace)
+        except FileNotFoundError:
+            if final.parent.exists() or not tmp_store.exists():
+                remove_made_dirs(made)
+                raise
+            continue  # swept as empty between the mkdir and the rename: make it again
+        except BaseException:
+            remove_made_dirs(made)
+            raise
+        if not ok:
+            shutil.rmtree(tmp_store, ignore_errors=True)
+        return ok
+    raise OSError(errno.ENOENT, f"{final.parent} was removed {PUBLISH_TRIES} times meanwhile")
+
+
+def _publish_once(tmp_store: Path, final: Path, replace: bool) -> bool:
+    """One try of :func:`publish` (its files already flushed) into an existing folder."""
+    if not replace and final.exists():
+        return False
     try:
-        if not replace and final.exists():
-            ok = False
-        else:
-            try:
-                ok = publish_dir(tmp_store, final, replace=replace)
-            except OSError as exc:
-                if exc.errno != errno.EXDEV:
-                    raise
-                copy = temp_name(final)
-                try:
-                    shutil.copytree(tmp_store, copy)
-                    ok = publish_dir(copy, final, replace=replace)
-                finally:
-                    shutil.rmtree(copy, ignore_errors=True)
-    except BaseException:
-        remove_made_dirs(made)
-        raise
-    if not ok:
-        shutil.rmtree(tmp_store, ignore_errors=True)
+        ok = publish_dir(tmp_store, final, replace=replace, fsync=False)
+    except OSError as exc:
+        if exc.errno != errno.EXDEV:
+            raise
+        copy = temp_name(final)
+        try:
+            shutil.copytree(tmp_store, copy)
+            ok = publish_dir(copy, final, replace=replace)
+        finally:
+            shutil.rmtree(copy, ignore_errors=True)
+    if ok:
+        fsync_path(final.parent)
     return ok
+
+
+def unpublish(final: Path) -> None:
+    """Remove the store :func:`publish` just made at ``final`` (its recording failed), and
+    ``stores/<name>/`` with it when that leaves the folder empty: no store without its row."""
+    shutil.rmtree(final, ignore_errors=True)
+    with contextlib.suppress(OSError):  # not empty: another ingest's store is there
+        final.parent.rmdir()
+
+
+def sweep_empty_folders(stores: Path, registry: Registry) -> list[Path]:
+    """Remove the empty ``stores/<name>/`` folders of datasets without a registered version
+    (left by an ingest killed between making the folder and publishing into it); return them.
+    ``rmdir`` removes only an empty folder, and an ingest that made one and loses it to this
+    sweep before its rename makes it again (:func:`publish`)."""
+    try:
+        empty = [p for p in stores.iterdir() if not p.name.startswith(".") and _empty_dir(p)]
+    except OSError:
+        return []
+    if not empty:
+        return []
+    with registry.session() as s:
+        known = set(
+            s.scalars(
+                select(Dataset.name)
+                .join(DatasetVersion, DatasetVersion.dataset_id == Dataset.id)
+                .where(Dataset.name.in_([p.name for p in empty]))
+            )
+        )
+    removed = []
+    for folder in empty:
+        if folder.name in known:
+            continue
+        with contextlib.suppress(OSError):  # filled meanwhile, or removed by another sweep
+            folder.rmdir()
+            removed.append(folder)
+    return removed
+
+
+def _empty_dir(path: Path) -> bool:
+    """Whether ``path`` is a folder (not a link to one) with nothing in it."""
+    if path.is_symlink() or not path.is_dir():
+        return False
+    try:
+        with os.scandir(path) as entries:
+            return next(entries, None) is None
+    except OSError:
+        return False
 
 
 @dataclass(frozen=True)
@@ -140,8 +228,13 @@ def record_version(
 ) -> VersionRecord:
     """Get or create the Dataset and DatasetVersion rows; the parent is version ``parent`` if
     given, else the current version. The version (new, or existing with identical content)
-    becomes the dataset's current one: what the plain name means from now on."""
+    becomes the dataset's current one: what the plain name means from now on.
+
+    Checked and created under a lock on the name, held to the commit: two ingests of one
+    name at once (PostgreSQL) would otherwise both find no row and one fail on the unique
+    key of ``datasets.name`` or of ``(dataset_id, version)``."""
     with registry.session() as s:
+        lock_name(s, f"dataset:{name}")
         ds = s.scalar(select(Dataset).where(Dataset.name == name))
         if ds is None:
             ds = Dataset(name=name, description=str(meta.get("description", "")))

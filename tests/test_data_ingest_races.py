@@ -1,0 +1,140 @@
+"""Ingests of one dataset name at once (SQLite and PostgreSQL), a recording that fails after the
+store was published, and the empty ``stores/<name>/`` folder a killed ingest leaves."""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy import event
+
+from pomlia_hpc.data import api, versioning
+from pomlia_hpc.data.api import ingest, list_versions
+from pomlia_hpc.data.versioning import VersionRecord
+from pomlia_hpc.registry import Registry
+from pomlia_hpc.workspace import Workspace
+from tests.fixtures.factories import nothing_visible, tiny_npz
+
+
+def _pause_first_insert(registry: Registry, table: str, wait_s: float = 3.0) -> None:
+    """Make each thread's first INSERT into ``table`` wait for the other thread's (at most
+    ``wait_s`` s): without a lock around the check and the insert, both have checked for
+    the row by then, and one insert breaks the unique key. Under the lock the second thread
+    waits for the first's commit instead, the barrier times out and both go on."""
+    barrier = threading.Barrier(2, timeout=wait_s)
+    waited = threading.local()
+
+    @event.listens_for(registry.engine, "before_cursor_execute")
+    def pause(*args: Any) -> None:
+        statement = str(args[2]).lstrip().upper()
+        if statement.startswith(f"INSERT INTO {table.upper()} ") and not getattr(
+            waited, "done", False
+        ):
+            waited.done = True
+            # broken: the other thread waits on the lock (the expected case)
+            with contextlib.suppress(threading.BrokenBarrierError):
+                barrier.wait()
+
+
+def _ingest_at_once(
+    workspace: Workspace, registry: Registry, name: str, sources: list[Path]
+) -> list[VersionRecord]:
+    records: list[VersionRecord] = []
+    errors: list[BaseException] = []
+
+    def run(source: Path) -> None:
+        try:
+            records.append(ingest(workspace, registry, name, source))
+        except BaseException as exc:  # reported below, with the test's failure
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(src,)) for src in sources]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert errors == []
+    return records
+
+
+def test_two_new_versions_of_a_new_name_at_once_are_both_recorded(
+    workspace: Workspace, registry: Registry, tmp_path: Path
+) -> None:
+    """PostgreSQL: the loser failed with "duplicate key value violates unique constraint
+    datasets_name_key", its store published under stores/NAME/ but not registered."""
+    _pause_first_insert(registry, "datasets")
+    sources = [tiny_npz(tmp_path / f"{i}.npz", seed=i) for i in range(2)]
+    records = _ingest_at_once(workspace, registry, "blood", sources)
+    assert all(r.created for r in records)
+    listed = {v.version for v in list_versions(registry, "blood")}
+    assert listed == {r.version for r in records} and len(listed) == 2
+    stores = {p.name for p in (workspace.stores / "blood").iterdir()}
+    assert stores == {f"{v}.zarr" for v in listed}
+
+
+def test_the_same_content_twice_at_once_is_one_version(
+    workspace: Workspace, registry: Registry, tmp_path: Path
+) -> None:
+    """PostgreSQL: the loser failed on "dataset_versions_dataset_id_version_key"; now one
+    records the version and the other finds it ("identical content: existing version")."""
+    ingest(workspace, registry, "blood", tiny_npz(tmp_path / "first.npz", seed=5))
+    _pause_first_insert(registry, "dataset_versions")
+    source = tiny_npz(tmp_path / "same.npz", seed=1)
+    records = _ingest_at_once(workspace, registry, "blood", [source, source])
+    assert sorted(r.created for r in records) == [False, True]
+    assert records[0].version == records[1].version
+    assert len(list_versions(registry, "blood")) == 2
+
+
+def test_a_store_whose_recording_failed_is_removed(
+    workspace: Workspace, reg: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A failed insert left the store it had just published under stores/NAME/, visible to
+    `registry recover` but not to `data list`: no store without its row."""
+
+    def refused(*args: Any, **kwargs: Any) -> VersionRecord:
+        raise RuntimeError("the database went away")
+
+    monkeypatch.setattr(api, "record_version", refused)
+    with pytest.raises(RuntimeError, match="went away"):
+        ingest(workspace, reg, "blood", tiny_npz(tmp_path / "b.npz"))
+    assert nothing_visible(workspace, "blood")
+
+
+def test_empty_store_folders_of_killed_ingests_are_swept(
+    workspace: Workspace, reg: Registry, tmp_path: Path
+) -> None:
+    """`kill -9` between making stores/NAME/ and publishing into it left the empty folder for
+    ever; the next ingest removes it (of any name), never a folder with something in it."""
+    (workspace.stores / "killed").mkdir(parents=True)
+    (workspace.stores / "full").mkdir()
+    (workspace.stores / "full" / "note.txt").write_text("mine")
+    ingest(workspace, reg, "blood", tiny_npz(tmp_path / "b.npz"))
+    assert not (workspace.stores / "killed").exists()
+    assert (workspace.stores / "full" / "note.txt").exists()
+    assert (workspace.stores / "blood").is_dir()
+
+
+def test_a_folder_swept_before_the_rename_is_made_again(
+    workspace: Workspace, reg: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another ingest's sweep may remove stores/NAME/ between this ingest's mkdir and its
+    rename (the folder is empty then): the rename fails with ENOENT, and the folder is made
+    again rather than the ingest failing."""
+    real = versioning.publish_dir
+    calls: list[Path] = []
+
+    def swept_first(staged: Path, target: Path, **kwargs: Any) -> bool:
+        calls.append(target)
+        if len(calls) == 1:
+            target.parent.rmdir()  # as sweep_empty_folders in another process
+            raise FileNotFoundError(2, "No such file or directory", str(target))
+        return real(staged, target, **kwargs)
+
+    monkeypatch.setattr(versioning, "publish_dir", swept_first)
+    rec = ingest(workspace, reg, "blood", tiny_npz(tmp_path / "b.npz"))
+    assert len(calls) == 2 and rec.store_path.is_dir()
+    assert [v.version for v in list_versions(reg, "blood")] == [rec.version]
