@@ -27,7 +27,12 @@ from pomlia_hpc.config import load_cluster_profile, load_settings
 from pomlia_hpc.errors import InputError, PomliaError
 from pomlia_hpc.files import remove_made_dirs
 from pomlia_hpc.progress import drop_output, guard_std_streams, output_failure, stamped
-from pomlia_hpc.registry import Registry, RegistryMissingError
+from pomlia_hpc.registry import (
+    Registry,
+    RegistryMissingError,
+    busy_error,
+    write_lock_timed_out,
+)
 from pomlia_hpc.workspace import Workspace, default_db_url
 
 #: Width of output that goes to a file or a pipe (a Slurm output file, ``| grep``), where rich
@@ -134,7 +139,10 @@ class Context:
             ws = self.workspace
             try:
                 self._registry = Registry.open(
-                    ws.db_url, busy_timeout_s=ws.sqlite_busy_timeout_s, create=create
+                    ws.db_url,
+                    busy_timeout_s=ws.sqlite_busy_timeout_s,
+                    create=create,
+                    settings_file=ws.home / "pomlia.yaml",
                 )
             except RegistryMissingError as exc:
                 raise RegistryMissingError(
@@ -516,6 +524,13 @@ def _run() -> None:
             )
         raise
     except DBAPIError as exc:  # a database failure the library did not name: still one line
+        if write_lock_timed_out(exc):  # not "registry database error": say what to change
+            ws = STATE.workspace
+            busy = busy_error(ws.db_url, ws.sqlite_busy_timeout_s, ws.home / "pomlia.yaml")
+            err_console.print(
+                f"[bold red]error:[/] {escape(str(busy))}", highlight=False, soft_wrap=True
+            )
+            sys.exit(busy.exit_code)
         first = str(exc.orig or exc).strip().splitlines()[0] if str(exc.orig or exc) else ""
         err_console.print(
             f"[bold red]error:[/] registry database error: {escape(first)}",

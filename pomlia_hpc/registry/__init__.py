@@ -2,10 +2,13 @@
 
 from pomlia_hpc.registry.db import (
     Registry,
+    RegistryBusyError,
     RegistryDamagedError,
     RegistryMissingError,
     RegistryReadOnlyError,
+    busy_error,
     shown_url,
+    write_lock_timed_out,
 )
 from pomlia_hpc.registry.knowledge import (
     KbDataset,
@@ -53,11 +56,14 @@ __all__ = [
     "Promotion",
     "Recommendation",
     "Registry",
+    "RegistryBusyError",
     "RegistryDamagedError",
     "RegistryMissingError",
     "RegistryReadOnlyError",
     "RetrainRequest",
     "Run",
     "Task",
+    "busy_error",
     "shown_url",
+    "write_lock_timed_out",
 ]

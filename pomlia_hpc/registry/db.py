@@ -229,6 +229,27 @@ class RegistryDamagedError(ConfigError):
     """The registry database is damaged (a corrupt SQLite page, not a database file)."""
 
 
+class RegistryBusyError(ConfigError):
+    """SQLite's write lock stayed with another process for longer than the busy timeout."""
+
+
+def write_lock_timed_out(exc: BaseException) -> bool:
+    """Whether ``exc`` is SQLite's "database is locked": the busy timeout ran out while
+    another process held the write lock (not a server out of reach, not bad credentials)."""
+    return "database is locked" in str(getattr(exc, "orig", None) or exc).lower()
+
+
+def busy_error(url: str, busy_timeout_s: float, settings_file: Path | None) -> RegistryBusyError:
+    """The one-line error for a write lock held longer than ``busy_timeout_s`` seconds, naming
+    where to raise it (``settings_file``: the workspace's ``pomlia.yaml``)."""
+    where = settings_file if settings_file is not None else "the workspace's pomlia.yaml"
+    return RegistryBusyError(
+        f"registry {shown_url(url)}: another process held the registry's write lock longer "
+        f"than sqlite_busy_timeout_s ({busy_timeout_s:g} s); retry, or raise it in {where} "
+        "(registry: sqlite_busy_timeout_s: SECONDS)"
+    )
+
+
 #: Words of a write refused for lack of rights: PostgreSQL's "permission denied for table ..."
 #: (SQLSTATE 42501), "must be owner of table ..." (42501 too), SQLite's "attempt to write a
 #: readonly database".
@@ -271,6 +292,7 @@ class Registry:
 
     def __init__(self, url: str, *, busy_timeout_s: float = 60.0) -> None:
         self.url = url
+        self.busy_timeout_s = busy_timeout_s
         self.engine = make_engine(url, busy_timeout_s=busy_timeout_s)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
         #: (from, to) when :meth:`open` upgraded an existing schema; None otherwise (a fresh
@@ -285,6 +307,7 @@ class Registry:
         busy_timeout_s: float = 60.0,
         migrate: bool = True,
         create: bool = True,
+        settings_file: Path | None = None,
     ) -> Registry:
         """Open the registry at ``url``, upgrading its schema to the newest revision if needed.
 
@@ -292,7 +315,9 @@ class Registry:
         empty one or a database without the registry's schema raises
         :class:`RegistryMissingError` instead of becoming a new, empty registry (which would
         hide the datasets and models of the real one). A damaged SQLite file raises
-        :class:`RegistryDamagedError`."""
+        :class:`RegistryDamagedError`; a write lock another process held longer than
+        ``busy_timeout_s`` (seconds) :class:`RegistryBusyError`, naming ``settings_file``
+        (where the timeout is set) if given."""
         path = _sqlite_file(url)
         if not create and path is not None and (not path.is_file() or path.stat().st_size == 0):
             what = "does not exist" if not path.is_file() else "is empty"
@@ -313,6 +338,8 @@ class Registry:
             reason = str(exc.orig or exc).strip().splitlines()[0]
             if _damage(exc):
                 raise reg.damaged(reason) from exc
+            if write_lock_timed_out(exc):  # waited for the lock: the file is reachable
+                raise busy_error(url, busy_timeout_s, settings_file) from exc
             raise ConfigError(
                 f"registry {reg.display_url()}: cannot open the database ({reason}); "
                 "expected a reachable server (or writable SQLite file) and correct credentials"

@@ -1,0 +1,73 @@
+"""SQLite's write lock held by another process past ``sqlite_busy_timeout_s``: said as such, with
+where to raise the timeout, not as an unreachable server or bad credentials."""
+
+from __future__ import annotations
+
+import sqlite3
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import pytest
+from sqlalchemy.exc import OperationalError
+
+from pomlia_hpc.cli import main
+from pomlia_hpc.registry import Registry
+from pomlia_hpc.workspace import Workspace
+from tests.fixtures.cli import pomlia_process
+
+
+@contextmanager
+def write_lock_held(db: Path) -> Iterator[None]:
+    """Hold the SQLite file's write lock, as another process inside BEGIN IMMEDIATE does."""
+    conn = sqlite3.connect(db, isolation_level=None)
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        yield
+    finally:
+        conn.execute("ROLLBACK")
+        conn.close()
+
+
+def _expected(home: Path) -> str:
+    return (
+        "another process held the registry's write lock longer than sqlite_busy_timeout_s "
+        f"(1 s); retry, or raise it in {home / 'pomlia.yaml'}"
+    )
+
+
+def test_a_lock_held_past_the_busy_timeout_is_named(workspace: Workspace) -> None:
+    """Was: "cannot open the database (database is locked); expected a reachable server (or
+    writable SQLite file) and correct credentials"."""
+    (workspace.home / "pomlia.yaml").write_text("registry:\n  sqlite_busy_timeout_s: 1\n")
+    with write_lock_held(workspace.home / "registry.db"):
+        res = pomlia_process("--home", str(workspace.home), "task", "list")
+    err = " ".join(res.stderr.split())
+    assert res.returncode == 2, res.stderr
+    assert err.startswith("error: registry sqlite:///") and _expected(workspace.home) in err
+    assert "credentials" not in err and "Traceback" not in err
+
+
+def test_a_lock_timeout_after_opening_is_named_too(
+    workspace: Workspace,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A write that waited out the timeout after the registry opened was a bare "registry
+    database error: database is locked"."""
+    (workspace.home / "pomlia.yaml").write_text("registry:\n  sqlite_busy_timeout_s: 1\n")
+
+    def locked(self: Registry) -> Any:
+        locked = sqlite3.OperationalError("database is locked")
+        raise OperationalError("BEGIN IMMEDIATE", {}, locked)
+
+    Registry.open(workspace.db_url).dispose()
+    monkeypatch.setattr(Registry, "session", locked)
+    monkeypatch.setattr(sys, "argv", ["pomlia", "--home", str(workspace.home), "task", "list"])
+    with pytest.raises(SystemExit) as ex:
+        main()
+    err = " ".join(capsys.readouterr().err.split())
+    assert ex.value.code == 2
+    assert err.startswith("error: registry sqlite:///") and _expected(workspace.home) in err
