@@ -218,3 +218,21 @@ def test_a_caption_longer_than_its_table_stays_one_line_off_a_terminal() -> None
         assert lines[-1] == caption, out.getvalue()
         assert any("resnet18 fine-tune" in line for line in lines[:-1])
         assert sum("similar" in line for line in lines) == 1
+
+
+def test_a_running_run_shows_dash_for_its_missing_metrics(
+    workspace: Workspace, reg: Registry
+) -> None:
+    """`runs list` left the val and test cells of a running run blank (`│ running │ │ │`);
+    a missing value is `-` in every table (docs/guide/README.md)."""
+    with reg.session() as s:
+        s.add(Run(study="live", config={"arch": "cnn"}, budget=1, metrics={}, status="running"))
+    wide = pomlia(workspace.home, "runs", "list", columns="250")
+    row = next(line for line in wide.splitlines() if "running" in line)
+    values = [c.strip() for c in row.split("│")[1:-1]]
+    status = next(i for i, c in enumerate(values) if c.startswith("running"))
+    assert values[status + 1 : status + 3] == ["-", "-"], wide
+    narrow = pomlia(workspace.home, "runs", "list", columns="80")
+    row = next(line for line in narrow.splitlines() if "running" in line)
+    values = [c.strip() for c in row.split("│")[1:-1]]
+    assert values[values.index("running") + 1] == "-", narrow  # the metrics cell

@@ -139,8 +139,8 @@ def _runs_table(rows: list[Any], gone: dict[str, tuple[str, str]]) -> ListTable:
             config_summary(r.config),
             shown(fmt(r.epochs, 0)),
             Text(status, style="yellow") if unfinished else status,
-            _metrics(val),
-            _metrics(test),
+            shown(_metrics(val)),  # a running run has none yet: `-`, as every missing value
+            shown(_metrics(test)),
             shown(fmt(r.cost_s, 1)),
             shown(r.job),
             shown(error),
@@ -153,7 +153,7 @@ def _runs_table(rows: list[Any], gone: dict[str, tuple[str, str]]) -> ListTable:
             stack(shown(r.task), r.study or ""),
             stack(config_summary(r.config), error),
             Text(stack(status, epochs), "yellow" if unfinished else ""),
-            stack(*(f"{k} {_metrics(v)}" for k, v in (("val", val), ("test", test)) if v)),
+            shown(stack(*(f"{k} {_metrics(v)}" for k, v in (("val", val), ("test", test)) if v))),
             # A cost of 0.0 is a cost (a trial that failed at once): shown, not left out.
             stack(shown(r.job), f"{fmt(r.cost_s, 1)} s" if r.cost_s is not None else ""),
         )
