@@ -262,6 +262,17 @@ def busy_message(study: str, record: DriverRecord, now: float | None = None) -> 
     )
 
 
+def refuse_if_driven(workspace: Workspace, study: str) -> None:
+    """Raise :class:`DriverBusyError` when ``study``'s driver on file is at work and this
+    process could not take it over (:func:`may_take_over`): the check :meth:`DriverBeat.start`
+    makes again under its lock, made first so that a refused ``--resume`` prints nothing
+    before its refusal (no header, no 0/N trials)."""
+    seen = read_driver(workspace, study)
+    job = os.environ.get("SLURM_JOB_ID") or None
+    if seen is not None and not may_take_over(seen, job, slurm_restarts()):
+        raise DriverBusyError(busy_message(study, seen), record=seen)
+
+
 def read_driver(workspace: Workspace, study: str) -> DriverRecord | None:
     """The record of ``study``'s driver, or None (a study from before records, or unreadable)."""
     return read_driver_file(study_dir(workspace, study) / DRIVER_FILE)

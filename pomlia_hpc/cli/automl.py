@@ -283,7 +283,10 @@ def automl_run(
     defaulted: int | None = None  # the training images the epoch budgets were chosen for
     chosen: list[str] = []  # the epoch options left to that default
     if resume:
+        from pomlia_hpc.automl.liveness import refuse_if_driven
+
         name, why = (study, "") if study is not None else study_to_resume(ws, task)
+        refuse_if_driven(ws, name)  # before anything is printed: a refusal is all it says
         if why:
             console.print(f"[yellow]note:[/] {why}", soft_wrap=True, highlight=False)
         spec = load_spec(ws, name)

@@ -10,7 +10,7 @@ from typing import Any
 
 from pomlia_hpc.automl.engine import EngineOptions
 from pomlia_hpc.automl.folders import SPEC_FILE, study_dir
-from pomlia_hpc.automl.liveness import CLAIM_FILE
+from pomlia_hpc.automl.liveness import CLAIM_FILE, busy_message, driver_gone, read_driver
 from pomlia_hpc.automl.options import WeightSource
 from pomlia_hpc.automl.space import SpaceOptions, build_space, configs_from_values, split_fitting
 from pomlia_hpc.automl.study.spec import (
@@ -78,57 +78,90 @@ def create_study(
     t, version, ref = _checked_task(registry, task)
     _check_initial_task(initial_source, initial_task, t.name)
     stamp = datetime.now(UTC)
-    name = name or f"{t.name}-{stamp:%Y%m%d-%H%M%S}"
-    options = check_study_options(
-        engine=engine,
-        space=space,
-        name=name,
-        n_trials=n_trials,
-        max_epochs=max_epochs,
-        min_epochs=min_epochs,
-        eta=eta,
-        parallel=parallel,
-        executor=executor,
-        optimizer=optimizer,
-        seed=seed,
-        budget_epochs=budget_epochs,
-        n_initial=n_initial,
-        resources=dict(resources or {}),
-        encoder=encoder,
-        init_model=init_model,
-        extra_data=extra_data,
-        recent_share=recent_share,
+    with _study_name(workspace, name, f"{t.name}-{stamp:%Y%m%d-%H%M%S}") as name:
+        options = check_study_options(
+            engine=engine,
+            space=space,
+            name=name,
+            n_trials=n_trials,
+            max_epochs=max_epochs,
+            min_epochs=min_epochs,
+            eta=eta,
+            parallel=parallel,
+            executor=executor,
+            optimizer=optimizer,
+            seed=seed,
+            budget_epochs=budget_epochs,
+            n_initial=n_initial,
+            resources=dict(resources or {}),
+            encoder=encoder,
+            init_model=init_model,
+            extra_data=extra_data,
+            recent_share=recent_share,
+        )
+        recent_rows = _recent_rows(version.meta, ref) if recent_share is not None else 0
+        folder = _new_study_folder(workspace, name)
+        _check_best_name_free(registry, workspace, name)
+        channels = open_store(version.store_path).image_shape[2]
+        with _copies_removed_on_failure(folder):  # refused: copies (tens of MB) must not stay
+            enc, model = _initial_weights(registry, folder, channels, encoder, init_model)
+            opts = _space_options(space or SpaceOptions(), enc, model, extra_data)
+            cs = build_space(opts, seed=seed)
+            warm = (cs, optimizer, n_trials, drop_unfit_initial, initial_source)
+            initial, dropped = _warm_start(initial_configs or [], *warm)
+        eng = _engine_options(engine, resources, load_cluster_profile(executor).cpus_per_task)
+        spec = StudySpec(
+            options=options,
+            name=name,
+            **_task_fields(t, version, ref),
+            engine=eng,
+            space=opts,
+            encoder=enc,
+            init_model=model,
+            initial_configs=initial,
+            dropped_initial=dropped,
+            final_full_budget=final_full_budget,
+            recent_rows=recent_rows,
+            recent_share=recent_share,
+            created_at=stamp.isoformat(),
+            pipeline=pipeline,
+            loop_run=loop_run,
+        )
+        _claim_study(workspace, spec)
+        return spec
+
+
+#: Generated names tried per start: ``TASK-TIME``, then ``TASK-TIME-2`` and on.
+NAME_TRIES = 100
+
+
+@contextlib.contextmanager
+def _study_name(workspace: Workspace, chosen: str | None, generated: str) -> Iterator[str]:
+    """The study's name: ``chosen``, or for a study not named by the user the first of
+    ``generated``, ``generated-2``, ... whose folder this call could make (``mkdir`` is atomic,
+    so two starts in the same second never get one name, and never hear that a name they did
+    not choose exists). A start refused afterwards removes the folder it made, when empty."""
+    if chosen is not None:
+        yield chosen
+        return
+    root = study_dir(workspace, generated).parent
+    root.mkdir(parents=True, exist_ok=True)
+    for k in range(1, NAME_TRIES + 1):
+        name = generated if k == 1 else f"{generated}-{k}"
+        try:
+            study_dir(workspace, name).mkdir()
+        except FileExistsError:
+            continue  # another study, or another start of this second, has it
+        try:
+            yield name
+        except BaseException:
+            with contextlib.suppress(OSError):  # not empty: keep what is there
+                study_dir(workspace, name).rmdir()
+            raise
+        return
+    raise PomliaError(
+        f"studies {generated} to {generated}-{NAME_TRIES} all exist: name this one with --study"
     )
-    recent_rows = _recent_rows(version.meta, ref) if recent_share is not None else 0
-    folder = _new_study_folder(workspace, name)
-    _check_best_name_free(registry, workspace, name)
-    store = open_store(version.store_path)
-    with _copies_removed_on_failure(folder):  # refused: copies (tens of MB) must not stay
-        enc, model = _initial_weights(registry, folder, store.image_shape[2], encoder, init_model)
-        opts = _space_options(space or SpaceOptions(), enc, model, extra_data)
-        cs = build_space(opts, seed=seed)
-        warm = (cs, optimizer, n_trials, drop_unfit_initial, initial_source)
-        initial, dropped = _warm_start(initial_configs or [], *warm)
-    eng = _engine_options(engine, resources, load_cluster_profile(executor).cpus_per_task)
-    spec = StudySpec(
-        options=options,
-        name=name,
-        **_task_fields(t, version, ref),
-        engine=eng,
-        space=opts,
-        encoder=enc,
-        init_model=model,
-        initial_configs=initial,
-        dropped_initial=dropped,
-        final_full_budget=final_full_budget,
-        recent_rows=recent_rows,
-        recent_share=recent_share,
-        created_at=stamp.isoformat(),
-        pipeline=pipeline,
-        loop_run=loop_run,
-    )
-    _claim_study(workspace, spec)
-    return spec
 
 
 def _check_initial_task(source: str, written_for: str | None, task: str) -> None:
@@ -162,7 +195,7 @@ def _claim_study(workspace: Workspace, spec: StudySpec) -> None:
     not overwritten."""
     folder = study_dir(workspace, spec.name)
     with held_lock(folder / CLAIM_FILE, f"study '{spec.name}'"):
-        _new_study_folder(workspace, spec.name)
+        _new_study_folder(workspace, spec.name, racing=True)
         write_json(folder / SPEC_FILE, spec.to_dict())
 
 
@@ -190,10 +223,24 @@ def _checked_task(registry: Registry, task: str) -> tuple[Task, DatasetVersion, 
     return t, version, ref
 
 
-def _new_study_folder(workspace: Workspace, name: str) -> Path:
-    """The folder of study ``name``, refused when a study of that name exists."""
+def _new_study_folder(workspace: Workspace, name: str, *, racing: bool = False) -> Path:
+    """The folder of study ``name``, refused when a study of that name exists: while its
+    driver is at work (or, ``racing``, since this start's first check: another start of the
+    same name just created it) without advice to ``--resume`` it, which that driver would
+    make wait or refuse."""
     folder = study_dir(workspace, name)
     if (folder / SPEC_FILE).exists():
+        driver = read_driver(workspace, name)
+        if driver is not None and driver_gone(driver) is None:
+            raise PomliaError(
+                f"study '{name}' already exists: {busy_message(name, driver)}; choose "
+                "another --study name for a new study"
+            )
+        if racing:
+            raise PomliaError(
+                f"study '{name}' was created by another `automl run` at the same time; choose "
+                "another --study name"
+            )
         raise PomliaError(
             f"study '{name}' already exists; pass --resume to continue it or "
             "choose another --study name"
