@@ -616,3 +616,49 @@ def test_body_timeouts_are_transport_failures_not_refused_data(
     warnings = " ".join(quality["warnings"])
     assert "were refused" not in warnings
     assert "33.0% of requests failed in transport (timeout 30" in warnings
+
+
+HOLDER = """
+import sys
+from pathlib import Path
+from pomlia_hpc.monitor.runlock import monitor_lock
+from pomlia_hpc.workspace import Workspace
+home = Path(sys.argv[1])
+ws = Workspace(home=home, db_url=f"sqlite:///{home / 'registry.db'}", cluster_profile="local")
+with monitor_lock(ws, "blood", "slot:nightly", print):
+    print("held", flush=True)
+    sys.stdin.read()
+"""
+
+
+def test_a_second_run_of_one_model_at_once_is_refused_until_the_first_is_gone(
+    fresh: tuple[Workspace, Registry, Path],
+) -> None:
+    """Cron and a person ran `monitor run SLOT` at once: two reports of one window, and an
+    alarm would have run --on-alarm twice. A second run is refused (exit 2, nothing
+    recorded) naming the first; a killed first run holds nothing."""
+    ws, reg, bundle = fresh
+    log_predictions(ws, bundle, images(50)[0])
+    before = n_rows(reg, MonitorReport)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLDER, str(ws.home)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1])},
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        code, out = monitor("run", "blood")
+        said = " ".join(out.split())
+        assert code == 2, said
+        assert (
+            f"monitor run 'blood': another monitor run is testing model 'blood' now, pid "
+            f"{holder.pid} on "
+        ) in said and "monitoring 'slot:nightly'" in said, said
+        assert n_rows(reg, MonitorReport) == before
+    finally:
+        holder.kill()  # as kill -9: the kernel drops its lock
+        holder.wait()
+    code, out = monitor("run", "blood")
+    assert code == 0 and n_rows(reg, MonitorReport) == before + 1, out

@@ -43,6 +43,7 @@ from pomlia_hpc.monitor.reference import (
     resolve_target,
 )
 from pomlia_hpc.monitor.requests import AlarmRecorded, record_alarm
+from pomlia_hpc.monitor.runlock import monitor_lock
 from pomlia_hpc.monitor.stats import N_PERM
 from pomlia_hpc.registry import Model, MonitorReport, Promotion, Registry
 from pomlia_hpc.serve.inbox import inputs_dir, read_inputs
@@ -342,6 +343,16 @@ def _run_hook(command: str, env: dict[str, str], progress: Progress) -> int:
     return done.returncode
 
 
+def _hook_env(final: Path, target: Target, alarm: AlarmRecorded | None) -> dict[str, str]:
+    """What the ``--on-alarm`` command is told: the report's files, the model, the request."""
+    return {
+        "POMLIA_REPORT_JSON": str(final / "report.json"),
+        "POMLIA_REPORT_HTML": str(final / "report.html"),
+        "POMLIA_MODEL": target.model.name,
+        "POMLIA_RETRAIN_REQUEST": str(alarm.request_id if alarm else ""),
+    }
+
+
 def check_levels(alpha: float, n_perm: int) -> None:
     """Refuse an ``alpha`` outside (0, 1) and a permutation count with which the MMD test
     could never reject at ``alpha``."""
@@ -394,69 +405,62 @@ def monitor_run(
     target = resolve_target(registry, ref)
     if target.slot is not None:
         progress(f"slot '{target.slot}' serves model '{target.model.name}': monitoring that model")
-    reference = load_reference(target)
-    folders = model_log_dirs(registry, workspace.path("logs"), target.model)
-    where = ", ".join(str(f) for f in folders)
-    progress(f"reading {where} from {show_time(since)} to {show_time(until)}")
-    win = read_window(
-        folders,
-        model=target.model.name,
-        version=reference.model_version,
-        kind=reference.fingerprint_kind,
-        dim=int(reference.fingerprints.shape[1]),
-        since=since,
-        until=until,
-        multi_label=reference.task_type == "multi-label",
-        max_vectors=max_vectors,
-        seed=seed,
-        deployment=target.deployment_id,
-    )
-    progress(
-        f"{win.n_predictions} predictions and {len(win.feedback)} labels in the window "
-        f"({win.files_read} files, {win.lines} lines)"
-    )
-    outcome = None
-    if win.n_predictions:
-        progress("testing (MMD, KS, classifier, labels, confidence, accuracy)")
-        outcome = run_checks(win, reference, alpha=alpha, n_perm=n_perm, seed=seed)
-    report = build_report(target, reference, win, outcome, alpha=alpha)
-    _note_replaced(registry, target, report, progress)
-    past = history(registry, target.model.id)
-    atypical = _least_typical_inputs(folders, win, outcome)
-    if atypical:
-        report["least_typical"] = [{"id": i, "distance": d} for i, d, _ in atypical]
-    html = render_html(report, past, outcome, reference, atypical)
-    parent = workspace.path("reports", target.model.name)
-    parent.mkdir(parents=True, exist_ok=True)
-    stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
-    final = parent / f"{stamp}-{uuid.uuid4().hex[:6]}"
-    report_id, alarm = publish_report(
-        registry,
-        final,
-        {"report.json": json.dumps(report, indent=2, sort_keys=True), "report.html": html},
-        lambda: _record(registry, target, report, final),
-    )
-    # The id and the page are the command's result (stdout); progress says only the step, so
-    # a terminal, which shows both streams, reads "report N" once.
-    progress(f"recorded the report ({report['status']})")
-    hook_status = None
-    if report["alarm"] and on_alarm:
-        hook_status = _run_hook(
-            on_alarm,
-            {
-                "POMLIA_REPORT_JSON": str(final / "report.json"),
-                "POMLIA_REPORT_HTML": str(final / "report.html"),
-                "POMLIA_MODEL": target.model.name,
-                "POMLIA_RETRAIN_REQUEST": str(alarm.request_id if alarm else ""),
-            },
-            progress,
+    # One run of a model at a time (monitor/runlock.py): held to the end of --on-alarm.
+    with monitor_lock(workspace, target.model.name, ref, progress):
+        reference = load_reference(target)
+        folders = model_log_dirs(registry, workspace.path("logs"), target.model)
+        where = ", ".join(str(f) for f in folders)
+        progress(f"reading {where} from {show_time(since)} to {show_time(until)}")
+        win = read_window(
+            folders,
+            model=target.model.name,
+            version=reference.model_version,
+            kind=reference.fingerprint_kind,
+            dim=int(reference.fingerprints.shape[1]),
+            since=since,
+            until=until,
+            multi_label=reference.task_type == "multi-label",
+            max_vectors=max_vectors,
+            seed=seed,
+            deployment=target.deployment_id,
         )
-    return RunResult(
-        report,
-        final / "report.json",
-        final / "report.html",
-        report_id,
-        alarm.request_id if alarm else None,
-        hook_status,
-        alarm is not None and alarm.merged,
-    )
+        progress(
+            f"{win.n_predictions} predictions and {len(win.feedback)} labels in the window "
+            f"({win.files_read} files, {win.lines} lines)"
+        )
+        outcome = None
+        if win.n_predictions:
+            progress("testing (MMD, KS, classifier, labels, confidence, accuracy)")
+            outcome = run_checks(win, reference, alpha=alpha, n_perm=n_perm, seed=seed)
+        report = build_report(target, reference, win, outcome, alpha=alpha)
+        _note_replaced(registry, target, report, progress)
+        past = history(registry, target.model.id)
+        atypical = _least_typical_inputs(folders, win, outcome)
+        if atypical:
+            report["least_typical"] = [{"id": i, "distance": d} for i, d, _ in atypical]
+        html = render_html(report, past, outcome, reference, atypical)
+        parent = workspace.path("reports", target.model.name)
+        parent.mkdir(parents=True, exist_ok=True)
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%SZ")
+        final = parent / f"{stamp}-{uuid.uuid4().hex[:6]}"
+        report_id, alarm = publish_report(
+            registry,
+            final,
+            {"report.json": json.dumps(report, indent=2, sort_keys=True), "report.html": html},
+            lambda: _record(registry, target, report, final),
+        )
+        # The id and the page are the command's result (stdout); progress says only the step, so
+        # a terminal, which shows both streams, reads "report N" once.
+        progress(f"recorded the report ({report['status']})")
+        hook_status = None
+        if report["alarm"] and on_alarm:
+            hook_status = _run_hook(on_alarm, _hook_env(final, target, alarm), progress)
+        return RunResult(
+            report,
+            final / "report.json",
+            final / "report.html",
+            report_id,
+            alarm.request_id if alarm else None,
+            hook_status,
+            alarm is not None and alarm.merged,
+        )
