@@ -2,7 +2,7 @@
 
 Two runs at once (the nightly chain and a person, or two slots with one champion) would test
 the same window and record two reports, and an alarm would run ``--on-alarm`` twice. A run
-holds ``<home>/reports/<model>/.monitor-run.lock`` from reading the window to the end of its
+holds ``<home>/reports/.monitor-runs/<model>.lock`` from reading the window to the end of its
 ``--on-alarm`` command; a second run is refused at once (exit 2, nothing recorded), naming
 the holder, rather than waiting: its window would end where the first's did, and a cron
 line retried later would test a window that is no longer the one it was scheduled for.
@@ -29,7 +29,8 @@ from pomlia_hpc.errors import PomliaError
 from pomlia_hpc.files import NO_LOCKING_ERRNOS
 from pomlia_hpc.workspace import Workspace
 
-LOCK_FILE = ".monitor-run.lock"
+#: The folder of the models' lock files, beside the models' report folders.
+LOCK_DIR = ".monitor-runs"
 
 
 class MonitorBusyError(PomliaError):
@@ -44,7 +45,7 @@ def monitor_lock(
     anything is read or written) while another run holds it. ``asked``: what this run was
     asked to monitor (a slot, a model), shown to a refused one; ``warn``: where to say that
     the file system does not lock."""
-    path = workspace.path("reports", model, LOCK_FILE)
+    path = workspace.path("reports", LOCK_DIR, f"{model}.lock")
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a+") as fh:
         try:
