@@ -138,3 +138,23 @@ def test_label_wise_degenerate_cases_have_a_rule() -> None:
     res = decide_labelwise(missing, missing, margin=0.02, alpha=0.05)
     assert not res.passed and "no output from the champion for 10 (scored 0)" in res.reason
     assert PairedScores.from_dict({**PairedScores.of(half[:1], half[:1]).to_dict()}).n == 1
+
+
+def test_a_few_differing_images_among_many_ties_get_the_exact_sign_tests_p() -> None:
+    # 100 images of 14 labels: the challenger gets one more label right on 3, ties on 97. The
+    # t test gave p = 0.042 and passed; McNemar's exact test on a 3-to-0 split gives 0.125.
+    champion = np.full(100, 12 / 14)
+    challenger = champion.copy()
+    challenger[:3] = 13 / 14
+    scores = PairedScores.of(champion, challenger)
+    _, p, note = paired_t(scores, 0.05)
+    assert p == pytest.approx(mcnemar_exact_p(0, 3)) == pytest.approx(0.125)
+    assert "sign test" in note
+    assert not decide_labelwise(scores, scores, margin=0.02, alpha=0.05).superior
+    # One-sided: a challenger worse on those 3 images is not better either.
+    assert paired_t(PairedScores.of(challenger, champion), 0.05)[1] == pytest.approx(1.0)
+    # With many differing images the t test runs as before.
+    rng = np.random.default_rng(0)
+    a, b = rng.random(100), rng.random(100)
+    s = PairedScores.of(a, b)
+    assert paired_t(s, 0.05)[1] == pytest.approx(stats.ttest_rel(b, a, alternative="greater")[1])

@@ -117,9 +117,10 @@ def test_the_server_decodes_a_training_file_as_its_stored_row(
     top = scaling.get("max") if scaling.get("from") == "uint16" else None
     spec = InputSpec(SIDE, images.shape[-1], top)  # as the server builds it from the card
     served = np.concatenate([decode(f.read_bytes(), None, spec, Limits()) for f in files])
-    # The server's [0, 1] floats, made 8-bit as ingest makes them.
-    as_stored = (served * np.float32(255) + np.float32(0.5)).astype(np.uint8)
-    assert rows(as_stored) == rows(images), kind
+    # Exactly the stored 8-bit rows over 255, not rounded here: float files too are served at
+    # the 8-bit steps ingest stores them at (unrounded floats were served before).
+    as_stored = np.multiply(images, np.float32(1 / 255), dtype=np.float32)
+    assert rows(served) == rows(as_stored), kind
     if kind.startswith(("16-bit", "float")):
         assert scaling, meta["source"]  # how the pixels were converted is recorded
 

@@ -6,12 +6,12 @@ A refresh records it when it registers its encoder (``Encoder.origin`` = ``"refr
 ``ae``: it never stands for ``ae``'s family as the default encoder, and no refresh of ``ae``
 takes it over as its own.
 
-Rows registered before the lineage was recorded, or by an older pomlia after the upgrade, have
-no record (``origin`` NULL). For those the rule of the releases that made them stands: an
-encoder named ``<root>-r<k>`` registered beside ``<root>`` and trained with its settings
-(epochs aside) is a refresh of it. Nothing else tells an older release's refresh apart, and
-its unfinished refreshes must still be found
-(:func:`pomlia_hpc.fingerprint.refresh.default_encoder`).
+Rows registered before the lineage was recorded (before migration 0010) have no record
+(``origin`` NULL; an older pomlia registers no new ones: it refuses the newer schema). For
+those the rule of the releases that made them stands: an encoder named ``<root>-r<k>``
+registered beside ``<root>`` and trained with its settings (epochs aside) is a refresh of it.
+Nothing else tells an older release's refresh apart, and its unfinished refreshes must still
+be found (:func:`pomlia_hpc.fingerprint.refresh.default_encoder`).
 """
 
 from __future__ import annotations

@@ -102,7 +102,7 @@ class Encoder(Base):
     created_at: Mapped[datetime] = mapped_column(UTCDateTime(), default=utcnow)
     # How it was made (migration 0010): "trained" (fingerprint train, a pipeline) or "refresh"
     # (a refresh of the encoder refresh_of_id). NULL: registered before lineage was recorded
-    # (or by an older pomlia), for which the refresh rule falls back to the name.
+    # (before 0010), for which the refresh rule falls back to the name.
     origin: Mapped[str | None] = mapped_column(String(16), nullable=True, default="trained")
     refresh_of_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
 

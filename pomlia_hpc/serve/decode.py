@@ -17,8 +17,9 @@ Image files (PNG, JPEG, TIFF) are decoded by the very per-file rule ingest appli
 image-folder files (:mod:`pomlia_hpc.data.sources.pixels`; TIFFs through tifffile, as
 ingest reads them): an alpha channel is dropped (RGBA -> RGB, LA -> L), a palette or CMYK
 image is its RGB rendering, a MinIsWhite TIFF is inverted, 16-bit RGB keeps its depth, float
-TIFFs (32- or 64-bit) are taken in [0, 1], and a grey image is repeated to 3 channels for a
-colour model. So a training file is served exactly as it was stored. A colour image for a
+TIFFs (32- or 64-bit) are taken in [0, 1] and rounded to the 8-bit steps ingest stores them
+at, and a grey image is repeated to 3 channels for a colour model. So a training file is
+served exactly as it was stored. A colour image for a
 grey model is refused, with how to convert it (ingest never makes a colour image grey: one
 colour image makes an image folder's data set colour, so there is no ingest rule to apply).
 NPY arrays are taken as they are: their channel count must match the model's, and a shape
@@ -31,17 +32,22 @@ Every frame's size and channel count are checked against the model from the head
 any of its pixels is decoded, and the number of images against the request's budget before the
 first frame is decoded. So a decompression bomb (say a compressed multi-page TIFF of 4096 px
 pages, 75 KB each) is refused without decoding a pixel, and what is decoded is at most
-``max_images`` frames of the model's own size. Nothing from the request is ever used as a path.
+``max_images`` frames of the model's own size. A TIFF strip that decompresses past its own
+page's pixels (200 MB of zeros in a 30 KB LZMA strip of a 64 px page) is a 413, found with
+a decoder that stops one byte past those pixels (:mod:`pomlia_hpc.data.sources.segments`).
+Nothing from the request is ever used as a path.
 """
 
 from __future__ import annotations
 
 import io
+import lzma
 import re
 import struct
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import tifffile
@@ -55,6 +61,7 @@ from pomlia_hpc.data.sources.pixels import (
     pil_header,
     pil_pixels,
 )
+from pomlia_hpc.data.sources.segments import DecompressionLimitError
 from pomlia_hpc.serve.formats import (
     npy_header_problem,
     unsupported_format,
@@ -103,6 +110,9 @@ DECODE_ERRORS = (
     struct.error,
     tifffile.TiffFileError,
 )
+#: What decoding an image file's frames raises for a damaged file: DECODE_ERRORS, and the
+#: errors of tifffile's deflate and LZMA decoders (zlib.error, LZMAError: not OSErrors).
+FRAME_ERRORS = (*DECODE_ERRORS, zlib.error, lzma.LZMAError)
 NPY_DTYPES = ("uint8", "uint16", "float32", "float64")
 #: A Python object's default repr, as some exception messages quote one.
 OBJECT_REPR = re.compile(r"\s*<[\w.]+ object at 0x[0-9a-fA-F]+>")
@@ -316,14 +326,14 @@ def _check_frame(
 def _decode_image(
     data: bytes, ctype: str, spec: InputSpec, limits: Limits, what: str, budget: int
 ) -> np.ndarray:
-    if ctype == "image/tiff":
-        return _decode_tiff(data, spec, limits, what, budget)
+    """Every frame of an image file as float32 NHWC, each decoded by ingest's own per-file rule
+    (:mod:`~pomlia_hpc.data.sources.pixels`) after its header is checked."""
     try:
         # No warnings.catch_warnings here: it swaps the process-wide filter list, which is not
         # thread-safe, and decodes run in threads (concurrent ones left filters behind for
         # good). Pillow's DecompressionBombWarning needs no filter: every frame's size is
         # checked against max_side_px (_check_frame) before any of its pixels is decoded.
-        img = Image.open(io.BytesIO(data), formats=[PIL_FORMATS[ctype]])
+        source = TiffImage(data) if ctype == "image/tiff" else _PilFrames(data, ctype)
     except Image.DecompressionBombError as exc:
         raise RequestError(
             413, f"{what}: image dimensions exceed the limit of {limits.max_side_px} px per side"
@@ -332,59 +342,77 @@ def _decode_image(
         raise RequestError(
             400, f"{what}: corrupt {ctype} image (its header cannot be read as {ctype})"
         ) from exc
-    except (OSError, ValueError, SyntaxError) as exc:
+    except FRAME_ERRORS as exc:
         raise RequestError(
-            400, f"{what}: corrupt or unreadable {ctype} image ({reason(exc)})"
+            400, f"{what}: corrupt {ctype} image (its header cannot be read: {reason(exc)})"
         ) from exc
-    frames: list[np.ndarray] = []
     try:
-        n_frames = int(getattr(img, "n_frames", 1))  # an animated PNG: each frame an image
-        if n_frames > budget:
-            raise _too_many(what, n_frames, limits, budget)
-        # A 16-bit colour PNG is decoded twice (high, then low bytes): see pil_pixels.
-        again = None if n_frames > 1 else (lambda: Image.open(io.BytesIO(data), formats=["PNG"]))
-        for i in range(n_frames):
-            img.seek(i)  # reads the frame's header only; its pixels are decoded below
-            where = what if n_frames == 1 else f"{what} page {i + 1}"
-            (w, h), c = img.size, _header(pil_header, img, where).channels
-            _check_frame(where, w, h, c, spec, limits, grey_ok=True)
-            pixels = pil_pixels(img, spec.channels, reopen=again)
-            frames.append(_to_unit_float(pixels, where, spec.scale_max))
+        return _decode_frames(source, spec, limits, what, budget)
     except RequestError:
         raise
-    except DECODE_ERRORS as exc:
+    except FRAME_ERRORS as exc:
         raise RequestError(400, f"{what}: corrupt {ctype} image ({reason(exc)})") from exc
     finally:
-        img.close()
-    return np.stack(frames)
+        source.close()
 
 
-def _decode_tiff(
-    data: bytes, spec: InputSpec, limits: Limits, what: str, budget: int
+class _Frames(Protocol):
+    """An open image file's frames (:class:`TiffImage` and :class:`_PilFrames`)."""
+
+    @property
+    def pages(self) -> int: ...
+    def header(self, index: int) -> FrameHeader: ...
+    def pixels(self, index: int, channels: int) -> np.ndarray: ...
+    def close(self) -> None: ...
+
+
+class _PilFrames:
+    """A PNG or JPEG opened by Pillow, frame by frame (an animated PNG: each frame an image)."""
+
+    def __init__(self, data: bytes, ctype: str) -> None:
+        self._data = data
+        self._img = Image.open(io.BytesIO(data), formats=[PIL_FORMATS[ctype]])
+        self.pages = int(getattr(self._img, "n_frames", 1))
+
+    def header(self, index: int) -> FrameHeader:
+        self._img.seek(index)  # reads the frame's header only; its pixels are decoded later
+        head = pil_header(self._img)
+        if self.pages > 1 and head.channels == 3 and head.depth == "uint16":
+            # Only a single-frame 16-bit colour PNG is read at full depth (pil_pixels decodes
+            # it twice, high then low bytes); an animation's frames would be cut to 8 bits.
+            raise PixelFormatError(
+                f"is a 16-bit colour PNG of {self.pages} frames (an animation), whose frames "
+                "are read only at 8 bits here: expected one PNG per image"
+            )
+        return head
+
+    def pixels(self, index: int, channels: int) -> np.ndarray:
+        again = (
+            None if self.pages > 1 else lambda: Image.open(io.BytesIO(self._data), formats=["PNG"])
+        )
+        return pil_pixels(self._img, channels, reopen=again)
+
+    def close(self) -> None:
+        self._img.close()
+
+
+def _decode_frames(
+    source: _Frames, spec: InputSpec, limits: Limits, what: str, budget: int
 ) -> np.ndarray:
-    """Every page of a TIFF as float32 NHWC, each decoded by ingest's own per-file rule
-    (:class:`~pomlia_hpc.data.sources.pixels.TiffImage`) after its header is checked."""
-    try:
-        tif = TiffImage(data)
-    except Exception as exc:  # tifffile raises many types for damaged files: a 400 each
-        raise RequestError(
-            400, f"{what}: corrupt image/tiff image (its header cannot be read: {reason(exc)})"
-        ) from exc
+    """``source``'s frames as float32 NHWC, each frame's header checked before its pixels are
+    decoded; the frame count is checked against ``budget`` before any."""
+    if source.pages > budget:
+        raise _too_many(what, source.pages, limits, budget)
     frames: list[np.ndarray] = []
-    try:
-        if tif.pages > budget:
-            raise _too_many(what, tif.pages, limits, budget)
-        for i in range(tif.pages):
-            where = what if tif.pages == 1 else f"{what} page {i + 1}"
-            head = _header(tif.header, i, where)
-            _check_frame(where, head.width, head.height, head.channels, spec, limits, grey_ok=True)
-            frames.append(_to_unit_float(tif.pixels(i, spec.channels), where, spec.scale_max))
-    except RequestError:
-        raise
-    except Exception as exc:  # tifffile raises many types for damaged files: a 400 each
-        raise RequestError(400, f"{what}: corrupt image/tiff image ({reason(exc)})") from exc
-    finally:
-        tif.close()
+    for i in range(source.pages):
+        where = what if source.pages == 1 else f"{what} page {i + 1}"
+        head = _header(source.header, i, where)
+        _check_frame(where, head.width, head.height, head.channels, spec, limits, grey_ok=True)
+        try:
+            pixels = source.pixels(i, spec.channels)
+        except DecompressionLimitError as exc:
+            raise RequestError(413, f"{where}: the image {exc}") from exc
+        frames.append(_to_unit_float(pixels, where, spec.scale_max, as_stored=True))
     return np.stack(frames)
 
 
@@ -419,7 +447,12 @@ def _from_16_bit(arr: np.ndarray, scale_max: float | None) -> np.ndarray:
     return np.multiply(as_8_bit, np.float32(1 / 255), dtype=np.float32)
 
 
-def _to_unit_float(arr: np.ndarray, what: str, scale_max: float | None = None) -> np.ndarray:
+def _to_unit_float(
+    arr: np.ndarray, what: str, scale_max: float | None = None, *, as_stored: bool = False
+) -> np.ndarray:
+    """Pixels as float32 in [0, 1] (see the module doc); ``as_stored``: float pixels of an
+    image file are rounded to the 8-bit steps ingest stores them at, so that a training file
+    is served exactly as stored."""
     if arr.dtype == np.uint8:
         return np.multiply(arr, np.float32(1 / 255), dtype=np.float32)
     if arr.dtype in (np.uint16, np.dtype(">u2"), np.dtype("<u2")):
@@ -444,6 +477,9 @@ def _to_unit_float(arr: np.ndarray, what: str, scale_max: float | None = None) -
                 f"{what}: float pixels in [{fmin:g}, {fmax:g}]; expected floats in [0, 1] "
                 "(or send 8-bit or 16-bit integers)",
             )
+        if as_stored:  # ingest's own converter, in the file's own float type
+            stored = PixelConverter("upload", arr.dtype)(arr.reshape(1, -1, 1, 1), None)
+            return np.multiply(stored.reshape(arr.shape), np.float32(1 / 255), dtype=np.float32)
         return out
     raise RequestError(400, f"{what}: pixel type {arr.dtype} is not supported")
 

@@ -10,6 +10,7 @@ is named by the field that is wrong, never by numpy's or Python's own words (whi
 from __future__ import annotations
 
 import ast
+import logging
 import struct
 import warnings
 
@@ -113,11 +114,14 @@ def _non_literal_field(header: str) -> str | None:
 
 
 def quiet_pillow_warnings() -> None:
-    """Ignore Pillow's warnings about uploads for the rest of the process: a damaged TIFF
-    directory and a decompression bomb (the decoder checks every frame's size itself). Call
-    once at server start, before decode threads run: changing warning filters is not
-    thread-safe."""
+    """Ignore Pillow's warnings and tifffile's log records about uploads for the rest of the
+    process: a damaged TIFF directory and a decompression bomb (the decoder checks every
+    frame's size itself). Call once at server start, before decode threads run: changing
+    warning filters is not thread-safe."""
     from PIL import Image
 
     warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
     warnings.filterwarnings("ignore", module=r"PIL\.TiffImagePlugin")
+    # tifffile logs an ERROR per damaged tag (1000 bad tag offsets in a 16 KB upload: 1000
+    # records per request); the upload's refusal or decoding says what matters.
+    logging.getLogger("tifffile").setLevel(logging.CRITICAL)

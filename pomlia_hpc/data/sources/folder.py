@@ -102,6 +102,7 @@ from pomlia_hpc.data.sources.pixels import (
     file_header,
     file_pixels,
 )
+from pomlia_hpc.data.sources.segments import DecompressionLimitError
 from pomlia_hpc.data.store import SPLITS
 from pomlia_hpc.errors import InputError
 
@@ -164,7 +165,7 @@ def read_image(path: Path, channels: int, depth: str) -> np.ndarray:
     :func:`~pomlia_hpc.data.sources.pixels.file_pixels`, the server's own rule for uploads."""
     try:
         x = file_pixels(path, channels)
-    except PixelFormatError as exc:
+    except (PixelFormatError, DecompressionLimitError) as exc:
         raise InputError(f"image file '{path}' {exc}") from None
     except Exception as exc:  # Pillow and tifffile raise many types for damaged files
         raise _unreadable(path, exc) from exc

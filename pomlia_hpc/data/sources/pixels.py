@@ -11,17 +11,21 @@ training set's maximum from the model card):
   and TIFF alike), 8-bit;
 - a MinIsWhite (photometric 0) grey TIFF is inverted to what it looks like (0 black), as a
   viewer shows it;
-- an alpha channel (and any other extra sample) is dropped: RGBA -> RGB, grey + alpha -> grey;
+- an alpha channel is dropped: RGBA -> RGB, grey + alpha -> grey;
 - a bilevel (1-bit) image is grey 0/255 (PNG and TIFF alike);
 - a grey image is repeated to the wanted channel count;
 - 16-bit (grey or RGB, PNG or TIFF: 16-bit RGB PNGs are read at full depth, not cut to their
   high byte), 32-bit integer and float pixels keep their values (``depth`` ``uint16`` or
-  ``float32``).
+  ``float32``), LZW- and JPEG-compressed grey TIFFs too (Pillow reads them at full depth).
 
 Refused (:class:`PixelFormatError`, whose message the caller prefixes with the file's name):
-a multi-page TIFF where one image is expected, a TIFF pixel type or layout that has no grey or
-RGB reading, and a 16-bit colour TIFF whose compression only Pillow decodes (it would cut it
-to 8 bits).
+a multi-page TIFF or a multi-frame (animated) PNG where one image is expected, a TIFF pixel
+type or layout that has no grey or RGB reading (extra samples of unspecified meaning, such as
+the 2nd and 3rd channels of a 3-sample MinIsBlack file, are data, not alpha), and a 16-bit
+colour TIFF whose compression only Pillow decodes (it would cut it to 8 bits). A deflate, LZMA
+or PackBits strip or tile that decompresses to more bytes than its pixels take is refused
+(:class:`~pomlia_hpc.data.sources.segments.DecompressionLimitError`) before tifffile, which
+sets no output limit, decompresses it.
 """
 
 from __future__ import annotations
@@ -36,6 +40,7 @@ import numpy as np
 import tifffile
 from PIL import Image, ImageFile
 
+from pomlia_hpc.data.sources.segments import check_segments
 from pomlia_hpc.errors import InputError
 
 #: PIL modes kept as they are (their pixels are already grey or RGB values).
@@ -49,6 +54,7 @@ _PIL_COLOUR = frozenset({"RGB", "RGBA", "P", "PA", "CMYK", "YCbCr", "LAB", "HSV"
 _PNG_16_BIT_COLOUR = {"RGB;16B": "RGB;16L", "RGBA;16B": "RGBA;16L"}
 _PH = tifffile.PHOTOMETRIC
 _CP = tifffile.COMPRESSION
+_EXTRA = tifffile.EXTRASAMPLE
 #: TIFF compressions tifffile decodes without the optional imagecodecs package.
 _TIFFFILE_CODECS = frozenset({_CP.NONE, _CP.ADOBE_DEFLATE, _CP.DEFLATE, _CP.PACKBITS, _CP.LZMA})
 #: TIFF integer types read as 16-bit values (checked to lie in 0..65535 when decoded).
@@ -145,8 +151,18 @@ def _tiff_plan(page: Any) -> tuple[FrameHeader, str]:
     compressions tifffile cannot decode here)."""
     photometric = page.photometric
     dtype, bits = np.dtype(page.dtype), int(page.bitspersample)
-    samples = int(page.samplesperpixel) - len(page.extrasamples or ())
+    extras = tuple(int(e) for e in page.extrasamples or ())
     h, w = int(page.imagelength), int(page.imagewidth)
+    if _EXTRA.UNSPECIFIED in extras:
+        # Extra samples of no stated meaning (e.g. the 2nd and 3rd fluorescence channels of a
+        # 3-sample MinIsBlack file) are data, not alpha: dropping them would lose channels.
+        raise PixelFormatError(
+            f"is a TIFF of {int(page.samplesperpixel)} samples per pixel, "
+            f"{extras.count(_EXTRA.UNSPECIFIED)} of them extra samples of unspecified meaning "
+            "(not alpha): expected grey or RGB, with at most an alpha extra sample (save "
+            "each channel as its own grey file, or 3 channels as RGB)"
+        )
+    samples = int(page.samplesperpixel) - len(extras)  # alpha samples are dropped
     if photometric in (_PH.MINISBLACK, _PH.MINISWHITE) and samples == 1:
         channels = 1
     elif photometric == _PH.RGB and samples == 3:
@@ -171,11 +187,12 @@ def _tiff_plan(page: Any) -> tuple[FrameHeader, str]:
             "in [0, 1]"
         )
     how = "raw" if page.compression in _TIFFFILE_CODECS else "pillow"
-    if how == "pillow" and (depth != "uint8" or (channels == 3 and bits > 8)):
+    if how == "pillow" and channels == 3 and bits > 8:
+        # Pillow reads grey LZW or JPEG at full depth (I;16, F) but has no 16-bit RGB mode.
         raise PixelFormatError(
-            f"is a {bits}-bit TIFF compressed as {page.compression.name}, which is read only "
-            "at 8 bits here: expected it uncompressed or compressed as deflate, packbits or "
-            "LZMA (save it again so)"
+            f"is a {bits}-bit colour TIFF compressed as {page.compression.name}, which is "
+            "read only at 8 bits here: expected it uncompressed or compressed as deflate, "
+            "packbits or LZMA (save it again so)"
         )
     return FrameHeader(h, w, channels, depth), how
 
@@ -240,14 +257,31 @@ class TiffImage:
 
     def pixels(self, index: int, channels: int) -> np.ndarray:
         """Page ``index`` as (H, W, C) (C is ``channels`` for a grey page, 3 for colour)."""
-        page = self._pages[index]
+        page: Any = self._pages[index]
         if _tiff_plan(page)[1] == "raw":
+            # tifffile's own decoders have no output limit: each segment is sized first.
+            check_segments(page, self._read)
             return _raw_tiff_pixels(page, channels)
         if self._pil is None:
             src = self._source
             self._pil = Image.open(io.BytesIO(src) if isinstance(src, bytes) else src)
         self._pil.seek(self._tf.pages.index(page))
-        return pil_pixels(self._pil, channels)
+        x = pil_pixels(self._pil, channels)
+        if page.photometric == _PH.MINISWHITE and int(page.bitspersample) > 8:
+            # Pillow inverts 1- and 8-bit MinIsWhite pages only: wider ones as the raw path.
+            if x.dtype.kind == "f":
+                return 1.0 - x
+            top = 2 ** int(page.bitspersample) - 1
+            return np.clip(top - x.astype(np.int64), 0, None).astype(x.dtype)
+        return x
+
+    def _read(self, offset: int, count: int) -> bytes | memoryview:
+        """``count`` bytes of the file from byte ``offset`` (fewer at its end)."""
+        if isinstance(self._source, bytes):
+            return memoryview(self._source)[offset : offset + count]
+        handle = self._tf.filehandle
+        handle.seek(offset)
+        return handle.read(count)
 
 
 def is_tiff(path: Path) -> bool:
@@ -255,11 +289,23 @@ def is_tiff(path: Path) -> bool:
     return path.suffix.lower() in (".tif", ".tiff")
 
 
+def _one_frame(image: Image.Image) -> Image.Image:
+    """``image``, refused when it has more than one frame (an animated PNG), as a TIFF stack
+    is: which frame is the image is not for ingest to guess."""
+    frames = int(getattr(image, "n_frames", 1))
+    if frames != 1:
+        raise PixelFormatError(
+            f"has {frames} frames (an animation): expected one image per file (save each frame "
+            "as its own file)"
+        )
+    return image
+
+
 def file_header(path: Path) -> FrameHeader:
     """The header of image file ``path`` (one image per file: a TIFF stack is refused)."""
     if not is_tiff(path):
         with Image.open(path) as im:
-            return pil_header(im)
+            return pil_header(_one_frame(im))
     with TiffImage(path) as tif:
         if tif.pages != 1:
             raise PixelFormatError(
@@ -273,6 +319,6 @@ def file_pixels(path: Path, channels: int) -> np.ndarray:
     """The pixels of image file ``path`` as (H, W, C), before scaling (see the module doc)."""
     if not is_tiff(path):
         with Image.open(path) as im:
-            return pil_pixels(im, channels, reopen=lambda: Image.open(path))
+            return pil_pixels(_one_frame(im), channels, reopen=lambda: Image.open(path))
     with TiffImage(path) as tif:
         return tif.pixels(0, channels)

@@ -9,8 +9,9 @@ called ``<root>-r<k>`` with the root's settings counted as a refresh of the root
 so by hand did too (it could become the default encoder, or be taken over by the next refresh
 as its own). Each encoder now records how it was made: ``origin`` (``trained``: by
 ``fingerprint train`` or a pipeline; ``refresh``: by a refresh, of the encoder
-``refresh_of_id``). An older pomlia does not know the columns and leaves them NULL: for such
-rows, and those already there, the name rule stands (:mod:`pomlia_hpc.fingerprint.lineage`).
+``refresh_of_id``). The rows already there (written before 0010) are left NULL: for those the
+name rule stands (:mod:`pomlia_hpc.fingerprint.lineage`). An older pomlia cannot write new ones
+(``Registry.open`` refuses a schema newer than its own).
 """
 
 import sqlalchemy as sa
