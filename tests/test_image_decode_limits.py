@@ -195,3 +195,23 @@ def test_animated_pngs_are_one_image_per_file_at_ingest_and_whole_in_the_server(
     x16 = [rng.integers(0, 65536, (8, 8, 3), dtype=np.uint16) for _ in range(2)]
     with pytest.raises(RequestError, match="16-bit colour PNG of 2 frames"):
         decode(apng(x16, 16), "image/png", InputSpec(8, 3), Limits())
+
+
+def test_a_colour_tiff_of_an_unknown_compression_code_is_refused_by_name(tmp_path: Path) -> None:
+    """A 16-bit colour TIFF whose compression tag holds a code tifffile has no name for (a
+    damaged or exotic file) is refused with that code, in the server (400) and at ingest,
+    rather than failing on the missing name (a 500 in the server)."""
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, np.zeros((8, 8, 3), np.uint16), photometric="rgb")
+    data = bytearray(buf.getvalue())
+    with tifffile.TiffFile(io.BytesIO(bytes(data))) as tif:
+        offset = tif.pages[0].tags["Compression"].valueoffset
+    data[offset : offset + 2] = struct.pack("<H", 12345)  # no such compression
+    with pytest.raises(RequestError) as caught:
+        decode(bytes(data), "image/tiff", InputSpec(8, 3, 65535.0), Limits())
+    assert caught.value.status in (400, 415)
+    assert "code 12345" in str(caught.value)
+    path = tmp_path / "odd.tif"
+    path.write_bytes(bytes(data))
+    with pytest.raises(InputError, match="code 12345"):
+        read_header(path)

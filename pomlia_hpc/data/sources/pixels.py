@@ -145,6 +145,13 @@ def pixel_layout(x: np.ndarray, channels: int) -> np.ndarray:
     return x
 
 
+def _compression_name(page: Any) -> str:
+    """The name of a TIFF page's compression; a code tifffile does not know (a damaged or
+    exotic file) is named by its number."""
+    code = page.compression
+    return str(getattr(code, "name", f"code {int(code)}"))
+
+
 def _tiff_plan(page: Any) -> tuple[FrameHeader, str]:
     """A TIFF page's header, and how it is decoded: ``"raw"`` (tifffile's samples) or
     ``"pillow"`` (Pillow's 8-bit rendering: palette, CMYK and other colour spaces, and
@@ -190,7 +197,7 @@ def _tiff_plan(page: Any) -> tuple[FrameHeader, str]:
     if how == "pillow" and channels == 3 and bits > 8:
         # Pillow reads grey LZW or JPEG at full depth (I;16, F) but has no 16-bit RGB mode.
         raise PixelFormatError(
-            f"is a {bits}-bit colour TIFF compressed as {page.compression.name}, which is "
+            f"is a {bits}-bit colour TIFF compressed as {_compression_name(page)}, which is "
             "read only at 8 bits here: expected it uncompressed or compressed as deflate, "
             "packbits or LZMA (save it again so)"
         )
