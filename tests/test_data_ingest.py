@@ -437,7 +437,7 @@ def test_uint16_first_pass_reads_batches_of_bounded_bytes(
     monkeypatch: pytest.MonkeyPatch,
     kind: str,
 ) -> None:
-    from pomlia_hpc.data.sources.base import PixelConverter
+    from pomlia_hpc.data.sources.intensity import PixelConverter
     from pomlia_hpc.data.writer import CHUNK_TARGET_BYTES
 
     # 72 images of 256 x 256 uint16 = 9.4 MB: more than one batch's worth of bytes.

@@ -6,13 +6,16 @@ Pixel rules, the same for every source:
 - ``uint16`` (16-bit PNG/TIFF, HDF5, npz) is scaled linearly so that the largest value in the
   whole dataset becomes 255 (``0 .. max`` -> ``0 .. 255``; the max is found in a first pass and
   recorded as ``meta["intensity_scaling"]``), because 12-bit scanners would be almost black if
-  scaled by 65535; when that max is more than :data:`OUTLIER_RATIO` times the 99.9th
+  scaled by 65535; when that max is more than :data:`~.intensity.OUTLIER_RATIO` times the 99.9th
   percentile (a hot pixel), it is recorded as ``meta["source"]["intensity_outlier"]`` with
   where it is, and ``data add`` warns (the rule is unchanged: versions stay reproducible);
 - float images must be finite and in [0, 1]; they are scaled by 255 and rounded (recorded as
   ``intensity_scaling`` too);
 - an (N, H, W, 4) array is RGBA: its alpha is dropped, as an RGBA PNG's is;
 - anything else is refused with a message naming the file and the field.
+
+The conversion itself (:class:`~.intensity.PixelConverter`) is in
+:mod:`pomlia_hpc.data.sources.intensity`.
 
 Label rules: (N,) or (N, 1) class indices, or (N, L) 0/1 for multi-label; integer dtype (float
 labels are accepted only when every value is a whole number); single-label values must lie in
@@ -37,6 +40,8 @@ from typing import Any
 
 import numpy as np
 
+# Re-exported: serve.decode (and the pixels docstring) name it here.
+from pomlia_hpc.data.sources.intensity import PixelConverter as PixelConverter
 from pomlia_hpc.data.sources.label_forms import (
     Parts,
     marker_warning,
@@ -46,7 +51,6 @@ from pomlia_hpc.data.sources.label_forms import (
     same_name_clash,
 )
 from pomlia_hpc.data.store import SPLITS
-from pomlia_hpc.data.writer import CHUNK_TARGET_BYTES
 from pomlia_hpc.errors import InputError
 from pomlia_hpc.vocab import MEDMNIST_TASK_TYPES, medmnist_task, task_type_choices
 
@@ -87,118 +91,6 @@ class IngestLimits:
                 f"{where} has {n} {what}: expected at most {self.max_classes} "
                 "(raise the cap with --max-classes if this is really meant)"
             )
-
-
-#: A 16-bit data set's maximum is an outlier when it is more than this many times its
-#: 99.9th percentile (a hot pixel of 65535 in 12-bit data is 16 times): ``data add`` warns.
-OUTLIER_RATIO = 4.0
-#: The percentile that maximum is compared with, %.
-OUTLIER_PERCENTILE = 99.9
-
-
-@dataclass
-class PixelConverter:
-    """Converts one source's pixel arrays to uint8 (b, H, W, C), checking values on the way."""
-
-    where: str  # "file 'x.npz', key 'train_images'" — used in every message
-    dtype: np.dtype[Any]
-    scale_max: float | None = None  # set for uint16 after the first pass
-    #: The source's images have a 4th (alpha) channel, dropped (as for RGBA PNGs).
-    drop_alpha: bool = False
-    #: Where the largest value seen by :meth:`observe` is (``"file 'x.tif'"``, ``"row 7"``).
-    max_at: str | None = None
-    #: How many times each 16-bit value was seen by :meth:`observe` (for the percentile).
-    counts: np.ndarray | None = field(default=None, repr=False)
-
-    def __post_init__(self) -> None:
-        # A big-endian array (">u2", as some writers store it) holds the same values: compare
-        # and convert in the machine's own byte order (see __call__).
-        self.dtype = np.dtype(self.dtype).newbyteorder("=")
-        ok = self.dtype in (np.uint8, np.uint16) or np.issubdtype(self.dtype, np.floating)
-        if not ok:
-            raise InputError(
-                f"{self.where} has dtype {self.dtype}: expected uint8, uint16 or float in [0, 1]"
-            )
-
-    @property
-    def needs_max(self) -> bool:
-        return self.dtype == np.uint16
-
-    def _colour(self, x: np.ndarray) -> np.ndarray:
-        return x[..., :3] if self.drop_alpha and x.ndim == 4 and x.shape[-1] == 4 else x
-
-    def observe(self, batch: np.ndarray, first_row: int = 0, name: str | None = None) -> None:
-        """First pass for uint16: remember the largest value, where it is (``name``, else
-        its row: ``first_row`` + its index in ``batch``) and how often each value occurs."""
-        batch = self._colour(batch)
-        if not batch.size:
-            return
-        m = float(batch.max())
-        if self.scale_max is None or m > self.scale_max:
-            self.scale_max = m
-            row = first_row + int(np.unravel_index(int(np.argmax(batch)), batch.shape)[0])
-            self.max_at = name or f"row {row}"
-        seen = np.bincount(np.asarray(batch, np.uint16).ravel(), minlength=65536)
-        self.counts = seen if self.counts is None else self.counts + seen
-
-    def outlier(self) -> dict[str, Any] | None:
-        """The maximum of a uint16 first pass when it is an extreme outlier (over
-        :data:`OUTLIER_RATIO` times the :data:`OUTLIER_PERCENTILE` th percentile), with the
-        percentile and where the maximum is; else None."""
-        if self.counts is None or not self.scale_max:
-            return None
-        cum = np.cumsum(self.counts)
-        rank = int(np.ceil(cum[-1] * OUTLIER_PERCENTILE / 100))
-        pct = int(np.searchsorted(cum, max(rank, 1)))
-        if self.scale_max <= OUTLIER_RATIO * max(pct, 1):
-            return None
-        return {
-            "max": self.scale_max,
-            "percentile": OUTLIER_PERCENTILE,
-            "value": pct,
-            "at": self.max_at,
-        }
-
-    def __call__(self, batch: np.ndarray, first_row: int | None = 0) -> np.ndarray:
-        """``batch`` as uint8 (b, H, W, C); a bad value is refused naming its row (its
-        ``first_row`` + index; no row when ``first_row`` is None: one image)."""
-        x = self._colour(batch if batch.ndim == 4 else batch[..., None])
-        if not x.dtype.isnative:
-            x = x.astype(x.dtype.newbyteorder("="))
-        if x.dtype == np.uint8:
-            return x
-        if x.dtype == np.uint16:
-            top = max(self.scale_max or 65535.0, 1.0)
-            return (x.astype(np.float32) * (255.0 / top) + 0.5).astype(np.uint8)
-        bad = ~np.isfinite(x)
-        if bad.any():
-            row = "" if first_row is None else f" (row {first_row + int(np.argwhere(bad)[0][0])})"
-            raise InputError(
-                f"{self.where} has NaN or infinite values{row}: expected finite floats in [0, 1]"
-            )
-        lo, hi = float(x.min()), float(x.max())
-        if lo < 0.0 or hi > 1.0:
-            raise InputError(
-                f"{self.where} has float values in [{lo:g}, {hi:g}]: expected floats in [0, 1]"
-            )
-        return (x * 255.0 + 0.5).astype(np.uint8)
-
-    def scaling(self) -> dict[str, Any] | None:
-        """How the pixels were made 8-bit (``meta["source"]["intensity_scaling"]``); None for
-        uint8, stored as it is."""
-        if self.dtype == np.uint8:
-            return None
-        if self.dtype == np.uint16:
-            return {"from": "uint16", "max": self.scale_max, "to": "uint8 0..255 linear"}
-        return {"from": str(self.dtype), "range": [0, 1], "to": "uint8 0..255 linear"}
-
-
-def first_pass_rows(shape: Sequence[int], itemsize: int) -> int:
-    """Images per read of the uint16 first pass over a source array of ``shape`` (N, H, W[, C])
-    with ``itemsize`` bytes per value: about :data:`CHUNK_TARGET_BYTES`, so the pass needs
-    little memory however large the images."""
-    per_image = max(1, int(np.prod(shape[1:], dtype=np.int64)) * itemsize)
-    return max(1, CHUNK_TARGET_BYTES // per_image)
 
 
 def check_split_fractions(where: str, val_fraction: float, test_fraction: float) -> None:

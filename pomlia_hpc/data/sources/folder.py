@@ -69,7 +69,6 @@ from pomlia_hpc.data.sources.base import (
     IngestLimits,
     LabelDecl,
     LabelInfo,
-    PixelConverter,
     Source,
     check_binary,
     check_side,
@@ -95,6 +94,7 @@ from pomlia_hpc.data.sources.folder_layout import (
     split_folders,
     visible,
 )
+from pomlia_hpc.data.sources.intensity import PixelConverter
 from pomlia_hpc.data.sources.label_forms import nfc
 from pomlia_hpc.data.sources.pixels import (
     FrameHeader,

@@ -30,11 +30,9 @@ import numpy as np
 from pomlia_hpc.data.sources.base import (
     IngestLimits,
     LabelDecl,
-    PixelConverter,
     Source,
     check_label_shape,
     check_split_fractions,
-    first_pass_rows,
     has_alpha,
     image_shape,
     normalize_labels,
@@ -43,6 +41,7 @@ from pomlia_hpc.data.sources.base import (
     stratified_split,
 )
 from pomlia_hpc.data.sources.folder_layout import SPLIT_FOLDER_NAMES, split_aliases
+from pomlia_hpc.data.sources.intensity import PixelConverter, first_pass_rows
 from pomlia_hpc.data.store import SPLIT_CODE, SPLITS
 from pomlia_hpc.errors import InputError
 

@@ -14,16 +14,15 @@ from pomlia_hpc.data.npzstream import NpyMember, NpzFile
 from pomlia_hpc.data.sources.base import (
     IngestLimits,
     LabelDecl,
-    PixelConverter,
     Source,
     check_label_shape,
-    first_pass_rows,
     has_alpha,
     image_shape,
     normalize_labels,
     read_one_hot,
     resolve_labels,
 )
+from pomlia_hpc.data.sources.intensity import PixelConverter, first_pass_rows
 from pomlia_hpc.data.store import SPLITS
 from pomlia_hpc.errors import InputError
 
