@@ -18,15 +18,8 @@ from pomlia_hpc.cli import app
 from pomlia_hpc.cluster import Executor
 from pomlia_hpc.errors import PomliaError
 from pomlia_hpc.files import write_json_atomic
-from pomlia_hpc.pipeline.runner import (
-    LOCK_WAIT_S,
-    RUN_FILE,
-    context_for,
-    pipeline_held,
-    pipeline_lock,
-    pipeline_status,
-    snapshot_spec,
-)
+from pomlia_hpc.pipeline.lock import LOCK_WAIT_S, pipeline_held, pipeline_lock
+from pomlia_hpc.pipeline.runner import RUN_FILE, context_for, pipeline_status, snapshot_spec
 from pomlia_hpc.pipeline.spec import load_pipeline
 from pomlia_hpc.pipeline.stage import StageContext, now
 from pomlia_hpc.registry import Job, Registry

@@ -551,7 +551,8 @@ def _write_stage(ctx: StageContext, name: str, status: str, started: str, ended:
 def test_a_stage_whose_driver_was_killed_shows_interrupted(ctx: StageContext) -> None:
     """`pipeline run` SIGKILLed left its stage recorded `running`, and `pipeline status` showed
     it running for good; no process holds the pipeline's lock then: it was interrupted."""
-    from pomlia_hpc.pipeline.runner import pipeline_lock, pipeline_status
+    from pomlia_hpc.pipeline.lock import pipeline_lock
+    from pomlia_hpc.pipeline.runner import pipeline_status
     from pomlia_hpc.pipeline.stage import now
 
     _write_stage(ctx, "encoder", "running", now())

@@ -95,6 +95,7 @@ def run(
     """
     from pomlia_hpc.config import read_yaml
     from pomlia_hpc.pipeline import runner
+    from pomlia_hpc.pipeline.lock import check_not_locked
     from pomlia_hpc.pipeline.spec import load_pipeline
 
     spec = load_pipeline(file)
@@ -108,7 +109,7 @@ def run(
     if not dry_run and _attached(ctx, data, ws.cluster_profile, wait):
         return
     if not dry_run:
-        runner.check_not_locked(ctx.folder)
+        check_not_locked(ctx.folder)
     plan = runner.make_plan(ctx, ws.cluster_profile, in_process=in_process)
     console.print(_plan_table(plan))
     a = spec.estimate

@@ -17,11 +17,9 @@ the failed stage, and a requeued driver job continues where it stopped.
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -35,7 +33,8 @@ from pomlia_hpc.cluster.refusal import pending_words
 from pomlia_hpc.cluster.terminate import cancel_children_on_stop, quiet_cancellation
 from pomlia_hpc.config import ClusterProfile, load_cluster_profile
 from pomlia_hpc.errors import ConfigError, InputError, NotFoundError, PomliaError
-from pomlia_hpc.files import poll_lock, write_json_atomic
+from pomlia_hpc.files import write_json_atomic
+from pomlia_hpc.pipeline.lock import pipeline_held, pipeline_lock
 from pomlia_hpc.pipeline.spec import PipelineSpec, load_pipeline, parse_pipeline
 from pomlia_hpc.pipeline.stage import (
     PlannedJob,
@@ -59,10 +58,6 @@ from pomlia_hpc.workspace import Workspace
 
 SPEC_SNAPSHOT = "spec.json"
 RUN_FILE = "run.json"
-#: How long (seconds) :func:`pipeline_lock` waits for a held lock before refusing: a probe
-#: (:func:`pipeline_held`, :func:`check_not_locked`) holds it for an instant, which must not
-#: make a stage or driver job starting then fail as "being run by another process".
-LOCK_WAIT_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -145,49 +140,6 @@ def snapshot_spec(ctx: StageContext, data: dict[str, Any], source: str) -> Path:
 def load_snapshot(path: Path) -> PipelineSpec:
     snap = json.loads(path.read_text())
     return parse_pipeline(snap["data"], snap["source"], Path(snap["base_dir"]))
-
-
-@contextmanager
-def pipeline_lock(folder: Path) -> Iterator[None]:
-    """Hold ``folder/lock`` so two processes never run stages of one pipeline at once; a lock
-    held by another process is waited for up to :data:`LOCK_WAIT_S` seconds, then refused."""
-    folder.mkdir(parents=True, exist_ok=True)
-    with (folder / "lock").open("a") as fh:
-
-        def attempt() -> bool:
-            try:
-                fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return False
-            return True
-
-        # flock has no "test": probes take the lock for an instant, hence the wait.
-        refusal = (
-            f"pipeline '{folder.name}' is being run by another process (lock {folder / 'lock'})"
-        )
-        poll_lock(attempt, refusal, LOCK_WAIT_S)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
-def pipeline_held(folder: Path) -> bool:
-    """Whether a process holds ``folder/lock`` now (runs stages of this pipeline: in-process,
-    a stage job or a driver job). The kernel frees the lock when its holder dies, even by
-    SIGKILL, so a free lock means nothing runs there any more. Probed without blocking and
-    let go at once."""
-    try:
-        fh = (folder / "lock").open("rb")
-    except OSError:
-        return False  # no lock file: no process ever ran a stage here
-    with fh:
-        try:
-            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(fh, fcntl.LOCK_UN)
-        return False
 
 
 def run_in_process(ctx: StageContext, plan: Plan) -> dict[str, str]:
@@ -361,14 +313,6 @@ def check_not_running(ctx: StageContext) -> None:
             hint=f"wait for them (pomlia pipeline status {ctx.spec.name}), or cancel them: "
             f"pomlia pipeline cancel {ctx.spec.name}",
         )
-
-
-def check_not_locked(folder: Path) -> None:
-    """Refuse now, before a plan is printed, when another process runs stages of the pipeline
-    of ``folder`` (its lock is held); the run takes the lock itself later."""
-    if (folder / "lock").exists():
-        with pipeline_lock(folder):
-            pass
 
 
 def cancel_pipeline(workspace: Workspace, registry: Registry, name: str) -> list[Job]:

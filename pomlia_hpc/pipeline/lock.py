@@ -1,0 +1,68 @@
+"""One process at a time runs the stages of a pipeline: the pipeline folder's ``lock`` file
+(``flock``), taken by in-process runs, stage jobs and driver jobs, and probed by ``pipeline
+status`` and ``pipeline run`` before they plan."""
+
+from __future__ import annotations
+
+import fcntl
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, Any
+
+from pomlia_hpc.files import poll_lock
+
+#: How long (seconds) :func:`pipeline_lock` waits for a held lock before refusing: a probe
+#: (:func:`pipeline_held`, :func:`check_not_locked`) holds it for an instant, which must not
+#: make a stage or driver job starting then fail as "being run by another process".
+LOCK_WAIT_S = 2.0
+
+
+def _took(fh: IO[Any]) -> bool:
+    """Whether the exclusive lock of open file ``fh`` was taken now (without waiting)."""
+    try:
+        fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
+@contextmanager
+def pipeline_lock(folder: Path) -> Iterator[None]:
+    """Hold ``folder/lock`` so two processes never run stages of one pipeline at once; a lock
+    held by another process is waited for up to :data:`LOCK_WAIT_S` seconds, then refused."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with (folder / "lock").open("a") as fh:
+        # flock has no "test": probes take the lock for an instant, hence the wait.
+        refusal = (
+            f"pipeline '{folder.name}' is being run by another process (lock {folder / 'lock'})"
+        )
+        poll_lock(lambda: _took(fh), refusal, LOCK_WAIT_S)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def pipeline_held(folder: Path) -> bool:
+    """Whether a process holds ``folder/lock`` now (runs stages of this pipeline: in-process,
+    a stage job or a driver job). The kernel frees the lock when its holder dies, even by
+    SIGKILL, so a free lock means nothing runs there any more. Probed without blocking and
+    let go at once."""
+    try:
+        fh = (folder / "lock").open("rb")
+    except OSError:
+        return False  # no lock file: no process ever ran a stage here
+    with fh:
+        if not _took(fh):
+            return True
+        fcntl.flock(fh, fcntl.LOCK_UN)
+        return False
+
+
+def check_not_locked(folder: Path) -> None:
+    """Refuse now, before a plan is printed, when another process runs stages of the pipeline
+    of ``folder`` (its lock is held); the run takes the lock itself later."""
+    if (folder / "lock").exists():
+        with pipeline_lock(folder):
+            pass
