@@ -5,9 +5,6 @@ message in words and the states as last recorded, marked as possibly out of date
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from datetime import UTC, datetime
 from pathlib import Path
 
@@ -15,8 +12,7 @@ import pytest
 
 from pomlia_hpc.registry import Job, Registry
 from pomlia_hpc.workspace import Workspace
-
-REPO = Path(__file__).resolve().parents[1]
+from tests.fixtures.slow_sacct import pomlia_on_path, waited_for_sacct
 
 
 def _slow_slurm(tmp_path: Path) -> Path:
@@ -44,24 +40,6 @@ def _running_job(reg: Registry, polled: str) -> int:
         return int(row.id)
 
 
-def _pomlia(home: Path, bin_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {
-        **os.environ,
-        "POMLIA_HOME": str(home),
-        "PYTHONPATH": str(REPO),
-        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
-        "COLUMNS": "200",
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "pomlia_hpc", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=50,  # the fake sacct sleeps 60 s: returning at all is the point
-        check=False,
-    )
-
-
 @pytest.mark.parametrize("command", [["jobs", "list"], ["status"], ["jobs", "show", "1"]])
 def test_a_slow_sacct_is_waited_for_briefly_and_said_in_words(
     workspace: Workspace, reg: Registry, tmp_path: Path, command: list[str]
@@ -71,11 +49,8 @@ def test_a_slow_sacct_is_waited_for_briefly_and_said_in_words(
     RUNNING as if it were current."""
     (workspace.home / "pomlia.yaml").write_text("cluster:\n  list_sacct_timeout_s: 3\n")
     job = _running_job(reg, "2026-01-02T03:04:05+00:00")
-    res = _pomlia(workspace.home, _slow_slurm(tmp_path), *command)
-    assert res.returncode == 0, res.stdout + res.stderr
-    out = " ".join(res.stdout.split())
-    assert "Traceback" not in res.stderr and "timed out after" not in out + res.stderr
-    assert "waiting for Slurm's accounting (sacct) to answer, at most 3 s" in res.stderr
+    res = pomlia_on_path(workspace.home, _slow_slurm(tmp_path), *command)
+    out = waited_for_sacct(res, 3)
     assert (
         "sacct did not answer within 3 s; the states shown are the last recorded ones, "
         "as of 2026-01-02 03:04:05 (marked ?)" in out
@@ -91,7 +66,7 @@ def test_json_keeps_stdout_one_document_and_the_states_as_recorded(
 ) -> None:
     (workspace.home / "pomlia.yaml").write_text("cluster:\n  list_sacct_timeout_s: 1\n")
     _running_job(reg, "2026-01-02T03:04:05+00:00")
-    res = _pomlia(workspace.home, _slow_slurm(tmp_path), "jobs", "list", "--json")
+    res = pomlia_on_path(workspace.home, _slow_slurm(tmp_path), "jobs", "list", "--json")
     assert res.returncode == 0, res.stderr
     assert [r["state"] for r in json.loads(res.stdout)] == ["RUNNING"]
     assert "sacct did not answer within 1 s" in " ".join(res.stderr.split())
@@ -99,6 +74,6 @@ def test_json_keeps_stdout_one_document_and_the_states_as_recorded(
 
 def test_a_bad_timeout_setting_is_one_error(workspace: Workspace, tmp_path: Path) -> None:
     (workspace.home / "pomlia.yaml").write_text("cluster:\n  list_sacct_timeout_s: 0\n")
-    res = _pomlia(workspace.home, _slow_slurm(tmp_path), "jobs", "list")
+    res = pomlia_on_path(workspace.home, _slow_slurm(tmp_path), "jobs", "list")
     assert res.returncode != 0 and "Traceback" not in res.stderr
     assert "list_sacct_timeout_s" in res.stderr

@@ -5,7 +5,6 @@ renamed file."""
 
 from __future__ import annotations
 
-import json
 import shutil
 import unicodedata
 from collections.abc import Callable
@@ -17,30 +16,12 @@ from PIL import Image
 
 from pomlia_hpc.data.classes import version_changes
 from pomlia_hpc.data.sources import open_source
-from tests.fixtures.cli import runner
+from tests.fixtures.cli import data_add_line, data_show_json
 from tests.fixtures.factories import tiny_arrays, write_npz
 
 Run = Callable[..., str]
 
 pytestmark = pytest.mark.usefixtures("workspace")
-
-
-def _add(*args: str) -> str:
-    """``pomlia data add ARGS`` in-process; its output (stdout and stderr) on one line."""
-    from pomlia_hpc.cli import app
-
-    res = runner.invoke(app, ["data", "add", *args])
-    assert res.exit_code == 0, res.output
-    return " ".join(res.output.split())
-
-
-def _show(name: str) -> dict[str, object]:
-    from pomlia_hpc.cli import app
-
-    res = runner.invoke(app, ["data", "show", name, "--json"])
-    assert res.exit_code == 0, res.output
-    out: dict[str, object] = json.loads(res.output)
-    return out
 
 
 def _folder(root: Path, classes: list[str], n: int = 4, size: tuple[int, int] = (8, 8)) -> Path:
@@ -56,8 +37,8 @@ def _folder(root: Path, classes: list[str], n: int = 4, size: tuple[int, int] = 
 def test_class_folders_named_by_integers_are_in_numeric_order(tmp_path: Path) -> None:
     # Folders 0..10 gave classes 0, 1, 10, 2, ...: folder 10 was ordinal label 2.
     folder = _folder(tmp_path / "ord", [str(i) for i in range(11)])
-    out = _add("ord", str(folder), "--task-type", "ordinal")
-    meta = _show("ord")["meta"]
+    out = data_add_line("ord", str(folder), "--task-type", "ordinal")
+    meta = data_show_json("ord")["meta"]
     assert isinstance(meta, dict)
     assert meta["class_names"] == [str(i) for i in range(11)]
     assert meta["source"]["class_order"] == "numeric"
@@ -72,15 +53,15 @@ def test_folder_class_names_declare_the_order(tmp_path: Path, data_add: Run) -> 
         "'hi'; class folder 'high' not named): expected the class folders' names (high, low, "
         "mid), each once, in the order wanted"
     )
-    out = _add("g", str(folder), "--task-type", "ordinal")
+    out = data_add_line("g", str(folder), "--task-type", "ordinal")
     assert (
         "warning: an ordinal task, but its class folders are ordered alphabetically (high, "
         "low, mid): the order is the classes' rank; to set it, pass --class-names"
     ) in out
-    out = _add("g", str(folder), "--task-type", "ordinal", "--class-names", "low,mid,high")
+    out = data_add_line("g", str(folder), "--task-type", "ordinal", "--class-names", "low,mid,high")
     assert "ordered alphabetically" not in out
     assert "classes high, low, mid -> low, mid, high (the same classes in another order" in out
-    meta = _show("g")["meta"]
+    meta = data_show_json("g")["meta"]
     assert isinstance(meta, dict) and meta["class_names"] == ["low", "mid", "high"]
 
 
@@ -112,10 +93,10 @@ def test_a_macs_nfd_copy_of_a_folder_is_the_same_version(tmp_path: Path) -> None
         (nfd / rel).parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(f, nfd / rel)
     assert {p.name for p in nfd.iterdir()} != {p.name for p in nfc.iterdir()}
-    first = _add("mac", str(nfc))
-    again = _add("mac", str(nfd))
+    first = data_add_line("mac", str(nfc))
+    again = data_add_line("mac", str(nfd))
     assert "new version" in first and "identical content: existing version" in again
-    meta = _show("mac")["meta"]
+    meta = data_show_json("mac")["meta"]
     assert isinstance(meta, dict) and meta["class_names"] == ["Läsion", "gesund"]
 
 
@@ -151,11 +132,11 @@ def test_a_renamed_file_is_named_as_the_cause(tmp_path: Path) -> None:
     # "only the split differs (split sizes now round half up since 607d07e)" though the sizes
     # were the same and a renamed file had moved in the split.
     folder = _folder(tmp_path / "ver", ["A", "B"], n=10)
-    _add("ver", str(folder))
+    data_add_line("ver", str(folder))
     seen = set()
     for i in range(10):  # renames until one moves a file between splits (hash-decided)
         (folder / "B" / f"{i}.png").rename(folder / "B" / f"{i}renamed.png")
-        out = _add("ver", str(folder))
+        out = data_add_line("ver", str(folder))
         assert "607d07e" not in out, out
         if "same split, only the order of the rows differs" in out:
             seen.add("order")

@@ -4,7 +4,6 @@ are not square."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 from pathlib import Path
 
@@ -15,30 +14,12 @@ from PIL import Image
 
 from pomlia_hpc.data.sources import open_source
 from pomlia_hpc.workspace import Workspace
-from tests.fixtures.cli import runner
+from tests.fixtures.cli import data_add_line, data_show_json
 from tests.fixtures.factories import tiny_arrays, write_npz
 
 Run = Callable[..., str]
 
 pytestmark = pytest.mark.usefixtures("workspace")
-
-
-def _add(*args: str) -> str:
-    """``pomlia data add ARGS`` in-process; its output (stdout and stderr) on one line."""
-    from pomlia_hpc.cli import app
-
-    res = runner.invoke(app, ["data", "add", *args])
-    assert res.exit_code == 0, res.output
-    return " ".join(res.output.split())
-
-
-def _meta(name: str) -> dict[str, object]:
-    from pomlia_hpc.cli import app
-
-    res = runner.invoke(app, ["data", "show", name, "--json"])
-    assert res.exit_code == 0, res.output
-    meta: dict[str, object] = json.loads(res.output)["meta"]
-    return meta
 
 
 def _h5(path: Path, **labels: np.ndarray) -> Path:
@@ -57,9 +38,11 @@ def test_one_hot_labels_with_a_single_label_task_type_are_class_indices(tmp_path
     # `--task-type multi-class` was ignored: 3 one-hot columns became a multi-label task
     # whose split was not stratified by class.
     h5 = _h5(tmp_path / "oh.h5", y=np.eye(3, dtype=np.uint8)[Y])
-    out = _add("oh", str(h5), "--images", "x", "--labels", "y", "--task-type", "multi-class")
+    out = data_add_line(
+        "oh", str(h5), "--images", "x", "--labels", "y", "--task-type", "multi-class"
+    )
     assert "note: labels are one-hot (3 columns, exactly one 1 per row): read as class " in out
-    meta = _meta("oh")
+    meta = data_show_json("oh")["meta"]
     assert meta["task_type"] == "multi-class" and meta["label_width"] == 1
     assert meta["class_names"] == ["0", "1", "2"]
     dist = meta["label_distribution"]
@@ -113,20 +96,20 @@ def test_a_task_type_that_conflicts_with_the_labels_is_refused(
 
 def test_without_a_task_type_one_hot_rows_get_a_note(tmp_path: Path) -> None:
     h5 = _h5(tmp_path / "oh.h5", y=np.eye(3, dtype=np.uint8)[Y])
-    out = _add("oh", str(h5), "--images", "x", "--labels", "y")
+    out = data_add_line("oh", str(h5), "--images", "x", "--labels", "y")
     assert (
         "note: every label row has exactly one 1 (3 columns): read as multi-label (each column "
         "a yes/no label, and the split is not stratified by class); if these are one-hot "
         "classes, pass --task-type multi-class (or binary / ordinal)"
     ) in out
     assert out.count("every label row has exactly one 1") == 1
-    assert _meta("oh")["task_type"] == "multi-label, binary-class"
+    assert data_show_json("oh")["meta"]["task_type"] == "multi-label, binary-class"
 
 
 def test_a_label_far_above_the_others_is_named_as_a_marker(tmp_path: Path) -> None:
     # One 4,877-character warning listed '3' (any split) ... '254'.
     y = np.where(np.arange(40) % 10 == 0, 255, Y)
-    out = _add("ign", str(_h5(tmp_path / "i.h5", y=y)), "--images", "x", "--labels", "y")
+    out = data_add_line("ign", str(_h5(tmp_path / "i.h5", y=y)), "--images", "x", "--labels", "y")
     assert "'3' (any split), '4' (any split), '5' (any split), '6' (any split), '7' (any " in out
     assert "'7' (any split) and 247 more" in out and "'254'" not in out
     assert (
@@ -134,7 +117,9 @@ def test_a_label_far_above_the_others_is_named_as_a_marker(tmp_path: Path) -> No
         "missing-label ('ignore') marker, and made 256 classes"
     ) in out
     assert "give --n-classes 3 to have such labels refused" in out
-    plain = _add("fine", str(_h5(tmp_path / "f.h5", y=Y)), "--images", "x", "--labels", "y")
+    plain = data_add_line(
+        "fine", str(_h5(tmp_path / "f.h5", y=Y)), "--images", "x", "--labels", "y"
+    )
     assert "marker" not in plain
 
 
@@ -150,8 +135,8 @@ def test_hdf5_split_names_are_those_split_folders_take(tmp_path: Path, names: li
     # those names were read.
     split = np.asarray([names[i % 3] for i in range(40)], dtype="S")
     h5 = _h5(tmp_path / "s.h5", y=Y, s=split)
-    _add("sp", str(h5), "--images", "x", "--labels", "y", "--split", "s")
-    sizes = _meta("sp")["split_sizes"]
+    data_add_line("sp", str(h5), "--images", "x", "--labels", "y", "--split", "s")
+    sizes = data_show_json("sp")["meta"]["split_sizes"]
     assert sizes == {"train": 14, "val": 13, "test": 13}
 
 
@@ -172,7 +157,7 @@ def test_images_that_are_not_square_get_a_warning_at_data_add(
             Image.fromarray(np.full((8, 10), 30 * i + (c == "b"), np.uint8)).save(
                 tmp_path / "imgs" / c / f"{i}.png"
             )
-    out = _add("wide", str(tmp_path / "imgs"))
+    out = data_add_line("wide", str(tmp_path / "imgs"))
     assert (
         "warning: the images are 8 px high and 10 px wide: `pomlia task add` refuses this "
         "version (the model card, `model export` and the server take square images only"

@@ -6,14 +6,12 @@ of a newer major log format (``format``) is skipped and counted, not misread."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
 import pytest
 
 from pomlia_hpc.errors import InputError
-from pomlia_hpc.monitor.logread import LogWindow, read_window
 from pomlia_hpc.serve.predlog import read_records
 from pomlia_hpc.serve.records import (
     LOG_FORMAT,
@@ -23,21 +21,9 @@ from pomlia_hpc.serve.records import (
     parse_line,
     read_line,
 )
-from tests.fixtures.factories import log_line
+from tests.fixtures.factories import log_line, log_window
 
 T = "2026-01-01T00:00:00.000000+00:00"
-
-
-def window(folder: Path) -> LogWindow:
-    return read_window(
-        folder,
-        model="demo",
-        version="v0",
-        kind="stats-thumb-v1",
-        dim=2,
-        since=datetime(2025, 12, 31, tzinfo=UTC),
-        until=datetime(2026, 1, 2, tzinfo=UTC),
-    )
 
 
 def write(path: Path, *lines: dict) -> None:
@@ -53,7 +39,7 @@ def test_records_with_unknown_keys_are_read_and_the_keys_counted(tmp_path: Path)
     feedback = dict(log_line("feedback", time=T, prediction_id=plain["id"]), colour="x")
     rejection = dict(log_line("rejection", time=T), source="upload")
     write(tmp_path / "a.jsonl", plain, newer, second, feedback, rejection)
-    win = window(tmp_path)
+    win = log_window(tmp_path)
     assert win.corrupt_lines == 0 and win.corrupt_examples == []
     assert win.n_predictions == 3 and win.n_requests == 2  # the batch of 2 is one request
     assert len(win.feedback) == 1 and sum(win.rejections.values()) == 1
@@ -75,7 +61,7 @@ def test_known_keys_are_still_checked_beside_unknown_ones(
     bad = {**log_line("prediction", time=T), "colour": "red", **change}
     missing = {k: v for k, v in log_line("prediction", time=T).items() if k != "time"}
     write(tmp_path / "a.jsonl", bad, {**missing, "colour": "red"}, log_line("prediction", time=T))
-    win = window(tmp_path)
+    win = log_window(tmp_path)
     assert win.corrupt_lines == 2 and win.n_predictions == 1 and win.unknown_key_lines == 0
     # The known key that makes each corrupt is named, not the unknown one beside it.
     first, second = win.corrupt_examples
@@ -94,7 +80,7 @@ def test_a_record_of_a_newer_major_format_is_skipped_not_misread(tmp_path: Path)
     changed = {**log_line("prediction", time=T), "format": LOG_FORMAT + 1, "output": "a"}
     explicit = {**log_line("prediction", time=T), "format": LOG_FORMAT}
     write(tmp_path / "a.jsonl", newer, changed, explicit)
-    win = window(tmp_path)
+    win = log_window(tmp_path)
     assert win.newer_formats == {LOG_FORMAT + 1: 2}
     assert win.corrupt_lines == 0 and win.n_predictions == 1
     # The strict readers (harvest, server start-up) refuse it with the same words.

@@ -5,28 +5,14 @@ records of a 100-image batch gave -93 requests and a refused share of -3.2%."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from pathlib import Path
 
 import orjson
 
-from pomlia_hpc.monitor.logread import LogWindow, read_window
-from tests.fixtures.factories import log_line
+from tests.fixtures.factories import log_line, log_window
 
 T = "2026-01-01T00:00:00.000000+00:00"
 T2 = "2026-01-01T00:00:01.000000+00:00"
-
-
-def window(folder: Path) -> LogWindow:
-    return read_window(
-        folder,
-        model="demo",
-        version="v0",
-        kind="stats-thumb-v1",
-        dim=2,
-        since=datetime(2025, 12, 31, tzinfo=UTC),
-        until=datetime(2026, 1, 2, tzinfo=UTC),
-    )
 
 
 def write(path: Path, *lines: dict | bytes, torn: bool = False) -> None:
@@ -39,7 +25,7 @@ def test_a_torn_batch_is_one_request(tmp_path: Path) -> None:
     batch = [log_line("prediction", time=T, request_images=100)]
     batch += [log_line("prediction", time=T) for _ in range(2)]
     write(tmp_path / "a.jsonl", *rejections, *batch, torn=True)
-    win = window(tmp_path)
+    win = log_window(tmp_path)
     assert win.n_predictions == 3 and win.torn_lines == 1
     assert win.n_requests == 1 and win.short_batches == 1
     assert sum(win.rejections.values()) == 3  # refused share: 3 of 4
@@ -55,7 +41,7 @@ def test_a_corrupt_line_inside_a_batch_does_not_hide_the_next_request(tmp_path: 
     whole = [log_line("prediction", time=T2, request_images=2), log_line("prediction", time=T2)]
     write(tmp_path / "a.jsonl", *batch, *single, *short)
     write(tmp_path / "b.jsonl", *whole, log_line("prediction", time=T2))
-    win = window(tmp_path)
+    win = log_window(tmp_path)
     assert win.corrupt_lines == 1 and win.n_predictions == 9
     # 3-image batch, 2 singles, the short batch, the whole batch, 1 single.
     assert win.n_requests == 6 and win.short_batches == 1

@@ -7,9 +7,6 @@ A fake `sacct` on PATH (a shell script) hangs for a minute on the calls it is to
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import yaml
@@ -22,8 +19,8 @@ from pomlia_hpc.pipeline.spec import load_pipeline
 from pomlia_hpc.pipeline.stage import StageContext
 from pomlia_hpc.registry import Job, Registry
 from pomlia_hpc.workspace import Workspace
+from tests.fixtures.slow_sacct import pomlia_on_path, waited_for_sacct
 
-REPO = Path(__file__).resolve().parents[1]
 SPEC = {
     "name": "p",
     "datasets": [{"name": "a", "medmnist": "bloodmnist"}],
@@ -74,24 +71,6 @@ def _running_stage_job(workspace: Workspace, reg: Registry, tmp_path: Path) -> P
     return file
 
 
-def _pomlia(home: Path, bin_dir: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    env = {
-        **os.environ,
-        "POMLIA_HOME": str(home),
-        "PYTHONPATH": str(REPO),
-        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
-        "COLUMNS": "200",
-    }
-    return subprocess.run(
-        [sys.executable, "-m", "pomlia_hpc", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=50,  # the fake sacct sleeps 60 s: returning at all is the point
-        check=False,
-    )
-
-
 def test_status_waits_briefly_and_marks_what_slurm_did_not_confirm(
     workspace: Workspace, reg: Registry, tmp_path: Path
 ) -> None:
@@ -99,11 +78,10 @@ def test_status_waits_briefly_and_marks_what_slurm_did_not_confirm(
     and no table."""
     (workspace.home / "pomlia.yaml").write_text("cluster:\n  list_sacct_timeout_s: 3\n")
     _running_stage_job(workspace, reg, tmp_path)
-    res = _pomlia(workspace.home, _slow_sacct(tmp_path, slow_calls=99), "pipeline", "status", "p")
-    assert res.returncode == 0, res.stdout + res.stderr
-    out = " ".join(res.stdout.split())
-    assert "Traceback" not in res.stderr and "timed out after" not in out + res.stderr
-    assert "waiting for Slurm's accounting (sacct) to answer, at most 3 s" in res.stderr
+    res = pomlia_on_path(
+        workspace.home, _slow_sacct(tmp_path, slow_calls=99), "pipeline", "status", "p"
+    )
+    out = waited_for_sacct(res, 3)
     assert (
         "sacct did not answer within 3 s; the states shown are the last recorded ones, "
         "as of 2026-01-02 03:04:05 (marked ?)" in out
@@ -124,13 +102,10 @@ def test_run_wait_asks_again_at_the_next_poll(
     (workspace.home / "pomlia.yaml").write_text("cluster:\n  list_sacct_timeout_s: 3\n")
     file = _running_stage_job(workspace, reg, tmp_path)
     bin_dir = _slow_sacct(tmp_path, slow_calls=2)  # the attach check and the first poll
-    res = _pomlia(
+    res = pomlia_on_path(
         workspace.home, bin_dir, "pipeline", "run", str(file), "--cluster", "slurm-local", "--wait"
     )
-    assert res.returncode == 0, res.stdout + res.stderr
-    out = " ".join(res.stdout.split())
-    assert "Traceback" not in res.stderr and "timed out after" not in out + res.stderr
-    assert "waiting for Slurm's accounting (sacct) to answer, at most 3 s" in res.stderr
+    out = waited_for_sacct(res, 3)
     assert "pipeline p is already running: p-encoder (4242, RUNNING?)" in out, out
     assert "sacct did not answer within 3 s; states marked ? are as last recorded" in out
     assert "encoder=running?" in out  # unconfirmed: waited for, not taken as ended
