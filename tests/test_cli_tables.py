@@ -13,7 +13,7 @@ from pathlib import Path
 from rich.table import Table
 
 from pomlia_hpc.cli.app import MessageConsole
-from pomlia_hpc.registry import Job, Model, MonitorReport, Registry, Run
+from pomlia_hpc.registry import GateDecision, Job, Model, MonitorReport, Promotion, Registry, Run
 from pomlia_hpc.workspace import Workspace
 from tests.fixtures.factories import tiny_dataset
 
@@ -236,3 +236,54 @@ def test_a_running_run_shows_dash_for_its_missing_metrics(
     row = next(line for line in narrow.splitlines() if "running" in line)
     values = [c.strip() for c in row.split("│")[1:-1]]
     assert values[values.index("running") + 1] == "-", narrow  # the metrics cell
+
+
+def test_deploy_history_s_gate_decisions_fit_80_columns(
+    workspace: Workspace, reg: Registry
+) -> None:
+    """`deploy history`'s gate table printed 115 columns at COLUMNS=80 once it named the
+    gate's test, and cut the challenger's name: it has a narrow form (models, decision with
+    test and p, accuracies stacked) that keeps the names whole."""
+    when = datetime(2026, 12, 5, 4, 31, 7, tzinfo=UTC)
+    names = ("demo-20261205-110832-best", "demo-20261205-110832-best-loop1-best")
+    with reg.session() as s:
+        models = [Model(name=n, run_id=None, path="/x", created_at=when) for n in names]
+        s.add_all(models)
+        s.flush()
+        gate = GateDecision(
+            slot="ward",
+            champion_id=models[0].id,
+            challenger_id=models[1].id,
+            passed=True,
+            evidence={
+                "challenger": names[1],
+                "champion": names[0],
+                "fixed_test": {"champion_accuracy": 0.992, "challenger_accuracy": 0.992, "n": 125},
+                "production": {"champion_accuracy": 0.81, "challenger_accuracy": 0.993, "n": 142},
+                "p_value": 1.08e-07,
+                "test": "McNemar",
+            },
+            created_at=when,
+        )
+        s.add(gate)
+        s.flush()
+        for kind, model, gate_id in (
+            ("initial", models[0], None),
+            ("promoted", models[1], gate.id),
+        ):
+            s.add(
+                Promotion(
+                    slot="ward",
+                    model_id=model.id,
+                    bundle_path="/x",
+                    kind=kind,
+                    gate_id=gate_id,
+                    created_at=when,
+                )
+            )
+        s.commit()
+    out = pomlia(workspace.home, "deploy", "history", "ward", columns="80")
+    table = [line for line in out.splitlines() if line.strip()[:1] in set("┏┃┡│└")]
+    assert max(len(line) for line in table) <= 80, out
+    for token in (*names, "McNemar", "1.08e-07", "0.810 → 0.993 (n=142)", "passed"):
+        assert token in cells(out), (token, out)

@@ -17,11 +17,12 @@ from rich.table import Table
 from pomlia_hpc.cli.app import STATE, app, console, err_console, log_line, profile_for
 from pomlia_hpc.cli.data import data_app
 from pomlia_hpc.cli.serve import deploy_app
-from pomlia_hpc.cli.tables import MISSING, ListTable, shown, when
+from pomlia_hpc.cli.tables import MISSING, ListTable, shown, stack, when
 from pomlia_hpc.errors import InputError
 
 if TYPE_CHECKING:
     from pomlia_hpc.loop.stages import LoopSettings
+    from pomlia_hpc.registry import GateDecision
 
 loop_app = typer.Typer(
     help="The loop: harvest labelled production data, retrain, gate, hot-swap the server.",
@@ -189,7 +190,6 @@ def history_cmd(slot: SlotArg) -> None:
 
     A console too narrow for the full table (80 columns) shows times as MM-DD HH:MM."""
     from pomlia_hpc.loop.promote import gate_decisions, history, slots
-    from pomlia_hpc.loop.stats import MCNEMAR
     from pomlia_hpc.registry.lookup import not_found
 
     reg = STATE.registry()
@@ -207,43 +207,45 @@ def history_cmd(slot: SlotArg) -> None:
         table.add_row(str(e.id), when(e.created_at, seconds=True), *rest)
         narrow.add_row(str(e.id), when(e.created_at, narrow=True), *rest)
     console.print(table)
-    gates = Table(title="gate decisions")
-    for col in (
-        "id",
-        "challenger",
-        "champion",
-        "decision",
-        "fixed test acc",
-        "production acc",
-        "p",
-        "test",
-    ):
+    console.print(_gate_table(decisions, {e.model_id: e.model for e in entries}))
+
+
+def _gate_table(decisions: list[GateDecision], names: dict[int, str]) -> ListTable:
+    """``deploy history``'s gate decisions, with a narrow form for an 80-column terminal (the
+    two models, the decision with its test and p, the two accuracies stacked); ``names``: the
+    slot's models by id."""
+    from pomlia_hpc.loop.stats import MCNEMAR
+
+    gates = ListTable(title="gate decisions")
+    narrow = gates.narrow = Table(title="gate decisions")
+    for col in ("id", "challenger", "champion", "decision", "fixed test acc", "production acc"):
         gates.add_column(col)
-    # Forced gates recorded by earlier versions hold only the champion's id; every champion
-    # served on the slot, so the slot's promotions know its name.
-    names = {e.model_id: e.model for e in entries}
+    for col in ("p", "test"):
+        gates.add_column(col)
+    for col in ("id", "challenger\nchampion", "decision\ntest\np", "fixed test acc\nproduction"):
+        narrow.add_column(col)
     for g in decisions:
         ev = g.evidence or {}
+        # Forced gates recorded by earlier versions hold only the champion's id; every
+        # champion served on the slot, so the slot's promotions know its name.
         champ = ev.get("champion") or names.get(g.champion_id or -1) or g.champion_id
         fixed, prod = ev.get("fixed_test") or {}, ev.get("production") or {}
-        gates.add_row(
-            str(g.id),
-            str(ev.get("challenger", g.challenger_id)),
-            str(champ if champ is not None else "-"),
-            ("passed" if g.passed else "failed") + (", forced" if g.forced else ""),
-            _pair(fixed),
-            _pair(prod),
-            f"{ev['p_value']:.3g}" if isinstance(ev.get("p_value"), float) else MISSING,
-            # Gates recorded before the key existed were all McNemar's.
-            str(ev.get("test", MCNEMAR)),
+        models = (str(ev.get("challenger", g.challenger_id)), shown(champ))
+        decision = ("passed" if g.passed else "failed") + (", forced" if g.forced else "")
+        p = f"{ev['p_value']:.3g}" if isinstance(ev.get("p_value"), float) else MISSING
+        # Gates recorded before the key existed were all McNemar's.
+        test = str(ev.get("test", MCNEMAR))
+        gates.add_row(str(g.id), *models, decision, _pair(fixed), _pair(prod), p, test)
+        narrow.add_row(
+            str(g.id), stack(*models), stack(decision, test, p), stack(_pair(fixed), _pair(prod))
         )
-    console.print(gates)
+    return gates
 
 
 def _pair(counts: dict[str, object]) -> str:
     a, b, n = counts.get("champion_accuracy"), counts.get("challenger_accuracy"), counts.get("n")
     if not isinstance(a, float) or not isinstance(b, float):
-        return ""
+        return MISSING
     return f"{a:.3f} → {b:.3f} (n={n})"
 
 
