@@ -111,6 +111,22 @@ def test_two_folders_of_one_name_in_two_unicode_forms_are_refused(
     assert "'Zelltyp-a\\u0308'" in err and "'Zelltyp-\\xe4'" in err
 
 
+def test_twin_folders_in_one_split_are_refused_when_an_earlier_split_has_the_name(
+    tmp_path: Path, data_add: Run
+) -> None:
+    # train/Läsion, val/Läsion (NFC) and val/Läsion (NFD): the check kept only the first
+    # folder of a name (train's), so val's two folders were silently merged into one class.
+    nfc, nfd = (unicodedata.normalize(form, "Läsion") for form in ("NFC", "NFD"))
+    root = tmp_path / "sbs"
+    _folder(root / "train", [nfc, "gesund"])
+    _folder(root / "val", [nfc, "gesund"])
+    _folder(tmp_path / "x", [nfd])
+    shutil.move(tmp_path / "x" / nfd, root / "val")
+    err = data_add(root)
+    assert "differ only in Unicode form (NFC / NFD: " in err, err
+    assert "'val/" in err and "'train/" not in err, err
+
+
 def test_class_names_differing_only_in_case_are_refused_for_npz_and_hdf5(
     tmp_path: Path, data_add: Run
 ) -> None:

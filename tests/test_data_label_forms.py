@@ -108,12 +108,12 @@ def test_without_a_task_type_one_hot_rows_get_a_note(tmp_path: Path) -> None:
 
 def test_a_label_far_above_the_others_is_named_as_a_marker(tmp_path: Path) -> None:
     # One 4,877-character warning listed '3' (any split) ... '254'.
-    y = np.where(np.arange(40) % 10 == 0, 255, Y)
+    y = np.where(np.arange(40) == 0, 255, Y)  # one row in 40 (2.5 %): a marker, not a class
     out = data_add_line("ign", str(_h5(tmp_path / "i.h5", y=y)), "--images", "x", "--labels", "y")
     assert "'3' (any split), '4' (any split), '5' (any split), '6' (any split), '7' (any " in out
-    assert "'7' (any split) and 247 more" in out and "'254'" not in out
+    assert "'7' (any split) and 248 more" in out and "'254'" not in out
     assert (
-        "warning: label 255 (4 row(s)) is far above the others (0 .. 2): it looks like a "
+        "warning: label 255 (1 row(s)) is far above the others (0 .. 2): it looks like a "
         "missing-label ('ignore') marker, and made 256 classes"
     ) in out
     assert "give --n-classes 3 to have such labels refused" in out
@@ -121,6 +121,57 @@ def test_a_label_far_above_the_others_is_named_as_a_marker(tmp_path: Path) -> No
         "fine", str(_h5(tmp_path / "f.h5", y=Y)), "--images", "x", "--labels", "y"
     )
     assert "marker" not in plain
+
+
+@pytest.mark.parametrize("top", [255, 10])
+def test_binary_labels_coded_0_top_are_told_to_be_remapped(tmp_path: Path, top: int) -> None:
+    # 0/255 masks were told "keep only the rows whose label is not 255 ... (or give
+    # --n-classes 1 ...)": that deletes a class, or declares a 1-class task.
+    y = (Y > 0) * top
+    out = data_add_line(f"b{top}", str(_h5(tmp_path / "b.h5", y=y)), "--images", "x", "--labels", "y")
+    assert f"warning: label {top} ({int((y == top).sum())} row(s), " in out, out
+    assert f"if the labels are 2 classes coded 0/{top}, remap them to 0 .. 1 in the source" in out
+    assert "give --n-classes" not in out and "not " + str(top) not in out
+
+
+def test_a_frequent_far_label_is_told_to_be_remapped_not_dropped(tmp_path: Path) -> None:
+    y = np.where(np.arange(40) % 10 == 0, 255, Y)  # 10 % of the rows: likely a class
+    out = data_add_line("often", str(_h5(tmp_path / "o.h5", y=y)), "--images", "x", "--labels", "y")
+    assert "warning: label 255 (4 row(s), 10 %) is far above the others (0 .. 2)" in out, out
+    assert "if the labels are 4 classes coded 0/1/2/255, remap them to 0 .. 3" in out
+    assert "keep only the rows" not in out
+
+
+@pytest.mark.parametrize("marker", [999, 9999, 65535])
+def test_a_marker_over_the_class_cap_is_named_in_the_refusal(
+    data_add: Run, tmp_path: Path, marker: int
+) -> None:
+    # "has 1000 classes ... raise the cap with --max-classes": the marker was never named.
+    y = np.where(np.arange(40) == 3, marker, Y)
+    err = data_add(_h5(tmp_path / "m.h5", y=y), "--images", "x", "--labels", "y")
+    assert f"has {marker + 1} classes (largest label + 1): expected at most 500" in err, err
+    assert f"label {marker} (1 row(s)) is far above the others (0 .. 2): it looks like a " in err
+    assert f"keep only the rows whose label is not {marker} in the source" in err
+    many = np.arange(40) * 20  # spread out, no marker: the plain refusal
+    err = data_add(_h5(tmp_path / "s.h5", y=many), "--images", "x", "--labels", "y")
+    assert "has 781 classes" in err and "missing-label" not in err, err
+
+
+def test_rows_without_a_label_under_a_single_label_task_are_named_as_such(
+    data_add: Run, tmp_path: Path
+) -> None:
+    # "row 2 is [0, 0, 0], not one-hot ... expected --task-type multi-label for several
+    # labels per image": an all-zero row is an unlabelled image, not several labels.
+    y = np.eye(3, dtype=np.uint8)[Y]
+    y[[2, 7]] = 0
+    args = ("--images", "x", "--labels", "y", "--task-type", "multi-class")
+    err = data_add(_h5(tmp_path / "z.h5", y=y), *args)
+    assert "has 3 label columns and 2 row(s) with no 1 (row " in err, err
+    assert "drop those rows in the source (or label them) and add it again" in err
+    assert "multi-label" not in err
+    y[5] = [1, 1, 0]  # several labels in a row: still the multi-label hint, naming that row
+    err = data_add(_h5(tmp_path / "w.h5", y=y), *args)
+    assert "is [1, 1, 0], not one-hot" in err and "expected --task-type multi-label" in err
 
 
 def test_minus_one_labels_are_refused_with_a_hint(data_add: Run, tmp_path: Path) -> None:

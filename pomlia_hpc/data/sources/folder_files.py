@@ -162,21 +162,31 @@ def check_class_names(root: Path, class_dirs: list[Path]) -> None:
                 f"has a control character ({bad[0]!r}) in its name: expected a name without "
                 "newlines, tabs or other control characters (rename the folder)"
             )
-    seen: dict[str, Path] = {}
+    # NFC first: a folder copied from a Mac spells "ä" decomposed (NFD). Two such folders
+    # side by side are two folders of one class and are refused; the same name in two forms
+    # in two split folders is one class. Each rule has its own key, so a name seen in an
+    # earlier split cannot hide a clash of two folders in one parent.
+    beside: dict[tuple[Path, str], Path] = {}
+    across: dict[str, Path] = {}
     for d in class_dirs:
-        # NFC first: a folder copied from a Mac spells "ä" decomposed (NFD); it is the same
-        # class as in another split folder, but two such folders side by side are refused.
-        first = seen.setdefault(unicodedata.normalize("NFC", d.name).casefold(), d)
+        key = unicodedata.normalize("NFC", d.name).casefold()
+        first = beside.setdefault((d.parent, key), d)
+        if first.name == d.name:
+            first = across.setdefault(key, d)
         if first.name == d.name:
             continue
         same = unicodedata.normalize("NFC", first.name) == unicodedata.normalize("NFC", d.name)
         if same and first.parent != d.parent:
             continue  # one class in two splits, its name in two Unicode forms: read as one
-        how = "in case"
-        if same:  # they print alike: the escapes tell them apart
-            how = f"in Unicode form (NFC / NFD: {first.name!a}, {d.name!a})"
-        raise InputError(
-            f"class folders '{first.relative_to(root).as_posix()}' and "
-            f"'{d.relative_to(root).as_posix()}' in image folder '{root}' differ only {how}: "
-            "expected one folder per class (rename one, or merge their images)"
-        )
+        _refuse_twins(root, first, d, same)
+
+
+def _refuse_twins(root: Path, first: Path, d: Path, same_nfc: bool) -> None:
+    how = "in case"
+    if same_nfc:  # they print alike: the escapes tell them apart
+        how = f"in Unicode form (NFC / NFD: {first.name!a}, {d.name!a})"
+    raise InputError(
+        f"class folders '{first.relative_to(root).as_posix()}' and "
+        f"'{d.relative_to(root).as_posix()}' in image folder '{root}' differ only {how}: "
+        "expected one folder per class (rename one, or merge their images)"
+    )

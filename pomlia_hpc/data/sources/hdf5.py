@@ -42,6 +42,7 @@ from pomlia_hpc.data.sources.base import (
 )
 from pomlia_hpc.data.sources.folder_layout import SPLIT_FOLDER_NAMES, split_aliases
 from pomlia_hpc.data.sources.intensity import PixelConverter, first_pass_rows
+from pomlia_hpc.data.sources.label_forms import check_marker_cap
 from pomlia_hpc.data.store import SPLIT_CODE, SPLITS
 from pomlia_hpc.errors import InputError
 
@@ -153,6 +154,10 @@ class Hdf5Source(Source):
             s: (f"HDF5 file '{path}', dataset '{labels}'", self._y[codes[self._order] == i])
             for i, s in enumerate(SPLITS)
         }
+        # A 999 marker would be refused as "1000 classes" below without saying why.
+        guessed = decl.class_names is None and decl.n_classes is None and not decl.one_hot_columns
+        guessed = guessed and not (decl.task_type or "").startswith("multi-label")
+        check_marker_cap(parts, self._limits.max_classes, inferred=guessed)
         self.label_info = resolve_labels(decl, parts, self._limits, one_hot_notes=notes)
         self.extra = {"images": images, "labels": labels, "split": split}
         if alpha:  # dropped, as an RGBA PNG's is; `data add` notes it

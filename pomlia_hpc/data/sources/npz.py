@@ -23,6 +23,7 @@ from pomlia_hpc.data.sources.base import (
     resolve_labels,
 )
 from pomlia_hpc.data.sources.intensity import PixelConverter, first_pass_rows
+from pomlia_hpc.data.sources.label_forms import check_marker_cap
 from pomlia_hpc.data.store import SPLITS
 from pomlia_hpc.errors import InputError
 
@@ -108,6 +109,10 @@ class NpzSource(Source):
         # One-hot classes of a single-label task are kept as the indices they stand for.
         decl, parts, notes = read_one_hot(decl, parts)
         self._labels = parts
+        # A 999 marker would be refused as "1000 classes" below without saying why.
+        guessed = decl.class_names is None and decl.n_classes is None and not decl.one_hot_columns
+        guessed = guessed and not (decl.task_type or "").startswith("multi-label")
+        check_marker_cap(parts, self._limits.max_classes, inferred=guessed)
         self.label_info = resolve_labels(decl, parts, self._limits, one_hot_notes=notes)
         if self.label_info.notes:
             self.extra["label_notes"] = self.label_info.notes
