@@ -340,7 +340,8 @@ def _render(ref: str, parent: str | None, meta: dict[str, Any], fp: dict[str, An
         ("parent", parent or "-"),
         ("task", str(meta.get("task_type"))),
         ("classes", f"{meta.get('n_classes')}: {', '.join(meta.get('class_names', []))}"),
-        ("classes without images", describe_missing(classes_without_images(meta)) or "-"),
+        # The detail view lists every class without images (warnings cut the list short).
+        ("classes without images", describe_missing(classes_without_images(meta), None) or "-"),
         ("images", f"{meta.get('n_images')} ({', '.join(f'{k} {v}' for k, v in sizes.items())})"),
         ("image size", f"{meta.get('height')}x{meta.get('width')} px, {meta.get('channels')} ch"),
         ("chunk rows", str(meta.get("chunk_rows"))),
