@@ -197,6 +197,32 @@ def test_the_studies_overview_lists_the_newest_studies(
     assert "2 older studies are not listed" in said
 
 
+def test_more_studies_in_full_than_overview_rows_are_all_shown(
+    workspace: Workspace, reg: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`--studies 600` showed at most MAX_STUDY_ROWS (500) studies in full while the page said
+    600; `--studies 0` said "The newest 0 of N studies are shown in full". The overview's
+    cap is lowered to 3 here so that the test draws a handful of figures, not 500."""
+    from pomlia_hpc.report import pages_learn
+
+    monkeypatch.setattr(pages_learn, "MAX_STUDY_ROWS", 3)
+    _many_studies(reg, 5, runs_each=1)
+    page = (
+        build_report(reg, workspace, tmp_path / "r", max_studies=4).folder / "studies.html"
+    ).read_text()
+    assert re.findall(r"<h2>Study (s\d+)</h2>", page) == ["s1", "s2", "s3", "s4"]
+    overview = [r[0] for r in _rows(page) if len(r) == 5 and r[0] != "study"]
+    assert overview == ["s1", "s2", "s3", "s4"]
+    said = " ".join(html.unescape(re.sub(r"<[^>]+>", " ", page)).split())
+    assert "The newest 4 of 5 studies" in said and "1 older study is not listed" in said
+    page = (
+        build_report(reg, workspace, tmp_path / "r0", max_studies=0).folder / "studies.html"
+    ).read_text()
+    said = " ".join(html.unescape(re.sub(r"<[^>]+>", " ", page)).split())
+    assert "No study is shown in full ( pomlia report --studies N shows the newest N" in said
+    assert "newest 0" not in said and "2 older studies are not listed" in said
+
+
 def test_report_studies_option(workspace: Workspace, reg: Registry, wide_console: None) -> None:
     """`pomlia report --studies N` shows N studies in full; its default is the page's."""
     from pomlia_hpc.cli.report import MAX_STUDIES as CLI_DEFAULT

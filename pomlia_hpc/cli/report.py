@@ -29,7 +29,7 @@ def report(
             min=0,
             help="How many studies (the newest, by their newest trial) the Studies page shows "
             "in full, with a best-so-far figure and a trial table each; the others get one row "
-            "in its overview table (the newest 500 studies).",
+            "in its overview table (the newest 500 studies, or N if more).",
         ),
     ] = MAX_STUDIES,
 ) -> None:

@@ -60,8 +60,8 @@ def studies_page(
     registry: Registry, workspace: Workspace, folder: Path, max_studies: int = MAX_STUDIES
 ) -> str | None:
     """Every study's trials, crashes and best validation metric (the newest
-    :data:`MAX_STUDY_ROWS`), then the newest ``max_studies`` studies in full: their best-so-far
-    curve and newest :data:`MAX_TRIALS` trials. Reads the runs in batches, so its memory and
+    :data:`MAX_STUDY_ROWS`, or ``max_studies`` if more), then the newest ``max_studies``
+    studies in full: their best-so-far curve and newest :data:`MAX_TRIALS` trials. Reads the runs in batches, so its memory and
     the page's size do not grow with the number of runs or studies."""
     key = func.coalesce(Run.study, "")
     with registry.session() as s:
@@ -70,7 +70,9 @@ def studies_page(
         if not order:
             return None
         full = {k for k, _ in order[: max(max_studies, 0)]}
-        listed = {k for k, _ in order[:MAX_STUDY_ROWS]}
+        # Listed: the newest MAX_STUDY_ROWS, or more when more are asked for in full (both
+        # are the newest, so the larger holds the other).
+        listed = {k for k, _ in order[: max(MAX_STUDY_ROWS, max_studies)]}
         studies = _sum_up(s, listed, full)
         tasks = {t.id: t for t in s.scalars(select(Task))}
         for t in tasks.values():
@@ -88,13 +90,17 @@ def studies_page(
         ["study", "task", "trials", "crashed", "best validation metric"], overview
     )
     older = len(order) - len(listed)
-    if len(parts) == len(order):
-        said = "Every study is shown in full below"
+    each = f", each with its best-so-far curve and newest {MAX_TRIALS} trials."
+    if not parts:
+        said = "No study is shown in full (<code>pomlia report --studies N</code> shows the "
+        said += f"newest N, each with its best-so-far curve and newest {MAX_TRIALS} trials)."
+    elif len(parts) == len(order):
+        said = "Every study is shown in full below" + each
     else:
         said = f"The newest {len(parts)} of {len(order):,} studies (by their newest trial) are"
-        said += " shown in full below (<code>pomlia report --studies N</code> shows N)"
+        said += " shown in full below (<code>pomlia report --studies N</code> shows N)" + each
     head += (
-        f"<p class='muted'>{said}, each with its best-so-far curve and newest {MAX_TRIALS} trials."
+        f"<p class='muted'>{said}"
         + (f" {older:,} older stud{'y is' if older == 1 else 'ies are'} not listed." * (older > 0))
         + " A study's trials: <code>pomlia runs list --study NAME</code>.</p>"
     )
