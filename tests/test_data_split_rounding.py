@@ -84,3 +84,34 @@ def test_re_adding_an_unchanged_folder_split_anew_says_so(
     Image.fromarray(rng.integers(0, 255, (8, 8), dtype=np.uint8)).save(tmp_path / "imgs/a/x.png")
     res = runner.invoke(app, ["data", "add", "roundy", str(tmp_path / "imgs")])
     assert res.exit_code == 0 and "same images as" not in res.output, res.output
+
+
+def test_the_resplit_note_reads_each_store_once(
+    workspace: Workspace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The note hashed every row of both stores to tell "same images", then again to count
+    the images in another split: each store was read twice."""
+    from pomlia_hpc.data.splits import resplit_note
+    from pomlia_hpc.data.store import DatasetStore, open_version
+    from tests.fixtures.factories import tiny_arrays, write_npz
+
+    arrays = tiny_arrays("bloodmnist", (40, 7, 13), size=28)
+    cli_ok("data", "add", "moved", str(write_npz(tmp_path / "a.npz", arrays)))
+    first = open_version(workspace, "moved").ref
+    # One image each way between train and val: same images, same sizes, another split.
+    for key in ("images", "labels"):
+        tr, va = arrays[f"train_{key}"].copy(), arrays[f"val_{key}"].copy()
+        arrays[f"train_{key}"][0], arrays[f"val_{key}"][0] = va[0], tr[0]
+    cli_ok("data", "add", "moved", str(write_npz(tmp_path / "b.npz", arrays)))
+    new, parent = open_version(workspace, "moved"), open_version(workspace, first)
+    reads: list[int] = []
+    read_rows = DatasetStore.read_rows
+
+    def counted(self: DatasetStore, lo: int, hi: int) -> np.ndarray:
+        reads.append(hi - lo)
+        return read_rows(self, lo, hi)
+
+    monkeypatch.setattr(DatasetStore, "read_rows", counted)
+    note = resplit_note(new, parent)
+    assert note is not None and "2 image(s) in another split" in note, note
+    assert sum(reads) == new.n_images + parent.n_images, reads

@@ -105,17 +105,24 @@ def require_all_splits(meta: dict[str, Any], ref: str) -> None:
         )
 
 
-def same_images(a: DatasetStore, b: DatasetStore) -> bool:
+RowHashes = tuple[np.ndarray, np.ndarray]
+""":func:`row_hashes` of two stores, computed once for :func:`same_images` and the note."""
+
+
+def same_images(a: DatasetStore, b: DatasetStore, hashes: RowHashes | None = None) -> bool:
     """Whether stores ``a`` and ``b`` hold the same images under the same labels, each as
     often, whatever split they are in (a re-added source split another way). Reads both, a
-    chunk at a time; False at once when their sizes, image shapes or classes differ."""
+    chunk at a time, unless their :func:`row_hashes` are given (``hashes``, a's then b's);
+    False at once when their sizes, image shapes or classes differ."""
     if (a.n_images, a.image_shape, a.class_names) != (b.n_images, b.image_shape, b.class_names):
         return False
-    return bool(np.array_equal(_canonical(_row_hashes(a)), _canonical(_row_hashes(b))))
+    ha, hb = hashes if hashes is not None else (row_hashes(a), row_hashes(b))
+    return bool(np.array_equal(_canonical(ha), _canonical(hb)))
 
 
-def _row_hashes(store: DatasetStore) -> np.ndarray:
-    """(n, 2) pixel and label hashes of every row of ``store``, in store order."""
+def row_hashes(store: DatasetStore) -> np.ndarray:
+    """(n, 2) uint64 pixel and label hashes of every row of ``store``, in store order; reads
+    the whole store, a chunk at a time."""
     from pomlia_hpc.data.explicit_fingerprint import image_hashes
 
     pixels = np.concatenate(
@@ -130,10 +137,11 @@ def _canonical(pairs: np.ndarray) -> np.ndarray:
     return pairs[np.lexsort((pairs[:, 1], pairs[:, 0]))]
 
 
-def _changed_split(new: DatasetStore, parent: DatasetStore) -> int:
-    """Images of ``new`` in another split than in ``parent`` (same images, each as often)."""
+def _changed_split(new: DatasetStore, parent: DatasetStore, hashes: RowHashes) -> int:
+    """Images of ``new`` in another split than in ``parent`` (same images, each as often),
+    from their :func:`row_hashes` (``hashes``, new's then parent's)."""
     moved = 0
-    rows = {store: _row_hashes(store) for store in (new, parent)}
+    rows = dict(zip((new, parent), hashes, strict=True))
     for split in SPLITS:
         have = {}
         for store in (new, parent):
@@ -186,9 +194,9 @@ def _rounding_explains(new: dict[str, Any], parent: dict[str, Any]) -> bool:
     return True
 
 
-def _why_resplit(new: DatasetStore, parent: DatasetStore) -> str:
+def _why_resplit(new: DatasetStore, parent: DatasetStore, hashes: RowHashes) -> str:
     """What differs, and why, for the same images in another split or order (see
-    :func:`resplit_note`)."""
+    :func:`resplit_note`); ``hashes``: their :func:`row_hashes`."""
     src, old_src = new.meta.get("source") or {}, parent.meta.get("source") or {}
     keys = ("val_fraction", "test_fraction")
     # HDF5 versions made before this change did not record their fractions: nothing to compare.
@@ -197,7 +205,7 @@ def _why_resplit(new: DatasetStore, parent: DatasetStore) -> str:
         return "only the split differs (other split fractions)"
     if _rounding_explains(new.meta, parent.meta):
         return f"only the split differs ({ROUNDING})"
-    moved = _changed_split(new, parent)
+    moved = _changed_split(new, parent, hashes)
     folder = src.get("kind") == "folder"
     if moved == 0:  # the rows of a split are ordered by hashes of their paths too
         why = "a file was renamed or moved: rows are ordered by file paths" if folder else ""
@@ -229,8 +237,13 @@ def resplit_note(new: DatasetStore, parent: DatasetStore) -> str | None:
     the new rounding give); a file renamed or moved (the split and the row order are decided
     by path hashes; rows moved in an HDF5 file); else how many images changed split. None
     when the images differ."""
-    if not same_images(new, parent):
+    shape = (new.n_images, new.image_shape, new.class_names)
+    if shape != (parent.n_images, parent.image_shape, parent.class_names):
+        return None  # not the same images: no need to read either store
+    # Each store is read once: the same hashes answer "same images?" and "how many moved?".
+    hashes = (row_hashes(new), row_hashes(parent))
+    if not same_images(new, parent, hashes):
         return None
-    why = _why_resplit(new, parent)
+    why = _why_resplit(new, parent, hashes)
     kept = "order" if why.startswith("same split") else "split"
     return f"same images as {parent.ref}; {why}; use {parent.ref} to keep the old {kept}"
