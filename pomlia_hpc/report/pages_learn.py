@@ -61,8 +61,9 @@ def studies_page(
 ) -> str | None:
     """Every study's trials, crashes and best validation metric (the newest
     :data:`MAX_STUDY_ROWS`, or ``max_studies`` if more), then the newest ``max_studies``
-    studies in full: their best-so-far curve and newest :data:`MAX_TRIALS` trials. Reads the runs in batches, so its memory and
-    the page's size do not grow with the number of runs or studies."""
+    studies in full: their best-so-far curve and newest :data:`MAX_TRIALS` trials. Reads the
+    runs in batches, so its memory and the page's size do not grow with the number of runs or
+    studies."""
     key = func.coalesce(Run.study, "")
     with registry.session() as s:
         newest = func.max(Run.id)
