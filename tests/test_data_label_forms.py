@@ -122,7 +122,9 @@ def test_a_label_far_above_the_others_is_named_as_a_marker(tmp_path: Path) -> No
     # `data show` (the detail view) lists every class without images, not the first five.
     shown = " ".join(runner.invoke(app, ["data", "show", "ign"]).output.split())
     assert "'254'" in shown and "248 more" not in shown, shown
-    plain = data_add_line("fine", str(_h5(tmp_path / "f.h5", y=Y)), "--images", "x", "--labels", "y")
+    plain = data_add_line(
+        "fine", str(_h5(tmp_path / "f.h5", y=Y)), "--images", "x", "--labels", "y"
+    )
     assert "marker" not in plain
 
 
@@ -131,7 +133,9 @@ def test_binary_labels_coded_0_top_are_told_to_be_remapped(tmp_path: Path, top: 
     # 0/255 masks were told "keep only the rows whose label is not 255 ... (or give
     # --n-classes 1 ...)": that deletes a class, or declares a 1-class task.
     y = (Y > 0) * top
-    out = data_add_line(f"b{top}", str(_h5(tmp_path / "b.h5", y=y)), "--images", "x", "--labels", "y")
+    out = data_add_line(
+        f"b{top}", str(_h5(tmp_path / "b.h5", y=y)), "--images", "x", "--labels", "y"
+    )
     assert f"warning: label {top} ({int((y == top).sum())} row(s), " in out, out
     assert f"if the labels are 2 classes coded 0/{top}, remap them to 0 .. 1 in the source" in out
     assert "give --n-classes" not in out and "not " + str(top) not in out
