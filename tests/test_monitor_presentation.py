@@ -14,7 +14,8 @@ from sqlalchemy import select
 from typer.testing import CliRunner
 
 from pomlia_hpc.cli import app
-from pomlia_hpc.monitor.html import history_p_values, render_html
+from pomlia_hpc.monitor.figures import history_p_values
+from pomlia_hpc.monitor.html import render_html
 from pomlia_hpc.registry import Model, MonitorReport, Registry
 from pomlia_hpc.report import build_report
 from pomlia_hpc.workspace import Workspace

@@ -2,10 +2,10 @@
 ``data:`` URIs, no scripts, no external files, so the page reads straight off a cluster file
 system (or as an e-mail attachment).
 
-Plots: p-value and statistic of each test over the history of reports; accuracy from feedback
-over time with its 95% interval; reference vs window fingerprints in the reference's first two
-principal components; the most drifting fingerprint dimensions; predicted-label shares; volume
-per hour.
+Plots: p-value of each test over the history of reports against its threshold (UTC time axis);
+accuracy from feedback over time with its 95% interval; reference vs window fingerprints in the
+reference's first two principal components; the most drifting fingerprint dimensions;
+predicted-label shares; predictions per hour over the whole window (UTC).
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ import numpy as np
 from matplotlib.figure import Figure
 
 from pomlia_hpc.monitor.checks import CheckOutcome
+from pomlia_hpc.monitor.figures import history_figure, volume_figure
 from pomlia_hpc.monitor.history import NOT_TESTED, comparable_accuracy, is_tested, show_time
 from pomlia_hpc.registry import MonitorReport
 from pomlia_hpc.serve.reference import Reference
@@ -50,60 +51,11 @@ def _img(fig: Figure, alt: str) -> str:
     return f'<img alt="{html.escape(alt)}" src="data:image/png;base64,{_png(fig)}">'
 
 
-def _history_points(
-    past: Sequence[MonitorReport], report: dict[str, Any]
-) -> tuple[list[str], list[dict[str, Any]]]:
-    """(label per report, {test name: test dict} per report), oldest first, current last."""
-    labels, tests = [], []
-    for row in past:
-        labels.append(f"#{row.id}")
-        tests.append(dict(row.drift or {}))
-    labels.append("now")
-    tests.append({t["name"]: t for t in report["tests"]})
-    return labels, tests
-
-
-def history_p_values(
-    past: Sequence[MonitorReport], report: dict[str, Any]
-) -> dict[str, list[float | None]]:
-    """The p-value of each test per report (oldest first, ``report`` last), as the history
-    plot draws them against alpha: None where the test did not run or was not tested (its
-    p-value means nothing, :func:`~pomlia_hpc.monitor.history.is_tested`)."""
-    _, tests = _history_points(past, report)
-    names = sorted({n for t in tests for n in t})
-    out: dict[str, list[float | None]] = {}
-    for name in names:
-        found = [t.get(name) for t in tests]
-        out[name] = [
-            t.get("p_value") if isinstance(t, dict) and is_tested(t) else None for t in found
-        ]
-    return out
-
-
 def plot_history(past: Sequence[MonitorReport], report: dict[str, Any]) -> str:
-    labels, tests = _history_points(past, report)
-    names = sorted({n for t in tests for n in t})
-    if not names:
-        return ""
-    p_values = history_p_values(past, report)
-    x = np.arange(len(labels))
-    fig, (ax_p, ax_s) = plt.subplots(2, 1, figsize=(9, 6), sharex=True)
-    for name in names:
-        p = p_values[name]
-        s = [t.get(name, {}).get("statistic") for t in tests]
-        pv = np.array([v if v is not None else np.nan for v in p], dtype=float)
-        sv = np.array([v if v is not None else np.nan for v in s], dtype=float)
-        ax_p.plot(x, np.clip(pv, 1e-6, 1), marker="o", label=name)
-        scale = np.nanmax(np.abs(sv)) if np.any(np.isfinite(sv)) else 1.0
-        ax_s.plot(x, sv / (scale or 1.0), marker="o", label=name)
-    ax_p.set_yscale("log")
-    ax_p.axhline(report["alpha"], color="k", ls="--", lw=1, label=f"alpha {report['alpha']}")
-    ax_p.set_ylabel("p-value")
-    ax_p.legend(fontsize=7, ncol=4)
-    ax_s.set_ylabel("statistic / its max")
-    ax_s.set_xticks(x, labels, rotation=45, fontsize=7)
-    ax_p.set_title("tests over the history of reports")
-    return _img(fig, "p-values and statistics over the history of reports")
+    """The history figure (:func:`~pomlia_hpc.monitor.figures.history_figure`) as an
+    ``<img>``; empty when there is nothing to draw."""
+    fig = history_figure(past, report)
+    return _img(fig, "p-values over the history of reports against their thresholds") if fig else ""
 
 
 def metric_points(
@@ -203,18 +155,10 @@ def plot_labels(report: dict[str, Any], ref: Reference) -> str:
 
 
 def plot_volume(report: dict[str, Any]) -> str:
-    per_hour = report["volume"]["per_hour"]
-    if not per_hour:
-        return ""
-    fig, ax = plt.subplots(figsize=(8, 2.6))
-    ax.bar(range(len(per_hour)), [n for _, n in per_hour], color="C2")
-    step = max(1, len(per_hour) // 12)
-    ax.set_xticks(
-        range(0, len(per_hour), step), [h[5:] for h, _ in per_hour][::step], rotation=45, fontsize=7
-    )
-    ax.set_ylabel("predictions / hour")
-    ax.set_title("volume")
-    return _img(fig, "predictions per hour")
+    """The volume figure (:func:`~pomlia_hpc.monitor.figures.volume_figure`) as an
+    ``<img>``; empty when the window holds no predictions."""
+    fig = volume_figure(report)
+    return _img(fig, "predictions per hour over the window") if fig else ""
 
 
 def plot_inputs(atypical: Sequence[tuple[str, float, np.ndarray]]) -> str:
