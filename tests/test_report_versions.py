@@ -127,9 +127,9 @@ def test_fingerprint_figures_show_the_current_versions_only(
     heat: list[list[str]] = []
     heatmap = figures.heatmap
 
-    def spy(matrix: np.ndarray, labels: list[str], title: str) -> bytes:
+    def spy(matrix: np.ndarray, labels: list[str], title: str, *a: Any) -> bytes:
         heat.append(list(labels))
-        return heatmap(matrix, labels, title)
+        return heatmap(matrix, labels, title, *a)
 
     monkeypatch.setattr(figures, "heatmap", spy)
     res = build_report(reg, ws, tmp_path / "r")
@@ -167,3 +167,49 @@ def test_one_dataset_gets_no_latent_means_figure_but_its_reason(
     # the reason stands where the figure would be: after the scatter, before the heatmap
     page = (res.folder / "fingerprints.html").read_text()
     assert page.index("alt='latent scatter'") < page.index(ONE_SET) < page.index("alt='distance")
+
+
+def test_the_distance_heatmap_ranks_as_similar_does(
+    tmp_path_factory: pytest.TempPathFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The heatmap drew the Euclidean distance between mean embeddings, which ranked the data
+    sets the opposite way to `pomlia similar` (its combined distance): each row now holds what
+    `pomlia similar ROW` gives, and the title names that distance."""
+    import pomlia_hpc.report.figures as figures
+    from pomlia_hpc.fingerprint.ranking import DEFAULT_DISTANCE
+    from pomlia_hpc.fingerprint.similar import similar_datasets
+
+    ws, reg, _refs = _world(
+        tmp_path_factory.mktemp("three") / "home",
+        [("blood", "bloodmnist", 0), ("derma", "dermamnist", 1), ("pneu", "pneumoniamnist", 2)],
+    )
+    seen: list[tuple[np.ndarray, list[str], str]] = []
+    heatmap = figures.heatmap
+
+    def spy(matrix: np.ndarray, labels: list[str], title: str, *a: Any) -> bytes:
+        seen.append((np.asarray(matrix), list(labels), title))
+        return heatmap(matrix, labels, title, *a)
+
+    monkeypatch.setattr(figures, "heatmap", spy)
+    build_report(reg, ws, tmp_path / "r")
+    [(matrix, labels, title)] = seen
+    assert f": {DEFAULT_DISTANCE} (as pomlia similar ranks)" in title
+    for i, name in enumerate(labels):
+        found = {r.ref.split("@")[0]: r.distance for r in similar_datasets(reg, "enc", name, k=9)}
+        row = {other: float(matrix[i, j]) for j, other in enumerate(labels) if j != i}
+        assert row == pytest.approx(found), name
+        assert matrix[i, i] == 0.0
+
+
+def test_heatmap_numbers_are_readable_and_of_one_precision() -> None:
+    """The cells' numbers were 6 pt in a precision of their own (``0.1`` beside ``0.088``)."""
+    from pomlia_hpc.report.figures import HEATMAP_MAX_NUMBERS, heatmap_figure
+
+    m = np.array([[0.0, 0.1, 0.0881], [0.1, 0.0, 1.3], [0.0881, 1.3, 0.0]])
+    fig = heatmap_figure(m, ["a", "b", "c"], "t")
+    texts = fig.axes[0].texts
+    assert [t.get_text() for t in texts] == [f"{v:.2f}" for v in m.ravel()]
+    assert all(t.get_fontsize() >= 8 for t in texts)
+    big = HEATMAP_MAX_NUMBERS + 1
+    many = heatmap_figure(np.zeros((big, big)), [str(i) for i in range(big)], "t")
+    assert len(many.axes[0].texts) == 0

@@ -161,9 +161,9 @@ def _sets(registry: Registry) -> dict[str, list[tuple[str, FingerprintSet]]]:
 
 def fingerprints_page(registry: Registry, workspace: Workspace, folder: Path) -> str | None:
     """Per encoder: its training, its fingerprint sets (the current version marked), latent
-    maps (Figures 5/6) and the heatmap of distances between dataset fingerprints (mean
-    embeddings) of each dataset's current version, as ``pomlia plot latent`` and ``similar``
-    compare them; then the pipelines' clustering results."""
+    maps (Figures 5/6) and the heatmap of distances between dataset fingerprints (the distance
+    ``pomlia similar`` ranks by) of each dataset's current version, as ``pomlia plot latent``
+    and ``similar`` compare them; then the pipelines' clustering results."""
     from pomlia_hpc.data.store import current_versions
 
     sets = _sets(registry)
@@ -205,6 +205,7 @@ def _encoder_section(
     default: each dataset's current version (else its newest usable one). Figure 6 only for
     two datasets or more, else its one-line reason where it would be."""
     from pomlia_hpc.fingerprint.plots import latent_figures
+    from pomlia_hpc.fingerprint.ranking import DEFAULT_DISTANCE
     from pomlia_hpc.fingerprint.similar import candidates
 
     parts = [f"<h2>Encoder {esc(enc)}</h2>"]
@@ -229,15 +230,47 @@ def _encoder_section(
         cards.append(f"<div class='card'>distances unavailable: {esc(exc)}</div>")
     if plotted:
         labels = [ref.split("@")[0] for _fs, ref in plotted]  # one version per dataset
-        means = np.stack([np.asarray(fs.mean, float) for fs, _r in plotted])
-        dist = np.sqrt(((means[:, None, :] - means[None, :, :]) ** 2).sum(-1))
-        title = f"distance between dataset fingerprints (mean embeddings), encoder {enc}"
-        cards.append(
-            f"<div class='card'>{png(figures.heatmap(dist, labels, title), title, 560)}</div>"
-        )
+        try:
+            dist = similar_distances(registry, plotted)
+            title = (
+                f"distance between dataset fingerprints: {DEFAULT_DISTANCE} (as pomlia "
+                f"similar ranks), encoder {enc}"
+            )
+            image = figures.heatmap(
+                dist,
+                labels,
+                title,
+                "compared with",
+                "query (a row: pomlia similar QUERY)",
+            )
+            cards.append(f"<div class='card'>{png(image, title, 560)}</div>")
+        except Exception as exc:  # an unreadable summary must not stop the report
+            cards.append(f"<div class='card'>distances unavailable: {esc(exc)}</div>")
     parts.append(_sets_table(members, current, {fs.id for fs, _r in plotted}, left))
     parts.append(f"<div class='grid'>{''.join(cards)}</div>")
     return parts
+
+
+def similar_distances(registry: Registry, sets: list[tuple[FingerprintSet, str]]) -> np.ndarray:
+    """The distances between the datasets of ``sets`` (``(set, name@version)`` pairs, one per
+    dataset) that ``pomlia similar`` ranks by (its default distance, unitless): row i holds
+    those of ``pomlia similar`` for dataset i, 0 on the diagonal. Not symmetric in general:
+    the combined distance scales its parts by their medians over the datasets a query is
+    compared with, which differ from row to row."""
+    from pomlia_hpc.fingerprint.ranking import DEFAULT_DISTANCE, fields_for, score
+    from pomlia_hpc.fingerprint.similar import load_summary
+
+    need = fields_for(DEFAULT_DISTANCE)
+    summaries = [load_summary(registry, fs, ref, need) for fs, ref in sets]
+    n = len(summaries)
+    out = np.zeros((n, n))
+    for i, query in enumerate(summaries):
+        others = [j for j in range(n) if j != i]
+        if not others:
+            continue
+        scored = score(query, [summaries[j] for j in others], DEFAULT_DISTANCE)
+        out[i, others] = [sc.distance for sc in scored]
+    return out
 
 
 def _sets_table(

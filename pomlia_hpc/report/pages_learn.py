@@ -14,6 +14,8 @@ from sqlalchemy.orm import Session
 
 from pomlia_hpc.automl.records import config_summary, job_run_cost_s
 from pomlia_hpc.registry import (
+    Dataset,
+    DatasetVersion,
     Deployment,
     Job,
     LoopRun,
@@ -25,6 +27,7 @@ from pomlia_hpc.registry import (
 )
 from pomlia_hpc.report import figures
 from pomlia_hpc.report.html import NA, cut, esc, is_number, metric_text, png, status_span, table
+from pomlia_hpc.vocab import METRICS
 from pomlia_hpc.workspace import Workspace
 
 #: Trials listed per study (the newest); the curve shows all of them.
@@ -78,15 +81,29 @@ def studies_page(
         tasks = {t.id: t for t in s.scalars(select(Task))}
         for t in tasks.values():
             s.expunge(t)
+        data = dict(
+            s.execute(
+                select(DatasetVersion.id, Dataset.name + "@" + DatasetVersion.version).join(
+                    Dataset, Dataset.id == DatasetVersion.dataset_id
+                )
+            ).all()
+        )
     overview, parts = [], []
-    for st in studies.values():  # in the order of their first run
+    # Newest first, by their newest trial (``order``), as the page says; the dict of studies
+    # is in the order of their first run.
+    for st in (studies[k] for k, _ in order if k in studies):
         task = tasks.get(st.task_id or -1)
         metric = task.metric if task else "metric"
         name = st.key or "(no study)"
         best = f"{metric} {st.best:.3f}" if st.best is not None else NA
         overview.append([name, task.name if task else "", st.trials, st.crashed, best])
         if st.points is not None:
-            parts.append(_study_section(registry, st, name, metric))
+            about = (
+                f"study {name}: task {task.name}, data {data.get(task.dataset_version_id, '?')}"
+                if task
+                else f"study {name}"
+            )
+            parts.append(_study_section(registry, st, name, metric, about))
     head = "<h2>Studies</h2>" + table(
         ["study", "task", "trials", "crashed", "best validation metric"], overview
     )
@@ -136,11 +153,15 @@ def _sum_up(s: Session, listed: set[str], full: set[str]) -> dict[str, _Study]:
         last = rows[-1][0]
 
 
-def _study_section(registry: Registry, st: _Study, name: str, metric: str) -> str:
-    """A study's heading, best-so-far curve and table of its newest :data:`MAX_TRIALS`."""
+def _study_section(registry: Registry, st: _Study, name: str, metric: str, title: str) -> str:
+    """A study's heading, best-so-far curve (titled ``title``) and table of its newest
+    :data:`MAX_TRIALS`."""
     points = st.points or []
+    # The task metrics (accuracy, AUC, F1) run from 0 to 1: the axis shows that whole range,
+    # so one trial or equal trials do not blow rounding noise up to the whole axis.
+    bounds = (0.0, 1.0) if metric in METRICS else None
     curve = figures.best_so_far(
-        [p[0] for p in points], [p[1] for p in points], metric, f"study {name}"
+        [p[0] for p in points], [p[1] for p in points], metric, title, bounds
     )
     with registry.session() as s:
         members = list(

@@ -4,11 +4,14 @@ the pipelines (each stage's record, in the order the pipeline runs them)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections import defaultdict
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from matplotlib.figure import Figure
 from sqlalchemy import select
 
 from pomlia_hpc.monitor.history import NOT_TESTED, is_tested
@@ -46,9 +49,8 @@ def monitor_page(registry: Registry, workspace: Workspace, folder: Path) -> str 
     parts = []
     for model, items in by_model.items():
         times = [f"{r.created_at:%Y-%m-%d %H:%M}" for r in items]
-        panels = monitor_panels([_numbers(r) for r in items])
         parts.append(f"<h2>Model {esc(model)}</h2>")
-        chart = figures.series(times, panels, [r.triggered for r in items], f"monitor, {model}")
+        chart = figures.figure_bytes(monitor_chart(items, f"monitor, {model}"))
         parts.append(png(chart, f"monitor history of {model}", 600))
         headers = ["report", "time", "status", "window", "predictions", "labels", "tests"]
         rows = [_report_row(r, t, folder) for r, t in zip(items, times, strict=True)]
@@ -59,16 +61,52 @@ def monitor_page(registry: Registry, workspace: Workspace, folder: Path) -> str 
 #: Monitor numbers that are shares from 0 to 1, and those that count predictions.
 _SHARES = ("accuracy", "share", "rate", "coverage")
 _COUNTS = ("predictions", "n", "labels", "requests")
+#: The y labels of the panels of shares and of counts.
+SHARE_UNIT = "share (0 to 1)"
+COUNT_UNIT = "count (predictions, labels)"
+#: The status of a report whose window held no predictions (``monitor run``): nothing was
+#: measured, so its numbers are no points on the chart.
+EMPTY = "empty"
 
 
 def unit_of(key: str) -> str:
     """The y label, with its unit, of the chart panel that draws monitor number ``key``:
     numbers of one unit share a panel, any other number has a panel of its own."""
     if any(word in key for word in _SHARES):
-        return "share (0 to 1)"
+        return SHARE_UNIT
     if key in _COUNTS:
-        return "count (predictions, labels)"
+        return COUNT_UNIT
     return key
+
+
+def window_end(r: MonitorReport) -> datetime:
+    """The end of the window report ``r`` covers (UTC; a naive time is taken as UTC), else
+    (an old report without a window) when it was made: where the report belongs on a time
+    axis, since a report of an old window can be made any time later."""
+    win = (r.metrics or {}).get("window")
+    until = win.get("until") if isinstance(win, dict) else None
+    when = r.created_at
+    if isinstance(until, str):
+        # An unreadable window end: the report's own time still places it.
+        with contextlib.suppress(ValueError):
+            when = datetime.fromisoformat(until)
+    return when if when.tzinfo else when.replace(tzinfo=UTC)
+
+
+def monitor_chart(items: list[MonitorReport], title: str) -> Figure:
+    """A model's monitor reports as a chart over the end of each report's window (UTC): a
+    panel of shares from 0 to 1 (accuracy), one of counts (predictions, labels) from 0, one
+    for any other number; alarms and empty windows marked."""
+    items = sorted(items, key=window_end)
+    return figures.series_figure(
+        [window_end(r) for r in items],
+        monitor_panels([_numbers(r) for r in items]),
+        [r.triggered for r in items],
+        title,
+        empty=[(r.metrics or {}).get("status") == EMPTY for r in items],
+        limits={SHARE_UNIT: (0.0, 1.0), COUNT_UNIT: (0.0, None)},
+        xlabel="end of the report's window (UTC)",
+    )
 
 
 def monitor_panels(
@@ -94,8 +132,10 @@ def _numbers(r: MonitorReport) -> dict[str, float]:
     m = r.metrics or {}
     out = {k: float(v) for k, v in m.items() if _is_num(v)}
     perf = m.get("performance")
-    if isinstance(perf, dict) and _is_num(perf.get("accuracy")):
-        out["accuracy"] = float(perf["accuracy"])
+    if isinstance(perf, dict):
+        for key in ("accuracy", "labels"):
+            if _is_num(perf.get(key)):
+                out[key] = float(perf[key])
     return out
 
 
