@@ -164,10 +164,10 @@ def test_the_studies_page_shows_the_newest_studies_in_full(
     page = (build_report(reg, workspace, tmp_path / "r").folder / "studies.html").read_text()
     assert page.count("<img") == MAX_STUDIES
     sections = re.findall(r"<h2>Study (s\d+)</h2>", page)
-    assert sections == [f"s{i}" for i in range(5, MAX_STUDIES + 5)]  # the newest, oldest first
+    assert sections == [f"s{i}" for i in reversed(range(5, MAX_STUDIES + 5))]  # newest first
     overview = [r for r in _rows(page) if len(r) == 5 and r[0] != "study"]
-    assert [r[0] for r in overview] == [f"s{i}" for i in range(MAX_STUDIES + 5)]
-    assert overview[0][2:] == ["2", "0", "acc 0.600"]  # older studies keep their row
+    assert [r[0] for r in overview] == [f"s{i}" for i in reversed(range(MAX_STUDIES + 5))]
+    assert overview[-1][2:] == ["2", "0", "acc 0.600"]  # older studies keep their row
     said = " ".join(html.unescape(re.sub(r"<[^>]+>", " ", page)).split())
     assert f"The newest {MAX_STUDIES} of {MAX_STUDIES + 5} studies" in said
     assert "pomlia runs list --study NAME" in said
@@ -175,8 +175,8 @@ def test_the_studies_page_shows_the_newest_studies_in_full(
         build_report(reg, workspace, tmp_path / "r", max_studies=2).folder / "studies.html"
     ).read_text()
     assert re.findall(r"<h2>Study (s\d+)</h2>", page) == [
-        f"s{MAX_STUDIES + 3}",
         f"s{MAX_STUDIES + 4}",
+        f"s{MAX_STUDIES + 3}",
     ]
 
 
@@ -192,7 +192,7 @@ def test_the_studies_overview_lists_the_newest_studies(
     page = (res.folder / "studies.html").read_text()
     assert "<img" not in page
     overview = [r[0] for r in _rows(page) if len(r) == 5 and r[0] != "study"]
-    assert overview == [f"s{i}" for i in range(2, MAX_STUDY_ROWS + 2)]
+    assert overview == [f"s{i}" for i in reversed(range(2, MAX_STUDY_ROWS + 2))]
     said = " ".join(html.unescape(re.sub(r"<[^>]+>", " ", page)).split())
     assert "2 older studies are not listed" in said
 
@@ -210,9 +210,9 @@ def test_more_studies_in_full_than_overview_rows_are_all_shown(
     page = (
         build_report(reg, workspace, tmp_path / "r", max_studies=4).folder / "studies.html"
     ).read_text()
-    assert re.findall(r"<h2>Study (s\d+)</h2>", page) == ["s1", "s2", "s3", "s4"]
+    assert re.findall(r"<h2>Study (s\d+)</h2>", page) == ["s4", "s3", "s2", "s1"]
     overview = [r[0] for r in _rows(page) if len(r) == 5 and r[0] != "study"]
-    assert overview == ["s1", "s2", "s3", "s4"]
+    assert overview == ["s4", "s3", "s2", "s1"]
     said = " ".join(html.unescape(re.sub(r"<[^>]+>", " ", page)).split())
     assert "The newest 4 of 5 studies" in said and "1 older study is not listed" in said
     page = (
