@@ -1,5 +1,6 @@
 """`data show --grid`: the path is checked before anything is printed (a .png in a writable
-folder), and class names outside ASCII are drawn with their glyphs, not a box."""
+folder), class names outside ASCII are drawn with their glyphs, not a box, and the classes past
+the row cap are named, not dropped silently."""
 
 from __future__ import annotations
 
@@ -11,19 +12,26 @@ import pytest
 from PIL import Image, ImageDraw
 
 from pomlia_hpc.cli import main
-from pomlia_hpc.data.grid import LABEL_WIDTH_PX, fit_label, label_font
+from pomlia_hpc.data.grid import (
+    LABEL_WIDTH_PX,
+    TITLE_PX,
+    fit_label,
+    label_font,
+    plan_grid,
+)
+from pomlia_hpc.data.store import open_version
 from pomlia_hpc.workspace import Workspace
 from tests.fixtures.cli import cli_ok
 
 pytestmark = pytest.mark.usefixtures("wide_console")
 
 
-def _npz(path: Path) -> Path:
+def _npz(path: Path, n_classes: int = 2, per_split: int = 20) -> Path:
     rng = np.random.default_rng(0)
     arrays = {}
     for s in ("train", "val", "test"):
-        arrays[f"{s}_images"] = rng.integers(0, 255, (20, 8, 8), dtype=np.uint8)
-        arrays[f"{s}_labels"] = (np.arange(20) % 2)[:, None]
+        arrays[f"{s}_images"] = rng.integers(0, 255, (per_split, 8, 8), dtype=np.uint8)
+        arrays[f"{s}_labels"] = (np.arange(per_split) % n_classes)[:, None]
     np.savez(path, **arrays)  # type: ignore[arg-type]
     return path
 
@@ -103,8 +111,9 @@ def test_a_long_upper_case_class_name_stays_in_the_label_column(
     assert fit_label("cat") == "cat"
     with Image.open(tmp_path / "up.png") as im:
         pixels = np.asarray(im.convert("L"))
-    # The strip just before the first tile (its 1 px border included) is left white.
-    assert (pixels[:, LABEL_WIDTH_PX - 4 : LABEL_WIDTH_PX + 1] == 255).all()
+    # The strip just before the first tile (its 1 px border included) is left white, below the
+    # title band (the title spans the whole width).
+    assert (pixels[TITLE_PX:, LABEL_WIDTH_PX - 4 : LABEL_WIDTH_PX + 1] == 255).all()
 
 
 @pytest.mark.parametrize("name", ["ben\nign", "tab\there", "x\u2028y"])
@@ -113,3 +122,44 @@ def test_control_characters_in_a_label_are_drawn_escaped(name: str) -> None:
     label = fit_label(name)
     assert label == repr(name)[1:-1] and "\n" not in label
     ImageDraw.Draw(Image.new("RGB", (400, 20))).text((0, 0), label, font=label_font())
+
+
+def test_classes_past_the_row_cap_are_named_and_can_be_chosen(
+    workspace: Workspace, tmp_path: Path
+) -> None:
+    # 25 classes: rows 0-19 were drawn and the other five left out without a word.
+    cli_ok("data", "add", "many", str(_npz(tmp_path / "m.npz", n_classes=25, per_split=100)))
+    text = " ".join(cli_ok("data", "show", "many", "--grid", str(tmp_path / "m.png")).split())
+    assert "note: 5 more classes not drawn (20, 21, 22, 23, 24)" in text
+    assert "--max-rows 25" in text and "--classes" in text
+    store = open_version(workspace, "many")
+    plan = plan_grid(store)
+    assert [r.name for r in plan.rows] == [str(i) for i in range(20)]
+    assert plan.left_out == ["20", "21", "22", "23", "24"]
+    assert plan.title == f"{store.ref}, all splits, 20 of 25 classes"
+    assert not plan_grid(store, max_rows=25).left_out
+    chosen = plan_grid(store, classes=["24", "3"], split="val")
+    assert [r.cls for r in chosen.rows] == [24, 3] and not chosen.left_out
+    lo, hi = store.split_range("val")
+    assert chosen.title == f"{store.ref}, val split"
+    assert all(lo <= i < hi for r in chosen.rows for i in r.picks)
+    text = cli_ok("data", "show", "many", "--grid", str(tmp_path / "c.png"), "--classes", "24,3")
+    assert "note:" not in text and "2 classes" in text
+
+
+def test_a_class_with_fewer_images_than_columns_says_how_many(
+    workspace: Workspace, tmp_path: Path
+) -> None:
+    # 4 images of each class in the val split, 8 columns: 4 tiles were left plain white.
+    cli_ok("data", "add", "few", str(_npz(tmp_path / "f.npz", n_classes=5)))
+    store = open_version(workspace, "few")
+    plan = plan_grid(store, split="val", per_class=8)
+    assert plan.columns == 8 and [(len(r.picks), r.available) for r in plan.rows] == [(4, 4)] * 5
+    cli_ok("data", "show", "few", "--grid", str(tmp_path / "f.png"), "--split", "val")
+    with Image.open(tmp_path / "f.png") as im:
+        pixels = np.asarray(im.convert("RGB"))
+    # The fifth column of the first row is a grey hatched tile, not white.
+    tile = pixels[
+        TITLE_PX + 2 : TITLE_PX + 60, LABEL_WIDTH_PX + 4 * 66 + 2 : LABEL_WIDTH_PX + 5 * 66
+    ]
+    assert (tile != 255).any()

@@ -371,6 +371,17 @@ def show_cmd(
         ),
     ] = None,
     per_class: Annotated[int, typer.Option(help="Images per class in the grid.")] = 8,
+    split: Annotated[
+        str | None,
+        typer.Option(help="Draw the grid's images from this split only (train, val, test)."),
+    ] = None,
+    classes: Annotated[
+        str | None,
+        typer.Option(help="The grid's classes, comma-separated names or 0-based indices."),
+    ] = None,
+    max_rows: Annotated[
+        int, typer.Option(help="Rows (classes) the grid draws; the rest are named.")
+    ] = 20,
     as_json: Annotated[bool, typer.Option("--json", help="Print the record as JSON.")] = False,
 ) -> None:
     """Show a version: metadata and its explicit fingerprint."""
@@ -398,11 +409,29 @@ def show_cmd(
     else:
         _render(rec.ref, rec.parent, meta, rec.fingerprint)
     if grid is not None:
-        from pomlia_hpc.data.grid import sample_grid
+        from pomlia_hpc.data.grid import draw_grid, plan_grid
         from pomlia_hpc.data.store import open_store
 
-        path = sample_grid(open_store(rec.store_path), grid, per_class=per_class)
-        console.print(f"sample grid: {path}")
+        store = open_store(rec.store_path)
+        chosen = [c.strip() for c in classes.split(",")] if classes else None
+        plan = plan_grid(store, per_class=per_class, split=split, classes=chosen, max_rows=max_rows)
+        path = draw_grid(store, plan, grid)
+        console.print(
+            f"sample grid: {path} ({plan.title}, {len(plan.rows)} classes)",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+        if plan.left_out:
+            # The grid has room for max_rows classes: name the others, not drop them silently.
+            first = len(plan.rows)
+            err_console.print(
+                f"note: {len(plan.left_out)} more classes not drawn ({', '.join(plan.left_out)}); "
+                f"draw them with --classes NAME,... or --max-rows {first + len(plan.left_out)}",
+                markup=False,
+                highlight=False,
+                soft_wrap=True,
+            )
 
 
 @data_app.command("verify")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import unicodedata
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 
@@ -16,6 +17,11 @@ from pomlia_hpc.errors import InputError
 from pomlia_hpc.files import check_png_suffix, probe_writable, write_atomic
 
 MAX_ROWS = 20
+"""Rows (classes) a grid draws unless told otherwise (``--max-rows``); the rest are named."""
+TITLE_PX = 20
+"""Height of the title band above the rows, px."""
+EMPTY_TILE = (235, 235, 235)
+"""Grey of a tile with no image (the class has fewer images than columns)."""
 LABEL_WIDTH_PX = 120
 LABEL_FONT_PX = 11
 """Size of the class labels, px."""
@@ -80,11 +86,77 @@ def check_grid_path(out: str | Path) -> Path:
     return out
 
 
-def _pick(
-    labels: np.ndarray, cls: int, multi: bool, k: int, rng: np.random.Generator
-) -> np.ndarray:
-    hits = np.flatnonzero(labels[:, cls] == 1) if multi else np.flatnonzero(labels[:, 0] == cls)
-    return np.sort(rng.choice(hits, size=min(k, len(hits)), replace=False)) if len(hits) else hits
+@dataclass(frozen=True)
+class GridRow:
+    """One row of a sample grid: a class, the rows of the images drawn, and how many images
+    of it the split has (fewer than the columns: the rest are hatched grey tiles)."""
+
+    cls: int
+    name: str
+    picks: np.ndarray
+    available: int
+
+
+@dataclass(frozen=True)
+class GridPlan:
+    """What a sample grid shows: its title, its rows, and the classes left out by the row cap
+    (their names, in class order). The public seam between choosing and drawing."""
+
+    title: str
+    columns: int
+    rows: list[GridRow]
+    left_out: list[str] = field(default_factory=list)
+
+
+def _class_indices(names: list[str], classes: list[str] | None) -> list[int]:
+    """Indices of ``classes`` (names or 0-based indices), in the order given; all if None."""
+    if not classes:
+        return list(range(len(names)))
+    out = []
+    for c in classes:
+        if c in names:
+            out.append(names.index(c))
+        elif c.isdigit() and int(c) < len(names):
+            out.append(int(c))
+        else:
+            raise InputError(
+                f"class '{c}' is not in this data set: expected a class name or an index "
+                f"0-{len(names) - 1}"
+            )
+    return list(dict.fromkeys(out))
+
+
+def plan_grid(
+    store: DatasetStore,
+    *,
+    per_class: int = 8,
+    seed: int = 0,
+    split: str | None = None,
+    classes: list[str] | None = None,
+    max_rows: int = MAX_ROWS,
+) -> GridPlan:
+    """Choose the images of a sample grid: ``per_class`` random images (seeded by ``seed``)
+    of each class in ``classes`` (names or indices; default all) from ``split`` (default all
+    splits), at most ``max_rows`` rows; the classes past the cap are in ``left_out``."""
+    if per_class < 1 or max_rows < 1:
+        raise InputError("sample grid: --per-class and --max-rows must be at least 1")
+    lo, hi = store.split_range(split) if split else (0, store.n_images)
+    labels = store.read_labels(lo, hi)
+    names = store.class_names
+    multi = store.task_type.startswith("multi-label")
+    rng = np.random.default_rng(seed)
+    wanted = _class_indices(names, classes)
+    rows = []
+    for cls in wanted[:max_rows]:
+        hits = np.flatnonzero(labels[:, cls] == 1) if multi else np.flatnonzero(labels[:, 0] == cls)
+        picks = hits + lo  # an empty class stays empty (choice of nothing fails)
+        if len(hits):
+            picks = np.sort(rng.choice(hits, size=min(per_class, len(hits)), replace=False)) + lo
+        rows.append(GridRow(cls, names[cls], picks, len(hits)))
+    title = f"{store.ref}, {split or 'all'} split{'' if split else 's'}"
+    if len(wanted) > max_rows:  # the figure itself says it is not the whole set
+        title += f", {max_rows} of {len(wanted)} classes"
+    return GridPlan(title, per_class, rows, [names[c] for c in wanted[max_rows:]])
 
 
 def _read_tiles(store: DatasetStore, picks: list[np.ndarray]) -> dict[int, np.ndarray]:
@@ -101,33 +173,50 @@ def _read_tiles(store: DatasetStore, picks: list[np.ndarray]) -> dict[int, np.nd
     return out
 
 
-def sample_grid(store: DatasetStore, out: str | Path, *, per_class: int = 8, seed: int = 0) -> Path:
-    """Write a grid of ``per_class`` random images per class (first ``MAX_ROWS`` classes) to
-    ``out`` (PNG, written atomically; see :func:`check_grid_path`); images under 64 px are
-    enlarged for legibility."""
+def _empty_tile(draw: ImageDraw.ImageDraw, x: int, y: int, w: int, h: int) -> None:
+    """A light grey tile hatched diagonally: no image here, not a white image."""
+    draw.rectangle((x, y, x + w - 1, y + h - 1), fill=EMPTY_TILE)
+    for d in range(-h, w, 8):
+        draw.line(
+            (x + max(d, 0), y + max(-d, 0), x + min(d + h, w) - 1, y + min(w - d, h) - 1),
+            fill=(200, 200, 200),
+        )
+
+
+def draw_grid(store: DatasetStore, plan: GridPlan, out: str | Path) -> Path:
+    """Draw ``plan`` (:func:`plan_grid`) to ``out`` (PNG, written atomically; see
+    :func:`check_grid_path`): a title band, then one row per class with its label and, under
+    it, the class's image count when it has fewer than the columns (those tiles hatched grey);
+    images under 64 px are enlarged for legibility."""
     out = check_grid_path(out)
-    labels = store.read_labels()
-    names = store.class_names
-    multi = store.task_type.startswith("multi-label")
-    rng = np.random.default_rng(seed)
     h, w, c = store.image_shape
     zoom = max(1, 64 // max(h, w))
     cell_h, cell_w = h * zoom + 2, w * zoom + 2
-    rows = names[:MAX_ROWS]
-    picks = [_pick(labels, r, multi, per_class, rng) for r in range(len(rows))]
-    tiles = _read_tiles(store, picks)
-    canvas = Image.new("RGB", (LABEL_WIDTH_PX + per_class * cell_w, len(rows) * cell_h), "white")
+    tiles = _read_tiles(store, [r.picks for r in plan.rows])
+    width = LABEL_WIDTH_PX + plan.columns * cell_w
+    canvas = Image.new("RGB", (width, TITLE_PX + len(plan.rows) * cell_h), "white")
     draw = ImageDraw.Draw(canvas)
-    for r, name in enumerate(rows):
-        label = fit_label(name)
-        draw.text(
-            (LABEL_X_PX, r * cell_h + cell_h // 2 - 6), label, fill="black", font=label_font()
-        )
-        for j, idx in enumerate(picks[r]):
-            img = tiles[int(idx)]
+    font = label_font()
+    draw.text(
+        (LABEL_X_PX, 4), fit_label(plan.title, width - 2 * LABEL_X_PX), fill="black", font=font
+    )
+    for r, row in enumerate(plan.rows):
+        top = TITLE_PX + r * cell_h
+        short = row.available < plan.columns
+        # A short class gets its count under the name, so a grey tile reads as "no more images".
+        y = top + cell_h // 2 - (12 if short else 6)
+        draw.text((LABEL_X_PX, y), fit_label(row.name), fill="black", font=font)
+        if short:
+            count = f"{row.available} image{'' if row.available == 1 else 's'}"
+            draw.text((LABEL_X_PX, y + 13), count, fill=(110, 110, 110), font=font)
+        for j in range(plan.columns):
+            x = LABEL_WIDTH_PX + j * cell_w + 1
+            if j >= len(row.picks):
+                _empty_tile(draw, x, top + 1, w * zoom, h * zoom)
+                continue
+            img = tiles[int(row.picks[j])]
             tile = Image.fromarray(img[..., 0] if c == 1 else img).convert("RGB")
-            tile = tile.resize((w * zoom, h * zoom), Image.Resampling.NEAREST)
-            canvas.paste(tile, (LABEL_WIDTH_PX + j * cell_w + 1, r * cell_h + 1))
+            canvas.paste(tile.resize((w * zoom, h * zoom), Image.Resampling.NEAREST), (x, top + 1))
     try:
         write_atomic(out, lambda f: canvas.save(f, format="PNG"), fsync=False)
     except OSError as exc:
@@ -136,3 +225,9 @@ def sample_grid(store: DatasetStore, out: str | Path, *, per_class: int = 8, see
             "expected a writable path"
         ) from exc
     return out
+
+
+def sample_grid(store: DatasetStore, out: str | Path, *, per_class: int = 8, seed: int = 0) -> Path:
+    """Write a grid of ``per_class`` random images per class (first :data:`MAX_ROWS` classes,
+    all splits) to ``out``: :func:`plan_grid`, then :func:`draw_grid`."""
+    return draw_grid(store, plan_grid(store, per_class=per_class, seed=seed), out)
