@@ -11,10 +11,15 @@ from __future__ import annotations
 
 import io
 import math
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from pomlia_hpc.strategy.evaluate import EvalResult
+
+if TYPE_CHECKING:  # matplotlib is imported only when a chart is drawn
+    from matplotlib.axes import Axes
+    from matplotlib.figure import Figure
 
 #: Bar colours by method; others (variants) take matplotlib's cycle.
 COLOURS = {
@@ -26,9 +31,18 @@ COLOURS = {
 }
 
 
-def regret_chart(result: EvalResult, title: str) -> bytes:
-    """PNG bytes: per held-out data set, each method's top-1 and best-of-top-k regret (points),
-    one bar per method; a data set's missing value (no candidate) is left empty."""
+#: A regret under this (points) prints as 0.00 in the table: it gets the zero mark, not a bar.
+ZERO = 0.005
+#: Text of a data set's missing value (the method had no candidate there).
+MISSING = "n/a"
+
+
+def regret_figure(result: EvalResult, title: str) -> Figure:
+    """The chart as a matplotlib Figure (close it when done): per held-out data set, each
+    method's top-1 and best-of-top-k regret (points), one bar per method. A zero regret is a
+    short tick on the axis labelled ``0`` (no bar looked like no result); a missing value (no
+    candidate) is labelled :data:`MISSING`; a bar past the scale is cut, its value written on
+    it with one decimal."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -55,23 +69,60 @@ def regret_chart(result: EvalResult, title: str) -> bytes:
             values = rows[name]
             mean = float(np.nanmean(values)) if np.isfinite(values).any() else math.nan
             xs = x + (j - (n_methods - 1) / 2) * width
-            ax.bar(
+            bars = ax.bar(
                 xs,
                 np.minimum(np.nan_to_num(values, nan=0.0), cap),
                 width,
                 color=COLOURS.get(name),
                 label=f"{name}: {mean:.2f}",
             )
-            for xi, v in zip(xs, values, strict=True):
-                if v > cap:
-                    text = f"{v:.1f}" if v < 10 else f"{v:.0f}"
-                    ax.text(xi, 0.97 * cap, text, ha="center", va="top", fontsize=7)
+            # the zero tick takes the bar's colour (a variant's comes from matplotlib's cycle)
+            colour = bars.patches[0].get_facecolor() if bars.patches else None
+            _marks(ax, xs, values, cap, width, colour)
         ax.set_ylim(0, cap)
         ax.set_ylabel(label, fontsize=9)
         ax.grid(axis="y", alpha=0.3)
         ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0), title="mean regret")
     axes[1].set_xticks(x, result.datasets, rotation=35, ha="right", fontsize=8)
     axes[0].set_title(title, fontsize=10)
+    return fig
+
+
+def _marks(
+    ax: Axes, xs: np.ndarray, values: np.ndarray, cap: float, width: float, colour: Any
+) -> None:
+    """The zero ticks, missing-value labels and cut-bar values of one method's bars."""
+    for xi, v in zip(xs, values, strict=True):
+        if math.isnan(v):
+            ax.text(
+                xi,
+                0.02 * cap,
+                MISSING,
+                ha="center",
+                va="bottom",
+                fontsize=6,
+                rotation=90,
+                color="#777777",
+            )
+        elif abs(v) < ZERO:
+            ax.plot(
+                [xi - 0.4 * width, xi + 0.4 * width],
+                [0.006 * cap] * 2,
+                color=colour,
+                linewidth=2.5,
+                solid_capstyle="butt",
+                clip_on=False,
+            )
+            ax.text(xi, 0.015 * cap, "0", ha="center", va="bottom", fontsize=6)
+        elif v > cap:  # one format for every cut bar: 9.999 and 10.25 read 10.0 and 10.2
+            ax.text(xi, 0.97 * cap, f"{v:.1f}", ha="center", va="top", fontsize=7)
+
+
+def regret_chart(result: EvalResult, title: str) -> bytes:
+    """PNG bytes of :func:`regret_figure` (matplotlib's Agg backend, 100 dpi)."""
+    import matplotlib.pyplot as plt
+
+    fig = regret_figure(result, title)
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=100)
     plt.close(fig)
