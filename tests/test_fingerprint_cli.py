@@ -37,6 +37,9 @@ def test_train_extract_index_similar_plot(workspace: Workspace, tmp_path: Path) 
     # Off a terminal (as in a Slurm output file) progress comes as plain lines.
     assert "training 'ae': 1/1 epochs (100%)" in text
     assert re.search(r"training job \d+ \(local \d+\) submitted; its log: \S+\.out", text)
+    # the figure's path as well as the checkpoint's (only the checkpoint was printed)
+    png = workspace.path("models", "encoders", "ae", "loss_curves.png")
+    assert f"loss curves {png}" in text and png.is_file()
 
     text = cli_ok(
         "fingerprint", "extract", "bloodmnist", "organamnist", "pneumoniamnist",

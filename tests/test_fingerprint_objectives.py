@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pytest
 import torch
@@ -33,7 +34,7 @@ from pomlia_hpc.fingerprint.train import (
     normalise_config,
     train_encoder,
 )
-from pomlia_hpc.fingerprint.validation import lr_at, split_holdout
+from pomlia_hpc.fingerprint.validation import curves_figure, lr_at, split_holdout
 from pomlia_hpc.registry import Registry
 from pomlia_hpc.workspace import Workspace
 from tests.fixtures.factories import make_dataset
@@ -132,6 +133,16 @@ def test_contrastive_training_with_holdout_and_early_stop(
     out = encoder_dir(workspace, "con")
     curves = json.loads((out / "loss_curves.json").read_text())
     assert (out / "loss_curves.png").stat().st_size > 1000
+    # the figure's title names the encoder, its objective and data sets (it had none)
+    assert curves["encoder"] == "con" and curves["datasets"] == [a, b]
+    fig = curves_figure(curves)
+    try:
+        assert (
+            fig.axes[0].get_title()
+            == "encoder con, objective contrastive\n2 data sets: blood, organ"
+        )
+    finally:
+        plt.close(fig)
     n = len(curves["train"])
     assert 2 <= n <= 3 and len(curves["val"]) == n and len(curves["lr"]) == n
     assert curves["lr"][0] == pytest.approx(1e-2) and curves["lr"][1] < 1e-2

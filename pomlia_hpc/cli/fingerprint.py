@@ -158,7 +158,7 @@ def train(
     the checkpoint; the weights kept are those of the best held-out epoch."""
     from pomlia_hpc.fingerprint.objectives import DEFAULT_OBJECTIVE
     from pomlia_hpc.fingerprint.train import TrainConfig, train_encoder
-    from pomlia_hpc.fingerprint.validation import read_curves
+    from pomlia_hpc.fingerprint.validation import CURVES_PNG, read_curves
 
     try:
         config = TrainConfig.model_validate(
@@ -207,6 +207,9 @@ def train(
     if curves.get("stopped_early"):
         console.print(f"stopped early after epoch {len(enc.loss_curve)}")
     console.print(f"checkpoint {enc.checkpoint_path}")
+    png = Path(enc.checkpoint_path).parent / CURVES_PNG
+    if png.is_file():  # the figure of the table above; say where it is, not only the weights
+        console.print(f"loss curves {png}", markup=False, highlight=False, soft_wrap=True)
 
 
 @fingerprint_app.command("extract")

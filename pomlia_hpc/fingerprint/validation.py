@@ -29,9 +29,12 @@ from pomlia_hpc.fingerprint.autoencoder import to_input
 from pomlia_hpc.fingerprint.loader import Source, to_uint8
 from pomlia_hpc.fingerprint.objectives import Objective
 from pomlia_hpc.fingerprint.rows import held_out
+from pomlia_hpc.fingerprint.staging import read_record
 from pomlia_hpc.models.checkpoint import write_torch
 
 if TYPE_CHECKING:
+    from matplotlib.figure import Figure
+
     from pomlia_hpc.fingerprint.train import TrainConfig
 
 #: At most this many held-out rows per dataset are used for the validation loss.
@@ -104,17 +107,31 @@ def lr_at(epoch: int, epochs: int, lr: float, schedule: str) -> float:
     return lr * (LR_FLOOR + (1.0 - LR_FLOOR) * 0.5 * (1.0 + math.cos(math.pi * t)))
 
 
-def write_curves(folder: Path, curves: dict[str, Any]) -> None:
-    """Write ``loss_curves.json`` (``curves`` as is) and a PNG of the train and validation
-    loss per epoch into ``folder`` (atomically)."""
-    write_atomic(folder / CURVES_JSON, json.dumps(curves, indent=1))
+def curves_title(curves: dict[str, Any]) -> str:
+    """Title of the loss-curves figure: the encoder, its objective and the data sets it was
+    trained on (up to four by name, else their count); what ``curves`` lacks is left out."""
+    head = f"encoder {curves['encoder']}" if curves.get("encoder") else "encoder"
+    if curves.get("objective"):
+        head += f", objective {curves['objective']}"
+    refs = [str(r) for r in curves.get("datasets") or []]
+    if not refs:
+        return head
+    count = f"{len(refs)} data set{'' if len(refs) == 1 else 's'}"
+    if len(refs) > 4:
+        return f"{head}\n{count}"
+    return f"{head}\n{count}: {', '.join(r.split('@')[0] for r in refs)}"
+
+
+def curves_figure(curves: dict[str, Any]) -> Figure:
+    """The train and held-out loss per epoch of ``curves`` (as in ``loss_curves.json``), the
+    kept epoch marked, titled by :func:`curves_title`. Close it when done."""
     import matplotlib
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
     from matplotlib.ticker import FixedLocator, MaxNLocator
 
-    fig, ax = plt.subplots(figsize=(5, 3.2), dpi=100)
+    fig, ax = plt.subplots(figsize=(5, 3.4), dpi=100)
     train, val = curves.get("train", []), curves.get("val", [])
     # Epochs are whole: few get a tick each (a locator falls back to 0.96, 0.98, ... around
     # one epoch), more integer ticks only.
@@ -129,8 +146,19 @@ def write_curves(folder: Path, curves: dict[str, Any]) -> None:
         ax.axvline(best, color="grey", linestyle=":", label=f"best (epoch {best})")
     ax.set_xlabel("epoch")
     ax.set_ylabel(f"{curves.get('objective', '')} loss")
+    ax.set_title(curves_title(curves), fontsize=9)
     ax.legend()
     fig.tight_layout()
+    return fig
+
+
+def write_curves(folder: Path, curves: dict[str, Any]) -> None:
+    """Write ``loss_curves.json`` (``curves`` as is) and a PNG of it (:func:`curves_figure`)
+    into ``folder`` (atomically)."""
+    write_atomic(folder / CURVES_JSON, json.dumps(curves, indent=1))
+    from matplotlib import pyplot as plt
+
+    fig = curves_figure(curves)
     write_atomic(folder / CURVES_PNG, lambda f: fig.savefig(f, format="png"))
     plt.close(fig)
 
@@ -182,9 +210,15 @@ def with_curve(path: Path, loss_curve: list[float]) -> dict[str, Any]:
 
 def write_train_curves(out: Path, config: TrainConfig, state: dict[str, Any]) -> None:
     """:func:`write_curves` of an encoder training's ``state`` (its curves and early stop)."""
+    name = out.name
+    if name.startswith(".") and name.endswith(".next"):  # a pipeline's retrain stages there
+        name = name[1:-5]
+    record = read_record(out) or {}  # written at submission: the data sets trained on
     write_curves(
         out,
         {
+            "encoder": name,
+            "datasets": list(record.get("datasets") or []),
             "objective": config.objective,
             "train": state["loss_curve"],
             "val": state["val_curve"],
