@@ -373,11 +373,17 @@ def show_cmd(
     per_class: Annotated[int, typer.Option(help="Images per class in the grid.")] = 8,
     split: Annotated[
         str | None,
-        typer.Option(help="Draw the grid's images from this split only (train, val, test)."),
+        typer.Option(
+            help="Draw the grid's images from this split only (train, val, test).",
+            show_default="all splits",
+        ),
     ] = None,
     classes: Annotated[
         str | None,
-        typer.Option(help="The grid's classes, comma-separated names or 0-based indices."),
+        typer.Option(
+            help="The grid's classes, comma-separated names or 0-based indices.",
+            show_default="all",
+        ),
     ] = None,
     max_rows: Annotated[
         int, typer.Option(help="Rows (classes) the grid draws; the rest are named.")
