@@ -93,7 +93,7 @@ _TASK_TYPE_HELP = (
 )
 _CLASS_NAMES_HELP = (
     "Comma-separated class names, in label order (npz, HDF5); image folder: the class "
-    "folders' names in the order wanted (default: by value when all are integers, else "
+    "folders' names in the order wanted (without it: by value when all are integers, else "
     "alphabetical)."
 )
 _FRACTION_HELP = (
