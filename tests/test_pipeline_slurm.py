@@ -80,7 +80,15 @@ def test_chain_on_slurm_fails_resumes_and_skips(workspace: Workspace, reg: Regis
         # The stage's own work ran as jobs of their own (nested), e.g. the encoder training.
         assert s.scalar(select(Job).where(Job.name == "fingerprint-train-small-d2")) is not None
     assert stage_jobs["data"].state == "COMPLETED" and stage_jobs["tasks"].state == "FAILED"
-    assert "000000000000" in json.loads((records / "tasks.json").read_text())["error"]
+    error = json.loads((records / "tasks.json").read_text())["error"]
+    assert "000000000000" in error
+    # The stage job's row says the stage's cause (not only "FAILED (exit code 1:0)"), with
+    # its traceback and log files.
+    shown_job = pomlia(workspace.home, "jobs", "show", str(stage_jobs["tasks"].id), "--json")
+    (job_shown,) = json.loads(shown_job.stdout)
+    assert job_shown["exit_cause"] == error.splitlines()[0][:500], job_shown
+    assert "Traceback" in job_shown["traceback"]
+    assert any(p.endswith(f"{job_shown['scheduler_id']}_0_log.out") for p in job_shown["logs"])
 
     # Fixed file: done stages are skipped (no job), only 'tasks' runs.
     file.write_text(yaml.safe_dump(small_pipeline("pneumoniamnist")))
@@ -100,3 +108,7 @@ def test_chain_on_slurm_fails_resumes_and_skips(workspace: Workspace, reg: Regis
     for stage in ("lookalikes", "data", "encoder", "extract", "index", "tasks"):
         line = next(ln for ln in shown.stdout.splitlines() if f" {stage} " in ln)
         assert " done " in line, shown.stdout
+        # The stage job that ran it, though the last submission's run.json names none ('tasks'
+        # ran in the second submission's job, not in stage_jobs).
+        ran = f" stage {stage_jobs[stage].id}" if stage != "tasks" else " stage "
+        assert ran in line, shown.stdout

@@ -14,6 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from pomlia_hpc.cli.app import STATE, app, console, err_console, profile_for
+from pomlia_hpc.cli.tables import shown
 from pomlia_hpc.errors import InputError
 from pomlia_hpc.processes import Hangup, hangup_as_interrupt
 from pomlia_hpc.progress import Reporter, drop_output, progress, reader_gone
@@ -27,6 +28,11 @@ app.add_typer(automl_app, name="automl")
 
 def _fmt(x: float | None, digits: int = 3) -> str:
     return "" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
+
+
+def epochs_word(n: int) -> str:
+    """``epoch`` for 1 (``1 epoch``), else ``epochs``."""
+    return "epoch" if n == 1 else "epochs"
 
 
 def study_table(view: Any) -> Table:
@@ -43,7 +49,8 @@ def study_table(view: Any) -> Table:
     if len(view.search) < len(view.trials):  # the final training of the best is not a trial
         runs += " + final training"
     table = Table(
-        title=f"study {view.name}: {runs}, {view.spent_epochs}{budget} epochs",
+        title=f"study {view.name}: {runs}, {view.spent_epochs}{budget} "
+        + epochs_word(view.budget_epochs or view.spent_epochs),
         caption=caption,
     )
     for col in (
@@ -73,11 +80,11 @@ def study_table(view: Any) -> Table:
             t.summary,
             epochs,
             Text(t.status, style=style.get(t.status, "")),
-            _fmt(t.objective),
-            _fmt(t.test),
-            _fmt(t.cost_s, 1),
-            t.job,
-            t.cause[:60],
+            shown(_fmt(t.objective)),  # a crashed or cancelled trial has none: `-`
+            shown(_fmt(t.test)),
+            shown(_fmt(t.cost_s, 1)),
+            shown(t.job),
+            shown(t.cause),  # whole: the column wraps (a cut cause named half the device)
         )
     return table
 
@@ -272,7 +279,10 @@ def automl_run(
         ),
     ] = None,
 ) -> None:
-    """Run an AutoML study on TASK: SMAC-Hyperband (budget = epochs), trials as cluster jobs."""
+    """Run an AutoML study on TASK: SMAC-Hyperband (budget = epochs), trials as cluster jobs.
+
+    Each trial's log is <home>/jobs/automl/<study>/<scheduler id>_0_log.out and .err
+    (`pomlia jobs show ID`, ID the `job` of `runs list`, names them)."""
     from pomlia_hpc.automl.engine import EngineOptions
     from pomlia_hpc.automl.records import ended_runs
     from pomlia_hpc.automl.space import DEFAULT_ARCHS, SpaceOptions, parse_archs, read_initial_file
@@ -512,7 +522,7 @@ def _report(spec: Any, result: Any, *, resume: bool) -> int:
         f"best: run {result.best_run_id}, val {spec.metric} {_fmt(m.get('objective'))}, test "
         f"{_fmt((m.get('test') or {}).get(spec.metric))}; model [bold]{result.model_name}[/] "
         f"registered; {result.n_ok} ok, {result.n_crashed} crashed{_cancelled(result)}, "
-        f"{result.spent_epochs} epochs"
+        f"{result.spent_epochs} {epochs_word(result.spent_epochs)}"
         + ("" if took is None else f", {took:.0f} s")
         + (" (the study's trials, first start to last end)" if resume and took is not None else "")
     )

@@ -12,7 +12,7 @@ from sqlalchemy import select
 from pomlia_hpc.cli.app import STATE, app, console
 from pomlia_hpc.cli.listing import check_limit
 from pomlia_hpc.cli.polling import refresh_for_listing, say_unsure, unsure_states
-from pomlia_hpc.cli.tables import ListTable, shown, stack, when
+from pomlia_hpc.cli.tables import ListTable, clip, shown, stack, when
 from pomlia_hpc.config import load_cluster_profile
 from pomlia_hpc.registry import Job
 
@@ -50,7 +50,7 @@ def jobs_table(rows: list[Job], title: str, unsure: Collection[int] = ()) -> Tab
     narrow.add_column("state", overflow="fold")
     narrow.add_column("submitted\nended", no_wrap=True)
     for r in rows:
-        cause = (r.exit_cause or "")[:80]
+        cause = clip(r.exit_cause or "", 200)  # whole in `jobs show`
         state = f"{r.state}?" if r.id in unsure else r.state
         table.add_row(
             str(r.id),

@@ -155,7 +155,8 @@ def train(
     """Train the ResNet-18 encoder on DATASETS as a cluster job and register it.
 
     Writes loss_curves.json and loss_curves.png (train and held-out loss per epoch) beside
-    the checkpoint; the weights kept are those of the best held-out epoch."""
+    the checkpoint; the weights kept are those of the best held-out epoch. The job's own log
+    is <home>/jobs/<scheduler id>_0_log.out and .err (`pomlia jobs show ID` names them)."""
     from pomlia_hpc.fingerprint.objectives import DEFAULT_OBJECTIVE
     from pomlia_hpc.fingerprint.train import TrainConfig, train_encoder
     from pomlia_hpc.fingerprint.validation import CURVES_PNG, read_curves
@@ -260,6 +261,9 @@ def extract(
     ] = None,
 ) -> None:
     """Embed DATASETS with an encoder as an array job (complete shards are skipped).
+
+    Each shard's log is <home>/jobs/<array id>_<task>_0_log.out and .err (`pomlia jobs show
+    ID` of one of its tasks names them and the pattern).
 
     A dataset given twice is embedded once. A shard holds whole chunks of the dataset's store,
     so a small dataset gets fewer shards than --shards asks for (the table says why). Shard

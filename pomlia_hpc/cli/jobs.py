@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from datetime import datetime
+from pathlib import Path
 from typing import Annotated
 
 import typer
 from rich.table import Table
-from sqlalchemy import select
+from sqlalchemy import func, select
 
 from pomlia_hpc.cli.app import STATE, app, console, err_console
 from pomlia_hpc.cli.core import jobs_table
@@ -15,6 +16,7 @@ from pomlia_hpc.cli.listing import JsonFlag, check_limit, print_rows
 from pomlia_hpc.cli.polling import refresh_for_listing, say_unsure, unsure_states
 from pomlia_hpc.cli.tables import when
 from pomlia_hpc.cluster.cancel import FORCED_CAUSE, cancel_recorded_job
+from pomlia_hpc.cluster.failures import log_files
 from pomlia_hpc.errors import ClusterError, InputError, NotFoundError
 from pomlia_hpc.registry import Job, Registry
 from pomlia_hpc.vocab import JobState
@@ -49,7 +51,7 @@ def list_jobs(
     under the state, and no backend column (`pomlia jobs show ID` has it).
 
     --json keys: id, name, backend, scheduler_id, state, requeue_count, submitted_at,
-    ended_at, exit_cause."""
+    ended_at, exit_cause, folder (where its logs are: `pomlia jobs show ID` names them)."""
     check_limit(limit)
     reg = STATE.registry()
     if state is not None:
@@ -64,7 +66,10 @@ def list_jobs(
         # stderr with --json: stdout stays one JSON document.
         say_unsure(err_console if as_json else console, problem, rows)
     if as_json:
-        keys = "id name backend scheduler_id state requeue_count submitted_at ended_at exit_cause"
+        keys = (
+            "id name backend scheduler_id state requeue_count submitted_at ended_at exit_cause "
+            "folder"
+        )
         print_rows([{k: getattr(r, k) for k in keys.split()} for r in rows])
         return
     unsure = [r.id for r in unsure_states(rows)] if problem else []
@@ -86,31 +91,42 @@ def _check_state(reg: Registry, state: str) -> None:
         )
 
 
+#: The fields of ``jobs show`` (and its --json keys, with logs and traceback), in order.
+SHOW_KEYS = [
+    *("id", "name", "backend", "scheduler_id", "array_job_id", "array_index", "state"),
+    *("submitted_at", "started_at", "ended_at", "requeue_count", "exit_cause", "folder"),
+]
+
+
 @jobs_app.command("show")
-def show(job_id: Annotated[int, typer.Argument(help="Registry id of the job.")]) -> None:
-    """Show one job in full, with the traceback of a failure (a state sacct could not
-    confirm within cluster.list_sacct_timeout_s seconds is marked ?)."""
+def show(
+    job_id: Annotated[int, typer.Argument(help="Registry id of the job.")],
+    as_json: JsonFlag = False,
+) -> None:
+    """Show one job in full: its log files, and the traceback of a failure (a state sacct
+    could not confirm within cluster.list_sacct_timeout_s seconds is marked ?).
+
+    Logs: a job's stdout and stderr are <folder>/<scheduler_id>_0_log.out and .err (an array
+    task's scheduler_id is <array>_<task>), a batch script's (`monitor schedule`)
+    <folder>/slurm-<scheduler_id>.out; those that exist are listed, and for an array task the
+    pattern of its array's logs with the count of tasks.
+
+    --json keys: id, name, backend, scheduler_id, array_job_id, array_index, state,
+    submitted_at, started_at, ended_at, requeue_count, exit_cause, folder, logs (the paths
+    listed), array_logs (the pattern, or null), traceback."""
     _get(job_id)
     problem = refresh_for_listing(STATE.registry(), [job_id])
     row = _get(job_id)
     if problem:
-        say_unsure(console, problem, [row])
+        say_unsure(err_console if as_json else console, problem, [row])
+    logs = [str(p) for p in log_files(row.folder, row.scheduler_id)]
+    array_logs = _array_logs(row)
+    if as_json:
+        fields = {k: getattr(row, k) for k in SHOW_KEYS}
+        print_rows([fields | {"logs": logs, "array_logs": array_logs, "traceback": row.traceback}])
+        return
     table = Table(show_header=False)
-    for key in (
-        "id",
-        "name",
-        "backend",
-        "scheduler_id",
-        "array_job_id",
-        "array_index",
-        "state",
-        "submitted_at",
-        "started_at",
-        "ended_at",
-        "requeue_count",
-        "exit_cause",
-        "folder",
-    ):
+    for key in SHOW_KEYS:
         value = getattr(row, key)
         if key == "state" and problem and unsure_states([row]):
             value = f"{value}?"  # as last recorded: the scheduler did not answer
@@ -119,10 +135,26 @@ def show(job_id: Annotated[int, typer.Argument(help="Registry id of the job.")])
         table.add_row(key, "-" if shown is None else str(shown))
         if key == "state" and row.backend == "slurm" and row.state == "PENDING":
             table.add_row("pending_reason", _pending_reason(row.scheduler_id))
+    # Where the job's own words are: the name rule was documented for AutoML only.
+    table.add_row("logs", "\n".join(logs) or "- (none written yet)")
+    if array_logs is not None:
+        table.add_row("array_logs", array_logs)
     console.print(table)
     if row.traceback:
         console.print("[bold]traceback[/]")
         console.print(row.traceback, highlight=False, markup=False)
+
+
+def _array_logs(row: Job) -> str | None:
+    """For an array task: the pattern of its array's log files and how many tasks the array
+    recorded (``<folder>/61_<task>_0_log.out, .err (2 tasks)``); None for another job."""
+    if not row.array_job_id:
+        return None
+    with STATE.registry().session() as s:
+        q = select(func.count()).where(Job.array_job_id == row.array_job_id)
+        n = s.scalar(q.where(Job.backend == row.backend)) or 0
+    pattern = Path(row.folder) / f"{row.array_job_id}_<task>_0_log.out"
+    return f"{pattern}, .err ({n} task{'s' if n != 1 else ''})"
 
 
 def _pending_reason(scheduler_id: str) -> str:

@@ -307,7 +307,9 @@ def schedule_cmd(
     POMLIA_DB_URL line, its password as ***). Needs a Slurm profile (--cluster PROFILE): on
     another one it is refused with the crontab lines that run the monitor on this machine
     instead. A chain for a slot follows its promotions; one for a model stays on that model
-    (a warning when no slot serves it any more)."""
+    (a warning when no slot serves it any more). Each job's log is
+    <home>/jobs/monitor/<model or slot:SLOT>/slurm-<scheduler id>.out (`pomlia jobs show ID`
+    names it)."""
     from pomlia_hpc.monitor.run import parse_time
     from pomlia_hpc.monitor.schedule import job_labels, job_name, schedule
 

@@ -12,6 +12,7 @@ import typer
 from rich.table import Table
 
 from pomlia_hpc.cli.app import STATE, app, console, log_line
+from pomlia_hpc.cli.tables import shown
 
 pipeline_app = typer.Typer(
     help="The whole loop from one YAML file: stages as cluster jobs, skipped when done.",
@@ -92,6 +93,8 @@ def run(
     and the command returns; `pomlia pipeline status NAME` shows the stages. Running it again
     skips finished stages and resumes at a failed one; while its jobs are still queued or
     running, it follows them (--wait) or says so, and `pomlia pipeline cancel NAME` stops them.
+    A stage job's log, which tells the stage's story, is <home>/jobs/<scheduler id>_0_log.out
+    and .err (`pomlia jobs show ID`, ID the `job` of `pipeline status`, names them).
     """
     from pomlia_hpc.config import read_yaml
     from pomlia_hpc.pipeline import runner
@@ -231,8 +234,8 @@ def _print_status(ctx: object, rows: Sequence[object] | None = None) -> None:
 
     assert isinstance(ctx, runner.StageContext)
     rows = rows if rows is not None else _status_rows(ctx)
-    shown = [r for r in rows if isinstance(r, runner.StageStatus)]
-    unsure = [r for r in shown if r.unsure]
+    stages = [r for r in rows if isinstance(r, runner.StageStatus)]
+    unsure = [r for r in stages if r.unsure]
     if unsure:
         as_of = min((r.as_of for r in unsure if r.as_of is not None), default=None)
         say_unsure_as_of(console, unsure[0].unsure, as_of)
@@ -240,17 +243,19 @@ def _print_status(ctx: object, rows: Sequence[object] | None = None) -> None:
     for col in ("stage", "state", "job", "Slurm/pid", "job state", "started", "ended", "detail"):
         table.add_column(col, overflow="fold")
     style = {"done": "green", "failed": "red", "running": "yellow", "stale": "yellow"}
-    for r in shown:
+    for r in stages:
         mark = "?" if r.unsure else ""  # as last recorded: Slurm did not confirm it
+        # The stage's own job (its log tells the stage's story), then the jobs it submitted.
+        own = f"stage {r.job}" if r.stage_job else ""
         table.add_row(
             r.stage,
             f"[{style.get(r.state, 'white')}]{r.state}{mark}[/]",
-            str(r.job or ""),
-            r.scheduler_id,
-            r.job_state + mark,
-            r.started_at[11:19],
-            r.ended_at[11:19],
-            r.detail,
+            shown("; ".join(w for w in (own, r.children) if w)),
+            shown(r.scheduler_id),
+            shown(r.job_state + mark if r.job_state else ""),
+            shown(r.started_at[11:19]),
+            shown(r.ended_at[11:19]),
+            shown(r.detail),
         )
     console.print(table)
 

@@ -67,9 +67,10 @@ def runs_list(
     --json keys: id, task, study, status, epochs, config, val, test, objective, cost_s,
     train_s (of cost_s, the training call's own seconds; null for a crash, or a run recorded
     before it was kept), job (the registry's job id, as `pomlia jobs show/cancel` take),
-    scheduler_id (Slurm's job id or the local pid), error (the whole text; the table shows its
-    first line), created_at; a missing value is null, and so is a metric undefined for the
-    run (val.auc of a split of one class; the table shows n/a). A console too narrow for the
+    scheduler_id (Slurm's job id or the local pid), error (the whole text), cause (its first
+    line, which the table shows whole), traceback (the rest: the job's traceback), created_at;
+    a missing value is null, and so is a metric undefined for the run (val.auc of a split of
+    one class; the table shows n/a). A console too narrow for the
     full table (80 columns) gets 6 columns: the error under the configuration, val and test
     metrics in one column, two values stacked in the others."""
     from pomlia_hpc.automl.folders import study_names  # not .study: that imports torch
@@ -92,6 +93,7 @@ def runs_list(
                 | {"cost_s": r.cost_s, "train_s": r.metrics.get("train_s")}
                 | {"job": r.job, "scheduler_id": r.scheduler_id}
                 | {"error": r.error}
+                | dict(zip(("cause", "traceback"), cause_and_traceback(r.error), strict=True))
                 | {"created_at": r.created_at}
                 for r in rows
             ]
@@ -101,6 +103,15 @@ def runs_list(
     console.print(table)
     _stale_hints(gone, settled)
     _unfinished_hints(rows, gone)
+
+
+def cause_and_traceback(error: str | None) -> tuple[str | None, str | None]:
+    """A run's recorded ``error`` as its one-line cause (``FAILED: <exception line>``) and the
+    traceback recorded after it (None for a missing one)."""
+    if not error:
+        return None, None
+    first, _, rest = error.strip().partition("\n")
+    return first.strip(), rest.strip() or None
 
 
 def _runs_table(rows: list[Any], gone: dict[str, tuple[str, str]]) -> ListTable:
@@ -131,7 +142,7 @@ def _runs_table(rows: list[Any], gone: dict[str, tuple[str, str]]) -> ListTable:
         val, test = r.metrics.get("val") or {}, r.metrics.get("test") or {}
         unfinished = r.status in (RunStatus.RUNNING, RunStatus.PENDING) and r.study in gone
         status = f"{r.status} (stale)" if unfinished else str(r.status)
-        error = (r.error or "").split("\n")[0][:60]
+        error = cause_and_traceback(r.error)[0] or ""  # whole: the column wraps
         table.add_row(
             str(r.id),
             shown(r.task),

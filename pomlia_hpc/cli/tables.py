@@ -75,6 +75,15 @@ def when(at: datetime | None, *, narrow: bool = False, seconds: bool = False) ->
     return f"{at:%Y-%m-%d %H:%M:%S}" if seconds else f"{at:%Y-%m-%d %H:%M}"
 
 
+def clip(text: str, limit: int) -> str:
+    """``text`` cut to at most ``limit`` characters at a word boundary, ending in `` …`` when
+    cut (a cause cut mid-word read as the whole: ``device 'cuda' was aske``)."""
+    if len(text) <= limit:
+        return text
+    head = text[: limit - 2].rsplit(" ", 1)[0] if " " in text[: limit - 2] else text[: limit - 2]
+    return f"{head.rstrip()} …"
+
+
 def stack(*parts: str) -> str:
     """Two (or more) values of a narrow form's cell, one per line; empty ones left out."""
     return "\n".join(p for p in parts if p)

@@ -153,6 +153,21 @@ def job_limits(meta: Mapping[str, Any] | None) -> tuple[int, int] | None:
 LOG_TAIL_BYTES = 16384
 
 
+def log_names(scheduler_id: str) -> list[str]:
+    """The names of the log files job ``scheduler_id`` may have in its folder: submitit's
+    ``<id>_0_log.out`` and ``.err`` (an array task's id is ``<array>_<task>``), then sbatch's
+    ``slurm-<id>.out`` of a batch script submitted from that folder (``monitor schedule``)."""
+    return [f"{scheduler_id}_0_log.out", f"{scheduler_id}_0_log.err", f"slurm-{scheduler_id}.out"]
+
+
+def log_files(folder: str, scheduler_id: str) -> list[Path]:
+    """The log files of job ``scheduler_id`` that exist in ``folder`` (see :func:`log_names`)."""
+    if not folder:
+        return []
+    paths = [Path(folder) / name for name in log_names(scheduler_id)]
+    return [p for p in paths if p.is_file()]
+
+
 def log_tail(folder: str, scheduler_id: str) -> str:
     """The ends of the logs submitit's job ``scheduler_id`` wrote in ``folder`` (its
     ``<id>_0_log.err`` and ``.out``; "" for a missing or unreadable one)."""

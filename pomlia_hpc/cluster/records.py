@@ -7,6 +7,7 @@ call per poll, not one per job; local jobs are polled through ``/proc`` and thei
 
 from __future__ import annotations
 
+import os
 import pickletools
 import re
 import socket
@@ -243,6 +244,39 @@ def update_job(registry: Registry, job_id: int, **fields: Any) -> None:
             setattr(row, key, value)
 
 
+#: The key of a job row's meta under which a driver job (a pipeline's stage job) records the
+#: one-line cause of its own failure: sacct knows only the exit code ("FAILED (exit code 1:0)"),
+#: and no other process waits on the job to read its traceback.
+OWN_CAUSE_META = "own_cause"
+
+
+def own_job_id(registry: Registry) -> int | None:
+    """The registry id of the Slurm job this process runs in (``SLURM_JOB_ID``), or None
+    outside Slurm or when no row records it."""
+    sched = os.environ.get("SLURM_JOB_ID")
+    if not sched:
+        return None
+    with registry.session() as s:
+        q = select(Job.id).where(Job.backend == "slurm", Job.scheduler_id == sched)
+        return s.scalars(q.order_by(Job.id.desc()).limit(1)).first()
+
+
+def record_own_failure(registry: Registry, job_id: int, cause: str, traceback: str) -> None:
+    """Note on the row of job ``job_id``, the job that runs this process, why it is failing:
+    its one-line ``cause`` (at most 500 characters) becomes the row's exit cause once Slurm
+    reports it FAILED (:func:`merge_scheduler_state`), and ``traceback`` its traceback."""
+    with registry.session() as s:
+        row = s.get(Job, job_id)
+        if row is None:
+            return
+        # A new dict: the JSON column notices an assignment, not an edit in place.
+        row.meta = {
+            **(row.meta or {}),
+            OWN_CAUSE_META: (cause.strip().splitlines() or [""])[0][:500],
+        }
+        row.traceback = traceback
+
+
 def mark_cancelled(registry: Registry, job_id: int, cause: str = "cancelled by user") -> bool:
     """Record that job row ``job_id`` was cancelled (``cause``: by whom or what), unless it
     had already ended.
@@ -308,7 +342,8 @@ def merge_scheduler_state(row: Job, st: SchedulerState) -> dict[str, Any]:
                 attempts=attempts_run(row, st),
                 limits=job_limits(row.meta),
             )
-            new["exit_cause"] = said or new["exit_cause"]
+            own = (row.meta or {}).get(OWN_CAUSE_META)  # the job's own word: record_own_failure
+            new["exit_cause"] = said or own or new["exit_cause"]
     return {k: v for k, v in new.items() if getattr(row, k) != v}
 
 

@@ -28,7 +28,12 @@ from typing import Any
 from sqlalchemy import select
 
 from pomlia_hpc.cluster import Checkpointable, Executor
-from pomlia_hpc.cluster.records import recorded_as_of, refresh_jobs, refresh_jobs_within
+from pomlia_hpc.cluster.records import (
+    own_job_id,
+    recorded_as_of,
+    refresh_jobs,
+    refresh_jobs_within,
+)
 from pomlia_hpc.cluster.refusal import pending_words
 from pomlia_hpc.cluster.terminate import cancel_children_on_stop, quiet_cancellation
 from pomlia_hpc.config import ClusterProfile, load_cluster_profile
@@ -172,8 +177,9 @@ class StageJob:
         ctx = job_context(self.snapshot, self.home, self.registry, self.profile)
         stage = next(s for s in active_stages(ctx.spec) if s.name == self.stage)
         # scancel of this job: its child jobs (the stage's work) are cancelled with it
+        own = own_job_id(ctx.registry)  # recorded with the stage: `pipeline status` shows it
         with quiet_cancellation(), pipeline_lock(ctx.folder), cancel_children_on_stop():
-            return run_stage(ctx, stage)
+            return run_stage(ctx, stage, job_id=own)
 
 
 class DriverJob(Checkpointable):
@@ -187,9 +193,10 @@ class DriverJob(Checkpointable):
     def __call__(self) -> dict[str, str]:
         ctx = job_context(*self.args)
         out: dict[str, str] = {}
+        own = own_job_id(ctx.registry)
         with quiet_cancellation(), pipeline_lock(ctx.folder), cancel_children_on_stop():
             for stage in active_stages(ctx.spec):
-                out[stage.name] = run_stage(ctx, stage)
+                out[stage.name] = run_stage(ctx, stage, job_id=own)
         return out
 
 
@@ -350,6 +357,11 @@ class StageStatus:
     stage: str
     state: str  # done, stale, failed, cancelled, requeued, running, interrupted, pending, not run
     job: int | None = None
+    #: Whether ``job`` is the stage's own job (whose log tells the stage's story), not the
+    #: last job the stage submitted from a process that ran it here.
+    stage_job: bool = False
+    #: The jobs the stage submitted, in words: ``array 61 (2 tasks)``, ``jobs 19, 20``.
+    children: str = ""
     scheduler_id: str = ""
     job_state: str = ""
     started_at: str = ""
@@ -382,7 +394,10 @@ def pipeline_status(ctx: StageContext) -> list[StageStatus]:
     stages = active_stages(ctx.spec)
     records = {st.name: ctx.record(st.name) or {} for st in stages}
     stage_ids = [int(v["job"]) for v in run_stages.values() if v.get("job") is not None]
-    ids = stage_ids + [int(j) for rec in records.values() for j in rec.get("jobs") or ()]
+    # The stage job that wrote a record (a stage skipped by the last submission ran in an
+    # earlier one's job, which run.json no longer names).
+    rec_ids = [int(r["job"]) for r in records.values() if r.get("job") is not None]
+    ids = stage_ids + rec_ids + [int(j) for r in records.values() for j in r.get("jobs") or ()]
     rows: dict[int, Job] = {}
     problem = None
     timeout_s = ctx.workspace.list_sacct_timeout_s
@@ -402,8 +417,11 @@ def pipeline_status(ctx: StageContext) -> list[StageStatus]:
         stage_job = rows.get(int(info["job"])) if info.get("job") is not None else None
         state, detail = _stage_state(ctx, stage, rec, stage_job, run, behind)
         own = [rows[int(j)] for j in rec.get("jobs") or () if int(j) in rows]
+        run_job = stage_job
+        if stage_job is None and rec.get("job") is not None:
+            stage_job = rows.get(int(rec["job"]))
         job = stage_job if stage_job is not None else (own[-1] if own else None)
-        if stage_job is not None and state not in ("done", "stale") and not _this_run(rec, run):
+        if run_job is not None and state not in ("done", "stale") and not _this_run(rec, run):
             # An earlier run's record: its times say nothing about this run's job (queued,
             # running, or cancelled before it started).
             rec = {}
@@ -421,6 +439,8 @@ def pipeline_status(ctx: StageContext) -> list[StageStatus]:
                 stage=stage.name,
                 state=state,
                 job=job.id if job is not None else None,
+                stage_job=stage_job is not None,
+                children=children_words(own) if rec else "",
                 scheduler_id=job.scheduler_id if job is not None else "",
                 job_state=job.state if job is not None else "",
                 started_at=str(rec.get("started_at", "")),
@@ -432,6 +452,22 @@ def pipeline_status(ctx: StageContext) -> list[StageStatus]:
             )
         )
     return out
+
+
+def children_words(jobs: list[Job]) -> str:
+    """The jobs a stage submitted, in words for ``pipeline status``: an array as its Slurm id
+    and task count (``array 61 (2 tasks)``), other jobs by registry id (``jobs 19, 20``)."""
+    arrays: dict[str, int] = {}
+    single: list[str] = []
+    for j in jobs:
+        if j.array_job_id:
+            arrays[j.array_job_id] = arrays.get(j.array_job_id, 0) + 1
+        else:
+            single.append(str(j.id))
+    words = [f"array {a} ({n} task{'s' if n != 1 else ''})" for a, n in arrays.items()]
+    if single:
+        words.append(f"job{'s' if len(single) != 1 else ''} {', '.join(single)}")
+    return "; ".join(words)
 
 
 def _stage_state(

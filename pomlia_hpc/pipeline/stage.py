@@ -16,12 +16,14 @@ from __future__ import annotations
 
 import hashlib
 import json
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from pomlia_hpc.cluster.records import record_own_failure
 from pomlia_hpc.cluster.terminate import stop_cause, stop_kind, submitted_jobs
 from pomlia_hpc.config import ClusterProfile
 from pomlia_hpc.files import write_json_atomic
@@ -309,6 +311,10 @@ def run_stage(ctx: StageContext, stage: Stage, *, job_id: int | None = None) -> 
         status = {"cancelled": "cancelled", "requeued": "requeued"}.get(stop_kind(exc) or "")
         # The jobs it submitted (a training stopped by Ctrl-C): `pipeline status` shows them.
         base["jobs"] = submitted_jobs()[mark:]
+        if job_id is not None and status is None:
+            # Slurm knows only the exit code of the stage job: its row (`jobs list/show`) gets
+            # the stage's own cause and traceback, as `pipeline status` shows them.
+            record_own_failure(ctx.registry, job_id, error, traceback.format_exc())
         write_json_atomic(
             path,
             {

@@ -267,7 +267,8 @@ class TrialRunner:
         still = f"; its running jobs ({', '.join(out)}) go on" if out else ""
         raise ClusterError(
             f"study '{self.spec.name}' stopped: the job of trial run {run_id} "
-            f"({proposal.epochs} epochs) could not be submitted to executor "
+            f"({proposal.epochs} epoch{'s' if proposal.epochs != 1 else ''}) could not be "
+            "submitted to executor "
             f"'{self.spec.options.executor}': {message[:500]}{still}",
             hint="once the scheduler accepts jobs again, `pomlia automl run "
             f"{shlex.quote(self.spec.task)} --study {shlex.quote(self.spec.name)} --resume` "

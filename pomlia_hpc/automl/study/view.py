@@ -76,7 +76,7 @@ class StudyView:
             else final.run_id
         )
         ended = f": {final.status}" if final.status in ENDED else ""
-        epochs = f"{final.epochs} epochs (run {final.run_id})"
+        epochs = f"{final.epochs} epoch{'s' if final.epochs != 1 else ''} (run {final.run_id})"
         return f"final training of run {source} to {epochs}{ended}"
 
 
@@ -143,7 +143,8 @@ def trial_line(trial: TrialView, metric: str) -> str:
     if cause.startswith(status):  # "cancelled (scancel or preemption)": said once, not twice
         status, cause = cause, ""
     cause = f" ({cause})" if cause else ""
-    return f"run {trial.run_id} {trial.summary}, {trial.epochs} epochs: {status}{val}{cause}"
+    epochs = f"{trial.epochs} epoch{'s' if trial.epochs != 1 else ''}"  # not "1 epochs"
+    return f"run {trial.run_id} {trial.summary}, {epochs}: {status}{val}{cause}"
 
 
 class TrialLog:
