@@ -441,7 +441,7 @@ def pipeline_status(ctx: StageContext) -> list[StageStatus]:
                 job=job.id if job is not None else None,
                 stage_job=stage_job is not None,
                 children=children_words(own) if rec else "",
-                scheduler_id=job.scheduler_id if job is not None else "",
+                scheduler_id=_scheduler_words(job, stage_job is not None),
                 job_state=job.state if job is not None else "",
                 started_at=str(rec.get("started_at", "")),
                 ended_at=str(rec.get("ended_at", "")),
@@ -452,6 +452,14 @@ def pipeline_status(ctx: StageContext) -> list[StageStatus]:
             )
         )
     return out
+
+
+def _scheduler_words(job: Job | None, own: bool) -> str:
+    """The scheduler's id of a stage's ``job``: an array's, not one task's, for a job the
+    stage submitted (``own``: the stage's own job)."""
+    if job is None:
+        return ""
+    return job.array_job_id if not own and job.array_job_id else job.scheduler_id
 
 
 def children_words(jobs: list[Job]) -> str:
