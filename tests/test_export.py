@@ -451,6 +451,43 @@ def test_export_ships_the_task_encoder_from_the_registry(
     assert export_model(reg, workspace, "grey").reused  # same weights, same encoder: one export
 
 
+def test_export_resizes_for_an_encoder_of_another_size_as_extraction_does(
+    tmp_path: Path, workspace: Workspace
+) -> None:
+    """A model on 16 px images with an encoder trained at 28 px was refused at export: the
+    adapter's antialiased resize is `aten._upsample_bilinear2d_aa`, which the .pt2 check
+    refused. The served encoder must compute what fingerprint extraction computes."""
+    from pomlia_hpc.fingerprint.autoencoder import Autoencoder, EncoderConfig, to_input
+    from pomlia_hpc.registry import Encoder
+    from pomlia_hpc.serve.fingerprint import encoder_fingerprint
+
+    reg = Registry.open(workspace.db_url)
+    cfg = EncoderConfig(latent_dim=8, image_size=28)
+    torch.manual_seed(2)
+    autoencoder = Autoencoder(cfg).eval()
+    torch.save(
+        {"config": cfg.model_dump(), "state_dict": autoencoder.state_dict()},
+        tmp_path / "encoder.pt",
+    )
+    with reg.session() as s:
+        row = Encoder(name="ae28", checkpoint_path=str(tmp_path / "encoder.pt"))
+        s.add(row)
+        s.flush()
+        enc_id = row.id
+    ckpt = save_demo_checkpoint(tmp_path / "c.pt", image_size=16, channels=1, num_classes=3)
+    register_model(reg, "small", ckpt, lineage={"encoder_id": enc_id})
+    res = export_model(reg, workspace, "small")
+    assert res.bundle.encoder_file == res.bundle.root / "encoder.pt2"
+    # One 16 px grey image as the store holds it (uint8 NHWC), and as the server feeds it.
+    u8 = np.random.default_rng(0).integers(0, 256, size=(1, 16, 16, 1), dtype=np.uint8)
+    served = encoder_fingerprint(res.bundle.encoder_file)(
+        u8.transpose(0, 3, 1, 2).astype(np.float32) / 255.0
+    )
+    with torch.inference_mode():
+        extracted = autoencoder.encode(to_input(u8, 28)).numpy()
+    np.testing.assert_allclose(served, extracted, atol=1e-5)
+
+
 def test_negative_or_non_finite_tolerances_are_refused_up_front(
     workspace: Workspace, tmp_path: Path
 ) -> None:

@@ -154,9 +154,15 @@ def _evil_expr(program: dict[str, object]) -> None:
     program.update(json.loads(text))
 
 
-def _evil_target(program: dict[str, object]) -> None:
-    text = json.dumps(program).replace("torch.ops.aten.relu_.default", "torch.os.system")
-    program.update(json.loads(text))
+def _retarget(target: str) -> Callable[[dict[str, object]], None]:
+    def edit(program: dict[str, object]) -> None:
+        text = json.dumps(program).replace("torch.ops.aten.relu_.default", target)
+        program.update(json.loads(text))
+
+    return edit
+
+
+_evil_target = _retarget("torch.os.system")
 
 
 @pytest.mark.parametrize(
@@ -169,6 +175,9 @@ def _evil_target(program: dict[str, object]) -> None:
         (_program_json(lambda p: p.update(guards_code=["import os"])), "guards_code"),
         (_program_json(_evil_expr), "shape expression"),
         (_program_json(_evil_target), "calls 'torch.os.system'"),
+        # Extension operators and private aten ops other than the exporter's own are refused.
+        (_program_json(_retarget("torch.ops.mylib.relu_.default")), "calls 'torch.ops.mylib"),
+        (_program_json(_retarget("torch.ops.aten._foo.default")), "calls 'torch.ops.aten._foo"),
     ],
 )
 def test_archives_that_could_run_code_are_refused(

@@ -48,11 +48,18 @@ _PAYLOAD = {
     "data/weights/": re.compile(r"weight_\d+"),
     "data/constants/": re.compile(r"tensor_\d+"),
 }
+#: The underscore-named ATen operators ``pomlia model export`` itself emits: the encoder
+#: adapter's antialiased resize (``interpolate(..., antialias=True)``, as fingerprint
+#: extraction resizes) is ``aten._upsample_bilinear2d_aa``. Listed one by one rather than
+#: allowing every ``aten._*``: they are built-in ATen kernels too (no code of the archive's),
+#: but the private namespace holds internals no exported classifier needs.
+_PRIVATE_ATEN = ("_upsample_bilinear2d_aa",)
 #: Operators a classifier or encoder graph may call: ATen overloads and the size arithmetic
 #: a dynamic batch dimension needs. Anything else (higher-order operators, extension
 #: operators, other Python callables) is refused.
+_ATEN_NAME = "|".join([r"[a-z][a-z0-9_]*", *map(re.escape, _PRIVATE_ATEN)])
 _TARGET = re.compile(
-    r"torch\.ops\.aten\.[a-z][a-z0-9_]*\.[A-Za-z][A-Za-z0-9_]*"
+    rf"torch\.ops\.aten\.(?:{_ATEN_NAME})\.[A-Za-z][A-Za-z0-9_]*"
     r"|_operator\.(?:getitem|add|sub|mul|floordiv|truediv|mod|neg|pow|eq|ne|lt|le|gt|ge)"
     r"|torch\.sym_(?:float|int|max|min|not|sqrt|ite)"
     r"|math\.(?:ceil|floor|trunc|sqrt)"
