@@ -6,6 +6,7 @@ import io
 import json
 import socket
 import sys
+import unicodedata
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -416,3 +417,45 @@ def test_a_server_that_is_not_ready_still_judges_a_feedback_body_first(
             assert message in resp.json()["error"]
         valid = c.post("/v1/feedback", json={"prediction_id": pid, "label": 1}, headers=AUTH)
         assert valid.status_code == 503, valid.text
+
+
+def test_feedback_labels_match_in_unicode_nfc(tmp_path: Path) -> None:
+    """A bundle exported before ingest kept class names in NFC may spell "ö" decomposed
+    (NFD, a folder copied from a Mac), and a Mac client may send NFD to a newer bundle: the
+    label printed alike but was refused as "not a label of this model". Names now match in
+    NFC both ways, and the log keeps the bundle's spelling (the monitor's class list)."""
+    from pomlia_hpc.models.checkpoint import save_classifier
+    from pomlia_hpc.models.nets import build_classifier
+    from pomlia_hpc.serve.export import export_checkpoint
+
+    nfd, nfc = unicodedata.normalize("NFD", "Blut_ö"), unicodedata.normalize("NFC", "Luft_ä")
+    ckpt = tmp_path / "c.pt"
+    save_classifier(
+        ckpt,
+        build_classifier("small_cnn", 2, 3, image_size=28),
+        arch="small_cnn",
+        num_classes=2,
+        in_channels=3,
+        image_size=28,
+        task_type="multi-class",
+        label_names=[nfd, nfc],
+    )
+    bundle = export_checkpoint(ckpt, tmp_path / "bundles", name="mac").bundle.root
+    with (
+        LocalServer(bundle, tmp_path / "logs", env={"POMLIA_SERVE_TOKEN": TOKEN}) as srv,
+        httpx.Client(base_url=srv.url, timeout=30) as c,
+    ):
+        preds = c.post(
+            "/v1/predict", content=npy(images(2)), headers={"content-type": "application/x-npy"}
+        ).json()["predictions"]
+        sent = [unicodedata.normalize("NFC", nfd), unicodedata.normalize("NFD", nfc)]
+        for pred, label in zip(preds, sent, strict=True):
+            r = c.post(
+                "/v1/feedback", json={"prediction_id": pred["id"], "label": label}, headers=AUTH
+            )
+            assert r.status_code == 200, r.text
+    logged = {f.prediction_id: f for f in read_records(srv.log_dir, FeedbackLine)}
+    assert [(logged[p["id"]].label, logged[p["id"]].label_index) for p in preds] == [
+        (nfd, 0),
+        (nfc, 1),
+    ]

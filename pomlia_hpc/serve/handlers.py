@@ -12,6 +12,7 @@ import asyncio
 import contextlib
 import os
 import re
+import unicodedata
 import uuid
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
@@ -193,19 +194,27 @@ def expected_label(bundle: ExportedBundle) -> str:
 def labels_of(
     label: str | int | list[str | int], bundle: ExportedBundle
 ) -> tuple[list[str], list[int]]:
-    """The label names and indices a feedback ``label`` (names or indices) stands for; 400 for
-    one that is not a label of the model, or several for a single-label task."""
+    """The label names (the bundle's spelling) and indices a feedback ``label`` (names, matched
+    in Unicode NFC, or indices) stands for; 400 for one that is not a label of the model, or
+    several for a single-label task."""
     values = label if isinstance(label, list) else [label]
     if bundle.task_type != "multi-label" and len(values) != 1:
         raise RequestError(
             400, f"label: task '{bundle.task_type}' takes one label, got {len(values)}"
         )
+    # Names are compared in Unicode NFC: a bundle exported before ingest kept names in NFC
+    # may spell "ö" decomposed (NFD, a folder copied from a Mac), and a Mac client may send
+    # NFD to a newer bundle; both print alike. What is logged stays the bundle's own spelling,
+    # so the monitor's class list matches it.
+    nfc = [unicodedata.normalize("NFC", name) for name in bundle.labels]
     names, indices = [], []
     for v in values:
         if isinstance(v, int) and not isinstance(v, bool) and 0 <= v < len(bundle.labels):
             idx = v
         elif isinstance(v, str) and v in bundle.labels:
             idx = bundle.labels.index(v)
+        elif isinstance(v, str) and unicodedata.normalize("NFC", v) in nfc:
+            idx = nfc.index(unicodedata.normalize("NFC", v))
         else:
             shown = ", ".join(bundle.labels[:20])
             # Quoted as JSON: an index stays a number (99), a name a string ("x").
