@@ -22,7 +22,7 @@ from pomlia_hpc.cli import app
 from pomlia_hpc.cluster.cancel import cancel_scheduler_job
 from pomlia_hpc.errors import ClusterError, PomliaError
 from pomlia_hpc.files import write_json_atomic
-from pomlia_hpc.registry import Job, Registry, Run
+from pomlia_hpc.registry import Job, Model, Registry, Run
 from pomlia_hpc.workspace import Workspace
 from tests.fixtures.factories import FAST, donor_model, tiny_study, tiny_task, warm_file
 from tests.fixtures.fake_slurm import FakeSlurm
@@ -124,6 +124,10 @@ def test_resume_of_a_finished_study_reports_the_studys_time(
     assert code == 0, text
     assert "epochs, 125 s (the study's trials, first start to last end)" in said, said
     assert " 0 s" not in said
+    # It registered nothing: the model an earlier driver registered is kept, and said so.
+    with reg.session() as s:
+        (model,) = s.scalars(select(Model).where(Model.name == "done-best"))
+    assert f"model done-best already registered (model id {model.id}, unchanged);" in said, said
 
 
 @pytest.mark.slow

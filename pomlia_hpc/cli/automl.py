@@ -487,6 +487,16 @@ def _cancelled(result: Any) -> str:
     return f", {n} cancelled" if n else ""
 
 
+def _registered(result: Any) -> str:
+    """``registered``, or what a resume of a finished study did: it kept the model an earlier
+    driver registered (the same row; a resume registers nothing)."""
+    if result.kept_model_id is None:
+        return "registered"
+    run = result.kept_model_run_id
+    source = "" if run in (None, result.best_run_id) else f", from run {run}"
+    return f"already registered (model id {result.kept_model_id}{source}, unchanged)"
+
+
 def _report(spec: Any, result: Any, *, resume: bool) -> int:
     """Print a finished study's outcome; returns the exit status (1: no best model)."""
     if result.best_run_id is None:
@@ -521,7 +531,7 @@ def _report(spec: Any, result: Any, *, resume: bool) -> int:
     console.print(
         f"best: run {result.best_run_id}, val {spec.metric} {_fmt(m.get('objective'))}, test "
         f"{_fmt((m.get('test') or {}).get(spec.metric))}; model [bold]{result.model_name}[/] "
-        f"registered; {result.n_ok} ok, {result.n_crashed} crashed{_cancelled(result)}, "
+        f"{_registered(result)}; {result.n_ok} ok, {result.n_crashed} crashed{_cancelled(result)}, "
         f"{result.spent_epochs} {epochs_word(result.spent_epochs)}"
         + ("" if took is None else f", {took:.0f} s")
         + (" (the study's trials, first start to last end)" if resume and took is not None else "")

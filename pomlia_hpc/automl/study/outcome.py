@@ -11,7 +11,7 @@ from pomlia_hpc.automl.study.spec import write_json
 from pomlia_hpc.automl.study.trials import TrialRunner
 from pomlia_hpc.automl.study.view import StudyResult
 from pomlia_hpc.models.catalog import ModelNameTakenError, find_model, promote_checkpoint
-from pomlia_hpc.registry import Run
+from pomlia_hpc.registry import Model, Run
 
 
 def finish(runner: TrialRunner, wall_s: float) -> StudyResult:
@@ -22,6 +22,7 @@ def finish(runner: TrialRunner, wall_s: float) -> StudyResult:
     n_cancelled = sum(v.status == records.CANCELLED for v in runner.views.values())
     model_name = config = metrics = None
     model_refused = ""
+    kept: Model | None = None
     runs = records.study_runs(runner.registry, runner.spec.name)
     if best is not None:
         run = next(r for r in runs if r.id == best.run_id)
@@ -31,7 +32,7 @@ def finish(runner: TrialRunner, wall_s: float) -> StudyResult:
             if k not in ("config_key", "origin", "smac_budget", "engine")
         }
         metrics = {k: run.metrics[k] for k in ("val", "test", "objective", "epochs")}
-        model_name, model_refused = register_best(runner, run, runs)
+        model_name, model_refused, kept = register_best(runner, run, runs)
     summary = StudyResult(
         runner.spec.name,
         best.run_id if best else None,
@@ -45,15 +46,21 @@ def finish(runner: TrialRunner, wall_s: float) -> StudyResult:
         records.study_span_s(runner.registry, runs),
         model_refused,
         n_cancelled,
+        kept.id if kept is not None else None,
+        kept.run_id if kept is not None else None,
     )
     write_json(runner.folder / SUMMARY_FILE, asdict(summary))
     return summary
 
 
-def register_best(runner: TrialRunner, run: Run, runs: list[Run]) -> tuple[str | None, str]:
+def register_best(
+    runner: TrialRunner, run: Run, runs: list[Run]
+) -> tuple[str | None, str, Model | None]:
     """Promote ``run``'s checkpoint to the model ``<study>-best``; returns its name, or None and
     why when the name belongs to another model (registered or its file written since the
-    study started: refused then, and a resume must not adopt a stranger's model)."""
+    study started: refused then, and a resume must not adopt a stranger's model). The third
+    item is the study's own model when an earlier driver registered it (a resumed study that
+    had finished): kept as it is, nothing registered."""
     name = f"{runner.spec.name}-best"
     existing = find_model(runner.registry, name)
     if existing is not None:
@@ -61,9 +68,15 @@ def register_best(runner: TrialRunner, run: Run, runs: list[Run]) -> tuple[str |
             r.id for r in runs
         }
         if own:  # a resumed study that had already finished keeps its model
-            return name, ""
-        return None, _not_registered(
-            runner, run, f"model name '{name}' is taken by model id {existing.id}, not this study's"
+            return name, "", existing
+        return (
+            None,
+            _not_registered(
+                runner,
+                run,
+                f"model name '{name}' is taken by model id {existing.id}, not this study's",
+            ),
+            None,
         )
     lineage = {
         "task": runner.spec.task,
@@ -90,8 +103,8 @@ def register_best(runner: TrialRunner, run: Run, runs: list[Run]) -> tuple[str |
             lineage=lineage,
         )
     except ModelNameTakenError as exc:  # taken since the check above, or its file is another's
-        return None, _not_registered(runner, run, exc.message)
-    return name, ""
+        return None, _not_registered(runner, run, exc.message), None
+    return name, "", None
 
 
 def _not_registered(runner: TrialRunner, run: Run, why: str) -> str:

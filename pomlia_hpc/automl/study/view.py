@@ -101,6 +101,10 @@ class StudyResult:
     model_refused: str = ""
     #: Trials whose job was cancelled (not counted as crashed).
     n_cancelled: int = 0
+    #: The model id (and its run) when an earlier driver of this study had registered it
+    #: already (a resume of a finished study): kept unchanged, nothing registered now.
+    kept_model_id: int | None = None
+    kept_model_run_id: int | None = None
 
 
 def _value(objective: float | None) -> float:
