@@ -273,3 +273,20 @@ def test_an_encoder_named_like_a_refresh_by_hand_is_no_refresh(
     row, hand = get_encoder(reg, "ae-r2"), get_encoder(reg, "ae-r1")
     assert (row.origin, row.refresh_of_id) == ("refresh", get_encoder(reg, "ae").id)
     assert (hand.origin, hand.refresh_of_id) == ("trained", None)
+
+
+def test_dry_run_names_versions_the_encoder_was_not_trained_on(
+    workspace: Workspace, reg: Registry
+) -> None:
+    """`refresh --dry-run` called every version the encoder was not trained on "new", also a
+    data set registered before the encoder was trained but left out of its training. The rule
+    stays (a refresh trains on every current version); the words say what it is."""
+    workspace = replace(workspace, cluster_profile="debug")
+    a = make_dataset(workspace, reg, "blood", "bloodmnist", (32, 4, 4), chunk_rows=16)
+    b = make_dataset(workspace, reg, "organ", "organamnist", (32, 4, 4), chunk_rows=16)
+    train_encoder(reg, workspace, "ae", [a], CFG)  # organ existed, left out
+    out = " ".join(cli_ok("fingerprint", "refresh", "--dry-run").split())
+    assert f"ae: versions it was not trained on ['{b}']; would train ae-r1" in out, out
+    assert "new versions" not in out
+    helped = re.sub(r"[│\s]+", " ", cli_ok("fingerprint", "refresh", "--help"))  # box lines
+    assert "when it was not trained on one of them" in helped, helped

@@ -555,8 +555,9 @@ def refresh_cmd(
         bool, typer.Option("--dry-run", help="Only say what would be done.")
     ] = False,
 ) -> None:
-    """Retrain the encoder on the current version of every dataset when new versions arrived,
-    embed them all, build its index, then make it the current encoder (only when complete).
+    """Retrain the encoder on the current version of every dataset when it was not trained on
+    one of them (a version added since, or a dataset left out of its training), embed them all,
+    build its index, then make it the current encoder (only when complete).
 
     The new encoder (<root>-r<k>) is recorded as a refresh of the one refreshed; an encoder
     merely named like that by hand is no refresh."""
@@ -567,7 +568,10 @@ def refresh_cmd(
     if dry_run:
         plan = plan_refresh(STATE.registry(), STATE.workspace, encoder)
         what = f"would train {plan.name}" if plan.needed else "nothing to do"
-        console.print(f"{plan.base}: new versions {plan.new or 'none'}; {what}")
+        # "Not trained on", not "new": a data set registered before the encoder was trained
+        # but left out of its training counts too (it was embedded, never trained on).
+        untrained = plan.new or "none"
+        console.print(f"{plan.base}: versions it was not trained on {untrained}; {what}")
         return
     refresh(
         STATE.registry(),

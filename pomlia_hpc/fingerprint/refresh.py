@@ -1,12 +1,15 @@
-"""``pomlia fingerprint refresh``: retrain the encoder when new dataset versions arrived.
+"""``pomlia fingerprint refresh``: retrain the encoder when there are dataset versions it was
+not trained on (added since, or left out of its training).
 
 The paper (§3.2) retrains the embedding periodically, so new data shapes the similarity space.
 The *current* encoder is named in ``<home>/indexes/current-encoder.json`` (commands that take
 ``--encoder`` use it when none is given). A refresh:
 
 1. compares the content hash of the current version (what the plain name means) of every
-   registered dataset with those the current encoder was trained on; nothing new → nothing
-   to do (the same images registered under another name are not new);
+   registered dataset with those the current encoder was trained on; every one it was not
+   trained on counts, whether added after its training or left out of it (it was only
+   embedded); none → nothing to do (the same images registered under another name count as
+   trained on);
 2. trains ``<root>-r<k>`` (same settings, ``epochs`` may be overridden; ``<root>`` the encoder
    the chain of refreshes started from, ``k`` one above any name of that form) on all of
    them, each content once (a copy under another name would count its images twice), as the
@@ -224,7 +227,8 @@ def _write_pointer(workspace: Workspace, data: dict[str, Any]) -> None:
 @dataclass(frozen=True)
 class RefreshPlan:
     """What a refresh would do: the base encoder, the versions to train on (one per content
-    hash), which of them are new, and the versions whose content another one of ``datasets``
+    hash), which of them the base was not trained on (``new``: added since its training or
+    left out of it), and the versions whose content another one of ``datasets``
     has (``copies``: embedded, not trained on)."""
 
     base: str
