@@ -122,7 +122,7 @@ def test_resume_of_a_finished_study_reports_the_studys_time(
     code, text = _run_cli("blood", "--study", "done", "--resume")
     said = " ".join(text.split())
     assert code == 0, text
-    assert "epochs, 125 s (the study's trials, first start to last end)" in said, said
+    assert "1 epoch, 125 s (the study's trials, first start to last end)" in said, said
     assert " 0 s" not in said
     # It registered nothing: the model an earlier driver registered is kept, and said so.
     with reg.session() as s:
