@@ -1,7 +1,9 @@
 """Progress of long commands, readable live in a terminal and in a Slurm job's output file.
 
 Every long command (``fingerprint train``, ``fingerprint extract``, ``index build``,
-``automl run``, ``data add``, ``data verify``) reports through :func:`progress`:
+``automl run``, ``data add``, ``data verify``) reports through :func:`progress`, on stderr
+(the CLI passes its stderr console): stdout keeps the results (final tables, ids, JSON), so
+``pomlia ... > out`` holds only those:
 
 * in a terminal, a rich progress bar (or, with ``live_view``, a table the command redraws);
 * otherwise (stdout redirected to a file, as ``sbatch`` does), plain lines, each flushed at
@@ -77,8 +79,10 @@ class Reporter:
         live: Live | None = None,
         console: Console | None = None,
         min_interval_s: float = 0.0,
+        result_console: Console | None = None,
     ) -> None:
         self.description, self.total, self.unit = description, total, unit
+        self._result_console = result_console or console
         self.done = 0
         self.note_text = ""
         self._stream, self._bar, self._live, self._console = stream, bar, live, console
@@ -140,20 +144,31 @@ class Reporter:
                 self._write(self._status() + " (still working)")
 
     def finish(self) -> None:
-        """Plain mode: write the final status unless the last line said it, then the last
-        ``view`` (a terminal's live table shows it already)."""
+        """Plain mode: write the final status unless the last line said it; then the last
+        ``view`` on the result console, unless a terminal's live table shows it there already
+        (a live table on a terminal's stderr while stdout goes to a file: the file gets it)."""
         with self._lock:
-            if self._stream is None:
-                return
-            if (self.done, self.total, self.note_text) != self._printed:
+            if (
+                self._stream is not None
+                and (
+                    self.done,
+                    self.total,
+                    self.note_text,
+                )
+                != self._printed
+            ):
                 self._write(self._status())
-            if self._view is not None and self._console is not None:
-                try:
-                    self._console.print(self._view)
-                except OSError as exc:
-                    if not reader_gone(exc):
-                        raise
-                    drop_output(self._console.file)
+            out = self._result_console
+            if self._view is None or out is None:
+                return
+            if self._stream is None and (out is self._console or out.is_terminal):
+                return
+            try:
+                out.print(self._view)
+            except OSError as exc:
+                if not reader_gone(exc):
+                    raise
+                drop_output(out.file)
 
     def _status(self) -> str:
         of = f"/{self.total}" if self.total is not None else ""
@@ -365,6 +380,7 @@ def progress(
     min_interval_s: float = 0.0,
     live_view: bool = False,
     start: int = 0,
+    result_console: Console | None = None,
 ) -> Iterator[Reporter]:
     """Report the progress of one long piece of work; yields a :class:`Reporter`.
 
@@ -374,13 +390,25 @@ def progress(
     plain report writes its first status at once, every change (but at most one line per
     ``min_interval_s`` seconds, except the last), a heartbeat after ``every_s`` seconds of
     silence, and a final status when the block ends. ``start``: how much was done before (a
-    resumed piece of work), the first status a plain report writes.
+    resumed piece of work), the first status a plain report writes. ``result_console``: where
+    the last ``view`` goes when the work ends (default: ``console``); a command whose progress
+    goes to stderr (``console`` on stderr) keeps its final table on stdout this way.
     """
     console = console or Console()
     if stream is None and console.is_terminal:
         if live_view:
             with Live(console=console, refresh_per_second=2) as live:
-                yield Reporter(description, total, unit, stream=None, live=live, console=console)
+                live_report = Reporter(
+                    description,
+                    total,
+                    unit,
+                    stream=None,
+                    live=live,
+                    console=console,
+                    result_console=result_console,
+                )
+                yield live_report
+            live_report.finish()
         else:
             bar = Progress(
                 TextColumn("{task.description}"),
@@ -394,7 +422,13 @@ def progress(
         return
     out: IO[str] = stream if stream is not None else console.file
     reporter = Reporter(
-        description, total, unit, stream=out, console=console, min_interval_s=min_interval_s
+        description,
+        total,
+        unit,
+        stream=out,
+        console=console,
+        min_interval_s=min_interval_s,
+        result_console=result_console,
     )
     reporter.update(start)
     period = _every_s(every_s)

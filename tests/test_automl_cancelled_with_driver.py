@@ -62,9 +62,27 @@ def test_runs_cancelled_with_a_pipelines_driver_are_recorded_cancelled(
     assert runs[cancelled].cost_s == pytest.approx(30.0, abs=1.0)
     assert runs[running].status == "running"
     assert "run pipeline lookalikes again" in out and "--resume" not in out, out
-    assert "recorded" in out
+    assert "1 run(s) cancelled with it are recorded 'cancelled'" in out, out
+    assert "1 unfinished run(s) stay 'running'" in out, out
     # what `automl run --resume` counts as ended before it starts (not 0/N)
     assert records.ended_runs(reg, study) == 1
+
+
+@pytest.mark.usefixtures("wide_console")
+def test_the_stale_note_does_not_say_running_under_a_cancelled_row(
+    workspace: Workspace, reg: Registry
+) -> None:
+    """`runs list` showed a run `cancelled` and under it "its unfinished runs stay 'running'"."""
+    tiny_task(workspace, reg, "blood", sizes=(16, 8, 8))
+    workspace.path("runs", "s1").mkdir(parents=True)
+    beat = DriverBeat(workspace, "s1")
+    beat.start()
+    beat.end()
+    _trial(reg, 1, "s1", "CANCELLED")
+    out = " ".join(cli_ok("runs", "list", "--study", "s1").split())
+    assert "cancelled with it are recorded 'cancelled'" in out, out
+    assert "stay 'running'" not in out, out
+    assert "--study s1 --resume" in out, out
 
 
 def _stale_hint(workspace: Workspace, reg: Registry, study: str) -> str:

@@ -31,7 +31,7 @@ from pomlia_hpc.files import held_lock
 from pomlia_hpc.registry import Registry
 from pomlia_hpc.workspace import Workspace
 from tests.fixtures.cli import cli_ok
-from tests.fixtures.factories import tiny_task
+from tests.fixtures.factories import tiny_study, tiny_task
 from tests.fixtures.lock_probe import lock_states, on_path, probe_commands
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -410,3 +410,44 @@ def test_an_old_drivers_beat_waits_for_the_claim_lock(
         holder.wait()
     beat.end()
     assert (read_driver(workspace, "locked") or DriverRecord("", 0, 0, 0)).ended is not None
+
+
+def test_a_sigterm_to_the_driver_leaves_its_own_last_line(workspace: Workspace) -> None:
+    """A study driver job stopped by `scancel` ended its log with a heartbeat and slurmstepd's
+    CANCELLED line: nothing said how far the study got or how to go on."""
+    code = (
+        "import sys, time\n"
+        "from pathlib import Path\n"
+        "from pomlia_hpc.automl.liveness import DriverBeat\n"
+        "from pomlia_hpc.workspace import Workspace\n"
+        f"ws = Workspace(home=Path({str(workspace.home)!r}), db_url='sqlite://', "
+        "cluster_profile='local')\n"
+        "with DriverBeat(ws, 'term2').driving(lambda: 'study term2 stopped by a signal'):\n"
+        "    print('driving', flush=True)\n"
+        "    time.sleep(120)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    env.pop("SLURM_JOB_ID", None)
+    workspace.path("runs", "term2").mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
+    assert proc.stdout is not None and proc.stdout.readline() == b"driving\n"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == -signal.SIGTERM  # it still dies of the signal
+    assert err.decode().strip().endswith("] study term2 stopped by a signal"), err
+
+
+def test_the_study_drivers_stop_line_says_how_far_and_how_to_resume(
+    workspace: Workspace, reg: Registry
+) -> None:
+    from pomlia_hpc.automl.study import StudyRunner
+
+    tiny_task(workspace, reg, "blood", sizes=(16, 8, 8))
+    spec = tiny_study(reg, workspace, "blood", "s9", n_trials=3)
+    line = StudyRunner(reg, workspace, spec).stop_line()
+    assert line == (
+        "study s9 stopped by a signal (SIGTERM: scancel, a time limit or kill), 0 of 3 "
+        "trials done; resume with `pomlia automl run blood --study s9 --resume`"
+    )

@@ -189,7 +189,7 @@ def test_a_gpu_missing_here_is_refused_before_the_study_on_the_local_executor(
 ) -> None:
     """`automl run T --device cuda` (or `--gpus 1`) on the local executor of a machine without
     a GPU submitted trials that crashed and counted as the strategy's failures; a Slurm
-    profile is not checked here (its GPUs are on the compute node)."""
+    profile's GPUs are on the compute node, but `--device cuda` with none asked is refused."""
     import torch
 
     tiny_task(workspace, reg, "blood", sizes=(16, 8, 8))
@@ -200,7 +200,13 @@ def test_a_gpu_missing_here_is_refused_before_the_study_on_the_local_executor(
             create_study(reg, workspace, "blood", name="s", **kwargs)  # type: ignore[arg-type]
         assert "--cluster PROFILE" in str(exc.value) and "\n" not in str(exc.value)
     assert not study_dir(workspace, "s").exists()
-    study_mod.check_study_options(engine=cuda, executor="slurm-local", name="s")
+    # A Slurm trial that asks for no GPU sees none: every trial crashed 9 s into its job.
+    with pytest.raises(InputError, match="asks Slurm for no GPU") as exc:
+        study_mod.check_study_options(engine=cuda, executor="slurm-local", name="s")
+    assert "add --gpus 1" in str(exc.value) and "\n" not in str(exc.value)
+    study_mod.check_study_options(
+        engine=cuda, executor="slurm-local", resources={"gpus_per_node": 1}, name="s"
+    )  # its GPU is on the compute node: not checked here
     # With a GPU here, a local job still sees none unless it asks for one (CUDA_VISIBLE_DEVICES).
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
     with pytest.raises(InputError, match="add --gpus 1"):

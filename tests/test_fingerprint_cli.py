@@ -28,11 +28,16 @@ def test_train_extract_index_similar_plot(workspace: Workspace, tmp_path: Path) 
     for flag in ("bloodmnist", "organamnist", "pneumoniamnist"):
         cli_ok("data", "add", flag, "--root", str(la))
 
-    text = cli_ok(
+    res = runner.invoke(app, [
         "fingerprint", "train", "-n", "ae", "bloodmnist", "organamnist", "pneumoniamnist",
         "-d", "2", "--epochs", "1", "--batch-size", "16", "--max-images", "32",
         "--workers", "0", "--objective", "mse",
-    )  # fmt: skip
+    ])  # fmt: skip
+    assert res.exit_code == 0, res.output
+    text = res.output
+    # progress and notes on stderr: stdout holds the result table alone
+    assert "encoder ae" in res.stdout and "elapsed" not in res.stdout, res.stdout
+    assert "submitted" not in res.stdout and "submitted" in res.stderr
     assert "encoder ae (id 1, objective mse)" in text and "held-out loss" in text
     # Off a terminal (as in a Slurm output file) progress comes as plain lines.
     assert "training 'ae': 1/1 epochs (100%)" in text
@@ -41,17 +46,23 @@ def test_train_extract_index_similar_plot(workspace: Workspace, tmp_path: Path) 
     png = workspace.path("models", "encoders", "ae", "loss_curves.png")
     assert f"loss curves {png}" in text and png.is_file()
 
-    text = cli_ok(
-        "fingerprint", "extract", "bloodmnist", "organamnist", "pneumoniamnist",
-        "--patch-grid", "2",
+    # `extract ... > o 2> e`: the result table in o, the progress lines in e.
+    res = runner.invoke(
+        app,
+        ["fingerprint", "extract", "bloodmnist", "organamnist", "pneumoniamnist",
+         "--patch-grid", "2"],
     )  # fmt: skip
-    assert text.count("complete") == 3 and "pneumoniamnist" in text
-    assert "] extracting: " in text and " array tasks (100%)" in text
-    assert "extracting: 0 array tasks," not in text  # the first line has the total
+    assert res.exit_code == 0, res.output
+    assert res.stdout.count("complete") == 3 and "pneumoniamnist" in res.stdout
+    assert "] extracting: " in res.stderr and " array tasks (100%)" in res.stderr
+    assert "extracting: 0 array tasks," not in res.stderr  # the first line has the total
+    assert "extracting" not in res.stdout and "elapsed" not in res.stdout, res.stdout
 
-    text = cli_ok("index", "build")  # the only encoder is the default
-    assert "index built: Flat" in text and "generation 1" in text
-    assert "] adding vectors: " in text and " vectors (100%)" in text
+    res = runner.invoke(app, ["index", "build"])  # the only encoder is the default
+    assert res.exit_code == 0, res.output
+    assert "index built: Flat" in res.stdout and "generation 1" in res.stdout
+    assert "] adding vectors: " in res.stderr and " vectors (100%)" in res.stderr
+    assert "adding vectors" not in res.stdout
 
     text = cli_ok("similar", "bloodmnist", "--k", "2", "--distance", "mmd", "--json")
     found = json.loads(text)

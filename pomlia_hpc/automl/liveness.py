@@ -25,9 +25,10 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from types import FrameType
@@ -38,6 +39,7 @@ from pomlia_hpc.automl.folders import study_dir, study_finished
 from pomlia_hpc.errors import ClusterError, PomliaError
 from pomlia_hpc.files import held_lock, write_atomic
 from pomlia_hpc.processes import pid_alive, process_start_id
+from pomlia_hpc.progress import stamped
 from pomlia_hpc.workspace import Workspace
 
 #: The driver's record, in the study's folder.
@@ -125,13 +127,14 @@ class DriverBeat:
     def __init__(self, workspace: Workspace, study: str) -> None:
         self.path = study_dir(workspace, study) / DRIVER_FILE
         self.record: DriverRecord | None = None
+        self._stop_line: Callable[[], str] | None = None
 
     @classmethod
     def at(cls, path: Path) -> DriverBeat:
         """A driver record kept in ``path`` (its claim lock beside it): for other drivers
         than a study's, e.g. the one driver of a loop run."""
         beat = cls.__new__(cls)
-        beat.path, beat.record = path, None
+        beat.path, beat.record, beat._stop_line = path, None, None
         return beat
 
     def start(self) -> None:
@@ -179,12 +182,15 @@ class DriverBeat:
             self._write(only_if_mine=True)
 
     @contextlib.contextmanager
-    def driving(self) -> Iterator[None]:
+    def driving(self, stop_line: Callable[[], str] | None = None) -> Iterator[None]:
         """:meth:`start`, the block, then :meth:`end` however the block ends. A SIGTERM
         (``scancel``, Slurm's time limit) kills a Python process without running ``finally``,
         so while no one else handles SIGTERM in this process (a pipeline stage's
         ``cluster.terminate`` handler, submitit's in a job: those end the block by an
-        exception), the block's SIGTERM writes the end and then kills the process as before."""
+        exception), the block's SIGTERM writes the end and then kills the process as before,
+        after writing ``stop_line()`` on stderr: a driver job's log ended with a heartbeat
+        and slurmstepd's CANCELLED line, nothing of its own."""
+        self._stop_line = stop_line
         self.start()
         previous = None
         main = threading.current_thread() is threading.main_thread()  # only it sets handlers
@@ -200,6 +206,11 @@ class DriverBeat:
     def _end_and_die(self, signum: int, frame: FrameType | None) -> None:
         """SIGTERM while :meth:`driving`: write the end, then die of the signal as before (the
         exit status still says SIGTERM; trials left running are taken up by a --resume)."""
+        if self._stop_line is not None:
+            # Whatever goes wrong in saying it, the end is written and the signal obeyed.
+            with contextlib.suppress(Exception):
+                sys.stderr.write(stamped(self._stop_line()) + "\n")
+                sys.stderr.flush()
         self.end()
         signal.signal(signum, signal.SIG_DFL)
         signal.raise_signal(signum)

@@ -221,12 +221,13 @@ def profile_for(executor: str | None) -> str:
 
 def log_line(text: str) -> None:
     """One line of a long command's log (pipeline, loop), time-stamped like the progress
-    lines: its output is often a Slurm job's output file, read hours later."""
-    # soft_wrap: one line whatever the width (a crashed trial's cause makes it long), for grep
+    lines, on stderr: its output is often a Slurm job's output file, read hours later."""
+    # soft_wrap: one line whatever the width (a crashed trial's cause makes it long), for grep.
+    # On stderr: it is progress for people; stdout keeps the command's results.
     try:
-        console.print(stamped(text), highlight=False, markup=False, soft_wrap=True)
+        err_console.print(stamped(text), highlight=False, markup=False, soft_wrap=True)
     except BrokenPipeError:  # `pomlia pipeline run ... | head`: the work goes on unread
-        drop_output(console.file)
+        drop_output(err_console.file)
 
 
 def _version(value: bool) -> None:

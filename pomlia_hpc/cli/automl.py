@@ -250,8 +250,9 @@ def automl_run(
     device: Annotated[
         str,
         typer.Option(
-            help="auto (cuda if the trial has a GPU), cpu or cuda (on the local executor: "
-            "needs --gpus 1 and a GPU on this machine, else refused before the study)."
+            help="auto (cuda if the trial has a GPU), cpu or cuda (needs a trial with a GPU: "
+            "--gpus 1 or a profile with gpus_per_node >= 1, and on the local executor a GPU "
+            "on this machine; else refused before the study)."
         ),
     ] = "auto",
     mem_gb: Annotated[
@@ -298,12 +299,12 @@ def automl_run(
         name, why = (study, "") if study is not None else study_to_resume(ws, task)
         refuse_if_driven(ws, name)  # before anything is printed: a refusal is all it says
         if why:
-            console.print(f"[yellow]note:[/] {why}", soft_wrap=True, highlight=False)
+            err_console.print(f"[yellow]note:[/] {why}", soft_wrap=True, highlight=False)
         spec = load_spec(ws, name)
         ignored = _ignored_on_resume(ctx)
         if ignored:
             # Same command line with --resume is the natural way to restart: warn, not refuse.
-            console.print(
+            err_console.print(
                 f"[yellow]note:[/] --resume continues study {spec.name} with the options it "
                 f"was created with (see its study.json); ignored: {', '.join(ignored)}"
             )
@@ -412,7 +413,9 @@ def automl_run(
                 f"study {spec.name}",
                 spec.options.n_trials,
                 unit="trials",
-                console=console,
+                # progress for people on stderr; the study's final table stays on stdout
+                console=err_console,
+                result_console=console,
                 live_view=True,
                 # not 0/N before adopting; a final training that ended is not one more trial
                 start=min(ended_runs(reg, spec.name), spec.options.n_trials) if resume else 0,

@@ -14,7 +14,7 @@ import typer
 from pydantic import ValidationError
 from rich.table import Table
 
-from pomlia_hpc.cli.app import STATE, app, console, log_line
+from pomlia_hpc.cli.app import STATE, app, console, err_console, log_line
 from pomlia_hpc.cli.notes import note, older_versions_note, set_notes
 from pomlia_hpc.errors import InputError
 from pomlia_hpc.progress import Reporter, progress
@@ -65,7 +65,8 @@ class _LazyProgress:
     def __call__(self, done: int, total: int | None = None) -> None:
         if self._bar is None:  # the first line already shows the total, once known
             first = (self._args[0], total if total is not None else self._args[1])
-            report = progress(*first, console=console, **self._kw)
+            # progress is for people: on stderr, so `> out` keeps only the result table
+            report = progress(*first, console=err_console, **self._kw)
             self._bar = self._stack.enter_context(report)
         self._bar.update(done, total)
 
@@ -287,7 +288,7 @@ def extract(
             force=force,
             resources=_resources(cpus, gpus),
             progress=bar,
-            say=lambda line: console.print(f"warning: {line}", markup=False, highlight=False),
+            say=lambda line: err_console.print(f"warning: {line}", markup=False, highlight=False),
         )
     table = Table(title="embeddings")
     for col in ("dataset", "vectors", "shards", "run now", "status"):

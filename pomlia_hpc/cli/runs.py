@@ -101,7 +101,7 @@ def runs_list(
         return
     table = _runs_table(rows, gone)
     console.print(table)
-    _stale_hints(gone, settled)
+    _stale_hints(gone, settled, rows)
     _unfinished_hints(rows, gone)
 
 
@@ -171,9 +171,10 @@ def _runs_table(rows: list[Any], gone: dict[str, tuple[str, str]]) -> ListTable:
     return table
 
 
-def _stale_hints(gone: dict[str, tuple[str, str]], settled: list[int]) -> None:
+def _stale_hints(gone: dict[str, tuple[str, str]], settled: list[int], rows: list[Any]) -> None:
     """Per study whose driver is gone: why, and how to take it up (a pipeline's study: run
-    its pipeline again; else ``automl run --resume``)."""
+    its pipeline again; else ``automl run --resume``). Worded after what ``rows`` (as shown,
+    after settling) say: "stay 'running'" under a row that says cancelled misled."""
     from pomlia_hpc.automl.folders import owning_pipeline
 
     for name, (task_name, why) in sorted(gone.items()):
@@ -184,10 +185,15 @@ def _stale_hints(gone: dict[str, tuple[str, str]], settled: list[int]) -> None:
             else f"resume it with `pomlia automl run {shlex.quote(task_name)} --study "
             f"{shlex.quote(name)} --resume`"
         )
-        what = "runs cancelled with it are recorded so; " if settled else ""
+        live = sum(
+            r.study == name and r.status in (RunStatus.RUNNING, RunStatus.PENDING) for r in rows
+        )
+        ended = sum(r.study == name and r.id in settled for r in rows)
+        said = f"{ended} run(s) cancelled with it are recorded 'cancelled'; " if ended else ""
+        if live:
+            said += f"{live} unfinished run(s) stay 'running' until it is taken up; "
         err_console.print(
-            f"[yellow]stale:[/] study {name}: {what}its unfinished runs stay 'running' "
-            f"because {why}; {how}",
+            f"[yellow]stale:[/] study {name}: {why}; {said}{how}",
             soft_wrap=True,
             highlight=False,
         )

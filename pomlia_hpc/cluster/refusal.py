@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import getpass
 import subprocess
+import sys
 import time
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Protocol
@@ -228,7 +229,7 @@ def watch_pending(handle: PendingJob) -> None:
     key = (job_id.split("_")[0], reason)
     if key not in _said:
         _said.add(key)
-        say(f"job {handle.name} pending: {reason}")
+        say(f"job {handle.name} pending: {reason}", sys.stderr)  # a note: stderr
     if never_starts(reason):
         request = request_text(handle.resources)
         handle.cancel(
@@ -261,4 +262,4 @@ def warn_signal_delay(profile: ClusterProfile) -> None:
     text = signal_delay_warning(profile)
     if text is not None and ("delay", text) not in _said:
         _said.add(("delay", text))
-        say(text)
+        say(text, sys.stderr)  # a warning for people: stderr, not the results

@@ -70,9 +70,16 @@ def check_local_gpus(profile: ClusterProfile, *, cuda: bool = False, what: str =
     profile would not get: ``profile.gpus_per_node`` (overrides applied) more than this
     machine has, or ``cuda`` (the job will ask torch for a CUDA device) while the job gets
     none. Such a job ran on the CPU without a word, or crashed and was recorded as a failed
-    run. A Slurm profile is not checked: its GPUs are on the compute node, not here.
+    run. A Slurm profile's GPUs are on the compute node, not here: only ``cuda`` for a job
+    that asks Slurm for no GPU is refused (every such job crashed seconds after it started).
     ``what``: names the job in the message (e.g. ``--device cuda``)."""
     if profile.backend == "slurm":
+        if cuda and profile.gpus_per_node == 0:
+            raise InputError(
+                f"{what}: the job asks Slurm for no GPU (the profile's gpus_per_node is 0), "
+                "so it would see no CUDA device: add --gpus 1, use a profile with GPUs "
+                "(--executor/--cluster PROFILE), or use --device cpu or auto"
+            )
         return
     if not cuda and profile.gpus_per_node == 0:
         return

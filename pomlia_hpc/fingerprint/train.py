@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import os
 import socket
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -532,7 +533,11 @@ def train_encoder(
         start_record(name, target, wanted, pipeline, resumable, normalise_config)
         handle = ex.submit(job, name=training_job_name(name), resources=resources)
     if handle.backend != "debug":  # where to look: a stage's log names the job it started
-        say(f"training job {handle.name} submitted; its log: {handle.job().paths.stdout}")
+        # a note for people: stderr, so a driver's stdout holds only results
+        say(
+            f"training job {handle.name} submitted; its log: {handle.job().paths.stdout}",
+            sys.stderr,
+        )
     result, job_id = _wait_training(handle, job, progress)
     if progress is not None:
         progress(len(result["loss_curve"]), config.epochs)

@@ -3,6 +3,7 @@ until the trials or the epoch budget are used up and every trial is back."""
 
 from __future__ import annotations
 
+import shlex
 import time
 
 from ConfigSpace import Configuration
@@ -14,7 +15,7 @@ from pomlia_hpc.automl.study.outcome import finish
 from pomlia_hpc.automl.study.recover import recover_trial, recover_untracked
 from pomlia_hpc.automl.study.spec import StudySpec
 from pomlia_hpc.automl.study.trials import TrialRunner, UpdateFn
-from pomlia_hpc.automl.study.view import FINAL_ORIGIN, StudyResult, view_of_run
+from pomlia_hpc.automl.study.view import ENDED, FINAL_ORIGIN, StudyResult, view_of_run
 from pomlia_hpc.registry import Registry
 from pomlia_hpc.workspace import Workspace
 
@@ -77,8 +78,21 @@ class StudyRunner(TrialRunner):
         (:mod:`pomlia_hpc.automl.liveness`): ``pomlia runs list`` flags the running trials of a
         study whose driver is gone."""
         self.folder.mkdir(parents=True, exist_ok=True)
-        with self.liveness.driving():
+        with self.liveness.driving(self.stop_line):
             return self.search(resume)
+
+    def stop_line(self) -> str:
+        """The driver's last line when a SIGTERM (``scancel``, the time limit) kills it: how
+        far the study got and how to go on (its trials' jobs run on; a resume adopts them)."""
+        search = [v for v in self.views.values() if not v.final]
+        done = sum(v.status in ENDED for v in search)
+        total = max(self.spec.options.n_trials, len(search))
+        task, name = shlex.quote(self.spec.task), shlex.quote(self.spec.name)
+        return (
+            f"study {self.spec.name} stopped by a signal (SIGTERM: scancel, a time limit or "
+            f"kill), {done} of {total} trials done; resume with "
+            f"`pomlia automl run {task} --study {name} --resume`"
+        )
 
     def search(self, resume: bool) -> StudyResult:
         """:meth:`run`'s work: ask, submit, collect and tell until the study is done."""
