@@ -56,7 +56,8 @@ def _every_s(every_s: float | None) -> float:
     return value if value > 0 else DEFAULT_EVERY_S
 
 
-def _duration(seconds: float) -> str:
+def duration(seconds: float) -> str:
+    """``seconds`` as a progress line says it: ``42s``, ``3m07s``, ``2h05m``."""
     s = int(seconds)
     if s < 60:
         return f"{s}s"
@@ -92,6 +93,16 @@ class Reporter:
         self._lock = threading.Lock()
         self._printed: tuple[int, int | None, str] | None = None
         self._view: RenderableType | None = None
+
+    @property
+    def console(self) -> Console | None:
+        """The console the report is drawn on (None: a plain stream given without one)."""
+        return self._console
+
+    @property
+    def elapsed_s(self) -> float:
+        """Seconds since the report started."""
+        return time.monotonic() - self._start
 
     @property
     def plain(self) -> bool:
@@ -174,7 +185,7 @@ class Reporter:
         of = f"/{self.total}" if self.total is not None else ""
         unit = f" {self.unit}" if self.unit else ""
         pct = f" ({100 * self.done // self.total}%)" if self.total else ""
-        elapsed = _duration(time.monotonic() - self._start)
+        elapsed = duration(time.monotonic() - self._start)
         note = f"; {self.note_text}" if self.note_text else ""
         return f"{self.description}: {self.done}{of}{unit}{pct}, {elapsed} elapsed{note}"
 

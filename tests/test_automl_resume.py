@@ -84,7 +84,7 @@ def test_killed_driver_resumes_without_repeating_trials(
     )
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert "best: run" in resumed.stdout
-    assert "ignored: --trials, --max-epochs" in " ".join(resumed.stdout.split())
+    assert "ignored: --trials, --max-epochs" in " ".join(resumed.stderr.split())  # a note
 
     runs = records.study_runs(reg, "r1")
     assert len(runs) == 3 and {r.status for r in runs} == {"ok"}

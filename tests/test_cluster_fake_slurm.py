@@ -205,3 +205,23 @@ def test_a_refused_submission_is_a_cluster_error(
         _slurm(tmp_path, reg).submit(jobfns.add, 1, 1)
     with reg.session() as s:
         assert s.scalars(select(Job)).first() is None  # nothing recorded for a refused job
+
+
+def test_a_driver_is_told_when_its_job_is_requeued(
+    tmp_path: Path, reg: Registry, fake_slurm: FakeSlurm, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A `fingerprint train` driver whose job was requeued at its time limit showed ~20 s
+    gaps and never said "requeued": :class:`RequeueWatch` says it once per new attempt."""
+    from pomlia_hpc.cluster import handle as handle_mod
+
+    monkeypatch.setattr(handle_mod, "REQUEUE_POLL_S", 0.0)
+    fake_slurm.hold()
+    h = _slurm(tmp_path, reg).submit(jobfns.add, 2, 3)
+    watch = handle_mod.RequeueWatch(h, "training job")
+    fake_slurm.set_state(h.job_id, "RUNNING")
+    assert watch.poll() is None  # its first attempt: nothing to say
+    fake_slurm.set_state(h.job_id, "REQUEUED")
+    fake_slurm.set_state(h.job_id, "RUNNING", new_attempt=True)
+    line = watch.poll()
+    assert line is not None and f"training job {h.name} requeued (attempt 2 of 4" in line, line
+    assert watch.poll() is None  # said once

@@ -11,6 +11,7 @@ refresh (``jobs list``/``show``) with nobody waiting for the job.
 from __future__ import annotations
 
 import functools
+import re
 import subprocess
 from pathlib import Path
 
@@ -171,3 +172,23 @@ def test_the_warning_counts_slurms_early_signal() -> None:
     assert warning is not None and "up to 60 s earlier" in warning
     assert "killed outright" in warning and "raise time_min" in warning
     assert signal_delay_warning(load_cluster_profile("slurm-local")) is None  # 30 s of 30 min
+
+
+def test_a_job_that_gives_up_ends_its_log_with_its_cause(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A training refused its 4th requeue ended its .err in 121 lines of traceback through
+    matplotlib's savefig, `UncompletedJobError: ... timed-out too many times` last; pomlia's
+    one-line cause was in neither log file. The job's last line says it now."""
+    from submitit.core.utils import UncompletedJobError
+
+    from pomlia_hpc.cluster.jobstart import final_line
+
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "3")
+    why = "Job not requeued because: timed-out too many times."
+    text = f"Traceback (most recent call last):\n  ...savefig...\n{why}\n"
+    line = final_line(UncompletedJobError(why), text)
+    assert re.fullmatch(r"\[\d\d:\d\d:\d\d\] error: the job gave up: timed out after 4 .*", line)
+    assert "raise time_min" in line
+    other = final_line(ValueError("bad value\nmore"), "Traceback ...\nValueError: bad value")
+    assert other.endswith("error: the job gave up: ValueError: bad value"), other

@@ -169,3 +169,26 @@ def test_writes_after_the_reader_went_do_not_kill_the_command(tmp_path: Path, bo
     assert proc.wait(timeout=60) == 0, err.decode()[-2000:]
     assert marker.read_text() == "done"
     assert b"Traceback" not in err
+
+
+def test_progress_on_stderr_leaves_the_final_table_on_stdout() -> None:
+    """`automl run ... >o 2>e`: the study's status lines belong in e, its final table in o."""
+    err, out = io.StringIO(), io.StringIO()
+    err_console = Console(file=err, width=100)
+    out_console = Console(file=out, width=100)
+    with progress(
+        "study s", 1, unit="trials", console=err_console, result_console=out_console,
+        live_view=True,
+    ) as bar:  # fmt: skip
+        bar.update(1, view="FINAL TABLE")
+    assert "study s: 1/1 trials" in err.getvalue() and "FINAL TABLE" not in err.getvalue()
+    assert out.getvalue().strip() == "FINAL TABLE"
+    # A live table on a terminal's stderr: a redirected stdout still gets the final table.
+    err_tty = Console(file=io.StringIO(), force_terminal=True, width=100)
+    out = io.StringIO()
+    with progress(
+        "study s", 1, unit="trials", console=err_tty, result_console=Console(file=out),
+        live_view=True,
+    ) as bar:  # fmt: skip
+        bar.update(1, view="FINAL TABLE")
+    assert out.getvalue().strip() == "FINAL TABLE"

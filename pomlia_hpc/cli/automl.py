@@ -14,10 +14,10 @@ from rich.table import Table
 from rich.text import Text
 
 from pomlia_hpc.cli.app import STATE, app, console, err_console, profile_for
-from pomlia_hpc.cli.tables import shown
+from pomlia_hpc.cli.tables import ListTable, fit_columns, pick_form, shown, stack
 from pomlia_hpc.errors import InputError
 from pomlia_hpc.processes import Hangup, hangup_as_interrupt
-from pomlia_hpc.progress import Reporter, drop_output, progress, reader_gone
+from pomlia_hpc.progress import Reporter, drop_output, duration, progress, reader_gone
 from pomlia_hpc.vocab import RunStatus
 
 automl_app = typer.Typer(
@@ -35,9 +35,21 @@ def epochs_word(n: int) -> str:
     return "epoch" if n == 1 else "epochs"
 
 
-def study_table(view: Any) -> Table:
-    """The live table of a study (a :class:`~pomlia_hpc.automl.study.StudyView`)."""
-    budget = f" / {view.budget_epochs}" if view.budget_epochs else ""
+_STYLE = {
+    RunStatus.OK: "green",
+    RunStatus.CRASHED: "red",
+    RunStatus.CANCELLED: "magenta",
+    RunStatus.RUNNING: "yellow",
+    RunStatus.PENDING: "dim",
+}
+
+
+def study_table(view: Any, elapsed_s: float | None = None) -> ListTable:
+    """The live table of a study (a :class:`~pomlia_hpc.automl.study.StudyView`), with its
+    narrow form for an 80-column terminal; ``elapsed_s``: the driver's time so far (s)."""
+    # epochs the trials ran (a trial cancelled after 9 s counted its whole budget), and
+    # against --budget-epochs the epochs given out, which that option limits
+    budget = f" ({view.spent_epochs}/{view.budget_epochs} given out)" if view.budget_epochs else ""
     best = view.best
     caption = (
         f"best so far: run {best.run_id} ({best.summary}, {best.epochs} ep) "
@@ -48,43 +60,41 @@ def study_table(view: Any) -> Table:
     runs = f"{len(view.search)}/{view.n_trials} trials"
     if len(view.search) < len(view.trials):  # the final training of the best is not a trial
         runs += " + final training"
-    table = Table(
-        title=f"study {view.name}: {runs}, {view.spent_epochs}{budget} "
-        + epochs_word(view.budget_epochs or view.spent_epochs),
-        caption=caption,
-    )
-    for col in (
-        "run",
-        "configuration",
-        "epochs",
-        "status",
-        f"val {view.metric}",
-        f"test {view.metric}",
-        "cost (s)",
-        "job",
-        "cause",
-    ):
+    took = f", {duration(elapsed_s)} elapsed" if elapsed_s is not None else ""
+    run = f"{view.run_epochs} {epochs_word(view.run_epochs)} run"
+    title = f"study {view.name}: {runs}, {run}{budget}{took}"
+    table = ListTable(title=title, caption=caption)
+    for col in ("run", "configuration", "epochs", "status", f"val {view.metric}"):
         table.add_column(col, overflow="fold")
-    style = {
-        RunStatus.OK: "green",
-        RunStatus.CRASHED: "red",
-        RunStatus.CANCELLED: "magenta",
-        RunStatus.RUNNING: "yellow",
-        RunStatus.PENDING: "dim",
-    }
+    for col in (f"test {view.metric}", "cost (s)", "job", "cause"):
+        table.add_column(col, overflow="fold")
+    # The narrow form: words whole at 80 columns (`configu`/`ration` and 5 lines per run
+    # before), the status under the epochs, val over test, the cause under the configuration.
+    narrow = table.narrow = Table(title=title, caption=caption)
+    for col in ("run", "configuration", "epochs", f"val/test {view.metric}", "cost (s)"):
+        narrow.add_column(col, overflow="fold")
     for t in view.trials[-30:]:
         mark = " *" if best is not None and t.run_id == best.run_id else ""
         epochs = f"{t.start_epoch}→{t.epochs}" if t.start_epoch else str(t.epochs)
+        status = Text(t.status, style=_STYLE.get(t.status, ""))
+        cost, cause = _fmt(t.cost_s, 1), t.cause
         table.add_row(
             f"{t.run_id}{mark}",
             t.summary,
             epochs,
-            Text(t.status, style=style.get(t.status, "")),
+            status,
             shown(_fmt(t.objective)),  # a crashed or cancelled trial has none: `-`
             shown(_fmt(t.test)),
-            shown(_fmt(t.cost_s, 1)),
+            shown(cost),
             shown(t.job),
-            shown(t.cause),  # whole: the column wraps (a cut cause named half the device)
+            shown(cause),  # whole: the column wraps (a cut cause named half the device)
+        )
+        narrow.add_row(
+            stack(f"{t.run_id}{mark}", f"job {t.job}" if t.job else ""),
+            stack(t.summary, cause),
+            Text(stack(epochs, t.status), style=_STYLE.get(t.status, "")),
+            stack(shown(_fmt(t.objective)), shown(_fmt(t.test))),
+            shown(cost),
         )
     return table
 
@@ -112,7 +122,13 @@ def study_reporter(bar: Reporter) -> Callable[[Any], None]:
         if best is not None:
             notes.append(f"best run {best.run_id} val {view.metric} {_fmt(best.objective)}")
         note = "; ".join(n for n in notes if n)
-        bar.update(ended, view.n_trials, note=note, view=study_table(view))
+        table: Table = study_table(view, bar.elapsed_s)
+        if bar.console is not None and not bar.plain:
+            # A live view is drawn without the console's print, which picks the form and
+            # keeps words whole: picked here, or rich folds `configuration` mid-word.
+            table = pick_form(table, bar.console)
+            fit_columns(table, bar.console)
+        bar.update(ended, view.n_trials, note=note, view=table)
 
     return update
 

@@ -329,3 +329,44 @@ def result_written(job: submitit.Job[Any]) -> datetime | None:
         return datetime.fromtimestamp(job.paths.result_pickle.stat().st_mtime, UTC)
     except (OSError, AttributeError):  # no file (a debug job runs in this process)
         return None
+
+
+#: The most attempts a job makes at its time limit: submitit requeues a timed-out job
+#: ``max_num_timeout`` times (its default, 3, which pomlia keeps), then gives up.
+MAX_ATTEMPTS = 4
+#: Seconds between two ``sacct`` polls of :class:`RequeueWatch`.
+REQUEUE_POLL_S = 15.0
+
+
+class RequeueWatch:
+    """What a driver waiting on one Slurm job says when that job is requeued: a time-limit
+    requeue left ~20 s gaps in the driver's log, never explained. :meth:`poll` asks the job's
+    record (``sacct``, at most every :data:`REQUEUE_POLL_S` seconds) and returns a line once
+    per new attempt (``requeued (attempt 2 of 4)``), else None."""
+
+    def __init__(self, handle: JobHandle, what: str) -> None:
+        self._handle, self._what = handle, what
+        self._seen, self._polled = 1, -float("inf")
+
+    def poll(self) -> str | None:
+        """The line to say now about a new attempt, or None (nothing new, or not Slurm)."""
+        handle, registry = self._handle, self._handle.registry
+        if handle.backend != "slurm" or registry is None or handle.record_id is None:
+            return None
+        if time.monotonic() - self._polled < REQUEUE_POLL_S:
+            return None
+        self._polled = time.monotonic()
+        try:  # advice for people: a busy slurmdbd must not stop the wait
+            refresh_slurm_jobs(registry, [handle.record_id], timeout_s=10.0)
+            with registry.session() as s:
+                row = s.get(Job, handle.record_id)
+                attempt = attempts_run(row) if row is not None else 1
+        except (ClusterError, OSError):
+            return None
+        if attempt <= self._seen:
+            return None
+        self._seen = attempt
+        return (
+            f"{self._what} {handle.name} requeued (attempt {attempt} of {MAX_ATTEMPTS} at its "
+            "time limit): it resumes from its last checkpoint"
+        )

@@ -16,9 +16,11 @@ argument, the job folder, is read.
 
 from __future__ import annotations
 
+import os
 import shlex
 import signal
 import sys
+import traceback
 from types import FrameType
 
 #: The command submitit runs instead of plain ``python`` in a Slurm job's ``srun`` line.
@@ -55,7 +57,29 @@ def run_job(folder: str) -> None:
             signal.raise_signal(_noted[-1])  # submitit checkpoints and requeues the job
 
     job_environment.JobEnvironment._handle_signals = handle_signals  # type: ignore[method-assign,assignment]
-    submission.process_job(folder)
+    try:
+        submission.process_job(folder)
+    except Exception as exc:  # a BaseException (a signal's exit) is no failure of the job
+        traceback.print_exc()  # as Python would have; then the cause, last in the log
+        sys.stderr.write(final_line(exc, traceback.format_exc()) + "\n")
+        sys.stderr.flush()
+        raise SystemExit(1) from None
+
+
+def final_line(exc: BaseException, text: str) -> str:
+    """The last line of a job's log when it gives up with ``exc`` (``text``: its traceback):
+    the cause in one line, as ``pomlia jobs show`` words it. A time-limit requeue refused by
+    submitit ended the log in 121 lines of traceback through whatever the job was doing
+    (a figure's savefig), ``UncompletedJobError: ... timed-out too many times`` last."""
+    from pomlia_hpc.cluster.failures import timeout_cause
+    from pomlia_hpc.progress import stamped
+
+    attempts = int(os.environ.get("SLURM_RESTART_COUNT", "0")) + 1
+    cause = timeout_cause(text, attempts, None, None)
+    if cause is None:
+        lines = str(exc).strip().splitlines()
+        cause = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+    return stamped(f"error: the job gave up: {cause}")
 
 
 if __name__ == "__main__":

@@ -57,6 +57,7 @@ from pomlia_hpc.cluster import (
     JobHandle,
     apply_distributed_env,
 )
+from pomlia_hpc.cluster.handle import RequeueWatch
 from pomlia_hpc.cluster.resources import check_local_gpus, with_overrides
 from pomlia_hpc.curves import CURVES_DIR, Curves
 from pomlia_hpc.data.store import find_version, open_store
@@ -266,7 +267,8 @@ def _train_rank(
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     engine = _rank_engine(config, world, cpu_share)
     checkpoints = _checkpoints(out, rank, world)
-    state = _start_state(checkpoints.restore(engine))
+    restored = checkpoints.restore(engine)
+    state = _start_state(restored)
     resumed_from = int(state["epoch"])
     if rank == 0:
         # An epoch logged but stopped (preempted) before its checkpoint is trained again.
@@ -283,7 +285,12 @@ def _train_rank(
     )
     dtype = torch.bfloat16 if config.precision == "bf16" else torch.float32
     if rank == 0:  # the output file is named by the job's id: say what it trains
-        say(f"training into {out}: {n_rows} images, {config.epochs - resumed_from} epochs to go")
+        # After a requeue, say so: "54 epochs to go" alone left 6 epochs unexplained.
+        ckpt = out / "checkpoints" / (restored.tag if restored else "")
+        attempt = Checkpointable.restart_count() + 1
+        resumed = f"resumed from epoch {resumed_from} (checkpoint {ckpt}, attempt {attempt}), "
+        to_go = f"{n_rows} images, {config.epochs - resumed_from} epochs to go"
+        say(f"training into {out}: {resumed if resumed_from else ''}{to_go}")
     curves = Curves(out / CURVES_DIR, enabled=rank == 0)  # beside checkpoints/ (pomlia_hpc.curves)
     for epoch in range(int(state["epoch"]), config.epochs):
         if state["stopped_early"]:
@@ -560,7 +567,10 @@ def _wait_training(
 ) -> tuple[dict[str, Any], int | None]:
     """Wait for the submitted ``job``: (its result, the registry's job id)."""
     out = Path(job.out_dir)
+    requeues = RequeueWatch(handle, "training job")
     while not handle.done():
+        if (line := requeues.poll()) is not None:
+            say(line, sys.stderr)
         if progress is not None:
             progress(int((_read_latest(out) or {}).get("epoch", 0)), job.config.epochs)
         time.sleep(1.0)

@@ -41,7 +41,7 @@ def finish(runner: TrialRunner, wall_s: float) -> StudyResult:
         model_name,
         n_ok,
         n_crashed,
-        runner.spent(),
+        runner.epochs_run(),  # what the trials trained, not the budget they were given
         wall_s,
         records.study_span_s(runner.registry, runs),
         model_refused,

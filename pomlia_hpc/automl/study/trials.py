@@ -182,6 +182,23 @@ class TrialRunner:
         trial counts with the epochs it was given)."""
         return sum(max(v.epochs - v.start_epoch, 0) for v in self.views.values())
 
+    def epochs_run(self) -> int:
+        """Epochs the study's trials actually finished: an ok trial's span, for any other
+        (running, crashed, cancelled) the epochs its configuration's last checkpoint holds
+        within its span. A trial cancelled after 9 s counted its whole budget in ``spent``."""
+        total = 0
+        for v in self.views.values():
+            span = max(v.epochs - v.start_epoch, 0)
+            if v.status == records.OK:
+                total += span
+                continue
+            if not v.key:
+                continue
+            state = read_state(self.folder / "configs" / v.key)
+            done = int(state.get("epoch", 0)) if state else 0
+            total += min(max(done - v.start_epoch, 0), span)
+        return total
+
     def paths(self, key: str, epochs: int, run_id: int) -> tuple[Path, Path, Path]:
         workdir = self.folder / "configs" / key
         return (
@@ -547,6 +564,7 @@ class TrialRunner:
             self.spent(),
             self.spec.options.n_trials,
             self.spec.options.budget_epochs,
+            run_epochs=self.epochs_run(),
         )
 
     def emit(self) -> None:

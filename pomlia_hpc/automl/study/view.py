@@ -47,9 +47,12 @@ class StudyView:
     metric: str
     trials: list[TrialView]
     best: TrialView | None
+    #: Epochs given out to trials (what ``--budget-epochs`` limits).
     spent_epochs: int
     n_trials: int
     budget_epochs: int | None
+    #: Epochs the trials actually finished (a trial cancelled early counts what it ran).
+    run_epochs: int = 0
 
     @property
     def search(self) -> list[TrialView]:
@@ -91,6 +94,7 @@ class StudyResult:
     model_name: str | None
     n_ok: int
     n_crashed: int
+    #: Epochs the trials actually finished (not the budget they were given).
     spent_epochs: int
     #: Seconds this driver ran (a resume of a finished study: about 0).
     wall_s: float
