@@ -27,6 +27,8 @@ import logging
 import os
 import shutil
 import sys
+import threading
+import time
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Generic, TypeVar
@@ -37,6 +39,7 @@ from torch import nn
 from pomlia_hpc.config import Record, read_record
 from pomlia_hpc.errors import InputError
 from pomlia_hpc.files import write_json_atomic
+from pomlia_hpc.progress import say
 
 
 class EpochState(Record):
@@ -92,6 +95,51 @@ def use_interpreter_extension_cache() -> Path:
     return Path(os.environ["TORCH_EXTENSIONS_DIR"])
 
 
+#: Seconds between two lines of a DeepSpeed op build (or a wait for another job's build).
+BUILD_NOTE_EVERY_S = 30.0
+
+
+def announce_op_builds() -> None:
+    """Make DeepSpeed's JIT op builds say so in the job's log (idempotent): a time-stamped line
+    before an op is built into this environment's cache (first use), and every
+    :data:`BUILD_NOTE_EVERY_S` seconds while the build, or the wait for another job's build
+    of it (torch's ``lock`` file in the op's folder), goes on. A trial spent minutes with no
+    line between its start and DeepSpeed's "built successfully", another >4 min waiting on
+    the same folder's lock, silently."""
+    from deepspeed.ops.op_builder.builder import OpBuilder
+
+    original = OpBuilder.jit_load
+    if getattr(original, "announced", False):
+        return
+
+    def jit_load(self: Any, verbose: bool = True) -> Any:
+        folder = Path(os.environ.get("TORCH_EXTENSIONS_DIR", "")) / str(self.name)
+        if not os.environ.get("TORCH_EXTENSIONS_DIR") or any(folder.glob("*.so")):
+            return original(self, verbose)  # built already (or not our cache): quick
+        say(
+            f"building DeepSpeed op {self.name} (first use in this environment, may take "
+            f"minutes) in {folder}"
+        )
+        done, t0 = threading.Event(), time.monotonic()
+
+        def beat() -> None:
+            while not done.wait(BUILD_NOTE_EVERY_S):
+                lock = folder / "lock"
+                what = f"waiting for the build lock {lock}" if lock.exists() else "building"
+                say(f"DeepSpeed op {self.name}: still {what}, {time.monotonic() - t0:.0f} s")
+
+        thread = threading.Thread(target=beat, name="op-build-note", daemon=True)
+        thread.start()
+        try:
+            return original(self, verbose)
+        finally:
+            done.set()
+            thread.join()
+
+    jit_load.announced = True  # type: ignore[attr-defined]
+    OpBuilder.jit_load = jit_load
+
+
 def initialize(
     model: nn.Module,
     optimizer: torch.optim.Optimizer,
@@ -108,6 +156,8 @@ def initialize(
     "Expected running_mean to have type BFloat16" on an H200 while only the CPU cast them)."""
     use_interpreter_extension_cache()
     import deepspeed  # heavy import: only inside training jobs
+
+    announce_op_builds()
     from deepspeed.utils import logger as ds_logger
 
     ds_logger.setLevel(logging.WARNING)

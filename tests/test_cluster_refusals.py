@@ -193,7 +193,7 @@ def test_a_job_slurm_will_never_start_is_cancelled_naming_request_and_reason(
     handle = _slurm(workspace, reg).submit(_fn, name="big", resources={"cpus_per_task": 64})
     fake_slurm.set_reason(handle.job_id, "Resources")  # may clear: keeps waiting
     assert not handle.done() and handle.pending_reason == "Resources"
-    assert "pending: Resources" in capsys.readouterr().out
+    assert "pending: Resources" in capsys.readouterr().err  # a note for people: stderr
     fake_slurm.set_reason(handle.job_id, "PartitionConfig")
     with pytest.raises(JobFailedError) as err:
         handle.result()
