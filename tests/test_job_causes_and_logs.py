@@ -136,7 +136,7 @@ def test_automl_table_shows_the_whole_cause_and_dashes(workspace: Workspace) -> 
     )  # fmt: skip
     view = SimpleNamespace(
         name="st", budget_epochs=None, best=None, search=[trial], trials=[trial], n_trials=1,
-        spent_epochs=1, metric="acc",
+        spent_epochs=1, run_epochs=1, metric="acc",
     )  # fmt: skip
     out = io.StringIO()
     Console(file=out, width=250).print(study_table(view))
