@@ -69,7 +69,8 @@ import torch
 from pomlia_hpc.cluster import Executor
 from pomlia_hpc.data.api import ingest
 from pomlia_hpc.data.store import open_version
-from pomlia_hpc.data.synth import make_split, write_npz
+from pomlia_hpc.data.synth import make_split
+from pomlia_hpc.files import write_npz
 from pomlia_hpc.fingerprint.autoencoder import to_input
 from pomlia_hpc.fingerprint.extract import plan_extraction, run_shard
 from pomlia_hpc.fingerprint.index import gpu_available, new_index, train_index

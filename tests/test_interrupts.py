@@ -5,6 +5,7 @@ now it ends with one line and exit status 130."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -18,6 +19,8 @@ from pomlia_hpc.workspace import Workspace
 from tests.fixtures.factories import tiny_dataset
 
 ROOT = Path(__file__).resolve().parents[1]
+#: A progress line, stamped with its time.
+STAMPED = re.compile(r"\[\d\d:\d\d:\d\d\] ")
 
 
 @pytest.mark.timeout(300)
@@ -47,5 +50,8 @@ def test_ctrl_c_on_a_local_training_is_one_line_and_exit_130(workspace: Workspac
     out, err = proc.communicate(timeout=120)
     assert proc.returncode == 130, (out, err)
     assert "Traceback" not in err and "KeyboardInterrupt" not in err, err
-    lines = [ln for ln in err.splitlines() if ln.strip()]
+    # Progress goes to stderr too, each line stamped ("[12:22:19] training 'e': ..."): the
+    # interruption is the one other line, and the last.
+    lines = [ln for ln in err.splitlines() if ln.strip() and not STAMPED.match(ln)]
     assert len(lines) == 1 and lines[0].startswith("interrupted (Ctrl-C): stopped"), err
+    assert err.rstrip().splitlines()[-1] == lines[0], err

@@ -115,4 +115,4 @@ def test_stage_jobs_held_requeued_and_cancelled(workspace: Workspace, reg: Regis
     assert line.startswith("│ encoder │ cancelled │") and "cancelled (SIGTERM" in line, line
     line = _status_line(home, "extract")
     assert line.startswith("│ extract │ cancelled │"), line
-    assert "│ CANCELLED │ │ │ its job was cancelled before it started │" in line, line
+    assert "│ CANCELLED │ - │ - │ its job was cancelled before it started │" in line, line

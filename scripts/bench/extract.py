@@ -46,7 +46,8 @@ import torch
 from pomlia_hpc.cluster import Executor
 from pomlia_hpc.data.api import ingest
 from pomlia_hpc.data.store import open_version
-from pomlia_hpc.data.synth import make_split, write_npz
+from pomlia_hpc.data.synth import make_split
+from pomlia_hpc.files import write_npz
 from pomlia_hpc.fingerprint.autoencoder import Autoencoder, to_input
 from pomlia_hpc.fingerprint.extract import extract, plan_extraction
 from pomlia_hpc.fingerprint.index import new_index, search_params, train_index

@@ -59,7 +59,7 @@ from pomlia_hpc.cluster import Executor
 from pomlia_hpc.data.api import ingest
 from pomlia_hpc.data.medmnist_info import FLAGS_2D, flag_info
 from pomlia_hpc.data.store import open_version
-from pomlia_hpc.data.synth import write_npz
+from pomlia_hpc.files import write_npz
 from pomlia_hpc.fingerprint.extract import extract
 from pomlia_hpc.fingerprint.objectives import DEFAULT_OBJECTIVE, OBJECTIVES
 from pomlia_hpc.fingerprint.ranking import (

@@ -32,8 +32,9 @@ import zarr
 
 from pomlia_hpc.data.api import ingest
 from pomlia_hpc.data.store import open_version
-from pomlia_hpc.data.synth import make_split, write_npz
+from pomlia_hpc.data.synth import make_split
 from pomlia_hpc.data.versioning import record_version
+from pomlia_hpc.files import write_npz
 from pomlia_hpc.fingerprint.autoencoder import Autoencoder, EncoderConfig
 from pomlia_hpc.fingerprint.distances import frechet_distance
 from pomlia_hpc.fingerprint.markers import checkpoint_digest

@@ -56,7 +56,8 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
     from pomlia_hpc.data.api import ingest
-    from pomlia_hpc.data.synth import make_split, write_npz
+    from pomlia_hpc.data.synth import make_split
+    from pomlia_hpc.files import write_npz
     from pomlia_hpc.registry import Registry
     from pomlia_hpc.workspace import Workspace
 
