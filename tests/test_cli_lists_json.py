@@ -13,6 +13,7 @@ from sqlalchemy import select
 from typer.testing import CliRunner
 
 from pomlia_hpc.cli import app
+from pomlia_hpc.cli.app import console
 from pomlia_hpc.errors import NotFoundError
 from pomlia_hpc.registry import Job, Model, MonitorReport, Registry, Run, Task
 from pomlia_hpc.workspace import Workspace
@@ -285,12 +286,15 @@ def test_more_missing_values_read_the_marker(filled: Workspace, reg: Registry) -
 
 
 def test_narrow_runs_list_shows_a_cost_of_zero_and_one_epoch(
-    filled: Workspace, reg: Registry
+    filled: Workspace, reg: Registry, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The narrow form hid a cost of 0.0 (`if r.cost_s`) and said "1 epochs"."""
     with reg.session() as s:
         s.add(Run(config={"arch": "small_cnn"}, budget=1, status="crashed", cost_s=0.0))
-    res = CliRunner().invoke(app, ["runs", "list"], env={"COLUMNS": "80"})
+    # the console's width is set when the CLI is imported (COLUMNS then, or 200 off a
+    # terminal): an 80-column console here, whatever the environment of the test run
+    monkeypatch.setattr(console, "width", 80)
+    res = CliRunner().invoke(app, ["runs", "list"])
     assert res.exit_code == 0, res.output
     text = " ".join(res.output.split())
     assert "0.0 s" in text and "1 epoch" in text and "1 epochs" not in text, res.output
