@@ -191,3 +191,60 @@ def test_retention_settings() -> None:
         load_serve_config(overrides={"log_retention_days": 10, "keep_inputs": True})
     with pytest.raises(Exception, match="log_retention_days"):
         load_serve_config(overrides={"log_retention_days": 0.5})
+
+
+def test_start_up_validates_only_its_own_deployments_lines(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Start-up parsed every line of the folder, other deployments' too (a month of them:
+    6.9 s of CPU for a new deployment); their lines are now skipped unread, so even a bad one
+    of theirs is not reported, while a bad line of its own still is."""
+    theirs = log_line("prediction", deployment=4)
+    bad_theirs = orjson.dumps({**theirs, "id": "x", "extra": 1}).decode()
+    mine = log_line("prediction", deployment=3)
+    bad_mine = orjson.dumps({**mine, "extra": 1}).decode()
+    path = tmp_path / f"{stem(time.time())}-h-1-0000.jsonl"
+    path.write_text("\n".join([bad_theirs, orjson.dumps(theirs).decode(), bad_mine, ""]))
+    write_log(tmp_path / f"{stem(time.time() - DAY)}-h-1-0000.jsonl", [mine])
+    with caplog.at_level(logging.WARNING):
+        issued = IssuedIds.from_log(tmp_path, 3)
+    (said,) = [r.getMessage() for r in caplog.records if "bad line" in r.getMessage()]
+    assert said.startswith("1 bad line(s)") and f"{path}:3:" in said
+    assert issued.claim(mine["id"], replaces=False) is Claim.OK
+    assert issued.claim(theirs["id"], replaces=False) is Claim.UNKNOWN
+    # A writer that spaces its keys cannot be told apart by bytes: parsed, and kept if its own.
+    spaced = log_line("prediction", deployment=3)
+    write_log(tmp_path / "copied.jsonl", [])
+    (tmp_path / "copied.jsonl").write_text(
+        orjson.dumps(spaced).decode().replace('"deployment":3', '"deployment": 3') + "\n"
+    )
+    again = IssuedIds.from_log(tmp_path, 3)
+    assert again.claim(spaced["id"], replaces=False) is Claim.OK
+
+
+def test_a_bundle_served_without_a_registry_skips_files_older_than_its_checkpoint(
+    bundle: Path, tmp_path: Path
+) -> None:
+    """A bundle directory served with a deployment id but no registry (``serve.sbatch`` in
+    the image) knew no creation time and read back through every file of the folder while
+    its window was not full (a new deployment beside a month of another one's log: 22 s to
+    ready). No deployment of a bundle predates its checkpoint (the card's ``created_at``):
+    files last written or started before it, less the clock margin, are not opened."""
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    old, new = log_line("prediction", deployment=3), log_line("prediction", deployment=3)
+    month_ago = time.time() - 30 * DAY
+    write_log(logs / f"{stem(month_ago)}-h-1-0000.jsonl", [old], mtime=month_ago + DAY)
+    write_log(logs / f"{stem(time.time())}-h-2-0000.jsonl", [new])
+    token = "test-token-0123456789abcdef"
+    auth = {"Authorization": f"Bearer {token}"}
+    with (
+        LocalServer(
+            bundle, logs, env={"POMLIA_SERVE_TOKEN": token}, args=["--deployment-id", "3"]
+        ) as srv,
+        httpx.Client(base_url=srv.url, timeout=30) as c,
+    ):
+        got = c.post("/v1/feedback", json={"prediction_id": new["id"], "label": 0}, headers=auth)
+        assert got.status_code == 200
+        older = c.post("/v1/feedback", json={"prediction_id": old["id"], "label": 0}, headers=auth)
+        assert older.status_code == 404

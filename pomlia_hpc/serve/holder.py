@@ -24,7 +24,7 @@ from pomlia_hpc.serve.decode import RequestError
 from pomlia_hpc.serve.exported import ExportedBundle
 from pomlia_hpc.serve.fingerprint import FingerprintFn, bundle_fingerprint
 from pomlia_hpc.serve.inbox import Inbox, inputs_dir
-from pomlia_hpc.serve.issued import IssuedIds
+from pomlia_hpc.serve.issued import IssuedIds, card_time
 from pomlia_hpc.serve.metrics import ServerMetrics
 from pomlia_hpc.serve.predictor import Predictor
 from pomlia_hpc.serve.predlog import PredictionLog
@@ -106,13 +106,12 @@ class ModelHolder:
                 retention_s=config.inputs_retention_days * 86400.0,
                 fsync=config.log_fsync,
             )
-        created = config.deployment_created
         self.issued = issued = await asyncio.to_thread(
             IssuedIds.from_log,
             self.log_dir,
             config.deployment_id,
             config.feedback_window,
-            created=None if created is None else created.timestamp(),
+            created=self.log_start(),
         )
         plog = PredictionLog(
             self.log_dir,
@@ -126,6 +125,22 @@ class ModelHolder:
             self._watcher = asyncio.create_task(self._watch(self.follow))
         if on_ready is not None:
             on_ready()
+
+    def log_start(self) -> float | None:
+        """The earliest a record of this server's deployment can have been logged (epoch s),
+        so start-up opens no older file; None when unknown. The registry's creation time of
+        the deployment when `pomlia serve` looked it up; else, for a server on one bundle (no
+        link to follow), when the bundle's checkpoint was made (its card's ``created_at``):
+        no deployment of a bundle predates it, so a bundle directory served without a
+        registry (``serve.sbatch`` in the image) no longer reads back through the whole folder
+        when its window does not fill (a new deployment beside a month of another one's
+        log). A server on a link may log for the link's earlier bundles: no bound then."""
+        created = self.config.deployment_created
+        if created is not None:
+            return created.timestamp()
+        if self.follow is not None:
+            return None
+        return card_time(self.bundle.card)
 
     async def stop(self) -> None:
         """Stop watching, answer what is still queued and write every record."""

@@ -341,17 +341,24 @@ def read_records(directory: Path, kind: type[_L] | None = None) -> Iterator[LogL
 
 
 def read_file(
-    path: Path, bad: list[str] | None = None, *, containing: bytes | None = None
+    path: Path,
+    bad: list[str] | None = None,
+    *,
+    containing: bytes | None = None,
+    skip: Callable[[bytes], bool] | None = None,
 ) -> Iterator[LogLine]:
     """The records of one log file (strict, see :func:`read_records`). With ``bad``, a bad
     line is appended to it as ``"<file>:<line>: <problem>"`` and skipped instead. With
     ``containing``, lines without those bytes are skipped unparsed (a cheap filter, e.g.
-    ``b'"feedback"'``: the caller still checks what it gets)."""
+    ``b'"feedback"'``: the caller still checks what it gets); with ``skip``, lines for which
+    it is true are skipped unparsed."""
     with path.open("rb") as f:
         for lineno, raw in enumerate(f, 1):
             if not raw.endswith(b"\n"):
                 break  # torn tail of a crashed writer
             if containing is not None and containing not in raw:
+                continue
+            if skip is not None and skip(raw):
                 continue
             try:
                 yield parse_line(raw)
