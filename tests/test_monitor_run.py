@@ -22,7 +22,7 @@ from pomlia_hpc.cli import app
 from pomlia_hpc.data.synth import make_split
 from pomlia_hpc.errors import PomliaError
 from pomlia_hpc.registry import MonitorReport, Registry, RetrainRequest
-from pomlia_hpc.serve.predlog import log_dir
+from pomlia_hpc.serve.predlog import log_dir, prune_log
 from pomlia_hpc.serve.reference import REFERENCE_FILE, read_reference, write_reference
 from pomlia_hpc.workspace import Workspace
 from tests.fixtures.browser import Browser
@@ -199,6 +199,36 @@ def test_empty_window_reports_so_without_alarm(fresh: tuple[Workspace, Registry,
     code, out = monitor("run", "blood", "--since", since, "--json")
     report = json.loads(out[out.index("{") :])
     assert report["volume"]["predictions"] == 20
+
+
+def test_a_window_whose_files_retention_deleted_says_so(
+    fresh: tuple[Workspace, Registry, Path],
+) -> None:
+    """A server's log retention deleted the files of a window, and the run reported an empty
+    window as if nothing had been served: it now names the deletion (report, notes, stderr)."""
+    ws, _reg, bundle = fresh
+    x, _ = images(20)
+    three_days_ago = datetime.now(UTC) - timedelta(days=3)
+    log_predictions(ws, bundle, x, when=three_days_ago)
+    folder = log_dir(ws.path("logs"), "blood")
+    for path in folder.glob("*.jsonl"):
+        os.utime(path, (three_days_ago.timestamp(), three_days_ago.timestamp()))
+    cutoff = (datetime.now(UTC) - timedelta(days=2)).timestamp()
+    assert len(prune_log(folder, older_than=cutoff)) == 1  # as a server's retention does
+    since = (datetime.now(UTC) - timedelta(days=4)).isoformat()
+    code, out = monitor("run", "blood", "--since", since, "--json")
+    assert code == 0, out
+    report = json.loads(out[out.index("{") :])
+    assert report["status"] == "empty"
+    deleted = report["log"]["retention_deleted_through"]
+    assert datetime.fromisoformat(deleted) >= three_days_ago
+    (note,) = [n for n in report["notes"] if "log retention" in n]
+    assert "may be missing" in note
+    # A window after the deleted files lost nothing: no note.
+    code, out = monitor("run", "blood", "--window", "24h", "--json")
+    report = json.loads(out[out.index("{") :])
+    assert report["log"]["retention_deleted_through"] is None
+    assert not [n for n in report["notes"] if "log retention" in n]
 
 
 def test_torn_corrupt_and_foreign_lines_are_skipped_and_counted(

@@ -10,6 +10,7 @@ import threading
 import time
 import tracemalloc
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -21,9 +22,10 @@ from pomlia_hpc.serve import predlog
 from pomlia_hpc.serve.config import load_serve_config
 from pomlia_hpc.serve.demo import cached_demo_bundle
 from pomlia_hpc.serve.issued import Claim, IssuedIds
-from pomlia_hpc.serve.labelled import labelled_inputs
+from pomlia_hpc.serve.labelled import labelled_inputs, retention_warning
 from pomlia_hpc.serve.local import LocalServer
 from pomlia_hpc.serve.predlog import PredictionLog, prune_log, read_records
+from pomlia_hpc.serve.retention import deleted_through
 from tests.fixtures.factories import log_line
 
 DAY = 86400.0
@@ -157,6 +159,29 @@ def test_retention_deletes_old_files_at_rotation_but_not_the_feedback_window(
     assert log.pruned == 1 and len(list(read_records(tmp_path))) == 4
     (said,) = [r.getMessage() for r in caplog.records if "retention" in r.getMessage()]
     assert str(expired) in said and "last written" in said
+
+
+def test_retention_leaves_a_trace_the_harvest_reports(tmp_path: Path) -> None:
+    """Retention deleted files without a trace: a harvest whose ``--since`` reached back past
+    them saw fewer labels and said nothing. The deletion leaves a marker with the latest last
+    write it deleted; the join says what may be missing from its window, and only then."""
+    now = time.time()
+    pred = log_line("prediction", input_kept=True)
+    label = log_line("feedback", prediction_id=pred["id"], time="2026-01-02T00:00:00+00:00")
+    write_log(first := tmp_path / "20260101T000000-h-1-0000.jsonl", [pred], mtime=now - 9 * DAY)
+    write_log(second := tmp_path / "20260102T000000-h-1-0000.jsonl", [label], mtime=now - 8 * DAY)
+    assert deleted_through(tmp_path) is None
+    assert prune_log(tmp_path, older_than=now - 8.5 * DAY) == [first]
+    assert prune_log(tmp_path, older_than=now - 7 * DAY) == [second]
+    gone = deleted_through(tmp_path)
+    assert gone is not None and abs(gone.timestamp() - (now - 8 * DAY)) <= 1
+    assert len(list(tmp_path.glob(".*"))) == 1  # the earlier marker is superseded
+    assert list(read_records(tmp_path)) == []
+    got = labelled_inputs(tmp_path, since=datetime.fromtimestamp(now - 10 * DAY, UTC))
+    warning = retention_warning(got)
+    assert warning is not None and "log retention" in warning and "may be missing" in warning
+    after = labelled_inputs(tmp_path, since=datetime.fromtimestamp(now - 7 * DAY, UTC))
+    assert after.deleted_through is None and retention_warning(after) is None
 
 
 def test_prune_log_leaves_kept_inputs_and_named_files(tmp_path: Path) -> None:

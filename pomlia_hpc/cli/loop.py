@@ -97,6 +97,8 @@ def harvest_cmd(
         f"{info['production_test_rows']}, fixed test rows {info['fixed_test_rows']}"
     )
     console.print(f"feedback counts: {out.counts}", highlight=False)
+    if out.retention_warning:
+        err_console.print(f"[yellow]warning:[/] {out.retention_warning}", highlight=False)
     if info.get("skipped_in_parent"):
         console.print(
             f"skipped {info['skipped_in_parent']} image(s) already in the parent with the same "

@@ -22,7 +22,7 @@ from pomlia_hpc.errors import InputError
 from pomlia_hpc.loop.promote import champion
 from pomlia_hpc.models.catalog import resolve_model
 from pomlia_hpc.registry import Dataset, DatasetVersion, Model, Registry, Task
-from pomlia_hpc.serve.labelled import labelled_inputs
+from pomlia_hpc.serve.labelled import labelled_inputs, retention_warning
 from pomlia_hpc.serve.predlog import log_dir as default_log_dir
 from pomlia_hpc.workspace import Workspace
 
@@ -37,6 +37,8 @@ class HarvestOutcome:
     since: datetime | None
     until: datetime
     counts: dict[str, int]
+    #: What log retention deleted from the window, in words (None: nothing).
+    retention_warning: str | None = None
 
 
 def served_model(registry: Registry, ref: str) -> tuple[Model, str]:
@@ -122,8 +124,9 @@ def harvest(
     got = labelled_inputs(
         logs, since=since, until=until, multi_label_width=len(classes) if multi else None
     )
+    gone = retention_warning(got)
     if len(got) == 0:
-        raise InputError(nothing_labelled(logs, got.counts))
+        raise InputError(nothing_labelled(logs, got.counts) + (f"; {gone}" if gone else ""))
     provenance = {
         "model": model.name,
         "model_id": model.id,
@@ -133,6 +136,8 @@ def harvest(
         "counts": got.counts,
         "answered_by": dict(Counter(got.versions)),
     }
+    if got.deleted_through is not None:  # absent otherwise: the content hash stays as it was
+        provenance["retention_deleted_through"] = got.deleted_through.isoformat()
     new = NewImages(got.image_array(), got.label_array(), got.ids)
     record = harvest_version(workspace, registry, parent, dataset, new, provenance)
-    return HarvestOutcome(record, model.name, logs, since, until, got.counts)
+    return HarvestOutcome(record, model.name, logs, since, until, got.counts, gone)

@@ -38,7 +38,7 @@ from pomlia_hpc.loop.promote import SlotChangedError, put_on_slot, supersede_gat
 from pomlia_hpc.loop.stats import check_levels
 from pomlia_hpc.models.catalog import resolve_model
 from pomlia_hpc.registry import Encoder, Model, Registry, Task
-from pomlia_hpc.serve.labelled import labelled_inputs
+from pomlia_hpc.serve.labelled import labelled_inputs, retention_warning
 from pomlia_hpc.serve.predlog import log_dir
 
 
@@ -160,11 +160,12 @@ def harvest_stage(ctx: LoopContext) -> StageOutput:
     multi = str(parent.meta.get("task_type", "")).startswith("multi-label")
     width = int(parent.meta.get("n_classes", 0)) if multi else None
     got = labelled_inputs(logs, since=since, until=until, multi_label_width=width)
+    gone = retention_warning(got)
     if len(got) < cfg.min_labels:
         raise LoopError(
             f"only {len(got)} labelled production image(s) with kept inputs in the window "
             f"(need {cfg.min_labels}; counts {got.counts}); serve with --keep-inputs and send "
-            "feedback, or lower --min-labels"
+            "feedback, or lower --min-labels" + (f"; {gone}" if gone else "")
         )
     folder = run_folder(ctx)
     folder.mkdir(parents=True, exist_ok=True)
@@ -178,6 +179,7 @@ def harvest_stage(ctx: LoopContext) -> StageOutput:
         "log": str(logs),
         "since": ctx.params.get("since"),
         "until": ctx.params["until"],
+        **({"retention_warning": gone} if gone else {}),
     }
 
 

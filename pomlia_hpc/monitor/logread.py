@@ -25,6 +25,8 @@ and keeps:
   :mod:`pomlia_hpc.serve.records`).
 
 Files whose last change is before the window cannot hold records of it and are not opened.
+Files the server's log retention deleted are named by the marker it leaves
+(:mod:`pomlia_hpc.serve.retention`): a window that reaches back to them says so.
 """
 
 from __future__ import annotations
@@ -49,6 +51,7 @@ from pomlia_hpc.serve.records import (
     RejectionLine,
     read_line,
 )
+from pomlia_hpc.serve.retention import missing_since
 
 #: Bad lines quoted in the report at most (file, line number and what is wrong), so a broken
 #: file does not flood it.
@@ -97,6 +100,9 @@ class LogWindow:
     requests: int = 0
     #: Batches of the window with fewer records than images (a torn or corrupt line cut them).
     short_batches: int = 0
+    #: The latest last write of the files log retention deleted, when at or after ``since``:
+    #: the window's records up to then may be gone (:mod:`pomlia_hpc.serve.retention`).
+    deleted_through: datetime | None = None
 
     @property
     def n_predictions(self) -> int:
@@ -159,6 +165,7 @@ def read_window(
     pred_of: dict[str, Any] = {}  # prediction id -> predicted index, for the feedback join
     feedback: dict[str, tuple[Any, str]] = {}  # the last label sent for each prediction
     folders = [directory] if isinstance(directory, Path) else list(directory)
+    win.deleted_through = missing_since(folders, since)
     batch = _Batch()
     for path in [p for folder in folders for p in log_files(folder)]:
         try:

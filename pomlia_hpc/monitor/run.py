@@ -117,11 +117,28 @@ def _log_summary(win: LogWindow) -> dict[str, Any]:
         "unreadable_files": win.unreadable_files,
         "other_versions": dict(win.other_versions),
         "other_models": dict(win.other_models),
+        "retention_deleted_through": (
+            win.deleted_through.isoformat() if win.deleted_through is not None else None
+        ),
     }
+
+
+def retention_note(win: LogWindow) -> str | None:
+    """What log retention took from the window, in words; None when it took nothing."""
+    if win.deleted_through is None:
+        return None
+    return (
+        f"log retention (log_retention_days) deleted files last written up to "
+        f"{show_time(win.deleted_through)}: predictions and labels of the window before then "
+        "may be missing (the window starts "
+        f"{show_time(win.since)}); keep the log longer than the window"
+    )
 
 
 def _log_notes(win: LogWindow, version: str) -> list[str]:
     notes = []
+    if (gone := retention_note(win)) is not None:
+        notes.append(gone)
     if win.torn_lines:
         notes.append(f"{win.torn_lines} torn last line(s) skipped (a server stopped mid-write)")
     if win.corrupt_lines:
@@ -428,6 +445,8 @@ def monitor_run(
             f"{win.n_predictions} predictions and {len(win.feedback)} labels in the window "
             f"({win.files_read} files, {win.lines} lines)"
         )
+        if (gone := retention_note(win)) is not None:
+            progress(f"warning: {gone}")
         outcome = None
         if win.n_predictions:
             progress("testing (MMD, KS, classifier, labels, confidence, accuracy)")

@@ -3,7 +3,8 @@
 What the harvest (:mod:`pomlia_hpc.loop.harvest`) and the gate read. A prediction counts when
 its feedback arrived inside the window (``since`` <= feedback time < ``until``) and its input
 was kept (``pomlia serve --keep-inputs``); the last label sent for an id wins. Counts of what
-was left out, and why, come back with the rows, so nothing is dropped without a trace. A log
+was left out, and why, come back with the rows, so nothing is dropped without a trace (nor
+what the log's retention deleted: ``deleted_through``). A log
 line that is not a valid record stops the join with one error naming the file, line and key.
 """
 
@@ -18,6 +19,7 @@ import numpy as np
 from pomlia_hpc.serve.inbox import inputs_dir, read_inputs
 from pomlia_hpc.serve.predlog import read_records
 from pomlia_hpc.serve.records import FeedbackLine, PredictionLine
+from pomlia_hpc.serve.retention import missing_since
 
 
 @dataclass
@@ -31,6 +33,9 @@ class LabelledInputs:
     versions: list[str] = field(default_factory=list)
     feedback_times: list[str] = field(default_factory=list)
     counts: dict[str, int] = field(default_factory=dict)
+    #: The latest last write of the log files retention deleted, when at or after ``since``:
+    #: labels of the window up to then may be gone (:mod:`.retention`).
+    deleted_through: datetime | None = None
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -45,6 +50,18 @@ class LabelledInputs:
 
     def last_time(self) -> str | None:
         return max(self.feedback_times) if self.feedback_times else None
+
+
+def retention_warning(got: LabelledInputs) -> str | None:
+    """What the log's retention deleted from the window asked for, in words; None if nothing."""
+    if got.deleted_through is None:
+        return None
+    when = got.deleted_through.isoformat(timespec="seconds")
+    return (
+        f"log retention (log_retention_days) deleted prediction log files last written up to "
+        f"{when}: feedback labels of the window up to then may be missing, and cannot be "
+        "harvested"
+    )
 
 
 def _when(text: str) -> datetime | None:
@@ -64,7 +81,7 @@ def labelled_inputs(
 ) -> LabelledInputs:
     """Join the feedback under ``log_dir`` with the inputs kept there (see module docstring).
     ``multi_label_width``: for multi-label models, the label list becomes a 0/1 row."""
-    out = LabelledInputs()
+    out = LabelledInputs(deleted_through=missing_since([log_dir], since))
     counts = {"feedback": 0, "outside_window": 0, "no_input": 0, "used": 0}
     labels: dict[str, tuple[list[int], str]] = {}
     for rec in read_records(log_dir, FeedbackLine):

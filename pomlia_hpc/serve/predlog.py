@@ -52,6 +52,7 @@ import orjson
 from pomlia_hpc.errors import InputError
 from pomlia_hpc.files import PRIVATE_FILE, fsync_path, make_private_dirs
 from pomlia_hpc.serve.records import BadLineError, LogLine, parse_line
+from pomlia_hpc.serve.retention import note_deleted
 
 if TYPE_CHECKING:
     from pomlia_hpc.serve.inbox import Inbox
@@ -302,9 +303,10 @@ def file_start_time(path: Path) -> float | None:
 def prune_log(directory: Path, *, older_than: float, keep: Collection[Path] = ()) -> list[Path]:
     """Delete the log files (``*.jsonl``) in ``directory`` last written before ``older_than``
     (epoch s), but those in ``keep``; each deletion is logged (path, size in bytes, last
-    write). Returns the deleted paths. Kept inputs are not touched (:mod:`.inbox` has its own
-    retention)."""
+    write) and noted for the readers (:func:`.retention.note_deleted`). Returns the deleted
+    paths. Kept inputs are not touched (:mod:`.inbox` has its own retention)."""
     removed: list[Path] = []
+    latest = 0.0
     for path in sorted(Path(directory).glob("*.jsonl")):
         if path in keep:
             continue
@@ -323,6 +325,9 @@ def prune_log(directory: Path, *, older_than: float, keep: Collection[Path] = ()
             when,
         )
         removed.append(path)
+        latest = max(latest, st.st_mtime)
+    if removed:  # the readers say what is gone (serve/retention.py)
+        note_deleted(directory, latest)
     return removed
 
 
