@@ -11,7 +11,7 @@ from rich.table import Table
 from sqlalchemy import select
 from typer.core import TyperGroup
 
-from pomlia_hpc.cli.app import STATE, app, console
+from pomlia_hpc.cli.app import STATE, app, console, err_console
 from pomlia_hpc.cli.listing import JsonFlag, check_limit, print_rows
 from pomlia_hpc.cli.reference import warn_few_images
 from pomlia_hpc.cli.tables import MISSING, ListTable, shown, stack, when
@@ -355,6 +355,12 @@ def serve(
     cfg = load_serve_config(config, overrides)
     bundle, follow, log_name, cfg = _serve_target(model, cfg)
     bundle.check_integrity()  # a damaged file is refused now, not served wrongly
+    if cfg.log_retention_days is not None:
+        from pomlia_hpc.monitor.keep import check_retention
+
+        chains = [bundle.name] + ([f"slot:{log_name}"] if log_name else [])
+        for warning in check_retention(STATE.workspace, chains, cfg.log_retention_days):
+            err_console.print(f"[yellow]warning:[/] {warning}", highlight=False)
     logs = cfg.log_dir or default_log_dir(STATE.workspace.path("logs"), log_name or bundle.name)
     if follow is not None:
         console.print(f"following {follow}: a new bundle there is swapped in without downtime")

@@ -1,0 +1,57 @@
+"""`pomlia serve --log-retention-days D` beside the monitor chains of its model or slot: a
+retention shorter than a chain's window deleted the files each nightly run tests, and nothing
+said so; it is refused, and one shorter than a window plus a period is warned about."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from pomlia_hpc.cli import app
+from pomlia_hpc.errors import InputError
+from pomlia_hpc.monitor.keep import check_retention
+from pomlia_hpc.serve.demo import cached_demo_bundle
+from pomlia_hpc.workspace import Workspace
+
+runner = CliRunner()
+
+
+def chain(home: Path, key: str, window: str, every: str = "1d") -> None:
+    """The settings `monitor schedule` writes for a chain (the keys this check reads)."""
+    folder = home / "jobs" / "monitor" / key
+    folder.mkdir(parents=True)
+    (folder / "schedule.env").write_text(
+        f"# written by `pomlia monitor schedule`\nexport MODEL={key}\n"
+        f"export EVERY={every}\nexport AT=02:00\nexport WINDOW={window}\n"
+    )
+
+
+def test_retention_against_the_chains_of_a_model_and_its_slot(tmp_path: Path) -> None:
+    ws = Workspace(home=tmp_path, db_url=f"sqlite:///{tmp_path / 'r.db'}", cluster_profile="local")
+    assert check_retention(ws, ["blood", "slot:pneu"], 1) == []  # no chain: nothing to say
+    chain(tmp_path, "slot:pneu", "7d")
+    with pytest.raises(InputError, match=r"monitor chain of 'slot:pneu' \(window 7 day"):
+        check_retention(ws, ["blood", "slot:pneu"], 3)
+    (warning,) = check_retention(ws, ["blood", "slot:pneu"], 7.5)
+    assert "held in the queue" in warning and "8 day(s)" in warning
+    assert check_retention(ws, ["blood", "slot:pneu"], 8) == []
+    assert check_retention(ws, ["blood"], 3) == []  # another slot's chain
+
+
+def test_serve_refuses_a_retention_shorter_than_the_chain_window(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bundle = cached_demo_bundle(tmp_path / "cache", num_classes=4)
+    home = tmp_path / "home"
+    chain(home, "demo", "14d")
+    monkeypatch.setenv("POMLIA_HOME", str(home))
+    monkeypatch.delenv("POMLIA_DB_URL", raising=False)
+    # An address no server can bind: without the check the command fails there, not hangs.
+    args = ["--log-retention-days", "3", "--log-dir", str(tmp_path), "--host", "999.0.0.1"]
+    res = runner.invoke(app, ["serve", str(bundle), *args])
+    assert isinstance(res.exception, InputError), res.output
+    said = str(res.exception)
+    assert "monitor chain of 'demo' (window 14 day(s)" in said and "at least 15 day(s)" in said
+    assert list(tmp_path.glob("*.jsonl")) == []
