@@ -126,6 +126,38 @@ def test_feedback_joins_kept_inputs_by_prediction_id_within_the_window(tmp_path:
     }
 
 
+def test_the_join_reads_the_files_its_window_needs_not_the_whole_log(tmp_path: Path) -> None:
+    """A day's harvest read every file of a month's log, twice (58 s for 1 GB): files last
+    written before the window are not opened for feedback (here an old one with a line this
+    version cannot read, which stopped the join), and the answering versions are looked up
+    newest file first."""
+    from datetime import UTC, datetime, timedelta
+
+    from pomlia_hpc.serve.labelled import labelled_inputs
+
+    old = tmp_path / "20261001T000000-h-1-0000.jsonl"
+    old.write_bytes(b'{"type": "prediction", "colour": 1}\n')
+    month_ago = time.time() - 30 * 86400
+    os.utime(old, (month_ago, month_ago))
+    plog = PredictionLog(tmp_path, sidecar=Inbox(tmp_path / "inputs"))
+    pid = "a" * 32
+    img = _u8(7).astype(np.float32) / 255
+    plog.append(
+        [log_line("prediction", id=pid, model_version="v9")], inputs=encode_image(pid, "t", img)
+    )
+    plog.append([log_line("feedback", prediction_id=pid, label_index=2, time=_now())])
+    plog.close()
+    got = labelled_inputs(tmp_path, since=datetime.now(UTC) - timedelta(days=1))
+    assert got.ids == [pid] and got.labels == [[2]] and got.versions == ["v9"]
+    assert got.counts["log_files_before_window"] == 1 and got.counts["used"] == 1
+
+
+def _now() -> str:
+    from datetime import UTC, datetime
+
+    return datetime.now(UTC).isoformat(timespec="microseconds")
+
+
 def test_a_mistyped_feedback_line_stops_the_join_with_one_error_naming_file_and_key(
     tmp_path: Path,
 ) -> None:
