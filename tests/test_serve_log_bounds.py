@@ -273,3 +273,18 @@ def test_a_bundle_served_without_a_registry_skips_files_older_than_its_checkpoin
         assert got.status_code == 200
         older = c.post("/v1/feedback", json={"prediction_id": old["id"], "label": 0}, headers=auth)
         assert older.status_code == 404
+
+
+def test_start_up_fills_its_window_from_the_files_written_last(tmp_path: Path) -> None:
+    """Files were read newest name first, a name being its writer's start: a server that ran
+    for weeks beside a newer one (two replicas of one deployment) wrote its latest records to
+    a file whose name sorts first, and a restart filled the window from the newer server's
+    older file, forgetting the ids answered last."""
+    now = time.time()
+    long_running = log_line("prediction")
+    write_log(tmp_path / f"{stem(now - 30 * DAY)}-h-1-0009.jsonl", [long_running], mtime=now)
+    newer_start = log_line("prediction")
+    write_log(tmp_path / f"{stem(now - 5 * DAY)}-h-2-0000.jsonl", [newer_start], mtime=now - DAY)
+    issued = IssuedIds.from_log(tmp_path, None, capacity=1)
+    assert issued.claim(long_running["id"], replaces=False) is Claim.OK
+    assert issued.claim(newer_start["id"], replaces=False) is Claim.UNKNOWN

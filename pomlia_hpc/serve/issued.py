@@ -7,8 +7,9 @@ second label of one prediction unless the request says ``"replaces": true``.
 Memory is bounded: the newest ``capacity`` ids are kept (16 bytes each in an ordered dict,
 about 120 bytes per id with Python's overhead, so 24 MB for the default 200,000); older ones
 fall out first, and their feedback gets a 404 that says so. At start-up the index is rebuilt
-from the prediction log beside it (its newest files first, the records of this deployment
-only), so a restarted server still takes feedback for what it answered before. Start-up reads
+from the prediction log beside it (the files last written last first, the records of this
+deployment only), so a restarted server still takes feedback for what it answered before.
+Start-up reads
 no more than it needs whatever the folder holds: files that cannot hold a record of the
 deployment (started or last written before it was created, with a margin for clock skew) are
 not opened, reading stops once the window is full, and labels are looked up for the ids in the
@@ -214,22 +215,27 @@ def _key(pid: str) -> bytes:
 
 def _candidates(directory: Path, created: float | None) -> list[Path]:
     """The log files that may hold records of a deployment created at ``created`` (epoch s;
-    None: all), newest first. A file whose writer started, or that was last written, before
-    the deployment existed cannot hold its records; the name (start time) is checked without
-    a system call, the modification time with one stat, each with a margin for clock skew."""
-    files = sorted(directory.glob("*.jsonl"), reverse=True)  # newest first (name: start time)
+    None: all), last written last first. Not by name (the writer's start): a server that ran
+    for weeks beside a newer one (two replicas, a Slurm switch) has its newest records in a
+    file whose name sorts before the newer server's, and a window filled from those first
+    forgot the older server's recent ids. A file whose writer started, or that was last
+    written, before the deployment existed cannot hold its records (each with a margin for
+    clock skew)."""
+    files: list[tuple[float, Path]] = []
+    for path in directory.glob("*.jsonl"):
+        try:
+            files.append((path.stat().st_mtime, path))
+        except FileNotFoundError:  # pruned meanwhile
+            continue
+    files.sort(reverse=True)
     if created is None:
-        return files
+        return [path for _, path in files]
     cutoff = created - CLOCK_SKEW_S
     kept: list[Path] = []
     skipped = 0
-    for path in files:
+    for mtime, path in files:
         started = file_start_time(path)
-        try:
-            old = (started is not None and started < cutoff) or path.stat().st_mtime < cutoff
-        except FileNotFoundError:  # pruned meanwhile
-            continue
-        if old:
+        if (started is not None and started < cutoff) or mtime < cutoff:
             skipped += 1
         else:
             kept.append(path)
