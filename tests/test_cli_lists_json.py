@@ -197,8 +197,35 @@ def test_monitor_history_json_has_the_table_fields(filled: Workspace, reg: Regis
     assert "--json" in helped and all(k in helped for k in keys), helped
 
 
+def test_monitor_history_shows_each_window_and_the_gaps_between_them(
+    filled: Workspace, reg: Registry
+) -> None:
+    """A month of nightly reports (or a backfill run in one go) listed only when each was
+    created: which night a report tested, and which nights none did, could not be read."""
+    nights = ["2026-11-20", "2026-11-21", "2026-11-23", "2026-11-21"]  # the 22nd missed; a rerun
+    with reg.session() as s:
+        model = Model(name="nightly", path="/n.pt")  # its own: the other tests count m's rows
+        s.add(model)
+        s.flush()
+        model_id = model.id
+        for day in nights:
+            since = f"{day}T00:00:00+00:00"
+            until = f"{day[:-2]}{int(day[-2:]) + 1}T00:00:00+00:00"
+            metrics = {"status": "ok", "window": {"since": since, "until": until}}
+            s.add(MonitorReport(model_id=model_id, metrics=metrics, report_path="/w"))
+    res = CliRunner().invoke(app, ["monitor", "history", "nightly"], env={"COLUMNS": "200"})
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.output.split())
+    assert "11-23 00:00 → 11-24 00:00" in text
+    assert "note: no listed report tested 2026-11-22 00:00 → 2026-11-23 00:00" in text, text
+    out = CliRunner().invoke(app, ["monitor", "history", "nightly", "--json"]).stdout
+    rows = json.loads(out)
+    assert rows[0]["since"] == "2026-11-21T00:00:00+00:00"
+    assert rows[0]["until"] == "2026-11-22T00:00:00+00:00"
+
+
 #: The keys of `monitor history MODEL --json` (checked against the command above).
-HISTORY_KEYS = "id created_at status predictions labels accuracy alarm path"
+HISTORY_KEYS = "id created_at since until status predictions labels accuracy alarm path"
 
 
 def documented_keys() -> dict[tuple[str, ...], list[str]]:
@@ -250,8 +277,8 @@ def test_missing_values_read_the_marker_in_tables(filled: Workspace, reg: Regist
     history = CliRunner().invoke(app, ["monitor", "history", "bare"])
     assert history.exit_code == 0, history.output
     row = cells(history.output, "1")
-    # id created status predictions labels accuracy alarm path
-    assert [row[2], *row[3:6]] == ["ok", "-", "-", "-"], row
+    # id created window status predictions labels accuracy alarm path
+    assert [row[2], row[3], *row[4:7]] == ["-", "ok", "-", "-", "-"], row
 
 
 @pytest.mark.usefixtures("wide_console")

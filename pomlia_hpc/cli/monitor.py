@@ -159,15 +159,22 @@ def history_cmd(
 ) -> None:
     """List TARGET's monitoring reports, newest first.
 
-    --json keys (the table's columns): id, created_at, status, predictions, labels (feedback
-    labels in the window), accuracy (on them, the task's ACC: label-wise for multi-label; a
-    number in [0, 1], not rounded), alarm (true or
-    false), path (the report's JSON file); a missing value is null. A multi-label model's
+    --json keys (the table's columns): id, created_at, since and until (the window tested,
+    ISO 8601), status, predictions, labels (feedback labels in the window), accuracy (on them,
+    the task's ACC: label-wise for multi-label; a number in [0, 1], not rounded), alarm (true
+    or false), path (the report's JSON file); a missing value is null. A multi-label model's
     reports written before report format /2 held exact-match accuracy, not comparable: their
-    accuracy is "-" (null), with a note. A console too narrow for
-    the full table (80 columns) gets 5 columns: predictions, labels and accuracy stacked in
-    one, the creation time (MM-DD HH:MM) above the status."""
-    from pomlia_hpc.monitor.history import comparable_accuracy, is_multi_label, list_reports
+    accuracy is "-" (null), with a note. A console too narrow for the full table (80
+    columns) gets 5 columns: predictions, labels and accuracy stacked in
+    one, the creation time and the window (MM-DD HH:MM) above the status. Spans between the
+    listed windows that none of them tested are named after the table."""
+    from pomlia_hpc.monitor.history import (
+        comparable_accuracy,
+        is_multi_label,
+        list_reports,
+        report_window,
+        window_gaps,
+    )
 
     rows = list_reports(STATE.registry(), target, limit)
     multi = bool(rows) and is_multi_label(STATE.registry(), rows[0].model_id)
@@ -176,12 +183,13 @@ def history_cmd(
         return
     title = f"monitor reports ({len(rows)})"
     table = ListTable(title=title)
-    for col in ("id", "created", "status", "predictions", "labels", "accuracy", "alarm", "path"):
+    columns = ("id", "created", "window", "status", "predictions", "labels", "accuracy")
+    for col in (*columns, "alarm", "path"):
         table.add_column(col, overflow="fold", no_wrap=col in ("id", "created"))
     # The narrow form (an 80-column terminal): counts and accuracy stacked, path in full.
     narrow = table.narrow = Table(title=title)
     narrow.add_column("id", no_wrap=True)
-    narrow.add_column("created\nstatus", no_wrap=True)
+    narrow.add_column("created\nwindow\nstatus", no_wrap=True)
     narrow.add_column("predictions\nlabels\naccuracy")
     narrow.add_column("alarm")
     narrow.add_column("path", overflow="fold")
@@ -190,9 +198,11 @@ def history_cmd(
         perf = (r.metrics or {}).get("performance") or {}
         acc = comparable_accuracy(r.metrics, multi)
         old_kind += acc is None and perf.get("accuracy") is not None
+        window = report_window(r.metrics)
         cells = (
             str(r.id),
             when(r.created_at),
+            shown(window and f"{when(window[0], narrow=True)} → {when(window[1], narrow=True)}"),
             shown((r.metrics or {}).get("status")),
             shown((r.metrics or {}).get("predictions")),
             shown(perf.get("labels")),
@@ -201,15 +211,23 @@ def history_cmd(
             r.report_path,
         )
         table.add_row(*cells)
-        ident, _, status, predictions, labels, accuracy, alarm, path = cells
+        ident, _, span, status, predictions, labels, accuracy, alarm, path = cells
         narrow.add_row(
             ident,
-            stack(when(r.created_at, narrow=True), status),
+            stack(when(r.created_at, narrow=True), span, status),
             stack(predictions, labels, accuracy),
             alarm,
             path,
         )
     console.print(table)
+    gaps = window_gaps(w for r in rows if (w := report_window(r.metrics)) is not None)
+    if gaps:
+        spans = ", ".join(f"{when(a)} → {when(b)}" for a, b in gaps[:5])
+        more = f" and {len(gaps) - 5} more" if len(gaps) > 5 else ""
+        console.print(
+            f"note: no listed report tested {spans}{more} (UTC; a gap between their windows)",
+            highlight=False,
+        )
     if old_kind:
         console.print(
             f"note: {old_kind} report(s) written before report format /2 show no accuracy: "
@@ -223,9 +241,12 @@ def _history_row(report: Any, acc: float | None) -> dict[str, Any]:
     (``acc``: the comparable accuracy, history.comparable_accuracy)."""
     metrics = report.metrics or {}
     perf = metrics.get("performance") or {}
+    window = metrics.get("window") or {}
     return {
         "id": report.id,
         "created_at": report.created_at,
+        "since": window.get("since"),
+        "until": window.get("until"),
         "status": metrics.get("status"),
         "predictions": metrics.get("predictions"),
         "labels": perf.get("labels"),

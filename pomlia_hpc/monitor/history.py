@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -106,3 +106,31 @@ def list_reports(registry: Registry, ref: str, limit: int = 20) -> list[MonitorR
         if deployment_id is not None:
             q = q.where(MonitorReport.deployment_id == deployment_id)
         return list(s.scalars(q.order_by(MonitorReport.id.desc()).limit(limit)))
+
+
+def report_window(metrics: Mapping[str, Any] | None) -> tuple[datetime, datetime] | None:
+    """The window ``[since, until)`` a recorded report tested (UTC), None if not recorded."""
+    window = (metrics or {}).get("window") or {}
+    try:
+        since = datetime.fromisoformat(str(window["since"]))
+        until = datetime.fromisoformat(str(window["until"]))
+    except (KeyError, ValueError):
+        return None
+    return _utc(since), _utc(until)
+
+
+def window_gaps(windows: Iterable[tuple[datetime, datetime]]) -> list[tuple[datetime, datetime]]:
+    """The spans between the earliest start and the latest end of ``windows`` that none of
+    them covers, in time order: nights a chain never tested (a job that failed, a chain
+    ended and scheduled again later). Overlaps and repeats (a rerun of one night) are none."""
+    gaps = []
+    covered: datetime | None = None
+    for since, until in sorted(windows):
+        if covered is not None and since > covered:
+            gaps.append((covered, since))
+        covered = until if covered is None else max(covered, until)
+    return gaps
+
+
+def _utc(t: datetime) -> datetime:
+    return t.replace(tzinfo=UTC) if t.tzinfo is None else t.astimezone(UTC)
