@@ -12,6 +12,7 @@ import orjson
 import pytest
 
 from pomlia_hpc.errors import InputError
+from pomlia_hpc.monitor.logread import read_window
 from pomlia_hpc.serve.predlog import read_records
 from pomlia_hpc.serve.records import (
     LOG_FORMAT,
@@ -97,3 +98,28 @@ def test_the_strict_parse_still_refuses_unknown_keys() -> None:
         parse_line(line)
     rec, unknown = read_line(line)
     assert isinstance(rec, PredictionLine) and unknown == ("colour",)
+
+
+def test_a_file_last_changed_just_before_the_window_by_the_file_servers_clock_is_read(
+    tmp_path: Path,
+) -> None:
+    """The file server's clock (a file's last change) and the writing node's (its records'
+    times) differ by minutes: a file "last changed" 5 min before the window held a record 2
+    min into it, was skipped with 1 s of slack, and the record was counted in no window."""
+    import os
+    from datetime import UTC, datetime
+
+    path = tmp_path / "20260101T000000-h-1-0000.jsonl"
+    write(path, log_line("prediction", time="2026-01-01T00:02:00.000000+00:00"))
+    changed = datetime(2025, 12, 31, 23, 55, tzinfo=UTC).timestamp()
+    os.utime(path, (changed, changed))
+    win = read_window(
+        tmp_path,
+        model="demo",
+        version="v0",
+        kind="stats-thumb-v1",
+        dim=2,
+        since=datetime(2026, 1, 1, tzinfo=UTC),
+        until=datetime(2026, 1, 2, tzinfo=UTC),
+    )
+    assert win.n_predictions == 1 and win.files_skipped_old == 0

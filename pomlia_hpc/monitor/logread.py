@@ -24,7 +24,9 @@ and keeps:
   counted, not read, as its keys may mean what this version would misread (the rule:
   :mod:`pomlia_hpc.serve.records`).
 
-Files whose last change is before the window cannot hold records of it and are not opened.
+Files last changed before the window (by more than the clock margin between the writing node
+and the file server, :data:`~pomlia_hpc.serve.predlog.CLOCK_SKEW_S`) cannot hold records of it
+and are not opened.
 Files the server's log retention deleted are named by the marker it leaves
 (:mod:`pomlia_hpc.serve.retention`): a window that reaches back to them says so.
 """
@@ -41,6 +43,7 @@ from typing import Any
 
 import numpy as np
 
+from pomlia_hpc.serve.predlog import CLOCK_SKEW_S
 from pomlia_hpc.serve.records import (
     TIMEOUT_REASON,
     BadLineError,
@@ -169,7 +172,10 @@ def read_window(
     batch = _Batch()
     for path in [p for folder in folders for p in log_files(folder)]:
         try:
-            if path.stat().st_mtime < since_ts - 1.0:  # 1 s of clock slack
+            # The file server's clock (mtime) against the writing node's (record times): with
+            # 1 s of slack, a node 5 min ahead of it wrote records of this window into a file
+            # last changed "before" it, and neither this window nor the last one counted them.
+            if path.stat().st_mtime < since_ts - CLOCK_SKEW_S:
                 win.files_skipped_old += 1
                 continue
             fh = path.open("rb")
