@@ -168,7 +168,7 @@ def read_window(
     pred_of: dict[str, Any] = {}  # prediction id -> predicted index, for the feedback join
     feedback: dict[str, tuple[Any, str]] = {}  # the last label sent for each prediction
     folders = [directory] if isinstance(directory, Path) else list(directory)
-    win.deleted_through = missing_since(folders, since)
+    win.deleted_through = missing_since(folders, since, margin_s=CLOCK_SKEW_S)
     batch = _Batch()
     for path in [p for folder in folders for p in log_files(folder)]:
         try:

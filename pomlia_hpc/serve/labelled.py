@@ -86,7 +86,8 @@ def labelled_inputs(
     twice: 58 s): feedback only in files last written at or after ``since`` (less the clock
     margin; older files are counted as ``log_files_before_window``), and the predictions of
     the harvested ids newest file first, until each is found."""
-    out = LabelledInputs(deleted_through=missing_since([log_dir], since))
+    gone = missing_since([log_dir], since, margin_s=CLOCK_SKEW_S)
+    out = LabelledInputs(deleted_through=gone)
     counts = {"feedback": 0, "outside_window": 0, "no_input": 0, "used": 0}
     files, before = _files_from(Path(log_dir), since)
     if before:

@@ -54,15 +54,21 @@ def deleted_through(directory: Path) -> datetime | None:
     return max(times) if times else None
 
 
-def missing_since(directories: list[Path], since: datetime | None) -> datetime | None:
+def missing_since(
+    directories: list[Path], since: datetime | None, *, margin_s: float = 0.0
+) -> datetime | None:
     """The latest time up to which retention deleted records in any of ``directories``, when
-    it is at or after ``since`` (None: from the start), i.e. when records a reader asks for
-    from ``since`` on may have been deleted; None when none can have been."""
+    it is at or after ``since`` less ``margin_s`` (the clock margin between the file server,
+    whose clock dates the deletion, and the writing nodes, whose clocks date the records;
+    ``since`` None: from the start), i.e. when records a reader asks for from ``since`` on
+    may have been deleted; None when none can have been."""
     times = [t for d in directories if (t := deleted_through(d)) is not None]
     if not times:
         return None
     latest = max(times)
-    return latest if since is None or latest >= since else None
+    if since is None or latest.timestamp() >= since.timestamp() - margin_s:
+        return latest
+    return None
 
 
 def _marker_time(path: Path) -> datetime | None:
