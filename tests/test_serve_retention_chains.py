@@ -30,14 +30,14 @@ def chain(home: Path, key: str, window: str, every: str = "1d") -> None:
 
 def test_retention_against_the_chains_of_a_model_and_its_slot(tmp_path: Path) -> None:
     ws = Workspace(home=tmp_path, db_url=f"sqlite:///{tmp_path / 'r.db'}", cluster_profile="local")
-    assert check_retention(ws, ["blood", "slot:pneu"], 1) == []  # no chain: nothing to say
+    assert check_retention(ws, "blood", "pneu", 1) == []  # no chain: nothing to say
     chain(tmp_path, "slot:pneu", "7d")
     with pytest.raises(InputError, match=r"monitor chain of 'slot:pneu' \(window 7 day"):
-        check_retention(ws, ["blood", "slot:pneu"], 3)
-    (warning,) = check_retention(ws, ["blood", "slot:pneu"], 7.5)
+        check_retention(ws, "blood", "pneu", 3)
+    (warning,) = check_retention(ws, "blood", "pneu", 7.5)
     assert "held in the queue" in warning and "8 day(s)" in warning
-    assert check_retention(ws, ["blood", "slot:pneu"], 8) == []
-    assert check_retention(ws, ["blood"], 3) == []  # another slot's chain
+    assert check_retention(ws, "blood", "pneu", 8) == []
+    assert check_retention(ws, "blood", None, 3) == []  # another slot's chain
 
 
 def test_serve_refuses_a_retention_shorter_than_the_chain_window(

@@ -358,8 +358,8 @@ def serve(
     if cfg.log_retention_days is not None:
         from pomlia_hpc.monitor.keep import check_retention
 
-        chains = [bundle.name] + ([f"slot:{log_name}"] if log_name else [])
-        for warning in check_retention(STATE.workspace, chains, cfg.log_retention_days):
+        days = cfg.log_retention_days
+        for warning in check_retention(STATE.workspace, bundle.name, log_name, days):
             err_console.print(f"[yellow]warning:[/] {warning}", highlight=False)
     logs = cfg.log_dir or default_log_dir(STATE.workspace.path("logs"), log_name or bundle.name)
     if follow is not None:

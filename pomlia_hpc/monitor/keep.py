@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from pomlia_hpc.errors import InputError, PomliaError
+from pomlia_hpc.monitor.reference import SLOT_PREFIX
 from pomlia_hpc.workspace import Workspace
 
 DAY_S = 86400.0
@@ -60,12 +61,15 @@ def chain_needs(workspace: Workspace, keys: list[str]) -> list[ChainNeed]:
     return out
 
 
-def check_retention(workspace: Workspace, keys: list[str], retention_days: float) -> list[str]:
-    """Refuse (:class:`InputError`) a log retention of ``retention_days`` shorter than the
-    window of a monitor chain scheduled under ``keys``; the warnings for one shorter than a
-    window plus its period."""
+def check_retention(
+    workspace: Workspace, model: str, slot: str | None, retention_days: float
+) -> list[str]:
+    """Refuse (:class:`InputError`) a log retention of ``retention_days`` for a server of
+    ``model`` (on deployment slot ``slot``, if any) shorter than the window of a monitor chain
+    scheduled for either; the warnings for one shorter than a window plus its period."""
     warnings = []
     kept = timedelta(seconds=retention_days * DAY_S)
+    keys = [model] + ([f"{SLOT_PREFIX}{slot}"] if slot is not None else [])
     for need in chain_needs(workspace, keys):
         what = (
             f"log retention of {retention_days:g} day(s) and the monitor chain of "
