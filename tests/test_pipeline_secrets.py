@@ -14,6 +14,7 @@ from sqlalchemy.engine import make_url
 from pomlia_hpc.data.synth import write_lookalikes
 from pomlia_hpc.pipeline import runner
 from pomlia_hpc.pipeline.spec import parse_pipeline
+from pomlia_hpc.pipeline.stage import read_json
 from pomlia_hpc.registry import Registry
 from pomlia_hpc.workspace import Workspace
 
@@ -48,7 +49,7 @@ def test_stage_jobs_run_without_the_password_in_any_workspace_file(
         deadline = time.monotonic() + 240
         status = None
         while time.monotonic() < deadline:
-            status = runner.read_json(record) or {}
+            status = read_json(record) or {}
             if status.get("status") in ("done", "failed"):
                 break
             time.sleep(0.5)

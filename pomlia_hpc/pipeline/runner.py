@@ -13,56 +13,84 @@ How stages run depends on the cluster profile's backend:
 Every stage is skipped when its outputs exist for the same inputs (see
 :mod:`pomlia_hpc.pipeline.stage`), so running the same file again after a failure resumes at
 the failed stage, and a requeued driver job continues where it stopped.
+
+This module plans, runs and submits a pipeline and cancels its jobs; beside it,
+:mod:`pomlia_hpc.pipeline.runfiles` keeps the submission's files (``spec.json``, ``run.json``)
+and :mod:`pomlia_hpc.pipeline.status` says each stage's state. Their public names are
+importable from here too.
 """
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from datetime import datetime
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
 
 from pomlia_hpc.cluster import Checkpointable, Executor
-from pomlia_hpc.cluster.records import (
-    own_job_id,
-    recorded_as_of,
-    refresh_jobs,
-    refresh_jobs_within,
-)
-from pomlia_hpc.cluster.refusal import pending_words
+from pomlia_hpc.cluster.records import own_job_id, refresh_jobs, refresh_jobs_within
 from pomlia_hpc.cluster.terminate import cancel_children_on_stop, quiet_cancellation
 from pomlia_hpc.config import ClusterProfile, load_cluster_profile
-from pomlia_hpc.errors import ConfigError, InputError, NotFoundError, PomliaError
+from pomlia_hpc.errors import ConfigError, NotFoundError, PomliaError
 from pomlia_hpc.files import write_json_atomic
-from pomlia_hpc.pipeline.lock import pipeline_held, pipeline_lock
-from pomlia_hpc.pipeline.spec import PipelineSpec, load_pipeline, parse_pipeline
+from pomlia_hpc.pipeline.lock import pipeline_lock
+from pomlia_hpc.pipeline.runfiles import (
+    RUN_FILE,
+    SPEC_SNAPSHOT,
+    known_pipelines,
+    load_snapshot,
+    run_job_ids,
+    same_submission,
+    snapshot_spec,
+)
+from pomlia_hpc.pipeline.spec import PipelineSpec
 from pomlia_hpc.pipeline.stage import (
     PlannedJob,
     Stage,
     StageContext,
-    content_key,
     is_fresh,
     now,
     pipeline_dir,
-    read_json,
     resources_of,
-    run_reason,
     run_stage,
     stage_key,
 )
 from pomlia_hpc.pipeline.stages import active_stages
+from pomlia_hpc.pipeline.status import StageStatus, pipeline_status, status_spec
 from pomlia_hpc.progress import say
 from pomlia_hpc.registry import Job, Registry, shown_url
 from pomlia_hpc.vocab import FINAL_STATES
 from pomlia_hpc.workspace import Workspace
 
-SPEC_SNAPSHOT = "spec.json"
-RUN_FILE = "run.json"
+__all__ = [
+    "FINAL_STATES",
+    "REGISTRY_ENV",
+    "RUN_FILE",
+    "SPEC_SNAPSHOT",
+    "DriverJob",
+    "Plan",
+    "StageContext",
+    "StageJob",
+    "StagePlan",
+    "StageStatus",
+    "cancel_pipeline",
+    "check_not_running",
+    "context_for",
+    "job_context",
+    "known_pipelines",
+    "live_jobs",
+    "load_snapshot",
+    "make_plan",
+    "pipeline_status",
+    "run_in_process",
+    "same_submission",
+    "snapshot_spec",
+    "status_spec",
+    "submit",
+]
 
 
 @dataclass(frozen=True)
@@ -131,20 +159,6 @@ def make_plan(ctx: StageContext, profile_name: str, *, in_process: bool = False)
 
 
 # -- running --------------------------------------------------------------------------------
-
-
-def snapshot_spec(ctx: StageContext, data: dict[str, Any], source: str) -> Path:
-    """Keep the file as validated, so stage jobs read what was submitted even if it changes."""
-    path = ctx.folder / SPEC_SNAPSHOT
-    write_json_atomic(
-        path, {"data": data, "source": source, "base_dir": str(ctx.spec._base_dir)}, sort_keys=True
-    )
-    return path
-
-
-def load_snapshot(path: Path) -> PipelineSpec:
-    snap = json.loads(path.read_text())
-    return parse_pipeline(snap["data"], snap["source"], Path(snap["base_dir"]))
 
 
 def run_in_process(ctx: StageContext, plan: Plan) -> dict[str, str]:
@@ -278,18 +292,11 @@ def _write_run(
     )
 
 
-def _run_job_ids(folder: Path) -> list[int]:
-    """The registry ids of the stage (or driver) jobs of the pipeline's last submission."""
-    run = read_json(folder / RUN_FILE) or {}
-    ids = [int(v["job"]) for v in run.get("stages", {}).values() if v.get("job") is not None]
-    return sorted(set(ids))
-
-
 def live_jobs(ctx: StageContext) -> tuple[list[Job], str | None]:
     """The jobs of this pipeline's last submission that are still queued or running (their
     states refreshed from the scheduler first), and None; or, when ``sacct`` did not answer
     within the workspace's ``list_sacct_timeout_s`` seconds, those recorded so and why."""
-    ids = _run_job_ids(ctx.folder)
+    ids = run_job_ids(ctx.folder)
     if not ids:
         return [], None
     problem = refresh_jobs_within(ctx.registry, ids, timeout_s=ctx.workspace.list_sacct_timeout_s)
@@ -300,14 +307,6 @@ def live_jobs(ctx: StageContext) -> tuple[list[Job], str | None]:
 
 def _described(jobs: list[Job]) -> str:
     return ", ".join(f"{r.name} ({r.scheduler_id}, {r.state})" for r in jobs)
-
-
-def same_submission(ctx: StageContext, data: dict[str, Any], profile_name: str) -> bool:
-    """Whether the last submission ran this file's content (``data``, the YAML mapping) with
-    the profile ``profile_name``: running the same command again re-attaches to it."""
-    run = read_json(ctx.folder / RUN_FILE) or {}
-    snap = read_json(ctx.folder / SPEC_SNAPSHOT) or {}
-    return run.get("profile") == profile_name and content_key(snap.get("data")) == content_key(data)
 
 
 def check_not_running(ctx: StageContext) -> None:
@@ -333,7 +332,7 @@ def cancel_pipeline(workspace: Workspace, registry: Registry, name: str) -> list
             f"pipeline '{name}' has not run in {workspace.home} "
             f"(known: {', '.join(known_pipelines(workspace)) or 'none'})"
         )
-    ids = _run_job_ids(pipeline_dir(workspace, name))
+    ids = run_job_ids(pipeline_dir(workspace, name))
     if ids:
         refresh_jobs(registry, ids)
     with registry.session() as s:
@@ -345,238 +344,6 @@ def cancel_pipeline(workspace: Workspace, registry: Registry, name: str) -> list
         if row.state not in FINAL_STATES and cancel_recorded_job(registry, row.id) is None:
             cancelled.append(row)
     return cancelled
-
-
-# -- status ---------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class StageStatus:
-    """One row of ``pomlia pipeline status``."""
-
-    stage: str
-    state: str  # done, stale, failed, cancelled, requeued, running, interrupted, pending, not run
-    job: int | None = None
-    #: Whether ``job`` is the stage's own job (whose log tells the stage's story), not the
-    #: last job the stage submitted from a process that ran it here.
-    stage_job: bool = False
-    #: The jobs the stage submitted, in words: ``array 61 (2 tasks)``, ``jobs 19, 20``.
-    children: str = ""
-    scheduler_id: str = ""
-    job_state: str = ""
-    started_at: str = ""
-    ended_at: str = ""
-    detail: str = ""
-    outputs: dict[str, Any] = field(default_factory=dict)
-    #: Why ``job_state`` (so the state) is the recorded one ("sacct did not answer within 15 s"),
-    #: confirmed by Slurm at ``as_of`` (UTC); "" and None when it is current.
-    unsure: str = ""
-    as_of: datetime | None = None
-
-
-_BAD_END = frozenset({"CANCELLED", "FAILED", "TIMEOUT", "OUT_OF_MEMORY", "NODE_FAIL"})
-
-#: The detail of a stage whose record says running while no process runs the pipeline.
-INTERRUPTED_DETAIL = (
-    "the process that ran it is gone (killed before it could record an end); run the "
-    "pipeline again to resume it"
-)
-
-
-def pipeline_status(ctx: StageContext) -> list[StageStatus]:
-    """Each stage's record, its current freshness and its job's state (refreshed). The job is
-    the stage's own job (Slurm chain or driver), else the last job the stage submitted from
-    here (a local run's training, say). ``sacct`` may take the workspace's
-    ``list_sacct_timeout_s`` seconds; then unfinished Slurm jobs keep their recorded states,
-    marked ``unsure``."""
-    run = read_json(ctx.folder / RUN_FILE) or {}
-    run_stages = run.get("stages", {})
-    stages = active_stages(ctx.spec)
-    records = {st.name: ctx.record(st.name) or {} for st in stages}
-    stage_ids = [int(v["job"]) for v in run_stages.values() if v.get("job") is not None]
-    # The stage job that wrote a record (a stage skipped by the last submission ran in an
-    # earlier one's job, which run.json no longer names).
-    rec_ids = [int(r["job"]) for r in records.values() if r.get("job") is not None]
-    ids = stage_ids + rec_ids + [int(j) for r in records.values() for j in r.get("jobs") or ()]
-    rows: dict[int, Job] = {}
-    problem = None
-    timeout_s = ctx.workspace.list_sacct_timeout_s
-    if ids:
-        problem = refresh_jobs_within(ctx.registry, ids, timeout_s=timeout_s)
-        with ctx.registry.session() as s:
-            rows = {r.id: r for r in s.scalars(select(Job).where(Job.id.in_(ids)))}
-    queued = [rows[i] for i in stage_ids if i in rows and rows[i].state == "PENDING"]
-    # A Slurm too busy for sacct is too busy for squeue: the reasons are left out then.
-    asked = [r.scheduler_id for r in queued if r.backend == "slurm" and problem is None]
-    waiting = pending_words(asked, timeout_s=timeout_s)
-    out = []
-    behind: list[str] = []  # stages not done as the file is now: what needs them is stale too
-    for stage in stages:
-        rec = records[stage.name]
-        info = run_stages.get(stage.name, {})
-        stage_job = rows.get(int(info["job"])) if info.get("job") is not None else None
-        state, detail = _stage_state(ctx, stage, rec, stage_job, run, behind)
-        own = [rows[int(j)] for j in rec.get("jobs") or () if int(j) in rows]
-        run_job = stage_job
-        if stage_job is None and rec.get("job") is not None:
-            stage_job = rows.get(int(rec["job"]))
-        job = stage_job if stage_job is not None else (own[-1] if own else None)
-        if run_job is not None and state not in ("done", "stale") and not _this_run(rec, run):
-            # An earlier run's record: its times say nothing about this run's job (queued,
-            # running, or cancelled before it started).
-            rec = {}
-        if state != "done":
-            behind.append(stage.name)
-        detail = detail or str(
-            rec.get("error") or (job.exit_cause if job is not None else "") or ""
-        )
-        if state == "pending" and job is not None:
-            detail = waiting.get(job.scheduler_id, detail)  # held, resources, dependency ...
-        at_slurm = job is not None and job.backend == "slurm" and job.state not in FINAL_STATES
-        unsure = problem if at_slurm else None  # its recorded state stands, unconfirmed
-        out.append(
-            StageStatus(
-                stage=stage.name,
-                state=state,
-                job=job.id if job is not None else None,
-                stage_job=stage_job is not None,
-                children=children_words(own) if rec else "",
-                scheduler_id=_scheduler_words(job, stage_job is not None),
-                job_state=job.state if job is not None else "",
-                started_at=str(rec.get("started_at", "")),
-                ended_at=str(rec.get("ended_at", "")),
-                detail=detail[:200],
-                outputs=dict(rec.get("outputs", {})),
-                unsure=unsure or "",
-                as_of=recorded_as_of(job) if unsure and job is not None else None,
-            )
-        )
-    return out
-
-
-def _scheduler_words(job: Job | None, own: bool) -> str:
-    """The scheduler's id of a stage's ``job``: an array's, not one task's, for a job the
-    stage submitted (``own``: the stage's own job)."""
-    if job is None:
-        return ""
-    return job.array_job_id if not own and job.array_job_id else job.scheduler_id
-
-
-def children_words(jobs: list[Job]) -> str:
-    """The jobs a stage submitted, in words for ``pipeline status``: an array as its Slurm id
-    and task count (``array 61 (2 tasks)``), other jobs by registry id (``jobs 19, 20``)."""
-    arrays: dict[str, int] = {}
-    single: list[str] = []
-    for j in jobs:
-        if j.array_job_id:
-            arrays[j.array_job_id] = arrays.get(j.array_job_id, 0) + 1
-        else:
-            single.append(str(j.id))
-    words = [f"array {a} ({n} task{'s' if n != 1 else ''})" for a, n in arrays.items()]
-    if single:
-        words.append(f"job{'s' if len(single) != 1 else ''} {', '.join(single)}")
-    return "; ".join(words)
-
-
-def _stage_state(
-    ctx: StageContext,
-    stage: Stage,
-    rec: dict[str, Any],
-    job: Job | None,
-    run: dict[str, Any],
-    behind: list[str],
-) -> tuple[str, str]:
-    """A stage's state in ``pipeline status`` and, for a stale one, why (else ""), from its
-    record ``rec``, its stage job ``job`` of the last submission ``run`` and the stages before
-    it that are not done (``behind``)."""
-    state = str(rec.get("status", "not run"))
-    detail = ""
-    upstream = [n for n in stage.needs if n in behind]
-    if state == "done" and upstream:
-        state = "stale"  # its inputs will change when the stages it needs run again
-        which = "which is" if len(upstream) == 1 else "which are"
-        detail = f"needs {', '.join(upstream)}, {which} not up to date"
-    elif state == "done" and not is_fresh(ctx, stage):
-        state = "stale"  # the file or an upstream output changed since
-        why = run_reason(ctx, stage) or "its inputs changed"
-        detail = why if why.endswith("gone") else f"{why} since it ran ({rec.get('ended_at')})"
-    if job is not None and job.state not in FINAL_STATES and not _this_run(rec, run):
-        # Submitted and not ended: never "not run" (nor an old record's state) meanwhile. In
-        # driver mode one job runs the stages in turn: one not started yet waits.
-        waiting = job.state == "PENDING" or run.get("mode") == "driver"
-        state = "pending" if waiting else "running"
-    if job is not None and job.state == "CANCELLED" and state != "done":
-        # scancel-ed, queued or running (a "failed" record of a cancellation is older)
-        state = "cancelled"
-        detail = "" if _this_run(rec, run) else "its job was cancelled before it started"
-    elif job is not None and job.state in _BAD_END and state not in ("done", "failed"):
-        # A stage job killed mid-run never wrote "failed"; one never started was cancelled.
-        state = "failed" if rec.get("status") == "running" else "cancelled"
-    at_work = job is not None and job.state not in FINAL_STATES
-    if state == "running" and not at_work and not pipeline_held(ctx.folder):
-        # Recorded running, no job at work and nobody holds the pipeline's lock: its driver
-        # was killed (SIGKILL, a lost node) before it could record an end.
-        state, detail = "interrupted", INTERRUPTED_DETAIL
-    return state, detail
-
-
-def _this_run(rec: dict[str, Any], run: dict[str, Any]) -> bool:
-    """Whether stage record ``rec`` is of the last submission ``run`` (not an earlier one's),
-    so that it, not the queued job, says what the stage did."""
-    return str(rec.get("started_at", "")) >= str(run.get("submitted_at", "~"))
-
-
-def status_spec(workspace: Workspace, name_or_file: str | None) -> PipelineSpec:
-    """The spec ``pomlia pipeline status`` compares the stage records with, for a pipeline
-    name or file (``None``: the only pipeline of ``workspace``).
-
-    Both answer the same: the pipeline file as it is now, so a stage whose part of the file
-    changed since it ran is ``stale`` whichever was given; a pipeline that has not run in
-    ``workspace`` is a :class:`NotFoundError` either way. A name reads the file its last run
-    was started from (kept in the snapshot) when that file is still there and still names
-    the pipeline; otherwise the snapshot, the file as it ran."""
-    known = known_pipelines(workspace)
-    if name_or_file is not None and Path(name_or_file).suffix in (".yaml", ".yml"):
-        given = load_pipeline(name_or_file)
-        if given.name not in known:  # as for its name: nothing has run to show
-            raise NotFoundError(
-                f"pipeline '{given.name}' ({name_or_file}) has not run in {workspace.home} "
-                f"(known: {', '.join(known) or 'none'}); start it with `pomlia pipeline run "
-                f"{name_or_file}`"
-            )
-        return given
-    if name_or_file is None:
-        if len(known) != 1:
-            raise InputError(
-                f"{len(known)} pipelines in {workspace.home} ({', '.join(known) or 'none'}): "
-                "name one (pomlia pipeline status NAME or FILE)"
-            )
-        name_or_file = known[0]
-    if name_or_file not in known:
-        raise NotFoundError(
-            f"pipeline '{name_or_file}' has not run in {workspace.home} "
-            f"(known: {', '.join(known) or 'none'}); start it with `pomlia pipeline run FILE`"
-        )
-    path = workspace.path("pipelines", name_or_file, SPEC_SNAPSHOT)
-    snap = json.loads(path.read_text())
-    source = Path(snap["base_dir"]) / Path(snap["source"]).name
-    if source.is_file():
-        try:
-            spec = load_pipeline(source)
-        except ConfigError:
-            spec = None  # the file was edited into something invalid: the snapshot answers
-        if spec is not None and spec.name == name_or_file:
-            return spec
-    return load_snapshot(path)
-
-
-def known_pipelines(workspace: Workspace) -> list[str]:
-    root = workspace.path("pipelines")
-    return (
-        sorted(p.name for p in root.iterdir() if (p / SPEC_SNAPSHOT).is_file())
-        if root.is_dir()
-        else []
-    )
 
 
 def context_for(
