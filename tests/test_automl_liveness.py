@@ -355,9 +355,13 @@ def test_a_driver_that_claims_while_sacct_answers_is_not_overwritten(
     assert read_driver(workspace, "race") == live
 
 
-def test_a_sigterm_to_the_driver_writes_its_end(workspace: Workspace) -> None:
-    """A driver killed by SIGTERM (scancel, the time limit) ran no `finally` and wrote no end,
-    so its study looked driven until the heartbeat went stale."""
+def _sigtermed_driver(
+    workspace: Workspace, study: str, stop_line: str | None = None
+) -> tuple[subprocess.Popen[bytes], bytes]:
+    """A study driver (``DriverBeat(...).driving()``, saying ``stop_line`` last when given) in
+    a process of its own, sent SIGTERM once it drives and waited for (60 s at most): the
+    process and what it wrote on stderr."""
+    said = f"lambda: {stop_line!r}" if stop_line is not None else ""
     code = (
         "import sys, time\n"
         "from pathlib import Path\n"
@@ -365,17 +369,27 @@ def test_a_sigterm_to_the_driver_writes_its_end(workspace: Workspace) -> None:
         "from pomlia_hpc.workspace import Workspace\n"
         f"ws = Workspace(home=Path({str(workspace.home)!r}), db_url='sqlite://', "
         "cluster_profile='local')\n"
-        "with DriverBeat(ws, 'term').driving():\n"
+        f"with DriverBeat(ws, {study!r}).driving({said}):\n"
         "    print('driving', flush=True)\n"
         "    time.sleep(120)\n"
     )
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     env.pop("SLURM_JOB_ID", None)
-    workspace.path("runs", "term").mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE)
+    workspace.path("runs", study).mkdir(parents=True, exist_ok=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
+    )
     assert proc.stdout is not None and proc.stdout.readline() == b"driving\n"
     proc.send_signal(signal.SIGTERM)
-    assert proc.wait(timeout=60) == -signal.SIGTERM  # it still dies of the signal
+    _, err = proc.communicate(timeout=60)
+    return proc, err
+
+
+def test_a_sigterm_to_the_driver_writes_its_end(workspace: Workspace) -> None:
+    """A driver killed by SIGTERM (scancel, the time limit) ran no `finally` and wrote no end,
+    so its study looked driven until the heartbeat went stale."""
+    proc, _ = _sigtermed_driver(workspace, "term")
+    assert proc.returncode == -signal.SIGTERM  # it still dies of the signal
     record = read_driver(workspace, "term")
     assert record is not None and record.pid == proc.pid and record.ended is not None
 
@@ -415,26 +429,7 @@ def test_an_old_drivers_beat_waits_for_the_claim_lock(
 def test_a_sigterm_to_the_driver_leaves_its_own_last_line(workspace: Workspace) -> None:
     """A study driver job stopped by `scancel` ended its log with a heartbeat and slurmstepd's
     CANCELLED line: nothing said how far the study got or how to go on."""
-    code = (
-        "import sys, time\n"
-        "from pathlib import Path\n"
-        "from pomlia_hpc.automl.liveness import DriverBeat\n"
-        "from pomlia_hpc.workspace import Workspace\n"
-        f"ws = Workspace(home=Path({str(workspace.home)!r}), db_url='sqlite://', "
-        "cluster_profile='local')\n"
-        "with DriverBeat(ws, 'term2').driving(lambda: 'study term2 stopped by a signal'):\n"
-        "    print('driving', flush=True)\n"
-        "    time.sleep(120)\n"
-    )
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    env.pop("SLURM_JOB_ID", None)
-    workspace.path("runs", "term2").mkdir(parents=True, exist_ok=True)
-    proc = subprocess.Popen(
-        [sys.executable, "-c", code], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE
-    )
-    assert proc.stdout is not None and proc.stdout.readline() == b"driving\n"
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=60)
+    proc, err = _sigtermed_driver(workspace, "term2", "study term2 stopped by a signal")
     assert proc.returncode == -signal.SIGTERM  # it still dies of the signal
     assert err.decode().strip().endswith("] study term2 stopped by a signal"), err
 
