@@ -412,26 +412,34 @@ def test_export_model_unknown_name(workspace: Workspace) -> None:
         export_model(reg, workspace, "ghost")
 
 
-def test_export_ships_the_task_encoder_from_the_registry(
-    tmp_path: Path, workspace: Workspace
-) -> None:
+def _registered_encoder(reg: Registry, folder: Path, name: str, seed: int) -> tuple[Any, int]:
+    """An untrained autoencoder (latent 8, 28 px; weights from ``seed``) saved as
+    ``folder/encoder.pt`` and registered as encoder ``name``: (the autoencoder in eval mode,
+    its registry id)."""
     from pomlia_hpc.fingerprint.autoencoder import Autoencoder, EncoderConfig
     from pomlia_hpc.registry import Encoder
-    from pomlia_hpc.serve.fingerprint import encoder_fingerprint
 
-    reg = Registry.open(workspace.db_url)
     cfg = EncoderConfig(latent_dim=8, image_size=28)
-    torch.manual_seed(1)
+    torch.manual_seed(seed)
     autoencoder = Autoencoder(cfg).eval()
     torch.save(
         {"config": cfg.model_dump(), "state_dict": autoencoder.state_dict()},
-        tmp_path / "encoder.pt",
+        folder / "encoder.pt",
     )
     with reg.session() as s:
-        row = Encoder(name="ae", checkpoint_path=str(tmp_path / "encoder.pt"))
+        row = Encoder(name=name, checkpoint_path=str(folder / "encoder.pt"))
         s.add(row)
         s.flush()
-        enc_id = row.id
+        return autoencoder, row.id
+
+
+def test_export_ships_the_task_encoder_from_the_registry(
+    tmp_path: Path, workspace: Workspace
+) -> None:
+    from pomlia_hpc.serve.fingerprint import encoder_fingerprint
+
+    reg = Registry.open(workspace.db_url)
+    autoencoder, enc_id = _registered_encoder(reg, tmp_path, "ae", seed=1)
     ckpt = save_demo_checkpoint(tmp_path / "c.pt", channels=1, num_classes=3)
     register_model(reg, "grey", ckpt, lineage={"encoder_id": enc_id})
     # The scratch folder of an export killed earlier (its process gone) is swept.
@@ -457,23 +465,11 @@ def test_export_resizes_for_an_encoder_of_another_size_as_extraction_does(
     """A model on 16 px images with an encoder trained at 28 px was refused at export: the
     adapter's antialiased resize is `aten._upsample_bilinear2d_aa`, which the .pt2 check
     refused. The served encoder must compute what fingerprint extraction computes."""
-    from pomlia_hpc.fingerprint.autoencoder import Autoencoder, EncoderConfig, to_input
-    from pomlia_hpc.registry import Encoder
+    from pomlia_hpc.fingerprint.autoencoder import to_input
     from pomlia_hpc.serve.fingerprint import encoder_fingerprint
 
     reg = Registry.open(workspace.db_url)
-    cfg = EncoderConfig(latent_dim=8, image_size=28)
-    torch.manual_seed(2)
-    autoencoder = Autoencoder(cfg).eval()
-    torch.save(
-        {"config": cfg.model_dump(), "state_dict": autoencoder.state_dict()},
-        tmp_path / "encoder.pt",
-    )
-    with reg.session() as s:
-        row = Encoder(name="ae28", checkpoint_path=str(tmp_path / "encoder.pt"))
-        s.add(row)
-        s.flush()
-        enc_id = row.id
+    autoencoder, enc_id = _registered_encoder(reg, tmp_path, "ae28", seed=2)
     ckpt = save_demo_checkpoint(tmp_path / "c.pt", image_size=16, channels=1, num_classes=3)
     register_model(reg, "small", ckpt, lineage={"encoder_id": enc_id})
     res = export_model(reg, workspace, "small")
