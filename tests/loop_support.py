@@ -25,16 +25,31 @@ def make_model(registry: Registry, root: Path, name: str, seed: int, version_id:
     dataset version in its lineage."""
     torch.manual_seed(seed)
     net = build_classifier("small_cnn", len(CLASSES), 3, image_size=28)
+    return register_small_cnn(registry, root, name, net, version_id, "multi-class", CLASSES)
+
+
+def register_small_cnn(
+    registry: Registry,
+    root: Path,
+    name: str,
+    net: torch.nn.Module,
+    version_id: int,
+    task_type: str,
+    labels: list[str],
+) -> Model:
+    """``net`` (a small CNN on 28 px, 3 channels, one output per label) saved as
+    ``root/<name>.pt`` and registered as model ``name`` with its training dataset version in
+    its lineage."""
     path = root / f"{name}.pt"
     save_classifier(
         path,
         net,
         arch="small_cnn",
-        num_classes=len(CLASSES),
+        num_classes=len(labels),
         in_channels=3,
         image_size=28,
-        task_type="multi-class",
-        label_names=CLASSES,
+        task_type=task_type,
+        label_names=labels,
     )
     return register_model(registry, name, path, lineage={"dataset_version_id": version_id})
 

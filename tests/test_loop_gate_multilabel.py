@@ -27,11 +27,10 @@ from pomlia_hpc.loop.gate import labelwise_accuracy, promote_with_gate, run_gate
 from pomlia_hpc.loop.promote import champion, gate_decisions, put_on_slot
 from pomlia_hpc.loop.stages import gate_stage
 from pomlia_hpc.loop.stats import PAIRED_T
-from pomlia_hpc.models.catalog import register_model
-from pomlia_hpc.models.checkpoint import save_classifier
 from pomlia_hpc.models.nets import build_classifier
 from pomlia_hpc.registry import Model, Registry
 from pomlia_hpc.workspace import Workspace
+from tests.loop_support import register_small_cnn
 
 LABELS = ["l0", "l1", "l2", "l3"]
 GOOD = (1, 1, 0, 0)  # 3 of 4 right on every image
@@ -57,18 +56,7 @@ def _model(
     with torch.no_grad():
         net.head.weight.zero_()
         net.head.bias.copy_(torch.tensor([5.0 * (2 * a - 1) for a in answer]))
-    path = root / f"{name}.pt"
-    save_classifier(
-        path,
-        net,
-        arch="small_cnn",
-        num_classes=len(LABELS),
-        in_channels=3,
-        image_size=28,
-        task_type="multi-label",
-        label_names=LABELS,
-    )
-    return register_model(reg, name, path, lineage={"dataset_version_id": version_id})
+    return register_small_cnn(reg, root, name, net, version_id, "multi-label", LABELS)
 
 
 def _harvested(tmp_path: Path, workspace: Workspace, reg: Registry) -> str:
@@ -87,14 +75,29 @@ def _harvested(tmp_path: Path, workspace: Workspace, reg: Registry) -> str:
     return got.ref
 
 
+def _champion_and_challenger(
+    tmp_path: Path,
+    workspace: Workspace,
+    reg: Registry,
+    *,
+    champ: tuple[float, ...],
+    chal: tuple[float, ...],
+) -> str:
+    """The harvest of :func:`_harvested` (its ref, returned), the model ``champ`` answering
+    ``champ`` on slot ``chest`` and the challenger ``chal`` answering ``chal``, both trained
+    on it."""
+    data = _harvested(tmp_path, workspace, reg)
+    vid = find_version(reg, data).id
+    _model(reg, tmp_path, "champ", champ, vid)
+    _model(reg, tmp_path, "chal", chal, vid)
+    put_on_slot(reg, workspace, "chest", "champ", kind="initial")
+    return data
+
+
 def test_a_challenger_better_label_wise_but_never_by_exact_match_passes(
     tmp_path: Path, workspace: Workspace, reg: Registry, wide_console: None
 ) -> None:
-    data = _harvested(tmp_path, workspace, reg)
-    vid = find_version(reg, data).id
-    _model(reg, tmp_path, "champ", POOR, vid)
-    _model(reg, tmp_path, "chal", GOOD, vid)
-    put_on_slot(reg, workspace, "chest", "champ", kind="initial")
+    data = _champion_and_challenger(tmp_path, workspace, reg, champ=POOR, chal=GOOD)
 
     out = CliRunner().invoke(app, ["deploy", "promote", "chest", "chal", "--data", data])
     assert out.exit_code == 0, out.output
@@ -119,11 +122,7 @@ def test_a_challenger_better_label_wise_but_never_by_exact_match_passes(
 def test_a_challenger_worse_label_wise_is_refused_and_the_loop_stage_names_the_test(
     tmp_path: Path, workspace: Workspace, reg: Registry
 ) -> None:
-    data = _harvested(tmp_path, workspace, reg)
-    vid = find_version(reg, data).id
-    _model(reg, tmp_path, "champ", GOOD, vid)
-    _model(reg, tmp_path, "chal", POOR, vid)
-    put_on_slot(reg, workspace, "chest", "champ", kind="initial")
+    data = _champion_and_challenger(tmp_path, workspace, reg, champ=GOOD, chal=POOR)
     gate, entry = promote_with_gate(reg, workspace, "chest", "chal", data_ref=data)
     assert gate is not None and entry is None
     r = gate.result
