@@ -35,13 +35,14 @@ For other rooms (AutoML, strategy):
 
 Modules: ``autoencoder`` (model, input conversion), ``objectives`` (pluggable losses: batch →
 loss), ``augment`` (acquisition-like views), ``loader`` (chunk-wise shuffled batches from
-Zarr), ``validation`` (hold-out, early stopping, LR schedule, loss curves), ``train`` (job,
-checkpoints, registry), ``extract`` (shards as an array job), ``layout`` (the embeddings
-group and its shard plan), ``markers`` (``.done`` files and the weights digest, without
-torch), ``usable`` (which sets a reader may use), ``planning`` (what an extraction will run),
-``summary``
-(per-version statistics), ``index`` (FAISS), ``distances`` (sample distances), ``ranking``
-(distances over summaries), ``similar``, ``plots``, ``io`` (atomic files).
+Zarr), ``validation`` (hold-out, early stopping, LR schedule, loss curves), ``train``
+(submission, registry), ``trainconfig`` (its settings), ``trainjob`` (the job: ranks, epochs),
+``trainstate`` (``latest.json``, resume), ``extract`` (shards as an array job), ``layout`` (the
+embeddings group and its shard plan), ``markers`` (``.done`` files and the weights digest,
+without torch), ``usable`` (which sets a reader may use), ``planning`` (what an extraction will
+run), ``summary`` (per-version statistics), ``index`` (FAISS), ``distances`` (sample
+distances), ``ranking`` (distances over summaries), ``similar``, ``plots``, ``io`` (atomic
+files).
 """
 
 from __future__ import annotations
