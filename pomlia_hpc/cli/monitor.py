@@ -332,20 +332,36 @@ def schedule_cmd(
     <home>/jobs/monitor/<model or slot:SLOT>/slurm-<scheduler id>.out (`pomlia jobs show ID`
     names it)."""
     from pomlia_hpc.monitor.run import parse_time
-    from pomlia_hpc.monitor.schedule import job_labels, job_name, schedule
+    from pomlia_hpc.monitor.schedule import resubmit, schedule
 
-    res = schedule(
-        STATE.registry(),
-        STATE.workspace,
-        model,
-        every=every,
-        at=at or None,
-        window=window,
-        on_alarm=on_alarm,
-        chain=chain,
-        replace=replace,
-        after=parse_time(after, "--after") if after else None,
-    )
+    if chain:  # the running job of a chain submits its next run (jobs/monitor.sbatch)
+        res = resubmit(
+            STATE.registry,
+            STATE.workspace,
+            model,
+            every=every,
+            at=at or None,
+            after=parse_time(after, "--after") if after else None,
+            say=lambda line: err_console.print(line, highlight=False, soft_wrap=True),
+        )
+    else:
+        res = schedule(
+            STATE.registry(),
+            STATE.workspace,
+            model,
+            every=every,
+            at=at or None,
+            window=window,
+            on_alarm=on_alarm,
+            replace=replace,
+        )
+    _print_scheduled(res, chain=chain, every=every)
+
+
+def _print_scheduled(res: Any, *, chain: bool, every: str) -> None:
+    """What `monitor schedule` did (``res``: its :class:`Scheduled`)."""
+    from pomlia_hpc.monitor.schedule import job_labels, job_name
+
     if res.job_id is None:
         console.print(f"no job submitted: {res.note}")
         return

@@ -3,9 +3,10 @@
 ``schedule`` writes the chain's settings to ``<home>/jobs/monitor/<model>/schedule.env``,
 copies ``jobs/monitor.sbatch`` beside it and submits it as job ``pomlia-monitor-<model>`` with
 ``--begin`` at the next occurrence of ``--at`` (every ``--every``) and
-``--dependency=singleton``. Each run submits the next one (``chain=True``) before it monitors,
-unless a job of the chain is already queued: a requeued or doubly submitted job then adds
-nothing, so one chain per model survives. ``--replace`` submits the new chain first and then
+``--dependency=singleton``. Each run submits the next one (:func:`resubmit`) before it
+monitors, unless a job of the chain is already queued: a requeued or doubly submitted job then
+adds nothing, so one chain per model survives. The resubmission needs Slurm, not the registry
+(out of reach, the job goes unrecorded), and asks Slurm again for a while when it fails. ``--replace`` submits the new chain first and then
 cancels the old one's jobs by id (a failed submission leaves the old chain and its settings
 as they were). ``unschedule`` removes the settings file (a run that
 starts later does nothing, and no run can resubmit) and cancels every queued job of the name.
@@ -47,6 +48,7 @@ import shlex
 import shutil
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -61,8 +63,10 @@ from pomlia_hpc.cluster.batch import (
     submit_script,
 )
 from pomlia_hpc.cluster.records import mark_all_cancelled, record_submission
-from pomlia_hpc.errors import InputError, PomliaError
+from pomlia_hpc.errors import ClusterError, InputError, PomliaError
 from pomlia_hpc.files import write_atomic
+from pomlia_hpc.monitor.chains import chain_kind, job_labels, job_name
+from pomlia_hpc.monitor.chains import is_scheduled as is_scheduled
 from pomlia_hpc.monitor.cronlines import (
     check_slurm_profile,
     cron_lines,
@@ -80,7 +84,7 @@ from pomlia_hpc.monitor.reference import (
     slot_champion,
 )
 from pomlia_hpc.monitor.run import parse_duration
-from pomlia_hpc.registry import Registry
+from pomlia_hpc.registry import Registry, RegistryNewerError
 from pomlia_hpc.workspace import Workspace
 
 SOURCE_ROOT = Path(__file__).resolve().parents[2]
@@ -88,13 +92,6 @@ SOURCE_ROOT = Path(__file__).resolve().parents[2]
 #: moment the file exists (the jobs run as the owner, and source it).
 CONF_MODE = 0o600
 SCRIPT = Path("jobs") / "monitor.sbatch"
-JOB_PREFIX = "pomlia-monitor-"
-
-
-def job_name(model: str) -> str:
-    """The Slurm job name of the chain keyed ``model`` (a model's name, or ``slot:SLOT``;
-    also the singleton key)."""
-    return f"{JOB_PREFIX}{model}"
 
 
 def chain_key(registry: Registry, ref: str) -> str:
@@ -216,15 +213,11 @@ def schedule(
     at: str | None = "02:00",
     window: str | None = None,
     on_alarm: str | None = None,
-    chain: bool = False,
     replace: bool = False,
-    after: datetime | None = None,
 ) -> Scheduled:
-    """Submit the next run of ``model``'s chain (see the module docstring). ``window``
-    defaults to ``every``. ``chain``: called from a running job of the chain (resubmission:
-    keeps its settings, adds nothing when the next run is already queued). ``after``: the
-    scheduled start of the run that resubmits; the next begins one period after it (default:
-    after now)."""
+    """Schedule ``model``'s chain and submit its first run (see the module docstring);
+    ``window`` defaults to ``every``. A running job of the chain submits the next one with
+    :func:`resubmit`."""
     period = parse_duration(every, "--every")
     if at is not None:
         parse_at(at)
@@ -232,62 +225,33 @@ def schedule(
     slot = name.removeprefix(SLOT_PREFIX) if name.startswith(SLOT_PREFIX) else None
     folder = workspace.path("jobs", "monitor", name)
     conf, script = folder / "schedule.env", folder / "monitor.sbatch"
-    begin = next_begin(at, period, now=after)
+    begin = next_begin(at, period)
     jname = job_name(name)
-    advice: list[str] = []
-    champion = None
-    if not chain:
-        champion, advice = _check_target(registry, name, slot)
-        parse_duration(window or every, "--window" if window else "--every")
-        # Before squeue is asked: without Slurm its own error said nothing about the profile.
-        check_slurm_profile(workspace, name, at, period, window or every, on_alarm)
+    champion, advice = _check_target(registry, name, slot)
+    parse_duration(window or every, "--window" if window else "--every")
+    # Before squeue is asked: without Slurm its own error said nothing about the profile.
+    check_slurm_profile(workspace, name, at, period, window or every, on_alarm)
     queued = [j for j in jobs_named(jname) if j.job_id != os.environ.get("SLURM_JOB_ID")]
-    cron = scron = old_conf = None
-    legacy = None
-    if chain:
-        pending = [j for j in queued if j.state == "PENDING"]
-        if not conf.is_file() or pending:
-            return Scheduled(
-                job_id=None,
-                begin=begin,
-                conf=conf,
-                script=script,
-                cron=None,
-                scrontab=None,
-                note="unscheduled: no next run"
-                if not conf.is_file()
-                else f"next run already queued: {_ids(registry, pending)}",
-            )
-    else:
-        legacy = _check_free(registry, workspace, name, slot, queued, replace)
-        old_conf = _write_files(conf, script, name, every, at, window, on_alarm, workspace)
-        cron, scron = cron_lines(
-            at, period, jname, conf, script, workspace, name, window or every, on_alarm
-        )
+    legacy = _check_free(registry, workspace, name, slot, queued, replace)
+    old_conf = _write_files(conf, script, name, every, at, window, on_alarm, workspace)
+    cron, scron = cron_lines(
+        at, period, jname, conf, script, workspace, name, window or every, on_alarm
+    )
     try:
-        job_id = submit_script(
-            script,
-            name=jname,
-            begin=begin,
-            # The run's own scheduled start: its window ends there and its successor is
-            # scheduled from it (module docstring), whenever Slurm actually starts it.
-            env={"POMLIA_MONITOR_CONF": str(conf), "POMLIA_MONITOR_BEGIN": begin.isoformat()},
-            output=folder / "slurm-%j.out",
-        )
-    except PomliaError:
-        if not chain:  # nothing half-done: an old chain keeps its own settings
-            if old_conf is None:
-                conf.unlink(missing_ok=True)
-            else:
-                write_atomic(conf, old_conf, mode=CONF_MODE)
+        job_id = _submit(script, jname, begin, conf)
+    except PomliaError:  # nothing half-done: an old chain keeps its own settings
+        if old_conf is None:
+            conf.unlink(missing_ok=True)
+        else:
+            write_atomic(conf, old_conf, mode=CONF_MODE)
         raise
     # Only now, with the new job queued, the old chain goes (by id: its name is the new job's).
-    replaced, warnings = ([], []) if chain or not queued else _cancel_old(registry, jname, job_id)
+    replaced, warnings = _cancel_old(registry, jname, job_id) if queued else ([], [])
     if legacy is not None:  # the champion-named chain this slot's chain replaces
         more, warned = _end_legacy(registry, workspace, legacy)
         replaced, warnings = [*replaced, *more], [*warnings, *warned]
     kind = chain_kind(workspace, name)  # as the settings record it (None: written before)
-    meta = {"model": name, "begin": begin.isoformat(), "chain": chain, "slot": slot, "kind": kind}
+    meta = {"model": name, "begin": begin.isoformat(), "chain": False, "slot": slot, "kind": kind}
     record_id, note = _record_job(registry, job_id, jname, folder, meta)
     return Scheduled(
         job_id=job_id,
@@ -304,6 +268,111 @@ def schedule(
         slot=slot,
         champion=champion,
     )
+
+
+def _submit(script: Path, jname: str, begin: datetime, conf: Path) -> str:
+    return submit_script(
+        script,
+        name=jname,
+        begin=begin,
+        # The run's own scheduled start: its window ends there and its successor is
+        # scheduled from it (module docstring), whenever Slurm actually starts it.
+        env={"POMLIA_MONITOR_CONF": str(conf), "POMLIA_MONITOR_BEGIN": begin.isoformat()},
+        output=conf.parent / "slurm-%j.out",
+    )
+
+
+def resubmit(
+    open_registry: Callable[[], Registry],
+    workspace: Workspace,
+    key: str,
+    *,
+    every: str,
+    at: str | None,
+    after: datetime | None = None,
+    say: Callable[[str], None] = print,
+) -> Scheduled:
+    """Submit the next run of the chain keyed ``key`` (its settings' ``MODEL``), from a
+    running job of it: one period after ``after`` (the running job's scheduled start; default
+    now), nothing when the settings are gone (unscheduled) or a next run is already queued (a
+    requeue, a second chain). The chain must outlive a bad moment: Slurm is asked again
+    (``RESUBMIT_TRIES`` times, ``RESUBMIT_DELAY_S`` apart; ``say`` tells each retry), and the
+    registry, opened with ``open_registry``, is not needed to submit: unreachable, the job
+    goes unrecorded (a note says so). A registry of a newer pomlia ends the chain (its runs
+    would fail: docs/guide/monitor.md, "Upgrading")."""
+    period = parse_duration(every, "--every")
+    if at is not None:
+        parse_at(at)
+    conf = workspace.path("jobs", "monitor", key, "schedule.env")
+    begin = next_begin(at, period, now=after)
+    registry, unreachable = _chain_registry(open_registry)
+    jname = job_name(key)
+    job_id, pending = _submit_next(conf, jname, begin, say)
+    if job_id is None:
+        if not conf.is_file():
+            note = "unscheduled: no next run"
+        else:
+            ids = [j.job_id for j in pending]
+            labels = job_labels(registry, ids) if registry is not None else ids
+            note = f"next run already queued: {', '.join(labels)}"
+        return Scheduled(None, begin, conf, conf.parent / "monitor.sbatch", None, None, note)
+    slot = key.removeprefix(SLOT_PREFIX) if key.startswith(SLOT_PREFIX) else None
+    kind = chain_kind(workspace, key)
+    meta = {"model": key, "begin": begin.isoformat(), "chain": True, "slot": slot, "kind": kind}
+    if registry is None:
+        record_id, note = None, f"submitted, but not recorded: {unreachable}"
+    else:
+        record_id, note = _record_job(registry, job_id, jname, conf.parent, meta)
+    script = conf.parent / "monitor.sbatch"
+    return Scheduled(job_id, begin, conf, script, None, None, note, record_id, key=key, slot=slot)
+
+
+#: How often, and how far apart (seconds), a chain's job asks Slurm again for its next run
+#: (``POMLIA_MONITOR_RESUBMIT_TRIES``, ``POMLIA_MONITOR_RESUBMIT_DELAY_S``).
+RESUBMIT_TRIES = 5
+RESUBMIT_DELAY_S = 60.0
+
+
+def _submit_next(
+    conf: Path, jname: str, begin: datetime, say: Callable[[str], None]
+) -> tuple[str | None, list[QueuedJob]]:
+    """(the submitted job's id, []), or (None, the next runs already queued) when there are
+    some or the settings are gone. A failed squeue or sbatch is tried again: the check is
+    made again first, so an sbatch that timed out after queueing the job adds no second."""
+    tries = max(1, int(os.environ.get("POMLIA_MONITOR_RESUBMIT_TRIES", RESUBMIT_TRIES)))
+    delay = float(os.environ.get("POMLIA_MONITOR_RESUBMIT_DELAY_S", RESUBMIT_DELAY_S))
+    own = os.environ.get("SLURM_JOB_ID")
+    for attempt in range(1, tries + 1):
+        if not conf.is_file():
+            return None, []
+        try:
+            pending = [j for j in jobs_named(jname) if j.job_id != own and j.state == "PENDING"]
+            if pending:
+                return None, pending
+            return _submit(conf.parent / "monitor.sbatch", jname, begin, conf), []
+        except ClusterError as exc:
+            if attempt == tries:
+                raise
+            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+            say(
+                f"could not submit the next run ({first}); trying again in {delay:g} s "
+                f"(try {attempt} of {tries})"
+            )
+            time.sleep(delay)
+    raise AssertionError("unreachable")  # the loop returns or raises
+
+
+def _chain_registry(open_registry: Callable[[], Registry]) -> tuple[Registry | None, str]:
+    """The registry for recording a resubmitted job, or (None, why not) when it cannot be
+    opened now (a server down, a file out of reach): the chain goes on without the record. A
+    registry a newer pomlia upgraded raises, as this install's runs would all fail."""
+    try:
+        return open_registry(), ""
+    except RegistryNewerError:
+        raise
+    except (PomliaError, SQLAlchemyError) as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        return None, f"the registry could not be opened ({first})"
 
 
 def _check_free(
@@ -355,21 +424,6 @@ def _legacy_chain(
     # No record: settings written before the kind was recorded. An old slot chain and a model
     # chain of the champion look the same then; the name rule takes it for the slot's.
     return None if recorded == "model" else (champion, queued)
-
-
-def chain_kind(workspace: Workspace, key: str) -> str | None:
-    """What the chain keyed ``key`` was scheduled for, as its settings record it: ``"slot"``
-    or ``"model"``; None when it has no settings, they cannot be read, or they were written
-    before the kind was recorded."""
-    try:
-        text = workspace.path("jobs", "monitor", key, "schedule.env").read_text()
-    except (OSError, UnicodeDecodeError):
-        return None
-    for line in text.splitlines():
-        if line.startswith("export CHAIN_KIND="):
-            words = shlex.split(line.removeprefix("export CHAIN_KIND="))
-            return words[0] if words else None
-    return None
 
 
 def _recorded_kind(registry: Registry, queued: list[QueuedJob]) -> str | None:
@@ -478,34 +532,6 @@ def _cancel_old(registry: Registry, jname: str, new_id: str) -> tuple[list[str],
 def _ids(registry: Registry, jobs: list[QueuedJob]) -> str:
     labels = job_labels(registry, [j.job_id for j in jobs])
     return ", ".join(f"{label} {j.state.lower()}" for label, j in zip(labels, jobs, strict=True))
-
-
-def job_labels(registry: Registry, scheduler_ids: list[str]) -> list[str]:
-    """Each Slurm id of ``scheduler_ids`` as `runs list` names jobs: ``job 21 (slurm 28)``
-    (the registry id, which `pomlia jobs show/cancel` take), or ``slurm job 28`` for a job the
-    registry does not hold; in the same order."""
-    from sqlalchemy import select
-
-    from pomlia_hpc.registry import Job
-
-    ids: dict[str, int] = {}
-    if scheduler_ids:
-        with registry.session() as s:
-            q = select(Job.scheduler_id, Job.id).where(
-                Job.backend == "slurm", Job.scheduler_id.in_(scheduler_ids)
-            )
-            for sid, rid in s.execute(q.order_by(Job.id)):
-                ids[sid] = rid  # the newest row of an id (a requeue keeps its id)
-    return [
-        f"job {ids[sid]} (slurm {sid})" if sid in ids else f"slurm job {sid}"
-        for sid in scheduler_ids
-    ]
-
-
-def is_scheduled(workspace: Workspace, model: str) -> bool:
-    """Whether ``model`` (its name) has a nightly chain: its settings file, which
-    :func:`unschedule` deletes and without which no run of the chain resubmits."""
-    return workspace.path("jobs", "monitor", model, "schedule.env").is_file()
 
 
 def unschedule(registry: Registry, workspace: Workspace, model: str) -> list[str]:

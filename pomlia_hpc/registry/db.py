@@ -229,6 +229,10 @@ class RegistryDamagedError(ConfigError):
     """The registry database is damaged (a corrupt SQLite page, not a database file)."""
 
 
+class RegistryNewerError(ConfigError):
+    """The registry's schema is newer than this pomlia: another install upgraded it."""
+
+
 class RegistryBusyError(ConfigError):
     """SQLite's write lock stayed with another process for longer than the busy timeout."""
 
@@ -352,7 +356,7 @@ class Registry:
             return reg
         if current is not None and not _known_revision(current):
             reg.dispose()
-            raise ConfigError(
+            raise RegistryNewerError(
                 f"registry {reg.display_url()}: schema revision {current} is newer than this "
                 f"pomlia (head {head}); upgrade pomlia-hpc to use this registry"
             )

@@ -1,0 +1,116 @@
+"""A monitoring chain outlives a bad moment of its resubmission, on the real Slurm: a registry
+out of reach (the next run is queued, unrecorded) and an sbatch that fails once (asked
+again); a registry of a newer pomlia still ends it. The running job is played by the test:
+``SLURM_JOB_ID`` set to the chain's queued job, which a job of the chain leaves out of its
+"next run already queued" check."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import sqlite3
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from pomlia_hpc.cli import app
+from pomlia_hpc.cluster.batch import jobs_named
+from pomlia_hpc.monitor.schedule import job_name
+from pomlia_hpc.registry import Registry
+from pomlia_hpc.workspace import Workspace
+from tests.fixtures.waiting import wait_until
+from tests.monitor_support import demo_model
+
+pytestmark = pytest.mark.slurm
+runner = CliRunner()
+
+
+@pytest.fixture
+def chain(
+    slurm: None, workspace: Workspace, reg: Registry, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[str]:
+    """A chain of its own model (job names are the user's, cluster-wide), its first run an
+    hour ahead; the test runs as that job. Yields the chain's job name; ends it after."""
+    model = f"outage-{os.getpid()}"
+    demo_model(reg, workspace, name=model, n_ref=50)
+    monkeypatch.setenv("POMLIA_CLUSTER", "slurm-local")
+    res = runner.invoke(app, ["monitor", "schedule", model, "--at", "", "--every", "1h"])
+    assert res.exit_code == 0, (res.output, res.exception)
+    (first,) = jobs_named(job_name(model))
+    monkeypatch.setenv("SLURM_JOB_ID", first.job_id)
+    monkeypatch.setenv("POMLIA_MONITOR_RESUBMIT_DELAY_S", "0")
+    yield model
+    monkeypatch.delenv("SLURM_JOB_ID")
+    runner.invoke(app, ["monitor", "unschedule", model])
+    wait_until(lambda: jobs_named(job_name(model)) == [], timeout=60, interval=0.5, what="end")
+
+
+def resubmit(model: str) -> tuple[int, str]:
+    """What the chain's job runs first (jobs/monitor.sbatch): exit status, output and error."""
+    args = ["monitor", "schedule", model, "--every", "1h", "--at", "", "--chain"]
+    res = runner.invoke(app, args)
+    error = f" {res.exception}" if res.exception is not None else ""  # main() prints it
+    return res.exit_code, " ".join((res.output + error).split())
+
+
+def test_the_next_run_is_queued_while_the_registry_is_out_of_reach(
+    chain: str, workspace: Workspace
+) -> None:
+    """The resubmission opened the registry first: a registry out of reach for a moment
+    ("no registry at ...", a database server down) ended the chain for good."""
+    db = workspace.home / "registry.db"
+    away = db.with_name("registry.db.away")
+    db.rename(away)
+    try:
+        code, out = resubmit(chain)
+    finally:
+        away.rename(db)
+    assert code == 0, out
+    assert "submitted, but not recorded: the registry could not be opened" in out, out
+    pending = [j for j in jobs_named(job_name(chain)) if j.job_id != os.environ["SLURM_JOB_ID"]]
+    assert len(pending) == 1, (pending, out)
+
+
+def test_an_sbatch_that_fails_once_is_asked_again(
+    chain: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """One failed sbatch (a controller busy for a moment) ended the chain."""
+    real = shutil.which("sbatch")
+    assert real is not None
+    shims = tmp_path / "shims"
+    shims.mkdir()
+    flag = tmp_path / "failed-once"
+    (shims / "sbatch").write_text(
+        "#!/bin/bash\n"
+        f'if [ ! -e "{flag}" ]; then touch "{flag}"; '
+        'echo "sbatch: error: Socket timed out on send/recv operation" >&2; exit 1; fi\n'
+        f'exec "{real}" "$@"\n'
+    )
+    (shims / "sbatch").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{shims}{os.pathsep}{os.environ['PATH']}")
+    code, out = resubmit(chain)
+    assert code == 0, out
+    assert flag.exists()
+    assert "could not submit the next run (sbatch refused: sbatch: error: Socket timed out" in out
+    assert "trying again in 0 s (try 1 of 5)" in out, out
+    assert "submitted, begins" in out, out
+    assert len(jobs_named(job_name(chain))) == 2
+
+
+def test_a_registry_of_a_newer_pomlia_still_ends_the_chain(
+    chain: str, workspace: Workspace
+) -> None:
+    """As docs/guide/monitor.md ("Upgrading") says: the older install's chain stops."""
+    db = workspace.home / "registry.db"
+    with sqlite3.connect(db) as conn:
+        (head,) = conn.execute("SELECT version_num FROM alembic_version").fetchone()
+        conn.execute("UPDATE alembic_version SET version_num = 'f00dfeed'")
+    try:
+        code, out = resubmit(chain)
+    finally:
+        with sqlite3.connect(db) as conn:
+            conn.execute("UPDATE alembic_version SET version_num = ?", (head,))
+    assert code != 0 and "is newer than this pomlia" in out, out
+    assert len(jobs_named(job_name(chain))) == 1
