@@ -435,3 +435,60 @@ def unschedule_cmd(
     ids = unschedule(STATE.registry(), STATE.workspace, model)
     labels = job_labels(STATE.registry(), ids)
     console.print(f"cancelled: {', '.join(labels)}" if ids else "no monitoring job was queued")
+
+
+@monitor_app.command("status")
+def status_cmd(
+    model: Annotated[
+        str | None,
+        typer.Argument(
+            help="Registry model name or id, or a deployment slot (or slot:SLOT); all "
+            "chains of the workspace when left out.",
+            show_default=False,
+        ),
+    ] = None,
+    as_json: JsonFlag = False,
+) -> None:
+    """Say what each monitoring chain (`monitor schedule`) is doing now: its settings, its
+    jobs in Slurm's queue, its newest ended run and its state: scheduled (a next run queued),
+    running, ended (settings but no job queued: no run will come, e.g. its queued job was
+    cancelled by hand or could not submit the next one; schedule it again) or unscheduled.
+    Job states are refreshed with one sacct call first, as in `pomlia jobs list`.
+
+    --json keys: chain, state, every, at, window, queued (label, state, begin), last, advice."""
+    from pomlia_hpc.cli.polling import refresh_for_listing
+    from pomlia_hpc.monitor.chains import chain_keys, chain_state
+    from pomlia_hpc.monitor.schedule import chain_key
+
+    reg = STATE.registry()
+    keys = chain_keys(STATE.workspace) if model is None else [chain_key(reg, model)]
+    problem = refresh_for_listing(reg)
+    if problem:
+        err_console.print(f"job states as last recorded: {problem}", highlight=False)
+    rows = []
+    for st in (chain_state(reg, STATE.workspace, key) for key in keys):
+        settings = st.settings or {}
+        rows.append(
+            {
+                "chain": st.key,
+                "state": st.state,
+                **{k.lower(): settings.get(k) for k in ("EVERY", "AT", "WINDOW")},
+                "queued": [list(q) for q in st.queued],
+                "last": st.last,
+                "advice": st.advice,
+            }
+        )
+    if as_json:
+        print_rows(rows)
+        return
+    if not rows:
+        console.print("no monitoring chain in this workspace (`pomlia monitor schedule`)")
+    for row in rows:
+        period = f"every {row['every']}" + (f" at {row['at']}" if row["at"] else "")
+        head = f"{row['chain']}: {row['state'].upper()}"
+        console.print(head + (f" ({period})" if row["every"] else ""), highlight=False)
+        for label, state, begin in row["queued"]:
+            console.print(f"  queued: {label} {state.lower()}, begins {begin}", highlight=False)
+        console.print(f"  last run: {row['last'] or '-'}", highlight=False, soft_wrap=True)
+        if row["advice"]:
+            console.print(f"  {row['advice']}", highlight=False, soft_wrap=True)

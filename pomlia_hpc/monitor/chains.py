@@ -1,14 +1,19 @@
 """A monitoring chain's names and records (:mod:`pomlia_hpc.monitor.schedule`): its Slurm job
-name, its settings file and what they record, its jobs as `pomlia jobs` names them."""
+name, its settings file and what they record, its jobs as `pomlia jobs` names them, and what
+`pomlia monitor status` says of each chain (:func:`chain_states`)."""
 
 from __future__ import annotations
 
 import shlex
+from dataclasses import dataclass
+from pathlib import Path
 
 from pomlia_hpc.registry import Registry
 from pomlia_hpc.workspace import Workspace
 
 JOB_PREFIX = "pomlia-monitor-"
+#: The chain's copy of jobs/monitor.sbatch in its folder.
+SCRIPT = Path("monitor.sbatch")
 
 
 def job_name(model: str) -> str:
@@ -58,3 +63,108 @@ def is_scheduled(workspace: Workspace, model: str) -> bool:
     """Whether ``model`` (its name) has a nightly chain: its settings file, which
     :func:`unschedule` deletes and without which no run of the chain resubmits."""
     return workspace.path("jobs", "monitor", model, "schedule.env").is_file()
+
+
+def chain_settings(workspace: Workspace, key: str) -> dict[str, str] | None:
+    """The values the settings of the chain keyed ``key`` export (``EVERY``, ``AT``, ...), as
+    its jobs see them once they source the file; None when it has none (unscheduled). The
+    registry URL is left out: it may hold a password."""
+    path = workspace.path("jobs", "monitor", key, "schedule.env")
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError):
+        return {}
+    values = {}
+    for line in text.splitlines():
+        name, sep, value = line.removeprefix("export ").partition("=")
+        if line.startswith("export ") and sep and name != "POMLIA_DB_URL":
+            words = shlex.split(value) if value else []
+            values[name] = words[0] if words else ""
+    return values
+
+
+@dataclass(frozen=True)
+class ChainState:
+    """What `pomlia monitor status` says of one chain: its settings (None: unscheduled), its
+    jobs in Slurm's queue (label, state, begin), its newest ended run as the registry records
+    it, and ``state``: ``scheduled`` (a next run queued), ``running``, ``ended`` (settings but
+    no job queued: no run will come; the chain must be scheduled again) or ``unscheduled``
+    (jobs queued without settings: they end without running the monitor)."""
+
+    key: str
+    settings: dict[str, str] | None
+    queued: tuple[tuple[str, str, str], ...]
+    last: str | None
+    state: str
+    advice: str
+
+
+def chain_keys(workspace: Workspace) -> list[str]:
+    """The keys of the chains this workspace holds settings or a script for (sorted)."""
+    root = workspace.path("jobs", "monitor")
+    if not root.is_dir():
+        return []
+    return sorted(
+        p.name for p in root.iterdir() if (p / "schedule.env").is_file() or (p / SCRIPT).is_file()
+    )
+
+
+def chain_state(registry: Registry, workspace: Workspace, key: str) -> ChainState:
+    """The state of the chain keyed ``key``, from its settings, ``squeue`` and the registry
+    (whose job rows the caller refreshes first, as `pomlia jobs list` does)."""
+    from pomlia_hpc.cluster.batch import jobs_named
+
+    settings = chain_settings(workspace, key)
+    jobs = jobs_named(job_name(key))
+    labels = job_labels(registry, [j.job_id for j in jobs])
+    queued = tuple((label, j.state, j.begin) for label, j in zip(labels, jobs, strict=True))
+    last = _last_run(registry, key)
+    again = f"`{schedule_command(key, settings)}`" if settings else ""
+    if settings is None:
+        state = "unscheduled"
+        advice = (
+            f"jobs queued without settings: they end without a run; cancel them with "
+            f"`pomlia monitor unschedule {shlex.quote(key)}`"
+            if queued
+            else ""
+        )
+    elif not queued:
+        state = "ended"
+        advice = f"no run is queued and none will come: schedule it again with {again}"
+    else:
+        running = any(j.state == "RUNNING" for j in jobs)
+        state, advice = ("running" if running else "scheduled"), ""
+        if sum(j.state == "PENDING" for j in jobs) > 1:
+            advice = "more than one next run queued: the first to run submits none"
+    return ChainState(key, settings, queued, last, state, advice)
+
+
+def _last_run(registry: Registry, key: str) -> str | None:
+    """The newest ended job of the chain as the registry records it: ``job 11 (slurm 40)
+    FAILED at 2026-12-05 02:01:13: cause``; None when none has ended."""
+    from sqlalchemy import select
+
+    from pomlia_hpc.registry import Job
+    from pomlia_hpc.vocab import FINAL_STATES
+
+    with registry.session() as s:
+        q = select(Job).where(Job.name == job_name(key), Job.state.in_(FINAL_STATES))
+        row = s.scalars(q.order_by(Job.id.desc()).limit(1)).first()
+    if row is None:
+        return None
+    ended = f" at {row.ended_at:%Y-%m-%d %H:%M:%S}" if row.ended_at else ""
+    cause = f": {row.exit_cause}" if row.exit_cause else ""
+    return f"job {row.id} (slurm {row.scheduler_id}) {row.state}{ended}{cause}"
+
+
+def schedule_command(key: str, settings: dict[str, str]) -> str:
+    """The `pomlia monitor schedule` command that makes the chain of these settings again."""
+    words = ["pomlia", "monitor", "schedule", key]
+    for option, name in (("--every", "EVERY"), ("--at", "AT"), ("--window", "WINDOW")):
+        if name in settings:
+            words += [option, settings[name]]
+    if settings.get("ON_ALARM"):
+        words += ["--on-alarm", settings["ON_ALARM"]]
+    return shlex.join(words)
