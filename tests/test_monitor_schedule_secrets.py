@@ -42,7 +42,7 @@ def odd_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Workspace:
     monkeypatch.setenv("POMLIA_CLUSTER", "slurm-local")
     monkeypatch.delenv("POMLIA_DB_URL", raising=False)
 
-    def none_queued(name: str) -> list[QueuedJob]:
+    def none_queued(name: str, script: Path | None = None) -> list[QueuedJob]:
         return []
 
     monkeypatch.setattr(schedule_mod, "submit_script", lambda *a, **k: "77")

@@ -35,13 +35,13 @@ def submitted(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, object]]:
         calls.append({"script": script, "name": name, "begin": begin, "env": dict(env)})
         return str(100 + len(calls))
 
-    def none_queued(name: str) -> list[QueuedJob]:
+    def none_queued(name: str, script: Path | None = None) -> list[QueuedJob]:
         return []
 
     monkeypatch.setenv("POMLIA_CLUSTER", "slurm-local")
     monkeypatch.setattr(schedule_mod, "submit_script", submit)
     monkeypatch.setattr(schedule_mod, "jobs_named", none_queued)
-    monkeypatch.setattr(schedule_mod, "cancel_named", lambda name: [])
+    monkeypatch.setattr(schedule_mod, "cancel_named", lambda name, script=None: [])
     return calls
 
 
@@ -160,10 +160,10 @@ def queue(monkeypatch: pytest.MonkeyPatch, submitted: list[dict[str, object]]) -
     """A queue stand-in: {job name: [ids]}; cancel_named empties a name and says what went."""
     jobs: dict[str, list[str]] = {}
 
-    def named(name: str) -> list[QueuedJob]:
+    def named(name: str, script: Path | None = None) -> list[QueuedJob]:
         return [QueuedJob(i, "PENDING", "N/A") for i in jobs.get(name, [])]
 
-    def cancel(name: str) -> list[str]:
+    def cancel(name: str, script: Path | None = None) -> list[str]:
         return jobs.pop(name, [])
 
     monkeypatch.setattr(schedule_mod, "jobs_named", named)

@@ -68,7 +68,7 @@ def test_the_next_run_is_scheduled_from_the_schedule_not_the_start(
         submitted.append((begin, dict(env)))
         return "77"
 
-    def none_queued(name: str) -> list[QueuedJob]:
+    def none_queued(name: str, script: Path | None = None) -> list[QueuedJob]:
         return []
 
     monkeypatch.setattr(schedule_mod, "submit_script", submit)

@@ -20,11 +20,13 @@ TIMEOUT_S = 60
 
 @dataclass(frozen=True)
 class QueuedJob:
-    """One job of ``squeue``: id, state (PENDING, RUNNING ...), begin time as Slurm prints it."""
+    """One job of ``squeue``: id, state (PENDING, RUNNING ...), begin time as Slurm prints it,
+    and the batch script it runs."""
 
     job_id: str
     state: str
     begin: str
+    command: str = ""  # the batch script it runs (squeue's %o)
 
 
 def _run(cmd: Sequence[str], cwd: Path | None = None) -> str:
@@ -80,26 +82,28 @@ def submit_script(
     return _run(cmd, cwd).strip().split(";")[0]  # "<id>;<cluster>" on federated clusters
 
 
-def jobs_named(name: str) -> list[QueuedJob]:
-    """This user's queued or running jobs called ``name``."""
+def jobs_named(name: str, script: Path | None = None) -> list[QueuedJob]:
+    """This user's queued or running jobs called ``name``; with ``script``, only those that
+    run that batch script (a job name is the user's in every workspace: two workspaces'
+    jobs of one name are told apart by their scripts' paths)."""
     import getpass
 
-    out = _run(["squeue", "-h", "-u", getpass.getuser(), "-n", name, "-o", "%i|%T|%S"])
+    out = _run(["squeue", "-h", "-u", getpass.getuser(), "-n", name, "-o", "%i|%T|%S|%o"])
     jobs = []
     for line in out.splitlines():
-        parts = line.strip().split("|")
-        if len(parts) == 3:
+        parts = line.strip().split("|", 3)
+        if len(parts) == 4:
             jobs.append(QueuedJob(*parts))
+    if script is not None:
+        jobs = [j for j in jobs if j.command == str(script)]
     return jobs
 
 
-def cancel_named(name: str) -> list[str]:
-    """Cancel all of this user's jobs called ``name``; returns the ids that were queued."""
-    import getpass
-
-    ids = [j.job_id for j in jobs_named(name)]
-    if ids:
-        _run(["scancel", "-u", getpass.getuser(), "-n", name])
+def cancel_named(name: str, script: Path | None = None) -> list[str]:
+    """Cancel this user's jobs called ``name`` (with ``script``: those that run it, as
+    :func:`jobs_named`); returns the ids that were queued."""
+    ids = [j.job_id for j in jobs_named(name, script)]
+    cancel_ids(ids)
     return ids
 
 

@@ -22,6 +22,13 @@ def job_name(model: str) -> str:
     return f"{JOB_PREFIX}{model}"
 
 
+def chain_script(workspace: Workspace, key: str) -> Path:
+    """The batch script every job of the chain keyed ``key`` runs (its copy in the chain's
+    folder): it tells the chain's jobs from those of another workspace's chain of the same
+    name (a job name is the user's in every workspace)."""
+    return workspace.path("jobs", "monitor", key, "monitor.sbatch")
+
+
 def chain_kind(workspace: Workspace, key: str) -> str | None:
     """What the chain keyed ``key`` was scheduled for, as its settings record it: ``"slot"``
     or ``"model"``; None when it has no settings, they cannot be read, or they were written
@@ -117,7 +124,7 @@ def chain_state(registry: Registry, workspace: Workspace, key: str) -> ChainStat
     from pomlia_hpc.cluster.batch import jobs_named
 
     settings = chain_settings(workspace, key)
-    jobs = jobs_named(job_name(key))
+    jobs = jobs_named(job_name(key), chain_script(workspace, key))
     labels = job_labels(registry, [j.job_id for j in jobs])
     queued = tuple((label, j.state, j.begin) for label, j in zip(labels, jobs, strict=True))
     last = _last_run(registry, key)

@@ -6,10 +6,13 @@ copies ``jobs/monitor.sbatch`` beside it and submits it as job ``pomlia-monitor-
 ``--dependency=singleton``. Each run submits the next one (:func:`resubmit`) before it
 monitors, unless a job of the chain is already queued: a requeued or doubly submitted job then
 adds nothing, so one chain per model survives. The resubmission needs Slurm, not the registry
-(out of reach, the job goes unrecorded), and asks Slurm again for a while when it fails. ``--replace`` submits the new chain first and then
-cancels the old one's jobs by id (a failed submission leaves the old chain and its settings
-as they were). ``unschedule`` removes the settings file (a run that
-starts later does nothing, and no run can resubmit) and cancels every queued job of the name.
+(out of reach, the job goes unrecorded), and asks Slurm again for a while when it fails.
+``--replace`` submits the new chain first and then cancels the old one's jobs by id (a failed
+submission leaves the old chain and its settings as they were). ``unschedule`` removes the
+settings file (a run that starts later does nothing, and no run can resubmit) and cancels
+every queued job of the chain. A job name is the user's in every workspace: the chain's jobs
+are those of its name that run its own script (:func:`~pomlia_hpc.monitor.chains.chain_script`),
+so a chain of the same model name in another workspace is neither counted nor cancelled.
 
 Each job is given its scheduled start (``POMLIA_MONITOR_BEGIN``, the ``--begin`` it was
 submitted with). A run tests the window that ends there (``monitor run --until BEGIN``), not at
@@ -65,7 +68,7 @@ from pomlia_hpc.cluster.batch import (
 from pomlia_hpc.cluster.records import mark_all_cancelled, record_submission
 from pomlia_hpc.errors import ClusterError, InputError, PomliaError
 from pomlia_hpc.files import write_atomic
-from pomlia_hpc.monitor.chains import chain_kind, job_labels, job_name
+from pomlia_hpc.monitor.chains import chain_kind, chain_script, job_labels, job_name
 from pomlia_hpc.monitor.chains import is_scheduled as is_scheduled
 from pomlia_hpc.monitor.cronlines import (
     check_slurm_profile,
@@ -231,7 +234,8 @@ def schedule(
     parse_duration(window or every, "--window" if window else "--every")
     # Before squeue is asked: without Slurm its own error said nothing about the profile.
     check_slurm_profile(workspace, name, at, period, window or every, on_alarm)
-    queued = [j for j in jobs_named(jname) if j.job_id != os.environ.get("SLURM_JOB_ID")]
+    mine = jobs_named(jname, script)  # this workspace's chain (the name is the user's)
+    queued = [j for j in mine if j.job_id != os.environ.get("SLURM_JOB_ID")]
     legacy = _check_free(registry, workspace, name, slot, queued, replace)
     old_conf = _write_files(conf, script, name, every, at, window, on_alarm, workspace)
     cron, scron = cron_lines(
@@ -246,7 +250,7 @@ def schedule(
             write_atomic(conf, old_conf, mode=CONF_MODE)
         raise
     # Only now, with the new job queued, the old chain goes (by id: its name is the new job's).
-    replaced, warnings = _cancel_old(registry, jname, job_id) if queued else ([], [])
+    replaced, warnings = _cancel_old(registry, jname, script, job_id) if queued else ([], [])
     if legacy is not None:  # the champion-named chain this slot's chain replaces
         more, warned = _end_legacy(registry, workspace, legacy)
         replaced, warnings = [*replaced, *more], [*warnings, *warned]
@@ -346,7 +350,8 @@ def _submit_next(
         if not conf.is_file():
             return None, []
         try:
-            pending = [j for j in jobs_named(jname) if j.job_id != own and j.state == "PENDING"]
+            queued = jobs_named(jname, conf.parent / "monitor.sbatch")
+            pending = [j for j in queued if j.job_id != own and j.state == "PENDING"]
             if pending:
                 return None, pending
             return _submit(conf.parent / "monitor.sbatch", jname, begin, conf), []
@@ -414,7 +419,7 @@ def _legacy_chain(
     if champion_id is None:
         return None
     champion = resolve_model(registry, str(champion_id)).name
-    queued = jobs_named(job_name(champion))
+    queued = jobs_named(job_name(champion), chain_script(workspace, champion))
     if not queued and not is_scheduled(workspace, champion):
         return None
     if is_scheduled(workspace, champion):
@@ -506,14 +511,16 @@ def _record_job(
     return record_id, ""
 
 
-def _cancel_old(registry: Registry, jname: str, new_id: str) -> tuple[list[str], list[str]]:
+def _cancel_old(
+    registry: Registry, jname: str, script: Path, new_id: str
+) -> tuple[list[str], list[str]]:
     """Cancel the jobs called ``jname`` other than ``new_id`` (and this job, when run from
     one): the replaced chain, including a run that resubmitted since we looked. Returns the
     cancelled ids and warnings; the new job stands either way, so nothing here raises."""
     mine = {new_id, os.environ.get("SLURM_JOB_ID")}
     warnings: list[str] = []
     try:
-        old = [j.job_id for j in jobs_named(jname) if j.job_id not in mine]
+        old = [j.job_id for j in jobs_named(jname, script) if j.job_id not in mine]
         cancel_ids(old)
     except PomliaError as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
@@ -550,11 +557,11 @@ def unschedule(registry: Registry, workspace: Workspace, model: str) -> list[str
 def _end_chain(registry: Registry, workspace: Workspace, name: str, cause: str) -> list[str]:
     """Remove the settings of the chain keyed ``name`` and cancel its queued jobs."""
     workspace.path("jobs", "monitor", name, "schedule.env").unlink(missing_ok=True)
-    cancelled = cancel_named(job_name(name))
+    cancelled = cancel_named(job_name(name), chain_script(workspace, name))
     # A run that was resubmitting at this very moment may have queued one more job; the
     # settings file is gone, so it cannot do so again: one more look catches it.
     time.sleep(1.0)
-    cancelled += cancel_named(job_name(name))
+    cancelled += cancel_named(job_name(name), chain_script(workspace, name))
     _record_cancelled(registry, cancelled, cause)
     return cancelled
 
