@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import shlex
 import sys
-from datetime import timedelta
+from datetime import datetime, timedelta
 from pathlib import Path
 
 from pomlia_hpc.config import load_cluster_profile
@@ -22,14 +22,37 @@ def parse_at(text: str) -> tuple[int, int]:
     return int(hh), int(mm)
 
 
+def next_begin(at: str | None, every: timedelta, now: datetime | None = None) -> datetime:
+    """The next start strictly after ``now`` (local time): today's ``at`` plus whole periods,
+    or ``now + every`` without ``at``. ``now`` may be in any zone (``--after`` is read as UTC):
+    ``at`` is a wall-clock time of this machine's zone, so it is applied to ``now`` in that zone,
+    and the result is local time (a daily run stays at ``at`` across a DST change)."""
+    now = (now or datetime.now()).astimezone().replace(microsecond=0)
+    if at is None:
+        return now + every
+    h, m = parse_at(at)
+    wall = now.replace(tzinfo=None)  # whole periods on the local wall clock, not UTC's
+    t = wall.replace(hour=h, minute=m, second=0)
+    if t > wall:
+        back = (t - wall - timedelta(seconds=1)) // every  # earlier slots today still ahead
+        t -= back * every
+    else:
+        t += ((wall - t) // every + 1) * every
+    return t.astimezone()  # a naive time is read as local time, with that day's UTC offset
+
+
 def _cron_fields(at: str | None, every: timedelta) -> str | None:
-    h, m = parse_at(at) if at else (0, 0)
+    """The crontab time fields of the chain's runs: those of its first run (:func:`next_begin`),
+    so a weekly line names the weekday the chain runs on (it said Sunday whatever the day) and
+    a chain without ``--at`` keeps its time of day (the line said midnight)."""
+    first = next_begin(at, every)
+    h, m, weekday = first.hour, first.minute, first.isoweekday() % 7  # cron: 0 is Sunday
     if every == timedelta(days=1):
         return f"{m} {h} * * *"
     if every == timedelta(hours=1):
         return f"{m} * * * *"
     if every == timedelta(weeks=1):
-        return f"{m} {h} * * 0"
+        return f"{m} {h} * * {weekday}"
     return None
 
 
@@ -52,17 +75,19 @@ def cron_lines(
         return None, None
     # The settings file goes in the environment, not in --export=ALL,NAME=VALUE: sbatch
     # splits that at commas, which a path may hold.
+    # Its log beside the chain's (sbatch's own is the cwd of cron: the user's home).
+    log = shlex.quote(str(conf.parent / "slurm-%j.out"))
     submit = (
         f"POMLIA_MONITOR_CONF={shlex.quote(str(conf))} POMLIA_MONITOR_ONCE=1 sbatch "
         f"--job-name={shlex.quote(jname)} --dependency=singleton --export=ALL "
-        f"{shlex.quote(str(script))}"
+        f"--output={log} {shlex.quote(str(script))}"
     )
     cron = f"{fields} {_cron_escape(submit)}"
     registry = registry_env_line(workspace)
     scron = "\n".join(
         [
             *([registry] if registry else []),
-            f"#SCRON --job-name={shlex.quote(jname)} --time=01:00:00",
+            f"#SCRON --job-name={shlex.quote(jname)} --time=01:00:00 --output={log}",
             f"{fields} {run_command(workspace, name, window, on_alarm)}",
         ]
     )
