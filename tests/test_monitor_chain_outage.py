@@ -17,7 +17,9 @@ from typer.testing import CliRunner
 
 from pomlia_hpc.cli import app
 from pomlia_hpc.cluster.batch import jobs_named
+from pomlia_hpc.errors import ConfigError
 from pomlia_hpc.monitor.schedule import job_name
+from pomlia_hpc.monitor.schedule import resubmit as resubmit_next
 from pomlia_hpc.registry import Registry
 from pomlia_hpc.workspace import Workspace
 from tests.fixtures.waiting import wait_until
@@ -113,4 +115,23 @@ def test_a_registry_of_a_newer_pomlia_still_ends_the_chain(
         with sqlite3.connect(db) as conn:
             conn.execute("UPDATE alembic_version SET version_num = ?", (head,))
     assert code != 0 and "is newer than this pomlia" in out, out
-    assert len(jobs_named(job_name(chain))) == 1
+    # The successor it queued before it opened the registry is cancelled again.
+    wait_until(
+        lambda: len(jobs_named(job_name(chain))) == 1, timeout=60, interval=0.5, what="cancel"
+    )
+
+
+def test_the_next_run_is_queued_before_the_registry_is_opened(
+    chain: str, workspace: Workspace
+) -> None:
+    """A registry that hangs (a server out of reach) kept the job from queueing its successor
+    until the job's time limit killed it: Slurm is asked first now."""
+    queued_then: list[int] = []
+
+    def registry_that_hangs() -> Registry:
+        queued_then.append(len(jobs_named(job_name(chain))))
+        raise ConfigError("registry: cannot open the database (timeout expired)")
+
+    res = resubmit_next(registry_that_hangs, workspace, chain, every="1h", at=None)
+    assert res.job_id is not None and queued_then == [2], (res, queued_then)
+    assert "not recorded: the registry could not be opened (registry: cannot open" in res.note

@@ -330,7 +330,7 @@ def schedule_cmd(
     instead. A chain for a slot follows its promotions; one for a model stays on that model
     (a warning when no slot serves it any more). Each job's log is
     <home>/jobs/monitor/<model or slot:SLOT>/slurm-<scheduler id>.out (`pomlia jobs show ID`
-    names it)."""
+    names it); `pomlia monitor status` says whether the chain still runs."""
     from pomlia_hpc.monitor.run import parse_time
     from pomlia_hpc.monitor.schedule import resubmit, schedule
 
@@ -465,7 +465,7 @@ def status_cmd(
     problem = refresh_for_listing(reg)
     if problem:
         err_console.print(f"job states as last recorded: {problem}", highlight=False)
-    rows = []
+    rows: list[dict[str, Any]] = []
     for st in (chain_state(reg, STATE.workspace, key) for key in keys):
         settings = st.settings or {}
         rows.append(

@@ -46,6 +46,7 @@ period of a few seconds works in tests and a nightly run starts within about a m
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import shutil
@@ -53,7 +54,7 @@ import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 
 from sqlalchemy.exc import SQLAlchemyError
@@ -77,6 +78,7 @@ from pomlia_hpc.monitor.cronlines import (
 )
 from pomlia_hpc.monitor.cronlines import cron_run_line as cron_run_line
 from pomlia_hpc.monitor.cronlines import has_hidden_password as has_hidden_password
+from pomlia_hpc.monitor.cronlines import next_begin as next_begin
 from pomlia_hpc.monitor.reference import (
     SLOT_PREFIX,
     load_reference,
@@ -108,25 +110,6 @@ def chain_key(registry: Registry, ref: str) -> str:
         return f"{SLOT_PREFIX}{slot}"
     model_id, _deployment = resolve_model_id(registry, ref)
     return resolve_model(registry, str(model_id)).name
-
-
-def next_begin(at: str | None, every: timedelta, now: datetime | None = None) -> datetime:
-    """The next start strictly after ``now`` (local time): today's ``at`` plus whole periods,
-    or ``now + every`` without ``at``. ``now`` may be in any zone (``--after`` is read as UTC):
-    ``at`` is a wall-clock time of this machine's zone, so it is applied to ``now`` in that zone,
-    and the result is local time (a daily run stays at ``at`` across a DST change)."""
-    now = (now or datetime.now()).astimezone().replace(microsecond=0)
-    if at is None:
-        return now + every
-    h, m = parse_at(at)
-    wall = now.replace(tzinfo=None)  # whole periods on the local wall clock, not UTC's
-    t = wall.replace(hour=h, minute=m, second=0)
-    if t > wall:
-        back = (t - wall - timedelta(seconds=1)) // every  # earlier slots today still ahead
-        t -= back * every
-    else:
-        t += ((wall - t) // every + 1) * every
-    return t.astimezone()  # a naive time is read as local time, with that day's UTC offset
 
 
 @dataclass(frozen=True)
@@ -309,9 +292,11 @@ def resubmit(
         parse_at(at)
     conf = workspace.path("jobs", "monitor", key, "schedule.env")
     begin = next_begin(at, period, now=after)
-    registry, unreachable = _chain_registry(open_registry)
     jname = job_name(key)
+    # Slurm first: a registry that hangs (a server out of reach) must not keep the running job
+    # from queueing its successor until its time limit kills it.
     job_id, pending = _submit_next(conf, jname, begin, say)
+    registry, unreachable = _chain_registry(open_registry, job_id)
     if job_id is None:
         if not conf.is_file():
             note = "unscheduled: no next run"
@@ -367,13 +352,19 @@ def _submit_next(
     raise AssertionError("unreachable")  # the loop returns or raises
 
 
-def _chain_registry(open_registry: Callable[[], Registry]) -> tuple[Registry | None, str]:
-    """The registry for recording a resubmitted job, or (None, why not) when it cannot be
-    opened now (a server down, a file out of reach): the chain goes on without the record. A
-    registry a newer pomlia upgraded raises, as this install's runs would all fail."""
+def _chain_registry(
+    open_registry: Callable[[], Registry], job_id: str | None
+) -> tuple[Registry | None, str]:
+    """The registry for recording the resubmitted job ``job_id``, or (None, why not) when it
+    cannot be opened now (a server down, a file out of reach): the chain goes on without the
+    record. A registry a newer pomlia upgraded raises, after cancelling that job, as this
+    install's runs would all fail (docs/guide/monitor.md, "Upgrading")."""
     try:
         return open_registry(), ""
     except RegistryNewerError:
+        if job_id is not None:
+            with contextlib.suppress(ClusterError):  # else it runs, and ends here again
+                cancel_ids([job_id])
         raise
     except (PomliaError, SQLAlchemyError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
