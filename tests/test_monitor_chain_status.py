@@ -1,6 +1,7 @@
 """`pomlia monitor status` tells a live chain from one that ended, on the real Slurm: a chain
 whose queued job was cancelled by hand, and one whose run could not submit its successor
-(that run's log says the chain ended, and the job ends FAILED)."""
+(that run's log says the chain ended, and the job ends FAILED); a pipeline's monitor stage
+runs again for an ended chain."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ import shutil
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
@@ -17,6 +20,7 @@ from typer.testing import CliRunner
 from pomlia_hpc.cli import app
 from pomlia_hpc.cluster.batch import jobs_named
 from pomlia_hpc.monitor.schedule import job_name
+from pomlia_hpc.pipeline.stages_monitor import MONITOR
 from pomlia_hpc.registry import Registry
 from pomlia_hpc.workspace import Workspace
 from tests.fixtures.waiting import wait_until
@@ -47,12 +51,16 @@ def status(model: str) -> dict[str, object]:
 
 
 def test_a_chain_whose_queued_job_was_cancelled_by_hand_is_said_to_have_ended(
-    model: str,
+    model: str, workspace: Workspace
 ) -> None:
     res = runner.invoke(app, ["monitor", "schedule", model, "--at", "", "--every", "1h"])
     assert res.exit_code == 0, (res.output, res.exception)
     row = status(model)
     assert row["state"] == "scheduled" and len(row["queued"]) == 1, row  # type: ignore[arg-type]
+    # A pipeline whose monitor stage scheduled it counts the stage done while the chain lives.
+    ctx: Any = SimpleNamespace(workspace=workspace)
+    stage_out = {"t": {"model": model, "scheduled": True}}
+    assert MONITOR.still_there(ctx, stage_out)
     (job,) = jobs_named(job_name(model))
     subprocess.run(["scancel", job.job_id], check=True)
     wait_until(lambda: jobs_named(job_name(model)) == [], timeout=60, interval=0.5, what="gone")
@@ -63,6 +71,8 @@ def test_a_chain_whose_queued_job_was_cancelled_by_hand_is_said_to_have_ended(
     assert f"schedule it again with `{again}`" in str(row["advice"]), row
     plain = " ".join(runner.invoke(app, ["monitor", "status"]).output.split())
     assert f"{model}: ENDED (every 1h)" in plain, plain
+    # ... and runs it again once it ended (it counted the settings file alone).
+    assert not MONITOR.still_there(ctx, stage_out)
 
 
 def test_a_run_that_cannot_submit_the_next_says_the_chain_ended(

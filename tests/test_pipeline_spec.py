@@ -521,10 +521,18 @@ def test_status_shows_the_stages_after_a_stale_one_stale(
     assert "needs data" in said
 
 
-def test_the_monitor_stage_runs_again_after_unschedule(workspace: Workspace) -> None:
-    """After `monitor unschedule M` the pipeline counted its monitor stage up to date."""
+def test_the_monitor_stage_runs_again_after_unschedule(
+    workspace: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """After `monitor unschedule M` the pipeline counted its monitor stage up to date. (A
+    chain that ended with its settings in place: tests/test_monitor_chain_status.py.)"""
+    from pomlia_hpc.cluster.batch import QueuedJob
+    from pomlia_hpc.monitor import chains
     from pomlia_hpc.pipeline.stage import StageContext
     from pomlia_hpc.pipeline.stages_monitor import MONITOR
+
+    queued = [QueuedJob("7", "PENDING", "N/A")]  # the chain's next run, as squeue lists it
+    monkeypatch.setattr(chains, "jobs_named", lambda name, script=None: queued)
 
     ctx: Any = StageContext(spec=_parse(MINIMAL), workspace=workspace, registry=None)  # type: ignore[arg-type]
     conf = workspace.path("jobs", "monitor", "m", "schedule.env")

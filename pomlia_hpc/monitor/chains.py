@@ -8,6 +8,8 @@ import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
+from pomlia_hpc.cluster.batch import jobs_named
+from pomlia_hpc.errors import ClusterError
 from pomlia_hpc.registry import Registry
 from pomlia_hpc.workspace import Workspace
 
@@ -121,8 +123,6 @@ def chain_keys(workspace: Workspace) -> list[str]:
 def chain_state(registry: Registry, workspace: Workspace, key: str) -> ChainState:
     """The state of the chain keyed ``key``, from its settings, ``squeue`` and the registry
     (whose job rows the caller refreshes first, as `pomlia jobs list` does)."""
-    from pomlia_hpc.cluster.batch import jobs_named
-
     settings = chain_settings(workspace, key)
     jobs = jobs_named(job_name(key), chain_script(workspace, key))
     labels = job_labels(registry, [j.job_id for j in jobs])
@@ -175,3 +175,15 @@ def schedule_command(key: str, settings: dict[str, str]) -> str:
     if settings.get("ON_ALARM"):
         words += ["--on-alarm", settings["ON_ALARM"]]
     return shlex.join(words)
+
+
+def chain_alive(workspace: Workspace, key: str) -> bool:
+    """Whether the chain keyed ``key`` goes on: it has settings and a job queued or running
+    (``ended`` and ``unscheduled`` in :func:`chain_state` are not). When Slurm cannot be asked
+    now, its settings alone decide."""
+    if not is_scheduled(workspace, key):
+        return False
+    try:
+        return bool(jobs_named(job_name(key), chain_script(workspace, key)))
+    except ClusterError:
+        return True

@@ -87,12 +87,15 @@ def _jobs(spec: PipelineSpec, profile: ClusterProfile) -> list[PlannedJob]:
 
 
 def _still_there(ctx: StageContext, out: dict[str, Any]) -> bool:
-    """Whether each model the stage scheduled still has its nightly chain: ``monitor
-    unschedule`` (which deletes the chain's settings) makes the stage run again."""
-    from pomlia_hpc.monitor.schedule import is_scheduled
+    """Whether each model the stage scheduled still has its nightly chain, settings and a
+    job queued or running: ``monitor unschedule`` (which deletes the settings) and a chain
+    that ended (its queued job cancelled by hand, a run that could not submit the next one,
+    a cluster whose state was wiped; ``monitor status`` says ``ended``) make the stage run
+    again, which schedules it anew."""
+    from pomlia_hpc.monitor.chains import chain_alive
 
     return all(
-        is_scheduled(ctx.workspace, str(v.get("model")))
+        chain_alive(ctx.workspace, str(v.get("model")))
         for v in out.values()
         if isinstance(v, dict) and v.get("scheduled")
     )
