@@ -33,6 +33,7 @@ from pomlia_hpc.registry import (
     busy_error,
     write_lock_timed_out,
 )
+from pomlia_hpc.registry.relocate import home_note
 from pomlia_hpc.workspace import Workspace, default_db_url
 
 #: Width of output that goes to a file or a pipe (a Slurm output file, ``| grep``), where rich
@@ -131,10 +132,13 @@ class Context:
         )
         return Workspace.from_settings(settings)
 
-    def registry(self, *, create: bool = False) -> Registry:
+    def registry(self, *, create: bool = False, check_home: bool = True) -> Registry:
         """The workspace's registry. Only ``create=True`` (``pomlia init``, ``pomlia registry
         recover``) makes a new one; otherwise a missing registry is an error that says where
-        it looked and, if dataset stores exist, how to get them back."""
+        it looked and, if dataset stores exist, how to get them back. A registry whose paths
+        name another workspace folder is an error when that folder is gone (a moved
+        workspace), a warning when it exists (a copy); ``check_home=False`` skips that, for
+        ``pomlia registry relocate``, which repairs it."""
         if self._registry is None:
             ws = self.workspace
             try:
@@ -151,7 +155,19 @@ class Context:
             note = self._registry.upgrade_note()
             if note is not None:  # a schema change is never silent (README, "Upgrading")
                 err_console.print(note, highlight=False, markup=False, soft_wrap=True)
+            if check_home:  # before any reader fails on a path of the old place
+                self._check_home(self._registry, ws.home)
         return self._registry
+
+    def _check_home(self, registry: Registry, home: Path) -> None:
+        try:
+            warning = home_note(registry, home)
+        except BaseException:
+            self._registry = None  # the next call checks again
+            registry.dispose()
+            raise
+        if warning is not None:
+            err_console.print(warning, highlight=False, markup=False, soft_wrap=True)
 
     def prepared(self, *, create: bool = False) -> Registry:
         """The workspace's folder layout, then its registry (``create`` as in

@@ -1,17 +1,22 @@
 """``pomlia registry``: recover the image DB from the dataset stores on disk; upgrade or
-downgrade the registry's schema."""
+downgrade the registry's schema; relocate a workspace that moved."""
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from pomlia_hpc.cli.app import STATE, app, console
 from pomlia_hpc.registry import Registry
+from pomlia_hpc.registry.relocate import relocate as relocate_paths
 
 registry_app = typer.Typer(
-    help="The registry database: recover it from the stores, upgrade or downgrade its schema."
+    help=(
+        "The registry database: recover it from the stores, upgrade or downgrade its schema, "
+        "relocate a workspace that moved."
+    )
 )
 app.add_typer(registry_app, name="registry")
 
@@ -91,3 +96,46 @@ def downgrade(
         )
     finally:
         reg.dispose()
+
+
+@registry_app.command("relocate")
+def relocate(
+    old: Annotated[
+        Path | None,
+        typer.Option(
+            "--from",
+            help=(
+                "The folder the workspace was in (absolute). Without it: read off the "
+                "registry's newest dataset store path."
+            ),
+            show_default=False,
+        ),
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Say what would be rewritten; change nothing.")
+    ] = False,
+) -> None:
+    """After `mv` or `cp -a` of a whole workspace: make the registry and the workspace's
+    records name the new folder (--home / POMLIA_HOME) instead of the old one.
+
+    Rewrites every path under the old folder in the registry (stores, encoders, embeddings,
+    models, bundles, reports, studies, jobs) and in the workspace's JSON records (studies,
+    trials, SMAC state, index manifests, cards), and points the slots' `current` links anew.
+    Moves and copies no data. Stop servers, drivers and schedules of the workspace first;
+    deployment folders and nightly schedules name the old folder until written again
+    (`pomlia deploy MODEL`, `pomlia monitor schedule MODEL --replace`)."""
+    ws = STATE.workspace
+    reg = STATE.registry(check_home=False)
+    rel = relocate_paths(reg, ws.home, old=old, dry_run=dry_run)
+    if rel.old == rel.new:
+        console.print(f"the registry already names this workspace ({ws.home}); nothing to do")
+        return
+    verb = "would rewrite" if dry_run else "rewrote"
+    rows = ", ".join(f"{table} {n}" for table, n in rel.rows.items()) or "none"
+    console.print(f"{rel.old} -> {rel.new}", highlight=False)
+    console.print(f"{verb} registry rows: {rows}", highlight=False)
+    console.print(
+        f"{verb} {len(rel.files)} workspace record(s), {len(rel.links)} link(s)", highlight=False
+    )
+    for path in rel.unreadable:
+        console.print(f"[yellow]not JSON, left as it is: {path}[/]", highlight=False)
