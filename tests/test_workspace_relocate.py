@@ -1,0 +1,128 @@
+"""A workspace that moves (``mv`` or ``cp -a`` of the whole POMLIA_HOME): the registry's
+paths name the old folder. A moved workspace is one error naming `pomlia registry relocate`
+(not a missing store, a "damaged" version or a hint to train the encoder again), a copy a
+warning; after `registry relocate` the registry, the study records and the slot links name
+the new folder and the commands work there."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pomlia_hpc.cli import main
+from pomlia_hpc.data.api import list_versions
+from pomlia_hpc.registry import Registry
+from pomlia_hpc.workspace import Workspace
+from tests.fixtures.factories import tiny_study, tiny_task
+
+
+def pomlia(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str
+) -> tuple[Any, str, str]:
+    """``pomlia ARGS`` as the console script runs it: (exit code, stdout, stderr)."""
+    monkeypatch.setattr(sys, "argv", ["pomlia", *args])
+    with pytest.raises(SystemExit) as ex:
+        main()
+    got = capsys.readouterr()
+    return ex.value.code, got.out, got.err
+
+
+def old_workspace(tmp_path: Path) -> tuple[Path, str, Path]:
+    """A workspace in a folder with a space, non-ASCII and shell characters: one dataset
+    version, a task, a study (its ``study.json`` names the store) and a slot whose ``current``
+    link names a folder inside it. Returns (home, dataset ref, study folder)."""
+    home = tmp_path / "old place ü $x"
+    ws = Workspace(home=home, db_url=f"sqlite:///{home / 'registry.db'}", cluster_profile="local")
+    ws.create()
+    reg = Registry.open(ws.db_url, create=True)
+    try:
+        tiny_task(ws, reg, "t", sizes=(24, 8, 8))  # and its data set, t_data
+        tiny_study(reg, ws, "t", "s1")
+        ref = f"t_data@{list_versions(reg)[0].version}"
+    finally:
+        reg.dispose()
+    bundle = home / "models" / "m" / "bundles" / "v1"
+    bundle.mkdir(parents=True)
+    (home / "serving" / "a").mkdir(parents=True)
+    (home / "serving" / "a" / "current").symlink_to(bundle)
+    return home, ref, home / "runs" / "s1"
+
+
+def test_moved_workspace_is_one_error_and_relocate_makes_it_work(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    old, ref, _study = old_workspace(tmp_path)
+    new = tmp_path / "new place ß 'y'"
+    shutil.move(old, new)
+    monkeypatch.setenv("POMLIA_HOME", str(new))
+    monkeypatch.delenv("POMLIA_DB_URL", raising=False)
+
+    code, out, err = pomlia(monkeypatch, capsys, "data", "verify", "t_data")
+    assert code == 2, (out, err)
+    first, *rest = err.strip().splitlines()
+    assert first.startswith("error: ") and str(old) in first and str(new) in first, err
+    assert "`pomlia registry relocate`" in err and "Traceback" not in err, err
+    assert len(rest) == 1 and rest[0].startswith("  hint: "), err
+
+    code, out, err = pomlia(monkeypatch, capsys, "registry", "relocate", "--dry-run")
+    assert code == 0, err
+    assert "would rewrite registry rows: " in out and "dataset_versions 1" in out, out
+    assert pomlia(monkeypatch, capsys, "data", "verify", "t_data")[0] == 2  # nothing changed
+
+    code, out, err = pomlia(monkeypatch, capsys, "registry", "relocate")
+    assert code == 0 and err == "", (out, err)
+    assert "rewrote registry rows: " in out and "1 link(s)" in out, out
+
+    code, out, err = pomlia(monkeypatch, capsys, "data", "verify", "t_data")
+    assert code == 0 and " ok " in out and "warning" not in err, (out, err)  # err: progress
+    code, out, err = pomlia(monkeypatch, capsys, "data", "show", ref, "--json")
+    assert code == 0, err
+    assert json.loads(out)["store_path"].startswith(f"{new}/stores/t_data/"), out
+    spec = json.loads((new / "runs" / "s1" / "study.json").read_text())
+    assert spec["store_path"].startswith(f"{new}/stores/t_data/"), spec
+    assert os.readlink(new / "serving" / "a" / "current") == str(new / "models/m/bundles/v1")
+
+    code, out, _ = pomlia(monkeypatch, capsys, "registry", "relocate")
+    assert code == 0 and "nothing to do" in out, out
+
+
+def test_copied_workspace_warns_until_relocated(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    old, _ref, _study = old_workspace(tmp_path)
+    copy = tmp_path / "copy"
+    shutil.copytree(old, copy, symlinks=True)
+    monkeypatch.setenv("POMLIA_HOME", str(copy))
+    monkeypatch.delenv("POMLIA_DB_URL", raising=False)
+
+    code, out, err = pomlia(monkeypatch, capsys, "data", "list", "--json")
+    assert code == 0, err
+    assert err.startswith("warning: ") and str(old) in err and "registry relocate" in err, err
+    assert json.loads(out)[0]["store_path"].startswith(str(old)), out  # still the original's
+
+    assert pomlia(monkeypatch, capsys, "registry", "relocate")[0] == 0
+    code, out, err = pomlia(monkeypatch, capsys, "data", "list", "--json")
+    assert code == 0 and err == "", err
+    assert json.loads(out)[0]["store_path"].startswith(f"{copy}/stores/"), out
+    # the original is untouched: its registry and records still name it
+    spec = json.loads((old / "runs" / "s1" / "study.json").read_text())
+    assert spec["store_path"].startswith(f"{old}/stores/"), spec
+
+
+def test_relocate_needs_an_absolute_old_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    home = tmp_path / "home"
+    monkeypatch.setenv("POMLIA_HOME", str(home))
+    monkeypatch.delenv("POMLIA_DB_URL", raising=False)
+    assert pomlia(monkeypatch, capsys, "init")[0] == 0
+    code, _, err = pomlia(monkeypatch, capsys, "registry", "relocate")
+    assert code == 2 and "expected --from OLD_FOLDER" in err, err
+    code, _, err = pomlia(monkeypatch, capsys, "registry", "relocate", "--from", "rel/dir")
+    assert code == 2 and "expected an absolute folder" in err, err
