@@ -28,6 +28,7 @@ import json
 import os
 import shutil
 import socket
+import stat
 import sys
 import tempfile
 import time
@@ -196,6 +197,16 @@ def make_private_dirs(path: str | Path) -> Path:
     return target
 
 
+def keep_owner_access(folder: Path) -> None:
+    """Give ``folder``'s owner read, write and search access if the umask took any of them
+    (``0o277``), keeping every other bit. Never a mode set outright: that would override a
+    group's umask (``0o002``: 0775, ``0o077``: 0700) and drop the set-group-id bit, so files
+    written inside would get the writer's own group, unreadable to the workspace's group."""
+    bits = stat.S_IMODE(folder.stat().st_mode)
+    if bits & 0o700 != 0o700:
+        folder.chmod(bits | 0o700)
+
+
 def make_dirs(path: str | Path) -> list[Path]:
     """Create folder ``path`` and its missing parents; return the folders this call created,
     outermost first, so that a command that fails afterwards can remove them again
@@ -331,10 +342,11 @@ class StagedDir:
 
 @contextlib.contextmanager
 def staged_dir(
-    target: str | Path, *, replace: bool = False, fsync: bool = True, mode: int = 0o755
+    target: str | Path, *, replace: bool = False, fsync: bool = True, mode: int = 0o777
 ) -> Iterator[StagedDir]:
     """Build the folder ``target`` whole or not at all: the block writes into an empty folder
-    under :func:`temp_name` beside it (permissions ``mode``); when the block ends without an
+    under :func:`temp_name` beside it (made with ``mode``, less the umask, as ``mkdir`` does;
+    it inherits a set-group-id parent's group and bit); when the block ends without an
     error it is published by :func:`publish_dir` (``replace`` and ``fsync`` as there), and in
     every case nothing of it is left under the temporary name. Temporaries of dead writers of
     this host beside ``target`` are swept first.
@@ -351,7 +363,7 @@ def staged_dir(
         sweep_stale_temps(target.parent)
         _remove(staged.path)
         staged.path.mkdir(mode=mode)
-        staged.path.chmod(mode)  # mkdir's mode is masked by the umask
+        keep_owner_access(staged.path)
     except OSError as exc:
         # A path the user chose (--out) reaches here: one line naming it, not a traceback
         with contextlib.suppress(OSError):  # under a file there is nothing to remove

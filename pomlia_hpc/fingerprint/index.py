@@ -515,7 +515,7 @@ def _publish(root: Path, index: faiss.Index, manifest: Manifest) -> Path:
     sweep_stale_temps(root)
     tmp = temp_name(root / "gen")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(mode=0o755)
+    tmp.mkdir()  # the umask's mode, as every workspace folder but the prediction log's
     try:
         faiss.write_index(index, str(tmp / "index.faiss"))
         for _attempt in range(1000):
