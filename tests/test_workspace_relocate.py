@@ -7,7 +7,6 @@ the new folder and the commands work there."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import sys
 from pathlib import Path
@@ -86,7 +85,7 @@ def test_moved_workspace_is_one_error_and_relocate_makes_it_work(
     assert json.loads(out)["store_path"].startswith(f"{new}/stores/t_data/"), out
     spec = json.loads((new / "runs" / "s1" / "study.json").read_text())
     assert spec["store_path"].startswith(f"{new}/stores/t_data/"), spec
-    assert os.readlink(new / "serving" / "a" / "current") == str(new / "models/m/bundles/v1")
+    assert (new / "serving" / "a" / "current").readlink() == new / "models/m/bundles/v1"
 
     code, out, _ = pomlia(monkeypatch, capsys, "registry", "relocate")
     assert code == 0 and "nothing to do" in out, out

@@ -60,10 +60,16 @@ def harvest_cmd(
     ],
     since: Annotated[
         str | None,
-        typer.Option(help="Feedback from this time (ISO).", show_default="end of the last harvest"),
+        typer.Option(
+            help="Feedback from this time, ISO 8601 (UTC if no zone).",
+            show_default="end of the last harvest",
+        ),
     ] = None,
     until: Annotated[
-        str | None, typer.Option(help="Feedback before this time (ISO).", show_default="now")
+        str | None,
+        typer.Option(
+            help="Feedback before this time, ISO 8601 (UTC if no zone).", show_default="now"
+        ),
     ] = None,
     log_dir: Annotated[
         Path | None,
@@ -332,7 +338,10 @@ def loop_run(
     recent_share: RecentShareOpt = 0.5,
     since: Annotated[
         str | None,
-        typer.Option(help="Harvest feedback from this time.", show_default="the last harvest"),
+        typer.Option(
+            help="Harvest feedback from this time, ISO 8601 (UTC if no zone).",
+            show_default="the last harvest",
+        ),
     ] = None,
     new: Annotated[
         bool, typer.Option("--new", help="Start a new run even if one is unfinished.")

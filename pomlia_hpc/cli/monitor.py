@@ -49,7 +49,7 @@ def run(
         typer.Option(help="Window start, ISO 8601 (UTC if no zone); overrides --window."),
     ] = None,
     until: Annotated[
-        str | None, typer.Option(help="Window end, ISO 8601.", show_default="now")
+        str | None, typer.Option(help="Window end, ISO 8601 (UTC if no zone).", show_default="now")
     ] = None,
     alpha: Annotated[float, typer.Option(help="Family-wise false-alarm rate of the alarm.")] = 0.05,
     permutations: Annotated[

@@ -130,7 +130,7 @@ def _rewrite_files(rel: Relocation, *, dry_run: bool) -> None:
     old, new = str(rel.old), str(rel.new)
     for path in _walk(rel.new):
         if path.is_symlink():
-            target = moved(os.readlink(path), old, new)
+            target = moved(str(path.readlink()), old, new)
             if target is not None:
                 rel.links.append(path)
                 if not dry_run:
