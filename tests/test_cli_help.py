@@ -264,3 +264,26 @@ def test_the_cli_starts_with_a_typer_whose_internals_moved(args: list[str]) -> N
         assert proc.returncode == 0 and "Usage:" in proc.stdout, proc.stdout
     else:  # a command runs as far as its own refusal
         assert proc.returncode != 0 and proc.stderr.startswith("error: "), proc.stderr
+
+
+def _leaves(cmd: Any, path: tuple[str, ...] = ()) -> list[tuple[tuple[str, ...], Any]]:
+    """Every command under ``cmd`` with its path (groups walked, hidden ones too)."""
+    subs = getattr(cmd, "commands", None)
+    if not subs:
+        return [(path, cmd)]
+    return [leaf for name, sub in subs.items() for leaf in _leaves(sub, (*path, name))]
+
+
+def test_every_time_option_says_how_a_time_without_zone_is_read() -> None:
+    """`data harvest --since 2026-12-05T09:00` was read as UTC, silently, by a user in
+    Asia/Kolkata: every option that takes an ISO time says so (`monitor schedule --at`, a
+    time of day, says it is this machine's clock)."""
+    missing = [
+        (" ".join(path), p.name)
+        for path, cmd in _leaves(ROOT)
+        for p in cmd.params
+        if "ISO" in (getattr(p, "help", "") or "")
+        and not getattr(p, "hidden", False)
+        and "UTC if no zone" not in (p.help or "")
+    ]
+    assert missing == []
