@@ -197,6 +197,18 @@ def make_private_dirs(path: str | Path) -> Path:
     return target
 
 
+def current_umask() -> int:
+    """This process's umask, read from ``/proc`` where it is shown (no change of it, which
+    another thread could see), else by setting and restoring it."""
+    with contextlib.suppress(OSError, ValueError):
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
 def keep_owner_access(folder: Path) -> None:
     """Give ``folder``'s owner read, write and search access if the umask took any of them
     (``0o277``), keeping every other bit. Never a mode set outright: that would override a

@@ -73,3 +73,21 @@ def test_a_report_in_a_group_workspace_stays_the_groups(
     html = shared / "html"
     assert stat.S_IMODE(html.stat().st_mode) == 0o2775
     assert {p.stat().st_gid for p in html.iterdir()} == {gid}
+
+
+@pytest.mark.usefixtures("umask")
+def test_a_new_registry_file_follows_a_group_umask(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SQLite made registry.db 0644 under `umask 002`: read-only to the workspace's group, so
+    another member's `data add` or `automl run` could not record anything."""
+    os.umask(0o002)
+    monkeypatch.setenv("POMLIA_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("POMLIA_DB_URL", raising=False)
+    res = CliRunner().invoke(app, ["init"])
+    assert res.exit_code == 0, res.output
+    assert stat.S_IMODE((tmp_path / "home" / "registry.db").stat().st_mode) == 0o664
+    os.umask(0o077)
+    res = CliRunner().invoke(app, ["--home", str(tmp_path / "private"), "init"])
+    assert res.exit_code == 0, res.output
+    assert stat.S_IMODE((tmp_path / "private" / "registry.db").stat().st_mode) == 0o600

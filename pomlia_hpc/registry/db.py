@@ -8,6 +8,7 @@ so many job processes can record rows at the same time without errors.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import re
 import sqlite3
@@ -29,6 +30,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool
 
 from pomlia_hpc.errors import ConfigError, InputError, NotFoundError
+from pomlia_hpc.files import current_umask
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
@@ -323,6 +325,7 @@ class Registry:
         ``busy_timeout_s`` (seconds) :class:`RegistryBusyError`, naming ``settings_file``
         (where the timeout is set) if given."""
         path = _sqlite_file(url)
+        fresh = create and path is not None and not path.exists()
         if not create and path is not None and (not path.is_file() or path.stat().st_size == 0):
             what = "does not exist" if not path.is_file() else "is empty"
             raise RegistryMissingError(f"no registry at {url}: the file {path} {what}")
@@ -351,6 +354,12 @@ class Registry:
         except RegistryMissingError:
             reg.dispose()
             raise
+        if fresh and path is not None and path.is_file():
+            # SQLite makes its file 0644 less the umask: a group's umask (002) would leave the
+            # registry read-only to the group that shares the workspace
+            for file in (path, *(path.with_name(path.name + x) for x in ("-wal", "-shm"))):
+                with contextlib.suppress(OSError):  # -wal and -shm may be gone already
+                    file.chmod(0o666 & ~current_umask())
         head = head_revision()
         if current == head:
             return reg
