@@ -32,12 +32,14 @@ def pomlia(
     return ex.value.code, got.out, got.err
 
 
-def old_workspace(tmp_path: Path) -> tuple[Path, str, Path]:
+def old_workspace(tmp_path: Path, db_url: str | None = None) -> tuple[Path, str, Path]:
     """A workspace in a folder with a space, non-ASCII and shell characters: one dataset
     version, a task, a study (its ``study.json`` names the store) and a slot whose ``current``
-    link names a folder inside it. Returns (home, dataset ref, study folder)."""
+    link names a folder inside it; its registry at ``db_url`` (else its own SQLite file).
+    Returns (home, dataset ref, study folder)."""
     home = tmp_path / "old place ü $x"
-    ws = Workspace(home=home, db_url=f"sqlite:///{home / 'registry.db'}", cluster_profile="local")
+    url = db_url or f"sqlite:///{home / 'registry.db'}"
+    ws = Workspace(home=home, db_url=url, cluster_profile="local")
     ws.create()
     reg = Registry.open(ws.db_url, create=True)
     try:
@@ -125,3 +127,21 @@ def test_relocate_needs_an_absolute_old_folder(
     assert code == 2 and "expected --from OLD_FOLDER" in err, err
     code, _, err = pomlia(monkeypatch, capsys, "registry", "relocate", "--from", "rel/dir")
     assert code == 2 and "expected an absolute folder" in err, err
+
+
+@pytest.mark.postgres
+def test_relocate_rewrites_a_postgres_registry(
+    tmp_path: Path, pg_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    old, _ref, _study = old_workspace(tmp_path, pg_url)
+    new = tmp_path / "moved"
+    shutil.move(old, new)
+    monkeypatch.setenv("POMLIA_HOME", str(new))
+    monkeypatch.setenv("POMLIA_DB_URL", pg_url)
+    assert pomlia(monkeypatch, capsys, "data", "list")[0] == 2
+    code, out, err = pomlia(monkeypatch, capsys, "registry", "relocate")
+    assert code == 0 and "dataset_versions 1" in out, (out, err)
+    code, out, err = pomlia(monkeypatch, capsys, "data", "verify", "t_data")
+    assert code == 0 and " ok " in out, (out, err)
+    code, out, _ = pomlia(monkeypatch, capsys, "runs", "list", "--json")
+    assert code == 0, out
