@@ -145,3 +145,23 @@ def test_relocate_rewrites_a_postgres_registry(
     assert code == 0 and " ok " in out, (out, err)
     code, out, _ = pomlia(monkeypatch, capsys, "runs", "list", "--json")
     assert code == 0, out
+
+
+@pytest.mark.postgres
+def test_a_copy_sharing_a_postgres_registry_is_not_relocated_unasked(
+    tmp_path: Path, pg_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A copy whose original still exists and uses the same PostgreSQL registry: relocating
+    would point the original's rows at the copy, so it is refused unless --force."""
+    old, _ref, _study = old_workspace(tmp_path, pg_url)
+    copy = tmp_path / "copy"
+    shutil.copytree(old, copy, symlinks=True)
+    monkeypatch.setenv("POMLIA_HOME", str(copy))
+    monkeypatch.setenv("POMLIA_DB_URL", pg_url)
+    code, _, err = pomlia(monkeypatch, capsys, "registry", "relocate")
+    assert code == 2 and f"{old} still exists and uses the same registry" in err, err
+    assert "--force" in err
+    spec = json.loads((copy / "runs" / "s1" / "study.json").read_text())
+    assert spec["store_path"].startswith(f"{old}/"), spec  # nothing rewritten
+    code, out, err = pomlia(monkeypatch, capsys, "registry", "relocate", "--force")
+    assert code == 0 and "dataset_versions 1" in out, (out, err)

@@ -114,6 +114,16 @@ def relocate(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Say what would be rewritten; change nothing.")
     ] = False,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help=(
+                "Relocate a registry that is not a file inside the workspace (PostgreSQL, "
+                "--db-url) while the old folder still exists and uses it too."
+            ),
+        ),
+    ] = False,
 ) -> None:
     """After `mv` or `cp -a` of a whole workspace: make the registry and the workspace's
     records name the new folder (--home / POMLIA_HOME) instead of the old one.
@@ -126,7 +136,7 @@ def relocate(
     (`pomlia deploy MODEL`, `pomlia monitor schedule MODEL --replace`)."""
     ws = STATE.workspace
     reg = STATE.registry(check_home=False)
-    rel = relocate_paths(reg, ws.home, old=old, dry_run=dry_run)
+    rel = relocate_paths(reg, ws.home, old=old, dry_run=dry_run, force=force)
     if rel.old == rel.new:
         console.print(f"the registry already names this workspace ({ws.home}); nothing to do")
         return

@@ -182,12 +182,20 @@ def _rewrite_rows(registry: Registry, rel: Relocation, *, dry_run: bool) -> None
 
 
 def relocate(
-    registry: Registry, home: Path, *, old: Path | None = None, dry_run: bool = False
+    registry: Registry,
+    home: Path,
+    *,
+    old: Path | None = None,
+    dry_run: bool = False,
+    force: bool = False,
 ) -> Relocation:
     """Make the registry and the workspace's records at ``home`` name ``home`` instead of
     ``old`` (:func:`recorded_home` when not given). The records and links are rewritten first,
     each atomically, then the registry in one transaction, so an interrupted run is finished
-    by running it again. Raises :class:`ConfigError` when there is nothing to relocate from."""
+    by running it again. Raises :class:`ConfigError` when there is nothing to relocate from,
+    and, unless ``force``, when ``old`` still exists and the registry is not a file inside
+    ``home``: the workspace there (a copy's original) uses the same registry, whose paths
+    would then name ``home``."""
     old = old or recorded_home(registry)
     if old is None:
         raise ConfigError(
@@ -199,6 +207,16 @@ def relocate(
     rel = Relocation(old=Path(os.path.normpath(old)), new=home)
     if rel.old == rel.new:
         return rel
+    own = (
+        registry.engine.url.get_backend_name() == "sqlite"
+        and home in Path(registry.engine.url.database or "/").parents
+    )
+    if rel.old.exists() and not own and not force:
+        raise ConfigError(
+            f"{rel.old} still exists and uses the same registry {registry.display_url()}, "
+            f"whose paths would name {home} afterwards; expected a workspace moved away from "
+            "there (or a copy with a registry of its own); --force takes the registry over"
+        )
     _rewrite_files(rel, dry_run=dry_run)
     _rewrite_rows(registry, rel, dry_run=dry_run)
     return rel
