@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+from datetime import UTC
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -370,9 +371,12 @@ def _print_scheduled(res: Any, *, chain: bool, every: str) -> None:
         if res.record_id
         else f"job (slurm {res.job_id}, "
     )
+    # --at is this process's wall clock (TZ, else the system's): name the zone and give UTC,
+    # which the lists and reports use
+    utc = res.begin.astimezone(UTC)
     console.print(
-        f"{job}{job_name(res.key)}) submitted, begins "
-        f"{res.begin:%Y-%m-%d %H:%M:%S}; settings {res.conf}"
+        f"{job}{job_name(res.key)}) submitted, begins {res.begin:%Y-%m-%d %H:%M:%S %Z} "
+        f"({utc:%Y-%m-%d %H:%M} UTC); settings {res.conf}"
     )
     if res.slot is not None and not chain:
         console.print(
