@@ -135,9 +135,9 @@ class Context:
     def registry(self, *, create: bool = False, check_home: bool = True) -> Registry:
         """The workspace's registry. Only ``create=True`` (``pomlia init``, ``pomlia registry
         recover``) makes a new one; otherwise a missing registry is an error that says where
-        it looked and, if dataset stores exist, how to get them back. A registry whose paths
-        name another workspace folder is an error when that folder is gone (a moved
-        workspace), a warning when it exists (a copy); ``check_home=False`` skips that, for
+        it looked and, if dataset stores exist, how to get them back. The workspace's own SQLite
+        registry whose paths name another workspace folder is an error when that folder is
+        gone (a moved workspace), a warning when it exists (a copy); ``check_home=False`` skips that, for
         ``pomlia registry relocate``, which repairs it."""
         if self._registry is None:
             ws = self.workspace
@@ -155,7 +155,10 @@ class Context:
             note = self._registry.upgrade_note()
             if note is not None:  # a schema change is never silent (README, "Upgrading")
                 err_console.print(note, highlight=False, markup=False, soft_wrap=True)
-            if check_home:  # before any reader fails on a path of the old place
+            # before any reader fails on a path of the old place; only for the workspace's
+            # own SQLite file: a PostgreSQL registry (or another --db-url) is often shared by
+            # several users' workspaces, whose newest store may name another user's home
+            if check_home and ws.db_url == default_db_url(ws.home):
                 self._check_home(self._registry, ws.home)
         return self._registry
 
