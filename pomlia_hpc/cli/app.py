@@ -135,10 +135,10 @@ class Context:
     def registry(self, *, create: bool = False, check_home: bool = True) -> Registry:
         """The workspace's registry. Only ``create=True`` (``pomlia init``, ``pomlia registry
         recover``) makes a new one; otherwise a missing registry is an error that says where
-        it looked and, if dataset stores exist, how to get them back. The workspace's own SQLite
-        registry whose paths name another workspace folder is an error when that folder is
-        gone (a moved workspace), a warning when it exists (a copy); ``check_home=False`` skips that, for
-        ``pomlia registry relocate``, which repairs it."""
+        it looked and, if dataset stores exist, how to get them back. The workspace's own
+        SQLite registry whose paths name another workspace folder is an error when that
+        folder is gone (a moved workspace), a warning when it exists (a copy);
+        ``check_home=False`` skips that, for ``pomlia registry relocate``, which repairs it."""
         if self._registry is None:
             ws = self.workspace
             try:
