@@ -49,6 +49,7 @@ from pomlia_hpc.serve.bodies import (
     close_unless_read,
     error_response,
     json_response,
+    refusal,
 )
 from pomlia_hpc.serve.config import ServeConfig
 from pomlia_hpc.serve.decode import InputSpec, Limits, RequestError
@@ -145,7 +146,7 @@ def create_app(
         try:
             response = await handlers.predict(holder, Request(scope, receive), spec, limits)
         except RequestError as exc:
-            response = error_response(exc.status, exc.message)
+            response = refusal(exc)
         except ClientDisconnect:
             response = client_gone()
         except Exception as exc:
@@ -162,8 +163,7 @@ def _add_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestError)
     async def _request_error(_r: Request, exc: RequestError) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
-        return error_response(exc.status, exc.message, headers)
+        return refusal(exc)
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(_r: Request, exc: RequestValidationError) -> JSONResponse:

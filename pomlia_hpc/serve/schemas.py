@@ -76,8 +76,8 @@ ERROR_TEXT: dict[int, str] = {
     408: "request head or body not received in time (the connection is closed)",
     409: "conflict: a second label without replaces, or a reload the server refuses",
     413: "upload, image side or image count over the limit",
-    415: "unsupported content type",
-    422: "request body does not match the schema",
+    415: "unsupported content type, or a body sent with a content coding (Content-Encoding)",
+    422: "request body does not match the schema, or gives a key twice",
     431: "request head too large or too many header fields (the connection is closed)",
     503: "not ready or shutting down, or the prediction log cannot be written",
 }

