@@ -5,6 +5,7 @@ states the limits and the shape of ``/v1/model`` that the server really applies 
 
 from __future__ import annotations
 
+import base64
 import gzip
 import io
 import json
@@ -104,3 +105,23 @@ def test_a_feedback_key_given_twice_is_refused_not_half_dropped(
     assert pid not in {r.prediction_id for r in read_records(logs, FeedbackLine)}
     once = {"prediction_id": pid, "label": 1}
     assert client.post("/v1/feedback", json=once, headers=AUTH).status_code == 200
+
+
+def file_part(data: bytes, *extra_headers: str) -> bytes:
+    head = 'Content-Disposition: form-data; name="file"; filename="a.png"\r\n'
+    head += "".join(f"{h}\r\n" for h in extra_headers)
+    return b"--XX\r\n" + head.encode() + b"\r\n" + data + b"\r\n--XX--\r\n"
+
+
+def test_an_encoded_multipart_file_is_a_415_naming_its_header(client: httpx.Client) -> None:
+    # A base64 part was read as its base64 text (a 400 "unrecognised first bytes"), and a part
+    # that claimed a gzip coding was taken as it came (a 200).
+    form = {"content-type": "multipart/form-data; boundary=XX"}
+    b64 = file_part(base64.b64encode(png()), "Content-Transfer-Encoding: base64")
+    error = refusal(client.post("/v1/predict", content=b64, headers=form), 415)
+    assert error.startswith("part 'file' #1: Content-Transfer-Encoding 'base64' is not supported")
+    zipped = file_part(png(), "Content-Encoding: gzip")
+    error = refusal(client.post("/v1/predict", content=zipped, headers=form), 415)
+    assert error.startswith("part 'file' #1: Content-Encoding 'gzip' is not supported"), error
+    plain = file_part(png(), "Content-Transfer-Encoding: binary", "Content-Encoding: identity")
+    assert client.post("/v1/predict", content=plain, headers=form).status_code == 200

@@ -78,6 +78,7 @@ def uploaded_files(content_type: str | None, body: bytes, limits: Limits) -> lis
         if part.is_file:
             # Files numbered from 1, in request order (form fields between them not counted).
             what = f"part '{part.name[:40]}' #{len(out) + 1}"
+            _refuse_coding(part, what)
             data = body[part.span[0] : part.span[1]] if part.span else b""
             out.append(Upload(what, _header(part, b"content-type"), data))
     if not out and parts:
@@ -92,6 +93,31 @@ def uploaded_files(content_type: str | None, body: bytes, limits: Limits) -> lis
     if not out:
         raise RequestError(400, "multipart body holds no file; send images as file parts")
     return out
+
+
+#: A file part's Content-Transfer-Encoding values that leave its bytes as they are.
+_AS_IS = frozenset({"", "binary", "8bit", "7bit"})
+
+
+def _refuse_coding(part: _Part, what: str) -> None:
+    """Refuse (415) a file part whose bytes are encoded: a ``Content-Transfer-Encoding`` such
+    as base64 (RFC 7578 deprecates it; some mail-era clients still send it) or a
+    ``Content-Encoding`` other than identity. Neither is decoded here, and the encoded bytes
+    got a 400 "unrecognised first bytes" that hid the cause, or a 200 for a part that only
+    claimed a coding."""
+    transfer = _header(part, b"content-transfer-encoding").strip().lower()
+    coding = _header(part, b"content-encoding").strip().lower()
+    if transfer not in _AS_IS:
+        header, value, plain = "Content-Transfer-Encoding", transfer, "binary"
+    elif coding not in ("", "identity"):
+        header, value, plain = "Content-Encoding", coding, "identity"
+    else:
+        return
+    raise RequestError(
+        415,
+        f"{what}: {header} '{value[:40]}' is not supported; expected the file's bytes as they "
+        f"are (no {header}, or {plain})",
+    )
 
 
 def _parse(body: bytes, boundary: bytes, max_files: int) -> list[_Part]:
