@@ -11,6 +11,7 @@ import io
 import json
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import numpy as np
@@ -125,3 +126,38 @@ def test_an_encoded_multipart_file_is_a_415_naming_its_header(client: httpx.Clie
     assert error.startswith("part 'file' #1: Content-Encoding 'gzip' is not supported"), error
     plain = file_part(png(), "Content-Transfer-Encoding: binary", "Content-Encoding: identity")
     assert client.post("/v1/predict", content=plain, headers=form).status_code == 200
+
+
+def resolved(spec: dict[str, Any], schema: dict[str, Any]) -> dict[str, Any]:
+    """``schema`` with a top-level ``$ref`` into ``components`` followed."""
+    ref = schema.get("$ref", "")
+    return spec["components"]["schemas"][ref.rsplit("/", 1)[-1]] if ref else schema
+
+
+def test_openapi_states_the_limits_and_the_card_the_server_really_has(
+    client: httpx.Client,
+) -> None:
+    # /v1/model's answer was documented as any JSON ({}), and no limit was written anywhere in
+    # the description: a client learnt the upload limit from its first 413.
+    spec = client.get("/openapi.json").json()
+    card = client.get("/v1/model").json()
+    limits = card["serving"]
+    assert limits["max_upload_bytes"] == 1024 * 1024  # --max-upload-mb 1
+    text = spec["paths"]["/v1/predict"]["post"]["requestBody"]["description"]
+    assert f"at most {limits['max_upload_bytes']} bytes" in text, text
+    assert f"at most {limits['max_images']} images per request" in text, text
+    assert f"at most {limits['max_side_px']} px a side" in text, text
+    resp = client.post("/v1/predict", content=b"\0" * (limits["max_upload_bytes"] + 1))
+    assert "exceeds the limit of 1048576 bytes" in refusal(resp, 413)
+    feedback = spec["paths"]["/v1/feedback"]["post"]["requestBody"]["description"]
+    assert "At most 65536 bytes" in feedback, feedback
+    big = b'{"label": "' + b"x" * 65536 + b'"}'
+    resp = client.post("/v1/feedback", content=big, headers={**AUTH, **JSON})
+    assert "exceeds the limit of 65536 bytes" in refusal(resp, 413)
+    documented = spec["paths"]["/v1/model"]["get"]["responses"]["200"]["content"]
+    schema = resolved(spec, documented["application/json"]["schema"])
+    assert set(schema["required"]) <= set(card) <= set(schema["properties"]), schema
+    serving = resolved(spec, schema["properties"]["serving"])
+    assert set(serving["required"]) == set(serving["properties"]) == set(limits)
+    npy_types = spec["paths"]["/v1/predict"]["post"]["requestBody"]["content"]
+    assert {"application/x-npy", "application/npy"} <= set(npy_types)

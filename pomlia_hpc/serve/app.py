@@ -45,6 +45,7 @@ from pomlia_hpc.serve.apidocs import (
     not_found_message,
 )
 from pomlia_hpc.serve.bodies import (
+    FEEDBACK_MAX_BYTES,
     client_gone,
     close_unless_read,
     error_response,
@@ -67,13 +68,14 @@ from pomlia_hpc.serve.metrics import (
     ServerMetrics,
 )
 from pomlia_hpc.serve.schemas import (
-    FEEDBACK_BODY,
-    PREDICT_BODY,
     FeedbackOut,
+    ModelCardOut,
     PredictResponse,
     ReloadOut,
     Status,
     errors,
+    feedback_body,
+    predict_body,
 )
 from pomlia_hpc.serve.security import BearerGuard, load_token
 
@@ -208,7 +210,7 @@ def _add_routes(
         "/v1/predict",
         response_model=PredictResponse,
         responses=errors("/v1/predict"),
-        openapi_extra=PREDICT_BODY,
+        openapi_extra=predict_body(limits),
         summary="Classify one image or a batch",
     )
     async def predict(request: Request) -> Response:
@@ -219,7 +221,7 @@ def _add_routes(
         response_model=FeedbackOut,
         responses=errors("/v1/feedback"),
         dependencies=[Depends(require_token)],
-        openapi_extra=FEEDBACK_BODY,
+        openapi_extra=feedback_body(FEEDBACK_MAX_BYTES),
         summary="Record the true label of a prediction (bearer token)",
     )
     async def feedback(request: Request) -> Response:
@@ -257,7 +259,12 @@ def _add_routes(
     async def admin_reload() -> Response:
         return json_response(await holder.reload())
 
-    @app.get("/v1/model", responses=errors("/v1/model"), summary="The model card")
+    @app.get(
+        "/v1/model",
+        response_model=ModelCardOut,
+        responses=errors("/v1/model"),
+        summary="The model card and the limits this server applies",
+    )
     async def model_card() -> Response:
         card = dict(holder.card_bundle().card)
         card["serving"] = {

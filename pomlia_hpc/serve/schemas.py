@@ -10,7 +10,8 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictInt, StrictStr
 
-from pomlia_hpc.serve.decode import IMAGE_TYPES
+from pomlia_hpc.models.card import ModelCard
+from pomlia_hpc.serve.decode import IMAGE_TYPES, NPY_TYPES, SNIFFED_TYPES, Limits
 
 
 class ErrorBody(BaseModel):
@@ -59,6 +60,20 @@ class ReloadOut(BaseModel):
     model_version: str
     previous_model: str | None = None
     previous_version: str | None = None
+
+
+class ServingLimits(BaseModel):
+    max_batch: int = Field(description="images per model call")
+    max_wait_ms: float = Field(description="longest wait for a batch to fill, ms")
+    max_upload_bytes: int = Field(description="largest request body, bytes (413 beyond)")
+    max_images: int = Field(description="most images per request, all files together (413)")
+    max_side_px: int = Field(description="longest image side, px (413 beyond)")
+
+
+class ModelCardOut(ModelCard):
+    """``GET /v1/model``: the bundle's model card and the limits this server applies."""
+
+    serving: ServingLimits
 
 
 class Status(BaseModel):
@@ -110,34 +125,49 @@ def errors(route: str) -> dict[int | str, dict[str, Any]]:
 
 _BINARY = {"schema": {"type": "string", "format": "binary"}}
 
-#: The /v1/predict request body (read by :func:`pomlia_hpc.serve.formdata.uploaded_files`).
-PREDICT_BODY = {
-    "requestBody": {
-        "required": True,
-        "description": (
-            "One image as the raw body (PNG, JPEG, TIFF, or NPY: (H,W[,C]) one image, "
-            "(N,H,W[,C]) a batch), or several files as multipart/form-data (any field name, "
-            "order kept). Size and channels must match /v1/model's 'input'."
-        ),
-        "content": {
-            **{t: _BINARY for t in (*IMAGE_TYPES, "application/x-npy", "application/octet-stream")},
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "properties": {
-                        "file": {"type": "array", "items": {"type": "string", "format": "binary"}}
-                    },
-                    "required": ["file"],
-                }
-            },
-        },
-    }
-}
 
-#: The /v1/feedback request body (read by :func:`pomlia_hpc.serve.bodies.feedback_body`).
-FEEDBACK_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": {"application/json": {"schema": FeedbackIn.model_json_schema()}},
+def predict_body(limits: Limits) -> dict[str, Any]:
+    """The /v1/predict request body (read by :func:`pomlia_hpc.serve.formdata.uploaded_files`),
+    with this server's limits: a client reads them here, not by being refused."""
+    return {
+        "requestBody": {
+            "required": True,
+            "description": (
+                "One image as the raw body (PNG, JPEG, TIFF, or NPY: (H,W[,C]) one image, "
+                "(N,H,W[,C]) a batch), or several files as multipart/form-data (any field "
+                "name, order kept). Size and channels must match /v1/model's 'input'. Limits "
+                f"(413 beyond): a body of at most {limits.max_upload_bytes} bytes, at most "
+                f"{limits.max_images} images per request (all files together), at most "
+                f"{limits.max_side_px} px a side. Sent as is: no Content-Encoding (415)."
+            ),
+            "content": {
+                **{t: _BINARY for t in (*IMAGE_TYPES, *NPY_TYPES, *SNIFFED_TYPES)},
+                "multipart/form-data": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {
+                            "file": {
+                                "type": "array",
+                                "items": {"type": "string", "format": "binary"},
+                            }
+                        },
+                        "required": ["file"],
+                    }
+                },
+            },
+        }
     }
-}
+
+
+def feedback_body(max_bytes: int) -> dict[str, Any]:
+    """The /v1/feedback request body (read by :func:`pomlia_hpc.serve.bodies.feedback_body`),
+    at most ``max_bytes`` bytes."""
+    return {
+        "requestBody": {
+            "required": True,
+            "description": (
+                f"At most {max_bytes} bytes of JSON (413 beyond), each key once (422 otherwise)."
+            ),
+            "content": {"application/json": {"schema": FeedbackIn.model_json_schema()}},
+        }
+    }
