@@ -282,8 +282,13 @@ def test_a_malformed_npy_header_is_named_without_python_reprs(client: httpx.Clie
 
 def test_an_unsupported_format_is_named_not_called_corrupt(client: httpx.Client) -> None:
     for fmt, name in (("BMP", "BMP"), ("GIF", "GIF"), ("WEBP", "WebP")):
-        error = refusal(client.post("/v1/predict", content=encoded(fmt)))
+        # 415 whether it comes unlabelled or labelled as it is (it was 400 unlabelled).
+        error = refusal(client.post("/v1/predict", content=encoded(fmt)), 415)
         assert f"{name} is not supported; send PNG, JPEG, TIFF or NPY" in error, error
+        octet = {"content-type": "application/octet-stream"}
+        refusal(client.post("/v1/predict", content=encoded(fmt), headers=octet), 415)
+        labelled = {"content-type": f"image/{fmt.lower()}"}
+        refusal(client.post("/v1/predict", content=encoded(fmt), headers=labelled), 415)
     buf = io.BytesIO()
     tifffile.imwrite(buf, image()[..., 0].astype(np.int8))  # a pixel type ingest refuses too
     error = refusal(client.post("/v1/predict", content=buf.getvalue()))

@@ -195,7 +195,8 @@ def decode(
             f"{', '.join(accepted)} (or application/octet-stream)",
         )
     if actual is None and (name := unsupported_format(data)) is not None:
-        raise RequestError(400, unsupported_format_message(what, name), reason="unsupported-type")
+        # 415, as for a declared image/bmp: the same bytes got a 400 when sent unlabelled.
+        raise RequestError(415, unsupported_format_message(what, name))
     if actual is None:
         raise RequestError(
             400, f"{what}: not a PNG, JPEG, TIFF or NPY file (unrecognised first bytes)"

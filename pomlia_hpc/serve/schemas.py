@@ -84,14 +84,16 @@ class Status(BaseModel):
 
 #: What each refusal code means, for the OpenAPI description of the routes that send it.
 ERROR_TEXT: dict[int, str] = {
-    400: "bad input: corrupt or unsupported image, wrong size or channel count, bad multipart",
+    400: "bad input: corrupt image, unreadable pixel type, wrong size or channel count, bad "
+    "multipart",
     401: "missing or wrong bearer token",
     403: "route disabled (no token configured)",
     404: "prediction_id was not issued by this deployment",
     408: "request head or body not received in time (the connection is closed)",
     409: "conflict: a second label without replaces, or a reload the server refuses",
     413: "upload, image side or image count over the limit",
-    415: "unsupported content type, or a body sent with a content coding (Content-Encoding)",
+    415: "unsupported content type or image format (BMP, GIF, ...: declared or read from the "
+    "data), or a body sent with a content coding (Content-Encoding)",
     422: "request body does not match the schema, or gives a key twice",
     431: "request head too large or too many header fields (the connection is closed)",
     503: "not ready or shutting down, or the prediction log cannot be written",
