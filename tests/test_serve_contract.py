@@ -9,6 +9,7 @@ import base64
 import gzip
 import io
 import json
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -161,3 +162,59 @@ def test_openapi_states_the_limits_and_the_card_the_server_really_has(
     assert set(serving["required"]) == set(serving["properties"]) == set(limits)
     npy_types = spec["paths"]["/v1/predict"]["post"]["requestBody"]["content"]
     assert {"application/x-npy", "application/npy"} <= set(npy_types)
+
+
+def raw_request(server: LocalServer, data: bytes) -> tuple[bytes, bytes]:
+    """Send ``data`` on a new connection; the status line and the body of the answer."""
+    host, port = server.url.removeprefix("http://").split(":")
+    with socket.create_connection((host, int(port)), timeout=10) as sock:
+        sock.sendall(data)
+        out = b""
+        while b"\r\n\r\n" not in out or len(out.split(b"\r\n\r\n", 1)[1]) < length(out):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            out += chunk
+    head, _, body = out.partition(b"\r\n\r\n")
+    return head.split(b"\r\n", 1)[0], body
+
+
+def length(answer: bytes) -> int:
+    """The Content-Length of the answer whose head ``answer`` starts with."""
+    for line in answer.split(b"\r\n\r\n", 1)[0].split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            return int(value)
+    return 0
+
+
+def test_an_upgrade_request_is_answered_as_plain_http(server: LocalServer) -> None:
+    # A WebSocket upgrade was handed to wsproto, past the connection guards, and answered
+    # with an empty text/plain 403: no route here is a WebSocket.
+    upgrade = (
+        b"Host: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+    )
+    status, body = raw_request(server, b"GET /health HTTP/1.1\r\n" + upgrade)
+    assert status == b"HTTP/1.1 200 OK" and json.loads(body) == {"status": "ok"}, body
+    status, body = raw_request(server, b"GET /v1/stream HTTP/1.1\r\n" + upgrade)
+    assert status == b"HTTP/1.1 404 Not Found", status
+    assert json.loads(body)["error"].startswith("no route /v1/stream; routes:"), body
+    assert "WebSocket" not in server.log_tail(), server.log_tail()
+
+
+def test_a_transfer_coding_other_than_chunked_is_refused(server: LocalServer) -> None:
+    # httptools took the chunked framing off and ignored the gzip before it: the compressed
+    # bytes were decoded as the image (and plain bytes labelled gzip got a 200).
+    data = png()
+    head = b"POST /v1/predict HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
+    chunks = b"%x\r\n%s\r\n0\r\n\r\n" % (len(data), data)
+    status, body = raw_request(server, head + b"Transfer-Encoding: gzip, chunked\r\n\r\n" + chunks)
+    assert status == b"HTTP/1.1 400 Bad Request", (status, body)
+    assert json.loads(body) == {
+        "error": "Transfer-Encoding header: 'gzip, chunked' is not supported; expected chunked "
+        "alone (or a Content-Length)",
+        "status": 400,
+    }
+    status, body = raw_request(server, head + b"Transfer-Encoding: chunked\r\n\r\n" + chunks)
+    assert status == b"HTTP/1.1 200 OK", body

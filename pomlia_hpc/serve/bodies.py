@@ -51,7 +51,8 @@ def refusal(exc: RequestError) -> JSONResponse:
 
 
 def refuse_content_coding(request: Request) -> None:
-    """Refuse (415) a body whose ``Content-Encoding`` names a coding other than identity.
+    """Refuse (415) a body whose ``Content-Encoding`` names a coding other than identity, and
+    (400) one whose ``Transfer-Encoding`` is anything but ``chunked``.
 
     Why: neither uvicorn nor Starlette decodes a request body, so a gzip upload reached the
     decoder as its compressed bytes ("not a PNG ... unrecognised first bytes", a 400 that hides
@@ -63,6 +64,19 @@ def refuse_content_coding(request: Request) -> None:
         for field in request.headers.getlist("content-encoding")
         for c in field.split(",")
     ]
+    # httptools takes the chunked framing off and ignores any coding listed before it:
+    # "Transfer-Encoding: gzip, chunked" handed over the compressed bytes as the body.
+    transfer = [
+        c.strip().lower()
+        for field in request.headers.getlist("transfer-encoding")
+        for c in field.split(",")
+    ]
+    if [c for c in transfer if c] not in ([], ["chunked"]):
+        raise RequestError(
+            400,
+            f"Transfer-Encoding header: '{', '.join(transfer)[:60]}' is not supported; "
+            "expected chunked alone (or a Content-Length)",
+        )
     sent = [c for c in codings if c and c != "identity"]
     if sent:
         raise ContentCodingError(

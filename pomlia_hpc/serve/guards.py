@@ -328,6 +328,12 @@ class _GuardedProtocol(HttpToolsProtocol):
             self.transport.write(self._last_answer)
             self.transport.close()
 
+    def _unsupported_upgrade_warning(self) -> None:
+        # An Upgrade header (websocket, h2c) is not taken and the request is answered as
+        # plain HTTP; uvicorn's two warnings per such request (one telling to install a
+        # WebSocket library) would let any client fill the server's log with advice.
+        return
+
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
         # uvicorn tells only the newest request of the connection that the client is gone;

@@ -179,6 +179,9 @@ def run_server(
             # head and its time (see serve.guards); uvicorn itself has none for httptools.
             http=guarded_protocol(config.max_head_bytes, config.max_headers, config.head_timeout_s),
             backlog=2048,
+            # No WebSocket: the API has no such route, and an upgrade switched the connection
+            # to wsproto, past the guards, for an empty text 403. Now it is plain HTTP.
+            ws="none",
         ),
         app,
     )
