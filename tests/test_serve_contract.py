@@ -218,3 +218,29 @@ def test_a_transfer_coding_other_than_chunked_is_refused(server: LocalServer) ->
     }
     status, body = raw_request(server, head + b"Transfer-Encoding: chunked\r\n\r\n" + chunks)
     assert status == b"HTTP/1.1 200 OK", body
+
+
+def test_a_class_given_twice_in_multi_label_feedback_is_refused(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    # [1, 1] and [1, "finding_1"] were logged as label_index [1, 1].
+    bundle = cached_demo_bundle(
+        tmp_path_factory.getbasetemp() / "serve-demo", num_classes=3, task_type="multi-label"
+    )
+    logs = tmp_path_factory.mktemp("multi-label-logs")
+    with (
+        LocalServer(bundle, logs, env={"POMLIA_SERVE_TOKEN": TOKEN}) as srv,
+        httpx.Client(base_url=srv.url, timeout=30) as client,
+    ):
+        pid = predict_id(client)
+        for label, shown in (([1, 1], "1 and 1"), ([1, "finding_1"], '1 and "finding_1"')):
+            body = {"prediction_id": pid, "label": label}
+            error = refusal(client.post("/v1/feedback", json=body, headers=AUTH), 400)
+            assert error == (
+                f'label: class "finding_1" is given twice ({shown}); expected each class at '
+                "most once"
+            ), error
+        body = {"prediction_id": pid, "label": [2, "finding_0"]}
+        assert client.post("/v1/feedback", json=body, headers=AUTH).status_code == 200
+    (line,) = read_records(logs, FeedbackLine)
+    assert line.label == ["finding_2", "finding_0"] and line.label_index == [2, 0]

@@ -195,8 +195,8 @@ def labels_of(
     label: str | int | list[str | int], bundle: ExportedBundle
 ) -> tuple[list[str], list[int]]:
     """The label names (the bundle's spelling) and indices a feedback ``label`` (names, matched
-    in Unicode NFC, or indices) stands for; 400 for one that is not a label of the model, or
-    several for a single-label task."""
+    in Unicode NFC, or indices) stands for; 400 for one that is not a label of the model, a
+    class given twice, or several labels for a single-label task."""
     values = label if isinstance(label, list) else [label]
     if bundle.task_type != "multi-label" and len(values) != 1:
         raise RequestError(
@@ -226,6 +226,15 @@ def labels_of(
             raise RequestError(
                 400,
                 f"label: {what}; expected a name ({shown}) or an index 0..{len(bundle.labels) - 1}",
+            )
+        if idx in indices:
+            # Logged as sent, [1, 1] was a label_index [1, 1] that no multi-hot row holds.
+            first = values[indices.index(idx)]
+            raise RequestError(
+                400,
+                f"label: class {orjson.dumps(bundle.labels[idx]).decode()} is given twice "
+                f"({orjson.dumps(first).decode()[:60]} and {orjson.dumps(v).decode()[:60]}); "
+                "expected each class at most once",
             )
         names.append(bundle.labels[idx])
         indices.append(idx)
