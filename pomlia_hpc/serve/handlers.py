@@ -207,7 +207,8 @@ def labels_of(
     # NFD to a newer bundle; both print alike. What is logged stays the bundle's own spelling,
     # so the monitor's class list matches it.
     nfc = [unicodedata.normalize("NFC", name) for name in bundle.labels]
-    names, indices = [], []
+    names: list[str] = []
+    indices: list[int] = []
     for v in values:
         if isinstance(v, int) and not isinstance(v, bool) and 0 <= v < len(bundle.labels):
             idx = v
