@@ -244,3 +244,23 @@ def test_a_class_given_twice_in_multi_label_feedback_is_refused(
         assert client.post("/v1/feedback", json=body, headers=AUTH).status_code == 200
     (line,) = read_records(logs, FeedbackLine)
     assert line.label == ["finding_2", "finding_0"] and line.label_index == [2, 0]
+
+
+def test_a_single_valued_header_given_twice_is_refused(client: httpx.Client) -> None:
+    # The first of two Content-Type or Authorization fields was read, the other ignored.
+    two_types = [("content-type", "image/png"), ("content-type", "application/x-npy")]
+    resp = client.post("/v1/predict", content=png(), headers=two_types)
+    assert refusal(resp, 400) == (
+        "Content-Type header is given more than once (image/png, application/x-npy); "
+        "expected it once"
+    )
+    body = json.dumps({"prediction_id": predict_id(client), "label": 1}).encode()
+    two_tokens = [("authorization", AUTH["Authorization"]), ("authorization", "Bearer other")]
+    resp = client.post("/v1/feedback", content=body, headers=[*two_tokens, *JSON.items()])
+    error = refusal(resp, 401)
+    assert error == "Authorization header is given more than once; expected it once", error
+    assert TOKEN not in error
+    same = [("content-type", "image/png")] * 2  # an exact repeat says one thing
+    assert client.post("/v1/predict", content=png(), headers=same).status_code == 200
+    resp = client.post("/v1/feedback", content=body, headers={**AUTH, **JSON})
+    assert resp.status_code == 200, resp.text

@@ -57,6 +57,7 @@ from pomlia_hpc.serve.decode import InputSpec, Limits, RequestError
 from pomlia_hpc.serve.exported import ExportedBundle
 from pomlia_hpc.serve.fingerprint import FingerprintFn
 from pomlia_hpc.serve.guards import BodyClock, UploadBytes
+from pomlia_hpc.serve.headers import repeated_field
 from pomlia_hpc.serve.holder import ModelHolder
 from pomlia_hpc.serve.metrics import (
     ASGIApp,
@@ -204,6 +205,9 @@ def _add_routes(
         request: Request, _creds: HTTPAuthorizationCredentials | None = Depends(bearer)
     ) -> None:
         # A dependency runs before the body is validated: no token, no schema hints.
+        repeated = repeated_field(request.headers, "authorization", quote=False)
+        if guard.enabled and repeated is not None:
+            raise RequestError(401, repeated)
         guard.check(request.headers.get("authorization"))
 
     @app.post(

@@ -20,6 +20,7 @@ from starlette.types import Receive, Scope, Send
 
 from pomlia_hpc.serve.decode import RequestError, base_type
 from pomlia_hpc.serve.guards import UploadBytes
+from pomlia_hpc.serve.headers import repeated_field
 from pomlia_hpc.serve.schemas import FeedbackIn
 
 #: Largest /v1/feedback body, bytes: a prediction id and a few labels need far less.
@@ -50,15 +51,18 @@ def refusal(exc: RequestError) -> JSONResponse:
     return error_response(exc.status, exc.message, headers or None)
 
 
-def refuse_content_coding(request: Request) -> None:
+def refuse_unclear_body(request: Request) -> None:
     """Refuse (415) a body whose ``Content-Encoding`` names a coding other than identity, and
-    (400) one whose ``Transfer-Encoding`` is anything but ``chunked``.
+    (400) one whose ``Transfer-Encoding`` is anything but ``chunked`` or whose
+    ``Content-Type`` is given twice (:mod:`~pomlia_hpc.serve.headers`).
 
     Why: neither uvicorn nor Starlette decodes a request body, so a gzip upload reached the
     decoder as its compressed bytes ("not a PNG ... unrecognised first bytes", a 400 that hides
     the cause), and a body that only claimed a coding was taken as it came. Decoding here is
     not offered on purpose: a few KiB of gzip can inflate to gigabytes, past every bound the
     upload limits set on the bytes received."""
+    if (repeated := repeated_field(request.headers, "content-type")) is not None:
+        raise RequestError(400, repeated)
     codings = [
         c.strip().lower()
         for field in request.headers.getlist("content-encoding")
@@ -131,7 +135,7 @@ async def read_body(request: Request, limit: int) -> bytes:
     """The whole body, at most ``limit`` bytes (415 if it comes with a content coding; 413
     beyond the limit, before reading when declared; 503 when the server's uploads in progress
     would hold more than ``max_buffered_mb``)."""
-    refuse_content_coding(request)
+    refuse_unclear_body(request)
     declared = request.headers.get("content-length")
     if declared is not None and declared.isdigit() and int(declared) > limit:
         raise RequestError(413, f"upload of {declared} bytes exceeds the limit of {limit} bytes")
@@ -174,12 +178,13 @@ async def feedback_body(
 ) -> FeedbackIn:
     """The /v1/feedback body, read with a bound and validated; 413, 415 or 422 otherwise.
     ``expected_label`` says what the model takes as a label, for a label of the wrong type."""
+    # Read first: its header checks (a Content-Type given twice) come before this one.
+    body = await read_body(request, FEEDBACK_MAX_BYTES)
     ctype = base_type(request.headers.get("content-type"))
     if ctype and ctype != "application/json" and not ctype.endswith("+json"):
         raise RequestError(
             415, f"content type '{ctype}' is not supported; expected application/json"
         )
-    body = await read_body(request, FEEDBACK_MAX_BYTES)
     try:
         item = FeedbackIn.model_validate_json(body)
     except ValidationError as exc:
