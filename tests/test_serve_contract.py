@@ -162,6 +162,10 @@ def test_openapi_states_the_limits_and_the_card_the_server_really_has(
     assert set(serving["required"]) == set(serving["properties"]) == set(limits)
     npy_types = spec["paths"]["/v1/predict"]["post"]["requestBody"]["content"]
     assert {"application/x-npy", "application/npy"} <= set(npy_types)
+    # Every 503 says when to retry (tests/test_serve_transport.py provokes one).
+    answers = [op["responses"] for ops in spec["paths"].values() for op in ops.values()]
+    busy = [codes["503"] for codes in answers if "503" in codes]
+    assert len(busy) >= 4 and all(r["headers"]["Retry-After"]["required"] for r in busy)
 
 
 def raw_request(server: LocalServer, data: bytes) -> tuple[bytes, bytes]:

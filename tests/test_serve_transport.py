@@ -183,6 +183,7 @@ def test_uploads_in_progress_are_capped_with_a_json_503(server: LocalServer) -> 
     ), error
     assert "over the limit of 1.5 MiB (max_buffered_mb)" in error
     assert b"connection: close" in answer.lower()  # its body was not read to the end
+    assert b"\r\nretry-after: 1\r\n" in answer.lower()  # it had none: when to send it again
     # The bytes are given back when the first upload ends (its client hung up).
     deadline = time.monotonic() + 30
     while True:

@@ -25,6 +25,9 @@ from pomlia_hpc.serve.schemas import FeedbackIn
 
 #: Largest /v1/feedback body, bytes: a prediction id and a few labels need far less.
 FEEDBACK_MAX_BYTES = 64 * 1024
+#: Seconds a 503 asks the client to wait before it sends the request again: a busy server's
+#: uploads finish, and a replacement server (a Slurm switch) starts, in about that time.
+RETRY_AFTER_S = 1
 #: sys.getsizeof of an empty bytearray: the object without any buffer, bytes.
 _EMPTY_BUFFER = sys.getsizeof(bytearray())
 
@@ -32,7 +35,11 @@ _EMPTY_BUFFER = sys.getsizeof(bytearray())
 def error_response(
     status: int, message: str, headers: dict[str, str] | None = None
 ) -> JSONResponse:
-    """The JSON refusal ``{"error": message, "status": status}``."""
+    """The JSON refusal ``{"error": message, "status": status}``; a 503 (busy, stopping, not
+    ready, log not writable) says ``Retry-After`` (:data:`RETRY_AFTER_S`) for clients and
+    proxies that retry by it."""
+    if status == 503:
+        headers = {"Retry-After": str(RETRY_AFTER_S), **(headers or {})}
     return JSONResponse({"error": message, "status": status}, status_code=status, headers=headers)
 
 

@@ -99,6 +99,13 @@ ERROR_TEXT: dict[int, str] = {
     503: "not ready or shutting down, or the prediction log cannot be written",
 }
 
+#: The header every 503 carries (``serve.bodies.error_response``).
+RETRY_AFTER = {
+    "description": "seconds to wait before sending the request again",
+    "required": True,
+    "schema": {"type": "integer", "minimum": 0},
+}
+
 #: Sent for any route, by the connection guard before routing (``serve.guards``).
 TRANSPORT_CODES = (408, 431)
 
@@ -120,9 +127,12 @@ def errors(route: str) -> dict[int | str, dict[str, Any]]:
     # The JSON content is spelled out, not given as ``model=``: FastAPI files a model under
     # the route's own media type, and /metrics answers text, while its refusals are JSON.
     body = {"application/json": {"schema": ErrorBody.model_json_schema()}}
-    return {
+    out: dict[int | str, dict[str, Any]] = {
         code: {"description": ERROR_TEXT[code], "content": body} for code in ROUTE_ERRORS[route]
     }
+    if 503 in out:
+        out[503]["headers"] = {"Retry-After": RETRY_AFTER}
+    return out
 
 
 _BINARY = {"schema": {"type": "string", "format": "binary"}}
