@@ -268,3 +268,18 @@ def test_a_single_valued_header_given_twice_is_refused(client: httpx.Client) -> 
     assert client.post("/v1/predict", content=png(), headers=same).status_code == 200
     resp = client.post("/v1/feedback", content=body, headers={**AUTH, **JSON})
     assert resp.status_code == 200, resp.text
+
+
+def test_multipart_refusals_say_where_and_what_is_expected(client: httpx.Client) -> None:
+    # python-multipart's words were passed on: 'The Content-Disposition header field "name"
+    # must be provided.' and 'Missing boundary in multipart.', naming no part and no remedy.
+    form = {"content-type": "multipart/form-data; boundary=XX"}
+    nameless = b"--XX\r\nContent-Type: image/png\r\n\r\n" + png() + b"\r\n--XX--\r\n"
+    error = refusal(client.post("/v1/predict", content=nameless, headers=form), 400)
+    assert error == (
+        "multipart body: part 1: Content-Disposition header has no name=; expected "
+        'Content-Disposition: form-data; name="file"; filename="a.png"'
+    ), error
+    no_boundary = {"content-type": "multipart/form-data"}
+    error = refusal(client.post("/v1/predict", content=nameless, headers=no_boundary), 400)
+    assert error.startswith("multipart body: Content-Type header has no boundary= parameter")

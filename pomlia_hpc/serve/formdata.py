@@ -67,7 +67,11 @@ def uploaded_files(content_type: str | None, body: bytes, limits: Limits) -> lis
     # The boundary is read here only: the parser and every message use this one.
     boundary = header_params(content_type or "", "Content-Type header").get("boundary", "")
     if not boundary:
-        raise RequestError(400, "multipart body: Missing boundary in multipart.")
+        raise RequestError(
+            400,
+            "multipart body: Content-Type header has no boundary= parameter; expected "
+            "multipart/form-data; boundary=<the boundary its body uses>",
+        )
     if not body or body.isspace():  # not body.strip(): that copies a whole body
         raise RequestError(
             400, "multipart body is empty; send each image as a file part (" + FILE_PART_HINT + ")"
@@ -151,9 +155,8 @@ def _parse(body: bytes, boundary: bytes, max_files: int) -> list[_Part]:
         where = f"multipart body: part {len(parts) + 1}: Content-Disposition header"
         options = header_params(_header(current, b"content-disposition"), where)
         if "name" not in options:
-            raise RequestError(
-                400, 'multipart body: The Content-Disposition header field "name" must be provided.'
-            )
+            # python-multipart's own words named neither the part nor what to send.
+            raise RequestError(400, f"{where} has no name=; expected {FILE_PART_HINT}")
         # RFC 7578 (4.2): names are UTF-8 unless a _charset_ field says otherwise, and a
         # charset= of the body's Content-Type is not part of the standard: it is not read (a
         # codec such as punycode raised what no refusal caught, a 500).
