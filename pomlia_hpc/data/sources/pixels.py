@@ -24,8 +24,10 @@ type or layout that has no grey or RGB reading (extra samples of unspecified mea
 the 2nd and 3rd channels of a 3-sample MinIsBlack file, are data, not alpha), and a 16-bit
 colour TIFF whose compression only Pillow decodes (it would cut it to 8 bits). A deflate, LZMA
 or PackBits strip or tile that decompresses to more bytes than its pixels take is refused
-(:class:`~pomlia_hpc.data.sources.segments.DecompressionLimitError`) before tifffile, which
-sets no output limit, decompresses it.
+(:class:`~pomlia_hpc.data.sources.segments.DecompressionLimitError`): each one is decoded once,
+with that limit, and the page assembled from those decodes (:mod:`.tiffpage`), never by
+tifffile's decoders, which set no output limit (a rare layout it does not assemble is checked by
+the same bounded decodes, then decoded by tifffile).
 """
 
 from __future__ import annotations
@@ -41,6 +43,7 @@ import tifffile
 from PIL import Image, ImageFile
 
 from pomlia_hpc.data.sources.segments import check_segments
+from pomlia_hpc.data.sources.tiffpage import page_array
 from pomlia_hpc.errors import InputError
 
 #: PIL modes kept as they are (their pixels are already grey or RGB values).
@@ -204,9 +207,9 @@ def _tiff_plan(page: Any) -> tuple[FrameHeader, str]:
     return FrameHeader(h, w, channels, depth), how
 
 
-def _raw_tiff_pixels(page: Any, channels: int) -> np.ndarray:
-    """A MinIsBlack, MinIsWhite or RGB page's samples as (H, W, C) of their own dtype."""
-    x = np.asarray(page.asarray())
+def _raw_tiff_pixels(page: Any, x: np.ndarray, channels: int) -> np.ndarray:
+    """A MinIsBlack, MinIsWhite or RGB page's samples ``x`` (as ``page.asarray()`` returns
+    them) as (H, W, C) of their own dtype."""
     if page.axes.startswith("S"):  # planar (one plane per sample): samples last
         x = np.moveaxis(x, 0, -1)
     colour = 3 if page.photometric == _PH.RGB else 1
@@ -266,9 +269,14 @@ class TiffImage:
         """Page ``index`` as (H, W, C) (C is ``channels`` for a grey page, 3 for colour)."""
         page: Any = self._pages[index]
         if _tiff_plan(page)[1] == "raw":
-            # tifffile's own decoders have no output limit: each segment is sized first.
-            check_segments(page, self._read)
-            return _raw_tiff_pixels(page, channels)
+            # tifffile's own decoders have no output limit: a compressed page is assembled
+            # from bounded decodes, each segment decoded once; a rare layout that is not
+            # assembled is checked by the same decodes, then decoded again by tifffile.
+            x = page_array(page, self._read)
+            if x is None:
+                check_segments(page, self._read)
+                x = np.asarray(page.asarray())
+            return _raw_tiff_pixels(page, x, channels)
         if self._pil is None:
             src = self._source
             self._pil = Image.open(io.BytesIO(src) if isinstance(src, bytes) else src)

@@ -1,12 +1,13 @@
-"""Bounded checks of a TIFF page's compressed strips and tiles, before tifffile decodes them.
+"""Bounded decoding of a TIFF page's compressed strips and tiles.
 
 Without the optional imagecodecs package, tifffile decompresses a deflate, LZMA or PackBits
 strip whole, with no output limit: a 64 x 64 px page whose one strip holds 200 MB of
 compressed zeros (a 30 KB LZMA upload) makes it allocate 200 MB and more, and up to 256 pages
-may share that strip. So every segment is first decompressed here with an output limit of what
-the page's own pixels can take (one byte past it tells "too long"), and a page with a segment
-that decodes to more is refused. The check holds no more than one segment's expected bytes at
-a time. Torch-free, as :mod:`.pixels`, which calls it.
+may share that strip. So every segment is decompressed here, once, with an output limit of
+what the page's own pixels can take (one byte past it tells "too long"), and a page with a
+segment that decodes to more is refused; :mod:`.tiffpage` assembles the page from these
+decodes. This holds no more than one segment's expected bytes at a time. Torch-free, as
+:mod:`.pixels`, which calls it.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 import lzma
 import math
 import zlib
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -36,65 +37,83 @@ class DecompressionLimitError(InputError):
     decompression bomb); the message starts with a verb, as a ``PixelFormatError``'s does."""
 
 
-def _zlib_size(data: memoryview, limit: int) -> int:
-    """Bytes a zlib stream decodes to, counted to ``limit + 1`` at most."""
+def inflate(data: memoryview, limit: int) -> bytes:
+    """A zlib (deflate) stream decoded to ``limit + 1`` bytes at most; a stream cut short
+    (no end marker within the limit) raises ``zlib.error``, as ``zlib.decompress`` does."""
+    decoder = zlib.decompressobj()
     # max_length stops inflating there: the rest stays in unconsumed_tail, never allocated.
-    return len(zlib.decompressobj().decompress(data, limit + 1))
+    out = decoder.decompress(data, limit + 1)
+    if len(out) <= limit and not decoder.eof:
+        raise zlib.error("incomplete or truncated deflate stream")
+    return out
 
 
-def _lzma_size(data: memoryview, limit: int) -> int:
-    """Bytes LZMA data decodes to, counted to ``limit + 1`` at most; as ``lzma.decompress``
-    (tifffile's decoder), concatenated streams are decoded one after another."""
+def unlzma(data: memoryview, limit: int) -> bytes:
+    """LZMA data decoded to ``limit + 1`` bytes at most; as ``lzma.decompress`` (tifffile's
+    decoder), concatenated streams are decoded one after another and junk after a stream is
+    ignored, and a first stream cut short raises ``LZMAError``."""
+    parts: list[bytes] = []
     total, rest, first = 0, data, True
     while rest:
         # memlimit: a stream's header may ask for a dictionary of up to 1.5 GB; the presets
         # ask for at most 64 MB. Past the limit it raises LZMAError, a damaged file's error.
         decoder = lzma.LZMADecompressor(memlimit=LZMA_MEMLIMIT_BYTES)
         try:
-            total += len(decoder.decompress(rest, max_length=limit + 1 - total))
+            parts.append(decoder.decompress(rest, max_length=limit + 1 - total))
         except lzma.LZMAError:
             if first:
                 raise
             break  # junk after a stream, which lzma.decompress (tifffile's decoder) ignores
-        if total > limit or not decoder.eof:
+        total += len(parts[-1])
+        if total > limit:
+            break
+        if not decoder.eof:
+            if first:
+                raise lzma.LZMAError("LZMA data ended before the end-of-stream marker")
             break
         rest, first = memoryview(decoder.unused_data), False
-    return total
+    return b"".join(parts)
 
 
-def _packbits_size(data: memoryview, limit: int) -> int:
-    """Bytes PackBits data decodes to, counted to just past ``limit``."""
-    total, i, n = 0, 0, len(data)
-    while i < n and total <= limit:
+def unpackbits(data: memoryview, limit: int) -> bytes:
+    """PackBits data decoded to just past ``limit`` bytes at most (a run cut short by the end
+    of the data yields what it holds, as tifffile's decoder does)."""
+    out, i, n = bytearray(), 0, len(data)
+    while i < n and len(out) <= limit:
         head = data[i]
         if head < 128:  # a literal run of head + 1 bytes
-            total, i = total + head + 1, i + head + 2
+            out += data[i + 1 : i + head + 2]
+            i += head + 2
         elif head > 128:  # one byte repeated 257 - head times
-            total, i = total + 257 - head, i + 2
+            out += bytes(data[i + 1 : i + 2]) * (257 - head)
+            i += 2
         else:  # 128: a no-op
             i += 1
-    return total
+    return bytes(out)
 
 
-_SIZERS: dict[int, Callable[[memoryview, int], int]] = {
-    _CP.ADOBE_DEFLATE: _zlib_size,
-    _CP.DEFLATE: _zlib_size,
-    _CP.LZMA: _lzma_size,
-    _CP.PACKBITS: _packbits_size,
+#: The bounded decoder of each compression decoded here, by TIFF compression code.
+DECODERS: dict[int, Callable[[memoryview, int], bytes]] = {
+    _CP.ADOBE_DEFLATE: inflate,
+    _CP.DEFLATE: inflate,
+    _CP.LZMA: unlzma,
+    _CP.PACKBITS: unpackbits,
 }
 
 
-def check_segments(page: Any, read: Callable[[int, int], bytes | memoryview]) -> None:
-    """Refuse a TIFF page with a compressed segment (strip or tile) that decodes to more bytes
-    than the segment's pixels take, without ever holding more than that many.
+def decoded_segments(
+    page: Any, read: Callable[[int, int], bytes | memoryview]
+) -> Iterator[tuple[int, bytes | None]]:
+    """Each compressed segment (strip or tile) of a TIFF page, decoded once with an output
+    limit of what the segment's pixels take: ``(index, bytes)``, ``bytes`` None for a segment
+    the file leaves empty (byte count 0).
 
-    ``page`` is a :class:`tifffile.TiffPage`; ``read(offset, count)`` returns ``count`` bytes
-    of the file from byte ``offset``. Raises :class:`DecompressionLimitError`. Uncompressed
-    pages and compressions this module has no sizer for pass unchecked (the latter go through
-    Pillow, whose decoders write into a buffer of the image's own size)."""
-    sizer = _SIZERS.get(int(page.compression))
-    if sizer is None:
-        return
+    ``page`` is a :class:`tifffile.TiffPage` compressed as one of :data:`DECODERS`;
+    ``read(offset, count)`` returns ``count`` bytes of the file from byte ``offset``. Raises
+    :class:`DecompressionLimitError` for a segment that decodes to more bytes than its pixels
+    take, without ever holding more than that many; a damaged stream raises its codec's error
+    (``zlib.error``, ``LZMAError``)."""
+    decoder = DECODERS[int(page.compression)]
     # An upper bound in bytes: the segment's samples at their dtype's width (bit-packed
     # 1-bit and 12-bit samples take less).
     limit = math.prod(int(s) for s in page.chunks) * np.dtype(page.dtype).itemsize
@@ -103,17 +122,30 @@ def check_segments(page: Any, read: Callable[[int, int], bytes | memoryview]) ->
     pairs = zip(page.dataoffsets, page.databytecounts, strict=False)
     for index, (offset, count) in enumerate(pairs):
         if not count:
+            yield index, None
             continue
         cap = PACKBITS_BYTES_PER_BYTE * limit + PACKBITS_SLACK_BYTES
-        if sizer is _packbits_size and count > cap:
+        if decoder is unpackbits and count > cap:
             raise DecompressionLimitError(
                 f"has a strip or tile (#{index}) compressed as {name} in {count} bytes, more "
                 f"than the {cap} its {limit} bytes of pixels can take compressed: save the "
                 "image again with a standard encoder"
             )
-        if sizer(memoryview(read(int(offset), int(count))), limit) > limit:
+        decoded = decoder(memoryview(read(int(offset), int(count))), limit)
+        if len(decoded) > limit:
             raise DecompressionLimitError(
                 f"has a strip or tile (#{index}) compressed as {name} that decompresses to "
                 f"more than the {limit} bytes its pixels take (refused as a decompression "
                 "bomb): save the image again with a standard encoder"
             )
+        yield index, decoded
+
+
+def check_segments(page: Any, read: Callable[[int, int], bytes | memoryview]) -> None:
+    """Refuse a TIFF page with a compressed segment that decodes past its pixels (as
+    :func:`decoded_segments`, whose output is dropped): the guard for the pages that
+    :mod:`.tiffpage` leaves to tifffile's own decoders (which set no output limit), at the
+    cost of a second decode. Pages not compressed as one of :data:`DECODERS` pass."""
+    if int(page.compression) in DECODERS:
+        for _ in decoded_segments(page, read):
+            pass
