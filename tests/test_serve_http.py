@@ -26,6 +26,7 @@ from pomlia_hpc.serve.local import LocalServer
 from pomlia_hpc.serve.predlog import read_records
 from pomlia_hpc.serve.records import FeedbackLine, PredictionLine
 from pomlia_hpc.serve.server import bind_socket
+from tests.fixtures import bad_tiffs
 from tests.fixtures.factories import npy
 
 TOKEN = "test-token-0123456789abcdef"
@@ -173,6 +174,25 @@ def test_bad_uploads_are_4xx_with_a_message(
     assert resp.status_code == status, resp.text
     body = resp.json()
     assert body["status"] == status and message in body["error"]
+
+
+@pytest.mark.timeout(120)  # the looping page chain was followed without end
+def test_damaged_tiffs_found_by_fuzzing_are_400_and_the_server_answers_on(
+    client: httpx.Client,
+) -> None:
+    damaged = {
+        "loop": bad_tiffs.looping_chain(28, 3),
+        "tuple tag": bad_tiffs.tuple_image_length(28),
+        "text byte counts": bad_tiffs.text_byte_counts(28),
+        "rgb 565": bad_tiffs.rgb_565(28),
+    }
+    for name, data in damaged.items():
+        resp = client.post("/v1/predict", content=data, headers={"content-type": "image/tiff"})
+        assert resp.status_code == 400, (name, resp.text)
+        assert resp.json()["error"].startswith("body: "), name  # one message, no traceback
+    ok = png(np.zeros((28, 28, 3), np.uint8))
+    resp = client.post("/v1/predict", content=ok, headers={"content-type": "image/png"})
+    assert resp.status_code == 200, resp.text
 
 
 def _tiff_pages(n: int) -> bytes:

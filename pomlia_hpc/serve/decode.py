@@ -41,16 +41,12 @@ Nothing from the request is ever used as a path.
 from __future__ import annotations
 
 import io
-import lzma
 import re
-import struct
-import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
-import tifffile
 from PIL import Image, UnidentifiedImageError
 
 from pomlia_hpc.data.sources.base import PixelConverter
@@ -58,6 +54,7 @@ from pomlia_hpc.data.sources.pixels import (
     FrameHeader,
     PixelFormatError,
     TiffImage,
+    is_unreadable_file_error,
     pil_header,
     pil_pixels,
 )
@@ -95,24 +92,6 @@ TYPE_ALIASES = {"image/jpg": "image/jpeg", "image/pjpeg": "image/jpeg", "image/t
 NPY_TYPES = ("application/x-npy", "application/npy")
 SNIFFED_TYPES = ("application/octet-stream",)
 PIL_FORMATS = {"image/png": "PNG", "image/jpeg": "JPEG", "image/tiff": "TIFF"}
-#: What decoding a damaged file raises (Pillow's and tifffile's many types; ``struct.error``
-#: escapes from some truncated TIFF headers): a 400, never a server error.
-DECODE_ERRORS = (
-    OSError,
-    ValueError,
-    SyntaxError,
-    EOFError,
-    TypeError,
-    KeyError,
-    IndexError,
-    MemoryError,
-    ZeroDivisionError,
-    struct.error,
-    tifffile.TiffFileError,
-)
-#: What decoding an image file's frames raises for a damaged file: DECODE_ERRORS, and the
-#: errors of tifffile's deflate and LZMA decoders (zlib.error, LZMAError: not OSErrors).
-FRAME_ERRORS = (*DECODE_ERRORS, zlib.error, lzma.LZMAError)
 NPY_DTYPES = ("uint8", "uint16", "float32", "float64")
 #: A Python object's default repr, as some exception messages quote one.
 OBJECT_REPR = re.compile(r"\s*<[\w.]+ object at 0x[0-9a-fA-F]+>")
@@ -335,6 +314,8 @@ def _decode_image(
         # good). Pillow's DecompressionBombWarning needs no filter: every frame's size is
         # checked against max_side_px (_check_frame) before any of its pixels is decoded.
         source = TiffImage(data) if ctype == "image/tiff" else _PilFrames(data, ctype)
+    except PixelFormatError as exc:  # a TIFF chain of more pages than any image file has
+        raise RequestError(413, f"{what}: the image {exc}") from exc
     except Image.DecompressionBombError as exc:
         raise RequestError(
             413, f"{what}: image dimensions exceed the limit of {limits.max_side_px} px per side"
@@ -343,7 +324,9 @@ def _decode_image(
         raise RequestError(
             400, f"{what}: corrupt {ctype} image (its header cannot be read as {ctype})"
         ) from exc
-    except FRAME_ERRORS as exc:
+    except Exception as exc:
+        if not is_unreadable_file_error(exc):
+            raise  # a bug: a server error, logged as one
         raise RequestError(
             400, f"{what}: corrupt {ctype} image (its header cannot be read: {reason(exc)})"
         ) from exc
@@ -351,7 +334,9 @@ def _decode_image(
         return _decode_frames(source, spec, limits, what, budget)
     except RequestError:
         raise
-    except FRAME_ERRORS as exc:
+    except Exception as exc:
+        if not is_unreadable_file_error(exc):
+            raise  # a bug: a server error, logged as one
         raise RequestError(400, f"{what}: corrupt {ctype} image ({reason(exc)})") from exc
     finally:
         source.close()

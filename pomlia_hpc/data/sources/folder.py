@@ -101,6 +101,7 @@ from pomlia_hpc.data.sources.pixels import (
     PixelFormatError,
     file_header,
     file_pixels,
+    is_unreadable_file_error,
 )
 from pomlia_hpc.data.sources.segments import DecompressionLimitError
 from pomlia_hpc.data.store import SPLITS
@@ -142,7 +143,9 @@ def decodes(path: Path) -> str | None:
         return f"{type(cause).__name__}: {cause}"
     except InputError:
         return None  # readable, but refused for its shape or type: the scan says so
-    except Exception as exc:  # Pillow and tifffile raise many types for damaged files
+    except Exception as exc:
+        if not is_unreadable_file_error(exc):
+            raise  # a bug, not a bad file: never skipped as unreadable
         return f"{type(exc).__name__}: {exc}"
     return None
 
@@ -156,7 +159,9 @@ def read_header(path: Path) -> FrameHeader:
         raise InputError(f"image file '{path}' {exc}") from None
     except InputError:
         raise
-    except Exception as exc:  # Pillow and tifffile raise many types for damaged files
+    except Exception as exc:
+        if not is_unreadable_file_error(exc):
+            raise  # a bug, not a bad file: a traceback, never "cannot be read"
         raise _unreadable(path, exc) from exc
 
 
@@ -167,7 +172,9 @@ def read_image(path: Path, channels: int, depth: str) -> np.ndarray:
         x = file_pixels(path, channels)
     except (PixelFormatError, DecompressionLimitError) as exc:
         raise InputError(f"image file '{path}' {exc}") from None
-    except Exception as exc:  # Pillow and tifffile raise many types for damaged files
+    except Exception as exc:
+        if not is_unreadable_file_error(exc):
+            raise  # a bug, not a bad file: a traceback, never "cannot be read"
         raise _unreadable(path, exc) from exc
     if depth == "uint16" and x.dtype != np.uint16:
         if x.size and (x.min() < 0 or x.max() > 65535):

@@ -33,12 +33,16 @@ the same bounded decodes, then decoded by tifffile).
 from __future__ import annotations
 
 import io
+import lzma
+import struct
+import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+import PIL
 import tifffile
 from PIL import Image, ImageFile
 
@@ -60,8 +64,52 @@ _CP = tifffile.COMPRESSION
 _EXTRA = tifffile.EXTRASAMPLE
 #: TIFF compressions tifffile decodes without the optional imagecodecs package.
 _TIFFFILE_CODECS = frozenset({_CP.NONE, _CP.ADOBE_DEFLATE, _CP.DEFLATE, _CP.PACKBITS, _CP.LZMA})
+#: Most pages (IFDs) a TIFF's chain is followed to: far past the server's images per request
+#: (256) and any stack ingest would name, yet a walk of a few hundred milliseconds at most.
+MAX_TIFF_PAGES = 4096
 #: TIFF integer types read as 16-bit values (checked to lie in 0..65535 when decoded).
 _TIFF_WIDE_INTS = frozenset({np.dtype(t) for t in ("uint16", "int16", "int32", "uint32")})
+
+#: What Pillow, tifffile, numpy and the codecs raise for a damaged, truncated or unsupported
+#: image file: each is the file's fault, so the caller makes it its one clear refusal (a 400
+#: in the server, one line naming the file at ingest). Left out on purpose: TypeError,
+#: AttributeError, NameError, AssertionError and the like, which are bugs (ours or a
+#: decoder's) and must surface as such (a 500 that is logged, a traceback), not be hidden as
+#: a bad file.
+UNREADABLE_FILE_ERRORS: tuple[type[Exception], ...] = (
+    OSError,  # Pillow: "image file is truncated", UnidentifiedImageError; read errors
+    EOFError,  # Pillow: a header cut short
+    SyntaxError,  # Pillow's plugins: "not a PNG file" and other header errors
+    ValueError,  # tifffile's TiffFileError; Pillow's and numpy's checks of sizes and modes
+    struct.error,  # a header cut short, unpacked by Pillow or tifffile
+    zlib.error,  # a damaged deflate strip (tifffile's decoder and ours)
+    lzma.LZMAError,  # a damaged LZMA strip
+    ArithmeticError,  # ZeroDivisionError, OverflowError: absurd tag values (0 rows per strip)
+    LookupError,  # KeyError, IndexError: a missing or short tag, a code with no decoder
+    MemoryError,  # an allocation that a damaged header asks for
+    NotImplementedError,  # tifffile: a TIFF feature it does not decode
+    Image.DecompressionBombError,  # Pillow: past its pixel limit (the server says 413 first)
+)
+
+#: Where the decoders' own code lives: a TypeError raised there while a file is read is the
+#: file's fault (tifffile and Pillow compare and compute with tag values as stored, and a
+#: damaged tag, a tuple where one number belongs, fails deep inside them).
+_DECODER_DIRS = tuple(str(Path(m.__file__).parent) for m in (tifffile, PIL) if m.__file__)
+
+
+def is_unreadable_file_error(exc: BaseException) -> bool:
+    """Whether ``exc``, raised while an image file was opened or decoded, says the file is
+    damaged, truncated or of a kind the decoders do not read (one of
+    :data:`UNREADABLE_FILE_ERRORS`, or a TypeError raised inside tifffile's or Pillow's own
+    code), rather than a bug of this code, which its caller lets through."""
+    if isinstance(exc, UNREADABLE_FILE_ERRORS):
+        return True
+    if not isinstance(exc, TypeError):
+        return False
+    frame = exc.__traceback__
+    while frame is not None and frame.tb_next is not None:
+        frame = frame.tb_next  # the innermost frame: where it was raised
+    return frame is not None and frame.tb_frame.f_code.co_filename.startswith(_DECODER_DIRS)
 
 
 class PixelFormatError(InputError):
@@ -155,12 +203,62 @@ def _compression_name(page: Any) -> str:
     return str(getattr(code, "name", f"code {int(code)}"))
 
 
+#: The page attributes this module and :mod:`.tiffpage` read as one number each.
+_SCALAR_TAGS = (
+    "imagewidth",
+    "imagelength",
+    "imagedepth",
+    "samplesperpixel",
+    "photometric",
+    "compression",
+    "planarconfig",
+    "predictor",
+    "fillorder",
+    "rowsperstrip",
+    "tilewidth",
+    "tilelength",
+    "tiledepth",
+    "sampleformat",
+)
+
+
+def _check_scalar_tags(page: Any) -> None:
+    """Refuse a page whose size or layout tag holds several values (a damaged count) or a
+    non-number (a damaged type): tifffile keeps such a value as it is, a tuple or a string,
+    and every comparison with it fails (a TypeError, which would read as a bug)."""
+    for name in _SCALAR_TAGS:
+        value = getattr(page, name)
+        if not isinstance(value, int | np.integer):
+            raise tifffile.TiffFileError(
+                f"TIFF tag {name} holds {value!r}: expected one number (damaged file)"
+            )
+
+
+def _bits_per_sample(page: Any) -> int:
+    """A TIFF page's bits per sample: one number, refused when its samples differ in depth
+    (tifffile keeps e.g. RGB 5-6-5 as a tuple)."""
+    bits = page.bitspersample
+    if isinstance(bits, tuple):
+        raise PixelFormatError(
+            f"is a TIFF whose samples differ in depth ({', '.join(map(str, bits))} bits): "
+            "expected grey or RGB samples of one depth (8 or 16 bits)"
+        )
+    return int(bits)
+
+
 def _tiff_plan(page: Any) -> tuple[FrameHeader, str]:
     """A TIFF page's header, and how it is decoded: ``"raw"`` (tifffile's samples) or
     ``"pillow"`` (Pillow's 8-bit rendering: palette, CMYK and other colour spaces, and
     compressions tifffile cannot decode here)."""
+    _check_scalar_tags(page)
     photometric = page.photometric
-    dtype, bits = np.dtype(page.dtype), int(page.bitspersample)
+    bits = _bits_per_sample(page)
+    if page.dtype is None:  # no numpy type for these samples (tifffile cannot decode them)
+        raise PixelFormatError(
+            f"is a TIFF of {bits}-bit samples of sample format {int(page.sampleformat)}: "
+            "expected 1-, 8- or 16-bit unsigned integers or floats"
+        )
+    dtype = np.dtype(page.dtype)
     extras = tuple(int(e) for e in page.extrasamples or ())
     h, w = int(page.imagelength), int(page.imagewidth)
     if _EXTRA.UNSPECIFIED in extras:
@@ -231,6 +329,36 @@ def _raw_tiff_pixels(page: Any, x: np.ndarray, channels: int) -> np.ndarray:
     return pixel_layout(x, channels)
 
 
+def _image_pages(tf: tifffile.TiffFile) -> list[Any]:
+    """The pages of ``tf`` that are images of their own (reduced-resolution copies left out).
+
+    The chain of pages (IFDs) is walked by hand, page by page: tifffile follows a chain that
+    loops back on itself (an empty IFD that names itself as the next one, in an 865-byte
+    upload) without end, adding a page each time, so a server thread spun forever and its
+    memory grew by 20 MB a second. A page offset seen twice is refused as a damaged file, and
+    so is a chain of more than ``MAX_TIFF_PAGES`` pages."""
+    pages: list[Any] = []
+    seen: set[int] = set()
+    for page in tf.pages:
+        offset = int(page.offset)
+        if offset in seen:
+            raise tifffile.TiffFileError(
+                f"the chain of TIFF pages (IFDs) loops back to the page at byte {offset} "
+                "(damaged file)"
+            )
+        seen.add(offset)
+        if len(seen) > MAX_TIFF_PAGES:
+            raise PixelFormatError(
+                f"is a TIFF of more than {MAX_TIFF_PAGES} pages: expected one image per file "
+                "(save each page as its own file)"
+            )
+        if not getattr(page, "is_reduced", False):
+            pages.append(page)
+    if not pages:  # tifffile reads a damaged first IFD offset as no page
+        raise ValueError("no image page can be read (damaged IFD chain)")
+    return pages
+
+
 class TiffImage:
     """An open TIFF (a path, or an upload's bytes) whose pages decode by the module's rule.
 
@@ -241,10 +369,11 @@ class TiffImage:
         self._source = source
         self._tf = tifffile.TiffFile(io.BytesIO(source) if isinstance(source, bytes) else source)
         self._pil: Image.Image | None = None
-        self._pages = [p for p in self._tf.pages if not getattr(p, "is_reduced", False)]
-        if not self._pages:  # tifffile reads a damaged first IFD offset as no page
-            self._tf.close()
-            raise ValueError("no image page can be read (damaged IFD chain)")
+        try:
+            self._pages = _image_pages(self._tf)
+        except BaseException:
+            self._tf.close()  # a path's file handle is not left open
+            raise
 
     def __enter__(self) -> TiffImage:
         return self

@@ -121,6 +121,12 @@ def decoded_segments(
     # A damaged file may list fewer byte counts than offsets: tifffile reads those it pairs.
     pairs = zip(page.dataoffsets, page.databytecounts, strict=False)
     for index, (offset, count) in enumerate(pairs):
+        if not isinstance(offset, int | np.integer) or not isinstance(count, int | np.integer):
+            # A damaged tag type (ASCII, say) that tifffile reads as text.
+            raise tifffile.TiffFileError(
+                f"strip or tile #{index} has offset {offset!r} and byte count {count!r}: "
+                "expected numbers (damaged file)"
+            )
         if not count:
             yield index, None
             continue

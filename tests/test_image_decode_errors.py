@@ -1,0 +1,78 @@
+"""Which failures of the one image decoder are a bad file (a 4xx in the server, one line
+naming the file at ingest) and which are a bug (let through): found by fuzzing the decode path
+with mutated PNG, JPEG, TIFF and NPY files."""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pomlia_hpc.data.sources import folder
+from pomlia_hpc.data.sources.folder import decodes, read_header, read_image
+from pomlia_hpc.errors import InputError
+from pomlia_hpc.serve import decode as serve_decode
+from pomlia_hpc.serve.decode import InputSpec, Limits, RequestError, decode
+from tests.fixtures import bad_tiffs
+
+SIDE = 28
+#: name: (file, channels, status, what the server's message says)
+DAMAGED = {
+    "IFD chain that loops": (bad_tiffs.looping_chain(SIDE, 3), 3, 400, "loops back"),
+    "ImageLength of two numbers": (bad_tiffs.tuple_image_length(SIDE), 1, 400, "corrupt"),
+    "StripByteCounts typed ASCII": (bad_tiffs.text_byte_counts(SIDE), 1, 400, "expected numbers"),
+    "RGB 5-6-5": (bad_tiffs.rgb_565(SIDE), 3, 400, "samples differ in depth (5, 6, 5 bits)"),
+}
+
+
+@pytest.mark.timeout(120)  # the looping chain was followed without end: a hang, not a failure
+@pytest.mark.parametrize("name", sorted(DAMAGED))
+def test_damaged_tiffs_are_one_clear_refusal_in_the_server_and_at_ingest(
+    name: str, tmp_path: Path
+) -> None:
+    data, channels, status, words = DAMAGED[name]
+    with pytest.raises(RequestError) as err:
+        decode(data, "image/tiff", InputSpec(SIDE, channels), Limits())
+    assert err.value.status == status and words in err.value.message, err.value.message
+    path = tmp_path / "bad.tif"
+    path.write_bytes(data)
+    with pytest.raises(InputError, match=r"image file '.*bad\.tif' "):
+        read_image(path, channels, read_header(path).depth)
+
+
+def test_a_bug_in_the_decoder_is_not_called_an_unreadable_file(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """A TypeError raised by this project's own code (not by Pillow or tifffile reading a
+    damaged file) is a bug: it is let through, never reported as "cannot be read", skipped
+    by --skip-unreadable or answered as a 400."""
+    path = tmp_path / "fine.png"
+    Image.new("RGB", (SIDE, SIDE)).save(path)
+    data = path.read_bytes()
+
+    def buggy(*args: object, **kwargs: object) -> np.ndarray:
+        raise TypeError("a bug of ours")
+
+    monkeypatch.setattr(folder, "file_pixels", buggy)
+    monkeypatch.setattr(serve_decode, "pil_pixels", buggy)
+    calls: list[Callable[[], object]] = [
+        lambda: read_image(path, 3, "uint8"),
+        lambda: decodes(path),
+        lambda: decode(data, "image/png", InputSpec(SIDE, 3), Limits()),
+    ]
+    for call in calls:
+        with pytest.raises(TypeError, match="a bug of ours"):
+            call()
+
+
+def test_a_valid_tiff_of_many_pages_still_decodes_page_by_page() -> None:
+    """The bounded walk of the page chain keeps every page of a plain multi-page file."""
+    pages = [Image.new("L", (SIDE, SIDE), 40 * i) for i in range(5)]
+    buf = io.BytesIO()
+    pages[0].save(buf, "TIFF", save_all=True, append_images=pages[1:])
+    got = decode(buf.getvalue(), "image/tiff", InputSpec(SIDE, 1), Limits())
+    assert [round(float(p.max()) * 255) for p in got] == [0, 40, 80, 120, 160]
