@@ -5,6 +5,7 @@ with mutated PNG, JPEG, TIFF and NPY files."""
 from __future__ import annotations
 
 import io
+import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,6 +14,7 @@ import pytest
 from PIL import Image
 
 from pomlia_hpc.data.sources import folder
+from pomlia_hpc.data.sources.base import IngestLimits, check_side
 from pomlia_hpc.data.sources.folder import decodes, read_header, read_image
 from pomlia_hpc.errors import InputError
 from pomlia_hpc.serve import decode as serve_decode
@@ -67,6 +69,24 @@ def test_a_bug_in_the_decoder_is_not_called_an_unreadable_file(
     for call in calls:
         with pytest.raises(TypeError, match="a bug of ours"):
             call()
+
+
+def test_skip_unreadable_does_not_decode_a_header_past_the_size_limit(tmp_path: Path) -> None:
+    """--skip-unreadable decodes every file before the headers are scanned: a 300-byte file
+    that claims 8192 x 8192 px (16-bit) was decoded in full, 128 MB of missing strips."""
+    path = tmp_path / "claims.tif"
+    path.write_bytes(bad_tiffs.claimed_size(16, 8192))
+    tracemalloc.start()
+    try:
+        why = decodes(path, IngestLimits(max_side_px=4096))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert why is None  # its header reads: the scan refuses its size, naming it
+    assert peak < 8 << 20, peak
+    head = read_header(path)
+    with pytest.raises(InputError, match=r"8192x8192 px: expected sides of 1 \.\. 4096"):
+        check_side(f"image file '{path}'", head.height, head.width, IngestLimits(4096))
 
 
 def test_a_valid_tiff_of_many_pages_still_decodes_page_by_page() -> None:

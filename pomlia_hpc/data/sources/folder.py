@@ -129,14 +129,18 @@ def _unreadable(path: Path, exc: Exception) -> InputError:
     )
 
 
-def decodes(path: Path) -> str | None:
+def decodes(path: Path, limits: IngestLimits | None = None) -> str | None:
     """None when image file ``path`` decodes in full, else why not (one line): the check of
     ``--skip-unreadable``, which also finds files whose header reads but whose pixels are cut
-    off."""
+    off. A header of a size past ``limits`` (default :class:`IngestLimits`) is not decoded:
+    the scan of the headers refuses it, naming its size."""
     try:
         if path.stat().st_size == 0:
             return "empty file, 0 bytes"
         header = read_header(path)
+        # Before any pixel: a damaged 30-byte header may claim 16 million rows, which would
+        # take seconds and gigabytes to decode before this check runs.
+        check_side(f"image file '{path}'", header.height, header.width, limits or IngestLimits())
         file_pixels(path, header.channels)
     except UnreadableImageError as exc:
         cause = exc.__cause__ or exc
@@ -363,7 +367,7 @@ class FolderSource(Source):
         check_class_names(path, layout.named)
         for cf in layout.class_folders:
             for f in _images(cf.folder, path):
-                if skip_unreadable and (why := decodes(f)) is not None:
+                if skip_unreadable and (why := decodes(f, self._limits)) is not None:
                     unreadable.append(f"{f.relative_to(path).as_posix()} ({why})")
                     continue
                 # The key, not the file's own path: root/<class>/<split>/ hashes as
