@@ -11,11 +11,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import tifffile
 from PIL import Image
 
 from pomlia_hpc.data.sources import folder
 from pomlia_hpc.data.sources.base import IngestLimits, check_side
 from pomlia_hpc.data.sources.folder import decodes, read_header, read_image
+from pomlia_hpc.data.sources.segments import SEGMENT_FLOOR_BYTES
 from pomlia_hpc.errors import InputError
 from pomlia_hpc.serve import decode as serve_decode
 from pomlia_hpc.serve.decode import InputSpec, Limits, RequestError, decode
@@ -87,6 +89,32 @@ def test_skip_unreadable_does_not_decode_a_header_past_the_size_limit(tmp_path: 
     head = read_header(path)
     with pytest.raises(InputError, match=r"8192x8192 px: expected sides of 1 \.\. 4096"):
         check_side(f"image file '{path}'", head.height, head.width, IngestLimits(4096))
+
+
+def test_a_tile_far_larger_than_its_image_cannot_inflate_past_the_floor(tmp_path: Path) -> None:
+    """A 32 px page may name 4096 px tiles: its one deflate tile was allowed to inflate to the
+    tile's 16 MB (65536 px tiles: 4 GB from a 4 MB upload). Now no segment may decode past
+    the whole page's pixels or SEGMENT_FLOOR_BYTES (4 MB), whichever is larger."""
+    data = bad_tiffs.oversized_tile(32, 4096, 12 << 20)
+    tracemalloc.start()
+    try:
+        with pytest.raises(RequestError) as err:
+            decode(data, "image/tiff", InputSpec(32, 1), Limits())
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert err.value.status == 413 and "decompression bomb" in err.value.message
+    assert peak < 3 * SEGMENT_FLOOR_BYTES, peak  # was the 12 MB tile, twice
+    path = tmp_path / "tiles.tif"
+    path.write_bytes(data)
+    with pytest.raises(InputError, match="decompression bomb"):
+        read_image(path, 1, "uint8")
+    # A legitimate tile larger than a small image still decodes (256 px tiles, 100 px image).
+    x = np.arange(100 * 100, dtype=np.uint16).reshape(100, 100)
+    buf = io.BytesIO()
+    tifffile.imwrite(buf, x, tile=(256, 256), compression="zlib")
+    got = decode(buf.getvalue(), "image/tiff", InputSpec(100, 1), Limits())
+    assert np.array_equal(got[0, ..., 0], x * np.float32(1 / 65535))
 
 
 def test_a_valid_tiff_of_many_pages_still_decodes_page_by_page() -> None:

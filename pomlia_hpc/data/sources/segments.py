@@ -28,6 +28,9 @@ _CP = tifffile.COMPRESSION
 #: for no-op headers; more is refused unscanned, so the pure-Python scan below stays short.
 PACKBITS_BYTES_PER_BYTE = 2
 PACKBITS_SLACK_BYTES = 1024
+#: Bytes any one strip or tile may decode to even past its whole page's pixels: a legitimate
+#: tile may be larger than a small image (libtiff's 256 px tiles for a 100 px image).
+SEGMENT_FLOOR_BYTES = 4 << 20
 #: Most memory (bytes) an LZMA segment's decoder may take: preset 9's 64 MB dictionary, and more.
 LZMA_MEMLIMIT_BYTES = 128 << 20
 
@@ -101,6 +104,18 @@ DECODERS: dict[int, Callable[[memoryview, int], bytes]] = {
 }
 
 
+def segment_limit(page: Any) -> int:
+    """Most bytes one strip or tile of ``page`` may decode to: its samples at their dtype's
+    width (bit-packed 1-bit and 12-bit samples take less), but no more than the whole page's
+    samples or ``SEGMENT_FLOOR_BYTES``, whichever is larger. A tile's size is the file's word,
+    not bounded by the image's: a 32 px page that names 4096 x 4096 px tiles would let one
+    deflate tile inflate to 16 MB (and 65536 px tiles to 4 GB, from a 4 MB upload)."""
+    itemsize = np.dtype(page.dtype).itemsize
+    segment = math.prod(int(s) for s in page.chunks) * itemsize
+    whole = math.prod(int(s) for s in page.shaped) * itemsize
+    return min(segment, max(whole, SEGMENT_FLOOR_BYTES))
+
+
 def decoded_segments(
     page: Any, read: Callable[[int, int], bytes | memoryview]
 ) -> Iterator[tuple[int, bytes | None]]:
@@ -114,9 +129,7 @@ def decoded_segments(
     take, without ever holding more than that many; a damaged stream raises its codec's error
     (``zlib.error``, ``LZMAError``)."""
     decoder = DECODERS[int(page.compression)]
-    # An upper bound in bytes: the segment's samples at their dtype's width (bit-packed
-    # 1-bit and 12-bit samples take less).
-    limit = math.prod(int(s) for s in page.chunks) * np.dtype(page.dtype).itemsize
+    limit = segment_limit(page)
     name = _CP(page.compression).name
     # A damaged file may list fewer byte counts than offsets: tifffile reads those it pairs.
     pairs = zip(page.dataoffsets, page.databytecounts, strict=False)
@@ -141,8 +154,8 @@ def decoded_segments(
         if len(decoded) > limit:
             raise DecompressionLimitError(
                 f"has a strip or tile (#{index}) compressed as {name} that decompresses to "
-                f"more than the {limit} bytes its pixels take (refused as a decompression "
-                "bomb): save the image again with a standard encoder"
+                f"more than the {limit} bytes its pixels can take (refused as a "
+                "decompression bomb): save the image again with a standard encoder"
             )
         yield index, decoded
 
