@@ -72,10 +72,11 @@ _TIFF_WIDE_INTS = frozenset({np.dtype(t) for t in ("uint16", "int16", "int32", "
 
 #: What Pillow, tifffile, numpy and the codecs raise for a damaged, truncated or unsupported
 #: image file: each is the file's fault, so the caller makes it its one clear refusal (a 400
-#: in the server, one line naming the file at ingest). Left out on purpose: TypeError,
-#: AttributeError, NameError, AssertionError and the like, which are bugs (ours or a
-#: decoder's) and must surface as such (a 500 that is logged, a traceback), not be hidden as
-#: a bad file.
+#: in the server, one line naming the file at ingest). Left out on purpose: AttributeError,
+#: NameError, AssertionError, TypeError and the like, which are bugs and must surface as such
+#: (a 500 that is logged, a traceback), not be hidden as a bad file; a TypeError counts as a
+#: bad file only when raised inside tifffile's or Pillow's own code
+#: (:func:`is_unreadable_file_error`).
 UNREADABLE_FILE_ERRORS: tuple[type[Exception], ...] = (
     OSError,  # Pillow: "image file is truncated", UnidentifiedImageError; read errors
     EOFError,  # Pillow: a header cut short
