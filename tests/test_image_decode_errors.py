@@ -117,6 +117,21 @@ def test_a_tile_far_larger_than_its_image_cannot_inflate_past_the_floor(tmp_path
     assert np.array_equal(got[0, ..., 0], x * np.float32(1 / 65535))
 
 
+def test_a_strip_byte_count_past_the_file_allocates_nothing_at_ingest(tmp_path: Path) -> None:
+    """A file's read(n) allocates n bytes before it reads: a strip that claims 2 GB in a
+    file of a few hundred bytes made ingest allocate 2 GB (a MemoryError under a memory cap)."""
+    path = tmp_path / "claims.tif"
+    path.write_bytes(bad_tiffs.huge_byte_count(SIDE))
+    tracemalloc.start()
+    try:
+        x = read_image(path, 1, read_header(path).depth)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert x.shape == (SIDE, SIDE, 1)  # the strip the file holds decodes, as tifffile reads it
+    assert peak < 16 << 20, peak
+
+
 def test_a_valid_tiff_of_many_pages_still_decodes_page_by_page() -> None:
     """The bounded walk of the page chain keeps every page of a plain multi-page file."""
     pages = [Image.new("L", (SIDE, SIDE), 40 * i) for i in range(5)]

@@ -426,7 +426,9 @@ class TiffImage:
             return memoryview(self._source)[offset : offset + count]
         handle = self._tf.filehandle
         handle.seek(offset)
-        return handle.read(count)
+        # A file object's read(n) allocates n bytes first: a damaged byte count of 4 GB in a
+        # 1 KB file is cut to what the file holds.
+        return handle.read(max(0, min(count, int(handle.size) - offset)))
 
 
 def is_tiff(path: Path) -> bool:
