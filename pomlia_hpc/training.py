@@ -95,6 +95,18 @@ def use_interpreter_extension_cache() -> Path:
     return Path(os.environ["TORCH_EXTENSIONS_DIR"])
 
 
+def resume_note(epoch: int, checkpoint: str | Path, attempt: int) -> str:
+    """What a training job's log says of where it starts, for the encoder and a trial alike:
+    ``resumed from epoch 4 (checkpoint PATH, attempt 2)``; after a requeue that came before
+    any epoch was saved ``attempt 2, no epoch checkpointed yet: from epoch 0``; ``""`` for a
+    first attempt from scratch. ``attempt``: 1 + Slurm's restart count of the job."""
+    if epoch > 0:
+        return f"resumed from epoch {epoch} (checkpoint {checkpoint}, attempt {attempt})"
+    if attempt > 1:
+        return f"attempt {attempt}, no epoch checkpointed yet: from epoch 0"
+    return ""
+
+
 #: Seconds between two lines of a DeepSpeed op build (or a wait for another job's build).
 BUILD_NOTE_EVERY_S = 30.0
 

@@ -85,7 +85,7 @@ def test_a_trial_job_says_which_trial_it_is_and_stamps_its_epochs(
 
     class Result:
         def to_dict(self) -> dict[str, Any]:
-            return {}
+            return {"start_epoch": 0}
 
     def fake_train(req: TrainRequest, progress: Any) -> Result:
         progress(1, 2, {"train_loss": 0.25, "seconds": 1.5})

@@ -19,7 +19,7 @@ import traceback
 from pathlib import Path
 from typing import Any
 
-from pomlia_hpc.automl.engine import TrainRequest, TrainResult, train
+from pomlia_hpc.automl.engine import CKPT_DIR, TrainRequest, TrainResult, read_state, train
 from pomlia_hpc.automl.records import config_summary
 from pomlia_hpc.cluster import Checkpointable, requeue_exit
 from pomlia_hpc.config import Record, read_record
@@ -27,6 +27,7 @@ from pomlia_hpc.errors import PomliaError
 from pomlia_hpc.files import write_json_atomic
 from pomlia_hpc.models.archs import WITHOUT_TORCHVISION
 from pomlia_hpc.progress import say
+from pomlia_hpc.training import resume_note
 
 DIST_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
@@ -100,6 +101,9 @@ class TrialJob(Checkpointable):
     def __init__(self, request: TrainRequest, result_path: str) -> None:
         self.request = request
         self.result_path = result_path
+        #: The epoch the trial's first attempt started from (its checkpoint then), kept on the
+        #: job so that the attempts after a requeue report the trial's span, not their own.
+        self.start_epoch: int | None = None
 
     def preload_modules(self) -> tuple[str, ...]:
         """The class's preload, and torchvision for the architectures built with it."""
@@ -119,10 +123,17 @@ class TrialJob(Checkpointable):
         req, lineage = self.request, self.request.lineage
         stamp = TrialStart(started=time.time())
         write_json_atomic(started_path(self.result_path), stamp.to_dict())
+        state = read_state(req.workdir) or {}
+        epoch = int(state.get("epoch", 0))
+        if getattr(self, "start_epoch", None) is None:  # a job pickled by an older version
+            self.start_epoch = epoch
+        # After a requeue, say where it resumes, as the encoder's training does.
+        ckpt = Path(req.workdir) / CKPT_DIR / str(state.get("tag", ""))
+        note = resume_note(epoch, ckpt, self.restart_count() + 1)
         say(
             f"trial: run {lineage.get('run_id', '?')} of study {lineage.get('study', '?')} on "
             f"{lineage.get('dataset', '?')}, {config_summary(req.config.to_dict())}, to "
-            f"{req.epochs} epochs"
+            f"{req.epochs} epochs{'; ' + note if note else ''}"
         )
 
         def log(epoch: int, epochs: int, rec: dict[str, float]) -> None:
@@ -139,6 +150,10 @@ class TrialJob(Checkpointable):
             failure = TrialFailure(error=error, traceback=traceback.format_exc())
             write_json_atomic(failure_path(self.result_path), failure.to_dict())
             raise
+        # The trial's span: train() of an attempt after a requeue starts at that attempt's
+        # checkpoint (epochs_run, the study's epoch count and the run's record would lose
+        # the epochs of the attempts before it).
+        result["start_epoch"] = min(int(result["start_epoch"]), self.start_epoch or 0)
         write_json_atomic(Path(self.result_path), result)
         sys.stdout.flush()
         return result

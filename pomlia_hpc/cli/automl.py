@@ -118,6 +118,9 @@ def study_reporter(bar: Reporter) -> Callable[[Any], None]:
             bar.line(f"study {view.name}: {ended}/{view.n_trials} trials; {stage}")
         if bar.plain:
             lines(view)
+        else:  # above the live table: the table has no room to say a trial was requeued
+            for line in lines.requeues(view):
+                bar.line(line)
         notes = [stage]
         if best is not None:
             notes.append(f"best run {best.run_id} val {view.metric} {_fmt(best.objective)}")

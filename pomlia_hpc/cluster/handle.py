@@ -338,11 +338,36 @@ MAX_ATTEMPTS = 4
 REQUEUE_POLL_S = 15.0
 
 
+def requeue_note(attempt: int) -> str:
+    """How a driver says that a job it waits on was requeued, ``attempt`` (2 or more) being the
+    attempt that now runs: one wording for an encoder training and an AutoML trial alike."""
+    return (
+        f"requeued (attempt {attempt} of {MAX_ATTEMPTS} at its time limit): it resumes from "
+        "its last checkpoint"
+    )
+
+
+def job_attempts(registry: Registry, record_ids: list[int]) -> dict[int, int]:
+    """The attempts each Slurm job row of ``record_ids`` has run so far, the current one
+    included, asked of ``sacct`` in one call (at most 10 s); rows it cannot say are left out,
+    and so is everything when it does not answer (advice for people: a busy slurmdbd must not
+    stop a driver's wait)."""
+    if not record_ids:
+        return {}
+    try:
+        refresh_slurm_jobs(registry, record_ids, timeout_s=10.0)
+        with registry.session() as s:
+            rows = [s.get(Job, rid) for rid in record_ids]
+            return {int(r.id): attempts_run(r) for r in rows if r is not None}
+    except (ClusterError, OSError):
+        return {}
+
+
 class RequeueWatch:
     """What a driver waiting on one Slurm job says when that job is requeued: a time-limit
     requeue left ~20 s gaps in the driver's log, never explained. :meth:`poll` asks the job's
     record (``sacct``, at most every :data:`REQUEUE_POLL_S` seconds) and returns a line once
-    per new attempt (``requeued (attempt 2 of 4)``), else None."""
+    per new attempt (``requeued (attempt 2 of 4 at its time limit)``), else None."""
 
     def __init__(self, handle: JobHandle, what: str) -> None:
         self._handle, self._what = handle, what
@@ -356,17 +381,8 @@ class RequeueWatch:
         if time.monotonic() - self._polled < REQUEUE_POLL_S:
             return None
         self._polled = time.monotonic()
-        try:  # advice for people: a busy slurmdbd must not stop the wait
-            refresh_slurm_jobs(registry, [handle.record_id], timeout_s=10.0)
-            with registry.session() as s:
-                row = s.get(Job, handle.record_id)
-                attempt = attempts_run(row) if row is not None else 1
-        except (ClusterError, OSError):
-            return None
+        attempt = job_attempts(registry, [handle.record_id]).get(handle.record_id, 1)
         if attempt <= self._seen:
             return None
         self._seen = attempt
-        return (
-            f"{self._what} {handle.name} requeued (attempt {attempt} of {MAX_ATTEMPTS} at its "
-            "time limit): it resumes from its last checkpoint"
-        )
+        return f"{self._what} {handle.name} {requeue_note(attempt)}"

@@ -65,7 +65,7 @@ from pomlia_hpc.fingerprint.validation import (
 from pomlia_hpc.models.checkpoint import write_torch
 from pomlia_hpc.processes import cpus_available
 from pomlia_hpc.progress import say
-from pomlia_hpc.training import initialize
+from pomlia_hpc.training import initialize, resume_note
 
 __all__ = ["TrainJob"]
 
@@ -153,10 +153,9 @@ def _train_rank(
     if rank == 0:  # the output file is named by the job's id: say what it trains
         # After a requeue, say so: "54 epochs to go" alone left 6 epochs unexplained.
         ckpt = out / "checkpoints" / (restored.tag if restored else "")
-        attempt = Checkpointable.restart_count() + 1
-        resumed = f"resumed from epoch {resumed_from} (checkpoint {ckpt}, attempt {attempt}), "
+        note = resume_note(resumed_from, ckpt, Checkpointable.restart_count() + 1)
         to_go = f"{n_rows} images, {config.epochs - resumed_from} epochs to go"
-        say(f"training into {out}: {resumed if resumed_from else ''}{to_go}")
+        say(f"training into {out}: {note + ', ' if note else ''}{to_go}")
     curves = Curves(out / CURVES_DIR, enabled=rank == 0)  # beside checkpoints/ (pomlia_hpc.curves)
     for epoch in range(int(state["epoch"]), config.epochs):
         if state["stopped_early"]:

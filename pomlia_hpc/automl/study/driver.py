@@ -119,7 +119,7 @@ class StudyRunner(TrialRunner):
                     self.start(opt, proposal)
             if not self.active:
                 break
-            changed = False
+            changed = self.note_requeues()
             self.poll_orphans()
             for run_id, act in list(self.active.items()):
                 if act.handle.done():
@@ -176,6 +176,8 @@ class StudyRunner(TrialRunner):
                     del self.active[run_id]
                     self.collect(opt, act)
             if self.active:
+                if self.note_requeues():
+                    self.emit()
                 self.liveness.beat()
                 time.sleep(self.poll_s)
         self.emit()

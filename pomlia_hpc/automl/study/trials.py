@@ -36,6 +36,7 @@ from pomlia_hpc.automl.trial import (
 )
 from pomlia_hpc.cluster import Executor, JobFailedError, JobHandle
 from pomlia_hpc.cluster.attach import AttachedJob, poll_attached
+from pomlia_hpc.cluster.handle import REQUEUE_POLL_S, job_attempts
 from pomlia_hpc.errors import ClusterError, InputError, PomliaError, integrity_failure
 from pomlia_hpc.registry import Job, Registry, Run
 from pomlia_hpc.workspace import Workspace
@@ -157,6 +158,7 @@ class TrialRunner:
         self.engine = spec.engine
         self.active: dict[int, ActiveTrial] = {}
         self._orphans_polled = -math.inf  # time.monotonic() of the last poll
+        self._requeues_polled = -math.inf  # and of the last look for requeued trial jobs
         #: Runs recorded before this driver started, by (configuration key, epochs).
         self.known: dict[tuple[str, int], Run] = {}
         self._executor = executor
@@ -375,6 +377,26 @@ class TrialRunner:
             self._orphans_polled = time.monotonic()
             poll_attached(orphans)
 
+    def note_requeues(self) -> bool:
+        """Ask ``sacct`` (one call, at most every :data:`REQUEUE_POLL_S` seconds) which running
+        trials' Slurm jobs were requeued, and put each one's new attempt in its view (the
+        driver's lines say it: :class:`~pomlia_hpc.automl.study.view.TrialLog`). Returns
+        whether a view changed."""
+        ids = {
+            a.handle.record_id: r
+            for r, a in self.active.items()
+            if a.handle.backend == "slurm" and a.handle.record_id is not None
+        }
+        if not ids or time.monotonic() - self._requeues_polled < REQUEUE_POLL_S:
+            return False
+        self._requeues_polled = time.monotonic()
+        changed = False
+        for job_id, attempt in job_attempts(self.registry, list(ids)).items():
+            view = self.views.get(ids[job_id])
+            if view is not None and attempt > view.attempt:
+                self.views[view.run_id], changed = replace(view, attempt=attempt), True
+        return changed
+
     def collect(self, opt: SearchOptimizer, act: ActiveTrial) -> None:
         handle = act.handle
         if isinstance(handle, AttachedJob) and handle.lost(cancelled_too=False):
@@ -500,6 +522,7 @@ class TrialRunner:
             cause,
             start,
             proposal.origin == FINAL_ORIGIN,
+            old.attempt if old else 1,
         )
 
     # -- repeated proposals ----------------------------------------------------------------

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from pomlia_hpc.automl import records
+from pomlia_hpc.cluster.handle import requeue_note
+from pomlia_hpc.cluster.records import attempts_run
 from pomlia_hpc.registry import Registry, Run
 from pomlia_hpc.vocab import RunStatus
 
@@ -37,6 +39,8 @@ class TrialView:
     start_epoch: int = 0
     #: The final training of the best configuration (not one of ``--trials``).
     final: bool = False
+    #: The attempt its Slurm job runs (or ran last): 2 and more after a requeue.
+    attempt: int = 1
 
 
 @dataclass(frozen=True)
@@ -139,6 +143,7 @@ def view_of_run(registry: Registry, run: Run, metric: str) -> TrialView:
         str(m.get("cause", "")),
         int(m.get("start_epoch", 0)),
         values.get("origin") == FINAL_ORIGIN,
+        attempts_run(job) if job is not None and job.backend == "slurm" else 1,
     )
 
 
@@ -165,8 +170,25 @@ class TrialLog:
     def __init__(self, log: Callable[[str], None], prefix: str = "", counts: bool = True) -> None:
         self.log, self.prefix, self.counts = log, prefix, counts
         self._seen: dict[int, str] = {}
+        self._attempts: dict[int, int] = {}
+
+    def requeues(self, view: StudyView) -> list[str]:
+        """A line for each running trial whose Slurm job was requeued since the last view
+        (``run 3 small_cnn ..., 9 epochs: job 12 requeued (attempt 2 of 4 ...)``, as
+        ``fingerprint train`` says it of its job); the trial's own log says where it resumed."""
+        lines = []
+        for t in view.trials:
+            if t.status == RunStatus.RUNNING and t.attempt > self._attempts.get(t.run_id, 1):
+                job = f"job {t.job}" if t.job else "its job"
+                epochs = f"{t.epochs} epoch{'s' if t.epochs != 1 else ''}"
+                note = requeue_note(t.attempt)
+                lines.append(f"{self.prefix}run {t.run_id} {t.summary}, {epochs}: {job} {note}")
+            self._attempts[t.run_id] = max(t.attempt, self._attempts.get(t.run_id, 1))
+        return lines
 
     def __call__(self, view: StudyView) -> None:
+        for line in self.requeues(view):
+            self.log(line)
         changed = [t for t in view.trials if self._seen.get(t.run_id) != t.status]
         search = view.search
         ended = sum(x.status in ENDED for x in search)

@@ -1,0 +1,111 @@
+"""What a study says of a trial whose Slurm job was requeued (at its time limit, or preempted):
+the driver says the new attempt, the trial's log where it resumed, and the trial's record keeps
+the epochs of every attempt. Before, only ``fingerprint train`` said either, and a trial
+requeued at epoch 27 of 40 was recorded as having trained 13 epochs (``27→40``).
+The real requeue at a time limit: tests/test_automl_slurm_requeue.py."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pomlia_hpc.automl import trial
+from pomlia_hpc.automl.engine import TrainRequest
+from pomlia_hpc.automl.space import TrainConfig
+from pomlia_hpc.automl.study import StudyView, TrialLog, TrialView
+from pomlia_hpc.training import resume_note
+
+
+class Requeued(SystemExit):
+    """What submitit's handler raises in the job when it has checkpointed and requeued it."""
+
+
+def _request(tmp_path: Path) -> TrainRequest:
+    return TrainRequest(
+        store_path="x",
+        task_type="multi-class",
+        config=TrainConfig(lr=1e-3, optimizer="adamw", batch_size=64),
+        epochs=40,
+        workdir=str(tmp_path / "configs" / "k1"),
+        model_path=str(tmp_path / "m.pt"),
+        lineage={"run_id": 7, "study": "s1", "dataset": "blood@abc"},
+    )
+
+
+def test_a_requeued_trial_says_where_it_resumed_and_keeps_its_whole_span(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    req = _request(tmp_path)
+    workdir = Path(req.workdir)
+    calls: list[int] = []
+
+    def fake_train(request: TrainRequest, progress: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 1:  # the first attempt: 27 epochs checkpointed, then the signal
+            workdir.mkdir(parents=True)
+            state = {"epoch": 27, "tag": "epoch-27", "config_key": "", "history": []}
+            (workdir / "state.json").write_text(json.dumps(state))
+            raise Requeued(0)
+
+        class Result:  # as train() says it: from the checkpoint this attempt restored
+            def to_dict(self) -> dict[str, Any]:
+                return {"start_epoch": 27, "epochs": 40}
+
+        return Result()
+
+    monkeypatch.setattr(trial, "train", fake_train)
+    job = trial.TrialJob(req, str(tmp_path / "result.json"))
+    with pytest.raises(Requeued):
+        job()
+    again = pickle.loads(pickle.dumps(job))  # what submitit requeues: the job as it stopped
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    result = again()
+    assert result["start_epoch"] == 0  # the trial's span, 0 to 40, not the attempt's
+    assert json.loads((tmp_path / "result.json").read_text())["start_epoch"] == 0
+    first, second = [x for x in capsys.readouterr().out.splitlines() if "trial: run 7" in x]
+    assert first.endswith("to 40 epochs")  # a first attempt from scratch: nothing more
+    ckpt = workdir / "ckpt" / "epoch-27"
+    assert second.endswith(f"to 40 epochs; resumed from epoch 27 (checkpoint {ckpt}, attempt 2)")
+
+
+def test_the_resume_note_is_the_encoders_and_the_trials() -> None:
+    assert resume_note(0, "c", 1) == ""
+    assert resume_note(4, "c/e4", 2) == "resumed from epoch 4 (checkpoint c/e4, attempt 2)"
+    # requeued before any epoch was saved: said too, not taken for a first start
+    assert resume_note(0, "c", 3) == "attempt 3, no epoch checkpointed yet: from epoch 0"
+
+
+def _trial(status: str, attempt: int) -> TrialView:
+    return TrialView(
+        3, "k", "small_cnn lr=1.0e-03 adamw bs=64", 9, status, None, None, None, "12", "", 0,
+        False, attempt,
+    )  # fmt: skip
+
+
+def _view(t: TrialView) -> StudyView:
+    return StudyView("s", "acc", [t], None, 0, 4, None)
+
+
+def test_the_driver_says_a_trials_requeue_once() -> None:
+    lines: list[str] = []
+    log = TrialLog(lines.append, counts=False)
+    log(_view(_trial("running", 1)))
+    log(_view(_trial("running", 2)))
+    log(_view(_trial("running", 2)))  # nothing new: nothing said
+    log(_view(_trial("ok", 2)))
+    assert lines == [
+        "run 3 small_cnn lr=1.0e-03 adamw bs=64, 9 epochs: running",
+        "run 3 small_cnn lr=1.0e-03 adamw bs=64, 9 epochs: job 12 requeued (attempt 2 of 4 at "
+        "its time limit): it resumes from its last checkpoint",
+        "run 3 small_cnn lr=1.0e-03 adamw bs=64, 9 epochs: ok",
+    ]
+    # A resumed driver's view of trials that ended after a requeue says no requeue.
+    again: list[str] = []
+    TrialLog(again.append, counts=False)(_view(_trial("ok", 3)))
+    assert not any("requeued" in x for x in again)
+    assert re.search(r"attempt \d of \d", lines[1])
