@@ -5,6 +5,7 @@ jobs of a name, cancel them all. For jobs that are shell scripts rather than Pyt
 
 from __future__ import annotations
 
+import os
 import shutil
 import subprocess
 from collections.abc import Mapping, Sequence
@@ -29,12 +30,33 @@ class QueuedJob:
     command: str = ""  # the batch script it runs (squeue's %o)
 
 
+#: What Slurm sets in a job only once the job was restarted (requeued). sbatch exports the
+#: submitting environment (``--export=ALL``), so a job submitted from inside a requeued job (a
+#: pipeline's driver job, ``jobs/automl.sbatch``, the monitor's chain) inherited it and counted
+#: itself restarted from its first attempt: its log said "attempt 2", a driver in it took its
+#: own first start for a requeue.
+RESTART_VARS = ("SLURM_RESTART_COUNT",)
+
+
+def submission_environ() -> dict[str, str]:
+    """This process's environment as a job submitted from it should inherit it: without
+    :data:`RESTART_VARS`."""
+    return {k: v for k, v in os.environ.items() if k not in RESTART_VARS}
+
+
 def _run(cmd: Sequence[str], cwd: Path | None = None) -> str:
     if shutil.which(cmd[0]) is None:
         raise ClusterError(f"{cmd[0]} not found: run this on a Slurm login node")
+    env = submission_environ() if cmd[0] == "sbatch" else None
     try:
         out = subprocess.run(
-            list(cmd), capture_output=True, text=True, check=False, timeout=TIMEOUT_S, cwd=cwd
+            list(cmd),
+            capture_output=True,
+            text=True,
+            check=False,
+            timeout=TIMEOUT_S,
+            cwd=cwd,
+            env=env,
         )
     except subprocess.TimeoutExpired as exc:
         raise ClusterError(f"{cmd[0]} did not answer within {TIMEOUT_S} s") from exc

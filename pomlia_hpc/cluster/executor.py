@@ -26,6 +26,7 @@ from typing import Any
 import submitit
 
 from pomlia_hpc.cluster import submitit_controller
+from pomlia_hpc.cluster.batch import RESTART_VARS
 from pomlia_hpc.cluster.cancel import cancel_array_parts
 from pomlia_hpc.cluster.failures import LIMIT_KEYS
 from pomlia_hpc.cluster.handle import JobHandle
@@ -190,7 +191,7 @@ class Executor:
                     slurm_additional_parameters={"dependency": f"afterany:{previous}"}
                 )
             try:
-                with sbatch_refusals(profile, name), ex.batch():
+                with sbatch_refusals(profile, name), _environment({}), ex.batch():
                     jobs = [ex.submit(fn, item) for item in chunk]
             except BaseException as exc:
                 if handles:  # an earlier part is queued or running: it must not run alone
@@ -306,9 +307,12 @@ class Executor:
 
 @contextlib.contextmanager
 def _environment(env: Mapping[str, str]) -> Iterator[None]:
-    """This process's environment with ``env`` set, for the submission only: submitit starts a
-    local job, records a debug job and runs sbatch with the environment of the moment."""
-    saved = {k: os.environ.get(k) for k in env}
+    """This process's environment with ``env`` set and without a restart count of its own
+    (:data:`~pomlia_hpc.cluster.batch.RESTART_VARS`), for the submission only: submitit starts
+    a local job, records a debug job and runs sbatch with the environment of the moment."""
+    saved = {k: os.environ.get(k) for k in (*env, *RESTART_VARS)}
+    for k in RESTART_VARS:
+        os.environ.pop(k, None)
     os.environ.update(env)
     try:
         yield
