@@ -92,6 +92,7 @@ LONG_FILES = (
     "test_gpu_check.py",
     "test_fingerprint_model.py",
     "test_fingerprint_slurm.py",
+    "test_automl_slurm_requeue.py",
     "test_fingerprint_extract.py",
     "test_automl_study.py",
     "test_export.py",
