@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import pickle
 import re
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +18,7 @@ import pytest
 from pomlia_hpc.automl import trial
 from pomlia_hpc.automl.engine import TrainRequest
 from pomlia_hpc.automl.space import TrainConfig
-from pomlia_hpc.automl.study import StudyView, TrialLog, TrialView
+from pomlia_hpc.automl.study import StudyView, TrialLog, TrialView, trial_line
 from pomlia_hpc.training import resume_note
 
 
@@ -109,3 +110,15 @@ def test_the_driver_says_a_trials_requeue_once() -> None:
     TrialLog(again.append, counts=False)(_view(_trial("ok", 3)))
     assert not any("requeued" in x for x in again)
     assert re.search(r"attempt \d of \d", lines[1])
+
+
+def test_a_trials_give_up_cause_is_said_whole() -> None:
+    """The driver's line for a trial that timed out 4 times ended in `...; raise ti)`."""
+    cause = (
+        "timed out after 4 attempts at its 1 min time limit (signal 5 s before it), then "
+        "submitit gave up requeueing it; raise time_min"
+    )
+    line = trial_line(replace(_trial("crashed", 4), cause=cause), "acc")
+    assert line.endswith(f"9 epochs: crashed ({cause})"), line
+    long = trial_line(replace(_trial("crashed", 1), cause="word " * 100), "acc")
+    assert long.endswith("word ...)") and len(long) < 320  # cut between words

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -152,7 +153,8 @@ def trial_line(trial: TrialView, metric: str) -> str:
     val acc 0.912`` (and the cause of a crash)."""
     value = trial.objective
     val = f" val {metric} {value:.3f}" if value is not None and not math.isnan(value) else ""
-    status, cause = trial.status, trial.cause[:120]
+    # Whole words: a cut at 120 characters ended the give-up cause in "...; raise ti)".
+    status, cause = trial.status, textwrap.shorten(trial.cause, 240, placeholder=" ...")
     if cause.startswith(status):  # "cancelled (scancel or preemption)": said once, not twice
         status, cause = cause, ""
     cause = f" ({cause})" if cause else ""
