@@ -10,6 +10,7 @@ import json
 import pickle
 import re
 from dataclasses import replace
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,11 @@ from pomlia_hpc.automl import trial
 from pomlia_hpc.automl.engine import TrainRequest
 from pomlia_hpc.automl.space import TrainConfig
 from pomlia_hpc.automl.study import StudyView, TrialLog, TrialView, trial_line
+from pomlia_hpc.automl.study.trials import trial_wall_s
+from pomlia_hpc.cluster import records as cluster_records
+from pomlia_hpc.cluster.batch import slurm_time
+from pomlia_hpc.cluster.records import parse_sacct, record_submission, refresh_slurm_jobs
+from pomlia_hpc.registry import Registry
 from pomlia_hpc.training import resume_note
 
 
@@ -122,3 +128,18 @@ def test_a_trials_give_up_cause_is_said_whole() -> None:
     assert line.endswith(f"9 epochs: crashed ({cause})"), line
     long = trial_line(replace(_trial("crashed", 1), cause="word " * 100), "acc")
     assert long.endswith("word ...)") and len(long) < 320  # cut between words
+
+
+def test_a_requeued_trials_cost_counts_every_attempt(
+    reg: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A trial that ran 105 s, was requeued at its time limit and finished in 80 s more cost
+    80 s in `runs list` and the recommender's statistics: Slurm's Start and End are its
+    latest attempt's. The wait in the queue between the attempts (10 s here) is no cost."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    t = [slurm_time(now + timedelta(seconds=s)) for s in (0, 105, 115, 195)]
+    answer = f"56|REQUEUED|{t[0]}|{t[1]}|0:0\n56|COMPLETED|{t[2]}|{t[3]}|0:0"
+    monkeypatch.setattr(cluster_records, "sacct_states", lambda ids, *_: parse_sacct(answer))
+    (rid,) = record_submission(reg, backend="slurm", scheduler_ids=["56"], name="t", folder="/")
+    refresh_slurm_jobs(reg)
+    assert trial_wall_s(reg, rid, None) == 185.0

@@ -11,8 +11,9 @@ accounting (``epochs``, ``start_epoch``, ``epochs_run``), or the ``cause`` of a 
 
 ``cost_s`` is the trial job's wall time in seconds, from its start to its end, start-up
 (interpreter, imports, data, model and DeepSpeed set-up) included, for every status: Slurm's
-Start to End of the job's latest attempt, a local job's launch to its result file (a failure:
-to its collection by the driver), as its job row has them
+Start to End of the job's latest attempt plus what its earlier attempts ran (a requeued trial;
+not the time it waited in the queue between them), a local job's launch to its result file
+(a failure: to its collection by the driver), as its job row has them
 (:func:`~pomlia_hpc.automl.study.trials.trial_wall_s`). What the training call itself took
 is ``metrics["train_s"]`` (ok runs). A run recorded ``ok`` before ``train_s`` was kept
 recorded the training call's seconds as its cost: :func:`run_cost_s` reads such a run's cost
@@ -39,6 +40,7 @@ from typing import Any
 from sqlalchemy import func, select
 
 import pomlia_hpc
+from pomlia_hpc.cluster.records import EARLIER_META
 from pomlia_hpc.errors import InputError
 from pomlia_hpc.registry import Job, Registry, Run, Task
 from pomlia_hpc.registry.lookup import by_name_or_id, not_found
@@ -190,6 +192,13 @@ def job_span_s(started: datetime | None, ended: datetime | None) -> float | None
     if started is None or ended is None:
         return None
     return max((ended - started).total_seconds(), 0.0)
+
+
+def earlier_attempts_s(job: Job) -> float:
+    """Seconds Slurm job ``job``'s attempts before its latest ran (its Start and End are the
+    latest attempt's), as its last poll counted them; 0: none, or not known."""
+    value = (job.meta or {}).get(EARLIER_META)
+    return float(value) if isinstance(value, int | float) else 0.0
 
 
 def run_cost_s(

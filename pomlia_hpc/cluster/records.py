@@ -55,6 +55,8 @@ class SchedulerState:
     #: How many attempts ran: sacct's lines for the job (``-D``) with a Start time. None: not
     #: known (a state not read from sacct).
     attempts_run: int | None = None
+    #: Seconds the attempts before the current one ran, each from its Start to its End.
+    earlier_s: float = 0.0
 
 
 def _parse_time(text: str) -> datetime | None:
@@ -107,8 +109,15 @@ def parse_sacct(text: str) -> dict[str, SchedulerState]:
             exit_code=last[4] or None,
             requeue_count=len(attempts) - 1,
             attempts_run=sum(_parse_time(a[2]) is not None for a in attempts),
+            earlier_s=sum(_ran_s(a[2], a[3]) for a in attempts[:-1]),
         )
     return out
+
+
+def _ran_s(start: str, end: str) -> float:
+    """Seconds an attempt ran from sacct's Start to End (0 when it never started)."""
+    begun, ended = _parse_time(start), _parse_time(end)
+    return max((ended - begun).total_seconds(), 0.0) if begun and ended else 0.0
 
 
 def sacct_states(job_ids: Iterable[str], timeout_s: float = 60.0) -> dict[str, SchedulerState]:
@@ -151,6 +160,10 @@ POLLED_META = "polled_at"
 #: ``Job.meta`` key: how many attempts of the job ran, as the last poll that answered counted
 #: them (:attr:`SchedulerState.attempts_run`).
 ATTEMPTS_META = "attempts_run"
+
+#: ``Job.meta`` key: seconds the job's attempts before its latest ran (a requeued job's Start
+#: and End are its latest attempt's; :attr:`SchedulerState.earlier_s`).
+EARLIER_META = "earlier_attempts_s"
 
 
 def attempts_run(row: Job, st: SchedulerState | None = None) -> int:
@@ -386,7 +399,8 @@ def refresh_slurm_jobs(
             if row is None or st is None:
                 continue
             counted = {ATTEMPTS_META: st.attempts_run} if st.attempts_run is not None else {}
-            row.meta = {**(row.meta or {}), POLLED_META: polled, **counted}
+            earlier = {EARLIER_META: round(st.earlier_s, 1)} if st.earlier_s else {}
+            row.meta = {**(row.meta or {}), POLLED_META: polled, **counted, **earlier}
             new = merge_scheduler_state(row, st)
             if new:
                 changed += 1

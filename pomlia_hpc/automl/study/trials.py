@@ -96,19 +96,20 @@ def trial_wall_s(
     sees it (kb run stats, expected cost), not the driver's time to notice.
 
     The job row's Start to End, as `jobs list` shows them (Slurm: ``sacct``'s, of its latest
-    attempt, settled when the outcome was collected; local: its launch to when its driver
-    collected it, or to its result file for a driver that attached later, see
-    :func:`attached_result`). Without the row's times: from the job's own start stamp to its
-    result (or failure) file (or to now: a local job's end is noticed at once, as the driver
-    waits on its process); else the time since ``submitted`` (epoch seconds); else
+    attempt, settled when the outcome was collected, plus what its earlier attempts ran; local:
+    its launch to when its driver collected it, or to its result file for a driver that attached
+    later, see :func:`attached_result`). Without the row's times: from the job's own start stamp
+    to its result (or failure) file (or to now: a local job's end is noticed at once, as the
+    driver waits on its process); else the time since ``submitted`` (epoch seconds); else
     ``default``.
     """
     if job_id is not None:
         with registry.session() as s:
             row = s.get(Job, job_id)
             span = records.job_span_s(row.started_at, row.ended_at) if row is not None else None
-            if span is not None:
-                return span
+            if span is not None and row is not None:
+                # A requeued job's Start is its latest attempt's: the earlier ones cost too.
+                return span + records.earlier_attempts_s(row)
     started = read_started(result_path) if result_path is not None else None
     if started is not None:
         assert result_path is not None
