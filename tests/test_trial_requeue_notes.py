@@ -143,3 +143,15 @@ def test_a_requeued_trials_cost_counts_every_attempt(
     (rid,) = record_submission(reg, backend="slurm", scheduler_ids=["56"], name="t", folder="/")
     refresh_slurm_jobs(reg)
     assert trial_wall_s(reg, rid, None) == 185.0
+
+
+def test_a_job_waiting_for_its_next_attempt_counts_its_requeue() -> None:
+    """Between a requeue and the next attempt's start `jobs list` said `REQUEUED` with 0
+    requeues: sacct has one line (REQUEUED) for the job then."""
+    waiting = parse_sacct("56|REQUEUED|2026-12-05T21:46:24|2026-12-05T21:48:08|0:0")["56"]
+    assert (waiting.state, waiting.requeue_count, waiting.attempts_run) == ("REQUEUED", 1, 1)
+    started = parse_sacct(
+        "56|REQUEUED|2026-12-05T21:46:24|2026-12-05T21:48:08|0:0\n"
+        "56|RUNNING|2026-12-05T21:48:19|Unknown|0:0"
+    )["56"]
+    assert (started.state, started.requeue_count, started.attempts_run) == ("RUNNING", 1, 2)

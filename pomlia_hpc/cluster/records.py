@@ -107,7 +107,8 @@ def parse_sacct(text: str) -> dict[str, SchedulerState]:
             started_at=_parse_time(last[2]),
             ended_at=_parse_time(last[3]),
             exit_code=last[4] or None,
-            requeue_count=len(attempts) - 1,
+            # Until its next attempt starts, a requeued job's one line says REQUEUED.
+            requeue_count=len(attempts) - (0 if state.startswith("REQUEUE") else 1),
             attempts_run=sum(_parse_time(a[2]) is not None for a in attempts),
             earlier_s=sum(_ran_s(a[2], a[3]) for a in attempts[:-1]),
         )
