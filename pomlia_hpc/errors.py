@@ -38,6 +38,21 @@ class ClusterError(PomliaError):
     """The cluster backend refused or failed an operation."""
 
 
+class StorageError(PomliaError, OSError):
+    """A file system would not take what a command wrote: no space left on the device, a full
+    quota, a file over the size limit, or a read-only file system. Also an :class:`OSError`
+    (``errno``, ``strerror``, ``filename`` set), so code that handles a failed write still
+    catches it; its message is the one line for the user."""
+
+    def __init__(self, message: str, number: int, strerror: str, path: str) -> None:
+        PomliaError.__init__(self, message)
+        OSError.__init__(self, number, strerror, path)
+
+    def __reduce__(self) -> tuple[type[StorageError], tuple[str, int, str, str]]:
+        # a job's exception is pickled back to its submitter: rebuild it from its own fields
+        return (type(self), (self.message, self.errno, self.strerror, self.filename))
+
+
 class ArrayNotWithdrawnError(ClusterError):
     """Part of a split array failed to be submitted and the parts before it could not be
     confirmed cancelled: they may still run and write their outputs."""

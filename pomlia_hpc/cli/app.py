@@ -25,7 +25,7 @@ from pomlia_hpc import __version__
 from pomlia_hpc.cli.tables import caption_apart, fit_columns, pick_form, title_apart
 from pomlia_hpc.config import load_cluster_profile, load_settings
 from pomlia_hpc.errors import InputError, PomliaError
-from pomlia_hpc.files import remove_made_dirs
+from pomlia_hpc.files import remove_made_dirs, storage_error
 from pomlia_hpc.progress import drop_output, guard_std_streams, output_failure, stamped
 from pomlia_hpc.registry import (
     Registry,
@@ -558,3 +558,14 @@ def _run() -> None:
             soft_wrap=True,
         )
         sys.exit(1)
+    except (OSError, RuntimeError) as exc:
+        # A full disk (or quota, size limit, read-only mount) that no writer named: still one
+        # line (`cannot write ...: No space left on device`), never a traceback.
+        named = exc.filename if isinstance(exc, OSError) and exc.filename else None
+        full = storage_error(named, exc, kept=True)
+        if full is None:
+            raise
+        err_console.print(
+            f"[bold red]error:[/] {escape(str(full))}", highlight=False, soft_wrap=True
+        )
+        sys.exit(full.exit_code)

@@ -44,6 +44,7 @@ from pomlia_hpc.errors import InputError, NotFoundError, PomliaError
 from pomlia_hpc.files import (
     publish_dir,
     replace_link,
+    storage_error,
     sweep_stale_temps,
     temp_name,
     write_atomic,
@@ -526,6 +527,13 @@ def _publish(root: Path, index: faiss.Index, manifest: Manifest) -> Path:
                 break
         else:
             raise PomliaError(f"index folder '{root}': no free generation number after 1000 tries")
+    except BaseException as exc:
+        shutil.rmtree(tmp, ignore_errors=True)  # first: the free space the message shows is real
+        # faiss says a full disk only in its RuntimeError's text: one line, not a traceback
+        full = storage_error(root, exc, kept=False)
+        if full is not None and full is not exc:
+            raise full from exc
+        raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     replace_link(root / "current", final.name)

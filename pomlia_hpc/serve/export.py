@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
 import math
 import shutil
@@ -31,7 +32,14 @@ import torch
 from sqlalchemy import select
 
 from pomlia_hpc.errors import InputError, PomliaError
-from pomlia_hpc.files import make_dirs, probe_writable, staged_dir, sweep_stale_temps, temp_name
+from pomlia_hpc.files import (
+    make_dirs,
+    probe_writable,
+    staged_dir,
+    sweep_stale_temps,
+    temp_name,
+    write_atomic,
+)
 from pomlia_hpc.models.card import model_card
 from pomlia_hpc.models.catalog import resolve_model, update_card
 from pomlia_hpc.models.checkpoint import LoadedClassifier, load_classifier
@@ -93,7 +101,11 @@ def _batch_dim() -> Any:
 def save_program(model: torch.nn.Module, example: torch.Tensor, path: Path) -> None:
     """``model`` (in eval mode) as a ``torch.export`` program with a dynamic batch axis."""
     program = torch.export.export(model, (example,), dynamic_shapes=({0: _batch_dim()},))
-    torch.export.save(program, str(path))
+    # Into memory, then written by Python: torch's own file writer, given a path, aborts the
+    # whole process (a C++ exception in a destructor) when a write fails on a full disk.
+    buffer = io.BytesIO()
+    torch.export.save(program, buffer)
+    write_atomic(path, buffer.getvalue(), fsync=False)  # the bundle folder is flushed whole
 
 
 def export_onnx(model: torch.nn.Module, example: torch.Tensor, path: Path) -> None:

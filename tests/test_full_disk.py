@@ -1,0 +1,90 @@
+"""A file system that will not take what a command writes: the file-size limit (RLIMIT_FSIZE,
+EFBIG; Python ignores SIGXFSZ) stands in for a full disk, as it needs no root and no mount, and
+every writer sees it as a failed write. Each command must say so in one line naming the path,
+exit non-zero, leave nothing half-written visible, and succeed once the limit is gone."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pomlia_hpc.registry import Registry
+from pomlia_hpc.workspace import Workspace
+from tests.fixtures.cli import REPO
+from tests.fixtures.factories import donor_model
+
+
+def pomlia_limited(
+    *args: str, env: dict[str, str] | None = None, max_file_bytes: int | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``pomlia ARGS...`` in its own process whose files may not grow past ``max_file_bytes``
+    (None: no limit)."""
+    limit = (
+        "import os, resource, sys; "
+        f"resource.setrlimit(resource.RLIMIT_FSIZE, ({max_file_bytes},) * 2); "
+        "os.execv(sys.executable, sys.argv[1:])"
+    )
+    prefix = [sys.executable, "-c", limit] if max_file_bytes is not None else []
+    return subprocess.run(
+        [*prefix, sys.executable, "-m", "pomlia_hpc", *args],
+        capture_output=True,
+        text=True,
+        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "COLUMNS": "1000", **(env or {})},
+        timeout=300,
+        check=False,
+    )
+
+
+def one_error_line(res: subprocess.CompletedProcess[str]) -> str:
+    """The command's error line, after checking it failed with exactly one and no traceback."""
+    errors = [line for line in res.stderr.splitlines() if line.startswith("error: ")]
+    assert res.returncode == 2, (res.returncode, res.stderr[-3000:])
+    assert "Traceback" not in res.stderr and len(errors) == 1, res.stderr[-3000:]
+    return errors[0]
+
+
+def hidden(folder: Path) -> list[Path]:
+    """Temporary (dot) files and folders left anywhere under ``folder``."""
+    return [p for p in folder.rglob(".*")]
+
+
+def test_data_synth_past_the_size_limit_is_one_line(tmp_path: Path) -> None:
+    """`data synth` on a full disk printed the writer's traceback."""
+    out = tmp_path / "synth"
+    args = ("data", "synth", str(out), "--flags", "breastmnist", "--scale", "0.5")
+    line = one_error_line(pomlia_limited(*args, max_file_bytes=64 * 1024))
+    assert f"file too large at {out / 'breastmnist.npz'}" in line, line
+    assert "nothing of it was kept" in line and "run the same command again" in line, line
+    assert not out.exists() or not list(out.iterdir())
+    again = pomlia_limited(*args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert [p.name for p in out.iterdir()] == ["breastmnist.npz"]
+
+
+@pytest.mark.postgres
+def test_model_export_past_the_size_limit_is_one_line(tmp_path: Path, pg_url: str) -> None:
+    """`model export` on a full disk died by SIGABRT (torch's archive writer, given a path,
+    throws from a destructor) after a traceback; the registry is on PostgreSQL here, so that
+    the size limit meets the bundle's files only."""
+    home = tmp_path / "home"
+    ws = Workspace(home=home, db_url=pg_url, cluster_profile="local")
+    ws.create()
+    reg = Registry.open(pg_url)
+    donor_model(ws, reg)
+    reg.dispose()
+    env = {"POMLIA_HOME": str(home), "POMLIA_DB_URL": pg_url}
+    bundles = home / "models" / "donor" / "bundles"
+    res = pomlia_limited("model", "export", "donor", env=env, max_file_bytes=64 * 1024)
+    line = one_error_line(res)
+    assert line.startswith(f"error: file too large at {bundles}/"), line
+    assert "nothing of it was kept" in line, line
+    assert not bundles.exists() or not list(bundles.iterdir()), hidden(home)
+    assert hidden(home) == []
+    again = pomlia_limited("model", "export", "donor", env=env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    (bundle,) = bundles.iterdir()
+    assert (bundle / "card.json").is_file() and (bundle / "model.pt2").is_file()
+
