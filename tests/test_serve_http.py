@@ -28,6 +28,7 @@ from pomlia_hpc.serve.records import FeedbackLine, PredictionLine
 from pomlia_hpc.serve.server import bind_socket
 from tests.fixtures import bad_tiffs
 from tests.fixtures.factories import npy
+from tests.fixtures.waiting import wait_until
 
 TOKEN = "test-token-0123456789abcdef"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
@@ -384,8 +385,10 @@ class FileSizeLimitedServer(LocalServer):
     SIGXFSZ, so a write past it fails with EFBIG): its prediction log fails once full, and the
     server is not ready from then on, as on a full disk."""
 
-    def __init__(self, bundle: Path, log_dir: Path, *, max_file_bytes: int) -> None:
-        super().__init__(bundle, log_dir, env={"POMLIA_SERVE_TOKEN": TOKEN})
+    def __init__(
+        self, bundle: Path, log_dir: Path, *, max_file_bytes: int, args: tuple[str, ...] = ()
+    ) -> None:
+        super().__init__(bundle, log_dir, args=args, env={"POMLIA_SERVE_TOKEN": TOKEN})
         self.max_file_bytes = max_file_bytes
 
     def command(self) -> list[str]:
@@ -395,6 +398,41 @@ class FileSizeLimitedServer(LocalServer):
             "os.execv(sys.executable, sys.argv[1:])"
         )
         return [sys.executable, "-c", limit, *super().command()]
+
+
+def test_a_server_whose_log_failed_answers_again_once_the_disk_takes_writes(
+    tmp_path_factory: pytest.TempPathFactory, tmp_path: Path
+) -> None:
+    """After one failed prediction-log write (a full disk) the server refused every prediction
+    for good, also after space was freed, until someone restarted it. It tries the disk again
+    (``log_retry_s``) and then answers and records again, in a new file; every answered
+    prediction is in the log and no refused one is."""
+    bundle = cached_demo_bundle(tmp_path_factory.getbasetemp() / "serve-demo", num_classes=4)
+    config = tmp_path / "serve.yaml"
+    config.write_text("log_retry_s: 1\n")
+    srv = FileSizeLimitedServer(
+        bundle, tmp_path / "logs", max_file_bytes=64 * 1024, args=("--config", str(config))
+    )
+    answered: set[str] = set()
+    with srv, httpx.Client(base_url=srv.url, timeout=30) as c:
+        npy_type = {"content-type": "application/x-npy"}
+
+        def predict() -> httpx.Response:
+            resp = c.post("/v1/predict", content=npy(images(8)), headers=npy_type)
+            if resp.status_code == 200:
+                answered.update(p["id"] for p in resp.json()["predictions"])
+            return resp
+
+        # ~4 KB a prediction line: the file is at its limit after a few batches
+        wait_until(lambda: predict().status_code == 503, what="a refused prediction")
+        not_ready = c.get("/ready")
+        if not_ready.status_code == 503:  # unless the first try of the disk was quicker
+            assert "cannot write the prediction log" in not_ready.json()["error"], not_ready.text
+        wait_until(lambda: c.get("/ready").status_code == 200, timeout=60, what="ready again")
+        assert predict().status_code == 200
+    logged = {r.id for r in read_records(srv.log_dir, PredictionLine)}
+    assert logged == answered
+    assert len(list(srv.log_dir.glob("*.jsonl"))) >= 2
 
 
 def test_a_server_that_is_not_ready_still_judges_a_feedback_body_first(

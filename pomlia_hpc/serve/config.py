@@ -15,6 +15,7 @@ Example ``serve.yaml``::
     inputs_quota_mb: 1024  # oldest kept inputs removed beyond this
     inputs_retention_days: 30
     log_retention_days: 90 # prediction log files: delete those older (default: keep all)
+    log_retry_s: 30        # after a failed log write (full disk): try the disk again this often
 """
 
 from __future__ import annotations
@@ -70,6 +71,15 @@ class ServeConfig(BaseModel):
         description=(
             "prediction log files last written longer ago than this are deleted at rotation, "
             "days (default: none, every file is kept); never those the feedback window needs"
+        ),
+    )
+    log_retry_s: float = Field(
+        30.0,
+        gt=0,
+        description=(
+            "after a failed prediction-log write (a full disk or quota), how often the server "
+            "tries the disk again, s; until a try succeeds it is not ready and refuses "
+            "predictions (503)"
         ),
     )
     deployment_created: datetime | None = Field(

@@ -65,6 +65,11 @@ class ModelHolder:
     def current(self) -> Predictor:
         """The predictor that answers now; 503 while starting, failing or shutting down."""
         p = self.predictor
+        if p is not None and not self.draining and (failure := p.log.failure) is not None:
+            # say why: a full disk under the log is the operator's to fix, not a crash
+            raise RequestError(
+                503, f"the model is not ready: {failure}; predictions are refused until it can be"
+            )
         if p is None or self.draining or not p.ready:
             raise RequestError(503, "the model is not ready (starting, failing or shutting down)")
         return p
@@ -119,6 +124,7 @@ class ModelHolder:
             sidecar=inbox,
             retention_s=config.log_retention_s,
             keep_after=issued.oldest_time,
+            retry_s=config.log_retry_s,
         )
         self.predictor = await asyncio.to_thread(self._make_predictor, self.bundle, plog)
         if self.follow is not None and config.watch_interval_s > 0:

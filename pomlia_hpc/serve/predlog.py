@@ -21,6 +21,13 @@ A file is rotated after ``max_bytes``; a torn last line (power loss mid-write) i
 at the first record, so a server that answered nothing leaves no file; its name's start time is
 the process's, so no record in it is older than the name says (:func:`file_start_time`).
 
+A failed write (a full disk or quota, an I/O error) refuses the requests of its group (503), and
+the server is not ready from then on, refusing predictions rather than answering them
+unrecorded; every ``retry_s`` the writer thread tries the disk again by writing and removing
+:data:`PROBE_BYTES` beside the log, and once that succeeds it takes records again, in a new file
+(the failed one ends at its last whole commit), so freeing space brings a server back without a
+restart.
+
 Retention (``retention_s``, off by default: every file is kept): at each rotation, files of the
 folder whose last write is older than ``retention_s`` are deleted, each logged, except the file
 being written and any file that may hold a prediction the server still takes feedback for
@@ -50,7 +57,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, overload
 import orjson
 
 from pomlia_hpc.errors import InputError
-from pomlia_hpc.files import PRIVATE_FILE, fsync_path, make_private_dirs
+from pomlia_hpc.files import PRIVATE_FILE, TEMP_SUFFIX, fsync_path, make_private_dirs
 from pomlia_hpc.serve.records import BadLineError, LogLine, parse_line
 from pomlia_hpc.serve.retention import note_deleted
 
@@ -67,6 +74,9 @@ Callback = Callable[[BaseException | None], None]
 #: margin, as NTP keeps cluster clocks within seconds and a stale one within minutes.
 CLOCK_SKEW_S = 3600.0
 _STEM_TIME = re.compile(r"^(\d{8}T\d{6})-")
+#: Bytes written (and removed) to try a disk whose log write failed: room for a group of some
+#: hundred predictions, so the first group after the try does not fail at once.
+PROBE_BYTES = 64 * 1024
 
 
 class LogClosedError(RuntimeError):
@@ -96,8 +106,9 @@ class PredictionLog:
 
     ``append(records, done)`` is thread-safe and returns at once; ``done(None)`` runs on the
     writer thread after the records are on disk, ``done(LogWriteError)`` if writing them failed.
-    After a failed write the file is cut back to its last commit and nothing more is written.
-    ``written`` counts records made durable.
+    After a failed write the file is cut back to its last commit and nothing more is written to
+    it; records are refused until a try of the disk, every ``retry_s`` seconds, succeeds (see
+    the module docstring). ``written`` counts records made durable.
     """
 
     def __init__(
@@ -109,8 +120,11 @@ class PredictionLog:
         sidecar: Inbox | None = None,
         retention_s: float | None = None,
         keep_after: Callable[[], float | None] | None = None,
+        retry_s: float = 30.0,
     ) -> None:
         self.directory = Path(directory)
+        self.retry_s = retry_s
+        self.recoveries = 0
         self.sidecar = sidecar
         self.retention_s = retention_s
         self.keep_after = keep_after
@@ -132,6 +146,7 @@ class PredictionLog:
         self._lock = threading.Lock()
         self._closed = False
         self._error: BaseException | None = None
+        self._failed_at = 0.0  # time.monotonic() of the last failed write or try
         # No file yet: it is created with the first record, so a start without traffic leaves
         # no empty file behind (every reader globs the folder; none needs one to exist).
         self._thread = threading.Thread(target=self._run, name="prediction-log", daemon=True)
@@ -141,6 +156,12 @@ class PredictionLog:
     def path(self) -> Path:
         """The file being written now."""
         return self.directory / f"{self._stem}-{self._seq:04d}.jsonl"
+
+    @property
+    def failure(self) -> str | None:
+        """Why records are refused now (a failed write, said without the server's paths), or
+        None."""
+        return None if self._error is None else str(self._error)
 
     @property
     def healthy(self) -> bool:
@@ -209,7 +230,11 @@ class PredictionLog:
     def _run(self) -> None:
         stop = False
         while not stop:
-            first = self._queue.get()
+            try:
+                first = self._queue.get(timeout=self._retry_wait())
+            except queue.Empty:  # failed, and no record is taken meanwhile: try the disk
+                self._try_again()
+                continue
             group: list[_Entry] = []
             if first is None:
                 stop = True
@@ -254,8 +279,13 @@ class PredictionLog:
                 # reports not-ready from now on, and the file is cut back to its last commit
                 # (a partial write, e.g. on ENOSPC, would leave a torn line mid-file).
                 self._rollback()
+                self._failed_at = time.monotonic()
                 log.error(
-                    "prediction log %s: write failed, no more records taken: %s", self.path, exc
+                    "prediction log %s: write failed, no records taken until a try of the disk "
+                    "(every %g s) succeeds: %s",
+                    self.path,
+                    self.retry_s,
+                    exc,
                 )
                 # The message goes to clients: the reason, not the server's paths.
                 self._error = error = LogWriteError(
@@ -269,6 +299,46 @@ class PredictionLog:
         for e in group:
             if e.done is not None:
                 e.done(error)
+
+    def _retry_wait(self) -> float | None:
+        """How long the writer thread waits for records before it tries the disk again, s;
+        None (for ever) while writes succeed."""
+        if self._error is None or self._closed:
+            return None
+        return max(0.0, self._failed_at + self.retry_s - time.monotonic())
+
+    def _try_again(self) -> None:
+        """Write, flush and remove :data:`PROBE_BYTES` beside the log; if that works, take
+        records again, in a new file: the failed one keeps only whole commits (its tail was cut
+        back, or, if even that failed, may be torn, and nothing is appended after it)."""
+        probe = self.directory / f".probe-{self._stem}{TEMP_SUFFIX}"
+        try:
+            fd = os.open(probe, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, PRIVATE_FILE)
+            try:
+                self._write_fd(fd, bytes(PROBE_BYTES))
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+                probe.unlink(missing_ok=True)
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1  # the next commit opens the next file
+        except OSError as exc:
+            self._failed_at = time.monotonic()
+            log.info("prediction log %s: still not writable: %s", self.directory, exc)
+            return
+        if self.path.exists():
+            self._seq += 1
+        self._size = 0
+        self._error = None
+        self.recoveries += 1
+        log.warning("prediction log %s: writable again, records taken from now on", self.path)
+
+    @staticmethod
+    def _write_fd(fd: int, data: bytes) -> None:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
 
     def write_all(self, data: bytes) -> None:
         """Write ``data`` to the current file (``os.write`` may write only part at a time)."""
