@@ -14,14 +14,15 @@ import pytest
 from pomlia_hpc.registry import Registry
 from pomlia_hpc.workspace import Workspace
 from tests.fixtures.cli import REPO
-from tests.fixtures.factories import donor_model
+from tests.fixtures.factories import donor_model, make_dataset, make_encoder
 
 
 def pomlia_limited(
     *args: str, env: dict[str, str] | None = None, max_file_bytes: int | None = None
 ) -> subprocess.CompletedProcess[str]:
     """``pomlia ARGS...`` in its own process whose files may not grow past ``max_file_bytes``
-    (None: no limit)."""
+    (None: no limit). It writes no bytecode: Python's cache writer does not check for a short
+    write, and a module's ``.pyc`` cut at the limit would break every later import of it."""
     limit = (
         "import os, resource, sys; "
         f"resource.setrlimit(resource.RLIMIT_FSIZE, ({max_file_bytes},) * 2); "
@@ -32,7 +33,13 @@ def pomlia_limited(
         [*prefix, sys.executable, "-m", "pomlia_hpc", *args],
         capture_output=True,
         text=True,
-        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin", "COLUMNS": "1000", **(env or {})},
+        env={
+            "PYTHONPATH": str(REPO),
+            "PYTHONDONTWRITEBYTECODE": "1",
+            "PATH": "/usr/bin:/bin",
+            "COLUMNS": "1000",
+            **(env or {}),
+        },
         timeout=300,
         check=False,
     )
@@ -44,6 +51,14 @@ def one_error_line(res: subprocess.CompletedProcess[str]) -> str:
     assert res.returncode == 2, (res.returncode, res.stderr[-3000:])
     assert "Traceback" not in res.stderr and len(errors) == 1, res.stderr[-3000:]
     return errors[0]
+
+
+def pg_workspace(home: Path, pg_url: str) -> tuple[Workspace, Registry, dict[str, str]]:
+    """A workspace whose registry is on PostgreSQL (so that a size limit meets the command's
+    own files only, not SQLite's), and the environment that selects it."""
+    ws = Workspace(home=home, db_url=pg_url, cluster_profile="local")
+    ws.create()
+    return ws, Registry.open(pg_url), {"POMLIA_HOME": str(home), "POMLIA_DB_URL": pg_url}
 
 
 def hidden(folder: Path) -> list[Path]:
@@ -70,12 +85,9 @@ def test_model_export_past_the_size_limit_is_one_line(tmp_path: Path, pg_url: st
     throws from a destructor) after a traceback; the registry is on PostgreSQL here, so that
     the size limit meets the bundle's files only."""
     home = tmp_path / "home"
-    ws = Workspace(home=home, db_url=pg_url, cluster_profile="local")
-    ws.create()
-    reg = Registry.open(pg_url)
+    ws, reg, env = pg_workspace(home, pg_url)
     donor_model(ws, reg)
     reg.dispose()
-    env = {"POMLIA_HOME": str(home), "POMLIA_DB_URL": pg_url}
     bundles = home / "models" / "donor" / "bundles"
     res = pomlia_limited("model", "export", "donor", env=env, max_file_bytes=64 * 1024)
     line = one_error_line(res)
@@ -88,3 +100,33 @@ def test_model_export_past_the_size_limit_is_one_line(tmp_path: Path, pg_url: st
     (bundle,) = bundles.iterdir()
     assert (bundle / "card.json").is_file() and (bundle / "model.pt2").is_file()
 
+
+
+@pytest.mark.postgres
+def test_index_build_past_the_size_limit_is_one_line(tmp_path: Path, pg_url: str) -> None:
+    """`index build` on a full disk printed faiss's traceback (a RuntimeError whose text alone
+    says "No space left on device"); nothing of the generation may stay, and `current` is not
+    made."""
+    from pomlia_hpc.fingerprint.extract import finish_extraction, plan_extraction
+    from pomlia_hpc.fingerprint.shards import run_shard
+
+    home = tmp_path / "home"
+    ws, reg, env = pg_workspace(home, pg_url)
+    refs = [make_dataset(ws, reg, "blood", "bloodmnist", (30, 6, 12))]
+    make_encoder(ws, reg, "enc", latent_dim=512)  # 48 vectors: a 96 KiB index
+    plan = plan_extraction(reg, ws, "enc", refs, shards=1, threads=1, patch_grid=1)
+    for spec in plan.specs:
+        run_shard(spec)
+    finish_extraction(reg, plan)
+    reg.dispose()
+    root = home / "indexes" / "enc" / "images"
+    res = pomlia_limited("index", "build", "-e", "enc", env=env, max_file_bytes=32 * 1024)
+    line = one_error_line(res)
+    assert line == (
+        f"error: file too large at {root} (over the file-size limit, `ulimit -f`): nothing of "
+        "it was kept; raise the limit and run the same command again"
+    ), line
+    assert not root.exists() or list(root.iterdir()) == []
+    again = pomlia_limited("index", "build", "-e", "enc", env=env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert (root / "current" / "index.faiss").is_file()

@@ -388,7 +388,10 @@ class FileSizeLimitedServer(LocalServer):
     def __init__(
         self, bundle: Path, log_dir: Path, *, max_file_bytes: int, args: tuple[str, ...] = ()
     ) -> None:
-        super().__init__(bundle, log_dir, args=args, env={"POMLIA_SERVE_TOKEN": TOKEN})
+        # no bytecode: Python's cache writer ignores a short write, and a .pyc cut at the
+        # limit would break every later import of that module
+        env = {"POMLIA_SERVE_TOKEN": TOKEN, "PYTHONDONTWRITEBYTECODE": "1"}
+        super().__init__(bundle, log_dir, args=args, env=env)
         self.max_file_bytes = max_file_bytes
 
     def command(self) -> list[str]:
