@@ -5,8 +5,11 @@ exit non-zero, leave nothing half-written visible, and succeed once the limit is
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,7 +17,7 @@ import pytest
 from pomlia_hpc.registry import Registry
 from pomlia_hpc.workspace import Workspace
 from tests.fixtures.cli import REPO
-from tests.fixtures.factories import donor_model, make_dataset, make_encoder
+from tests.fixtures.factories import donor_model, make_dataset, make_encoder, tiny_npz
 
 
 def pomlia_limited(
@@ -45,10 +48,11 @@ def pomlia_limited(
     )
 
 
-def one_error_line(res: subprocess.CompletedProcess[str]) -> str:
-    """The command's error line, after checking it failed with exactly one and no traceback."""
+def one_error_line(res: subprocess.CompletedProcess[str], code: int = 2) -> str:
+    """The command's error line, after checking it failed (exit ``code``) with exactly one and
+    no traceback."""
     errors = [line for line in res.stderr.splitlines() if line.startswith("error: ")]
-    assert res.returncode == 2, (res.returncode, res.stderr[-3000:])
+    assert res.returncode == code, (res.returncode, res.stderr[-3000:])
     assert "Traceback" not in res.stderr and len(errors) == 1, res.stderr[-3000:]
     return errors[0]
 
@@ -130,3 +134,45 @@ def test_index_build_past_the_size_limit_is_one_line(tmp_path: Path, pg_url: str
     again = pomlia_limited("index", "build", "-e", "enc", env=env)
     assert again.returncode == 0, again.stderr[-3000:]
     assert (root / "current" / "index.faiss").is_file()
+
+
+@pytest.fixture
+def small_fs(tmp_path: Path) -> Iterator[Path]:
+    """A 4 MiB tmpfs of its own (root only: CI runs as root), unmounted afterwards."""
+    if os.geteuid() != 0 or shutil.which("mount") is None:
+        pytest.skip("mounting a tmpfs needs root")
+    mnt = tmp_path / "small"
+    mnt.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mnt)], check=True)
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", "-l", str(mnt)], check=False)
+
+
+def fill(folder: Path, leave: int) -> Path:
+    """Fill ``folder``'s file system up to ``leave`` bytes free; returns the filler file."""
+    filler = folder / "filler"
+    with filler.open("ab") as f:
+        f.write(bytes(max(0, shutil.disk_usage(folder).free - leave)))
+    return filler
+
+
+def test_a_sqlite_registry_on_a_full_disk_says_so(small_fs: Path, tmp_path: Path) -> None:
+    """SQLite on a full disk said only "disk I/O error" (with "expected a reachable server")
+    or "database or disk is full", naming neither the folder nor the cause."""
+    home = small_fs / "home"
+    env = {"POMLIA_HOME": str(home)}
+    assert pomlia_limited("init", env=env).returncode == 0
+    src = tiny_npz(tmp_path / "blood.npz")
+    assert pomlia_limited("data", "add", "blood", str(src), env=env).returncode == 0
+    filler = fill(small_fs, 32 * 1024)  # room to open, none for the new rows' pages
+    task = ("task", "add", "t", "--dataset", "blood", "--metric", "acc")
+    full = one_error_line(pomlia_limited(*task, env=env), code=1)
+    assert full.startswith("error: registry database error: database or disk is full: ")
+    assert f"no space left on device at {home} (" in full, full
+    filler = fill(small_fs, 0)  # not even room for SQLite's shared-memory file
+    line = one_error_line(pomlia_limited(*task, env=env))
+    assert "cannot open the database (disk I/O error): no space left on device at" in line, line
+    filler.unlink()
+    assert pomlia_limited(*task, env=env).returncode == 0

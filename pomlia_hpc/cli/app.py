@@ -31,6 +31,7 @@ from pomlia_hpc.registry import (
     Registry,
     RegistryMissingError,
     busy_error,
+    sqlite_storage_problem,
     write_lock_timed_out,
 )
 from pomlia_hpc.registry.relocate import home_note
@@ -552,6 +553,9 @@ def _run() -> None:
             )
             sys.exit(busy.exit_code)
         first = str(exc.orig or exc).strip().splitlines()[0] if str(exc.orig or exc) else ""
+        storage = sqlite_storage_problem(STATE.workspace.db_url, exc)
+        if storage is not None:  # SQLite names neither the file nor the cause
+            first += f": {storage}"
         err_console.print(
             f"[bold red]error:[/] registry database error: {escape(first)}",
             highlight=False,

@@ -9,6 +9,7 @@ from pomlia_hpc.registry.db import (
     RegistryReadOnlyError,
     busy_error,
     shown_url,
+    sqlite_storage_problem,
     write_lock_timed_out,
 )
 from pomlia_hpc.registry.knowledge import (
@@ -67,5 +68,6 @@ __all__ = [
     "Task",
     "busy_error",
     "shown_url",
+    "sqlite_storage_problem",
     "write_lock_timed_out",
 ]

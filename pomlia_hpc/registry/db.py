@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import re
+import shutil
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -30,7 +32,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool
 
 from pomlia_hpc.errors import ConfigError, InputError, NotFoundError
-from pomlia_hpc.files import current_umask
+from pomlia_hpc.files import current_umask, free_space
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
@@ -256,6 +258,40 @@ def busy_error(url: str, busy_timeout_s: float, settings_file: Path | None) -> R
     )
 
 
+#: Below this many bytes free, a SQLite "disk I/O error" is taken for a full disk: SQLite
+#: cannot grow its WAL or shared-memory file then, and says no more than that.
+NEARLY_FULL_BYTES = 1 << 20
+
+
+def sqlite_storage_problem(url: str, exc: BaseException) -> str | None:
+    """What the file system under a SQLite registry refused, for an error from it (``exc``),
+    and what to do: ``no space left on device at <folder> (0.1 MB free there); free space
+    ...`` or ``read-only file system at <folder>: ...``; None for other databases and errors.
+    SQLite says only "database or disk is full" or "disk I/O error", naming no file."""
+    path = _sqlite_file(url)
+    text = str(getattr(exc, "orig", None) or exc).lower()
+    words = ("disk is full", "disk i/o error", "readonly", "unable to open")
+    if path is None or not any(w in text for w in words):
+        return None
+    folder = path.parent
+    try:
+        flags = os.statvfs(folder).f_flag
+        free = shutil.disk_usage(folder).free
+    except OSError:
+        return None
+    if flags & os.ST_RDONLY:
+        return (
+            f"read-only file system at {folder}: SQLite writes beside the file even to read "
+            "(its WAL); remount it writable, or copy the workspace to a writable one"
+        )
+    if "disk is full" in text or free < NEARLY_FULL_BYTES:
+        return (
+            f"no space left on device at {folder} ({free_space(folder)} free there); free "
+            "space there and run the same command again"
+        )
+    return None
+
+
 #: Words of a write refused for lack of rights: PostgreSQL's "permission denied for table ..."
 #: (SQLSTATE 42501), "must be owner of table ..." (42501 too), SQLite's "attempt to write a
 #: readonly database".
@@ -347,6 +383,11 @@ class Registry:
                 raise reg.damaged(reason) from exc
             if write_lock_timed_out(exc):  # waited for the lock: the file is reachable
                 raise busy_error(url, busy_timeout_s, settings_file) from exc
+            storage = sqlite_storage_problem(url, exc)
+            if storage is not None:  # SQLite's "disk I/O error" alone says nothing of it
+                raise ConfigError(
+                    f"registry {reg.display_url()}: cannot open the database ({reason}): {storage}"
+                ) from exc
             raise ConfigError(
                 f"registry {reg.display_url()}: cannot open the database ({reason}); "
                 "expected a reachable server (or writable SQLite file) and correct credentials"
