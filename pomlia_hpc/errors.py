@@ -50,7 +50,8 @@ class StorageError(PomliaError, OSError):
 
     def __reduce__(self) -> tuple[type[StorageError], tuple[str, int, str, str]]:
         # a job's exception is pickled back to its submitter: rebuild it from its own fields
-        return (type(self), (self.message, self.errno, self.strerror, self.filename))
+        fields = (self.message, self.errno or 0, self.strerror or "", str(self.filename))
+        return (type(self), fields)
 
 
 class ArrayNotWithdrawnError(ClusterError):

@@ -105,7 +105,6 @@ def test_model_export_past_the_size_limit_is_one_line(tmp_path: Path, pg_url: st
     assert (bundle / "card.json").is_file() and (bundle / "model.pt2").is_file()
 
 
-
 @pytest.mark.postgres
 def test_index_build_past_the_size_limit_is_one_line(tmp_path: Path, pg_url: str) -> None:
     """`index build` on a full disk printed faiss's traceback (a RuntimeError whose text alone
