@@ -383,7 +383,8 @@ def test_serve_config_file_errors_name_the_key(tmp_path: Path) -> None:
 class FileSizeLimitedServer(LocalServer):
     """A server whose files may not grow past ``max_file_bytes`` (RLIMIT_FSIZE; Python ignores
     SIGXFSZ, so a write past it fails with EFBIG): its prediction log fails once full, and the
-    server is not ready from then on, as on a full disk."""
+    server is not ready until a try of the disk (``log_retry_s``) succeeds, as on a full
+    disk."""
 
     def __init__(
         self, bundle: Path, log_dir: Path, *, max_file_bytes: int, args: tuple[str, ...] = ()
