@@ -135,26 +135,29 @@ def storage_error(
     number = storage_errno(exc)
     if number is None:
         return None
-    where = Path(path) if path is not None else Path("(a file the system did not name)")
+    where = Path(path) if path is not None else None
+    # unnamed: the writer did not say where (a library's write, a copy whose error names
+    # its source): the system's cause alone, never a path that may be the wrong one
+    at = f" at {where}" if where is not None else " (the file was not named)"
     left = "part of it may be there" if kept else "nothing of it was kept"
     again = "and run the same command again"
     if number == errno.ENOSPC:
-        free = f" ({free_space(where)} free there)" if path is not None else ""
-        cause = f"no space left on device at {where}{free}"
+        free = f" ({free_space(where)} free there)" if where is not None else ""
+        cause = f"no space left on device{at}{free}"
         todo = (
             "free space there, or write to a larger file system (the workspace: POMLIA_HOME "
             f"/ --home), {again}"
         )
     elif number == errno.EDQUOT:
-        cause = f"disk quota exceeded at {where}"
+        cause = f"disk quota exceeded{at}"
         todo = f"free space within your quota there (`quota -s` shows it) {again}"
     elif number == errno.EFBIG:
-        cause = f"file too large at {where} (over the file-size limit, `ulimit -f`)"
+        cause = f"file too large{at} (over the file-size limit, `ulimit -f`)"
         todo = f"raise the limit {again}"
     else:
-        cause = f"read-only file system at {where}"
+        cause = f"read-only file system{at}"
         todo = f"expected a writable file system there; remount it or write elsewhere, {again}"
-    return StorageError(f"{cause}: {left}; {todo}", number, os.strerror(number), str(where))
+    return StorageError(f"{cause}: {left}; {todo}", number, os.strerror(number), str(where or ""))
 
 
 def free_space(path: Path) -> str:

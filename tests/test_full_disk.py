@@ -18,6 +18,7 @@ from pomlia_hpc.registry import Registry
 from pomlia_hpc.workspace import Workspace
 from tests.fixtures.cli import REPO
 from tests.fixtures.factories import donor_model, make_dataset, make_encoder, tiny_npz
+from tests.monitor_support import demo_model
 
 
 def pomlia_limited(
@@ -133,6 +134,28 @@ def test_index_build_past_the_size_limit_is_one_line(tmp_path: Path, pg_url: str
     again = pomlia_limited("index", "build", "-e", "enc", env=env)
     assert again.returncode == 0, again.stderr[-3000:]
     assert (root / "current" / "index.faiss").is_file()
+
+
+@pytest.mark.slurm
+@pytest.mark.postgres
+def test_monitor_schedule_past_the_size_limit_leaves_no_half_script(
+    tmp_path: Path, pg_url: str
+) -> None:
+    """`monitor schedule` copied the chain's script straight to its final name: on a full disk
+    a cut `monitor.sbatch` stayed beside the new settings, for a running chain's next job to
+    resubmit. The script is written whole or not at all, and the settings go with it."""
+    home = tmp_path / "home"
+    ws, reg, env = pg_workspace(home, pg_url)
+    demo_model(reg, ws, n_ref=50)
+    reg.dispose()
+    folder = home / "jobs" / "monitor" / "blood"
+    env["POMLIA_CLUSTER"] = "slurm-local"
+    # the settings (under 1 KiB) fit, the script (3 KiB) does not
+    res = pomlia_limited("monitor", "schedule", "blood", env=env, max_file_bytes=2048)
+    line = one_error_line(res)
+    assert f"file too large at {folder / 'monitor.sbatch'} " in line, line
+    assert not (folder / "monitor.sbatch").exists() and not (folder / "schedule.env").exists()
+    assert hidden(home / "jobs") == []
 
 
 @pytest.fixture

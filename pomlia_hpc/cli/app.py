@@ -564,9 +564,9 @@ def _run() -> None:
         sys.exit(1)
     except (OSError, RuntimeError) as exc:
         # A full disk (or quota, size limit, read-only mount) that no writer named: still one
-        # line (`cannot write ...: No space left on device`), never a traceback.
-        named = exc.filename if isinstance(exc, OSError) and exc.filename else None
-        full = storage_error(named, exc, kept=True)
+        # line, never a traceback; without a path, as an OSError's filename may be the source
+        # of a copy, not the file that did not fit.
+        full = storage_error(None, exc, kept=True)
         if full is None:
             raise
         err_console.print(

@@ -49,7 +49,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shlex
-import shutil
 import sys
 import time
 from collections.abc import Callable
@@ -185,8 +184,18 @@ def _write_files(
         on_alarm=on_alarm,
         workspace=workspace,
     )
-    shutil.copyfile(SOURCE_ROOT / SCRIPT, script)
-    script.chmod(0o755)
+    try:
+        # Whole or not at all: a running chain's job resubmits this very file, and a copy cut
+        # short by a full disk would end the chain (or run half a script) at its next run.
+        write_atomic(script, (SOURCE_ROOT / SCRIPT).read_bytes(), mode=0o755)
+        script.chmod(0o755)  # the umask may have narrowed it; the script is no secret
+    except BaseException:
+        with contextlib.suppress(OSError):  # settings and script stay a pair
+            if old_conf is None:
+                conf.unlink(missing_ok=True)
+            else:
+                write_atomic(conf, old_conf, mode=CONF_MODE)
+        raise
     return old_conf
 
 
