@@ -25,7 +25,7 @@ from pomlia_hpc import __version__
 from pomlia_hpc.cli.tables import caption_apart, fit_columns, pick_form, title_apart
 from pomlia_hpc.config import load_cluster_profile, load_settings
 from pomlia_hpc.errors import InputError, PomliaError
-from pomlia_hpc.files import remove_made_dirs, storage_error
+from pomlia_hpc.files import remove_made_dirs
 from pomlia_hpc.progress import drop_output, guard_std_streams, output_failure, stamped
 from pomlia_hpc.registry import (
     Registry,
@@ -35,6 +35,7 @@ from pomlia_hpc.registry import (
     write_lock_timed_out,
 )
 from pomlia_hpc.registry.relocate import home_note
+from pomlia_hpc.storage import storage_error
 from pomlia_hpc.workspace import Workspace, default_db_url
 
 #: Width of output that goes to a file or a pipe (a Slurm output file, ``| grep``), where rich

@@ -44,7 +44,6 @@ from pomlia_hpc.errors import InputError, NotFoundError, PomliaError
 from pomlia_hpc.files import (
     publish_dir,
     replace_link,
-    storage_error,
     sweep_stale_temps,
     temp_name,
     write_atomic,
@@ -60,6 +59,7 @@ from pomlia_hpc.fingerprint.usable import (
     usable_sets,
 )
 from pomlia_hpc.registry import Encoder, FingerprintSet, Registry
+from pomlia_hpc.storage import storage_error
 from pomlia_hpc.workspace import Workspace
 
 #: Up to this many vectors the default index is exact (Flat).

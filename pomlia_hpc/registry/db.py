@@ -32,7 +32,8 @@ from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool
 
 from pomlia_hpc.errors import ConfigError, InputError, NotFoundError
-from pomlia_hpc.files import current_umask, free_space
+from pomlia_hpc.files import current_umask
+from pomlia_hpc.storage import free_space
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
