@@ -174,3 +174,21 @@ def test_a_mistyped_feedback_line_stops_the_join_with_one_error_naming_file_and_
         f.write(b'"label_index": "x"}\n')
     with pytest.raises(InputError, match=rf"^{path}:3: bad value for 'label_index'"):
         labelled_inputs(tmp_path)
+
+
+def test_a_chunk_that_could_not_be_opened_is_opened_at_the_next_write(tmp_path: Path) -> None:
+    """A new chunk file that could not be created (a full disk or inode quota) left the inbox
+    without a file: every later write smaller than the old chunk's room failed (EBADF), so a
+    server whose prediction log tried the disk again and recovered kept refusing requests."""
+    folder = tmp_path / "inputs"
+    big = encode_image("a" * 32, "t", _u8(0, (32, 32, 3)).astype(np.float32) / 255)
+    small = encode_image("b" * 32, "t", _u8(1, (4, 4, 3)).astype(np.float32) / 255)
+    inbox = Inbox(folder, chunk_bytes=len(big) + len(small))
+    inbox.write(big)
+    folder.rename(tmp_path / "aside")  # the next chunk cannot be created
+    with pytest.raises(OSError):
+        inbox.write(big)
+    (tmp_path / "aside").rename(folder)  # space again
+    inbox.write(small)
+    inbox.close()
+    assert sorted(k.id for k in read_inputs(folder)) == ["a" * 32, "b" * 32]

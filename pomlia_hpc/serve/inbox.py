@@ -181,7 +181,8 @@ class Inbox:
         write is cut back, so the file never holds a torn record before a good one."""
         if not data:
             return
-        if self._size and self._size + len(data) > self.chunk_bytes:
+        # no file: the last one's successor could not be created (a full disk); try again
+        if self._fd < 0 or (self._size and self._size + len(data) > self.chunk_bytes):
             self._open_next()
             self.prune()
         if self._total + len(data) > self.quota_bytes:
