@@ -188,6 +188,23 @@ def test_retention_leaves_a_trace_the_harvest_reports(tmp_path: Path) -> None:
     assert after.deleted_through is None and retention_warning(after) is None
 
 
+def test_retention_marks_what_it_deleted_before_a_file_it_could_not_delete(
+    tmp_path: Path,
+) -> None:
+    """A file retention could not delete ended the pass before the marker was made: the files
+    deleted before it were gone without a trace, and readers of their window said nothing."""
+    now = time.time()
+    write_log(first := tmp_path / "20260101T000000-h-1-0000.jsonl", [], mtime=now - 9 * DAY)
+    stuck = tmp_path / "20260102T000000-h-1-0000.jsonl"
+    stuck.mkdir()  # unlink(2) refuses a folder, as it would a file on a failing disk
+    os.utime(stuck, (now - 9 * DAY, now - 9 * DAY))
+    with pytest.raises(OSError):
+        prune_log(tmp_path, older_than=now - 8 * DAY)
+    assert not first.exists()
+    gone = deleted_through(tmp_path)
+    assert gone is not None and abs(gone.timestamp() - (now - 9 * DAY)) <= 1
+
+
 def test_prune_log_leaves_kept_inputs_and_named_files(tmp_path: Path) -> None:
     old = time.time() - 100 * DAY
     write_log(a := tmp_path / "a.jsonl", [], mtime=old)

@@ -377,27 +377,29 @@ def prune_log(directory: Path, *, older_than: float, keep: Collection[Path] = ()
     paths. Kept inputs are not touched (:mod:`.inbox` has its own retention)."""
     removed: list[Path] = []
     latest = 0.0
-    for path in sorted(Path(directory).glob("*.jsonl")):
-        if path in keep:
-            continue
-        try:
-            st = path.stat()
-            if st.st_mtime >= older_than:
+    try:
+        for path in sorted(Path(directory).glob("*.jsonl")):
+            if path in keep:
                 continue
-            path.unlink()
-        except FileNotFoundError:  # another server's retention was first
-            continue
-        when = datetime.fromtimestamp(st.st_mtime, UTC).isoformat(timespec="seconds")
-        log.info(
-            "prediction log retention: deleted %s (%d bytes, last written %s)",
-            path,
-            st.st_size,
-            when,
-        )
-        removed.append(path)
-        latest = max(latest, st.st_mtime)
-    if removed:  # the readers say what is gone (serve/retention.py)
-        note_deleted(directory, latest)
+            try:
+                st = path.stat()
+                if st.st_mtime >= older_than:
+                    continue
+                path.unlink()
+            except FileNotFoundError:  # another server's retention was first
+                continue
+            when = datetime.fromtimestamp(st.st_mtime, UTC).isoformat(timespec="seconds")
+            log.info(
+                "prediction log retention: deleted %s (%d bytes, last written %s)",
+                path,
+                st.st_size,
+                when,
+            )
+            removed.append(path)
+            latest = max(latest, st.st_mtime)
+    finally:  # also when a later file could not be deleted: those before it are gone
+        if removed:  # the readers say what is gone (serve/retention.py)
+            note_deleted(directory, latest)
     return removed
 
 
