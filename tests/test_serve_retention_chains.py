@@ -48,10 +48,35 @@ def test_serve_refuses_a_retention_shorter_than_the_chain_window(
     chain(home, "demo", "14d")
     monkeypatch.setenv("POMLIA_HOME", str(home))
     monkeypatch.delenv("POMLIA_DB_URL", raising=False)
+    # The folder the chain reads, named as a deployment's serve.sbatch names it (--log-dir).
+    logs = home / "logs" / "predictions" / "demo"
     # An address no server can bind: without the check the command fails there, not hangs.
-    args = ["--log-retention-days", "3", "--log-dir", str(tmp_path), "--host", "999.0.0.1"]
+    args = ["--log-retention-days", "3", "--log-dir", str(logs), "--host", "999.0.0.1"]
     res = runner.invoke(app, ["serve", str(bundle), *args])
     assert isinstance(res.exception, InputError), res.output
     said = str(res.exception)
     assert "monitor chain of 'demo' (window 14 day(s)" in said and "at least 15 day(s)" in said
-    assert list(tmp_path.glob("*.jsonl")) == []
+    assert list(logs.glob("*.jsonl")) == []
+
+
+def test_a_log_no_chain_reads_may_be_kept_briefly(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A server logging outside the workspace's log folder (a staging server's --log-dir) was
+    refused for a chain of its model's name, though the monitor never reads that folder."""
+    bundle = cached_demo_bundle(tmp_path / "cache", num_classes=4)
+    home = tmp_path / "home"
+    chain(home, "demo", "14d")
+    monkeypatch.setenv("POMLIA_HOME", str(home))
+    monkeypatch.delenv("POMLIA_DB_URL", raising=False)
+    args = [
+        "--log-retention-days",
+        "3",
+        "--log-dir",
+        str(tmp_path / "staging"),
+        "--host",
+        "999.0.0.1",
+    ]
+    res = runner.invoke(app, ["serve", str(bundle), *args])
+    assert res.exit_code != 0  # the address, not the retention
+    assert "monitor chain" not in f"{res.output}{res.exception}", res.output

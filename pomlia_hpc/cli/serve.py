@@ -355,13 +355,17 @@ def serve(
     cfg = load_serve_config(config, overrides)
     bundle, follow, log_name, cfg = _serve_target(model, cfg)
     bundle.check_integrity()  # a damaged file is refused now, not served wrongly
-    if cfg.log_retention_days is not None:
+    default = default_log_dir(STATE.workspace.path("logs"), log_name or bundle.name)
+    logs = cfg.log_dir or default
+    # Only a log the monitor reads (the workspace's, monitor.run.model_log_dirs): retention in
+    # a --log-dir elsewhere (a staging server, a scratch folder) takes nothing from a chain.
+    monitored = logs.resolve().parent == default.parent.resolve()
+    if cfg.log_retention_days is not None and monitored:
         from pomlia_hpc.monitor.keep import check_retention
 
         days = cfg.log_retention_days
         for warning in check_retention(STATE.workspace, bundle.name, log_name, days):
             err_console.print(f"[yellow]warning:[/] {warning}", highlight=False)
-    logs = cfg.log_dir or default_log_dir(STATE.workspace.path("logs"), log_name or bundle.name)
     if follow is not None:
         console.print(f"following {follow}: a new bundle there is swapped in without downtime")
     try:
