@@ -18,7 +18,7 @@ from pomlia_hpc.cli import main
 from pomlia_hpc.data.api import list_versions
 from pomlia_hpc.registry import Registry
 from pomlia_hpc.workspace import Workspace
-from tests.fixtures.factories import tiny_study, tiny_task
+from tests.fixtures.factories import tiny_dataset, tiny_study, tiny_task
 
 
 def pomlia(
@@ -140,7 +140,7 @@ def test_relocate_rewrites_a_postgres_registry(
     monkeypatch.setenv("POMLIA_DB_URL", pg_url)
     code, _, err = pomlia(monkeypatch, capsys, "data", "list")
     assert code == 0 and "names workspace" not in err, err  # shared registries: no check
-    code, out, err = pomlia(monkeypatch, capsys, "registry", "relocate")
+    code, out, err = pomlia(monkeypatch, capsys, "registry", "relocate", "--from", str(old))
     assert code == 0 and "dataset_versions 1" in out, (out, err)
     code, out, err = pomlia(monkeypatch, capsys, "data", "verify", "t_data")
     assert code == 0 and " ok " in out, (out, err)
@@ -159,12 +159,13 @@ def test_a_copy_sharing_a_postgres_registry_is_not_relocated_unasked(
     shutil.copytree(old, copy, symlinks=True)
     monkeypatch.setenv("POMLIA_HOME", str(copy))
     monkeypatch.setenv("POMLIA_DB_URL", pg_url)
-    code, _, err = pomlia(monkeypatch, capsys, "registry", "relocate")
+    code, _, err = pomlia(monkeypatch, capsys, "registry", "relocate", "--from", str(old))
     assert code == 2 and f"{old} still exists and uses the same registry" in err, err
     assert "--force" in err
     spec = json.loads((copy / "runs" / "s1" / "study.json").read_text())
     assert spec["store_path"].startswith(f"{old}/"), spec  # nothing rewritten
-    code, out, err = pomlia(monkeypatch, capsys, "registry", "relocate", "--force")
+    relocate = ("registry", "relocate", "--from", str(old), "--force")
+    code, out, err = pomlia(monkeypatch, capsys, *relocate)
     assert code == 0 and "dataset_versions 1" in out, (out, err)
 
 
@@ -184,3 +185,37 @@ def test_users_sharing_a_postgres_registry_are_not_told_they_moved(
             shutil.rmtree(other)  # not mounted on this node, say
         code, out, err = pomlia(monkeypatch, capsys, "data", "list")
         assert code == 0 and "t_data" in out and "names workspace" not in err, (out, err)
+
+
+@pytest.mark.postgres
+def test_relocate_of_a_shared_registry_needs_the_old_folder(
+    tmp_path: Path, pg_url: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """One PostgreSQL registry, a workspace each: without --from, relocate read the old folder
+    off the newest store, another user's whose folder was gone (a purged scratch), and
+    rewrote that user's rows to name this workspace, leaving its own rows as they were."""
+    mine, _ref, _study = old_workspace(tmp_path / "me", pg_url)
+    other = tmp_path / "other"
+    ws = Workspace(home=other, db_url=pg_url, cluster_profile="local")
+    ws.create()
+    reg = Registry.open(pg_url)
+    try:
+        tiny_dataset(ws, reg, "o_data")  # the newest store: the other user's
+    finally:
+        reg.dispose()
+    shutil.rmtree(other)
+    new = tmp_path / "moved"
+    shutil.move(mine, new)
+    monkeypatch.setenv("POMLIA_HOME", str(new))
+    monkeypatch.setenv("POMLIA_DB_URL", pg_url)
+    code, _, err = pomlia(monkeypatch, capsys, "registry", "relocate")
+    assert code == 2 and "expected --from OLD_FOLDER" in err, err
+    code, out, err = pomlia(monkeypatch, capsys, "registry", "relocate", "--from", str(mine))
+    assert code == 0 and "dataset_versions 1" in out, (out, err)
+    reg = Registry.open(pg_url)
+    try:
+        paths = {v.name: v.store_path for v in list_versions(reg)}
+    finally:
+        reg.dispose()
+    assert paths["o_data"].startswith(f"{other}/stores/"), paths
+    assert paths["t_data"].startswith(f"{new}/stores/"), paths

@@ -106,7 +106,8 @@ def relocate(
             "--from",
             help=(
                 "The folder the workspace was in (absolute). Without it: read off the "
-                "registry's newest dataset store path."
+                "registry's newest dataset store path, for the workspace's own SQLite registry "
+                "only (a shared one may name other workspaces)."
             ),
             show_default=False,
         ),

@@ -190,12 +190,25 @@ def relocate(
     force: bool = False,
 ) -> Relocation:
     """Make the registry and the workspace's records at ``home`` name ``home`` instead of
-    ``old`` (:func:`recorded_home` when not given). The records and links are rewritten first,
-    each atomically, then the registry in one transaction, so an interrupted run is finished
-    by running it again. Raises :class:`ConfigError` when there is nothing to relocate from,
-    and, unless ``force``, when ``old`` still exists and the registry is not a file inside
-    ``home``: the workspace there (a copy's original) uses the same registry, whose paths
-    would then name ``home``."""
+    ``old`` (:func:`recorded_home` when not given; required unless the registry is a SQLite
+    file inside ``home``, as a shared one may name other workspaces). The records and links
+    are rewritten first, each atomically, then the registry in one transaction, so an
+    interrupted run is finished by running it again. Raises :class:`ConfigError` when there
+    is nothing to relocate from, and, unless ``force``, when ``old`` still exists and the
+    registry is not a file inside ``home``: the workspace there (a copy's original) uses the
+    same registry, whose paths would then name ``home``."""
+    own = (
+        registry.engine.url.get_backend_name() == "sqlite"
+        and home in Path(registry.engine.url.database or "/").parents
+    )
+    if old is None and not own:
+        # a registry several workspaces may share: its newest store may be another user's,
+        # whose rows would be rewritten to name this workspace
+        raise ConfigError(
+            f"registry {registry.display_url()} is not a file inside this workspace and may "
+            "hold other workspaces' paths, so its newest dataset store does not tell which "
+            "folder this workspace was in; expected --from OLD_FOLDER"
+        )
     old = old or recorded_home(registry)
     if old is None:
         raise ConfigError(
@@ -207,10 +220,6 @@ def relocate(
     rel = Relocation(old=Path(os.path.normpath(old)), new=home)
     if rel.old == rel.new:
         return rel
-    own = (
-        registry.engine.url.get_backend_name() == "sqlite"
-        and home in Path(registry.engine.url.database or "/").parents
-    )
     if rel.old.exists() and not own and not force:
         raise ConfigError(
             f"{rel.old} still exists and uses the same registry {registry.display_url()}, "
