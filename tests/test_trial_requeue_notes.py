@@ -80,6 +80,39 @@ def test_a_requeued_trial_says_where_it_resumed_and_keeps_its_whole_span(
     assert second.endswith(f"to 40 epochs; resumed from epoch 27 (checkpoint {ckpt}, attempt 2)")
 
 
+def test_a_trial_requeued_without_a_checkpoint_keeps_its_whole_span(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A node failure, ``scontrol requeue`` or a preemption by SIGTERM requeues the job
+    without submitit's checkpoint: the next attempt runs the job as first submitted, which
+    knows nothing of the attempt before it (it was recorded as trained 27 -> 40)."""
+    req = _request(tmp_path)
+    workdir = Path(req.workdir)
+    submitted = pickle.dumps(trial.TrialJob(req, str(tmp_path / "result.json")))
+    calls: list[int] = []
+
+    def fake_train(request: TrainRequest, progress: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 1:  # the first attempt: 27 epochs checkpointed, then the node died
+            workdir.mkdir(parents=True)
+            state = {"epoch": 27, "tag": "epoch-27", "config_key": "", "history": []}
+            (workdir / "state.json").write_text(json.dumps(state))
+            raise Requeued(0)
+
+        class Result:
+            def to_dict(self) -> dict[str, Any]:
+                return {"start_epoch": 27, "epochs": 40}
+
+        return Result()
+
+    monkeypatch.setattr(trial, "train", fake_train)
+    with pytest.raises(Requeued):
+        pickle.loads(submitted)()
+    monkeypatch.setenv("SLURM_RESTART_COUNT", "1")
+    result = pickle.loads(submitted)()  # the submitted job again, not a checkpointed one
+    assert result["start_epoch"] == 0
+
+
 def test_the_resume_note_is_the_encoders_and_the_trials() -> None:
     assert resume_note(0, "c", 1) == ""
     assert resume_note(4, "c/e4", 2) == "resumed from epoch 4 (checkpoint c/e4, attempt 2)"

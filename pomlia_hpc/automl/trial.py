@@ -33,15 +33,22 @@ DIST_VARS = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")
 
 
 FAILURE_FILE = "failure.json"
-#: The job's own start stamp (``{"started": epoch seconds}``), written as it begins: what a
-#: trial that never returns a result cost is measured from where the scheduler gives no times.
+#: The job's own start stamp (``{"started": epoch seconds, "start_epoch": n}``), written as
+#: each attempt begins: what a trial that never returns a result cost is measured from where
+#: the scheduler gives no times, and the epoch its first attempt started from.
 STARTED_FILE = "started.json"
 
 
 class TrialStart(Record):
-    """What a trial job writes to ``started.json`` as it begins."""
+    """What a trial job writes to ``started.json`` as each attempt begins."""
 
-    started: float  # epoch seconds (time.time() on the job's node)
+    started: float  # epoch seconds (time.time() on the job's node), of the latest attempt
+    #: The epoch the trial's first attempt started from, kept by every later attempt: an
+    #: attempt after a requeue starts at its own checkpoint, and the job object it runs may be
+    #: the one first submitted (a requeue without submitit's checkpoint: a node failure,
+    #: ``scontrol requeue``, a preemption by SIGTERM), which knows nothing of the attempts
+    #: before it. None: a stamp written before this was kept.
+    start_epoch: int | None = None
 
 
 class TrialFailure(Record):
@@ -68,16 +75,23 @@ def started_path(result_path: str | Path) -> Path:
     return Path(result_path).with_name(STARTED_FILE)
 
 
-def read_started(result_path: str | Path) -> float | None:
-    """When the trial job of ``result_path`` (its latest attempt) began, in epoch seconds;
-    ``None``: it has not begun, or the stamp is unreadable (a cost estimate then falls back)."""
+def read_stamp(result_path: str | Path) -> TrialStart | None:
+    """The start stamp of the trial job of ``result_path`` (its latest attempt's); ``None``:
+    it has not begun, or the stamp is unreadable."""
     path = started_path(result_path)
     if not path.is_file():
         return None
     try:
-        return read_record(TrialStart, path).started
+        return read_record(TrialStart, path)
     except PomliaError:
         return None
+
+
+def read_started(result_path: str | Path) -> float | None:
+    """When the trial job of ``result_path`` (its latest attempt) began, in epoch seconds;
+    ``None``: it has not begun, or the stamp is unreadable (a cost estimate then falls back)."""
+    stamp = read_stamp(result_path)
+    return stamp.started if stamp is not None else None
 
 
 def read_failure(result_path: str | Path) -> tuple[str, str] | None:
@@ -101,9 +115,6 @@ class TrialJob(Checkpointable):
     def __init__(self, request: TrainRequest, result_path: str) -> None:
         self.request = request
         self.result_path = result_path
-        #: The epoch the trial's first attempt started from (its checkpoint then), kept on the
-        #: job so that the attempts after a requeue report the trial's span, not their own.
-        self.start_epoch: int | None = None
 
     def preload_modules(self) -> tuple[str, ...]:
         """The class's preload, and torchvision for the architectures built with it."""
@@ -121,12 +132,16 @@ class TrialJob(Checkpointable):
         # The job's output file is named by the scheduler's id: say which trial this is, and
         # stamp each epoch, so `tail -f` on it tells what runs and whether it still moves.
         req, lineage = self.request, self.request.lineage
-        stamp = TrialStart(started=time.time())
-        write_json_atomic(started_path(self.result_path), stamp.to_dict())
         state = read_state(req.workdir) or {}
         epoch = int(state.get("epoch", 0))
-        if getattr(self, "start_epoch", None) is None:  # a job pickled by an older version
-            self.start_epoch = epoch
+        # The trial's first epoch, from the stamp of an earlier attempt (the driver removes
+        # the stamp before it submits the trial): not kept on this object, which a requeue
+        # without submitit's checkpoint loads as it was first submitted.
+        earlier = read_stamp(self.result_path)
+        first = earlier.start_epoch if earlier is not None else None
+        start_epoch = epoch if first is None else first
+        stamp = TrialStart(started=time.time(), start_epoch=start_epoch)
+        write_json_atomic(started_path(self.result_path), stamp.to_dict())
         # After a requeue, say where it resumes, as the encoder's training does.
         ckpt = Path(req.workdir) / CKPT_DIR / str(state.get("tag", ""))
         note = resume_note(epoch, ckpt, self.restart_count() + 1)
@@ -153,7 +168,7 @@ class TrialJob(Checkpointable):
         # The trial's span: train() of an attempt after a requeue starts at that attempt's
         # checkpoint (epochs_run, the study's epoch count and the run's record would lose
         # the epochs of the attempts before it).
-        result["start_epoch"] = min(int(result["start_epoch"]), self.start_epoch or 0)
+        result["start_epoch"] = min(int(result["start_epoch"]), start_epoch)
         write_json_atomic(Path(self.result_path), result)
         sys.stdout.flush()
         return result
