@@ -127,7 +127,7 @@ def chain_state(registry: Registry, workspace: Workspace, key: str) -> ChainStat
     jobs = jobs_named(job_name(key), chain_script(workspace, key))
     labels = job_labels(registry, [j.job_id for j in jobs])
     queued = tuple((label, j.state, j.begin) for label, j in zip(labels, jobs, strict=True))
-    last = _last_run(registry, key)
+    last = last_run(registry, workspace, key)
     again = f"`{schedule_command(key, settings)}`" if settings else ""
     if settings is None:
         state = "unscheduled"
@@ -148,16 +148,21 @@ def chain_state(registry: Registry, workspace: Workspace, key: str) -> ChainStat
     return ChainState(key, settings, queued, last, state, advice)
 
 
-def _last_run(registry: Registry, key: str) -> str | None:
-    """The newest ended job of the chain as the registry records it: ``job 11 (slurm 40)
-    FAILED at 2026-12-05 02:01:13: cause``; None when none has ended."""
+def last_run(registry: Registry, workspace: Workspace, key: str) -> str | None:
+    """The newest ended job of this workspace's chain keyed ``key`` as the registry records
+    it: ``job 11 (slurm 40) FAILED at 2026-12-05 02:01:13: cause``; None when none has ended.
+    Its rows are told by their folder, the chain's own, as its queued jobs are by its script:
+    a registry shared by several workspaces holds the rows of their chains of the same name."""
     from sqlalchemy import select
 
     from pomlia_hpc.registry import Job
     from pomlia_hpc.vocab import FINAL_STATES
 
+    folder = str(chain_script(workspace, key).parent)
     with registry.session() as s:
-        q = select(Job).where(Job.name == job_name(key), Job.state.in_(FINAL_STATES))
+        q = select(Job).where(
+            Job.name == job_name(key), Job.folder == folder, Job.state.in_(FINAL_STATES)
+        )
         row = s.scalars(q.order_by(Job.id.desc()).limit(1)).first()
     if row is None:
         return None
