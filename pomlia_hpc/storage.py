@@ -11,7 +11,7 @@ import os
 import shutil
 from pathlib import Path
 
-from pomlia_hpc.errors import StorageError
+from pomlia_hpc.errors import PomliaError, StorageError
 
 #: What a file system answers when it will not take the bytes written to it, whoever writes:
 #: the device or the quota is full, the file is over the size limit, the mount is read-only.
@@ -43,11 +43,15 @@ def storage_error(
 ) -> StorageError | None:
     """The one-line :class:`StorageError` for writing ``path`` when ``exc`` is a full disk,
     quota or size limit, or a read-only file system (:func:`storage_errno`), else None
-    (``exc`` itself when it is one already). ``kept``: whether part of what was written may
+    (``exc`` itself when it is one already; None for another :class:`PomliaError`, which a
+    command raised from the failed write in its own words, e.g. naming the option whose path
+    it was). ``kept``: whether part of what was written may
     still be there (False: the writer removed it, and the message says nothing was kept).
     ``path`` None: the failed write did not say which file it was."""
     if isinstance(exc, StorageError) and exc.filename == str(path):
         return exc
+    if isinstance(exc, PomliaError) and not isinstance(exc, StorageError):
+        return None  # already said in the command's words: not replaced by a generic one
     number = storage_errno(exc)
     if number is None:
         return None
