@@ -14,7 +14,6 @@ from typing import Any
 import pytest
 from sqlalchemy import inspect, select, text
 
-from pomlia_hpc.cli import main
 from pomlia_hpc.registry import (
     Dataset,
     DatasetVersion,
@@ -27,6 +26,7 @@ from pomlia_hpc.registry import (
 )
 from pomlia_hpc.registry.db import head_revision, upgrade
 from pomlia_hpc.strategy import kb
+from tests.fixtures.cli import pomlia_main
 from tests.fixtures.services import PG_URL
 
 OLD = "0007"  # the schema of release 511a219
@@ -35,12 +35,10 @@ OLD = "0007"  # the schema of release 511a219
 def _pomlia(
     monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str
 ) -> tuple[Any, str, str]:
-    """Run ``pomlia ARGS`` as the console script does: (exit code, stdout, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["pomlia", *args])
-    with pytest.raises(SystemExit) as ex:
-        main()
-    got = capsys.readouterr()
-    return ex.value.code, " ".join(got.out.split()), got.err
+    """Run ``pomlia ARGS`` as the console script does: (exit code, stdout with its runs of
+    white space made one space, stderr)."""
+    code, out, err = pomlia_main(monkeypatch, capsys, *args)
+    return code, " ".join(out.split()), err
 
 
 def _old_registry(url: str) -> None:

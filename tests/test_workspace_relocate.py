@@ -8,28 +8,15 @@ from __future__ import annotations
 
 import json
 import shutil
-import sys
 from pathlib import Path
-from typing import Any
 
 import pytest
 
-from pomlia_hpc.cli import main
 from pomlia_hpc.data.api import list_versions
 from pomlia_hpc.registry import Registry
 from pomlia_hpc.workspace import Workspace
+from tests.fixtures.cli import pomlia_main as pomlia
 from tests.fixtures.factories import tiny_dataset, tiny_study, tiny_task
-
-
-def pomlia(
-    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str
-) -> tuple[Any, str, str]:
-    """``pomlia ARGS`` as the console script runs it: (exit code, stdout, stderr)."""
-    monkeypatch.setattr(sys, "argv", ["pomlia", *args])
-    with pytest.raises(SystemExit) as ex:
-        main()
-    got = capsys.readouterr()
-    return ex.value.code, got.out, got.err
 
 
 def old_workspace(tmp_path: Path, db_url: str | None = None) -> tuple[Path, str, Path]:
