@@ -110,15 +110,3 @@ def test_each_compressed_strip_is_decompressed_once(
         path = tmp_path / "x.tif"
         path.write_bytes(data)
         assert np.array_equal(read_image(path, 1, "uint16")[..., 0], x), name
-
-
-def test_a_bit_packed_page_is_left_to_tifffile_after_the_bounded_check() -> None:
-    """1-bit pages are not assembled here (bit-packed rows): None, and the decoder falls back
-    to the bounded check and tifffile's own decode, with the same pixels as before."""
-    bits = np.random.default_rng(3).integers(0, 2, (32, 32)).astype(bool)
-    data = tifffile_bytes(bits, compression="zlib")
-    got, _ = assembled_and_tifffiles(data)
-    assert got is None
-    served = decode(data, "image/tiff", InputSpec(32, 1), Limits())
-    plain = decode(tifffile_bytes(bits), "image/tiff", InputSpec(32, 1), Limits())
-    assert np.array_equal(served, plain)

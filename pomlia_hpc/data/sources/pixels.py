@@ -26,8 +26,9 @@ colour TIFF whose compression only Pillow decodes (it would cut it to 8 bits). A
 or PackBits strip or tile that decompresses to more bytes than its pixels take is refused
 (:class:`~pomlia_hpc.data.sources.segments.DecompressionLimitError`): each one is decoded once,
 with that limit, and the page assembled from those decodes (:mod:`.tiffpage`), never by
-tifffile's decoders, which set no output limit (a rare layout it does not assemble is checked by
-the same bounded decodes, then decoded by tifffile).
+tifffile's decoders, which set no output limit. Refused before any decode too: a 3-D volume,
+floating-point differencing, packed samples of 2 to 24 bits, samples of mixed formats
+(:func:`~.tiffpage.layout_problem`), and more than one alpha sample.
 """
 
 from __future__ import annotations
@@ -46,8 +47,7 @@ import PIL
 import tifffile
 from PIL import Image, ImageFile
 
-from pomlia_hpc.data.sources.segments import check_segments
-from pomlia_hpc.data.sources.tiffpage import page_array
+from pomlia_hpc.data.sources.tiffpage import layout_problem, page_array
 from pomlia_hpc.errors import InputError
 
 #: PIL modes kept as they are (their pixels are already grey or RGB values).
@@ -271,7 +271,15 @@ def _tiff_plan(page: Any) -> tuple[FrameHeader, str]:
             "(not alpha): expected grey or RGB, with at most an alpha extra sample (save "
             "each channel as its own grey file, or 3 channels as RGB)"
         )
-    samples = int(page.samplesperpixel) - len(extras)  # alpha samples are dropped
+    if len(extras) > 1:
+        # Each would be decoded and dropped: 60000 "alpha" samples per pixel made a 28 px
+        # page of a 360 KB upload take 200 MB (and the page's size no longer followed from
+        # its sides, which the caller bounds).
+        raise PixelFormatError(
+            f"is a TIFF of {int(page.samplesperpixel)} samples per pixel, {len(extras)} of "
+            "them extra (alpha) samples: expected grey or RGB with at most one alpha sample"
+        )
+    samples = int(page.samplesperpixel) - len(extras)  # an alpha sample is dropped
     if photometric in (_PH.MINISBLACK, _PH.MINISWHITE) and samples == 1:
         channels = 1
     elif photometric == _PH.RGB and samples == 3:
@@ -296,6 +304,10 @@ def _tiff_plan(page: Any) -> tuple[FrameHeader, str]:
             "in [0, 1]"
         )
     how = "raw" if page.compression in _TIFFFILE_CODECS else "pillow"
+    if how == "raw" and (problem := layout_problem(page)) is not None:
+        # Refused before any strip is decoded (tifffile would fail on most of these after
+        # the decompression, or, for a volume, read slices as rows).
+        raise PixelFormatError(problem)
     if how == "pillow" and channels == 3 and bits > 8:
         # Pillow reads grey LZW or JPEG at full depth (I;16, F) but has no 16-bit RGB mode.
         raise PixelFormatError(
@@ -400,11 +412,10 @@ class TiffImage:
         page: Any = self._pages[index]
         if _tiff_plan(page)[1] == "raw":
             # tifffile's own decoders have no output limit: a compressed page is assembled
-            # from bounded decodes, each segment decoded once; a rare layout that is not
-            # assembled is checked by the same decodes, then decoded again by tifffile.
+            # from bounded decodes, each segment decoded once; tifffile reads an
+            # uncompressed one (None), which it copies as stored.
             x = page_array(page, self._read)
             if x is None:
-                check_segments(page, self._read)
                 x = np.asarray(page.asarray())
             return _raw_tiff_pixels(page, x, channels)
         if self._pil is None:

@@ -6,8 +6,8 @@ compressed zeros (a 30 KB LZMA upload) makes it allocate 200 MB and more, and up
 may share that strip. So every segment is decompressed here, once, with an output limit of
 what the page's own pixels can take (one byte past it tells "too long"), and a page with a
 segment that decodes to more is refused; :mod:`.tiffpage` assembles the page from these
-decodes. This holds no more than one segment's expected bytes at a time. Torch-free, as
-:mod:`.pixels`, which calls it.
+decodes (the only decode of a compressed page). This holds no more than one segment's
+expected bytes at a time. Torch-free, as :mod:`.pixels`, which calls it.
 """
 
 from __future__ import annotations
@@ -33,6 +33,10 @@ PACKBITS_SLACK_BYTES = 1024
 SEGMENT_FLOOR_BYTES = 4 << 20
 #: Most memory (bytes) an LZMA segment's decoder may take: preset 9's 64 MB dictionary, and more.
 LZMA_MEMLIMIT_BYTES = 128 << 20
+#: Each byte value with its 8 bits in reverse order: a FillOrder 2 (LSB first) file's stored
+#: bytes, compressed ones included, are reversed before they are decompressed (as tifffile
+#: does, and libtiff).
+REVERSED_BITS = bytes(int(f"{b:08b}"[::-1], 2) for b in range(256))
 
 
 class DecompressionLimitError(InputError):
@@ -131,6 +135,7 @@ def decoded_segments(
     decoder = DECODERS[int(page.compression)]
     limit = segment_limit(page)
     name = _CP(page.compression).name
+    reversed_bits = int(page.fillorder) == 2
     # A damaged file may list fewer byte counts than offsets: tifffile reads those it pairs.
     pairs = zip(page.dataoffsets, page.databytecounts, strict=False)
     for index, (offset, count) in enumerate(pairs):
@@ -150,7 +155,10 @@ def decoded_segments(
                 f"than the {cap} its {limit} bytes of pixels can take compressed: save the "
                 "image again with a standard encoder"
             )
-        decoded = decoder(memoryview(read(int(offset), int(count))), limit)
+        stored = read(int(offset), int(count))
+        if reversed_bits:
+            stored = bytes(stored).translate(REVERSED_BITS)
+        decoded = decoder(memoryview(stored), limit)
         if len(decoded) > limit:
             raise DecompressionLimitError(
                 f"has a strip or tile (#{index}) compressed as {name} that decompresses to "
@@ -158,13 +166,3 @@ def decoded_segments(
                 "decompression bomb): save the image again with a standard encoder"
             )
         yield index, decoded
-
-
-def check_segments(page: Any, read: Callable[[int, int], bytes | memoryview]) -> None:
-    """Refuse a TIFF page with a compressed segment that decodes past its pixels (as
-    :func:`decoded_segments`, whose output is dropped): the guard for the pages that
-    :mod:`.tiffpage` leaves to tifffile's own decoders (which set no output limit), at the
-    cost of a second decode. Pages not compressed as one of :data:`DECODERS` pass."""
-    if int(page.compression) in DECODERS:
-        for _ in decoded_segments(page, read):
-            pass

@@ -1,16 +1,20 @@
 """A compressed TIFF page assembled from its strips or tiles, each decompressed once, bounded.
 
 tifffile (without imagecodecs) decompresses deflate, LZMA and PackBits segments with no output
-limit, so :mod:`.segments` decodes each one first with a limit; handing tifffile the page
-afterwards would decompress every segment a second time. Instead the page is assembled here
-from those bounded decodes, by tifffile's own layout rules (its reshape of short or long
-segments, its horizontal predictor, its sample order), for the layouts images come in: 8- to
-64-bit samples, strips or tiles, contiguous or planar samples, no predictor or horizontal
-differencing. Any other layout (bit-packed samples, reversed fill order, floating-point
-differencing, which tifffile reads only with imagecodecs, 3-D volumes, mixed sample formats)
-returns None: the caller checks it with
-:func:`~.segments.check_segments` and lets tifffile decode it (two decodes, for rare files).
-Torch-free, as :mod:`.pixels`, which calls it.
+limit, so :mod:`.segments` decodes each one with a limit, and the page is assembled here from
+those decodes (never handed to tifffile, which would decompress every segment a second time),
+by tifffile's own layout rules (its reshape of short or long segments, its unpacking of 1-bit
+rows, its horizontal predictor, its sample order): 1-bit (bilevel) or 8- to 64-bit samples,
+either fill order, strips or tiles, contiguous or planar samples, no predictor or horizontal
+differencing. :func:`layout_problem` names every other layout (floating-point differencing,
+which tifffile reads only with imagecodecs, 2- to 24-bit packed samples, 3-D volumes, samples
+of mixed formats); the caller refuses such a page, compressed or not, before decoding any of
+it. An uncompressed page is left to tifffile, which decompresses nothing. Torch-free, as
+:mod:`.pixels`, which calls it.
+
+Memory: the page is allocated when its first segment has decoded, at its own size, which the
+caller bounds before: sides checked against its limit, one 2-D image (no volume), at most 4
+samples per pixel (3 colour and an alpha), at most 8 bytes each.
 """
 
 from __future__ import annotations
@@ -26,27 +30,39 @@ from pomlia_hpc.data.sources.segments import DECODERS, decoded_segments
 
 #: tifffile's predictor code of horizontal differencing.
 _HORIZONTAL = 2
-_WHOLE_BYTE_BITS = frozenset({8, 16, 32, 64})
+#: Bits per sample of the samples assembled (and read): bilevel, and whole bytes.
+_SAMPLE_BITS = frozenset({1, 8, 16, 32, 64})
 
 
-def _assembles(page: Any) -> bool:
-    """Whether ``page``'s layout is one :func:`page_array` assembles (see the module doc)."""
-    if int(page.compression) not in DECODERS or page.dtype is None:
-        return False
-    bits = page.bitspersample
+def layout_problem(page: Any) -> str | None:
+    """Why ``page`` (a :class:`tifffile.TiffPage` of grey or RGB samples) is not read here, a
+    phrase that starts with a verb ("is a 3-D TIFF volume ..."), or None when it is. Its tags
+    are single numbers (the caller checks)."""
+    bits, predictor = int(page.bitspersample), int(page.predictor)
     formats = page.tags.get(339)  # SampleFormat: one per sample, which must agree
-    mixed = formats is not None and len(set(np.atleast_1d(formats.value).tolist())) > 1
-    return (
-        isinstance(bits, int)
-        and bits in _WHOLE_BYTE_BITS
-        and bits == 8 * np.dtype(page.dtype).itemsize
-        and int(page.fillorder) == 1
-        and int(page.predictor) in (1, _HORIZONTAL)
-        and int(page.shaped[1]) == 1  # no 3-D (SGI ImageDepth) volume
-        and not page.is_subsampled
-        and not mixed
-        and 0 not in page.shaped
-    )
+    kinds = sorted(set(np.atleast_1d(formats.value).tolist())) if formats is not None else []
+    if int(page.shaped[1]) != 1:
+        return (
+            f"is a 3-D TIFF volume of {int(page.shaped[1])} slices (ImageDepth): expected one "
+            "2-D image per file (save each slice as its own file)"
+        )
+    if len(kinds) > 1:
+        return (
+            f"is a TIFF whose samples differ in sample format ({', '.join(map(str, kinds))}): "
+            "expected samples of one type"
+        )
+    if bits not in _SAMPLE_BITS or (bits > 1 and bits != 8 * np.dtype(page.dtype).itemsize):
+        return f"is a TIFF of {bits}-bit samples: expected 1-, 8-, 16-, 32- or 64-bit samples"
+    if predictor not in (1, _HORIZONTAL) or (bits == 1 and predictor != 1):
+        name = getattr(page.predictor, "name", f"code {predictor}")
+        return (
+            f"is a TIFF of {bits}-bit samples stored with predictor {name}, which is not "
+            "decoded here: expected no predictor or horizontal differencing of 8-bit or "
+            "wider samples (save it again so)"
+        )
+    if page.is_subsampled:
+        return "is a TIFF of chroma-subsampled samples: expected grey or RGB samples"
+    return None
 
 
 def _segment_shape(page: Any) -> tuple[int, int, int]:
@@ -69,6 +85,25 @@ def _place(page: Any, index: int) -> tuple[int, int, int, int, int]:
     return plane, r0, c0, min(seg_rows, height - r0), min(seg_cols, width - c0)
 
 
+def _samples(page: Any, data: bytes, dtype: np.dtype) -> np.ndarray:
+    """A decoded segment's samples, flat, in ``dtype`` (the file's byte order). 1-bit rows are
+    unpacked as tifffile does: each row starts on a byte, its padding bits dropped."""
+    if int(page.bitspersample) != 1:
+        return np.frombuffer(data, dtype, count=len(data) // dtype.itemsize)
+    _, seg_cols, contig = _segment_shape(page)
+    run = seg_cols * contig  # samples per row
+    bits = np.unpackbits(np.frombuffer(data, np.uint8))
+    if run % 8:
+        padded = run + 8 - run % 8
+        if bits.size % padded:
+            raise tifffile.TiffFileError(
+                f"corrupted bilevel {'tile' if page.is_tiled else 'strip'}: {len(data)} bytes "
+                f"do not hold whole rows of {padded // 8} bytes"
+            )
+        bits = bits.reshape(-1, padded)[:, :run].reshape(-1)
+    return bits.astype(np.bool_)
+
+
 def _segment(page: Any, index: int, data: bytes, dtype: np.dtype) -> np.ndarray:
     """Decoded segment ``index`` as (rows, columns, samples), a copy in native byte order, by
     tifffile's rules: extra bytes are dropped; a tile may hold just its part inside the image;
@@ -76,7 +111,7 @@ def _segment(page: Any, index: int, data: bytes, dtype: np.dtype) -> np.ndarray:
     image: a predictor runs along the segment's whole rows."""
     seg_rows, seg_cols, contig = _segment_shape(page)
     _, _, _, rows, cols = _place(page, index)
-    values = np.frombuffer(data, dtype, count=len(data) // dtype.itemsize)
+    values = _samples(page, data, dtype)
     # A strip is as wide as the image: only its last one is shorter, by rows.
     full = (seg_rows if page.is_tiled else rows, seg_cols, contig)
     for shape in (full, (rows, cols, contig), (rows, seg_cols, contig)):
@@ -93,20 +128,26 @@ def page_array(page: Any, read: Callable[[int, int], bytes | memoryview]) -> np.
     """The samples of a compressed TIFF page, shaped and typed as ``page.asarray()`` returns
     them, each segment decompressed once with an output limit
     (:func:`~.segments.decoded_segments`, which raises ``DecompressionLimitError``); None for
-    a layout this module leaves to tifffile (see the module doc).
+    an uncompressed page (tifffile reads it as stored).
 
-    ``page`` is a :class:`tifffile.TiffPage`; ``read(offset, count)`` returns ``count`` bytes
-    of the file from byte ``offset``. Segments the file leaves empty or does not list are
+    ``page`` is a :class:`tifffile.TiffPage` of a layout :func:`layout_problem` passes (a
+    damaged file's error otherwise); ``read(offset, count)`` returns ``count`` bytes of the
+    file from byte ``offset``. Segments the file leaves empty or does not list are
     ``page.nodata`` (0 unless the file says), as tifffile fills them."""
-    if not _assembles(page):
+    if int(page.compression) not in DECODERS:
         return None
+    if page.dtype is None or (problem := layout_problem(page)) is not None:
+        raise tifffile.TiffFileError(f"TIFF page {problem or 'has no sample type'}")
+    if 0 in page.shaped:
+        raise tifffile.TiffFileError("empty image (a side of 0 px)")
     native = np.dtype(page.dtype).newbyteorder("=")
     stored = native.newbyteorder(page.parent.byteorder)
     unpredict = None if int(page.predictor) == 1 else tifffile.TIFF.UNPREDICTORS[_HORIZONTAL]
-    out = np.full(tuple(int(n) for n in page.shaped), page.nodata, dtype=native)
-    planes, _, height, width, _ = out.shape
+    shape = tuple(int(n) for n in page.shaped)
+    planes, _, height, width, _ = shape
     seg_rows, seg_cols, _ = _segment_shape(page)
     count = planes * math.ceil(height / seg_rows) * math.ceil(width / seg_cols)
+    out: np.ndarray | None = None  # allocated once a segment has decoded (a bad file: never)
     for index, data in decoded_segments(page, read):
         if index >= count:
             break  # listed past the image's own segments: never read
@@ -115,6 +156,10 @@ def page_array(page: Any, read: Callable[[int, int], bytes | memoryview]) -> np.
         seg = _segment(page, index, data, stored)
         if unpredict is not None:  # along each row (axis -2: columns), as tifffile does
             seg = unpredict(seg[None], axis=-2, out=seg[None])[0]
+        if out is None:
+            out = np.full(shape, page.nodata, dtype=native)
         plane, r0, c0, rows, cols = _place(page, index)
         out[plane, 0, r0 : r0 + rows, c0 : c0 + cols] = seg[:rows, :cols]
+    if out is None:  # no segment holds data: all of it is nodata
+        out = np.full(shape, page.nodata, dtype=native)
     return out.reshape(page.shape)
