@@ -31,7 +31,7 @@ from pomlia_hpc.monitor.stats import (
     performance_test,
 )
 from pomlia_hpc.serve.fingerprint import STATS_KIND
-from pomlia_hpc.serve.records import TRANSPORT_REASONS
+from pomlia_hpc.serve.records import REQUEST_REASONS, TRANSPORT_REASONS
 from pomlia_hpc.serve.reference import Reference
 
 MIN_VECTORS = 10
@@ -105,15 +105,20 @@ def _as_set(labels: Any) -> set[Any]:
 
 
 def _quality(win: LogWindow, ref: Reference, vectors: np.ndarray) -> dict[str, Any]:
-    # A timeout says nothing about the data: counted apart, not in the refused share.
-    refused = Counter({k: n for k, n in win.rejections.items() if k not in TRANSPORT_REASONS})
+    # A timeout says nothing about the data, nor does a request the HTTP layer refused
+    # before reading any file in it (a body over the upload limit, a malformed multipart
+    # body): each counted apart, not in the refused share.
+    apart = TRANSPORT_REASONS | REQUEST_REASONS
+    refused = Counter({k: n for k, n in win.rejections.items() if k not in apart})
     failed = Counter({k: n for k, n in win.rejections.items() if k in TRANSPORT_REASONS})
+    bad_requests = Counter({k: n for k, n in win.rejections.items() if k in REQUEST_REASONS})
     rejected, n_failed = sum(refused.values()), sum(failed.values())
+    n_bad_requests = sum(bad_requests.values())
     # Requests over requests: a refused upload is one request, and so is an answered batch of
     # many images (counting its images would hide a batch client's refusals).
     total = win.n_requests + rejected
     q: dict[str, Any] = {
-        "requests": total + n_failed,
+        "requests": total + n_failed + n_bad_requests,
         "answered_requests": win.n_requests,
         "predictions": win.n_predictions,
         "rejected": rejected,
@@ -122,6 +127,8 @@ def _quality(win: LogWindow, ref: Reference, vectors: np.ndarray) -> dict[str, A
         "rejections_by_reason": dict(refused.most_common()),
         "transport_failures": n_failed,
         "transport_failures_by_reason": dict(failed.most_common()),
+        "request_refusals": n_bad_requests,
+        "request_refusals_by_reason": dict(bad_requests.most_common()),
         "bad_fingerprints": win.bad_fingerprints,
     }
     warnings: list[str] = []

@@ -288,6 +288,10 @@ def render_html(
                         "transport failures (not in the share)",
                         _reasons(q.get("transport_failures_by_reason")),
                     ],
+                    [
+                        "requests refused unread (not in the share)",
+                        _reasons(q.get("request_refusals_by_reason")),
+                    ],
                     ["near-constant inputs", _fmt(q.get("near_constant_share"))],
                 ],
                 ["", ""],

@@ -31,7 +31,14 @@ from pomlia_hpc.serve.holder import ModelHolder
 from pomlia_hpc.serve.issued import feedback_refusal
 from pomlia_hpc.serve.predictor import Predictor, now_iso
 from pomlia_hpc.serve.predlog import LogClosedError, LogWriteError, PredictionLog
-from pomlia_hpc.serve.records import TIMEOUT_REASON, FeedbackLine, RejectionLine, to_line
+from pomlia_hpc.serve.records import (
+    MALFORMED_REQUEST_REASON,
+    REQUEST_REASONS_BY_STATUS,
+    TIMEOUT_REASON,
+    FeedbackLine,
+    RejectionLine,
+    to_line,
+)
 
 PREDICTION_ID = re.compile(r"^[0-9a-f]{32}$")
 
@@ -52,6 +59,12 @@ async def predict(
         # twice for the decode and the model call.
         ctype = request.headers.get("content-type")
         files = uploaded_files(ctype, await read_body(request, limits.max_upload_bytes), limits)
+    except RequestError as exc:
+        # Refused by the HTTP layer before any file was read: logged as such, so that the
+        # monitor keeps it out of its refused share of images.
+        log_rejection(pred, exc, holder.config.deployment_id, request_level=True)
+        raise
+    try:
         # Decoded in a worker thread: one upload that takes long to decode must not hold the
         # event loop, which answers /health, /ready and every other request meanwhile.
         loop = asyncio.get_running_loop()
@@ -135,8 +148,10 @@ async def feedback(holder: ModelHolder, request: Request) -> Response:
     return json_response({"id": record.id, "prediction_id": item.prediction_id, "recorded": True})
 
 
-def rejection_reason(exc: RequestError) -> str:
-    """A short category of a refused upload, for the monitor's rejected-share-by-reason."""
+def rejection_reason(exc: RequestError, *, request_level: bool = False) -> str:
+    """A short category of a refused upload, for the monitor's rejected-share-by-reason;
+    ``request_level``: refused by the HTTP layer before any file was read (one of
+    ``REQUEST_REASONS``, which the monitor keeps out of that share)."""
     text = exc.message.lower()
     if exc.reason is not None:
         return exc.reason
@@ -144,6 +159,8 @@ def rejection_reason(exc: RequestError) -> str:
         # The body did not arrive in time: the client's or the network's failure, not a
         # property of the image (the monitor leaves it out of the refused share).
         return TIMEOUT_REASON
+    if request_level:
+        return REQUEST_REASONS_BY_STATUS.get(exc.status, MALFORMED_REQUEST_REASON)
     if exc.status == 413:
         return "too-large"
     if exc.status == 415:
@@ -157,9 +174,12 @@ def rejection_reason(exc: RequestError) -> str:
     return "undecodable"
 
 
-def log_rejection(pred: Predictor, exc: RequestError, deployment: int | None) -> None:
+def log_rejection(
+    pred: Predictor, exc: RequestError, deployment: int | None, *, request_level: bool = False
+) -> None:
     """Record a refused upload in the prediction log (not waited for: the client gets its 4xx
-    at once; a log that cannot take it loses only this count)."""
+    at once; a log that cannot take it loses only this count); ``request_level`` as for
+    :func:`rejection_reason`."""
     with contextlib.suppress(LogClosedError, LogWriteError):
         pred.log.append(
             [
@@ -171,7 +191,7 @@ def log_rejection(pred: Predictor, exc: RequestError, deployment: int | None) ->
                         model_version=pred.bundle.version,
                         deployment=deployment,
                         status=exc.status,
-                        reason=rejection_reason(exc),
+                        reason=rejection_reason(exc, request_level=request_level),
                     )
                 )
             ]

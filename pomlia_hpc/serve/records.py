@@ -103,6 +103,18 @@ SHUTDOWN_REASON = "shutting-down"
 #: the server's load failed): the monitor keeps them out of the refused share, its
 #: data-quality figure.
 TRANSPORT_REASONS = frozenset({TIMEOUT_REASON, BUSY_REASON, SHUTDOWN_REASON})
+#: Rejection reasons of a request the HTTP layer refused before any file in it was read, by
+#: its status: a body over the upload limit or of more files than allowed (413), a body or
+#: file part in a content or transfer coding (415), a malformed body or header (400). They
+#: say nothing about the images either: the monitor counts them apart from the refused share.
+REQUEST_REASONS_BY_STATUS = {
+    413: "request-too-large",
+    415: "request-encoding",
+    400: "malformed-request",
+}
+#: ... any other status of such a refusal.
+MALFORMED_REQUEST_REASON = "malformed-request"
+REQUEST_REASONS = frozenset({*REQUEST_REASONS_BY_STATUS.values(), MALFORMED_REQUEST_REASON})
 
 
 class RejectionLine(_Line):
