@@ -5,6 +5,7 @@ with mutated PNG, JPEG, TIFF and NPY files."""
 from __future__ import annotations
 
 import io
+import struct
 import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
@@ -17,6 +18,7 @@ from PIL import Image
 from pomlia_hpc.data.sources import folder
 from pomlia_hpc.data.sources.base import IngestLimits, check_side
 from pomlia_hpc.data.sources.folder import decodes, read_header, read_image
+from pomlia_hpc.data.sources.pixels import is_unreadable_file_error
 from pomlia_hpc.data.sources.segments import SEGMENT_FLOOR_BYTES
 from pomlia_hpc.errors import InputError
 from pomlia_hpc.serve import decode as serve_decode
@@ -139,3 +141,83 @@ def test_a_valid_tiff_of_many_pages_still_decodes_page_by_page() -> None:
     pages[0].save(buf, "TIFF", save_all=True, append_images=pages[1:])
     got = decode(buf.getvalue(), "image/tiff", InputSpec(SIDE, 1), Limits())
     assert [round(float(p.max()) * 255) for p in got] == [0, 40, 80, 120, 160]
+
+
+def raised(call: Callable[[], object]) -> Exception:
+    """The exception ``call`` raises (with its traceback)."""
+    try:
+        call()
+    except Exception as exc:
+        return exc
+    raise AssertionError("nothing was raised")
+
+
+def test_a_bad_file_is_told_by_where_the_exception_was_raised() -> None:
+    """Raised inside tifffile's or Pillow's code, any exception is the file's fault, also one
+    that numpy raises on tifffile's behalf (a TypeError there was a 500 in the server); the
+    same exception raised by numpy for this project's own code is a bug."""
+    horizontal = tifffile.TIFF.UNPREDICTORS[2]  # tifffile's horizontal-differencing decoder
+    in_tifffile = raised(lambda: horizontal(None, axis=-1))
+    numpy_for_tifffile = raised(lambda: horizontal(np.zeros((2, 2)), axis="x"))
+    numpy_for_us = raised(lambda: np.cumsum(np.zeros((2, 2)), axis="x"))  # type: ignore[call-overload]
+    ours = raised(lambda: getattr(None, "dtype"))  # noqa: B009
+    assert isinstance(in_tifffile, AttributeError) and isinstance(ours, AttributeError)
+    assert type(numpy_for_tifffile) is type(numpy_for_us) is TypeError
+    assert is_unreadable_file_error(in_tifffile)
+    assert is_unreadable_file_error(numpy_for_tifffile)
+    assert not is_unreadable_file_error(numpy_for_us)
+    assert not is_unreadable_file_error(ours)
+
+
+def fuzzed_tiffs(n: int) -> list[tuple[bytes, int]]:
+    """``n`` TIFFs of many layouts, each with 1 to 3 of its first page's tag entries damaged
+    (type, count or value), seeded: (file, channels)."""
+    rng = np.random.default_rng(7)
+    side = 16
+    grey = rng.integers(0, 256, (side, side), dtype=np.uint8)
+    rgb = rng.integers(0, 256, (side, side, 3), dtype=np.uint8)
+    seeds = [
+        (bad_tiffs.fill_order_2(grey, compression="zlib", rowsperstrip=5), 1),
+        (bad_tiffs.with_short_tag(grey > 99, 266, 1, compression="lzma"), 1),
+        (
+            bad_tiffs.with_short_tag(
+                rgb, 266, 1, photometric="rgb", tile=(16, 16), compression="zlib", predictor=True
+            ),
+            3,
+        ),
+        (bad_tiffs.with_short_tag(grey.astype(np.uint16) * 99, 266, 1, compression="zlib"), 1),
+        (bad_tiffs.with_short_tag(grey.astype(np.float32) / 255, 266, 1), 1),
+    ]
+    types = [1, 2, 3, 4, 5, 7, 8, 11, 12, 16, 17]
+    values = [0, 1, 2, 3, 5, 8, 16, 255, 65535, 2**31]
+    out = []
+    for i in range(n):
+        data, channels = seeds[i % len(seeds)]
+        d = bytearray(data)
+        ifd = struct.unpack_from("<I", d, 4)[0]
+        for _ in range(int(rng.integers(1, 4))):
+            entry = ifd + 2 + 12 * int(rng.integers(0, struct.unpack_from("<H", d, ifd)[0]))
+            field = int(rng.integers(0, 3))
+            if field == 0:
+                struct.pack_into("<H", d, entry + 2, int(rng.choice(types)))
+            else:
+                struct.pack_into("<I", d, entry + 4 * field, int(rng.choice(values)))
+        out.append((bytes(d), channels))
+    return out
+
+
+@pytest.mark.timeout(300)
+def test_fuzzed_tiffs_are_refused_as_bad_files_never_as_bugs(tmp_path: Path) -> None:
+    """Damaged tags in every layout the decoder assembles: each file decodes or is one clear
+    refusal, in the server (a 4xx) and at ingest (an InputError naming it)."""
+    path = tmp_path / "fuzzed.tif"
+    for data, channels in fuzzed_tiffs(400):
+        try:
+            decode(data, "image/tiff", InputSpec(16, channels), Limits())
+        except RequestError as exc:
+            assert 400 <= exc.status < 500, exc.message
+        path.write_bytes(data)
+        try:
+            read_image(path, channels, read_header(path).depth)
+        except InputError as exc:
+            assert "fuzzed.tif" in str(exc)

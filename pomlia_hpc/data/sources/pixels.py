@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import io
 import lzma
+import os
 import struct
 import zlib
 from collections.abc import Callable
@@ -71,12 +72,12 @@ MAX_TIFF_PAGES = 4096
 _TIFF_WIDE_INTS = frozenset({np.dtype(t) for t in ("uint16", "int16", "int32", "uint32")})
 
 #: What Pillow, tifffile, numpy and the codecs raise for a damaged, truncated or unsupported
-#: image file: each is the file's fault, so the caller makes it its one clear refusal (a 400
-#: in the server, one line naming the file at ingest). Left out on purpose: AttributeError,
-#: NameError, AssertionError, TypeError and the like, which are bugs and must surface as such
-#: (a 500 that is logged, a traceback), not be hidden as a bad file; a TypeError counts as a
-#: bad file only when raised inside tifffile's or Pillow's own code
-#: (:func:`is_unreadable_file_error`).
+#: image file: each is the file's fault wherever it is raised, so the caller makes it its one
+#: clear refusal (a 400 in the server, one line naming the file at ingest). Left out on
+#: purpose: AttributeError, NameError, AssertionError, TypeError and the like, which are bugs
+#: when raised by this project's code and must surface as such (a 500 that is logged, a
+#: traceback), not be hidden as a bad file; raised inside tifffile's or Pillow's own code, any
+#: exception is the file's (:func:`is_unreadable_file_error`).
 UNREADABLE_FILE_ERRORS: tuple[type[Exception], ...] = (
     OSError,  # Pillow: "image file is truncated", UnidentifiedImageError; read errors
     EOFError,  # Pillow: a header cut short
@@ -92,25 +93,40 @@ UNREADABLE_FILE_ERRORS: tuple[type[Exception], ...] = (
     Image.DecompressionBombError,  # Pillow: past its pixel limit (the server says 413 first)
 )
 
-#: Where the decoders' own code lives: a TypeError raised there while a file is read is the
-#: file's fault (tifffile and Pillow compare and compute with tag values as stored, and a
-#: damaged tag, a tuple where one number belongs, fails deep inside them).
-_DECODER_DIRS = tuple(str(Path(m.__file__).parent) for m in (tifffile, PIL) if m.__file__)
+#: Where the decoders' own code lives: an exception raised there while a file is read is the
+#: file's fault, whatever its type (tifffile and Pillow compare and compute with tag values as
+#: stored, and a damaged tag, a tuple where one number belongs, fails deep inside them as a
+#: TypeError, an AttributeError, ...).
+_DECODER_DIRS = tuple(str(Path(m.__file__).parent) + os.sep for m in (tifffile, PIL) if m.__file__)
+#: numpy's code: an exception raised there is counted where numpy was called from (tifffile
+#: reshaping a damaged strip, or a bug of this project's).
+_NUMPY_DIR = str(Path(np.__file__).parent) + os.sep
+
+
+def _raised_in(exc: BaseException) -> str | None:
+    """The source file of the innermost frame of ``exc``'s traceback outside numpy (where it
+    was raised, or where numpy was called that raised it); None without a traceback."""
+    files: list[str] = []
+    frame = exc.__traceback__
+    while frame is not None:
+        files.append(frame.tb_frame.f_code.co_filename)
+        frame = frame.tb_next
+    return next((f for f in reversed(files) if not f.startswith(_NUMPY_DIR)), None)
 
 
 def is_unreadable_file_error(exc: BaseException) -> bool:
     """Whether ``exc``, raised while an image file was opened or decoded, says the file is
-    damaged, truncated or of a kind the decoders do not read (one of
-    :data:`UNREADABLE_FILE_ERRORS`, or a TypeError raised inside tifffile's or Pillow's own
-    code), rather than a bug of this code, which its caller lets through."""
+    damaged, truncated or of a kind the decoders do not read, rather than a bug of this code,
+    which its caller lets through: one of :data:`UNREADABLE_FILE_ERRORS` wherever raised, or
+    any other ``Exception`` raised inside tifffile's or Pillow's own code (also by numpy,
+    called from there). Decided by where it was raised, not by its type alone: the same
+    TypeError raised in this project's code (or by numpy called from it) is a bug."""
     if isinstance(exc, UNREADABLE_FILE_ERRORS):
         return True
-    if not isinstance(exc, TypeError):
+    if not isinstance(exc, Exception):  # KeyboardInterrupt, SystemExit: never the file's
         return False
-    frame = exc.__traceback__
-    while frame is not None and frame.tb_next is not None:
-        frame = frame.tb_next  # the innermost frame: where it was raised
-    return frame is not None and frame.tb_frame.f_code.co_filename.startswith(_DECODER_DIRS)
+    where = _raised_in(exc)
+    return where is not None and where.startswith(_DECODER_DIRS)
 
 
 class PixelFormatError(InputError):
