@@ -134,6 +134,24 @@ def test_a_strip_byte_count_past_the_file_allocates_nothing_at_ingest(tmp_path: 
     assert peak < 16 << 20, peak
 
 
+def test_an_uncompressed_strip_byte_count_past_the_file_allocates_nothing_at_ingest(
+    tmp_path: Path,
+) -> None:
+    """The same for an uncompressed file: tifffile read its strips itself, by their stated
+    byte counts (2 GB allocated for a 900-byte file); they are read here now, cut to what
+    each strip's pixels take and to the file's end."""
+    path = tmp_path / "claims.tif"
+    path.write_bytes(bad_tiffs.huge_uncompressed_byte_count(SIDE))
+    tracemalloc.start()
+    try:
+        x = read_image(path, 1, read_header(path).depth)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert x.shape == (SIDE, SIDE, 1)
+    assert peak < 16 << 20, peak
+
+
 def test_a_valid_tiff_of_many_pages_still_decodes_page_by_page() -> None:
     """The bounded walk of the page chain keeps every page of a plain multi-page file."""
     pages = [Image.new("L", (SIDE, SIDE), 40 * i) for i in range(5)]

@@ -23,7 +23,7 @@ from pomlia_hpc.data.sources.folder import read_header, read_image
 from pomlia_hpc.data.sources.tiffpage import page_array
 from pomlia_hpc.errors import InputError
 from pomlia_hpc.serve.decode import InputSpec, Limits, RequestError, decode
-from tests.fixtures.bad_tiffs import fill_order_2, retagged, with_short_tag
+from tests.fixtures.bad_tiffs import emptied_strip, fill_order_2, retagged, with_short_tag
 
 SIDE = 29  # not a multiple of 8: bilevel rows end in padding bits
 
@@ -51,17 +51,19 @@ def rare_files() -> dict[str, bytes]:
         "tiles": {"tile": (16, 16)},
     }
     for (where, kw), compression, order in itertools.product(
-        arrangements.items(), ("zlib", "lzma"), ("<", ">")
+        arrangements.items(), (None, "zlib", "lzma"), ("<", ">")
     ):
         bits = rng.integers(0, 2, (SIDE, SIDE)).astype(bool)
         files[f"bilevel, {where}, {compression}, {order}"] = plain(
             bits, compression=compression, byteorder=order, **kw
         )
     for (where, kw), compression, dtype, predictor in itertools.product(
-        arrangements.items(), ("zlib", "lzma"), ("bool", "uint8", "uint16", "float32"), (0, 1)
+        arrangements.items(), (None, "zlib", "lzma"), ("bool", "uint8", "uint16", "float32"), (0, 1)
     ):
-        if predictor and dtype in ("bool", "float32"):
-            continue  # no predictor for bits; floating-point differencing needs imagecodecs
+        if predictor and (dtype in ("bool", "float32") or compression is None):
+            # No predictor for bits; floating-point differencing needs imagecodecs; tifffile
+            # writes no predictor without compression.
+            continue
         x = (rng.random((SIDE, SIDE)) * (2 if dtype == "bool" else 250)).astype(dtype)
         files[f"FillOrder 2, {dtype}, {where}, {compression}, predictor {predictor}"] = (
             fill_order_2(x, compression=compression, predictor=bool(predictor), **kw)
@@ -84,6 +86,21 @@ def test_bilevel_and_fill_order_2_pages_are_tifffiles_pixels() -> None:
             assert got is not None, name
             assert got.dtype == want.dtype and got.shape == want.shape, name
             assert np.array_equal(got, want), name
+
+
+@pytest.mark.parametrize("compression", [None, "zlib"])
+def test_a_strip_left_empty_is_nodata(compression: str | None) -> None:
+    """The page is no longer filled with nodata before its strips are placed: a strip the
+    file leaves empty (byte count 0) is filled after them. (tifffile itself misreads such a
+    file: uncompressed, it puts the next strip's bytes under the empty one's rows; deflate,
+    it fails with "incomplete or truncated stream".)"""
+    x = np.arange(SIDE * SIDE, dtype=np.uint16).reshape(SIDE, SIDE)
+    data = emptied_strip(x, 2, compression=compression, rowsperstrip=4)
+    with tifffile.TiffFile(io.BytesIO(data)) as tif:
+        got = page_array(tif.pages[0], lambda at, n: memoryview(data)[at : at + n])
+    want = x.copy()
+    want[8:12] = 0
+    assert got.dtype == want.dtype and np.array_equal(got, want)
 
 
 @pytest.mark.parametrize("compression", ["zlib", "lzma"])

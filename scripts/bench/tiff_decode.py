@@ -5,8 +5,8 @@ the bound and dropped (:func:`~pomlia_hpc.data.sources.segments.decoded_segments
 page decoded again by tifffile; and tifffile alone (no bound), for reference.
 
 - input: generated pages written by tifffile (bilevel deflate and LZMA, FillOrder 2 8-bit
-  deflate, 16-bit grey deflate with the horizontal predictor), ``--side`` px square,
-  ``--rows`` rows per strip;
+  deflate, 16-bit grey deflate with the horizontal predictor, 16-bit grey uncompressed, which
+  tifffile alone read before), ``--side`` px square, ``--rows`` rows per strip;
 - each way decodes the page from its bytes in memory (the file opened each time, as an
   upload is), ``--repeat`` times, the ways alternated so machine noise hits all alike;
 - reported: median milliseconds per page and the speed-up of the assembly over the old
@@ -57,6 +57,7 @@ def layouts(side: int, rows: int) -> dict[str, bytes]:
             (grey >> 8).astype(np.uint8), compression="zlib", rowsperstrip=rows
         ),
         "16-bit, deflate + predictor": tiff(grey, compression="zlib", predictor=True),
+        "16-bit, uncompressed": tiff(grey),
     }
 
 

@@ -26,7 +26,8 @@ colour TIFF whose compression only Pillow decodes (it would cut it to 8 bits). A
 or PackBits strip or tile that decompresses to more bytes than its pixels take is refused
 (:class:`~pomlia_hpc.data.sources.segments.DecompressionLimitError`): each one is decoded once,
 with that limit, and the page assembled from those decodes (:mod:`.tiffpage`), never by
-tifffile's decoders, which set no output limit. Refused before any decode too: a 3-D volume,
+tifffile's decoders, which set no output limit (an uncompressed page too: tifffile read its
+strips by their stated byte counts). Refused before any decode too: a 3-D volume,
 floating-point differencing, packed samples of 2 to 24 bits, samples of mixed formats
 (:func:`~.tiffpage.layout_problem`), and more than one alpha sample.
 """
@@ -48,6 +49,7 @@ import PIL
 import tifffile
 from PIL import Image, ImageFile
 
+from pomlia_hpc.data.sources.segments import READ_HERE
 from pomlia_hpc.data.sources.tiffpage import layout_problem, page_array
 from pomlia_hpc.errors import InputError
 
@@ -63,8 +65,6 @@ _PNG_16_BIT_COLOUR = {"RGB;16B": "RGB;16L", "RGBA;16B": "RGBA;16L"}
 _PH = tifffile.PHOTOMETRIC
 _CP = tifffile.COMPRESSION
 _EXTRA = tifffile.EXTRASAMPLE
-#: TIFF compressions tifffile decodes without the optional imagecodecs package.
-_TIFFFILE_CODECS = frozenset({_CP.NONE, _CP.ADOBE_DEFLATE, _CP.DEFLATE, _CP.PACKBITS, _CP.LZMA})
 #: Most pages (IFDs) a TIFF's chain is followed to: far past the server's images per request
 #: (256) and any stack ingest would name, yet a walk of a few hundred milliseconds at most.
 MAX_TIFF_PAGES = 4096
@@ -319,7 +319,7 @@ def _tiff_plan(page: Any) -> tuple[FrameHeader, str]:
             f"has pixel type {dtype}: expected 1-, 8- or 16-bit unsigned integers or floats "
             "in [0, 1]"
         )
-    how = "raw" if page.compression in _TIFFFILE_CODECS else "pillow"
+    how = "raw" if int(page.compression) in READ_HERE else "pillow"
     if how == "raw" and (problem := layout_problem(page)) is not None:
         # Refused before any strip is decoded (tifffile would fail on most of these after
         # the decompression, or, for a volume, read slices as rows).
@@ -427,13 +427,10 @@ class TiffImage:
         """Page ``index`` as (H, W, C) (C is ``channels`` for a grey page, 3 for colour)."""
         page: Any = self._pages[index]
         if _tiff_plan(page)[1] == "raw":
-            # tifffile's own decoders have no output limit: a compressed page is assembled
-            # from bounded decodes, each segment decoded once; tifffile reads an
-            # uncompressed one (None), which it copies as stored.
-            x = page_array(page, self._read)
-            if x is None:
-                x = np.asarray(page.asarray())
-            return _raw_tiff_pixels(page, x, channels)
+            # tifffile's own decoders have no output limit, and its reads of a file take the
+            # byte counts as the file states them: the page is assembled from bounded reads
+            # and decodes, each segment decoded once.
+            return _raw_tiff_pixels(page, page_array(page, self._read), channels)
         if self._pil is None:
             src = self._source
             self._pil = Image.open(io.BytesIO(src) if isinstance(src, bytes) else src)

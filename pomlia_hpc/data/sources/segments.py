@@ -106,6 +106,8 @@ DECODERS: dict[int, Callable[[memoryview, int], bytes]] = {
     _CP.LZMA: unlzma,
     _CP.PACKBITS: unpackbits,
 }
+#: The TIFF compressions whose segments are read here: none, and those of :data:`DECODERS`.
+READ_HERE = frozenset({int(_CP.NONE), *DECODERS})
 
 
 def segment_limit(page: Any) -> int:
@@ -123,19 +125,26 @@ def segment_limit(page: Any) -> int:
 def decoded_segments(
     page: Any, read: Callable[[int, int], bytes | memoryview]
 ) -> Iterator[tuple[int, bytes | None]]:
-    """Each compressed segment (strip or tile) of a TIFF page, decoded once with an output
-    limit of what the segment's pixels take: ``(index, bytes)``, ``bytes`` None for a segment
-    the file leaves empty (byte count 0).
+    """Each segment (strip or tile) of a TIFF page, decoded once with an output limit of what
+    the segment's pixels take: ``(index, bytes)``, ``bytes`` None for a segment the file
+    leaves empty (byte count 0). An uncompressed segment is its stored bytes, read no further
+    than its samples go (tifffile drops the rest) nor past the file's end (``read`` cuts
+    there): never refused.
 
-    ``page`` is a :class:`tifffile.TiffPage` compressed as one of :data:`DECODERS`;
-    ``read(offset, count)`` returns ``count`` bytes of the file from byte ``offset``. Raises
-    :class:`DecompressionLimitError` for a segment that decodes to more bytes than its pixels
-    take, without ever holding more than that many; a damaged stream raises its codec's error
-    (``zlib.error``, ``LZMAError``)."""
-    decoder = DECODERS[int(page.compression)]
+    ``page`` is a :class:`tifffile.TiffPage` stored uncompressed or compressed as one of
+    :data:`DECODERS` (:data:`READ_HERE`); ``read(offset, count)`` returns ``count`` bytes of
+    the file from byte ``offset``, fewer at its end. Raises :class:`DecompressionLimitError`
+    for a segment that decodes to more bytes than its pixels take, without ever holding more
+    than that many; a damaged stream raises its codec's error (``zlib.error``,
+    ``LZMAError``)."""
+    decoder = DECODERS.get(int(page.compression))  # None: uncompressed
     limit = segment_limit(page)
-    name = _CP(page.compression).name
+    name = getattr(page.compression, "name", str(page.compression))
     reversed_bits = int(page.fillorder) == 2
+    # What an uncompressed segment's samples take: tifffile reads its bytes whole, and a
+    # file object's read(n) allocates n bytes first (a byte count of 2 GB in a 1 KB file
+    # took 2 GB at ingest); a larger count is cut here, and the read at the file's end.
+    as_stored = math.prod(int(s) for s in page.chunks) * np.dtype(page.dtype).itemsize
     # A damaged file may list fewer byte counts than offsets: tifffile reads those it pairs.
     pairs = zip(page.dataoffsets, page.databytecounts, strict=False)
     for index, (offset, count) in enumerate(pairs):
@@ -147,6 +156,10 @@ def decoded_segments(
             )
         if not count:
             yield index, None
+            continue
+        if decoder is None:
+            data = bytes(read(int(offset), min(int(count), as_stored)))
+            yield index, data.translate(REVERSED_BITS) if reversed_bits else data
             continue
         cap = PACKBITS_BYTES_PER_BYTE * limit + PACKBITS_SLACK_BYTES
         if decoder is unpackbits and count > cap:

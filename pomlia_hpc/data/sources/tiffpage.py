@@ -1,16 +1,16 @@
-"""A compressed TIFF page assembled from its strips or tiles, each decompressed once, bounded.
+"""A TIFF page assembled from its strips or tiles, each read and decompressed once, bounded.
 
 tifffile (without imagecodecs) decompresses deflate, LZMA and PackBits segments with no output
-limit, so :mod:`.segments` decodes each one with a limit, and the page is assembled here from
-those decodes (never handed to tifffile, which would decompress every segment a second time),
-by tifffile's own layout rules (its reshape of short or long segments, its unpacking of 1-bit
-rows, its horizontal predictor, its sample order): 1-bit (bilevel) or 8- to 64-bit samples,
-either fill order, strips or tiles, contiguous or planar samples, no predictor or horizontal
-differencing. :func:`layout_problem` names every other layout (floating-point differencing,
-which tifffile reads only with imagecodecs, 2- to 24-bit packed samples, 3-D volumes, samples
-of mixed formats); the caller refuses such a page, compressed or not, before decoding any of
-it. An uncompressed page is left to tifffile, which decompresses nothing. Torch-free, as
-:mod:`.pixels`, which calls it.
+limit, and reads an uncompressed segment by the byte count the file states (a file object's
+read allocates that many bytes first), so :mod:`.segments` reads and decodes each one with a
+limit, and the page is assembled here from those decodes (never handed to tifffile, which
+would decompress every segment a second time), by tifffile's own layout rules (its reshape of
+short or long segments, its unpacking of 1-bit rows, its horizontal predictor, its sample
+order): 1-bit (bilevel) or 8- to 64-bit samples, either fill order, strips or tiles,
+contiguous or planar samples, no predictor or horizontal differencing. :func:`layout_problem`
+names every other layout (floating-point differencing, which tifffile reads only with
+imagecodecs, 2- to 24-bit packed samples, 3-D volumes, samples of mixed formats); the caller
+refuses such a page before reading any of it. Torch-free, as :mod:`.pixels`, which calls it.
 
 Memory: the page is allocated when its first segment has decoded, at its own size, which the
 caller bounds before: sides checked against its limit, one 2-D image (no volume), at most 4
@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import tifffile
 
-from pomlia_hpc.data.sources.segments import DECODERS, decoded_segments
+from pomlia_hpc.data.sources.segments import READ_HERE, decoded_segments
 
 #: tifffile's predictor code of horizontal differencing.
 _HORIZONTAL = 2
@@ -105,10 +105,11 @@ def _samples(page: Any, data: bytes, dtype: np.dtype) -> np.ndarray:
 
 
 def _segment(page: Any, index: int, data: bytes, dtype: np.dtype) -> np.ndarray:
-    """Decoded segment ``index`` as (rows, columns, samples), a copy in native byte order, by
-    tifffile's rules: extra bytes are dropped; a tile may hold just its part inside the image;
-    fewer bytes than that is a damaged file (``TiffFileError``). Not yet clipped to the
-    image: a predictor runs along the segment's whole rows."""
+    """Decoded segment ``index`` as (rows, columns, samples) in native byte order (a view of
+    ``data`` where it is stored so, else a copy), by tifffile's rules: extra bytes are
+    dropped; a tile may hold just its part inside the image; fewer bytes than that is a
+    damaged file (``TiffFileError``). Not yet clipped to the image: a predictor runs along
+    the segment's whole rows."""
     seg_rows, seg_cols, contig = _segment_shape(page)
     _, _, _, rows, cols = _place(page, index)
     values = _samples(page, data, dtype)
@@ -117,25 +118,28 @@ def _segment(page: Any, index: int, data: bytes, dtype: np.dtype) -> np.ndarray:
     for shape in (full, (rows, cols, contig), (rows, seg_cols, contig)):
         size = math.prod(shape)
         if values.size >= size and (shape == full or values.size == size):
-            return values[:size].reshape(shape).astype(dtype.newbyteorder("="))
+            return values[:size].reshape(shape).astype(dtype.newbyteorder("="), copy=False)
     raise tifffile.TiffFileError(
         f"corrupted {'tile' if page.is_tiled else 'strip'} #{index}: {values.size} samples, "
         f"expected {math.prod(full)}"
     )
 
 
-def page_array(page: Any, read: Callable[[int, int], bytes | memoryview]) -> np.ndarray | None:
-    """The samples of a compressed TIFF page, shaped and typed as ``page.asarray()`` returns
-    them, each segment decompressed once with an output limit
-    (:func:`~.segments.decoded_segments`, which raises ``DecompressionLimitError``); None for
-    an uncompressed page (tifffile reads it as stored).
+def page_array(page: Any, read: Callable[[int, int], bytes | memoryview]) -> np.ndarray:
+    """The samples of a TIFF page, shaped and typed as ``page.asarray()`` returns them, each
+    segment read once, no further than its samples go, and decompressed with an output limit
+    (:func:`~.segments.decoded_segments`, which raises ``DecompressionLimitError``).
 
-    ``page`` is a :class:`tifffile.TiffPage` of a layout :func:`layout_problem` passes (a
-    damaged file's error otherwise); ``read(offset, count)`` returns ``count`` bytes of the
-    file from byte ``offset``. Segments the file leaves empty or does not list are
-    ``page.nodata`` (0 unless the file says), as tifffile fills them."""
-    if int(page.compression) not in DECODERS:
-        return None
+    ``page`` is a :class:`tifffile.TiffPage` stored uncompressed or compressed as deflate,
+    LZMA or PackBits (:data:`~.segments.READ_HERE`), of a layout :func:`layout_problem`
+    passes (a damaged file's error otherwise); ``read(offset, count)`` returns ``count``
+    bytes of the file from byte ``offset``, fewer at its end. Segments the file leaves empty
+    or does not list are ``page.nodata`` (0 unless the file says), as tifffile fills them."""
+    if int(page.compression) not in READ_HERE:
+        raise tifffile.TiffFileError(
+            f"TIFF compression {page.compression!r} is not read here (expected none, deflate, "
+            "LZMA or PackBits)"
+        )
     if page.dtype is None or (problem := layout_problem(page)) is not None:
         raise tifffile.TiffFileError(f"TIFF page {problem or 'has no sample type'}")
     if 0 in page.shaped:
@@ -148,6 +152,7 @@ def page_array(page: Any, read: Callable[[int, int], bytes | memoryview]) -> np.
     seg_rows, seg_cols, _ = _segment_shape(page)
     count = planes * math.ceil(height / seg_rows) * math.ceil(width / seg_cols)
     out: np.ndarray | None = None  # allocated once a segment has decoded (a bad file: never)
+    placed = np.zeros(count, np.bool_)
     for index, data in decoded_segments(page, read):
         if index >= count:
             break  # listed past the image's own segments: never read
@@ -155,11 +160,18 @@ def page_array(page: Any, read: Callable[[int, int], bytes | memoryview]) -> np.
             continue
         seg = _segment(page, index, data, stored)
         if unpredict is not None:  # along each row (axis -2: columns), as tifffile does
+            # In place where ``seg`` is a copy; a view of read-only data gets a new array.
             seg = unpredict(seg[None], axis=-2, out=seg[None])[0]
         if out is None:
-            out = np.full(shape, page.nodata, dtype=native)
+            # Not filled with nodata first: each segment's region is written once, below
+            # (filling first wrote an uncompressed page twice).
+            out = np.empty(shape, dtype=native)
         plane, r0, c0, rows, cols = _place(page, index)
         out[plane, 0, r0 : r0 + rows, c0 : c0 + cols] = seg[:rows, :cols]
+        placed[index] = True
     if out is None:  # no segment holds data: all of it is nodata
-        out = np.full(shape, page.nodata, dtype=native)
+        return np.full(shape, page.nodata, dtype=native).reshape(page.shape)
+    for gap in np.flatnonzero(~placed).tolist():  # empty or not listed: nodata, as tifffile
+        plane, r0, c0, rows, cols = _place(page, gap)
+        out[plane, 0, r0 : r0 + rows, c0 : c0 + cols] = page.nodata
     return out.reshape(page.shape)
