@@ -161,6 +161,7 @@ def refused_layouts() -> dict[str, tuple[bytes, str]]:
             plain(volume, **as_volume),
             "3-D TIFF volume of 4 slices",
         ),
+        "ImageDepth 0": (with_short_tag(grey, 32997, 0), "ImageDepth is 0"),
         "floating-point predictor": (
             with_short_tag(grey, 317, 3, compression="zlib"),
             "predictor FLOATINGPOINT",

@@ -41,6 +41,8 @@ def layout_problem(page: Any) -> str | None:
     bits, predictor = int(page.bitspersample), int(page.predictor)
     formats = page.tags.get(339)  # SampleFormat: one per sample, which must agree
     kinds = sorted(set(np.atleast_1d(formats.value).tolist())) if formats is not None else []
+    if int(page.shaped[1]) < 1:
+        return "is a TIFF whose ImageDepth is 0: expected 1 for a 2-D image (damaged file)"
     if int(page.shaped[1]) != 1:
         return (
             f"is a 3-D TIFF volume of {int(page.shaped[1])} slices (ImageDepth): expected one "
