@@ -138,6 +138,17 @@ def test_performance_test_and_wilson_interval() -> None:
     assert drop.detail["drop"] == pytest.approx(0.10)
 
 
+@pytest.mark.parametrize("n", [1, 3, 7, 12, 30, 101])
+def test_wilson_interval_holds_an_accuracy_of_0_or_1(n: int) -> None:
+    """All labels wrong (or all right): the interval's end is the accuracy itself, not a
+    rounding error past it (0 of 3 gave a lower end of 5.6e-17, and the report's error bar
+    failed the whole run)."""
+    assert wilson(0, n)[0] == 0.0 and wilson(n, n)[1] == 1.0
+    for k in range(n + 1):
+        lo, hi = wilson(k, n)
+        assert lo <= k / n <= hi
+
+
 def test_weighted_holm() -> None:
     def tests(*ps: float, weights: tuple[float, ...] | None = None) -> list[CheckResult]:
         ws = weights or tuple(1.0 / len(ps) for _ in ps)

@@ -88,7 +88,9 @@ def plot_metric(past: Sequence[MonitorReport], report: dict[str, Any]) -> str:
     acc = np.array([p["accuracy"] for _, p in points], dtype=float)
     lo = np.array([p["interval_95"][0] for _, p in points], dtype=float)
     hi = np.array([p["interval_95"][1] for _, p in points], dtype=float)
-    ax.errorbar(x, acc, yerr=[acc - lo, hi - acc], fmt="o-", capsize=4, label="accuracy (95% CI)")
+    # Clipped at 0: a bound a rounding error past its accuracy must not fail the whole run.
+    below, above = np.maximum(acc - lo, 0.0), np.maximum(hi - acc, 0.0)
+    ax.errorbar(x, acc, yerr=[below, above], fmt="o-", capsize=4, label="accuracy (95% CI)")
     split = report["reference"].get("split")
     ax.axhline(
         report["reference"]["accuracy"],
