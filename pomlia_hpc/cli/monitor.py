@@ -63,6 +63,13 @@ def run(
     max_vectors: Annotated[
         int, typer.Option(help="Fingerprints sampled from the window for the input tests.")
     ] = 1000,
+    label_lookback: Annotated[
+        str,
+        typer.Option(
+            help="The accuracy is tested on the labels that arrived in the window; their "
+            "predictions are looked up this far before the window start (e.g. 3d, 7d)."
+        ),
+    ] = "7d",
     on_alarm: Annotated[
         str | None,
         typer.Option(
@@ -89,6 +96,7 @@ def run(
         n_perm=permutations,
         max_vectors=max_vectors,
         on_alarm=on_alarm,
+        label_lookback=parse_duration(label_lookback, "--label-lookback"),
         progress=_say,
     )
     if as_json:

@@ -77,10 +77,23 @@ def _labels_as_index(values: list[Any]) -> np.ndarray:
 
 def _performance(win: LogWindow, ref: Reference) -> tuple[CheckResult | None, dict[str, Any]]:
     pairs = [(p, t) for p, t, _ in win.feedback]
+    join = win.labels
     info: dict[str, Any] = {
+        # Labels that arrived in the window and are tested (monitor/labels.py), of which
+        # those of predictions made outside it (before it, mostly: labels come late).
         "labels": len(pairs),
+        "labels_outside_window": join.outside_window,
+        # Tested labels per prediction of the window (not the share of its predictions
+        # labelled: some of its labels come in later windows).
         "coverage": len(pairs) / win.n_predictions if win.n_predictions else 0.0,
-        "unmatched_feedback": win.feedback_unmatched,
+        # Not tested: labels naming a prediction not in the log within the look-back ...
+        "unmatched_feedback": join.unknown,
+        # ... of another model or version's prediction, by "model version" ...
+        "labels_other_model": sum(join.other_model.values()),
+        "labels_other_model_by_version": dict(join.other_model.most_common(5)),
+        # ... and replacements of labels that an earlier window tested.
+        "labels_corrected": join.corrected,
+        "label_lookback_s": win.label_lookback_s,
     }
     if not pairs:
         return None, info

@@ -11,7 +11,8 @@ and keeps:
   confidence and the time of every one, and the fingerprint of a uniform random sample of at
   most ``max_vectors`` of them (reservoir sampling; the drift tests need no more, see
   :mod:`pomlia_hpc.monitor.tests`);
-* feedback labels matched to those predictions (feedback may arrive in a later file);
+* the feedback labels that arrived in the window, joined to their predictions by
+  :mod:`pomlia_hpc.monitor.labels` (those of the window, or older ones within the look-back);
 * counts of everything it skipped, and why: records of other model versions (by version),
   records of other models (a file copied into the wrong folder), lines that are not a valid
   record (:mod:`pomlia_hpc.serve.records`: not JSON, an unknown or missing key, a mistyped
@@ -37,12 +38,13 @@ from array import array
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from pomlia_hpc.monitor.labels import DEFAULT_LOOKBACK, Arrivals, LabelJoin, join_labels
 from pomlia_hpc.serve.predlog import CLOCK_SKEW_S
 from pomlia_hpc.serve.records import (
     TIMEOUT_REASON,
@@ -95,9 +97,11 @@ class LogWindow:
     #: Sampled fingerprints (rows) and the ids of their predictions.
     vectors: list[np.ndarray] = field(default_factory=list)
     vector_ids: list[str] = field(default_factory=list)
-    #: Feedback matched to a prediction of the window: (predicted, true label, feedback time).
-    feedback: list[tuple[Any, Any, str]] = field(default_factory=list)
-    feedback_unmatched: int = 0
+    #: The labels that arrived in the window and their predictions; see
+    #: :mod:`pomlia_hpc.monitor.labels` (which labels are tested, and why the others are not).
+    labels: LabelJoin = field(default_factory=LabelJoin)
+    #: How far before ``since`` the labels' predictions were looked up, s.
+    label_lookback_s: float = DEFAULT_LOOKBACK.total_seconds()
     #: Answered requests of the window: a batch of images counts once, at its first record
     #: (the one with ``request_images``), a single image once; see :func:`read_window`.
     requests: int = 0
@@ -110,6 +114,11 @@ class LogWindow:
     @property
     def n_predictions(self) -> int:
         return len(self.pred_index)
+
+    @property
+    def feedback(self) -> list[tuple[Any, Any, str]]:
+        """The tested labels: (predicted, true label, feedback time)."""
+        return self.labels.tested
 
     @property
     def n_requests(self) -> int:
@@ -156,17 +165,25 @@ def read_window(
     max_vectors: int = 1000,
     seed: int = 0,
     deployment: int | None = None,
+    label_lookback: timedelta = DEFAULT_LOOKBACK,
 ) -> LogWindow:
     """Read every log file under ``directory`` (one folder or several) for predictions of
     ``model`` at ``version`` with ``since <= time < until`` (aware datetimes), only those of
-    ``deployment`` when given; see the module docstring."""
-    win = LogWindow(model=model, version=version, since=since, until=until)
+    ``deployment`` when given, and the labels that arrived in that window (their predictions
+    looked up to ``label_lookback`` before ``since``); see the module docstring."""
+    win = LogWindow(
+        model=model,
+        version=version,
+        since=since,
+        until=until,
+        label_lookback_s=label_lookback.total_seconds(),
+    )
     lo, hi = iso(since), iso(until)
     since_ts = since.timestamp()
     rng = np.random.default_rng(seed)
     seen_in_window = 0  # reservoir sampling over predictions with a valid fingerprint
     pred_of: dict[str, Any] = {}  # prediction id -> predicted index, for the feedback join
-    feedback: dict[str, tuple[Any, str]] = {}  # the last label sent for each prediction
+    arrivals = Arrivals()  # the labels timed inside the window
     folders = [directory] if isinstance(directory, Path) else list(directory)
     win.deleted_through = missing_since(folders, since, margin_s=CLOCK_SKEW_S)
     batch = _Batch()
@@ -196,14 +213,18 @@ def read_window(
                     continue
                 # Before any filter: a batch's records share its model, version and time.
                 follows = batch.follows(rec, win)
+                if isinstance(rec, FeedbackLine):
+                    # Not filtered by its model: a feedback record names the model serving
+                    # when the label came (after a promotion, the new one), not the one that
+                    # made the prediction; the join tells them apart.
+                    if lo <= rec.time < hi and deployment in (None, rec.deployment):
+                        arrivals.add(rec)
+                    continue
                 if rec.model != model:
                     win.other_models[rec.model] += 1
                     continue
                 if deployment is not None and rec.deployment != deployment:
                     win.other_deployments += 1
-                    continue
-                if isinstance(rec, FeedbackLine):
-                    feedback[rec.prediction_id] = (rec.label_index, rec.time)
                     continue
                 if isinstance(rec, RejectionLine):
                     if lo <= rec.time < hi:
@@ -233,11 +254,16 @@ def read_window(
                 seen_in_window += 1
                 _sample(win, rng, seen_in_window, max_vectors, rec.id, fp)
     batch.end(win)
-    for pid, (label, t) in feedback.items():
-        if pid in pred_of:
-            win.feedback.append((pred_of[pid], label, t))
-        elif t >= lo:
-            win.feedback_unmatched += 1
+    win.labels = join_labels(
+        arrivals,
+        pred_of,
+        folders,
+        model=model,
+        version=version,
+        since=since,
+        lookback=label_lookback,
+        deployment=deployment,
+    )
     return win
 
 

@@ -34,6 +34,7 @@ from sqlalchemy import select
 from pomlia_hpc.errors import InputError
 from pomlia_hpc.monitor.checks import CheckOutcome, run_checks
 from pomlia_hpc.monitor.history import FORMAT, show_time
+from pomlia_hpc.monitor.labels import DEFAULT_LOOKBACK, label_notes
 from pomlia_hpc.monitor.logread import LogWindow, read_window
 from pomlia_hpc.monitor.publish import publish_report
 from pomlia_hpc.monitor.reference import (
@@ -178,7 +179,7 @@ def _log_notes(win: LogWindow, version: str) -> list[str]:
             f"predictions of other model versions not tested (the reference is for {version}): "
             f"{what}"
         )
-    return notes
+    return notes + label_notes(win.labels, timedelta(seconds=win.label_lookback_s))
 
 
 def _volume(per_hour: Counter[str]) -> list[list[Any]]:
@@ -402,11 +403,13 @@ def monitor_run(
     max_vectors: int = 1000,
     on_alarm: str | None = None,
     seed: int = 0,
+    label_lookback: timedelta = DEFAULT_LOOKBACK,
     progress: Progress = lambda _m: None,
 ) -> RunResult:
     """Monitor ``ref`` (model name/id, ``deployment:ID`` or a deployment slot, whose champion
-    is monitored) over [since, until) (default: the ``window`` before now); see the module
-    docstring."""
+    is monitored) over [since, until) (default: the ``window`` before now), testing the
+    labels that arrived in it (their predictions looked up to ``label_lookback`` before
+    ``since``: :mod:`pomlia_hpc.monitor.labels`); see the module docstring."""
     from pomlia_hpc.monitor.html import render_html
 
     check_levels(alpha, n_perm)
@@ -440,17 +443,25 @@ def monitor_run(
             max_vectors=max_vectors,
             seed=seed,
             deployment=target.deployment_id,
+            label_lookback=label_lookback,
         )
         progress(
-            f"{win.n_predictions} predictions and {len(win.feedback)} labels in the window "
-            f"({win.files_read} files, {win.lines} lines)"
+            f"{win.n_predictions} predictions and {len(win.feedback)} labels that arrived in "
+            f"the window ({win.files_read} files, {win.lines} lines)"
         )
         if (gone := retention_note(win)) is not None:
             progress(f"warning: {gone}")
         outcome = None
-        if win.n_predictions:
+        if win.n_predictions or win.feedback:
+            # Labels of earlier predictions arrive in windows without traffic too (a night
+            # without requests, a model a promotion replaced): their accuracy is still tested.
             progress("testing (MMD, KS, classifier, labels, confidence, accuracy)")
             outcome = run_checks(win, reference, alpha=alpha, n_perm=n_perm, seed=seed)
+            if not win.n_predictions:
+                outcome.notes.append(
+                    "no predictions of this model version in the window: only the accuracy "
+                    "on the labels that arrived in it is tested"
+                )
         report = build_report(target, reference, win, outcome, alpha=alpha)
         _note_replaced(registry, target, report, progress)
         past = history(registry, target.model.id)

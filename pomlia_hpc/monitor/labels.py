@@ -1,0 +1,201 @@
+"""Which feedback labels a monitor window tests: those that *arrived* in it.
+
+Production labels come hours or days after the prediction. A window's accuracy is therefore
+tested on the labels whose feedback record is timed inside the window (``since <= time <
+until``, the receiving server's clock), whatever the time of the prediction they name; the
+prediction is looked up in the window's own records and, for the others, in the log files
+written since ``label_lookback`` before the window's start (a second, cheap pass that parses
+only the lines of the predictions it looks for). Consecutive windows (``--window`` equal to
+the chain's period) split the time line, so every label is tested in exactly one of them,
+the nightly run sees every label of its window (they all arrived before it), and a rerun of a
+window tests the same labels.
+
+A label the window cannot test is counted, by why:
+
+* ``unknown``: its prediction id is in no log file of the model within the look-back (a
+  prediction older than the look-back, or an id this model never returned);
+* ``other_model``: its prediction was made by another model or model version (a slot's
+  server that took a label after a promotion or a redeploy: the feedback record names the
+  model serving then, the prediction the model that made it), by ``model version``;
+* ``corrected``: a replacement (``"replaces": true``) of a label that arrived before the
+  window, which an earlier window tested: each prediction counts once, in the window of its
+  first label (a replacement within one window just wins over the label it replaces).
+"""
+
+from __future__ import annotations
+
+import re
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+from pomlia_hpc.serve.predlog import CLOCK_SKEW_S
+from pomlia_hpc.serve.records import BadLineError, FeedbackLine, PredictionLine, read_line
+
+#: How far before a window's start its labels' predictions are looked up, when not told.
+#: Labels typically come within days; a server forgets ids after ``feedback_window``
+#: predictions anyway (its feedback answers 404 then).
+DEFAULT_LOOKBACK = timedelta(days=7)
+
+# The record's own id (not "prediction_id", whose key does not start with a quote): lines
+# without a wanted id are skipped without parsing them.
+_ID = re.compile(rb'"id"\s*:\s*"([0-9A-Fa-f]+)"')
+
+
+@dataclass
+class _Arrival:
+    """The labels of one prediction that arrived in the window."""
+
+    first_time: str
+    first_replaces: bool
+    last_time: str
+    label: Any
+
+
+@dataclass
+class Arrivals:
+    """Feedback records timed inside the window, by prediction id (see the module docstring)."""
+
+    by_prediction: dict[str, _Arrival] = field(default_factory=dict)
+
+    def add(self, rec: FeedbackLine) -> None:
+        """Note one feedback record of the window (any order: files interleave)."""
+        have = self.by_prediction.get(rec.prediction_id)
+        if have is None:
+            self.by_prediction[rec.prediction_id] = _Arrival(
+                rec.time, rec.replaces, rec.time, rec.label_index
+            )
+            return
+        if rec.time < have.first_time:
+            have.first_time, have.first_replaces = rec.time, rec.replaces
+        if rec.time >= have.last_time:
+            have.last_time, have.label = rec.time, rec.label_index
+
+
+@dataclass
+class LabelJoin:
+    """The window's labels: tested ones as (predicted, true label, feedback time), and counts
+    of those not tested, by why (module docstring)."""
+
+    tested: list[tuple[Any, Any, str]] = field(default_factory=list)
+    #: Tested labels whose prediction lies outside the window (before it, or after it on a
+    #: replica whose clock runs ahead).
+    outside_window: int = 0
+    unknown: int = 0
+    other_model: Counter[str] = field(default_factory=Counter)
+    corrected: int = 0
+
+
+def join_labels(
+    arrivals: Arrivals,
+    in_window: dict[str, Any],
+    folders: Sequence[Path],
+    *,
+    model: str,
+    version: str,
+    since: datetime,
+    lookback: timedelta,
+    deployment: int | None = None,
+) -> LabelJoin:
+    """Join the window's labels to predictions: ``in_window`` maps the ids of the window's
+    predictions (of ``model`` at ``version``) to their predicted label; the others are
+    looked up in ``folders``' files written since ``lookback`` before ``since``."""
+    out = LabelJoin()
+    pending: dict[str, _Arrival] = {}
+    for pid, got in arrivals.by_prediction.items():
+        if got.first_replaces:
+            out.corrected += 1  # its first label came before the window and counted there
+        elif pid in in_window:
+            out.tested.append((in_window[pid], got.label, got.last_time))
+        else:
+            pending[pid] = got
+    if not pending:
+        return out
+    found = _find_predictions(folders, set(pending), since - lookback, deployment)
+    for pid, got in pending.items():
+        rec = found.get(pid)
+        if rec is None:
+            out.unknown += 1
+        elif rec.model != model or rec.model_version != version:
+            out.other_model[f"{rec.model} {rec.model_version}"] += 1
+        else:
+            out.tested.append((rec.output.label_index, got.label, got.last_time))
+            out.outside_window += 1
+    return out
+
+
+def _find_predictions(
+    folders: Sequence[Path], wanted: set[str], not_before: datetime, deployment: int | None
+) -> dict[str, PredictionLine]:
+    """The prediction records of the ``wanted`` ids timed at or after ``not_before``, from the
+    files last written since then (with the clock margin between the writing node and the
+    file server, as the window's own reading)."""
+    lo = not_before.isoformat(timespec="microseconds")
+    oldest = not_before.timestamp() - CLOCK_SKEW_S
+    found: dict[str, PredictionLine] = {}
+    for folder in folders:
+        if not folder.is_dir():
+            continue
+        for path in sorted(folder.glob("*.jsonl")):
+            try:
+                if path.stat().st_mtime < oldest:
+                    continue
+                fh = path.open("rb")
+            except OSError:
+                continue  # the window's own reading named it in the report
+            with fh:
+                for raw in fh:
+                    m = _ID.search(raw)
+                    if m is None or m.group(1).decode() not in wanted:
+                        continue
+                    rec = _prediction(raw)
+                    if rec is None or rec.time < lo:
+                        continue
+                    if deployment is not None and rec.deployment != deployment:
+                        continue
+                    found[rec.id] = rec
+    return found
+
+
+def _prediction(raw: bytes) -> PredictionLine | None:
+    """The prediction on ``raw``; None for another record or a line this version cannot read
+    (the window's own reading counted it)."""
+    if not raw.endswith(b"\n"):
+        return None  # a torn last line
+    try:
+        rec, _unknown = read_line(raw)
+    except BadLineError:  # NewerFormatError is one
+        return None
+    return rec if isinstance(rec, PredictionLine) else None
+
+
+def label_notes(join: LabelJoin, lookback: timedelta) -> list[str]:
+    """The report's notes on the window's labels that were not tested, in words."""
+    notes = []
+    if join.unknown:
+        notes.append(
+            f"{join.unknown} label(s) arrived for prediction ids not in this model's log "
+            f"within the look-back ({_days(lookback)} before the window start): not tested "
+            "(a prediction older than that, or an id this model never returned)"
+        )
+    if join.other_model:
+        what = ", ".join(f"{k} ({n})" for k, n in join.other_model.most_common(5))
+        notes.append(
+            f"{sum(join.other_model.values())} label(s) arrived for predictions of another "
+            f"model or version, not tested against this reference: {what}"
+        )
+    if join.corrected:
+        notes.append(
+            f"{join.corrected} label(s) replace a label that arrived before the window (an "
+            "earlier window tested that prediction): not tested again"
+        )
+    return notes
+
+
+def _days(span: timedelta) -> str:
+    """``span`` as days or hours, for a note."""
+    hours = span.total_seconds() / 3600
+    return f"{hours / 24:g} days" if hours >= 24 else f"{hours:g} h"
