@@ -351,6 +351,7 @@ def schedule_cmd(
             every=every,
             at=at or None,
             after=parse_time(after, "--after") if after else None,
+            window=window,
             say=lambda line: err_console.print(line, highlight=False, soft_wrap=True),
         )
     else:

@@ -15,10 +15,10 @@ are those of its name that run its own script (:func:`~pomlia_hpc.monitor.chains
 so a chain of the same model name in another workspace is neither counted nor cancelled.
 
 Each job is given its scheduled start (``POMLIA_MONITOR_BEGIN``, the ``--begin`` it was
-submitted with). A run tests the window that ends there (``monitor run --until BEGIN``), not at
-its actual start, and submits the next run one period after it (``--after BEGIN``), not after
-its actual start: a job held for hours still tests its own period, and the chain neither
-drifts nor leaves a gap (a late run's successor may start at once, to catch up).
+submitted with). A run tests the window that ends there (``monitor run --until BEGIN``), and
+submits the next run one period after it (``--after BEGIN``), not after its actual start: a
+held job still tests its own period, and the chain neither drifts nor leaves a gap. A next run
+whose time has passed stands for all the missed ones (:mod:`pomlia_hpc.monitor.catchup`).
 
 A chain scheduled for a deployment slot (``monitor schedule SLOT`` or ``slot:SLOT``) is the
 slot's, not its champion's: its key is ``slot:SLOT`` (settings in
@@ -68,6 +68,7 @@ from pomlia_hpc.cluster.batch import (
 from pomlia_hpc.cluster.records import mark_all_cancelled, record_submission
 from pomlia_hpc.errors import ClusterError, InputError, PomliaError
 from pomlia_hpc.files import write_atomic
+from pomlia_hpc.monitor.catchup import catch_up, script_catches_up
 from pomlia_hpc.monitor.chains import chain_kind, chain_script, job_labels, job_name
 from pomlia_hpc.monitor.chains import is_scheduled as is_scheduled
 from pomlia_hpc.monitor.cronlines import (
@@ -266,15 +267,16 @@ def schedule(
     )
 
 
-def _submit(script: Path, jname: str, begin: datetime, conf: Path) -> str:
+def _submit(
+    script: Path, jname: str, begin: datetime, conf: Path, since: datetime | None = None
+) -> str:
+    # The run's scheduled start (its window ends there, its successor is scheduled from it,
+    # whenever Slurm starts it) and a catch-up run's window start (module docstring).
+    env = {"POMLIA_MONITOR_CONF": str(conf), "POMLIA_MONITOR_BEGIN": begin.isoformat()}
+    if since is not None:
+        env["POMLIA_MONITOR_SINCE"] = since.isoformat()
     return submit_script(
-        script,
-        name=jname,
-        begin=begin,
-        # The run's own scheduled start: its window ends there and its successor is
-        # scheduled from it (module docstring), whenever Slurm actually starts it.
-        env={"POMLIA_MONITOR_CONF": str(conf), "POMLIA_MONITOR_BEGIN": begin.isoformat()},
-        output=conf.parent / "slurm-%j.out",
+        script, name=jname, begin=begin, env=env, output=conf.parent / "slurm-%j.out"
     )
 
 
@@ -286,6 +288,7 @@ def resubmit(
     every: str,
     at: str | None,
     after: datetime | None = None,
+    window: str | None = None,
     say: Callable[[str], None] = print,
 ) -> Scheduled:
     """Submit the next run of the chain keyed ``key`` (its settings' ``MODEL``), from a
@@ -295,16 +298,22 @@ def resubmit(
     (``RESUBMIT_TRIES`` times, ``RESUBMIT_DELAY_S`` apart; ``say`` tells each retry), and the
     registry, opened with ``open_registry``, is not needed to submit: unreachable, the job
     goes unrecorded (a note says so). A registry of a newer pomlia ends the chain (its runs
-    would fail: docs/guide/monitor.md, "Upgrading")."""
+    would fail: docs/guide/monitor.md, "Upgrading"). A successor that is due already stands
+    for every missed run (``window``: each run's, the period when None; module docstring)."""
     period = parse_duration(every, "--every")
     if at is not None:
         parse_at(at)
     conf = workspace.path("jobs", "monitor", key, "schedule.env")
-    begin = next_begin(at, period, now=after)
+    begin, since, behind = next_begin(at, period, now=after), None, None
+    if after is not None and script_catches_up(conf.parent / "monitor.sbatch"):
+        length = parse_duration(window, "--window") if window else period
+        behind = catch_up(at, period, after, length, datetime.now().astimezone())
+        if behind is not None:
+            begin, since = behind.begin, behind.since
     jname = job_name(key)
     # Slurm first: a registry that hangs (a server out of reach) must not keep the running job
     # from queueing its successor until its time limit kills it.
-    job_id, pending = _submit_next(conf, jname, begin, say)
+    job_id, pending = _submit_next(conf, jname, begin, say, since)
     registry, unreachable = _chain_registry(open_registry, job_id)
     if job_id is None:
         if not conf.is_file():
@@ -314,9 +323,13 @@ def resubmit(
             labels = job_labels(registry, ids) if registry is not None else ids
             note = f"next run already queued: {', '.join(labels)}"
         return Scheduled(None, begin, conf, conf.parent / "monitor.sbatch", None, None, note)
+    if behind is not None:  # the chain's log says why the next run starts at once
+        say(behind.describe())
     slot = key.removeprefix(SLOT_PREFIX) if key.startswith(SLOT_PREFIX) else None
     kind = chain_kind(workspace, key)
     meta = {"model": key, "begin": begin.isoformat(), "chain": True, "slot": slot, "kind": kind}
+    if since is not None:
+        meta["since"] = since.isoformat()
     if registry is None:
         record_id, note = None, f"submitted, but not recorded: {unreachable}"
     else:
@@ -332,7 +345,11 @@ RESUBMIT_DELAY_S = 60.0
 
 
 def _submit_next(
-    conf: Path, jname: str, begin: datetime, say: Callable[[str], None]
+    conf: Path,
+    jname: str,
+    begin: datetime,
+    say: Callable[[str], None],
+    since: datetime | None = None,
 ) -> tuple[str | None, list[QueuedJob]]:
     """(the submitted job's id, []), or (None, the next runs already queued) when there are
     some or the settings are gone. A failed squeue or sbatch is tried again: the check is
@@ -348,7 +365,7 @@ def _submit_next(
             pending = [j for j in queued if j.job_id != own and j.state == "PENDING"]
             if pending:
                 return None, pending
-            return _submit(conf.parent / "monitor.sbatch", jname, begin, conf), []
+            return _submit(conf.parent / "monitor.sbatch", jname, begin, conf, since), []
         except ClusterError as exc:
             if attempt == tries:
                 raise

@@ -1,0 +1,80 @@
+"""A monitoring chain that fell behind its schedule catches up in one run, not one per period.
+
+A chain's run submits its successor one period after its own scheduled start. After an
+outage (the cluster down for a week, the chain's job held) that time has long passed, and so
+have the ones after it: an hourly chain down a week ran 168 times in a row, and a chain whose
+period is shorter than one run fell further behind with every run. Instead, a successor
+whose time has passed is scheduled at the latest of the chain's times that has passed (it
+starts at once) and tests the whole span its missed runs would have tested, from the first
+missed run's window start to its own scheduled start: nothing is tested twice, nothing falls
+between windows, and the chain is back on its times after that one run.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+
+from pomlia_hpc.monitor.cronlines import next_begin
+
+
+@dataclass(frozen=True)
+class CatchUp:
+    """The successor of a run that is behind: one run for ``missed`` scheduled runs."""
+
+    #: Its scheduled start: the latest of the chain's times that has passed (UTC offset kept).
+    begin: datetime
+    #: The start of its window: the first missed run's (its scheduled start minus the window).
+    since: datetime
+    #: The scheduled runs it stands for (itself included), the first of them at ``first``.
+    missed: int
+    first: datetime
+
+    def describe(self) -> str:
+        """The chain log's line: what was missed and what the one run tests instead."""
+        return (
+            f"the chain is behind: {self.missed} run(s) due from {_show(self.first)} to "
+            f"{_show(self.begin)} have not run; one run at {_show(self.begin)} (now) tests "
+            f"their whole span, {_show(self.since)} to {_show(self.begin)}, instead"
+        )
+
+
+def catch_up(
+    at: str | None,
+    every: timedelta,
+    after: datetime,
+    window: timedelta,
+    now: datetime,
+) -> CatchUp | None:
+    """The catch-up successor of the run scheduled at ``after`` (aware times; ``at`` and
+    ``every`` as in :func:`~pomlia_hpc.monitor.cronlines.next_begin`, ``window`` the length
+    each run tests), or None when its next time (one period after ``after``) is still ahead
+    of ``now``."""
+    first = next_begin(at, every, now=after)
+    if first > now:
+        return None
+    if at is None:
+        last = first + ((now - first) // every) * every
+    else:
+        # Times fixed on the wall clock: the one in (now - every, now] is the latest passed
+        # (a summer-time change can move it off that span: then the first missed one).
+        last = next_begin(at, every, now=now - every)
+        if not first <= last <= now:
+            last = first
+    missed = round((last - first) / every) + 1
+    return CatchUp(begin=last, since=first - window, missed=missed, first=first)
+
+
+def script_catches_up(script: Path) -> bool:
+    """Whether the chain's copy of ``jobs/monitor.sbatch`` tests a catch-up run's whole span
+    (it reads ``POMLIA_MONITOR_SINCE``): a chain scheduled before it did keeps one run per
+    period, as a catch-up run of it would test only its own window and leave the rest out."""
+    try:
+        return b"POMLIA_MONITOR_SINCE" in script.read_bytes()
+    except OSError:
+        return False
+
+
+def _show(t: datetime) -> str:
+    return t.strftime("%Y-%m-%d %H:%M:%S %Z").strip()

@@ -1,0 +1,126 @@
+"""A monitoring chain that is behind its schedule catches up in one run: after an outage an
+hourly chain ran once per missed hour (168 runs for a week), and a period shorter than one run
+fell further behind with every run. The run that finds its successor's time passed queues
+one run at the latest time passed, told the start of the whole missed span, and says so in
+the chain's log. Resubmission on the real Slurm; the running job is played by the test
+(``SLURM_JOB_ID`` set to the chain's queued job, as in test_monitor_chain_outage.py)."""
+
+from __future__ import annotations
+
+import os
+import stat
+import subprocess
+from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+from typer.testing import CliRunner
+
+from pomlia_hpc.cli import app
+from pomlia_hpc.cluster.batch import jobs_named
+from pomlia_hpc.monitor.catchup import catch_up
+from pomlia_hpc.monitor.schedule import job_name
+from pomlia_hpc.registry import Job, Registry
+from pomlia_hpc.workspace import Workspace
+from tests.fixtures.waiting import wait_until
+from tests.monitor_support import demo_model
+
+runner = CliRunner()
+HOUR = timedelta(hours=1)
+SCRIPT = Path(__file__).resolve().parents[1] / "jobs" / "monitor.sbatch"
+
+
+@pytest.fixture
+def chain(
+    slurm: None, workspace: Workspace, reg: Registry, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[str]:
+    """An hourly chain of its own model, its first run an hour ahead; the test runs as that
+    job. Yields the model's name; ends the chain after."""
+    model = f"catchup-{os.getpid()}"
+    demo_model(reg, workspace, name=model, n_ref=50)
+    monkeypatch.setenv("POMLIA_CLUSTER", "slurm-local")
+    res = runner.invoke(app, ["monitor", "schedule", model, "--at", "", "--every", "1h"])
+    assert res.exit_code == 0, (res.output, res.exception)
+    (first,) = jobs_named(job_name(model))
+    monkeypatch.setenv("SLURM_JOB_ID", first.job_id)
+    yield model
+    monkeypatch.delenv("SLURM_JOB_ID")
+    runner.invoke(app, ["monitor", "unschedule", model])
+    wait_until(lambda: jobs_named(job_name(model)) == [], timeout=60, interval=0.5, what="end")
+
+
+@pytest.mark.slurm
+def test_a_chain_down_a_week_catches_up_in_one_run(chain: str, reg: Registry) -> None:
+    scheduled = datetime.now(UTC).replace(microsecond=0) - timedelta(days=7, minutes=10)
+    args = ["monitor", "schedule", chain, "--every", "1h", "--at", "", "--chain", "--window"]
+    res = runner.invoke(app, [*args, "1h", "--after", scheduled.isoformat()])
+    out = " ".join((res.output + str(res.exception or "")).split())
+    assert res.exit_code == 0, out
+    assert "the chain is behind: 168 run(s) due from" in out, out
+    queued = [j for j in jobs_named(job_name(chain)) if j.job_id != os.environ["SLURM_JOB_ID"]]
+    assert len(queued) == 1, queued  # one run, not 168
+    with reg.session() as s:
+        row = s.scalars(select(Job).where(Job.scheduler_id == queued[0].job_id)).one()
+        meta = dict(row.meta or {})
+    # It stands for the runs due at +1 h ... +168 h: its window is all of theirs, from the
+    # end of the late run's own window to its scheduled start (the latest time passed).
+    assert datetime.fromisoformat(meta["since"]) == scheduled
+    assert datetime.fromisoformat(meta["begin"]) == scheduled + 168 * HOUR
+
+
+def test_a_run_that_is_not_behind_schedules_its_next_time() -> None:
+    now = datetime(2026, 12, 5, 12, 30, tzinfo=UTC)
+    assert catch_up(None, HOUR, now - 10 * timedelta(minutes=1), HOUR, now) is None
+    assert catch_up("02:00", timedelta(days=1), now - 10 * HOUR, timedelta(days=1), now) is None
+
+
+def test_a_period_shorter_than_one_run_merges_the_runs_it_missed() -> None:
+    """Runs of 25 min every 10 min: the next run stands for the two it missed, so the chain
+    is never more than one run behind (it was 15 min more behind with each run)."""
+    every = timedelta(minutes=10)
+    scheduled = datetime(2026, 12, 5, 12, 0, tzinfo=UTC)
+    behind = catch_up(None, every, scheduled, every, scheduled + timedelta(minutes=25))
+    assert behind is not None and behind.missed == 2
+    assert behind.begin == scheduled + 2 * every and behind.since == scheduled
+    # A longer window than the period (overlapping runs): from the first missed run's start.
+    wide = catch_up(None, every, scheduled, 3 * every, scheduled + timedelta(minutes=25))
+    assert wide is not None and wide.since == scheduled + every - 3 * every
+
+
+def test_a_nightly_chain_catches_up_at_its_time_of_day() -> None:
+    day = timedelta(days=1)
+    # Scheduled for 02:00 (local wall clock) three nights ago, started at 09:00 today.
+    scheduled = datetime.now().astimezone().replace(hour=2, minute=0, second=0, microsecond=0)
+    scheduled -= 3 * day
+    behind = catch_up("02:00", day, scheduled, day, scheduled + 3 * day + 7 * HOUR)
+    assert behind is not None and behind.missed == 3
+    assert behind.begin.hour == 2 and behind.begin.date() == (scheduled + 3 * day).date()
+    assert behind.since == scheduled  # the first missed night's window start
+    assert "3 run(s) due from" in behind.describe()
+
+
+def test_the_catch_up_run_tests_the_whole_missed_span(tmp_path: Path) -> None:
+    """jobs/monitor.sbatch: a run told POMLIA_MONITOR_SINCE tests from there to its scheduled
+    start, and passes the chain's window to its resubmission."""
+    calls = tmp_path / "calls.txt"
+    fake = tmp_path / "fake-python"
+    fake.write_text(f'#!/bin/bash\necho "$*" >> {calls}\nexit 0\n')
+    fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
+    conf = tmp_path / "schedule.env"
+    conf.write_text(f"export MODEL=blood EVERY=1h AT= WINDOW=2h ON_ALARM= PY={fake}\n")
+    begin, since = "2026-12-05T10:00:00+00:00", "2026-12-01T00:00:00+00:00"
+    env = {
+        **os.environ,
+        "POMLIA_MONITOR_CONF": str(conf),
+        "POMLIA_MONITOR_BEGIN": begin,
+        "POMLIA_MONITOR_SINCE": since,
+    }
+    done = subprocess.run(["bash", str(SCRIPT)], env=env, check=True, capture_output=True)
+    resubmit, run = calls.read_text().splitlines()
+    assert "--chain --window 2h --after" in resubmit
+    assert f"--until {begin} --since {since}" in run
+    assert f"catching up: this run tests the runs the chain missed, from {since}" in (
+        done.stdout.decode()
+    )
