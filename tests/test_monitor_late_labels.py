@@ -56,11 +56,8 @@ def start_day() -> datetime:
 
 
 def report_of(since: datetime, until: datetime, *more: str) -> dict[str, Any]:
-    res = runner.invoke(
-        app,
-        ["monitor", "run", "blood", "--since", since.isoformat(), "--until", until.isoformat()]
-        + ["--json", *more],
-    )
+    window = ["--since", since.isoformat(), "--until", until.isoformat()]
+    res = runner.invoke(app, ["monitor", "run", "blood", *window, "--json", *more])
     assert res.exception is None or isinstance(res.exception, SystemExit), res.output
     out = res.stdout
     return dict(json.loads(out[out.index("{") :]))
@@ -177,7 +174,8 @@ def test_a_window_whose_labels_are_all_wrong_is_reported(
     d0 = start_day()
     x, _y = images(3)
     preds = log_predictions(ws, bundle, x, when=d0 + timedelta(hours=12))
-    wrong = [label(p, d0 + timedelta(hours=13), (p["output"]["label_index"] + 1) % 8) for p in preds]
+    at = d0 + timedelta(hours=13)
+    wrong = [label(p, at, (p["output"]["label_index"] + 1) % 8) for p in preds]
     feedback(ws, "all-wrong", *wrong)
     perf = report_of(d0, d0 + DAY)["performance"]
     assert perf["labels"] == 3 and perf["accuracy"] == 0.0 and perf["interval_95"][0] == 0.0

@@ -132,30 +132,38 @@ def _find_predictions(
 ) -> dict[str, PredictionLine]:
     """The prediction records of the ``wanted`` ids timed at or after ``not_before``, from the
     files last written since then (with the clock margin between the writing node and the
-    file server, as the window's own reading)."""
+    file server, as the window's own reading). The newest files first, and no further once
+    every id is found: labels mostly name predictions of the last days, and a look-back of a
+    week of a busy model's log is gigabytes."""
     lo = not_before.isoformat(timespec="microseconds")
     oldest = not_before.timestamp() - CLOCK_SKEW_S
+    wanted = set(wanted)
     found: dict[str, PredictionLine] = {}
-    for folder in folders:
-        if not folder.is_dir():
-            continue
-        for path in sorted(folder.glob("*.jsonl")):
-            try:
-                if path.stat().st_mtime < oldest:
+    # File names start with the writer's start time: newest first across folders.
+    files = sorted(
+        (p for folder in folders if folder.is_dir() for p in folder.glob("*.jsonl")),
+        key=lambda p: p.name,
+        reverse=True,
+    )
+    for path in files:
+        if not wanted:
+            break
+        try:
+            if path.stat().st_mtime < oldest:
+                continue
+            fh = path.open("rb")
+        except OSError:
+            continue  # the window's own reading named it in the report
+        with fh:
+            for raw in fh:
+                m = _ID.search(raw)
+                if m is None or m.group(1).decode() not in wanted:
                     continue
-                fh = path.open("rb")
-            except OSError:
-                continue  # the window's own reading named it in the report
-            with fh:
-                for raw in fh:
-                    m = _ID.search(raw)
-                    if m is None or m.group(1).decode() not in wanted:
-                        continue
-                    rec = _prediction(raw)
-                    if rec is None or rec.time < lo:
-                        continue
-                    if deployment is not None and rec.deployment != deployment:
-                        continue
+                rec = _prediction(raw)
+                if rec is None:
+                    continue
+                wanted.discard(rec.id)  # ids are unique: found, whether it counts or not
+                if rec.time >= lo and deployment in (None, rec.deployment):
                     found[rec.id] = rec
     return found
 

@@ -40,7 +40,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 import numpy as np
 
@@ -171,13 +171,8 @@ def read_window(
     ``model`` at ``version`` with ``since <= time < until`` (aware datetimes), only those of
     ``deployment`` when given, and the labels that arrived in that window (their predictions
     looked up to ``label_lookback`` before ``since``); see the module docstring."""
-    win = LogWindow(
-        model=model,
-        version=version,
-        since=since,
-        until=until,
-        label_lookback_s=label_lookback.total_seconds(),
-    )
+    lookback_s = label_lookback.total_seconds()
+    win = LogWindow(model, version, since, until, label_lookback_s=lookback_s)
     lo, hi = iso(since), iso(until)
     since_ts = since.timestamp()
     rng = np.random.default_rng(seed)
@@ -188,18 +183,9 @@ def read_window(
     win.deleted_through = missing_since(folders, since, margin_s=CLOCK_SKEW_S)
     batch = _Batch()
     for path in [p for folder in folders for p in log_files(folder)]:
-        try:
-            # The file server's clock (mtime) against the writing node's (record times): with
-            # 1 s of slack, a node 5 min ahead of it wrote records of this window into a file
-            # last changed "before" it, and neither this window nor the last one counted them.
-            if path.stat().st_mtime < since_ts - CLOCK_SKEW_S:
-                win.files_skipped_old += 1
-                continue
-            fh = path.open("rb")
-        except OSError as exc:
-            win.unreadable_files.append(f"{path.name}: {exc.strerror}")
+        fh = _open_for_window(path, since_ts, win)
+        if fh is None:
             continue
-        win.files_read += 1
         batch.end(win)  # a batch never spans files (one commit, one file)
         with fh:
             for lineno, raw in enumerate(fh, 1):
@@ -265,6 +251,24 @@ def read_window(
         deployment=deployment,
     )
     return win
+
+
+def _open_for_window(path: Path, since_ts: float, win: LogWindow) -> BinaryIO | None:
+    """``path`` opened for reading, counted in ``win``; None for a file last written before
+    the window (``since_ts``, s since the epoch) or one that cannot be read (counted too)."""
+    try:
+        # The file server's clock (mtime) against the writing node's (record times): with
+        # 1 s of slack, a node 5 min ahead of it wrote records of this window into a file
+        # last changed "before" it, and neither this window nor the last one counted them.
+        if path.stat().st_mtime < since_ts - CLOCK_SKEW_S:
+            win.files_skipped_old += 1
+            return None
+        fh = path.open("rb")
+    except OSError as exc:
+        win.unreadable_files.append(f"{path.name}: {exc.strerror}")
+        return None
+    win.files_read += 1
+    return fh
 
 
 def _record(raw: bytes, win: LogWindow, path: Path, lineno: int) -> LogLine | None:

@@ -371,6 +371,25 @@ def _hook_env(final: Path, target: Target, alarm: AlarmRecorded | None) -> dict[
     }
 
 
+def _test_window(
+    win: LogWindow, ref: Reference, alpha: float, n_perm: int, seed: int, progress: Progress
+) -> CheckOutcome | None:
+    """The tests of ``win`` against ``ref``; None when it holds neither predictions nor
+    labels to test."""
+    # Labels of earlier predictions arrive in windows without traffic too (a night without
+    # requests, a model a promotion replaced): their accuracy is still tested.
+    if not (win.n_predictions or win.feedback):
+        return None
+    progress("testing (MMD, KS, classifier, labels, confidence, accuracy)")
+    outcome = run_checks(win, ref, alpha=alpha, n_perm=n_perm, seed=seed)
+    if not win.n_predictions:
+        outcome.notes.append(
+            "no predictions of this model version in the window: only the accuracy on the "
+            "labels that arrived in it is tested"
+        )
+    return outcome
+
+
 def check_levels(alpha: float, n_perm: int) -> None:
     """Refuse an ``alpha`` outside (0, 1) and a permutation count with which the MMD test
     could never reject at ``alpha``."""
@@ -451,17 +470,7 @@ def monitor_run(
         )
         if (gone := retention_note(win)) is not None:
             progress(f"warning: {gone}")
-        outcome = None
-        if win.n_predictions or win.feedback:
-            # Labels of earlier predictions arrive in windows without traffic too (a night
-            # without requests, a model a promotion replaced): their accuracy is still tested.
-            progress("testing (MMD, KS, classifier, labels, confidence, accuracy)")
-            outcome = run_checks(win, reference, alpha=alpha, n_perm=n_perm, seed=seed)
-            if not win.n_predictions:
-                outcome.notes.append(
-                    "no predictions of this model version in the window: only the accuracy "
-                    "on the labels that arrived in it is tested"
-                )
+        outcome = _test_window(win, reference, alpha, n_perm, seed, progress)
         report = build_report(target, reference, win, outcome, alpha=alpha)
         _note_replaced(registry, target, report, progress)
         past = history(registry, target.model.id)
