@@ -8,6 +8,7 @@ the chain's log. Resubmission on the real Slurm; the running job is played by th
 from __future__ import annotations
 
 import os
+import shutil
 import stat
 import subprocess
 from collections.abc import Iterator
@@ -70,6 +71,32 @@ def test_a_chain_down_a_week_catches_up_in_one_run(chain: str, reg: Registry) ->
     assert datetime.fromisoformat(meta["begin"]) == scheduled + 168 * HOUR
 
 
+@pytest.mark.slurm
+def test_the_run_after_a_catch_up_run_tests_its_own_window_only(
+    chain: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """sbatch exports the submitting job's environment: the successors of a catch-up run
+    inherited its window start and each tested from there (windows that grew and overlapped,
+    seen on a held 30 s chain). The next run is submitted with it set empty."""
+    real = shutil.which("sbatch")
+    assert real is not None
+    shims, calls = tmp_path / "shims", tmp_path / "sbatch-args.txt"
+    shims.mkdir()
+    (shims / "sbatch").write_text(f'#!/bin/bash\necho "$*" >> "{calls}"\nexec "{real}" "$@"\n')
+    (shims / "sbatch").chmod(0o755)
+    monkeypatch.setenv("PATH", f"{shims}{os.pathsep}{os.environ['PATH']}")
+    # As inside the catch-up run; its successor is not behind.
+    monkeypatch.setenv("POMLIA_MONITOR_SINCE", "2026-12-01T00:00:00+00:00")
+    scheduled = datetime.now(UTC).replace(microsecond=0)
+    args = ["monitor", "schedule", chain, "--every", "1h", "--at", "", "--chain"]
+    res = runner.invoke(app, [*args, "--after", scheduled.isoformat()])
+    assert res.exit_code == 0, (res.output, res.exception)
+    assert "behind" not in res.output
+    (line,) = calls.read_text().splitlines()
+    exported = line.split("--export=", 1)[1].split()[0].split(",")
+    assert "POMLIA_MONITOR_SINCE=" in exported, line
+
+
 def test_a_run_that_is_not_behind_schedules_its_next_time() -> None:
     now = datetime(2026, 12, 5, 12, 30, tzinfo=UTC)
     assert catch_up(None, HOUR, now - 10 * timedelta(minutes=1), HOUR, now) is None
@@ -106,7 +133,9 @@ def test_the_catch_up_run_tests_the_whole_missed_span(tmp_path: Path) -> None:
     start, and passes the chain's window to its resubmission."""
     calls = tmp_path / "calls.txt"
     fake = tmp_path / "fake-python"
-    fake.write_text(f'#!/bin/bash\necho "$*" >> {calls}\nexit 0\n')
+    fake.write_text(
+        f'#!/bin/bash\necho "$*" >> {calls}\necho "since=${{POMLIA_MONITOR_SINCE:-}}" >> {calls}\n'
+    )
     fake.chmod(fake.stat().st_mode | stat.S_IXUSR)
     conf = tmp_path / "schedule.env"
     conf.write_text(f"export MODEL=blood EVERY=1h AT= WINDOW=2h ON_ALARM= PY={fake}\n")
@@ -118,8 +147,9 @@ def test_the_catch_up_run_tests_the_whole_missed_span(tmp_path: Path) -> None:
         "POMLIA_MONITOR_SINCE": since,
     }
     done = subprocess.run(["bash", str(SCRIPT)], env=env, check=True, capture_output=True)
-    resubmit, run = calls.read_text().splitlines()
+    resubmit, inherited, run, _ = calls.read_text().splitlines()
     assert "--chain --window 2h --after" in resubmit
+    assert inherited == "since="  # not handed on to the next run's submission
     assert f"--until {begin} --since {since}" in run
     assert f"catching up: this run tests the runs the chain missed, from {since}" in (
         done.stdout.decode()

@@ -270,11 +270,10 @@ def schedule(
 def _submit(
     script: Path, jname: str, begin: datetime, conf: Path, since: datetime | None = None
 ) -> str:
-    # The run's scheduled start (its window ends there, its successor is scheduled from it,
-    # whenever Slurm starts it) and a catch-up run's window start (module docstring).
+    # The run's scheduled start and a catch-up run's window start (module docstring), empty
+    # for the others: sbatch exports the caller's environment, a catch-up run's included.
     env = {"POMLIA_MONITOR_CONF": str(conf), "POMLIA_MONITOR_BEGIN": begin.isoformat()}
-    if since is not None:
-        env["POMLIA_MONITOR_SINCE"] = since.isoformat()
+    env["POMLIA_MONITOR_SINCE"] = since.isoformat() if since is not None else ""
     return submit_script(
         script, name=jname, begin=begin, env=env, output=conf.parent / "slurm-%j.out"
     )
