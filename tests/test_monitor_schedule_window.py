@@ -42,7 +42,9 @@ def _run_script(tmp_path: Path, begin: str | None) -> list[str]:
 def test_a_run_tests_the_window_ending_at_its_scheduled_start(tmp_path: Path) -> None:
     begin = "2026-12-05T02:00:00+00:00"
     resubmit, run = _run_script(tmp_path, begin)
-    assert "monitor schedule blood" in resubmit and f"--chain --after {begin}" in resubmit
+    assert "monitor schedule blood" in resubmit and f"--chain --window 1d --after {begin}" in (
+        resubmit
+    )
     assert run.startswith("-m pomlia_hpc monitor run blood --window 1d")
     assert f"--until {begin}" in run
 
