@@ -125,3 +125,44 @@ def test_an_extra_pool_smaller_than_asked_is_prepared_once_and_its_size_recorded
     work = workspace.path("runs", "fx", "c")
     result = train(runner.trial_request(proposal, work, work / "m.pt", run_id=1))
     assert result.n_extra == available and result.n_train == 40 + available
+
+
+def test_extra_images_never_copy_the_tasks_val_or_test_images(workspace: Workspace) -> None:
+    """The same images ingested again under another name (all in train there: another content
+    hash, so the index search does not skip it) are the nearest neighbours of the task's
+    training images; the copies of its val and test images must not become extra training
+    rows, or its val and test metrics come out inflated."""
+    from pomlia_hpc.data.api import ingest
+    from pomlia_hpc.data.explicit_fingerprint import image_hashes
+    from pomlia_hpc.data.medmnist_info import flag_info
+
+    reg = Registry.open(workspace.db_url)
+    tiny_task(workspace, reg, "blood", sizes=(40, 16, 16))
+    task = open_version(reg, "blood_data")
+    images, labels = task.read_rows(0, task.n_images), task.read_labels()
+    info = flag_info("bloodmnist")
+    arrays = {"train_images": images, "train_labels": labels}
+    for s in ("val", "test"):  # two training images each: copies of training images are fine
+        arrays[f"{s}_images"], arrays[f"{s}_labels"] = images[:2], labels[:2]
+    workspace.tmp.mkdir(parents=True, exist_ok=True)
+    np.savez(workspace.tmp / "copy.npz", **arrays)
+    names = list(info.class_names)
+    ingest(workspace, reg, "blood_copy", workspace.tmp / "copy.npz", class_names=names, workers=1)
+    refs = [task.ref, open_version(reg, "blood_copy").ref]
+    make_encoder(workspace, reg, "enc", latent_dim=8)
+    plan = plan_extraction(reg, workspace, "enc", refs, shards=1, threads=1)
+    for spec in plan.specs:
+        run_shard(spec)
+    finish_extraction(reg, plan)
+    build_index(reg, workspace, "enc")
+
+    out = workspace.path("runs", "x", "extra.npz")
+    nearest_extra(reg, workspace, "enc", task.ref, 50, out)
+    lo, hi = task.split_range("val")[0], task.split_range("test")[1]
+    held_out = set(image_hashes(task.read_rows(lo, hi)).tolist())
+    with np.load(out) as z:
+        extra = z["images"]
+        assert not held_out & set(image_hashes(extra).tolist())
+        copies = int(z["held_out_copies"])
+    # blood_copy holds the task's 72 images and 4 more: all but the 32 val/test copies are kept
+    assert copies == 32 and len(extra) == 76 - 32

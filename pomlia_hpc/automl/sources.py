@@ -14,6 +14,7 @@ The study driver calls them once (they need the registry) and hands the trial jo
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -25,6 +26,9 @@ from pomlia_hpc.files import write_npz
 from pomlia_hpc.models.checkpoint import write_torch
 from pomlia_hpc.registry import Registry
 from pomlia_hpc.workspace import Workspace
+
+if TYPE_CHECKING:
+    from pomlia_hpc.fingerprint.similar import NearestImage
 
 
 def _save_state(state: dict[str, torch.Tensor], path: Path) -> None:
@@ -88,6 +92,58 @@ def read_rows_at(store: DatasetStore, rows: np.ndarray) -> np.ndarray:
     return out[np.searchsorted(wanted, rows)]
 
 
+def held_out_hashes(store: DatasetStore) -> np.ndarray:
+    """Sorted pixel hashes (uint64) of the val and test images of ``store``, read a chunk at
+    a time: the images no training row may copy."""
+    from pomlia_hpc.data.explicit_fingerprint import image_hashes
+
+    lo, hi = store.split_range("val")[0], store.split_range("test")[1]
+    parts = [image_hashes(store.read_rows(a, b)) for a, b in store.chunk_ranges(lo, hi)]
+    return np.unique(np.concatenate(parts or [np.zeros(0, np.uint64)]))
+
+
+def _fitted_hits(
+    registry: Registry, hits: list[NearestImage], shape: tuple[int, int, int]
+) -> np.ndarray:
+    """The images of ``hits``, in their order, fitted to ``shape`` (:func:`_fit_images`)."""
+    from pomlia_hpc.data.store import open_version
+
+    extra = np.empty((len(hits), *shape), dtype=np.uint8)
+    for ref in dict.fromkeys(hit.ref for hit in hits):  # each source dataset once, in order
+        at = np.array([i for i, hit in enumerate(hits) if hit.ref == ref])
+        src = open_version(registry, ref)
+        extra[at] = _fit_images(read_rows_at(src, np.array([hits[i].row for i in at])), shape)
+    return extra
+
+
+def _nearest_not_held_out(
+    registry: Registry, workspace: Workspace, encoder: str, store: DatasetStore, n: int
+) -> tuple[np.ndarray, int]:
+    """Up to ``n`` fitted images of other datasets nearest to ``store``'s training split,
+    nearest first, none a pixel copy of one of its val or test images, and how many such
+    copies were passed over. A copy (the same images under another dataset name, another
+    split) would put val/test images into the training rows: the val metric that picks
+    configurations and the reported test metric would come out inflated. More neighbours are
+    asked for until ``n`` are kept or the index has no more."""
+    from pomlia_hpc.data.explicit_fingerprint import image_hashes
+    from pomlia_hpc.fingerprint.similar import nearest_images
+
+    held, asked = held_out_hashes(store), n
+    while True:
+        hits = nearest_images(registry, workspace, encoder, store.ref, asked, split="train")
+        if not hits:
+            raise NotFoundError(
+                f"no nearest images for '{store.ref}' in encoder '{encoder}''s index "
+                "(is another dataset indexed?)"
+            )
+        extra = _fitted_hits(registry, hits, store.image_shape)
+        keep = ~np.isin(image_hashes(extra), held)
+        dropped = int((~keep).sum())
+        if len(hits) - dropped >= n or len(hits) < asked:
+            return extra[keep][:n], dropped
+        asked = len(hits) + (n - (len(hits) - dropped))
+
+
 def nearest_extra(
     registry: Registry,
     workspace: Workspace,
@@ -98,33 +154,24 @@ def nearest_extra(
     *,
     max_train: int = 20_000,
 ) -> Path:
-    """Write ``out`` (npz: ``images``, ``labels``, ``requested``) with the ``n`` images of other
-    datasets nearest to the training split of ``dataset`` (:func:`pomlia_hpc.fingerprint.
-    similar.nearest_images` over ``encoder``'s FAISS index), fitted to the dataset's image
-    shape. Fewer than ``n`` rows when the index holds fewer: ``requested`` keeps ``n``, so a
-    caller can tell an exhausted pool from a smaller request.
+    """Write ``out`` (npz: ``images``, ``labels``, ``requested``, ``held_out_copies``) with the
+    ``n`` images of other datasets nearest to the training split of ``dataset``
+    (:func:`pomlia_hpc.fingerprint.similar.nearest_images` over ``encoder``'s FAISS index),
+    fitted to the dataset's image shape. Fewer than ``n`` rows when the index holds fewer:
+    ``requested`` keeps ``n``, so a caller can tell an exhausted pool from a smaller request.
+
+    No extra image is a pixel copy of one of the dataset's val or test images (after fitting,
+    as the network sees it): those are passed over, and counted in ``held_out_copies``.
 
     Their labels come from the task itself: each image takes the label of its nearest training
     image in the encoder's latent space (1-NN over up to ``max_train`` evenly spaced training
     images), so extra images enter the task's label space. Rows are nearest first."""
-    from pomlia_hpc.data.store import find_version, open_version
+    from pomlia_hpc.data.store import find_version
     from pomlia_hpc.fingerprint.shards import embed_images
-    from pomlia_hpc.fingerprint.similar import nearest_images
     from pomlia_hpc.fingerprint.train import load_encoder
 
-    hits = nearest_images(registry, workspace, encoder, dataset, n, split="train")
-    if not hits:
-        raise NotFoundError(
-            f"no nearest images for '{dataset}' in encoder '{encoder}''s index "
-            "(is another dataset indexed?)"
-        )
     store = open_store(find_version(registry, dataset).store_path)
-    shape = store.image_shape
-    extra = np.empty((len(hits), *shape), dtype=np.uint8)
-    for ref in dict.fromkeys(hit.ref for hit in hits):  # each source dataset once, in order
-        at = np.array([i for i, hit in enumerate(hits) if hit.ref == ref])
-        src = open_version(registry, ref)
-        extra[at] = _fit_images(read_rows_at(src, np.array([hits[i].row for i in at])), shape)
+    extra, dropped = _nearest_not_held_out(registry, workspace, encoder, store, n)
     lo, hi = store.split_range("train")
     rows = np.unique(np.linspace(lo, hi - 1, min(max_train, hi - lo)).round().astype(int))
     train_x = read_rows_at(store, rows)
@@ -135,5 +182,6 @@ def nearest_extra(
     z_extra = torch.from_numpy(embed_images(model, extra, 256, cpu))
     nearest = torch.cdist(z_extra, z_train).argmin(dim=1).numpy()
     labels = train_y[nearest].astype(np.int32)
-    write_npz(out, {"images": extra, "labels": labels, "requested": np.int64(n)}, compress=False)
+    arrays = {"images": extra, "labels": labels, "requested": np.int64(n)}
+    write_npz(out, {**arrays, "held_out_copies": np.int64(dropped)}, compress=False)
     return out
