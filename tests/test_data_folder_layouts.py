@@ -19,9 +19,10 @@ from tests.fixtures.cli import cli_ok
 pytestmark = pytest.mark.usefixtures("wide_console")
 
 
-def _mk(root: Path, *rels: str, n: int = 10) -> Path:
-    """``n`` random 12x12 PNGs in each ``root/rel`` folder."""
-    rng = np.random.default_rng(len(rels))
+def _mk(root: Path, *rels: str, n: int = 10, seed: int | None = None) -> Path:
+    """``n`` random 12x12 PNGs in each ``root/rel`` folder (``seed``: of the pixels, else the
+    number of folders; two calls with one seed write copies of the same images)."""
+    rng = np.random.default_rng(len(rels) if seed is None else seed)
     for rel in rels:
         (root / rel).mkdir(parents=True, exist_ok=True)
         for i in range(n):
@@ -103,7 +104,7 @@ def test_the_carve_is_stratified_by_class_and_keeps_one_image_in_train(
     assert "identical content" in cli_ok("data", "add", "im", str(root), "--val-fraction", "0.1")
     # Two images and two splits to carve: one stays in train, val is served first.
     two = _mk(tmp_path / "two", "train/a", n=30)
-    _mk(two, "train/b", n=2)
+    _mk(two, "train/b", n=2, seed=7)  # not copies of a's images: those share their split
     cli_ok("data", "add", "two", str(two), "--val-fraction", "0.1", "--test-fraction", "0.1")
     assert _meta("two")["split_sizes"] == {"train": 25, "val": 4, "test": 3}
 

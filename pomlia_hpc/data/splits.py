@@ -155,6 +155,17 @@ def _changed_split(new: DatasetStore, parent: DatasetStore, hashes: RowHashes) -
 ROUNDING = "split sizes now round half up since 607d07e"
 
 
+#: Why a folder source with copies of images splits another way than it did (CHANGELOG).
+COPIES_TOGETHER = "copies of one image are now carved into one split"
+
+
+def _copies_across(store: DatasetStore) -> int:
+    """Val/test images of ``store`` that are pixel copies of its training images, as its
+    explicit fingerprint counts them."""
+    dup = store.fingerprint.get("duplicates") or {}
+    return sum(int(n) for n in (dup.get("across_splits") or {}).values())
+
+
 def _old_count(n: int, fraction: float) -> int:
     """A class's carved count before 607d07e: Python's round(), half to even."""
     return 0 if fraction <= 0 else max(1, round(n * fraction))
@@ -205,6 +216,11 @@ def _why_resplit(new: DatasetStore, parent: DatasetStore, hashes: RowHashes) -> 
         return "only the split differs (other split fractions)"
     if _rounding_explains(new.meta, parent.meta):
         return f"only the split differs ({ROUNDING})"
+    if _copies_across(parent) and not _copies_across(new):
+        return (
+            f"only the split differs ({COPIES_TOGETHER}; {_copies_across(parent)} val/test "
+            f"image(s) of {parent.ref} were copies of training images)"
+        )
     moved = _changed_split(new, parent, hashes)
     folder = src.get("kind") == "folder"
     if moved == 0:  # the rows of a split are ordered by hashes of their paths too

@@ -140,6 +140,23 @@ def stratified_split(
     return codes
 
 
+def keep_copies_together(codes: np.ndarray, ranks: np.ndarray, content: np.ndarray) -> np.ndarray:
+    """Split ``codes`` (of :func:`stratified_split`) with every group of rows of equal
+    ``content`` (one key per row, equal for copies of one image) moved to the split of its
+    row with the smallest rank, whatever their classes: a copy in val or test of an image in
+    train would be scored on what the model was trained on (inflated val and test metrics).
+    Rows without a copy keep their split; a group's split depends on its own rows only."""
+    codes = np.array(codes, np.int8)
+    if len(codes) == 0:
+        return codes
+    order = np.lexsort((np.asarray(ranks, np.uint64), np.asarray(content)))
+    key = np.asarray(content)[order]
+    first = np.concatenate([[True], key[1:] != key[:-1]])
+    leader = order[first][np.cumsum(first) - 1]  # the smallest-rank row of each row's group
+    codes[order] = codes[leader]
+    return codes
+
+
 def check_side(where: str, height: int, width: int, limits: IngestLimits) -> None:
     """Refuse images with a side of 0 or over ``limits.max_side_px``."""
     if min(height, width) < 1 or max(height, width) > limits.max_side_px:

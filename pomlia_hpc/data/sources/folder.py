@@ -59,6 +59,7 @@ is kept as ``meta["source"]["gray_to_rgb"]`` and ``data add`` reports it).
 from __future__ import annotations
 
 import hashlib
+from collections import Counter
 from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
@@ -73,6 +74,7 @@ from pomlia_hpc.data.sources.base import (
     check_binary,
     check_side,
     check_split_fractions,
+    keep_copies_together,
     stratified_split,
 )
 from pomlia_hpc.data.sources.folder_files import (
@@ -190,12 +192,30 @@ def read_image(path: Path, channels: int, depth: str) -> np.ndarray:
 _Row = tuple[bytes, Path, str]  # (SHA-256 of the path relative to the root, file, class)
 
 
+def _content_groups(files: list[Path]) -> np.ndarray:
+    """One group id (int64) per file, equal for byte-identical files: only files that share
+    their size with another are read (SHA-256 of their bytes), so a folder without copies
+    costs one ``stat`` per file."""
+    sizes = [f.stat().st_size for f in files]
+    shared = {n for n, k in Counter(sizes).items() if k > 1}
+    ids: dict[bytes, int] = {}
+    out = np.arange(len(files), dtype=np.int64)  # a file of its own size: its own group
+    for i, (f, n) in enumerate(zip(files, sizes, strict=True)):
+        if n in shared:
+            digest = hashlib.sha256(f.read_bytes()).digest()
+            out[i] = ids.setdefault(digest, i)
+    return out
+
+
 def _carve(train: list[_Row], val_fraction: float, test_fraction: float) -> dict[str, list[_Row]]:
     """Split the rows of a train folder into train, val and test, stratified by class
     (:func:`~pomlia_hpc.data.sources.base.stratified_split`), each class's files ranked by
-    bytes 0..8 of their path hashes: deterministic given the files."""
+    bytes 0..8 of their path hashes: deterministic given the files. Byte-identical files
+    (copies under other names, in any class folder) then go to one split, that of the copy
+    whose path ranks first (:func:`~pomlia_hpc.data.sources.base.keep_copies_together`)."""
     ranks = np.asarray([int.from_bytes(r[0][:8], "big") for r in train], np.uint64)
     codes = stratified_split(ranks, np.asarray([r[2] for r in train]), val_fraction, test_fraction)
+    codes = keep_copies_together(codes, ranks, _content_groups([r[1] for r in train]))
     out: dict[str, list[_Row]] = {s: [] for s in SPLITS}
     for row, code in zip(train, codes, strict=True):
         out[SPLITS[code]].append(row)

@@ -1,0 +1,83 @@
+"""Splits that ingest carves keep copies of one image together: byte-identical files under
+other names (also in another class folder) go to one split, so no val or test image is a
+pixel copy of a training image the split itself put there."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pomlia_hpc.data.explicit_fingerprint import image_hashes
+from pomlia_hpc.data.sources.base import keep_copies_together
+from pomlia_hpc.data.store import SPLITS, open_store
+from pomlia_hpc.workspace import Workspace
+from tests.fixtures.cli import cli_ok
+
+pytestmark = pytest.mark.usefixtures("wide_console")
+
+
+def _splits_of_each_image(store_path: str) -> dict[int, set[str]]:
+    store = open_store(store_path)
+    where: dict[int, set[str]] = defaultdict(set)
+    for split in SPLITS:
+        lo, hi = store.split_range(split)
+        for h in image_hashes(store.read_rows(lo, hi)).tolist():
+            where[h].add(split)
+    return where
+
+
+def test_copies_in_a_class_folder_land_in_one_split(workspace: Workspace, tmp_path: Path) -> None:
+    rng = np.random.default_rng(3)
+    root = tmp_path / "imgs"
+    for name in ("a", "b"):
+        (root / name).mkdir(parents=True)
+        for i in range(20):
+            img = rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)
+            Image.fromarray(img).save(root / name / f"{i:02d}.png")
+    for i in range(20):  # every image of class a twice, and two of them in class b as well
+        shutil.copy(root / "a" / f"{i:02d}.png", root / "a" / f"copy-{i:02d}.png")
+    for i in range(2):
+        shutil.copy(root / "a" / f"{i:02d}.png", root / "b" / f"also-{i:02d}.png")
+    out = cli_ok("data", "add", "dups", str(root), "--val-fraction", "0.2", "--test-fraction", "0.2")
+    shown = json.loads(cli_ok("data", "show", "dups", "--json"))
+    where = _splits_of_each_image(shown["store_path"])
+    assert "pixel copies of training images" not in out
+    assert not any((shown["fingerprint"]["duplicates"]["across_splits"] or {}).values())
+    assert len(where) == 40 and all(len(s) == 1 for s in where.values())
+    sizes = shown["meta"]["split_sizes"]
+    assert sizes["val"] > 0 and sizes["test"] > 0 and sum(sizes.values()) == 62
+
+
+def test_each_group_of_copies_takes_the_split_of_its_first_ranked_row() -> None:
+    codes = np.array([0, 2, 1, 0, 2, 1], np.int8)
+    ranks = np.array([5, 1, 4, 0, 3, 2], np.uint64)
+    content = np.array([7, 7, 8, 8, 9, 10])  # rows 0, 1 alike; rows 2, 3 alike
+    moved = keep_copies_together(codes, ranks, content)
+    assert moved.tolist() == [2, 2, 0, 0, 2, 1]
+
+
+def test_re_adding_a_folder_with_copies_names_the_new_rule(
+    workspace: Workspace, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pomlia_hpc.data.sources import folder
+
+    rng = np.random.default_rng(4)
+    root = tmp_path / "imgs"
+    for name in ("a", "b"):
+        (root / name).mkdir(parents=True)
+        for i in range(10):
+            img = rng.integers(0, 255, (8, 8), dtype=np.uint8)
+            Image.fromarray(img).save(root / name / f"{i}.png")
+            shutil.copy(root / name / f"{i}.png", root / name / f"copy-{i}.png")
+    with monkeypatch.context() as mp:  # the rule before: copies carved like any other file
+        mp.setattr(folder, "keep_copies_together", lambda codes, ranks, content: codes)
+        cli_ok("data", "add", "twice", str(root))
+    old = json.loads(cli_ok("data", "show", "twice", "--json"))
+    out = cli_ok("data", "add", "twice", str(root))
+    assert f"note: same images as {old['ref']}; only the split differs (copies of one image" in out
