@@ -9,13 +9,16 @@ import shutil
 from collections import defaultdict
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 from PIL import Image
 
+from pomlia_hpc.data.api import ingest
 from pomlia_hpc.data.explicit_fingerprint import image_hashes
 from pomlia_hpc.data.sources.base import keep_copies_together
 from pomlia_hpc.data.store import SPLITS, open_store
+from pomlia_hpc.registry import Registry
 from pomlia_hpc.workspace import Workspace
 from tests.fixtures.cli import cli_ok
 
@@ -44,7 +47,9 @@ def test_copies_in_a_class_folder_land_in_one_split(workspace: Workspace, tmp_pa
         shutil.copy(root / "a" / f"{i:02d}.png", root / "a" / f"copy-{i:02d}.png")
     for i in range(2):
         shutil.copy(root / "a" / f"{i:02d}.png", root / "b" / f"also-{i:02d}.png")
-    out = cli_ok("data", "add", "dups", str(root), "--val-fraction", "0.2", "--test-fraction", "0.2")
+    out = cli_ok(
+        "data", "add", "dups", str(root), "--val-fraction", "0.2", "--test-fraction", "0.2"
+    )
     shown = json.loads(cli_ok("data", "show", "dups", "--json"))
     where = _splits_of_each_image(shown["store_path"])
     assert "pixel copies of training images" not in out
@@ -81,3 +86,27 @@ def test_re_adding_a_folder_with_copies_names_the_new_rule(
     old = json.loads(cli_ok("data", "show", "twice", "--json"))
     out = cli_ok("data", "add", "twice", str(root))
     assert f"note: same images as {old['ref']}; only the split differs (copies of one image" in out
+
+
+def test_copies_in_an_hdf5_file_land_in_one_split(
+    workspace: Workspace, reg: Registry, tmp_path: Path
+) -> None:
+    rng = np.random.default_rng(5)
+    x = rng.integers(0, 255, (40, 8, 8), dtype=np.uint8)
+    y = np.arange(40) % 2
+    x, y = np.concatenate([x, x[:20]]), np.concatenate([y, y[:20]])  # 20 rows twice
+    with h5py.File(tmp_path / "d.h5", "w") as f:
+        f["x"], f["y"] = x, y
+    rec = ingest(
+        workspace,
+        reg,
+        "h5dups",
+        tmp_path / "d.h5",
+        images="x",
+        labels="y",
+        val_fraction=0.2,
+        test_fraction=0.2,
+        workers=1,
+    )
+    where = _splits_of_each_image(str(rec.store_path))
+    assert len(where) == 40 and all(len(s) == 1 for s in where.values())

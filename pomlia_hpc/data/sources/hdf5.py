@@ -35,6 +35,7 @@ from pomlia_hpc.data.sources.base import (
     check_split_fractions,
     has_alpha,
     image_shape,
+    keep_copies_together,
     normalize_labels,
     read_one_hot,
     resolve_labels,
@@ -65,18 +66,32 @@ def _row_ranks(n: int) -> np.ndarray:
         return z ^ (z >> np.uint64(31))
 
 
-def _hash_splits(y: np.ndarray, val_fraction: float, test_fraction: float) -> np.ndarray:
+def _row_content(img: h5py.Dataset) -> np.ndarray:
+    """One uint64 hash of each row's stored pixels (equal rows, equal hash), read a block of
+    rows at a time: copies of an image within the file."""
+    from pomlia_hpc.data.explicit_fingerprint import image_hashes
+
+    n, step = int(img.shape[0]), first_pass_rows(img.shape, img.dtype.itemsize)
+    blocks = [image_hashes(np.asarray(img[lo : lo + step])) for lo in range(0, n, step)]
+    return np.concatenate(blocks or [np.zeros(0, np.uint64)])
+
+
+def _hash_splits(
+    y: np.ndarray, val_fraction: float, test_fraction: float, content: np.ndarray
+) -> np.ndarray:
     """Split codes for rows with labels ``y`` (n, L): with one label column, stratified by
     class as an image folder's (:func:`~pomlia_hpc.data.sources.base.stratified_split`, rows
     ranked by a hash of their index); multi-label rows (no one class to stratify by) go to a
-    split by that hash alone, each with the fractions' chance."""
+    split by that hash alone, each with the fractions' chance. Rows of equal ``content``
+    (copies of one image) then go to one split, the first-ranked copy's
+    (:func:`~pomlia_hpc.data.sources.base.keep_copies_together`)."""
     ranks = _row_ranks(len(y))
     if y.shape[1] == 1:
-        return stratified_split(ranks, y[:, 0], val_fraction, test_fraction)
-    u = (ranks >> np.uint64(11)).astype(np.float64) / 2.0**53
-    return np.where(u < test_fraction, 2, np.where(u < test_fraction + val_fraction, 1, 0)).astype(
-        np.int8
-    )
+        codes = stratified_split(ranks, y[:, 0], val_fraction, test_fraction)
+    else:
+        u = (ranks >> np.uint64(11)).astype(np.float64) / 2.0**53
+        codes = np.where(u < test_fraction, 2, np.where(u < test_fraction + val_fraction, 1, 0))
+    return keep_copies_together(codes, ranks, content)
 
 
 class Hdf5Source(Source):
@@ -145,7 +160,7 @@ class Hdf5Source(Source):
         if split:
             codes = self._split_codes(split, n)
         else:
-            codes = _hash_splits(y, val_fraction, test_fraction)
+            codes = _hash_splits(y, val_fraction, test_fraction, _row_content(self._img))
         self._codes = codes
         self._order = np.argsort(codes, kind="stable")
         self.split_sizes = {s: int((codes == i).sum()) for i, s in enumerate(SPLITS)}
