@@ -7,6 +7,14 @@ on, where it must be better at level ``alpha``); see :mod:`pomlia_hpc.loop.stats
 single-label task compares per-image right/wrong (McNemar), a multi-label task per-image
 label-wise accuracy (paired t), as its ACC is label-wise.
 
+Neither model may have trained on the images it is scored on: a model trained on a version
+other than the gate's data or that version's parent (a harvest keeps its parent's rows in their
+splits, so neither holds the other's test images) has its training split read, and the gate's
+images whose pixels it holds are left out of both models' comparison (``trained_on`` in the
+evidence counts them per range). A model trained on a copy of a test image would otherwise be
+scored on what it learnt (a challenger trained on a re-added dataset whose train split took
+in the parent's test images would pass on inflated accuracy).
+
 Every decision is a :class:`~pomlia_hpc.registry.GateDecision` row with its evidence (both
 tests' counts, accuracies, bound and p-value, the data version and row ranges). ``force``
 records the decision as forced: the caller may promote anyway, and the row says so.
@@ -20,6 +28,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy import select
 
+from pomlia_hpc.data.explicit_fingerprint import image_hashes
 from pomlia_hpc.data.harvest import harvest_info
 from pomlia_hpc.data.store import DatasetStore, find_version, open_store
 from pomlia_hpc.errors import InputError
@@ -145,6 +154,23 @@ def gate_data(registry: Registry, challenger: Model, data_ref: str | None) -> Da
     return row
 
 
+def trained_on(registry: Registry, model: Model, version: DatasetVersion) -> np.ndarray:
+    """Sorted pixel hashes (uint64) of the training split of ``model``'s training version
+    (its lineage's), read a chunk at a time; empty when that version is ``version`` or its
+    parent (nothing to leave out, see the module docstring) or is not known."""
+    vid = (model.lineage or {}).get("dataset_version_id")
+    if not isinstance(vid, int) or vid in (version.id, version.parent_id):
+        return np.zeros(0, np.uint64)
+    with registry.session() as s:
+        row = s.get(DatasetVersion, vid)
+    if row is None:
+        return np.zeros(0, np.uint64)
+    store = open_store(row.store_path)
+    lo, hi = store.split_range("train")
+    parts = [image_hashes(store.read_rows(a, b)) for a, b in store.chunk_ranges(lo, hi)]
+    return np.unique(np.concatenate(parts or [np.zeros(0, np.uint64)]))
+
+
 def run_gate(
     registry: Registry,
     slot: str,
@@ -191,12 +217,14 @@ def run_gate(
             f"dataset version {version.version} is not a harvest: it has no production test subset"
         )
     store = open_store(version.store_path)
-    result = _compare(store, info, champ, chal, margin=margin, alpha=alpha)
+    seen = np.union1d(trained_on(registry, champ, version), trained_on(registry, chal, version))
+    result, left_out = _compare(store, info, champ, chal, seen, margin=margin, alpha=alpha)
     evidence: dict[str, Any] = {
         **_finite(result.to_dict()),
         "data": store.ref,
         "fixed_test_rows": info["fixed_test_rows"],
         "production_test_rows": info["production_test_rows"],
+        "trained_on": left_out,
         "champion": champ.name,
         "challenger": chal.name,
     }
@@ -220,31 +248,36 @@ def _compare(
     info: dict[str, Any],
     champ: Model,
     chal: Model,
+    seen: np.ndarray,
     *,
     margin: float,
     alpha: float,
-) -> GateResult:
-    """Score both models on the version's fixed test and production test rows and decide:
-    per-image right/wrong and McNemar for a single-label task; per-image label-wise accuracy
-    and the paired t test for a multi-label one, whose task ACC is label-wise (exact match
-    would count an image with 13 of 14 labels right as wrong, for both models alike, and hide a
-    challenger that is better label by label)."""
-    if normalize_task_type(store.task_type) == TaskType.MULTI_LABEL:
-        scores = {}
-        for key in ("fixed_test_rows", "production_test_rows"):
-            x, y = _rows(store, info[key])
-            a, b = labelwise_accuracy(champ, x, y), labelwise_accuracy(chal, x, y)
-            scores[key] = PairedScores.of(a, b)
-        return decide_labelwise(
-            scores["fixed_test_rows"], scores["production_test_rows"], margin=margin, alpha=alpha
-        )
-    counts = {}
+) -> tuple[GateResult, dict[str, int]]:
+    """Score both models on the version's fixed test and production test rows, less those
+    whose pixels are in ``seen`` (sorted hashes of images a model trained on; how many were
+    left out, per range, is returned too), and decide: per-image right/wrong and McNemar for
+    a single-label task; per-image label-wise accuracy and the paired t test for a
+    multi-label one, whose task ACC is label-wise (exact match would count an image with 13
+    of 14 labels right as wrong, for both models alike, and hide a challenger that is better
+    label by label)."""
+    multi = normalize_task_type(store.task_type) == TaskType.MULTI_LABEL
+    paired: dict[str, PairedCounts | PairedScores] = {}
+    left_out: dict[str, int] = {}
     for key in ("fixed_test_rows", "production_test_rows"):
         x, y = _rows(store, info[key])
-        counts[key] = PairedCounts.of(correct(champ, x, y), correct(chal, x, y))
-    return decide(
-        counts["fixed_test_rows"], counts["production_test_rows"], margin=margin, alpha=alpha
-    )
+        keep = ~np.isin(image_hashes(x), seen) if len(seen) else np.ones(len(x), bool)
+        x, y, left_out[key] = x[keep], y[keep], int((~keep).sum())
+        if multi:
+            paired[key] = PairedScores.of(
+                labelwise_accuracy(champ, x, y), labelwise_accuracy(chal, x, y)
+            )
+        else:
+            paired[key] = PairedCounts.of(correct(champ, x, y), correct(chal, x, y))
+    fixed, prod = paired["fixed_test_rows"], paired["production_test_rows"]
+    if isinstance(fixed, PairedScores) and isinstance(prod, PairedScores):
+        return decide_labelwise(fixed, prod, margin=margin, alpha=alpha), left_out
+    assert isinstance(fixed, PairedCounts) and isinstance(prod, PairedCounts)
+    return decide(fixed, prod, margin=margin, alpha=alpha), left_out
 
 
 def _finite(d: dict[str, Any]) -> dict[str, Any]:

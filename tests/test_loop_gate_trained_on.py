@@ -1,0 +1,50 @@
+"""The gate scores champion and challenger only on images neither trained on: a challenger
+trained on a version whose train split took in some of the gate's fixed test images (the
+dataset added again with its test images moved) is not scored on them."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from pomlia_hpc.data.api import ingest
+from pomlia_hpc.loop.gate import run_gate
+from pomlia_hpc.loop.harvest import harvest
+from pomlia_hpc.loop.promote import gate_decisions, put_on_slot
+from pomlia_hpc.registry import Registry
+from pomlia_hpc.serve.predlog import log_dir
+from pomlia_hpc.workspace import Workspace
+from tests.loop_support import CLASSES, make_model, predict, write_production
+
+
+def _images(n: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, 28, 28, 3), dtype=np.uint8)
+
+
+def _npz(path: Path, splits: dict[str, np.ndarray]) -> Path:
+    labels = {f"{s}_labels": np.arange(len(v))[:, None] % len(CLASSES) for s, v in splits.items()}
+    np.savez(path, **{f"{s}_images": v for s, v in splits.items()}, **labels)
+    return path
+
+
+def test_gate_leaves_out_images_a_model_trained_on(
+    tmp_path: Path, workspace: Workspace, reg: Registry
+) -> None:
+    x = {s: _images(n, i) for i, (s, n) in enumerate((("train", 40), ("val", 10), ("test", 60)))}
+    base = ingest(workspace, reg, "scans", _npz(tmp_path / "a.npz", x), class_names=CLASSES)
+    champ = make_model(reg, tmp_path, "champion", 1, base.id)
+    put_on_slot(reg, workspace, "scans", "champion", kind="initial")
+    prod = _images(200, 7)
+    write_production(log_dir(workspace.path("logs"), "champion"), prod, predict(champ, prod))
+    got = harvest(reg, workspace, "champion")
+    # The same data added again under another name, 20 of its test images moved into train.
+    moved = {"train": np.concatenate([x["train"], x["test"][:20]]), "val": x["val"]}
+    moved["test"] = x["test"][20:]
+    again = ingest(workspace, reg, "scans_v2", _npz(tmp_path / "b.npz", moved), class_names=CLASSES)
+    make_model(reg, tmp_path, "challenger", 2, again.id)
+
+    run_gate(reg, "scans", "challenger", data_ref=got.record.ref)
+    ev = gate_decisions(reg, "scans")[-1].evidence
+    assert ev["fixed_test"]["n"] == 40  # the parent's 60 test images less the 20 trained on
+    assert ev["trained_on"] == {"fixed_test_rows": 20, "production_test_rows": 0}
