@@ -606,3 +606,39 @@ def _fail_the_record_commit(reg: Registry, monkeypatch: pytest.MonkeyPatch) -> N
                 raise OperationalError("COMMIT", {}, Exception("database is locked"))
 
     monkeypatch.setattr(reg, "session", commit_fails)
+
+
+def test_a_tasks_own_runs_rank_strategies_by_validation_never_test(
+    workspace: Workspace, reg: Registry
+) -> None:
+    # Its own runs are the task's nearest data set: were they counted by their test metric,
+    # the strategy picked for its next study (and the loop's retrain, whose gate compares on
+    # the same test split) would be chosen on test data.
+    meta = DATA / "medmnist_meta_features.csv"
+    kb.import_table(reg, DATA / "medmnist_plus_doerrich2025.csv", "plus", meta_path=meta)
+    tiny_task(workspace, reg, "blood", "bloodmnist", "acc")
+    hp = {"optimizer": "adamw", "batch_size": 64}
+    with reg.session() as s:
+        tid = s.scalar(select(Task.id).where(Task.name == "blood"))
+        for arch, val, test in (("small_cnn", 0.95, 0.40), ("resnet18", 0.40, 0.95)):
+            metrics = {"objective": val, "val": {"acc": val}, "test": {"acc": test}}
+            s.add(
+                Run(
+                    task_id=tid,
+                    study="s",
+                    config={"arch": arch, "lr": 1e-3, **hp},
+                    budget=3.0,
+                    metrics=metrics,
+                    cost_s=5.0,
+                    status="ok",
+                )
+            )
+    res = CliRunner().invoke(app, ["recommend", "blood", "--k", "500", "--json"])
+    answer = json.loads(res.output)
+    own = {
+        st["strategy"]["arch"]: e["value"]
+        for st in answer["strategies"]
+        for e in st["evidence"]
+        if e["dataset"] == "blood"
+    }
+    assert own == {"small_cnn": 0.95, "resnet18": 0.40}, own

@@ -28,6 +28,7 @@ from sqlalchemy.orm import Session
 from pomlia_hpc.errors import InputError, NotFoundError
 from pomlia_hpc.names import validate_name
 from pomlia_hpc.registry import (
+    Dataset,
     DatasetVersion,
     KbDataset,
     KbResult,
@@ -272,9 +273,12 @@ def load(
     metric: str,
     sources: Iterable[str] | None = None,
     exclude_task: str | None = None,
+    validate_on: str | None = None,
 ) -> KnowledgeBase:
     """Observations of ``metric`` from ``sources`` (default: every imported source plus the
-    registry's runs; name ``registry`` for the runs), without the runs of ``exclude_task``."""
+    registry's runs; name ``registry`` for the runs), without the runs of ``exclude_task``;
+    the runs of tasks on data set ``validate_on`` (any version) give their validation
+    objective instead of their test metric (:func:`registry_observations`)."""
     if metric not in METRICS:
         raise InputError(f"metric '{metric}' is not known: expected one of {', '.join(METRICS)}")
     wanted = list(sources) if sources is not None else None
@@ -314,7 +318,9 @@ def load(
         for name, meta in s.execute(mq):
             kb.meta.setdefault(name, dict(meta))
     if wanted is None or REGISTRY_SOURCE in wanted:
-        obs, meta = registry_observations(registry, metric, exclude_task, short=kb.short)
+        obs, meta = registry_observations(
+            registry, metric, exclude_task, short=kb.short, validate_on=validate_on
+        )
         _rename_published(kb, set(meta))
         kb.observations.extend(obs)
         kb.meta.update(meta)
@@ -433,29 +439,45 @@ def registry_observations(
     metric: str,
     exclude_task: str | None = None,
     short: dict[tuple[str, str], dict[str, Any]] | None = None,
+    validate_on: str | None = None,
 ) -> tuple[list[Observation], dict[str, dict[str, Any]]]:
     """One observation per (task, strategy) over the registry's finished runs of tasks whose
     metric is ``metric`` (failed ones included; see :mod:`.runstats`, refreshed first), and
     the tasks' meta-features by task name. Runs below :func:`counted_epochs` of the task's full
     budget give no value; a strategy with only such runs (and no failure) gives no observation
-    but an entry in ``short`` (see :attr:`KnowledgeBase.short`)."""
+    but an entry in ``short`` (see :attr:`KnowledgeBase.short`).
+
+    A value is the test metric of the strategy's best run by validation objective, except on
+    data set ``validate_on`` (the one a recommendation is for, any version: a harvest's test
+    split holds its parent's), where it is that validation objective: a strategy picked for a
+    data set by its own test metric would carry test data into the choice of configuration
+    (and the loop's gate compares on the parent's test split)."""
     with registry.session() as s:
         tasks = {
-            tid: (name, ttype, metric_, dict(fp or {}))
-            for tid, name, ttype, metric_, fp in s.execute(
+            tid: (name, ttype, metric_, dict(fp or {}), ds)
+            for tid, name, ttype, metric_, fp, ds in s.execute(
                 select(
-                    Task.id, Task.name, Task.task_type, Task.metric, DatasetVersion.fingerprint
-                ).join(DatasetVersion, Task.dataset_version_id == DatasetVersion.id)
+                    Task.id,
+                    Task.name,
+                    Task.task_type,
+                    Task.metric,
+                    DatasetVersion.fingerprint,
+                    Dataset.name,
+                )
+                .join(DatasetVersion, Task.dataset_version_id == DatasetVersion.id)
+                .join(Dataset, DatasetVersion.dataset_id == Dataset.id)
             )
         }
-    meta_all = {tid: version_meta(fp, ttype) for tid, (_, ttype, _, fp) in tasks.items()}
+    meta_all = {tid: version_meta(fp, ttype) for tid, (_, ttype, _, fp, _) in tasks.items()}
     full = {tid: full_epochs(m["n_train"]) for tid, m in meta_all.items()}
     runstats.refresh(
         registry,
         {tid: int(m["image_size"]) for tid, m in meta_all.items()},
         {tid: counted_epochs(e) for tid, e in full.items()},
     )
-    wanted = {tid for tid, (name, _, m, _) in tasks.items() if m == metric and name != exclude_task}
+    wanted = {
+        tid for tid, (name, _, m, _, _) in tasks.items() if m == metric and name != exclude_task
+    }
     out = []
     with registry.session() as s:
         for st in s.scalars(select(KbRunStats).where(KbRunStats.task_id.in_(wanted))):
@@ -476,7 +498,7 @@ def registry_observations(
                     tasks[st.task_id][0],
                     dict(st.strategy),
                     st.strategy_key,
-                    st.best_value,
+                    st.best_objective if tasks[st.task_id][4] == validate_on else st.best_value,
                     None,
                     _run_cost(st, meta_all[st.task_id]),
                     st.n_runs,

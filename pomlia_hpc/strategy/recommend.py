@@ -36,6 +36,7 @@ from pomlia_hpc.files import (
     write_json_atomic,
 )
 from pomlia_hpc.registry import (
+    Dataset,
     DatasetVersion,
     Recommendation,
     Registry,
@@ -89,6 +90,12 @@ class TargetTask:
     task_type: str
     dataset_version_id: int
     meta: dict[str, Any]
+    dataset: str = ""  # the data set's name
+
+
+def _dataset_name(s: Session, version: DatasetVersion | None) -> str:
+    row = s.get(Dataset, version.dataset_id) if version is not None else None
+    return row.name if row is not None else ""
 
 
 def get_target(registry: Registry, ref: str) -> TargetTask:
@@ -104,6 +111,7 @@ def get_target(registry: Registry, ref: str) -> TargetTask:
             task.task_type,
             task.dataset_version_id,
             version_meta(fp, task.task_type),
+            _dataset_name(s, version),
         )
 
 
@@ -262,7 +270,11 @@ def recommend(
             )
     target = get_target(registry, task)
     kb = load(
-        registry, target.metric, sources, exclude_task=target.name if exclude_own_runs else None
+        registry,
+        target.metric,
+        sources,
+        exclude_task=target.name if exclude_own_runs else None,
+        validate_on=target.dataset,  # its own runs rank strategies by val, never test
     )
     m = build_matrix(kb)
     if len(m.datasets) < 2:
