@@ -148,26 +148,40 @@ def build_sets(ws: Workspace, reg: Registry, args: argparse.Namespace) -> dict[s
         real[s] = (_write(ws, reg, f"{s}_1", h1, None), _write(ws, reg, f"{s}_2", h2, None))
     print(f"  {len(SOURCES)} real sources, two halves each", flush=True)
 
-    def pairs(x: list[str], y: list[str]) -> dict[str, str]:
-        return {**dict(zip(x, y, strict=True)), **dict(zip(y, x, strict=True))}
-
-    rp = pairs([v[0] for v in real.values()], [v[1] for v in real.values()])
-    members_c = [n for v in real.values() for n in v]
     return {
-        "a": {"members": a + b, "pairs": pairs(a, b), "queries": a + b},
-        "b": {"members": a + bs, "pairs": pairs(a, bs), "queries": a + bs},
-        "d": {"members": a + bm, "pairs": pairs(a, bm), "queries": a + bm},
+        "a": {"members": a + b, "pairs": _pairs(a, b), "queries": a + b},
+        "b": {"members": a + bs, "pairs": _pairs(a, bs), "queries": a + bs},
+        "d": {"members": a + bm, "pairs": _pairs(a, bm), "queries": a + bm},
+        **real_sets(real),
+        "train": a + [real[s][0] for s in TUNING_SOURCES],
+    }
+
+
+def _pairs(x: list[str], y: list[str]) -> dict[str, str]:
+    return {**dict(zip(x, y, strict=True)), **dict(zip(y, x, strict=True))}
+
+
+def real_sets(real: dict[str, tuple[str, str]]) -> dict[str, dict[str, Any]]:
+    """The (c) sets over the real sources' halves (``real``: source -> its two data set
+    names). ``c_tuning`` ranks the tuning sources' halves among themselves only: a held-out
+    half among its candidates would move the tuning metrics (as a distractor, and through the
+    combined distance's median scale over the candidates) and so the objective and weight
+    chosen on them. ``c_heldout`` ranks the held-out halves among every real half."""
+    tuning = [n for s in TUNING_SOURCES for n in real[s]]
+    every = [n for v in real.values() for n in v]
+    return {
         "c_tuning": {
-            "members": members_c,
-            "pairs": rp,
-            "queries": [n for s in TUNING_SOURCES for n in real[s]],
+            "members": tuning,
+            "pairs": _pairs(
+                [real[s][0] for s in TUNING_SOURCES], [real[s][1] for s in TUNING_SOURCES]
+            ),
+            "queries": tuning,
         },
         "c_heldout": {
-            "members": members_c,
-            "pairs": rp,
+            "members": every,
+            "pairs": _pairs([v[0] for v in real.values()], [v[1] for v in real.values()]),
             "queries": [n for s in HELDOUT_SOURCES for n in real[s]],
         },
-        "train": a + [real[s][0] for s in TUNING_SOURCES],
     }
 
 
@@ -301,7 +315,7 @@ def choose(tuning: dict[str, list[dict[str, Any]]]) -> tuple[str, dict[str, Any]
 
 
 def baseline(reg: Registry, sets: dict[str, Any]) -> dict[str, Any]:
-    names = {n for k in ("a", "b", "d", "c_tuning") for n in sets[k]["members"]}
+    names = {n for k in ("a", "b", "d", "c_tuning", "c_heldout") for n in sets[k]["members"]}
     hist = {}
     for n in sorted(names):
         store = open_version(reg, n)
@@ -326,7 +340,9 @@ def run(args: argparse.Namespace, home: Path) -> dict[str, Any]:
     t0 = time.perf_counter()
     print(f"workspace {home}; building and ingesting the sets", flush=True)
     sets = build_sets(ws, reg, args)
-    all_names = sorted({n for k in ("a", "b", "d", "c_tuning") for n in sets[k]["members"]})
+    all_names = sorted(
+        {n for k in ("a", "b", "d", "c_tuning", "c_heldout") for n in sets[k]["members"]}
+    )
     timings["data_s"] = time.perf_counter() - t0
     base = baseline(reg, sets)
     ex = Executor.from_profile("local", ws.jobs, reg)
