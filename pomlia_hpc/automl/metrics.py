@@ -17,6 +17,14 @@ average the same per-class AUCs over the classes where it is defined and say so 
 split of one class) AUC is ``None``: undefined, never NaN, because run metrics are stored as JSON
 and PostgreSQL's ``json`` rejects NaN; :func:`objective_cost` counts an undefined metric as the
 worst.
+
+A model can answer NaN or infinity for an image (a diverged network, an overflow in bf16).
+Such an output is a missing answer and counts as wrong, as the champion/challenger gate
+scores it (:mod:`pomlia_hpc.loop.gate`): its image is misclassified for ACC and F1 (a miss of
+its true class, no class predicted; for multi-label every label wrong) and ranked on the wrong
+side of every other image in each AUC it enters. ``missing`` says how many images that was;
+scikit-learn and MedMNIST refuse such scores outright, which made a whole trial fail on one
+image.
 """
 
 from __future__ import annotations
@@ -57,8 +65,9 @@ def evaluate(task_type: str, y_true: np.ndarray, y_score: np.ndarray) -> dict[st
 
     ``y_true``: int (N, 1) class indices, or (N, L) 0/1 for multi-label.
     ``y_score``: float (N, C) probabilities: softmax over classes, or one sigmoid per label.
-    Returns ``{"acc", "auc", "f1_macro", "auc_classes", "f1_classes", "n"}`` (``n``: images
-    evaluated; ``*_classes``: how many classes entered the mean); a
+    Returns ``{"acc", "auc", "f1_macro", "auc_classes", "f1_classes", "n", "missing"}``
+    (``n``: images evaluated; ``*_classes``: how many classes entered the mean; ``missing``:
+    images whose scores are not all finite, each counted wrong: see the module docstring); a
     metric that is undefined on these images is ``None``.
     """
     # Imported here: medmnist loads torch (3 s), and naming or checking a metric (`task add`,
@@ -80,6 +89,9 @@ def evaluate(task_type: str, y_true: np.ndarray, y_score: np.ndarray) -> dict[st
         # MedMNIST's functions squeeze their inputs, which breaks on a single image
         # (`task add` and `automl run` refuse such splits up front: data.splits).
         raise InputError(f"evaluate: expected at least {MIN_EVAL_IMAGES} images, got {n}")
+    missing = ~np.isfinite(y_score).all(axis=1)
+    if missing.any():
+        y_score = _wrong_answers(y_true, y_score, task, missing)
     auc: float | None
     if task == "multi-label, binary-class" and y_score.shape[1] == 1:
         # MedMNIST squeezes (N, 1) to (N,) and then indexes a second axis: compute its
@@ -97,7 +109,7 @@ def evaluate(task_type: str, y_true: np.ndarray, y_score: np.ndarray) -> dict[st
             auc = math.nan
         if not math.isfinite(auc):  # newer scikit-learn returns NaN (with a warning) instead
             auc, n_auc = _auc_defined_classes(y_true, y_score, task)
-    f1, n_f1 = _f1_macro(y_true, y_score, task)
+    f1, n_f1 = _f1_macro(y_true, y_score, task, missing)
     return {
         "acc": acc,
         "auc": auc,
@@ -105,26 +117,60 @@ def evaluate(task_type: str, y_true: np.ndarray, y_score: np.ndarray) -> dict[st
         "auc_classes": n_auc,
         "f1_classes": n_f1,
         "n": n,
+        "missing": int(missing.sum()),
     }
 
 
-def _f1_macro(y_true: np.ndarray, y_score: np.ndarray, task: str) -> tuple[float | None, int]:
+def _wrong_answers(
+    y_true: np.ndarray, y_score: np.ndarray, task: str, missing: np.ndarray
+) -> np.ndarray:
+    """``y_score`` with each ``missing`` row replaced by the worst answer for its truth: above
+    every finite score where the truth is 0 (a negative class or label), below every one where
+    it is 1, so its argmax or threshold is wrong and each AUC ranks it wrongly."""
+    finite = y_score[~missing]
+    low = float(finite.min()) - 1.0 if finite.size else 0.0
+    high = float(finite.max()) + 1.0 if finite.size else 1.0
+    if task == "multi-label, binary-class":
+        truth = (y_true > 0.5).astype(bool)
+    elif task == "binary-class":
+        # Only the last column is read (p of class 1); the other is kept its complement.
+        truth = np.zeros(y_score.shape, bool)
+        truth[:, -1] = y_true[:, 0] == 1
+        if y_score.shape[1] == 2:
+            truth[:, 0] = ~truth[:, -1]
+    else:
+        truth = np.arange(y_score.shape[1])[None, :] == y_true[:, :1]
+    out = y_score.copy()
+    out[missing] = np.where(truth[missing], low, high)
+    return out
+
+
+def _f1_macro(
+    y_true: np.ndarray, y_score: np.ndarray, task: str, missing: np.ndarray
+) -> tuple[float | None, int]:
     """Macro F1 over the classes (labels) that occur in the truth or the predictions, and how
     many those are. A class absent from both has no F1 (scikit-learn would count it as 0, so
-    perfect predictions on a split missing a class would score below 1)."""
+    perfect predictions on a split missing a class would score below 1). A ``missing`` row of
+    a single-label task predicts no class (-1): a miss of its true class, no false positive of
+    another (its worst-case scores would pick an arbitrary one)."""
     if task == "multi-label, binary-class":
         pred: np.ndarray = (y_score > 0.5).astype(int)
         truth = (y_true > 0.5).astype(int)
         cols = [i for i in range(truth.shape[1]) if truth[:, i].any() or pred[:, i].any()]
         if not cols:
             return None, 0
-        f1 = f1_score(truth[:, cols], pred[:, cols], average="macro", zero_division=0)
+        # Each label's F1 of its positives, then their mean (scikit-learn's macro F1 of a
+        # label indicator). Not one call on truth[:, cols]: with one column left, scikit-learn
+        # reads it as a binary target and averages the F1 of "absent" in too (0.33 for a
+        # label never predicted, whose F1 is 0).
+        f1 = np.mean([f1_score(truth[:, i], pred[:, i], zero_division=0) for i in cols])
         return float(f1), len(cols)
     if task == "binary-class":
         truth, pred = y_true[:, 0], (y_score[:, -1] > 0.5).astype(int)
     else:
         truth, pred = y_true[:, 0], y_score.argmax(axis=1)
-    labels = sorted({int(v) for v in truth} | {int(v) for v in pred})
+    pred = np.where(missing, -1, pred)
+    labels = sorted({int(v) for v in truth} | {int(v) for v in pred if v >= 0})
     f1 = f1_score(truth, pred, average="macro", labels=labels, zero_division=0)
     return float(f1), len(labels)
 

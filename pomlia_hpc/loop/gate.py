@@ -99,13 +99,18 @@ def _logits(model: Model, images: np.ndarray, batch: int) -> tuple[ClassifierMet
 
 def correct(model: Model, images: np.ndarray, labels: np.ndarray, batch: int = 256) -> np.ndarray:
     """Per-image correctness (bool) of ``model`` on uint8 NHWC ``images``; multi-label tasks
-    count an image as right when every label is (the gate uses :func:`labelwise_accuracy`)."""
+    count an image as right when every label is (the gate uses :func:`labelwise_accuracy`).
+    An image whose output is not finite (a missing answer) is wrong, as in the task's metrics
+    (:mod:`pomlia_hpc.automl.metrics`)."""
     meta, logits = _logits(model, images, batch)
     if len(logits) == 0:
         return np.zeros(0, bool)
+    # argmax reads a NaN as the largest value: an all-NaN output would "predict" class 0 and
+    # count as right on every image of class 0.
+    answered = np.isfinite(logits).all(axis=1)
     if meta.task_type == TaskType.MULTI_LABEL:
-        return np.asarray(((logits > 0).astype(np.int64) == labels).all(axis=1))
-    return np.asarray(logits.argmax(axis=1) == labels[:, 0])
+        return np.asarray(((logits > 0).astype(np.int64) == labels).all(axis=1) & answered)
+    return np.asarray((logits.argmax(axis=1) == labels[:, 0]) & answered)
 
 
 def labelwise_accuracy(
