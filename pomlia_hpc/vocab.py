@@ -87,6 +87,11 @@ def medmnist_task(task_type: str) -> str:
 #: :mod:`pomlia_hpc.automl.metrics`.
 METRICS: tuple[str, ...] = ("acc", "auc", "f1_macro")
 
+#: A multi-label model predicts a label when its sigmoid is strictly above this (MedMNIST's
+#: ACC; a logit > 0): the task's metrics, the gate, the server's answer and the monitoring
+#: reference all use it, so an output of exactly 0.5 is "absent" everywhere.
+MULTI_LABEL_THRESHOLD = 0.5
+
 
 def check_metric(metric: str) -> str:
     """Return ``metric`` if it is one of :data:`METRICS`, else raise :class:`InputError`."""

@@ -169,7 +169,7 @@ def test_multi_label_predictor_uses_sigmoid(
     for p in out:
         probs = np.array(list(p["probabilities"].values()))
         assert isinstance(p["label"], list)
-        assert p["label_index"] == [i for i, v in enumerate(probs) if v >= 0.5]
+        assert p["label_index"] == [i for i, v in enumerate(probs) if v > 0.5]
         assert not np.isclose(probs.sum(), 1.0)  # independent sigmoids, not a softmax
     assert len(list(read_records(tmp_path / "logs", PredictionLine))) == 3
 

@@ -38,7 +38,7 @@ from sklearn.metrics import f1_score, roc_auc_score
 
 from pomlia_hpc.data.splits import MIN_EVAL_IMAGES
 from pomlia_hpc.errors import InputError
-from pomlia_hpc.vocab import check_metric, medmnist_task
+from pomlia_hpc.vocab import MULTI_LABEL_THRESHOLD, check_metric, medmnist_task
 
 
 def _auc_defined_classes(
@@ -96,7 +96,7 @@ def evaluate(task_type: str, y_true: np.ndarray, y_score: np.ndarray) -> dict[st
     if task == "multi-label, binary-class" and y_score.shape[1] == 1:
         # MedMNIST squeezes (N, 1) to (N,) and then indexes a second axis: compute its
         # definitions (the mean over labels, here one) directly.
-        acc = float(np.mean((y_score[:, 0] > 0.5) == (y_true[:, 0] > 0.5)))
+        acc = float(np.mean((y_score[:, 0] > MULTI_LABEL_THRESHOLD) == (y_true[:, 0] > 0.5)))
         auc, n_auc = _auc_defined_classes(y_true, y_score, task)
     else:
         acc = float(getACC(y_true, y_score, task))
@@ -154,7 +154,7 @@ def _f1_macro(
     a single-label task predicts no class (-1): a miss of its true class, no false positive of
     another (its worst-case scores would pick an arbitrary one)."""
     if task == "multi-label, binary-class":
-        pred: np.ndarray = (y_score > 0.5).astype(int)
+        pred: np.ndarray = (y_score > MULTI_LABEL_THRESHOLD).astype(int)
         truth = (y_true > 0.5).astype(int)
         cols = [i for i in range(truth.shape[1]) if truth[:, i].any() or pred[:, i].any()]
         if not cols:

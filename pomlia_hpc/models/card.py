@@ -224,7 +224,7 @@ def model_card(
         "input": card_input,
         "preprocessing": meta.pre.to_dict(),
         "output": (
-            "one sigmoid probability per label; labels with p >= 0.5 are predicted"
+            "one sigmoid probability per label; labels with p > 0.5 are predicted"
             if meta.task_type == TaskType.MULTI_LABEL
             else "softmax probabilities over the labels; the argmax is the label"
         ),

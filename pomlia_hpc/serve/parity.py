@@ -24,6 +24,7 @@ import torch
 
 from pomlia_hpc.models.checkpoint import LoadedClassifier
 from pomlia_hpc.serve.runtime import normalize_, probabilities
+from pomlia_hpc.vocab import MULTI_LABEL_THRESHOLD
 
 #: Batch sizes the exported graphs are run at (1 and an odd size, for the dynamic batch axis).
 PARITY_BATCHES = (1, 7)
@@ -67,7 +68,7 @@ def parity_inputs(loaded: LoadedClassifier, n: int, seed: int) -> np.ndarray:
 
 
 def _predicted(p: np.ndarray, multi_label: bool) -> np.ndarray:
-    return (p >= 0.5) if multi_label else p.argmax(axis=1)
+    return (p > MULTI_LABEL_THRESHOLD) if multi_label else p.argmax(axis=1)
 
 
 def compare(

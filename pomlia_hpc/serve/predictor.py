@@ -32,6 +32,7 @@ from pomlia_hpc.serve.issued import IssuedIds
 from pomlia_hpc.serve.metrics import ServerMetrics
 from pomlia_hpc.serve.predlog import PredictionLog, Record
 from pomlia_hpc.serve.runtime import Runtime, normalize_, probabilities, to_nchw
+from pomlia_hpc.vocab import MULTI_LABEL_THRESHOLD
 
 Prediction = dict[str, Any]
 
@@ -120,7 +121,7 @@ class Predictor:
         labels = self.labels
         indices: list[Any]
         if self.multi_label:
-            indices = [np.flatnonzero(p >= 0.5).tolist() for p in probs]
+            indices = [np.flatnonzero(p > MULTI_LABEL_THRESHOLD).tolist() for p in probs]
             names: list[Any] = [[labels[i] for i in idx] for idx in indices]
         else:
             indices = probs.argmax(axis=1).tolist()

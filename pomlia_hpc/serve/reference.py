@@ -32,6 +32,7 @@ from pomlia_hpc.registry import DatasetVersion, Model, Registry, Task
 from pomlia_hpc.serve.exported import ExportedBundle
 from pomlia_hpc.serve.fingerprint import bundle_fingerprint, logged_vectors
 from pomlia_hpc.serve.runtime import load_runtime, normalize_, probabilities, to_nchw
+from pomlia_hpc.vocab import MULTI_LABEL_THRESHOLD
 
 REFERENCE_FILE = "monitor-reference.npz"
 FORMAT = "pomlia-monitor-reference/1"
@@ -165,7 +166,7 @@ def compute_reference(
     p = np.concatenate(probs)
     y = np.asarray(labels)
     if bundle.task_type == "multi-label":
-        pred = (p >= 0.5).astype(np.int8)
+        pred = (p > MULTI_LABEL_THRESHOLD).astype(np.int8)
         y = y.reshape(len(y), -1).astype(np.int8)
     else:
         pred = p.argmax(axis=1).astype(np.int32)
