@@ -1,0 +1,88 @@
+"""One trial's metric, traced through every place it is shown or used: the study's objective,
+`runs list`, the best model's card, the report's Studies page, the recommender's knowledge
+base, and the same metric recomputed from the registered model as the gate and the monitoring
+reference compute it. Each must be the same number on the same scale (a fraction, higher
+better), of the task's own metric."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from sqlalchemy import select
+from typer.testing import CliRunner
+
+from pomlia_hpc.automl import records
+from pomlia_hpc.automl.metrics import objective_cost
+from pomlia_hpc.automl.study import run_study
+from pomlia_hpc.cli import app
+from pomlia_hpc.data.store import find_version, open_store
+from pomlia_hpc.loop.gate import correct
+from pomlia_hpc.registry import Model, Registry
+from pomlia_hpc.report import build_report
+from pomlia_hpc.serve.export import export_model
+from pomlia_hpc.serve.reference import read_reference
+from pomlia_hpc.strategy import kb
+from pomlia_hpc.workspace import Workspace
+from tests.fixtures.factories import tiny_study, tiny_task
+
+
+@pytest.mark.slow
+def test_one_runs_metric_is_the_same_number_everywhere(
+    workspace: Workspace, reg: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    tiny_task(workspace, reg, "blood", metric="f1_macro", sizes=(24, 12, 12))
+    spec = tiny_study(reg, workspace, "blood", "trace", n_trials=1)
+    result = run_study(reg, workspace, spec, poll_s=0.2)
+    (run,) = records.study_runs(reg, "trace")
+    val, test = run.metrics["val"], run.metrics["test"]
+    assert run.status == "ok" and result.best_run_id == run.id
+    for split in (val, test):
+        assert all(0.0 <= split[k] <= 1.0 for k in ("acc", "auc", "f1_macro") if split[k])
+    # the study: its objective is the validation value of the task's metric, minimised as 1 - it
+    assert run.metrics["objective"] == val["f1_macro"]
+    assert objective_cost(val, "f1_macro") == pytest.approx(1.0 - val["f1_macro"])
+
+    # `runs list --json` and its table
+    monkeypatch.setenv("POMLIA_HOME", str(workspace.home))
+    listed = CliRunner().invoke(app, ["runs", "list", "--study", "trace", "--json"])
+    assert listed.exit_code == 0, listed.output
+    (row,) = json.loads(listed.output)
+    assert row["test"]["f1_macro"] == test["f1_macro"] and row["objective"] == val["f1_macro"]
+    table = CliRunner().invoke(app, ["runs", "list", "--study", "trace"])
+    assert f"f1_macro {test['f1_macro']:.3f}" in " ".join(table.output.split())
+
+    # the best model's card
+    with reg.session() as s:
+        model = s.scalar(select(Model).where(Model.name == "trace-best"))
+        assert model is not None
+        s.expunge(model)
+    assert model.card["metrics"]["test"]["f1_macro"] == test["f1_macro"]
+    assert model.card["metrics"]["val"]["acc"] == val["acc"]
+
+    # the report's Studies page: val and test of the task's metric, 3 decimals
+    page = (build_report(reg, workspace, tmp_path / "report").folder / "studies.html").read_text()
+    cells = [re.sub(r"<[^>]+>", "", c).strip() for c in re.findall(r"<td[^>]*>(.*?)</td>", page)]
+    assert f"{val['f1_macro']:.3f}" in cells and f"{test['f1_macro']:.3f}" in cells
+    assert f"f1_macro {val['f1_macro']:.3f}" in cells  # the overview's best validation metric
+
+    # the knowledge base: the run's test value of the metric (a 1-epoch run: kept apart, as
+    # short of the task's budget, but the same value)
+    base = kb.load(reg, "f1_macro")
+    (short,) = [v for (task, _), v in base.short.items() if task == "blood"]
+    assert short["value"] == test["f1_macro"]
+
+    # recomputed from the registered model: the gate's per-image correctness, and the task
+    # metrics of its probabilities, on the test split
+    store = open_store(find_version(reg, "blood_data").store_path)
+    x, y = store.read_split("test")
+    y = y.reshape(len(y), -1).astype(np.int64)
+    assert correct(model, x, y).mean() == pytest.approx(test["acc"])
+    # the monitoring reference written at export, from the validation split
+    exported = export_model(reg, workspace, "trace-best")
+    assert exported.reference is not None
+    ref = read_reference(exported.reference)
+    assert ref.split == "val" and ref.accuracy == pytest.approx(val["acc"])
