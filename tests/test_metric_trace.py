@@ -21,7 +21,9 @@ from pomlia_hpc.automl.study import run_study
 from pomlia_hpc.cli import app
 from pomlia_hpc.data.store import find_version, open_store
 from pomlia_hpc.loop.gate import correct
-from pomlia_hpc.registry import Model, Registry
+from pomlia_hpc.models.checkpoint import save_classifier
+from pomlia_hpc.models.nets import build_classifier
+from pomlia_hpc.registry import Model, Registry, Task
 from pomlia_hpc.report import build_report
 from pomlia_hpc.serve.export import export_model
 from pomlia_hpc.serve.reference import read_reference
@@ -86,3 +88,39 @@ def test_one_runs_metric_is_the_same_number_everywhere(
     assert exported.reference is not None
     ref = read_reference(exported.reference)
     assert ref.split == "val" and ref.accuracy == pytest.approx(val["acc"])
+
+
+def test_a_model_registered_by_hand_shows_its_tasks_metric(
+    workspace: Workspace, reg: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`model register NAME CKPT --task-id T` (what a study says to run when its best model's
+    name is taken) gave a model whose `model list` metric was empty: the list read the metric
+    from the lineage a study writes, not from the model's task."""
+    tiny_task(workspace, reg, "blood", metric="auc", sizes=(16, 8, 8))
+    with reg.session() as s:
+        task_id = s.scalar(select(Task.id).where(Task.name == "blood"))
+    net = build_classifier("small_cnn", 8, 3, image_size=28)
+    ckpt = tmp_path / "by-hand.pt"
+    metrics = {"val": {"acc": 0.5, "auc": 0.8125}, "test": {"acc": 0.375, "auc": 0.71875}}
+    labels = [f"c{i}" for i in range(8)]
+    save_classifier(
+        ckpt,
+        net,
+        arch="small_cnn",
+        num_classes=8,
+        in_channels=3,
+        image_size=28,
+        task_type="multi-class",
+        label_names=labels,
+        metrics=metrics,
+    )
+    monkeypatch.setenv("POMLIA_HOME", str(workspace.home))
+    cli = CliRunner()
+    done = cli.invoke(app, ["model", "register", "by-hand", str(ckpt), "--task-id", str(task_id)])
+    assert done.exit_code == 0, done.output
+    listed = cli.invoke(app, ["model", "list", "--json"])
+    assert listed.exit_code == 0, listed.output
+    (row,) = json.loads(listed.output)
+    assert row["metric"] == "auc" and row["test_score"] == 0.71875
+    table = cli.invoke(app, ["model", "list"], env={"COLUMNS": "200"})
+    assert "test auc 0.719" in table.output

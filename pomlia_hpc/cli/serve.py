@@ -126,14 +126,14 @@ def list_models(
 
     check_limit(limit)
     with STATE.registry().session() as s:
-        q = select(Model, Task.name).join(Task, Model.task_id == Task.id, isouter=True)
+        q = select(Model, Task.name, Task.metric).join(Task, Model.task_id == Task.id, isouter=True)
         if task is not None:
             # A task that does not exist is an error, as for `runs list --task`: an empty
             # table read as "no models yet".
             q = q.where(Model.task_id == by_name_or_id(s, Task, task, "task").id)
         rows = s.execute(q.order_by(Model.id.desc()).limit(limit)).all()
     if as_json:
-        print_rows([_model_row(m, task_name) for m, task_name in rows])
+        print_rows([_model_row(m, task_name, task_metric) for m, task_name, task_metric in rows])
         return
     title = f"models ({len(rows)})"
     table = ListTable(title=title)
@@ -156,10 +156,9 @@ def list_models(
     narrow.add_column("id", no_wrap=True)
     for col in ("name\ntask\ncreated", "dataset\nstudy\nrun", "arch\nmetric\nexported\ncode"):
         narrow.add_column(col, overflow="fold")
-    for m, task_name in rows:
+    for m, task_name, task_metric in rows:
         lin, card = m.lineage or {}, m.card or {}
-        metric = lin.get("metric")
-        score = ((card.get("metrics") or {}).get("test") or {}).get(metric) if metric else None
+        metric, score = _test_score(lin, card, task_metric)
         code = lin.get("code_version") or {}
         cells = (
             str(m.id),
@@ -185,11 +184,21 @@ def list_models(
     console.print(table)
 
 
-def _model_row(m: Any, task_name: str | None) -> dict[str, Any]:
+def _test_score(
+    lineage: dict[str, Any], card: dict[str, Any], task_metric: str | None
+) -> tuple[str | None, Any]:
+    """The metric a model is judged by and its test value (from its card): the metric its
+    study optimised, else its task's (a model registered by hand with ``--task-id`` has no
+    study in its lineage, but its card holds the test metrics all the same)."""
+    metric = lineage.get("metric") or task_metric
+    score = ((card.get("metrics") or {}).get("test") or {}).get(metric) if metric else None
+    return metric, score
+
+
+def _model_row(m: Any, task_name: str | None, task_metric: str | None) -> dict[str, Any]:
     """One model of ``model list --json`` (the keys its --help lists)."""
     lin, card = m.lineage or {}, m.card or {}
-    metric = lin.get("metric")
-    score = ((card.get("metrics") or {}).get("test") or {}).get(metric) if metric else None
+    metric, score = _test_score(lin, card, task_metric)
     return {
         "id": m.id,
         "name": m.name,
