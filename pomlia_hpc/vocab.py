@@ -94,10 +94,15 @@ MULTI_LABEL_THRESHOLD = 0.5
 
 
 def check_metric(metric: str) -> str:
-    """Return ``metric`` if it is one of :data:`METRICS`, else raise :class:`InputError`."""
-    if metric not in METRICS:
-        raise InputError(f"metric '{metric}' is not known: expected one of {', '.join(METRICS)}")
-    return metric
+    """``metric`` as :data:`METRICS` spells it, in any case (``ACC``, as the published tables
+    write it, is ``acc``: `strategy import` read it so, and `task add` refused it), else an
+    :class:`InputError`."""
+    key = metric.strip().lower()
+    if key not in METRICS:
+        raise InputError(
+            f"metric '{metric}' is not known: expected one of {', '.join(METRICS)} (any case)"
+        )
+    return key
 
 
 class RunStatus(StrEnum):

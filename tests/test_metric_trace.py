@@ -20,6 +20,7 @@ from pomlia_hpc.automl.metrics import objective_cost
 from pomlia_hpc.automl.study import run_study
 from pomlia_hpc.cli import app
 from pomlia_hpc.data.store import find_version, open_store
+from pomlia_hpc.errors import InputError
 from pomlia_hpc.loop.gate import correct
 from pomlia_hpc.models.checkpoint import save_classifier
 from pomlia_hpc.models.nets import build_classifier
@@ -124,3 +125,25 @@ def test_a_model_registered_by_hand_shows_its_tasks_metric(
     assert row["metric"] == "auc" and row["test_score"] == 0.71875
     table = cli.invoke(app, ["model", "list"], env={"COLUMNS": "200"})
     assert "test auc 0.719" in table.output
+
+
+def test_a_metric_name_is_read_in_any_case_everywhere(
+    workspace: Workspace, reg: Registry, tmp_path: Path
+) -> None:
+    """`strategy import` read a table's ``ACC`` (the published tables' spelling) as ``acc``,
+    while `task add --metric ACC` and `strategy eval --metric ACC` refused it."""
+    table = tmp_path / "upper.csv"
+    table.write_text(
+        "dataset,arch,init,mode,img_size,metric,value\n"
+        "bloodmnist,ResNet-18,scratch,full,28,ACC,0.9\n"
+        "pathmnist,ResNet-18,scratch,full,28,Acc,0.8\n"
+    )
+    meta = kb.SHIPPED_DATA / "medmnist_meta_features.csv"
+    kb.import_table(reg, table, "upper", meta_path=meta)
+    assert kb.load(reg, "ACC", ["upper"]).metric == "acc"
+    assert len(kb.load(reg, " Acc ", ["upper"]).observations) == 2
+    tiny_task(workspace, reg, "blood", metric="F1_Macro", sizes=(16, 8, 8))
+    with reg.session() as s:
+        assert s.scalar(select(Task.metric).where(Task.name == "blood")) == "f1_macro"
+    with pytest.raises(InputError, match=r"metric 'balanced' is not known: .*\(any case\)"):
+        kb.load(reg, "balanced")

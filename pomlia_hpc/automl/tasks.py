@@ -23,7 +23,7 @@ def add_task(
     with ``metric`` (acc, auc, f1_macro). ``task_type`` defaults to the dataset's own
     (multi-class, binary, multi-label, ordinal); a different one is an error."""
     validate_name("task", name)
-    check_metric(metric)
+    metric = check_metric(metric)
     version = find_version(registry, dataset)
     meta = open_store(version.store_path).meta
     check_trainable(meta, f"{dataset.partition('@')[0]}@{version.version}")

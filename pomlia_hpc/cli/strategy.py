@@ -83,7 +83,7 @@ def strategy_eval(
     source: Annotated[
         str, typer.Option("--source", help="Imported source, or 'registry' for the runs.")
     ],
-    metric: Annotated[str, typer.Option("--metric", help="acc, auc or f1_macro.")],
+    metric: Annotated[str, typer.Option("--metric", help="acc, auc or f1_macro (any case).")],
     k: Annotated[int, typer.Option("--k", help="Also score the best of the first K picks.")] = 3,
     cheap: Annotated[
         bool,

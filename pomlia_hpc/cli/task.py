@@ -21,7 +21,7 @@ app.add_typer(task_app, name="task")
 def task_add(
     name: Annotated[str, typer.Argument(help="Task name (unique).")],
     dataset: Annotated[str, typer.Option("--dataset", help="Dataset NAME or NAME@VERSION.")],
-    metric: Annotated[str, typer.Option("--metric", help="acc, auc or f1_macro.")],
+    metric: Annotated[str, typer.Option("--metric", help="acc, auc or f1_macro (any case).")],
     task_type: Annotated[
         str | None,
         typer.Option(

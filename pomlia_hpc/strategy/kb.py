@@ -44,13 +44,13 @@ from pomlia_hpc.strategy.cost import full_epochs
 from pomlia_hpc.strategy.longformat import (
     MAX_COST_S,
     META_TEXT,
-    METRICS,
     ResultTable,
     normalize_task_type,
     read_results,
     strategy_key,
 )
 from pomlia_hpc.strategy.translate import canonical_arch
+from pomlia_hpc.vocab import check_metric
 
 #: The pseudo-source of the registry's own runs.
 REGISTRY_SOURCE = "registry"
@@ -279,8 +279,7 @@ def load(
     registry's runs; name ``registry`` for the runs), without the runs of ``exclude_task``;
     the runs of tasks on data set ``validate_on`` (any version) give their validation
     objective instead of their test metric (:func:`registry_observations`)."""
-    if metric not in METRICS:
-        raise InputError(f"metric '{metric}' is not known: expected one of {', '.join(METRICS)}")
+    metric = check_metric(metric)
     wanted = list(sources) if sources is not None else None
     if wanted is not None:
         _check_sources(registry, wanted)
