@@ -128,7 +128,7 @@ def test_a_model_registered_by_hand_shows_its_tasks_metric(
 
 
 def test_a_metric_name_is_read_in_any_case_everywhere(
-    workspace: Workspace, reg: Registry, tmp_path: Path
+    workspace: Workspace, reg: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """`strategy import` read a table's ``ACC`` (the published tables' spelling) as ``acc``,
     while `task add --metric ACC` and `strategy eval --metric ACC` refused it."""
@@ -137,11 +137,22 @@ def test_a_metric_name_is_read_in_any_case_everywhere(
         "dataset,arch,init,mode,img_size,metric,value\n"
         "bloodmnist,ResNet-18,scratch,full,28,ACC,0.9\n"
         "pathmnist,ResNet-18,scratch,full,28,Acc,0.8\n"
+        "dermamnist,ResNet-18,scratch,full,28,acc,0.7\n"
+        "bloodmnist,ResNet-50,scratch,full,28,ACC,0.85\n"
+        "pathmnist,ResNet-50,scratch,full,28,ACC,0.9\n"
+        "dermamnist,ResNet-50,scratch,full,28,ACC,0.75\n"
     )
     meta = kb.SHIPPED_DATA / "medmnist_meta_features.csv"
     kb.import_table(reg, table, "upper", meta_path=meta)
     assert kb.load(reg, "ACC", ["upper"]).metric == "acc"
-    assert len(kb.load(reg, " Acc ", ["upper"]).observations) == 2
+    assert len(kb.load(reg, " Acc ", ["upper"]).observations) == 6
+    monkeypatch.setenv("POMLIA_HOME", str(workspace.home))
+    cli = CliRunner()
+    evaluated = cli.invoke(
+        app, ["strategy", "eval", "--source", "upper", "--metric", "ACC", "--json"]
+    )
+    assert evaluated.exit_code == 0, evaluated.output
+    assert json.loads(evaluated.output)["metric"] == "acc"
     tiny_task(workspace, reg, "blood", metric="F1_Macro", sizes=(16, 8, 8))
     with reg.session() as s:
         assert s.scalar(select(Task.metric).where(Task.name == "blood")) == "f1_macro"

@@ -109,6 +109,7 @@ def strategy_eval(
     if png is not None:
         check_png_suffix(png, "--png")  # before the evaluation, as data show --grid does
     result = evaluate_source(STATE.registry(), source, metric, k=k, cheap=cheap)
+    metric = result.metric  # as the knowledge base spells it (`--metric ACC` is acc)
     data = result.to_dict()
     data["metric"], data["source"] = metric, source
     if png is not None:
