@@ -6,6 +6,7 @@ from typing import Any
 
 from sqlalchemy import select
 
+from pomlia_hpc.automl.defined import require_defined_metric
 from pomlia_hpc.data.classes import require_two_train_classes
 from pomlia_hpc.data.splits import require_all_splits, require_eval_sizes
 from pomlia_hpc.data.store import find_version, open_store
@@ -21,12 +22,15 @@ def add_task(
 ) -> Task:
     """Register task ``name`` on dataset version ``dataset`` (``name`` or ``name@version``)
     with ``metric`` (acc, auc, f1_macro). ``task_type`` defaults to the dataset's own
-    (multi-class, binary, multi-label, ordinal); a different one is an error."""
+    (multi-class, binary, multi-label, ordinal); a different one is an error, as is a metric
+    undefined on the version's val or test split (AUC where it holds one class)."""
     validate_name("task", name)
     metric = check_metric(metric)
     version = find_version(registry, dataset)
     meta = open_store(version.store_path).meta
-    check_trainable(meta, f"{dataset.partition('@')[0]}@{version.version}")
+    ref = f"{dataset.partition('@')[0]}@{version.version}"
+    check_trainable(meta, ref)
+    require_defined_metric(meta, metric, ref)
     store_type = normalize_task_type(str(meta.get("task_type", "multi-class")))
     if task_type is not None and normalize_task_type(task_type) != store_type:
         raise InputError(

@@ -32,6 +32,7 @@ def task_add(
     ] = None,
 ) -> None:
     """Register task NAME: a dataset version, the metric to optimise and the task type."""
+    from pomlia_hpc.automl.defined import undefined_on_test
     from pomlia_hpc.automl.tasks import add_task, task_dataset
     from pomlia_hpc.data.leakage import duplicate_warning
 
@@ -44,6 +45,12 @@ def task_add(
     warning = duplicate_warning(version.fingerprint or {})
     if warning:
         console.print(f"[yellow]warning:[/] dataset {ref}: {warning}")
+    undefined = undefined_on_test(version.meta, row.metric)
+    if undefined:
+        console.print(
+            f"[yellow]warning:[/] dataset {ref}: {undefined} (AutoML picks its trials by val; "
+            f"their test {row.metric} will read n/a)"
+        )
 
 
 @task_app.command("list")

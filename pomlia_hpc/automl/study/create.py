@@ -8,6 +8,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from pomlia_hpc.automl.defined import require_defined_metric
 from pomlia_hpc.automl.engine import EngineOptions
 from pomlia_hpc.automl.folders import SPEC_FILE, study_dir
 from pomlia_hpc.automl.liveness import CLAIM_FILE, busy_message, driver_gone, read_driver
@@ -215,11 +216,12 @@ def _check_best_name_free(registry: Registry, workspace: Workspace, name: str) -
 def _checked_task(registry: Registry, task: str) -> tuple[Task, DatasetVersion, str]:
     """Task ``task``, its dataset version and that version's ref, refused before any job
     starts if no trial could learn from it (a task registered before `task add` checked its
-    data) or its metric is unknown."""
+    data) or its metric is unknown or undefined on its val or test split."""
     t = get_task(registry, task)
     version, ref = task_dataset(registry, t)
     check_metric(t.metric)
     check_trainable(version.meta, ref)
+    require_defined_metric(version.meta, t.metric, ref)
     return t, version, ref
 
 
