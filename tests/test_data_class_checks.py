@@ -53,6 +53,25 @@ def test_one_class_is_warned_at_add_and_refused_by_task_add(
     cli_ok("task", "add", "t2", "--dataset", "two", "--metric", "acc")
 
 
+def test_one_class_with_small_splits_is_refused_for_its_class_not_its_splits(
+    workspace: Workspace, tmp_path: Path
+) -> None:
+    # 10 images of one class split 8 / 1 / 1: the one-image val and test splits were named
+    # first, and adding images of that class only led to the class error
+    src = _h5(tmp_path / "one10.h5", np.zeros(10, np.int64))
+    text = _flat(cli_ok("data", "add", "one10", str(src), "--images", "x", "--labels", "y"))
+    assert "splits: train 8, val 1, test 1" in text
+    with pytest.raises(InputError) as exc:
+        runner.invoke(
+            app,
+            ["task", "add", "t1", "--dataset", "one10", "--metric", "acc"],
+            catch_exceptions=False,
+        )
+    err = str(exc.value)
+    assert "has 1 class(es) with training images ('0'; 1 class(es) in all)" in err
+    assert "image(s) in val" not in err and "val has 1" not in err
+
+
 def test_labels_that_skip_classes_are_named(workspace: Workspace, tmp_path: Path) -> None:
     src = _h5(tmp_path / "gap.h5", np.array([0, 1, 2, 7] * 30))
     text = _flat(cli_ok("data", "add", "gap", str(src), "--images", "x", "--labels", "y"))

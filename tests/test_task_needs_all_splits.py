@@ -62,13 +62,15 @@ def test_a_small_class_folder_without_test_images_names_the_fraction_option(
     reg: Registry, tmp_path: Path
 ) -> None:
     folder = tmp_path / "one"
-    (folder / "a").mkdir(parents=True)
-    for i in range(2):  # a class of 2 images gives one to val, keeps one in train
-        Image.fromarray(np.full((8, 8), i * 20, np.uint8)).save(folder / "a" / f"{i}.png")
+    for c, name in enumerate("ab"):
+        (folder / name).mkdir(parents=True)
+        for i in range(2):  # a class of 2 images gives one to val, keeps one in train
+            pixels = np.full((8, 8), c * 100 + i * 20, np.uint8)
+            Image.fromarray(pixels).save(folder / name / f"{i}.png")
     text = cli_ok("data", "add", "f1", str(folder))
-    assert "splits: train 1, val 1, test 0" in text and "warning: no test images" in text
+    assert "splits: train 2, val 2, test 0" in text and "warning: no test images" in text
     err = _refused("task", "add", "tf", "--dataset", "f1", "--metric", "acc")
-    assert "has no test images (train 1, val 1, test 0)" in err and "--test-fraction" in err
+    assert "has no test images (train 2, val 2, test 0)" in err and "--test-fraction" in err
     assert _tasks(reg) == []
 
 

@@ -55,9 +55,11 @@ def check_trainable(meta: dict[str, Any], ref: str) -> None:
     refused that), or images that are not square (the model card, export and server take
     square images only); one :class:`InputError` each."""
     require_square_images(meta, ref)
+    # Classes first: a version of one class is refused whatever its splits, and naming the
+    # splits first sent the user to add images of that class, only to be refused again.
+    require_two_train_classes(meta, ref)
     require_all_splits(meta, ref)
     require_eval_sizes(meta, ref)
-    require_two_train_classes(meta, ref)
     n_classes = int(meta.get("n_classes", 0))
     if meta.get("task_type") == "binary-class" and n_classes != 2:
         raise InputError(
