@@ -124,3 +124,24 @@ def test_auc_undefined_on_test_only_is_taken_with_a_warning(reg: Registry, tmp_p
     ) in text
     assert _tasks(reg) == ["tt"]
     assert "undefined" not in cli_ok("task", "add", "tt-acc", "--dataset", "t1", "--metric", "acc")
+
+
+def test_classes_that_auc_leaves_out_on_val_and_test_are_named_by_task_add(
+    reg: Registry, tmp_path: Path
+) -> None:
+    # class 'a' has one image, kept in train: val's and test's AUC is the mean over 'b', 'c'
+    cli_ok("data", "add", "s1", str(_folder(tmp_path / "s1", {"a": 1, "b": 5, "c": 5})))
+    text = " ".join(cli_ok("task", "add", "ts", "--dataset", "s1", "--metric", "auc").split())
+    assert (
+        "metric auc is the mean on val over 2 of 3 classes, without 'a' (no val image); on test "
+        "over 2 of 3 classes, without 'a' (no test image): no trial is picked or judged on them"
+    ) in text
+    assert "without" not in cli_ok("task", "add", "ts-acc2", "--dataset", "s1", "--metric", "acc")
+    # multi-label: a label on every val image, or on none, has no AUC there
+    mixed = _multi_label_npz(tmp_path / "mixed.npz", [[1, 0, 0], [0, 0, 0], [1, 0, 0]])
+    cli_ok("data", "add", "ml", str(mixed))
+    text = " ".join(cli_ok("task", "add", "tm", "--dataset", "ml", "--metric", "auc").split())
+    assert (
+        "metric auc is the mean on val over 1 of 3 labels, without '1' (on no val image), '2' "
+        "(on no val image); on test over 2 of 3 labels, without '2' (on no test image)"
+    ) in text

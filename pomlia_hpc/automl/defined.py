@@ -98,3 +98,38 @@ def undefined_on_test(meta: dict[str, Any], metric: str) -> str | None:
     if metric not in RANKING_METRICS or (why := _why_undefined(meta, "test")) is None:
         return None
     return f"metric {metric} is undefined on the test split: {why}; expected {_need(meta, 'test')}"
+
+
+def _left_out(meta: dict[str, Any], split: str) -> list[str]:
+    """The classes (labels) of ``split`` whose AUC is undefined there, each with why."""
+    counts, size = _counts(meta, split), _size(meta, split)
+    names = [str(n) for n in meta.get("class_names", [])]
+    if _multi_label(meta):
+        return [
+            f"'{n}' (on {'every' if c else 'no'} {split} image)"
+            for n, c in zip(names, counts, strict=False)
+            if c in (0, size)
+        ]
+    return [f"'{n}' (no {split} image)" for n, c in zip(names, counts, strict=False) if c == 0]
+
+
+def classes_left_out(meta: dict[str, Any], metric: str) -> str | None:
+    """Which classes (labels) ``metric`` leaves out of its mean on val and on test, where it is
+    defined for others (a class with no val image has no AUC there: the mean is over the rest,
+    and ``auc_classes`` in a run's metrics says how many), or None when it leaves none out."""
+    if metric not in RANKING_METRICS:
+        return None
+    kind = "labels" if _multi_label(meta) else "classes"
+    n = len(meta.get("class_names", []))
+    parts = []
+    for split in EVAL_SPLITS:
+        if not _counts(meta, split) or _size(meta, split) == 0:
+            continue
+        if _why_undefined(meta, split) is not None:
+            continue  # undefined for every class: require_defined_metric / undefined_on_test
+        out = _left_out(meta, split)
+        if out:
+            parts.append(f"on {split} over {n - len(out)} of {n} {kind}, without {', '.join(out)}")
+    if not parts:
+        return None
+    return f"metric {metric} is the mean {'; '.join(parts)}: no trial is picked or judged on them"

@@ -32,7 +32,7 @@ def task_add(
     ] = None,
 ) -> None:
     """Register task NAME: a dataset version, the metric to optimise and the task type."""
-    from pomlia_hpc.automl.defined import undefined_on_test
+    from pomlia_hpc.automl.defined import classes_left_out, undefined_on_test
     from pomlia_hpc.automl.tasks import add_task, task_dataset
     from pomlia_hpc.data.leakage import duplicate_warning
 
@@ -45,6 +45,9 @@ def task_add(
     warning = duplicate_warning(version.fingerprint or {})
     if warning:
         console.print(f"[yellow]warning:[/] dataset {ref}: {warning}")
+    left_out = classes_left_out(version.meta, row.metric)
+    if left_out:
+        console.print(f"[yellow]warning:[/] dataset {ref}: {left_out}")
     undefined = undefined_on_test(version.meta, row.metric)
     if undefined:
         console.print(
