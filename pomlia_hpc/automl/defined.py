@@ -133,3 +133,24 @@ def classes_left_out(meta: dict[str, Any], metric: str) -> str | None:
     if not parts:
         return None
     return f"metric {metric} is the mean {'; '.join(parts)}: no trial is picked or judged on them"
+
+
+def one_class_splits(meta: dict[str, Any], metric: str) -> str | None:
+    """For a metric defined on a split of one class (acc, f1_macro), which of val and test
+    hold a single class (single-label): there a model that gives that class to every image
+    scores 1, so the metric picks (or reports) nothing; None when neither does."""
+    if metric in RANKING_METRICS or _multi_label(meta):
+        return None  # undefined there instead: require_defined_metric, undefined_on_test
+    names = [str(n) for n in meta.get("class_names", [])]
+    parts = []
+    for split in EVAL_SPLITS:
+        counts = _counts(meta, split)
+        present = [n for n, c in zip(names, counts, strict=False) if c > 0]
+        if len(present) == 1 and len(names) > 1:
+            parts.append(f"{split} holds only class '{present[0]}'")
+    if not parts:
+        return None
+    return (
+        f"{' and '.join(parts)}: there {metric} cannot tell a model from one that gives that "
+        "class to every image (expected images of at least 2 classes in val and test)"
+    )

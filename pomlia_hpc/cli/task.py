@@ -32,7 +32,11 @@ def task_add(
     ] = None,
 ) -> None:
     """Register task NAME: a dataset version, the metric to optimise and the task type."""
-    from pomlia_hpc.automl.defined import classes_left_out, undefined_on_test
+    from pomlia_hpc.automl.defined import (
+        classes_left_out,
+        one_class_splits,
+        undefined_on_test,
+    )
     from pomlia_hpc.automl.tasks import add_task, task_dataset
     from pomlia_hpc.data.leakage import duplicate_warning
 
@@ -48,6 +52,9 @@ def task_add(
     left_out = classes_left_out(version.meta, row.metric)
     if left_out:
         console.print(f"[yellow]warning:[/] dataset {ref}: {left_out}")
+    one_class = one_class_splits(version.meta, row.metric)
+    if one_class:
+        console.print(f"[yellow]warning:[/] dataset {ref}: {one_class}")
     undefined = undefined_on_test(version.meta, row.metric)
     if undefined:
         console.print(
