@@ -239,5 +239,12 @@ def test_bad_training_inputs(workspace: Workspace, reg: Registry) -> None:
         r"least 16; lower --batch-size \(or --processes\)$",
     ):
         train_encoder(reg, workspace, "ae", [a], _cfg())
+    # The rows held out for early stopping are named (a 2-image data set said "1 images")
+    with pytest.raises(
+        InputError,
+        match=r"training set has 7 images \(1 more held out for early stopping: --holdout\), "
+        r"fewer than one batch of 16 .* lower --batch-size \(or --processes, --holdout\)$",
+    ):
+        train_encoder(reg, workspace, "ae", [a], _cfg(holdout=0.1))
     with pytest.raises(NotFoundError, match="encoder 'ae' not found; known:"):
         load_encoder(reg, "ae")

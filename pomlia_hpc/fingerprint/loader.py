@@ -61,14 +61,16 @@ def steps_per_epoch(n_rows: int, batch_size: int, world: int) -> int:
     return n_rows // (batch_size * world)
 
 
-def check_one_batch(n_rows: int, batch_size: int, world: int) -> None:
+def check_one_batch(n_rows: int, batch_size: int, world: int, held_out: int = 0) -> None:
     """One :class:`InputError` when the ``n_rows`` training images give none of the ``world``
-    processes a full batch (an epoch would train nothing); it names the CLI's options."""
+    processes a full batch (an epoch would train nothing); it names the CLI's options and the
+    ``held_out`` rows kept for early stopping (a 2-image data set keeps 1 for training)."""
     if steps_per_epoch(n_rows, batch_size, world) == 0:
+        kept = f" ({held_out} more held out for early stopping: --holdout)" if held_out else ""
         raise InputError(
-            f"training set has {n_rows} images, fewer than one batch of {batch_size} per "
+            f"training set has {n_rows} images{kept}, fewer than one batch of {batch_size} per "
             f"process ({world} processes): expected at least {batch_size * world}; lower "
-            "--batch-size (or --processes)"
+            f"--batch-size (or --processes{', --holdout' if held_out else ''})"
         )
 
 

@@ -133,8 +133,10 @@ def train_encoder(
     sources, rows = _sources(registry, datasets, config)
     wanted = {"config": config.model_dump(mode="json"), "datasets": _refs(registry, rows)}
     out = encoder_dir(workspace, name)
-    n_rows = sum(s.stop - s.start for s in split_holdout(sources, config.holdout)[0])
-    check_one_batch(n_rows, config.batch_size, config.processes)
+    kept, held = split_holdout(sources, config.holdout)
+    n_rows = sum(s.stop - s.start for s in kept)
+    n_held = sum(s.stop - s.start for s in held)
+    check_one_batch(n_rows, config.batch_size, config.processes, n_held)
     with registry.session() as s:
         existing = s.scalar(select(Encoder).where(Encoder.name == name))
     target = out
