@@ -83,4 +83,9 @@ def test_monitor_run_of_a_model_with_a_two_image_reference_raises_no_alarm(
     assert any("the reference (" in n and "holds 2 fingerprint(s)" in n for n in report["notes"])
     with reg.session() as s:
         assert s.scalar(select(func.count()).select_from(RetrainRequest)) == 0
+    # the note as printed: rich took the source's "[val]" for markup and dropped it
+    res = CliRunner().invoke(app, ["monitor", "run", "blood"])
+    assert res.exit_code == 0, res.output
+    said = " ".join(res.output.split())
+    assert "the reference (bloodmnist look-alike [val]) holds 2 fingerprint(s)" in said, said
     reg.dispose()

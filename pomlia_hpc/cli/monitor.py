@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from pomlia_hpc.cli.app import STATE, app, console, err_console
@@ -110,7 +111,7 @@ def run(
             f"predictions{why}"
         )
         for note in rep["quality"].get("warnings", []) + rep["notes"]:
-            console.print(f"  - {note}", highlight=False)
+            console.print(f"  - {escape(note)}", highlight=False)  # notes quote "[val]"
         console.print(f"report {res.report_id}: {res.html_path}")
         if res.retrain_request_merged:
             console.print(
@@ -156,7 +157,7 @@ def show(
         )
     console.print(table)
     for note in data["quality"].get("warnings", []) + data["notes"]:
-        console.print(f"  - {note}", highlight=False)
+        console.print(f"  - {escape(note)}", highlight=False)  # notes quote "[val]"
     console.print(f"HTML: {Path(row.report_path).with_name('report.html')}")
 
 
