@@ -26,7 +26,7 @@ from pomlia_hpc.strategy import kb
 from pomlia_hpc.strategy.cost import COST_TIE_REL, COST_TIE_S, pareto_front
 from pomlia_hpc.strategy.recommend import recommend
 from pomlia_hpc.workspace import Workspace
-from tests.fixtures.factories import tiny_task
+from tests.fixtures.factories import row_task, tiny_task
 
 DATA = Path(__file__).resolve().parents[1] / "pomlia_hpc" / "strategy" / "data"
 
@@ -642,3 +642,50 @@ def test_a_tasks_own_runs_rank_strategies_by_validation_never_test(
         if e["dataset"] == "blood"
     }
     assert own == {"small_cnn": 0.95, "resnet18": 0.40}, own
+
+
+def test_tied_settings_come_in_one_order_whatever_order_the_runs_were_read_in() -> None:
+    """Two settings equally far behind (here: both best on their one task) were passed on in
+    the order the database returned their runs, which is the order they were recorded in on
+    SQLite and any order on PostgreSQL; two values that round to one setting gave whichever
+    came first. Both now follow from the settings alone, so a warm start repeats."""
+    from pomlia_hpc.strategy.hparams import HpRun, rank_hparams
+
+    runs = [
+        HpRun("a", {"lr": 0.02}, 9, 0.9),
+        HpRun("a", {"lr": 0.01}, 9, 0.9),
+        HpRun("b", {"lr": 0.0012342}, 9, 0.8),  # rounds, as the next one, to lr=0.001234
+        HpRun("b", {"lr": 0.0012341}, 9, 0.8),
+        HpRun("b", {"lr": 0.05}, 9, 0.7),
+    ]
+    w = {"a": 0.5, "b": 0.5}
+    once = rank_hparams(runs, w)
+    assert rank_hparams(runs[::-1], w) == once
+    assert rank_hparams(runs[2:] + runs[:2], w) == once
+    assert once[:3] == [{"lr": 0.0012341}, {"lr": 0.01}, {"lr": 0.02}]
+
+
+def test_the_runs_read_per_task_are_cut_in_one_order_on_either_backend(
+    registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Runs tied on the objective at the per-task limit: the ones read are the first recorded,
+    on SQLite and PostgreSQL alike (the order of tied rows was the database's own)."""
+    from pomlia_hpc.strategy import hparams
+
+    monkeypatch.setattr(hparams, "RUNS_PER_TASK", 4)
+    tid = row_task(registry, "t")
+    lrs = [round(0.001 * (1 + (7 * i) % 20), 3) for i in range(20)]
+    with registry.session() as s:
+        for lr in lrs:
+            s.add(
+                Run(
+                    task_id=tid,
+                    study="s",
+                    config={"arch": "small_cnn", "lr": lr},
+                    budget=9.0,
+                    metrics={"objective": 0.5},
+                    status="ok",
+                )
+            )
+    read = hparams.task_runs(registry, ["t"])
+    assert [r.hparams["lr"] for r in read.runs] == lrs[:4]

@@ -64,6 +64,11 @@ def hp_key(hparams: Mapping[str, Any]) -> str:
     return json.dumps({k: norm(v) for k, v in sorted(hparams.items())}, sort_keys=True)
 
 
+def _exact(hparams: Mapping[str, Any]) -> str:
+    """A setting's exact values as sorted JSON text (:func:`hp_key` rounds them)."""
+    return json.dumps(dict(hparams), sort_keys=True, default=str)
+
+
 @dataclass(frozen=True)
 class SimilarRuns:
     """:func:`task_runs`' answer. ``floor``: for each task whose runs were cut at
@@ -88,7 +93,7 @@ def task_runs(registry: Registry, tasks: Iterable[str]) -> SimilarRuns:
             q = (
                 select(Run.config, Run.budget, objective)
                 .where(Run.task_id == tid, Run.status == "ok", objective.is_not(None))
-                .order_by(objective.desc())
+                .order_by(objective.desc(), Run.id)  # one cut on ties, on either backend
                 .limit(RUNS_PER_TASK + 1)  # one more: were any runs cut?
             )
             rows = [
@@ -193,7 +198,7 @@ def score_hparams(
     regret: dict[str, dict[str, float]] = {}  # task -> setting -> regret (points)
     missing: dict[str, float] = {}
     settings: dict[str, dict[str, Any]] = {}
-    for task, rs in by_task.items():
+    for task, rs in sorted(by_task.items()):  # one summation order, whatever the rows'
         top = max(r.budget for r in rs)
         full = [r for r in rs if r.budget >= top]
         best = max(r.objective for r in full)
@@ -202,7 +207,10 @@ def score_hparams(
         per: dict[str, float] = {}
         for r in full:
             key = hp_key(r.hparams)
-            settings.setdefault(key, r.hparams)
+            # Of the values one key rounds together, the same one whatever order the database
+            # returned the runs in (the smallest exact text), so the warm start repeats.
+            if key not in settings or _exact(r.hparams) < _exact(settings[key]):
+                settings[key] = r.hparams
             per[key] = min(per.get(key, float("inf")), 100.0 * (best - r.objective))
         regret[task], missing[task] = per, statistics.median(per.values())
         if floor is not None and task in floor:
@@ -215,8 +223,10 @@ def score_hparams(
     if not settings or total <= 0:
         return []
 
-    def score(key: str) -> tuple[float, int]:
+    def score(key: str) -> tuple[float, int, str]:
         s = sum(weights[t] * regret[t].get(key, missing[t]) for t in regret) / total
-        return (round(s, 9), -sum(key in regret[t] for t in regret))
+        # Ties (common: settings run on one task each, equally far behind) go by the
+        # setting's text, not by the order the database returned the runs in.
+        return (round(s, 9), -sum(key in regret[t] for t in regret), key)
 
     return [(score(k)[0], settings[k]) for k in sorted(settings, key=score)]
