@@ -53,6 +53,7 @@ from pomlia_hpc.curves import CURVES_DIR, Curves
 from pomlia_hpc.errors import InputError
 from pomlia_hpc.models.checkpoint import save_classifier
 from pomlia_hpc.models.nets import build_classifier
+from pomlia_hpc.provenance import software
 from pomlia_hpc.training import EpochCheckpoints, EpochState, initialize
 from pomlia_hpc.vocab import TaskType, normalize_task_type
 
@@ -114,6 +115,8 @@ class TrainResult(Record):
     init_loaded: int = 0
     n_train: int = 0
     n_extra: int = 0  # extra images trained on: fewer than asked when the pool had fewer
+    #: What the job trained with (:func:`pomlia_hpc.provenance.software`): a node's versions.
+    software: dict[str, Any] = {}
 
 
 # ----------------------------------------------------------------------------- model
@@ -310,6 +313,7 @@ def train(req: TrainRequest, progress: ProgressFn | None = None) -> TrainResult:
         init_loaded=loaded,
         n_train=len(data.x),
         n_extra=data.n_extra,
+        software=software(),
     )
 
 

@@ -30,16 +30,13 @@ from __future__ import annotations
 
 import contextlib
 import math
-import subprocess
 from collections.abc import Iterable
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy import func, select
 
-import pomlia_hpc
 from pomlia_hpc.cluster.records import EARLIER_META
 from pomlia_hpc.errors import InputError
 from pomlia_hpc.registry import Job, Registry, Run, Task
@@ -71,40 +68,6 @@ def config_summary(values: dict[str, Any]) -> str:
     if values.get("extra_data") == "nearest":
         parts.append(f"+{values.get('extra_n')}nn")
     return " ".join(parts)
-
-
-def code_version() -> dict[str, str]:
-    """The package version and, in a git checkout, the commit (``-dirty`` with local edits)."""
-    out = {"version": pomlia_hpc.__version__}
-    root = Path(pomlia_hpc.__file__).resolve().parents[1]
-    try:
-        sha = subprocess.run(
-            ["git", "-C", str(root), "rev-parse", "--short=12", "HEAD"],
-            capture_output=True,
-            text=True,
-            timeout=10,
-            check=False,
-        )
-        if sha.returncode == 0 and sha.stdout.strip():
-            dirty = subprocess.run(
-                [
-                    "git",
-                    "-C",
-                    str(root),
-                    "status",
-                    "--porcelain",
-                    "--untracked-files=no",
-                    "pomlia_hpc",
-                ],
-                capture_output=True,
-                text=True,
-                timeout=10,
-                check=False,
-            )
-            out["commit"] = sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
-    except (OSError, subprocess.TimeoutExpired):
-        pass
-    return out
 
 
 def json_safe(value: Any) -> Any:

@@ -25,6 +25,7 @@ from pomlia_hpc.data.store import open_store
 from pomlia_hpc.errors import InputError, PomliaError
 from pomlia_hpc.files import held_lock
 from pomlia_hpc.models.catalog import ModelNameTakenError, check_model_free
+from pomlia_hpc.provenance import software
 from pomlia_hpc.registry import DatasetVersion, Registry, Task
 from pomlia_hpc.vocab import check_metric
 from pomlia_hpc.workspace import Workspace
@@ -124,12 +125,18 @@ def create_study(
             final_full_budget=final_full_budget,
             recent_rows=recent_rows,
             recent_share=recent_share,
-            created_at=stamp.isoformat(),
+            **_made(stamp),
             pipeline=pipeline,
             loop_run=loop_run,
         )
         _claim_study(workspace, spec)
         return spec
+
+
+def _made(stamp: datetime) -> dict[str, Any]:
+    """When and with what a study was made: ``created_at`` and the driver's ``software``
+    (:func:`pomlia_hpc.provenance.software`), which a repeat of the study needs."""
+    return {"created_at": stamp.isoformat(), "software": software()}
 
 
 #: Generated names tried per start: ``TASK-TIME``, then ``TASK-TIME-2`` and on.

@@ -11,6 +11,7 @@ from pomlia_hpc.automl.study.spec import write_json
 from pomlia_hpc.automl.study.trials import TrialRunner
 from pomlia_hpc.automl.study.view import StudyResult
 from pomlia_hpc.models.catalog import ModelNameTakenError, find_model, promote_checkpoint
+from pomlia_hpc.provenance import code_version
 from pomlia_hpc.registry import Model, Run
 
 
@@ -88,7 +89,7 @@ def register_best(
         "config": run.config,
         "epochs": int(run.budget or 0),
         "metric": runner.spec.metric,
-        "code_version": records.code_version(),
+        "code_version": code_version(),
     }
     if run.encoder_id is not None:
         lineage["encoder_id"] = run.encoder_id

@@ -174,6 +174,9 @@ class StudySpec(BaseModel):
     #: ``pomlia loop run SLOT``); None: not made by the loop. Studies made before it was
     #: recorded are told by their name and task, both ``<slot>-loop<run>``.
     loop_run: int | None = None
+    #: What the driver that created the study ran with (:func:`pomlia_hpc.provenance.
+    #: software`): the versions a repeat of the study needs; each trial records its own.
+    software: dict[str, Any] = {}
 
     @property
     def extra_encoder(self) -> str | None:

@@ -465,6 +465,7 @@ class TrialRunner:
             "n_extra": result.get("n_extra", 0),  # may be fewer than the configured extra_n
             "init_loaded": result.get("init_loaded"),
             "history": result.get("history", []),
+            "software": result.get("software", {}),  # the versions a repeat of it needs
         }
         records.finish_run(
             self.registry,

@@ -1,0 +1,72 @@
+"""Run it again, get the same thing: an AutoML study repeated with its seed, and the versions
+every study and trial records so that it can be repeated (docs/guide/reproducibility.md)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from importlib import metadata
+
+import pytest
+
+from pomlia_hpc.automl import records
+from pomlia_hpc.automl.study import load_spec, run_study
+from pomlia_hpc.provenance import software
+from pomlia_hpc.registry import Registry
+from pomlia_hpc.workspace import Workspace
+from tests.fixtures.factories import tiny_study, tiny_task
+
+pytestmark = pytest.mark.usefixtures("wide_console")
+
+
+def _trials(reg: Registry, study: str) -> list[tuple[object, ...]]:
+    """What a repeat must give again: each trial's configuration, seed and results."""
+    return [
+        (
+            {k: v for k, v in r.config.items() if k != "engine"},
+            r.config["engine"]["seed"],
+            r.metrics["val"],
+            r.metrics["test"],
+            [h["train_loss"] for h in r.metrics["history"]],
+        )
+        for r in records.study_runs(reg, study)
+    ]
+
+
+@pytest.mark.slow
+def test_a_study_repeated_with_its_seed_gives_the_same_trials_and_records_its_versions(
+    workspace: Workspace, reg: Registry
+) -> None:
+    """The same seed on the same data on CPU: the same configurations, training seeds,
+    losses and metrics, to the bit, one trial at a time or two at once. The study records the
+    versions its driver ran with, each run those its trial job trained with: before, neither
+    named torch, NumPy or SMAC, so a result could not be told from a changed library."""
+    tiny_task(workspace, reg, "blood", sizes=(16, 8, 8))
+    for name, parallel in (("one", 1), ("two", 2)):
+        spec = tiny_study(reg, workspace, "blood", name, seed=5, n_trials=3, parallel=parallel)
+        run_study(reg, workspace, spec, poll_s=0.3)
+    assert _trials(reg, "one") == _trials(reg, "two")
+    assert len({json.dumps(t[0], sort_keys=True) for t in _trials(reg, "one")}) == 3
+
+    spec = load_spec(workspace, "one")
+    assert spec.software["packages"]["torch"] == metadata.version("torch")
+    assert {"numpy", "smac", "ConfigSpace"} <= set(spec.software["packages"])
+    assert spec.software["python"] and spec.software["pomlia"]["version"]
+    for run in records.study_runs(reg, "one"):
+        used = run.metrics["software"]
+        assert used["packages"] == spec.software["packages"]
+        assert used["torch_build"]["threads"] == run.config["engine"]["threads"]
+
+
+def test_the_versions_are_read_without_importing_torch() -> None:
+    """Registry commands load no torch: reading the versions must not import it either."""
+    code = (
+        "import sys; from pomlia_hpc.provenance import software; s = software(); "
+        "assert 'torch' not in sys.modules and s['packages']['torch'], s; "
+        "assert 'torch_build' not in s"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
+    import torch  # where a job has loaded it, its build and thread count are named too
+
+    assert software()["torch_build"]["threads"] == torch.get_num_threads()
