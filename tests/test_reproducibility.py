@@ -7,15 +7,19 @@ import json
 import subprocess
 import sys
 from importlib import metadata
+from pathlib import Path
 
 import pytest
 
 from pomlia_hpc.automl import records
+from pomlia_hpc.automl.engine import EngineOptions, TrainRequest, train
+from pomlia_hpc.automl.space import TrainConfig
 from pomlia_hpc.automl.study import load_spec, run_study
+from pomlia_hpc.data.store import open_version
 from pomlia_hpc.provenance import software
 from pomlia_hpc.registry import Registry
 from pomlia_hpc.workspace import Workspace
-from tests.fixtures.factories import tiny_study, tiny_task
+from tests.fixtures.factories import tiny_dataset, tiny_study, tiny_task
 
 pytestmark = pytest.mark.usefixtures("wide_console")
 
@@ -70,3 +74,36 @@ def test_the_versions_are_read_without_importing_torch() -> None:
     import torch  # where a job has loaded it, its build and thread count are named too
 
     assert software()["torch_build"]["threads"] == torch.get_num_threads()
+
+
+@pytest.mark.usefixtures("restore_torch_threads")
+def test_a_resumed_training_with_dropout_ends_as_one_that_ran_through(
+    workspace: Workspace, reg: Registry, tmp_path: Path
+) -> None:
+    """A trial requeued after an epoch resumes from its checkpoint. The data order and the
+    augmentations were drawn per epoch, but dropout (MobileNetV3's head) drew from torch's
+    global generator, seeded once per process: a resumed trial drew other masks than one
+    that ran through, and ended with other weights and metrics. Each epoch now seeds it."""
+    ref = tiny_dataset(workspace, reg, "blood", sizes=(24, 8, 8))
+    store = str(open_version(reg, ref).path)
+    cfg = TrainConfig(arch="mobilenet_v3_small", lr=3e-3, batch_size=8, optimizer="sgd")
+
+    def request(folder: str, epochs: int) -> TrainRequest:
+        work = tmp_path / folder
+        return TrainRequest(
+            store,
+            "multi-class",
+            cfg,
+            epochs,
+            str(work / "work"),
+            str(work / f"model-e{epochs}.pt"),
+            "k",
+            options=EngineOptions(threads=1, seed=3),
+        )
+
+    through = train(request("through", 2))
+    train(request("resumed", 1))
+    resumed = train(request("resumed", 2))
+    assert resumed.start_epoch == 1
+    assert [h["train_loss"] for h in resumed.history] == [h["train_loss"] for h in through.history]
+    assert resumed.metrics == through.metrics

@@ -389,6 +389,10 @@ def _train_epoch(
         group["lr"] = head_lr if group.get("name") == "head" else body_lr
     _set_train_mode(engine.module, head, _body_frozen(cfg, epoch))
     gen = torch.Generator().manual_seed(req.options.seed * 100_003 + epoch)
+    # Dropout draws from torch's global generator: seeded per epoch too (another stream than
+    # the data order's), so a trial resumed from a checkpoint draws the masks one that ran
+    # through drew, not those of a process seeded once at its start.
+    torch.manual_seed((req.options.seed * 100_003 + epoch) * 2 + 1)
     order = rank_share(epoch_order(len(data.x), data.recent, gen), run.rank, run.world)
     dev = engine.device
     total, seen = 0.0, 0
