@@ -24,7 +24,7 @@ KEYS = {
     "created_at store_path current",
     ("task", "list"): "id name dataset task_type metric",
     ("runs", "list"): "id task study status epochs config val test objective cost_s "
-    "train_s job scheduler_id error cause traceback created_at",
+    "train_s job scheduler_id error cause traceback created_at software",
     ("model", "list"): "id name task dataset run_id study arch metric test_score exported "
     "code_version created_at",
     ("jobs", "list"): "id name backend scheduler_id state requeue_count submitted_at ended_at "

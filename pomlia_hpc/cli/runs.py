@@ -68,8 +68,9 @@ def runs_list(
     train_s (of cost_s, the training call's own seconds; null for a crash, or a run recorded
     before it was kept), job (the registry's job id, as `pomlia jobs show/cancel` take),
     scheduler_id (Slurm's job id or the local pid), error (the whole text), cause (its first
-    line, which the table shows whole), traceback (the rest: the job's traceback), created_at;
-    a missing value is null, and so is a metric undefined for the run (val.auc of a split of
+    line, which the table shows whole), traceback (the rest: the job's traceback), created_at,
+    software (the versions the trial job trained with: python, pomlia, packages, torch_build;
+    null for a crash, or a run recorded before they were kept); a missing value is null, and so is a metric undefined for the run (val.auc of a split of
     one class; the table shows n/a). A console too narrow for the
     full table (80 columns) gets 6 columns: the error under the configuration, val and test
     metrics in one column, two values stacked in the others."""
@@ -94,7 +95,7 @@ def runs_list(
                 | {"job": r.job, "scheduler_id": r.scheduler_id}
                 | {"error": r.error}
                 | dict(zip(("cause", "traceback"), cause_and_traceback(r.error), strict=True))
-                | {"created_at": r.created_at}
+                | {"created_at": r.created_at, "software": r.metrics.get("software")}
                 for r in rows
             ]
         )
