@@ -180,6 +180,31 @@ def test_nearest_images_come_from_other_datasets(
     assert len(nearest_images(reg, workspace, "enc", "blood_a", 10_000)) == 3 * 98
 
 
+def test_the_first_images_of_a_longer_answer_are_the_shorter_answer(
+    workspace: Workspace, world: tuple[Registry, list[str]]
+) -> None:
+    """Each query image asked the index for its k nearest vectors, k from the number of
+    images wanted, and stopped once it had that many: an image beyond some query's k was
+    missed or got the distance of a farther query. `--images 5` then ended with an image at
+    4.2 that `--images 100` listed 5th at 3.0. The answer is now the brute-force one, and
+    the first m images of any longer answer."""
+    reg, refs = world
+    build_index(reg, workspace, "enc")
+    queries = embedding_sample(reg, "enc", "blood_a", 10_000, split="val")
+    truth = []
+    for ref in refs[1:]:
+        z = embedding_sample(reg, "enc", ref, 10_000)
+        d = np.sqrt(((z[:, None, :] - queries[None, :, :]) ** 2).sum(-1)).min(axis=1)
+        truth.extend(sorted(d.tolist()))
+    long = nearest_images(reg, workspace, "enc", "blood_a", 60, split="val")
+    np.testing.assert_allclose([h.distance for h in long], sorted(truth)[:60], rtol=1e-5)
+    for n in (1, 3, 10):
+        got = nearest_images(reg, workspace, "enc", "blood_a", n, split="val")
+        assert [(h.ref, h.row, h.distance) for h in got] == [
+            (h.ref, h.row, h.distance) for h in long[:n]
+        ]
+
+
 def test_fingerprint_and_plots(workspace: Workspace, world: tuple[Registry, list[str]]) -> None:
     reg, refs = world
     fp = dataset_fingerprint(reg, "enc", "organ")

@@ -23,7 +23,8 @@ listed twice, and its images never come twice (once per version) by default;
 Nearest images: up to ``max_queries`` embeddings of the query dataset (evenly spaced) are
 searched in the encoder's FAISS index with the query dataset excluded by an id selector; each
 candidate image is ranked by its smallest distance to any query image, and the ``n`` best are
-returned (the search widens until ``n`` distinct images are found or the index is exhausted).
+returned (the search widens until no query's nearest vectors left out can be nearer than the
+``n``-th image, or each query asked for 1024: so the first ``m`` of ``n`` are the answer for ``m``).
 Read the images with ``open_version(registry, hit.ref).read_rows(hit.row, hit.row + 1)``.
 """
 
@@ -364,6 +365,44 @@ def _index_left_out(
     return skip, left, usable
 
 
+#: The most neighbours one query vector asks the index for (:func:`nearest_images`).
+MAX_K = 1024
+
+
+def _nearest(
+    index: Any, queries: np.ndarray, n: int, cap: int, exclude: tuple[int, ...]
+) -> list[tuple[float, int]]:
+    """The ``n`` images nearest to any of ``queries`` as (distance, vector id), nearest
+    first, ties by id: each image at the distance of its vector nearest to any query.
+
+    Each query asks for its ``k`` nearest vectors, ``k`` widened (up to ``cap``) until no
+    query's ``k``-th is as near as the ``n``-th image: until then a vector beyond some query's
+    ``k`` may be nearer than the ``n``-th, and the answer (its images and their distances)
+    depended on ``n``: ``--images 5`` was not the first 5 of ``--images 100``."""
+    k = min(cap, max(4, math.ceil(2 * n / len(queries))))
+    while True:
+        dist, ids = index.search(queries, k, exclude_sets=exclude)
+        # One entry per image (a patch index has several vectors per image): its best vector.
+        best: dict[tuple[int, int], tuple[float, int]] = {}
+        for d, i in zip(dist.ravel(), ids.ravel(), strict=True):
+            if i < 0:
+                continue
+            fs_id, local = int(i) >> 32, int(i) & 0xFFFFFFFF
+            entry = index.manifest.sets.get(fs_id)
+            key = (fs_id, local // entry.tiles if entry is not None else local)
+            if (float(d), int(i)) < best.get(key, (math.inf, 0)):
+                best[key] = (float(d), int(i))
+        ranked = sorted(best.values())[:n]
+        if k >= cap:
+            return ranked
+        # A query whose k results are all there and reach no farther than the n-th image
+        # may have left out a nearer one.
+        full = ids[:, -1] >= 0
+        if len(ranked) >= n and not (full & (dist[:, -1] <= ranked[-1][0])).any():
+            return ranked
+        k = min(cap, k * 4)
+
+
 def nearest_images(
     registry: Registry,
     workspace: Workspace,
@@ -432,23 +471,7 @@ def nearest_images(
         )
     if len(queries) == 0:
         return []
-    k = min(available, 1024, max(4, math.ceil(2 * n / len(queries))))
-    while True:
-        dist, ids = index.search(queries, k, exclude_sets=exclude)
-        # One entry per image (a patch index has several vectors per image): its best vector.
-        best: dict[tuple[int, int], tuple[float, int]] = {}
-        for d, i in zip(dist.ravel(), ids.ravel(), strict=True):
-            if i < 0:
-                continue
-            fs_id, local = int(i) >> 32, int(i) & 0xFFFFFFFF
-            entry = index.manifest.sets.get(fs_id)
-            key = (fs_id, local // entry.tiles if entry is not None else local)
-            if (float(d), int(i)) < best.get(key, (math.inf, 0)):
-                best[key] = (float(d), int(i))
-        if len(best) >= n or k >= min(available, 1024):
-            break
-        k = min(available, 1024, k * 4)
-    ranked = sorted(best.values())[:n]
+    ranked = _nearest(index, queries, n, min(available, MAX_K), exclude)
     out = []
     for d, vid in ranked:
         hit = index.decode(vid, d)
