@@ -4,6 +4,7 @@ every study and trial records so that it can be repeated (docs/guide/reproducibi
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from importlib import metadata
@@ -107,3 +108,44 @@ def test_a_resumed_training_with_dropout_ends_as_one_that_ran_through(
     assert resumed.start_epoch == 1
     assert [h["train_loss"] for h in resumed.history] == [h["train_loss"] for h in through.history]
     assert resumed.metrics == through.metrics
+
+
+#: A SMAC-Hyperband study's asks and tells without training: each configuration's cost a
+#: fixed function of its key (smaller at a larger budget), its time 10 s.
+SMAC_STUDY = """
+import hashlib, json, sys
+from pathlib import Path
+from pomlia_hpc.automl.optimizers import SmacHyperband
+from pomlia_hpc.automl.space import SpaceOptions, build_space
+space = build_space(SpaceOptions(archs=("small_cnn",)), seed=3)
+opt = SmacHyperband(space, Path(sys.argv[1]), n_trials=8, min_epochs=1, max_epochs=3, seed=3)
+asked = []
+for _ in range(8):
+    p = opt.ask()
+    cost = int(hashlib.sha1(p.key.encode()).hexdigest()[:6], 16) / 2**24 / p.epochs
+    opt.tell(p, cost, crashed=False, time_s=10.0)
+    asked.append([p.key, p.budget])
+print(json.dumps(asked))
+"""
+
+
+def test_smac_asks_the_same_configurations_for_a_seed_in_every_process(tmp_path: Path) -> None:
+    """Two drivers with the same seed told the same results asked for other configurations
+    from SMAC's first model-based proposal on (a study's 4th trial): its local search took
+    its start points from a set of configurations, ordered by Python's string hashing, which
+    differs per process (PYTHONHASHSEED)."""
+    root = Path(__file__).resolve().parents[1]
+    runs = []
+    for hash_seed in ("1", "2", "3"):
+        env = {**os.environ, "PYTHONHASHSEED": hash_seed}
+        out = subprocess.run(
+            [sys.executable, "-c", SMAC_STUDY, str(tmp_path / hash_seed)],
+            env=env,
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        runs.append(json.loads(out.stdout.splitlines()[-1]))
+    assert runs[0] == runs[1] == runs[2]
+    assert len({key for key, _budget in runs[0]}) >= 5  # model-based proposals among them

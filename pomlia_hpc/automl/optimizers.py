@@ -1,7 +1,8 @@
 """Ask/tell optimisers behind one small interface: SMAC-Hyperband and random search.
 
 :class:`SmacHyperband` wraps SMAC3's multi-fidelity facade (Hyperband intensifier, budget =
-epochs) with pyrfr's random forest, whose results repeat for a fixed seed. Its state
+epochs) with pyrfr's random forest, whose results repeat for a fixed seed (its local search's
+start points ordered by :func:`stable_start_points`, not by Python's string hashing). Its state
 (runhistory, intensifier, stats) is saved after every ask and every tell, each file written to a
 temporary name and renamed, so a killed driver leaves a consistent state; a resumed study reloads
 it, and :meth:`running` returns the trials that were out when the driver stopped.
@@ -101,6 +102,25 @@ def _dummy_target(config: Configuration, seed: int = 0, budget: float = 1.0) -> 
     raise RuntimeError("trials run as cluster jobs; SMAC is driven by ask/tell only")
 
 
+def stable_start_points(maximizer: Any) -> Any:
+    """``maximizer`` (SMAC's local and random search), its local search started from its
+    start points in one order: SMAC collects them in a ``set`` of configurations, which hash
+    their text, so their order (and the configuration the search proposes) followed Python's
+    per-process string hashing: two drivers with the same seed and the same results asked
+    for other configurations from the first model-based proposal on. Sorted by their text,
+    the sequence repeats for a seed (as it does with a fixed ``PYTHONHASHSEED``)."""
+    local: Any = getattr(maximizer, "_local_search", None)
+    pick = getattr(local, "_get_initial_points", None)
+    if pick is None:  # another SMAC release: nothing to order here
+        return maximizer
+
+    def ordered(*args: Any, **kwargs: Any) -> list[Any]:
+        return sorted(pick(*args, **kwargs), key=repr)
+
+    local._get_initial_points = ordered
+    return maximizer
+
+
 class SmacHyperband:
     """SMAC3 multi-fidelity (Hyperband, ``eta``) over ``space``; state under ``folder``."""
 
@@ -169,6 +189,7 @@ class SmacHyperband:
             scenario,
             _dummy_target,
             intensifier=Facade.get_intensifier(scenario, eta=eta),
+            acquisition_maximizer=stable_start_points(Facade.get_acquisition_maximizer(scenario)),
             initial_design=design,
             overwrite=not resume,
             logging_level=logging.ERROR,
