@@ -369,6 +369,28 @@ def _index_left_out(
 MAX_K = 1024
 
 
+def _best_images(index: Any, dist: np.ndarray, ids: np.ndarray, n: int) -> list[tuple[float, int]]:
+    """The ``n`` nearest images among search results ``dist``, ``ids`` (q, k) as (distance,
+    vector id), nearest first, ties by id; one entry per image (a patch index has several
+    vectors per image): its nearest vector. In arrays: a search may return 2 million results."""
+    ok = ids >= 0
+    d, i = dist[ok].astype(np.float64), ids[ok].astype(np.int64)
+    fs_id, local = i >> 32, i & 0xFFFFFFFF
+    tiles = np.ones_like(local)
+    for s in np.unique(fs_id).tolist():
+        entry = index.manifest.sets.get(s)
+        if entry is not None:
+            tiles[fs_id == s] = entry.tiles
+    image = (fs_id << 32) | (local // tiles)
+    order = np.lexsort((i, d, image))  # by image, then distance, then id
+    image, d, i = image[order], d[order], i[order]
+    first = np.ones(len(image), bool)
+    first[1:] = image[1:] != image[:-1]
+    d, i = d[first], i[first]
+    top = np.lexsort((i, d))[:n]
+    return list(zip(d[top].tolist(), i[top].tolist(), strict=True))
+
+
 def _nearest(
     index: Any, queries: np.ndarray, n: int, cap: int, exclude: tuple[int, ...]
 ) -> list[tuple[float, int]]:
@@ -382,17 +404,7 @@ def _nearest(
     k = min(cap, max(4, math.ceil(2 * n / len(queries))))
     while True:
         dist, ids = index.search(queries, k, exclude_sets=exclude)
-        # One entry per image (a patch index has several vectors per image): its best vector.
-        best: dict[tuple[int, int], tuple[float, int]] = {}
-        for d, i in zip(dist.ravel(), ids.ravel(), strict=True):
-            if i < 0:
-                continue
-            fs_id, local = int(i) >> 32, int(i) & 0xFFFFFFFF
-            entry = index.manifest.sets.get(fs_id)
-            key = (fs_id, local // entry.tiles if entry is not None else local)
-            if (float(d), int(i)) < best.get(key, (math.inf, 0)):
-                best[key] = (float(d), int(i))
-        ranked = sorted(best.values())[:n]
+        ranked = _best_images(index, dist, ids, n)
         if k >= cap:
             return ranked
         # A query whose k results are all there and reach no farther than the n-th image
