@@ -9,11 +9,13 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TimeRemainingColumn
 from rich.table import Table
 
 from pomlia_hpc.cli.app import STATE, app, console, err_console
 from pomlia_hpc.cli.data_notes import print_ingested
+from pomlia_hpc.cli.jsonout import print_json
 from pomlia_hpc.cli.listing import JsonFlag, print_rows
 from pomlia_hpc.cli.tables import ListTable, shown, stack, when
 from pomlia_hpc.data.medmnist_info import FLAGS_2D
@@ -400,44 +402,51 @@ def show_cmd(
     rec = show(STATE.registry(), ref)
     meta = {k: v for k, v in rec.meta.items() if k != "chunk_hashes"}
     if as_json:
-        console.print_json(
-            json.dumps(
-                {
-                    "ref": rec.ref,
-                    "parent": rec.parent,
-                    "store_path": str(rec.store_path),
-                    "meta": meta,
-                    "fingerprint": rec.fingerprint,
-                }
-            ),
-            ensure_ascii=True,  # \u escapes: valid JSON whatever stdout's encoding
-        )
-    else:
-        _render(rec.ref, rec.parent, meta, rec.fingerprint)
+        # the grid first: a bad --classes is then an error with nothing on stdout
+        if grid is not None:
+            _draw_grid(rec.store_path, grid, per_class, split, classes, max_rows, err_console)
+        fields = {"ref": rec.ref, "parent": rec.parent, "store_path": rec.store_path}
+        print_json(fields | {"meta": meta, "fingerprint": rec.fingerprint})
+        return
+    _render(rec.ref, rec.parent, meta, rec.fingerprint)
     if grid is not None:
-        from pomlia_hpc.data.grid import draw_grid, plan_grid
-        from pomlia_hpc.data.store import open_store
+        _draw_grid(rec.store_path, grid, per_class, split, classes, max_rows, console)
 
-        store = open_store(rec.store_path)
-        chosen = [c.strip() for c in classes.split(",")] if classes else None
-        plan = plan_grid(store, per_class=per_class, split=split, classes=chosen, max_rows=max_rows)
-        path = draw_grid(store, plan, grid)
-        console.print(
-            f"sample grid: {path} ({plan.title}, {len(plan.rows)} classes)",
+
+def _draw_grid(
+    store_path: Path,
+    grid: Path,
+    per_class: int,
+    split: str | None,
+    classes: str | None,
+    max_rows: int,
+    out: Console,
+) -> None:
+    """Draw ``data show --grid`` of the store at ``store_path`` and say where on ``out`` (stderr
+    beside --json); the classes left out are named on stderr."""
+    from pomlia_hpc.data.grid import draw_grid, plan_grid
+    from pomlia_hpc.data.store import open_store
+
+    store = open_store(store_path)
+    chosen = [c.strip() for c in classes.split(",")] if classes else None
+    plan = plan_grid(store, per_class=per_class, split=split, classes=chosen, max_rows=max_rows)
+    path = draw_grid(store, plan, grid)
+    out.print(
+        f"sample grid: {path} ({plan.title}, {len(plan.rows)} classes)",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
+    if plan.left_out:
+        # The grid has room for max_rows classes: name the others, not drop them silently.
+        first = len(plan.rows)
+        err_console.print(
+            f"note: {len(plan.left_out)} more classes not drawn ({', '.join(plan.left_out)}); "
+            f"draw them with --classes NAME,... or --max-rows {first + len(plan.left_out)}",
             markup=False,
             highlight=False,
             soft_wrap=True,
         )
-        if plan.left_out:
-            # The grid has room for max_rows classes: name the others, not drop them silently.
-            first = len(plan.rows)
-            err_console.print(
-                f"note: {len(plan.left_out)} more classes not drawn ({', '.join(plan.left_out)}); "
-                f"draw them with --classes NAME,... or --max-rows {first + len(plan.left_out)}",
-                markup=False,
-                highlight=False,
-                soft_wrap=True,
-            )
 
 
 @data_app.command("verify")

@@ -4,10 +4,7 @@ size) and how the version differs from its parent."""
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING, Any
-
-import typer
 
 from pomlia_hpc.cli.app import STATE, console, err_console
 from pomlia_hpc.cli.folder_notes import (
@@ -15,6 +12,7 @@ from pomlia_hpc.cli.folder_notes import (
     print_pixel_notes,
     print_skipped_files,
 )
+from pomlia_hpc.cli.jsonout import print_json
 
 if TYPE_CHECKING:
     from pomlia_hpc.data.versioning import VersionRecord
@@ -46,7 +44,7 @@ def print_ingested(name: str, rec: VersionRecord, as_json: bool = False) -> None
     from pomlia_hpc.data.splits import describe_splits
 
     if as_json:
-        typer.echo(json.dumps(_ingested_record(rec), indent=2))
+        print_json(_ingested_record(rec))
     else:
         what = "new version" if rec.created else "identical content: existing version"
         parent = f", parent {rec.parent}" if rec.parent else ""

@@ -4,7 +4,6 @@ similar``: parse, call :mod:`pomlia_hpc.fingerprint`, render. (``pomlia plot lat
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from pathlib import Path
@@ -15,6 +14,7 @@ from pydantic import ValidationError
 from rich.table import Table
 
 from pomlia_hpc.cli.app import STATE, app, console, err_console, log_line
+from pomlia_hpc.cli.jsonout import print_json
 from pomlia_hpc.cli.notes import note, older_versions_note, set_notes
 from pomlia_hpc.errors import InputError
 from pomlia_hpc.progress import Reporter, progress
@@ -314,7 +314,7 @@ def show(
 
     unrec: list[Any] = []
     fp = dataset_fingerprint(STATE.registry(), encoder_name(encoder), dataset, unrecorded_out=unrec)
-    typer.echo(json.dumps(fp, indent=1))
+    print_json(fp)
     set_notes([], unrec, stderr=True)
 
 
@@ -507,7 +507,7 @@ def similar(
         cols = ["dataset", f"{distance} distance", "images", *parts]
         title = f"datasets nearest to {dataset} (encoder {enc})"
     if as_json:
-        typer.echo(json.dumps([dict(zip(cols, r, strict=True)) for r in rows]))
+        print_json([dict(zip(cols, r, strict=True)) for r in rows])
         set_notes(left, unrec, stderr=True)
         return
     table = Table(title=title)
@@ -532,7 +532,7 @@ def _similar_json(
         | {"same_content": r.same_content}
         for r in found
     ]
-    typer.echo(json.dumps(out))
+    print_json(out)
     note(same, stderr=True)
     set_notes(left, unrec, stderr=True)
 

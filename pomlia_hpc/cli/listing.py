@@ -10,14 +10,12 @@ that failed) go to stderr, so stdout stays one JSON document.
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
-from datetime import datetime
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 
+from pomlia_hpc.cli.jsonout import print_json
 from pomlia_hpc.errors import InputError
 
 #: The ``--json`` option of every list command.
@@ -29,17 +27,10 @@ JsonFlag = Annotated[
 ]
 
 
-def _plain(value: Any) -> Any:
-    if isinstance(value, datetime):
-        return value.isoformat(timespec="seconds")
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"not JSON: {type(value).__name__}")
-
-
 def print_rows(rows: Sequence[dict[str, Any]]) -> None:
-    """Print ``rows`` as one indented JSON array on stdout (times ISO 8601, paths as text)."""
-    typer.echo(json.dumps(list(rows), indent=2, default=_plain))
+    """Print ``rows`` as one indented JSON array on stdout (times ISO 8601, paths as text;
+    :mod:`pomlia_hpc.cli.jsonout`)."""
+    print_json(list(rows))
 
 
 def check_limit(limit: int) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 from datetime import UTC
 from pathlib import Path
@@ -13,6 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from pomlia_hpc.cli.app import STATE, app, console, err_console
+from pomlia_hpc.cli.jsonout import print_json
 from pomlia_hpc.cli.listing import JsonFlag, print_rows
 from pomlia_hpc.cli.reference import warn_few_images
 from pomlia_hpc.cli.tables import MISSING, ListTable, shown, stack, when
@@ -101,7 +101,7 @@ def run(
         progress=_say,
     )
     if as_json:
-        typer.echo(json.dumps(res.report, indent=2))
+        print_json(res.report)
     else:
         rep = res.report
         # An OK or EMPTY window has no reasons: "reasons: none" would only be noise.
@@ -133,7 +133,7 @@ def show(
 
     row, data = get_report(STATE.registry(), report)
     if as_json:
-        typer.echo(json.dumps(data, indent=2))
+        print_json(data)
         return
     slot = f" (champion of slot '{data['slot']}')" if data.get("slot") else ""
     console.print(

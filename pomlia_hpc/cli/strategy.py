@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from pathlib import Path
@@ -12,6 +11,7 @@ import typer
 from rich.table import Table
 
 from pomlia_hpc.cli.app import STATE, app, console
+from pomlia_hpc.cli.jsonout import print_json
 from pomlia_hpc.cli.tables import MISSING
 from pomlia_hpc.errors import InputError
 
@@ -115,7 +115,7 @@ def strategy_eval(
     if png is not None:
         _write_chart(result, png, f"{source}, {metric}: {result.restriction}")
     if as_json:
-        typer.echo(json.dumps(data, indent=1))
+        print_json(data)
         return
     table = Table(
         title=f"leave-one-dataset-out on {source}, {metric}: {len(result.datasets)} data sets, "
@@ -147,7 +147,7 @@ def strategy_outcomes(
 
     found = outcomes(STATE.registry(), task, limit)
     if as_json:
-        typer.echo(json.dumps([o.to_dict() for o in found], indent=1))
+        print_json([o.to_dict() for o in found])
         return
     table = Table(
         title=f"recommendations and the runs since ({len(found)}); regret in metric points (x 100)"
@@ -256,7 +256,6 @@ def recommend_cmd(
     their effective number), expected cost of the run it becomes here, evidence, and the
     cost/metric Pareto front. Runs of the task below a third of its full budget (or 9
     epochs, if fewer) are not counted (a note names them). Each answer is recorded."""
-    from pomlia_hpc.automl.records import json_safe
     from pomlia_hpc.strategy.recommend import recommend
 
     answer = recommend(
@@ -270,7 +269,7 @@ def recommend_cmd(
     )
     n_written = len(answer["initial"]) if write_initial is not None else None
     if as_json:
-        typer.echo(json.dumps(json_safe(answer), indent=1, default=str, allow_nan=False))
+        print_json(answer)
         return
     _print_answer(answer)
     if n_written is not None:

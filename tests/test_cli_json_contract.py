@@ -1,0 +1,105 @@
+"""The machine-readable contract of ``--json`` as scripts see it, the real ``pomlia`` in its
+own process: stdout is one strict JSON document and nothing else, the same bytes whatever the
+terminal settings (``FORCE_COLOR``, ``NO_COLOR``, ``TERM=dumb``, ``COLUMNS``); an error leaves
+stdout empty."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from pomlia_hpc.cli.jsonout import dumps
+from pomlia_hpc.registry import Registry
+from pomlia_hpc.workspace import Workspace
+from tests.fixtures.factories import make_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+
+#: Terminal settings a script's environment may carry; none may change a --json document.
+TERMINALS = (
+    {},
+    {"FORCE_COLOR": "1", "COLUMNS": "20", "TERM": "xterm-256color"},
+    {"NO_COLOR": "1", "TERM": "dumb"},
+)
+
+
+def pomlia(home: Path, *args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    """``pomlia --home HOME ARGS`` in its own process (stdout a pipe), ``env`` added to a
+    clean environment."""
+    base = {k: v for k, v in os.environ.items() if k not in ("POMLIA_DB_URL", "COLUMNS")}
+    base = {k: v for k, v in base.items() if k not in ("FORCE_COLOR", "NO_COLOR", "TERM")}
+    return subprocess.run(
+        [sys.executable, "-m", "pomlia_hpc", "--home", str(home), *args],
+        env={**base, "PYTHONPATH": str(REPO), **env},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+def test_data_show_json_is_plain_json_whatever_the_terminal(
+    workspace: Workspace, reg: Registry
+) -> None:
+    """`data show --json` printed through rich's JSON printer: with FORCE_COLOR=1 (set by
+    many CI systems) its stdout, a pipe or a file, held colour escape codes, not JSON."""
+    make_dataset(workspace, reg, "blood", sizes=(8, 4, 4))
+    for command in (["data", "show", "blood"], ["data", "list"]):
+        outputs = set()
+        for env in TERMINALS:
+            proc = pomlia(workspace.home, *command, "--json", **env)
+            assert proc.returncode == 0, (env, proc.stderr)
+            assert "\x1b" not in proc.stdout, env
+            json.loads(proc.stdout)
+            outputs.add(proc.stdout)
+        assert len(outputs) == 1, command  # byte for byte the same
+
+
+def test_data_show_json_with_a_grid_keeps_stdout_one_document(
+    workspace: Workspace, reg: Registry, tmp_path: Path
+) -> None:
+    """`data show --json --grid g.png` printed `sample grid: ...` on stdout after the JSON,
+    and a bad --classes failed (exit 2) after the JSON was printed."""
+    make_dataset(workspace, reg, "blood", sizes=(8, 4, 4))
+    png = tmp_path / "g.png"
+    proc = pomlia(workspace.home, "data", "show", "blood", "--json", "--grid", str(png))
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["ref"].startswith("blood@")
+    assert "sample grid:" in proc.stderr and png.is_file()
+    bad = pomlia(
+        workspace.home, "data", "show", "blood", "--json", "--grid", str(tmp_path / "h.png"),
+        "--classes", "nosuch",
+    )  # fmt: skip
+    assert bad.returncode == 2 and bad.stdout == "", bad.stdout
+    assert bad.stderr.startswith("error: class 'nosuch'") and "\n" not in bad.stderr.strip()
+
+
+def test_the_json_printer_writes_strict_json() -> None:
+    """Python's json writes NaN and Infinity as bare words that jq and other parsers refuse:
+    every --json document has null there, and times carry their zone."""
+    from datetime import datetime
+
+    import numpy as np
+
+    text = dumps(
+        {
+            "nan": math.nan,
+            "inf": np.float32("inf"),
+            "rows": [np.float64("nan"), 1.5, (2, 3)],
+            "naive": datetime(2026, 12, 6, 1, 2, 3),
+            "path": REPO,
+        }
+    )
+    assert "NaN" not in text and "Infinity" not in text
+    data = json.loads(text)
+    assert data == {
+        "nan": None,
+        "inf": None,
+        "rows": [None, 1.5, [2, 3]],
+        "naive": "2026-12-06T01:02:03+00:00",
+        "path": str(REPO),
+    }
