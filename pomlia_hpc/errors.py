@@ -2,7 +2,9 @@
 
 Every error raised for bad input or a bad environment is a :class:`PomliaError`. Its message says
 what is wrong, where (file, field, key) and what was expected; the CLI prints it as one line and
-exits non-zero, without a traceback.
+exits with the error's ``exit_code``, without a traceback. The exit statuses of the ``pomlia``
+command are one table (``docs/guide/README.md``, "Exit status"): 2 for bad input, and the
+codes below for a service out of reach and (``cli.app``) a bug.
 """
 
 from __future__ import annotations
@@ -32,6 +34,21 @@ class InputError(PomliaError):
 
 class NotFoundError(PomliaError):
     """A named thing (dataset, job, model, ...) is not in the registry."""
+
+
+#: Exit status of a service the command needs that did not answer (sysexits' EX_UNAVAILABLE).
+UNAVAILABLE_EXIT = 69
+
+#: Exit status of an unexpected failure, a bug: a traceback (sysexits' EX_SOFTWARE).
+INTERNAL_EXIT = 70
+
+
+class UnavailableError(PomliaError):
+    """A service the command needs did not answer: the registry's database server refused or
+    dropped the connection. Nothing is wrong with the input; the same command may work once
+    the service is back, so a script can retry on this exit status alone."""
+
+    exit_code = UNAVAILABLE_EXIT
 
 
 class ClusterError(PomliaError):

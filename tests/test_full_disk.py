@@ -190,7 +190,7 @@ def test_a_sqlite_registry_on_a_full_disk_says_so(small_fs: Path, tmp_path: Path
     assert pomlia_limited("data", "add", "blood", str(src), env=env).returncode == 0
     filler = fill(small_fs, 32 * 1024)  # room to open, none for the new rows' pages
     task = ("task", "add", "t", "--dataset", "blood", "--metric", "acc")
-    full = one_error_line(pomlia_limited(*task, env=env), code=1)
+    full = one_error_line(pomlia_limited(*task, env=env))  # a StorageError's status, 2
     assert full.startswith("error: registry database error: database or disk is full: ")
     assert f"no space left on device at {home} (" in full, full
     filler = fill(small_fs, 0)  # not even room for SQLite's shared-memory file

@@ -22,15 +22,17 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError
 
 from pomlia_hpc import __version__
+from pomlia_hpc.cli.failures import internal_error
 from pomlia_hpc.cli.tables import caption_apart, fit_columns, pick_form, title_apart
 from pomlia_hpc.config import load_cluster_profile, load_settings
-from pomlia_hpc.errors import InputError, PomliaError
+from pomlia_hpc.errors import INTERNAL_EXIT, UNAVAILABLE_EXIT, InputError, PomliaError
 from pomlia_hpc.files import remove_made_dirs
 from pomlia_hpc.progress import drop_output, guard_std_streams, output_failure, stamped
 from pomlia_hpc.registry import (
     Registry,
     RegistryMissingError,
     busy_error,
+    server_unreachable,
     sqlite_storage_problem,
     write_lock_timed_out,
 )
@@ -492,15 +494,20 @@ OUTPUT_ERROR_EXIT = 74
 
 
 def main() -> None:
-    """Console-script entry point: run the app; a :class:`PomliaError` is one line, exit 2.
-    Output that could not be written (``> /dev/full``, a closed stdout) is one line on stderr
-    when the command ends, exit :data:`OUTPUT_ERROR_EXIT` (a failed command keeps its own)."""
+    """Console-script entry point: run the app; a :class:`PomliaError` is one line, exit with its
+    ``exit_code`` (2 for bad input); any other exception, a bug, its traceback and exit
+    :data:`~pomlia_hpc.errors.INTERNAL_EXIT`. Output that could not be written (``>
+    /dev/full``, a closed stdout) is one line on stderr when the command ends, exit
+    :data:`OUTPUT_ERROR_EXIT` (a failed command keeps its own). The table of exit statuses:
+    ``docs/guide/README.md``, "Exit status"."""
     guard_std_streams()  # `| head`: no write (a job's say(), a library's print) kills the command
     try:
         _run()
         code: Any = 0
     except SystemExit as exc:
         code = exc.code
+    except Exception:  # a bug: its traceback, and an exit status of its own
+        code = internal_error(err_console)
     with contextlib.suppress(OSError, ValueError):
         sys.stdout.flush()  # what is still buffered fails here, not in the interpreter's exit
     failure = output_failure()
@@ -557,12 +564,17 @@ def _run() -> None:
         storage = sqlite_storage_problem(STATE.workspace.db_url, exc)
         if storage is not None:  # SQLite names neither the file nor the cause
             first += f": {storage}"
+        # Not 1, which `monitor run` (an alarm) and `data verify` (damage) answer with: a
+        # nightly job read a registry failure as an alarm and ended COMPLETED.
+        gone = server_unreachable(STATE.workspace.db_url, exc)
         err_console.print(
-            f"[bold red]error:[/] registry database error: {escape(first)}",
+            f"[bold red]error:[/] registry database "
+            f"{'server did not answer' if gone else 'error'}: {escape(first)}",
             highlight=False,
             soft_wrap=True,
         )
-        sys.exit(1)
+        # a full disk is a StorageError's status (2), as for any other write that did not fit
+        sys.exit(UNAVAILABLE_EXIT if gone else 2 if storage is not None else INTERNAL_EXIT)
     except (OSError, RuntimeError) as exc:
         # A full disk (or quota, size limit, read-only mount) that no writer named: still one
         # line, never a traceback; without a path, as an OSError's filename may be the source

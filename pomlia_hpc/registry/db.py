@@ -27,11 +27,11 @@ from alembic.script import ScriptDirectory
 from alembic.util import CommandError
 from sqlalchemy import Engine, create_engine, event, inspect, text
 from sqlalchemy.engine import URL, make_url
-from sqlalchemy.exc import DatabaseError, DBAPIError, NoSuchModuleError
+from sqlalchemy.exc import DatabaseError, DBAPIError, NoSuchModuleError, OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool
 
-from pomlia_hpc.errors import ConfigError, InputError, NotFoundError
+from pomlia_hpc.errors import ConfigError, InputError, NotFoundError, UnavailableError
 from pomlia_hpc.files import current_umask
 from pomlia_hpc.storage import free_space
 
@@ -242,6 +242,20 @@ class RegistryBusyError(ConfigError):
     """SQLite's write lock stayed with another process for longer than the busy timeout."""
 
 
+def server_unreachable(url: str, exc: BaseException) -> bool:
+    """Whether ``exc``, raised talking to the registry at ``url``, is a database server out of
+    reach (refused, timed out, gone mid-command) rather than a refusal by a server that
+    answered (bad credentials, no such database) or a SQLite file's problem."""
+    if url.startswith("sqlite") or not isinstance(exc, OperationalError):
+        return False
+    if exc.connection_invalidated:  # SQLAlchemy's own test of a dropped connection
+        return True
+    # libpq prefixes what the server said with its severity; psycopg gives no SQLSTATE for a
+    # refusal at connection time (a wrong password), so the words are all there is to go by
+    said = str(exc.orig or exc)
+    return getattr(exc.orig, "sqlstate", None) is None and "FATAL:" not in said
+
+
 def write_lock_timed_out(exc: BaseException) -> bool:
     """Whether ``exc`` is SQLite's "database is locked": the busy timeout ran out while
     another process held the write lock (not a server out of reach, not bad credentials)."""
@@ -384,6 +398,12 @@ class Registry:
                 raise reg.damaged(reason) from exc
             if write_lock_timed_out(exc):  # waited for the lock: the file is reachable
                 raise busy_error(url, busy_timeout_s, settings_file) from exc
+            if server_unreachable(url, exc):
+                raise UnavailableError(
+                    f"registry {reg.display_url()}: the database server did not answer "
+                    f"({reason}); expected it running and reachable at the URL's host and port "
+                    "(the same command works once it is)"
+                ) from exc
             storage = sqlite_storage_problem(url, exc)
             if storage is not None:  # SQLite's "disk I/O error" alone says nothing of it
                 raise ConfigError(

@@ -1,0 +1,95 @@
+"""The ``pomlia`` command's exit statuses as scripts and Slurm jobs read them (the table in
+``docs/guide/README.md``, "Exit status"): 1 is only ever a finding (`monitor run`'s alarm,
+`data verify`'s damage), never a crash; a database server out of reach is 69, a bug 70."""
+
+from __future__ import annotations
+
+import os
+import socket
+import sqlite3
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from sqlalchemy.engine import make_url
+
+from pomlia_hpc.errors import INTERNAL_EXIT, UNAVAILABLE_EXIT
+from pomlia_hpc.workspace import Workspace
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_python(*args: str) -> subprocess.CompletedProcess[str]:
+    """``python ARGS`` in its own process, with this checkout first on the path."""
+    env = {k: v for k, v in os.environ.items() if k not in ("POMLIA_DB_URL", "COLUMNS")}
+    return subprocess.run(
+        [sys.executable, *args],
+        env={**env, "PYTHONPATH": str(REPO)},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+def pomlia(*args: str) -> subprocess.CompletedProcess[str]:
+    return run_python("-m", "pomlia_hpc", *args)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on (bound once, then let go)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def test_a_registry_failure_is_not_exit_1(workspace: Workspace) -> None:
+    """A registry database error ("no such table" in a damaged registry) was exit 1, the
+    status `monitor run` answers with for an alarm: `jobs/monitor.sbatch` counted the failed
+    run as an alarm and ended the job COMPLETED. It is one line and exit 70 now."""
+    with sqlite3.connect(workspace.home / "registry.db") as conn:
+        conn.execute("DROP TABLE jobs")
+    proc = pomlia("--home", str(workspace.home), "jobs", "list", "--json")
+    assert proc.returncode == INTERNAL_EXIT, proc.stderr
+    assert proc.stdout == ""
+    assert proc.stderr.strip() == "error: registry database error: no such table: jobs"
+
+
+def test_a_database_server_out_of_reach_is_exit_69(tmp_path: Path) -> None:
+    """A PostgreSQL registry that refuses connections was exit 2, as a mistyped option is:
+    a script could not tell "try again later" from "fix the command"."""
+    url = f"postgresql+psycopg://pomlia:pomlia@127.0.0.1:{free_port()}/pomlia"
+    proc = pomlia("--home", str(tmp_path / "ws"), "--db-url", url, "data", "list", "--json")
+    assert proc.returncode == UNAVAILABLE_EXIT, proc.stderr
+    err = proc.stderr.strip()
+    assert proc.stdout == "" and "\n" not in err and "Traceback" not in err, err
+    assert err.startswith("error: registry postgresql+psycopg://pomlia:***@127.0.0.1:"), err
+    assert "the database server did not answer" in err and "Connection refused" in err, err
+
+
+@pytest.mark.postgres
+def test_a_server_that_refuses_the_password_is_still_bad_input(pg_url: str, tmp_path: Path) -> None:
+    """A server that answered (wrong password) is the user's to fix: exit 2, as before."""
+    wrong = make_url(pg_url).set(password="not-the-password").render_as_string(False)
+    proc = pomlia("--home", str(tmp_path / "ws"), "--db-url", wrong, "data", "list", "--json")
+    assert proc.returncode == 2, proc.stderr
+    assert "password authentication failed" in proc.stderr and proc.stdout == ""
+
+
+def test_a_bug_is_its_traceback_and_exit_70() -> None:
+    """An exception no command handles (a bug) ended with Python's exit status 1, the status
+    of an alarm: its traceback stays, then one line, and the status is its own."""
+    code = (
+        "from pomlia_hpc.cli import app, main\n"
+        "@app.command('boom')\n"
+        "def boom() -> None:\n"
+        "    {}['key']\n"
+        "main()\n"
+    )
+    proc = run_python("-c", code, "boom")
+    assert proc.returncode == INTERNAL_EXIT, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert lines[0] == "Traceback (most recent call last):", proc.stderr
+    assert lines[-2] == "KeyError: 'key'", proc.stderr
+    assert lines[-1] == "error: internal error (a bug in pomlia; traceback above): KeyError: 'key'"
