@@ -4,7 +4,7 @@ Every error raised for bad input or a bad environment is a :class:`PomliaError`.
 what is wrong, where (file, field, key) and what was expected; the CLI prints it as one line and
 exits with the error's ``exit_code``, without a traceback. The exit statuses of the ``pomlia``
 command are one table (``docs/guide/README.md``, "Exit status"): 2 for bad input, and the
-codes below for a service out of reach and (``cli.app``) a bug.
+codes below for a thing not found, a service out of reach and (``cli.app``) a bug.
 """
 
 from __future__ import annotations
@@ -32,8 +32,17 @@ class InputError(PomliaError):
     """A dataset, image or other user input is malformed."""
 
 
+#: Exit status of a named thing that does not exist (a name or id not in the registry, a file
+#: or store that is not there), apart from bad input (2): `pomlia data show X || pomlia data
+#: add X ...` must not add on any error.
+NOT_FOUND_EXIT = 4
+
+
 class NotFoundError(PomliaError):
-    """A named thing (dataset, job, model, ...) is not in the registry."""
+    """A named thing (dataset, job, model, ...) is not in the registry, or a file or store that
+    a command was pointed at is not there."""
+
+    exit_code = NOT_FOUND_EXIT
 
 
 #: Exit status of a service the command needs that did not answer (sysexits' EX_UNAVAILABLE).

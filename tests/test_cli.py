@@ -107,7 +107,7 @@ def test_an_error_quoting_brackets_is_printed_as_text(tmp_path: Path) -> None:
     proc = subprocess.run(
         [*cmd, "recommend", "[val]nosuch"], env=env, capture_output=True, text=True, check=False
     )
-    assert proc.returncode == 2 and "task '[val]nosuch' not found" in proc.stderr, proc.stderr
+    assert proc.returncode == 4 and "task '[val]nosuch' not found" in proc.stderr, proc.stderr
 
 
 def test_a_home_that_is_a_file_is_one_line_and_exit_2(tmp_path: Path) -> None:
@@ -222,7 +222,7 @@ def test_output_to_a_file_is_not_folded_at_80_columns(tmp_path: Path) -> None:
         )
 
     missing = run("status")  # no registry yet: an error longer than any width
-    assert missing.returncode == 2 and len(missing.stderr.strip().splitlines()) == 1
+    assert missing.returncode == 4 and len(missing.stderr.strip().splitlines()) == 1
     assert run("init").returncode == 0
 
     def header(out: str) -> bool:  # the jobs table's header on one line

@@ -1,6 +1,7 @@
 """The ``pomlia`` command's exit statuses as scripts and Slurm jobs read them (the table in
 ``docs/guide/README.md``, "Exit status"): 1 is only ever a finding (`monitor run`'s alarm,
-`data verify`'s damage), never a crash; a database server out of reach is 69, a bug 70."""
+`data verify`'s damage), never a crash; a thing not found is 4, apart from bad input (2); a
+database server out of reach is 69, a bug 70."""
 
 from __future__ import annotations
 
@@ -14,7 +15,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy.engine import make_url
 
-from pomlia_hpc.errors import INTERNAL_EXIT, UNAVAILABLE_EXIT
+from pomlia_hpc.errors import INTERNAL_EXIT, NOT_FOUND_EXIT, UNAVAILABLE_EXIT
 from pomlia_hpc.workspace import Workspace
 
 REPO = Path(__file__).resolve().parents[1]
@@ -93,3 +94,17 @@ def test_a_bug_is_its_traceback_and_exit_70() -> None:
     assert lines[0] == "Traceback (most recent call last):", proc.stderr
     assert lines[-2] == "KeyError: 'key'", proc.stderr
     assert lines[-1] == "error: internal error (a bug in pomlia; traceback above): KeyError: 'key'"
+
+
+def test_not_found_is_exit_4_apart_from_bad_input(workspace: Workspace) -> None:
+    """A name or id not in the registry was exit 2, as a malformed one is: `pomlia data show
+    X --json || pomlia data add X ...` could not tell "not there" from any other error."""
+    home = ("--home", str(workspace.home))
+    for args in (("data", "show", "nosuch", "--json"), ("jobs", "show", "999", "--json")):
+        proc = pomlia(*home, *args)
+        assert proc.returncode == NOT_FOUND_EXIT, proc.stderr
+        assert proc.stdout == "" and proc.stderr.count("\n") == 1, proc.stderr
+        assert proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr
+    bad = pomlia(*home, "jobs", "show", "abc", "--json")
+    assert bad.returncode == 2 and bad.stdout == "", bad.stderr
+    assert bad.stderr.startswith("error: job 'abc': expected a registry job id"), bad.stderr

@@ -116,7 +116,7 @@ def test_train_extract_index_similar_plot(workspace: Workspace, tmp_path: Path) 
     assert afile.read_text() == "mine"
 
 
-def test_errors_are_one_line_exit_2(tmp_path: Path) -> None:
+def test_errors_are_one_line_exit_2_or_4(tmp_path: Path) -> None:
     # In-process: the library raises one PomliaError with the message ...
     # A workspace made by `pomlia init`, so each command reaches its own error.
     assert runner.invoke(app, ["--home", str(tmp_path / "ws"), "init"]).exit_code == 0
@@ -151,7 +151,7 @@ def test_errors_are_one_line_exit_2(tmp_path: Path) -> None:
         check=False,
         timeout=300,
     )
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.returncode == 4 and "Traceback" not in proc.stderr  # nothing to find
     assert proc.stderr.startswith("error: no encoder is registered"), proc.stderr
     # Shard counts, sizes and CPUs below 1 are usage errors (exit 2), not silent defaults.
     for cmd, option in (

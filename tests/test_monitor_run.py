@@ -59,7 +59,8 @@ def fresh(
 
 def monitor(*args: str) -> tuple[int, str]:
     """(exit status, output) of ``pomlia monitor ARGS`` in-process; a PomliaError is what the
-    console script prints as one line with exit status 2 (checked by a subprocess test)."""
+    console script prints as one line with its exit status (2; 4 for a thing not found;
+    checked by a subprocess test)."""
     res = runner.invoke(app, ["monitor", *args])
     if isinstance(res.exception, PomliaError):
         return res.exception.exit_code, res.output + str(res.exception)
@@ -292,7 +293,7 @@ def test_deployment_filter(fresh: tuple[Workspace, Registry, Path]) -> None:
     assert code == 0 and report["volume"]["predictions"] == 20
     assert report["deployment_id"] == dep_id
     code, out = monitor("run", "deployment:99999")
-    assert code == 2 and "deployment 99999 is not in the registry" in out
+    assert code == 4 and "deployment 99999 is not in the registry" in out  # not found
 
 
 def test_records_logged_under_a_deployment_slot_are_found(
@@ -344,14 +345,15 @@ def test_bad_targets_and_options_are_one_clear_message(
             ["schedule", "blood", "--every", "1d", "--window", "0m"],
             "--window '0m' is not valid; expected a duration",
         ),
-        (["show", "4242"], "monitor report 4242 is not in the registry"),
-        (["history", "nope"], "model 'nope' not found; known:"),
+        (["show", "4242"], "monitor report 4242 is not in the registry"),  # exit 4
+        (["history", "nope"], "model 'nope' not found; known:"),  # exit 4
         # An empty table (0) or every report (-1), where `runs list` refuses both.
         (["history", "blood", "--limit", "0"], "--limit 0: expected an integer >= 1"),
         (["history", "blood", "--limit", "-1"], "--limit -1: expected an integer >= 1"),
     ):
         code, out = monitor(*args)
-        assert code == 2, (args, out)
+        missing = "not in the registry" in message or "not found" in message
+        assert code == (4 if missing else 2), (args, out)  # not found, bad input
         assert message in " ".join(out.split()), (args, out)
         assert "Traceback" not in out
     assert n_rows(reg, MonitorReport) == before
@@ -388,7 +390,7 @@ def test_missing_or_foreign_reference_says_how_to_create_it(
         ref_path.unlink()
         code, out = monitor("run", "blood")
         text = " ".join(out.split())
-        assert code == 2 and "has no monitoring reference" in text
+        assert code == 4 and "has no monitoring reference" in text
         assert "pomlia monitor reference blood --data" in text
         # which data set fits: a MedMNIST one was refused for `model demo`'s class_0, ... labels
         assert "a data set with the model's" in text and "or unnamed" in text
@@ -439,7 +441,7 @@ def test_a_known_lineage_needs_no_data_in_the_hint(
         ref_path.unlink()
         code, out = monitor("run", "blood")
         text = " ".join(out.split())
-        assert code == 2 and "has no monitoring reference" in text
+        assert code == 4 and "has no monitoring reference" in text
         assert (
             f"create it with: pomlia monitor reference blood (from its training data "
             f"blood-data@{rec.version}, val split;" in text
@@ -488,7 +490,7 @@ def test_console_script_prints_one_line_without_traceback(
         check=False,
         timeout=120,
     )
-    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.returncode == 4 and "Traceback" not in proc.stderr  # not found
     assert proc.stderr.startswith("error: model 'nope' not found; known:"), proc.stderr
 
 

@@ -86,7 +86,7 @@ def test_similar_loads_no_torch(tmp_path: Path) -> None:
         "    except SystemExit as exc:\n"
         "        return exc.code\n"
         "run('init')\n"
-        "assert run('similar', 'blood', '--encoder', 'e1') == 2\n"
+        "assert run('similar', 'blood', '--encoder', 'e1') == 4\n"
         "print('torch' in sys.modules)\n"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)

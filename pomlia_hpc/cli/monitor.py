@@ -81,7 +81,8 @@ def run(
     as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
 ) -> None:
     """Test the window of TARGET's prediction log against its reference; write a JSON and an
-    HTML report. Exit status: 0 no alarm (or an empty window), 1 alarm, 2 error."""
+    HTML report. Exit status: 0 no alarm (or an empty window), 1 alarm, 2 or more an error
+    (docs/guide/README.md, "Exit status")."""
     from pomlia_hpc.monitor.run import ALARM_EXIT, monitor_run, parse_duration, parse_time
 
     if max_vectors < 10:

@@ -53,7 +53,8 @@ from pomlia_hpc.serve.records import LOG_FORMAT
 from pomlia_hpc.serve.reference import Reference
 from pomlia_hpc.workspace import Workspace
 
-#: Exit status of ``pomlia monitor run`` when the alarm rings (errors exit 2).
+#: Exit status of ``pomlia monitor run`` when the alarm rings (errors exit 2 or more; a crash
+#: 70, never 1: docs/guide/README.md, "Exit status").
 ALARM_EXIT = 1
 _DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*$")
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
