@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -57,6 +58,9 @@ def test_a_chain_whose_queued_job_was_cancelled_by_hand_is_said_to_have_ended(
     assert res.exit_code == 0, (res.output, res.exception)
     row = status(model)
     assert row["state"] == "scheduled" and len(row["queued"]) == 1, row  # type: ignore[arg-type]
+    # the begin time with its zone (squeue prints local wall time without one)
+    (queued,) = row["queued"]  # type: ignore[misc]
+    assert datetime.fromisoformat(queued[2]).tzinfo is not None, queued
     # A pipeline whose monitor stage scheduled it counts the stage done while the chain lives.
     ctx: Any = SimpleNamespace(workspace=workspace)
     stage_out = {"t": {"model": model, "scheduled": True}}

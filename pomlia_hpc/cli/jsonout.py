@@ -44,6 +44,18 @@ def strict(value: Any) -> Any:
     return value
 
 
+def zoned_local_time(text: str) -> str:
+    """A wall time without a zone as Slurm prints it (``2026-12-06T05:00:00``: the local time of
+    this host, where squeue runs) as ISO 8601 with this host's zone
+    (``2026-12-06T05:00:00+01:00``); any other text (``N/A``, ``Unknown``) as it is."""
+    try:
+        parsed = datetime.fromisoformat(text)
+    except ValueError:
+        return text
+    zoned = parsed if parsed.tzinfo is not None else parsed.astimezone()
+    return zoned.isoformat(timespec="seconds")
+
+
 def _fallback(value: Any) -> Any:
     # A numpy scalar or array (a metric read from an array) is its number(s); anything else its
     # text, as `recommend --json` always wrote it: a document, never a traceback.

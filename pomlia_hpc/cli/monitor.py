@@ -12,7 +12,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from pomlia_hpc.cli.app import STATE, app, console, err_console
-from pomlia_hpc.cli.jsonout import print_json
+from pomlia_hpc.cli.jsonout import print_json, zoned_local_time
 from pomlia_hpc.cli.listing import JsonFlag, print_rows
 from pomlia_hpc.cli.reference import warn_few_images
 from pomlia_hpc.cli.tables import MISSING, ListTable, shown, stack, when
@@ -470,7 +470,8 @@ def status_cmd(
     cancelled by hand or could not submit the next one; schedule it again) or unscheduled.
     Job states are refreshed with one sacct call first, as in `pomlia jobs list`.
 
-    --json keys: chain, state, every, at, window, queued (label, state, begin), last, advice."""
+    --json keys: chain, state, every, at, window, queued (label, state, begin: ISO 8601 with
+    the zone), last, advice."""
     from pomlia_hpc.cli.polling import refresh_for_listing
     from pomlia_hpc.monitor.chains import chain_keys, chain_state
     from pomlia_hpc.monitor.schedule import chain_key
@@ -494,7 +495,11 @@ def status_cmd(
             }
         )
     if as_json:
-        print_rows(rows)
+        # squeue's begin is local wall time without a zone: a script needs the zone to compare
+        zoned = [
+            r | {"queued": [[*q[:2], zoned_local_time(q[2])] for q in r["queued"]]} for r in rows
+        ]
+        print_rows(zoned)
         return
     if not rows:
         console.print("no monitoring chain in this workspace (`pomlia monitor schedule`)")
