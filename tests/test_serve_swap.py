@@ -4,19 +4,25 @@ a new bundle while 16 clients keep sending requests, with no error and every ans
 
 from __future__ import annotations
 
+import asyncio
+import gc
 import io
 import threading
 import time
+import weakref
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 
+from pomlia_hpc.serve.config import ServeConfig
 from pomlia_hpc.serve.demo import cached_demo_bundle
 from pomlia_hpc.serve.exported import ExportedBundle
+from pomlia_hpc.serve.holder import ModelHolder
 from pomlia_hpc.serve.inbox import inputs_dir, read_inputs
 from pomlia_hpc.serve.local import LocalServer
+from pomlia_hpc.serve.metrics import ServerMetrics
 from pomlia_hpc.serve.predlog import read_records
 from pomlia_hpc.serve.records import PredictionLine
 from pomlia_hpc.serve.slots import point
@@ -160,3 +166,37 @@ def test_a_bundle_directory_is_not_reloadable(bundles: dict[str, Path], tmp_path
         error = r.json()["error"]
         assert r.status_code == 409 and "follows no deployment link" in error
         assert "bundle directory" not in error and "pomlia serve SLOT" in error
+
+
+def test_a_swapped_out_model_is_freed_by_the_swap(bundles: dict[str, Path], tmp_path: Path) -> None:
+    """The old predictor and its batcher held each other (the batcher kept the predictor's
+    bound methods), so each hot swap left the old model, its runtime's threads and, on a GPU,
+    its weights in memory until a full garbage collection: 200 swaps under load took a server
+    from 7 to 48 threads and 619 to 681 MB. With the collector off, the old model is gone as
+    soon as the swap returns."""
+    link = tmp_path / "current"
+    point(link, bundles["a"])
+    holder = ModelHolder(
+        ExportedBundle.open(link),
+        ServeConfig(watch_interval_s=0, threads=2),
+        tmp_path / "logs",
+        ServerMetrics(),
+        follow=link,
+    )
+
+    async def swaps() -> list[bool]:
+        await holder.start()
+        alive = []
+        gc.disable()
+        try:
+            for target in ("b", "a", "b"):
+                old = weakref.ref(holder.current())
+                point(link, bundles[target])
+                assert (await holder.reload())["reloaded"] is True
+                alive.append(old() is not None)
+        finally:
+            gc.enable()
+            await holder.stop()
+        return alive
+
+    assert asyncio.run(swaps()) == [False, False, False]

@@ -23,7 +23,7 @@ import threading
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Generic, TypeVar
+from typing import Any, Generic, TypeVar
 
 import numpy as np
 
@@ -57,6 +57,14 @@ def _resolve(futures: list[asyncio.Future[R]], outcomes: list[R | BaseException]
             fut.set_exception(out)
         else:
             fut.set_result(out)
+
+
+def _closed_process(_arrays: Sequence[np.ndarray]) -> Sequence[Any]:
+    raise BatcherClosedError("the batcher is stopped")
+
+
+def _closed_finish(_results: Sequence[Any], deliver: Deliver) -> None:
+    deliver(BatcherClosedError("the batcher is stopped"))
 
 
 class DynamicBatcher(Generic[R]):
@@ -159,6 +167,12 @@ class DynamicBatcher(Generic[R]):
                 break
             batch, stop = self._take_batch(first)
             self._run_batch(batch)
+        # Nothing is processed any more: drop the callbacks. They are the owner's bound methods
+        # (a Predictor holds its batcher, the batcher its ``process``), a cycle that only a full
+        # garbage collection frees: after each hot swap the old model, its runtime's threads
+        # and (on a GPU) its weights stayed in memory until then.
+        self._process = _closed_process
+        self._finish = _closed_finish
 
     def _run_batch(self, batch: list[_Item[R]]) -> None:
         t0 = time.perf_counter()
