@@ -121,10 +121,8 @@ async def feedback(holder: ModelHolder, request: Request) -> Response:
     pred = holder.current()
     bundle = pred.bundle
     issued = holder.issued
-    had_label = issued.labelled(item.prediction_id)
-    refusal = feedback_refusal(
-        issued.claim(item.prediction_id, replaces=item.replaces), item.prediction_id
-    )
+    claim, had_label = await holder.claim(item.prediction_id, replaces=item.replaces)
+    refusal = feedback_refusal(claim, item.prediction_id)
     if refusal is not None:
         raise refusal
     multi = bundle.task_type == "multi-label"

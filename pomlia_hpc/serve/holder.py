@@ -24,8 +24,9 @@ from pomlia_hpc.serve.decode import RequestError
 from pomlia_hpc.serve.exported import ExportedBundle
 from pomlia_hpc.serve.fingerprint import FingerprintFn, bundle_fingerprint
 from pomlia_hpc.serve.inbox import Inbox, inputs_dir
-from pomlia_hpc.serve.issued import IssuedIds, card_time
+from pomlia_hpc.serve.issued import Claim, IssuedIds, card_time
 from pomlia_hpc.serve.metrics import ServerMetrics
+from pomlia_hpc.serve.peers import PeerLogs
 from pomlia_hpc.serve.predictor import Predictor
 from pomlia_hpc.serve.predlog import PredictionLog
 from pomlia_hpc.serve.runtime import load_runtime
@@ -58,6 +59,7 @@ class ModelHolder:
         self.predictor: Predictor | None = None
         self.draining = False
         self.issued = IssuedIds(config.feedback_window)
+        self.peers: PeerLogs | None = None  # set by start()
         self._refused: Path | None = None  # a link target refused once, not every interval
         self._lock = asyncio.Lock()
         self._watcher: asyncio.Task[None] | None = None
@@ -111,6 +113,11 @@ class ModelHolder:
                 retention_s=config.inputs_retention_days * 86400.0,
                 fsync=config.log_fsync,
             )
+        # Before the folder is read: what other servers of the deployment append from now on
+        # is read on demand (a feedback id this server does not know, see serve.peers).
+        self.peers = peers = await asyncio.to_thread(
+            PeerLogs.snapshot, self.log_dir, config.deployment_id
+        )
         self.issued = issued = await asyncio.to_thread(
             IssuedIds.from_log,
             self.log_dir,
@@ -126,6 +133,7 @@ class ModelHolder:
             keep_after=issued.oldest_time,
             retry_s=config.log_retry_s,
         )
+        peers.own = plog.stem
         self.predictor = await asyncio.to_thread(self._make_predictor, self.bundle, plog)
         if self.follow is not None and config.watch_interval_s > 0:
             self._watcher = asyncio.create_task(self._watch(self.follow))
@@ -147,6 +155,18 @@ class ModelHolder:
         if self.follow is not None:
             return None
         return card_time(self.bundle.card)
+
+    async def claim(self, pid: str, *, replaces: bool) -> tuple[Claim, bool]:
+        """Claim the label of prediction ``pid`` (:meth:`~.issued.IssuedIds.claim`) and say
+        whether it had one. Another server of the deployment may have answered ``pid``, or
+        labelled it, after this one read the log (a restart or a switch: both run for a
+        while): what their files gained since is read first (:mod:`~pomlia_hpc.serve.peers`;
+        a stat per file when they gained nothing)."""
+        issued = self.issued
+        if self.peers is not None:
+            await asyncio.to_thread(self.peers.catch_up, issued)
+        had = issued.labelled(pid)
+        return issued.claim(pid, replaces=replaces), had
 
     async def stop(self) -> None:
         """Stop watching, answer what is still queued and write every record."""

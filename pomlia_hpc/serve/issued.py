@@ -112,6 +112,14 @@ class IssuedIds:
             if key in self._ids:
                 self._ids[key] = had_label
 
+    def mark_labelled(self, pid: str) -> None:
+        """Note that ``pid`` has a label (logged by another server of this deployment); an id
+        that is not remembered, or not 32 hex digits, is left out."""
+        key = _key(pid)
+        with self._lock:
+            if key in self._ids:
+                self._ids[key] = True
+
     def labelled(self, pid: str) -> bool:
         with self._lock:
             return bool(self._ids.get(bytes.fromhex(pid)))

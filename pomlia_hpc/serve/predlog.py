@@ -153,6 +153,11 @@ class PredictionLog:
         self._thread.start()
 
     @property
+    def stem(self) -> str:
+        """How the names of this log's files start (``<start>-<host>-<pid>``)."""
+        return self._stem
+
+    @property
     def path(self) -> Path:
         """The file being written now."""
         return self.directory / f"{self._stem}-{self._seq:04d}.jsonl"
