@@ -521,3 +521,23 @@ def test_feedback_labels_match_in_unicode_nfc(tmp_path: Path) -> None:
         (nfd, 0),
         (nfc, 1),
     ]
+
+
+def test_a_server_that_sees_no_gpu_loads_no_torch(
+    tmp_path: Path, tmp_path_factory: pytest.TempPathFactory
+) -> None:
+    """``backend: auto`` imported torch to learn that there is no GPU, and a CPU server held
+    torch's libraries for its whole life (619 MB resident for a small ONNX model). With every
+    GPU hidden it now answers with onnxruntime and never loads them."""
+    bundle = cached_demo_bundle(tmp_path_factory.getbasetemp() / "serve-demo", num_classes=4)
+    with LocalServer(bundle, tmp_path / "logs", env={"CUDA_VISIBLE_DEVICES": ""}) as srv:
+        resp = httpx.post(
+            srv.url + "/v1/predict",
+            content=png(images(1)[0]),
+            headers={"content-type": "image/png"},
+            timeout=30,
+        )
+        assert resp.status_code == 200, resp.text
+        assert srv.proc is not None
+        libraries = Path(f"/proc/{srv.proc.pid}/maps").read_text()
+    assert "libtorch" not in libraries

@@ -429,7 +429,7 @@ def _model_bundle(model: str, cfg: ServeConfig) -> tuple[ExportedBundle, ServeCo
     with its deployment's creation time; its ``--deployment-id`` must be one of its
     deployments (checked before exporting)."""
     from pomlia_hpc.serve.deploy import check_deployment
-    from pomlia_hpc.serve.export import bundle_for_model, export_model
+    from pomlia_hpc.serve.exported import bundle_for_model
 
     reg = STATE.registry()
     if cfg.deployment_id is not None:
@@ -437,6 +437,9 @@ def _model_bundle(model: str, cfg: ServeConfig) -> tuple[ExportedBundle, ServeCo
         cfg = cfg.model_copy(update={"deployment_created": created})
     found = bundle_for_model(reg, model)
     if found is None:
+        # Imported only here: exporting loads torch, which a CPU server need not hold.
+        from pomlia_hpc.serve.export import export_model
+
         console.print(f"model {model} has no export yet: exporting it first")
         exported = export_model(reg, STATE.workspace, model)
         warn_few_images(exported.reference, model)
@@ -509,7 +512,7 @@ def deploy(
     deployment id): write, build the image there, then `pomlia deploy MODEL --submit`."""
     from pomlia_hpc.config import load_cluster_profile
     from pomlia_hpc.serve.deploy import IMAGE, submit_deployment, write_deployment
-    from pomlia_hpc.serve.export import bundle_for_model
+    from pomlia_hpc.serve.exported import bundle_for_model
     from pomlia_hpc.serve.reference import REFERENCE_FILE
 
     ws = STATE.workspace

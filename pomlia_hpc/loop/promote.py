@@ -120,7 +120,8 @@ def put_on_slot(
     if kind not in KINDS:
         raise InputError(f"promotion kind '{kind}' is not known: expected one of {KINDS}")
     # Imported here: exporting loads torch, which the history, rollback and status need not.
-    from pomlia_hpc.serve.export import bundle_for_model, export_model
+    from pomlia_hpc.serve.export import export_model
+    from pomlia_hpc.serve.exported import bundle_for_model
 
     bundle = (
         bundle_for_model(registry, model_ref) or export_model(registry, workspace, model_ref).bundle

@@ -191,7 +191,7 @@ def resolve_target(registry: Registry, ref: str) -> Target:
         slot = ref.removeprefix(SLOT_PREFIX)
     elif deployment_id is None and model.name != ref and str(model.id) != ref:
         slot = ref
-    # The bundle its last export recorded (serve.export.bundle_for_model's rule, without
+    # The bundle its last export recorded (serve.exported.bundle_for_model's rule, without
     # importing the exporter: it needs torch, and a monitor run should start fast).
     path = (model.card.get("export") or {}).get("bundle")
     bundle = ExportedBundle.open(path) if path and (Path(path) / CARD).is_file() else None

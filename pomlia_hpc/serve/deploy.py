@@ -36,8 +36,7 @@ from pomlia_hpc.errors import ConfigError, InputError, NotFoundError
 from pomlia_hpc.files import probe_writable, staged_dir
 from pomlia_hpc.models.catalog import resolve_model
 from pomlia_hpc.registry import Deployment, Model, Registry
-from pomlia_hpc.serve.export import bundle_for_model, export_model
-from pomlia_hpc.serve.exported import ExportedBundle
+from pomlia_hpc.serve.exported import ExportedBundle, bundle_for_model
 from pomlia_hpc.serve.predlog import log_dir
 from pomlia_hpc.serve.reference import REFERENCE_FILE
 from pomlia_hpc.workspace import Workspace
@@ -375,6 +374,10 @@ def write_deployment(
                 f"{row.name} has no export yet: write the directory first with `{write_cmd}`, "
                 "build the image there, then submit; nothing was written"
             )
+        # Imported here: exporting loads torch, which `pomlia serve` (check_deployment) and
+        # a directory written before need not (a CPU server held it for its whole life).
+        from pomlia_hpc.serve.export import export_model
+
         bundle = export_model(registry, workspace, ref).bundle
     target = (out_dir or workspace.path("models", row.name, "deploy", bundle.version)).resolve()
     other = "choose another --out" if out_dir is not None else "pass --out DIR"

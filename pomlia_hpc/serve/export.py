@@ -434,15 +434,6 @@ def card_with_bundle(card: Mapping[str, Any], result: ExportResult) -> dict[str,
     return out
 
 
-def bundle_for_model(registry: Registry, ref: str) -> ExportedBundle | None:
-    """The bundle recorded for registry model ``ref`` by its last export, if it still exists."""
-    row = resolve_model(registry, ref)
-    path = (row.card.get("export") or {}).get("bundle")
-    if path and (Path(path) / CARD).is_file():
-        return ExportedBundle.open(path)
-    return None
-
-
 def task_encoder(registry: Registry, model: Model) -> int | None:
     """The fingerprint encoder of ``model``'s task: ``lineage["encoder_id"]``, else the newest
     encoder with complete fingerprints of the task's dataset version; None if neither."""

@@ -20,12 +20,16 @@ import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pomlia_hpc.config import read_record
 from pomlia_hpc.errors import InputError, NotFoundError
 from pomlia_hpc.models.card import ModelCard
+from pomlia_hpc.models.catalog import resolve_model
 from pomlia_hpc.serve.programs import check_program
+
+if TYPE_CHECKING:
+    from pomlia_hpc.registry import Registry
 
 CARD = "card.json"
 ONNX = "model.onnx"
@@ -184,3 +188,12 @@ class ExportedBundle:
             if (p := self.file(name)) is not None:
                 return p
         return None
+
+
+def bundle_for_model(registry: Registry, ref: str) -> ExportedBundle | None:
+    """The bundle recorded for registry model ``ref`` by its last export, if it still exists."""
+    row = resolve_model(registry, ref)
+    path = (row.card.get("export") or {}).get("bundle")
+    if path and (Path(path) / CARD).is_file():
+        return ExportedBundle.open(path)
+    return None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import sys
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -46,7 +47,28 @@ class Runtime:
     logits: LogitsFn
 
 
+#: Device files of a GPU driver: NVIDIA's, ROCm's (whose devices torch also calls CUDA) and
+#: WSL2's. A Linux node without any of them has no GPU that torch could use.
+GPU_DEVICE_FILES = ("/dev/nvidiactl", "/dev/nvidia0", "/dev/kfd", "/dev/dxg")
+
+
+def gpu_may_be_visible() -> bool:
+    """Whether this process may see a GPU, told without importing torch: false when
+    ``CUDA_VISIBLE_DEVICES`` hides every device (empty or -1) or, on Linux, when no GPU
+    driver's device file exists. Why: ``backend: auto`` imported torch to learn that a CPU
+    node has no GPU, and a CPU server then held torch's libraries for its whole life (about
+    400 MB more resident memory for a 30 MB ONNX model)."""
+    hidden = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if hidden is not None and hidden.strip() in ("", "-1"):
+        return False
+    if not sys.platform.startswith("linux"):
+        return True  # torch is asked
+    return any(Path(f).exists() for f in GPU_DEVICE_FILES)
+
+
 def _cuda_available() -> bool:
+    if not gpu_may_be_visible():
+        return False
     try:
         import torch
     except ImportError:
