@@ -22,7 +22,7 @@ from pomlia_hpc.cli import app
 from pomlia_hpc.data.store import find_version, open_store
 from pomlia_hpc.errors import InputError
 from pomlia_hpc.loop.gate import correct
-from pomlia_hpc.models.checkpoint import save_classifier
+from pomlia_hpc.models.checkpoint import load_classifier, save_classifier
 from pomlia_hpc.models.nets import build_classifier
 from pomlia_hpc.registry import Model, Registry, Task
 from pomlia_hpc.report import build_report
@@ -79,16 +79,38 @@ def test_one_runs_metric_is_the_same_number_everywhere(
     assert short["value"] == test["f1_macro"]
 
     # recomputed from the registered model: the gate's per-image correctness, and the task
-    # metrics of its probabilities, on the test split
+    # metrics of its probabilities, on the test split. Recomputed at another batch size than
+    # the trial's evaluation, a float32 logit can move by a few ulps: an image whose two top
+    # logits are that close (a 1-epoch model is near uniform) may flip, so such images are
+    # the tolerance, not a fixed one (1 image of 12 is 0.083).
     store = open_store(find_version(reg, "blood_data").store_path)
     x, y = store.read_split("test")
     y = y.reshape(len(y), -1).astype(np.int64)
-    assert correct(model, x, y).mean() == pytest.approx(test["acc"])
+    right = int(correct(model, x, y).sum())
+    assert abs(right - test["acc"] * len(y)) <= _near_ties(model, x) + 1e-6
     # the monitoring reference written at export, from the validation split
     exported = export_model(reg, workspace, "trace-best")
     assert exported.reference is not None
     ref = read_reference(exported.reference)
-    assert ref.split == "val" and ref.accuracy == pytest.approx(val["acc"])
+    xv, _ = store.read_split("val")
+    assert ref.split == "val"
+    assert abs(ref.accuracy - val["acc"]) * len(xv) <= _near_ties(model, xv) + 1e-6
+
+
+def _near_ties(model: Model, images: np.ndarray, tol: float = 1e-4) -> int:
+    """How many of uint8 NHWC ``images`` ``model`` gives two top logits within ``tol`` of
+    each other (scored in one batch): the images whose predicted class may differ between
+    two evaluations at other batch sizes."""
+    import torch
+
+    loaded = load_classifier(model.path)
+    mean = torch.tensor(loaded.meta.pre.mean).view(1, -1, 1, 1)
+    std = torch.tensor(loaded.meta.pre.std).view(1, -1, 1, 1)
+    batch = torch.from_numpy(np.ascontiguousarray(images)).permute(0, 3, 1, 2).float() / 255.0
+    with torch.inference_mode():
+        logits = loaded.model((batch - mean) / std).numpy()
+    top = np.sort(logits, axis=1)
+    return int((top[:, -1] - top[:, -2] < tol).sum())
 
 
 def test_a_model_registered_by_hand_shows_its_tasks_metric(
