@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import tracemalloc
 from collections import defaultdict
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from PIL import Image
 from pomlia_hpc.data.api import ingest
 from pomlia_hpc.data.explicit_fingerprint import image_hashes
 from pomlia_hpc.data.sources.base import keep_copies_together
+from pomlia_hpc.data.sources.folder import FolderSource
 from pomlia_hpc.data.store import SPLITS, open_store
 from pomlia_hpc.registry import Registry
 from pomlia_hpc.workspace import Workspace
@@ -110,3 +112,26 @@ def test_copies_in_an_hdf5_file_land_in_one_split(
     )
     where = _splits_of_each_image(str(rec.store_path))
     assert len(where) == 40 and all(len(s) == 1 for s in where.values())
+
+
+def test_copies_are_hashed_a_block_at_a_time(tmp_path: Path) -> None:
+    """Two copies of a large file: the carve tells they are copies without holding either
+    whole (it read each file into memory: two copies of a 4 GB scan took 4 GB before the
+    header check refused them)."""
+    rng = np.random.default_rng(9)
+    root = tmp_path / "imgs"
+    for name in ("a", "b"):
+        (root / name).mkdir(parents=True)
+        for i in range(4):
+            img = rng.integers(0, 255, (1200, 1200, 3), dtype=np.uint8)  # ~4 MB, incompressible
+            Image.fromarray(img).save(root / name / f"{i}.png", compress_level=0)
+    shutil.copy(root / "a" / "0.png", root / "a" / "copy.png")
+    size = (root / "a" / "0.png").stat().st_size
+    tracemalloc.start()
+    try:
+        src = FolderSource(root, val_fraction=0.25, test_fraction=0.25)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert sum(src.split_sizes.values()) == 9
+    assert peak < size / 2
