@@ -135,3 +135,29 @@ def test_copies_are_hashed_a_block_at_a_time(tmp_path: Path) -> None:
         tracemalloc.stop()
     assert sum(src.split_sizes.values()) == 9
     assert peak < size / 2
+
+
+def test_an_npz_whose_own_split_moved_a_copy_is_not_said_to_follow_the_carve_rule(
+    workspace: Workspace, tmp_path: Path
+) -> None:
+    """An npz's splits are its own: moving a copy of a training image out of its test split
+    by hand is not the carve's new rule (the note said it was)."""
+    rng = np.random.default_rng(6)
+    x = rng.integers(0, 255, (24, 8, 8, 3), dtype=np.uint8)
+    y = np.arange(24) % 2
+    parts = {"train": (x[:12], y[:12]), "val": (x[12:18], y[12:18]), "test": (x[18:], y[18:])}
+
+    def write(path: Path, copy_in: str) -> Path:
+        out = dict(parts)
+        xs, ys = out[copy_in]
+        out[copy_in] = (np.concatenate([xs, x[:1]]), np.concatenate([ys, y[:1]]))
+        arrays = {f"{s}_images": v[0] for s, v in out.items()}
+        np.savez(path, **arrays, **{f"{s}_labels": v[1][:, None] for s, v in out.items()})
+        return path
+
+    cli_ok("data", "add", "own", str(write(tmp_path / "a.npz", "test")))
+    old = json.loads(cli_ok("data", "show", "own", "--json"))
+    assert sum(old["fingerprint"]["duplicates"]["across_splits"].values()) == 1
+    out = cli_ok("data", "add", "own", str(write(tmp_path / "b.npz", "train")))
+    assert f"note: same images as {old['ref']}; " in out
+    assert "copies of one image are now carved" not in out

@@ -159,6 +159,15 @@ ROUNDING = "split sizes now round half up since 607d07e"
 COPIES_TOGETHER = "copies of one image are now carved into one split"
 
 
+def _split_carved(src: dict[str, Any]) -> bool:
+    """Whether ingest carved (some of) the split of a version with source meta ``src``: an
+    image folder with fractions in use, an HDF5 file without a split dataset. Only there does
+    :data:`COPIES_TOGETHER` decide a split (an npz's, a split dataset's are the file's own)."""
+    if src.get("kind") == "folder":
+        return bool(src.get("val_fraction") or src.get("test_fraction"))
+    return src.get("kind") == "hdf5" and not src.get("split")
+
+
 def _copies_across(store: DatasetStore) -> int:
     """Val/test images of ``store`` that are pixel copies of its training images, as its
     explicit fingerprint counts them."""
@@ -216,7 +225,7 @@ def _why_resplit(new: DatasetStore, parent: DatasetStore, hashes: RowHashes) -> 
         return "only the split differs (other split fractions)"
     if _rounding_explains(new.meta, parent.meta):
         return f"only the split differs ({ROUNDING})"
-    if _copies_across(parent) and not _copies_across(new):
+    if _split_carved(src) and _copies_across(parent) and not _copies_across(new):
         return (
             f"only the split differs ({COPIES_TOGETHER}; {_copies_across(parent)} val/test "
             f"image(s) of {parent.ref} were copies of training images)"
