@@ -11,6 +11,7 @@ import os
 import shutil
 import stat
 import subprocess
+import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -21,7 +22,7 @@ from typer.testing import CliRunner
 
 from pomlia_hpc.cli import app
 from pomlia_hpc.cluster.batch import jobs_named
-from pomlia_hpc.monitor.catchup import catch_up
+from pomlia_hpc.monitor.catchup import catch_up, next_run
 from pomlia_hpc.monitor.schedule import job_name
 from pomlia_hpc.registry import Job, Registry
 from pomlia_hpc.workspace import Workspace
@@ -151,6 +152,48 @@ def test_the_catch_up_run_tests_the_whole_missed_span(tmp_path: Path) -> None:
     assert "--chain --window 2h --after" in resubmit
     assert inherited == "since="  # not handed on to the next run's submission
     assert f"--until {begin} --since {since}" in run
-    assert f"catching up: this run tests the runs the chain missed, from {since}" in (
-        done.stdout.decode()
-    )
+    said = " ".join(done.stdout.decode().split())
+    assert f"this run tests from {since} to {begin}, as the run before it said" in said
+
+
+@pytest.fixture
+def berlin() -> Iterator[None]:
+    """This process on Europe/Berlin time (summer time from the last Sunday of March to the
+    last Sunday of October) for the test."""
+    old = os.environ.get("TZ")
+    os.environ["TZ"] = "Europe/Berlin"
+    time.tzset()
+    yield
+    if old is None:
+        os.environ.pop("TZ", None)
+    else:
+        os.environ["TZ"] = old
+    time.tzset()
+
+
+@pytest.mark.usefixtures("berlin")
+@pytest.mark.parametrize(
+    ("at", "night", "apart"),
+    [
+        ("04:00", datetime(2026, 10, 24, 4), 25 * HOUR),
+        ("03:00", datetime(2026, 3, 28, 3), 23 * HOUR),
+    ],
+)
+def test_windows_meet_across_a_summer_time_change(
+    at: str, night: datetime, apart: timedelta
+) -> None:
+    """A nightly chain keeps its time of day, so across a summer-time change its runs are 25
+    (or 23) hours apart; each run tested the 24 hours before it, leaving an hour untested (or
+    testing one twice). The next run's window starts where this run's ended, also when it
+    catches up."""
+    day = timedelta(days=1)
+    scheduled = night.astimezone()  # this run's scheduled start, on the local wall clock
+    nxt = next_run(at, day, scheduled, day, scheduled + 12 * HOUR)
+    assert nxt.behind is None and nxt.begin - scheduled == apart
+    assert nxt.since == scheduled  # not nxt.begin - 24 h
+    late = next_run(at, day, scheduled, day, scheduled + 3 * day)
+    assert late.behind is not None and late.since == scheduled
+    # Runs on either side of the change: the window is --window before the run, as always.
+    week = (night + 7 * day).astimezone()
+    steady = next_run(at, day, week, day, week + HOUR)
+    assert steady.since is None and steady.begin - week == day

@@ -8,12 +8,17 @@ whose time has passed is scheduled at the latest of the chain's times that has p
 starts at once) and tests the whole span its missed runs would have tested, from the first
 missed run's window start to its own scheduled start: nothing is tested twice, nothing falls
 between windows, and the chain is back on its times after that one run.
+
+A run's window is the period before its scheduled start. On the wall clock of a chain fixed to
+a time of day, a summer-time change puts two runs 23 or 25 hours apart: a 24 hour window
+before each tested an hour twice, or left one untested. A run's window therefore starts one
+period (elapsed time) after its predecessor's (:func:`window_start`), where they meet.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from pomlia_hpc.monitor.cronlines import next_begin
@@ -25,7 +30,7 @@ class CatchUp:
 
     #: Its scheduled start: the latest of the chain's times that has passed (UTC offset kept).
     begin: datetime
-    #: The start of its window: the first missed run's (its scheduled start minus the window).
+    #: The start of its window: the first missed run's (:func:`window_start`).
     since: datetime
     #: The scheduled runs it stands for (itself included), the first of them at ``first``.
     missed: int
@@ -63,7 +68,37 @@ def catch_up(
         if not first <= last <= now:
             last = first
     missed = round((last - first) / every) + 1
-    return CatchUp(begin=last, since=first - window, missed=missed, first=first)
+    return CatchUp(begin=last, since=window_start(after, every, window), missed=missed, first=first)
+
+
+def window_start(after: datetime, every: timedelta, window: timedelta) -> datetime:
+    """The window start of the run that follows the one scheduled at ``after``: one period
+    (``every``, elapsed time) after that run's window start, ``after - window`` (module
+    docstring: consecutive windows meet across a summer-time change too)."""
+    return after.replace(microsecond=0).astimezone(UTC) + every - window
+
+
+@dataclass(frozen=True)
+class NextRun:
+    """The run a chain's run at ``after`` submits: its scheduled start, its window start when
+    that is not ``begin - window`` (a catch-up, a summer-time change between the two runs),
+    and the catch-up it is, if one."""
+
+    begin: datetime
+    since: datetime | None
+    behind: CatchUp | None
+
+
+def next_run(
+    at: str | None, every: timedelta, after: datetime, window: timedelta, now: datetime
+) -> NextRun:
+    """The successor of the run scheduled at ``after`` (arguments as for :func:`catch_up`)."""
+    behind = catch_up(at, every, after, window, now)
+    if behind is not None:
+        return NextRun(behind.begin, behind.since, behind)
+    begin = next_begin(at, every, now=after)
+    since = window_start(after, every, window)
+    return NextRun(begin, None if since == begin - window else since, None)
 
 
 def script_catches_up(script: Path) -> bool:
