@@ -108,3 +108,16 @@ def test_not_found_is_exit_4_apart_from_bad_input(workspace: Workspace) -> None:
     bad = pomlia(*home, "jobs", "show", "abc", "--json")
     assert bad.returncode == 2 and bad.stdout == "", bad.stderr
     assert bad.stderr.startswith("error: job 'abc': expected a registry job id"), bad.stderr
+
+
+def test_a_file_the_command_was_pointed_at_that_is_not_there_is_exit_4(
+    workspace: Workspace, tmp_path: Path
+) -> None:
+    """The table says so, but `data add NAME missing.npz` and `pipeline run missing.yaml`
+    were exit 2, as a malformed file is."""
+    home = ("--home", str(workspace.home))
+    gone = tmp_path / "gone"
+    for args in (("data", "add", "x", f"{gone}.npz"), ("pipeline", "run", f"{gone}.yaml")):
+        proc = pomlia(*home, *args)
+        assert proc.returncode == NOT_FOUND_EXIT, proc.stderr
+        assert proc.stderr.startswith("error: ") and "does not exist" in proc.stderr

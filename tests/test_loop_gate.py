@@ -15,7 +15,7 @@ from pomlia_hpc.cli import app
 from pomlia_hpc.data.api import ingest
 from pomlia_hpc.data.harvest import harvest_info
 from pomlia_hpc.data.store import find_version, open_store
-from pomlia_hpc.errors import InputError, PomliaError
+from pomlia_hpc.errors import InputError, NotFoundError, PomliaError
 from pomlia_hpc.loop.gate import promote_with_gate, run_gate
 from pomlia_hpc.loop.harvest import harvest
 from pomlia_hpc.loop.lineage import lineage
@@ -171,7 +171,7 @@ def test_harvest_without_kept_inputs_is_one_error_naming_the_log(
         "window, 2 without a kept input); serve with --keep-inputs and send feedback"
     )
     res = CliRunner().invoke(app, ["data", "harvest", "m", "--log-dir", str(tmp_path / "none")])
-    assert isinstance(res.exception, InputError)
+    assert isinstance(res.exception, NotFoundError)
     assert str(res.exception).startswith(f"--log-dir {tmp_path / 'none'}: no such folder")
     assert [x.version for x in list_versions(reg)] == [v.version]
 

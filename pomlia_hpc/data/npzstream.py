@@ -16,7 +16,7 @@ from typing import IO, Any
 import numpy as np
 from numpy.lib import format as npy_format
 
-from pomlia_hpc.errors import InputError
+from pomlia_hpc.errors import InputError, NotFoundError
 
 # Damaged input makes zipfile, zlib and numpy's header parser (ast.literal_eval on file bytes)
 # raise a dozen types (BadZipFile, zlib.error, EOFError, NotImplementedError, SyntaxError,
@@ -33,7 +33,7 @@ class NpzFile:
         try:
             self._zip = zipfile.ZipFile(path)
         except FileNotFoundError as exc:
-            raise InputError(f"npz file '{path}' does not exist") from exc
+            raise NotFoundError(f"npz file '{path}' does not exist") from exc
         except Exception as exc:  # BadZipFile, OSError, ValueError, NotImplementedError...
             raise InputError(
                 f"npz file '{path}' is truncated or not an npz file: expected a zip archive "

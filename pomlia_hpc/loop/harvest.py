@@ -18,7 +18,7 @@ from pathlib import Path
 
 from pomlia_hpc.data.harvest import NewImages, harvest_info, harvest_version
 from pomlia_hpc.data.versioning import VersionRecord
-from pomlia_hpc.errors import InputError
+from pomlia_hpc.errors import InputError, NotFoundError
 from pomlia_hpc.loop.promote import champion
 from pomlia_hpc.models.catalog import resolve_model
 from pomlia_hpc.registry import Dataset, DatasetVersion, Model, Registry, Task
@@ -100,7 +100,7 @@ def harvest(
     model, log_name = served_model(registry, ref)
     parent, dataset = training_version(registry, model)
     if log_dir is not None and not log_dir.is_dir():
-        raise InputError(
+        raise NotFoundError(
             f"--log-dir {log_dir}: no such folder; expected the prediction log folder of a "
             f"server of {log_name} "
             f"(`pomlia serve {shlex.quote(log_name)} --keep-inputs --log-dir DIR`)"

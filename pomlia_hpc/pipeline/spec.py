@@ -41,7 +41,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from pomlia_hpc.config import read_yaml
-from pomlia_hpc.errors import ConfigError
+from pomlia_hpc.errors import ConfigError, NotFoundError
 from pomlia_hpc.pipeline.options import check_options, source_kind
 from pomlia_hpc.pipeline.wording import pipeline_problem
 
@@ -393,7 +393,7 @@ def load_pipeline(path: str | Path) -> PipelineSpec:
     """Read and validate a pipeline file."""
     p = Path(path).expanduser()
     if not p.exists():
-        raise ConfigError(f"pipeline file {p} does not exist")
+        raise NotFoundError(f"pipeline file {p} does not exist")
     if p.is_dir():
         raise ConfigError(f"pipeline file {p} is a folder: expected a YAML file")
     return parse_pipeline(read_yaml(p), str(p), p.resolve().parent)

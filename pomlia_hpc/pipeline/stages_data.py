@@ -10,7 +10,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from pomlia_hpc.errors import InputError
+from pomlia_hpc.errors import InputError, NotFoundError
 from pomlia_hpc.pipeline.options import OPTIONS
 from pomlia_hpc.pipeline.spec import DatasetSpec, PipelineSpec
 from pomlia_hpc.pipeline.stage import Stage, StageContext, content_key
@@ -138,10 +138,12 @@ def opened_split_sizes(source: str, options: str, stamp: str) -> tuple[tuple[str
 @contextmanager
 def in_entry(spec: PipelineSpec, index: int) -> Iterator[None]:
     """Re-raise the data room's :class:`InputError` with the pipeline file and data set entry
-    in front, and its command-line flags (``--val-fraction``) as the file's keys."""
+    in front, and its command-line flags (``--val-fraction``) as the file's keys. A source
+    file that is not there is a value of the pipeline file: bad input too (exit 2), not the
+    command line's not found (exit 4)."""
     try:
         yield
-    except InputError as exc:
+    except (InputError, NotFoundError) as exc:
         message = exc.message
         for key in OPTIONS:
             flag = "--" + key.replace("_", "-")

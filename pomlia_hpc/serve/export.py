@@ -31,7 +31,7 @@ import numpy as np
 import torch
 from sqlalchemy import select
 
-from pomlia_hpc.errors import InputError, PomliaError
+from pomlia_hpc.errors import InputError, NotFoundError, PomliaError
 from pomlia_hpc.files import (
     make_dirs,
     probe_writable,
@@ -178,7 +178,7 @@ def check_parity(
 def _encoder_file(encoder: Path) -> str:
     """The bundle's name for a fingerprint encoder file; InputError for other formats."""
     if not encoder.is_file():
-        raise InputError(f"encoder file {encoder} does not exist")
+        raise NotFoundError(f"encoder file {encoder} does not exist")
     if encoder.suffix not in (".onnx", ".pt2"):
         raise InputError(
             f"encoder file {encoder}: expected an ONNX graph (.onnx) or a torch.export program "

@@ -27,7 +27,7 @@ from typing import Any
 
 from pomlia_hpc.data.medmnist_info import is_flag
 from pomlia_hpc.data.sources.base import IngestLimits, LabelDecl, Source, take_options
-from pomlia_hpc.errors import InputError
+from pomlia_hpc.errors import InputError, NotFoundError
 
 HDF5_SUFFIXES = (".h5", ".hdf5", ".he5", ".hdf")
 # A command line gives every value as text, which the source converts to these types.
@@ -78,7 +78,7 @@ def open_source(source: str | Path | Source, **options: Any) -> Source:
         )
     path = Path(text).expanduser()
     if not path.exists():
-        raise InputError(
+        raise NotFoundError(
             f"source '{path}' does not exist: expected an .npz file, an HDF5 file, "
             "an image folder or a MedMNIST flag"
         )
