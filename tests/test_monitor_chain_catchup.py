@@ -197,3 +197,9 @@ def test_windows_meet_across_a_summer_time_change(
     week = (night + 7 * day).astimezone()
     steady = next_run(at, day, week, day, week + HOUR)
     assert steady.since is None and steady.begin - week == day
+    # A window shorter than the period keeps its length (23 h apart, one period after the
+    # last window's start would be the run's own start: an empty window, refused).
+    short = next_run(at, day, scheduled, HOUR, scheduled + 12 * HOUR)
+    assert short.since is None and short.begin == nxt.begin
+    late_short = next_run(at, day, scheduled, HOUR, scheduled + day + 2 * HOUR)
+    assert late_short.behind is not None and late_short.since == late_short.begin - HOUR

@@ -68,13 +68,20 @@ def catch_up(
         if not first <= last <= now:
             last = first
     missed = round((last - first) / every) + 1
-    return CatchUp(begin=last, since=window_start(after, every, window), missed=missed, first=first)
+    return CatchUp(
+        begin=last, since=window_start(after, every, window, first), missed=missed, first=first
+    )
 
 
-def window_start(after: datetime, every: timedelta, window: timedelta) -> datetime:
-    """The window start of the run that follows the one scheduled at ``after``: one period
-    (``every``, elapsed time) after that run's window start, ``after - window`` (module
-    docstring: consecutive windows meet across a summer-time change too)."""
+def window_start(after: datetime, every: timedelta, window: timedelta, begin: datetime) -> datetime:
+    """The window start of the run at ``begin`` that follows the one scheduled at ``after``:
+    one period (``every``, elapsed time) after that run's window start, ``after - window``
+    (module docstring: consecutive windows meet across a summer-time change too). A window
+    shorter than the period is ``window`` before ``begin``: such windows have gaps between
+    them anyway, and one period after the last start could be ``begin`` itself (an empty
+    window, refused) or past it."""
+    if window < every:
+        return begin - window
     return after.replace(microsecond=0).astimezone(UTC) + every - window
 
 
@@ -97,7 +104,7 @@ def next_run(
     if behind is not None:
         return NextRun(behind.begin, behind.since, behind)
     begin = next_begin(at, every, now=after)
-    since = window_start(after, every, window)
+    since = window_start(after, every, window, begin)
     return NextRun(begin, None if since == begin - window else since, None)
 
 
