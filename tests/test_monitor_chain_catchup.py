@@ -191,6 +191,7 @@ def test_windows_meet_across_a_summer_time_change(
     nxt = next_run(at, day, scheduled, day, scheduled + 12 * HOUR)
     assert nxt.behind is None and nxt.begin - scheduled == apart
     assert nxt.since == scheduled  # not nxt.begin - 24 h
+    assert (nxt.describe() or "").startswith("the clock changes (summer time) before the next")
     late = next_run(at, day, scheduled, day, scheduled + 3 * day)
     assert late.behind is not None and late.since == scheduled
     # Runs on either side of the change: the window is --window before the run, as always.

@@ -95,6 +95,18 @@ class NextRun:
     since: datetime | None
     behind: CatchUp | None
 
+    def describe(self) -> str | None:
+        """The chain log's line when the run is not an ordinary one: why it starts at once,
+        or why its window is not ``--window`` long."""
+        if self.behind is not None:
+            return self.behind.describe()
+        if self.since is None:
+            return None
+        return (
+            f"the clock changes (summer time) before the next run at {self.begin.isoformat()}: "
+            f"its window starts at {self.since.isoformat()}, one period after this run's"
+        )
+
 
 def next_run(
     at: str | None, every: timedelta, after: datetime, window: timedelta, now: datetime

@@ -68,7 +68,7 @@ from pomlia_hpc.cluster.batch import (
 from pomlia_hpc.cluster.records import mark_all_cancelled, record_submission
 from pomlia_hpc.errors import ClusterError, InputError, PomliaError
 from pomlia_hpc.files import write_atomic
-from pomlia_hpc.monitor.catchup import next_run, script_catches_up
+from pomlia_hpc.monitor.catchup import NextRun, next_run, script_catches_up
 from pomlia_hpc.monitor.chains import chain_kind, chain_script, job_labels, job_name
 from pomlia_hpc.monitor.chains import is_scheduled as is_scheduled
 from pomlia_hpc.monitor.cronlines import (
@@ -303,11 +303,11 @@ def resubmit(
     if at is not None:
         parse_at(at)
     conf = workspace.path("jobs", "monitor", key, "schedule.env")
-    begin, since, behind = next_begin(at, period, now=after), None, None
+    nxt = NextRun(next_begin(at, period, now=after), None, None)
     if after is not None and script_catches_up(conf.parent / "monitor.sbatch"):
         length = parse_duration(window, "--window") if window else period
         nxt = next_run(at, period, after, length, datetime.now().astimezone())
-        begin, since, behind = nxt.begin, nxt.since, nxt.behind
+    begin, since = nxt.begin, nxt.since
     jname = job_name(key)
     # Slurm first: a registry that hangs (a server out of reach) must not keep the running job
     # from queueing its successor until its time limit kills it.
@@ -321,13 +321,8 @@ def resubmit(
             labels = job_labels(registry, ids) if registry is not None else ids
             note = f"next run already queued: {', '.join(labels)}"
         return Scheduled(None, begin, conf, conf.parent / "monitor.sbatch", None, None, note)
-    if behind is not None:  # the chain's log says why the next run starts at once
-        say(behind.describe())
-    elif since is not None:  # and why its window is not --window long
-        say(
-            f"the clock changes (summer time) before the next run at {begin.isoformat()}: "
-            f"its window starts at {since.isoformat()}, one period after this run's"
-        )
+    if (why := nxt.describe()) is not None:  # why it starts at once, or is not --window long
+        say(why)
     slot = key.removeprefix(SLOT_PREFIX) if key.startswith(SLOT_PREFIX) else None
     kind = chain_kind(workspace, key)
     meta = {"model": key, "begin": begin.isoformat(), "chain": True, "slot": slot, "kind": kind}
