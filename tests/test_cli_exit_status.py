@@ -5,11 +5,15 @@ database server out of reach is 69, a bug 70."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import sqlite3
+import struct
 import subprocess
 import sys
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -121,3 +125,71 @@ def test_a_file_the_command_was_pointed_at_that_is_not_there_is_exit_4(
         proc = pomlia(*home, *args)
         assert proc.returncode == NOT_FOUND_EXIT, proc.stderr
         assert proc.stderr.startswith("error: ") and "does not exist" in proc.stderr
+
+
+@contextlib.contextmanager
+def postgres_saying(message: str, code: str) -> Iterator[int]:
+    """A server on 127.0.0.1 that answers every PostgreSQL connection, as a real server does
+    while it starts up, shuts down or has no connection slot left: SSL and GSS encryption
+    declined, then the startup message answered with ``FATAL`` ``message`` (SQLSTATE
+    ``code``). Yields its port."""
+    error = b"".join(
+        key + value.encode() + b"\0"
+        for key, value in ((b"S", "FATAL"), (b"V", "FATAL"), (b"C", code), (b"M", message))
+    )
+    reply = b"E" + struct.pack("!i", 4 + len(error) + 1) + error + b"\0"
+    srv = socket.create_server(("127.0.0.1", 0))
+    srv.settimeout(0.2)
+    done = threading.Event()
+
+    def answer(conn: socket.socket) -> None:
+        with conn:
+            while True:
+                head = conn.recv(8, socket.MSG_WAITALL)
+                if len(head) < 8:
+                    return
+                size, request = struct.unpack("!ii", head)
+                conn.recv(size - 8, socket.MSG_WAITALL)
+                if request in (80877103, 80877104):  # SSLRequest, GSSENCRequest
+                    conn.sendall(b"N")
+                    continue
+                conn.sendall(reply)
+                return
+
+    def serve() -> None:
+        while not done.is_set():
+            try:
+                conn, _ = srv.accept()
+            except TimeoutError:
+                continue
+            answer(conn)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield int(srv.getsockname()[1])
+    finally:
+        done.set()
+        thread.join()
+        srv.close()
+
+
+@pytest.mark.parametrize(
+    ("message", "code"),
+    [
+        ("the database system is starting up", "57P03"),
+        ("the database system is shutting down", "57P03"),
+        ("sorry, too many clients already", "53300"),
+    ],
+)
+def test_a_database_server_that_cannot_take_a_connection_now_is_exit_69(
+    tmp_path: Path, message: str, code: str
+) -> None:
+    """A server restarting (a nightly maintenance window) or out of connection slots answers
+    with a FATAL error: that was read as a refusal of the user's settings, exit 2, so a
+    nightly job's script could not tell it from a wrong password and retry."""
+    with postgres_saying(message, code) as port:
+        url = f"postgresql+psycopg://pomlia:pomlia@127.0.0.1:{port}/pomlia"
+        proc = pomlia("--home", str(tmp_path / "ws"), "--db-url", url, "data", "list", "--json")
+    assert proc.returncode == UNAVAILABLE_EXIT, proc.stderr
+    assert message in proc.stderr and proc.stdout == "", proc.stderr

@@ -253,7 +253,23 @@ def server_unreachable(url: str, exc: BaseException) -> bool:
     # libpq prefixes what the server said with its severity; psycopg gives no SQLSTATE for a
     # refusal at connection time (a wrong password), so the words are all there is to go by
     said = str(exc.orig or exc)
-    return getattr(exc.orig, "sqlstate", None) is None and "FATAL:" not in said
+    if getattr(exc.orig, "sqlstate", None) is not None:
+        return False
+    # A server that answered but cannot take a connection now (starting up, shutting down,
+    # in recovery, out of connection slots: SQLSTATE 57P03 and 53300) is out of reach too.
+    return "FATAL:" not in said or any(words in said for words in _NOT_NOW)
+
+
+#: What PostgreSQL says at connection time when it cannot take one now (57P03, 53300).
+_NOT_NOW = (
+    "the database system is starting up",
+    "the database system is shutting down",
+    "the database system is in recovery mode",
+    "the database system is not yet accepting connections",
+    "the database system is not accepting connections",
+    "too many clients already",
+    "remaining connection slots are reserved",
+)
 
 
 def write_lock_timed_out(exc: BaseException) -> bool:
