@@ -95,3 +95,63 @@ def test_another_servers_file_is_read_once_in_whole_lines_and_only_for_its_deplo
 
 def line(deployment: int) -> bytes:
     return orjson.dumps(log_line("prediction", deployment=deployment)) + b"\n"
+
+
+def test_a_record_being_written_when_the_server_started_is_taken_once_whole(
+    tmp_path: Path,
+) -> None:
+    """Start-up took each file as read up to its size, which may end inside a record the other
+    server was writing: the rest of that record was read as a bad line (a warning) and its id
+    refused with 404 for good."""
+    old = tmp_path / "20260101T000000-node-1-0000.jsonl"
+    first, second = line(deployment=7), line(deployment=7)
+    old.write_bytes(first + second[:40])
+    peers = PeerLogs.snapshot(tmp_path, deployment=7)
+    peers.own = "20260101T000001-node-2"
+    with old.open("ab") as f:
+        f.write(second[40:])
+    issued = IssuedIds()
+    assert peers.catch_up(issued) == 1
+    assert len(issued) == 1
+
+
+def test_a_server_whose_name_starts_like_this_ones_is_still_a_peer(tmp_path: Path) -> None:
+    """Files were told to be this server's own by the start of their name: a server on the
+    same node, started in the same second, whose pid starts with this one's (12 and 123),
+    was never read."""
+    peers = PeerLogs.snapshot(tmp_path, deployment=7)
+    peers.own = "20260101T000000-node-12"
+    (tmp_path / "20260101T000000-node-123-0000.jsonl").write_bytes(line(deployment=7))
+    (tmp_path / "20260101T000000-node-12-0000.jsonl").write_bytes(line(deployment=7))
+    issued = IssuedIds()
+    assert peers.catch_up(issued) == 1
+
+
+def test_only_files_that_can_still_grow_are_looked_at(tmp_path: Path) -> None:
+    """Each feedback looked at every file of the folder (a stat each, and a read of any that
+    had grown): a month of rotated files and of other deployments' servers. A file its writer
+    rotated away from is read to its end once and not looked at again, and a file whose writer
+    started before the deployment existed (with the clock margin) is not looked at at all."""
+    created = 1_767_225_600.0 + 2 * 86400  # 2026-01-03T00:00:00Z
+    rotated = tmp_path / "20260103T000000-node-1-0000.jsonl"
+    current = tmp_path / "20260103T000000-node-1-0001.jsonl"
+    older = tmp_path / "20260101T000000-node-9-0000.jsonl"  # two days before the deployment
+    for path in (rotated, current, older):
+        path.write_bytes(b"")
+    peers = PeerLogs.snapshot(tmp_path, deployment=7, created=created)
+    peers.own = "20260103T000001-node-2"
+    for path in (rotated, current, older):
+        with path.open("ab") as f:
+            f.write(line(deployment=7))
+    issued = IssuedIds()
+    assert peers.catch_up(issued) == 1  # the current file's only
+    # The current file is rotated too: what it gained before is read, then never again.
+    with current.open("ab") as f:
+        f.write(line(deployment=7))
+    newest = tmp_path / "20260103T000000-node-1-0002.jsonl"
+    newest.write_bytes(line(deployment=7))
+    assert peers.catch_up(issued) == 2
+    with current.open("ab") as f:
+        f.write(line(deployment=7))
+    assert peers.catch_up(issued) == 0
+    assert len(issued) == 3

@@ -115,15 +115,16 @@ class ModelHolder:
             )
         # Before the folder is read: what other servers of the deployment append from now on
         # is read on demand (a feedback id this server does not know, see serve.peers).
+        created = self.log_start()
         self.peers = peers = await asyncio.to_thread(
-            PeerLogs.snapshot, self.log_dir, config.deployment_id
+            PeerLogs.snapshot, self.log_dir, config.deployment_id, created=created
         )
         self.issued = issued = await asyncio.to_thread(
             IssuedIds.from_log,
             self.log_dir,
             config.deployment_id,
             config.feedback_window,
-            created=self.log_start(),
+            created=created,
         )
         plog = PredictionLog(
             self.log_dir,

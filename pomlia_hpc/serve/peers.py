@@ -19,10 +19,13 @@ is skipped as at start-up.
 from __future__ import annotations
 
 import logging
+import os
+import re
 import threading
 from pathlib import Path
 
 from pomlia_hpc.serve.issued import IssuedIds, other_deployment_filter
+from pomlia_hpc.serve.predlog import CLOCK_SKEW_S, file_start_time
 from pomlia_hpc.serve.records import BadLineError, FeedbackLine, PredictionLine, parse_line
 
 log = logging.getLogger("pomlia.serve")
@@ -33,26 +36,69 @@ class PeerLogs:
 
     Made with :meth:`snapshot` before start-up reads the folder (bytes appended while it reads
     are read again: adding an id twice changes nothing); ``own``, the name start of this
-    server's files (:attr:`~.predlog.PredictionLog.stem`), is set once its log exists."""
+    server's files (:attr:`~.predlog.PredictionLog.stem`), is set once its log exists.
 
-    def __init__(self, directory: Path, deployment: int | None, offsets: dict[str, int]) -> None:
+    Only files that can still grow are looked at (a stat each per feedback): the newest file of
+    each writer (``<stem>-<seq>.jsonl``; one it rotated away from is read to its end once, then
+    left alone) whose writer did not start before ``created`` (the deployment's creation, epoch
+    s, less :data:`~.predlog.CLOCK_SKEW_S`), so a month of rotated files and of other
+    deployments' servers costs each feedback a directory listing, not a stat per file."""
+
+    def __init__(
+        self,
+        directory: Path,
+        deployment: int | None,
+        offsets: dict[str, int],
+        *,
+        created: float | None = None,
+    ) -> None:
         self.directory = Path(directory)
         self.deployment = deployment
         self.own: str | None = None
-        self._offsets = offsets  # file name -> bytes read (whole lines)
+        self._offsets = offsets  # file name -> bytes read (whole lines), files that may grow
+        self._done: set[str] = set()  # files their writer rotated away from, read to their end
+        self._cutoff = None if created is None else created - CLOCK_SKEW_S
         self._other = other_deployment_filter(deployment)
         self._lock = threading.Lock()
 
     @classmethod
-    def snapshot(cls, directory: Path, deployment: int | None) -> PeerLogs:
-        """The folder's log files as they are now, taken as read up to their current size."""
-        offsets: dict[str, int] = {}
-        for path in Path(directory).glob("*.jsonl"):
-            try:
-                offsets[path.name] = path.stat().st_size
-            except FileNotFoundError:  # pruned meanwhile
+    def snapshot(
+        cls, directory: Path, deployment: int | None, *, created: float | None = None
+    ) -> PeerLogs:
+        """The folder's log files as they are now, taken as read up to their last whole line
+        (a record being written is read once it is whole)."""
+        peers = cls(directory, deployment, {}, created=created)
+        for name, newest in peers._listing().items():
+            if not newest:
+                peers._done.add(name)  # its writer moved on: it gains nothing more
                 continue
-        return cls(directory, deployment, offsets)
+            path = peers.directory / name
+            try:
+                peers._offsets[name] = whole_lines_end(path, path.stat().st_size)
+            except OSError:  # pruned meanwhile (or unreadable: read, and refused, from 0)
+                continue
+        return peers
+
+    def _listing(self) -> dict[str, bool]:
+        """The names of the folder's log files that may hold records of the deployment but
+        this server's own, each with whether it is its writer's newest file. Names only (no
+        stat): a file whose writer started before the cutoff is left out by its name."""
+        stems: dict[str, int] = {}
+        files: list[tuple[str, str, int]] = []
+        try:
+            names = [e.name for e in os.scandir(self.directory) if e.name.endswith(".jsonl")]
+        except FileNotFoundError:  # no record yet
+            return {}
+        for name in names:
+            stem, seq = writer_of(name)
+            if stem == self.own:
+                continue  # this server's own answers are in the index already
+            started = file_start_time(Path(name))
+            if self._cutoff is not None and started is not None and started < self._cutoff:
+                continue  # its writer started before the deployment existed
+            files.append((name, stem, seq))
+            stems[stem] = max(seq, stems.get(stem, seq))
+        return {name: seq == stems[stem] for name, stem, seq in sorted(files)}
 
     def catch_up(self, issued: IssuedIds) -> int:
         """Read what the other servers' files gained since the last call and add their
@@ -61,12 +107,11 @@ class PeerLogs:
         with self._lock:
             ids: list[str] = []
             labelled: list[str] = []
-            seen: set[str] = set()
-            for path in sorted(self.directory.glob("*.jsonl")):
-                name = path.name
-                seen.add(name)
-                if self.own is not None and name.startswith(self.own):
-                    continue  # this server's own answers are in the index already
+            listing = self._listing()
+            for name, newest in listing.items():
+                if name in self._done:
+                    continue
+                path = self.directory / name
                 try:
                     size = path.stat().st_size
                 except FileNotFoundError:  # deleted since the listing
@@ -75,9 +120,15 @@ class PeerLogs:
                 offset = min(self._offsets.get(name, 0), size)
                 if size > offset:
                     offset = self._read(path, offset, ids, labelled)
-                self._offsets[name] = offset
-            for name in set(self._offsets) - seen:  # deleted (retention): nothing more to read
-                self._offsets.pop(name, None)
+                if newest:
+                    self._offsets[name] = offset
+                else:  # rotated away from: what it gained before is read, nothing comes after
+                    self._offsets.pop(name, None)
+                    self._done.add(name)
+            # Deleted (retention): nothing more to read, nothing to remember.
+            for name in set(self._offsets) - listing.keys():
+                del self._offsets[name]
+            self._done.intersection_update(listing)
         if ids:
             issued.add(ids)
         for pid in labelled:
@@ -108,7 +159,7 @@ class PeerLogs:
                         ids.append(rec.id)
                     elif isinstance(rec, FeedbackLine):
                         labelled.append(rec.prediction_id)
-        except FileNotFoundError:  # deleted between the listing and the read
+        except OSError:  # deleted between the listing and the read (or unreadable)
             return offset
         if bad:
             log.warning(
@@ -117,3 +168,29 @@ class PeerLogs:
                 bad,
             )
         return offset
+
+
+#: A log file's name: its writer's stem (``<start>-<host>-<pid>``) and its sequence number.
+_NAME = re.compile(r"^(.+)-([0-9]+)\.jsonl$")
+
+
+def writer_of(name: str) -> tuple[str, int]:
+    """The writer's stem and the sequence number of log file ``name``; a name not in the
+    server's form (a file copied in) is its own writer."""
+    m = _NAME.match(name)
+    return (m.group(1), int(m.group(2))) if m else (name, 0)
+
+
+def whole_lines_end(path: Path, size: int) -> int:
+    """The offset after the last newline in the first ``size`` bytes of ``path`` (0: none)."""
+    pos = size
+    with path.open("rb") as f:
+        while pos > 0:
+            start = max(0, pos - 65536)
+            f.seek(start)
+            chunk = f.read(pos - start)
+            end = chunk.rfind(b"\n")
+            if end >= 0:
+                return start + end + 1
+            pos = start
+    return 0
