@@ -8,6 +8,7 @@ event loop needs to parse the next requests.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import sys
 import threading
@@ -28,6 +29,8 @@ from pomlia_hpc.serve.exported import (
     reexport_hint,
 )
 from pomlia_hpc.serve.programs import check_program
+
+log = logging.getLogger("pomlia.serve")
 
 LogitsFn = Callable[[np.ndarray], np.ndarray]
 BACKENDS = ("auto", "onnx", "torch")
@@ -58,22 +61,36 @@ def gpu_may_be_visible() -> bool:
     driver's device file exists. Why: ``backend: auto`` imported torch to learn that a CPU
     node has no GPU, and a CPU server then held torch's libraries for its whole life (about
     400 MB more resident memory for a 30 MB ONNX model)."""
+    return no_gpu_reason() is None
+
+
+def no_gpu_reason() -> str | None:
+    """Why this process sees no GPU, told without importing torch (see
+    :func:`gpu_may_be_visible`); None when it may see one."""
     hidden = os.environ.get("CUDA_VISIBLE_DEVICES")
     if hidden is not None and hidden.strip() in ("", "-1"):
-        return False
+        return f"CUDA_VISIBLE_DEVICES={hidden.strip()!r} hides every GPU"
     if not sys.platform.startswith("linux"):
-        return True  # torch is asked
-    return any(Path(f).exists() for f in GPU_DEVICE_FILES)
+        return None  # torch is asked
+    if any(Path(f).exists() for f in GPU_DEVICE_FILES):
+        return None
+    return f"no GPU driver device file ({', '.join(GPU_DEVICE_FILES)})"
 
 
-def _cuda_available() -> bool:
-    if not gpu_may_be_visible():
-        return False
+def _cuda_absence() -> str | None:
+    """Why ``backend: auto`` cannot use a GPU here, or None when torch sees one."""
+    if (reason := no_gpu_reason()) is not None:
+        return reason
     try:
         import torch
     except ImportError:
-        return False
-    return bool(torch.cuda.is_available())
+        return "torch is not installed"
+    if not torch.cuda.is_available():
+        return (
+            "torch sees no usable GPU (torch.cuda.is_available() is false; a driver that "
+            "cannot be used is named in torch's warning)"
+        )
+    return None
 
 
 def load_runtime(
@@ -84,7 +101,12 @@ def load_runtime(
         raise InputError(f"backend '{backend}' is unknown; expected one of {', '.join(BACKENDS)}")
     threads = threads or default_threads()
     if backend == "auto":
-        backend = "torch" if bundle.file(TORCH_PROGRAM) and _cuda_available() else "onnx"
+        backend = "onnx"
+        if bundle.file(TORCH_PROGRAM) is not None:
+            if (why := _cuda_absence()) is None:
+                backend = "torch"
+            else:  # said, so that a GPU node answering on its CPU is seen at once
+                log.info("backend auto: onnxruntime on the CPU: %s", why)
     if backend == "onnx":
         path = bundle.file(ONNX)
         if path is None:

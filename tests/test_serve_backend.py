@@ -1,0 +1,37 @@
+"""``backend: auto`` says why a server answers on its CPU (a GPU node whose GPUs are hidden,
+or whose driver torch cannot use, must not look like a CPU node in the log)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import pytest
+
+from pomlia_hpc.serve.demo import cached_demo_bundle
+from pomlia_hpc.serve.exported import ExportedBundle
+from pomlia_hpc.serve.runtime import gpu_may_be_visible, load_runtime, no_gpu_reason
+
+
+@pytest.mark.parametrize("hidden", ["", "-1", " -1 "])
+def test_hidden_gpus_are_named_as_the_reason_for_the_cpu(
+    hidden: str,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    bundle = cached_demo_bundle(tmp_path_factory.getbasetemp() / "serve-demo", num_classes=4)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", hidden)
+    assert not gpu_may_be_visible()
+    with caplog.at_level(logging.INFO, logger="pomlia.serve"):
+        runtime = load_runtime(ExportedBundle.open(Path(bundle)), "auto", 1)
+    assert (runtime.backend, runtime.device) == ("onnx", "cpu")
+    assert f"CUDA_VISIBLE_DEVICES={hidden.strip()!r} hides every GPU" in caplog.text
+
+
+@pytest.mark.parametrize("visible", ["0", "GPU-8f3c2d1e-0000-1111-2222-333344445555,1"])
+def test_a_gpu_list_does_not_hide_the_gpus(visible: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A list of indices or UUIDs leaves the decision to the driver's device files (and then
+    to torch)."""
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+    assert "CUDA_VISIBLE_DEVICES" not in (no_gpu_reason() or "")
