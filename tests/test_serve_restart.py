@@ -155,3 +155,18 @@ def test_only_files_that_can_still_grow_are_looked_at(tmp_path: Path) -> None:
         f.write(line(deployment=7))
     assert peers.catch_up(issued) == 0
     assert len(issued) == 3
+
+
+def test_a_prediction_id_no_server_issues_is_skipped_not_a_failed_feedback(
+    tmp_path: Path,
+) -> None:
+    """An id that is not 32 hex digits (a file copied in from another tool) made the index's
+    add raise: that feedback failed with a 500, and the ids and labels after it in the same
+    read were lost for good."""
+    peers = PeerLogs.snapshot(tmp_path, deployment=7)
+    peers.own = "20260101T000001-node-2"
+    odd = orjson.dumps(log_line("prediction", deployment=7, id="not-an-id")) + b"\n"
+    (tmp_path / "20260101T000000-node-1-0000.jsonl").write_bytes(odd + line(deployment=7))
+    issued = IssuedIds()
+    assert peers.catch_up(issued) == 1
+    assert len(issued) == 1

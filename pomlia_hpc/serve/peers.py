@@ -156,6 +156,9 @@ class PeerLogs:
                     if rec.deployment != self.deployment:
                         continue
                     if isinstance(rec, PredictionLine):
+                        if _ID.fullmatch(rec.id) is None:  # not issued by a server: never taken
+                            bad += 1
+                            continue
                         ids.append(rec.id)
                     elif isinstance(rec, FeedbackLine):
                         labelled.append(rec.prediction_id)
@@ -170,6 +173,8 @@ class PeerLogs:
         return offset
 
 
+#: A prediction id as the server issues it (another one would fail the index's add).
+_ID = re.compile(r"[0-9a-fA-F]{32}")
 #: A log file's name: its writer's stem (``<start>-<host>-<pid>``) and its sequence number.
 _NAME = re.compile(r"^(.+)-([0-9]+)\.jsonl$")
 
