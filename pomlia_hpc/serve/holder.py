@@ -162,7 +162,7 @@ class ModelHolder:
         whether it had one. Another server of the deployment may have answered ``pid``, or
         labelled it, after this one read the log (a restart or a switch: both run for a
         while): what their files gained since is read first (:mod:`~pomlia_hpc.serve.peers`;
-        a stat per file when they gained nothing)."""
+        a stat per other writer's newest file when they gained nothing)."""
         issued = self.issued
         if self.peers is not None:
             await asyncio.to_thread(self.peers.catch_up, issued)

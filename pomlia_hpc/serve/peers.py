@@ -8,8 +8,9 @@ drains), and the old one answers on meanwhile: feedback sent to the new server f
 was refused for good with 404 "not issued by this deployment", though it was.
 
 :class:`PeerLogs` reads, before each feedback is judged, what the other servers' files in the
-folder gained since it last looked (each byte once: an offset per file, taken before start-up
-read the folder; a stat per file when nothing was added), and adds their predictions and
+folder gained since it last looked (each byte once: an offset per file, taken at its last whole
+line before start-up read the folder; a listing of the folder and a stat per writer's newest
+file when nothing was added), and adds their predictions and
 labels of this deployment to the index: an id the old server answered is taken, one it
 labelled meanwhile is refused without ``"replaces": true``. Lines of other deployments are
 skipped unparsed, a torn last line (a record being written) is read next time, and a bad line
