@@ -13,7 +13,7 @@ from alembic.migration import MigrationContext
 from sqlalchemy import func, inspect, select, text
 
 from pomlia_hpc.cluster.records import record_submission
-from pomlia_hpc.errors import ConfigError
+from pomlia_hpc.errors import ConfigError, UnavailableError
 from pomlia_hpc.registry import Base, Dataset, DatasetVersion, Job, Registry, shown_url
 from pomlia_hpc.registry.db import current_revision, head_revision
 
@@ -88,11 +88,12 @@ def test_fresh_registry_opened_by_several_processes_at_once(db_url: str) -> None
     [
         ("postgres://pomlia:s3cret@127.0.0.1/x", "unknown database driver 'postgres'"),
         ("mysql://pomlia:s3cret@127.0.0.1/x", "driver for 'mysql' is not installed"),
-        ("postgresql+psycopg://pomlia:s3cret@127.0.0.1:1/x", "cannot open the database"),
+        # No server on the port: unavailable (a script may retry), not a wrong setting.
+        ("postgresql+psycopg://pomlia:s3cret@127.0.0.1:1/x", "the database server did not answer"),
     ],
 )
 def test_bad_registry_url_is_one_clear_error(url: str, expected: str) -> None:
-    with pytest.raises(ConfigError) as exc:
+    with pytest.raises((ConfigError, UnavailableError)) as exc:
         Registry.open(url)
     msg = str(exc.value)
     assert expected in msg and "pomlia:***@127.0.0.1" in msg and "s3cret" not in msg
@@ -182,10 +183,11 @@ def test_a_password_given_as_a_query_parameter_is_hidden_too(url: str) -> None:
     """libpq takes the password as `?password=` as well: only `user:password@` was hidden, so
     `status`, the report and every error line showed the query's password in clear."""
     assert "s3cret" not in shown_url(url) and "=***" in shown_url(url)
-    with pytest.raises(ConfigError) as exc:
+    # No server on port 1 (unavailable), or an option libpq does not know (bad setting).
+    with pytest.raises((ConfigError, UnavailableError)) as exc:
         Registry.open(url)
     msg = str(exc.value)
-    assert "cannot open the database" in msg and "s3cret" not in msg and "=***" in msg
+    assert "s3cret" not in msg and "=***" in msg
 
 
 @pytest.mark.parametrize(

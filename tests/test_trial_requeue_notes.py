@@ -151,6 +151,17 @@ def test_the_driver_says_a_trials_requeue_once() -> None:
     assert re.search(r"attempt \d of \d", lines[1])
 
 
+def test_a_requeue_the_driver_only_sees_once_the_trial_ended_is_said() -> None:
+    """The second attempt finished between two of the driver's views (a short last attempt
+    under a raised time limit): the requeue was never said, only "running" then "ok"."""
+    lines: list[str] = []
+    log = TrialLog(lines.append, counts=False)
+    log(_view(_trial("running", 1)))
+    log(_view(_trial("ok", 2)))
+    assert len(lines) == 3, lines
+    assert "job 12 requeued (attempt 2 of 4 " in lines[1] and lines[2].endswith(": ok"), lines
+
+
 def test_a_trials_give_up_cause_is_said_whole() -> None:
     """The driver's line for a trial that timed out 4 times ended in `...; raise ti)`."""
     cause = (

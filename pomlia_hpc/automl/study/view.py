@@ -180,7 +180,11 @@ class TrialLog:
         ``fingerprint train`` says it of its job); the trial's own log says where it resumed."""
         lines = []
         for t in view.trials:
-            if t.status == RunStatus.RUNNING and t.attempt > self._attempts.get(t.run_id, 1):
+            # A trial seen running before may have been requeued and ended between two views
+            # (a short last attempt): its requeue is said before its end, not lost. A trial
+            # never seen running (a resumed driver's view of old trials) says none.
+            watched = t.status == RunStatus.RUNNING or t.run_id in self._seen
+            if watched and t.attempt > self._attempts.get(t.run_id, 1):
                 job = f"job {t.job}" if t.job else "its job"
                 epochs = f"{t.epochs} epoch{'s' if t.epochs != 1 else ''}"
                 note = requeue_note(t.attempt)
