@@ -6,12 +6,17 @@ from look-alike validation images, and prediction logs written by the server's o
 from __future__ import annotations
 
 import os
+import shutil
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import orjson
+import pytest
 
 from pomlia_hpc.data.synth import make_split
 from pomlia_hpc.registry import Registry
@@ -22,6 +27,8 @@ from pomlia_hpc.serve.predlog import PredictionLog, log_dir
 from pomlia_hpc.serve.reference import compute_reference, write_reference
 from pomlia_hpc.workspace import Workspace
 from tests.fixtures.factories import onnx_predictor
+
+MonitorEnv = tuple[Workspace, Registry, Path]
 
 FLAG = "bloodmnist"  # RGB 28 px, 8 classes
 CLASSES = 8
@@ -119,3 +126,40 @@ def _label(names: list[str], y: Any) -> dict[str, Any]:
         idx = [int(i) for i in np.flatnonzero(y)]
         return {"label": [names[i] for i in idx], "label_index": idx}
     return {"label": names[int(y)], "label_index": int(y)}
+
+
+def demo_workspace(tmp: pytest.TempPathFactory, prefix: str) -> Iterator[MonitorEnv]:
+    """For a module fixture: one workspace with an exported demo model 'blood' and its
+    reference (export is slow); yields (workspace, registry, bundle), closes the registry."""
+    home = tmp.mktemp(prefix) / "home"
+    ws = Workspace(home=home, db_url=f"sqlite:///{home / 'registry.db'}", cluster_profile="local")
+    ws.create()
+    reg = Registry.open(ws.db_url)
+    bundle = demo_model(reg, ws)
+    yield ws, reg, bundle
+    reg.dispose()
+
+
+def with_empty_log(env: MonitorEnv, monkeypatch: pytest.MonkeyPatch) -> MonitorEnv:
+    """``env`` with an empty prediction log for 'blood', selected for the CLI."""
+    ws = env[0]
+    shutil.rmtree(log_dir(ws.path("logs"), "blood"), ignore_errors=True)
+    monkeypatch.setenv("POMLIA_HOME", str(ws.home))
+    monkeypatch.delenv("POMLIA_DB_URL", raising=False)
+    return env
+
+
+@contextmanager
+def local_time_zone(zone: str) -> Iterator[None]:
+    """This process's local time zone set to ``zone`` (TZ + tzset), the old one put back."""
+    old = os.environ.get("TZ")
+    os.environ["TZ"] = zone
+    time.tzset()
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("TZ", None)
+        else:
+            os.environ["TZ"] = old
+        time.tzset()

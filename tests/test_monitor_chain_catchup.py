@@ -11,7 +11,6 @@ import os
 import shutil
 import stat
 import subprocess
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -27,7 +26,7 @@ from pomlia_hpc.monitor.schedule import job_name
 from pomlia_hpc.registry import Job, Registry
 from pomlia_hpc.workspace import Workspace
 from tests.fixtures.waiting import wait_until
-from tests.monitor_support import demo_model
+from tests.monitor_support import demo_model, local_time_zone
 
 runner = CliRunner()
 HOUR = timedelta(hours=1)
@@ -160,15 +159,8 @@ def test_the_catch_up_run_tests_the_whole_missed_span(tmp_path: Path) -> None:
 def berlin() -> Iterator[None]:
     """This process on Europe/Berlin time (summer time from the last Sunday of March to the
     last Sunday of October) for the test."""
-    old = os.environ.get("TZ")
-    os.environ["TZ"] = "Europe/Berlin"
-    time.tzset()
-    yield
-    if old is None:
-        os.environ.pop("TZ", None)
-    else:
-        os.environ["TZ"] = old
-    time.tzset()
+    with local_time_zone("Europe/Berlin"):
+        yield
 
 
 @pytest.mark.usefixtures("berlin")

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -22,32 +21,29 @@ from pomlia_hpc.errors import PomliaError
 from pomlia_hpc.registry import Registry
 from pomlia_hpc.serve.predlog import log_dir
 from pomlia_hpc.workspace import Workspace
-from tests.monitor_support import append_lines, demo_model, images, log_predictions
+from tests.monitor_support import (
+    MonitorEnv,
+    append_lines,
+    demo_workspace,
+    images,
+    log_predictions,
+    with_empty_log,
+)
 
 runner = CliRunner()
 DAY = timedelta(days=1)
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Workspace, Registry, Path]]:
-    home = tmp_path_factory.mktemp("late-labels") / "home"
-    ws = Workspace(home=home, db_url=f"sqlite:///{home / 'registry.db'}", cluster_profile="local")
-    ws.create()
-    reg = Registry.open(ws.db_url)
-    bundle = demo_model(reg, ws)
-    yield ws, reg, bundle
-    reg.dispose()
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MonitorEnv]:
+    """One workspace with an exported demo model 'blood' and its reference (export is slow)."""
+    yield from demo_workspace(tmp_path_factory, "late-labels")
 
 
 @pytest.fixture
-def fresh(
-    env: tuple[Workspace, Registry, Path], monkeypatch: pytest.MonkeyPatch
-) -> tuple[Workspace, Registry, Path]:
-    ws = env[0]
-    shutil.rmtree(log_dir(ws.path("logs"), "blood"), ignore_errors=True)
-    monkeypatch.setenv("POMLIA_HOME", str(ws.home))
-    monkeypatch.delenv("POMLIA_DB_URL", raising=False)
-    return env
+def fresh(env: MonitorEnv, monkeypatch: pytest.MonkeyPatch) -> MonitorEnv:
+    """``env`` with an empty prediction log, selected for the CLI."""
+    return with_empty_log(env, monkeypatch)
 
 
 def start_day() -> datetime:

@@ -27,34 +27,29 @@ from pomlia_hpc.serve.reference import REFERENCE_FILE, read_reference, write_ref
 from pomlia_hpc.workspace import Workspace
 from tests.fixtures.browser import Browser
 from tests.fixtures.factories import log_line
-from tests.monitor_support import append_lines, demo_model, images, log_predictions
+from tests.monitor_support import (
+    MonitorEnv,
+    append_lines,
+    demo_workspace,
+    images,
+    log_predictions,
+    with_empty_log,
+)
 
 runner = CliRunner()
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Workspace, Registry, Path]]:
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MonitorEnv]:
     """One workspace with an exported demo model 'blood' and its reference (export is slow)."""
-    home = tmp_path_factory.mktemp("monitor") / "home"
-    ws = Workspace(home=home, db_url=f"sqlite:///{home / 'registry.db'}", cluster_profile="local")
-    ws.create()
-    reg = Registry.open(ws.db_url)
-    bundle = demo_model(reg, ws)
-    yield ws, reg, bundle
-    reg.dispose()
+    yield from demo_workspace(tmp_path_factory, "monitor")
 
 
 @pytest.fixture
-def fresh(
-    env: tuple[Workspace, Registry, Path], monkeypatch: pytest.MonkeyPatch
-) -> tuple[Workspace, Registry, Path]:
+def fresh(env: MonitorEnv, monkeypatch: pytest.MonkeyPatch) -> MonitorEnv:
     """``env`` with an empty prediction log, selected for the CLI."""
-    ws = env[0]
-    shutil.rmtree(log_dir(ws.path("logs"), "blood"), ignore_errors=True)
-    monkeypatch.setenv("POMLIA_HOME", str(ws.home))
-    monkeypatch.delenv("POMLIA_DB_URL", raising=False)
-    return env
+    return with_empty_log(env, monkeypatch)
 
 
 def monitor(*args: str) -> tuple[int, str]:

@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 import re
 import subprocess
-import time
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
@@ -19,7 +18,7 @@ from typer.testing import CliRunner
 from pomlia_hpc.cli import app
 from pomlia_hpc.registry import Registry
 from pomlia_hpc.workspace import Workspace
-from tests.monitor_support import demo_model
+from tests.monitor_support import demo_model, local_time_zone
 
 pytestmark = pytest.mark.usefixtures("slurm")
 
@@ -27,15 +26,8 @@ pytestmark = pytest.mark.usefixtures("slurm")
 @pytest.fixture
 def kolkata() -> Iterator[None]:
     """This process on Asia/Kolkata time (UTC+05:30, no summer time) for the test."""
-    old = os.environ.get("TZ")
-    os.environ["TZ"] = "Asia/Kolkata"
-    time.tzset()
-    yield
-    if old is None:
-        os.environ.pop("TZ", None)
-    else:
-        os.environ["TZ"] = old
-    time.tzset()
+    with local_time_zone("Asia/Kolkata"):
+        yield
 
 
 @pytest.mark.usefixtures("kolkata")

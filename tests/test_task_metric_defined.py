@@ -13,27 +13,13 @@ from PIL import Image
 from sqlalchemy import select
 from typer.testing import CliRunner
 
-from pomlia_hpc.cli import app
 from pomlia_hpc.data.store import find_version
-from pomlia_hpc.errors import InputError
 from pomlia_hpc.registry import Registry, Run, Task
 from pomlia_hpc.workspace import Workspace
-from tests.fixtures.cli import cli_ok
+from tests.fixtures.cli import cli_ok, refused, task_names
 
 pytestmark = pytest.mark.usefixtures("wide_console")
 runner = CliRunner()
-
-
-def _refused(*args: str) -> str:
-    """Run ``pomlia ARGS`` that must stop with an InputError; return its message."""
-    with pytest.raises(InputError) as exc:
-        runner.invoke(app, list(args), catch_exceptions=False)
-    return str(exc.value)
-
-
-def _tasks(reg: Registry) -> list[str]:
-    with reg.session() as s:
-        return list(s.scalars(select(Task.name)))
 
 
 def _folder(root: Path, counts: dict[str, int]) -> Path:
@@ -50,12 +36,12 @@ def test_auc_on_a_1_to_30_folder_is_refused_naming_the_class_with_one_image(
     workspace: Workspace, reg: Registry, tmp_path: Path
 ) -> None:
     cli_ok("data", "add", "imb", str(_folder(tmp_path / "imb", {"a": 30, "b": 1})))
-    err = _refused("task", "add", "ti", "--dataset", "imb", "--metric", "auc")
+    err = refused("task", "add", "ti", "--dataset", "imb", "--metric", "auc")
     assert "dataset 'imb@" in err and "metric auc is undefined on its val split" in err
     assert "val (3 images) holds only class 'a' (3); class 'b' has 1 image in all" in err
     assert "expected images of at least 2 classes in val" in err
     assert "choose --metric acc or f1_macro" in err
-    assert _tasks(reg) == []
+    assert task_names(reg) == []
     # accuracy is defined on a split of one class, but a constant model scores 1 there
     text = " ".join(cli_ok("task", "add", "ti-acc", "--dataset", "imb", "--metric", "acc").split())
     assert (
@@ -67,7 +53,7 @@ def test_auc_on_a_1_to_30_folder_is_refused_naming_the_class_with_one_image(
     version = find_version(reg, "imb")
     with reg.session() as s:  # as `task add` registered it before it checked the metric
         s.add(Task(name="old", dataset_version_id=version.id, metric="auc", task_type="binary"))
-    err = _refused("automl", "run", "old", "--trials", "1")
+    err = refused("automl", "run", "old", "--trials", "1")
     assert "metric auc is undefined on its val split: val (3 images) holds only class" in err
     with reg.session() as s:
         assert s.scalar(select(Run.id)) is None  # no trial, no job
@@ -80,7 +66,7 @@ def test_auc_is_taken_where_val_and_test_miss_a_class_but_hold_two(
     # class 'a' has one image, which stays in train: AUC is the mean over 'b' and 'c'
     cli_ok("data", "add", "s1", str(_folder(tmp_path / "s1", {"a": 1, "b": 5, "c": 5})))
     cli_ok("task", "add", "ts", "--dataset", "s1", "--metric", "auc")
-    assert _tasks(reg) == ["ts"]
+    assert task_names(reg) == ["ts"]
 
 
 def _multi_label_npz(path: Path, val_labels: list[list[int]]) -> Path:
@@ -102,15 +88,15 @@ def test_a_multi_label_val_without_any_label_both_on_and_off_is_refused_for_auc(
     # label '0' on every val image, '1' and '2' on none ('2' never occurs at all)
     flat = _multi_label_npz(tmp_path / "flat.npz", [[1, 0, 0], [1, 0, 0], [1, 0, 0]])
     cli_ok("data", "add", "ml", str(flat))
-    err = _refused("task", "add", "tm", "--dataset", "ml", "--metric", "auc")
+    err = refused("task", "add", "tm", "--dataset", "ml", "--metric", "auc")
     assert "val (3 images): every label is on all of them or on none (on all: '0')" in err
     assert "expected at least one label present on some and absent from other images" in err
-    assert _tasks(reg) == []
+    assert task_names(reg) == []
     # one label on some val images and off others is enough (the AUC is over that label)
     mixed = _multi_label_npz(tmp_path / "mixed.npz", [[1, 0, 0], [0, 0, 0], [1, 0, 0]])
     cli_ok("data", "add", "ml2", str(mixed))
     cli_ok("task", "add", "tm2", "--dataset", "ml2", "--metric", "auc")
-    assert _tasks(reg) == ["tm2"]
+    assert task_names(reg) == ["tm2"]
 
 
 def test_auc_undefined_on_test_only_is_taken_with_a_warning(reg: Registry, tmp_path: Path) -> None:
@@ -128,7 +114,7 @@ def test_auc_undefined_on_test_only_is_taken_with_a_warning(reg: Registry, tmp_p
         "expected images of at least 2 classes in test (AutoML picks its trials by val; their "
         "test auc will read n/a)"
     ) in text
-    assert _tasks(reg) == ["tt"]
+    assert task_names(reg) == ["tt"]
     assert "undefined" not in cli_ok("task", "add", "tt-acc", "--dataset", "t1", "--metric", "acc")
 
 

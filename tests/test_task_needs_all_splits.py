@@ -13,12 +13,11 @@ from sqlalchemy import select
 from typer.testing import CliRunner
 
 from pomlia_hpc.automl.tasks import check_trainable
-from pomlia_hpc.cli import app
 from pomlia_hpc.data.store import find_version
 from pomlia_hpc.errors import InputError
 from pomlia_hpc.registry import Registry, Run, Task
 from pomlia_hpc.workspace import Workspace
-from tests.fixtures.cli import cli_ok
+from tests.fixtures.cli import cli_ok, refused, task_names
 
 pytestmark = pytest.mark.usefixtures("wide_console")
 runner = CliRunner()
@@ -34,28 +33,16 @@ def _train_only_npz(path: Path) -> Path:
     return path
 
 
-def _refused(*args: str) -> str:
-    """Run ``pomlia ARGS`` that must stop with an InputError; return its message."""
-    with pytest.raises(InputError) as exc:
-        runner.invoke(app, list(args), catch_exceptions=False)
-    return str(exc.value)
-
-
-def _tasks(reg: Registry) -> list[str]:
-    with reg.session() as s:
-        return list(s.scalars(select(Task.name)))
-
-
 def test_an_npz_without_val_and_test_is_kept_with_a_warning_and_refused_as_a_task(
     reg: Registry, tmp_path: Path
 ) -> None:
     text = cli_ok("data", "add", "g1", str(_train_only_npz(tmp_path / "t.npz")))
     assert "splits: train 50, val 0, test 0" in text
     assert "warning: no val or test images: `pomlia task add` refuses this version" in text
-    err = _refused("task", "add", "tg", "--dataset", "g1", "--metric", "auc")
+    err = refused("task", "add", "tg", "--dataset", "g1", "--metric", "auc")
     assert "dataset 'g1@" in err and "has no val or test images (train 50, val 0, test 0)" in err
     assert "add the arrays val_images/val_labels, test_images/test_labels to the npz" in err
-    assert _tasks(reg) == []
+    assert task_names(reg) == []
 
 
 def test_a_small_class_folder_without_test_images_names_the_fraction_option(
@@ -69,9 +56,9 @@ def test_a_small_class_folder_without_test_images_names_the_fraction_option(
             Image.fromarray(pixels).save(folder / name / f"{i}.png")
     text = cli_ok("data", "add", "f1", str(folder))
     assert "splits: train 2, val 2, test 0" in text and "warning: no test images" in text
-    err = _refused("task", "add", "tf", "--dataset", "f1", "--metric", "acc")
+    err = refused("task", "add", "tf", "--dataset", "f1", "--metric", "acc")
     assert "has no test images (train 2, val 2, test 0)" in err and "--test-fraction" in err
-    assert _tasks(reg) == []
+    assert task_names(reg) == []
 
 
 def test_automl_run_refuses_a_task_registered_before_the_check(
@@ -83,7 +70,7 @@ def test_automl_run_refuses_a_task_registered_before_the_check(
         s.add(
             Task(name="old", dataset_version_id=version.id, metric="auc", task_type="multi-class")
         )
-    err = _refused("automl", "run", "old", "--trials", "1")
+    err = refused("automl", "run", "old", "--trials", "1")
     assert "has no val or test images" in err
     with reg.session() as s:
         assert s.scalar(select(Run.id)) is None  # no trial, no job
@@ -110,14 +97,14 @@ def test_a_one_image_val_split_is_refused_by_task_add_and_automl_run(
         arrays[f"{split}_labels"] = (np.arange(n) % 2)[:, None]
     np.savez(tmp_path / "b.npz", **arrays)
     cli_ok("data", "add", "b1", str(tmp_path / "b.npz"))
-    err = _refused("task", "add", "tb", "--dataset", "b1", "--metric", "auc")
+    err = refused("task", "add", "tb", "--dataset", "b1", "--metric", "auc")
     assert "dataset 'b1@" in err and "val has 1 image(s) (train 6, val 1, test 2)" in err
     assert "expected at least 2 images in val and in test" in err
-    assert _tasks(reg) == []
+    assert task_names(reg) == []
     version = find_version(reg, "b1")
     with reg.session() as s:  # as `task add` registered it before it checked the sizes
         s.add(Task(name="old", dataset_version_id=version.id, metric="auc", task_type="binary"))
-    err = _refused("automl", "run", "old", "--trials", "1")
+    err = refused("automl", "run", "old", "--trials", "1")
     assert "val has 1 image(s)" in err
     with reg.session() as s:
         assert s.scalar(select(Run.id)) is None  # no trial, no job
