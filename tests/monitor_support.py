@@ -17,8 +17,12 @@ from typing import Any
 import numpy as np
 import orjson
 import pytest
+from typer.testing import CliRunner
 
+from pomlia_hpc.cli import app
+from pomlia_hpc.cluster.batch import jobs_named
 from pomlia_hpc.data.synth import make_split
+from pomlia_hpc.monitor.schedule import job_name
 from pomlia_hpc.registry import Registry
 from pomlia_hpc.serve.demo import register_demo_model
 from pomlia_hpc.serve.exported import ExportedBundle
@@ -27,6 +31,7 @@ from pomlia_hpc.serve.predlog import PredictionLog, log_dir
 from pomlia_hpc.serve.reference import compute_reference, write_reference
 from pomlia_hpc.workspace import Workspace
 from tests.fixtures.factories import onnx_predictor
+from tests.fixtures.waiting import wait_until
 
 MonitorEnv = tuple[Workspace, Registry, Path]
 
@@ -163,3 +168,23 @@ def local_time_zone(zone: str) -> Iterator[None]:
         else:
             os.environ["TZ"] = old
         time.tzset()
+
+
+def scheduled_hourly_chain(
+    reg: Registry, ws: Workspace, monkeypatch: pytest.MonkeyPatch, prefix: str
+) -> Iterator[str]:
+    """For a fixture: an hourly chain of its own demo model (job names are the user's,
+    cluster-wide), its first run an hour ahead, on the real Slurm; the test runs as that job
+    (``SLURM_JOB_ID`` set to it). Yields the model's name; ends the chain after."""
+    runner = CliRunner()
+    model = f"{prefix}-{os.getpid()}"
+    demo_model(reg, ws, name=model, n_ref=50)
+    monkeypatch.setenv("POMLIA_CLUSTER", "slurm-local")
+    res = runner.invoke(app, ["monitor", "schedule", model, "--at", "", "--every", "1h"])
+    assert res.exit_code == 0, (res.output, res.exception)
+    (first,) = jobs_named(job_name(model))
+    monkeypatch.setenv("SLURM_JOB_ID", first.job_id)
+    yield model
+    monkeypatch.delenv("SLURM_JOB_ID")
+    runner.invoke(app, ["monitor", "unschedule", model])
+    wait_until(lambda: jobs_named(job_name(model)) == [], timeout=60, interval=0.5, what="end")

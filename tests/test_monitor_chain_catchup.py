@@ -25,8 +25,7 @@ from pomlia_hpc.monitor.catchup import catch_up, next_run
 from pomlia_hpc.monitor.schedule import job_name
 from pomlia_hpc.registry import Job, Registry
 from pomlia_hpc.workspace import Workspace
-from tests.fixtures.waiting import wait_until
-from tests.monitor_support import demo_model, local_time_zone
+from tests.monitor_support import local_time_zone, scheduled_hourly_chain
 
 runner = CliRunner()
 HOUR = timedelta(hours=1)
@@ -39,17 +38,7 @@ def chain(
 ) -> Iterator[str]:
     """An hourly chain of its own model, its first run an hour ahead; the test runs as that
     job. Yields the model's name; ends the chain after."""
-    model = f"catchup-{os.getpid()}"
-    demo_model(reg, workspace, name=model, n_ref=50)
-    monkeypatch.setenv("POMLIA_CLUSTER", "slurm-local")
-    res = runner.invoke(app, ["monitor", "schedule", model, "--at", "", "--every", "1h"])
-    assert res.exit_code == 0, (res.output, res.exception)
-    (first,) = jobs_named(job_name(model))
-    monkeypatch.setenv("SLURM_JOB_ID", first.job_id)
-    yield model
-    monkeypatch.delenv("SLURM_JOB_ID")
-    runner.invoke(app, ["monitor", "unschedule", model])
-    wait_until(lambda: jobs_named(job_name(model)) == [], timeout=60, interval=0.5, what="end")
+    yield from scheduled_hourly_chain(reg, workspace, monkeypatch, "catchup")
 
 
 @pytest.mark.slurm

@@ -23,7 +23,7 @@ from pomlia_hpc.monitor.schedule import resubmit as resubmit_next
 from pomlia_hpc.registry import Registry
 from pomlia_hpc.workspace import Workspace
 from tests.fixtures.waiting import wait_until
-from tests.monitor_support import demo_model
+from tests.monitor_support import scheduled_hourly_chain
 
 pytestmark = pytest.mark.slurm
 runner = CliRunner()
@@ -35,18 +35,8 @@ def chain(
 ) -> Iterator[str]:
     """A chain of its own model (job names are the user's, cluster-wide), its first run an
     hour ahead; the test runs as that job. Yields the chain's job name; ends it after."""
-    model = f"outage-{os.getpid()}"
-    demo_model(reg, workspace, name=model, n_ref=50)
-    monkeypatch.setenv("POMLIA_CLUSTER", "slurm-local")
-    res = runner.invoke(app, ["monitor", "schedule", model, "--at", "", "--every", "1h"])
-    assert res.exit_code == 0, (res.output, res.exception)
-    (first,) = jobs_named(job_name(model))
-    monkeypatch.setenv("SLURM_JOB_ID", first.job_id)
     monkeypatch.setenv("POMLIA_MONITOR_RESUBMIT_DELAY_S", "0")
-    yield model
-    monkeypatch.delenv("SLURM_JOB_ID")
-    runner.invoke(app, ["monitor", "unschedule", model])
-    wait_until(lambda: jobs_named(job_name(model)) == [], timeout=60, interval=0.5, what="end")
+    yield from scheduled_hourly_chain(reg, workspace, monkeypatch, "outage")
 
 
 def resubmit(model: str) -> tuple[int, str]:
