@@ -223,3 +223,42 @@ def test_a_16_bit_rgb_png_upload_keeps_its_depth(tmp_path: Path) -> None:
     png_16_bit_rgb(tmp_path / "x.png", x)
     out = decode((tmp_path / "x.png").read_bytes(), None, InputSpec(SIDE, 3, None), Limits())
     np.testing.assert_allclose(out[0], x / 65535, atol=1e-6)  # not its high byte / 255
+
+
+def png_16_bit_grey_alpha(path: Path, grey: np.ndarray) -> None:
+    """A 16-bit grey + alpha PNG (colour type 4, written by hand: Pillow cannot write one),
+    opaque."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        crc = zlib.crc32(kind + body) & 0xFFFFFFFF
+        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc)
+
+    h, w = grey.shape
+    x = np.stack([grey, np.full_like(grey, 65535)], axis=-1)
+    raw = b"".join(b"\x00" + x[i].astype(">u2").tobytes() for i in range(h))
+    head = struct.pack(">IIBBBBB", w, h, 16, 4, 0, 0, 0)
+    data = chunk(b"IHDR", head) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + data)
+
+
+def test_a_16_bit_grey_alpha_png_is_grey_at_full_depth(
+    workspace: Workspace, reg: Registry, tmp_path: Path
+) -> None:
+    # Pillow opens these as 8-bit RGBA (each sample's high byte): 12-bit data became a colour
+    # data set of values 0..15, and a grey model refused the upload as colour.
+    greys = {}
+    for c, cls in enumerate("ab"):
+        (tmp_path / "f" / cls).mkdir(parents=True)
+        for i in range(3):
+            greys[tmp_path / "f" / cls / f"{i}.png"] = rgb16(10 * c + i)[..., 0]
+    for path, grey in greys.items():
+        png_16_bit_grey_alpha(path, grey)
+    ingest(workspace, reg, "la", tmp_path / "f")
+    images, meta = stored(workspace, "la")
+    top = max(float(g.max()) for g in greys.values())
+    assert images.shape[-1] == 1 and meta["source"]["intensity_scaling"]["max"] == top
+    expected = [(g.astype(np.float32) * (255 / top) + 0.5).astype(np.uint8) for g in greys.values()]
+    assert rows(images[..., 0]) == rows(np.stack(expected))
+    path, grey = next(iter(greys.items()))
+    out = decode(path.read_bytes(), None, InputSpec(SIDE, 1, None), Limits())
+    np.testing.assert_allclose(out[0, ..., 0], grey / 65535, atol=1e-6)

@@ -14,9 +14,10 @@ training set's maximum from the model card):
 - an alpha channel is dropped: RGBA -> RGB, grey + alpha -> grey;
 - a bilevel (1-bit) image is grey 0/255 (PNG and TIFF alike);
 - a grey image is repeated to the wanted channel count;
-- 16-bit (grey or RGB, PNG or TIFF: 16-bit RGB PNGs are read at full depth, not cut to their
-  high byte), 32-bit integer and float pixels keep their values (``depth`` ``uint16`` or
-  ``float32``), LZW- and JPEG-compressed grey TIFFs too (Pillow reads them at full depth).
+- 16-bit (grey or RGB, PNG or TIFF: 16-bit RGB and grey + alpha PNGs are read at full depth,
+  not cut to their high byte, and grey + alpha stays grey), 32-bit integer and float pixels
+  keep their values (``depth`` ``uint16`` or ``float32``), LZW- and JPEG-compressed grey
+  TIFFs too (Pillow reads them at full depth).
 
 Refused (:class:`PixelFormatError`, whose message the caller prefixes with the file's name):
 a multi-page TIFF or a multi-frame (animated) PNG where one image is expected, a TIFF pixel
@@ -62,6 +63,10 @@ _PIL_COLOUR = frozenset({"RGB", "RGBA", "P", "PA", "CMYK", "YCbCr", "LAB", "HSV"
 #: Pillow's raw modes of 16-bit colour PNGs (which it cuts to their high byte), with the raw
 #: mode that unpacks their low byte instead.
 _PNG_16_BIT_COLOUR = {"RGB;16B": "RGB;16L", "RGBA;16B": "RGBA;16L"}
+#: Pillow's raw mode of a 16-bit grey + alpha PNG, which it opens as 8-bit RGBA (the grey's
+#: high byte in R, G and B): read instead as 4 plain bytes per pixel, grey high and low byte
+#: first, so 12-bit data is not cut to 0..15 nor made colour.
+_PNG_16_BIT_GREY_ALPHA = "LA;16B"
 _PH = tifffile.PHOTOMETRIC
 _CP = tifffile.COMPRESSION
 _EXTRA = tifffile.EXTRASAMPLE
@@ -152,12 +157,14 @@ def _png_16_bit_colour(image: Image.Image) -> str | None:
         return None
     args = image.tile[0].args
     raw = args[0] if isinstance(args, tuple) else args
-    return raw if raw in _PNG_16_BIT_COLOUR else None
+    return raw if raw in _PNG_16_BIT_COLOUR or raw == _PNG_16_BIT_GREY_ALPHA else None
 
 
 def pil_header(image: Image.Image) -> FrameHeader:
     """The :class:`FrameHeader` of an opened PNG or JPEG (its current frame)."""
     mode, (w, h) = image.mode, image.size
+    if _png_16_bit_colour(image) == _PNG_16_BIT_GREY_ALPHA:
+        return FrameHeader(h, w, 1, "uint16")
     if mode in _PIL_GREY:
         channels = 1
     elif mode in _PIL_COLOUR:
@@ -178,6 +185,8 @@ def pil_pixels(
     ``channels`` for a grey image, 3 for a colour one (the caller checks it fits). ``reopen``
     opens the same file again: a 16-bit colour PNG is decoded twice (high, then low bytes)."""
     raw = _png_16_bit_colour(image)
+    if raw == _PNG_16_BIT_GREY_ALPHA:
+        return pixel_layout(_png_16_bit_grey(image), channels)
     if raw is not None and reopen is not None:
         high = np.asarray(image.convert("RGB") if image.mode != "RGB" else image)
         # Pillow has no 48-bit mode: its unpacker of little-endian samples, applied to the
@@ -199,6 +208,22 @@ def pil_pixels(
     elif image.mode not in PLAIN_MODES:
         image = image.convert("RGB")
     return pixel_layout(np.asarray(image), channels)
+
+
+def _png_16_bit_grey(image: Image.Image) -> np.ndarray:
+    """The grey samples of a 16-bit grey + alpha PNG, not yet decoded, as (H, W) uint16:
+    decoded with the raw mode that keeps each pixel's 4 bytes (grey high, grey low, alpha
+    high, alpha low) as they are; the PNG filters work on the same 4 bytes per pixel."""
+    assert isinstance(image, ImageFile.ImageFile)  # a PNG (see _png_16_bit_colour)
+    tile = image.tile[0]
+    args = tile.args
+    plain = ("RGBA", *args[1:]) if isinstance(args, tuple) else "RGBA"
+    parts = (tile[0], tile[1], tile[2], plain)
+    # Pillow >= 11 keeps tiles as named tuples, older releases as plain tuples.
+    plain_tile: Any = type(tile)(*parts) if hasattr(tile, "_replace") else parts
+    image.tile = [plain_tile]
+    x = np.asarray(image)
+    return (x[..., 0].astype(np.uint16) << 8) | x[..., 1]
 
 
 def pixel_layout(x: np.ndarray, channels: int) -> np.ndarray:
