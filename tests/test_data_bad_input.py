@@ -93,9 +93,9 @@ def test_wrong_label_dtype(add: Run, tmp_path: Path) -> None:
 
 def test_float_images_with_nan(add: Run, tmp_path: Path) -> None:
     a = _arrays()
-    x = a["train_images"].astype(np.float32) / 255
-    x[25, 3, 3, 1] = np.nan
-    a["train_images"] = x
+    for split in ("train", "val", "test"):  # one pixel type in every split
+        a[f"{split}_images"] = a[f"{split}_images"].astype(np.float32) / 255
+    a["train_images"][25, 3, 3, 1] = np.nan
     err = add(write_npz(tmp_path / "n.npz", a))
     assert "n.npz" in err and "'train_images'" in err and "NaN" in err and "row 25" in err
     assert "expected finite floats in [0, 1]" in err
@@ -302,3 +302,17 @@ def test_hdf5_broken_link_is_named_as_a_link(add: Run, tmp_path: Path, kind: str
     else:
         assert "'x' (--images x) is a link to '/nothere', which does not exist" in err, err
     assert "no dataset at path" not in err
+
+
+@pytest.mark.parametrize("other", ["uint16", "float32"])
+def test_splits_of_different_pixel_types(add: Run, tmp_path: Path, other: str) -> None:
+    # Each split was scaled by its own rule (12-bit val stretched by its maximum, uint8 train
+    # as it is) and the card recorded the train split's: the server squashed a val upload.
+    a = _arrays()
+    val = a["val_images"]
+    a["val_images"] = val.astype(np.uint16) * 16 if other == "uint16" else val / np.float32(255)
+    err = add(write_npz(tmp_path / "s.npz", a))
+    assert (
+        f"s.npz', key 'val_images' has dtype {other} but key 'train_images' has uint8: "
+        "expected one pixel type in every split"
+    ) in err

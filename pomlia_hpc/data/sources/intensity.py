@@ -48,6 +48,12 @@ class PixelConverter:
     def needs_max(self) -> bool:
         return self.dtype == np.uint16
 
+    @property
+    def rule(self) -> str:
+        """Which scaling rule the pixels take: ``"uint8"`` (as they are), ``"uint16"`` (by
+        the data set's maximum) or ``"float"`` (x 255, any float width)."""
+        return "float" if np.issubdtype(self.dtype, np.floating) else str(self.dtype)
+
     def _colour(self, x: np.ndarray) -> np.ndarray:
         return x[..., :3] if self.drop_alpha and x.ndim == 4 and x.shape[-1] == 4 else x
 

@@ -90,6 +90,7 @@ class NpzSource(Source):
                 f"npz file '{path}' has images of different sizes across splits "
                 f"({', '.join(f'{s}: {v}' for s, v in shapes.items())}): expected one (H, W, C)"
             )
+        self._check_one_pixel_rule()
         self.height, self.width, self.channels = shapes["train"]
         for split, m in self._members.items():  # before a single label is read
             key = f"{split}_labels"
@@ -141,6 +142,20 @@ class NpzSource(Source):
                 f"{self._where('train_labels')} has {self.label_info.label_width} "
                 f"label column(s): expected {flag.label_width}"
             )
+
+    def _check_one_pixel_rule(self) -> None:
+        """Refuse splits whose pixels take different scaling rules (uint8 train, 12-bit uint16
+        val): each split would be scaled by its own rule while ``intensity_scaling`` records
+        the train split's only, so the server would scale an uploaded val image otherwise
+        than ingest stored it (an image folder is refused likewise: one bit depth)."""
+        train = self._convert["train"]
+        for conv in self._convert.values():
+            if conv.rule != train.rule:
+                raise InputError(
+                    f"{conv.where} has dtype {conv.dtype} but key 'train_images' has "
+                    f"{train.dtype}: expected one pixel type in every split (uint8, uint16 or "
+                    "float: each is scaled by its own rule); convert the splits to one"
+                )
 
     def _first_pass(self) -> None:
         """uint16 images: one pass to find the dataset-wide max (see the pixel rules)."""
