@@ -450,6 +450,7 @@ def _to_unit_float(
                 400,
                 f"{what}: integer pixels in [{lo}, {hi}]; expected 8-bit or 16-bit values "
                 "(0..65535)",
+                reason="bad-values",  # its words name no range or [0, 1]: not "undecodable"
             )
         return _from_16_bit(arr, scale_max)
     if arr.dtype.kind == "f":
@@ -467,7 +468,9 @@ def _to_unit_float(
             stored = PixelConverter("upload", arr.dtype)(arr.reshape(1, -1, 1, 1), None)
             return np.multiply(stored.reshape(arr.shape), np.float32(1 / 255), dtype=np.float32)
         return out
-    raise RequestError(400, f"{what}: pixel type {arr.dtype} is not supported")
+    raise RequestError(
+        400, f"{what}: pixel type {arr.dtype} is not supported", reason="unsupported-type"
+    )
 
 
 def _npy_layout(
@@ -556,6 +559,7 @@ def _decode_npy(data: bytes, spec: InputSpec, limits: Limits, what: str, budget:
         raise RequestError(
             400,
             f"{what}: NPY dtype {dtype} is not supported; expected one of {', '.join(NPY_DTYPES)}",
+            reason="unsupported-type",  # a well-formed array of a type not taken
         )
     shape = tuple(int(s) for s in shape)
     if not 2 <= len(shape) <= 4 or any(s < 1 for s in shape):
