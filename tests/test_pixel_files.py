@@ -21,7 +21,7 @@ from PIL import Image
 from pomlia_hpc.data.api import ingest
 from pomlia_hpc.data.store import open_version
 from pomlia_hpc.registry import Registry
-from pomlia_hpc.serve.decode import InputSpec, Limits, decode
+from pomlia_hpc.serve.decode import InputSpec, Limits, RequestError, decode
 from pomlia_hpc.workspace import Workspace
 from tests.fixtures.cli import cli_ok
 
@@ -262,3 +262,26 @@ def test_a_16_bit_grey_alpha_png_is_grey_at_full_depth(
     path, grey = next(iter(greys.items()))
     out = decode(path.read_bytes(), None, InputSpec(SIDE, 1, None), Limits())
     np.testing.assert_allclose(out[0, ..., 0], grey / 65535, atol=1e-6)
+
+
+@pytest.mark.parametrize("writer", ["imagej", "ome"])
+def test_a_tiff_of_channels_stored_as_pages_is_one_image_refused(
+    tmp_path: Path, data_add: Callable[..., str], writer: str
+) -> None:
+    # ImageJ, Fiji and OME writers keep each fluorescence channel as a grey page: the server
+    # answered one prediction per channel, and ingest called it a stack to save page by page.
+    path = tmp_path / "f" / "a" / "cells.tif"
+    folder(tmp_path / "f", "grey png")
+    x = np.random.default_rng(3).integers(0, 4096, (4, SIDE, SIDE), dtype=np.uint16)
+    kind = {"imagej": "an ImageJ hyperstack", "ome": "an OME-TIFF"}[writer]
+    tifffile.imwrite(path, x, metadata={"axes": "CYX"}, **{writer: True})
+    said = f"is {kind} of 4 channels stored as 4 grey pages: expected one grey or RGB image"
+    with pytest.raises(RequestError) as info:
+        decode(path.read_bytes(), "image/tiff", InputSpec(SIDE, 3, 4095.0), Limits())
+    assert info.value.status == 400 and said in info.value.message
+    err = " ".join(data_add(tmp_path / "f").split())
+    assert f"image file '{path}' {said}" in err
+    # A stack of slices (not channels) is still one image per page in the server.
+    tifffile.imwrite(path, x, imagej=True, metadata={"axes": "ZYX"})
+    slices = decode(path.read_bytes(), "image/tiff", InputSpec(SIDE, 1, 4095.0), Limits())
+    assert slices.shape == (4, SIDE, SIDE, 1)

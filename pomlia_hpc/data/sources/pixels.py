@@ -38,6 +38,7 @@ from __future__ import annotations
 import io
 import lzma
 import os
+import re
 import struct
 import zlib
 from collections.abc import Callable
@@ -73,6 +74,12 @@ _EXTRA = tifffile.EXTRASAMPLE
 #: Most pages (IFDs) a TIFF's chain is followed to: far past the server's images per request
 #: (256) and any stack ingest would name, yet a walk of a few hundred milliseconds at most.
 MAX_TIFF_PAGES = 4096
+#: An ImageJ hyperstack's channel count: the ``channels=N`` line of its ImageDescription.
+_IMAGEJ_CHANNELS = re.compile(r"^channels=(\d{1,9})\s*$", re.MULTILINE)
+#: The channel count of an OME-XML description's ``Pixels`` element.
+_OME_SIZE_C = re.compile(r"\sSizeC=\"(\d{1,9})\"")
+#: How much of a description is searched for either, characters.
+_DESCRIPTION_HEAD = 65536
 #: TIFF integer types read as 16-bit values (checked to lie in 0..65535 when decoded).
 _TIFF_WIDE_INTS = frozenset({np.dtype(t) for t in ("uint16", "int16", "int32", "uint32")})
 
@@ -413,6 +420,43 @@ def _image_pages(tf: tifffile.TiffFile) -> list[Any]:
     return pages
 
 
+def _described_channels(page: Any) -> tuple[int, str]:
+    """The channel count a TIFF's first ``page`` describes (ImageJ's ``channels=N``, OME-XML's
+    ``SizeC``) and who describes it; (1, "") when it says none. The tag is searched with
+    bounded, linear scans: it comes from the file (an upload too)."""
+    desc = page.description
+    if not isinstance(desc, str):
+        return 1, ""
+    head = desc[:_DESCRIPTION_HEAD]
+    if head.startswith("ImageJ="):
+        found = _IMAGEJ_CHANNELS.search(head)
+        return (int(found.group(1)), "an ImageJ hyperstack") if found else (1, "")
+    start = head.find("Pixels ")
+    if "<OME" not in head[:1024] or start < 0:
+        return 1, ""
+    end = head.find(">", start)
+    found = _OME_SIZE_C.search(head[start : end if end >= 0 else len(head)])
+    return (int(found.group(1)), "an OME-TIFF") if found else (1, "")
+
+
+def _channels_as_pages(page: Any, pages: int) -> str | None:
+    """Why a TIFF of ``pages`` pages whose first is ``page`` is one multi-channel image, its
+    channels stored as grey pages (as ImageJ, Fiji and microscopes write 2- to 5-channel
+    fluorescence), not ``pages`` images; None when it is not. Reading each page as an image
+    of its own gave one prediction per channel."""
+    samples = int(page.samplesperpixel) - len(tuple(page.extrasamples or ()))
+    if pages < 2 or samples != 1:
+        return None
+    channels, kind = _described_channels(page)
+    if channels < 2:
+        return None
+    return (
+        f"is {kind} of {channels} channels stored as {pages} grey pages: expected one grey or "
+        "RGB image per page (save three channels as one RGB image, or each channel as its "
+        "own grey data set)"
+    )
+
+
 class TiffImage:
     """An open TIFF (a path, or an upload's bytes) whose pages decode by the module's rule.
 
@@ -445,8 +489,12 @@ class TiffImage:
         return len(self._pages)
 
     def header(self, index: int) -> FrameHeader:
-        """Page ``index``'s header, from its tags alone."""
-        return _tiff_plan(self._pages[index])[0]
+        """Page ``index``'s header, from its tags alone; a multi-channel image whose channels
+        are pages is refused (:func:`_channels_as_pages`)."""
+        head = _tiff_plan(self._pages[index])[0]
+        if (problem := _channels_as_pages(self._pages[0], self.pages)) is not None:
+            raise PixelFormatError(problem)
+        return head
 
     def pixels(self, index: int, channels: int) -> np.ndarray:
         """Page ``index`` as (H, W, C) (C is ``channels`` for a grey page, 3 for colour)."""
@@ -503,12 +551,13 @@ def file_header(path: Path) -> FrameHeader:
         with Image.open(path) as im:
             return pil_header(_one_frame(im))
     with TiffImage(path) as tif:
+        head = tif.header(0)  # first: a multi-channel image is named as one, not as a stack
         if tif.pages != 1:
             raise PixelFormatError(
                 f"is a {tif.pages}-page TIFF stack: expected one image per file (save each "
                 "page as its own file)"
             )
-        return tif.header(0)
+        return head
 
 
 def file_pixels(path: Path, channels: int) -> np.ndarray:
