@@ -189,10 +189,15 @@ def test_a_multi_page_tiff_is_named_as_a_stack(
     assert f"image file '{stack}' is a 5-page TIFF stack: expected one image per file" in err
 
 
+@pytest.mark.parametrize("fourth", ["opaque", "data"])
 def test_rgba_arrays_drop_alpha_as_rgba_pngs_do(
-    workspace: Workspace, reg: Registry, tmp_path: Path
+    workspace: Workspace, reg: Registry, tmp_path: Path, fourth: str
 ) -> None:
+    # A 4th channel that varies may be a 4th fluorescence channel, not alpha: it is dropped
+    # all the same (an array has no word for what it is), and `data add` warns it was lost.
     x = RNG.integers(0, 256, (20, SIDE, SIDE, 4), dtype=np.uint8)
+    if fourth == "opaque":
+        x[..., 3] = 255
     with h5py.File(tmp_path / "d.h5", "w") as f:
         f["x"], f["y"] = x, np.arange(20) % 2
     text = " ".join(
@@ -200,9 +205,12 @@ def test_rgba_arrays_drop_alpha_as_rgba_pngs_do(
             "data", "add", "rgba", str(tmp_path / "d.h5"), "--images", "x", "--labels", "y"
         ).split()
     )
-    assert "alpha channel was dropped" in text, text
+    warned = "If it is a 4th channel of data (a fluorescence channel), it was lost" in text
+    assert warned == (fourth == "data"), text
+    assert ("alpha channel was dropped" in text) == (fourth == "opaque"), text
     images, meta = stored(workspace, "rgba")
     assert rows(images) == rows(x[..., :3]) and meta["source"]["alpha_dropped"] is True
+    assert meta["source"].get("alpha_varies", False) == (fourth == "data")
 
 
 def test_float_sources_record_their_conversion(

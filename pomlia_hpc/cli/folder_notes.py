@@ -62,7 +62,8 @@ def print_skipped_files(source: dict[str, Any]) -> None:
 def print_pixel_notes(source: dict[str, Any]) -> None:
     """A warning when a 16-bit data set's maximum is an extreme outlier (its images were all
     scaled by it, so most of them are nearly black), naming where it is; a note when an RGBA
-    array's alpha channel was dropped."""
+    array's alpha channel was dropped, a warning when that 4th channel varied (it may have
+    been data)."""
     outlier = source.get("intensity_outlier") or {}
     if outlier:
         top, value, at = outlier["max"], outlier["value"], escape(str(outlier["at"]))
@@ -75,7 +76,16 @@ def print_pixel_notes(source: dict[str, Any]) -> None:
             f"{value})) and run `pomlia data add` again",
             highlight=False,
         )
-    if source.get("alpha_dropped"):
+    if source.get("alpha_varies"):
+        err_console.print(
+            "[yellow]warning:[/] the images have 4 channels whose 4th takes more than one "
+            "value: it was taken as alpha and dropped (stored as RGB), as for RGBA image files. "
+            "If it is a 4th channel of data (a fluorescence channel), it was lost: keep 3 "
+            "channels in the file (or each channel as its own grey data set) and run "
+            "`pomlia data add` again",
+            highlight=False,
+        )
+    elif source.get("alpha_dropped"):
         err_console.print(
             "[yellow]note:[/] the images have 4 channels (RGBA): the alpha channel was dropped "
             "(stored as RGB), as for RGBA image files"

@@ -315,7 +315,8 @@ class Hdf5Source(Source):
                 cursor[int(code)] += len(sel)
 
     def describe(self) -> dict[str, Any]:
-        return {**super().describe(), **self.extra}
+        varies = {"alpha_varies": True} if self._convert.alpha_varies else {}
+        return {**super().describe(), **self.extra, **varies}
 
     def close(self) -> None:
         self._file.close()

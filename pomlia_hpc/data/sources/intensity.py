@@ -33,6 +33,11 @@ class PixelConverter:
     max_at: str | None = None
     #: How many times each 16-bit value was seen by :meth:`observe` (for the percentile).
     counts: np.ndarray | None = field(default=None, repr=False)
+    #: The dropped 4th channel took more than one value (across pixels or images): it may be a
+    #: 4th channel of data (fluorescence) rather than a plain alpha, and `data add` warns.
+    alpha_varies: bool = False
+    #: The first value the dropped 4th channel took (None before any).
+    alpha_value: float | None = field(default=None, repr=False)
 
     def __post_init__(self) -> None:
         # A big-endian array (">u2", as some writers store it) holds the same values: compare
@@ -55,7 +60,13 @@ class PixelConverter:
         return "float" if np.issubdtype(self.dtype, np.floating) else str(self.dtype)
 
     def _colour(self, x: np.ndarray) -> np.ndarray:
-        return x[..., :3] if self.drop_alpha and x.ndim == 4 and x.shape[-1] == 4 else x
+        if not (self.drop_alpha and x.ndim == 4 and x.shape[-1] == 4):
+            return x
+        if x.size and not self.alpha_varies:
+            lo, hi = float(x[..., 3].min()), float(x[..., 3].max())
+            first = lo if self.alpha_value is None else self.alpha_value
+            self.alpha_value, self.alpha_varies = first, lo != hi or lo != first
+        return x[..., :3]
 
     def observe(self, batch: np.ndarray, first_row: int = 0, name: str | None = None) -> None:
         """First pass for uint16: remember the largest value, where it is (``name``, else

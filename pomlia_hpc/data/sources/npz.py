@@ -224,6 +224,8 @@ class NpzSource(Source):
         scaling = self._convert["train"].scaling()
         if scaling:
             out["intensity_scaling"] = scaling
+        if any(c.alpha_varies for c in self._convert.values()):
+            out["alpha_varies"] = True
         return out
 
     def close(self) -> None:
