@@ -76,7 +76,9 @@ _EXTRA = tifffile.EXTRASAMPLE
 MAX_TIFF_PAGES = 4096
 #: An ImageJ hyperstack's channel count: the ``channels=N`` line of its ImageDescription.
 _IMAGEJ_CHANNELS = re.compile(r"^channels=(\d{1,9})\s*$", re.MULTILINE)
-#: The channel count of an OME-XML description's ``Pixels`` element.
+#: The start of an OME-XML description's ``Pixels`` element (with or without a prefix).
+_OME_PIXELS = re.compile(r"[<:]Pixels\s")
+#: The channel count among that element's attributes.
 _OME_SIZE_C = re.compile(r"\sSizeC=\"(\d{1,9})\"")
 #: How much of a description is searched for either, characters.
 _DESCRIPTION_HEAD = 65536
@@ -431,11 +433,11 @@ def _described_channels(page: Any) -> tuple[int, str]:
     if head.startswith("ImageJ="):
         found = _IMAGEJ_CHANNELS.search(head)
         return (int(found.group(1)), "an ImageJ hyperstack") if found else (1, "")
-    start = head.find("Pixels ")
-    if "<OME" not in head[:1024] or start < 0:
+    pixels = _OME_PIXELS.search(head) if "OME" in head[:1024] else None
+    if pixels is None:
         return 1, ""
-    end = head.find(">", start)
-    found = _OME_SIZE_C.search(head[start : end if end >= 0 else len(head)])
+    end = head.find(">", pixels.start())
+    found = _OME_SIZE_C.search(head[pixels.start() : end if end >= 0 else len(head)])
     return (int(found.group(1)), "an OME-TIFF") if found else (1, "")
 
 
