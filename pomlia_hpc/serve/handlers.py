@@ -15,7 +15,6 @@ import re
 import unicodedata
 import uuid
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any
 
 import numpy as np
 import orjson
@@ -28,9 +27,8 @@ from pomlia_hpc.serve.decode import InputSpec, Limits, RequestError, decode
 from pomlia_hpc.serve.exported import ExportedBundle
 from pomlia_hpc.serve.formdata import Upload, uploaded_files
 from pomlia_hpc.serve.holder import ModelHolder
-from pomlia_hpc.serve.issued import feedback_refusal
 from pomlia_hpc.serve.predictor import Predictor, now_iso
-from pomlia_hpc.serve.predlog import LogClosedError, LogWriteError, PredictionLog
+from pomlia_hpc.serve.predlog import LogClosedError, LogWriteError
 from pomlia_hpc.serve.records import (
     MALFORMED_REQUEST_REASON,
     REQUEST_REASONS_BY_STATUS,
@@ -120,30 +118,26 @@ async def feedback(holder: ModelHolder, request: Request) -> Response:
     names, indices = labels_of(item.label, holder.card_bundle())
     pred = holder.current()
     bundle = pred.bundle
-    issued = holder.issued
-    claim, had_label = await holder.claim(item.prediction_id, replaces=item.replaces)
-    refusal = feedback_refusal(claim, item.prediction_id)
-    if refusal is not None:
-        raise refusal
     multi = bundle.task_type == "multi-label"
-    record = FeedbackLine(
-        id=new_id(),
-        time=now_iso(),
-        prediction_id=item.prediction_id,
-        model=bundle.name,
-        model_version=bundle.version,
-        deployment=holder.config.deployment_id,
-        label=names if multi else names[0],
-        label_index=indices if multi else indices[0],
-        replaces=had_label,
+
+    def record(had_label: bool) -> FeedbackLine:
+        return FeedbackLine(
+            id=new_id(),
+            time=now_iso(),
+            prediction_id=item.prediction_id,
+            model=bundle.name,
+            model_version=bundle.version,
+            deployment=holder.config.deployment_id,
+            label=names if multi else names[0],
+            label_index=indices if multi else indices[0],
+            replaces=had_label,
+        )
+
+    line = await holder.accept_feedback(
+        item.prediction_id, replaces=item.replaces, record=record, plog=pred.log
     )
-    try:
-        await append_durably(pred.log, to_line(record))
-    except BaseException:
-        issued.release(item.prediction_id, had_label=had_label)
-        raise
     holder.metrics.feedback.inc()
-    return json_response({"id": record.id, "prediction_id": item.prediction_id, "recorded": True})
+    return json_response({"id": line.id, "prediction_id": item.prediction_id, "recorded": True})
 
 
 def rejection_reason(exc: RequestError, *, request_level: bool = False) -> str:
@@ -258,26 +252,3 @@ def labels_of(
         names.append(bundle.labels[idx])
         indices.append(idx)
     return names, indices
-
-
-async def append_durably(plog: PredictionLog, record: dict[str, Any]) -> None:
-    """Append ``record`` to the log and return once it is on disk (503 when it cannot be)."""
-    loop = asyncio.get_running_loop()
-    fut: asyncio.Future[None] = loop.create_future()
-
-    def done(error: BaseException | None) -> None:
-        def settle() -> None:
-            if fut.done():
-                return
-            if error is None:
-                fut.set_result(None)
-            else:
-                fut.set_exception(RequestError(503, f"feedback not recorded: {error}"))
-
-        loop.call_soon_threadsafe(settle)
-
-    try:
-        plog.append([record], done)
-    except (LogClosedError, LogWriteError) as exc:
-        raise RequestError(503, f"feedback not recorded: {exc}") from exc
-    await fut

@@ -19,16 +19,19 @@ from pathlib import Path
 from typing import Any
 
 from pomlia_hpc.errors import PomliaError
+from pomlia_hpc.files import make_private_dirs
 from pomlia_hpc.serve.config import ServeConfig
 from pomlia_hpc.serve.decode import RequestError
 from pomlia_hpc.serve.exported import ExportedBundle
+from pomlia_hpc.serve.feedgate import FeedbackGate, append_durably
 from pomlia_hpc.serve.fingerprint import FingerprintFn, bundle_fingerprint
 from pomlia_hpc.serve.inbox import Inbox, inputs_dir
-from pomlia_hpc.serve.issued import Claim, IssuedIds, card_time
+from pomlia_hpc.serve.issued import IssuedIds, card_time, feedback_refusal
 from pomlia_hpc.serve.metrics import ServerMetrics
 from pomlia_hpc.serve.peers import PeerLogs
 from pomlia_hpc.serve.predictor import Predictor
 from pomlia_hpc.serve.predlog import PredictionLog
+from pomlia_hpc.serve.records import FeedbackLine, to_line
 from pomlia_hpc.serve.runtime import load_runtime
 
 log = logging.getLogger("pomlia.serve")
@@ -60,6 +63,7 @@ class ModelHolder:
         self.draining = False
         self.issued = IssuedIds(config.feedback_window)
         self.peers: PeerLogs | None = None  # set by start()
+        self.gate = FeedbackGate(log_dir, config.deployment_id)
         self._refused: Path | None = None  # a link target refused once, not every interval
         self._lock = asyncio.Lock()
         self._watcher: asyncio.Task[None] | None = None
@@ -116,6 +120,8 @@ class ModelHolder:
         # Before the folder is read: what other servers of the deployment append from now on
         # is read on demand (a feedback id this server does not know, see serve.peers).
         created = self.log_start()
+        await asyncio.to_thread(make_private_dirs, self.log_dir)
+        await asyncio.to_thread(self.gate.open)
         self.peers = peers = await asyncio.to_thread(
             PeerLogs.snapshot, self.log_dir, config.deployment_id, created=created
         )
@@ -157,17 +163,39 @@ class ModelHolder:
             return None
         return card_time(self.bundle.card)
 
-    async def claim(self, pid: str, *, replaces: bool) -> tuple[Claim, bool]:
-        """Claim the label of prediction ``pid`` (:meth:`~.issued.IssuedIds.claim`) and say
-        whether it had one. Another server of the deployment may have answered ``pid``, or
-        labelled it, after this one read the log (a restart or a switch: both run for a
-        while): what their files gained since is read first (:mod:`~pomlia_hpc.serve.peers`;
-        a stat per other writer's newest file when they gained nothing)."""
-        issued = self.issued
-        if self.peers is not None:
-            await asyncio.to_thread(self.peers.catch_up, issued)
-        had = issued.labelled(pid)
-        return issued.claim(pid, replaces=replaces), had
+    async def accept_feedback(
+        self,
+        pid: str,
+        *,
+        replaces: bool,
+        record: Callable[[bool], FeedbackLine],
+        plog: PredictionLog,
+    ) -> FeedbackLine:
+        """Judge a feedback for prediction ``pid`` and log ``record(had_label)`` durably, or
+        refuse it (404 unknown id, 409 labelled without ``replaces``, 503 not written). Done
+        in the deployment's feedback turn (:mod:`~pomlia_hpc.serve.feedgate`), so of two
+        servers given the same id at once exactly one accepts it. Another server of the
+        deployment may have answered ``pid``, or labelled it, after this one read the log (a
+        restart or a switch: both run for a while): what their files gained since is read
+        first (:mod:`~pomlia_hpc.serve.peers`)."""
+
+        async def section() -> FeedbackLine:
+            issued = self.issued
+            if self.peers is not None:
+                await asyncio.to_thread(self.peers.catch_up, issued)
+            had = issued.labelled(pid)
+            refusal = feedback_refusal(issued.claim(pid, replaces=replaces), pid)
+            if refusal is not None:
+                raise refusal
+            line = record(had)
+            try:
+                await append_durably(plog, to_line(line))
+            except RequestError:  # not written: the id may be labelled again
+                issued.release(pid, had_label=had)
+                raise
+            return line
+
+        return await self.gate.run(section)
 
     async def stop(self) -> None:
         """Stop watching, answer what is still queued and write every record."""
@@ -181,6 +209,7 @@ class ModelHolder:
         async with self._lock:
             if self.predictor is not None:
                 await asyncio.to_thread(self.predictor.close)
+        self.gate.close()
 
     async def reload(self) -> dict[str, Any]:
         """Swap to the bundle ``follow`` names now (no-op if it is the one served)."""

@@ -1,0 +1,59 @@
+"""Two servers of one deployment on one log folder given the same prediction id at the same
+moment, over real HTTP on 127.0.0.1: exactly one label is accepted (serve/feedgate.py)."""
+
+from __future__ import annotations
+
+import threading
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import httpx
+import pytest
+
+from pomlia_hpc.serve.demo import cached_demo_bundle
+from pomlia_hpc.serve.predlog import read_records
+from pomlia_hpc.serve.records import FeedbackLine
+from tests.test_serve_restart import AUTH, predict_ids, serve
+
+SENDERS = 6  # per id: three at each server
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return cached_demo_bundle(tmp_path_factory.getbasetemp() / "serve-demo", num_classes=4)
+
+
+def test_two_servers_given_one_id_at_once_accept_exactly_one_label(
+    bundle: Path, tmp_path: Path
+) -> None:
+    """Each server judged a feedback against what it had read of the other's file, so both
+    found the id unlabelled and both logged a label (4 of 40 ids labelled twice with four
+    senders per id): the monitor and the harvest saw two labels. Now one sender per id gets
+    200, every other a 409 that says the id has a label, and the log holds one label per id."""
+    logs = tmp_path / "logs"
+    with (
+        serve(bundle, logs) as a,
+        serve(bundle, logs) as b,
+        httpx.Client(base_url=a.url, timeout=60) as ca,
+        httpx.Client(base_url=b.url, timeout=60) as cb,
+    ):
+        ids = predict_ids(ca, 8) + predict_ids(cb, 8)
+        clients = [ca, cb] * (SENDERS // 2)
+        barrier = threading.Barrier(SENDERS)
+
+        def send(pid: str, client: httpx.Client) -> tuple[int, str]:
+            barrier.wait()  # the senders of one id go at the same moment
+            resp = client.post(
+                "/v1/feedback", json={"prediction_id": pid, "label": 1}, headers=AUTH
+            )
+            return resp.status_code, resp.text
+
+        with ThreadPoolExecutor(SENDERS) as pool:
+            answers = [list(pool.map(send, [pid] * SENDERS, clients)) for pid in ids]
+    for pid, got in zip(ids, answers, strict=True):
+        codes = Counter(code for code, _ in got)
+        assert codes == {200: 1, 409: SENDERS - 1}, (pid, got)
+        assert all("already has a label" in text for code, text in got if code == 409)
+    labels = Counter(r.prediction_id for r in read_records(logs, FeedbackLine))
+    assert labels == dict.fromkeys(ids, 1)
