@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import sys
 import threading
 from collections.abc import Callable, Iterator
@@ -50,31 +51,49 @@ class Runtime:
     logits: LogitsFn
 
 
-#: Device files of a GPU driver: NVIDIA's, ROCm's (whose devices torch also calls CUDA) and
-#: WSL2's. A Linux node without any of them has no GPU that torch could use.
-GPU_DEVICE_FILES = ("/dev/nvidiactl", "/dev/nvidia0", "/dev/kfd", "/dev/dxg")
+#: Device files of a GPU driver under ``/dev``: NVIDIA's discrete driver, Jetson's integrated
+#: GPU (``nvgpu``: no ``nvidiactl`` there, JetPack 4 to 6), ROCm's (whose devices torch also
+#: calls CUDA) and WSL2's. A Linux node without any of them has no GPU that torch could use.
+#: Wrongly absent, a GPU node would answer on its CPU; wrongly present, a CPU node only loads
+#: torch to hear that it has none: so a device name of any GPU torch may use is listed.
+GPU_DEVICE_FILES = ("nvidiactl", "nvidia0", "nvhost-ctrl-gpu", "nvgpu", "kfd", "dxg")
+#: The ordinal at the start of a ``CUDA_VISIBLE_DEVICES`` entry (as ``strtoul`` reads it).
+_ORDINAL = re.compile(r"[+-]?[0-9]+")
 
 
 def gpu_may_be_visible() -> bool:
     """Whether this process may see a GPU, told without importing torch: false when
-    ``CUDA_VISIBLE_DEVICES`` hides every device (empty or -1) or, on Linux, when no GPU
-    driver's device file exists. Why: ``backend: auto`` imported torch to learn that a CPU
-    node has no GPU, and a CPU server then held torch's libraries for its whole life (about
-    400 MB more resident memory for a 30 MB ONNX model)."""
+    ``CUDA_VISIBLE_DEVICES`` hides every device or, on Linux, when no GPU driver's device
+    file exists. Why: ``backend: auto`` imported torch to learn that a CPU node has no GPU,
+    and a CPU server then held torch's libraries for its whole life (about 400 MB more
+    resident memory for a 30 MB ONNX model)."""
     return no_gpu_reason() is None
 
 
-def no_gpu_reason() -> str | None:
+def hides_every_gpu(value: str) -> bool:
+    """Whether ``CUDA_VISIBLE_DEVICES=value`` leaves CUDA no device. CUDA takes the entries up
+    to the first invalid one, so the list hides every GPU exactly when its first entry is
+    invalid whatever the node has: empty, a negative ordinal (``-1``, ``-1,0``) or neither an
+    ordinal nor a ``GPU-``/``MIG-`` UUID (Slurm's ``NoDevFiles``). An ordinal the node lacks
+    (``7`` on a 4-GPU node) is left to torch, which knows how many there are."""
+    first = value.split(",", 1)[0].strip()
+    if first.startswith(("GPU-", "MIG-")):
+        return False
+    m = _ORDINAL.match(first)
+    return m is None or int(m.group()) < 0
+
+
+def no_gpu_reason(dev: Path = Path("/dev")) -> str | None:
     """Why this process sees no GPU, told without importing torch (see
-    :func:`gpu_may_be_visible`); None when it may see one."""
+    :func:`gpu_may_be_visible`); None when it may see one. ``dev``: where device files are."""
     hidden = os.environ.get("CUDA_VISIBLE_DEVICES")
-    if hidden is not None and hidden.strip() in ("", "-1"):
+    if hidden is not None and hides_every_gpu(hidden):
         return f"CUDA_VISIBLE_DEVICES={hidden.strip()!r} hides every GPU"
     if not sys.platform.startswith("linux"):
         return None  # torch is asked
-    if any(Path(f).exists() for f in GPU_DEVICE_FILES):
+    if any((dev / name).exists() for name in GPU_DEVICE_FILES):
         return None
-    return f"no GPU driver device file ({', '.join(GPU_DEVICE_FILES)})"
+    return f"no GPU driver device file ({', '.join(str(dev / n) for n in GPU_DEVICE_FILES)})"
 
 
 def _cuda_absence() -> str | None:
