@@ -4,6 +4,7 @@ stopped only once the new one is ready (docs/loop.md)."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import httpx
@@ -14,7 +15,7 @@ import pytest
 from pomlia_hpc.serve.demo import cached_demo_bundle
 from pomlia_hpc.serve.issued import IssuedIds
 from pomlia_hpc.serve.local import LocalServer
-from pomlia_hpc.serve.peers import PeerLogs
+from pomlia_hpc.serve.peers import PeerLogs, PeerReader
 from pomlia_hpc.serve.predlog import read_records
 from pomlia_hpc.serve.records import FeedbackLine
 from tests.fixtures.factories import log_line, npy
@@ -170,3 +171,27 @@ def test_a_prediction_id_no_server_issues_is_skipped_not_a_failed_feedback(
     issued = IssuedIds()
     assert peers.catch_up(issued) == 1
     assert len(issued) == 1
+
+
+def test_what_a_busy_peer_logs_is_read_between_feedbacks_not_in_the_next_one(
+    tmp_path: Path,
+) -> None:
+    """A feedback read everything the other servers logged since the previous feedback: a
+    server that took none for hours beside a busy replica parsed its hours of predictions in
+    one request (about 19 s per million lines). The reader thread reads them as they come, so
+    the next feedback finds nothing left to read."""
+    peers = PeerLogs.snapshot(tmp_path, deployment=7)
+    peers.own = "20260101T000001-node-2"
+    issued = IssuedIds()
+    reader = PeerReader(peers, issued, interval_s=0.05)
+    reader.start()
+    try:
+        busy = tmp_path / "20260101T000000-node-1-0000.jsonl"
+        busy.write_bytes(b"".join(line(deployment=7) for _ in range(500)))
+        deadline = time.monotonic() + 120  # a bound for a loaded machine, not a timing check
+        while len(issued) < 500 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    finally:
+        reader.stop()
+    assert len(issued) == 500
+    assert peers.catch_up(issued) == 0  # what the next feedback reads first

@@ -16,6 +16,7 @@ Example ``serve.yaml``::
     inputs_retention_days: 30
     log_retention_days: 90 # prediction log files: delete those older (default: keep all)
     log_retry_s: 30        # after a failed log write (full disk): try the disk again this often
+    peer_read_interval_s: 1  # read the other servers' log files of the deployment this often
 """
 
 from __future__ import annotations
@@ -91,6 +92,15 @@ class ServeConfig(BaseModel):
     )
     feedback_window: int = Field(
         200_000, ge=1, description="prediction ids remembered for feedback (404 beyond)"
+    )
+    peer_read_interval_s: float = Field(
+        1.0,
+        ge=0,
+        description=(
+            "how often the server reads what other servers of its deployment logged in its "
+            "log folder, s, so a feedback reads only what they logged since (0: only when a "
+            "feedback comes)"
+        ),
     )
     max_head_kb: float = Field(32.0, gt=0, description="request line + headers, KiB (431)")
     max_headers: int = Field(100, ge=1, description="header fields per request (431)")

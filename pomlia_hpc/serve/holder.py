@@ -28,7 +28,7 @@ from pomlia_hpc.serve.fingerprint import FingerprintFn, bundle_fingerprint
 from pomlia_hpc.serve.inbox import Inbox, inputs_dir
 from pomlia_hpc.serve.issued import IssuedIds, card_time, feedback_refusal
 from pomlia_hpc.serve.metrics import ServerMetrics
-from pomlia_hpc.serve.peers import PeerLogs
+from pomlia_hpc.serve.peers import PeerLogs, PeerReader
 from pomlia_hpc.serve.predictor import Predictor
 from pomlia_hpc.serve.predlog import PredictionLog
 from pomlia_hpc.serve.records import FeedbackLine, to_line
@@ -63,6 +63,7 @@ class ModelHolder:
         self.draining = False
         self.issued = IssuedIds(config.feedback_window)
         self.peers: PeerLogs | None = None  # set by start()
+        self._reader: PeerReader | None = None
         self.gate = FeedbackGate(log_dir, config.deployment_id)
         self._refused: Path | None = None  # a link target refused once, not every interval
         self._lock = asyncio.Lock()
@@ -141,6 +142,9 @@ class ModelHolder:
             retry_s=config.log_retry_s,
         )
         peers.own = plog.stem
+        if config.peer_read_interval_s > 0:
+            self._reader = PeerReader(peers, issued, config.peer_read_interval_s)
+            self._reader.start()
         self.predictor = await asyncio.to_thread(self._make_predictor, self.bundle, plog)
         if self.follow is not None and config.watch_interval_s > 0:
             self._watcher = asyncio.create_task(self._watch(self.follow))
@@ -204,6 +208,8 @@ class ModelHolder:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._watcher
         self.draining = True
+        if self._reader is not None:
+            await asyncio.to_thread(self._reader.stop)
         # Uvicorn has already waited for in-flight requests; this answers anything still
         # queued and writes every record before the process exits.
         async with self._lock:
