@@ -9,6 +9,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+import orjson
 import pytest
 
 from pomlia_hpc.serve.inbox import Inbox, encode_image, read_inputs
@@ -192,3 +193,31 @@ def test_a_chunk_that_could_not_be_opened_is_opened_at_the_next_write(tmp_path: 
     inbox.write(small)
     inbox.close()
     assert sorted(k.id for k in read_inputs(folder)) == ["a" * 32, "b" * 32]
+
+
+def test_the_harvest_keeps_the_label_sent_last_whichever_servers_file_holds_it(
+    tmp_path: Path,
+) -> None:
+    """Two servers of one deployment on one folder (a restart overlap, replicas): a label
+    taken by the newer server and its replacement (``"replaces": true``) taken later by the
+    older one. The join kept the label read last, in file-name order (the writer's start):
+    the replaced one, so the retrained model learnt the label the user had corrected."""
+    from datetime import UTC, datetime
+
+    from pomlia_hpc.serve.labelled import labelled_inputs
+
+    pid = "b" * 32
+    plog = PredictionLog(tmp_path, sidecar=Inbox(tmp_path / "inputs"))
+    plog.append(
+        [log_line("prediction", id=pid)], inputs=encode_image(pid, "t", _u8(3) / np.float32(255))
+    )
+    plog.close()
+    older, newer = "20260201T000000-node-1-0000.jsonl", "20260201T010000-node-2-0000.jsonl"
+    feedback = {
+        newer: log_line("feedback", prediction_id=pid, label_index=2, time=_now()),
+        older: log_line("feedback", prediction_id=pid, label_index=3, time=_now(), replaces=True),
+    }
+    for name, rec in feedback.items():
+        (tmp_path / name).write_bytes(orjson.dumps(rec) + b"\n")
+    got = labelled_inputs(tmp_path, since=datetime(2026, 1, 1, tzinfo=UTC))
+    assert got.ids == [pid] and got.labels == [[3]]

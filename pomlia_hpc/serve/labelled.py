@@ -2,7 +2,8 @@
 
 What the harvest (:mod:`pomlia_hpc.loop.harvest`) and the gate read. A prediction counts when
 its feedback arrived inside the window (``since`` <= feedback time < ``until``) and its input
-was kept (``pomlia serve --keep-inputs``); the last label sent for an id wins. Counts of what
+was kept (``pomlia serve --keep-inputs``); the last label sent for an id wins (by its time,
+whichever server's file holds it). Counts of what
 was left out, and why, come back with the rows, so nothing is dropped without a trace (nor
 what the log's retention deleted: ``deleted_through``). A log
 line that is not a valid record stops the join with one error naming the file, line and key.
@@ -93,6 +94,7 @@ def labelled_inputs(
     if before:
         counts["log_files_before_window"] = before
     labels: dict[str, tuple[list[int], str]] = {}
+    latest: dict[str, datetime] = {}  # the time of each id's label in ``labels``
     for path in files:
         for rec in read_file(path):
             if not isinstance(rec, FeedbackLine):
@@ -102,6 +104,12 @@ def labelled_inputs(
             if t is None or (since is not None and t < since) or (until is not None and t >= until):
                 counts["outside_window"] += 1
                 continue
+            # The last label sent wins by its time, not by where it was read: files are read
+            # in name order (their writer's start), and a replacement that a server started
+            # earlier took (a restart overlap, replicas) sat before the label it replaced.
+            if (prev := latest.get(rec.prediction_id)) is not None and t < prev:
+                continue
+            latest[rec.prediction_id] = t
             idx = rec.label_index
             labels[rec.prediction_id] = (idx if isinstance(idx, list) else [idx], rec.time)
     seen: set[str] = set()
