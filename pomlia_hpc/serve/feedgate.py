@@ -75,10 +75,14 @@ class FeedbackGate:
         if self._try():  # else held by another server right now: locks work
             self._release()
 
-    def close(self) -> None:
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+    async def close(self) -> None:
+        """Close the lock file once no feedback holds or waits for the turn (a section still
+        running after its request was cancelled must not find its descriptor closed, or
+        reused by another file)."""
+        async with self._turn:
+            if self._fd >= 0:
+                os.close(self._fd)
+                self._fd = -1
 
     async def run(self, section: Callable[[], Awaitable[_T]]) -> _T:
         """``await section()`` holding the deployment's feedback turn; 503 when another server

@@ -215,7 +215,7 @@ class ModelHolder:
         async with self._lock:
             if self.predictor is not None:
                 await asyncio.to_thread(self.predictor.close)
-        self.gate.close()
+        await self.gate.close()
 
     async def reload(self) -> dict[str, Any]:
         """Swap to the bundle ``follow`` names now (no-op if it is the one served)."""
