@@ -38,7 +38,7 @@ def test_two_servers_given_one_id_at_once_accept_exactly_one_label(
         httpx.Client(base_url=a.url, timeout=60) as ca,
         httpx.Client(base_url=b.url, timeout=60) as cb,
     ):
-        ids = predict_ids(ca, 8) + predict_ids(cb, 8)
+        ids = predict_ids(ca, 12) + predict_ids(cb, 12)
         clients = [ca, cb] * (SENDERS // 2)
         barrier = threading.Barrier(SENDERS)
 

@@ -96,7 +96,8 @@ ERROR_TEXT: dict[int, str] = {
     "data), or a body sent with a content coding (Content-Encoding)",
     422: "request body does not match the schema, or gives a key twice",
     431: "request head too large or too many header fields (the connection is closed)",
-    503: "not ready or shutting down, or the prediction log cannot be written",
+    503: "not ready or shutting down, the prediction log cannot be written, or (feedback) "
+    "another server of the deployment held the feedback lock too long",
 }
 
 #: The header every 503 carries (``serve.bodies.error_response``).
