@@ -3,6 +3,8 @@ moment, over real HTTP on 127.0.0.1: exactly one label is accepted (serve/feedga
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import threading
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -12,6 +14,7 @@ import httpx
 import pytest
 
 from pomlia_hpc.serve.demo import cached_demo_bundle
+from pomlia_hpc.serve.feedgate import lock_path
 from pomlia_hpc.serve.predlog import read_records
 from pomlia_hpc.serve.records import FeedbackLine
 from tests.test_serve_restart import AUTH, predict_ids, serve
@@ -57,3 +60,39 @@ def test_two_servers_given_one_id_at_once_accept_exactly_one_label(
         assert all("already has a label" in text for code, text in got if code == 409)
     labels = Counter(r.prediction_id for r in read_records(logs, FeedbackLine))
     assert labels == dict.fromkeys(ids, 1)
+
+
+def test_a_feedback_that_cannot_have_the_turn_is_a_503_that_says_why(
+    bundle: Path, tmp_path: Path
+) -> None:
+    """Another process of the deployment holds the feedback lock (a server stuck on a hung
+    file server): the feedback waits LOCK_WAIT_S, then is refused with a 503 that says so,
+    and nothing is logged; once the holder is gone (killed: the kernel lets its lock go) the
+    same feedback is taken."""
+    logs = tmp_path / "logs"
+    with serve(bundle, logs) as a, httpx.Client(base_url=a.url, timeout=60) as client:
+        pid = predict_ids(client, 1)[0]
+        holder = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                "import fcntl, os, sys, time\n"
+                "fd = os.open(sys.argv[1], os.O_RDWR)\n"
+                "fcntl.lockf(fd, fcntl.LOCK_EX)\n"
+                "print('held', flush=True)\n"
+                "time.sleep(600)\n",
+                str(lock_path(logs, None)),
+            ],
+            stdout=subprocess.PIPE,
+        )
+        try:
+            assert holder.stdout is not None and holder.stdout.readline() == b"held\n"
+            body = {"prediction_id": pid, "label": 1}
+            resp = client.post("/v1/feedback", json=body, headers=AUTH)
+            assert resp.status_code == 503
+            assert "another server of this deployment held the feedback lock" in resp.text
+        finally:
+            holder.kill()
+            holder.wait()
+        assert client.post("/v1/feedback", json=body, headers=AUTH).status_code == 200
+    assert [r.prediction_id for r in read_records(logs, FeedbackLine)] == [pid]
