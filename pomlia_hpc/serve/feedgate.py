@@ -31,7 +31,7 @@ import os
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 from pomlia_hpc.files import PRIVATE_FILE
 from pomlia_hpc.serve.decode import RequestError
@@ -65,7 +65,12 @@ class FeedbackGate:
     def __init__(self, directory: Path, deployment: int | None, *, wait_s: float = LOCK_WAIT_S):
         self.path = lock_path(directory, deployment)
         self.wait_s = wait_s
-        self._turn = asyncio.Lock()
+        self._turn = asyncio.Lock()  # held for a turn, and by close()
+        self._waiting: list[tuple[Callable[[], Awaitable[Any]], asyncio.Future[Any]]] = []
+        self._leader: asyncio.Task[None] | None = None
+        #: Run at the start of each turn, once the lock is held (blocking, on the same worker
+        #: thread): reading what the other servers logged, which every section then sees.
+        self.on_turn: Callable[[], object] | None = None
         self._fd = -1
         self.locks = True  # false once the file system refused a lock: judged alone then
 
@@ -86,20 +91,59 @@ class FeedbackGate:
 
     async def run(self, section: Callable[[], Awaitable[_T]]) -> _T:
         """``await section()`` holding the deployment's feedback turn; 503 when another server
-        held it for longer than ``wait_s``."""
+        held it for longer than ``wait_s``. Sections that come while a turn is held wait for
+        the next one and then run together in it: their claims are atomic within the server
+        anyway (:class:`~.issued.IssuedIds`), and their labels share one log commit (one
+        ``fsync``, not one each: one section a turn took 16 clients on one server from about
+        560 feedbacks/s without the lock to 200; turns of all waiting sections, to 470, on
+        the loaded 2-core VM)."""
+        fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        # A cancelled request leaves its section to finish; its outcome is then nobody's.
+        fut.add_done_callback(lambda f: f.cancelled() or f.exception())
+        self._waiting.append((section, fut))
+        if self._leader is None:
+            self._leader = asyncio.ensure_future(self._lead())
+        return cast(_T, await asyncio.shield(fut))
 
-        async def locked() -> _T:
-            async with self._turn:
-                await asyncio.to_thread(self._acquire)
-                try:
-                    return await section()
-                finally:
-                    self._release()
+    async def _lead(self) -> None:
+        """Run the waiting sections, a turn at a time, until none waits."""
+        try:
+            while self._waiting:
+                batch, self._waiting = self._waiting, []
+                async with self._turn:
+                    try:
+                        await asyncio.to_thread(self._begin_turn)
+                    except Exception as exc:  # no turn: each of them is refused
+                        for _, fut in batch:
+                            if not fut.done():
+                                fut.set_exception(exc)
+                        continue
+                    try:
+                        got = await asyncio.gather(
+                            *(section() for section, _ in batch), return_exceptions=True
+                        )
+                    finally:
+                        self._release()
+                for (_, fut), res in zip(batch, got, strict=True):
+                    if fut.done():
+                        continue
+                    if isinstance(res, asyncio.CancelledError):
+                        fut.cancel()
+                    elif isinstance(res, BaseException):
+                        fut.set_exception(res)
+                    else:
+                        fut.set_result(res)
+        finally:
+            self._leader = None
 
-        task = asyncio.ensure_future(locked())
-        # A cancelled request leaves the section to finish; its outcome is then nobody's.
-        task.add_done_callback(lambda t: t.cancelled() or t.exception())
-        return await asyncio.shield(task)
+    def _begin_turn(self) -> None:
+        self._acquire()
+        if self.on_turn is not None:
+            try:
+                self.on_turn()
+            except BaseException:
+                self._release()
+                raise
 
     def _acquire(self) -> None:
         """Take the lock file's exclusive lock, trying again until ``wait_s`` has passed."""

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 from collections.abc import Callable
@@ -142,6 +143,7 @@ class ModelHolder:
             retry_s=config.log_retry_s,
         )
         peers.own = plog.stem
+        self.gate.on_turn = functools.partial(peers.catch_up, issued)
         if config.peer_read_interval_s > 0:
             self._reader = PeerReader(peers, issued, config.peer_read_interval_s)
             self._reader.start()
@@ -181,12 +183,10 @@ class ModelHolder:
         servers given the same id at once exactly one accepts it. Another server of the
         deployment may have answered ``pid``, or labelled it, after this one read the log (a
         restart or a switch: both run for a while): what their files gained since is read
-        first (:mod:`~pomlia_hpc.serve.peers`)."""
+        as the turn begins (:mod:`~pomlia_hpc.serve.peers`)."""
 
-        async def section() -> FeedbackLine:
+        async def section() -> FeedbackLine:  # the peers were read as the turn began
             issued = self.issued
-            if self.peers is not None:
-                await asyncio.to_thread(self.peers.catch_up, issued)
             had = issued.labelled(pid)
             refusal = feedback_refusal(issued.claim(pid, replaces=replaces), pid)
             if refusal is not None:
