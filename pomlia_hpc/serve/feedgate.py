@@ -12,9 +12,9 @@ other servers' files gained (:mod:`.peers`), judges the id, writes the feedback 
 only then lets the lock go. Whoever comes next reads that label and answers 409. A POSIX lock
 and not one marker file per id: the kernel (or the NFS server's lock manager) lets it go when
 its holder dies, so a server killed mid-feedback leaves nothing that refuses the id later, and
-the folder gains one file per deployment, not one per label. Inside one server the requests
-take turns on an :class:`asyncio.Lock` first (POSIX locks do not exclude threads of one
-process).
+the folder gains one file per deployment, not one per label. Inside one server the
+feedbacks that wait for the lock share the next turn (POSIX locks do not exclude threads of
+one process; the index's own lock makes each claim atomic there).
 
 A file system that takes no locks (Lustre mounted without ``flock``, NFS without a lock
 manager) is said once at start-up in a warning; feedback is then judged as before, by each
