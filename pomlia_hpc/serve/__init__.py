@@ -12,6 +12,8 @@ Modules, in the order a model goes through them:
 * ``predictor``  batch -> model -> outputs -> durable log -> answer
 * ``predlog``    the append-only, group-committed prediction/feedback log (``read_records``)
 * ``records``    its lines as strict models (prediction, feedback, rejection)
+* ``issued``, ``peers``, ``feedgate``  which ids take feedback; what the deployment's other
+  servers logged; one label per id across them (a lock in the log folder)
 * ``fingerprint``  pluggable input fingerprints for the log (encoder, or explicit statistics)
 * ``app``, ``metrics``, ``security``, ``config``, ``server``  the FastAPI app and its process
 * ``deploy``, ``smoke``, ``local``, ``demo``  Apptainer/sbatch files, checks and helpers
