@@ -85,19 +85,24 @@ def submit_script(
     extra: Sequence[str] = (),
     cwd: Path | None = None,
 ) -> str:
-    """``sbatch`` ``script`` as job ``name``; returns the job id. ``env`` is exported on top of
-    the caller's environment; ``singleton`` adds ``--dependency=singleton``; ``cwd`` is where
+    """``sbatch`` ``script`` as job ``name``; returns the job id. The job gets the caller's
+    environment (``--export=ALL``, whatever the site's ``SBATCH_EXPORT``) with ``env`` on
+    top; ``singleton`` adds ``--dependency=singleton``; ``cwd`` is where
     sbatch runs (relative ``#SBATCH --output`` paths are relative to it)."""
     cmd = ["sbatch", "--parsable", f"--job-name={name}"]
     if begin is not None:
         cmd.append(f"--begin={slurm_time(begin)}")
     if singleton:
         cmd.append("--dependency=singleton")
+    # Always ALL, on the command line: a site's SBATCH_EXPORT=NONE would override the
+    # script's own lines, and the job needs the submitting environment (see cluster.submitenv).
+    export = "--export=ALL"
     if env:
         bad = [k for k, v in env.items() if "," in v or "," in k]
         if bad:
             raise ClusterError(f"environment values for sbatch must not contain ',': {bad}")
-        cmd.append("--export=ALL," + ",".join(f"{k}={v}" for k, v in env.items()))
+        export += "," + ",".join(f"{k}={v}" for k, v in env.items())
+    cmd.append(export)
     if output is not None:
         cmd.append(f"--output={output}")
     cmd += [*extra, str(script)]

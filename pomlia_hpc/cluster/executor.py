@@ -33,7 +33,13 @@ from pomlia_hpc.cluster.handle import JobHandle
 from pomlia_hpc.cluster.jobstart import SLURM_PYTHON
 from pomlia_hpc.cluster.records import record_submission, this_host
 from pomlia_hpc.cluster.refusal import sbatch_refusals, warn_signal_delay
-from pomlia_hpc.cluster.resources import after_ok_parameters, submitit_parameters, with_overrides
+from pomlia_hpc.cluster.resources import (
+    additional_parameters,
+    after_ok_parameters,
+    submitit_parameters,
+    with_overrides,
+)
+from pomlia_hpc.cluster.submitenv import dropped_for_submission
 from pomlia_hpc.cluster.submitit_local import CONTROLLER_META
 from pomlia_hpc.cluster.terminate import collected
 from pomlia_hpc.config import ClusterProfile, load_cluster_profile
@@ -126,14 +132,15 @@ class Executor:
         ``job_meta``: recorded in the job's row (``Job.meta``) with the executor's own keys.
         ``env``: variables of the job's environment, for secrets (the registry URL): the job
         and its arguments are pickled into the job folder, the environment is not (a local
-        or debug job inherits it from this process, a Slurm job through sbatch's default
-        ``--export=ALL``, kept by slurmctld for requeues)."""
+        or debug job inherits it from this process, a Slurm job through ``--export=ALL``,
+        which its script asks for whatever the site's ``SBATCH_EXPORT``, kept by slurmctld
+        for requeues)."""
         profile = with_overrides(self.profile, resources)
         ex = self._submitit(profile, name)
         if after_ok:
             ex.update_parameters(**after_ok_parameters(profile, [h.job_id for h in after_ok]))
         # one line naming the option, not a traceback
-        with sbatch_refusals(profile, name), _environment(env or {}):
+        with sbatch_refusals(profile, name), _environment(env or {}, profile):
             job = ex.submit(fn, *args, **kwargs)
         started = {**_started(profile, job), **_limits(profile)}
         (rid,) = self._record([str(job.job_id)], name, None, [{**(job_meta or {}), **started}])
@@ -187,11 +194,9 @@ class Executor:
             ex = self._submitit(profile, name)
             if previous is not None:
                 # Chunks run one after the other so that max_parallel holds for the whole array.
-                ex.update_parameters(
-                    slurm_additional_parameters={"dependency": f"afterany:{previous}"}
-                )
+                ex.update_parameters(**additional_parameters(dependency=f"afterany:{previous}"))
             try:
-                with sbatch_refusals(profile, name), _environment({}), ex.batch():
+                with sbatch_refusals(profile, name), _environment({}, profile), ex.batch():
                     jobs = [ex.submit(fn, item) for item in chunk]
             except BaseException as exc:
                 if handles:  # an earlier part is queued or running: it must not run alone
@@ -306,12 +311,15 @@ class Executor:
 
 
 @contextlib.contextmanager
-def _environment(env: Mapping[str, str]) -> Iterator[None]:
+def _environment(env: Mapping[str, str], profile: ClusterProfile) -> Iterator[None]:
     """This process's environment with ``env`` set and without a restart count of its own
     (:data:`~pomlia_hpc.cluster.batch.RESTART_VARS`), for the submission only: submitit starts
-    a local job, records a debug job and runs sbatch with the environment of the moment."""
-    saved = {k: os.environ.get(k) for k in (*env, *RESTART_VARS)}
-    for k in RESTART_VARS:
+    a local job, records a debug job and runs sbatch with the environment of the moment. A Slurm
+    job is submitted without the variables that would override its own options
+    (:func:`~pomlia_hpc.cluster.submitenv.dropped_for_submission`)."""
+    dropped = [*RESTART_VARS, *dropped_for_submission(profile, os.environ)]
+    saved = {k: os.environ.get(k) for k in (*env, *dropped)}
+    for k in dropped:
         os.environ.pop(k, None)
     os.environ.update(env)
     try:

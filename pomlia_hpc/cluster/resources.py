@@ -53,7 +53,20 @@ def submitit_parameters(profile: ClusterProfile, *, name: str) -> dict[str, Any]
             params["slurm_qos"] = profile.qos
         if profile.setup:
             params["slurm_setup"] = list(profile.setup)
+        # The job's srun gets the batch step's whole environment too, whatever the
+        # SLURM_EXPORT_ENV that reached the batch step (see cluster.submitenv).
+        params["slurm_srun_args"] = ["--export=ALL"]
+        params.update(additional_parameters())
     return params
+
+
+def additional_parameters(**options: str) -> dict[str, Any]:
+    """submitit's ``slurm_additional_parameters`` (``#SBATCH`` lines it has no name for):
+    ``--export=ALL`` and ``options``. One place builds them, as each update of that
+    parameter replaces the previous one whole. ``--export=ALL``: a pomlia job needs the
+    submitter's environment (venv, workspace, registry URL), also where a site sets
+    ``SBATCH_EXPORT=NONE`` (which ``cluster.submitenv`` keeps from overriding this line)."""
+    return {"slurm_additional_parameters": {"export": "ALL", **options}}
 
 
 def after_ok_parameters(profile: ClusterProfile, job_ids: list[str]) -> dict[str, Any]:
@@ -62,7 +75,7 @@ def after_ok_parameters(profile: ClusterProfile, job_ids: list[str]) -> dict[str
     if profile.backend != "slurm":
         raise ConfigError(f"job dependencies need the slurm backend, not '{profile.backend}'")
     deps = {"dependency": f"afterok:{':'.join(job_ids)}", "kill-on-invalid-dep": "yes"}
-    return {"slurm_additional_parameters": deps}
+    return additional_parameters(**deps)
 
 
 def check_local_gpus(profile: ClusterProfile, *, cuda: bool = False, what: str = "the job") -> None:

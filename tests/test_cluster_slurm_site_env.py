@@ -1,0 +1,108 @@
+"""Pomlia's Slurm jobs under a site's sbatch settings (``SBATCH_*``, ``SLURM_EXPORT_ENV``) and
+inside an enclosing job's allocation, against the real single-node Slurm."""
+
+from __future__ import annotations
+
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from pomlia_hpc.cluster import Executor, wait_all
+from pomlia_hpc.cluster.batch import submit_script
+from pomlia_hpc.config import load_cluster_profile
+from pomlia_hpc.errors import ClusterError
+from pomlia_hpc.registry import Registry
+from tests.fixtures import jobfns
+
+pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("slurm")]
+
+
+def _slurm(tmp_path: Path, reg: Registry) -> Executor:
+    return Executor.from_profile("slurm-local", tmp_path / "jobs", reg)
+
+
+def _time_limit(job_id: str) -> str:
+    """The job's time limit as sacct prints it, once slurmdbd has recorded the job."""
+    for _ in range(300):
+        out = subprocess.run(
+            ["sacct", "-n", "-X", "-P", "-o", "Timelimit", "-j", job_id],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        if out.stdout.strip():
+            return out.stdout.strip()
+        time.sleep(0.1)
+    raise AssertionError(f"sacct never listed job {job_id}")
+
+
+def test_a_site_that_exports_nothing_still_gives_the_job_its_environment(
+    tmp_path: Path, reg: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SBATCH_EXPORT=NONE (sbatch) and SLURM_EXPORT_ENV=NONE (srun) started the job without
+    the venv's environment: submitit failed in the job ("Could not figure out which
+    environment"), and the registry URL passed in the job's environment never arrived."""
+    monkeypatch.setenv("SBATCH_EXPORT", "NONE")
+    monkeypatch.setenv("SLURM_EXPORT_ENV", "NONE")
+    monkeypatch.setenv("POMLIA_SITE_TEST", "from the submitter")
+    h = _slurm(tmp_path, reg).submit(
+        jobfns.environ_of, "POMLIA_SITE_TEST", "POMLIA_SECRET_TEST", env={"POMLIA_SECRET_TEST": "s"}
+    )
+    assert h.result() == {"POMLIA_SITE_TEST": "from the submitter", "POMLIA_SECRET_TEST": "s"}
+
+
+def test_an_array_submitted_inside_a_job_with_memory_per_cpu_runs(
+    tmp_path: Path, reg: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A command run inside an allocation made with --mem-per-cpu (salloc, a driver job) gave
+    each job it submitted that job's SLURM_MEM_PER_CPU beside the new SLURM_MEM_PER_NODE, and
+    srun refused them as mutually exclusive: every task ended FAILED before it started."""
+    monkeypatch.setenv("SLURM_MEM_PER_CPU", "500")
+    handles = _slurm(tmp_path, reg).map_array(jobfns.negate, [1, 2])
+    assert wait_all(handles, poll_s=0.5) == [-1, -2]
+
+
+def test_a_sites_time_limit_does_not_replace_the_jobs_own(
+    tmp_path: Path, reg: Registry, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """SBATCH_TIMELIMIT overrode the #SBATCH --time of the profile (30 min here), while the
+    job's row, its failure causes and the checkpoint warning went by the profile's."""
+    monkeypatch.setenv("SBATCH_TIMELIMIT", "5")
+    h = _slurm(tmp_path, reg).submit(jobfns.add, 1, 2)
+    assert h.result() == 3
+    assert _time_limit(h.job_id) == "00:30:00"
+    assert "SBATCH_TIMELIMIT=5" in capsys.readouterr().err  # said, not silently dropped
+
+
+def test_a_sites_partition_applies_where_the_profile_names_none(
+    tmp_path: Path, reg: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Options the profile leaves to the site come from the site's SBATCH_* variables: a
+    partition that does not exist is sbatch's refusal, so it was asked for."""
+    profile = load_cluster_profile("slurm-local").model_copy(update={"partition": None})
+    monkeypatch.setenv("SBATCH_PARTITION", "no-such-partition")
+    with pytest.raises(ClusterError, match=r"check partition: .*(?i:partition)"):
+        Executor(profile, tmp_path / "jobs", reg).submit(jobfns.add, 1, 2)
+
+
+def test_a_batch_script_gets_the_environment_where_the_site_exports_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A plain batch script (a deployment's serve.sbatch) relies on the submitting
+    environment as well."""
+    monkeypatch.setenv("SBATCH_EXPORT", "NONE")
+    monkeypatch.setenv("POMLIA_SITE_TEST", "from the submitter")
+    seen = tmp_path / "seen"
+    script = tmp_path / "show.sbatch"
+    script.write_text(f'#!/bin/bash\necho "${{POMLIA_SITE_TEST:-}}" > {seen}\n')
+    job_id = submit_script(
+        script, name="pomlia-site-env", singleton=False, output=tmp_path / "out-%j"
+    )
+    subprocess.run(["scontrol", "wait_job", job_id], capture_output=True, check=False)
+    for _ in range(600):  # scontrol wait_job returns once the job left the node
+        if seen.exists():
+            break
+        time.sleep(0.1)
+    assert seen.read_text().strip() == "from the submitter"
