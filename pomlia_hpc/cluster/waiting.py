@@ -31,9 +31,7 @@ def wait_all(
         if waiting and handles[0].backend == "slurm":
             _poll_slurm(waiting, reg)
         time.sleep(poll_s)
-    recorded = [h.record_id for h in handles if h.submitted and h.record_id is not None]
-    if reg is not None and recorded and handles[0].backend == "slurm":
-        settle_slurm_rows(reg, recorded)  # one wait for all, not one per result() below
+    settle(handles, reg)  # one wait for all, not one per result() below
     out: list[Any] = []
     for h in handles:
         if h.submission_error is not None:
@@ -44,6 +42,17 @@ def wait_all(
         except JobFailedError as exc:
             out.append(exc)
     return out
+
+
+def settle(handles: Sequence[JobHandle], registry: Registry | None = None) -> None:
+    """Record Slurm's end of every ended job of ``handles`` with one ``sacct`` call (waiting
+    up to :data:`~pomlia_hpc.cluster.states.SLURM_END_WAIT_S` seconds for slurmdbd), before
+    their results are collected: ``result()`` then asks no more for a job that completed.
+    Nothing off Slurm or without a registry."""
+    reg = registry or (handles[0].registry if handles else None)
+    recorded = [h.record_id for h in handles if h.submitted and h.record_id is not None]
+    if reg is not None and recorded and handles[0].backend == "slurm":
+        settle_slurm_rows(reg, recorded)
 
 
 def _poll_slurm(handles: Sequence[JobHandle], reg: Registry | None) -> None:

@@ -39,6 +39,7 @@ from typing import Any
 
 from pomlia_hpc.cluster import Executor, JobHandle
 from pomlia_hpc.cluster.resources import check_local_gpus, with_overrides
+from pomlia_hpc.cluster.waiting import settle
 from pomlia_hpc.errors import (
     ClusterError,
     DataIntegrityError,
@@ -291,6 +292,7 @@ def _run(
         if all(ended):
             break
         time.sleep(0.5)
+    settle(handles)  # one sacct for all the tasks' ends, not one per task below
     out: list[Any] = []
     for h in handles:
         try:
