@@ -3,13 +3,14 @@ inside an enclosing job's allocation, against the real single-node Slurm."""
 
 from __future__ import annotations
 
+import re
 import subprocess
 import time
 from pathlib import Path
 
 import pytest
 
-from pomlia_hpc.cluster import Executor, wait_all
+from pomlia_hpc.cluster import Executor, JobHandle, refusal, wait_all
 from pomlia_hpc.cluster.batch import submit_script
 from pomlia_hpc.config import load_cluster_profile
 from pomlia_hpc.errors import ClusterError
@@ -106,3 +107,39 @@ def test_a_batch_script_gets_the_environment_where_the_site_exports_nothing(
             break
         time.sleep(0.1)
     assert seen.read_text().strip() == "from the submitter"
+
+
+def test_a_held_job_is_said_with_what_releases_it_and_again_while_it_waits(
+    tmp_path: Path,
+    reg: Registry,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A held job was said once ("pending: JobHeldUser") and then waited on in silence for
+    ever; now the note says how to release it, and a reminder says for how long it pends."""
+    monkeypatch.setattr(refusal, "REASON_CHECK_S", 0.0)
+    monkeypatch.setattr(refusal, "PENDING_REMIND_S", 1.0)
+    h = _held_job(_slurm(tmp_path, reg))
+    try:
+        err = ""
+        deadline = time.monotonic() + 120
+        while "still pending after" not in err and time.monotonic() < deadline:
+            assert not h.done()
+            err += capsys.readouterr().err
+            time.sleep(0.2)
+    finally:
+        h.cancel()
+    release = f"(held: scontrol release {h.job_id} lets it start)"
+    assert f"pending: JobHeldUser {release}" in err
+    assert re.search(rf"still pending after \d+ s: JobHeldUser {re.escape(release)}", err), err
+
+
+def _held_job(ex: Executor) -> JobHandle:
+    """A job held by its user (``scontrol hold``), submitted again while it had started
+    before the hold came."""
+    for _ in range(5):
+        h = ex.submit(jobfns.sleep_for, 60.0)
+        if subprocess.run(["scontrol", "uhold", h.job_id], capture_output=True).returncode == 0:
+            return h
+        h.cancel()
+    raise AssertionError("every job started before it could be held")

@@ -146,8 +146,15 @@ def never_starts(reason: str | None) -> bool:
 #: call answers every job this process waits for).
 REASON_CHECK_S = 15.0
 
+#: Seconds a job may pend before a waiting command says again that it still does; each later
+#: reminder of the same job comes after twice the wait of the one before (10 min, 20, 40 ...).
+PENDING_REMIND_S = 600.0
+
 _cache: dict[str, object] = {"at": None, "reasons": {}}
 _said: set[tuple[str, str]] = set()
+#: Per Slurm job (an array by its array id): when it was first seen pending (time.monotonic)
+#: and how long it had pended at its next reminder, seconds.
+_pending: dict[str, tuple[float, float]] = {}
 
 
 def pending_reasons(
@@ -189,16 +196,21 @@ def pending_words(job_ids: Sequence[str], timeout_s: float = 60.0) -> dict[str, 
         reasons = pending_reasons(job_ids, timeout_s)
     except ClusterError:
         return {}
-    out = {}
-    for jid, reason in reasons.items():
-        more = ""
-        if never_starts(reason):
-            more = " (Slurm will never start it: lower its request)"
-        elif reason.startswith("JobHeld"):
-            more = f" (held: scontrol release {jid} lets it start)"
-        if reason != "None":
-            out[jid] = f"pending reason: {reason}{more}"
-    return out
+    return {
+        jid: f"pending reason: {reason}{reason_hint(jid, reason)}"
+        for jid, reason in reasons.items()
+        if reason != "None"
+    }
+
+
+def reason_hint(job_id: str, reason: str) -> str:
+    """What ends the wait of pending job ``job_id`` for Slurm's ``reason``, where that is
+    known, as `` (...)`` to append to the reason; else ''."""
+    if never_starts(reason):
+        return " (Slurm will never start it: lower its request)"
+    if reason.startswith("JobHeld"):
+        return f" (held: scontrol release {job_id} lets it start)"
+    return ""
 
 
 def _reasons_now() -> dict[str, str]:
@@ -224,12 +236,22 @@ def watch_pending(handle: PendingJob) -> None:
         return
     reason = _reasons_now().get(job_id)
     handle.pending_reason = reason
+    array = job_id.split("_")[0]
     if not reason or reason == "None":
+        _pending.pop(array, None)
         return
-    key = (job_id.split("_")[0], reason)
-    if key not in _said:
-        _said.add(key)
-        say(f"job {handle.name} pending: {reason}", sys.stderr)  # a note: stderr
+    hint = reason_hint(job_id, reason)
+    since, remind = _pending.setdefault(array, (time.monotonic(), PENDING_REMIND_S))
+    pended = time.monotonic() - since
+    if (array, reason) not in _said:
+        _said.add((array, reason))
+        say(f"job {handle.name} pending: {reason}{hint}", sys.stderr)  # a note: stderr
+    elif pended >= remind:  # a held job waited in silence for ever
+        _pending[array] = (since, remind * 2)
+        say(
+            f"job {handle.name} still pending after {_duration(pended)}: {reason}{hint}",
+            sys.stderr,
+        )
     if never_starts(reason):
         request = request_text(handle.resources)
         handle.cancel(
@@ -237,6 +259,15 @@ def watch_pending(handle: PendingJob) -> None:
             f"allows (pending reason {reason}); lower the request or change the profile"
         )
         handle.given_up_state = "CANCELLED"
+
+
+def _duration(seconds: float) -> str:
+    """``seconds`` in words: ``45 s``, ``12 min``, ``3.5 h``."""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    if seconds < 2 * 3600:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
 
 
 def signal_delay_warning(profile: ClusterProfile) -> str | None:
