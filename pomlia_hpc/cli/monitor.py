@@ -419,7 +419,18 @@ def _print_cron_lines(cron: str | None, scrontab: str | None, every: str) -> Non
         console.print("or, from cron (one run per line, no chain):", highlight=False)
         console.print(f"  {cron}", highlight=False, soft_wrap=True)
     if scrontab:
-        console.print("or, with scrontab (where the site enables it):", highlight=False)
+        from pomlia_hpc.cluster.batch import scrontab_unavailable
+
+        why = scrontab_unavailable()
+        if why is None:
+            console.print("or, with scrontab (where the site enables it):", highlight=False)
+        else:  # the entry would be refused here: the chain above is the way
+            console.print(
+                f"scrontab is not enabled on this cluster ({why}): the chain above runs the "
+                "monitor; the scrontab entry for a cluster that enables it:",
+                highlight=False,
+                soft_wrap=True,
+            )
         for line in scrontab.splitlines():
             console.print(f"  {line}", highlight=False, soft_wrap=True)
         if has_hidden_password(STATE.workspace):

@@ -138,3 +138,21 @@ def cancel_ids(ids: Sequence[str]) -> None:
     """Cancel these Slurm jobs by id (one ``scancel``; an id that has ended is no error)."""
     if ids:
         _run(["scancel", *ids])
+
+
+def scrontab_unavailable() -> str | None:
+    """Why ``scrontab`` cannot be used on this cluster, in words (no ``scrontab`` command;
+    slurm.conf's ``ScronParameters`` without ``enable``, which makes ``scrontab`` refuse every
+    user), or None when it can be or ``scontrol`` does not say (then the site may allow it)."""
+    why = []
+    if shutil.which("scrontab") is None:
+        why.append("no scrontab command")
+    try:
+        conf = _run(["scontrol", "show", "config"])
+    except ClusterError:
+        conf = ""
+    for line in conf.splitlines():
+        key, _, value = line.partition("=")
+        if key.strip() == "ScronParameters" and "enable" not in value.strip().split(","):
+            why.append(f"slurm.conf's ScronParameters is {value.strip()}, without 'enable'")
+    return "; ".join(why) or None
