@@ -10,6 +10,7 @@ from pathlib import Path
 
 from pomlia_hpc.config import load_cluster_profile
 from pomlia_hpc.errors import InputError
+from pomlia_hpc.monitor.placement import profile_args
 from pomlia_hpc.registry import shown_url
 from pomlia_hpc.workspace import Workspace, default_db_url
 
@@ -77,17 +78,19 @@ def cron_lines(
     # splits that at commas, which a path may hold.
     # Its log beside the chain's (sbatch's own is the cwd of cron: the user's home).
     log = shlex.quote(str(conf.parent / "slurm-%j.out"))
+    # The chain's partition, account and QOS (its profile's), as each of its runs asks.
+    where = "".join(f" {shlex.quote(a)}" for a in profile_args(workspace.cluster_profile))
     submit = (
         f"POMLIA_MONITOR_CONF={shlex.quote(str(conf))} POMLIA_MONITOR_ONCE=1 sbatch "
         f"--job-name={shlex.quote(jname)} --dependency=singleton --export=ALL "
-        f"--output={log} {shlex.quote(str(script))}"
+        f"--output={log}{where} {shlex.quote(str(script))}"
     )
     cron = f"{fields} {_cron_escape(submit)}"
     registry = registry_env_line(workspace)
     scron = "\n".join(
         [
             *([registry] if registry else []),
-            f"#SCRON --job-name={shlex.quote(jname)} --time=01:00:00 --output={log}",
+            f"#SCRON --job-name={shlex.quote(jname)} --time=01:00:00 --output={log}{where}",
             f"{fields} {run_command(workspace, name, window, on_alarm)}",
         ]
     )

@@ -79,6 +79,7 @@ from pomlia_hpc.monitor.cronlines import (
 from pomlia_hpc.monitor.cronlines import cron_run_line as cron_run_line
 from pomlia_hpc.monitor.cronlines import has_hidden_password as has_hidden_password
 from pomlia_hpc.monitor.cronlines import next_begin as next_begin
+from pomlia_hpc.monitor.placement import SETTING, profile_args, recorded_args
 from pomlia_hpc.monitor.reference import (
     SLOT_PREFIX,
     load_reference,
@@ -156,6 +157,7 @@ def _write_conf(
         "PY": sys.executable,
         "POMLIA_HOME": str(workspace.home),
         "POMLIA_DB_URL": workspace.db_url,
+        SETTING: shlex.join(profile_args(workspace.cluster_profile)),  # where its jobs run
     }
     text = "# written by `pomlia monitor schedule`; removed by `pomlia monitor unschedule`\n"
     text += "".join(f"export {k}={shlex.quote(v)}\n" for k, v in values.items())
@@ -274,9 +276,8 @@ def _submit(
     # for the others: sbatch exports the caller's environment, a catch-up run's included.
     env = {"POMLIA_MONITOR_CONF": str(conf), "POMLIA_MONITOR_BEGIN": begin.isoformat()}
     env["POMLIA_MONITOR_SINCE"] = since.isoformat() if since is not None else ""
-    return submit_script(
-        script, name=jname, begin=begin, env=env, output=conf.parent / "slurm-%j.out"
-    )
+    out, extra = conf.parent / "slurm-%j.out", recorded_args(conf)
+    return submit_script(script, name=jname, begin=begin, env=env, output=out, extra=extra)
 
 
 def resubmit(
