@@ -36,10 +36,11 @@ def register_small_cnn(
     version_id: int,
     task_type: str,
     labels: list[str],
+    task_id: int | None = None,
 ) -> Model:
     """``net`` (a small CNN on 28 px, 3 channels, one output per label) saved as
-    ``root/<name>.pt`` and registered as model ``name`` with its training dataset version in
-    its lineage."""
+    ``root/<name>.pt`` and registered as model ``name`` (of task ``task_id``) with its
+    training dataset version in its lineage."""
     path = root / f"{name}.pt"
     save_classifier(
         path,
@@ -51,7 +52,30 @@ def register_small_cnn(
         task_type=task_type,
         label_names=labels,
     )
-    return register_model(registry, name, path, lineage={"dataset_version_id": version_id})
+    return register_model(
+        registry, name, path, task_id=task_id, lineage={"dataset_version_id": version_id}
+    )
+
+
+def readout_net(channel: int, slope: float, bias: float) -> torch.nn.Module:
+    """A binary small CNN (28 px, 3 channels) whose class-1 logit is ``slope * f + bias`` and
+    class-0 logit 0, where ``f`` is image channel ``channel``'s normalised value (2 p / 255 - 1
+    for a constant channel of pixel value p >= 128; negative values read as 0): each conv
+    passes one channel through its centre tap, every other weight is zero. So a test sets
+    each image's score exactly through its pixels."""
+    net = build_classifier("small_cnn", 2, 3, image_size=28)
+    with torch.no_grad():
+        for p in net.parameters():
+            p.zero_()
+        convs = [m for m in net.modules() if isinstance(m, torch.nn.Conv2d)]
+        for i, conv in enumerate(convs):
+            conv.weight[0, channel if i == 0 else 0, 1, 1] = 1.0
+        for m in net.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.weight.fill_(1.0)  # eval: x / sqrt(1 + eps), running mean 0, var 1
+        net.head.weight[1, 0] = slope
+        net.head.bias[1] = bias
+    return net
 
 
 def predict(model: Model, images: np.ndarray) -> np.ndarray:

@@ -34,8 +34,8 @@ SlotArg = Annotated[
     str, typer.Argument(help="Deployment slot (the name `pomlia serve SLOT` follows).")
 ]
 MARGIN_HELP = (
-    "Non-inferiority margin on the fixed test split: accuracy points as a fraction in [0, 1) "
-    "(0.02 = 2 points; label-wise accuracy for a multi-label task)."
+    "Non-inferiority margin on the fixed test split: points of the task's metric as a fraction "
+    "in [0, 1) (0.02 = 2 points; for accuracy, label-wise on a multi-label task)."
 )
 ALPHA_HELP = "Significance level of both gate tests."
 
@@ -152,9 +152,17 @@ def promote_cmd(
     ] = None,
     margin: Annotated[float, typer.Option(help=MARGIN_HELP)] = 0.02,
     alpha: Annotated[float, typer.Option(help=ALPHA_HELP)] = 0.05,
+    metric: Annotated[
+        str | None,
+        typer.Option(
+            help="Metric the gate compares: acc, auc or f1_macro.",
+            show_default="the task's (MODEL's, else the champion's; acc when neither has one)",
+        ),
+    ] = None,
 ) -> None:
     """Put MODEL on deployment SLOT: the first model goes on directly; later ones must pass
-    the champion/challenger gate (or --force). Servers following the slot swap to it."""
+    the champion/challenger gate on the task's metric (or --force). Servers following the
+    slot swap to it."""
     from pomlia_hpc.loop.gate import promote_with_gate
 
     with console.status(f"gating and promoting {model} on {slot}"):
@@ -167,6 +175,7 @@ def promote_cmd(
             data_ref=data,
             margin=margin,
             alpha=alpha,
+            metric=metric,
         )
     if gate is not None:
         verdict = "[green]passed[/]" if gate.result.passed else "[red]failed[/]"
@@ -193,8 +202,9 @@ def rollback_cmd(slot: SlotArg) -> None:
 
 @deploy_app.command("history")
 def history_cmd(slot: SlotArg) -> None:
-    """What SLOT served when, and each gate decision with its evidence (accuracies are
-    label-wise for a multi-label task; `test` names the gate's test: McNemar, or paired t).
+    """What SLOT served when, and each gate decision with its evidence (the two models'
+    figures on the task's metric, named in each cell; accuracies are label-wise for a
+    multi-label task; `test` names the gate's test: McNemar, paired t, or paired bootstrap).
 
     A console too narrow for the full table (80 columns) shows times as MM-DD HH:MM."""
     from pomlia_hpc.loop.promote import gate_decisions, history, slots
@@ -226,11 +236,11 @@ def _gate_table(decisions: list[GateDecision], names: dict[int, str]) -> ListTab
 
     gates = ListTable(title="gate decisions")
     narrow = gates.narrow = Table(title="gate decisions")
-    for col in ("id", "challenger", "champion", "decision", "fixed test acc", "production acc"):
+    for col in ("id", "challenger", "champion", "decision", "fixed test", "production"):
         gates.add_column(col)
     for col in ("p", "test"):
         gates.add_column(col)
-    for col in ("id", "challenger\nchampion", "decision\ntest\np", "fixed test acc\nproduction"):
+    for col in ("id", "challenger\nchampion", "decision\ntest\np", "fixed test\nproduction"):
         narrow.add_column(col)
     for g in decisions:
         ev = g.evidence or {}
@@ -243,18 +253,20 @@ def _gate_table(decisions: list[GateDecision], names: dict[int, str]) -> ListTab
         p = f"{ev['p_value']:.3g}" if isinstance(ev.get("p_value"), float) else MISSING
         # Gates recorded before the key existed were all McNemar's.
         test = str(ev.get("test", MCNEMAR))
-        gates.add_row(str(g.id), *models, decision, _pair(fixed), _pair(prod), p, test)
-        narrow.add_row(
-            str(g.id), stack(*models), stack(decision, test, p), stack(_pair(fixed), _pair(prod))
-        )
+        pairs = _pair(fixed), _pair(prod)
+        gates.add_row(str(g.id), *models, decision, *pairs, p, test)
+        narrow.add_row(str(g.id), stack(*models), stack(decision, test, p), stack(*pairs))
     return gates
 
 
 def _pair(counts: dict[str, object]) -> str:
-    a, b, n = counts.get("champion_accuracy"), counts.get("challenger_accuracy"), counts.get("n")
+    """``0.912 → 0.874 (n=60)``: the champion's and the challenger's figure on one split, on
+    the metric the gate's test names (accuracy for McNemar and paired t)."""
+    a = counts.get("champion_value", counts.get("champion_accuracy"))
+    b = counts.get("challenger_value", counts.get("challenger_accuracy"))
     if not isinstance(a, float) or not isinstance(b, float):
         return MISSING
-    return f"{a:.3f} → {b:.3f} (n={n})"
+    return f"{a:.3f} → {b:.3f} (n={counts.get('n')})"
 
 
 # The retrain options of `loop run` and `loop watch`, defined once.

@@ -32,6 +32,13 @@ from pomlia_hpc.data.explicit_fingerprint import image_hashes
 from pomlia_hpc.data.harvest import harvest_info
 from pomlia_hpc.data.store import DatasetStore, find_version, open_store
 from pomlia_hpc.errors import InputError
+from pomlia_hpc.loop.bootstrap import (
+    BOOTSTRAP,
+    BOOTSTRAP_METRICS,
+    PairedMetric,
+    decide_bootstrap,
+    paired_bootstrap,
+)
 from pomlia_hpc.loop.promote import (
     SlotEntry,
     already_champion,
@@ -54,8 +61,8 @@ from pomlia_hpc.loop.stats import (
 from pomlia_hpc.models.card import ClassifierMeta
 from pomlia_hpc.models.catalog import resolve_model
 from pomlia_hpc.models.checkpoint import load_classifier
-from pomlia_hpc.registry import DatasetVersion, GateDecision, Model, Registry
-from pomlia_hpc.vocab import TaskType, normalize_task_type
+from pomlia_hpc.registry import DatasetVersion, GateDecision, Model, Registry, Task
+from pomlia_hpc.vocab import TaskType, check_metric, normalize_task_type
 
 #: Defaults: a challenger may be at most 2 accuracy points worse on the fixed test split
 #: (at 95% confidence), and must be better on production data at alpha 0.05.
@@ -103,12 +110,17 @@ def correct(model: Model, images: np.ndarray, labels: np.ndarray, batch: int = 2
     An image whose output is not finite (a missing answer) is wrong, as in the task's metrics
     (:mod:`pomlia_hpc.automl.metrics`)."""
     meta, logits = _logits(model, images, batch)
+    return correct_of(logits, labels, meta.task_type)
+
+
+def correct_of(logits: np.ndarray, labels: np.ndarray, task_type: str) -> np.ndarray:
+    """:func:`correct` from the model's ``logits`` (n, classes)."""
     if len(logits) == 0:
         return np.zeros(0, bool)
     # argmax reads a NaN as the largest value: an all-NaN output would "predict" class 0 and
     # count as right on every image of class 0.
     answered = np.isfinite(logits).all(axis=1)
-    if meta.task_type == TaskType.MULTI_LABEL:
+    if task_type == TaskType.MULTI_LABEL:
         return np.asarray(((logits > 0).astype(np.int64) == labels).all(axis=1) & answered)
     return np.asarray((logits.argmax(axis=1) == labels[:, 0]) & answered)
 
@@ -122,19 +134,39 @@ def labelwise_accuracy(
     missing output; :class:`~pomlia_hpc.loop.stats.PairedScores` scores it 0). An
     :class:`InputError` for a model that is not multi-label or answers another number of labels."""
     meta, logits = _logits(model, images, batch)
-    if meta.task_type != TaskType.MULTI_LABEL:
-        raise InputError(
-            f"model {model.name} is a {meta.task_type} model but the gate's data is multi-label: "
-            "expected a multi-label model (one sigmoid per label)"
-        )
-    width = labels.shape[1] if labels.ndim == 2 else 0
-    if meta.num_classes != width:
-        raise InputError(
-            f"model {model.name} answers {meta.num_classes} labels per image but the gate's "
-            f"data has {width}: expected the same labels"
-        )
+    check_fits(model.name, meta, labels, TaskType.MULTI_LABEL)
+    return labelwise_of(logits, labels)
+
+
+def labelwise_of(logits: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """:func:`labelwise_accuracy` from a multi-label model's ``logits`` (n, labels)."""
     right = ((logits > 0).astype(np.int64) == labels).mean(axis=1)
     return np.where(np.isfinite(logits).all(axis=1), right, np.nan)
+
+
+def check_fits(name: str, meta: ClassifierMeta, labels: np.ndarray, task_type: str) -> None:
+    """An :class:`InputError` when model ``name`` cannot be scored on the gate's ``labels`` of
+    ``task_type``: a multi-label model on single-label data or the reverse, another number of
+    labels, or a class index it has no output for."""
+    multi = task_type == TaskType.MULTI_LABEL
+    if multi != (meta.task_type == TaskType.MULTI_LABEL):
+        want = "a multi-label model (one sigmoid per label)" if multi else "a single-label model"
+        raise InputError(
+            f"model {name} is a {meta.task_type} model but the gate's data is {task_type}: "
+            f"expected {want}"
+        )
+    if multi:
+        width = labels.shape[1] if labels.ndim == 2 else 0
+        if meta.num_classes != width:
+            raise InputError(
+                f"model {name} answers {meta.num_classes} labels per image but the gate's "
+                f"data has {width}: expected the same labels"
+            )
+    elif labels.size and int(labels.max()) >= meta.num_classes:
+        raise InputError(
+            f"model {name} answers {meta.num_classes} classes but the gate's data holds class "
+            f"index {int(labels.max())}: expected indices below {meta.num_classes}"
+        )
 
 
 def _rows(store: DatasetStore, rng: list[int]) -> tuple[np.ndarray, np.ndarray]:
@@ -186,10 +218,12 @@ def run_gate(
     alpha: float = DEFAULT_ALPHA,
     force: bool = False,
     loop_run_id: int | None = None,
+    metric: str | None = None,
 ) -> GateOutcome:
-    """Compare the slot's champion with ``challenger_ref`` and record the decision (see the
-    module docstring). Within one loop run a decision is made once and then read back, unless
-    it was superseded (the slot changed before the redeploy)."""
+    """Compare the slot's champion with ``challenger_ref`` on ``metric`` (else the task's,
+    :func:`gate_metric`) and record the decision (see the module docstring). Within one loop
+    run a decision is made once and then read back, unless it was superseded (the slot
+    changed before the redeploy)."""
     chal = resolve_model(registry, challenger_ref)
     champ_entry = champion(registry, slot)
     if champ_entry is None:
@@ -223,9 +257,14 @@ def run_gate(
         )
     store = open_store(version.store_path)
     seen = np.union1d(trained_on(registry, champ, version), trained_on(registry, chal, version))
-    result, left_out = _compare(store, info, champ, chal, seen, margin=margin, alpha=alpha)
+    metric, metric_from = gate_metric(registry, champ, chal, metric)
+    result, left_out = _compare(
+        store, info, champ, chal, seen, metric=metric, margin=margin, alpha=alpha
+    )
     evidence: dict[str, Any] = {
         **_finite(result.to_dict()),
+        "metric": metric,
+        "metric_from": metric_from,
         "data": store.ref,
         "fixed_test_rows": info["fixed_test_rows"],
         "production_test_rows": info["production_test_rows"],
@@ -255,34 +294,72 @@ def _compare(
     chal: Model,
     seen: np.ndarray,
     *,
+    metric: str,
     margin: float,
     alpha: float,
 ) -> tuple[GateResult, dict[str, int]]:
     """Score both models on the version's fixed test and production test rows, less those
     whose pixels are in ``seen`` (sorted hashes of images a model trained on; how many were
-    left out, per range, is returned too), and decide: per-image right/wrong and McNemar for
-    a single-label task; per-image label-wise accuracy and the paired t test for a
-    multi-label one, whose task ACC is label-wise (exact match would count an image with 13
-    of 14 labels right as wrong, for both models alike, and hide a challenger that is better
-    label by label)."""
-    multi = normalize_task_type(store.task_type) == TaskType.MULTI_LABEL
-    paired: dict[str, PairedCounts | PairedScores] = {}
+    left out, per range, is returned too), and decide on the task's ``metric``. Accuracy:
+    per-image right/wrong and McNemar for a single-label task; per-image label-wise accuracy
+    and the paired t test for a multi-label one, whose task ACC is label-wise (exact match
+    would count an image with 13 of 14 labels right as wrong, for both models alike, and hide
+    a challenger that is better label by label). AUC and macro F1 are no means of per-image
+    scores: the paired bootstrap (:mod:`pomlia_hpc.loop.bootstrap`)."""
+    task_type = normalize_task_type(store.task_type)
+    paired: dict[str, PairedCounts | PairedScores | PairedMetric] = {}
     left_out: dict[str, int] = {}
     for key in ("fixed_test_rows", "production_test_rows"):
         x, y = _rows(store, info[key])
         keep = ~np.isin(image_hashes(x), seen) if len(seen) else np.ones(len(x), bool)
         x, y, left_out[key] = x[keep], y[keep], int((~keep).sum())
-        if multi:
-            paired[key] = PairedScores.of(
-                labelwise_accuracy(champ, x, y), labelwise_accuracy(chal, x, y)
-            )
+        outputs = []
+        for model in (champ, chal):
+            meta, logits = _logits(model, x, 256)
+            check_fits(model.name, meta, y, task_type)
+            outputs.append(logits)
+        if metric in BOOTSTRAP_METRICS:
+            paired[key] = paired_bootstrap(metric, task_type, y, outputs[0], outputs[1], alpha)
+        elif task_type == TaskType.MULTI_LABEL:
+            paired[key] = PairedScores.of(*(labelwise_of(o, y) for o in outputs))
         else:
-            paired[key] = PairedCounts.of(correct(champ, x, y), correct(chal, x, y))
+            paired[key] = PairedCounts.of(*(correct_of(o, y, task_type) for o in outputs))
     fixed, prod = paired["fixed_test_rows"], paired["production_test_rows"]
+    if isinstance(fixed, PairedMetric) and isinstance(prod, PairedMetric):
+        return decide_bootstrap(fixed, prod, margin=margin, alpha=alpha), left_out
     if isinstance(fixed, PairedScores) and isinstance(prod, PairedScores):
         return decide_labelwise(fixed, prod, margin=margin, alpha=alpha), left_out
     assert isinstance(fixed, PairedCounts) and isinstance(prod, PairedCounts)
     return decide(fixed, prod, margin=margin, alpha=alpha), left_out
+
+
+def gate_metric(
+    registry: Registry, champ: Model, chal: Model, chosen: str | None = None
+) -> tuple[str, str]:
+    """The metric the gate compares on and where it came from: ``chosen`` (``--metric``), else
+    the task's: the challenger's task's metric, else the champion's (a loop's challenger is
+    trained on a task with the champion's metric), else accuracy when neither model names a
+    task. An :class:`InputError` when the two tasks name different metrics and none is chosen:
+    the gate would otherwise pick one silently."""
+    if chosen is not None:
+        return check_metric(chosen), "chosen (--metric)"
+    tasks: list[tuple[Model, Task]] = []
+    with registry.session() as s:
+        for model in (chal, champ):
+            task = s.get(Task, model.task_id) if model.task_id is not None else None
+            if task is not None:
+                tasks.append((model, task))
+    metrics = {check_metric(t.metric) for _, t in tasks}
+    if len(metrics) > 1:
+        said = " and ".join(f"{m.name}'s task {t.name} by {t.metric}" for m, t in tasks)
+        raise InputError(
+            f"the models' tasks are scored by different metrics ({said}): expected one; "
+            "pass --metric to say which the gate compares"
+        )
+    if not tasks:
+        return "acc", "neither model names a task: accuracy"
+    model, task = tasks[0]
+    return check_metric(task.metric), f"task {task.name} of model {model.name}"
 
 
 def _finite(d: dict[str, Any]) -> dict[str, Any]:
@@ -305,12 +382,17 @@ def _num(v: Any) -> float:
 def _outcome(row: GateDecision, champion_name: str, challenger_name: str) -> GateOutcome:
     ev = row.evidence
     test = str(ev.get("test", MCNEMAR))  # recorded before multi-label gates: McNemar
-    fixed: PairedCounts | PairedScores
-    prod: PairedCounts | PairedScores
+    fixed: PairedCounts | PairedScores | PairedMetric
+    prod: PairedCounts | PairedScores | PairedMetric
     if test == PAIRED_T:
         fixed, prod = (
             PairedScores.from_dict(ev["fixed_test"]),
             PairedScores.from_dict(ev["production"]),
+        )
+    elif test.startswith(BOOTSTRAP):
+        fixed, prod = (
+            PairedMetric.from_dict(ev["fixed_test"]),
+            PairedMetric.from_dict(ev["production"]),
         )
     else:
         fixed = PairedCounts(**{k: ev["fixed_test"][k] for k in PairedCounts.__dataclass_fields__})
@@ -327,6 +409,7 @@ def _outcome(row: GateDecision, champion_name: str, challenger_name: str) -> Gat
         _num(ev["p_value"]),
         str(ev["reason"]),
         test,
+        str(ev.get("metric", "acc")),  # recorded before gates took the task's metric: acc
     )
     return GateOutcome(row.id, result, row.forced, champion_name, challenger_name, str(ev["data"]))
 
@@ -341,10 +424,14 @@ def promote_with_gate(
     data_ref: str | None = None,
     margin: float = DEFAULT_MARGIN,
     alpha: float = DEFAULT_ALPHA,
+    metric: str | None = None,
 ) -> tuple[GateOutcome | None, SlotEntry | None]:
     """Put ``model_ref`` on ``slot`` by hand: directly on an empty slot, else through the gate
-    (a failed gate leaves the champion, unless ``force``). Returns (gate, promotion or None)."""
+    on ``metric`` (else the task's; a failed gate leaves the champion, unless ``force``).
+    Returns (gate, promotion or None)."""
     check_levels(margin, alpha)
+    if metric is not None:
+        check_metric(metric)
     if data_ref is not None:
         # Refused in every case, also where it would not be read (a slot's first model needs
         # no gate; a forced promotion goes on without one): a typo must not pass unnoticed.
@@ -359,12 +446,19 @@ def promote_with_gate(
     check_same_labels(registry, slot, entry.model, model_ref)  # --force cannot skip this
     try:
         outcome = run_gate(
-            registry, slot, model_ref, data_ref=data_ref, margin=margin, alpha=alpha, force=force
+            registry,
+            slot,
+            model_ref,
+            data_ref=data_ref,
+            margin=margin,
+            alpha=alpha,
+            force=force,
+            metric=metric,
         )
-    except InputError:
+    except InputError as exc:
         if not force:
             raise
-        outcome = _forced_without_data(registry, slot, model_ref)
+        outcome = _forced_without_data(registry, slot, model_ref, str(exc))
     if not outcome.promote:
         return outcome, None
     kind = "promoted" if outcome.result.passed else "forced"
@@ -396,12 +490,15 @@ def check_same_labels(registry: Registry, slot: str, champion_ref: str, model_re
         )
 
 
-def _forced_without_data(registry: Registry, slot: str, model_ref: str) -> GateOutcome:
-    """A forced promotion with no gate data: recorded as a failed, forced decision."""
+def _forced_without_data(registry: Registry, slot: str, model_ref: str, why: str) -> GateOutcome:
+    """A forced promotion whose gate could not run (no harvested data, tasks of two metrics:
+    ``why``): recorded as a failed, forced decision with that reason."""
     chal = resolve_model(registry, model_ref)
     entry = champion(registry, slot)
     empty = PairedCounts(0, 0, 0, 0, 0)
-    reason = "forced without a gate: no harvested data to compare on"
+    # The gate's own refusal, not a guess: it was "no harvested data" for every refusal, also
+    # for one that had data (tasks of two metrics, a model of other labels).
+    reason = f"forced without a gate: {why}"
     result = GateResult(
         False, False, False, 0.0, 0.5, empty, empty, float("nan"), 1.0, reason, NO_TEST
     )

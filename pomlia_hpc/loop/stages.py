@@ -35,7 +35,7 @@ from pomlia_hpc.loop.driver import LoopContext, LoopError, Stage, StageOutput
 from pomlia_hpc.loop.gate import DEFAULT_ALPHA, DEFAULT_MARGIN, run_gate
 from pomlia_hpc.loop.harvest import training_version
 from pomlia_hpc.loop.promote import SlotChangedError, put_on_slot, supersede_gate
-from pomlia_hpc.loop.stats import check_levels
+from pomlia_hpc.loop.stats import champion_and_challenger, check_levels
 from pomlia_hpc.models.catalog import resolve_model
 from pomlia_hpc.registry import Encoder, Model, Registry, Task
 from pomlia_hpc.serve.labelled import labelled_inputs, retention_warning
@@ -436,12 +436,19 @@ def gate_stage(ctx: LoopContext) -> StageOutput:
         "reason": r.reason,
         "test": r.test,
         "p_value": r.p_value,
-        "production_accuracy": [r.production.champion_accuracy, r.production.challenger_accuracy],
-        "fixed_test_accuracy": [r.fixed_test.champion_accuracy, r.fixed_test.challenger_accuracy],
+        "metric": r.metric,
+        # Named after the metric compared (accuracy keeps its old name): an AUC gate's figures
+        # shown as "production_accuracy" would read as accuracies.
+        f"production_{_figure(r.metric)}": champion_and_challenger(r.production),
+        f"fixed_test_{_figure(r.metric)}": champion_and_challenger(r.fixed_test),
     }
     if not outcome.promote:
         out["stop"] = f"gate refused the challenger: {r.reason}"
     return out
+
+
+def _figure(metric: str) -> str:
+    return "accuracy" if metric == "acc" else metric
 
 
 def export_stage(ctx: LoopContext) -> StageOutput:

@@ -30,11 +30,14 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 from statistics import NormalDist
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from pomlia_hpc.errors import InputError
+
+if TYPE_CHECKING:
+    from pomlia_hpc.loop.bootstrap import PairedMetric
 
 
 @dataclass(frozen=True)
@@ -211,19 +214,21 @@ def paired_t(scores: PairedScores, alpha: float) -> tuple[float, float, str]:
 
 @dataclass(frozen=True)
 class GateResult:
-    """Both tests, their inputs and the decision; ``test`` names the test used."""
+    """Both tests, their inputs and the decision; ``test`` names the test used, ``metric`` the
+    task metric compared (every one offered is higher-is-better)."""
 
     passed: bool
     noninferior: bool
     superior: bool
     margin: float
     alpha: float
-    fixed_test: PairedCounts | PairedScores
-    production: PairedCounts | PairedScores
+    fixed_test: PairedCounts | PairedScores | PairedMetric
+    production: PairedCounts | PairedScores | PairedMetric
     lower_bound: float
     p_value: float
     reason: str
     test: str = MCNEMAR
+    metric: str = "acc"
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)  # with ``test``
@@ -232,17 +237,26 @@ class GateResult:
         return d
 
 
+def champion_and_challenger(paired: PairedCounts | PairedScores | PairedMetric) -> list[float]:
+    """The two models' figures on one split of a gate: accuracies, or the task metric a
+    bootstrap gate compared (:class:`~pomlia_hpc.loop.bootstrap.PairedMetric`)."""
+    if isinstance(paired, PairedCounts | PairedScores):
+        return [paired.champion_accuracy, paired.challenger_accuracy]
+    return [paired.champion_value, paired.challenger_value]
+
+
 def check_levels(margin: float, alpha: float) -> None:
     """One :class:`InputError` for a margin or significance level the gate cannot use (checked
     before a promotion or a loop run starts, not when the gate is reached)."""
     if not 0 < alpha < 1:
         raise InputError(f"--alpha {alpha}: expected a significance level between 0 and 1")
-    # An accuracy difference lies in [-1, 1]: a margin of 1 or more lets every challenger
-    # through the non-inferiority test (`--margin 2` meant 2 points, which is 0.02).
+    # A difference of the task's metric (accuracy, AUC, F1) lies in [-1, 1]: a margin of 1 or
+    # more lets every challenger through the non-inferiority test (`--margin 2` meant 2
+    # points, which is 0.02).
     if not 0 <= margin < 1:  # NaN too
         raise InputError(
-            f"--margin {margin}: expected a fraction in [0, 1) (e.g. 0.02 for 2 accuracy "
-            "points; 1 or more would let any challenger pass)"
+            f"--margin {margin}: expected a fraction in [0, 1) (e.g. 0.02 for 2 points of "
+            "the task's metric; 1 or more would let any challenger pass)"
         )
 
 

@@ -1,0 +1,163 @@
+"""The gate compares the task's own metric: a task scored by AUC is gated on AUC (paired
+bootstrap), not on accuracy.
+
+Two binary models whose scores are set through the pixels (:func:`readout_net`): ``ranker``
+reads channel 0, which ranks every image by its truth (AUC 1) but never crosses its threshold
+(it always answers class 0: accuracy 0.5); ``guesser`` reads channel 1, right on 4 images of 5
+(accuracy 0.8, AUC 0.8). By accuracy the guesser is far better, by AUC far worse."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from pomlia_hpc.automl.metrics import evaluate
+from pomlia_hpc.automl.tasks import add_task
+from pomlia_hpc.cli import app
+from pomlia_hpc.data.api import ingest
+from pomlia_hpc.data.harvest import NewImages, harvest_version
+from pomlia_hpc.data.store import find_version
+from pomlia_hpc.errors import InputError
+from pomlia_hpc.loop.bootstrap import metric_of, paired_bootstrap, probabilities
+from pomlia_hpc.loop.gate import promote_with_gate
+from pomlia_hpc.loop.promote import champion, gate_decisions, put_on_slot
+from pomlia_hpc.registry import Registry
+from pomlia_hpc.workspace import Workspace
+from tests.loop_support import readout_net, register_small_cnn
+
+CLASSES = ["negative", "positive"]
+
+
+def _images(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` images and their 0/1 truth: channel 0 high (about 200) exactly on the positives,
+    channel 1 high on the positives but for every fifth image (low on it where it is positive,
+    high where negative), channel 2 noise (no two images alike; neither model reads it)."""
+    rng = np.random.default_rng(seed)
+    y = rng.permutation(np.arange(n) % 2)
+    jitter = rng.integers(0, 20, (2, n))
+    wrong = np.arange(n) % 5 == 0
+    x = rng.integers(0, 256, (n, 28, 28, 3), dtype=np.uint8)
+    x[..., 0] = (np.where(y == 1, 195, 135) + jitter[0])[:, None, None]
+    x[..., 1] = (np.where((y == 1) != wrong, 195, 135) + jitter[1])[:, None, None]
+    return x, y[:, None].astype(np.int64)
+
+
+def _setup(tmp_path: Path, workspace: Workspace, reg: Registry, champ: str, metric: str) -> str:
+    """A parent version (60 fixed test images), a harvest of 200 production images (its ref,
+    returned), a task on it scored by ``metric``, both models of that task trained on it, and
+    ``champ`` on slot ``ward``."""
+    npz = tmp_path / "ward.npz"
+    parts = {
+        s: _images(n, i) for i, (s, n) in enumerate((("train", 40), ("val", 20), ("test", 60)))
+    }
+    np.savez(
+        npz,
+        **{f"{s}_images": x for s, (x, _) in parts.items()},
+        **{f"{s}_labels": y for s, (_, y) in parts.items()},
+    )
+    base = ingest(workspace, reg, "ward", npz, class_names=CLASSES, task_type="binary")
+    x, y = _images(200, 7)
+    new = NewImages(x, y, [f"{i:032x}" for i in range(200)])
+    data = harvest_version(workspace, reg, find_version(reg, base.ref), "ward", new, {}).ref
+    vid = find_version(reg, data).id
+    task = add_task(reg, "ward-task", data, metric)
+    # ranker: f <= 1 and a bias of -2, so its class-1 logit is always negative.
+    for name, net in (
+        ("ranker", readout_net(0, 1.0, -2.0)),
+        ("guesser", readout_net(1, 4.0, -1.3)),
+    ):
+        register_small_cnn(reg, tmp_path, name, net, vid, "binary", CLASSES, task_id=task.id)
+    put_on_slot(reg, workspace, "ward", champ, kind="initial")
+    return data
+
+
+def test_an_auc_task_refuses_a_challenger_worse_by_auc_though_better_by_accuracy(
+    tmp_path: Path, workspace: Workspace, reg: Registry, wide_console: None
+) -> None:
+    data = _setup(tmp_path, workspace, reg, "ranker", "auc")
+    out = CliRunner().invoke(app, ["deploy", "promote", "ward", "guesser", "--data", data])
+    assert out.exit_code == 1, out.output  # refused: the slot keeps its champion
+    text = " ".join(out.output.split())
+    assert "paired bootstrap" in text and "auc 1.000 → 0.8" in text, text
+    assert champion(reg, "ward").model == "ranker"  # type: ignore[union-attr]
+    ev = gate_decisions(reg, "ward")[-1].evidence
+    assert ev["metric"] == "auc" and ev["test"] == "paired bootstrap (auc)"
+    assert "ward-task" in ev["metric_from"] and not ev["noninferior"] and not ev["superior"]
+    prod = ev["production"]
+    assert prod["champion_value"] == 1.0 and prod["challenger_value"] < 0.9
+    assert ev["lower_bound"] < -0.05 and ev["p_value"] > 0.5
+
+    # On accuracy (what the gate compared before, whatever the task's metric) it passes.
+    gate, entry = promote_with_gate(reg, workspace, "ward", "guesser", data_ref=data, metric="acc")
+    assert gate is not None and gate.result.passed and gate.result.test == "McNemar"
+    assert entry is not None and gate_decisions(reg, "ward")[-1].evidence["metric"] == "acc"
+    history = CliRunner().invoke(app, ["deploy", "history", "ward"])
+    assert "paired bootstrap (auc)" in history.output and "McNemar" in history.output
+
+
+def test_an_auc_task_promotes_a_challenger_better_by_auc_though_worse_by_accuracy(
+    tmp_path: Path, workspace: Workspace, reg: Registry
+) -> None:
+    data = _setup(tmp_path, workspace, reg, "guesser", "auc")
+    gate, entry = promote_with_gate(reg, workspace, "ward", "ranker", data_ref=data)
+    assert gate is not None and gate.result.passed, gate.result.reason if gate else None
+    assert gate.result.metric == "auc" and gate.result.p_value < 0.01
+    assert entry is not None and entry.model == "ranker"
+
+
+def test_tasks_of_different_metrics_are_refused_unless_one_is_chosen(
+    tmp_path: Path, workspace: Workspace, reg: Registry
+) -> None:
+    data = _setup(tmp_path, workspace, reg, "ranker", "auc")
+    other = add_task(reg, "ward-f1", data, "f1_macro")
+    net = readout_net(1, 4.0, -1.3)
+    vid = find_version(reg, data).id
+    register_small_cnn(reg, tmp_path, "f1-model", net, vid, "binary", CLASSES, task_id=other.id)
+    with pytest.raises(InputError, match=r"scored by different metrics.*pass --metric"):
+        promote_with_gate(reg, workspace, "ward", "f1-model", data_ref=data)
+    assert gate_decisions(reg, "ward") == []
+    gate, _ = promote_with_gate(reg, workspace, "ward", "f1-model", data_ref=data, metric="auc")
+    assert gate is not None and gate.result.test == "paired bootstrap (auc)"
+    with pytest.raises(InputError, match="metric 'aucc' is not known"):
+        args = ["deploy", "promote", "ward", "f1-model", "--metric", "aucc"]
+        CliRunner().invoke(app, args, catch_exceptions=False)
+
+
+@pytest.mark.parametrize(
+    ("task_type", "width"), [("multi-class", 4), ("binary", 2), ("ordinal", 3), ("multi-label", 5)]
+)
+def test_the_bootstrap_scores_each_metric_as_the_task_does(task_type: str, width: int) -> None:
+    """With each image drawn once, or as often as a resample draws it, the gate's AUC and
+    macro F1 are the task's (:func:`evaluate`), missing outputs and tied scores included."""
+    rng = np.random.default_rng(width)
+    n = 50
+    logits = rng.normal(size=(n, width))
+    logits[::6] = np.round(logits[::6])  # ties
+    logits[3, 1] = np.nan  # a missing output
+    if task_type == "multi-label":
+        truth = (rng.random((n, width)) < 0.4).astype(np.int64)
+    else:
+        truth = rng.integers(0, width, (n, 1))
+    probs = probabilities(logits, task_type)
+    drawn = rng.integers(0, 3, n)
+    copies = np.repeat(np.arange(n), drawn)
+    for metric in ("auc", "f1_macro"):
+        once = metric_of(metric, task_type, truth, probs, np.ones((1, n)))[0]
+        assert once == pytest.approx(evaluate(task_type, truth, probs)[metric])
+        resampled = metric_of(metric, task_type, truth, probs, drawn[None, :])[0]
+        want = evaluate(task_type, truth[copies], probs[copies])[metric]
+        assert resampled == pytest.approx(want)
+
+
+def test_the_bootstrap_is_not_run_on_too_few_images_or_an_undefined_auc() -> None:
+    truth = np.zeros((30, 1), np.int64)  # one class: AUC undefined
+    logits = np.random.default_rng(0).normal(size=(30, 2))
+    got = paired_bootstrap("auc", "binary", truth, logits, logits + 1, 0.05)
+    assert got.resamples == 0 and got.p_value == 1.0 and not got.tested
+    few = paired_bootstrap("f1_macro", "binary", truth[:5], logits[:5], logits[:5], 0.05)
+    assert not few.tested and few.lower_bound == float("-inf")
+    same = paired_bootstrap("f1_macro", "binary", truth, logits, logits, 0.05)
+    assert same.tested and same.p_value == 1.0 and same.lower_bound == 0.0
