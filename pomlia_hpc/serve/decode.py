@@ -98,8 +98,9 @@ OBJECT_REPR = re.compile(r"\s*<[\w.]+ object at 0x[0-9a-fA-F]+>")
 
 
 class RequestError(Exception):
-    """A request the server refuses: ``status`` is the HTTP code (always 4xx), ``message`` says
-    what was wrong and what is expected."""
+    """A request the server refuses: ``status`` is the HTTP code (4xx; 5xx when the server
+    failed: 503 it cannot log, 500 the model gave no finite output), ``message`` says what was
+    wrong and what is expected."""
 
     def __init__(self, status: int, message: str, reason: str | None = None) -> None:
         super().__init__(message)

@@ -27,7 +27,12 @@ from pomlia_hpc.serve.decode import InputSpec, Limits, RequestError, decode
 from pomlia_hpc.serve.exported import ExportedBundle
 from pomlia_hpc.serve.formdata import Upload, uploaded_files
 from pomlia_hpc.serve.holder import ModelHolder
-from pomlia_hpc.serve.predictor import Predictor, now_iso
+from pomlia_hpc.serve.predictor import (
+    NONFINITE_REASON,
+    ModelOutputError,
+    Predictor,
+    now_iso,
+)
 from pomlia_hpc.serve.predlog import LogClosedError, LogWriteError
 from pomlia_hpc.serve.records import (
     MALFORMED_REQUEST_REASON,
@@ -82,6 +87,10 @@ async def predict(
     except (BatcherClosedError, LogClosedError, LogWriteError) as exc:
         # Shutting down, or the log cannot be written: not the client's fault, retry later.
         raise RequestError(503, f"prediction not recorded: {exc}") from exc
+    except ModelOutputError as exc:
+        # The model failed on these images: a server error, not the client's (its rejection
+        # record is in the log already, written with the batch).
+        raise RequestError(500, str(exc), reason=NONFINITE_REASON) from exc
     return json_response(
         {
             "model": pred.bundle.name,

@@ -36,14 +36,26 @@ from pomlia_hpc.vocab import MULTI_LABEL_THRESHOLD
 
 Prediction = dict[str, Any]
 
+#: The rejection reason logged for a request the model answered with a non-finite output
+#: (NaN or infinity: a diverged network, an overflow) for one of its images. No class is made
+#: up for it (an argmax reads NaN as the largest value: class 0), the client gets a 500, and
+#: the monitor counts the request among its refused ones, by this reason.
+NONFINITE_REASON = "non-finite-output"
+
+
+class ModelOutputError(Exception):
+    """The model's output for an image of the request is not finite: no prediction made."""
+
 
 @dataclass(frozen=True)
 class BatchResult:
-    """What one request gets back (``predictions``) and what is logged for it (``records``)."""
+    """What one request gets back (``predictions``, or ``error`` when the model gave no
+    usable output) and what is logged for it (``records``)."""
 
     predictions: list[Prediction]
     records: list[Record]
     inputs: bytes = b""
+    error: str | None = None
 
 
 def now_iso() -> str:
@@ -92,9 +104,13 @@ class Predictor:
         )
 
     async def predict(self, images: np.ndarray) -> list[Prediction]:
-        """Classify float32 NHWC images in [0, 1]; returns one prediction per image."""
+        """Classify float32 NHWC images in [0, 1]; returns one prediction per image. A
+        :class:`ModelOutputError` when the model's output for one of them is not finite (the
+        refusal is logged by then)."""
         self.metrics.queue_depth.set(self.batcher.depth)
         result = await self.batcher.submit(images)
+        if result.error is not None:
+            raise ModelOutputError(result.error)
         return result.predictions
 
     @property
@@ -114,9 +130,11 @@ class Predictor:
         x = to_nchw(images)
         # Fingerprint before normalising x in place; float32 rows go to the log as they are.
         fps = logged_vectors(self._fingerprint, x)
-        probs = probabilities(
-            self.runtime.logits(normalize_(x, self._mean, self._std)), self.bundle.task_type
-        )
+        logits = self.runtime.logits(normalize_(x, self._mean, self._std))
+        finite = np.asarray(np.isfinite(logits).all(axis=1))
+        # Non-finite rows become zeros before the softmax only to keep NaN out of the
+        # arithmetic: their requests are refused below, nothing is answered from them.
+        probs = probabilities(np.where(finite[:, None], logits, 0.0), self.bundle.task_type)
         rows = np.round(probs, 6).tolist()
         labels = self.labels
         indices: list[Any]
@@ -130,6 +148,10 @@ class Predictor:
         out: list[BatchResult] = []
         start = 0
         for arr in arrays:
+            if not finite[start : start + len(arr)].all():
+                out.append(self._refused(finite[start : start + len(arr)], when))
+                start += len(arr)
+                continue
             preds, recs, kept = [], [], []
             for i in range(start, start + len(arr)):
                 pid = os.urandom(16).hex()  # 128 random bits, like uuid4, a third of the cost
@@ -167,10 +189,35 @@ class Predictor:
             start += len(arr)
         return out
 
+    def _refused(self, finite: np.ndarray, when: str) -> BatchResult:
+        """The result of a request whose images' outputs are not all ``finite``: no
+        prediction, one rejection record (the monitor counts it), the error the client gets."""
+        bad = np.flatnonzero(~finite).tolist()
+        which = ", ".join(map(str, bad[:10])) + (", …" if len(bad) > 10 else "")
+        error = (
+            f"model {self.bundle.name} ({self.bundle.version}) produced non-finite outputs "
+            f"(NaN or infinity) for {len(bad)} of the request's {len(finite)} image(s) (index "
+            f"{which}): no prediction was made for the request; the failure is logged"
+        )
+        record = {
+            "type": "rejection",
+            "id": os.urandom(16).hex(),
+            "time": when,
+            "model": self.bundle.name,
+            "model_version": self.bundle.version,
+            "deployment": self._deployment,
+            "status": 500,
+            "reason": NONFINITE_REASON,
+        }
+        return BatchResult([], [record], b"", error)
+
     def finish(self, results: Sequence[BatchResult], deliver: Deliver) -> None:
         """Log every record of the batch durably, then answer (see :mod:`.predlog`)."""
         if self.issued is not None:  # before the answer: feedback may follow at once
-            self.issued.add(r["id"] for res in results for r in res.records)
+            # Prediction ids only: a refused request's rejection record takes no feedback.
+            self.issued.add(
+                r["id"] for res in results for r in res.records if r["type"] == "prediction"
+            )
         self.log.append(
             [r for res in results for r in res.records],
             deliver,

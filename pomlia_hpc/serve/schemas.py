@@ -96,6 +96,9 @@ ERROR_TEXT: dict[int, str] = {
     "data), or a body sent with a content coding (Content-Encoding)",
     422: "request body does not match the schema, or gives a key twice",
     431: "request head too large or too many header fields (the connection is closed)",
+    500: "the model produced a non-finite output (NaN or infinity) for an image of the "
+    "request: no prediction is made for the request (logged as a rejection, "
+    "non-finite-output)",
     503: "not ready or shutting down, the prediction log cannot be written, or (feedback) "
     "another server of the deployment held the feedback lock too long",
 }
@@ -111,9 +114,10 @@ RETRY_AFTER = {
 TRANSPORT_CODES = (408, 431)
 
 #: The refusal codes each route really sends (tests compare the OpenAPI description with
-#: these and provoke each one over HTTP). A 5xx other than 503 is a bug, not documented.
+#: these and provoke each one over HTTP). A 5xx other than these (a 500 of /v1/predict: the
+#: model's output was not finite, tests/test_serve_nonfinite.py) is a bug, not documented.
 ROUTE_ERRORS: dict[str, tuple[int, ...]] = {
-    "/v1/predict": (400, 408, 413, 415, 431, 503),
+    "/v1/predict": (400, 408, 413, 415, 431, 500, 503),
     "/v1/feedback": (400, 401, 403, 404, 408, 409, 413, 415, 422, 431, 503),
     "/v1/admin/reload": (401, 403, 408, 409, 431, 503),
     "/ready": (*TRANSPORT_CODES, 503),
