@@ -175,6 +175,21 @@ def test_an_undefined_metric_reads_n_a(filled: Workspace, reg: Registry) -> None
     assert newest["val"] == {"acc": 0.75, "auc": None, "f1_macro": 0.5}, newest
 
 
+@pytest.mark.usefixtures("wide_console")
+def test_a_run_s_metrics_show_how_many_images_they_were_computed_on(
+    filled: Workspace, reg: Registry
+) -> None:
+    """`runs list` showed an AUC of 1.000 computed on 2 test images like one computed on 400:
+    each split's metrics now end with the count the run recorded (`n`); a record without it
+    (older runs) shows none."""
+    with reg.session() as s:
+        test = {"acc": 1.0, "auc": 1.0, "f1_macro": 1.0, "n": 2, "auc_classes": 1}
+        s.add(Run(config={}, status="ok", metrics={"val": {"acc": 0.5}, "test": test}))
+    table = " ".join(CliRunner().invoke(app, ["runs", "list"]).output.split())
+    assert "acc 1.000 auc 1.000 f1_macro 1.000 (n=2)" in table, table
+    assert "acc 0.500 " in table and "acc 0.500 (n=" not in table, table
+
+
 def test_monitor_history_json_has_the_table_fields(filled: Workspace, reg: Registry) -> None:
     """`monitor history` had no --json, unlike the other lists: its rows as one JSON array,
     the table's columns as keys, numbers as recorded (not the table's rounding)."""
