@@ -11,19 +11,25 @@ the argmax of NaN probabilities: class 0, made up."""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 import torch
 
+from pomlia_hpc.data.api import ingest
+from pomlia_hpc.errors import InputError
+from pomlia_hpc.models.catalog import register_model
 from pomlia_hpc.models.checkpoint import save_classifier
 from pomlia_hpc.models.nets import build_classifier
-from pomlia_hpc.serve.export import export_checkpoint
+from pomlia_hpc.registry import Registry
+from pomlia_hpc.serve.export import export_checkpoint, export_model
 from pomlia_hpc.serve.local import LocalServer
 from pomlia_hpc.serve.predictor import NONFINITE_REASON
 from pomlia_hpc.serve.predlog import read_records
 from pomlia_hpc.serve.records import PredictionLine, RejectionLine
+from pomlia_hpc.workspace import Workspace
 from tests.fixtures.factories import npy
 
 TOKEN = "nonfinite-token-0123456789abcdef"
@@ -46,12 +52,9 @@ def _overflowing_net() -> torch.nn.Module:
     return net
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
-    root = tmp_path_factory.mktemp("nonfinite")
-    ckpt = root / "overflow.pt"
+def _checkpoint(path: Path) -> Path:
     save_classifier(
-        ckpt,
+        path,
         _overflowing_net(),
         arch="small_cnn",
         num_classes=2,
@@ -60,6 +63,13 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
         task_type="binary",
         label_names=["negative", "positive"],
     )
+    return path
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalServer]:
+    root = tmp_path_factory.mktemp("nonfinite")
+    ckpt = _checkpoint(root / "overflow.pt")
     bundle = export_checkpoint(ckpt, root / "bundles", name="overflow").bundle.root
     with LocalServer(bundle, root / "logs", env={"POMLIA_SERVE_TOKEN": TOKEN}) as srv:
         yield srv
@@ -98,3 +108,26 @@ def test_a_non_finite_output_is_a_500_logged_as_a_rejection_not_a_class(
     rejections = list(read_records(server.log_dir, RejectionLine))
     assert [(r.status, r.reason) for r in rejections] == [(500, NONFINITE_REASON)] * 2
     assert len(list(read_records(server.log_dir, PredictionLine))) == 1
+
+
+def test_a_model_with_non_finite_outputs_on_its_validation_images_gets_no_reference(
+    tmp_path: Path, workspace: Workspace, reg: Registry
+) -> None:
+    """The monitoring reference counted the argmax of NaN (class 0) as the model's answer on
+    such images; now the export says so and leaves no bundle (the server would refuse them)."""
+    grey = np.full((10, 28, 28, 3), 128, np.uint8)
+    grey[:, 0, 0, 0] = np.arange(10)  # no two images alike
+    val = grey.copy()
+    val[:3] = 255  # three white validation images: the model overflows on them
+    npz = tmp_path / "d.npz"
+    np.savez(
+        npz,
+        **{f"{s}_images": x for s, x in (("train", grey), ("val", val), ("test", grey + 1))},
+        **{f"{s}_labels": np.arange(10)[:, None] % 2 for s in ("train", "val", "test")},
+    )
+    version = ingest(workspace, reg, "d", npz, class_names=["negative", "positive"])
+    ckpt = _checkpoint(tmp_path / "overflow.pt")
+    register_model(reg, "overflow", ckpt, lineage={"dataset_version_id": version.id})
+    with pytest.raises(InputError, match=r"non-finite outputs .* for 3 of the 10 reference"):
+        export_model(reg, workspace, "overflow")
+    assert not list(workspace.path("models", "overflow", "bundles").glob("*/card.json"))

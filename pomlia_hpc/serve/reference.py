@@ -153,15 +153,22 @@ def compute_reference(
     runtime = load_runtime(bundle, "onnx", threads)
     mean = np.asarray(bundle.mean, dtype=np.float32)
     std = np.asarray(bundle.std, dtype=np.float32)
-    fps, probs = [], []
+    fps, probs, bad = [], [], 0
     for lo in range(0, len(images), BATCH):
         # Exactly the server's path: uint8 / 255 (decode), NCHW, fingerprint, normalise, run.
         x = to_nchw(images[lo : lo + BATCH].astype(np.float32) / 255.0)
         fps.append(logged_vectors(fp_fn, x))
-        probs.append(
-            probabilities(runtime.logits(normalize_(x, mean, std)), bundle.task_type).astype(
-                np.float32
-            )
+        logits = runtime.logits(normalize_(x, mean, std))
+        bad += int((~np.isfinite(logits).all(axis=1)).sum())
+        probs.append(probabilities(logits, bundle.task_type).astype(np.float32))
+    if bad:
+        # The server refuses such an image (a 500, no class): a reference that counted the
+        # argmax of NaN (class 0) as the model's answer would compare the log with answers
+        # the model never gives.
+        raise InputError(
+            f"model '{bundle.name}' produced non-finite outputs (NaN or infinity) for {bad} of "
+            f"the {len(images)} reference images from {source}: expected finite outputs (a "
+            "diverged or overflowing model; retrain it); no monitoring reference was written"
         )
     p = np.concatenate(probs)
     y = np.asarray(labels)
