@@ -278,6 +278,33 @@ def test_export_refuses_when_outputs_disagree(
     assert not any((tmp_path / "bundles").iterdir())  # nothing half-written visible
 
 
+def test_a_model_whose_own_outputs_are_not_finite_is_named_as_the_cause(tmp_path: Path) -> None:
+    """A diverged model (NaN outputs) was refused as an export that "differs from PyTorch's by
+    up to nan": the user looked for an export bug. The message now blames the model."""
+    from pomlia_hpc.models.checkpoint import save_classifier
+    from pomlia_hpc.models.nets import build_classifier
+
+    net = build_classifier("small_cnn", 2, 1, image_size=28)
+    with torch.no_grad():
+        net.head.bias[1] = float("nan")
+    ckpt = tmp_path / "diverged.pt"
+    save_classifier(
+        ckpt,
+        net,
+        arch="small_cnn",
+        num_classes=2,
+        in_channels=1,
+        image_size=28,
+        task_type="binary",
+        label_names=["a", "b"],
+    )
+    with pytest.raises(
+        ExportError, match=r"the model itself \(PyTorch, before export\) produced non-finite"
+    ):
+        export_checkpoint(ckpt, tmp_path / "bundles", name="m")
+    assert not (tmp_path / "bundles").exists() or not any((tmp_path / "bundles").iterdir())
+
+
 def test_export_ships_an_encoder_for_fingerprints(tmp_path: Path) -> None:
     ckpt = save_demo_checkpoint(tmp_path / "c.pt", channels=3)
     enc = torch.nn.Sequential(torch.nn.Conv2d(3, 4, 3, stride=2), torch.nn.AdaptiveAvgPool2d(2))

@@ -67,6 +67,11 @@ def parity_inputs(loaded: LoadedClassifier, n: int, seed: int) -> np.ndarray:
     )
 
 
+def _nonfinite(logits: np.ndarray) -> int:
+    """How many rows of ``logits`` hold a NaN or an infinity."""
+    return int((~np.isfinite(logits).all(axis=1)).sum())
+
+
 def _predicted(p: np.ndarray, multi_label: bool) -> np.ndarray:
     return (p > MULTI_LABEL_THRESHOLD) if multi_label else p.argmax(axis=1)
 
@@ -110,17 +115,32 @@ def check_exports(
     batches: Sequence[int] = PARITY_BATCHES,
 ) -> dict[str, ParityReport]:
     """Run every exported graph in ``runners`` and eager PyTorch on :func:`parity_inputs`;
-    return the worst report per graph over ``batches`` (raising is the caller's choice)."""
+    return the worst report per graph over ``batches`` (raising is the caller's choice). A
+    ``ValueError`` for a graph of another output shape, and for non-finite outputs, naming
+    whose: PyTorch's own (the model is broken, not its export) or an export's."""
     worst: dict[str, ParityReport] = {}
     for i, n in enumerate(batches):
         x = parity_inputs(loaded, n, seed + i)
         with torch.inference_mode():
             ref = loaded.model(torch.from_numpy(x.copy())).numpy()
+        if bad := _nonfinite(ref):
+            # Not the export's fault: comparing NaN with NaN read "probabilities differ by up
+            # to nan", which sent the user looking for an export bug.
+            raise ValueError(
+                f"the model itself (PyTorch, before export) produced non-finite outputs (NaN "
+                f"or infinity) for {bad} of {n} test input(s): expected finite outputs (a "
+                "diverged or overflowing model; retrain it)"
+            )
         for key, run in runners.items():
             out = np.asarray(run(x.copy()))
             if out.shape != ref.shape:
                 raise ValueError(
                     f"{key} export returns shape {out.shape} for batch {n}, expected {ref.shape}"
+                )
+            if bad := _nonfinite(out):
+                raise ValueError(
+                    f"the {key} export produced non-finite outputs (NaN or infinity) for {bad} "
+                    f"of {n} test input(s) where PyTorch's are finite"
                 )
             rep = compare(ref, out, loaded.meta.task_type, rtol=rtol, atol=atol)
             old = worst.get(key)
