@@ -161,3 +161,17 @@ def test_the_bootstrap_is_not_run_on_too_few_images_or_an_undefined_auc() -> Non
     assert not few.tested and few.lower_bound == float("-inf")
     same = paired_bootstrap("f1_macro", "binary", truth, logits, logits, 0.05)
     assert same.tested and same.p_value == 1.0 and same.lower_bound == 0.0
+
+
+def test_a_model_that_cannot_be_scored_on_the_gate_s_data_is_refused(
+    tmp_path: Path, workspace: Workspace, reg: Registry
+) -> None:
+    """A multi-label model on single-label data was scored by a broadcast comparison of its
+    (n, 2) answers with the (n, 1) labels, and the gate decided on that."""
+    data = _setup(tmp_path, workspace, reg, "ranker", "acc")
+    vid = find_version(reg, data).id
+    net = readout_net(1, 4.0, -1.3)
+    register_small_cnn(reg, tmp_path, "labeller", net, vid, "multi-label", CLASSES)
+    with pytest.raises(InputError, match="is a multi-label model but the gate's data is binary"):
+        promote_with_gate(reg, workspace, "ward", "labeller", data_ref=data, metric="acc")
+    assert gate_decisions(reg, "ward") == []

@@ -160,7 +160,8 @@ def compute_reference(
         fps.append(logged_vectors(fp_fn, x))
         logits = runtime.logits(normalize_(x, mean, std))
         bad += int((~np.isfinite(logits).all(axis=1)).sum())
-        probs.append(probabilities(logits, bundle.task_type).astype(np.float32))
+        if not bad:  # else refused below: no softmax of infinities (a NumPy warning)
+            probs.append(probabilities(logits, bundle.task_type).astype(np.float32))
     if bad:
         # The server refuses such an image (a 500, no class): a reference that counted the
         # argmax of NaN (class 0) as the model's answer would compare the log with answers
