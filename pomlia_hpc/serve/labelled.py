@@ -2,8 +2,8 @@
 
 What the harvest (:mod:`pomlia_hpc.loop.harvest`) and the gate read. A prediction counts when
 its feedback arrived inside the window (``since`` <= feedback time < ``until``) and its input
-was kept (``pomlia serve --keep-inputs``); the last label sent for an id wins (by its time,
-whichever server's file holds it). Counts of what
+was kept (``pomlia serve --keep-inputs``); of several labels of one id the later by its
+feedback time holds, as in the monitor (:func:`.logfiles.later_label`). Counts of what
 was left out, and why, come back with the rows, so nothing is dropped without a trace (nor
 what the log's retention deleted: ``deleted_through``). A log
 line that is not a valid record stops the join with one error naming the file, line and key.
@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from pomlia_hpc.serve.inbox import inputs_dir, read_inputs
+from pomlia_hpc.serve.logfiles import files_between, later_label
 from pomlia_hpc.serve.predlog import CLOCK_SKEW_S, read_file
 from pomlia_hpc.serve.records import FeedbackLine, PredictionLine
 from pomlia_hpc.serve.retention import missing_since
@@ -90,12 +91,11 @@ def labelled_inputs(
     gone = missing_since([log_dir], since, margin_s=CLOCK_SKEW_S)
     out = LabelledInputs(deleted_through=gone)
     counts = {"feedback": 0, "outside_window": 0, "no_input": 0, "used": 0}
-    files, before = _files_from(Path(log_dir), since)
-    if before:
-        counts["log_files_before_window"] = before
+    chosen = files_between(Path(log_dir), since, until)
+    if chosen.before:
+        counts["log_files_before_window"] = chosen.before
     labels: dict[str, tuple[list[int], str]] = {}
-    latest: dict[str, datetime] = {}  # the time of each id's label in ``labels``
-    for path in files:
+    for path in chosen.files:
         for rec in read_file(path):
             if not isinstance(rec, FeedbackLine):
                 continue
@@ -104,12 +104,9 @@ def labelled_inputs(
             if t is None or (since is not None and t < since) or (until is not None and t >= until):
                 counts["outside_window"] += 1
                 continue
-            # The last label sent wins by its time, not by where it was read: files are read
-            # in name order (their writer's start), and a replacement that a server started
-            # earlier took (a restart overlap, replicas) sat before the label it replaced.
-            if (prev := latest.get(rec.prediction_id)) is not None and t < prev:
-                continue
-            latest[rec.prediction_id] = t
+            have = labels.get(rec.prediction_id)
+            if have is not None and not later_label(rec.time, have[1]):
+                continue  # a correction read before the label it corrects (files interleave)
             idx = rec.label_index
             labels[rec.prediction_id] = (idx if isinstance(idx, list) else [idx], rec.time)
     seen: set[str] = set()
@@ -125,7 +122,7 @@ def labelled_inputs(
         out.images.append(kept.as_uint8())
         out.labels.append(row)
         out.feedback_times.append(when)
-    versions = _versions(Path(log_dir), set(out.ids))
+    versions = _versions(Path(log_dir), set(out.ids), until)
     out.versions = [versions.get(pid, "") for pid in out.ids]
     counts["no_input"] = len(labels) - len(out.ids)
     counts["used"] = len(out.ids)
@@ -133,34 +130,15 @@ def labelled_inputs(
     return out
 
 
-def _mtime(path: Path) -> float | None:
-    try:
-        return path.stat().st_mtime
-    except FileNotFoundError:  # pruned meanwhile
-        return None
-
-
-def _files_from(log_dir: Path, since: datetime | None) -> tuple[list[Path], int]:
-    """(the log files that may hold feedback at or after ``since``, in name order; how many
-    older ones are left out). A record is written before its file's last change, so a file
-    last changed before ``since`` (less the clock margin between nodes) holds none."""
-    files = sorted(log_dir.glob("*.jsonl"))
-    if since is None:
-        return files, 0
-    cutoff = since.timestamp() - CLOCK_SKEW_S
-    kept = [p for p in files if (m := _mtime(p)) is not None and m >= cutoff]
-    return kept, len(files) - len(kept)
-
-
-def _versions(log_dir: Path, ids: set[str]) -> dict[str, str]:
-    """The model version that answered each of ``ids``: the files read newest first (last
-    change), stopping once every id is found (a prediction precedes its feedback, so they
-    are near the window, whatever the log's length)."""
+def _versions(log_dir: Path, ids: set[str], until: datetime | None) -> dict[str, str]:
+    """The model version that answered each of ``ids`` (predictions before ``until``, as
+    their feedback is): the files read newest first, stopping once every id is found (a
+    prediction precedes its feedback, so they are near the window, whatever the log's
+    length)."""
     found: dict[str, str] = {}
     if not ids:
         return found
-    files = [(m, p) for p in log_dir.glob("*.jsonl") if (m := _mtime(p)) is not None]
-    for _, path in sorted(files, reverse=True):
+    for path in files_between(log_dir, None, until, newest_first=True).files:
         for rec in read_file(path):
             if isinstance(rec, PredictionLine) and rec.id in ids:
                 found[rec.id] = rec.model_version
