@@ -1,6 +1,8 @@
 """`pomlia serve --log-retention-days D` beside the monitor chains of its model or slot: a
 retention shorter than a chain's window deleted the files each nightly run tests, and nothing
-said so; it is refused, and one shorter than a window plus a period is warned about."""
+said so; one shorter than the window plus the label look-back (7 days) deleted the predictions
+of the labels that come late; it is refused, and one shorter than that plus a period is warned
+about."""
 
 from __future__ import annotations
 
@@ -34,9 +36,11 @@ def test_retention_against_the_chains_of_a_model_and_its_slot(tmp_path: Path) ->
     chain(tmp_path, "slot:pneu", "7d")
     with pytest.raises(InputError, match=r"monitor chain of 'slot:pneu' \(window 7 day"):
         check_retention(ws, "blood", "pneu", 3)
-    (warning,) = check_retention(ws, "blood", "pneu", 7.5)
-    assert "held in the queue" in warning and "8 day(s)" in warning
-    assert check_retention(ws, "blood", "pneu", 8) == []
+    with pytest.raises(InputError, match=r"looked up 7 day\(s\) before the window"):
+        check_retention(ws, "blood", "pneu", 13.5)  # the window, not its labels' predictions
+    (warning,) = check_retention(ws, "blood", "pneu", 14.5)
+    assert "held in the queue" in warning and "15 day(s)" in warning
+    assert check_retention(ws, "blood", "pneu", 15) == []
     assert check_retention(ws, "blood", None, 3) == []  # another slot's chain
 
 
@@ -55,7 +59,7 @@ def test_serve_refuses_a_retention_shorter_than_the_chain_window(
     res = runner.invoke(app, ["serve", str(bundle), *args])
     assert isinstance(res.exception, InputError), res.output
     said = str(res.exception)
-    assert "monitor chain of 'demo' (window 14 day(s)" in said and "at least 15 day(s)" in said
+    assert "monitor chain of 'demo' (window 14 day(s)" in said and "at least 22 day(s)" in said
     assert list(logs.glob("*.jsonl")) == []
 
 
@@ -80,3 +84,23 @@ def test_a_log_no_chain_reads_may_be_kept_briefly(
     res = runner.invoke(app, ["serve", str(bundle), *args])
     assert res.exit_code != 0  # the address, not the retention
     assert "monitor chain" not in f"{res.output}{res.exception}", res.output
+
+
+def test_serve_refuses_a_retention_that_deletes_the_predictions_of_late_labels(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A nightly chain of a day's window and a retention of two days: accepted before, though
+    each run looks up the predictions of its labels up to 7 days before the window, and those
+    of labels that came three days late were deleted (counted as unknown, never tested)."""
+    bundle = cached_demo_bundle(tmp_path / "cache", num_classes=4)
+    home = tmp_path / "home"
+    chain(home, "demo", "1d")
+    monkeypatch.setenv("POMLIA_HOME", str(home))
+    monkeypatch.delenv("POMLIA_DB_URL", raising=False)
+    logs = home / "logs" / "predictions" / "demo"
+    args = ["--log-retention-days", "2", "--log-dir", str(logs), "--host", "999.0.0.1"]
+    res = runner.invoke(app, ["serve", str(bundle), *args])
+    assert isinstance(res.exception, InputError), res.output
+    said = str(res.exception)
+    assert "looked up 7 day(s) before the window" in said and "at least 9 day(s)" in said
+    assert list(logs.glob("*.jsonl")) == []

@@ -2,12 +2,16 @@
 
 A server's ``log_retention_days`` (docs/guide/serving.md, "Log retention") cannot see the
 window of the nightly monitor that reads its log: a retention shorter than that window deletes
-files each run then tests as if nothing had been served. `pomlia serve` asks this module
-before it starts: the chains scheduled for the model it serves or for its slot
+files each run then tests as if nothing had been served. Nor the run's label look-up: a label
+that arrives in the window is joined to its prediction up to the look-back
+(:data:`~.labels.DEFAULT_LOOKBACK`, 7 days; a chain's runs use it) before the window's start,
+so a retention shorter than window plus look-back deletes the predictions of late labels, which
+the run then counts as unknown, untested. `pomlia serve` asks this module before it starts:
+the chains scheduled for the model it serves or for its slot
 (``jobs/monitor/<key>/schedule.env``, :mod:`.schedule`) record their ``WINDOW`` and period
-(``EVERY``). A retention shorter than a window is refused; one shorter than a window plus a
-period (a run held in the queue that long, as a chain allows, tests files older still) is a
-warning.
+(``EVERY``). A retention shorter than a window plus the look-back is refused; one shorter than
+that plus a period (a run held in the queue that long, as a chain allows, reads files older
+still) is a warning.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from dataclasses import dataclass
 from datetime import timedelta
 
 from pomlia_hpc.errors import InputError, PomliaError
+from pomlia_hpc.monitor.labels import DEFAULT_LOOKBACK
 from pomlia_hpc.monitor.reference import SLOT_PREFIX
 from pomlia_hpc.workspace import Workspace
 
@@ -65,26 +70,30 @@ def check_retention(
     workspace: Workspace, model: str, slot: str | None, retention_days: float
 ) -> list[str]:
     """Refuse (:class:`InputError`) a log retention of ``retention_days`` for a server of
-    ``model`` (on deployment slot ``slot``, if any) shorter than the window of a monitor chain
-    scheduled for either; the warnings for one shorter than a window plus its period."""
+    ``model`` (on deployment slot ``slot``, if any) shorter than the window plus the label
+    look-back of a monitor chain scheduled for either; the warnings for one shorter than that
+    plus the chain's period."""
     warnings = []
     kept = timedelta(seconds=retention_days * DAY_S)
     keys = [model] + ([f"{SLOT_PREFIX}{slot}"] if slot is not None else [])
     for need in chain_needs(workspace, keys):
         what = (
             f"log retention of {retention_days:g} day(s) and the monitor chain of "
-            f"'{need.key}' (window {_days(need.window)}, every {_days(need.every)})"
+            f"'{need.key}' (window {_days(need.window)}, every {_days(need.every)}, labels' "
+            f"predictions looked up {_days(DEFAULT_LOOKBACK)} before the window)"
         )
-        if kept < need.window:
+        reads = need.window + DEFAULT_LOOKBACK
+        if kept < reads:
             raise InputError(
-                f"{what}: each run would test a window whose older files retention deleted; "
-                f"expected --log-retention-days of at least {_days(need.window + need.every)} "
-                "(window plus period), or a shorter `monitor schedule --window`"
+                f"{what}: each run would read files retention deleted (the window's, or the "
+                "predictions of its late labels, then untested); expected "
+                f"--log-retention-days of at least {_days(reads + need.every)} (window plus "
+                "look-back plus period), or a shorter `monitor schedule --window`"
             )
-        if kept < need.window + need.every:
+        if kept < reads + need.every:
             warnings.append(
-                f"{what}: a run held in the queue up to a period would test files retention "
-                f"may have deleted; {_days(need.window + need.every)} of retention avoids that"
+                f"{what}: a run held in the queue up to a period would read files retention "
+                f"may have deleted; {_days(reads + need.every)} of retention avoids that"
             )
     return warnings
 
