@@ -13,7 +13,7 @@ import pytest
 
 from pomlia_hpc.errors import InputError
 from pomlia_hpc.monitor.logread import read_window
-from pomlia_hpc.serve.predlog import read_records
+from pomlia_hpc.serve.logfiles import read_records
 from pomlia_hpc.serve.records import (
     LOG_FORMAT,
     BadLineError,

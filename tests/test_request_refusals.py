@@ -23,7 +23,8 @@ from pomlia_hpc.cli import app
 from pomlia_hpc.registry import Registry
 from pomlia_hpc.serve.demo import cached_demo_bundle
 from pomlia_hpc.serve.local import LocalServer
-from pomlia_hpc.serve.predlog import log_dir, read_records
+from pomlia_hpc.serve.logfiles import read_records
+from pomlia_hpc.serve.predlog import log_dir
 from pomlia_hpc.serve.records import REQUEST_REASONS_BY_STATUS, RejectionLine
 from pomlia_hpc.workspace import Workspace
 from tests.fixtures.factories import log_line

@@ -172,7 +172,7 @@ def test_a_client_hanging_up_mid_upload_is_no_server_error(
 
 def test_refused_uploads_are_logged_as_rejections_by_reason(make_app: Any, tmp_path: Path) -> None:
     """The monitor's rejected-share-by-reason comes from these records."""
-    from pomlia_hpc.serve.predlog import read_records
+    from pomlia_hpc.serve.logfiles import read_records
 
     async def main() -> None:
         async with running(make_app()) as client:

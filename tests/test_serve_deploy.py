@@ -25,7 +25,7 @@ from pomlia_hpc.registry import Deployment, Registry
 from pomlia_hpc.serve.config import ServeConfig
 from pomlia_hpc.serve.demo import cached_demo_bundle
 from pomlia_hpc.serve.deploy import SOURCE_ITEMS, parse_def, render_def
-from pomlia_hpc.serve.predlog import read_records
+from pomlia_hpc.serve.logfiles import read_records
 from pomlia_hpc.serve.records import PredictionLine
 from pomlia_hpc.serve.reference import REFERENCE_FILE
 from pomlia_hpc.serve.smoke import smoke

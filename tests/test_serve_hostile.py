@@ -20,7 +20,7 @@ import pytest
 from pomlia_hpc.serve.demo import cached_demo_bundle
 from pomlia_hpc.serve.issued import Claim, IssuedIds
 from pomlia_hpc.serve.local import LocalServer
-from pomlia_hpc.serve.predlog import read_records
+from pomlia_hpc.serve.logfiles import read_records
 from pomlia_hpc.serve.records import FeedbackLine
 from tests.fixtures.factories import npy
 from tests.fixtures.sockets import read_until_closed as read_response

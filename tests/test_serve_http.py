@@ -23,7 +23,7 @@ from pomlia_hpc.models.checkpoint import load_classifier
 from pomlia_hpc.serve.config import load_serve_config
 from pomlia_hpc.serve.demo import cached_demo_bundle
 from pomlia_hpc.serve.local import LocalServer
-from pomlia_hpc.serve.predlog import read_records
+from pomlia_hpc.serve.logfiles import read_records
 from pomlia_hpc.serve.records import FeedbackLine, PredictionLine
 from pomlia_hpc.serve.server import bind_socket
 from tests.fixtures import bad_tiffs

@@ -13,7 +13,8 @@ import orjson
 import pytest
 
 from pomlia_hpc.serve.inbox import Inbox, encode_image, read_inputs
-from pomlia_hpc.serve.predlog import PredictionLog, read_records
+from pomlia_hpc.serve.logfiles import read_records
+from pomlia_hpc.serve.predlog import PredictionLog
 from tests.fixtures.factories import log_line
 
 

@@ -24,7 +24,8 @@ from pomlia_hpc.serve.demo import cached_demo_bundle
 from pomlia_hpc.serve.issued import Claim, IssuedIds
 from pomlia_hpc.serve.labelled import labelled_inputs, retention_warning
 from pomlia_hpc.serve.local import LocalServer
-from pomlia_hpc.serve.predlog import PredictionLog, prune_log, read_records
+from pomlia_hpc.serve.logfiles import read_records
+from pomlia_hpc.serve.predlog import PredictionLog, prune_log
 from pomlia_hpc.serve.retention import deleted_through
 from tests.fixtures.factories import log_line
 

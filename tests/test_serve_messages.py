@@ -23,7 +23,7 @@ from PIL import Image
 
 from pomlia_hpc.serve.demo import cached_demo_bundle
 from pomlia_hpc.serve.local import LocalServer
-from pomlia_hpc.serve.predlog import read_records
+from pomlia_hpc.serve.logfiles import read_records
 from pomlia_hpc.serve.records import FeedbackLine, RejectionLine
 from tests.fixtures.factories import npy
 

@@ -23,7 +23,8 @@ from pomlia_hpc.serve.batching import BatcherClosedError, DynamicBatcher
 from pomlia_hpc.serve.demo import cached_demo_bundle
 from pomlia_hpc.serve.exported import ExportedBundle
 from pomlia_hpc.serve.local import LocalServer
-from pomlia_hpc.serve.predlog import LogClosedError, LogWriteError, PredictionLog, read_records
+from pomlia_hpc.serve.logfiles import read_records
+from pomlia_hpc.serve.predlog import LogClosedError, LogWriteError, PredictionLog
 from pomlia_hpc.serve.records import FeedbackLine, PredictionLine
 from pomlia_hpc.serve.runtime import load_runtime
 from tests.fixtures.factories import log_line, onnx_predictor

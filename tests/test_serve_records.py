@@ -15,7 +15,8 @@ import pytest
 from pomlia_hpc.errors import InputError
 from pomlia_hpc.serve.demo import cached_demo_bundle
 from pomlia_hpc.serve.issued import Claim, IssuedIds
-from pomlia_hpc.serve.predlog import PredictionLog, read_records
+from pomlia_hpc.serve.logfiles import read_records
+from pomlia_hpc.serve.predlog import PredictionLog
 from pomlia_hpc.serve.records import (
     BadLineError,
     FeedbackLine,

@@ -15,8 +15,8 @@ import pytest
 from pomlia_hpc.serve.demo import cached_demo_bundle
 from pomlia_hpc.serve.issued import IssuedIds
 from pomlia_hpc.serve.local import LocalServer
+from pomlia_hpc.serve.logfiles import read_records
 from pomlia_hpc.serve.peers import PeerLogs, PeerReader
-from pomlia_hpc.serve.predlog import read_records
 from pomlia_hpc.serve.records import FeedbackLine
 from tests.fixtures.factories import log_line, npy
 

@@ -24,7 +24,7 @@ from pomlia_hpc.config import load_cluster_profile
 from pomlia_hpc.registry import Registry
 from pomlia_hpc.serve.demo import register_demo_model
 from pomlia_hpc.serve.deploy import write_deployment
-from pomlia_hpc.serve.predlog import read_records
+from pomlia_hpc.serve.logfiles import read_records
 from pomlia_hpc.serve.records import PredictionLine
 from pomlia_hpc.workspace import Workspace
 

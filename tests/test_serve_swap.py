@@ -22,9 +22,9 @@ from pomlia_hpc.serve.exported import ExportedBundle
 from pomlia_hpc.serve.holder import ModelHolder
 from pomlia_hpc.serve.inbox import inputs_dir, read_inputs
 from pomlia_hpc.serve.local import LocalServer
+from pomlia_hpc.serve.logfiles import read_records
 from pomlia_hpc.serve.metrics import ServerMetrics
 from pomlia_hpc.serve.predictor import Predictor
-from pomlia_hpc.serve.predlog import read_records
 from pomlia_hpc.serve.records import PredictionLine
 from pomlia_hpc.serve.slots import point
 

@@ -31,7 +31,7 @@ from pomlia_hpc.serve.demo import cached_demo_bundle
 from pomlia_hpc.serve.exported import ExportedBundle
 from pomlia_hpc.serve.guards import amount, guarded_protocol
 from pomlia_hpc.serve.local import LocalServer
-from pomlia_hpc.serve.predlog import read_records
+from pomlia_hpc.serve.logfiles import read_records
 from pomlia_hpc.serve.records import RejectionLine
 from pomlia_hpc.serve.server import bind_socket
 from tests.fixtures.sockets import read_until_closed as read_all

@@ -32,7 +32,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from pomlia_hpc.serve.predlog import CLOCK_SKEW_S
+from pomlia_hpc.serve.logfiles import WholeLines, files_between, later_label
 from pomlia_hpc.serve.records import BadLineError, FeedbackLine, PredictionLine, read_line
 
 #: How far before a window's start its labels' predictions are looked up, when not told.
@@ -69,9 +69,9 @@ class Arrivals:
                 rec.time, rec.replaces, rec.time, rec.label_index
             )
             return
-        if rec.time < have.first_time:
+        if not later_label(rec.time, have.first_time):  # strictly earlier
             have.first_time, have.first_replaces = rec.time, rec.replaces
-        if rec.time >= have.last_time:
+        if later_label(rec.time, have.last_time):  # the harvest's rule too
             have.last_time, have.label = rec.time, rec.label_index
 
 
@@ -102,7 +102,8 @@ def join_labels(
 ) -> LabelJoin:
     """Join the window's labels to predictions: ``in_window`` maps the ids of the window's
     predictions (of ``model`` at ``version``) to their predicted label; the others are
-    looked up in ``folders``' files written since ``lookback`` before ``since``."""
+    looked up in ``folders``' files that may hold records from ``lookback`` before
+    ``since``."""
     out = LabelJoin()
     pending: dict[str, _Arrival] = {}
     for pid, got in arrivals.by_prediction.items():
@@ -128,34 +129,28 @@ def join_labels(
 
 
 def _find_predictions(
-    folders: Sequence[Path], wanted: set[str], not_before: datetime, deployment: int | None
+    folders: Sequence[Path],
+    wanted: set[str],
+    not_before: datetime,
+    deployment: int | None,
 ) -> dict[str, PredictionLine]:
     """The prediction records of the ``wanted`` ids timed at or after ``not_before``, from the
-    files last written since then (with the clock margin between the writing node and the
-    file server, as the window's own reading). The newest files first, and no further once
-    every id is found: labels mostly name predictions of the last days, and a look-back of a
-    week of a busy model's log is gigabytes."""
+    files that may hold records of then or later, newest first (by last change), and no
+    further once every id is found: labels mostly name predictions of the last days, and a
+    look-back of a week of a busy model's log is gigabytes. The files and the torn last line
+    as every reader of the log takes them (:mod:`pomlia_hpc.serve.logfiles`)."""
     lo = not_before.isoformat(timespec="microseconds")
-    oldest = not_before.timestamp() - CLOCK_SKEW_S
     wanted = set(wanted)
     found: dict[str, PredictionLine] = {}
-    # File names start with the writer's start time: newest first across folders.
-    files = sorted(
-        (p for folder in folders if folder.is_dir() for p in folder.glob("*.jsonl")),
-        key=lambda p: p.name,
-        reverse=True,
-    )
-    for path in files:
+    for path in files_between(folders, not_before, newest_first=True).files:
         if not wanted:
             break
         try:
-            if path.stat().st_mtime < oldest:
-                continue
             fh = path.open("rb")
         except OSError:
             continue  # the window's own reading named it in the report
         with fh:
-            for raw in fh:
+            for _lineno, raw in WholeLines(fh):
                 m = _ID.search(raw)
                 if m is None or m.group(1).decode() not in wanted:
                     continue
@@ -169,10 +164,8 @@ def _find_predictions(
 
 
 def _prediction(raw: bytes) -> PredictionLine | None:
-    """The prediction on ``raw``; None for another record or a line this version cannot read
-    (the window's own reading counted it)."""
-    if not raw.endswith(b"\n"):
-        return None  # a torn last line
+    """The prediction on the whole line ``raw``; None for another record or a line this
+    version cannot read (the window's own reading counted it)."""
     try:
         rec, _unknown = read_line(raw)
     except BadLineError:  # NewerFormatError is one

@@ -25,9 +25,10 @@ and keeps:
   counted, not read, as its keys may mean what this version would misread (the rule:
   :mod:`pomlia_hpc.serve.records`).
 
-Files last changed before the window (by more than the clock margin between the writing node
-and the file server, :data:`~pomlia_hpc.serve.predlog.CLOCK_SKEW_S`) cannot hold records of it
-and are not opened.
+Which files are opened, and how a torn last line is told, is the rule every log reader shares
+(:mod:`pomlia_hpc.serve.logfiles`): files last changed before the window (by more than the
+clock margin between machines, :data:`~pomlia_hpc.serve.logfiles.CLOCK_SKEW_S`) cannot hold
+records of it and are not opened.
 Files the server's log retention deleted are named by the marker it leaves
 (:mod:`pomlia_hpc.serve.retention`): a window that reaches back to them says so.
 """
@@ -45,7 +46,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from pomlia_hpc.monitor.labels import DEFAULT_LOOKBACK, Arrivals, LabelJoin, join_labels
-from pomlia_hpc.serve.predlog import CLOCK_SKEW_S
+from pomlia_hpc.serve.logfiles import CLOCK_SKEW_S, WholeLines, files_between
 from pomlia_hpc.serve.records import (
     TIMEOUT_REASON,
     BadLineError,
@@ -137,13 +138,6 @@ def iso(t: datetime) -> str:
     return t.isoformat(timespec="microseconds")
 
 
-def log_files(directory: Path) -> list[Path]:
-    """The ``*.jsonl`` files of one model's log folder, in name order (= start time)."""
-    if not directory.is_dir():
-        return []
-    return sorted(p for p in directory.glob("*.jsonl") if p.is_file())
-
-
 def _confidence(probs: list[float], multi_label: bool) -> float:
     if not probs:
         return float("nan")
@@ -174,7 +168,6 @@ def read_window(
     lookback_s = label_lookback.total_seconds()
     win = LogWindow(model, version, since, until, label_lookback_s=lookback_s)
     lo, hi = iso(since), iso(until)
-    since_ts = since.timestamp()
     rng = np.random.default_rng(seed)
     seen_in_window = 0  # reservoir sampling over predictions with a valid fingerprint
     pred_of: dict[str, Any] = {}  # prediction id -> predicted index, for the feedback join
@@ -182,16 +175,16 @@ def read_window(
     folders = [directory] if isinstance(directory, Path) else list(directory)
     win.deleted_through = missing_since(folders, since, margin_s=CLOCK_SKEW_S)
     batch = _Batch()
-    for path in [p for folder in folders for p in log_files(folder)]:
-        fh = _open_for_window(path, since_ts, win)
+    chosen = files_between(folders, since)
+    win.files_skipped_old = chosen.before
+    for path in chosen.files:
+        fh = _open(path, win)
         if fh is None:
             continue
         batch.end(win)  # a batch never spans files (one commit, one file)
         with fh:
-            for lineno, raw in enumerate(fh, 1):
-                if not raw.endswith(b"\n"):
-                    win.torn_lines += 1  # the last line of a crashed writer
-                    break
+            lines = WholeLines(fh)
+            for lineno, raw in lines:
                 win.lines += 1
                 rec = _record(raw, win, path, lineno)
                 if rec is None:
@@ -239,6 +232,7 @@ def read_window(
                     continue
                 seen_in_window += 1
                 _sample(win, rng, seen_in_window, max_vectors, rec.id, fp)
+            win.torn_lines += lines.torn  # the last line of a crashed writer
     batch.end(win)
     win.labels = join_labels(
         arrivals,
@@ -253,16 +247,10 @@ def read_window(
     return win
 
 
-def _open_for_window(path: Path, since_ts: float, win: LogWindow) -> BinaryIO | None:
-    """``path`` opened for reading, counted in ``win``; None for a file last written before
-    the window (``since_ts``, s since the epoch) or one that cannot be read (counted too)."""
+def _open(path: Path, win: LogWindow) -> BinaryIO | None:
+    """``path`` opened for reading, counted in ``win``; None for a file that cannot be read
+    (counted too)."""
     try:
-        # The file server's clock (mtime) against the writing node's (record times): with
-        # 1 s of slack, a node 5 min ahead of it wrote records of this window into a file
-        # last changed "before" it, and neither this window nor the last one counted them.
-        if path.stat().st_mtime < since_ts - CLOCK_SKEW_S:
-            win.files_skipped_old += 1
-            return None
         fh = path.open("rb")
     except OSError as exc:
         win.unreadable_files.append(f"{path.name}: {exc.strerror}")

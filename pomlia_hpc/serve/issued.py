@@ -30,7 +30,13 @@ from pathlib import Path
 from typing import Any
 
 from pomlia_hpc.serve.decode import RequestError
-from pomlia_hpc.serve.predlog import CLOCK_SKEW_S, file_start_time, read_file
+from pomlia_hpc.serve.logfiles import (
+    CLOCK_SKEW_S,
+    file_start_time,
+    files_between,
+    log_files,
+    read_file,
+)
 from pomlia_hpc.serve.records import FeedbackLine, PredictionLine
 
 log = logging.getLogger(__name__)
@@ -223,30 +229,18 @@ def _key(pid: str) -> bytes:
 
 def _candidates(directory: Path, created: float | None) -> list[Path]:
     """The log files that may hold records of a deployment created at ``created`` (epoch s;
-    None: all), last written last first. Not by name (the writer's start): a server that ran
-    for weeks beside a newer one (two replicas, a Slurm switch) has its newest records in a
-    file whose name sorts before the newer server's, and a window filled from those first
-    forgot the older server's recent ids. A file whose writer started, or that was last
-    written, before the deployment existed cannot hold its records (each with a margin for
-    clock skew)."""
-    files: list[tuple[float, Path]] = []
-    for path in directory.glob("*.jsonl"):
-        try:
-            files.append((path.stat().st_mtime, path))
-        except FileNotFoundError:  # pruned meanwhile
-            continue
-    files.sort(reverse=True)
+    None: all), last written last first (:func:`.logfiles.files_between`: not by name, as a
+    server that ran for weeks beside a newer one has its newest records in a file whose name
+    sorts before the newer server's). Besides files last written before the deployment
+    existed, a file whose writer started before it cannot hold its records (a server serves
+    the deployment it started for); each with a margin for clock skew."""
+    since = None if created is None else datetime.fromtimestamp(created, UTC)
+    files = files_between(directory, since, newest_first=True).files
     if created is None:
-        return [path for _, path in files]
+        return files
     cutoff = created - CLOCK_SKEW_S
-    kept: list[Path] = []
-    skipped = 0
-    for mtime, path in files:
-        started = file_start_time(path)
-        if (started is not None and started < cutoff) or mtime < cutoff:
-            skipped += 1
-        else:
-            kept.append(path)
+    kept = [p for p in files if (started := file_start_time(p)) is None or started >= cutoff]
+    skipped = len(log_files(directory)) - len(kept)
     if skipped:
         log.info(
             "prediction log: %d file(s) older than the deployment not read at start-up", skipped

@@ -18,8 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from pomlia_hpc.serve.inbox import inputs_dir, read_inputs
-from pomlia_hpc.serve.logfiles import files_between, later_label
-from pomlia_hpc.serve.predlog import CLOCK_SKEW_S, read_file
+from pomlia_hpc.serve.logfiles import CLOCK_SKEW_S, files_between, later_label, read_file
 from pomlia_hpc.serve.records import FeedbackLine, PredictionLine
 from pomlia_hpc.serve.retention import missing_since
 
@@ -91,7 +90,7 @@ def labelled_inputs(
     gone = missing_since([log_dir], since, margin_s=CLOCK_SKEW_S)
     out = LabelledInputs(deleted_through=gone)
     counts = {"feedback": 0, "outside_window": 0, "no_input": 0, "used": 0}
-    chosen = files_between(Path(log_dir), since, until)
+    chosen = files_between(Path(log_dir), since)
     if chosen.before:
         counts["log_files_before_window"] = chosen.before
     labels: dict[str, tuple[list[int], str]] = {}
@@ -122,7 +121,7 @@ def labelled_inputs(
         out.images.append(kept.as_uint8())
         out.labels.append(row)
         out.feedback_times.append(when)
-    versions = _versions(Path(log_dir), set(out.ids), until)
+    versions = _versions(Path(log_dir), set(out.ids))
     out.versions = [versions.get(pid, "") for pid in out.ids]
     counts["no_input"] = len(labels) - len(out.ids)
     counts["used"] = len(out.ids)
@@ -130,15 +129,14 @@ def labelled_inputs(
     return out
 
 
-def _versions(log_dir: Path, ids: set[str], until: datetime | None) -> dict[str, str]:
-    """The model version that answered each of ``ids`` (predictions before ``until``, as
-    their feedback is): the files read newest first, stopping once every id is found (a
-    prediction precedes its feedback, so they are near the window, whatever the log's
-    length)."""
+def _versions(log_dir: Path, ids: set[str]) -> dict[str, str]:
+    """The model version that answered each of ``ids``: the files read newest first (last
+    change), stopping once every id is found (a prediction precedes its feedback, so they
+    are near the window, whatever the log's length)."""
     found: dict[str, str] = {}
     if not ids:
         return found
-    for path in files_between(log_dir, None, until, newest_first=True).files:
+    for path in files_between(log_dir, None, newest_first=True).files:
         for rec in read_file(path):
             if isinstance(rec, PredictionLine) and rec.id in ids:
                 found[rec.id] = rec.model_version

@@ -6,12 +6,12 @@ the harvest's labelled inputs (:mod:`.labelled`), a server's start-up (:mod:`.is
 peer reader (:mod:`.peers`) read them. Each had its own rule for which files to open and for a
 torn last line; the rules are here, once:
 
-* **Which files may hold records timed in [since, until)** (:func:`files_between`): a record is
-  appended before its file's last change, so a file last changed before ``since`` holds none
-  of them; no record of a file is older than its writer's start (the file name's time), so a
-  file whose writer started after ``until`` holds none either. Both compare clocks of
-  different machines (the file server's mtime, the writing node's record and name times), so
-  each bound has the margin :data:`~.predlog.CLOCK_SKEW_S`.
+* **Which files may hold records timed at or after ``since``** (:func:`files_between`): a
+  record is appended before its file's last change, so a file last changed before ``since``
+  holds none of them. This compares the clocks of different machines (the file server's
+  mtime, the writing node's record time), so the bound has the margin :data:`CLOCK_SKEW_S`.
+  The file name's start time is no upper bound: a log copied in, or written by a test,
+  may hold records older than its name.
 * **In which order**: by name (= writer start) for a reader that reads them all; newest last
   change first for a reader that stops once it found what it looks for. Not by name then: a
   server that ran for weeks beside a newer one has its newest records in a file whose name
@@ -27,13 +27,44 @@ torn last line; the rules are here, once:
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+import re
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import BinaryIO
+from typing import BinaryIO, TypeVar, overload
 
-from pomlia_hpc.serve.predlog import CLOCK_SKEW_S, file_start_time
+from pomlia_hpc.errors import InputError
+from pomlia_hpc.serve.records import BadLineError, LogLine, parse_line
+
+#: Slack between clocks, s: a file's name (the writing node's clock), its modification time (the
+#: file server's) and a registry time (the deploying machine's) are compared only with this
+#: margin, as NTP keeps cluster clocks within seconds and a stale one within minutes.
+CLOCK_SKEW_S = 3600.0
+_STEM_TIME = re.compile(r"^(\d{8}T\d{6})-")
+_L = TypeVar("_L", bound=LogLine)
+#: A log file's name: its writer's stem (``<start>-<host>-<pid>``) and its sequence number.
+_NAME = re.compile(r"^(.+)-([0-9]+)\.jsonl$")
+
+
+def file_start_time(path: Path) -> float | None:
+    """When the server that wrote log file ``path`` started (epoch s, from the name's UTC
+    ``YYYYmmddTHHMMSS``, the writing node's clock): none of its records is older. None for a
+    name not in the server's form (a file copied in or renamed)."""
+    m = _STEM_TIME.match(path.name)
+    if m is None:
+        return None
+    try:
+        return datetime.strptime(m.group(1), "%Y%m%dT%H%M%S").replace(tzinfo=UTC).timestamp()
+    except ValueError:
+        return None
+
+
+def writer_of(name: str) -> tuple[str, int]:
+    """The writer's stem and the sequence number of log file ``name``; a name not in the
+    server's form (a file copied in) is its own writer."""
+    m = _NAME.match(name)
+    return (m.group(1), int(m.group(2))) if m else (name, 0)
 
 
 def log_files(folders: Path | Sequence[Path]) -> list[Path]:
@@ -53,23 +84,16 @@ class FileSelection:
     files: list[Path] = field(default_factory=list)
     #: Files last changed before the span's start (less the clock margin).
     before: int = 0
-    #: Files whose writer started after the span's end (plus the clock margin).
-    after: int = 0
 
 
 def files_between(
-    folders: Path | Sequence[Path],
-    since: datetime | None,
-    until: datetime | None = None,
-    *,
-    newest_first: bool = False,
+    folders: Path | Sequence[Path], since: datetime | None, *, newest_first: bool = False
 ) -> FileSelection:
-    """The log files of ``folders`` that may hold records timed at or after ``since`` and
-    before ``until`` (aware datetimes; None: no bound), in name order or, with
-    ``newest_first``, by last change, newest first (see the module docstring). A file deleted
-    while they are listed is left out (it holds nothing now)."""
+    """The log files of ``folders`` that may hold records timed at or after ``since`` (an
+    aware datetime; None: all), in name order or, with ``newest_first``, by last change,
+    newest first (see the module docstring). A file deleted while they are listed is left out
+    (it holds nothing now)."""
     lo = None if since is None else since.timestamp() - CLOCK_SKEW_S
-    hi = None if until is None else until.timestamp() + CLOCK_SKEW_S
     out = FileSelection()
     kept: list[tuple[float, Path]] = []
     for path in log_files(folders):
@@ -79,11 +103,8 @@ def files_between(
             continue
         except OSError:  # kept: the reader's open says what is wrong with it
             mtime = float("inf")
-        started = file_start_time(path)
         if lo is not None and mtime < lo:
             out.before += 1
-        elif hi is not None and started is not None and started > hi:
-            out.after += 1
         else:
             kept.append((mtime, path))
     if newest_first:
@@ -132,3 +153,59 @@ def _instant(text: str) -> datetime | None:
     except ValueError:
         return None
     return t if t.tzinfo else t.replace(tzinfo=UTC)
+
+
+def whole_lines_end(path: Path, size: int) -> int:
+    """The offset after the last newline in the first ``size`` bytes of ``path`` (0: none):
+    where the whole lines end, without reading them."""
+    pos = size
+    with path.open("rb") as f:
+        while pos > 0:
+            start = max(0, pos - 65536)
+            f.seek(start)
+            chunk = f.read(pos - start)
+            end = chunk.rfind(b"\n")
+            if end >= 0:
+                return start + end + 1
+            pos = start
+    return 0
+
+
+@overload
+def read_records(directory: Path, kind: None = None) -> Iterator[LogLine]: ...
+@overload
+def read_records(directory: Path, kind: type[_L]) -> Iterator[_L]: ...
+def read_records(directory: Path, kind: type[_L] | None = None) -> Iterator[LogLine]:
+    """Every record under ``directory`` (files in name order, i.e. by start time), optionally
+    only those of ``kind`` (e.g. :class:`~.records.FeedbackLine`). A torn last line is
+    skipped; any other bad line is an :class:`InputError` naming the file, line and key."""
+    for path in log_files(Path(directory)):
+        for rec in read_file(path):
+            if kind is None or isinstance(rec, kind):
+                yield rec
+
+
+def read_file(
+    path: Path,
+    bad: list[str] | None = None,
+    *,
+    containing: bytes | None = None,
+    skip: Callable[[bytes], bool] | None = None,
+) -> Iterator[LogLine]:
+    """The records of one log file (strict, see :func:`read_records`). With ``bad``, a bad
+    line is appended to it as ``"<file>:<line>: <problem>"`` and skipped instead. With
+    ``containing``, lines without those bytes are skipped unparsed (a cheap filter, e.g.
+    ``b'"feedback"'``: the caller still checks what it gets); with ``skip``, lines for which
+    it is true are skipped unparsed."""
+    with path.open("rb") as f:
+        for lineno, raw in WholeLines(f):
+            if containing is not None and containing not in raw:
+                continue
+            if skip is not None and skip(raw):
+                continue
+            try:
+                yield parse_line(raw)
+            except BadLineError as exc:
+                if bad is None:
+                    raise InputError(f"{path}:{lineno}: {exc}") from None
+                bad.append(f"{path}:{lineno}: {exc}")

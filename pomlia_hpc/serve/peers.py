@@ -26,7 +26,13 @@ import threading
 from pathlib import Path
 
 from pomlia_hpc.serve.issued import IssuedIds, other_deployment_filter
-from pomlia_hpc.serve.predlog import CLOCK_SKEW_S, file_start_time
+from pomlia_hpc.serve.logfiles import (
+    CLOCK_SKEW_S,
+    WholeLines,
+    file_start_time,
+    whole_lines_end,
+    writer_of,
+)
 from pomlia_hpc.serve.records import BadLineError, FeedbackLine, PredictionLine, parse_line
 
 log = logging.getLogger("pomlia.serve")
@@ -142,11 +148,9 @@ class PeerLogs:
         bad = 0
         try:
             with path.open("rb") as f:
-                f.seek(offset)
-                for raw in f:
-                    if not raw.endswith(b"\n"):
-                        break  # a record being written: read it whole next time
-                    offset += len(raw)
+                lines = WholeLines(f, offset=offset)  # a record being written: read next time
+                for _lineno, raw in lines:
+                    offset = lines.end
                     if self._other(raw):
                         continue
                     try:
@@ -210,27 +214,3 @@ class PeerReader:
 
 #: A prediction id as the server issues it (another one would fail the index's add).
 _ID = re.compile(r"[0-9a-fA-F]{32}")
-#: A log file's name: its writer's stem (``<start>-<host>-<pid>``) and its sequence number.
-_NAME = re.compile(r"^(.+)-([0-9]+)\.jsonl$")
-
-
-def writer_of(name: str) -> tuple[str, int]:
-    """The writer's stem and the sequence number of log file ``name``; a name not in the
-    server's form (a file copied in) is its own writer."""
-    m = _NAME.match(name)
-    return (m.group(1), int(m.group(2))) if m else (name, 0)
-
-
-def whole_lines_end(path: Path, size: int) -> int:
-    """The offset after the last newline in the first ``size`` bytes of ``path`` (0: none)."""
-    pos = size
-    with path.open("rb") as f:
-        while pos > 0:
-            start = max(0, pos - 65536)
-            f.seek(start)
-            chunk = f.read(pos - start)
-            end = chunk.rfind(b"\n")
-            if end >= 0:
-                return start + end + 1
-            pos = start
-    return 0

@@ -17,9 +17,10 @@ flushes and ``fsync``s once (group commit), and only then runs the callbacks tha
 requests. So an answered request is on disk, and a crash loses at most requests that were never
 answered. ``close()`` (on SIGTERM, after the server drained) writes what is still queued.
 A file is rotated after ``max_bytes``; a torn last line (power loss mid-write) is skipped by
-:func:`read_records`, which refuses any other bad line (file, line and key). A file is created
-at the first record, so a server that answered nothing leaves no file; its name's start time is
-the process's, so no record in it is older than the name says (:func:`file_start_time`).
+the readers (:mod:`.logfiles`: :func:`~.logfiles.read_records` refuses any other bad line, with
+file, line and key). A file is created at the first record, so a server that answered nothing
+leaves no file; its name's start time is the process's, so no record in it is older than the
+name says (:func:`.logfiles.file_start_time`).
 
 A failed write (a full disk or quota, an I/O error) refuses the requests of its group (503), and
 the server is not ready from then on, refusing predictions rather than answering them
@@ -44,21 +45,19 @@ import contextlib
 import logging
 import os
 import queue
-import re
 import socket
 import threading
 import time
-from collections.abc import Callable, Collection, Iterator, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TypeVar, overload
+from typing import TYPE_CHECKING, Any
 
 import orjson
 
-from pomlia_hpc.errors import InputError
 from pomlia_hpc.files import PRIVATE_FILE, TEMP_SUFFIX, fsync_path, make_private_dirs
-from pomlia_hpc.serve.records import BadLineError, LogLine, parse_line
+from pomlia_hpc.serve.logfiles import CLOCK_SKEW_S
 from pomlia_hpc.serve.retention import note_deleted
 
 if TYPE_CHECKING:
@@ -66,14 +65,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("pomlia.serve")
 Record = dict[str, Any]
-_L = TypeVar("_L", bound=LogLine)
 _ORJSON = orjson.OPT_SERIALIZE_NUMPY | orjson.OPT_APPEND_NEWLINE
 Callback = Callable[[BaseException | None], None]
-#: Slack between clocks, s: a file's name (the writing node's clock), its modification time (the
-#: file server's) and a registry time (the deploying machine's) are compared only with this
-#: margin, as NTP keeps cluster clocks within seconds and a stale one within minutes.
-CLOCK_SKEW_S = 3600.0
-_STEM_TIME = re.compile(r"^(\d{8}T\d{6})-")
 #: Bytes written (and removed) to try a disk whose log write failed: room for a group of some
 #: hundred predictions, so the first group after the try does not fail at once.
 PROBE_BYTES = 64 * 1024
@@ -362,19 +355,6 @@ def _safe(text: str) -> str:
     return "".join(ch if ch.isalnum() or ch in "-_." else "_" for ch in text)[:64] or "host"
 
 
-def file_start_time(path: Path) -> float | None:
-    """When the server that wrote log file ``path`` started (epoch s, from the name's UTC
-    ``YYYYmmddTHHMMSS``, the writing node's clock): none of its records is older. None for a
-    name not in the server's form (a file copied in or renamed)."""
-    m = _STEM_TIME.match(path.name)
-    if m is None:
-        return None
-    try:
-        return datetime.strptime(m.group(1), "%Y%m%dT%H%M%S").replace(tzinfo=UTC).timestamp()
-    except ValueError:
-        return None
-
-
 def prune_log(directory: Path, *, older_than: float, keep: Collection[Path] = ()) -> list[Path]:
     """Delete the log files (``*.jsonl``) in ``directory`` last written before ``older_than``
     (epoch s), but those in ``keep``; each deletion is logged (path, size in bytes, last
@@ -406,45 +386,3 @@ def prune_log(directory: Path, *, older_than: float, keep: Collection[Path] = ()
         if removed:  # the readers say what is gone (serve/retention.py)
             note_deleted(directory, latest)
     return removed
-
-
-@overload
-def read_records(directory: Path, kind: None = None) -> Iterator[LogLine]: ...
-@overload
-def read_records(directory: Path, kind: type[_L]) -> Iterator[_L]: ...
-def read_records(directory: Path, kind: type[_L] | None = None) -> Iterator[LogLine]:
-    """Every record under ``directory`` (files in name order, i.e. by start time), optionally
-    only those of ``kind`` (e.g. :class:`~.records.FeedbackLine`). A torn last line is
-    skipped; any other bad line is an :class:`InputError` naming the file, line and key."""
-    for path in sorted(Path(directory).glob("*.jsonl")):
-        for rec in read_file(path):
-            if kind is None or isinstance(rec, kind):
-                yield rec
-
-
-def read_file(
-    path: Path,
-    bad: list[str] | None = None,
-    *,
-    containing: bytes | None = None,
-    skip: Callable[[bytes], bool] | None = None,
-) -> Iterator[LogLine]:
-    """The records of one log file (strict, see :func:`read_records`). With ``bad``, a bad
-    line is appended to it as ``"<file>:<line>: <problem>"`` and skipped instead. With
-    ``containing``, lines without those bytes are skipped unparsed (a cheap filter, e.g.
-    ``b'"feedback"'``: the caller still checks what it gets); with ``skip``, lines for which
-    it is true are skipped unparsed."""
-    with path.open("rb") as f:
-        for lineno, raw in enumerate(f, 1):
-            if not raw.endswith(b"\n"):
-                break  # torn tail of a crashed writer
-            if containing is not None and containing not in raw:
-                continue
-            if skip is not None and skip(raw):
-                continue
-            try:
-                yield parse_line(raw)
-            except BadLineError as exc:
-                if bad is None:
-                    raise InputError(f"{path}:{lineno}: {exc}") from None
-                bad.append(f"{path}:{lineno}: {exc}")
