@@ -65,19 +65,24 @@ def test_monitor_and_harvest_keep_the_later_label_by_time(fresh: MonitorEnv) -> 
     """Two servers took labels of one prediction: the first label in the file whose name
     sorts last, its correction (later by time) in the one that sorts first. The harvest kept
     the label it read last (the first one); the monitor the later by time. Both keep the
-    correction now."""
+    correction now; of two labels of the same time, both keep the one read later."""
     ws, _reg, bundle = fresh
     at = datetime.now(UTC) - timedelta(hours=3)
-    x, _y = images(1)
-    (pred,) = log_predictions(ws, bundle, x, when=at, keep_inputs=True)
-    right = int(pred["output"]["label_index"])
-    wrong = (right + 1) % CLASSES
+    x, _y = images(2)
+    one, two = log_predictions(ws, bundle, x, when=at, keep_inputs=True)
+    right = [int(p["output"]["label_index"]) for p in (one, two)]
+    wrong = [(r + 1) % CLASSES for r in right]
     folder = log_dir(ws.path("logs"), "blood")
     first, fix = at + timedelta(minutes=10), at + timedelta(minutes=40)
-    append_lines(folder / "b-server.jsonl", label(pred, first, wrong))
-    append_lines(folder / "a-server.jsonl", label(pred, fix, right, replaces=True))
+    append_lines(folder / "b-server.jsonl", label(one, first, wrong[0]))
+    append_lines(folder / "a-server.jsonl", label(one, fix, right[0], replaces=True))
+    # A tie: the same time on both servers; the file read later ("b") holds.
+    append_lines(folder / "a-server.jsonl", label(two, first, right[1]))
+    append_lines(folder / "b-server.jsonl", label(two, first, wrong[1], replaces=True))
     got = labelled_inputs(folder, since=at - timedelta(hours=1))
-    assert got.ids == [pred["id"]]
-    assert got.labels == [[right]]
+    assert dict(zip(got.ids, got.labels, strict=True)) == {
+        one["id"]: [right[0]],
+        two["id"]: [wrong[1]],
+    }
     perf = monitor_json(at - timedelta(hours=1), at + timedelta(hours=1))["performance"]
-    assert perf["labels"] == 1 and perf["accuracy"] == 1.0
+    assert perf["labels"] == 2 and perf["accuracy"] == 0.5
