@@ -32,7 +32,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from pomlia_hpc.serve.logfiles import WholeLines, files_between, later_label
+from pomlia_hpc.serve.logfiles import WholeLines, files_since, later_label
 from pomlia_hpc.serve.records import BadLineError, FeedbackLine, PredictionLine, read_line
 
 #: How far before a window's start its labels' predictions are looked up, when not told.
@@ -142,7 +142,7 @@ def _find_predictions(
     lo = not_before.isoformat(timespec="microseconds")
     wanted = set(wanted)
     found: dict[str, PredictionLine] = {}
-    for path in files_between(folders, not_before, newest_first=True).files:
+    for path in files_since(folders, not_before, newest_first=True).files:
         if not wanted:
             break
         try:

@@ -46,7 +46,7 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from pomlia_hpc.monitor.labels import DEFAULT_LOOKBACK, Arrivals, LabelJoin, join_labels
-from pomlia_hpc.serve.logfiles import CLOCK_SKEW_S, WholeLines, files_between
+from pomlia_hpc.serve.logfiles import CLOCK_SKEW_S, WholeLines, files_since
 from pomlia_hpc.serve.records import (
     TIMEOUT_REASON,
     BadLineError,
@@ -175,7 +175,7 @@ def read_window(
     folders = [directory] if isinstance(directory, Path) else list(directory)
     win.deleted_through = missing_since(folders, since, margin_s=CLOCK_SKEW_S)
     batch = _Batch()
-    chosen = files_between(folders, since)
+    chosen = files_since(folders, since)
     win.files_skipped_old = chosen.before
     for path in chosen.files:
         fh = _open(path, win)

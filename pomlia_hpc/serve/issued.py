@@ -33,7 +33,7 @@ from pomlia_hpc.serve.decode import RequestError
 from pomlia_hpc.serve.logfiles import (
     CLOCK_SKEW_S,
     file_start_time,
-    files_between,
+    files_since,
     log_files,
     read_file,
 )
@@ -229,13 +229,13 @@ def _key(pid: str) -> bytes:
 
 def _candidates(directory: Path, created: float | None) -> list[Path]:
     """The log files that may hold records of a deployment created at ``created`` (epoch s;
-    None: all), last written last first (:func:`.logfiles.files_between`: not by name, as a
+    None: all), last written last first (:func:`.logfiles.files_since`: not by name, as a
     server that ran for weeks beside a newer one has its newest records in a file whose name
     sorts before the newer server's). Besides files last written before the deployment
     existed, a file whose writer started before it cannot hold its records (a server serves
     the deployment it started for); each with a margin for clock skew."""
     since = None if created is None else datetime.fromtimestamp(created, UTC)
-    files = files_between(directory, since, newest_first=True).files
+    files = files_since(directory, since, newest_first=True).files
     if created is None:
         return files
     cutoff = created - CLOCK_SKEW_S

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from pomlia_hpc.serve.inbox import inputs_dir, read_inputs
-from pomlia_hpc.serve.logfiles import CLOCK_SKEW_S, files_between, later_label, read_file
+from pomlia_hpc.serve.logfiles import CLOCK_SKEW_S, files_since, later_label, read_file
 from pomlia_hpc.serve.records import FeedbackLine, PredictionLine
 from pomlia_hpc.serve.retention import missing_since
 
@@ -90,7 +90,7 @@ def labelled_inputs(
     gone = missing_since([log_dir], since, margin_s=CLOCK_SKEW_S)
     out = LabelledInputs(deleted_through=gone)
     counts = {"feedback": 0, "outside_window": 0, "no_input": 0, "used": 0}
-    chosen = files_between(Path(log_dir), since)
+    chosen = files_since(Path(log_dir), since)
     if chosen.before:
         counts["log_files_before_window"] = chosen.before
     labels: dict[str, tuple[list[int], str]] = {}
@@ -136,7 +136,7 @@ def _versions(log_dir: Path, ids: set[str]) -> dict[str, str]:
     found: dict[str, str] = {}
     if not ids:
         return found
-    for path in files_between(log_dir, None, newest_first=True).files:
+    for path in files_since(log_dir, None, newest_first=True).files:
         for rec in read_file(path):
             if isinstance(rec, PredictionLine) and rec.id in ids:
                 found[rec.id] = rec.model_version

@@ -6,7 +6,7 @@ the harvest's labelled inputs (:mod:`.labelled`), a server's start-up (:mod:`.is
 peer reader (:mod:`.peers`) read them. Each had its own rule for which files to open and for a
 torn last line; the rules are here, once:
 
-* **Which files may hold records timed at or after ``since``** (:func:`files_between`): a
+* **Which files may hold records timed at or after ``since``** (:func:`files_since`): a
   record is appended before its file's last change, so a file last changed before ``since``
   holds none of them. This compares the clocks of different machines (the file server's
   mtime, the writing node's record time), so the bound has the margin :data:`CLOCK_SKEW_S`.
@@ -15,7 +15,8 @@ torn last line; the rules are here, once:
 * **In which order**: by name (= writer start) for a reader that reads them all; newest last
   change first for a reader that stops once it found what it looks for. Not by name then: a
   server that ran for weeks beside a newer one has its newest records in a file whose name
-  sorts before the newer server's.
+  sorts before the newer server's (a server's start-up that filled its feedback window from
+  the newer file first forgot the older server's recent ids).
 * **A torn last line** (:class:`WholeLines`): a last line without its newline is a record being
   written, or the tail of a writer that crashed mid-line; it is never parsed. A reader of a
   finished window counts it; a reader that follows a growing file reads it again once whole.
@@ -79,14 +80,14 @@ def log_files(folders: Path | Sequence[Path]) -> list[Path]:
 
 @dataclass
 class FileSelection:
-    """What :func:`files_between` chose: the files to read, and how many it left out."""
+    """What :func:`files_since` chose: the files to read, and how many it left out."""
 
     files: list[Path] = field(default_factory=list)
     #: Files last changed before the span's start (less the clock margin).
     before: int = 0
 
 
-def files_between(
+def files_since(
     folders: Path | Sequence[Path], since: datetime | None, *, newest_first: bool = False
 ) -> FileSelection:
     """The log files of ``folders`` that may hold records timed at or after ``since`` (an
@@ -103,6 +104,9 @@ def files_between(
             continue
         except OSError:  # kept: the reader's open says what is wrong with it
             mtime = float("inf")
+        # The file server's clock (mtime) against the writing node's (record times): with 1 s
+        # of slack, a node 5 min ahead of it wrote records of a window into a file last
+        # changed "before" it, and neither that window nor the one before counted them.
         if lo is not None and mtime < lo:
             out.before += 1
         else:
