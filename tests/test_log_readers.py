@@ -54,11 +54,14 @@ def label(pred: dict[str, Any], when: datetime, index: int, **more: Any) -> dict
     }
 
 
-def monitor_json(since: datetime, until: datetime) -> dict[str, Any]:
-    window = ["--since", since.isoformat(), "--until", until.isoformat(), "--json"]
-    res = runner.invoke(app, ["monitor", "run", "blood", *window])
+def monitor_json_args(args: list[str]) -> dict[str, Any]:
+    res = runner.invoke(app, ["monitor", "run", "blood", *args])
     assert res.exception is None or isinstance(res.exception, SystemExit), res.output
     return dict(json.loads(res.stdout[res.stdout.index("{") :]))
+
+
+def monitor_json(since: datetime, until: datetime) -> dict[str, Any]:
+    return monitor_json_args(["--since", since.isoformat(), "--until", until.isoformat(), "--json"])
 
 
 def test_monitor_and_harvest_keep_the_later_label_by_time(fresh: MonitorEnv) -> None:
@@ -86,3 +89,31 @@ def test_monitor_and_harvest_keep_the_later_label_by_time(fresh: MonitorEnv) -> 
     }
     perf = monitor_json(at - timedelta(hours=1), at + timedelta(hours=1))["performance"]
     assert perf["labels"] == 2 and perf["accuracy"] == 0.5
+
+
+def test_a_record_written_after_the_run_read_its_window_is_in_the_next_window(
+    fresh: MonitorEnv,
+) -> None:
+    """The nightly runs at T and T + 1 h (`--until`, the scheduled start): a prediction timed
+    30 s before T but written after the run at T read the log (a replica whose clock is
+    behind, a slow disk) fell between the two windows and was tested by neither. With the
+    chain's settling margin (`--settle 5m`) each window ends 5 minutes before its run, so the
+    second run tests it, once."""
+    ws, _reg, bundle = fresh
+    t = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=3)
+    x, _y = images(1)
+
+    def predictions(end: datetime, *settle: str) -> int:
+        window = ["--until", end.isoformat(), "--window", "1h", *settle, "--json"]
+        report = monitor_json_args(window)
+        return int(report["volume"]["predictions"])
+
+    def two_nights(*settle: str) -> list[int]:
+        first = predictions(t, *settle)
+        log_predictions(ws, bundle, x, when=t - timedelta(seconds=30))  # after the run read
+        return [first, predictions(t + timedelta(hours=1), *settle)]
+
+    assert two_nights() == [0, 0]  # without a margin: between the two windows
+    for path in log_dir(ws.path("logs"), "blood").glob("*.jsonl"):
+        path.unlink()
+    assert two_nights("--settle", "5m") == [0, 1]

@@ -47,6 +47,8 @@ def test_a_run_tests_the_window_ending_at_its_scheduled_start(tmp_path: Path) ->
     )
     assert run.startswith("-m pomlia_hpc monitor run blood --window 1d")
     assert f"--until {begin}" in run
+    # Its window ends a settling margin before that (both ends moved: windows still meet).
+    assert "--settle 5m" in run
 
 
 def test_without_a_scheduled_start_the_window_ends_now(tmp_path: Path) -> None:

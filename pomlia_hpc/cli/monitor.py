@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import math
-from datetime import UTC
+from datetime import UTC, timedelta
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -71,6 +71,16 @@ def run(
             "predictions are looked up this far before the window start (e.g. 3d, 7d)."
         ),
     ] = "7d",
+    settle: Annotated[
+        str | None,
+        typer.Option(
+            help="Move the window (both ends) this much earlier, e.g. 5m: records timed just "
+            "before its end that reach the log late (a replica whose clock is behind, a slow "
+            "disk) are then in it, not between two runs. The nightly chain "
+            "(jobs/monitor.sbatch) uses 5m.",
+            show_default="none",
+        ),
+    ] = None,
     on_alarm: Annotated[
         str | None,
         typer.Option(
@@ -99,6 +109,7 @@ def run(
         max_vectors=max_vectors,
         on_alarm=on_alarm,
         label_lookback=parse_duration(label_lookback, "--label-lookback"),
+        settle=parse_duration(settle, "--settle") if settle else timedelta(0),
         progress=_say,
     )
     if as_json:

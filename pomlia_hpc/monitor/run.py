@@ -424,18 +424,24 @@ def monitor_run(
     on_alarm: str | None = None,
     seed: int = 0,
     label_lookback: timedelta = DEFAULT_LOOKBACK,
+    settle: timedelta = timedelta(0),
     progress: Progress = lambda _m: None,
 ) -> RunResult:
     """Monitor ``ref`` (model name/id, ``deployment:ID`` or a deployment slot, whose champion
     is monitored) over [since, until) (default: the ``window`` before now), testing the
     labels that arrived in it (their predictions looked up to ``label_lookback`` before
-    ``since``: :mod:`pomlia_hpc.monitor.labels`); see the module docstring."""
+    ``since``: :mod:`pomlia_hpc.monitor.labels`); see the module docstring. ``settle``: the
+    window is moved that much earlier (both ends), so it ended that long before the run reads."""
     from pomlia_hpc.monitor.html import render_html
 
     check_levels(alpha, n_perm)
     end = "--until" if until is not None else "now"
-    until = until or datetime.now(UTC)
-    since = since or until - window
+    # A record timed just before the window's end can reach the log after the run read it (a
+    # replica whose clock is behind, a slow disk): it fell between two windows. Ending every
+    # window ``settle`` before the run's time (the previous run's end moved alike, so windows
+    # still tile) leaves such a record that long to arrive.
+    until = (until or datetime.now(UTC)) - settle
+    since = since - settle if since is not None else until - window
     if since >= until:
         raise InputError(
             f"window start {since.isoformat(timespec='seconds')} (--since, or --until minus "
