@@ -15,7 +15,8 @@ are those of its name that run its own script (:func:`~pomlia_hpc.monitor.chains
 so a chain of the same model name in another workspace is neither counted nor cancelled.
 
 Each job is given its scheduled start (``POMLIA_MONITOR_BEGIN``, the ``--begin`` it was
-submitted with). A run tests the window that ends there (``monitor run --until BEGIN``), and
+submitted with). A run tests the window that ends there, less a settling margin (``monitor run
+--until BEGIN --settle 5m``: records written late are in the next window), and
 submits the next run one period after it (``--after BEGIN``), not after its actual start: a
 held job still tests its own period, and the chain neither drifts nor leaves a gap. A next run
 whose time has passed stands for all the missed ones (:mod:`pomlia_hpc.monitor.catchup`).
