@@ -17,7 +17,7 @@ import tifffile
 
 from pomlia_hpc.serve.demo import cached_demo_bundle
 from pomlia_hpc.serve.local import LocalServer
-from pomlia_hpc.serve.predlog import read_records
+from pomlia_hpc.serve.logfiles import read_records
 from pomlia_hpc.serve.records import RejectionLine
 from tests.fixtures.factories import npy
 

@@ -15,7 +15,7 @@ import pytest
 
 from pomlia_hpc.serve.demo import cached_demo_bundle
 from pomlia_hpc.serve.feedgate import lock_path
-from pomlia_hpc.serve.predlog import read_records
+from pomlia_hpc.serve.logfiles import read_records
 from pomlia_hpc.serve.records import FeedbackLine
 from tests.test_serve_restart import AUTH, predict_ids, serve
 

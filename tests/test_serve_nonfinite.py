@@ -26,8 +26,8 @@ from pomlia_hpc.models.nets import build_classifier
 from pomlia_hpc.registry import Registry
 from pomlia_hpc.serve.export import export_checkpoint, export_model
 from pomlia_hpc.serve.local import LocalServer
+from pomlia_hpc.serve.logfiles import read_records
 from pomlia_hpc.serve.predictor import NONFINITE_REASON
-from pomlia_hpc.serve.predlog import read_records
 from pomlia_hpc.serve.records import PredictionLine, RejectionLine
 from pomlia_hpc.workspace import Workspace
 from tests.fixtures.factories import npy
