@@ -48,7 +48,7 @@ class PeerLogs:
     Only files that can still grow are looked at (a stat each per feedback): the newest file of
     each writer (``<stem>-<seq>.jsonl``; one it rotated away from is read to its end once, then
     left alone) whose writer did not start before ``created`` (the deployment's creation, epoch
-    s, less :data:`~.predlog.CLOCK_SKEW_S`), so a month of rotated files and of other
+    s, less :data:`~.logfiles.CLOCK_SKEW_S`), so a month of rotated files and of other
     deployments' servers costs each feedback a directory listing, not a stat per file."""
 
     def __init__(

@@ -10,7 +10,7 @@ Like every file another process reads (:class:`~pomlia_hpc.config.Record`), a li
 unknown or missing key or a mistyped value (``"3"`` is not 3) is refused by :func:`parse_line`,
 and :func:`line_problem` says which key in one phrase. It validates a line's bytes directly
 (pydantic-core parses and checks in one pass, about 1.6 times a plain ``orjson.loads``);
-:func:`~.predlog.read_records` stops at the first bad line with one error line naming the
+:func:`~.logfiles.read_records` stops at the first bad line with one error line naming the
 file, the line and the key. The monitor reads a million lines with :func:`read_line`, which
 takes the same fast path, ignores unknown keys (returning them beside the record), and counts
 and quotes the bad lines instead of stopping.
