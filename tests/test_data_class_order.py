@@ -144,19 +144,19 @@ def test_class_names_differing_only_in_case_are_refused_for_npz_and_hdf5(
     assert names[0] == "Läsion" and len(names[0]) == 6
 
 
-def test_a_renamed_file_is_named_as_the_cause(tmp_path: Path) -> None:
+def test_a_renamed_file_keeps_its_split(tmp_path: Path) -> None:
     # "only the split differs (split sizes now round half up since 607d07e)" though the sizes
-    # were the same and a renamed file had moved in the split.
+    # were the same and a renamed file had moved in the split; a renamed file now keeps the
+    # split of the version it was added as (data.carry): only the order of rows differs.
     folder = _folder(tmp_path / "ver", ["A", "B"], n=10)
     data_add_line("ver", str(folder))
     seen = set()
-    for i in range(10):  # renames until one moves a file between splits (hash-decided)
+    for i in range(10):
         (folder / "B" / f"{i}.png").rename(folder / "B" / f"{i}renamed.png")
         out = data_add_line("ver", str(folder))
-        assert "607d07e" not in out, out
+        assert "607d07e" not in out and "only the split differs" not in out, out
         if "same split, only the order of the rows differs" in out:
             seen.add("order")
-        elif "only the split differs: a file was renamed or moved (same split sizes, train " in out:
-            assert "the split is decided by file paths" in out
-            seen.add("split")
-    assert seen == {"order", "split"}
+        else:  # the row kept its place among the others too
+            assert "identical content: existing version" in out, out
+    assert seen == {"order"}

@@ -68,9 +68,23 @@ def print_ingested(name: str, rec: VersionRecord, as_json: bool = False) -> None
     _print_notes(rec.meta)
     _print_reading(rec.meta)
     _print_duplicates(rec.fingerprint)
+    if rec.created:
+        _print_carried(name, rec.meta)
     if rec.created and rec.parent:
         _print_changes(name, rec.parent, rec.meta)
         _print_resplit(name, rec)
+
+
+def _print_carried(name: str, meta: dict[str, Any]) -> None:
+    """Whether a carved split kept its parent version's images in their splits
+    (:func:`~pomlia_hpc.data.carry.carried_note`)."""
+    from pomlia_hpc.data.carry import carried_note
+
+    source = meta.get("source") or {}
+    parent = (source.get("split_carried") or {}).get("from")
+    said = carried_note(source, f"{name}@{parent}") if parent else None
+    if said:
+        err_console.print(f"[yellow]{said[0]}:[/] {said[1]}", highlight=False)
 
 
 def _print_resplit(name: str, rec: VersionRecord) -> None:

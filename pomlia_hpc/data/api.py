@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 from sqlalchemy import select
 
+from pomlia_hpc.data.carry import carry_split
 from pomlia_hpc.data.explicit_fingerprint import compute_fingerprint, label_counts
 from pomlia_hpc.data.sources import Source, open_source
 from pomlia_hpc.data.store import (
@@ -236,6 +237,10 @@ def ingest(
     try:
         sweep_empty_folders(workspace.stores, registry)  # stores/<name>/ of killed ingests
         src = open_source(source, **options)
+        prev = latest_version(registry, name)
+        # Before writing: a carved split keeps the images of the version it grows from
+        # where they were (data.carry), so no former val/test image reaches train.
+        carry_split(src, prev if parent is None else _registered(registry, name, parent))
         writer, labels, digests = _write_store(staging / "store", src, workers, progress)
         header = {
             "format": STORE_FORMAT,
@@ -249,7 +254,6 @@ def ingest(
         full = content_hash(header, digests)
         version = full[:VERSION_CHARS]
         final = store_path(workspace, name, version)
-        prev = latest_version(registry, name)
         parent_version = parent if parent is not None else (prev.version if prev else None)
         if parent_version == version:
             parent_version = None

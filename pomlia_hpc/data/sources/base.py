@@ -480,6 +480,15 @@ class Source(ABC):
         """What goes into ``meta["source"]``."""
         return {"kind": self.kind, "path": str(self.path), **self.extra}
 
+    def carry_splits(self, held: dict[int, int], apply: bool = True) -> tuple[int, int, int] | None:
+        """Give the rows whose split this source carved (by :func:`stratified_split`) and
+        whose pixels the parent version held (``held``: pixel hash -> split code) the parent's
+        split, so that growing a source moves no image between splits (:func:`carried_codes`);
+        ``apply`` False only counts. Returns (rows kept, rows new to the parent, parent val /
+        test images a fresh carve puts in train), or None where no split was carved (a split
+        the source gives is never changed). Reads every carved image once more."""
+        return None
+
     def check_nonempty(self) -> None:
         if self.n_images == 0:
             raise InputError(
@@ -505,3 +514,21 @@ def take_options(kind: str, options: dict[str, Any], allowed: Sequence[str]) -> 
             f"{', '.join(_flag(k, options[k]) for k in unknown)}; it takes "
             f"{', '.join(_flag(k) for k in allowed) or 'no options'}"
         )
+
+
+def carried_codes(
+    fresh: np.ndarray, hashes: np.ndarray, held: dict[int, int]
+) -> tuple[np.ndarray, int, int]:
+    """Split codes for carved rows whose fresh codes are ``fresh`` and whose stored pixels
+    hash to ``hashes`` (uint64, as :func:`~pomlia_hpc.data.explicit_fingerprint.image_hashes`),
+    given ``held``: the split code each image of the parent version had (pixel hash -> code).
+    A row whose pixels the parent held keeps the parent's split; a new row keeps its fresh
+    code. With the codes, how many rows kept their parent split, and how many of the parent's
+    val/test images the fresh codes alone would have put in train (what keeping prevents)."""
+    codes = np.array(fresh, np.int8)
+    parent = np.asarray([held.get(int(h), -1) for h in hashes], np.int64)
+    known = parent >= 0
+    codes[known] = parent[known]
+    leaked = int(((parent > 0) & (np.asarray(fresh) == 0)).sum())
+    return codes, int(known.sum()), leaked
+

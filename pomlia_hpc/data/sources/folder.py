@@ -74,6 +74,7 @@ from pomlia_hpc.data.sources.base import (
     Source,
     check_binary,
     check_side,
+    carried_codes,
     check_split_fractions,
     keep_copies_together,
     stratified_split,
@@ -226,17 +227,24 @@ def _content_groups(files: list[Path]) -> np.ndarray:
     return out
 
 
-def _carve(train: list[_Row], val_fraction: float, test_fraction: float) -> dict[str, list[_Row]]:
-    """Split the rows of a train folder into train, val and test, stratified by class
+def _carve(train: list[_Row], val_fraction: float, test_fraction: float) -> np.ndarray:
+    """Split codes (0 train, 1 val, 2 test) for the rows of a train folder, stratified by class
     (:func:`~pomlia_hpc.data.sources.base.stratified_split`), each class's files ranked by
     bytes 0..8 of their path hashes: deterministic given the files. Byte-identical files
     (copies under other names, in any class folder) then go to one split, that of the copy
     whose path ranks first (:func:`~pomlia_hpc.data.sources.base.keep_copies_together`)."""
     ranks = np.asarray([int.from_bytes(r[0][:8], "big") for r in train], np.uint64)
     codes = stratified_split(ranks, np.asarray([r[2] for r in train]), val_fraction, test_fraction)
-    codes = keep_copies_together(codes, ranks, _content_groups([r[1] for r in train]))
-    out: dict[str, list[_Row]] = {s: [] for s in SPLITS}
-    for row, code in zip(train, codes, strict=True):
+    return keep_copies_together(codes, ranks, _content_groups([r[1] for r in train]))
+
+
+def _lend(
+    given: dict[str, list[_Row]], pool: list[_Row], codes: np.ndarray
+) -> dict[str, list[_Row]]:
+    """The rows of each split: those ``given`` by split folders, and the carved ``pool``'s
+    by their ``codes``."""
+    out: dict[str, list[_Row]] = {s: list(given.get(s, [])) for s in SPLITS}
+    for row, code in zip(pool, codes, strict=True):
         out[SPLITS[code]].append(row)
     return out
 
@@ -321,11 +329,14 @@ class FolderSource(Source):
         fractions = _fractions(path, layout.splits, val_fraction, test_fraction)
         check_split_fractions(f"image folder '{path}'", *fractions)
         files, class_dirs = self._collect(layout, skip_unreadable)
+        self._pool: list[_Row] = []
         if not by_split or any(fractions):
             # train lends rows to val/test, stratified by class (a split layout's fractions
             # are 0 unless asked, for a split without its folder).
-            lent = _carve(files.pop("train"), *fractions)
-            files = {s: files.get(s, []) + lent[s] for s in SPLITS}
+            self._pool = files.pop("train")
+            self._pool_codes = _carve(self._pool, *fractions)
+            self._given = files
+            files = _lend(files, self._pool, self._pool_codes)
         classes = {c for rows in files.values() for _k, _f, c in rows}
         # A class folder without images is most likely a mistake: not made a class (a model
         # could never predict it), and `data add` names it.
@@ -344,12 +355,7 @@ class FolderSource(Source):
                 "subfolders": [p.name for p in visible(only, path) if p.is_dir()],
             }
         self._limits.check_classes(f"image folder '{path}'", len(classes), "class folders")
-        # Rows in hash order, not class by class: any run of rows (a chunk, a shuffle buffer,
-        # the first N) then holds a mix of classes; adding files keeps the others' order.
-        self._files = [
-            (f, c) for s in SPLITS for _d, f, c in sorted(files[s], key=lambda r: r[0][8:16])
-        ]
-        self.split_sizes = {s: len(files[s]) for s in SPLITS if files[s]}
+        self._place(files)
         if not self._files:
             links = self.extra.get("skipped_symlinks")
             raise InputError(
@@ -430,6 +436,32 @@ class FolderSource(Source):
         if unreadable:
             self.extra["skipped_unreadable"] = {"count": len(unreadable), "files": unreadable}
         return files, layout.named
+
+    def _place(self, files: dict[str, list[_Row]]) -> None:
+        """Set the store's rows from the rows of each split (``files``)."""
+        # Rows in hash order, not class by class: any run of rows (a chunk, a shuffle buffer,
+        # the first N) then holds a mix of classes; adding files keeps the others' order.
+        self._files = [
+            (f, c) for s in SPLITS for _d, f, c in sorted(files[s], key=lambda r: r[0][8:16])
+        ]
+        self.split_sizes = {s: len(files[s]) for s in SPLITS if files[s]}
+
+    def carry_splits(self, held: dict[int, int], apply: bool = True) -> tuple[int, int, int] | None:
+        """See :meth:`~pomlia_hpc.data.sources.base.Source.carry_splits`: the carved files'
+        pixels are decoded and hashed as the store will hold them."""
+        if not self._pool:
+            return None
+        from pomlia_hpc.data.explicit_fingerprint import image_hashes
+
+        hashes = []
+        for lo in range(0, len(self._pool), 64):  # 64 decoded images held at a time
+            rows = self._pool[lo : lo + 64]
+            raw = np.stack([read_image(f, self.channels, self._depth) for _d, f, _c in rows])
+            hashes.append(image_hashes(self._convert(raw)))
+        codes, kept, held_out = carried_codes(self._pool_codes, np.concatenate(hashes), held)
+        if apply:
+            self._place(_lend(self._given, self._pool, codes))
+        return kept, len(self._pool) - kept, held_out
 
     def _scan(self) -> None:
         """First pass over headers: one size, one bit depth; any colour image makes it RGB."""

@@ -29,6 +29,7 @@ import numpy as np
 
 from pomlia_hpc.data.sources.base import (
     IngestLimits,
+    carried_codes,
     LabelDecl,
     Source,
     check_label_shape,
@@ -161,10 +162,9 @@ class Hdf5Source(Source):
             codes = self._split_codes(split, n)
         else:
             codes = _hash_splits(y, val_fraction, test_fraction, _row_content(self._img))
-        self._codes = codes
-        self._order = np.argsort(codes, kind="stable")
-        self.split_sizes = {s: int((codes == i).sum()) for i, s in enumerate(SPLITS)}
-        self._y = y[self._order]
+        self._carved = not split
+        self._y_rows = y
+        self._set_codes(codes)
         parts = {
             s: (f"HDF5 file '{path}', dataset '{labels}'", self._y[codes[self._order] == i])
             for i, s in enumerate(SPLITS)
@@ -190,6 +190,33 @@ class Hdf5Source(Source):
                 self.extra["intensity_outlier"] = outlier
         # Recorded for floats too (scaled by 255): how the stored pixels were made.
         self.extra["intensity_scaling"] = self._convert.scaling()
+
+    def _set_codes(self, codes: np.ndarray) -> None:
+        """Split codes of the file's rows: the store's order (train, val, test; file order
+        within a split) and sizes follow."""
+        self._codes = codes
+        self._order = np.argsort(codes, kind="stable")
+        self.split_sizes = {s: int((codes == i).sum()) for i, s in enumerate(SPLITS)}
+        self._y = self._y_rows[self._order]
+
+    def carry_splits(self, held: dict[int, int], apply: bool = True) -> tuple[int, int, int] | None:
+        """See :meth:`~pomlia_hpc.data.sources.base.Source.carry_splits`: every row is carved
+        (no split dataset), read again and hashed as the store will hold it."""
+        if not self._carved:
+            return None
+        from pomlia_hpc.data.explicit_fingerprint import image_hashes
+
+        n, step = int(self._img.shape[0]), first_pass_rows(self._img.shape, self._img.dtype.itemsize)
+        hashes = np.concatenate(
+            [
+                image_hashes(self._convert(np.asarray(self._img[lo : lo + step]), first_row=lo))
+                for lo in range(0, n, step)
+            ]
+        )
+        codes, kept, held_out = carried_codes(self._codes, hashes, held)
+        if apply:
+            self._set_codes(codes)
+        return kept, n - kept, held_out
 
     def _dataset(self, name: str, option: str) -> h5py.Dataset:
         # Before `get`: h5py opens the file an external link names as it follows it.

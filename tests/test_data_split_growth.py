@@ -1,0 +1,113 @@
+"""A carved split is stable as its source grows: images added to an image folder (or rows
+appended to an HDF5 file) and `pomlia data add` run again moved former val and test images
+into train, so a model trained on the new version had seen the old version's held-out
+images. Every image the parent version held keeps its split; only new images are carved."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+from PIL import Image
+
+from pomlia_hpc.data.explicit_fingerprint import image_hashes
+from pomlia_hpc.data.store import DatasetStore, open_version
+from pomlia_hpc.workspace import Workspace
+from tests.fixtures.cli import data_add_line
+
+pytestmark = pytest.mark.usefixtures("wide_console")
+
+
+def _images(root: Path, lo: int, hi: int) -> None:
+    """Random 8x8 gray PNGs ``lo .. hi-1`` in class folders ``a`` and ``b``."""
+    for c in "ab":
+        (root / c).mkdir(parents=True, exist_ok=True)
+        for i in range(lo, hi):
+            rng = np.random.default_rng([ord(c), i])
+            Image.fromarray(rng.integers(0, 255, (8, 8), dtype=np.uint8)).save(root / c / f"{i}.png")
+
+
+def _split_of(store: DatasetStore) -> dict[int, str]:
+    """The split of each image of ``store``, by the hash of its pixels."""
+    hashes = image_hashes(store.read_rows(0, store.n_images))
+    return {
+        int(h): split
+        for split, (lo, hi) in store.meta["splits"].items()
+        for h in hashes[lo:hi].tolist()
+    }
+
+
+def _moves(old: DatasetStore, new: DatasetStore) -> Counter[tuple[str, str]]:
+    a, b = _split_of(old), _split_of(new)
+    return Counter((a[h], b[h]) for h in a if a[h] != b[h])
+
+
+def test_images_added_to_a_folder_leave_the_old_images_in_their_split(
+    workspace: Workspace, tmp_path: Path
+) -> None:
+    _images(tmp_path / "imgs", 0, 20)
+    data_add_line("grow", str(tmp_path / "imgs"))
+    old = open_version(workspace, "grow")
+    _images(tmp_path / "imgs", 20, 40)
+    out = data_add_line("grow", str(tmp_path / "imgs"))
+    new = open_version(workspace, "grow")
+    assert new.version != old.version and new.n_images == 80
+    # Before: 3 of v1's 4 val images (and a test image) moved, most of them into train.
+    assert _moves(old, new) == Counter(), out
+    assert f"40 image(s) kept their split of {old.ref}, 40 new image(s) carved" in out
+    sizes = new.meta["split_sizes"]
+    assert sizes["val"] >= 8 and sizes["test"] >= 8 and sizes["train"] >= 56  # about 10% each
+
+
+def test_other_fractions_split_afresh_and_warn_of_the_images_now_in_train(
+    workspace: Workspace, tmp_path: Path
+) -> None:
+    _images(tmp_path / "imgs", 0, 40)
+    data_add_line("refrac", str(tmp_path / "imgs"), "--test-fraction", "0.3")
+    old = open_version(workspace, "refrac")
+    out = data_add_line("refrac", str(tmp_path / "imgs"), "--test-fraction", "0.1")
+    new = open_version(workspace, "refrac")
+    into_train = sum(n for (a, b), n in _moves(old, new).items() if b == "train")
+    assert into_train > 0
+    assert (
+        f"warning: {into_train} val/test image(s) of {old.ref} are in train now (the split "
+        "was carved afresh for the other --val-fraction / --test-fraction)"
+    ) in out
+
+
+def test_rows_appended_to_an_hdf5_file_leave_the_old_rows_in_their_split(
+    workspace: Workspace, tmp_path: Path
+) -> None:
+    rng = np.random.default_rng(3)
+    x = rng.integers(0, 255, (120, 8, 8), dtype=np.uint8)
+    y = np.arange(120) % 2
+    path = tmp_path / "d.h5"
+    for n in (60, 120):
+        with h5py.File(path, "w") as f:
+            f["x"], f["y"] = x[:n], y[:n]
+        data_add_line("rows", str(path), "--images", "x", "--labels", "y")
+        if n == 60:
+            old = open_version(workspace, "rows")
+    assert _moves(old, open_version(workspace, "rows")) == Counter()
+
+
+def test_a_given_split_is_never_changed(workspace: Workspace, tmp_path: Path) -> None:
+    # A folder carved first, then given split folders: the user's split wins.
+    _images(tmp_path / "imgs", 0, 10)
+    data_add_line("given", str(tmp_path / "imgs"))
+    old = open_version(workspace, "given")
+    root = tmp_path / "split"
+    for c in "ab":
+        (root / "train" / c).mkdir(parents=True)
+        (root / "test" / c).mkdir(parents=True)
+        (root / "val" / c).mkdir(parents=True)
+        for i, f in enumerate(sorted((tmp_path / "imgs" / c).iterdir())):
+            split = "train" if i < 6 else "val" if i < 8 else "test"
+            (root / split / c / f.name).write_bytes(f.read_bytes())
+    data_add_line("given", str(root))
+    new = open_version(workspace, "given")
+    assert new.meta["split_sizes"] == {"train": 12, "val": 4, "test": 4}
+    assert old.version != new.version
