@@ -27,7 +27,9 @@ def _images(root: Path, lo: int, hi: int) -> None:
         (root / c).mkdir(parents=True, exist_ok=True)
         for i in range(lo, hi):
             rng = np.random.default_rng([ord(c), i])
-            Image.fromarray(rng.integers(0, 255, (8, 8), dtype=np.uint8)).save(root / c / f"{i}.png")
+            Image.fromarray(rng.integers(0, 255, (8, 8), dtype=np.uint8)).save(
+                root / c / f"{i}.png"
+            )
 
 
 def _split_of(store: DatasetStore) -> dict[int, str]:

@@ -110,4 +110,3 @@ def carried_note(source: dict[str, Any], parent_ref: str) -> tuple[str, str] | N
         f"carved by the fractions"
         + (f" ({moved} former val/test image(s) kept out of train)" if moved else ""),
     )
-

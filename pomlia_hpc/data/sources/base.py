@@ -531,4 +531,3 @@ def carried_codes(
     codes[known] = parent[known]
     leaked = int(((parent > 0) & (np.asarray(fresh) == 0)).sum())
     return codes, int(known.sum()), leaked
-

@@ -29,9 +29,9 @@ import numpy as np
 
 from pomlia_hpc.data.sources.base import (
     IngestLimits,
-    carried_codes,
     LabelDecl,
     Source,
+    carried_codes,
     check_label_shape,
     check_split_fractions,
     has_alpha,
@@ -206,7 +206,10 @@ class Hdf5Source(Source):
             return None
         from pomlia_hpc.data.explicit_fingerprint import image_hashes
 
-        n, step = int(self._img.shape[0]), first_pass_rows(self._img.shape, self._img.dtype.itemsize)
+        n, step = (
+            int(self._img.shape[0]),
+            first_pass_rows(self._img.shape, self._img.dtype.itemsize),
+        )
         hashes = np.concatenate(
             [
                 image_hashes(self._convert(np.asarray(self._img[lo : lo + step]), first_row=lo))
