@@ -102,6 +102,10 @@ def create_study(
             recent_share=recent_share,
         )
         recent_rows = _recent_rows(version.meta, ref) if recent_share is not None else 0
+        if init_model is not None:  # before any folder or copy is made
+            from pomlia_hpc.automl.seen_init import refuse_seen_init
+
+            refuse_seen_init(registry, init_model, version, ref)
         folder = _new_study_folder(workspace, name)
         _check_best_name_free(registry, workspace, name)
         channels = open_store(version.store_path).image_shape[2]
