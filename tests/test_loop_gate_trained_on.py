@@ -7,12 +7,15 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
+from typer.testing import CliRunner
 
+from pomlia_hpc.cli import app
 from pomlia_hpc.data.api import ingest
 from pomlia_hpc.loop.gate import run_gate
 from pomlia_hpc.loop.harvest import harvest
 from pomlia_hpc.loop.promote import gate_decisions, put_on_slot
-from pomlia_hpc.registry import Registry
+from pomlia_hpc.registry import Model, Registry
 from pomlia_hpc.serve.predlog import log_dir
 from pomlia_hpc.workspace import Workspace
 from tests.loop_support import CLASSES, make_model, predict, write_production
@@ -48,3 +51,42 @@ def test_gate_leaves_out_images_a_model_trained_on(
     ev = gate_decisions(reg, "scans")[-1].evidence
     assert ev["fixed_test"]["n"] == 40  # the parent's 60 test images less the 20 trained on
     assert ev["trained_on"] == {"fixed_test_rows": 20, "production_test_rows": 0}
+
+
+@pytest.mark.usefixtures("wide_console")
+def test_gate_leaves_out_what_a_model_saw_through_its_init_model_and_extra_images(
+    tmp_path: Path, workspace: Workspace, reg: Registry
+) -> None:
+    """The gate read only the model's own training split: a challenger trained on the
+    harvest itself (nothing read) but started from a model trained on 20 of the gate's fixed
+    test images, and given 5 more as extra images, was scored on all 25."""
+    x = {s: _images(n, i) for i, (s, n) in enumerate((("train", 40), ("val", 10), ("test", 60)))}
+    base = ingest(workspace, reg, "scans", _npz(tmp_path / "a.npz", x), class_names=CLASSES)
+    champ = make_model(reg, tmp_path, "champion", 1, base.id)
+    put_on_slot(reg, workspace, "scans", "champion", kind="initial")
+    prod = _images(200, 7)
+    write_production(log_dir(workspace.path("logs"), "champion"), prod, predict(champ, prod))
+    got = harvest(reg, workspace, "champion")
+    moved = {"train": np.concatenate([x["train"], x["test"][:20]]), "val": x["val"]}
+    moved["test"] = x["test"][20:]
+    again = ingest(workspace, reg, "scans_v2", _npz(tmp_path / "b.npz", moved), class_names=CLASSES)
+    donor = make_model(reg, tmp_path, "donor", 3, again.id)
+    chal = make_model(reg, tmp_path, "challenger", 2, got.record.id)
+    extra = tmp_path / "nearest.npz"
+    np.savez(extra, images=x["test"][20:25], labels=np.zeros((5, 1), np.int64))
+    with reg.session() as s:
+        row = s.get(Model, chal.id)
+        assert row is not None
+        row.lineage = {
+            **row.lineage,
+            "init_model_id": donor.id,
+            "extra_data": str(extra),
+            "extra_n": 5,
+        }
+
+    run_gate(reg, "scans", "challenger", data_ref=got.record.ref)
+    ev = gate_decisions(reg, "scans")[-1].evidence
+    assert ev["trained_on"] == {"fixed_test_rows": 25, "production_test_rows": 0}
+    assert ev["fixed_test"]["n"] == 35
+    out = CliRunner().invoke(app, ["deploy", "history", "scans"])
+    assert out.exit_code == 0 and "fixed 25, production 0" in out.output, out.output

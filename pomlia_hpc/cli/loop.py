@@ -204,7 +204,8 @@ def rollback_cmd(slot: SlotArg) -> None:
 def history_cmd(slot: SlotArg) -> None:
     """What SLOT served when, and each gate decision with its evidence (the two models'
     figures on the task's metric, named in each cell; accuracies are label-wise for a
-    multi-label task; `test` names the gate's test: McNemar, paired t, or paired bootstrap).
+    multi-label task; `test` names the gate's test: McNemar, paired t, or paired bootstrap;
+    `left out`: the gate's images not scored because either model trained on them).
 
     A console too narrow for the full table (80 columns) shows times as MM-DD HH:MM."""
     from pomlia_hpc.loop.promote import gate_decisions, history, slots
@@ -238,7 +239,7 @@ def _gate_table(decisions: list[GateDecision], names: dict[int, str]) -> ListTab
     narrow = gates.narrow = Table(title="gate decisions")
     for col in ("id", "challenger", "champion", "decision", "fixed test", "production"):
         gates.add_column(col)
-    for col in ("p", "test"):
+    for col in ("p", "test", "left out"):
         gates.add_column(col)
     for col in ("id", "challenger\nchampion", "decision\ntest\np", "fixed test\nproduction"):
         narrow.add_column(col)
@@ -253,10 +254,26 @@ def _gate_table(decisions: list[GateDecision], names: dict[int, str]) -> ListTab
         p = f"{ev['p_value']:.3g}" if isinstance(ev.get("p_value"), float) else MISSING
         # Gates recorded before the key existed were all McNemar's.
         test = str(ev.get("test", MCNEMAR))
+        left = _left_out(ev)
         pairs = _pair(fixed), _pair(prod)
-        gates.add_row(str(g.id), *models, decision, *pairs, p, test)
-        narrow.add_row(str(g.id), stack(*models), stack(decision, test, p), stack(*pairs))
+        gates.add_row(str(g.id), *models, decision, *pairs, p, test, left)
+        cells = pairs + ((f"left out {left}",) if left[:1].isalpha() else ())
+        narrow.add_row(str(g.id), stack(*models), stack(decision, test, p), stack(*cells))
     return gates
+
+
+def _left_out(evidence: dict[str, Any]) -> str:
+    """The gate's images left out of the comparison because a model trained on them (its
+    training split, extra images or init model's data: ``trained_on``), per range: ``0``,
+    ``fixed 20, production 3``; ``-`` for a gate recorded before they were counted."""
+    counts = evidence.get("trained_on")
+    if not isinstance(counts, dict):
+        return MISSING
+    fixed, prod = (
+        int(counts.get("fixed_test_rows") or 0),
+        int(counts.get("production_test_rows") or 0),
+    )
+    return f"fixed {fixed}, production {prod}" if fixed or prod else "0"
 
 
 def _pair(counts: dict[str, object]) -> str:

@@ -9,11 +9,14 @@ label-wise accuracy (paired t), as its ACC is label-wise.
 
 Neither model may have trained on the images it is scored on: a model trained on a version
 other than the gate's data or that version's parent (a harvest keeps its parent's rows in their
-splits, so neither holds the other's test images) has its training split read, and the gate's
-images whose pixels it holds are left out of both models' comparison (``trained_on`` in the
-evidence counts them per range). A model trained on a copy of a test image would otherwise be
-scored on what it learnt (a challenger trained on a re-added dataset whose train split took
-in the parent's test images would pass on inflated accuracy).
+splits, so neither holds the other's test images) has its training split read, as are the
+extra images it trained on and everything the model its weights started from saw (its
+``init_model_id``, up the chain: :mod:`pomlia_hpc.models.seen`), and the gate's images whose
+pixels any of these hold are left out of both models' comparison (``trained_on`` in the
+evidence counts them per range; ``pomlia deploy history`` shows it). A model trained on a
+copy of a test image would otherwise be scored on what it learnt (a challenger trained on a
+re-added dataset whose train split took in the parent's test images would pass on inflated
+accuracy).
 
 Every decision is a :class:`~pomlia_hpc.registry.GateDecision` row with its evidence (both
 tests' counts, accuracies, bound and p-value, the data version and row ranges). ``force``
@@ -61,6 +64,7 @@ from pomlia_hpc.loop.stats import (
 from pomlia_hpc.models.card import ClassifierMeta
 from pomlia_hpc.models.catalog import resolve_model
 from pomlia_hpc.models.checkpoint import load_classifier
+from pomlia_hpc.models.seen import seen_images
 from pomlia_hpc.registry import DatasetVersion, GateDecision, Model, Registry, Task
 from pomlia_hpc.vocab import TaskType, check_metric, normalize_task_type
 
@@ -192,20 +196,12 @@ def gate_data(registry: Registry, challenger: Model, data_ref: str | None) -> Da
 
 
 def trained_on(registry: Registry, model: Model, version: DatasetVersion) -> np.ndarray:
-    """Sorted pixel hashes (uint64) of the training split of ``model``'s training version
-    (its lineage's), read a chunk at a time; empty when that version is ``version`` or its
-    parent (nothing to leave out, see the module docstring) or is not known."""
-    vid = (model.lineage or {}).get("dataset_version_id")
-    if not isinstance(vid, int) or vid in (version.id, version.parent_id):
-        return np.zeros(0, np.uint64)
-    with registry.session() as s:
-        row = s.get(DatasetVersion, vid)
-    if row is None:
-        return np.zeros(0, np.uint64)
-    store = open_store(row.store_path)
-    lo, hi = store.split_range("train")
-    parts = [image_hashes(store.read_rows(a, b)) for a, b in store.chunk_ranges(lo, hi)]
-    return np.unique(np.concatenate(parts or [np.zeros(0, np.uint64)]))
+    """Sorted pixel hashes (uint64) of the images ``model`` trained on
+    (:func:`~pomlia_hpc.models.seen.seen_images`): the training split of its training version
+    (its lineage's; not read when that version is ``version`` or its parent: nothing to leave
+    out, see the module docstring), the extra images it trained on, and what the model its
+    weights started from saw, up that chain."""
+    return seen_images(registry, model, skip_versions=(version.id, version.parent_id)).hashes
 
 
 def run_gate(

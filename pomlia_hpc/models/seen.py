@@ -67,26 +67,23 @@ def seen_images(
     """What ``model`` trained on (see the module docstring): the train split of its
     training version unless that version is one of ``skip_versions`` (whose train split the
     caller knows to be apart from what it scores), its extra images, and the same for each
-    model up its ``init_model_id`` chain (whose versions are never skipped: they may split
-    the images another way)."""
+    model up its ``init_model_id`` chain."""
     parts: list[np.ndarray] = []
     out = Seen(np.zeros(0, np.uint64))
     current: Model | None = model
-    skip = skip_versions
     while current is not None and len(out.models) < MAX_CHAIN:
         lineage = dict(current.lineage or {})
         out.models.append(current.name)
         vid = lineage.get("dataset_version_id")
         if not isinstance(vid, int):
             out.unknown.append(current.name)
-        elif vid not in skip and vid not in out.versions:
+        elif vid not in skip_versions and vid not in out.versions:
             with registry.session() as s:
                 row = s.get(DatasetVersion, vid)
             if row is not None:
                 parts.append(split_hashes(row, "train"))
                 out.versions.append(vid)
         parts.append(_extra_hashes(lineage))
-        skip = ()
         parent = lineage.get("init_model_id")
         with registry.session() as s:
             current = s.get(Model, parent) if isinstance(parent, int) else None
