@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from sqlalchemy import select
 
 import pomlia_hpc.automl.study as study_mod
 from pomlia_hpc.automl.tasks import add_task
@@ -17,6 +18,7 @@ from pomlia_hpc.data.api import ingest
 from pomlia_hpc.registry import Model, Registry
 from pomlia_hpc.workspace import Workspace
 from tests.fixtures.cli import pomlia_main
+from tests.fixtures.factories import FAST, donor_model, tiny_study, tiny_task
 from tests.loop_support import CLASSES, make_model
 
 pytestmark = pytest.mark.usefixtures("wide_console")
@@ -81,3 +83,34 @@ def test_an_init_model_that_saw_the_tasks_val_or_test_images_is_refused(
     make_model(reg, tmp_path, "fair", 3, task_data.id)
     code, said = _run(monkeypatch, capsys, "fair", "s3")
     assert code == 130 and "has trained on" not in said and "interrupted" in said, said
+
+
+@pytest.mark.slow
+def test_a_model_started_from_another_records_it_in_its_lineage(
+    workspace: Workspace, reg: Registry
+) -> None:
+    """The best model's lineage named neither the model its weights started from nor its
+    extra images, so nothing downstream (the gate, a later --init-model) could tell what it
+    had seen beyond its training split."""
+    from pomlia_hpc.automl.study import run_study
+    from pomlia_hpc.models.seen import seen_images
+
+    tiny_task(workspace, reg, "blood", sizes=(16, 8, 8))
+    donor = donor_model(workspace, reg)
+    spec = tiny_study(
+        reg,
+        workspace,
+        "blood",
+        "warm",
+        n_trials=1,
+        init_model=donor,
+        initial_configs=[{**FAST, "init": "model", "mode": "full"}],
+    )
+    result = run_study(reg, workspace, spec, poll_s=0.2)
+    assert result.model_name == "warm-best"
+    with reg.session() as s:
+        best = s.scalar(select(Model).where(Model.name == "warm-best"))
+        first = s.scalar(select(Model).where(Model.name == donor))
+    assert best is not None and first is not None
+    assert best.lineage["init_model_id"] == first.id
+    assert seen_images(reg, best).models == ["warm-best", donor]
