@@ -62,7 +62,7 @@ def carry_split(src: Source, parent: DatasetVersion | None) -> dict[str, Any] | 
     ``applied``, put) in train). None, and nothing done, without a parent, without a carved
     split, or where the parent's store cannot be read (a damaged parent is reported by
     ``data verify``, not here)."""
-    if parent is None:
+    if parent is None or not src.carves_split:  # nothing to read the parent for
         return None
     try:
         held = held_splits(open_store(parent.store_path))

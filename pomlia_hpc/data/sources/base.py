@@ -480,6 +480,11 @@ class Source(ABC):
         """What goes into ``meta["source"]``."""
         return {"kind": self.kind, "path": str(self.path), **self.extra}
 
+    @property
+    def carves_split(self) -> bool:
+        """Whether this source carved (some of) its split itself, by fractions."""
+        return False
+
     def carry_splits(self, held: dict[int, int], apply: bool = True) -> tuple[int, int, int] | None:
         """Give the rows whose split this source carved (by :func:`stratified_split`) and
         whose pixels the parent version held (``held``: pixel hash -> split code) the parent's

@@ -31,7 +31,10 @@ share (rounded half up, at least one image), a class of 3 or more images has at 
 image in each of train, val and test, a class of 2 gives one to val, a class of 1 stays in train;
 which files go is decided by the hashes of their paths, so the same files give the same
 split. Adding or removing files of a class can move a few others of that class (its counts
-change, or a new file's hash ranks among those carved); other classes are untouched. With
+change, or a new file's hash ranks among those carved); other classes are untouched. Ingest
+then carries the split of the version a new one grows from forward
+(:meth:`FolderSource.carry_splits`, :mod:`pomlia_hpc.data.carry`): files whose pixels that
+version held keep its split, so no former val/test image moves into train. With
 split folders, ``val_fraction`` / ``test_fraction`` carve a missing val / test split out of
 the train folder the same way. A split that has its folder refuses the fraction. A val /
 test folder without any file counts as missing (recorded, by split, as
@@ -445,6 +448,10 @@ class FolderSource(Source):
             (f, c) for s in SPLITS for _d, f, c in sorted(files[s], key=lambda r: r[0][8:16])
         ]
         self.split_sizes = {s: len(files[s]) for s in SPLITS if files[s]}
+
+    @property
+    def carves_split(self) -> bool:
+        return bool(self._pool)
 
     def carry_splits(self, held: dict[int, int], apply: bool = True) -> tuple[int, int, int] | None:
         """See :meth:`~pomlia_hpc.data.sources.base.Source.carry_splits`: the carved files'

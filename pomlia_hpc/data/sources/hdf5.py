@@ -9,8 +9,10 @@ follows (:func:`~pomlia_hpc.data.sources.base.stratified_split`): each class giv
 their share (rounded half up, at least one row each), a class of 3 or more rows is in every split, a
 class of 2 gives one to val, a class of 1 stays in train; which rows go is decided by a hash of
 their index, so the same file gives the same split. Adding rows to a class can move a few others of
-that class; other classes are untouched. Multi-label rows (no one class) go to a split by that hash
-alone. Images are read in batches (one pass), so the file can be larger than memory.
+that class; other classes are untouched (ingest then carries the split of the version a new one
+grows from forward: rows whose pixels it held keep their split, :mod:`pomlia_hpc.data.carry`).
+Multi-label rows (no one class) go to a split by that hash alone. Images are read in batches
+(one pass), so the file can be larger than memory.
 
 The datasets must be stored in the file: one reached through an external link (or a group
 that is one), a virtual dataset mapping another file, and raw external storage are refused,
@@ -198,6 +200,10 @@ class Hdf5Source(Source):
         self._order = np.argsort(codes, kind="stable")
         self.split_sizes = {s: int((codes == i).sum()) for i, s in enumerate(SPLITS)}
         self._y = self._y_rows[self._order]
+
+    @property
+    def carves_split(self) -> bool:
+        return self._carved
 
     def carry_splits(self, held: dict[int, int], apply: bool = True) -> tuple[int, int, int] | None:
         """See :meth:`~pomlia_hpc.data.sources.base.Source.carry_splits`: every row is carved
