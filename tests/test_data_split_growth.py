@@ -113,3 +113,24 @@ def test_a_given_split_is_never_changed(workspace: Workspace, tmp_path: Path) ->
     new = open_version(workspace, "given")
     assert new.meta["split_sizes"] == {"train": 12, "val": 4, "test": 4}
     assert old.version != new.version
+
+
+def test_a_carved_val_beside_a_given_test_folder_takes_the_old_test_images(
+    workspace: Workspace, tmp_path: Path
+) -> None:
+    """The parent's test images now in a train folder whose test split is a given folder:
+    they go to the carved val (held out), never into the given test folder's split nor train."""
+    _images(tmp_path / "imgs", 0, 20)
+    data_add_line("mixed", str(tmp_path / "imgs"))
+    old = open_version(workspace, "mixed")
+    root = tmp_path / "split"
+    for c in "ab":
+        (root / "train").mkdir(parents=True, exist_ok=True)
+        (tmp_path / "imgs" / c).rename(root / "train" / c)
+    _images(root / "test", 100, 104)
+    out = data_add_line("mixed", str(root), "--val-fraction", "0.1")
+    new = open_version(workspace, "mixed")
+    assert new.meta["split_sizes"]["test"] == 8  # the given folder only
+    moves = _moves(old, new)
+    assert moves == Counter({("test", "val"): 4}), (moves, out)
+    assert "val/test image(s) of" not in out  # none went to train: no warning

@@ -82,9 +82,8 @@ def _print_carried(name: str, meta: dict[str, Any]) -> None:
 
     source = meta.get("source") or {}
     parent = (source.get("split_carried") or {}).get("from")
-    said = carried_note(source, f"{name}@{parent}") if parent else None
-    if said:
-        err_console.print(f"[yellow]{said[0]}:[/] {said[1]}", highlight=False)
+    for level, text in carried_note(source, f"{name}@{parent}") if parent else []:
+        err_console.print(f"[yellow]{level}:[/] {text}", highlight=False)
 
 
 def _print_resplit(name: str, rec: VersionRecord) -> None:

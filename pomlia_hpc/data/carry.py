@@ -47,21 +47,23 @@ def held_splits(store: DatasetStore) -> dict[int, int]:
 
 
 def _same_fractions(source: dict[str, Any], parent_source: dict[str, Any]) -> bool:
-    """Whether the parent carved with the fractions now asked for (a parent that recorded
-    none, e.g. an npz with its own split, has nothing to differ in)."""
-    if not all(k in parent_source and parent_source[k] is not None for k in _FRACTIONS):
-        return True
-    return [source.get(k) for k in _FRACTIONS] == [parent_source[k] for k in _FRACTIONS]
+    """Whether the parent carved each split that both carve with the fraction now asked for
+    (a split given by a folder now, or one the parent did not carve, e.g. an npz's own
+    split, has nothing to differ in)."""
+    for key in _FRACTIONS:
+        now, then = source.get(key), parent_source.get(key)
+        if now and then and float(now) != float(then):
+            return False
+    return True
 
 
 def carry_split(src: Source, parent: DatasetVersion | None) -> dict[str, Any] | None:
     """Carry ``parent``'s split forward into the carved split of ``src`` (see the module
-    docstring) and record what was done in ``src.extra["split_carried"]`` (``from``: the
-    parent version; ``kept``, ``new``: carved images that kept the parent's split, carved
-    afresh; ``held_out``: parent val / test images a fresh carve would have put (or, not
-    ``applied``, put) in train). None, and nothing done, without a parent, without a carved
-    split, or where the parent's store cannot be read (a damaged parent is reported by
-    ``data verify``, not here)."""
+    docstring) and record what was done in ``src.extra["split_carried"]``: ``from`` (the
+    parent version), ``applied`` (False: other fractions, carved afresh) and the counts of
+    :func:`~pomlia_hpc.data.sources.base.carried_codes`. None, and nothing done, without a
+    parent, without a carved split, or where the parent's store cannot be read (a damaged
+    parent is reported by ``data verify``, not here)."""
     if parent is None or not src.carves_split:  # nothing to read the parent for
         return None
     try:
@@ -72,41 +74,47 @@ def carry_split(src: Source, parent: DatasetVersion | None) -> dict[str, Any] | 
     counts = src.carry_splits(held, apply=apply)
     if counts is None:
         return None
-    kept, new, held_out = counts
-    record = {
-        "from": parent.version,
-        "kept": kept,
-        "new": new,
-        "held_out": held_out,
-        "applied": apply,
-    }
+    record = {"from": parent.version, "applied": apply, **counts}
     src.extra["split_carried"] = record
     return record
 
 
-def carried_note(source: dict[str, Any], parent_ref: str) -> tuple[str, str] | None:
-    """(level, text) for ``data add`` on ``meta["source"]["split_carried"]``: a note where
-    images kept their parent split, a warning where other fractions put former val / test
-    images of ``parent_ref`` in train; None where nothing was carried or moved."""
+def carried_note(source: dict[str, Any], parent_ref: str) -> list[tuple[str, str]]:
+    """(level, text) lines for ``data add`` on ``meta["source"]["split_carried"]``: a note
+    where images kept their split of ``parent_ref``, a warning where former val / test images
+    of it are in train (other fractions, or a split folder given now); none where nothing
+    was carried."""
     rec = source.get("split_carried") or {}
+    out: list[tuple[str, str]] = []
     if not rec:
-        return None
-    moved = int(rec.get("held_out") or 0)
-    if not rec.get("applied"):
-        if not moved:
-            return None
-        return (
-            "warning",
-            f"{moved} val/test image(s) of {parent_ref} are in train now (the split was "
-            f"carved afresh for the other --val-fraction / --test-fraction): a model trained "
-            f"on this version has seen them, so do not compare it with {parent_ref}'s models "
-            f"on {parent_ref}'s val/test",
+        return out
+    moved = int(rec.get("into_train") or 0)
+    if rec.get("applied") and int(rec.get("kept") or 0):
+        prevented = int(rec.get("prevented") or 0)
+        out.append(
+            (
+                "note",
+                f"{rec['kept']} image(s) kept their split of {parent_ref}, {rec['new']} new "
+                "image(s) carved by the fractions"
+                + (
+                    f" ({prevented} former val/test image(s) kept out of train)"
+                    if prevented
+                    else ""
+                ),
+            )
         )
-    if not int(rec.get("kept") or 0):
-        return None
-    return (
-        "note",
-        f"{rec['kept']} image(s) kept their split of {parent_ref}, {rec['new']} new image(s) "
-        f"carved by the fractions"
-        + (f" ({moved} former val/test image(s) kept out of train)" if moved else ""),
-    )
+    if moved:
+        why = (
+            "the split was carved afresh for the other --val-fraction / --test-fraction"
+            if not rec.get("applied")
+            else "their split is given by a folder of this source and carved no more"
+        )
+        out.append(
+            (
+                "warning",
+                f"{moved} val/test image(s) of {parent_ref} are in train now ({why}): a model "
+                f"trained on this version has seen them, so do not compare it with "
+                f"{parent_ref}'s models on {parent_ref}'s val/test",
+            )
+        )
+    return out

@@ -485,13 +485,12 @@ class Source(ABC):
         """Whether this source carved (some of) its split itself, by fractions."""
         return False
 
-    def carry_splits(self, held: dict[int, int], apply: bool = True) -> tuple[int, int, int] | None:
+    def carry_splits(self, held: dict[int, int], apply: bool = True) -> dict[str, int] | None:
         """Give the rows whose split this source carved (by :func:`stratified_split`) and
         whose pixels the parent version held (``held``: pixel hash -> split code) the parent's
-        split, so that growing a source moves no image between splits (:func:`carried_codes`);
-        ``apply`` False only counts. Returns (rows kept, rows new to the parent, parent val /
-        test images a fresh carve puts in train), or None where no split was carved (a split
-        the source gives is never changed). Reads every carved image once more."""
+        split, so that growing a source moves no image between splits (:func:`carried_codes`,
+        whose counts it returns); ``apply`` False only counts. None where no split was carved
+        (a split the source gives is never changed). Reads every carved image once more."""
         return None
 
     def check_nonempty(self) -> None:
@@ -522,17 +521,38 @@ def take_options(kind: str, options: dict[str, Any], allowed: Sequence[str]) -> 
 
 
 def carried_codes(
-    fresh: np.ndarray, hashes: np.ndarray, held: dict[int, int]
-) -> tuple[np.ndarray, int, int]:
+    fresh: np.ndarray,
+    hashes: np.ndarray,
+    held: dict[int, int],
+    carved: frozenset[int] = frozenset((1, 2)),
+    apply: bool = True,
+) -> tuple[np.ndarray, dict[str, int]]:
     """Split codes for carved rows whose fresh codes are ``fresh`` and whose stored pixels
     hash to ``hashes`` (uint64, as :func:`~pomlia_hpc.data.explicit_fingerprint.image_hashes`),
     given ``held``: the split code each image of the parent version had (pixel hash -> code).
-    A row whose pixels the parent held keeps the parent's split; a new row keeps its fresh
-    code. With the codes, how many rows kept their parent split, and how many of the parent's
-    val/test images the fresh codes alone would have put in train (what keeping prevents)."""
-    codes = np.array(fresh, np.int8)
+    A row whose pixels the parent held keeps the parent's split where this source carves that
+    split (``carved``: the codes of the held-out splits it carves; a split a folder gives is
+    never added to: such a row goes to another carved held-out split, else to train); a
+    new row keeps its fresh code. ``apply`` False: the fresh codes, only counted. Counts:
+    ``kept`` (rows in their parent split), ``new`` (rows the parent did not hold),
+    ``prevented`` (parent val/test rows the fresh codes put in train, kept out of it) and
+    ``into_train`` (parent val/test rows in train all the same)."""
+    fresh = np.asarray(fresh, np.int8)
     parent = np.asarray([held.get(int(h), -1) for h in hashes], np.int64)
     known = parent >= 0
-    codes[known] = parent[known]
-    leaked = int(((parent > 0) & (np.asarray(fresh) == 0)).sum())
-    return codes, int(known.sum()), leaked
+    allowed = np.zeros(3, np.int8)  # the carved code each parent code maps to
+    for code in (1, 2):
+        # Another held-out split rather than train: a val image in test is never trained on.
+        below = [c for c in carved if 0 < c <= code] or [c for c in carved if c > 0]
+        allowed[code] = max(below) if below else 0
+    codes = fresh.copy()
+    if apply:
+        codes[known] = allowed[parent[known]]
+    was_out = parent > 0
+    counts = {
+        "kept": int((known & (codes == parent)).sum()),
+        "new": int((~known).sum()),
+        "prevented": int((was_out & (fresh == 0) & (codes > 0)).sum()),
+        "into_train": int((was_out & (codes == 0)).sum()),
+    }
+    return codes, counts

@@ -338,6 +338,7 @@ class FolderSource(Source):
             # are 0 unless asked, for a split without its folder).
             self._pool = files.pop("train")
             self._pool_codes = _carve(self._pool, *fractions)
+            self._fractions = fractions
             self._given = files
             files = _lend(files, self._pool, self._pool_codes)
         classes = {c for rows in files.values() for _k, _f, c in rows}
@@ -453,7 +454,7 @@ class FolderSource(Source):
     def carves_split(self) -> bool:
         return bool(self._pool)
 
-    def carry_splits(self, held: dict[int, int], apply: bool = True) -> tuple[int, int, int] | None:
+    def carry_splits(self, held: dict[int, int], apply: bool = True) -> dict[str, int] | None:
         """See :meth:`~pomlia_hpc.data.sources.base.Source.carry_splits`: the carved files'
         pixels are decoded and hashed as the store will hold them."""
         if not self._pool:
@@ -465,10 +466,17 @@ class FolderSource(Source):
             rows = self._pool[lo : lo + 64]
             raw = np.stack([read_image(f, self.channels, self._depth) for _d, f, _c in rows])
             hashes.append(image_hashes(self._convert(raw)))
-        codes, kept, held_out = carried_codes(self._pool_codes, np.concatenate(hashes), held)
+        # Only the splits without a folder of files are carved: a given one is never added to.
+        asked = dict(zip(("val", "test"), self._fractions, strict=True))
+        carved = frozenset(
+            i for i, s in enumerate(SPLITS) if i and asked[s] > 0 and not self._given.get(s)
+        )
+        codes, counts = carried_codes(
+            self._pool_codes, np.concatenate(hashes), held, carved, apply=apply
+        )
         if apply:
             self._place(_lend(self._given, self._pool, codes))
-        return kept, len(self._pool) - kept, held_out
+        return counts
 
     def _scan(self) -> None:
         """First pass over headers: one size, one bit depth; any colour image makes it RGB."""

@@ -205,7 +205,7 @@ class Hdf5Source(Source):
     def carves_split(self) -> bool:
         return self._carved
 
-    def carry_splits(self, held: dict[int, int], apply: bool = True) -> tuple[int, int, int] | None:
+    def carry_splits(self, held: dict[int, int], apply: bool = True) -> dict[str, int] | None:
         """See :meth:`~pomlia_hpc.data.sources.base.Source.carry_splits`: every row is carved
         (no split dataset), read again and hashed as the store will hold it."""
         if not self._carved:
@@ -222,10 +222,10 @@ class Hdf5Source(Source):
                 for lo in range(0, n, step)
             ]
         )
-        codes, kept, held_out = carried_codes(self._codes, hashes, held)
+        codes, counts = carried_codes(self._codes, hashes, held, apply=apply)
         if apply:
             self._set_codes(codes)
-        return kept, n - kept, held_out
+        return counts
 
     def _dataset(self, name: str, option: str) -> h5py.Dataset:
         # Before `get`: h5py opens the file an external link names as it follows it.
