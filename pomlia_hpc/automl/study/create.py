@@ -77,7 +77,7 @@ def create_study(
     checkpoint) after the search, outside the budget. ``recent_share``: on a harvested version
     (:mod:`pomlia_hpc.data.harvest`), the share of every epoch from its production images;
     ``pipeline``/``loop_run``: the study's owner (``--resume`` without ``--study`` skips it)."""
-    t, version, ref = _checked_task(registry, task)
+    t, version, ref = _checked_task(registry, task, init_model)
     _check_initial_task(initial_source, initial_task, t.name)
     stamp = datetime.now(UTC)
     with _study_name(workspace, name, f"{t.name}-{stamp:%Y%m%d-%H%M%S}") as name:
@@ -102,10 +102,6 @@ def create_study(
             recent_share=recent_share,
         )
         recent_rows = _recent_rows(version.meta, ref) if recent_share is not None else 0
-        if init_model is not None:  # before any folder or copy is made
-            from pomlia_hpc.automl.seen_init import refuse_seen_init
-
-            refuse_seen_init(registry, init_model, version, ref)
         folder = _new_study_folder(workspace, name)
         _check_best_name_free(registry, workspace, name)
         channels = open_store(version.store_path).image_shape[2]
@@ -224,15 +220,22 @@ def _check_best_name_free(registry: Registry, workspace: Workspace, name: str) -
         ) from None
 
 
-def _checked_task(registry: Registry, task: str) -> tuple[Task, DatasetVersion, str]:
+def _checked_task(
+    registry: Registry, task: str, init_model: str | None = None
+) -> tuple[Task, DatasetVersion, str]:
     """Task ``task``, its dataset version and that version's ref, refused before any job
     starts if no trial could learn from it (a task registered before `task add` checked its
-    data) or its metric is unknown or undefined on its val or test split."""
+    data) or its metric is unknown or undefined on its val or test split, or when the model
+    ``init_model`` (its initial weights) trained on its val or test images."""
     t = get_task(registry, task)
     version, ref = task_dataset(registry, t)
     check_metric(t.metric)
     check_trainable(version.meta, ref)
     require_defined_metric(version.meta, t.metric, ref)
+    if init_model is not None:  # before any folder or copy of weights is made
+        from pomlia_hpc.automl.seen_init import refuse_seen_init
+
+        refuse_seen_init(registry, init_model, version, ref)
     return t, version, ref
 
 
