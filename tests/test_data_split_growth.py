@@ -5,6 +5,7 @@ images. Every image the parent version held keeps its split; only new images are
 
 from __future__ import annotations
 
+import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -134,3 +135,15 @@ def test_a_carved_val_beside_a_given_test_folder_takes_the_old_test_images(
     moves = _moves(old, new)
     assert moves == Counter({("test", "val"): 4}), (moves, out)
     assert "val/test image(s) of" not in out  # none went to train: no warning
+
+
+def test_a_parent_store_that_cannot_be_read_is_said(workspace: Workspace, tmp_path: Path) -> None:
+    _images(tmp_path / "imgs", 0, 10)
+    data_add_line("lost", str(tmp_path / "imgs"))
+    old = open_version(workspace, "lost")
+    ref = old.ref
+    shutil.rmtree(old.path)
+    _images(tmp_path / "imgs", 10, 14)
+    out = data_add_line("lost", str(tmp_path / "imgs"))
+    assert f"warning: the split of {ref} could not be read (" in out, out
+    assert f"so this version was carved afresh: former val/test images of {ref}" in out

@@ -21,7 +21,6 @@ from typing import Any
 
 from pomlia_hpc.data.sources import Source
 from pomlia_hpc.data.store import DatasetStore, open_store
-from pomlia_hpc.errors import PomliaError
 from pomlia_hpc.registry import DatasetVersion
 
 #: The fraction keys both kinds of carving sources record in ``meta["source"]``.
@@ -62,13 +61,14 @@ def carry_split(src: Source, parent: DatasetVersion | None) -> dict[str, Any] | 
     docstring) and record what was done in ``src.extra["split_carried"]``: ``from`` (the
     parent version), ``applied`` (False: other fractions, carved afresh) and the counts of
     :func:`~pomlia_hpc.data.sources.base.carried_codes`. None, and nothing done, without a
-    parent, without a carved split, or where the parent's store cannot be read (a damaged
-    parent is reported by ``data verify``, not here)."""
+    parent, without a carved split, or where the parent's store cannot be read (recorded as
+    ``unreadable``, which ``data add`` warns of; ``data verify`` finds the damage)."""
     if parent is None or not src.carves_split:  # nothing to read the parent for
         return None
     try:
         held = held_splits(open_store(parent.store_path))
-    except (PomliaError, OSError, ValueError):
+    except Exception as exc:  # a damaged or missing parent: carved afresh, and said so
+        src.extra["split_carried"] = {"from": parent.version, "unreadable": str(exc)[:300]}
         return None
     apply = _same_fractions(src.describe(), (parent.meta or {}).get("source") or {})
     counts = src.carry_splits(held, apply=apply)
@@ -88,6 +88,15 @@ def carried_note(source: dict[str, Any], parent_ref: str) -> list[tuple[str, str
     out: list[tuple[str, str]] = []
     if not rec:
         return out
+    if rec.get("unreadable"):
+        return [
+            (
+                "warning",
+                f"the split of {parent_ref} could not be read ({rec['unreadable']}), so this "
+                f"version was carved afresh: former val/test images of {parent_ref} may be in "
+                f"train now (`pomlia data verify {parent_ref}`)",
+            )
+        ]
     moved = int(rec.get("into_train") or 0)
     if rec.get("applied") and int(rec.get("kept") or 0):
         prevented = int(rec.get("prevented") or 0)
