@@ -464,8 +464,7 @@ class FolderSource(Source):
         hashes = []
         for lo in range(0, len(self._pool), 64):  # 64 decoded images held at a time
             rows = self._pool[lo : lo + 64]
-            raw = np.stack([read_image(f, self.channels, self._depth) for _d, f, _c in rows])
-            hashes.append(image_hashes(self._convert(raw)))
+            hashes.append(image_hashes(self._pixels([f for _d, f, _c in rows])))
         # Only the splits without a folder of files are carved: a given one is never added to.
         asked = dict(zip(("val", "test"), self._fractions, strict=True))
         carved = frozenset(
@@ -518,16 +517,18 @@ class FolderSource(Source):
         index = {c: i for i, c in enumerate(self.class_names)}
         return np.asarray([[index[c]] for _, c in self._files], np.int32).reshape(-1, 1)
 
+    def _pixels(self, files: list[Path]) -> np.ndarray:
+        """The stored uint8 pixels of ``files`` (decoded and converted); a value out of range
+        names the file that holds it, not the batch's."""
+        raw = np.stack([read_image(f, self.channels, self._depth) for f in files])
+        try:
+            return self._convert(raw)
+        except InputError:
+            for i, f in enumerate(files):
+                one = replace(self._convert, where=f"image file '{f}'")
+                one(raw[i : i + 1], first_row=None)
+            raise
+
     def iter_rows(self, batch_rows: int) -> Iterator[tuple[int, np.ndarray]]:
         for lo in range(0, len(self._files), batch_rows):
-            chunk = self._files[lo : lo + batch_rows]
-            raw = np.stack([read_image(f, self.channels, self._depth) for f, _ in chunk])
-            try:
-                out = self._convert(raw)
-            except InputError:
-                # A value out of range: the file that holds it is named, not the batch's.
-                for i, (f, _) in enumerate(chunk):
-                    one = replace(self._convert, where=f"image file '{f}'")
-                    one(raw[i : i + 1], first_row=None)
-                raise
-            yield lo, out
+            yield lo, self._pixels([f for f, _ in self._files[lo : lo + batch_rows]])
