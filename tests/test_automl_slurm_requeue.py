@@ -3,16 +3,23 @@ signals the trial job (USR2, ``signal_delay_s`` before its limit), the job check
 requeued, its next attempt resumes from the last epoch checkpoint, the driver and the trial's
 log say so, and the study finishes with the trial's whole span in its record.
 
-To keep it short and certain, the trial starts with a long limit, and once it has checkpointed an
-epoch the test lowers the job's limit (``scontrol update TimeLimit``) so that Slurm's own
-time-limit warning comes at its next check; after the requeue the limit is raised again so the
-next attempt can finish. The signal and the requeue are Slurm's and submitit's, as at a limit
-given at submission."""
+To keep it short and certain, the trial starts with a long limit; once it has checkpointed an
+epoch the test stops its process (SIGSTOP) and lowers the job's limit (``scontrol update
+TimeLimit``) so that Slurm's own time-limit warning comes at its next check (every 30 s). The
+stopped trial cannot finish before that check however fast the machine (a 50-epoch trial that
+kept training did once, 28 s after the limit was lowered, and the test failed); once the
+warning is pending the process continues (Slurm wakes it with SIGCONT; the test does if Slurm
+has not) and handles it. After the requeue the limit is raised again so the next attempt can
+finish. The signal and the requeue are Slurm's and submitit's, as at a limit given at
+submission."""
 
 from __future__ import annotations
 
+import contextlib
 import math
+import os
 import re
+import signal
 import subprocess
 import threading
 import time
@@ -30,9 +37,13 @@ from tests.fixtures.factories import FAST, tiny_task
 
 pytestmark = [pytest.mark.slurm, pytest.mark.slow, pytest.mark.usefixtures("slurm")]
 
-#: Enough epochs that the trial still trains when Slurm's time-limit check (every 30 s) comes
-#: after the limit was lowered (about 0.5 s an epoch on a CI core, 2 s on a busy one).
-EPOCHS = 50
+#: Enough epochs that the trial is still training when the test stops it (the test looks for
+#: the first epoch checkpoint every 0.2 s; an epoch takes about 0.5 s on a CI core, 2 s on a
+#: busy one) and that its second attempt trains some.
+EPOCHS = 10
+
+#: The bit of SIGUSR2 in /proc/PID/status's pending-signal masks.
+USR2_BIT = 1 << (signal.SIGUSR2 - 1)
 
 
 def _trial_job(reg: Registry) -> Job | None:
@@ -41,6 +52,11 @@ def _trial_job(reg: Registry) -> Job | None:
         return None
     with reg.session() as s:
         return s.get(Job, runs[0].job_id)
+
+
+def _config_dir(configs: Path) -> Path:
+    """The one trial's folder under ``configs`` (not there yet: ``configs`` itself, no state)."""
+    return next(configs.glob("*"), configs)
 
 
 def _sacct(job_id: str, field: str) -> str:
@@ -58,6 +74,37 @@ def _elapsed_s(job_id: str) -> int:
 
 def _limit(job_id: str, minutes: int) -> None:
     subprocess.run(["scontrol", "update", f"JobId={job_id}", f"TimeLimit={minutes}"], check=True)
+
+
+def _task_pid(job_id: str) -> int:
+    """The process of the job's step 0, task 0: the trial (its batch script runs srun)."""
+    out = subprocess.run(
+        ["scontrol", "listpids", job_id], capture_output=True, text=True, check=True
+    ).stdout.splitlines()
+    pids = [int(r[0]) for r in (line.split() for line in out[1:]) if r[2:4] == ["0", "0"]]
+    assert len(pids) == 1, f"no trial process (ended already? raise EPOCHS): {out}"
+    return pids[0]
+
+
+def _status(pid: int) -> dict[str, str] | None:
+    """/proc/PID/status as a dict, None once the process is gone."""
+    try:
+        text = Path(f"/proc/{pid}/status").read_text()
+    except FileNotFoundError:
+        return None
+    return dict(line.split(":\t", 1) for line in text.splitlines() if ":\t" in line)
+
+
+def _wake_at_usr2(pid: int, timeout_s: float) -> None:
+    """Wait until the stopped process ``pid`` has a USR2 pending, then continue it; return
+    once it runs or has ended. Slurm sends SIGCONT after its signal itself; the test's own
+    SIGCONT is for a Slurm that does not, and is sent only once the USR2 is there."""
+    deadline = time.time() + timeout_s
+    while (st := _status(pid)) is not None and st["State"].startswith("T"):
+        if (int(st["ShdPnd"], 16) | int(st["SigPnd"], 16)) & USR2_BIT:
+            os.kill(pid, signal.SIGCONT)
+        assert time.time() < deadline, f"no USR2 from Slurm within {timeout_s} s: {st}"
+        time.sleep(0.2)
 
 
 @pytest.mark.timeout(600)
@@ -84,19 +131,30 @@ def test_a_trial_requeued_at_its_time_limit_resumes_and_is_recorded_whole(
     driver.start()
     configs = workspace.path("runs", "rq", "configs")
     deadline = time.time() + 180
-    while not any((read_state(d) or {}).get("epoch", 0) >= 1 for d in configs.glob("*")):
+    while (read_state(_config_dir(configs)) or {}).get("epoch", 0) < 1:
         assert time.time() < deadline, "the trial checkpointed no epoch within 180 s"
         assert driver.is_alive(), out
-        time.sleep(0.5)
+        time.sleep(0.2)
     job = _trial_job(reg)
     assert job is not None
     sid = job.scheduler_id
-    # The limit Slurm warns at its next check (<= 30 s; slurm-local's signal comes 30 s before
-    # the limit): at least 31 s ahead, so that the check cannot find the job past it already.
-    _limit(sid, math.ceil((_elapsed_s(sid) + 31) / 60))
+    pid = _task_pid(sid)
+    os.kill(pid, signal.SIGSTOP)  # it trains no further until Slurm's warning is pending
+    try:
+        assert (read_state(_config_dir(configs)) or {}).get("epoch", 0) < EPOCHS, (
+            "the trial ended before it was stopped: raise EPOCHS"
+        )
+        # The limit Slurm warns at its next check (<= 30 s; slurm-local's signal comes 30 s
+        # before the limit): at least 31 s ahead, so that the check cannot find the job past it.
+        _limit(sid, math.ceil((_elapsed_s(sid) + 31) / 60))
+        _wake_at_usr2(pid, timeout_s=90)
+    finally:  # never leave it stopped
+        if (st := _status(pid)) is not None and st["State"].startswith("T"):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGCONT)
     deadline = time.time() + 120
     while not (state := _sacct(sid, "State")).startswith(("PENDING", "REQUEUED")):
-        assert state != "COMPLETED", "the trial ended before Slurm's time-limit check: raise EPOCHS"
+        assert state != "COMPLETED", "the trial ended without being requeued"
         assert time.time() < deadline, f"no requeue within 120 s: {state}"
         assert driver.is_alive(), out
         time.sleep(0.5)
