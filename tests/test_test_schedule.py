@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -9,7 +10,11 @@ from typing import Any
 import pytest
 from xdist.scheduler import LoadFileScheduling
 
-from tests.conftest import LONG_FILES, pytest_collection_modifyitems
+from tests.conftest import (
+    LONG_FILES,
+    pytest_collection_modifyitems,
+    share_the_cores_between_workers,
+)
 
 
 class _Node:
@@ -50,3 +55,23 @@ def test_the_longest_files_are_handed_out_first(pytestconfig: pytest.Config) -> 
     sched.schedule()
     first = collection[nodes[0].sent[0][0]]
     assert first == f"tests/{long}::test_0"
+
+
+@pytest.mark.usefixtures("restore_torch_threads")
+def test_an_xdist_worker_gives_torch_its_share_of_the_cores(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With as many workers as cores each worker's torch runs one thread (two threads per
+    worker on two cores slowed in-process training several-fold); one process is untouched."""
+    import torch
+
+    cores = len(os.sched_getaffinity(0))
+    for workers in (cores, 2 * cores):
+        monkeypatch.setenv("PYTEST_XDIST_WORKER_COUNT", str(workers))
+        torch.set_num_threads(cores)
+        share_the_cores_between_workers()
+        assert torch.get_num_threads() == 1
+    monkeypatch.delenv("PYTEST_XDIST_WORKER_COUNT")
+    torch.set_num_threads(3)
+    share_the_cores_between_workers()
+    assert torch.get_num_threads() == 3
