@@ -35,6 +35,7 @@ def test_cpu_smoke_run_executes_every_step(tmp_path: Path) -> None:
         DEVICE="cpu",
         IMAGES="800",
         EPOCH_IMAGES="600",
+        OBJECTIVE_IMAGES="40",  # 36 kept: one batch of 32 for style and contrastive
         VECTORS="20000",
         SERVE="small_cnn:28",
         LIMIT_S="900",
