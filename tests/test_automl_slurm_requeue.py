@@ -67,6 +67,16 @@ def _sacct(job_id: str, field: str) -> str:
     return out.stdout.strip().splitlines()[-1] if out.stdout.strip() else ""
 
 
+def _job_field(job_id: str, key: str) -> str:
+    """``key`` of the job in ``scontrol show job`` (slurmctld's view, at once)."""
+    out = subprocess.run(
+        ["scontrol", "show", "job", "-o", job_id], capture_output=True, text=True, check=True
+    ).stdout
+    m = re.search(rf"\b{key}=(\S+)", out)
+    assert m is not None, out
+    return m.group(1)
+
+
 def _elapsed_s(job_id: str) -> int:
     h, m, s = (int(x) for x in _sacct(job_id, "Elapsed").split("-")[-1].split(":"))
     return h * 3600 + m * 60 + s
@@ -152,8 +162,11 @@ def test_a_trial_requeued_at_its_time_limit_resumes_and_is_recorded_whole(
         if (st := _status(pid)) is not None and st["State"].startswith("T"):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGCONT)
+    # Slurm's own count (slurmctld's, not sacct's, which may lag behind the short pending
+    # state between two attempts).
     deadline = time.time() + 120
-    while not (state := _sacct(sid, "State")).startswith(("PENDING", "REQUEUED")):
+    while int(_job_field(sid, "Restarts")) < 1:
+        state = _job_field(sid, "JobState")
         assert state != "COMPLETED", "the trial ended without being requeued"
         assert time.time() < deadline, f"no requeue within 120 s: {state}"
         assert driver.is_alive(), out
