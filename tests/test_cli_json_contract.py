@@ -103,3 +103,15 @@ def test_the_json_printer_writes_strict_json() -> None:
         "naive": "2026-12-06T01:02:03+00:00",
         "path": str(REPO),
     }
+
+
+def test_jobs_show_json_is_one_object(workspace: Workspace, reg: Registry) -> None:
+    """`jobs show ID --json` printed a list of one object, where every other `show` prints
+    the object (`data show`, `monitor show`)."""
+    from pomlia_hpc.cluster.records import record_submission
+
+    (job,) = record_submission(reg, backend="local", scheduler_ids=["77"], name="j", folder="/x")
+    proc = pomlia(workspace.home, "jobs", "show", str(job), "--json")
+    assert proc.returncode == 0, proc.stderr
+    shown = json.loads(proc.stdout)
+    assert isinstance(shown, dict) and shown["id"] == job and shown["logs"] == []

@@ -161,10 +161,10 @@ def test_jobs_show_names_its_log_files(workspace: Workspace, reg: Registry) -> N
     for name in ("77_0_log.out", "77_0_log.err"):
         (folder / name).write_text("x\n")
     res = CliRunner().invoke(app, ["jobs", "show", str(job), "--json"])
-    (shown,) = json.loads(res.stdout)
+    shown = json.loads(res.stdout)
     assert shown["logs"] == [str(folder / "77_0_log.out"), str(folder / "77_0_log.err")]
     assert shown["folder"] == str(folder) and shown["array_logs"] is None
-    (task,) = json.loads(CliRunner().invoke(app, ["jobs", "show", str(shard), "--json"]).stdout)
+    task = json.loads(CliRunner().invoke(app, ["jobs", "show", str(shard), "--json"]).stdout)
     assert task["array_logs"] == f"{folder / '61_<task>_0_log.out'}, .err (2 tasks)"
     (listed, *_) = json.loads(CliRunner().invoke(app, ["jobs", "list", "--json"]).stdout)
     assert listed["folder"] == str(folder)

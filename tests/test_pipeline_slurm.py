@@ -85,7 +85,7 @@ def test_chain_on_slurm_fails_resumes_and_skips(workspace: Workspace, reg: Regis
     # The stage job's row says the stage's cause (not only "FAILED (exit code 1:0)"), with
     # its traceback and log files.
     shown_job = pomlia(workspace.home, "jobs", "show", str(stage_jobs["tasks"].id), "--json")
-    (job_shown,) = json.loads(shown_job.stdout)
+    job_shown = json.loads(shown_job.stdout)
     assert job_shown["exit_cause"] == error.splitlines()[0][:500], job_shown
     assert "Traceback" in job_shown["traceback"]
     assert any(p.endswith(f"{job_shown['scheduler_id']}_0_log.out") for p in job_shown["logs"])

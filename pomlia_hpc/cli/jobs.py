@@ -12,6 +12,7 @@ from sqlalchemy import func, select
 
 from pomlia_hpc.cli.app import STATE, app, console, err_console
 from pomlia_hpc.cli.core import jobs_table
+from pomlia_hpc.cli.jsonout import print_json
 from pomlia_hpc.cli.listing import JsonFlag, check_limit, print_rows
 from pomlia_hpc.cli.polling import refresh_for_listing, say_unsure, unsure_states
 from pomlia_hpc.cli.tables import when
@@ -101,7 +102,10 @@ SHOW_KEYS = [
 @jobs_app.command("show")
 def show(
     job_id: Annotated[int, typer.Argument(help="Registry id of the job.")],
-    as_json: JsonFlag = False,
+    as_json: Annotated[
+        bool,
+        typer.Option("--json", help="Print the job as one JSON object (stable keys; see --help)."),
+    ] = False,
 ) -> None:
     """Show one job in full: its log files, and the traceback of a failure (a state sacct
     could not confirm within cluster.list_sacct_timeout_s seconds is marked ?).
@@ -111,9 +115,9 @@ def show(
     <folder>/slurm-<scheduler_id>.out; those that exist are listed, and for an array task the
     pattern of its array's logs with the count of tasks.
 
-    --json keys: id, name, backend, scheduler_id, array_job_id, array_index, state,
-    submitted_at, started_at, ended_at, requeue_count, exit_cause, folder, logs (the paths
-    listed), array_logs (the pattern, or null), traceback."""
+    --json: one object, keys id, name, backend, scheduler_id, array_job_id, array_index,
+    state, submitted_at, started_at, ended_at, requeue_count, exit_cause, folder, logs (the
+    paths listed), array_logs (the pattern, or null), traceback."""
     _get(job_id)
     problem = refresh_for_listing(STATE.registry(), [job_id])
     row = _get(job_id)
@@ -123,7 +127,8 @@ def show(
     array_logs = _array_logs(row)
     if as_json:
         fields = {k: getattr(row, k) for k in SHOW_KEYS}
-        print_rows([fields | {"logs": logs, "array_logs": array_logs, "traceback": row.traceback}])
+        # one object, as every `show` prints (`data show`, `monitor show`), not a list of one
+        print_json(fields | {"logs": logs, "array_logs": array_logs, "traceback": row.traceback})
         return
     table = Table(show_header=False)
     for key in SHOW_KEYS:
