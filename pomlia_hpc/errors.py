@@ -4,7 +4,8 @@ Every error raised for bad input or a bad environment is a :class:`PomliaError`.
 what is wrong, where (file, field, key) and what was expected; the CLI prints it as one line and
 exits with the error's ``exit_code``, without a traceback. The exit statuses of the ``pomlia``
 command are one table (``docs/guide/README.md``, "Exit status"): 2 for bad input, and the
-codes below for a thing not found, a service out of reach and (``cli.app``) a bug.
+codes below for a refusal while another process holds the work, a thing not found, a service
+out of reach and (``cli.app``) a bug.
 """
 
 from __future__ import annotations
@@ -30,6 +31,21 @@ class ConfigError(PomliaError):
 
 class InputError(PomliaError):
     """A dataset, image or other user input is malformed."""
+
+
+#: Exit status of a refusal because another live process holds what the command would do or
+#: write (a study's or a loop run's driver, a monitor run of the same model, a training of the
+#: same encoder, a pipeline's or a file's lock, the SQLite registry's write lock): nothing was
+#: done, and the same command works once the holder lets go. One status for all of them, apart
+#: from bad input (2): a script or a cron line retries on it alone.
+BUSY_EXIT = 3
+
+
+class BusyError(PomliaError):
+    """Another live process holds what the command needs (see :data:`BUSY_EXIT`); the message
+    names the holder and what to do (wait, or stop it)."""
+
+    exit_code = BUSY_EXIT
 
 
 #: Exit status of a named thing that does not exist (a name or id not in the registry, a file

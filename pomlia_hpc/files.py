@@ -37,7 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Any
 
-from pomlia_hpc.errors import InputError, PomliaError
+from pomlia_hpc.errors import BusyError, InputError
 from pomlia_hpc.processes import pid_alive
 from pomlia_hpc.storage import storage_error
 
@@ -442,7 +442,7 @@ _warned_unlocked: set[Path] = set()
 def held_lock(path: str | Path, what: str, *, wait_s: float = LOCK_WAIT_S) -> Iterator[None]:
     """Hold an exclusive lock on the file ``path`` (created, with its folder, if missing) for
     the block, waiting at most ``wait_s`` seconds for another holder; ``what`` names the lock
-    in the :class:`~pomlia_hpc.errors.PomliaError` raised when it stays held.
+    in the :class:`~pomlia_hpc.errors.BusyError` raised when it stays held.
 
     A POSIX record lock (``lockf``): the kernel drops it when its holder dies, however it
     dies, and NFS clients pass it to the server, so processes on other nodes of a shared file
@@ -478,7 +478,7 @@ LOCK_POLL_S = 0.05
 def poll_lock(try_lock: Callable[[], bool], refusal: str, wait_s: float) -> None:
     """Call ``try_lock`` (a non-blocking attempt: True when taken, False while another process
     holds the lock) every :data:`LOCK_POLL_S` seconds until it succeeds; after ``wait_s``
-    seconds of False, raise :class:`~pomlia_hpc.errors.PomliaError` with ``refusal``.
+    seconds of False, raise :class:`~pomlia_hpc.errors.BusyError` with ``refusal``.
 
     Polled, not waited on in the kernel, so a lock really held refuses after ``wait_s``
     instead of hanging. The caller keeps its own primitive: ``held_lock``'s ``lockf`` and the
@@ -487,7 +487,7 @@ def poll_lock(try_lock: Callable[[], bool], refusal: str, wait_s: float) -> None
     deadline = time.monotonic() + wait_s
     while not try_lock():
         if time.monotonic() >= deadline:
-            raise PomliaError(refusal)
+            raise BusyError(refusal)
         time.sleep(LOCK_POLL_S)
 
 

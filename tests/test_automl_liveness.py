@@ -27,6 +27,7 @@ from pomlia_hpc.automl.liveness import (
     driver_gone,
     read_driver,
 )
+from pomlia_hpc.errors import BUSY_EXIT
 from pomlia_hpc.files import held_lock
 from pomlia_hpc.registry import Registry
 from pomlia_hpc.workspace import Workspace
@@ -227,7 +228,7 @@ def test_a_resume_while_the_study_runs_is_refused(workspace: Workspace) -> None:
     finally:
         proc.send_signal(signal.SIGCONT)
     text = " ".join((out + err).split())
-    assert second.returncode != 0 and "Traceback" not in text, text
+    assert second.returncode == BUSY_EXIT and "Traceback" not in text, text
     assert f"is being driven by pid {proc.pid}" in text, text
     assert proc.wait(timeout=240) == 0
     runs = records.study_runs(reg, "cc")

@@ -20,7 +20,7 @@ from typer.testing import CliRunner
 
 from pomlia_hpc.cli import app
 from pomlia_hpc.data.synth import make_split
-from pomlia_hpc.errors import PomliaError
+from pomlia_hpc.errors import BUSY_EXIT, PomliaError
 from pomlia_hpc.registry import MonitorReport, Registry, RetrainRequest
 from pomlia_hpc.serve.predlog import log_dir, prune_log
 from pomlia_hpc.serve.reference import REFERENCE_FILE, read_reference, write_reference
@@ -662,8 +662,9 @@ def test_a_second_run_of_one_model_at_once_is_refused_until_the_first_is_gone(
     fresh: tuple[Workspace, Registry, Path],
 ) -> None:
     """Cron and a person ran `monitor run SLOT` at once: two reports of one window, and an
-    alarm would have run --on-alarm twice. A second run is refused (exit 2, nothing
-    recorded) naming the first; a killed first run holds nothing."""
+    alarm would have run --on-alarm twice. A second run is refused (exit 3, busy, as every
+    refusal while another process holds the work; nothing recorded) naming the first; a
+    killed first run holds nothing."""
     ws, reg, bundle = fresh
     log_predictions(ws, bundle, images(50)[0])
     before = n_rows(reg, MonitorReport)
@@ -678,7 +679,7 @@ def test_a_second_run_of_one_model_at_once_is_refused_until_the_first_is_gone(
         assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
         code, out = monitor("run", "blood")
         said = " ".join(out.split())
-        assert code == 2, said
+        assert code == BUSY_EXIT, said
         assert (
             f"monitor run 'blood': another monitor run is testing model 'blood' now, pid "
             f"{holder.pid} on "

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from pomlia_hpc.cli import app
 from pomlia_hpc.cluster import Executor
-from pomlia_hpc.errors import PomliaError
+from pomlia_hpc.errors import BUSY_EXIT, PomliaError
 from pomlia_hpc.files import write_json_atomic
 from pomlia_hpc.pipeline.lock import LOCK_WAIT_S, pipeline_held, pipeline_lock
 from pomlia_hpc.pipeline.runner import RUN_FILE, context_for, pipeline_status, snapshot_spec
@@ -130,7 +130,7 @@ def test_a_pipeline_run_by_another_process_is_refused_before_the_plan(
     with pipeline_lock(ctx.folder):
         res = CliRunner().invoke(app, ["pipeline", "run", str(file)])
     said = " ".join(res.output.split())
-    assert isinstance(res.exception, PomliaError) and res.exception.exit_code == 2
+    assert isinstance(res.exception, PomliaError) and res.exception.exit_code == BUSY_EXIT
     assert "is being run by another process" in str(res.exception)
     assert PLAN_HEADER not in said and "GPU-hours" not in said
 

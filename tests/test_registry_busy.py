@@ -14,6 +14,7 @@ import pytest
 from sqlalchemy.exc import OperationalError
 
 from pomlia_hpc.cli import main
+from pomlia_hpc.errors import BUSY_EXIT
 from pomlia_hpc.registry import Registry
 from pomlia_hpc.workspace import Workspace
 from tests.fixtures.cli import pomlia_process
@@ -45,7 +46,7 @@ def test_a_lock_held_past_the_busy_timeout_is_named(workspace: Workspace) -> Non
     with write_lock_held(workspace.home / "registry.db"):
         res = pomlia_process("--home", str(workspace.home), "task", "list")
     err = " ".join(res.stderr.split())
-    assert res.returncode == 2, res.stderr
+    assert res.returncode == BUSY_EXIT, res.stderr  # busy, as every lock held elsewhere
     assert err.startswith("error: registry sqlite:///") and _expected(workspace.home) in err
     assert "credentials" not in err and "Traceback" not in err
 
@@ -69,5 +70,5 @@ def test_a_lock_timeout_after_opening_is_named_too(
     with pytest.raises(SystemExit) as ex:
         main()
     err = " ".join(capsys.readouterr().err.split())
-    assert ex.value.code == 2
+    assert ex.value.code == BUSY_EXIT
     assert err.startswith("error: registry sqlite:///") and _expected(workspace.home) in err

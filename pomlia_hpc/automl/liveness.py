@@ -36,7 +36,7 @@ from types import FrameType
 import psutil
 
 from pomlia_hpc.automl.folders import study_dir, study_finished
-from pomlia_hpc.errors import ClusterError, PomliaError
+from pomlia_hpc.errors import BusyError, ClusterError, PomliaError
 from pomlia_hpc.files import held_lock, write_atomic
 from pomlia_hpc.processes import pid_alive, process_start_id
 from pomlia_hpc.progress import stamped
@@ -240,7 +240,7 @@ class DriverBeat:
             write_atomic(self.path, json.dumps(asdict(self.record)), fsync=False)
 
 
-class DriverBusyError(PomliaError):
+class DriverBusyError(BusyError):
     """Another driver is at work on the study; ``record`` is that driver's."""
 
     def __init__(self, message: str, *, record: DriverRecord | None = None) -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 from sqlalchemy import select
 
 from pomlia_hpc.cluster.records import mark_lost, refresh_jobs, this_host
-from pomlia_hpc.errors import ClusterError, PomliaError
+from pomlia_hpc.errors import BusyError, ClusterError
 from pomlia_hpc.files import held_lock
 from pomlia_hpc.registry import Job, Registry
 from pomlia_hpc.vocab import FINAL_STATES
@@ -63,7 +63,7 @@ def live_trainings(registry: Registry, name: str) -> list[Job]:
 @contextmanager
 def one_training(registry: Registry, encoders: Path, name: str) -> Iterator[None]:
     """Hold the training claim of encoder ``name`` (``encoders``: the folder of all encoders)
-    for the block, in which the caller submits its job; a :class:`PomliaError` naming the live
+    for the block, in which the caller submits its job; a :class:`BusyError` naming the live
     job (registry id, state, scheduler id) and how to cancel it while one trains ``name``."""
     # The scheduler's answer is recorded in the registry before the lock is taken. Under the
     # lock the registry decides: a job the answer found ended is recorded so, and a job another
@@ -80,7 +80,7 @@ def one_training(registry: Registry, encoders: Path, name: str) -> Iterator[None
                 if job.backend == "local" and host not in (None, this_host())
                 else ""
             )
-            raise PomliaError(
+            raise BusyError(
                 f"encoder '{name}' is being trained by job {job.id} ({job.state}, {job.backend} "
                 f"{job.scheduler_id}) into {encoders / name}; a second training would write "
                 f"the same folder: wait for it (`pomlia jobs show {job.id}`) or cancel it "

@@ -31,17 +31,15 @@ from pomlia_hpc.automl.liveness import (
     read_driver_file,
     slurm_restarts,
 )
-from pomlia_hpc.errors import PomliaError
+from pomlia_hpc.errors import BusyError
 from pomlia_hpc.workspace import Workspace
 
 #: Seconds between two looks of the heartbeat thread (it writes every ``BEAT_S`` seconds).
 BEAT_LOOK_S = 5.0
 
 
-class LoopBusyError(PomliaError):
+class LoopBusyError(BusyError):
     """The loop run is held by another live driver: skipped, nothing recorded."""
-
-    exit_code = 3
 
     def __init__(self, message: str, *, run_id: int, record: DriverRecord | None) -> None:
         super().__init__(message)

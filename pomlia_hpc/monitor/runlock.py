@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import IO
 
-from pomlia_hpc.errors import PomliaError
+from pomlia_hpc.errors import BusyError
 from pomlia_hpc.files import NO_LOCKING_ERRNOS
 from pomlia_hpc.workspace import Workspace
 
@@ -33,7 +33,7 @@ from pomlia_hpc.workspace import Workspace
 LOCK_DIR = ".monitor-runs"
 
 
-class MonitorBusyError(PomliaError):
+class MonitorBusyError(BusyError):
     """Another ``monitor run`` of the same model is at work."""
 
 

@@ -31,7 +31,13 @@ from sqlalchemy.exc import DatabaseError, DBAPIError, NoSuchModuleError, Operati
 from sqlalchemy.orm import Session, sessionmaker
 from sqlalchemy.pool import NullPool
 
-from pomlia_hpc.errors import ConfigError, InputError, NotFoundError, UnavailableError
+from pomlia_hpc.errors import (
+    BusyError,
+    ConfigError,
+    InputError,
+    NotFoundError,
+    UnavailableError,
+)
 from pomlia_hpc.files import current_umask
 from pomlia_hpc.storage import free_space
 
@@ -238,7 +244,7 @@ class RegistryNewerError(ConfigError):
     """The registry's schema is newer than this pomlia: another install upgraded it."""
 
 
-class RegistryBusyError(ConfigError):
+class RegistryBusyError(BusyError):
     """SQLite's write lock stayed with another process for longer than the busy timeout."""
 
 
