@@ -70,14 +70,21 @@ INTERNAL_EXIT = 70
 
 class UnavailableError(PomliaError):
     """A service the command needs did not answer: the registry's database server refused or
-    dropped the connection. Nothing is wrong with the input; the same command may work once
-    the service is back, so a script can retry on this exit status alone."""
+    dropped the connection, or Slurm's controller did not answer. Nothing is wrong with the
+    input; the same command may work once the service is back, so a script can retry on this
+    exit status alone."""
 
     exit_code = UNAVAILABLE_EXIT
 
 
 class ClusterError(PomliaError):
     """The cluster backend refused or failed an operation."""
+
+
+class SlurmUnavailableError(UnavailableError, ClusterError):
+    """Slurm's controller (or, for ``sacct``, its accounting daemon) did not answer: down,
+    restarting or out of reach. A :class:`ClusterError` still (callers that go on without the
+    scheduler's answer catch it as one), with the exit status of a service out of reach."""
 
 
 class StorageError(PomliaError, OSError):

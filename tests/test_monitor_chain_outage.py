@@ -85,7 +85,8 @@ def test_an_sbatch_that_fails_once_is_asked_again(
     code, out = resubmit(chain)
     assert code == 0, out
     assert flag.exists()
-    assert "could not submit the next run (sbatch refused: sbatch: error: Socket timed out" in out
+    assert "could not submit the next run (sbatch: the Slurm controller (slurmctld" in out, out
+    assert "did not answer (sbatch: error: Socket timed out" in out, out
     assert "trying again in 0 s (try 1 of 5)" in out, out
     assert "submitted, begins" in out, out
     assert len(jobs_named(job_name(chain))) == 2

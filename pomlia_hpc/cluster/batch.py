@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
+from pomlia_hpc.cluster.reach import slurm_failure, timed_out
 from pomlia_hpc.cluster.refusal import option_of
 from pomlia_hpc.errors import ClusterError
 
@@ -59,12 +60,12 @@ def _run(cmd: Sequence[str], cwd: Path | None = None) -> str:
             env=env,
         )
     except subprocess.TimeoutExpired as exc:
-        raise ClusterError(f"{cmd[0]} did not answer within {TIMEOUT_S} s") from exc
+        raise timed_out(cmd[0], TIMEOUT_S) from exc
     if out.returncode != 0:
         text = " ".join((out.stderr.strip() or out.stdout.strip()).split())
-        if cmd[0] == "sbatch":  # name the option behind it, as for every other submission
-            raise ClusterError(f"sbatch refused: {text} (check {option_of(text)})")
-        raise ClusterError(f"{cmd[0]} refused: {text}")
+        # name the option behind a refusal, as for every other submission
+        check = f" (check {option_of(text)})" if cmd[0] == "sbatch" else ""
+        raise slurm_failure(cmd[0], out.stderr or out.stdout, f"{cmd[0]} refused: {text}{check}")
     return out.stdout
 
 

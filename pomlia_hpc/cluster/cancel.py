@@ -18,6 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from pomlia_hpc.cluster.reach import slurm_failure
 from pomlia_hpc.cluster.records import (
     FINAL_STATES,
     is_local_job_process,
@@ -62,7 +63,8 @@ def cancel_scheduler_job(backend: str, scheduler_id: str, *, folder: str | None 
             ["scancel", scheduler_id], capture_output=True, text=True, check=False
         )
         if proc.returncode != 0:
-            raise ClusterError(f"scancel {scheduler_id} failed: {proc.stderr.strip()}")
+            said = " ".join(proc.stderr.split())
+            raise slurm_failure("scancel", proc.stderr, f"scancel {scheduler_id} failed: {said}")
     elif backend == "local":
         try:
             pid = int(scheduler_id)
@@ -117,7 +119,8 @@ def cancel_array_parts(
     except (FileNotFoundError, subprocess.TimeoutExpired) as exc:
         raise ClusterError(f"scancel could not be run: {exc}") from exc
     if proc.returncode != 0:
-        raise ClusterError(f"scancel {' '.join(array_ids)} failed: {proc.stderr.strip()}")
+        said = " ".join(proc.stderr.split())
+        raise slurm_failure("scancel", proc.stderr, f"scancel {' '.join(array_ids)} failed: {said}")
     if registry is not None:
         mark_all_cancelled(registry, record_ids, cause)
     deadline = time.monotonic() + ARRAY_CANCEL_WAIT_S

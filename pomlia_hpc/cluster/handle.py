@@ -121,7 +121,9 @@ class JobHandle:
         if not self._submitted.wait(timeout):
             raise TimeoutError("job not submitted yet")
         if self._error is not None:
-            raise ClusterError(f"submission failed: {self._error}") from self._error
+            # a controller out of reach stays one (exit 69), not a refusal
+            kind = type(self._error) if isinstance(self._error, ClusterError) else ClusterError
+            raise kind(f"submission failed: {self._error}") from self._error
         assert self._job is not None
         return self._job
 

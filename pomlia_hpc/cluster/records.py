@@ -22,6 +22,7 @@ from sqlalchemy import and_, or_, select
 
 from pomlia_hpc.cluster.batch import submit_script
 from pomlia_hpc.cluster.failures import job_limits, log_cause, log_tail
+from pomlia_hpc.cluster.reach import slurm_failure, timed_out
 from pomlia_hpc.cluster.submitit_local import CONTROLLER_META, cancel_marker
 from pomlia_hpc.errors import ClusterError
 from pomlia_hpc.processes import pid_alive
@@ -145,11 +146,12 @@ def sacct_states(job_ids: Iterable[str], timeout_s: float = 60.0) -> dict[str, S
     except FileNotFoundError as exc:
         raise ClusterError("sacct not found: is this a Slurm cluster node?") from exc
     except subprocess.TimeoutExpired as exc:
-        raise ClusterError(f"sacct did not answer within {timeout_s:g} s") from exc
+        raise timed_out("sacct", timeout_s) from exc
     except OSError as exc:
         raise ClusterError(f"sacct could not be run: {exc}") from exc
     if proc.returncode != 0:
-        raise ClusterError(f"sacct failed ({proc.returncode}): {proc.stderr.strip()}")
+        said = " ".join(proc.stderr.split())
+        raise slurm_failure("sacct", proc.stderr, f"sacct failed ({proc.returncode}): {said}")
     return parse_sacct(proc.stdout)
 
 
@@ -428,13 +430,14 @@ def squeue_ids(job_ids: Sequence[str], timeout_s: float = 60.0) -> set[str]:
             check=False,
         )
     except subprocess.TimeoutExpired as exc:
-        raise ClusterError(f"squeue did not answer within {timeout_s:g} s") from exc
+        raise timed_out("squeue", timeout_s) from exc
     except FileNotFoundError as exc:
         raise ClusterError(f"squeue could not be run: {exc}") from exc
     if proc.returncode != 0:
         if "invalid job id" in proc.stderr.lower():
             return set()
-        raise ClusterError(f"squeue failed ({proc.returncode}): {proc.stderr.strip()}")
+        said = " ".join(proc.stderr.split())
+        raise slurm_failure("squeue", proc.stderr, f"squeue failed ({proc.returncode}): {said}")
     # A pending array prints as one line (``12_[0-3]``): its tasks count as listed.
     listed = {jid for tok in proc.stdout.split() for jid in _expand_pending(tok)}
     return {sid for sid in job_ids if sid in listed}

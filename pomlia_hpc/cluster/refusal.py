@@ -22,6 +22,7 @@ from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 from pomlia_hpc.cluster.failures import SIGNAL_EARLY_S
+from pomlia_hpc.cluster.reach import out_of_reach, slurm_failure, timed_out, unreachable_error
 from pomlia_hpc.errors import ClusterError
 from pomlia_hpc.progress import say
 
@@ -113,8 +114,11 @@ def option_of(message: str) -> str:
 
 
 def refusal_error(profile: ClusterProfile, message: str, name: str) -> ClusterError:
-    """The one-line error for sbatch refusing job ``name`` with ``message`` (its stderr)."""
+    """The one-line error for sbatch refusing job ``name`` with ``message`` (its stderr); a
+    controller that did not answer is not a refusal (:mod:`pomlia_hpc.cluster.reach`)."""
     text = " ".join(message.split()) or "no message"
+    if out_of_reach(text):
+        return unreachable_error("sbatch", message)
     return ClusterError(
         f"sbatch refused job '{name}' ({request_text(profile)}): check {option_of(text)}: {text}",
         hint="change the option (or the cluster profile) and run the command again",
@@ -168,13 +172,14 @@ def pending_reasons(
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, check=False)
     except subprocess.TimeoutExpired as exc:
-        raise ClusterError(f"squeue did not answer within {timeout_s:g} s") from exc
+        raise timed_out("squeue", timeout_s) from exc
     except OSError as exc:
         raise ClusterError(f"squeue could not be run: {exc}") from exc
     if proc.returncode != 0:
         if "invalid job id" in proc.stderr.lower():
             return {}
-        raise ClusterError(f"squeue failed ({proc.returncode}): {proc.stderr.strip()}")
+        said = " ".join(proc.stderr.split())
+        raise slurm_failure("squeue", proc.stderr, f"squeue failed ({proc.returncode}): {said}")
     out = {}
     for line in proc.stdout.splitlines():
         jid, _, rest = line.strip().partition("|")

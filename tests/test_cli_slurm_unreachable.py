@@ -1,0 +1,107 @@
+"""A Slurm whose daemons do not answer, as scripts see it: exit 69 ("service unavailable", the
+table in ``docs/guide/README.md``) and one line naming the daemon and its address, never exit
+2 (bad input) with Slurm's lines pasted in. The real Slurm clients talk to nothing: they read
+a copy of the cluster's ``slurm.conf`` whose controller and accounting ports no one listens
+on (``SLURM_CONF``)."""
+
+from __future__ import annotations
+
+import operator
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pomlia_hpc.cluster import Executor
+from pomlia_hpc.cluster.records import record_submission
+from pomlia_hpc.errors import UNAVAILABLE_EXIT, ClusterError
+from pomlia_hpc.registry import Registry
+from pomlia_hpc.workspace import Workspace
+from tests.test_cli_exit_status import free_port
+
+pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("slurm")]
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def dead_slurm(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> tuple[int, int]:
+    """``SLURM_CONF`` set to a copy of the cluster's configuration whose controller and
+    accounting ports are free ones; yields (controller port, accounting port)."""
+    real = Path(os.environ.get("SLURM_CONF") or "/etc/slurm/slurm.conf")
+    ports = free_port(), free_port()
+    text = re.sub(r"(?im)^SlurmctldPort=.*$", f"SlurmctldPort={ports[0]}", real.read_text())
+    text = re.sub(r"(?im)^AccountingStoragePort=.*$", f"AccountingStoragePort={ports[1]}", text)
+    conf = tmp_path / "slurm.conf"
+    conf.write_text(text)
+    monkeypatch.setenv("SLURM_CONF", str(conf))
+    return ports
+
+
+def pomlia(home: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    """``pomlia --home HOME ARGS`` in its own process, with this process's ``SLURM_CONF``."""
+    env = {k: v for k, v in os.environ.items() if k not in ("POMLIA_DB_URL", "COLUMNS")}
+    return subprocess.run(
+        [sys.executable, "-m", "pomlia_hpc", "--home", str(home), *args],
+        env={**env, "PYTHONPATH": str(REPO), "POMLIA_CLUSTER": "slurm-local"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+
+
+def one_error_line(proc: subprocess.CompletedProcess[str]) -> str:
+    """The one line on stderr of a failed command (asserted: nothing on stdout, no
+    traceback, exit 69)."""
+    assert proc.returncode == UNAVAILABLE_EXIT, (proc.returncode, proc.stderr)
+    assert proc.stdout == "" and "Traceback" not in proc.stderr, proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), proc.stderr
+    return lines[0]
+
+
+def test_squeue_without_a_controller_is_exit_69_naming_it(
+    workspace: Workspace, dead_slurm: tuple[int, int]
+) -> None:
+    """`monitor status --json` of a chain: squeue's "Unable to contact slurm controller"
+    was `error: squeue refused: ...`, exit 2, as if the request were wrong."""
+    settings = workspace.path("jobs", "monitor", "m", "schedule.env")
+    settings.parent.mkdir(parents=True)
+    settings.write_text("export EVERY=1h\nexport WINDOW=1h\n")
+    line = one_error_line(pomlia(workspace.home, "monitor", "status", "--json"))
+    assert line.startswith("error: squeue: the Slurm controller (slurmctld at "), line
+    assert f":{dead_slurm[0]}, from " in line and "did not answer" in line, line
+
+
+def test_sacct_without_its_daemon_is_exit_69_in_one_line(
+    workspace: Workspace, reg: Registry, dead_slurm: tuple[int, int]
+) -> None:
+    """`jobs cancel` of a Slurm job asks sacct first: its three lines of retries were pasted
+    into the error, exit 2."""
+    (job,) = record_submission(
+        reg, backend="slurm", scheduler_ids=["999999"], name="j", folder="/x"
+    )
+    line = one_error_line(pomlia(workspace.home, "jobs", "cancel", str(job)))
+    assert line.startswith("error: sacct: Slurm's accounting daemon (slurmdbd at "), line
+    assert f":{dead_slurm[1]}, from " in line and "Connection refused" in line, line
+    # a listing goes on with the states last recorded, saying why on stderr in one line
+    listed = pomlia(workspace.home, "jobs", "list", "--json")
+    assert listed.returncode == 0 and listed.stdout.startswith("["), listed.stderr
+    assert len(listed.stderr.strip().splitlines()) == 1, listed.stderr
+
+
+def test_sbatch_without_a_controller_is_unavailable_not_a_refusal(
+    tmp_path: Path, dead_slurm: tuple[int, int]
+) -> None:
+    """Every submission (trials, trainings, stages) goes through submitit's sbatch: a
+    controller out of reach was "sbatch refused job ...: check the job's resources"."""
+    executor = Executor.from_profile("slurm-local", tmp_path / "jobs")
+    with pytest.raises(ClusterError) as failed:
+        executor.submit(operator.add, 1, 2, name="x").job_id  # noqa: B018
+    assert failed.value.exit_code == UNAVAILABLE_EXIT, failed.value
+    said = str(failed.value)
+    assert said.startswith("sbatch: the Slurm controller (slurmctld at ") and "check" not in said
