@@ -58,19 +58,25 @@ def test_a_chain_whose_queued_job_was_cancelled_by_hand_is_said_to_have_ended(
     assert res.exit_code == 0, (res.output, res.exception)
     row = status(model)
     assert row["state"] == "scheduled" and len(row["queued"]) == 1, row  # type: ignore[arg-type]
-    # the begin time with its zone (squeue prints local wall time without one)
+    # values, not the table's words ("job 2 (slurm 10)"); the begin time with its zone
+    # (squeue prints local wall time without one)
     (queued,) = row["queued"]  # type: ignore[misc]
-    assert datetime.fromisoformat(queued[2]).tzinfo is not None, queued
+    (job,) = jobs_named(job_name(model))
+    assert queued["scheduler_id"] == job.job_id and queued["state"] == "PENDING", queued
+    assert isinstance(queued["job"], int) and row["last"] is None, row
+    assert datetime.fromisoformat(queued["begin"]).tzinfo is not None, queued
     # A pipeline whose monitor stage scheduled it counts the stage done while the chain lives.
     ctx: Any = SimpleNamespace(workspace=workspace)
     stage_out = {"t": {"model": model, "scheduled": True}}
     assert MONITOR.still_there(ctx, stage_out)
-    (job,) = jobs_named(job_name(model))
     subprocess.run(["scancel", job.job_id], check=True)
     wait_until(lambda: jobs_named(job_name(model)) == [], timeout=60, interval=0.5, what="gone")
     row = status(model)
     assert row["state"] == "ended" and row["queued"] == [], row
-    assert f"(slurm {job.job_id}) CANCELLED" in str(row["last"]), row
+    last: Any = row["last"]
+    assert (last["job"], last["scheduler_id"]) == (queued["job"], job.job_id), last
+    assert last["state"] == "CANCELLED" and last["exit_cause"] is not None, last
+    assert datetime.fromisoformat(last["ended_at"]).tzinfo is not None, last
     again = f"pomlia monitor schedule {model} --every 1h --at '' --window 1h"
     assert f"schedule it again with `{again}`" in str(row["advice"]), row
     plain = " ".join(runner.invoke(app, ["monitor", "status"]).output.split())
@@ -110,4 +116,5 @@ def test_a_run_that_cannot_submit_the_next_says_the_chain_ended(
     assert f"schedule it again with: pomlia monitor schedule {model} --every 3s" in last, log
     row = status(model)
     assert row["state"] == "ended", row
-    assert f"(slurm {job.job_id}) FAILED" in str(row["last"]), row
+    last: Any = row["last"]
+    assert (last["scheduler_id"], last["state"]) == (job.job_id, "FAILED"), row

@@ -492,8 +492,10 @@ def status_cmd(
     cancelled by hand or could not submit the next one; schedule it again) or unscheduled.
     Job states are refreshed with one sacct call first, as in `pomlia jobs list`.
 
-    --json keys: chain, state, every, at, window, queued (label, state, begin: ISO 8601 with
-    the zone), last, advice."""
+    --json keys: chain, state, every, at, window, queued (the jobs in Slurm's queue, each an
+    object: job (registry id, or null), scheduler_id, state, begin: ISO 8601 with the zone),
+    last (the newest ended run, an object: job, scheduler_id, state, ended_at, exit_cause; or
+    null), advice (a sentence for people, or "")."""
     from pomlia_hpc.cli.polling import refresh_for_listing
     from pomlia_hpc.monitor.chains import chain_keys, chain_state
     from pomlia_hpc.monitor.schedule import chain_key
@@ -503,34 +505,43 @@ def status_cmd(
     problem = refresh_for_listing(reg)
     if problem:
         err_console.print(f"job states as last recorded: {problem}", highlight=False)
-    rows: list[dict[str, Any]] = []
-    for st in (chain_state(reg, STATE.workspace, key) for key in keys):
-        settings = st.settings or {}
-        rows.append(
-            {
-                "chain": st.key,
-                "state": st.state,
-                **{k.lower(): settings.get(k) for k in ("EVERY", "AT", "WINDOW")},
-                "queued": [list(q) for q in st.queued],
-                "last": st.last,
-                "advice": st.advice,
-            }
-        )
+    states = [chain_state(reg, STATE.workspace, key) for key in keys]
     if as_json:
-        # squeue's begin is local wall time without a zone: a script needs the zone to compare
-        zoned = [
-            r | {"queued": [[*q[:2], zoned_local_time(q[2])] for q in r["queued"]]} for r in rows
-        ]
-        print_rows(zoned)
+        print_rows([_chain_values(st) for st in states])
         return
-    if not rows:
+    if not states:
         console.print("no monitoring chain in this workspace (`pomlia monitor schedule`)")
-    for row in rows:
-        period = f"every {row['every']}" + (f" at {row['at']}" if row["at"] else "")
-        head = f"{row['chain']}: {row['state'].upper()}"
-        console.print(head + (f" ({period})" if row["every"] else ""), highlight=False)
-        for label, state, begin in row["queued"]:
-            console.print(f"  queued: {label} {state.lower()}, begins {begin}", highlight=False)
-        console.print(f"  last run: {row['last'] or '-'}", highlight=False, soft_wrap=True)
-        if row["advice"]:
-            console.print(f"  {row['advice']}", highlight=False, soft_wrap=True)
+    for st in states:
+        every, at = (st.settings or {}).get("EVERY"), (st.settings or {}).get("AT")
+        period = f" (every {every}" + (f" at {at}" if at else "") + ")" if every else ""
+        console.print(f"{st.key}: {st.state.upper()}{period}", highlight=False)
+        for q in st.queued:
+            console.print(
+                f"  queued: {q.label} {q.state.lower()}, begins {q.begin}", highlight=False
+            )
+        console.print(f"  last run: {st.last or '-'}", highlight=False, soft_wrap=True)
+        if st.advice:
+            console.print(f"  {st.advice}", highlight=False, soft_wrap=True)
+
+
+def _chain_values(st: Any) -> dict[str, Any]:
+    """``monitor status --json``'s object of one chain (a ``ChainState``): values, not the
+    table's sentences (see the command's help)."""
+    settings = st.settings or {}
+    return {
+        "chain": st.key,
+        "state": st.state,
+        **{k.lower(): settings.get(k) for k in ("EVERY", "AT", "WINDOW")},
+        # squeue's begin is local wall time without a zone: a script needs the zone to compare
+        "queued": [
+            {
+                "job": q.job,
+                "scheduler_id": q.scheduler_id,
+                "state": q.state,
+                "begin": zoned_local_time(q.begin),
+            }
+            for q in st.queued
+        ],
+        "last": st.last_job,
+        "advice": st.advice,
+    }

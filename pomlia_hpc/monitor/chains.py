@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import shlex
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
+from typing import Any, NamedTuple
 
 from pomlia_hpc.cluster.batch import jobs_named
 from pomlia_hpc.errors import ClusterError
@@ -50,6 +52,19 @@ def job_labels(registry: Registry, scheduler_ids: list[str]) -> list[str]:
     """Each Slurm id of ``scheduler_ids`` as `runs list` names jobs: ``job 21 (slurm 28)``
     (the registry id, which `pomlia jobs show/cancel` take), or ``slurm job 28`` for a job the
     registry does not hold; in the same order."""
+    ids = registry_ids(registry, scheduler_ids)
+    return [_label(sid, ids) for sid in scheduler_ids]
+
+
+def _label(scheduler_id: str, ids: dict[str, int]) -> str:
+    """Slurm job ``scheduler_id`` as :func:`job_labels` names it (``ids``: registry ids)."""
+    if scheduler_id in ids:
+        return f"job {ids[scheduler_id]} (slurm {scheduler_id})"
+    return f"slurm job {scheduler_id}"
+
+
+def registry_ids(registry: Registry, scheduler_ids: list[str]) -> dict[str, int]:
+    """The registry id of each Slurm id of ``scheduler_ids`` that the registry holds."""
     from sqlalchemy import select
 
     from pomlia_hpc.registry import Job
@@ -62,10 +77,7 @@ def job_labels(registry: Registry, scheduler_ids: list[str]) -> list[str]:
             )
             for sid, rid in s.execute(q.order_by(Job.id)):
                 ids[sid] = rid  # the newest row of an id (a requeue keeps its id)
-    return [
-        f"job {ids[sid]} (slurm {sid})" if sid in ids else f"slurm job {sid}"
-        for sid in scheduler_ids
-    ]
+    return ids
 
 
 def is_scheduled(workspace: Workspace, model: str) -> bool:
@@ -94,20 +106,34 @@ def chain_settings(workspace: Workspace, key: str) -> dict[str, str] | None:
     return values
 
 
+class QueuedRun(NamedTuple):
+    """A job of a chain in Slurm's queue: how `pomlia jobs` names it (``job 2 (slurm 10)``),
+    squeue's state and begin time (local wall time, no zone), its registry id (None for a job
+    the registry does not hold) and Slurm's id."""
+
+    label: str
+    state: str
+    begin: str
+    job: int | None
+    scheduler_id: str
+
+
 @dataclass(frozen=True)
 class ChainState:
     """What `pomlia monitor status` says of one chain: its settings (None: unscheduled), its
-    jobs in Slurm's queue (label, state, begin), its newest ended run as the registry records
-    it, and ``state``: ``scheduled`` (a next run queued), ``running``, ``ended`` (settings but
-    no job queued: no run will come; the chain must be scheduled again) or ``unscheduled``
-    (jobs queued without settings: they end without running the monitor)."""
+    jobs in Slurm's queue, its newest ended run as the registry records it (``last`` in
+    words, ``last_job`` its values: :func:`last_job`), and ``state``: ``scheduled`` (a next
+    run queued), ``running``, ``ended`` (settings but no job queued: no run will come; the
+    chain must be scheduled again) or ``unscheduled`` (jobs queued without settings: they end
+    without running the monitor)."""
 
     key: str
     settings: dict[str, str] | None
-    queued: tuple[tuple[str, str, str], ...]
+    queued: tuple[QueuedRun, ...]
     last: str | None
     state: str
     advice: str
+    last_job: dict[str, Any] | None = None
 
 
 def chain_keys(workspace: Workspace) -> list[str]:
@@ -125,9 +151,13 @@ def chain_state(registry: Registry, workspace: Workspace, key: str) -> ChainStat
     (whose job rows the caller refreshes first, as `pomlia jobs list` does)."""
     settings = chain_settings(workspace, key)
     jobs = jobs_named(job_name(key), chain_script(workspace, key))
-    labels = job_labels(registry, [j.job_id for j in jobs])
-    queued = tuple((label, j.state, j.begin) for label, j in zip(labels, jobs, strict=True))
-    last = last_run(registry, workspace, key)
+    ids = registry_ids(registry, [j.job_id for j in jobs])
+    queued = tuple(
+        QueuedRun(_label(j.job_id, ids), j.state, j.begin, ids.get(j.job_id), j.job_id)
+        for j in jobs
+    )
+    ended = last_job(registry, workspace, key)
+    last = _said(ended) if ended is not None else None
     again = f"`{schedule_command(key, settings)}`" if settings else ""
     if settings is None:
         state = "unscheduled"
@@ -145,14 +175,23 @@ def chain_state(registry: Registry, workspace: Workspace, key: str) -> ChainStat
         state, advice = ("running" if running else "scheduled"), ""
         if sum(j.state == "PENDING" for j in jobs) > 1:
             advice = "more than one next run queued: the first to run submits none"
-    return ChainState(key, settings, queued, last, state, advice)
+    return ChainState(key, settings, queued, last, state, advice, ended)
 
 
 def last_run(registry: Registry, workspace: Workspace, key: str) -> str | None:
+    """The newest ended job of this workspace's chain keyed ``key`` (:func:`last_job`) in
+    words: ``job 11 (slurm 40) FAILED at 2026-12-05 02:01:13: cause`` (UTC); None when none
+    has ended."""
+    ended = last_job(registry, workspace, key)
+    return _said(ended) if ended is not None else None
+
+
+def last_job(registry: Registry, workspace: Workspace, key: str) -> dict[str, Any] | None:
     """The newest ended job of this workspace's chain keyed ``key`` as the registry records
-    it: ``job 11 (slurm 40) FAILED at 2026-12-05 02:01:13: cause``; None when none has ended.
-    Its rows are told by their folder, the chain's own, as its queued jobs are by its script:
-    a registry shared by several workspaces holds the rows of their chains of the same name."""
+    it: ``job`` (its registry id), ``scheduler_id``, ``state``, ``ended_at`` (UTC) and
+    ``exit_cause``; None when none has ended. Its rows are told by their folder, the chain's
+    own, as its queued jobs are by its script: a registry shared by several workspaces holds
+    the rows of their chains of the same name."""
     from sqlalchemy import select
 
     from pomlia_hpc.registry import Job
@@ -164,11 +203,23 @@ def last_run(registry: Registry, workspace: Workspace, key: str) -> str | None:
             Job.name == job_name(key), Job.folder == folder, Job.state.in_(FINAL_STATES)
         )
         row = s.scalars(q.order_by(Job.id.desc()).limit(1)).first()
-    if row is None:
-        return None
-    ended = f" at {row.ended_at:%Y-%m-%d %H:%M:%S}" if row.ended_at else ""
-    cause = f": {row.exit_cause}" if row.exit_cause else ""
-    return f"job {row.id} (slurm {row.scheduler_id}) {row.state}{ended}{cause}"
+        if row is None:
+            return None
+        return {
+            "job": row.id,
+            "scheduler_id": row.scheduler_id,
+            "state": row.state,
+            "ended_at": row.ended_at,
+            "exit_cause": row.exit_cause,
+        }
+
+
+def _said(ended: dict[str, Any]) -> str:
+    """A :func:`last_job` record in words (:func:`last_run`)."""
+    at: datetime | None = ended["ended_at"]
+    when = f" at {at:%Y-%m-%d %H:%M:%S}" if at else ""
+    cause = f": {ended['exit_cause']}" if ended["exit_cause"] else ""
+    return f"job {ended['job']} (slurm {ended['scheduler_id']}) {ended['state']}{when}{cause}"
 
 
 def schedule_command(key: str, settings: dict[str, str]) -> str:
