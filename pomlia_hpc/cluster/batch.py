@@ -65,7 +65,7 @@ def _run(cmd: Sequence[str], cwd: Path | None = None) -> str:
         text = " ".join((out.stderr.strip() or out.stdout.strip()).split())
         # name the option behind a refusal, as for every other submission
         check = f" (check {option_of(text)})" if cmd[0] == "sbatch" else ""
-        raise slurm_failure(cmd[0], out.stderr or out.stdout, f"{cmd[0]} refused: {text}{check}")
+        raise slurm_failure(cmd[0], text, f"{cmd[0]} refused", check)
     return out.stdout
 
 

@@ -63,8 +63,7 @@ def cancel_scheduler_job(backend: str, scheduler_id: str, *, folder: str | None 
             ["scancel", scheduler_id], capture_output=True, text=True, check=False
         )
         if proc.returncode != 0:
-            said = " ".join(proc.stderr.split())
-            raise slurm_failure("scancel", proc.stderr, f"scancel {scheduler_id} failed: {said}")
+            raise slurm_failure("scancel", proc.stderr, f"scancel {scheduler_id} failed")
     elif backend == "local":
         try:
             pid = int(scheduler_id)
@@ -119,8 +118,7 @@ def cancel_array_parts(
     except (FileNotFoundError, subprocess.TimeoutExpired) as exc:
         raise ClusterError(f"scancel could not be run: {exc}") from exc
     if proc.returncode != 0:
-        said = " ".join(proc.stderr.split())
-        raise slurm_failure("scancel", proc.stderr, f"scancel {' '.join(array_ids)} failed: {said}")
+        raise slurm_failure("scancel", proc.stderr, f"scancel {' '.join(array_ids)} failed")
     if registry is not None:
         mark_all_cancelled(registry, record_ids, cause)
     deadline = time.monotonic() + ARRAY_CANCEL_WAIT_S

@@ -104,10 +104,10 @@ def timed_out(command: str, seconds: float) -> SlurmUnavailableError:
     return SlurmUnavailableError(f"{command} did not answer within {seconds:g} s")
 
 
-def slurm_failure(command: str, text: str, refused: str) -> ClusterError:
-    """The error of ``command`` failing with message ``text``: :func:`unreachable_error` when
-    its daemon did not answer, else a :class:`~pomlia_hpc.errors.ClusterError` with
-    ``refused``, the caller's own one line."""
+def slurm_failure(command: str, text: str, refused: str, then: str = "") -> ClusterError:
+    """The error of ``command`` failing with message ``text`` (its stderr):
+    :func:`unreachable_error` when its daemon did not answer, else a
+    :class:`~pomlia_hpc.errors.ClusterError` ``<refused>: <text in one line><then>``."""
     if out_of_reach(text):
         return unreachable_error(command, text)
-    return ClusterError(refused)
+    return ClusterError(f"{refused}: {' '.join(text.split())}{then}")

@@ -150,8 +150,7 @@ def sacct_states(job_ids: Iterable[str], timeout_s: float = 60.0) -> dict[str, S
     except OSError as exc:
         raise ClusterError(f"sacct could not be run: {exc}") from exc
     if proc.returncode != 0:
-        said = " ".join(proc.stderr.split())
-        raise slurm_failure("sacct", proc.stderr, f"sacct failed ({proc.returncode}): {said}")
+        raise slurm_failure("sacct", proc.stderr, f"sacct failed ({proc.returncode})")
     return parse_sacct(proc.stdout)
 
 
@@ -436,8 +435,7 @@ def squeue_ids(job_ids: Sequence[str], timeout_s: float = 60.0) -> set[str]:
     if proc.returncode != 0:
         if "invalid job id" in proc.stderr.lower():
             return set()
-        said = " ".join(proc.stderr.split())
-        raise slurm_failure("squeue", proc.stderr, f"squeue failed ({proc.returncode}): {said}")
+        raise slurm_failure("squeue", proc.stderr, f"squeue failed ({proc.returncode})")
     # A pending array prints as one line (``12_[0-3]``): its tasks count as listed.
     listed = {jid for tok in proc.stdout.split() for jid in _expand_pending(tok)}
     return {sid for sid in job_ids if sid in listed}

@@ -178,8 +178,7 @@ def pending_reasons(
     if proc.returncode != 0:
         if "invalid job id" in proc.stderr.lower():
             return {}
-        said = " ".join(proc.stderr.split())
-        raise slurm_failure("squeue", proc.stderr, f"squeue failed ({proc.returncode}): {said}")
+        raise slurm_failure("squeue", proc.stderr, f"squeue failed ({proc.returncode})")
     out = {}
     for line in proc.stdout.splitlines():
         jid, _, rest = line.strip().partition("|")
