@@ -115,3 +115,44 @@ def test_jobs_show_json_is_one_object(workspace: Workspace, reg: Registry) -> No
     assert proc.returncode == 0, proc.stderr
     shown = json.loads(proc.stdout)
     assert isinstance(shown, dict) and shown["id"] == job and shown["logs"] == []
+
+
+def test_deploy_history_json_is_one_object_of_values(workspace: Workspace, reg: Registry) -> None:
+    """`deploy history` had no --json: a script read the slot's promotions and gates from a
+    table (accuracies rounded, `0.810 → 0.993 (n=142)` in one cell)."""
+    from datetime import UTC, datetime
+
+    from pomlia_hpc.registry import GateDecision, Model, Promotion
+
+    when = datetime(2026, 12, 5, 4, 31, 7, tzinfo=UTC)
+    production = {"champion_accuracy": 0.81, "challenger_accuracy": 0.993, "n": 142}
+    with reg.session() as s:
+        models = [Model(name=n, run_id=None, path="/x", created_at=when) for n in ("a", "b")]
+        s.add_all(models)
+        s.flush()
+        gate = GateDecision(
+            slot="ward", champion_id=models[0].id, challenger_id=models[1].id, passed=True,
+            evidence={"production": production, "p_value": 1.08e-07}, created_at=when,
+        )  # fmt: skip
+        s.add(gate)
+        s.flush()
+        for kind, model, gate_id in (("initial", models[0], None), ("promoted", models[1], 1)):
+            s.add(
+                Promotion(
+                    slot="ward", model_id=model.id, bundle_path="/x", kind=kind,
+                    gate_id=gate_id, created_at=when,
+                )
+            )  # fmt: skip
+        s.commit()
+    proc = pomlia(workspace.home, "deploy", "history", "ward", "--json")
+    assert proc.returncode == 0, proc.stderr
+    shown = json.loads(proc.stdout)
+    assert shown["slot"] == "ward" and [p["model"] for p in shown["promotions"]] == ["a", "b"]
+    assert shown["promotions"][1]["gate_id"] == 1
+    assert shown["promotions"][0]["created_at"] == "2026-12-05T04:31:07+00:00"
+    (decided,) = shown["gates"]
+    assert (decided["challenger"], decided["champion"], decided["passed"]) == ("b", "a", True)
+    assert decided["production"] == production and decided["p_value"] == 1.08e-07
+    assert decided["test"] == "McNemar" and decided["fixed_test"] is None
+    missing = pomlia(workspace.home, "deploy", "history", "nosuch", "--json")
+    assert missing.returncode == 4 and missing.stdout == "", missing.stderr

@@ -17,6 +17,7 @@ from pomlia_hpc.cli import registry as _registry  # noqa: F401  (registry recove
 from pomlia_hpc.cli import report as _report  # noqa: F401
 from pomlia_hpc.cli import runs as _runs  # noqa: F401  (after automl: its place in --help)
 from pomlia_hpc.cli import serve as _serve  # noqa: F401  (model, serve, deploy)
+from pomlia_hpc.cli import slot_history as _slot_history  # noqa: F401  (deploy history)
 from pomlia_hpc.cli import strategy as _strategy  # noqa: F401  (strategy, recommend)
 from pomlia_hpc.cli import task as _task  # noqa: F401
 from pomlia_hpc.cli.app import app, main, one_line_summaries

@@ -1,4 +1,4 @@
-"""``pomlia data harvest``, ``pomlia deploy promote/rollback/history``, ``pomlia loop
+"""``pomlia data harvest``, ``pomlia deploy promote/rollback``, ``pomlia loop
 run/watch/show/dismiss`` and ``pomlia lineage``: production feedback back into development."""
 
 from __future__ import annotations
@@ -12,13 +12,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
-from rich.table import Table
 
 from pomlia_hpc.cli.app import STATE, app, console, err_console, log_line, profile_for
 from pomlia_hpc.cli.data import data_app
-from pomlia_hpc.cli.gatetable import gate_table
 from pomlia_hpc.cli.serve import deploy_app
-from pomlia_hpc.cli.tables import ListTable, shown, when
 from pomlia_hpc.errors import InputError
 
 if TYPE_CHECKING:
@@ -198,35 +195,6 @@ def rollback_cmd(slot: SlotArg) -> None:
 
     entry = rollback(STATE.registry(), STATE.workspace, slot)
     console.print(f"slot [bold]{slot}[/] rolled back to {entry.model}")
-
-
-@deploy_app.command("history")
-def history_cmd(slot: SlotArg) -> None:
-    """What SLOT served when, and each gate decision with its evidence (the two models'
-    figures on the task's metric, named in each cell; accuracies are label-wise for a
-    multi-label task; `test` names the gate's test: McNemar, paired t, or paired bootstrap;
-    `left out`: the gate's images not scored because either model trained on them).
-
-    A console too narrow for the full table (80 columns) shows times as MM-DD HH:MM."""
-    from pomlia_hpc.loop.promote import gate_decisions, history, slots
-    from pomlia_hpc.registry.lookup import not_found
-
-    reg = STATE.registry()
-    entries, decisions = history(reg, slot), gate_decisions(reg, slot)
-    if not entries and not decisions:
-        raise not_found("slot", slot, slots(reg))
-    table = ListTable(title=f"slot {slot}")
-    # The narrow form (an 80-column terminal): times as MM-DD HH:MM.
-    narrow = table.narrow = Table(title=f"slot {slot}")
-    for col in ("id", "time", "model", "kind", "gate", "loop run"):
-        table.add_column(col, no_wrap=col in ("id", "time"))
-        narrow.add_column(col, no_wrap=col in ("id", "time"))
-    for e in entries:
-        rest = (e.model, e.kind, shown(e.gate_id), shown(e.loop_run_id))
-        table.add_row(str(e.id), when(e.created_at, seconds=True), *rest)
-        narrow.add_row(str(e.id), when(e.created_at, narrow=True), *rest)
-    console.print(table)
-    console.print(gate_table(decisions, {e.model_id: e.model for e in entries}))
 
 
 # The retrain options of `loop run` and `loop watch`, defined once.
