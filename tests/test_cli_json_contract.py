@@ -8,9 +8,11 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 from pomlia_hpc.cli.jsonout import dumps
 from pomlia_hpc.registry import Registry
@@ -156,3 +158,36 @@ def test_deploy_history_json_is_one_object_of_values(workspace: Workspace, reg: 
     assert decided["test"] == "McNemar" and decided["fixed_test"] is None
     missing = pomlia(workspace.home, "deploy", "history", "nosuch", "--json")
     assert missing.returncode == 4 and missing.stdout == "", missing.stderr
+
+
+def json_commands() -> set[str]:
+    """Every ``pomlia`` command that takes ``--json``, as ``group command`` words."""
+    import typer
+
+    from pomlia_hpc.cli import app
+
+    found: set[str] = set()
+
+    def walk(command: Any, words: list[str]) -> None:
+        for name, sub in getattr(command, "commands", {}).items():
+            walk(sub, [*words, name])
+        if any("--json" in getattr(p, "opts", ()) for p in command.params):
+            found.add(" ".join(words))
+
+    walk(typer.main.get_command(app), [])
+    return found
+
+
+def test_every_json_command_is_in_the_scripting_table() -> None:
+    """`deploy history` got --json and `jobs show` changed its shape: the guide's list of
+    --json commands and the table of their documents are the one reference a script has, so
+    a command missing from either is a failure here."""
+    text = (REPO / "docs" / "guide" / "README.md").read_text()
+    section = text[text.index("## Scripting: JSON and exit status") :]
+    listed = " ".join(section[: section.index("- stdout holds")].split())
+    documented = set(re.findall(r"^\| `pomlia ([a-z ]+?)(?: [A-Z]+)? --json` \|", text, re.M))
+    for row in re.findall(r"^\| (`[a-z ]+`(?:, `[a-z ]+`)*) \|", section, re.M):
+        documented |= set(re.findall(r"`([a-z ]+)`", row))
+    for command in json_commands():
+        assert f"`{command}`" in listed, f"{command}: not in the list of --json commands"
+        assert command in documented, f"{command}: no row of keys in docs/guide/README.md"
