@@ -20,6 +20,7 @@ from pomlia_hpc.cluster.records import record_submission
 from pomlia_hpc.errors import UNAVAILABLE_EXIT, ClusterError
 from pomlia_hpc.registry import Registry
 from pomlia_hpc.workspace import Workspace
+from tests.fixtures.factories import tiny_task
 from tests.test_cli_exit_status import free_port
 
 pytestmark = [pytest.mark.slurm, pytest.mark.usefixtures("slurm")]
@@ -105,3 +106,19 @@ def test_sbatch_without_a_controller_is_unavailable_not_a_refusal(
     assert failed.value.exit_code == UNAVAILABLE_EXIT, failed.value
     said = str(failed.value)
     assert said.startswith("sbatch: the Slurm controller (slurmctld at ") and "check" not in said
+
+
+def test_a_study_whose_trial_cannot_reach_the_controller_is_exit_69(
+    workspace: Workspace, reg: Registry, dead_slurm: tuple[int, int]
+) -> None:
+    """`automl run` stopped with "could not be submitted ...", exit 2, when the controller
+    was away: a nightly retrain read it as a wrong request, not a reason to try again."""
+    tiny_task(workspace, reg, "blood", sizes=(64, 16, 16))
+    proc = pomlia(
+        workspace.home, "automl", "run", "blood", "--trials", "1", "--max-epochs", "1",
+        "--min-epochs", "1", "--parallel", "1", "--archs", "small_cnn",
+    )  # fmt: skip
+    assert proc.returncode == UNAVAILABLE_EXIT, proc.stderr
+    error = next(line for line in proc.stderr.splitlines() if line.startswith("error: "))
+    assert "could not be submitted" in error and "the Slurm controller (slurmctld at " in error
+    assert "--resume" in proc.stderr and "Traceback" not in proc.stderr
