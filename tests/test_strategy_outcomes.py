@@ -16,6 +16,7 @@ from pomlia_hpc.errors import InputError, NotFoundError
 from pomlia_hpc.registry import Recommendation, Registry, Run, Task
 from pomlia_hpc.strategy.outcomes import outcomes
 from pomlia_hpc.workspace import Workspace
+from tests.fixtures.cli import pomlia_process
 from tests.fixtures.factories import tiny_task
 
 NOW = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
@@ -155,3 +156,21 @@ def test_the_warm_regret_scores_the_warm_start_configuration_not_its_architectur
     (w,) = o.warm
     assert (w.run_id, w.n_runs, w.value) == (first_id, 1, 0.5)
     assert w.regret == pytest.approx(16.7) and o.warm_regret == pytest.approx(16.7)
+
+
+def test_outcomes_json_gives_times_to_the_second_as_every_list(
+    workspace: Workspace, reg: Registry
+) -> None:
+    """`strategy outcomes --json` wrote its answers' times with microseconds
+    (`2026-12-06T04:00:27.605601+00:00`), unlike every other list's."""
+    task = tiny_task(workspace, reg, "timed")
+    answer = _answer(reg, task)
+    with reg.session() as s:
+        row = s.get(Recommendation, answer)
+        assert row is not None
+        row.created_at = NOW.replace(microsecond=605601)
+        s.commit()
+    proc = pomlia_process("--home", str(workspace.home), "strategy", "outcomes", "--json")
+    assert proc.returncode == 0, proc.stderr
+    (data,) = json.loads(proc.stdout)
+    assert data["created_at"] == "2026-12-03T12:00:00+00:00", data["created_at"]

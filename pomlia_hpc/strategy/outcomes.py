@@ -71,9 +71,10 @@ class Outcome:
     warm_regret: float | None  # the best warm-start configuration's regret
 
     def to_dict(self) -> dict[str, Any]:
-        d = asdict(self)
-        d["created_at"] = self.created_at.isoformat()
-        return d
+        """The fields as plain data; ``created_at`` stays a datetime, which the JSON printer
+        writes as every list's times (ISO 8601 to the second, with the zone): its own
+        ``isoformat()`` gave microseconds."""
+        return asdict(self)
 
 
 def _fields(config: dict[str, Any]) -> tuple[str, ...]:
