@@ -111,3 +111,10 @@ def slurm_failure(command: str, text: str, refused: str, then: str = "") -> Clus
     if out_of_reach(text):
         return unreachable_error(command, text)
     return ClusterError(f"{refused}: {' '.join(text.split())}{then}")
+
+
+def failure_kind(cause: BaseException) -> type[ClusterError]:
+    """The class of an error that a failure ``cause`` leads to: a daemon out of reach stays
+    one (:class:`~pomlia_hpc.errors.SlurmUnavailableError`, exit 69: the same command works
+    later), anything else is a :class:`~pomlia_hpc.errors.ClusterError`."""
+    return SlurmUnavailableError if isinstance(cause, SlurmUnavailableError) else ClusterError

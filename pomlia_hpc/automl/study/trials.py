@@ -37,13 +37,8 @@ from pomlia_hpc.automl.trial import (
 from pomlia_hpc.cluster import Executor, JobFailedError, JobHandle
 from pomlia_hpc.cluster.attach import AttachedJob, poll_attached
 from pomlia_hpc.cluster.handle import REQUEUE_POLL_S, job_attempts
-from pomlia_hpc.errors import (
-    ClusterError,
-    InputError,
-    PomliaError,
-    SlurmUnavailableError,
-    integrity_failure,
-)
+from pomlia_hpc.cluster.reach import failure_kind
+from pomlia_hpc.errors import InputError, PomliaError, integrity_failure
 from pomlia_hpc.registry import Job, Registry, Run
 from pomlia_hpc.workspace import Workspace
 
@@ -291,9 +286,7 @@ class TrialRunner:
         self.emit()
         out = [str(a.handle.job_id) for a in self.active.values()]
         still = f"; its running jobs ({', '.join(out)}) go on" if out else ""
-        # a scheduler out of reach stays so (exit 69: retry as it is), not a refusal (2)
-        error = SlurmUnavailableError if isinstance(exc, SlurmUnavailableError) else ClusterError
-        raise error(
+        raise failure_kind(exc)(  # a scheduler out of reach stays one (exit 69)
             f"study '{self.spec.name}' stopped: the job of trial run {run_id} "
             f"({proposal.epochs} epoch{'s' if proposal.epochs != 1 else ''}) could not be "
             "submitted to executor "
