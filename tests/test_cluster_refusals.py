@@ -16,7 +16,7 @@ from pomlia_hpc.cluster import Executor, JobFailedError, refusal
 from pomlia_hpc.cluster.failures import exit_line, timeout_cause
 from pomlia_hpc.cluster.refusal import never_starts, signal_delay_warning
 from pomlia_hpc.config import load_cluster_profile
-from pomlia_hpc.errors import ClusterError
+from pomlia_hpc.errors import UNAVAILABLE_EXIT, ClusterError
 from pomlia_hpc.fingerprint.extract import extract, finish_extraction, plan_extraction
 from pomlia_hpc.fingerprint.shards import marker_dir, read_embeddings, run_shard
 from pomlia_hpc.fingerprint.similar import fingerprint_set
@@ -257,3 +257,19 @@ def test_parts_that_could_not_be_cancelled_do_not_get_the_old_vectors_back(
             reg, workspace, "enc", [fresh], executor=_split(workspace, reg), shards=4, force=True
         )
     assert sorted(p.name for p in out.iterdir()) != before  # not put back under the parts
+
+
+def test_a_later_part_the_controller_did_not_take_stays_service_unavailable(
+    workspace: Workspace, reg: Registry, fake_slurm: FakeSlurm
+) -> None:
+    """Part 2 of a split array lost to a controller that went away: the parts before it were
+    cancelled, and the error said so as a refusal (exit 2), not as a service out of reach."""
+    fake_slurm.hold()
+    down = "sbatch: error: Batch job submission failed: Unable to contact slurm controller"
+    fake_slurm.fail_next("sbatch", down, after=1)
+    with pytest.raises(ClusterError) as err:
+        _split(workspace, reg).map_array(_fn, [1, 2, 3, 4, 5], name="arr")
+    text = " ".join(str(err.value).split())
+    assert err.value.exit_code == UNAVAILABLE_EXIT, text
+    assert "the Slurm controller (slurmctld" in text and "part 2 of 3" in text, text
+    assert "were cancelled (Slurm job" in text, text

@@ -31,6 +31,7 @@ from pomlia_hpc.cluster.cancel import cancel_array_parts
 from pomlia_hpc.cluster.failures import LIMIT_KEYS
 from pomlia_hpc.cluster.handle import JobHandle
 from pomlia_hpc.cluster.jobstart import SLURM_PYTHON
+from pomlia_hpc.cluster.reach import failure_kind
 from pomlia_hpc.cluster.records import record_submission, this_host
 from pomlia_hpc.cluster.refusal import sbatch_refusals, warn_signal_delay
 from pomlia_hpc.cluster.resources import (
@@ -245,7 +246,8 @@ class Executor:
         what = exc.message if isinstance(exc, PomliaError) else f"{type(exc).__name__}: {exc}"
         hint = exc.hint if isinstance(exc, PomliaError) else None
         # Parts that may still run must not find a caller's restored outputs to write into.
-        error = ClusterError if gone else ArrayNotWithdrawnError
+        # A controller out of reach stays one (exit 69) once nothing of the array is left.
+        error = failure_kind(exc) if gone else ArrayNotWithdrawnError
         raise error(
             f"{what}; that was part {part[0]} of {part[1]} of the array, and {done}", hint=hint
         ) from exc
