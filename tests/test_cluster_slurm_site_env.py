@@ -88,6 +88,26 @@ def test_a_sites_partition_applies_where_the_profile_names_none(
         Executor(profile, tmp_path / "jobs", reg).submit(jobfns.add, 1, 2)
 
 
+def test_a_sites_workload_key_applies(
+    tmp_path: Path, reg: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """SBATCH_WCKEY was left out with the options a job's script names, so submitit's
+    placeholder ``--wckey=submitit`` replaced the site's key: a site that enforces workload
+    keys refused every job, one that charges by them booked it under "submitit"."""
+    monkeypatch.setenv("SBATCH_WCKEY", "site-key")
+    h = _slurm(tmp_path, reg).submit(jobfns.sleep_for, 60.0)
+    try:
+        out = subprocess.run(
+            ["squeue", "-h", "-j", h.job_id, "-O", "wckey"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+    finally:
+        h.cancel()
+    assert out.stdout.strip() == "site-key"
+
+
 def test_a_batch_script_gets_the_environment_where_the_site_exports_nothing(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -11,7 +11,9 @@ enclosing job would otherwise change what it gets, without a word:
   ``SBATCH_TIMELIMIT`` replaced the time limit the job's row records. For the options a job's
   script names (:func:`overridden_vars`) the site's variable is left out of the submission;
   the others (``SBATCH_PARTITION`` or ``SBATCH_ACCOUNT`` under a profile that names none)
-  apply as the site meant.
+  apply as the site meant, and so does ``SBATCH_WCKEY``: the ``--wckey=submitit`` every
+  script carries is submitit's placeholder, not pomlia's choice, and a site that charges or
+  enforces workload keys would refuse it (or book every job under "submitit").
 - ``SLURM_EXPORT_ENV`` (srun's ``--export``) reached the job's ``srun`` line the same way.
 - A command run inside a Slurm job (``salloc``, a driver job) passes that job's own
   ``SLURM_*`` variables to every job it submits, and srun reads them as options:
@@ -31,7 +33,8 @@ from pomlia_hpc.progress import say
 
 #: sbatch's input variables for the options every pomlia job's script names (submitit writes
 #: them from :func:`~pomlia_hpc.cluster.resources.submitit_parameters`): its environment,
-#: name, time limit, memory and GPUs, checkpoint signal, log files, array throttle.
+#: name, time limit, memory and GPUs, checkpoint signal, log files, array throttle. Not
+#: ``SBATCH_WCKEY``: submitit's ``--wckey=submitit`` is a placeholder the site's key replaces.
 ALWAYS_SET = (
     "SBATCH_EXPORT",
     "SBATCH_JOB_NAME",
@@ -44,7 +47,6 @@ ALWAYS_SET = (
     "SBATCH_OUTPUT",
     "SBATCH_ERROR",
     "SBATCH_OPEN_MODE",
-    "SBATCH_WCKEY",
     "SBATCH_ARRAY_INX",
 )
 
