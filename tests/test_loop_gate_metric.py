@@ -163,6 +163,36 @@ def test_the_bootstrap_is_not_run_on_too_few_images_or_an_undefined_auc() -> Non
     assert same.tested and same.p_value == 1.0 and same.lower_bound == 0.0
 
 
+@pytest.mark.parametrize(
+    ("metric", "task_type", "width"),
+    [("auc", "binary", 2), ("f1_macro", "multi-class", 3), ("auc", "multi-label", 3)],
+)
+def test_the_bootstrap_decides_the_same_for_the_same_images_in_any_order(
+    metric: str, task_type: str, width: int
+) -> None:
+    """Resamples drew images by position with a fixed seed: the same images and outputs in
+    another order (a harvest read in another file order, the version added again) gave
+    another bound and p-value, so a challenger near the line passed or failed by the order."""
+    rng = np.random.default_rng(3)
+    n = 80
+    if task_type == "multi-label":
+        truth = (rng.random((n, width)) < 0.4).astype(np.int64)
+    else:
+        truth = rng.integers(0, width, (n, 1))
+    signal = np.eye(width)[truth[:, 0]] if task_type != "multi-label" else truth * 2.0 - 1
+    champ = signal + rng.normal(size=(n, width)) * 1.5
+    chal = signal + rng.normal(size=(n, width)) * 1.2
+    champ[7] = np.nan  # a missing answer sorts too
+    first = paired_bootstrap(metric, task_type, truth, champ, chal, 0.05)
+    for seed in range(3):
+        shuffle = np.random.default_rng(seed).permutation(n)
+        again = paired_bootstrap(
+            metric, task_type, truth[shuffle], champ[shuffle], chal[shuffle], 0.05
+        )
+        assert (again.p_value, again.lower_bound) == (first.p_value, first.lower_bound)
+        assert again.difference == pytest.approx(first.difference)
+
+
 def test_a_model_that_cannot_be_scored_on_the_gate_s_data_is_refused(
     tmp_path: Path, workspace: Workspace, reg: Registry
 ) -> None:

@@ -48,7 +48,8 @@ MAX_RESAMPLES = 200_000
 #: Fewest images the bootstrap runs on: a resample of a handful of images is mostly copies of
 #: a few, and its quantiles say little. With fewer the test is not run and does not pass.
 MIN_BOOTSTRAP_IMAGES = 10
-#: The random generator's seed: the same images and outputs give the same decision.
+#: The random generator's seed: the same images and outputs give the same decision, in any
+#: order (:func:`canonical_order`).
 SEED = 0
 #: Resamples computed at once (bounds the memory: a few (chunk, n) float arrays).
 _CHUNK = 250
@@ -205,6 +206,9 @@ def paired_bootstrap(
     """Both models' ``metric`` on the images and the paired bootstrap of the difference (see
     the module docstring); below :data:`MIN_BOOTSTRAP_IMAGES` images, or with the metric
     undefined for a model on them, the bootstrap is not run (bound -inf, p 1)."""
+    truth, champion_logits, challenger_logits = canonical_order(
+        truth, champion_logits, challenger_logits
+    )
     pa = probabilities(champion_logits, task_type)
     pb = probabilities(challenger_logits, task_type)
     n = len(truth)
@@ -229,6 +233,26 @@ def paired_bootstrap(
     lower = float(np.quantile(d, alpha, method="lower"))
     p = (1 + int((d <= 0).sum())) / (1 + len(d))
     return PairedMetric(metric, n, a, b, b - a, lower, p, total, total - len(d), *miss, seed)
+
+
+def canonical_order(
+    truth: np.ndarray, champion_logits: np.ndarray, challenger_logits: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The images sorted by their values (truth, then both models' outputs): a resample draws
+    images by position, so without this the same images in another order (a harvest read in
+    another file order, a version added again) drew other resamples and could get another
+    decision. Images with equal values are interchangeable, so the order is one for any input
+    order. A non-finite output sorts as its value (NaN last)."""
+    n = len(truth)
+    if n == 0:
+        return truth, champion_logits, challenger_logits
+    rows = [
+        np.asarray(a, np.float64).reshape(n, -1)
+        for a in (truth, champion_logits, challenger_logits)
+    ]
+    keys = np.concatenate(rows, axis=1)
+    order = np.lexsort(keys.T[::-1])  # the first column the primary key
+    return truth[order], champion_logits[order], challenger_logits[order]
 
 
 def test_name(metric: str) -> str:
