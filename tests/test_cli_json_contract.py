@@ -158,6 +158,12 @@ def test_deploy_history_json_is_one_object_of_values(workspace: Workspace, reg: 
     assert decided["test"] == "McNemar" and decided["fixed_test"] is None
     missing = pomlia(workspace.home, "deploy", "history", "nosuch", "--json")
     assert missing.returncode == 4 and missing.stdout == "", missing.stderr
+    # The guide's row names every key, and a bootstrap gate's figures (it named only the
+    # accuracies and left out `metric` and `trained_on`).
+    text = (REPO / "docs" / "guide" / "README.md").read_text()
+    row = next(line for line in text.splitlines() if line.startswith("| `deploy history` |"))
+    keys = {*shown, *shown["promotions"][0], *decided, "champion_value", "challenger_value"}
+    assert not [k for k in sorted(keys) if not re.search(rf"\b{k}\b", row)], row
 
 
 def json_commands() -> set[str]:
