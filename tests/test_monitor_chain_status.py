@@ -118,3 +118,5 @@ def test_a_run_that_cannot_submit_the_next_says_the_chain_ended(
     assert row["state"] == "ended", row
     last: Any = row["last"]
     assert (last["scheduler_id"], last["state"]) == (job.job_id, "FAILED"), row
+    # exit 5, not 3: 3 is a busy `monitor run` (jobs/monitor.sbatch, docs/guide/monitor.md)
+    assert "5:0" in str(last["exit_cause"]), row
