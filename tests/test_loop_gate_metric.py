@@ -163,6 +163,29 @@ def test_the_bootstrap_is_not_run_on_too_few_images_or_an_undefined_auc() -> Non
     assert same.tested and same.p_value == 1.0 and same.lower_bound == 0.0
 
 
+def test_one_positive_image_ranked_higher_does_not_show_a_better_auc() -> None:
+    """Resamples without the one positive image (AUC undefined on them) were left out, so every
+    other held it, and a challenger that ranked that one image top passed as better with
+    p < 0.001: nothing beyond one image was shown. They count as not better now."""
+    rng = np.random.default_rng(0)
+    n = 30
+    truth = np.zeros((n, 1), np.int64)
+    truth[0] = 1
+    champ, chal = rng.normal(size=(2, n))
+    champ[0] = np.median(champ[1:])  # the positive in the middle of the negatives
+    chal[0] = 5.0  # above every negative
+    two = [np.stack([np.zeros(n), s], axis=1) for s in (champ, chal)]
+    got = paired_bootstrap("auc", "binary", truth, *two, 0.05)
+    assert (got.champion_value, got.challenger_value) == (0.5, 1.0)
+    assert got.tested and got.undefined_resamples > 0
+    assert got.p_value >= 0.05 and got.lower_bound == float("-inf")
+    # with enough positives the same kind of gain is shown
+    truth[:12] = 1
+    chal[:12] = 5.0
+    two = [np.stack([np.zeros(n), s], axis=1) for s in (champ, chal)]
+    assert paired_bootstrap("auc", "binary", truth, *two, 0.05).p_value < 0.05
+
+
 @pytest.mark.parametrize(
     ("metric", "task_type", "width"),
     [("auc", "binary", 2), ("f1_macro", "multi-class", 3), ("auc", "multi-label", 3)],

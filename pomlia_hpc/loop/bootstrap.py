@@ -12,6 +12,10 @@ bootstrap distribution of the difference.
 - **Superiority** (production test rows): the one-sided p-value is
   ``(1 + #{d* <= 0}) / (1 + B)``, the share of resamples in which the challenger is not
   better; passed when below alpha (the test that inverts the same percentile bound).
+- A resample on which the metric is undefined (a binary AUC whose resample drew no positive)
+  counts as one where the challenger is not better, and as the lowest difference for the
+  bound. Left out, the others would all hold the rare images: one positive image ranked
+  higher by the challenger gave p < 0.001, though nothing was shown beyond that one image.
 
 Every metric offered (:data:`pomlia_hpc.vocab.METRICS`) is higher-is-better, so "better" is
 ``d* > 0`` for each. The metrics are the task's (:mod:`pomlia_hpc.automl.metrics`): AUC is the
@@ -170,7 +174,7 @@ class PairedMetric:
     lower_bound: float  # (1 - alpha) percentile bound of the difference; -inf when not run
     p_value: float  # one-sided, that the challenger is better; 1.0 when not run
     resamples: int
-    undefined_resamples: int  # left out: the metric was undefined for a model on them
+    undefined_resamples: int  # the metric undefined on them: counted as not better
     champion_missing: int  # images with a non-finite output (a missing answer)
     challenger_missing: int
     seed: int = SEED
@@ -227,12 +231,16 @@ def paired_bootstrap(
             metric_of(metric, task_type, truth, pb, w) - metric_of(metric, task_type, truth, pa, w)
         )
     d = np.concatenate(diffs)
-    d = d[np.isfinite(d)]
-    if len(d) == 0:
+    undefined = int((~np.isfinite(d)).sum())
+    if undefined == total:
         return PairedMetric(metric, n, a, b, b - a, -math.inf, 1.0, total, total, *miss, seed)
+    # A resample on which the metric is undefined (it drew no positive of a binary task) is
+    # one where the challenger is not shown better, and the lowest difference for the bound:
+    # left out, the rest all held the rare images, and one positive ranked higher decided.
+    d = np.where(np.isfinite(d), d, -np.inf)
     lower = float(np.quantile(d, alpha, method="lower"))
-    p = (1 + int((d <= 0).sum())) / (1 + len(d))
-    return PairedMetric(metric, n, a, b, b - a, lower, p, total, total - len(d), *miss, seed)
+    p = (1 + int((d <= 0).sum())) / (1 + total)
+    return PairedMetric(metric, n, a, b, b - a, lower, p, total, undefined, *miss, seed)
 
 
 def canonical_order(
@@ -324,7 +332,7 @@ def _text(s: PairedMetric) -> str:
         f"paired bootstrap of {s.resamples} resamples"
     )
     if s.undefined_resamples:
-        text += f" ({s.undefined_resamples} left out: {s.metric} undefined on them)"
+        text += f" ({s.undefined_resamples} with {s.metric} undefined, counted as not better)"
     for who, k in (("champion", s.champion_missing), ("challenger", s.challenger_missing)):
         if k:
             text += f"; no output from the {who} for {k} (counted wrong)"
