@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from pomlia_hpc.data.explicit_fingerprint import image_hashes
+from pomlia_hpc.data.sources.intensity import PixelConverter
 from pomlia_hpc.data.store import DatasetStore, open_version
 from pomlia_hpc.workspace import Workspace
 from tests.fixtures.cli import data_add_line
@@ -147,3 +148,66 @@ def test_a_parent_store_that_cannot_be_read_is_said(workspace: Workspace, tmp_pa
     out = data_add_line("lost", str(tmp_path / "imgs"))
     assert f"warning: the split of {ref} could not be read (" in out, out
     assert f"so this version was carved afresh: former val/test images of {ref}" in out
+
+
+def _split_by_file(store: DatasetStore, files: list[Path], channels: int) -> dict[str, str]:
+    """The split of each file's image in ``store``, each file made 8-bit as ``store`` made
+    its pixels (its recorded 16-bit maximum) with ``channels`` channels."""
+    top = (store.meta["source"].get("intensity_scaling") or {}).get("max")
+    by_hash = _split_of(store)
+    out = {}
+    for f in files:
+        raw = np.asarray(Image.open(f))
+        convert = PixelConverter("test", raw.dtype, scale_max=top)
+        px = np.repeat(convert(raw[None, ..., None]), channels, axis=-1)
+        out[f.name + f.parent.name] = by_hash[int(image_hashes(px)[0])]
+    return out
+
+
+def test_a_brighter_16_bit_image_leaves_the_old_images_in_their_split(
+    workspace: Workspace, tmp_path: Path
+) -> None:
+    # The data set's maximum scales every stored value: new, brighter images changed every
+    # old image's stored pixels, none was found in the parent and all were carved afresh.
+    root = tmp_path / "imgs"
+    for c in "ab":
+        (root / c).mkdir(parents=True)
+        for i in range(40):
+            rng = np.random.default_rng([ord(c), i])
+            top = 4096 if i < 20 else 65536  # 12-bit images, then 16-bit ones
+            Image.fromarray(rng.integers(0, top, (8, 8)).astype(np.uint16)).save(
+                root / c / f"{i}.png"
+            )
+    old_files = [root / c / f"{i}.png" for c in "ab" for i in range(20)]
+    for f in [root / c / f"{i}.png" for c in "ab" for i in range(20, 40)]:
+        f.rename(tmp_path / (f.parent.name + f.name))
+    data_add_line("deep", str(root))
+    old = open_version(workspace, "deep")
+    for c in "ab":
+        for i in range(20, 40):
+            (tmp_path / f"{c}{i}.png").rename(root / c / f"{i}.png")
+    out = data_add_line("deep", str(root))
+    new = open_version(workspace, "deep")
+    assert new.meta["source"]["intensity_scaling"]["max"] > 4096  # the maximum moved
+    assert _split_by_file(new, old_files, 1) == _split_by_file(old, old_files, 1)
+    assert f"40 image(s) kept their split of {old.ref}, 40 new image(s) carved" in out, out
+
+
+def test_a_colour_image_added_to_a_grey_folder_leaves_the_old_images_in_their_split(
+    workspace: Workspace, tmp_path: Path
+) -> None:
+    # One colour file makes the whole folder RGB: every old image's stored pixels changed.
+    _images(tmp_path / "imgs", 0, 20)
+    data_add_line("tint", str(tmp_path / "imgs"))
+    old = open_version(workspace, "tint")
+    rng = np.random.default_rng(7)
+    for c in "ab":
+        Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(
+            tmp_path / "imgs" / c / "colour.png"
+        )
+    out = data_add_line("tint", str(tmp_path / "imgs"))
+    new = open_version(workspace, "tint")
+    assert new.images.shape[-1] == 3
+    files = [tmp_path / "imgs" / c / f"{i}.png" for c in "ab" for i in range(20)]
+    assert _split_by_file(new, files, 3) == _split_by_file(old, files, 1)
+    assert f"40 image(s) kept their split of {old.ref}, 2 new image(s) carved" in out, out

@@ -8,7 +8,9 @@ the new version had seen the old version's held-out images. Here every carved im
 pixels the parent version holds keeps the parent's split (a val or test image stays out of
 train, whatever was added); only images new to the parent are carved, by the usual rule
 (:func:`~pomlia_hpc.data.sources.base.stratified_split`, so each class keeps about its
-fractions). Copies of a parent image go where the parent had it. A split the source gives
+fractions). Copies of a parent image go where the parent had it. The new images are compared
+as the parent's store made its pixels (:func:`stored_as`): a 16-bit set's maximum and its
+channel count may change as it grows, and every stored value with them. A split the source gives
 (split folders, an npz's arrays, an HDF5 split dataset) is never changed.
 
 Asked for other fractions than the parent's, the split is carved afresh (what the user asked
@@ -20,6 +22,7 @@ from __future__ import annotations
 from typing import Any
 
 from pomlia_hpc.data.sources import Source
+from pomlia_hpc.data.sources.intensity import StoredAs
 from pomlia_hpc.data.store import DatasetStore, open_store
 from pomlia_hpc.registry import DatasetVersion
 
@@ -45,6 +48,15 @@ def held_splits(store: DatasetStore) -> dict[int, int]:
     return held
 
 
+def stored_as(store: DatasetStore) -> StoredAs:
+    """How ``store`` made its pixels: the new version's images are hashed the same way, since
+    a 16-bit set's maximum (every stored value scales by it) or its channel count (one colour
+    image makes a grey folder RGB) may change as the source grows."""
+    scaling = (store.meta.get("source") or {}).get("intensity_scaling") or {}
+    top = scaling.get("max") if scaling.get("from") == "uint16" else None
+    return StoredAs(int(store.images.shape[-1]), None if top is None else float(top))
+
+
 def _same_fractions(source: dict[str, Any], parent_source: dict[str, Any]) -> bool:
     """Whether the parent carved each split that both carve with the fraction now asked for
     (a split given by a folder now, or one the parent did not carve, e.g. an npz's own
@@ -66,12 +78,13 @@ def carry_split(src: Source, parent: DatasetVersion | None) -> dict[str, Any] | 
     if parent is None or not src.carves_split:  # nothing to read the parent for
         return None
     try:
-        held = held_splits(open_store(parent.store_path))
+        store = open_store(parent.store_path)
+        held, like = held_splits(store), stored_as(store)
     except Exception as exc:  # a damaged or missing parent: carved afresh, and said so
         src.extra["split_carried"] = {"from": parent.version, "unreadable": str(exc)[:300]}
         return None
     apply = _same_fractions(src.describe(), (parent.meta or {}).get("source") or {})
-    counts = src.carry_splits(held, apply=apply)
+    counts = src.carry_splits(held, apply=apply, like=like)
     if counts is None:
         return None
     record = {"from": parent.version, "applied": apply, **counts}

@@ -42,6 +42,7 @@ import numpy as np
 
 # Re-exported: serve.decode (and the pixels docstring) name it here.
 from pomlia_hpc.data.sources.intensity import PixelConverter as PixelConverter
+from pomlia_hpc.data.sources.intensity import StoredAs
 from pomlia_hpc.data.sources.label_forms import (
     Parts,
     marker_warning,
@@ -485,12 +486,17 @@ class Source(ABC):
         """Whether this source carved (some of) its split itself, by fractions."""
         return False
 
-    def carry_splits(self, held: dict[int, int], apply: bool = True) -> dict[str, int] | None:
+    def carry_splits(
+        self, held: dict[int, int], apply: bool = True, like: StoredAs | None = None
+    ) -> dict[str, int] | None:
         """Give the rows whose split this source carved (by :func:`stratified_split`) and
         whose pixels the parent version held (``held``: pixel hash -> split code) the parent's
         split, so that growing a source moves no image between splits (:func:`carried_codes`,
-        whose counts it returns); ``apply`` False only counts. None where no split was carved
-        (a split the source gives is never changed). Reads every carved image once more."""
+        whose counts it returns); ``apply`` False only counts. The rows are hashed as the
+        parent's store (``like``) made its pixels
+        (:func:`~pomlia_hpc.data.sources.intensity.convert_as`). None where no split was
+        carved (a split the source gives is never changed). Reads every carved image once
+        more."""
         return None
 
     def check_nonempty(self) -> None:
@@ -526,6 +532,7 @@ def carried_codes(
     held: dict[int, int],
     carved: frozenset[int] = frozenset((1, 2)),
     apply: bool = True,
+    matchable: np.ndarray | None = None,
 ) -> tuple[np.ndarray, dict[str, int]]:
     """Split codes for carved rows whose fresh codes are ``fresh`` and whose stored pixels
     hash to ``hashes`` (uint64, as :func:`~pomlia_hpc.data.explicit_fingerprint.image_hashes`),
@@ -536,9 +543,13 @@ def carried_codes(
     new row keeps its fresh code. ``apply`` False: the fresh codes, only counted. Counts:
     ``kept`` (rows in their parent split), ``new`` (rows the parent did not hold),
     ``prevented`` (parent val/test rows the fresh codes put in train, kept out of it) and
-    ``into_train`` (parent val/test rows in train all the same)."""
+    ``into_train`` (parent val/test rows in train all the same). A row False in ``matchable``
+    (one the parent could not hold, :func:`~pomlia_hpc.data.sources.intensity.convert_as`)
+    counts as new."""
     fresh = np.asarray(fresh, np.int8)
     parent = np.asarray([held.get(int(h), -1) for h in hashes], np.int64)
+    if matchable is not None:
+        parent[~matchable] = -1
     known = parent >= 0
     allowed = np.zeros(3, np.int8)  # the carved code each parent code maps to
     for code in (1, 2):

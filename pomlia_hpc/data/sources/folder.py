@@ -101,7 +101,7 @@ from pomlia_hpc.data.sources.folder_layout import (
     split_folders,
     visible,
 )
-from pomlia_hpc.data.sources.intensity import PixelConverter
+from pomlia_hpc.data.sources.intensity import PixelConverter, StoredAs, convert_as
 from pomlia_hpc.data.sources.label_forms import nfc
 from pomlia_hpc.data.sources.pixels import (
     FrameHeader,
@@ -454,24 +454,33 @@ class FolderSource(Source):
     def carves_split(self) -> bool:
         return bool(self._pool)
 
-    def carry_splits(self, held: dict[int, int], apply: bool = True) -> dict[str, int] | None:
+    def carry_splits(
+        self, held: dict[int, int], apply: bool = True, like: StoredAs | None = None
+    ) -> dict[str, int] | None:
         """See :meth:`~pomlia_hpc.data.sources.base.Source.carry_splits`: the carved files'
-        pixels are decoded and hashed as the store will hold them."""
+        pixels are decoded and hashed as the parent's store made its pixels."""
         if not self._pool:
             return None
         from pomlia_hpc.data.explicit_fingerprint import image_hashes
 
-        hashes = []
+        hashes, ok = [], []
         for lo in range(0, len(self._pool), 64):  # 64 decoded images held at a time
-            rows = self._pool[lo : lo + 64]
-            hashes.append(image_hashes(self._pixels([f for _d, f, _c in rows])))
+            files = [f for _d, f, _c in self._pool[lo : lo + 64]]
+            raw = np.stack([read_image(f, self.channels, self._depth) for f in files])
+            try:
+                px, can = convert_as(self._convert, raw, like, first_row=None)
+            except InputError:
+                self._pixels(files)  # names the file with the bad value
+                raise
+            hashes.append(image_hashes(px))
+            ok.append(can)
         # Only the splits without a folder of files are carved: a given one is never added to.
         asked = dict(zip(("val", "test"), self._fractions, strict=True))
         carved = frozenset(
             i for i, s in enumerate(SPLITS) if i and asked[s] > 0 and not self._given.get(s)
         )
         codes, counts = carried_codes(
-            self._pool_codes, np.concatenate(hashes), held, carved, apply=apply
+            self._pool_codes, np.concatenate(hashes), held, carved, apply, np.concatenate(ok)
         )
         if apply:
             self._place(_lend(self._given, self._pool, codes))

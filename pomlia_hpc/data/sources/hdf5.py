@@ -45,7 +45,12 @@ from pomlia_hpc.data.sources.base import (
     stratified_split,
 )
 from pomlia_hpc.data.sources.folder_layout import SPLIT_FOLDER_NAMES, split_aliases
-from pomlia_hpc.data.sources.intensity import PixelConverter, first_pass_rows
+from pomlia_hpc.data.sources.intensity import (
+    PixelConverter,
+    StoredAs,
+    convert_as,
+    first_pass_rows,
+)
 from pomlia_hpc.data.sources.label_forms import check_marker_cap
 from pomlia_hpc.data.store import SPLIT_CODE, SPLITS
 from pomlia_hpc.errors import InputError
@@ -205,9 +210,11 @@ class Hdf5Source(Source):
     def carves_split(self) -> bool:
         return self._carved
 
-    def carry_splits(self, held: dict[int, int], apply: bool = True) -> dict[str, int] | None:
+    def carry_splits(
+        self, held: dict[int, int], apply: bool = True, like: StoredAs | None = None
+    ) -> dict[str, int] | None:
         """See :meth:`~pomlia_hpc.data.sources.base.Source.carry_splits`: every row is carved
-        (no split dataset), read again and hashed as the store will hold it."""
+        (no split dataset), read again and hashed as the parent's store made its pixels."""
         if not self._carved:
             return None
         from pomlia_hpc.data.explicit_fingerprint import image_hashes
@@ -216,13 +223,14 @@ class Hdf5Source(Source):
             int(self._img.shape[0]),
             first_pass_rows(self._img.shape, self._img.dtype.itemsize),
         )
-        hashes = np.concatenate(
-            [
-                image_hashes(self._convert(np.asarray(self._img[lo : lo + step]), first_row=lo))
-                for lo in range(0, n, step)
-            ]
+        hashes, ok = [], []
+        for lo in range(0, n, step):
+            px, can = convert_as(self._convert, np.asarray(self._img[lo : lo + step]), like, lo)
+            hashes.append(image_hashes(px))
+            ok.append(can)
+        codes, counts = carried_codes(
+            self._codes, np.concatenate(hashes), held, apply=apply, matchable=np.concatenate(ok)
         )
-        codes, counts = carried_codes(self._codes, hashes, held, apply=apply)
         if apply:
             self._set_codes(codes)
         return counts

@@ -1,11 +1,12 @@
 """How a source's pixel values become uint8 (b, H, W, C): the one intensity rule every source
 shares (the pixel rules of :mod:`pomlia_hpc.data.sources.base`), with the first pass that finds
-a 16-bit data set's maximum and its outlier check."""
+a 16-bit data set's maximum and its outlier check, and :func:`convert_as`: pixels as another
+version's store made them (the split carried as a source grows, :mod:`pomlia_hpc.data.carry`)."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -140,3 +141,38 @@ def first_pass_rows(shape: Sequence[int], itemsize: int) -> int:
     little memory however large the images."""
     per_image = max(1, int(np.prod(shape[1:], dtype=np.int64)) * itemsize)
     return max(1, CHUNK_TARGET_BYTES // per_image)
+
+
+@dataclass(frozen=True)
+class StoredAs:
+    """How a version's store made its pixels: its channel count and, for 16-bit sources, the
+    maximum it scaled by (None: no such maximum)."""
+
+    channels: int
+    scale_max: float | None = None
+
+
+def convert_as(
+    convert: PixelConverter, raw: np.ndarray, like: StoredAs | None, first_row: int | None = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """``raw`` (b, H, W[, C]) made uint8 as the store ``like`` describes made its images, and
+    which rows that store could hold at all. A 16-bit data set's maximum moves as it grows
+    (and every stored value with it): the rows are scaled by ``like``'s maximum, a row with a
+    value over it being no image of that store; a grey store compares the first channel of
+    grey rows (a colour row is none of its images), a colour store grey rows repeated."""
+    ok = np.ones(len(raw), bool)
+    if like is None:
+        return convert(raw, first_row=first_row), ok
+    x = raw if raw.ndim == 4 else raw[..., None]
+    if convert.needs_max and like.scale_max is not None:
+        top = np.asarray(min(int(like.scale_max), 65535), x.dtype)
+        seen = x[..., :3] if convert.drop_alpha and x.shape[-1] == 4 else x
+        ok &= seen.reshape(len(x), -1).max(axis=1, initial=0) <= top
+        convert, x = replace(convert, scale_max=float(top)), np.minimum(x, top)
+    out = convert(x, first_row=first_row)
+    if like.channels == 1 and out.shape[-1] == 3:
+        ok &= (out == out[..., :1]).all(axis=(1, 2, 3))
+        out = out[..., :1]
+    elif like.channels == 3 and out.shape[-1] == 1:
+        out = np.repeat(out, 3, axis=-1)
+    return out, ok
