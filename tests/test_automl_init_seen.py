@@ -114,3 +114,33 @@ def test_a_model_started_from_another_records_it_in_its_lineage(
     assert best is not None and first is not None
     assert best.lineage["init_model_id"] == first.id
     assert seen_images(reg, best).models == ["warm-best", donor]
+
+
+def test_a_model_of_the_tasks_own_train_split_is_not_refused_for_its_copies_of_test_images(
+    tmp_path: Path,
+    workspace: Workspace,
+    reg: Registry,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # A given split may hold copies of a test image in train (ingest warns); every trial
+    # trains on that train split anyway, so a model that learnt it adds nothing unseen.
+    rng = np.random.default_rng(1)
+    x = {s: rng.integers(0, 256, (n, 28, 28, 3), dtype=np.uint8) for s, n in
+         (("train", 40), ("val", 12), ("test", 12))}  # fmt: skip
+    x["train"][:3] = x["test"][:3]
+    task_data = ingest(workspace, reg, "scans", _npz(tmp_path / "a.npz", x), class_names=CLASSES)
+    add_task(reg, "t", task_data.ref, "acc")
+    monkeypatch.setattr(study_mod, "run_study", _interrupted)
+    make_model(reg, tmp_path, "fair", 1, task_data.id)
+    code, said = _run(monkeypatch, capsys, "fair", "s1")
+    assert code == 130 and "has trained on" not in said and "interrupted" in said, said
+
+    # Another version whose train split holds those copies and 2 more test images: only
+    # the 2 the task's own train split does not hold count.
+    leaky = {"train": np.concatenate([x["train"], x["test"][3:5]])}
+    leaky |= {"val": x["val"], "test": x["test"][5:]}
+    other = ingest(workspace, reg, "older", _npz(tmp_path / "b.npz", leaky), class_names=CLASSES)
+    make_model(reg, tmp_path, "leaky", 2, other.id)
+    code, said = _run(monkeypatch, capsys, "leaky", "s2")
+    assert code != 0 and f"has trained on 2 test image(s) of {task_data.ref}" in said, said

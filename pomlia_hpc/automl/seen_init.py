@@ -35,12 +35,16 @@ def refuse_seen_init(registry: Registry, model: str, version: DatasetVersion, re
     """One :class:`InputError` when model ``model`` (name or id) trained on images of the val
     or test split of ``version`` (the task's data, ``ref``), with the counts per split and
     where it learnt them; nothing when it did not, or the registry does not record what it
-    trained on."""
+    trained on. Images the task's own train split holds (copies of val/test images a given
+    split put in train) are not counted: every trial trains on them anyway."""
     row = resolve_model(registry, model)
-    seen = seen_images(registry, row)
+    # The task's own train split is what every trial trains on: what the model learnt of it
+    # adds nothing unseen, also where a given split holds copies of val/test images in train.
+    seen = seen_images(registry, row, skip_versions=(version.id,))
     if not len(seen.hashes):
         return
-    counts = {s: int(np.isin(split_hashes(version, s), seen.hashes).sum()) for s in ("val", "test")}
+    learnt = np.setdiff1d(seen.hashes, split_hashes(version, "train"), assume_unique=True)
+    counts = {s: int(np.isin(split_hashes(version, s), learnt).sum()) for s in ("val", "test")}
     if not any(counts.values()):
         return
     found = " and ".join(f"{n} {s}" for s, n in counts.items() if n)
