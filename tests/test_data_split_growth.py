@@ -14,9 +14,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pomlia_hpc.data.api import ingest
 from pomlia_hpc.data.explicit_fingerprint import image_hashes
 from pomlia_hpc.data.sources.intensity import PixelConverter
 from pomlia_hpc.data.store import DatasetStore, open_version
+from pomlia_hpc.registry import Registry
 from pomlia_hpc.workspace import Workspace
 from tests.fixtures.cli import data_add_line
 
@@ -211,3 +213,22 @@ def test_a_colour_image_added_to_a_grey_folder_leaves_the_old_images_in_their_sp
     files = [tmp_path / "imgs" / c / f"{i}.png" for c in "ab" for i in range(20)]
     assert _split_by_file(new, files, 3) == _split_by_file(old, files, 1)
     assert f"40 image(s) kept their split of {old.ref}, 2 new image(s) carved" in out, out
+
+
+def test_both_reads_of_the_carry_report_progress(
+    workspace: Workspace, reg: Registry, tmp_path: Path
+) -> None:
+    # The parent's store and every carved image are read once more before the ingest: at
+    # 700k files minutes during which a Slurm output file said nothing.
+    _images(tmp_path / "imgs", 0, 20)
+    data_add_line("told", str(tmp_path / "imgs"))
+    _images(tmp_path / "imgs", 20, 30)
+    seen: dict[str, list[int]] = {}
+
+    def progress(stage: str, k: int, total: int) -> None:
+        done = seen.setdefault(stage, [0, total])
+        done[0] += k
+
+    ingest(workspace, reg, "told", tmp_path / "imgs", progress=progress)
+    assert seen["read parent split"] == [40, 40] and seen["carry split"] == [60, 60], seen
+    assert list(seen)[:2] == ["read parent split", "carry split"]

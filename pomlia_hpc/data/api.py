@@ -240,7 +240,7 @@ def ingest(
         prev = latest_version(registry, name)
         # Before writing: a carved split keeps the images of the version it grows from
         # where they were (data.carry), so no former val/test image reaches train.
-        carry_split(src, prev if parent is None else _registered(registry, name, parent))
+        carry_split(src, prev if parent is None else _registered(registry, name, parent), progress)
         writer, labels, digests = _write_store(staging / "store", src, workers, progress)
         header = {
             "format": STORE_FORMAT,

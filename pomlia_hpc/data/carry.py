@@ -19,6 +19,7 @@ for); the parent's val / test images that land in train are counted and ``data a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from pomlia_hpc.data.sources import Source
@@ -26,15 +27,20 @@ from pomlia_hpc.data.sources.intensity import StoredAs
 from pomlia_hpc.data.store import DatasetStore, open_store
 from pomlia_hpc.registry import DatasetVersion
 
+#: The progress stages of :func:`carry_split`: the parent's store read, the carved images read.
+STAGE_PARENT, STAGE_CARRY = "read parent split", "carry split"
+#: Told how many more images a pass has read, and how many it reads in all.
+Tick = Callable[[int, int], None]
+
 #: The fraction keys both kinds of carving sources record in ``meta["source"]``.
 _FRACTIONS = ("val_fraction", "test_fraction")
 
 
-def held_splits(store: DatasetStore) -> dict[int, int]:
+def held_splits(store: DatasetStore, tick: Tick | None = None) -> dict[int, int]:
     """The split code (0 train, 1 val, 2 test) of each image of ``store`` by the uint64 hash
     of its pixels; an image stored in several splits (a version made before copies were kept
     together) counts as the most held-out one, so it is never carried into train. Reads
-    the whole store, a chunk at a time."""
+    the whole store, a chunk at a time (``tick``: called with each chunk's image count)."""
     from pomlia_hpc.data.explicit_fingerprint import image_hashes
 
     held: dict[int, int] = {}
@@ -45,7 +51,16 @@ def held_splits(store: DatasetStore) -> dict[int, int]:
             s_lo, s_hi = bounds.get(split, (0, 0))
             for h in hashes[max(s_lo, lo) - lo : max(min(s_hi, hi) - lo, 0)].tolist():
                 held[h] = max(held.get(h, 0), code)
+        if tick is not None:
+            tick(hi - lo, store.n_images)
     return held
+
+
+def _stage(progress: Callable[[str, int, int], None] | None, stage: str) -> Tick | None:
+    """A :data:`Tick` that reports ``stage`` to ``progress``; None without."""
+    if progress is None:
+        return None
+    return lambda k, total: progress(stage, k, total)
 
 
 def stored_as(store: DatasetStore) -> StoredAs:
@@ -68,23 +83,33 @@ def _same_fractions(source: dict[str, Any], parent_source: dict[str, Any]) -> bo
     return True
 
 
-def carry_split(src: Source, parent: DatasetVersion | None) -> dict[str, Any] | None:
+def carry_split(
+    src: Source,
+    parent: DatasetVersion | None,
+    progress: Callable[[str, int, int], None] | None = None,
+) -> dict[str, Any] | None:
     """Carry ``parent``'s split forward into the carved split of ``src`` (see the module
     docstring) and record what was done in ``src.extra["split_carried"]``: ``from`` (the
     parent version), ``applied`` (False: other fractions, carved afresh) and the counts of
     :func:`~pomlia_hpc.data.sources.base.carried_codes`. None, and nothing done, without a
     parent, without a carved split, or where the parent's store cannot be read (recorded as
-    ``unreadable``, which ``data add`` warns of; ``data verify`` finds the damage)."""
+    ``unreadable``, which ``data add`` warns of; ``data verify`` finds the damage).
+    ``progress`` (stage, images done, total) hears of both full reads: the parent's store
+    (``read parent split``) and the carved images, decoded once more (``carry split``)."""
     if parent is None or not src.carves_split:  # nothing to read the parent for
         return None
     try:
         store = open_store(parent.store_path)
-        held, like = held_splits(store), stored_as(store)
+        held, like = (
+            held_splits(store, _stage(progress, STAGE_PARENT)),
+            stored_as(store),
+        )
     except Exception as exc:  # a damaged or missing parent: carved afresh, and said so
         src.extra["split_carried"] = {"from": parent.version, "unreadable": str(exc)[:300]}
         return None
     apply = _same_fractions(src.describe(), (parent.meta or {}).get("source") or {})
-    counts = src.carry_splits(held, apply=apply, like=like)
+    tick = _stage(progress, STAGE_CARRY)
+    counts = src.carry_splits(held, apply=apply, like=like, tick=tick)
     if counts is None:
         return None
     record = {"from": parent.version, "applied": apply, **counts}

@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import math
 from abc import ABC, abstractmethod
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -487,7 +487,11 @@ class Source(ABC):
         return False
 
     def carry_splits(
-        self, held: dict[int, int], apply: bool = True, like: StoredAs | None = None
+        self,
+        held: dict[int, int],
+        apply: bool = True,
+        like: StoredAs | None = None,
+        tick: Callable[[int, int], None] | None = None,
     ) -> dict[str, int] | None:
         """Give the rows whose split this source carved (by :func:`stratified_split`) and
         whose pixels the parent version held (``held``: pixel hash -> split code) the parent's
@@ -496,7 +500,7 @@ class Source(ABC):
         parent's store (``like``) made its pixels
         (:func:`~pomlia_hpc.data.sources.intensity.convert_as`). None where no split was
         carved (a split the source gives is never changed). Reads every carved image once
-        more."""
+        more, telling ``tick`` how many after each batch (and how many in all)."""
         return None
 
     def check_nonempty(self) -> None:

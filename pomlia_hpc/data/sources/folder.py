@@ -63,7 +63,7 @@ from __future__ import annotations
 
 import hashlib
 from collections import Counter
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from pathlib import Path
@@ -455,7 +455,11 @@ class FolderSource(Source):
         return bool(self._pool)
 
     def carry_splits(
-        self, held: dict[int, int], apply: bool = True, like: StoredAs | None = None
+        self,
+        held: dict[int, int],
+        apply: bool = True,
+        like: StoredAs | None = None,
+        tick: Callable[[int, int], None] | None = None,
     ) -> dict[str, int] | None:
         """See :meth:`~pomlia_hpc.data.sources.base.Source.carry_splits`: the carved files'
         pixels are decoded and hashed as the parent's store made its pixels."""
@@ -474,6 +478,8 @@ class FolderSource(Source):
                 raise
             hashes.append(image_hashes(px))
             ok.append(can)
+            if tick is not None:
+                tick(len(files), len(self._pool))
         # Only the splits without a folder of files are carved: a given one is never added to.
         asked = dict(zip(("val", "test"), self._fractions, strict=True))
         carved = frozenset(

@@ -22,7 +22,7 @@ virtual datasets within the file are followed.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -211,7 +211,11 @@ class Hdf5Source(Source):
         return self._carved
 
     def carry_splits(
-        self, held: dict[int, int], apply: bool = True, like: StoredAs | None = None
+        self,
+        held: dict[int, int],
+        apply: bool = True,
+        like: StoredAs | None = None,
+        tick: Callable[[int, int], None] | None = None,
     ) -> dict[str, int] | None:
         """See :meth:`~pomlia_hpc.data.sources.base.Source.carry_splits`: every row is carved
         (no split dataset), read again and hashed as the parent's store made its pixels."""
@@ -228,6 +232,8 @@ class Hdf5Source(Source):
             px, can = convert_as(self._convert, np.asarray(self._img[lo : lo + step]), like, lo)
             hashes.append(image_hashes(px))
             ok.append(can)
+            if tick is not None:
+                tick(len(px), n)
         codes, counts = carried_codes(
             self._codes, np.concatenate(hashes), held, apply=apply, matchable=np.concatenate(ok)
         )
