@@ -18,6 +18,7 @@ from PIL import Image
 from pomlia_hpc.cli.app import err_console
 from pomlia_hpc.registry import Registry
 from pomlia_hpc.workspace import Workspace
+from tests.fixtures.cli import data_add_line
 from tests.fixtures.factories import tiny_arrays, write_npz
 
 
@@ -316,3 +317,14 @@ def test_splits_of_different_pixel_types(add: Run, tmp_path: Path, other: str) -
         f"s.npz', key 'val_images' has dtype {other} but key 'train_images' has uint8: "
         "expected one pixel type in every split"
     ) in err
+
+
+def test_an_empty_split_of_another_pixel_type_is_not_refused(
+    workspace: Workspace, tmp_path: Path
+) -> None:
+    # np.zeros((0, H, W)) is float64: a split without images has no pixels to scale.
+    a = _arrays()
+    a["test_images"] = np.zeros((0, *a["test_images"].shape[1:]))
+    a["test_labels"] = a["test_labels"][:0]
+    out = data_add_line("hollow", str(write_npz(tmp_path / "e.npz", a)))
+    assert "splits: train 40, val 7, test 0" in out, out

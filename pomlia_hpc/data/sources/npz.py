@@ -147,10 +147,11 @@ class NpzSource(Source):
         """Refuse splits whose pixels take different scaling rules (uint8 train, 12-bit uint16
         val): each split would be scaled by its own rule while ``intensity_scaling`` records
         the train split's only, so the server would scale an uploaded val image otherwise
-        than ingest stored it (an image folder is refused likewise: one bit depth)."""
+        than ingest stored it (an image folder is refused likewise: one bit depth). A split
+        without images has no pixels to scale (``np.zeros((0, H, W))`` is float64)."""
         train = self._convert["train"]
-        for conv in self._convert.values():
-            if conv.rule != train.rule:
+        for split, conv in self._convert.items():
+            if conv.rule != train.rule and self._members[split].n_rows:
                 raise InputError(
                     f"{conv.where} has dtype {conv.dtype} but key 'train_images' has "
                     f"{train.dtype}: expected one pixel type in every split (uint8, uint16 or "
