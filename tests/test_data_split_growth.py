@@ -232,3 +232,29 @@ def test_both_reads_of_the_carry_report_progress(
     ingest(workspace, reg, "told", tmp_path / "imgs", progress=progress)
     assert seen["read parent split"] == [40, 40] and seen["carry split"] == [60, 60], seen
     assert list(seen)[:2] == ["read parent split", "carry split"]
+
+
+def test_an_unchanged_folder_with_pixel_copies_across_splits_gives_the_same_version(
+    workspace: Workspace, tmp_path: Path
+) -> None:
+    # Copies under other bytes (PNG compression levels) are not kept together by the carve,
+    # so the parent holds some in train and in val/test; they all went to the most held-out
+    # split on the next `data add`, a new version of the very same files.
+    root = tmp_path / "imgs"
+    for c in "ab":
+        (root / c).mkdir(parents=True)
+        for i in range(20):
+            x = np.random.default_rng([ord(c), i]).integers(0, 255, (8, 8), dtype=np.uint8)
+            Image.fromarray(x).save(root / c / f"{i}.png", compress_level=9)
+            Image.fromarray(x).save(root / c / f"{i}_copy.png", compress_level=0)
+    first = data_add_line("twins", str(root))
+    assert "pixel copies of training images" in first  # the layout this test needs
+    old = open_version(workspace, "twins")
+    out = data_add_line("twins", str(root))
+    assert f"identical content: existing version {old.ref}" in out, out
+    _images(root, 20, 30)
+    out = data_add_line("twins", str(root))
+    new = open_version(workspace, "twins")
+    assert f"80 image(s) kept their split of {old.ref}, 20 new image(s) carved" in out, out
+    assert "val/test image(s) of" not in out  # no warning: none held out only is in train
+    assert new.meta["split_sizes"]["train"] >= old.meta["split_sizes"]["train"]

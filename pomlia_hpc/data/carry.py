@@ -8,7 +8,10 @@ the new version had seen the old version's held-out images. Here every carved im
 pixels the parent version holds keeps the parent's split (a val or test image stays out of
 train, whatever was added); only images new to the parent are carved, by the usual rule
 (:func:`~pomlia_hpc.data.sources.base.stratified_split`, so each class keeps about its
-fractions). Copies of a parent image go where the parent had it. The new images are compared
+fractions). Copies of a parent image go where the parent had it; an image the parent held
+in several splits (pixel copies under other bytes: the carve keeps only byte copies together,
+and `data add` warned of them) stays in each where it is carved into one of them, so the
+same source gives the same version. The new images are compared
 as the parent's store made its pixels (:func:`stored_as`): a 16-bit set's maximum and its
 channel count may change as it grows, and every stored value with them. A split the source gives
 (split folders, an npz's arrays, an HDF5 split dataset) is never changed.
@@ -37,10 +40,11 @@ _FRACTIONS = ("val_fraction", "test_fraction")
 
 
 def held_splits(store: DatasetStore, tick: Tick | None = None) -> dict[int, int]:
-    """The split code (0 train, 1 val, 2 test) of each image of ``store`` by the uint64 hash
-    of its pixels; an image stored in several splits (a version made before copies were kept
-    together) counts as the most held-out one, so it is never carried into train. Reads
-    the whole store, a chunk at a time (``tick``: called with each chunk's image count)."""
+    """The splits each image of ``store`` is in, by the uint64 hash of its pixels: a bit
+    mask, bit ``c`` set for split code ``c`` (0 train, 1 val, 2 test); several bits for an
+    image stored in several splits (pixel copies under other bytes, which the carve does
+    not keep together, or a version made before copies were kept together). Reads the whole
+    store, a chunk at a time (``tick``: called with each chunk's image count)."""
     from pomlia_hpc.data.explicit_fingerprint import image_hashes
 
     held: dict[int, int] = {}
@@ -50,7 +54,7 @@ def held_splits(store: DatasetStore, tick: Tick | None = None) -> dict[int, int]
         for code, split in enumerate(("train", "val", "test")):
             s_lo, s_hi = bounds.get(split, (0, 0))
             for h in hashes[max(s_lo, lo) - lo : max(min(s_hi, hi) - lo, 0)].tolist():
-                held[h] = max(held.get(h, 0), code)
+                held[h] = held.get(h, 0) | 1 << code
         if tick is not None:
             tick(hi - lo, store.n_images)
     return held

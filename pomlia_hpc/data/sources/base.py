@@ -494,7 +494,7 @@ class Source(ABC):
         tick: Callable[[int, int], None] | None = None,
     ) -> dict[str, int] | None:
         """Give the rows whose split this source carved (by :func:`stratified_split`) and
-        whose pixels the parent version held (``held``: pixel hash -> split code) the parent's
+        whose pixels the parent version held (``held``: pixel hash -> splits) the parent's
         split, so that growing a source moves no image between splits (:func:`carried_codes`,
         whose counts it returns); ``apply`` False only counts. The rows are hashed as the
         parent's store (``like``) made its pixels
@@ -540,21 +540,25 @@ def carried_codes(
 ) -> tuple[np.ndarray, dict[str, int]]:
     """Split codes for carved rows whose fresh codes are ``fresh`` and whose stored pixels
     hash to ``hashes`` (uint64, as :func:`~pomlia_hpc.data.explicit_fingerprint.image_hashes`),
-    given ``held``: the split code each image of the parent version had (pixel hash -> code).
-    A row whose pixels the parent held keeps the parent's split where this source carves that
-    split (``carved``: the codes of the held-out splits it carves; a split a folder gives is
-    never added to: such a row goes to another carved held-out split, else to train); a
-    new row keeps its fresh code. ``apply`` False: the fresh codes, only counted. Counts:
-    ``kept`` (rows in their parent split), ``new`` (rows the parent did not hold),
-    ``prevented`` (parent val/test rows the fresh codes put in train, kept out of it) and
-    ``into_train`` (parent val/test rows in train all the same). A row False in ``matchable``
+    given ``held``: the splits each image of the parent version was in (pixel hash -> bit
+    mask, bit ``c`` for split code ``c``). A row whose pixels the parent held keeps the
+    parent's split where this source carves that split (``carved``: the codes of the
+    held-out splits it carves; a split a folder gives is never added to: such a row goes to
+    another carved held-out split, else to train); a new row keeps its fresh code. An image
+    the parent held in several splits (pixel copies under other bytes) keeps its fresh code
+    where that is one of them, so the same source gives the same split, else takes the
+    most held-out one. ``apply`` False: the fresh codes, only counted. Counts:
+    ``kept`` (rows in a parent split), ``new`` (rows the parent did not hold), ``prevented``
+    (rows the parent held out of train only, kept out of it where the fresh codes put them in
+    train) and ``into_train`` (such rows in train all the same). A row False in ``matchable``
     (one the parent could not hold, :func:`~pomlia_hpc.data.sources.intensity.convert_as`)
     counts as new."""
     fresh = np.asarray(fresh, np.int8)
-    parent = np.asarray([held.get(int(h), -1) for h in hashes], np.int64)
+    masks = np.asarray([held.get(int(h), 0) for h in hashes], np.int64)
     if matchable is not None:
-        parent[~matchable] = -1
-    known = parent >= 0
+        masks[~matchable] = 0
+    known = masks > 0
+    top = np.where(masks & 4, 2, np.where(masks & 2, 1, 0))  # the most held-out split held
     allowed = np.zeros(3, np.int8)  # the carved code each parent code maps to
     for code in (1, 2):
         # Another held-out split rather than train: a val image in test is never trained on.
@@ -562,10 +566,11 @@ def carried_codes(
         allowed[code] = max(below) if below else 0
     codes = fresh.copy()
     if apply:
-        codes[known] = allowed[parent[known]]
-    was_out = parent > 0
+        move = known & ((masks >> fresh) & 1 == 0)  # the fresh code is no split it was in
+        codes[move] = allowed[top[move]]
+    was_out = known & (masks & 1 == 0)  # held out of train only: never trained on
     counts = {
-        "kept": int((known & (codes == parent)).sum()),
+        "kept": int((known & ((masks >> codes) & 1 == 1)).sum()),
         "new": int((~known).sum()),
         "prevented": int((was_out & (fresh == 0) & (codes > 0)).sum()),
         "into_train": int((was_out & (codes == 0)).sum()),
