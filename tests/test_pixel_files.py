@@ -289,6 +289,8 @@ def test_a_tiff_of_channels_stored_as_pages_is_one_image_refused(
     assert info.value.status == 400 and said in info.value.message
     err = " ".join(data_add(tmp_path / "f").split())
     assert f"image file '{path}' {said}" in err
+    if writer == "imagej":  # tifffile calls a grey stack's pages channels unless told
+        assert "metadata={'axes': 'ZYX'}), which without axes calls every page a" in err, err
     # A stack of slices (not channels) is still one image per page in the server.
     tifffile.imwrite(path, x, imagej=True, metadata={"axes": "ZYX"})
     slices = decode(path.read_bytes(), "image/tiff", InputSpec(SIDE, 1, 4095.0), Limits())

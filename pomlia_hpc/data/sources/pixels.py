@@ -452,10 +452,19 @@ def _channels_as_pages(page: Any, pages: int) -> str | None:
     channels, kind = _described_channels(page)
     if channels < 2:
         return None
+    # tifffile's imwrite(..., imagej=True) describes any grey stack (N, H, W) as N channels
+    # unless given its axes: a stack of separate images is then refused too, so say how.
+    stack = (
+        "; pages that are separate images or slices are saved as such with tifffile's "
+        "imwrite(..., imagej=True, metadata={'axes': 'ZYX'}), which without axes calls "
+        "every page a channel"
+        if kind == "an ImageJ hyperstack"
+        else ""
+    )
     return (
         f"is {kind} of {channels} channels stored as {pages} grey pages: expected one grey or "
         "RGB image per page (save three channels as one RGB image, or each channel as its "
-        "own grey data set)"
+        f"own grey data set{stack})"
     )
 
 
