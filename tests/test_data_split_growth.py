@@ -15,6 +15,7 @@ import pytest
 from PIL import Image
 
 from pomlia_hpc.data.api import ingest
+from pomlia_hpc.data.carry import held_splits
 from pomlia_hpc.data.explicit_fingerprint import image_hashes
 from pomlia_hpc.data.sources.intensity import PixelConverter
 from pomlia_hpc.data.store import DatasetStore, open_version
@@ -258,3 +259,24 @@ def test_an_unchanged_folder_with_pixel_copies_across_splits_gives_the_same_vers
     assert f"80 image(s) kept their split of {old.ref}, 20 new image(s) carved" in out, out
     assert "val/test image(s) of" not in out  # no warning: none held out only is in train
     assert new.meta["split_sizes"]["train"] >= old.meta["split_sizes"]["train"]
+
+
+def test_the_parent_split_is_held_in_nine_bytes_an_image(
+    workspace: Workspace, reg: Registry, tmp_path: Path
+) -> None:
+    # A dict of Python ints took about 90 bytes an image: gigabytes for a store of tens of
+    # millions. An image stored in two splits has both bits set.
+    rng = np.random.default_rng(5)
+    x = {s: rng.integers(0, 256, (n, 8, 8), dtype=np.uint8) for s, n in
+         (("train", 30), ("val", 6), ("test", 6))}  # fmt: skip
+    x["train"][0] = x["test"][0]
+    arrays = {f"{s}_images": v for s, v in x.items()}
+    arrays |= {f"{s}_labels": np.arange(len(v))[:, None] % 2 for s, v in x.items()}
+    np.savez(tmp_path / "h.npz", **arrays)
+    ingest(workspace, reg, "held", tmp_path / "h.npz", class_names=["a", "b"])
+    keys, bits = held_splits(open_version(workspace, "held"))
+    assert keys.dtype == np.uint64 and bits.dtype == np.uint8 and len(keys) == 41
+    assert (keys[1:] > keys[:-1]).all()  # sorted, distinct
+    copy = int(image_hashes(x["test"][:1, ..., None])[0])
+    assert bits[np.searchsorted(keys, np.uint64(copy))] == 0b101
+    assert Counter(bits.tolist()) == Counter({0b001: 29, 0b010: 6, 0b100: 5, 0b101: 1})

@@ -488,7 +488,7 @@ class Source(ABC):
 
     def carry_splits(
         self,
-        held: dict[int, int],
+        held: Held,
         apply: bool = True,
         like: StoredAs | None = None,
         tick: Callable[[int, int], None] | None = None,
@@ -530,18 +530,23 @@ def take_options(kind: str, options: dict[str, Any], allowed: Sequence[str]) -> 
         )
 
 
+#: What a parent version held (:func:`pomlia_hpc.data.carry.held_splits`): its images' sorted
+#: distinct pixel hashes (uint64) and a split bit mask (uint8) for each.
+Held = tuple[np.ndarray, np.ndarray]
+
+
 def carried_codes(
     fresh: np.ndarray,
     hashes: np.ndarray,
-    held: dict[int, int],
+    held: Held,
     carved: frozenset[int] = frozenset((1, 2)),
     apply: bool = True,
     matchable: np.ndarray | None = None,
 ) -> tuple[np.ndarray, dict[str, int]]:
     """Split codes for carved rows whose fresh codes are ``fresh`` and whose stored pixels
     hash to ``hashes`` (uint64, as :func:`~pomlia_hpc.data.explicit_fingerprint.image_hashes`),
-    given ``held``: the splits each image of the parent version was in (pixel hash -> bit
-    mask, bit ``c`` for split code ``c``). A row whose pixels the parent held keeps the
+    given ``held``: the splits each image of the parent version was in (:data:`Held`: bit
+    ``c`` of its mask for split code ``c``). A row whose pixels the parent held keeps the
     parent's split where this source carves that split (``carved``: the codes of the
     held-out splits it carves; a split a folder gives is never added to: such a row goes to
     another carved held-out split, else to train); a new row keeps its fresh code. An image
@@ -554,7 +559,10 @@ def carried_codes(
     (one the parent could not hold, :func:`~pomlia_hpc.data.sources.intensity.convert_as`)
     counts as new."""
     fresh = np.asarray(fresh, np.int8)
-    masks = np.asarray([held.get(int(h), 0) for h in hashes], np.int64)
+    keys, bits = held
+    at = np.minimum(np.searchsorted(keys, hashes), max(len(keys) - 1, 0))
+    found = keys[at] == hashes if len(keys) else np.zeros(len(hashes), bool)
+    masks = np.where(found, bits[at] if len(keys) else 0, 0).astype(np.int64)
     if matchable is not None:
         masks[~matchable] = 0
     known = masks > 0

@@ -71,6 +71,7 @@ from pathlib import Path
 import numpy as np
 
 from pomlia_hpc.data.sources.base import (
+    Held,
     IngestLimits,
     LabelDecl,
     LabelInfo,
@@ -456,7 +457,7 @@ class FolderSource(Source):
 
     def carry_splits(
         self,
-        held: dict[int, int],
+        held: Held,
         apply: bool = True,
         like: StoredAs | None = None,
         tick: Callable[[int, int], None] | None = None,

@@ -30,6 +30,7 @@ import h5py
 import numpy as np
 
 from pomlia_hpc.data.sources.base import (
+    Held,
     IngestLimits,
     LabelDecl,
     Source,
@@ -212,7 +213,7 @@ class Hdf5Source(Source):
 
     def carry_splits(
         self,
-        held: dict[int, int],
+        held: Held,
         apply: bool = True,
         like: StoredAs | None = None,
         tick: Callable[[int, int], None] | None = None,
