@@ -136,10 +136,13 @@ class PeerLogs:
             for name in set(self._offsets) - listing.keys():
                 del self._offsets[name]
             self._done.intersection_update(listing)
-        if ids:
-            issued.add(ids)
-        for pid in labelled:
-            issued.mark_labelled(pid)
+            # Noted before the lock goes: a feedback's turn that reads the files meanwhile
+            # (the reader thread's pass holds the lock) must find what this pass read in the
+            # index, not a read file and an id still unlabelled (a second label accepted).
+            if ids:
+                issued.add(ids)
+            for pid in labelled:
+                issued.mark_labelled(pid)
         return len(ids)
 
     def _read(self, path: Path, offset: int, ids: list[str], labelled: list[str]) -> int:

@@ -1,0 +1,65 @@
+"""The peer reader's pass and a feedback's turn read the other servers' files through one
+:class:`~pomlia_hpc.serve.peers.PeerLogs`: what a pass has read must be in the index before a
+turn can find nothing new (serve/peers.py, serve/feedgate.py)."""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+
+import orjson
+
+from pomlia_hpc.serve.issued import IssuedIds
+from pomlia_hpc.serve.peers import PeerLogs
+from tests.fixtures.factories import log_line
+
+
+class PausedIndex(IssuedIds):
+    """An index whose first ``mark_labelled`` waits for ``go``: the moment a pass of the peer
+    reader has read a label but not yet noted it."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.entered = threading.Event()
+        self.go = threading.Event()
+
+    def mark_labelled(self, pid: str) -> None:
+        if not self.entered.is_set():
+            self.entered.set()
+            self.go.wait()
+        super().mark_labelled(pid)
+
+
+def test_a_label_a_pass_has_read_is_seen_by_the_turn_that_comes_meanwhile(
+    tmp_path: Path,
+) -> None:
+    """The pass moved its offsets past the other server's label, let go of the reader's lock,
+    then noted the label in the index: a feedback's turn that read the files in between found
+    nothing new, judged the id unlabelled and logged a second label (the race the feedback
+    lock exists to prevent). Now the turn's read waits for the pass to note what it read."""
+    peer = tmp_path / "20260101T000000-node-1-0000.jsonl"
+    peer.write_bytes(b"")
+    peers = PeerLogs.snapshot(tmp_path, deployment=7)
+    peers.own = "20260101T000001-node-2"
+    pred = log_line("prediction", deployment=7)
+    issued = PausedIndex()
+    issued.add([pred["id"]])
+    fb = log_line("feedback", deployment=7, prediction_id=pred["id"])
+    peer.write_bytes(orjson.dumps(fb) + b"\n")  # the other server labelled it
+
+    reader_pass = threading.Thread(target=peers.catch_up, args=(issued,))
+    reader_pass.start()
+    assert issued.entered.wait(60)
+    seen: list[bool] = []
+
+    def turn() -> None:  # what FeedbackGate's on_turn does, then the judgement
+        peers.catch_up(issued)
+        seen.append(issued.labelled(pred["id"]))
+
+    judge = threading.Thread(target=turn)
+    judge.start()
+    judge.join(2)  # fixed: still waiting for the pass; not fixed: it judged already
+    issued.go.set()
+    reader_pass.join()
+    judge.join()
+    assert seen == [True]
