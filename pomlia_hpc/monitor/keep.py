@@ -9,9 +9,9 @@ so a retention shorter than window plus look-back deletes the predictions of lat
 the run then counts as unknown, untested. `pomlia serve` asks this module before it starts:
 the chains scheduled for the model it serves or for its slot
 (``jobs/monitor/<key>/schedule.env``, :mod:`.schedule`) record their ``WINDOW`` and period
-(``EVERY``). A retention shorter than a window plus the look-back is refused; one shorter than
-that plus a period (a run held in the queue that long, as a chain allows, reads files older
-still) is a warning.
+(``EVERY``). A retention shorter than a window is refused; one shorter than a window plus the
+look-back, or than that plus a period (a run held in the queue that long, as a chain allows,
+reads files older still), is a warning.
 """
 
 from __future__ import annotations
@@ -70,9 +70,13 @@ def check_retention(
     workspace: Workspace, model: str, slot: str | None, retention_days: float
 ) -> list[str]:
     """Refuse (:class:`InputError`) a log retention of ``retention_days`` for a server of
-    ``model`` (on deployment slot ``slot``, if any) shorter than the window plus the label
-    look-back of a monitor chain scheduled for either; the warnings for one shorter than that
-    plus the chain's period."""
+    ``model`` (on deployment slot ``slot``, if any) shorter than the window of a monitor chain
+    scheduled for either; the warnings for one shorter than the window plus the label
+    look-back (late labels' predictions deleted, counted as unknown), and for one shorter than
+    that plus the chain's period. The look-back is a warning, not a refusal: a chain's runs
+    take no other look-back, so a retention kept short on purpose (a site's rule) could never
+    start beside a chain, and a server restarted with the retention it ran with before was
+    refused."""
     warnings = []
     kept = timedelta(seconds=retention_days * DAY_S)
     keys = [model] + ([f"{SLOT_PREFIX}{slot}"] if slot is not None else [])
@@ -83,14 +87,21 @@ def check_retention(
             f"predictions looked up {_days(DEFAULT_LOOKBACK)} before the window)"
         )
         reads = need.window + DEFAULT_LOOKBACK
-        if kept < reads:
+        if kept < need.window:
             raise InputError(
-                f"{what}: each run would read files retention deleted (the window's, or the "
-                "predictions of its late labels, then untested); expected "
-                f"--log-retention-days of at least {_days(reads + need.every)} (window plus "
-                "look-back plus period), or a shorter `monitor schedule --window`"
+                f"{what}: each run would test a window whose older files retention deleted; "
+                f"expected --log-retention-days of at least {_days(reads + need.every)} "
+                "(window plus look-back plus period; the window alone at the least), or a "
+                "shorter `monitor schedule --window`"
             )
-        if kept < reads + need.every:
+        if kept < reads:
+            warnings.append(
+                f"{what}: the predictions of labels that come more than "
+                f"{_days(kept - need.window)} late are deleted before a run looks them up "
+                f"(counted as unknown, untested); {_days(reads + need.every)} of retention "
+                "avoids that"
+            )
+        elif kept < reads + need.every:
             warnings.append(
                 f"{what}: a run held in the queue up to a period would read files retention "
                 f"may have deleted; {_days(reads + need.every)} of retention avoids that"
