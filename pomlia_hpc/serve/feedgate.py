@@ -123,7 +123,12 @@ class FeedbackGate:
                             *(section() for section, _ in batch), return_exceptions=True
                         )
                     finally:
-                        self._release()
+                        # Off the event loop: on NFS the unlock is a call to the lock manager,
+                        # and a slow one held every request of the server (health included).
+                        try:
+                            await asyncio.to_thread(self._release)
+                        except OSError:  # the labels are on disk: answer them all the same
+                            log.exception("feedback lock %s: could not let it go", self.path)
                 for (_, fut), res in zip(batch, got, strict=True):
                     if fut.done():
                         continue
