@@ -144,10 +144,17 @@ class ModelHolder:
         )
         peers.own = plog.stem
         self.gate.on_turn = functools.partial(peers.catch_up, issued)
-        if config.peer_read_interval_s > 0:
+        try:
+            self.predictor = await asyncio.to_thread(self._make_predictor, self.bundle, plog)
+        except BaseException:
+            # No stop() follows a start that failed (the lifespan ends there): the log's
+            # writer thread and the lock file go now, not with the process.
+            await asyncio.to_thread(plog.close)
+            await self.gate.close()
+            raise
+        if config.peer_read_interval_s > 0:  # once the model loaded: nothing left to stop
             self._reader = PeerReader(peers, issued, config.peer_read_interval_s)
             self._reader.start()
-        self.predictor = await asyncio.to_thread(self._make_predictor, self.bundle, plog)
         if self.follow is not None and config.watch_interval_s > 0:
             self._watcher = asyncio.create_task(self._watch(self.follow))
         if on_ready is not None:
