@@ -4,10 +4,13 @@ turn can find nothing new (serve/peers.py, serve/feedgate.py)."""
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
+from typing import Any
 
 import orjson
+import pytest
 
 from pomlia_hpc.serve.issued import IssuedIds
 from pomlia_hpc.serve.peers import PeerLogs
@@ -63,3 +66,33 @@ def test_a_label_a_pass_has_read_is_seen_by_the_turn_that_comes_meanwhile(
     reader_pass.join()
     judge.join()
     assert seen == [True]
+
+
+def test_a_turn_reads_the_size_of_the_open_file_not_a_cached_stat(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The size of the other server's file was taken from a stat of its name, which an NFS
+    client answers from its attribute cache (seconds old; 3 to 60 s by default): a label
+    that server logged on another node before it let the feedback lock go was not read in
+    the next turn, and the id took a second label. An open revalidates the attributes on NFS
+    (close-to-open), so the size comes from the open file. The stale cache is played here by
+    a stat that answers what the file was before the label."""
+    peer = tmp_path / "20260101T000000-node-1-0000.jsonl"
+    pred = log_line("prediction", deployment=7)
+    peer.write_bytes(orjson.dumps(pred) + b"\n")
+    peers = PeerLogs.snapshot(tmp_path, deployment=7)
+    peers.own = "20260101T000001-node-2"
+    issued = IssuedIds()
+    issued.add([pred["id"]])
+    cached = peer.stat()
+    fb = log_line("feedback", deployment=7, prediction_id=pred["id"])
+    with peer.open("ab") as f:
+        f.write(orjson.dumps(fb) + b"\n")  # the other node labelled it, then let the lock go
+    real_stat = Path.stat
+
+    def stat(self: Path, **kwargs: Any) -> os.stat_result:
+        return cached if self == peer else real_stat(self, **kwargs)
+
+    monkeypatch.setattr(Path, "stat", stat)
+    peers.catch_up(issued)  # the next turn's read
+    assert issued.labelled(pred["id"])

@@ -9,7 +9,7 @@ was refused for good with 404 "not issued by this deployment", though it was.
 
 :class:`PeerLogs` reads, before each feedback is judged, what the other servers' files in the
 folder gained since it last looked (each byte once: an offset per file, taken at its last whole
-line before start-up read the folder; a listing of the folder and a stat per writer's newest
+line before start-up read the folder; a listing of the folder and an open per writer's newest
 file when nothing was added), and adds their predictions and
 labels of this deployment to the index: an id the old server answered is taken, one it
 labelled meanwhile is refused without ``"replaces": true``. Lines of other deployments are
@@ -19,11 +19,13 @@ is skipped as at start-up.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import re
 import threading
 from pathlib import Path
+from typing import BinaryIO
 
 from pomlia_hpc.serve.issued import IssuedIds, other_deployment_filter
 from pomlia_hpc.serve.logfiles import (
@@ -45,11 +47,12 @@ class PeerLogs:
     are read again: adding an id twice changes nothing); ``own``, the name start of this
     server's files (:attr:`~.predlog.PredictionLog.stem`), is set once its log exists.
 
-    Only files that can still grow are looked at (a stat each per feedback): the newest file of
-    each writer (``<stem>-<seq>.jsonl``; one it rotated away from is read to its end once, then
-    left alone) whose writer did not start before ``created`` (the deployment's creation, epoch
-    s, less :data:`~.logfiles.CLOCK_SKEW_S`), so a month of rotated files and of other
-    deployments' servers costs each feedback a directory listing, not a stat per file."""
+    Only files that can still grow are looked at (an open each per pass; the size from the open
+    file, which NFS revalidates on open, not a stat its attribute cache may answer): the newest
+    file of each writer (``<stem>-<seq>.jsonl``; one it rotated away from is read to its end
+    once, then left alone) whose writer did not start before ``created`` (the deployment's
+    creation, epoch s, less :data:`~.logfiles.CLOCK_SKEW_S`), so a month of rotated files and
+    of other deployments' servers costs each pass a directory listing, not an open per file."""
 
     def __init__(
         self,
@@ -120,13 +123,21 @@ class PeerLogs:
                     continue
                 path = self.directory / name
                 try:
-                    size = path.stat().st_size
+                    f = path.open("rb")
                 except FileNotFoundError:  # deleted since the listing
                     continue
-                # Shorter than read: its writer cut back a write that failed (not answered).
-                offset = min(self._offsets.get(name, 0), size)
-                if size > offset:
-                    offset = self._read(path, offset, ids, labelled)
+                except OSError:  # unreadable (its mode): nothing read from it
+                    f = None
+                with f or contextlib.nullcontext():
+                    # The size of the open file, not a stat of its name: on NFS an open
+                    # revalidates the file's attributes (close-to-open) while a stat may answer
+                    # from the client's attribute cache, seconds old, and a label another node
+                    # logged before it let the feedback lock go was not read in the turn.
+                    size = os.fstat(f.fileno()).st_size if f is not None else 0
+                    # Shorter than read: its writer cut back a write that failed (not answered).
+                    offset = min(self._offsets.get(name, 0), size)
+                    if f is not None and size > offset:
+                        offset = self._read(f, path, offset, ids, labelled)
                 if newest:
                     self._offsets[name] = offset
                 else:  # rotated away from: what it gained before is read, nothing comes after
@@ -145,32 +156,33 @@ class PeerLogs:
                 issued.mark_labelled(pid)
         return len(ids)
 
-    def _read(self, path: Path, offset: int, ids: list[str], labelled: list[str]) -> int:
-        """Collect the records of whole lines of ``path`` after byte ``offset``; returns the
-        offset after the last whole line read."""
+    def _read(
+        self, f: BinaryIO, path: Path, offset: int, ids: list[str], labelled: list[str]
+    ) -> int:
+        """Collect the records of whole lines of ``f`` (log file ``path``, open) after byte
+        ``offset``; returns the offset after the last whole line read."""
         bad = 0
         try:
-            with path.open("rb") as f:
-                lines = WholeLines(f, offset=offset)  # a record being written: read next time
-                for _lineno, raw in lines:
-                    offset = lines.end
-                    if self._other(raw):
-                        continue
-                    try:
-                        rec = parse_line(raw)
-                    except BadLineError:
+            lines = WholeLines(f, offset=offset)  # a record being written: read next time
+            for _lineno, raw in lines:
+                offset = lines.end
+                if self._other(raw):
+                    continue
+                try:
+                    rec = parse_line(raw)
+                except BadLineError:
+                    bad += 1
+                    continue
+                if rec.deployment != self.deployment:
+                    continue
+                if isinstance(rec, PredictionLine):
+                    if _ID.fullmatch(rec.id) is None:  # not issued by a server: never taken
                         bad += 1
                         continue
-                    if rec.deployment != self.deployment:
-                        continue
-                    if isinstance(rec, PredictionLine):
-                        if _ID.fullmatch(rec.id) is None:  # not issued by a server: never taken
-                            bad += 1
-                            continue
-                        ids.append(rec.id)
-                    elif isinstance(rec, FeedbackLine):
-                        labelled.append(rec.prediction_id)
-        except OSError:  # deleted between the listing and the read (or unreadable)
+                    ids.append(rec.id)
+                elif isinstance(rec, FeedbackLine):
+                    labelled.append(rec.prediction_id)
+        except OSError:  # an I/O error mid-read: the rest is read next time
             return offset
         if bad:
             log.warning(
