@@ -8,14 +8,18 @@ import json
 import os
 from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
+import orjson
 import pytest
 from typer.testing import CliRunner
 
 from pomlia_hpc.cli import app
+from pomlia_hpc.serve.issued import Claim, IssuedIds
 from pomlia_hpc.serve.labelled import labelled_inputs
 from pomlia_hpc.serve.predlog import log_dir
+from tests.fixtures.factories import log_line
 from tests.monitor_support import (
     CLASSES,
     MonitorEnv,
@@ -117,3 +121,20 @@ def test_a_record_written_after_the_run_read_its_window_is_in_the_next_window(
     for path in log_dir(ws.path("logs"), "blood").glob("*.jsonl"):
         path.unlink()
     assert two_nights("--settle", "5m") == [0, 1]
+
+
+def test_of_two_files_last_changed_in_the_same_second_start_up_reads_the_later_name_first(
+    tmp_path: Path,
+) -> None:
+    """A file system that keeps whole seconds (Lustre) gives a writer's rotated file and its
+    next one the same last change: start-up read the rotated file first and, its feedback
+    window full, never read the next, so feedback for the newest predictions got a 404."""
+    old, new = (tmp_path / f"20260101T000000-node-1-000{seq}.jsonl" for seq in (0, 1))
+    ids = {}
+    for path in (old, new):
+        recs = [log_line("prediction") for _ in range(2)]
+        path.write_bytes(b"".join(orjson.dumps(r) + b"\n" for r in recs))
+        os.utime(path, (1767225600, 1767225600))
+        ids[path] = [r["id"] for r in recs]
+    issued = IssuedIds.from_log(tmp_path, None, capacity=2)
+    assert [issued.claim(pid, replaces=False) for pid in ids[new]] == [Claim.OK, Claim.OK]

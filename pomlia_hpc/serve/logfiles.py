@@ -13,7 +13,8 @@ torn last line; the rules are here, once:
   The file name's start time is no upper bound: a log copied in, or written by a test,
   may hold records older than its name.
 * **In which order**: by name (= writer start) for a reader that reads them all; newest last
-  change first for a reader that stops once it found what it looks for. Not by name then: a
+  change first (of equal last changes, the later name first) for a reader that stops once it
+  found what it looks for. Not by name then: a
   server that ran for weeks beside a newer one has its newest records in a file whose name
   sorts before the newer server's (a server's start-up that filled its feedback window from
   the newer file first forgot the older server's recent ids).
@@ -112,7 +113,12 @@ def files_since(
         else:
             kept.append((mtime, path))
     if newest_first:
-        kept.sort(key=lambda mp: mp[0], reverse=True)  # stable: ties keep name order
+        # Of two files last changed at the same time (a file system that keeps whole seconds,
+        # as Lustre does: a rotation and the next file's writes), the later name is the newer
+        # (a writer's next file, a later writer): start-up read the older first and, its
+        # window full, never read the file of the newest predictions.
+        kept.reverse()
+        kept.sort(key=lambda mp: mp[0], reverse=True)  # stable: ties keep reversed name order
     out.files = [path for _, path in kept]
     return out
 
