@@ -61,6 +61,29 @@ def test_a_registry_failure_is_not_exit_1(workspace: Workspace) -> None:
     assert proc.stderr.strip() == "error: registry database error: no such table: jobs"
 
 
+def test_a_workspace_that_is_a_file_is_bad_input_not_a_missing_registry(tmp_path: Path) -> None:
+    """``--home`` naming a file said "no registry at <file>/registry.db" (exit 4) and sent the
+    user to `pomlia init`, which cannot make a folder there: it is bad input (2), one line
+    that says the path is a file, also for `pomlia init` itself."""
+    afile = tmp_path / "notes.txt"
+    afile.write_text("not a workspace")
+    for args in (("data", "list"), ("init",)):
+        proc = pomlia("--home", str(afile), *args)
+        assert proc.returncode == 2, proc.stderr
+        assert f"workspace {afile} is a file, not a folder" in proc.stderr
+        assert proc.stderr.count("error:") == 1 and "Traceback" not in proc.stderr
+    assert afile.read_text() == "not a workspace"
+
+
+def test_a_bad_count_for_similar_is_bad_input_before_any_lookup(workspace: Workspace) -> None:
+    """`similar X --k 0` in a workspace without an encoder was exit 4 ("no encoder is
+    registered"): the bad option is found first, exit 2, whatever the workspace holds."""
+    for option in ("--k", "--images"):
+        proc = pomlia("--home", str(workspace.home), "similar", "anything", option, "0")
+        assert proc.returncode == 2, proc.stderr
+        assert f"{option} 0: expected a number >= 1" in proc.stderr
+
+
 def test_a_database_server_out_of_reach_is_exit_69(tmp_path: Path) -> None:
     """A PostgreSQL registry that refuses connections was exit 2, as a mistyped option is:
     a script could not tell "try again later" from "fix the command"."""

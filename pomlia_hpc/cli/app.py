@@ -134,7 +134,15 @@ class Context:
                 "cluster": {"profile": self.cluster},
             }
         )
-        return Workspace.from_settings(settings)
+        ws = Workspace.from_settings(settings)
+        if ws.home.exists() and not ws.home.is_dir():
+            # Otherwise every command said "no registry at <file>/registry.db" (exit 4) and
+            # pointed at `pomlia init`, which cannot make a folder where a file is.
+            raise InputError(
+                f"workspace {ws.home} is a file, not a folder: point --home (or POMLIA_HOME) "
+                "at a workspace folder, or at a path that does not exist yet for `pomlia init`"
+            )
+        return ws
 
     def registry(self, *, create: bool = False, check_home: bool = True) -> Registry:
         """The workspace's registry. Only ``create=True`` (``pomlia init``, ``pomlia registry

@@ -368,7 +368,12 @@ def build(
 def _check_similar_options(
     images: int | None, split: str | None, k: int | None, distance: str | None
 ) -> None:
-    """Refuse the options of the other mode of ``similar`` rather than ignore them."""
+    """Refuse the options of the other mode of ``similar`` rather than ignore them, and
+    counts below 1, before anything is looked up (a bad option is exit 2 even in a workspace
+    without an encoder, which is exit 4)."""
+    for option, count in (("--k", k), ("--images", images)):
+        if count is not None and count < 1:
+            raise InputError(f"{option} {count}: expected a number >= 1")
     if images is None and split is not None:
         raise InputError("option '--split' needs --images N: datasets are compared on all rows")
     for option, value in (("--k", k), ("--distance", distance)):
