@@ -13,7 +13,7 @@ from pomlia_hpc.automl.folders import study_dir
 from pomlia_hpc.automl.liveness import DriverBeat
 from pomlia_hpc.automl.study import create
 from pomlia_hpc.cli import main
-from pomlia_hpc.errors import PomliaError
+from pomlia_hpc.errors import BUSY_EXIT, PomliaError
 from pomlia_hpc.registry import Registry
 from pomlia_hpc.workspace import Workspace
 from tests.fixtures.factories import tiny_study, tiny_task
@@ -82,6 +82,6 @@ def test_a_refused_resume_prints_nothing_before_its_refusal(
     with pytest.raises(SystemExit) as ex:
         main()
     out, err = capsys.readouterr()
-    assert ex.value.code == 2 and out == "", out
+    assert ex.value.code == BUSY_EXIT and out == "", out
     err = " ".join(err.split())
     assert err.startswith("error: study 'kc' is being driven by pid"), err

@@ -348,7 +348,8 @@ def test_job_dependencies_need_slurm() -> None:
         after_ok_parameters(load_cluster_profile("local"), ["12"])
     params = after_ok_parameters(load_cluster_profile("slurm-local"), ["12", "13"])
     extra = params["slurm_additional_parameters"]
-    assert extra == {"dependency": "afterok:12:13", "kill-on-invalid-dep": "yes"}
+    # export=ALL: a site's SBATCH_EXPORT=NONE must not start the job without its environment
+    assert extra == {"dependency": "afterok:12:13", "kill-on-invalid-dep": "yes", "export": "ALL"}
 
 
 def test_status_by_name_and_by_file_agree_on_staleness(

@@ -36,7 +36,8 @@ MULTIPART = {"content-type": f"multipart/form-data; boundary={BOUNDARY}"}
 #: The status codes each route can answer with (a 500 is a bug and never documented): what
 #: the handlers raise, plus 408 and 431, which the connection guard sends for any route.
 SENT = {
-    "/v1/predict": {200, 400, 408, 413, 415, 431, 503},
+    # 500: the model produced a non-finite output (no prediction is made for the request)
+    "/v1/predict": {200, 400, 408, 413, 415, 431, 500, 503},
     "/v1/feedback": {200, 400, 401, 403, 404, 408, 409, 413, 415, 422, 431, 503},
     "/v1/admin/reload": {200, 401, 403, 408, 409, 431, 503},
     "/health": {200, 408, 431},
