@@ -112,7 +112,7 @@ def test_an_error_quoting_brackets_is_printed_as_text(tmp_path: Path) -> None:
 
 def test_a_home_that_is_a_file_is_one_line_and_exit_2(tmp_path: Path) -> None:
     """`pomlia --home FILE init` (and every command that creates the layout) failed in mkdir
-    with a traceback."""
+    with a traceback; it is refused before anything is made, naming the file."""
     home = tmp_path / "notes.txt"
     home.write_text("mine")
     proc = subprocess.run(
@@ -123,7 +123,7 @@ def test_a_home_that_is_a_file_is_one_line_and_exit_2(tmp_path: Path) -> None:
         check=False,
     )
     assert proc.returncode == 2, proc.stderr
-    assert f"workspace {home}: cannot create stores/ (Not a directory)" in proc.stderr
+    assert f"workspace {home} is a file, not a folder" in proc.stderr
     assert "Traceback" not in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
     assert home.read_text() == "mine"
 

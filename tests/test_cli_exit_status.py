@@ -78,10 +78,10 @@ def test_a_workspace_that_is_a_file_is_bad_input_not_a_missing_registry(tmp_path
 def test_a_bad_count_for_similar_is_bad_input_before_any_lookup(workspace: Workspace) -> None:
     """`similar X --k 0` in a workspace without an encoder was exit 4 ("no encoder is
     registered"): the bad option is found first, exit 2, whatever the workspace holds."""
-    for option in ("--k", "--images"):
+    for option, what in (("--k", "datasets"), ("--images", "images")):
         proc = pomlia("--home", str(workspace.home), "similar", "anything", option, "0")
         assert proc.returncode == 2, proc.stderr
-        assert f"{option} 0: expected a number >= 1" in proc.stderr
+        assert f"{option} 0: expected a number of {what} >= 1" in proc.stderr
 
 
 def test_a_database_server_out_of_reach_is_exit_69(tmp_path: Path) -> None:

@@ -371,9 +371,9 @@ def _check_similar_options(
     """Refuse the options of the other mode of ``similar`` rather than ignore them, and
     counts below 1, before anything is looked up (a bad option is exit 2 even in a workspace
     without an encoder, which is exit 4)."""
-    for option, count in (("--k", k), ("--images", images)):
-        if count is not None and count < 1:
-            raise InputError(f"{option} {count}: expected a number >= 1")
+    for option, count, what in (("--k", k, "datasets"), ("--images", images, "images")):
+        if count is not None and count < 1:  # the library's own wording (fingerprint.similar)
+            raise InputError(f"{option} {count}: expected a number of {what} >= 1")
     if images is None and split is not None:
         raise InputError("option '--split' needs --images N: datasets are compared on all rows")
     for option, value in (("--k", k), ("--distance", distance)):
