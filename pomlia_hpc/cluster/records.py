@@ -170,14 +170,14 @@ EARLIER_META = "earlier_attempts_s"
 
 def attempts_run(row: Job, st: SchedulerState | None = None) -> int:
     """How many attempts of Slurm job ``row`` ran (started), the current one included: those
-    sacct gives a start time in ``st``, else in the last poll that counted them (the row's
-    meta); without either, Slurm's requeues + 1 (then an attempt requeued before it started
-    counts too)."""
+    sacct gives a start time in ``st``, else the last poll's count (meta; a completed job's at
+    least requeues + 1: its short last attempt may have run after that poll), else requeues + 1."""
     if st is not None and st.attempts_run is not None:
         return st.attempts_run
     known = (row.meta or {}).get(ATTEMPTS_META)
     requeues = max(int(row.requeue_count or 0), st.requeue_count if st is not None else 0)
-    return known if isinstance(known, int) else requeues + 1
+    floor = requeues + 1 if row.state == "COMPLETED" else 1
+    return max(known, floor) if isinstance(known, int) else requeues + 1
 
 
 def recorded_as_of(row: Job) -> datetime:
