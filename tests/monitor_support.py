@@ -188,3 +188,20 @@ def scheduled_hourly_chain(
     monkeypatch.delenv("SLURM_JOB_ID")
     runner.invoke(app, ["monitor", "unschedule", model])
     wait_until(lambda: jobs_named(job_name(model)) == [], timeout=60, interval=0.5, what="end")
+
+
+def label(pred: dict[str, Any], when: datetime, index: int, **more: Any) -> dict[str, Any]:
+    """A feedback record giving prediction ``pred`` (a logged prediction's dict) the label of
+    class ``index`` at ``when``, as the server logs it; ``more``: extra or replaced keys."""
+    return {
+        "type": "feedback",
+        "id": os.urandom(16).hex(),
+        "time": when.isoformat(timespec="microseconds"),
+        "prediction_id": pred["id"],
+        "model": pred["model"],
+        "model_version": pred["model_version"],
+        "deployment": None,
+        "label": str(index),
+        "label_index": index,
+        **more,
+    }

@@ -26,6 +26,7 @@ from tests.monitor_support import (
     append_lines,
     demo_workspace,
     images,
+    label,
     log_predictions,
     with_empty_log,
 )
@@ -41,21 +42,6 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[MonitorEnv]:
 @pytest.fixture
 def fresh(env: MonitorEnv, monkeypatch: pytest.MonkeyPatch) -> MonitorEnv:
     return with_empty_log(env, monkeypatch)
-
-
-def label(pred: dict[str, Any], when: datetime, index: int, **more: Any) -> dict[str, Any]:
-    return {
-        "type": "feedback",
-        "id": os.urandom(16).hex(),
-        "time": when.isoformat(timespec="microseconds"),
-        "prediction_id": pred["id"],
-        "model": pred["model"],
-        "model_version": pred["model_version"],
-        "deployment": None,
-        "label": str(index),
-        "label_index": index,
-        **more,
-    }
 
 
 def monitor_json_args(args: list[str]) -> dict[str, Any]:

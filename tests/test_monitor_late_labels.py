@@ -26,6 +26,7 @@ from tests.monitor_support import (
     append_lines,
     demo_workspace,
     images,
+    label,
     log_predictions,
     with_empty_log,
 )
@@ -62,21 +63,6 @@ def report_of(since: datetime, until: datetime, *more: str) -> dict[str, Any]:
 def feedback(ws: Workspace, name: str, *labels: dict[str, Any]) -> None:
     """Log feedback records as a later server process would (a file of their own)."""
     append_lines(log_dir(ws.path("logs"), "blood") / f"{name}.jsonl", *labels)
-
-
-def label(pred: dict[str, Any], when: datetime, index: int, **more: Any) -> dict[str, Any]:
-    return {
-        "type": "feedback",
-        "id": os.urandom(16).hex(),
-        "time": when.isoformat(timespec="microseconds"),
-        "prediction_id": pred["id"],
-        "model": pred["model"],
-        "model_version": pred["model_version"],
-        "deployment": None,
-        "label": str(index),
-        "label_index": index,
-        **more,
-    }
 
 
 def test_nightly_windows_count_every_late_label_once(
