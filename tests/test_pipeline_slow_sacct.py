@@ -83,7 +83,7 @@ def test_status_waits_briefly_and_marks_what_slurm_did_not_confirm(
     )
     out = waited_for_sacct(res, 3)
     assert (
-        "sacct did not answer within 3 s; the states shown are the last recorded ones, "
+        "did not answer within 3 s; the states shown are the last recorded ones, "
         "as of 2026-01-02 03:04:05 (marked ?)" in out
     ), out
     (encoder,) = [ln for ln in res.stdout.splitlines() if "encoder" in ln]
@@ -108,7 +108,7 @@ def test_run_wait_asks_again_at_the_next_poll(
     out = waited_for_sacct(res, 3)
     assert "pipeline p is already running: p-encoder (4242, RUNNING?)" in out, out
     log = " ".join(res.stderr.split())  # the wait's progress lines: for people, on stderr
-    assert "sacct did not answer within 3 s; states marked ? are as last recorded" in log
+    assert "did not answer within 3 s; states marked ? are as last recorded" in log
     assert "encoder=running?" in log  # unconfirmed: waited for, not taken as ended
     assert "encoder=running?" not in out, out
     assert int((tmp_path / "sacct-calls").read_text()) >= 3  # asked again, then answered

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pomlia_hpc.cluster.reach import slurm_failure
+from pomlia_hpc.cluster.reach import slurm_failure, timed_out
 from pomlia_hpc.cluster.records import (
     FINAL_STATES,
     is_local_job_process,
@@ -32,6 +32,9 @@ from pomlia_hpc.cluster.records import (
 from pomlia_hpc.errors import ClusterError, NotFoundError
 from pomlia_hpc.processes import ignores_signal, kill_tree, pid_alive
 from pomlia_hpc.registry import Job, Registry
+
+#: Seconds ``scancel`` may take before the controller counts as not answering (exit 69).
+SCANCEL_TIMEOUT_S = 60.0
 
 #: Seconds a cancelled local job may take to stop after SIGINT before it gets SIGKILL. A process
 #: can ignore SIGINT without meaning to: it inherits SIG_IGN when started from a background job
@@ -59,9 +62,16 @@ def cancel_scheduler_job(backend: str, scheduler_id: str, *, folder: str | None 
     ``folder``, when given): after the job ended, the pid may belong to an unrelated process.
     """
     if backend == "slurm":
-        proc = subprocess.run(
-            ["scancel", scheduler_id], capture_output=True, text=True, check=False
-        )
+        try:  # a controller that hangs must not hang `jobs cancel` with it
+            proc = subprocess.run(
+                ["scancel", scheduler_id],
+                capture_output=True,
+                text=True,
+                timeout=SCANCEL_TIMEOUT_S,
+                check=False,
+            )
+        except subprocess.TimeoutExpired as exc:
+            raise timed_out("scancel", SCANCEL_TIMEOUT_S) from exc
         if proc.returncode != 0:
             raise slurm_failure("scancel", proc.stderr, f"scancel {scheduler_id} failed")
     elif backend == "local":
@@ -113,9 +123,15 @@ def cancel_array_parts(
     :class:`ClusterError` when ``scancel`` fails (nothing recorded)."""
     try:
         proc = subprocess.run(
-            ["scancel", *array_ids], capture_output=True, text=True, timeout=60, check=False
+            ["scancel", *array_ids],
+            capture_output=True,
+            text=True,
+            timeout=SCANCEL_TIMEOUT_S,
+            check=False,
         )
-    except (FileNotFoundError, subprocess.TimeoutExpired) as exc:
+    except subprocess.TimeoutExpired as exc:  # the controller, not the request: exit 69
+        raise timed_out("scancel", SCANCEL_TIMEOUT_S) from exc
+    except FileNotFoundError as exc:
         raise ClusterError(f"scancel could not be run: {exc}") from exc
     if proc.returncode != 0:
         raise slurm_failure("scancel", proc.stderr, f"scancel {' '.join(array_ids)} failed")

@@ -100,8 +100,12 @@ def unreachable_error(command: str, text: str) -> SlurmUnavailableError:
 def timed_out(command: str, seconds: float) -> SlurmUnavailableError:
     """The one-line error for ``command`` that gave no answer within ``seconds`` (an
     overloaded or restarting daemon): a service that did not answer, as a refused connection
-    is."""
-    return SlurmUnavailableError(f"{command} did not answer within {seconds:g} s")
+    is, named with its address as :func:`unreachable_error` names it (``sacct: Slurm's
+    accounting daemon (slurmdbd at 127.0.0.1:6819, from /etc/slurm/slurm.conf) did not
+    answer within 15 s``), so that the line says where to look."""
+    return SlurmUnavailableError(
+        f"{command}: {daemon_address(command)} did not answer within {seconds:g} s"
+    )
 
 
 def slurm_failure(command: str, text: str, refused: str, then: str = "") -> ClusterError:

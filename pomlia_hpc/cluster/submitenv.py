@@ -20,7 +20,9 @@ enclosing job would otherwise change what it gets, without a word:
   ``SLURM_MEM_PER_CPU`` beside the new job's ``SLURM_MEM_PER_NODE`` is fatal ("mutually
   exclusive"), so every trial of a driver started with ``--mem-per-cpu`` failed at once.
   They are left out (:func:`inherited_job_vars`); the site's configuration (``SLURM_CONF``
-  and the other names of :data:`KEPT_SLURM_VARS`) stays.
+  and the other names of :data:`KEPT_SLURM_VARS`) stays, and so does ``SLURM_JWT``, the
+  token by which sbatch authenticates on a site that uses ``auth/jwt``: without it every
+  submission failed ("Protocol authentication error"), and a driver job could submit none.
 """
 
 from __future__ import annotations
@@ -54,7 +56,8 @@ ALWAYS_SET = (
 SET_BY_PROFILE = {"partition": "SBATCH_PARTITION", "account": "SBATCH_ACCOUNT", "qos": "SBATCH_QOS"}
 
 #: ``SLURM_*`` variables that configure the Slurm commands themselves, not a job: kept.
-KEPT_SLURM_VARS = frozenset({"SLURM_CONF", "SLURM_CLUSTERS", "SLURM_TIME_FORMAT"})
+#: ``SLURM_JWT`` is the user's token where the site authenticates with ``auth/jwt``.
+KEPT_SLURM_VARS = frozenset({"SLURM_CONF", "SLURM_CLUSTERS", "SLURM_TIME_FORMAT", "SLURM_JWT"})
 
 _noted: set[str] = set()
 

@@ -1,0 +1,103 @@
+"""Slurm's client commands misbehaving as they do on a loaded or re-configured cluster: a
+daemon that does not answer in time, a site that authenticates with a JWT. Fast tests: fake
+``sbatch``/``sacct``/``squeue``/``scancel`` scripts first on PATH, which read the real
+cluster's ``slurm.conf`` through ``SLURM_CONF`` as the real clients would (nothing shared is
+stopped). ``tests/test_cli_slurm_unreachable.py`` has the daemons out of reach for real."""
+
+from __future__ import annotations
+
+import operator
+import os
+from pathlib import Path
+
+import pytest
+
+from pomlia_hpc.cluster import Executor
+from pomlia_hpc.cluster import cancel
+from pomlia_hpc.cluster.records import sacct_states, squeue_ids
+from pomlia_hpc.errors import UNAVAILABLE_EXIT, ClusterError
+
+CONF = """\
+SlurmctldHost=head1(10.0.0.1)
+SlurmctldPort=7817
+AccountingStorageType=accounting_storage/slurmdbd
+AccountingStorageHost=db1
+AccountingStoragePort=7819
+"""
+
+
+@pytest.fixture
+def fake_bin(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A folder first on PATH for fake Slurm commands, and ``SLURM_CONF`` set to a
+    configuration with a controller at head1:7817 and slurmdbd at db1:7819."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    conf = tmp_path / "slurm.conf"
+    conf.write_text(CONF)
+    monkeypatch.setenv("SLURM_CONF", str(conf))
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    return bin_dir
+
+
+def fake(bin_dir: Path, command: str, body: str) -> None:
+    """Write ``bin_dir/command`` as a shell script running ``body``."""
+    script = bin_dir / command
+    script.write_text(f"#!/bin/sh\n{body}\n")
+    script.chmod(0o755)
+
+
+def test_an_sacct_timeout_names_slurmdbd_and_its_address(fake_bin: Path) -> None:
+    """`sacct did not answer within 60 s` named neither the daemon nor where it is, where a
+    refused connection names both."""
+    fake(fake_bin, "sacct", "exec sleep 30")
+    with pytest.raises(ClusterError) as failed:
+        sacct_states(["4242"], timeout_s=0.5)
+    assert failed.value.exit_code == UNAVAILABLE_EXIT
+    said = str(failed.value)
+    assert said.startswith("sacct: Slurm's accounting daemon (slurmdbd at db1:7819, from "), said
+    assert said.endswith("did not answer within 0.5 s"), said
+
+
+def test_an_squeue_timeout_names_the_controller_and_its_address(fake_bin: Path) -> None:
+    fake(fake_bin, "squeue", "exec sleep 30")
+    with pytest.raises(ClusterError) as failed:
+        squeue_ids(["4242"], timeout_s=0.5)
+    assert failed.value.exit_code == UNAVAILABLE_EXIT
+    assert "the Slurm controller (slurmctld at head1(10.0.0.1):7817, from " in str(failed.value)
+
+
+def test_a_hanging_scancel_is_unavailable_not_a_hang(
+    fake_bin: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`jobs cancel` ran scancel without a time limit: a controller that took the connection
+    and never answered hung the command for good."""
+    fake(fake_bin, "scancel", "exec sleep 30")
+    monkeypatch.setattr(cancel, "SCANCEL_TIMEOUT_S", 0.5)
+    with pytest.raises(ClusterError) as failed:
+        cancel.cancel_scheduler_job("slurm", "4242")
+    assert failed.value.exit_code == UNAVAILABLE_EXIT
+    said = str(failed.value)
+    assert said.startswith("scancel: the Slurm controller (slurmctld at head1(10.0.0.1):7817")
+    assert said.endswith("did not answer within 0.5 s"), said
+
+
+def test_a_sites_jwt_reaches_sbatch(
+    tmp_path: Path, fake_bin: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A site with AuthAltTypes=auth/jwt: the user's SLURM_JWT was dropped from the
+    environment of every submission with the enclosing job's SLURM_* variables, and sbatch
+    failed with "Protocol authentication error"."""
+    seen = tmp_path / "seen"
+    fake(
+        fake_bin,
+        "sbatch",
+        f'printf "%s|%s" "$SLURM_JWT" "$SLURM_MEM_PER_CPU" > {seen}\n'
+        'echo "sbatch: error: Batch job submission failed: Invalid partition name specified" >&2\n'
+        "exit 1",
+    )
+    monkeypatch.setenv("SLURM_JWT", "eyJ.token")
+    monkeypatch.setenv("SLURM_MEM_PER_CPU", "500")  # an enclosing job's: still left out
+    executor = Executor.from_profile("slurm-local", tmp_path / "jobs")
+    with pytest.raises(ClusterError, match="sbatch refused job"):
+        executor.submit(operator.add, 1, 2, name="x")
+    assert seen.read_text() == "eyJ.token|"
