@@ -8,12 +8,15 @@ from __future__ import annotations
 
 import operator
 import os
+import shutil
+import uuid
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from pomlia_hpc.cluster import Executor
-from pomlia_hpc.cluster import cancel
+from pomlia_hpc.cluster import Executor, cancel
+from pomlia_hpc.cluster.batch import cancel_named, jobs_named, submit_script
 from pomlia_hpc.cluster.records import sacct_states, squeue_ids
 from pomlia_hpc.errors import UNAVAILABLE_EXIT, ClusterError
 
@@ -101,3 +104,67 @@ def test_a_sites_jwt_reaches_sbatch(
     with pytest.raises(ClusterError, match="sbatch refused job"):
         executor.submit(operator.add, 1, 2, name="x")
     assert seen.read_text() == "eyJ.token|"
+
+
+SOCKET_TIMEOUT = (
+    'echo "sbatch: error: Batch job submission failed: Socket timed out on send/recv '
+    'operation" >&2; exit 1'
+)
+
+
+@pytest.fixture
+def pending_script(tmp_path: Path) -> Path:
+    """A batch script for the real Slurm's debug partition (it is submitted to start in an
+    hour, so it only pends)."""
+    script = tmp_path / "job.sbatch"
+    script.write_text("#!/bin/sh\n#SBATCH --partition=debug\n#SBATCH --time=1\ntrue\n")
+    return script
+
+
+@pytest.mark.slurm
+@pytest.mark.usefixtures("slurm")
+def test_an_sbatch_that_timed_out_after_queueing_gives_the_queued_job(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pending_script: Path
+) -> None:
+    """sbatch's "Socket timed out" after the controller had queued the job was exit 69, "try
+    again": a deploy or a monitor chain run again queued it twice. The real sbatch queues it
+    here, then says what a controller slower than MessageTimeout makes it say."""
+    real = shutil.which("sbatch")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake(bin_dir, "sbatch", f'{real} "$@" > /dev/null || exit 1\n{SOCKET_TIMEOUT}')
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    name = f"pomlia-test-{uuid.uuid4().hex[:8]}"
+    try:  # the job is queued whatever the code says: always cancelled
+        begin = datetime.now(UTC) + timedelta(hours=1)
+        job_id = submit_script(pending_script, name=name, begin=begin)
+        assert [j.job_id for j in jobs_named(name)] == [job_id]
+    finally:
+        cancel_named(name)
+
+
+def test_an_sbatch_that_timed_out_before_queueing_says_it_was_not(
+    fake_bin: Path, pending_script: Path
+) -> None:
+    fake(fake_bin, "sbatch", SOCKET_TIMEOUT)
+    fake(fake_bin, "squeue", "true")  # lists nothing of this user's
+    with pytest.raises(ClusterError) as failed:
+        submit_script(pending_script, name="chain")
+    assert failed.value.exit_code == UNAVAILABLE_EXIT
+    said = str(failed.value)
+    assert said.startswith("sbatch: the Slurm controller (slurmctld at head1(10.0.0.1):7817")
+    assert said.endswith(": it was not queued"), said
+
+
+def test_an_sbatch_timeout_that_squeue_cannot_settle_says_how_to_check(
+    fake_bin: Path, pending_script: Path
+) -> None:
+    fake(fake_bin, "sbatch", SOCKET_TIMEOUT)
+    fake(fake_bin, "squeue", SOCKET_TIMEOUT.replace("sbatch", "squeue"))
+    with pytest.raises(ClusterError) as failed:
+        submit_script(pending_script, name="chain")
+    assert failed.value.exit_code == UNAVAILABLE_EXIT
+    said = str(failed.value)
+    assert "the job may have been queued all the same" in said, said
+    assert "`squeue --me --name chain --format '%i %k'` lists it with the comment " in said
+    assert "\n" not in said

@@ -5,9 +5,12 @@ jobs of a name, cancel them all. For jobs that are shell scripts rather than Pyt
 
 from __future__ import annotations
 
+import getpass
 import os
 import shutil
 import subprocess
+import sys
+import uuid
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
@@ -15,9 +18,18 @@ from pathlib import Path
 
 from pomlia_hpc.cluster.reach import slurm_failure, timed_out
 from pomlia_hpc.cluster.refusal import option_of
-from pomlia_hpc.errors import ClusterError
+from pomlia_hpc.errors import ClusterError, SlurmUnavailableError
+from pomlia_hpc.progress import say
 
 TIMEOUT_S = 60
+
+#: Words (lower case) of an sbatch that failed after the controller had taken its request: its
+#: answer did not come back within ``MessageTimeout``, yet the job may have been queued.
+MAYBE_QUEUED_WORDS = ("socket timed out", "zero bytes were transmitted or received")
+
+#: The start of the ``--comment`` that marks each submission of :func:`submit_script` with a
+#: token of its own, by which a job queued despite a failed sbatch is found.
+TOKEN_PREFIX = "pomlia-submission:"
 
 
 @dataclass(frozen=True)
@@ -106,8 +118,52 @@ def submit_script(
     cmd.append(export)
     if output is not None:
         cmd.append(f"--output={output}")
-    cmd += [*extra, str(script)]
-    return _run(cmd, cwd).strip().split(";")[0]  # "<id>;<cluster>" on federated clusters
+    token = f"{TOKEN_PREFIX}{uuid.uuid4().hex[:16]}"
+    cmd += [f"--comment={token}", *extra, str(script)]
+    try:
+        out = _run(cmd, cwd)
+    except SlurmUnavailableError as exc:
+        if not maybe_queued(exc):
+            raise
+        return queued_anyway(name, token, exc)
+    return out.strip().split(";")[0]  # "<id>;<cluster>" on federated clusters
+
+
+def maybe_queued(exc: SlurmUnavailableError) -> bool:
+    """Whether sbatch's failure ``exc`` leaves open that the job was queued: the controller
+    took the request and did not answer in time (:data:`MAYBE_QUEUED_WORDS`, or no answer
+    within :data:`TIMEOUT_S`), unlike a connection that was never made."""
+    said = str(exc).lower()
+    return "did not answer within" in said or any(w in said for w in MAYBE_QUEUED_WORDS)
+
+
+def queued_anyway(name: str, token: str, exc: SlurmUnavailableError) -> str:
+    """After sbatch of job ``name`` failed with ``exc`` (:func:`maybe_queued`), the id of the
+    job Slurm queued all the same, found by its submission comment ``token``; a note on
+    stderr says so. Raises ``exc``'s kind of error (exit 69) saying whether the job was
+    queued, so that running the command again cannot submit it twice: "not queued" when
+    ``squeue`` lists no job with the token, "may have been queued" and how to check when
+    ``squeue`` cannot answer either."""
+    try:
+        out = _run(["squeue", "-h", "-u", getpass.getuser(), "-n", name, "-o", "%i|%k"])
+    except ClusterError as again:
+        raise SlurmUnavailableError(
+            f"{exc}; the job may have been queued all the same, and squeue could not tell "
+            f"({again}): `squeue --me --name {name} --format '%i %k'` lists it with the "
+            f"comment {token} if it was (cancel it, or keep it and do not submit again)"
+        ) from exc
+    rows = (line.strip().partition("|") for line in out.splitlines())
+    found = [jid for jid, _, comment in rows if comment == token]
+    if found:
+        say(
+            f"note: sbatch did not get the controller's answer in time, but Slurm had queued "
+            f"job {name} as {found[0]} (found by its submission comment {token})",
+            sys.stderr,
+        )
+        return found[0]
+    raise SlurmUnavailableError(
+        f"{exc}; squeue lists no job with its submission comment {token}: it was not queued"
+    ) from exc
 
 
 def jobs_named(name: str, script: Path | None = None) -> list[QueuedJob]:
