@@ -21,6 +21,7 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import TYPE_CHECKING, Protocol
 
+from pomlia_hpc.cluster.backoff import Backoff
 from pomlia_hpc.cluster.failures import SIGNAL_EARLY_S
 from pomlia_hpc.cluster.reach import out_of_reach, slurm_failure, timed_out, unreachable_error
 from pomlia_hpc.errors import ClusterError
@@ -150,11 +151,16 @@ def never_starts(reason: str | None) -> bool:
 #: call answers every job this process waits for).
 REASON_CHECK_S = 15.0
 
+#: The longest interval between those ``squeue`` calls while the reasons stay the same,
+#: seconds (a job that pends for hours in a busy queue need not be asked about every 15 s).
+REASON_CHECK_MAX_S = 120.0
+
 #: Seconds a job may pend before a waiting command says again that it still does; each later
 #: reminder of the same job comes after twice the wait of the one before (10 min, 20, 40 ...).
 PENDING_REMIND_S = 600.0
 
 _cache: dict[str, object] = {"at": None, "reasons": {}}
+_reason_pace: dict[str, Backoff] = {}
 _said: set[tuple[str, str]] = set()
 #: Per Slurm job (an array by its array id): when it was first seen pending (time.monotonic)
 #: and how long it had pended at its next reminder, seconds.
@@ -219,14 +225,21 @@ def reason_hint(job_id: str, reason: str) -> str:
 
 def _reasons_now() -> dict[str, str]:
     """:func:`pending_reasons` of this user's jobs, asked at most every
-    :data:`REASON_CHECK_S` seconds ({} while ``squeue`` cannot answer)."""
+    :data:`REASON_CHECK_S` seconds, less often while the reasons stay the same (up to every
+    :data:`REASON_CHECK_MAX_S` seconds: :class:`~pomlia_hpc.cluster.backoff.Backoff`), {}
+    while ``squeue`` cannot answer."""
+    pace = _reason_pace.get("pace")
+    if pace is None or pace.start_s != REASON_CHECK_S:  # a test may change the interval
+        pace = _reason_pace["pace"] = Backoff(REASON_CHECK_S, ceiling_s=REASON_CHECK_MAX_S)
     at = _cache["at"]
-    if not isinstance(at, float) or time.monotonic() - at >= REASON_CHECK_S:
+    if not isinstance(at, float) or time.monotonic() - at >= pace.interval_s:
         _cache["at"] = time.monotonic()
         try:
             _cache["reasons"] = pending_reasons()
         except ClusterError:
             _cache["reasons"] = {}
+        asked = _cache["reasons"]
+        pace.next(tuple(sorted(asked.items())) if isinstance(asked, dict) else None)
     reasons = _cache["reasons"]
     return reasons if isinstance(reasons, dict) else {}
 
