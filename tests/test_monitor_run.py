@@ -690,3 +690,21 @@ def test_a_second_run_of_one_model_at_once_is_refused_until_the_first_is_gone(
         holder.wait()
     code, out = monitor("run", "blood")
     assert code == 0 and n_rows(reg, MonitorReport) == before + 1, out
+
+
+def test_run_and_show_print_one_report_as_one_document(
+    fresh: tuple[Workspace, Registry, Path],
+) -> None:
+    """`monitor run --json` printed the report in the order it was built, `monitor show
+    --json` as its file keeps it (keys sorted): the same record in two shapes, so a script
+    that compared or diffed them saw a change where there was none."""
+    ws, reg, bundle = fresh
+    x, _ = images(60)
+    log_predictions(ws, bundle, x)
+    ran = runner.invoke(app, ["monitor", "run", "blood", "--json"])
+    assert ran.exit_code in (0, 1), ran.output
+    with reg.session() as s:
+        newest = s.scalar(select(func.max(MonitorReport.id)))
+    shown = runner.invoke(app, ["monitor", "show", str(newest), "--json"])
+    assert shown.exit_code == 0, shown.output
+    assert ran.stdout == shown.stdout

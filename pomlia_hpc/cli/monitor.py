@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 from datetime import UTC, timedelta
 from pathlib import Path
@@ -113,7 +114,8 @@ def run(
         progress=_say,
     )
     if as_json:
-        print_json(res.report)
+        # the report as its file holds it, which `monitor show --json` prints: one shape
+        print_json(json.loads(res.json_path.read_text()))
     else:
         rep = res.report
         # An OK or EMPTY window has no reasons: "reasons: none" would only be noise.
