@@ -105,6 +105,25 @@ def test_a_server_that_refuses_the_password_is_still_bad_input(pg_url: str, tmp_
     assert "password authentication failed" in proc.stderr and proc.stdout == ""
 
 
+@pytest.mark.postgres
+def test_a_database_the_server_does_not_have_is_no_registry(pg_url: str, tmp_path: Path) -> None:
+    """A PostgreSQL URL naming a database that does not exist was exit 2 ("expected a
+    reachable server ... and correct credentials"), where a workspace without its SQLite file
+    is 4: a script's `|| pomlia init` never ran for it. `init` cannot create the database
+    itself: its answer says how, and leaves no workspace folder."""
+    url = make_url(pg_url).set(database="pomlia_no_such_db").render_as_string(False)
+    for args in (("data", "list", "--json"), ("init",)):
+        proc = pomlia("--home", str(tmp_path / "ws"), "--db-url", url, *args)
+        assert proc.returncode == NOT_FOUND_EXIT, proc.stderr
+        error, hint = proc.stderr.strip().splitlines()
+        assert error.startswith("error: no registry at postgresql+psycopg://"), error
+        assert error.endswith("the server has no database 'pomlia_no_such_db' (workspace "
+                              f"{tmp_path / 'ws'})"), error  # fmt: skip
+        assert hint.startswith("  hint: create it (`createdb -h "), hint
+        assert hint.endswith("then run `pomlia init`; or correct the database name in the URL")
+        assert proc.stdout == "" and not (tmp_path / "ws").exists()
+
+
 def test_a_bug_is_its_traceback_and_exit_70() -> None:
     """An exception no command handles (a bug) ended with Python's exit status 1, the status
     of an alarm: its traceback stays, then one line, and the status is its own."""

@@ -161,6 +161,10 @@ class Context:
                     settings_file=ws.home / "pomlia.yaml",
                 )
             except RegistryMissingError as exc:
+                if exc.hint is not None:  # the registry's own advice (a database to create)
+                    raise RegistryMissingError(
+                        f"{exc.message} (workspace {ws.home})", hint=exc.hint
+                    ) from exc
                 raise RegistryMissingError(
                     f"{exc.message} (workspace {ws.home}); {_missing_hint(ws)}"
                 ) from exc

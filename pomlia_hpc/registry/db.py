@@ -39,6 +39,7 @@ from pomlia_hpc.errors import (
     UnavailableError,
 )
 from pomlia_hpc.files import current_umask
+from pomlia_hpc.registry.pgmissing import missing_database
 from pomlia_hpc.storage import free_space
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
@@ -425,6 +426,11 @@ class Registry:
                     f"registry {reg.display_url()}: the database server did not answer "
                     f"({reason}); expected it running and reachable at the URL's host and port "
                     "(the same command works once it is)"
+                ) from exc
+            if (missing := missing_database(url, reason)) is not None:  # exit 4, as SQLite's
+                what, hint = missing
+                raise RegistryMissingError(
+                    f"no registry at {reg.display_url()}: {what}", hint=hint
                 ) from exc
             storage = sqlite_storage_problem(url, exc)
             if storage is not None:  # SQLite's "disk I/O error" alone says nothing of it

@@ -1,0 +1,35 @@
+"""A PostgreSQL registry URL whose database does not exist on the server.
+
+The server answers such a connection with ``FATAL:  database "x" does not exist`` (SQLSTATE
+3D000, which libpq gives only in words at connection time). For a script that is the same
+case as a workspace without its SQLite file: no registry there (exit 4, ``docs/guide``'s
+exit-status table), not bad input (2). ``pomlia init`` makes the registry's tables but not
+the database, which needs the server's ``CREATE DATABASE`` right, so the hint says how to
+make it first.
+"""
+
+from __future__ import annotations
+
+import re
+
+from sqlalchemy.engine import make_url
+
+#: How the server says the URL's database is not there (the first line of its message).
+_NO_DATABASE = re.compile(r'FATAL:\s+database "[^"]*" does not exist')
+
+
+def missing_database(url: str, said: str) -> tuple[str, str] | None:
+    """(what is missing, what to do) when ``said``, the first line of the server's answer to a
+    connection to the PostgreSQL registry at ``url``, is that its database does not exist;
+    None for any other answer or database."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "postgresql" or not _NO_DATABASE.search(said):
+        return None
+    name = parsed.database or ""
+    options = (("-h", parsed.host), ("-p", parsed.port), ("-U", parsed.username))
+    where = "".join(f"{flag} {value} " for flag, value in options if value)
+    return (
+        f"the server has no database '{name}'",
+        f"create it (`createdb {where}{name}`, or ask the server's administrator), then run "
+        "`pomlia init`; or correct the database name in the URL",
+    )
