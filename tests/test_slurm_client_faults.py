@@ -9,6 +9,7 @@ from __future__ import annotations
 import operator
 import os
 import shutil
+import subprocess
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -168,3 +169,45 @@ def test_an_sbatch_timeout_that_squeue_cannot_settle_says_how_to_check(
     assert "the job may have been queued all the same" in said, said
     assert "`squeue --me --name chain --format '%i %k'` lists it with the comment " in said
     assert "\n" not in said
+
+
+@pytest.mark.slurm
+@pytest.mark.usefixtures("slurm")
+def test_a_python_job_queued_despite_a_timed_out_sbatch_is_cancelled(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A trial or training whose sbatch timed out after the controller had queued it: the
+    command said "try again" (exit 69) and left that job queued, which could not run (its
+    submission was never completed) and held a node for a minute before it failed."""
+    real = shutil.which("sbatch")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake(bin_dir, "sbatch", f'{real} "$@" > {tmp_path / "queued"} || exit 1\n{SOCKET_TIMEOUT}')
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    name = f"pomlia-test-{uuid.uuid4().hex[:8]}"
+    executor = Executor.from_profile("slurm-local", tmp_path / "jobs")
+    try:
+        with pytest.raises(ClusterError) as failed:
+            executor.submit(operator.add, 1, 2, name=name)
+        job_id = (tmp_path / "queued").read_text().split()[-1]
+        shown = subprocess.run(
+            ["scontrol", "-o", "show", "job", job_id], capture_output=True, text=True, check=True
+        )
+    finally:
+        cancel_named(name)  # nothing left behind, whatever the code did
+    assert failed.value.exit_code == UNAVAILABLE_EXIT
+    assert str(failed.value).endswith(f"; Slurm had queued it all the same as job {job_id}: "
+                                      "cancelled"), failed.value  # fmt: skip
+    assert "JobState=CANCELLED" in shown.stdout, shown.stdout
+
+
+def test_a_python_job_not_queued_by_a_timed_out_sbatch_says_so(
+    tmp_path: Path, fake_bin: Path
+) -> None:
+    fake(fake_bin, "sbatch", SOCKET_TIMEOUT)
+    fake(fake_bin, "squeue", "true")
+    executor = Executor.from_profile("slurm-local", tmp_path / "jobs")
+    with pytest.raises(ClusterError) as failed:
+        executor.submit(operator.add, 1, 2, name="x")
+    assert failed.value.exit_code == UNAVAILABLE_EXIT
+    assert str(failed.value).endswith("; squeue lists no job of its script: it was not queued")

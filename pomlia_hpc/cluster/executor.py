@@ -43,6 +43,7 @@ from pomlia_hpc.cluster.resources import (
 from pomlia_hpc.cluster.submitenv import dropped_for_submission
 from pomlia_hpc.cluster.submitit_local import CONTROLLER_META
 from pomlia_hpc.cluster.terminate import collected
+from pomlia_hpc.cluster.unsubmitted import unsubmitted_withdrawn
 from pomlia_hpc.config import ClusterProfile, load_cluster_profile
 from pomlia_hpc.errors import ArrayNotWithdrawnError, ClusterError, PomliaError
 from pomlia_hpc.registry import Registry
@@ -141,7 +142,11 @@ class Executor:
         if after_ok:
             ex.update_parameters(**after_ok_parameters(profile, [h.job_id for h in after_ok]))
         # one line naming the option, not a traceback
-        with sbatch_refusals(profile, name), _environment(env or {}, profile):
+        with (
+            unsubmitted_withdrawn(self.folder, name),  # a job queued despite sbatch's timeout
+            sbatch_refusals(profile, name),
+            _environment(env or {}, profile),
+        ):
             job = ex.submit(fn, *args, **kwargs)
         started = {**_started(profile, job), **_limits(profile)}
         (rid,) = self._record([str(job.job_id)], name, None, [{**(job_meta or {}), **started}])
@@ -197,7 +202,12 @@ class Executor:
                 # Chunks run one after the other so that max_parallel holds for the whole array.
                 ex.update_parameters(**additional_parameters(dependency=f"afterany:{previous}"))
             try:
-                with sbatch_refusals(profile, name), _environment({}, profile), ex.batch():
+                with (
+                    unsubmitted_withdrawn(self.folder, name),
+                    sbatch_refusals(profile, name),
+                    _environment({}, profile),
+                    ex.batch(),
+                ):
                     jobs = [ex.submit(fn, item) for item in chunk]
             except BaseException as exc:
                 if handles:  # an earlier part is queued or running: it must not run alone
