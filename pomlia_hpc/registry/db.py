@@ -427,11 +427,8 @@ class Registry:
                     f"({reason}); expected it running and reachable at the URL's host and port "
                     "(the same command works once it is)"
                 ) from exc
-            if (missing := missing_database(url, reason)) is not None:  # exit 4, as SQLite's
-                what, hint = missing
-                raise RegistryMissingError(
-                    f"no registry at {reg.display_url()}: {what}", hint=hint
-                ) from exc
+            if missing := missing_database(url, reason, reg.display_url()):  # exit 4, as SQLite
+                raise RegistryMissingError(missing[0], hint=missing[1]) from exc
             storage = sqlite_storage_problem(url, exc)
             if storage is not None:  # SQLite's "disk I/O error" alone says nothing of it
                 raise ConfigError(

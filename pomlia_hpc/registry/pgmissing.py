@@ -18,10 +18,11 @@ from sqlalchemy.engine import make_url
 _NO_DATABASE = re.compile(r'FATAL:\s+database "[^"]*" does not exist')
 
 
-def missing_database(url: str, said: str) -> tuple[str, str] | None:
-    """(what is missing, what to do) when ``said``, the first line of the server's answer to a
-    connection to the PostgreSQL registry at ``url``, is that its database does not exist;
-    None for any other answer or database."""
+def missing_database(url: str, said: str, shown: str) -> tuple[str, str] | None:
+    """(error line, hint: what to do) when ``said``, the first line of the server's answer to
+    a connection to the PostgreSQL registry at ``url`` (``shown``: the URL as errors show it,
+    without its password), is that its database does not exist; None for any other answer
+    or database."""
     parsed = make_url(url)
     if parsed.get_backend_name() != "postgresql" or not _NO_DATABASE.search(said):
         return None
@@ -29,7 +30,7 @@ def missing_database(url: str, said: str) -> tuple[str, str] | None:
     options = (("-h", parsed.host), ("-p", parsed.port), ("-U", parsed.username))
     where = "".join(f"{flag} {value} " for flag, value in options if value)
     return (
-        f"the server has no database '{name}'",
+        f"no registry at {shown}: the server has no database '{name}'",
         f"create it (`createdb {where}{name}`, or ask the server's administrator), then run "
         "`pomlia init`; or correct the database name in the URL",
     )
