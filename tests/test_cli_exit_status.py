@@ -96,6 +96,18 @@ def test_a_database_server_out_of_reach_is_exit_69(tmp_path: Path) -> None:
     assert "the database server did not answer" in err and "Connection refused" in err, err
 
 
+def test_a_database_host_that_does_not_exist_is_bad_input(tmp_path: Path) -> None:
+    """A registry URL whose host name no DNS server knows (a typo) was exit 69, "the server
+    did not answer: the same command works once it is": a nightly script retried it for
+    ever. A name server that does not answer (EAI_AGAIN) is still 69."""
+    url = "postgresql+psycopg://pomlia:pomlia@no-such-host.invalid:5432/pomlia"
+    proc = pomlia("--home", str(tmp_path / "ws"), "--db-url", url, "data", "list", "--json")
+    assert proc.returncode == 2, proc.stderr
+    err = proc.stderr.strip()
+    assert err.startswith("error: registry postgresql+psycopg://pomlia:***@no-such-host."), err
+    assert "failed to resolve host 'no-such-host.invalid'" in err and "\n" not in err, err
+
+
 @pytest.mark.postgres
 def test_a_server_that_refuses_the_password_is_still_bad_input(pg_url: str, tmp_path: Path) -> None:
     """A server that answered (wrong password) is the user's to fix: exit 2, as before."""
