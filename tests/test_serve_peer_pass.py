@@ -26,11 +26,11 @@ class PausedIndex(IssuedIds):
         self.entered = threading.Event()
         self.go = threading.Event()
 
-    def mark_labelled(self, pid: str) -> None:
+    def mark_labelled(self, pid: str, revision: int = 1) -> None:
         if not self.entered.is_set():
             self.entered.set()
             self.go.wait()
-        super().mark_labelled(pid)
+        super().mark_labelled(pid, revision)
 
 
 def test_a_label_a_pass_has_read_is_seen_by_the_turn_that_comes_meanwhile(

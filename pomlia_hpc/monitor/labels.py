@@ -32,7 +32,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from pomlia_hpc.serve.logfiles import WholeLines, files_since, later_label
+from pomlia_hpc.serve.logfiles import LabelOrder, WholeLines, files_since, later_label
 from pomlia_hpc.serve.records import BadLineError, FeedbackLine, PredictionLine, read_line
 
 #: How far before a window's start its labels' predictions are looked up, when not told.
@@ -49,9 +49,9 @@ _ID = re.compile(rb'"id"\s*:\s*"([0-9A-Fa-f]+)"')
 class _Arrival:
     """The labels of one prediction that arrived in the window."""
 
-    first_time: str
+    first: LabelOrder
     first_replaces: bool
-    last_time: str
+    last: LabelOrder
     label: Any
 
 
@@ -63,16 +63,17 @@ class Arrivals:
 
     def add(self, rec: FeedbackLine) -> None:
         """Note one feedback record of the window (any order: files interleave)."""
+        order = LabelOrder.of(rec)
         have = self.by_prediction.get(rec.prediction_id)
         if have is None:
             self.by_prediction[rec.prediction_id] = _Arrival(
-                rec.time, rec.replaces, rec.time, rec.label_index
+                order, rec.replaces, order, rec.label_index
             )
             return
-        if not later_label(rec.time, have.first_time):  # strictly earlier
-            have.first_time, have.first_replaces = rec.time, rec.replaces
-        if later_label(rec.time, have.last_time):  # the harvest's rule too
-            have.last_time, have.label = rec.time, rec.label_index
+        if not later_label(order, have.first):  # strictly earlier
+            have.first, have.first_replaces = order, rec.replaces
+        if later_label(order, have.last):  # the harvest's rule too
+            have.last, have.label = order, rec.label_index
 
 
 @dataclass
@@ -110,7 +111,7 @@ def join_labels(
         if got.first_replaces:
             out.corrected += 1  # its first label came before the window and counted there
         elif pid in in_window:
-            out.tested.append((in_window[pid], got.label, got.last_time))
+            out.tested.append((in_window[pid], got.label, got.last.time))
         else:
             pending[pid] = got
     if not pending:
@@ -123,7 +124,7 @@ def join_labels(
         elif rec.model != model or rec.model_version != version:
             out.other_model[f"{rec.model} {rec.model_version}"] += 1
         else:
-            out.tested.append((rec.output.label_index, got.label, got.last_time))
+            out.tested.append((rec.output.label_index, got.label, got.last.time))
             out.outside_window += 1
     return out
 

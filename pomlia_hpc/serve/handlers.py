@@ -129,7 +129,7 @@ async def feedback(holder: ModelHolder, request: Request) -> Response:
     bundle = pred.bundle
     multi = bundle.task_type == "multi-label"
 
-    def record(had_label: bool) -> FeedbackLine:
+    def record(revision: int) -> FeedbackLine:
         return FeedbackLine(
             id=new_id(),
             time=now_iso(),
@@ -139,7 +139,8 @@ async def feedback(holder: ModelHolder, request: Request) -> Response:
             deployment=holder.config.deployment_id,
             label=names if multi else names[0],
             label_index=indices if multi else indices[0],
-            replaces=had_label,
+            replaces=revision > 1,
+            revision=revision,
         )
 
     line = await holder.accept_feedback(

@@ -181,10 +181,11 @@ class ModelHolder:
         pid: str,
         *,
         replaces: bool,
-        record: Callable[[bool], FeedbackLine],
+        record: Callable[[int], FeedbackLine],
         plog: PredictionLog,
     ) -> FeedbackLine:
-        """Judge a feedback for prediction ``pid`` and log ``record(had_label)`` durably, or
+        """Judge a feedback for prediction ``pid`` and log ``record(revision)`` durably (the
+        label's revision: 1 for the first, one more than the labels known before), or
         refuse it (404 unknown id, 409 labelled without ``replaces``, 503 not written). Done
         in the deployment's feedback turn (:mod:`~pomlia_hpc.serve.feedgate`), so of two
         servers given the same id at once exactly one accepts it. Another server of the
@@ -194,15 +195,17 @@ class ModelHolder:
 
         async def section() -> FeedbackLine:  # the peers were read as the turn began
             issued = self.issued
-            had = issued.labelled(pid)
+            # Counted under the deployment's lock, with the other servers' labels read as the
+            # turn began: the revision orders a prediction's labels, whatever the clocks say.
+            had = issued.revision(pid)
             refusal = feedback_refusal(issued.claim(pid, replaces=replaces), pid)
             if refusal is not None:
                 raise refusal
-            line = record(had)
+            line = record(had + 1)
             try:
                 await append_durably(plog, to_line(line))
             except RequestError:  # not written: the id may be labelled again
-                issued.release(pid, had_label=had)
+                issued.release(pid, revision=had)
                 raise
             return line
 

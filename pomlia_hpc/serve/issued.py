@@ -34,6 +34,7 @@ from pomlia_hpc.serve.logfiles import (
     CLOCK_SKEW_S,
     file_start_time,
     files_since,
+    labels_up_to,
     log_files,
     read_file,
 )
@@ -59,12 +60,13 @@ class Claim(Enum):
 
 
 class IssuedIds:
-    """The newest ``capacity`` prediction ids (32 hex digits) and whether each has a label.
+    """The newest ``capacity`` prediction ids (32 hex digits) and how many labels each has
+    had (0: none; the next label's ``revision`` is one more, see :mod:`.feedgate`).
     Thread-safe: the batcher thread adds, the event loop claims."""
 
     def __init__(self, capacity: int = DEFAULT_CAPACITY) -> None:
         self.capacity = capacity
-        self._ids: OrderedDict[bytes, bool] = OrderedDict()
+        self._ids: OrderedDict[bytes, int] = OrderedDict()
         self._lock = threading.Lock()
         # (time, ids added before it): a mark per MARK_S, so the time of the oldest id kept is
         # known to a minute (for the log's retention) at a few bytes per minute of traffic.
@@ -83,7 +85,7 @@ class IssuedIds:
                 self._marks.append((when, self._added))
             for pid in ids:
                 key = bytes.fromhex(pid)
-                self._ids[key] = labelled or self._ids.get(key, False)
+                self._ids[key] = max(int(labelled), self._ids.get(key, 0))
                 self._ids.move_to_end(key)
                 self._added += 1
             while len(self._ids) > self.capacity:
@@ -100,7 +102,8 @@ class IssuedIds:
 
     def claim(self, pid: str, *, replaces: bool) -> Claim:
         """Reserve the label of ``pid``: UNKNOWN if not issued (or forgotten), LABELLED if it
-        has one and ``replaces`` is false, else OK (and it is marked labelled)."""
+        has one and ``replaces`` is false, else OK (and its count of labels goes up by one:
+        :meth:`revision` is then the new label's)."""
         key = bytes.fromhex(pid)
         with self._lock:
             had = self._ids.get(key)
@@ -108,27 +111,28 @@ class IssuedIds:
                 return Claim.UNKNOWN
             if had and not replaces:
                 return Claim.LABELLED
-            self._ids[key] = True
+            self._ids[key] = had + 1
             return Claim.OK
 
-    def release(self, pid: str, *, had_label: bool) -> None:
-        """Undo a claim whose feedback could not be written."""
+    def release(self, pid: str, *, revision: int) -> None:
+        """Undo a claim whose feedback could not be written: ``pid`` had ``revision`` labels."""
         key = bytes.fromhex(pid)
         with self._lock:
             if key in self._ids:
-                self._ids[key] = had_label
+                self._ids[key] = revision
 
-    def mark_labelled(self, pid: str) -> None:
-        """Note that ``pid`` has a label (logged by another server of this deployment); an id
-        that is not remembered, or not 32 hex digits, is left out."""
-        key = _key(pid)
-        with self._lock:
-            if key in self._ids:
-                self._ids[key] = True
+    def mark_labelled(self, pid: str, revision: int = 1) -> None:
+        """Note that ``pid`` has had ``revision`` labels (logged by another server of this
+        deployment); an id that is not remembered, or not 32 hex digits, is left out."""
+        self._mark_labelled(_key(pid), revision)
 
     def labelled(self, pid: str) -> bool:
+        return self.revision(pid) > 0
+
+    def revision(self, pid: str) -> int:
+        """How many labels ``pid`` has had that this server knows of (0: none, or unknown id)."""
         with self._lock:
-            return bool(self._ids.get(bytes.fromhex(pid)))
+            return self._ids.get(bytes.fromhex(pid), 0)
 
     @classmethod
     def from_log(
@@ -151,6 +155,8 @@ class IssuedIds:
         # read again for their labels once the window is known, so memory follows the window,
         # not the log.
         labels = bytearray()
+        # ... and the counts of the replaced ones, few: the next label's revision follows them.
+        replaced: dict[bytes, int] = {}
         reread: list[Path] = []
         n = 0
         for path in _candidates(Path(directory), created):
@@ -166,6 +172,9 @@ class IssuedIds:
                     ids.append(rec.id)
                 elif isinstance(rec, FeedbackLine) and not over:
                     labels += _key(rec.prediction_id)
+                    if (n_labels := labels_up_to(rec)) > 1:
+                        key = _key(rec.prediction_id)
+                        replaced[key] = max(n_labels, replaced.get(key, 0))
                     over = len(labels) > 16 * LABEL_BUDGET * capacity
             if over:
                 del labels[mark:]
@@ -186,16 +195,18 @@ class IssuedIds:
         for when, ids in reversed(chunks):  # oldest first, so the newest stay
             out.add(ids, when=when)
         for i in range(0, len(labels), 16):
-            out._mark_labelled(bytes(labels[i : i + 16]))
+            key = bytes(labels[i : i + 16])
+            out._mark_labelled(key, replaced.get(key, 1))
         for path in reread:
             for rec in read_file(path, [], containing=b'"feedback"'):
                 if isinstance(rec, FeedbackLine) and rec.deployment == deployment:
-                    out._mark_labelled(_key(rec.prediction_id))
+                    out._mark_labelled(_key(rec.prediction_id), labels_up_to(rec))
         return out
 
-    def _mark_labelled(self, key: bytes) -> None:
-        if key in self._ids:
-            self._ids[key] = True
+    def _mark_labelled(self, key: bytes, revision: int) -> None:
+        with self._lock:
+            if key in self._ids:
+                self._ids[key] = max(self._ids[key], revision)
 
 
 #: ``"deployment":<value>`` as a JSON writer without spaces (the server's) puts it on a line.

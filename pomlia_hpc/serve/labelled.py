@@ -2,11 +2,11 @@
 
 What the harvest (:mod:`pomlia_hpc.loop.harvest`) and the gate read. A prediction counts when
 its feedback arrived inside the window (``since`` <= feedback time < ``until``) and its input
-was kept (``pomlia serve --keep-inputs``); of several labels of one id the later by its
-feedback time holds, as in the monitor (:func:`.logfiles.later_label`). Counts of what
-was left out, and why, come back with the rows, so nothing is dropped without a trace (nor
-what the log's retention deleted: ``deleted_through``). A log
-line that is not a valid record stops the join with one error naming the file, line and key.
+was kept (``pomlia serve --keep-inputs``); of several labels of one id the latest (by
+revision, else by feedback time) holds, as in the monitor (:func:`.logfiles.later_label`).
+Counts of what was left out, and why, come back with the rows, so nothing is dropped
+without a trace (nor what the log's retention deleted: ``deleted_through``). A log line
+that is not a valid record stops the join with one error naming the file, line and key.
 """
 
 from __future__ import annotations
@@ -18,7 +18,13 @@ from pathlib import Path
 import numpy as np
 
 from pomlia_hpc.serve.inbox import inputs_dir, read_inputs
-from pomlia_hpc.serve.logfiles import CLOCK_SKEW_S, files_since, later_label, read_file
+from pomlia_hpc.serve.logfiles import (
+    CLOCK_SKEW_S,
+    LabelOrder,
+    files_since,
+    later_label,
+    read_file,
+)
 from pomlia_hpc.serve.records import FeedbackLine, PredictionLine
 from pomlia_hpc.serve.retention import missing_since
 
@@ -93,7 +99,7 @@ def labelled_inputs(
     chosen = files_since(Path(log_dir), since)
     if chosen.before:
         counts["log_files_before_window"] = chosen.before
-    labels: dict[str, tuple[list[int], str]] = {}
+    labels: dict[str, tuple[list[int], LabelOrder]] = {}
     for path in chosen.files:
         for rec in read_file(path):
             if not isinstance(rec, FeedbackLine):
@@ -103,11 +109,11 @@ def labelled_inputs(
             if t is None or (since is not None and t < since) or (until is not None and t >= until):
                 counts["outside_window"] += 1
                 continue
-            have = labels.get(rec.prediction_id)
-            if have is not None and not later_label(rec.time, have[1]):
+            have, order = labels.get(rec.prediction_id), LabelOrder.of(rec)
+            if have is not None and not later_label(order, have[1]):
                 continue  # a correction read before the label it corrects (files interleave)
             idx = rec.label_index
-            labels[rec.prediction_id] = (idx if isinstance(idx, list) else [idx], rec.time)
+            labels[rec.prediction_id] = (idx if isinstance(idx, list) else [idx], order)
     seen: set[str] = set()
     for kept in read_inputs(inputs_dir(log_dir), ids=labels):
         if kept.id in seen:  # an id is kept once; a copied chunk file must not count twice
@@ -120,7 +126,7 @@ def labelled_inputs(
         out.ids.append(kept.id)
         out.images.append(kept.as_uint8())
         out.labels.append(row)
-        out.feedback_times.append(when)
+        out.feedback_times.append(when.time)
     versions = _versions(Path(log_dir), set(out.ids))
     out.versions = [versions.get(pid, "") for pid in out.ids]
     counts["no_input"] = len(labels) - len(out.ids)

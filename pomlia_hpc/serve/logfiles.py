@@ -23,8 +23,12 @@ torn last line; the rules are here, once:
   finished window counts it; a reader that follows a growing file reads it again once whole.
 * **One line, one record**: :func:`~.records.read_line` (unknown keys ignored and named) or
   :func:`~.records.parse_line` (strict) read a line's bytes.
-* **Which of two labels of one prediction holds** (:func:`later_label`): the later by its
-  feedback time; of two with the same time, the one read later (file order, then line order).
+* **Which of two labels of one prediction holds** (:func:`later_label`): the higher
+  ``revision``, which the deployment's servers count under the feedback lock, so a
+  replacement taken by a server whose clock is behind still wins over the label it replaced;
+  where a revision is not known (a replacement logged before revisions) or both are equal (a
+  file system without locks), the later by feedback time; of two with the same time, the one
+  read later (file order, then line order).
 """
 
 from __future__ import annotations
@@ -37,7 +41,7 @@ from pathlib import Path
 from typing import BinaryIO, TypeVar, overload
 
 from pomlia_hpc.errors import InputError
-from pomlia_hpc.serve.records import BadLineError, LogLine, parse_line
+from pomlia_hpc.serve.records import BadLineError, FeedbackLine, LogLine, parse_line
 
 #: Slack between clocks, s: a file's name (the writing node's clock), its modification time (the
 #: file server's) and a registry time (the deploying machine's) are compared only with this
@@ -146,14 +150,41 @@ class WholeLines:
             yield lineno, raw
 
 
-def later_label(time: str, than: str) -> bool:
-    """Whether a label of feedback time ``time`` (ISO, a record's ``time``) replaces one of
-    time ``than`` read before it: the later holds; of equal times, the one read later. Times
-    are compared as instants (an offset written as ``Z`` or ``+00:00`` is the same time); a
-    time that is not ISO is compared as text."""
-    a, b = _instant(time), _instant(than)
+@dataclass(frozen=True)
+class LabelOrder:
+    """Where a label stands among the labels of its prediction: its feedback ``time`` (ISO,
+    the receiving server's clock) and its ``revision`` (None: not known, a replacement logged
+    before revisions were counted)."""
+
+    time: str
+    revision: int | None
+
+    @classmethod
+    def of(cls, rec: FeedbackLine) -> LabelOrder:
+        """The order of feedback record ``rec``."""
+        legacy = rec.replaces and rec.revision == 1  # no server now writes a replacement so
+        return cls(rec.time, None if legacy else rec.revision)
+
+
+def labels_up_to(rec: FeedbackLine) -> int:
+    """At least how many labels the prediction of feedback record ``rec`` has had up to and
+    including it (a replacement logged before revisions: at least 2); the next label's
+    revision follows the highest of these a server knows."""
+    return max(rec.revision, 2 if rec.replaces else 1)
+
+
+def later_label(label: LabelOrder, than: LabelOrder) -> bool:
+    """Whether ``label`` replaces ``than``, a label of the same prediction read before it: the
+    higher revision holds (counted under the deployment's feedback lock: no clock decides);
+    without two different known revisions, the later time, and of equal times the one read
+    later. Times are compared as instants (an offset written as ``Z`` or ``+00:00`` is the same
+    time); a time that is not ISO is compared as text."""
+    known = label.revision is not None and than.revision is not None
+    if known and label.revision != than.revision:
+        return (label.revision or 0) > (than.revision or 0)
+    a, b = _instant(label.time), _instant(than.time)
     if a is None or b is None:
-        return time >= than
+        return label.time >= than.time
     return a >= b
 
 

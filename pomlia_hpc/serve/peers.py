@@ -32,6 +32,7 @@ from pomlia_hpc.serve.logfiles import (
     CLOCK_SKEW_S,
     WholeLines,
     file_start_time,
+    labels_up_to,
     whole_lines_end,
     writer_of,
 )
@@ -116,7 +117,7 @@ class PeerLogs:
         prediction ids added. Blocking (file reads): call it from a worker thread."""
         with self._lock:
             ids: list[str] = []
-            labelled: list[str] = []
+            labelled: list[tuple[str, int]] = []
             listing = self._listing()
             for name, newest in listing.items():
                 if name in self._done:
@@ -152,12 +153,17 @@ class PeerLogs:
             # index, not a read file and an id still unlabelled (a second label accepted).
             if ids:
                 issued.add(ids)
-            for pid in labelled:
-                issued.mark_labelled(pid)
+            for pid, revision in labelled:
+                issued.mark_labelled(pid, revision)
         return len(ids)
 
     def _read(
-        self, f: BinaryIO, path: Path, offset: int, ids: list[str], labelled: list[str]
+        self,
+        f: BinaryIO,
+        path: Path,
+        offset: int,
+        ids: list[str],
+        labelled: list[tuple[str, int]],
     ) -> int:
         """Collect the records of whole lines of ``f`` (log file ``path``, open) after byte
         ``offset``; returns the offset after the last whole line read."""
@@ -181,7 +187,7 @@ class PeerLogs:
                         continue
                     ids.append(rec.id)
                 elif isinstance(rec, FeedbackLine):
-                    labelled.append(rec.prediction_id)
+                    labelled.append((rec.prediction_id, labels_up_to(rec)))
         except OSError:  # an I/O error mid-read: the rest is read next time
             return offset
         if bad:

@@ -91,6 +91,12 @@ class FeedbackLine(_Line):
     label_index: int | list[int]
     #: It replaces an earlier label of the same prediction; written only when true.
     replaces: bool = False
+    #: Which label of the prediction it is (1 the first, 2 its first replacement, ...),
+    #: counted by the deployment's servers under the feedback lock (:mod:`.feedgate`), so the
+    #: order of a prediction's labels does not depend on the servers' clocks; written only
+    #: when above 1. A replacement written before revisions has none (it reads as 1 with
+    #: ``replaces``): its order is by time (:func:`.logfiles.later_label`).
+    revision: int = Field(default=1, ge=1)
 
 
 #: The rejection reason of a request whose body did not arrive in time (HTTP 408).
