@@ -24,6 +24,7 @@ A label the window cannot test is counted, by why:
 
 from __future__ import annotations
 
+import math
 import re
 from collections import Counter
 from collections.abc import Sequence
@@ -32,7 +33,15 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
-from pomlia_hpc.serve.logfiles import LabelOrder, WholeLines, files_since, later_label
+from pomlia_hpc.serve.ids import issued_at
+from pomlia_hpc.serve.logfiles import (
+    CLOCK_SKEW_S,
+    LabelOrder,
+    WholeLines,
+    file_start_time,
+    files_since,
+    later_label,
+)
 from pomlia_hpc.serve.records import BadLineError, FeedbackLine, PredictionLine, read_line
 
 #: How far before a window's start its labels' predictions are looked up, when not told.
@@ -138,14 +147,21 @@ def _find_predictions(
     """The prediction records of the ``wanted`` ids timed at or after ``not_before``, from the
     files that may hold records of then or later, newest first (by last change), and no
     further once every id is found: labels mostly name predictions of the last days, and a
-    look-back of a week of a busy model's log is gigabytes. The files and the torn last line
-    as every reader of the log takes them (:mod:`pomlia_hpc.serve.logfiles`)."""
+    look-back of a week of a busy model's log is gigabytes. An id that says when it was issued
+    (:func:`~pomlia_hpc.serve.ids.issued_at`) is looked for only in the files that span that
+    time, and not at all when that is before ``not_before``: a label whose prediction is not
+    there made every run read the whole look-back. The files and the torn last line as every
+    reader of the log takes them (:mod:`pomlia_hpc.serve.logfiles`)."""
     lo = not_before.isoformat(timespec="microseconds")
-    wanted = set(wanted)
+    timed = {pid: t for pid in wanted if (t := issued_at(pid)) is not None}
+    # A timed id older than the look-back: its record would not count (it is before ``lo``).
+    wanted = {pid for pid in wanted if timed.get(pid, float("inf")) >= not_before.timestamp()}
     found: dict[str, PredictionLine] = {}
     for path in files_since(folders, not_before, newest_first=True).files:
         if not wanted:
             break
+        if not _may_hold(path, wanted, timed):
+            continue
         try:
             fh = path.open("rb")
         except OSError:
@@ -162,6 +178,23 @@ def _find_predictions(
                 if rec.time >= lo and deployment in (None, rec.deployment):
                     found[rec.id] = rec
     return found
+
+
+def _may_hold(path: Path, wanted: set[str], timed: dict[str, float]) -> bool:
+    """Whether log file ``path`` may hold the prediction of one of the ``wanted`` ids: an id
+    without a time may be in any file; a timed one only in a file whose writer started before
+    and which was last changed after that time (both with the clock margin)."""
+    try:
+        changed = path.stat().st_mtime + CLOCK_SKEW_S
+    except OSError:
+        return True  # the open says what is wrong with it
+    start = file_start_time(path)
+    began = -math.inf if start is None else start - CLOCK_SKEW_S
+    for pid in wanted:
+        t = timed.get(pid)
+        if t is None or began <= t <= changed:
+            return True
+    return False
 
 
 def _prediction(raw: bytes) -> PredictionLine | None:

@@ -27,6 +27,7 @@ from pomlia_hpc.serve.fingerprint import (
     logged_vectors,
     stats_fingerprint,
 )
+from pomlia_hpc.serve.ids import prediction_ids
 from pomlia_hpc.serve.inbox import encode_image
 from pomlia_hpc.serve.issued import IssuedIds
 from pomlia_hpc.serve.metrics import ServerMetrics
@@ -153,8 +154,9 @@ class Predictor:
                 start += len(arr)
                 continue
             preds, recs, kept = [], [], []
+            ids = prediction_ids(len(arr))  # timed: the monitor's look-up opens fewer files
             for i in range(start, start + len(arr)):
-                pid = os.urandom(16).hex()  # 128 random bits, like uuid4, a third of the cost
+                pid = ids[i - start]
                 preds.append(
                     {
                         "id": pid,
