@@ -18,6 +18,7 @@ from typer.testing import CliRunner
 from pomlia_hpc.cli import app
 from pomlia_hpc.cluster.batch import QueuedJob
 from pomlia_hpc.errors import NotFoundError, PomliaError
+from pomlia_hpc.monitor import ending as ending_mod
 from pomlia_hpc.monitor import schedule as schedule_mod
 from pomlia_hpc.registry import Model, Promotion, Registry
 from pomlia_hpc.workspace import Workspace
@@ -41,7 +42,8 @@ def submitted(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, object]]:
     monkeypatch.setenv("POMLIA_CLUSTER", "slurm-local")
     monkeypatch.setattr(schedule_mod, "submit_script", submit)
     monkeypatch.setattr(schedule_mod, "jobs_named", none_queued)
-    monkeypatch.setattr(schedule_mod, "cancel_named", lambda name, script=None: [])
+    monkeypatch.setattr(ending_mod, "jobs_named", none_queued)
+    monkeypatch.setattr(ending_mod, "cancel_named", lambda name, script=None: [])
     return calls
 
 
@@ -167,7 +169,9 @@ def queue(monkeypatch: pytest.MonkeyPatch, submitted: list[dict[str, object]]) -
         return jobs.pop(name, [])
 
     monkeypatch.setattr(schedule_mod, "jobs_named", named)
-    monkeypatch.setattr(schedule_mod, "cancel_named", cancel)
+    monkeypatch.setattr(ending_mod, "jobs_named", named)
+    monkeypatch.setattr(ending_mod, "cancel_named", cancel)
+
     monkeypatch.setattr(schedule_mod.time, "sleep", lambda s: None)
     return jobs
 

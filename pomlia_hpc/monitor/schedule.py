@@ -38,7 +38,7 @@ refuses beside such a chain (settings or queued jobs under the slot's current ch
 name), ``--replace`` ends it once the slot's chain is queued, and ``unschedule SLOT`` ends it
 too. A chain scheduled for the champion by name on purpose (``schedule MODEL``) is recorded as
 a model's chain and left alone; only settings without a record (written before it was kept)
-are taken by the name rule, as nothing else tells them apart (:func:`_legacy_chain`).
+are taken by the name rule, as nothing else tells them apart (:func:`legacy_chain`).
 
 Slurm starts a job at the first scheduling pass after its begin time (every second with this
 project's test cluster, ``sched_interval=1``; typically 60 s on a production cluster), so a
@@ -62,15 +62,14 @@ from sqlalchemy.exc import SQLAlchemyError
 from pomlia_hpc.cluster.batch import (
     QueuedJob,
     cancel_ids,
-    cancel_named,
     jobs_named,
     submit_script,
 )
-from pomlia_hpc.cluster.records import mark_all_cancelled, record_submission
+from pomlia_hpc.cluster.records import record_submission
 from pomlia_hpc.errors import ClusterError, InputError, PomliaError
 from pomlia_hpc.files import write_atomic
 from pomlia_hpc.monitor.catchup import NextRun, next_run, script_catches_up
-from pomlia_hpc.monitor.chains import chain_kind, chain_script, job_labels, job_name
+from pomlia_hpc.monitor.chains import chain_kind, job_labels, job_name
 from pomlia_hpc.monitor.chains import is_scheduled as is_scheduled
 from pomlia_hpc.monitor.cronlines import (
     check_slurm_profile,
@@ -80,15 +79,21 @@ from pomlia_hpc.monitor.cronlines import (
 from pomlia_hpc.monitor.cronlines import cron_run_line as cron_run_line
 from pomlia_hpc.monitor.cronlines import has_hidden_password as has_hidden_password
 from pomlia_hpc.monitor.cronlines import next_begin as next_begin
+from pomlia_hpc.monitor.ending import chain_key as chain_key
+from pomlia_hpc.monitor.ending import (
+    end_legacy,
+    legacy_chain,
+    legacy_refusal,
+    queued_labels,
+    record_cancelled,
+)
+from pomlia_hpc.monitor.ending import unschedule as unschedule
 from pomlia_hpc.monitor.placement import SETTING, profile_args, recorded_args
 from pomlia_hpc.monitor.reference import (
     SLOT_PREFIX,
     load_reference,
-    named_slot,
     replaced_note,
-    resolve_model_id,
     resolve_target,
-    slot_champion,
 )
 from pomlia_hpc.monitor.run import parse_duration
 from pomlia_hpc.registry import Registry, RegistryNewerError
@@ -99,19 +104,6 @@ SOURCE_ROOT = Path(__file__).resolve().parents[2]
 #: moment the file exists (the jobs run as the owner, and source it).
 CONF_MODE = 0o600
 SCRIPT = Path("jobs") / "monitor.sbatch"
-
-
-def chain_key(registry: Registry, ref: str) -> str:
-    """The key of the chain that ``ref`` names: ``slot:SLOT`` for a deployment slot (``slot:``
-    given, or a slot's name that is no model's), else the model's name (also for
-    ``deployment:ID``: the chain monitors the deployment's model)."""
-    from pomlia_hpc.models.catalog import resolve_model
-
-    slot = named_slot(registry, ref)
-    if slot is not None:
-        return f"{SLOT_PREFIX}{slot}"
-    model_id, _deployment = resolve_model_id(registry, ref)
-    return resolve_model(registry, str(model_id)).name
 
 
 @dataclass(frozen=True)
@@ -149,7 +141,7 @@ def _write_conf(
         "MODEL": model,
         # What the chain is for, recorded: a slot's (MODEL=slot:SLOT) or a model's. A model
         # chain of a slot's champion must not pass for a chain `schedule SLOT` made before
-        # slot chains, which had the same key (_legacy_chain).
+        # slot chains, which had the same key (legacy_chain).
         "CHAIN_KIND": "slot" if model.startswith(SLOT_PREFIX) else "model",
         "EVERY": every,
         "AT": at or "",
@@ -248,7 +240,7 @@ def schedule(
     # Only now, with the new job queued, the old chain goes (by id: its name is the new job's).
     replaced, warnings = _cancel_old(registry, jname, script, job_id) if queued else ([], [])
     if legacy is not None:  # the champion-named chain this slot's chain replaces
-        more, warned = _end_legacy(registry, workspace, legacy)
+        more, warned = end_legacy(registry, workspace, legacy)
         replaced, warnings = [*replaced, *more], [*warnings, *warned]
     kind = chain_kind(workspace, name)  # as the settings record it (None: written before)
     meta = {"model": name, "begin": begin.isoformat(), "chain": False, "slot": slot, "kind": kind}
@@ -406,91 +398,20 @@ def _check_free(
     replace: bool,
 ) -> str | None:
     """Refuse a new chain beside a queued one (``queued``: its jobs) or, for a slot, beside
-    the chain under its champion's name (:func:`_legacy_chain`), unless ``replace``; returns
+    the chain under its champion's name (:func:`legacy_chain`), unless ``replace``; returns
     that champion's name when its chain is to be ended (None: there is none)."""
     what = f"slot '{slot}'" if slot is not None else f"model '{name}'"
     if queued and not replace:
         raise InputError(
-            f"{what} is already scheduled ({_ids(registry, queued)}); "
+            f"{what} is already scheduled ({queued_labels(registry, queued)}); "
             f"end it with `pomlia monitor unschedule {shlex.quote(name)}` or pass --replace"
         )
-    legacy = _legacy_chain(registry, workspace, slot) if slot is not None else None
+    legacy = legacy_chain(registry, workspace, slot) if slot is not None else None
     if legacy is None:
         return None
     if not replace:
-        raise InputError(_legacy_refusal(registry, workspace, what, *legacy))
+        raise InputError(legacy_refusal(registry, workspace, what, *legacy))
     return legacy[0]
-
-
-def _legacy_chain(
-    registry: Registry, workspace: Workspace, slot: str
-) -> tuple[str, list[QueuedJob]] | None:
-    """The chain keyed by the name of ``slot``'s champion, as ``monitor schedule SLOT`` made
-    it before slot chains (it monitors that model for good, and would report beside the
-    slot's chain): (the champion's name, its queued jobs), or None when it has neither
-    settings nor queued jobs, or is recorded as the model's own chain (``monitor schedule
-    MODEL`` on purpose: not the slot's to end)."""
-    from pomlia_hpc.models.catalog import resolve_model
-
-    champion_id = slot_champion(registry, slot)
-    if champion_id is None:
-        return None
-    champion = resolve_model(registry, str(champion_id)).name
-    queued = jobs_named(job_name(champion), chain_script(workspace, champion))
-    if not queued and not is_scheduled(workspace, champion):
-        return None
-    if is_scheduled(workspace, champion):
-        recorded = chain_kind(workspace, champion)
-    else:  # settings gone (unscheduled), jobs still queued: what their rows recorded
-        recorded = _recorded_kind(registry, queued)
-    # No record: settings written before the kind was recorded. An old slot chain and a model
-    # chain of the champion look the same then; the name rule takes it for the slot's.
-    return None if recorded == "model" else (champion, queued)
-
-
-def _recorded_kind(registry: Registry, queued: list[QueuedJob]) -> str | None:
-    """The kind the registry rows of the ``queued`` jobs record (``Job.meta["kind"]``), when
-    they all agree; else None."""
-    from sqlalchemy import select
-
-    from pomlia_hpc.registry import Job
-
-    ids = [j.job_id for j in queued]
-    if not ids:
-        return None
-    with registry.session() as s:
-        q = select(Job.meta).where(Job.backend == "slurm", Job.scheduler_id.in_(ids))
-        kinds = {(meta or {}).get("kind") for meta in s.scalars(q)}
-    return kinds.pop() if len(kinds) == 1 else None
-
-
-def _legacy_refusal(
-    registry: Registry, workspace: Workspace, what: str, champion: str, queued: list[QueuedJob]
-) -> str:
-    jobs = _ids(registry, queued) if queued else "no job queued"
-    folder = workspace.path("jobs", "monitor", champion)
-    return (
-        f"{what} is already monitored by a chain under its champion's name '{champion}' "
-        f"(job {job_name(champion)}: {jobs}; settings {folder}), scheduled for the model or, "
-        "before slot chains, for the slot: it monitors that model even after a promotion. "
-        "Pass --replace to end it and schedule the slot's chain, or end it with "
-        f"`pomlia monitor unschedule {shlex.quote(champion)}`"
-    )
-
-
-def _end_legacy(
-    registry: Registry, workspace: Workspace, champion: str
-) -> tuple[list[str], list[str]]:
-    """End the champion-named chain (:func:`_legacy_chain`) after the slot's chain is queued:
-    (cancelled ids, warnings); the slot's chain stands either way, so nothing here raises."""
-    try:
-        return _end_chain(registry, workspace, champion, "replaced by the slot's chain"), []
-    except (SQLAlchemyError, PomliaError) as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        return [], [
-            f"could not end the chain under the champion's name ({first}); end it with "
-            f"`pomlia monitor unschedule {shlex.quote(champion)}`"
-        ]
 
 
 def _check_target(registry: Registry, key: str, slot: str | None) -> tuple[str | None, list[str]]:
@@ -543,7 +464,7 @@ def _cancel_old(
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         return [], [f"could not cancel the replaced chain ({first}); end it with scancel"]
     try:  # at once, as unschedule does: `jobs list` must not show them queued
-        _record_cancelled(registry, old, "replaced by `monitor schedule --replace`")
+        record_cancelled(registry, old, "replaced by `monitor schedule --replace`")
     except (SQLAlchemyError, PomliaError) as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         warnings.append(
@@ -551,50 +472,3 @@ def _cancel_old(
             f"({first}); `pomlia jobs list` shows them until its next refresh"
         )
     return old, warnings
-
-
-def _ids(registry: Registry, jobs: list[QueuedJob]) -> str:
-    labels = job_labels(registry, [j.job_id for j in jobs])
-    return ", ".join(f"{label} {j.state.lower()}" for label, j in zip(labels, jobs, strict=True))
-
-
-def unschedule(registry: Registry, workspace: Workspace, model: str) -> list[str]:
-    """End the chain of ``model`` (a model, or a deployment slot as :func:`chain_key` reads
-    it); returns the cancelled job ids. A slot's also ends the chain under its champion's name
-    (:func:`_legacy_chain`), as ``monitor schedule SLOT`` made it before slot chains."""
-    name = chain_key(registry, model)
-    cancelled = _end_chain(registry, workspace, name, "cancelled by user")
-    if name.startswith(SLOT_PREFIX):
-        legacy = _legacy_chain(registry, workspace, name.removeprefix(SLOT_PREFIX))
-        if legacy is not None:
-            cancelled += _end_chain(registry, workspace, legacy[0], "cancelled by user")
-    return cancelled
-
-
-def _end_chain(registry: Registry, workspace: Workspace, name: str, cause: str) -> list[str]:
-    """Remove the settings of the chain keyed ``name`` and cancel its queued jobs."""
-    workspace.path("jobs", "monitor", name, "schedule.env").unlink(missing_ok=True)
-    cancelled = cancel_named(job_name(name), chain_script(workspace, name))
-    # A run that was resubmitting at this very moment may have queued one more job; the
-    # settings file is gone, so it cannot do so again: one more look catches it.
-    time.sleep(1.0)
-    cancelled += cancel_named(job_name(name), chain_script(workspace, name))
-    _record_cancelled(registry, cancelled, cause)
-    return cancelled
-
-
-def _record_cancelled(
-    registry: Registry, scheduler_ids: list[str], cause: str = "cancelled by user"
-) -> None:
-    """Mark the registry rows of the cancelled chain jobs CANCELLED (at once, not at the next
-    sacct poll, which may come after the accounting forgot them)."""
-    from sqlalchemy import select
-
-    from pomlia_hpc.registry import Job
-
-    if not scheduler_ids:
-        return
-    with registry.session() as s:
-        q = select(Job.id).where(Job.backend == "slurm", Job.scheduler_id.in_(scheduler_ids))
-        ids = list(s.scalars(q))
-    mark_all_cancelled(registry, ids, cause)
