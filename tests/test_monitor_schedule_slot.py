@@ -44,6 +44,7 @@ def submitted(monkeypatch: pytest.MonkeyPatch) -> list[dict[str, object]]:
     monkeypatch.setattr(schedule_mod, "jobs_named", none_queued)
     monkeypatch.setattr(ending_mod, "jobs_named", none_queued)
     monkeypatch.setattr(ending_mod, "cancel_named", lambda name, script=None: [])
+    monkeypatch.setattr(ending_mod, "cancel_ids", lambda ids: None)
     return calls
 
 
@@ -168,10 +169,14 @@ def queue(monkeypatch: pytest.MonkeyPatch, submitted: list[dict[str, object]]) -
     def cancel(name: str, script: Path | None = None) -> list[str]:
         return jobs.pop(name, [])
 
+    def cancel_ids(ids: list[str]) -> None:
+        for name in list(jobs):
+            jobs[name] = [i for i in jobs[name] if i not in ids]
+
     monkeypatch.setattr(schedule_mod, "jobs_named", named)
     monkeypatch.setattr(ending_mod, "jobs_named", named)
     monkeypatch.setattr(ending_mod, "cancel_named", cancel)
-
+    monkeypatch.setattr(ending_mod, "cancel_ids", cancel_ids)
     monkeypatch.setattr(schedule_mod.time, "sleep", lambda s: None)
     return jobs
 

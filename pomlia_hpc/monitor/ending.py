@@ -14,7 +14,7 @@ import time
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from pomlia_hpc.cluster.batch import QueuedJob, cancel_named, jobs_named
+from pomlia_hpc.cluster.batch import QueuedJob, cancel_ids, cancel_named, jobs_named
 from pomlia_hpc.cluster.records import mark_all_cancelled
 from pomlia_hpc.errors import PomliaError
 from pomlia_hpc.monitor.chains import chain_kind, chain_script, is_scheduled, job_labels, job_name
@@ -55,13 +55,18 @@ def unschedule(registry: Registry, workspace: Workspace, model: str) -> list[str
 
 
 def end_chain(registry: Registry, workspace: Workspace, name: str, cause: str) -> list[str]:
-    """Remove the settings of the chain keyed ``name`` and cancel its queued jobs."""
+    """Remove the settings of the chain keyed ``name`` and cancel its queued jobs. Slurm is
+    asked first: out of reach, that is the error and nothing is removed (the settings went
+    and then squeue failed: the queued runs stayed, without the settings they need)."""
+    jname, script = job_name(name), chain_script(workspace, name)
+    queued = [j.job_id for j in jobs_named(jname, script)]
     workspace.path("jobs", "monitor", name, "schedule.env").unlink(missing_ok=True)
-    cancelled = cancel_named(job_name(name), chain_script(workspace, name))
+    cancel_ids(queued)
+    cancelled = queued
     # A run that was resubmitting at this very moment may have queued one more job; the
     # settings file is gone, so it cannot do so again: one more look catches it.
     time.sleep(1.0)
-    cancelled += cancel_named(job_name(name), chain_script(workspace, name))
+    cancelled += cancel_named(jname, script)
     record_cancelled(registry, cancelled, cause)
     return cancelled
 
