@@ -8,11 +8,13 @@ monitors, unless a job of the chain is already queued: a requeued or doubly subm
 adds nothing, so one chain per model survives. The resubmission needs Slurm, not the registry
 (out of reach, the job goes unrecorded), and asks Slurm again for a while when it fails.
 ``--replace`` submits the new chain first and then cancels the old one's jobs by id (a failed
-submission leaves the old chain and its settings as they were). ``unschedule`` removes the
-settings file (a run that starts later does nothing, and no run can resubmit) and cancels
-every queued job of the chain. A job name is the user's in every workspace: the chain's jobs
-are those of its name that run its own script (:func:`~pomlia_hpc.monitor.chains.chain_script`),
-so a chain of the same model name in another workspace is neither counted nor cancelled.
+submission leaves the old chain and its settings as they were); lines a user added to the
+settings (``SETTLE``) are kept (:func:`user_lines`). ``unschedule`` asks Slurm first, then
+removes the settings file (a run that starts later does nothing, and no run can resubmit)
+and cancels every queued job of the chain. A job name is the user's in every workspace: the
+chain's jobs are those of its name that run its own script
+(:func:`~pomlia_hpc.monitor.chains.chain_script`), so a chain of the same model name in
+another workspace is neither counted nor cancelled.
 
 Each job is given its scheduled start (``POMLIA_MONITOR_BEGIN``, the ``--begin`` it was
 submitted with). A run tests the window that ends there, less a settling margin (``monitor run
@@ -49,6 +51,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import re
 import shlex
 import sys
 import time
@@ -104,6 +107,10 @@ SOURCE_ROOT = Path(__file__).resolve().parents[2]
 #: moment the file exists (the jobs run as the owner, and source it).
 CONF_MODE = 0o600
 SCRIPT = Path("jobs") / "monitor.sbatch"
+#: The first line of the chain's settings file.
+HEADER = "# written by `pomlia monitor schedule`; removed by `pomlia monitor unschedule`\n"
+#: A shell assignment in the settings file (``export NAME=...`` or ``NAME=...``): its name.
+_ASSIGNED = re.compile(r"^\s*(?:export\s+)?([A-Za-z_][A-Za-z0-9_]*)=")
 
 
 @dataclass(frozen=True)
@@ -136,7 +143,10 @@ def _write_conf(
     window: str,
     on_alarm: str | None,
     workspace: Workspace,
+    old: str | None = None,
 ) -> None:
+    """Write the chain's settings to ``path``; the lines a user added to the ``old`` settings
+    (``SETTLE=10m``, a comment) are kept after the ones written here."""
     values = {
         "MODEL": model,
         # What the chain is for, recorded: a slot's (MODEL=slot:SLOT) or a model's. A model
@@ -152,9 +162,23 @@ def _write_conf(
         "POMLIA_DB_URL": workspace.db_url,
         SETTING: shlex.join(profile_args(workspace.cluster_profile)),  # where its jobs run
     }
-    text = "# written by `pomlia monitor schedule`; removed by `pomlia monitor unschedule`\n"
-    text += "".join(f"export {k}={shlex.quote(v)}\n" for k, v in values.items())
+    text = HEADER + "".join(f"export {k}={shlex.quote(v)}\n" for k, v in values.items())
+    text += "".join(user_lines(old, set(values)))
     write_atomic(path, text, mode=CONF_MODE)
+
+
+def user_lines(old: str | None, written: set[str]) -> list[str]:
+    """The lines of settings ``old`` that ``schedule`` did not write: neither its header nor
+    an assignment of one of the ``written`` names (with or without ``export``), each with its
+    newline. A ``--replace`` rewrote the file and dropped them: a user's ``SETTLE=10m`` went,
+    and the chain's next run used 5 minutes again."""
+    kept = []
+    for line in (old or "").splitlines():
+        m = _ASSIGNED.match(line)
+        if line == HEADER.rstrip("\n") or (m is not None and m.group(1) in written):
+            continue
+        kept.append(line + "\n")
+    return kept
 
 
 def _write_files(
@@ -179,6 +203,7 @@ def _write_files(
         window=window or every,
         on_alarm=on_alarm,
         workspace=workspace,
+        old=old_conf,
     )
     try:
         # Whole or not at all: a running chain's job resubmits this very file, and a copy cut
