@@ -3,9 +3,11 @@ moment, over real HTTP on 127.0.0.1: exactly one label is accepted (serve/feedga
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 import threading
+import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -14,7 +16,7 @@ import httpx
 import pytest
 
 from pomlia_hpc.serve.demo import cached_demo_bundle
-from pomlia_hpc.serve.feedgate import lock_path
+from pomlia_hpc.serve.feedgate import ANSWER_WAIT_S, lock_path
 from pomlia_hpc.serve.logfiles import read_records
 from pomlia_hpc.serve.records import FeedbackLine
 from tests.test_serve_restart import AUTH, predict_ids, serve
@@ -95,4 +97,37 @@ def test_a_feedback_that_cannot_have_the_turn_is_a_503_that_says_why(
             holder.kill()
             holder.wait()
         assert client.post("/v1/feedback", json=body, headers=AUTH).status_code == 200
+    assert [r.prediction_id for r in read_records(logs, FeedbackLine)] == [pid]
+
+
+def test_a_feedback_whose_turn_hangs_on_the_file_server_is_answered(
+    bundle: Path, tmp_path: Path
+) -> None:
+    """A log file whose open does not return (a hung file server; here a FIFO no one writes)
+    stopped the server's feedback turn as it read the other servers' files: the others got
+    their 503 after LOCK_WAIT_S, the lock holder's request waited without limit. It is now a
+    503 after ANSWER_WAIT_S that says the label may still be recorded, and it is once the
+    file answers."""
+    logs = tmp_path / "logs"
+    with serve(bundle, logs) as a, httpx.Client(base_url=a.url, timeout=60) as client:
+        pid = predict_ids(client, 1)[0]
+        hung = logs / time.strftime("%Y%m%dT%H%M%S-nfs-1-0000.jsonl", time.gmtime())
+        os.mkfifo(hung)
+        body = {"prediction_id": pid, "label": 1}
+        try:
+            resp = client.post("/v1/feedback", json=body, headers=AUTH)
+        finally:
+            # Let the open return (a writer appears), then take the file away for good.
+            try:
+                writer = os.open(hung, os.O_WRONLY | os.O_NONBLOCK)
+            except OSError:  # ENXIO: no reader waits in its open
+                writer = -1
+            hung.unlink()
+            if writer >= 0:
+                os.close(writer)
+        assert resp.status_code == 503, resp.text
+        assert f"not confirmed within {ANSWER_WAIT_S:g} s" in resp.text
+        assert "may still be recorded" in resp.text
+        again = client.post("/v1/feedback", json=body, headers=AUTH)
+        assert again.status_code == 409, again.text  # the section went on: it was recorded
     assert [r.prediction_id for r in read_records(logs, FeedbackLine)] == [pid]

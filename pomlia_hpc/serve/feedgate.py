@@ -16,6 +16,10 @@ the folder gains one file per deployment, not one per label. Inside one server t
 feedbacks that wait for the lock share the next turn (POSIX locks do not exclude threads of
 one process; the index's own lock makes each claim atomic there).
 
+A request waits at most ``ANSWER_WAIT_S`` for its answer: the lock holder stuck on a hung file
+server (reading the others' files, writing its label) answers 503 then, as the others do
+after ``LOCK_WAIT_S``, while its section goes on and may still write the label.
+
 A file system that takes no locks (Lustre mounted without ``flock``, NFS without a lock
 manager) is said once at start-up in a warning; feedback is then judged as before, by each
 server alone.
@@ -43,6 +47,11 @@ _T = TypeVar("_T")
 #: How long a feedback waits for another server of the deployment to finish its own, s: past
 #: it the feedback is refused with 503 (a holder that is stuck, e.g. on a hung file server).
 LOCK_WAIT_S = 10.0
+#: The longest a feedback request waits for its answer, s: the turn (``LOCK_WAIT_S``), then
+#: reading the other servers' files and writing the label durably. A holder stuck on a hung
+#: file server waited without limit (the others got their 503); past this it answers 503
+#: too, and the label may still be written once the file server answers.
+ANSWER_WAIT_S = LOCK_WAIT_S + 10.0
 #: Longest pause between two tries of the lock while another server holds it, s.
 LOCK_POLL_S = 0.02
 #: errno values of a file system that takes no POSIX locks.
@@ -62,9 +71,17 @@ class FeedbackGate:
     its end even when the request that asked is cancelled (a client that went away, a shutdown),
     so the lock is never let go before the label it guards is on disk."""
 
-    def __init__(self, directory: Path, deployment: int | None, *, wait_s: float = LOCK_WAIT_S):
+    def __init__(
+        self,
+        directory: Path,
+        deployment: int | None,
+        *,
+        wait_s: float = LOCK_WAIT_S,
+        answer_s: float = ANSWER_WAIT_S,
+    ):
         self.path = lock_path(directory, deployment)
         self.wait_s = wait_s
+        self.answer_s = answer_s
         self._turn = asyncio.Lock()  # held for a turn, and by close()
         self._waiting: list[tuple[Callable[[], Awaitable[Any]], asyncio.Future[Any]]] = []
         self._leader: asyncio.Task[None] | None = None
@@ -96,14 +113,23 @@ class FeedbackGate:
         anyway (:class:`~.issued.IssuedIds`), and their labels share one log commit (one
         ``fsync``, not one each: one section a turn took 16 clients on one server from about
         560 feedbacks/s without the lock to 200; turns of all waiting sections, to 470, on
-        the loaded 2-core VM)."""
+        the loaded 2-core VM). 503 too when no answer came within ``answer_s`` (a file server
+        that does not answer): the section goes on, and its label may still be written."""
         fut: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         # A cancelled request leaves its section to finish; its outcome is then nobody's.
         fut.add_done_callback(lambda f: f.cancelled() or f.exception())
         self._waiting.append((section, fut))
         if self._leader is None:
             self._leader = asyncio.ensure_future(self._lead())
-        return cast(_T, await asyncio.shield(fut))
+        try:
+            return cast(_T, await asyncio.wait_for(asyncio.shield(fut), self.answer_s))
+        except TimeoutError:
+            raise RequestError(
+                503,
+                f"feedback not confirmed within {self.answer_s:g} s: the prediction log's file "
+                "system did not answer; the label may still be recorded once it does: send it "
+                'again later with "replaces": true',
+            ) from None
 
     async def _lead(self) -> None:
         """Run the waiting sections, a turn at a time, until none waits."""
