@@ -24,6 +24,7 @@ from tests.fixtures.registries import (
     registry,
     restore_torch_threads,
     shared_tmp,
+    sqlite_registry_template,
     wide_console,
     workspace,
 )
@@ -41,6 +42,7 @@ __all__ = [
     "restore_torch_threads",
     "shared_tmp",
     "slurm",
+    "sqlite_registry_template",
     "wide_console",
     "workspace",
 ]
