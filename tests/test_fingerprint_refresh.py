@@ -12,12 +12,8 @@ import pytest
 from pomlia_hpc.cli import app
 from pomlia_hpc.errors import NotFoundError
 from pomlia_hpc.fingerprint import refresh as refresh_mod
-from pomlia_hpc.fingerprint.refresh import (
-    current_encoder,
-    default_encoder,
-    plan_refresh,
-    refresh,
-)
+from pomlia_hpc.fingerprint.current import current_encoder, default_encoder
+from pomlia_hpc.fingerprint.refresh import plan_refresh, refresh
 from pomlia_hpc.fingerprint.train import TrainConfig, get_encoder, train_encoder
 from pomlia_hpc.registry import Encoder, FingerprintSet, Registry
 from pomlia_hpc.workspace import Workspace

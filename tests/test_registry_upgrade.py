@@ -351,7 +351,7 @@ def test_an_older_release_s_encoders_keep_the_refresh_name_rule_after_the_upgrad
     refresh by its name, and ae stays the default encoder, as before the upgrade."""
     import sqlalchemy as sa
 
-    from pomlia_hpc.fingerprint.refresh import default_encoder
+    from pomlia_hpc.fingerprint.current import default_encoder
     from pomlia_hpc.workspace import Workspace
 
     reg = Registry(db_url)

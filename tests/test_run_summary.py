@@ -94,6 +94,28 @@ def test_similar_loads_no_torch(tmp_path: Path) -> None:
     assert out.stdout.strip().splitlines()[-1] == "False", out.stdout + out.stderr
 
 
+def test_similar_without_an_encoder_option_loads_no_torch(tmp_path: Path) -> None:
+    """Without --encoder the command looks up the workspace's default encoder; that lookup
+    lived beside the refresh (training, extraction) and imported torch, torchvision and
+    DeepSpeed (8-15 s on a loaded machine) before saying that no encoder is registered."""
+    code = (
+        "import sys\n"
+        "from pomlia_hpc.cli import main\n"
+        "def run(*args):\n"
+        f"    sys.argv = ['pomlia', '--home', {str(tmp_path)!r}, *args]\n"
+        "    try:\n"
+        "        main()\n"
+        "    except SystemExit as exc:\n"
+        "        return exc.code\n"
+        "run('init')\n"
+        "assert run('similar', 'blood') == 4\n"
+        "print('torch' in sys.modules)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "no encoder is registered" in out.stderr, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "False", out.stdout + out.stderr
+
+
 def test_fingerprint_package_names_are_the_objects_after_every_submodule_import() -> None:
     # Lazy package names (PEP 562) lose to a submodule of the same name once it is imported
     # (the loop's stage once called the module `fingerprint.extract`): every exported name must

@@ -45,7 +45,7 @@ def encoder_name(name: str | None) -> str:
     """The encoder an ``--encoder`` value names: itself, else the workspace's default one."""
     if name is not None:
         return name
-    from pomlia_hpc.fingerprint.refresh import default_encoder
+    from pomlia_hpc.fingerprint.current import default_encoder
 
     # How an older release's unfinished refresh settled the default is said on stderr: the
     # default changes nothing on disk, and a command's output may be captured.

@@ -42,7 +42,7 @@ embeddings group and its shard plan), ``markers`` (``.done`` files and the weigh
 without torch), ``usable`` (which sets a reader may use), ``planning`` (what an extraction will
 run), ``summary`` (per-version statistics), ``index`` (FAISS), ``distances`` (sample
 distances), ``ranking`` (distances over summaries), ``similar``, ``plots``, ``io`` (atomic
-files).
+files), ``refresh`` (retraining on new data), ``current`` (the default encoder, without torch).
 """
 
 from __future__ import annotations

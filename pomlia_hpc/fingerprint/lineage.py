@@ -11,7 +11,7 @@ Rows registered before the lineage was recorded (before migration 0010) have no 
 those the rule of the releases that made them stands: an encoder named ``<root>-r<k>``
 registered beside ``<root>`` and trained with its settings (epochs aside) is a refresh of it.
 Nothing else tells an older release's refresh apart, and its unfinished refreshes must still
-be found (:func:`pomlia_hpc.fingerprint.refresh.default_encoder`).
+be found (:func:`pomlia_hpc.fingerprint.current.default_encoder`).
 """
 
 from __future__ import annotations
