@@ -15,16 +15,18 @@ trained encoder can initialise that classifier (see :func:`backbone_state_dict`)
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import torch
-import torchvision
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from torch import nn
 from torch.nn import functional
 
 from pomlia_hpc.errors import InputError
+
+if TYPE_CHECKING:
+    import torchvision
 
 #: Input sizes (px) the decoder is built for.
 IMAGE_SIZES = (28, 64)
@@ -66,6 +68,10 @@ def _decoder(latent_dim: int, image_size: int) -> nn.Sequential:
 
 
 def _encoder(cfg: EncoderConfig) -> torchvision.models.ResNet:
+    # Imported here: torchvision's package import pulls in torch._dynamo (~1.5 s a process),
+    # which the many processes that only read an encoder's configuration do not need.
+    import torchvision
+
     net = torchvision.models.resnet18(weights=None, num_classes=cfg.latent_dim)
     if cfg.stem == "small":
         net.conv1 = nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)

@@ -77,8 +77,9 @@ class TrainJob(Checkpointable):
     requeue (see :class:`~pomlia_hpc.cluster.Checkpointable`) needs no state of its own.
     """
 
-    # Imported lazily: at set-up (DeepSpeed, the event writer), at an epoch's end (the curves).
-    preload = ("deepspeed", "torch.utils.tensorboard", *CURVE_MODULES)
+    # Imported lazily: at set-up (DeepSpeed, the event writer, torchvision for the network), at
+    # an epoch's end (the curves).
+    preload = ("deepspeed", "torch.utils.tensorboard", "torchvision", *CURVE_MODULES)
 
     def __init__(self, config: TrainConfig, sources: list[Source], out_dir: str) -> None:
         self.config = config
