@@ -6,7 +6,21 @@ test images now (M trained on another version of the dataset whose split put the
 on another dataset holding copies, or started from a model that did), every trial is picked
 on val and reported on test with images its weights already learnt: inflated metrics. What M
 saw is read from the registry (:func:`pomlia_hpc.models.seen.seen_images`: its training
-version's train split, its extra images, its own init chain), compared by pixel hashes.
+version's train split, its extra images, the encoder it started from, its own init chain),
+compared by pixel hashes.
+
+``automl run --encoder E`` is refused the same way when E's self-supervised training read
+the task's val or test images (``fingerprint train --split all`` or ``--split test`` on the
+task's data, or a dataset holding copies of them). No labels were read, but the encoder's
+weights learnt those very images (a transductive leak of the test distribution): trials
+started from them are picked and scored on images their features were fitted to, and the
+loop's gate, which leaves what a model's encoder saw out of its comparison, would have no
+fixed test images left. Refusing, not warning, keeps every reported test metric one of
+unseen images, as for ``--init-model``.
+
+A model whose lineage cannot say all it trained on (registered by hand, or before a lineage
+field existed: :func:`pomlia_hpc.models.seen.lineage_gaps`) is not refused, as nothing says
+it saw these images; the check returns one warning per gap for the caller to show.
 """
 
 from __future__ import annotations
@@ -16,8 +30,9 @@ from sqlalchemy import select
 
 from pomlia_hpc.errors import InputError
 from pomlia_hpc.models.catalog import resolve_model
-from pomlia_hpc.models.seen import seen_images, split_hashes
-from pomlia_hpc.registry import Dataset, DatasetVersion, Registry
+from pomlia_hpc.models.seen import Seen, encoder_seen, seen_images, split_hashes
+from pomlia_hpc.registry import Dataset, DatasetVersion, Encoder, Registry
+from pomlia_hpc.registry.lookup import by_name_or_id
 
 
 def _refs(registry: Registry, ids: list[int]) -> list[str]:
@@ -31,29 +46,82 @@ def _refs(registry: Registry, ids: list[int]) -> list[str]:
         return [f"{n}@{v}" for n, v in rows]
 
 
-def refuse_seen_init(registry: Registry, model: str, version: DatasetVersion, ref: str) -> None:
+def _found(seen: Seen, version: DatasetVersion) -> str:
+    """``2 val and 5 test``: how many of ``version``'s val and test images ``seen`` holds,
+    less those its own train split holds (every trial trains on them anyway); empty when
+    none."""
+    if not len(seen.hashes):
+        return ""
+    learnt = np.setdiff1d(seen.hashes, split_hashes(version, "train"), assume_unique=True)
+    counts = {s: int(np.isin(split_hashes(version, s), learnt).sum()) for s in ("val", "test")}
+    return " and ".join(f"{n} {s}" for s, n in counts.items() if n)
+
+
+def refuse_seen_init(
+    registry: Registry, model: str, version: DatasetVersion, ref: str
+) -> list[str]:
     """One :class:`InputError` when model ``model`` (name or id) trained on images of the val
     or test split of ``version`` (the task's data, ``ref``), with the counts per split and
-    where it learnt them; nothing when it did not, or the registry does not record what it
-    trained on. Images the task's own train split holds (copies of val/test images a given
+    where it learnt them; otherwise the warnings for what its lineage cannot tell (empty when
+    it is whole). Images the task's own train split holds (copies of val/test images a given
     split put in train) are not counted: every trial trains on them anyway."""
     row = resolve_model(registry, model)
     # The task's own train split is what every trial trains on: what the model learnt of it
     # adds nothing unseen, also where a given split holds copies of val/test images in train.
     seen = seen_images(registry, row, skip_versions=(version.id,))
-    if not len(seen.hashes):
-        return
-    learnt = np.setdiff1d(seen.hashes, split_hashes(version, "train"), assume_unique=True)
-    counts = {s: int(np.isin(split_hashes(version, s), learnt).sum()) for s in ("val", "test")}
-    if not any(counts.values()):
-        return
-    found = " and ".join(f"{n} {s}" for s, n in counts.items() if n)
+    found = _found(seen, version)
+    if not found:
+        return [
+            f"--init-model {row.name}: lineage unknown ({gap}); whether it trained on "
+            f"{ref}'s val/test images cannot be checked"
+            for gap in seen.unknown
+        ]
     sources = ", ".join(_refs(registry, seen.versions)) or "its extra images"
+    learnt = (
+        f"{sources}, the rows of encoder(s) {', '.join(seen.encoders)} among them"
+        if seen.encoders
+        else f"the train split of {sources}"
+    )
     chain = f" (through its init model(s) {', '.join(seen.models[1:])})" if seen.models[1:] else ""
     raise InputError(
-        f"--init-model {row.name} has trained on {found} image(s) of {ref} (learnt from the "
-        f"train split of {sources}{chain}): trials started from its weights would be picked "
+        f"--init-model {row.name} has trained on {found} image(s) of {ref} (learnt from "
+        f"{learnt}{chain}): trials started from its weights would be picked "
         f"and scored on images they have seen (inflated val and test metrics); expected a "
         f"model that did not train on this task's val/test images (one trained on {ref}'s "
         "own train split, or on a version this one grew from)"
     )
+
+
+def seen_encoder_problem(
+    registry: Registry, encoder: str, version: DatasetVersion, ref: str
+) -> str | None:
+    """Why fingerprint encoder ``encoder`` (name or id) may not initialise trials of the task
+    on ``version`` (``ref``): it trained on images of that version's val or test split (the
+    counts per split and the datasets it read them from; see the module docstring); None when
+    it did not."""
+    with registry.session() as s:
+        row = by_name_or_id(s, Encoder, encoder, "encoder")
+        s.expunge(row)
+    seen = encoder_seen(registry, row, skip_versions=(version.id,))
+    found = _found(seen, version)
+    if not found:
+        return None
+    split = (row.config or {}).get("split") or "train"
+    rows = "every row" if split == "all" else f"the {split} split"
+    return (
+        f"--encoder {row.name} has trained on {found} image(s) of {ref} (its self-supervised "
+        f"training read {rows} of {', '.join(_refs(registry, seen.versions))}): "
+        "trials started from its weights would be picked and scored on images their features "
+        "were fitted to (a transductive leak: inflated val and test metrics); expected an "
+        f"encoder that did not train on this task's val/test images (`pomlia fingerprint "
+        f"train ... --split train`, on {ref} or on datasets that do not hold them)"
+    )
+
+
+def refuse_seen_encoder(
+    registry: Registry, encoder: str, version: DatasetVersion, ref: str
+) -> None:
+    """One :class:`InputError` when :func:`seen_encoder_problem` finds one."""
+    problem = seen_encoder_problem(registry, encoder, version, ref)
+    if problem is not None:
+        raise InputError(problem)

@@ -418,6 +418,8 @@ def automl_run(
                 f"architectures {', '.join(ws_rec.archs)}"
             )
         _note_added_archs(spec)
+        for warning in spec.lineage_warnings:
+            err_console.print(f"[yellow]warning:[/] {warning}", soft_wrap=True, highlight=False)
     console.print(
         f"study [bold]{spec.name}[/] on task {spec.task} ({spec.dataset}, metric "
         f"{spec.metric}), {spec.options.optimizer}, executor '{spec.options.executor}'"

@@ -41,7 +41,7 @@ def gate_table(decisions: list[GateDecision], names: dict[int, str]) -> ListTabl
         left = left_out(ev)
         pairs = pair(fixed), pair(prod)
         gates.add_row(str(g.id), *models, decision, *pairs, p, test, left)
-        cells = pairs + ((f"left out {left}",) if left[:1].isalpha() else ())
+        cells = pairs + ((f"left out {left}",) if left[:1].isalpha() or ";" in left else ())
         narrow.add_row(str(g.id), stack(*models), stack(decision, test, p), stack(*cells))
     return gates
 
@@ -49,7 +49,8 @@ def gate_table(decisions: list[GateDecision], names: dict[int, str]) -> ListTabl
 def left_out(evidence: dict[str, Any]) -> str:
     """The gate's images left out of the comparison because a model trained on them (its
     training split, extra images or init model's data: ``trained_on``), per range: ``0``,
-    ``fixed 20, production 3``; ``-`` for a gate recorded before they were counted."""
+    ``fixed 20, production 3``; ``-`` for a gate recorded before they were counted; with
+    ``; lineage unknown: model M`` when a model's lineage could not say all it trained on."""
     counts = evidence.get("trained_on")
     if not isinstance(counts, dict):
         return MISSING
@@ -57,7 +58,11 @@ def left_out(evidence: dict[str, Any]) -> str:
         int(counts.get("fixed_test_rows") or 0),
         int(counts.get("production_test_rows") or 0),
     )
-    return f"fixed {fixed}, production {prod}" if fixed or prod else "0"
+    shown = f"fixed {fixed}, production {prod}" if fixed or prod else "0"
+    # The models whose lineage could not say all they trained on: the count may be short.
+    gaps = [str(g).split(":", 1)[0] for g in evidence.get("lineage_unknown") or ()]
+    unknown = ", ".join(dict.fromkeys(gaps))
+    return f"{shown}; lineage unknown: {unknown}" if unknown else shown
 
 
 def pair(counts: dict[str, object]) -> str:

@@ -178,6 +178,13 @@ def promote_cmd(
         verdict = "[green]passed[/]" if gate.result.passed else "[red]failed[/]"
         console.print(f"gate {gate.id}: {verdict}{' (forced)' if gate.forced else ''}")
         console.print(f"  {gate.result.reason}", highlight=False)
+        for gap in gate.lineage_unknown:
+            err_console.print(
+                f"[yellow]warning:[/] lineage unknown, {gap}: images it trained on may be "
+                "among those scored (not left out)",
+                soft_wrap=True,
+                highlight=False,
+            )
     if entry is None:
         console.print(f"{model} was [bold]not[/] promoted; the slot keeps its champion")
         raise typer.Exit(1)

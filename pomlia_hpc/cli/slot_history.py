@@ -31,7 +31,8 @@ def history_cmd(
     """What SLOT served when, and each gate decision with its evidence (the two models'
     figures on the task's metric, named in each cell; accuracies are label-wise for a
     multi-label task; `test` names the gate's test: McNemar, paired t, or paired bootstrap;
-    `left out`: the gate's images not scored because either model trained on them).
+    `left out`: the gate's images not scored because either model trained on them, and
+    `lineage unknown: model M` when a model's lineage could not say all it trained on).
 
     A console too narrow for the full table (80 columns) shows times as MM-DD HH:MM.
 
@@ -39,7 +40,9 @@ def history_cmd(
     kind, gate_id, loop_run_id, bundle_path), gates (oldest first: id, created_at, challenger,
     challenger_id, champion, champion_id, passed, forced, metric, test, p_value, fixed_test
     and production (each the two models' figures and n, as recorded; or null), trained_on
-    (the images left out per range; null for gates recorded before it), loop_run_id,
+    (the images left out per range; null for gates recorded before it), lineage_unknown
+    (why a model's lineage could not say all it trained on, one line each; null for gates
+    recorded before it), loop_run_id,
     evidence: the whole record)."""
     from pomlia_hpc.loop.promote import gate_decisions, history, slots
     from pomlia_hpc.registry.lookup import not_found
@@ -108,6 +111,7 @@ def _gate_values(g: GateDecision, names: dict[int, str]) -> dict[str, Any]:
         "fixed_test": ev.get("fixed_test") or None,
         "production": ev.get("production") or None,
         "trained_on": ev.get("trained_on"),
+        "lineage_unknown": ev.get("lineage_unknown"),
         "loop_run_id": g.loop_run_id,
         "evidence": ev,
     }

@@ -64,7 +64,7 @@ from pomlia_hpc.loop.stats import (
 from pomlia_hpc.models.card import ClassifierMeta
 from pomlia_hpc.models.catalog import resolve_model
 from pomlia_hpc.models.checkpoint import load_classifier
-from pomlia_hpc.models.seen import seen_images
+from pomlia_hpc.models.seen import Seen, seen_images
 from pomlia_hpc.registry import DatasetVersion, GateDecision, Model, Registry, Task
 from pomlia_hpc.vocab import TaskType, check_metric, normalize_task_type
 
@@ -84,6 +84,9 @@ class GateOutcome:
     champion: str | None
     challenger: str
     data: str
+    lineage_unknown: tuple[str, ...] = ()
+    """What either model's lineage cannot tell (``model M: why``): images it trained on that
+    may be among those scored, not left out."""
 
     @property
     def promote(self) -> bool:
@@ -195,13 +198,13 @@ def gate_data(registry: Registry, challenger: Model, data_ref: str | None) -> Da
     return row
 
 
-def trained_on(registry: Registry, model: Model, version: DatasetVersion) -> np.ndarray:
-    """Sorted pixel hashes (uint64) of the images ``model`` trained on
-    (:func:`~pomlia_hpc.models.seen.seen_images`): the training split of its training version
-    (its lineage's; not read when that version is ``version`` or its parent: nothing to leave
-    out, see the module docstring), the extra images it trained on, and what the model its
-    weights started from saw, up that chain."""
-    return seen_images(registry, model, skip_versions=(version.id, version.parent_id)).hashes
+def trained_on(registry: Registry, model: Model, version: DatasetVersion) -> Seen:
+    """The images ``model`` trained on (:func:`~pomlia_hpc.models.seen.seen_images`): the
+    training split of its training version (its lineage's; not read when that version is
+    ``version`` or its parent: nothing to leave out, see the module docstring), the extra
+    images it trained on, the encoder it started from, and what the model its weights started
+    from saw, up that chain; with what its lineage cannot tell (``unknown``)."""
+    return seen_images(registry, model, skip_versions=(version.id, version.parent_id))
 
 
 def run_gate(
@@ -252,7 +255,13 @@ def run_gate(
             f"dataset version {version.version} is not a harvest: it has no production test subset"
         )
     store = open_store(version.store_path)
-    seen = np.union1d(trained_on(registry, champ, version), trained_on(registry, chal, version))
+    champ_seen, chal_seen = (
+        trained_on(registry, champ, version),
+        trained_on(registry, chal, version),
+    )
+    seen = np.union1d(champ_seen.hashes, chal_seen.hashes)
+    # Said, not passed silently: a model of unknown lineage may have trained on scored images.
+    unknown = list(dict.fromkeys(champ_seen.unknown + chal_seen.unknown))
     metric, metric_from = gate_metric(registry, champ, chal, metric)
     result, left_out = _compare(
         store, info, champ, chal, seen, metric=metric, margin=margin, alpha=alpha
@@ -265,6 +274,7 @@ def run_gate(
         "fixed_test_rows": info["fixed_test_rows"],
         "production_test_rows": info["production_test_rows"],
         "trained_on": left_out,
+        "lineage_unknown": unknown,
         "champion": champ.name,
         "challenger": chal.name,
     }
@@ -280,7 +290,7 @@ def run_gate(
         )
         s.add(row)
         s.flush()
-        return GateOutcome(row.id, result, force, champ.name, chal.name, store.ref)
+        return GateOutcome(row.id, result, force, champ.name, chal.name, store.ref, tuple(unknown))
 
 
 def _compare(
@@ -407,7 +417,10 @@ def _outcome(row: GateDecision, champion_name: str, challenger_name: str) -> Gat
         test,
         str(ev.get("metric", "acc")),  # recorded before gates took the task's metric: acc
     )
-    return GateOutcome(row.id, result, row.forced, champion_name, challenger_name, str(ev["data"]))
+    unknown = tuple(str(u) for u in ev.get("lineage_unknown") or ())
+    return GateOutcome(
+        row.id, result, row.forced, champion_name, challenger_name, str(ev["data"]), unknown
+    )
 
 
 def promote_with_gate(

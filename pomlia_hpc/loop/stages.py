@@ -144,6 +144,23 @@ def champion_encoder(
         return str(encoder_id) if s.get(Encoder, int(encoder_id)) is not None else None
 
 
+def _fair_encoder(ctx: LoopContext, task: str, encoder: str | None) -> str | None:
+    """``encoder`` unless its training read the val/test images of ``task``'s data, which
+    ``automl run --encoder`` refuses (:mod:`pomlia_hpc.automl.seen_init`): the retraining
+    study then goes on without it, and the loop's progress says why."""
+    if encoder is None:
+        return None
+    from pomlia_hpc.automl.seen_init import seen_encoder_problem
+    from pomlia_hpc.automl.tasks import get_task, task_dataset
+
+    version, ref = task_dataset(ctx.registry, get_task(ctx.registry, task))
+    problem = seen_encoder_problem(ctx.registry, encoder, version, ref)
+    if problem is None:
+        return encoder
+    ctx.progress(f"warm start: left out the champion's encoder: {problem}")
+    return None
+
+
 def run_folder(ctx: LoopContext) -> Path:
     return run_dir(ctx.workspace, ctx.slot, ctx.run_id)
 
@@ -348,7 +365,7 @@ def automl_stage(ctx: LoopContext) -> StageOutput:
             space=SpaceOptions(archs=archs) if archs else None,
             initial_configs=[c for _, c in candidates],
             drop_unfit_initial=True,
-            encoder=champion_encoder(ctx.registry, champ, archs),
+            encoder=_fair_encoder(ctx, task, champion_encoder(ctx.registry, champ, archs)),
             init_model=str(champ.id) if fine_tune else None,
             recent_share=effective_recent_share(ctx, cfg.recent_share),
             loop_run=ctx.run_id,  # resumed by this loop run, not by `automl run --resume`
@@ -358,6 +375,8 @@ def automl_stage(ctx: LoopContext) -> StageOutput:
         used = [k for k, c in candidates if c in kept]
         for reason in spec.dropped_initial:
             ctx.progress(f"warm start: left out {reason}")
+        for warning in spec.lineage_warnings:
+            ctx.progress(f"warning: {warning}")
     assert spec is not None
     result = run_study(
         ctx.registry, ctx.workspace, spec, resume=resumed, on_update=TrialLog(ctx.progress)
@@ -442,6 +461,10 @@ def gate_stage(ctx: LoopContext) -> StageOutput:
         f"production_{_figure(r.metric)}": champion_and_challenger(r.production),
         f"fixed_test_{_figure(r.metric)}": champion_and_challenger(r.fixed_test),
     }
+    if outcome.lineage_unknown:
+        out["lineage_unknown"] = list(outcome.lineage_unknown)
+    for gap in outcome.lineage_unknown:
+        ctx.progress(f"warning: gate: lineage unknown, {gap}")
     if not outcome.promote:
         out["stop"] = f"gate refused the challenger: {r.reason}"
     return out

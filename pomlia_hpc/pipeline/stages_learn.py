@@ -148,6 +148,8 @@ def open_study(
     )
     for reason in spec.dropped_initial:
         ctx.log(f"  warm start: left out {reason}")
+    for warning in spec.lineage_warnings:
+        ctx.log(f"  warning: {warning}")
     return spec, False
 
 

@@ -77,7 +77,7 @@ def create_study(
     checkpoint) after the search, outside the budget. ``recent_share``: on a harvested version
     (:mod:`pomlia_hpc.data.harvest`), the share of every epoch from its production images;
     ``pipeline``/``loop_run``: the study's owner (``--resume`` without ``--study`` skips it)."""
-    t, version, ref = _checked_task(registry, task, init_model)
+    t, version, ref, warnings = _checked_task(registry, task, init_model, encoder)
     _check_initial_task(initial_source, initial_task, t.name)
     stamp = datetime.now(UTC)
     with _study_name(workspace, name, f"{t.name}-{stamp:%Y%m%d-%H%M%S}") as name:
@@ -122,6 +122,7 @@ def create_study(
             init_model=model,
             initial_configs=initial,
             dropped_initial=dropped,
+            lineage_warnings=warnings,
             final_full_budget=final_full_budget,
             recent_rows=recent_rows,
             recent_share=recent_share,
@@ -221,22 +222,27 @@ def _check_best_name_free(registry: Registry, workspace: Workspace, name: str) -
 
 
 def _checked_task(
-    registry: Registry, task: str, init_model: str | None = None
-) -> tuple[Task, DatasetVersion, str]:
+    registry: Registry, task: str, init_model: str | None = None, encoder: str | None = None
+) -> tuple[Task, DatasetVersion, str, list[str]]:
     """Task ``task``, its dataset version and that version's ref, refused before any job
     starts if no trial could learn from it (a task registered before `task add` checked its
     data) or its metric is unknown or undefined on its val or test split, or when the model
-    ``init_model`` (its initial weights) trained on its val or test images."""
+    ``init_model`` or the encoder ``encoder`` (initial weights) trained on its val or test
+    images; last, the warnings for what ``init_model``'s lineage cannot tell."""
     t = get_task(registry, task)
     version, ref = task_dataset(registry, t)
     check_metric(t.metric)
     check_trainable(version.meta, ref)
     require_defined_metric(version.meta, t.metric, ref)
-    if init_model is not None:  # before any folder or copy of weights is made
-        from pomlia_hpc.automl.seen_init import refuse_seen_init
+    warnings: list[str] = []
+    if init_model is not None or encoder is not None:  # before any folder or copy is made
+        from pomlia_hpc.automl.seen_init import refuse_seen_encoder, refuse_seen_init
 
-        refuse_seen_init(registry, init_model, version, ref)
-    return t, version, ref
+        if encoder is not None:
+            refuse_seen_encoder(registry, encoder, version, ref)
+        if init_model is not None:
+            warnings = refuse_seen_init(registry, init_model, version, ref)
+    return t, version, ref, warnings
 
 
 def _new_study_folder(workspace: Workspace, name: str, *, racing: bool = False) -> Path:

@@ -159,6 +159,10 @@ class StudySpec(BaseModel):
     #: Why ``drop_unfit_initial`` left warm-start configurations out: each one that did not fit
     #: the space, then (SMAC) how many fitting ones came after the first ``n_trials``.
     dropped_initial: list[str] = []
+    #: What the initial weights' lineage cannot tell (``lineage unknown``: a model registered
+    #: by hand or before a lineage field existed), one warning each, shown when the study
+    #: starts (:func:`pomlia_hpc.automl.seen_init.refuse_seen_init`).
+    lineage_warnings: list[str] = []
     final_full_budget: bool = False
     #: Harvested training rows (the last ``recent_rows`` of the train split) and their share of
     #: each epoch (:mod:`pomlia_hpc.automl.sampling`); ``None``: plain shuffling.
