@@ -1,0 +1,139 @@
+"""What a model's lineage cannot tell is said, never taken for "nothing seen". A model
+registered by hand (no training version) or before the lineage fields (its config says it
+started from a model, or took extra images, that its lineage does not name) passed
+`automl run --init-model` and the gate silently; now each says "lineage unknown" naming the
+model (a warning; the gate's evidence and `deploy history`). A model whose extra images'
+file (`extra/nearest.npz`) is gone counted as having trained on no extra images, so the
+init check and the gate under-counted; now both refuse it, naming the file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+import pomlia_hpc.automl.study as study_mod
+from pomlia_hpc.automl.tasks import add_task
+from pomlia_hpc.cli import app
+from pomlia_hpc.data.api import ingest
+from pomlia_hpc.errors import InputError
+from pomlia_hpc.loop.gate import run_gate
+from pomlia_hpc.loop.harvest import harvest
+from pomlia_hpc.loop.promote import gate_decisions, put_on_slot
+from pomlia_hpc.registry import Model, Registry
+from pomlia_hpc.serve.predlog import log_dir
+from pomlia_hpc.workspace import Workspace
+from tests.fixtures.cli import pomlia_main
+from tests.loop_support import CLASSES, make_model, predict, write_production
+
+pytestmark = pytest.mark.usefixtures("wide_console")
+
+
+def _images(n: int, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).integers(0, 256, (n, 28, 28, 3), dtype=np.uint8)
+
+
+def _npz(path: Path, splits: dict[str, np.ndarray]) -> Path:
+    labels = {f"{s}_labels": np.arange(len(v))[:, None] % len(CLASSES) for s, v in splits.items()}
+    np.savez(path, **{f"{s}_images": v for s, v in splits.items()}, **labels)
+    return path
+
+
+def _interrupted(*_a: Any, **_k: Any) -> None:
+    raise KeyboardInterrupt  # the study was accepted: no trial needs to run
+
+
+def _set_lineage(reg: Registry, model_id: int, lineage: dict[str, Any]) -> None:
+    with reg.session() as s:
+        row = s.get(Model, model_id)
+        assert row is not None
+        row.lineage = lineage
+
+
+def _run(
+    mp: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], model: str, study: str
+) -> tuple[int, str]:
+    """``pomlia automl run t --init-model MODEL`` as the console script runs it."""
+    args = ["automl", "run", "t", "--init-model", model, "--trials", "1", "--study", study]
+    code, out, err = pomlia_main(mp, capsys, *args)
+    return int(code or 0), " ".join((out + err).split())
+
+
+def test_init_model_of_unknown_lineage_is_named_and_a_lost_extra_file_refused(
+    tmp_path: Path,
+    workspace: Workspace,
+    reg: Registry,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    x = {s: _images(n, i) for i, (s, n) in enumerate((("train", 40), ("val", 12), ("test", 12)))}
+    data = ingest(workspace, reg, "scans", _npz(tmp_path / "a.npz", x), class_names=CLASSES)
+    add_task(reg, "t", data.ref, "acc")
+    monkeypatch.setattr(study_mod, "run_study", _interrupted)
+
+    by_hand = make_model(reg, tmp_path, "by_hand", 1, data.id)
+    _set_lineage(reg, by_hand.id, {})  # `pomlia model register`: no training version
+    code, said = _run(monkeypatch, capsys, "by_hand", "s1")
+    assert code == 130, said
+    assert "warning: --init-model by_hand: lineage unknown (model by_hand: no training" in said
+
+    # Registered before init models were recorded: its config says it started from one.
+    old = make_model(reg, tmp_path, "old", 2, data.id)
+    _set_lineage(reg, old.id, {"dataset_version_id": data.id, "config": {"init": "model"}})
+    code, said = _run(monkeypatch, capsys, "old", "s2")
+    assert code == 130 and "lineage unknown (model old: started from a model" in said, said
+
+    fair = make_model(reg, tmp_path, "fair", 3, data.id)
+    code, said = _run(monkeypatch, capsys, "fair", "s3")
+    assert code == 130 and "lineage unknown" not in said, said
+
+    # It trained on 5 extra images whose file is gone: which they were cannot be told.
+    gone = tmp_path / "study" / "extra" / "nearest.npz"
+    lineage = {"dataset_version_id": data.id, "extra_data": str(gone), "extra_n": 5}
+    _set_lineage(reg, fair.id, lineage)
+    code, said = _run(monkeypatch, capsys, "fair", "s4")
+    assert code == 2, said
+    assert f"model fair trained on 5 extra image(s) from {gone}, which no longer exists" in said
+    assert not study_mod.study_dir(workspace, "s4").exists()
+
+
+def test_gate_names_a_model_of_unknown_lineage_and_refuses_a_lost_extra_file(
+    tmp_path: Path, workspace: Workspace, reg: Registry
+) -> None:
+    x = {s: _images(n, i) for i, (s, n) in enumerate((("train", 40), ("val", 10), ("test", 60)))}
+    base = ingest(workspace, reg, "scans", _npz(tmp_path / "a.npz", x), class_names=CLASSES)
+    task = add_task(reg, "t", base.ref, "acc")
+    champ = make_model(reg, tmp_path, "champion", 1, base.id)
+    _set_lineage(reg, champ.id, {"task_id": task.id})  # `pomlia model register --task-id`
+    with reg.session() as s:
+        row = s.get(Model, champ.id)
+        assert row is not None
+        row.task_id = task.id
+    put_on_slot(reg, workspace, "scans", "champion", kind="initial")
+    prod = _images(200, 7)
+    write_production(log_dir(workspace.path("logs"), "champion"), prod, predict(champ, prod))
+    got = harvest(reg, workspace, "champion")
+    chal = make_model(reg, tmp_path, "challenger", 2, got.record.id)
+
+    outcome = run_gate(reg, "scans", "challenger", data_ref=got.record.ref)
+    assert [u.split(":")[0] for u in outcome.lineage_unknown] == ["model champion"]
+    ev = gate_decisions(reg, "scans")[-1].evidence
+    assert ev["lineage_unknown"] == list(outcome.lineage_unknown)
+    out = CliRunner().invoke(app, ["deploy", "history", "scans"])
+    assert out.exit_code == 0 and "lineage unknown: model champion" in out.output, out.output
+    out = CliRunner().invoke(app, ["deploy", "history", "scans", "--json"])
+    assert "lineage_unknown" in out.output, out.output
+
+    gone = tmp_path / "study" / "extra" / "nearest.npz"
+    lineage = {"dataset_version_id": got.record.id, "extra_data": str(gone), "extra_n": 5}
+    _set_lineage(reg, chal.id, lineage)
+    with pytest.raises(InputError, match="model challenger trained on 5 extra image"):
+        run_gate(reg, "scans", "challenger", data_ref=got.record.ref)
+    # The extra images are where the study wrote them: no refusal, and they are left out.
+    gone.parent.mkdir(parents=True)
+    np.savez(gone, images=x["test"][:5], labels=np.zeros((5, 1), np.int64))
+    run_gate(reg, "scans", "challenger", data_ref=got.record.ref)
+    assert gate_decisions(reg, "scans")[-1].evidence["trained_on"]["fixed_test_rows"] == 5
