@@ -48,10 +48,15 @@ def _encoder(
 
 
 def _run(
-    mp: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], flag: str, ref: str, study: str
+    mp: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    flag: str,
+    ref: str,
+    study: str,
+    *more: str,
 ) -> tuple[int, str]:
     """``pomlia automl run t FLAG REF`` as the console script runs it."""
-    args = ["automl", "run", "t", flag, ref, "--trials", "1", "--study", study]
+    args = ["automl", "run", "t", flag, ref, "--trials", "1", "--study", study, *more]
     code, out, err = pomlia_main(mp, capsys, *args)
     return int(code or 0), " ".join((out + err).split())
 
@@ -83,6 +88,15 @@ def test_an_encoder_that_trained_on_the_tasks_val_or_test_images_is_refused(
     ) in said, said
     assert "--split train" in said, said
     assert not study_mod.study_dir(workspace, "s1").exists()
+
+    # Only to find extra images, none of its weights reach a trial: kept, without init=encoder.
+    code, said = _run(monkeypatch, capsys, "--encoder", "all_rows", "x1", "--extra-data")
+    assert code == 130, said
+    assert "warning: --encoder all_rows has trained on 12 val and 12 test image(s)" in said
+    assert "init=encoder is not offered" in said, said
+    spec = study_mod.load_spec(workspace, "x1")
+    assert spec.encoder is None and spec.space.encoder_arch is None and spec.space.extra_data
+    assert spec.options.encoder == "all_rows"
 
     _encoder(workspace, reg, "copies", other.id)
     code, said = _run(monkeypatch, capsys, "--encoder", "copies", "s2")

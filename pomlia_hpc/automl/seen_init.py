@@ -92,13 +92,12 @@ def refuse_seen_init(
     )
 
 
-def seen_encoder_problem(
+def _encoder_found(
     registry: Registry, encoder: str, version: DatasetVersion, ref: str
 ) -> str | None:
-    """Why fingerprint encoder ``encoder`` (name or id) may not initialise trials of the task
-    on ``version`` (``ref``): it trained on images of that version's val or test split (the
-    counts per split and the datasets it read them from; see the module docstring); None when
-    it did not."""
+    """``--encoder E has trained on 2 val and 5 test image(s) of REF (...)``: what encoder
+    ``encoder`` (name or id) read of ``version``'s val and test images and where; None when
+    nothing."""
     with registry.session() as s:
         row = by_name_or_id(s, Encoder, encoder, "encoder")
         s.expunge(row)
@@ -110,18 +109,48 @@ def seen_encoder_problem(
     rows = "every row" if split == "all" else f"the {split} split"
     return (
         f"--encoder {row.name} has trained on {found} image(s) of {ref} (its self-supervised "
-        f"training read {rows} of {', '.join(_refs(registry, seen.versions))}): "
-        "trials started from its weights would be picked and scored on images their features "
-        "were fitted to (a transductive leak: inflated val and test metrics); expected an "
-        f"encoder that did not train on this task's val/test images (`pomlia fingerprint "
-        f"train ... --split train`, on {ref} or on datasets that do not hold them)"
+        f"training read {rows} of {', '.join(_refs(registry, seen.versions))})"
     )
 
 
-def refuse_seen_encoder(
+def seen_encoder_problem(
     registry: Registry, encoder: str, version: DatasetVersion, ref: str
-) -> None:
-    """One :class:`InputError` when :func:`seen_encoder_problem` finds one."""
-    problem = seen_encoder_problem(registry, encoder, version, ref)
-    if problem is not None:
-        raise InputError(problem)
+) -> str | None:
+    """Why fingerprint encoder ``encoder`` (name or id) may not initialise trials of the task
+    on ``version`` (``ref``): it trained on images of that version's val or test split (the
+    counts per split and the datasets it read them from; see the module docstring); None when
+    it did not."""
+    found = _encoder_found(registry, encoder, version, ref)
+    if found is None:
+        return None
+    return (
+        f"{found}: trials started from its weights would be picked and scored on images their "
+        "features were fitted to (a transductive leak: inflated val and test metrics); "
+        "expected an encoder that did not train on this task's val/test images (`pomlia "
+        f"fingerprint train ... --split train`, on {ref} or on datasets that do not hold them)"
+    )
+
+
+def encoder_for_weights(
+    registry: Registry, encoder: str | None, version: DatasetVersion, ref: str, *, extra_data: bool
+) -> tuple[str | None, list[str]]:
+    """The encoder whose weights the study's trials may start from (``init=encoder``), and
+    warnings. An encoder that trained on the task's val/test images is refused
+    (:func:`seen_encoder_problem`), unless ``extra_data``: then it still finds the nearest
+    images of other data sets (none of its weights reach a trial, and the images it finds
+    are never copies of val/test images), so it is kept for that alone, without
+    ``init=encoder``, and the warning says so."""
+    if encoder is None:
+        return None, []
+    if not extra_data:
+        problem = seen_encoder_problem(registry, encoder, version, ref)
+        if problem is not None:
+            raise InputError(problem)
+        return encoder, []
+    found = _encoder_found(registry, encoder, version, ref)
+    if found is None:
+        return encoder, []
+    return None, [
+        f"{found}: it only finds the --extra-data images; init=encoder is not offered (no "
+        "trial starts from weights fitted to the images it is picked and scored on)"
+    ]

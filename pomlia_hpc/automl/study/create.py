@@ -77,7 +77,12 @@ def create_study(
     checkpoint) after the search, outside the budget. ``recent_share``: on a harvested version
     (:mod:`pomlia_hpc.data.harvest`), the share of every epoch from its production images;
     ``pipeline``/``loop_run``: the study's owner (``--resume`` without ``--study`` skips it)."""
-    t, version, ref, warnings = _checked_task(registry, task, init_model, encoder)
+    t, version, ref, warnings = _checked_task(registry, task, init_model)
+    from pomlia_hpc.automl.seen_init import encoder_for_weights
+
+    # Before any folder or copy is made: refused, or kept for --extra-data alone.
+    weights, more = encoder_for_weights(registry, encoder, version, ref, extra_data=extra_data)
+    warnings += more
     _check_initial_task(initial_source, initial_task, t.name)
     stamp = datetime.now(UTC)
     with _study_name(workspace, name, f"{t.name}-{stamp:%Y%m%d-%H%M%S}") as name:
@@ -106,7 +111,7 @@ def create_study(
         _check_best_name_free(registry, workspace, name)
         channels = open_store(version.store_path).image_shape[2]
         with _copies_removed_on_failure(folder):  # refused: copies (tens of MB) must not stay
-            enc, model = _initial_weights(registry, folder, channels, encoder, init_model)
+            enc, model = _initial_weights(registry, folder, channels, weights, init_model)
             opts = _space_options(space or SpaceOptions(), enc, model, extra_data)
             cs = build_space(opts, seed=seed)
             warm = (cs, optimizer, n_trials, drop_unfit_initial, initial_source)
@@ -222,26 +227,23 @@ def _check_best_name_free(registry: Registry, workspace: Workspace, name: str) -
 
 
 def _checked_task(
-    registry: Registry, task: str, init_model: str | None = None, encoder: str | None = None
+    registry: Registry, task: str, init_model: str | None = None
 ) -> tuple[Task, DatasetVersion, str, list[str]]:
     """Task ``task``, its dataset version and that version's ref, refused before any job
     starts if no trial could learn from it (a task registered before `task add` checked its
     data) or its metric is unknown or undefined on its val or test split, or when the model
-    ``init_model`` or the encoder ``encoder`` (initial weights) trained on its val or test
-    images; last, the warnings for what ``init_model``'s lineage cannot tell."""
+    ``init_model`` (its initial weights) trained on its val or test images; last, the
+    warnings for what ``init_model``'s lineage cannot tell."""
     t = get_task(registry, task)
     version, ref = task_dataset(registry, t)
     check_metric(t.metric)
     check_trainable(version.meta, ref)
     require_defined_metric(version.meta, t.metric, ref)
     warnings: list[str] = []
-    if init_model is not None or encoder is not None:  # before any folder or copy is made
-        from pomlia_hpc.automl.seen_init import refuse_seen_encoder, refuse_seen_init
+    if init_model is not None:  # before any folder or copy of weights is made
+        from pomlia_hpc.automl.seen_init import refuse_seen_init
 
-        if encoder is not None:
-            refuse_seen_encoder(registry, encoder, version, ref)
-        if init_model is not None:
-            warnings = refuse_seen_init(registry, init_model, version, ref)
+        warnings = refuse_seen_init(registry, init_model, version, ref)
     return t, version, ref, warnings
 
 
