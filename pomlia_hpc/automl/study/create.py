@@ -6,7 +6,7 @@ import contextlib
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from pomlia_hpc.automl.defined import require_defined_metric
 from pomlia_hpc.automl.engine import EngineOptions
@@ -67,22 +67,16 @@ def create_study(
     ``encoder``: a fingerprint encoder (name or id) whose weights become ``init=encoder``;
     ``init_model``: a registered model whose weights become ``init=model``; ``extra_data``: offer
     nearest images from similar datasets (found with ``encoder``'s index). ``initial_configs``:
-    warm-start configurations (value mappings), SMAC's initial design, from ``initial_source``
-    (named in messages), for ``initial_task`` (refused unless ``task``). ``drop_unfit_initial``:
-    leave out the warm-start configurations this study's space cannot hold (e.g. a recommendation
-    naming ``init=encoder`` where no encoder is given) and, with SMAC, those beyond ``n_trials``;
-    the spec keeps the reasons in ``dropped_initial``. Otherwise either is an error (the random
-    optimizer runs the first ``n_trials`` of them). ``final_full_budget``: when the best
-    configuration trained fewer than ``max_epochs``, train it on to ``max_epochs`` (from its
-    checkpoint) after the search, outside the budget. ``recent_share``: on a harvested version
-    (:mod:`pomlia_hpc.data.harvest`), the share of every epoch from its production images;
-    ``pipeline``/``loop_run``: the study's owner (``--resume`` without ``--study`` skips it)."""
-    t, version, ref, warnings = _checked_task(registry, task, init_model)
-    from pomlia_hpc.automl.seen_init import encoder_for_weights
-
-    # Before any folder or copy is made: refused, or kept for --extra-data alone.
-    weights, more = encoder_for_weights(registry, encoder, version, ref, extra_data=extra_data)
-    warnings += more
+    warm-start configurations (SMAC's initial design) from ``initial_source`` (named in messages),
+    for ``initial_task`` (refused unless ``task``). ``drop_unfit_initial``: leave out the warm-start
+    configurations this study's space cannot hold (e.g. ``init=encoder`` where no encoder is given)
+    and, with SMAC, those beyond ``n_trials``; the spec keeps the reasons in ``dropped_initial``.
+    Otherwise either is an error (the random optimizer runs the first ``n_trials`` of them).
+    ``final_full_budget``: train the best configuration on to ``max_epochs`` (from its checkpoint)
+    after the search, outside the budget, when it trained fewer. ``recent_share``: on a harvested
+    version, the share of every epoch from its production images; ``pipeline``/``loop_run``: the
+    study's owner (``--resume`` without ``--study`` skips it)."""
+    t, version, ref, start = _checked_task(registry, task, init_model, encoder, extra_data)
     _check_initial_task(initial_source, initial_task, t.name)
     stamp = datetime.now(UTC)
     with _study_name(workspace, name, f"{t.name}-{stamp:%Y%m%d-%H%M%S}") as name:
@@ -111,7 +105,7 @@ def create_study(
         _check_best_name_free(registry, workspace, name)
         channels = open_store(version.store_path).image_shape[2]
         with _copies_removed_on_failure(folder):  # refused: copies (tens of MB) must not stay
-            enc, model = _initial_weights(registry, folder, channels, weights, init_model)
+            enc, model = _initial_weights(registry, folder, channels, start.encoder, init_model)
             opts = _space_options(space or SpaceOptions(), enc, model, extra_data)
             cs = build_space(opts, seed=seed)
             warm = (cs, optimizer, n_trials, drop_unfit_initial, initial_source)
@@ -127,7 +121,7 @@ def create_study(
             init_model=model,
             initial_configs=initial,
             dropped_initial=dropped,
-            lineage_warnings=warnings,
+            lineage_warnings=start.warnings,
             final_full_budget=final_full_budget,
             recent_rows=recent_rows,
             recent_share=recent_share,
@@ -226,25 +220,40 @@ def _check_best_name_free(registry: Registry, workspace: Workspace, name: str) -
         ) from None
 
 
+class _Start(NamedTuple):
+    """The initial weights a study may take, as checked against its task's val/test images."""
+
+    encoder: str | None
+    """The encoder whose weights trials may start from (None: none, or it finds extra images
+    only: :func:`~pomlia_hpc.automl.seen_init.encoder_for_weights`)."""
+    warnings: list[str]
+    """What the initial weights' lineage cannot tell, and an encoder kept for extra images."""
+
+
 def _checked_task(
-    registry: Registry, task: str, init_model: str | None = None
-) -> tuple[Task, DatasetVersion, str, list[str]]:
+    registry: Registry,
+    task: str,
+    init_model: str | None = None,
+    encoder: str | None = None,
+    extra_data: bool = False,
+) -> tuple[Task, DatasetVersion, str, _Start]:
     """Task ``task``, its dataset version and that version's ref, refused before any job
     starts if no trial could learn from it (a task registered before `task add` checked its
     data) or its metric is unknown or undefined on its val or test split, or when the model
-    ``init_model`` (its initial weights) trained on its val or test images; last, the
-    warnings for what ``init_model``'s lineage cannot tell."""
+    ``init_model`` or the encoder ``encoder`` (initial weights) trained on its val or test
+    images (:mod:`pomlia_hpc.automl.seen_init`); last, the initial weights it may take."""
     t = get_task(registry, task)
     version, ref = task_dataset(registry, t)
     check_metric(t.metric)
     check_trainable(version.meta, ref)
     require_defined_metric(version.meta, t.metric, ref)
-    warnings: list[str] = []
-    if init_model is not None:  # before any folder or copy of weights is made
-        from pomlia_hpc.automl.seen_init import refuse_seen_init
+    # Before any folder or copy of weights is made.
+    from pomlia_hpc.automl.seen_init import encoder_for_weights, refuse_seen_init
 
-        warnings = refuse_seen_init(registry, init_model, version, ref)
-    return t, version, ref, warnings
+    warnings = refuse_seen_init(registry, init_model, version, ref) if init_model else []
+    # An encoder that saw them is refused, or kept to find --extra-data images alone.
+    weights, more = encoder_for_weights(registry, encoder, version, ref, extra_data=extra_data)
+    return t, version, ref, _Start(weights, warnings + more)
 
 
 def _new_study_folder(workspace: Workspace, name: str, *, racing: bool = False) -> Path:
