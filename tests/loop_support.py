@@ -40,7 +40,7 @@ def register_small_cnn(
 ) -> Model:
     """``net`` (a small CNN on 28 px, 3 channels, one output per label) saved as
     ``root/<name>.pt`` and registered as model ``name`` (of task ``task_id``) with its
-    training dataset version in its lineage."""
+    training dataset version and configuration in its lineage."""
     path = root / f"{name}.pt"
     save_classifier(
         path,
@@ -52,9 +52,9 @@ def register_small_cnn(
         task_type=task_type,
         label_names=labels,
     )
-    return register_model(
-        registry, name, path, task_id=task_id, lineage={"dataset_version_id": version_id}
-    )
+    # As a study registers it: its training version and configuration (trained from scratch).
+    lineage = {"dataset_version_id": version_id, "config": {"init": "scratch"}}
+    return register_model(registry, name, path, task_id=task_id, lineage=lineage)
 
 
 def readout_net(channel: int, slope: float, bias: float) -> torch.nn.Module:

@@ -93,6 +93,7 @@ def test_a_model_started_from_another_records_it_in_its_lineage(
     extra images, so nothing downstream (the gate, a later --init-model) could tell what it
     had seen beyond its training split."""
     from pomlia_hpc.automl.study import run_study
+    from pomlia_hpc.models.catalog import register_model
     from pomlia_hpc.models.seen import seen_images
 
     tiny_task(workspace, reg, "blood", sizes=(16, 8, 8))
@@ -114,6 +115,11 @@ def test_a_model_started_from_another_records_it_in_its_lineage(
     assert best is not None and first is not None
     assert best.lineage["init_model_id"] == first.id
     assert seen_images(reg, best).models == ["warm-best", donor]
+    # Its checkpoint records it too: a copy registered by hand was taken as trained from
+    # scratch on its training split (the init model, the config and extra images dropped).
+    copy = register_model(reg, "copy", best.path)
+    assert copy.lineage["init_model_id"] == first.id and copy.lineage["config"]["init"] == "model"
+    assert seen_images(reg, copy).models == ["copy", donor]
 
 
 def test_a_model_of_the_tasks_own_train_split_is_not_refused_for_its_copies_of_test_images(

@@ -80,6 +80,12 @@ def test_init_model_of_unknown_lineage_is_named_and_a_lost_extra_file_refused(
     assert code == 130, said
     assert "warning: --init-model by_hand: lineage unknown (model by_hand: no training" in said
 
+    # A checkpoint of a trial from before trials recorded their configuration in it.
+    _set_lineage(reg, by_hand.id, {"dataset_version_id": data.id, "run_id": 7})
+    code, said = _run(monkeypatch, capsys, "by_hand", "s1b")
+    assert code == 130, said
+    assert "lineage unknown (model by_hand: no training configuration recorded" in said, said
+
     # Registered before init models were recorded: its config says it started from one.
     old = make_model(reg, tmp_path, "old", 2, data.id)
     _set_lineage(reg, old.id, {"dataset_version_id": data.id, "config": {"init": "model"}})

@@ -11,7 +11,8 @@ saw, and so on up its chain). A model is scored fairly only on images none of th
 test images, and the loop's gate leaves the images either model saw out of its comparison.
 
 What the registry cannot tell is said, never taken for "nothing seen": a model registered by
-hand (no training version), one registered before a lineage field existed (its ``config``
+hand (no training version, or no training ``config``: a checkpoint written before trials
+recorded what they learn from in it), one registered before a lineage field existed (its ``config``
 says it started from a model or an encoder, or took extra images, that its lineage does not
 name), or one whose init model, encoder or training version is no longer registered is
 *lineage unknown* (:attr:`Seen.unknown`, one reason each); a model whose extra images' file
@@ -156,6 +157,10 @@ def lineage_gaps(registry: Registry, model: Model) -> list[str]:
             not isinstance(enc, int) or s.get(Encoder, enc) is None
         ):
             gaps.append(f"started from encoder id {enc}, which is not registered")
+    if isinstance(vid, int) and "config" not in lineage:
+        # A checkpoint registered by hand that recorded none (written before trials did):
+        # whether it started from other weights or took extra images cannot be told.
+        gaps.append("no training configuration recorded (registered by hand?)")
     if int(config.get("extra_n") or 0) > 0 and "extra_data" not in lineage:
         gaps.append("trained on extra images its lineage does not name (registered before it did)")
     return [f"model {model.name}: {g}" for g in gaps]

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import shlex
 from dataclasses import asdict
-from typing import Any
 
 from pomlia_hpc.automl import records
 from pomlia_hpc.automl.folders import SUMMARY_FILE
@@ -55,21 +54,6 @@ def finish(runner: TrialRunner, wall_s: float) -> StudyResult:
     return summary
 
 
-def _seen_sources(runner: TrialRunner, config: dict[str, Any]) -> dict[str, Any]:
-    """The lineage keys naming what the model saw besides its training split
-    (:mod:`pomlia_hpc.models.seen`): the model its weights started from (``init_model_id``)
-    and the extra images it trained on (``extra_data``, ``extra_n``)."""
-    out: dict[str, Any] = {}
-    if config.get("init") == "model" and runner.spec.init_model is not None:
-        out["init_model_id"] = runner.spec.init_model.id
-    n = int(config.get("extra_n") or 0)
-    if n > 0:
-        # The file its trials read (its first n rows), not prepared again here.
-        out["extra_data"] = str(runner.folder / "extra" / "nearest.npz")
-        out["extra_n"] = n
-    return out
-
-
 def register_best(
     runner: TrialRunner, run: Run, runs: list[Run]
 ) -> tuple[str | None, str, Model | None]:
@@ -109,7 +93,7 @@ def register_best(
     }
     if run.encoder_id is not None:
         lineage["encoder_id"] = run.encoder_id
-    lineage.update(_seen_sources(runner, run.config))
+    lineage.update(runner.seen_sources(run.config))
     try:
         promote_checkpoint(
             runner.registry,
