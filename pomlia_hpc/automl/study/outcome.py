@@ -7,6 +7,7 @@ from dataclasses import asdict
 
 from pomlia_hpc.automl import records
 from pomlia_hpc.automl.folders import SUMMARY_FILE
+from pomlia_hpc.automl.study.seen import seen_sources
 from pomlia_hpc.automl.study.spec import write_json
 from pomlia_hpc.automl.study.trials import TrialRunner
 from pomlia_hpc.automl.study.view import StudyResult
@@ -93,7 +94,7 @@ def register_best(
     }
     if run.encoder_id is not None:
         lineage["encoder_id"] = run.encoder_id
-    lineage.update(runner.seen_sources(run.config))
+    lineage.update(seen_sources(runner.spec, runner.folder, run.config))
     try:
         promote_checkpoint(
             runner.registry,

@@ -24,6 +24,7 @@ from pomlia_hpc.automl.metrics import objective_cost
 from pomlia_hpc.automl.optimizers import Proposal, SearchOptimizer
 from pomlia_hpc.automl.options import EngineOptions
 from pomlia_hpc.automl.space import TrainConfig, build_space
+from pomlia_hpc.automl.study.seen import trial_lineage
 from pomlia_hpc.automl.study.spec import StudySpec
 from pomlia_hpc.automl.study.view import FINAL_ORIGIN, StudyView, TrialView, job_name
 from pomlia_hpc.automl.trial import (
@@ -328,33 +329,8 @@ class TrialRunner:
             options=options,
             recent_rows=self.spec.recent_rows,
             recent_share=self.spec.recent_share,
-            lineage={
-                "task": self.spec.task,
-                "task_id": self.spec.task_id,
-                "dataset": self.spec.dataset,
-                "dataset_version_id": self.spec.dataset_version_id,
-                "study": self.spec.name,
-                "run_id": run_id,
-                # What it saw besides its train split, in the checkpoint too: a copy of it
-                # registered by hand (`model register`) must not pass as trained from scratch.
-                **self.seen_sources(values),
-            },
+            lineage=trial_lineage(self.spec, self.folder, run_id, values),
         )
-
-    def seen_sources(self, values: dict[str, Any]) -> dict[str, Any]:
-        """The lineage keys naming what a trial of configuration ``values`` learns from
-        besides its training split (:mod:`pomlia_hpc.models.seen`): its ``config``, the
-        model (``init_model_id``) or encoder (``encoder_id``) its weights start from, its
-        extra images (``extra_data``: the study's npz, ``extra_n``: its first rows)."""
-        out: dict[str, Any] = {"config": dict(values)}
-        if values.get("init") == "model" and self.spec.init_model is not None:
-            out["init_model_id"] = self.spec.init_model.id
-        if values.get("init") == "encoder" and self.spec.encoder is not None:
-            out["encoder_id"] = self.spec.encoder.id
-        n = int(values.get("extra_n") or 0) if values.get("extra_data") == "nearest" else 0
-        if n > 0:
-            out["extra_data"], out["extra_n"] = str(self.folder / "extra" / "nearest.npz"), n
-        return out
 
     def extra_file(self, n: int) -> Path:
         """The npz of extra images for this study (the largest N asked so far is prepared
