@@ -90,3 +90,36 @@ def test_gate_leaves_out_what_a_model_saw_through_its_init_model_and_extra_image
     assert ev["fixed_test"]["n"] == 35
     out = CliRunner().invoke(app, ["deploy", "history", "scans"])
     assert out.exit_code == 0 and "fixed 25, production 0" in out.output, out.output
+
+
+def test_gate_leaves_out_what_the_encoder_a_model_started_from_read(
+    tmp_path: Path, workspace: Workspace, reg: Registry
+) -> None:
+    """A challenger started from an encoder trained on every row of the parent version
+    (`fingerprint train --split all`) was scored on the fixed test images that encoder's
+    weights were fitted to; now they are left out, and the gate says why none were left."""
+    from pomlia_hpc.registry import Encoder
+    from tests.fixtures.factories import make_encoder
+
+    x = {s: _images(n, i) for i, (s, n) in enumerate((("train", 40), ("val", 10), ("test", 60)))}
+    base = ingest(workspace, reg, "scans", _npz(tmp_path / "a.npz", x), class_names=CLASSES)
+    champ = make_model(reg, tmp_path, "champion", 1, base.id)
+    put_on_slot(reg, workspace, "scans", "champion", kind="initial")
+    prod = _images(200, 7)
+    write_production(log_dir(workspace.path("logs"), "champion"), prod, predict(champ, prod))
+    got = harvest(reg, workspace, "champion")
+    enc = make_encoder(workspace, reg, "everything")
+    chal = make_model(reg, tmp_path, "challenger", 2, got.record.id)
+    with reg.session() as s:
+        enc_row, chal_row = s.get(Encoder, enc.id), s.get(Model, chal.id)
+        assert enc_row is not None and chal_row is not None
+        enc_row.config = {**enc_row.config, "split": "all"}
+        enc_row.dataset_version_ids = [base.id]
+        lineage = {**chal_row.lineage, "encoder_id": enc.id, "config": {"init": "encoder"}}
+        chal_row.lineage = lineage
+
+    outcome = run_gate(reg, "scans", "challenger", data_ref=got.record.ref)
+    ev = gate_decisions(reg, "scans")[-1].evidence
+    assert ev["trained_on"] == {"fixed_test_rows": 60, "production_test_rows": 0}
+    assert not outcome.result.passed
+    assert "no fixed test images left (60 left out: a model trained on them)" in ev["reason"]

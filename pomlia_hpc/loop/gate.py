@@ -25,7 +25,7 @@ records the decision as forced: the caller may promote anyway, and the row says 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -266,6 +266,7 @@ def run_gate(
     result, left_out = _compare(
         store, info, champ, chal, seen, metric=metric, margin=margin, alpha=alpha
     )
+    result = _said_left_out(result, left_out)
     evidence: dict[str, Any] = {
         **_finite(result.to_dict()),
         "metric": metric,
@@ -291,6 +292,20 @@ def run_gate(
         s.add(row)
         s.flush()
         return GateOutcome(row.id, result, force, champ.name, chal.name, store.ref, tuple(unknown))
+
+
+def _said_left_out(result: GateResult, left_out: dict[str, int]) -> GateResult:
+    """``result``, whose reason says so where a range had no images to score because a model
+    trained on all of them (``no fixed test images`` alone reads as an empty range)."""
+    reason = result.reason
+    for phrase, key in (
+        ("no fixed test images", "fixed_test_rows"),
+        ("no labelled production test images", "production_test_rows"),
+    ):
+        if left_out.get(key) and phrase in reason:
+            said = f"{phrase} left ({left_out[key]} left out: a model trained on them)"
+            reason = reason.replace(phrase, said)
+    return replace(result, reason=reason)
 
 
 def _compare(
