@@ -1,6 +1,6 @@
 """Uploads refused for their pixel values or type are logged with the reason the monitor
 reports them under: 32-bit pixels above 65535 (a detector's counts saved as int32) are
-``bad-values`` and an NPY array of a dtype the server does not take (int32, float16) is
+``bad-values`` and an NPY array of a dtype the server does not take (int32, int16) is
 ``unsupported-type``. Both were logged ``undecodable``, as if the files were damaged, since
 their messages name no range the reason guess looked for (a tester's finding)."""
 
@@ -47,7 +47,7 @@ def test_pixel_values_and_types_are_logged_under_their_own_reasons(
     sends = [
         (tiff(counts), "image/tiff", "integer pixels in [70000, 70000]"),
         (npy(counts), "application/x-npy", "NPY dtype int32 is not supported"),
-        (npy(np.zeros((28, 28, 3), np.float16)), "application/x-npy", "dtype float16"),
+        (npy(np.zeros((28, 28, 3), np.int16)), "application/x-npy", "dtype int16"),
     ]
     for body, ctype, words in sends:
         resp = httpx.post(

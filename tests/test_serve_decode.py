@@ -128,7 +128,10 @@ def test_npy_layouts(shape: tuple[int, ...], spec: InputSpec, n: int) -> None:
     arr = np.random.default_rng(1).random(shape, dtype=np.float32)
     out = decode(npy(arr), "application/x-npy", spec, LIMITS)
     assert out.shape == (n, 28, 28, spec.channels)
-    np.testing.assert_array_equal(out.reshape(-1), arr.reshape(-1))
+    # Float pixels are served at the 8-bit steps ingest stores them at.
+    steps = (arr * np.float32(255) + np.float32(0.5)).astype(np.uint8)
+    as_stored = np.multiply(steps, np.float32(1 / 255), dtype=np.float32)
+    np.testing.assert_array_equal(out.reshape(-1), as_stored.reshape(-1))
 
 
 @pytest.mark.parametrize(
@@ -178,7 +181,10 @@ def test_wrong_size_and_channel_count(rgb: np.ndarray) -> None:
     assert "3 channel(s) (colour), the model expects 1" in err.message
     rgba = np.zeros((28, 28, 4), np.uint8)  # alpha dropped, as ingest does
     assert decode(encode(rgba, "PNG"), "image/png", RGB28, LIMITS).shape == (1, 28, 28, 3)
-    assert "4 channel(s)" in refused(npy(rgba), "application/x-npy").message  # NPY: strict
+    # An RGBA NPY too: ingest drops the alpha of an (N, H, W, 4) array.
+    assert decode(npy(rgba), "application/x-npy", RGB28, LIMITS).shape == (1, 28, 28, 3)
+    two = np.zeros((28, 28, 2), np.uint8)
+    assert "2 channel(s), the model expects 3" in refused(npy(two), "application/x-npy").message
 
 
 def _png_header_only(width: int, height: int) -> bytes:

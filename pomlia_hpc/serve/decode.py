@@ -10,8 +10,10 @@ images when the model card records that data set's maximum (``input.intensity_sc
 ``min(x, max)`` to 8 bits by ingest's own converter
 (:class:`pomlia_hpc.data.sources.base.PixelConverter`), then divided by 255; values above the
 training maximum saturate. Without that record (8-bit or float training data, or a bundle
-exported before it was kept) they are divided by 65535. Float pixels are taken as they are and
-must be finite and in [0, 1], the rule ingest applies.
+exported before it was kept) they are divided by 65535. Float pixels (an image file's or an
+NPY array's) must be finite and in [0, 1], the rule ingest applies, and are rounded to the 8-bit
+steps ingest stores them at (``round(x * 255) / 255``, in the array's own float type as ingest
+computes it), so a float row of an HDF5 or npz training set sent as an NPY is served as stored.
 
 Image files (PNG, JPEG, TIFF) are decoded by the very per-file rule ingest applies to
 image-folder files (:mod:`pomlia_hpc.data.sources.pixels`; TIFFs through tifffile, as
@@ -22,8 +24,9 @@ at, and a grey image is repeated to 3 channels for a colour model. So a training
 served exactly as it was stored. A colour image for a
 grey model is refused, with how to convert it (ingest never makes a colour image grey: one
 colour image makes an image folder's data set colour, so there is no ingest rule to apply).
-NPY arrays are taken as they are: their channel count must match the model's, and a shape
-that does not fit is named with the shapes the model accepts.
+An NPY array's channel count must match the model's, save that a 4th channel is RGBA's alpha
+and dropped for a colour model, as ingest drops it from an (N, H, W, 4) array; a shape that
+does not fit is named with the shapes the model accepts.
 
 The type is read from the data (its first bytes); a Content-Type header, when given, must
 agree with it (or be ``application/octet-stream``). Without one the sniffed type is used.
@@ -92,7 +95,7 @@ TYPE_ALIASES = {"image/jpg": "image/jpeg", "image/pjpeg": "image/jpeg", "image/t
 NPY_TYPES = ("application/x-npy", "application/npy")
 SNIFFED_TYPES = ("application/octet-stream",)
 PIL_FORMATS = {"image/png": "PNG", "image/jpeg": "JPEG", "image/tiff": "TIFF"}
-NPY_DTYPES = ("uint8", "uint16", "float32", "float64")
+NPY_DTYPES = ("uint8", "uint16", "float16", "float32", "float64")
 #: A Python object's default repr, as some exception messages quote one.
 OBJECT_REPR = re.compile(r"\s*<[\w.]+ object at 0x[0-9a-fA-F]+>")
 
@@ -399,7 +402,7 @@ def _decode_frames(
             pixels = source.pixels(i, spec.channels)
         except DecompressionLimitError as exc:
             raise RequestError(413, f"{where}: the image {exc}") from exc
-        frames.append(_to_unit_float(pixels, where, spec.scale_max, as_stored=True))
+        frames.append(_to_unit_float(pixels, where, spec.scale_max))
     return np.stack(frames)
 
 
@@ -434,12 +437,10 @@ def _from_16_bit(arr: np.ndarray, scale_max: float | None) -> np.ndarray:
     return np.multiply(as_8_bit, np.float32(1 / 255), dtype=np.float32)
 
 
-def _to_unit_float(
-    arr: np.ndarray, what: str, scale_max: float | None = None, *, as_stored: bool = False
-) -> np.ndarray:
-    """Pixels as float32 in [0, 1] (see the module doc); ``as_stored``: float pixels of an
-    image file are rounded to the 8-bit steps ingest stores them at, so that a training file
-    is served exactly as stored."""
+def _to_unit_float(arr: np.ndarray, what: str, scale_max: float | None = None) -> np.ndarray:
+    """Pixels as float32 in [0, 1] (see the module doc). Float pixels (of an image file or an
+    NPY array) are rounded to the 8-bit steps ingest stores them at: the model never saw a
+    value between two steps, and a training image is then served exactly as stored."""
     if arr.dtype == np.uint8:
         return np.multiply(arr, np.float32(1 / 255), dtype=np.float32)
     if arr.dtype in (np.uint16, np.dtype(">u2"), np.dtype("<u2")):
@@ -455,20 +456,20 @@ def _to_unit_float(
             )
         return _from_16_bit(arr, scale_max)
     if arr.dtype.kind == "f":
-        out = arr.astype(np.float32)
-        if not np.isfinite(out).all():
+        if not np.isfinite(arr).all():
             raise RequestError(400, f"{what}: float pixels must be finite (found NaN or inf)")
-        fmin, fmax = float(out.min()), float(out.max())
+        # In the array's own float type, as ingest checks: a float64 1 + 1e-12 is out of range
+        # there, though float32 would round it to 1.
+        fmin, fmax = float(arr.min()), float(arr.max())
         if fmin < 0.0 or fmax > 1.0:
             raise RequestError(
                 400,
                 f"{what}: float pixels in [{fmin:g}, {fmax:g}]; expected floats in [0, 1] "
                 "(or send 8-bit or 16-bit integers)",
             )
-        if as_stored:  # ingest's own converter, in the file's own float type
-            stored = PixelConverter("upload", arr.dtype)(arr.reshape(1, -1, 1, 1), None)
-            return np.multiply(stored.reshape(arr.shape), np.float32(1 / 255), dtype=np.float32)
-        return out
+        # Ingest's own converter, in the array's own float type (its rounding is that type's).
+        stored = PixelConverter("upload", arr.dtype)(arr.reshape(1, -1, 1, 1), None)
+        return np.multiply(stored.reshape(arr.shape), np.float32(1 / 255), dtype=np.float32)
     raise RequestError(
         400, f"{what}: pixel type {arr.dtype} is not supported", reason="unsupported-type"
     )
@@ -494,7 +495,7 @@ def _npy_layout(
         )
     if n > budget:
         raise _too_many(what, n, limits, budget)
-    fits = (h, w, c) == (size, size, spec.channels)
+    fits = (h, w, 3 if c == 4 else c) == (size, size, spec.channels)
     if len(shape) == 3 and spec.channels == 1 and not fits:
         # Both readings of a 3-D array are plausible for a grey model; name them both. Only a
         # model-sized (H, W, C) reading makes the channels the fault; the message names
@@ -522,7 +523,8 @@ def _npy_layout(
             f"{accepted_npy_shapes(spec)} (channel-last: move a channel-first axis to the end)",
             reason="wrong-size",
         )
-    _check_frame(what, w, h, c, spec, limits)
+    # A 4th channel is RGBA's alpha, dropped as ingest drops it from an (N, H, W, 4) array.
+    _check_frame(what, w, h, 3 if c == 4 else c, spec, limits)
     return n, h, w, c
 
 
@@ -579,4 +581,6 @@ def _decode_npy(data: bytes, spec: InputSpec, limits: Limits, what: str, budget:
         )
     arr = np.frombuffer(data, dtype=dtype, count=count, offset=offset)
     arr = arr.reshape(shape, order="F" if fortran else "C").reshape(nhwc)
+    if nhwc[3] == 4:  # RGBA: its alpha is dropped, as ingest drops it (_npy_layout)
+        arr = arr[..., :3]
     return _to_unit_float(np.ascontiguousarray(arr), what, spec.scale_max)
