@@ -34,7 +34,10 @@ INPUT_SCALING = {
         "16-bit maximum: min(x, max) * 255 / max rounded to 8 bits, then / 255 (values above "
         "the maximum saturate); else x / 65535, the full 16-bit range"
     ),
-    "float": "as sent; must be finite and in [0, 1], else the request is refused (400)",
+    "float": (
+        "as ingest stores float images: round(x * 255) / 255; must be finite and in [0, 1], "
+        "else the request is refused (400)"
+    ),
 }
 
 
