@@ -46,6 +46,7 @@ from pomlia_hpc.loop.promote import (
     SlotEntry,
     already_champion,
     champion,
+    check_promotable,
     is_superseded,
     put_on_slot,
     supersede_gate,
@@ -468,6 +469,7 @@ def promote_with_gate(
         # harvested version, which is beside the point.
         raise already_champion(slot, entry.model, entry.created_at)
     check_same_labels(registry, slot, entry.model, model_ref)  # --force cannot skip this
+    check_promotable(registry, workspace, slot, model_ref)  # nor this: servers would not swap
     try:
         outcome = run_gate(
             registry,

@@ -28,9 +28,18 @@ from sqlalchemy.orm import Session
 
 from pomlia_hpc.errors import InputError, NotFoundError
 from pomlia_hpc.loop.requests import retire_stale
+from pomlia_hpc.models.catalog import resolve_model
 from pomlia_hpc.registry import GateDecision, Model, Promotion, Registry
 from pomlia_hpc.registry.db import lock_name
-from pomlia_hpc.serve.slots import current_link, point
+from pomlia_hpc.serve.exported import ExportedBundle, bundle_for_model, data_scaling, scale_max_of
+from pomlia_hpc.serve.slots import (
+    current_bundle,
+    current_link,
+    incompatible_scaling,
+    point,
+    readable_bundle,
+    swap_problem,
+)
 from pomlia_hpc.workspace import Workspace
 
 KINDS = ("initial", "promoted", "forced", "rollback")
@@ -150,6 +159,7 @@ def put_on_slot(
             _not_champion_yet(s, slot, model)
         if gate_id is not None:
             _settle_gate(s, slot, gate_id)
+        check_swap(link, bundle, slot)  # --force cannot skip it: the servers would not swap
         point(link, bundle.root)
         row = Promotion(
             slot=slot,
@@ -163,6 +173,52 @@ def put_on_slot(
         s.flush()
         retire_stale(s, slot, workspace)  # alarms about the champion it replaced no longer apply
         return _entry(row, model.name)
+
+
+class SwapRefusedError(InputError):
+    """A model the servers following a slot would refuse to swap to (another input spec or
+    label set than the bundle they serve): nothing was promoted."""
+
+
+def check_swap(link: Path, new: ExportedBundle, slot: str) -> None:
+    """Refuse to point ``slot``'s ``link`` at ``new`` when a server following the link would
+    refuse the hot swap (:func:`~pomlia_hpc.serve.slots.incompatible`): it would keep serving
+    the old bundle while the registry named ``new`` the champion."""
+    found = swap_problem(link, new)
+    if found is not None:
+        raise swap_refused(slot, new.name, *found)
+
+
+def check_promotable(registry: Registry, workspace: Workspace, slot: str, model_ref: str) -> None:
+    """Before a gate runs, refuse what :func:`check_swap` refuses after it: the model's bundle
+    when it is exported, else the 16-bit maximum its export would record (its training data
+    set's) against the bundle the slot's link names. A gate is then not run for nothing."""
+    # Imported here: the reference module (numpy, the runtime's names) is a promotion's alone.
+    from pomlia_hpc.serve.reference import model_dataset_meta
+
+    link = current_link(workspace, slot)
+    bundle = bundle_for_model(registry, model_ref)
+    if bundle is not None:
+        check_swap(link, bundle, slot)
+        return
+    old = readable_bundle(current_bundle(link))
+    row = resolve_model(registry, model_ref)
+    top = scale_max_of(data_scaling(model_dataset_meta(registry, row) or {}))
+    if old is not None and top != old.scale_max:
+        # incompatible()'s words, for a bundle not yet written
+        raise swap_refused(slot, row.name, old, incompatible_scaling(old.scale_max, top))
+
+
+def swap_refused(slot: str, model: str, old: ExportedBundle, problem: str) -> SwapRefusedError:
+    """The refusal of ``model`` on ``slot``, whose servers serve ``old`` and would refuse to
+    swap to ``model`` for ``problem``."""
+    return SwapRefusedError(
+        f"model {model} cannot go on slot '{slot}': {problem} ({old.name}); a server "
+        f"following the slot would refuse the hot swap and keep serving {old.name}, so "
+        f"nothing was promoted. Serve {model} on a slot of its own (`pomlia deploy promote "
+        f"NEW_SLOT {shlex.quote(model)}`), or train it on data scaled as {old.name}'s (a "
+        "version harvested from that data keeps its scaling)"
+    )
 
 
 def lock_slot(session: Session, slot: str) -> None:
@@ -272,7 +328,10 @@ def rollback(registry: Registry, workspace: Workspace, slot: str) -> SlotEntry:
                 f"the bundle of {back.model} ({back.bundle_path}) is gone; export it again with "
                 f"`pomlia model export {shlex.quote(back.model)}` and promote it with --force"
             )
-        point(current_link(workspace, slot), Path(back.bundle_path))
+        link = current_link(workspace, slot)
+        if (earlier := readable_bundle(Path(back.bundle_path))) is not None:
+            check_swap(link, earlier, slot)
+        point(link, Path(back.bundle_path))
         row = Promotion(
             slot=slot, model_id=back.model_id, bundle_path=back.bundle_path, kind="rollback"
         )

@@ -51,6 +51,7 @@ from pomlia_hpc.serve.exported import (
     TORCH_PROGRAM,
     ExportedBundle,
     bundle_damage,
+    data_scaling,
     sha256_file,
 )
 from pomlia_hpc.serve.fingerprint import STATS_KIND, stats_dim
@@ -353,11 +354,7 @@ def export_model(
             task_row = s.get(Task, row.task_id)
             if task_row is not None:
                 task["metric"] = task_row.metric
-    data_meta = model_dataset_meta(registry, row) or {}
-    # Where ingest records how it made the pixels 8-bit (the source's record in the meta).
-    scaling = data_meta.get("intensity_scaling") or (data_meta.get("source") or {}).get(
-        "intensity_scaling"
-    )
+    scaling = data_scaling(model_dataset_meta(registry, row) or {})
     enc_file: Path | None = None
     enc_info: dict[str, Any] | None = None
     tmp_dir = _scratch_dir(workspace, row.name)
@@ -378,7 +375,7 @@ def export_model(
             task=task,
             encoder=enc_file,
             encoder_info=enc_info,
-            intensity_scaling=scaling if isinstance(scaling, dict) else None,
+            intensity_scaling=scaling,
             rtol=rtol,
             atol=atol,
         )

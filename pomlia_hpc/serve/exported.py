@@ -165,9 +165,7 @@ class ExportedBundle:
         """The largest 16-bit value of the training data set, which ingest scaled to 255
         (``input.intensity_scaling``); None when the data were not 16-bit or it is not
         recorded."""
-        scaling = self.card["input"].get("intensity_scaling") or {}
-        top = scaling.get("max") if scaling.get("from") == "uint16" else None
-        return float(top) if isinstance(top, int | float) and top > 0 else None
+        return scale_max_of(self.card["input"].get("intensity_scaling"))
 
     @property
     def mean(self) -> list[float]:
@@ -188,6 +186,22 @@ class ExportedBundle:
             if (p := self.file(name)) is not None:
                 return p
         return None
+
+
+def scale_max_of(scaling: Any) -> float | None:
+    """The 16-bit maximum an ``intensity_scaling`` record (a card's ``input``, a data set's
+    ``meta``) scales to 255; None when it records no 16-bit maximum."""
+    if not isinstance(scaling, dict) or scaling.get("from") != "uint16":
+        return None
+    top = scaling.get("max")
+    return float(top) if isinstance(top, int | float) and top > 0 else None
+
+
+def data_scaling(meta: dict[str, Any]) -> dict[str, Any] | None:
+    """How ingest made a data set's pixels 8-bit (``intensity_scaling``, in its ``meta`` or its
+    source's record there): what an export of a model trained on it writes into the card."""
+    scaling = meta.get("intensity_scaling") or (meta.get("source") or {}).get("intensity_scaling")
+    return scaling if isinstance(scaling, dict) else None
 
 
 def bundle_for_model(registry: Registry, ref: str) -> ExportedBundle | None:

@@ -34,6 +34,7 @@ from pomlia_hpc.serve.predictor import Predictor
 from pomlia_hpc.serve.predlog import PredictionLog
 from pomlia_hpc.serve.records import FeedbackLine, to_line
 from pomlia_hpc.serve.runtime import load_runtime
+from pomlia_hpc.serve.slots import incompatible
 
 log = logging.getLogger("pomlia.serve")
 
@@ -286,18 +287,3 @@ class ModelHolder:
             except Exception:
                 log.exception("hot swap to %s failed; still serving %s", target, pred.bundle.name)
                 self._refused = target
-
-
-def incompatible(old: ExportedBundle, new: ExportedBundle) -> str | None:
-    """Why ``new`` cannot replace ``old`` in a running server (clients and feedback rely on
-    the input spec and the labels), or None."""
-    for what, a, b in (
-        ("image size", old.image_size, new.image_size),
-        ("channels", old.channels, new.channels),
-        ("16-bit intensity scaling maximum", old.scale_max, new.scale_max),
-        ("task type", old.task_type, new.task_type),
-        ("label names", old.labels, new.labels),
-    ):
-        if a != b:
-            return f"its {what} ({b}) differ from the served model's ({a})"
-    return None

@@ -10,6 +10,11 @@ link: when it changes, the server swaps bundles without dropping a request (:mod
 The link is replaced atomically (a new link under a temporary name, renamed over the old one),
 so a reader sees the old bundle or the new one, never a missing link. Which model a slot served
 when, and why, is recorded in the registry by the gate (:mod:`pomlia_hpc.loop.promote`).
+
+A server following a slot swaps only to a bundle of the same input spec and labels
+(:func:`incompatible`): clients rely on them, and feedback on the labels. A promotion checks
+the same rule against the bundle the link names before moving it (:func:`swap_problem`), so
+the registry never names a champion the slot's servers refuse to serve.
 """
 
 from __future__ import annotations
@@ -17,8 +22,10 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from pomlia_hpc.errors import PomliaError
 from pomlia_hpc.files import replace_link
 from pomlia_hpc.names import validate_name
+from pomlia_hpc.serve.exported import CARD, ExportedBundle
 from pomlia_hpc.workspace import Workspace
 
 CURRENT = "current"
@@ -50,3 +57,57 @@ def point(link: Path, bundle_root: Path) -> bool:
         return False
     replace_link(link, target)
     return True
+
+
+def incompatible(old: ExportedBundle, new: ExportedBundle) -> str | None:
+    """Why ``new`` cannot replace ``old`` in a running server (clients and feedback rely on
+    the input spec and the labels), or None."""
+    for what, a, b in (
+        ("image size", old.image_size, new.image_size),
+        ("channel count", old.channels, new.channels),
+        ("16-bit intensity scaling maximum", old.scale_max, new.scale_max),
+        ("task type", old.task_type, new.task_type),
+        ("label names", old.labels, new.labels),
+    ):
+        if a != b:
+            verb = "are" if what.endswith("s") else "is"
+            return f"its {what} {verb} {_shown(b)}, the served model's {_shown(a)}"
+    return None
+
+
+def incompatible_scaling(old: float | None, new: float | None) -> str:
+    """:func:`incompatible`'s words for a 16-bit maximum ``new`` where ``old`` is served."""
+    return (
+        f"its 16-bit intensity scaling maximum is {_shown(new)}, the served model's {_shown(old)}"
+    )
+
+
+def _shown(value: object) -> str:
+    """A spec value in a message: a whole float as an integer (a 16-bit maximum of 3999.0 is
+    3999), None (no 16-bit maximum: 8-bit or float training data) as words."""
+    if value is None:
+        return "none (8-bit or float training data)"
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
+def readable_bundle(root: Path | None) -> ExportedBundle | None:
+    """The bundle at ``root`` as a server reads it; None when there is none or it cannot be
+    opened (gone or damaged: no server can serve it)."""
+    if root is None or not (root / CARD).is_file():
+        return None
+    try:
+        return ExportedBundle.open(root)
+    except PomliaError:
+        return None
+
+
+def swap_problem(link: Path, new: ExportedBundle) -> tuple[ExportedBundle, str] | None:
+    """(the bundle ``link`` names, why a server following ``link`` would refuse to swap from
+    it to ``new``), or None when it would swap (or the link names no readable bundle)."""
+    old = readable_bundle(current_bundle(link))
+    if old is None or old.root == new.root:
+        return None
+    problem = incompatible(old, new)
+    return None if problem is None else (old, problem)
