@@ -112,3 +112,32 @@ def test_each_compressed_strip_is_decompressed_once(
         path = tmp_path / "x.tif"
         path.write_bytes(data)
         assert np.array_equal(read_image(path, 1, "uint16")[..., 0], x), name
+
+
+@pytest.mark.parametrize(
+    ("kw", "shape"),
+    [
+        ({"rowsperstrip": 16}, (200, 64)),
+        ({"photometric": "rgb", "planarconfig": "separate", "rowsperstrip": 8}, (3, 40, 24)),
+    ],
+)
+def test_an_uncompressed_page_of_back_to_back_strips_is_one_read(
+    kw: dict[str, Any], shape: tuple[int, ...]
+) -> None:
+    """Read strip by strip, with a read and a copy each, such a page took twice tifffile's
+    time (which reads it in one go); the samples are the same either way."""
+    x = np.random.default_rng(2).integers(0, 65536, shape).astype(">u2")
+    data = tifffile_bytes(x, **kw)
+    reads: list[tuple[int, int]] = []
+
+    def read(offset: int, count: int) -> memoryview:
+        reads.append((offset, count))
+        return memoryview(data)[offset : offset + count]
+
+    with tifffile.TiffFile(io.BytesIO(data)) as tif:
+        page = tif.pages[0]
+        got = page_array(page, read)
+        assert len(page.dataoffsets) > 1
+        np.testing.assert_array_equal(got, page.asarray())
+    assert len(reads) == 1 and reads[0][1] == x.nbytes
+    assert got.flags.writeable

