@@ -84,9 +84,9 @@ def incompatible_scaling(old: float | None, new: float | None) -> str:
 
 def _shown(value: object) -> str:
     """A spec value in a message: a whole float as an integer (a 16-bit maximum of 3999.0 is
-    3999), None (no 16-bit maximum: 8-bit or float training data) as words."""
+    3999), None (no 16-bit maximum: 8-bit or float training data, or none known) as words."""
     if value is None:
-        return "none (8-bit or float training data)"
+        return "none recorded"
     if isinstance(value, float) and value.is_integer():
         return str(int(value))
     return str(value)
