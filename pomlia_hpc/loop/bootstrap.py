@@ -18,16 +18,10 @@ bootstrap distribution of the difference.
   higher by the challenger gave p < 0.001, though nothing was shown beyond that one image.
 
 Every metric offered (:data:`pomlia_hpc.vocab.METRICS`) is higher-is-better, so "better" is
-``d* > 0`` for each. The metrics are the task's (:mod:`pomlia_hpc.automl.metrics`): AUC is the
-mean one-vs-rest AUC over the classes (binary: of p(class 1); multi-label: over the labels)
-where it is defined, and macro F1 the mean F1 over the classes (labels) present in the truth or
-the predictions; in a resample, both sets are those of the resampled images. A resample is
-computed as integer weights on the images (how often each was drawn), so an AUC is a weighted
-Mann-Whitney count and an F1 a weighted confusion count: no image arrays are copied.
-
-A model's output that is not finite for an image is a missing answer, as in the task's metrics:
-the image stays in the pairs, ranked on the wrong side of every other image for AUC; for F1 it
-predicts no class (a multi-label image: every label wrong).
+``d* > 0`` for each. The metrics are the task's, computed on each resample by
+:mod:`pomlia_hpc.automl.resampled` (which the monitor's performance test shares): a resample is
+integer weights on the images, an AUC a weighted Mann-Whitney count, an F1 a weighted confusion
+count; a non-finite output is a missing answer, counted wrong.
 """
 
 from __future__ import annotations
@@ -38,13 +32,14 @@ from typing import Any
 
 import numpy as np
 
+from pomlia_hpc.automl.resampled import RESAMPLED_METRICS, draw_weights, metric_of
 from pomlia_hpc.loop.stats import GateResult
-from pomlia_hpc.vocab import MULTI_LABEL_THRESHOLD, TaskType, normalize_task_type
+from pomlia_hpc.vocab import TaskType, normalize_task_type
 
 #: The test's name in a gate's evidence (``test``): ``paired bootstrap (auc)``.
 BOOTSTRAP = "paired bootstrap"
 #: Metrics the bootstrap gates on (accuracy keeps McNemar's and the paired t test).
-BOOTSTRAP_METRICS = ("auc", "f1_macro")
+BOOTSTRAP_METRICS = RESAMPLED_METRICS
 #: Resamples at least; more for a small alpha (20 / alpha), so that a p-value below alpha can
 #: be observed at all (the smallest is 1 / (1 + B)), at most :data:`MAX_RESAMPLES`.
 MIN_RESAMPLES = 2000
@@ -76,89 +71,6 @@ def probabilities(logits: np.ndarray, task_type: str) -> np.ndarray:
         e = np.exp(z - z.max(axis=1, keepdims=True))
         p = e / e.sum(axis=1, keepdims=True)
     return np.where(missing[:, None], np.nan, p)
-
-
-def _columns(task_type: str, truth: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, ...]:
-    """(T, P, A, S): per class or label, the 0/1 truth (n, K) and prediction (n, K; a missing
-    output predicts no class, or every label wrong) macro F1 counts; per AUC column, the 0/1
-    truth and the score ranked (+-inf for a missing output: on the wrong side of all others)."""
-    task = normalize_task_type(task_type)
-    missing = np.isnan(probs).any(axis=1)
-    if task == TaskType.MULTI_LABEL:
-        t = truth.reshape(len(truth), -1) > 0
-        # A missing output gets every label wrong (a false positive where the truth is 0), as
-        # the task's metrics count it.
-        pred = np.where(missing[:, None], ~t, probs > MULTI_LABEL_THRESHOLD)
-        t_auc, s = t, probs
-    else:
-        y = truth.reshape(len(truth), -1)[:, 0]
-        classes = np.arange(probs.shape[1])[None, :]
-        t = classes == y[:, None]
-        if task == TaskType.BINARY:
-            # MedMNIST's binary ACC and AUC read p(class 1) alone; its F1 covers both classes.
-            chosen = (probs[:, -1] > 0.5).astype(np.int64)
-            t_auc, s = t[:, -1:], probs[:, -1:]
-        else:
-            chosen = np.nan_to_num(probs, nan=-1.0).argmax(axis=1)
-            t_auc, s = t, probs
-        pred = (classes == chosen[:, None]) & ~missing[:, None]
-    s = np.where(missing[:, None], np.where(t_auc, -np.inf, np.inf), s)
-    return t, pred, t_auc, s
-
-
-def weighted_auc(truth: np.ndarray, score: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """AUC of one column per resample: ``truth`` (n,) bool, ``score`` (n,), ``weights`` (B, n)
-    how often each image was drawn. A positive ranked above a negative counts 1, a tie 1/2
-    (the Mann-Whitney count, as scikit-learn's ``roc_auc_score``). NaN where a resample holds
-    no positive or no negative."""
-    order = np.argsort(score, kind="stable")
-    s, t, w = score[order], truth[order], weights[:, order]
-    neg = w * ~t
-    cum = np.concatenate([np.zeros((len(w), 1)), np.cumsum(neg, axis=1)], axis=1)
-    first = np.r_[True, s[1:] != s[:-1]]  # the first image of each group of equal scores
-    group = np.cumsum(first) - 1
-    starts = np.flatnonzero(first)
-    ends = np.r_[starts[1:], len(s)]
-    below, within = cum[:, starts], cum[:, ends] - cum[:, starts]
-    pos = w * t
-    count = (pos * (below[:, group] + 0.5 * within[:, group])).sum(axis=1)
-    pairs = pos.sum(axis=1) * neg.sum(axis=1)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        return np.where(pairs > 0, count / pairs, np.nan)
-
-
-def weighted_f1(truth: np.ndarray, pred: np.ndarray, weights: np.ndarray) -> np.ndarray:
-    """Macro F1 per resample: ``truth`` and ``pred`` (n, K) bool, ``weights`` (B, n); the mean
-    over the classes present in the resample's truth or predictions (NaN with none)."""
-    tp = weights @ (truth & pred)
-    fp = weights @ (~truth & pred)
-    fn = weights @ (truth & ~pred)
-    den = 2 * tp + fp + fn
-    with np.errstate(invalid="ignore", divide="ignore"):
-        f1 = np.where(den > 0, 2 * tp / den, np.nan)
-    present = np.isfinite(f1).any(axis=1)
-    out = np.full(len(weights), np.nan)
-    out[present] = np.nanmean(f1[present], axis=1)
-    return out
-
-
-def metric_of(
-    metric: str, task_type: str, truth: np.ndarray, probs: np.ndarray, weights: np.ndarray
-) -> np.ndarray:
-    """``metric`` (``auc`` or ``f1_macro``) of ``probs`` (n, C; NaN rows missing) against
-    ``truth`` per row of ``weights`` (B, n); NaN where undefined (no class with both
-    positives and negatives for AUC)."""
-    t, pred, t_auc, s = _columns(task_type, truth, probs)
-    w = np.asarray(weights, np.float64)
-    if metric == "f1_macro":
-        return weighted_f1(t, pred, w)
-    if metric != "auc":
-        raise ValueError(f"metric {metric!r}: the bootstrap gates on {BOOTSTRAP_METRICS}")
-    per = np.stack([weighted_auc(t_auc[:, k], s[:, k], w) for k in range(s.shape[1])])
-    out = np.full(len(w), np.nan)
-    defined = np.isfinite(per).any(axis=0)
-    out[defined] = np.nanmean(per[:, defined], axis=0)
-    return out
 
 
 @dataclass(frozen=True)
@@ -226,7 +138,7 @@ def paired_bootstrap(
     rng = np.random.default_rng(seed)
     diffs = []
     for lo in range(0, total, _CHUNK):
-        w = rng.multinomial(n, np.full(n, 1.0 / n), size=min(_CHUNK, total - lo))
+        w = draw_weights(rng, n, min(_CHUNK, total - lo))
         diffs.append(
             metric_of(metric, task_type, truth, pb, w) - metric_of(metric, task_type, truth, pa, w)
         )
