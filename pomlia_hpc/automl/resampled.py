@@ -20,6 +20,8 @@ passes over a (resamples, n) array; measured figures in docs/BENCHMARKS.md.
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 from pomlia_hpc.vocab import MULTI_LABEL_THRESHOLD, TaskType, normalize_task_type
@@ -27,6 +29,16 @@ from pomlia_hpc.vocab import MULTI_LABEL_THRESHOLD, TaskType, normalize_task_typ
 #: Metrics computed on resamples (accuracy is a mean of per-image scores: tests of a
 #: proportion or a mean carry it without resampling).
 RESAMPLED_METRICS = ("auc", "f1_macro")
+#: Resamples at least; more for a small alpha (20 / alpha), so that a p-value below alpha can
+#: be observed at all (the smallest is 1 / (1 + B)), at most :data:`MAX_RESAMPLES` (at 3,000
+#: images, about 14 s of one core for a binary AUC's two models: docs/BENCHMARKS.md).
+MIN_RESAMPLES = 2000
+MAX_RESAMPLES = 200_000
+
+
+def resamples_for(alpha: float) -> int:
+    """How many resamples a test at level ``alpha`` draws (see :data:`MIN_RESAMPLES`)."""
+    return int(min(MAX_RESAMPLES, max(MIN_RESAMPLES, math.ceil(20 / alpha))))
 
 
 def draw_weights(rng: np.random.Generator, n: int, size: int) -> np.ndarray:

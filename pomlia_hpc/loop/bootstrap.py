@@ -32,7 +32,12 @@ from typing import Any
 
 import numpy as np
 
-from pomlia_hpc.automl.resampled import RESAMPLED_METRICS, draw_weights, metric_of
+from pomlia_hpc.automl.resampled import (
+    RESAMPLED_METRICS,
+    draw_weights,
+    metric_of,
+    resamples_for,
+)
 from pomlia_hpc.loop.stats import GateResult
 from pomlia_hpc.vocab import TaskType, normalize_task_type
 
@@ -40,10 +45,6 @@ from pomlia_hpc.vocab import TaskType, normalize_task_type
 BOOTSTRAP = "paired bootstrap"
 #: Metrics the bootstrap gates on (accuracy keeps McNemar's and the paired t test).
 BOOTSTRAP_METRICS = RESAMPLED_METRICS
-#: Resamples at least; more for a small alpha (20 / alpha), so that a p-value below alpha can
-#: be observed at all (the smallest is 1 / (1 + B)), at most :data:`MAX_RESAMPLES`.
-MIN_RESAMPLES = 2000
-MAX_RESAMPLES = 200_000
 #: Fewest images the bootstrap runs on: a resample of a handful of images is mostly copies of
 #: a few, and its quantiles say little. With fewer the test is not run and does not pass.
 MIN_BOOTSTRAP_IMAGES = 10
@@ -52,11 +53,6 @@ MIN_BOOTSTRAP_IMAGES = 10
 SEED = 0
 #: Resamples computed at once (bounds the memory: a few (chunk, n) float arrays).
 _CHUNK = 250
-
-
-def resamples_for(alpha: float) -> int:
-    """How many resamples a gate at level ``alpha`` draws (see :data:`MIN_RESAMPLES`)."""
-    return int(min(MAX_RESAMPLES, max(MIN_RESAMPLES, math.ceil(20 / alpha))))
 
 
 def probabilities(logits: np.ndarray, task_type: str) -> np.ndarray:

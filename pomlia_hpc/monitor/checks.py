@@ -18,7 +18,9 @@ from typing import Any
 
 import numpy as np
 
+from pomlia_hpc.automl.resampled import RESAMPLED_METRICS
 from pomlia_hpc.monitor.logread import LogWindow
+from pomlia_hpc.monitor.metrictest import metric_performance_test
 from pomlia_hpc.monitor.stats import (
     N_PERM,
     CheckResult,
@@ -76,7 +78,12 @@ def _labels_as_index(values: list[Any]) -> np.ndarray:
     return np.asarray([v if isinstance(v, int) else -1 for v in values], dtype=np.int64)
 
 
-def _performance(win: LogWindow, ref: Reference) -> tuple[CheckResult | None, dict[str, Any]]:
+def _performance(
+    win: LogWindow, ref: Reference, metric: str, alpha: float
+) -> tuple[CheckResult | None, list[CheckResult], dict[str, Any], list[str]]:
+    """The performance test on the window's labels in the task's ``metric`` (None without
+    labels), the tests only reported beside it (accuracy, when the metric is another), the
+    report's ``performance`` and notes. ``alpha``: the level the test's share is held to."""
     pairs = [(p, t) for p, t, _ in win.feedback]
     join = win.labels
     info: dict[str, Any] = {
@@ -95,9 +102,11 @@ def _performance(win: LogWindow, ref: Reference) -> tuple[CheckResult | None, di
         # ... and replacements of labels that an earlier window tested.
         "labels_corrected": join.corrected,
         "label_lookback_s": win.label_lookback_s,
+        # The metric the performance test compares: the task's (accuracy is reported anyway).
+        "metric": "acc",
     }
     if not pairs:
-        return None, info
+        return None, [], info, []
     if ref.task_type == "multi-label":
         # The task's ACC (MedMNIST's): label-wise, not exact match over all labels, which a
         # 14-label model almost never gets (accuracy 0 against a reference of 0: no test).
@@ -108,7 +117,31 @@ def _performance(win: LogWindow, ref: Reference) -> tuple[CheckResult | None, di
         correct = sum(1 for p, t in pairs if p == t)
         res = performance_test(correct, len(pairs), round(ref.accuracy * ref.n), ref.n)
     info.update(res.detail, accuracy=res.statistic, reference_split=ref.split)
-    return res, info
+    if metric not in RESAMPLED_METRICS:
+        return res, [], info, []
+    if metric == "auc" and ref.probabilities is None:
+        # A reference written before references kept the model's probabilities.
+        return (
+            res,
+            [],
+            info,
+            [
+                f"the task's metric is auc, but the monitoring reference ({ref.source}) keeps no "
+                "probabilities (written by an older version): accuracy is tested instead; "
+                f"rewrite the reference to test AUC: pomlia monitor reference {ref.model}"
+            ],
+        )
+    predicted, truth = [p for p, _ in pairs], [t for _, t in pairs]
+    probs = join.probabilities if metric == "auc" else None
+    tested = metric_performance_test(metric, ref, predicted, truth, probs, alpha=alpha)
+    info.update(metric=metric, metric_test={**tested.detail, "p_value": tested.p_value})
+    note = f"the task's metric is {metric}: its test decides; accuracy is reported, not tested"
+    if not tested.detail["resamples"]:
+        note = (
+            f"{metric} is undefined on the window's labels or the reference (a class without "
+            f"both positive and negative images): not tested; accuracy is reported, not tested"
+        )
+    return tested, [res], info, [note]
 
 
 def _as_set(labels: Any) -> set[Any]:
@@ -186,8 +219,10 @@ def run_checks(
     alpha: float = 0.05,
     n_perm: int = N_PERM,
     seed: int = 0,
+    metric: str = "acc",
 ) -> CheckOutcome:
-    """Every applicable test of ``win`` against ``ref``, combined by weighted Holm."""
+    """Every applicable test of ``win`` against ``ref``, combined by weighted Holm;
+    ``metric``: the task's, which the performance test compares (:mod:`.metrictest`)."""
     notes: list[str] = []
     dim = ref.fingerprints.shape[1]
     vectors = win.fingerprint_matrix(dim)
@@ -232,7 +267,10 @@ def run_checks(
                 label_test(ref.pred_index, _labels_as_index(win.pred_index), len(ref.label_names))
             )
         drift.append(confidence_test(ref.confidence, np.asarray(win.confidence, np.float64)))
-    perf, perf_info = _performance(win, ref)
+    perf, reported, perf_info, perf_notes = _performance(
+        win, ref, metric, alpha * PERFORMANCE_SHARE
+    )
+    notes += perf_notes
     tests = list(drift)
     drift_share = 1.0
     if perf is not None and perf_info["labels"] >= MIN_LABELS:
@@ -243,9 +281,12 @@ def run_checks(
         perf.weight = 0.0
         tests.append(perf)
         notes.append(
-            f"accuracy from {perf_info['labels']} labels is reported but not tested "
+            f"{perf.name} from {perf_info['labels']} labels is reported but not tested "
             f"(at least {MIN_LABELS} labels needed)"
         )
+    for r in reported:
+        r.weight = 0.0  # shown beside the task's metric, which alone is tested
+        tests.append(r)
     for t in drift:
         t.weight = drift_share / len(drift)
     alarm = combine(tests, alpha) if tests else False

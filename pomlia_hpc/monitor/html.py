@@ -264,6 +264,7 @@ def render_html(
             f"{perf['labels']} labels (coverage {perf['coverage']:.1%}); {against} "
             f"{perf.get('reference_accuracy', perf['validation_accuracy']):.3f}.</p>",
         ]
+        parts += _metric_line(perf)
     plots = [plot_history(past, report), plot_metric(past, report)]
     if outcome is not None:
         plots += [plot_projection(outcome), plot_dimensions(report), plot_labels(report, ref)]
@@ -302,3 +303,17 @@ def render_html(
     parts.append("<ul>" + "".join(f"<li>{e(n)}</li>" for n in notes) + "</ul>")
     parts.append("</body></html>")
     return "\n".join(parts)
+
+
+def _metric_line(perf: dict[str, Any]) -> list[str]:
+    """The paragraph on the task's metric when it is not accuracy (it alone is tested)."""
+    got = perf.get("metric_test")
+    if not got:
+        return []
+    value, ref = got.get("value"), got.get("reference_value")
+    shown = [f"{v:.3f}" if isinstance(v, int | float) else "undefined" for v in (value, ref)]
+    return [
+        f"<p>{html.escape(got['metric'])} (the task's metric, which is tested) {shown[0]} from "
+        f"{got['labels']} labels; reference {shown[1]} from {got['reference_n']} images; "
+        f"bootstrap p = {got['p_value']:.3g} over {got['resamples']} resamples.</p>"
+    ]

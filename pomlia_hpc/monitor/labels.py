@@ -97,6 +97,9 @@ class LabelJoin:
     unknown: int = 0
     other_model: Counter[str] = field(default_factory=Counter)
     corrected: int = 0
+    #: The tested labels' predicted probabilities, in the order of ``tested``; empty unless
+    #: asked for (:func:`join_labels`'s ``probabilities``: an AUC task's test).
+    probabilities: list[list[float]] = field(default_factory=list)
 
 
 def join_labels(
@@ -109,11 +112,13 @@ def join_labels(
     since: datetime,
     lookback: timedelta,
     deployment: int | None = None,
+    probabilities: dict[str, list[float]] | None = None,
 ) -> LabelJoin:
     """Join the window's labels to predictions: ``in_window`` maps the ids of the window's
     predictions (of ``model`` at ``version``) to their predicted label; the others are
     looked up in ``folders``' files that may hold records from ``lookback`` before
-    ``since``."""
+    ``since``. ``probabilities``: the window's predictions' probabilities by id, when the
+    tested labels' probabilities are wanted (``LabelJoin.probabilities``)."""
     out = LabelJoin()
     pending: dict[str, _Arrival] = {}
     for pid, got in arrivals.by_prediction.items():
@@ -121,6 +126,8 @@ def join_labels(
             out.corrected += 1  # its first label came before the window and counted there
         elif pid in in_window:
             out.tested.append((in_window[pid], got.label, got.last.time))
+            if probabilities is not None:
+                out.probabilities.append(probabilities[pid])
         else:
             pending[pid] = got
     if not pending:
@@ -134,6 +141,8 @@ def join_labels(
             out.other_model[f"{rec.model} {rec.model_version}"] += 1
         else:
             out.tested.append((rec.output.label_index, got.label, got.last.time))
+            if probabilities is not None:
+                out.probabilities.append(rec.output.probabilities)
             out.outside_window += 1
     return out
 

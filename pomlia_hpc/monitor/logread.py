@@ -160,17 +160,18 @@ def read_window(
     seed: int = 0,
     deployment: int | None = None,
     label_lookback: timedelta = DEFAULT_LOOKBACK,
+    keep_probabilities: bool = False,
 ) -> LogWindow:
     """Read every log file under ``directory`` (one folder or several) for predictions of
-    ``model`` at ``version`` with ``since <= time < until`` (aware datetimes), only those of
-    ``deployment`` when given, and the labels that arrived in that window (their predictions
-    looked up to ``label_lookback`` before ``since``); see the module docstring."""
-    lookback_s = label_lookback.total_seconds()
-    win = LogWindow(model, version, since, until, label_lookback_s=lookback_s)
+    ``model`` at ``version`` with ``since <= time < until`` (aware datetimes), of ``deployment``
+    when given, and the labels that arrived then (predictions looked up to ``label_lookback``
+    before ``since``; their probabilities too when ``keep_probabilities``): module docstring."""
+    win = LogWindow(model, version, since, until, label_lookback_s=label_lookback.total_seconds())
     lo, hi = iso(since), iso(until)
     rng = np.random.default_rng(seed)
     seen_in_window = 0  # reservoir sampling over predictions with a valid fingerprint
     pred_of: dict[str, Any] = {}  # prediction id -> predicted index, for the feedback join
+    probs_of: dict[str, list[float]] | None = {} if keep_probabilities else None
     arrivals = Arrivals()  # the labels timed inside the window
     folders = [directory] if isinstance(directory, Path) else list(directory)
     win.deleted_through = missing_since(folders, since, margin_s=CLOCK_SKEW_S)
@@ -206,10 +207,7 @@ def read_window(
                     win.other_deployments += 1
                     continue
                 if isinstance(rec, RejectionLine):
-                    if lo <= rec.time < hi:
-                        # Older servers logged a body timeout (408) as "undecodable".
-                        reason = TIMEOUT_REASON if rec.status == 408 else rec.reason
-                        win.rejections[reason] += 1
+                    _count_rejection(rec, win, lo, hi)
                     continue
                 t = rec.time
                 if not lo <= t < hi:
@@ -219,6 +217,8 @@ def read_window(
                     continue
                 out = rec.output
                 pred_of[rec.id] = out.label_index
+                if probs_of is not None:  # only for an AUC task: a list per prediction
+                    probs_of[rec.id] = out.probabilities
                 win.pred_index.append(out.label_index)
                 win.confidence.append(_confidence(out.probabilities, multi_label))
                 win.per_hour[t[:13]] += 1
@@ -243,8 +243,17 @@ def read_window(
         since=since,
         lookback=label_lookback,
         deployment=deployment,
+        probabilities=probs_of,
     )
     return win
+
+
+def _count_rejection(rec: RejectionLine, win: LogWindow, lo: str, hi: str) -> None:
+    """Count ``rec`` in ``win`` by its reason when it is timed in [lo, hi)."""
+    if lo <= rec.time < hi:
+        # Older servers logged a body timeout (408) as "undecodable".
+        reason = TIMEOUT_REASON if rec.status == 408 else rec.reason
+        win.rejections[reason] += 1
 
 
 def _open(path: Path, win: LogWindow) -> BinaryIO | None:

@@ -36,6 +36,7 @@ from pomlia_hpc.monitor.checks import CheckOutcome, run_checks
 from pomlia_hpc.monitor.history import FORMAT, show_time
 from pomlia_hpc.monitor.labels import DEFAULT_LOOKBACK, label_notes
 from pomlia_hpc.monitor.logread import LogWindow, read_window
+from pomlia_hpc.monitor.metrictest import task_metric
 from pomlia_hpc.monitor.publish import publish_report
 from pomlia_hpc.monitor.reference import (
     Target,
@@ -373,16 +374,23 @@ def _hook_env(final: Path, target: Target, alarm: AlarmRecorded | None) -> dict[
 
 
 def _test_window(
-    win: LogWindow, ref: Reference, alpha: float, n_perm: int, seed: int, progress: Progress
+    win: LogWindow,
+    ref: Reference,
+    alpha: float,
+    n_perm: int,
+    seed: int,
+    progress: Progress,
+    metric: str = "acc",
 ) -> CheckOutcome | None:
-    """The tests of ``win`` against ``ref``; None when it holds neither predictions nor
-    labels to test."""
+    """The tests of ``win`` against ``ref``, performance in the task's ``metric``; None when
+    it holds neither predictions nor labels to test."""
     # Labels of earlier predictions arrive in windows without traffic too (a night without
     # requests, a model a promotion replaced): their accuracy is still tested.
     if not (win.n_predictions or win.feedback):
         return None
-    progress("testing (MMD, KS, classifier, labels, confidence, accuracy)")
-    outcome = run_checks(win, ref, alpha=alpha, n_perm=n_perm, seed=seed)
+    tested = "accuracy" if metric == "acc" else f"{metric} and accuracy"
+    progress(f"testing (MMD, KS, classifier, labels, confidence, {tested})")
+    outcome = run_checks(win, ref, alpha=alpha, n_perm=n_perm, seed=seed, metric=metric)
     if not win.n_predictions:
         outcome.notes.append(
             "no predictions of this model version in the window: only the accuracy on the "
@@ -408,6 +416,47 @@ def check_levels(alpha: float, n_perm: int) -> None:
             f"never alarm; expected at least {least} (1/(N+1) <= alpha; the MMD test gets a "
             f"share of alpha, so use well more: the default is {N_PERM})"
         )
+
+
+def _read(
+    registry: Registry,
+    workspace: Workspace,
+    target: Target,
+    reference: Reference,
+    window: tuple[datetime, datetime, timedelta],
+    *,
+    max_vectors: int,
+    seed: int,
+    metric: str,
+    progress: Progress,
+) -> tuple[list[Path], LogWindow]:
+    """The log folders of ``target``'s model and its ``window`` (since, until, label
+    look-back), said in ``progress``; an AUC task's labelled predictions keep their
+    probabilities (its performance test ranks them)."""
+    since, until, label_lookback = window
+    folders = model_log_dirs(registry, workspace.path("logs"), target.model)
+    where = ", ".join(str(f) for f in folders)
+    progress(f"reading {where} from {show_time(since)} to {show_time(until)}")
+    win = read_window(
+        folders,
+        model=target.model.name,
+        version=reference.model_version,
+        kind=reference.fingerprint_kind,
+        dim=int(reference.fingerprints.shape[1]),
+        since=since,
+        until=until,
+        multi_label=reference.task_type == "multi-label",
+        max_vectors=max_vectors,
+        seed=seed,
+        deployment=target.deployment_id,
+        label_lookback=label_lookback,
+        keep_probabilities=metric == "auc",
+    )
+    progress(
+        f"{win.n_predictions} predictions and {len(win.feedback)} labels that arrived in "
+        f"the window ({win.files_read} files, {win.lines} lines)"
+    )
+    return folders, win
 
 
 def monitor_run(
@@ -454,30 +503,22 @@ def monitor_run(
     # One run of a model at a time (monitor/runlock.py): held to the end of --on-alarm.
     with monitor_lock(workspace, target.model.name, ref, progress):
         reference = load_reference(target)
-        folders = model_log_dirs(registry, workspace.path("logs"), target.model)
-        where = ", ".join(str(f) for f in folders)
-        progress(f"reading {where} from {show_time(since)} to {show_time(until)}")
-        win = read_window(
-            folders,
-            model=target.model.name,
-            version=reference.model_version,
-            kind=reference.fingerprint_kind,
-            dim=int(reference.fingerprints.shape[1]),
-            since=since,
-            until=until,
-            multi_label=reference.task_type == "multi-label",
+        metric = task_metric(target.bundle.card)
+        span = (since, until, label_lookback)
+        folders, win = _read(
+            registry,
+            workspace,
+            target,
+            reference,
+            span,
             max_vectors=max_vectors,
             seed=seed,
-            deployment=target.deployment_id,
-            label_lookback=label_lookback,
-        )
-        progress(
-            f"{win.n_predictions} predictions and {len(win.feedback)} labels that arrived in "
-            f"the window ({win.files_read} files, {win.lines} lines)"
+            metric=metric,
+            progress=progress,
         )
         if (gone := retention_note(win)) is not None:
             progress(f"warning: {gone}")
-        outcome = _test_window(win, reference, alpha, n_perm, seed, progress)
+        outcome = _test_window(win, reference, alpha, n_perm, seed, progress, metric)
         report = build_report(target, reference, win, outcome, alpha=alpha)
         _note_replaced(registry, target, report, progress)
         past = history(registry, target.model.id)

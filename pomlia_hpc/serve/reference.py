@@ -73,7 +73,9 @@ class Reference:
 
     ``fingerprints`` float32 (n, d); ``labels`` true label index (n,) (multi-label: (n, L) 0/1);
     ``pred_index`` predicted index (n,) (multi-label: (n, L) 0/1); ``confidence`` the top
-    probability (n,) (multi-label: the mean distance of each probability from 0.5, times 2).
+    probability (n,) (multi-label: the mean distance of each probability from 0.5, times 2);
+    ``probabilities`` the model's output float32 (n, C), what the server logs (None in a
+    reference written before it was kept: the monitor cannot test an AUC task's AUC then).
     """
 
     model: str
@@ -88,6 +90,7 @@ class Reference:
     confidence: np.ndarray
     created_at: str
     path: Path | None = None
+    probabilities: np.ndarray | None = None
 
     @property
     def n(self) -> int:
@@ -191,6 +194,7 @@ def compute_reference(
         pred_index=pred,
         confidence=confidence_of(p, bundle.task_type),
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
+        probabilities=p,
     )
 
 
@@ -206,6 +210,9 @@ def write_reference(bundle: ExportedBundle, ref: Reference) -> Path:
         "pred_index": ref.pred_index,
         "confidence": ref.confidence,
     }
+    if ref.probabilities is not None:
+        # Optional, so a reference written before it still reads (format unchanged).
+        arrays["probabilities"] = np.asarray(ref.probabilities, np.float32)
     return write_npz(path, arrays)
 
 
@@ -218,6 +225,7 @@ def read_reference(path: Path) -> Reference:
             raw_meta = json.loads(str(z["meta"]))
             arrays = {k: np.asarray(z[k]) for k in ("fingerprints", "labels", "pred_index")}
             conf = np.asarray(z["confidence"])
+            probs = np.asarray(z["probabilities"]) if "probabilities" in z.files else None
     except KeyError as exc:
         raise InputError(
             f"monitoring reference {path} is damaged: it has no array {exc}; expected "
@@ -234,6 +242,12 @@ def read_reference(path: Path) -> Reference:
     meta = validate_model(
         ReferenceMeta, raw_meta, f"monitoring reference {path}", error=InputError, strict=True
     )
+    n = len(arrays["fingerprints"])
+    if probs is not None and (probs.ndim != 2 or len(probs) != n):
+        raise InputError(
+            f"monitoring reference {path} is damaged: its probabilities are of shape "
+            f"{probs.shape}, expected ({n}, outputs): one row per reference image"
+        )
     return Reference(
         **meta.model_dump(include=set(META_FIELDS)),
         fingerprints=arrays["fingerprints"].astype(np.float32),
@@ -241,6 +255,7 @@ def read_reference(path: Path) -> Reference:
         pred_index=arrays["pred_index"],
         confidence=conf.astype(np.float32),
         path=path,
+        probabilities=probs.astype(np.float32) if probs is not None else None,
     )
 
 

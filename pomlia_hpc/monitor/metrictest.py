@@ -1,0 +1,142 @@
+"""The performance test of a task scored by AUC or macro F1: the window's labelled predictions
+against the reference, in the task's metric.
+
+The champion/challenger gate compares such a task's models by its metric (a paired bootstrap:
+:mod:`pomlia_hpc.loop.bootstrap`); the monitor's alarm must watch the same number, or an AUC
+task whose ranking collapses while its accuracy holds (a model confidently wrong on a few
+images, unsure on the rest) would never alarm. Accuracy is still reported beside it.
+
+The window's labelled images and the reference's images are two independent samples, so each
+is resampled on its own (the same resample count for both), the metric computed on each with
+the gate's functions (:mod:`pomlia_hpc.automl.resampled`), and ``d* = window - reference`` per
+resample is the bootstrap distribution of the difference. The one-sided p-value of "the
+window's metric is below the reference's" is ``(1 + #{d* >= 0}) / (1 + B)``, the share of
+resamples in which the window is not worse (the test that inverts the percentile bound, as
+the gate's). A resample on which the metric is undefined (a binary AUC that drew no positive)
+counts as one where the window is not worse: it cannot show a drop.
+
+AUC needs the predicted probabilities: the window's come from the prediction log, the
+reference's from its file (a reference written before it kept them cannot test AUC: the
+monitor then tests accuracy and says how to rewrite the reference). Macro F1 needs only the
+predicted labels, so it is computed from one-hot predictions on both sides.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+
+from pomlia_hpc.automl.resampled import draw_weights, metric_of, resamples_for
+from pomlia_hpc.monitor.stats import CheckResult
+from pomlia_hpc.serve.reference import Reference
+from pomlia_hpc.vocab import check_metric
+
+#: The seed of the resamples: the same window and reference give the same p-value.
+SEED = 0
+#: Resamples computed at once (bounds the memory: a few (chunk, n) float arrays).
+CHUNK = 250
+
+
+def metric_performance_test(
+    metric: str,
+    ref: Reference,
+    predicted: Sequence[Any],
+    truth: Sequence[Any],
+    probabilities: Sequence[Sequence[float]] | None,
+    *,
+    alpha: float,
+    seed: int = SEED,
+) -> CheckResult:
+    """One-sided bootstrap test of "the window's ``metric`` is below the reference's" (module
+    docstring). ``predicted`` / ``truth``: the window's labelled predictions and their labels
+    (class indices; for multi-label lists of indices); ``probabilities``: their predicted
+    probabilities (needed for ``auc``). ``alpha``: the level the test's share is held to
+    (fixes how many resamples are drawn). The statistic is the window's metric; ``detail``
+    holds both values, the drop and the resample counts."""
+    multi = ref.task_type == "multi-label"
+    width = len(ref.label_names)
+    y_win = _truth(truth, width, multi)
+    y_ref = ref.labels.reshape(ref.n, -1) if multi else ref.labels.reshape(ref.n, 1)
+    if metric == "auc":
+        if probabilities is None or ref.probabilities is None:
+            raise ValueError("an AUC test needs the window's and the reference's probabilities")
+        p_win = np.asarray(probabilities, np.float64).reshape(len(y_win), -1)
+        p_ref = np.asarray(ref.probabilities, np.float64)
+    else:
+        p_win = _one_hot(predicted, width)
+        p_ref = (
+            ref.pred_index.reshape(ref.n, -1).astype(np.float64)  # already 0/1 rows
+            if multi
+            else _one_hot(ref.pred_index.tolist(), width)
+        )
+    task = ref.task_type
+    value = _once(metric, task, y_win, p_win)
+    ref_value = _once(metric, task, y_ref, p_ref)
+    detail: dict[str, Any] = {
+        "metric": metric,
+        "labels": len(y_win),
+        "value": _json(value),
+        "reference_value": _json(ref_value),
+        "reference_n": ref.n,
+        "drop": _json(ref_value - value),
+        "test": "bootstrap (window and reference resampled independently)",
+    }
+    if not (math.isfinite(value) and math.isfinite(ref_value)):
+        # Undefined on the window (its labels hold one class) or on the reference: no test.
+        detail.update(resamples=0, undefined_resamples=0)
+        return CheckResult(metric, "performance", value, 1.0, detail)
+    total = resamples_for(alpha)
+    rng = np.random.default_rng(seed)
+    not_worse = undefined = 0
+    for lo in range(0, total, CHUNK):
+        size = min(CHUNK, total - lo)
+        win = metric_of(metric, task, y_win, p_win, draw_weights(rng, len(y_win), size))
+        base = metric_of(metric, task, y_ref, p_ref, draw_weights(rng, ref.n, size))
+        d = win - base
+        bad = ~np.isfinite(d)
+        undefined += int(bad.sum())
+        not_worse += int((bad | (d >= 0)).sum())
+    detail.update(resamples=total, undefined_resamples=undefined)
+    return CheckResult(metric, "performance", value, (1 + not_worse) / (1 + total), detail)
+
+
+def task_metric(card: Mapping[str, Any]) -> str:
+    """The metric of the task a bundle's ``card`` was trained for (``task.metric``, recorded
+    at export from a task); ``acc`` for a model exported without one (`model demo`)."""
+    value = (card.get("task") or {}).get("metric")
+    return check_metric(value) if isinstance(value, str) else "acc"
+
+
+def _once(metric: str, task: str, truth: np.ndarray, probs: np.ndarray) -> float:
+    """``metric`` on all the images (NaN when undefined or with none)."""
+    if not len(truth):
+        return math.nan
+    return float(metric_of(metric, task, truth, probs, np.ones((1, len(truth))))[0])
+
+
+def _truth(labels: Sequence[Any], width: int, multi: bool) -> np.ndarray:
+    """Feedback labels as the metrics' truth: (n, 1) class indices, or (n, L) 0/1 rows for a
+    multi-label task (a label given as a list of indices)."""
+    if multi:
+        return _one_hot(labels, width).astype(np.int64)
+    return np.asarray([v if isinstance(v, int) else -1 for v in labels], np.int64).reshape(-1, 1)
+
+
+def _one_hot(indices: Sequence[Any], width: int) -> np.ndarray:
+    """Predicted (or true) labels, indices or lists of indices (multi-label), as 0/1
+    "probabilities" (n, width): their argmax, a binary task's p(class 1) > 0.5 and a label's
+    p > 0.5 give the labels back, so macro F1 scores the same answers."""
+    out = np.zeros((len(indices), width))
+    for i, v in enumerate(indices):
+        for k in v if isinstance(v, list) else [v]:
+            if isinstance(k, int) and 0 <= k < width:
+                out[i, k] = 1.0
+    return out
+
+
+def _json(x: float) -> float | None:
+    """``x`` for a report's JSON: None for NaN (PostgreSQL's json refuses NaN)."""
+    return float(x) if math.isfinite(x) else None

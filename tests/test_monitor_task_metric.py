@@ -1,0 +1,152 @@
+"""The monitor's performance test compares the task's metric, as the promotion gate does: an
+AUC task whose AUC collapses on the labelled production feedback while its accuracy holds (the
+model confidently wrong on a few images, unsure on the rest) alarmed on nothing, as only
+accuracy was tested; a macro F1 task that stopped finding a rare class alike."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from pomlia_hpc.cli import app
+from pomlia_hpc.monitor.checks import run_checks
+from pomlia_hpc.monitor.labels import LabelJoin
+from pomlia_hpc.monitor.logread import LogWindow
+from pomlia_hpc.registry import Registry
+from pomlia_hpc.serve.reference import Reference
+from pomlia_hpc.workspace import Workspace
+from tests.monitor_support import demo_model, images, log_predictions
+
+SINCE = datetime(2026, 12, 1, tzinfo=UTC)
+
+
+def _binary(n: int, confident_right: bool) -> tuple[np.ndarray, np.ndarray]:
+    """``n`` binary labels and p(class 1), 80% of them predicted right: the right ones sure
+    and the wrong ones unsure (a good ranking: AUC near 1), or the reverse (AUC near 0.64)."""
+    y = np.arange(n) % 2
+    right = (np.arange(n) // 2) % 5 != 0
+    sure, unsure = (0.9, 0.55) if confident_right else (0.55, 0.98)
+    p1 = np.where(right, np.where(y == 1, sure, 1 - sure), np.where(y == 1, 1 - unsure, unsure))
+    return y, p1
+
+
+def _reference(
+    task_type: str, names: list[str], y: np.ndarray, probs: np.ndarray | None, pred: np.ndarray
+) -> Reference:
+    n = len(y)
+    return Reference(
+        model="m",
+        model_version="v",
+        fingerprint_kind="test",
+        task_type=task_type,
+        label_names=names,
+        source="d@1 [val]",
+        fingerprints=np.zeros((n, 4), np.float32),
+        labels=y,
+        pred_index=pred,
+        confidence=np.full(n, 0.8, np.float32),
+        created_at="",
+        probabilities=probs,
+    )
+
+
+def _window(pred: list[int], truth: list[int], probs: list[list[float]]) -> LogWindow:
+    win = LogWindow(model="m", version="v", since=SINCE, until=SINCE + timedelta(days=1))
+    when = SINCE.isoformat()
+    win.labels = LabelJoin(
+        tested=[(p, t, when) for p, t in zip(pred, truth, strict=True)], probabilities=probs
+    )
+    return win
+
+
+def _binary_case(confident_right_in_window: bool) -> tuple[LogWindow, Reference]:
+    y, p1 = _binary(400, confident_right=True)
+    probs = np.stack([1 - p1, p1], axis=1).astype(np.float32)
+    ref = _reference("binary", ["no", "yes"], y, probs, (p1 > 0.5).astype(np.int32))
+    wy, wp = _binary(200, confident_right=confident_right_in_window)
+    win = _window([int(v > 0.5) for v in wp], wy.tolist(), [[1 - v, v] for v in wp])
+    return win, ref
+
+
+def test_an_auc_task_alarms_when_its_auc_collapses_though_its_accuracy_holds() -> None:
+    win, ref = _binary_case(confident_right_in_window=False)
+    out = run_checks(win, ref, n_perm=50, metric="auc")
+    tests = {t.name: t for t in out.tests}
+    assert out.alarm and tests["auc"].rejected and tests["auc"].weight > 0
+    # accuracy is the reference's (0.8 both): reported beside it, not tested
+    assert tests["accuracy"].weight == 0 and not tests["accuracy"].rejected
+    assert out.performance is not None and out.performance["metric"] == "auc"
+    got = out.performance["metric_test"]
+    assert got["value"] < 0.7 < 0.95 < got["reference_value"] and got["labels"] == 200
+    assert out.performance["accuracy"] == pytest.approx(0.8)
+    # the same window judged by accuracy alone raised no alarm: the defect
+    assert not run_checks(win, ref, n_perm=50, metric="acc").alarm
+
+
+def test_an_auc_task_whose_ranking_holds_raises_no_alarm() -> None:
+    win, ref = _binary_case(confident_right_in_window=True)
+    out = run_checks(win, ref, n_perm=50, metric="auc")
+    assert not out.alarm
+    assert {t.name for t in out.tests if t.weight > 0} == {"auc"}
+
+
+def test_a_reference_without_probabilities_tests_accuracy_and_says_how_to_test_auc() -> None:
+    win, ref = _binary_case(confident_right_in_window=False)
+    old = _reference("binary", ref.label_names, ref.labels, None, ref.pred_index)
+    out = run_checks(win, old, n_perm=50, metric="auc")
+    assert {t.name for t in out.tests if t.weight > 0} == {"accuracy"}
+    assert any(
+        "keeps no probabilities" in n and "pomlia monitor reference m" in n for n in out.notes
+    ), out.notes
+
+
+def test_a_macro_f1_task_alarms_when_a_rare_class_is_no_longer_found() -> None:
+    # reference: 3 classes (45/45/10%), 80% right in each, the wrong ones sent to the next class
+    y = np.repeat([0, 1, 2], [180, 180, 40])
+    wrong = (np.arange(len(y)) % 5) == 0
+    pred = np.where(wrong, (y + 1) % 3, y)
+    ref = _reference("multi-class", ["a", "b", "c"], y, None, pred.astype(np.int32))
+    # window: accuracy 0.8 too, but class c is never predicted any more
+    truth = [0] * 90 + [1] * 90 + [2] * 20
+    guess = [0] * 90 + [1] * 70 + [0] * 20 + [0] * 20
+    win = _window(guess, truth, [])
+    out = run_checks(win, ref, n_perm=50, metric="f1_macro")
+    tests = {t.name: t for t in out.tests}
+    assert out.alarm and tests["f1_macro"].rejected
+    assert tests["accuracy"].statistic == pytest.approx(0.8) and not tests["accuracy"].rejected
+    assert not run_checks(win, ref, n_perm=50, metric="acc").alarm
+
+
+def test_monitor_run_tests_the_metric_the_model_s_card_names(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The task's metric comes from the bundle's card (recorded at export from a task), and
+    an AUC task's labelled predictions keep their probabilities through the log's join."""
+    home = tmp_path / "home"
+    ws = Workspace(home=home, db_url=f"sqlite:///{home / 'registry.db'}", cluster_profile="local")
+    ws.create()
+    reg = Registry.open(ws.db_url)
+    bundle = demo_model(reg, ws, n_ref=120)
+    card_path = bundle / "card.json"
+    card = json.loads(card_path.read_text())
+    card["task"]["metric"] = "auc"
+    card_path.write_text(json.dumps(card))
+    x, y = images(60, seed=5, split="val")
+    log_predictions(ws, bundle, x, labels=y)
+    monkeypatch.setenv("POMLIA_HOME", str(home))
+    monkeypatch.delenv("POMLIA_DB_URL", raising=False)
+    res = CliRunner().invoke(app, ["monitor", "run", "blood", "--json"])
+    assert res.exit_code == 0, res.output
+    report = json.loads(res.output[res.output.index("{") :])
+    perf = report["performance"]
+    assert perf["metric"] == "auc" and perf["metric_test"]["labels"] == 60
+    weighted = {t["name"]: t["weight"] for t in report["tests"] if t["family"] == "performance"}
+    assert weighted["auc"] > 0 and weighted["accuracy"] == 0
+    (page,) = (home / "reports" / "blood").glob("*/report.html")
+    assert "auc (the task's metric, which is tested)" in page.read_text()
+    reg.dispose()
