@@ -25,7 +25,7 @@ KEYS = {
     ("task", "list"): "id name dataset task_type metric",
     ("runs", "list"): "id task study status epochs config val test objective cost_s "
     "train_s job scheduler_id error cause traceback created_at software",
-    ("model", "list"): "id name task dataset run_id study arch metric test_score exported "
+    ("model", "list"): "id name task dataset run_id study arch metric test_score test_n exported "
     "code_version created_at",
     ("jobs", "list"): "id name backend scheduler_id state requeue_count submitted_at ended_at "
     "exit_cause folder",

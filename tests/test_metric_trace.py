@@ -124,7 +124,7 @@ def test_a_model_registered_by_hand_shows_its_tasks_metric(
         task_id = s.scalar(select(Task.id).where(Task.name == "blood"))
     net = build_classifier("small_cnn", 8, 3, image_size=28)
     ckpt = tmp_path / "by-hand.pt"
-    metrics = {"val": {"acc": 0.5, "auc": 0.8125}, "test": {"acc": 0.375, "auc": 0.71875}}
+    metrics = {"val": {"acc": 0.5, "auc": 0.8125}, "test": {"acc": 0.375, "auc": 0.71875, "n": 8}}
     labels = [f"c{i}" for i in range(8)]
     save_classifier(
         ckpt,
@@ -144,9 +144,10 @@ def test_a_model_registered_by_hand_shows_its_tasks_metric(
     listed = cli.invoke(app, ["model", "list", "--json"])
     assert listed.exit_code == 0, listed.output
     (row,) = json.loads(listed.output)
-    assert row["metric"] == "auc" and row["test_score"] == 0.71875
+    assert row["metric"] == "auc" and row["test_score"] == 0.71875 and row["test_n"] == 8
     table = cli.invoke(app, ["model", "list"], env={"COLUMNS": "200"})
-    assert "test auc 0.719" in table.output
+    # with the images it was computed on, as `runs list` shows a run's
+    assert "test auc 0.719 (n=8)" in table.output
 
 
 def test_a_metric_name_is_read_in_any_case_everywhere(

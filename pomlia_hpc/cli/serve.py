@@ -14,6 +14,7 @@ from typer.core import TyperGroup
 from pomlia_hpc.cli.app import STATE, app, console, err_console
 from pomlia_hpc.cli.listing import JsonFlag, check_limit, print_rows
 from pomlia_hpc.cli.reference import warn_few_images
+from pomlia_hpc.cli.runs import UNDEFINED, fmt
 from pomlia_hpc.cli.tables import MISSING, ListTable, shown, stack, when
 from pomlia_hpc.errors import InputError, NotFoundError
 from pomlia_hpc.models.archs import ARCHITECTURES
@@ -119,8 +120,9 @@ def list_models(
     A console too narrow for the full table (80 columns) gets 4 columns, related values
     stacked in each (the creation time as MM-DD HH:MM).
 
-    --json keys: id, name, task, dataset, run_id, study, arch, metric, test_score, exported
-    (the bundle version), code_version, created_at."""
+    --json keys: id, name, task, dataset, run_id, study, arch, metric, test_score, test_n
+    (the test images it was computed on), exported (the bundle version), code_version,
+    created_at."""
     from pomlia_hpc.registry import Model, Task
     from pomlia_hpc.registry.lookup import by_name_or_id
 
@@ -158,7 +160,6 @@ def list_models(
         narrow.add_column(col, overflow="fold")
     for m, task_name, task_metric in rows:
         lin, card = m.lineage or {}, m.card or {}
-        metric, score = _test_score(lin, card, task_metric)
         code = lin.get("code_version") or {}
         cells = (
             str(m.id),
@@ -168,7 +169,7 @@ def list_models(
             shown(m.run_id),
             shown(lin.get("study")),
             shown(card.get("architecture")),
-            f"test {metric} {score:.3f}" if isinstance(score, (int, float)) else MISSING,
+            _score_cell(lin, card, task_metric),
             shown((card.get("export") or {}).get("version")),
             shown(code.get("commit", code.get("version"))),
         )
@@ -195,6 +196,19 @@ def _test_score(
     return metric, score
 
 
+def _score_cell(lineage: dict[str, Any], card: dict[str, Any], task_metric: str | None) -> str:
+    """``test auc 0.912 (n=412)``: the model's test metric with the images it was computed on
+    (an AUC of 1.000 from 2 images read like one from 400), as `runs list` shows a run's;
+    ``test auc n/a`` where the card records it undefined (AUC on a split of one class)."""
+    metric, score = _test_score(lineage, card, task_metric)
+    test = (card.get("metrics") or {}).get("test") or {}
+    if metric is None or metric not in test:
+        return MISSING
+    text = f"test {metric} " + ((fmt(score) if isinstance(score, int | float) else "") or UNDEFINED)
+    n = test.get("n")
+    return text + (f" (n={n})" if isinstance(n, int) and not isinstance(n, bool) else "")
+
+
 def _model_row(m: Any, task_name: str | None, task_metric: str | None) -> dict[str, Any]:
     """One model of ``model list --json`` (the keys its --help lists)."""
     lin, card = m.lineage or {}, m.card or {}
@@ -209,6 +223,7 @@ def _model_row(m: Any, task_name: str | None, task_metric: str | None) -> dict[s
         "arch": card.get("architecture"),
         "metric": metric,
         "test_score": score if isinstance(score, int | float) else None,
+        "test_n": ((card.get("metrics") or {}).get("test") or {}).get("n"),
         "exported": (card.get("export") or {}).get("version"),
         "code_version": lin.get("code_version"),
         "created_at": m.created_at,
