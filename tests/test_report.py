@@ -66,7 +66,12 @@ def learned(tmp_path_factory: pytest.TempPathFactory) -> tuple[Workspace, Regist
                 config={"arch": "small_cnn", "lr": 0.01},
                 budget=1,
                 status="ok",
-                metrics={"objective": 0.71, "test": {"auc": 0.7}, "epochs": 1},
+                metrics={
+                    "objective": 0.71,
+                    "val": {"auc": 0.71, "n": 40},
+                    "test": {"auc": 0.7, "n": 50},
+                    "epochs": 1,
+                },
                 cost_s=3.0,
             ),
             Run(
@@ -389,6 +394,9 @@ def test_pages_load_in_chromium_without_errors(
         assert title in seen.text and all(t in seen.text for _f, t, _b in PAGES), page.name
     seen = browser.check(res.folder / "fingerprints.html")  # type: ignore[attr-defined]
     assert len(seen.images) >= 3  # latent scatter, means, similarity heatmap
+    # a run's metrics with the images they were computed on, as `runs list` shows them
+    seen = browser.check(res.folder / "studies.html")  # type: ignore[attr-defined]
+    assert "0.710 (n=40)" in seen.text and "0.700 (n=50)" in seen.text, seen.text
 
 
 def test_recommendations_page_reads_the_answers_once(filled: tuple[Workspace, Registry]) -> None:

@@ -74,6 +74,14 @@ def metric_text(value: Any, digits: int = 3) -> str:
     return f"{value:.{digits}f}" if is_number(value) else NA
 
 
+def metric_with_n(value: Any, n: Any) -> str:
+    """A metric as :func:`metric_text` gives it, with the images it was computed on when
+    recorded: ``0.912 (n=412)``, as `runs list` shows it (an AUC of 1.000 from 2 images read
+    like one from 400)."""
+    count = f" (n={n})" if isinstance(n, int) and not isinstance(n, bool) else ""
+    return metric_text(value) + count
+
+
 def fmt(value: Any, digits: int = 4) -> str:
     """A number short enough for a table cell (``digits`` significant digits; :data:`NA` for
     NaN or infinity); anything else as text."""

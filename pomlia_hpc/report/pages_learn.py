@@ -26,7 +26,16 @@ from pomlia_hpc.registry import (
     Task,
 )
 from pomlia_hpc.report import figures
-from pomlia_hpc.report.html import NA, cut, esc, is_number, metric_text, png, status_span, table
+from pomlia_hpc.report.html import (
+    NA,
+    cut,
+    esc,
+    is_number,
+    metric_with_n,
+    png,
+    status_span,
+    table,
+)
 from pomlia_hpc.vocab import METRICS
 from pomlia_hpc.workspace import Workspace
 
@@ -179,6 +188,7 @@ def _study_section(registry: Registry, st: _Study, name: str, metric: str, title
     rows = []
     for r in members:
         m = r.metrics or {}
+        test = m.get("test") or {}
         job = jobs.get(r.job_id or -1)
         cause = m.get("cause") or (r.error or "").strip().splitlines()[-1:] or [""]
         rows.append(
@@ -187,8 +197,8 @@ def _study_section(registry: Registry, st: _Study, name: str, metric: str, title
                 esc(config_summary(r.config or {})),
                 esc(_epochs(m.get("epochs", r.budget))),
                 status_span(r.status),
-                esc(metric_text(m.get("objective"))),
-                esc(metric_text((m.get("test") or {}).get(metric))),
+                esc(metric_with_n(m.get("objective"), (m.get("val") or {}).get("n"))),
+                esc(metric_with_n(test.get(metric), test.get("n"))),
                 esc(_num(job_run_cost_s(r, job), 1)),  # as `runs list` costs it
                 # The registry's job id, as `runs list` and `jobs show` name it; the
                 # scheduler's id (a Slurm job id, a local pid) only in its own column.
