@@ -59,3 +59,33 @@ def test_the_live_table_keeps_words_whole_at_80_columns(
     assert "elapsed" in text, text
     assert max(len(line) for line in text.splitlines()) <= 80, text
     assert sum(summary in line for line in text.splitlines()) >= 2, text  # one line per summary
+
+
+def test_the_live_table_shows_the_images_each_metric_was_computed_on(
+    workspace: Workspace, reg: Registry
+) -> None:
+    """The live table showed `val acc 1.000` without its image count (`runs list` shows n=),
+    and a finished trial whose metric is undefined (AUC on a split of one class) read `-`,
+    as a crashed one."""
+    tiny_task(workspace, reg, "blood", sizes=(16, 8, 8))
+    spec = tiny_study(reg, workspace, "blood", "s5", n_trials=3)
+    runner = StudyRunner(reg, workspace, spec)
+    ok = {"val_n": 40, "test_n": 50}
+    runner.views[1] = TrialView(1, "k1", "small_cnn", 3, "ok", 0.51, 0.47, 3.0, "1", **ok)
+    runner.views[2] = TrialView(2, "k2", "small_cnn", 3, "ok", None, None, 3.0, "2", **ok)
+    runner.views[3] = TrialView(3, "k3", "small_cnn", 3, "crashed", None, None, 1.0, "3")
+    buf = io.StringIO()
+    wide = MessageConsole(file=buf, force_terminal=False, width=200, color_system=None)
+    wide.print(study_table(runner.view()))
+    text = buf.getvalue()
+    assert "val acc (n=40)" in text and "test acc (n=50)" in text, text
+    rows = {line.split("│")[1].strip(): line for line in text.splitlines() if "│ small" in line}
+    assert "n/a" in rows["2"] and "n/a" not in rows["3"], text
+    # trials scored on different numbers of images: the count in each cell instead
+    runner.views[3] = TrialView(
+        3, "k3", "small_cnn", 3, "ok", 0.6, 0.5, 1.0, "3", val_n=20, test_n=25
+    )
+    buf.seek(0), buf.truncate()
+    wide.print(study_table(runner.view()))
+    text = buf.getvalue()
+    assert "0.600 (n=20)" in text and "0.510 (n=40)" in text and "val acc (n=" not in text, text

@@ -476,6 +476,8 @@ class TrialRunner:
             status=records.OK,
             objective=objective,
             test=test.get(self.spec.metric),
+            val_n=val.get("n"),
+            test_n=test.get("n"),
             cost_s=wall_s,
             cause="",
             start_epoch=int(result["start_epoch"]),

@@ -42,6 +42,9 @@ class TrialView:
     final: bool = False
     #: The attempt its Slurm job runs (or ran last): 2 and more after a requeue.
     attempt: int = 1
+    #: The images its validation and test metrics were computed on (None: not recorded).
+    val_n: int | None = None
+    test_n: int | None = None
 
 
 @dataclass(frozen=True)
@@ -145,7 +148,15 @@ def view_of_run(registry: Registry, run: Run, metric: str) -> TrialView:
         int(m.get("start_epoch", 0)),
         values.get("origin") == FINAL_ORIGIN,
         attempts_run(job) if job is not None and job.backend == "slurm" else 1,
+        _count(m.get("val")),
+        _count(m.get("test")),
     )
+
+
+def _count(split: Any) -> int | None:
+    """The image count ``n`` a split's recorded metrics hold, or None."""
+    n = split.get("n") if isinstance(split, dict) else None
+    return n if isinstance(n, int) and not isinstance(n, bool) else None
 
 
 def trial_line(trial: TrialView, metric: str) -> str:
