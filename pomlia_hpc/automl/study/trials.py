@@ -26,7 +26,7 @@ from pomlia_hpc.automl.options import EngineOptions
 from pomlia_hpc.automl.space import TrainConfig, build_space
 from pomlia_hpc.automl.study.seen import trial_lineage
 from pomlia_hpc.automl.study.spec import StudySpec
-from pomlia_hpc.automl.study.view import FINAL_ORIGIN, StudyView, TrialView, job_name
+from pomlia_hpc.automl.study.view import FINAL_ORIGIN, StudyView, TrialView, job_name, split_counts
 from pomlia_hpc.automl.trial import (
     TrialJob,
     failure_path,
@@ -476,8 +476,7 @@ class TrialRunner:
             status=records.OK,
             objective=objective,
             test=test.get(self.spec.metric),
-            val_n=val.get("n"),
-            test_n=test.get("n"),
+            **split_counts(val, test),
             cost_s=wall_s,
             cause="",
             start_epoch=int(result["start_epoch"]),

@@ -6,7 +6,7 @@ import math
 import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypedDict
 
 from pomlia_hpc.automl import records
 from pomlia_hpc.cluster.handle import requeue_note
@@ -148,9 +148,21 @@ def view_of_run(registry: Registry, run: Run, metric: str) -> TrialView:
         int(m.get("start_epoch", 0)),
         values.get("origin") == FINAL_ORIGIN,
         attempts_run(job) if job is not None and job.backend == "slurm" else 1,
-        _count(m.get("val")),
-        _count(m.get("test")),
+        **split_counts(m.get("val"), m.get("test")),
     )
+
+
+class SplitCounts(TypedDict):
+    """The image counts of a trial's view (:class:`TrialView`'s ``val_n``, ``test_n``)."""
+
+    val_n: int | None
+    test_n: int | None
+
+
+def split_counts(val: Any, test: Any) -> SplitCounts:
+    """``val_n`` and ``test_n`` of a trial's view: the image counts its recorded validation
+    and test metrics hold (None where not recorded)."""
+    return SplitCounts(val_n=_count(val), test_n=_count(test))
 
 
 def _count(split: Any) -> int | None:
