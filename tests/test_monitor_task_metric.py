@@ -150,3 +150,30 @@ def test_monitor_run_tests_the_metric_the_model_s_card_names(
     (page,) = (home / "reports" / "blood").glob("*/report.html")
     assert "auc (the task's metric, which is tested)" in page.read_text()
     reg.dispose()
+
+
+def test_a_class_with_one_label_in_the_mean_is_named_by_the_monitor_and_the_gate() -> None:
+    """A class with one image enters a macro mean with the weight of any other (its F1 is 0
+    or 1 on that image): both the monitor's report and the gate's evidence now name it, with
+    the same rule (:data:`~pomlia_hpc.automl.resampled.FEW_CLASS_IMAGES`)."""
+    from pomlia_hpc.automl.resampled import FEW_CLASS_IMAGES
+    from pomlia_hpc.loop.bootstrap import paired_bootstrap
+
+    y = np.repeat([0, 1, 2], [180, 180, 40])
+    ref = _reference("multi-class", ["a", "b", "c"], y, None, y.astype(np.int32))
+    truth = [0] * 40 + [1] * 39 + [2]
+    win = _window(truth, truth, [])
+    out = run_checks(win, ref, n_perm=50, metric="f1_macro")
+    assert out.performance is not None
+    assert out.performance["metric_test"]["few_image_classes"] == {"c": 1}
+    assert any(
+        f"fewer than {FEW_CLASS_IMAGES} labels, each with full weight: c (1)" in n
+        for n in out.notes
+    ), out.notes
+    # the gate's evidence on the same images names it too
+    logits = np.eye(3)[truth] * 4.0
+    got = paired_bootstrap(
+        "f1_macro", "multi-class", np.asarray(truth)[:, None], logits, logits, 0.05
+    )
+    assert got.few_image_classes == {"2": 1}
+    assert got.from_dict(got.to_dict()) == got  # kept in the evidence and read back

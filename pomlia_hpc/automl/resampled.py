@@ -41,6 +41,31 @@ def resamples_for(alpha: float) -> int:
     return int(min(MAX_RESAMPLES, max(MIN_RESAMPLES, math.ceil(20 / alpha))))
 
 
+#: A class (label) with fewer true images than this enters a macro mean all the same, with
+#: the weight of any other class: one image of a class makes its F1 0 or 1 and its one-vs-rest
+#: AUC one image's rank. It is not left out (the task's metrics, which trials are scored by,
+#: count it too, and a gate or a monitor that dropped it would judge another number), but the
+#: gate's evidence and the monitor's report name it (:func:`sparse_classes`).
+FEW_CLASS_IMAGES = 5
+
+
+def sparse_classes(metric: str, task_type: str, truth: np.ndarray, width: int) -> dict[int, int]:
+    """The classes (labels) that enter ``metric``'s macro mean on these images from fewer than
+    :data:`FEW_CLASS_IMAGES` images, by index, with that count: for AUC the smaller of a
+    column's positives and negatives (both are needed), for macro F1 its true images (a class
+    only predicted is left out here: it has none to count). ``width``: the model's outputs."""
+    n = len(truth)
+    t, _pred, t_auc, _s = metric_columns(task_type, truth, np.zeros((n, width)))
+    if metric == "auc":
+        pos = t_auc.sum(axis=0)
+        count = np.minimum(pos, n - pos)
+        first = width - t_auc.shape[1]  # a binary task's one column is class 1
+    else:
+        count, first = t.sum(axis=0), 0
+    few = np.flatnonzero((count > 0) & (count < FEW_CLASS_IMAGES))
+    return {int(k) + first: int(count[k]) for k in few}
+
+
 def draw_weights(rng: np.random.Generator, n: int, size: int) -> np.ndarray:
     """``size`` bootstrap resamples of ``n`` images as int64 weights (size, n): how often
     each image was drawn (n uniform draws with replacement per resample)."""

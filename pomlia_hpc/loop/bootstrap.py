@@ -27,16 +27,18 @@ count; a non-finite output is a missing answer, counted wrong.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 import numpy as np
 
 from pomlia_hpc.automl.resampled import (
+    FEW_CLASS_IMAGES,
     RESAMPLED_METRICS,
     draw_weights,
     metric_of,
     resamples_for,
+    sparse_classes,
 )
 from pomlia_hpc.loop.stats import GateResult
 from pomlia_hpc.vocab import TaskType, normalize_task_type
@@ -86,6 +88,9 @@ class PairedMetric:
     champion_missing: int  # images with a non-finite output (a missing answer)
     challenger_missing: int
     seed: int = SEED
+    #: Classes (by index, as text) entering the macro mean from fewer than
+    #: :data:`~pomlia_hpc.automl.resampled.FEW_CLASS_IMAGES` images, with that count.
+    few_image_classes: dict[str, int] = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> PairedMetric:
@@ -114,6 +119,23 @@ def paired_bootstrap(
     alpha: float,
     *,
     seed: int = SEED,
+) -> PairedMetric:
+    """Both models' ``metric`` on the images and the paired bootstrap of the difference (see
+    the module docstring), with the classes that enter its macro mean from few images."""
+    got = _bootstrap(metric, task_type, truth, champion_logits, challenger_logits, alpha, seed)
+    width = np.asarray(champion_logits).reshape(len(truth), -1).shape[1] if len(truth) else 0
+    few = sparse_classes(metric, task_type, np.asarray(truth), width) if width else {}
+    return replace(got, few_image_classes={str(k): v for k, v in few.items()})
+
+
+def _bootstrap(
+    metric: str,
+    task_type: str,
+    truth: np.ndarray,
+    champion_logits: np.ndarray,
+    challenger_logits: np.ndarray,
+    alpha: float,
+    seed: int,
 ) -> PairedMetric:
     """Both models' ``metric`` on the images and the paired bootstrap of the difference (see
     the module docstring); below :data:`MIN_BOOTSTRAP_IMAGES` images, or with the metric
@@ -244,6 +266,12 @@ def _text(s: PairedMetric) -> str:
     for who, k in (("champion", s.champion_missing), ("challenger", s.challenger_missing)):
         if k:
             text += f"; no output from the {who} for {k} (counted wrong)"
+    if s.few_image_classes:
+        few = ", ".join(f"{c} ({k})" for c, k in s.few_image_classes.items())
+        text += (
+            f"; classes entering the mean from fewer than {FEW_CLASS_IMAGES} images, each with "
+            f"full weight: {few}"
+        )
     return text
 
 

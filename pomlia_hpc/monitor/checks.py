@@ -18,7 +18,7 @@ from typing import Any
 
 import numpy as np
 
-from pomlia_hpc.automl.resampled import RESAMPLED_METRICS
+from pomlia_hpc.automl.resampled import FEW_CLASS_IMAGES, RESAMPLED_METRICS
 from pomlia_hpc.monitor.logread import LogWindow
 from pomlia_hpc.monitor.metrictest import metric_performance_test
 from pomlia_hpc.monitor.stats import (
@@ -136,6 +136,12 @@ def _performance(
     tested = metric_performance_test(metric, ref, predicted, truth, probs, alpha=alpha)
     info.update(metric=metric, metric_test={**tested.detail, "p_value": tested.p_value})
     note = f"the task's metric is {metric}: its test decides; accuracy is reported, not tested"
+    if few := tested.detail["few_image_classes"]:
+        shown = ", ".join(f"{c} ({k})" for c, k in few.items())
+        note += (
+            f"; classes entering the window's {metric} from fewer than {FEW_CLASS_IMAGES} labels, "
+            f"each with full weight: {shown}"
+        )
     if not tested.detail["resamples"]:
         note = (
             f"{metric} is undefined on the window's labels or the reference (a class without "

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from pomlia_hpc.automl.resampled import draw_weights, metric_of, resamples_for
+from pomlia_hpc.automl.resampled import draw_weights, metric_of, resamples_for, sparse_classes
 from pomlia_hpc.monitor.stats import CheckResult
 from pomlia_hpc.serve.reference import Reference
 from pomlia_hpc.vocab import check_metric
@@ -83,6 +83,11 @@ def metric_performance_test(
         "reference_n": ref.n,
         "drop": _json(ref_value - value),
         "test": "bootstrap (window and reference resampled independently)",
+        # Classes entering the window's macro mean from few labels, by name (the report says so).
+        "few_image_classes": {
+            ref.label_names[k] if k < width else str(k): count
+            for k, count in sparse_classes(metric, task, y_win, p_win.shape[1]).items()
+        },
     }
     if not (math.isfinite(value) and math.isfinite(ref_value)):
         # Undefined on the window (its labels hold one class) or on the reference: no test.
