@@ -177,3 +177,27 @@ def test_a_class_with_one_label_in_the_mean_is_named_by_the_monitor_and_the_gate
     )
     assert got.few_image_classes == {"2": 1}
     assert got.from_dict(got.to_dict()) == got  # kept in the evidence and read back
+
+
+def test_the_reference_keeps_the_probabilities_the_log_would_hold(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The AUC test ranks the log's probabilities against the reference's: the reference must
+    hold them as the log does (rounded), or ties the log has (a confident model's 1.000000)
+    would be ranked in the reference and the window would look worse than it is."""
+    from pomlia_hpc.serve.reference import REFERENCE_FILE, read_reference
+
+    home = tmp_path / "home"
+    ws = Workspace(home=home, db_url=f"sqlite:///{home / 'registry.db'}", cluster_profile="local")
+    ws.create()
+    reg = Registry.open(ws.db_url)
+    bundle = demo_model(reg, ws, n_ref=120)
+    ref = read_reference(bundle / REFERENCE_FILE)
+    x, _ = images(120, split="val")  # the reference's own images
+    logged = log_predictions(ws, bundle, x)
+    rows = np.asarray([r["output"]["probabilities"] for r in logged], np.float32)
+    assert ref.probabilities is not None
+    # kept to the log's decimals (runtimes may differ in the last one between batch sizes)
+    assert (ref.probabilities == np.round(ref.probabilities, 6).astype(np.float32)).all()
+    np.testing.assert_allclose(ref.probabilities, rows, rtol=0, atol=2e-6)
+    reg.dispose()

@@ -32,7 +32,13 @@ from pomlia_hpc.serve.inbox import encode_image
 from pomlia_hpc.serve.issued import IssuedIds
 from pomlia_hpc.serve.metrics import ServerMetrics
 from pomlia_hpc.serve.predlog import PredictionLog, Record
-from pomlia_hpc.serve.runtime import Runtime, normalize_, probabilities, to_nchw
+from pomlia_hpc.serve.runtime import (
+    LOGGED_DECIMALS,
+    Runtime,
+    normalize_,
+    probabilities,
+    to_nchw,
+)
 from pomlia_hpc.vocab import MULTI_LABEL_THRESHOLD
 
 Prediction = dict[str, Any]
@@ -136,7 +142,7 @@ class Predictor:
         # Non-finite rows become zeros before the softmax only to keep NaN out of the
         # arithmetic: their requests are refused below, nothing is answered from them.
         probs = probabilities(np.where(finite[:, None], logits, 0.0), self.bundle.task_type)
-        rows = np.round(probs, 6).tolist()
+        rows = np.round(probs, LOGGED_DECIMALS).tolist()
         labels = self.labels
         indices: list[Any]
         if self.multi_label:

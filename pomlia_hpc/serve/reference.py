@@ -31,7 +31,13 @@ from pomlia_hpc.files import write_npz
 from pomlia_hpc.registry import DatasetVersion, Model, Registry, Task
 from pomlia_hpc.serve.exported import ExportedBundle
 from pomlia_hpc.serve.fingerprint import bundle_fingerprint, logged_vectors
-from pomlia_hpc.serve.runtime import load_runtime, normalize_, probabilities, to_nchw
+from pomlia_hpc.serve.runtime import (
+    LOGGED_DECIMALS,
+    load_runtime,
+    normalize_,
+    probabilities,
+    to_nchw,
+)
 from pomlia_hpc.vocab import MULTI_LABEL_THRESHOLD
 
 REFERENCE_FILE = "monitor-reference.npz"
@@ -194,7 +200,7 @@ def compute_reference(
         pred_index=pred,
         confidence=confidence_of(p, bundle.task_type),
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
-        probabilities=p,
+        probabilities=np.round(p, LOGGED_DECIMALS),  # as the log keeps them
     )
 
 

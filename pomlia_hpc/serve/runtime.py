@@ -36,6 +36,11 @@ log = logging.getLogger("pomlia.serve")
 LogitsFn = Callable[[np.ndarray], np.ndarray]
 BACKENDS = ("auto", "onnx", "torch")
 
+#: Decimals the prediction log keeps of each probability (the predictor rounds to them, and a
+#: monitoring reference keeps its probabilities so rounded: an AUC's ties must be the same on
+#: both sides, or a confident model's window would rank worse than its reference).
+LOGGED_DECIMALS = 6
+
 
 def default_threads() -> int:
     """CPU threads for inference: the Slurm allocation if any, else the cores we may use."""
