@@ -3,6 +3,8 @@ user added (``SETTLE``), and `monitor unschedule` with Slurm out of reach change
 
 from __future__ import annotations
 
+import subprocess
+
 import pytest
 from typer.testing import CliRunner
 
@@ -57,3 +59,35 @@ def test_unschedule_without_slurm_leaves_the_chain_as_it_was(
     line = one_error_line(pomlia(workspace.home, "monitor", "unschedule", "down-chain"))
     assert line.startswith("error: squeue: the Slurm controller"), line
     assert conf.is_file()
+
+
+def test_replace_leaves_no_piece_of_a_hook_written_over_two_lines(
+    workspace: Workspace, reg: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An ``--on-alarm`` command with a newline is written quoted over two lines; `monitor
+    schedule --replace` kept its second line as a user's, so the file opened a quote it never
+    closed and every run of the chain failed to read its settings."""
+    monkeypatch.setenv("POMLIA_CLUSTER", "slurm-local")
+    name = "hook-lines"
+    demo_model(reg, workspace, name=name, n_ref=50)
+    conf = workspace.path("jobs", "monitor", name, "schedule.env")
+    hook = "echo alarm\necho 'a second line'"
+    res = runner.invoke(app, ["monitor", "schedule", name, "--at", "02:00", "--on-alarm", hook])
+    assert res.exit_code == 0, (res.output, res.exception)
+    try:
+        conf.write_text(conf.read_text() + ADDED)
+        args = ["monitor", "schedule", name, "--at", "03:00", "--replace", "--on-alarm", "true"]
+        res = runner.invoke(app, args)
+        assert res.exit_code == 0, (res.output, res.exception)
+        shown = subprocess.run(
+            ["bash", "-c", 'source "$1" && echo "$ON_ALARM|$SETTLE"', "-", str(conf)],
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert (shown.returncode, shown.stdout, shown.stderr) == (0, "true|20m\n", ""), (
+            conf.read_text()
+        )
+    finally:
+        res = runner.invoke(app, ["monitor", "unschedule", name])
+    assert res.exit_code == 0, res.output

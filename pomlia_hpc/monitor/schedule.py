@@ -171,14 +171,34 @@ def user_lines(old: str | None, written: set[str]) -> list[str]:
     """The lines of settings ``old`` that ``schedule`` did not write: neither its header nor
     an assignment of one of the ``written`` names (with or without ``export``), each with its
     newline. A ``--replace`` rewrote the file and dropped them: a user's ``SETTLE=10m`` went,
-    and the chain's next run used 5 minutes again."""
+    and the chain's next run used 5 minutes again. A written value that spans lines (an
+    ``--on-alarm`` command with a newline, quoted over two lines) is left out whole: its
+    second line kept alone opened a quote that the file never closed, and every run failed
+    to read its settings."""
     kept = []
+    written_value = ""  # the lines so far of a written assignment whose quote is still open
     for line in (old or "").splitlines():
-        m = _ASSIGNED.match(line)
-        if line == HEADER.rstrip("\n") or (m is not None and m.group(1) in written):
+        if written_value:
+            written_value += "\n" + line
+            if _whole(written_value):
+                written_value = ""
             continue
-        kept.append(line + "\n")
+        m = _ASSIGNED.match(line)
+        if m is not None and m.group(1) in written:
+            written_value = "" if _whole(line) else line
+            continue
+        if line != HEADER.rstrip("\n"):
+            kept.append(line + "\n")
     return kept
+
+
+def _whole(text: str) -> bool:
+    """Whether the shell text ``text`` closes every quote it opens."""
+    try:
+        shlex.split(text, comments=True)
+    except ValueError:  # "No closing quotation"
+        return False
+    return True
 
 
 def _write_files(
