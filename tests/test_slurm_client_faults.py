@@ -144,6 +144,36 @@ def test_an_sbatch_that_timed_out_after_queueing_gives_the_queued_job(
         cancel_named(name)
 
 
+@pytest.mark.slurm
+@pytest.mark.usefixtures("slurm")
+def test_an_sbatch_that_timed_out_after_queueing_gives_the_job_that_ended_since(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, pending_script: Path
+) -> None:
+    """A job queued by a timed-out sbatch that ended before the look-up (a server that failed
+    at start, here one cancelled at once) is no longer in squeue's default listing: the
+    error said "it was not queued", which was not true."""
+    real = shutil.which("sbatch")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    ended = (
+        f'jid=$({real} --parsable "$@") || exit 1\n'
+        f"echo $jid > {tmp_path / 'queued'}\n"
+        "scancel $jid\n"
+        'for _ in $(seq 100); do [ -z "$(squeue -h -j $jid 2>/dev/null)" ] && break; '
+        "sleep 0.2; done\n"
+        f"{SOCKET_TIMEOUT}"
+    )
+    fake(bin_dir, "sbatch", ended)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    name = f"pomlia-test-{uuid.uuid4().hex[:8]}"
+    try:
+        begin = datetime.now(UTC) + timedelta(hours=1)
+        job_id = submit_script(pending_script, name=name, begin=begin)
+    finally:
+        cancel_named(name)
+    assert job_id == (tmp_path / "queued").read_text().split(";")[0].strip()
+
+
 def test_an_sbatch_that_timed_out_before_queueing_says_it_was_not(
     fake_bin: Path, pending_script: Path
 ) -> None:

@@ -143,9 +143,12 @@ def queued_anyway(name: str, token: str, exc: SlurmUnavailableError) -> str:
     stderr says so. Raises ``exc``'s kind of error (exit 69) saying whether the job was
     queued, so that running the command again cannot submit it twice: "not queued" when
     ``squeue`` lists no job with the token, "may have been queued" and how to check when
-    ``squeue`` cannot answer either."""
+    ``squeue`` cannot answer either. Jobs in every state are looked at (``--states=all``): a
+    job that was queued and has ended since (a server that failed at start, within the
+    minute sbatch waited) was not there, and "not queued" was not true."""
     try:
-        out = _run(["squeue", "-h", "-u", getpass.getuser(), "-n", name, "-o", "%i|%k"])
+        query = ["squeue", "-h", "--states=all", "-u", getpass.getuser(), "-n", name]
+        out = _run([*query, "-o", "%i|%k"])
     except ClusterError as again:
         raise SlurmUnavailableError(
             f"{exc}; the job may have been queued all the same, and squeue could not tell "
