@@ -708,3 +708,20 @@ def test_run_and_show_print_one_report_as_one_document(
     shown = runner.invoke(app, ["monitor", "show", str(newest), "--json"])
     assert shown.exit_code == 0, shown.output
     assert ran.stdout == shown.stdout
+
+
+def test_run_json_prints_the_report_after_a_hook_that_archives_it(
+    fresh: tuple[Workspace, Registry, Path], tmp_path: Path
+) -> None:
+    """`monitor run --json` read the report back from its file after the `--on-alarm` command
+    had run: a hook that moves the report away (an archive) made it fail with no JSON on an
+    alarm. It prints the report as the file first held it."""
+    ws, _, bundle = fresh
+    log_predictions(ws, bundle, images(100)[0])
+    log_predictions(ws, bundle, make_split("pathmnist", 100, size=28)[0])
+    archived = tmp_path / "archived.json"
+    code, out = monitor(
+        "run", "blood", "--json", "--on-alarm", f'mv "$POMLIA_REPORT_JSON" {archived}'
+    )
+    assert code == 1, out
+    assert json.loads(out[out.index("{") :]) == json.loads(archived.read_text())

@@ -113,9 +113,10 @@ def run(
         settle=parse_duration(settle, "--settle") if settle else timedelta(0),
         progress=_say,
     )
-    if as_json:
-        # the report as its file holds it, which `monitor show --json` prints: one shape
-        print_json(json.loads(res.json_path.read_text()))
+    if as_json:  # the file's shape, as `monitor show --json` prints it; not read back
+        from pomlia_hpc.monitor.run import report_file_text
+
+        print_json(json.loads(report_file_text(res.report)))
     else:
         rep = res.report
         # An OK or EMPTY window has no reasons: "reasons: none" would only be noise.

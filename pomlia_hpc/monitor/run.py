@@ -363,6 +363,13 @@ def _run_hook(command: str, env: dict[str, str], progress: Progress) -> int:
     return done.returncode
 
 
+def report_file_text(report: dict[str, Any]) -> str:
+    """The text of a report's ``report.json`` (keys sorted), which `monitor show --json` reads
+    back and `monitor run --json` prints without reading it: the ``--on-alarm`` command may
+    have moved or changed the file by then."""
+    return json.dumps(report, indent=2, sort_keys=True)
+
+
 def _hook_env(final: Path, target: Target, alarm: AlarmRecorded | None) -> dict[str, str]:
     """What the ``--on-alarm`` command is told: the report's files, the model, the request."""
     return {
@@ -533,7 +540,7 @@ def monitor_run(
         report_id, alarm = publish_report(
             registry,
             final,
-            {"report.json": json.dumps(report, indent=2, sort_keys=True), "report.html": html},
+            {"report.json": report_file_text(report), "report.html": html},
             lambda: _record(registry, target, report, final),
         )
         # The id and the page are the command's result (stdout); progress says only the step, so
