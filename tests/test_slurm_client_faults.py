@@ -241,3 +241,37 @@ def test_a_python_job_not_queued_by_a_timed_out_sbatch_says_so(
         executor.submit(operator.add, 1, 2, name="x")
     assert failed.value.exit_code == UNAVAILABLE_EXIT
     assert str(failed.value).endswith("; squeue lists no job of its script: it was not queued")
+
+
+@pytest.mark.slurm
+@pytest.mark.usefixtures("slurm")
+def test_a_timed_out_python_job_leaves_another_submission_of_its_name_queued(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Another process submitted a job of the same name into the same folder while this
+    one's sbatch timed out (a second run of one pipeline): its script there was just as new
+    and its job was cancelled as this one's. Here the fake sbatch queues the other
+    process's job (its own script, without this submission's comment) and times out."""
+    real = shutil.which("sbatch")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    other = tmp_path / "jobs" / ".submission_file_other.sh"
+    body = (
+        "for last; do :; done\n"
+        f'grep -v -- --comment "$last" > {other}\n'
+        f"{real} --parsable --begin=now+3600 {other} > {tmp_path / 'other'} || exit 1\n"
+        f"{SOCKET_TIMEOUT}"
+    )
+    fake(bin_dir, "sbatch", body)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    name = f"pomlia-test-{uuid.uuid4().hex[:8]}"
+    executor = Executor.from_profile("slurm-local", tmp_path / "jobs")
+    try:
+        with pytest.raises(ClusterError) as failed:
+            executor.submit(operator.add, 1, 2, name=name)
+        other_id = (tmp_path / "other").read_text().split(";")[0].strip()
+        queued = [j.job_id for j in jobs_named(name)]
+    finally:
+        cancel_named(name)
+    assert str(failed.value).endswith("it was not queued"), failed.value
+    assert queued == [other_id]

@@ -35,12 +35,13 @@ TOKEN_PREFIX = "pomlia-submission:"
 @dataclass(frozen=True)
 class QueuedJob:
     """One job of ``squeue``: id, state (PENDING, RUNNING ...), begin time as Slurm prints it,
-    and the batch script it runs."""
+    the batch script it runs and its comment."""
 
     job_id: str
     state: str
     begin: str
     command: str = ""  # the batch script it runs (squeue's %o)
+    comment: str = ""  # squeue's %k: a submission's token (:func:`submission_token`)
 
 
 #: What Slurm sets in a job only once the job was restarted (requeued). sbatch exports the
@@ -118,7 +119,7 @@ def submit_script(
     cmd.append(export)
     if output is not None:
         cmd.append(f"--output={output}")
-    token = f"{TOKEN_PREFIX}{uuid.uuid4().hex[:16]}"
+    token = submission_token()
     cmd += [f"--comment={token}", *extra, str(script)]
     try:
         out = _run(cmd, cwd)
@@ -127,6 +128,12 @@ def submit_script(
             raise
         return queued_anyway(name, token, exc)
     return out.strip().split(";")[0]  # "<id>;<cluster>" on federated clusters
+
+
+def submission_token() -> str:
+    """A new ``--comment`` for one submission (:data:`TOKEN_PREFIX` and 16 random hex digits),
+    by which the job is found if its sbatch fails after the controller queued it."""
+    return f"{TOKEN_PREFIX}{uuid.uuid4().hex[:16]}"
 
 
 def maybe_queued(exc: SlurmUnavailableError) -> bool:
@@ -175,12 +182,15 @@ def jobs_named(name: str, script: Path | None = None) -> list[QueuedJob]:
     jobs of one name are told apart by their scripts' paths)."""
     import getpass
 
-    out = _run(["squeue", "-h", "-u", getpass.getuser(), "-n", name, "-o", "%i|%T|%S|%o"])
+    out = _run(["squeue", "-h", "-u", getpass.getuser(), "-n", name, "-o", "%i|%T|%S|%k|%o"])
     jobs = []
     for line in out.splitlines():
-        parts = line.strip().split("|", 3)
-        if len(parts) == 4:
-            jobs.append(QueuedJob(*parts))
+        parts = line.strip().split("|", 4)
+        if len(parts) == 5:
+            job_id, state, begin, comment, command = parts
+            jobs.append(
+                QueuedJob(job_id, state, begin, command, "" if comment == "(null)" else comment)
+            )
     if script is not None:
         jobs = [j for j in jobs if j.command == str(script)]
     return jobs

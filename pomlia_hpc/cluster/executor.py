@@ -143,7 +143,7 @@ class Executor:
             ex.update_parameters(**after_ok_parameters(profile, [h.job_id for h in after_ok]))
         # one line naming the option, not a traceback
         with (
-            unsubmitted_withdrawn(self.folder, name),  # a job queued despite sbatch's timeout
+            unsubmitted_withdrawn(self.folder, name, ex),  # queued despite sbatch's timeout
             sbatch_refusals(profile, name),
             _environment(env or {}, profile),
         ):
@@ -203,7 +203,7 @@ class Executor:
                 ex.update_parameters(**additional_parameters(dependency=f"afterany:{previous}"))
             try:
                 with (
-                    unsubmitted_withdrawn(self.folder, name),
+                    unsubmitted_withdrawn(self.folder, name, ex),
                     sbatch_refusals(profile, name),
                     _environment({}, profile),
                     ex.batch(),

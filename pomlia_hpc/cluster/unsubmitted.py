@@ -7,8 +7,12 @@ send/recv operation``: :func:`~pomlia_hpc.cluster.batch.maybe_queued`) the job m
 queued, yet submitit never completed its submission: such a job waits a minute for a pickle
 that never comes and fails, and the command's exit 69 ("run it again") would queue its work
 once more beside it. :func:`unsubmitted_withdrawn` finds that job by its script (a file the
-failed submission left behind, still in place) and cancels it, and its error says which of
-"queued and cancelled", "not queued" and "may have been queued" holds.
+failed submission left behind, still in place) and its submission comment (a token of its own,
+as :func:`~pomlia_hpc.cluster.batch.submit_script` gives its jobs) and cancels it, and its
+error says which of "queued and cancelled", "not queued" and "may have been queued" holds.
+The comment keeps it to this submission: another process submitting a job of the same name
+into the same folder at that moment (a second run of one pipeline) has a script there that is
+just as new, and its job was cancelled too.
 """
 
 from __future__ import annotations
@@ -16,8 +20,9 @@ from __future__ import annotations
 import contextlib
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
-from pomlia_hpc.cluster.batch import cancel_ids, jobs_named, maybe_queued
+from pomlia_hpc.cluster.batch import cancel_ids, jobs_named, maybe_queued, submission_token
 from pomlia_hpc.errors import ClusterError, SlurmUnavailableError
 
 #: How submitit names a batch script before its job has an id.
@@ -30,11 +35,13 @@ def pending_scripts(folder: Path) -> set[Path]:
     return {p for p in folder.glob(SCRIPT_GLOB) if p.is_file() and not p.is_symlink()}
 
 
-def withdrawal(name: str, scripts: set[Path]) -> str:
+def withdrawal(name: str, scripts: set[Path], token: str) -> str:
     """What became of job ``name`` whose sbatch failed, in words to append to the error: the
-    jobs called ``name`` whose script is one of ``scripts`` are cancelled."""
+    jobs called ``name`` whose script is one of ``scripts`` and whose comment is ``token``
+    are cancelled."""
     try:
-        ids = [j.job_id for j in jobs_named(name) if Path(j.command) in scripts]
+        jobs = jobs_named(name)
+        ids = [j.job_id for j in jobs if Path(j.command) in scripts and j.comment == token]
     except ClusterError as exc:
         return (
             f"; the job may have been queued all the same, and squeue could not tell ({exc}): "
@@ -55,10 +62,13 @@ def withdrawal(name: str, scripts: set[Path]) -> str:
 
 
 @contextlib.contextmanager
-def unsubmitted_withdrawn(folder: Path, name: str) -> Iterator[None]:
-    """Around a submission of job ``name`` by submitit into ``folder``: when it fails with a
-    controller that may have queued the job all the same (exit 69), cancel the job if it
-    was queued and say so in the error (:func:`withdrawal`)."""
+def unsubmitted_withdrawn(folder: Path, name: str, executor: Any) -> Iterator[None]:
+    """Around a submission of job ``name`` by submitit ``executor`` (an ``AutoExecutor``, given
+    a submission comment of its own here) into ``folder``: when it fails with a controller
+    that may have queued the job all the same (exit 69), cancel the job if it was queued and
+    say so in the error (:func:`withdrawal`)."""
+    token = submission_token()
+    executor.update_parameters(slurm_comment=token)  # ignored by the other backends
     before = pending_scripts(folder) if folder.is_dir() else set()
     try:
         yield
@@ -68,4 +78,6 @@ def unsubmitted_withdrawn(folder: Path, name: str) -> Iterator[None]:
         scripts = pending_scripts(folder) - before
         if not scripts:  # submitit never reached sbatch
             raise
-        raise SlurmUnavailableError(f"{exc}{withdrawal(name, scripts)}", hint=exc.hint) from exc
+        raise SlurmUnavailableError(
+            f"{exc}{withdrawal(name, scripts, token)}", hint=exc.hint
+        ) from exc
