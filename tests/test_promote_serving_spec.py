@@ -72,3 +72,25 @@ def test_a_model_of_another_16_bit_maximum_is_not_promoted_over_the_served_one(
         assert entry is not None and entry.model == "m1"
         model = httpx.get(srv.url + "/v1/model", timeout=30).json()
         assert model["name"] == "m1"
+
+
+def test_a_model_of_another_image_size_is_refused_before_a_gate_is_recorded(
+    workspace: Workspace, reg: Registry
+) -> None:
+    """Not exported yet, a model whose image size is not the served one's was gated (a forced
+    gate recorded), exported, and only then refused, its gate marked superseded though the
+    champion had not changed; it is refused from its registered card before any gate runs."""
+    for name, side in (("small", 28), ("large", 64)):
+        ckpt = save_demo_checkpoint(
+            workspace.path("models", f"{name}.pt"), image_size=side, num_classes=2
+        )
+        register_model(reg, name, ckpt)
+    promote_with_gate(reg, workspace, "p", "small")
+    said = refused("deploy", "promote", "p", "large", "--force")
+    assert (
+        "model large cannot go on slot 'p': its image size is 64, the served model's 28 (small)"
+        in said
+    )
+    assert "\n" not in said
+    assert gate_decisions(reg, "p") == []
+    assert [e.model for e in history(reg, "p")] == ["small"]

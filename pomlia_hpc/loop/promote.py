@@ -22,6 +22,7 @@ import shlex
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
+from typing import Any
 
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
@@ -35,9 +36,9 @@ from pomlia_hpc.serve.exported import ExportedBundle, bundle_for_model, data_sca
 from pomlia_hpc.serve.slots import (
     current_bundle,
     current_link,
-    incompatible_scaling,
     point,
     readable_bundle,
+    spec_problem,
     swap_problem,
 )
 from pomlia_hpc.workspace import Workspace
@@ -191,8 +192,9 @@ def check_swap(link: Path, new: ExportedBundle, slot: str) -> None:
 
 def check_promotable(registry: Registry, workspace: Workspace, slot: str, model_ref: str) -> None:
     """Before a gate runs, refuse what :func:`check_swap` refuses after it: the model's bundle
-    when it is exported, else the 16-bit maximum its export would record (its training data
-    set's) against the bundle the slot's link names. A gate is then not run for nothing."""
+    when it is exported, else the spec its export would record (its registered card's image
+    size, channels, task type and labels, its training data set's 16-bit maximum) against the
+    bundle the slot's link names. A gate is then not run (nor recorded) for nothing."""
     # Imported here: the reference module (numpy, the runtime's names) is a promotion's alone.
     from pomlia_hpc.serve.reference import model_dataset_meta
 
@@ -202,11 +204,39 @@ def check_promotable(registry: Registry, workspace: Workspace, slot: str, model_
         check_swap(link, bundle, slot)
         return
     old = readable_bundle(current_bundle(link))
+    if old is None:
+        return
     row = resolve_model(registry, model_ref)
-    top = scale_max_of(data_scaling(model_dataset_meta(registry, row) or {}))
-    if old is not None and top != old.scale_max:
-        # incompatible()'s words, for a bundle not yet written
-        raise swap_refused(slot, row.name, old, incompatible_scaling(old.scale_max, top))
+    problem = spec_problem(
+        old,
+        _card_spec(row.card or {})
+        | {
+            "16-bit intensity scaling maximum": scale_max_of(
+                data_scaling(model_dataset_meta(registry, row) or {})
+            )
+        },
+    )
+    if problem is not None:
+        raise swap_refused(slot, row.name, old, problem)
+
+
+def _card_spec(card: dict[str, Any]) -> dict[str, object]:
+    """The serving spec (:func:`~pomlia_hpc.serve.slots.serving_spec`'s keys) a registered
+    model's card records, as its export copies it into the bundle's card; what it does not
+    record is left out (not compared)."""
+    given = card.get("input") if isinstance(card.get("input"), dict) else {}
+    task = card.get("task") if isinstance(card.get("task"), dict) else {}
+    found: dict[str, object] = {}
+    for key, value in (
+        ("image size", given.get("image_size")),
+        ("channel count", given.get("channels")),
+        ("task type", task.get("type")),
+    ):
+        if value is not None:
+            found[key] = str(value) if key == "task type" else int(value)
+    if isinstance(card.get("label_names"), list):
+        found["label names"] = [str(x) for x in card["label_names"]]
+    return found
 
 
 def swap_refused(slot: str, model: str, old: ExportedBundle, problem: str) -> SwapRefusedError:

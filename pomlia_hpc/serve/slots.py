@@ -20,6 +20,7 @@ the registry never names a champion the slot's servers refuse to serve.
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from pathlib import Path
 
 from pomlia_hpc.errors import PomliaError
@@ -59,27 +60,32 @@ def point(link: Path, bundle_root: Path) -> bool:
     return True
 
 
-def incompatible(old: ExportedBundle, new: ExportedBundle) -> str | None:
-    """Why ``new`` cannot replace ``old`` in a running server (clients and feedback rely on
-    the input spec and the labels), or None."""
-    for what, a, b in (
-        ("image size", old.image_size, new.image_size),
-        ("channel count", old.channels, new.channels),
-        ("16-bit intensity scaling maximum", old.scale_max, new.scale_max),
-        ("task type", old.task_type, new.task_type),
-        ("label names", old.labels, new.labels),
-    ):
-        if a != b:
+def serving_spec(bundle: ExportedBundle) -> dict[str, object]:
+    """What a running server's clients rely on in ``bundle`` (its input spec and labels),
+    keyed as :func:`spec_problem` names them."""
+    return {
+        "image size": bundle.image_size,
+        "channel count": bundle.channels,
+        "16-bit intensity scaling maximum": bundle.scale_max,
+        "task type": bundle.task_type,
+        "label names": bundle.labels,
+    }
+
+
+def spec_problem(old: ExportedBundle, new: Mapping[str, object]) -> str | None:
+    """Why a model of serving spec ``new`` (:func:`serving_spec`'s keys; a key left out is not
+    compared: not known before export) cannot replace ``old`` in a running server, or None."""
+    for what, a in serving_spec(old).items():
+        if what in new and (b := new[what]) != a:
             verb = "are" if what.endswith("s") else "is"
             return f"its {what} {verb} {_shown(b)}, the served model's {_shown(a)}"
     return None
 
 
-def incompatible_scaling(old: float | None, new: float | None) -> str:
-    """:func:`incompatible`'s words for a 16-bit maximum ``new`` where ``old`` is served."""
-    return (
-        f"its 16-bit intensity scaling maximum is {_shown(new)}, the served model's {_shown(old)}"
-    )
+def incompatible(old: ExportedBundle, new: ExportedBundle) -> str | None:
+    """Why ``new`` cannot replace ``old`` in a running server (clients and feedback rely on
+    the input spec and the labels), or None."""
+    return spec_problem(old, serving_spec(new))
 
 
 def _shown(value: object) -> str:
