@@ -242,12 +242,18 @@ def _card_spec(card: dict[str, Any]) -> dict[str, object]:
 def swap_refused(slot: str, model: str, old: ExportedBundle, problem: str) -> SwapRefusedError:
     """The refusal of ``model`` on ``slot``, whose servers serve ``old`` and would refuse to
     swap to ``model`` for ``problem``."""
+    # Retraining helps only where the scaling differs; another size or label set is the data's.
+    retrain = (
+        f", or train it on data scaled as {old.name}'s (a version harvested from that data "
+        "keeps its scaling)"
+        if "intensity scaling" in problem
+        else ""
+    )
     return SwapRefusedError(
         f"model {model} cannot go on slot '{slot}': {problem} ({old.name}); a server "
         f"following the slot would refuse the hot swap and keep serving {old.name}, so "
         f"nothing was promoted. Serve {model} on a slot of its own (`pomlia deploy promote "
-        f"NEW_SLOT {shlex.quote(model)}`), or train it on data scaled as {old.name}'s (a "
-        "version harvested from that data keeps its scaling)"
+        f"NEW_SLOT {shlex.quote(model)}`){retrain}"
     )
 
 
