@@ -182,6 +182,16 @@ class DatasetStore:
         lo, hi = self.meta["splits"].get(split, [0, 0])
         return int(lo), int(hi)
 
+    def first_rows(self, split: str, max_images: int | None = None) -> tuple[int, int]:
+        """Rows [lo, hi) of ``split`` (``all``: every row), the first ``max_images`` of them
+        when given; empty when the split has none. What a fingerprint encoder's training
+        reads of this store (:mod:`pomlia_hpc.fingerprint.rows`), and so what the leakage
+        checks count as seen by it (:mod:`pomlia_hpc.models.seen`)."""
+        lo, hi = (0, self.n_images) if split == "all" else self.split_range(split)
+        if max_images is not None:
+            hi = min(hi, lo + max_images)
+        return lo, max(lo, hi)
+
     def chunk_ranges(self, start: int = 0, stop: int | None = None) -> Iterator[tuple[int, int]]:
         """Chunk-aligned row ranges covering [start, stop)."""
         stop = self.n_images if stop is None else min(stop, self.n_images)

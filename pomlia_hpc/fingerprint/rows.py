@@ -19,11 +19,9 @@ def held_out(n: int, fraction: float) -> int:
 
 def train_range(store: DatasetStore, split: str, max_images: int | None) -> tuple[int, int]:
     """Rows [lo, hi) of ``store`` the encoder reads: ``split`` (``all`` = every row), the
-    first ``max_images`` of them when given (images); empty when the split has none."""
-    lo, hi = (0, store.n_images) if split == "all" else store.split_range(split)
-    if max_images is not None:
-        hi = min(hi, lo + max_images)
-    return lo, max(lo, hi)
+    first ``max_images`` of them when given (images); empty when the split has none
+    (:meth:`~pomlia_hpc.data.store.DatasetStore.first_rows`, which the leakage checks share)."""
+    return store.first_rows(split, max_images)
 
 
 def training_rows(

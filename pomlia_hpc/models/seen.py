@@ -79,13 +79,12 @@ def encoder_rows(encoder: Encoder, version: DatasetVersion) -> tuple[int, int]:
     (``all``: every row), the first ``max_images_per_dataset`` of them when set. The rows it
     held out for early stopping are counted too: they picked its weights."""
     config = dict(encoder.config or {})
-    store = open_store(version.store_path)
-    split = str(config.get("split") or "train")
-    lo, hi = (0, store.n_images) if split == "all" else store.split_range(split)
     cap = config.get("max_images_per_dataset")
-    if isinstance(cap, int):
-        hi = min(hi, lo + cap)
-    return lo, max(lo, hi)
+    # The trainer's own rule (fingerprint.rows.train_range), which this room cannot import.
+    store = open_store(version.store_path)
+    return store.first_rows(
+        str(config.get("split") or "train"), cap if isinstance(cap, int) else None
+    )
 
 
 def encoder_seen(
