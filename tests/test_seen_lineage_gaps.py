@@ -143,3 +143,31 @@ def test_gate_names_a_model_of_unknown_lineage_and_refuses_a_lost_extra_file(
     np.savez(gone, images=x["test"][:5], labels=np.zeros((5, 1), np.int64))
     run_gate(reg, "scans", "challenger", data_ref=got.record.ref)
     assert gate_decisions(reg, "scans")[-1].evidence["trained_on"]["fixed_test_rows"] == 5
+
+
+def test_a_model_started_from_an_encoder_its_lineage_does_not_name_says_so(
+    tmp_path: Path, workspace: Workspace, reg: Registry
+) -> None:
+    """Its gap read `started from encoder id None, which is not registered`: an id that is
+    not one, and a removal that did not happen."""
+    from pomlia_hpc.models.seen import lineage_gaps
+
+    x = {s: _images(n, i) for i, (s, n) in enumerate((("train", 20), ("val", 6), ("test", 6)))}
+    data = ingest(workspace, reg, "scans", _npz(tmp_path / "a.npz", x), class_names=CLASSES)
+    model = make_model(reg, tmp_path, "old", 1, data.id)
+    _set_lineage(reg, model.id, {"dataset_version_id": data.id, "config": {"init": "encoder"}})
+    with reg.session() as s:
+        row = s.get(Model, model.id)
+    assert row is not None
+    assert lineage_gaps(reg, row) == [
+        "model old: started from an encoder its lineage does not name"
+    ]
+    _set_lineage(
+        reg,
+        model.id,
+        {"dataset_version_id": data.id, "encoder_id": 99, "config": {"init": "encoder"}},
+    )
+    with reg.session() as s:
+        row = s.get(Model, model.id)
+    assert row is not None
+    assert lineage_gaps(reg, row) == ["model old: its init encoder id 99 is no longer registered"]

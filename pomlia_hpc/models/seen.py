@@ -152,10 +152,10 @@ def lineage_gaps(registry: Registry, model: Model) -> list[str]:
         elif isinstance(parent, int) and s.get(Model, parent) is None:
             gaps.append(f"its init model id {parent} is no longer registered")
         enc = lineage.get("encoder_id")
-        if config.get("init") == "encoder" and (
-            not isinstance(enc, int) or s.get(Encoder, enc) is None
-        ):
-            gaps.append(f"started from encoder id {enc}, which is not registered")
+        if config.get("init") == "encoder" and not isinstance(enc, int):
+            gaps.append("started from an encoder its lineage does not name")
+        elif config.get("init") == "encoder" and s.get(Encoder, enc) is None:
+            gaps.append(f"its init encoder id {enc} is no longer registered")
     if isinstance(vid, int) and "config" not in lineage:
         # A checkpoint registered by hand that recorded none (written before trials did):
         # whether it started from other weights or took extra images cannot be told.
