@@ -224,8 +224,7 @@ def _card_spec(card: dict[str, Any]) -> dict[str, object]:
     """The serving spec (:func:`~pomlia_hpc.serve.slots.serving_spec`'s keys) a registered
     model's card records, as its export copies it into the bundle's card; what it does not
     record is left out (not compared)."""
-    given = card.get("input") if isinstance(card.get("input"), dict) else {}
-    task = card.get("task") if isinstance(card.get("task"), dict) else {}
+    given, task = (v if isinstance(v := card.get(k), dict) else {} for k in ("input", "task"))
     found: dict[str, object] = {}
     for key, value in (
         ("image size", given.get("image_size")),
