@@ -201,3 +201,44 @@ def test_the_reference_keeps_the_probabilities_the_log_would_hold(
     assert (ref.probabilities == np.round(ref.probabilities, 6).astype(np.float32)).all()
     np.testing.assert_allclose(ref.probabilities, rows, rtol=0, atol=2e-6)
     reg.dispose()
+
+
+def _null_window(metric: str, rng: np.random.Generator, n: int) -> tuple[list, list, list]:
+    """``n`` labelled predictions from one fixed distribution: five unbalanced classes, 70%
+    right (macro F1); a binary model of AUC about 0.85 on 30% positives (AUC)."""
+    if metric == "f1_macro":
+        y = rng.choice(5, n, p=[0.5, 0.2, 0.15, 0.1, 0.05])
+        pred = np.where(rng.random(n) < 0.7, y, rng.integers(0, 5, n))
+        return pred.tolist(), y.tolist(), []
+    y = (rng.random(n) < 0.3).astype(int)
+    p1 = np.round(1 / (1 + np.exp(-rng.normal(2.0 * y, 1.0) + 1.0)), 6)
+    return (p1 > 0.5).astype(int).tolist(), y.tolist(), [[1 - v, v] for v in p1]
+
+
+@pytest.mark.parametrize(("metric", "labels"), [("f1_macro", 40), ("auc", 30)])
+def test_the_metric_test_alarms_at_its_level_on_unchanged_data(metric: str, labels: int) -> None:
+    """Windows drawn from the reference's own distribution: the test rejects about alpha of
+    them, neither more (false alarms, retrains for nothing) nor far fewer (a test that cannot
+    alarm on a small window). Macro F1 is lower on fewer images, so comparing a 40-label
+    window's F1 with a 400-image reference's by resampling each alarmed on 13.5% at 0.05,
+    and an AUC from 30 labels on 0.5%."""
+    from pomlia_hpc.monitor.metrictest import metric_performance_test
+
+    rng = np.random.default_rng(11)
+    pred, truth, probs = _null_window(metric, rng, 400)
+    ref = _reference(
+        "binary" if metric == "auc" else "multi-class",
+        ["a", "b"] if metric == "auc" else list("abcde"),
+        np.asarray(truth),
+        np.asarray(probs, np.float32) if probs else None,
+        np.asarray(pred, np.int32),
+    )
+    p_values = []
+    for seed in range(200):
+        pred, truth, probs = _null_window(metric, rng, labels)
+        got = metric_performance_test(
+            metric, ref, pred, truth, probs or None, alpha=0.05, seed=seed
+        )
+        p_values.append(got.p_value)
+    rate = float(np.mean(np.asarray(p_values) < 0.05))
+    assert 0.02 <= rate <= 0.08, rate

@@ -315,5 +315,6 @@ def _metric_line(perf: dict[str, Any]) -> list[str]:
     return [
         f"<p>{html.escape(got['metric'])} (the task's metric, which is tested) {shown[0]} from "
         f"{got['labels']} labels; reference {shown[1]} from {got['reference_n']} images; "
-        f"bootstrap p = {got['p_value']:.3g} over {got['resamples']} resamples.</p>"
+        f"{html.escape(str(got.get('test', 'bootstrap')).split(' ')[0])} p = "
+        f"{got['p_value']:.3g} over {got['resamples']} resamples.</p>"
     ]
