@@ -242,3 +242,38 @@ def test_the_metric_test_alarms_at_its_level_on_unchanged_data(metric: str, labe
         p_values.append(got.p_value)
     rate = float(np.mean(np.asarray(p_values) < 0.05))
     assert 0.02 <= rate <= 0.08, rate
+
+
+def test_the_reference_s_probabilities_round_to_the_log_s_values_exactly(
+    tmp_path: Path,
+) -> None:
+    """The server rounds its float64 probabilities to 6 decimals; the reference rounded a
+    float32 copy in float32 arithmetic, and 1.6% of its values were another 6-decimal number
+    than the log's for the same output (ties and ranks of the AUC test differ)."""
+    from pomlia_hpc.serve.exported import ExportedBundle
+    from pomlia_hpc.serve.reference import REFERENCE_FILE, read_reference
+    from pomlia_hpc.serve.runtime import (
+        LOGGED_DECIMALS,
+        load_runtime,
+        normalize_,
+        probabilities,
+        to_nchw,
+    )
+
+    home = tmp_path / "home"
+    ws = Workspace(home=home, db_url=f"sqlite:///{home / 'registry.db'}", cluster_profile="local")
+    ws.create()
+    reg = Registry.open(ws.db_url)
+    root = demo_model(reg, ws, n_ref=120)
+    ref = read_reference(root / REFERENCE_FILE)
+    bundle = ExportedBundle.open(root)
+    x, _ = images(120, split="val")  # the reference's own images, one batch as it ran them
+    mean, std = np.float32(bundle.mean), np.float32(bundle.std)
+    logits = load_runtime(bundle, "onnx", 1).logits(
+        normalize_(to_nchw(x.astype(np.float32) / 255.0), mean, std)
+    )
+    logged = np.round(probabilities(logits, bundle.task_type), LOGGED_DECIMALS)
+    assert ref.probabilities is not None
+    kept = np.round(ref.probabilities.astype(np.float64), LOGGED_DECIMALS)
+    assert (kept == logged).all(), int((kept != logged).sum())
+    reg.dispose()

@@ -80,8 +80,9 @@ class Reference:
     ``fingerprints`` float32 (n, d); ``labels`` true label index (n,) (multi-label: (n, L) 0/1);
     ``pred_index`` predicted index (n,) (multi-label: (n, L) 0/1); ``confidence`` the top
     probability (n,) (multi-label: the mean distance of each probability from 0.5, times 2);
-    ``probabilities`` the model's output float32 (n, C), what the server logs (None in a
-    reference written before it was kept: the monitor cannot test an AUC task's AUC then).
+    ``probabilities`` the model's output float32 (n, C), what the server logs (rounded in
+    float64 before the cast, so ``np.round(p.astype(np.float64), 6)`` is the logged value;
+    None in a reference written before it was kept: the monitor cannot test AUC then).
     """
 
     model: str
@@ -170,7 +171,7 @@ def compute_reference(
         logits = runtime.logits(normalize_(x, mean, std))
         bad += int((~np.isfinite(logits).all(axis=1)).sum())
         if not bad:  # else refused below: no softmax of infinities (a NumPy warning)
-            probs.append(probabilities(logits, bundle.task_type).astype(np.float32))
+            probs.append(probabilities(logits, bundle.task_type))  # float64, as served
     if bad:
         # The server refuses such an image (a 500, no class): a reference that counted the
         # argmax of NaN (class 0) as the model's answer would compare the log with answers
@@ -180,7 +181,8 @@ def compute_reference(
             f"the {len(images)} reference images from {source}: expected finite outputs (a "
             "diverged or overflowing model; retrain it); no monitoring reference was written"
         )
-    p = np.concatenate(probs)
+    p64 = np.concatenate(probs)
+    p = p64.astype(np.float32)
     y = np.asarray(labels)
     if bundle.task_type == "multi-label":
         pred = (p > MULTI_LABEL_THRESHOLD).astype(np.int8)
@@ -200,7 +202,8 @@ def compute_reference(
         pred_index=pred,
         confidence=confidence_of(p, bundle.task_type),
         created_at=datetime.now(UTC).isoformat(timespec="seconds"),
-        probabilities=np.round(p, LOGGED_DECIMALS),  # as the log keeps them
+        # Rounded as the server rounds (float64): float32 rounding gave other 6-decimal values.
+        probabilities=np.round(p64, LOGGED_DECIMALS),
     )
 
 
