@@ -277,3 +277,19 @@ def test_the_reference_s_probabilities_round_to_the_log_s_values_exactly(
     kept = np.round(ref.probabilities.astype(np.float64), LOGGED_DECIMALS)
     assert (kept == logged).all(), int((kept != logged).sum())
     reg.dispose()
+
+
+def test_a_window_of_one_class_where_auc_is_undefined_still_tests_accuracy() -> None:
+    """Feedback that arrives for one class only (users report the missed positives) leaves
+    AUC undefined on the window; the accuracy test then decides, as before the task's metric
+    was tested: an accuracy that fell from 0.8 to 0.25 on 80 labels raised no alarm."""
+    _, ref = _binary_case(confident_right_in_window=True)
+    truth = [1] * 80
+    p1 = [0.9 if i % 4 == 0 else 0.2 for i in range(80)]  # 1 in 4 right
+    win = _window([int(v > 0.5) for v in p1], truth, [[1 - v, v] for v in p1])
+    out = run_checks(win, ref, n_perm=50, metric="auc")
+    tests = {t.name: t for t in out.tests}
+    assert out.alarm and tests["accuracy"].rejected and tests["accuracy"].weight > 0
+    assert tests["auc"].weight == 0 and out.performance is not None
+    assert out.performance["metric"] == "acc" and out.performance["metric_test"]["value"] is None
+    assert any("auc is undefined" in n and "accuracy is tested" in n for n in out.notes)

@@ -143,10 +143,13 @@ def _performance(
             f"each with full weight: {shown}"
         )
     if not tested.detail["resamples"]:
+        # Feedback of one class only (users report the misses): accuracy still sees a drop.
+        info.update(metric="acc")
         note = (
             f"{metric} is undefined on the window's labels or the reference (a class without "
-            f"both positive and negative images): not tested; accuracy is reported, not tested"
+            f"both positive and negative images): not tested; accuracy is tested instead"
         )
+        return res, [tested], info, [note]
     return tested, [res], info, [note]
 
 
