@@ -31,7 +31,7 @@ from pomlia_hpc.vocab import MULTI_LABEL_THRESHOLD, TaskType, normalize_task_typ
 RESAMPLED_METRICS = ("auc", "f1_macro")
 #: Resamples at least; more for a small alpha (20 / alpha), so that a p-value below alpha can
 #: be observed at all (the smallest is 1 / (1 + B)), at most :data:`MAX_RESAMPLES` (at 3,000
-#: images, about 14 s of one core for a binary AUC's two models: docs/BENCHMARKS.md).
+#: images, about 17 s of one core for a binary AUC's two models: docs/BENCHMARKS.md).
 MIN_RESAMPLES = 2000
 MAX_RESAMPLES = 200_000
 
