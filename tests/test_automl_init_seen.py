@@ -6,7 +6,6 @@ Before, it was not checked at all."""
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pytest
@@ -17,30 +16,11 @@ from pomlia_hpc.automl.tasks import add_task
 from pomlia_hpc.data.api import ingest
 from pomlia_hpc.registry import Model, Registry
 from pomlia_hpc.workspace import Workspace
-from tests.fixtures.cli import pomlia_main
 from tests.fixtures.factories import FAST, donor_model, tiny_study, tiny_task
 from tests.loop_support import CLASSES, make_model
+from tests.seen_support import automl_run, interrupted, leaky_copy, npz
 
 pytestmark = pytest.mark.usefixtures("wide_console")
-
-
-def _npz(path: Path, splits: dict[str, np.ndarray]) -> Path:
-    labels = {f"{s}_labels": np.arange(len(v))[:, None] % len(CLASSES) for s, v in splits.items()}
-    np.savez(path, **{f"{s}_images": v for s, v in splits.items()}, **labels)
-    return path
-
-
-def _interrupted(*_a: Any, **_k: Any) -> None:
-    raise KeyboardInterrupt  # the study was accepted: no trial needs to run
-
-
-def _run(
-    mp: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], model: str, study: str
-) -> tuple[int, str]:
-    """``pomlia automl run t --init-model MODEL`` as the console script runs it."""
-    args = ["automl", "run", "t", "--init-model", model, "--trials", "1", "--study", study]
-    code, out, err = pomlia_main(mp, capsys, *args)
-    return int(code or 0), " ".join((out + err).split())
 
 
 def test_an_init_model_that_saw_the_tasks_val_or_test_images_is_refused(
@@ -50,19 +30,12 @@ def test_an_init_model_that_saw_the_tasks_val_or_test_images_is_refused(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    rng = np.random.default_rng(0)
-    x = {s: rng.integers(0, 256, (n, 28, 28, 3), dtype=np.uint8) for s, n in
-         (("train", 40), ("val", 12), ("test", 12))}  # fmt: skip
-    task_data = ingest(workspace, reg, "scans", _npz(tmp_path / "a.npz", x), class_names=CLASSES)
-    add_task(reg, "t", task_data.ref, "acc")
-    # Another dataset whose train split holds 2 of the task's val and 5 of its test images.
-    leaky = {"train": np.concatenate([x["train"], x["val"][:2], x["test"][:5]])}
-    leaky |= {"val": x["val"][2:], "test": x["test"][5:]}
-    other = ingest(workspace, reg, "older", _npz(tmp_path / "b.npz", leaky), class_names=CLASSES)
+    # Data set `older`: the same images, 2 of the task's val and 5 of its test images in train.
+    _, task_data, other = leaky_copy(tmp_path, workspace, reg)
     leaky_model = make_model(reg, tmp_path, "leaky", 1, other.id)
-    monkeypatch.setattr(study_mod, "run_study", _interrupted)
+    monkeypatch.setattr(study_mod, "run_study", interrupted)
 
-    code, said = _run(monkeypatch, capsys, "leaky", "s1")
+    code, said = automl_run(monkeypatch, capsys, "--init-model", "leaky", "s1")
     assert code != 0
     assert (
         f"--init-model leaky has trained on 2 val and 5 test image(s) of {task_data.ref} "
@@ -76,12 +49,12 @@ def test_an_init_model_that_saw_the_tasks_val_or_test_images_is_refused(
         row = s.get(Model, child.id)
         assert row is not None
         row.lineage = {**row.lineage, "init_model_id": leaky_model.id}
-    code, said = _run(monkeypatch, capsys, "child", "s2")
+    code, said = automl_run(monkeypatch, capsys, "--init-model", "child", "s2")
     assert code != 0 and "(through its init model(s) leaky)" in said, said
 
     # A model trained on the task's own train split is fine.
     make_model(reg, tmp_path, "fair", 3, task_data.id)
-    code, said = _run(monkeypatch, capsys, "fair", "s3")
+    code, said = automl_run(monkeypatch, capsys, "--init-model", "fair", "s3")
     assert code == 130 and "has trained on" not in said and "interrupted" in said, said
 
 
@@ -135,18 +108,18 @@ def test_a_model_of_the_tasks_own_train_split_is_not_refused_for_its_copies_of_t
     x = {s: rng.integers(0, 256, (n, 28, 28, 3), dtype=np.uint8) for s, n in
          (("train", 40), ("val", 12), ("test", 12))}  # fmt: skip
     x["train"][:3] = x["test"][:3]
-    task_data = ingest(workspace, reg, "scans", _npz(tmp_path / "a.npz", x), class_names=CLASSES)
+    task_data = ingest(workspace, reg, "scans", npz(tmp_path / "a.npz", x), class_names=CLASSES)
     add_task(reg, "t", task_data.ref, "acc")
-    monkeypatch.setattr(study_mod, "run_study", _interrupted)
+    monkeypatch.setattr(study_mod, "run_study", interrupted)
     make_model(reg, tmp_path, "fair", 1, task_data.id)
-    code, said = _run(monkeypatch, capsys, "fair", "s1")
+    code, said = automl_run(monkeypatch, capsys, "--init-model", "fair", "s1")
     assert code == 130 and "has trained on" not in said and "interrupted" in said, said
 
     # Another version whose train split holds those copies and 2 more test images: only
     # the 2 the task's own train split does not hold count.
     leaky = {"train": np.concatenate([x["train"], x["test"][3:5]])}
     leaky |= {"val": x["val"], "test": x["test"][5:]}
-    other = ingest(workspace, reg, "older", _npz(tmp_path / "b.npz", leaky), class_names=CLASSES)
+    other = ingest(workspace, reg, "older", npz(tmp_path / "b.npz", leaky), class_names=CLASSES)
     make_model(reg, tmp_path, "leaky", 2, other.id)
-    code, said = _run(monkeypatch, capsys, "leaky", "s2")
+    code, said = automl_run(monkeypatch, capsys, "--init-model", "leaky", "s2")
     assert code != 0 and f"has trained on 2 test image(s) of {task_data.ref}" in said, said

@@ -9,29 +9,16 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pytest
 
 import pomlia_hpc.automl.study as study_mod
-from pomlia_hpc.automl.tasks import add_task
-from pomlia_hpc.data.api import ingest
 from pomlia_hpc.registry import Encoder, Model, Registry
 from pomlia_hpc.workspace import Workspace
-from tests.fixtures.cli import pomlia_main
 from tests.fixtures.factories import make_encoder
-from tests.loop_support import CLASSES, make_model
+from tests.loop_support import make_model
+from tests.seen_support import automl_run, interrupted, leaky_copy
 
 pytestmark = pytest.mark.usefixtures("wide_console")
-
-
-def _npz(path: Path, splits: dict[str, np.ndarray]) -> Path:
-    labels = {f"{s}_labels": np.arange(len(v))[:, None] % len(CLASSES) for s, v in splits.items()}
-    np.savez(path, **{f"{s}_images": v for s, v in splits.items()}, **labels)
-    return path
-
-
-def _interrupted(*_a: Any, **_k: Any) -> None:
-    raise KeyboardInterrupt  # the study was accepted: no trial needs to run
 
 
 def _encoder(
@@ -47,20 +34,6 @@ def _encoder(
         row.dataset_version_ids = [version_id]
 
 
-def _run(
-    mp: pytest.MonkeyPatch,
-    capsys: pytest.CaptureFixture[str],
-    flag: str,
-    ref: str,
-    study: str,
-    *more: str,
-) -> tuple[int, str]:
-    """``pomlia automl run t FLAG REF`` as the console script runs it."""
-    args = ["automl", "run", "t", flag, ref, "--trials", "1", "--study", study, *more]
-    code, out, err = pomlia_main(mp, capsys, *args)
-    return int(code or 0), " ".join((out + err).split())
-
-
 def test_an_encoder_that_trained_on_the_tasks_val_or_test_images_is_refused(
     tmp_path: Path,
     workspace: Workspace,
@@ -68,19 +41,12 @@ def test_an_encoder_that_trained_on_the_tasks_val_or_test_images_is_refused(
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    rng = np.random.default_rng(0)
-    x = {s: rng.integers(0, 256, (n, 28, 28, 3), dtype=np.uint8) for s, n in
-         (("train", 40), ("val", 12), ("test", 12))}  # fmt: skip
-    task_data = ingest(workspace, reg, "scans", _npz(tmp_path / "a.npz", x), class_names=CLASSES)
-    add_task(reg, "t", task_data.ref, "acc")
-    # The same images under another name, 2 of the task's val and 5 of its test images in train.
-    leaky = {"train": np.concatenate([x["train"], x["val"][:2], x["test"][:5]])}
-    leaky |= {"val": x["val"][2:], "test": x["test"][5:]}
-    other = ingest(workspace, reg, "older", _npz(tmp_path / "b.npz", leaky), class_names=CLASSES)
-    monkeypatch.setattr(study_mod, "run_study", _interrupted)
+    # Data set `older`: the same images, 2 of the task's val and 5 of its test images in train.
+    _, task_data, other = leaky_copy(tmp_path, workspace, reg)
+    monkeypatch.setattr(study_mod, "run_study", interrupted)
 
     _encoder(workspace, reg, "all_rows", task_data.id, split="all")
-    code, said = _run(monkeypatch, capsys, "--encoder", "all_rows", "s1")
+    code, said = automl_run(monkeypatch, capsys, "--encoder", "all_rows", "s1")
     assert code != 0
     assert (
         f"--encoder all_rows has trained on 12 val and 12 test image(s) of {task_data.ref} "
@@ -90,7 +56,7 @@ def test_an_encoder_that_trained_on_the_tasks_val_or_test_images_is_refused(
     assert not study_mod.study_dir(workspace, "s1").exists()
 
     # Only to find extra images, none of its weights reach a trial: kept, without init=encoder.
-    code, said = _run(monkeypatch, capsys, "--encoder", "all_rows", "x1", "--extra-data")
+    code, said = automl_run(monkeypatch, capsys, "--encoder", "all_rows", "x1", "--extra-data")
     assert code == 130, said
     assert "warning: --encoder all_rows has trained on 12 val and 12 test image(s)" in said
     assert "init=encoder is not offered" in said, said
@@ -99,7 +65,7 @@ def test_an_encoder_that_trained_on_the_tasks_val_or_test_images_is_refused(
     assert spec.options.encoder == "all_rows"
 
     _encoder(workspace, reg, "copies", other.id)
-    code, said = _run(monkeypatch, capsys, "--encoder", "copies", "s2")
+    code, said = automl_run(monkeypatch, capsys, "--encoder", "copies", "s2")
     assert code != 0
     assert (
         f"--encoder copies has trained on 2 val and 5 test image(s) of {task_data.ref} "
@@ -113,7 +79,7 @@ def test_an_encoder_that_trained_on_the_tasks_val_or_test_images_is_refused(
         enc = s.query(Encoder).filter_by(name="copies").one()
         assert row is not None
         row.lineage = {**row.lineage, "encoder_id": enc.id, "config": {"init": "encoder"}}
-    code, said = _run(monkeypatch, capsys, "--init-model", "warm", "s3")
+    code, said = automl_run(monkeypatch, capsys, "--init-model", "warm", "s3")
     assert code != 0
     assert "--init-model warm has trained on 2 val and 5 test image(s)" in said, said
     assert "encoder(s) copies" in said, said
@@ -123,5 +89,5 @@ def test_an_encoder_that_trained_on_the_tasks_val_or_test_images_is_refused(
     _encoder(workspace, reg, "capped", other.id, max_images_per_dataset=40)
     _encoder(workspace, reg, "own", task_data.id)
     for i, name in enumerate(("capped", "own")):
-        code, said = _run(monkeypatch, capsys, "--encoder", name, f"ok{i}")
+        code, said = automl_run(monkeypatch, capsys, "--encoder", name, f"ok{i}")
         assert code == 130 and "has trained on" not in said and "interrupted" in said, said

@@ -26,8 +26,8 @@ from pomlia_hpc.loop.promote import gate_decisions, put_on_slot
 from pomlia_hpc.registry import Model, Registry
 from pomlia_hpc.serve.predlog import log_dir
 from pomlia_hpc.workspace import Workspace
-from tests.fixtures.cli import pomlia_main
 from tests.loop_support import CLASSES, make_model, predict, write_production
+from tests.seen_support import automl_run, interrupted, npz
 
 pytestmark = pytest.mark.usefixtures("wide_console")
 
@@ -36,30 +36,11 @@ def _images(n: int, seed: int) -> np.ndarray:
     return np.random.default_rng(seed).integers(0, 256, (n, 28, 28, 3), dtype=np.uint8)
 
 
-def _npz(path: Path, splits: dict[str, np.ndarray]) -> Path:
-    labels = {f"{s}_labels": np.arange(len(v))[:, None] % len(CLASSES) for s, v in splits.items()}
-    np.savez(path, **{f"{s}_images": v for s, v in splits.items()}, **labels)
-    return path
-
-
-def _interrupted(*_a: Any, **_k: Any) -> None:
-    raise KeyboardInterrupt  # the study was accepted: no trial needs to run
-
-
 def _set_lineage(reg: Registry, model_id: int, lineage: dict[str, Any]) -> None:
     with reg.session() as s:
         row = s.get(Model, model_id)
         assert row is not None
         row.lineage = lineage
-
-
-def _run(
-    mp: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], model: str, study: str
-) -> tuple[int, str]:
-    """``pomlia automl run t --init-model MODEL`` as the console script runs it."""
-    args = ["automl", "run", "t", "--init-model", model, "--trials", "1", "--study", study]
-    code, out, err = pomlia_main(mp, capsys, *args)
-    return int(code or 0), " ".join((out + err).split())
 
 
 def test_init_model_of_unknown_lineage_is_named_and_a_lost_extra_file_refused(
@@ -70,37 +51,37 @@ def test_init_model_of_unknown_lineage_is_named_and_a_lost_extra_file_refused(
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     x = {s: _images(n, i) for i, (s, n) in enumerate((("train", 40), ("val", 12), ("test", 12)))}
-    data = ingest(workspace, reg, "scans", _npz(tmp_path / "a.npz", x), class_names=CLASSES)
+    data = ingest(workspace, reg, "scans", npz(tmp_path / "a.npz", x), class_names=CLASSES)
     add_task(reg, "t", data.ref, "acc")
-    monkeypatch.setattr(study_mod, "run_study", _interrupted)
+    monkeypatch.setattr(study_mod, "run_study", interrupted)
 
     by_hand = make_model(reg, tmp_path, "by_hand", 1, data.id)
     _set_lineage(reg, by_hand.id, {})  # `pomlia model register`: no training version
-    code, said = _run(monkeypatch, capsys, "by_hand", "s1")
+    code, said = automl_run(monkeypatch, capsys, "--init-model", "by_hand", "s1")
     assert code == 130, said
     assert "warning: --init-model by_hand: lineage unknown (model by_hand: no training" in said
 
     # A checkpoint of a trial from before trials recorded their configuration in it.
     _set_lineage(reg, by_hand.id, {"dataset_version_id": data.id, "run_id": 7})
-    code, said = _run(monkeypatch, capsys, "by_hand", "s1b")
+    code, said = automl_run(monkeypatch, capsys, "--init-model", "by_hand", "s1b")
     assert code == 130, said
     assert "lineage unknown (model by_hand: no training configuration recorded" in said, said
 
     # Registered before init models were recorded: its config says it started from one.
     old = make_model(reg, tmp_path, "old", 2, data.id)
     _set_lineage(reg, old.id, {"dataset_version_id": data.id, "config": {"init": "model"}})
-    code, said = _run(monkeypatch, capsys, "old", "s2")
+    code, said = automl_run(monkeypatch, capsys, "--init-model", "old", "s2")
     assert code == 130 and "lineage unknown (model old: started from a model" in said, said
 
     fair = make_model(reg, tmp_path, "fair", 3, data.id)
-    code, said = _run(monkeypatch, capsys, "fair", "s3")
+    code, said = automl_run(monkeypatch, capsys, "--init-model", "fair", "s3")
     assert code == 130 and "lineage unknown" not in said, said
 
     # It trained on 5 extra images whose file is gone: which they were cannot be told.
     gone = tmp_path / "study" / "extra" / "nearest.npz"
     lineage = {"dataset_version_id": data.id, "extra_data": str(gone), "extra_n": 5}
     _set_lineage(reg, fair.id, lineage)
-    code, said = _run(monkeypatch, capsys, "fair", "s4")
+    code, said = automl_run(monkeypatch, capsys, "--init-model", "fair", "s4")
     assert code == 2, said
     assert f"model fair trained on 5 extra image(s) from {gone}, which no longer exists" in said
     assert not study_mod.study_dir(workspace, "s4").exists()
@@ -110,7 +91,7 @@ def test_gate_names_a_model_of_unknown_lineage_and_refuses_a_lost_extra_file(
     tmp_path: Path, workspace: Workspace, reg: Registry
 ) -> None:
     x = {s: _images(n, i) for i, (s, n) in enumerate((("train", 40), ("val", 10), ("test", 60)))}
-    base = ingest(workspace, reg, "scans", _npz(tmp_path / "a.npz", x), class_names=CLASSES)
+    base = ingest(workspace, reg, "scans", npz(tmp_path / "a.npz", x), class_names=CLASSES)
     task = add_task(reg, "t", base.ref, "acc")
     champ = make_model(reg, tmp_path, "champion", 1, base.id)
     _set_lineage(reg, champ.id, {"task_id": task.id})  # `pomlia model register --task-id`
@@ -153,7 +134,7 @@ def test_a_model_started_from_an_encoder_its_lineage_does_not_name_says_so(
     from pomlia_hpc.models.seen import lineage_gaps
 
     x = {s: _images(n, i) for i, (s, n) in enumerate((("train", 20), ("val", 6), ("test", 6)))}
-    data = ingest(workspace, reg, "scans", _npz(tmp_path / "a.npz", x), class_names=CLASSES)
+    data = ingest(workspace, reg, "scans", npz(tmp_path / "a.npz", x), class_names=CLASSES)
     model = make_model(reg, tmp_path, "old", 1, data.id)
     _set_lineage(reg, model.id, {"dataset_version_id": data.id, "config": {"init": "encoder"}})
     with reg.session() as s:
