@@ -22,7 +22,7 @@ from pomlia_hpc.data.harvest import NewImages, harvest_version
 from pomlia_hpc.data.store import find_version
 from pomlia_hpc.errors import InputError
 from pomlia_hpc.loop.bootstrap import metric_of, paired_bootstrap, probabilities
-from pomlia_hpc.loop.gate import promote_with_gate
+from pomlia_hpc.loop.gate import promote_with_gate, run_gate
 from pomlia_hpc.loop.promote import champion, gate_decisions, put_on_slot
 from pomlia_hpc.registry import Registry
 from pomlia_hpc.workspace import Workspace
@@ -226,5 +226,9 @@ def test_a_model_that_cannot_be_scored_on_the_gate_s_data_is_refused(
     net = readout_net(1, 4.0, -1.3)
     register_small_cnn(reg, tmp_path, "labeller", net, vid, "multi-label", CLASSES)
     with pytest.raises(InputError, match="is a multi-label model but the gate's data is binary"):
+        run_gate(reg, "ward", "labeller", data_ref=data, metric="acc")
+    assert gate_decisions(reg, "ward") == []
+    # A promotion refuses it earlier still: the slot's servers could not swap to it.
+    with pytest.raises(InputError, match="its task type is multi-label, the served model's binary"):
         promote_with_gate(reg, workspace, "ward", "labeller", data_ref=data, metric="acc")
     assert gate_decisions(reg, "ward") == []
