@@ -29,6 +29,7 @@ from tests.fixtures.registries import (
     workspace,
 )
 from tests.fixtures.services import slurm
+from tests.suite_disk import pytest_sessionstart
 
 __all__ = [
     "browser",
@@ -37,6 +38,7 @@ __all__ = [
     "db_url",
     "fake_slurm",
     "pg_url",
+    "pytest_sessionstart",
     "reg",
     "registry",
     "restore_torch_threads",
