@@ -39,7 +39,7 @@ from pomlia_hpc.registry import (
     Task,
 )
 from pomlia_hpc.registry.db import lock_name
-from pomlia_hpc.strategy import runstats
+from pomlia_hpc.strategy import overlap, runstats
 from pomlia_hpc.strategy.cost import full_epochs
 from pomlia_hpc.strategy.longformat import (
     MAX_COST_S,
@@ -180,6 +180,7 @@ def import_table(
         refuse_existing(s)
     table: ResultTable = read_results(p, meta_path, _known_meta(registry, source))
     _check_meta_agrees(registry, table, source)
+    overlap.check_table(registry, table, source)
     replaced = 0
     with registry.session() as s:
         # Two imports of one source at once: the second waits here for the first to commit
@@ -197,10 +198,12 @@ def import_table(
             s.flush()
         src = KbSource(
             name=source,
-            file=str(p),
+            # Absolute, as every path the registry records: `strategy sources` and the
+            # messages naming this source are read from other folders than the import's.
+            file=str(p.absolute()),
             sha256=_sha256(p),
             n_results=len(table.rows),
-            meta={"meta_file": str(meta_path) if meta_path else None},
+            meta={"meta_file": str(Path(meta_path).absolute()) if meta_path else None},
         )
         s.add(src)
         s.flush()
@@ -299,6 +302,7 @@ def load(
             .join(KbDataset, KbResult.dataset_id == KbDataset.id)
             .join(KbSource, KbResult.source_id == KbSource.id)
             .where(KbResult.metric == metric)
+            .order_by(KbSource.id, KbResult.id)  # the same matrix on SQLite and PostgreSQL
         )
         if wanted is not None:
             q = q.where(KbSource.name.in_(wanted))

@@ -147,6 +147,9 @@ def _rows(path: Path) -> Iterator[tuple[int, dict[str, str]]]:
             reader = csv.DictReader(f)
             if reader.fieldnames is None:
                 raise InputError(f"{path}: the file is empty; expected a CSV header line")
+            # As the header check reads them (:func:`_header`): `dataset, arch, ...` written
+            # with a space after each comma named columns ' arch', whose cells read as empty.
+            reader.fieldnames = [c.strip() for c in reader.fieldnames]
             for row in reader:
                 if None in row:
                     raise InputError(
@@ -324,6 +327,15 @@ def _check_classes(cell: _Cell, prefix: str, task_type: str, n_classes: int) -> 
         raise cell.fail(prefix + "n_classes", f"an integer >= 2 for task_type '{task_type}'")
 
 
+def _other_separator(header: str) -> str | None:
+    """The separator a one-column header seems to use instead of commas (a spreadsheet
+    of a locale whose decimal point is a comma writes ';'), or None."""
+    for sep in (";", "\t", "|"):
+        if sep in header:
+            return sep
+    return None
+
+
 def read_meta(path: str | Path) -> dict[str, dict[str, Any]]:
     """Meta-features per data set from a meta-feature file (see the module docstring)."""
     p = Path(path)
@@ -348,6 +360,12 @@ def _check_columns(
     path: Path, columns: list[str], required: tuple[str, ...], allowed: set[str]
 ) -> None:
     missing = [c for c in required if c not in columns]
+    if missing and len(columns) == 1 and (sep := _other_separator(columns[0])):
+        raise InputError(
+            f"{path}: line 1: one column {columns[0][:60]!r}: the cells look separated by "
+            f"{sep!r}; expected a CSV file separated by commas (save it again as CSV with ',' "
+            "as the separator and '.' as the decimal point); nothing was imported"
+        )
     if missing:
         raise InputError(
             f"{path}: line 1: missing column(s) {', '.join(missing)}; expected at least "

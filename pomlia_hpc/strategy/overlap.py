@@ -1,0 +1,118 @@
+"""Rows the knowledge base would hold twice: one strategy spelled two ways in one file, or a
+figure that another source gives differently.
+
+The knowledge base keeps one value per (data set, strategy, metric) (the learner's matrix has
+one cell for it) and spells an architecture the AutoML space has as the space does
+(:func:`~pomlia_hpc.strategy.translate.canonical_arch`: ``ResNet-18`` and ``resnet18`` are one
+strategy). Two rows of one cell used to be imported both, and the recommender then used
+whichever the database returned last, an order no query fixed. :func:`check_table` refuses
+them at import, naming the file, the line and the column, so nothing is imported.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select
+
+from pomlia_hpc.errors import InputError
+from pomlia_hpc.registry import KbDataset, KbResult, KbSource, Registry
+from pomlia_hpc.strategy.longformat import ResultRow, ResultTable, strategy_key
+from pomlia_hpc.strategy.translate import canonical_arch
+
+
+def canonical_key(strategy: dict[str, Any]) -> str:
+    """The key of ``strategy`` with its architecture spelled as the knowledge base spells it
+    (the key the recommender's matrix uses)."""
+    arch = str(strategy.get("arch", ""))
+    return strategy_key({**strategy, "arch": canonical_arch(arch)})
+
+
+@dataclass(frozen=True)
+class _Held:
+    """A figure another source already holds."""
+
+    source: str
+    file: str
+    line: int | None
+    value: float
+
+
+def _cell(dataset: str, strategy: dict[str, Any], metric: str) -> tuple[str, str, str]:
+    return dataset, canonical_key(strategy), metric
+
+
+def _within_file(table: ResultTable) -> None:
+    """Refuse two rows of the file that are one strategy once architectures are spelled as
+    the AutoML space spells them (rows equal as written are refused by the reader)."""
+    first: dict[tuple[str, str, str], ResultRow] = {}
+    for row in table.rows:
+        cell = _cell(row.dataset, row.strategy, row.metric)
+        seen = first.setdefault(cell, row)
+        if seen is not row:
+            arch = row.strategy["arch"]
+            raise InputError(
+                f"{table.path}: line {row.line}, column 'arch': {arch!r} is the strategy of "
+                f"line {seen.line} ({seen.strategy['arch']!r}; both are the architecture "
+                f"'{canonical_arch(str(arch))}'), on the same data set and metric; expected one "
+                "row per (dataset, strategy, metric); nothing was imported"
+            )
+
+
+def _held_elsewhere(
+    registry: Registry, table: ResultTable, source: str
+) -> dict[tuple[str, str, str], _Held]:
+    """The figures other sources hold on the data sets of ``table``, by cell."""
+    held: dict[tuple[str, str, str], _Held] = {}
+    with registry.session() as s:
+        q = (
+            select(
+                KbSource.name,
+                KbSource.file,
+                KbDataset.name,
+                KbResult.strategy,
+                KbResult.metric,
+                KbResult.value,
+                KbResult.line,
+            )
+            .join(KbDataset, KbResult.dataset_id == KbDataset.id)
+            .join(KbSource, KbResult.source_id == KbSource.id)
+            .where(KbDataset.name.in_(sorted(table.meta)), KbSource.name != source)
+            .order_by(KbSource.id, KbResult.id)
+        )
+        for src, file, dataset, strategy, metric, value, line in s.execute(q):
+            held.setdefault(
+                _cell(dataset, dict(strategy), metric), _Held(src, file, line, float(value))
+            )
+    return held
+
+
+def _text(strategy: dict[str, Any]) -> str:
+    """``ResNet-18 pretrained/full 28px`` (``+nearest images`` with extra data)."""
+    extra = " +nearest images" if strategy.get("extra_data") == "nearest" else ""
+    return (
+        f"{strategy['arch']} {strategy['init']}/{strategy['mode']} {strategy['img_size']}px{extra}"
+    )
+
+
+def check_table(registry: Registry, table: ResultTable, source: str) -> None:
+    """Refuse ``table`` (to be imported as ``source``) when two of its rows are one strategy,
+    or when one of its figures differs from the value another source gives for the same data
+    set, strategy and metric (the same value is no conflict: the same results published twice
+    change nothing). One :class:`InputError` naming the file, line and column."""
+    _within_file(table)
+    held = _held_elsewhere(registry, table, source)
+    for row in table.rows:
+        other = held.get(_cell(row.dataset, row.strategy, row.metric))
+        if other is None or other.value == row.value:
+            continue
+        where = f"line {other.line} of {other.file}" if other.line else other.file
+        raise InputError(
+            f"{table.path}: line {row.line}, column 'value': {row.value:g} for data set "
+            f"'{row.dataset}', {_text(row.strategy)}, {row.metric}, but source "
+            f"'{other.source}' gives {other.value:g} ({where}); expected one value per data "
+            "set, strategy and metric in the knowledge base (it would use only one): leave "
+            "the row out, name the data set differently, or correct the other source; nothing "
+            "was imported"
+        )

@@ -1,0 +1,124 @@
+"""`strategy import` of files a spreadsheet or a second paper produces: spaces in the header, a
+semicolon-separated file, one strategy spelled two ways, two sources that disagree, paths."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from pomlia_hpc.cli import main
+from pomlia_hpc.errors import InputError
+from pomlia_hpc.registry import KbResult, KbSource, Registry
+from pomlia_hpc.strategy import kb
+from pomlia_hpc.workspace import Workspace
+
+META = "dataset,task_type,n_channels,n_classes,n_train\na,multi-class,3,8,1000\nb,binary,1,2,500\n"
+HEADER = "dataset,arch,init,mode,img_size,metric,value\n"
+
+
+def _write(tmp_path: Path, text: str, name: str) -> Path:
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def _counts(reg: Registry) -> tuple[int, int]:
+    with reg.session() as s:
+        n_sources = s.scalar(select(func.count()).select_from(KbSource))
+        n_results = s.scalar(select(func.count()).select_from(KbResult))
+    return int(n_sources or 0), int(n_results or 0)
+
+
+def test_a_header_with_spaces_after_the_commas_is_read(registry: Registry, tmp_path: Path) -> None:
+    """`dataset, arch, init, ...` passed the header check but every cell but the first read as
+    empty: "line 2, column 'metric': '' is not valid; expected a non-empty value"."""
+    header = HEADER.replace(",", ", ")
+    path = _write(tmp_path, header + "a, resnet18, scratch, full, 28, acc, 0.9\n", "r.csv")
+    meta = _write(tmp_path, META.replace(",", " , "), "m.csv")
+    assert kb.import_table(registry, path, "t", meta_path=meta).n_results == 1
+    (obs,) = kb.load(registry, "acc", ["t"]).observations
+    assert (obs.dataset, obs.strategy["arch"], obs.value) == ("a", "resnet18", 0.9)
+
+
+@pytest.mark.parametrize("sep", [";", "\t"])
+def test_a_file_separated_by_semicolons_is_named_so(
+    registry: Registry, tmp_path: Path, sep: str
+) -> None:
+    """A spreadsheet of a comma-decimal locale saves `;`-separated files: the error listed
+    every column as missing."""
+    text = HEADER.replace(",", sep) + sep.join(
+        ["a", "resnet18", "scratch", "full", "28", "acc", "0,9"]
+    )
+    path = _write(tmp_path, text + "\n", "r.csv")
+    with pytest.raises(InputError) as err:
+        kb.import_table(registry, path, "t", meta_path=_write(tmp_path, META, "m.csv"))
+    msg = str(err.value)
+    assert f"{path}: line 1: one column" in msg and f"separated by {sep!r}" in msg, msg
+    assert "expected a CSV file separated by commas" in msg and "nothing was imported" in msg
+    assert _counts(registry) == (0, 0)
+
+
+def test_one_strategy_spelled_two_ways_in_one_file_is_refused(
+    registry: Registry, tmp_path: Path
+) -> None:
+    """`ResNet-18` and `resnet18` are one strategy of the knowledge base: both rows were
+    imported and the recommender used whichever came last."""
+    text = HEADER + "a,ResNet-18,scratch,full,28,acc,0.9\na,resnet18,scratch,full,28,acc,0.5\n"
+    path = _write(tmp_path, text, "r.csv")
+    with pytest.raises(InputError) as err:
+        kb.import_table(registry, path, "t", meta_path=_write(tmp_path, META, "m.csv"))
+    msg = str(err.value)
+    assert f"{path}: line 3, column 'arch': 'resnet18' is the strategy of line 2" in msg, msg
+    assert "nothing was imported" in msg
+    assert _counts(registry) == (0, 0)
+
+
+def test_a_value_another_source_gives_differently_is_refused(
+    registry: Registry, tmp_path: Path
+) -> None:
+    """Two sources with one (data set, strategy, metric) and different values were both
+    imported; the learner's matrix kept one of them, in an order no query fixed."""
+    meta = _write(tmp_path, META, "m.csv")
+    first = _write(tmp_path, HEADER + "a,ResNet-18,scratch,full,28,acc,0.9\n", "one.csv")
+    kb.import_table(registry, first, "one", meta_path=meta)
+    rows = "b,resnet18,scratch,full,28,acc,0.7\na,resnet-18,scratch,full,28,acc,0.8\n"
+    path = _write(tmp_path, HEADER + rows, "two.csv")
+    with pytest.raises(InputError) as err:
+        kb.import_table(registry, path, "two", meta_path=meta)
+    msg = str(err.value)
+    assert f"{path}: line 3, column 'value': 0.8 for data set 'a'" in msg, msg
+    assert f"source 'one' gives 0.9 (line 2 of {first})" in msg and "nothing was imported" in msg
+    assert _counts(registry) == (1, 1)
+    # The same figure twice (the same results published again) and other cells are fine.
+    same = _write(tmp_path, HEADER + rows.replace("0.8", "0.9"), "same.csv")
+    assert kb.import_table(registry, same, "two", meta_path=meta).n_results == 2
+    # Replacing a source does not conflict with its own old rows.
+    again = _write(tmp_path, HEADER + "a,ResNet-18,scratch,full,28,acc,0.9\n", "again.csv")
+    assert kb.import_table(registry, again, "two", meta_path=meta, replace=True).replaced == 2
+
+
+def test_sources_record_the_absolute_path_of_their_file(
+    workspace: Workspace,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`strategy sources` showed the path as typed (`data/r.csv`), meaningless from another
+    folder; the registry records absolute paths."""
+    folder = tmp_path / "data"
+    folder.mkdir()
+    _write(folder, HEADER + "a,resnet18,scratch,full,28,acc,0.9\n", "r.csv")
+    _write(folder, META, "m.csv")
+    monkeypatch.chdir(tmp_path)
+    argv = ["pomlia", "--home", str(workspace.home), "strategy", "import", "data/r.csv"]
+    monkeypatch.setattr(sys, "argv", [*argv, "--source", "rel", "--meta", "data/m.csv"])
+    with pytest.raises(SystemExit) as ex:
+        main()
+    assert ex.value.code == 0, capsys.readouterr().err
+    reg = Registry.open(workspace.db_url)
+    (source,) = kb.list_sources(reg)
+    reg.dispose()
+    assert source.file == str(folder / "r.csv") and Path(source.file).is_absolute()
