@@ -13,6 +13,7 @@ from pomlia_hpc.cli import main
 from pomlia_hpc.errors import InputError
 from pomlia_hpc.registry import KbResult, KbSource, Registry
 from pomlia_hpc.strategy import kb
+from pomlia_hpc.strategy.service import evaluate_source
 from pomlia_hpc.workspace import Workspace
 
 META = "dataset,task_type,n_channels,n_classes,n_train\na,multi-class,3,8,1000\nb,binary,1,2,500\n"
@@ -122,3 +123,20 @@ def test_sources_record_the_absolute_path_of_their_file(
     (source,) = kb.list_sources(reg)
     reg.dispose()
     assert source.file == str(folder / "r.csv") and Path(source.file).is_absolute()
+
+
+def test_eval_of_a_metric_the_source_has_no_values_of_names_its_metrics(
+    registry: Registry, tmp_path: Path
+) -> None:
+    """`strategy eval --source S --metric f1_macro` on a table of ACC values said "needs at
+    least 3 data sets with results; this selection has 0 (none)", not that the metric was
+    the problem."""
+    rows = "a,resnet18,scratch,full,28,acc,0.9\nb,resnet18,scratch,full,28,auc,0.8\n"
+    path = _write(tmp_path, HEADER + rows, "r.csv")
+    kb.import_table(registry, path, "t", meta_path=_write(tmp_path, META, "m.csv"))
+    with pytest.raises(InputError) as err:
+        evaluate_source(registry, "t", "f1_macro")
+    msg = str(err.value)
+    assert "source 't' has no results for metric 'f1_macro' (its metrics: acc, auc)" in msg, msg
+    with pytest.raises(InputError, match="the registry has no counted run of a task with metric"):
+        evaluate_source(registry, "registry", "f1_macro")

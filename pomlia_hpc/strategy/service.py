@@ -6,7 +6,7 @@ from pomlia_hpc.errors import InputError
 from pomlia_hpc.registry import Registry
 from pomlia_hpc.strategy.evaluate import EvalResult, loo
 from pomlia_hpc.strategy.fpdist import fingerprint_distances
-from pomlia_hpc.strategy.kb import REGISTRY_SOURCE, KnowledgeBase, load
+from pomlia_hpc.strategy.kb import REGISTRY_SOURCE, KnowledgeBase, list_sources, load
 from pomlia_hpc.strategy.learner import build_matrix
 
 
@@ -17,7 +17,27 @@ def evaluate_source(
     ``registry``) for ``metric``; see :func:`pomlia_hpc.strategy.evaluate.loo` and
     :func:`evaluate_kb`."""
     kb = load(registry, metric, [source])
+    if not kb.datasets() and not kb.short:  # short runs: evaluate_kb names them
+        _no_results(registry, source, kb.metric)
     return evaluate_kb(registry, kb, k=k, cheap=cheap, registry_tasks=source == REGISTRY_SOURCE)
+
+
+def _no_results(registry: Registry, source: str, metric: str) -> None:
+    """Refuse an evaluation of a metric ``source`` has no value of, naming the metrics it
+    has: "needs at least 3 data sets; this selection has 0 (none)" did not say that the
+    metric was the problem."""
+    if source == REGISTRY_SOURCE:
+        raise InputError(
+            f"the registry has no counted run of a task with metric '{metric}' (runs of such "
+            "tasks that reached at least a third of their full budget, or 9 epochs); expected "
+            "finished AutoML studies of such tasks, or another --metric"
+        )
+    (info,) = [s for s in list_sources(registry) if s.name == source]
+    has = ", ".join(info.metrics) or "none"
+    raise InputError(
+        f"knowledge-base source '{source}' has no results for metric '{metric}' (its metrics: "
+        f"{has}); expected --metric one of them"
+    )
 
 
 def evaluate_kb(
