@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from collections.abc import Iterator
@@ -436,6 +437,37 @@ def test_the_floor_is_set_only_where_runs_were_cut(
     assert sorted(r.task for r in read.runs) == ["derm"] * 3 + ["path"] * 3
 
 
+def embedded_sets(home: Path, reg: Registry, means: dict[str, list[float]]) -> Path:
+    """An encoder `enc` (a weights file, no network) and a complete fingerprint set of each
+    task's version with the given mean, its embeddings group made with those weights (only
+    its `zarr.json`, which readers check); returns the weights file."""
+    from pomlia_hpc.registry import Encoder, FingerprintSet
+
+    weights = home / "enc.pt"
+    weights.write_bytes(b"weights one")
+    digest = hashlib.sha256(weights.read_bytes()).hexdigest()
+    with reg.session() as s:
+        enc = Encoder(name="enc", checkpoint_path=str(weights))
+        s.add(enc)
+        s.flush()
+        versions = dict(s.execute(select(Task.name, Task.dataset_version_id)).all())
+        for task, mean in means.items():
+            group = home / "embeddings" / task
+            group.mkdir(parents=True)
+            attrs = {"pomlia": {"encoder_sha256": digest}}
+            (group / "zarr.json").write_text(json.dumps({"attributes": attrs}))
+            s.add(
+                FingerprintSet(
+                    encoder_id=enc.id,
+                    dataset_version_id=versions[task],
+                    embeddings_path=str(group),
+                    mean=mean,
+                    status="complete",
+                )
+            )
+    return weights
+
+
 def test_registry_tasks_are_compared_by_fingerprints_in_recommend_and_in_the_eval(
     workspace: Workspace, reg: Registry, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -444,7 +476,6 @@ def test_registry_tasks_are_compared_by_fingerprints_in_recommend_and_in_the_eva
     measures that same learner (it used to leave the fingerprints out). Whether the learner
     then keeps them is its nested choice (tested with the learner); on these four tasks the
     fingerprints rank no better, and every label says so."""
-    from pomlia_hpc.registry import Encoder, FingerprintSet
     from pomlia_hpc.strategy import recommend as rec
     from pomlia_hpc.strategy.service import evaluate_kb, evaluate_source
 
@@ -453,21 +484,7 @@ def test_registry_tasks_are_compared_by_fingerprints_in_recommend_and_in_the_eva
     for seed, (task, flag) in enumerate(names.items()):
         tiny_task(workspace, reg, task, flag, "acc", seed=seed)
         _trials(reg, task, [("small_cnn", 0.001, 0.9 - 0.1 * seed), ("resnet18", 0.01, 0.7)])
-    with reg.session() as s:
-        enc = Encoder(name="enc")
-        s.add(enc)
-        s.flush()
-        versions = dict(s.execute(select(Task.name, Task.dataset_version_id)).all())
-        for task, mean in means.items():
-            s.add(
-                FingerprintSet(
-                    encoder_id=enc.id,
-                    dataset_version_id=versions[task],
-                    embeddings_path="-",
-                    mean=mean,
-                    status="complete",
-                )
-            )
+    weights = embedded_sets(workspace.home, reg, means)
     not_used = "meta-features (fingerprints of enc not used)"
     result = evaluate_source(reg, "registry", "acc")
     assert result.similarity == not_used
@@ -496,6 +513,14 @@ def test_registry_tasks_are_compared_by_fingerprints_in_recommend_and_in_the_eva
     xy = np.array([means[n] for n in ("blood", "derm", "oct", "path")])  # the matrix's order
     expected = np.linalg.norm(xy[:, None, :] - xy[None, :, :], axis=2)
     np.testing.assert_allclose(pairs, expected)
+    # The encoder retrained under its name: its sets' records stay complete, their vectors
+    # are of the earlier weights, and were compared with those of the new ones.
+    weights.write_bytes(b"weights of the retrained encoder")
+    seen.clear()
+    fits.clear()
+    answer = rec.recommend(reg, "blood", k=2, sources=["registry"], record=False)
+    assert len(seen) == 1 and seen[0] is None, "the earlier weights' vectors were compared"
+    assert answer["similarity"] == "meta-features"
 
 
 def test_a_published_data_set_is_never_taken_for_the_task_of_its_name(

@@ -2,7 +2,11 @@
 
 The fingerprint room's ``mean`` distance: the Euclidean distance of the stored mean embeddings
 of two data set versions under one encoder (as :func:`pomlia_hpc.fingerprint.distances.
-mean_distance`), over complete fingerprint sets only. One encoder is used for all pairs: the one
+mean_distance`), over complete fingerprint sets made with the encoder's current weights only
+(the rule of every fingerprint reader, :mod:`pomlia_hpc.fingerprint.usable`: an encoder
+retrained under its name leaves the records of its earlier weights' sets complete, and the
+distance between means of two weights' embedding spaces says nothing). One encoder is used for
+all pairs: the one
 whose complete sets cover the most of the data sets asked for (the target's version required
 when one is given). Names that are not registry tasks (None: a published data set, which may
 share a task's name), and tasks whose version has no complete set under that encoder, get
@@ -14,12 +18,13 @@ distances itself.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 from sqlalchemy import select
 
+from pomlia_hpc.fingerprint.markers import checkpoint_digest, made_with, stored_meta
 from pomlia_hpc.registry import Encoder, FingerprintSet, Registry, Task
 
 
@@ -41,22 +46,32 @@ def fingerprint_distances(
     with registry.session() as s:
         sets = s.execute(
             select(
-                FingerprintSet.encoder_id, FingerprintSet.dataset_version_id, FingerprintSet.mean
+                FingerprintSet.encoder_id,
+                FingerprintSet.dataset_version_id,
+                FingerprintSet.mean,
+                FingerprintSet.embeddings_path,
             ).where(FingerprintSet.status == "complete")
         ).all()
         task_version = dict(s.execute(select(Task.name, Task.dataset_version_id)).all())
-        enc_names = dict(s.execute(select(Encoder.id, Encoder.name)).all())
-    by_enc: dict[int, dict[int, np.ndarray]] = {}
-    for enc, ver, mean in sets:
+        encoders = {
+            e: (n, c)
+            for e, n, c in s.execute(select(Encoder.id, Encoder.name, Encoder.checkpoint_path))
+        }
+    by_enc: dict[int, dict[int, tuple[np.ndarray, str]]] = {}
+    for enc, ver, mean, path in sets:
         if mean:
-            by_enc.setdefault(enc, {})[ver] = np.asarray(mean, np.float64)
+            by_enc.setdefault(enc, {})[ver] = (np.asarray(mean, np.float64), path)
     versions = [task_version.get(n) if n is not None else None for n in names]
     need = 1 if target_version is not None else 2
-    usable = {
-        e: m
-        for e, m in by_enc.items()
-        if (target_version is None or target_version in m) and sum(v in m for v in versions) >= need
-    }
+
+    def enough(m: Mapping[int, object]) -> bool:
+        return (target_version is None or target_version in m) and sum(
+            v in m for v in versions
+        ) >= need
+
+    # Cheap counts first: only an encoder that could serve has its weights file hashed.
+    usable = {e: _current(m, encoders[e][1]) for e, m in by_enc.items() if enough(m)}
+    usable = {e: m for e, m in usable.items() if enough(m)}
     if not usable:
         return None
     enc = max(usable, key=lambda e: (sum(v in usable[e] for v in versions), -e))
@@ -73,4 +88,20 @@ def fingerprint_distances(
 
     pairs = np.stack([row(q) for q in vecs]) if vecs else np.zeros((0, 0))
     target = row(means[target_version]) if target_version is not None else None
-    return FingerprintDistances(str(enc_names.get(enc, enc)), pairs, target)
+    return FingerprintDistances(str(encoders[enc][0]), pairs, target)
+
+
+def _current(sets: Mapping[int, tuple[np.ndarray, str]], weights: str) -> dict[int, np.ndarray]:
+    """The means of ``sets`` (by version) whose embeddings on disk were made with the
+    encoder's weights file ``weights`` as it is now: none when the file is gone."""
+    try:
+        digest = checkpoint_digest(weights) if weights else None
+    except OSError:
+        digest = None
+    if digest is None:
+        return {}
+    return {
+        ver: mean
+        for ver, (mean, path) in sets.items()
+        if made_with(stored_meta(path) or {}, digest)
+    }
