@@ -12,7 +12,7 @@ from sqlalchemy import func, select
 from pomlia_hpc.cli import main
 from pomlia_hpc.errors import InputError
 from pomlia_hpc.registry import KbResult, KbSource, Registry
-from pomlia_hpc.strategy import kb
+from pomlia_hpc.strategy import kb, longformat
 from pomlia_hpc.strategy.service import evaluate_source
 from pomlia_hpc.workspace import Workspace
 
@@ -140,3 +140,21 @@ def test_eval_of_a_metric_the_source_has_no_values_of_names_its_metrics(
     assert "source 't' has no results for metric 'f1_macro' (its metrics: acc, auc)" in msg, msg
     with pytest.raises(InputError, match="the registry has no counted run of a task with metric"):
         evaluate_source(registry, "registry", "f1_macro")
+
+
+def test_a_file_of_more_rows_than_the_limit_is_refused_while_read(
+    registry: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A 160,000-row file took 520 MB to import (every row is held until the transaction):
+    a file of millions filled the memory before any message. The limit is checked while
+    reading (lowered here, so the file stays small)."""
+    monkeypatch.setattr(longformat, "MAX_ROWS", 3)
+    rows = "".join(f"a,arch{i},scratch,full,28,acc,0.9\n" for i in range(4))
+    path = _write(tmp_path, HEADER + rows, "r.csv")
+    with pytest.raises(InputError) as err:
+        kb.import_table(registry, path, "t", meta_path=_write(tmp_path, META, "m.csv"))
+    msg = str(err.value)
+    assert f"{path}: line 5: more than 3 result rows" in msg and "nothing was imported" in msg
+    assert _counts(registry) == (0, 0)
+    path.write_text(HEADER + rows.split("\n", 1)[1])  # 3 rows: the limit itself is fine
+    assert kb.import_table(registry, path, "t", meta_path=tmp_path / "m.csv").n_results == 3

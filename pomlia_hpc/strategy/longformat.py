@@ -33,6 +33,7 @@ Meta-features (a second file, or ``meta_``-prefixed columns): ``dataset``, ``tas
 integers; ``license`` and ``notes`` optional text. An empty optional cell means "unknown".
 Text cells (``arch``, ``init``, ``mode``, ``license``, ``notes``) may not hold control
 characters nor start with ``=``, ``+``, ``-`` or ``@`` (a spreadsheet formula).
+A file holds at most :data:`MAX_ROWS` result rows.
 The limits are those of ``pomlia data add``: 1 or 3 channels, 2 or 3 dims, at most 500
 classes and 4096 px, at most :data:`MAX_IMAGES` images per split.
 ``n_classes`` must agree with ``task_type``: 2 for ``binary``, at least 2 for ``multi-class``
@@ -85,6 +86,11 @@ META_RANGES: dict[str, tuple[int, int]] = {
     "n_test": (1, MAX_IMAGES),
     "image_size": (1, MAX_SIDE_PX),
 }
+#: The most result rows one file may hold: 200 times the largest shipped table (2,400 rows).
+#: Every row is held in memory until the one transaction (about 3 KB a row), so a file made by
+#: mistake (a concatenation, a generated grid) is refused while it is read, not after it has
+#: filled the machine's memory.
+MAX_ROWS = 500_000
 #: The largest cost of one training run a table may give (seconds; about 32 years of one
 #: GPU): the recommender scales costs by training-set size and epochs, and a larger figure
 #: (``1e308``) overflowed to infinity, which no JSON column or output can hold.
@@ -382,6 +388,25 @@ def _check_columns(
         raise InputError(f"{path}: line 1: column(s) {', '.join(dup)} appear twice")
 
 
+def _check_meta_columns(path: Path, meta_cols: list[str]) -> None:
+    """Refuse unknown ``meta_`` columns, and ``meta_`` columns without the required ones."""
+    names = {c[len(META_PREFIX) :] for c in meta_cols}
+    allowed_meta = {*META_REQUIRED, *META_OPTIONAL_INTS, *META_INTS, *META_TEXT}
+    bad = sorted(names - allowed_meta)
+    if bad:
+        raise InputError(
+            f"{path}: line 1: unknown meta-feature column(s) "
+            f"{', '.join(META_PREFIX + b for b in bad)}; expected meta_ plus one of "
+            f"{', '.join(sorted(allowed_meta))}; nothing was imported"
+        )
+    absent = [META_PREFIX + c for c in META_REQUIRED if c not in names]
+    if absent:
+        raise InputError(
+            f"{path}: line 1: meta-feature columns are given, but {', '.join(absent)} "
+            "is missing; nothing was imported"
+        )
+
+
 def read_results(
     path: str | Path,
     meta_path: str | Path | None = None,
@@ -396,26 +421,18 @@ def read_results(
     allowed = {*REQUIRED, "extra_data", *OPTIONAL_NUMBERS, *meta_cols}
     _check_columns(p, columns, REQUIRED, allowed)
     if meta_cols:
-        names = {c[len(META_PREFIX) :] for c in meta_cols}
-        allowed_meta = {*META_REQUIRED, *META_OPTIONAL_INTS, *META_INTS, *META_TEXT}
-        bad = sorted(names - allowed_meta)
-        if bad:
-            raise InputError(
-                f"{p}: line 1: unknown meta-feature column(s) "
-                f"{', '.join(META_PREFIX + b for b in bad)}; expected meta_ plus one of "
-                f"{', '.join(sorted(allowed_meta))}; nothing was imported"
-            )
-        absent = [META_PREFIX + c for c in META_REQUIRED if c not in names]
-        if absent:
-            raise InputError(
-                f"{p}: line 1: meta-feature columns are given, but {', '.join(absent)} "
-                "is missing; nothing was imported"
-            )
+        _check_meta_columns(p, meta_cols)
     file_meta = dict(read_meta(meta_path)) if meta_path is not None else {}
     row_meta: dict[str, tuple[int, dict[str, Any]]] = {}
     rows: list[ResultRow] = []
     seen: dict[tuple[str, str, str], int] = {}
     for line, row in _rows(p):
+        if len(rows) >= MAX_ROWS:
+            raise InputError(
+                f"{p}: line {line}: more than {MAX_ROWS:,} result rows; expected a table of "
+                f"published results of at most {MAX_ROWS:,} rows (split a larger one into "
+                "several sources); nothing was imported"
+            )
         cell = _Cell(p, line, row)
         dataset = cell.name("dataset")
         metric = cell.text("metric").lower()
