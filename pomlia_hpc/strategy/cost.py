@@ -16,7 +16,13 @@ Two sources, best first:
    ``knn``) cost one forward pass per image (the head's training is negligible). Epochs:
    :func:`full_epochs`, as for measured costs, so the two compare. The device rate
    :data:`DEVICE_TMACS` is an assumption (an A100-class GPU at mixed precision, effective,
-   not peak) and every estimate says so (``basis = "estimate"``).
+   not peak) and every estimate says so (``basis = "estimate"``). At small inputs the
+   multiply-adds are not what takes the time: loading, batching and kernel launches per image
+   are. So no image trains faster than :data:`TRAIN_IMG_PER_S` nor passes forward faster
+   than :data:`FORWARD_IMG_PER_S` (one GPU's measured rates at 28 px): without that floor a
+   ResNet-18 at 28 px on 100,000 images for 9 epochs was estimated at 34 s, start-up
+   included, where the measured rate gives ~140 s, and the estimate hardly grew with the
+   data set's size.
 
 GPU hours = wall seconds / 3600 on one GPU.
 """
@@ -53,6 +59,14 @@ GMACS_224: dict[str, float] = {
 FROZEN_EPOCHS = {"linear_probe": 1.0, "knn": 1.0}
 #: Effective tera multiply-accumulates per second of the assumed device.
 DEVICE_TMACS = 20.0
+#: Images per second one GPU trains at, at most, whatever the model (a pass forward and
+#: backward): the fingerprint autoencoder's DeepSpeed bf16 epoch at 28 px, batch 512, on one
+#: H200, 8,323 img/s (docs/BENCHMARKS.md, "GPU check"). The per-image work outside the
+#: multiply-adds sets this pace at small inputs.
+TRAIN_IMG_PER_S = 8323.0
+#: Images per second of a forward pass of frozen features, at most: extraction on the same
+#: GPU at 28 px, 62,244 img/s (the same section).
+FORWARD_IMG_PER_S = 62244.0
 #: Fixed start-up seconds of a job (scheduler, data loading, model build): the part of a
 #: measured run's cost (its job's wall time) outside its epochs.
 OVERHEAD_S = 30.0
@@ -86,9 +100,11 @@ def estimate(strategy: Mapping[str, Any], n_train: int) -> Cost:
     size = float(strategy.get("img_size") or 224)
     mode = str(strategy.get("mode", "full"))
     frozen = mode in FROZEN_EPOCHS
-    passes = FROZEN_EPOCHS[mode] if frozen else 3.0 * full_epochs(n_train)
-    macs = gmacs * 1e9 * (size / 224.0) ** 2 * passes * max(n_train, 1)
-    wall = OVERHEAD_S + macs / (DEVICE_TMACS * 1e12)
+    epochs = FROZEN_EPOCHS[mode] if frozen else float(full_epochs(n_train))
+    passes_per_image = 1.0 if frozen else 3.0  # forward only; forward + backward (~3x)
+    floor_s = 1.0 / (FORWARD_IMG_PER_S if frozen else TRAIN_IMG_PER_S)
+    compute_s = gmacs * 1e9 * (size / 224.0) ** 2 * passes_per_image / (DEVICE_TMACS * 1e12)
+    wall = OVERHEAD_S + max(compute_s, floor_s) * epochs * max(n_train, 1)
     return Cost(wall, wall / 3600.0, "estimate")
 
 
