@@ -67,7 +67,7 @@ from pomlia_hpc.models.catalog import resolve_model
 from pomlia_hpc.models.checkpoint import load_classifier
 from pomlia_hpc.models.seen import Seen, seen_images
 from pomlia_hpc.registry import DatasetVersion, GateDecision, Model, Registry, Task
-from pomlia_hpc.vocab import TaskType, check_metric, normalize_task_type
+from pomlia_hpc.vocab import METRICS, TaskType, check_metric, normalize_task_type
 
 #: Defaults: a challenger may be at most 2 accuracy points worse on the fixed test split
 #: (at 95% confidence), and must be better on production data at alpha 0.05.
@@ -371,7 +371,7 @@ def gate_metric(
             task = s.get(Task, model.task_id) if model.task_id is not None else None
             if task is not None:
                 tasks.append((model, task))
-    metrics = {check_metric(t.metric) for _, t in tasks}
+    metrics = {_task_metric(m, t) for m, t in tasks}
     if len(metrics) > 1:
         said = " and ".join(f"{m.name}'s task {t.name} by {t.metric}" for m, t in tasks)
         raise InputError(
@@ -381,7 +381,21 @@ def gate_metric(
     if not tasks:
         return "acc", "neither model names a task: accuracy"
     model, task = tasks[0]
-    return check_metric(task.metric), f"task {task.name} of model {model.name}"
+    return _task_metric(model, task), f"task {task.name} of model {model.name}"
+
+
+def _task_metric(model: Model, task: Task) -> str:
+    """``task``'s metric as the gate compares it, or an :class:`InputError` that names the
+    task and the model (a task record written by another version or edited by hand): the
+    gate decides a promotion, so it does not guess another metric; ``--metric`` chooses."""
+    try:
+        return check_metric(task.metric)
+    except InputError:
+        raise InputError(
+            f"model {model.name}'s task {task.name} is scored by {task.metric!r}, a metric "
+            f"the gate cannot compare: expected one of {', '.join(METRICS)}; pass --metric "
+            "to say which the gate compares"
+        ) from None
 
 
 def _finite(d: dict[str, Any]) -> dict[str, Any]:

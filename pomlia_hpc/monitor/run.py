@@ -48,6 +48,7 @@ from pomlia_hpc.monitor.requests import AlarmRecorded, record_alarm
 from pomlia_hpc.monitor.runlock import monitor_lock
 from pomlia_hpc.monitor.stats import N_PERM
 from pomlia_hpc.registry import Model, MonitorReport, Promotion, Registry
+from pomlia_hpc.serve.exported import CARD
 from pomlia_hpc.serve.inbox import inputs_dir, read_inputs
 from pomlia_hpc.serve.predlog import log_dir
 from pomlia_hpc.serve.records import LOG_FORMAT
@@ -510,7 +511,9 @@ def monitor_run(
     # One run of a model at a time (monitor/runlock.py): held to the end of --on-alarm.
     with monitor_lock(workspace, target.model.name, ref, progress):
         reference = load_reference(target)
-        metric = task_metric(target.bundle.card)
+        metric, metric_note = task_metric(target.bundle.card, str(target.bundle.root / CARD))
+        if metric_note is not None:
+            progress(f"warning: {metric_note}")
         span = (since, until, label_lookback)
         folders, win = _read(
             registry,
@@ -527,6 +530,8 @@ def monitor_run(
             progress(f"warning: {gone}")
         outcome = _test_window(win, reference, alpha, n_perm, seed, progress, metric)
         report = build_report(target, reference, win, outcome, alpha=alpha)
+        if metric_note is not None:
+            report["notes"].insert(0, metric_note)
         _note_replaced(registry, target, report, progress)
         past = history(registry, target.model.id)
         atypical = _least_typical_inputs(folders, win, outcome)
