@@ -240,7 +240,10 @@ def test_monitor_history_shows_each_window_and_the_gaps_between_them(
 
 
 #: The keys of `monitor history MODEL --json` (checked against the command above).
-HISTORY_KEYS = "id created_at since until status predictions labels accuracy alarm path"
+HISTORY_KEYS = (
+    "id created_at since until status predictions labels accuracy metric metric_value "
+    "reference_value reference_n alarm path"
+)
 
 
 def documented_keys() -> dict[tuple[str, ...], list[str]]:

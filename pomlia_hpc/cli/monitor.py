@@ -186,36 +186,40 @@ def history_cmd(
 
     --json keys (the table's columns): id, created_at, since and until (the window tested,
     ISO 8601), status, predictions, labels (feedback labels in the window), accuracy (on them,
-    the task's ACC: label-wise for multi-label; a number in [0, 1], not rounded), alarm (true
-    or false), path (the report's JSON file); a missing value is null. A multi-label model's
-    reports written before report format /2 held exact-match accuracy, not comparable: their
-    accuracy is "-" (null), with a note. A console too narrow for the full table (80
-    columns) gets 5 columns: predictions, labels and accuracy stacked in
-    one, the creation time and the window (MM-DD HH:MM) above the status. Spans between the
-    listed windows that none of them tested are named after the table."""
+    the task's ACC: label-wise for multi-label; a number in [0, 1], not rounded), metric (the
+    one the performance test compared: the task's auc or f1_macro, else acc), metric_value
+    (on the labels), reference_value and reference_n (the reference's value and images),
+    alarm (true or false), path (the report's JSON file); a missing value is null. The table's
+    "tested" column reads e.g. "auc 0.912 (n=60)": the metric on n labels. A multi-label
+    model's reports written before report format /2 held exact-match accuracy, not
+    comparable: their accuracy is "-" (null), with a note. A console too narrow for the full
+    table (80 columns) gets 5 columns: predictions, labels, tested metric and accuracy
+    stacked in one, the creation time and the window (MM-DD HH:MM) above the status. Spans
+    between the listed windows that none of them tested are named after the table."""
     from pomlia_hpc.monitor.history import (
         comparable_accuracy,
         is_multi_label,
         list_reports,
         report_window,
+        tested_metric,
         window_gaps,
     )
 
     rows = list_reports(STATE.registry(), target, limit)
     multi = bool(rows) and is_multi_label(STATE.registry(), rows[0].model_id)
     if as_json:
-        print_rows([_history_row(r, comparable_accuracy(r.metrics, multi)) for r in rows])
+        print_rows([_history_row(r, multi) for r in rows])
         return
     title = f"monitor reports ({len(rows)})"
     table = ListTable(title=title)
-    columns = ("id", "created", "window", "status", "predictions", "labels", "accuracy")
-    for col in (*columns, "alarm", "path"):
+    columns = ("id", "created", "window", "status", "predictions", "labels", "tested")
+    for col in (*columns, "accuracy", "alarm", "path"):
         table.add_column(col, overflow="fold", no_wrap=col in ("id", "created"))
     # The narrow form (an 80-column terminal): counts and accuracy stacked, path in full.
     narrow = table.narrow = Table(title=title)
     narrow.add_column("id", no_wrap=True)
     narrow.add_column("created\nwindow\nstatus", no_wrap=True)
-    narrow.add_column("predictions\nlabels\naccuracy")
+    narrow.add_column("predictions\nlabels\ntested\naccuracy")
     narrow.add_column("alarm")
     narrow.add_column("path", overflow="fold")
     old_kind = 0  # reports whose accuracy is of another kind (format /1, multi-label)
@@ -224,6 +228,7 @@ def history_cmd(
         acc = comparable_accuracy(r.metrics, multi)
         old_kind += acc is None and perf.get("accuracy") is not None
         window = report_window(r.metrics)
+        tested = tested_metric(r.metrics, multi)
         cells = (
             str(r.id),
             when(r.created_at),
@@ -231,16 +236,17 @@ def history_cmd(
             shown((r.metrics or {}).get("status")),
             shown((r.metrics or {}).get("predictions")),
             shown(perf.get("labels")),
+            tested.text() if tested is not None else MISSING,
             f"{acc:.3f}" if isinstance(acc, float) and math.isfinite(acc) else MISSING,
             "yes" if r.triggered else "no",
             r.report_path,
         )
         table.add_row(*cells)
-        ident, _, span, status, predictions, labels, accuracy, alarm, path = cells
+        ident, _, span, status, predictions, labels, metric, accuracy, alarm, path = cells
         narrow.add_row(
             ident,
             stack(when(r.created_at, narrow=True), span, status),
-            stack(predictions, labels, accuracy),
+            stack(predictions, labels, metric, accuracy),
             alarm,
             path,
         )
@@ -261,10 +267,14 @@ def history_cmd(
         )
 
 
-def _history_row(report: Any, acc: float | None) -> dict[str, Any]:
+def _history_row(report: Any, multi_label: bool) -> dict[str, Any]:
     """One row of ``monitor history --json``: the table's columns, numbers as recorded
-    (``acc``: the comparable accuracy, history.comparable_accuracy)."""
+    (the comparable accuracy, history.comparable_accuracy; the tested metric,
+    history.tested_metric)."""
+    from pomlia_hpc.monitor.history import comparable_accuracy, tested_metric
+
     metrics = report.metrics or {}
+    tested = tested_metric(metrics, multi_label)
     perf = metrics.get("performance") or {}
     window = metrics.get("window") or {}
     return {
@@ -275,7 +285,11 @@ def _history_row(report: Any, acc: float | None) -> dict[str, Any]:
         "status": metrics.get("status"),
         "predictions": metrics.get("predictions"),
         "labels": perf.get("labels"),
-        "accuracy": acc,
+        "accuracy": comparable_accuracy(metrics, multi_label),
+        "metric": tested.name if tested else None,
+        "metric_value": tested.value if tested else None,
+        "reference_value": tested.reference_value if tested else None,
+        "reference_n": tested.reference_n if tested else None,
         "alarm": bool(report.triggered),
         "path": report.report_path,
     }

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -47,6 +49,65 @@ def comparable_accuracy(metrics: Mapping[str, Any] | None, multi_label: bool) ->
     if multi_label and metrics.get("format") is None:
         return None
     return float(acc) if isinstance(acc, int | float) else None
+
+
+@dataclass(frozen=True)
+class TestedMetric:
+    """The metric a recorded report's performance test compared: the task's (AUC, macro F1)
+    where it was tested, else accuracy (an accuracy task, a window where the task's metric was
+    undefined, a reference without probabilities), with its value on the window's ``labels``
+    and the reference's on its ``reference_n`` images. A value is None where undefined or
+    not comparable (:func:`comparable_accuracy`)."""
+
+    name: str
+    value: float | None
+    labels: int
+    reference_value: float | None
+    reference_n: int | None
+
+    def text(self) -> str:
+        """``auc 0.398 (n=60)``: the name, the window's value and its label count."""
+        value = f"{self.value:.3f}" if self.value is not None else "n/a"
+        return f"{self.name} {value} (n={self.labels})"
+
+
+def tested_metric(metrics: Mapping[str, Any] | None, multi_label: bool) -> TestedMetric | None:
+    """What a recorded report (its registry ``metrics``) tested on feedback labels, None for
+    a report without labels. Reports written before the task's metric was tested name no
+    metric: they tested accuracy."""
+    perf = (metrics or {}).get("performance") or {}
+    labels = perf.get("labels")
+    if not isinstance(labels, int) or labels <= 0:
+        return None
+    name = str(perf.get("metric") or "acc")
+    got = perf.get("metric_test")
+    if name != "acc" and isinstance(got, Mapping):
+        return TestedMetric(
+            name,
+            _number(got.get("value")),
+            labels,
+            _number(got.get("reference_value")),
+            _count(got.get("reference_n")),
+        )
+    acc = comparable_accuracy(metrics, multi_label)
+    ref = perf.get("reference_accuracy", perf.get("validation_accuracy"))
+    return TestedMetric(
+        "acc",
+        acc,
+        labels,
+        None if acc is None else _number(ref),
+        _count(perf.get("reference_n", perf.get("validation_n"))),
+    )
+
+
+def _number(v: Any) -> float | None:
+    """A recorded number, None for none (JSON's null for NaN) or anything else."""
+    ok = isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+    return float(v) if ok else None
+
+
+def _count(v: Any) -> int | None:
+    return v if isinstance(v, int) and not isinstance(v, bool) else None
 
 
 def show_time(value: Any) -> str:

@@ -99,15 +99,29 @@ def plot_metric(past: Sequence[MonitorReport], report: dict[str, Any]) -> str:
         lw=1,
         label=f"reference ({split})" if split else "reference",
     )
+    _plot_tested(ax, x, [p for _, p in points])
     ax.set_xticks(x, [k for k, _ in points], rotation=45, fontsize=7)
     ax.set_ylim(0, 1.02)
-    ax.set_ylabel("accuracy on feedback")
+    ax.set_ylabel("on feedback labels")
     ax.legend(fontsize=8)
     ax.set_title(
         "performance over time"
         + (f" ({left_out} older report(s) with exact-match accuracy left out)" if left_out else "")
     )
-    return _img(fig, "accuracy over time with its interval")
+    return _img(fig, "accuracy and the tested metric over time")
+
+
+def _plot_tested(ax: Any, x: np.ndarray, perfs: Sequence[dict[str, Any]]) -> None:
+    """The task's metric (AUC, macro F1) of each report that tested it, beside accuracy (its
+    test decided, so it is the line an alarm is read from); its reference, the newest one's."""
+    tests = [p.get("metric_test") if p.get("metric") != "acc" else None for p in perfs]
+    for name in sorted({t["metric"] for t in tests if t}):
+        got = [t if t and t["metric"] == name else None for t in tests]
+        y = np.array([np.nan if t is None or t["value"] is None else t["value"] for t in got])
+        ax.plot(x, y, "s-", color="C2", label=f"{name} (tested)")
+        ref = [t["reference_value"] for t in got if t and t["reference_value"] is not None]
+        if ref:
+            ax.axhline(ref[-1], color="C2", ls=":", lw=1, label=f"{name} reference")
 
 
 def plot_projection(outcome: CheckOutcome) -> str:

@@ -14,7 +14,7 @@ from typing import Any
 from matplotlib.figure import Figure
 from sqlalchemy import select
 
-from pomlia_hpc.monitor.history import NOT_TESTED, is_tested
+from pomlia_hpc.monitor.history import NOT_TESTED, is_tested, tested_metric
 from pomlia_hpc.registry import Model, MonitorReport, Registry
 from pomlia_hpc.report import figures
 from pomlia_hpc.report.html import (
@@ -59,7 +59,7 @@ def monitor_page(registry: Registry, workspace: Workspace, folder: Path) -> str 
 
 
 #: Monitor numbers that are shares from 0 to 1, and those that count predictions.
-_SHARES = ("accuracy", "share", "rate", "coverage")
+_SHARES = ("accuracy", "share", "rate", "coverage", "auc", "f1_macro")
 _COUNTS = ("predictions", "n", "labels", "requests")
 #: The y labels of the panels of shares and of counts.
 SHARE_UNIT = "share (0 to 1)"
@@ -128,7 +128,8 @@ def _is_num(v: Any) -> bool:
 
 
 def _numbers(r: MonitorReport) -> dict[str, float]:
-    """The numbers worth a chart line: the metrics' own, the accuracy on labelled feedback."""
+    """The numbers worth a chart line: the metrics' own, the accuracy on labelled feedback
+    and the task's metric where the report tested it (AUC, macro F1)."""
     m = r.metrics or {}
     out = {k: float(v) for k, v in m.items() if _is_num(v)}
     perf = m.get("performance")
@@ -136,6 +137,9 @@ def _numbers(r: MonitorReport) -> dict[str, float]:
         for key in ("accuracy", "labels"):
             if _is_num(perf.get(key)):
                 out[key] = float(perf[key])
+    tested = tested_metric(m, multi_label=False)
+    if tested is not None and tested.name != "acc" and tested.value is not None:
+        out[tested.name] = tested.value
     return out
 
 
@@ -156,6 +160,9 @@ def _report_row(r: MonitorReport, time: str, folder: Path) -> list[str]:
         labels = str(perf.get("labels", ""))
         if "accuracy" in perf:  # recorded, maybe undefined (no labels): n/a, never "nan"
             labels += f", accuracy {metric_text(perf['accuracy'])}"
+        tested = tested_metric(m, multi_label=False)
+        if tested is not None and tested.name != "acc":  # the task's metric decided
+            labels += f", {tested.name} {metric_text(tested.value)} (tested)"
     elif "accuracy" in m:
         labels = f"accuracy {metric_text(m['accuracy'])}"
     return [
