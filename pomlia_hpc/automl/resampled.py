@@ -34,6 +34,12 @@ RESAMPLED_METRICS = ("auc", "f1_macro")
 #: images, about 17 s of one core for a binary AUC's two models: docs/BENCHMARKS.md).
 MIN_RESAMPLES = 2000
 MAX_RESAMPLES = 200_000
+#: The random generator's seed of the gate's bootstrap and the monitor's permutation test: the
+#: same images and outputs give the same decision, the same window the same p-value.
+SEED = 0
+#: Resamples (gate) or random splits (monitor) computed at once: bounds the memory, a few
+#: (chunk, images) float64 arrays (about 6 MiB each at 3,000 images).
+CHUNK = 250
 
 
 def resamples_for(alpha: float) -> int:

@@ -33,8 +33,10 @@ from typing import Any
 import numpy as np
 
 from pomlia_hpc.automl.resampled import (
+    CHUNK,
     FEW_CLASS_IMAGES,
     RESAMPLED_METRICS,
+    SEED,
     draw_weights,
     metric_of,
     resamples_for,
@@ -50,11 +52,6 @@ BOOTSTRAP_METRICS = RESAMPLED_METRICS
 #: Fewest images the bootstrap runs on: a resample of a handful of images is mostly copies of
 #: a few, and its quantiles say little. With fewer the test is not run and does not pass.
 MIN_BOOTSTRAP_IMAGES = 10
-#: The random generator's seed: the same images and outputs give the same decision, in any
-#: order (:func:`canonical_order`).
-SEED = 0
-#: Resamples computed at once (bounds the memory: a few (chunk, n) float arrays).
-_CHUNK = 250
 
 
 def probabilities(logits: np.ndarray, task_type: str) -> np.ndarray:
@@ -155,8 +152,8 @@ def _bootstrap(
     total = resamples_for(alpha)
     rng = np.random.default_rng(seed)
     diffs = []
-    for lo in range(0, total, _CHUNK):
-        w = draw_weights(rng, n, min(_CHUNK, total - lo))
+    for lo in range(0, total, CHUNK):
+        w = draw_weights(rng, n, min(CHUNK, total - lo))
         diffs.append(
             metric_of(metric, task_type, truth, pb, w) - metric_of(metric, task_type, truth, pa, w)
         )

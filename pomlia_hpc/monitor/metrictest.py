@@ -36,17 +36,19 @@ from typing import Any
 
 import numpy as np
 
-from pomlia_hpc.automl.resampled import metric_of, resamples_for, sparse_classes
+from pomlia_hpc.automl.resampled import (
+    CHUNK,
+    SEED,
+    metric_of,
+    resamples_for,
+    sparse_classes,
+)
 from pomlia_hpc.errors import InputError
 from pomlia_hpc.monitor.stats import CheckResult
 from pomlia_hpc.serve.reference import Reference
 from pomlia_hpc.serve.runtime import LOGGED_DECIMALS
 from pomlia_hpc.vocab import METRICS, check_metric
 
-#: The seed of the resamples: the same window and reference give the same p-value.
-SEED = 0
-#: Random splits computed at once (bounds the memory: a few (chunk, n) float arrays).
-CHUNK = 250
 #: A split's difference this close to the observed one counts as equal (float sums in
 #: another order: the observed split itself must count).
 TOLERANCE = 1e-12
