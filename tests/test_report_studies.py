@@ -238,3 +238,18 @@ def test_report_studies_option(workspace: Workspace, reg: Registry, wide_console
     assert (out / "studies.html").read_text().count("<img") == 1
     said = " ".join(CliRunner().invoke(app, ["report", "--help"]).output.split())
     assert "--studies" in said
+
+
+def test_the_best_validation_metric_names_its_image_count(
+    studied: tuple[Workspace, Registry], tmp_path: Path
+) -> None:
+    """Each trial's cell said `1.000 (n=8)` but the overview's best said `auc 1.000`: the
+    best of a study now carries the validation images it was computed on, as elsewhere."""
+    ws, reg = studied
+    with reg.session() as s:
+        best = s.get(Run, 2)
+        assert best is not None
+        best.metrics = {**best.metrics, "val": {"auc": 1.0, "n": 8}}
+    res = build_report(reg, ws, tmp_path / "r")
+    rows = _rows((res.folder / "studies.html").read_text())
+    assert dict(zip(rows[0], rows[1], strict=True))["best validation metric"] == "auc 1.000 (n=8)"

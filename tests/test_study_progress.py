@@ -161,3 +161,20 @@ def test_a_studys_own_views_mark_its_final_training(workspace: Workspace, reg: R
     (final,) = finals
     assert all(t.final == (t.run_id == final) for v in seen for t in v.trials)
     assert len(seen[-1].search) == 1 and seen[-1].final_stage().startswith("final training")
+
+
+def test_the_best_so_far_names_the_images_its_metrics_were_computed_on() -> None:
+    """The trial cells said `0.900 (n=2)` where trials scored different splits, but the best so
+    far (the table's caption, the progress note) said `val acc 0.900` with no count: an AUC
+    of 1.000 from 2 images read like one from 400 exactly where the study's answer is shown."""
+    best = replace(_trial(1, "ok", 0.9), test=0.8, val_n=2, test_n=60)
+    other = replace(_trial(2, "ok", 0.5), val_n=40, test_n=60)
+    view = replace(_view(best, other), best=best)
+    console = Console(width=250, record=True)
+    console.print(study_table(view))
+    text = " ".join(console.export_text().split())
+    assert "best so far: run 1 (" in text and "val acc 0.900 (n=2), test 0.800 (n=60)" in text
+    out = io.StringIO()
+    with progress("study s", 4, unit="trials", stream=out, every_s=3600) as bar:
+        study_reporter(bar)(view)
+    assert "best run 1 val acc 0.900 (n=2)" in out.getvalue(), out.getvalue()

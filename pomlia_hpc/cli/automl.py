@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import contextlib
-import math
 import shlex
 from collections.abc import Callable
 from pathlib import Path
@@ -11,118 +10,18 @@ from typing import Annotated, Any
 
 import typer
 from rich.table import Table
-from rich.text import Text
 
 from pomlia_hpc.cli.app import STATE, app, console, err_console, profile_for
-from pomlia_hpc.cli.tables import ListTable, fit_columns, pick_form, shown, stack
+from pomlia_hpc.cli.studytable import epochs_word, study_table, with_n
+from pomlia_hpc.cli.tables import fit_columns, pick_form
 from pomlia_hpc.errors import InputError
 from pomlia_hpc.processes import Hangup, hangup_as_interrupt
-from pomlia_hpc.progress import Reporter, drop_output, duration, progress, reader_gone
-from pomlia_hpc.vocab import RunStatus
+from pomlia_hpc.progress import Reporter, drop_output, progress, reader_gone
 
 automl_app = typer.Typer(
     help="AutoML studies: SMAC-Hyperband over training strategies.", no_args_is_help=True
 )
 app.add_typer(automl_app, name="automl")
-
-
-def _fmt(x: float | None, digits: int = 3) -> str:
-    return "" if x is None or (isinstance(x, float) and math.isnan(x)) else f"{x:.{digits}f}"
-
-
-def epochs_word(n: int) -> str:
-    """``epoch`` for 1 (``1 epoch``), else ``epochs``."""
-    return "epoch" if n == 1 else "epochs"
-
-
-_STYLE = {
-    RunStatus.OK: "green",
-    RunStatus.CRASHED: "red",
-    RunStatus.CANCELLED: "magenta",
-    RunStatus.RUNNING: "yellow",
-    RunStatus.PENDING: "dim",
-}
-
-
-def _counts(trials: Any, key: str) -> set[int]:
-    """The distinct image counts (``val_n`` or ``test_n``) the trials recorded."""
-    return {n for t in trials if (n := getattr(t, key, None)) is not None}
-
-
-def _head(counts: set[int]) -> str:
-    """`` (n=40)`` for a column whose trials all scored the same number of images."""
-    return f" (n={next(iter(counts))})" if len(counts) == 1 else ""
-
-
-def _metric_cell(trial: Any, value: float | None, n: int | None, counts: set[int]) -> str:
-    """A trial's metric: `-` for none yet (running, crashed, cancelled), `n/a` for one that
-    finished with the metric undefined (AUC on a split of one class), as `runs list` says;
-    its image count beside it where the column's header cannot give one."""
-    text = _fmt(value) or ("n/a" if trial.status == RunStatus.OK else "-")
-    return text + (f" (n={n})" if n is not None and len(counts) > 1 else "")
-
-
-def study_table(view: Any, elapsed_s: float | None = None) -> ListTable:
-    """The live table of a study (a :class:`~pomlia_hpc.automl.study.StudyView`), with its
-    narrow form for an 80-column terminal; ``elapsed_s``: the driver's time so far (s)."""
-    # epochs the trials ran (a trial cancelled after 9 s counted its whole budget), and
-    # against --budget-epochs the epochs given out, which that option limits
-    budget = f" ({view.spent_epochs}/{view.budget_epochs} given out)" if view.budget_epochs else ""
-    best = view.best
-    caption = (
-        f"best so far: run {best.run_id} ({best.summary}, {best.epochs} ep) "
-        f"val {view.metric} {_fmt(best.objective)}, test {_fmt(best.test)}"
-        if best
-        else "best so far: none yet"
-    )
-    runs = f"{len(view.search)}/{view.n_trials} trials"
-    if len(view.search) < len(view.trials):  # the final training of the best is not a trial
-        runs += " + final training"
-    took = f", {duration(elapsed_s)} elapsed" if elapsed_s is not None else ""
-    run = f"{view.run_epochs} {epochs_word(view.run_epochs)} run"
-    title = f"study {view.name}: {runs}, {run}{budget}{took}"
-    table = ListTable(title=title, caption=caption)
-    # The images each metric was computed on: one count per split in the header (every trial
-    # scores the same split), per cell where trials differ (an AUC of 1.000 from 2 images read
-    # like one from 400).
-    val_n, test_n = _counts(view.trials, "val_n"), _counts(view.trials, "test_n")
-    val_head, test_head = f"val {view.metric}{_head(val_n)}", f"test {view.metric}{_head(test_n)}"
-    for col in ("run", "configuration", "epochs", "status", val_head):
-        table.add_column(col, overflow="fold")
-    for col in (test_head, "cost (s)", "job", "cause"):
-        table.add_column(col, overflow="fold")
-    # The narrow form: words whole at 80 columns (`configu`/`ration` and 5 lines per run
-    # before), the status under the epochs, val over test, the cause under the configuration.
-    narrow = table.narrow = Table(title=title, caption=caption)
-    both = f"val/test {view.metric}" + (_head(val_n) if val_n == test_n else "")
-    for col in ("run", "configuration", "epochs", both, "cost (s)"):
-        narrow.add_column(col, overflow="fold")
-    for t in view.trials[-30:]:
-        mark = " *" if best is not None and t.run_id == best.run_id else ""
-        epochs = f"{t.start_epoch}→{t.epochs}" if t.start_epoch else str(t.epochs)
-        status = Text(t.status, style=_STYLE.get(t.status, ""))
-        cost, cause = _fmt(t.cost_s, 1), t.cause
-        val = _metric_cell(t, t.objective, getattr(t, "val_n", None), val_n)
-        test = _metric_cell(t, t.test, getattr(t, "test_n", None), test_n)
-        table.add_row(
-            f"{t.run_id}{mark}",
-            t.summary,
-            epochs,
-            status,
-            val,
-            test,
-            shown(cost),
-            shown(t.job),
-            shown(cause),  # whole: the column wraps (a cut cause named half the device)
-        )
-        narrow.add_row(
-            stack(f"{t.run_id}{mark}", f"job {t.job}" if t.job else ""),
-            stack(t.summary, cause),
-            Text(stack(epochs, t.status), style=_STYLE.get(t.status, "")),
-            stack(val, test),
-            shown(cost),
-        )
-    return table
 
 
 def study_reporter(bar: Reporter) -> Callable[[Any], None]:
@@ -149,7 +48,8 @@ def study_reporter(bar: Reporter) -> Callable[[Any], None]:
                 bar.line(line)
         notes = [stage]
         if best is not None:
-            notes.append(f"best run {best.run_id} val {view.metric} {_fmt(best.objective)}")
+            val = with_n(best.objective, getattr(best, "val_n", None))
+            notes.append(f"best run {best.run_id} val {view.metric} {val}")
         note = "; ".join(n for n in notes if n)
         table: Table = study_table(view, bar.elapsed_s)
         if bar.console is not None and not bar.plain:
@@ -566,10 +466,11 @@ def _report(spec: Any, result: Any, *, resume: bool) -> int:
             )
         return 1
     m = result.best_metrics or {}
+    val = with_n(m.get("objective"), (m.get("val") or {}).get("n"))
     if result.model_name is None:
         # the study found a best, but its model's name belonged to another model
         console.print(
-            f"best: run {result.best_run_id}, val {spec.metric} {_fmt(m.get('objective'))}; "
+            f"best: run {result.best_run_id}, val {spec.metric} {val}; "
             f"[red]model not registered[/]: {result.model_refused}",
             soft_wrap=True,
             highlight=False,
@@ -579,8 +480,9 @@ def _report(spec: Any, result: Any, *, resume: bool) -> int:
     # say "0 s" for a finished one, so the study's own span is given, or nothing.
     took = result.elapsed_s if resume else result.wall_s
     console.print(
-        f"best: run {result.best_run_id}, val {spec.metric} {_fmt(m.get('objective'))}, test "
-        f"{_fmt((m.get('test') or {}).get(spec.metric))}; model [bold]{result.model_name}[/] "
+        f"best: run {result.best_run_id}, val {spec.metric} {val}, test "
+        f"{with_n((m.get('test') or {}).get(spec.metric), (m.get('test') or {}).get('n'))}; "
+        f"model [bold]{result.model_name}[/] "
         f"{_registered(result)}; {result.n_ok} ok, {result.n_crashed} crashed{_cancelled(result)}, "
         f"{result.spent_epochs} {epochs_word(result.spent_epochs)}"
         + ("" if took is None else f", {took:.0f} s")

@@ -63,6 +63,7 @@ class _Study:
     trials: int = 0
     crashed: int = 0
     best: float | None = None
+    best_n: int | None = None  # the validation images the best was computed on
     newest: int = 0  # its newest run's id
     # Each run's (objective, crashed) for the curve: only for a study shown in full.
     points: list[tuple[float | None, bool]] | None = None
@@ -104,7 +105,7 @@ def studies_page(
         task = tasks.get(st.task_id or -1)
         metric = task.metric if task else "metric"
         name = st.key or "(no study)"
-        best = f"{metric} {st.best:.3f}" if st.best is not None else NA
+        best = f"{metric} {metric_with_n(st.best, st.best_n)}" if st.best is not None else NA
         overview.append([name, task.name if task else "", st.trials, st.crashed, best])
         if st.points is not None:
             about = (
@@ -153,8 +154,9 @@ def _sum_up(s: Session, listed: set[str], full: set[str]) -> dict[str, _Study]:
             st.trials += 1
             st.crashed += status == "crashed"
             st.newest = run_id
-            if value is not None:
-                st.best = value if st.best is None else max(st.best, value)
+            if value is not None and (st.best is None or value > st.best):
+                st.best = value
+                st.best_n = ((metrics or {}).get("val") or {}).get("n")
             if st.points is not None:
                 st.points.append((value, status == "crashed"))
         if len(rows) < _BATCH:
