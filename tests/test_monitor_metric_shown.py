@@ -2,12 +2,14 @@
 its task's metric: a metric it does not know is tested as accuracy with a note (`monitor run`
 failed on it, drift tests and all), and `monitor history` (table and --json) and the workspace
 report's chart show the metric the performance test compared with its label count (they showed
-accuracy alone for an AUC task)."""
+accuracy alone for an AUC task); a window of late labels alone names the metric it tests."""
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterator
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -19,15 +21,19 @@ from pomlia_hpc.cli import app
 from pomlia_hpc.registry import MonitorReport, Registry
 from pomlia_hpc.report.pages_ops import monitor_chart
 from pomlia_hpc.workspace import Workspace
-from tests.monitor_support import demo_model, images, log_predictions
+from tests.monitor_support import append_lines, demo_model, images, log_predictions
 
 LABELS = 60
+#: Late labels: predictions made this long before the fixture, labelled ``LATE`` before it.
+EARLY, LATE = timedelta(hours=48), timedelta(hours=30)
 
 
 @pytest.fixture(scope="module")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Workspace, Registry, Path]]:
     """An exported demo model 'blood' with its reference and a window of 60 labelled
-    predictions; yields (workspace, registry, the bundle's card file)."""
+    predictions; 40 predictions of two days ago whose labels came 30 hours ago (outside the
+    24 hours before now that the other runs test); yields (workspace, registry, the bundle's
+    card file)."""
     home = tmp_path_factory.mktemp("metric-shown") / "home"
     ws = Workspace(home=home, db_url=f"sqlite:///{home / 'registry.db'}", cluster_profile="local")
     ws.create()
@@ -35,6 +41,19 @@ def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[Workspace, R
     bundle = demo_model(reg, ws, n_ref=120)
     x, y = images(LABELS, seed=5, split="val")
     log_predictions(ws, bundle, x, labels=y)
+    now = datetime.now(UTC)
+    x, y = images(40, seed=6, split="val")
+    early = log_predictions(ws, bundle, x, when=now - EARLY)
+    late = (now - LATE).isoformat()
+    feedback = [
+        {"type": "feedback", "id": os.urandom(16).hex(), "time": late, "prediction_id": r["id"]}
+        | {"model": "blood", "model_version": r["model_version"], "deployment": None}
+        | {"label": f"class_{t}", "label_index": int(t)}
+        for r, t in zip(early, y, strict=True)
+    ]
+    path = ws.path("logs", "predictions", "blood", "late-labels.jsonl")
+    append_lines(path, *feedback)
+    path.chmod(0o600)
     yield ws, reg, bundle / "card.json"
     reg.dispose()
 
@@ -100,3 +119,36 @@ def test_history_shows_the_metric_the_monitor_tested_with_its_label_count(
         rows = list(s.scalars(select(MonitorReport)))
     lines = [line.get_label() for ax in monitor_chart(rows, "blood").axes for line in ax.lines]
     assert "auc" in lines, lines
+
+
+def test_a_window_of_late_labels_alone_names_the_metric_it_tests(
+    env: tuple[Workspace, Registry, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Labels that came a day after their predictions, in a window without traffic: an AUC
+    task's report said both "auc: its test decides; accuracy is ... not tested" and "only the
+    accuracy on the labels that arrived in it is tested"."""
+    ws, _, card_path = env
+    # the late labels' own hour (the fixture's log times are its own, not this test's)
+    late = datetime.fromisoformat(_late_time(ws))
+    since, until = (late + timedelta(minutes=m) for m in (-30, 30))
+    card = json.loads(card_path.read_text())
+    card["task"]["metric"] = "auc"
+    card_path.write_text(json.dumps(card))
+    monkeypatch.setenv("POMLIA_HOME", str(ws.home))
+    monkeypatch.delenv("POMLIA_DB_URL", raising=False)
+    args = ["monitor", "run", "blood", "--json"]
+    args += ["--since", since.isoformat(), "--until", until.isoformat()]
+    res = CliRunner().invoke(app, args)
+    assert res.exit_code in (0, 1), res.output
+    report = json.loads(res.stdout)
+    assert report["volume"]["predictions"] == 0 and report["performance"]["labels"] == 40
+    assert report["performance"]["metric"] == "auc"
+    notes = " ".join(report["notes"])
+    assert "only the auc on the labels that arrived in it is tested" in notes, notes
+    assert "only the accuracy" not in notes, notes
+
+
+def _late_time(ws: Workspace) -> str:
+    """The time the fixture's late labels carry."""
+    path = ws.path("logs", "predictions", "blood", "late-labels.jsonl")
+    return str(json.loads(path.read_text().splitlines()[0])["time"])

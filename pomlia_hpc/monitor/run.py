@@ -400,9 +400,12 @@ def _test_window(
     progress(f"testing (MMD, KS, classifier, labels, confidence, {tested})")
     outcome = run_checks(win, ref, alpha=alpha, n_perm=n_perm, seed=seed, metric=metric)
     if not win.n_predictions:
+        # The metric the performance test compared (an AUC task's AUC, not its accuracy).
+        tested_by = (outcome.performance or {}).get("metric", "acc")
         outcome.notes.append(
-            "no predictions of this model version in the window: only the accuracy on the "
-            "labels that arrived in it is tested"
+            "no predictions of this model version in the window: only the "
+            f"{'accuracy' if tested_by == 'acc' else tested_by} on the labels that arrived in "
+            "it is tested"
         )
     return outcome
 
