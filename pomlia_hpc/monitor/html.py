@@ -97,7 +97,7 @@ def plot_metric(past: Sequence[MonitorReport], report: dict[str, Any]) -> str:
         color="k",
         ls="--",
         lw=1,
-        label=f"reference ({split})" if split else "reference",
+        label=f"accuracy reference ({split})" if split else "accuracy reference",
     )
     _plot_tested(ax, x, [p for _, p in points])
     ax.set_xticks(x, [k for k, _ in points], rotation=45, fontsize=7)
