@@ -68,8 +68,9 @@ def run(
     label_lookback: Annotated[
         str,
         typer.Option(
-            help="The accuracy is tested on the labels that arrived in the window; their "
-            "predictions are looked up this far before the window start (e.g. 3d, 7d)."
+            help="The task's metric (AUC, macro F1, else accuracy) is tested on the labels that "
+            "arrived in the window; their predictions are looked up this far before the window "
+            "start (e.g. 3d, 7d)."
         ),
     ] = "7d",
     settle: Annotated[
@@ -308,7 +309,8 @@ def reference(
 ) -> None:
     """(Re)compute MODEL's monitoring reference: the fingerprints and outputs the server would
     log for the images of --split (written next to the exported bundle). `monitor run` tests
-    the accuracy on feedback against the accuracy on that split and names it (reference_split)."""
+    the task's metric on feedback (AUC, macro F1, else accuracy) against its value on that
+    split and names it (reference_split)."""
     from pomlia_hpc.monitor.reference import create_reference
 
     with console.status(f"computing the monitoring reference of {model}"):
