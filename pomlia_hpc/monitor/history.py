@@ -52,7 +52,7 @@ def comparable_accuracy(metrics: Mapping[str, Any] | None, multi_label: bool) ->
 
 
 @dataclass(frozen=True)
-class TestedMetric:
+class ReportedMetric:
     """The metric a recorded report's performance test compared: the task's (AUC, macro F1)
     where it was tested, else accuracy (an accuracy task, a window where the task's metric was
     undefined, a reference without probabilities), with its value on the window's ``labels``
@@ -71,7 +71,7 @@ class TestedMetric:
         return f"{self.name} {value} (n={self.labels})"
 
 
-def tested_metric(metrics: Mapping[str, Any] | None, multi_label: bool) -> TestedMetric | None:
+def tested_metric(metrics: Mapping[str, Any] | None, multi_label: bool) -> ReportedMetric | None:
     """What a recorded report (its registry ``metrics``) tested on feedback labels, None for
     a report without labels. Reports written before the task's metric was tested name no
     metric: they tested accuracy."""
@@ -82,7 +82,7 @@ def tested_metric(metrics: Mapping[str, Any] | None, multi_label: bool) -> Teste
     name = str(perf.get("metric") or "acc")
     got = perf.get("metric_test")
     if name != "acc" and isinstance(got, Mapping):
-        return TestedMetric(
+        return ReportedMetric(
             name,
             _number(got.get("value")),
             labels,
@@ -91,7 +91,7 @@ def tested_metric(metrics: Mapping[str, Any] | None, multi_label: bool) -> Teste
         )
     acc = comparable_accuracy(metrics, multi_label)
     ref = perf.get("reference_accuracy", perf.get("validation_accuracy"))
-    return TestedMetric(
+    return ReportedMetric(
         "acc",
         acc,
         labels,
