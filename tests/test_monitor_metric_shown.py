@@ -114,6 +114,8 @@ def test_history_shows_the_metric_the_monitor_tested_with_its_label_count(
     assert row["reference_n"] == 120 and row["accuracy"] == report["performance"]["accuracy"]
     table = CliRunner().invoke(app, ["monitor", "history", "blood"], env={"COLUMNS": "250"})
     assert f"auc {got['value']:.3f} (n={LABELS})" in table.output, table.output
+    shown = CliRunner().invoke(app, ["monitor", "show", str(row["id"])], env={"COLUMNS": "250"})
+    assert f"{LABELS} predictions, {LABELS} labels (auc tested)" in shown.output, shown.output
     # the workspace report's chart of the model's reports draws the AUC too
     with env[1].session() as s:
         rows = list(s.scalars(select(MonitorReport)))

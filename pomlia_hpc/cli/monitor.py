@@ -155,7 +155,7 @@ def show(
     console.print(
         f"report {row.id}: [bold]{data['model']}[/]{slot} {data['status'].upper()} "
         f"window {show_time(data['window']['since'])} → {show_time(data['window']['until'])}, "
-        f"{data['volume']['predictions']} predictions"
+        f"{data['volume']['predictions']} predictions{_labels_said(data)}"
     )
     table = Table()
     for col in ("test", "family", "statistic", "p-value", "rejected"):
@@ -175,6 +175,15 @@ def show(
     for note in data["quality"].get("warnings", []) + data["notes"]:
         console.print(f"  - {escape(note)}", highlight=False)  # notes quote "[val]"
     console.print(f"HTML: {Path(row.report_path).with_name('report.html')}")
+
+
+def _labels_said(report: dict[str, Any]) -> str:
+    """``, 60 labels (auc tested)``: the feedback labels a report tested and the metric its
+    performance test compared (the table's statistic has no count beside it); empty without."""
+    perf = report.get("performance") or {}
+    if not perf.get("labels"):
+        return ""
+    return f", {perf['labels']} labels ({perf.get('metric') or 'acc'} tested)"
 
 
 @monitor_app.command("history")
