@@ -103,9 +103,16 @@ def report_path(reg: Registry, report: dict[str, Any]) -> str:
 def test_history_shows_the_metric_the_monitor_tested_with_its_label_count(
     env: tuple[Workspace, Registry, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """An AUC task's reports listed accuracy alone, the number its alarm did not read."""
+    """An AUC task's reports listed accuracy alone, the number its alarm did not read. (The
+    task's metric comes from the bundle's card, recorded at export from a task, and an AUC
+    task's labelled predictions keep their probabilities through the log's join.)"""
     report = _monitor(env, monkeypatch, "auc")
     got = report["performance"]["metric_test"]
+    assert report["performance"]["metric"] == "auc" and got["labels"] == LABELS
+    weighted = {t["name"]: t["weight"] for t in report["tests"] if t["family"] == "performance"}
+    assert weighted["auc"] > 0 and weighted["accuracy"] == 0
+    page = Path(report_path(env[1], report)).with_name("report.html").read_text()
+    assert "auc (the task's metric, which is tested)" in page
     res = CliRunner().invoke(app, ["monitor", "history", "blood", "--json", "--limit", "1"])
     assert res.exit_code == 0, res.output
     (row,) = json.loads(res.stdout)

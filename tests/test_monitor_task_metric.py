@@ -5,15 +5,12 @@ accuracy was tested; a macro F1 task that stopped finding a rare class alike."""
 
 from __future__ import annotations
 
-import json
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import numpy as np
 import pytest
-from typer.testing import CliRunner
 
-from pomlia_hpc.cli import app
 from pomlia_hpc.monitor.checks import run_checks
 from pomlia_hpc.monitor.labels import LabelJoin
 from pomlia_hpc.monitor.logread import LogWindow
@@ -120,36 +117,6 @@ def test_a_macro_f1_task_alarms_when_a_rare_class_is_no_longer_found() -> None:
     assert out.alarm and tests["f1_macro"].rejected
     assert tests["accuracy"].statistic == pytest.approx(0.8) and not tests["accuracy"].rejected
     assert not run_checks(win, ref, n_perm=50, metric="acc").alarm
-
-
-def test_monitor_run_tests_the_metric_the_model_s_card_names(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """The task's metric comes from the bundle's card (recorded at export from a task), and
-    an AUC task's labelled predictions keep their probabilities through the log's join."""
-    home = tmp_path / "home"
-    ws = Workspace(home=home, db_url=f"sqlite:///{home / 'registry.db'}", cluster_profile="local")
-    ws.create()
-    reg = Registry.open(ws.db_url)
-    bundle = demo_model(reg, ws, n_ref=120)
-    card_path = bundle / "card.json"
-    card = json.loads(card_path.read_text())
-    card["task"]["metric"] = "auc"
-    card_path.write_text(json.dumps(card))
-    x, y = images(60, seed=5, split="val")
-    log_predictions(ws, bundle, x, labels=y)
-    monkeypatch.setenv("POMLIA_HOME", str(home))
-    monkeypatch.delenv("POMLIA_DB_URL", raising=False)
-    res = CliRunner().invoke(app, ["monitor", "run", "blood", "--json"])
-    assert res.exit_code == 0, res.output
-    report = json.loads(res.output[res.output.index("{") :])
-    perf = report["performance"]
-    assert perf["metric"] == "auc" and perf["metric_test"]["labels"] == 60
-    weighted = {t["name"]: t["weight"] for t in report["tests"] if t["family"] == "performance"}
-    assert weighted["auc"] > 0 and weighted["accuracy"] == 0
-    (page,) = (home / "reports" / "blood").glob("*/report.html")
-    assert "auc (the task's metric, which is tested)" in page.read_text()
-    reg.dispose()
 
 
 def test_a_class_with_one_label_in_the_mean_is_named_by_the_monitor_and_the_gate() -> None:
