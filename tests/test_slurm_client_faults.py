@@ -10,15 +10,17 @@ import operator
 import os
 import shutil
 import subprocess
+import threading
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
-from pomlia_hpc.cluster import Executor, cancel
+from pomlia_hpc.cluster import Executor, cancel, scancel
 from pomlia_hpc.cluster.batch import cancel_named, jobs_named, submit_script
 from pomlia_hpc.cluster.records import sacct_states, squeue_ids
+from pomlia_hpc.cluster.terminate import cancel_own_jobs
 from pomlia_hpc.errors import UNAVAILABLE_EXIT, ClusterError
 
 CONF = """\
@@ -76,7 +78,7 @@ def test_a_hanging_scancel_is_unavailable_not_a_hang(
     """`jobs cancel` ran scancel without a time limit: a controller that took the connection
     and never answered hung the command for good."""
     fake(fake_bin, "scancel", "exec sleep 30")
-    monkeypatch.setattr(cancel, "SCANCEL_TIMEOUT_S", 0.5)
+    monkeypatch.setattr(scancel, "SCANCEL_TIMEOUT_S", 0.5)
     with pytest.raises(ClusterError) as failed:
         cancel.cancel_scheduler_job("slurm", "4242")
     assert failed.value.exit_code == UNAVAILABLE_EXIT
@@ -275,3 +277,35 @@ def test_a_timed_out_python_job_leaves_another_submission_of_its_name_queued(
         cancel_named(name)
     assert str(failed.value).endswith("it was not queued"), failed.value
     assert queued == [other_id]
+
+
+@pytest.mark.slurm
+@pytest.mark.usefixtures("slurm")
+def test_a_driver_stopping_with_a_hanging_scancel_still_ends(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A driver stopped by Ctrl-C or SIGTERM cancels its Slurm jobs with signals ignored;
+    its scancel had no time limit, so a controller that took the connection and never
+    answered hung the process for good, beyond another Ctrl-C."""
+    real = shutil.which("scancel")
+    assert real is not None
+    name = f"pomlia-test-{uuid.uuid4().hex[:8]}"
+    executor = Executor.from_profile("slurm-local", tmp_path / "jobs")
+    handle = executor.submit(operator.add, 1, 2, name=name)
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake(bin_dir, "scancel", "exec sleep 120")
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setattr(scancel, "SCANCEL_TIMEOUT_S", 0.5)
+    done: list[int] = []
+    try:
+        stopping = threading.Thread(target=lambda: done.append(cancel_own_jobs("test over")))
+        stopping.start()
+        stopping.join(60)
+        assert not stopping.is_alive(), "cancel_own_jobs still waits for scancel"
+    finally:
+        subprocess.run([real, handle.job_id], check=False)
+    assert done == [0]  # nothing was cancelled, and nothing claims it was
+    said = capsys.readouterr().err
+    assert f"could not cancel jobs {handle.job_id}: scancel: the Slurm controller" in said, said
+    assert f"did not answer within 0.5 s; they may still run (`scancel {handle.job_id}`" in said

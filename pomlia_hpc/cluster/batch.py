@@ -18,6 +18,7 @@ from pathlib import Path
 
 from pomlia_hpc.cluster.reach import slurm_failure, timed_out
 from pomlia_hpc.cluster.refusal import option_of
+from pomlia_hpc.cluster.scancel import scancel_or_fail
 from pomlia_hpc.errors import ClusterError, SlurmUnavailableError
 from pomlia_hpc.progress import say
 
@@ -207,7 +208,7 @@ def cancel_named(name: str, script: Path | None = None) -> list[str]:
 def cancel_ids(ids: Sequence[str]) -> None:
     """Cancel these Slurm jobs by id (one ``scancel``; an id that has ended is no error)."""
     if ids:
-        _run(["scancel", *ids])
+        scancel_or_fail(ids, "scancel refused")
 
 
 def scrontab_unavailable() -> str | None:

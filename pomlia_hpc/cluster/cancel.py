@@ -18,7 +18,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pomlia_hpc.cluster.reach import slurm_failure, timed_out
 from pomlia_hpc.cluster.records import (
     FINAL_STATES,
     is_local_job_process,
@@ -29,12 +28,10 @@ from pomlia_hpc.cluster.records import (
     squeue_ids,
     this_host,
 )
+from pomlia_hpc.cluster.scancel import scancel_or_fail
 from pomlia_hpc.errors import ClusterError, NotFoundError
 from pomlia_hpc.processes import ignores_signal, kill_tree, pid_alive
 from pomlia_hpc.registry import Job, Registry
-
-#: Seconds ``scancel`` may take before the controller counts as not answering (exit 69).
-SCANCEL_TIMEOUT_S = 60.0
 
 #: Seconds a cancelled local job may take to stop after SIGINT before it gets SIGKILL. A process
 #: can ignore SIGINT without meaning to: it inherits SIG_IGN when started from a background job
@@ -62,18 +59,7 @@ def cancel_scheduler_job(backend: str, scheduler_id: str, *, folder: str | None 
     ``folder``, when given): after the job ended, the pid may belong to an unrelated process.
     """
     if backend == "slurm":
-        try:  # a controller that hangs must not hang `jobs cancel` with it
-            proc = subprocess.run(
-                ["scancel", scheduler_id],
-                capture_output=True,
-                text=True,
-                timeout=SCANCEL_TIMEOUT_S,
-                check=False,
-            )
-        except subprocess.TimeoutExpired as exc:
-            raise timed_out("scancel", SCANCEL_TIMEOUT_S) from exc
-        if proc.returncode != 0:
-            raise slurm_failure("scancel", proc.stderr, f"scancel {scheduler_id} failed")
+        scancel_or_fail([scheduler_id], f"scancel {scheduler_id} failed")
     elif backend == "local":
         try:
             pid = int(scheduler_id)
@@ -121,20 +107,7 @@ def cancel_array_parts(
     tasks ``task_ids`` (at most :data:`ARRAY_CANCEL_WAIT_S` seconds; a ``squeue`` that cannot
     answer is asked again). True once they are gone, False when the wait ran out. A
     :class:`ClusterError` when ``scancel`` fails (nothing recorded)."""
-    try:
-        proc = subprocess.run(
-            ["scancel", *array_ids],
-            capture_output=True,
-            text=True,
-            timeout=SCANCEL_TIMEOUT_S,
-            check=False,
-        )
-    except subprocess.TimeoutExpired as exc:  # the controller, not the request: exit 69
-        raise timed_out("scancel", SCANCEL_TIMEOUT_S) from exc
-    except FileNotFoundError as exc:
-        raise ClusterError(f"scancel could not be run: {exc}") from exc
-    if proc.returncode != 0:
-        raise slurm_failure("scancel", proc.stderr, f"scancel {' '.join(array_ids)} failed")
+    scancel_or_fail(array_ids, f"scancel {' '.join(array_ids)} failed")
     if registry is not None:
         mark_all_cancelled(registry, record_ids, cause)
     deadline = time.monotonic() + ARRAY_CANCEL_WAIT_S

@@ -31,7 +31,9 @@ from typing import TYPE_CHECKING
 
 from pomlia_hpc.cluster.checkpoint import requeue_started
 from pomlia_hpc.cluster.records import mark_all_cancelled
+from pomlia_hpc.cluster.scancel import scancel
 from pomlia_hpc.cluster.submitit_local import SIGINT_CAUSE
+from pomlia_hpc.errors import ClusterError
 
 if TYPE_CHECKING:
     from pomlia_hpc.cluster.handle import JobHandle
@@ -304,12 +306,16 @@ def _cancel_slurm(handles: list[JobHandle], cause: str) -> int:
     if not handles:
         return 0
     ids = [str(h.scheduler_id) for h in handles]
-    try:
-        proc = subprocess.run(["scancel", *ids], capture_output=True, text=True, check=False)
+    try:  # within scancel's time limit: signals are ignored while this runs
+        proc = scancel(ids)
         if proc.returncode != 0:  # an id that ended meanwhile: the others are cancelled
             _say(f"scancel {' '.join(ids)}: {proc.stderr.strip()}")
     except BaseException as exc:  # best effort while going down
-        _say(f"could not cancel jobs {', '.join(ids)}: {exc!r}")
+        said = str(exc) if isinstance(exc, ClusterError) else repr(exc)
+        _say(
+            f"could not cancel jobs {', '.join(ids)}: {said}; they may still run "
+            f"(`scancel {' '.join(ids)}` cancels them)"
+        )
         return 0
     by_registry: dict[int, tuple[Registry, list[int]]] = {}
     for h in handles:
