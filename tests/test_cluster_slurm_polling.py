@@ -3,13 +3,14 @@ expects a client's calls to be few, not one per job at once."""
 
 from __future__ import annotations
 
+import subprocess
 import time
 from pathlib import Path
 
 import pytest
 from sqlalchemy import select
 
-from pomlia_hpc.cluster import Executor, records, wait_all
+from pomlia_hpc.cluster import Executor, handle, records, wait_all
 from pomlia_hpc.cluster.waiting import settle
 from pomlia_hpc.registry import Job, Registry
 from tests.fixtures import jobfns
@@ -38,3 +39,35 @@ def _all_recorded_completed(reg: Registry) -> bool:
     with reg.session() as s:
         rows = list(s.scalars(select(Job)))
     return all(r.state == "COMPLETED" and r.ended_at is not None for r in rows)
+
+
+def test_a_job_that_ended_without_a_result_is_seen_done_when_sacct_says_so(
+    tmp_path: Path, reg: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job cancelled outside pomlia (or killed for its memory) writes no result, and
+    submitit saw its end only in its own sacct polls, every half of the time since the last
+    submission up to every 10 minutes: an AutoML trial killed 20 minutes in held its slot of
+    --parallel for up to 10 minutes more. Now done() asks at most handle.END_SEEN_WITHIN_S
+    seconds after sacct knows (0 here: at once)."""
+    monkeypatch.setattr(handle, "END_SEEN_WITHIN_S", 0.0)
+    ex = Executor.from_profile("slurm-local", tmp_path / "jobs", reg)
+    job = ex.submit(jobfns.sleep_for, 120.0, name="killed-without-result")
+    try:
+        _wait_for_state(job.job_id, "RUNNING")
+        time.sleep(8)  # submitit now polls sacct every 4 s or more
+        assert not job.done()
+    finally:
+        subprocess.run(["scancel", job.job_id], check=True)
+    _wait_for_state(job.job_id, "CANCELLED")
+    assert job.done()
+
+
+def _wait_for_state(job_id: str, state: str) -> None:
+    """Wait (up to 60 s) until sacct reports Slurm job ``job_id`` in ``state``."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        st = records.sacct_states([job_id]).get(job_id)
+        if st is not None and st.state == state:
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"job {job_id} not {state} within 60 s")

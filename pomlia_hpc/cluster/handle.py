@@ -147,6 +147,8 @@ class JobHandle:
         if not self.submitted or self.job().done():
             return self.submitted
         if self._executor.backend == "slurm":
+            if ended_unseen(self.job()):
+                return True
             watch_pending(self)  # a job Slurm will never start is cancelled and given up
         return self.given_up_state is not None
 
@@ -323,6 +325,31 @@ class JobHandle:
             ok = state in FINAL_STATES and state != "COMPLETED"
             return (state if ok else "FAILED"), text
         return "FAILED", text
+
+
+#: Seconds by which :meth:`JobHandle.done` may see the end of a Slurm job that wrote no result
+#: (cancelled, killed for its memory or time, failed before Python started) late. submitit
+#: sees a result file at once, but such a job's end only in its own ``sacct`` polls, which
+#: come every half of the time since this process last submitted a job, up to every 10
+#: minutes: an AutoML trial killed 20 minutes into its training kept its slot of
+#: ``--parallel`` for up to 10 minutes more, a pipeline stage waited as long on its training.
+END_SEEN_WITHIN_S = 30.0
+_WATCH_LOCK = threading.Lock()
+_watched = [-float("inf")]  # when ended_unseen last asked (monotonic s), for all jobs at once
+
+
+def ended_unseen(job: submitit.Job[Any]) -> bool:
+    """Whether Slurm job ``job``, which submitit does not count as done, has ended: submitit's
+    state of all this process's unfinished Slurm jobs is brought up to date with one ``sacct``
+    (submitit's own) when it is :data:`END_SEEN_WITHIN_S` seconds old, else what it knows is
+    read (no call)."""
+    with _WATCH_LOCK:
+        due = time.monotonic() - _watched[0] >= END_SEEN_WITHIN_S
+        if due:
+            _watched[0] = time.monotonic()
+    if due:
+        job.watcher.update()  # a failing sacct is logged by submitit and changes nothing
+    return bool(job.watcher.is_done(str(job.job_id), mode="cache"))
 
 
 def result_written(job: submitit.Job[Any]) -> datetime | None:
