@@ -11,15 +11,17 @@ import os
 import re
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 
 from pomlia_hpc.cluster import Executor
-from pomlia_hpc.cluster.records import record_submission
+from pomlia_hpc.cluster.records import record_submission, squeue_ids
 from pomlia_hpc.errors import UNAVAILABLE_EXIT, ClusterError
-from pomlia_hpc.registry import Registry
+from pomlia_hpc.registry import Job, Registry
 from pomlia_hpc.workspace import Workspace
+from tests.fixtures import jobfns
 from tests.fixtures.factories import tiny_task
 from tests.test_cli_exit_status import free_port
 
@@ -122,3 +124,73 @@ def test_a_study_whose_trial_cannot_reach_the_controller_is_exit_69(
     error = next(line for line in proc.stderr.splitlines() if line.startswith("error: "))
     assert "could not be submitted" in error and "the Slurm controller (slurmctld at " in error
     assert "--resume" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def dead_accounting(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> int:
+    """Set ``SLURM_CONF`` to a copy of the cluster's configuration whose accounting port is a
+    free one (slurmdbd out of reach, the controller answering); returns that port."""
+    real = Path(os.environ.get("SLURM_CONF") or "/etc/slurm/slurm.conf")
+    port = free_port()
+    text = re.sub(
+        r"(?im)^AccountingStoragePort=.*$", f"AccountingStoragePort={port}", real.read_text()
+    )
+    conf = tmp_path / "no-slurmdbd.conf"
+    conf.write_text(text)
+    monkeypatch.setenv("SLURM_CONF", str(conf))
+    return port
+
+
+def test_a_queued_job_is_cancelled_while_sacct_is_down(
+    workspace: Workspace, reg: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`jobs cancel` gave up with sacct's error while slurmdbd was down, although the
+    controller would have cancelled the job: it cancels what squeue lists, and says that
+    sacct could not confirm its state."""
+    executor = Executor.from_profile("slurm-local", tmp_path / "jobs", reg)
+    handle = executor.submit(jobfns.sleep_for, 300.0, name="cancel-without-sacct")
+    assert handle.record_id is not None
+    port = dead_accounting(tmp_path, monkeypatch)
+    try:
+        proc = pomlia(workspace.home, "jobs", "cancel", str(handle.record_id))
+        shown = subprocess.run(
+            ["scontrol", "-o", "show", "job", handle.job_id], capture_output=True, text=True
+        )
+    finally:
+        subprocess.run(["scancel", handle.job_id], check=False)  # whatever the code did
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == f"job {handle.record_id} (slurm {handle.job_id}) cancelled\n"
+    warning = proc.stderr.strip()
+    assert warning.startswith("warning: sacct: Slurm's accounting daemon (slurmdbd at "), warning
+    assert f":{port}, from " in warning and "\n" not in warning, warning
+    assert warning.endswith("was cancelled on squeue's word that it was still queued or running")
+    assert "the same command works" not in warning  # advice for a failure; this one went on
+    with reg.session() as s:
+        row = s.get(Job, handle.record_id)
+        assert row is not None and row.state == "CANCELLED"
+    # signalled: CANCELLED, or COMPLETING while its processes end
+    assert re.search(r"JobState=(CANCELLED|COMPLETING) ", shown.stdout), shown.stdout
+
+
+def test_a_job_squeue_no_longer_lists_is_not_cancelled_while_sacct_is_down(
+    workspace: Workspace, reg: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job that ended (unrecorded) while slurmdbd is down: nothing to cancel, and its
+    final state unknown until sacct answers; exit 69, its row untouched."""
+    executor = Executor.from_profile("slurm-local", tmp_path / "jobs", reg)
+    handle = executor.submit(operator.add, 1, 2, name="ended-without-sacct")
+    assert handle.record_id is not None
+    for _ in range(600):  # ends within seconds; the registry is not told
+        if not squeue_ids([handle.job_id]):
+            break
+        time.sleep(0.2)
+    dead_accounting(tmp_path, monkeypatch)
+    line = one_error_line(pomlia(workspace.home, "jobs", "cancel", str(handle.record_id)))
+    assert line.startswith("error: sacct: Slurm's accounting daemon (slurmdbd at "), line
+    assert line.endswith(
+        f"; squeue does not list job {handle.record_id} (slurm {handle.job_id}): it is no "
+        "longer queued or running and nothing was cancelled; the same command records its "
+        "final state once sacct answers"
+    ), line
+    with reg.session() as s:
+        row = s.get(Job, handle.record_id)
+        assert row is not None and row.state == "PENDING"

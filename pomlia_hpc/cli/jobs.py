@@ -7,6 +7,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 from sqlalchemy import func, select
 
@@ -16,7 +17,7 @@ from pomlia_hpc.cli.jsonout import print_json
 from pomlia_hpc.cli.listing import JsonFlag, check_limit, print_rows
 from pomlia_hpc.cli.polling import refresh_for_listing, say_unsure, unsure_states
 from pomlia_hpc.cli.tables import when
-from pomlia_hpc.cluster.cancel import FORCED_CAUSE, cancel_recorded_job
+from pomlia_hpc.cluster.cancel import FORCED_CAUSE, cancel_job_row
 from pomlia_hpc.cluster.failures import log_files
 from pomlia_hpc.errors import ClusterError, InputError, NotFoundError
 from pomlia_hpc.registry import Job, Registry
@@ -188,9 +189,14 @@ def cancel(
     ] = False,
 ) -> None:
     """Cancel a job (scancel on Slurm, SIGINT to a local process). A Slurm job that neither
-    squeue nor sacct knows any more is recorded LOST (ended)."""
+    squeue nor sacct knows any more is recorded LOST (ended).
+
+    When sacct does not answer (slurmdbd down) but squeue does, a job squeue lists is
+    cancelled all the same, with a warning that sacct could not confirm its state; one it
+    does not list is no longer queued or running: nothing is cancelled (exit 69)."""
     row = _get(job_id)
-    ended = cancel_recorded_job(STATE.registry(), job_id, force=force)
+    outcome = cancel_job_row(STATE.registry(), job_id, force=force)
+    ended = outcome.ended
     if ended == JobState.LOST:
         console.print(
             f"job {job_id} ({row.backend} {row.scheduler_id}) is not known to Slurm any more "
@@ -209,3 +215,9 @@ def cancel(
         )
         return
     console.print(f"job {job_id} ({row.backend} {row.scheduler_id}) cancelled")
+    if outcome.unconfirmed is not None:
+        err_console.print(
+            f"[yellow]warning:[/] {escape(outcome.unconfirmed)}; job {job_id} was cancelled "
+            "on squeue's word that it was still queued or running",
+            highlight=False,
+        )

@@ -15,9 +15,11 @@ import signal
 import subprocess
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pomlia_hpc.cluster.reach import RETRY, failure_kind
 from pomlia_hpc.cluster.records import (
     FINAL_STATES,
     is_local_job_process,
@@ -29,7 +31,7 @@ from pomlia_hpc.cluster.records import (
     this_host,
 )
 from pomlia_hpc.cluster.scancel import scancel_or_fail
-from pomlia_hpc.errors import ClusterError, NotFoundError
+from pomlia_hpc.errors import ClusterError, NotFoundError, SlurmUnavailableError
 from pomlia_hpc.processes import ignores_signal, kill_tree, pid_alive
 from pomlia_hpc.registry import Job, Registry
 
@@ -123,17 +125,41 @@ def cancel_array_parts(
 FORCED_CAUSE = "marked cancelled with --force; the process itself was not signalled"
 
 
+@dataclass(frozen=True)
+class CancelOutcome:
+    """What :func:`cancel_job_row` did. ``ended``: the final state of a job that had already
+    ended (nothing was signalled), None when it was cancelled now. ``unconfirmed``: why
+    Slurm's accounting could not be asked first (``sacct: ... did not answer``), when the job
+    was cancelled on ``squeue``'s word that it was still queued or running; else None."""
+
+    ended: str | None
+    unconfirmed: str | None = None
+
+
 def cancel_recorded_job(registry: Registry, record_id: int, *, force: bool = False) -> str | None:
+    """:func:`cancel_job_row`'s ``ended``: None when cancelled, else the final state of a
+    job that had already ended."""
+    return cancel_job_row(registry, record_id, force=force).ended
+
+
+def cancel_job_row(registry: Registry, record_id: int, *, force: bool = False) -> CancelOutcome:
     """Cancel the job of registry row ``record_id`` and record it CANCELLED (with its end time).
 
-    Returns None when cancelled, or the final state of a job that had already ended (then
-    nothing is signalled and its row keeps that state). A Slurm job neither ``squeue`` nor
-    ``sacct`` knows any more is recorded ``LOST`` (ended). A job that cannot be signalled from
-    here (a local job of another host, a failed ``scancel``) is a :class:`ClusterError`; with
-    ``force`` its row is marked CANCELLED instead, the process itself untouched. Slurm 22.05's
-    ``scancel`` of a job it forgot exits 0 silently: such a job is found LOST before the
-    signal and its final state ``LOST`` returned (nothing signalled)."""
-    refresh_jobs(registry, [record_id], lost=True)
+    Nothing is signalled for a job that had already ended (its row keeps that state). A Slurm
+    job neither ``squeue`` nor ``sacct`` knows any more is recorded ``LOST`` (ended). When
+    ``sacct`` cannot answer (slurmdbd down or busy) while the controller can, a job that
+    ``squeue`` lists is cancelled all the same (``unconfirmed`` says why it was not asked), and
+    one it does not list is a :class:`~pomlia_hpc.errors.SlurmUnavailableError`: it is no
+    longer queued or running, and its final state is recorded once ``sacct`` answers. A job
+    that cannot be signalled from here (a local job of another host, a failed ``scancel``) is
+    a :class:`ClusterError`; with ``force`` its row is marked CANCELLED instead, the process
+    itself untouched. Slurm 22.05's ``scancel`` of a job it forgot exits 0 silently: such a
+    job is found LOST before the signal and returned as ended ``LOST`` (nothing signalled)."""
+    try:
+        refresh_jobs(registry, [record_id], lost=True)
+        unconfirmed = None
+    except ClusterError as exc:  # a local row is never asked of Slurm: this is a Slurm row
+        unconfirmed = str(exc).removesuffix(RETRY)  # it is not a failure of this command yet
     with registry.session() as s:
         row = s.get(Job, record_id)
         if row is None:
@@ -141,7 +167,9 @@ def cancel_recorded_job(registry: Registry, record_id: int, *, force: bool = Fal
         backend, scheduler_id, state = row.backend, row.scheduler_id, row.state
         folder, host = row.folder, (row.meta or {}).get("host")
     if state in FINAL_STATES:
-        return state
+        return CancelOutcome(state)
+    if unconfirmed is not None:
+        _check_still_queued(unconfirmed, record_id, scheduler_id)
     try:
         if backend == "local" and host not in (None, this_host()):
             raise ClusterError(
@@ -153,12 +181,30 @@ def cancel_recorded_job(registry: Registry, record_id: int, *, force: bool = Fal
         if not force:
             raise
         mark_cancelled(registry, record_id, FORCED_CAUSE)
-        return None
+        return CancelOutcome(None, unconfirmed)
     if not mark_cancelled(registry, record_id):
         with registry.session() as s:
             row = s.get(Job, record_id)
-            return row.state if row is not None else None
-    return None
+            return CancelOutcome(row.state if row is not None else None)
+    return CancelOutcome(None, unconfirmed)
+
+
+def _check_still_queued(unconfirmed: str, record_id: int, scheduler_id: str) -> None:
+    """With ``sacct`` out of reach (``unconfirmed``: its error), ask ``squeue`` whether Slurm
+    job ``scheduler_id`` is still queued or running; an error saying both when it cannot
+    tell, or when the job is not listed (nothing to cancel, its end unknown until ``sacct``
+    answers)."""
+    try:
+        listed = scheduler_id in squeue_ids([scheduler_id])
+    except ClusterError as exc:
+        said = str(exc).removesuffix(RETRY)
+        raise failure_kind(exc)(f"{unconfirmed}; {said}: nothing was cancelled{RETRY}") from exc
+    if not listed:
+        raise SlurmUnavailableError(
+            f"{unconfirmed}; squeue does not list job {record_id} (slurm {scheduler_id}): it "
+            "is no longer queued or running and nothing was cancelled; the same command "
+            "records its final state once sacct answers"
+        )
 
 
 def _signal(
@@ -171,7 +217,8 @@ def _signal(
         absolute = folder if folder and Path(folder).is_absolute() else None
         cancel_scheduler_job(backend, scheduler_id, folder=absolute)
     except ClusterError as exc:
-        refresh_jobs(registry, [record_id])
+        with contextlib.suppress(ClusterError):  # accounting down too: the scancel error stands
+            refresh_jobs(registry, [record_id])
         if backend == "slurm":
             # scancel refuses a job Slurm forgot; if squeue/sacct cannot answer either, the
             # scancel error stands.

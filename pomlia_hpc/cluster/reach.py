@@ -84,6 +84,11 @@ def daemon_address(command: str) -> str:
     return f"the Slurm controller (slurmctld{where}, from {path})"
 
 
+#: How :func:`unreachable_error` ends: advice for a command that failed, not for one that went
+#: on without the daemon (which drops it: ``str.removesuffix``).
+RETRY = "; the same command works once it answers again"
+
+
 def unreachable_error(command: str, text: str) -> SlurmUnavailableError:
     """The one-line error for ``command`` (``sbatch``, ``squeue``, ``sacct``, ``scancel``)
     whose daemon did not answer; ``text``: what the command said (its stderr, of which the
@@ -92,8 +97,7 @@ def unreachable_error(command: str, text: str) -> SlurmUnavailableError:
     lines = [" ".join(line.split()) for line in text.splitlines() if line.strip()]
     said = lines[-1] if lines else "no message"
     return SlurmUnavailableError(
-        f"{command}: {daemon_address(command)} did not answer ({said}); the same command "
-        "works once it answers again"
+        f"{command}: {daemon_address(command)} did not answer ({said}){RETRY}"
     )
 
 
