@@ -39,6 +39,7 @@ from pomlia_hpc.errors import (
     UnavailableError,
 )
 from pomlia_hpc.files import current_umask
+from pomlia_hpc.registry.hostcheck import host_unknown
 from pomlia_hpc.registry.pgmissing import missing_database
 from pomlia_hpc.storage import free_space
 
@@ -260,15 +261,14 @@ def server_unreachable(url: str, exc: BaseException) -> bool:
     # libpq prefixes what the server said with its severity; psycopg gives no SQLSTATE for a
     # refusal at connection time (a wrong password), so the words are all there is to go by
     said = str(exc.orig or exc)
-    if getattr(exc.orig, "sqlstate", None) is not None or _NO_SUCH_HOST in said:
-        return False  # an unknown host is a typo, not an outage (a DNS server down: EAI_AGAIN)
+    if getattr(exc.orig, "sqlstate", None) is not None:
+        return False
+    if host_unknown(url):  # a typo, not an outage (a name server down, EAI_AGAIN, is one)
+        return False
     # A server that answered but cannot take a connection now (starting up, shutting down,
     # in recovery, out of connection slots: SQLSTATE 57P03 and 53300) is out of reach too.
     return "FATAL:" not in said or any(words in said for words in _NOT_NOW)
 
-
-#: getaddrinfo's answer for a host name that does not exist (EAI_NONAME), as libpq quotes it.
-_NO_SUCH_HOST = "Name or service not known"
 
 #: What PostgreSQL says at connection time when it cannot take one now (57P03, 53300).
 _NOT_NOW = (

@@ -1,0 +1,55 @@
+"""Whether a database URL names a host that does not exist, asked of the resolver itself.
+
+A registry URL whose host no name server knows is a typo (bad input, exit 2), not a server
+out of reach (exit 69, "try again later"). That used to be read from the driver's message,
+which quotes the C library's words for ``EAI_NONAME``: glibc's "Name or service not known",
+but musl says "Name does not resolve" and other systems other words, and a nightly script
+then retried a typo for ever. :func:`host_unknown` asks ``getaddrinfo`` instead, whose error
+codes do not depend on the wording.
+"""
+
+from __future__ import annotations
+
+import socket
+
+from sqlalchemy.engine import make_url
+from sqlalchemy.exc import ArgumentError
+
+#: getaddrinfo's answers for a name without an address: no such name (EAI_NONAME), or a name
+#: that has no address (EAI_NODATA, where the C library has it). A name server that does not
+#: answer (EAI_AGAIN) or fails (EAI_FAIL) is an outage, not a typo.
+NO_SUCH_HOST_CODES = frozenset(
+    code for code in (socket.EAI_NONAME, getattr(socket, "EAI_NODATA", None)) if code is not None
+)
+
+
+def url_hosts(url: str) -> list[str]:
+    """The host names a database URL connects to: its host and libpq's ``host`` query
+    parameter (a comma-separated list, or several), without Unix socket folders (``/...``)
+    and IP addresses' brackets; empty when it names none (SQLite, a local socket)."""
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return []
+    query = parsed.query.get("host", ())
+    named = [parsed.host or "", *([query] if isinstance(query, str) else query)]
+    hosts = [h.strip().strip("[]") for item in named for h in item.split(",")]
+    return [h for h in hosts if h and not h.startswith("/")]
+
+
+def host_unknown(url: str) -> bool:
+    """Whether every host the database URL ``url`` names is unknown to the resolver (no
+    such name, or no address for it); False when one resolves, when the resolver could not
+    answer, or when the URL names no host."""
+    hosts = url_hosts(url)
+    return bool(hosts) and all(_unknown(host) for host in hosts)
+
+
+def _unknown(host: str) -> bool:
+    try:
+        socket.getaddrinfo(host, None)
+    except socket.gaierror as exc:
+        return exc.errno in NO_SUCH_HOST_CODES
+    except UnicodeError:  # a name the resolver cannot even take (bad IDNA): a typo as well
+        return True
+    return False

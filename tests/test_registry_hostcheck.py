@@ -1,0 +1,51 @@
+"""A registry URL whose host does not exist is bad input (exit 2) whatever words the C
+library uses for it; a server out of reach is 69. The resolver is the machine's own."""
+
+from __future__ import annotations
+
+import pytest
+from sqlalchemy.exc import OperationalError
+
+from pomlia_hpc.registry import server_unreachable
+from pomlia_hpc.registry.hostcheck import host_unknown, url_hosts
+
+NO_SUCH = "no-such-host.invalid"  # RFC 6761: never resolves
+
+
+def failed_connect(message: str) -> OperationalError:
+    """The error SQLAlchemy raises when the driver could not connect, saying ``message``."""
+    return OperationalError("connect", None, Exception(message))
+
+
+@pytest.mark.parametrize(
+    "words",
+    [
+        "Name does not resolve",  # musl (Alpine images)
+        "nodename nor servname provided, or not known",  # BSD, macOS
+        "Name or service not known",  # glibc
+    ],
+)
+def test_an_unknown_host_is_no_outage_in_any_wording(words: str) -> None:
+    """Only glibc's "Name or service not known" was recognised: in a container with musl the
+    typo was exit 69, "try again later", and a nightly script retried it for ever."""
+    url = f"postgresql+psycopg://pomlia:pomlia@{NO_SUCH}:5432/pomlia"
+    said = f"failed to resolve host '{NO_SUCH}': [Errno -2] {words}"
+    assert not server_unreachable(url, failed_connect(said))
+
+
+def test_a_known_host_that_does_not_answer_is_an_outage() -> None:
+    url = "postgresql+psycopg://pomlia:pomlia@localhost:1/pomlia"
+    said = 'connection failed: connection to server at "127.0.0.1", port 1 failed: refused'
+    assert server_unreachable(url, failed_connect(said))
+
+
+def test_the_hosts_of_a_url() -> None:
+    """libpq takes several hosts, in the URL and in its ``host`` parameter; a Unix socket
+    folder is no host name."""
+    assert url_hosts("postgresql+psycopg://u:p@db1,db2:5432/x") == ["db1", "db2"]
+    assert url_hosts("postgresql+psycopg://u:p@/x?host=/run/postgresql") == []
+    assert url_hosts("postgresql+psycopg://u:p@[::1]:5432/x") == ["::1"]
+    assert url_hosts("sqlite:////tmp/registry.db") == []
+    assert host_unknown(f"postgresql+psycopg://u:p@{NO_SUCH}/x")
+    assert not host_unknown(f"postgresql+psycopg://u:p@{NO_SUCH},localhost/x")  # one resolves
+    assert not host_unknown("postgresql+psycopg://u:p@/x?host=/run/postgresql")
