@@ -82,6 +82,9 @@ def test_data_add_prints_its_result_on_stdout_and_the_rest_on_stderr(
     record = json.loads(res.stdout)
     assert record["ref"] == f"blood@{record['version']}" and record["created"] is True
     assert record["n_images"] == 20 and record["splits"] == {"train": 20, "val": 0, "test": 0}
+    # the key `data list --json` and `data show --json` give the path under (`store` stays)
+    listed = json.loads(pomlia(workspace.home, "data", "list", "--json").stdout)
+    assert record["store_path"] == record["store"] == listed[0]["store_path"]
     assert "ingest: 20/20 images" in res.stderr and "warning: no val or test images" in res.stderr
     again = pomlia(workspace.home, "data", "add", "blood", str(npz))
     assert again.returncode == 0, again.stderr

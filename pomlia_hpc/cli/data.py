@@ -134,7 +134,9 @@ _RecordFlag = Annotated[
     typer.Option(
         "--json",
         help="Print the version's record as one JSON object (name, version, ref, created, "
-        "parent, n_images, splits, n_classes, task_type, store, repaired).",
+        "parent, n_images, splits, n_classes, task_type, store, repaired, store_path: the "
+        "store's path, as data list and data show name it; store is the same, kept for "
+        "older scripts).",
     ),
 ]
 

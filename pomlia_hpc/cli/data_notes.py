@@ -32,8 +32,10 @@ def _ingested_record(rec: VersionRecord) -> dict[str, Any]:
         "splits": split_sizes(rec.meta),
         "n_classes": rec.meta.get("n_classes"),
         "task_type": rec.meta.get("task_type"),
-        "store": str(rec.store_path),
+        "store": str(rec.store_path),  # kept for the scripts that read it: store_path
         "repaired": list(rec.repaired),
+        # the key `data list` and `data show` give the same path under
+        "store_path": str(rec.store_path),
     }
 
 
