@@ -343,7 +343,7 @@ def test_a_cancel_marker_of_an_earlier_job_with_the_same_pid_is_forgotten(tmp_pa
     import os
     import sys
 
-    from pomlia_hpc.cluster.records import local_cancel_cause
+    from pomlia_hpc.cluster.localresult import local_cancel_cause
     from pomlia_hpc.cluster.submitit_local import SIGINT_CAUSE, cancel_marker
 
     folder = tmp_path / "jobs"
@@ -381,7 +381,8 @@ def test_a_cancel_marker_of_another_process_with_the_same_pid_is_not_taken(
     process with the same pid but another start (another boot id or start ticks) is not the
     job's."""
     from pomlia_hpc.cluster.attach import AttachedJob
-    from pomlia_hpc.cluster.records import local_cancel_cause, refresh_local_jobs
+    from pomlia_hpc.cluster.localresult import local_cancel_cause
+    from pomlia_hpc.cluster.records import refresh_local_jobs
     from pomlia_hpc.cluster.submitit_local import SIGINT_CAUSE, cancel_marker
 
     gone = subprocess.Popen(["true"])

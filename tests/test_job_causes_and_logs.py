@@ -8,6 +8,7 @@ import io
 import json
 import os
 import subprocess
+import time
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -18,11 +19,13 @@ from typer.testing import CliRunner
 
 from pomlia_hpc.cli import app
 from pomlia_hpc.cli.automl import study_table
+from pomlia_hpc.cluster import Executor
 from pomlia_hpc.cluster.records import (
     SchedulerState,
     merge_scheduler_state,
     own_job_id,
     record_submission,
+    sacct_states,
 )
 from pomlia_hpc.errors import InputError
 from pomlia_hpc.files import write_json_atomic
@@ -31,6 +34,7 @@ from pomlia_hpc.pipeline.spec import parse_pipeline
 from pomlia_hpc.pipeline.stage import Stage, StageContext, run_stage
 from pomlia_hpc.registry import Job, Registry, Run
 from pomlia_hpc.workspace import Workspace
+from tests.fixtures import jobfns
 
 SPEC: dict[str, Any] = {
     "name": "p",
@@ -220,3 +224,25 @@ def test_jobs_list_cuts_a_long_cause_at_a_word_with_an_ellipsis(
         row.exit_cause = long
     out = " ".join(CliRunner().invoke(app, ["jobs", "list"]).output.split())
     assert "word …" in out and "tail" not in out and "wor …" not in out
+
+
+@pytest.mark.slurm
+@pytest.mark.usefixtures("slurm")
+def test_a_failed_job_nobody_collected_shows_its_own_last_word(
+    workspace: Workspace, reg: Registry
+) -> None:
+    """A job whose submitter is gone (or has not collected it yet) ends its log with
+    `error: the job gave up: ValueError: ...`, "as `pomlia jobs show` words it", but `jobs
+    show` and `jobs list` said only `FAILED (exit code 1:0)`: sacct knows no more."""
+    executor = Executor.from_profile("slurm-local", workspace.path("jobs"), reg)
+    handle = executor.submit(jobfns.boom, "the lookup table is empty", name="gives-up")
+    for _ in range(600):  # the job fails within seconds; its result is never collected
+        st = sacct_states([handle.job_id]).get(handle.job_id)
+        if st is not None and st.state == "FAILED":
+            break
+        time.sleep(0.2)
+    res = CliRunner().invoke(app, ["jobs", "show", str(handle.record_id), "--json"])
+    assert res.exit_code == 0, res.output
+    shown = json.loads(res.stdout)
+    assert shown["state"] == "FAILED", shown
+    assert shown["exit_cause"] == "ValueError: the lookup table is empty", shown

@@ -26,11 +26,11 @@ from typing import Any
 
 from pomlia_hpc.cluster.failures import job_limits, log_cause, log_tail
 from pomlia_hpc.cluster.handle import JobFailedError
+from pomlia_hpc.cluster.localresult import local_cancel_cause
 from pomlia_hpc.cluster.records import (
     FINAL_STATES,
     SchedulerState,
     attempts_run,
-    local_cancel_cause,
     sacct_states,
     squeue_ids,
     update_job,

@@ -141,6 +141,20 @@ def log_cause(
     )
 
 
+#: The last line of a job that gave up (``cluster.jobstart.final_line``): ``[12:00:00] error:
+#: the job gave up: ValueError: ...``, the cause after the colon.
+_GAVE_UP = re.compile(r"error: the job gave up: ([^\n]+?)\s*$", re.MULTILINE)
+
+
+def gave_up_cause(text: str | None) -> str | None:
+    """The cause a Slurm job wrote as its last word when it gave up (the last such line of
+    its log ``text``; at most 500 characters), or None: what a failed job's row says when no
+    process collected its result (its submitter is gone, or has not looked yet), where sacct
+    knows only its exit code."""
+    found = _GAVE_UP.findall(text or "")
+    return found[-1][:500] if found else None
+
+
 def job_limits(meta: Mapping[str, Any] | None) -> tuple[int, int] | None:
     """A Slurm job's time limit (minutes) and signal delay (seconds) from its row's meta."""
     time_min, delay = ((meta or {}).get(k) for k in LIMIT_KEYS)

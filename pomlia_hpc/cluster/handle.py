@@ -16,10 +16,10 @@ from submitit.core.utils import UncompletedJobError
 from pomlia_hpc.cluster import states
 from pomlia_hpc.cluster.cancel import cancel_scheduler_job, kill_after_grace
 from pomlia_hpc.cluster.failures import exit_line, failure_cause, log_cause, log_tail
+from pomlia_hpc.cluster.localresult import local_cancel_cause
 from pomlia_hpc.cluster.records import (
     FINAL_STATES,
     attempts_run,
-    local_cancel_cause,
     mark_cancelled,
     refresh_slurm_jobs,
     sacct_states,

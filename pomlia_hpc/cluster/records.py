@@ -8,7 +8,6 @@ call per poll, not one per job; local jobs are polled through ``/proc`` and thei
 from __future__ import annotations
 
 import os
-import pickletools
 import re
 import socket
 import subprocess
@@ -21,9 +20,10 @@ from typing import Any
 from sqlalchemy import and_, or_, select
 
 from pomlia_hpc.cluster.batch import submit_script
-from pomlia_hpc.cluster.failures import job_limits, log_cause, log_tail
+from pomlia_hpc.cluster.failures import gave_up_cause, job_limits, log_cause, log_tail
+from pomlia_hpc.cluster.localresult import local_cancel_cause, local_result_outcome
 from pomlia_hpc.cluster.reach import slurm_failure, timed_out
-from pomlia_hpc.cluster.submitit_local import CONTROLLER_META, cancel_marker
+from pomlia_hpc.cluster.submitit_local import CONTROLLER_META
 from pomlia_hpc.errors import ClusterError
 from pomlia_hpc.processes import pid_alive
 from pomlia_hpc.registry import Job, Registry
@@ -351,14 +351,16 @@ def merge_scheduler_state(row: Job, st: SchedulerState) -> dict[str, Any]:
             # What the job's own log says (submitit gave up requeueing it, the checkpoint
             # signal killed it) explains more than an exit code; nobody else may record it
             # when the job's driver is gone.
+            tail = log_tail(row.folder, row.scheduler_id)
             said = log_cause(
-                log_tail(row.folder, row.scheduler_id),
+                tail,
                 exit_code=st.exit_code,
                 attempts=attempts_run(row, st),
                 limits=job_limits(row.meta),
             )
             own = (row.meta or {}).get(OWN_CAUSE_META)  # the job's own word: record_own_failure
-            new["exit_cause"] = said or own or new["exit_cause"]
+            # then its log's last word (no process may collect its traceback), else the code
+            new["exit_cause"] = said or own or gave_up_cause(tail) or new["exit_cause"]
     return {k: v for k, v in new.items() if getattr(row, k) != v}
 
 
@@ -496,34 +498,6 @@ def is_local_job_process(pid: int, folder: str | None) -> bool:
     except OSError:
         return False
     return "submitit" in cmdline and (folder is None or folder in cmdline)
-
-
-def local_result_outcome(folder: str, scheduler_id: str) -> str | None:
-    """``"success"`` or ``"error"`` from a local job's result pickle; None if there is none.
-
-    Reads only the pickle's first string (submitit stores ``(outcome, value)``): the value is
-    never unpickled, so nothing of the job's code or data is loaded."""
-    path = Path(folder) / f"{scheduler_id}_0_result.pkl"
-    try:
-        with path.open("rb") as f:
-            for _op, arg, _pos in pickletools.genops(f):
-                if isinstance(arg, str):
-                    return arg
-    except (OSError, ValueError):
-        return None
-    return None
-
-
-def local_cancel_cause(folder: str, scheduler_id: str, controller: str | None = None) -> str | None:
-    """The cause a local job's controller noted when it was interrupted (SIGINT: Ctrl-C in
-    the terminal, ``pomlia jobs cancel``), or None if it was not. ``controller``: the start id
-    of the job's process, as recorded with the job (``Job.meta``): the marker of another
-    process with the same pid is not this job's."""
-    try:
-        text = cancel_marker(folder, scheduler_id, controller).read_text()
-    except OSError:
-        return None
-    return text.strip() or "cancelled (SIGINT)"
 
 
 def refresh_local_jobs(registry: Registry, job_ids: Sequence[int] | None = None) -> int:
