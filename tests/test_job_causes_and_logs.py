@@ -246,3 +246,27 @@ def test_a_failed_job_nobody_collected_shows_its_own_last_word(
     shown = json.loads(res.stdout)
     assert shown["state"] == "FAILED", shown
     assert shown["exit_cause"] == "ValueError: the lookup table is empty", shown
+
+
+@pytest.mark.slurm
+@pytest.mark.usefixtures("slurm")
+def test_a_job_cancelled_outside_pomlia_says_so_not_its_exit_code(
+    workspace: Workspace, reg: Registry
+) -> None:
+    """`scancel` of a job (not `jobs cancel`) showed `CANCELLED (exit code 0:0)`, where a
+    trial its driver saw cancelled says `cancelled (scancel or preemption)`."""
+    executor = Executor.from_profile("slurm-local", workspace.path("jobs"), reg)
+    handle = executor.submit(jobfns.sleep_for, 300.0, name="cancelled-outside")
+    subprocess.run(["scancel", handle.job_id], check=True)
+    for _ in range(600):
+        st = sacct_states([handle.job_id]).get(handle.job_id)
+        if st is not None and st.state == "CANCELLED":
+            break
+        time.sleep(0.2)
+    res = CliRunner().invoke(app, ["jobs", "show", str(handle.record_id), "--json"])
+    assert res.exit_code == 0, res.output
+    shown = json.loads(res.stdout)
+    assert (shown["state"], shown["exit_cause"]) == (
+        "CANCELLED",
+        "cancelled (scancel or preemption)",
+    )

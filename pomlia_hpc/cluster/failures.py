@@ -22,6 +22,10 @@ SCHEDULER_CAUSES = {
     "PREEMPTED": "preempted",
 }
 
+#: The causes a job row takes from its final state alone (the exit code Slurm gives them, 0:0
+#: for a scancel, says nothing); other states say "<STATE> (exit code N:S)".
+STATE_CAUSES = {k: SCHEDULER_CAUSES[k] for k in ("CANCELLED", "TIMEOUT", "OUT_OF_MEMORY")}
+
 _EXC_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt|Failure)\b(:.*)?$")
 
 

@@ -20,7 +20,13 @@ from typing import Any
 from sqlalchemy import and_, or_, select
 
 from pomlia_hpc.cluster.batch import submit_script
-from pomlia_hpc.cluster.failures import gave_up_cause, job_limits, log_cause, log_tail
+from pomlia_hpc.cluster.failures import (
+    STATE_CAUSES,
+    gave_up_cause,
+    job_limits,
+    log_cause,
+    log_tail,
+)
 from pomlia_hpc.cluster.localresult import local_cancel_cause, local_result_outcome
 from pomlia_hpc.cluster.reach import slurm_failure, timed_out
 from pomlia_hpc.cluster.submitit_local import CONTROLLER_META
@@ -346,7 +352,9 @@ def merge_scheduler_state(row: Job, st: SchedulerState) -> dict[str, Any]:
     if not final or st.state == "COMPLETED":
         new["exit_cause"] = None  # a failed earlier attempt no longer explains anything
     elif not row.exit_cause or row.state != st.state:
-        new["exit_cause"] = f"{st.state} (exit code {st.exit_code})"
+        # A cancelled, timed-out or OOM-killed job's exit code (0:0) says nothing: its state does.
+        said_by_state = STATE_CAUSES.get(st.state)
+        new["exit_cause"] = said_by_state or f"{st.state} (exit code {st.exit_code})"
         if st.state == "FAILED" and row.backend == "slurm":
             # What the job's own log says (submitit gave up requeueing it, the checkpoint
             # signal killed it) explains more than an exit code; nobody else may record it
