@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import time
+from datetime import UTC, datetime
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -26,6 +27,7 @@ from pomlia_hpc.cluster.records import (
     own_job_id,
     record_submission,
     sacct_states,
+    update_job,
 )
 from pomlia_hpc.errors import InputError
 from pomlia_hpc.files import write_json_atomic
@@ -270,3 +272,22 @@ def test_a_job_cancelled_outside_pomlia_says_so_not_its_exit_code(
         "CANCELLED",
         "cancelled (scancel or preemption)",
     )
+
+
+def test_jobs_show_does_not_call_deleted_logs_not_written_yet(
+    workspace: Workspace, reg: Registry
+) -> None:
+    """A running job whose log files were deleted showed `logs - (none written yet)`, as if
+    it had not started."""
+    folder = workspace.home / "jobs"
+    (queued, running) = record_submission(
+        reg, backend="local", scheduler_ids=["999990", "999991"], name="j", folder=str(folder)
+    )
+    update_job(reg, running, state="RUNNING", started_at=datetime.now(UTC))
+    shown = {
+        job: " ".join(CliRunner().invoke(app, ["jobs", "show", str(job)]).stdout.split())
+        for job in (queued, running)
+    }
+    assert "logs │ - (none written yet)" in shown[queued], shown[queued]
+    assert "none written yet" not in shown[running], shown[running]
+    assert "logs │ - (none in " in shown[running] and "deleted, or never" in shown[running]

@@ -21,7 +21,7 @@ from pomlia_hpc.cluster.cancel import FORCED_CAUSE, cancel_job_row
 from pomlia_hpc.cluster.failures import log_files
 from pomlia_hpc.errors import ClusterError, InputError, NotFoundError
 from pomlia_hpc.registry import Job, Registry
-from pomlia_hpc.vocab import JobState
+from pomlia_hpc.vocab import FINAL_STATES, JobState
 
 jobs_app = typer.Typer(
     help="List, inspect and cancel jobs recorded in the registry.", no_args_is_help=True
@@ -142,13 +142,21 @@ def show(
         if key == "state" and row.backend == "slurm" and row.state == "PENDING":
             table.add_row("pending_reason", _pending_reason(row.scheduler_id))
     # Where the job's own words are: the name rule was documented for AutoML only.
-    table.add_row("logs", "\n".join(logs) or "- (none written yet)")
+    table.add_row("logs", "\n".join(logs) or _no_logs(row))
     if array_logs is not None:
         table.add_row("array_logs", array_logs)
     console.print(table)
     if row.traceback:
         console.print("[bold]traceback[/]")
         console.print(row.traceback, highlight=False, markup=False)
+
+
+def _no_logs(row: Job) -> str:
+    """What ``jobs show`` says of a job without log files: "none written yet" only while it
+    has not started (a running or ended job's were deleted, or its folder moved)."""
+    if row.started_at is None and row.state not in FINAL_STATES:
+        return "- (none written yet)"
+    return f"- (none in {row.folder}: deleted, or never written)"
 
 
 def _array_logs(row: Job) -> str | None:
