@@ -19,6 +19,7 @@ import pytest
 from pomlia_hpc.cluster import Executor
 from pomlia_hpc.cluster.records import record_submission, squeue_ids
 from pomlia_hpc.errors import UNAVAILABLE_EXIT, ClusterError
+from pomlia_hpc.files import write_json_atomic
 from pomlia_hpc.registry import Job, Registry
 from pomlia_hpc.workspace import Workspace
 from tests.fixtures import jobfns
@@ -194,3 +195,30 @@ def test_a_job_squeue_no_longer_lists_is_not_cancelled_while_sacct_is_down(
     with reg.session() as s:
         row = s.get(Job, handle.record_id)
         assert row is not None and row.state == "PENDING"
+
+
+def test_pipeline_cancel_cancels_its_queued_stage_while_sacct_is_down(
+    workspace: Workspace, reg: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`pipeline cancel` stopped at sacct's error with slurmdbd down, and nothing was
+    cancelled; now its queued stage job is, and one that ended meanwhile is passed over."""
+    executor = Executor.from_profile("slurm-local", tmp_path / "jobs", reg)
+    ended = executor.submit(operator.add, 1, 2, name="p-encoder")
+    queued = executor.submit(jobfns.sleep_for, 300.0, name="p-extract")
+    stages = {"encoder": ended, "extract": queued}
+    folder = workspace.path("pipelines", "p")
+    folder.mkdir(parents=True)
+    write_json_atomic(folder / "spec.json", {"data": {"name": "p"}})
+    run = {st: {"action": "run", "job": h.record_id} for st, h in stages.items()}
+    write_json_atomic(folder / "run.json", {"mode": "chain", "stages": run})
+    for _ in range(600):  # the first ends within seconds; the registry is not told
+        if not squeue_ids([ended.job_id]):
+            break
+        time.sleep(0.2)
+    dead_accounting(tmp_path, monkeypatch)
+    try:
+        proc = pomlia(workspace.home, "pipeline", "cancel", "p")
+    finally:
+        subprocess.run(["scancel", queued.job_id], check=False)  # whatever the code did
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == f"cancelled job {queued.record_id} p-extract (Slurm {queued.job_id})\n"

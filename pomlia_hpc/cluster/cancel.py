@@ -125,6 +125,11 @@ def cancel_array_parts(
 FORCED_CAUSE = "marked cancelled with --force; the process itself was not signalled"
 
 
+class NotQueuedError(SlurmUnavailableError):
+    """A job to cancel that ``squeue`` no longer lists while ``sacct`` cannot say how it
+    ended: nothing was cancelled (there was nothing to cancel), and its row is unchanged."""
+
+
 @dataclass(frozen=True)
 class CancelOutcome:
     """What :func:`cancel_job_row` did. ``ended``: the final state of a job that had already
@@ -200,7 +205,7 @@ def _check_still_queued(unconfirmed: str, record_id: int, scheduler_id: str) -> 
         said = str(exc).removesuffix(RETRY)
         raise failure_kind(exc)(f"{unconfirmed}; {said}: nothing was cancelled{RETRY}") from exc
     if not listed:
-        raise SlurmUnavailableError(
+        raise NotQueuedError(
             f"{unconfirmed}; squeue does not list job {record_id} (slurm {scheduler_id}): it "
             "is no longer queued or running and nothing was cancelled; the same command "
             "records its final state once sacct answers"

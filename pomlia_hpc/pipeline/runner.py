@@ -22,6 +22,7 @@ importable from here too.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,7 +35,7 @@ from pomlia_hpc.cluster import Checkpointable, Executor
 from pomlia_hpc.cluster.records import own_job_id, refresh_jobs, refresh_jobs_within
 from pomlia_hpc.cluster.terminate import cancel_children_on_stop, quiet_cancellation
 from pomlia_hpc.config import ClusterProfile, load_cluster_profile
-from pomlia_hpc.errors import ConfigError, NotFoundError, PomliaError
+from pomlia_hpc.errors import ClusterError, ConfigError, NotFoundError, PomliaError
 from pomlia_hpc.files import write_json_atomic
 from pomlia_hpc.pipeline.lock import pipeline_lock
 from pomlia_hpc.pipeline.runfiles import (
@@ -324,8 +325,10 @@ def check_not_running(ctx: StageContext) -> None:
 def cancel_pipeline(workspace: Workspace, registry: Registry, name: str) -> list[Job]:
     """Cancel the queued and running stage (or driver) jobs of pipeline ``name``'s last
     submission (``scancel``; a running stage job cancels the jobs it submitted) and record
-    them CANCELLED; returns the jobs it cancelled (none: nothing was running)."""
-    from pomlia_hpc.cluster.cancel import cancel_recorded_job
+    them CANCELLED; returns the jobs it cancelled (none: nothing was running). With ``sacct``
+    down, a job ``squeue`` lists is cancelled all the same and one it does not is passed
+    over (it has ended; its end is recorded once ``sacct`` answers)."""
+    from pomlia_hpc.cluster.cancel import NotQueuedError, cancel_recorded_job
 
     if name not in known_pipelines(workspace):
         raise NotFoundError(
@@ -334,15 +337,20 @@ def cancel_pipeline(workspace: Workspace, registry: Registry, name: str) -> list
         )
     ids = run_job_ids(pipeline_dir(workspace, name))
     if ids:
-        refresh_jobs(registry, ids)
+        # sacct down (slurmdbd): each job is then asked of squeue as it is cancelled below
+        with contextlib.suppress(ClusterError):
+            refresh_jobs(registry, ids)
     with registry.session() as s:
         rows = list(s.scalars(select(Job).where(Job.id.in_(ids)).order_by(Job.id.desc())))
     cancelled = []
     # The waiting ones first: a cancelled running stage would otherwise make Slurm drop its
     # dependants (kill-on-invalid-dep) while this loop still goes through them.
     for row in sorted(rows, key=lambda r: r.state == "PENDING", reverse=True):
-        if row.state not in FINAL_STATES and cancel_recorded_job(registry, row.id) is None:
-            cancelled.append(row)
+        try:
+            if row.state not in FINAL_STATES and cancel_recorded_job(registry, row.id) is None:
+                cancelled.append(row)
+        except NotQueuedError:
+            continue  # it ended while sacct was down: nothing to cancel, its end unrecorded
     return cancelled
 
 
