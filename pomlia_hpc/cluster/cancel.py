@@ -154,8 +154,8 @@ def cancel_job_row(registry: Registry, record_id: int, *, force: bool = False) -
     job neither ``squeue`` nor ``sacct`` knows any more is recorded ``LOST`` (ended). When
     ``sacct`` cannot answer (slurmdbd down or busy) while the controller can, a job that
     ``squeue`` lists is cancelled all the same (``unconfirmed`` says why it was not asked), and
-    one it does not list is a :class:`~pomlia_hpc.errors.SlurmUnavailableError`: it is no
-    longer queued or running, and its final state is recorded once ``sacct`` answers. A job
+    one it does not list is a :class:`NotQueuedError` (exit 69): it is no longer queued or
+    running, and its final state is recorded once ``sacct`` answers. A job
     that cannot be signalled from here (a local job of another host, a failed ``scancel``) is
     a :class:`ClusterError`; with ``force`` its row is marked CANCELLED instead, the process
     itself untouched. Slurm 22.05's ``scancel`` of a job it forgot exits 0 silently: such a
