@@ -291,3 +291,42 @@ def test_jobs_show_does_not_call_deleted_logs_not_written_yet(
     assert "logs │ - (none written yet)" in shown[queued], shown[queued]
     assert "none written yet" not in shown[running], shown[running]
     assert "logs │ - (none in " in shown[running] and "deleted, or never" in shown[running]
+
+
+@pytest.mark.slurm
+@pytest.mark.usefixtures("slurm")
+def test_jobs_show_json_has_the_pending_reason_its_table_has(
+    workspace: Workspace, reg: Registry
+) -> None:
+    """`jobs show` listed a queued Slurm job's pending_reason, `jobs show --json` did not."""
+    queued = (
+        subprocess.run(
+            [
+                "sbatch",
+                "--parsable",
+                "--hold",
+                "--job-name=held",
+                "--output=/dev/null",
+                "--wrap=true",
+            ],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        .stdout.split(";")[0]
+        .strip()
+    )
+    try:
+        (job,) = record_submission(
+            reg, backend="slurm", scheduler_ids=[queued], name="held", folder="/x"
+        )
+        res = CliRunner().invoke(app, ["jobs", "show", str(job), "--json"])
+        table = CliRunner().invoke(app, ["jobs", "show", str(job)])
+    finally:
+        subprocess.run(["scancel", queued], check=False)
+    assert res.exit_code == 0, res.output
+    shown = json.loads(res.stdout)
+    assert (shown["state"], shown["pending_reason"]) == ("PENDING", "JobHeldUser"), shown
+    assert "pending_reason │ JobHeldUser" in " ".join(table.stdout.split()), table.stdout
+    ended = json.loads(CliRunner().invoke(app, ["jobs", "show", str(job), "--json"]).stdout)
+    assert ended["pending_reason"] is None

@@ -118,7 +118,8 @@ def show(
 
     --json: one object, keys id, name, backend, scheduler_id, array_job_id, array_index,
     state, submitted_at, started_at, ended_at, requeue_count, exit_cause, folder, logs (the
-    paths listed), array_logs (the pattern, or null), traceback."""
+    paths listed), array_logs (the pattern, or null), traceback, pending_reason (squeue's
+    reason why a queued Slurm job waits, e.g. JobHeldUser or Resources; else null)."""
     _get(job_id)
     problem = refresh_for_listing(STATE.registry(), [job_id])
     row = _get(job_id)
@@ -126,10 +127,12 @@ def show(
         say_unsure(err_console if as_json else console, problem, [row])
     logs = [str(p) for p in log_files(row.folder, row.scheduler_id)]
     array_logs = _array_logs(row)
+    pending = _pending_reason(row.scheduler_id) if _pends_on_slurm(row) else None
     if as_json:
         fields = {k: getattr(row, k) for k in SHOW_KEYS}
+        fields |= {"logs": logs, "array_logs": array_logs, "traceback": row.traceback}
         # one object, as every `show` prints (`data show`, `monitor show`), not a list of one
-        print_json(fields | {"logs": logs, "array_logs": array_logs, "traceback": row.traceback})
+        print_json(fields | {"pending_reason": pending})
         return
     table = Table(show_header=False)
     for key in SHOW_KEYS:
@@ -139,8 +142,8 @@ def show(
         # Times as `jobs list` shows them (to the second): str() gave microseconds and +00:00.
         shown = when(value, seconds=True) if isinstance(value, datetime) else value
         table.add_row(key, "-" if shown is None else str(shown))
-        if key == "state" and row.backend == "slurm" and row.state == "PENDING":
-            table.add_row("pending_reason", _pending_reason(row.scheduler_id))
+        if key == "state" and _pends_on_slurm(row):
+            table.add_row("pending_reason", _pending_words(pending))
     # Where the job's own words are: the name rule was documented for AutoML only.
     table.add_row("logs", "\n".join(logs) or _no_logs(row))
     if array_logs is not None:
@@ -171,14 +174,26 @@ def _array_logs(row: Job) -> str | None:
     return f"{pattern}, .err ({n} task{'s' if n != 1 else ''})"
 
 
-def _pending_reason(scheduler_id: str) -> str:
-    """Slurm's reason why job ``scheduler_id`` still pends (``-`` if squeue cannot say)."""
-    from pomlia_hpc.cluster.refusal import never_starts, pending_reasons
+def _pends_on_slurm(row: Job) -> bool:
+    return row.backend == "slurm" and row.state == "PENDING"
+
+
+def _pending_reason(scheduler_id: str) -> str | None:
+    """Slurm's reason why job ``scheduler_id`` still pends, as squeue gives it (None if
+    squeue cannot say)."""
+    from pomlia_hpc.cluster.refusal import pending_reasons
 
     try:
         reason = pending_reasons([scheduler_id]).get(scheduler_id)
     except ClusterError:
-        return "-"
+        return None
+    return reason if reason not in (None, "", "None") else None  # "None": not judged yet
+
+
+def _pending_words(reason: str | None) -> str:
+    """A pending reason as the table shows it (``-`` when unknown)."""
+    from pomlia_hpc.cluster.refusal import never_starts
+
     if reason and never_starts(reason):
         return f"{reason} (Slurm will never start it: lower its request)"
     return reason or "-"
