@@ -123,7 +123,7 @@ def _cfg(**over: object) -> TrainConfig:
     return TrainConfig.model_validate(base | over)
 
 
-def test_train_register_and_resume(workspace: Workspace, reg: Registry) -> None:
+def test_train_register_and_resume(workspace: Workspace, reg: Registry, tmp_path: Path) -> None:
     a = make_dataset(workspace, reg, "blood", sizes=(48, 4, 4), chunk_rows=16)
     b = make_dataset(workspace, reg, "organ", "organamnist", (48, 4, 4), chunk_rows=16)
     ex = Executor.from_profile("local", workspace.jobs, reg)
@@ -156,17 +156,21 @@ def test_train_register_and_resume(workspace: Workspace, reg: Registry) -> None:
         train_encoder(reg, workspace, "ae", [a], _cfg(), executor=ex)
 
     # A longer run in the same folder resumes after the epoch-1 checkpoint (what a requeued
-    # job does after preemption) and keeps the first epoch's loss.
+    # job does after preemption) and keeps the first epoch's loss. The registered encoder's
+    # folder no longer has checkpoints (removed once registered), so the job trains epoch 1
+    # into a folder of its own first, as a job that was then preempted would have.
     # A kill after an epoch's log line but before its checkpoint leaves a line that no
     # checkpoint backs (here epoch 2, and a line cut short): the resume drops them, then logs
     # epoch 2 once.
-    with (out / "train_log.jsonl").open("a") as fh:
-        fh.write(json.dumps({"epoch": 2, "images": -1}) + "\n" + '{"epoch": 3, "ima')
     sources = [Source(str(open_version(reg, r).path), 0, 48) for r in (a, b)]
-    res = ex.submit(TrainJob(_cfg(epochs=2), sources, str(out))).result()
+    job_out = tmp_path / "preempted"
+    first = ex.submit(TrainJob(_cfg(), sources, str(job_out))).result()
+    with (job_out / "train_log.jsonl").open("a") as fh:
+        fh.write(json.dumps({"epoch": 2, "images": -1}) + "\n" + '{"epoch": 3, "ima')
+    res = ex.submit(TrainJob(_cfg(epochs=2), sources, str(job_out))).result()
     assert res["resumed_from"] == 1
-    assert len(res["loss_curve"]) == 2 and res["loss_curve"][0] == enc.loss_curve[0]
-    log = [json.loads(line) for line in (out / "train_log.jsonl").read_text().splitlines()]
+    assert len(res["loss_curve"]) == 2 and res["loss_curve"][0] == first["loss_curve"][0]
+    log = [json.loads(line) for line in (job_out / "train_log.jsonl").read_text().splitlines()]
     assert [e["epoch"] for e in log] == [1, 2] and all(e["images"] == 96 for e in log)
 
     # Unfinished (no encoder.pt, as after a killed job): resuming under other options would

@@ -20,8 +20,9 @@ Files under ``<home>/models/encoders/<name>/``::
     encoder.pt          final weights (written last: its presence means "trained")
     latest.json         {"epoch": k, "tag": "epoch-000k", "loss_curve": [...], "val_curve": [...],
                          "best_epoch": b, "bad_epochs": n, "stopped_early": bool, ...}
-    best.pt             weights of the best held-out epoch so far
-    checkpoints/        DeepSpeed checkpoints (the last two epochs are kept)
+    best.pt             weights of the best held-out epoch so far (while training)
+    checkpoints/        DeepSpeed checkpoints (the last two epochs are kept while training;
+                        both removed once the encoder is registered: fingerprint.trainstate)
     train_log.jsonl     one line per epoch: epoch, loss, val_loss, lr, parts, images, seconds
                         (written before the epoch's latest.json; a resume trims it to that)
     loss_curves.json    train / held-out loss and LR per epoch, best epoch (and a .png of it)
@@ -54,7 +55,7 @@ from pomlia_hpc.fingerprint.rows import train_range
 from pomlia_hpc.fingerprint.staging import start_record, swap_in, training_target, undone_if_refused
 from pomlia_hpc.fingerprint.trainconfig import TrainConfig, normalise_config
 from pomlia_hpc.fingerprint.trainjob import TrainJob
-from pomlia_hpc.fingerprint.trainstate import EncoderState, read_latest
+from pomlia_hpc.fingerprint.trainstate import EncoderState, drop_resume_state, read_latest
 from pomlia_hpc.fingerprint.validation import split_holdout, write_checkpoint
 from pomlia_hpc.names import validate_name
 from pomlia_hpc.progress import say
@@ -148,6 +149,7 @@ def train_encoder(
         # A retrain is staged: the old weights stay registered until the new ones exist.
         staged = training_target(name, out, trained, wanted, pipeline, owned, normalise_config)
         if staged is None:
+            drop_resume_state(out)  # left by a release that kept them
             return existing
         target = staged
     # Everything is checked before a replaced training is removed or a job submitted.
@@ -172,7 +174,7 @@ def train_encoder(
         progress(len(result["loss_curve"]), config.epochs)
     if target != out:
         swap_in(target, out)  # the new weights exist: now they replace the old ones
-    return register_encoder(
+    row = register_encoder(
         registry,
         name,
         config,
@@ -182,6 +184,8 @@ def train_encoder(
         job_id=job_id,
         refresh_of=refresh_of,
     )
+    drop_resume_state(out)  # registered: nothing resumes this training any more
+    return row
 
 
 def _wait_training(

@@ -48,6 +48,7 @@ from pomlia_hpc.fingerprint.trainconfig import TrainConfig
 from pomlia_hpc.fingerprint.trainstate import (
     EncoderState,
     encoder_checkpoints,
+    is_finished,
     read_result,
     start_state,
 )
@@ -130,6 +131,8 @@ def _train_rank(
     Every rank computes the same held-out loss (the same fixed batches), so all ranks take
     the same early-stopping decision without communicating."""
     out = Path(out_dir)
+    if is_finished(out, config.epochs):  # run again to register it: its checkpoints may be gone
+        return read_result(out)
     (out / "checkpoints").mkdir(parents=True, exist_ok=True)
     rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
     engine = _rank_engine(config, world, cpu_share)

@@ -12,9 +12,25 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from pomlia_hpc.files import remove_counted
 from pomlia_hpc.training import EpochCheckpoints, EpochState
 
-__all__ = ["EncoderState", "encoder_checkpoints", "read_latest", "read_result", "start_state"]
+__all__ = [
+    "EncoderState",
+    "drop_resume_state",
+    "encoder_checkpoints",
+    "is_finished",
+    "read_latest",
+    "read_result",
+    "start_state",
+]
+
+#: The weights a finished training leaves (written last: its presence means "trained").
+FINAL_WEIGHTS = "encoder.pt"
+#: What only an unfinished training needs to resume: the DeepSpeed epoch checkpoints (weights
+#: and Adam's two moments, three times ``encoder.pt``, the last two epochs kept) and the best
+#: epoch's weights, which ``encoder.pt`` holds once written.
+RESUME_ONLY = ("checkpoints", "best.pt")
 
 
 class EncoderState(EpochState):
@@ -51,7 +67,7 @@ def read_result(out: Path) -> dict[str, Any]:
     epochs done)."""
     latest = read_latest(out) or {}
     return {
-        "checkpoint_path": str(out / "encoder.pt"),
+        "checkpoint_path": str(out / FINAL_WEIGHTS),
         "loss_curve": latest.get("loss_curve", []),
         "val_curve": latest.get("val_curve", []),
         "best_epoch": latest.get("best_epoch"),
@@ -59,6 +75,29 @@ def read_result(out: Path) -> dict[str, Any]:
         "epochs": latest.get("epoch", 0),
         "resumed_from": latest.get("resumed_from", 0),
     }
+
+
+def is_finished(out: Path, epochs: int) -> bool:
+    """Whether the training in ``out`` is done: ``encoder.pt`` written and ``latest.json`` at
+    its end (``epochs`` epochs, or stopped early). A job started again then has nothing to do,
+    and its resume checkpoints may be gone (:func:`drop_resume_state`)."""
+    latest = read_latest(out)
+    if latest is None or not (out / FINAL_WEIGHTS).is_file():
+        return False
+    return int(latest["epoch"]) >= epochs or bool(latest.get("stopped_early"))
+
+
+def drop_resume_state(out: Path) -> int:
+    """Remove what only resuming the training in ``out`` needs (:data:`RESUME_ONLY`) once
+    ``encoder.pt`` is there; returns the bytes freed (0 when unfinished: nothing is removed).
+
+    A finished encoder kept ~3.9 times its weights besides them (45 MB of ResNet18 weights,
+    two 134 MB checkpoints and a 45 MB copy of the best epoch), on a cluster's quota. The
+    caller removes them once the encoder is registered: a registration that failed reruns the
+    job, which then finds the training finished (:func:`is_finished`) without them."""
+    if not (out / FINAL_WEIGHTS).is_file():
+        return 0
+    return remove_counted([out / name for name in RESUME_ONLY])
 
 
 def start_state(latest: EncoderState | None) -> dict[str, Any]:
