@@ -9,7 +9,8 @@ A study lives in ``<home>/runs/<study>/``::
 
     study.json               the specification (:class:`StudySpec`), written at creation
     smac/smac/<seed>/        SMAC's state (or random_search.json), saved after every ask/tell
-    configs/<key>/           one folder per configuration: checkpoints (shared by its budgets),
+    configs/<key>/           one folder per configuration: checkpoints (shared by its budgets,
+                             removed when the study finishes: study.footprint),
                              model-e<E>.pt (the classifier trained to E epochs)
     trials/run-<id>/         result.json of each trial job
     init/, extra/            weights and extra images prepared for the jobs

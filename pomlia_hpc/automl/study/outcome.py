@@ -7,6 +7,7 @@ from dataclasses import asdict
 
 from pomlia_hpc.automl import records
 from pomlia_hpc.automl.folders import SUMMARY_FILE
+from pomlia_hpc.automl.study.footprint import drop_resume_checkpoints
 from pomlia_hpc.automl.study.seen import seen_sources
 from pomlia_hpc.automl.study.spec import write_json
 from pomlia_hpc.automl.study.trials import TrialRunner
@@ -52,6 +53,7 @@ def finish(runner: TrialRunner, wall_s: float) -> StudyResult:
         kept.run_id if kept is not None else None,
     )
     write_json(runner.folder / SUMMARY_FILE, asdict(summary))
+    drop_resume_checkpoints(runner.folder)  # finished: no trial continues from them
     return summary
 
 
