@@ -40,6 +40,7 @@ from pomlia_hpc.config import Record, read_record
 from pomlia_hpc.errors import InputError
 from pomlia_hpc.files import write_json_atomic
 from pomlia_hpc.progress import say
+from pomlia_hpc.storage import storage_error
 
 
 class EpochState(Record):
@@ -183,6 +184,27 @@ def initialize(
     return engine
 
 
+def write_through_python(engine: Any) -> None:
+    """Make ``engine``'s DeepSpeed checkpoint files be written through a Python file object
+    (idempotent). DeepSpeed hands torch a path, and torch's C++ writer then reports a full disk
+    or quota as "unexpected pos 61990464 vs 61990352", without the errno: a training stopped
+    with "internal error" and no word of the disk. Python's own write raises the ``OSError``
+    that :func:`pomlia_hpc.storage.storage_error` names (as ``models.checkpoint.write_torch``)."""
+    from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
+
+    writer = getattr(engine, "checkpoint_engine", None)
+    if type(writer) is not TorchCheckpointEngine or getattr(writer, "python_writes", False):
+        return  # another engine (Nebula, decoupled): its own writes
+
+    def save(state_dict: Any, path: str) -> None:
+        zipped = bool(getattr(writer, "zipfile_serialization", True))
+        with open(path, "wb") as fh:
+            torch.save(state_dict, fh, _use_new_zipfile_serialization=zipped)
+
+    writer.save = save
+    writer.python_writes = True
+
+
 class EpochCheckpoints(Generic[_S]):
     """The epoch checkpoints of one training in ``folder``: DeepSpeed tags under
     ``folder/subdir``, the state record ``folder/record`` (an ``state_type``)."""
@@ -226,9 +248,20 @@ class EpochCheckpoints(Generic[_S]):
         """Every rank: save the engine after ``epoch`` epochs under ``tag`` and wait for the
         others (the record is written only once every rank's part is on disk)."""
         self.dir.mkdir(parents=True, exist_ok=True)
-        engine.save_checkpoint(
-            str(self.dir), tag=tag, client_state={"epoch": epoch}, save_latest=False
-        )
+        write_through_python(engine)
+        try:
+            engine.save_checkpoint(
+                str(self.dir), tag=tag, client_state={"epoch": epoch}, save_latest=False
+            )
+        except BaseException as exc:
+            # Part of this epoch's checkpoint may be written (a full disk, a signal): removed,
+            # so that no folder looks like a checkpoint that is not whole; the record still
+            # names the previous epoch's, which stays.
+            shutil.rmtree(self.dir / tag, ignore_errors=True)
+            full = storage_error(self.dir / tag, exc, kept=False)
+            if full is not None and full is not exc:
+                raise full from exc
+            raise
         if self.world > 1:
             torch.distributed.barrier()
 

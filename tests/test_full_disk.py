@@ -198,3 +198,28 @@ def test_a_sqlite_registry_on_a_full_disk_says_so(small_fs: Path, tmp_path: Path
     assert "cannot open the database (disk I/O error): no space left on device at" in line, line
     filler.unlink()
     assert pomlia_limited(*task, env=env).returncode == 0
+
+
+@pytest.mark.postgres
+def test_an_epoch_checkpoint_past_the_size_limit_is_one_line(tmp_path: Path, pg_url: str) -> None:
+    """An encoder training whose DeepSpeed epoch checkpoint (134 MiB: weights and Adam's two
+    moments) met a full disk failed as "internal error" with torch's "unexpected pos ... vs
+    ..." (its C++ writer, given a path, drops the errno) and left the cut checkpoint file. The
+    job now says so in one line naming the checkpoint, and removes the part it wrote."""
+    home = tmp_path / "home"
+    ws, reg, env = pg_workspace(home, pg_url)
+    make_dataset(ws, reg, "blood", "bloodmnist", (32, 4, 4), chunk_rows=16)
+    reg.dispose()
+    env["POMLIA_CLUSTER"] = "local"  # the job is a process of its own, under the same limit
+    train = ("fingerprint", "train", "blood", "-n", "ae", "-d", "2", "--epochs", "1")
+    small = ("--batch-size", "16", "--workers", "0", "--max-images", "32")
+    out = home / "models" / "encoders" / "ae"
+    res = pomlia_limited(*train, *small, env=env, max_file_bytes=64 * 2**20)
+    line = one_error_line(res)
+    assert f"file too large at {out / 'checkpoints' / 'epoch-0001'} " in line, line
+    assert "nothing of it was kept" in line, line
+    assert not [p for p in (out / "checkpoints").rglob("*") if p.is_file()]
+    assert not (out / "latest.json").exists() and hidden(out) == []
+    again = pomlia_limited(*train, *small, env=env)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert (out / "encoder.pt").is_file()
