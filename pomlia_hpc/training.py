@@ -38,7 +38,7 @@ from torch import nn
 
 from pomlia_hpc.config import Record, read_record
 from pomlia_hpc.errors import InputError
-from pomlia_hpc.files import write_json_atomic
+from pomlia_hpc.files import write_atomic, write_json_atomic
 from pomlia_hpc.progress import say
 from pomlia_hpc.storage import storage_error
 
@@ -185,21 +185,22 @@ def initialize(
 
 
 def write_through_python(engine: Any) -> None:
-    """Make ``engine``'s DeepSpeed checkpoint files be written through a Python file object
-    (idempotent). DeepSpeed hands torch a path, and torch's C++ writer then reports a full disk
-    or quota as "unexpected pos 61990464 vs 61990352", without the errno: a training stopped
+    """Make ``engine``'s DeepSpeed checkpoint files be written through a Python file object,
+    each whole or not at all (:func:`pomlia_hpc.files.write_atomic`); idempotent. DeepSpeed
+    hands torch a path, and torch's C++ writer then reports a full disk or quota as "unexpected
+    pos 61990464 vs 61990352", without the errno, and leaves the cut file: a training stopped
     with "internal error" and no word of the disk. Python's own write raises the ``OSError``
-    that :func:`pomlia_hpc.storage.storage_error` names (as ``models.checkpoint.write_torch``)."""
+    that :func:`pomlia_hpc.storage.storage_error` names. DeepSpeed's own save still serialises
+    (its format settings), given the open file instead of the path."""
     from deepspeed.runtime.checkpoint_engine.torch_checkpoint_engine import TorchCheckpointEngine
 
-    writer = getattr(engine, "checkpoint_engine", None)
+    writer: Any = getattr(engine, "checkpoint_engine", None)
     if type(writer) is not TorchCheckpointEngine or getattr(writer, "python_writes", False):
         return  # another engine (Nebula, decoupled): its own writes
+    serialise = writer.save
 
     def save(state_dict: Any, path: str) -> None:
-        zipped = bool(getattr(writer, "zipfile_serialization", True))
-        with open(path, "wb") as fh:
-            torch.save(state_dict, fh, _use_new_zipfile_serialization=zipped)
+        write_atomic(path, lambda fh: serialise(state_dict, fh))
 
     writer.save = save
     writer.python_writes = True
