@@ -302,6 +302,17 @@ def _remove(path: Path) -> None:
         path.unlink(missing_ok=True)
 
 
+def link_or_copy(src: Path, dst: Path) -> None:
+    """Make ``dst`` a second name of the file ``src`` (a hard link: no bytes copied), or a copy
+    where the file system refuses a link (another file system, no hard links). Safe for files
+    that are only ever replaced whole by rename (every writer of :mod:`pomlia_hpc.files`): a
+    new ``src`` is a new file, and removing either name leaves the other."""
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copyfile(src, dst)
+
+
 def remove_counted(paths: list[Path]) -> int:
     """Remove the files and folders ``paths`` (missing ones are skipped); returns the bytes of
     the files there, counted just before: what a finished training frees (its resume state)."""

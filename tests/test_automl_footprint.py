@@ -1,6 +1,7 @@
 """What a finished study keeps on disk: every trial's model and records, not the epoch
 checkpoints its configurations resumed from (most of its folder: 85-128 MiB per ResNet18
-configuration besides its 43 MiB model, kept for good on a cluster's quota)."""
+configuration besides its 43 MiB model, kept for good on a cluster's quota), and its best
+model once, not twice."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ from pathlib import Path
 
 from pomlia_hpc.automl import records
 from pomlia_hpc.automl.study import run_study
+from pomlia_hpc.models.catalog import find_model
 from pomlia_hpc.models.checkpoint import load_classifier
 from pomlia_hpc.registry import Registry
 from pomlia_hpc.workspace import Workspace
@@ -46,3 +48,12 @@ def test_a_finished_study_keeps_its_models_and_not_its_resume_checkpoints(
         assert (config / "state.json").is_file()
     for run in ok:  # every trial's model, which its run names
         assert load_classifier(Path(run.metrics["model_path"])).meta.arch == "small_cnn"
+    # The promoted best model is a second name of its run's file, not a second copy of it,
+    # and outlives it: a clean-up of the study's folder keeps the registered model.
+    model = find_model(reg, "fp-best")
+    assert model is not None
+    best = next(r for r in ok if r.id == result.best_run_id)
+    run_file, model_file = Path(best.metrics["model_path"]), Path(model.path)
+    assert model_file != run_file and model_file.stat().st_ino == run_file.stat().st_ino
+    run_file.unlink()
+    assert load_classifier(model_file).meta.arch == "small_cnn"

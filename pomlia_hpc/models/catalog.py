@@ -11,7 +11,6 @@ Model names follow :func:`pomlia_hpc.names.validate_name`: they become parts of 
 from __future__ import annotations
 
 import filecmp
-import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -19,7 +18,7 @@ from typing import Any
 from sqlalchemy import select
 
 from pomlia_hpc.errors import NotFoundError, PomliaError
-from pomlia_hpc.files import atomic_target
+from pomlia_hpc.files import atomic_target, link_or_copy
 from pomlia_hpc.models.card import MODEL_NAME_MAX, model_card
 from pomlia_hpc.names import validate_name
 from pomlia_hpc.registry import DatasetVersion, Model, Registry, Run, Task
@@ -129,7 +128,8 @@ def promote_checkpoint(
     delete) to ``<workspace>/models/<name>.pt`` and register it as model ``name`` with
     ``lineage``.
 
-    The copy is atomic (temp name, then rename). With ``exist_ok``, a model already registered
+    The copy is a hard link where the file system allows one (:func:`files.link_or_copy`),
+    made atomically (temp name, then rename). With ``exist_ok``, a model already registered
     under ``name`` is returned unchanged: a resumed study that had already promoted its best.
     A file already at ``models/NAME.pt`` that differs from ``checkpoint`` is refused, nothing
     written: with no model ``name`` in this registry it belongs to another registry sharing
@@ -146,7 +146,8 @@ def promote_checkpoint(
     if dst.exists() and not filecmp.cmp(checkpoint, dst, shallow=False):
         raise ModelNameTakenError(_unregistered_file(name, dst))
     with atomic_target(dst) as tmp:
-        shutil.copyfile(checkpoint, tmp)
+        # A second name, not a second 45 MiB: the run's file is only ever replaced by rename.
+        link_or_copy(Path(checkpoint), tmp)
     try:
         return register_model(registry, name, dst, task_id=task_id, run_id=run_id, lineage=lineage)
     except BaseException:
