@@ -9,6 +9,7 @@ from pathlib import Path
 
 from pomlia_hpc.automl import records
 from pomlia_hpc.automl.study import run_study
+from pomlia_hpc.files import host_field
 from pomlia_hpc.models.catalog import find_model
 from pomlia_hpc.models.checkpoint import load_classifier
 from pomlia_hpc.registry import Registry
@@ -35,14 +36,20 @@ def test_a_finished_study_keeps_its_models_and_not_its_resume_checkpoints(
         initial_configs=None,
         executor="debug",
     )
+    # A trial killed while writing its model left the cut file under its temporary name.
+    stale = workspace.path("runs", "fp", "configs", "0123456789ab")
+    stale.mkdir(parents=True)
+    cut = stale / f".model-e1.pt.{host_field()}.{2**22 + 1}.tmp"
+    cut.write_bytes(b"x" * 1000)
     result = run_study(reg, workspace, spec, poll_s=0.2)
+    assert not cut.exists()
     assert result.model_name == "fp-best"
     runs = records.study_runs(reg, "fp")
     ok = [r for r in runs if r.status == "ok"]
     assert len(ok) == len(runs) >= 3
     assert any(r.metrics["start_epoch"] for r in ok), "no trial continued from a checkpoint"
     folder = workspace.path("runs", "fp")
-    configs = [p for p in (folder / "configs").iterdir() if p.is_dir()]
+    configs = [p for p in (folder / "configs").iterdir() if p.is_dir() and p != stale]
     assert configs and not [p for p in configs if (p / "ckpt").exists()]
     for config in configs:  # the per-epoch history stays
         assert (config / "state.json").is_file()

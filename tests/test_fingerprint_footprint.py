@@ -9,6 +9,7 @@ import hashlib
 from dataclasses import replace
 from pathlib import Path
 
+from pomlia_hpc.files import host_field
 from pomlia_hpc.fingerprint.train import (
     TrainConfig,
     encoder_dir,
@@ -31,6 +32,10 @@ CFG = TrainConfig.model_validate(
         "holdout": 0.25,
     }
 )
+
+
+#: A process id above Linux's largest (2**22): no process of this host has it.
+DEAD_PID = 2**22 + 1
 
 
 def _digest(path: Path) -> str:
@@ -79,6 +84,10 @@ def test_the_same_training_again_removes_resume_state_an_older_release_kept(
     (out / "checkpoints" / "epoch-0002").mkdir(parents=True)
     (out / "checkpoints" / "epoch-0002" / "mp_rank_00_model_states.pt").write_bytes(b"x" * 1000)
     (out / "best.pt").write_bytes((out / "encoder.pt").read_bytes())
+    # a cut best.pt of an attempt killed while writing it (a process of this host, gone)
+    cut = out / f".best.pt.{host_field()}.{DEAD_PID}.tmp"
+    cut.write_bytes(b"x" * 1000)
     assert train_encoder(reg, workspace, "ae", [a], CFG).id == enc.id  # nothing trains
     assert not (out / "checkpoints").exists() and not (out / "best.pt").exists()
+    assert not cut.exists()
     assert (out / "encoder.pt").is_file()

@@ -12,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from pomlia_hpc.files import remove_counted
+from pomlia_hpc.files import remove_counted, sweep_stale_temps
 from pomlia_hpc.training import EpochCheckpoints, EpochState
 
 __all__ = [
@@ -97,6 +97,7 @@ def drop_resume_state(out: Path) -> int:
     job, which then finds the training finished (:func:`is_finished`) without them."""
     if not (out / FINAL_WEIGHTS).is_file():
         return 0
+    sweep_stale_temps(out)  # a cut best.pt or encoder.pt of a killed attempt, if any
     return remove_counted([out / name for name in RESUME_ONLY])
 
 

@@ -16,13 +16,17 @@ from __future__ import annotations
 from pathlib import Path
 
 from pomlia_hpc.automl.engine import CKPT_DIR
-from pomlia_hpc.files import remove_counted
+from pomlia_hpc.files import remove_counted, sweep_stale_temps
 
 __all__ = ["drop_resume_checkpoints"]
 
 
 def drop_resume_checkpoints(folder: Path) -> int:
     """Remove the epoch checkpoints of every configuration of the finished study in ``folder``
-    (``configs/<key>/ckpt/``); returns the bytes freed. The caller has written the study's
-    ``summary.json``: a study resumed after it only reports its outcome again."""
+    (``configs/<key>/ckpt/``), and the temporary files of its trials' writes that a killed
+    trial left (a cut ``model-e<E>.pt`` under a temporary name, as big as the model); returns
+    the bytes of the checkpoints freed. The caller has written the study's ``summary.json``: a
+    study resumed after it only reports its outcome again."""
+    for config in sorted((folder / "configs").glob("*/")):
+        sweep_stale_temps(config)  # only those of writers on this host that are gone
     return remove_counted(sorted((folder / "configs").glob(f"*/{CKPT_DIR}")))
