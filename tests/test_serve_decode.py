@@ -316,7 +316,10 @@ def test_a_channel_first_npy_names_its_shape_and_the_accepted_ones() -> None:
     assert "accepted shapes (28, 28), (28, 28, 1), (N, 28, 28) or (N, 28, 28, 1)" in err.message
     err = refused(npy(np.zeros((3, 28, 28), np.uint8)), "application/x-npy", RGB28)
     assert "NPY shape (3, 28, 28)" in err.message
-    assert "accepted shapes (28, 28, 3) or (N, 28, 28, 3)" in err.message
+    assert (
+        "accepted shapes (28, 28, 3), (N, 28, 28, 3), (28, 28), (28, 28, 1) or (N, 28, 28, 1)"
+        in (err.message)
+    )
 
 
 def test_no_content_type_reads_the_type_from_the_data(rgb: np.ndarray) -> None:

@@ -126,6 +126,29 @@ def test_every_format_one_or_many(client: httpx.Client) -> None:
     assert preds[0]["probabilities"] == pytest.approx(single[0]["probabilities"], abs=1e-6)
 
 
+def test_a_grey_npy_is_served_to_a_colour_model_as_a_grey_png_is(client: httpx.Client) -> None:
+    """A grey NPY for a colour model was a 400 ("1 channel(s), the model expects 3") while
+    the same pixels as a grey PNG were repeated to RGB, as ingest repeats a grey image of a
+    colour folder: now every grey form is repeated to 3 channels."""
+    grey = np.random.default_rng(11).integers(0, 256, (2, 28, 28), dtype=np.uint8)
+
+    def answer(body: bytes, ctype: str) -> list[float]:
+        resp = client.post("/v1/predict", content=body, headers={"content-type": ctype})
+        assert resp.status_code == 200, resp.text
+        return [float(x) for p in resp.json()["predictions"] for x in p["probabilities"].values()]
+
+    want = answer(npy(np.repeat(grey[..., None], 3, axis=-1)), "application/x-npy")
+    assert answer(png(grey[0]), "image/png") == pytest.approx(want[:4], abs=1e-6)
+    for body in (grey[0], grey[0, ..., None]):
+        assert answer(npy(body), "application/x-npy") == pytest.approx(want[:4], abs=1e-6)
+    assert answer(npy(grey[..., None]), "application/x-npy") == pytest.approx(want, abs=1e-6)
+    # (N, H, W) stays an (H, W, C) image for a colour model: refused naming the grey forms.
+    resp = client.post(
+        "/v1/predict", content=npy(grey), headers={"content-type": "application/x-npy"}
+    )
+    assert resp.status_code == 400 and "(28, 28, 1) or (N, 28, 28, 1)" in resp.text, resp.text
+
+
 @pytest.mark.parametrize(
     ("kwargs", "status", "message"),
     [
@@ -144,8 +167,8 @@ def test_every_format_one_or_many(client: httpx.Client) -> None:
             "model expects 28 px high, 28 px wide",
         ),
         (
-            {  # NPY stays strict (a grey PNG is repeated to RGB, as ingest does)
-                "content": npy(np.zeros((28, 28, 1), np.uint8)),
+            {  # grey (1) and colour (3, or 4 with alpha) are taken; 2 channels are neither
+                "content": npy(np.zeros((28, 28, 2), np.uint8)),
                 "headers": {"content-type": "application/x-npy"},
             },
             400,

@@ -25,7 +25,9 @@ served exactly as it was stored. A colour image for a
 grey model is refused, with how to convert it (ingest never makes a colour image grey: one
 colour image makes an image folder's data set colour, so there is no ingest rule to apply).
 An NPY array's channel count must match the model's, save that a 4th channel is RGBA's alpha
-and dropped for a colour model, as ingest drops it from an (N, H, W, 4) array; a shape that
+and dropped for a colour model, as ingest drops it from an (N, H, W, 4) array, and that a grey
+array ((H, W), (H, W, 1), (N, H, W, 1)) is repeated to 3 channels for a colour model, as a grey
+image file is (and as ingest repeats a grey image of a colour image folder); a shape that
 does not fit is named with the shapes the model accepts.
 
 The type is read from the data (its first bytes); a Content-Type header, when given, must
@@ -523,8 +525,9 @@ def _npy_layout(
             f"{accepted_npy_shapes(spec)} (channel-last: move a channel-first axis to the end)",
             reason="wrong-size",
         )
-    # A 4th channel is RGBA's alpha, dropped as ingest drops it from an (N, H, W, 4) array.
-    _check_frame(what, w, h, 3 if c == 4 else c, spec, limits)
+    # A 4th channel is RGBA's alpha, dropped as ingest drops it from an (N, H, W, 4) array; a
+    # grey array is repeated to 3 channels, as a grey image file is (:func:`_decode_npy`).
+    _check_frame(what, w, h, 3 if c == 4 else c, spec, limits, grey_ok=True)
     return n, h, w, c
 
 
@@ -535,6 +538,8 @@ def accepted_npy_shapes(spec: InputSpec) -> str:
     shapes = [f"({s}, {s}, {c})", f"(N, {s}, {s}, {c})"]
     if c == 1:
         shapes = [f"({s}, {s})", shapes[0], f"(N, {s}, {s})", shapes[1]]
+    else:  # grey arrays too, repeated to the model's channels (no (N, H, W): read as (H, W, C))
+        shapes = [shapes[0], shapes[1], f"({s}, {s})", f"({s}, {s}, 1)", f"(N, {s}, {s}, 1)"]
     return ", ".join(shapes[:-1]) + " or " + shapes[-1]
 
 
@@ -583,4 +588,9 @@ def _decode_npy(data: bytes, spec: InputSpec, limits: Limits, what: str, budget:
     arr = arr.reshape(shape, order="F" if fortran else "C").reshape(nhwc)
     if nhwc[3] == 4:  # RGBA: its alpha is dropped, as ingest drops it (_npy_layout)
         arr = arr[..., :3]
-    return _to_unit_float(np.ascontiguousarray(arr), what, spec.scale_max)
+    unit = _to_unit_float(np.ascontiguousarray(arr), what, spec.scale_max)
+    if nhwc[3] == 1 and spec.channels == 3:
+        # A grey array for a colour model: each value copied to the 3 channels, as a grey image
+        # file is here and as ingest copies a grey image of a colour image folder.
+        unit = np.repeat(unit, 3, axis=-1)
+    return unit
