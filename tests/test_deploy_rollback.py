@@ -1,5 +1,6 @@
 """Repeated `deploy rollback` walks back the slot's history (A, B, C: C → B → A), instead of
-flipping between the last two champions; a promotion after a rollback starts a new step."""
+flipping between the last two champions; a promotion after a rollback starts a new step. A
+rollback to a champion the servers cannot hot-swap to names the way on."""
 
 from __future__ import annotations
 
@@ -13,8 +14,12 @@ from pomlia_hpc.cli import app
 from pomlia_hpc.data.api import ingest
 from pomlia_hpc.errors import InputError
 from pomlia_hpc.loop.promote import champion, history, put_on_slot, rollback
+from pomlia_hpc.models.catalog import register_model
 from pomlia_hpc.registry import Registry
+from pomlia_hpc.serve.demo import save_demo_checkpoint
+from pomlia_hpc.serve.slots import current_bundle, current_link
 from pomlia_hpc.workspace import Workspace
+from tests.fixtures.cli import refused
 from tests.loop_support import CLASSES, make_model
 
 
@@ -65,3 +70,49 @@ def test_promoting_the_champion_says_it_is_the_champion(
     assert "model a is already the champion of slot s (since " in text
     assert "nothing to promote" in text and "harvested" not in text
     assert [h.model for h in history(reg, "s")] == ["a"]
+
+
+def test_a_rollback_the_servers_cannot_swap_to_names_the_way_on(
+    workspace: Workspace, reg: Registry
+) -> None:
+    """A slot whose history holds a champion of another input spec than the served one (put
+    on while its link named nothing: a history from before promotions were checked, or a link
+    removed by hand). Each rollback was refused as a promotion ("Serve small on a slot of its
+    own") and the next tried the same champion again: stuck, with no word of the earlier
+    champion that the servers can swap to."""
+    for i, (name, side) in enumerate((("large1", 64), ("small", 28), ("large2", 64))):
+        ckpt = save_demo_checkpoint(
+            workspace.path("models", f"{name}.pt"), image_size=side, num_classes=2, seed=i
+        )
+        register_model(reg, name, ckpt)
+    link = current_link(workspace, "s")
+    put_on_slot(reg, workspace, "s", "large1", kind="initial")
+    link.unlink()
+    put_on_slot(reg, workspace, "s", "small", kind="forced")
+    link.unlink()
+    put_on_slot(reg, workspace, "s", "large2", kind="forced")
+    served = current_bundle(link)
+    said = " ".join(refused("deploy", "rollback", "s").split())
+    assert (
+        "slot 's' cannot roll back to small, its previous champion: its image size is 28, the "
+        "served model's 64 (large2)" in said
+    ), said
+    assert "nothing was changed" in said
+    assert (
+        "the latest earlier champion they can swap to is large1: promote it with `pomlia "
+        "deploy promote s large1 --force`" in said
+    ), said
+    assert current_bundle(link) == served
+    assert [h.model for h in history(reg, "s")] == ["large1", "small", "large2"]
+
+    # Without a champion of the served spec below it: a slot of its own is the way.
+    put_on_slot(reg, workspace, "t", "small", kind="initial")
+    current_link(workspace, "t").unlink()
+    put_on_slot(reg, workspace, "t", "large2", kind="forced")
+    said = " ".join(refused("deploy", "rollback", "t").split())
+    assert "slot 't' cannot roll back to small, its previous champion" in said, said
+    assert (
+        "none of its earlier champions (small) has the served model's input and labels: to "
+        "serve small again, put it on a slot of its own (`pomlia deploy promote NEW_SLOT "
+        "small`)" in said
+    ), said

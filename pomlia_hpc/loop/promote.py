@@ -364,8 +364,9 @@ def rollback(registry: Registry, workspace: Workspace, slot: str) -> SlotEntry:
                 f"`pomlia model export {shlex.quote(back.model)}` and promote it with --force"
             )
         link = current_link(workspace, slot)
-        if (earlier := readable_bundle(Path(back.bundle_path))) is not None:
-            check_swap(link, earlier, slot)
+        earlier = readable_bundle(Path(back.bundle_path))
+        if earlier is not None and (found := swap_problem(link, earlier)) is not None:
+            raise _rollback_refused(slot, back, rows, link, *found)
         point(link, Path(back.bundle_path))
         row = Promotion(
             slot=slot, model_id=back.model_id, bundle_path=back.bundle_path, kind="rollback"
@@ -376,10 +377,58 @@ def rollback(registry: Registry, workspace: Workspace, slot: str) -> SlotEntry:
         return _entry(row, back.model)
 
 
+def _rollback_refused(
+    slot: str,
+    back: SlotEntry,
+    rows: list[SlotEntry],
+    link: Path,
+    old: ExportedBundle,
+    problem: str,
+) -> SwapRefusedError:
+    """The refusal of a rollback of ``slot`` to ``back``, whose bundle the servers serving
+    ``old`` would refuse to swap to for ``problem`` (a history from before promotions were
+    checked, or of a slot whose link was moved by hand). Every further rollback would try
+    ``back`` again, so it names the way on: the latest earlier champion of the slot (in
+    ``rows``) that they can swap to, promoted by hand, or a slot of ``back``'s own."""
+    earlier = _champions(rows)[:-2]
+    fits = [
+        e
+        for e in reversed(earlier)
+        if e.model_id != back.model_id
+        and (b := readable_bundle(Path(e.bundle_path))) is not None
+        and swap_problem(link, b) is None
+    ]
+    if fits:
+        way = (
+            f"the latest earlier champion they can swap to is {fits[0].model}: promote it "
+            f"with `pomlia deploy promote {shlex.quote(slot)} {shlex.quote(fits[0].model)} "
+            "--force`"
+        )
+    else:
+        names = ", ".join(dict.fromkeys(e.model for e in [*earlier, back]))
+        way = (
+            f"none of its earlier champions ({names}) has the served model's input and labels: "
+            f"to serve {back.model} again, put it on a slot of its own (`pomlia deploy promote "
+            f"NEW_SLOT {shlex.quote(back.model)}`) and send requests to that slot's server"
+        )
+    return SwapRefusedError(
+        f"slot '{slot}' cannot roll back to {back.model}, its previous champion: {problem} "
+        f"({old.name}); a server following the slot would refuse the hot swap and keep "
+        f"serving {old.name}, so nothing was changed, and a rollback would try {back.model} "
+        f"again; {way}"
+    )
+
+
 def _walk_back(rows: list[SlotEntry]) -> SlotEntry | None:
-    """The promotion a rollback returns to: the champions as a stack, where a promotion
-    pushes its model and a rollback pops back to the model it restored; the entry below the
-    top of that stack, or None when the stack holds one model."""
+    """The promotion a rollback returns to: the entry below the top of the champions' stack
+    (:func:`_champions`), or None when the stack holds one model."""
+    stack = _champions(rows)
+    return stack[-2] if len(stack) > 1 else None
+
+
+def _champions(rows: list[SlotEntry]) -> list[SlotEntry]:
+    """The champions of a slot's history ``rows`` as a stack, where a promotion pushes its
+    model and a rollback pops back to the model it restored (the current one on top)."""
     stack: list[SlotEntry] = []
     for row in rows:
         if row.kind == "rollback":
@@ -389,7 +438,7 @@ def _walk_back(rows: list[SlotEntry]) -> SlotEntry | None:
                 stack.append(row)
         elif not stack or stack[-1].model_id != row.model_id:
             stack.append(row)
-    return stack[-2] if len(stack) > 1 else None
+    return stack
 
 
 def supersede_gate(registry: Registry, gate_id: int, champion_now: str | None) -> None:
