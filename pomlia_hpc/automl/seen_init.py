@@ -58,13 +58,14 @@ def _found(seen: Seen, version: DatasetVersion) -> str:
 
 
 def refuse_seen_init(
-    registry: Registry, model: str, version: DatasetVersion, ref: str
+    registry: Registry, model: str, version: DatasetVersion, ref: str, *, what: str = "--init-model"
 ) -> list[str]:
     """One :class:`InputError` when model ``model`` (name or id) trained on images of the val
     or test split of ``version`` (the task's data, ``ref``), with the counts per split and
     where it learnt them; otherwise the warnings for what its lineage cannot tell (empty when
     it is whole). Images the task's own train split holds (copies of val/test images a given
-    split put in train) are not counted: every trial trains on them anyway."""
+    split put in train) are not counted: every trial trains on them anyway. ``what`` names
+    the model in the messages (the option, or where it came from)."""
     row = resolve_model(registry, model)
     # The task's own train split is what every trial trains on: what the model learnt of it
     # adds nothing unseen, also where a given split holds copies of val/test images in train.
@@ -72,7 +73,7 @@ def refuse_seen_init(
     found = _found(seen, version)
     if not found:
         return [
-            f"--init-model {row.name}: lineage unknown ({gap}); whether it trained on "
+            f"{what} {row.name}: lineage unknown ({gap}); whether it trained on "
             f"{ref}'s val/test images cannot be checked"
             for gap in seen.unknown
         ]
@@ -84,7 +85,7 @@ def refuse_seen_init(
     )
     chain = f" (through its init model(s) {', '.join(seen.models[1:])})" if seen.models[1:] else ""
     raise InputError(
-        f"--init-model {row.name} has trained on {found} image(s) of {ref} (learnt from "
+        f"{what} {row.name} has trained on {found} image(s) of {ref} (learnt from "
         f"{learnt}{chain}): trials started from its weights would be picked "
         f"and scored on images they have seen (inflated val and test metrics); expected a "
         f"model that did not train on this task's val/test images (one trained on {ref}'s "
@@ -93,7 +94,7 @@ def refuse_seen_init(
 
 
 def _encoder_found(
-    registry: Registry, encoder: str, version: DatasetVersion, ref: str
+    registry: Registry, encoder: str, version: DatasetVersion, ref: str, what: str = "--encoder"
 ) -> str | None:
     """``--encoder E has trained on 2 val and 5 test image(s) of REF (...)``: what encoder
     ``encoder`` (name or id) read of ``version``'s val and test images and where; None when
@@ -108,19 +109,20 @@ def _encoder_found(
     split = (row.config or {}).get("split") or "train"
     rows = "every row" if split == "all" else f"the {split} split"
     return (
-        f"--encoder {row.name} has trained on {found} image(s) of {ref} (its self-supervised "
+        f"{what} {row.name} has trained on {found} image(s) of {ref} (its self-supervised "
         f"training read {rows} of {', '.join(_refs(registry, seen.versions))})"
     )
 
 
 def seen_encoder_problem(
-    registry: Registry, encoder: str, version: DatasetVersion, ref: str
+    registry: Registry, encoder: str, version: DatasetVersion, ref: str, *, what: str = "--encoder"
 ) -> str | None:
     """Why fingerprint encoder ``encoder`` (name or id) may not initialise trials of the task
     on ``version`` (``ref``): it trained on images of that version's val or test split (the
     counts per split and the datasets it read them from; see the module docstring); None when
-    it did not."""
-    found = _encoder_found(registry, encoder, version, ref)
+    it did not. ``what`` names the encoder in the message (the option, or where it came
+    from)."""
+    found = _encoder_found(registry, encoder, version, ref, what)
     if found is None:
         return None
     return (
@@ -154,3 +156,27 @@ def encoder_for_weights(
         f"{found}: it only finds the --extra-data images; init=encoder is not offered (no "
         "trial starts from weights fitted to the images it is picked and scored on)"
     ]
+
+
+def seen_start_problems(
+    registry: Registry, task: str, *, encoder: str | None, init_model: str | None
+) -> dict[str, str]:
+    """Of a recommended start for ``task`` (``automl run --from-recommendation``: the
+    recommendation's encoder and model of a similar task), the weights that trained on the
+    task's val/test images, which ``--encoder`` and ``--init-model`` refuse: ``{"encoder":
+    why, "model": why}`` (only those that did). The recommender picks them by similarity
+    alone, so a study from its answer must leave them out rather than be refused whole."""
+    from pomlia_hpc.automl.tasks import get_task, task_dataset
+
+    version, ref = task_dataset(registry, get_task(registry, task))
+    out: dict[str, str] = {}
+    if encoder is not None:
+        why = seen_encoder_problem(registry, encoder, version, ref, what="the recommended encoder")
+        if why is not None:
+            out["encoder"] = why
+    if init_model is not None:
+        try:
+            refuse_seen_init(registry, init_model, version, ref, what="the recommended model")
+        except InputError as exc:
+            out["model"] = exc.message
+    return out

@@ -255,6 +255,7 @@ def automl_run(
             )
     else:
         from pomlia_hpc.automl.budget import default_budget, task_train_size
+        from pomlia_hpc.automl.seen_init import seen_start_problems
         from pomlia_hpc.strategy.warmstart import check_archs, withdraw
         from pomlia_hpc.strategy.warmstart import from_recommendation as recommended_start
 
@@ -291,7 +292,7 @@ def automl_run(
         rec_id: int | None = None
         try:
             if from_recommendation:
-                ws_rec = recommended_start(reg, task, k=recommend_k)
+                ws_rec = recommended_start(reg, task, k=recommend_k, seen=seen_start_problems)
                 rec_id = ws_rec.recommendation_id
                 warm = ws_rec.configs
                 warm_source = f"recommendation {rec_id}'s configurations"
@@ -343,6 +344,8 @@ def automl_run(
                 f"warm start: {len(warm)} configuration(s) from recommendation {rec_id}; "
                 f"architectures {', '.join(ws_rec.archs)}"
             )
+            for note in ws_rec.notes:
+                err_console.print(f"[yellow]warning:[/] {note}", soft_wrap=True, highlight=False)
         _note_added_archs(spec)
         for warning in spec.lineage_warnings:
             err_console.print(f"[yellow]warning:[/] {warning}", soft_wrap=True, highlight=False)

@@ -5,17 +5,28 @@
 top-k strategies and turns them into the study's initial design (with the hyperparameters of
 their best runs on similar tasks where known) and a narrower space: only the recommended
 architectures, the pretrained sources they use, extra images only if recommended.
+The recommender picks those sources by similarity alone: an encoder or model that trained on
+the task's val/test images (which ``automl run --encoder`` / ``--init-model`` refuse) is left
+out with the configurations that start from it, and the warm start says so
+(:attr:`WarmStart.notes`). The check is the caller's (``seen``:
+:func:`pomlia_hpc.automl.seen_init.seen_start_problems`, which reads the stores): this room
+imports no torch, and the model catalog it would import does.
 :func:`withdraw` removes the recorded answer again when the study it was for is refused.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 from pomlia_hpc.errors import InputError
 from pomlia_hpc.registry import Recommendation, Registry
 from pomlia_hpc.strategy.recommend import recommend
+
+#: ``seen(registry, task, encoder=E, init_model=M)``: ``{"encoder": why, "model": why}`` for
+#: the weights among E and M that trained on ``task``'s val/test images.
+SeenCheck = Callable[..., dict[str, str]]
 
 
 @dataclass(frozen=True)
@@ -28,6 +39,8 @@ class WarmStart:
     init_model: str | None
     extra_data: bool
     recommendation_id: int | None
+    notes: tuple[str, ...] = ()
+    """What was left out of the recommendation's configurations, and why (one line each)."""
 
 
 def from_recommendation(
@@ -38,9 +51,11 @@ def from_recommendation(
     archs: tuple[str, ...] | None = None,
     sources: list[str] | None = None,
     exclude_own_runs: bool = False,
+    seen: SeenCheck | None = None,
 ) -> WarmStart:
     """The warm start for ``task`` from its top-``k`` recommended strategies (``archs``: only
-    these architectures; ``sources``: knowledge-base sources, default all)."""
+    these architectures; ``sources``: knowledge-base sources, default all; ``seen``: leaves
+    out the weights that trained on the task's val/test images, see the module docstring)."""
     answer = recommend(
         registry, task, k=k, archs=archs, sources=sources, exclude_own_runs=exclude_own_runs
     )
@@ -53,6 +68,10 @@ def from_recommendation(
             "--from-recommendation"
         )
     weights: dict[str, Any] = answer.get("sources_of_weights") or {}
+    rec_id = answer.get("recommendation_id")
+    configs, notes = (
+        _fair_configs(registry, task, configs, weights, rec_id, seen) if seen else (configs, [])
+    )
     uses = {c.get("init", "scratch") for c in configs}
     extra = any(c.get("extra_data") == "nearest" for c in configs)
     # (a configuration asks for extra images only where the encoder's index can find them)
@@ -63,8 +82,46 @@ def from_recommendation(
         encoder=encoder,
         init_model=weights.get("model") if "model" in uses else None,
         extra_data=extra and encoder is not None,
-        recommendation_id=answer.get("recommendation_id"),
+        recommendation_id=rec_id,
+        notes=tuple(notes),
     )
+
+
+def _fair_configs(
+    registry: Registry,
+    task: str,
+    configs: list[dict[str, Any]],
+    weights: dict[str, Any],
+    rec_id: int | None,
+    seen: SeenCheck,
+) -> tuple[list[dict[str, Any]], list[str]]:
+    """``configs`` less those starting from weights that trained on ``task``'s val/test
+    images (see the module docstring), and one note per source left out. Refused (the
+    recommendation withdrawn) when none is left: a study of the rest would be no warm start
+    from this recommendation at all."""
+    uses = {c.get("init") for c in configs}
+    problems = seen(
+        registry,
+        task,
+        encoder=weights.get("encoder") if "encoder" in uses else None,
+        init_model=weights.get("model") if "model" in uses else None,
+    )
+    if not problems:
+        return configs, []
+    kept = [c for c in configs if c.get("init") not in problems]
+    notes = [
+        f"recommendation {rec_id}: left out its {sum(c.get('init') == init for c in configs)} "
+        f"configuration(s) with init={init}: {why}"
+        for init, why in problems.items()
+    ]
+    if not kept:
+        withdraw(registry, rec_id)
+        raise InputError(
+            f"every configuration of the recommendation for task '{task}' starts from weights "
+            f"that trained on its val/test images ({'; '.join(problems.values())}); run "
+            "without --from-recommendation"
+        )
+    return kept, notes
 
 
 def check_archs(warm: WarmStart, archs: tuple[str, ...]) -> None:
