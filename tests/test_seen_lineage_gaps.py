@@ -23,9 +23,10 @@ from pomlia_hpc.errors import InputError
 from pomlia_hpc.loop.gate import run_gate
 from pomlia_hpc.loop.harvest import harvest
 from pomlia_hpc.loop.promote import gate_decisions, put_on_slot
-from pomlia_hpc.registry import Model, Registry
+from pomlia_hpc.registry import Encoder, Model, Registry
 from pomlia_hpc.serve.predlog import log_dir
 from pomlia_hpc.workspace import Workspace
+from tests.fixtures.factories import make_encoder
 from tests.loop_support import CLASSES, make_model, predict, write_production
 from tests.seen_support import automl_run, interrupted, npz
 
@@ -152,3 +153,51 @@ def test_a_model_started_from_an_encoder_its_lineage_does_not_name_says_so(
         row = s.get(Model, model.id)
     assert row is not None
     assert lineage_gaps(reg, row) == ["model old: its init encoder id 99 is no longer registered"]
+
+
+def test_an_encoder_whose_record_cannot_say_what_it_read_is_lineage_unknown(
+    tmp_path: Path,
+    workspace: Workspace,
+    reg: Registry,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """An encoder recording no training data sets, or one no longer registered, passed
+    `automl run --encoder` with no word (what it read was taken for "nothing"); a model
+    started from one recording none, `--init-model` and the gate alike."""
+    x = {s: _images(n, i) for i, (s, n) in enumerate((("train", 40), ("val", 12), ("test", 12)))}
+    data = ingest(workspace, reg, "scans", npz(tmp_path / "a.npz", x), class_names=CLASSES)
+    add_task(reg, "t", data.ref, "acc")
+    monkeypatch.setattr(study_mod, "run_study", interrupted)
+    for name, versions in (("bare", []), ("gone", [data.id + 100]), ("own", [data.id])):
+        enc = make_encoder(workspace, reg, name)
+        with reg.session() as s:
+            row = s.get(Encoder, enc.id)
+            assert row is not None
+            row.dataset_version_ids = versions
+
+    code, said = automl_run(monkeypatch, capsys, "--encoder", "bare", "e1")
+    assert code == 130, said
+    assert (
+        "warning: --encoder bare: lineage unknown (encoder bare: no training data sets "
+        f"recorded); whether it trained on {data.ref}'s val/test images cannot be checked"
+    ) in said, said
+    code, said = automl_run(monkeypatch, capsys, "--encoder", "gone", "e2")
+    assert code == 130, said
+    assert (
+        f"--encoder gone: lineage unknown (encoder gone: its dataset version id "
+        f"{data.id + 100} is gone)"
+    ) in said, said
+    code, said = automl_run(monkeypatch, capsys, "--encoder", "own", "e3")
+    assert code == 130 and "lineage unknown" not in said, said
+
+    warm = make_model(reg, tmp_path, "warm", 1, data.id)
+    with reg.session() as s:
+        bare = s.query(Encoder).filter_by(name="bare").one()
+        lineage = {"dataset_version_id": data.id, "encoder_id": bare.id}
+    _set_lineage(reg, warm.id, {**lineage, "config": {"init": "encoder"}})
+    code, said = automl_run(monkeypatch, capsys, "--init-model", "warm", "m1")
+    assert code == 130, said
+    assert (
+        "warning: --init-model warm: lineage unknown (encoder bare: no training data sets recorded)"
+    ) in said, said

@@ -95,23 +95,29 @@ def refuse_seen_init(
 
 def _encoder_found(
     registry: Registry, encoder: str, version: DatasetVersion, ref: str, what: str = "--encoder"
-) -> str | None:
-    """``--encoder E has trained on 2 val and 5 test image(s) of REF (...)``: what encoder
-    ``encoder`` (name or id) read of ``version``'s val and test images and where; None when
-    nothing."""
+) -> tuple[str | None, list[str]]:
+    """(``--encoder E has trained on 2 val and 5 test image(s) of REF (...)``: what encoder
+    ``encoder`` (name or id) read of ``version``'s val and test images and where, None when
+    nothing; the warnings for what its record cannot tell, ``--encoder E: lineage unknown
+    (...)``, one per gap: :attr:`~pomlia_hpc.models.seen.Seen.unknown`)."""
     with registry.session() as s:
         row = by_name_or_id(s, Encoder, encoder, "encoder")
         s.expunge(row)
     seen = encoder_seen(registry, row, skip_versions=(version.id,))
+    gaps = [
+        f"{what} {row.name}: lineage unknown ({gap}); whether it trained on {ref}'s val/test "
+        "images cannot be checked"
+        for gap in seen.unknown
+    ]
     found = _found(seen, version)
     if not found:
-        return None
+        return None, gaps
     split = (row.config or {}).get("split") or "train"
     rows = "every row" if split == "all" else f"the {split} split"
     return (
         f"{what} {row.name} has trained on {found} image(s) of {ref} (its self-supervised "
         f"training read {rows} of {', '.join(_refs(registry, seen.versions))})"
-    )
+    ), gaps
 
 
 def seen_encoder_problem(
@@ -122,9 +128,12 @@ def seen_encoder_problem(
     counts per split and the datasets it read them from; see the module docstring); None when
     it did not. ``what`` names the encoder in the message (the option, or where it came
     from)."""
-    found = _encoder_found(registry, encoder, version, ref, what)
-    if found is None:
-        return None
+    found, _ = _encoder_found(registry, encoder, version, ref, what)
+    return None if found is None else _encoder_refusal(found, ref)
+
+
+def _encoder_refusal(found: str, ref: str) -> str:
+    """The refusal of an encoder that read ``found`` (:func:`_encoder_found`) of ``ref``."""
     return (
         f"{found}: trials started from its weights would be picked and scored on images their "
         "features were fitted to (a transductive leak: inflated val and test metrics); "
@@ -141,21 +150,21 @@ def encoder_for_weights(
     (:func:`seen_encoder_problem`), unless ``extra_data``: then it still finds the nearest
     images of other data sets (none of its weights reach a trial, and the images it finds
     are never copies of val/test images), so it is kept for that alone, without
-    ``init=encoder``, and the warning says so."""
+    ``init=encoder``, and the warning says so. An encoder whose record cannot say all it
+    read (no data sets recorded, or one no longer registered) is kept, with one warning per
+    gap, as a model of unknown lineage is (:func:`refuse_seen_init`)."""
     if encoder is None:
         return None, []
-    if not extra_data:
-        problem = seen_encoder_problem(registry, encoder, version, ref)
-        if problem is not None:
-            raise InputError(problem)
-        return encoder, []
-    found = _encoder_found(registry, encoder, version, ref)
+    found, gaps = _encoder_found(registry, encoder, version, ref)
     if found is None:
-        return encoder, []
-    return None, [
+        return encoder, gaps
+    if not extra_data:
+        raise InputError(_encoder_refusal(found, ref))
+    kept = (
         f"{found}: it only finds the --extra-data images; init=encoder is not offered (no "
         "trial starts from weights fitted to the images it is picked and scored on)"
-    ]
+    )
+    return None, [*gaps, kept]
 
 
 def seen_start_problems(

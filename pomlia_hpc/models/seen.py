@@ -14,10 +14,11 @@ What the registry cannot tell is said, never taken for "nothing seen": a model r
 hand (no training version, or no training ``config``: a checkpoint written before trials
 recorded what they learn from in it), one registered before a lineage field existed (its ``config``
 says it started from a model or an encoder, or took extra images, that its lineage does not
-name), or one whose init model, encoder or training version is no longer registered is
-*lineage unknown* (:attr:`Seen.unknown`, one reason each); a model whose extra images' file
-is gone is refused (:class:`~pomlia_hpc.errors.InputError`): it did train on them, and
-which they were cannot be told.
+name), one whose init model, encoder or training version is no longer registered, or one
+that started from an encoder recording no training data sets is *lineage unknown*
+(:attr:`Seen.unknown`, one reason each; an encoder's own gaps read ``encoder E: ...``); a
+model whose extra images' file is gone is refused (:class:`~pomlia_hpc.errors.InputError`):
+it did train on them, and which they were cannot be told.
 
 Pixels are compared by :func:`~pomlia_hpc.data.explicit_fingerprint.image_hashes` (a copy
 of an image in another dataset counts as the same image). No torch here: the registry and
@@ -92,10 +93,15 @@ def encoder_seen(
 ) -> Seen:
     """The images ``encoder``'s self-supervised training read (:func:`encoder_rows` of each
     of its dataset versions), less the train split of ``skip_versions`` (see
-    :func:`seen_images`); ``unknown`` names its versions no longer registered."""
+    :func:`seen_images`); ``unknown`` names its versions no longer registered, or says that
+    it records none."""
     out = Seen(_NONE, encoders=[encoder.name])
     parts: list[np.ndarray] = []
     config = dict(encoder.config or {})
+    if not encoder.dataset_version_ids:
+        # Every encoder `fingerprint train` registers names what it read: none is a gap (a
+        # row written by hand or by a tool that kept no record), not "it read nothing".
+        out.unknown.append(f"encoder {encoder.name}: no training data sets recorded")
     for vid in encoder.dataset_version_ids or []:
         with registry.session() as s:
             row = s.get(DatasetVersion, int(vid))
