@@ -11,7 +11,9 @@ import pytest
 from PIL import Image
 
 from pomlia_hpc.workspace import Workspace
-from tests.fixtures.cli import cli_ok
+from tests.fixtures.cli import cli_ok, data_add_line
+from tests.loop_support import CLASSES
+from tests.seen_support import npz
 
 pytestmark = pytest.mark.usefixtures("wide_console")
 
@@ -53,3 +55,30 @@ def test_no_duplicates_no_warning(workspace: Workspace, tmp_path: Path) -> None:
     root = _split_folder(tmp_path / "clean")
     assert "pixel copies" not in cli_ok("data", "add", "clean", str(root))
     assert "warning" not in cli_ok("task", "add", "ct", "--dataset", "clean", "--metric", "acc")
+
+
+def test_the_same_images_under_another_name_are_named_and_another_split_warned(
+    workspace: Workspace, tmp_path: Path
+) -> None:
+    """The same images ingested under another name, split otherwise, put one name's val/test
+    images in the other's train, and `data add` said nothing of it (a copy of a published
+    set, re-split by a colleague)."""
+    rng = np.random.default_rng(0)
+    x = {s: rng.integers(0, 256, (n, 28, 28, 3), dtype=np.uint8) for s, n in
+         (("train", 40), ("val", 12), ("test", 12))}  # fmt: skip
+    resplit = {"train": np.concatenate([x["train"], x["val"][:6], x["test"][:6]])}
+    resplit |= {"val": x["val"][6:], "test": x["test"][6:]}
+    first = npz(tmp_path / "a.npz", x)
+    text = data_add_line("scans", str(first), "--class-names", ",".join(CLASSES))
+    assert "the same images" not in text, text
+    text = data_add_line("copy", str(first), "--class-names", ",".join(CLASSES))
+    assert "note: the same images, labels and split as scans@" in text, text
+    second = npz(tmp_path / "b.npz", resplit)
+    text = data_add_line("other", str(second), "--class-names", ",".join(CLASSES))
+    for name in ("scans", "copy"):
+        assert (
+            f"warning: the same images as {name}@" in text
+            and "split otherwise (train 40, val 12, test 12 there, train 52, val 6, test 6 "
+            "here): a model trained on either has learnt val/test images of the other"
+            in text
+        ), text

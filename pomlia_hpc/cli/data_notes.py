@@ -70,6 +70,7 @@ def print_ingested(name: str, rec: VersionRecord, as_json: bool = False) -> None
     _print_notes(rec.meta)
     _print_reading(rec.meta)
     _print_duplicates(rec.fingerprint)
+    _print_copies(name, rec.version)
     if rec.created:
         _print_carried(name, rec.meta)
     if rec.created and rec.parent:
@@ -111,6 +112,15 @@ def _print_duplicates(fingerprint: dict[str, Any]) -> None:
     warning = duplicate_warning(fingerprint)
     if warning:
         err_console.print(f"[yellow]warning:[/] {warning}")
+
+
+def _print_copies(name: str, version: str) -> None:
+    """Name the versions of other data sets that hold exactly these images
+    (:func:`~pomlia_hpc.data.leakage.copies_elsewhere`)."""
+    from pomlia_hpc.data.leakage import copies_elsewhere
+
+    for level, text in copies_elsewhere(STATE.registry(), name, version):
+        err_console.print(f"[yellow]{level}:[/] {text}", highlight=False)
 
 
 def _print_changes(name: str, parent: str, meta: dict[str, Any]) -> None:

@@ -22,6 +22,8 @@ Fields (``version`` 1):
   pixels also occur in train: leakage) and ``conflicting_labels`` (rows equal to an earlier
   row whose label differs from that row's: the same image under two classes; absent from
   fingerprints computed before it existed)
+- ``pixel_set``: a digest of the distinct images, whatever their order, split or labels
+  (:func:`pixel_set`; absent from fingerprints computed before it existed)
 """
 
 from __future__ import annotations
@@ -224,4 +226,13 @@ def compute_fingerprint(
             "fraction": round(near / max(n, 1), 6),
         },
         "duplicates": _duplicates(hashes, ranges, labels),
+        "pixel_set": pixel_set(hashes),
     }
+
+
+def pixel_set(hashes: np.ndarray) -> str:
+    """A digest (16 hex digits) of the distinct images of a version, whatever their order,
+    split or labels: equal for the same images registered under another name or split
+    otherwise (:func:`pomlia_hpc.data.leakage.copies_elsewhere`)."""
+    # SHA-256 of the sorted distinct per-image hashes: a content digest, not for security.
+    return hashlib.sha256(np.unique(hashes).astype("<u8").tobytes()).hexdigest()[:16]

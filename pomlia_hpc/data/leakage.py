@@ -5,12 +5,18 @@ trained on (the val metric picks configurations, the test metric is reported: bo
 inflated); the same pixels under two labels teach a model a contradiction. The fingerprint
 counts both (``duplicates.across_splits`` and ``duplicates.conflicting_labels``,
 :mod:`~pomlia_hpc.data.explicit_fingerprint`); ``data add`` and ``task add`` print the
-warning. No heavy imports here: ``task add`` reads only the registry.
+warning. The same images registered under another name (``pixel_set``), split otherwise, put
+one name's val/test images in the other's train: ``data add`` warns of that too
+(:func:`copies_elsewhere`). No heavy imports here: ``task add`` reads only the registry.
 """
 
 from __future__ import annotations
 
 from typing import Any
+
+from sqlalchemy import select
+
+from pomlia_hpc.registry import Dataset, DatasetVersion, Registry
 
 
 def _counts(fingerprint: dict[str, Any]) -> tuple[dict[str, int], int]:
@@ -75,3 +81,43 @@ def harvest_warning(
             f"retrain from a version without them to be rid of them): {' and '.join(inherited)}"
         )
     return "; ".join(parts) or None
+
+
+def _splits(fingerprint: dict[str, Any]) -> str:
+    counts = fingerprint.get("counts") or {}
+    return ", ".join(f"{s} {n}" for s, n in counts.items())
+
+
+def copies_elsewhere(registry: Registry, name: str, version: str) -> list[tuple[str, str]]:
+    """(level, text) lines for ``data add`` on version ``version`` of ``name``: the versions
+    of other data set names that hold exactly its images (the fingerprint's ``pixel_set``;
+    versions fingerprinted before it are not found). The same split is a note (the same
+    content under two names); another split a warning, as a model trained on one has learnt
+    the other's val/test images. Only whole copies are found: a partial one needs every
+    store read, which the leakage checks do by pixels when a model is used."""
+    with registry.session() as s:
+        rows = s.execute(
+            select(Dataset.name, DatasetVersion.version, DatasetVersion.fingerprint)
+            .join(Dataset, Dataset.id == DatasetVersion.dataset_id)
+            .order_by(DatasetVersion.id)
+        ).all()
+    own = next((fp for n, v, fp in rows if n == name and v == version), None) or {}
+    digest = own.get("pixel_set")
+    out: list[tuple[str, str]] = []
+    for other, v, fp in rows:
+        if digest is None or other == name or (fp or {}).get("pixel_set") != digest:
+            continue
+        if v == version:
+            out.append(("note", f"the same images, labels and split as {other}@{v}"))
+            continue
+        out.append(
+            (
+                "warning",
+                f"the same images as {other}@{v}, split otherwise ({_splits(fp)} there, "
+                f"{_splits(own)} here): a model trained on either has learnt val/test images "
+                f"of the other, so do not compare the two names' models on either's val/test "
+                "(`automl run --init-model/--encoder` and the loop's gate compare by pixels "
+                "and refuse or leave them out)",
+            )
+        )
+    return out
