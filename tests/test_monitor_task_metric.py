@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 
 from pomlia_hpc.monitor.checks import run_checks
+from pomlia_hpc.monitor.history import tested_metric
 from pomlia_hpc.monitor.labels import LabelJoin
 from pomlia_hpc.monitor.logread import LogWindow
 from pomlia_hpc.registry import Registry
@@ -260,3 +261,17 @@ def test_a_window_of_one_class_where_auc_is_undefined_still_tests_accuracy() -> 
     assert tests["auc"].weight == 0 and out.performance is not None
     assert out.performance["metric"] == "acc" and out.performance["metric_test"]["value"] is None
     assert any("auc is undefined" in n and "accuracy is tested" in n for n in out.notes)
+
+
+def test_a_window_without_labels_records_no_tested_metric() -> None:
+    """An AUC task's window with no labels tested nothing: its report said
+    ``performance.metric: "acc"``, a metric neither tested nor the task's. It records None,
+    and the readers of reports (history, the workspace report) show no tested metric."""
+    _, ref = _binary_case(confident_right_in_window=True)
+    win = _window([], [], [])
+    win.pred_index = [1, 0] * 20  # predictions, no label yet
+    win.confidence.extend([0.9] * 40)
+    out = run_checks(win, ref, n_perm=50, metric="auc")
+    assert out.performance is not None and out.performance["labels"] == 0
+    assert out.performance["metric"] is None
+    assert tested_metric({"performance": out.performance}, multi_label=False) is None

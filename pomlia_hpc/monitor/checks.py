@@ -102,11 +102,14 @@ def _performance(
         # ... and replacements of labels that an earlier window tested.
         "labels_corrected": join.corrected,
         "label_lookback_s": win.label_lookback_s,
-        # The metric the performance test compares: the task's (accuracy is reported anyway).
-        "metric": "acc",
+        # The metric the performance test compared: the task's (accuracy is reported anyway);
+        # None when no label was tested, as nothing was compared (it said "acc" for an AUC
+        # task then). Every reader looks at it only where ``labels`` is positive.
+        "metric": None,
     }
     if not pairs:
         return None, [], info, []
+    info["metric"] = "acc"
     if ref.task_type == "multi-label":
         # The task's ACC (MedMNIST's): label-wise, not exact match over all labels, which a
         # 14-label model almost never gets (accuracy 0 against a reference of 0: no test).
