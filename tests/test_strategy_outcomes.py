@@ -174,3 +174,29 @@ def test_outcomes_json_gives_times_to_the_second_as_every_list(
     assert proc.returncode == 0, proc.stderr
     (data,) = json.loads(proc.stdout)
     assert data["created_at"] == "2026-12-03T12:00:00+00:00", data["created_at"]
+
+
+def test_a_run_too_short_for_the_knowledge_base_is_not_scored(
+    workspace: Workspace, reg: Registry
+) -> None:
+    """A 1-epoch test run since the answer, best by validation, became the "best since" and
+    every pick's regret was taken against it, while the knowledge base ignores such a run (a
+    third of the full budget, or 9 epochs, at least): outcomes count runs by that rule."""
+    task = tiny_task(workspace, reg, "shortrun")
+    rid = _answer(reg, task)
+    with reg.session() as s:
+        tid = s.scalar(select(Task.id).where(Task.name == task))
+        assert tid is not None
+        short = _run(tid, "small_cnn", 0.99, 0.99, 9)
+        short.metrics = {**short.metrics, "epochs": 1}
+        full = _run(tid, "resnet18", 0.70, 0.70, 10)
+        full.metrics = {**full.metrics, "epochs": 9}  # just counted (min(100 / 3, 9))
+        s.add_all([short, full])
+    (o,) = outcomes(reg, task)
+    # The runs of the first test (3 counted, no epochs recorded), the 9-epoch run; not the
+    # 1-epoch one, whose 0.99 would have been the best since.
+    assert (o.recommendation_id, o.n_runs, o.n_short, o.best_value) == (rid, 4, 1, 0.88)
+    (warm,) = o.warm
+    assert warm.n_runs == 2
+    res = CliRunner().invoke(app, ["strategy", "outcomes", "--task", task])
+    assert res.exit_code == 0 and "too short" in res.output, res.output

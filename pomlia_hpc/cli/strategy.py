@@ -169,7 +169,7 @@ def strategy_outcomes(
             str(o.recommendation_id),
             o.task,
             f"{o.created_at:%Y-%m-%d %H:%M}",
-            str(o.n_runs),
+            str(o.n_runs) + (f" (+{o.n_short} too short)" if o.n_short else ""),
             best,
             _regret(o.top1_regret, o.picks[:1]),
             _regret(o.topk_regret, o.picks),
@@ -179,7 +179,9 @@ def strategy_outcomes(
     console.print(
         "top-1 / best of top k / warm: regret of the answer's first pick, of its best pick and of "
         "its best AutoML warm-start configuration (scored by the runs of that configuration "
-        "itself) against the best run since (not run: none of them has run on the task since)"
+        "itself) against the best run since (not run: none of them has run on the task since); "
+        "runs below a third of the task's full budget, or 9 epochs, are too short to count, as "
+        "in the knowledge base"
     )
 
 

@@ -42,8 +42,9 @@ def _expected(x: dict[str, Any]) -> str:
 
 def _since(o: Outcome | None) -> str:
     """One sentence: how the answer did against the runs on its task since."""
+    short = f" ({o.n_short} too short to count)" if o is not None and o.n_short else ""
     if o is None or not o.n_runs:
-        return "No run on the task since."
+        return f"No run on the task since{short}."
     regrets = [
         f"{what} {o_regret:.2f}"
         for what, o_regret in (
@@ -57,7 +58,7 @@ def _since(o: Outcome | None) -> str:
         "; regret (points) of its " + ", ".join(regrets) if regrets else "; none of its picks ran"
     )
     best = metric_text(o.best_value)
-    return f"Since: {o.n_runs} run(s), the best {best} (run {o.best_run_id}){told}."
+    return f"Since: {o.n_runs} run(s){short}, the best {best} (run {o.best_run_id}){told}."
 
 
 def _cost(cost: dict[str, Any]) -> str:

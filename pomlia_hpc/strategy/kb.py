@@ -437,6 +437,22 @@ def counted_epochs(full: int) -> float:
     return min(SHORT_SHARE * full, COUNTED_EPOCHS)
 
 
+def counted_epochs_by_task(registry: Registry, task_ids: Iterable[int]) -> dict[int, float]:
+    """:func:`counted_epochs` of each task's full budget (by task id, for those that exist):
+    the rule by which the knowledge base counts a run, for the readers of runs that must
+    count them alike (``strategy outcomes``)."""
+    with registry.session() as s:
+        rows = s.execute(
+            select(Task.id, Task.task_type, DatasetVersion.fingerprint)
+            .join(DatasetVersion, Task.dataset_version_id == DatasetVersion.id)
+            .where(Task.id.in_(sorted(set(task_ids))))
+        ).all()
+    return {
+        tid: counted_epochs(full_epochs(version_meta(dict(fp or {}), ttype)["n_train"]))
+        for tid, ttype, fp in rows
+    }
+
+
 def registry_observations(
     registry: Registry,
     metric: str,

@@ -15,6 +15,11 @@ every hyperparameter value of it (a study's initial design, the warm start's fir
 a final training of it), not by its strategy, since a later run of the same architecture with
 the optimiser's own hyperparameters says nothing about the configuration recommended. Regrets
 are ``None`` while none of the picks has run: the answer has not been tested yet.
+
+A run counts as the knowledge base counts it (:func:`~pomlia_hpc.strategy.kb.counted_epochs`):
+one that reached fewer epochs than a third of its task's full budget, or 9 if fewer (a 1-epoch
+test study), scores nothing, neither a pick nor the best since; ``n_short`` counts them. A run
+that does not say how many epochs it reached counts, as in the knowledge base.
 """
 
 from __future__ import annotations
@@ -30,6 +35,7 @@ from sqlalchemy import select
 from pomlia_hpc.errors import InputError
 from pomlia_hpc.registry import Recommendation, Registry, Run, Task
 from pomlia_hpc.registry.lookup import by_name_or_id
+from pomlia_hpc.strategy.kb import counted_epochs_by_task
 from pomlia_hpc.strategy.runstats import run_strategy
 
 #: The strategy fields a run's configuration and a recommended strategy are matched on.
@@ -59,6 +65,9 @@ class Outcome:
     created_at: datetime
     learner: str
     n_runs: int  # the same, of any strategy
+    #: ok since the answer, with a test value, but below the knowledge base's counted
+    #: epochs (:func:`~pomlia_hpc.strategy.kb.counted_epochs`): not scored.
+    n_short: int
     best_value: float | None
     best_run_id: int | None
     best_strategy: dict[str, Any] | None
@@ -143,7 +152,7 @@ def score_answers(registry: Registry, recs: Sequence[Recommendation]) -> list[Ou
     since each was made, in the order given: one query for the runs of all their tasks."""
     task_ids = {r.task_id for r in recs if r.task_id is not None}
     if not task_ids:
-        return [_outcome(r, []) for r in recs]
+        return [_outcome(r, [], {}) for r in recs]
     with registry.session() as s:
         rows = s.execute(
             select(
@@ -153,20 +162,27 @@ def score_answers(registry: Registry, recs: Sequence[Recommendation]) -> list[Ou
                 Run.config,
                 Run.metrics["objective"].as_float(),
                 Run.metrics["test"],
+                Run.metrics["epochs"].as_float(),
             ).where(Run.task_id.in_(task_ids), Run.status == "ok")
         ).all()
-    return [_outcome(r, rows) for r in recs]
+    least = counted_epochs_by_task(registry, task_ids)
+    return [_outcome(r, rows, least) for r in recs]
 
 
-def _outcome(rec: Recommendation, rows: Sequence[Any]) -> Outcome:
+def _outcome(rec: Recommendation, rows: Sequence[Any], least: dict[int, float]) -> Outcome:
+    """``rec`` scored by ``rows`` (runs of :func:`score_answers`); ``least``: per task, the
+    fewest epochs a run must reach to count."""
     metric = str((rec.inputs or {}).get("metric") or "")
     k = int((rec.inputs or {}).get("k") or 0) or None
     since: list[tuple[int, float, float, tuple[str, ...], dict[str, Any]]] = []
-    for run_id, task_id, created, config, objective, test in rows:
+    n_short = 0
+    for run_id, task_id, created, config, objective, test, epochs in rows:
         value = test.get(metric) if isinstance(test, dict) else None
         if task_id != rec.task_id or created < rec.created_at or objective is None:
             continue
-        if value is not None:
+        if value is not None and epochs is not None and epochs < least.get(task_id, 0.0):
+            n_short += 1  # a 1-epoch test run is not what the strategy reaches
+        elif value is not None:
             config = dict(config or {})
             since.append((run_id, float(objective), float(value), _fields(config), config))
     best = _score([r[:3] for r in since])
@@ -220,6 +236,7 @@ def _outcome(rec: Recommendation, rows: Sequence[Any]) -> Outcome:
         created_at=rec.created_at,
         learner=f"{rec.learner} {rec.learner_version}",
         n_runs=len(since),
+        n_short=n_short,
         best_value=best_value,
         best_run_id=best[0] if best else None,
         best_strategy=dict(zip(MATCH_FIELDS, best_fields, strict=True)) if best_fields else None,
