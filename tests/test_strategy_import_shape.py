@@ -4,14 +4,17 @@ semicolon-separated file, one strategy spelled two ways, two sources that disagr
 from __future__ import annotations
 
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
-from sqlalchemy import func, select
+from sqlalchemy import func, select, text
 
 from pomlia_hpc.cli import main
 from pomlia_hpc.errors import InputError
 from pomlia_hpc.registry import KbResult, KbSource, Registry
+from pomlia_hpc.registry.db import lock_name
 from pomlia_hpc.strategy import kb, longformat
 from pomlia_hpc.strategy.service import evaluate_source
 from pomlia_hpc.workspace import Workspace
@@ -158,3 +161,52 @@ def test_a_file_of_more_rows_than_the_limit_is_refused_while_read(
     assert _counts(registry) == (0, 0)
     path.write_text(HEADER + rows.split("\n", 1)[1])  # 3 rows: the limit itself is fine
     assert kb.import_table(registry, path, "t", meta_path=tmp_path / "m.csv").n_results == 3
+
+
+@pytest.mark.postgres
+def test_two_imports_at_once_of_values_that_disagree_do_not_both_pass(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """The checks against other sources ran before the import's transaction: two imports of
+    different sources at once each checked before the other committed, and both were
+    imported with values that disagree. Here import 'one' is held after its checks would
+    have run (its own source's lock is taken by the test) while 'two' is imported: 'one'
+    must then see 'two' and be refused."""
+    meta = _write(tmp_path, META, "m.csv")
+    one = _write(tmp_path, HEADER + "a,ResNet-18,scratch,full,28,acc,0.9\n", "one.csv")
+    two = _write(tmp_path, HEADER + "a,resnet18,scratch,full,28,acc,0.8\n", "two.csv")
+    reg = Registry.open(pg_url)
+    failed: list[BaseException] = []
+
+    def import_one() -> None:
+        try:
+            kb.import_table(reg, one, "one", meta_path=meta)
+        except BaseException as exc:  # handed to the test's thread
+            failed.append(exc)
+
+    try:
+        with reg.session() as held:
+            lock_name(held, "kb-source:one")
+            worker = threading.Thread(target=import_one)
+            worker.start()
+            _wait_for_a_waiting_lock(reg)
+            kb.import_table(reg, two, "two", meta_path=meta)
+        worker.join()
+        assert len(failed) == 1 and isinstance(failed[0], InputError), failed
+        assert "source 'two' gives 0.8" in str(failed[0]), failed[0]
+        assert _counts(reg) == (1, 1)
+    finally:
+        reg.dispose()
+
+
+def _wait_for_a_waiting_lock(reg: Registry) -> None:
+    """Return once a session waits for an advisory lock (import 'one' is held), or fail."""
+    for _ in range(6000):
+        with reg.session() as s:
+            waiting = s.scalar(
+                text("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND NOT granted")
+            )
+        if waiting:
+            return
+        time.sleep(0.01)
+    raise AssertionError("import 'one' never waited for its source's lock")

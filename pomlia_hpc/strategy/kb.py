@@ -124,31 +124,30 @@ def _known_meta(registry: Registry, exclude_source: str | None) -> dict[str, dic
         return {name: dict(meta) for name, meta, src in s.execute(q) if src != exclude_source}
 
 
-def _check_meta_agrees(registry: Registry, table: ResultTable, source: str) -> None:
+def _check_meta_agrees(s: Session, table: ResultTable, source: str) -> None:
     """Refuse meta-features of a data set that another source defines differently: the
     knowledge base merges data sets by name (one row of the matrix, one set of
     meta-features, the first source's), so the two could not both hold."""
-    with registry.session() as s:
-        q = (
-            select(KbDataset.name, KbDataset.meta, KbSource.name)
-            .join(KbSource, KbDataset.source_id == KbSource.id)
-            .where(KbDataset.name.in_(list(table.meta)), KbSource.name != source)
-            .order_by(KbSource.id)
-        )
-        for name, meta, other in s.execute(q):
-            new = table.meta[name]
-            # Free text (licence, notes) may be worded differently; the recommender reads
-            # only the numbers and the task type.
-            shared = (set(new) & set(meta)) - set(META_TEXT)
-            differ = sorted(k for k in shared if new[k] != meta[k])
-            if differ:
-                shown = ", ".join(f"{k} {new[k]!r} here, {meta[k]!r} there" for k in differ)
-                raise InputError(
-                    f"{table.path}: data set '{name}': meta-features differ from those of "
-                    f"source '{other}' ({shown}); expected the same meta-features for a data "
-                    "set in every source (they are merged by name): correct them, or name the "
-                    "data set differently; nothing was imported"
-                )
+    q = (
+        select(KbDataset.name, KbDataset.meta, KbSource.name)
+        .join(KbSource, KbDataset.source_id == KbSource.id)
+        .where(KbDataset.name.in_(list(table.meta)), KbSource.name != source)
+        .order_by(KbSource.id)
+    )
+    for name, meta, other in s.execute(q):
+        new = table.meta[name]
+        # Free text (licence, notes) may be worded differently; the recommender reads
+        # only the numbers and the task type.
+        shared = (set(new) & set(meta)) - set(META_TEXT)
+        differ = sorted(k for k in shared if new[k] != meta[k])
+        if differ:
+            shown = ", ".join(f"{k} {new[k]!r} here, {meta[k]!r} there" for k in differ)
+            raise InputError(
+                f"{table.path}: data set '{name}': meta-features differ from those of "
+                f"source '{other}' ({shown}); expected the same meta-features for a data "
+                "set in every source (they are merged by name): correct them, or name the "
+                "data set differently; nothing was imported"
+            )
 
 
 def import_table(
@@ -179,15 +178,19 @@ def import_table(
     with registry.session() as s:  # first, so the file's own problems do not hide it
         refuse_existing(s)
     table: ResultTable = read_results(p, meta_path, _known_meta(registry, source))
-    _check_meta_agrees(registry, table, source)
-    overlap.check_table(registry, table, source)
     replaced = 0
     with registry.session() as s:
         # Two imports of one source at once: the second waits here for the first to commit
         # (it then replaces that one, or is refused without --replace) instead of deleting
         # the same rows and failing on the source's unique name.
         lock_name(s, f"kb-source:{source}")
+        # Then the lock of every import, for the checks against the other sources: checked
+        # before it, two imports of different sources at once each passed (neither saw the
+        # other's rows) and both were imported, with values or meta-features that disagree.
+        lock_name(s, "kb-sources")
         old = refuse_existing(s)  # again in the transaction: another import may have won
+        _check_meta_agrees(s, table, source)
+        overlap.check_table(s, table, source)
         if old is not None:
             replaced = old.n_results
             # Explicit deletes: SQLite only cascades with foreign keys on, which the

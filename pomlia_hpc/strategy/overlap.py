@@ -15,9 +15,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.orm import Session
 
 from pomlia_hpc.errors import InputError
-from pomlia_hpc.registry import KbDataset, KbResult, KbSource, Registry
+from pomlia_hpc.registry import KbDataset, KbResult, KbSource
 from pomlia_hpc.strategy.longformat import ResultRow, ResultTable, strategy_key
 from pomlia_hpc.strategy.translate import canonical_arch
 
@@ -61,30 +62,29 @@ def _within_file(table: ResultTable) -> None:
 
 
 def _held_elsewhere(
-    registry: Registry, table: ResultTable, source: str
+    s: Session, table: ResultTable, source: str
 ) -> dict[tuple[str, str, str], _Held]:
     """The figures other sources hold on the data sets of ``table``, by cell."""
     held: dict[tuple[str, str, str], _Held] = {}
-    with registry.session() as s:
-        q = (
-            select(
-                KbSource.name,
-                KbSource.file,
-                KbDataset.name,
-                KbResult.strategy,
-                KbResult.metric,
-                KbResult.value,
-                KbResult.line,
-            )
-            .join(KbDataset, KbResult.dataset_id == KbDataset.id)
-            .join(KbSource, KbResult.source_id == KbSource.id)
-            .where(KbDataset.name.in_(sorted(table.meta)), KbSource.name != source)
-            .order_by(KbSource.id, KbResult.id)
+    q = (
+        select(
+            KbSource.name,
+            KbSource.file,
+            KbDataset.name,
+            KbResult.strategy,
+            KbResult.metric,
+            KbResult.value,
+            KbResult.line,
         )
-        for src, file, dataset, strategy, metric, value, line in s.execute(q):
-            held.setdefault(
-                _cell(dataset, dict(strategy), metric), _Held(src, file, line, float(value))
-            )
+        .join(KbDataset, KbResult.dataset_id == KbDataset.id)
+        .join(KbSource, KbResult.source_id == KbSource.id)
+        .where(KbDataset.name.in_(sorted(table.meta)), KbSource.name != source)
+        .order_by(KbSource.id, KbResult.id)
+    )
+    for src, file, dataset, strategy, metric, value, line in s.execute(q):
+        held.setdefault(
+            _cell(dataset, dict(strategy), metric), _Held(src, file, line, float(value))
+        )
     return held
 
 
@@ -96,13 +96,15 @@ def _text(strategy: dict[str, Any]) -> str:
     )
 
 
-def check_table(registry: Registry, table: ResultTable, source: str) -> None:
+def check_table(s: Session, table: ResultTable, source: str) -> None:
     """Refuse ``table`` (to be imported as ``source``) when two of its rows are one strategy,
     or when one of its figures differs from the value another source gives for the same data
     set, strategy and metric (the same value is no conflict: the same results published twice
-    change nothing). One :class:`InputError` naming the file, line and column."""
+    change nothing). One :class:`InputError` naming the file, line and column. Read in ``s``,
+    the import's transaction, after the lock every import takes (:func:`.kb.import_table`),
+    so that a source imported at the same time is seen."""
     _within_file(table)
-    held = _held_elsewhere(registry, table, source)
+    held = _held_elsewhere(s, table, source)
     for row in table.rows:
         other = held.get(_cell(row.dataset, row.strategy, row.metric))
         if other is None or other.value == row.value:
