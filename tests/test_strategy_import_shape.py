@@ -210,3 +210,18 @@ def _wait_for_a_waiting_lock(reg: Registry) -> None:
             return
         time.sleep(0.01)
     raise AssertionError("import 'one' never waited for its source's lock")
+
+
+def test_a_refused_value_is_shown_apart_from_the_one_it_differs_from(
+    registry: Registry, tmp_path: Path
+) -> None:
+    """Values shown to 6 significant digits read the same where they differ in the 7th: the
+    refusal said "0.912345 ..., but source 'one' gives 0.912345"."""
+    meta = _write(tmp_path, META, "m.csv")
+    one = _write(tmp_path, HEADER + "a,resnet18,scratch,full,28,acc,0.9123451\n", "one.csv")
+    kb.import_table(registry, one, "one", meta_path=meta)
+    two = _write(tmp_path, HEADER + "a,resnet18,scratch,full,28,acc,0.9123449\n", "two.csv")
+    with pytest.raises(InputError) as err:
+        kb.import_table(registry, two, "two", meta_path=meta)
+    msg = str(err.value)
+    assert "'value': 0.9123449 for data set 'a'" in msg and "gives 0.9123451" in msg, msg

@@ -110,10 +110,12 @@ def check_table(s: Session, table: ResultTable, source: str) -> None:
         if other is None or other.value == row.value:
             continue
         where = f"line {other.line} of {other.file}" if other.line else other.file
+        # Shortest round-trip forms, not 6 significant digits: 0.9123451 and 0.9123449
+        # both read "0.912345", a refusal of a value equal to the one it names.
         raise InputError(
-            f"{table.path}: line {row.line}, column 'value': {row.value:g} for data set "
+            f"{table.path}: line {row.line}, column 'value': {row.value!r} for data set "
             f"'{row.dataset}', {_text(row.strategy)}, {row.metric}, but source "
-            f"'{other.source}' gives {other.value:g} ({where}); expected one value per data "
+            f"'{other.source}' gives {other.value!r} ({where}); expected one value per data "
             "set, strategy and metric in the knowledge base (it would use only one): leave "
             "the row out, name the data set differently, or correct the other source; nothing "
             "was imported"
