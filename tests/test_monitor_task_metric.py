@@ -11,8 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from pomlia_hpc.monitor import history
 from pomlia_hpc.monitor.checks import run_checks
-from pomlia_hpc.monitor.history import tested_metric
 from pomlia_hpc.monitor.labels import LabelJoin
 from pomlia_hpc.monitor.logread import LogWindow
 from pomlia_hpc.registry import Registry
@@ -274,4 +274,4 @@ def test_a_window_without_labels_records_no_tested_metric() -> None:
     out = run_checks(win, ref, n_perm=50, metric="auc")
     assert out.performance is not None and out.performance["labels"] == 0
     assert out.performance["metric"] is None
-    assert tested_metric({"performance": out.performance}, multi_label=False) is None
+    assert history.tested_metric({"performance": out.performance}, multi_label=False) is None
