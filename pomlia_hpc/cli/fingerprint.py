@@ -335,7 +335,10 @@ def build(
     patches: Annotated[bool, typer.Option(help="Index the patch embeddings instead.")] = False,
     rebuild: Annotated[bool, typer.Option(help="Rebuild from scratch.")] = False,
 ) -> None:
-    """Build (or extend with newly extracted datasets) the FAISS index of an encoder."""
+    """Build (or extend with newly extracted datasets) the FAISS index of an encoder.
+
+    An index whose files cannot be read (deleted, truncated) is rebuilt from the embeddings,
+    and a note says so."""
     from pomlia_hpc.fingerprint.index import build_index
 
     if metric not in ("l2", "ip"):
@@ -362,6 +365,7 @@ def build(
     )
     for ref in res.added_sets:
         console.print(f"  added {ref}")
+    note(f"{res.damaged}: rebuilt from the embeddings" if res.damaged else "")
     set_notes(res.left_out, res.unrecorded)
 
 

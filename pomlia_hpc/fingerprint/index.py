@@ -24,10 +24,7 @@ Layout: ``<home>/indexes/<encoder>/{images,patches}/{current -> gen-NNNNNN, gen-
 
 from __future__ import annotations
 
-import json
 import math
-import re
-import shlex
 import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -37,9 +34,7 @@ from typing import Any, Literal
 import faiss
 import numpy as np
 import zarr
-from pydantic import ConfigDict, Field, field_serializer, field_validator
 
-from pomlia_hpc.config import Record, read_record
 from pomlia_hpc.errors import InputError, NotFoundError, PomliaError
 from pomlia_hpc.files import (
     publish_dir,
@@ -49,6 +44,15 @@ from pomlia_hpc.files import (
     write_atomic,
 )
 from pomlia_hpc.fingerprint.encoders import get_encoder
+from pomlia_hpc.fingerprint.generation import (
+    DamagedIndexError,
+    Kind,
+    Manifest,
+    SetEntry,
+    build_command,
+    faiss_reason,
+    read_generation,
+)
 from pomlia_hpc.fingerprint.io import group_meta, open_array
 from pomlia_hpc.fingerprint.usable import (
     LeftOut,
@@ -72,7 +76,6 @@ DEFAULT_NPROBE = 16
 KEEP_OLD_GENERATIONS = 1
 
 Metric = Literal["l2", "ip"]
-Kind = Literal["images", "patches"]
 SPLITS = ("train", "val", "test")
 
 
@@ -99,15 +102,6 @@ def new_index(dim: int, factory: str, metric: Metric) -> faiss.Index:
     if faiss.try_extract_index_ivf(index) is None and not isinstance(index, faiss.IndexIDMap):
         index = faiss.IndexIDMap2(index)
     return index
-
-
-def faiss_reason(exc: Exception) -> str:
-    """The readable part of a faiss error: without the C++ function and source location
-    (``Error in ... at /project/faiss/...cpp:64:``) or the failed assertion's code."""
-    text = str(exc).strip().splitlines()[-1] if str(exc).strip() else ""
-    text = re.sub(r"^Error in .*? at \S+:\d+:\s*", "", text)
-    text = re.sub(r"^Error: '.*?' failed:\s*", "", text)
-    return text[:200]
 
 
 def gpu_available() -> bool:
@@ -175,58 +169,6 @@ def search_params(
     params: Any = faiss.SearchParameters()
     params.sel = sel
     return params, keep
-
-
-# ----------------------------------------------------------------------------- manifest
-
-
-class SetEntry(Record):
-    """One fingerprint set inside an index."""
-
-    model_config = ConfigDict(frozen=False)
-
-    fs_id: int
-    ref: str
-    n_images: int
-    tiles: int
-    splits: dict[str, list[int]]
-    #: When the embeddings array was created (ns): a forced re-extraction changes it.
-    stamp: int = 0
-
-    @property
-    def id_base(self) -> int:
-        return self.fs_id << 32
-
-
-class Manifest(Record):
-    """What an index generation holds (its ``manifest.json``; ``sets`` is a list there)."""
-
-    model_config = ConfigDict(frozen=False)
-
-    encoder: str
-    kind: str
-    factory: str
-    metric: str
-    dim: int
-    nprobe: int | None
-    sets: dict[int, SetEntry] = Field(default_factory=dict)
-    ntotal: int = 0
-    generation: int = 0
-    trained_on: str = "none"
-
-    @field_validator("sets", mode="before")
-    @classmethod
-    def _sets_by_id(cls, value: Any) -> Any:
-        if isinstance(value, list):  # as stored: a list of entries
-            return {e.get("fs_id") if isinstance(e, dict) else None: e for e in value}
-        return value
-
-    @field_serializer("sets")
-    def _sets_as_list(self, sets: dict[int, SetEntry]) -> list[dict[str, Any]]:
-        return [e.model_dump() for e in sets.values()]
-
-    def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=1)
 
 
 @dataclass(frozen=True)
@@ -308,18 +250,18 @@ def index_root(workspace: Workspace, encoder: str, kind: Kind = "images") -> Pat
 def load_index(
     registry: Registry, workspace: Workspace, encoder: int | str | Encoder, kind: Kind = "images"
 ) -> LoadedIndex:
-    """Open the current index generation of ``encoder``."""
+    """Open the current index generation of ``encoder``: a :class:`NotFoundError` when there
+    is none, a :class:`DamagedIndexError` when its files cannot be read."""
     enc = get_encoder(registry, encoder)
     current = index_root(workspace, enc.name, kind) / "current"
     try:
         gen = current.resolve(strict=True)
-        manifest = read_record(Manifest, gen / "manifest.json")
-    except (OSError, RuntimeError, NotFoundError) as exc:
+    except (OSError, RuntimeError) as exc:
         raise NotFoundError(
             f"encoder '{enc.name}' has no {kind} index at {current}",
-            hint=f"run `pomlia index build --encoder {shlex.quote(enc.name)}`",
+            hint=f"run `{build_command(enc.name, kind)}`",
         ) from exc
-    return LoadedIndex(faiss.read_index(str(gen / "index.faiss")), manifest, gen)
+    return LoadedIndex(*read_generation(gen, enc.name, kind), gen)
 
 
 # ----------------------------------------------------------------------------- building
@@ -391,6 +333,8 @@ class BuildResult:
     #: Sets indexed as their unrecorded extraction left them (:mod:`.usable`): nothing about
     #: them is recorded; the extraction command records them.
     unrecorded: list[Unrecorded] = field(default_factory=list)
+    #: Why the current generation could not be read, when that made this build a rebuild.
+    damaged: str = ""
 
 
 def build_index(
@@ -411,7 +355,8 @@ def build_index(
     Without ``rebuild``, a current index of the same factory/metric gets only the sets it lacks
     (nothing to add: nothing is written). Only usable sets are indexed (complete, on disk,
     made with the encoder's current weights: :mod:`.usable`); a set that vanished, became
-    unusable or was extracted again (``--force``) forces a rebuild.
+    unusable or was extracted again (``--force``) forces a rebuild, and so does a current
+    generation that cannot be read (``BuildResult.damaged`` says why).
     ``progress(vectors_done, vectors_total)`` is called while adding.
     """
     if metric not in ("l2", "ip"):
@@ -429,19 +374,12 @@ def build_index(
     dim = int(open_array(sets[0][0].embeddings_path, "z").shape[1])
     total = sum(e.n_images * e.tiles for e, _ in entries.values())
     root = index_root(workspace, enc.name, kind)
-    current: LoadedIndex | None = None
     first = not (root / "current").exists()
+    current, damaged = None, ""
     if not rebuild and not first:
-        current = load_index(registry, workspace, enc, kind)
-        m = current.manifest
-        same = (factory in (None, m.factory)) and m.metric == metric and m.dim == dim
-        unchanged = all(
-            sid in entries
-            and (entries[sid][0].n_images, entries[sid][0].stamp) == (e.n_images, e.stamp)
-            for sid, e in m.sets.items()
+        current, damaged = _extendable(
+            (registry, workspace, enc, kind), entries, (factory, metric, dim)
         )
-        if not (same and unchanged):
-            current = None
     if current is not None:
         index, manifest = current.index, current.manifest
         new = [sid for sid in entries if sid not in manifest.sets]
@@ -491,7 +429,32 @@ def build_index(
         first,
         usable.left_out,
         unrecorded(sets, enc),
+        damaged,
     )
+
+
+def _extendable(
+    where: tuple[Registry, Workspace, Encoder, Kind],
+    entries: dict[int, tuple[SetEntry, str]],
+    asked: tuple[str | None, str, int],
+) -> tuple[LoadedIndex | None, str]:
+    """The current generation (:func:`load_index` of ``where``) if a build may extend it:
+    same factory (``asked``: factory or None, metric, dimension) and every set it holds still
+    usable and as it was indexed; else None, with why when it could not be read (a damaged
+    generation is rebuilt, not refused: that is how a user repairs it)."""
+    try:
+        current = load_index(*where)
+    except DamagedIndexError as exc:
+        return None, exc.message
+    m = current.manifest
+    factory, metric, dim = asked
+    same = (factory in (None, m.factory)) and m.metric == metric and m.dim == dim
+    unchanged = all(
+        sid in entries
+        and (entries[sid][0].n_images, entries[sid][0].stamp) == (e.n_images, e.stamp)
+        for sid, e in m.sets.items()
+    )
+    return (current if same and unchanged else None), ""
 
 
 def _generations(root: Path) -> list[int]:
