@@ -31,6 +31,7 @@ from pomlia_hpc.fingerprint.similar import (
     similar_datasets,
 )
 from pomlia_hpc.fingerprint.summary import summary_path
+from pomlia_hpc.fingerprint.usable import LeftOut
 from pomlia_hpc.registry import Dataset, FingerprintSet, Registry
 from pomlia_hpc.workspace import Workspace
 from tests.fixtures.cli import cli_ok
@@ -305,3 +306,35 @@ def test_the_version_the_name_means_is_preferred_over_the_highest_id(
     text = " ".join(cli_ok("similar", "derma", "-e", "enc").split())
     assert f"other versions left out: {new} (the current version of each dataset only;" in text
     assert "older" not in text and "newest" not in text
+
+
+def test_a_current_version_never_extracted_is_named_not_compared_silently(
+    workspace: Workspace, world: tuple[Registry, list[str]], wide_console: None
+) -> None:
+    """'organ' gets a new version after its extraction, and that version is never embedded:
+    similar datasets, nearest images and the latent plot compare its old version, as the
+    docs say, and now name the new one as left out with the command that embeds it (they
+    said nothing: a user took the old data for the current)."""
+    reg, refs = world
+    build_index(reg, workspace, "enc")
+    new = make_dataset(workspace, reg, "organ", "organamnist", (60, 8, 30), seed=5)
+    assert find_version(reg, "organ").id == find_version(reg, new).id
+    left: list[LeftOut] = []
+    found = [r.ref for r in similar_datasets(reg, "enc", "derma", k=10, left_out=left)]
+    assert sorted(found) == sorted(refs[:3])  # the old version, as before
+    assert [str(x) for x in left] == [
+        f"organ (current version not extracted; {refs[2]} compared instead; "
+        "run pomlia fingerprint extract organ -e enc)"
+    ]
+    note = f"left out: organ (current version not extracted; {refs[2]} compared instead"
+    for args in ([], ["--images", "3"], ["--json"]):
+        assert note in " ".join(cli_ok("similar", "derma", "-e", "enc", *args).split()), args
+    text = " ".join(cli_ok("plot", "latent", "-e", "enc", "--out", str(workspace.home)).split())
+    assert note in text
+    # Its own query names no such note for its own dataset, and once it is extracted, none.
+    assert "not extracted" not in cli_ok("similar", refs[2], "-e", "enc")
+    plan = plan_extraction(reg, workspace, "enc", [new], shards=1, threads=1)
+    for spec in plan.specs:
+        run_shard(spec)
+    finish_extraction(reg, plan)
+    assert "not extracted" not in cli_ok("similar", "derma", "-e", "enc")

@@ -144,7 +144,31 @@ def candidates(
         for x in found.left_out
         if x.ref.split("@")[0] not in used or prefer(x.version_id) > used[x.ref.split("@")[0]]
     ]
-    return sets, left
+    embedded = {fs.dataset_version_id for fs, _r in found.sets} | {
+        x.version_id for x in found.left_out
+    }
+    return sets, left + _current_not_extracted(registry, encoder, sets, embedded)
+
+
+def _current_not_extracted(
+    registry: Registry,
+    encoder: EncoderRef,
+    sets: list[tuple[FingerprintSet, str]],
+    embedded: set[int],
+) -> list[LeftOut]:
+    """The current versions never embedded with ``encoder`` (no version id in ``embedded``)
+    of the datasets compared through another version (``sets``): a dataset that got a new
+    version after its extraction is compared as it was, and must not be so silently."""
+    current = current_versions(registry)
+    enc = get_encoder(registry, encoder).name
+    out = []
+    for fs, ref in sets:
+        name = ref.split("@")[0]
+        now = current.get(name)
+        if now is not None and now.id != fs.dataset_version_id and now.id not in embedded:
+            why = f"current version not extracted; {ref} compared instead"
+            out.append(LeftOut(name, why, extract_command(name, enc), now.id))
+    return out
 
 
 #: A sample of a large range reads at least this many of its chunks (all of them if fewer).
