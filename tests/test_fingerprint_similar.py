@@ -9,6 +9,7 @@ import pytest
 import zarr
 from sqlalchemy import select
 
+from pomlia_hpc.cli import app
 from pomlia_hpc.data.store import current_versions, find_version, open_version
 from pomlia_hpc.errors import InputError, NotFoundError
 from pomlia_hpc.fingerprint.distances import (
@@ -34,7 +35,7 @@ from pomlia_hpc.fingerprint.summary import summary_path
 from pomlia_hpc.fingerprint.usable import LeftOut
 from pomlia_hpc.registry import Dataset, FingerprintSet, Registry
 from pomlia_hpc.workspace import Workspace
-from tests.fixtures.cli import cli_ok
+from tests.fixtures.cli import cli_ok, runner
 from tests.fixtures.factories import make_dataset, make_encoder
 
 
@@ -338,3 +339,27 @@ def test_a_current_version_never_extracted_is_named_not_compared_silently(
         run_shard(spec)
     finish_extraction(reg, plan)
     assert "not extracted" not in cli_ok("similar", "derma", "-e", "enc")
+
+
+def test_nearest_images_of_an_empty_split_are_refused(
+    workspace: Workspace, world: tuple[Registry, list[str]]
+) -> None:
+    """A query whose chosen split holds no images: one error naming the splits that do (it
+    printed an empty table, exit 0, as if no image were near)."""
+    reg, _refs = world
+    ref = make_dataset(workspace, reg, "notest", "bloodmnist", (20, 5, 0), seed=3)
+    plan = plan_extraction(reg, workspace, "enc", [ref], shards=1, threads=1)
+    for spec in plan.specs:
+        run_shard(spec)
+    finish_extraction(reg, plan)
+    build_index(reg, workspace, "enc")
+    said = (
+        f"--split test: '{ref}' has no test images to query with; expected a split that holds "
+        "images: train (20), val (5)"
+    )
+    with pytest.raises(InputError) as err:
+        nearest_images(reg, workspace, "enc", "notest", 3, split="test")
+    assert str(err.value) == said
+    assert len(nearest_images(reg, workspace, "enc", "notest", 3, split="val")) == 3
+    res = runner.invoke(app, ["similar", "notest", "-e", "enc", "--images", "3", "--split", "test"])
+    assert isinstance(res.exception, InputError) and res.exception.exit_code == 2

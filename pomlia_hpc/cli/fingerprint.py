@@ -439,8 +439,9 @@ def similar(
     distance: Annotated[
         str | None,
         typer.Option(
-            help="combined (latent + explicit fingerprint), trimmed, frechet, mean (the "
-            "paper), mmd, kl, marginal or explicit.",
+            help="combined (latent + explicit fingerprint, each over its median across the "
+            "candidates: 1 is as far as a typical one), trimmed, frechet, mean (the paper), mmd, "
+            "kl, marginal or explicit.",
             show_default="combined",
         ),
     ] = None,
@@ -448,7 +449,9 @@ def similar(
         int | None,
         typer.Option(
             help="List the N nearest images of other datasets instead: split, row in that "
-            "split (--json split_row) and row in the whole store (--json row)."
+            "split (--json split_row), row in the whole store (--json row) and distance "
+            "(Euclidean, in the encoder's latent units; 1 - cosine for an index built with "
+            "--metric ip)."
         ),
     ] = None,
     split: Annotated[
@@ -476,7 +479,8 @@ def similar(
 
     Each other dataset counts once, as its current version (else its newest with embeddings;
     --all-versions: every version). Embeddings of the encoder's earlier weights, missing or
-    unfinished ones are left out and named in a note; a dataset with DATASET's content is
+    unfinished ones are left out and named in a note, as is a current version never embedded
+    (its dataset is compared as its older version); a dataset with DATASET's content is
     named too. Embeddings whose extraction finished unrecorded are used as found and named in
     a note with the command that records them; nothing is written."""
     from pomlia_hpc.fingerprint.ranking import DEFAULT_DISTANCE

@@ -439,6 +439,24 @@ def _nearest(
         k = min(cap, k * 4)
 
 
+def _query_rows(registry: Registry, full: str, split: str | None, n: int) -> tuple[int, int]:
+    """The rows [lo, hi) of dataset version ``full`` (``n`` images) whose embeddings query
+    the index: ``split``'s, all without one. An empty split is refused: it used to give an
+    empty answer, exit 0, as if nothing were near."""
+    if split is None:
+        return 0, n
+    store = open_store(find_version(registry, full).store_path)
+    lo, hi = store.split_range(split)
+    if hi <= lo:
+        sizes = {k: store.split_range(k) for k in store.meta["splits"]}
+        have = ", ".join(f"{k} ({b - a})" for k, (a, b) in sizes.items() if b > a)
+        raise InputError(
+            f"--split {split}: '{full}' has no {split} images to query with; expected a split "
+            f"that holds images: {have or 'none has any'}"
+        )
+    return lo, hi
+
+
 def nearest_images(
     registry: Registry,
     workspace: Workspace,
@@ -469,6 +487,7 @@ def nearest_images(
         raise InputError(f"--images {n}: expected a number of images >= 1")
     enc = get_encoder(registry, encoder)
     fs, full = fingerprint_set(registry, enc, ref)
+    lo, hi = _query_rows(registry, full, split, fs.n_vectors)
     index = load_index(registry, workspace, enc, "patches" if patches else "images")
     name, content = full.split("@")
     entries = index.manifest.sets
@@ -484,9 +503,6 @@ def nearest_images(
     if unrecorded_out is not None:
         searched = [usable[sid] for sid in entries if sid in usable and sid not in exclude]
         unrecorded_out.extend(unrecorded([(fs, full), *searched], enc))
-    lo, hi = 0, fs.n_vectors
-    if split is not None:
-        lo, hi = open_store(find_version(registry, full).store_path).split_range(split)
     if patches:
         tiles = index.manifest.sets[fs.id].tiles if fs.id in index.manifest.sets else 1
         rows = sample_rows(fs.embeddings_path, lo, hi, max(1, max_queries // tiles), "patches")
