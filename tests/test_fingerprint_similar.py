@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -19,7 +20,7 @@ from pomlia_hpc.fingerprint.distances import (
     intensity_histogram,
 )
 from pomlia_hpc.fingerprint.extract import finish_extraction, plan_extraction
-from pomlia_hpc.fingerprint.index import build_index
+from pomlia_hpc.fingerprint.index import LoadedIndex, build_index
 from pomlia_hpc.fingerprint.plots import plot_encoder_latent
 from pomlia_hpc.fingerprint.ranking import DISTANCE_NAMES
 from pomlia_hpc.fingerprint.refresh import plan_refresh
@@ -363,3 +364,24 @@ def test_nearest_images_of_an_empty_split_are_refused(
     assert len(nearest_images(reg, workspace, "enc", "notest", 3, split="val")) == 3
     res = runner.invoke(app, ["similar", "notest", "-e", "enc", "--images", "3", "--split", "test"])
     assert isinstance(res.exception, InputError) and res.exception.exit_code == 2
+
+
+def test_an_exact_index_is_scanned_at_most_twice(
+    workspace: Workspace, world: tuple[Registry, list[str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A Flat index scans every vector whatever k: `similar --images` widens k from 64 by 16
+    there, where widening from 4 by 4 scanned it again each time (2 to 6 scans, 45 CPU-s over
+    708,072 vectors for --images 1000: docs/BENCHMARKS.md). The answer is the same."""
+    reg, _refs = world
+    build_index(reg, workspace, "enc")
+    ks: list[int] = []
+    real = LoadedIndex.search
+
+    def counted(self: LoadedIndex, queries: np.ndarray, k: int, **kw: Any) -> Any:
+        ks.append(k)
+        return real(self, queries, k, **kw)
+
+    monkeypatch.setattr(LoadedIndex, "search", counted)
+    hits = nearest_images(reg, workspace, "enc", "blood_a", 250)
+    assert ks == [64, 294]  # was [6, 24, 96, 294]; 294: every image of the other three
+    assert len(hits) == 250 and [h.distance for h in hits] == sorted(h.distance for h in hits)
