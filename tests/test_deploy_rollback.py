@@ -116,3 +116,34 @@ def test_a_rollback_the_servers_cannot_swap_to_names_the_way_on(
         "serve small again, put it on a slot of its own (`pomlia deploy promote NEW_SLOT "
         "small`)" in said
     ), said
+
+
+def test_a_refused_rollback_never_advises_the_served_model_and_its_advice_works(
+    workspace: Workspace, reg: Registry
+) -> None:
+    """History large, small, large (the served model was champion before small too): the
+    refusal named large itself, the model the slot serves, as "the latest earlier champion
+    they can swap to", and `deploy promote s large --force` then said "already the champion".
+    The advice must name another model, and running it must serve that model."""
+    for i, (name, side) in enumerate((("old", 64), ("large", 64), ("small", 28))):
+        ckpt = save_demo_checkpoint(
+            workspace.path("models", f"{name}.pt"), image_size=side, num_classes=2, seed=i
+        )
+        register_model(reg, name, ckpt)
+    link = current_link(workspace, "s")
+    put_on_slot(reg, workspace, "s", "old", kind="initial")
+    put_on_slot(reg, workspace, "s", "large", kind="forced")
+    link.unlink()
+    put_on_slot(reg, workspace, "s", "small", kind="forced")
+    link.unlink()
+    put_on_slot(reg, workspace, "s", "large", kind="forced")
+    said = " ".join(refused("deploy", "rollback", "s").split())
+    assert "cannot roll back to small" in said, said
+    assert "`pomlia deploy promote s large --force`" not in said, said
+    assert (
+        "the latest earlier champion they can swap to is old: promote it with `pomlia deploy "
+        "promote s old --force`" in said
+    ), said
+    res = CliRunner().invoke(app, ["deploy", "promote", "s", "old", "--force"])
+    assert res.exit_code == 0, res.output
+    assert champion(reg, "s").model == "old"  # type: ignore[union-attr]

@@ -390,11 +390,15 @@ def _rollback_refused(
     checked, or of a slot whose link was moved by hand). Every further rollback would try
     ``back`` again, so it names the way on: the latest earlier champion of the slot (in
     ``rows``) that they can swap to, promoted by hand, or a slot of ``back``'s own."""
-    earlier = _champions(rows)[:-2]
+    stack = _champions(rows)
+    earlier = stack[:-2]
+    # The served model may have been champion before too (A, B, A): naming it would advise
+    # a promotion that is refused as "already the champion".
+    skip = {back.model_id, stack[-1].model_id}
     fits = [
         e
         for e in reversed(earlier)
-        if e.model_id != back.model_id
+        if e.model_id not in skip
         and (b := readable_bundle(Path(e.bundle_path))) is not None
         and swap_problem(link, b) is None
     ]
@@ -405,7 +409,9 @@ def _rollback_refused(
             "--force`"
         )
     else:
-        names = ", ".join(dict.fromkeys(e.model for e in [*earlier, back]))
+        names = ", ".join(
+            dict.fromkeys(e.model for e in [*earlier, back] if e.model_id != stack[-1].model_id)
+        )
         way = (
             f"none of its earlier champions ({names}) has the served model's input and labels: "
             f"to serve {back.model} again, put it on a slot of its own (`pomlia deploy promote "
