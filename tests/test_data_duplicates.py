@@ -82,3 +82,21 @@ def test_the_same_images_under_another_name_are_named_and_another_split_warned(
             "here): a model trained on either has learnt val/test images of the other"
             in text
         ), text
+
+
+def test_the_same_images_and_split_in_another_order_are_not_warned_as_split_otherwise(
+    workspace: Workspace, tmp_path: Path
+) -> None:
+    """The same split was told by the version (a content hash of the images in their order
+    and of the labels): the same images in each split, only in another order (or with other
+    labels), were warned of as "split otherwise" with equal split counts on both sides."""
+    rng = np.random.default_rng(1)
+    x = {s: rng.integers(0, 256, (n, 28, 28, 3), dtype=np.uint8) for s, n in
+         (("train", 40), ("val", 12), ("test", 12))}  # fmt: skip
+    text = data_add_line("scans", str(npz(tmp_path / "a.npz", x)), "--class-names", ",".join(CLASSES))
+    shuffled = {s: a[::-1] for s, a in x.items()}
+    text = data_add_line(
+        "mine", str(npz(tmp_path / "b.npz", shuffled)), "--class-names", ",".join(CLASSES)
+    )
+    assert "split otherwise" not in text, text
+    assert "note: the same images and split as scans@" in text, text

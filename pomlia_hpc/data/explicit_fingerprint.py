@@ -24,6 +24,9 @@ Fields (``version`` 1):
   fingerprints computed before it existed)
 - ``pixel_set``: a digest of the distinct images, whatever their order, split or labels
   (:func:`pixel_set`; absent from fingerprints computed before it existed)
+- ``split_pixel_sets``: the same digest of each split's images (split name -> digest): equal
+  for the same images split the same way, whatever their order or labels (absent from
+  fingerprints computed before it existed)
 """
 
 from __future__ import annotations
@@ -227,6 +230,7 @@ def compute_fingerprint(
         },
         "duplicates": _duplicates(hashes, ranges, labels),
         "pixel_set": pixel_set(hashes),
+        "split_pixel_sets": {s: pixel_set(hashes[lo:hi]) for s, (lo, hi) in ranges.items()},
     }
 
 

@@ -88,10 +88,19 @@ def _splits(fingerprint: dict[str, Any]) -> str:
     return ", ".join(f"{s} {n}" for s, n in counts.items())
 
 
+def _same_split(own: dict[str, Any], other: dict[str, Any]) -> bool:
+    """Whether two fingerprints of the same distinct images split them the same way: each
+    split's digest (``split_pixel_sets``) equal, whatever the order of the images or their
+    labels. False where either was fingerprinted before the field existed (not told)."""
+    mine, theirs = own.get("split_pixel_sets"), other.get("split_pixel_sets")
+    return bool(mine) and mine == theirs
+
+
 def copies_elsewhere(registry: Registry, name: str, version: str) -> list[tuple[str, str]]:
     """(level, text) lines for ``data add`` on version ``version`` of ``name``: the versions
     of other data set names that hold exactly its images (the fingerprint's ``pixel_set``;
-    versions fingerprinted before it are not found). The same split is a note (the same
+    versions fingerprinted before it are not found). The same split (each split's
+    ``split_pixel_sets`` digest equal, whatever the order or the labels) is a note (the same
     content under two names); another split a warning, as a model trained on one has learnt
     the other's val/test images. Only whole copies are found: a partial one needs every
     store read, which the leakage checks do by pixels when a model is used."""
@@ -107,8 +116,11 @@ def copies_elsewhere(registry: Registry, name: str, version: str) -> list[tuple[
     for other, v, fp in rows:
         if digest is None or other == name or (fp or {}).get("pixel_set") != digest:
             continue
-        if v == version:
+        if v == version:  # the version is a content hash: the same images, order and labels
             out.append(("note", f"the same images, labels and split as {other}@{v}"))
+            continue
+        if _same_split(own, fp):
+            out.append(("note", f"the same images and split as {other}@{v}"))
             continue
         out.append(
             (
