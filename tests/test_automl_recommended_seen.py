@@ -95,3 +95,36 @@ def test_a_recommended_encoder_that_saw_the_tasks_val_or_test_images_is_left_out
     spec = study_mod.load_spec(workspace, "mixed")
     assert spec.initial_configs and all("init" not in c for c in spec.initial_configs)
     assert spec.encoder is None and spec.space.encoder_arch is None
+
+
+def test_the_users_encoder_is_checked_not_the_recommended_one_it_replaces(
+    workspace: Workspace,
+    reg: Registry,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """With `--encoder clean --from-recommendation` the trials start from `clean`, yet the
+    recommended encoder `leaky` (not used) was checked: the study was refused as "every
+    configuration ... starts from weights that trained on its val/test images (the
+    recommended encoder leaky ...)". The user's encoder is the one to check (the study's own
+    check of --encoder)."""
+    tiny_task(workspace, reg, "blood", sizes=(64, 24, 24))
+    _leaky_encoder(workspace, reg, "blood")
+    clean = make_encoder(workspace, reg, "clean", seed=1)
+    with reg.session() as s:
+        vid = s.scalars(select(Task.dataset_version_id).where(Task.name == "blood")).one()
+        row = s.get(Encoder, clean.id)
+        assert row is not None
+        row.config = {**row.config, "split": "train"}
+        row.dataset_version_ids = [vid]  # its train split only: every trial trains on it
+    monkeypatch.setattr(study_mod, "run_study", interrupted)
+    _knowledge_base(reg, tmp_path, ("pretrained",))
+    args = ("automl", "run", "blood", "--from-recommendation", "--trials", "8")
+    code, out, err = pomlia_main(monkeypatch, capsys, *args, "--encoder", "clean", "--study", "s")
+    said = " ".join((out + err).split())
+    assert code == 130, said
+    assert "leaky" not in said, said
+    spec = study_mod.load_spec(workspace, "s")
+    assert spec.initial_configs and all(c.get("init") == "encoder" for c in spec.initial_configs)
+    assert spec.encoder is not None and spec.encoder.name == "clean", spec.encoder

@@ -292,7 +292,14 @@ def automl_run(
         rec_id: int | None = None
         try:
             if from_recommendation:
-                ws_rec = recommended_start(reg, task, k=recommend_k, seen=seen_start_problems)
+                given = {"encoder": encoder, "model": init_model}
+                ws_rec = recommended_start(
+                    reg,
+                    task,
+                    k=recommend_k,
+                    seen=seen_start_problems,
+                    own_weights=frozenset(k for k, v in given.items() if v is not None),
+                )
                 rec_id = ws_rec.recommendation_id
                 warm = ws_rec.configs
                 warm_source = f"recommendation {rec_id}'s configurations"

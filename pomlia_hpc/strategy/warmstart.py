@@ -52,10 +52,14 @@ def from_recommendation(
     sources: list[str] | None = None,
     exclude_own_runs: bool = False,
     seen: SeenCheck | None = None,
+    own_weights: frozenset[str] = frozenset(),
 ) -> WarmStart:
     """The warm start for ``task`` from its top-``k`` recommended strategies (``archs``: only
     these architectures; ``sources``: knowledge-base sources, default all; ``seen``: leaves
-    out the weights that trained on the task's val/test images, see the module docstring)."""
+    out the weights that trained on the task's val/test images, see the module docstring).
+    ``own_weights`` names the inits (``"encoder"``, ``"model"``) whose weights the caller
+    gives itself (``--encoder``, ``--init-model``): the study starts from those, not the
+    recommended ones, and checks them itself, so the recommended ones are not checked."""
     answer = recommend(
         registry, task, k=k, archs=archs, sources=sources, exclude_own_runs=exclude_own_runs
     )
@@ -70,7 +74,9 @@ def from_recommendation(
     weights: dict[str, Any] = answer.get("sources_of_weights") or {}
     rec_id = answer.get("recommendation_id")
     configs, notes = (
-        _fair_configs(registry, task, configs, weights, rec_id, seen) if seen else (configs, [])
+        _fair_configs(registry, task, configs, weights, rec_id, seen, own_weights)
+        if seen
+        else (configs, [])
     )
     uses = {c.get("init", "scratch") for c in configs}
     extra = any(c.get("extra_data") == "nearest" for c in configs)
@@ -94,12 +100,14 @@ def _fair_configs(
     weights: dict[str, Any],
     rec_id: int | None,
     seen: SeenCheck,
+    own_weights: frozenset[str],
 ) -> tuple[list[dict[str, Any]], list[str]]:
     """``configs`` less those starting from weights that trained on ``task``'s val/test
     images (see the module docstring), and one note per source left out. Refused (the
     recommendation withdrawn) when none is left: a study of the rest would be no warm start
     from this recommendation at all."""
-    uses = {c.get("init") for c in configs}
+    # Weights the caller gives itself replace the recommended ones: those are not used.
+    uses = {c.get("init") for c in configs} - own_weights
     problems = seen(
         registry,
         task,
