@@ -7,6 +7,7 @@ a recommendation with nothing else is refused naming why (and not recorded)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -128,3 +129,27 @@ def test_the_users_encoder_is_checked_not_the_recommended_one_it_replaces(
     spec = study_mod.load_spec(workspace, "s")
     assert spec.initial_configs and all(c.get("init") == "encoder" for c in spec.initial_configs)
     assert spec.encoder is not None and spec.encoder.name == "clean", spec.encoder
+
+
+def test_recommend_warns_of_recommended_weights_that_saw_the_tasks_val_or_test_images(
+    workspace: Workspace,
+    reg: Registry,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`pomlia recommend` listed the leaky encoder under its pretrained weights with no word,
+    while `automl run --from-recommendation` leaves out its configurations."""
+    tiny_task(workspace, reg, "blood", sizes=(64, 24, 24))
+    _leaky_encoder(workspace, reg, "blood")
+    _knowledge_base(reg, tmp_path, ("pretrained",))
+    code, out, err = pomlia_main(monkeypatch, capsys, "recommend", "blood", "--json")
+    assert code in (0, None), out + err
+    assert json.loads(out)["sources_of_weights"]["encoder"] == "leaky"
+    said = " ".join(err.split())
+    assert (
+        "warning: the recommended encoder leaky has trained on 24 val and 24 test image(s)"
+        in said
+        and "`automl run --from-recommendation` leaves out the configurations with "
+        "init=encoder" in said
+    ), said

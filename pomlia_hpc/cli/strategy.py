@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 from rich.table import Table
 
-from pomlia_hpc.cli.app import STATE, app, console
+from pomlia_hpc.cli.app import STATE, app, console, err_console
 from pomlia_hpc.cli.jsonout import print_json
 from pomlia_hpc.cli.tables import MISSING
 from pomlia_hpc.errors import InputError
@@ -270,12 +270,33 @@ def recommend_cmd(
         initial_file=_initial_path(write_initial),
     )
     n_written = len(answer["initial"]) if write_initial is not None else None
+    _warn_seen_weights(task, answer)
     if as_json:
         print_json(answer)
         return
     _print_answer(answer)
     if n_written is not None:
         console.print(f"wrote {n_written} AutoML configuration(s) to {write_initial}")
+
+
+def _warn_seen_weights(task: str, answer: dict[str, Any]) -> None:
+    """Warn (on stderr, so --json stays JSON) of the recommended pretrained weights that
+    trained on the task's val/test images: the recommender picks them by similarity alone,
+    and `automl run --from-recommendation` leaves out the configurations starting from them."""
+    # Imported here: it reads the stores, which a recommendation otherwise never opens.
+    from pomlia_hpc.automl.seen_init import seen_start_problems
+
+    weights = answer.get("sources_of_weights") or {}
+    found = seen_start_problems(
+        STATE.registry(), task, encoder=weights.get("encoder"), init_model=weights.get("model")
+    )
+    for init, why in found.items():
+        err_console.print(
+            f"[yellow]warning:[/] {why}; `automl run --from-recommendation` leaves out the "
+            f"configurations with init={init}",
+            soft_wrap=True,
+            highlight=False,
+        )
 
 
 def _print_answer(answer: dict[str, Any]) -> None:
