@@ -148,8 +148,7 @@ def test_recommend_warns_of_recommended_weights_that_saw_the_tasks_val_or_test_i
     assert json.loads(out)["sources_of_weights"]["encoder"] == "leaky"
     said = " ".join(err.split())
     assert (
-        "warning: the recommended encoder leaky has trained on 24 val and 24 test image(s)"
+        "warning: the recommended encoder leaky has trained on 24 val and 24 test image(s)" in said
+        and "`automl run --from-recommendation` leaves out the configurations with init=encoder"
         in said
-        and "`automl run --from-recommendation` leaves out the configurations with "
-        "init=encoder" in said
     ), said

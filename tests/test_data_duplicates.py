@@ -93,7 +93,7 @@ def test_the_same_images_and_split_in_another_order_are_not_warned_as_split_othe
     rng = np.random.default_rng(1)
     x = {s: rng.integers(0, 256, (n, 28, 28, 3), dtype=np.uint8) for s, n in
          (("train", 40), ("val", 12), ("test", 12))}  # fmt: skip
-    text = data_add_line("scans", str(npz(tmp_path / "a.npz", x)), "--class-names", ",".join(CLASSES))
+    data_add_line("scans", str(npz(tmp_path / "a.npz", x)), "--class-names", ",".join(CLASSES))
     shuffled = {s: a[::-1] for s, a in x.items()}
     text = data_add_line(
         "mine", str(npz(tmp_path / "b.npz", shuffled)), "--class-names", ",".join(CLASSES)
