@@ -230,10 +230,21 @@ class EpochCheckpoints(Generic[_S]):
         """The state record (None: no epoch finished yet); a damaged one is one error line."""
         return read_record(self.state_type, self.record) if self.record.is_file() else None
 
-    def restore(self, engine: Any) -> _S | None:
-        """Load the engine (weights and optimizer) from the checkpoint the record names; the
-        record, or None when training starts from scratch."""
+    def resume_point(self) -> _S | None:
+        """The state record when the checkpoint it names is on disk: where the training goes
+        on. None when no epoch finished, or when the checkpoint was removed since (a finished
+        study or a registered encoder drops them): the training then starts from scratch,
+        its record rewritten from epoch 1, rather than fail in DeepSpeed's loader on a
+        missing file or count the dropped epochs as trained."""
         state = self.read()
+        if state is None or not (self.dir / state.tag).is_dir():
+            return None
+        return state
+
+    def restore(self, engine: Any) -> _S | None:
+        """Load the engine (weights and optimizer) from the checkpoint of
+        :meth:`resume_point`; that record, or None when training starts from scratch."""
+        state = self.resume_point()
         if state is not None:
             path, _client = engine.load_checkpoint(
                 str(self.dir),

@@ -8,13 +8,19 @@ from __future__ import annotations
 from pathlib import Path
 
 from pomlia_hpc.automl import records
+from pomlia_hpc.automl.engine import EngineOptions, TrainRequest, read_state, train
+from pomlia_hpc.automl.space import TrainConfig
 from pomlia_hpc.automl.study import run_study
+from pomlia_hpc.automl.study.footprint import drop_resume_checkpoints
+from pomlia_hpc.data.store import open_version
 from pomlia_hpc.files import host_field
 from pomlia_hpc.models.catalog import find_model
 from pomlia_hpc.models.checkpoint import load_classifier
 from pomlia_hpc.registry import Registry
 from pomlia_hpc.workspace import Workspace
-from tests.fixtures.factories import tiny_study, tiny_task
+from tests.fixtures.factories import tiny_dataset, tiny_study, tiny_task
+
+OPTS = EngineOptions(threads=1)
 
 
 def test_a_finished_study_keeps_its_models_and_not_its_resume_checkpoints(
@@ -64,3 +70,36 @@ def test_a_finished_study_keeps_its_models_and_not_its_resume_checkpoints(
     assert model_file != run_file and model_file.stat().st_ino == run_file.stat().st_ino
     run_file.unlink()
     assert load_classifier(model_file).meta.arch == "small_cnn"
+
+
+def test_a_promotion_after_the_study_finished_trains_from_scratch(
+    workspace: Workspace, reg: Registry, tmp_path: Path
+) -> None:
+    # A finished study dropped its configurations' checkpoints; a later trial of the same
+    # configuration at a larger budget (a resumed study asked for more, its final training)
+    # must train the whole budget from scratch: not fail on the missing checkpoint, not count
+    # the epochs of the dropped checkpoint as done.
+    ref = tiny_dataset(workspace, reg, "blood", sizes=(64, 24, 24))
+    store = str(open_version(reg, ref).path)
+    cfg = TrainConfig(arch="small_cnn", lr=3e-3, batch_size=32)
+    study = tmp_path / "study"
+    workdir = study / "configs" / "k"
+
+    def request(epochs: int) -> TrainRequest:
+        model = str(workdir / f"model-e{epochs}.pt")
+        return TrainRequest(
+            store, "multi-class", cfg, epochs, str(workdir), model, "k", options=OPTS
+        )
+
+    first = train(request(1))
+    assert read_state(workdir) is not None and (workdir / "ckpt").is_dir()
+    assert drop_resume_checkpoints(study) > 0
+    assert not (workdir / "ckpt").exists()
+    assert read_state(workdir) is None  # nothing to resume from: a trial starts at epoch 0
+    second = train(request(2))
+    assert (second.start_epoch, second.epochs) == (0, 2)
+    assert [h["epoch"] for h in second.history] == [1, 2]
+    # the same first epoch, trained again
+    assert second.history[0]["train_loss"] == first.history[0]["train_loss"]
+    assert (workdir / "model-e1.pt").is_file() and (workdir / "model-e2.pt").is_file()
+    assert read_state(workdir)["epoch"] == 2

@@ -53,6 +53,7 @@ from pomlia_hpc.curves import CURVES_DIR, Curves
 from pomlia_hpc.errors import InputError
 from pomlia_hpc.models.checkpoint import save_classifier
 from pomlia_hpc.models.nets import build_classifier
+from pomlia_hpc.progress import say
 from pomlia_hpc.provenance import software
 from pomlia_hpc.training import EpochCheckpoints, EpochState, initialize
 from pomlia_hpc.vocab import TaskType, normalize_task_type
@@ -218,8 +219,9 @@ def _checkpoints(
 
 
 def read_state(workdir: str | Path) -> dict[str, Any] | None:
-    """The last complete checkpoint's record in ``workdir`` (``None``: no checkpoint yet)."""
-    state = _checkpoints(workdir).read()
+    """The last complete checkpoint's record in ``workdir``, where a trial of this configuration
+    goes on (``None``: no checkpoint yet, or removed when the study finished: from scratch)."""
+    state = _checkpoints(workdir).resume_point()
     return state.to_dict() if state is not None else None
 
 
@@ -268,7 +270,10 @@ def train(req: TrainRequest, progress: ProgressFn | None = None) -> TrainResult:
     workdir = Path(req.workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     checkpoints = _checkpoints(workdir, run.rank, run.world)
-    state = _resume_point(req, checkpoints.read())
+    state = _resume_point(req, checkpoints.resume_point())
+    dropped = checkpoints.read() if state is None and run.rank == 0 else None
+    if dropped is not None:
+        say(f"checkpoint {dropped.tag} is gone (removed when the study finished): from epoch 0")
     start_epoch = state.epoch if state else 0
     data = read_train_data(
         req.store_path,
