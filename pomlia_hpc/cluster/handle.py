@@ -15,6 +15,7 @@ from submitit.core.utils import UncompletedJobError
 
 from pomlia_hpc.cluster import states
 from pomlia_hpc.cluster.cancel import cancel_scheduler_job, kill_after_grace
+from pomlia_hpc.cluster.debugjob import debug_result, debug_state, run_debug_job
 from pomlia_hpc.cluster.failures import exit_line, failure_cause, log_cause, log_tail
 from pomlia_hpc.cluster.localresult import local_cancel_cause
 from pomlia_hpc.cluster.records import (
@@ -137,12 +138,17 @@ class JobHandle:
         """Scheduler state (PENDING, RUNNING, COMPLETED, FAILED, ...)."""
         if not self.submitted:
             return "PENDING"
+        if self.backend == "debug":
+            return debug_state(self.job())  # submitit's would run it
         return normalize_state(self.job().state)
 
     def done(self) -> bool:
         """Whether the job has ended, or will never run (its submission failed or was
         cancelled before it happened)."""
         if self._error is not None or self.given_up_state is not None:
+            return True
+        if self.submitted and self._executor.backend == "debug":
+            run_debug_job(self.job())  # here, once: a failure is its outcome, not raised
             return True
         if not self.submitted or self.job().done():
             return self.submitted
@@ -196,6 +202,8 @@ class JobHandle:
             else:
                 st = sacct_states([str(job.job_id)]).get(str(job.job_id))
                 state = st.state if st is not None else "UNKNOWN"
+        elif self.backend == "debug":
+            state = debug_state(job)  # not job.done(), which runs it
         else:
             state = normalize_state(job.state) if job.done() else "RUNNING"
         return state if state in FINAL_STATES else None
@@ -240,7 +248,7 @@ class JobHandle:
         try:
             if self.given_up_state is not None and not job.done():
                 raise UncompletedJobError(f"job {job.job_id} ended {self.given_up_state}")
-            value = job.result()
+            value = debug_result(job) if self.backend == "debug" else job.result()
         except UncompletedJobError as exc:
             state, tb = self._failure_details(job, exc)
             if self.given_up_state is not None:
