@@ -14,9 +14,10 @@ from pomlia_hpc.automl.study import run_study
 from pomlia_hpc.automl.study.footprint import drop_resume_checkpoints
 from pomlia_hpc.data.store import open_version
 from pomlia_hpc.files import host_field
-from pomlia_hpc.models.catalog import find_model
+from pomlia_hpc.models.catalog import find_model, promote_checkpoint
 from pomlia_hpc.models.checkpoint import load_classifier
 from pomlia_hpc.registry import Registry
+from pomlia_hpc.serve.demo import save_demo_checkpoint
 from pomlia_hpc.workspace import Workspace
 from tests.fixtures.factories import tiny_dataset, tiny_study, tiny_task
 
@@ -103,3 +104,23 @@ def test_a_promotion_after_the_study_finished_trains_from_scratch(
     assert second.history[0]["train_loss"] == first.history[0]["train_loss"]
     assert (workdir / "model-e1.pt").is_file() and (workdir / "model-e2.pt").is_file()
     assert read_state(workdir)["epoch"] == 2
+
+
+def test_a_registered_file_of_the_user_is_copied_and_a_link_again_leaves_no_temporary(
+    workspace: Workspace, reg: Registry, tmp_path: Path
+) -> None:
+    # `model register NAME FILE` promises a copy: the user's file may be rewritten in place
+    # (torch.save to its path truncates and writes the same file), which must not change
+    # the registered model, as it would through a hard link.
+    mine = save_demo_checkpoint(tmp_path / "mine.pt", num_classes=3)
+    model_file = Path(promote_checkpoint(reg, workspace, "m1", mine).path)
+    before = model_file.read_bytes()
+    with mine.open("r+b") as fh:
+        fh.write(b"\0" * 64)
+    assert model_file.read_bytes() == before
+    # A link to the file already there (a registration that failed after linking, retried):
+    # registered, and no second name left under a temporary name (a rename of a link onto
+    # its own file does nothing).
+    there = save_demo_checkpoint(workspace.path("models", "m2.pt"), num_classes=3)
+    assert promote_checkpoint(reg, workspace, "m2", there, link=True).path == str(there)
+    assert sorted(p.name for p in there.parent.iterdir()) == ["m1.pt", "m2.pt"]

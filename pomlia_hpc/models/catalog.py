@@ -11,6 +11,7 @@ Model names follow :func:`pomlia_hpc.names.validate_name`: they become parts of 
 from __future__ import annotations
 
 import filecmp
+import shutil
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -123,13 +124,17 @@ def promote_checkpoint(
     run_id: int | None = None,
     lineage: Mapping[str, Any] | None = None,
     exist_ok: bool = False,
+    link: bool = False,
 ) -> Model:
     """Copy ``checkpoint`` (a run's output, which a later run may overwrite or a clean-up may
     delete) to ``<workspace>/models/<name>.pt`` and register it as model ``name`` with
     ``lineage``.
 
-    The copy is a hard link where the file system allows one (:func:`files.link_or_copy`),
-    made atomically (temp name, then rename). With ``exist_ok``, a model already registered
+    The copy is made atomically (temp name, then rename). With ``link`` it is a hard link
+    where the file system allows one (:func:`files.link_or_copy`): only for a file that
+    pomlia's atomic writers alone replace, and only by rename (a study's trial model); a
+    user's file may be rewritten in place (``torch.save`` to its path), which would change
+    the registered model too. With ``exist_ok``, a model already registered
     under ``name`` is returned unchanged: a resumed study that had already promoted its best.
     A file already at ``models/NAME.pt`` that differs from ``checkpoint`` is refused, nothing
     written: with no model ``name`` in this registry it belongs to another registry sharing
@@ -145,9 +150,12 @@ def promote_checkpoint(
     dst = workspace.path("models", f"{name}.pt")
     if dst.exists() and not filecmp.cmp(checkpoint, dst, shallow=False):
         raise ModelNameTakenError(_unregistered_file(name, dst))
-    with atomic_target(dst) as tmp:
-        # A second name, not a second 45 MiB: the run's file is only ever replaced by rename.
-        link_or_copy(Path(checkpoint), tmp)
+    # The same file already (a link made by a registration that failed after it): a rename
+    # of a second link onto it would do nothing and leave the temporary name behind.
+    if not (dst.exists() and dst.samefile(checkpoint)):
+        with atomic_target(dst) as tmp:
+            # A second name, not a second 45 MiB, where the source is only replaced by rename.
+            (link_or_copy if link else shutil.copyfile)(Path(checkpoint), tmp)
     try:
         return register_model(registry, name, dst, task_id=task_id, run_id=run_id, lineage=lineage)
     except BaseException:

@@ -106,6 +106,7 @@ def register_best(
             task_id=runner.spec.task_id,
             run_id=run.id,
             lineage=lineage,
+            link=True,  # the trial's model, which only the atomic writers replace (by rename)
         )
     except ModelNameTakenError as exc:  # taken since the check above, or its file is another's
         return None, _not_registered(runner, run, exc.message), None
