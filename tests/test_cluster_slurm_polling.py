@@ -3,7 +3,9 @@ expects a client's calls to be few, not one per job at once."""
 
 from __future__ import annotations
 
+import os
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -59,7 +61,50 @@ def test_a_job_that_ended_without_a_result_is_seen_done_when_sacct_says_so(
     finally:
         subprocess.run(["scancel", job.job_id], check=True)
     _wait_for_state(job.job_id, "CANCELLED")
+    # done() reads the answer of the sacct it started in a thread of its own on a later call
+    deadline = time.monotonic() + 60
+    while not job.done() and time.monotonic() < deadline:
+        time.sleep(0.3)
     assert job.done()
+
+
+def test_a_hanging_sacct_does_not_hang_a_driver_waiting_on_its_jobs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """done() ran submitit's sacct (no time limit) every 30 s in the caller's thread: a
+    slurmdbd that took the connection and never answered hung an AutoML driver or a pipeline
+    stage waiting on its jobs for good. Now the sacct runs in a thread of its own, one at a
+    time, and done() answers with what is known."""
+    ex = Executor.from_profile("slurm-local", tmp_path / "jobs")
+    job = ex.submit(jobfns.sleep_for, 120.0, name="sacct-hangs")
+    job_id = job.job_id  # submitted before sacct hangs
+    bin_dir, release, calls = tmp_path / "bin", tmp_path / "release", tmp_path / "calls"
+    bin_dir.mkdir()
+    sacct = bin_dir / "sacct"
+    sacct.write_text(
+        f"#!/bin/sh\necho x >> {calls}\nwhile [ ! -e {release} ]; do sleep 0.2; done\n"
+    )
+    sacct.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    monkeypatch.setattr(handle, "END_SEEN_WITHIN_S", 0.0)
+    answers: list[bool] = []
+
+    def ask_twice() -> None:
+        answers.extend(handle.ended_unseen(job.job()) for _ in range(2))
+
+    try:
+        asking = threading.Thread(target=ask_twice, daemon=True)
+        asking.start()
+        asking.join(60)
+        assert not asking.is_alive(), "done() still waits for a sacct that does not answer"
+        assert answers == [False, False]
+        deadline = time.monotonic() + 60
+        while not calls.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert calls.read_text() == "x\n"  # the second look started no second sacct
+    finally:
+        release.touch()
+        subprocess.run(["scancel", job_id], check=False)
 
 
 def _wait_for_state(job_id: str, state: str) -> None:

@@ -343,20 +343,26 @@ class JobHandle:
 #: ``--parallel`` for up to 10 minutes more, a pipeline stage waited as long on its training.
 END_SEEN_WITHIN_S = 30.0
 _WATCH_LOCK = threading.Lock()
-_watched = [-float("inf")]  # when ended_unseen last asked (monotonic s), for all jobs at once
+# When ended_unseen last asked (monotonic s) and the thread asking, for all jobs at once.
+_watched: list[float] = [-float("inf")]
+_asking: list[threading.Thread | None] = [None]
 
 
 def ended_unseen(job: submitit.Job[Any]) -> bool:
-    """Whether Slurm job ``job``, which submitit does not count as done, has ended: submitit's
-    state of all this process's unfinished Slurm jobs is brought up to date with one ``sacct``
-    (submitit's own) when it is :data:`END_SEEN_WITHIN_S` seconds old, else what it knows is
-    read (no call)."""
+    """Whether Slurm job ``job``, which submitit does not count as done, has ended, by what
+    submitit last read from ``sacct`` (no call here). Once that is :data:`END_SEEN_WITHIN_S`
+    seconds old, one ``sacct`` (submitit's own, for all this process's unfinished Slurm jobs)
+    is started in a thread of its own, and its answer is read by a later call: submitit runs
+    ``sacct`` without a time limit, and a slurmdbd that took the connection and never
+    answered would hang every driver waiting on a job; while one hangs, none other starts."""
     with _WATCH_LOCK:
-        due = time.monotonic() - _watched[0] >= END_SEEN_WITHIN_S
-        if due:
+        busy = _asking[0] is not None and _asking[0].is_alive()
+        if not busy and time.monotonic() - _watched[0] >= END_SEEN_WITHIN_S:
             _watched[0] = time.monotonic()
-    if due:
-        job.watcher.update()  # a failing sacct is logged by submitit and changes nothing
+            # a failing sacct is logged by submitit and changes nothing
+            asking = threading.Thread(target=job.watcher.update, name="sacct-watch", daemon=True)
+            _asking[0] = asking
+            asking.start()
     return bool(job.watcher.is_done(str(job.job_id), mode="cache"))
 
 
