@@ -9,6 +9,7 @@ from __future__ import annotations
 import operator
 import os
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -215,10 +216,36 @@ def test_pipeline_cancel_cancels_its_queued_stage_while_sacct_is_down(
         if not squeue_ids([ended.job_id]):
             break
         time.sleep(0.2)
-    dead_accounting(tmp_path, monkeypatch)
+    port = dead_accounting(tmp_path, monkeypatch)
+    calls = count_calls(tmp_path, monkeypatch, "sacct")
     try:
         proc = pomlia(workspace.home, "pipeline", "cancel", "p")
     finally:
         subprocess.run(["scancel", queued.job_id], check=False)  # whatever the code did
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout == f"cancelled job {queued.record_id} p-extract (Slurm {queued.job_id})\n"
+    # It said nothing of sacct: as `jobs cancel` does, it says what rests on squeue's word.
+    warning = proc.stderr.strip()
+    assert warning.startswith("warning: sacct: Slurm's accounting daemon (slurmdbd at "), warning
+    assert f":{port}, from " in warning and "\n" not in warning, warning
+    assert "; the jobs above were cancelled as squeue listed them queued or running; " in warning
+    assert warning.endswith(
+        f"; job {ended.record_id} p-encoder (Slurm {ended.job_id}) is not listed by squeue: it "
+        "has ended, its end recorded once sacct answers"
+    ), warning
+    # sacct once for all, not again for each job: with slurmdbd hanging, each call waited 60 s
+    assert calls.read_text() == "x\n"
+
+
+def count_calls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, command: str) -> Path:
+    """Put first on PATH a ``command`` that notes each call (a line ``x`` in the returned
+    file) and runs the real one."""
+    real = shutil.which(command)
+    assert real is not None
+    bin_dir, calls = tmp_path / "counting-bin", tmp_path / f"{command}-calls"
+    bin_dir.mkdir()
+    script = bin_dir / command
+    script.write_text(f'#!/bin/sh\necho x >> {calls}\nexec {real} "$@"\n')
+    script.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+    return calls

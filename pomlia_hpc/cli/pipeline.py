@@ -9,9 +9,10 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
-from pomlia_hpc.cli.app import STATE, app, console, log_line
+from pomlia_hpc.cli.app import STATE, app, console, err_console, log_line
 from pomlia_hpc.cli.tables import shown
 
 pipeline_app = typer.Typer(
@@ -303,9 +304,20 @@ def cancel(
     """
     from pomlia_hpc.pipeline import runner
 
-    done = runner.cancel_pipeline(STATE.workspace, STATE.registry(), name)
-    if not done:
-        console.print(f"pipeline {name}: no job queued or running; nothing cancelled")
-        return
-    for r in done:
+    outcome = runner.cancel_pipeline(STATE.workspace, STATE.registry(), name)
+    for r in outcome.cancelled:
         console.print(f"cancelled job {r.id} {r.name} (Slurm {r.scheduler_id})", highlight=False)
+    if not outcome.cancelled:
+        console.print(f"pipeline {name}: no job queued or running; nothing cancelled")
+    if outcome.unconfirmed is None:
+        return
+    # sacct could not say how the jobs stand: what was done rests on squeue's word
+    said = [outcome.unconfirmed]
+    if outcome.cancelled:
+        said.append("the jobs above were cancelled as squeue listed them queued or running")
+    said += [
+        f"job {r.id} {r.name} (Slurm {r.scheduler_id}) is not listed by squeue: it has "
+        "ended, its end recorded once sacct answers"
+        for r in outcome.passed_over
+    ]
+    err_console.print(f"[yellow]warning:[/] {escape('; '.join(said))}", highlight=False)

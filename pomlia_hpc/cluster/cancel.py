@@ -160,11 +160,28 @@ def cancel_job_row(registry: Registry, record_id: int, *, force: bool = False) -
     a :class:`ClusterError`; with ``force`` its row is marked CANCELLED instead, the process
     itself untouched. Slurm 22.05's ``scancel`` of a job it forgot exits 0 silently: such a
     job is found LOST before the signal and returned as ended ``LOST`` (nothing signalled)."""
+    unconfirmed = refresh_before_cancel(registry, [record_id])
+    return cancel_refreshed_row(registry, record_id, unconfirmed, force=force)
+
+
+def refresh_before_cancel(registry: Registry, record_ids: Sequence[int]) -> str | None:
+    """Bring rows ``record_ids`` up to date before they are cancelled (one ``sacct`` for all;
+    a Slurm job neither it nor ``squeue`` knows is recorded LOST). None when done, else why
+    Slurm's accounting could not be asked (``sacct: ... did not answer``), for
+    :func:`cancel_refreshed_row`'s ``unconfirmed``: the rows keep their recorded states."""
     try:
-        refresh_jobs(registry, [record_id], lost=True)
-        unconfirmed = None
+        refresh_jobs(registry, record_ids, lost=True)
     except ClusterError as exc:  # a local row is never asked of Slurm: this is a Slurm row
-        unconfirmed = str(exc).removesuffix(RETRY)  # it is not a failure of this command yet
+        return str(exc).removesuffix(RETRY)  # not a failure of the command yet
+    return None
+
+
+def cancel_refreshed_row(
+    registry: Registry, record_id: int, unconfirmed: str | None, *, force: bool = False
+) -> CancelOutcome:
+    """:func:`cancel_job_row` of a row that :func:`refresh_before_cancel` has just brought up
+    to date, or could not (``unconfirmed``: why), without asking ``sacct`` again: cancelling
+    the N stage jobs of a pipeline with slurmdbd hanging waited out N + 1 sacct time limits."""
     with registry.session() as s:
         row = s.get(Job, record_id)
         if row is None:

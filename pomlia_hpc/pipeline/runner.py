@@ -22,7 +22,6 @@ importable from here too.
 
 from __future__ import annotations
 
-import contextlib
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -32,10 +31,10 @@ from typing import Any
 from sqlalchemy import select
 
 from pomlia_hpc.cluster import Checkpointable, Executor
-from pomlia_hpc.cluster.records import own_job_id, refresh_jobs, refresh_jobs_within
+from pomlia_hpc.cluster.records import own_job_id, refresh_jobs_within
 from pomlia_hpc.cluster.terminate import cancel_children_on_stop, quiet_cancellation
 from pomlia_hpc.config import ClusterProfile, load_cluster_profile
-from pomlia_hpc.errors import ClusterError, ConfigError, NotFoundError, PomliaError
+from pomlia_hpc.errors import ConfigError, NotFoundError, PomliaError
 from pomlia_hpc.files import write_json_atomic
 from pomlia_hpc.pipeline.lock import pipeline_lock
 from pomlia_hpc.pipeline.runfiles import (
@@ -322,13 +321,29 @@ def check_not_running(ctx: StageContext) -> None:
         )
 
 
-def cancel_pipeline(workspace: Workspace, registry: Registry, name: str) -> list[Job]:
+@dataclass(frozen=True)
+class PipelineCancel:
+    """What :func:`cancel_pipeline` did: the jobs it ``cancelled``; with ``sacct`` out of
+    reach, why (``unconfirmed``: its error; the jobs were cancelled on ``squeue``'s word) and
+    the unfinished jobs ``squeue`` no longer lists (``passed_over``: they have ended, their
+    end recorded once ``sacct`` answers)."""
+
+    cancelled: list[Job]
+    unconfirmed: str | None = None
+    passed_over: tuple[Job, ...] = ()
+
+
+def cancel_pipeline(workspace: Workspace, registry: Registry, name: str) -> PipelineCancel:
     """Cancel the queued and running stage (or driver) jobs of pipeline ``name``'s last
     submission (``scancel``; a running stage job cancels the jobs it submitted) and record
-    them CANCELLED; returns the jobs it cancelled (none: nothing was running). With ``sacct``
-    down, a job ``squeue`` lists is cancelled all the same and one it does not is passed
-    over (it has ended; its end is recorded once ``sacct`` answers)."""
-    from pomlia_hpc.cluster.cancel import NotQueuedError, cancel_recorded_job
+    them CANCELLED (none cancelled: nothing was running). With ``sacct`` down, a job
+    ``squeue`` lists is cancelled all the same and one it does not is passed over (it has
+    ended; its end is recorded once ``sacct`` answers); ``sacct`` is asked once for all."""
+    from pomlia_hpc.cluster.cancel import (
+        NotQueuedError,
+        cancel_refreshed_row,
+        refresh_before_cancel,
+    )
 
     if name not in known_pipelines(workspace):
         raise NotFoundError(
@@ -336,22 +351,21 @@ def cancel_pipeline(workspace: Workspace, registry: Registry, name: str) -> list
             f"(known: {', '.join(known_pipelines(workspace)) or 'none'})"
         )
     ids = run_job_ids(pipeline_dir(workspace, name))
-    if ids:
-        # sacct down (slurmdbd): each job is then asked of squeue as it is cancelled below
-        with contextlib.suppress(ClusterError):
-            refresh_jobs(registry, ids)
+    unconfirmed = refresh_before_cancel(registry, ids) if ids else None
     with registry.session() as s:
         rows = list(s.scalars(select(Job).where(Job.id.in_(ids)).order_by(Job.id.desc())))
-    cancelled = []
+    cancelled, passed = [], []
     # The waiting ones first: a cancelled running stage would otherwise make Slurm drop its
     # dependants (kill-on-invalid-dep) while this loop still goes through them.
     for row in sorted(rows, key=lambda r: r.state == "PENDING", reverse=True):
+        if row.state in FINAL_STATES:
+            continue
         try:
-            if row.state not in FINAL_STATES and cancel_recorded_job(registry, row.id) is None:
+            if cancel_refreshed_row(registry, row.id, unconfirmed).ended is None:
                 cancelled.append(row)
         except NotQueuedError:
-            continue  # it ended while sacct was down: nothing to cancel, its end unrecorded
-    return cancelled
+            passed.append(row)  # it ended while sacct was down: nothing to cancel
+    return PipelineCancel(cancelled, unconfirmed, tuple(passed))
 
 
 def context_for(
