@@ -49,3 +49,13 @@ def test_the_hosts_of_a_url() -> None:
     assert host_unknown(f"postgresql+psycopg://u:p@{NO_SUCH}/x")
     assert not host_unknown(f"postgresql+psycopg://u:p@{NO_SUCH},localhost/x")  # one resolves
     assert not host_unknown("postgresql+psycopg://u:p@/x?host=/run/postgresql")
+
+
+def test_a_url_whose_host_names_are_not_resolved_has_no_unknown_host() -> None:
+    """With libpq's ``hostaddr`` the server is reached at that address (the host name only
+    checks its certificate), and ``@name`` is an abstract Unix socket: neither is asked of
+    the resolver, so a server down behind them was exit 2, "fix the URL", not 69."""
+    assert url_hosts(f"postgresql+psycopg://u:p@{NO_SUCH}:5432/x?hostaddr=127.0.0.1") == []
+    assert not host_unknown(f"postgresql+psycopg://u:p@{NO_SUCH}:5432/x?hostaddr=127.0.0.1")
+    assert url_hosts("postgresql+psycopg://u:p@/x?host=@pgsock") == []
+    assert not host_unknown("postgresql+psycopg://u:p@/x?host=@pgsock")

@@ -25,16 +25,20 @@ NO_SUCH_HOST_CODES = frozenset(
 
 def url_hosts(url: str) -> list[str]:
     """The host names a database URL connects to: its host and libpq's ``host`` query
-    parameter (a comma-separated list, or several), without Unix socket folders (``/...``)
-    and IP addresses' brackets; empty when it names none (SQLite, a local socket)."""
+    parameter (a comma-separated list, or several), without Unix socket folders (``/...``;
+    ``@...``, an abstract socket's name) and IP addresses' brackets; empty when it names
+    none (SQLite, a local socket) or when libpq resolves none: with ``hostaddr`` it connects
+    to that address and uses the host name only to check the server's certificate."""
     try:
         parsed = make_url(url)
     except ArgumentError:
         return []
+    if parsed.query.get("hostaddr"):
+        return []
     query = parsed.query.get("host", ())
     named = [parsed.host or "", *([query] if isinstance(query, str) else query)]
     hosts = [h.strip().strip("[]") for item in named for h in item.split(",")]
-    return [h for h in hosts if h and not h.startswith("/")]
+    return [h for h in hosts if h and not h.startswith(("/", "@"))]
 
 
 def host_unknown(url: str) -> bool:
