@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from pomlia_hpc.cluster import Executor, handle, records, wait_all
+from pomlia_hpc.cluster import Executor, endwatch, records, wait_all
 from pomlia_hpc.cluster.waiting import settle
 from pomlia_hpc.registry import Job, Registry
 from tests.fixtures import jobfns
@@ -49,9 +49,9 @@ def test_a_job_that_ended_without_a_result_is_seen_done_when_sacct_says_so(
     """A job cancelled outside pomlia (or killed for its memory) writes no result, and
     submitit saw its end only in its own sacct polls, every half of the time since the last
     submission up to every 10 minutes: an AutoML trial killed 20 minutes in held its slot of
-    --parallel for up to 10 minutes more. Now done() asks at most handle.END_SEEN_WITHIN_S
+    --parallel for up to 10 minutes more. Now done() asks at most endwatch.END_SEEN_WITHIN_S
     seconds after sacct knows (0 here: at once)."""
-    monkeypatch.setattr(handle, "END_SEEN_WITHIN_S", 0.0)
+    monkeypatch.setattr(endwatch, "END_SEEN_WITHIN_S", 0.0)
     ex = Executor.from_profile("slurm-local", tmp_path / "jobs", reg)
     job = ex.submit(jobfns.sleep_for, 120.0, name="killed-without-result")
     try:
@@ -78,19 +78,15 @@ def test_a_hanging_sacct_does_not_hang_a_driver_waiting_on_its_jobs(
     ex = Executor.from_profile("slurm-local", tmp_path / "jobs")
     job = ex.submit(jobfns.sleep_for, 120.0, name="sacct-hangs")
     job_id = job.job_id  # submitted before sacct hangs
-    bin_dir, release, calls = tmp_path / "bin", tmp_path / "release", tmp_path / "calls"
-    bin_dir.mkdir()
-    sacct = bin_dir / "sacct"
-    sacct.write_text(
-        f"#!/bin/sh\necho x >> {calls}\nwhile [ ! -e {release} ]; do sleep 0.2; done\n"
-    )
-    sacct.chmod(0o755)
-    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
-    monkeypatch.setattr(handle, "END_SEEN_WITHIN_S", 0.0)
+    release, calls, ended = tmp_path / "release", tmp_path / "calls", tmp_path / "ended"
+    wait = f"while [ ! -e {release} ]; do sleep 0.2; done; touch {ended}"
+    fake_sacct(tmp_path, monkeypatch, wait, calls)
+    deadline = time.monotonic() + 60
+    monkeypatch.setattr(endwatch, "END_SEEN_WITHIN_S", 0.0)
     answers: list[bool] = []
 
     def ask_twice() -> None:
-        answers.extend(handle.ended_unseen(job.job()) for _ in range(2))
+        answers.extend(job.done() for _ in range(2))
 
     try:
         asking = threading.Thread(target=ask_twice, daemon=True)
@@ -98,13 +94,59 @@ def test_a_hanging_sacct_does_not_hang_a_driver_waiting_on_its_jobs(
         asking.join(60)
         assert not asking.is_alive(), "done() still waits for a sacct that does not answer"
         assert answers == [False, False]
-        deadline = time.monotonic() + 60
         while not calls.exists() and time.monotonic() < deadline:
             time.sleep(0.1)
         assert calls.read_text() == "x\n"  # the second look started no second sacct
     finally:
         release.touch()
+        # its folder goes with the test: a sacct still waiting then would wait for ever
+        while not ended.exists() and time.monotonic() < deadline + 60:
+            time.sleep(0.1)
         subprocess.run(["scancel", job_id], check=False)
+
+
+def test_a_suspended_job_is_not_done(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """submitit counts every state but a few as done, SUSPENDED (gang scheduling, preemption
+    by suspension, scontrol suspend) and RESIZING among them; with done() asking every 30 s
+    a suspended trial was soon taken for ended, and failed for want of a result."""
+    ex = Executor.from_profile("slurm-local", tmp_path / "jobs")
+    job = ex.submit(jobfns.sleep_for, 120.0, name="suspended")
+    job_id = job.job_id
+    calls = tmp_path / "calls"
+    # as submitit asks (a header, JobID,State,NodeList) and as pomlia asks (no header)
+    answer = (
+        'case "$*" in *NodeList*) printf "JobID|State|NodeList\\n%s|SUSPENDED|n1\\n" "$J";; '
+        '*) printf "%s|SUSPENDED|2026-01-01T00:00:00|Unknown|0:0\\n" "$J";; esac'
+    )
+    monkeypatch.setenv("J", job_id)
+    fake_sacct(tmp_path, monkeypatch, answer, calls)
+    monkeypatch.setattr(endwatch, "END_SEEN_WITHIN_S", 0.0)
+    try:
+        deadline = time.monotonic() + 60
+        seen: list[bool] = []
+        # two answers read: the first sacct's is in before the second starts
+        while len(_lines(calls)) < 3 and time.monotonic() < deadline:
+            seen.append(job.done())
+            time.sleep(0.2)
+        assert len(_lines(calls)) >= 3
+        assert not any(seen) and not job.done()
+    finally:
+        subprocess.run(["scancel", job_id], check=False)
+
+
+def _lines(path: Path) -> list[str]:
+    return path.read_text().splitlines() if path.exists() else []
+
+
+def fake_sacct(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, body: str, calls: Path) -> None:
+    """Put first on PATH an ``sacct`` that notes each call (a line ``x`` in ``calls``), then
+    runs the shell commands ``body``."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    sacct = bin_dir / "sacct"
+    sacct.write_text(f"#!/bin/sh\necho x >> {calls}\n{body}\n")
+    sacct.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
 
 
 def _wait_for_state(job_id: str, state: str) -> None:

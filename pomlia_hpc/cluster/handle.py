@@ -16,6 +16,7 @@ from submitit.core.utils import UncompletedJobError
 from pomlia_hpc.cluster import states
 from pomlia_hpc.cluster.cancel import cancel_scheduler_job, kill_after_grace
 from pomlia_hpc.cluster.debugjob import debug_result, debug_state, run_debug_job
+from pomlia_hpc.cluster.endwatch import ended_unseen
 from pomlia_hpc.cluster.failures import exit_line, failure_cause, log_cause, log_tail
 from pomlia_hpc.cluster.localresult import local_cancel_cause
 from pomlia_hpc.cluster.records import (
@@ -147,15 +148,19 @@ class JobHandle:
         cancelled before it happened)."""
         if self._error is not None or self.given_up_state is not None:
             return True
-        if self.submitted and self._executor.backend == "debug":
-            run_debug_job(self.job())  # here, once: a failure is its outcome, not raised
+        if not self.submitted:
+            return False
+        job = self.job()
+        if self._executor.backend == "debug":
+            run_debug_job(job)  # here, once: a failure is its outcome, not raised
             return True
-        if not self.submitted or self.job().done():
-            return self.submitted
-        if self._executor.backend == "slurm":
-            if ended_unseen(self.job()):
-                return True
-            watch_pending(self)  # a job Slurm will never start is cancelled and given up
+        if self._executor.backend != "slurm":
+            return bool(job.done())
+        # Not submitit's done(): it polls sacct without a time limit in this thread, and
+        # counts a SUSPENDED job as done (endwatch.py).
+        if job.paths.result_pickle.exists() or ended_unseen(str(job.job_id)):
+            return True
+        watch_pending(self)  # a job Slurm will never start is cancelled and given up
         return self.given_up_state is not None
 
     def cancel(self, cause: str = "cancelled by user") -> None:
@@ -333,37 +338,6 @@ class JobHandle:
             ok = state in FINAL_STATES and state != "COMPLETED"
             return (state if ok else "FAILED"), text
         return "FAILED", text
-
-
-#: Seconds by which :meth:`JobHandle.done` may see the end of a Slurm job that wrote no result
-#: (cancelled, killed for its memory or time, failed before Python started) late. submitit
-#: sees a result file at once, but such a job's end only in its own ``sacct`` polls, which
-#: come every half of the time since this process last submitted a job, up to every 10
-#: minutes: an AutoML trial killed 20 minutes into its training kept its slot of
-#: ``--parallel`` for up to 10 minutes more, a pipeline stage waited as long on its training.
-END_SEEN_WITHIN_S = 30.0
-_WATCH_LOCK = threading.Lock()
-# When ended_unseen last asked (monotonic s) and the thread asking, for all jobs at once.
-_watched: list[float] = [-float("inf")]
-_asking: list[threading.Thread | None] = [None]
-
-
-def ended_unseen(job: submitit.Job[Any]) -> bool:
-    """Whether Slurm job ``job``, which submitit does not count as done, has ended, by what
-    submitit last read from ``sacct`` (no call here). Once that is :data:`END_SEEN_WITHIN_S`
-    seconds old, one ``sacct`` (submitit's own, for all this process's unfinished Slurm jobs)
-    is started in a thread of its own, and its answer is read by a later call: submitit runs
-    ``sacct`` without a time limit, and a slurmdbd that took the connection and never
-    answered would hang every driver waiting on a job; while one hangs, none other starts."""
-    with _WATCH_LOCK:
-        busy = _asking[0] is not None and _asking[0].is_alive()
-        if not busy and time.monotonic() - _watched[0] >= END_SEEN_WITHIN_S:
-            _watched[0] = time.monotonic()
-            # a failing sacct is logged by submitit and changes nothing
-            asking = threading.Thread(target=job.watcher.update, name="sacct-watch", daemon=True)
-            _asking[0] = asking
-            asking.start()
-    return bool(job.watcher.is_done(str(job.job_id), mode="cache"))
 
 
 def result_written(job: submitit.Job[Any]) -> datetime | None:

@@ -1,0 +1,71 @@
+"""The end of a Slurm job that wrote no result (cancelled outside pomlia, killed for its memory
+or time, failed before Python started), seen within :data:`END_SEEN_WITHIN_S` seconds.
+
+submitit sees a result file at once, but such an end only in its own ``sacct`` polls, which
+come every half of the time since the process last submitted a job, up to every 10 minutes:
+an AutoML trial killed 20 minutes into its training kept its slot of ``--parallel`` for up to
+10 minutes more, a pipeline stage waited as long on its training. Those polls are no answer
+here either: submitit runs ``sacct`` without a time limit in the waiting thread (a slurmdbd
+that took the connection and never answered hung the driver), and it counts a SUSPENDED or
+RESIZING job as done, and stops asking about it.
+
+:func:`ended_unseen` answers from what is known, never waiting: one ``sacct`` (with its time
+limit) for all the jobs this process asked about runs in a thread of its own when the last
+answer is :data:`END_SEEN_WITHIN_S` seconds old, one at a time. A job counts as ended in a
+final state Slurm will not requeue it from (PREEMPTED and NODE_FAIL are left to
+:func:`pomlia_hpc.cluster.states.ended_for_good`, which knows how long to wait for a requeue).
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+from pomlia_hpc.cluster.records import sacct_states
+from pomlia_hpc.errors import ClusterError
+from pomlia_hpc.vocab import FINAL_STATES, REQUEUABLE_STATES
+
+#: Seconds by which the end of a job that wrote no result may be seen late.
+END_SEEN_WITHIN_S = 30.0
+
+#: Seconds one ``sacct`` of the watch may take (then it is asked again later).
+SACCT_LIMIT_S = 60.0
+
+_LOCK = threading.Lock()  # guards everything below; never held while sacct runs
+_asked_at = [-float("inf")]  # when the last sacct started (monotonic s)
+_asking: list[threading.Thread | None] = [None]
+_watched: set[str] = set()  # job ids asked about whose end is not known yet
+_ended: dict[str, str] = {}  # job id -> the final state sacct gave
+
+
+def ended_unseen(job_id: str) -> bool:
+    """Whether Slurm job ``job_id`` (``123`` or an array task ``123_4``) has ended for good,
+    by the last ``sacct`` answer (no waiting here); starts the next ``sacct`` in the
+    background when that answer is :data:`END_SEEN_WITHIN_S` seconds old."""
+    with _LOCK:
+        if job_id in _ended:
+            return True
+        _watched.add(job_id)
+        busy = _asking[0] is not None and _asking[0].is_alive()
+        if not busy and time.monotonic() - _asked_at[0] >= END_SEEN_WITHIN_S:
+            _asked_at[0] = time.monotonic()
+            asking = threading.Thread(
+                target=_ask, args=(sorted(_watched),), name="end-watch", daemon=True
+            )
+            _asking[0] = asking
+            asking.start()
+    return False
+
+
+def _ask(job_ids: list[str]) -> None:
+    """One ``sacct`` for ``job_ids``; records those that have ended for good."""
+    try:
+        states = sacct_states(job_ids, timeout_s=SACCT_LIMIT_S)
+    except ClusterError:
+        return  # slurmdbd out of reach or busy says nothing about the jobs: ask again later
+    with _LOCK:
+        for job_id in job_ids:
+            st = states.get(job_id)
+            if st is not None and st.state in FINAL_STATES and st.state not in REQUEUABLE_STATES:
+                _ended[job_id] = st.state
+                _watched.discard(job_id)
