@@ -105,31 +105,46 @@ def test_a_hanging_sacct_does_not_hang_a_driver_waiting_on_its_jobs(
         subprocess.run(["scancel", job_id], check=False)
 
 
-def test_a_suspended_job_is_not_done(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize(
+    ("state", "end", "ended"),
+    [
+        ("SUSPENDED", "Unknown", False),
+        # Not requeued for an hour: Slurm cancels preempted jobs here. submitit waits for ever.
+        ("PREEMPTED", "2026-01-01T01:00:00", True),
+    ],
+)
+def test_done_judges_the_states_submitit_misjudges(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, state: str, end: str, ended: bool
+) -> None:
     """submitit counts every state but a few as done, SUSPENDED (gang scheduling, preemption
-    by suspension, scontrol suspend) and RESIZING among them; with done() asking every 30 s
-    a suspended trial was soon taken for ended, and failed for want of a result."""
+    by suspension, scontrol suspend) among them: with done() asking every 30 s a suspended
+    trial was soon taken for ended, and failed for want of a result. And it counts PREEMPTED
+    as unfinished for ever, so an AutoML driver waited on a trial Slurm did not requeue."""
     ex = Executor.from_profile("slurm-local", tmp_path / "jobs")
-    job = ex.submit(jobfns.sleep_for, 120.0, name="suspended")
+    job = ex.submit(jobfns.sleep_for, 120.0, name=state.lower())
     job_id = job.job_id
     calls = tmp_path / "calls"
     # as submitit asks (a header, JobID,State,NodeList) and as pomlia asks (no header)
     answer = (
-        'case "$*" in *NodeList*) printf "JobID|State|NodeList\\n%s|SUSPENDED|n1\\n" "$J";; '
-        '*) printf "%s|SUSPENDED|2026-01-01T00:00:00|Unknown|0:0\\n" "$J";; esac'
+        'case "$*" in *NodeList*) printf "JobID|State|NodeList\\n%s|$S|n1\\n" "$J";; '
+        '*) printf "%s|$S|2026-01-01T00:00:00|$E|0:0\\n" "$J";; esac'
     )
     monkeypatch.setenv("J", job_id)
+    monkeypatch.setenv("S", state)
+    monkeypatch.setenv("E", end)
     fake_sacct(tmp_path, monkeypatch, answer, calls)
     monkeypatch.setattr(endwatch, "END_SEEN_WITHIN_S", 0.0)
     try:
         deadline = time.monotonic() + 60
         seen: list[bool] = []
-        # two answers read: the first sacct's is in before the second starts
-        while len(_lines(calls)) < 3 and time.monotonic() < deadline:
+        # until it is done, or two answers were read (the first is in before the next starts)
+        while time.monotonic() < deadline:
             seen.append(job.done())
+            if seen[-1] or len(_lines(calls)) >= 3:
+                break
             time.sleep(0.2)
-        assert len(_lines(calls)) >= 3
-        assert not any(seen) and not job.done()
+        assert job.done() is ended
+        assert ended or (len(_lines(calls)) >= 3 and not any(seen))
     finally:
         subprocess.run(["scancel", job_id], check=False)
 

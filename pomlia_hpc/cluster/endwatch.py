@@ -12,8 +12,9 @@ RESIZING job as done, and stops asking about it.
 :func:`ended_unseen` answers from what is known, never waiting: one ``sacct`` (with its time
 limit) for all the jobs this process asked about runs in a thread of its own when the last
 answer is :data:`END_SEEN_WITHIN_S` seconds old, one at a time. A job counts as ended in a
-final state Slurm will not requeue it from (PREEMPTED and NODE_FAIL are left to
-:func:`pomlia_hpc.cluster.states.ended_for_good`, which knows how long to wait for a requeue).
+final state (as submitit counted NODE_FAIL); PREEMPTED only once Slurm has not requeued it
+for a while (:func:`pomlia_hpc.cluster.states.ended_for_good`), as a waiting ``result()``
+judges it.
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ import threading
 import time
 
 from pomlia_hpc.cluster.records import sacct_states
+from pomlia_hpc.cluster.states import ended_for_good
 from pomlia_hpc.errors import ClusterError
-from pomlia_hpc.vocab import FINAL_STATES, REQUEUABLE_STATES
+from pomlia_hpc.vocab import FINAL_STATES, JobState
 
 #: Seconds by which the end of a job that wrote no result may be seen late.
 END_SEEN_WITHIN_S = 30.0
@@ -66,6 +68,8 @@ def _ask(job_ids: list[str]) -> None:
     with _LOCK:
         for job_id in job_ids:
             st = states.get(job_id)
-            if st is not None and st.state in FINAL_STATES and st.state not in REQUEUABLE_STATES:
+            if st is None or st.state not in FINAL_STATES:
+                continue
+            if st.state != JobState.PREEMPTED or ended_for_good(st.state, st.ended_at):
                 _ended[job_id] = st.state
                 _watched.discard(job_id)
