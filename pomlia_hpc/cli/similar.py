@@ -62,9 +62,10 @@ def _image_rows(
     all_versions: bool,
     left: list[Any],
     unrec: list[Any],
+    notes: list[str],
 ) -> tuple[list[list[Any]], list[str]]:
     """The rows and columns of ``similar --images`` (what was left out goes to ``left``, the
-    data sets used unrecorded to ``unrec``)."""
+    data sets used unrecorded to ``unrec``, why fewer than ``n`` came to ``notes``)."""
     from pomlia_hpc.fingerprint.similar import nearest_images
 
     hits = nearest_images(
@@ -78,6 +79,7 @@ def _image_rows(
         all_versions=all_versions,
         left_out=left,
         unrecorded_out=unrec,
+        notes_out=notes,
     )
     # The row within the split is what a user can look up (the split of 72 test images
     # showed row 1065, the store's); the store row stays beside it, and as --json's "row".
@@ -146,10 +148,10 @@ def similar(
     reg, enc = STATE.registry(), encoder_name(encoder)
     left: list[Any] = []  # what was left out, and why: one note under the results
     unrec: list[Any] = []  # what was used unrecorded: another note
-    same = ""
+    notes: list[str] = []  # the same content, fewer images than asked, few images
     if images is not None:
         rows, cols = _image_rows(
-            reg, enc, dataset, images, split, patches, all_versions, left, unrec
+            reg, enc, dataset, images, split, patches, all_versions, left, unrec, notes
         )
         title = f"{len(rows)} nearest images to {dataset} (encoder {enc})"
     else:
@@ -163,10 +165,11 @@ def similar(
             all_versions=all_versions,
             left_out=left,
             unrecorded_out=unrec,
+            notes_out=notes,
         )
-        same = same_content_note(dataset, found)
+        notes.insert(0, same_content_note(dataset, found))
         if as_json:
-            _similar_json(found, distance, same, left, unrec)
+            _similar_json(found, distance, notes, left, unrec)
             return
         parts = sorted({c for r in found for c in r.components} - {distance, "weight"})
         rows = [
@@ -174,9 +177,18 @@ def similar(
         ]
         cols = ["dataset", f"{distance} distance", "images", *parts]
         title = f"datasets nearest to {dataset} (encoder {enc})"
+    _render(title, cols, rows, as_json)
+    for text in notes:
+        note(text, stderr=as_json)
+    set_notes(left, unrec, stderr=as_json)
+    if not as_json and not all_versions:
+        older_versions_note(reg, enc, dataset.split("@")[0])
+
+
+def _render(title: str, cols: list[str], rows: list[list[Any]], as_json: bool) -> None:
+    """The results of ``similar``: a table, or with ``as_json`` one JSON list on stdout."""
     if as_json:
         print_json([dict(zip(cols, r, strict=True)) for r in rows])
-        set_notes(left, unrec, stderr=True)
         return
     table = Table(title=title)
     for c in cols:
@@ -184,14 +196,10 @@ def similar(
     for r in rows:
         table.add_row(*(f"{v:.4g}" if isinstance(v, float) else str(v) for v in r))
     console.print(table)
-    note(same)
-    set_notes(left, unrec)
-    if not all_versions:
-        older_versions_note(reg, enc, dataset.split("@")[0])
 
 
 def _similar_json(
-    found: list[Any], distance: str, same: str, left: list[Any], unrec: list[Any]
+    found: list[Any], distance: str, notes: list[str], left: list[Any], unrec: list[Any]
 ) -> None:
     """``similar --json`` of data sets: one JSON document on stdout, the notes on stderr."""
     out = [
@@ -201,5 +209,6 @@ def _similar_json(
         for r in found
     ]
     print_json(out)
-    note(same, stderr=True)
+    for text in notes:
+        note(text, stderr=True)
     set_notes(left, unrec, stderr=True)

@@ -259,6 +259,28 @@ def load_summary(
     return compute_summary(fs.embeddings_path, fp)
 
 
+#: A data set of fewer images than this is named under the results: its summaries (mean,
+#: covariance, quantiles) rest on too few embeddings to rank it with confidence. At 30 the
+#: standard error of a mean embedding is 1/sqrt(30), under a fifth of the spread, and the
+#: covariance of a 16-dimensional latent (the default) has about two images per dimension;
+#: below 17 it is singular, so the Fréchet distance is mostly its regularisation.
+FEW_IMAGES = 30
+
+
+def few_images_note(query: str, query_images: int, found: list[SimilarDataset]) -> str:
+    """The note naming the query (``query_images`` images) and the data sets of ``found``
+    with fewer than :data:`FEW_IMAGES` images (empty when none)."""
+    few = [f"{r.ref} ({r.n_vectors})" for r in found if r.n_vectors < FEW_IMAGES]
+    if query_images < FEW_IMAGES:
+        few.insert(0, f"{query} (the query, {query_images})")
+    if not few:
+        return ""
+    return (
+        f"few images: {', '.join(few)}: a distance over fewer than {FEW_IMAGES} images rests "
+        "on little data (their mean and spread are uncertain); rank them with care"
+    )
+
+
 def _left_out_clause(left: list[LeftOut]) -> str:
     """`` (left out: ...)`` for an error that would otherwise hide why nothing was left."""
     return f" ({left_out_note(left)})" if left else ""
@@ -276,6 +298,7 @@ def similar_datasets(
     all_versions: bool = False,
     left_out: list[LeftOut] | None = None,
     unrecorded_out: list[Unrecorded] | None = None,
+    notes_out: list[str] | None = None,
 ) -> list[SimilarDataset]:
     """The ``k`` datasets nearest to ``ref`` by ``distance`` (see
     :mod:`pomlia_hpc.fingerprint.ranking`), each with the components of its distance.
@@ -285,7 +308,8 @@ def similar_datasets(
     ones (latent distances only; the explicit part is the same). Of every other dataset only
     its newest version with usable embeddings is compared unless ``all_versions=True``.
     Versions left out as unusable (:func:`candidates`) are appended to ``left_out``, those
-    used as their unrecorded extraction left them (:mod:`.usable`) to ``unrecorded_out``; a
+    used as their unrecorded extraction left them (:mod:`.usable`) to ``unrecorded_out``, the
+    note naming data sets of few images (:func:`few_images_note`) to ``notes_out``; a
     version with the query's content hash is compared and marked ``same_content``."""
     if k < 1:
         raise InputError(f"--k {k}: expected a number of datasets >= 1")
@@ -319,6 +343,9 @@ def similar_datasets(
         for (o, r), sc in zip(others, scored, strict=True)
     ]
     out.sort(key=lambda r: (r.distance, r.ref))
+    few = few_images_note(full, fs.n_vectors, out[:k])
+    if notes_out is not None and few:
+        notes_out.append(few)
     return out[:k]
 
 
@@ -444,6 +471,20 @@ def _nearest(
         k = min(cap, k * (16 if exact else 4))
 
 
+def shortfall_note(asked: int, found: int, images: int) -> str:
+    """Why ``--images asked`` listed only ``found`` images: the searched data sets hold only
+    ``images`` images, or each query vector reached only its :data:`MAX_K` nearest."""
+    if found >= images:
+        return (
+            f"--images {asked}: the data sets searched hold {images} image(s) in all; "
+            f"all {found} are listed"
+        )
+    return (
+        f"--images {asked}: {found} of the {images} image(s) of the data sets searched are "
+        f"listed: each query image reaches only its {MAX_K} nearest vectors"
+    )
+
+
 def _query_rows(registry: Registry, full: str, split: str | None, n: int) -> tuple[int, int]:
     """The rows [lo, hi) of dataset version ``full`` (``n`` images) whose embeddings query
     the index: ``split``'s, all without one. An empty split is refused: it used to give an
@@ -476,6 +517,7 @@ def nearest_images(
     all_versions: bool = False,
     left_out: list[LeftOut] | None = None,
     unrecorded_out: list[Unrecorded] | None = None,
+    notes_out: list[str] | None = None,
 ) -> list[NearestImage]:
     """The ``n`` images of other datasets nearest to dataset ``ref`` (see module docstring).
 
@@ -487,7 +529,8 @@ def nearest_images(
     Only vectors of usable sets (:mod:`.usable`) that the index holds as they are now are
     searched, and never those of a dataset with the query's content hash (copies of its own
     images, at distance 0); what is left out is appended to ``left_out``, the sets used as
-    their unrecorded extraction left them (:mod:`.usable`) to ``unrecorded_out``."""
+    their unrecorded extraction left them (:mod:`.usable`) to ``unrecorded_out``; fewer
+    than ``n`` found is said in a note appended to ``notes_out`` (:func:`shortfall_note`)."""
     if n < 1:
         raise InputError(f"--images {n}: expected a number of images >= 1")
     enc = get_encoder(registry, encoder)
@@ -529,6 +572,9 @@ def nearest_images(
     if len(queries) == 0:
         return []
     ranked = _nearest(index, queries, n, min(available, MAX_K), exclude)
+    if notes_out is not None and len(ranked) < n:
+        images = sum(e.n_images for s, e in entries.items() if s not in exclude)
+        notes_out.append(shortfall_note(n, len(ranked), images))
     out = []
     for d, vid in ranked:
         hit = index.decode(vid, d)
