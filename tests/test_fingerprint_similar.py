@@ -370,7 +370,7 @@ def test_an_exact_index_is_scanned_at_most_twice(
     workspace: Workspace, world: tuple[Registry, list[str]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A Flat index scans every vector whatever k: `similar --images` widens k from 64 by 16
-    there, where widening from 4 by 4 scanned it again each time (2 to 6 scans, 45 CPU-s over
+    there, where widening from 4 by 4 scanned it again each time (1 to 5 scans, 45 CPU-s over
     708,072 vectors for --images 1000: docs/BENCHMARKS.md). The answer is the same."""
     reg, _refs = world
     build_index(reg, workspace, "enc")

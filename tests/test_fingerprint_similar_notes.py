@@ -19,6 +19,7 @@ from pomlia_hpc.fingerprint.similar import (
     sample_rows,
     similar_datasets,
 )
+from pomlia_hpc.fingerprint.usable import LeftOut
 from pomlia_hpc.registry import Registry
 from pomlia_hpc.workspace import Workspace
 from tests.fixtures.cli import cli_ok, runner
@@ -149,3 +150,24 @@ def test_nearest_images_are_exact_for_every_n(
         want = _brute_force(reg, "blood_a", refs[1:], n, metric)
         assert [(h.ref, h.row) for h in got] == [(r, i) for r, i, _d in want], (metric, n)
         assert np.allclose([h.distance for h in got], [d for _r, _i, d in want], atol=1e-4)
+
+
+def test_all_versions_names_a_current_version_never_extracted_once(
+    workspace: Workspace, world: tuple[Registry, list[str]], wide_console: None
+) -> None:
+    """'organ' has two embedded versions and a newer current one never embedded: with
+    --all-versions both old ones are compared and the current one was not named at all
+    (without it, it is); it is named once, with both versions that stand in for it."""
+    reg, refs = world
+    v2 = make_dataset(workspace, reg, "organ", "organamnist", (60, 8, 30), seed=4)
+    _extract(workspace, reg, [v2])
+    make_dataset(workspace, reg, "organ", "organamnist", (60, 8, 30), seed=5)
+    left: list[LeftOut] = []
+    found = similar_datasets(reg, "enc", "blood_a", k=10, all_versions=True, left_out=left)
+    assert {refs[2], v2} <= {r.ref for r in found}
+    assert [str(x) for x in left] == [
+        f"organ (current version not extracted; {refs[2]}, {v2} compared instead; "
+        "run pomlia fingerprint extract organ -e enc)"
+    ]
+    text = " ".join(cli_ok("similar", "blood_a", "-e", "enc", "--all-versions").split())
+    assert f"left out: organ (current version not extracted; {refs[2]}, {v2} compared" in text

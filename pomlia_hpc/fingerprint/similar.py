@@ -134,8 +134,12 @@ def candidates(
     one version per dataset, an unusable version is named only when it would have been
     preferred to the one used (an older one would not have been used anyway)."""
     found = usable_sets(registry, encoder)
-    if all_versions:
-        return found.sets, found.left_out
+    embedded = {fs.dataset_version_id for fs, _r in found.sets} | {
+        x.version_id for x in found.left_out
+    }
+    if all_versions:  # every version with embeddings: the current one is still named if none
+        stale = _current_not_extracted(registry, encoder, found.sets, embedded)
+        return found.sets, found.left_out + stale
     sets = newest_sets(registry, found.sets)
     prefer = _preference(registry)
     used = {ref.split("@")[0]: prefer(fs.dataset_version_id) for fs, ref in sets}
@@ -144,9 +148,6 @@ def candidates(
         for x in found.left_out
         if x.ref.split("@")[0] not in used or prefer(x.version_id) > used[x.ref.split("@")[0]]
     ]
-    embedded = {fs.dataset_version_id for fs, _r in found.sets} | {
-        x.version_id for x in found.left_out
-    }
     return sets, left + _current_not_extracted(registry, encoder, sets, embedded)
 
 
@@ -161,14 +162,20 @@ def _current_not_extracted(
     version after its extraction is compared as it was, and must not be so silently."""
     current = current_versions(registry)
     enc = get_encoder(registry, encoder).name
-    out = []
+    compared: dict[str, list[str]] = {}  # one note a dataset, though several versions stand in
     for fs, ref in sets:
-        name = ref.split("@")[0]
-        now = current.get(name)
+        now = current.get(name := ref.split("@")[0])
         if now is not None and now.id != fs.dataset_version_id and now.id not in embedded:
-            why = f"current version not extracted; {ref} compared instead"
-            out.append(LeftOut(name, why, extract_command(name, enc), now.id))
-    return out
+            compared.setdefault(name, []).append(ref)
+    return [
+        LeftOut(
+            name,
+            f"current version not extracted; {', '.join(refs)} compared instead",
+            extract_command(name, enc),
+            current[name].id,
+        )
+        for name, refs in compared.items()
+    ]
 
 
 #: A sample of a large range reads at least this many of its chunks (all of them if fewer).
@@ -420,6 +427,14 @@ def _index_left_out(
 MAX_K = 1024
 
 
+#: The first ``k`` of :func:`nearest_images`' search and the factor it widens by: an
+#: approximate index searches only near lists, so a small k costs little, and
+FIRST_K, WIDEN = 4, 4
+#: ... an exact (``Flat``) one scans every vector whatever k: 64, then 1024 (:data:`MAX_K`).
+#: (``scripts/bench/similar_images.py`` times both schedules on an exact index.)
+EXACT_FIRST_K, EXACT_WIDEN = 64, 16
+
+
 def _best_images(index: Any, dist: np.ndarray, ids: np.ndarray, n: int) -> list[tuple[float, int]]:
     """The ``n`` nearest images among search results ``dist``, ``ids`` (q, k) as (distance,
     vector id), nearest first, ties by id; one entry per image (a patch index has several
@@ -453,11 +468,12 @@ def _nearest(
     ``k`` may be nearer than the ``n``-th, and the answer (its images and their distances)
     depended on ``n``: ``--images 5`` was not the first 5 of ``--images 100``. An exact
     (``Flat``) index scans every vector whatever ``k``, so each widening is a full scan again
-    (from k = 4 up to 1024 by 4: 2 to 6 scans, 9 to 45 CPU-s over 708,072 vectors): it starts
+    (from k = 4 up to 1024 by 4: 1 to 5 scans, 9 to 45 CPU-s over 708,072 vectors): it starts
     at 64 and widens by 16, at most 2 scans; ``k`` near ``cap`` at once costs more for a small
     ``n`` (the heap and the ranking of 2 million results). The answer is the same."""
     exact = index.manifest.factory == "Flat"
-    k = min(cap, max(64 if exact else 4, math.ceil(2 * n / len(queries))))
+    first, widen = (EXACT_FIRST_K, EXACT_WIDEN) if exact else (FIRST_K, WIDEN)
+    k = min(cap, max(first, math.ceil(2 * n / len(queries))))
     while True:
         dist, ids = index.search(queries, k, exclude_sets=exclude)
         ranked = _best_images(index, dist, ids, n)
@@ -468,7 +484,7 @@ def _nearest(
         full = ids[:, -1] >= 0
         if len(ranked) >= n and not (full & (dist[:, -1] <= ranked[-1][0])).any():
             return ranked
-        k = min(cap, k * (16 if exact else 4))
+        k = min(cap, k * widen)
 
 
 def shortfall_note(asked: int, found: int, images: int) -> str:
