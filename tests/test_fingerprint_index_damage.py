@@ -90,3 +90,36 @@ def test_damaged_index_is_named_and_rebuilt(
         monkeypatch, capsys, "similar", "blood", "-e", "enc", "--images", "2", "--json"
     )
     assert code == 0 and out.count('"dataset"') == 2, (out, err)
+
+
+def test_the_repair_of_an_ip_index_keeps_its_metric(
+    workspace: Workspace,
+    reg: Registry,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """The hint named the plain `pomlia index build`, which rebuilds an exact L2 index: a
+    user who followed it for a damaged `--metric ip` index got distances of another kind
+    (Euclidean, not 1 - cosine) without a word. Its manifest still says how it was built."""
+    refs = [
+        make_dataset(workspace, reg, "blood", "bloodmnist", (30, 6, 6)),
+        make_dataset(workspace, reg, "organ", "organamnist", (20, 5, 4)),
+    ]
+    make_encoder(workspace, reg, "enc", latent_dim=4)
+    plan = plan_extraction(reg, workspace, "enc", refs, threads=1)
+    for spec in plan.specs:
+        run_shard(spec)
+    finish_extraction(reg, plan)
+    build_index(reg, workspace, "enc", metric="ip")
+    current = workspace.path("indexes", "enc", "images") / "current"
+    _truncate(current.resolve())
+    capsys.readouterr()
+    code, _out, err = pomlia_main(
+        monkeypatch, capsys, "similar", "blood", "-e", "enc", "--images", "2"
+    )
+    command = "pomlia index build --encoder enc --metric ip"
+    assert code == 2 and f"  hint: run `{command}` (it rebuilds" in err, err
+    assert "(Success)" not in err, err  # a short read's errno text, 0
+    code, out, err = pomlia_main(monkeypatch, capsys, *command.split()[1:])
+    assert code == 0 and "rebuilt from the embeddings" in out, (out, err)
+    assert '"metric": "ip"' in (current / "manifest.json").read_text()

@@ -81,6 +81,7 @@ def faiss_reason(exc: Exception) -> str:
     text = str(exc).strip().splitlines()[-1] if str(exc).strip() else ""
     text = re.sub(r"^Error in .*? at \S+:\d+:\s*", "", text)
     text = re.sub(r"^Error: '.*?' failed:\s*", "", text)
+    text = re.sub(r"\s*\(Success\)$", "", text)  # strerror(0): a short read sets no errno
     return text[:200]
 
 
@@ -89,22 +90,35 @@ class DamagedIndexError(InputError):
     truncated or not what its manifest says); ``pomlia index build`` rebuilds it."""
 
 
-def build_command(encoder: str, kind: Kind) -> str:
-    """The command that builds (or rebuilds) ``encoder``'s index of ``kind``."""
-    patches = " --patches" if kind == "patches" else ""
-    return f"pomlia index build --encoder {shlex.quote(encoder)}{patches}"
+def build_command(encoder: str, kind: Kind, manifest: Manifest | None = None) -> str:
+    """The command that builds (or rebuilds) ``encoder``'s index of ``kind``; as ``manifest``
+    says it was built (its factory unless ``Flat``, ``--metric ip``) where it can be read: the
+    plain command rebuilds an exact L2 index, which would change the distances' meaning."""
+    opts = " --patches" if kind == "patches" else ""
+    if manifest is not None and manifest.factory != "Flat":
+        opts += f" --factory {shlex.quote(manifest.factory)}"
+    if manifest is not None and manifest.metric == "ip":
+        opts += " --metric ip"
+    return f"pomlia index build --encoder {shlex.quote(encoder)}{opts}"
+
+
+def repair_hint(encoder: str, kind: Kind, manifest: Manifest | None = None) -> str:
+    """The hint of a :class:`DamagedIndexError`: the command that rebuilds the index."""
+    command = build_command(encoder, kind, manifest)
+    return f"run `{command}` (it rebuilds the index from the embeddings)"
 
 
 def read_generation(gen: Path, encoder: str, kind: Kind) -> tuple[faiss.Index, Manifest]:
     """The index and manifest of generation folder ``gen``; a file that is missing,
     damaged or disagrees with the other (vector count, dimension) is one
     :class:`DamagedIndexError` naming it, with the command that rebuilds the index."""
-    hint = f"run `{build_command(encoder, kind)}` (it rebuilds the index from the embeddings)"
+    hint = repair_hint(encoder, kind)
     what = f"the {kind} index of encoder '{encoder}'"
     try:
         manifest = read_record(Manifest, gen / "manifest.json")
     except PomliaError as exc:  # missing (NotFoundError) or not a manifest (InputError)
         raise DamagedIndexError(f"{what} cannot be read: {exc.message}", hint=hint) from exc
+    hint = repair_hint(encoder, kind, manifest)  # its factory and metric, now they are known
     path = gen / "index.faiss"
     try:
         index = faiss.read_index(str(path))
