@@ -89,6 +89,23 @@ def test_a_short_list_for_the_k_limit_says_so(workspace: Workspace, wide_console
     ]
 
 
+def test_a_short_list_of_an_approximate_index_says_why(
+    workspace: Workspace, world: tuple[Registry, list[str]]
+) -> None:
+    """An IVF index probing 1 of its 2 lists finds only part of the images: the note blames
+    the approximate index, not the k limit alone."""
+    reg, _refs = world
+    build_index(reg, workspace, "enc", factory="IVF2,Flat", nprobe=1, rebuild=True)
+    notes: list[str] = []
+    hits = nearest_images(reg, workspace, "enc", "tiny", 100_000, notes_out=notes)
+    assert len(hits) < 294
+    assert notes == [
+        f"--images 100000: {len(hits)} of the 294 image(s) of the data sets searched are "
+        "listed: the index is approximate (IVF2,Flat: it searches part of itself) and each "
+        f"query image reaches only its {MAX_K} nearest vectors"
+    ]
+
+
 def test_a_data_set_of_few_images_is_named(
     world: tuple[Registry, list[str]], wide_console: None
 ) -> None:

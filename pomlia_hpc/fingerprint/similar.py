@@ -427,12 +427,9 @@ def _index_left_out(
 MAX_K = 1024
 
 
-#: The first ``k`` of :func:`nearest_images`' search and the factor it widens by: an
-#: approximate index searches only near lists, so a small k costs little, and
-FIRST_K, WIDEN = 4, 4
-#: ... an exact (``Flat``) one scans every vector whatever k: 64, then 1024 (:data:`MAX_K`).
-#: (``scripts/bench/similar_images.py`` times both schedules on an exact index.)
-EXACT_FIRST_K, EXACT_WIDEN = 64, 16
+#: The first ``k`` of :func:`nearest_images`' search and the factor it widens by, for an
+#: approximate index and an exact one (``Flat``: every k scans all; bench/similar_images.py)
+FIRST_K, WIDEN, EXACT_FIRST_K, EXACT_WIDEN = 4, 4, 64, 16
 
 
 def _best_images(index: Any, dist: np.ndarray, ids: np.ndarray, n: int) -> list[tuple[float, int]]:
@@ -487,17 +484,21 @@ def _nearest(
         k = min(cap, k * widen)
 
 
-def shortfall_note(asked: int, found: int, images: int) -> str:
+def shortfall_note(asked: int, found: int, images: int, factory: str = "Flat") -> str:
     """Why ``--images asked`` listed only ``found`` images: the searched data sets hold only
-    ``images`` images, or each query vector reached only its :data:`MAX_K` nearest."""
+    ``images`` images, or each query vector reached only its :data:`MAX_K` nearest, or an
+    approximate index (``factory`` not ``Flat``) searched only part of itself."""
     if found >= images:
         return (
             f"--images {asked}: the data sets searched hold {images} image(s) in all; "
             f"all {found} are listed"
         )
+    why = f"each query image reaches only its {MAX_K} nearest vectors"
+    if factory != "Flat":
+        why = f"the index is approximate ({factory}: it searches part of itself) and {why}"
     return (
         f"--images {asked}: {found} of the {images} image(s) of the data sets searched are "
-        f"listed: each query image reaches only its {MAX_K} nearest vectors"
+        f"listed: {why}"
     )
 
 
@@ -590,7 +591,7 @@ def nearest_images(
     ranked = _nearest(index, queries, n, min(available, MAX_K), exclude)
     if notes_out is not None and len(ranked) < n:
         images = sum(e.n_images for s, e in entries.items() if s not in exclude)
-        notes_out.append(shortfall_note(n, len(ranked), images))
+        notes_out.append(shortfall_note(n, len(ranked), images, index.manifest.factory))
     out = []
     for d, vid in ranked:
         hit = index.decode(vid, d)
