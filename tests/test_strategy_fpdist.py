@@ -4,48 +4,17 @@ autoencoder), so only an encoder that could still cover the most tasks is hashed
 
 from __future__ import annotations
 
-import hashlib
-import json
 from pathlib import Path
 
 import pytest
-from sqlalchemy import select
 
 from pomlia_hpc.fingerprint import markers
-from pomlia_hpc.registry import Encoder, FingerprintSet, Registry, Task
+from pomlia_hpc.registry import Registry
 from pomlia_hpc.strategy import fpdist
 from pomlia_hpc.workspace import Workspace
-from tests.fixtures.factories import tiny_task
-from tests.test_strategy_recommend import embedded_sets
+from tests.fixtures.factories import embedded_sets, tiny_task
 
 MEANS = {"blood": [0.0, 0.0], "derm": [3.0, 0.0], "path": [0.0, 4.0], "oct": [6.0, 8.0]}
-
-
-def _second_encoder(home: Path, reg: Registry, tasks: list[str]) -> Path:
-    """Encoder `few`, with current complete sets of ``tasks`` only; returns its weights."""
-    weights = home / "few.pt"
-    weights.write_bytes(b"weights of few")
-    digest = hashlib.sha256(weights.read_bytes()).hexdigest()
-    with reg.session() as s:
-        enc = Encoder(name="few", checkpoint_path=str(weights))
-        s.add(enc)
-        s.flush()
-        versions = dict(s.execute(select(Task.name, Task.dataset_version_id)).all())
-        for task in tasks:
-            group = home / "few-embeddings" / task
-            group.mkdir(parents=True)
-            attrs = {"pomlia": {"encoder_sha256": digest}}
-            (group / "zarr.json").write_text(json.dumps({"attributes": attrs}))
-            s.add(
-                FingerprintSet(
-                    encoder_id=enc.id,
-                    dataset_version_id=versions[task],
-                    embeddings_path=str(group),
-                    mean=MEANS[task],
-                    status="complete",
-                )
-            )
-    return weights
 
 
 def test_only_the_weights_of_an_encoder_that_could_win_are_hashed(
@@ -58,7 +27,7 @@ def test_only_the_weights_of_an_encoder_that_could_win_are_hashed(
     for seed, (task, flag) in enumerate(flags.items()):
         tiny_task(workspace, reg, task, flag, "acc", seed=seed)
     weights = embedded_sets(workspace.home, reg, MEANS)
-    few = _second_encoder(workspace.home, reg, ["blood", "derm"])
+    few = embedded_sets(workspace.home, reg, {t: MEANS[t] for t in ("blood", "derm")}, "few")
     hashed: list[str] = []
 
     def spy(path: str | Path) -> str:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 from collections.abc import Iterator
@@ -27,7 +26,7 @@ from pomlia_hpc.strategy import kb
 from pomlia_hpc.strategy.cost import COST_TIE_REL, COST_TIE_S, pareto_front
 from pomlia_hpc.strategy.recommend import recommend
 from pomlia_hpc.workspace import Workspace
-from tests.fixtures.factories import row_task, tiny_task
+from tests.fixtures.factories import embedded_sets, row_task, tiny_task
 
 DATA = Path(__file__).resolve().parents[1] / "pomlia_hpc" / "strategy" / "data"
 
@@ -435,37 +434,6 @@ def test_the_floor_is_set_only_where_runs_were_cut(
     read = hparams.task_runs(reg, ["derm", "path"])
     assert read.floor == {"path": pytest.approx(0.7)}
     assert sorted(r.task for r in read.runs) == ["derm"] * 3 + ["path"] * 3
-
-
-def embedded_sets(home: Path, reg: Registry, means: dict[str, list[float]]) -> Path:
-    """An encoder `enc` (a weights file, no network) and a complete fingerprint set of each
-    task's version with the given mean, its embeddings group made with those weights (only
-    its `zarr.json`, which readers check); returns the weights file."""
-    from pomlia_hpc.registry import Encoder, FingerprintSet
-
-    weights = home / "enc.pt"
-    weights.write_bytes(b"weights one")
-    digest = hashlib.sha256(weights.read_bytes()).hexdigest()
-    with reg.session() as s:
-        enc = Encoder(name="enc", checkpoint_path=str(weights))
-        s.add(enc)
-        s.flush()
-        versions = dict(s.execute(select(Task.name, Task.dataset_version_id)).all())
-        for task, mean in means.items():
-            group = home / "embeddings" / task
-            group.mkdir(parents=True)
-            attrs = {"pomlia": {"encoder_sha256": digest}}
-            (group / "zarr.json").write_text(json.dumps({"attributes": attrs}))
-            s.add(
-                FingerprintSet(
-                    encoder_id=enc.id,
-                    dataset_version_id=versions[task],
-                    embeddings_path=str(group),
-                    mean=mean,
-                    status="complete",
-                )
-            )
-    return weights
 
 
 def test_registry_tasks_are_compared_by_fingerprints_in_recommend_and_in_the_eval(
