@@ -54,7 +54,8 @@ def test_a_requeued_trial_says_where_it_resumed_and_keeps_its_whole_span(
     def fake_train(request: TrainRequest, progress: Any) -> Any:
         calls.append(1)
         if len(calls) == 1:  # the first attempt: 27 epochs checkpointed, then the signal
-            workdir.mkdir(parents=True)
+            # the checkpoint itself too: a record whose checkpoint is gone is no resume point
+            (workdir / "ckpt" / "epoch-27").mkdir(parents=True)
             state = {"epoch": 27, "tag": "epoch-27", "config_key": "", "history": []}
             (workdir / "state.json").write_text(json.dumps(state))
             raise Requeued(0)
