@@ -11,7 +11,10 @@ RESIZING job as done, and stops asking about it.
 
 :func:`ended_unseen` answers from what is known, never waiting: one ``sacct`` (with its time
 limit) for all the jobs this process asked about runs in a thread of its own when the last
-answer is :data:`END_SEEN_WITHIN_S` seconds old, one at a time. A job counts as ended in a
+answer is old enough, one at a time. Old enough is half the age of the youngest job watched,
+within :data:`END_SEEN_FIRST_S` and :data:`END_SEEN_WITHIN_S` (as submitit paces its polls
+by the last submission): a job cancelled seconds after it started is seen ended in seconds,
+not 30 s later, and a long one costs one ``sacct`` in 30 s. A job counts as ended in a
 final state (as submitit counted NODE_FAIL); PREEMPTED only once Slurm has not requeued it
 for a while (:func:`pomlia_hpc.cluster.states.ended_for_good`), as a waiting ``result()``
 judges it.
@@ -30,13 +33,16 @@ from pomlia_hpc.vocab import FINAL_STATES, JobState
 #: Seconds by which the end of a job that wrote no result may be seen late.
 END_SEEN_WITHIN_S = 30.0
 
+#: Seconds between two ``sacct`` of the watch, at least (while its youngest job is young).
+END_SEEN_FIRST_S = 2.0
+
 #: Seconds one ``sacct`` of the watch may take (then it is asked again later).
 SACCT_LIMIT_S = 60.0
 
 _LOCK = threading.Lock()  # guards everything below; never held while sacct runs
 _asked_at = [-float("inf")]  # when the last sacct started (monotonic s)
 _asking: list[threading.Thread | None] = [None]
-_watched: set[str] = set()  # job ids asked about whose end is not known yet
+_watched: dict[str, float] = {}  # job id asked about, end not known yet -> first asked (s)
 _ended: dict[str, str] = {}  # job id -> the final state sacct gave
 
 
@@ -47,10 +53,13 @@ def ended_unseen(job_id: str) -> bool:
     with _LOCK:
         if job_id in _ended:
             return True
-        _watched.add(job_id)
+        now = time.monotonic()
+        _watched.setdefault(job_id, now)
+        youngest = now - max(_watched.values())
+        wait_s = min(max(youngest / 2, END_SEEN_FIRST_S), END_SEEN_WITHIN_S)
         busy = _asking[0] is not None and _asking[0].is_alive()
-        if not busy and time.monotonic() - _asked_at[0] >= END_SEEN_WITHIN_S:
-            _asked_at[0] = time.monotonic()
+        if not busy and now - _asked_at[0] >= wait_s:
+            _asked_at[0] = now
             asking = threading.Thread(
                 target=_ask, args=(sorted(_watched),), name="end-watch", daemon=True
             )
@@ -72,4 +81,4 @@ def _ask(job_ids: list[str]) -> None:
                 continue
             if st.state != JobState.PREEMPTED or ended_for_good(st.state, st.ended_at):
                 _ended[job_id] = st.state
-                _watched.discard(job_id)
+                _watched.pop(job_id, None)
