@@ -17,7 +17,7 @@ from sqlalchemy import select
 
 from pomlia_hpc.automl import records
 from pomlia_hpc.automl.study import StudyRunner
-from pomlia_hpc.automl.study.trials import attached_result, trial_wall_s
+from pomlia_hpc.automl.study.trialjobs import attached_result, trial_wall_s
 from pomlia_hpc.automl.study.view import view_of_run
 from pomlia_hpc.cluster.attach import AttachedJob
 from pomlia_hpc.registry import Job, Registry, Run

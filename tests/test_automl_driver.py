@@ -15,8 +15,8 @@ from sqlalchemy import select
 from typer.testing import CliRunner
 
 from pomlia_hpc.automl import records
-from pomlia_hpc.automl.study import StudyRunner, run_study
-from pomlia_hpc.automl.study.trials import ActiveTrial, job_wall_s
+from pomlia_hpc.automl.study import StudyRunner, TrialLog, run_study
+from pomlia_hpc.automl.study.trialjobs import ActiveTrial, job_wall_s
 from pomlia_hpc.automl.trial import TrialStart, failure_path, started_path
 from pomlia_hpc.cli import app
 from pomlia_hpc.cluster.cancel import cancel_scheduler_job
@@ -259,6 +259,35 @@ def test_a_cancelled_trial_costs_its_jobs_time_not_the_drivers(
     assert run.error == run.metrics["cause"] and "\n" not in run.error
     assert run.cost_s == pytest.approx(1.0, abs=0.01)
     assert runner.view().trials[0].status == "cancelled"
+
+
+@pytest.mark.slow
+def test_a_requeue_whose_short_last_attempt_ended_between_two_polls_is_said(
+    workspace: Workspace, reg: Registry, fake_slurm: FakeSlurm
+) -> None:
+    # The driver asks sacct for requeues every 15 s; a job requeued and then done within one
+    # such gap (or whose poll timed out under load) ended with its view at attempt 1, and the
+    # driver never said the requeue (CI, the real requeue test, once in three runs).
+    tiny_task(workspace, reg, "blood", sizes=(16, 8, 8))
+    spec = tiny_study(reg, workspace, "blood", "rq", n_trials=1, executor="slurm-local")
+    fake_slurm.hold()
+    said: list[str] = []
+    runner = StudyRunner(reg, workspace, spec, on_update=TrialLog(said.append))
+    opt = runner.optimizer(resume=False)
+    runner.start(opt, opt.ask())
+    runner.emit()  # the driver's view: the trial running
+    (act,) = runner.active.values()
+    job = str(act.handle.job_id)
+    fake_slurm.set_state(job, "REQUEUED")  # its first attempt hit the time limit
+    fake_slurm.set_state(job, "PENDING", new_attempt=True)
+    fake_slurm.run(job)  # the second attempt runs and completes: no poll in between
+    runner.collect(opt, act)
+    runner.emit()
+    (trial,) = runner.view().trials
+    assert trial.status == "ok" and trial.attempt == 2
+    assert any(f"job {trial.job} requeued (attempt 2 of 4 " in x for x in said), said
+    ok = next(i for i, x in enumerate(said) if ": ok" in x)
+    assert any("requeued" in x for x in said[:ok]), said  # said before its end
 
 
 def test_without_scheduler_times_a_crash_costs_from_the_jobs_own_start_stamp(

@@ -20,7 +20,7 @@ from pomlia_hpc.automl import trial
 from pomlia_hpc.automl.engine import TrainRequest
 from pomlia_hpc.automl.space import TrainConfig
 from pomlia_hpc.automl.study import StudyView, TrialLog, TrialView, trial_line
-from pomlia_hpc.automl.study.trials import trial_wall_s
+from pomlia_hpc.automl.study.trialjobs import trial_wall_s
 from pomlia_hpc.cluster import records as cluster_records
 from pomlia_hpc.cluster.batch import slurm_time
 from pomlia_hpc.cluster.records import parse_sacct, record_submission, refresh_slurm_jobs

@@ -14,7 +14,7 @@ accounting (``epochs``, ``start_epoch``, ``epochs_run``), or the ``cause`` of a 
 Start to End of the job's latest attempt plus what its earlier attempts ran (a requeued trial;
 not the time it waited in the queue between them), a local job's launch to its result file
 (a failure: to its collection by the driver), as its job row has them
-(:func:`~pomlia_hpc.automl.study.trials.trial_wall_s`). What the training call itself took
+(:func:`~pomlia_hpc.automl.study.trialjobs.trial_wall_s`). What the training call itself took
 is ``metrics["train_s"]`` (ok runs). A run recorded ``ok`` before ``train_s`` was kept
 recorded the training call's seconds as its cost: :func:`run_cost_s` reads such a run's cost
 from its job's times instead when the job ran on Slurm (a local job's row then ended when the

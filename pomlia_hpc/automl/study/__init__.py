@@ -40,14 +40,8 @@ from pomlia_hpc.automl.study.spec import (
     read_spec,
     study_to_resume,
 )
-from pomlia_hpc.automl.study.trials import (
-    ORPHAN_POLL_S,
-    ActiveTrial,
-    TrialRunner,
-    UpdateFn,
-    attach_trial_job,
-    attached_result,
-)
+from pomlia_hpc.automl.study.trialjobs import ActiveTrial, attach_trial_job, attached_result
+from pomlia_hpc.automl.study.trials import ORPHAN_POLL_S, TrialRunner, UpdateFn
 from pomlia_hpc.automl.study.view import (
     ENDED,
     StudyResult,

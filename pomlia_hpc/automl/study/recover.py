@@ -15,12 +15,8 @@ from pomlia_hpc.automl import records
 from pomlia_hpc.automl.metrics import objective_cost
 from pomlia_hpc.automl.optimizers import Proposal, SearchOptimizer
 from pomlia_hpc.automl.space import configs_from_values
-from pomlia_hpc.automl.study.trials import (
-    ActiveTrial,
-    TrialRunner,
-    attach_trial_job,
-    trial_wall_s,
-)
+from pomlia_hpc.automl.study.trialjobs import ActiveTrial, attach_trial_job, trial_wall_s
+from pomlia_hpc.automl.study.trials import TrialRunner
 from pomlia_hpc.automl.study.view import job_name, view_of_run
 from pomlia_hpc.automl.trial import read_result
 from pomlia_hpc.cluster.attach import poll_attached

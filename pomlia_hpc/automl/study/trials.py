@@ -11,8 +11,7 @@ import math
 import shlex
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, replace
-from datetime import UTC, datetime
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -26,113 +25,34 @@ from pomlia_hpc.automl.options import EngineOptions
 from pomlia_hpc.automl.space import TrainConfig, build_space
 from pomlia_hpc.automl.study.seen import trial_lineage
 from pomlia_hpc.automl.study.spec import StudySpec
-from pomlia_hpc.automl.study.view import FINAL_ORIGIN, StudyView, TrialView, job_name, split_counts
+from pomlia_hpc.automl.study.trialjobs import (
+    ActiveTrial,
+    attached_result,
+    job_wall_s,
+)
+from pomlia_hpc.automl.study.view import (
+    FINAL_ORIGIN,
+    StudyView,
+    TrialView,
+    job_name,
+    recorded_attempt,
+    split_counts,
+)
 from pomlia_hpc.automl.trial import (
     TrialJob,
     failure_path,
-    read_failure,
-    read_result,
-    read_started,
     started_path,
 )
-from pomlia_hpc.cluster import Executor, JobFailedError, JobHandle
+from pomlia_hpc.cluster import Executor, JobFailedError
 from pomlia_hpc.cluster.attach import AttachedJob, poll_attached
 from pomlia_hpc.cluster.handle import REQUEUE_POLL_S, job_attempts
 from pomlia_hpc.cluster.reach import failure_kind
 from pomlia_hpc.errors import InputError, PomliaError, integrity_failure
-from pomlia_hpc.registry import Job, Registry, Run
+from pomlia_hpc.registry import Registry, Run
 from pomlia_hpc.workspace import Workspace
 
 #: Seconds between two scheduler polls for the jobs of a previous driver (one ``sacct`` for all).
 ORPHAN_POLL_S = 5.0
-
-
-def attach_trial_job(registry: Registry, job: Job, result_path: Path) -> AttachedJob:
-    """The trial job of row ``job`` that an earlier driver submitted; its result and failure
-    files are at ``result_path`` (and :func:`~pomlia_hpc.automl.trial.failure_path` of it)."""
-    return AttachedJob(
-        registry,
-        job,
-        has_result=result_path.is_file,
-        failure=lambda: read_failure(result_path),
-    )
-
-
-def attached_result(job: AttachedJob, result_path: Path) -> dict[str, Any]:
-    """The trial's result, or :class:`JobFailedError` with the job's state and traceback.
-    A local job's row ends when it wrote its result (or failure) file: a driver that attaches
-    after it finished (a resume, maybe hours later) would otherwise record its own time."""
-    written = _written(result_path)
-    if job.backend != "slurm" and job.ended_at is None and written is not None:
-        job.ended_at = datetime.fromtimestamp(written, UTC)
-    res = read_result(result_path)
-    if res is not None:
-        job.completed()
-        return res
-    raise job.failed()
-
-
-@dataclass
-class ActiveTrial:
-    """A trial whose job is out: submitted by this driver, or attached from an earlier one."""
-
-    run_id: int
-    proposal: Proposal
-    handle: JobHandle | AttachedJob
-    started: float  # time.time() of the submission (or of the attachment)
-    result_path: Path | None = None  # where the job writes its result (and its stamps)
-    #: The optimiser told its outcome, when not the study's (a trial the optimiser never asked).
-    optimizer: SearchOptimizer | None = None
-
-
-def trial_wall_s(
-    registry: Registry,
-    job_id: int | None,
-    result_path: Path | None,
-    *,
-    submitted: float | None = None,
-    default: float = 0.0,
-) -> float:
-    """A trial job's wall time in seconds, start-up included: the run's ``cost_s`` (see
-    :mod:`pomlia_hpc.automl.records`), for a result and a failure alike, as the recommender
-    sees it (kb run stats, expected cost), not the driver's time to notice.
-
-    The job row's Start to End, as `jobs list` shows them (Slurm: ``sacct``'s, of its latest
-    attempt, settled when the outcome was collected, plus what its earlier attempts ran; local:
-    its launch to when its driver collected it, or to its result file for a driver that attached
-    later, see :func:`attached_result`). Without the row's times: from the job's own start stamp
-    to its result (or failure) file (or to now: a local job's end is noticed at once, as the
-    driver waits on its process); else the time since ``submitted`` (epoch seconds); else
-    ``default``.
-    """
-    if job_id is not None:
-        with registry.session() as s:
-            row = s.get(Job, job_id)
-            span = records.job_span_s(row.started_at, row.ended_at) if row is not None else None
-            if span is not None and row is not None:
-                # A requeued job's Start is its latest attempt's: the earlier ones cost too.
-                return span + records.earlier_attempts_s(row)
-    started = read_started(result_path) if result_path is not None else None
-    if started is not None:
-        assert result_path is not None
-        written = _written(result_path)
-        return max((written if written is not None else time.time()) - started, 0.0)
-    if submitted is not None:
-        return max(time.time() - submitted, 0.0)
-    return default
-
-
-def _written(result_path: Path) -> float | None:
-    """When the trial's result file, else its failure file, was written (epoch seconds)."""
-    for path in (result_path, failure_path(result_path)):
-        if path.is_file():
-            return path.stat().st_mtime
-    return None
-
-
-def job_wall_s(registry: Registry, act: ActiveTrial) -> float:
-    """Seconds the job of ``act`` ran (:func:`trial_wall_s`)."""
-    return trial_wall_s(registry, act.handle.record_id, act.result_path, submitted=act.started)
 
 
 UpdateFn = Callable[[StudyView], None]
@@ -408,6 +328,7 @@ class TrialRunner:
             else:
                 result = handle.result()
         except JobFailedError as exc:
+            self.settle_attempt(act)
             cause = exc.cause
             error = f"{exc.state}: {cause}\n\n{exc.traceback or ''}".rstrip()
             if exc.state == "CANCELLED":  # a user's (or its driver's) cancel: one line
@@ -428,7 +349,17 @@ class TrialRunner:
                 self.emit()  # the table's last frame shows this trial crashed, not running
                 raise damage from exc
             return
+        self.settle_attempt(act)
         self.record_ok(opt, act.run_id, act.proposal, result, job_wall_s(self.registry, act))
+
+    def settle_attempt(self, act: ActiveTrial) -> None:
+        """Put the attempt the ended job of ``act`` ran last in its view: a short last attempt
+        can start and end between two :meth:`note_requeues` polls (or a poll's ``sacct`` can
+        time out under load), and its requeue was then never said."""
+        view = self.views.get(act.run_id)
+        attempt = recorded_attempt(self.registry, act.handle.record_id)
+        if view is not None and attempt > view.attempt:
+            self.views[act.run_id] = replace(view, attempt=attempt)
 
     def record_ok(
         self,

@@ -152,6 +152,13 @@ def view_of_run(registry: Registry, run: Run, metric: str) -> TrialView:
     )
 
 
+def recorded_attempt(registry: Registry, job_id: int | None) -> int:
+    """The attempt Slurm job row ``job_id`` runs, or ran last, as recorded (1: no row, or a job
+    of another backend)."""
+    job = records.job_of(registry, job_id)
+    return attempts_run(job) if job is not None and job.backend == "slurm" else 1
+
+
 class SplitCounts(TypedDict):
     """The image counts of a trial's view (:class:`TrialView`'s ``val_n``, ``test_n``)."""
 
