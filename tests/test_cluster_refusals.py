@@ -17,9 +17,9 @@ from pomlia_hpc.cluster.failures import exit_line, timeout_cause
 from pomlia_hpc.cluster.refusal import never_starts, signal_delay_warning
 from pomlia_hpc.config import load_cluster_profile
 from pomlia_hpc.errors import UNAVAILABLE_EXIT, ClusterError
+from pomlia_hpc.fingerprint.candidates import fingerprint_set
 from pomlia_hpc.fingerprint.extract import extract, finish_extraction, plan_extraction
 from pomlia_hpc.fingerprint.shards import marker_dir, read_embeddings, run_shard
-from pomlia_hpc.fingerprint.similar import fingerprint_set
 from pomlia_hpc.fingerprint.train import encoder_dir, train_encoder
 from pomlia_hpc.registry import FingerprintSet, Job, Registry
 from pomlia_hpc.workspace import Workspace

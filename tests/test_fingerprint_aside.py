@@ -12,9 +12,9 @@ import pytest
 
 import pomlia_hpc.fingerprint.extract as fx
 import pomlia_hpc.fingerprint.planning as fplan
+from pomlia_hpc.fingerprint.candidates import fingerprint_set
 from pomlia_hpc.fingerprint.extract import extract, finish_extraction, plan_extraction
 from pomlia_hpc.fingerprint.shards import marker_dir, read_embeddings, run_shard
-from pomlia_hpc.fingerprint.similar import fingerprint_set
 from pomlia_hpc.registry import Registry
 from pomlia_hpc.workspace import Workspace
 from tests.fixtures.factories import make_dataset, make_encoder

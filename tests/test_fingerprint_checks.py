@@ -16,10 +16,12 @@ from pomlia_hpc.cluster import Executor, JobFailedError
 from pomlia_hpc.config import ClusterProfile
 from pomlia_hpc.data.store import find_version
 from pomlia_hpc.errors import ClusterError, ConfigError, InputError, NotFoundError
+from pomlia_hpc.fingerprint.candidates import fingerprint_set
 from pomlia_hpc.fingerprint.extract import extract, finish_extraction, plan_extraction
 from pomlia_hpc.fingerprint.index import build_index, new_index
+from pomlia_hpc.fingerprint.nearest import nearest_images
 from pomlia_hpc.fingerprint.shards import run_shard
-from pomlia_hpc.fingerprint.similar import fingerprint_set, nearest_images, similar_datasets
+from pomlia_hpc.fingerprint.similar import similar_datasets
 from pomlia_hpc.fingerprint.train import (
     TrainConfig,
     encoder_dir,

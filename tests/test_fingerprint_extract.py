@@ -28,6 +28,7 @@ from pomlia_hpc.errors import (
     PomliaError,
 )
 from pomlia_hpc.fingerprint import shards
+from pomlia_hpc.fingerprint.candidates import fingerprint_set
 from pomlia_hpc.fingerprint.extract import (
     extract,
     finish_extraction,
@@ -37,7 +38,6 @@ from pomlia_hpc.fingerprint.extract import (
 )
 from pomlia_hpc.fingerprint.layout import plan_shards
 from pomlia_hpc.fingerprint.shards import embed_images, marker, read_embeddings, run_shard, tiles
-from pomlia_hpc.fingerprint.similar import fingerprint_set
 from pomlia_hpc.fingerprint.train import load_encoder
 from pomlia_hpc.registry import FingerprintSet, Registry
 from pomlia_hpc.workspace import Workspace

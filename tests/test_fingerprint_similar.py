@@ -21,17 +21,13 @@ from pomlia_hpc.fingerprint.distances import (
 )
 from pomlia_hpc.fingerprint.extract import finish_extraction, plan_extraction
 from pomlia_hpc.fingerprint.index import LoadedIndex, build_index
+from pomlia_hpc.fingerprint.nearest import nearest_images
 from pomlia_hpc.fingerprint.plots import plot_encoder_latent
 from pomlia_hpc.fingerprint.ranking import DISTANCE_NAMES
 from pomlia_hpc.fingerprint.refresh import plan_refresh
+from pomlia_hpc.fingerprint.sample import embedding_sample, sample_rows
 from pomlia_hpc.fingerprint.shards import run_shard
-from pomlia_hpc.fingerprint.similar import (
-    dataset_fingerprint,
-    embedding_sample,
-    nearest_images,
-    sample_rows,
-    similar_datasets,
-)
+from pomlia_hpc.fingerprint.similar import dataset_fingerprint, similar_datasets
 from pomlia_hpc.fingerprint.summary import summary_path
 from pomlia_hpc.fingerprint.usable import LeftOut
 from pomlia_hpc.registry import Dataset, FingerprintSet, Registry

@@ -8,17 +8,13 @@ import pytest
 import zarr
 
 from pomlia_hpc.cli import app
+from pomlia_hpc.fingerprint.candidates import fingerprint_set
 from pomlia_hpc.fingerprint.extract import finish_extraction, plan_extraction
 from pomlia_hpc.fingerprint.index import build_index
+from pomlia_hpc.fingerprint.nearest import MAX_K, nearest_images
+from pomlia_hpc.fingerprint.sample import sample_rows
 from pomlia_hpc.fingerprint.shards import run_shard
-from pomlia_hpc.fingerprint.similar import (
-    FEW_IMAGES,
-    MAX_K,
-    fingerprint_set,
-    nearest_images,
-    sample_rows,
-    similar_datasets,
-)
+from pomlia_hpc.fingerprint.similar import FEW_IMAGES, similar_datasets
 from pomlia_hpc.fingerprint.usable import LeftOut
 from pomlia_hpc.registry import Registry
 from pomlia_hpc.workspace import Workspace

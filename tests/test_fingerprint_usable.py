@@ -20,12 +20,14 @@ from pomlia_hpc.cli import app
 from pomlia_hpc.data.store import find_version
 from pomlia_hpc.errors import NotFoundError
 from pomlia_hpc.fingerprint.autoencoder import Autoencoder
+from pomlia_hpc.fingerprint.candidates import fingerprint_set
 from pomlia_hpc.fingerprint.extract import finish_extraction, plan_extraction
 from pomlia_hpc.fingerprint.index import build_index, load_index
+from pomlia_hpc.fingerprint.nearest import nearest_images
 from pomlia_hpc.fingerprint.plots import plot_encoder_latent
 from pomlia_hpc.fingerprint.refresh import plan_refresh
 from pomlia_hpc.fingerprint.shards import run_shard
-from pomlia_hpc.fingerprint.similar import fingerprint_set, nearest_images, similar_datasets
+from pomlia_hpc.fingerprint.similar import similar_datasets
 from pomlia_hpc.fingerprint.summary import summary_path
 from pomlia_hpc.fingerprint.train import TrainConfig, get_encoder, register_encoder
 from pomlia_hpc.fingerprint.train import write_checkpoint as write_encoder

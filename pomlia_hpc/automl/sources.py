@@ -28,7 +28,7 @@ from pomlia_hpc.registry import Registry
 from pomlia_hpc.workspace import Workspace
 
 if TYPE_CHECKING:
-    from pomlia_hpc.fingerprint.similar import NearestImage
+    from pomlia_hpc.fingerprint.nearest import NearestImage
 
 
 def _save_state(state: dict[str, torch.Tensor], path: Path) -> None:
@@ -126,7 +126,7 @@ def _nearest_not_held_out(
     configurations and the reported test metric would come out inflated. More neighbours are
     asked for until ``n`` are kept or the index has no more."""
     from pomlia_hpc.data.explicit_fingerprint import image_hashes
-    from pomlia_hpc.fingerprint.similar import nearest_images
+    from pomlia_hpc.fingerprint.nearest import nearest_images
 
     held, asked = held_out_hashes(store), n
     while True:

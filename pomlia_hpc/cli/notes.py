@@ -32,7 +32,7 @@ def set_notes(left: list[Any], unrecorded: list[Any], *, stderr: bool = False) -
 def older_versions_note(reg: Registry, enc: str, query: str | None = None) -> None:
     """The footnote naming the versions of datasets (other than ``query``'s) that the command
     left out for not being the current one (which may be older or newer), if any."""
-    from pomlia_hpc.fingerprint.similar import superseded_refs
+    from pomlia_hpc.fingerprint.candidates import superseded_refs
 
     older = [r for r in superseded_refs(reg, enc) if r.split("@")[0] != query]
     if older:

@@ -66,7 +66,7 @@ def _image_rows(
 ) -> tuple[list[list[Any]], list[str]]:
     """The rows and columns of ``similar --images`` (what was left out goes to ``left``, the
     data sets used unrecorded to ``unrec``, why fewer than ``n`` came to ``notes``)."""
-    from pomlia_hpc.fingerprint.similar import nearest_images
+    from pomlia_hpc.fingerprint.nearest import nearest_images
 
     hits = nearest_images(
         reg,

@@ -41,7 +41,9 @@ Zarr), ``validation`` (hold-out, early stopping, LR schedule, loss curves), ``tr
 embeddings group and its shard plan), ``markers`` (``.done`` files and the weights digest,
 without torch), ``usable`` (which sets a reader may use), ``planning`` (what an extraction will
 run), ``summary`` (per-version statistics), ``index`` (FAISS), ``distances`` (sample
-distances), ``ranking`` (distances over summaries), ``similar``, ``plots``, ``io`` (atomic
+distances), ``ranking`` (distances over summaries), ``candidates`` (which sets a reader compares),
+``similar`` (similar datasets), ``nearest`` (nearest images), ``sample`` (embedding samples),
+``plots``, ``io`` (atomic
 files), ``refresh`` (retraining on new data), ``current`` (the default encoder, without torch).
 """
 
@@ -54,14 +56,9 @@ if TYPE_CHECKING:
     from pomlia_hpc.fingerprint.autoencoder import Autoencoder, EncoderConfig, backbone_state_dict
     from pomlia_hpc.fingerprint.distances import DISTANCES
     from pomlia_hpc.fingerprint.index import build_index, load_index
-    from pomlia_hpc.fingerprint.similar import (
-        NearestImage,
-        SimilarDataset,
-        dataset_fingerprint,
-        embedding_sample,
-        nearest_images,
-        similar_datasets,
-    )
+    from pomlia_hpc.fingerprint.nearest import NearestImage, nearest_images
+    from pomlia_hpc.fingerprint.sample import embedding_sample
+    from pomlia_hpc.fingerprint.similar import SimilarDataset, dataset_fingerprint, similar_datasets
     from pomlia_hpc.fingerprint.train import TrainConfig, load_encoder, train_encoder
 
 # Names resolved on first use (PEP 562): importing a torch-free module of this package (the
@@ -76,11 +73,11 @@ _HOMES: dict[str, str] = {
     "DISTANCES": "distances",
     "build_index": "index",
     "load_index": "index",
-    "NearestImage": "similar",
+    "NearestImage": "nearest",
     "SimilarDataset": "similar",
     "dataset_fingerprint": "similar",
-    "embedding_sample": "similar",
-    "nearest_images": "similar",
+    "embedding_sample": "sample",
+    "nearest_images": "nearest",
     "similar_datasets": "similar",
     "TrainConfig": "train",
     "load_encoder": "train",

@@ -28,8 +28,9 @@ from matplotlib.figure import Figure
 
 from pomlia_hpc.errors import InputError
 from pomlia_hpc.files import write_atomic
+from pomlia_hpc.fingerprint.candidates import candidates, fingerprint_set
 from pomlia_hpc.fingerprint.encoders import get_encoder
-from pomlia_hpc.fingerprint.similar import candidates, embedding_sample, fingerprint_set
+from pomlia_hpc.fingerprint.sample import embedding_sample
 from pomlia_hpc.fingerprint.usable import LeftOut, Unrecorded, left_out_note, unrecorded
 from pomlia_hpc.registry import Encoder, Registry
 

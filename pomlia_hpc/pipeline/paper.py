@@ -94,7 +94,7 @@ def dataset_groups_ari(
     datasets ``versions`` (pipeline name → ref) against ``groups`` (pipeline names); also
     writes ``clustering.json`` into ``out_dir``."""
     from pomlia_hpc.data.store import find_version
-    from pomlia_hpc.fingerprint.similar import fingerprint_set
+    from pomlia_hpc.fingerprint.candidates import fingerprint_set
 
     learned: dict[str, np.ndarray] = {}
     explicit: dict[str, np.ndarray] = {}

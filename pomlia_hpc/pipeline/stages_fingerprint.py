@@ -224,7 +224,7 @@ def _run_extract(ctx: StageContext) -> dict[str, Any]:
 
 
 def _extract_there(ctx: StageContext, out: dict[str, Any]) -> bool:
-    from pomlia_hpc.fingerprint.similar import fingerprint_set
+    from pomlia_hpc.fingerprint.candidates import fingerprint_set
 
     try:
         for ref in out["sets"]:

@@ -204,9 +204,9 @@ def _encoder_section(
     the plain names mean), then its figures of the sets ``pomlia plot latent`` draws by
     default: each dataset's current version (else its newest usable one). Figure 6 only for
     two datasets or more, else its one-line reason where it would be."""
+    from pomlia_hpc.fingerprint.candidates import candidates
     from pomlia_hpc.fingerprint.plots import latent_figures
     from pomlia_hpc.fingerprint.ranking import DEFAULT_DISTANCE
-    from pomlia_hpc.fingerprint.similar import candidates
 
     parts = [f"<h2>Encoder {esc(enc)}</h2>"]
     left: list[LeftOut] = []

@@ -60,6 +60,7 @@ from pomlia_hpc.data.api import ingest
 from pomlia_hpc.data.medmnist_info import FLAGS_2D, flag_info
 from pomlia_hpc.data.store import open_version
 from pomlia_hpc.files import write_npz
+from pomlia_hpc.fingerprint.candidates import fingerprint_set
 from pomlia_hpc.fingerprint.extract import extract
 from pomlia_hpc.fingerprint.objectives import DEFAULT_OBJECTIVE, OBJECTIVES
 from pomlia_hpc.fingerprint.ranking import (
@@ -71,7 +72,7 @@ from pomlia_hpc.fingerprint.ranking import (
     EXPLICIT_STATS,
     score,
 )
-from pomlia_hpc.fingerprint.similar import fingerprint_set, load_summary
+from pomlia_hpc.fingerprint.similar import load_summary
 from pomlia_hpc.fingerprint.summary import Summary
 from pomlia_hpc.fingerprint.train import TrainConfig, train_encoder
 from pomlia_hpc.pipeline.paper import PAPER_GROUPS, dataset_groups_ari

@@ -37,9 +37,9 @@ from pathlib import Path
 import faiss
 from similar_scale import setup  # the sets, made as that bench makes them
 
-import pomlia_hpc.fingerprint.similar as similar
+import pomlia_hpc.fingerprint.nearest as nearest
 from pomlia_hpc.fingerprint.index import build_index
-from pomlia_hpc.fingerprint.similar import nearest_images
+from pomlia_hpc.fingerprint.nearest import nearest_images
 from pomlia_hpc.registry import Registry
 from pomlia_hpc.workspace import Workspace
 
@@ -85,12 +85,12 @@ def main() -> int:
         print(
             f"index: {built.factory}, {built.ntotal} vectors, built in {build_s:.1f} s", flush=True
         )
-        now = (similar.EXACT_FIRST_K, similar.EXACT_WIDEN)
-        schedules = {"before (k from 4 by 4)": (similar.FIRST_K, similar.WIDEN), "now": now}
+        now = (nearest.EXACT_FIRST_K, nearest.EXACT_WIDEN)
+        schedules = {"before (k from 4 by 4)": (nearest.FIRST_K, nearest.WIDEN), "now": now}
         for n in args.n_images:
             answers = []
             for label, (first, widen) in schedules.items():
-                similar.EXACT_FIRST_K, similar.EXACT_WIDEN = first, widen
+                nearest.EXACT_FIRST_K, nearest.EXACT_WIDEN = first, widen
 
                 def search(n: int = n, got: list[object] = answers) -> None:
                     hits = nearest_images(reg, ws, "enc", refs[0], n)
@@ -109,7 +109,7 @@ def main() -> int:
                     f"{min(cpu):.1f} CPU-s",
                     flush=True,
                 )
-            similar.EXACT_FIRST_K, similar.EXACT_WIDEN = now
+            nearest.EXACT_FIRST_K, nearest.EXACT_WIDEN = now
             assert all(a == answers[0] for a in answers), f"--images {n}: the answers differ"
         env = {**os.environ, "POMLIA_HOME": str(home), "COLUMNS": "200"}
         cmd = [

@@ -38,7 +38,8 @@ from pomlia_hpc.files import write_npz
 from pomlia_hpc.fingerprint.autoencoder import Autoencoder, EncoderConfig
 from pomlia_hpc.fingerprint.distances import frechet_distance
 from pomlia_hpc.fingerprint.markers import checkpoint_digest
-from pomlia_hpc.fingerprint.similar import sample_rows, similar_datasets
+from pomlia_hpc.fingerprint.sample import sample_rows
+from pomlia_hpc.fingerprint.similar import similar_datasets
 from pomlia_hpc.fingerprint.summary import compute_summary, write_summary
 from pomlia_hpc.fingerprint.train import (
     TrainConfig,
