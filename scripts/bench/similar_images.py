@@ -30,18 +30,15 @@ import platform
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import faiss
-from similar_scale import setup  # the sets, made as that bench makes them
+from similar_scale import set_up_workspace  # the sets, made as that bench makes them
 
 import pomlia_hpc.fingerprint.nearest as nearest
 from pomlia_hpc.fingerprint.index import build_index
 from pomlia_hpc.fingerprint.nearest import nearest_images
-from pomlia_hpc.registry import Registry
-from pomlia_hpc.workspace import Workspace
 
 TARGET_S = 10.0
 
@@ -69,16 +66,8 @@ def main() -> int:
     args = p.parse_args()
     load = [os.getloadavg()[0]]
     rows: dict[str, dict[str, float]] = {}
-    with tempfile.TemporaryDirectory(prefix="pomlia-simimg-") as tmp:
-        home = Path(tmp)
-        ws = Workspace(
-            home=home, db_url=f"sqlite:///{home / 'registry.db'}", cluster_profile="local"
-        )
-        ws.create()
-        reg = Registry.open(ws.db_url)
-        t0 = time.perf_counter()
-        refs = setup(ws, reg, args.sets, args.vectors, args.latent_dim)
-        setup_s = time.perf_counter() - t0
+    with set_up_workspace("pomlia-simimg-", args.sets, args.vectors, args.latent_dim) as made:
+        ws, reg, refs, setup_s = made.workspace, made.registry, made.refs, made.setup_s
         t0 = time.perf_counter()
         built = build_index(reg, ws, "enc")
         build_s = time.perf_counter() - t0
@@ -111,7 +100,7 @@ def main() -> int:
                 )
             nearest.EXACT_FIRST_K, nearest.EXACT_WIDEN = now
             assert all(a == answers[0] for a in answers), f"--images {n}: the answers differ"
-        env = {**os.environ, "POMLIA_HOME": str(home), "COLUMNS": "200"}
+        env = {**os.environ, "POMLIA_HOME": str(ws.home), "COLUMNS": "200"}
         cmd = [
             sys.executable,
             "-m",
@@ -136,7 +125,6 @@ def main() -> int:
         }
         print(f"  the command: {cli_s:.2f} s", flush=True)
         load.append(os.getloadavg()[0])
-        reg.dispose()
     total = args.sets * args.vectors
     res = {
         "benchmark": "similar_images",

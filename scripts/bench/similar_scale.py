@@ -24,6 +24,9 @@ import platform
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +106,36 @@ def setup(ws: Workspace, reg: Registry, n: int, vectors: int, d: int) -> list[st
     return refs
 
 
+@dataclass
+class Made:
+    """A bench's temporary workspace with the sets of :func:`setup` registered in it."""
+
+    workspace: Workspace
+    registry: Registry
+    refs: list[str]
+    setup_s: float  # wall seconds :func:`setup` took
+
+
+@contextmanager
+def set_up_workspace(prefix: str, n: int, vectors: int, d: int) -> Iterator[Made]:
+    """A workspace in a temporary folder (name starting ``prefix``, removed on exit) with a
+    SQLite registry and ``n`` sets of ``vectors`` d-dimensional embeddings (:func:`setup`),
+    timed; the registry is disposed of on exit. Both similar benches start from it."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        home = Path(tmp)
+        ws = Workspace(
+            home=home, db_url=f"sqlite:///{home / 'registry.db'}", cluster_profile="local"
+        )
+        ws.create()
+        reg = Registry.open(ws.db_url)
+        try:
+            t0 = time.perf_counter()
+            refs = setup(ws, reg, n, vectors, d)
+            yield Made(ws, reg, refs, time.perf_counter() - t0)
+        finally:
+            reg.dispose()
+
+
 def _best(fn: Any, repeat: int) -> float:
     times = []
     for _ in range(repeat):
@@ -121,16 +154,8 @@ def main() -> int:
     p.add_argument("--repeat", type=int, default=3)
     args = p.parse_args()
     load = [os.getloadavg()[0]]
-    with tempfile.TemporaryDirectory(prefix="pomlia-sim-") as tmp:
-        home = Path(tmp)
-        ws = Workspace(
-            home=home, db_url=f"sqlite:///{home / 'registry.db'}", cluster_profile="local"
-        )
-        ws.create()
-        reg = Registry.open(ws.db_url)
-        t0 = time.perf_counter()
-        refs = setup(ws, reg, args.sets, args.vectors, args.latent_dim)
-        setup_s = time.perf_counter() - t0
+    with set_up_workspace("pomlia-sim-", args.sets, args.vectors, args.latent_dim) as made:
+        reg, refs, setup_s = made.registry, made.refs, made.setup_s
         rows: dict[str, float] = {}
         for dist in ("combined", "trimmed", "frechet", "mean", "explicit"):
             rows[f"similar_datasets {dist}"] = _best(
