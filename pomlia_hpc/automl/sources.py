@@ -7,7 +7,7 @@ The study driver calls them once (they need the registry) and hands the trial jo
   same stem (``resnet18`` for ``stem="small"``, ``resnet18_imagenet`` otherwise);
 * :func:`model_weights` — a registered model's classifier weights;
 * :func:`nearest_extra` — the N nearest images in other datasets
-  (:func:`pomlia_hpc.fingerprint.similar.nearest_images`), each labelled like its nearest
+  (:func:`pomlia_hpc.fingerprint.nearest.nearest_images`), each labelled like its nearest
   training image in the encoder's latent space, resized to the task's image shape.
 """
 
@@ -156,7 +156,7 @@ def nearest_extra(
 ) -> Path:
     """Write ``out`` (npz: ``images``, ``labels``, ``requested``, ``held_out_copies``) with the
     ``n`` images of other datasets nearest to the training split of ``dataset``
-    (:func:`pomlia_hpc.fingerprint.similar.nearest_images` over ``encoder``'s FAISS index),
+    (:func:`pomlia_hpc.fingerprint.nearest.nearest_images` over ``encoder``'s FAISS index),
     fitted to the dataset's image shape. Fewer than ``n`` rows when the index holds fewer:
     ``requested`` keeps ``n``, so a caller can tell an exhausted pool from a smaller request.
 

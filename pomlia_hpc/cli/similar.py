@@ -1,5 +1,6 @@
 """``pomlia similar``: the data sets, or with ``--images`` the images, nearest to a data set
-(parse, call :mod:`pomlia_hpc.fingerprint.similar`, render; notes under the results)."""
+(parse, call :mod:`pomlia_hpc.fingerprint.similar` or :mod:`pomlia_hpc.fingerprint.nearest`,
+render; notes under the results)."""
 
 from __future__ import annotations
 
@@ -23,7 +24,7 @@ def _check_similar_options(
     counts below 1, before anything is looked up (a bad option is exit 2 even in a workspace
     without an encoder, which is exit 4)."""
     for option, count, what in (("--k", k, "datasets"), ("--images", images, "images")):
-        if count is not None and count < 1:  # the library's own wording (fingerprint.similar)
+        if count is not None and count < 1:  # the library's wording (similar, nearest)
             raise InputError(f"{option} {count}: expected a number of {what} >= 1")
     if images is None and split is not None:
         raise InputError("option '--split' needs --images N: datasets are compared on all rows")
