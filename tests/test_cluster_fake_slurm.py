@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
-from pomlia_hpc.cluster import Executor, JobFailedError, records, states, wait_all
+from pomlia_hpc.cluster import Executor, JobFailedError, records, sacctwatch, states, wait_all
 from pomlia_hpc.errors import ClusterError
 from pomlia_hpc.registry import Job, Registry
 from tests.fixtures import jobfns
@@ -165,6 +165,27 @@ def test_cancelled_running_job(tmp_path: Path, reg: Registry, fake_slurm: FakeSl
         h.result()
     assert exc.value.state == "CANCELLED"
     assert fake_slurm.calls("scancel") == [["scancel", h.job_id]]
+    assert _row(reg, h.record_id).state == "CANCELLED"
+
+
+def test_collecting_a_job_that_ended_without_a_result_does_not_hang_on_sacct(
+    tmp_path: Path, reg: Registry, fake_slurm: FakeSlurm, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """result() ran submitit's own sacct, which has no time limit, to collect a job that wrote
+    no result: a slurmdbd that stopped answering after the end watch had seen the job end hung
+    the driver (an AutoML study, a pipeline) for good."""
+    monkeypatch.setattr(sacctwatch, "SACCT_LIMIT_S", 1.0)
+    monkeypatch.setattr(states, "SLURM_END_WAIT_S", 1.0)
+    fake_slurm.hold()
+    h = _slurm(tmp_path, reg).submit(jobfns.add, 1, 2)
+    fake_slurm.set_state(h.job_id, "CANCELLED")  # scancel-ed by hand before it ran
+    wait_until(h.done, what="the end watch to see the job end")
+    fake_slurm.fail_next("sacct", "", hang_s=300, times=50)  # then slurmdbd stops answering
+    waiter, out = _in_thread(h.result)
+    waiter.join(120)
+    assert not waiter.is_alive(), "result() still waits on a sacct that does not answer"
+    assert isinstance(out["value"], JobFailedError), out
+    assert out["value"].state == "CANCELLED"
     assert _row(reg, h.record_id).state == "CANCELLED"
 
 

@@ -68,6 +68,13 @@ def ended_unseen(job_id: str) -> bool:
     return False
 
 
+def ended_state(job_id: str) -> str | None:
+    """The final state :func:`ended_unseen` saw Slurm job ``job_id`` end in, or None while
+    none was seen (never asks)."""
+    with _LOCK:
+        return _ended.get(job_id)
+
+
 def _ask(job_ids: list[str]) -> None:
     """One ``sacct`` for ``job_ids``; records those that have ended for good."""
     try:

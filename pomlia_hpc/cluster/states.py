@@ -33,9 +33,10 @@ SLURM_END_WAIT_S = 10.0
 
 def settle_slurm_rows(reg: Registry, ids: Sequence[int]) -> None:
     """Refresh the Slurm rows ``ids`` until each has an end time (at most
-    :data:`SLURM_END_WAIT_S` seconds), so that the recorded end and state are Slurm's. Rows
-    that Slurm already recorded COMPLETED with their end need no ``sacct``: each result of an
-    array collected after one settle of all its tasks asked again, one call per task at once."""
+    :data:`SLURM_END_WAIT_S` seconds, a ``sacct`` that does not answer included), so that the
+    recorded end and state are Slurm's. Rows that Slurm already recorded COMPLETED with their
+    end need no ``sacct``: each result of an array collected after one settle of all its tasks
+    asked again, one call per task at once."""
     with reg.session() as s:
         q = select(func.count()).select_from(Job).where(Job.id.in_(ids))
         settled = q.where(Job.state == "COMPLETED", Job.ended_at.is_not(None))
@@ -43,9 +44,10 @@ def settle_slurm_rows(reg: Registry, ids: Sequence[int]) -> None:
             return
     deadline = time.monotonic() + SLURM_END_WAIT_S
     while True:
-        # An accounting hiccup: ask again until the deadline, then keep what is known.
+        # An accounting hiccup: ask again until the deadline, then keep what is known. A
+        # sacct that hangs may take the time left, not its own minute: collection waited 60 s.
         with contextlib.suppress(ClusterError):
-            refresh_slurm_jobs(reg, ids)
+            refresh_slurm_jobs(reg, ids, timeout_s=max(deadline - time.monotonic(), 1.0))
         with reg.session() as s:
             q = select(func.count()).select_from(Job)
             missing = s.scalar(q.where(Job.id.in_(ids), Job.ended_at.is_(None)))

@@ -1,0 +1,62 @@
+"""submitit's own ``sacct`` poll, with a time limit and pomlia's knowledge of ended jobs.
+
+Every submitit Slurm job shares one watcher that asks ``sacct`` about the process's jobs when
+a job is collected: ``result()`` waits through it, and a job that wrote no result reads its
+state from it twice more (its error message, the recorded state). submitit runs that ``sacct``
+with no time limit, so a slurmdbd that took the connection and never answered hung an AutoML
+or pipeline driver at collection, after :mod:`pomlia_hpc.cluster.endwatch` had already seen
+the job end. :func:`install` replaces the watcher of every submitit Slurm job of the process
+with :class:`BoundedWatcher`: a state the end watch knows is answered without asking, and each
+``sacct`` it does run may take :data:`SACCT_LIMIT_S` seconds, after which it counts as a poll
+that failed (submitit's own rule for a failed poll: the states stay as they were, asked again
+later).
+"""
+
+from __future__ import annotations
+
+import subprocess
+import time
+
+from submitit.slurm.slurm import SlurmInfoWatcher, SlurmJob
+
+from pomlia_hpc.cluster.endwatch import ended_state
+
+#: Seconds one ``sacct`` of submitit's watcher may take (then it counts as failed).
+SACCT_LIMIT_S = 60.0
+
+#: The longest delay between two of the watcher's routine polls (s): submitit's own.
+WATCH_DELAY_S = 600
+
+
+class BoundedWatcher(SlurmInfoWatcher):
+    """submitit's Slurm watcher whose ``sacct`` has a time limit, and which takes a final
+    state from :func:`~pomlia_hpc.cluster.endwatch.ended_state` before asking."""
+
+    def get_state(self, job_id: str, mode: str = "standard") -> str:
+        """The job's state: the end watch's final state if it saw one, else submitit's."""
+        known = ended_state(str(job_id))
+        return known if known is not None else super().get_state(job_id, mode=mode)
+
+    def update(self) -> None:
+        """One ``sacct`` for the registered jobs, for at most :data:`SACCT_LIMIT_S` s."""
+        command = self._make_command()
+        if command is None:
+            return
+        self._num_calls += 1
+        try:
+            proc = subprocess.run(command, capture_output=True, timeout=SACCT_LIMIT_S, check=True)
+        except (subprocess.SubprocessError, OSError):
+            pass  # out of reach or busy: the states stay as last read, asked again later
+        else:
+            self._info_dict.update(self.read_info(proc.stdout))
+        # after the call, as submitit does: the next poll waits its delay from this answer
+        self._last_status_check = time.time()
+        for job_id in self._registered - self._finished:
+            if self.is_done(job_id, mode="cache"):
+                self._finished.add(job_id)  # never asked about again
+
+
+def install() -> None:
+    """Make every submitit Slurm job of this process use a :class:`BoundedWatcher` (once)."""
+    if not isinstance(SlurmJob.watcher, BoundedWatcher):
+        SlurmJob.watcher = BoundedWatcher(delay_s=WATCH_DELAY_S)
