@@ -17,7 +17,7 @@ from pomlia_hpc.cli.jsonout import print_json
 from pomlia_hpc.cli.listing import JsonFlag, check_limit, print_rows
 from pomlia_hpc.cli.polling import refresh_for_listing, say_unsure, unsure_states
 from pomlia_hpc.cli.tables import when
-from pomlia_hpc.cluster.cancel import FORCED_CAUSE, cancel_job_row
+from pomlia_hpc.cluster.cancel import FORCED_CAUSE, GONE_FORCED_CAUSE, cancel_job_row
 from pomlia_hpc.cluster.failures import log_files
 from pomlia_hpc.errors import ClusterError, InputError, NotFoundError
 from pomlia_hpc.registry import Job, Registry
@@ -207,7 +207,8 @@ def cancel(
         typer.Option(
             "--force",
             help="A job that cannot be signalled from here (a local job of another host, one "
-            "scancel refuses) is marked CANCELLED in the registry; its process is not touched.",
+            "scancel refuses) is marked CANCELLED in the registry; its process is not touched. "
+            "So is a Slurm job that squeue no longer lists while sacct does not answer.",
         ),
     ] = False,
 ) -> None:
@@ -216,7 +217,8 @@ def cancel(
 
     When sacct does not answer (slurmdbd down) but squeue does, a job squeue lists is
     cancelled all the same, with a warning that sacct could not confirm its state; one it
-    does not list is no longer queued or running: nothing is cancelled (exit 69)."""
+    does not list is no longer queued or running: nothing is cancelled (exit 69), or with
+    --force its row is marked CANCELLED (nothing signalled)."""
     row = _get(job_id)
     outcome = cancel_job_row(STATE.registry(), job_id, force=force)
     ended = outcome.ended
@@ -230,6 +232,15 @@ def cancel(
         console.print(f"job {job_id} already ended ({ended})")
         return
     after = _get(job_id)
+    if after.exit_cause == GONE_FORCED_CAUSE:
+        err_console.print(
+            f"[yellow]warning:[/] {escape(outcome.unconfirmed or 'sacct did not answer')}; "
+            f"job {job_id} ({row.backend} {row.scheduler_id}) had already ended (squeue no "
+            "longer lists it): marked CANCELLED in the registry with --force, nothing was "
+            "signalled; how it ended is unknown",
+            highlight=False,
+        )
+        return
     if after.exit_cause == FORCED_CAUSE:
         console.print(
             f"[yellow]warning:[/] job {job_id} ({row.backend} {row.scheduler_id}) could not be "

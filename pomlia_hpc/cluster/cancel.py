@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from sqlalchemy import select
+
 from pomlia_hpc.cluster.reach import RETRY, failure_kind
 from pomlia_hpc.cluster.records import (
     FINAL_STATES,
@@ -27,6 +29,7 @@ from pomlia_hpc.cluster.records import (
     mark_cancelled,
     mark_lost,
     refresh_jobs,
+    refresh_slurm_jobs,
     squeue_ids,
     this_host,
 )
@@ -91,6 +94,37 @@ def cancel_scheduler_job(backend: str, scheduler_id: str, *, folder: str | None 
         raise ClusterError(f"jobs of backend '{backend}' run in-process and cannot be cancelled")
 
 
+#: Seconds the ``sacct`` after a ``scancel`` may take (:func:`record_cancelled`).
+AFTER_SCANCEL_SACCT_S = 10.0
+
+
+def record_cancelled(
+    registry: Registry,
+    record_ids: Sequence[int],
+    cause: str,
+    *,
+    timeout_s: float = AFTER_SCANCEL_SACCT_S,
+) -> list[int]:
+    """Record the Slurm rows ``record_ids``, just ``scancel``-ed, CANCELLED with ``cause``,
+    then what Slurm says they ended as (one ``sacct`` of at most ``timeout_s`` seconds, after
+    which the rows stay CANCELLED). Returns the ids of the rows, unfinished before, that
+    stay CANCELLED (a row that had ended keeps its state).
+
+    A job that ended on its own between the caller's last look and the ``scancel`` (which
+    exits 0 for an ended job) was recorded CANCELLED while Slurm said COMPLETED; the answer
+    after the ``scancel`` replaces it. A job that was cancelled keeps ``cause`` and gets Slurm's
+    End; an answer that still says RUNNING (accounting a moment behind) changes nothing."""
+    with registry.session() as s:
+        q = select(Job.id).where(Job.id.in_(record_ids), Job.state.not_in(FINAL_STATES))
+        unfinished = list(s.scalars(q))
+    mark_all_cancelled(registry, unfinished, cause)
+    with contextlib.suppress(ClusterError):  # accounting out of reach: CANCELLED stands
+        refresh_slurm_jobs(registry, unfinished, timeout_s=timeout_s)
+    with registry.session() as s:
+        q = select(Job.id).where(Job.id.in_(unfinished), Job.state == "CANCELLED")
+        return list(s.scalars(q))
+
+
 #: Seconds to wait for cancelled parts of an array to leave Slurm's queue: a running task gets
 #: SIGTERM and SIGKILL ``KillWait`` (30 s by default) later; the caller may then clean up
 #: what the tasks would have written without a task still writing into it.
@@ -111,7 +145,7 @@ def cancel_array_parts(
     :class:`ClusterError` when ``scancel`` fails (nothing recorded)."""
     scancel_or_fail(array_ids, f"scancel {' '.join(array_ids)} failed")
     if registry is not None:
-        mark_all_cancelled(registry, record_ids, cause)
+        record_cancelled(registry, record_ids, cause)
     deadline = time.monotonic() + ARRAY_CANCEL_WAIT_S
     while time.monotonic() < deadline:
         with contextlib.suppress(ClusterError):
@@ -123,6 +157,13 @@ def cancel_array_parts(
 
 #: Why a row was marked cancelled by ``--force`` (its ``exit_cause``).
 FORCED_CAUSE = "marked cancelled with --force; the process itself was not signalled"
+
+#: Why a row was marked cancelled by ``--force`` while ``sacct`` could not answer and
+#: ``squeue`` no longer listed the job (its ``exit_cause``): it had ended, how is unknown.
+GONE_FORCED_CAUSE = (
+    "marked cancelled with --force: it had already ended (squeue no longer listed it) but "
+    "sacct could not say how; nothing was signalled"
+)
 
 
 class NotQueuedError(SlurmUnavailableError):
@@ -158,8 +199,11 @@ def cancel_job_row(registry: Registry, record_id: int, *, force: bool = False) -
     running, and its final state is recorded once ``sacct`` answers. A job
     that cannot be signalled from here (a local job of another host, a failed ``scancel``) is
     a :class:`ClusterError`; with ``force`` its row is marked CANCELLED instead, the process
-    itself untouched. Slurm 22.05's ``scancel`` of a job it forgot exits 0 silently: such a
-    job is found LOST before the signal and returned as ended ``LOST`` (nothing signalled)."""
+    itself untouched, and so is that of a job ``squeue`` no longer lists while ``sacct``
+    cannot answer (:data:`GONE_FORCED_CAUSE`). Slurm 22.05's ``scancel`` of a job it forgot
+    exits 0 silently: such a job is found LOST before the signal and returned as ended
+    ``LOST`` (nothing signalled); of a job that has just ended, too: the ``sacct`` after it
+    finds that state (:func:`record_cancelled`), returned as ``ended``."""
     unconfirmed = refresh_before_cancel(registry, [record_id])
     return cancel_refreshed_row(registry, record_id, unconfirmed, force=force)
 
@@ -191,7 +235,17 @@ def cancel_refreshed_row(
     if state in FINAL_STATES:
         return CancelOutcome(state)
     if unconfirmed is not None:
-        _check_still_queued(unconfirmed, record_id, scheduler_id)
+        try:
+            _check_still_queued(unconfirmed, record_id, scheduler_id)
+        except NotQueuedError:
+            if not force:
+                raise
+            # nothing runs that a signal could stop; the user asked for the row to be closed
+            mark_cancelled(registry, record_id, GONE_FORCED_CAUSE)
+            return CancelOutcome(None, unconfirmed)
+        except ClusterError:
+            if not force:
+                raise  # with --force, a scancel that fails too marks the row (below)
     try:
         if backend == "local" and host not in (None, this_host()):
             raise ClusterError(
@@ -204,7 +258,11 @@ def cancel_refreshed_row(
             raise
         mark_cancelled(registry, record_id, FORCED_CAUSE)
         return CancelOutcome(None, unconfirmed)
-    if not mark_cancelled(registry, record_id):
+    if backend != "slurm" or unconfirmed is not None:  # sacct known out of reach: not asked
+        cancelled = mark_cancelled(registry, record_id)
+    else:  # scancel of a job that ended meanwhile exits 0: what Slurm says after it counts
+        cancelled = bool(record_cancelled(registry, [record_id], "cancelled by user"))
+    if not cancelled:
         with registry.session() as s:
             row = s.get(Job, record_id)
             return CancelOutcome(row.state if row is not None else None)

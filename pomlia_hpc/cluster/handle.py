@@ -14,7 +14,7 @@ import submitit
 from submitit.core.utils import UncompletedJobError
 
 from pomlia_hpc.cluster import states
-from pomlia_hpc.cluster.cancel import cancel_scheduler_job, kill_after_grace
+from pomlia_hpc.cluster.cancel import cancel_scheduler_job, kill_after_grace, record_cancelled
 from pomlia_hpc.cluster.debugjob import debug_result, debug_state, run_debug_job
 from pomlia_hpc.cluster.endwatch import ended_unseen
 from pomlia_hpc.cluster.failures import exit_line, failure_cause, log_cause, log_tail
@@ -191,8 +191,12 @@ class JobHandle:
             process = getattr(job, "_process", None)  # submitit's LocalJob keeps its Popen
             if isinstance(process, subprocess.Popen):
                 threading.Thread(target=kill_after_grace, args=(process,), daemon=True).start()
-        if self.record_id is not None and self._executor.registry is not None:
-            mark_cancelled(self._executor.registry, self.record_id, cause)
+        reg = self._executor.registry
+        if self.record_id is not None and reg is not None:
+            if self._executor.backend == "slurm":  # it may have ended just before the scancel
+                record_cancelled(reg, [self.record_id], cause)
+            else:
+                mark_cancelled(reg, self.record_id, cause)
         collected(self)
 
     def _ended_state(self, job: submitit.Job[Any]) -> str | None:

@@ -29,8 +29,8 @@ from contextlib import contextmanager
 from types import FrameType
 from typing import TYPE_CHECKING
 
+from pomlia_hpc.cluster.cancel import record_cancelled
 from pomlia_hpc.cluster.checkpoint import requeue_started
-from pomlia_hpc.cluster.records import mark_all_cancelled
 from pomlia_hpc.cluster.scancel import scancel
 from pomlia_hpc.cluster.submitit_local import SIGINT_CAUSE
 from pomlia_hpc.errors import ClusterError
@@ -273,10 +273,12 @@ def cancel_own_jobs(cause: str, *, keep_adoptable: bool = False) -> int:
     ``cause`` (by whom or what); returns how many were cancelled. For a driver that is being
     cancelled itself (a pipeline stage job ``scancel``-ed): its child jobs would run on,
     unwatched. Quick, as Slurm kills the driver ``KillWait`` seconds (often 5 to 30) after its
-    SIGTERM: all Slurm jobs get one ``scancel`` at once, without asking for their state first
-    (one that ended meanwhile keeps its final state in the registry), and are recorded in one
-    transaction per registry. Errors are reported and skipped, job by job. ``keep_adoptable``
-    (a driver stopped for a requeue, time limit or preemption): jobs a restarted driver
+    SIGTERM: all Slurm jobs get one ``scancel`` at once, without asking for their state first,
+    and are recorded in one transaction per registry, then as one ``sacct`` (at most
+    :data:`STATE_QUERY_TIMEOUT_S` s) says they ended: one that ended on its own before the
+    ``scancel`` keeps Slurm's state (``cancel.record_cancelled``). Errors are reported and
+    skipped, job by job. ``keep_adoptable`` (a driver stopped for a requeue, time limit or
+    preemption): jobs a restarted driver
     reattaches to (AutoML trials, ``JobHandle.adoptable``) run on; the others (an encoder
     training, extraction shards) would be submitted a second time beside themselves, so they
     are cancelled, and resume from their checkpoints or shard markers when submitted again."""
@@ -302,7 +304,8 @@ def cancel_own_jobs(cause: str, *, keep_adoptable: bool = False) -> int:
 
 
 def _cancel_slurm(handles: list[JobHandle], cause: str) -> int:
-    """One ``scancel`` for all of ``handles``, then one registry transaction per registry."""
+    """One ``scancel`` for all of ``handles``, then their records (one transaction and one
+    ``sacct`` per registry)."""
     if not handles:
         return 0
     ids = [str(h.scheduler_id) for h in handles]
@@ -323,7 +326,8 @@ def _cancel_slurm(handles: list[JobHandle], cause: str) -> int:
             by_registry.setdefault(id(h.registry), (h.registry, []))[1].append(h.record_id)
     for reg, record_ids in by_registry.values():
         try:
-            mark_all_cancelled(reg, record_ids, cause)
+            # briefly: Slurm kills this driver KillWait seconds after its SIGTERM
+            record_cancelled(reg, record_ids, cause, timeout_s=STATE_QUERY_TIMEOUT_S)
         except BaseException as exc:  # the jobs are cancelled: say so anyway
             _say(f"could not record jobs {record_ids} as cancelled: {exc!r}")
     for h in handles:

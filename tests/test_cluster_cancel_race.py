@@ -1,0 +1,88 @@
+"""A Slurm job that ends on its own just before pomlia's ``scancel`` (which Slurm 22.05 answers
+with exit 0 for an ended job), and ``jobs cancel --force`` of a job that has ended while
+``sacct`` cannot answer. Through the fake Slurm, whose ``scancel`` of an ended job exits 0."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from typer.testing import CliRunner
+
+from pomlia_hpc.cli import app
+from pomlia_hpc.cluster import Executor
+from pomlia_hpc.cluster.cancel import (
+    GONE_FORCED_CAUSE,
+    NotQueuedError,
+    cancel_refreshed_row,
+    refresh_before_cancel,
+)
+from pomlia_hpc.cluster.terminate import cancel_own_jobs
+from pomlia_hpc.registry import Job, Registry
+from pomlia_hpc.workspace import Workspace
+from tests.fixtures import jobfns
+from tests.fixtures.fake_slurm import FakeSlurm
+
+
+def _held_job(tmp_path: Path, reg: Registry, fake: FakeSlurm, state: str) -> tuple[int, str]:
+    """A job the fake Slurm reports in ``state`` (it never ran: no result); (row id, Slurm id)."""
+    fake.hold()
+    handle = Executor.from_profile("slurm-local", tmp_path / "jobs", reg).submit(jobfns.add, 1, 2)
+    fake.set_state(handle.job_id, state)
+    assert handle.record_id is not None
+    return handle.record_id, handle.job_id
+
+
+def _row(reg: Registry, rid: int) -> tuple[str, str | None, bool]:
+    with reg.session() as s:
+        row = s.get(Job, rid)
+        assert row is not None
+        return row.state, row.exit_cause, row.ended_at is not None
+
+
+def test_jobs_cancel_of_a_job_that_completed_after_the_look_records_completed(
+    tmp_path: Path, reg: Registry, fake_slurm: FakeSlurm
+) -> None:
+    """It was recorded CANCELLED by user, and `jobs cancel` said "cancelled", although Slurm
+    said COMPLETED: the job had ended between the refresh and the scancel."""
+    rid, sid = _held_job(tmp_path, reg, fake_slurm, "RUNNING")
+    assert refresh_before_cancel(reg, [rid]) is None
+    assert _row(reg, rid)[0] == "RUNNING"
+    fake_slurm.set_state(sid, "COMPLETED")  # it ends on its own now, before the scancel
+    outcome = cancel_refreshed_row(reg, rid, None)
+    assert fake_slurm.calls("scancel") == [["scancel", sid]]  # signalled: exit 0, nothing said
+    assert outcome.ended == "COMPLETED"
+    assert _row(reg, rid) == ("COMPLETED", None, True)
+
+
+def test_a_stopping_driver_does_not_record_its_completed_job_cancelled(
+    tmp_path: Path, reg: Registry, fake_slurm: FakeSlurm
+) -> None:
+    """A driver stopped (Ctrl-C, scancel) cancels the jobs it has not collected without
+    asking first: one that had completed was recorded CANCELLED."""
+    done, _ = _held_job(tmp_path, reg, fake_slurm, "COMPLETED")
+    running, _ = _held_job(tmp_path, reg, fake_slurm, "RUNNING")
+    assert cancel_own_jobs("stopped by the test") >= 2
+    assert _row(reg, done) == ("COMPLETED", None, True)
+    assert _row(reg, running) == ("CANCELLED", "stopped by the test", True)
+
+
+def test_cancel_force_closes_a_job_that_ended_while_sacct_is_down(
+    workspace: Workspace, reg: Registry, tmp_path: Path, fake_slurm: FakeSlurm
+) -> None:
+    """`jobs cancel --force` refused (exit 69) just as without --force, and the row stayed
+    RUNNING until slurmdbd came back: --force now marks it, with a cause that says what is
+    known, and signals nothing."""
+    rid, sid = _held_job(tmp_path, reg, fake_slurm, "RUNNING")
+    assert refresh_before_cancel(reg, [rid]) is None
+    fake_slurm.set_state(sid, "COMPLETED")  # ends; squeue no longer lists it
+    fake_slurm.fail_next("sacct", "sacct: error: slurmdbd: Connection refused", times=5)
+    refused = CliRunner().invoke(app, ["jobs", "cancel", str(rid)])
+    assert isinstance(refused.exception, NotQueuedError), refused.output  # exit 69
+    assert _row(reg, rid)[0] == "RUNNING"
+    res = CliRunner().invoke(app, ["jobs", "cancel", str(rid), "--force"])
+    assert res.exit_code == 0, res.output
+    text = " ".join(res.output.split())
+    assert "had already ended (squeue no longer lists it): marked CANCELLED" in text, text
+    assert "Connection refused" in text
+    assert _row(reg, rid) == ("CANCELLED", GONE_FORCED_CAUSE, True)
+    assert not fake_slurm.calls("scancel")
