@@ -59,3 +59,17 @@ def test_a_url_whose_host_names_are_not_resolved_has_no_unknown_host() -> None:
     assert not host_unknown(f"postgresql+psycopg://u:p@{NO_SUCH}:5432/x?hostaddr=127.0.0.1")
     assert url_hosts("postgresql+psycopg://u:p@/x?host=@pgsock") == []
     assert not host_unknown("postgresql+psycopg://u:p@/x?host=@pgsock")
+
+
+def test_the_drivers_resolver_answer_is_not_asked_again() -> None:
+    """psycopg asks getaddrinfo before it connects and quotes its code; asking again waited on
+    the resolver twice (a name server that does not answer: its whole timeout, twice). The
+    driver's code is taken as said: here it disagrees with what the resolver would say now."""
+    typo = "failed to resolve host 'localhost': [Errno -2] Name or service not known"
+    assert host_unknown("postgresql+psycopg://u:p@localhost/x", typo)
+    outage = f"failed to resolve host '{NO_SUCH}': [Errno -3] Temporary failure in name resolution"
+    assert not host_unknown(f"postgresql+psycopg://u:p@{NO_SUCH}/x", outage)
+    # a second host the message does not answer for is asked (psycopg quotes the last one)
+    said = f"failed to resolve host '{NO_SUCH}': [Errno -2] Name or service not known"
+    assert not host_unknown(f"postgresql+psycopg://u:p@localhost,{NO_SUCH}/x", said)
+    assert host_unknown(f"postgresql+psycopg://u:p@other.invalid,{NO_SUCH}/x", said)

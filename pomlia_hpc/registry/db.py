@@ -263,7 +263,7 @@ def server_unreachable(url: str, exc: BaseException) -> bool:
     said = str(exc.orig or exc)
     if getattr(exc.orig, "sqlstate", None) is not None:
         return False
-    if host_unknown(url):  # a typo, not an outage (a name server down, EAI_AGAIN, is one)
+    if host_unknown(url, said):  # a typo, not an outage (a name server down, EAI_AGAIN, is one)
         return False
     # A server that answered but cannot take a connection now (starting up, shutting down,
     # in recovery, out of connection slots: SQLSTATE 57P03 and 53300) is out of reach too.

@@ -6,10 +6,18 @@ which quotes the C library's words for ``EAI_NONAME``: glibc's "Name or service 
 but musl says "Name does not resolve" and other systems other words, and a nightly script
 then retried a typo for ever. :func:`host_unknown` asks ``getaddrinfo`` instead, whose error
 codes do not depend on the wording.
+
+The driver (psycopg 3) has asked ``getaddrinfo`` already, before it connects, and raises
+``failed to resolve host 'H': [Errno N] ...`` only when no host resolved, N being the
+resolver's code for H. Asking again waited on the resolver twice: a name server that does not
+answer took its whole timeout (seconds to a minute) a second time before the error was said.
+:func:`host_unknown` takes the driver's message and answers for H from N; only hosts it does
+not answer for are asked.
 """
 
 from __future__ import annotations
 
+import re
 import socket
 
 from sqlalchemy.engine import make_url
@@ -41,11 +49,22 @@ def url_hosts(url: str) -> list[str]:
     return [h for h in hosts if h and not h.startswith(("/", "@"))]
 
 
-def host_unknown(url: str) -> bool:
+#: psycopg 3's error when no host of the URL resolved: the last host and getaddrinfo's code.
+_RESOLVE_FAILED = re.compile(r"failed to resolve host '(?P<host>[^']*)': \[Errno (?P<code>-?\d+)\]")
+
+
+def host_unknown(url: str, said: str = "") -> bool:
     """Whether every host the database URL ``url`` names is unknown to the resolver (no
     such name, or no address for it); False when one resolves, when the resolver could not
-    answer, or when the URL names no host."""
+    answer, or when the URL names no host. ``said``: the driver's error message, whose
+    resolver code answers for the host it names (that host is not asked again)."""
     hosts = url_hosts(url)
+    answered = _RESOLVE_FAILED.search(said)
+    if answered is not None and answered["host"] in hosts:
+        if int(answered["code"]) not in NO_SUCH_HOST_CODES:
+            return False  # the name server failed or did not answer: an outage
+        hosts = [h for h in hosts if h != answered["host"]]
+        return all(_unknown(host) for host in hosts)
     return bool(hosts) and all(_unknown(host) for host in hosts)
 
 
