@@ -9,11 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from pomlia_hpc.cluster import Executor, JobFailedError
+from pomlia_hpc.cluster import Executor, JobFailedError, states
 from pomlia_hpc.cluster.attach import AttachedJob, poll_attached
 from pomlia_hpc.cluster.records import record_submission
 from pomlia_hpc.registry import Job, Registry
 from tests.fixtures import jobfns
+from tests.fixtures.clock import FakeClock
 from tests.fixtures.fake_slurm import FakeSlurm
 
 
@@ -110,6 +111,23 @@ def test_an_accounting_hiccup_keeps_the_wait(
     assert not job.done() and job.state == "PENDING"  # ...but it failed: nothing is concluded
     poll_attached([job])
     assert job.done() and job.lost(cancelled_too=False)
+
+
+def test_an_attached_job_preempted_is_ended_only_after_the_grace(
+    tmp_path: Path, reg: Registry, fake_slurm: FakeSlurm, clock: FakeClock
+) -> None:
+    """A restarted driver took a trial that Slurm preempted (and was about to requeue) for
+    ended at once and recorded it failed, while its next attempt ran on unwatched; a job this
+    process submits counts as ended only after states.PREEMPT_GRACE_S."""
+    fake_slurm.hold()
+    job_id, folder = _submit_and_forget(tmp_path, reg, "p")
+    job = _attach(reg, _row_id(reg, "p"), folder)
+    fake_slurm.set_state(job_id, "PREEMPTED")
+    poll_attached([job])
+    assert job.state == "PREEMPTED" and not job.ended and not job.done()
+    clock.advance(states.PREEMPT_GRACE_S + 1)  # not requeued within the grace: it has ended
+    poll_attached([job])
+    assert job.ended and job.done()
 
 
 @pytest.mark.slurm

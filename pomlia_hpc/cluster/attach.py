@@ -8,7 +8,8 @@ result is there, and the failure it reported (its own error line and traceback).
 
 Semantics, once the scheduler has answered:
 
-- **ended**: the scheduler reports a final state, or does not know the job at all;
+- **ended**: the scheduler reports a final state (PREEMPTED: not requeued for a while), or
+  does not know the job at all;
 - **done**: ended, or the result is there (collect it);
 - **lost**: ended without a result and without a failure of its own, and unknown to the
   scheduler (never ran, or purged) or, if asked, cancelled: nothing was learnt, so running it
@@ -35,6 +36,7 @@ from pomlia_hpc.cluster.records import (
     squeue_ids,
     update_job,
 )
+from pomlia_hpc.cluster.states import ended_for_good
 from pomlia_hpc.cluster.submitit_local import CONTROLLER_META
 from pomlia_hpc.errors import ClusterError
 from pomlia_hpc.processes import pid_alive
@@ -100,6 +102,12 @@ class AttachedJob:
 
     @property
     def ended(self) -> bool:
+        """Whether the job has ended: a final state, or unknown to the scheduler. PREEMPTED
+        only once Slurm has not requeued it for a while (``states.ended_for_good``), as for a
+        job this process submitted: a trial preempted and requeued at once was taken for
+        failed, and its next attempt ran on unwatched."""
+        if self.state == "PREEMPTED":
+            return ended_for_good(self.state, self.ended_at)
         return self.state is None or self.state in FINAL_STATES
 
     def done(self) -> bool:
