@@ -189,6 +189,27 @@ def test_collecting_a_job_that_ended_without_a_result_does_not_hang_on_sacct(
     assert _row(reg, h.record_id).state == "CANCELLED"
 
 
+def test_a_requeued_job_cancelled_before_its_next_start_is_collected(
+    tmp_path: Path, reg: Registry, fake_slurm: FakeSlurm
+) -> None:
+    """Slurm 22.05 keeps a requeued job that is cancelled before its next attempt starts
+    REQUEUED in sacct for good (the controller says CANCELLED): its driver waited for ever,
+    and `jobs list` showed it queued."""
+    fake_slurm.hold()
+    h = _slurm(tmp_path, reg).submit(jobfns.add, 1, 2)
+    fake_slurm.set_state(h.job_id, "RUNNING")
+    fake_slurm.set_state(h.job_id, "REQUEUED")  # scontrol requeue: waits to run again...
+    fake_slurm.set_controller_state(h.job_id, "CANCELLED")  # ...and is scancel-ed meanwhile
+    waiter, out = _in_thread(h.result)
+    waiter.join(90)
+    assert not waiter.is_alive(), "result() still waits on a job that has ended"
+    assert isinstance(out["value"], JobFailedError), out
+    assert out["value"].state == "CANCELLED"
+    row = _row(reg, h.record_id)
+    assert (row.state, row.requeue_count) == ("CANCELLED", 1)
+    assert row.ended_at is not None
+
+
 def _last_attempts(tasks: list[dict[str, Any]], job: str) -> list[dict[str, Any]]:
     return [t["attempts"][-1] for t in tasks if job in (t["array_id"], t["id"])]
 

@@ -12,7 +12,7 @@ import re
 import socket
 import subprocess
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ from pomlia_hpc.cluster.failures import (
 )
 from pomlia_hpc.cluster.localresult import local_cancel_cause, local_result_outcome
 from pomlia_hpc.cluster.reach import slurm_failure, timed_out
+from pomlia_hpc.cluster.requeued import controller_final_states
 from pomlia_hpc.cluster.submitit_local import CONTROLLER_META
 from pomlia_hpc.errors import ClusterError
 from pomlia_hpc.processes import pid_alive
@@ -157,7 +158,12 @@ def sacct_states(job_ids: Iterable[str], timeout_s: float = 60.0) -> dict[str, S
         raise ClusterError(f"sacct could not be run: {exc}") from exc
     if proc.returncode != 0:
         raise slurm_failure("sacct", proc.stderr, f"sacct failed ({proc.returncode})")
-    return parse_sacct(proc.stdout)
+    states = parse_sacct(proc.stdout)
+    # a requeued job that ended before its next attempt stays REQUEUED in sacct for good
+    requeued = [jid for jid, st in states.items() if st.state.startswith("REQUEUE")]
+    for jid, (state, end) in controller_final_states(requeued, timeout_s).items():
+        states[jid] = replace(states[jid], state=state, ended_at=end or states[jid].ended_at)
+    return states
 
 
 #: ``Job.meta`` key: when ``sacct`` last answered for the row (ISO 8601, UTC), so a listing

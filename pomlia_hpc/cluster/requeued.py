@@ -1,0 +1,56 @@
+"""The end of a requeued Slurm job that ended before its next attempt started.
+
+Slurm 22.05 records a requeue in accounting as the attempt's line ``REQUEUED``, and the next
+attempt's line only once that attempt starts: a job cancelled while it waited to run again
+(``scancel`` between the requeue and the next start) stays ``REQUEUED`` in ``sacct`` for good,
+while the controller says CANCELLED. pomlia took it for a job about to run again: the driver
+waiting on it (an AutoML trial, a pipeline stage) waited for ever, and ``jobs list`` showed it
+queued. :func:`controller_final_states` asks the controller (``squeue --states=all``, which
+keeps an ended job for ``MinJobAge``, 300 s by default) about such jobs.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from collections.abc import Sequence
+from datetime import UTC, datetime
+
+from pomlia_hpc.vocab import FINAL_STATES
+
+
+def controller_final_states(
+    job_ids: Sequence[str], timeout_s: float
+) -> dict[str, tuple[str, datetime | None]]:
+    """The final state and end time (aware UTC, None when not given) that ``squeue`` gives
+    for those of ``job_ids`` that have ended; jobs still queued or running, or that it does
+    not list, are left out, and so is everything when ``squeue`` cannot answer within
+    ``timeout_s`` seconds (the caller keeps what accounting said and asks again later)."""
+    if not job_ids:
+        return {}
+    try:
+        proc = subprocess.run(
+            ["squeue", "-h", "--states=all", "-o", "%i|%T|%e", "-j", ",".join(job_ids)],
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            check=False,
+        )
+    except (subprocess.SubprocessError, OSError):
+        return {}
+    if proc.returncode != 0:
+        return {}
+    out: dict[str, tuple[str, datetime | None]] = {}
+    for line in proc.stdout.splitlines():
+        jid, _, rest = line.strip().partition("|")
+        state, _, end = rest.partition("|")
+        if jid in job_ids and state in FINAL_STATES:
+            out[jid] = (state, _end_time(end))
+    return out
+
+
+def _end_time(text: str) -> datetime | None:
+    """squeue's end time (the cluster's local time, no zone) as aware UTC."""
+    try:
+        return datetime.fromisoformat(text).astimezone(UTC)
+    except ValueError:  # "N/A", "Unknown"
+        return None
