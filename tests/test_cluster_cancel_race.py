@@ -16,7 +16,7 @@ from pomlia_hpc.cluster.cancel import (
     cancel_refreshed_row,
     refresh_before_cancel,
 )
-from pomlia_hpc.cluster.terminate import cancel_own_jobs
+from pomlia_hpc.cluster.terminate import cancel_own_jobs, cancelled_with_this_process
 from pomlia_hpc.registry import Job, Registry
 from pomlia_hpc.workspace import Workspace
 from tests.fixtures import jobfns
@@ -59,9 +59,12 @@ def test_a_stopping_driver_does_not_record_its_completed_job_cancelled(
 ) -> None:
     """A driver stopped (Ctrl-C, scancel) cancels the jobs it has not collected without
     asking first: one that had completed was recorded CANCELLED."""
-    done, _ = _held_job(tmp_path, reg, fake_slurm, "COMPLETED")
-    running, _ = _held_job(tmp_path, reg, fake_slurm, "RUNNING")
-    assert cancel_own_jobs("stopped by the test") >= 2
+    done, done_sid = _held_job(tmp_path, reg, fake_slurm, "COMPLETED")
+    running, running_sid = _held_job(tmp_path, reg, fake_slurm, "RUNNING")
+    cancel_own_jobs("stopped by the test")
+    said = cancelled_with_this_process()  # what the driver's last words list as cancelled
+    assert any(running_sid in name for name in said)
+    assert not any(done_sid in name for name in said), said
     assert _row(reg, done) == ("COMPLETED", None, True)
     assert _row(reg, running) == ("CANCELLED", "stopped by the test", True)
 

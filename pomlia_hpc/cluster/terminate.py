@@ -324,16 +324,23 @@ def _cancel_slurm(handles: list[JobHandle], cause: str) -> int:
     for h in handles:
         if h.registry is not None and h.record_id is not None:
             by_registry.setdefault(id(h.registry), (h.registry, []))[1].append(h.record_id)
-    for reg, record_ids in by_registry.values():
+    ended: set[tuple[int, int]] = set()  # (registry, row) of jobs that had ended on their own
+    for key, (reg, record_ids) in by_registry.items():
         try:
             # briefly: Slurm kills this driver KillWait seconds after its SIGTERM
-            record_cancelled(reg, record_ids, cause, timeout_s=STATE_QUERY_TIMEOUT_S)
+            kept = record_cancelled(reg, record_ids, cause, timeout_s=STATE_QUERY_TIMEOUT_S)
+            ended.update((key, rid) for rid in set(record_ids) - set(kept))
         except BaseException as exc:  # the jobs are cancelled: say so anyway
             _say(f"could not record jobs {record_ids} as cancelled: {exc!r}")
+    n = 0
     for h in handles:
+        if (id(h.registry), h.record_id) in ended:
+            _say(f"job {h.name} had already ended: not cancelled")
+            continue
         _cancelled.append(h.name)
         _say(f"cancelled job {h.name}: {cause}")
-    return len(handles)
+        n += 1
+    return n
 
 
 def cancelled_with_this_process() -> list[str]:
