@@ -45,6 +45,7 @@ from pomlia_hpc.strategy.longformat import (
     MAX_COST_S,
     META_TEXT,
     ResultTable,
+    canonical_words,
     normalize_task_type,
     read_results,
     strategy_key,
@@ -335,14 +336,15 @@ def load(
 
 def _canonical(strategy: dict[str, Any], key: str) -> tuple[dict[str, Any], str]:
     """A published strategy with its architecture spelled as the AutoML space (and so the
-    registry's runs) spell it (``ResNet-18`` -> ``resnet18``), and its key: one architecture
-    is one strategy, whichever table or run names it."""
-    arch = str(strategy.get("arch", ""))
-    canonical = canonical_arch(arch)
-    if canonical == arch:
+    registry's runs) spell it (``ResNet-18`` -> ``resnet18``) and its initial weights and
+    mode as :func:`.longformat.canonical_words` does (a source imported before the reader
+    did), and its key: one strategy, whichever table or run names it."""
+    canonical = canonical_words(strategy)
+    if "arch" in strategy:
+        canonical["arch"] = canonical_arch(str(strategy["arch"]))
+    if canonical == strategy:
         return strategy, key
-    strategy["arch"] = canonical
-    return strategy, strategy_key(strategy)
+    return canonical, strategy_key(canonical)
 
 
 def task_type_note(

@@ -12,9 +12,9 @@ column         required  meaning
                          of ``data add`` (:mod:`pomlia_hpc.names`)
 ``arch``       yes       architecture, free text (``ResNet-18``, ``resnet18``, ...)
 ``init``       yes       initial weights: ``scratch``, ``pretrained``, ``imagenet``,
-                         ``encoder``, ``model`` or another word
+                         ``encoder``, ``model`` (:data:`INITS`) or another word
 ``mode``       yes       ``full``, ``linear_probe``, ``freeze_unfreeze``, ``knn``,
-                         ``automl`` or another word
+                         ``automl`` (:data:`MODES`) or another word
 ``img_size``   yes       input size in pixels (integer in [1, 4096], as ``data add``)
 ``metric``     yes       ``acc``, ``auc`` or ``f1_macro``
 ``value``      yes       the metric, a fraction in [0, 1] (not percent)
@@ -33,7 +33,9 @@ Meta-features (a second file, or ``meta_``-prefixed columns): ``dataset``, ``tas
 integers; ``license`` and ``notes`` optional text. An empty optional cell means "unknown".
 Text cells (``arch``, ``init``, ``mode``, ``license``, ``notes``) may not hold control
 characters nor start with ``=``, ``+``, ``-`` or ``@`` (a spreadsheet formula).
-A file holds at most :data:`MAX_ROWS` result rows.
+A known ``init`` or ``mode`` is read in any case and with ``-`` or a space for ``_``
+(``Linear_Probe``, ``linear-probe``, ``k-NN``), and stored as listed above; another word is
+kept as written. A file holds at most :data:`MAX_ROWS` result rows.
 The limits are those of ``pomlia data add``: 1 or 3 channels, 2 or 3 dims, at most 500
 classes and 4096 px, at most :data:`MAX_IMAGES` images per split.
 ``n_classes`` must agree with ``task_type``: 2 for ``binary``, at least 2 for ``multi-class``
@@ -49,6 +51,7 @@ import csv
 import hashlib
 import json
 import math
+import re
 import unicodedata
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -68,6 +71,10 @@ META_INTS: tuple[str, ...] = ("n_channels", "n_classes", "n_train")
 META_OPTIONAL_INTS: tuple[str, ...] = ("n_val", "n_test", "image_size", "dims")
 META_TEXT: tuple[str, ...] = ("license", "notes")
 META_PREFIX = "meta_"
+#: The initial weights and training modes the recommender and the AutoML space know, as the
+#: knowledge base spells them (a table's other spellings of them are read as these).
+INITS: tuple[str, ...] = ("scratch", "pretrained", "imagenet", "encoder", "model")
+MODES: tuple[str, ...] = ("full", "linear_probe", "freeze_unfreeze", "knn", "automl")
 #: The limits `pomlia data add` keeps to (``data.sources.base.MAX_SIDE_PX`` and
 #: ``MAX_CLASSES``; not imported, which would load the Zarr stack into every recommendation;
 #: a test checks they agree): pixels of an image side, classes of a data set.
@@ -136,6 +143,28 @@ def strategy_key(strategy: Mapping[str, Any]) -> str:
     """A short stable id of a strategy (16 hex digits of the SHA-1 of its sorted JSON)."""
     text = json.dumps({k: strategy[k] for k in sorted(strategy)}, sort_keys=True)
     return hashlib.sha1(text.encode()).hexdigest()[:16]
+
+
+def known_spelling(value: str, known: tuple[str, ...]) -> str:
+    """``value`` as ``known`` spells it when it is one of them written in another case or with
+    ``-``, ``_`` or spaces elsewhere (``Linear_Probe``, ``linear probe``, ``k-NN``); any other
+    word as given. Published tables write ``Linear Probe`` or ``kNN``: read as written, one
+    strategy became two rows of the matrix, and the AutoML space could not express either."""
+    folded = re.sub(r"[\s_-]+", "", value).casefold()
+    for word in known:
+        if word.replace("_", "") == folded:
+            return word
+    return value
+
+
+def canonical_words(strategy: Mapping[str, Any]) -> dict[str, Any]:
+    """``strategy`` with its ``init`` and ``mode`` spelled as :data:`INITS` and :data:`MODES`
+    (:func:`known_spelling`): for sources imported before the reader did so."""
+    out = dict(strategy)
+    for column, known in (("init", INITS), ("mode", MODES)):
+        if isinstance(out.get(column), str):
+            out[column] = known_spelling(out[column], known)
+    return out
 
 
 def normalize_task_type(value: str) -> str | None:
@@ -445,8 +474,8 @@ def read_results(
             raise cell.fail("extra_data", "none or nearest (or empty)")
         strategy = {
             "arch": cell.plain("arch"),
-            "init": cell.plain("init"),
-            "mode": cell.plain("mode"),
+            "init": known_spelling(cell.plain("init"), INITS),
+            "mode": known_spelling(cell.plain("mode"), MODES),
             "img_size": cell.integer("img_size", low=1, high=MAX_SIDE_PX),
             "extra_data": extra,
         }

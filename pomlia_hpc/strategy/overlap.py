@@ -19,15 +19,20 @@ from sqlalchemy.orm import Session
 
 from pomlia_hpc.errors import InputError
 from pomlia_hpc.registry import KbDataset, KbResult, KbSource
-from pomlia_hpc.strategy.longformat import ResultRow, ResultTable, strategy_key
+from pomlia_hpc.strategy.longformat import (
+    ResultRow,
+    ResultTable,
+    canonical_words,
+    strategy_key,
+)
 from pomlia_hpc.strategy.translate import canonical_arch
 
 
 def canonical_key(strategy: dict[str, Any]) -> str:
-    """The key of ``strategy`` with its architecture spelled as the knowledge base spells it
-    (the key the recommender's matrix uses)."""
+    """The key of ``strategy`` with its architecture, initial weights and mode spelled as the
+    knowledge base spells them (the key the recommender's matrix uses)."""
     arch = str(strategy.get("arch", ""))
-    return strategy_key({**strategy, "arch": canonical_arch(arch)})
+    return strategy_key({**canonical_words(strategy), "arch": canonical_arch(arch)})
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,83 @@
+"""`strategy import`: a known initial-weights or training-mode word is read in any case and
+with ``-`` or a space for ``_`` (``Linear_Probe``, ``linear probe``, ``k-NN``) and stored as
+the knowledge base spells it; other words are kept as written."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select, update
+
+from pomlia_hpc.errors import InputError
+from pomlia_hpc.registry import KbResult, Registry
+from pomlia_hpc.strategy import kb
+
+HEADER = "dataset,arch,init,mode,img_size,metric,value,"
+HEADER += "meta_task_type,meta_n_channels,meta_n_classes,meta_n_train\n"
+META = "multi-class,1,3,100"
+
+
+def _table(tmp_path: Path, *rows: str) -> Path:
+    path = tmp_path / "r.csv"
+    path.write_text(HEADER + "".join(f"{r},{META}\n" for r in rows))
+    return path
+
+
+def _stored(reg: Registry) -> list[tuple[str, str]]:
+    with reg.session() as s:
+        return [(r["init"], r["mode"]) for r in s.scalars(select(KbResult.strategy))]
+
+
+def test_known_words_in_another_spelling_are_stored_as_the_knowledge_base_spells_them(
+    registry: Registry, tmp_path: Path
+) -> None:
+    """`ImageNet`/`Linear Probe` was imported as a strategy of its own, which the AutoML space
+    could not express ("training mode 'Linear Probe' is not in the AutoML space")."""
+    path = _table(
+        tmp_path,
+        "a,ResNet-18,ImageNet,Linear Probe,28,acc,0.9",
+        "a,ResNet-18,Pretrained,k-NN,28,acc,0.8",
+        "a,ResNet-18,SCRATCH,Freeze-Unfreeze,28,acc,0.7",
+        "a,ResNet-18,scratch,Frozen,28,acc,0.6",
+    )
+    kb.import_table(registry, path, "t")
+    assert sorted(_stored(registry)) == [
+        ("imagenet", "linear_probe"),
+        ("pretrained", "knn"),
+        ("scratch", "Frozen"),  # not a known word: as written
+        ("scratch", "freeze_unfreeze"),
+    ]
+
+
+def test_one_strategy_spelled_in_two_cases_is_refused(registry: Registry, tmp_path: Path) -> None:
+    """`Pretrained,Linear_Probe` and `pretrained,linear_probe` on one data set and metric were
+    imported as two strategies (two cells of the matrix for one)."""
+    path = _table(
+        tmp_path,
+        "a,ResNet-18,Pretrained,Linear_Probe,28,acc,0.9",
+        "a,ResNet-18,pretrained,linear_probe,28,acc,0.8",
+    )
+    with pytest.raises(InputError) as err:
+        kb.import_table(registry, path, "t")
+    msg = str(err.value)
+    assert f"{path}: line 3: duplicates line 2" in msg and "nothing was imported" in msg, msg
+    assert _stored(registry) == []
+
+
+def test_a_source_imported_before_is_read_in_the_known_spelling(
+    registry: Registry, tmp_path: Path
+) -> None:
+    """Rows stored as written by an earlier version (`Linear_Probe`) are one strategy with
+    the same strategy spelled as the knowledge base spells it."""
+    kb.import_table(
+        registry, _table(tmp_path, "a,resnet18,pretrained,linear_probe,28,acc,0.9"), "t"
+    )
+    with registry.session() as s:  # as an earlier version stored `Pretrained,Linear_Probe`
+        old = {"arch": "resnet18", "init": "Pretrained", "mode": "Linear_Probe"}
+        old |= {"img_size": 28, "extra_data": "none"}
+        s.execute(update(KbResult).values(strategy=old))
+    (obs,) = kb.load(registry, "acc", sources=["t"]).observations
+    assert (obs.strategy["init"], obs.strategy["mode"]) == ("pretrained", "linear_probe")
+    fresh = {"arch": "resnet18", "init": "pretrained", "mode": "linear_probe"}
+    assert obs.key == kb.strategy_key(fresh | {"img_size": 28, "extra_data": "none"})
