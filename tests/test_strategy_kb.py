@@ -432,14 +432,14 @@ def test_two_imports_of_one_source_at_once_both_finish(
     meta = _write(tmp_path, META, "m.csv")
     kb.import_table(registry, _write(tmp_path, GOOD), "t", meta_path=meta)
     both_read = threading.Barrier(2, timeout=30)
-    read = kb.read_results
+    read = kb.check_file
 
     def read_then_wait(*args: Any, **kwargs: Any) -> Any:
         table = read(*args, **kwargs)
         both_read.wait()  # both have checked the old source and read the file
         return table
 
-    monkeypatch.setattr(kb, "read_results", read_then_wait)
+    monkeypatch.setattr(kb, "check_file", read_then_wait)
     errors: list[BaseException] = []
 
     def run() -> None:

@@ -1,7 +1,8 @@
 """The knowledge base: published results imported into the registry, plus the registry's runs.
 
 :func:`import_table` validates a long-format file (:mod:`.longformat`) completely, then writes it
-in one transaction: any error leaves the registry as it was. :func:`load` gathers
+in one transaction, reading it again chunk by chunk (no pass keeps the file's rows): any error
+leaves the registry as it was. :func:`load` gathers
 :class:`Observation` rows for one metric from any imported source and from the registry's own
 runs (every task; crashed runs count as failures of their strategy).
 
@@ -44,10 +45,11 @@ from pomlia_hpc.strategy.cost import full_epochs
 from pomlia_hpc.strategy.longformat import (
     MAX_COST_S,
     META_TEXT,
+    ResultRow,
     ResultTable,
     canonical_words,
     normalize_task_type,
-    read_results,
+    scan_results,
     strategy_key,
 )
 from pomlia_hpc.strategy.translate import canonical_arch
@@ -151,6 +153,15 @@ def _check_meta_agrees(s: Session, table: ResultTable, source: str) -> None:
             )
 
 
+def check_file(
+    path: Path, meta_path: str | Path | None, known_meta: dict[str, dict[str, Any]]
+) -> ResultTable:
+    """Validate the long-format file ``path`` whole, keeping none of its rows (the table's
+    ``n_rows`` and meta-features only): what :func:`import_table` checks before its
+    transaction, refusing two rows of one strategy too (:class:`.overlap.WithinFile`)."""
+    return scan_results(path, meta_path, known_meta, overlap.WithinFile(path).check)
+
+
 def import_table(
     registry: Registry,
     path: str | Path,
@@ -178,8 +189,12 @@ def import_table(
 
     with registry.session() as s:  # first, so the file's own problems do not hide it
         refuse_existing(s)
-    table: ResultTable = read_results(p, meta_path, _known_meta(registry, source))
-    replaced = 0
+    sha256 = _sha256(p)
+    # Two passes over the file, neither keeping its rows (a 500,000-row file took 1.5 GB held
+    # whole): the first validates it all before the transaction (a bad file waits for no
+    # lock and holds none), the second inserts it chunk by chunk in the one transaction.
+    known = _known_meta(registry, source)
+    table = check_file(p, meta_path, known)
     with registry.session() as s:
         # Two imports of one source at once: the second waits here for the first to commit
         # (it then replaces that one, or is refused without --replace) instead of deleting
@@ -191,54 +206,67 @@ def import_table(
         lock_name(s, "kb-sources")
         old = refuse_existing(s)  # again in the transaction: another import may have won
         _check_meta_agrees(s, table, source)
-        overlap.check_table(s, table, source)
-        if old is not None:
-            replaced = old.n_results
-            # Explicit deletes: SQLite only cascades with foreign keys on, which the
-            # registry sets, but being explicit keeps PostgreSQL and SQLite alike.
-            s.execute(delete(KbResult).where(KbResult.source_id == old.id))
-            s.execute(delete(KbDataset).where(KbDataset.source_id == old.id))
-            s.delete(old)
-            s.flush()
+        elsewhere = overlap.Elsewhere(s, table, source)
+        replaced = _drop(s, old)
         src = KbSource(
             name=source,
             # Absolute, as every path the registry records: `strategy sources` and the
             # messages naming this source are read from other folders than the import's.
             file=str(p.absolute()),
-            sha256=_sha256(p),
-            n_results=len(table.rows),
+            sha256=sha256,
+            n_results=table.n_rows,
             meta={"meta_file": str(Path(meta_path).absolute()) if meta_path else None},
         )
         s.add(src)
         s.flush()
         ids: dict[str, int] = {}
-        for name in sorted({r.dataset for r in table.rows}):
+        for name in sorted(table.meta):
             ds = KbDataset(source_id=src.id, name=name, meta=table.meta[name])
             s.add(ds)
             s.flush()
             ids[name] = ds.id
-        s.execute(
-            insert(KbResult),
-            [
-                {
-                    "source_id": src.id,
-                    "dataset_id": ids[r.dataset],
-                    "strategy": r.strategy,
-                    "strategy_key": r.strategy_key,
-                    "metric": r.metric,
-                    "value": r.value,
-                    "std": r.std,
-                    "n_seeds": r.n_seeds,
-                    "cost_s": r.cost_s,
-                    "gpu_hours": r.gpu_hours,
-                    "line": r.line,
-                }
-                for r in table.rows
-            ],
-        )
-    return ImportReport(
-        source, str(p), len(table.rows), len(ids), replaced, time.perf_counter() - t0
-    )
+
+        def insert_rows(rows: list[ResultRow]) -> None:
+            elsewhere.check(rows)
+            s.execute(insert(KbResult), [_result_row(src.id, ids[r.dataset], r) for r in rows])
+
+        again = scan_results(p, meta_path, known, insert_rows)
+        if again.n_rows != table.n_rows or _sha256(p) != sha256:
+            raise InputError(
+                f"{p}: the file changed while it was imported; expected it unchanged until "
+                "the import ends: import it again; nothing was imported"
+            )
+    return ImportReport(source, str(p), table.n_rows, len(ids), replaced, time.perf_counter() - t0)
+
+
+def _drop(s: Session, old: KbSource | None) -> int:
+    """Delete source ``old`` (being replaced) and its rows; how many results it had."""
+    if old is None:
+        return 0
+    # Explicit deletes: SQLite only cascades with foreign keys on, which the registry sets,
+    # but being explicit keeps PostgreSQL and SQLite alike.
+    s.execute(delete(KbResult).where(KbResult.source_id == old.id))
+    s.execute(delete(KbDataset).where(KbDataset.source_id == old.id))
+    s.delete(old)
+    s.flush()
+    return int(old.n_results)
+
+
+def _result_row(source_id: int, dataset_id: int, r: ResultRow) -> dict[str, Any]:
+    """The ``kb_results`` row of result ``r``."""
+    return {
+        "source_id": source_id,
+        "dataset_id": dataset_id,
+        "strategy": r.strategy,
+        "strategy_key": r.strategy_key,
+        "metric": r.metric,
+        "value": r.value,
+        "std": r.std,
+        "n_seeds": r.n_seeds,
+        "cost_s": r.cost_s,
+        "gpu_hours": r.gpu_hours,
+        "line": r.line,
+    }
 
 
 @dataclass(frozen=True)

@@ -50,17 +50,16 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
-import math
 import re
-import unicodedata
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 from pomlia_hpc import vocab
 from pomlia_hpc.errors import InputError
-from pomlia_hpc.names import validate_name
+from pomlia_hpc.strategy.cells import Cell
 from pomlia_hpc.vocab import METRICS, TASK_TYPES
 
 STRATEGY_FIELDS: tuple[str, ...] = ("arch", "init", "mode", "img_size", "extra_data")
@@ -94,26 +93,22 @@ META_RANGES: dict[str, tuple[int, int]] = {
     "image_size": (1, MAX_SIDE_PX),
 }
 #: The most result rows one file may hold: 200 times the largest shipped table (2,400 rows).
-#: Every row is held in memory until the one transaction (about 3 KB a row), so a file made by
-#: mistake (a concatenation, a generated grid) is refused while it is read, not after it has
-#: filled the machine's memory.
+#: A file made by mistake (a concatenation, a generated grid) is refused while it is read,
+#: before it is imported.
 MAX_ROWS = 500_000
+#: Rows :func:`scan_results` hands on at a time: an import inserts them in one statement, so
+#: its memory stays that of one chunk whatever the file's length.
+CHUNK_ROWS = 5000
 #: The largest cost of one training run a table may give (seconds; about 32 years of one
 #: GPU): the recommender scales costs by training-set size and epochs, and a larger figure
 #: (``1e308``) overflowed to infinity, which no JSON column or output can hold.
 MAX_COST_S = 1e9
-#: First characters a spreadsheet takes for a formula (``=cmd|' /c calc'!A1``): a text cell
-#: starting with one is refused, as the tables are read back and shared as CSV.
-FORMULA_STARTS = ("=", "+", "-", "@")
-#: Unicode categories of characters refused in text cells: control characters (newlines,
-#: escape sequences that rewrite a terminal), invisible format characters (bidi overrides
-#: that show text in another order than it is stored) and line/paragraph separators.
-_CONTROL_CATEGORIES = ("Cc", "Cf", "Zl", "Zp")
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class ResultRow:
-    """One validated row: ``strategy`` holds the :data:`STRATEGY_FIELDS`."""
+    """One validated row: ``strategy`` holds the :data:`STRATEGY_FIELDS` (a dict the rows of
+    one strategy share: not to be changed), ``key`` its :func:`strategy_key`."""
 
     line: int
     dataset: str
@@ -124,19 +119,22 @@ class ResultRow:
     n_seeds: int | None = None
     cost_s: float | None = None
     gpu_hours: float | None = None
+    key: str = ""
 
     @property
     def strategy_key(self) -> str:
-        return strategy_key(self.strategy)
+        return self.key or strategy_key(self.strategy)
 
 
 @dataclass
 class ResultTable:
-    """A validated file: its rows and the meta-features of each data set it names."""
+    """A validated file: its rows (none when scanned: :func:`scan_results`), how many it has
+    and the meta-features of each data set it names."""
 
     path: Path
     rows: list[ResultRow]
     meta: dict[str, dict[str, Any]] = field(default_factory=dict)
+    n_rows: int = 0
 
 
 def strategy_key(strategy: Mapping[str, Any]) -> str:
@@ -145,6 +143,7 @@ def strategy_key(strategy: Mapping[str, Any]) -> str:
     return hashlib.sha1(text.encode()).hexdigest()[:16]
 
 
+@lru_cache(maxsize=4096)  # a table repeats a few words over all its rows
 def known_spelling(value: str, known: tuple[str, ...]) -> str:
     """``value`` as ``known`` spells it when it is one of them written in another case or with
     ``-``, ``_`` or spaces elsewhere (``Linear_Probe``, ``linear probe``, ``k-NN``); any other
@@ -219,112 +218,13 @@ def _header(path: Path) -> list[str]:
     return [c.strip() for c in first]
 
 
-class _Cell:
-    """Parses the cells of one row with messages naming file, line and column."""
-
-    def __init__(self, path: Path, line: int, row: Mapping[str, str]) -> None:
-        self.path, self.line, self.row = path, line, row
-
-    def fail(self, column: str, expected: str) -> InputError:
-        got = self.row.get(column, "")
-        return InputError(
-            f"{self.path}: line {self.line}, column '{column}': {got!r} is not valid; "
-            f"expected {expected}; nothing was imported"
-        )
-
-    def text(self, column: str, *, required: bool = True) -> str:
-        value = (self.row.get(column) or "").strip()
-        if required and not value:
-            raise self.fail(column, "a non-empty value")
-        return value
-
-    def name(self, column: str) -> str:
-        """The data set name in ``column``, by the name rule of ``data add``
-        (:mod:`pomlia_hpc.names`)."""
-        value = self.text(column)
-        try:
-            validate_name("data set", value)
-        except InputError as exc:
-            rule = str(exc).partition("expected ")[2]
-            raise self.fail(column, f"a data set name as `data add` takes: {rule}") from None
-        return value
-
-    def plain(self, column: str, *, required: bool = True) -> str:
-        """The text in ``column``, refused when it holds a control character or starts like a
-        spreadsheet formula (:data:`FORMULA_STARTS`): such cells are shown in tables and
-        written back to CSV files, where they would run or garble what is shown."""
-        value = self.text(column, required=required)
-        bad = [c for c in value if unicodedata.category(c) in _CONTROL_CATEGORIES]
-        if bad or value.startswith(FORMULA_STARTS):
-            raise self.fail(
-                column,
-                "text without control characters, not starting with "
-                + ", ".join(FORMULA_STARTS)
-                + " (a spreadsheet would take it for a formula)",
-            )
-        return value
-
-    def number(
-        self, column: str, *, required: bool = True, low: float = -math.inf, high: float = math.inf
-    ) -> float | None:
-        text = self.text(column, required=required)
-        if not text:
-            return None
-        expected = _range_text(low, high)
-        try:
-            value = float(text)
-        except ValueError:
-            raise self.fail(column, expected) from None
-        if not math.isfinite(value) or not low <= value <= high:
-            raise self.fail(column, expected)
-        return value
-
-    def integer(
-        self,
-        column: str,
-        *,
-        required: bool = True,
-        low: int = 0,
-        high: int | None = None,
-        choices: tuple[int, ...] = (),
-    ) -> int | None:
-        """The integer in ``column``: in [``low``, ``high``], or one of ``choices``."""
-        text = self.text(column, required=required)
-        if not text:
-            return None
-        if choices:
-            expected = " or ".join(str(c) for c in choices)
-        else:
-            expected = f"an integer >= {low}" if high is None else f"an integer in [{low}, {high}]"
-        try:
-            value = int(text)
-        except ValueError:
-            raise self.fail(column, expected) from None
-        allowed = value in choices if choices else low <= value and (high is None or value <= high)
-        if not allowed:
-            raise self.fail(column, expected)
-        return value
-
-
-def _range_text(low: float, high: float) -> str:
-    """``a number in [0, 1]``, ``a number >= 0`` or ``a number <= 5``: the range of a
-    number column in words (an unbounded end is left out, not written as ``inf``)."""
-    if math.isinf(low) and math.isinf(high):
-        return "a finite number"
-    if math.isinf(high):
-        return f"a number >= {low:g}"
-    if math.isinf(low):
-        return f"a number <= {high:g}"
-    return f"a number in [{low:g}, {high:g}]"
-
-
-def _optional(cell: _Cell, column: str, high: float) -> float | None:
+def _optional(cell: Cell, column: str, high: float) -> float | None:
     """The optional number in ``column`` (in [0, ``high``]); ``None`` where the file has no
     such column or the cell is empty."""
     return cell.number(column, required=False, low=0.0, high=high) if column in cell.row else None
 
 
-def _meta_of(cell: _Cell, prefix: str) -> dict[str, Any]:
+def _meta_of(cell: Cell, prefix: str) -> dict[str, Any]:
     """The meta-features of one row (columns ``prefix + name``)."""
     task = cell.text(prefix + "task_type")
     task_type = normalize_task_type(task)
@@ -351,7 +251,7 @@ def _meta_of(cell: _Cell, prefix: str) -> dict[str, Any]:
     return meta
 
 
-def _check_classes(cell: _Cell, prefix: str, task_type: str, n_classes: int) -> None:
+def _check_classes(cell: Cell, prefix: str, task_type: str, n_classes: int) -> None:
     """Refuse a class count the task type contradicts, as `pomlia data add` does: a binary
     task has exactly 2 classes, a multi-class or ordinal one at least 2 (a task of one class
     has nothing to tell apart; the recommender would compare it with real ones)."""
@@ -380,7 +280,7 @@ def read_meta(path: str | Path) -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
     first: dict[str, int] = {}
     for line, row in _rows(p):
-        cell = _Cell(p, line, row)
+        cell = Cell(p, line, row)
         name = cell.name("dataset")
         if name in out:
             raise InputError(
@@ -436,14 +336,80 @@ def _check_meta_columns(path: Path, meta_cols: list[str]) -> None:
         )
 
 
-def read_results(
+class _Strategies:
+    """The strategies of one file, each kept once: a table repeats a few hundred strategies
+    over its rows, and a row of its own copy of the dict, key and strings weighed about 1 KB
+    (1.5 GB to import 500,000 rows). A strategy's ``id`` is its number in this file."""
+
+    def __init__(self) -> None:
+        self.known: dict[tuple[Any, ...], tuple[dict[str, Any], str, int]] = {}
+        self.datasets: dict[str, int] = {}
+        self.names: dict[str, str] = {}  # each data set's name, one string for all its rows
+
+    def get(self, values: tuple[Any, ...]) -> tuple[dict[str, Any], str, int]:
+        """(strategy, its key, its id) of the :data:`STRATEGY_FIELDS` ``values``."""
+        got = self.known.get(values)
+        if got is None:
+            strategy = dict(zip(STRATEGY_FIELDS, values, strict=True))
+            got = self.known[values] = (strategy, strategy_key(strategy), len(self.known))
+        return got
+
+    def cell(self, dataset: str, strategy_id: int, metric: str) -> int:
+        """One int for (data set, strategy, metric): a 500,000-row file's cells fit in
+        tens of MB (each below 2^60: at most :data:`MAX_ROWS` data sets and strategies)."""
+        ds = self.datasets.setdefault(dataset, len(self.datasets))
+        return (strategy_id << 30 | ds) << 2 | METRICS.index(metric)
+
+
+def _result(cell: Cell, strategies: _Strategies) -> tuple[ResultRow, int]:
+    """The validated result of one row (its data set's name and its strategy shared with the
+    file's earlier rows) and its strategy's id."""
+    name = cell.name("dataset")
+    dataset = strategies.names.setdefault(name, name)
+    metric = cell.text("metric").lower()
+    if metric not in METRICS:
+        raise cell.fail("metric", "one of " + ", ".join(METRICS))
+    value = cell.number("value", low=0.0, high=1.0)
+    assert value is not None
+    extra = cell.text("extra_data", required=False) or "none"
+    if extra not in ("none", "nearest"):
+        raise cell.fail("extra_data", "none or nearest (or empty)")
+    strategy, key, strategy_id = strategies.get(
+        (
+            cell.plain("arch"),
+            known_spelling(cell.plain("init"), INITS),
+            known_spelling(cell.plain("mode"), MODES),
+            cell.integer("img_size", low=1, high=MAX_SIDE_PX),
+            extra,
+        )
+    )
+    n_seeds = cell.integer("n_seeds", required=False, low=1) if "n_seeds" in cell.row else None
+    result = ResultRow(
+        line=cell.line,
+        dataset=dataset,
+        strategy=strategy,
+        metric=METRICS[METRICS.index(metric)],  # one string object for every row
+        value=value,
+        std=_optional(cell, "std", 1.0),
+        n_seeds=n_seeds,
+        cost_s=_optional(cell, "cost_s", MAX_COST_S),
+        gpu_hours=_optional(cell, "gpu_hours", MAX_COST_S / 3600),
+        key=key,
+    )
+    return result, strategy_id
+
+
+def scan_results(
     path: str | Path,
     meta_path: str | Path | None = None,
     known_meta: Mapping[str, dict[str, Any]] | None = None,
+    on_rows: Callable[[list[ResultRow]], None] = lambda _rows: None,
 ) -> ResultTable:
-    """Read and validate a long-format file. Meta-features come from ``meta_`` columns, from
-    the file ``meta_path``, or from ``known_meta`` (imported before), in that order; a data set
-    with none of them is an error naming the first line that uses it."""
+    """Read and validate a long-format file, handing its rows to ``on_rows`` in lists of at
+    most :data:`CHUNK_ROWS` and keeping none: the returned table has no ``rows``, only
+    ``n_rows`` and the meta-features. Meta-features come from ``meta_`` columns, from the file
+    ``meta_path``, or from ``known_meta`` (imported before), in that order; a data set with
+    none of them is an error naming the first line that uses it."""
     p = Path(path)
     columns = _header(p)
     meta_cols = [c for c in columns if c.startswith(META_PREFIX)]
@@ -453,45 +419,21 @@ def read_results(
         _check_meta_columns(p, meta_cols)
     file_meta = dict(read_meta(meta_path)) if meta_path is not None else {}
     row_meta: dict[str, tuple[int, dict[str, Any]]] = {}
-    rows: list[ResultRow] = []
-    seen: dict[tuple[str, str, str], int] = {}
+    strategies = _Strategies()
+    seen: dict[int, int] = {}  # cell -> its line
+    chunk: list[ResultRow] = []
+    n_rows = 0
     for line, row in _rows(p):
-        if len(rows) >= MAX_ROWS:
+        if n_rows >= MAX_ROWS:
             raise InputError(
                 f"{p}: line {line}: more than {MAX_ROWS:,} result rows; expected a table of "
                 f"published results of at most {MAX_ROWS:,} rows (split a larger one into "
                 "several sources); nothing was imported"
             )
-        cell = _Cell(p, line, row)
-        dataset = cell.name("dataset")
-        metric = cell.text("metric").lower()
-        if metric not in METRICS:
-            raise cell.fail("metric", "one of " + ", ".join(METRICS))
-        value = cell.number("value", low=0.0, high=1.0)
-        assert value is not None
-        extra = cell.text("extra_data", required=False) or "none"
-        if extra not in ("none", "nearest"):
-            raise cell.fail("extra_data", "none or nearest (or empty)")
-        strategy = {
-            "arch": cell.plain("arch"),
-            "init": known_spelling(cell.plain("init"), INITS),
-            "mode": known_spelling(cell.plain("mode"), MODES),
-            "img_size": cell.integer("img_size", low=1, high=MAX_SIDE_PX),
-            "extra_data": extra,
-        }
-        n_seeds = cell.integer("n_seeds", required=False, low=1) if "n_seeds" in row else None
-        result = ResultRow(
-            line=line,
-            dataset=dataset,
-            strategy=strategy,
-            metric=metric,
-            value=value,
-            std=_optional(cell, "std", 1.0),
-            n_seeds=n_seeds,
-            cost_s=_optional(cell, "cost_s", MAX_COST_S),
-            gpu_hours=_optional(cell, "gpu_hours", MAX_COST_S / 3600),
-        )
-        key = (dataset, result.strategy_key, metric)
+        cell = Cell(p, line, row)
+        result, strategy_id = _result(cell, strategies)
+        dataset = result.dataset
+        key = strategies.cell(dataset, strategy_id, result.metric)
         if key in seen:
             raise InputError(
                 f"{p}: line {line}: duplicates line {seen[key]} (same dataset, strategy "
@@ -515,11 +457,29 @@ def read_results(
                 f"meta-features (not in {where}, nor imported before); expected its task "
                 "type, channels, classes and training size; nothing was imported"
             )
-        rows.append(result)
-    if not rows:
+        chunk.append(result)
+        n_rows += 1
+        if len(chunk) >= CHUNK_ROWS:
+            on_rows(chunk)
+            chunk = []
+    if chunk:
+        on_rows(chunk)
+    if not n_rows:
         raise InputError(f"{p}: no result rows after the header; nothing was imported")
-    used = {r.dataset for r in rows}
     meta_out = {d: m for d, (_, m) in row_meta.items()}
-    for d in used - set(meta_out):
+    for d in set(strategies.datasets) - set(meta_out):
         meta_out[d] = dict(file_meta.get(d) or (known_meta or {})[d])
-    return ResultTable(p, rows, meta_out)
+    return ResultTable(p, [], meta_out, n_rows)
+
+
+def read_results(
+    path: str | Path,
+    meta_path: str | Path | None = None,
+    known_meta: Mapping[str, dict[str, Any]] | None = None,
+) -> ResultTable:
+    """:func:`scan_results` with every row kept in ``rows`` (a small file: each row weighs
+    about 200 bytes here)."""
+    rows: list[ResultRow] = []
+    table = scan_results(path, meta_path, known_meta, rows.extend)
+    table.rows = rows
+    return table
