@@ -14,13 +14,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import select
+from sqlalchemy import select, update
 from typer.testing import CliRunner
 
 from pomlia_hpc.cli import app
-from pomlia_hpc.registry import MonitorReport, Registry
+from pomlia_hpc.registry import Model, MonitorReport, Registry, Task
 from pomlia_hpc.report.pages_ops import monitor_chart
 from pomlia_hpc.workspace import Workspace
+from tests.fixtures.factories import row_task
 from tests.monitor_support import append_lines, demo_model, images, log_predictions
 
 LABELS = 60
@@ -163,3 +164,34 @@ def _late_time(ws: Workspace) -> str:
     """The time the fixture's late labels carry."""
     path = ws.path("logs", "predictions", "blood", "late-labels.jsonl")
     return str(json.loads(path.read_text().splitlines()[0])["time"])
+
+
+def test_the_task_record_decides_the_metric_as_for_the_gate_and_a_differing_card_is_said(
+    env: tuple[Workspace, Registry, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The monitor took the metric from the bundle's card (written at export), the gate from
+    the task record: a bundle exported before cards recorded the metric (and reused by every
+    later export of the same weights) was tested by accuracy, without a word, while the gate
+    compared the task's AUC. The record now decides for both, and the card's other metric, or
+    its lack of one, is named in a note."""
+    ws, reg, card_path = env
+    task_id = row_task(reg, "blood-task")
+    with reg.session() as s:
+        s.execute(update(Task).where(Task.id == task_id).values(metric="auc"))
+        s.execute(update(Model).where(Model.name == "blood").values(task_id=task_id))
+    try:
+        card = json.loads(card_path.read_text())
+        card["task"].pop("metric", None)  # as an export before cards recorded it
+        card_path.write_text(json.dumps(card))
+        monkeypatch.setenv("POMLIA_HOME", str(ws.home))
+        monkeypatch.delenv("POMLIA_DB_URL", raising=False)
+        res = CliRunner().invoke(app, ["monitor", "run", "blood", "--json"])
+        assert res.exit_code in (0, 1), res.output
+        report = json.loads(res.stdout)
+        assert report["performance"]["metric"] == "auc"
+        note = report["notes"][0]
+        assert f"the bundle's card ({card_path}) names no task metric" in note, note
+        assert "its task blood-task's record 'auc': auc is tested" in note, note
+    finally:
+        with reg.session() as s:  # the other tests' model has no task
+            s.execute(update(Model).where(Model.name == "blood").values(task_id=None))

@@ -36,7 +36,7 @@ from pomlia_hpc.monitor.checks import CheckOutcome, run_checks
 from pomlia_hpc.monitor.history import FORMAT, show_time
 from pomlia_hpc.monitor.labels import DEFAULT_LOOKBACK, label_notes
 from pomlia_hpc.monitor.logread import LogWindow, read_window
-from pomlia_hpc.monitor.metrictest import task_metric
+from pomlia_hpc.monitor.metrictest import model_task, task_metric
 from pomlia_hpc.monitor.publish import publish_report
 from pomlia_hpc.monitor.reference import (
     Target,
@@ -514,7 +514,9 @@ def monitor_run(
     # One run of a model at a time (monitor/runlock.py): held to the end of --on-alarm.
     with monitor_lock(workspace, target.model.name, ref, progress):
         reference = load_reference(target)
-        metric, metric_note = task_metric(target.bundle.card, str(target.bundle.root / CARD))
+        card_file = str(target.bundle.root / CARD)
+        task = model_task(registry, target.model)  # the gate's source: the task record
+        metric, metric_note = task_metric(target.bundle.card, card_file, task)
         if metric_note is not None:
             progress(f"warning: {metric_note}")
         span = (since, until, label_lookback)
