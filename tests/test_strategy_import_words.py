@@ -1,6 +1,7 @@
 """`strategy import`: a known initial-weights or training-mode word is read in any case and
 with ``-`` or a space for ``_`` (``Linear_Probe``, ``linear probe``, ``k-NN``) and stored as
-the knowledge base spells it; other words are kept as written."""
+the knowledge base spells it; other words are kept as written. Column names, metrics and
+``extra_data`` are read in any case."""
 
 from __future__ import annotations
 
@@ -81,3 +82,20 @@ def test_a_source_imported_before_is_read_in_the_known_spelling(
     assert (obs.strategy["init"], obs.strategy["mode"]) == ("pretrained", "linear_probe")
     fresh = {"arch": "resnet18", "init": "pretrained", "mode": "linear_probe"}
     assert obs.key == kb.strategy_key(fresh | {"img_size": 28, "extra_data": "none"})
+
+
+def test_column_names_metric_and_extra_data_are_read_in_any_case(
+    registry: Registry, tmp_path: Path
+) -> None:
+    """A spreadsheet's `Dataset,Arch,...` header was refused as "missing column(s) dataset,
+    arch, ..." and `Nearest` as not `none or nearest`, though the metric was read in any case."""
+    path = tmp_path / "r.csv"
+    path.write_text(
+        "Dataset,Arch,Init,Mode,Img_Size,Metric,Value,Extra_Data,"
+        "Meta_Task_Type,Meta_N_Channels,Meta_N_Classes,Meta_N_Train\n"
+        f"a,resnet18,scratch,full,28,ACC,0.9,Nearest,{META}\n"
+    )
+    kb.import_table(registry, path, "t")
+    with registry.session() as s:
+        (row,) = s.execute(select(KbResult.strategy, KbResult.metric)).all()
+    assert row.strategy["extra_data"] == "nearest" and row.metric == "acc"

@@ -31,6 +31,7 @@ Meta-features (a second file, or ``meta_``-prefixed columns): ``dataset``, ``tas
 (``multi-class``, ``binary``, ``multi-label``, ``ordinal``), ``n_channels``, ``n_classes``,
 ``n_train`` are required; ``n_val``, ``n_test``, ``image_size``, ``dims`` are optional
 integers; ``license`` and ``notes`` optional text. An empty optional cell means "unknown".
+Column names, ``metric`` and ``extra_data`` are read in any case.
 Text cells (``arch``, ``init``, ``mode``, ``license``, ``notes``) may not hold control
 characters nor start with ``=``, ``+``, ``-`` or ``@`` (a spreadsheet formula).
 A known ``init`` or ``mode`` is read in any case and with ``-`` or a space for ``_``
@@ -183,7 +184,7 @@ def _rows(path: Path) -> Iterator[tuple[int, dict[str, str]]]:
                 raise InputError(f"{path}: the file is empty; expected a CSV header line")
             # As the header check reads them (:func:`_header`): `dataset, arch, ...` written
             # with a space after each comma named columns ' arch', whose cells read as empty.
-            reader.fieldnames = [c.strip() for c in reader.fieldnames]
+            reader.fieldnames = [c.strip().lower() for c in reader.fieldnames]
             for row in reader:
                 if None in row:
                     raise InputError(
@@ -215,7 +216,8 @@ def _header(path: Path) -> list[str]:
         raise InputError(f"{path}: not UTF-8 text ({exc.reason})") from exc
     if not first:
         raise InputError(f"{path}: the file is empty; expected a CSV header line")
-    return [c.strip() for c in first]
+    # Any case: a spreadsheet's `Dataset,Arch,...` was refused as missing every column.
+    return [c.strip().lower() for c in first]
 
 
 def _optional(cell: Cell, column: str, high: float) -> float | None:
@@ -371,7 +373,7 @@ def _result(cell: Cell, strategies: _Strategies) -> tuple[ResultRow, int]:
         raise cell.fail("metric", "one of " + ", ".join(METRICS))
     value = cell.number("value", low=0.0, high=1.0)
     assert value is not None
-    extra = cell.text("extra_data", required=False) or "none"
+    extra = (cell.text("extra_data", required=False) or "none").lower()
     if extra not in ("none", "nearest"):
         raise cell.fail("extra_data", "none or nearest (or empty)")
     strategy, key, strategy_id = strategies.get(
