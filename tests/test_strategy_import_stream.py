@@ -111,3 +111,16 @@ def test_a_file_changed_between_its_two_readings_imports_nothing(
     assert f"{table}: the file changed while it was imported" in msg, msg
     assert "nothing was imported" in msg, msg
     assert _results(registry) == {}
+
+
+@pytest.mark.parametrize("name", ["missing.csv", "."])
+def test_a_file_that_cannot_be_read_is_one_error(
+    registry: Registry, tmp_path: Path, name: str
+) -> None:
+    """The checksum taken before the file was read made a missing file or a folder an
+    internal error (FileNotFoundError, IsADirectoryError) with a traceback."""
+    path = tmp_path / name
+    with pytest.raises(InputError) as err:
+        kb.import_table(registry, path, "t")
+    assert str(err.value).startswith(f"{path}: cannot be read ("), err.value
+    assert _results(registry) == {}

@@ -115,7 +115,12 @@ class KnowledgeBase:
 
 
 def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    """The file's SHA-256, read in blocks (not the whole file in memory at once)."""
+    try:
+        with path.open("rb") as f:
+            return hashlib.file_digest(f, "sha256").hexdigest()
+    except OSError as exc:
+        raise InputError(f"{path}: cannot be read ({exc.strerror}); nothing was imported") from exc
 
 
 def _known_meta(registry: Registry, exclude_source: str | None) -> dict[str, dict[str, Any]]:
@@ -189,12 +194,13 @@ def import_table(
 
     with registry.session() as s:  # first, so the file's own problems do not hide it
         refuse_existing(s)
-    sha256 = _sha256(p)
     # Two passes over the file, neither keeping its rows (a 500,000-row file took 1.5 GB held
     # whole): the first validates it all before the transaction (a bad file waits for no
-    # lock and holds none), the second inserts it chunk by chunk in the one transaction.
+    # lock and holds none), the second, as strict, inserts it chunk by chunk in the one
+    # transaction; the checksum, taken between them, must hold after the second.
     known = _known_meta(registry, source)
     table = check_file(p, meta_path, known)
+    sha256 = _sha256(p)
     with registry.session() as s:
         # Two imports of one source at once: the second waits here for the first to commit
         # (it then replaces that one, or is refused without --replace) instead of deleting
