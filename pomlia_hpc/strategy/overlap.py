@@ -12,11 +12,10 @@ is imported.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from pomlia_hpc.errors import InputError
@@ -38,18 +37,8 @@ def canonical_key(strategy: dict[str, Any]) -> str:
     return strategy_key({**canonical_words(strategy), "arch": canonical_arch(arch)})
 
 
-@dataclass(frozen=True)
-class _Held:
-    """A figure another source already holds."""
-
-    source: str
-    file: str
-    line: int | None
-    value: float
-
-
-def _cell(dataset: str, strategy: dict[str, Any], metric: str) -> tuple[str, str, str]:
-    return dataset, canonical_key(strategy), metric
+#: The other sources' figures are read this many at a time (not all the rows at once).
+FETCH_ROWS = 10_000
 
 
 class WithinFile:
@@ -91,33 +80,6 @@ class WithinFile:
         )
 
 
-def _held_elsewhere(
-    s: Session, table: ResultTable, source: str
-) -> dict[tuple[str, str, str], _Held]:
-    """The figures other sources hold on the data sets of ``table``, by cell."""
-    held: dict[tuple[str, str, str], _Held] = {}
-    q = (
-        select(
-            KbSource.name,
-            KbSource.file,
-            KbDataset.name,
-            KbResult.strategy,
-            KbResult.metric,
-            KbResult.value,
-            KbResult.line,
-        )
-        .join(KbDataset, KbResult.dataset_id == KbDataset.id)
-        .join(KbSource, KbResult.source_id == KbSource.id)
-        .where(KbDataset.name.in_(sorted(table.meta)), KbSource.name != source)
-        .order_by(KbSource.id, KbResult.id)
-    )
-    for src, file, dataset, strategy, metric, value, line in s.execute(q):
-        held.setdefault(
-            _cell(dataset, dict(strategy), metric), _Held(src, file, line, float(value))
-        )
-    return held
-
-
 def _text(strategy: dict[str, Any]) -> str:
     """``ResNet-18 pretrained/full 28px`` (``+nearest images`` with extra data)."""
     extra = " +nearest images" if strategy.get("extra_data") == "nearest" else ""
@@ -131,12 +93,55 @@ class Elsewhere:
     same data set, strategy and metric (the same value is no conflict: the same results
     published twice change nothing). Made in ``s``, the import's transaction, after the lock
     every import takes (:func:`.kb.import_table`), so that a source imported at the same time
-    is seen; then given the file's rows chunk by chunk."""
+    is seen; then given the file's rows chunk by chunk. The other sources' figures on the
+    file's data sets are held as ints and tuples (about 200 bytes each: 500,000 of them took
+    700 MB as objects of their own)."""
 
     def __init__(self, s: Session, table: ResultTable, source: str) -> None:
         self.path = table.path
-        self.held = _held_elsewhere(s, table, source)
-        self.keys: dict[str, str] = {}  # a row's strategy key -> the canonical one
+        self.sources: dict[int, tuple[str, str]] = {}  # id -> (name, file)
+        self.canonical: dict[str, int] = {}  # canonical strategy key -> its id
+        self.keys: dict[str, int | None] = {}  # a strategy key as stored -> canonical id
+        self.datasets: dict[str, int] = {}
+        #: cell -> (source id, line, value) of the first source (by id) that holds it
+        self.held: dict[int, tuple[int, int | None, float]] = {}
+        self._load(s, table, source)
+
+    def _load(self, s: Session, table: ResultTable, source: str) -> None:
+        where = (KbDataset.name.in_(sorted(table.meta)), KbSource.name != source)
+        joined = (
+            select(KbResult.id)
+            .join(KbDataset, KbResult.dataset_id == KbDataset.id)
+            .join(KbSource, KbResult.source_id == KbSource.id)
+            .where(*where)
+        )
+        # One stored strategy per key (its JSON read once, not once per row).
+        first = joined.with_only_columns(func.min(KbResult.id)).group_by(KbResult.strategy_key)
+        for key, strategy in s.execute(
+            select(KbResult.strategy_key, KbResult.strategy).where(KbResult.id.in_(first))
+        ):
+            ckey = canonical_key(dict(strategy))
+            self.keys[key] = self.canonical.setdefault(ckey, len(self.canonical))
+        rows = joined.with_only_columns(
+            KbSource.id,
+            KbSource.name,
+            KbSource.file,
+            KbDataset.name,
+            KbResult.strategy_key,
+            KbResult.metric,
+            KbResult.value,
+            KbResult.line,
+        ).order_by(KbSource.id, KbResult.id)
+        for src, name, file, dataset, key, metric, value, line in s.execute(
+            rows.execution_options(yield_per=FETCH_ROWS)
+        ):
+            self.sources.setdefault(src, (name, file))
+            cell = self._cell(dataset, self.keys[key], metric)
+            self.held.setdefault(cell, (src, line, float(value)))
+
+    def _cell(self, dataset: str, canonical: int | None, metric: str) -> int:
+        ds = self.datasets.setdefault(dataset, len(self.datasets))
+        return ((canonical or 0) << 30 | ds) << 2 | METRICS.index(metric)
 
     def check(self, rows: list[ResultRow]) -> None:
         """One :class:`InputError` naming the file, line and column of the first row of
@@ -144,20 +149,27 @@ class Elsewhere:
         if not self.held:
             return
         for row in rows:
-            ckey = self.keys.get(row.strategy_key)
-            if ckey is None:
-                ckey = self.keys[row.strategy_key] = canonical_key(row.strategy)
-            other = self.held.get((row.dataset, ckey, row.metric))
-            if other is None or other.value == row.value:
+            if row.strategy_key not in self.keys:
+                ckey = canonical_key(row.strategy)
+                self.keys[row.strategy_key] = self.canonical.get(ckey)
+            canonical = self.keys[row.strategy_key]
+            if canonical is None or row.dataset not in self.datasets:
+                continue  # no other source holds this strategy, or this data set
+            other = self.held.get(self._cell(row.dataset, canonical, row.metric))
+            if other is None or other[2] == row.value:
                 continue
-            where = f"line {other.line} of {other.file}" if other.line else other.file
-            # Shortest round-trip forms, not 6 significant digits: 0.9123451 and 0.9123449
-            # both read "0.912345", a refusal of a value equal to the one it names.
-            raise InputError(
-                f"{self.path}: line {row.line}, column 'value': {row.value!r} for data set "
-                f"'{row.dataset}', {_text(row.strategy)}, {row.metric}, but source "
-                f"'{other.source}' gives {other.value!r} ({where}); expected one value per "
-                "data set, strategy and metric in the knowledge base (it would use only one): "
-                "leave the row out, name the data set differently, or correct the other "
-                "source; nothing was imported"
-            )
+            self._refuse(row, *other)
+
+    def _refuse(self, row: ResultRow, src: int, line: int | None, value: float) -> None:
+        name, file = self.sources[src]
+        where = f"line {line} of {file}" if line else file
+        # Shortest round-trip forms, not 6 significant digits: 0.9123451 and 0.9123449
+        # both read "0.912345", a refusal of a value equal to the one it names.
+        raise InputError(
+            f"{self.path}: line {row.line}, column 'value': {row.value!r} for data set "
+            f"'{row.dataset}', {_text(row.strategy)}, {row.metric}, but source "
+            f"'{name}' gives {value!r} ({where}); expected one value per "
+            "data set, strategy and metric in the knowledge base (it would use only one): "
+            "leave the row out, name the data set differently, or correct the other "
+            "source; nothing was imported"
+        )
