@@ -225,3 +225,23 @@ def test_a_refused_value_is_shown_apart_from_the_one_it_differs_from(
         kb.import_table(registry, two, "two", meta_path=meta)
     msg = str(err.value)
     assert "'value': 0.9123449 for data set 'a'" in msg and "gives 0.9123451" in msg, msg
+
+
+def test_meta_columns_and_a_meta_file_together_are_refused(
+    registry: Registry, tmp_path: Path
+) -> None:
+    """With `meta_` columns, the `--meta` file was read but its values went unused without a
+    word (a binary data set of 3 channels there was imported as the columns' multi-class one
+    of 1), and the source recorded the file as its meta-features' file."""
+    cols = HEADER.strip() + ",meta_task_type,meta_n_channels,meta_n_classes,meta_n_train\n"
+    path = _write(
+        tmp_path, cols + "b,resnet18,scratch,full,28,acc,0.5,multi-class,1,5,100\n", "r.csv"
+    )
+    meta = _write(tmp_path, META, "m.csv")
+    with pytest.raises(InputError) as err:
+        kb.import_table(registry, path, "t", meta_path=meta)
+    msg = str(err.value)
+    assert msg.startswith(f"{path}: line 1: meta-feature columns (meta_task_type, "), msg
+    assert f"and the meta-feature file {meta} both give" in msg, msg
+    assert "expected one of them; nothing was imported" in msg, msg
+    assert _counts(registry) == (0, 0)

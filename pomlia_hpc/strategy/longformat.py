@@ -419,6 +419,12 @@ def scan_results(
     _check_columns(p, columns, REQUIRED, allowed)
     if meta_cols:
         _check_meta_columns(p, meta_cols)
+    if meta_cols and meta_path is not None:  # the file's were used, the other's not read
+        raise InputError(
+            f"{p}: line 1: meta-feature columns ({', '.join(meta_cols)}) and the meta-feature "
+            f"file {meta_path} both give meta-features; expected one of them; nothing was "
+            "imported"
+        )
     file_meta = dict(read_meta(meta_path)) if meta_path is not None else {}
     row_meta: dict[str, tuple[int, dict[str, Any]]] = {}
     strategies = _Strategies()
