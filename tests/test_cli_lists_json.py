@@ -24,7 +24,7 @@ KEYS = {
     "created_at store_path current",
     ("task", "list"): "id name dataset task_type metric",
     ("runs", "list"): "id task study status epochs config val test objective cost_s "
-    "train_s job scheduler_id error cause traceback created_at software",
+    "train_s job scheduler_id error cause traceback created_at software history",
     ("model", "list"): "id name task dataset run_id study arch metric test_score test_n exported "
     "code_version created_at",
     ("jobs", "list"): "id name backend scheduler_id state requeue_count submitted_at ended_at "
@@ -52,7 +52,8 @@ def filled(workspace: Workspace, reg: Registry) -> Workspace:
             config={"arch": "small_cnn"},
             budget=1,
             status="ok",
-            metrics={"objective": 0.5, "val": {"acc": 0.5}, "test": {"acc": 0.4}},
+            metrics={"objective": 0.5, "val": {"acc": 0.5}, "test": {"acc": 0.4}}
+            | {"history": [{"epoch": 1.0, "train_loss": 2.25, "seconds": 0.5}]},
             cost_s=2.0,
             job_id=job.id,
         )
@@ -92,6 +93,8 @@ def test_list_json_values(filled: Workspace) -> None:
 
     (run,) = rows("runs", "list")
     assert run["val"] == {"acc": 0.5} and run["objective"] == 0.5
+    # the losses per epoch, which docs/guide/reproducibility.md compares run by run
+    assert run["history"] == [{"epoch": 1.0, "train_loss": 2.25, "seconds": 0.5}]
     # `job` is the registry's id, the one `pomlia jobs show/cancel` take; Slurm's id beside it
     (job_row,) = rows("jobs", "list")
     assert run["job"] == job_row["id"] == 7 and run["scheduler_id"] == "42"
@@ -343,3 +346,23 @@ def test_narrow_runs_list_shows_a_cost_of_zero_and_one_epoch(
     assert res.exit_code == 0, res.output
     text = " ".join(res.output.split())
     assert "0.0 s" in text and "1 epoch" in text and "1 epochs" not in text, res.output
+
+
+def guide_keys(command: tuple[str, ...]) -> list[str]:
+    """The keys the user guide's "Lists as JSON" table gives for ``pomlia COMMAND --json``, in
+    order: the table's words outside parentheses (which explain a key), comma-separated."""
+    guide = Path(__file__).resolve().parents[1] / "docs" / "guide" / "README.md"
+    row = f"| `pomlia {' '.join(command)} --json` |"
+    (line,) = [ln for ln in guide.read_text().splitlines() if ln.startswith(row)]
+    cell, depth = "", 0
+    for ch in line.removeprefix(row).rstrip("| "):
+        depth += {"(": 1, ")": -1}.get(ch, 0)
+        cell += ch if depth == 0 and ch != ")" else ""
+    return [k.strip() for k in cell.split(",")]
+
+
+@pytest.mark.parametrize("command", sorted(KEYS))
+def test_the_guide_names_the_keys(command: tuple[str, str]) -> None:
+    """docs/guide/README.md's table of --json keys is what the commands print: it lacked a
+    key the product added (`runs list`'s history) and a user reading it could not know."""
+    assert guide_keys(command) == KEYS[command].split()

@@ -77,10 +77,12 @@ def runs_list(
     scheduler_id (Slurm's job id or the local pid), error (the whole text), cause (its first
     line, which the table shows whole), traceback (the rest: the job's traceback), created_at,
     software (the versions the trial job trained with: python, pomlia, packages, torch_build;
-    null for a crash, or a run recorded before they were kept); a missing value is null, and
-    so is a metric undefined for the run (val.auc of a split of one class; the table shows
-    n/a). A console too narrow for the full table (80 columns) gets 6 columns: the error under
-    the configuration, val and test metrics in one column, two values stacked in the others."""
+    null for a crash, or a run recorded before they were kept), history (per epoch: epoch,
+    train_loss, seconds, as the trial recorded them; null for a crash); a missing value is
+    null, and so is a metric undefined for the run (val.auc of a split of one class; the table
+    shows n/a). A console too narrow for the full table (80 columns) gets 6 columns: the error
+    under the configuration, val and test metrics in one column, two values stacked in the
+    others."""
     from pomlia_hpc.automl.folders import study_names  # not .study: that imports torch
     from pomlia_hpc.automl.records import list_runs, settle_cancelled
 
@@ -103,6 +105,9 @@ def runs_list(
                 | {"error": r.error}
                 | dict(zip(("cause", "traceback"), cause_and_traceback(r.error), strict=True))
                 | {"created_at": r.created_at, "software": r.metrics.get("software")}
+                # The losses, so that two studies run with the same seed can be compared run by
+                # run from here (docs/guide/reproducibility.md), not only from the registry.
+                | {"history": r.metrics.get("history")}
                 for r in rows
             ]
         )
