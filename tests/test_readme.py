@@ -79,3 +79,27 @@ def test_commands_named_in_comments_have_their_arguments() -> None:
         assert len(given) >= len(required), (span, [p.name for p in required])
         checked.append(span)
     assert "loop show SLOT" in checked
+
+
+def layout_entries() -> dict[str, set[str]]:
+    """README's Layout block as {top folder: the names listed for it} (``cli/``, ``vocab.py``)."""
+    text = README.read_text()
+    block = re.search(r"## Layout\n\n```\n(.*?)```", text, flags=re.S)
+    assert block, "README.md has no Layout block"
+    listed: dict[str, set[str]] = {}
+    top = ""
+    for line in block.group(1).splitlines():
+        if line and not line[0].isspace():
+            top, line = line.split()[0], line[len(line.split()[0]) :]
+        listed.setdefault(top, set()).update(w.strip(",") for w in line.split())
+    return listed
+
+
+@pytest.mark.parametrize("folder", ["pomlia_hpc/", "scripts/"])
+def test_the_layout_lists_every_module_and_script(folder: str) -> None:
+    """The Layout block named neither `provenance.py` and `storage.py` (rooms of their own in
+    docs/ARCHITECTURE.md) nor `scripts/gpu_automl_check.sh`; it also must name nothing gone."""
+    root = README.parent / folder
+    skip = {"__init__.py", "__main__.py", "py.typed", "__pycache__"}
+    on_disk = {p.name + ("/" if p.is_dir() else "") for p in root.iterdir() if p.name not in skip}
+    assert layout_entries()[folder] == on_disk
