@@ -3,7 +3,7 @@ backticks in the text, names commands and options the CLI has; a command line of
 parses whole (its arguments, option values and types) as the CLI would take it. Parsed only,
 never run (tests/test_readme.py and tests/test_guides.py run the ``bash`` blocks), so the
 whole of docs/ costs well under a second: a renamed option or command cannot stay in the
-docs' examples, their ``console`` sessions (which nothing ran) or their prose."""
+docs' examples, their ``console`` sessions (which nothing ran) or their prose and synopses."""
 
 from __future__ import annotations
 
@@ -45,9 +45,12 @@ def block_lines(text: str) -> list[str]:
 
 
 def prose_spans(text: str) -> list[str]:
-    """The backticked ``pomlia ...`` spans of the text outside code blocks."""
-    prose = re.sub(r"```.*?```", "", text, flags=re.S).replace("\n", " ")
-    return re.findall(r"`(pomlia [^`]+)`", prose)
+    """The backticked ``pomlia ...`` spans of the text outside code blocks, and the synopses
+    of indented blocks (``    pomlia recommend TASK [--k 5]``: its optional parts as options)."""
+    prose = re.sub(r"```.*?```", "", text, flags=re.S)
+    synopses = re.findall(r"^ {4}(pomlia .*)$", prose.replace("\\\n", " "), flags=re.M)
+    spans = re.findall(r"`(pomlia [^`]+)`", prose.replace("\n", " "))
+    return spans + [re.sub(r"[\[\]]", "", s) for s in synopses]
 
 
 def resolve(line: str) -> tuple[Any, list[str], list[str]]:
