@@ -96,3 +96,25 @@ def test_the_data_page_feeds_the_fingerprints_page(
     assert train.startswith("pomlia fingerprint train "), train
     res = CliRunner().invoke(app, shlex.split(train)[1:])
     assert isinstance(res.exception, _SubmittedError), (train, res.output)
+
+
+def test_the_dry_run_shown_is_the_one_printed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pipeline.md shows the dry run of the paper's pipeline on the haicore profile; it showed
+    a table of another style than the one printed. The page's block is what a pipe gets."""
+    from pomlia_hpc.cli import app
+
+    text = (GUIDE / "pipeline.md").read_text()
+    cmd = "$ pomlia --cluster haicore pipeline run configs/pipelines/medmnist2d.yaml --dry-run\n"
+    shown = text[text.index(cmd) + len(cmd) :].split("```", 1)[0]
+    monkeypatch.setenv("POMLIA_HOME", str(tmp_path / "ws"))
+    monkeypatch.setenv("COLUMNS", "200")
+    monkeypatch.delenv("POMLIA_DB_URL", raising=False)
+    monkeypatch.delenv("POMLIA_CLUSTER", raising=False)
+    monkeypatch.chdir(GUIDE.parents[1])
+    assert CliRunner().invoke(app, ["init"]).exit_code == 0
+    res = CliRunner().invoke(app, shlex.split(cmd)[2:])
+    assert res.exit_code == 0, res.output
+    printed = "".join(line.rstrip() + "\n" for line in res.stdout.splitlines())
+    assert printed.strip("\n") == shown.strip("\n")
