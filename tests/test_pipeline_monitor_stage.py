@@ -114,3 +114,34 @@ def test_on_slurm_the_stage_names_the_registry_job_with_slurms_id_beside_it(
     out, log = _run_stage(slurm, reg, tmp_path, monkeypatch, workspace.db_url, {"at": "02:00"})
     assert "nightly monitor job 21 (slurm 28)," in log, log
     assert out["t"]["scheduled"] is True
+
+
+def test_the_plan_sizes_the_nightly_job_as_its_script_does(tmp_path: Path) -> None:
+    """The dry run on haicore showed the nightly monitor as `8 CPU, 1 GPU, 64 GB, 240 min`
+    (the profile's resources), a GPU node for 4 hours a night; its jobs run
+    jobs/monitor.sbatch, which asks for a few CPUs, no GPU and an hour, on the profile's
+    partition."""
+    from pomlia_hpc.config import load_cluster_profile
+    from pomlia_hpc.monitor.placement import CHAIN_SCRIPT
+
+    spec = parse_pipeline(
+        {
+            "name": "p",
+            "datasets": [{"name": "blood", "medmnist": "bloodmnist"}],
+            "tasks": [{"name": "t", "dataset": "blood", "metric": "acc"}],
+            "automl": {},
+            "export": {},
+            "deploy": {},
+            "monitor": {},
+        },
+        "p.yaml",
+        tmp_path,
+    )
+    (job,) = MONITOR.jobs(spec, load_cluster_profile("haicore"))
+    size = job.resources
+    script = CHAIN_SCRIPT.read_text()
+    assert (size.gpus_per_node, size.partition, size.time_min) == (0, "normal", 60)
+    assert "#SBATCH --time=01:00:00\n" in script and "gres" not in script
+    assert f"#SBATCH --cpus-per-task={size.cpus_per_task}\n" in script
+    assert f"#SBATCH --mem={size.mem_gb:g}G\n" in script
+    assert job.gpu_hours == 0

@@ -8,13 +8,17 @@ job of the chain submits (where another profile may be in effect), asks for the 
 
 from __future__ import annotations
 
+import re
 import shlex
 from pathlib import Path
 
-from pomlia_hpc.config import load_cluster_profile
+from pomlia_hpc.config import ClusterProfile, load_cluster_profile
 
 #: The chain's setting (``schedule.env``) with the sbatch options of its jobs, shell-quoted.
 SETTING = "POMLIA_MONITOR_SBATCH_ARGS"
+#: The batch script every job of a chain runs (``monitor schedule`` copies it beside the
+#: chain's settings): its ``#SBATCH`` lines, not the cluster profile, size those jobs.
+CHAIN_SCRIPT = Path(__file__).resolve().parents[2] / "jobs" / "monitor.sbatch"
 
 
 def profile_args(profile_name: str) -> list[str]:
@@ -38,3 +42,35 @@ def recorded_args(conf: Path) -> list[str]:
             words = shlex.split(value)
             return shlex.split(words[0]) if words else []
     return []
+
+
+def chain_job_resources(profile: ClusterProfile) -> ClusterProfile:
+    """``profile`` as one job of a monitoring chain gets it: the CPUs, memory (GB) and time
+    limit (minutes) of :data:`CHAIN_SCRIPT`'s ``#SBATCH`` lines and no GPU, where only the
+    partition, account and QOS come from the profile (:func:`profile_args`). A pipeline's dry
+    run showed the profile's own resources for the nightly job (8 CPUs, 1 GPU, 64 GB and
+    240 min on haicore), which its script never asks for."""
+    asked = dict(re.findall(r"^#SBATCH --([a-z-]+)=(\S+)$", CHAIN_SCRIPT.read_text(), re.M))
+    update = {"gpus_per_node": 0, "cpus_per_task": int(asked["cpus-per-task"])}
+    update |= {"mem_gb": _gigabytes(asked["mem"]), "time_min": _minutes(asked["time"])}
+    return profile.model_copy(update=update)
+
+
+def _gigabytes(mem: str) -> float:
+    """Slurm's ``--mem`` value (``4G``, ``512M``, ``512``: megabytes without a unit) in GB."""
+    units = {"K": 1 / 1024**2, "M": 1 / 1024, "G": 1.0, "T": 1024.0}
+    unit = mem[-1].upper() if mem[-1].isalpha() else "M"
+    return float(mem.rstrip("KMGTkmgt")) * units[unit]
+
+
+def _minutes(limit: str) -> int:
+    """Slurm's ``--time`` value (``MM``, ``MM:SS``, ``HH:MM:SS``, ``D-HH[:MM[:SS]]``) in
+    whole minutes, rounded up."""
+    days, _, clock = limit.rpartition("-")
+    parts = [int(x) for x in clock.split(":")]
+    if days:  # D-HH, D-HH:MM, D-HH:MM:SS
+        parts = [int(days) * 24 + parts[0], *parts[1:], 0, 0][:3]
+    elif len(parts) < 3:  # MM or MM:SS
+        parts = [0, *parts, 0][:3]
+    hours, minutes, seconds = parts
+    return hours * 60 + minutes + (1 if seconds else 0)

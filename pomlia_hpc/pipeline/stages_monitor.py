@@ -81,9 +81,12 @@ def _run(ctx: StageContext) -> dict[str, Any]:
 
 
 def _jobs(spec: PipelineSpec, profile: ClusterProfile) -> list[PlannedJob]:
+    from pomlia_hpc.monitor.placement import chain_job_resources
+
     if profile.backend != "slurm":
         return []
-    return [PlannedJob("nightly monitor (self-resubmitting)", len(spec.tasks), profile, None)]
+    resources = chain_job_resources(profile)  # its script's size, not an executor job's
+    return [PlannedJob("nightly monitor (self-resubmitting)", len(spec.tasks), resources, None)]
 
 
 def _still_there(ctx: StageContext, out: dict[str, Any]) -> bool:
