@@ -51,7 +51,7 @@ def chain_job_resources(profile: ClusterProfile) -> ClusterProfile:
     run showed the profile's own resources for the nightly job (8 CPUs, 1 GPU, 64 GB and
     240 min on haicore), which its script never asks for."""
     asked = dict(re.findall(r"^#SBATCH --([a-z-]+)=(\S+)$", CHAIN_SCRIPT.read_text(), re.M))
-    update = {"gpus_per_node": 0, "cpus_per_task": int(asked["cpus-per-task"])}
+    update: dict[str, float] = {"gpus_per_node": 0, "cpus_per_task": int(asked["cpus-per-task"])}
     update |= {"mem_gb": _gigabytes(asked["mem"]), "time_min": _minutes(asked["time"])}
     return profile.model_copy(update=update)
 
