@@ -169,6 +169,14 @@ def test_harvest_cli_says_what_it_skipped_and_replaced(
     start = (datetime.now(UTC) - timedelta(hours=1)).isoformat()
     res = CliRunner().invoke(app, ["data", "harvest", "m"])
     assert res.exit_code == 0, res.output
+    # The recorded ranges are [start, end): said as their first and last row and their count
+    # (printed as the list, [16, 24] read as 9 rows, one too many).
+    info = harvest_info(open_store(find_version(reg, "d").store_path).meta)
+    assert info is not None
+    first_row, end_row = info["fixed_test_rows"]
+    assert end_row - first_row == 8  # the parent's 8 test images
+    said = f"fixed test rows {first_row}-{end_row - 1} (8 rows)"
+    assert said in " ".join(res.output.split()), res.output
     # The harvested model is retrained: its successor is trained on the harvest.
     first = find_version(reg, "d").id
     make_model(reg, tmp_path, "m2", 2, first)

@@ -37,6 +37,13 @@ MARGIN_HELP = (
 ALPHA_HELP = "Significance level of both gate tests."
 
 
+def _row_span(span: list[int]) -> str:
+    """A recorded row range ``[start, end)`` as a reader counts it: ``171-182 (12 rows)``,
+    or ``none``. Printed as the list, ``[171, 183]`` read as 13 rows, the last one too many."""
+    start, end = span
+    return f"{start}-{end - 1} ({end - start} rows)" if end > start else "none"
+
+
 def _time(text: str | None, what: str) -> datetime | None:
     if text is None:
         return None
@@ -97,7 +104,9 @@ def harvest_cmd(
     console.print(
         f"{what} [bold]{rec.ref}[/] (parent {rec.parent}): {info['n_new']} labelled production "
         f"images added, per split {info['new_per_split']}; production test rows "
-        f"{info['production_test_rows']}, fixed test rows {info['fixed_test_rows']}"
+        f"{_row_span(info['production_test_rows'])}, fixed test rows "
+        f"{_row_span(info['fixed_test_rows'])}",
+        highlight=False,
     )
     console.print(f"feedback counts: {out.counts}", highlight=False)
     if out.retention_warning:
