@@ -128,6 +128,8 @@ def test_the_header_states_the_budgets_and_what_chose_them(
     res = _run("blood", "--archs", "small_cnn", "--study", "h4", "--min-epochs", "2")
     out = " ".join(res.output.split())
     assert "; maximum epochs: default for 64 training images (--max-epochs to choose)" in out
+    res = _run("blood", "--archs", "small_cnn", "--study", "h5", "--trials", "1")
+    assert "(eta 3), 1 trial, 2 at once" in " ".join(res.output.split())  # not "1 trials"
 
 
 def test_write_initial_ending_in_a_separator_is_refused(

@@ -409,7 +409,8 @@ def _budgets(options: Any, defaulted: int | None, chosen: list[str]) -> str:
     given), the data size they were chosen for."""
     text = (
         f"budgets: {options.min_epochs} to {options.max_epochs} epochs per trial (eta "
-        f"{options.eta}), {options.n_trials} trials, {options.parallel} at once"
+        f"{options.eta}), {options.n_trials} trial{'s' if options.n_trials != 1 else ''}, "
+        f"{options.parallel} at once"
     )
     if options.budget_epochs is not None:
         text += f", at most {options.budget_epochs} epochs in all"
