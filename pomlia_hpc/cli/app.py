@@ -16,6 +16,7 @@ from rich.markup import escape
 from sqlalchemy.exc import DBAPIError
 
 from pomlia_hpc import __version__
+from pomlia_hpc.cli import repeated as _repeated  # noqa: F401  (warns of a repeated option)
 from pomlia_hpc.cli import usage_errors as _usage_errors  # noqa: F401  (patches typer's printer)
 from pomlia_hpc.cli.console import MessageConsole, console, err_console, log_line
 from pomlia_hpc.cli.context import STATE, Context, profile_for
