@@ -215,3 +215,18 @@ def test_variables_in_the_home_are_expanded_and_an_unset_one_is_refused(
         assert res.returncode == 2 and "\n" not in err and "Traceback" not in err, err
         assert err.startswith(f"error: {source} '") and "$POMLIA_UNSET_X is not set" in err, err
         assert list(here.iterdir()) == []
+
+
+def test_a_bad_serve_option_is_said_by_its_option_and_a_bad_file_value_by_its_file(
+    tmp_path: Path,
+) -> None:
+    """`pomlia serve --log-retention-days 0.5` was refused naming the setting
+    `log_retention_days` in "serve settings", which the user never wrote."""
+    with pytest.raises(ConfigError) as exc:
+        load_serve_config(None, {"log_retention_days": 0.5, "port": None})
+    assert str(exc.value).startswith("serve option --log-retention-days: bad value"), exc.value
+    path = tmp_path / "serve.yaml"
+    path.write_text("log_retention_days: 0.5\n")
+    with pytest.raises(ConfigError) as exc:
+        load_serve_config(path, {"port": 8080})  # an option given, but not the bad value
+    assert str(exc.value).startswith(f"{path}: bad value for 'log_retention_days'"), exc.value

@@ -27,9 +27,10 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from pomlia_hpc.config import read_yaml, validate_model
+from pomlia_hpc.config import problem, read_yaml
+from pomlia_hpc.errors import ConfigError
 
 #: Default cap on the request body bytes all uploads in progress hold, MiB (16 uploads of 16).
 DEFAULT_MAX_BUFFERED_MB = 256.0
@@ -182,11 +183,20 @@ class ServeConfig(BaseModel):
 def load_serve_config(
     path: Path | None = None, overrides: Mapping[str, Any] | None = None
 ) -> ServeConfig:
-    """Read ``path`` (if given) and apply ``overrides`` (``None`` values are ignored)."""
+    """Read ``path`` (if given) and apply ``overrides`` (``None`` values are ignored), the
+    options of ``pomlia serve`` by their setting's name: a bad value of one is said naming its
+    option (``--log-retention-days``), not a setting the user never wrote."""
     data: dict[str, Any] = {}
     source = "serve settings"
     if path is not None:
         source = str(path)
         data.update(read_yaml(Path(path)))  # a key given twice is refused, naming the file
-    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    return validate_model(ServeConfig, data, source)
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    data.update(given)
+    try:
+        return ServeConfig.model_validate(data)
+    except ValidationError as exc:
+        bad = {str(e["loc"][0]) for e in exc.errors() if e["loc"]}
+        option = next((k for k in given if k in bad), None)
+        where = source if option is None else f"serve option --{option.replace('_', '-')}"
+        raise ConfigError(f"{where}: {problem(ServeConfig, exc)}") from exc
