@@ -95,6 +95,8 @@ def test_printed_lines_quote_paths_and_carry_the_registry_and_alarm_action(
     # scrontab: the registry as an environment line, then the run with the alarm action.
     env, scron, line = res.scrontab.splitlines()
     assert env.startswith(SHOWN) and scron.startswith("#SCRON --job-name=pomlia-monitor-blood")
+    # what the chain's script asks for (a scrontab job runs the monitor without the script)
+    assert "--cpus-per-task=2 --mem=4G --time=01:00:00 --output=" in scron, scron
     run = shlex.split(line.split(" ", 5)[5])
     assert run[1:5] == ["-m", "pomlia_hpc", "--home", str(ws.home)]
     assert run[5:] == [

@@ -10,7 +10,7 @@ from pathlib import Path
 
 from pomlia_hpc.config import load_cluster_profile
 from pomlia_hpc.errors import InputError
-from pomlia_hpc.monitor.placement import profile_args
+from pomlia_hpc.monitor.placement import chain_sbatch, profile_args
 from pomlia_hpc.registry import shown_url
 from pomlia_hpc.workspace import Workspace, default_db_url
 
@@ -87,10 +87,14 @@ def cron_lines(
     )
     cron = f"{fields} {_cron_escape(submit)}"
     registry = registry_env_line(workspace)
+    # The chain's script's own requests (CPUs, memory, time limit): a scrontab job runs the
+    # monitor itself, without the script, and would otherwise get the partition's defaults.
+    asked = chain_sbatch()
+    sized = " ".join(f"--{k}={asked[k]}" for k in ("cpus-per-task", "mem", "time"))
     scron = "\n".join(
         [
             *([registry] if registry else []),
-            f"#SCRON --job-name={shlex.quote(jname)} --time=01:00:00 --output={log}{where}",
+            f"#SCRON --job-name={shlex.quote(jname)} {sized} --output={log}{where}",
             f"{fields} {run_command(workspace, name, window, on_alarm)}",
         ]
     )

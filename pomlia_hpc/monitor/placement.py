@@ -44,13 +44,19 @@ def recorded_args(conf: Path) -> list[str]:
     return []
 
 
+def chain_sbatch() -> dict[str, str]:
+    """The ``#SBATCH --key=value`` lines of :data:`CHAIN_SCRIPT`, by key (``time``: ``01:00:00``):
+    what each job of a monitoring chain asks for, which its scrontab line asks for too."""
+    return dict(re.findall(r"^#SBATCH --([a-z-]+)=(\S+)$", CHAIN_SCRIPT.read_text(), re.M))
+
+
 def chain_job_resources(profile: ClusterProfile) -> ClusterProfile:
     """``profile`` as one job of a monitoring chain gets it: the CPUs, memory (GB) and time
     limit (minutes) of :data:`CHAIN_SCRIPT`'s ``#SBATCH`` lines and no GPU, where only the
     partition, account and QOS come from the profile (:func:`profile_args`). A pipeline's dry
     run showed the profile's own resources for the nightly job (8 CPUs, 1 GPU, 64 GB and
     240 min on haicore), which its script never asks for."""
-    asked = dict(re.findall(r"^#SBATCH --([a-z-]+)=(\S+)$", CHAIN_SCRIPT.read_text(), re.M))
+    asked = chain_sbatch()
     update: dict[str, float] = {"gpus_per_node": 0, "cpus_per_task": int(asked["cpus-per-task"])}
     update |= {"mem_gb": _gigabytes(asked["mem"]), "time_min": _minutes(asked["time"])}
     return profile.model_copy(update=update)
