@@ -144,3 +144,37 @@ def test_a_file_that_cannot_be_read_is_one_error(
         kb.import_table(registry, path, "t")
     assert str(err.value).startswith(f"{path}: cannot be read ("), err.value
     assert _results(registry) == {}
+
+
+@pytest.mark.parametrize(
+    "changed",
+    [
+        "d0,ResNet-18,pretrained,full,1,acc,0.5\n",  # one strategy twice: WithinFile's refusal
+        "d1,resnet18,pretrained,full,1,acc,0.5\n",  # a data set the first reading did not see
+    ],
+)
+def test_a_file_changed_right_after_its_validation_imports_nothing(
+    registry: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, changed: str
+) -> None:
+    """The checksum was taken after the first reading, so a file rewritten in between (same
+    row count) was read by the second alone: two spellings of one strategy were imported
+    both, and a data set the first reading never saw was an internal error (KeyError)."""
+    table, meta = _files(tmp_path, 2, 1)  # meta-features of d0 and d1
+    table.write_text(
+        HEADER + "d0,resnet18,pretrained,full,1,acc,0.5\n" + "d0,x,scratch,knn,1,acc,0.5\n"
+    )
+    check = kb.check_file
+    calls: list[int] = []
+
+    def check_then_rewrite(*args: Any, **kwargs: Any) -> Any:
+        checked = check(*args, **kwargs)
+        if not calls:
+            calls.append(1)
+            table.write_text(HEADER + "d0,resnet18,pretrained,full,1,acc,0.5\n" + changed)
+        return checked
+
+    monkeypatch.setattr(kb, "check_file", check_then_rewrite)
+    with pytest.raises(InputError) as err:
+        kb.import_table(registry, table, "t", meta_path=meta)
+    assert "nothing was imported" in str(err.value), err.value
+    assert _results(registry) == {}

@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -159,12 +159,23 @@ def _check_meta_agrees(s: Session, table: ResultTable, source: str) -> None:
 
 
 def check_file(
-    path: Path, meta_path: str | Path | None, known_meta: dict[str, dict[str, Any]]
+    path: Path,
+    meta_path: str | Path | None,
+    known_meta: dict[str, dict[str, Any]],
+    on_rows: Callable[[list[ResultRow]], None] | None = None,
 ) -> ResultTable:
     """Validate the long-format file ``path`` whole, keeping none of its rows (the table's
     ``n_rows`` and meta-features only): what :func:`import_table` checks before its
-    transaction, refusing two rows of one strategy too (:class:`.overlap.WithinFile`)."""
-    return scan_results(path, meta_path, known_meta, overlap.WithinFile(path).check)
+    transaction, refusing two rows of one strategy too (:class:`.overlap.WithinFile`), and
+    again, as strictly, while it inserts the rows handed to ``on_rows`` once checked."""
+    within = overlap.WithinFile(path)
+
+    def checked(rows: list[ResultRow]) -> None:
+        within.check(rows)
+        if on_rows is not None:
+            on_rows(rows)
+
+    return scan_results(path, meta_path, known_meta, checked)
 
 
 def import_table(
@@ -197,10 +208,14 @@ def import_table(
     # Two passes over the file, neither keeping its rows (a 500,000-row file took 1.5 GB held
     # whole): the first validates it all before the transaction (a bad file waits for no
     # lock and holds none), the second, as strict, inserts it chunk by chunk in the one
-    # transaction; the checksum, taken between them, must hold after the second.
+    # transaction; the checksum, taken before the first, must hold after the second (taken
+    # between them, a file rewritten right after the first was read by the second alone).
     known = _known_meta(registry, source)
+    try:
+        sha256: str | None = _sha256(p)
+    except InputError:
+        sha256 = None  # a missing file or a folder: the first reading names it
     table = check_file(p, meta_path, known)
-    sha256 = _sha256(p)
     with registry.session() as s:
         # Two imports of one source at once: the second waits here for the first to commit
         # (it then replaces that one, or is refused without --replace) instead of deleting
@@ -233,16 +248,23 @@ def import_table(
             ids[name] = ds.id
 
         def insert_rows(rows: list[ResultRow]) -> None:
+            if any(r.dataset not in ids for r in rows):  # not in the first reading
+                raise _changed(p)
             elsewhere.check(rows)
             s.execute(insert(KbResult), [_result_row(src.id, ids[r.dataset], r) for r in rows])
 
-        again = scan_results(p, meta_path, known, insert_rows)
-        if again.n_rows != table.n_rows or _sha256(p) != sha256:
-            raise InputError(
-                f"{p}: the file changed while it was imported; expected it unchanged until "
-                "the import ends: import it again; nothing was imported"
-            )
+        again = check_file(p, meta_path, known, insert_rows)
+        if again.n_rows != table.n_rows or again.meta != table.meta or _sha256(p) != sha256:
+            raise _changed(p)
     return ImportReport(source, str(p), table.n_rows, len(ids), replaced, time.perf_counter() - t0)
+
+
+def _changed(p: Path) -> InputError:
+    """The refusal of a file that changed between the import's two readings."""
+    return InputError(
+        f"{p}: the file changed while it was imported; expected it unchanged until the "
+        "import ends: import it again; nothing was imported"
+    )
 
 
 def _drop(s: Session, old: KbSource | None) -> int:
