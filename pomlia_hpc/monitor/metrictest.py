@@ -156,7 +156,8 @@ def task_metric(
         return ("acc", None) if value is None else _known(value, f"{where}, task.metric")
     name, recorded = task
     metric, note = _known(recorded, f"task {name}'s record")
-    if note is None and value != metric:
+    said_metric = value.strip().lower() if isinstance(value, str) else value  # as check_metric
+    if note is None and said_metric != metric:
         said = "names no task metric" if value is None else f"names {value!r}"
         note = (
             f"the bundle's card ({where}) {said}, its task {name}'s record {metric!r}: "
