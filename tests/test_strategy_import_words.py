@@ -99,3 +99,27 @@ def test_column_names_metric_and_extra_data_are_read_in_any_case(
     with registry.session() as s:
         (row,) = s.execute(select(KbResult.strategy, KbResult.metric)).all()
     assert row.strategy["extra_data"] == "nearest" and row.metric == "acc"
+
+
+def test_a_value_differing_from_a_source_imported_before_in_another_spelling_is_refused(
+    registry: Registry, tmp_path: Path
+) -> None:
+    """The check against other sources reads their rows as the knowledge base spells them:
+    a source stored as an earlier version wrote it (`Pretrained,Linear_Probe`) and a new
+    one's other value for `pretrained,linear_probe` would be two values of one cell."""
+    kb.import_table(
+        registry, _table(tmp_path, "a,resnet18,pretrained,linear_probe,28,acc,0.9"), "t"
+    )
+    old = {"arch": "resnet18", "init": "Pretrained", "mode": "Linear_Probe"}
+    old |= {"img_size": 28, "extra_data": "none"}
+    with registry.session() as s:  # as an earlier version stored it
+        s.execute(update(KbResult).values(strategy=old, strategy_key=kb.strategy_key(old)))
+    new = tmp_path / "new"
+    new.mkdir()
+    path = _table(new, "a,resnet18,pretrained,linear_probe,28,acc,0.8")
+    with pytest.raises(InputError) as err:
+        kb.import_table(registry, path, "u")
+    msg = str(err.value)
+    assert f"{path}: line 2, column 'value': 0.8 for data set 'a'" in msg, msg
+    assert "source 't' gives 0.9" in msg and "nothing was imported" in msg, msg
+    assert _stored(registry) == [("Pretrained", "Linear_Probe")]
