@@ -34,9 +34,9 @@ integers; ``license`` and ``notes`` optional text. An empty optional cell means 
 Column names, ``metric`` and ``extra_data`` are read in any case.
 Text cells (``arch``, ``init``, ``mode``, ``license``, ``notes``) may not hold control
 characters nor start with ``=``, ``+``, ``-`` or ``@`` (a spreadsheet formula).
-A known ``init`` or ``mode`` is read in any case and with ``-`` or a space for ``_``
-(``Linear_Probe``, ``linear-probe``, ``k-NN``), and stored as listed above; another word is
-kept as written. A file holds at most :data:`MAX_ROWS` result rows.
+A known ``init`` or ``mode`` is read in any case and whatever ``-``, ``_`` or spaces it holds
+or lacks (``Linear_Probe``, ``linear-probe``, ``LinearProbe``, ``k-NN``), and stored as listed
+above; another word is kept as written. A file holds at most :data:`MAX_ROWS` result rows.
 The limits are those of ``pomlia data add``: 1 or 3 channels, 2 or 3 dims, at most 500
 classes and 4096 px, at most :data:`MAX_IMAGES` images per split.
 ``n_classes`` must agree with ``task_type``: 2 for ``binary``, at least 2 for ``multi-class``
