@@ -158,24 +158,30 @@ def _check_meta_agrees(s: Session, table: ResultTable, source: str) -> None:
             )
 
 
+OnRows = Callable[[list[ResultRow]], None]
+
+
 def check_file(
-    path: Path,
-    meta_path: str | Path | None,
-    known_meta: dict[str, dict[str, Any]],
-    on_rows: Callable[[list[ResultRow]], None] | None = None,
+    path: Path, meta_path: str | Path | None, known_meta: dict[str, dict[str, Any]]
 ) -> ResultTable:
     """Validate the long-format file ``path`` whole, keeping none of its rows (the table's
     ``n_rows`` and meta-features only): what :func:`import_table` checks before its
-    transaction, refusing two rows of one strategy too (:class:`.overlap.WithinFile`), and
-    again, as strictly, while it inserts the rows handed to ``on_rows`` once checked."""
+    transaction, refusing two rows of one strategy too (:class:`.overlap.WithinFile`)."""
+    return _scan(path, meta_path, known_meta, lambda _rows: None)
+
+
+def _scan(
+    path: Path, meta_path: str | Path | None, known: dict[str, dict[str, Any]], on_rows: OnRows
+) -> ResultTable:
+    """:func:`check_file`, handing the rows to ``on_rows`` once checked (the import's second
+    reading inserts them: it validates as the first does)."""
     within = overlap.WithinFile(path)
 
     def checked(rows: list[ResultRow]) -> None:
         within.check(rows)
-        if on_rows is not None:
-            on_rows(rows)
+        on_rows(rows)
 
-    return scan_results(path, meta_path, known_meta, checked)
+    return scan_results(path, meta_path, known, checked)
 
 
 def import_table(
@@ -205,16 +211,11 @@ def import_table(
 
     with registry.session() as s:  # first, so the file's own problems do not hide it
         refuse_existing(s)
-    # Two passes over the file, neither keeping its rows (a 500,000-row file took 1.5 GB held
-    # whole): the first validates it all before the transaction (a bad file waits for no
-    # lock and holds none), the second, as strict, inserts it chunk by chunk in the one
-    # transaction; the checksum, taken before the first, must hold after the second (taken
-    # between them, a file rewritten right after the first was read by the second alone).
+    # Two passes, neither keeping the file's rows (1.5 GB held for 500,000): the first
+    # validates it all before any lock; the second, as strict, inserts it in chunks in the
+    # transaction. The checksum, taken before the first, must hold after the second.
     known = _known_meta(registry, source)
-    try:
-        sha256: str | None = _sha256(p)
-    except InputError:
-        sha256 = None  # a missing file or a folder: the first reading names it
+    sha256 = _sha256(p)  # a missing file or a folder: one InputError
     table = check_file(p, meta_path, known)
     with registry.session() as s:
         # Two imports of one source at once: the second waits here for the first to commit
@@ -249,22 +250,22 @@ def import_table(
 
         def insert_rows(rows: list[ResultRow]) -> None:
             if any(r.dataset not in ids for r in rows):  # not in the first reading
-                raise _changed(p)
+                raise InputError(CHANGED.format(p))
             elsewhere.check(rows)
-            s.execute(insert(KbResult), [_result_row(src.id, ids[r.dataset], r) for r in rows])
+            s.execute(
+                insert(KbResult),
+                [{"source_id": src.id, "dataset_id": ids[r.dataset]} | r.columns() for r in rows],
+            )
 
-        again = check_file(p, meta_path, known, insert_rows)
+        again = _scan(p, meta_path, known, insert_rows)
         if again.n_rows != table.n_rows or again.meta != table.meta or _sha256(p) != sha256:
-            raise _changed(p)
+            raise InputError(CHANGED.format(p))
     return ImportReport(source, str(p), table.n_rows, len(ids), replaced, time.perf_counter() - t0)
 
 
-def _changed(p: Path) -> InputError:
-    """The refusal of a file that changed between the import's two readings."""
-    return InputError(
-        f"{p}: the file changed while it was imported; expected it unchanged until the "
-        "import ends: import it again; nothing was imported"
-    )
+#: The refusal of a file that changed between the import's two readings.
+CHANGED = "{}: the file changed while it was imported; expected it unchanged until the import \
+ends: import it again; nothing was imported"
 
 
 def _drop(s: Session, old: KbSource | None) -> int:
@@ -278,23 +279,6 @@ def _drop(s: Session, old: KbSource | None) -> int:
     s.delete(old)
     s.flush()
     return int(old.n_results)
-
-
-def _result_row(source_id: int, dataset_id: int, r: ResultRow) -> dict[str, Any]:
-    """The ``kb_results`` row of result ``r``."""
-    return {
-        "source_id": source_id,
-        "dataset_id": dataset_id,
-        "strategy": r.strategy,
-        "strategy_key": r.strategy_key,
-        "metric": r.metric,
-        "value": r.value,
-        "std": r.std,
-        "n_seeds": r.n_seeds,
-        "cost_s": r.cost_s,
-        "gpu_hours": r.gpu_hours,
-        "line": r.line,
-    }
 
 
 @dataclass(frozen=True)

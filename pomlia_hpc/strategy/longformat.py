@@ -126,6 +126,11 @@ class ResultRow:
     def strategy_key(self) -> str:
         return self.key or strategy_key(self.strategy)
 
+    def columns(self) -> dict[str, Any]:
+        """The row's ``kb_results`` columns but its source's and data set's ids."""
+        fields = ("strategy", "metric", "value", "std", "n_seeds", "cost_s", "gpu_hours", "line")
+        return {"strategy_key": self.strategy_key} | {f: getattr(self, f) for f in fields}
+
 
 @dataclass
 class ResultTable:
