@@ -89,3 +89,20 @@ def test_cancel_force_closes_a_job_that_ended_while_sacct_is_down(
     assert "Connection refused" in text
     assert _row(reg, rid) == ("CANCELLED", GONE_FORCED_CAUSE, True)
     assert not fake_slurm.calls("scancel")
+
+
+def test_a_stopping_driver_keeps_the_cancel_that_accounting_has_not_seen_yet(
+    tmp_path: Path, reg: Registry, fake_slurm: FakeSlurm
+) -> None:
+    """The sacct after the scancel may still say what the job was before it (a slurmdbd a
+    moment behind): for a job requeued since the driver last looked (a higher requeue count
+    than its row's), that answer took the row back to RUNNING, and the driver, about to be
+    killed, said the job "had already ended: not cancelled"."""
+    rid, sid = _held_job(tmp_path, reg, fake_slurm, "RUNNING")
+    fake_slurm.set_state(sid, "REQUEUED")  # its first attempt is requeued...
+    fake_slurm.set_state(sid, "RUNNING", new_attempt=True)  # ...and its second one runs
+    fake_slurm.freeze_accounting(sid)  # sacct will not have seen the scancel yet
+    cancel_own_jobs("stopped by the test")
+    assert fake_slurm.state(sid) == "CANCELLED"
+    assert any(sid in name for name in cancelled_with_this_process())
+    assert _row(reg, rid) == ("CANCELLED", "stopped by the test", True)

@@ -113,13 +113,14 @@ def record_cancelled(
     A job that ended on its own between the caller's last look and the ``scancel`` (which
     exits 0 for an ended job) was recorded CANCELLED while Slurm said COMPLETED; the answer
     after the ``scancel`` replaces it. A job that was cancelled keeps ``cause`` and gets Slurm's
-    End; an answer that still says RUNNING (accounting a moment behind) changes nothing."""
+    End; an answer that is not final (accounting a moment behind the ``scancel``: RUNNING,
+    even of an attempt the row has not seen) changes nothing."""
     with registry.session() as s:
         q = select(Job.id).where(Job.id.in_(record_ids), Job.state.not_in(FINAL_STATES))
         unfinished = list(s.scalars(q))
     mark_all_cancelled(registry, unfinished, cause)
     with contextlib.suppress(ClusterError):  # accounting out of reach: CANCELLED stands
-        refresh_slurm_jobs(registry, unfinished, timeout_s=timeout_s)
+        refresh_slurm_jobs(registry, unfinished, timeout_s=timeout_s, final_only=True)
     with registry.session() as s:
         q = select(Job.id).where(Job.id.in_(unfinished), Job.state == "CANCELLED")
         return list(s.scalars(q))

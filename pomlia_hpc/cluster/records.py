@@ -384,6 +384,7 @@ def refresh_slurm_jobs(
     *,
     lost: bool = False,
     timeout_s: float = 60.0,
+    final_only: bool = False,
 ) -> int:
     """Poll Slurm once for every unfinished Slurm job row (or those in ``job_ids``).
 
@@ -392,7 +393,8 @@ def refresh_slurm_jobs(
     open while ``sacct`` runs (up to a minute), so other registry users are never blocked.
     With ``lost``, an unfinished row that ``sacct`` does not know and ``squeue`` does not list
     either is recorded ``LOST`` (one ``squeue`` call for those; what `pomlia jobs` shows).
-    ``timeout_s``: how long ``sacct`` may take (then :class:`ClusterError`).
+    ``timeout_s``: how long ``sacct`` may take (then :class:`ClusterError`). ``final_only``:
+    answers in an unfinished state are ignored (read before a ``scancel`` took effect).
     """
     with registry.session() as s:
         q = select(Job.id, Job.scheduler_id).where(Job.backend == "slurm")
@@ -414,7 +416,7 @@ def refresh_slurm_jobs(
         for rid, sid in targets:
             st = states.get(sid)
             row = s.get(Job, rid) if st is not None else None
-            if row is None or st is None:
+            if row is None or st is None or (final_only and st.state not in FINAL_STATES):
                 continue
             counted = {ATTEMPTS_META: st.attempts_run} if st.attempts_run is not None else {}
             earlier = {EARLIER_META: round(st.earlier_s, 1)} if st.earlier_s else {}
