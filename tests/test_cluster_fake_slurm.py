@@ -210,6 +210,27 @@ def test_a_requeued_job_cancelled_before_its_next_start_is_collected(
     assert row.ended_at is not None
 
 
+def test_a_requeued_job_that_the_controller_has_forgotten_is_collected(
+    tmp_path: Path, reg: Registry, fake_slurm: FakeSlurm
+) -> None:
+    """The same job asked about after the controller's MinJobAge (300 s): squeue lists it no
+    more, even with --states=all, and its driver (one restarted late, say) waited for ever on
+    a job that sacct still says REQUEUED. It never ran again and is gone: LOST, how unknown."""
+    fake_slurm.hold()
+    h = _slurm(tmp_path, reg).submit(jobfns.add, 1, 2)
+    fake_slurm.set_state(h.job_id, "RUNNING")
+    fake_slurm.set_state(h.job_id, "REQUEUED")
+    fake_slurm.forget_in_controller(h.job_id)  # cancelled (say) more than MinJobAge ago
+    waiter, out = _in_thread(h.result)
+    waiter.join(90)
+    assert not waiter.is_alive(), "result() still waits on a job that has ended"
+    assert isinstance(out["value"], JobFailedError), out
+    assert out["value"].state == "LOST"
+    row = _row(reg, h.record_id)
+    assert (row.state, row.requeue_count) == ("LOST", 1)
+    assert row.ended_at is not None
+
+
 def _last_attempts(tasks: list[dict[str, Any]], job: str) -> list[dict[str, Any]]:
     return [t["attempts"][-1] for t in tasks if job in (t["array_id"], t["id"])]
 

@@ -24,7 +24,12 @@ SCHEDULER_CAUSES = {
 
 #: The causes a job row takes from its final state alone (the exit code Slurm gives them, 0:0
 #: for a scancel, says nothing); other states say "<STATE> (exit code N:S)".
-STATE_CAUSES = {k: SCHEDULER_CAUSES[k] for k in ("CANCELLED", "TIMEOUT", "OUT_OF_MEMORY")}
+STATE_CAUSES = {
+    **{k: SCHEDULER_CAUSES[k] for k in ("CANCELLED", "TIMEOUT", "OUT_OF_MEMORY")},
+    # sacct's state of a requeued job that the controller has forgotten (cluster/requeued.py)
+    "LOST": "requeued, then gone from Slurm's queue before it ran again: counted as ended, "
+    "its outcome unknown",
+}
 
 _EXC_LINE = re.compile(r"^[A-Za-z_][\w.]*(Error|Exception|Exit|Interrupt|Failure)\b(:.*)?$")
 

@@ -6,7 +6,9 @@ attempt's line only once that attempt starts: a job cancelled while it waited to
 while the controller says CANCELLED. pomlia took it for a job about to run again: the driver
 waiting on it (an AutoML trial, a pipeline stage) waited for ever, and ``jobs list`` showed it
 queued. :func:`controller_final_states` asks the controller (``squeue --states=all``, which
-keeps an ended job for ``MinJobAge``, 300 s by default) about such jobs.
+keeps an ended job for ``MinJobAge``, 300 s by default) about such jobs. One it no longer
+lists at all (asked later than that: a driver restarted late) never ran again and is gone:
+it counts as ended, ``LOST`` (how it ended is unknown), not as queued for ever.
 """
 
 from __future__ import annotations
@@ -15,15 +17,16 @@ import subprocess
 from collections.abc import Sequence
 from datetime import UTC, datetime
 
-from pomlia_hpc.vocab import FINAL_STATES
+from pomlia_hpc.vocab import FINAL_STATES, JobState
 
 
 def controller_final_states(
     job_ids: Sequence[str], timeout_s: float
 ) -> dict[str, tuple[str, datetime | None]]:
     """The final state and end time (aware UTC, None when not given) that ``squeue`` gives
-    for those of ``job_ids`` that have ended; jobs still queued or running, or that it does
-    not list, are left out, and so is everything when ``squeue`` cannot answer within
+    for those of ``job_ids`` that have ended, ``LOST`` (no end) for those it does not list
+    (forgotten by the controller: a queued job is always listed); jobs still queued or
+    running are left out, and so is everything when ``squeue`` cannot answer within
     ``timeout_s`` seconds (the caller keeps what accounting said and asks again later)."""
     if not job_ids:
         return {}
@@ -37,14 +40,21 @@ def controller_final_states(
         )
     except (subprocess.SubprocessError, OSError):
         return {}
-    if proc.returncode != 0:
+    # One id the controller does not know fails ("Invalid job id specified"); among several
+    # such an id is left out.
+    if proc.returncode != 0 and "invalid job id" not in proc.stderr.lower():
         return {}
     out: dict[str, tuple[str, datetime | None]] = {}
-    for line in proc.stdout.splitlines():
+    listed: set[str] = set()
+    for line in proc.stdout.splitlines() if proc.returncode == 0 else []:
         jid, _, rest = line.strip().partition("|")
         state, _, end = rest.partition("|")
+        listed.add(jid.split("_[")[0])  # a pending array's line (12_[3-5]): all of 12 listed
         if jid in job_ids and state in FINAL_STATES:
             out[jid] = (state, _end_time(end))
+    for jid in job_ids:
+        if jid not in listed and jid.split("_")[0] not in listed:
+            out[jid] = (JobState.LOST, None)
     return out
 
 
