@@ -108,6 +108,22 @@ def test_preempted_job_counts_as_ended_only_after_the_grace_period(
     assert (row.state, row.ended_at) == ("PREEMPTED", slurm_end)  # Slurm's End, not give-up time
 
 
+def test_collecting_a_job_preempted_for_good_that_the_end_watch_saw_first(
+    tmp_path: Path, reg: Registry, fake_slurm: FakeSlurm
+) -> None:
+    """A job PREEMPTED and not requeued, whose end pomlia's end watch saw before the wait's
+    own check (every 30 s): submitit, which counts PREEMPTED as unfinished, was then asked
+    for the result and waited for ever."""
+    fake_slurm.hold()
+    h = _slurm(tmp_path, reg).submit(jobfns.add, 1, 2)
+    fake_slurm.set_state(h.job_id, "PREEMPTED", ended_ago_s=states.PREEMPT_GRACE_S + 10)
+    waiter, out = _in_thread(h.result)
+    waiter.join(90)
+    assert not waiter.is_alive(), "result() still waits on a job preempted for good"
+    assert isinstance(out["value"], JobFailedError) and out["value"].state == "PREEMPTED"
+    assert _row(reg, h.record_id).state == "PREEMPTED"
+
+
 def test_result_keeps_slurms_end_time(
     tmp_path: Path, reg: Registry, fake_slurm: FakeSlurm, clock: FakeClock
 ) -> None:

@@ -6,10 +6,10 @@ state from it twice more (its error message, the recorded state). submitit runs 
 with no time limit, so a slurmdbd that took the connection and never answered hung an AutoML
 or pipeline driver at collection, after :mod:`pomlia_hpc.cluster.endwatch` had already seen
 the job end. :func:`install` replaces the watcher of every submitit Slurm job of the process
-with :class:`BoundedWatcher`: a state the end watch knows is answered without asking, and each
-``sacct`` it does run may take :data:`SACCT_LIMIT_S` seconds, after which it counts as a poll
-that failed (submitit's own rule for a failed poll: the states stay as they were, asked again
-later).
+with :class:`BoundedWatcher`: a state the end watch knows is answered without asking (and
+counts as done, PREEMPTED included), and each ``sacct`` it does run may take
+:data:`SACCT_LIMIT_S` seconds, after which it counts as a poll that failed (submitit's own
+rule for a failed poll: the states stay as they were, asked again later).
 """
 
 from __future__ import annotations
@@ -36,6 +36,12 @@ class BoundedWatcher(SlurmInfoWatcher):
         """The job's state: the end watch's final state if it saw one, else submitit's."""
         known = ended_state(str(job_id))
         return known if known is not None else super().get_state(job_id, mode=mode)
+
+    def is_done(self, job_id: str, mode: str = "standard") -> bool:
+        """Whether the job has ended: for good once the end watch saw it end (a PREEMPTED job
+        Slurm did not requeue, which submitit counts as unfinished: ``result()`` waited on it
+        for ever), else by submitit's rule."""
+        return ended_state(str(job_id)) is not None or super().is_done(job_id, mode=mode)
 
     def update(self) -> None:
         """One ``sacct`` for the registered jobs, for at most :data:`SACCT_LIMIT_S` s."""
