@@ -205,6 +205,23 @@ def test_collecting_a_job_that_ended_without_a_result_does_not_hang_on_sacct(
     assert _row(reg, h.record_id).state == "CANCELLED"
 
 
+def test_the_wait_for_slurms_record_of_an_end_keeps_to_its_time_when_sacct_hangs(
+    tmp_path: Path, reg: Registry, fake_slurm: FakeSlurm, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """settle_slurm_rows waits states.SLURM_END_WAIT_S for Slurm's record of a job's end: a
+    sacct that did not answer took its own minute within it, at each collection."""
+    monkeypatch.setattr(states, "SLURM_END_WAIT_S", 1.0)
+    fake_slurm.hold()
+    h = _slurm(tmp_path, reg).submit(jobfns.add, 1, 2)
+    assert h.record_id is not None
+    fake_slurm.fail_next("sacct", "", hang_s=300, times=50)  # slurmdbd stops answering
+    waiter, out = _in_thread(lambda: states.settle_slurm_rows(reg, [h.record_id]))
+    waiter.join(30)
+    assert not waiter.is_alive(), "the settle still waits on a sacct that does not answer"
+    assert out["value"] is None
+    assert _row(reg, h.record_id).state == "PENDING"  # as recorded: nothing was learnt
+
+
 def test_a_requeued_job_cancelled_before_its_next_start_is_collected(
     tmp_path: Path, reg: Registry, fake_slurm: FakeSlurm
 ) -> None:
