@@ -130,6 +130,23 @@ def test_an_attached_job_preempted_is_ended_only_after_the_grace(
     assert job.ended and job.done()
 
 
+def test_an_attached_job_requeued_then_forgotten_by_the_controller_is_lost(
+    tmp_path: Path, reg: Registry, fake_slurm: FakeSlurm
+) -> None:
+    """sacct leaves it REQUEUED and squeue no longer lists it: it never ran again (cancelled
+    while it waited, say) and nothing was learnt, so a restarted AutoML driver runs the trial
+    again rather than recording it failed."""
+    fake_slurm.hold()
+    job_id, folder = _submit_and_forget(tmp_path, reg, "r")
+    job = _attach(reg, _row_id(reg, "r"), folder)
+    fake_slurm.set_state(job_id, "RUNNING")
+    fake_slurm.set_state(job_id, "REQUEUED")
+    fake_slurm.forget_in_controller(job_id)
+    poll_attached([job])
+    assert job.state == "LOST" and job.ended and job.done()
+    assert job.lost(cancelled_too=False)
+
+
 @pytest.mark.slurm
 @pytest.mark.usefixtures("slurm")
 def test_a_job_the_real_slurm_never_knew_is_lost(tmp_path: Path, reg: Registry) -> None:

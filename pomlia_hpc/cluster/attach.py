@@ -12,8 +12,8 @@ Semantics, once the scheduler has answered:
   does not know the job at all;
 - **done**: ended, or the result is there (collect it);
 - **lost**: ended without a result and without a failure of its own, and unknown to the
-  scheduler (never ran, or purged) or, if asked, cancelled: nothing was learnt, so running it
-  again is safe.
+  scheduler (never ran, or purged; or LOST: requeued, then gone from the controller before it
+  ran again) or, if asked, cancelled: nothing was learnt, so running it again is safe.
 
 A failing ``sacct`` (slurmdbd restarting, a timeout) says nothing about the jobs: the poll
 changes nothing and the next one asks again.
@@ -117,7 +117,9 @@ class AttachedJob:
         """Ended without a result and without a failure of its own: safe to run again."""
         if self.has_result() or self.failure() is not None:
             return False
-        return self.state is None or (cancelled_too and self.state == "CANCELLED")
+        if self.state in (None, "LOST"):  # LOST: requeued, then gone (cluster/requeued.py)
+            return True
+        return cancelled_too and self.state == "CANCELLED"
 
     def close_row(self, state: str, **fields: Any) -> None:
         """Record the job's end in its row (Slurm's End time when known, else now)."""
