@@ -54,6 +54,7 @@ def pytest_configure(config: pytest.Config) -> None:
     import cloudpickle
 
     ctrl_c_as_in_a_terminal()
+    pin_each_worker_to_its_cores()
     share_the_cores_between_workers()
 
     # Job processes (local or Slurm) get the test callables by value: they need not import
@@ -81,6 +82,25 @@ def ctrl_c_as_in_a_terminal() -> None:
     main = threading.current_thread() is threading.main_thread()
     if main and signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+def pin_each_worker_to_its_cores() -> None:
+    """In a pytest-xdist worker, run on its own share of the cores (worker i of n: every n-th
+    core from the i-th), and so do the commands and jobs its tests start (they inherit the
+    affinity, and pomlia sizes its threads by it: ``processes.cpus_available``).
+
+    The suite is CPU-bound on CI's 2 cores: without this, each worker's job processes took
+    threads for both cores, and two workers' training jobs at once ran four threads on two
+    cores, each slower than alone. Slurm jobs are placed by slurmd, not by this. Only with at
+    least as many cores as workers; ``POMLIA_TEST_NO_PIN=1`` leaves the affinity alone."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "")
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT") or 0)
+    cores = sorted(os.sched_getaffinity(0))
+    if not worker.startswith("gw") or workers < 2 or len(cores) < workers:
+        return
+    if os.environ.get("POMLIA_TEST_NO_PIN") == "1":
+        return
+    os.sched_setaffinity(0, cores[int(worker[2:]) % workers :: workers])
 
 
 def share_the_cores_between_workers() -> None:
