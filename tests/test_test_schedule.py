@@ -12,6 +12,7 @@ from xdist.scheduler import LoadFileScheduling
 
 from tests.conftest import (
     LONG_FILES,
+    pin_each_worker_to_its_cores,
     pytest_collection_modifyitems,
     share_the_cores_between_workers,
 )
@@ -75,3 +76,29 @@ def test_an_xdist_worker_gives_torch_its_share_of_the_cores(
     torch.set_num_threads(3)
     share_the_cores_between_workers()
     assert torch.get_num_threads() == 3
+
+
+def test_each_xdist_worker_runs_on_its_own_cores(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Worker i of n takes every n-th core from the i-th (its processes inherit it); a single
+    process, too few cores or POMLIA_TEST_NO_PIN=1 leave the affinity as it is."""
+    mine = os.sched_getaffinity(0)
+    every = set(range(os.cpu_count() or 1))
+    try:
+        os.sched_setaffinity(0, every)
+        cores = sorted(os.sched_getaffinity(0))
+        if len(cores) < 2:
+            pytest.skip("one core: nothing to share")
+        monkeypatch.setenv("PYTEST_XDIST_WORKER_COUNT", "2")
+        monkeypatch.setenv("PYTEST_XDIST_WORKER", "gw1")
+        monkeypatch.setenv("POMLIA_TEST_NO_PIN", "1")
+        pin_each_worker_to_its_cores()
+        assert sorted(os.sched_getaffinity(0)) == cores
+        monkeypatch.delenv("POMLIA_TEST_NO_PIN")
+        pin_each_worker_to_its_cores()
+        assert sorted(os.sched_getaffinity(0)) == cores[1::2]
+        os.sched_setaffinity(0, every)
+        monkeypatch.setenv("PYTEST_XDIST_WORKER_COUNT", str(len(cores) + 1))
+        pin_each_worker_to_its_cores()
+        assert sorted(os.sched_getaffinity(0)) == cores
+    finally:
+        os.sched_setaffinity(0, mine)
