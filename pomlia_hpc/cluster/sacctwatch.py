@@ -15,6 +15,7 @@ rule for a failed poll: the states stay as they were, asked again later).
 from __future__ import annotations
 
 import subprocess
+import threading
 import time
 
 from submitit.slurm.slurm import SlurmInfoWatcher, SlurmJob
@@ -62,7 +63,12 @@ class BoundedWatcher(SlurmInfoWatcher):
                 self._finished.add(job_id)  # never asked about again
 
 
+_INSTALL_LOCK = threading.Lock()
+
+
 def install() -> None:
-    """Make every submitit Slurm job of this process use a :class:`BoundedWatcher` (once)."""
-    if not isinstance(SlurmJob.watcher, BoundedWatcher):
-        SlurmJob.watcher = BoundedWatcher(delay_s=WATCH_DELAY_S)
+    """Make every submitit Slurm job of this process use a :class:`BoundedWatcher` (once: two
+    threads submitting at once, a driver and its feeder, must not each install their own)."""
+    with _INSTALL_LOCK:
+        if not isinstance(SlurmJob.watcher, BoundedWatcher):
+            SlurmJob.watcher = BoundedWatcher(delay_s=WATCH_DELAY_S)

@@ -11,7 +11,7 @@ from typing import Any, TypedDict
 from pomlia_hpc.automl import records
 from pomlia_hpc.cluster.handle import requeue_note
 from pomlia_hpc.cluster.records import attempts_run
-from pomlia_hpc.registry import Registry, Run
+from pomlia_hpc.registry import Job, Registry, Run
 from pomlia_hpc.vocab import RunStatus
 
 #: The statuses of a trial that has ended.
@@ -147,16 +147,20 @@ def view_of_run(registry: Registry, run: Run, metric: str) -> TrialView:
         str(m.get("cause", "")),
         int(m.get("start_epoch", 0)),
         values.get("origin") == FINAL_ORIGIN,
-        attempts_run(job) if job is not None and job.backend == "slurm" else 1,
+        job_attempt(job),
         **split_counts(m.get("val"), m.get("test")),
     )
 
 
-def recorded_attempt(registry: Registry, job_id: int | None) -> int:
-    """The attempt Slurm job row ``job_id`` runs, or ran last, as recorded (1: no row, or a job
-    of another backend)."""
-    job = records.job_of(registry, job_id)
+def job_attempt(job: Job | None) -> int:
+    """The attempt Slurm job row ``job`` runs, or ran last, as recorded (1: no row, or a job of
+    another backend)."""
     return attempts_run(job) if job is not None and job.backend == "slurm" else 1
+
+
+def recorded_attempt(registry: Registry, job_id: int | None) -> int:
+    """:func:`job_attempt` of the job row ``job_id``, read from ``registry``."""
+    return job_attempt(records.job_of(registry, job_id))
 
 
 class SplitCounts(TypedDict):
