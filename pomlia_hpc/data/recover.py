@@ -3,8 +3,11 @@
 Every published store keeps the metadata ingest recorded (``attrs["pomlia"]``: name, version,
 chunk hashes, splits, classes, ingest time) and its explicit fingerprint, so the image DB can
 be rebuilt from ``<home>/stores/`` alone: ``pomlia registry recover``. Versions of one dataset
-are registered oldest first (by ingest time), so each one's parent is the version before it,
-as it was. Encoders, embeddings, models and AutoML runs are not in the stores: they are not
+are registered each after its parent, oldest ingest first, and each one's parent is the version
+its metadata names, as it was (not the one recovered before it: a harvest's version grows from
+the model's training version, not from the newest). What a dataset's plain name means is left
+as it was for a dataset the registry still lists; for one recovered whole, it is the version
+ingested last. Encoders, embeddings, models and AutoML runs are not in the stores: they are not
 recovered (their files stay under ``models/``, ``embeddings/`` and ``runs/``).
 """
 
@@ -14,10 +17,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pomlia_hpc.data.store import STORE_SUFFIX, open_store
+from sqlalchemy import select
+
+from pomlia_hpc.data.store import STORE_SUFFIX, current_versions, open_store
 from pomlia_hpc.data.versioning import record_version
 from pomlia_hpc.errors import PomliaError
-from pomlia_hpc.registry import Registry
+from pomlia_hpc.registry import Dataset, DatasetVersion, Registry
 from pomlia_hpc.workspace import Workspace
 
 
@@ -78,7 +83,21 @@ def recover_stores(workspace: Workspace, registry: Registry) -> RecoverResult:
         found.append(
             (str(meta.get("ingested_at", "")), name, version, path, n_images, meta, fingerprint)
         )
+    before = current_versions(registry)
     for _when, name, version, path, n_images, meta, fingerprint in _lineage_order(found):
-        rec = record_version(registry, name, version, path, n_images, meta, fingerprint)
+        rec = record_version(
+            registry, name, version, path, n_images, meta, fingerprint, recovered=True
+        )
         (out.registered if rec.created else out.known).append(rec.ref)
+    _keep_current(registry, {r.split("@")[0] for r in out.registered}, before)
     return out
+
+
+def _keep_current(registry: Registry, names: set[str], before: dict[str, DatasetVersion]) -> None:
+    """Pin what the plain names of ``names`` meant ``before`` the recovery where the dataset
+    records no current version (it means the newest registered, which a recovered older
+    version would otherwise become)."""
+    with registry.session() as s:
+        for ds in s.scalars(select(Dataset).where(Dataset.name.in_(names & before.keys()))):
+            if ds.current_version_id is None:
+                ds.current_version_id = before[ds.name].id

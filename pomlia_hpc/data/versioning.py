@@ -225,10 +225,17 @@ def record_version(
     fingerprint: dict[str, Any],
     *,
     parent: str | None = None,
+    recovered: bool = False,
 ) -> VersionRecord:
     """Get or create the Dataset and DatasetVersion rows; the parent is version ``parent`` if
     given, else the current version. The version (new, or existing with identical content)
     becomes the dataset's current one: what the plain name means from now on.
+
+    ``recovered``: a store registered again from its own metadata (``registry recover``): its
+    parent is the version ``meta["parent"]`` names (none when that one is not registered: a
+    first version has no parent, however many versions the dataset has now), and the dataset's
+    current version stays as it is (a dataset made here records none: its newest registered
+    version), as recovering a store changes nothing a user chose.
 
     Checked and created under a lock on the name, held to the commit: two ingests of one
     name at once (PostgreSQL) would otherwise both find no row and one fail on the unique
@@ -246,11 +253,18 @@ def record_version(
             )
         )
         if existing is not None:
-            ds.current_version_id = existing.id  # what was just added is what the name means
+            if not recovered:  # what was just added is what the name means
+                ds.current_version_id = existing.id
             parent_row = s.get(DatasetVersion, existing.parent_id) if existing.parent_id else None
             return to_record(name, existing, parent_row.version if parent_row else None, False)
         q = select(DatasetVersion).where(DatasetVersion.dataset_id == ds.id)
-        if parent is not None:
+        if recovered:
+            # the lineage the store was ingested with, not the order it is recovered in
+            named = meta.get("parent")
+            parent_row = (
+                None if named is None else s.scalar(q.where(DatasetVersion.version == named))
+            )
+        elif parent is not None:
             q = q.where(DatasetVersion.version == parent)
             parent_row = s.scalar(q.order_by(DatasetVersion.id.desc()).limit(1))
         else:
@@ -266,5 +280,6 @@ def record_version(
         )
         s.add(row)
         s.flush()
-        ds.current_version_id = row.id
+        if not recovered:
+            ds.current_version_id = row.id
         return to_record(name, row, parent_row.version if parent_row else None, True)
