@@ -16,6 +16,7 @@ from pomlia_hpc.cluster.records import record_submission
 from pomlia_hpc.errors import ConfigError, UnavailableError
 from pomlia_hpc.registry import Base, Dataset, DatasetVersion, Job, Registry, shown_url
 from pomlia_hpc.registry.db import current_revision, head_revision
+from tests.fixtures.cli import pomlia_main
 
 TABLES = {
     "datasets",
@@ -202,3 +203,33 @@ def test_a_password_is_hidden_in_a_url_that_does_not_parse_cleanly(url: str) -> 
     passwords, and an unencoded `@` left the password's tail after `***@`."""
     assert "s3" not in shown_url(url) and "cret" not in shown_url(url), shown_url(url)
     assert shown_url(url).startswith("postgresql+psycopg://u:***@h")
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("sqlite://", "is an in-memory database, empty again in each session"),
+        ("sqlite:///", "is an in-memory database"),
+        ("sqlite:///:memory:", "is an in-memory database"),
+        ("sqlite://registry.db", "names a host ('registry.db', the part after sqlite://)"),
+    ],
+)
+def test_a_sqlite_url_that_names_no_file_is_refused(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    url: str,
+    expected: str,
+) -> None:
+    """`sqlite://` (a path forgotten) made `pomlia init` and `registry recover` say they were
+    done while each session opened a new, empty in-memory database: nothing was kept. Two
+    slashes (`sqlite://registry.db`, a host) ended in a traceback, exit 70."""
+    home = tmp_path / "w"
+    for command in (["init"], ["registry", "recover"], ["data", "list"]):
+        code, out, err = pomlia_main(
+            monkeypatch, capsys, "--home", str(home), "--db-url", url, *command
+        )
+        assert code == 2 and out == "" and err.count("\n") == 1, err
+        assert f"error: registry URL '{url}' {expected}" in err and "Traceback" not in err
+        assert "expected sqlite:///PATH (relative to the current folder) or sqlite:////" in err
+    assert not home.exists()  # no workspace skeleton left by the refused command

@@ -113,9 +113,14 @@ def make_engine(url: str, *, busy_timeout_s: float = 60.0) -> Engine:
             f"sqlite:///{path} (it opens the file "
             "read-write; for users who may only read, use PostgreSQL with a read-only role)"
         )
+    if parsed.get_backend_name() == "sqlite" and (no_file := _sqlite_no_file(parsed)):
+        raise ConfigError(
+            f"registry URL '{url}' {no_file}; expected sqlite:///PATH (relative to "
+            "the current folder) or sqlite:////ABSOLUTE/PATH, a file that keeps the registry"
+        )
     try:
         if parsed.get_backend_name() == "sqlite":
-            if parsed.database and parsed.database != ":memory:":
+            if parsed.database:
                 Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
             # NullPool: a connection per session, so forked job processes never share one.
             engine = create_engine(
@@ -139,6 +144,19 @@ def make_engine(url: str, *, busy_timeout_s: float = 60.0) -> Engine:
             f"registry URL '{_shown(parsed)}': cannot create the folder of the SQLite file "
             f"({exc.strerror})"
         ) from exc
+
+
+def _sqlite_no_file(parsed: URL) -> str | None:
+    """Why a SQLite URL names no file, or None. ``sqlite://`` and ``sqlite:///:memory:`` are an
+    in-memory database, which the registry's connection per session (NullPool) would make anew,
+    empty, each time: `pomlia init` and `registry recover` said they were done and nothing was
+    kept. ``sqlite://registry.db`` (two slashes) names a host, which SQLAlchemy refused with a
+    traceback."""
+    if parsed.host:
+        return f"names a host ('{parsed.host}', the part after sqlite://), not a file"
+    if parsed.database in (None, "", ":memory:"):
+        return "is an in-memory database, empty again in each session: nothing would be kept"
+    return None
 
 
 def _sqlite_uri(parsed: URL) -> bool:
