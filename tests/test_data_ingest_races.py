@@ -1,19 +1,24 @@
 """Ingests of one dataset name at once (SQLite and PostgreSQL), a recording that fails after the
-store was published, and the empty ``stores/<name>/`` folder a killed ingest leaves."""
+store was published, the empty ``stores/<name>/`` folder a killed ingest leaves, and a chunk
+still being written when another one's failure stops the ingest."""
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
 import pytest
 from sqlalchemy import event
 
-from pomlia_hpc.data import api, versioning
+from pomlia_hpc.data import api, versioning, writer
 from pomlia_hpc.data.api import ingest, list_versions
 from pomlia_hpc.data.versioning import VersionRecord
+from pomlia_hpc.data.writer import StoreWriter
+from pomlia_hpc.errors import InputError
 from pomlia_hpc.registry import Registry
 from pomlia_hpc.workspace import Workspace
 from tests.fixtures.factories import nothing_visible, tiny_npz
@@ -138,3 +143,33 @@ def test_a_folder_swept_before_the_rename_is_made_again(
     rec = ingest(workspace, reg, "blood", tiny_npz(tmp_path / "b.npz"))
     assert len(calls) == 2 and rec.store_path.is_dir()
     assert [v.version for v in list_versions(reg, "blood")] == [rec.version]
+
+
+def test_a_chunk_still_written_when_another_fails_leaves_nothing_behind(
+    workspace: Workspace, reg: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A full disk on one of the last chunks surfaced while the writer waited for them
+    (``finish``): the ingest removed its staging folder and said "nothing was kept" while the
+    writer's threads went on writing the chunk after it, which made the folder again (a
+    hidden ``.ingest-*`` folder left in stores/, for as long as a `loop watch` daemon lives)."""
+    monkeypatch.setattr(writer, "chunk_rows_for", lambda *shape: 8)  # 60 rows: 8 chunks
+    real = StoreWriter._write
+    written = threading.Event()
+
+    def write(self: StoreWriter, idx: int, data: Any) -> tuple[int, str]:
+        if idx == 5:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        if idx == 6:
+            time.sleep(0.5)  # still writing when chunk 5's failure is collected
+            try:
+                return real(self, idx, data)
+            finally:
+                written.set()
+        return real(self, idx, data)
+
+    monkeypatch.setattr(StoreWriter, "_write", write)
+    with pytest.raises(InputError, match="no space left writing dataset store"):
+        ingest(workspace, reg, "blood", tiny_npz(tmp_path / "b.npz"), workers=2)
+    assert written.wait(30)  # the slow chunk is done (before the ingest returned, once fixed)
+    writers = [t for t in threading.enumerate() if t.name.startswith("pomlia-write")]
+    assert writers == [] and nothing_visible(workspace, "blood")

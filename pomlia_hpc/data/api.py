@@ -187,7 +187,9 @@ def _write_store(
     staging: Path, src: Source, workers: int, progress: ProgressFn | None
 ) -> tuple[StoreWriter, np.ndarray, dict[str, Any]]:
     """Write ``src``'s rows, labels and split as a store at ``staging``; return the writer,
-    the labels and the content digests."""
+    the labels and the content digests. On any error the writer's threads are stopped before
+    it is raised: a chunk still being written when a failure surfaced in ``finish`` (a full
+    disk on an earlier chunk) made the staging folder again after the caller removed it."""
     writer = StoreWriter(
         staging,
         src.n_images,
@@ -200,11 +202,11 @@ def _write_store(
             writer.put(start, rows)
             if progress:
                 progress("ingest", len(rows), src.n_images)
+        labels = src.labels()
+        return writer, labels, writer.finish(labels, _split_codes(src))
     except BaseException:
         writer.abort()
         raise
-    labels = src.labels()
-    return writer, labels, writer.finish(labels, _split_codes(src))
 
 
 def ingest(
