@@ -163,3 +163,15 @@ def test_a_mistyped_or_relative_url_names_the_workspace_registry_not_recover(
     assert "relative path, read from the current directory" in err
     assert not (tmp_path / "relative.db").exists()
     assert not (workspace.home / "registy.db").exists()
+
+
+def test_opening_a_version_by_workspace_creates_no_registry(tmp_path: Path) -> None:
+    """`open_version(workspace, ref)`, the stable reader API, created an empty registry
+    where the workspace had none (and then said the dataset was not found, known: none)."""
+    from pomlia_hpc.data.store import open_version
+
+    home = tmp_path / "ws"
+    ws = Workspace(home=home, db_url=f"sqlite:///{home / 'registry.db'}", cluster_profile="local")
+    with pytest.raises(RegistryMissingError, match="does not exist"):
+        open_version(ws, "blood")
+    assert not (home / "registry.db").exists()

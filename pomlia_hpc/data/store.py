@@ -424,11 +424,14 @@ def find_version(registry: Registry, ref: str) -> DatasetVersion:
 
 def open_version(where: Registry | Workspace, ref: str) -> DatasetStore:
     """Open the store of ``ref`` (``"name"`` = its current version, see :func:`find_version`,
-    or ``"name@version"``)."""
-    registry = (
-        where
-        if isinstance(where, Registry)
-        else Registry.open(where.db_url, busy_timeout_s=where.sqlite_busy_timeout_s)
-    )
-    row = find_version(registry, ref)
+    or ``"name@version"``). A workspace's registry is opened for the lookup and closed again;
+    a workspace without one is a :class:`~pomlia_hpc.registry.RegistryMissingError` (a reader
+    never creates an empty registry in its place, as only `pomlia init` does)."""
+    if isinstance(where, Registry):
+        return open_store(find_version(where, ref).store_path)
+    registry = Registry.open(where.db_url, busy_timeout_s=where.sqlite_busy_timeout_s, create=False)
+    try:
+        row = find_version(registry, ref)
+    finally:
+        registry.dispose()  # a PostgreSQL pool's connection is not left open
     return open_store(row.store_path)
