@@ -94,3 +94,19 @@ def test_synth_with_a_bad_scale_makes_no_folder(workspace: Workspace, tmp_path: 
     res = runner.invoke(app, ["data", "synth", "--scale", "-1", str(tmp_path / "out" / "deep")])
     assert "look-alike scale -1.0 is not valid" in str(res.exception)
     assert not (tmp_path / "out").exists()
+
+
+def test_a_dataset_given_by_its_id_is_named_by_its_name(
+    workspace: Workspace, tmp_path: Path
+) -> None:
+    """Every command takes a dataset's name or id (registry.lookup): `data show 1` named the
+    version `1@<version>` (in `--json`'s "ref" too), `data verify 1` likewise, and `data list
+    1` said "dataset '1' not found; known: blood"."""
+    from tests.fixtures.factories import tiny_npz
+
+    text = cli_ok("data", "add", "blood", str(tiny_npz(tmp_path / "b.npz")))
+    version = text.split("blood@")[1].split()[0]
+    assert json.loads(cli_ok("data", "show", "1", "--json"))["ref"] == f"blood@{version}"
+    assert f"blood@{version}" in cli_ok("data", "show", f"1@{version[:6]}")
+    assert f"blood@{version}" in cli_ok("data", "verify", "1")
+    assert version in cli_ok("data", "list", "1")

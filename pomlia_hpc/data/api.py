@@ -56,7 +56,7 @@ from pomlia_hpc.data.writer import StoreWriter
 from pomlia_hpc.errors import InputError
 from pomlia_hpc.files import probe_writable, sweep_stale_temps, temp_name
 from pomlia_hpc.registry import Dataset, DatasetVersion, Registry
-from pomlia_hpc.registry.lookup import not_found
+from pomlia_hpc.registry.lookup import by_name_or_id
 from pomlia_hpc.workspace import Workspace
 
 ProgressFn = Callable[[str, int, int], None]
@@ -336,10 +336,8 @@ def list_versions(registry: Registry, name: str | None = None) -> list[VersionSu
         q = select(Dataset.name, DatasetVersion).join(
             Dataset, Dataset.id == DatasetVersion.dataset_id
         )
-        if name is not None:
-            known = list(s.scalars(select(Dataset.name).order_by(Dataset.id)))
-            if name not in known:
-                raise not_found("dataset", name, known)
+        if name is not None:  # a name or an id, as everywhere (registry.lookup)
+            name = by_name_or_id(s, Dataset, name, "dataset").name
             q = q.where(Dataset.name == name)
         rows = list(s.execute(q.order_by(Dataset.name, DatasetVersion.id)))
         by_id = {v.id: v.version for _, v in rows}
@@ -375,10 +373,17 @@ def list_versions(registry: Registry, name: str | None = None) -> list[VersionSu
     return out
 
 
+def _dataset_name(registry: Registry, row: DatasetVersion) -> str:
+    """The name of the dataset of version ``row`` (a reference may give the dataset's id)."""
+    with registry.session() as s:
+        return str(s.scalar(select(Dataset.name).where(Dataset.id == row.dataset_id)))
+
+
 def show(registry: Registry, ref: str) -> VersionRecord:
-    """The record of ``name`` (its current version, the last added) or ``name@version``."""
+    """The record of ``name`` (its current version, the last added) or ``name@version``; the
+    dataset may be given by its id, and the record names it by its name."""
     row = find_version(registry, ref)
-    name = ref.partition("@")[0]
+    name = _dataset_name(registry, row)
     parent = None
     if row.parent_id:
         with registry.session() as s:
@@ -440,7 +445,7 @@ def verify(
     with the registry's; a damaged or missing chunk is reported by index."""
     if ref is not None:
         row = find_version(registry, ref)
-        return [_verify_one(f"{ref.partition('@')[0]}@{row.version}", row, progress)]
+        return [_verify_one(f"{_dataset_name(registry, row)}@{row.version}", row, progress)]
     with registry.session() as s:
         rows = list(
             s.execute(
