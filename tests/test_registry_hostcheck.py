@@ -3,11 +3,14 @@ library uses for it; a server out of reach is 69. The resolver is the machine's 
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from sqlalchemy.exc import OperationalError
 
 from pomlia_hpc.registry import server_unreachable
 from pomlia_hpc.registry.hostcheck import host_unknown, url_hosts
+from tests.fixtures.cli import pomlia_main
 
 NO_SUCH = "no-such-host.invalid"  # RFC 6761: never resolves
 
@@ -73,3 +76,38 @@ def test_the_drivers_resolver_answer_is_not_asked_again() -> None:
     said = f"failed to resolve host '{NO_SUCH}': [Errno -2] Name or service not known"
     assert not host_unknown(f"postgresql+psycopg://u:p@localhost,{NO_SUCH}/x", said)
     assert host_unknown(f"postgresql+psycopg://u:p@other.invalid,{NO_SUCH}/x", said)
+
+
+@pytest.mark.parametrize(
+    ("query", "said"),
+    [
+        ("?sslmode=bogus", 'invalid sslmode value: "bogus"'),
+        ("?keepalives=x", 'invalid integer value "x" for connection option "keepalives"'),
+        ("?target_session_attrs=x", 'invalid target_session_attrs value: "x"'),
+    ],
+)
+def test_a_connection_setting_libpq_refuses_is_bad_input_not_an_outage(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    query: str,
+    said: str,
+) -> None:
+    """libpq refuses such a URL before it connects, and psycopg says "connection is bad: ..."
+    with no SQLSTATE: it was exit 69, "the database server did not answer ... (the same
+    command works once it is)", and a nightly script retried the typo for ever."""
+    url = f"postgresql+psycopg://pomlia:s3cret@127.0.0.1:1/x{query}"
+    code, out, err = pomlia_main(
+        monkeypatch, capsys, "--home", str(tmp_path), "--db-url", url, "data", "list"
+    )
+    assert code == 2 and out == "" and err.count("\n") == 1, err
+    assert "cannot open the database" in err and said in err and "did not answer" not in err
+    assert "expected connection settings that libpq and the server take" in err
+    assert "s3cret" not in err
+
+
+def test_a_port_out_of_range_is_bad_input() -> None:
+    url = "postgresql+psycopg://pomlia:pomlia@127.0.0.1:99999/pomlia"
+    assert not server_unreachable(
+        url, failed_connect('connection is bad: invalid port number: "99999"')
+    )

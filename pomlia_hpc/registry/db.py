@@ -39,7 +39,7 @@ from pomlia_hpc.errors import (
     UnavailableError,
 )
 from pomlia_hpc.files import current_umask
-from pomlia_hpc.registry.hostcheck import host_unknown
+from pomlia_hpc.registry.hostcheck import host_unknown, refused_setting
 from pomlia_hpc.registry.pgmissing import missing_database
 from pomlia_hpc.storage import free_space
 
@@ -283,6 +283,8 @@ def server_unreachable(url: str, exc: BaseException) -> bool:
         return False
     if host_unknown(url, said):  # a typo, not an outage (a name server down, EAI_AGAIN, is one)
         return False
+    if refused_setting(said):  # `?sslmode=bogus`, a port out of range: a typo too
+        return False
     # A server that answered but cannot take a connection now (starting up, shutting down,
     # in recovery, out of connection slots: SQLSTATE 57P03 and 53300) is out of reach too.
     return "FATAL:" not in said or any(words in said for words in _NOT_NOW)
@@ -455,9 +457,14 @@ class Registry:
                 raise ConfigError(
                     f"registry {reg.display_url()}: cannot open the database ({reason}): {storage}"
                 ) from exc
+            expected = (
+                "expected connection settings that libpq and the server take (PostgreSQL's "
+                "'Parameter Key Words')"
+                if refused_setting(reason)
+                else "expected a reachable server (or writable SQLite file) and correct credentials"
+            )
             raise ConfigError(
-                f"registry {reg.display_url()}: cannot open the database ({reason}); "
-                "expected a reachable server (or writable SQLite file) and correct credentials"
+                f"registry {reg.display_url()}: cannot open the database ({reason}); {expected}"
             ) from exc
         except RegistryMissingError:
             reg.dispose()

@@ -1,4 +1,5 @@
-"""Whether a database URL names a host that does not exist, asked of the resolver itself.
+"""Whether a database URL names a host that does not exist, asked of the resolver itself, or
+a connection setting the driver refuses.
 
 A registry URL whose host no name server knows is a typo (bad input, exit 2), not a server
 out of reach (exit 69, "try again later"). That used to be read from the driver's message,
@@ -76,3 +77,21 @@ def _unknown(host: str) -> bool:
     except UnicodeError:  # a name the resolver cannot even take (bad IDNA): a typo as well
         return True
     return False
+
+
+#: libpq's words for a setting of the URL it refuses before or while it connects (fe-connect.c:
+#: ``invalid sslmode value: "x"``, ``invalid port number: "99999"``, ``invalid integer value
+#: "x" for connection option "keepalives"``, ``could not match 2 port numbers to 3 hosts``), and
+#: a server that answered but will not take the URL's TLS setting: a typo or a wrong setting
+#: (bad input, exit 2), never a server out of reach (69, "try again later"), which psycopg's
+#: "connection is bad: ..." (no SQLSTATE, no FATAL) looked like.
+_REFUSED_SETTING = re.compile(
+    r"invalid [\w ]*value|invalid port number|could not match \d+ \w+ \w+ to \d+|"
+    r"SSL was required|invalid SSL protocol version"
+)
+
+
+def refused_setting(said: str) -> bool:
+    """Whether ``said``, the driver's message for a failed connection, is a setting of the URL
+    refused (see :data:`_REFUSED_SETTING`), rather than a server that did not answer."""
+    return _REFUSED_SETTING.search(said) is not None
