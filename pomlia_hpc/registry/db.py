@@ -439,33 +439,7 @@ class Registry:
                 )
         except DBAPIError as exc:
             reg.dispose()
-            reason = str(exc.orig or exc).strip().splitlines()[0]
-            if _damage(exc):
-                raise reg.damaged(reason) from exc
-            if write_lock_timed_out(exc):  # waited for the lock: the file is reachable
-                raise busy_error(url, busy_timeout_s, settings_file) from exc
-            if server_unreachable(url, exc):
-                raise UnavailableError(
-                    f"registry {reg.display_url()}: the database server did not answer "
-                    f"({reason}); expected it running and reachable at the URL's host and port "
-                    "(the same command works once it is)"
-                ) from exc
-            if missing := missing_database(url, reason, reg.display_url()):  # exit 4, as SQLite
-                raise RegistryMissingError(missing[0], hint=missing[1]) from exc
-            storage = sqlite_storage_problem(url, exc)
-            if storage is not None:  # SQLite's "disk I/O error" alone says nothing of it
-                raise ConfigError(
-                    f"registry {reg.display_url()}: cannot open the database ({reason}): {storage}"
-                ) from exc
-            expected = (
-                "expected connection settings that libpq and the server take (PostgreSQL's "
-                "'Parameter Key Words')"
-                if refused_setting(reason)
-                else "expected a reachable server (or writable SQLite file) and correct credentials"
-            )
-            raise ConfigError(
-                f"registry {reg.display_url()}: cannot open the database ({reason}); {expected}"
-            ) from exc
+            raise reg.open_error(exc, settings_file) from exc
         except RegistryMissingError:
             reg.dispose()
             raise
@@ -505,6 +479,39 @@ class Registry:
             # time may have migrated it first, and then this one changed nothing to report.
             reg.upgraded = (found, head)
         return reg
+
+    def open_error(self, exc: DBAPIError, settings_file: Path | None) -> Exception:
+        """The one-line error for ``exc``, raised reading the schema's revision on opening:
+        a damaged file, a write lock held too long, a server out of reach (69), no such
+        database (4), a full or read-only file system, a setting libpq refuses, or another
+        refusal (bad credentials)."""
+        url, reason = self.url, str(exc.orig or exc).strip().splitlines()[0]
+        if _damage(exc):
+            return self.damaged(reason)
+        if write_lock_timed_out(exc):  # waited for the lock: the file is reachable
+            return busy_error(url, self.busy_timeout_s, settings_file)
+        if server_unreachable(url, exc):
+            return UnavailableError(
+                f"registry {self.display_url()}: the database server did not answer "
+                f"({reason}); expected it running and reachable at the URL's host and port "
+                "(the same command works once it is)"
+            )
+        if missing := missing_database(url, reason, self.display_url()):  # exit 4, as SQLite
+            return RegistryMissingError(missing[0], hint=missing[1])
+        storage = sqlite_storage_problem(url, exc)
+        if storage is not None:  # SQLite's "disk I/O error" alone says nothing of it
+            return ConfigError(
+                f"registry {self.display_url()}: cannot open the database ({reason}): {storage}"
+            )
+        expected = (
+            "expected connection settings that libpq and the server take (PostgreSQL's "
+            "'Parameter Key Words')"
+            if refused_setting(reason)
+            else "expected a reachable server (or writable SQLite file) and correct credentials"
+        )
+        return ConfigError(
+            f"registry {self.display_url()}: cannot open the database ({reason}); {expected}"
+        )
 
     def upgrade_note(self) -> str | None:
         """The one line saying that :meth:`open` upgraded the schema, None if it did not."""
