@@ -247,3 +247,25 @@ def test_a_database_server_that_cannot_take_a_connection_now_is_exit_69(
         proc = pomlia("--home", str(tmp_path / "ws"), "--db-url", url, "data", "list", "--json")
     assert proc.returncode == UNAVAILABLE_EXIT, proc.stderr
     assert message in proc.stderr and proc.stdout == "", proc.stderr
+
+
+@pytest.mark.postgres
+def test_a_url_that_names_no_database_is_told_which_one_the_server_lacks(
+    pg_url: str, tmp_path: Path
+) -> None:
+    """Without a database in the URL libpq connects to the one named as the user: the error
+    said "the server has no database ''" and its hint `createdb -h ... -U pomlia ` (no name)."""
+    import psycopg
+
+    user = make_url(pg_url).username
+    url = make_url(pg_url).set(database="").render_as_string(False).split("?")[0]
+    dsn = make_url(pg_url).render_as_string(False).replace("postgresql+psycopg", "postgresql")
+    with psycopg.connect(dsn.split("?")[0]) as conn:  # the test needs no database so named
+        named = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (user,)).fetchone()
+    if named is not None:
+        pytest.skip(f"the test server has a database named as its user ({user})")
+    proc = pomlia("--home", str(tmp_path / "ws"), "--db-url", url, "data", "list")
+    assert proc.returncode == NOT_FOUND_EXIT, proc.stderr
+    error, hint = proc.stderr.strip().splitlines()
+    assert f"the server has no database '{user}' (the URL names no database: libpq took" in error
+    assert hint.startswith("  hint: create it (`createdb -h ") and f" {user}`, or ask" in hint

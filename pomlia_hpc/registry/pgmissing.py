@@ -15,7 +15,7 @@ import re
 from sqlalchemy.engine import make_url
 
 #: How the server says the URL's database is not there (the first line of its message).
-_NO_DATABASE = re.compile(r'FATAL:\s+database "[^"]*" does not exist')
+_NO_DATABASE = re.compile(r'FATAL:\s+database "(?P<name>[^"]*)" does not exist')
 
 
 def missing_database(url: str, said: str, shown: str) -> tuple[str, str] | None:
@@ -24,13 +24,18 @@ def missing_database(url: str, said: str, shown: str) -> tuple[str, str] | None:
     without its password), is that its database does not exist; None for any other answer
     or database."""
     parsed = make_url(url)
-    if parsed.get_backend_name() != "postgresql" or not _NO_DATABASE.search(said):
+    found = _NO_DATABASE.search(said)
+    if parsed.get_backend_name() != "postgresql" or found is None:
         return None
-    name = parsed.database or ""
+    # the server's name for it: a URL that names none (`.../` or no path) connects to the
+    # database named as the user, which libpq takes in its place
+    name = found["name"]
+    named = parsed.database or parsed.query.get("dbname")
+    default = "" if named else " (the URL names no database: libpq took the user's name)"
     options = (("-h", parsed.host), ("-p", parsed.port), ("-U", parsed.username))
     where = "".join(f"{flag} {value} " for flag, value in options if value)
     return (
-        f"no registry at {shown}: the server has no database '{name}'",
+        f"no registry at {shown}: the server has no database '{name}'{default}",
         f"create it (`createdb {where}{name}`, or ask the server's administrator), then run "
         "`pomlia init`; or correct the database name in the URL",
     )
