@@ -13,9 +13,10 @@ from alembic.migration import MigrationContext
 from sqlalchemy import func, inspect, select, text
 
 from pomlia_hpc.cluster.records import record_submission
-from pomlia_hpc.errors import ConfigError, UnavailableError
+from pomlia_hpc.errors import ConfigError, NotFoundError, UnavailableError
 from pomlia_hpc.registry import Base, Dataset, DatasetVersion, Job, Registry, shown_url
 from pomlia_hpc.registry.db import current_revision, head_revision
+from pomlia_hpc.registry.lookup import by_name_or_id
 from tests.fixtures.cli import pomlia_main
 
 TABLES = {
@@ -233,3 +234,15 @@ def test_a_sqlite_url_that_names_no_file_is_refused(
         assert f"error: registry URL '{url}' {expected}" in err and "Traceback" not in err
         assert "expected sqlite:///PATH (relative to the current folder) or sqlite:////" in err
     assert not home.exists()  # no workspace skeleton left by the refused command
+
+
+@pytest.mark.parametrize("ref", ["9" * 25, "²", "0"])
+def test_a_reference_that_can_be_no_id_is_not_found(registry: Registry, ref: str) -> None:
+    """`pomlia data show 99999999999999999999` ended in a traceback, exit 70 ("Python int too
+    large to convert to SQLite INTEGER"), and so did `data show ²` (a digit to str.isdigit(),
+    no number to int()): each is a name that is not there, listed with the known ones."""
+    with registry.session() as s:
+        s.add(Dataset(name="blood"))
+    with registry.session() as s, pytest.raises(NotFoundError) as exc:
+        by_name_or_id(s, Dataset, ref, "dataset")
+    assert str(exc.value) == f"dataset '{ref}' not found; known: blood"

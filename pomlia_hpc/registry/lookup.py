@@ -23,6 +23,11 @@ _Row = TypeVar("_Row")
 KNOWN_SHOWN = 20
 
 
+#: The largest id a registry row can have (SQLite's INTEGER, PostgreSQL's bigint): a longer
+#: run of digits names no row, and SQLite cannot even take it as a parameter.
+MAX_ID = 2**63 - 1
+
+
 #: How to make what was not found, where one command does it.
 HINTS = {"task": "pomlia task add NAME --dataset D --metric M"}
 
@@ -40,7 +45,8 @@ def by_name_or_id(session: Session, table: type[_Row], ref: str | int, what: str
     id ``ref``; :func:`not_found` otherwise."""
     t: Any = table
     row = session.scalar(select(t).where(t.name == str(ref)))
-    if row is None and str(ref).isdigit():
+    # ASCII digits only: "²" is a digit to str.isdigit() but no number to int()
+    if row is None and str(ref).isascii() and str(ref).isdigit() and int(ref) <= MAX_ID:
         row = session.get(t, int(ref))
     if row is None:
         raise not_found(what, ref, list(session.scalars(select(t.name).order_by(t.id))))
