@@ -377,3 +377,33 @@ def test_an_older_release_s_encoders_keep_the_refresh_name_rule_after_the_upgrad
     assert default_encoder(reg, ws, said.append) == "ae"
     assert said and "the refresh an older release left unfinished (ae-r1)" in said[0], said
     reg.dispose()
+
+
+@pytest.mark.postgres
+def test_init_by_a_user_who_may_not_create_tables_is_one_line_not_a_bug(
+    pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`pomlia init` on a database where the user may not create tables was exit 70, "registry
+    database error: permission denied for schema ...": the status of a bug in pomlia."""
+    import psycopg
+
+    schema = pg_url.rsplit("%3D", 1)[1]
+    role = f"ro_{uuid.uuid4().hex[:10]}"
+    dsn = PG_URL.replace("postgresql+psycopg://", "postgresql://")
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {role} LOGIN PASSWORD 'ro'")
+        conn.execute(f"GRANT USAGE ON SCHEMA {schema} TO {role}")  # no CREATE
+    user = PG_URL.split("://", 1)[1].split("@", 1)[0]
+    ro_url = pg_url.replace(f"{user}@", f"{role}:ro@", 1)
+    try:
+        code, out, err = _pomlia(
+            monkeypatch, capsys, "--home", str(tmp_path / "w"), "--db-url", ro_url, "init"
+        )
+    finally:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(f"REVOKE USAGE ON SCHEMA {schema} FROM {role}")
+            conn.execute(f"DROP ROLE {role}")
+    assert code == 2 and out == "" and err.count("\n") == 1, err
+    assert "this database user may not create the registry's tables (permission denied" in err
+    assert "expected a user with the CREATE right there" in err and ":ro@" not in err
+    assert not (tmp_path / "w").exists()  # no workspace skeleton left

@@ -78,10 +78,6 @@ def shown_url(url: str | URL) -> str:
     return _SECRET_QUERY.sub(r"\1***", _USER_PASSWORD.sub(r"\1***@", text))
 
 
-def _shown(url: URL) -> str:
-    return shown_url(url)
-
-
 def lock_name(session: Session, name: str) -> None:
     """Hold a write lock named ``name`` until ``session``'s transaction ends, for writers that
     check a row and then replace or create it (a row that may not exist yet cannot be locked
@@ -131,17 +127,17 @@ def make_engine(url: str, *, busy_timeout_s: float = 60.0) -> Engine:
         return create_engine(parsed, pool_pre_ping=True)
     except NoSuchModuleError as exc:
         raise ConfigError(
-            f"registry URL '{_shown(parsed)}': unknown database driver '{parsed.drivername}'; "
+            f"registry URL '{shown_url(parsed)}': unknown database driver '{parsed.drivername}'; "
             f"expected {EXPECTED_URLS}"
         ) from exc
     except ImportError as exc:
         raise ConfigError(
-            f"registry URL '{_shown(parsed)}': the Python driver for '{parsed.drivername}' is "
+            f"registry URL '{shown_url(parsed)}': the Python driver for '{parsed.drivername}' is "
             f"not installed ({exc}); expected {EXPECTED_URLS}"
         ) from exc
     except OSError as exc:
         raise ConfigError(
-            f"registry URL '{_shown(parsed)}': cannot create the folder of the SQLite file "
+            f"registry URL '{shown_url(parsed)}': cannot create the folder of the SQLite file "
             f"({exc.strerror})"
         ) from exc
 
@@ -462,9 +458,15 @@ class Registry:
             found = upgrade(reg.engine)
         except DBAPIError as exc:
             reg.dispose()
-            if not _no_write(exc) or current is None:
+            if not _no_write(exc):
                 raise
             reason = str(exc.orig or exc).strip().splitlines()[0]
+            if current is None:  # `pomlia init` without the right to create tables: not a bug
+                raise RegistryReadOnlyError(
+                    f"registry {reg.display_url()}: this database user may not create the "
+                    f"registry's tables ({reason}); expected a user with the CREATE right "
+                    "there (ask the server's administrator) to run `pomlia init` once"
+                ) from exc
             raise RegistryReadOnlyError(
                 f"registry {reg.display_url()}: its schema is at revision {current} and this "
                 f"pomlia needs {head}, an upgrade this database user may not make ({reason}); "
