@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import sys
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +28,7 @@ from pomlia_hpc.registry import (
 )
 from pomlia_hpc.registry.db import head_revision, upgrade
 from pomlia_hpc.strategy import kb
+from pomlia_hpc.workspace import Workspace
 from tests.fixtures.cli import pomlia_main
 from tests.fixtures.services import PG_URL
 
@@ -379,12 +382,10 @@ def test_an_older_release_s_encoders_keep_the_refresh_name_rule_after_the_upgrad
     reg.dispose()
 
 
-@pytest.mark.postgres
-def test_init_by_a_user_who_may_not_create_tables_is_one_line_not_a_bug(
-    pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """`pomlia init` on a database where the user may not create tables was exit 70, "registry
-    database error: permission denied for schema ...": the status of a bug in pomlia."""
+@contextmanager
+def _role(pg_url: str, *grants: str) -> Iterator[str]:
+    """A login role with ``grants`` on the test schema (``{schema}`` in them is its name);
+    yields ``pg_url`` as that role, and drops the role afterwards."""
     import psycopg
 
     schema = pg_url.rsplit("%3D", 1)[1]
@@ -392,18 +393,57 @@ def test_init_by_a_user_who_may_not_create_tables_is_one_line_not_a_bug(
     dsn = PG_URL.replace("postgresql+psycopg://", "postgresql://")
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(f"CREATE ROLE {role} LOGIN PASSWORD 'ro'")
-        conn.execute(f"GRANT USAGE ON SCHEMA {schema} TO {role}")  # no CREATE
+        for grant in grants:
+            conn.execute(grant.format(schema=schema, role=role))
     user = PG_URL.split("://", 1)[1].split("@", 1)[0]
-    ro_url = pg_url.replace(f"{user}@", f"{role}:ro@", 1)
     try:
-        code, out, err = _pomlia(
-            monkeypatch, capsys, "--home", str(tmp_path / "w"), "--db-url", ro_url, "init"
-        )
+        yield pg_url.replace(f"{user}@", f"{role}:ro@", 1)
     finally:
         with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(f"REVOKE ALL ON ALL TABLES IN SCHEMA {schema} FROM {role}")
             conn.execute(f"REVOKE USAGE ON SCHEMA {schema} FROM {role}")
             conn.execute(f"DROP ROLE {role}")
+
+
+@pytest.mark.postgres
+def test_init_by_a_user_who_may_not_create_tables_is_one_line_not_a_bug(
+    pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`pomlia init` on a database where the user may not create tables was exit 70, "registry
+    database error: permission denied for schema ...": the status of a bug in pomlia."""
+    home = str(tmp_path / "w")
+    with _role(pg_url, "GRANT USAGE ON SCHEMA {schema} TO {role}") as ro_url:  # no CREATE
+        code, out, err = _pomlia(monkeypatch, capsys, "--home", home, "--db-url", ro_url, "init")
     assert code == 2 and out == "" and err.count("\n") == 1, err
     assert "this database user may not create the registry's tables (permission denied" in err
     assert "expected a user with the CREATE right there" in err and ":ro@" not in err
     assert not (tmp_path / "w").exists()  # no workspace skeleton left
+
+
+@pytest.mark.postgres
+def test_a_write_by_a_read_only_user_is_one_line_not_a_bug(
+    pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A read-only role (what the README offers for users who may only read) running `data
+    add` got exit 70, "registry database error: permission denied for table datasets", the
+    status of a bug; the store it had published is removed again."""
+    from tests.fixtures.factories import nothing_visible, tiny_npz
+
+    Registry.open(pg_url).dispose()  # a registry at the newest schema
+    home = tmp_path / "w"
+    npz = str(tiny_npz(tmp_path / "b.npz"))
+    grants = (
+        "GRANT USAGE ON SCHEMA {schema} TO {role}",
+        "GRANT SELECT ON ALL TABLES IN SCHEMA {schema} TO {role}",
+    )
+    with _role(pg_url, *grants) as ro_url:
+        common = ("--home", str(home), "--db-url", ro_url)
+        assert _pomlia(monkeypatch, capsys, *common, "data", "list")[0] == 0  # reading works
+        code, _, err = _pomlia(monkeypatch, capsys, *common, "data", "add", "blood", npz)
+    error = err.strip().splitlines()[-1]
+    assert code == 2 and error.startswith("error: registry postgresql+psycopg://"), err
+    assert "this database user may not write it (permission denied for table" in error
+    assert "expected a user with write access for this command" in error
+    assert "Traceback" not in err and ":ro@" not in err
+    ws = Workspace(home=home, db_url=pg_url, cluster_profile="local")
+    assert nothing_visible(ws, "blood")

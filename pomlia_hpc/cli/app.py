@@ -27,8 +27,10 @@ from pomlia_hpc.progress import guard_std_streams, output_failure
 from pomlia_hpc.registry import (
     busy_error,
     server_unreachable,
+    shown_url,
     sqlite_storage_problem,
     write_lock_timed_out,
+    write_refused,
 )
 from pomlia_hpc.storage import storage_error
 
@@ -179,6 +181,15 @@ def _run() -> None:
         storage = sqlite_storage_problem(STATE.workspace.db_url, exc)
         if storage is not None:  # SQLite names neither the file nor the cause
             first += f": {storage}"
+        elif write_refused(exc):  # a read-only role's write: the user's to fix, not a bug (70)
+            err_console.print(
+                f"[bold red]error:[/] registry {escape(shown_url(STATE.workspace.db_url))}: "
+                f"this database user may not write it ({escape(first)}); expected a user with "
+                "write access for this command (commands that only read work as this one)",
+                highlight=False,
+                soft_wrap=True,
+            )
+            sys.exit(2)
         # Not 1, which `monitor run` (an alarm) and `data verify` (damage) answer with: a
         # nightly job read a registry failure as an alarm and ended COMPLETED.
         gone = server_unreachable(STATE.workspace.db_url, exc)

@@ -12,6 +12,7 @@ from pomlia_hpc.registry.db import (
     shown_url,
     sqlite_storage_problem,
     write_lock_timed_out,
+    write_refused,
 )
 from pomlia_hpc.registry.knowledge import (
     KbDataset,
@@ -72,4 +73,5 @@ __all__ = [
     "shown_url",
     "sqlite_storage_problem",
     "write_lock_timed_out",
+    "write_refused",
 ]

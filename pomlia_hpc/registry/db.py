@@ -355,7 +355,7 @@ def sqlite_storage_problem(url: str, exc: BaseException) -> str | None:
 _NO_WRITE_WORDS = ("permission denied", "must be owner", "readonly database")
 
 
-def _no_write(exc: DBAPIError) -> bool:
+def write_refused(exc: DBAPIError) -> bool:
     """Whether ``exc`` is a write the database refused this user (not a failure of the write)."""
     if getattr(exc.orig, "sqlstate", None) == "42501":  # psycopg: insufficient_privilege
         return True
@@ -458,7 +458,7 @@ class Registry:
             found = upgrade(reg.engine)
         except DBAPIError as exc:
             reg.dispose()
-            if not _no_write(exc):
+            if not write_refused(exc):
                 raise
             reason = str(exc.orig or exc).strip().splitlines()[0]
             if current is None:  # `pomlia init` without the right to create tables: not a bug
