@@ -24,8 +24,10 @@ app.add_typer(registry_app, name="registry")
 @registry_app.command("recover")
 def recover() -> None:
     """Register every dataset store under <home>/stores/ that the registry does not list,
-    from the store's own metadata (creates the registry if it is missing). Encoders, models
-    and AutoML runs are not in the stores and are not recovered."""
+    from the store's own metadata (creates the registry if it is missing): each version with
+    the parent its metadata names. What a dataset's plain name means is left as it was; for a
+    dataset recovered whole it is the version ingested last. Encoders, models and AutoML runs
+    are not in the stores and are not recovered."""
     from pomlia_hpc.data.recover import recover_stores
 
     ws = STATE.workspace
