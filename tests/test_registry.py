@@ -213,6 +213,7 @@ def test_a_password_is_hidden_in_a_url_that_does_not_parse_cleanly(url: str) -> 
         ("sqlite:///", "is an in-memory database"),
         ("sqlite:///:memory:", "is an in-memory database"),
         ("sqlite://registry.db", "names a host ('registry.db', the part after sqlite://)"),
+        ("sqlite:///~/ws/registry.db", "starts with '~', which a URL does not expand"),
     ],
 )
 def test_a_sqlite_url_that_names_no_file_is_refused(
@@ -224,8 +225,10 @@ def test_a_sqlite_url_that_names_no_file_is_refused(
 ) -> None:
     """`sqlite://` (a path forgotten) made `pomlia init` and `registry recover` say they were
     done while each session opened a new, empty in-memory database: nothing was kept. Two
-    slashes (`sqlite://registry.db`, a host) ended in a traceback, exit 70."""
+    slashes (`sqlite://registry.db`, a host) ended in a traceback, exit 70, and `~` (not
+    expanded in a URL) made a folder named `~` in the current folder, the registry in it."""
     home = tmp_path / "w"
+    monkeypatch.chdir(tmp_path)
     for command in (["init"], ["registry", "recover"], ["data", "list"]):
         code, out, err = pomlia_main(
             monkeypatch, capsys, "--home", str(home), "--db-url", url, *command
@@ -234,6 +237,7 @@ def test_a_sqlite_url_that_names_no_file_is_refused(
         assert f"error: registry URL '{url}' {expected}" in err and "Traceback" not in err
         assert "expected sqlite:///PATH (relative to the current folder) or sqlite:////" in err
     assert not home.exists()  # no workspace skeleton left by the refused command
+    assert not (tmp_path / "~").exists()
 
 
 @pytest.mark.parametrize("ref", ["9" * 25, "²", "0"])

@@ -41,6 +41,7 @@ from pomlia_hpc.errors import (
 from pomlia_hpc.files import current_umask
 from pomlia_hpc.registry.hostcheck import host_unknown, refused_setting
 from pomlia_hpc.registry.pgmissing import missing_database
+from pomlia_hpc.registry.sqliteurl import check_sqlite_url, sqlite_refused
 from pomlia_hpc.storage import free_space
 
 MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
@@ -100,20 +101,8 @@ def make_engine(url: str, *, busy_timeout_s: float = 60.0) -> Engine:
         raise ConfigError(
             f"registry URL '{shown_url(url)}' is not a valid database URL; expected {EXPECTED_URLS}"
         ) from exc
-    if parsed.get_backend_name() == "sqlite" and _sqlite_uri(parsed):
-        path = str(parsed.database or "").removeprefix("file:")
-        path = "/" + path.lstrip("/") if path.startswith("//") else path  # file:///abs
-        raise ConfigError(
-            f"registry URL '{url}': SQLite URI filenames and query arguments (file:..., "
-            f"?uri=true, ?mode=ro) are not supported; expected sqlite:///PATH, here "
-            f"sqlite:///{path} (it opens the file "
-            "read-write; for users who may only read, use PostgreSQL with a read-only role)"
-        )
-    if parsed.get_backend_name() == "sqlite" and (no_file := _sqlite_no_file(parsed)):
-        raise ConfigError(
-            f"registry URL '{url}' {no_file}; expected sqlite:///PATH (relative to "
-            "the current folder) or sqlite:////ABSOLUTE/PATH, a file that keeps the registry"
-        )
+    if parsed.get_backend_name() == "sqlite":
+        check_sqlite_url(url, parsed)
     try:
         if parsed.get_backend_name() == "sqlite":
             if parsed.database:
@@ -140,28 +129,6 @@ def make_engine(url: str, *, busy_timeout_s: float = 60.0) -> Engine:
             f"registry URL '{shown_url(parsed)}': cannot create the folder of the SQLite file "
             f"({exc.strerror})"
         ) from exc
-
-
-def _sqlite_no_file(parsed: URL) -> str | None:
-    """Why a SQLite URL names no file, or None. ``sqlite://`` and ``sqlite:///:memory:`` are an
-    in-memory database, which the registry's connection per session (NullPool) would make anew,
-    empty, each time: `pomlia init` and `registry recover` said they were done and nothing was
-    kept. ``sqlite://registry.db`` (two slashes) names a host, which SQLAlchemy refused with a
-    traceback."""
-    if parsed.host:
-        return f"names a host ('{parsed.host}', the part after sqlite://), not a file"
-    if parsed.database in (None, "", ":memory:"):
-        return "is an in-memory database, empty again in each session: nothing would be kept"
-    return None
-
-
-def _sqlite_uri(parsed: URL) -> bool:
-    """Whether a SQLite URL names its database as a URI (``sqlite:///file:PATH?mode=ro&uri=true``)
-    or has any query argument: the registry's checks would take ``file:PATH`` for a path (a
-    missing file, a folder named ``file:``), a read-only connection cannot take the write lock
-    every session starts with, and without ``uri=true`` SQLAlchemy ignores ``?mode=ro`` with
-    a warning and opens (and migrates) the file read-write."""
-    return bool(parsed.query) or str(parsed.database or "").startswith("file:")
 
 
 def _wal_mode(cur: sqlite3.Cursor, busy_timeout_s: float) -> None:
@@ -379,11 +346,9 @@ def _sqlite_file(url: str) -> Path | None:
         parsed = make_url(url)
     except Exception:
         return None
-    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
-        return None
-    if _sqlite_uri(parsed):
-        return None  # not a path: refused by make_engine, with the form expected
-    return Path(parsed.database)
+    if parsed.get_backend_name() != "sqlite" or sqlite_refused(parsed):
+        return None  # no file's path: refused by make_engine, with the form expected
+    return Path(str(parsed.database))
 
 
 class Registry:
