@@ -111,6 +111,24 @@ def test_schema_newer_than_code_is_one_clear_error(tmp_path: Path) -> None:
         Registry.open(url)
 
 
+def test_another_applications_alembic_table_is_named_as_a_possibility(db_url: str) -> None:
+    """A database (or schema) another Alembic application uses holds its `alembic_version`:
+    `pomlia init` there said only "newer than this pomlia ...; upgrade pomlia-hpc", which no
+    upgrade could mend."""
+    reg = Registry(db_url)
+    with reg.engine.begin() as conn:
+        conn.execute(text("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL)"))
+        conn.execute(text("INSERT INTO alembic_version VALUES ('1975e0c5b2ad')"))
+    reg.dispose()
+    with pytest.raises(ConfigError) as exc:
+        Registry.open(db_url)
+    assert "schema revision 1975e0c5b2ad is newer than this pomlia" in str(exc.value)
+    assert "if no pomlia made that revision, its table alembic_version is another " in str(
+        exc.value
+    )
+    assert "give pomlia a database or schema of its own" in str(exc.value)
+
+
 def test_reopen_is_idempotent(db_url: str) -> None:
     Registry.open(db_url).dispose()
     reg = Registry.open(db_url)

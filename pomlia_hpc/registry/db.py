@@ -417,7 +417,9 @@ class Registry:
             reg.dispose()
             raise RegistryNewerError(
                 f"registry {reg.display_url()}: schema revision {current} is newer than this "
-                f"pomlia (head {head}); upgrade pomlia-hpc to use this registry"
+                f"pomlia (head {head}); upgrade pomlia-hpc to use this registry (if no "
+                "pomlia made that revision, its table alembic_version is another "
+                "application's: give pomlia a database or schema of its own)"
             )
         try:
             found = upgrade(reg.engine)
