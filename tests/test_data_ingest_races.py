@@ -16,6 +16,7 @@ from sqlalchemy import event
 
 from pomlia_hpc.data import api, versioning, writer
 from pomlia_hpc.data.api import ingest, list_versions
+from pomlia_hpc.data.store import open_store
 from pomlia_hpc.data.versioning import VersionRecord
 from pomlia_hpc.data.writer import StoreWriter
 from pomlia_hpc.errors import InputError
@@ -173,3 +174,28 @@ def test_a_chunk_still_written_when_another_fails_leaves_nothing_behind(
     assert written.wait(30)  # the slow chunk is done (before the ingest returned, once fixed)
     writers = [t for t in threading.enumerate() if t.name.startswith("pomlia-write")]
     assert writers == [] and nothing_visible(workspace, "blood")
+
+
+def test_ingests_of_one_name_at_once_record_the_parent_each_grew_from(
+    workspace: Workspace, registry: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two ingests that both began before either was recorded each grew from the same version
+    (its split carried from it, its store's metadata naming it): the registry gave the one
+    recorded second the other as its parent, so `data list` and the store disagreed on its
+    lineage (and `registry recover` made it otherwise again)."""
+    first = ingest(workspace, registry, "blood", tiny_npz(tmp_path / "a.npz", seed=0))
+    barrier = threading.Barrier(2, timeout=30)
+    real = api.carry_split
+
+    def both_begun(*args: Any, **kwargs: Any) -> Any:
+        barrier.wait()  # each has read the version it grows from before either records
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(api, "carry_split", both_begun)
+    sources = [tiny_npz(tmp_path / f"{i}.npz", seed=i) for i in (1, 2)]
+    records = _ingest_at_once(workspace, registry, "blood", sources)
+    assert [r.parent for r in records] == [first.version, first.version]
+    listed = {v.version: v.parent for v in list_versions(registry, "blood")}
+    for rec in records:
+        assert listed[rec.version] == first.version
+        assert open_store(rec.store_path).meta["parent"] == first.version

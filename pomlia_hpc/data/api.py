@@ -284,14 +284,7 @@ def ingest(
         done = open_store(final)
         try:
             rec = record_version(
-                registry,
-                name,
-                version,
-                final,
-                done.n_images,
-                done.meta,
-                done.fingerprint,
-                parent=parent_version if parent is not None else None,
+                registry, name, version, final, done.n_images, done.meta, done.fingerprint
             )
         except BaseException:
             if published:

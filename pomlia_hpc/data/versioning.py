@@ -224,18 +224,18 @@ def record_version(
     meta: dict[str, Any],
     fingerprint: dict[str, Any],
     *,
-    parent: str | None = None,
     recovered: bool = False,
 ) -> VersionRecord:
-    """Get or create the Dataset and DatasetVersion rows; the parent is version ``parent`` if
-    given, else the current version. The version (new, or existing with identical content)
-    becomes the dataset's current one: what the plain name means from now on.
+    """Get or create the Dataset and DatasetVersion rows. A new version's parent is the version
+    ``meta["parent"]`` names, the one its store grew from (its split carried from it: the
+    version the plain name meant when the ingest began, or the one a harvest asked for), also
+    when another ingest of the name was recorded meanwhile; none when that version is not
+    registered. The version (new, or existing with identical content) becomes the dataset's
+    current one: what the plain name means from now on.
 
-    ``recovered``: a store registered again from its own metadata (``registry recover``): its
-    parent is the version ``meta["parent"]`` names (none when that one is not registered: a
-    first version has no parent, however many versions the dataset has now), and the dataset's
-    current version stays as it is (a dataset made here records none: its newest registered
-    version), as recovering a store changes nothing a user chose.
+    ``recovered``: a store registered again from its own metadata (``registry recover``): the
+    dataset's current version stays as it is (a dataset made here records none: its newest
+    registered version), as recovering a store changes nothing a user chose.
 
     Checked and created under a lock on the name, held to the commit: two ingests of one
     name at once (PostgreSQL) would otherwise both find no row and one fail on the unique
@@ -257,18 +257,18 @@ def record_version(
                 ds.current_version_id = existing.id
             parent_row = s.get(DatasetVersion, existing.parent_id) if existing.parent_id else None
             return to_record(name, existing, parent_row.version if parent_row else None, False)
-        q = select(DatasetVersion).where(DatasetVersion.dataset_id == ds.id)
-        if recovered:
-            # the lineage the store was ingested with, not the order it is recovered in
-            named = meta.get("parent")
-            parent_row = (
-                None if named is None else s.scalar(q.where(DatasetVersion.version == named))
+        # what the store grew from: not the version recorded just before it (another ingest
+        # of the name, or the one recovered before it)
+        named = meta.get("parent")
+        parent_row = (
+            None
+            if named is None
+            else s.scalar(
+                select(DatasetVersion).where(
+                    DatasetVersion.dataset_id == ds.id, DatasetVersion.version == named
+                )
             )
-        elif parent is not None:
-            q = q.where(DatasetVersion.version == parent)
-            parent_row = s.scalar(q.order_by(DatasetVersion.id.desc()).limit(1))
-        else:
-            parent_row = current_row(list(s.scalars(q)), ds.current_version_id)
+        )
         row = DatasetVersion(
             dataset_id=ds.id,
             version=version,
