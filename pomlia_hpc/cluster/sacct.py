@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import re
 import subprocess
+import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -101,7 +102,10 @@ def _ran_s(start: str, end: str) -> float:
 
 def sacct_states(job_ids: Iterable[str], timeout_s: float = 60.0) -> dict[str, SchedulerState]:
     """States of ``job_ids`` (plain ids, array task ids ``A_I`` or array ids) in one sacct call.
-    Raises :class:`ClusterError` when ``sacct`` is missing, fails or takes over ``timeout_s``."""
+    Raises :class:`ClusterError` when ``sacct`` is missing, fails or takes over ``timeout_s``
+    seconds. A job that ``sacct`` says is REQUEUED is asked of the controller too
+    (:func:`~pomlia_hpc.cluster.requeued.controller_final_states`) within what is left of the
+    same ``timeout_s``: the whole call keeps to one limit."""
     global SACCT_CALLS
     ids = sorted({jid.split("_")[0] for jid in job_ids})
     if not ids:
@@ -118,6 +122,7 @@ def sacct_states(job_ids: Iterable[str], timeout_s: float = 60.0) -> dict[str, S
         ",".join(ids),
     ]
     SACCT_CALLS += 1
+    deadline = time.monotonic() + timeout_s
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, check=False)
     except FileNotFoundError as exc:
@@ -131,7 +136,10 @@ def sacct_states(job_ids: Iterable[str], timeout_s: float = 60.0) -> dict[str, S
     states = parse_sacct(proc.stdout)
     # a requeued job that ended before its next attempt stays REQUEUED in sacct for good
     requeued = [jid for jid, st in states.items() if st.state.startswith("REQUEUE")]
-    for jid, (state, end) in controller_final_states(requeued, timeout_s).items():
+    left_s = deadline - time.monotonic()
+    if not requeued or left_s <= 0:
+        return states  # no time left to ask: accounting's word stands, asked again later
+    for jid, (state, end) in controller_final_states(requeued, left_s).items():
         states[jid] = replace(states[jid], state=state, ended_at=end or states[jid].ended_at)
     return states
 

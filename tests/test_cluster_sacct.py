@@ -1,0 +1,54 @@
+"""The Slurm queries of ``cluster/sacct.py`` with fake ``sacct``/``squeue`` scripts first on
+PATH (fast, no cluster needed): what each call is allowed to take."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pomlia_hpc.cluster.sacct import sacct_states
+
+
+def _on_path(monkeypatch: pytest.MonkeyPatch, bin_dir: Path, **scripts: str) -> None:
+    """Shell scripts ``name=body`` in ``bin_dir``, first on PATH for this test."""
+    bin_dir.mkdir()
+    for name, body in scripts.items():
+        path = bin_dir / name
+        path.write_text(f"#!/bin/sh\n{body}\n")
+        path.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+
+
+def test_the_controllers_look_at_a_requeued_job_keeps_within_the_polls_one_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job sacct says is REQUEUED is asked of squeue too; squeue got the whole limit again
+    after sacct had used part of it, so one poll could take twice its limit."""
+    _on_path(
+        monkeypatch,
+        tmp_path / "bin",
+        sacct="sleep 0.3; echo '41|REQUEUED|2026-01-01T10:00:00|2026-01-01T10:05:00|0:0'",
+        squeue="echo '41|CANCELLED|2026-01-01T10:06:00'",
+    )
+    real_run = subprocess.run
+    calls: list[tuple[str, float, float]] = []  # command, its time limit, seconds it took
+
+    def spy(cmd: list[str], *args: Any, **kw: Any) -> Any:
+        begun = time.monotonic()
+        try:
+            return real_run(cmd, *args, **kw)
+        finally:
+            calls.append((cmd[0], kw["timeout"], time.monotonic() - begun))
+
+    monkeypatch.setattr(subprocess, "run", spy)
+    limit_s = 30.0
+    states = sacct_states(["41"], timeout_s=limit_s)
+    assert states["41"].state == "CANCELLED"  # the controller was asked
+    (sacct, sacct_limit, sacct_took), (squeue, squeue_limit, _) = calls
+    assert (sacct, squeue, sacct_limit) == ("sacct", "squeue", limit_s)
+    assert sacct_took + squeue_limit <= limit_s  # what sacct took is not given again
