@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import submitit
 from sqlalchemy import select
 
 from pomlia_hpc.cluster import Executor, JobFailedError, records, sacctwatch, states, wait_all
@@ -203,6 +204,25 @@ def test_collecting_a_job_that_ended_without_a_result_does_not_hang_on_sacct(
     assert isinstance(out["value"], JobFailedError), out
     assert out["value"].state == "CANCELLED"
     assert _row(reg, h.record_id).state == "CANCELLED"
+
+
+def test_the_bounded_sacct_watcher_is_set_on_pomlias_own_jobs_only(
+    tmp_path: Path, reg: Registry, fake_slurm: FakeSlurm
+) -> None:
+    """The bounded watcher replaced submitit's class-wide one, which every submitit Slurm job
+    of the process shares, those of any other library too: pomlia's jobs (a single job, each
+    task of an array) get it each, and submitit's own stays as it was."""
+    theirs = submitit.SlurmJob.watcher
+    fake_slurm.hold()
+    ex = _slurm(tmp_path, reg)
+    handles = [ex.submit(jobfns.add, 1, 2), *ex.map_array(jobfns.negate, [1, 2])]
+    assert submitit.SlurmJob.watcher is theirs
+    assert not isinstance(theirs, sacctwatch.BoundedWatcher)
+    for h in handles:
+        assert h.job().watcher is sacctwatch.WATCHER
+        assert h.job_id in sacctwatch.WATCHER._registered  # polled by it
+    other = submitit.SlurmJob(folder=tmp_path / "other", job_id="12")  # another library's job
+    assert other.watcher is theirs
 
 
 def test_the_wait_for_slurms_record_of_an_end_keeps_to_its_time_when_sacct_hangs(

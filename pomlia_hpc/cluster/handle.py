@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 import submitit
 from submitit.core.utils import UncompletedJobError
 
-from pomlia_hpc.cluster import states
+from pomlia_hpc.cluster import sacctwatch, states
 from pomlia_hpc.cluster.cancel import cancel_scheduler_job, kill_after_grace, record_cancelled
 from pomlia_hpc.cluster.debugjob import debug_result, debug_state, run_debug_job
 from pomlia_hpc.cluster.endwatch import ended_unseen
@@ -81,6 +81,8 @@ class JobHandle:
             # submitit waits up to 15 s for a result file that a shared filesystem may show
             # late; a local job's folder is on this machine, and a killed job never writes one.
             job._results_timeout_s = 2
+        elif self._executor.profile.backend == "slurm":
+            sacctwatch.bind(job)  # collecting it never waits on a sacct without a limit
         self._job = job
         own_job(self)  # cancelled with this process, until its outcome is collected
         self._submitted.set()
