@@ -24,6 +24,8 @@ from sqlalchemy import select
 from pomlia_hpc.cluster.reach import RETRY, failure_kind
 from pomlia_hpc.cluster.records import (
     FINAL_STATES,
+    FORCED_CAUSE,
+    GONE_FORCED_CAUSE,
     is_local_job_process,
     mark_all_cancelled,
     mark_cancelled,
@@ -154,17 +156,6 @@ def cancel_array_parts(
                 return True
         time.sleep(0.5)
     return False
-
-
-#: Why a row was marked cancelled by ``--force`` (its ``exit_cause``).
-FORCED_CAUSE = "marked cancelled with --force; the process itself was not signalled"
-
-#: Why a row was marked cancelled by ``--force`` while ``sacct`` could not answer and
-#: ``squeue`` no longer listed the job (its ``exit_cause``): it had ended, how is unknown.
-GONE_FORCED_CAUSE = (
-    "marked cancelled with --force: it had already ended (squeue no longer listed it) but "
-    "sacct could not say how; nothing was signalled"
-)
 
 
 class NotQueuedError(SlurmUnavailableError):

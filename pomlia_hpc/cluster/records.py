@@ -184,6 +184,22 @@ def record_own_failure(registry: Registry, job_id: int, cause: str, traceback: s
         row.traceback = traceback
 
 
+#: Why a row was marked cancelled by ``jobs cancel --force`` (its ``exit_cause``).
+FORCED_CAUSE = "marked cancelled with --force; the process itself was not signalled"
+
+#: Why a row was marked cancelled by ``--force`` while ``sacct`` could not answer and
+#: ``squeue`` no longer listed the job (its ``exit_cause``): it had ended, how is unknown.
+GONE_FORCED_CAUSE = (
+    "marked cancelled with --force: it had already ended (squeue no longer listed it) but "
+    "sacct could not say how; nothing was signalled"
+)
+
+#: The causes of rows marked CANCELLED without Slurm's word: routine polls keep asking about
+#: such a Slurm row for :data:`REQUEUE_WINDOW_S` seconds after it was marked, and a final state
+#: Slurm reports replaces the mark (:func:`merge_scheduler_state`).
+FORCED_CAUSES = (FORCED_CAUSE, GONE_FORCED_CAUSE)
+
+
 def mark_cancelled(registry: Registry, job_id: int, cause: str = "cancelled by user") -> bool:
     """Record that job row ``job_id`` was cancelled (``cause``: by whom or what), unless it
     had already ended.
@@ -219,9 +235,12 @@ def merge_scheduler_state(row: Job, st: SchedulerState) -> dict[str, Any]:
 
     A final row does not go back to an unfinished state unless Slurm started a new attempt
     (more requeues) or the row ended in a requeuable state: an answer without either was read
-    before the row's end (a cancellation, say) was recorded.
+    before the row's end (a cancellation, say) was recorded. A row marked CANCELLED by
+    ``jobs cancel --force`` (:data:`FORCED_CAUSES`) takes the final state Slurm reports, with
+    Slurm's cause and end.
     """
     final = st.state in FINAL_STATES
+    forced = row.exit_cause in FORCED_CAUSES  # a mark of ours, not Slurm's word: Slurm's wins
     if (
         row.state in FINAL_STATES
         and not final
@@ -237,7 +256,7 @@ def merge_scheduler_state(row: Job, st: SchedulerState) -> dict[str, Any]:
     }
     if not final or st.state == "COMPLETED":
         new["exit_cause"] = None  # a failed earlier attempt no longer explains anything
-    elif not row.exit_cause or row.state != st.state:
+    elif forced or not row.exit_cause or row.state != st.state:
         # A cancelled, timed-out or OOM-killed job's exit code (0:0) says nothing: its state does.
         said_by_state = STATE_CAUSES.get(st.state)
         new["exit_cause"] = said_by_state or f"{st.state} (exit code {st.exit_code})"
@@ -269,8 +288,10 @@ def refresh_slurm_jobs(
     """Poll Slurm once for every unfinished Slurm job row (or those in ``job_ids``).
 
     Unfinished includes rows that ended in a requeuable state less than
-    :data:`REQUEUE_WINDOW_S` seconds ago. Returns how many rows changed. No transaction is
-    open while ``sacct`` runs (up to a minute), so other registry users are never blocked.
+    :data:`REQUEUE_WINDOW_S` seconds ago, and rows marked CANCELLED by ``jobs cancel --force``
+    (:data:`FORCED_CAUSES`) as long ago at most: Slurm's final state replaces the mark.
+    Returns how many rows changed. No transaction is open while ``sacct`` runs (up to a
+    minute), so other registry users are never blocked.
     With ``lost``, an unfinished row that ``sacct`` does not know and ``squeue`` does not list
     either is recorded ``LOST`` (one ``squeue`` call for those; what `pomlia jobs` shows).
     ``timeout_s``: how long ``sacct`` may take (then :class:`ClusterError`). ``final_only``:
@@ -282,11 +303,10 @@ def refresh_slurm_jobs(
             q = q.where(Job.id.in_(job_ids))
         else:
             since = datetime.now(UTC) - timedelta(seconds=REQUEUE_WINDOW_S)
-            requeuable = and_(
-                Job.state.in_(REQUEUABLE_STATES),
-                or_(Job.ended_at.is_(None), Job.ended_at >= since),
-            )
-            q = q.where(or_(Job.state.not_in(FINAL_STATES), requeuable))
+            recent = or_(Job.ended_at.is_(None), Job.ended_at >= since)
+            requeuable = and_(Job.state.in_(REQUEUABLE_STATES), recent)
+            forced = and_(Job.exit_cause.in_(FORCED_CAUSES), recent)
+            q = q.where(or_(Job.state.not_in(FINAL_STATES), requeuable, forced))
         targets = [(rid, sid) for rid, sid in s.execute(q)]
     if not targets:
         return 0
