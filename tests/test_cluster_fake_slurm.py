@@ -185,6 +185,21 @@ def test_cancelled_running_job(tmp_path: Path, reg: Registry, fake_slurm: FakeSl
     assert _row(reg, h.record_id).state == "CANCELLED"
 
 
+def test_cancelling_a_job_while_sacct_is_down_cancels_it(
+    tmp_path: Path, reg: Registry, fake_slurm: FakeSlurm
+) -> None:
+    """cancel() asked sacct whether the job had ended before its scancel, and failed with
+    sacct's error while slurmdbd was down: the job ran on, and a waiting driver whose job
+    Slurm would never start (its pending reason) stopped with that error instead."""
+    h = _slurm(tmp_path, reg).submit(jobfns.sleep_for, 300)
+    wait_until(lambda: fake_slurm.state(h.job_id) == "RUNNING", what="the job to run")
+    fake_slurm.fail_next("sacct", "sacct: error: slurmdbd: Connection refused", times=20)
+    h.cancel()
+    assert fake_slurm.calls("scancel") == [["scancel", h.job_id]]
+    assert fake_slurm.state(h.job_id) == "CANCELLED"
+    assert _row(reg, h.record_id).state == "CANCELLED"
+
+
 def test_collecting_a_job_that_ended_without_a_result_does_not_hang_on_sacct(
     tmp_path: Path, reg: Registry, fake_slurm: FakeSlurm, monkeypatch: pytest.MonkeyPatch
 ) -> None:
