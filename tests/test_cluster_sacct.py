@@ -11,7 +11,8 @@ from typing import Any
 
 import pytest
 
-from pomlia_hpc.cluster.sacct import sacct_states
+from pomlia_hpc.cluster.sacct import sacct_states, squeue_ids
+from pomlia_hpc.errors import ClusterError
 
 
 def _on_path(monkeypatch: pytest.MonkeyPatch, bin_dir: Path, **scripts: str) -> None:
@@ -52,3 +53,17 @@ def test_the_controllers_look_at_a_requeued_job_keeps_within_the_polls_one_limit
     (sacct, sacct_limit, sacct_took), (squeue, squeue_limit, _) = calls
     assert (sacct, squeue, sacct_limit) == ("sacct", "squeue", limit_s)
     assert sacct_took + squeue_limit <= limit_s  # what sacct took is not given again
+
+
+def test_a_squeue_that_cannot_be_run_is_one_cluster_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only a missing squeue was a ClusterError: one that is there but cannot be run (not
+    executable) raised PermissionError, a traceback from `jobs list`, and a restarted
+    driver's poll of its attached jobs died of it."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "squeue").write_text("#!/bin/sh\n")  # mode 0644: cannot be run
+    monkeypatch.setenv("PATH", str(bin_dir))
+    with pytest.raises(ClusterError, match=r"^squeue could not be run: .*Permission denied"):
+        squeue_ids(["41"])

@@ -159,7 +159,7 @@ def squeue_ids(job_ids: Sequence[str], timeout_s: float = 60.0) -> set[str]:
         )
     except subprocess.TimeoutExpired as exc:
         raise timed_out("squeue", timeout_s) from exc
-    except FileNotFoundError as exc:
+    except OSError as exc:  # not on PATH, not executable
         raise ClusterError(f"squeue could not be run: {exc}") from exc
     if proc.returncode != 0:
         if "invalid job id" in proc.stderr.lower():
