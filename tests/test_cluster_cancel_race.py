@@ -98,9 +98,9 @@ def test_a_row_forced_cancelled_while_sacct_was_down_takes_slurms_state_once_it_
     workspace: Workspace, reg: Registry, tmp_path: Path, fake_slurm: FakeSlurm
 ) -> None:
     """A row that `jobs cancel --force` marked CANCELLED while slurmdbd was down stayed
-    CANCELLED ("how it ended is unknown") for good, although the job had COMPLETED: no poll
-    asked about a CANCELLED row again. The next listing now records Slurm's state, and then
-    stops asking about it."""
+    CANCELLED ("how it ended is unknown") in `jobs list` for good, although the job had
+    COMPLETED: no routine poll asked about a CANCELLED row again. The next listing now records
+    Slurm's state, and then stops asking about it."""
     rid, sid = _held_job(tmp_path, reg, fake_slurm, "RUNNING")
     assert refresh_before_cancel(reg, [rid]) is None
     fake_slurm.set_state(sid, "COMPLETED")  # ends; squeue no longer lists it
