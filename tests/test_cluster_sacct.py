@@ -1,5 +1,6 @@
-"""The Slurm queries of ``cluster/sacct.py`` with fake ``sacct``/``squeue`` scripts first on
-PATH (fast, no cluster needed): what each call is allowed to take."""
+"""The Slurm queries of ``cluster/sacct.py`` and the wait of ``cluster/cancel.py`` for
+cancelled array parts, with fake ``sacct``/``squeue``/``scancel`` scripts first on PATH (fast,
+no cluster needed): what each call is allowed to take, and its error."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from pomlia_hpc.cluster import cancel
 from pomlia_hpc.cluster.sacct import sacct_states, squeue_ids
 from pomlia_hpc.errors import ClusterError
 
@@ -67,3 +69,22 @@ def test_a_squeue_that_cannot_be_run_is_one_cluster_error(
     monkeypatch.setenv("PATH", str(bin_dir))
     with pytest.raises(ClusterError, match=r"^squeue could not be run: .*Permission denied"):
         squeue_ids(["41"])
+
+
+def test_the_wait_for_cancelled_array_parts_keeps_to_its_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The wait for cancelled parts of a split array to leave the queue (ARRAY_CANCEL_WAIT_S)
+    gave each squeue its own minute: one that hung near the end took the wait that far past
+    it, while the user waited for the failed submission's error."""
+    _on_path(monkeypatch, tmp_path / "bin", scancel="exit 0", squeue="echo 41_0")  # listed
+    monkeypatch.setattr(cancel, "ARRAY_CANCEL_WAIT_S", 1.0)
+    limits: list[float] = []
+
+    def squeue_ids_spy(ids: list[str], timeout_s: float = 60.0) -> set[str]:
+        limits.append(timeout_s)
+        return squeue_ids(ids, timeout_s)
+
+    monkeypatch.setattr(cancel, "squeue_ids", squeue_ids_spy)
+    assert not cancel.cancel_array_parts(["41"], ["41_0"], None, [], "cancelled by the test")
+    assert limits and max(limits) <= 1.0  # each squeue within what is left of the wait

@@ -143,18 +143,19 @@ def cancel_array_parts(
 ) -> bool:
     """Cancel the Slurm arrays ``array_ids`` with one ``scancel``, record their rows
     ``record_ids`` CANCELLED with ``cause``, then wait until ``squeue`` lists none of their
-    tasks ``task_ids`` (at most :data:`ARRAY_CANCEL_WAIT_S` seconds; a ``squeue`` that cannot
-    answer is asked again). True once they are gone, False when the wait ran out. A
+    tasks ``task_ids`` (at most :data:`ARRAY_CANCEL_WAIT_S` seconds in all; a ``squeue`` that
+    cannot answer is asked again). True once they are gone, False when the wait ran out. A
     :class:`ClusterError` when ``scancel`` fails (nothing recorded)."""
     scancel_or_fail(array_ids, f"scancel {' '.join(array_ids)} failed")
     if registry is not None:
         record_cancelled(registry, record_ids, cause)
     deadline = time.monotonic() + ARRAY_CANCEL_WAIT_S
-    while time.monotonic() < deadline:
+    while (left_s := deadline - time.monotonic()) > 0:
         with contextlib.suppress(ClusterError):
-            if not squeue_ids(task_ids):
+            # within the wait: a squeue that hangs took its own minute past it
+            if not squeue_ids(task_ids, timeout_s=left_s):
                 return True
-        time.sleep(0.5)
+        time.sleep(min(0.5, max(deadline - time.monotonic(), 0.0)))
     return False
 
 
