@@ -7,13 +7,15 @@ from typing import Any
 
 from sqlalchemy import select
 
+from pomlia_hpc.cluster.records import refresh_jobs_within
 from pomlia_hpc.config import ClusterProfile
 from pomlia_hpc.errors import ConfigError, InputError
 from pomlia_hpc.models.archs import check_arch
 from pomlia_hpc.pipeline.spec import AutoMLSpec, PipelineSpec
 from pomlia_hpc.pipeline.stage import PlannedJob, Stage, StageContext, resources_of, section_stage
 from pomlia_hpc.pipeline.stages_data import estimated_images
-from pomlia_hpc.registry import Model, Task
+from pomlia_hpc.registry import Deployment, Job, Model, Task
+from pomlia_hpc.vocab import FINAL_STATES
 
 
 def _run_tasks(ctx: StageContext) -> dict[str, Any]:
@@ -209,10 +211,10 @@ def _run_deploy(ctx: StageContext) -> dict[str, Any]:
     profile = load_cluster_profile(ctx.workspace.cluster_profile)
     out: dict[str, Any] = {}
     for key, v in ctx.outputs("export").items():
-        target = ctx.workspace.path("models", v["model"], "deploy", v["version"])
-        if target.exists():  # written by an earlier run of this stage whose record was lost
-            out[key] = {"model": v["model"], "directory": str(target), "deployment": None}
-            continue
+        # A directory an earlier run of this stage wrote (for the same bundle and profile) is
+        # reused with its deployment id, anything else there refused: taking any existing
+        # directory as done recorded no deployment and, after a run that failed at the
+        # submission (no image yet), never submitted the server.
         res = write_deployment(
             ctx.registry,
             ctx.workspace,
@@ -221,14 +223,36 @@ def _run_deploy(ctx: StageContext) -> dict[str, Any]:
             profile_label=ctx.workspace.cluster_profile,
         )
         if ctx.spec.deploy.submit:
-            res = submit_deployment(ctx.registry, res)
+            live = _serving_job(ctx, res.deployment_id)
+            if live is None:
+                res = submit_deployment(ctx.registry, res)
+            else:  # submitted by a run whose record was lost: no second server
+                ctx.log(f"  deployment {res.deployment_id}: already submitted, {live}")
         out[key] = {
             "model": v["model"],
             "directory": str(res.directory),
             "deployment": res.deployment_id,
         }
-        ctx.log(f"  deployment {res.deployment_id}: {res.directory}")
+        done = "reused" if res.reused else "written"
+        ctx.log(f"  deployment {res.deployment_id} ({done}): {res.directory}")
     return out
+
+
+def _serving_job(ctx: StageContext, deployment_id: int) -> str | None:
+    """The server job of deployment ``deployment_id`` in words when one is queued or running
+    (its state asked of the scheduler, at most the workspace's ``list_sacct_timeout_s``
+    seconds), else None."""
+    with ctx.registry.session() as s:
+        dep = s.get(Deployment, deployment_id)
+        job_id = dep.job_id if dep is not None else None
+    if job_id is None:
+        return None
+    refresh_jobs_within(ctx.registry, [job_id], timeout_s=ctx.workspace.list_sacct_timeout_s)
+    with ctx.registry.session() as s:
+        job = s.get(Job, job_id)
+        if job is None or job.state in FINAL_STATES:
+            return None
+        return f"job {job.id} (Slurm {job.scheduler_id}, {job.state})"
 
 
 def _deploy_there(_ctx: StageContext, out: dict[str, Any]) -> bool:

@@ -1,0 +1,77 @@
+"""What `pomlia deploy` and the pipeline's deploy stage do with what they find: a damaged
+bundle, a directory an earlier run wrote, a server already submitted (fake Slurm, no image)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pomlia_hpc.errors import InputError
+from pomlia_hpc.files import write_json_atomic
+from pomlia_hpc.pipeline.spec import parse_pipeline
+from pomlia_hpc.pipeline.stage import StageContext, run_stage
+from pomlia_hpc.pipeline.stages import active_stages
+from pomlia_hpc.registry import Deployment
+from pomlia_hpc.serve.demo import cached_demo_bundle
+from pomlia_hpc.workspace import Workspace
+from tests.fixtures.fake_slurm import FakeSlurm
+from tests.test_serve_deploy import register_exported
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return cached_demo_bundle(tmp_path_factory.getbasetemp() / "serve-demo", num_classes=4)
+
+
+def _deploy_stage_context(workspace: Workspace, bundle: Path, logged: list[str]) -> Any:
+    """A pipeline with ``deploy: {submit: true}`` whose export stage is recorded done with
+    ``bundle`` (as model 'demo'); returns (context, the deploy stage)."""
+    reg = register_exported(workspace, bundle)
+    data = {
+        "name": "p",
+        "datasets": [{"name": "a", "medmnist": "bloodmnist"}],
+        "tasks": [{"name": "t", "dataset": "a"}],
+        "automl": {},
+        "export": {},
+        "deploy": {"submit": True},
+    }
+    spec = parse_pipeline(data, "p.yaml", workspace.home)
+    ctx = StageContext(spec, workspace, reg, log=logged.append)
+    version = json.loads((bundle / "card.json").read_text())["model_version"]
+    outputs = {"t": {"model": "demo", "bundle": str(bundle), "version": version}}
+    write_json_atomic(ctx.record_path("export"), {"status": "done", "key": "k", "outputs": outputs})
+    deploy = next(s for s in active_stages(spec) if s.name == "deploy")
+    return ctx, deploy
+
+
+def test_a_deploy_stage_run_again_after_its_submission_failed_submits(
+    workspace: Workspace, bundle: Path, fake_slurm: FakeSlurm
+) -> None:
+    """`deploy: {submit: true}` fails the first time (no image is built yet); run again once
+    the image was built, the stage took the directory it had written as done: the server was
+    never submitted and no deployment id recorded. It is reused and submitted now, once."""
+    logged: list[str] = []
+    ctx, deploy = _deploy_stage_context(workspace, bundle, logged)
+    with pytest.raises(InputError, match=r"apptainer build pomlia-serve\.sif"):
+        run_stage(ctx, deploy)
+    (directory,) = workspace.path("models", "demo", "deploy").iterdir()
+    (directory / "pomlia-serve.sif").write_bytes(b"built image")  # apptainer build
+    fake_slurm.hold()
+    assert run_stage(ctx, deploy) == "done"
+    (sbatch,) = fake_slurm.calls("sbatch")
+    assert sbatch[-1] == str(directory / "serve.sbatch")
+    with ctx.registry.session() as s:
+        (dep,) = s.query(Deployment).all()
+        assert dep.status == "submitted" and dep.job_id is not None
+    record = ctx.record("deploy")
+    assert record is not None
+    assert record["outputs"]["t"]["deployment"] == dep.id
+    # Its record lost (killed after the submission): run again, the queued server is not
+    # submitted a second time.
+    ctx.record_path("deploy").unlink()
+    assert run_stage(ctx, deploy) == "done"
+    assert len(fake_slurm.calls("sbatch")) == 1
+    assert any("already submitted" in line for line in logged), logged
