@@ -4,11 +4,14 @@ bundle, a directory an earlier run wrote, a server already submitted (fake Slurm
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
 import pytest
+from typer.testing import CliRunner
 
+from pomlia_hpc.cli import app
 from pomlia_hpc.errors import InputError
 from pomlia_hpc.files import write_json_atomic
 from pomlia_hpc.pipeline.spec import parse_pipeline
@@ -75,3 +78,26 @@ def test_a_deploy_stage_run_again_after_its_submission_failed_submits(
     assert run_stage(ctx, deploy) == "done"
     assert len(fake_slurm.calls("sbatch")) == 1
     assert any("already submitted" in line for line in logged), logged
+
+
+def test_deploy_refuses_a_bundle_damaged_since_its_export(
+    workspace: Workspace, bundle: Path, tmp_path: Path
+) -> None:
+    """A bundle whose file changed after the export was copied into the deployment directory
+    and recorded as a deployment; only the server refused it, on the cluster, after the image
+    was built. `deploy` checks the card's SHA-256 first: one line naming the file and how to
+    rebuild it, exit 2, nothing written."""
+    copy = tmp_path / "copy"
+    shutil.copytree(bundle.parents[1], copy)
+    damaged = copy / bundle.relative_to(bundle.parents[1])
+    with (damaged / "model.onnx").open("ab") as f:
+        f.write(b"\0")
+    reg = register_exported(workspace, damaged)
+    res = CliRunner().invoke(app, ["deploy", "demo"])
+    assert isinstance(res.exception, InputError), res.output  # exit 2
+    said = " ".join(str(res.exception).split())
+    assert "model.onnx does not match its SHA-256 in card.json" in said, said
+    assert "pomlia model export demo" in said, said
+    assert not workspace.path("models", "demo", "deploy").exists()
+    with reg.session() as s:
+        assert s.query(Deployment).count() == 0

@@ -353,7 +353,9 @@ def write_deployment(
     records a ``Deployment`` row (status ``created``).
 
     A directory this function wrote before for the same bundle and profile is reused as it is,
-    with its deployment (``reused``); any other file or folder there is refused.
+    with its deployment (``reused``); any other file or folder there is refused. The model's
+    bundle is refused when its files do not match the SHA-256 its card records
+    (:meth:`ExportedBundle.check_integrity`), before anything is written.
     ``need_image`` (``--submit``): the directory must exist already, with its image built;
     checked before anything is written or exported. ``profile_name``: the ``--profile``
     given, for the command the messages suggest. ``profile_label``: the name (or path) of
@@ -379,6 +381,10 @@ def write_deployment(
         from pomlia_hpc.serve.export import export_model
 
         bundle = export_model(registry, workspace, ref).bundle
+    else:
+        # A bundle edited or damaged since its export is refused here, before anything is
+        # written, not by the server once the image is built and the job has started.
+        bundle.check_integrity()
     target = (out_dir or workspace.path("models", row.name, "deploy", bundle.version)).resolve()
     other = "choose another --out" if out_dir is not None else "pass --out DIR"
     if target.exists() and not target.is_dir():
