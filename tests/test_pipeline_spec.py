@@ -594,3 +594,31 @@ def test_a_queued_stage_job_shows_no_times_of_an_earlier_run(
     _write_stage(ctx, "data", "done", "2999-01-01T00:00:00+00:00", "2999-01-01T00:00:01+00:00")
     row = {r.stage: r for r in pipeline_status(ctx)}["data"]
     assert row.state in ("done", "stale") and row.ended_at.startswith("2999")
+
+
+@pytest.mark.parametrize("submit", [True, False])
+def test_the_plan_counts_the_serving_job_a_deploy_submits(
+    workspace: Workspace, reg: Registry, submit: bool
+) -> None:
+    """`deploy: {submit: true}` submits a GPU server that holds its allocation until its time
+    limit, yet the dry run showed the stage as "(in the stage process)" and left its
+    GPU-hours out of the estimate."""
+    data = {
+        **MINIMAL,
+        "tasks": [{"name": "t", "dataset": "a"}],
+        "automl": {"trials": 1},
+        "export": {},
+        "deploy": {"submit": submit},
+    }
+    plan = make_plan(StageContext(_parse(data), workspace, reg), "haicore")
+    deploy = next(sp for sp in plan.stages if sp.stage.name == "deploy")
+    if not submit:
+        assert deploy.jobs == []
+        return
+    (job,) = deploy.jobs
+    # serve.sbatch's #SBATCH lines on haicore: 1 GPU, 8 CPUs, 64 GB, 240 min
+    r = job.resources
+    assert (r.gpus_per_node, r.cpus_per_task, r.mem_gb, r.time_min) == (1, 8, 64, 240)
+    assert job.count == 1 and job.hours == pytest.approx(4.0) and "serving job" in job.what
+    others = sum(j.gpu_hours for sp in plan.stages if sp is not deploy for j in sp.jobs)
+    assert plan.gpu_hours == pytest.approx(others + 4.0)

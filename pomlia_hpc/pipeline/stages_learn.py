@@ -255,6 +255,17 @@ def _serving_job(ctx: StageContext, deployment_id: int) -> str | None:
         return f"job {job.id} (Slurm {job.scheduler_id}, {job.state})"
 
 
+def _deploy_jobs(spec: PipelineSpec, profile: ClusterProfile) -> list[PlannedJob]:
+    """With ``deploy.submit``, one serving job per task (a GPU held until its time limit)."""
+    from pomlia_hpc.serve.deploy import serving_resources
+
+    if spec.deploy is None or not spec.deploy.submit:
+        return []
+    res = serving_resources(profile)
+    what = "serving job (serve.sbatch, runs until its time limit)"
+    return [PlannedJob(what, len(spec.tasks), res, res.time_min / 60)]
+
+
 def _deploy_there(_ctx: StageContext, out: dict[str, Any]) -> bool:
     return all(Path(v["directory"]).is_dir() for v in out.values())
 
@@ -291,5 +302,6 @@ DEPLOY = section_stage(
     needs=("export",),
     summary="write the Apptainer deployment (and submit it when asked)",
     run=_run_deploy,
+    jobs=_deploy_jobs,
     still_there=_deploy_there,
 )

@@ -107,9 +107,16 @@ def render_def(template: str, values: dict[str, str]) -> str:
     return re.sub(r"\{\{\s*(\w+)\s*\}\}", fill, text)
 
 
+def serving_resources(profile: ClusterProfile) -> ClusterProfile:
+    """What one serving job (``serve.sbatch``) asks of ``profile``'s cluster: its CPUs,
+    memory (GB) and time limit (minutes), and at least one GPU. The job holds them until its
+    time limit, as a server runs until it is stopped."""
+    return profile.model_copy(update={"gpus_per_node": max(1, profile.gpus_per_node)})
+
+
 def sbatch_directives(profile: ClusterProfile, *, name: str) -> list[str]:
-    """``#SBATCH`` lines for one serving job on ``profile`` (at least one GPU)."""
-    gpus = max(1, profile.gpus_per_node)
+    """``#SBATCH`` lines for one serving job on ``profile`` (:func:`serving_resources`)."""
+    gpus = serving_resources(profile).gpus_per_node
     hours, minutes = divmod(profile.time_min, 60)
     lines = [
         f"--job-name={name}",
