@@ -30,6 +30,8 @@ from tests.fixtures.cli import dry_run
 
 REPO = Path(__file__).resolve().parents[1]
 MINIMAL: dict[str, Any] = {"name": "p", "datasets": [{"name": "a", "medmnist": "bloodmnist"}]}
+#: A task and its study: what the export, deploy and monitor sections need.
+LEARN: dict[str, Any] = {"tasks": [{"name": "t", "dataset": "a"}], "automl": {"trials": 1}}
 
 
 def _parse(data: dict[str, Any]) -> Any:
@@ -60,6 +62,15 @@ def test_shipped_pipelines_parse(name: str) -> None:
         ({"monitor": {"at": "25:00"}}, "bad value for 'monitor.at'"),
         ({"monitor": {"window": "0h"}}, "bad value for 'monitor.window'"),  # was a cron line
         ({"name": "has space"}, "bad value for 'name'"),
+        # A stage turned off, which an enabled one needs: that one failed after AutoML ran.
+        (
+            {**LEARN, "export": {"enabled": False}, "deploy": {}},
+            "section 'deploy' needs the 'export' stage, which 'export.enabled: false' turns off",
+        ),
+        (
+            {**LEARN, "export": {}, "deploy": {"enabled": False}, "monitor": {}},
+            "section 'monitor' needs the 'deploy' stage, which 'deploy.enabled: false' turns off",
+        ),
     ],
 )
 def test_bad_file_is_one_error_naming_the_key(change: dict[str, Any], message: str) -> None:
