@@ -101,3 +101,42 @@ def test_deploy_refuses_a_bundle_damaged_since_its_export(
     assert not workspace.path("models", "demo", "deploy").exists()
     with reg.session() as s:
         assert s.query(Deployment).count() == 0
+
+
+def test_the_build_command_serve_sbatch_prints_builds_from_the_deploy_directory(
+    tmp_path: Path,
+) -> None:
+    """Without the image, serve.sbatch said `apptainer build SIF DIR/apptainer.def`: run from
+    anywhere but the deploy directory (the job's output is read elsewhere), the definition's
+    relative %files (src/, bundle/) named files that are not there. The command it prints
+    now changes into the directory first (quoted: a path with a space)."""
+    import subprocess
+
+    repo = Path(__file__).resolve().parents[1]
+    deploy_dir = tmp_path / "deploy dir"
+    deploy_dir.mkdir()
+    tool = tmp_path / "bin"
+    tool.mkdir()
+    (tool / "apptainer").write_text('#!/bin/sh\npwd > "$BUILT_IN"\n')
+    (tool / "apptainer").chmod(0o755)
+    env = {
+        "PATH": f"{tool}:/usr/bin:/bin",
+        "POMLIA_DEPLOY_DIR": str(deploy_dir),
+        "POMLIA_LOG_DIR": str(tmp_path / "logs"),
+        "BUILT_IN": str(tmp_path / "built-in.txt"),
+    }
+    missing = subprocess.run(
+        ["bash", str(repo / "jobs" / "serve.sbatch")],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        check=False,
+        timeout=60,
+    )
+    assert missing.returncode == 2, missing.stderr
+    (line,) = [x for x in missing.stderr.splitlines() if "build it: " in x]
+    command = line.split("build it: ", 1)[1]
+    built = subprocess.run(["bash", "-c", command], env=env, cwd=tmp_path, check=False, timeout=60)
+    assert built.returncode == 0, command
+    assert (tmp_path / "built-in.txt").read_text().strip() == str(deploy_dir), command
