@@ -140,3 +140,27 @@ def test_the_build_command_serve_sbatch_prints_builds_from_the_deploy_directory(
     built = subprocess.run(["bash", "-c", command], env=env, cwd=tmp_path, check=False, timeout=60)
     assert built.returncode == 0, command
     assert (tmp_path / "built-in.txt").read_text().strip() == str(deploy_dir), command
+
+
+def test_a_writers_temporary_file_in_the_bundle_is_not_deployed(
+    workspace: Workspace, bundle: Path, tmp_path: Path
+) -> None:
+    """A temporary file in the bundle (a monitoring reference being rewritten, or one a killed
+    writer left) was copied into the deployment, so into the image; once swept, the model's
+    bundle no longer matched the copy and `deploy --submit` refused the directory it had
+    written ("holds a bundle other than demo ...")."""
+    from pomlia_hpc.files import temp_name
+
+    copy = tmp_path / "copy"
+    shutil.copytree(bundle.parents[1], copy)
+    own = copy / bundle.relative_to(bundle.parents[1])
+    leftover = temp_name(own / "monitor-reference.npz")
+    leftover.write_bytes(b"half a reference")
+    register_exported(workspace, own)
+    wrote = CliRunner().invoke(app, ["deploy", "demo"])
+    assert wrote.exit_code == 0, wrote.output
+    (directory,) = workspace.path("models", "demo", "deploy").iterdir()
+    assert not list((directory / "bundle").glob(".*")), list((directory / "bundle").iterdir())
+    leftover.unlink()  # what the next sweep of the bundle folder does
+    again = CliRunner().invoke(app, ["deploy", "demo"])
+    assert again.exit_code == 0 and "reused" in again.output, again.output

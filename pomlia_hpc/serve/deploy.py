@@ -222,11 +222,14 @@ def _unrecorded(text: str) -> str:
 def _same_files(a: Path, b: Path) -> bool:
     """Whether folders ``a`` and ``b`` hold the same files with the same bytes, but for the
     monitoring reference: `pomlia monitor reference` (and a pipeline's monitor stage) rewrites
-    it in the bundle after the directory was written, and the server reads it at start."""
+    it in the bundle after the directory was written, and the server reads it at start; and
+    for hidden files (a writer's temporary files, which the copy leaves out)."""
 
     def files(root: Path) -> list[Path]:
         return sorted(
-            p.relative_to(root) for p in root.rglob("*") if p.is_file() and p.name != REFERENCE_FILE
+            p.relative_to(root)
+            for p in root.rglob("*")
+            if p.is_file() and p.name != REFERENCE_FILE and not p.name.startswith(".")
         )
 
     files_a, files_b = files(a), files(b)
@@ -459,7 +462,10 @@ def _write_new(t: _Target) -> DeployResult:
     try:
         with staged_dir(target) as staged:
             tmp = staged.path
-            shutil.copytree(bundle.root, tmp / "bundle")
+            # Not the temporary files of a writer (a reference being rewritten, or one a killed
+            # writer left): they would go into the image, and once swept make the reused
+            # directory's bundle differ from the model's.
+            shutil.copytree(bundle.root, tmp / "bundle", ignore=shutil.ignore_patterns(".*"))
             (tmp / "src").mkdir()
             _copy_source(tmp / "src", source_root)
             def_text = render_def(
