@@ -12,7 +12,14 @@ from pomlia_hpc.config import ClusterProfile
 from pomlia_hpc.errors import ConfigError, InputError
 from pomlia_hpc.models.archs import check_arch
 from pomlia_hpc.pipeline.spec import AutoMLSpec, PipelineSpec
-from pomlia_hpc.pipeline.stage import PlannedJob, Stage, StageContext, resources_of, section_stage
+from pomlia_hpc.pipeline.stage import (
+    PlannedJob,
+    Stage,
+    StageContext,
+    StageFailedError,
+    resources_of,
+    section_stage,
+)
 from pomlia_hpc.pipeline.stages_data import estimated_images
 from pomlia_hpc.registry import Deployment, Job, Model, Task
 from pomlia_hpc.vocab import FINAL_STATES
@@ -89,8 +96,12 @@ def _run_automl(ctx: StageContext) -> dict[str, Any]:
             + f", best model {res.model_name}"
         )
         if res.model_name is None:
-            why = res.model_refused or "every trial crashed"
-            raise RuntimeError(f"study {name} produced no model: {why}")
+            # Not a bug (a traceback and exit 70 in a local run): what the trials did.
+            why = res.model_refused or (
+                f"no trial produced a model ({res.n_ok} ok, {res.n_crashed} crashed); see "
+                f"`pomlia runs list --study {name}`"
+            )
+            raise StageFailedError(f"study {name} produced no model: {why}")
         out[key] = {
             "study": name,
             "model": res.model_name,
