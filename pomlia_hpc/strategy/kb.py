@@ -19,7 +19,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,9 +73,11 @@ __all__ = [
     "check_file",
     "counted_epochs",
     "counted_epochs_by_task",
+    "dimensionality",
     "import_table",
     "list_sources",
     "load",
+    "of_dimensionality",
     "registry_observations",
     "run_hparams",
     "task_type_note",
@@ -391,6 +393,30 @@ def _canonical(strategy: dict[str, Any], key: str) -> tuple[dict[str, Any], str]
     if canonical == strategy:
         return strategy, key
     return canonical, strategy_key(canonical)
+
+
+def dimensionality(meta: Mapping[str, Any]) -> int:
+    """A data set's dimensionality from its meta-features: 3 for volumes (``dims`` 3), else 2
+    (a table that gives no ``dims``, and every registered data set, holds 2D images; the
+    learner's ``dims3`` feature reads it alike)."""
+    return 3 if meta.get("dims") == 3 else 2
+
+
+def of_dimensionality(kb: KnowledgeBase, dims: int) -> tuple[KnowledgeBase, list[str]]:
+    """``kb`` without the data sets of another dimensionality than ``dims`` (2 or 3), and
+    their names: a 3D volume set (its strategies slice or convolve volumes) is no look-alike
+    of a 2D task, nor evidence for its strategies, however close its other meta-features."""
+    other = sorted(d for d, meta in kb.meta.items() if dimensionality(meta) != dims)
+    if not other:
+        return kb, []
+    drop = set(other)
+    kept = KnowledgeBase(
+        kb.metric,
+        [o for o in kb.observations if o.dataset not in drop],
+        {d: meta for d, meta in kb.meta.items() if d not in drop},
+        dict(kb.short),
+    )
+    return kept, other
 
 
 def task_type_note(

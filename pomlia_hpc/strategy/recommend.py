@@ -55,7 +55,9 @@ from pomlia_hpc.strategy.candidates import (
 from pomlia_hpc.strategy.fpdist import fingerprint_distances
 from pomlia_hpc.strategy.kb import (
     REGISTRY_SOURCE,
+    dimensionality,
     load,
+    of_dimensionality,
     run_hparams,
     task_type_note,
     version_meta,
@@ -193,11 +195,16 @@ def recommend(
         exclude_task=target.name if exclude_own_runs else None,
         validate_on=target.dataset,  # its own runs rank strategies by val, never test
     )
+    # Only data sets of the task's dimensionality are look-alikes and evidence (a 2D task's
+    # similar data sets listed 3D volume sets, whose weight diluted its strategies' regrets).
+    dims = dimensionality(target.meta)
+    kb, other_dims = of_dimensionality(kb, dims)
     m = build_matrix(kb)
     if len(m.datasets) < 2:
+        left = f" ({len(other_dims)} of other dimensionality left out)" if other_dims else ""
         raise NotFoundError(
-            f"the knowledge base has results on {len(m.datasets)} data set(s) for metric "
-            f"'{target.metric}'; expected at least 2",
+            f"the knowledge base has results on {len(m.datasets)} {dims}D data set(s) for "
+            f"metric '{target.metric}'{left}; expected at least 2 of the task's dimensionality",
             hint="pomlia strategy import FILE --source NAME (see docs/strategy.md)",
         )
     tasks = {i for (i, _), source in m.sources.items() if source == REGISTRY_SOURCE}
@@ -304,6 +311,9 @@ def recommend(
         ],
         "initial": initial,
         "n_datasets": len(m.datasets),
+        "dims": dims,
+        # the known data sets of another dimensionality than the task's: not compared
+        "other_dims": other_dims,
         "n_strategies": len(m.keys),
         "learner": LEARNER,
         "learner_version": LEARNER_VERSION,
