@@ -31,11 +31,11 @@ import numpy as np
 from sqlalchemy import select
 
 from pomlia_hpc.errors import InputError
+from pomlia_hpc.models.taskmetric import model_metric, model_task
 from pomlia_hpc.monitor.checks import CheckOutcome, run_checks
 from pomlia_hpc.monitor.history import show_time
 from pomlia_hpc.monitor.labels import DEFAULT_LOOKBACK
 from pomlia_hpc.monitor.logread import LogWindow, read_window
-from pomlia_hpc.monitor.metrictest import model_task, task_metric
 from pomlia_hpc.monitor.publish import publish_report
 from pomlia_hpc.monitor.reference import (
     Target,
@@ -379,9 +379,11 @@ def monitor_run(
     # One run of a model at a time (monitor/runlock.py): held to the end of --on-alarm.
     with monitor_lock(workspace, target.model.name, ref, progress):
         reference = load_reference(target)
-        card_file = str(target.bundle.root / CARD)
-        task = model_task(registry, target.model)  # the gate's source: the task record
-        metric, metric_note = task_metric(target.bundle.card, card_file, task)
+        card = f"the bundle's card ({target.bundle.root / CARD})"
+        task = model_task(registry, target.model)
+        # the gate's rule (loop.gate.gate_metric): one metric for the alarm and the promotion
+        decided = model_metric(target.model.name, target.bundle.card, card, task)
+        metric, metric_note = decided.metric, decided.note
         if metric_note is not None:
             progress(f"warning: {metric_note}")
         span = (since, until, label_lookback)
