@@ -1,8 +1,8 @@
 """The knowledge base: published results imported into the registry, plus the registry's runs.
 
-:func:`import_table` validates a long-format file (:mod:`.longformat`) completely, then writes it
-in one transaction, reading it again chunk by chunk (no pass keeps the file's rows): any error
-leaves the registry as it was. :func:`load` gathers
+:func:`import_table` validates a long-format file (:mod:`.longformat`) completely before any
+lock, keeping its rows on disk as they are checked (:mod:`.spool`; none in memory but a chunk),
+then inserts them in one transaction: any error leaves the registry as it was. :func:`load` gathers
 :class:`Observation` rows for one metric from any imported source and from the registry's own
 runs (every task; crashed runs count as failures of their strategy: :mod:`.kbruns`, whose
 names are re-exported here).
@@ -22,9 +22,9 @@ import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import delete, func, insert, select
+from sqlalchemy import Table, delete, func, select
 from sqlalchemy.orm import Session
 
 from pomlia_hpc.errors import InputError, NotFoundError
@@ -53,6 +53,7 @@ from pomlia_hpc.strategy.longformat import (
     scan_results,
     strategy_key,
 )
+from pomlia_hpc.strategy.spool import RowSpool
 from pomlia_hpc.strategy.translate import canonical_arch
 from pomlia_hpc.vocab import check_metric
 
@@ -166,30 +167,24 @@ def _check_meta_agrees(s: Session, table: ResultTable, source: str) -> None:
             )
 
 
-OnRows = Callable[[list[ResultRow]], None]
-
-
 def check_file(
-    path: Path, meta_path: str | Path | None, known_meta: dict[str, dict[str, Any]]
+    path: Path,
+    meta_path: str | Path | None,
+    known_meta: dict[str, dict[str, Any]],
+    spool: RowSpool | None = None,
 ) -> ResultTable:
-    """Validate the long-format file ``path`` whole, keeping none of its rows (the table's
-    ``n_rows`` and meta-features only): what :func:`import_table` checks before its
-    transaction, refusing two rows of one strategy too (:class:`.overlap.WithinFile`)."""
-    return _scan(path, meta_path, known_meta, lambda _rows: None)
-
-
-def _scan(
-    path: Path, meta_path: str | Path | None, known: dict[str, dict[str, Any]], on_rows: OnRows
-) -> ResultTable:
-    """:func:`check_file`, handing the rows to ``on_rows`` once checked (the import's second
-    reading inserts them: it validates as the first does)."""
+    """Validate the long-format file ``path`` whole, keeping none of its rows in memory (the
+    table's ``n_rows`` and meta-features only): what :func:`import_table` checks before its
+    transaction, refusing two rows of one strategy too (:class:`.overlap.WithinFile`).
+    ``spool``: each chunk of rows goes there once checked (what the import inserts)."""
     within = overlap.WithinFile(path)
 
     def checked(rows: list[ResultRow]) -> None:
         within.check(rows)
-        on_rows(rows)
+        if spool is not None:
+            spool.add(rows)
 
-    return scan_results(path, meta_path, known, checked)
+    return scan_results(path, meta_path, known_meta, checked)
 
 
 def import_table(
@@ -219,12 +214,36 @@ def import_table(
 
     with registry.session() as s:  # first, so the file's own problems do not hide it
         refuse_existing(s)
-    # Two passes, neither keeping the file's rows (1.5 GB held for 500,000): the first
-    # validates it all before any lock; the second, as strict, inserts it in chunks in the
-    # transaction. The checksum, taken before the first, must hold after the second.
     known = _known_meta(registry, source)
     sha256 = _sha256(p)  # a missing file or a folder: one InputError
-    table = check_file(p, meta_path, known)
+    # The file is read and validated before any lock, its rows kept on disk as they are
+    # checked (not in memory: 1.5 GB for 500,000); the transaction inserts what was kept. Read
+    # again inside it, a 500,000-row file held SQLite's write lock for the parsing (~30 s).
+    with RowSpool(p) as spool:
+        table = check_file(p, meta_path, known, spool)
+        # The checksum, taken before the reading, holds after it: the rows kept are those of
+        # the file the source records (a file changed meanwhile is refused, not half-read).
+        if _sha256(p) != sha256 or spool.n_rows != table.n_rows:
+            raise InputError(CHANGED.format(p))
+        replaced = _insert(registry, source, table, spool, sha256, meta_path, refuse_existing)
+    return ImportReport(
+        source, str(p), table.n_rows, len(table.meta), replaced, time.perf_counter() - t0
+    )
+
+
+def _insert(
+    registry: Registry,
+    source: str,
+    table: ResultTable,
+    spool: RowSpool,
+    sha256: str,
+    meta_path: str | Path | None,
+    refuse_existing: Callable[[Session], KbSource | None],
+) -> int:
+    """Store the validated ``table`` (its rows from ``spool``) as ``source`` in one
+    transaction, after the checks against the other sources that need their lock; how many
+    results the source replaced had."""
+    p = table.path
     with registry.session() as s:
         # Two imports of one source at once: the second waits here for the first to commit
         # (it then replaces that one, or is refused without --replace) instead of deleting
@@ -256,22 +275,17 @@ def import_table(
             s.flush()
             ids[name] = ds.id
 
-        def insert_rows(rows: list[ResultRow]) -> None:
-            if any(r.dataset not in ids for r in rows):  # not in the first reading
-                raise InputError(CHANGED.format(p))
+        for rows in spool.chunks():  # exactly the rows validated, as validated
             elsewhere.check(rows)
-            s.execute(
-                insert(KbResult),
+            # Core's executemany, not the ORM's bulk insert (half the time, and no objects)
+            s.connection().execute(
+                cast(Table, KbResult.__table__).insert(),
                 [{"source_id": src.id, "dataset_id": ids[r.dataset]} | r.columns() for r in rows],
             )
-
-        again = _scan(p, meta_path, known, insert_rows)
-        if again.n_rows != table.n_rows or again.meta != table.meta or _sha256(p) != sha256:
-            raise InputError(CHANGED.format(p))
-    return ImportReport(source, str(p), table.n_rows, len(ids), replaced, time.perf_counter() - t0)
+    return replaced
 
 
-#: The refusal of a file that changed between the import's two readings.
+#: The refusal of a file that changed while the import read it (its checksum before and after).
 CHANGED = "{}: the file changed while it was imported; expected it unchanged until the import \
 ends: import it again; nothing was imported"
 
