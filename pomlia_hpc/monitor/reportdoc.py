@@ -1,5 +1,6 @@
-"""The content of a monitor report (``report.json``; fields: ``docs/MONITORING.md``): the
-window's log summary, its notes in words and the tests' outcome. :mod:`.run` writes it.
+"""The content of a monitor report (``report.json``; its fields: ``docs/guide/monitor.md``,
+"Reports"): the window's log summary, its notes in words and the tests' outcome. :mod:`.run`
+writes it.
 """
 
 from __future__ import annotations
@@ -112,7 +113,7 @@ def build_report(
     *,
     alpha: float,
 ) -> dict[str, Any]:
-    """The JSON report (see ``docs/MONITORING.md`` for the fields)."""
+    """The JSON report (its fields: ``docs/guide/monitor.md``, "Reports")."""
     notes = _log_notes(win, ref.model_version)
     tests = outcome.tests if outcome else []
     status = "empty"
