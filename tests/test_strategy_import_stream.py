@@ -243,3 +243,21 @@ def test_a_temporary_folder_without_room_for_the_rows_is_one_error(
     assert msg.startswith(f"{table}: its validated rows cannot be kept in the temporary "), msg
     assert "set TMPDIR to a folder with room" in msg and "nothing was imported" in msg, msg
     assert _results(registry) == {}
+
+
+def test_a_meta_file_that_cannot_be_read_says_what_was_expected_and_that_nothing_was_imported(
+    registry: Registry, tmp_path: Path
+) -> None:
+    """`--meta missing.csv` ended in "missing.csv: cannot be read (No such file or
+    directory)": neither what was expected nor that nothing was imported (the results file's
+    own errors say both)."""
+    table, _ = _files(tmp_path, 2, 2)
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes(META_HEADER.encode() + "d\xe9,binary,1,2,100\n".encode("latin-1"))
+    for meta, cause in ((tmp_path / "missing.csv", "cannot be read"), (latin, "not UTF-8 text")):
+        with pytest.raises(InputError) as err:
+            kb.import_table(registry, table, "t", meta_path=meta)
+        msg = str(err.value)
+        assert msg.startswith(f"{meta}: {cause} ("), msg
+        assert msg.endswith("; expected a readable UTF-8 CSV file; nothing was imported"), msg
+    assert _results(registry) == {}
