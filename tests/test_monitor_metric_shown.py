@@ -111,6 +111,11 @@ def test_history_shows_the_metric_the_monitor_tested_with_its_label_count(
     report = _monitor(env, monkeypatch, "auc")
     got = report["performance"]["metric_test"]
     assert report["performance"]["metric"] == "auc" and got["labels"] == LABELS
+    # the model has no task record: its card decides, as for the gate, and the report says so
+    assert report["notes"][0] == (
+        f"model blood has no task record: auc, the metric the bundle's card ({env[2]}) names, "
+        "is tested by the monitor and compared by the champion/challenger gate"
+    ), report["notes"]
     weighted = {t["name"]: t["weight"] for t in report["tests"] if t["family"] == "performance"}
     assert weighted["auc"] > 0 and weighted["accuracy"] == 0
     page = Path(report_path(env[1], report)).with_name("report.html").read_text()
