@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import typer.main
 from typer.testing import CliRunner
@@ -52,4 +53,30 @@ def test_the_same_value_twice_and_values_after_a_double_dash_are_not_warned(
     assert repeated_options(evaluate, ["--metric", "--source", "--source", "a"]) == []
     assert repeated_options(evaluate, ["--source", "a", "--source", "b"]) == [
         ("--source", ["a", "b"])
+    ]
+
+
+def test_a_root_option_given_twice_is_warned_and_the_last_used(
+    workspace: Workspace, reg: Registry, tmp_path: Path
+) -> None:
+    """`pomlia --home a --home b ...` ran on `b` without a word (the command's own options were
+    warned of, the root group's not)."""
+    other = tmp_path / "other-home"
+    args = ["--home", str(other), "--home", str(workspace.home), "strategy", "sources"]
+    out = subprocess.run(
+        [sys.executable, "-m", "pomlia_hpc", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={k: v for k, v in os.environ.items() if k not in ("POMLIA_DB_URL", "POMLIA_HOME")},
+    )
+    text = " ".join(out.stderr.split())
+    assert f"warning: --home given 2 times ('{other}', '{workspace.home}'): it takes one " \
+        f"value, and the last, '{workspace.home}', is used" in text, text  # fmt: skip
+    assert out.returncode == 0 and not other.exists(), out.stdout + out.stderr
+    root = typer.main.get_command(app)
+    # the group's options end at the command's name: a command's own option is not the root's
+    assert repeated_options(root, ["--cluster", "a", "jobs", "list", "--cluster", "b"]) == []
+    assert repeated_options(root, ["--cluster=a", "--db-url", "x", "--cluster", "b", "data"]) == [
+        ("--cluster", ["a", "b"])
     ]

@@ -198,6 +198,44 @@ def test_a_job_squeue_no_longer_lists_is_not_cancelled_while_sacct_is_down(
         assert row is not None and row.state == "PENDING"
 
 
+def test_a_job_forced_cancelled_while_sacct_is_down_is_listed_as_slurm_ended_it_later(
+    workspace: Workspace, reg: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`jobs cancel --force` of a job that had ended while slurmdbd was down marks it
+    CANCELLED, how it ended unknown; once sacct answers again, `jobs list` showed that mark
+    for good although the job had COMPLETED. It now lists Slurm's state."""
+    executor = Executor.from_profile("slurm-local", tmp_path / "jobs", reg)
+    handle = executor.submit(operator.add, 1, 2, name="forced-without-sacct")
+    rid = handle.record_id
+    assert rid is not None
+    for _ in range(600):  # ends within seconds; the registry is not told
+        if not squeue_ids([handle.job_id]):
+            break
+        time.sleep(0.2)
+    conf = os.environ.get("SLURM_CONF")
+    dead_accounting(tmp_path, monkeypatch)
+    forced = pomlia(workspace.home, "jobs", "cancel", str(rid), "--force")
+    assert forced.returncode == 0, forced.stderr
+    with reg.session() as s:
+        row = s.get(Job, rid)
+        assert row is not None and row.state == "CANCELLED", (row.state, row.exit_cause)
+    if conf is None:  # slurmdbd answers again
+        monkeypatch.delenv("SLURM_CONF")
+    else:
+        monkeypatch.setenv("SLURM_CONF", conf)
+    for _ in range(30):  # slurmdbd may record the job's end a moment late
+        listed = pomlia(workspace.home, "jobs", "list")
+        assert listed.returncode == 0, listed.stderr
+        with reg.session() as s:
+            row = s.get(Job, rid)
+            assert row is not None
+            if row.state != "CANCELLED":
+                break
+        time.sleep(1.0)
+    assert (row.state, row.exit_cause) == ("COMPLETED", None)
+    assert f"{rid} " in listed.stdout and "COMPLETED" in listed.stdout
+
+
 def test_pipeline_cancel_cancels_its_queued_stage_while_sacct_is_down(
     workspace: Workspace, reg: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

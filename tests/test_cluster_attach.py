@@ -8,6 +8,8 @@ import json
 from pathlib import Path
 
 import pytest
+import submitit
+from submitit.slurm.slurm import SlurmInfoWatcher
 
 from pomlia_hpc.cluster import Executor, JobFailedError, states
 from pomlia_hpc.cluster.attach import AttachedJob, poll_attached
@@ -145,6 +147,27 @@ def test_an_attached_job_requeued_then_forgotten_by_the_controller_is_lost(
     poll_attached([job])
     assert job.state == "LOST" and job.ended and job.done()
     assert job.lost(cancelled_too=False)
+
+
+def test_an_attached_job_is_never_asked_of_submitits_own_watcher(
+    tmp_path: Path, reg: Registry, fake_slurm: FakeSlurm, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """pomlia's bounded sacct watcher is set on the jobs it submits, no longer on submitit's
+    class (cluster/sacctwatch.py); a job a restarted driver attaches to by its id has no
+    submitit job at all: it is polled and collected with the bounded sacct_states alone."""
+
+    class Refusing(SlurmInfoWatcher):
+        def update(self) -> None:
+            raise AssertionError("submitit's own sacct (no time limit) was run")
+
+    monkeypatch.setattr(submitit.SlurmJob, "watcher", Refusing(delay_s=0))
+    fake_slurm.hold()
+    job_id, folder = _submit_and_forget(tmp_path, reg, "w")
+    job = _attach(reg, _row_id(reg, "w"), folder)
+    fake_slurm.set_state(job_id, "CANCELLED")
+    poll_attached([job])
+    assert job.state == "CANCELLED" and job.done()
+    assert isinstance(job.failed(), JobFailedError)
 
 
 @pytest.mark.slurm

@@ -11,11 +11,14 @@ from typer.testing import CliRunner
 from pomlia_hpc.cli import app
 from pomlia_hpc.cluster import Executor
 from pomlia_hpc.cluster.cancel import (
+    FORCED_CAUSE,
     GONE_FORCED_CAUSE,
     NotQueuedError,
     cancel_refreshed_row,
     refresh_before_cancel,
 )
+from pomlia_hpc.cluster.failures import STATE_CAUSES
+from pomlia_hpc.cluster.records import mark_cancelled, refresh_slurm_jobs
 from pomlia_hpc.cluster.terminate import cancel_own_jobs, cancelled_with_this_process
 from pomlia_hpc.registry import Job, Registry
 from pomlia_hpc.workspace import Workspace
@@ -89,6 +92,45 @@ def test_cancel_force_closes_a_job_that_ended_while_sacct_is_down(
     assert "Connection refused" in text
     assert _row(reg, rid) == ("CANCELLED", GONE_FORCED_CAUSE, True)
     assert not fake_slurm.calls("scancel")
+
+
+def test_a_row_forced_cancelled_while_sacct_was_down_takes_slurms_state_once_it_answers(
+    workspace: Workspace, reg: Registry, tmp_path: Path, fake_slurm: FakeSlurm
+) -> None:
+    """A row that `jobs cancel --force` marked CANCELLED while slurmdbd was down stayed
+    CANCELLED ("how it ended is unknown") in `jobs list` for good, although the job had
+    COMPLETED: no routine poll asked about a CANCELLED row again. The next listing now records
+    Slurm's state, and then stops asking about it."""
+    rid, sid = _held_job(tmp_path, reg, fake_slurm, "RUNNING")
+    assert refresh_before_cancel(reg, [rid]) is None
+    fake_slurm.set_state(sid, "COMPLETED")  # ends; squeue no longer lists it
+    fake_slurm.fail_next("sacct", "sacct: error: slurmdbd: Connection refused", times=1)
+    res = CliRunner().invoke(app, ["jobs", "cancel", str(rid), "--force"])
+    assert res.exit_code == 0, res.output
+    assert _row(reg, rid) == ("CANCELLED", GONE_FORCED_CAUSE, True)
+    assert not fake_slurm.failures_left("sacct")  # slurmdbd answers again
+    listed = CliRunner().invoke(app, ["jobs", "list", "--json"])
+    assert listed.exit_code == 0, listed.output
+    assert _row(reg, rid) == ("COMPLETED", None, True)
+    asked = len(fake_slurm.calls("sacct"))
+    assert refresh_slurm_jobs(reg) == 0
+    assert len(fake_slurm.calls("sacct")) == asked  # settled: not asked about again
+
+
+def test_a_row_forced_cancelled_takes_slurms_cause_when_slurm_says_cancelled_too(
+    reg: Registry, tmp_path: Path, fake_slurm: FakeSlurm
+) -> None:
+    """A job `jobs cancel --force` marked (scancel refused it) that Slurm then ends CANCELLED:
+    the row keeps its state, and the cause and end become Slurm's (no longer a mark that
+    says Slurm could not be asked), so that polls stop asking about it."""
+    rid, sid = _held_job(tmp_path, reg, fake_slurm, "RUNNING")
+    assert mark_cancelled(reg, rid, FORCED_CAUSE)
+    assert refresh_slurm_jobs(reg) == 0  # still running: the mark stands
+    assert _row(reg, rid) == ("CANCELLED", FORCED_CAUSE, True)
+    fake_slurm.set_state(sid, "CANCELLED")
+    assert refresh_slurm_jobs(reg) == 1
+    state, cause, _ = _row(reg, rid)
+    assert (state, cause) == ("CANCELLED", STATE_CAUSES["CANCELLED"])
 
 
 def test_a_stopping_driver_keeps_the_cancel_that_accounting_has_not_seen_yet(

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import submitit
 from sqlalchemy import select
 
 from pomlia_hpc.cluster import Executor, JobFailedError, records, sacctwatch, states, wait_all
@@ -184,6 +185,21 @@ def test_cancelled_running_job(tmp_path: Path, reg: Registry, fake_slurm: FakeSl
     assert _row(reg, h.record_id).state == "CANCELLED"
 
 
+def test_cancelling_a_job_while_sacct_is_down_cancels_it(
+    tmp_path: Path, reg: Registry, fake_slurm: FakeSlurm
+) -> None:
+    """cancel() asked sacct whether the job had ended before its scancel, and failed with
+    sacct's error while slurmdbd was down: the job ran on, and a waiting driver whose job
+    Slurm would never start (its pending reason) stopped with that error instead."""
+    h = _slurm(tmp_path, reg).submit(jobfns.sleep_for, 300)
+    wait_until(lambda: fake_slurm.state(h.job_id) == "RUNNING", what="the job to run")
+    fake_slurm.fail_next("sacct", "sacct: error: slurmdbd: Connection refused", times=20)
+    h.cancel()
+    assert fake_slurm.calls("scancel") == [["scancel", h.job_id]]
+    assert fake_slurm.state(h.job_id) == "CANCELLED"
+    assert _row(reg, h.record_id).state == "CANCELLED"
+
+
 def test_collecting_a_job_that_ended_without_a_result_does_not_hang_on_sacct(
     tmp_path: Path, reg: Registry, fake_slurm: FakeSlurm, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -203,6 +219,25 @@ def test_collecting_a_job_that_ended_without_a_result_does_not_hang_on_sacct(
     assert isinstance(out["value"], JobFailedError), out
     assert out["value"].state == "CANCELLED"
     assert _row(reg, h.record_id).state == "CANCELLED"
+
+
+def test_the_bounded_sacct_watcher_is_set_on_pomlias_own_jobs_only(
+    tmp_path: Path, reg: Registry, fake_slurm: FakeSlurm
+) -> None:
+    """The bounded watcher replaced submitit's class-wide one, which every submitit Slurm job
+    of the process shares, those of any other library too: pomlia's jobs (a single job, each
+    task of an array) get it each, and submitit's own stays as it was."""
+    theirs = submitit.SlurmJob.watcher
+    fake_slurm.hold()
+    ex = _slurm(tmp_path, reg)
+    handles = [ex.submit(jobfns.add, 1, 2), *ex.map_array(jobfns.negate, [1, 2])]
+    assert submitit.SlurmJob.watcher is theirs
+    assert not isinstance(theirs, sacctwatch.BoundedWatcher)
+    for h in handles:
+        assert h.job().watcher is sacctwatch.WATCHER
+        assert h.job_id in sacctwatch.WATCHER._registered  # polled by it
+    other = submitit.SlurmJob(folder=tmp_path / "other", job_id="12")  # another library's job
+    assert other.watcher is theirs
 
 
 def test_the_wait_for_slurms_record_of_an_end_keeps_to_its_time_when_sacct_hangs(

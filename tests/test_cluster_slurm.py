@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from pomlia_hpc.cluster import Executor, JobFailedError, JobHandle, records, wait_all
+from pomlia_hpc.cluster import Executor, JobFailedError, JobHandle, records, sacct, wait_all
 from pomlia_hpc.errors import ClusterError
 from pomlia_hpc.registry import Job, Registry
 from tests.fixtures import jobfns
@@ -55,9 +55,9 @@ def test_array_of_8_polled_with_one_sacct_per_poll(tmp_path: Path, reg: Registry
     handles = ex.map_array(lambda x: jobfns.square_logged(x, str(log)), list(range(8)))
     array_ids = {h.job_id.split("_")[0] for h in handles}
     assert len(array_ids) == 1  # one Slurm array
-    before = records.SACCT_CALLS
+    before = sacct.SACCT_CALLS
     changed = records.refresh_slurm_jobs(reg)  # one poll over all 8 rows
-    assert before + 1 == records.SACCT_CALLS
+    assert before + 1 == sacct.SACCT_CALLS
     assert changed >= 0
     assert wait_all(handles, poll_s=0.5) == [x * x for x in range(8)]
     rows = _rows(reg)

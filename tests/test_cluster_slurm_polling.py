@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select
 
-from pomlia_hpc.cluster import Executor, endwatch, records, wait_all
+from pomlia_hpc.cluster import Executor, endwatch, records, sacct, wait_all
 from pomlia_hpc.cluster.waiting import settle
 from pomlia_hpc.registry import Job, Registry
 from tests.fixtures import jobfns
@@ -32,9 +32,9 @@ def test_collecting_an_ended_array_runs_one_sacct_not_one_per_task(
         time.sleep(0.5)
     while not _all_recorded_completed(reg) and time.monotonic() < deadline:
         settle(handles)  # one sacct for all (slurmdbd records the ends a moment late)
-    before = records.SACCT_CALLS
+    before = sacct.SACCT_CALLS
     assert wait_all(handles, poll_s=0.5) == [-x for x in range(6)]
-    assert before == records.SACCT_CALLS  # every end was known: nothing left to ask
+    assert before == sacct.SACCT_CALLS  # every end was known: nothing left to ask
 
 
 def _all_recorded_completed(reg: Registry) -> bool:

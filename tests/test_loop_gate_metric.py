@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from sqlalchemy import update
+from sqlalchemy import select, update
 from typer.testing import CliRunner
 
 from pomlia_hpc.automl.metrics import evaluate
@@ -25,7 +25,9 @@ from pomlia_hpc.errors import InputError
 from pomlia_hpc.loop.bootstrap import metric_of, paired_bootstrap, probabilities
 from pomlia_hpc.loop.gate import promote_with_gate, run_gate
 from pomlia_hpc.loop.promote import champion, gate_decisions, put_on_slot
-from pomlia_hpc.registry import Registry, Task
+from pomlia_hpc.models.catalog import resolve_model
+from pomlia_hpc.models.taskmetric import model_metric, model_task
+from pomlia_hpc.registry import Model, Registry, Task
 from pomlia_hpc.workspace import Workspace
 from tests.loop_support import readout_net, register_small_cnn
 
@@ -137,6 +139,33 @@ def test_tasks_of_different_metrics_are_refused_unless_one_is_chosen(
     assert len(gate_decisions(reg, "ward")) == decided
     gate, _ = promote_with_gate(reg, workspace, "ward", "guesser", data_ref=data, metric="auc")
     assert gate is not None and gate.result.metric == "auc"
+
+
+def test_models_without_a_task_record_are_gated_on_the_metric_they_are_monitored_by(
+    tmp_path: Path, workspace: Workspace, reg: Registry
+) -> None:
+    """A model with no task record whose card names its task's AUC (exported when it had one)
+    was monitored on AUC (the monitor read the card) but gated on accuracy ("neither model
+    names a task"): the guesser, far worse by AUC, was promoted over the ranker. One rule
+    decides for both now (its card's metric, with a note), so the gate compares AUC."""
+    data = _setup(tmp_path, workspace, reg, "ranker", "auc")
+    with reg.session() as s:
+        for model in s.scalars(select(Model)):
+            card = {**model.card, "task": {**model.card.get("task", {}), "metric": "auc"}}
+            s.execute(update(Model).where(Model.id == model.id).values(task_id=None, card=card))
+    out = CliRunner().invoke(app, ["deploy", "promote", "ward", "guesser", "--data", data])
+    assert out.exit_code == 1, out.output  # refused on AUC: the slot keeps its champion
+    text = " ".join(out.output.split())
+    assert "paired bootstrap" in text and "auc 1.000 → 0.8" in text, text
+    said = (
+        "warning: model guesser has no task record: auc, the metric the registry's card of "
+        "model guesser names, is tested by the monitor and compared by the"
+    )
+    assert said in text, text
+    ev = gate_decisions(reg, "ward")[-1].evidence
+    assert ev["metric"] == "auc" and "no task record" in ev["metric_from"], ev["metric_from"]
+    champ = resolve_model(reg, "ranker")  # what the monitor tests the champion by
+    assert model_metric("ranker", champ.card, "card", model_task(reg, champ)).metric == "auc"
 
 
 @pytest.mark.parametrize(

@@ -18,7 +18,7 @@ from sqlalchemy import select, update
 from typer.testing import CliRunner
 
 from pomlia_hpc.cli import app
-from pomlia_hpc.monitor.metrictest import task_metric
+from pomlia_hpc.models.taskmetric import model_metric
 from pomlia_hpc.registry import Model, MonitorReport, Registry, Task
 from pomlia_hpc.report.pages_ops import monitor_chart
 from pomlia_hpc.workspace import Workspace
@@ -111,6 +111,11 @@ def test_history_shows_the_metric_the_monitor_tested_with_its_label_count(
     report = _monitor(env, monkeypatch, "auc")
     got = report["performance"]["metric_test"]
     assert report["performance"]["metric"] == "auc" and got["labels"] == LABELS
+    # the model has no task record: its card decides, as for the gate, and the report says so
+    assert report["notes"][0] == (
+        f"model blood has no task record: auc, the metric the bundle's card ({env[2]}) names, "
+        "is tested by the monitor and compared by the champion/challenger gate"
+    ), report["notes"]
     weighted = {t["name"]: t["weight"] for t in report["tests"] if t["family"] == "performance"}
     assert weighted["auc"] > 0 and weighted["accuracy"] == 0
     page = Path(report_path(env[1], report)).with_name("report.html").read_text()
@@ -201,6 +206,7 @@ def test_the_task_record_decides_the_metric_as_for_the_gate_and_a_differing_card
 def test_a_card_naming_the_task_metric_in_another_case_gets_no_note() -> None:
     """A card's `AUC` for a task recorded as `auc` (the metric is read in any case) was said
     in a note as a card naming another metric than its task's."""
-    assert task_metric({"task": {"metric": "AUC"}}, "card.json", ("t", "auc")) == ("auc", None)
-    metric, note = task_metric({"task": {"metric": "acc"}}, "card.json", ("t", "auc"))
-    assert metric == "auc" and note is not None and "names 'acc'" in note, note
+    same = model_metric("m", {"task": {"metric": "AUC"}}, "card.json", ("t", "auc"))
+    assert (same.metric, same.note) == ("auc", None)
+    other = model_metric("m", {"task": {"metric": "acc"}}, "card.json", ("t", "auc"))
+    assert other.metric == "auc" and other.note is not None and "names 'acc'" in other.note

@@ -476,3 +476,42 @@ def test_dry_run_refuses_a_bad_index_factory_with_exit_2(tmp_path: Path) -> None
     assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr
     assert proc.stderr.startswith(f"error: {path}: bad value for 'index.factory'"), proc.stderr
     assert "stage" not in proc.stdout  # refused before the plan
+
+
+def test_a_study_without_a_model_ends_a_local_pipeline_in_one_line(
+    workspace: Workspace,
+    reg: Registry,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A local `pipeline run` whose study's every trial crashed ended in a traceback and
+    exit 70 ("a bug in pomlia"). It is the stage's failure: one line, exit 1, as a failed
+    stage of `run --wait` ends; the stage is recorded failed."""
+    import types
+
+    import pomlia_hpc.automl.study as study_module
+    import pomlia_hpc.pipeline.stages_learn as learn
+    from tests.fixtures.cli import pomlia_main
+
+    tiny_npz(tmp_path / "a.npz")
+    data = {
+        "name": "p",
+        "datasets": [{"name": "a", "file": "a.npz"}],
+        "tasks": [{"name": "t", "dataset": "a"}],
+        "automl": {"trials": 2, "archs": ["small_cnn"]},
+    }
+    file = tmp_path / "p.yaml"
+    file.write_text(yaml.safe_dump(data))
+    crashed = types.SimpleNamespace(
+        model_name=None, model_refused="", n_ok=0, n_crashed=2, n_cancelled=0
+    )
+    monkeypatch.setattr(learn, "open_study", lambda *_a, **_k: (None, False))
+    monkeypatch.setattr(study_module, "run_study", lambda *_a, **_k: crashed)
+    code, _out, err = pomlia_main(monkeypatch, capsys, "pipeline", "run", str(file))
+    said = " ".join(err.split())
+    assert code == 1, err
+    assert "Traceback" not in err and "internal error" not in err, err
+    assert "produced no model: no trial produced a model (0 ok, 2 crashed)" in said, said
+    ctx = StageContext(load_pipeline(file), workspace, reg)
+    assert (ctx.record("automl") or {}).get("status") == "failed"

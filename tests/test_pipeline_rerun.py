@@ -210,3 +210,48 @@ def test_status_says_why_a_stage_is_stale_and_names_the_job_a_local_stage_ran(
     assert rows["data"].detail.endswith("changed since it ran (2026-01-01T01:00:00+00:00)")
     assert rows["encoder"].state == "failed" and rows["encoder"].job == job
     assert rows["extract"].detail == "needs data, encoder, which are not up to date"
+
+
+def test_two_submissions_at_once_submit_one_chain(
+    workspace: Workspace, reg: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two `pipeline run`s started at once each found no job queued and each submitted a
+    chain (every stage twice; the run file named one of them). One submits at a time now: the
+    other, once it may, finds the first one's jobs and is refused."""
+    import dataclasses
+    import threading
+    import time
+
+    from pomlia_hpc.pipeline import runner
+
+    file, data = _pipeline(tmp_path)
+    ctx = context_for(workspace, reg, load_pipeline(file))
+    plan = dataclasses.replace(runner.make_plan(ctx, "local"), mode="chain")
+    snapshot = snapshot_spec(ctx, data, str(file))
+    check = runner.check_not_running
+
+    def slow_check(c: StageContext) -> None:  # a slow sacct: both would check, then submit
+        check(c)
+        time.sleep(1.0)
+
+    monkeypatch.setattr(runner, "check_not_running", slow_check)
+    said: list[str] = []
+
+    def run() -> None:
+        try:
+            said.append(str(runner.submit(ctx, plan, snapshot)))
+        except PomliaError as exc:
+            said.append(str(exc))
+
+    threads = [threading.Thread(target=run) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    try:
+        assert len(said) == 2, said
+        assert sum("has jobs queued or running" in s for s in said) == 1, said
+        with reg.session() as s:
+            assert s.query(Job).count() == 1
+    finally:
+        runner.cancel_pipeline(workspace, reg, "p")

@@ -30,6 +30,8 @@ from tests.fixtures.cli import dry_run
 
 REPO = Path(__file__).resolve().parents[1]
 MINIMAL: dict[str, Any] = {"name": "p", "datasets": [{"name": "a", "medmnist": "bloodmnist"}]}
+#: A task and its study: what the export, deploy and monitor sections need.
+LEARN: dict[str, Any] = {"tasks": [{"name": "t", "dataset": "a"}], "automl": {"trials": 1}}
 
 
 def _parse(data: dict[str, Any]) -> Any:
@@ -60,6 +62,15 @@ def test_shipped_pipelines_parse(name: str) -> None:
         ({"monitor": {"at": "25:00"}}, "bad value for 'monitor.at'"),
         ({"monitor": {"window": "0h"}}, "bad value for 'monitor.window'"),  # was a cron line
         ({"name": "has space"}, "bad value for 'name'"),
+        # A stage turned off, which an enabled one needs: that one failed after AutoML ran.
+        (
+            {**LEARN, "export": {"enabled": False}, "deploy": {}},
+            "section 'deploy' needs the 'export' stage, which 'export.enabled: false' turns off",
+        ),
+        (
+            {**LEARN, "export": {}, "deploy": {"enabled": False}, "monitor": {}},
+            "section 'monitor' needs the 'deploy' stage, which 'deploy.enabled: false' turns off",
+        ),
     ],
 )
 def test_bad_file_is_one_error_naming_the_key(change: dict[str, Any], message: str) -> None:
@@ -594,3 +605,31 @@ def test_a_queued_stage_job_shows_no_times_of_an_earlier_run(
     _write_stage(ctx, "data", "done", "2999-01-01T00:00:00+00:00", "2999-01-01T00:00:01+00:00")
     row = {r.stage: r for r in pipeline_status(ctx)}["data"]
     assert row.state in ("done", "stale") and row.ended_at.startswith("2999")
+
+
+@pytest.mark.parametrize("submit", [True, False])
+def test_the_plan_counts_the_serving_job_a_deploy_submits(
+    workspace: Workspace, reg: Registry, submit: bool
+) -> None:
+    """`deploy: {submit: true}` submits a GPU server that holds its allocation until its time
+    limit, yet the dry run showed the stage as "(in the stage process)" and left its
+    GPU-hours out of the estimate."""
+    data = {
+        **MINIMAL,
+        "tasks": [{"name": "t", "dataset": "a"}],
+        "automl": {"trials": 1},
+        "export": {},
+        "deploy": {"submit": submit},
+    }
+    plan = make_plan(StageContext(_parse(data), workspace, reg), "haicore")
+    deploy = next(sp for sp in plan.stages if sp.stage.name == "deploy")
+    if not submit:
+        assert deploy.jobs == []
+        return
+    (job,) = deploy.jobs
+    # serve.sbatch's #SBATCH lines on haicore: 1 GPU, 8 CPUs, 64 GB, 240 min
+    r = job.resources
+    assert (r.gpus_per_node, r.cpus_per_task, r.mem_gb, r.time_min) == (1, 8, 64, 240)
+    assert job.count == 1 and job.hours == pytest.approx(4.0) and "serving job" in job.what
+    others = sum(j.gpu_hours for sp in plan.stages if sp is not deploy for j in sp.jobs)
+    assert plan.gpu_hours == pytest.approx(others + 4.0)

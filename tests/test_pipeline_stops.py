@@ -142,3 +142,21 @@ def test_a_held_stage_job_shows_why_it_pends(
     row = {r.stage: r for r in pipeline_status(ctx)}["encoder"]
     assert row.state == "pending"
     assert row.detail == "pending reason: JobHeldAdmin (held: scontrol release 4242 lets it start)"
+
+
+@pytest.mark.parametrize("earlier", [None, "done"])
+def test_a_stage_job_that_failed_before_its_stage_began_shows_failed(
+    ctx: StageContext, earlier: str | None
+) -> None:
+    """A stage job that failed before its stage wrote a record (its environment without the
+    registry, the pipeline's lock held) showed `cancelled`, beside the detail `FAILED (exit
+    code 1:0)`, or the staleness of the stage's earlier record."""
+    _write_stage(ctx, "data", "done", OLD_START, OLD_END)
+    if earlier is not None:
+        _write_stage(ctx, "encoder", earlier, OLD_START, OLD_END)
+    jobs = _submitted(ctx, "debug", encoder="1")
+    cause = "ConfigError: this pipeline job has no POMLIA_DB_URL in its environment"
+    update_job(ctx.registry, jobs["encoder"], state="FAILED", exit_cause=cause)
+    row = {r.stage: r for r in pipeline_status(ctx)}["encoder"]
+    assert (row.state, row.detail) == ("failed", cause)
+    assert (row.started_at, row.ended_at) == ("", "")  # not the earlier run's times

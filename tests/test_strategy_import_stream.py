@@ -1,19 +1,23 @@
-"""`strategy import` reads its file twice and keeps none of its rows: it validates the whole
-file, then inserts it chunk by chunk in one transaction; an error in any chunk (or a file
-changed between the two readings) leaves the registry as it was."""
+"""`strategy import` keeps none of its rows in memory: it validates the whole file before any
+lock, keeping the checked rows on disk, then inserts them chunk by chunk in one transaction;
+an error in any chunk (or a file changed while it was read) leaves the registry as it was."""
 
 from __future__ import annotations
 
+import errno
+import sqlite3
+import tempfile
 import tracemalloc
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 from sqlalchemy import func, select
 
-from pomlia_hpc.errors import InputError
+from pomlia_hpc.errors import InputError, StorageError
 from pomlia_hpc.registry import KbResult, KbSource, Registry
 from pomlia_hpc.strategy import kb, longformat, overlap
+from pomlia_hpc.workspace import Workspace
 
 HEADER = "dataset,arch,init,mode,img_size,metric,value\n"
 META_HEADER = "dataset,task_type,n_channels,n_classes,n_train\n"
@@ -177,4 +181,83 @@ def test_a_file_changed_right_after_its_validation_imports_nothing(
     with pytest.raises(InputError) as err:
         kb.import_table(registry, table, "t", meta_path=meta)
     assert "nothing was imported" in str(err.value), err.value
+    assert _results(registry) == {}
+
+
+def test_the_file_is_read_before_the_write_lock_and_what_was_read_is_inserted(
+    workspace: Workspace, reg: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The import read its file a second time inside its transaction, so SQLite's write lock
+    was held for the parsing (30 to 50 s for 500,000 rows): every other command waited or
+    timed out. The file is now read once, before the lock, and its checked rows inserted
+    from disk: while it is read another writer gets the lock at once, and the transaction
+    reads no file (one removed as the transaction starts is imported whole)."""
+    monkeypatch.setattr(longformat, "CHUNK_ROWS", 7, raising=False)
+    table, meta = _files(tmp_path, 4, 5)
+    db = str(workspace.home / "registry.db")
+    writable: list[bool] = []
+    scan = kb.scan_results
+
+    def scan_and_try_the_lock(*args: Any, **kwargs: Any) -> Any:
+        other = sqlite3.connect(db, timeout=0)  # another command's write, waiting for nothing
+        try:
+            other.execute("BEGIN IMMEDIATE")
+            other.rollback()
+            writable.append(True)
+        except sqlite3.OperationalError:  # "database is locked"
+            writable.append(False)
+        finally:
+            other.close()
+        return scan(*args, **kwargs)
+
+    def lock_then_remove(s: Any, name: str) -> None:
+        if table.exists():
+            table.rename(tmp_path / "elsewhere.csv")  # nothing in the transaction reads it
+        lock(s, name)
+
+    lock = kb.lock_name
+    monkeypatch.setattr(kb, "scan_results", scan_and_try_the_lock)
+    monkeypatch.setattr(kb, "lock_name", lock_then_remove)
+    report = kb.import_table(reg, table, "t", meta_path=meta)
+    assert writable == [True], writable  # one reading, with the registry free to write
+    assert report.n_results == 40 and _results(reg) == {"t": 40}
+    with reg.session() as s:
+        lines = sorted(s.scalars(select(KbResult.line)))
+    assert lines == list(range(2, 42))  # every row as validated, each once
+
+
+def test_a_temporary_folder_without_room_for_the_rows_is_one_error(
+    registry: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The checked rows wait on disk for the transaction (a temporary file of its own): a
+    full temporary folder is one line naming the file, the folder and TMPDIR."""
+    table, meta = _files(tmp_path, 2, 2)
+
+    def full(*args: Any, **kwargs: Any) -> NoReturn:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(tempfile, "TemporaryFile", full)
+    with pytest.raises(StorageError) as err:
+        kb.import_table(registry, table, "t", meta_path=meta)
+    msg = str(err.value)
+    assert msg.startswith(f"{table}: its validated rows cannot be kept in the temporary "), msg
+    assert "set TMPDIR to a folder with room" in msg and "nothing was imported" in msg, msg
+    assert _results(registry) == {}
+
+
+def test_a_meta_file_that_cannot_be_read_says_what_was_expected_and_that_nothing_was_imported(
+    registry: Registry, tmp_path: Path
+) -> None:
+    """`--meta missing.csv` ended in "missing.csv: cannot be read (No such file or
+    directory)": neither what was expected nor that nothing was imported (the results file's
+    own errors say both)."""
+    table, _ = _files(tmp_path, 2, 2)
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes(META_HEADER.encode() + "d\xe9,binary,1,2,100\n".encode("latin-1"))
+    for meta, cause in ((tmp_path / "missing.csv", "cannot be read"), (latin, "not UTF-8 text")):
+        with pytest.raises(InputError) as err:
+            kb.import_table(registry, table, "t", meta_path=meta)
+        msg = str(err.value)
+        assert msg.startswith(f"{meta}: {cause} ("), msg
+        assert msg.endswith("; expected a readable UTF-8 CSV file; nothing was imported"), msg
     assert _results(registry) == {}

@@ -531,3 +531,20 @@ def test_meta_features_another_source_defines_differently_are_refused(
     kb.import_table(
         registry, _write(tmp_path, GOOD), "five", meta_path=_write(tmp_path, worded, "m4.csv")
     )
+
+
+def test_loo_recommends_each_data_set_from_those_of_its_dimensionality_only() -> None:
+    """As `pomlia recommend` compares a task with known data sets of its dimensionality only,
+    the evaluation does: a 2D data set's regrets, the learner's and every baseline's, are those
+    of an evaluation without the 3D ones, and a 3D data set with fewer than 2 others of its
+    kind is left out."""
+    m = _synthetic(3, 4)  # the third group stands for volumes
+    dims = [2] * 8 + [3] * 4
+    both = evaluate.loo(m, dims=dims)
+    flat = evaluate.loo(m.subset(range(8)))
+    for name, method in flat.methods.items():
+        assert both.methods[name].top1[:8] == method.top1, name
+        assert both.methods[name].topk[:8] == method.topk, name
+    assert both.datasets == m.datasets
+    lone = evaluate.loo(m.subset(range(9)), dims=dims[:9])
+    assert lone.datasets == m.datasets[:8]  # the one volume set has no other of its kind

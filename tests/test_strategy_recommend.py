@@ -682,3 +682,52 @@ def test_the_runs_read_per_task_are_cut_in_one_order_on_either_backend(
             )
     read = hparams.task_runs(registry, ["t"])
     assert [r.hparams["lr"] for r in read.runs] == lrs[:4]
+
+
+def test_a_2d_task_is_compared_with_2d_data_sets_only(
+    workspace: Workspace, reg: Registry, wide_console: None
+) -> None:
+    """A small binary 2D task listed the 3D volume sets of the shipped MedMNIST v2 table among
+    its similar data sets (3 of its 5), and their weight went into its strategies' expected
+    regrets and evidence. Only data sets of the task's dimensionality are compared now, and the
+    others are named."""
+    for source, file in kb.SHIPPED_TABLES:
+        kb.import_table(reg, DATA / file, source, meta_path=DATA / kb.SHIPPED_META)
+    volumes = {d for d, meta in kb.load(reg, "auc").meta.items() if meta.get("dims") == 3}
+    assert len(volumes) == 6  # the table's 3D data sets
+    row_task(reg, "small")  # 100 grey 28 px images, binary, like the 3D sets' few hundred
+    with reg.session() as s:
+        s.execute(update(Task).where(Task.name == "small").values(metric="auc"))
+    answer = recommend(reg, "small", k=1000, record=False)
+    assert not volumes & {s["dataset"] for s in answer["similar"]}, answer["similar"]
+    shown = {e["dataset"] for r in answer["strategies"] for e in r["evidence"]}
+    assert shown and not volumes & shown, shown
+    # the volume-only strategies (ResNet-18+3D, ...) are no candidates for a 2D task
+    assert not [r for r in answer["strategies"] if "3D" in r["strategy"]["arch"]]
+    assert answer["dims"] == 2 and set(answer["other_dims"]) == volumes
+    assert answer["n_datasets"] == 12  # the 2D data sets of both tables
+    text = " ".join(CliRunner().invoke(app, ["recommend", "small"]).output.split())
+    assert "note: 6 known data set(s) not of the task's dimensionality (2D) were not " in text
+
+
+def test_a_knowledge_base_of_volumes_only_is_no_evidence_for_a_2d_task(
+    workspace: Workspace, reg: Registry, tmp_path: Path
+) -> None:
+    meta = tmp_path / "m.csv"
+    meta.write_text(
+        "dataset,task_type,n_channels,n_classes,n_train,dims\n"
+        "a3d,binary,1,2,1000,3\nb3d,binary,1,2,2000,3\n"
+    )
+    table = tmp_path / "r.csv"
+    table.write_text(
+        "dataset,arch,init,mode,img_size,metric,value\n"
+        "a3d,resnet18,scratch,full,28,acc,0.8\nb3d,resnet18,scratch,full,28,acc,0.7\n"
+    )
+    kb.import_table(reg, table, "vol", meta_path=meta)
+    row_task(reg, "flat")
+    with pytest.raises(NotFoundError) as err:
+        recommend(reg, "flat", record=False)
+    assert str(err.value).startswith(
+        "the knowledge base has results on 0 2D data set(s) for metric 'acc' (2 of other "
+        "dimensionality left out); expected at least 2 of the task's dimensionality"
+    ), err.value

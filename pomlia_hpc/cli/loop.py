@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from rich.markup import escape
 
 from pomlia_hpc.cli.app import STATE, app, console, err_console, log_line, profile_for
 from pomlia_hpc.cli.data import data_app
@@ -187,6 +188,10 @@ def promote_cmd(
         verdict = "[green]passed[/]" if gate.result.passed else "[red]failed[/]"
         console.print(f"gate {gate.id}: {verdict}{' (forced)' if gate.forced else ''}")
         console.print(f"  {gate.result.reason}", highlight=False)
+        if gate.metric_note is not None:
+            err_console.print(
+                f"[yellow]warning:[/] {escape(gate.metric_note)}", soft_wrap=True, highlight=False
+            )
         for gap in gate.lineage_unknown:
             err_console.print(
                 f"[yellow]warning:[/] lineage unknown, {gap}: images it trained on may be "

@@ -134,9 +134,8 @@ def run(
         )
     if dry_run:
         return
-    snapshot = runner.snapshot_spec(ctx, data, str(file))
     if plan.mode == "in-process":
-        outcome = runner.run_in_process(ctx, plan)
+        outcome = runner.run_in_process(ctx, plan, data=data, source=str(file))
         ran = [s for s, o in outcome.items() if o == "done"]
         console.print(
             f"[green]pipeline {spec.name} finished[/]: {len(ran)} stage(s) ran"
@@ -145,7 +144,7 @@ def run(
         )
         _print_status(ctx)
         return
-    jobs = runner.submit(ctx, plan, snapshot)
+    jobs = runner.submit_file(ctx, plan, data, str(file))
     if not jobs:
         console.print(f"[green]pipeline {spec.name}: every stage is up to date[/]")
         return

@@ -2,8 +2,9 @@
 --source b``): click keeps the last one without a word, and the user believed both counted. The
 command still runs with the last value, as scripts that append an override to fixed options
 (``jobs/automl.sbatch``'s ``EXTRA_ARGS``) expect, but a warning names the option and both
-values. Typer's argument parsing is wrapped when this module is imported (:mod:`pomlia_hpc.cli.app`
-imports it)."""
+values. The root group's options (``pomlia --home a --home b data list``) are checked alike, up to
+the command's name. Typer's argument parsing is wrapped when this module is imported
+(:mod:`pomlia_hpc.cli.app` imports it)."""
 
 from __future__ import annotations
 
@@ -35,12 +36,17 @@ def _value_options(command: Any) -> tuple[dict[str, Any], set[str]]:
 def repeated_options(command: Any, args: list[str]) -> list[tuple[str, list[str]]]:
     """Each one-value option of ``command`` given more than once with different values in
     ``args`` (the words after the command's name): its longest spelling and its values in the
-    order given. Words after ``--`` are arguments, not options."""
+    order given. Words after ``--`` are arguments, not options; so are, for a group (whose
+    options come before its command's name: ``allow_interspersed_args`` off), the words from
+    the first argument on, which are the command's and its options'."""
     single, takes_value = _value_options(command)
+    interspersed = getattr(command, "allow_interspersed_args", True)
     given: dict[str, tuple[str, list[str]]] = {}
     i = 0
     while i < len(args) and args[i] != "--":
         word = args[i]
+        if not interspersed and not word.startswith("-"):
+            break  # the command's name: what follows is not the group's
         name, _, inline = word.partition("=")
         if word.startswith("--") and inline and name in single:
             value: str | None = inline
@@ -57,8 +63,9 @@ def repeated_options(command: Any, args: list[str]) -> list[tuple[str, list[str]
     return [(label, vals) for label, vals in given.values() if len(set(vals)) > 1]
 
 
-def _parse_args(self: Any, ctx: Any, args: list[str]) -> Any:
-    for label, values in repeated_options(self, list(args)):
+def _warn_repeated(command: Any, args: list[str]) -> None:
+    """Warn of each one-value option of ``command`` given twice with different values."""
+    for label, values in repeated_options(command, list(args)):
         shown = ", ".join(f"'{v}'" for v in values)
         err_console.print(
             f"[yellow]warning:[/] {escape(label)} given {len(values)} times ({escape(shown)}): "
@@ -66,7 +73,18 @@ def _parse_args(self: Any, ctx: Any, args: list[str]) -> Any:
             soft_wrap=True,
             highlight=False,
         )
+
+
+def _parse_args(self: Any, ctx: Any, args: list[str]) -> Any:
+    _warn_repeated(self, args)
     return _typer_parse_args(self, ctx, args)
 
 
+def _parse_group_args(self: Any, ctx: Any, args: list[str]) -> Any:
+    _warn_repeated(self, args)
+    return _typer_group_parse_args(self, ctx, args)
+
+
 _typer_parse_args = patch_typer(typer.core.TyperCommand, "parse_args", _parse_args)
+# The root group (``--home``, ``--db-url``, ``--cluster``) and the command groups.
+_typer_group_parse_args = patch_typer(typer.core.TyperGroup, "parse_args", _parse_group_args)

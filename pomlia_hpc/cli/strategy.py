@@ -339,6 +339,12 @@ def _print_answer(answer: dict[str, Any]) -> None:
     console.print(table)
     if answer.get("note"):
         console.print(f"note: {answer['note']}")
+    if answer.get("other_dims"):
+        other = answer["other_dims"]
+        console.print(
+            f"note: {len(other)} known data set(s) not of the task's dimensionality "
+            f"({answer['dims']}D) were not compared: {', '.join(other)}"
+        )
     for sr in answer.get("short_runs", []):
         best = "" if sr["value"] is None else f" (best test {sr['value']:.3f}, a lower bound)"
         console.print(

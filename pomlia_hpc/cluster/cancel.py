@@ -24,6 +24,8 @@ from sqlalchemy import select
 from pomlia_hpc.cluster.reach import RETRY, failure_kind
 from pomlia_hpc.cluster.records import (
     FINAL_STATES,
+    FORCED_CAUSE,
+    GONE_FORCED_CAUSE,
     is_local_job_process,
     mark_all_cancelled,
     mark_cancelled,
@@ -141,30 +143,20 @@ def cancel_array_parts(
 ) -> bool:
     """Cancel the Slurm arrays ``array_ids`` with one ``scancel``, record their rows
     ``record_ids`` CANCELLED with ``cause``, then wait until ``squeue`` lists none of their
-    tasks ``task_ids`` (at most :data:`ARRAY_CANCEL_WAIT_S` seconds; a ``squeue`` that cannot
-    answer is asked again). True once they are gone, False when the wait ran out. A
+    tasks ``task_ids`` (at most :data:`ARRAY_CANCEL_WAIT_S` seconds in all; a ``squeue`` that
+    cannot answer is asked again). True once they are gone, False when the wait ran out. A
     :class:`ClusterError` when ``scancel`` fails (nothing recorded)."""
     scancel_or_fail(array_ids, f"scancel {' '.join(array_ids)} failed")
     if registry is not None:
         record_cancelled(registry, record_ids, cause)
     deadline = time.monotonic() + ARRAY_CANCEL_WAIT_S
-    while time.monotonic() < deadline:
+    while (left_s := deadline - time.monotonic()) > 0:
         with contextlib.suppress(ClusterError):
-            if not squeue_ids(task_ids):
+            # within the wait: a squeue that hangs took its own minute past it
+            if not squeue_ids(task_ids, timeout_s=left_s):
                 return True
-        time.sleep(0.5)
+        time.sleep(min(0.5, max(deadline - time.monotonic(), 0.0)))
     return False
-
-
-#: Why a row was marked cancelled by ``--force`` (its ``exit_cause``).
-FORCED_CAUSE = "marked cancelled with --force; the process itself was not signalled"
-
-#: Why a row was marked cancelled by ``--force`` while ``sacct`` could not answer and
-#: ``squeue`` no longer listed the job (its ``exit_cause``): it had ended, how is unknown.
-GONE_FORCED_CAUSE = (
-    "marked cancelled with --force: it had already ended (squeue no longer listed it) but "
-    "sacct could not say how; nothing was signalled"
-)
 
 
 class NotQueuedError(SlurmUnavailableError):

@@ -25,7 +25,7 @@ from typing import Any
 
 import submitit
 
-from pomlia_hpc.cluster import sacctwatch, submitit_controller
+from pomlia_hpc.cluster import submitit_controller
 from pomlia_hpc.cluster.batch import RESTART_VARS
 from pomlia_hpc.cluster.cancel import cancel_array_parts
 from pomlia_hpc.cluster.failures import LIMIT_KEYS
@@ -84,8 +84,6 @@ class Executor:
     def _submitit(self, profile: ClusterProfile, name: str) -> submitit.AutoExecutor:
         if profile.backend == "local":
             submitit_controller.install()  # a cancelled local job ends without a traceback
-        elif profile.backend == "slurm":
-            sacctwatch.install()  # collecting a job never waits on a sacct without a limit
         warn_signal_delay(profile)  # a limit so short that the job may never finish an epoch
         # A Slurm job starts under jobstart: a checkpoint signal that comes while it starts
         # (short time limits) is held back until submitit can act on it, not fatal.

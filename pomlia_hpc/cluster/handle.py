@@ -13,8 +13,13 @@ from typing import TYPE_CHECKING, Any
 import submitit
 from submitit.core.utils import UncompletedJobError
 
-from pomlia_hpc.cluster import states
-from pomlia_hpc.cluster.cancel import cancel_scheduler_job, kill_after_grace, record_cancelled
+from pomlia_hpc.cluster import sacctwatch, states
+from pomlia_hpc.cluster.cancel import (
+    AFTER_SCANCEL_SACCT_S,
+    cancel_scheduler_job,
+    kill_after_grace,
+    record_cancelled,
+)
 from pomlia_hpc.cluster.debugjob import debug_result, debug_state, run_debug_job
 from pomlia_hpc.cluster.endwatch import ended_unseen
 from pomlia_hpc.cluster.failures import exit_line, failure_cause, log_cause, log_tail
@@ -81,6 +86,8 @@ class JobHandle:
             # submitit waits up to 15 s for a result file that a shared filesystem may show
             # late; a local job's folder is on this machine, and a killed job never writes one.
             job._results_timeout_s = 2
+        elif self._executor.profile.backend == "slurm":
+            sacctwatch.bind(job)  # collecting it never waits on a sacct without a limit
         self._job = job
         own_job(self)  # cancelled with this process, until its outcome is collected
         self._submitted.set()
@@ -169,7 +176,8 @@ class JobHandle:
         (by whom or what) is recorded as its exit cause.
 
         A job that has already ended keeps its state; a throttled job that was not submitted yet
-        never will be. Raises :class:`ClusterError` if ``scancel`` refuses a running job."""
+        never will be; a Slurm job is ``scancel``-ed also when accounting cannot say whether it
+        has ended. Raises :class:`ClusterError` if ``scancel`` refuses a running job."""
         if self._executor._drop_pending(self):
             self._fail_submission(ClusterError("cancelled before submission"))
             return
@@ -177,13 +185,13 @@ class JobHandle:
             job = self.job(None)  # waits for a submission the feeder may have under way
         except ClusterError:
             return  # its submission failed: nothing runs, nothing to cancel
-        if self._ended_state(job) is not None:
+        if self._looked_ended(job) is not None:
             return
         if self._executor.backend == "slurm":
             try:
                 cancel_scheduler_job("slurm", str(job.job_id))
             except ClusterError:
-                if self._ended_state(job) is not None:
+                if self._looked_ended(job) is not None:
                     return  # it ended between our look and scancel
                 raise
         else:
@@ -199,17 +207,30 @@ class JobHandle:
                 mark_cancelled(reg, self.record_id, cause)
         collected(self)
 
-    def _ended_state(self, job: submitit.Job[Any]) -> str | None:
-        """The job's final state if it has ended (Slurm: asked now, recorded), else None."""
+    def _looked_ended(self, job: submitit.Job[Any]) -> str | None:
+        """:meth:`_ended_state`, or None when Slurm's accounting cannot answer (down, or no
+        answer within :data:`~pomlia_hpc.cluster.cancel.AFTER_SCANCEL_SACCT_S` s): the
+        ``scancel`` goes ahead (one of a job that has ended exits 0, and
+        :func:`~pomlia_hpc.cluster.cancel.record_cancelled` keeps Slurm's word when it has one).
+        A cancel that waited for accounting never cancelled while slurmdbd was down, and a
+        job that will never start stopped its waiting driver with sacct's error."""
+        try:
+            return self._ended_state(job, timeout_s=AFTER_SCANCEL_SACCT_S)
+        except ClusterError:
+            return None
+
+    def _ended_state(self, job: submitit.Job[Any], timeout_s: float = 60.0) -> str | None:
+        """The job's final state if it has ended (Slurm: asked now with a ``sacct`` of at most
+        ``timeout_s`` seconds, recorded), else None."""
         reg, rid = self._executor.registry, self.record_id
         if self._executor.backend == "slurm":
             if reg is not None and rid is not None:
-                refresh_slurm_jobs(reg, [rid])
+                refresh_slurm_jobs(reg, [rid], timeout_s=timeout_s)
                 with reg.session() as s:
                     row = s.get(Job, rid)
                     state = row.state if row is not None else "UNKNOWN"
             else:
-                st = sacct_states([str(job.job_id)]).get(str(job.job_id))
+                st = sacct_states([str(job.job_id)], timeout_s).get(str(job.job_id))
                 state = st.state if st is not None else "UNKNOWN"
         elif self.backend == "debug":
             state = debug_state(job)  # not job.done(), which runs it

@@ -2,17 +2,15 @@
 
 The submitting process writes the rows (jobs never write to the registry themselves: SQLite on a
 shared file system is fragile). State of any number of Slurm jobs is read with ONE ``sacct``
-call per poll, not one per job; local jobs are polled through ``/proc`` and their result files.
+call per poll, not one per job (:mod:`pomlia_hpc.cluster.sacct`); local jobs are polled through
+``/proc`` and their result files.
 """
 
 from __future__ import annotations
 
 import os
-import re
 import socket
-import subprocess
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -28,8 +26,8 @@ from pomlia_hpc.cluster.failures import (
     log_tail,
 )
 from pomlia_hpc.cluster.localresult import local_cancel_cause, local_result_outcome
-from pomlia_hpc.cluster.reach import slurm_failure, timed_out
-from pomlia_hpc.cluster.requeued import controller_final_states
+from pomlia_hpc.cluster.sacct import SchedulerState, sacct_states, squeue_ids
+from pomlia_hpc.cluster.sacct import parse_sacct as parse_sacct  # where callers found it
 from pomlia_hpc.cluster.submitit_local import CONTROLLER_META
 from pomlia_hpc.errors import ClusterError
 from pomlia_hpc.processes import pid_alive
@@ -41,129 +39,11 @@ from pomlia_hpc.vocab import FINAL_STATES, REQUEUABLE_STATES
 #: a later attempt replaces the failed one.
 REQUEUE_WINDOW_S = 24 * 3600.0
 
-#: How many times ``sacct`` was run by this process (tests check one call per poll).
-SACCT_CALLS = 0
-
 
 def utcnow() -> datetime:
     """Now, aware UTC: what the grace and requeue windows are measured against (one place, so
     tests can move it)."""
     return datetime.now(UTC)
-
-
-@dataclass(frozen=True)
-class SchedulerState:
-    """What the scheduler says about one job (or array task)."""
-
-    state: str
-    started_at: datetime | None = None
-    ended_at: datetime | None = None
-    exit_code: str | None = None
-    requeue_count: int = 0
-    #: How many attempts ran: sacct's lines for the job (``-D``) with a Start time. None: not
-    #: known (a state not read from sacct).
-    attempts_run: int | None = None
-    #: Seconds the attempts before the current one ran, each from its Start to its End.
-    earlier_s: float = 0.0
-
-
-def _parse_time(text: str) -> datetime | None:
-    """A sacct time (the cluster's local time, no zone) as an aware UTC datetime."""
-    if not text or text in ("Unknown", "None"):
-        return None
-    try:
-        # astimezone() on a naive datetime takes it as this machine's local time, which is the
-        # time zone sacct printed it in (same cluster).
-        return datetime.fromisoformat(text).astimezone(UTC)
-    except ValueError:
-        return None
-
-
-def _expand_pending(job_id: str) -> list[str]:
-    """``12_[0-3,7%2]`` → ``12_0 … 12_3, 12_7``; other ids unchanged."""
-    m = re.fullmatch(r"(\d+)_\[([^\]]+)\]", job_id)
-    if not m:
-        return [job_id]
-    base, spec = m.group(1), m.group(2).split("%")[0]
-    out: list[str] = []
-    for part in spec.split(","):
-        lo, _, hi = part.partition("-")
-        out.extend(f"{base}_{i}" for i in range(int(lo), int(hi or lo) + 1))
-    return out
-
-
-def parse_sacct(text: str) -> dict[str, SchedulerState]:
-    """Parse ``sacct -n -P -X -D -o JobID,State,Start,End,ExitCode`` output.
-
-    With ``-D`` a requeued job appears once per attempt; the last line is the current attempt
-    and the number of earlier lines is the requeue count. An attempt that never ran (requeued
-    while it pended) has no Start: ``attempts_run`` counts those that have one.
-    """
-    lines: dict[str, list[list[str]]] = {}
-    for raw in text.splitlines():
-        fields = raw.strip().split("|")
-        if len(fields) < 5 or "." in fields[0]:
-            continue
-        for jid in _expand_pending(fields[0]):
-            lines.setdefault(jid, []).append(fields)
-    out: dict[str, SchedulerState] = {}
-    for jid, attempts in lines.items():
-        last = attempts[-1]
-        state = last[1].split()[0] if last[1] else "UNKNOWN"  # "CANCELLED by 0" → CANCELLED
-        out[jid] = SchedulerState(
-            state=state,
-            started_at=_parse_time(last[2]),
-            ended_at=_parse_time(last[3]),
-            exit_code=last[4] or None,
-            # Until its next attempt starts, a requeued job's one line says REQUEUED.
-            requeue_count=len(attempts) - (0 if state.startswith("REQUEUE") else 1),
-            attempts_run=sum(_parse_time(a[2]) is not None for a in attempts),
-            earlier_s=sum(_ran_s(a[2], a[3]) for a in attempts[:-1]),
-        )
-    return out
-
-
-def _ran_s(start: str, end: str) -> float:
-    """Seconds an attempt ran from sacct's Start to End (0 when it never started)."""
-    begun, ended = _parse_time(start), _parse_time(end)
-    return max((ended - begun).total_seconds(), 0.0) if begun and ended else 0.0
-
-
-def sacct_states(job_ids: Iterable[str], timeout_s: float = 60.0) -> dict[str, SchedulerState]:
-    """States of ``job_ids`` (plain ids, array task ids ``A_I`` or array ids) in one sacct call.
-    Raises :class:`ClusterError` when ``sacct`` is missing, fails or takes over ``timeout_s``."""
-    global SACCT_CALLS
-    ids = sorted({jid.split("_")[0] for jid in job_ids})
-    if not ids:
-        return {}
-    cmd = [
-        "sacct",
-        "-n",
-        "-P",
-        "-X",
-        "-D",
-        "-o",
-        "JobID,State,Start,End,ExitCode",
-        "-j",
-        ",".join(ids),
-    ]
-    SACCT_CALLS += 1
-    try:
-        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, check=False)
-    except FileNotFoundError as exc:
-        raise ClusterError("sacct not found: is this a Slurm cluster node?") from exc
-    except subprocess.TimeoutExpired as exc:
-        raise timed_out("sacct", timeout_s) from exc
-    except OSError as exc:
-        raise ClusterError(f"sacct could not be run: {exc}") from exc
-    if proc.returncode != 0:
-        raise slurm_failure("sacct", proc.stderr, f"sacct failed ({proc.returncode})")
-    states = parse_sacct(proc.stdout)
-    # a requeued job that ended before its next attempt stays REQUEUED in sacct for good
-    requeued = [jid for jid, st in states.items() if st.state.startswith("REQUEUE")]
-    for jid, (state, end) in controller_final_states(requeued, timeout_s).items():
-        states[jid] = replace(states[jid], state=state, ended_at=end or states[jid].ended_at)
-    return states
 
 
 #: ``Job.meta`` key: when ``sacct`` last answered for the row (ISO 8601, UTC), so a listing
@@ -304,6 +184,22 @@ def record_own_failure(registry: Registry, job_id: int, cause: str, traceback: s
         row.traceback = traceback
 
 
+#: Why a row was marked cancelled by ``jobs cancel --force`` (its ``exit_cause``).
+FORCED_CAUSE = "marked cancelled with --force; the process itself was not signalled"
+
+#: Why a row was marked cancelled by ``--force`` while ``sacct`` could not answer and
+#: ``squeue`` no longer listed the job (its ``exit_cause``): it had ended, how is unknown.
+GONE_FORCED_CAUSE = (
+    "marked cancelled with --force: it had already ended (squeue no longer listed it) but "
+    "sacct could not say how; nothing was signalled"
+)
+
+#: The causes of rows marked CANCELLED without Slurm's word: routine polls keep asking about
+#: such a Slurm row for :data:`REQUEUE_WINDOW_S` seconds after it was marked, and a final state
+#: Slurm reports replaces the mark (:func:`merge_scheduler_state`).
+FORCED_CAUSES = (FORCED_CAUSE, GONE_FORCED_CAUSE)
+
+
 def mark_cancelled(registry: Registry, job_id: int, cause: str = "cancelled by user") -> bool:
     """Record that job row ``job_id`` was cancelled (``cause``: by whom or what), unless it
     had already ended.
@@ -339,9 +235,12 @@ def merge_scheduler_state(row: Job, st: SchedulerState) -> dict[str, Any]:
 
     A final row does not go back to an unfinished state unless Slurm started a new attempt
     (more requeues) or the row ended in a requeuable state: an answer without either was read
-    before the row's end (a cancellation, say) was recorded.
+    before the row's end (a cancellation, say) was recorded. A row marked CANCELLED by
+    ``jobs cancel --force`` (:data:`FORCED_CAUSES`) takes the final state Slurm reports, with
+    Slurm's cause and end.
     """
     final = st.state in FINAL_STATES
+    forced = row.exit_cause in FORCED_CAUSES  # a mark of ours, not Slurm's word: Slurm's wins
     if (
         row.state in FINAL_STATES
         and not final
@@ -357,7 +256,7 @@ def merge_scheduler_state(row: Job, st: SchedulerState) -> dict[str, Any]:
     }
     if not final or st.state == "COMPLETED":
         new["exit_cause"] = None  # a failed earlier attempt no longer explains anything
-    elif not row.exit_cause or row.state != st.state:
+    elif forced or not row.exit_cause or row.state != st.state:
         # A cancelled, timed-out or OOM-killed job's exit code (0:0) says nothing: its state does.
         said_by_state = STATE_CAUSES.get(st.state)
         new["exit_cause"] = said_by_state or f"{st.state} (exit code {st.exit_code})"
@@ -389,8 +288,10 @@ def refresh_slurm_jobs(
     """Poll Slurm once for every unfinished Slurm job row (or those in ``job_ids``).
 
     Unfinished includes rows that ended in a requeuable state less than
-    :data:`REQUEUE_WINDOW_S` seconds ago. Returns how many rows changed. No transaction is
-    open while ``sacct`` runs (up to a minute), so other registry users are never blocked.
+    :data:`REQUEUE_WINDOW_S` seconds ago, and rows marked CANCELLED by ``jobs cancel --force``
+    (:data:`FORCED_CAUSES`) as long ago at most: Slurm's final state replaces the mark.
+    Returns how many rows changed. No transaction is open while ``sacct`` runs (up to a
+    minute), so other registry users are never blocked.
     With ``lost``, an unfinished row that ``sacct`` does not know and ``squeue`` does not list
     either is recorded ``LOST`` (one ``squeue`` call for those; what `pomlia jobs` shows).
     ``timeout_s``: how long ``sacct`` may take (then :class:`ClusterError`). ``final_only``:
@@ -402,11 +303,10 @@ def refresh_slurm_jobs(
             q = q.where(Job.id.in_(job_ids))
         else:
             since = datetime.now(UTC) - timedelta(seconds=REQUEUE_WINDOW_S)
-            requeuable = and_(
-                Job.state.in_(REQUEUABLE_STATES),
-                or_(Job.ended_at.is_(None), Job.ended_at >= since),
-            )
-            q = q.where(or_(Job.state.not_in(FINAL_STATES), requeuable))
+            recent = or_(Job.ended_at.is_(None), Job.ended_at >= since)
+            requeuable = and_(Job.state.in_(REQUEUABLE_STATES), recent)
+            forced = and_(Job.exit_cause.in_(FORCED_CAUSES), recent)
+            q = q.where(or_(Job.state.not_in(FINAL_STATES), requeuable, forced))
         targets = [(rid, sid) for rid, sid in s.execute(q)]
     if not targets:
         return 0
@@ -431,32 +331,6 @@ def refresh_slurm_jobs(
         queued = squeue_ids([sid for _, sid in missing], timeout_s)
         changed += len(_record_lost(registry, [(r, i) for r, i in missing if i not in queued]))
     return changed
-
-
-def squeue_ids(job_ids: Sequence[str], timeout_s: float = 60.0) -> set[str]:
-    """The ids among ``job_ids`` that ``squeue`` lists (queued or running); a
-    :class:`ClusterError` when it cannot answer within ``timeout_s`` seconds. Slurm answers
-    an id it does not know with "Invalid job id specified" (exit 1): that id is simply not
-    listed."""
-    try:
-        proc = subprocess.run(
-            ["squeue", "-h", "-o", "%i", "-j", ",".join(job_ids)],
-            capture_output=True,
-            text=True,
-            timeout=timeout_s,
-            check=False,
-        )
-    except subprocess.TimeoutExpired as exc:
-        raise timed_out("squeue", timeout_s) from exc
-    except FileNotFoundError as exc:
-        raise ClusterError(f"squeue could not be run: {exc}") from exc
-    if proc.returncode != 0:
-        if "invalid job id" in proc.stderr.lower():
-            return set()
-        raise slurm_failure("squeue", proc.stderr, f"squeue failed ({proc.returncode})")
-    # A pending array prints as one line (``12_[0-3]``): its tasks count as listed.
-    listed = {jid for tok in proc.stdout.split() for jid in _expand_pending(tok)}
-    return {sid for sid in job_ids if sid in listed}
 
 
 def mark_lost(registry: Registry, job_ids: Sequence[int]) -> list[int]:

@@ -1,24 +1,31 @@
-"""submitit's own ``sacct`` poll, with a time limit and pomlia's knowledge of ended jobs.
+"""submitit's own ``sacct`` poll, with a time limit and pomlia's knowledge of ended jobs, for
+pomlia's own Slurm jobs.
 
-Every submitit Slurm job shares one watcher that asks ``sacct`` about the process's jobs when
-a job is collected: ``result()`` waits through it, and a job that wrote no result reads its
-state from it twice more (its error message, the recorded state). submitit runs that ``sacct``
-with no time limit, so a slurmdbd that took the connection and never answered hung an AutoML
-or pipeline driver at collection, after :mod:`pomlia_hpc.cluster.endwatch` had already seen
-the job end. :func:`install` replaces the watcher of every submitit Slurm job of the process
-with :class:`BoundedWatcher`: a state the end watch knows is answered without asking (and
-counts as done, PREEMPTED included), and each ``sacct`` it does run may take
-:data:`SACCT_LIMIT_S` seconds, after which it counts as a poll that failed (submitit's own
-rule for a failed poll: the states stay as they were, asked again later).
+submitit's Slurm jobs share one watcher (a class attribute) that asks ``sacct`` about the
+process's jobs when a job is collected: ``result()`` waits through it, and a job that wrote no
+result reads its state from it twice more (its error message, the recorded state). submitit
+runs that ``sacct`` with no time limit, so a slurmdbd that took the connection and never
+answered hung an AutoML or pipeline driver at collection, after
+:mod:`pomlia_hpc.cluster.endwatch` had already seen the job end. :func:`bind` gives each job
+pomlia submits (:meth:`~pomlia_hpc.cluster.handle.JobHandle._bind`) the one
+:class:`BoundedWatcher` of the process instead: a state the end watch knows is answered
+without asking (and counts as done, PREEMPTED included), and each ``sacct`` it does run may
+take :data:`SACCT_LIMIT_S` seconds, after which it counts as a poll that failed (submitit's
+own rule for a failed poll: the states stay as they were, asked again later). submitit's
+class-wide watcher is left as it is: the Slurm jobs of any other library in the process keep
+submitit's behaviour. (A job a restarted driver reattaches to by its id,
+:mod:`pomlia_hpc.cluster.attach`, has no submitit job and no watcher at all: it is polled with
+the bounded :func:`~pomlia_hpc.cluster.sacct.sacct_states`.)
 """
 
 from __future__ import annotations
 
 import subprocess
-import threading
 import time
+from typing import Any
 
-from submitit.slurm.slurm import SlurmInfoWatcher, SlurmJob
+from submitit.core.core import Job
+from submitit.slurm.slurm import SlurmInfoWatcher
 
 from pomlia_hpc.cluster.endwatch import ended_state
 
@@ -63,12 +70,14 @@ class BoundedWatcher(SlurmInfoWatcher):
                 self._finished.add(job_id)  # never asked about again
 
 
-_INSTALL_LOCK = threading.Lock()
+#: The watcher of every Slurm job pomlia submits in this process (one ``sacct`` per poll for
+#: all of them, as submitit's own).
+WATCHER = BoundedWatcher(delay_s=WATCH_DELAY_S)
 
 
-def install() -> None:
-    """Make every submitit Slurm job of this process use a :class:`BoundedWatcher` (once: two
-    threads submitting at once, a driver and its feeder, must not each install their own)."""
-    with _INSTALL_LOCK:
-        if not isinstance(SlurmJob.watcher, BoundedWatcher):
-            SlurmJob.watcher = BoundedWatcher(delay_s=WATCH_DELAY_S)
+def bind(job: Job[Any]) -> None:
+    """Make the Slurm job ``job`` (and the sub-jobs of its tasks) ask :data:`WATCHER`, not
+    submitit's class-wide watcher, which other libraries' jobs share and keep."""
+    for one in (job, *job._sub_jobs):
+        one.watcher = WATCHER  # this job's own attribute: the class's is not touched
+        one._register_in_watcher()  # submitit's rule: task 0 registers the job id

@@ -66,7 +66,8 @@ from pomlia_hpc.models.card import ClassifierMeta
 from pomlia_hpc.models.catalog import resolve_model
 from pomlia_hpc.models.checkpoint import load_classifier
 from pomlia_hpc.models.seen import Seen, seen_images
-from pomlia_hpc.registry import DatasetVersion, GateDecision, Model, Registry, Task
+from pomlia_hpc.models.taskmetric import ModelMetric, model_metric, model_task
+from pomlia_hpc.registry import DatasetVersion, GateDecision, Model, Registry
 from pomlia_hpc.vocab import METRICS, TaskType, check_metric, normalize_task_type
 
 #: Defaults: a challenger may be at most 2 accuracy points worse on the fixed test split
@@ -88,6 +89,8 @@ class GateOutcome:
     lineage_unknown: tuple[str, ...] = ()
     """What either model's lineage cannot tell (``model M: why``): images it trained on that
     may be among those scored, not left out."""
+    metric_note: str | None = None
+    """How the metric was chosen, when it fell back (:func:`gate_metric`)."""
 
     @property
     def promote(self) -> bool:
@@ -263,7 +266,7 @@ def run_gate(
     seen = np.union1d(champ_seen.hashes, chal_seen.hashes)
     # Said, not passed silently: a model of unknown lineage may have trained on scored images.
     unknown = list(dict.fromkeys(champ_seen.unknown + chal_seen.unknown))
-    metric, metric_from = gate_metric(registry, champ, chal, metric)
+    metric, metric_from, metric_note = gate_metric(registry, champ, chal, metric)
     result, left_out = _compare(
         store, info, champ, chal, seen, metric=metric, margin=margin, alpha=alpha
     )
@@ -272,6 +275,7 @@ def run_gate(
         **_finite(result.to_dict()),
         "metric": metric,
         "metric_from": metric_from,
+        "metric_note": metric_note,
         "data": store.ref,
         "fixed_test_rows": info["fixed_test_rows"],
         "production_test_rows": info["production_test_rows"],
@@ -292,7 +296,9 @@ def run_gate(
         )
         s.add(row)
         s.flush()
-        return GateOutcome(row.id, result, force, champ.name, chal.name, store.ref, tuple(unknown))
+        return GateOutcome(
+            row.id, result, force, champ.name, chal.name, store.ref, tuple(unknown), metric_note
+        )
 
 
 def _said_left_out(result: GateResult, left_out: dict[str, int]) -> GateResult:
@@ -357,45 +363,39 @@ def _compare(
 
 def gate_metric(
     registry: Registry, champ: Model, chal: Model, chosen: str | None = None
-) -> tuple[str, str]:
-    """The metric the gate compares on and where it came from: ``chosen`` (``--metric``), else
-    the task's: the challenger's task's metric, else the champion's (a loop's challenger is
-    trained on a task with the champion's metric), else accuracy when neither model names a
-    task. An :class:`InputError` when the two tasks name different metrics and none is chosen:
-    the gate would otherwise pick one silently."""
+) -> tuple[str, str, str | None]:
+    """The metric the gate compares on, where it came from and a note on it (or None):
+    ``chosen`` (``--metric``), else the metric each model is judged by
+    (:func:`~pomlia_hpc.models.taskmetric.model_metric`, the monitor's rule too: its task
+    record's, else its card's, with a note), the challenger's first (a loop's challenger is
+    trained on a task with the champion's metric), else accuracy when neither names one. An
+    :class:`InputError` when the two name different metrics and none is chosen (the gate would
+    otherwise pick one silently), or when a named metric is not one the gate compares."""
     if chosen is not None:
-        return check_metric(chosen), "chosen (--metric)"
-    tasks: list[tuple[Model, Task]] = []
-    with registry.session() as s:
-        for model in (chal, champ):
-            task = s.get(Task, model.task_id) if model.task_id is not None else None
-            if task is not None:
-                tasks.append((model, task))
-    metrics = {_task_metric(m, t) for m, t in tasks}
-    if len(metrics) > 1:
-        said = " and ".join(f"{m.name}'s task {t.name} by {t.metric}" for m, t in tasks)
+        return check_metric(chosen), "chosen (--metric)", None
+    named: list[tuple[Model, ModelMetric]] = []
+    for model in (chal, champ):
+        card, task = f"the registry's card of model {model.name}", model_task(registry, model)
+        decided = model_metric(model.name, model.card or {}, card, task)
+        if decided.unknown is not None:
+            said = f"task {task[0]} is scored by" if task else "card names the task metric"
+            raise InputError(
+                f"model {model.name}'s {said} {decided.unknown!r}, a metric the gate cannot "
+                f"compare: expected one of {', '.join(METRICS)}; pass --metric to say which "
+                "the gate compares"
+            )
+        if decided.named:
+            named.append((model, decided))
+    if len({d.metric for _, d in named}) > 1:
+        said = " and ".join(f"{m.name} by {d.metric} ({d.source})" for m, d in named)
         raise InputError(
-            f"the models' tasks are scored by different metrics ({said}): expected one; "
+            f"the models are scored by different metrics ({said}): expected one; "
             "pass --metric to say which the gate compares"
         )
-    if not tasks:
-        return "acc", "neither model names a task: accuracy"
-    model, task = tasks[0]
-    return _task_metric(model, task), f"task {task.name} of model {model.name}"
-
-
-def _task_metric(model: Model, task: Task) -> str:
-    """``task``'s metric as the gate compares it, or an :class:`InputError` that names the
-    task and the model (a task record written by another version or edited by hand): the
-    gate decides a promotion, so it does not guess another metric; ``--metric`` chooses."""
-    try:
-        return check_metric(task.metric)
-    except InputError:
-        raise InputError(
-            f"model {model.name}'s task {task.name} is scored by {task.metric!r}, a metric "
-            f"the gate cannot compare: expected one of {', '.join(METRICS)}; pass --metric "
-            "to say which the gate compares"
-        ) from None
+    if not named:
+        return "acc", "neither model names a task metric: accuracy", None
+    _, decided = named[0]
+    return decided.metric, decided.source, decided.note
 
 
 def _finite(d: dict[str, Any]) -> dict[str, Any]:
@@ -448,8 +448,16 @@ def _outcome(row: GateDecision, champion_name: str, challenger_name: str) -> Gat
         str(ev.get("metric", "acc")),  # recorded before gates took the task's metric: acc
     )
     unknown = tuple(str(u) for u in ev.get("lineage_unknown") or ())
+    note = ev.get("metric_note")
     return GateOutcome(
-        row.id, result, row.forced, champion_name, challenger_name, str(ev["data"]), unknown
+        row.id,
+        result,
+        row.forced,
+        champion_name,
+        challenger_name,
+        str(ev["data"]),
+        unknown,
+        str(note) if note is not None else None,
     )
 
 

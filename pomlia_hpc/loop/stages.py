@@ -465,6 +465,8 @@ def gate_stage(ctx: LoopContext) -> StageOutput:
         out["lineage_unknown"] = list(outcome.lineage_unknown)
     for gap in outcome.lineage_unknown:
         ctx.progress(f"warning: gate: lineage unknown, {gap}")
+    if outcome.metric_note is not None:  # the metric a model of no task is judged by
+        ctx.progress(f"warning: gate: {outcome.metric_note}")
     if not outcome.promote:
         out["stop"] = f"gate refused the challenger: {r.reason}"
     return out

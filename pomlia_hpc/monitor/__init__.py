@@ -2,7 +2,7 @@
 the reference recorded at export (drift, prediction shift, performance on feedback), writes a
 JSON + HTML report and records it.
 
-Modules: ``reference``, ``logread``, ``stats``, ``checks``, ``run``, ``runlock``, ``html``,
-``history``.
+Modules: ``reference``, ``logread``, ``stats``, ``checks``, ``run``, ``reportdoc``, ``runlock``,
+``html``, ``history``.
 Layers, artifacts and crash protocols: docs/ARCHITECTURE.md.
 """

@@ -26,12 +26,15 @@ AUC needs the predicted probabilities: the window's come from the prediction log
 reference's from its file (a reference written before it kept them cannot test AUC: the
 monitor then tests accuracy and says how to rewrite the reference). Macro F1 needs only the
 predicted labels, so it is computed from one-hot predictions on both sides.
+
+Which metric a model is tested by is :func:`pomlia_hpc.models.taskmetric.model_metric`, the
+gate's rule too.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -43,12 +46,9 @@ from pomlia_hpc.automl.resampled import (
     resamples_for,
     sparse_classes,
 )
-from pomlia_hpc.errors import InputError
 from pomlia_hpc.monitor.stats import CheckResult
-from pomlia_hpc.registry import Model, Registry, Task
 from pomlia_hpc.serve.reference import Reference
 from pomlia_hpc.serve.runtime import LOGGED_DECIMALS
-from pomlia_hpc.vocab import METRICS, check_metric
 
 #: A split's difference this close to the observed one counts as equal (float sums in
 #: another order: the observed split itself must count).
@@ -127,56 +127,6 @@ def metric_performance_test(
         as_low += int((bad | (d <= observed + TOLERANCE)).sum())
     detail.update(resamples=total, undefined_resamples=undefined)
     return CheckResult(metric, "performance", value, (1 + as_low) / (1 + total), detail)
-
-
-def model_task(registry: Registry, model: Model) -> tuple[str, str] | None:
-    """(name, metric) of the task record ``model`` names, or None for a model of no task (or
-    of a task no longer in the registry)."""
-    if model.task_id is None:
-        return None
-    with registry.session() as s:
-        row = s.get(Task, model.task_id)
-        return (row.name, row.metric) if row is not None else None
-
-
-def task_metric(
-    card: Mapping[str, Any], where: str, task: tuple[str, str] | None = None
-) -> tuple[str, str | None]:
-    """The metric the monitor tests and a note for the report, or None. ``task``: (name,
-    metric) of the model's task record (:func:`model_task`), which the champion/challenger
-    gate compares on too (``loop.gate.gate_metric``): it decides, and a bundle's ``card``
-    (``where``) that names no metric or another one (``task.metric``, written at export: a
-    bundle exported before cards recorded it is reused as long as the weights stay the same)
-    gets a note saying so. Without a task record, the card's metric: ``acc`` for a model
-    exported without one (`model demo`; no note). A metric the monitor does not know (a card
-    or record written by another version, or edited by hand) is tested as ``acc`` with a
-    note: the drift tests do not depend on the metric, so a nightly run still tests them."""
-    value = (card.get("task") or {}).get("metric")
-    if task is None:
-        return ("acc", None) if value is None else _known(value, f"{where}, task.metric")
-    name, recorded = task
-    metric, note = _known(recorded, f"task {name}'s record")
-    said_metric = value.strip().lower() if isinstance(value, str) else value  # as check_metric
-    if note is None and said_metric != metric:
-        said = "names no task metric" if value is None else f"names {value!r}"
-        note = (
-            f"the bundle's card ({where}) {said}, its task {name}'s record {metric!r}: "
-            f"{metric} is tested, the metric the champion/challenger gate compares"
-        )
-    return metric, note
-
-
-def _known(value: object, where: str) -> tuple[str, str | None]:
-    """``value`` as a metric the monitor tests, else ``acc`` and a note naming ``where``."""
-    try:
-        if isinstance(value, str):
-            return check_metric(value), None
-    except InputError:
-        pass
-    return "acc", (
-        f"the task's metric {value!r} ({where}) is not one the monitor tests "
-        f"(expected one of {', '.join(METRICS)}): accuracy is tested instead"
-    )
 
 
 def logged(probs: np.ndarray) -> np.ndarray:

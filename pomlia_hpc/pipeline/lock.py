@@ -1,6 +1,7 @@
 """One process at a time runs the stages of a pipeline: the pipeline folder's ``lock`` file
 (``flock``), taken by in-process runs, stage jobs and driver jobs, and probed by ``pipeline
-status`` and ``pipeline run`` before they plan."""
+status`` and ``pipeline run`` before they plan; and one ``pipeline run`` at a time submits
+the pipeline's jobs (``submit.lock``, :func:`submission_lock`)."""
 
 from __future__ import annotations
 
@@ -31,13 +32,42 @@ def _took(fh: IO[Any]) -> bool:
 def pipeline_lock(folder: Path) -> Iterator[None]:
     """Hold ``folder/lock`` so two processes never run stages of one pipeline at once; a lock
     held by another process is waited for up to :data:`LOCK_WAIT_S` seconds, then refused."""
-    folder.mkdir(parents=True, exist_ok=True)
-    with (folder / "lock").open("a") as fh:
-        # flock has no "test": probes take the lock for an instant, hence the wait.
-        refusal = (
-            f"pipeline '{folder.name}' is being run by another process (lock {folder / 'lock'})"
-        )
-        poll_lock(lambda: _took(fh), refusal, LOCK_WAIT_S)
+    # flock has no "test": probes take the lock for an instant, hence the wait.
+    refusal = f"pipeline '{folder.name}' is being run by another process (lock {folder / 'lock'})"
+    with _exclusive(folder / "lock", refusal, LOCK_WAIT_S):
+        yield
+
+
+#: The lock file a submission holds (:func:`submission_lock`), beside the pipeline's ``lock``.
+SUBMIT_LOCK = "submit.lock"
+#: How long (seconds) a submission waits for another one of the same pipeline to finish
+#: submitting (its ``sacct`` check and one ``sbatch`` per stage) before refusing.
+SUBMIT_WAIT_S = 60.0
+
+
+@contextmanager
+def submission_lock(folder: Path) -> Iterator[None]:
+    """Hold ``folder/submit.lock`` while one ``pipeline run`` checks that no job of its last
+    submission is queued or running, replaces the spec snapshot and submits: two started at
+    once each found no job and submitted a chain of their own (every stage twice, the second
+    refused by the pipeline's lock, and the run file naming one chain). A second submission
+    waits up to :data:`SUBMIT_WAIT_S` seconds, then finds the first one's jobs; refused after
+    that. Held for the submission only, not while the stages run (they hold ``lock``)."""
+    refusal = (
+        f"pipeline '{folder.name}' is being submitted by another `pipeline run` (lock "
+        f"{folder / SUBMIT_LOCK}); run the command again once it has returned"
+    )
+    with _exclusive(folder / SUBMIT_LOCK, refusal, SUBMIT_WAIT_S):
+        yield
+
+
+@contextmanager
+def _exclusive(path: Path, refusal: str, wait_s: float) -> Iterator[None]:
+    """Hold the ``flock`` of ``path`` (created, with its folder), waiting at most ``wait_s``
+    seconds for another holder, then raising :class:`~pomlia_hpc.errors.BusyError`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as fh:
+        poll_lock(lambda: _took(fh), refusal, wait_s)
         try:
             yield
         finally:

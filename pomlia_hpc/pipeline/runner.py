@@ -36,7 +36,7 @@ from pomlia_hpc.cluster.terminate import cancel_children_on_stop, quiet_cancella
 from pomlia_hpc.config import ClusterProfile, load_cluster_profile
 from pomlia_hpc.errors import ConfigError, NotFoundError, PomliaError
 from pomlia_hpc.files import write_json_atomic
-from pomlia_hpc.pipeline.lock import pipeline_lock
+from pomlia_hpc.pipeline.lock import pipeline_lock, submission_lock
 from pomlia_hpc.pipeline.runfiles import (
     RUN_FILE,
     SPEC_SNAPSHOT,
@@ -90,6 +90,7 @@ __all__ = [
     "snapshot_spec",
     "status_spec",
     "submit",
+    "submit_file",
 ]
 
 
@@ -161,10 +162,17 @@ def make_plan(ctx: StageContext, profile_name: str, *, in_process: bool = False)
 # -- running --------------------------------------------------------------------------------
 
 
-def run_in_process(ctx: StageContext, plan: Plan) -> dict[str, str]:
-    """Run the plan's stages here, in order; returns stage → skipped/done."""
+def run_in_process(
+    ctx: StageContext, plan: Plan, *, data: dict[str, Any] | None = None, source: str = ""
+) -> dict[str, str]:
+    """Run the plan's stages here, in order; returns stage → skipped/done. ``data``: the
+    pipeline file's mapping, kept as the spec snapshot (:func:`snapshot_spec`, naming
+    ``source``) once the pipeline's lock is held, so a run refused by the lock replaces
+    nothing of the run that holds it."""
     outcome: dict[str, str] = {}
     with pipeline_lock(ctx.folder), cancel_children_on_stop():
+        if data is not None:
+            snapshot_spec(ctx, data, source)
         _write_run(ctx, plan, {})
         for sp in plan.stages:
             outcome[sp.stage.name] = run_stage(ctx, sp.stage)
@@ -236,8 +244,30 @@ def job_context(snapshot: str, home: str, registry: str, profile: str) -> StageC
 
 
 def submit(ctx: StageContext, plan: Plan, snapshot: Path) -> dict[str, dict[str, Any]]:
-    """Submit the plan's stages as Slurm jobs (chain or driver); returns stage → job info."""
-    check_not_running(ctx)
+    """Submit the plan's stages as Slurm jobs (chain or driver), their spec the snapshot at
+    ``snapshot``; returns stage → job info. Refused while jobs of the pipeline's last
+    submission are queued or running; one submission of a pipeline at a time
+    (:func:`~pomlia_hpc.pipeline.lock.submission_lock`)."""
+    with submission_lock(ctx.folder):
+        check_not_running(ctx)
+        return _submit_jobs(ctx, plan, snapshot)
+
+
+def submit_file(
+    ctx: StageContext, plan: Plan, data: dict[str, Any], source: str
+) -> dict[str, dict[str, Any]]:
+    """:func:`submit` of the pipeline file ``source`` whose mapping is ``data``: its snapshot
+    is replaced only once no job of the last submission is queued or running, under the
+    submission lock (the stage jobs of a chain still queued read the snapshot when they
+    start)."""
+    with submission_lock(ctx.folder):
+        check_not_running(ctx)
+        return _submit_jobs(ctx, plan, snapshot_spec(ctx, data, source))
+
+
+def _submit_jobs(ctx: StageContext, plan: Plan, snapshot: Path) -> dict[str, dict[str, Any]]:
+    """The submission itself (the caller holds the submission lock and has checked that
+    nothing of the pipeline is queued or running)."""
     submitted = now()  # before the first job: a stage's record of this run is not older
     ws = ctx.workspace
     ex = Executor(plan.profile, ws.jobs, ctx.registry)

@@ -354,10 +354,18 @@ class PipelineSpec(_Strict):
         for section in ("recommend", "export"):
             if getattr(self, section) is not None and self.automl is None:
                 raise ValueError(f"section '{section}' needs an 'automl' section")
-        if self.deploy is not None and self.export is None:
-            raise ValueError("section 'deploy' needs an 'export' section")
-        if self.monitor is not None and self.deploy is None:
-            raise ValueError("section 'monitor' needs a 'deploy' section")
+        # A stage whose section says enabled: false does not run: one that reads its outputs
+        # failed at its own turn ("stage 'export' has not finished"), after AutoML had run.
+        for section, needed in (("deploy", "export"), ("monitor", "deploy")):
+            if not _on(getattr(self, section)):
+                continue
+            if getattr(self, needed) is None:
+                raise ValueError(f"section '{section}' needs an '{needed}' section")
+            if not _on(getattr(self, needed)):
+                raise ValueError(
+                    f"section '{section}' needs the '{needed}' stage, which '{needed}.enabled: "
+                    f"false' turns off (set {section}.enabled: false too, or enable {needed})"
+                )
         return self
 
     @property
@@ -369,6 +377,11 @@ class PipelineSpec(_Strict):
         """``value`` as a path: absolute, or relative to the pipeline file's folder."""
         p = Path(value).expanduser()
         return p if p.is_absolute() else (self._base_dir / p).resolve()
+
+
+def _on(section: Any) -> bool:
+    """Whether a section is given and not turned off (``enabled: false``)."""
+    return section is not None and bool(getattr(section, "enabled", True))
 
 
 def dataset_name(ref: str) -> str:

@@ -26,6 +26,7 @@ from typing import Any
 from pomlia_hpc.cluster.records import record_own_failure
 from pomlia_hpc.cluster.terminate import stop_cause, stop_kind, submitted_jobs
 from pomlia_hpc.config import ClusterProfile
+from pomlia_hpc.errors import PomliaError
 from pomlia_hpc.files import write_json_atomic
 from pomlia_hpc.pipeline.spec import PipelineSpec, Resources
 from pomlia_hpc.registry import Registry
@@ -33,6 +34,14 @@ from pomlia_hpc.workspace import Workspace
 
 #: Bump when a stage's outputs change meaning, so older records do not count as done.
 RECORD_FORMAT = 1
+
+
+class StageFailedError(PomliaError):
+    """A stage ran and cannot deliver its outputs for a reason in the work itself, not a bug
+    (every trial of its study crashed): recorded failed, said in one line; exit 1, as a
+    failed stage of ``pipeline run --wait`` ends."""
+
+    exit_code = 1
 
 
 def pipeline_dir(workspace: Workspace, name: str) -> Path:

@@ -7,13 +7,22 @@ from typing import Any
 
 from sqlalchemy import select
 
+from pomlia_hpc.cluster.records import refresh_jobs_within
 from pomlia_hpc.config import ClusterProfile
 from pomlia_hpc.errors import ConfigError, InputError
 from pomlia_hpc.models.archs import check_arch
 from pomlia_hpc.pipeline.spec import AutoMLSpec, PipelineSpec
-from pomlia_hpc.pipeline.stage import PlannedJob, Stage, StageContext, resources_of, section_stage
+from pomlia_hpc.pipeline.stage import (
+    PlannedJob,
+    Stage,
+    StageContext,
+    StageFailedError,
+    resources_of,
+    section_stage,
+)
 from pomlia_hpc.pipeline.stages_data import estimated_images
-from pomlia_hpc.registry import Model, Task
+from pomlia_hpc.registry import Deployment, Job, Model, Task
+from pomlia_hpc.vocab import FINAL_STATES
 
 
 def _run_tasks(ctx: StageContext) -> dict[str, Any]:
@@ -87,8 +96,12 @@ def _run_automl(ctx: StageContext) -> dict[str, Any]:
             + f", best model {res.model_name}"
         )
         if res.model_name is None:
-            why = res.model_refused or "every trial crashed"
-            raise RuntimeError(f"study {name} produced no model: {why}")
+            # Not a bug (a traceback and exit 70 in a local run): what the trials did.
+            why = res.model_refused or (
+                f"no trial produced a model ({res.n_ok} ok, {res.n_crashed} crashed); see "
+                f"`pomlia runs list --study {name}`"
+            )
+            raise StageFailedError(f"study {name} produced no model: {why}")
         out[key] = {
             "study": name,
             "model": res.model_name,
@@ -209,10 +222,10 @@ def _run_deploy(ctx: StageContext) -> dict[str, Any]:
     profile = load_cluster_profile(ctx.workspace.cluster_profile)
     out: dict[str, Any] = {}
     for key, v in ctx.outputs("export").items():
-        target = ctx.workspace.path("models", v["model"], "deploy", v["version"])
-        if target.exists():  # written by an earlier run of this stage whose record was lost
-            out[key] = {"model": v["model"], "directory": str(target), "deployment": None}
-            continue
+        # A directory an earlier run of this stage wrote (for the same bundle and profile) is
+        # reused with its deployment id, anything else there refused: taking any existing
+        # directory as done recorded no deployment and, after a run that failed at the
+        # submission (no image yet), never submitted the server.
         res = write_deployment(
             ctx.registry,
             ctx.workspace,
@@ -221,14 +234,47 @@ def _run_deploy(ctx: StageContext) -> dict[str, Any]:
             profile_label=ctx.workspace.cluster_profile,
         )
         if ctx.spec.deploy.submit:
-            res = submit_deployment(ctx.registry, res)
+            live = _serving_job(ctx, res.deployment_id)
+            if live is None:
+                res = submit_deployment(ctx.registry, res)
+            else:  # submitted by a run whose record was lost: no second server
+                ctx.log(f"  deployment {res.deployment_id}: already submitted, {live}")
         out[key] = {
             "model": v["model"],
             "directory": str(res.directory),
             "deployment": res.deployment_id,
         }
-        ctx.log(f"  deployment {res.deployment_id}: {res.directory}")
+        done = "reused" if res.reused else "written"
+        ctx.log(f"  deployment {res.deployment_id} ({done}): {res.directory}")
     return out
+
+
+def _serving_job(ctx: StageContext, deployment_id: int) -> str | None:
+    """The server job of deployment ``deployment_id`` in words when one is queued or running
+    (its state asked of the scheduler, at most the workspace's ``list_sacct_timeout_s``
+    seconds), else None."""
+    with ctx.registry.session() as s:
+        dep = s.get(Deployment, deployment_id)
+        job_id = dep.job_id if dep is not None else None
+    if job_id is None:
+        return None
+    refresh_jobs_within(ctx.registry, [job_id], timeout_s=ctx.workspace.list_sacct_timeout_s)
+    with ctx.registry.session() as s:
+        job = s.get(Job, job_id)
+        if job is None or job.state in FINAL_STATES:
+            return None
+        return f"job {job.id} (Slurm {job.scheduler_id}, {job.state})"
+
+
+def _deploy_jobs(spec: PipelineSpec, profile: ClusterProfile) -> list[PlannedJob]:
+    """With ``deploy.submit``, one serving job per task (a GPU held until its time limit)."""
+    from pomlia_hpc.serve.deploy import serving_resources
+
+    if spec.deploy is None or not spec.deploy.submit:
+        return []
+    res = serving_resources(profile)
+    what = "serving job (serve.sbatch, runs until its time limit)"
+    return [PlannedJob(what, len(spec.tasks), res, res.time_min / 60)]
 
 
 def _deploy_there(_ctx: StageContext, out: dict[str, Any]) -> bool:
@@ -267,5 +313,6 @@ DEPLOY = section_stage(
     needs=("export",),
     summary="write the Apptainer deployment (and submit it when asked)",
     run=_run_deploy,
+    jobs=_deploy_jobs,
     still_there=_deploy_there,
 )

@@ -196,8 +196,11 @@ def _stage_state(
         state = "cancelled"
         detail = "" if _this_run(rec, run) else "its job was cancelled before it started"
     elif job is not None and job.state in _BAD_END and state not in ("done", "failed"):
-        # A stage job killed mid-run never wrote "failed"; one never started was cancelled.
-        state = "failed" if rec.get("status") == "running" else "cancelled"
+        # Its job ended badly (not cancelled: that is the branch above) without recording an
+        # end: killed mid-run (its record says running) or failed before the stage began (no
+        # registry in its environment, the pipeline's lock held). Either way the stage failed,
+        # and its job's cause says why (not what an older record or staleness said).
+        state, detail = "failed", ""
     at_work = job is not None and job.state not in FINAL_STATES
     if state == "running" and not at_work and not pipeline_held(ctx.folder):
         # Recorded running, no job at work and nobody holds the pipeline's lock: its driver

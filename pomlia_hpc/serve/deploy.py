@@ -107,9 +107,16 @@ def render_def(template: str, values: dict[str, str]) -> str:
     return re.sub(r"\{\{\s*(\w+)\s*\}\}", fill, text)
 
 
+def serving_resources(profile: ClusterProfile) -> ClusterProfile:
+    """What one serving job (``serve.sbatch``) asks of ``profile``'s cluster: its CPUs,
+    memory (GB) and time limit (minutes), and at least one GPU. The job holds them until its
+    time limit, as a server runs until it is stopped."""
+    return profile.model_copy(update={"gpus_per_node": max(1, profile.gpus_per_node)})
+
+
 def sbatch_directives(profile: ClusterProfile, *, name: str) -> list[str]:
-    """``#SBATCH`` lines for one serving job on ``profile`` (at least one GPU)."""
-    gpus = max(1, profile.gpus_per_node)
+    """``#SBATCH`` lines for one serving job on ``profile`` (:func:`serving_resources`)."""
+    gpus = serving_resources(profile).gpus_per_node
     hours, minutes = divmod(profile.time_min, 60)
     lines = [
         f"--job-name={name}",
@@ -215,11 +222,14 @@ def _unrecorded(text: str) -> str:
 def _same_files(a: Path, b: Path) -> bool:
     """Whether folders ``a`` and ``b`` hold the same files with the same bytes, but for the
     monitoring reference: `pomlia monitor reference` (and a pipeline's monitor stage) rewrites
-    it in the bundle after the directory was written, and the server reads it at start."""
+    it in the bundle after the directory was written, and the server reads it at start; and
+    for hidden files (a writer's temporary files, which the copy leaves out)."""
 
     def files(root: Path) -> list[Path]:
         return sorted(
-            p.relative_to(root) for p in root.rglob("*") if p.is_file() and p.name != REFERENCE_FILE
+            p.relative_to(root)
+            for p in root.rglob("*")
+            if p.is_file() and p.name != REFERENCE_FILE and not p.name.startswith(".")
         )
 
     files_a, files_b = files(a), files(b)
@@ -353,7 +363,9 @@ def write_deployment(
     records a ``Deployment`` row (status ``created``).
 
     A directory this function wrote before for the same bundle and profile is reused as it is,
-    with its deployment (``reused``); any other file or folder there is refused.
+    with its deployment (``reused``); any other file or folder there is refused. The model's
+    bundle is refused when its files do not match the SHA-256 its card records
+    (:meth:`ExportedBundle.check_integrity`), before anything is written.
     ``need_image`` (``--submit``): the directory must exist already, with its image built;
     checked before anything is written or exported. ``profile_name``: the ``--profile``
     given, for the command the messages suggest. ``profile_label``: the name (or path) of
@@ -379,6 +391,10 @@ def write_deployment(
         from pomlia_hpc.serve.export import export_model
 
         bundle = export_model(registry, workspace, ref).bundle
+    else:
+        # A bundle edited or damaged since its export is refused here, before anything is
+        # written, not by the server once the image is built and the job has started.
+        bundle.check_integrity()
     target = (out_dir or workspace.path("models", row.name, "deploy", bundle.version)).resolve()
     other = "choose another --out" if out_dir is not None else "pass --out DIR"
     if target.exists() and not target.is_dir():
@@ -446,7 +462,10 @@ def _write_new(t: _Target) -> DeployResult:
     try:
         with staged_dir(target) as staged:
             tmp = staged.path
-            shutil.copytree(bundle.root, tmp / "bundle")
+            # Not the temporary files of a writer (a reference being rewritten, or one a killed
+            # writer left): they would go into the image, and once swept make the reused
+            # directory's bundle differ from the model's.
+            shutil.copytree(bundle.root, tmp / "bundle", ignore=shutil.ignore_patterns(".*"))
             (tmp / "src").mkdir()
             _copy_source(tmp / "src", source_root)
             def_text = render_def(

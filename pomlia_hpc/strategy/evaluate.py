@@ -21,11 +21,17 @@ same other data sets:
 
 ``cheap``: the same with the candidates restricted to inputs <= 64 px or frozen features
 (``linear_probe``, ``knn``); regret then against the best cheap strategy.
+
+``dims``: each data set's dimensionality (2 or 3). The learner and every baseline then learn,
+for a held-out data set, from the other data sets of its dimensionality only, as
+:func:`pomlia_hpc.strategy.recommend.recommend` compares a task with those only; a data set
+with fewer than 2 others of its dimensionality is left out (``recommend`` refuses such a task).
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -152,10 +158,11 @@ def loo(
     max_px: int = 64,
     fingerprints: np.ndarray | None = None,
     encoder: str | None = None,
+    dims: Sequence[int] | None = None,
 ) -> EvalResult:
     """Leave-one-dataset-out over ``m`` (see the module docstring); ``fingerprints``: the
     fingerprint distances between ``m``'s data sets (n, n; NaN where unknown) under
-    ``encoder``."""
+    ``encoder``; ``dims``: their dimensionalities (none given: all alike)."""
     if k < 1:
         raise InputError(f"--k {k}: expected an integer >= 1")
     n = len(m.datasets)
@@ -176,8 +183,10 @@ def loo(
         v = m.values[i]
         if not np.isfinite(v[cand]).any():
             continue
+        others = same_kind(i, dims, n)
+        if len(others) < 2:
+            continue
         used.append(m.datasets[i])
-        others = [j for j in range(n) if j != i]
         train = m.subset(others)
         fp = fingerprints[np.ix_(others, others)] if fingerprints is not None else None
         learner = KernelRegret(k=k).fit(train, cand, fingerprints=fp)
@@ -199,6 +208,19 @@ def loo(
             results[name].topk.append(top_k_regret(v, order, k, cand, **score))
         results["random"].top1.append(random_regret(v, cand, 1, **score))
         results["random"].topk.append(random_regret(v, cand, k, **score))
+    if not used:
+        raise InputError(
+            "leave-one-dataset-out needs, for some data set with results, at least 2 others "
+            "of its dimensionality (2D or 3D); this selection has none"
+        )
     restriction = f"inputs <= {max_px} px or frozen features" if cheap else "all strategies"
     similarity = similarity_label(encoder, *fp_fits)
     return EvalResult("", k, used, int(cand.sum()), restriction, results, hs, similarity)
+
+
+def same_kind(i: int, dims: Sequence[int] | None, n: int) -> list[int]:
+    """The data sets (indices below ``n``) a held-out data set ``i`` is recommended from: the
+    others of its dimensionality (all others when ``dims`` is None)."""
+    if dims is None:
+        return [j for j in range(n) if j != i]
+    return [j for j in range(n) if j != i and dims[j] == dims[i]]

@@ -1,16 +1,17 @@
 """The knowledge base: published results imported into the registry, plus the registry's runs.
 
-:func:`import_table` validates a long-format file (:mod:`.longformat`) completely, then writes it
-in one transaction, reading it again chunk by chunk (no pass keeps the file's rows): any error
-leaves the registry as it was. :func:`load` gathers
+:func:`import_table` validates a long-format file (:mod:`.longformat`) completely before any
+lock, keeping its rows on disk as they are checked (:mod:`.spool`; none in memory but a chunk),
+then inserts them in one transaction: any error leaves the registry as it was. :func:`load` gathers
 :class:`Observation` rows for one metric from any imported source and from the registry's own
-runs (every task; crashed runs count as failures of their strategy).
+runs (every task; crashed runs count as failures of their strategy: :mod:`.kbruns`, whose
+names are re-exported here).
 
 A registry run's strategy is its configuration reduced to the strategy fields (architecture,
 initial weights, training mode, input size = the data set's, extra images); its value is the
 test metric of the run with the best validation metric among that strategy's runs on the task
 (kept up to date incrementally by :mod:`.runstats`); its cost, the wall seconds of one run at
-the task's full budget (:func:`full_epochs`).
+the task's full budget (:func:`.cost.full_epochs`).
 """
 
 from __future__ import annotations
@@ -18,45 +19,71 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import delete, func, insert, select
+from sqlalchemy import Table, delete, func, select
 from sqlalchemy.orm import Session
 
 from pomlia_hpc.errors import InputError, NotFoundError
 from pomlia_hpc.names import validate_name
-from pomlia_hpc.registry import (
-    Dataset,
-    DatasetVersion,
-    KbDataset,
-    KbResult,
-    KbRunStats,
-    KbSource,
-    Registry,
-    Run,
-    Task,
-)
+from pomlia_hpc.registry import KbDataset, KbResult, KbSource, Registry
 from pomlia_hpc.registry.db import lock_name
-from pomlia_hpc.strategy import overlap, runstats
-from pomlia_hpc.strategy.cost import full_epochs
+from pomlia_hpc.strategy import overlap
+from pomlia_hpc.strategy.kbruns import (
+    COUNTED_EPOCHS,
+    HPARAMS,
+    REGISTRY_SOURCE,
+    SHORT_SHARE,
+    Observation,
+    counted_epochs,
+    counted_epochs_by_task,
+    registry_observations,
+    run_hparams,
+    version_meta,
+)
 from pomlia_hpc.strategy.longformat import (
     MAX_COST_S,
     META_TEXT,
     ResultRow,
     ResultTable,
     canonical_words,
-    normalize_task_type,
     scan_results,
     strategy_key,
 )
+from pomlia_hpc.strategy.spool import RowSpool
 from pomlia_hpc.strategy.translate import canonical_arch
 from pomlia_hpc.vocab import check_metric
 
-#: The pseudo-source of the registry's own runs.
-REGISTRY_SOURCE = "registry"
+__all__ = [
+    "CHANGED",
+    "COUNTED_EPOCHS",
+    "HPARAMS",
+    "PUBLISHED_SUFFIX",
+    "REGISTRY_SOURCE",
+    "SHIPPED_DATA",
+    "SHIPPED_META",
+    "SHIPPED_TABLES",
+    "SHORT_SHARE",
+    "ImportReport",
+    "KnowledgeBase",
+    "Observation",
+    "SourceInfo",
+    "check_file",
+    "counted_epochs",
+    "counted_epochs_by_task",
+    "dimensionality",
+    "import_table",
+    "list_sources",
+    "load",
+    "of_dimensionality",
+    "registry_observations",
+    "run_hparams",
+    "task_type_note",
+    "version_meta",
+]
 
 #: The published tables shipped with pomlia-hpc (``data/SOURCES.md``): the folder, (source
 #: name, file) of each table, and the file of their data sets' meta-features.
@@ -76,24 +103,6 @@ class ImportReport:
     n_datasets: int
     replaced: int
     seconds: float
-
-
-@dataclass(frozen=True)
-class Observation:
-    """One (data set, strategy, metric) figure of the knowledge base."""
-
-    source: str
-    dataset: str
-    strategy: dict[str, Any]
-    key: str
-    value: float | None  # None: every run of this strategy failed
-    std: float | None = None
-    cost_s: float | None = None
-    n_runs: int = 1
-    n_failed: int = 0
-    evidence: tuple[int, ...] = ()  # registry run ids
-    hparams: tuple[dict[str, Any], ...] = ()  # the best runs' hyperparameters
-    startup_s: float | None = None  # of ``cost_s``: the start-up (not scaled by epochs or size)
 
 
 @dataclass
@@ -158,30 +167,24 @@ def _check_meta_agrees(s: Session, table: ResultTable, source: str) -> None:
             )
 
 
-OnRows = Callable[[list[ResultRow]], None]
-
-
 def check_file(
-    path: Path, meta_path: str | Path | None, known_meta: dict[str, dict[str, Any]]
+    path: Path,
+    meta_path: str | Path | None,
+    known_meta: dict[str, dict[str, Any]],
+    spool: RowSpool | None = None,
 ) -> ResultTable:
-    """Validate the long-format file ``path`` whole, keeping none of its rows (the table's
-    ``n_rows`` and meta-features only): what :func:`import_table` checks before its
-    transaction, refusing two rows of one strategy too (:class:`.overlap.WithinFile`)."""
-    return _scan(path, meta_path, known_meta, lambda _rows: None)
-
-
-def _scan(
-    path: Path, meta_path: str | Path | None, known: dict[str, dict[str, Any]], on_rows: OnRows
-) -> ResultTable:
-    """:func:`check_file`, handing the rows to ``on_rows`` once checked (the import's second
-    reading inserts them: it validates as the first does)."""
+    """Validate the long-format file ``path`` whole, keeping none of its rows in memory (the
+    table's ``n_rows`` and meta-features only): what :func:`import_table` checks before its
+    transaction, refusing two rows of one strategy too (:class:`.overlap.WithinFile`).
+    ``spool``: each chunk of rows goes there once checked (what the import inserts)."""
     within = overlap.WithinFile(path)
 
     def checked(rows: list[ResultRow]) -> None:
         within.check(rows)
-        on_rows(rows)
+        if spool is not None:
+            spool.add(rows)
 
-    return scan_results(path, meta_path, known, checked)
+    return scan_results(path, meta_path, known_meta, checked)
 
 
 def import_table(
@@ -211,12 +214,36 @@ def import_table(
 
     with registry.session() as s:  # first, so the file's own problems do not hide it
         refuse_existing(s)
-    # Two passes, neither keeping the file's rows (1.5 GB held for 500,000): the first
-    # validates it all before any lock; the second, as strict, inserts it in chunks in the
-    # transaction. The checksum, taken before the first, must hold after the second.
     known = _known_meta(registry, source)
     sha256 = _sha256(p)  # a missing file or a folder: one InputError
-    table = check_file(p, meta_path, known)
+    # The file is read and validated before any lock, its rows kept on disk as they are
+    # checked (not in memory: 1.5 GB for 500,000); the transaction inserts what was kept. Read
+    # again inside it, a 500,000-row file held SQLite's write lock for the parsing (~30 s).
+    with RowSpool(p) as spool:
+        table = check_file(p, meta_path, known, spool)
+        # The checksum, taken before the reading, holds after it: the rows kept are those of
+        # the file the source records (a file changed meanwhile is refused, not half-read).
+        if _sha256(p) != sha256 or spool.n_rows != table.n_rows:
+            raise InputError(CHANGED.format(p))
+        replaced = _insert(registry, source, table, spool, sha256, meta_path, refuse_existing)
+    return ImportReport(
+        source, str(p), table.n_rows, len(table.meta), replaced, time.perf_counter() - t0
+    )
+
+
+def _insert(
+    registry: Registry,
+    source: str,
+    table: ResultTable,
+    spool: RowSpool,
+    sha256: str,
+    meta_path: str | Path | None,
+    refuse_existing: Callable[[Session], KbSource | None],
+) -> int:
+    """Store the validated ``table`` (its rows from ``spool``) as ``source`` in one
+    transaction, after the checks against the other sources that need their lock; how many
+    results the source replaced had."""
+    p = table.path
     with registry.session() as s:
         # Two imports of one source at once: the second waits here for the first to commit
         # (it then replaces that one, or is refused without --replace) instead of deleting
@@ -248,22 +275,17 @@ def import_table(
             s.flush()
             ids[name] = ds.id
 
-        def insert_rows(rows: list[ResultRow]) -> None:
-            if any(r.dataset not in ids for r in rows):  # not in the first reading
-                raise InputError(CHANGED.format(p))
+        for rows in spool.chunks():  # exactly the rows validated, as validated
             elsewhere.check(rows)
-            s.execute(
-                insert(KbResult),
+            # Core's executemany, not the ORM's bulk insert (half the time, and no objects)
+            s.connection().execute(
+                cast(Table, KbResult.__table__).insert(),
                 [{"source_id": src.id, "dataset_id": ids[r.dataset]} | r.columns() for r in rows],
             )
-
-        again = _scan(p, meta_path, known, insert_rows)
-        if again.n_rows != table.n_rows or again.meta != table.meta or _sha256(p) != sha256:
-            raise InputError(CHANGED.format(p))
-    return ImportReport(source, str(p), table.n_rows, len(ids), replaced, time.perf_counter() - t0)
+    return replaced
 
 
-#: The refusal of a file that changed between the import's two readings.
+#: The refusal of a file that changed while the import read it (its checksum before and after).
 CHANGED = "{}: the file changed while it was imported; expected it unchanged until the import \
 ends: import it again; nothing was imported"
 
@@ -387,6 +409,30 @@ def _canonical(strategy: dict[str, Any], key: str) -> tuple[dict[str, Any], str]
     return canonical, strategy_key(canonical)
 
 
+def dimensionality(meta: Mapping[str, Any]) -> int:
+    """A data set's dimensionality from its meta-features: 3 for volumes (``dims`` 3), else 2
+    (a table that gives no ``dims``, and every registered data set, holds 2D images; the
+    learner's ``dims3`` feature reads it alike)."""
+    return 3 if meta.get("dims") == 3 else 2
+
+
+def of_dimensionality(kb: KnowledgeBase, dims: int) -> tuple[KnowledgeBase, list[str]]:
+    """``kb`` without the data sets of another dimensionality than ``dims`` (2 or 3), and
+    their names: a 3D volume set (its strategies slice or convolve volumes) is no look-alike
+    of a 2D task, nor evidence for its strategies, however close its other meta-features."""
+    other = sorted(d for d, meta in kb.meta.items() if dimensionality(meta) != dims)
+    if not other:
+        return kb, []
+    drop = set(other)
+    kept = KnowledgeBase(
+        kb.metric,
+        [o for o in kb.observations if o.dataset not in drop],
+        {d: meta for d, meta in kb.meta.items() if d not in drop},
+        dict(kb.short),
+    )
+    return kept, other
+
+
 def task_type_note(
     kb: KnowledgeBase, datasets: list[str], task_type: str
 ) -> tuple[int, str | None]:
@@ -422,176 +468,3 @@ def _rename_published(kb: KnowledgeBase, task_names: set[str]) -> None:
     ]
     for name in clash:
         kb.meta[name + PUBLISHED_SUFFIX] = kb.meta.pop(name)
-
-
-# ----------------------------------------------------------------------------- registry runs
-
-
-def version_meta(fingerprint: dict[str, Any], task_type: str) -> dict[str, Any]:
-    """Meta-features of a registered data set version from its explicit fingerprint."""
-    counts = dict(fingerprint.get("counts") or {})
-    size = fingerprint.get("image_size") or [0, 0]
-    meta: dict[str, Any] = {
-        "task_type": normalize_task_type(task_type) or task_type,
-        "n_channels": int(fingerprint.get("channels") or 1),
-        "n_classes": int(fingerprint.get("n_classes") or 2),
-        "n_train": int(counts.get("train") or fingerprint.get("n_images") or 1),
-        "image_size": int(size[0] or 28),
-        "dims": 2,
-    }
-    for split in ("val", "test"):
-        if counts.get(split):
-            meta[f"n_{split}"] = int(counts[split])
-    balance = (fingerprint.get("class_balance") or {}).get("all") or {}
-    if balance.get("normalized_entropy") is not None:
-        meta["balance_entropy"] = float(balance["normalized_entropy"])
-    intensity = fingerprint.get("intensity") or []
-    if intensity:
-        meta["intensity_mean"] = sum(float(c["mean"]) for c in intensity) / len(intensity)
-        meta["intensity_std"] = sum(float(c["std"]) for c in intensity) / len(intensity)
-    return meta
-
-
-#: The run configuration keys that are hyperparameters (not strategy fields).
-HPARAMS: tuple[str, ...] = (
-    "lr",
-    "lr_head",
-    "optimizer",
-    "momentum",
-    "weight_decay",
-    "batch_size",
-    "augmentation",
-    "unfreeze_epoch",
-    "extra_n",
-)
-
-
-#: A run counts as its strategy's value on a task only when it reached at least this share of
-#: the task's full budget (:func:`full_epochs`) or :data:`COUNTED_EPOCHS`, whichever is fewer;
-#: shorter runs (a 1-epoch test study) are kept apart as a lower bound.
-SHORT_SHARE = 1 / 3
-#: Epochs after which a run counts whatever the task's size: the fewest epochs AutoML's default
-#: full budget ever gives (:func:`pomlia_hpc.automl.budget.default_budget`), so a study run
-#: deliberately at such a budget (a knowledge base of short studies) still gives evidence.
-COUNTED_EPOCHS = 9.0
-
-
-def counted_epochs(full: int) -> float:
-    """The fewest epochs a run of a task whose full budget is ``full`` epochs must reach for
-    its value to count (see :data:`SHORT_SHARE`)."""
-    return min(SHORT_SHARE * full, COUNTED_EPOCHS)
-
-
-def counted_epochs_by_task(registry: Registry, task_ids: Iterable[int]) -> dict[int, float]:
-    """:func:`counted_epochs` of each task's full budget (by task id, for those that exist):
-    the rule by which the knowledge base counts a run, for the readers of runs that must
-    count them alike (``strategy outcomes``)."""
-    with registry.session() as s:
-        rows = s.execute(
-            select(Task.id, Task.task_type, DatasetVersion.fingerprint)
-            .join(DatasetVersion, Task.dataset_version_id == DatasetVersion.id)
-            .where(Task.id.in_(sorted(set(task_ids))))
-        ).all()
-    return {
-        tid: counted_epochs(full_epochs(version_meta(dict(fp or {}), ttype)["n_train"]))
-        for tid, ttype, fp in rows
-    }
-
-
-def registry_observations(
-    registry: Registry,
-    metric: str,
-    exclude_task: str | None = None,
-    short: dict[tuple[str, str], dict[str, Any]] | None = None,
-    validate_on: str | None = None,
-) -> tuple[list[Observation], dict[str, dict[str, Any]]]:
-    """One observation per (task, strategy) over the registry's finished runs of tasks whose
-    metric is ``metric`` (failed ones included; see :mod:`.runstats`, refreshed first), and
-    the tasks' meta-features by task name. Runs below :func:`counted_epochs` of the task's full
-    budget give no value; a strategy with only such runs (and no failure) gives no observation
-    but an entry in ``short`` (see :attr:`KnowledgeBase.short`).
-
-    A value is the test metric of the strategy's best run by validation objective, except on
-    data set ``validate_on`` (the one a recommendation is for, any version: a harvest's test
-    split holds its parent's), where it is that validation objective: a strategy picked for a
-    data set by its own test metric would carry test data into the choice of configuration
-    (and the loop's gate compares on the parent's test split)."""
-    with registry.session() as s:
-        tasks = {
-            tid: (name, ttype, metric_, dict(fp or {}), ds)
-            for tid, name, ttype, metric_, fp, ds in s.execute(
-                select(
-                    Task.id,
-                    Task.name,
-                    Task.task_type,
-                    Task.metric,
-                    DatasetVersion.fingerprint,
-                    Dataset.name,
-                )
-                .join(DatasetVersion, Task.dataset_version_id == DatasetVersion.id)
-                .join(Dataset, DatasetVersion.dataset_id == Dataset.id)
-            )
-        }
-    meta_all = {tid: version_meta(fp, ttype) for tid, (_, ttype, _, fp, _) in tasks.items()}
-    full = {tid: full_epochs(m["n_train"]) for tid, m in meta_all.items()}
-    runstats.refresh(
-        registry,
-        {tid: int(m["image_size"]) for tid, m in meta_all.items()},
-        {tid: counted_epochs(e) for tid, e in full.items()},
-    )
-    wanted = {
-        tid for tid, (name, _, m, _, _) in tasks.items() if m == metric and name != exclude_task
-    }
-    out = []
-    with registry.session() as s:
-        for st in s.scalars(select(KbRunStats).where(KbRunStats.task_id.in_(wanted))):
-            if st.n_short and short is not None:
-                short[(tasks[st.task_id][0], st.strategy_key)] = {
-                    "strategy": dict(st.strategy),
-                    "n": st.n_short,
-                    "value": st.short_value,
-                    "epochs": st.short_epochs,
-                    "full_epochs": full[st.task_id],
-                    "counted_epochs": counted_epochs(full[st.task_id]),
-                }
-            if st.best_value is None and not st.n_failed:
-                continue  # only short runs: no value, and no failure either
-            out.append(
-                Observation(
-                    REGISTRY_SOURCE,
-                    tasks[st.task_id][0],
-                    dict(st.strategy),
-                    st.strategy_key,
-                    st.best_objective if tasks[st.task_id][4] == validate_on else st.best_value,
-                    None,
-                    _run_cost(st, meta_all[st.task_id]),
-                    st.n_runs,
-                    st.n_failed,
-                    (st.best_run_id,) if st.best_run_id is not None else (),
-                    startup_s=st.startup_s / st.timed_n if st.timed_n else None,
-                )
-            )
-    return out, {tasks[t][0]: meta_all[t] for t in wanted}
-
-
-def _run_cost(st: KbRunStats, meta: dict[str, Any]) -> float | None:
-    """Wall seconds of one run of the strategy at the task's full budget
-    (:func:`full_epochs`): start-up once plus seconds per epoch times the epochs, where the
-    runs' histories give each epoch's seconds (a study's runs span 1 to 60 epochs, and a
-    promoted one resumes from a checkpoint); else their seconds per epoch trained (start-up
-    included), else their mean wall seconds."""
-    if st.timed_n and st.epoch_n:
-        return st.startup_s / st.timed_n + st.epoch_s / st.epoch_n * full_epochs(meta["n_train"])
-    if st.timed_epochs:
-        return st.timed_s / st.timed_epochs * full_epochs(meta["n_train"])
-    return st.cost_sum / st.n_cost if st.n_cost else None
-
-
-def run_hparams(registry: Registry, run_ids: Iterable[int]) -> dict[int, dict[str, Any]]:
-    """The hyperparameters of the given runs (for the recommendation's ranges)."""
-    ids = list(run_ids)
-    if not ids:
-        return {}
-    with registry.session() as s:
-        rows = s.execute(select(Run.id, Run.config).where(Run.id.in_(ids))).all()
-    return {rid: {k: v for k, v in (cfg or {}).items() if k in HPARAMS} for rid, cfg in rows}

@@ -180,13 +180,20 @@ def normalize_task_type(value: str) -> str | None:
         return None
 
 
+#: What a file (the results or the meta-features) that could not be read as CSV text was
+#: expected to be, and that the import stopped before writing anything.
+UNREAD = "; expected a readable UTF-8 CSV file; nothing was imported"
+
+
 def _rows(path: Path) -> Iterator[tuple[int, dict[str, str]]]:
     """(line number, row) pairs; an unreadable file is one :class:`InputError`."""
     try:
         with path.open(newline="", encoding="utf-8-sig") as f:
             reader = csv.DictReader(f)
             if reader.fieldnames is None:
-                raise InputError(f"{path}: the file is empty; expected a CSV header line")
+                raise InputError(
+                    f"{path}: the file is empty; expected a CSV header line; nothing was imported"
+                )
             # As the header check reads them (:func:`_header`): `dataset, arch, ...` written
             # with a space after each comma named columns ' arch', whose cells read as empty.
             reader.fieldnames = [c.strip().lower() for c in reader.fieldnames]
@@ -204,11 +211,11 @@ def _rows(path: Path) -> Iterator[tuple[int, dict[str, str]]]:
                     )
                 yield reader.line_num, row
     except OSError as exc:
-        raise InputError(f"{path}: cannot be read ({exc.strerror})") from exc
+        raise InputError(f"{path}: cannot be read ({exc.strerror}){UNREAD}") from exc
     except UnicodeDecodeError as exc:
-        raise InputError(f"{path}: not UTF-8 text ({exc.reason})") from exc
+        raise InputError(f"{path}: not UTF-8 text ({exc.reason}){UNREAD}") from exc
     except csv.Error as exc:
-        raise InputError(f"{path}: not a valid CSV file ({exc})") from exc
+        raise InputError(f"{path}: not a valid CSV file ({exc}){UNREAD}") from exc
 
 
 def _header(path: Path) -> list[str]:
@@ -216,11 +223,13 @@ def _header(path: Path) -> list[str]:
         with path.open(newline="", encoding="utf-8-sig") as f:
             first = next(csv.reader(f), None)
     except OSError as exc:
-        raise InputError(f"{path}: cannot be read ({exc.strerror})") from exc
+        raise InputError(f"{path}: cannot be read ({exc.strerror}){UNREAD}") from exc
     except UnicodeDecodeError as exc:
-        raise InputError(f"{path}: not UTF-8 text ({exc.reason})") from exc
+        raise InputError(f"{path}: not UTF-8 text ({exc.reason}){UNREAD}") from exc
     if not first:
-        raise InputError(f"{path}: the file is empty; expected a CSV header line")
+        raise InputError(
+            f"{path}: the file is empty; expected a CSV header line; nothing was imported"
+        )
     # Any case: a spreadsheet's `Dataset,Arch,...` was refused as missing every column.
     return [c.strip().lower() for c in first]
 

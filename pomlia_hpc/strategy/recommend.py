@@ -9,8 +9,9 @@ the bandwidth's choice as for the answer, is combined with the meta-feature dist
 to the same median: :mod:`.learner`) when they rank the known tasks' strategies better
 than the meta-features alone do; otherwise metadata alone. Each strategy gets an
 expected metric (+- spread over similar data sets), an expected cost (:mod:`.cost`), evidence,
-and its translation into the AutoML space (:mod:`pomlia_hpc.automl.space`) where one exists.
-The answer is recorded in ``recommendations``.
+and its translation into the AutoML space (:mod:`pomlia_hpc.automl.space`) where one exists;
+the warm start's configurations come from :mod:`.warmconfigs`. The answer is recorded in
+``recommendations``.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -52,18 +53,11 @@ from pomlia_hpc.strategy.candidates import (
     within_limits,
 )
 from pomlia_hpc.strategy.fpdist import fingerprint_distances
-from pomlia_hpc.strategy.hparams import (
-    MAX_TASKS,
-    by_strategy,
-    of_strategy,
-    score_hparams,
-    task_best,
-    task_median_regret,
-    task_runs,
-)
 from pomlia_hpc.strategy.kb import (
     REGISTRY_SOURCE,
+    dimensionality,
     load,
+    of_dimensionality,
     run_hparams,
     task_type_note,
     version_meta,
@@ -77,7 +71,8 @@ from pomlia_hpc.strategy.learner import (
     meta_vector,
     similarity_label,
 )
-from pomlia_hpc.strategy.translate import Sources, available_sources, to_automl, with_hparams
+from pomlia_hpc.strategy.translate import available_sources, to_automl
+from pomlia_hpc.strategy.warmconfigs import settings_reader, warm_configs
 
 __all__ = ["NothingFitsError", "recommend", "within_limits", "write_initial"]
 
@@ -124,82 +119,6 @@ def failure_rate(m: Matrix, w: np.ndarray, j: int) -> float | None:
         return None
     weights = w[rows] if w[rows].sum() > 0 else None
     return float(np.average(m.fail[rows, j], weights=weights))
-
-
-#: A strategy joins the warm start only when its expected regret is within this many metric
-#: points (x 100) of the best expressible strategy's: one the knowledge base expects to lose by
-#: more is not supported by the recommendation, and its architecture would widen the space that
-#: the warm start narrows (a 28-px MobileNet expected 40 points behind a small CNN once took a
-#: third of a warm-started study's initial design).
-WARM_MARGIN = 5.0
-
-
-def warm_configs(
-    m: Matrix,
-    expected_regret: np.ndarray,
-    allowed: list[int],
-    w: np.ndarray,
-    src: Sources,
-    hp: dict[int, dict[str, Any]],
-    k: int,
-    archs: tuple[str, ...] | None,
-    settings_of: Callable[[int], list[tuple[float, dict[str, Any]]]] | None = None,
-) -> list[dict[str, Any]]:
-    """The warm start: up to ``k`` distinct AutoML configurations from the strategies in
-    ``allowed`` (best first) that the space can express and that are within
-    :data:`WARM_MARGIN` of the best. Round by round, each such strategy gives its next
-    hyperparameter setting: from ``settings_of(j)`` (settings scored over the similar tasks
-    against each task's best run of any strategy, :func:`pomlia_hpc.strategy.hparams.
-    score_hparams`) when it gives any, else those of its best run on the next most similar
-    task (weights ``w``); with fewer good strategies than ``k``, the good ones give more
-    settings rather than a poor strategy filling the design. The strategies with scored
-    settings go first, lowest score of their best setting first: the first configuration, which
-    a study trains at the full budget before its search, is the single setting with the lowest
-    similarity-weighted regret, whichever strategy it belongs to. Strategies without runs
-    (published tables) give one configuration with the space's defaults."""
-    expressible = []
-    for j in allowed:
-        values, _ = to_automl(m.strategies[j], src)
-        if values is not None and (archs is None or values["arch"] in archs):
-            expressible.append((j, values))
-    if not expressible:
-        return []
-    best = min(float(expected_regret[j]) for j, _ in expressible)
-    near = list(np.argsort(-w, kind="stable"))
-    eligible = [
-        (j, values) for j, values in expressible if float(expected_regret[j]) <= best + WARM_MARGIN
-    ]
-    scored = {j: settings_of(j) if settings_of is not None else [] for j, _ in eligible}
-    # Stable: strategies without scored settings keep their expected-regret order, after.
-    eligible.sort(key=lambda e: scored[e[0]][0][0] if scored[e[0]] else math.inf)
-    cache: dict[int, list[dict[str, Any]]] = {}
-
-    def ranked(j: int) -> list[dict[str, Any]]:
-        if j not in cache:
-            got = [h for _, h in scored[j]]
-            if not got:
-                runs = [m.evidence[(int(i), j)][0] for i in near if (int(i), j) in m.evidence]
-                got = [hp[r] for r in runs if r in hp]
-            cache[j] = got
-        return cache[j]
-
-    initial: list[dict[str, Any]] = []
-    depth = 0
-    while depth == 0 or any(depth < len(ranked(j)) for j, _ in eligible):
-        for j, values in eligible:
-            settings = ranked(j)
-            if depth < len(settings):
-                config = with_hparams(values, settings[depth])
-            elif depth == 0:
-                config = values
-            else:
-                continue
-            if config not in initial:
-                initial.append(config)
-            if len(initial) >= k:
-                return initial
-        depth += 1
-    return initial
 
 
 def _ranges(hparams: list[dict[str, Any]]) -> dict[str, Any]:
@@ -276,11 +195,16 @@ def recommend(
         exclude_task=target.name if exclude_own_runs else None,
         validate_on=target.dataset,  # its own runs rank strategies by val, never test
     )
+    # Only data sets of the task's dimensionality are look-alikes and evidence (a 2D task's
+    # similar data sets listed 3D volume sets, whose weight diluted its strategies' regrets).
+    dims = dimensionality(target.meta)
+    kb, other_dims = of_dimensionality(kb, dims)
     m = build_matrix(kb)
     if len(m.datasets) < 2:
+        left = f" ({len(other_dims)} of other dimensionality left out)" if other_dims else ""
         raise NotFoundError(
-            f"the knowledge base has results on {len(m.datasets)} data set(s) for metric "
-            f"'{target.metric}'; expected at least 2",
+            f"the knowledge base has results on {len(m.datasets)} {dims}D data set(s) for "
+            f"metric '{target.metric}'{left}; expected at least 2 of the task's dimensionality",
             hint="pomlia strategy import FILE --source NAME (see docs/strategy.md)",
         )
     tasks = {i for (i, _), source in m.sources.items() if source == REGISTRY_SOURCE}
@@ -312,7 +236,7 @@ def recommend(
     picked = allowed[:k]
     evidence_runs = [rid for (_, j), ids in m.evidence.items() if j in set(allowed) for rid in ids]
     hp = run_hparams(registry, evidence_runs)
-    settings_of = _settings_reader(registry, m, w, [i for i in by_weight if i in tasks])
+    settings_of = settings_reader(registry, m, w, [i for i in by_weight if i in tasks])
     initial = warm_configs(
         m, ranking.expected_regret, allowed, w, src, hp, k, archs, settings_of=settings_of
     )
@@ -387,6 +311,9 @@ def recommend(
         ],
         "initial": initial,
         "n_datasets": len(m.datasets),
+        "dims": dims,
+        # the known data sets of another dimensionality than the task's: not compared
+        "other_dims": other_dims,
         "n_strategies": len(m.keys),
         "learner": LEARNER,
         "learner_version": LEARNER_VERSION,
@@ -406,34 +333,6 @@ def recommend(
         write_initial(answer, initial_file)
     answer["seconds"] = round(time.perf_counter() - t0, 3)
     return answer
-
-
-def _settings_reader(
-    registry: Registry, m: Matrix, w: np.ndarray, near_runs: list[int]
-) -> Callable[[int], list[tuple[float, dict[str, Any]]]]:
-    """``settings_of(j)``: strategy ``j``'s hyperparameter settings scored over the most
-    similar tasks with runs (``near_runs``, most similar first); their runs are read once,
-    when first needed."""
-    run_tasks = {m.datasets[i]: float(w[i]) for i in near_runs[:MAX_TASKS]}
-    fetched: list[Any] = []
-
-    def settings_of(j: int) -> list[tuple[float, dict[str, Any]]]:
-        if not fetched:
-            read = task_runs(registry, run_tasks)
-            fetched.extend(
-                [
-                    by_strategy(read.runs),
-                    read.floor,
-                    task_best(read.runs),
-                    task_median_regret(read.runs),
-                ]
-            )
-        groups, floor, best, typical = fetched
-        return score_hparams(
-            of_strategy(groups, m.strategies[j]), run_tasks, floor, best, absent=typical
-        )
-
-    return settings_of
 
 
 def _evidence(m: Matrix, w: np.ndarray, by_weight: list[int], j: int) -> list[dict[str, Any]]:

@@ -6,7 +6,13 @@ from pomlia_hpc.errors import InputError
 from pomlia_hpc.registry import Registry
 from pomlia_hpc.strategy.evaluate import EvalResult, loo
 from pomlia_hpc.strategy.fpdist import fingerprint_distances
-from pomlia_hpc.strategy.kb import REGISTRY_SOURCE, KnowledgeBase, list_sources, load
+from pomlia_hpc.strategy.kb import (
+    REGISTRY_SOURCE,
+    KnowledgeBase,
+    dimensionality,
+    list_sources,
+    load,
+)
 from pomlia_hpc.strategy.learner import build_matrix
 
 
@@ -51,7 +57,8 @@ def evaluate_kb(
     """Leave-one-dataset-out over ``kb``. With ``registry_tasks`` (its data sets are the
     registry's tasks), tasks that share an encoder with complete embeddings are compared by
     their fingerprints too, as ``pomlia recommend`` compares them
-    (:mod:`pomlia_hpc.strategy.fpdist`)."""
+    (:mod:`pomlia_hpc.strategy.fpdist`); and, as it does, a data set is recommended from those
+    of its dimensionality (2D or 3D) only."""
     m = build_matrix(kb)
     fp = fingerprint_distances(registry, m.datasets) if registry_tasks else None
     try:
@@ -61,6 +68,7 @@ def evaluate_kb(
             cheap=cheap,
             fingerprints=fp.pairs if fp else None,
             encoder=fp.encoder if fp else None,
+            dims=[dimensionality(kb.meta.get(d, {})) for d in m.datasets],
         )
     except InputError as exc:
         short = sorted({task for task, _ in kb.short} - set(m.datasets))

@@ -1,0 +1,170 @@
+"""What Slurm says about jobs: their states from accounting (``sacct``, ONE call for any number
+of jobs) and which of them the controller still lists (``squeue``).
+
+Every call has a time limit: a daemon that took the connection and never answered must not
+hold the caller (:mod:`pomlia_hpc.cluster.reach` names it, exit 69).
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import time
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+
+from pomlia_hpc.cluster.reach import slurm_failure, timed_out
+from pomlia_hpc.cluster.requeued import controller_final_states
+from pomlia_hpc.errors import ClusterError
+
+#: How many times ``sacct`` was run by this process (tests check one call per poll).
+SACCT_CALLS = 0
+
+
+@dataclass(frozen=True)
+class SchedulerState:
+    """What the scheduler says about one job (or array task)."""
+
+    state: str
+    started_at: datetime | None = None
+    ended_at: datetime | None = None
+    exit_code: str | None = None
+    requeue_count: int = 0
+    #: How many attempts ran: sacct's lines for the job (``-D``) with a Start time. None: not
+    #: known (a state not read from sacct).
+    attempts_run: int | None = None
+    #: Seconds the attempts before the current one ran, each from its Start to its End.
+    earlier_s: float = 0.0
+
+
+def _parse_time(text: str) -> datetime | None:
+    """A sacct time (the cluster's local time, no zone) as an aware UTC datetime."""
+    if not text or text in ("Unknown", "None"):
+        return None
+    try:
+        # astimezone() on a naive datetime takes it as this machine's local time, which is the
+        # time zone sacct printed it in (same cluster).
+        return datetime.fromisoformat(text).astimezone(UTC)
+    except ValueError:
+        return None
+
+
+def _expand_pending(job_id: str) -> list[str]:
+    """``12_[0-3,7%2]`` → ``12_0 … 12_3, 12_7``; other ids unchanged."""
+    m = re.fullmatch(r"(\d+)_\[([^\]]+)\]", job_id)
+    if not m:
+        return [job_id]
+    base, spec = m.group(1), m.group(2).split("%")[0]
+    out: list[str] = []
+    for part in spec.split(","):
+        lo, _, hi = part.partition("-")
+        out.extend(f"{base}_{i}" for i in range(int(lo), int(hi or lo) + 1))
+    return out
+
+
+def parse_sacct(text: str) -> dict[str, SchedulerState]:
+    """Parse ``sacct -n -P -X -D -o JobID,State,Start,End,ExitCode`` output.
+
+    With ``-D`` a requeued job appears once per attempt; the last line is the current attempt
+    and the number of earlier lines is the requeue count. An attempt that never ran (requeued
+    while it pended) has no Start: ``attempts_run`` counts those that have one.
+    """
+    lines: dict[str, list[list[str]]] = {}
+    for raw in text.splitlines():
+        fields = raw.strip().split("|")
+        if len(fields) < 5 or "." in fields[0]:
+            continue
+        for jid in _expand_pending(fields[0]):
+            lines.setdefault(jid, []).append(fields)
+    out: dict[str, SchedulerState] = {}
+    for jid, attempts in lines.items():
+        last = attempts[-1]
+        state = last[1].split()[0] if last[1] else "UNKNOWN"  # "CANCELLED by 0" → CANCELLED
+        out[jid] = SchedulerState(
+            state=state,
+            started_at=_parse_time(last[2]),
+            ended_at=_parse_time(last[3]),
+            exit_code=last[4] or None,
+            # Until its next attempt starts, a requeued job's one line says REQUEUED.
+            requeue_count=len(attempts) - (0 if state.startswith("REQUEUE") else 1),
+            attempts_run=sum(_parse_time(a[2]) is not None for a in attempts),
+            earlier_s=sum(_ran_s(a[2], a[3]) for a in attempts[:-1]),
+        )
+    return out
+
+
+def _ran_s(start: str, end: str) -> float:
+    """Seconds an attempt ran from sacct's Start to End (0 when it never started)."""
+    begun, ended = _parse_time(start), _parse_time(end)
+    return max((ended - begun).total_seconds(), 0.0) if begun and ended else 0.0
+
+
+def sacct_states(job_ids: Iterable[str], timeout_s: float = 60.0) -> dict[str, SchedulerState]:
+    """States of ``job_ids`` (plain ids, array task ids ``A_I`` or array ids) in one sacct call.
+    Raises :class:`ClusterError` when ``sacct`` is missing, fails or takes over ``timeout_s``
+    seconds. A job that ``sacct`` says is REQUEUED is asked of the controller too
+    (:func:`~pomlia_hpc.cluster.requeued.controller_final_states`) within what is left of the
+    same ``timeout_s``: the whole call keeps to one limit."""
+    global SACCT_CALLS
+    ids = sorted({jid.split("_")[0] for jid in job_ids})
+    if not ids:
+        return {}
+    cmd = [
+        "sacct",
+        "-n",
+        "-P",
+        "-X",
+        "-D",
+        "-o",
+        "JobID,State,Start,End,ExitCode",
+        "-j",
+        ",".join(ids),
+    ]
+    SACCT_CALLS += 1
+    deadline = time.monotonic() + timeout_s
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s, check=False)
+    except FileNotFoundError as exc:
+        raise ClusterError("sacct not found: is this a Slurm cluster node?") from exc
+    except subprocess.TimeoutExpired as exc:
+        raise timed_out("sacct", timeout_s) from exc
+    except OSError as exc:
+        raise ClusterError(f"sacct could not be run: {exc}") from exc
+    if proc.returncode != 0:
+        raise slurm_failure("sacct", proc.stderr, f"sacct failed ({proc.returncode})")
+    states = parse_sacct(proc.stdout)
+    # a requeued job that ended before its next attempt stays REQUEUED in sacct for good
+    requeued = [jid for jid, st in states.items() if st.state.startswith("REQUEUE")]
+    left_s = deadline - time.monotonic()
+    if not requeued or left_s <= 0:
+        return states  # no time left to ask: accounting's word stands, asked again later
+    for jid, (state, end) in controller_final_states(requeued, left_s).items():
+        states[jid] = replace(states[jid], state=state, ended_at=end or states[jid].ended_at)
+    return states
+
+
+def squeue_ids(job_ids: Sequence[str], timeout_s: float = 60.0) -> set[str]:
+    """The ids among ``job_ids`` that ``squeue`` lists (queued or running); a
+    :class:`ClusterError` when it cannot answer within ``timeout_s`` seconds. Slurm answers
+    an id it does not know with "Invalid job id specified" (exit 1): that id is simply not
+    listed."""
+    try:
+        proc = subprocess.run(
+            ["squeue", "-h", "-o", "%i", "-j", ",".join(job_ids)],
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            check=False,
+        )
+    except subprocess.TimeoutExpired as exc:
+        raise timed_out("squeue", timeout_s) from exc
+    except OSError as exc:  # not on PATH, not executable
+        raise ClusterError(f"squeue could not be run: {exc}") from exc
+    if proc.returncode != 0:
+        if "invalid job id" in proc.stderr.lower():
+            return set()
+        raise slurm_failure("squeue", proc.stderr, f"squeue failed ({proc.returncode})")
+    # A pending array prints as one line (``12_[0-3]``): its tasks count as listed.
+    listed = {jid for tok in proc.stdout.split() for jid in _expand_pending(tok)}
+    return {sid for sid in job_ids if sid in listed}

@@ -1,0 +1,90 @@
+"""The Slurm queries of ``cluster/sacct.py`` and the wait of ``cluster/cancel.py`` for
+cancelled array parts, with fake ``sacct``/``squeue``/``scancel`` scripts first on PATH (fast,
+no cluster needed): what each call is allowed to take, and its error."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from pomlia_hpc.cluster import cancel
+from pomlia_hpc.cluster.sacct import sacct_states, squeue_ids
+from pomlia_hpc.errors import ClusterError
+
+
+def _on_path(monkeypatch: pytest.MonkeyPatch, bin_dir: Path, **scripts: str) -> None:
+    """Shell scripts ``name=body`` in ``bin_dir``, first on PATH for this test."""
+    bin_dir.mkdir()
+    for name, body in scripts.items():
+        path = bin_dir / name
+        path.write_text(f"#!/bin/sh\n{body}\n")
+        path.chmod(0o755)
+    monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+
+
+def test_the_controllers_look_at_a_requeued_job_keeps_within_the_polls_one_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job sacct says is REQUEUED is asked of squeue too; squeue got the whole limit again
+    after sacct had used part of it, so one poll could take twice its limit."""
+    _on_path(
+        monkeypatch,
+        tmp_path / "bin",
+        sacct="sleep 0.3; echo '41|REQUEUED|2026-01-01T10:00:00|2026-01-01T10:05:00|0:0'",
+        squeue="echo '41|CANCELLED|2026-01-01T10:06:00'",
+    )
+    real_run = subprocess.run
+    calls: list[tuple[str, float, float]] = []  # command, its time limit, seconds it took
+
+    def spy(cmd: list[str], *args: Any, **kw: Any) -> Any:
+        begun = time.monotonic()
+        try:
+            return real_run(cmd, *args, **kw)
+        finally:
+            calls.append((cmd[0], kw["timeout"], time.monotonic() - begun))
+
+    monkeypatch.setattr(subprocess, "run", spy)
+    limit_s = 30.0
+    states = sacct_states(["41"], timeout_s=limit_s)
+    assert states["41"].state == "CANCELLED"  # the controller was asked
+    (sacct, sacct_limit, sacct_took), (squeue, squeue_limit, _) = calls
+    assert (sacct, squeue, sacct_limit) == ("sacct", "squeue", limit_s)
+    assert sacct_took + squeue_limit <= limit_s  # what sacct took is not given again
+
+
+def test_a_squeue_that_cannot_be_run_is_one_cluster_error(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Only a missing squeue was a ClusterError: one that is there but cannot be run (not
+    executable) raised PermissionError, a traceback from `jobs list`, and a restarted
+    driver's poll of its attached jobs died of it."""
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    (bin_dir / "squeue").write_text("#!/bin/sh\n")  # mode 0644: cannot be run
+    monkeypatch.setenv("PATH", str(bin_dir))
+    with pytest.raises(ClusterError, match=r"^squeue could not be run: .*Permission denied"):
+        squeue_ids(["41"])
+
+
+def test_the_wait_for_cancelled_array_parts_keeps_to_its_time(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The wait for cancelled parts of a split array to leave the queue (ARRAY_CANCEL_WAIT_S)
+    gave each squeue its own minute: one that hung near the end took the wait that far past
+    it, while the user waited for the failed submission's error."""
+    _on_path(monkeypatch, tmp_path / "bin", scancel="exit 0", squeue="echo 41_0")  # listed
+    monkeypatch.setattr(cancel, "ARRAY_CANCEL_WAIT_S", 1.0)
+    limits: list[float] = []
+
+    def squeue_ids_spy(ids: list[str], timeout_s: float = 60.0) -> set[str]:
+        limits.append(timeout_s)
+        return squeue_ids(ids, timeout_s)
+
+    monkeypatch.setattr(cancel, "squeue_ids", squeue_ids_spy)
+    assert not cancel.cancel_array_parts(["41"], ["41_0"], None, [], "cancelled by the test")
+    assert limits and max(limits) <= 1.0  # each squeue within what is left of the wait

@@ -1,0 +1,166 @@
+"""What `pomlia deploy` and the pipeline's deploy stage do with what they find: a damaged
+bundle, a directory an earlier run wrote, a server already submitted (fake Slurm, no image)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+import pytest
+from typer.testing import CliRunner
+
+from pomlia_hpc.cli import app
+from pomlia_hpc.errors import InputError
+from pomlia_hpc.files import write_json_atomic
+from pomlia_hpc.pipeline.spec import parse_pipeline
+from pomlia_hpc.pipeline.stage import StageContext, run_stage
+from pomlia_hpc.pipeline.stages import active_stages
+from pomlia_hpc.registry import Deployment
+from pomlia_hpc.serve.demo import cached_demo_bundle
+from pomlia_hpc.workspace import Workspace
+from tests.fixtures.fake_slurm import FakeSlurm
+from tests.test_serve_deploy import register_exported
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return cached_demo_bundle(tmp_path_factory.getbasetemp() / "serve-demo", num_classes=4)
+
+
+def _deploy_stage_context(workspace: Workspace, bundle: Path, logged: list[str]) -> Any:
+    """A pipeline with ``deploy: {submit: true}`` whose export stage is recorded done with
+    ``bundle`` (as model 'demo'); returns (context, the deploy stage)."""
+    reg = register_exported(workspace, bundle)
+    data = {
+        "name": "p",
+        "datasets": [{"name": "a", "medmnist": "bloodmnist"}],
+        "tasks": [{"name": "t", "dataset": "a"}],
+        "automl": {},
+        "export": {},
+        "deploy": {"submit": True},
+    }
+    spec = parse_pipeline(data, "p.yaml", workspace.home)
+    ctx = StageContext(spec, workspace, reg, log=logged.append)
+    version = json.loads((bundle / "card.json").read_text())["model_version"]
+    outputs = {"t": {"model": "demo", "bundle": str(bundle), "version": version}}
+    write_json_atomic(ctx.record_path("export"), {"status": "done", "key": "k", "outputs": outputs})
+    deploy = next(s for s in active_stages(spec) if s.name == "deploy")
+    return ctx, deploy
+
+
+def test_a_deploy_stage_run_again_after_its_submission_failed_submits(
+    workspace: Workspace, bundle: Path, fake_slurm: FakeSlurm
+) -> None:
+    """`deploy: {submit: true}` fails the first time (no image is built yet); run again once
+    the image was built, the stage took the directory it had written as done: the server was
+    never submitted and no deployment id recorded. It is reused and submitted now, once."""
+    logged: list[str] = []
+    ctx, deploy = _deploy_stage_context(workspace, bundle, logged)
+    with pytest.raises(InputError, match=r"apptainer build pomlia-serve\.sif"):
+        run_stage(ctx, deploy)
+    (directory,) = workspace.path("models", "demo", "deploy").iterdir()
+    (directory / "pomlia-serve.sif").write_bytes(b"built image")  # apptainer build
+    fake_slurm.hold()
+    assert run_stage(ctx, deploy) == "done"
+    (sbatch,) = fake_slurm.calls("sbatch")
+    assert sbatch[-1] == str(directory / "serve.sbatch")
+    with ctx.registry.session() as s:
+        (dep,) = s.query(Deployment).all()
+        assert dep.status == "submitted" and dep.job_id is not None
+    record = ctx.record("deploy")
+    assert record is not None
+    assert record["outputs"]["t"]["deployment"] == dep.id
+    # Its record lost (killed after the submission): run again, the queued server is not
+    # submitted a second time.
+    ctx.record_path("deploy").unlink()
+    assert run_stage(ctx, deploy) == "done"
+    assert len(fake_slurm.calls("sbatch")) == 1
+    assert any("already submitted" in line for line in logged), logged
+
+
+def test_deploy_refuses_a_bundle_damaged_since_its_export(
+    workspace: Workspace, bundle: Path, tmp_path: Path
+) -> None:
+    """A bundle whose file changed after the export was copied into the deployment directory
+    and recorded as a deployment; only the server refused it, on the cluster, after the image
+    was built. `deploy` checks the card's SHA-256 first: one line naming the file and how to
+    rebuild it, exit 2, nothing written."""
+    copy = tmp_path / "copy"
+    shutil.copytree(bundle.parents[1], copy)
+    damaged = copy / bundle.relative_to(bundle.parents[1])
+    with (damaged / "model.onnx").open("ab") as f:
+        f.write(b"\0")
+    reg = register_exported(workspace, damaged)
+    res = CliRunner().invoke(app, ["deploy", "demo"])
+    assert isinstance(res.exception, InputError), res.output  # exit 2
+    said = " ".join(str(res.exception).split())
+    assert "model.onnx does not match its SHA-256 in card.json" in said, said
+    assert "pomlia model export demo" in said, said
+    assert not workspace.path("models", "demo", "deploy").exists()
+    with reg.session() as s:
+        assert s.query(Deployment).count() == 0
+
+
+def test_the_build_command_serve_sbatch_prints_builds_from_the_deploy_directory(
+    tmp_path: Path,
+) -> None:
+    """Without the image, serve.sbatch said `apptainer build SIF DIR/apptainer.def`: run from
+    anywhere but the deploy directory (the job's output is read elsewhere), the definition's
+    relative %files (src/, bundle/) named files that are not there. The command it prints
+    now changes into the directory first (quoted: a path with a space)."""
+    import subprocess
+
+    repo = Path(__file__).resolve().parents[1]
+    deploy_dir = tmp_path / "deploy dir"
+    deploy_dir.mkdir()
+    tool = tmp_path / "bin"
+    tool.mkdir()
+    (tool / "apptainer").write_text('#!/bin/sh\npwd > "$BUILT_IN"\n')
+    (tool / "apptainer").chmod(0o755)
+    env = {
+        "PATH": f"{tool}:/usr/bin:/bin",
+        "POMLIA_DEPLOY_DIR": str(deploy_dir),
+        "POMLIA_LOG_DIR": str(tmp_path / "logs"),
+        "BUILT_IN": str(tmp_path / "built-in.txt"),
+    }
+    missing = subprocess.run(
+        ["bash", str(repo / "jobs" / "serve.sbatch")],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        check=False,
+        timeout=60,
+    )
+    assert missing.returncode == 2, missing.stderr
+    (line,) = [x for x in missing.stderr.splitlines() if "build it: " in x]
+    command = line.split("build it: ", 1)[1]
+    built = subprocess.run(["bash", "-c", command], env=env, cwd=tmp_path, check=False, timeout=60)
+    assert built.returncode == 0, command
+    assert (tmp_path / "built-in.txt").read_text().strip() == str(deploy_dir), command
+
+
+def test_a_writers_temporary_file_in_the_bundle_is_not_deployed(
+    workspace: Workspace, bundle: Path, tmp_path: Path
+) -> None:
+    """A temporary file in the bundle (a monitoring reference being rewritten, or one a killed
+    writer left) was copied into the deployment, so into the image; once swept, the model's
+    bundle no longer matched the copy and `deploy --submit` refused the directory it had
+    written ("holds a bundle other than demo ...")."""
+    from pomlia_hpc.files import temp_name
+
+    copy = tmp_path / "copy"
+    shutil.copytree(bundle.parents[1], copy)
+    own = copy / bundle.relative_to(bundle.parents[1])
+    leftover = temp_name(own / "monitor-reference.npz")
+    leftover.write_bytes(b"half a reference")
+    register_exported(workspace, own)
+    wrote = CliRunner().invoke(app, ["deploy", "demo"])
+    assert wrote.exit_code == 0, wrote.output
+    (directory,) = workspace.path("models", "demo", "deploy").iterdir()
+    assert not list((directory / "bundle").glob(".*")), list((directory / "bundle").iterdir())
+    leftover.unlink()  # what the next sweep of the bundle folder does
+    again = CliRunner().invoke(app, ["deploy", "demo"])
+    assert again.exit_code == 0 and "reused" in again.output, again.output
