@@ -269,3 +269,24 @@ def test_a_url_that_names_no_database_is_told_which_one_the_server_lacks(
     error, hint = proc.stderr.strip().splitlines()
     assert f"the server has no database '{user}' (the URL names no database: libpq took" in error
     assert hint.startswith("  hint: create it (`createdb -h ") and f" {user}`, or ask" in hint
+
+
+@pytest.mark.parametrize(
+    ("args", "noun"),
+    [
+        (("jobs", "show", "99999999999999999999"), "job"),
+        (("jobs", "cancel", "99999999999999999999"), "job"),
+        (("monitor", "show", "99999999999999999999"), "report"),
+        (("loop", "dismiss", "99999999999999999999", "--reason", "x"), "retrain request"),
+    ],
+)
+def test_an_id_no_row_can_have_is_not_found_not_a_bug(
+    workspace: Workspace, args: tuple[str, ...], noun: str
+) -> None:
+    """An id with more digits than the registry's integers hold (SQLite cannot even take it
+    as a parameter) ended in an OverflowError traceback, exit 70: it is not found, as any
+    other unknown id."""
+    proc = pomlia("--home", str(workspace.home), *args)
+    assert proc.returncode == NOT_FOUND_EXIT, proc.stderr
+    assert proc.stderr.startswith(f"error: {noun} 99999999999999999999 is not in the registry")
+    assert "Traceback" not in proc.stderr and proc.stderr.count("\n") == 1, proc.stderr

@@ -17,6 +17,7 @@ from pomlia_hpc.cli.jsonout import print_json
 from pomlia_hpc.cli.listing import JsonFlag, check_limit, print_rows
 from pomlia_hpc.cli.polling import refresh_for_listing, say_unsure, unsure_states
 from pomlia_hpc.cli.tables import when
+from pomlia_hpc.cli.usage_errors import registry_id
 from pomlia_hpc.cluster.cancel import FORCED_CAUSE, GONE_FORCED_CAUSE, cancel_job_row
 from pomlia_hpc.cluster.failures import log_files
 from pomlia_hpc.errors import ClusterError, InputError, NotFoundError
@@ -102,7 +103,7 @@ SHOW_KEYS = [
 
 @jobs_app.command("show")
 def show(
-    job_id: Annotated[int, typer.Argument(help="Registry id of the job.")],
+    job_id: Annotated[int, typer.Argument(help="Registry id of the job.", callback=registry_id)],
     as_json: Annotated[
         bool,
         typer.Option("--json", help="Print the job as one JSON object (stable keys; see --help)."),
@@ -201,7 +202,7 @@ def _pending_words(reason: str | None) -> str:
 
 @jobs_app.command("cancel")
 def cancel(
-    job_id: Annotated[int, typer.Argument(help="Registry id of the job.")],
+    job_id: Annotated[int, typer.Argument(help="Registry id of the job.", callback=registry_id)],
     force: Annotated[
         bool,
         typer.Option(

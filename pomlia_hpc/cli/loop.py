@@ -17,6 +17,7 @@ from rich.markup import escape
 from pomlia_hpc.cli.app import STATE, app, console, err_console, log_line, profile_for
 from pomlia_hpc.cli.data import data_app
 from pomlia_hpc.cli.serve import deploy_app
+from pomlia_hpc.cli.usage_errors import registry_id
 from pomlia_hpc.errors import InputError
 
 if TYPE_CHECKING:
@@ -444,7 +445,10 @@ def _stoppable() -> Iterator[None]:
 @loop_app.command("dismiss")
 def loop_dismiss(
     request_id: Annotated[
-        int, typer.Argument(help="Retrain request id (`pomlia loop show SLOT` lists them).")
+        int,
+        typer.Argument(
+            help="Retrain request id (`pomlia loop show SLOT` lists them).", callback=registry_id
+        ),
     ],
     reason: Annotated[
         str, typer.Option(help="Why it is dismissed (recorded, shown by `loop show`).")

@@ -17,6 +17,7 @@ from pomlia_hpc.cli.jsonout import print_json, zoned_local_time
 from pomlia_hpc.cli.listing import JsonFlag, print_rows
 from pomlia_hpc.cli.reference import warn_few_images
 from pomlia_hpc.cli.tables import MISSING, ListTable, shown, stack, when
+from pomlia_hpc.cli.usage_errors import registry_id
 from pomlia_hpc.errors import InputError
 
 monitor_app = typer.Typer(
@@ -141,7 +142,9 @@ def run(
 
 @monitor_app.command("show")
 def show(
-    report: Annotated[int, typer.Argument(help="Report id (see `pomlia monitor history`).")],
+    report: Annotated[
+        int, typer.Argument(help="Report id (see `pomlia monitor history`).", callback=registry_id)
+    ],
     as_json: Annotated[bool, typer.Option("--json", help="Print the JSON report.")] = False,
 ) -> None:
     """Show one report: status, tests, and where its HTML page is."""

@@ -16,6 +16,7 @@ from pomlia_hpc.cli.listing import JsonFlag, check_limit, print_rows
 from pomlia_hpc.cli.reference import warn_few_images
 from pomlia_hpc.cli.runs import UNDEFINED, fmt
 from pomlia_hpc.cli.tables import MISSING, ListTable, shown, stack, when
+from pomlia_hpc.cli.usage_errors import registry_id
 from pomlia_hpc.errors import InputError, NotFoundError
 from pomlia_hpc.models.archs import ARCHITECTURES
 
@@ -33,9 +34,12 @@ ModelArg = Annotated[str, typer.Argument(help="Registry model name or id.")]
 def register(
     name: Annotated[str, typer.Argument(help="Name for the model (unique).")],
     checkpoint: Annotated[Path, typer.Argument(help="Classifier checkpoint (save_classifier).")],
-    task_id: Annotated[int | None, typer.Option(help="Registry id of its task.")] = None,
+    task_id: Annotated[
+        int | None, typer.Option(help="Registry id of its task.", callback=registry_id)
+    ] = None,
     run_id: Annotated[
-        int | None, typer.Option(help="Registry id of the run that trained it.")
+        int | None,
+        typer.Option(help="Registry id of the run that trained it.", callback=registry_id),
     ] = None,
 ) -> None:
     """Register a classifier checkpoint as a model. The checkpoint is copied into the
@@ -321,7 +325,8 @@ def serve(
         int | None,
         typer.Option(
             help="Deployment id for the log (`pomlia deploy` prints it; with a model name or "
-            "slot it must be one the registry records, of that model)."
+            "slot it must be one the registry records, of that model).",
+            callback=registry_id,
         ),
     ] = None,
     keep_inputs: Annotated[

@@ -13,6 +13,8 @@ from rich.markup import escape
 
 from pomlia_hpc.cli.console import err_console
 from pomlia_hpc.cli.typer_help import patch_typer
+from pomlia_hpc.errors import NotFoundError
+from pomlia_hpc.registry.lookup import MAX_ID
 
 #: Integer parameters that are registry ids: the noun and where the ids are listed, for the
 #: message when one is not a whole number.
@@ -24,6 +26,16 @@ ID_PARAMS = {
     "deployment_id": ("deployment", "what `pomlia deploy MODEL` printed"),
     "request_id": ("retrain request", "pomlia loop show SLOT"),
 }
+
+
+def registry_id(param: typer.CallbackParam, value: int | None) -> int | None:
+    """Typer callback of an id parameter (one of :data:`ID_PARAMS`): an id no row can have
+    (below 1, or more digits than the database's integer holds, which SQLite cannot even take
+    as a parameter: a traceback, exit 70) is not found, as any other unknown id."""
+    if value is not None and not 1 <= value <= MAX_ID:
+        noun, where = ID_PARAMS[str(param.name)]
+        raise NotFoundError(f"{noun} {value} is not in the registry (see `{where}`)")
+    return value
 
 
 def _is_argument(param: Any) -> bool:
