@@ -6,6 +6,7 @@ of the same paths on the real single-node Slurm."""
 from __future__ import annotations
 
 import itertools
+import pickle
 import subprocess
 import threading
 from pathlib import Path
@@ -238,6 +239,23 @@ def test_the_bounded_sacct_watcher_is_set_on_pomlias_own_jobs_only(
         assert h.job_id in sacctwatch.WATCHER._registered  # polled by it
     other = submitit.SlurmJob(folder=tmp_path / "other", job_id="12")  # another library's job
     assert other.watcher is theirs
+
+
+def test_a_pickled_job_is_polled_by_the_processs_one_bounded_watcher(
+    tmp_path: Path, reg: Registry, fake_slurm: FakeSlurm
+) -> None:
+    """The bounded watcher was each job's own attribute, which submitit pickles with the job
+    (its ``__dict__``): a pickle of a job held a copy of the process's watcher, with every job
+    it polls, and the job loaded from it was polled by that copy (a sacct of its own for all
+    of them), not by the process's one watcher."""
+    fake_slurm.hold()
+    ex = _slurm(tmp_path, reg)
+    for h in [ex.submit(jobfns.add, 1, 2), *ex.map_array(jobfns.negate, [1, 2])]:
+        data = pickle.dumps(h.job())
+        assert b"BoundedWatcher" not in data
+        loaded = pickle.loads(data)
+        assert isinstance(loaded, submitit.SlurmJob) and loaded.job_id == h.job_id
+        assert loaded.watcher is sacctwatch.WATCHER
 
 
 def test_the_wait_for_slurms_record_of_an_end_keeps_to_its_time_when_sacct_hangs(

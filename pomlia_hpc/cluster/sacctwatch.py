@@ -25,7 +25,7 @@ import time
 from typing import Any
 
 from submitit.core.core import Job
-from submitit.slurm.slurm import SlurmInfoWatcher
+from submitit.slurm.slurm import SlurmInfoWatcher, SlurmJob
 
 from pomlia_hpc.cluster.endwatch import ended_state
 
@@ -75,9 +75,23 @@ class BoundedWatcher(SlurmInfoWatcher):
 WATCHER = BoundedWatcher(delay_s=WATCH_DELAY_S)
 
 
+class BoundSlurmJob(SlurmJob[Any]):
+    """submitit's Slurm job polled by :data:`WATCHER`, what :func:`bind` makes of each job
+    pomlia submits. The watcher is this class's attribute, not the job's own: submitit pickles
+    a job as its ``__dict__``, so an attribute of the job put a copy of the process's watcher
+    (every job it polls, their states) into the pickle, and the job loaded from it was polled
+    by that copy, a ``sacct`` of its own. A pickle names this class instead, and the loaded job
+    registers with the process's one :data:`WATCHER` (submitit's ``__setstate__``)."""
+
+    watcher = WATCHER
+
+
 def bind(job: Job[Any]) -> None:
     """Make the Slurm job ``job`` (and the sub-jobs of its tasks) ask :data:`WATCHER`, not
     submitit's class-wide watcher, which other libraries' jobs share and keep."""
     for one in (job, *job._sub_jobs):
-        one.watcher = WATCHER  # this job's own attribute: the class's is not touched
+        if type(one) is SlurmJob:
+            one.__class__ = BoundSlurmJob  # its class's watcher: SlurmJob's is not touched
+        else:  # not submitit's plain Slurm job (none that pomlia submits): its own attribute
+            one.watcher = WATCHER
         one._register_in_watcher()  # submitit's rule: task 0 registers the job id
