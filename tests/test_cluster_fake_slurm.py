@@ -5,6 +5,7 @@ of the same paths on the real single-node Slurm."""
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import pickle
 import subprocess
@@ -199,6 +200,30 @@ def test_cancelling_a_job_while_sacct_is_down_cancels_it(
     assert fake_slurm.calls("scancel") == [["scancel", h.job_id]]
     assert fake_slurm.state(h.job_id) == "CANCELLED"
     assert _row(reg, h.record_id).state == "CANCELLED"
+
+
+def test_cancelling_a_job_that_ended_while_sacct_is_down_leaves_its_end_to_slurm(
+    tmp_path: Path, reg: Registry, fake_slurm: FakeSlurm
+) -> None:
+    """cancel() scancel-ed a job sacct could not say had ended; one that had (COMPLETED,
+    which scancel answers with exit 0) was recorded CANCELLED by user, and as the sacct
+    after the scancel could not answer either, for good: no poll asks about such a row
+    again. squeue, which no longer lists it, now says it has ended: nothing is cancelled or
+    recorded, and the next poll records Slurm's state."""
+    fake_slurm.hold()
+    h = _slurm(tmp_path, reg).submit(jobfns.add, 1, 2)
+    fake_slurm.set_state(h.job_id, "COMPLETED")  # ended; the registry is not told
+    fake_slurm.fail_next("sacct", "sacct: error: slurmdbd: Connection refused", times=2)
+    h.cancel()
+    assert not fake_slurm.calls("scancel")
+    while fake_slurm.failures_left("sacct"):  # slurmdbd answers again
+        with contextlib.suppress(ClusterError):
+            records.refresh_slurm_jobs(reg)
+    records.refresh_slurm_jobs(reg)
+    assert (_row(reg, h.record_id).state, _row(reg, h.record_id).exit_cause) == (
+        "COMPLETED",
+        None,
+    )
 
 
 def test_collecting_a_job_that_ended_without_a_result_does_not_hang_on_sacct(

@@ -30,6 +30,7 @@ from pomlia_hpc.cluster.records import (
     mark_cancelled,
     refresh_slurm_jobs,
     sacct_states,
+    squeue_ids,
     update_job,
 )
 from pomlia_hpc.cluster.refusal import watch_pending
@@ -185,13 +186,13 @@ class JobHandle:
             job = self.job(None)  # waits for a submission the feeder may have under way
         except ClusterError:
             return  # its submission failed: nothing runs, nothing to cancel
-        if self._looked_ended(job) is not None:
+        if self._looked_ended(job):
             return
         if self._executor.backend == "slurm":
             try:
                 cancel_scheduler_job("slurm", str(job.job_id))
             except ClusterError:
-                if self._looked_ended(job) is not None:
+                if self._looked_ended(job):
                     return  # it ended between our look and scancel
                 raise
         else:
@@ -207,17 +208,26 @@ class JobHandle:
                 mark_cancelled(reg, self.record_id, cause)
         collected(self)
 
-    def _looked_ended(self, job: submitit.Job[Any]) -> str | None:
-        """:meth:`_ended_state`, or None when Slurm's accounting cannot answer (down, or no
-        answer within :data:`~pomlia_hpc.cluster.cancel.AFTER_SCANCEL_SACCT_S` s): the
-        ``scancel`` goes ahead (one of a job that has ended exits 0, and
-        :func:`~pomlia_hpc.cluster.cancel.record_cancelled` keeps Slurm's word when it has one).
-        A cancel that waited for accounting never cancelled while slurmdbd was down, and a
-        job that will never start stopped its waiting driver with sacct's error."""
+    def _looked_ended(self, job: submitit.Job[Any]) -> bool:
+        """Whether ``job`` has ended: :meth:`_ended_state` within
+        :data:`~pomlia_hpc.cluster.cancel.AFTER_SCANCEL_SACCT_S` s. When Slurm's accounting
+        cannot answer (down, or not in time), a Slurm job ``squeue`` no longer lists has ended
+        (its row is left as it is, for the next poll to record how), and one it lists, or
+        when ``squeue`` cannot answer either, has not: the ``scancel`` goes ahead. A cancel
+        that waited for accounting never cancelled while slurmdbd was down, and a job that
+        will never start stopped its waiting driver with sacct's error; one that went ahead
+        without asking ``squeue`` recorded a job that had ended (``scancel`` exits 0 for it)
+        CANCELLED for good."""
         try:
-            return self._ended_state(job, timeout_s=AFTER_SCANCEL_SACCT_S)
+            return self._ended_state(job, timeout_s=AFTER_SCANCEL_SACCT_S) is not None
         except ClusterError:
-            return None
+            if self._executor.backend != "slurm":
+                return False
+        job_id = str(job.job_id)
+        try:
+            return job_id not in squeue_ids([job_id], AFTER_SCANCEL_SACCT_S)
+        except ClusterError:
+            return False
 
     def _ended_state(self, job: submitit.Job[Any], timeout_s: float = 60.0) -> str | None:
         """The job's final state if it has ended (Slurm: asked now with a ``sacct`` of at most
