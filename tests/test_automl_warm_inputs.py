@@ -145,3 +145,19 @@ def test_write_initial_ending_in_a_separator_is_refused(
     assert not target.exists()
     with reg.session() as s:  # refused before anything was recorded
         assert s.scalar(select(func.count()).select_from(Recommendation)) == 0
+
+
+def test_a_warm_start_file_that_is_not_text_is_one_error(
+    workspace: Workspace, reg: Registry, tmp_path: Path
+) -> None:
+    """`--initial model.pt` (a binary file given by mistake) ended in a UnicodeDecodeError's
+    traceback and exit 70, not one line naming the file."""
+    tiny_task(workspace, reg, "blood", sizes=(64, 24, 24))
+    warm = tmp_path / "model.pt"
+    warm.write_bytes(b"PK\x03\x04\xff\xfe\x00binary")
+    res = _run("blood", "--initial", str(warm), "--study", "w1")
+    assert isinstance(res.exception, InputError), res.output
+    msg = str(res.exception)
+    assert msg.startswith(f"initial configurations file '{warm}' is not text"), msg
+    assert "\n" not in msg
+    assert not workspace.path("runs", "w1").exists()

@@ -340,6 +340,12 @@ def read_initial_file(path: str | Path) -> InitialFile:
         data = yaml.load(p.read_text(), Loader=UniqueKeyLoader)  # a SafeLoader: builds no objects
     except OSError as exc:
         raise InputError(f"initial configurations file '{p}' cannot be read ({exc})") from exc
+    except UnicodeDecodeError as exc:  # a checkpoint or npz given by mistake: not a traceback
+        raise InputError(
+            f"initial configurations file '{p}' is not text (byte {exc.start}: {exc.reason}); "
+            "expected a YAML/JSON list of configurations, as `pomlia recommend TASK "
+            "--write-initial FILE` writes"
+        ) from exc
     except yaml.YAMLError as exc:
         raise InputError(
             f"initial configurations file '{p}' is not YAML/JSON ({yaml_problem(exc)})"
