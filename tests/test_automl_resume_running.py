@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from pomlia_hpc.automl import records
-from pomlia_hpc.automl.optimizers import SmacHyperband
-from pomlia_hpc.automl.space import SpaceOptions, build_space
+from pomlia_hpc.automl.optimizers import Proposal, SmacHyperband
+from pomlia_hpc.automl.space import SpaceOptions, build_space, configs_from_values
 from pomlia_hpc.automl.study import create_study, run_study
-from pomlia_hpc.automl.study.driver import StudyRunner
+from pomlia_hpc.automl.study.driver import StudyRunner, Untold
 from pomlia_hpc.registry import Job, Registry
 from pomlia_hpc.workspace import Workspace
 from tests.fixtures.factories import FAST, tiny_task
@@ -106,3 +106,45 @@ def test_resume_settles_a_trial_the_optimiser_state_lost(
     assert run.status == records.OK and result.n_ok == 1
     with reg.session() as s:
         assert s.query(Job).count() == 1  # its own job, waited for
+
+
+@pytest.mark.timeout(600)
+def test_resume_does_not_train_a_warm_start_beside_its_job_still_out(
+    workspace: Workspace,
+) -> None:
+    """The driver is killed while the warm start's first configuration trains at the full
+    budget; the resumed driver reattaches to that job, and SMAC then asks for the same
+    configuration at its lowest rung. That was started as a second job in the same
+    configuration's folder, beside the first (two trainings writing one checkpoint folder,
+    the shorter one refused once the longer had passed its epochs); it is answered by the
+    longer trial's outcome when it ends."""
+    reg = Registry.open(workspace.db_url)
+    tiny_task(workspace, reg, "blood", sizes=(64, 24, 24))
+    spec = create_study(
+        reg,
+        workspace,
+        "blood",
+        name="warm1",
+        n_trials=2,
+        max_epochs=2,
+        min_epochs=1,
+        eta=2,
+        parallel=2,
+        space=SpaceOptions(archs=("small_cnn",)),
+        initial_configs=[FAST],
+        n_initial=1,
+    )
+    first = StudyRunner(reg, workspace, spec)
+    first.optimizer(resume=False)  # SMAC's state, saved before the warm start
+    (config,) = configs_from_values([FAST], first.space, "warm start")
+    first.start(Untold(), Proposal(config, 2.0))  # ... and the driver dies while it trains
+    (warm,) = records.study_runs(reg, "warm1")
+
+    run_study(reg, workspace, spec, resume=True, poll_s=0.2)
+
+    runs = records.study_runs(reg, "warm1")
+    same = [r for r in runs if r.config["config_key"] == warm.config["config_key"]]
+    assert [(r.id, r.budget) for r in same] == [(warm.id, 2.0)], [
+        (r.id, r.budget, r.status) for r in runs
+    ]
+    assert same[0].status == records.OK

@@ -462,13 +462,18 @@ class TrialRunner:
         key, epochs = proposal.key, proposal.epochs
         done = [v for v in self.views.values() if v.key == key and v.epochs == epochs]
         if not done:  # trained further already (a warm start's first configuration): its
-            # result answers; training it again would clash with its later checkpoint
+            # result answers; training it again would clash with its later checkpoint, and
+            # so would a second job beside it while it still trains (a resumed driver that
+            # reattached to the warm start's job), so that one's outcome answers when it ends
             done = [
                 v
                 for v in self.views.values()
                 if v.key == key
                 and v.epochs > epochs
-                and v.status in (records.OK, records.CRASHED, records.CANCELLED)
+                and (
+                    v.status in (records.OK, records.CRASHED, records.CANCELLED)
+                    or v.run_id in self.active
+                )
             ]
         if not done:
             self.repeats = 0
@@ -480,8 +485,8 @@ class TrialRunner:
             opt.tell(proposal, cost, crashed=False, time_s=0.0)
         elif view.status in (records.CRASHED, records.CANCELLED):
             opt.tell(proposal, 1.0, crashed=True, time_s=0.0)
-        else:
-            self.waiting.setdefault((key, epochs), []).append((opt, proposal))
+        else:  # told when the trial it repeats ends (tell_waiting: by that trial's epochs)
+            self.waiting.setdefault((key, view.epochs), []).append((opt, proposal))
         return True
 
     def tell_waiting(self, proposal: Proposal, cost: float, crashed: bool) -> None:
