@@ -13,9 +13,10 @@ from pomlia_hpc.automl.optimizers import Proposal, SmacHyperband
 from pomlia_hpc.automl.space import SpaceOptions, build_space, configs_from_values
 from pomlia_hpc.automl.study import create_study, run_study
 from pomlia_hpc.automl.study.driver import StudyRunner, Untold
+from pomlia_hpc.automl.study.view import FINAL_ORIGIN
 from pomlia_hpc.registry import Job, Registry
 from pomlia_hpc.workspace import Workspace
-from tests.fixtures.factories import FAST, tiny_task
+from tests.fixtures.factories import FAST, tiny_study, tiny_task
 
 
 def _smac(space_seed: int, folder: Path, *, resume: bool) -> SmacHyperband:
@@ -148,3 +149,62 @@ def test_resume_does_not_train_a_warm_start_beside_its_job_still_out(
         (r.id, r.budget, r.status) for r in runs
     ]
     assert same[0].status == records.OK
+
+
+@pytest.mark.parametrize("driver_stops", [True, False])
+def test_a_final_training_cancelled_with_its_driver_runs_on_resume(
+    workspace: Workspace, monkeypatch: pytest.MonkeyPatch, driver_stops: bool
+) -> None:
+    """The study's driver (a pipeline's automl stage) is cancelled during the final training
+    of the best configuration, and its trial job with it (`runs list` records that run
+    `cancelled`). The resumed study skipped the final training, taking the cancelled run for
+    one that had trained to the full budget, and registered the shorter one as the best; the
+    final training now continues (its run, from its checkpoint). A final training a user
+    cancelled while its driver went on to finish the study stays cancelled: a resume of a
+    finished study only reports it."""
+    reg = Registry.open(workspace.db_url)
+    tiny_task(workspace, reg, "blood", sizes=(16, 8, 8))
+    # The epoch budget caps the warm start's first training at 1 epoch, below --max-epochs.
+    spec = tiny_study(
+        reg, workspace, "blood", "fin1", optimizer="smac", n_trials=2, max_epochs=2,
+        eta=2, budget_epochs=1, final_full_budget=True, executor="debug",
+    )  # fmt: skip
+    cancelled: list[int] = []
+    run_untold = StudyRunner.run_untold
+
+    def cancelled_with_the_driver(
+        self: StudyRunner, proposal: Proposal, run_id: int | None = None
+    ) -> None:
+        if proposal.origin != FINAL_ORIGIN:
+            return run_untold(self, proposal, run_id)
+        config = {**proposal.values, "config_key": proposal.key, "origin": proposal.origin}
+        run_id = records.create_run(
+            reg, task_id=spec.task_id, study="fin1", config=config, epochs=proposal.epochs,
+            dataset_version_id=spec.dataset_version_id, encoder_id=None,
+        )  # fmt: skip
+        cause = "cancelled (SIGTERM: scancel), with the job that submitted it"
+        records.finish_run(
+            reg, run_id, status=records.CANCELLED, cost_s=1.0, error=cause,
+            metrics={"cause": cause, "state": "CANCELLED", "start_epoch": 1},
+        )  # fmt: skip
+        cancelled.append(run_id)
+        if driver_stops:
+            raise KeyboardInterrupt  # the driver stops with it
+
+    monkeypatch.setattr(StudyRunner, "run_untold", cancelled_with_the_driver)
+    if driver_stops:
+        with pytest.raises(KeyboardInterrupt):
+            run_study(reg, workspace, spec, poll_s=0.1)
+    else:
+        run_study(reg, workspace, spec, poll_s=0.1)
+    monkeypatch.undo()
+
+    result = run_study(reg, workspace, spec, resume=True, poll_s=0.1)
+
+    (final,) = cancelled
+    runs = records.study_runs(reg, "fin1")
+    status = records.OK if driver_stops else records.CANCELLED
+    assert [(r.id, r.status) for r in runs if r.budget == 2] == [(final, status)], [
+        (r.id, r.budget, r.status) for r in runs
+    ]
+    assert result.model_name == "fin1-best"

@@ -9,6 +9,7 @@ import time
 from ConfigSpace import Configuration
 
 from pomlia_hpc.automl import records
+from pomlia_hpc.automl.folders import study_finished
 from pomlia_hpc.automl.optimizers import Proposal, RandomSearch, SearchOptimizer, SmacHyperband
 from pomlia_hpc.automl.space import configs_from_values
 from pomlia_hpc.automl.study.outcome import finish
@@ -165,10 +166,11 @@ class StudyRunner(TrialRunner):
         config[0].origin = "Warm start: the first configuration at the full budget"
         self.run_untold(proposal)
 
-    def run_untold(self, proposal: Proposal) -> None:
-        """Train ``proposal`` outside the optimiser's asks and wait for it."""
+    def run_untold(self, proposal: Proposal, run_id: int | None = None) -> None:
+        """Train ``proposal`` outside the optimiser's asks and wait for it; ``run_id``: the
+        run it continues (a new one when None)."""
         opt = Untold()
-        self.start(opt, proposal)
+        self.start(opt, proposal, run_id=run_id)
         self.emit()
         while self.active:
             for run_id, act in list(self.active.items()):
@@ -185,14 +187,19 @@ class StudyRunner(TrialRunner):
     def train_best_to_full_budget(self) -> None:
         """Train the best configuration on to ``max_epochs`` (from its checkpoint) when it
         stopped earlier; its run competes for "best" by validation metric like any other."""
+        full = self.spec.options.max_epochs
         best = self.best()
-        if best is None or best.epochs >= self.spec.options.max_epochs:
+        if best is None or best.epochs >= full:
             return
-        if any(
-            v.key == best.key and v.epochs >= self.spec.options.max_epochs
-            for v in self.views.values()
-        ):
+        tried = [v for v in self.views.values() if v.key == best.key and v.epochs >= full]
+        if any(v.status in (records.OK, records.CRASHED) for v in tried):
             return  # trained to the full budget already (and found worse on validation)
+        # One that never ended (cancelled with its driver, or never submitted) never had its
+        # chance: it goes on, from its checkpoint, unless the study finished without it (a
+        # user cancelled it, and a resume of a finished study only reports its outcome).
+        again = next((v for v in reversed(tried) if v.final and v.epochs == full), None)
+        if tried and study_finished(self.workspace, self.spec.name):
+            return
         run = next(
             r for r in records.study_runs(self.registry, self.spec.name) if r.id == best.run_id
         )
@@ -203,7 +210,7 @@ class StudyRunner(TrialRunner):
         }
         config = configs_from_values([values], self.space, f"run {run.id}")[0]
         config.origin = FINAL_ORIGIN
-        self.run_untold(Proposal(config, float(self.spec.options.max_epochs)))
+        self.run_untold(Proposal(config, float(full)), run_id=again.run_id if again else None)
 
     def may_ask(self) -> bool:
         if self.repeats >= MAX_REPEATS:
