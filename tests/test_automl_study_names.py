@@ -11,7 +11,7 @@ import pytest
 
 from pomlia_hpc.automl.folders import study_dir
 from pomlia_hpc.automl.liveness import DriverBeat
-from pomlia_hpc.automl.study import create
+from pomlia_hpc.automl.study import create, load_spec
 from pomlia_hpc.cli import main
 from pomlia_hpc.errors import BUSY_EXIT, PomliaError
 from pomlia_hpc.registry import Registry
@@ -85,3 +85,29 @@ def test_a_refused_resume_prints_nothing_before_its_refusal(
     assert ex.value.code == BUSY_EXIT and out == "", out
     err = " ".join(err.split())
     assert err.startswith("error: study 'kc' is being driven by pid"), err
+
+
+def test_a_resume_of_another_tasks_study_is_refused(
+    workspace: Workspace,
+    reg: Registry,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`automl run t2 --study kc --resume` with kc a study of t1 (a mistyped --study) ran
+    kc's trials on t1's data and said so only in its header; it is refused, nothing run.
+    The task's id names it as well as its name."""
+    tiny_task(workspace, reg, "t1")
+    tiny_task(workspace, reg, "t2", sizes=(16, 8, 8))
+    tiny_study(reg, workspace, "t1", "kc")
+    argv = ["pomlia", "--home", str(workspace.home), "automl", "run"]
+    monkeypatch.setattr(sys, "argv", [*argv, "t2", "--study", "kc", "--resume"])
+    with pytest.raises(SystemExit) as ex:
+        main()
+    out, err = capsys.readouterr()
+    assert ex.value.code == 2 and out == "", out
+    assert " ".join(err.split()) == (
+        "error: study 'kc' is a study of task 't1', not of task 't2'; resume it with "
+        "`pomlia automl run t1 --study kc --resume`"
+    )
+    assert not study_dir(workspace, "kc").joinpath("driver.json").exists()  # no driver ran
+    assert load_spec(workspace, "kc", task="1").task == "t1"  # its id

@@ -245,7 +245,7 @@ def automl_run(
         refuse_if_driven(ws, name)  # before anything is printed: a refusal is all it says
         if why:
             err_console.print(f"[yellow]note:[/] {why}", soft_wrap=True, highlight=False)
-        spec = load_spec(ws, name)
+        spec = load_spec(ws, name, task=task)
         ignored = _ignored_on_resume(ctx)
         if ignored:
             # Same command line with --resume is the natural way to restart: warn, not refuse.

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import re
+import shlex
 from pathlib import Path
 from typing import Any
 
@@ -220,12 +221,21 @@ def _from_flat(data: dict[str, Any]) -> dict[str, Any]:
     return {**data, "options": options}
 
 
-def load_spec(workspace: Workspace, name: str) -> StudySpec:
-    """The saved specification of study ``name``."""
+def load_spec(workspace: Workspace, name: str, task: str | None = None) -> StudySpec:
+    """The saved specification of study ``name``; with ``task`` (a task's name or id, as
+    ``automl run TASK --study NAME --resume`` gives it), refused as an :class:`InputError`
+    when the study is another task's: resumed, it would train that task's data silently."""
     path = study_dir(workspace, name) / SPEC_FILE
     if not path.is_file():
         raise NotFoundError(f"study '{name}' does not exist (no {path})")
-    return read_spec(path)
+    spec = read_spec(path)
+    if task is not None and task not in (spec.task, str(spec.task_id)):
+        raise InputError(
+            f"study '{name}' is a study of task '{spec.task}', not of task '{task}'; resume "
+            f"it with `pomlia automl run {shlex.quote(spec.task)} --study {shlex.quote(name)} "
+            "--resume`"
+        )
+    return spec
 
 
 def latest_study(workspace: Workspace, task: str) -> str:
