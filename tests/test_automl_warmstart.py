@@ -16,7 +16,7 @@ from pomlia_hpc.automl import records
 from pomlia_hpc.automl.budget import MAX_EPOCHS, default_budget
 from pomlia_hpc.automl.optimizers import Proposal
 from pomlia_hpc.automl.space import configs_from_values
-from pomlia_hpc.automl.study import StudyRunner, TrialView, run_study
+from pomlia_hpc.automl.study import StudyRunner, TrialView, create, run_study
 from pomlia_hpc.cli import app
 from pomlia_hpc.errors import InputError, PomliaError
 from pomlia_hpc.registry import Recommendation, Registry
@@ -200,6 +200,27 @@ def test_a_refused_warm_start_leaves_no_copied_weights(workspace: Workspace, reg
             initial_configs=[FAST] * 3,
         )  # fmt: skip
     assert theirs.exists() and not workspace.path("runs", "big2", "init").exists()
+
+
+
+def test_a_start_interrupted_after_copying_its_weights_leaves_nothing(
+    workspace: Workspace, reg: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C while a study was being created, after its initial weights were copied (tens of
+    MB, seconds to load and save), left the study's folder with those weights and no
+    study.json: a half-made study, and for a generated name a folder no listing shows."""
+    tiny_task(workspace, reg, "blood", sizes=(64, 24, 24))
+    donor = donor_model(workspace, reg)
+
+    def interrupted(*args: Any, **kwargs: Any) -> Any:
+        assert list(workspace.path("runs").glob("*/init/model.pt")), "no weights copied yet"
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(create, "build_space", interrupted)
+    for name in ("ki", None):
+        with pytest.raises(KeyboardInterrupt):
+            tiny_study(reg, workspace, "blood", name, optimizer="smac", init_model=donor)
+    assert list(workspace.path("runs").iterdir()) == []
 
 
 def test_unfit_warm_start_configurations_are_left_out_one_by_one_when_asked(

@@ -315,15 +315,15 @@ def _initial_weights(
 
 @contextlib.contextmanager
 def _copies_removed_on_failure(folder: Path) -> Iterator[None]:
-    """On an exception in the block: remove the initial weights it copied into
-    ``folder/init`` (those not there before it), then ``folder/init`` and ``folder`` if that
-    left them empty; never anything else, as a start of the same study name racing this one
-    may have claimed the folder meanwhile."""
+    """On an exception in the block, Ctrl-C included: remove the initial weights it copied
+    into ``folder/init`` (those not there before it), then ``folder/init`` and ``folder`` if
+    that left them empty; never anything else, as a start of the same study name racing this
+    one may have claimed the folder meanwhile."""
     copies = (folder / "init" / "encoder.pt", folder / "init" / "model.pt")
     fresh = [p for p in copies if not p.exists()]
     try:
         yield
-    except Exception:
+    except BaseException:  # an interrupted start is no study either: nothing of it stays
         for path in fresh:
             path.unlink(missing_ok=True)
         for empty in (folder / "init", folder):
