@@ -18,6 +18,7 @@ from pomlia_hpc.automl import study as study_room
 from pomlia_hpc.automl.liveness import DriverBeat
 from pomlia_hpc.automl.study import SUMMARY_FILE, study_dir, study_to_resume
 from pomlia_hpc.cli import app
+from pomlia_hpc.errors import ConfigError
 from pomlia_hpc.processes import Hangup, hangup_as_interrupt
 from pomlia_hpc.progress import write_line
 from pomlia_hpc.registry import Registry, Run, Task
@@ -163,3 +164,20 @@ def test_resume_without_study_passes_over_studies_of_a_pipeline_or_a_loop_run(
     res = CliRunner().invoke(app, ["automl", "run", "p-loop3", "--resume"])
     assert isinstance(res.exception, InputError), res.output  # one line, exit status 2
     assert "p-loop3 (loop run 3)" in str(res.exception)
+
+
+@pytest.mark.parametrize("text", ['{"task": "t1", "name": ', '["t1"]'])
+def test_a_damaged_study_file_is_named_when_resume_looks_for_the_study(
+    workspace: Workspace, text: str
+) -> None:
+    """One study's damaged study.json (cut by a full disk, edited by hand) made every
+    `automl run TASK --resume` without --study end in a JSONDecodeError's (or an
+    AttributeError's) traceback, exit 70; it is one error naming the file and --study."""
+    bad = study_dir(workspace, "junk") / "study.json"
+    bad.parent.mkdir(parents=True)
+    bad.write_text(text)
+    with pytest.raises(ConfigError) as refused:
+        study_to_resume(workspace, "t1")
+    message = str(refused.value)
+    assert message.startswith(f"{bad}: "), message
+    assert "name it with --study NAME" in message and "\n" not in message

@@ -277,7 +277,7 @@ def _task_studies(workspace: Workspace, task: str) -> list[tuple[str, str, str]]
     for a study of ``automl run``, else "pipeline P" or "loop run N". NotFoundError if none."""
     found: list[tuple[str, str, str]] = []
     for spec_file in spec_files(workspace):
-        data = json.loads(spec_file.read_text())
+        data = _spec_json(spec_file)
         if data.get("task") == task:
             name = str(data["name"])
             owner = _owner(workspace, name, data)
@@ -285,6 +285,24 @@ def _task_studies(workspace: Workspace, task: str) -> list[tuple[str, str, str]]
     if not found:
         raise NotFoundError(f"no study of task '{task}' to resume in {workspace.path('runs')}")
     return sorted(found, reverse=True)
+
+
+def _spec_json(path: Path) -> dict[str, Any]:
+    """The JSON object in ``path`` (a study's ``study.json``), or one :class:`ConfigError`
+    naming the file: any study's damaged file (edited by hand, cut by a full disk) stops the
+    look for a task's study to resume, and names the way round it."""
+    try:
+        data = json.loads(path.read_bytes())
+    except (OSError, ValueError) as exc:
+        problem = f"not readable as JSON ({exc})"
+    else:
+        if isinstance(data, dict):
+            return data
+        problem = f"expected a JSON object, got {type(data).__name__}"
+    raise ConfigError(
+        f"{path}: {problem}; the study to resume cannot be chosen among the workspace's "
+        "studies: name it with --study NAME, or repair or remove that file"
+    )
 
 
 def _owner(workspace: Workspace, name: str, data: dict[str, Any]) -> str:
