@@ -202,7 +202,6 @@ def test_a_refused_warm_start_leaves_no_copied_weights(workspace: Workspace, reg
     assert theirs.exists() and not workspace.path("runs", "big2", "init").exists()
 
 
-
 def test_a_start_interrupted_after_copying_its_weights_leaves_nothing(
     workspace: Workspace, reg: Registry, monkeypatch: pytest.MonkeyPatch
 ) -> None:
