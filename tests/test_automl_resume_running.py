@@ -12,7 +12,7 @@ from pomlia_hpc.automl import records
 from pomlia_hpc.automl.optimizers import Proposal, SmacHyperband
 from pomlia_hpc.automl.space import SpaceOptions, build_space, configs_from_values
 from pomlia_hpc.automl.study import create_study, run_study
-from pomlia_hpc.automl.study.driver import StudyRunner, Untold
+from pomlia_hpc.automl.study.driver import WARM_ORIGIN, StudyRunner, Untold
 from pomlia_hpc.automl.study.view import FINAL_ORIGIN
 from pomlia_hpc.registry import Job, Registry
 from pomlia_hpc.workspace import Workspace
@@ -208,3 +208,49 @@ def test_a_final_training_cancelled_with_its_driver_runs_on_resume(
         (r.id, r.budget, r.status) for r in runs
     ]
     assert result.model_name == "fin1-best"
+
+
+def test_a_warm_start_cancelled_with_its_driver_trains_on_resume(
+    workspace: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The driver is cancelled during the warm start's first training (the top recommended
+    configuration at the full budget), its job with it. The resumed study skipped it as
+    trained and told SMAC, asking for it at the lowest rung, that it crashed: the top
+    recommendation never trained. It goes on now, under its own run."""
+    reg = Registry.open(workspace.db_url)
+    tiny_task(workspace, reg, "blood", sizes=(16, 8, 8))
+    spec = tiny_study(
+        reg, workspace, "blood", "ws1", optimizer="smac", n_trials=2, max_epochs=2,
+        eta=2, executor="debug",
+    )  # fmt: skip
+    stopped: list[int] = []
+
+    def cancelled_with_the_driver(
+        self: StudyRunner, proposal: Proposal, run_id: int | None = None
+    ) -> None:
+        config = {**proposal.values, "config_key": proposal.key, "origin": proposal.origin}
+        run_id = records.create_run(
+            reg, task_id=spec.task_id, study="ws1", config=config, epochs=proposal.epochs,
+            dataset_version_id=spec.dataset_version_id, encoder_id=None,
+        )  # fmt: skip
+        cause = "cancelled (SIGTERM: scancel), with the job that submitted it"
+        records.finish_run(
+            reg, run_id, status=records.CANCELLED, cost_s=1.0, error=cause,
+            metrics={"cause": cause, "state": "CANCELLED", "start_epoch": 0},
+        )  # fmt: skip
+        stopped.append(run_id)
+        raise KeyboardInterrupt  # the driver stops with it
+
+    monkeypatch.setattr(StudyRunner, "run_untold", cancelled_with_the_driver)
+    with pytest.raises(KeyboardInterrupt):
+        run_study(reg, workspace, spec, poll_s=0.1)
+    monkeypatch.undo()
+
+    run_study(reg, workspace, spec, resume=True, poll_s=0.1)
+
+    (warm,) = stopped
+    runs = {r.id: r for r in records.study_runs(reg, "ws1")}
+    assert (runs[warm].status, runs[warm].budget) == (records.OK, 2.0), [
+        (r.id, r.budget, r.status) for r in runs.values()
+    ]
+    assert runs[warm].config["origin"] == WARM_ORIGIN

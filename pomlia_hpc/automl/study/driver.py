@@ -16,9 +16,19 @@ from pomlia_hpc.automl.study.outcome import finish
 from pomlia_hpc.automl.study.recover import recover_trial, recover_untracked
 from pomlia_hpc.automl.study.spec import StudySpec
 from pomlia_hpc.automl.study.trials import TrialRunner, UpdateFn
-from pomlia_hpc.automl.study.view import ENDED, FINAL_ORIGIN, StudyResult, view_of_run
+from pomlia_hpc.automl.study.view import (
+    ENDED,
+    FINAL_ORIGIN,
+    StudyResult,
+    TrialView,
+    view_of_run,
+)
 from pomlia_hpc.registry import Registry
 from pomlia_hpc.workspace import Workspace
+
+#: The ``origin`` recorded with the warm start's first training (:meth:`StudyRunner.
+#: train_warm_start_first`).
+WARM_ORIGIN = "Warm start: the first configuration at the full budget"
 
 #: Repeated proposals answered in a row after which the driver stops asking (the optimiser
 #: keeps proposing configurations that were already trained at that budget).
@@ -153,6 +163,11 @@ class StudyRunner(TrialRunner):
             return
         config = configs_from_values(initial[:1], self.space, "initial configurations")
         key = Proposal(config[0], float(s.max_epochs)).key
+        config[0].origin = WARM_ORIGIN
+        stopped = self.stopped_warm_start(key)
+        if stopped is not None:  # it goes on (from its checkpoint), under its own run
+            self.run_untold(Proposal(config[0], float(stopped.epochs)), run_id=stopped.run_id)
+            return
         if any(v.key == key and v.epochs >= s.max_epochs for v in self.views.values()):
             return  # trained already (a resumed study)
         epochs = s.max_epochs
@@ -162,9 +177,19 @@ class StudyRunner(TrialRunner):
             v.key == key and v.epochs >= epochs for v in self.views.values()
         ):
             return
-        proposal = Proposal(config[0], float(epochs))
-        config[0].origin = "Warm start: the first configuration at the full budget"
-        self.run_untold(proposal)
+        self.run_untold(Proposal(config[0], float(epochs)))
+
+    def stopped_warm_start(self, key: str) -> TrialView | None:
+        """The warm start's first training (configuration ``key``) when its driver stopped
+        before it ended (its job cancelled with the driver, or never submitted) and before
+        the search began: the study's only run, not out. Skipped, its configuration's
+        lowest rung would be told it crashed, the top recommendation never trained."""
+        views = list(self.views.values())
+        if len(views) != 1:
+            return None
+        (view,) = views
+        stopped = view.status in (records.CANCELLED, records.SUBMIT_FAILED)
+        return view if stopped and view.key == key and view.run_id not in self.active else None
 
     def run_untold(self, proposal: Proposal, run_id: int | None = None) -> None:
         """Train ``proposal`` outside the optimiser's asks and wait for it; ``run_id``: the
