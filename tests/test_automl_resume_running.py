@@ -254,3 +254,45 @@ def test_a_warm_start_cancelled_with_its_driver_trains_on_resume(
         (r.id, r.budget, r.status) for r in runs.values()
     ]
     assert runs[warm].config["origin"] == WARM_ORIGIN
+
+
+def test_a_final_training_that_finished_just_before_its_cancel_is_not_run_again(
+    workspace: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The final training's job wrote its result, then was cancelled with its driver before
+    it exited (recorded `cancelled`): the resumed study records that result, as it does for
+    a trial of the search, rather than submit the training again."""
+    reg = Registry.open(workspace.db_url)
+    tiny_task(workspace, reg, "blood", sizes=(16, 8, 8))
+    spec = tiny_study(
+        reg, workspace, "blood", "fin2", optimizer="smac", n_trials=2, max_epochs=2,
+        eta=2, budget_epochs=1, final_full_budget=True, executor="debug",
+    )  # fmt: skip
+    run_untold = StudyRunner.run_untold
+
+    def finished_then_cancelled(
+        self: StudyRunner, proposal: Proposal, run_id: int | None = None
+    ) -> None:
+        run_untold(self, proposal, run_id)
+        if proposal.origin == FINAL_ORIGIN:
+            final = records.study_runs(reg, "fin2")[-1]
+            records.finish_run(
+                reg, final.id, status=records.CANCELLED, cost_s=1.0, error="cancelled",
+                metrics={"cause": "cancelled", "state": "CANCELLED", "start_epoch": 1},
+            )  # fmt: skip
+            raise KeyboardInterrupt  # the driver stops with it
+
+    monkeypatch.setattr(StudyRunner, "run_untold", finished_then_cancelled)
+    with pytest.raises(KeyboardInterrupt):
+        run_study(reg, workspace, spec, poll_s=0.1)
+    monkeypatch.undo()
+    with reg.session() as s:
+        jobs = s.query(Job).count()
+
+    run_study(reg, workspace, spec, resume=True, poll_s=0.1)
+
+    final = records.study_runs(reg, "fin2")[-1]
+    assert (final.budget, final.status) == (2.0, records.OK)
+    assert final.metrics["epochs"] == 2
+    with reg.session() as s:
+        assert s.query(Job).count() == jobs  # its result recorded, not trained again

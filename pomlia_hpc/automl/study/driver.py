@@ -15,6 +15,7 @@ from pomlia_hpc.automl.space import configs_from_values
 from pomlia_hpc.automl.study.outcome import finish
 from pomlia_hpc.automl.study.recover import recover_trial, recover_untracked
 from pomlia_hpc.automl.study.spec import StudySpec
+from pomlia_hpc.automl.study.trialjobs import trial_wall_s
 from pomlia_hpc.automl.study.trials import TrialRunner, UpdateFn
 from pomlia_hpc.automl.study.view import (
     ENDED,
@@ -23,6 +24,7 @@ from pomlia_hpc.automl.study.view import (
     TrialView,
     view_of_run,
 )
+from pomlia_hpc.automl.trial import read_result
 from pomlia_hpc.registry import Registry
 from pomlia_hpc.workspace import Workspace
 
@@ -195,6 +197,9 @@ class StudyRunner(TrialRunner):
         """Train ``proposal`` outside the optimiser's asks and wait for it; ``run_id``: the
         run it continues (a new one when None)."""
         opt = Untold()
+        if run_id is not None and self.adopt_result(opt, proposal, run_id):
+            self.emit()
+            return
         self.start(opt, proposal, run_id=run_id)
         self.emit()
         while self.active:
@@ -208,6 +213,20 @@ class StudyRunner(TrialRunner):
                 self.liveness.beat()
                 time.sleep(self.poll_s)
         self.emit()
+
+    def adopt_result(self, opt: SearchOptimizer, proposal: Proposal, run_id: int) -> bool:
+        """Record the result that run ``run_id`` (recorded cancelled or not submitted) left
+        all the same, its job having finished just before the cancel, rather than train it
+        again; whether there was one."""
+        _, _, result_path = self.paths(proposal.key, proposal.epochs, run_id)
+        result = read_result(result_path)
+        if result is None:
+            return False
+        view = self.views.get(run_id)
+        job_id = int(view.job) if view is not None and view.job else None
+        wall = trial_wall_s(self.registry, job_id, result_path, default=float(result["cost_s"]))
+        self.record_ok(opt, run_id, proposal, result, wall)
+        return True
 
     def train_best_to_full_budget(self) -> None:
         """Train the best configuration on to ``max_epochs`` (from its checkpoint) when it
