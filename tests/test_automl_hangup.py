@@ -181,3 +181,15 @@ def test_a_damaged_study_file_is_named_when_resume_looks_for_the_study(
     message = str(refused.value)
     assert message.startswith(f"{bad}: "), message
     assert "name it with --study NAME" in message and "\n" not in message
+
+
+def test_resume_without_study_takes_the_task_by_its_id_too(
+    workspace: Workspace, reg: Registry
+) -> None:
+    """`automl run 1 --resume` (TASK is a name or an id) said "no study of task '1' to
+    resume": the studies were looked up by the task's name alone."""
+    tiny_task(workspace, reg, "blood", sizes=(16, 8, 8))
+    tiny_study(reg, workspace, "blood", "mine")
+    with reg.session() as s:
+        task_id = s.scalars(select(Task.id).where(Task.name == "blood")).one()
+    assert study_to_resume(workspace, str(task_id)) == ("mine", "")

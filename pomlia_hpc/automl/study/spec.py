@@ -273,12 +273,13 @@ def study_to_resume(workspace: Workspace, task: str) -> tuple[str, str]:
 
 
 def _task_studies(workspace: Workspace, task: str) -> list[tuple[str, str, str]]:
-    """(created_at, name, owner) of the studies of ``task``, newest first; the owner is ""
-    for a study of ``automl run``, else "pipeline P" or "loop run N". NotFoundError if none."""
+    """(created_at, name, owner) of the studies of ``task`` (a task's name or id, as
+    ``automl run TASK`` takes it), newest first; the owner is "" for a study of ``automl
+    run``, else "pipeline P" or "loop run N". NotFoundError if none."""
     found: list[tuple[str, str, str]] = []
     for spec_file in spec_files(workspace):
         data = _spec_json(spec_file)
-        if data.get("task") == task:
+        if task in (data.get("task"), str(data.get("task_id"))):
             name = str(data["name"])
             owner = _owner(workspace, name, data)
             found.append((str(data.get("created_at", "")), name, owner))
