@@ -231,7 +231,17 @@ def test_a_password_is_hidden_in_a_url_that_does_not_parse_cleanly(url: str) -> 
         ("sqlite:///", "is an in-memory database"),
         ("sqlite:///:memory:", "is an in-memory database"),
         ("sqlite://registry.db", "names a host ('registry.db', the part after sqlite://)"),
-        ("sqlite:///~/ws/registry.db", "starts with '~', which a URL does not expand"),
+        (
+            "sqlite:///~/ws/registry.db",
+            "starts with '~', which a URL does not expand (it would be a folder named '~' in "
+            f"the current folder; write ~ as {Path.home()})",
+        ),
+        (
+            "sqlite:///~no-such-user-r28a/r.db",
+            "starts with '~', which a URL does not expand (it would be a folder named "
+            "'~no-such-user-r28a' in the current folder; no user 'no-such-user-r28a' is known "
+            "here)",
+        ),
     ],
 )
 def test_a_sqlite_url_that_names_no_file_is_refused(
@@ -244,7 +254,8 @@ def test_a_sqlite_url_that_names_no_file_is_refused(
     """`sqlite://` (a path forgotten) made `pomlia init` and `registry recover` say they were
     done while each session opened a new, empty in-memory database: nothing was kept. Two
     slashes (`sqlite://registry.db`, a host) ended in a traceback, exit 70, and `~` (not
-    expanded in a URL) made a folder named `~` in the current folder, the registry in it."""
+    expanded in a URL) made a folder named `~` in the current folder, the registry in it; `~name`
+    of no user known here ended in a traceback, exit 70 (expanduser's RuntimeError)."""
     home = tmp_path / "w"
     monkeypatch.chdir(tmp_path)
     for command in (["init"], ["registry", "recover"], ["data", "list"]):
@@ -255,7 +266,7 @@ def test_a_sqlite_url_that_names_no_file_is_refused(
         assert f"error: registry URL '{url}' {expected}" in err and "Traceback" not in err
         assert "expected sqlite:///PATH (relative to the current folder) or sqlite:////" in err
     assert not home.exists()  # no workspace skeleton left by the refused command
-    assert not (tmp_path / "~").exists()
+    assert not [p.name for p in tmp_path.glob("~*")]
 
 
 @pytest.mark.parametrize("ref", ["9" * 25, "²", "0"])

@@ -41,10 +41,14 @@ def _no_file(parsed: URL) -> str | None:
     if parsed.database in (None, "", ":memory:"):
         return "is an in-memory database, empty again in each session: nothing would be kept"
     if str(parsed.database).startswith("~"):
-        home = Path(str(parsed.database).split("/", 1)[0]).expanduser()
+        first = str(parsed.database).split("/", 1)[0]
+        try:
+            home = f"write {first} as {Path(first).expanduser()}"
+        except RuntimeError:  # `~name` of no user known here: expanduser cannot tell
+            home = f"no user '{first[1:]}' is known here"
         return (
-            "starts with '~', which a URL does not expand (it would be a folder named '~' in "
-            f"the current folder; your home is {home})"
+            f"starts with '~', which a URL does not expand (it would be a folder named "
+            f"'{first}' in the current folder; {home})"
         )
     return None
 
