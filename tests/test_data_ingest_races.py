@@ -19,7 +19,7 @@ from pomlia_hpc.data.api import ingest, list_versions
 from pomlia_hpc.data.store import open_store
 from pomlia_hpc.data.versioning import VersionRecord
 from pomlia_hpc.data.writer import StoreWriter
-from pomlia_hpc.errors import InputError
+from pomlia_hpc.errors import BusyError, InputError
 from pomlia_hpc.registry import Registry
 from pomlia_hpc.workspace import Workspace
 from tests.fixtures.factories import nothing_visible, tiny_npz
@@ -199,3 +199,89 @@ def test_ingests_of_one_name_at_once_record_the_parent_each_grew_from(
     for rec in records:
         assert listed[rec.version] == first.version
         assert open_store(rec.store_path).meta["parent"] == first.version
+
+
+def _failing_first_recording(
+    monkeypatch: pytest.MonkeyPatch, then: threading.Event, failed: threading.Event
+) -> threading.Event:
+    """Make the recording of the ingest run in a thread named "first" wait for ``then``, then
+    fail (``failed`` is set once its store's removal was decided); returns the event set when
+    that ingest has published its store and is about to record it."""
+    published = threading.Event()
+
+    def recording(*args: Any, **kwargs: Any) -> VersionRecord:
+        if threading.current_thread().name != "first":
+            return versioning.record_version(*args, **kwargs)
+        published.set()
+        assert then.wait(60)
+        raise RuntimeError("permission denied for table datasets")
+
+    real_unpublish = versioning.unpublish
+
+    def unpublish(*args: Any) -> bool:
+        try:
+            return real_unpublish(*args)
+        finally:
+            failed.set()
+
+    monkeypatch.setattr(api, "record_version", recording)
+    monkeypatch.setattr(api, "unpublish", unpublish)
+    return published
+
+
+def _first(workspace: Workspace, registry: Registry, source: Path) -> threading.Thread:
+    def run() -> None:
+        with contextlib.suppress(RuntimeError):
+            ingest(workspace, registry, "blood", source)
+
+    thread = threading.Thread(target=run, name="first")
+    thread.start()
+    return thread
+
+
+def test_a_failed_recording_keeps_a_store_another_ingest_recorded(
+    workspace: Workspace, registry: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Stores are content-addressed: a second ingest of the same content found the first's
+    store published and recorded it; the first's recording then failed (a read-only user,
+    Ctrl-C) and it removed the store, leaving the second's version without one."""
+    second_done, failed = threading.Event(), threading.Event()
+    published = _failing_first_recording(monkeypatch, second_done, failed)
+    source = tiny_npz(tmp_path / "same.npz")
+    first = _first(workspace, registry, source)
+    assert published.wait(60)
+    rec = ingest(workspace, registry, "blood", source)  # finds the store, records it
+    second_done.set()
+    first.join(60)
+    assert failed.is_set() and not first.is_alive()
+    assert [v.version for v in list_versions(registry, "blood")] == [rec.version]
+    assert open_store(rec.store_path).n_images == rec.n_images  # still there
+
+
+def test_a_store_removed_by_a_failed_recording_is_not_recorded(
+    workspace: Workspace, registry: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The other order: the second ingest found the store published and read it, and the first
+    removed it (its recording failed, no row named it) before the second recorded it: a
+    registered version without its store. The second now records nothing and says to run it
+    again."""
+    checked, failed = threading.Event(), threading.Event()
+    published = _failing_first_recording(monkeypatch, checked, failed)
+    recording = api.record_version
+
+    def read_then_record(*args: Any, **kwargs: Any) -> VersionRecord:
+        if threading.current_thread().name != "first":  # the second: the store read
+            checked.set()
+            assert failed.wait(60)
+        return recording(*args, **kwargs)
+
+    monkeypatch.setattr(api, "record_version", read_then_record)
+    source = tiny_npz(tmp_path / "same.npz")
+    first = _first(workspace, registry, source)
+    assert published.wait(60)
+    with pytest.raises(BusyError, match="was removed meanwhile by another ingest of the same"):
+        ingest(workspace, registry, "blood", source)
+    first.join(60)
+    assert list_versions(registry) == [] and nothing_visible(workspace, "blood")
+    rec = ingest(workspace, registry, "blood", source)  # the same command again
+    assert open_store(rec.store_path).n_images == rec.n_images

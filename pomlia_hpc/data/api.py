@@ -288,7 +288,7 @@ def ingest(
             )
         except BaseException:
             if published:
-                unpublish(final)
+                unpublish(registry, name, version, final)
             raise
         before = prev.version if prev is not None and prev.version != version else None
         return replace(rec, repaired=tuple(repaired), was_current=before)

@@ -11,7 +11,8 @@ Publishing: a store is written in a staging folder beside the stores
 same content (every chunk hash checked) the new copy is dropped; a damaged one is replaced.
 Only then is the version recorded in the registry, so an interrupted ingest leaves nothing
 that ``data list`` or ``open_version`` can see, and re-running it finishes the job; a
-recording that fails removes the store it had just published (:func:`unpublish`).
+recording that fails removes the store it had just published, unless another ingest of the
+same content recorded it meanwhile (:func:`unpublish`).
 
 Concurrency: :func:`record_version` checks and creates the dataset's rows under a lock on the
 dataset's name (``lock_name``: an advisory lock on PostgreSQL), so ingests of one name at once
@@ -34,8 +35,10 @@ from pathlib import Path
 from typing import Any
 
 from sqlalchemy import select
+from sqlalchemy.exc import SQLAlchemyError
 
 from pomlia_hpc.data.store import current_row
+from pomlia_hpc.errors import BusyError, PomliaError
 from pomlia_hpc.files import (
     fsync_path,
     fsync_tree,
@@ -115,12 +118,33 @@ def _publish_once(tmp_store: Path, final: Path, replace: bool) -> bool:
     return ok
 
 
-def unpublish(final: Path) -> None:
-    """Remove the store :func:`publish` just made at ``final`` (its recording failed), and
-    ``stores/<name>/`` with it when that leaves the folder empty: no store without its row."""
-    shutil.rmtree(final, ignore_errors=True)
+def unpublish(registry: Registry, name: str, version: str, final: Path) -> bool:
+    """Remove the store :func:`publish` just made at ``final`` for ``name@version`` (its
+    recording failed), and ``stores/<name>/`` with it when that leaves the folder empty: no
+    store without its row. Returns whether it was removed.
+
+    The store is content-addressed: another ingest of the same content may have found it
+    published and recorded it meanwhile, so it is removed only when no row names it, checked
+    under the name's lock that :func:`record_version` holds to its commit (which records no
+    new row for a store no longer there). When the registry cannot be asked (the failure was
+    the registry's), the store is kept: the next ingest of that content and ``registry
+    recover`` find it, where removing it could take a recorded version's store."""
+    try:
+        with registry.session() as s:
+            lock_name(s, f"dataset:{name}")
+            recorded = s.scalar(
+                select(DatasetVersion.id)
+                .join(Dataset, Dataset.id == DatasetVersion.dataset_id)
+                .where(Dataset.name == name, DatasetVersion.version == version)
+            )
+            if recorded is not None:
+                return False
+            shutil.rmtree(final, ignore_errors=True)
+    except (SQLAlchemyError, PomliaError):
+        return False
     with contextlib.suppress(OSError):  # not empty: another ingest's store is there
         final.parent.rmdir()
+    return True
 
 
 def sweep_empty_folders(stores: Path, registry: Registry) -> list[Path]:
@@ -257,6 +281,12 @@ def record_version(
                 ds.current_version_id = existing.id
             parent_row = s.get(DatasetVersion, existing.parent_id) if existing.parent_id else None
             return to_record(name, existing, parent_row.version if parent_row else None, False)
+        if not store_path.is_dir():  # see unpublish: an ingest whose recording failed
+            raise BusyError(
+                f"dataset {name}@{version}: its store {store_path} was removed meanwhile by "
+                "another ingest of the same content, whose recording failed; nothing was "
+                "recorded; expected the store in place: run the same command again"
+            )
         # what the store grew from: not the version recorded just before it (another ingest
         # of the name, or the one recovered before it)
         named = meta.get("parent")
