@@ -447,3 +447,25 @@ def test_a_write_by_a_read_only_user_is_one_line_not_a_bug(
     assert "Traceback" not in err and ":ro@" not in err
     ws = Workspace(home=home, db_url=pg_url, cluster_profile="local")
     assert nothing_visible(ws, "blood")
+
+
+@pytest.mark.postgres
+def test_a_read_refused_to_a_database_user_is_said_as_a_read(
+    pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A role without SELECT on a table (one a schema upgrade added after its grants) running
+    `data list` was told "this database user may not write it ... (commands that only read
+    work as this one)": the command was one that only reads."""
+    Registry.open(pg_url).dispose()
+    grants = (
+        "GRANT USAGE ON SCHEMA {schema} TO {role}",
+        "GRANT SELECT ON ALL TABLES IN SCHEMA {schema} TO {role}",
+        "REVOKE SELECT ON {schema}.datasets FROM {role}",
+    )
+    with _role(pg_url, *grants) as ro_url:
+        common = ("--home", str(tmp_path / "w"), "--db-url", ro_url)
+        code, out, err = _pomlia(monkeypatch, capsys, *common, "data", "list")
+    assert code == 2 and out == "" and err.count("\n") == 1, err
+    assert "this database user may not read it (permission denied for table datasets)" in err
+    assert "expected the SELECT right on every table of the registry" in err
+    assert "may not write" not in err and ":ro@" not in err

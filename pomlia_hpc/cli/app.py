@@ -26,8 +26,8 @@ from pomlia_hpc.errors import INTERNAL_EXIT, UNAVAILABLE_EXIT, PomliaError
 from pomlia_hpc.progress import guard_std_streams, output_failure
 from pomlia_hpc.registry import (
     busy_error,
+    refused_right,
     server_unreachable,
-    shown_url,
     sqlite_storage_problem,
     write_lock_timed_out,
     write_refused,
@@ -183,9 +183,7 @@ def _run() -> None:
             first += f": {storage}"
         elif write_refused(exc):  # a read-only role's write: the user's to fix, not a bug (70)
             err_console.print(
-                f"[bold red]error:[/] registry {escape(shown_url(STATE.workspace.db_url))}: "
-                f"this database user may not write it ({escape(first)}); expected a user with "
-                "write access for this command (commands that only read work as this one)",
+                f"[bold red]error:[/] {escape(refused_right(STATE.workspace.db_url, exc))}",
                 highlight=False,
                 soft_wrap=True,
             )

@@ -329,6 +329,24 @@ def write_refused(exc: DBAPIError) -> bool:
     return any(w in str(exc.orig or exc).lower() for w in _NO_WRITE_WORDS)
 
 
+def refused_right(url: str, exc: DBAPIError) -> str:
+    """The one-line error for a statement the registry at ``url`` refused this database user
+    (:func:`write_refused`): a read (a ``SELECT``: a table the user may not read, such as one
+    a schema upgrade added after the user's grants) is said as such, not as a write."""
+    first = str(exc.orig or exc).strip().splitlines()[0] if str(exc.orig or exc) else ""
+    statement = str(exc.statement or "").lstrip().upper()
+    if statement.startswith("SELECT") and "FOR UPDATE" not in statement:
+        return (
+            f"registry {shown_url(url)}: this database user may not read it ({first}); "
+            "expected the SELECT right on every table of the registry (a table that a schema "
+            "upgrade added needs its own GRANT)"
+        )
+    return (
+        f"registry {shown_url(url)}: this database user may not write it ({first}); expected "
+        "a user with write access for this command (commands that only read work as this one)"
+    )
+
+
 #: Words SQLite uses for a damaged file (sqlite3.DatabaseError, SQLITE_CORRUPT / SQLITE_NOTADB).
 _DAMAGE_WORDS = ("malformed", "not a database", "database corruption")
 
