@@ -111,3 +111,64 @@ def test_a_port_out_of_range_is_bad_input() -> None:
     assert not server_unreachable(
         url, failed_connect('connection is bad: invalid port number: "99999"')
     )
+
+
+@pytest.mark.parametrize(
+    "said",
+    [
+        'connection is bad: could not parse network address "999.1.1.1": Name or service not known',
+        'connection failed: connection to server at "h" (10.0.0.1), port 5432 failed: channel '
+        "binding required, but SSL not in use",
+        'connection is bad: weak sslmode "require" may not be used with sslrootcert=system (use '
+        '"verify-full")',
+        'connection is bad: invalid "load_balance_hosts" value: "x"',
+        "connection failed: server doesn't support GSSAPI encryption, but it was required",
+    ],
+)
+def test_other_settings_libpq_refuses_are_bad_input(said: str) -> None:
+    """A `hostaddr` that is no address, `channel_binding=require` on a server without TLS:
+    exit 69, "the same command works once it is", for a setting that never will."""
+    url = "postgresql+psycopg://u:p@127.0.0.1:5432/x"
+    assert not server_unreachable(url, failed_connect(said))
+
+
+@pytest.mark.parametrize(
+    "said",
+    [
+        'connection failed: connection to server at "127.0.0.1", port 5432 failed: Connection '
+        "refused\n\tIs the server running on that host and accepting TCP/IP connections?",
+        "connection failed: connection timeout expired",
+        'connection failed: connection to server at "h" (10.0.0.1), port 5432 failed: server '
+        "closed the connection unexpectedly",
+        'connection failed: connection to server at "h" (10.0.0.1), port 5432 failed: received '
+        "invalid response to SSL negotiation: H",
+        "consuming input failed: SSL SYSCALL error: EOF detected",
+        'connection failed: connection to server at "h", port 5432 failed: FATAL:  the database '
+        "system is starting up",
+        'connection failed: connection to server at "h", port 5432 failed: FATAL:  sorry, too '
+        "many clients already",
+    ],
+)
+def test_an_outage_is_not_read_as_a_refused_setting(said: str) -> None:
+    """What libpq says of a server down, slow, gone or not taking connections now stays an
+    outage (69: a nightly retry works once the server is back)."""
+    url = "postgresql+psycopg://u:p@127.0.0.1:5432/x"
+    assert server_unreachable(url, failed_connect(said))
+
+
+@pytest.mark.postgres
+def test_channel_binding_on_a_server_without_tls_is_bad_input(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The test server takes no TLS: `?channel_binding=require` cannot ever connect to it."""
+    from tests.fixtures.services import PG_URL, missing_service, pg_available
+
+    if not pg_available():
+        missing_service("PostgreSQL test server", "scripts/pg-local.sh start")
+    url = f"{PG_URL}?channel_binding=require"
+    code, out, err = pomlia_main(
+        monkeypatch, capsys, "--home", str(tmp_path), "--db-url", url, "data", "list"
+    )
+    assert code == 2 and out == "" and err.count("\n") == 1, err
+    assert "channel binding required" in err and "did not answer" not in err
+    assert "expected connection settings that libpq and the server take" in err

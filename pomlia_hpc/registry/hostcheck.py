@@ -80,14 +80,19 @@ def _unknown(host: str) -> bool:
 
 
 #: libpq's words for a setting of the URL it refuses before or while it connects (fe-connect.c:
-#: ``invalid sslmode value: "x"``, ``invalid port number: "99999"``, ``invalid integer value
-#: "x" for connection option "keepalives"``, ``could not match 2 port numbers to 3 hosts``), and
-#: a server that answered but will not take the URL's TLS setting: a typo or a wrong setting
-#: (bad input, exit 2), never a server out of reach (69, "try again later"), which psycopg's
-#: "connection is bad: ..." (no SQLSTATE, no FATAL) looked like.
+#: ``invalid sslmode value: "x"``, ``invalid "x" value: "y"``, ``invalid port number: "99999"``,
+#: ``invalid integer value "x" for connection option "keepalives"``, ``could not match 2 port
+#: numbers to 3 hosts``, ``could not parse network address "x"`` of ``hostaddr``, ``weak
+#: sslmode "x" may not be used with ...``), and a server that answered but will not take the
+#: URL's TLS, GSSAPI or channel binding setting (``channel binding required, but SSL not in
+#: use``): a typo or a wrong setting (bad input, exit 2), never a server out of reach (69, "try
+#: again later"), which psycopg's "connection is bad: ..." (no SQLSTATE, no FATAL) looked like.
+#: None of libpq's words for an outage (refused, timed out, closed, starting up) match.
 _REFUSED_SETTING = re.compile(
-    r"invalid [\w ]*value|invalid port number|could not match \d+ \w+ \w+ to \d+|"
-    r"SSL was required|invalid SSL protocol version"
+    r'invalid [\w ]*value|invalid "\w+" value|invalid port number|'
+    r"could not match \d+ \w+ \w+ to \d+|could not parse network address|weak sslmode|"
+    r"SSL was required|but it was required|invalid SSL protocol version|"
+    r"channel binding (?:is )?required"
 )
 
 
