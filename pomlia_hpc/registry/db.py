@@ -13,8 +13,6 @@ import hashlib
 import os
 import re
 import shutil
-import sqlite3
-import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -41,6 +39,7 @@ from pomlia_hpc.errors import (
 from pomlia_hpc.files import current_umask
 from pomlia_hpc.registry.hostcheck import host_unknown, refused_setting
 from pomlia_hpc.registry.pgmissing import missing_database
+from pomlia_hpc.registry.sqliteconn import sqlite_setup
 from pomlia_hpc.registry.sqliteurl import check_sqlite_url, sqlite_refused
 from pomlia_hpc.storage import free_space
 
@@ -111,9 +110,12 @@ def make_engine(url: str, *, busy_timeout_s: float = 60.0) -> Engine:
             engine = create_engine(
                 parsed, poolclass=NullPool, connect_args={"timeout": busy_timeout_s}
             )
-            _sqlite_setup(engine, busy_timeout_s)
+            sqlite_setup(engine, busy_timeout_s)
             return engine
-        return create_engine(parsed, pool_pre_ping=True)
+        engine = create_engine(parsed, pool_pre_ping=True)
+        if parsed.get_backend_name() == "postgresql":
+            _postgres_setup(engine, parsed, busy_timeout_s)
+        return engine
     except NoSuchModuleError as exc:
         raise ConfigError(
             f"registry URL '{shown_url(parsed)}': unknown database driver '{parsed.drivername}'; "
@@ -131,37 +133,21 @@ def make_engine(url: str, *, busy_timeout_s: float = 60.0) -> Engine:
         ) from exc
 
 
-def _wal_mode(cur: sqlite3.Cursor, busy_timeout_s: float) -> None:
-    """Switch the database to WAL, waiting up to ``busy_timeout_s`` seconds for the lock.
-    Switching needs an exclusive lock and SQLite answers "database is locked" at once, without
-    its busy handler, while another process creates or migrates a fresh registry; once the file
-    is in WAL mode (it stays so) there is nothing to switch."""
-    deadline = time.monotonic() + busy_timeout_s
-    while True:
-        try:
-            if str(cur.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
-                cur.execute("PRAGMA journal_mode=WAL")
-            return
-        except sqlite3.OperationalError as exc:
-            if "locked" not in str(exc) or time.monotonic() > deadline:
-                raise
-            time.sleep(0.05)
+def _postgres_setup(engine: Engine, parsed: URL, lock_timeout_s: float) -> None:
+    """Give each PostgreSQL session a ``lock_timeout`` of ``lock_timeout_s`` seconds (the
+    ``sqlite_busy_timeout_s`` that bounds SQLite's wait for its write lock): without one, a
+    process hung while it held a row, table or advisory lock made every other pomlia command
+    wait for ever; now the wait ends in :class:`RegistryBusyError` (exit 3), as on SQLite. A
+    ``lock_timeout`` the URL's ``options`` set is left as it is."""
+    if "lock_timeout" in str(parsed.query.get("options", "")):
+        return
+    ms = max(1, round(lock_timeout_s * 1000))
 
-
-def _sqlite_setup(engine: Engine, busy_timeout_s: float) -> None:
     @event.listens_for(engine, "connect")
-    def _on_connect(dbapi_conn: sqlite3.Connection, _record: Any) -> None:
-        dbapi_conn.isolation_level = None  # we issue BEGIN ourselves
-        cur = dbapi_conn.cursor()
-        cur.execute(f"PRAGMA busy_timeout={int(busy_timeout_s * 1000)}")
-        _wal_mode(cur, busy_timeout_s)
-        cur.execute("PRAGMA foreign_keys=ON")
-        cur.execute("PRAGMA synchronous=NORMAL")
-        cur.close()
-
-    @event.listens_for(engine, "begin")
-    def _on_begin(conn: Any) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+    def _on_connect(dbapi_conn: Any, _record: Any) -> None:
+        with dbapi_conn.cursor() as cur:
+            cur.execute(f"SET lock_timeout = {ms}")
+        dbapi_conn.commit()  # a SET in a transaction rolled back would be undone
 
 
 def alembic_config(engine: Engine) -> Config:
@@ -228,7 +214,8 @@ class RegistryNewerError(ConfigError):
 
 
 class RegistryBusyError(BusyError):
-    """SQLite's write lock stayed with another process for longer than the busy timeout."""
+    """SQLite's write lock, or a PostgreSQL lock, stayed with another process for longer than
+    the busy timeout (PostgreSQL's ``lock_timeout``)."""
 
 
 def server_unreachable(url: str, exc: BaseException) -> bool:
@@ -266,8 +253,11 @@ _NOT_NOW = (
 
 
 def write_lock_timed_out(exc: BaseException) -> bool:
-    """Whether ``exc`` is SQLite's "database is locked": the busy timeout ran out while
-    another process held the write lock (not a server out of reach, not bad credentials)."""
+    """Whether ``exc`` is SQLite's "database is locked" or PostgreSQL's lock timeout (SQLSTATE
+    55P03): the busy timeout ran out while another process held the lock this one waited for
+    (not a server out of reach, not bad credentials)."""
+    if getattr(getattr(exc, "orig", None), "sqlstate", None) == "55P03":  # lock_not_available
+        return True
     return "database is locked" in str(getattr(exc, "orig", None) or exc).lower()
 
 
@@ -275,9 +265,14 @@ def busy_error(url: str, busy_timeout_s: float, settings_file: Path | None) -> R
     """The one-line error for a write lock held longer than ``busy_timeout_s`` seconds, naming
     where to raise it (``settings_file``: the workspace's ``pomlia.yaml``)."""
     where = settings_file if settings_file is not None else "the workspace's pomlia.yaml"
+    held = (
+        "the registry's write lock"
+        if url.startswith("sqlite")
+        else "a lock this command waited for (PostgreSQL's lock_timeout)"
+    )
     return RegistryBusyError(
-        f"registry {shown_url(url)}: another process held the registry's write lock longer "
-        f"than sqlite_busy_timeout_s ({busy_timeout_s:g} s); retry, or raise it in {where} "
+        f"registry {shown_url(url)}: another process held {held} longer than "
+        f"sqlite_busy_timeout_s ({busy_timeout_s:g} s); retry, or raise it in {where} "
         "(registry: sqlite_busy_timeout_s: SECONDS)"
     )
 
