@@ -279,3 +279,25 @@ def test_a_reference_that_can_be_no_id_is_not_found(registry: Registry, ref: str
     with registry.session() as s, pytest.raises(NotFoundError) as exc:
         by_name_or_id(s, Dataset, ref, "dataset")
     assert str(exc.value) == f"dataset '{ref}' not found; known: blood"
+
+
+def test_a_url_without_a_database_says_where_libpq_took_its_name(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """With $PGDATABASE set, libpq connects to that database, not to the one named as the user:
+    the error said "libpq took the user's name" of a name the user had not given."""
+    from pomlia_hpc.registry.pgmissing import missing_database
+
+    url = "postgresql+psycopg://pomlia:p@127.0.0.1:5432/"
+    said = 'connection failed: FATAL:  database "elsewhere" does not exist'
+    monkeypatch.setenv("PGDATABASE", "elsewhere")
+    found = missing_database(url, said, "shown")
+    assert found is not None
+    assert (
+        "the server has no database 'elsewhere' (the URL names no database: libpq took "
+        in (found[0])
+    )
+    assert found[0].endswith("took $PGDATABASE)")
+    monkeypatch.delenv("PGDATABASE")
+    found = missing_database(url, said.replace("elsewhere", "pomlia"), "shown")
+    assert found is not None and found[0].endswith("took the user's name)")

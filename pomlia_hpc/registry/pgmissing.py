@@ -10,6 +10,7 @@ make it first.
 
 from __future__ import annotations
 
+import os
 import re
 
 from sqlalchemy.engine import make_url
@@ -27,11 +28,12 @@ def missing_database(url: str, said: str, shown: str) -> tuple[str, str] | None:
     found = _NO_DATABASE.search(said)
     if parsed.get_backend_name() != "postgresql" or found is None:
         return None
-    # the server's name for it: a URL that names none (`.../` or no path) connects to the
-    # database named as the user, which libpq takes in its place
+    # the server's name for it: a URL that names none (`.../` or no path) connects to libpq's
+    # default, $PGDATABASE where it is set, else the database named as the user
     name = found["name"]
     named = parsed.database or parsed.query.get("dbname")
-    default = "" if named else " (the URL names no database: libpq took the user's name)"
+    took = "$PGDATABASE" if os.environ.get("PGDATABASE") else "the user's name"
+    default = "" if named else f" (the URL names no database: libpq took {took})"
     options = (("-h", parsed.host), ("-p", parsed.port), ("-U", parsed.username))
     where = "".join(f"{flag} {value} " for flag, value in options if value)
     return (
