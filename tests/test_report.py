@@ -269,6 +269,26 @@ def test_empty_workspace_has_only_the_overview(
     assert "Nothing recorded yet" in (res.folder / "index.html").read_text()
 
 
+def test_pages_are_utf8_whatever_the_locale(workspace: Workspace, tmp_path: Path) -> None:
+    """The pages declare UTF-8 but were written in the locale's encoding: in an ASCII locale
+    (no UTF-8 mode, no locale coercion: a cluster's batch environment) the title's "·" failed
+    the report with a UnicodeEncodeError (exit 70); a Latin-1 locale garbled it."""
+    import os
+    import subprocess
+    import sys
+
+    env = {**os.environ, "LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
+    out = tmp_path / "r"
+    cmd = [sys.executable, "-m", "pomlia_hpc", "--home", str(workspace.home), "report"]
+    done = subprocess.run(
+        [*cmd, "--out", str(out)], env=env, capture_output=True, text=True, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    assert "<title>Workspace report \u00b7 pomlia report</title>" in (
+        (out / "index.html").read_bytes().decode("utf-8")
+    )
+
+
 def test_report_lists_only_the_pages_it_writes(
     workspace: Workspace, reg: Registry, tmp_path: Path
 ) -> None:

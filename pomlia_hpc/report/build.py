@@ -199,11 +199,14 @@ def _write_report(
     try:
         with staged_dir(out, replace=True) as staged:
             tmp = staged.path
-            (tmp / MARKER).write_text(MARKER_TEXT)
+            # UTF-8 as the pages declare it, whatever the locale: in an ASCII locale the
+            # "·" of a title failed the report, in a Latin-1 one it was garbled.
+            (tmp / MARKER).write_text(MARKER_TEXT, encoding="utf-8")
             written = [tmp / "index.html"]
-            written[0].write_text(page("Workspace report", overview, nav, "index.html", stamp))
+            overview_page = page("Workspace report", overview, nav, "index.html", stamp)
+            written[0].write_text(overview_page, encoding="utf-8")
             for file, title, body in bodies:
-                (tmp / file).write_text(page(title, body, nav, file, stamp))
+                (tmp / file).write_text(page(title, body, nav, file, stamp), encoding="utf-8")
                 written.append(tmp / file)
     except OSError as exc:
         raise InputError(
