@@ -134,9 +134,10 @@ def read_yaml(path: Path) -> dict[str, Any]:
     """Read a YAML file whose top level is a mapping; any problem (a key given twice in one
     mapping too) is one :class:`ConfigError`."""
     try:
-        text = path.read_text()
+        raw = path.read_bytes()
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config file ({exc.strerror})") from exc
+    text = decode_utf8(raw, path)
     try:
         data = yaml.load(text, Loader=UniqueKeyLoader)  # a SafeLoader: builds no objects
     except yaml.YAMLError as exc:
@@ -146,6 +147,23 @@ def read_yaml(path: Path) -> dict[str, Any]:
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: expected a mapping at the top level, got {type(data).__name__}")
     return data
+
+
+def decode_utf8(raw: bytes, path: Path) -> str:
+    """The bytes of the YAML file ``path`` as text: UTF-8 (a byte-order mark is dropped), as
+    YAML files are, whatever the locale says; anything else (a file saved as Latin-1: ``µm``
+    in a comment) is one :class:`ConfigError` naming the file, the line and column (1-based)
+    and the byte, not a traceback."""
+    try:
+        return raw.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        before = raw[: exc.start]
+        line = before.count(b"\n") + 1
+        column = exc.start - (before.rfind(b"\n") + 1) + 1
+        raise ConfigError(
+            f"{path}: not UTF-8 text (byte 0x{raw[exc.start]:02x} at line {line}, column "
+            f"{column}); expected a UTF-8 file (save it as UTF-8)"
+        ) from exc
 
 
 _M = TypeVar("_M", bound=BaseModel)

@@ -47,6 +47,22 @@ def test_workspace_file_typo_names_file_key_and_valid_keys(tmp_path: Path) -> No
     assert "sqlite_busy_timeout_s, url" in msg
 
 
+def test_a_config_file_not_in_utf8_is_one_error_naming_file_and_place(tmp_path: Path) -> None:
+    """A pomlia.yaml saved as Latin-1 (``µm`` in a comment) ended every command in a
+    UnicodeDecodeError traceback (exit 70); a UTF-8 one was read in the locale's encoding."""
+    ws_file = tmp_path / "pomlia.yaml"
+    ws_file.write_bytes(b"registry:\n  # 5 \xb5m pixels\n  sqlite_busy_timeout_s: 30\n")
+    with pytest.raises(ConfigError) as exc:
+        load_settings(env={"POMLIA_HOME": str(tmp_path)})
+    assert str(exc.value) == (
+        f"{ws_file}: not UTF-8 text (byte 0xb5 at line 2, column 7); expected a UTF-8 file "
+        "(save it as UTF-8)"
+    )
+    # The same text in UTF-8, with a byte-order mark as some editors write it, is read.
+    ws_file.write_bytes("\ufeffregistry:\n  # 5 \u00b5m\n  sqlite_busy_timeout_s: 30\n".encode())
+    assert load_settings(env={"POMLIA_HOME": str(tmp_path)}).registry.sqlite_busy_timeout_s == 30
+
+
 def test_cluster_profiles_shipped() -> None:
     assert {"local", "debug", "haicore", "slurm-local"} <= set(cluster_profiles())
     hc = load_cluster_profile("haicore")
