@@ -25,7 +25,9 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     try:  # Linux: the state is the first field after the parenthesised command name
-        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0] != "Z"
+        # Bytes: a command name need not be UTF-8 (the kernel cuts it at 15 bytes, also in
+        # the middle of a character), and decoding it failed every caller.
+        return Path(f"/proc/{pid}/stat").read_bytes().rpartition(b")")[2].split()[0] != b"Z"
     except (OSError, IndexError):
         return True
 
@@ -36,10 +38,10 @@ def process_start_id(pid: int, proc: Path = Path("/proc")) -> str | None:
     process is gone; this pair names one process of this machine for good. None without
     ``/proc`` (``proc``) or when the process is not running."""
     try:
-        stat = (proc / str(pid) / "stat").read_text()
+        stat = (proc / str(pid) / "stat").read_bytes()  # bytes: see pid_alive
         boot = (proc / "sys" / "kernel" / "random" / "boot_id").read_text().strip()
         # The command name (field 2) may hold spaces and ')': count fields after the last ')'.
-        ticks = stat[stat.rindex(")") + 1 :].split()[19]  # field 22; field 3 is at index 0
+        ticks = stat[stat.rindex(b")") + 1 :].split()[19].decode()  # field 22; field 3: index 0
     except (OSError, ValueError, IndexError):
         return None
     return f"{boot}:{ticks}"
@@ -51,7 +53,9 @@ def ignores_signal(pid: int, sig: signal.Signals) -> bool:
     A process started from a background job of a non-interactive shell (cron, ``nohup cmd &``)
     inherits SIGINT ignored, and Python then keeps it ignored: such a job never sees a SIGINT."""
     try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        # Its Name line is the command name, which need not be UTF-8 (see pid_alive).
+        text = Path(f"/proc/{pid}/status").read_text(errors="replace")
+        for line in text.splitlines():
             if line.startswith("SigIgn:"):
                 return bool(int(line.split()[1], 16) >> (int(sig) - 1) & 1)
     except (OSError, ValueError):
