@@ -38,15 +38,19 @@ PACKAGES: tuple[str, ...] = (
 )
 
 
-def code_version() -> dict[str, str]:
-    """The package version and, in a git checkout, the commit (``-dirty`` with local edits)."""
+def code_version(root: Path | None = None) -> dict[str, str]:
+    """The package version and, when ``root`` (the folder that holds the ``pomlia_hpc``
+    package; default: this one's) is the top of a git checkout, its commit (``-dirty`` with
+    local edits). An installed package (``site-packages``) has no commit, also when the
+    environment lies inside another project's checkout, whose commit is not pomlia's."""
     out = {"version": pomlia_hpc.__version__}
-    root = Path(pomlia_hpc.__file__).resolve().parents[1]
+    root = (root or Path(pomlia_hpc.__file__).parent.parent).resolve()
     try:
-        sha = _git(root, "rev-parse", "--short=12", "HEAD")
-        if sha.returncode == 0 and sha.stdout.strip():
+        found = _git(root, "rev-parse", "--show-toplevel", "--short=12", "HEAD")
+        lines = found.stdout.splitlines() if found.returncode == 0 else []
+        if len(lines) == 2 and Path(lines[0]).resolve() == root:
             dirty = _git(root, "status", "--porcelain", "--untracked-files=no", "pomlia_hpc")
-            out["commit"] = sha.stdout.strip() + ("-dirty" if dirty.stdout.strip() else "")
+            out["commit"] = lines[1] + ("-dirty" if dirty.stdout.strip() else "")
     except (OSError, subprocess.TimeoutExpired):
         pass
     return out
