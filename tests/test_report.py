@@ -289,6 +289,26 @@ def test_pages_are_utf8_whatever_the_locale(workspace: Workspace, tmp_path: Path
     )
 
 
+def test_an_unreadable_clustering_file_is_said_on_its_page(
+    workspace: Workspace, reg: Registry, tmp_path: Path, browser: object
+) -> None:
+    """One pipeline's clustering.json cut short (or of another format) ended the whole report
+    in a traceback (exit 70); the others' results and every other page were lost with it."""
+    make_encoder(workspace, reg, "enc", latent_dim=2)
+    cut = workspace.path("reports", "pipelines", "cut", "clustering.json")
+    cut.parent.mkdir(parents=True)
+    cut.write_text('{"encoder": "enc", "linkage": "ward", "gro')
+    other = workspace.path("reports", "pipelines", "other", "clustering.json")
+    other.parent.mkdir(parents=True)
+    other.write_text(json.dumps({"encoder": "enc", "linkage": "ward"}))  # keys missing
+    res = build_report(reg, workspace, tmp_path / "r")
+    seen = browser.check(res.folder / "fingerprints.html")  # type: ignore[attr-defined]
+    assert not seen.console_errors  # type: ignore[attr-defined]
+    text = seen.text  # type: ignore[attr-defined]
+    assert f"{cut} cannot be read (JSONDecodeError: Unterminated string" in text
+    assert f"{other} cannot be read (KeyError: 'latent_dim')" in text
+
+
 def test_report_lists_only_the_pages_it_writes(
     workspace: Workspace, reg: Registry, tmp_path: Path
 ) -> None:

@@ -13,7 +13,7 @@ from sqlalchemy import select
 
 from pomlia_hpc.registry import Dataset, DatasetVersion, Encoder, FingerprintSet, Registry
 from pomlia_hpc.report import figures
-from pomlia_hpc.report.html import esc, metric_text, png, table
+from pomlia_hpc.report.html import cut, esc, metric_text, png, table
 from pomlia_hpc.workspace import Workspace
 
 if TYPE_CHECKING:  # the fingerprint room is imported when a page needs it (torch)
@@ -305,29 +305,39 @@ def _sets_table(
 
 
 def _clustering(workspace: Workspace) -> list[str]:
-    """Results of the pipelines' ``figures`` stage (clustering of fingerprints vs groups)."""
+    """Results of the pipelines' ``figures`` stage (clustering of fingerprints vs groups); a
+    file that cannot be read (damaged, edited, of another format) gets one line saying so in
+    its place: it must not stop the report."""
     out: list[str] = []
     root = workspace.path("reports", "pipelines")
     for f in sorted(root.glob("*/clustering.json")) if root.is_dir() else []:
-        data = json.loads(f.read_text())
         out.append(f"<h2>Pipeline {esc(f.parent.name)}: fingerprint groups</h2>")
-        out.append(
-            f"<p>Agglomerative clustering ({esc(data['linkage'])} linkage) of the dataset "
-            f"fingerprints of encoder <strong>{esc(data['encoder'])}</strong> "
-            f"(d = {esc(data['latent_dim'])}) against the given groups: adjusted Rand index "
-            f"<strong>{metric_text(data.get('ari'))}</strong>; explicit-fingerprint baseline "
-            f"{metric_text(data.get('baseline_ari'))}.</p>"
+        try:
+            out += _clustering_result(json.loads(f.read_bytes()))
+        except (OSError, ValueError, LookupError, TypeError, AttributeError) as exc:
+            why = exc.strerror if isinstance(exc, OSError) else f"{type(exc).__name__}: {exc}"
+            out.append(f"<p class='bad'>{esc(f)} cannot be read ({esc(cut(why, 300))}).</p>")
+    return out
+
+
+def _clustering_result(data: dict[str, Any]) -> list[str]:
+    """One pipeline's ``clustering.json`` (``data``) as a sentence and a table."""
+    out: list[str] = []
+    out.append(
+        f"<p>Agglomerative clustering ({esc(data['linkage'])} linkage) of the dataset "
+        f"fingerprints of encoder <strong>{esc(data['encoder'])}</strong> "
+        f"(d = {esc(data['latent_dim'])}) against the given groups: adjusted Rand index "
+        f"<strong>{metric_text(data.get('ari'))}</strong>; explicit-fingerprint baseline "
+        f"{metric_text(data.get('baseline_ari'))}.</p>"
+    )
+    groups = {n: i + 1 for i, g in enumerate(data["groups"]) for n in g}
+    out.append(
+        table(
+            ["dataset", "group", "cluster (learned)", "cluster (explicit)"],
+            [
+                [n, groups.get(n, ""), c, data["baseline_clusters"].get(n, "")]
+                for n, c in sorted(data["clusters"].items(), key=lambda kv: groups.get(kv[0], 0))
+            ],
         )
-        groups = {n: i + 1 for i, g in enumerate(data["groups"]) for n in g}
-        out.append(
-            table(
-                ["dataset", "group", "cluster (learned)", "cluster (explicit)"],
-                [
-                    [n, groups.get(n, ""), c, data["baseline_clusters"].get(n, "")]
-                    for n, c in sorted(
-                        data["clusters"].items(), key=lambda kv: groups.get(kv[0], 0)
-                    )
-                ],
-            )
-        )
+    )
     return out
