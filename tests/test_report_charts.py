@@ -175,3 +175,43 @@ def test_studies_are_newest_first_and_titled_with_task_and_data(
     page = studies_page(reg, ws, tmp_path) or ""
     assert page.index("<h2>Study s1</h2>") < page.index("<h2>Study s2</h2>")
     assert titles == ["study s1: task t, data blood@abc123", "study s2: task t, data blood@abc123"]
+
+
+def test_the_monitor_table_lists_the_newest_reports_and_the_chart_all(
+    workspace: Workspace, reg: Registry, tmp_path: Path, browser: Any, monkeypatch: Any
+) -> None:
+    """The monitor page listed every report of every model: an hourly monitor of 3 models
+    for 4 months (9,000 reports) made a 2 MB page, growing for ever, where the help and the
+    guide say the pages are bounded."""
+    from datetime import timedelta
+
+    from pomlia_hpc.registry import Model
+    from pomlia_hpc.report import build_report, pages_ops
+
+    monkeypatch.setattr(pages_ops, "MAX_REPORT_ROWS", 3, raising=False)
+    start = datetime(2026, 12, 1, tzinfo=UTC)
+    with reg.session() as s:
+        model = Model(name="champ", path="/m.pt", lineage={})
+        s.add(model)
+        s.flush()
+        for i in range(5):
+            s.add(
+                MonitorReport(
+                    model_id=model.id,
+                    drift={},
+                    metrics={"status": "ok", "predictions": 100 + i, "accuracy": 0.9},
+                    triggered=False,
+                    created_at=start + timedelta(hours=i),
+                )
+            )
+    res = build_report(reg, workspace, tmp_path / "r")
+    seen = browser.check(res.folder / "monitor.html")
+    assert not seen.console_errors and not seen.broken_images
+    cells = browser.driver.execute_script(
+        "return Array.from(document.querySelectorAll('tbody tr')).map(r => r.cells[4].innerText)"
+    )
+    assert cells == ["102", "103", "104"]  # the newest 3 predictions counts, oldest first
+    assert (
+        "The newest 3 of 5 reports; 2 older not listed (the chart shows them all): "
+        "pomlia monitor history champ --limit 5." in seen.text
+    )

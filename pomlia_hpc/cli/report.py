@@ -38,7 +38,8 @@ def report(
     (figures of each dataset's current version), recommendations, studies, models and
     deployments, monitor history, pipelines (each page only when there is something on it).
     Undefined metrics read n/a. The page sizes are bounded: the newest 30 recommendations, each
-    dataset's newest 3 versions, the newest --studies studies in full."""
+    dataset's newest 3 versions, the newest --studies studies in full, each model's newest 100
+    monitor reports."""
     from pomlia_hpc.report import build_report
 
     res = build_report(

@@ -35,7 +35,13 @@ from pomlia_hpc.workspace import Workspace
 RUN_FILE = "run.json"
 
 
+#: Reports listed per model in the monitor page's table (the newest); its chart shows all.
+MAX_REPORT_ROWS = 100
+
+
 def monitor_page(registry: Registry, workspace: Workspace, folder: Path) -> str | None:
+    """Each model's monitor reports: a chart of all of them, then a table of the newest
+    :data:`MAX_REPORT_ROWS`, each linked to the report's own page."""
     with registry.session() as s:
         reports = list(s.scalars(select(MonitorReport).order_by(MonitorReport.id)))
         names = {m.id: m.name for m in s.scalars(select(Model))}
@@ -48,13 +54,24 @@ def monitor_page(registry: Registry, workspace: Workspace, folder: Path) -> str 
         by_model[names.get(r.model_id or -1, f"deployment {r.deployment_id}")].append(r)
     parts = []
     for model, items in by_model.items():
-        times = [f"{r.created_at:%Y-%m-%d %H:%M}" for r in items]
         parts.append(f"<h2>Model {esc(model)}</h2>")
         chart = figures.figure_bytes(monitor_chart(items, f"monitor, {model}"))
         parts.append(png(chart, f"monitor history of {model}", 600))
+        # The chart holds every report; the table the newest (a nightly or hourly monitor adds
+        # thousands of rows a year: 9,000 made a 2 MB page), oldest first as before.
+        listed = items[-MAX_REPORT_ROWS:]
         headers = ["report", "time", "status", "window", "predictions", "labels", "tests"]
-        rows = [_report_row(r, t, folder) for r, t in zip(items, times, strict=True)]
+        rows = [_report_row(r, f"{r.created_at:%Y-%m-%d %H:%M}", folder) for r in listed]
         parts.append(table([*headers, "page"], rows, raw=True))
+        older = len(items) - len(listed)
+        if older:
+            every = f"pomlia monitor history {model} --limit {len(items)}"
+            parts.append(
+                f"<p class='muted'>The newest {len(listed)} of {len(items):,} reports; "
+                f"{older:,} older not listed (the chart shows them all)"
+                + (f": <code>{esc(every)}</code>" if model in names.values() else "")
+                + ".</p>"
+            )
     return "".join(parts)
 
 
