@@ -23,9 +23,16 @@ CONFIG_DIR_ENV = "POMLIA_CONFIG_DIR"
 
 
 def config_dir() -> Path:
-    """The directory holding ``defaults.yaml`` and ``cluster/*.yaml``."""
+    """The directory holding ``defaults.yaml`` and ``cluster/*.yaml``: ``POMLIA_CONFIG_DIR``
+    when set (a container's copy of ``configs/``), else the ``configs/`` beside the package."""
     env = os.environ.get(CONFIG_DIR_ENV)
     return Path(env) if env else Path(__file__).resolve().parents[1] / "configs"
+
+
+def config_dir_source() -> str:
+    """Where :func:`config_dir` came from, for an error about a file missing there: `` (set
+    by POMLIA_CONFIG_DIR)`` when the variable chose it, else nothing."""
+    return f" (set by {CONFIG_DIR_ENV})" if os.environ.get(CONFIG_DIR_ENV) else ""
 
 
 class _Strict(BaseModel):
@@ -291,6 +298,12 @@ def load_settings(
     """
     env = os.environ if env is None else env
     defaults_path = config_dir() / "defaults.yaml"
+    if not defaults_path.is_file() and config_dir_source():
+        # A wrong POMLIA_CONFIG_DIR read as a missing file of pomlia's own.
+        raise ConfigError(
+            f"{CONFIG_DIR_ENV} {config_dir()}: holds no defaults.yaml; expected the folder of "
+            "pomlia's configs (defaults.yaml, cluster/*.yaml), or the variable unset"
+        )
     data = read_yaml(defaults_path)
     validate_model(Settings, data, str(defaults_path))
 
@@ -362,9 +375,9 @@ def load_cluster_profile(name_or_path: str, **overrides: Any) -> ClusterProfile:
     if path.suffix not in (".yaml", ".yml"):
         path = config_dir() / "cluster" / f"{name_or_path}.yaml"
     if not path.is_file():
+        known = ", ".join(cluster_profiles()) or f"none in {config_dir()}{config_dir_source()}"
         raise ConfigError(
-            f"cluster profile '{name_or_path}' not found at {path}; "
-            f"known profiles: {', '.join(cluster_profiles())}"
+            f"cluster profile '{name_or_path}' not found at {path}; known profiles: {known}"
         )
     data = read_yaml(path)
     profile = validate_model(ClusterProfile, data, str(path))

@@ -63,6 +63,25 @@ def test_a_config_file_not_in_utf8_is_one_error_naming_file_and_place(tmp_path: 
     assert load_settings(env={"POMLIA_HOME": str(tmp_path)}).registry.sqlite_busy_timeout_s == 30
 
 
+def test_a_wrong_config_dir_variable_is_named(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """POMLIA_CONFIG_DIR (a container's copy of configs/) naming a folder without pomlia's
+    configs said only `.../defaults.yaml: cannot read config file (No such file or
+    directory)`, and an unknown profile `known profiles: ` with nothing after it: neither said
+    that the variable chose the folder."""
+    monkeypatch.setenv("POMLIA_CONFIG_DIR", str(tmp_path))
+    with pytest.raises(ConfigError) as exc:
+        load_settings(env={})
+    assert str(exc.value) == (
+        f"POMLIA_CONFIG_DIR {tmp_path}: holds no defaults.yaml; expected the folder of pomlia's "
+        "configs (defaults.yaml, cluster/*.yaml), or the variable unset"
+    )
+    with pytest.raises(ConfigError) as exc:
+        load_cluster_profile("haicore")
+    assert str(exc.value).endswith(f"known profiles: none in {tmp_path} (set by POMLIA_CONFIG_DIR)")
+
+
 def test_cluster_profiles_shipped() -> None:
     assert {"local", "debug", "haicore", "slurm-local"} <= set(cluster_profiles())
     hc = load_cluster_profile("haicore")
