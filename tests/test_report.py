@@ -309,6 +309,40 @@ def test_an_unreadable_clustering_file_is_said_on_its_page(
     assert f"{other} cannot be read (KeyError: 'latent_dim')" in text
 
 
+def test_every_time_shown_is_utc_and_said_to_be(
+    workspace: Workspace, reg: Registry, tmp_path: Path, browser: object
+) -> None:
+    """The pages showed times without a zone ("created 2026-12-01 02:00") beside a footer in
+    UTC, and a pipeline stage's times as recorded, in whatever zone their text carried."""
+    with reg.session() as s:
+        s.add(Model(name="m", path="/m.pt", lineage={}, created_at=datetime(2026, 12, 1, 2)))
+    stages = workspace.path("pipelines", "p", "stages")
+    stages.mkdir(parents=True)
+    (stages / "data.json").write_text(
+        json.dumps(
+            {
+                "stage": "data",
+                "status": "done",
+                "started_at": "2026-12-01T03:00:00+01:00",  # 02:00 UTC
+                "ended_at": "2026-12-01T02:00:05",  # no zone: UTC, as pomlia records
+            }
+        )
+    )
+    res = build_report(reg, workspace, tmp_path / "r")
+    driver = browser.driver  # type: ignore[attr-defined]
+    rows = {}
+    for page in ("models.html", "pipelines.html"):
+        assert not browser.check(res.folder / page).console_errors  # type: ignore[attr-defined]
+        rows[page] = driver.execute_script(
+            "return Array.from(document.querySelectorAll('tr'))"
+            ".map(r => Array.from(r.cells).map(c => c.innerText))"
+        )
+    models, stages_seen = rows["models.html"], rows["pipelines.html"]
+    assert models[0][-1] == "created (UTC)" and models[1][-1] == "2026-12-01 02:00"
+    assert stages_seen[0][2:4] == ["started (UTC)", "ended (UTC)"]
+    assert stages_seen[1][2:4] == ["2026-12-01 02:00:00", "2026-12-01 02:00:05"]
+
+
 def test_report_lists_only_the_pages_it_writes(
     workspace: Workspace, reg: Registry, tmp_path: Path
 ) -> None:

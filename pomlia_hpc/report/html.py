@@ -13,6 +13,7 @@ import math
 import os
 import urllib.parse
 from collections.abc import Iterable, Sequence
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeGuard
 
@@ -54,6 +55,23 @@ def cut(text: Any, limit: int) -> str:
     then escape it: cutting escaped HTML can split an entity (``&quo``)."""
     raw = "" if text is None else str(text)
     return raw if len(raw) <= limit else raw[: limit - 1] + "…"
+
+
+def utc_text(value: Any, *, seconds: bool = False) -> str:
+    """A recorded time (a datetime or ISO 8601 text; one without a zone is UTC, as pomlia
+    records them) as ``YYYY-MM-DD HH:MM`` (``:SS`` with ``seconds``) in UTC, the one zone
+    every page shows and its column headers name; text that is no time is shown as it is,
+    nothing as an empty string."""
+    if value is None or value == "":
+        return ""
+    when = value
+    if not isinstance(when, datetime):
+        try:
+            when = datetime.fromisoformat(str(value))
+        except ValueError:
+            return str(value)
+    when = when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+    return when.strftime("%Y-%m-%d %H:%M:%S" if seconds else "%Y-%m-%d %H:%M")
 
 
 #: What the report shows for an undefined number (a metric not recorded, NaN or infinite):

@@ -35,6 +35,7 @@ from pomlia_hpc.report.html import (
     png,
     status_span,
     table,
+    utc_text,
 )
 from pomlia_hpc.vocab import METRICS
 from pomlia_hpc.workspace import Workspace
@@ -262,15 +263,15 @@ def models_page(registry: Registry, workspace: Workspace, folder: Path) -> str |
                 esc(m.run_id or ""),
                 lineage_html(m.lineage or {}, reasons),
                 esc(export.get("version", "")),
-                esc(f"{m.created_at:%Y-%m-%d %H:%M}"),
+                esc(utc_text(m.created_at)),
             ]
         )
     body = "<h2>Models and lineage</h2>" + table(
-        ["model", "task", "run", "lineage", "exported bundle", "created"], rows, raw=True
+        ["model", "task", "run", "lineage", "exported bundle", "created (UTC)"], rows, raw=True
     )
     if deps:
         body += "<h2>Deployments</h2>" + table(
-            ["id", "model", "status", "address", "bundle", "job", "created"],
+            ["id", "model", "status", "address", "bundle", "job", "created (UTC)"],
             [
                 [
                     d.id,
@@ -279,7 +280,7 @@ def models_page(registry: Registry, workspace: Workspace, folder: Path) -> str |
                     d.address or "",
                     d.bundle_path,
                     d.job_id or "",
-                    f"{d.created_at:%Y-%m-%d %H:%M}",
+                    utc_text(d.created_at),
                 ]
                 for d in deps
             ],

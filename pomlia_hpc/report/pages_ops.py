@@ -27,6 +27,7 @@ from pomlia_hpc.report.html import (
     relative_href,
     status_span,
     table,
+    utc_text,
 )
 from pomlia_hpc.workspace import Workspace
 
@@ -60,9 +61,9 @@ def monitor_page(registry: Registry, workspace: Workspace, folder: Path) -> str 
         # The chart holds every report; the table the newest (a nightly or hourly monitor adds
         # thousands of rows a year: 9,000 made a 2 MB page), oldest first as before.
         listed = items[-MAX_REPORT_ROWS:]
-        headers = ["report", "time", "status", "window", "predictions", "labels", "tests"]
-        rows = [_report_row(r, f"{r.created_at:%Y-%m-%d %H:%M}", folder) for r in listed]
-        parts.append(table([*headers, "page"], rows, raw=True))
+        headers = ["report", "time (UTC)", "status", "window (UTC)", "predictions", "labels"]
+        rows = [_report_row(r, utc_text(r.created_at), folder) for r in listed]
+        parts.append(table([*headers, "tests", "page"], rows, raw=True))
         older = len(items) - len(listed)
         if older:
             every = f"pomlia monitor history {model} --limit {len(items)}"
@@ -166,7 +167,7 @@ def _report_row(r: MonitorReport, time: str, folder: Path) -> list[str]:
     status = str(m.get("status") or ("alarm" if r.triggered else "ok"))
     win = m.get("window")
     window = (
-        f"{str(win.get('since', ''))[:16]} → {str(win.get('until', ''))[:16]}".replace("T", " ")
+        f"{utc_text(win.get('since'))} → {utc_text(win.get('until'))}"
         if isinstance(win, dict)
         else ""
     )
@@ -240,15 +241,19 @@ def pipelines_page(registry: Registry, workspace: Workspace, folder: Path) -> st
                 [
                     esc(rec.get("stage", "")),
                     status_span(str(rec.get("status", ""))),
-                    esc(str(rec.get("started_at", ""))),
-                    esc(str(rec.get("ended_at", ""))),
+                    esc(utc_text(rec.get("started_at"), seconds=True)),
+                    esc(utc_text(rec.get("ended_at"), seconds=True)),
                     esc(str(rec.get("key", ""))[:12]),
                     esc(cut(rec.get("error") or _short(rec.get("outputs")), 300)),
                 ]
             )
         parts.append(f"<h2>Pipeline {esc(name)}</h2>")
         parts.append(
-            table(["stage", "status", "started", "ended", "key", "outputs / error"], rows, raw=True)
+            table(
+                ["stage", "status", "started (UTC)", "ended (UTC)", "key", "outputs / error"],
+                rows,
+                raw=True,
+            )
         )
     return "".join(parts)
 

@@ -8,7 +8,7 @@ from typing import Any
 from sqlalchemy import select
 
 from pomlia_hpc.registry import Recommendation, Registry
-from pomlia_hpc.report.html import NA, esc, is_number, metric_text, table
+from pomlia_hpc.report.html import NA, esc, is_number, metric_text, table, utc_text
 from pomlia_hpc.strategy.outcomes import Outcome, score_answers
 from pomlia_hpc.workspace import Workspace
 
@@ -117,7 +117,7 @@ def recommendations_page(registry: Registry, workspace: Workspace, folder: Path)
         )
         parts.append(
             f"<h2>Recommendation {r.id} for task {esc(r.task)}</h2>"
-            f"<p>{esc(f'{r.created_at:%Y-%m-%d %H:%M}')}, learner {esc(r.learner)} "
+            f"<p>{esc(utc_text(r.created_at))} UTC, learner {esc(r.learner)} "
             f"{esc(r.learner_version)}, metric {esc(inp.get('metric', ''))}, "
             f"{esc(inp.get('n_datasets', ''))} known data sets; most similar "
             f"({esc(out.get('similarity', ''))}): {esc(similar)}; "
