@@ -217,7 +217,8 @@ def test_two_submissions_at_once_submit_one_chain(
 ) -> None:
     """Two `pipeline run`s started at once each found no job queued and each submitted a
     chain (every stage twice; the run file named one of them). One submits at a time now: the
-    other, once it may, finds the first one's jobs and is refused."""
+    other, once it may, finds the first one's jobs and is refused as busy (exit 3: nothing
+    was done, and the same command then says the pipeline is running)."""
     import dataclasses
     import threading
     import time
@@ -241,7 +242,7 @@ def test_two_submissions_at_once_submit_one_chain(
         try:
             said.append(str(runner.submit(ctx, plan, snapshot)))
         except PomliaError as exc:
-            said.append(str(exc))
+            said.append(f"{exc.exit_code}: {exc}")
 
     threads = [threading.Thread(target=run) for _ in range(2)]
     for t in threads:
@@ -250,7 +251,8 @@ def test_two_submissions_at_once_submit_one_chain(
         t.join(120)
     try:
         assert len(said) == 2, said
-        assert sum("has jobs queued or running" in s for s in said) == 1, said
+        refused = [s for s in said if "has jobs queued or running" in s]
+        assert len(refused) == 1 and refused[0].startswith(f"{BUSY_EXIT}: "), said
         with reg.session() as s:
             assert s.query(Job).count() == 1
     finally:

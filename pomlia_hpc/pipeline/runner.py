@@ -34,7 +34,7 @@ from pomlia_hpc.cluster import Checkpointable, Executor
 from pomlia_hpc.cluster.records import own_job_id, refresh_jobs_within
 from pomlia_hpc.cluster.terminate import cancel_children_on_stop, quiet_cancellation
 from pomlia_hpc.config import ClusterProfile, load_cluster_profile
-from pomlia_hpc.errors import ConfigError, NotFoundError, PomliaError
+from pomlia_hpc.errors import BusyError, ConfigError, NotFoundError
 from pomlia_hpc.files import write_json_atomic
 from pomlia_hpc.pipeline.lock import pipeline_lock, submission_lock
 from pomlia_hpc.pipeline.runfiles import (
@@ -341,11 +341,14 @@ def _described(jobs: list[Job]) -> str:
 
 def check_not_running(ctx: StageContext) -> None:
     """Refuse to submit while jobs of this pipeline's last submission are still queued or
-    running (a second chain would run the same stages twice)."""
+    running (a second chain would run the same stages twice): a :class:`BusyError` (exit 3),
+    as `pipeline run` found them only under the submission lock, submitted meanwhile by
+    another one (it says so before its plan otherwise)."""
     live, _ = live_jobs(ctx)  # unconfirmed ones count: a second chain would be worse
     if live:
-        raise PomliaError(
-            f"pipeline '{ctx.spec.name}' has jobs queued or running: {_described(live)}",
+        raise BusyError(
+            f"pipeline '{ctx.spec.name}' has jobs queued or running: {_described(live)}; "
+            "nothing was submitted",
             hint=f"wait for them (pomlia pipeline status {ctx.spec.name}), or cancel them: "
             f"pomlia pipeline cancel {ctx.spec.name}",
         )
