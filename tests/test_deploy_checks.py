@@ -17,7 +17,7 @@ from pomlia_hpc.files import write_json_atomic
 from pomlia_hpc.pipeline.spec import parse_pipeline
 from pomlia_hpc.pipeline.stage import StageContext, run_stage
 from pomlia_hpc.pipeline.stages import active_stages
-from pomlia_hpc.registry import Deployment
+from pomlia_hpc.registry import Deployment, Job
 from pomlia_hpc.serve.demo import cached_demo_bundle
 from pomlia_hpc.workspace import Workspace
 from tests.fixtures.fake_slurm import FakeSlurm
@@ -78,6 +78,42 @@ def test_a_deploy_stage_run_again_after_its_submission_failed_submits(
     assert run_stage(ctx, deploy) == "done"
     assert len(fake_slurm.calls("sbatch")) == 1
     assert any("already submitted" in line for line in logged), logged
+
+
+def test_a_deploy_stage_submits_again_when_its_server_job_is_gone(
+    workspace: Workspace, bundle: Path, fake_slurm: FakeSlurm
+) -> None:
+    """The "no second server" check took the server job's recorded state for its state: a
+    row left PENDING whose job Slurm no longer knows (accounting purged), or one recorded
+    queued while sacct did not answer though the job had ended, made every later run log
+    "already submitted" and record the stage done, with no server. Such a row is LOST now, and
+    with sacct down, squeue says; a job squeue lists is still not submitted twice."""
+    logged: list[str] = []
+    ctx, deploy = _deploy_stage_context(workspace, bundle, logged)
+    with pytest.raises(InputError, match=r"apptainer build"):
+        run_stage(ctx, deploy)
+    (directory,) = workspace.path("models", "demo", "deploy").iterdir()
+    (directory / "pomlia-serve.sif").write_bytes(b"built image")
+    fake_slurm.hold()
+
+    def run_again() -> str:  # the stage's record lost: its deploy runs again
+        ctx.record_path("deploy").unlink()
+        assert run_stage(ctx, deploy) == "done"
+        with ctx.registry.session() as s:
+            (dep,) = s.query(Deployment).all()
+            assert dep.job_id is not None
+            return str(s.get(Job, dep.job_id).scheduler_id)
+
+    run_stage(ctx, deploy)
+    first = str(fake_slurm.submitted()[0]["job_id"])
+    fake_slurm.forget(first)  # purged from accounting, long gone from the queue
+    second = run_again()
+    assert len(fake_slurm.calls("sbatch")) == 2 and second != first, logged
+    fake_slurm.fail_next("sacct", times=5)  # slurmdbd down; the job still queued
+    assert run_again() == second and len(fake_slurm.calls("sbatch")) == 2, logged
+    fake_slurm.forget(second)  # it has ended; sacct still down
+    third = run_again()
+    assert len(fake_slurm.calls("sbatch")) == 3 and third != second, logged
 
 
 def test_deploy_refuses_a_bundle_damaged_since_its_export(

@@ -8,6 +8,7 @@ from typing import Any
 from sqlalchemy import select
 
 from pomlia_hpc.cluster.records import refresh_jobs_within
+from pomlia_hpc.cluster.sacct import squeue_ids
 from pomlia_hpc.config import ClusterProfile
 from pomlia_hpc.errors import ConfigError, InputError
 from pomlia_hpc.models.archs import check_arch
@@ -251,19 +252,28 @@ def _run_deploy(ctx: StageContext) -> dict[str, Any]:
 
 def _serving_job(ctx: StageContext, deployment_id: int) -> str | None:
     """The server job of deployment ``deployment_id`` in words when one is queued or running
-    (its state asked of the scheduler, at most the workspace's ``list_sacct_timeout_s``
-    seconds), else None."""
+    (its state asked of the scheduler, ``sacct`` and ``squeue`` at most the workspace's
+    ``list_sacct_timeout_s`` seconds each), else None. A row neither knows (accounting
+    purged) is recorded ``LOST``; with ``sacct`` out of reach, ``squeue``, which lists every
+    queued or running job, says; neither answering is a :class:`ClusterError`: the stage
+    fails rather than take a server that may have ended for running."""
     with ctx.registry.session() as s:
         dep = s.get(Deployment, deployment_id)
         job_id = dep.job_id if dep is not None else None
     if job_id is None:
         return None
-    refresh_jobs_within(ctx.registry, [job_id], timeout_s=ctx.workspace.list_sacct_timeout_s)
+    wait_s = ctx.workspace.list_sacct_timeout_s
+    # lost: a row left unfinished whose job Slurm forgot kept every later run from submitting
+    problem = refresh_jobs_within(ctx.registry, [job_id], timeout_s=wait_s, lost=True)
     with ctx.registry.session() as s:
         job = s.get(Job, job_id)
         if job is None or job.state in FINAL_STATES:
             return None
-        return f"job {job.id} (Slurm {job.scheduler_id}, {job.state})"
+        said = f"job {job.id} (Slurm {job.scheduler_id}, {job.state})"
+        sid = job.scheduler_id
+    if problem is not None and sid not in squeue_ids([sid], wait_s):
+        return None  # recorded queued or running, but it has ended (sacct did not say how)
+    return said
 
 
 def _deploy_jobs(spec: PipelineSpec, profile: ClusterProfile) -> list[PlannedJob]:
