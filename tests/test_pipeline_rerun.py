@@ -257,3 +257,38 @@ def test_two_submissions_at_once_submit_one_chain(
             assert s.query(Job).count() == 1
     finally:
         runner.cancel_pipeline(workspace, reg, "p")
+
+
+def test_a_submission_stopped_midway_records_the_jobs_it_queued(
+    workspace: Workspace, reg: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The run file was written after the last sbatch only: an sbatch that failed (or Ctrl-C)
+    after the first stage's job was queued left that job out of it, so the next run found
+    nothing queued and submitted a second chain, and `pipeline cancel` did not stop it."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    from pomlia_hpc.errors import SlurmUnavailableError
+    from pomlia_hpc.pipeline import runner
+    from pomlia_hpc.pipeline.runfiles import run_job_ids
+
+    file, data = _pipeline(tmp_path, tasks=[{"name": "t", "dataset": "a"}])
+    ctx = context_for(workspace, reg, load_pipeline(file))
+    plan = dataclasses.replace(runner.make_plan(ctx, "local"), mode="chain")
+    assert sum(sp.action == "run" for sp in plan.stages) >= 2, plan.stages
+    calls: list[str] = []
+
+    class HalfExecutor:  # the first sbatch queues a job, the second one fails
+        def __init__(self, *_: object) -> None:
+            pass
+
+        def submit(self, *_: object, name: str, **__: object) -> object:
+            calls.append(name)
+            if len(calls) > 1:
+                raise SlurmUnavailableError("sbatch: the Slurm controller did not answer")
+            return SimpleNamespace(record_id=41, job_id="9041")
+
+    monkeypatch.setattr(runner, "Executor", HalfExecutor)
+    with pytest.raises(SlurmUnavailableError):
+        runner.submit_file(ctx, plan, data, str(file))
+    assert run_job_ids(ctx.folder) == [41]

@@ -297,6 +297,10 @@ def _submit_jobs(ctx: StageContext, plan: Plan, snapshot: Path) -> dict[str, dic
             )
             jobs[sp.stage.name] = {"job": h.record_id, "scheduler_id": h.job_id}
             previous = h
+            # Recorded at once: a submission stopped before its last sbatch (one that failed,
+            # Ctrl-C) left the jobs it had queued out of the run file, so the next run found
+            # nothing queued and submitted a second chain, and `pipeline cancel` missed them.
+            _write_run(ctx, plan, jobs, submitted)
     _write_run(ctx, plan, jobs, submitted)
     return jobs
 
