@@ -292,3 +292,28 @@ def test_a_submission_stopped_midway_records_the_jobs_it_queued(
     with pytest.raises(SlurmUnavailableError):
         runner.submit_file(ctx, plan, data, str(file))
     assert run_job_ids(ctx.folder) == [41]
+
+
+def test_a_refused_submission_leaves_the_snapshot_the_queued_jobs_read(
+    workspace: Workspace, reg: Registry, tmp_path: Path
+) -> None:
+    """A submission refused because the last one's jobs are still queued or running replaced
+    the spec snapshot those jobs read when they start; it is replaced only once the check has
+    passed, under the submission lock."""
+    import dataclasses
+
+    from pomlia_hpc.errors import BusyError
+    from pomlia_hpc.pipeline import runner
+    from pomlia_hpc.pipeline.runfiles import same_submission
+
+    file, data = _pipeline(tmp_path)
+    job = _sleeper(tmp_path, reg, 120)
+    ctx = _submitted(workspace, reg, file, data, {"data": job})
+    changed = {**data, "description": "changed"}
+    plan = dataclasses.replace(runner.make_plan(ctx, "local"), mode="chain")
+    try:
+        with pytest.raises(BusyError, match="has jobs queued or running"):
+            runner.submit_file(ctx, plan, changed, str(file))
+        assert same_submission(ctx, data, "local") and not same_submission(ctx, changed, "local")
+    finally:
+        runner.cancel_pipeline(workspace, reg, "p")
