@@ -139,25 +139,30 @@ def test_deploy_refuses_a_bundle_damaged_since_its_export(
         assert s.query(Deployment).count() == 0
 
 
+@pytest.mark.parametrize("relative", [False, True])
 def test_the_build_command_serve_sbatch_prints_builds_from_the_deploy_directory(
-    tmp_path: Path,
+    tmp_path: Path, relative: bool
 ) -> None:
     """Without the image, serve.sbatch said `apptainer build SIF DIR/apptainer.def`: run from
     anywhere but the deploy directory (the job's output is read elsewhere), the definition's
     relative %files (src/, bundle/) named files that are not there. The command it prints
-    now changes into the directory first (quoted: a path with a space)."""
+    now changes into the directory first (quoted: a path with a space), both paths absolute:
+    with a relative POMLIA_DEPLOY_DIR it named a folder and an image path relative to the
+    job's folder, read again from elsewhere and, after the cd, below the deploy directory."""
     import subprocess
 
     repo = Path(__file__).resolve().parents[1]
     deploy_dir = tmp_path / "deploy dir"
     deploy_dir.mkdir()
+    elsewhere = tmp_path / "elsewhere"  # where whoever reads the job's output runs it
+    elsewhere.mkdir()
     tool = tmp_path / "bin"
     tool.mkdir()
-    (tool / "apptainer").write_text('#!/bin/sh\npwd > "$BUILT_IN"\n')
+    (tool / "apptainer").write_text('#!/bin/sh\npwd > "$BUILT_IN"\necho "$2" >> "$BUILT_IN"\n')
     (tool / "apptainer").chmod(0o755)
     env = {
         "PATH": f"{tool}:/usr/bin:/bin",
-        "POMLIA_DEPLOY_DIR": str(deploy_dir),
+        "POMLIA_DEPLOY_DIR": deploy_dir.name if relative else str(deploy_dir),
         "POMLIA_LOG_DIR": str(tmp_path / "logs"),
         "BUILT_IN": str(tmp_path / "built-in.txt"),
     }
@@ -173,9 +178,11 @@ def test_the_build_command_serve_sbatch_prints_builds_from_the_deploy_directory(
     assert missing.returncode == 2, missing.stderr
     (line,) = [x for x in missing.stderr.splitlines() if "build it: " in x]
     command = line.split("build it: ", 1)[1]
-    built = subprocess.run(["bash", "-c", command], env=env, cwd=tmp_path, check=False, timeout=60)
+    built = subprocess.run(["bash", "-c", command], env=env, cwd=elsewhere, check=False, timeout=60)
     assert built.returncode == 0, command
-    assert (tmp_path / "built-in.txt").read_text().strip() == str(deploy_dir), command
+    image = deploy_dir / "pomlia-serve.sif"  # where the job looks for it
+    said = (tmp_path / "built-in.txt").read_text().splitlines()
+    assert said == [str(deploy_dir), str(image)], command
 
 
 def test_a_writers_temporary_file_in_the_bundle_is_not_deployed(
