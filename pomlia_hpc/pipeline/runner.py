@@ -345,9 +345,9 @@ def _described(jobs: list[Job]) -> str:
 
 def check_not_running(ctx: StageContext) -> None:
     """Refuse to submit while jobs of this pipeline's last submission are still queued or
-    running (a second chain would run the same stages twice): a :class:`BusyError` (exit 3),
-    as `pipeline run` found them only under the submission lock, submitted meanwhile by
-    another one (it says so before its plan otherwise)."""
+    running (a second chain would run the same stages twice): a :class:`BusyError` (exit 3).
+    `pipeline run` answers jobs that were there when it started before its plan; it meets
+    this refusal only when another `pipeline run` submitted them meanwhile."""
     live, _ = live_jobs(ctx)  # unconfirmed ones count: a second chain would be worse
     if live:
         raise BusyError(
