@@ -207,3 +207,23 @@ def test_a_writers_temporary_file_in_the_bundle_is_not_deployed(
     leftover.unlink()  # what the next sweep of the bundle folder does
     again = CliRunner().invoke(app, ["deploy", "demo"])
     assert again.exit_code == 0 and "reused" in again.output, again.output
+
+
+def test_a_hidden_folder_in_the_bundle_is_left_out_of_the_copy_and_the_comparison(
+    workspace: Workspace, bundle: Path, tmp_path: Path
+) -> None:
+    """The copy left out hidden folders with all they hold, but the comparison of a reused
+    directory left out hidden files only: a file in a hidden folder of the bundle (a
+    writer's, an editor's) made `deploy` refuse the directory it had written itself."""
+    copy = tmp_path / "copy"
+    shutil.copytree(bundle.parents[1], copy)
+    own = copy / bundle.relative_to(bundle.parents[1])
+    (own / ".scratch").mkdir()
+    (own / ".scratch" / "notes.txt").write_text("not part of the model")
+    register_exported(workspace, own)
+    wrote = CliRunner().invoke(app, ["deploy", "demo"])
+    assert wrote.exit_code == 0, wrote.output
+    (directory,) = workspace.path("models", "demo", "deploy").iterdir()
+    assert not (directory / "bundle" / ".scratch").exists()
+    again = CliRunner().invoke(app, ["deploy", "demo"])
+    assert again.exit_code == 0 and "reused" in again.output, again.output

@@ -223,13 +223,15 @@ def _same_files(a: Path, b: Path) -> bool:
     """Whether folders ``a`` and ``b`` hold the same files with the same bytes, but for the
     monitoring reference: `pomlia monitor reference` (and a pipeline's monitor stage) rewrites
     it in the bundle after the directory was written, and the server reads it at start; and
-    for hidden files (a writer's temporary files, which the copy leaves out)."""
+    for hidden files and folders (a writer's temporary files, which the copy leaves out with
+    all that a hidden folder holds)."""
 
     def files(root: Path) -> list[Path]:
+        found = (p.relative_to(root) for p in root.rglob("*") if p.is_file())
         return sorted(
-            p.relative_to(root)
-            for p in root.rglob("*")
-            if p.is_file() and p.name != REFERENCE_FILE and not p.name.startswith(".")
+            f
+            for f in found
+            if f.name != REFERENCE_FILE and not any(part.startswith(".") for part in f.parts)
         )
 
     files_a, files_b = files(a), files(b)
