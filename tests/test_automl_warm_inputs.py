@@ -161,3 +161,28 @@ def test_a_warm_start_file_that_is_not_text_is_one_error(
     assert msg.startswith(f"initial configurations file '{warm}' is not text"), msg
     assert "\n" not in msg
     assert not workspace.path("runs", "w1").exists()
+
+
+def test_a_warm_start_file_in_utf8_is_read_whatever_the_locale(tmp_path: Path) -> None:
+    """The file was read in the locale's encoding: in an ASCII locale (a batch job without
+    UTF-8 mode) a UTF-8 comment ("µ", "é") made it "not text" and the study was refused."""
+    import os
+    import subprocess
+    import sys
+
+    warm = tmp_path / "warm.yaml"
+    warm.write_text("# lr in µ-steps, café\n- {lr: 0.001}\n", encoding="utf-8")
+    env = {**os.environ, "LC_ALL": "C", "PYTHONUTF8": "0", "PYTHONCOERCECLOCALE": "0"}
+    code = (
+        "import sys; from pomlia_hpc.automl.space import read_initial_file; "
+        "print(read_initial_file(sys.argv[1]).configs)"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code, str(warm)],
+        env=env,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "[{'lr': 0.001}]"

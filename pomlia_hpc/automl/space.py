@@ -337,7 +337,9 @@ def read_initial_file(path: str | Path) -> InitialFile:
     is not a name is an :class:`InputError` naming the file."""
     p = Path(path)
     try:
-        data = yaml.load(p.read_text(), Loader=UniqueKeyLoader)  # a SafeLoader: builds no objects
+        # UTF-8 whatever the locale (a batch job's may be ASCII), as every YAML file pomlia reads
+        text = p.read_text(encoding="utf-8-sig")
+        data = yaml.load(text, Loader=UniqueKeyLoader)  # a SafeLoader: builds no objects
     except OSError as exc:
         raise InputError(f"initial configurations file '{p}' cannot be read ({exc})") from exc
     except UnicodeDecodeError as exc:  # a checkpoint or npz given by mistake: not a traceback
