@@ -296,3 +296,35 @@ def test_a_final_training_that_finished_just_before_its_cancel_is_not_run_again(
     assert final.metrics["epochs"] == 2
     with reg.session() as s:
         assert s.query(Job).count() == jobs  # its result recorded, not trained again
+
+
+@pytest.mark.timeout(600)
+def test_a_second_resume_does_not_train_a_warm_start_beside_its_job_still_out(
+    workspace: Workspace,
+) -> None:
+    """As above, but the resumed driver had asked SMAC for the warm start's configuration at
+    its lowest rung (waiting for the full-budget job) and was killed too: a second resume
+    settles SMAC's running trials before it reattaches to the warm start's job, and started
+    that repeat as a second job in the same configuration's folder."""
+    reg = Registry.open(workspace.db_url)
+    tiny_task(workspace, reg, "blood", sizes=(64, 24, 24))
+    spec = create_study(
+        reg, workspace, "blood", name="warm2", n_trials=2, max_epochs=2, min_epochs=1, eta=2,
+        parallel=2, space=SpaceOptions(archs=("small_cnn",)), initial_configs=[FAST],
+        n_initial=1,
+    )  # fmt: skip
+    first = StudyRunner(reg, workspace, spec)
+    opt = first.optimizer(resume=False)
+    (config,) = configs_from_values([FAST], first.space, "warm start")
+    first.start(Untold(), Proposal(config, 2.0))  # the warm start's job, still out
+    repeat = opt.ask()  # asked by a resumed driver, which then died waiting
+    (warm,) = records.study_runs(reg, "warm2")
+    assert (repeat.key, repeat.epochs) == (warm.config["config_key"], 1)
+
+    run_study(reg, workspace, spec, resume=True, poll_s=0.2)
+
+    runs = records.study_runs(reg, "warm2")
+    same = [r for r in runs if r.config["config_key"] == warm.config["config_key"]]
+    assert [(r.id, r.budget, r.status) for r in same] == [(warm.id, 2.0, records.OK)], [
+        (r.id, r.budget, r.status) for r in runs
+    ]

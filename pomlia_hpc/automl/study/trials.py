@@ -473,6 +473,9 @@ class TrialRunner:
                 and (
                     v.status in (records.OK, records.CRASHED, records.CANCELLED)
                     or v.run_id in self.active
+                    # out when this (resumed) driver began: settled after the optimiser's
+                    # running trials (recover_untracked), its outcome tells this one then
+                    or v.status in (records.RUNNING, records.PENDING)
                 )
             ]
         if not done:
