@@ -13,7 +13,7 @@ from pomlia_hpc.automl.optimizers import Proposal, SmacHyperband
 from pomlia_hpc.automl.space import SpaceOptions, build_space, configs_from_values
 from pomlia_hpc.automl.study import create_study, run_study
 from pomlia_hpc.automl.study.driver import WARM_ORIGIN, StudyRunner, Untold
-from pomlia_hpc.automl.study.view import FINAL_ORIGIN
+from pomlia_hpc.automl.study.view import FINAL_ORIGIN, view_of_run
 from pomlia_hpc.registry import Job, Registry
 from pomlia_hpc.workspace import Workspace
 from tests.fixtures.factories import FAST, tiny_study, tiny_task
@@ -328,3 +328,99 @@ def test_a_second_resume_does_not_train_a_warm_start_beside_its_job_still_out(
     assert [(r.id, r.budget, r.status) for r in same] == [(warm.id, 2.0, records.OK)], [
         (r.id, r.budget, r.status) for r in runs
     ]
+
+
+def test_a_final_training_a_user_cancels_after_a_resume_is_not_run_again(
+    workspace: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The driver stops while the final training's job is out; the resumed driver takes that
+    job on, and a user cancels it while it watches (`pomlia jobs cancel`). As in a driver that
+    never stopped, the study ends without it: it was trained once more, from its checkpoint,
+    taken for one cancelled with an earlier driver."""
+    reg = Registry.open(workspace.db_url)
+    tiny_task(workspace, reg, "blood", sizes=(16, 8, 8))
+    spec = tiny_study(
+        reg, workspace, "blood", "fin3", optimizer="smac", n_trials=2, max_epochs=2,
+        eta=2, budget_epochs=1, final_full_budget=True, executor="debug",
+    )  # fmt: skip
+    run_untold = StudyRunner.run_untold
+
+    def out_when_the_driver_stops(
+        self: StudyRunner, proposal: Proposal, run_id: int | None = None
+    ) -> None:
+        if proposal.origin != FINAL_ORIGIN:
+            return run_untold(self, proposal, run_id)
+        config = {**proposal.values, "config_key": proposal.key, "origin": proposal.origin}
+        records.create_run(
+            reg, task_id=spec.task_id, study="fin3", config=config, epochs=proposal.epochs,
+            dataset_version_id=spec.dataset_version_id, encoder_id=None,
+        )  # fmt: skip
+        raise KeyboardInterrupt  # the driver stops; the final training's job is out
+
+    monkeypatch.setattr(StudyRunner, "run_untold", out_when_the_driver_stops)
+    with pytest.raises(KeyboardInterrupt):
+        run_study(reg, workspace, spec, poll_s=0.1)
+    monkeypatch.undo()
+    (final,) = [r for r in records.study_runs(reg, "fin3") if r.budget == 2]
+    started: list[int] = []
+
+    def cancelled_by_a_user(
+        self: StudyRunner, opt: Untold, proposal: Proposal, run_id: int | None = None
+    ) -> None:
+        assert proposal.origin == FINAL_ORIGIN and run_id == final.id
+        started.append(run_id)  # its job, cancelled while the driver watches
+        cause = "cancelled (scancel or preemption)"
+        self.record_crash(opt, run_id, proposal, cause, cause, 1.0, state="CANCELLED")
+
+    monkeypatch.setattr(StudyRunner, "start", cancelled_by_a_user)
+    result = run_study(reg, workspace, spec, resume=True, poll_s=0.1)
+
+    assert started == [final.id]  # not trained again after the user's cancel
+    runs = records.study_runs(reg, "fin3")
+    assert [(r.id, r.status) for r in runs if r.budget == 2] == [(final.id, records.CANCELLED)]
+    assert result.model_name == "fin3-best"
+
+
+def test_no_final_training_for_a_best_whose_full_budget_trial_a_user_cancelled(
+    workspace: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The best configuration's trial of the search at the full budget was cancelled by a user
+    (SMAC told it crashed); the final training skipped it, as one trained to the full budget
+    already, until the final training's resume took any cancelled run for one never ended."""
+    reg = Registry.open(workspace.db_url)
+    tiny_task(workspace, reg, "blood", sizes=(16, 8, 8))
+    spec = tiny_study(
+        reg, workspace, "blood", "fin4", optimizer="smac", n_trials=2, max_epochs=2,
+        eta=2, final_full_budget=True, executor="debug",
+    )  # fmt: skip
+    runner = StudyRunner(reg, workspace, spec)
+    (config,) = configs_from_values([FAST], runner.space, "initial configurations")
+    for epochs in (1, 2):
+        proposal = Proposal(config, float(epochs))
+        values = {**proposal.values, "config_key": proposal.key, "origin": "Initial design"}
+        run_id = records.create_run(
+            reg, task_id=spec.task_id, study="fin4", config=values, epochs=epochs,
+            dataset_version_id=spec.dataset_version_id, encoder_id=None,
+        )  # fmt: skip
+        if epochs == 1:
+            split = {spec.metric: 0.8}
+            records.finish_run(
+                reg, run_id, status=records.OK, cost_s=1.0,
+                metrics={"val": split, "test": split, "epochs": 1, "start_epoch": 0},
+            )  # fmt: skip
+        else:
+            cause = "cancelled (scancel or preemption)"
+            records.finish_run(
+                reg, run_id, status=records.CANCELLED, cost_s=1.0, error=cause,
+                metrics={"cause": cause, "state": "CANCELLED", "start_epoch": 1},
+            )  # fmt: skip
+    for run in records.study_runs(reg, "fin4"):
+        runner.views[run.id] = view_of_run(reg, run, spec.metric)
+    trained: list[Proposal] = []
+    monkeypatch.setattr(
+        StudyRunner, "run_untold", lambda self, proposal, run_id=None: trained.append(proposal)
+    )
+
+    runner.train_best_to_full_budget()
+
+    assert trained == []

@@ -236,12 +236,18 @@ class StudyRunner(TrialRunner):
         if best is None or best.epochs >= full:
             return
         tried = [v for v in self.views.values() if v.key == best.key and v.epochs >= full]
-        if any(v.status in (records.OK, records.CRASHED) for v in tried):
-            return  # trained to the full budget already (and found worse on validation)
-        # One that never ended (cancelled with its driver, or never submitted) never had its
-        # chance: it goes on, from its checkpoint, unless the study finished without it (a
-        # user cancelled it, and a resume of a finished study only reports its outcome).
-        again = next((v for v in reversed(tried) if v.final and v.epochs == full), None)
+        if any(
+            v.status in (records.OK, records.CRASHED) or not v.final or v.run_id in self.cancelled
+            for v in tried
+        ):
+            # trained to the full budget already (and found worse on validation), a trial of
+            # the search at it (told), or a final training a user cancelled while this
+            # driver watched it
+            return
+        # A final training that never ended (cancelled with its driver, or never submitted)
+        # never had its chance: it goes on, from its checkpoint, unless the study finished
+        # without it (a user cancelled it, and a resume of a finished study only reports).
+        again = next((v for v in reversed(tried) if v.epochs == full), None)
         if tried and study_finished(self.workspace, self.spec.name):
             return
         run = next(

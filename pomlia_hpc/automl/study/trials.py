@@ -90,6 +90,8 @@ class TrialRunner:
         #: Each with the optimiser it came from (a trial the optimiser never asked is told none).
         self.waiting: dict[tuple[str, int], list[tuple[SearchOptimizer, Proposal]]] = {}
         self.repeats = 0  # repeated proposals answered in a row (the space may be exhausted)
+        #: Runs whose job this driver saw cancelled (a user's cancel while it watched).
+        self.cancelled: set[int] = set()
         self.liveness = DriverBeat(workspace, spec.name)  # the driver's heartbeat file
 
     @property
@@ -428,6 +430,8 @@ class TrialRunner:
         # A cancelled job is no failure of its configuration (the recommender's run stats do
         # not count it); the optimiser is still told it crashed, so that the search moves on.
         status = records.CANCELLED if state == "CANCELLED" else records.CRASHED
+        if status == records.CANCELLED:
+            self.cancelled.add(run_id)
         records.finish_run(
             self.registry,
             run_id,
