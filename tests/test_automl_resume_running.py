@@ -5,6 +5,7 @@ afresh from a state with one trial asked and none told, and overwrote it)."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -424,3 +425,49 @@ def test_no_final_training_for_a_best_whose_full_budget_trial_a_user_cancelled(
     runner.train_best_to_full_budget()
 
     assert trained == []
+
+
+def test_a_warm_start_cancelled_while_its_repeat_waited_trains_on_resume(
+    workspace: Workspace, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A resumed driver had asked SMAC for the warm start's configuration at its lowest rung,
+    waiting for the warm start's full-budget job, and was cancelled with that job (recorded
+    `cancelled` by `runs list`). The next resume told SMAC that repeat crashed, from the
+    cancelled run: the top recommendation's first result was a crash that never happened.
+    The warm start goes on under its own run, and its outcome answers the repeat."""
+    reg = Registry.open(workspace.db_url)
+    tiny_task(workspace, reg, "blood", sizes=(16, 8, 8))
+    spec = tiny_study(
+        reg, workspace, "blood", "ws2", optimizer="smac", n_trials=2, max_epochs=2,
+        eta=2, parallel=2, executor="debug",
+    )  # fmt: skip
+    first = StudyRunner(reg, workspace, spec)
+    opt = first.optimizer(resume=False)
+    (config,) = configs_from_values([FAST], first.space, "initial configurations")
+    warm = Proposal(config, 2.0)
+    values = {**warm.values, "config_key": warm.key, "origin": WARM_ORIGIN}
+    warm_id = records.create_run(
+        reg, task_id=spec.task_id, study="ws2", config=values, epochs=2,
+        dataset_version_id=spec.dataset_version_id, encoder_id=None,
+    )  # fmt: skip
+    repeat = opt.ask()  # waiting for the warm start when the driver was cancelled
+    assert (repeat.key, repeat.epochs) == (warm.key, 1)
+    cause = "cancelled (SIGTERM: scancel), with the job that submitted it"
+    records.finish_run(
+        reg, warm_id, status=records.CANCELLED, cost_s=1.0, error=cause,
+        metrics={"cause": cause, "state": "CANCELLED", "start_epoch": 0},
+    )  # fmt: skip
+    told: list[tuple[str, int, bool]] = []
+    tell = SmacHyperband.tell
+
+    def noted(self: SmacHyperband, proposal: Proposal, cost: float, **kw: Any) -> None:
+        told.append((proposal.key, proposal.epochs, kw["crashed"]))
+        tell(self, proposal, cost, **kw)
+
+    monkeypatch.setattr(SmacHyperband, "tell", noted)
+
+    run_study(reg, workspace, spec, resume=True, poll_s=0.1)
+
+    runs = {r.id: r for r in records.study_runs(reg, "ws2")}
+    assert (runs[warm_id].status, runs[warm_id].budget) == (records.OK, 2.0)
+    assert (warm.key, 1, False) in told and (warm.key, 1, True) not in told, told

@@ -13,7 +13,7 @@ from pomlia_hpc.automl.folders import study_finished
 from pomlia_hpc.automl.optimizers import Proposal, RandomSearch, SearchOptimizer, SmacHyperband
 from pomlia_hpc.automl.space import configs_from_values
 from pomlia_hpc.automl.study.outcome import finish
-from pomlia_hpc.automl.study.recover import recover_trial, recover_untracked
+from pomlia_hpc.automl.study.recover import RUN_ONLY_KEYS, recover_trial, recover_untracked
 from pomlia_hpc.automl.study.spec import StudySpec
 from pomlia_hpc.automl.study.trialjobs import trial_wall_s
 from pomlia_hpc.automl.study.trials import TrialRunner, UpdateFn
@@ -25,6 +25,7 @@ from pomlia_hpc.automl.study.view import (
     view_of_run,
 )
 from pomlia_hpc.automl.trial import read_result
+from pomlia_hpc.errors import PomliaError
 from pomlia_hpc.registry import Registry
 from pomlia_hpc.workspace import Workspace
 
@@ -117,7 +118,9 @@ class StudyRunner(TrialRunner):
             key = str((run.config or {}).get("config_key", ""))
             self.known[(key, round(run.budget or 0))] = run
         if resume:
-            for proposal in opt.running():
+            running = opt.running()
+            self.resume_warm_start(running)  # before the repeats that wait for it
+            for proposal in running:
                 recover_trial(self, opt, proposal)
             recover_untracked(self, Untold())
         self.emit()
@@ -192,6 +195,31 @@ class StudyRunner(TrialRunner):
         (view,) = views
         stopped = view.status in (records.CANCELLED, records.SUBMIT_FAILED)
         return view if stopped and view.key == key and view.run_id not in self.active else None
+
+    def resume_warm_start(self, running: list[Proposal]) -> None:
+        """The warm start's first training, recorded cancelled (or not submitted) while a
+        repeat of its configuration at a lower budget waited for it (among the optimiser's
+        ``running`` trials: a user's cancel seen by a driver would have told it): it goes on
+        under its own run (or its result is recorded), and the repeat waits for it again.
+        Answered from the cancelled run, the repeat was told it crashed."""
+        for (key, epochs), run in list(self.known.items()):
+            config = run.config or {}
+            stopped = run.status in (records.CANCELLED, records.SUBMIT_FAILED)
+            if config.get("origin") != WARM_ORIGIN or not stopped:
+                continue
+            if not any(p.key == key and p.epochs < epochs for p in running):
+                continue
+            values = {k: v for k, v in config.items() if k not in RUN_ONLY_KEYS}
+            try:
+                (warm,) = configs_from_values([values], self.space, f"run {run.id}")
+            except PomliaError:
+                continue  # not of this study's space: left as recorded
+            warm.origin = WARM_ORIGIN
+            proposal = Proposal(warm, float(epochs))
+            del self.known[(key, epochs)]
+            opt = Untold()
+            if not self.adopt_result(opt, proposal, run.id):
+                self.start(opt, proposal, run_id=run.id)
 
     def run_untold(self, proposal: Proposal, run_id: int | None = None) -> None:
         """Train ``proposal`` outside the optimiser's asks and wait for it; ``run_id``: the
