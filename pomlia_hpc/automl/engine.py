@@ -494,7 +494,9 @@ def recalibrate_batchnorm(
     model: nn.Module, images: torch.Tensor, dev: torch.device, dtype: torch.dtype, batch: int
 ) -> None:
     """Recompute every BatchNorm's running statistics as the plain average over the training
-    images (no augmentation) under the final weights, like ``torch.optim.swa_utils.update_bn``.
+    images (no augmentation) under the final weights, like ``torch.optim.swa_utils.update_bn``
+    but with each batch weighted by its images: the means are those of all images, the
+    variances the image-weighted average of each batch's.
 
     Why: the running averages (momentum 0.1) trail weights that moved fast during a short
     training run, and a network that fits its training images with batch statistics can then
@@ -508,12 +510,19 @@ def recalibrate_batchnorm(
     momenta = [m.momentum for m in bns]
     for m in bns:
         m.reset_running_stats()
-        m.momentum = None  # cumulative average over all batches
     model.train()
+    seen = 0
     for start in range(0, len(images), batch):
         chunk = images[start : start + batch]
-        if len(chunk) > 1 or start == 0:  # one image: no batch statistics (1x1 feature maps)
-            model(normalize(chunk).to(dev, dtype=dtype))
+        if len(chunk) < 2 and seen:  # one image: no batch statistics (1x1 feature maps)
+            continue
+        # The running average moved by this batch's share of the images so far. Not torch's
+        # cumulative average (momentum None), which weighs every batch alike: a last batch
+        # of 2 images of 258 (batches of 256) gave half of every mean.
+        for m in bns:
+            m.momentum = len(chunk) / (seen + len(chunk))
+        model(normalize(chunk).to(dev, dtype=dtype))
+        seen += len(chunk)
     for m, momentum in zip(bns, momenta, strict=True):
         m.momentum = momentum
 
