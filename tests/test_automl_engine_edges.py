@@ -5,11 +5,21 @@ it trains."""
 
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
+import numpy as np
 import pytest
 import torch
 from torch import nn
 
-from pomlia_hpc.automl.engine import recalibrate_batchnorm
+from pomlia_hpc.automl.engine import EngineOptions, TrainRequest, recalibrate_batchnorm, train
+from pomlia_hpc.automl.space import TrainConfig
+from pomlia_hpc.data.store import open_version
+from pomlia_hpc.errors import InputError
+from pomlia_hpc.registry import Registry
+from pomlia_hpc.workspace import Workspace
+from tests.fixtures.factories import tiny_dataset
 
 
 def test_batchnorm_recalibration_weighs_each_image_alike() -> None:
@@ -23,3 +33,48 @@ def test_batchnorm_recalibration_weighs_each_image_alike() -> None:
     recalibrate_batchnorm(model, images, torch.device("cpu"), torch.float32, 4)
     assert bn.running_mean.item() == pytest.approx(-0.6, abs=1e-6)
     assert bn.momentum == 0.1  # put back as it was
+
+
+@pytest.mark.usefixtures("restore_torch_threads")
+@pytest.mark.parametrize(
+    "task_type,flag,labels,message",
+    [
+        ("multi-class", "bloodmnist", [[3], [8]], "label 8 of row 1; expected a class index 0..7"),
+        (
+            "multi-label",
+            "chestmnist",
+            [[0] * 13 + [2]] * 2,
+            "label 2 of row 0, column 13 (and 1 more); expected 0 or 1",
+        ),
+    ],
+)
+def test_extra_labels_outside_the_task_are_one_error(
+    workspace: Workspace,
+    reg: Registry,
+    tmp_path: Path,
+    task_type: str,
+    flag: str,
+    labels: list[list[int]],
+    message: str,
+) -> None:
+    """Extra images labelled outside the task's classes stopped a multi-class trial in
+    cross-entropy (IndexError "Target 8 is out of bounds"; a device-side assert on CUDA), and
+    a multi-label one trained on the label value 2 without a word."""
+    ref = tiny_dataset(workspace, reg, "d", flag=flag, sizes=(16, 8, 8))
+    store = open_version(reg, ref)
+    x, _ = store.read_split("train")
+    extra = tmp_path / "extra.npz"
+    np.savez(extra, images=x[:2], labels=np.asarray(labels, np.int32))
+    cfg = TrainConfig(arch="small_cnn", batch_size=8, augmentation="none", extra_n=2)
+    req = TrainRequest(
+        str(store.path),
+        task_type,
+        cfg,
+        1,
+        str(tmp_path / "work"),
+        str(tmp_path / "model.pt"),
+        extra_data=str(extra),
+        options=EngineOptions(threads=1),
+    )
+    with pytest.raises(InputError, match=re.escape(f"extra data '{extra}': {message}")):
+        train(req)

@@ -28,6 +28,27 @@ def as_split(images: np.ndarray, labels: np.ndarray, multilabel: bool) -> Split:
     return Split(x, y)
 
 
+def check_labels(labels: np.ndarray, n_out: int, multilabel: bool, where: str) -> None:
+    """One :class:`InputError` naming ``where``, the row and the value, for a label outside
+    the task: a class index outside ``0..n_out-1`` (single-label: ``labels`` (N, 1)), or a
+    value other than 0 and 1 (multi-label: (N, n_out)). Training would otherwise stop in
+    cross-entropy's "Target 9 is out of bounds" (a device-side assert on CUDA), or, for
+    multi-label, train on the value silently."""
+    lab = np.asarray(labels)
+    lab = lab[:, None] if lab.ndim == 1 else lab
+    if multilabel:
+        bad = np.argwhere((lab != 0) & (lab != 1))
+        want = "0 or 1 per label"
+    else:
+        bad = np.argwhere((lab[:, :1] < 0) | (lab[:, :1] >= n_out))
+        want = f"a class index 0..{n_out - 1} ({n_out} classes)"
+    if len(bad):
+        row, col = (int(v) for v in bad[0])
+        what = f"label {lab[row, col]} of row {row}" + (f", column {col}" if multilabel else "")
+        more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+        raise InputError(f"{where}: {what}{more}; expected {want}")
+
+
 def load_extra(
     path: str, n: int, shape: tuple[int, int, int], n_labels: int
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -94,8 +115,12 @@ def read_train_data(
     store = open_store(store_path)
     h, w, c = store.image_shape
     class_names = store.class_names
-    splits = {s: as_split(*store.read_split(s), multilabel) for s in ("train", "val", "test")}
-    n_out = int(splits["train"].y.shape[1]) if multilabel else len(class_names)
+    arrays = {s: store.read_split(s) for s in ("train", "val", "test")}
+    labels = arrays["train"][1]
+    n_out = int(labels.shape[1]) if multilabel else len(class_names)
+    for split, (_x, lab) in arrays.items():
+        check_labels(lab, n_out, multilabel, f"store '{store_path}', {split} split")
+    splits = {s: as_split(x, lab, multilabel) for s, (x, lab) in arrays.items()}
     train_x, train_y = splits["train"].x, splits["train"].y
     recent_at = recent_rows(len(train_x), *recent)
     extra_data, extra_n = extra
@@ -104,6 +129,7 @@ def read_train_data(
         if not extra_data:
             raise InputError("configuration asks for extra images but no extra data was given")
         ex_img, ex_lab = load_extra(extra_data, extra_n, (h, w, c), n_out if multilabel else 1)
+        check_labels(ex_lab, n_out, multilabel, f"extra data '{extra_data}'")
         more = as_split(ex_img, ex_lab, multilabel)
         train_x, train_y = torch.cat([train_x, more.x]), torch.cat([train_y, more.y])
         n_extra = len(ex_img)
