@@ -6,6 +6,7 @@ it trains."""
 from __future__ import annotations
 
 import re
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -13,8 +14,10 @@ import pytest
 import torch
 from torch import nn
 
+from pomlia_hpc.automl import engine
 from pomlia_hpc.automl.engine import EngineOptions, TrainRequest, recalibrate_batchnorm, train
 from pomlia_hpc.automl.space import TrainConfig
+from pomlia_hpc.curves import CURVES_DIR
 from pomlia_hpc.data.store import open_version
 from pomlia_hpc.errors import InputError
 from pomlia_hpc.registry import Registry
@@ -78,3 +81,35 @@ def test_extra_labels_outside_the_task_are_one_error(
     )
     with pytest.raises(InputError, match=re.escape(f"extra data '{extra}': {message}")):
         train(req)
+
+
+@pytest.mark.usefixtures("restore_torch_threads")
+def test_a_training_that_fails_closes_its_curves(
+    workspace: Workspace, reg: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A training that raised (a diverged loss, out of memory) left its TensorBoard writer
+    open and its thread running: a driver running trials in its
+    own process (the debug executor) kept one such thread per failed trial."""
+    ref = tiny_dataset(workspace, reg, "blood", sizes=(16, 8, 8))
+    store = str(open_version(reg, ref).path)
+
+    def diverged(*args: object) -> torch.Tensor:
+        raise FloatingPointError("training loss is nan")
+
+    monkeypatch.setattr(engine, "augment", diverged)
+    cfg = TrainConfig(arch="small_cnn", batch_size=8, augmentation="none")
+    work = tmp_path / "work"
+    req = TrainRequest(
+        store,
+        "multi-class",
+        cfg,
+        1,
+        str(work),
+        str(tmp_path / "model.pt"),
+        options=EngineOptions(threads=1),
+    )
+    before = set(threading.enumerate())
+    with pytest.raises(FloatingPointError):
+        train(req)
+    assert list((work / CURVES_DIR).glob("events.out.tfevents.*"))  # the curves were begun
+    assert [t.name for t in set(threading.enumerate()) - before] == []

@@ -284,21 +284,22 @@ def train(req: TrainRequest, progress: ProgressFn | None = None) -> TrainResult:
     engine, head, loaded = _build_engine(req, data, run, start_epoch)
     checkpoints.restore(engine)
     history: list[dict[str, float]] = list(state.history) if state else []
-    # Curves beside the checkpoints (see pomlia_hpc.curves): one TensorBoard run per config.
-    curves = Curves(workdir / CURVES_DIR, enabled=run.rank == 0)
-    for epoch in range(start_epoch, req.epochs):
-        record, lrs = _train_epoch(engine, req, data, run, head, epoch)
-        history.append(record)
-        if curves.active:
-            _epoch_curves(curves, engine, req, data, run, record, lrs)
-        tag = f"epoch-{epoch + 1}"
-        checkpoints.save(engine, epoch + 1, tag)
-        checkpoints.commit(
-            ClassifierState(epoch=epoch + 1, tag=tag, config_key=req.config_key, history=history)
-        )
-        if progress:
-            progress(epoch + 1, req.epochs, record)
-    curves.close()
+    # Curves beside the checkpoints (see pomlia_hpc.curves): one TensorBoard run per config,
+    # its writer (a thread) closed when an epoch raises too.
+    with Curves(workdir / CURVES_DIR, enabled=run.rank == 0) as curves:
+        for epoch in range(start_epoch, req.epochs):
+            record, lrs = _train_epoch(engine, req, data, run, head, epoch)
+            history.append(record)
+            if curves.active:
+                _epoch_curves(curves, engine, req, data, run, record, lrs)
+            tag = f"epoch-{epoch + 1}"
+            checkpoints.save(engine, epoch + 1, tag)
+            done = ClassifierState(
+                epoch=epoch + 1, tag=tag, config_key=req.config_key, history=history
+            )
+            checkpoints.commit(done)
+            if progress:
+                progress(epoch + 1, req.epochs, record)
     metrics = _final_metrics(engine, req, data, run)
     wall = time.perf_counter() - t0
     if run.rank == 0:
