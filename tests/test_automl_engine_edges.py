@@ -17,6 +17,7 @@ from torch import nn
 from pomlia_hpc.automl import engine
 from pomlia_hpc.automl.engine import EngineOptions, TrainRequest, recalibrate_batchnorm, train
 from pomlia_hpc.automl.space import TrainConfig
+from pomlia_hpc.automl.trial import TrialJob, read_failure
 from pomlia_hpc.curves import CURVES_DIR
 from pomlia_hpc.data.store import open_version
 from pomlia_hpc.errors import InputError
@@ -113,3 +114,20 @@ def test_a_training_that_fails_closes_its_curves(
         train(req)
     assert list((work / CURVES_DIR).glob("events.out.tfevents.*"))  # the curves were begun
     assert [t.name for t in set(threading.enumerate()) - before] == []
+
+
+def test_a_trial_that_fails_before_training_leaves_its_failure(tmp_path: Path) -> None:
+    """A trial whose checkpoint record could not be read (written by a newer version, edited
+    by hand) raised before its failure file was written: a driver restarted later found
+    neither result nor failure and took the job for lost, its reason gone."""
+    work = tmp_path / "configs" / "k1"
+    (work / "ckpt" / "epoch-2").mkdir(parents=True)
+    (work / "state.json").write_text('{"epoch": 2, "tag": "epoch-2", "best": 0.5}')
+    req = TrainRequest(
+        "x", "multi-class", TrainConfig(), 4, str(work), str(tmp_path / "m.pt"), "k1"
+    )
+    result = tmp_path / "result.json"
+    with pytest.raises(InputError, match="best"):
+        TrialJob(req, str(result))()
+    failed = read_failure(result)
+    assert failed is not None and "state.json" in failed[0] and "best" in failed[0]

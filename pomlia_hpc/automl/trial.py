@@ -122,15 +122,11 @@ class TrialJob(Checkpointable):
         needs = config is not None and config.arch not in WITHOUT_TORCHVISION
         return (*self.preload, "torchvision") if needs else self.preload
 
-    def __call__(self) -> dict[str, Any]:
-        # A trial is one process launched by the cluster layer, never by torchrun: rank/port
-        # variables inherited from the submitting process (which may itself have trained with
-        # DeepSpeed and still listen on its MASTER_PORT) must not win over this job's own.
-        for key in DIST_VARS:
-            os.environ.pop(key, None)
-
-        # The job's output file is named by the scheduler's id: say which trial this is, and
-        # stamp each epoch, so `tail -f` on it tells what runs and whether it still moves.
+    def _begin(self) -> int:
+        """Stamp this attempt's start and say in the job's output which trial it is and where
+        it starts (the file is named by the scheduler's id; each epoch then says a line, so
+        `tail -f` on it tells what runs and whether it still moves); returns the epoch the
+        trial's first attempt started from."""
         req, lineage = self.request, self.request.lineage
         state = read_state(req.workdir) or {}
         epoch = int(state.get("epoch", 0))
@@ -150,11 +146,22 @@ class TrialJob(Checkpointable):
             f"{lineage.get('dataset', '?')}, {config_summary(req.config.to_dict())}, to "
             f"{req.epochs} epochs{'; ' + note if note else ''}"
         )
+        return start_epoch
+
+    def __call__(self) -> dict[str, Any]:
+        # A trial is one process launched by the cluster layer, never by torchrun: rank/port
+        # variables inherited from the submitting process (which may itself have trained with
+        # DeepSpeed and still listen on its MASTER_PORT) must not win over this job's own.
+        for key in DIST_VARS:
+            os.environ.pop(key, None)
 
         def log(epoch: int, epochs: int, rec: dict[str, float]) -> None:
             say(f"epoch {epoch}/{epochs} loss {rec['train_loss']:.4f} ({rec['seconds']:.1f} s)")
 
         try:
+            # In the try too: a checkpoint record that cannot be read fails the trial with its
+            # failure.json, which a restarted driver reads, rather than as a lost job.
+            start_epoch = self._begin()
             result = train(self.request, progress=log).to_dict()
         except Exception as exc:
             # Not BaseException: a cancelled local job gets SIGINT (KeyboardInterrupt), and a
