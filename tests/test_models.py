@@ -222,3 +222,59 @@ def test_an_unreadable_checkpoint_is_one_line(reg: Registry, tmp_path: Path) -> 
     msg = str(exc.value)
     assert msg.startswith(f"{bad}: not a readable classifier checkpoint") and "\n" not in msg
     assert msg.endswith("expected a file written by save_classifier")
+
+
+@pytest.mark.parametrize("weights", [None, [1, 2], {"head.weight": "not a tensor"}])
+def test_a_checkpoint_without_its_weights_is_one_line(tmp_path: Path, weights: object) -> None:
+    """A file with the format tag and a valid meta but no weights (cut down by hand or by
+    another tool) ended in ``KeyError: 'state_dict'`` or a TypeError from torch (exit 70)."""
+    import torch
+
+    from pomlia_hpc.models.checkpoint import FORMAT, load_classifier, write_torch
+
+    meta = {
+        "arch": "small_cnn",
+        "num_classes": 2,
+        "in_channels": 3,
+        "image_size": 28,
+        "task_type": "binary",
+        "label_names": ["a", "b"],
+    }
+    payload = {"format": FORMAT, "meta": meta}
+    if weights is not None:
+        payload["state_dict"] = weights
+    path = write_torch(tmp_path / "cut.pt", payload)
+    with pytest.raises(InputError, match=r"cut\.pt: field 'state_dict' should map parameter"):
+        load_classifier(path)
+    assert torch.load(path, weights_only=True)["format"] == FORMAT
+
+
+def test_weights_of_another_network_are_one_line(tmp_path: Path) -> None:
+    """Weights that do not fit the checkpoint's architecture gave torch's message, one line
+    per missing key."""
+    import torch
+
+    from pomlia_hpc.models.checkpoint import FORMAT, load_classifier, write_torch
+    from pomlia_hpc.models.nets import build_classifier
+
+    meta = {
+        "arch": "small_cnn",
+        "num_classes": 2,
+        "in_channels": 3,
+        "image_size": 28,
+        "task_type": "binary",
+        "label_names": ["a", "b"],
+    }
+    weights = build_classifier("small_cnn", 3, 3).state_dict()  # 3 classes, not 2
+    del weights["features.0.weight"]
+    weights["extra.bias"] = torch.zeros(1)
+    path = write_torch(
+        tmp_path / "other.pt", {"format": FORMAT, "meta": meta, "state_dict": weights}
+    )
+    with pytest.raises(InputError) as exc:
+        load_classifier(path)
+    assert "\n" not in str(exc.value)
+    assert str(exc.value).endswith(
+        "(1 missing, e.g. features.0.weight; 1 unexpected, e.g. extra.bias; "
+        "2 of another shape, e.g. head.weight)"
+    )

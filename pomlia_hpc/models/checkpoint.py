@@ -108,7 +108,18 @@ def _load_raw(path: Path) -> tuple[ClassifierMeta, dict[str, torch.Tensor]]:
         ) from exc
     if not isinstance(raw, dict) or raw.get("format") != FORMAT:
         raise InputError(f"{path}: field 'format' should be '{FORMAT}'")
-    return ClassifierMeta.from_dict(raw.get("meta") or {}, f"{path} [meta]"), raw["state_dict"]
+    meta = ClassifierMeta.from_dict(raw.get("meta") or {}, f"{path} [meta]")
+    state = raw.get("state_dict")
+    # A file cut down by hand or by another tool: one line, not a KeyError or TypeError.
+    if not isinstance(state, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
+        raise InputError(
+            f"{path}: field 'state_dict' should map parameter names to tensors, got "
+            f"{type(state).__name__ if state is not None else 'none'}; expected a file written "
+            "by save_classifier"
+        )
+    return meta, state
 
 
 def load_classifier(path: str | Path) -> LoadedClassifier:
@@ -121,6 +132,23 @@ def load_classifier(path: str | Path) -> LoadedClassifier:
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:
-        raise InputError(f"{p}: weights do not match arch '{meta.arch}' ({exc})") from exc
+        raise InputError(
+            f"{p}: weights do not match arch '{meta.arch}' ({_mismatch(model, state)})"
+        ) from exc
     model.eval()
     return LoadedClassifier(model=model, meta=meta, path=p)
+
+
+def _mismatch(model: nn.Module, state: Mapping[str, torch.Tensor]) -> str:
+    """How ``state`` differs from ``model``'s own names and shapes, on one line (torch's
+    error lists every missing key, one a line)."""
+    own = model.state_dict()
+    parts = []
+    for what, keys in (
+        ("missing", [k for k in own if k not in state]),
+        ("unexpected", [k for k in state if k not in own]),
+        ("of another shape", [k for k in own if k in state and state[k].shape != own[k].shape]),
+    ):
+        if keys:
+            parts.append(f"{len(keys)} {what}, e.g. {keys[0]}")
+    return "; ".join(parts) or "values torch could not load"
