@@ -201,3 +201,39 @@ def test_an_encoder_whose_record_cannot_say_what_it_read_is_lineage_unknown(
     assert (
         "warning: --init-model warm: lineage unknown (encoder bare: no training data sets recorded)"
     ) in said, said
+
+
+def test_a_chain_of_init_models_longer_than_followed_is_lineage_unknown(
+    tmp_path: Path, workspace: Workspace, reg: Registry
+) -> None:
+    """A loop that fine-tunes each champion from the last adds one model per promotion to its
+    chain of init models; past the models followed (32), what the older ones trained on was
+    left out without a word, as if they had seen nothing."""
+    from pomlia_hpc.models.seen import MAX_CHAIN, seen_images
+
+    x = {s: _images(n, i) for i, (s, n) in enumerate((("train", 20), ("val", 6), ("test", 6)))}
+    data = ingest(workspace, reg, "scans", npz(tmp_path / "a.npz", x), class_names=CLASSES)
+    parent: int | None = None
+    with reg.session() as s:
+        for i in range(MAX_CHAIN + 1):
+            lineage: dict[str, Any] = {"dataset_version_id": data.id, "config": {"init": "model"}}
+            if parent is None:
+                lineage["config"] = {"init": "scratch"}
+            else:
+                lineage["init_model_id"] = parent
+            row = Model(name=f"m{i}", path=str(tmp_path / f"m{i}.pt"), lineage=lineage)
+            s.add(row)
+            s.flush()
+            parent = row.id
+    with reg.session() as s:
+        newest = s.get(Model, parent)
+    assert newest is not None
+    seen = seen_images(reg, newest)
+    assert len(seen.models) == MAX_CHAIN
+    assert seen.unknown == [
+        f"model m1: its init model m0 and the models before it were not read (only "
+        f"{MAX_CHAIN} models of a chain are followed)"
+    ]
+    with reg.session() as s:
+        shorter = s.get(Model, parent - 1)
+    assert shorter is not None and seen_images(reg, shorter).unknown == []

@@ -15,7 +15,8 @@ hand (no training version, or no training ``config``: a checkpoint written befor
 recorded what they learn from in it), one registered before a lineage field existed (its ``config``
 says it started from a model or an encoder, or took extra images, that its lineage does not
 name), one whose init model, encoder or training version is no longer registered, or one
-that started from an encoder recording no training data sets is *lineage unknown*
+that started from an encoder recording no training data sets, and the models of an init
+chain longer than :data:`MAX_CHAIN` past it, are *lineage unknown*
 (:attr:`Seen.unknown`, one reason each; an encoder's own gaps read ``encoder E: ...``); a
 model whose extra images' file is gone is refused (:class:`~pomlia_hpc.errors.InputError`):
 it did train on them, and which they were cannot be told.
@@ -38,7 +39,8 @@ from pomlia_hpc.data.store import open_store
 from pomlia_hpc.errors import InputError
 from pomlia_hpc.registry import DatasetVersion, Encoder, Model, Registry
 
-#: Deepest chain of init models followed (a cycle in hand-edited lineages must end).
+#: Deepest chain of init models followed (a cycle in hand-edited lineages must end); the
+#: models past it are a lineage gap.
 MAX_CHAIN = 32
 
 _NONE = np.zeros(0, np.uint64)
@@ -218,5 +220,12 @@ def seen_images(
             current = s.get(Model, parent) if isinstance(parent, int) else None
         if current is not None and current.name in out.models:
             current = None  # a cycle
+    if current is not None:
+        # The chain goes on (a loop that fine-tunes each champion from the last adds one
+        # model per promotion): what the models past the limit saw was not read.
+        out.unknown.append(
+            f"model {out.models[-1]}: its init model {current.name} and the models before it "
+            f"were not read (only {MAX_CHAIN} models of a chain are followed)"
+        )
     out.hashes = np.unique(np.concatenate(parts or [_NONE]))
     return out
