@@ -17,7 +17,7 @@ from torch import nn
 from pomlia_hpc.automl import engine
 from pomlia_hpc.automl.engine import EngineOptions, TrainRequest, recalibrate_batchnorm, train
 from pomlia_hpc.automl.space import TrainConfig
-from pomlia_hpc.automl.trial import TrialJob, read_failure
+from pomlia_hpc.automl.trial import TrialJob, read_failure, read_result
 from pomlia_hpc.curves import CURVES_DIR
 from pomlia_hpc.data.store import open_version
 from pomlia_hpc.errors import InputError
@@ -131,3 +131,32 @@ def test_a_trial_that_fails_before_training_leaves_its_failure(tmp_path: Path) -
         TrialJob(req, str(result))()
     failed = read_failure(result)
     assert failed is not None and "state.json" in failed[0] and "best" in failed[0]
+
+
+@pytest.mark.usefixtures("restore_torch_threads")
+def test_a_trials_image_counts_stay_counts(
+    workspace: Workspace, reg: Registry, tmp_path: Path
+) -> None:
+    """A trial's result read its metrics as floats, counts too (``"n": 8.0``), and every
+    display that says what a metric was computed on (`runs list`, the study's table, the
+    report: ``0.912 (n=8)``) takes only an int: no trial's count was ever shown."""
+    ref = tiny_dataset(workspace, reg, "blood", sizes=(16, 8, 8))
+    store = str(open_version(reg, ref).path)
+    cfg = TrainConfig(arch="small_cnn", batch_size=8, augmentation="none")
+    req = TrainRequest(
+        store,
+        "multi-class",
+        cfg,
+        1,
+        str(tmp_path / "work"),
+        str(tmp_path / "model.pt"),
+        options=EngineOptions(threads=1),
+    )
+    result = tmp_path / "result.json"
+    returned = TrialJob(req, str(result))()
+    for got in (returned, read_result(result)):
+        assert got is not None
+        test = got["metrics"]["test"]
+        assert test["n"] == 8 and test["missing"] == 0
+        assert all(type(test[k]) is int for k in ("n", "missing", "auc_classes", "f1_classes"))
+        assert type(test["acc"]) is float

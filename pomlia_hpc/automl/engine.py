@@ -105,7 +105,9 @@ class TrainResult(Record):
     """What a training call reports (a trial's ``result.json``). Times in seconds;
     ``gpu_hours`` is 0 on CPU."""
 
-    metrics: dict[str, dict[str, float | None]]  # None: undefined on that split
+    #: Per split; the counts (``n``, ``missing``, ``*_classes``) stay ints: displays show
+    #: ``(n=8)`` only for an int. None: undefined on that split.
+    metrics: dict[str, dict[str, int | float | None]]
     epochs: int
     start_epoch: int
     cost_s: float
