@@ -9,8 +9,10 @@ below the folder it is given, so one command shows a whole study (each trial one
     tensorboard --logdir <home>/runs/<study>
     tensorboard --logdir <home>                 # everything: encoders and studies
 
-A resumed training appends a new event file to the same folder; TensorBoard shows the epochs
-once each (the newest value of a step wins). Writing is best effort: a failure to write curves
+A resumed training appends a new event file to the same folder, which starts with a restart
+mark at the first epoch it writes (``first_step``): TensorBoard then hides what the earlier
+files hold from that epoch on (an epoch logged, then preempted before its checkpoint, is
+trained and logged again), so it shows each epoch once, the newest value. Writing is best effort: a failure to write curves
 (full disk, read-only folder) is logged and never fails the training.
 """
 
@@ -32,9 +34,14 @@ CURVES_DIR = "tensorboard"
 class Curves:
     """An event-file writer for one training run (``with Curves(folder) as c: c.epoch(...)``).
 
-    ``enabled=False`` (e.g. on ranks other than 0) makes every call a no-op."""
+    ``enabled=False`` (e.g. on ranks other than 0) makes every call a no-op. ``first_step``:
+    the first epoch (1-based) this writer writes; a training passes it at every start, the
+    first included (TensorBoard takes the first restart mark it reads for the start itself).
+    """
 
-    def __init__(self, folder: str | Path, *, enabled: bool = True) -> None:
+    def __init__(
+        self, folder: str | Path, *, enabled: bool = True, first_step: int | None = None
+    ) -> None:
         self.folder = Path(folder)
         self._writer: Any = None
         if not enabled:
@@ -43,7 +50,10 @@ class Curves:
             from torch.utils.tensorboard import SummaryWriter
 
             self.folder.mkdir(parents=True, exist_ok=True)
-            self._writer = SummaryWriter(log_dir=str(self.folder))
+            # purge_step: a SessionLog START at that step, which TensorBoard reads as a
+            # restart that drops the values of steps >= it that earlier files logged. Without
+            # it a resumed training's repeated epoch showed twice (two values at one step).
+            self._writer = SummaryWriter(log_dir=str(self.folder), purge_step=first_step)
         except Exception as exc:  # missing package, unwritable folder: curves are optional
             log.warning("training curves not written to %s: %s", self.folder, exc)
 

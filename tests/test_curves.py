@@ -60,3 +60,25 @@ def test_an_automl_trial_writes_curves_per_epoch_and_on_resume(
     assert [s for s, _ in curves["val/acc"]] == [1, 2]
     assert all(0.0 <= v <= 1.0 for _, v in curves["val/acc"])
     assert curves["train/lr_body"] == [(1, pytest.approx(3e-3)), (2, pytest.approx(3e-3))]
+
+
+def test_tensorboard_shows_a_resumed_epoch_once(tmp_path: Path) -> None:
+    """A training preempted after it logged epoch 2 but before that epoch's checkpoint trains
+    and logs epoch 2 again: TensorBoard, which reads a folder's event files as one run, drew
+    both values at step 2 (the module said it showed each epoch once, the newest value)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    with Curves(tmp_path / "run", first_step=1) as c:
+        c.epoch(1, {"train/loss": 2.0})
+        c.epoch(2, {"train/loss": 1.5})
+    with Curves(tmp_path / "run", first_step=2) as c:  # resumed from epoch 1's checkpoint
+        c.epoch(2, {"train/loss": 1.25})
+        c.epoch(3, {"train/loss": 1.0})
+    shown = EventAccumulator(str(tmp_path / "run"))
+    shown.Reload()
+    assert [(e.step, e.value) for e in shown.Scalars("train/loss")] == [
+        (1, 2.0),
+        (2, 1.25),
+        (3, 1.0),
+    ]
+    assert read_curves(tmp_path / "run")["train/loss"] == [(1, 2.0), (2, 1.25), (3, 1.0)]

@@ -288,7 +288,7 @@ def train(req: TrainRequest, progress: ProgressFn | None = None) -> TrainResult:
     history: list[dict[str, float]] = list(state.history) if state else []
     # Curves beside the checkpoints (see pomlia_hpc.curves): one TensorBoard run per config,
     # its writer (a thread) closed when an epoch raises too.
-    with Curves(workdir / CURVES_DIR, enabled=run.rank == 0) as curves:
+    with Curves(workdir / CURVES_DIR, enabled=run.rank == 0, first_step=start_epoch + 1) as curves:
         for epoch in range(start_epoch, req.epochs):
             record, lrs = _train_epoch(engine, req, data, run, head, epoch)
             history.append(record)

@@ -160,7 +160,8 @@ def _train_rank(
         note = resume_note(resumed_from, ckpt, Checkpointable.restart_count() + 1)
         to_go = f"{n_rows} images, {config.epochs - resumed_from} epochs to go"
         say(f"training into {out}: {note + ', ' if note else ''}{to_go}")
-    curves = Curves(out / CURVES_DIR, enabled=rank == 0)  # beside checkpoints/ (pomlia_hpc.curves)
+    # beside checkpoints/ (pomlia_hpc.curves); from the first epoch this attempt trains
+    curves = Curves(out / CURVES_DIR, enabled=rank == 0, first_step=resumed_from + 1)
     for epoch in range(int(state["epoch"]), config.epochs):
         if state["stopped_early"]:
             break
