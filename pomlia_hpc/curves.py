@@ -12,8 +12,9 @@ below the folder it is given, so one command shows a whole study (each trial one
 A resumed training appends a new event file to the same folder, which starts with a restart
 mark at the first epoch it writes (``first_step``): TensorBoard then hides what the earlier
 files hold from that epoch on (an epoch logged, then preempted before its checkpoint, is
-trained and logged again), so it shows each epoch once, the newest value. Writing is best effort: a failure to write curves
-(full disk, read-only folder) is logged and never fails the training.
+trained and logged again), so it shows each epoch once, the newest value. Writing is best
+effort: a failure to write curves (full disk, read-only folder) is logged and never fails the
+training.
 """
 
 from __future__ import annotations
