@@ -261,7 +261,6 @@ def test_the_bounded_sacct_watcher_is_set_on_pomlias_own_jobs_only(
     assert not isinstance(theirs, sacctwatch.BoundedWatcher)
     for h in handles:
         assert h.job().watcher is sacctwatch.WATCHER
-        assert h.job_id in sacctwatch.WATCHER._registered  # polled by it
     other = submitit.SlurmJob(folder=tmp_path / "other", job_id="12")  # another library's job
     assert other.watcher is theirs
 

@@ -154,7 +154,7 @@ def test_a_chunk_still_written_when_another_fails_leaves_nothing_behind(
     writer's threads went on writing the chunk after it, which made the folder again (a
     hidden ``.ingest-*`` folder left in stores/, for as long as a `loop watch` daemon lives)."""
     monkeypatch.setattr(writer, "chunk_rows_for", lambda *shape: 8)  # 60 rows: 8 chunks
-    real = StoreWriter._write
+    real = StoreWriter.write_chunk
     written = threading.Event()
 
     def write(self: StoreWriter, idx: int, data: Any) -> tuple[int, str]:
@@ -168,7 +168,7 @@ def test_a_chunk_still_written_when_another_fails_leaves_nothing_behind(
                 written.set()
         return real(self, idx, data)
 
-    monkeypatch.setattr(StoreWriter, "_write", write)
+    monkeypatch.setattr(StoreWriter, "write_chunk", write)
     with pytest.raises(InputError, match="no space left writing dataset store"):
         ingest(workspace, reg, "blood", tiny_npz(tmp_path / "b.npz"), workers=2)
     assert written.wait(30)  # the slow chunk is done (before the ingest returned, once fixed)

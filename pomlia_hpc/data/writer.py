@@ -111,7 +111,9 @@ class StoreWriter:
     def _chunk_len(self, idx: int) -> int:
         return min(self.chunk_rows, self.n - idx * self.chunk_rows)
 
-    def _write(self, idx: int, data: np.ndarray) -> tuple[int, str]:
+    def write_chunk(self, idx: int, data: np.ndarray) -> tuple[int, str]:
+        """Write the images ``data`` as chunk ``idx`` (on one of the writer's threads) and
+        return the index with the chunk's SHA-256 (hex)."""
         lo = idx * self.chunk_rows
         if len(data) == self.chunk_rows:
             key = self.images.metadata.encode_chunk_key((idx, 0, 0, 0))
@@ -125,7 +127,7 @@ class StoreWriter:
     def _submit(self, idx: int, data: np.ndarray) -> None:
         while len(self._pending) >= self._max_pending:
             self._collect(self._pending.popleft())
-        self._pending.append(self._pool.submit(self._write, idx, data))
+        self._pending.append(self._pool.submit(self.write_chunk, idx, data))
 
     def _collect(self, fut: Future[tuple[int, str]]) -> None:
         idx, digest = fut.result()
