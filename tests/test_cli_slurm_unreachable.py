@@ -223,8 +223,14 @@ def test_a_job_forced_cancelled_while_sacct_is_down_is_listed_as_slurm_ended_it_
         monkeypatch.delenv("SLURM_CONF")
     else:
         monkeypatch.setenv("SLURM_CONF", conf)
-    for _ in range(30):  # slurmdbd may record the job's end a moment late
-        listed = pomlia(workspace.home, "jobs", "list")
+    listed_as_completed(workspace.home, reg, rid)
+
+
+def listed_as_completed(home: Path, reg: Registry, rid: int) -> None:
+    """Check that `jobs list` (asked again while slurmdbd may record the job's end a moment
+    late) records and shows job row ``rid``, marked CANCELLED, as Slurm's COMPLETED."""
+    for _ in range(30):
+        listed = pomlia(home, "jobs", "list")
         assert listed.returncode == 0, listed.stderr
         with reg.session() as s:
             row = s.get(Job, rid)
@@ -234,6 +240,48 @@ def test_a_job_forced_cancelled_while_sacct_is_down_is_listed_as_slurm_ended_it_
         time.sleep(1.0)
     assert (row.state, row.exit_cause) == ("COMPLETED", None)
     assert f"{rid} " in listed.stdout and "COMPLETED" in listed.stdout
+
+
+def test_a_job_force_scancelled_with_sacct_and_squeue_down_is_listed_as_slurm_ended_it(
+    workspace: Workspace, reg: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`jobs cancel --force` with slurmdbd down and squeue failing too scancel-s the job; one
+    that had COMPLETED (scancel exits 0 for it) was recorded "cancelled by user" for good,
+    as no poll asked about a CANCELLED row again. Once sacct answers, `jobs list` now
+    records and shows Slurm's COMPLETED."""
+    executor = Executor.from_profile("slurm-local", tmp_path / "jobs", reg)
+    handle = executor.submit(operator.add, 1, 2, name="forced-without-squeue")
+    rid = handle.record_id
+    assert rid is not None
+    for _ in range(600):  # ends within seconds; the registry is not told
+        if not squeue_ids([handle.job_id]):
+            break
+        time.sleep(0.2)
+    conf = os.environ.get("SLURM_CONF")
+    with monkeypatch.context() as down:
+        dead_accounting(tmp_path, down)
+        bin_dir = tmp_path / "no-squeue"
+        bin_dir.mkdir()
+        (bin_dir / "squeue").write_text(
+            "#!/bin/sh\necho 'squeue: error: Unable to contact slurm controller "
+            "(connect failure)' >&2\nexit 1\n"
+        )
+        (bin_dir / "squeue").chmod(0o755)
+        down.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+        forced = pomlia(workspace.home, "jobs", "cancel", str(rid), "--force")
+    assert forced.returncode == 0, forced.stderr
+    assert forced.stdout == f"job {rid} (slurm {handle.job_id}) cancelled\n"
+    warning = " ".join(forced.stderr.split())
+    assert "; squeue: the Slurm controller (slurmctld at " in warning, warning
+    assert warning.endswith(
+        f"job {rid} was scancel-ed with --force without Slurm saying whether it still ran: "
+        "recorded CANCELLED until sacct answers, then as Slurm says it ended"
+    ), warning
+    with reg.session() as s:
+        row = s.get(Job, rid)
+        assert row is not None and (row.state, row.exit_cause) == ("CANCELLED", "cancelled by user")
+    assert os.environ.get("SLURM_CONF") == conf  # slurmdbd and squeue answer again
+    listed_as_completed(workspace.home, reg, rid)
 
 
 def test_pipeline_cancel_cancels_its_queued_stage_while_sacct_is_down(

@@ -4,8 +4,13 @@ with exit 0 for an ended job), and ``jobs cancel --force`` of a job that has end
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import timedelta
 from pathlib import Path
 
+import pytest
 from typer.testing import CliRunner
 
 from pomlia_hpc.cli import app
@@ -18,8 +23,15 @@ from pomlia_hpc.cluster.cancel import (
     refresh_before_cancel,
 )
 from pomlia_hpc.cluster.failures import STATE_CAUSES
-from pomlia_hpc.cluster.records import mark_cancelled, refresh_slurm_jobs
+from pomlia_hpc.cluster.records import (
+    REQUEUE_WINDOW_S,
+    UNCONFIRMED_META,
+    cancel_unconfirmed,
+    mark_cancelled,
+    refresh_slurm_jobs,
+)
 from pomlia_hpc.cluster.terminate import cancel_own_jobs, cancelled_with_this_process
+from pomlia_hpc.errors import ClusterError
 from pomlia_hpc.registry import Job, Registry
 from pomlia_hpc.workspace import Workspace
 from tests.fixtures import jobfns
@@ -33,6 +45,20 @@ def _held_job(tmp_path: Path, reg: Registry, fake: FakeSlurm, state: str) -> tup
     fake.set_state(handle.job_id, state)
     assert handle.record_id is not None
     return handle.record_id, handle.job_id
+
+
+@contextmanager
+def _sacct_down(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[None]:
+    """Within the block, every ``sacct`` fails as with slurmdbd down (a script first on PATH,
+    ahead of the fake Slurm's); the fake's ``sacct`` answers again after it."""
+    bin_dir = tmp_path / "no-slurmdbd"
+    bin_dir.mkdir(exist_ok=True)
+    script = bin_dir / "sacct"
+    script.write_text("#!/bin/sh\necho 'sacct: error: slurmdbd: Connection refused' >&2\nexit 1\n")
+    script.chmod(0o755)
+    with monkeypatch.context() as m:
+        m.setenv("PATH", f"{bin_dir}{os.pathsep}{os.environ['PATH']}")
+        yield
 
 
 def _row(reg: Registry, rid: int) -> tuple[str, str | None, bool]:
@@ -148,3 +174,100 @@ def test_a_stopping_driver_keeps_the_cancel_that_accounting_has_not_seen_yet(
     assert fake_slurm.state(sid) == "CANCELLED"
     assert any(sid in name for name in cancelled_with_this_process())
     assert _row(reg, rid) == ("CANCELLED", "stopped by the test", True)
+
+
+def test_jobs_cancel_force_with_sacct_and_squeue_down_leaves_the_end_to_slurm(
+    workspace: Workspace, reg: Registry, tmp_path: Path, fake_slurm: FakeSlurm
+) -> None:
+    """`jobs cancel --force` with sacct and squeue both failing scancel-s the job; one that
+    had COMPLETED (scancel exits 0 for it) was recorded "cancelled by user" for good, and the
+    warning said it was cancelled "on squeue's word", which had not answered. The row is now
+    CANCELLED until sacct answers, then Slurm's COMPLETED."""
+    rid, sid = _held_job(tmp_path, reg, fake_slurm, "RUNNING")
+    assert refresh_before_cancel(reg, [rid]) is None
+    fake_slurm.set_state(sid, "COMPLETED")  # ends; the registry is not told
+    fake_slurm.fail_next("sacct", "sacct: error: slurmdbd: Connection refused")
+    fake_slurm.fail_next("squeue", "squeue: error: Unable to contact slurm controller")
+    res = CliRunner().invoke(app, ["jobs", "cancel", str(rid), "--force"])
+    assert res.exit_code == 0, res.output
+    assert fake_slurm.calls("scancel") == [["scancel", sid]]
+    text = " ".join(res.output.split())
+    assert "Connection refused); squeue: the Slurm controller" in text, text
+    assert "squeue's word" not in text, text
+    assert "without Slurm saying whether it still ran: recorded CANCELLED until sacct" in text
+    assert _row(reg, rid) == ("CANCELLED", "cancelled by user", True)
+    listed = CliRunner().invoke(app, ["jobs", "list", "--json"])
+    assert listed.exit_code == 0, listed.output
+    assert _row(reg, rid) == ("COMPLETED", None, True)
+    asked = len(fake_slurm.calls("sacct"))
+    assert refresh_slurm_jobs(reg) == 0
+    assert len(fake_slurm.calls("sacct")) == asked  # settled: not asked about again
+
+
+def test_a_stopping_drivers_unconfirmed_cancels_take_slurms_states_once_sacct_answers(
+    tmp_path: Path, reg: Registry, fake_slurm: FakeSlurm, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A driver stopping with slurmdbd down recorded its jobs CANCELLED for good, a job that
+    had COMPLETED before the scancel included: the sacct after the scancel failed, and no
+    poll asked about a CANCELLED row again. Both are now asked again: the completed one takes
+    COMPLETED, the cancelled one keeps the driver's cause with Slurm's end."""
+    done, _ = _held_job(tmp_path, reg, fake_slurm, "COMPLETED")  # the registry is not told
+    running, running_sid = _held_job(tmp_path, reg, fake_slurm, "RUNNING")
+    with _sacct_down(monkeypatch, tmp_path):
+        cancel_own_jobs("stopped by the test")
+        with pytest.raises(ClusterError):  # the rows are asked about: slurmdbd says nothing
+            refresh_slurm_jobs(reg)
+    assert fake_slurm.state(running_sid) == "CANCELLED"
+    for rid in (done, running):
+        assert _row(reg, rid) == ("CANCELLED", "stopped by the test", True)
+    refresh_slurm_jobs(reg)
+    assert _row(reg, done) == ("COMPLETED", None, True)
+    assert _row(reg, running) == ("CANCELLED", "stopped by the test", True)
+    with reg.session() as s:
+        rows = [s.get(Job, rid) for rid in (done, running)]
+        assert all(r is not None and UNCONFIRMED_META not in r.meta for r in rows)
+    asked = len(fake_slurm.calls("sacct"))
+    assert refresh_slurm_jobs(reg) == 0
+    assert len(fake_slurm.calls("sacct")) == asked  # confirmed: not asked about again
+
+
+def test_an_unconfirmed_cancel_is_asked_about_for_a_day(
+    tmp_path: Path, reg: Registry, fake_slurm: FakeSlurm
+) -> None:
+    """Which rows count as CANCELLED on pomlia's word only: a Slurm row marked so, within
+    the day the routine polls ask about it; never a row Slurm said was CANCELLED."""
+    rid, sid = _held_job(tmp_path, reg, fake_slurm, "RUNNING")
+    assert mark_cancelled(reg, rid, "stopped by the test")
+    with reg.session() as s:
+        row = s.get(Job, rid)
+        assert row is not None and row.ended_at is not None
+        assert cancel_unconfirmed(row)
+        late = row.ended_at + timedelta(seconds=REQUEUE_WINDOW_S + 60)
+        assert not cancel_unconfirmed(row, late)
+    fake_slurm.set_state(sid, "CANCELLED")
+    refresh_slurm_jobs(reg)
+    with reg.session() as s:
+        row = s.get(Job, rid)
+        assert row is not None and row.state == "CANCELLED" and not cancel_unconfirmed(row)
+
+
+def test_a_listing_whose_poll_fails_marks_a_cancel_slurm_has_not_confirmed(
+    workspace: Workspace,
+    reg: Registry,
+    tmp_path: Path,
+    fake_slurm: FakeSlurm,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A failed poll marked only unfinished rows `?`: a row recorded CANCELLED while sacct
+    could not confirm it (a job that may have COMPLETED) was shown as if Slurm had said so."""
+    rid, _ = _held_job(tmp_path, reg, fake_slurm, "COMPLETED")  # the registry is not told
+    with _sacct_down(monkeypatch, tmp_path):
+        cancel_own_jobs("stopped by the test")
+        listed = CliRunner().invoke(app, ["jobs", "list"])
+        shown = CliRunner().invoke(app, ["jobs", "show", str(rid)])
+    assert _row(reg, rid)[0] == "CANCELLED"
+    assert listed.exit_code == 0 and shown.exit_code == 0, listed.output + shown.output
+    for out in (listed.output, shown.output):
+        text = " ".join(out.split())
+        assert "Connection refused" in text and "(marked ?)" in text, text
+        assert "CANCELLED?" in text, text

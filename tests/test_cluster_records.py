@@ -15,11 +15,15 @@ import pytest
 
 from pomlia_hpc.cluster import records
 from pomlia_hpc.cluster.records import (
+    REQUEUE_WINDOW_S,
+    UNCONFIRMED_META,
     SchedulerState,
+    mark_all_cancelled,
     merge_scheduler_state,
     parse_sacct,
     record_submission,
     refresh_slurm_jobs,
+    utcnow,
 )
 from pomlia_hpc.errors import ClusterError
 from pomlia_hpc.registry import Job, Registry
@@ -175,3 +179,41 @@ def test_a_sacct_that_hangs_is_one_cluster_error_after_the_timeout(
         records.refresh_jobs(reg, [rid], timeout_s=0.5)
     assert time.monotonic() - began < 10
     assert _row(reg, rid).state == "PENDING"  # as recorded
+
+
+def test_routine_polls_ask_about_the_cancels_slurm_has_not_confirmed(
+    registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Which CANCELLED rows a routine poll asks sacct about (SQLite and PostgreSQL): those
+    pomlia marked itself, for a day; not one Slurm said was CANCELLED, nor a mark older than
+    the day. The first final state Slurm reports replaces the mark, and drops it."""
+    ids = record_submission(
+        registry, backend="slurm", scheduler_ids=["1", "2", "3", "4"], name="x", folder="/"
+    )
+    (local,) = record_submission(
+        registry, backend="local", scheduler_ids=["9"], name="y", folder="/"
+    )
+    assert mark_all_cancelled(registry, [*ids[:2], local], "stopped by the test") == 3
+    with registry.session() as s:
+        old, slurms = s.get(Job, ids[1]), s.get(Job, ids[2])
+        assert old is not None and slurms is not None
+        old.ended_at = utcnow() - timedelta(seconds=REQUEUE_WINDOW_S + 60)
+        slurms.state, slurms.ended_at = "CANCELLED", utcnow()  # as a poll records Slurm's word
+    asked: list[str] = []
+    end = datetime(2026, 1, 1, 3, tzinfo=UTC)
+
+    def sacct(job_ids: Any, *_: Any) -> dict[str, SchedulerState]:
+        asked.extend(job_ids)
+        return {"1": SchedulerState("COMPLETED", ended_at=end, exit_code="0:0")}
+
+    monkeypatch.setattr(records, "sacct_states", sacct)
+    assert refresh_slurm_jobs(registry) == 1
+    assert sorted(asked) == ["1", "4"]  # the marked row and the unfinished one
+    row = _row(registry, ids[0])
+    assert (row.state, row.exit_cause, row.ended_at) == ("COMPLETED", None, end)
+    assert UNCONFIRMED_META not in row.meta
+    assert UNCONFIRMED_META in _row(registry, ids[1]).meta  # past the day: left as it is
+    assert UNCONFIRMED_META not in _row(registry, local).meta  # no Slurm to confirm it
+    asked.clear()
+    refresh_slurm_jobs(registry)
+    assert asked == ["4"]

@@ -12,9 +12,11 @@ from typing import Any
 
 import pytest
 
-from pomlia_hpc.cluster import cancel
-from pomlia_hpc.cluster.sacct import sacct_states, squeue_ids
-from pomlia_hpc.errors import ClusterError
+from pomlia_hpc.cluster import cancel, records
+from pomlia_hpc.cluster.records import record_submission
+from pomlia_hpc.cluster.sacct import SchedulerState, sacct_states, squeue_ids
+from pomlia_hpc.errors import ClusterError, SlurmUnavailableError
+from pomlia_hpc.registry import Registry
 
 
 def _on_path(monkeypatch: pytest.MonkeyPatch, bin_dir: Path, **scripts: str) -> None:
@@ -25,6 +27,22 @@ def _on_path(monkeypatch: pytest.MonkeyPatch, bin_dir: Path, **scripts: str) -> 
         path.write_text(f"#!/bin/sh\n{body}\n")
         path.chmod(0o755)
     monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
+
+
+def _spy_runs(monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, float, float]]:
+    """Note each ``subprocess.run`` from now on: (command, its time limit, seconds it took)."""
+    real_run = subprocess.run
+    calls: list[tuple[str, float, float]] = []
+
+    def spy(cmd: list[str], *args: Any, **kw: Any) -> Any:
+        begun = time.monotonic()
+        try:
+            return real_run(cmd, *args, **kw)
+        finally:
+            calls.append((cmd[0], kw["timeout"], time.monotonic() - begun))
+
+    monkeypatch.setattr(subprocess, "run", spy)
+    return calls
 
 
 def test_the_controllers_look_at_a_requeued_job_keeps_within_the_polls_one_limit(
@@ -38,17 +56,7 @@ def test_the_controllers_look_at_a_requeued_job_keeps_within_the_polls_one_limit
         sacct="sleep 0.3; echo '41|REQUEUED|2026-01-01T10:00:00|2026-01-01T10:05:00|0:0'",
         squeue="echo '41|CANCELLED|2026-01-01T10:06:00'",
     )
-    real_run = subprocess.run
-    calls: list[tuple[str, float, float]] = []  # command, its time limit, seconds it took
-
-    def spy(cmd: list[str], *args: Any, **kw: Any) -> Any:
-        begun = time.monotonic()
-        try:
-            return real_run(cmd, *args, **kw)
-        finally:
-            calls.append((cmd[0], kw["timeout"], time.monotonic() - begun))
-
-    monkeypatch.setattr(subprocess, "run", spy)
+    calls = _spy_runs(monkeypatch)
     limit_s = 30.0
     states = sacct_states(["41"], timeout_s=limit_s)
     assert states["41"].state == "CANCELLED"  # the controller was asked
@@ -88,3 +96,49 @@ def test_the_wait_for_cancelled_array_parts_keeps_to_its_time(
     monkeypatch.setattr(cancel, "squeue_ids", squeue_ids_spy)
     assert not cancel.cancel_array_parts(["41"], ["41_0"], None, [], "cancelled by the test")
     assert limits and max(limits) <= 1.0  # each squeue within what is left of the wait
+
+
+def _unfinished_row(reg: Registry, tmp_path: Path) -> None:
+    """One PENDING Slurm row, job 41."""
+    record_submission(reg, backend="slurm", scheduler_ids=["41"], name="t", folder=str(tmp_path))
+
+
+def test_a_listings_squeue_for_jobs_sacct_does_not_know_keeps_within_the_polls_one_limit(
+    tmp_path: Path, reg: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`jobs list` asks squeue about the unfinished jobs sacct does not know (to record the
+    LOST ones); that squeue got the whole `cluster.list_sacct_timeout_s` again after sacct
+    had used part of it, so a listing could wait twice the limit its help and the guide
+    name."""
+    _unfinished_row(reg, tmp_path)
+    _on_path(monkeypatch, tmp_path / "bin", sacct="sleep 0.3", squeue="echo 41")
+    calls = _spy_runs(monkeypatch)
+    limit_s = 30.0
+    assert records.refresh_slurm_jobs(reg, lost=True, timeout_s=limit_s) == 0  # still queued
+    (sacct, sacct_limit, sacct_took), (squeue, squeue_limit, _) = calls
+    assert (sacct, squeue, sacct_limit) == ("sacct", "squeue", limit_s)
+    assert sacct_took + squeue_limit <= limit_s  # what sacct took is not given again
+
+
+def test_squeue_is_not_asked_when_sacct_took_the_polls_whole_limit(
+    tmp_path: Path, reg: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With nothing of the limit left after sacct, the listing's poll says so in words
+    (the states are then shown as last recorded) instead of waiting for squeue."""
+    _unfinished_row(reg, tmp_path)
+
+    def sacct_taking_all(job_ids: Any, timeout_s: float = 60.0) -> dict[str, SchedulerState]:
+        time.sleep(timeout_s)
+        return {}  # knows none of them
+
+    def squeue_not_asked(*args: Any, **kw: Any) -> set[str]:
+        raise AssertionError("squeue was asked with no time left")
+
+    monkeypatch.setattr(records, "sacct_states", sacct_taking_all)
+    monkeypatch.setattr(records, "squeue_ids", squeue_not_asked)
+    with pytest.raises(SlurmUnavailableError) as err:
+        records.refresh_slurm_jobs(reg, lost=True, timeout_s=0.2)
+    assert str(err.value) == (
+        "squeue: not asked whether 1 job(s) sacct does not know are still queued: sacct took "
+        "the whole 0.2 s"
+    )

@@ -85,7 +85,8 @@ def status(
     recent jobs.
 
     A console too narrow for the jobs table (80 columns) gets the narrow one of `jobs list`.
-    Slurm states as in `jobs list` (sacct waited for at most cluster.list_sacct_timeout_s)."""
+    Slurm states as in `jobs list` (sacct and squeue waited for at most
+    cluster.list_sacct_timeout_s in all)."""
     check_limit(limit)
     ws = STATE.workspace
     profile = load_cluster_profile(ws.cluster_profile)

@@ -46,8 +46,10 @@ def list_jobs(
 ) -> None:
     """List recorded jobs, newest first (Slurm states refreshed with one sacct call).
 
-    sacct is waited for at most cluster.list_sacct_timeout_s seconds (15; <home>/pomlia.yaml);
-    then the states are the last recorded ones, said so, and unfinished ones marked ?.
+    sacct, and squeue after it for jobs sacct does not know, are waited for at most
+    cluster.list_sacct_timeout_s seconds in all (15; <home>/pomlia.yaml); then the states are
+    the last recorded ones, said so, and unfinished ones marked ? (so is a CANCELLED that
+    Slurm has not confirmed yet).
 
     A console too narrow for the full table (80 columns) gets a narrow one: times as MM-DD
     HH:MM, the exit cause under the name, the end time under the submission time, requeues
@@ -110,7 +112,8 @@ def show(
     ] = False,
 ) -> None:
     """Show one job in full: its log files, and the traceback of a failure (a state sacct
-    could not confirm within cluster.list_sacct_timeout_s seconds is marked ?).
+    and squeue could not confirm within cluster.list_sacct_timeout_s seconds in all is
+    marked ?).
 
     Logs: a job's stdout and stderr are <folder>/<scheduler_id>_0_log.out and .err (an array
     task's scheduler_id is <array>_<task>), a batch script's (`monitor schedule`)
@@ -209,7 +212,9 @@ def cancel(
             "--force",
             help="A job that cannot be signalled from here (a local job of another host, one "
             "scancel refuses) is marked CANCELLED in the registry; its process is not touched. "
-            "So is a Slurm job that squeue no longer lists while sacct does not answer.",
+            "So is a Slurm job that squeue no longer lists while sacct does not answer; one "
+            "neither answers for is scancel-ed. Slurm's final state replaces such a mark once "
+            "sacct answers.",
         ),
     ] = False,
 ) -> None:
@@ -250,7 +255,14 @@ def cancel(
         )
         return
     console.print(f"job {job_id} ({row.backend} {row.scheduler_id}) cancelled")
-    if outcome.unconfirmed is not None:
+    if outcome.unconfirmed is not None and not outcome.listed:
+        err_console.print(
+            f"[yellow]warning:[/] {escape(outcome.unconfirmed)}; job {job_id} was scancel-ed "
+            "with --force without Slurm saying whether it still ran: recorded CANCELLED until "
+            "sacct answers, then as Slurm says it ended",
+            highlight=False,
+        )
+    elif outcome.unconfirmed is not None:
         err_console.print(
             f"[yellow]warning:[/] {escape(outcome.unconfirmed)}; job {job_id} was cancelled "
             "on squeue's word that it was still queued or running",

@@ -21,7 +21,12 @@ from rich.markup import escape
 
 from pomlia_hpc.cli.app import STATE, err_console
 from pomlia_hpc.cli.tables import when
-from pomlia_hpc.cluster.records import recorded_as_of, refresh_jobs_within
+from pomlia_hpc.cluster.records import (
+    cancel_unconfirmed,
+    recorded_as_of,
+    refresh_jobs_within,
+    utcnow,
+)
 from pomlia_hpc.registry import Job, Registry
 from pomlia_hpc.vocab import FINAL_STATES
 
@@ -53,8 +58,8 @@ def waiting_said(timeout_s: float) -> Iterator[None]:
 def refresh_for_listing(registry: Registry, job_ids: Sequence[int] | None = None) -> str | None:
     """Refresh the job rows a listing shows (all unfinished ones, or ``job_ids``) from the
     scheduler, waiting at most the workspace's ``list_sacct_timeout_s`` seconds for ``sacct``
-    (and as long again for ``squeue``). Returns None when the states are current, else why
-    they are not (the error in words), for :func:`say_unsure`."""
+    and the ``squeue`` after it together (one limit). Returns None when the states are
+    current, else why they are not (the error in words), for :func:`say_unsure`."""
     timeout_s = STATE.workspace.list_sacct_timeout_s
     with waiting_said(timeout_s):
         return refresh_jobs_within(registry, job_ids, timeout_s=timeout_s, lost=True)
@@ -62,14 +67,21 @@ def refresh_for_listing(registry: Registry, job_ids: Sequence[int] | None = None
 
 def unsure_states(rows: Sequence[Job]) -> list[Job]:
     """The rows whose shown state may be out of date after a failed poll: the unfinished
-    Slurm ones (an ended job's state does not change; local jobs were polled here)."""
-    return [r for r in rows if r.backend == "slurm" and r.state not in FINAL_STATES]
+    Slurm ones, and those pomlia marked CANCELLED that Slurm has not confirmed yet (the poll
+    would have asked about them: :func:`~pomlia_hpc.cluster.records.cancel_unconfirmed`).
+    Another ended job's state does not change; local jobs were polled here."""
+    now = utcnow()
+    return [
+        r
+        for r in rows
+        if r.backend == "slurm" and (r.state not in FINAL_STATES or cancel_unconfirmed(r, now))
+    ]
 
 
 def say_unsure(console: Console, problem: str, rows: Sequence[Job]) -> None:
     """Say on ``console`` that the scheduler could not be asked (``problem``) and that the
-    states of ``rows`` are the last recorded ones, as of the oldest confirmation among the
-    unfinished ones (table times, UTC)."""
+    states of ``rows`` are the last recorded ones, as of the oldest confirmation among those
+    :func:`unsure_states` picks (table times, UTC)."""
     unsure = unsure_states(rows)
     say_unsure_as_of(console, problem, min((recorded_as_of(r) for r in unsure), default=None))
 

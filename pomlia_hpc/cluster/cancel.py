@@ -109,8 +109,9 @@ def record_cancelled(
 ) -> list[int]:
     """Record the Slurm rows ``record_ids``, just ``scancel``-ed, CANCELLED with ``cause``,
     then what Slurm says they ended as (one ``sacct`` of at most ``timeout_s`` seconds, after
-    which the rows stay CANCELLED). Returns the ids of the rows, unfinished before, that
-    stay CANCELLED (a row that had ended keeps its state).
+    which the rows stay CANCELLED, unconfirmed: a later poll records what Slurm says, see
+    :data:`~pomlia_hpc.cluster.records.UNCONFIRMED_META`). Returns the ids of the rows,
+    unfinished before, that stay CANCELLED (a row that had ended keeps its state).
 
     A job that ended on its own between the caller's last look and the ``scancel`` (which
     exits 0 for an ended job) was recorded CANCELLED while Slurm said COMPLETED; the answer
@@ -169,10 +170,15 @@ class CancelOutcome:
     """What :func:`cancel_job_row` did. ``ended``: the final state of a job that had already
     ended (nothing was signalled), None when it was cancelled now. ``unconfirmed``: why
     Slurm's accounting could not be asked first (``sacct: ... did not answer``), when the job
-    was cancelled on ``squeue``'s word that it was still queued or running; else None."""
+    was cancelled on ``squeue``'s word that it was still queued or running, or (``listed``
+    False, with ``--force``) without it, ``squeue`` failing too (its error follows sacct's);
+    else None. Such a row is CANCELLED until ``sacct`` confirms how the job ended
+    (:data:`~pomlia_hpc.cluster.records.UNCONFIRMED_META`)."""
 
     ended: str | None
     unconfirmed: str | None = None
+    #: With ``unconfirmed``: whether ``squeue`` listed the job (False: it could not answer).
+    listed: bool = True
 
 
 def cancel_recorded_job(registry: Registry, record_id: int, *, force: bool = False) -> str | None:
@@ -193,10 +199,13 @@ def cancel_job_row(registry: Registry, record_id: int, *, force: bool = False) -
     that cannot be signalled from here (a local job of another host, a failed ``scancel``) is
     a :class:`ClusterError`; with ``force`` its row is marked CANCELLED instead, the process
     itself untouched, and so is that of a job ``squeue`` no longer lists while ``sacct``
-    cannot answer (:data:`GONE_FORCED_CAUSE`). Slurm 22.05's ``scancel`` of a job it forgot
-    exits 0 silently: such a job is found LOST before the signal and returned as ended
-    ``LOST`` (nothing signalled); of a job that has just ended, too: the ``sacct`` after it
-    finds that state (:func:`record_cancelled`), returned as ``ended``."""
+    cannot answer (:data:`GONE_FORCED_CAUSE`); when ``squeue`` cannot answer either, ``force``
+    ``scancel``-s the job (``listed`` False). A row CANCELLED without ``sacct``'s word takes
+    the final state Slurm reports at a later poll
+    (:data:`~pomlia_hpc.cluster.records.UNCONFIRMED_META`). Slurm 22.05's ``scancel`` of a
+    job it forgot exits 0 silently: such a job is found LOST before the signal and returned
+    as ended ``LOST`` (nothing signalled); of a job that has just ended, too: the ``sacct``
+    after it finds that state (:func:`record_cancelled`), returned as ``ended``."""
     unconfirmed = refresh_before_cancel(registry, [record_id])
     return cancel_refreshed_row(registry, record_id, unconfirmed, force=force)
 
@@ -227,6 +236,7 @@ def cancel_refreshed_row(
         folder, host = row.folder, (row.meta or {}).get("host")
     if state in FINAL_STATES:
         return CancelOutcome(state)
+    listed = True
     if unconfirmed is not None:
         try:
             _check_still_queued(unconfirmed, record_id, scheduler_id)
@@ -236,9 +246,11 @@ def cancel_refreshed_row(
             # nothing runs that a signal could stop; the user asked for the row to be closed
             mark_cancelled(registry, record_id, GONE_FORCED_CAUSE)
             return CancelOutcome(None, unconfirmed)
-        except ClusterError:
+        except ClusterError as exc:
             if not force:
-                raise  # with --force, a scancel that fails too marks the row (below)
+                raise  # with --force, the scancel goes ahead; one that fails marks the row
+            said = str(exc.__cause__ or exc).removesuffix(RETRY)
+            unconfirmed, listed = f"{unconfirmed}; {said}", False
     try:
         if backend == "local" and host not in (None, this_host()):
             raise ClusterError(
@@ -250,8 +262,9 @@ def cancel_refreshed_row(
         if not force:
             raise
         mark_cancelled(registry, record_id, FORCED_CAUSE)
-        return CancelOutcome(None, unconfirmed)
+        return CancelOutcome(None, unconfirmed, listed)
     if backend != "slurm" or unconfirmed is not None:  # sacct known out of reach: not asked
+        # a Slurm row stays unconfirmed: a later poll records how Slurm says the job ended
         cancelled = mark_cancelled(registry, record_id)
     else:  # scancel of a job that ended meanwhile exits 0: what Slurm says after it counts
         cancelled = bool(record_cancelled(registry, [record_id], "cancelled by user"))
@@ -259,7 +272,7 @@ def cancel_refreshed_row(
         with registry.session() as s:
             row = s.get(Job, record_id)
             return CancelOutcome(row.state if row is not None else None)
-    return CancelOutcome(None, unconfirmed)
+    return CancelOutcome(None, unconfirmed, listed)
 
 
 def _check_still_queued(unconfirmed: str, record_id: int, scheduler_id: str) -> None:

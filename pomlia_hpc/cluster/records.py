@@ -8,8 +8,10 @@ call per poll, not one per job (:mod:`pomlia_hpc.cluster.sacct`); local jobs are
 
 from __future__ import annotations
 
+import math
 import os
 import socket
+import time
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -29,7 +31,7 @@ from pomlia_hpc.cluster.localresult import local_cancel_cause, local_result_outc
 from pomlia_hpc.cluster.sacct import SchedulerState, sacct_states, squeue_ids
 from pomlia_hpc.cluster.sacct import parse_sacct as parse_sacct  # where callers found it
 from pomlia_hpc.cluster.submitit_local import CONTROLLER_META
-from pomlia_hpc.errors import ClusterError
+from pomlia_hpc.errors import ClusterError, SlurmUnavailableError
 from pomlia_hpc.processes import pid_alive
 from pomlia_hpc.registry import Job, Registry
 from pomlia_hpc.vocab import FINAL_STATES, REQUEUABLE_STATES
@@ -194,24 +196,56 @@ GONE_FORCED_CAUSE = (
     "sacct could not say how; nothing was signalled"
 )
 
-#: The causes of rows marked CANCELLED without Slurm's word: routine polls keep asking about
-#: such a Slurm row for :data:`REQUEUE_WINDOW_S` seconds after it was marked, and a final state
-#: Slurm reports replaces the mark (:func:`merge_scheduler_state`).
+#: The causes of rows marked CANCELLED by ``jobs cancel --force``: marks that say nothing was
+#: signalled, which Slurm's own cause replaces when it reports CANCELLED too
+#: (:func:`merge_scheduler_state`). Rows marked so before :data:`UNCONFIRMED_META` existed
+#: carry only this cause, which :func:`cancel_unconfirmed` counts as the marker.
 FORCED_CAUSES = (FORCED_CAUSE, GONE_FORCED_CAUSE)
+
+#: ``Job.meta`` key of a Slurm row that pomlia marked CANCELLED itself (a ``scancel`` it
+#: sent, ``jobs cancel --force``, a stopping driver) while Slurm has not confirmed how the
+#: job ended: when it was marked (ISO 8601, UTC). Routine polls keep asking about such a row
+#: for :data:`REQUEUE_WINDOW_S` seconds after the mark, and the first final state Slurm
+#: reports replaces the mark and drops the key (:func:`refresh_slurm_jobs`): a job that had in
+#: fact COMPLETED or FAILED before the ``scancel`` (which exits 0 for it) is recorded so.
+UNCONFIRMED_META = "cancel_unconfirmed"
+
+
+def cancel_unconfirmed(row: Job, now: datetime | None = None) -> bool:
+    """Whether ``row`` is a Slurm row CANCELLED on pomlia's word only (:data:`UNCONFIRMED_META`,
+    or a :data:`FORCED_CAUSES` cause) that routine polls still ask Slurm about (marked less
+    than :data:`REQUEUE_WINDOW_S` seconds before ``now``, default :func:`utcnow`)."""
+    if row.backend != "slurm" or row.state != "CANCELLED":
+        return False
+    if not _marked_unconfirmed(row.meta, row.exit_cause):
+        return False
+    since = (now or utcnow()) - timedelta(seconds=REQUEUE_WINDOW_S)
+    return row.ended_at is None or row.ended_at >= since
+
+
+def _marked_unconfirmed(meta: dict[str, Any] | None, cause: str | None) -> bool:
+    """Whether a CANCELLED row's ``meta`` and ``cause`` say the cancel is pomlia's word only."""
+    return UNCONFIRMED_META in (meta or {}) or cause in FORCED_CAUSES
+
+
+def _set_cancelled(row: Job, cause: str, now: datetime) -> None:
+    """Record ``row`` CANCELLED by ``cause`` at ``now``; a Slurm row as not yet confirmed."""
+    row.state, row.exit_cause, row.ended_at = "CANCELLED", cause, now
+    if row.backend == "slurm":  # a new dict: the JSON column notices an assignment only
+        row.meta = {**(row.meta or {}), UNCONFIRMED_META: now.isoformat(timespec="seconds")}
 
 
 def mark_cancelled(registry: Registry, job_id: int, cause: str = "cancelled by user") -> bool:
     """Record that job row ``job_id`` was cancelled (``cause``: by whom or what), unless it
-    had already ended.
+    had already ended. A Slurm row is marked :data:`UNCONFIRMED_META` until a poll records
+    the final state Slurm reports.
 
     Returns whether the row was changed."""
     with registry.session() as s:
         row = s.get(Job, job_id)
         if row is None or row.state in FINAL_STATES:
             return False
-        row.state = "CANCELLED"
-        row.exit_cause = cause
-        row.ended_at = datetime.now(UTC)
+        _set_cancelled(row, cause, datetime.now(UTC))
         return True
 
 
@@ -225,7 +259,7 @@ def mark_all_cancelled(
         for job_id in job_ids:
             row = s.get(Job, job_id)
             if row is not None and row.state not in FINAL_STATES:
-                row.state, row.exit_cause, row.ended_at = "CANCELLED", cause, now
+                _set_cancelled(row, cause, now)
                 n += 1
     return n
 
@@ -235,9 +269,10 @@ def merge_scheduler_state(row: Job, st: SchedulerState) -> dict[str, Any]:
 
     A final row does not go back to an unfinished state unless Slurm started a new attempt
     (more requeues) or the row ended in a requeuable state: an answer without either was read
-    before the row's end (a cancellation, say) was recorded. A row marked CANCELLED by
-    ``jobs cancel --force`` (:data:`FORCED_CAUSES`) takes the final state Slurm reports, with
-    Slurm's cause and end.
+    before the row's end (a cancellation, say) was recorded. A row pomlia marked CANCELLED
+    takes the final state Slurm reports, with Slurm's end and cause; when Slurm says CANCELLED
+    too, the mark's cause (who cancelled) stays, unless it is a ``jobs cancel --force`` one
+    (:data:`FORCED_CAUSES`: nothing was signalled, so someone else cancelled it).
     """
     final = st.state in FINAL_STATES
     forced = row.exit_cause in FORCED_CAUSES  # a mark of ours, not Slurm's word: Slurm's wins
@@ -288,28 +323,20 @@ def refresh_slurm_jobs(
     """Poll Slurm once for every unfinished Slurm job row (or those in ``job_ids``).
 
     Unfinished includes rows that ended in a requeuable state less than
-    :data:`REQUEUE_WINDOW_S` seconds ago, and rows marked CANCELLED by ``jobs cancel --force``
-    (:data:`FORCED_CAUSES`) as long ago at most: Slurm's final state replaces the mark.
-    Returns how many rows changed. No transaction is open while ``sacct`` runs (up to a
-    minute), so other registry users are never blocked.
+    :data:`REQUEUE_WINDOW_S` seconds ago, and rows pomlia marked CANCELLED that Slurm has not
+    confirmed (:func:`cancel_unconfirmed`) as long ago at most: Slurm's final state replaces
+    the mark. Returns how many rows changed. No transaction is open while ``sacct`` runs (up
+    to a minute), so other registry users are never blocked.
     With ``lost``, an unfinished row that ``sacct`` does not know and ``squeue`` does not list
     either is recorded ``LOST`` (one ``squeue`` call for those; what `pomlia jobs` shows).
-    ``timeout_s``: how long ``sacct`` may take (then :class:`ClusterError`). ``final_only``:
-    answers in an unfinished state are ignored (read before a ``scancel`` took effect).
+    ``timeout_s``: how long ``sacct`` may take, and ``squeue`` after it with ``lost``: both
+    keep to that one limit (then :class:`ClusterError`). ``final_only``: answers in an
+    unfinished state are ignored (read before a ``scancel`` took effect).
     """
-    with registry.session() as s:
-        q = select(Job.id, Job.scheduler_id).where(Job.backend == "slurm")
-        if job_ids is not None:
-            q = q.where(Job.id.in_(job_ids))
-        else:
-            since = datetime.now(UTC) - timedelta(seconds=REQUEUE_WINDOW_S)
-            recent = or_(Job.ended_at.is_(None), Job.ended_at >= since)
-            requeuable = and_(Job.state.in_(REQUEUABLE_STATES), recent)
-            forced = and_(Job.exit_cause.in_(FORCED_CAUSES), recent)
-            q = q.where(or_(Job.state.not_in(FINAL_STATES), requeuable, forced))
-        targets = [(rid, sid) for rid, sid in s.execute(q)]
+    targets = _slurm_targets(registry, job_ids)
     if not targets:
         return 0
+    deadline = time.monotonic() + timeout_s
     states = sacct_states((sid for _, sid in targets), timeout_s)
     changed, polled = 0, datetime.now(UTC).isoformat(timespec="seconds")
     with registry.session() as s:
@@ -322,15 +349,54 @@ def refresh_slurm_jobs(
             earlier = {EARLIER_META: round(st.earlier_s, 1)} if st.earlier_s else {}
             row.meta = {**(row.meta or {}), POLLED_META: polled, **counted, **earlier}
             new = merge_scheduler_state(row, st)
+            if st.state in FINAL_STATES or "state" in new:  # Slurm's word, no longer ours
+                row.meta = {k: v for k, v in row.meta.items() if k != UNCONFIRMED_META}
             if new:
                 changed += 1
                 for k, v in new.items():
                     setattr(row, k, v)
     missing = [(rid, sid) for rid, sid in targets if sid not in states]
     if lost and missing:
-        queued = squeue_ids([sid for _, sid in missing], timeout_s)
+        queued = _squeue_within([sid for _, sid in missing], deadline, timeout_s)
         changed += len(_record_lost(registry, [(r, i) for r, i in missing if i not in queued]))
     return changed
+
+
+def _slurm_targets(registry: Registry, job_ids: Sequence[int] | None) -> list[tuple[int, str]]:
+    """(registry id, Slurm id) of the rows :func:`refresh_slurm_jobs` asks about: those of
+    ``job_ids``, else the unfinished Slurm rows, those that ended in a requeuable state and
+    those CANCELLED on pomlia's word only (:func:`cancel_unconfirmed`), the last two less than
+    :data:`REQUEUE_WINDOW_S` seconds ago."""
+    with registry.session() as s:
+        q = select(Job.id, Job.scheduler_id, Job.state, Job.meta, Job.exit_cause)
+        q = q.where(Job.backend == "slurm")
+        if job_ids is not None:
+            q = q.where(Job.id.in_(job_ids))
+        else:
+            since = utcnow() - timedelta(seconds=REQUEUE_WINDOW_S)
+            recent = or_(Job.ended_at.is_(None), Job.ended_at >= since)
+            requeuable = and_(Job.state.in_(REQUEUABLE_STATES), recent)
+            cancelled = and_(Job.state == "CANCELLED", recent)  # the marked ones: below
+            q = q.where(or_(Job.state.not_in(FINAL_STATES), requeuable, cancelled))
+        return [
+            (rid, sid)
+            for rid, sid, state, meta, cause in s.execute(q)
+            if job_ids is not None or state != "CANCELLED" or _marked_unconfirmed(meta, cause)
+        ]
+
+
+def _squeue_within(job_ids: Sequence[str], deadline: float, timeout_s: float) -> set[str]:
+    """:func:`squeue_ids` within what is left until ``deadline`` (a poll's one limit of
+    ``timeout_s`` seconds, which its ``sacct`` has used part of), in tenths of a second as its
+    error would say them; a :class:`~pomlia_hpc.errors.SlurmUnavailableError` when not even
+    one is left."""
+    left_s = math.floor((deadline - time.monotonic()) * 10) / 10
+    if left_s <= 0:
+        raise SlurmUnavailableError(
+            f"squeue: not asked whether {len(job_ids)} job(s) sacct does not know are still "
+            f"queued: sacct took the whole {timeout_s:g} s"
+        )
+    return squeue_ids(job_ids, left_s)
 
 
 def mark_lost(registry: Registry, job_ids: Sequence[int]) -> list[int]:
@@ -451,10 +517,10 @@ def refresh_jobs_within(
     lost: bool = False,
 ) -> str | None:
     """:func:`refresh_jobs` for a command that must not hang on a busy Slurm: ``sacct`` (and
-    ``squeue``, with ``lost``) may take at most ``timeout_s`` seconds each, and the local
-    jobs are polled either way. Returns None when the Slurm rows' states are current, else
-    why they are not, in words ("sacct did not answer within 15 s"): those rows then keep
-    their recorded states, :func:`recorded_as_of` says how old."""
+    ``squeue`` after it, with ``lost``) may take at most ``timeout_s`` seconds together, and
+    the local jobs are polled either way. Returns None when the Slurm rows' states are
+    current, else why they are not, in words ("sacct did not answer within 15 s"): those rows
+    then keep their recorded states, :func:`recorded_as_of` says how old."""
     problem = None
     try:
         refresh_slurm_jobs(registry, job_ids, lost=lost, timeout_s=timeout_s)
