@@ -160,31 +160,31 @@ def _train_rank(
         note = resume_note(resumed_from, ckpt, Checkpointable.restart_count() + 1)
         to_go = f"{n_rows} images, {config.epochs - resumed_from} epochs to go"
         say(f"training into {out}: {note + ', ' if note else ''}{to_go}")
-    # beside checkpoints/ (pomlia_hpc.curves); from the first epoch this attempt trains
-    curves = Curves(out / CURVES_DIR, enabled=rank == 0, first_step=resumed_from + 1)
-    for epoch in range(int(state["epoch"]), config.epochs):
-        if state["stopped_early"]:
-            break
-        t0 = time.perf_counter()
-        lr = lr_at(epoch, config.epochs, config.lr, config.lr_schedule)
-        loss, parts, images = _rank_epoch(engine, config, train_sources, epoch, lr, dtype)
-        val = validation_loss(engine.module, val_batches, engine.device, dtype)
-        improved = _after_epoch(state, config, epoch, (loss, val, lr), parts)
-        tag = f"epoch-{epoch + 1:04d}"
-        checkpoints.save(engine, epoch + 1, tag)
-        if rank == 0 and improved:  # the weights early stopping keeps (before latest.json)
-            write_checkpoint(out / "best.pt", engine.module.model, config, state["loss_curve"])
-        line = epoch_line(state, val, images, time.perf_counter() - t0)
-        if rank == 0:  # before latest.json: a resume drops what no checkpoint backs (above)
-            append_epoch_line(out / EPOCH_LOG, line)
-        # The previous epoch's checkpoint stays too (one spare).
-        checkpoints.commit(
-            EncoderState(**state, tag=tag, resumed_from=resumed_from),
-            keep=(f"epoch-{epoch:04d}",),
-        )
-        if rank == 0:
-            _report_epoch(out, config, state, curves, line)
-    curves.close()
+    # beside checkpoints/ (pomlia_hpc.curves); from the first epoch this attempt trains. Its
+    # writer (a thread) is closed when an epoch raises too.
+    with Curves(out / CURVES_DIR, enabled=rank == 0, first_step=resumed_from + 1) as curves:
+        for epoch in range(int(state["epoch"]), config.epochs):
+            if state["stopped_early"]:
+                break
+            t0 = time.perf_counter()
+            lr = lr_at(epoch, config.epochs, config.lr, config.lr_schedule)
+            loss, parts, images = _rank_epoch(engine, config, train_sources, epoch, lr, dtype)
+            val = validation_loss(engine.module, val_batches, engine.device, dtype)
+            improved = _after_epoch(state, config, epoch, (loss, val, lr), parts)
+            tag = f"epoch-{epoch + 1:04d}"
+            checkpoints.save(engine, epoch + 1, tag)
+            if rank == 0 and improved:  # the weights early stopping keeps (before latest.json)
+                write_checkpoint(out / "best.pt", engine.module.model, config, state["loss_curve"])
+            line = epoch_line(state, val, images, time.perf_counter() - t0)
+            if rank == 0:  # before latest.json: a resume drops what no checkpoint backs (above)
+                append_epoch_line(out / EPOCH_LOG, line)
+            # The previous epoch's checkpoint stays too (one spare).
+            checkpoints.commit(
+                EncoderState(**state, tag=tag, resumed_from=resumed_from),
+                keep=(f"epoch-{epoch:04d}",),
+            )
+            if rank == 0:
+                _report_epoch(out, config, state, curves, line)
     if rank == 0:
         best = out / "best.pt"
         if state["best_epoch"] is not None and best.exists():
