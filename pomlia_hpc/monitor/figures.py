@@ -22,6 +22,7 @@ from matplotlib.lines import Line2D
 
 from pomlia_hpc.monitor.history import is_tested
 from pomlia_hpc.registry import MonitorReport
+from pomlia_hpc.times import as_utc
 
 #: Where p-values are clipped on the log axis (a p-value of 0 cannot be drawn).
 P_FLOOR = 1e-6
@@ -32,18 +33,6 @@ MAX_TICKS = 10
 _THRESHOLD_STYLES = ("--", ":", "-.", (0, (5, 1, 1, 1)))
 
 
-def _utc(value: Any) -> datetime | None:
-    """A recorded time (ISO text or datetime) as an aware UTC datetime; None if it is none."""
-    if isinstance(value, datetime):
-        when = value
-    else:
-        try:
-            when = datetime.fromisoformat(str(value))
-        except ValueError:
-            return None
-    return when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
-
-
 def _history_points(
     past: Sequence[MonitorReport], report: dict[str, Any]
 ) -> tuple[list[datetime | None], list[dict[str, Any]]]:
@@ -52,9 +41,9 @@ def _history_points(
     for row in past:
         window = (row.metrics or {}).get("window") or {}
         # Reports recorded before the window was kept in the metrics: their creation time.
-        times.append(_utc(window.get("until")) or _utc(row.created_at))
+        times.append(as_utc(window.get("until")) or as_utc(row.created_at))
         tests.append(dict(row.drift or {}))
-    times.append(_utc(report["window"]["until"]))
+    times.append(as_utc(report["window"]["until"]))
     tests.append({t["name"]: t for t in report["tests"]})
     return times, tests
 
@@ -190,9 +179,9 @@ def _time_axis(ax: Any, shown: Sequence[datetime], current: datetime | None) -> 
 def hourly_volume(report: dict[str, Any]) -> list[tuple[datetime, int]]:
     """(hour start UTC, predictions) for every hour the window touches, oldest first,
     0 for an hour without predictions (the report lists only hours with some)."""
-    since = _utc(report["window"]["since"])
-    until = _utc(report["window"]["until"])
-    counts = {_utc(h): int(n) for h, n in report["volume"]["per_hour"]}
+    since = as_utc(report["window"]["since"])
+    until = as_utc(report["window"]["until"])
+    counts = {as_utc(h): int(n) for h, n in report["volume"]["per_hour"]}
     if since is None or until is None:
         return sorted((h, n) for h, n in counts.items() if h is not None)
     hour = since.replace(minute=0, second=0, microsecond=0)
@@ -219,7 +208,7 @@ def volume_figure(report: dict[str, Any]) -> Figure | None:
         edgecolor="white",
         linewidth=0.5,
     )
-    since, until = _utc(report["window"]["since"]), _utc(report["window"]["until"])
+    since, until = as_utc(report["window"]["since"]), as_utc(report["window"]["until"])
     if since is not None and until is not None:
         ax.set_xlim(_num(since), _num(until))
     loc = mdates.AutoDateLocator(tz=UTC, maxticks=MAX_TICKS)

@@ -15,6 +15,7 @@ from sqlalchemy import select
 from pomlia_hpc.errors import InputError, NotFoundError
 from pomlia_hpc.monitor.reference import resolve_model_id
 from pomlia_hpc.registry import MonitorReport, Registry
+from pomlia_hpc.times import as_utc
 
 #: What a report shows in place of the p-value of a test that was not tested.
 NOT_TESTED = "not tested"
@@ -116,13 +117,9 @@ def show_time(value: Any) -> str:
     the monitor writes it); ``-`` for none, the text itself when it is not a time."""
     if value is None or value == "":
         return "-"
-    when = value
-    if not isinstance(when, datetime):
-        try:
-            when = datetime.fromisoformat(str(value))
-        except ValueError:
-            return str(value)
-    when = when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+    when = as_utc(value)
+    if when is None:
+        return str(value)
     return f"{when:%Y-%m-%d %H:%M:%S} UTC"
 
 

@@ -13,9 +13,10 @@ import math
 import os
 import urllib.parse
 from collections.abc import Iterable, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TypeGuard
+
+from pomlia_hpc.times import as_utc
 
 CSS = """
 body{font-family:system-ui,-apple-system,'Segoe UI',sans-serif;margin:0;color:#1b1f24;
@@ -64,13 +65,9 @@ def utc_text(value: Any, *, seconds: bool = False) -> str:
     nothing as an empty string."""
     if value is None or value == "":
         return ""
-    when = value
-    if not isinstance(when, datetime):
-        try:
-            when = datetime.fromisoformat(str(value))
-        except ValueError:
-            return str(value)
-    when = when.replace(tzinfo=UTC) if when.tzinfo is None else when.astimezone(UTC)
+    when = as_utc(value)
+    if when is None:
+        return str(value)
     return when.strftime("%Y-%m-%d %H:%M:%S" if seconds else "%Y-%m-%d %H:%M")
 
 
