@@ -7,13 +7,17 @@ A fake `sacct` on PATH (a shell script) hangs for a minute on the calls it is to
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
+import pytest
 import yaml
 
 from pomlia_hpc.cluster.records import record_submission
 from pomlia_hpc.config import read_yaml
 from pomlia_hpc.files import write_json_atomic
+from pomlia_hpc.pipeline import status
 from pomlia_hpc.pipeline.runner import RUN_FILE, snapshot_spec
 from pomlia_hpc.pipeline.spec import load_pipeline
 from pomlia_hpc.pipeline.stage import StageContext
@@ -114,3 +118,39 @@ def test_run_wait_asks_again_at_the_next_poll(
     assert int((tmp_path / "sacct-calls").read_text()) >= 3  # asked again, then answered
     with reg.session() as s:
         assert [r.state for r in s.query(Job)] == ["COMPLETED"]
+
+
+def test_the_pending_reasons_squeue_gets_what_sacct_left_of_the_one_limit(
+    workspace: Workspace, reg: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`pipeline status` gave the squeue for its pending stage jobs' reasons the whole
+    `list_sacct_timeout_s` again after sacct had used most of it: it could wait twice the
+    limit. squeue gets what is left, and is not asked when nothing is."""
+    file = _running_stage_job(workspace, reg, tmp_path)
+    limit = workspace.list_sacct_timeout_s
+    with reg.session() as s:
+        (row,) = s.query(Job).all()
+        row.state = "PENDING"
+    clock = [100.0]
+    asked: list[float] = []
+
+    def sacct_taking(seconds: float) -> Callable[..., None]:
+        def refresh(*args: Any, **kwargs: Any) -> None:
+            clock[0] += seconds  # the time sacct took; it answered
+            return None
+
+        return refresh
+
+    def words(job_ids: Sequence[str], timeout_s: float) -> dict[str, str]:
+        asked.append(timeout_s)
+        return {}
+
+    monkeypatch.setattr(status.time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(status, "pending_words", words)
+    ctx = StageContext(load_pipeline(file), workspace, reg)
+    monkeypatch.setattr(status, "refresh_jobs_within", sacct_taking(0.75 * limit))
+    status.pipeline_status(ctx)
+    assert asked == [pytest.approx(0.25 * limit)]
+    monkeypatch.setattr(status, "refresh_jobs_within", sacct_taking(limit))
+    status.pipeline_status(ctx)
+    assert asked == [pytest.approx(0.25 * limit)]  # nothing left: squeue not asked

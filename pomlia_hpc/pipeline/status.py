@@ -8,6 +8,7 @@ Read only: it refreshes job states from the scheduler but runs, submits and canc
 from __future__ import annotations
 
 import json
+import time
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -26,6 +27,9 @@ from pomlia_hpc.pipeline.stages import active_stages
 from pomlia_hpc.registry import Job
 from pomlia_hpc.vocab import FINAL_STATES
 from pomlia_hpc.workspace import Workspace
+
+#: The least time (s) worth giving squeue for the pending reasons after sacct.
+MIN_SQUEUE_S = 0.1
 
 __all__ = [
     "INTERRUPTED_DETAIL",
@@ -74,7 +78,8 @@ def pipeline_status(ctx: StageContext) -> list[StageStatus]:
     the stage's own job (Slurm chain or driver), else the last job the stage submitted from
     here (a local run's training, say). ``sacct`` may take the workspace's
     ``list_sacct_timeout_s`` seconds; then unfinished Slurm jobs keep their recorded states,
-    marked ``unsure``."""
+    marked ``unsure``. The ``squeue`` for the pending jobs' reasons gets what is left of that
+    limit."""
     run = read_json(ctx.folder / RUN_FILE) or {}
     run_stages = run.get("stages", {})
     stages = active_stages(ctx.spec)
@@ -87,14 +92,18 @@ def pipeline_status(ctx: StageContext) -> list[StageStatus]:
     rows: dict[int, Job] = {}
     problem = None
     timeout_s = ctx.workspace.list_sacct_timeout_s
+    started = time.monotonic()
     if ids:
         problem = refresh_jobs_within(ctx.registry, ids, timeout_s=timeout_s)
         with ctx.registry.session() as s:
             rows = {r.id: r for r in s.scalars(select(Job).where(Job.id.in_(ids)))}
     queued = [rows[i] for i in stage_ids if i in rows and rows[i].state == "PENDING"]
-    # A Slurm too busy for sacct is too busy for squeue: the reasons are left out then.
+    # A Slurm too busy for sacct is too busy for squeue: the reasons are left out then; and
+    # squeue gets what sacct left of the one limit (the listing waits list_sacct_timeout_s
+    # at most, as `jobs list` does), the reasons left out when nothing is left.
+    left = timeout_s - (time.monotonic() - started)
     asked = [r.scheduler_id for r in queued if r.backend == "slurm" and problem is None]
-    waiting = pending_words(asked, timeout_s=timeout_s)
+    waiting = pending_words(asked, timeout_s=left) if left >= MIN_SQUEUE_S else {}
     out = []
     behind: list[str] = []  # stages not done as the file is now: what needs them is stale too
     for stage in stages:
