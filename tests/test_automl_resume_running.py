@@ -19,6 +19,24 @@ from pomlia_hpc.registry import Job, Registry
 from pomlia_hpc.workspace import Workspace
 from tests.fixtures.factories import FAST, tiny_study, tiny_task
 
+#: How a trial's run reads when its job was cancelled together with the driver that submitted it.
+WITH_THE_DRIVER = "cancelled (SIGTERM: scancel), with the job that submitted it"
+
+
+def _cancelled_with_driver(
+    reg: Registry, spec: Any, study: str, config: dict[str, Any], epochs: float, start_epoch: int
+) -> int:
+    """Record a run of ``config`` in ``study`` as cancelled with its driver; its id."""
+    run_id = records.create_run(
+        reg, task_id=spec.task_id, study=study, config=config, epochs=epochs,
+        dataset_version_id=spec.dataset_version_id, encoder_id=None,
+    )  # fmt: skip
+    records.finish_run(
+        reg, run_id, status=records.CANCELLED, cost_s=1.0, error=WITH_THE_DRIVER,
+        metrics={"cause": WITH_THE_DRIVER, "state": "CANCELLED", "start_epoch": start_epoch},
+    )  # fmt: skip
+    return run_id
+
 
 def _smac(space_seed: int, folder: Path, *, resume: bool) -> SmacHyperband:
     space = build_space(SpaceOptions(archs=("small_cnn",)), seed=space_seed)
@@ -179,16 +197,7 @@ def test_a_final_training_cancelled_with_its_driver_runs_on_resume(
         if proposal.origin != FINAL_ORIGIN:
             return run_untold(self, proposal, run_id)
         config = {**proposal.values, "config_key": proposal.key, "origin": proposal.origin}
-        run_id = records.create_run(
-            reg, task_id=spec.task_id, study="fin1", config=config, epochs=proposal.epochs,
-            dataset_version_id=spec.dataset_version_id, encoder_id=None,
-        )  # fmt: skip
-        cause = "cancelled (SIGTERM: scancel), with the job that submitted it"
-        records.finish_run(
-            reg, run_id, status=records.CANCELLED, cost_s=1.0, error=cause,
-            metrics={"cause": cause, "state": "CANCELLED", "start_epoch": 1},
-        )  # fmt: skip
-        cancelled.append(run_id)
+        cancelled.append(_cancelled_with_driver(reg, spec, "fin1", config, proposal.epochs, 1))
         if driver_stops:
             raise KeyboardInterrupt  # the driver stops with it
 
@@ -230,16 +239,7 @@ def test_a_warm_start_cancelled_with_its_driver_trains_on_resume(
         self: StudyRunner, proposal: Proposal, run_id: int | None = None
     ) -> None:
         config = {**proposal.values, "config_key": proposal.key, "origin": proposal.origin}
-        run_id = records.create_run(
-            reg, task_id=spec.task_id, study="ws1", config=config, epochs=proposal.epochs,
-            dataset_version_id=spec.dataset_version_id, encoder_id=None,
-        )  # fmt: skip
-        cause = "cancelled (SIGTERM: scancel), with the job that submitted it"
-        records.finish_run(
-            reg, run_id, status=records.CANCELLED, cost_s=1.0, error=cause,
-            metrics={"cause": cause, "state": "CANCELLED", "start_epoch": 0},
-        )  # fmt: skip
-        stopped.append(run_id)
+        stopped.append(_cancelled_with_driver(reg, spec, "ws1", config, proposal.epochs, 0))
         raise KeyboardInterrupt  # the driver stops with it
 
     monkeypatch.setattr(StudyRunner, "run_untold", cancelled_with_the_driver)
@@ -446,17 +446,9 @@ def test_a_warm_start_cancelled_while_its_repeat_waited_trains_on_resume(
     (config,) = configs_from_values([FAST], first.space, "initial configurations")
     warm = Proposal(config, 2.0)
     values = {**warm.values, "config_key": warm.key, "origin": WARM_ORIGIN}
-    warm_id = records.create_run(
-        reg, task_id=spec.task_id, study="ws2", config=values, epochs=2,
-        dataset_version_id=spec.dataset_version_id, encoder_id=None,
-    )  # fmt: skip
+    warm_id = _cancelled_with_driver(reg, spec, "ws2", values, 2, 0)
     repeat = opt.ask()  # waiting for the warm start when the driver was cancelled
     assert (repeat.key, repeat.epochs) == (warm.key, 1)
-    cause = "cancelled (SIGTERM: scancel), with the job that submitted it"
-    records.finish_run(
-        reg, warm_id, status=records.CANCELLED, cost_s=1.0, error=cause,
-        metrics={"cause": cause, "state": "CANCELLED", "start_epoch": 0},
-    )  # fmt: skip
     told: list[tuple[str, int, bool]] = []
     tell = SmacHyperband.tell
 
