@@ -6,9 +6,10 @@ Every file, folder and link the project publishes appears whole or not at all:
   ``models.checkpoint.write_torch`` for torch objects, as this module imports no torch;
   :func:`atomic_target` for writers that want a path, such as SMAC's ``save``) writes a whole
   file or nothing: the bytes go to a temporary name in the same folder
-  (``.<name>.<host>.<pid>.tmp``: unique per writer, even across the nodes that share the file
-  system), are flushed to disk, renamed over the target (atomic on POSIX), and the folder
-  entry is flushed too, so a crash or a power cut leaves the old file or the new one, never
+  (``.<name>.<host>.<pid>-<n>.tmp``: unique per writer and per call, even across the nodes
+  that share the file system and the threads of one process), are flushed to disk, renamed
+  over the target (atomic on POSIX), and the folder entry is flushed too (with the folders the
+  call made for it), so a crash or a power cut leaves the old file or the new one, never
   half.
 - :func:`staged_dir` builds a folder under the same kind of temporary name and publishes it
   with one rename (:func:`publish_dir`), its files flushed first; a failed build leaves nothing.
@@ -24,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
+import itertools
 import json
 import os
 import shutil
@@ -69,20 +71,36 @@ def host_field(host: str | None = None) -> str:
 
 def temp_name(path: Path, suffix: str = "") -> Path:
     """The temporary name this process writes ``path`` under (same folder, host and pid);
-    ``suffix`` is appended for writers that insist on a file ending (SMAC wants ``.json``)."""
+    ``suffix`` is appended for writers that insist on a file ending (SMAC wants ``.json``).
+    The same for every call of the process: for staged folders that a later run must find by
+    name (:mod:`pomlia_hpc.monitor.publish`); a file is written under :func:`unique_temp_name`."""
     return path.with_name(f".{path.name}.{host_field()}.{os.getpid()}{TEMP_SUFFIX}{suffix}")
+
+
+#: Numbers the temporary names of one process apart (``next`` of a count is atomic in CPython).
+_temp_numbers = itertools.count(1)
+
+
+def unique_temp_name(path: Path, suffix: str = "") -> Path:
+    """A temporary name for ``path`` of this call alone: :func:`temp_name`'s with a number of
+    the process's own after the pid (``.<name>.<host>.<pid>-<n>.tmp``). Two threads writing
+    one file (a heartbeat and the end of a driver, both ``driver.json``) shared one name: the
+    second truncated the first's half-written temporary, or renamed it away under it."""
+    name = f".{path.name}.{host_field()}.{os.getpid()}-{next(_temp_numbers)}"
+    return path.with_name(f"{name}{TEMP_SUFFIX}{suffix}")
 
 
 @contextlib.contextmanager
 def atomic_target(path: str | Path, *, fsync: bool = True, suffix: str = "") -> Iterator[Path]:
-    """The temporary name to write ``path`` under, for writers that take a file name: when
-    the block ends without an error the file is flushed, renamed over ``path`` and the folder
-    flushed; otherwise it is removed. Creates the folder. ``fsync=False`` skips both flushes
-    (files that are cheap to make again); ``suffix`` as for :func:`temp_name`."""
+    """The temporary name to write ``path`` under (:func:`unique_temp_name`), for writers that
+    take a file name: when the block ends without an error the file is flushed, renamed over
+    ``path`` and the folder flushed; otherwise it is removed. Creates the folder, and flushes
+    the entries of the folders it made too (:func:`fsync_made_dirs`). ``fsync=False`` skips
+    the flushes (files that are cheap to make again); ``suffix`` as for :func:`temp_name`."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = temp_name(path, suffix)
-    tmp.unlink(missing_ok=True)  # left by an earlier process with this pid
+    made = make_dirs(path.parent)
+    tmp = unique_temp_name(path, suffix)
+    tmp.unlink(missing_ok=True)  # left by an earlier process with this pid and number
     try:
         yield tmp
         if fsync and not tmp.is_symlink():
@@ -96,6 +114,16 @@ def atomic_target(path: str | Path, *, fsync: bool = True, suffix: str = "") -> 
         raise
     if fsync:
         fsync_path(path.parent)
+        fsync_made_dirs(made)
+
+
+def fsync_made_dirs(made: list[Path]) -> None:
+    """Flush the entry of each folder in ``made`` (as :func:`make_dirs` reports them) in its
+    parent, so a file renamed into the innermost one and flushed there survives a power cut:
+    a folder's own new entry is in its parent, which nothing else flushes. Folders that
+    existed before are not this call's to flush."""
+    for folder in reversed(made):
+        fsync_path(folder.parent)
 
 
 def write_atomic(
@@ -163,16 +191,19 @@ def sweep_stale_temps(folder: str | Path) -> list[Path]:
 
 def temp_writer(name: str, host: str) -> int | None:
     """The pid of the process of ``host`` that writes under the temporary name ``name`` (as
-    :func:`temp_name` makes it: ``.<name>.<host>.<pid>.tmp[<suffix>]``), or None when ``name``
+    :func:`temp_name` and :func:`unique_temp_name` make it: ``.<name>.<host>.<pid>[-<n>].tmp
+    [<suffix>]``), or None when ``name``
     is not one, or is another host's: the host field (:func:`host_field`) must equal
     ``host``'s, not merely end like it, and a target's own name may hold dots
     (``.x.node7.json.node1.42.tmp`` is node1's)."""
     if not name.startswith(".") or TEMP_SUFFIX not in name:
         return None
     stem = name[: name.rindex(TEMP_SUFFIX)]  # .<name>.<host>.<pid>
-    rest, _, pid = stem.rpartition(".")
+    rest, _, writer = stem.rpartition(".")
     target, _, field = rest.rpartition(".")
-    if not pid.isdigit() or field != host_field(host) or len(target) < 2:
+    pid, _, number = writer.partition("-")
+    numbered = number.isdigit() or writer == pid  # the number is unique_temp_name's
+    if not pid.isdigit() or not numbered or field != host_field(host) or len(target) < 2:
         return None
     return int(pid)
 
@@ -229,6 +260,8 @@ def make_dirs(path: str | Path) -> list[Path]:
     (:func:`remove_made_dirs`). If creating one fails, those made so far are removed and the
     :class:`OSError` is raised."""
     target = Path(path)
+    if target.is_dir():  # the common case, a stat instead of one per folder above
+        return []
     missing = [p for p in (target, *target.parents) if not p.exists() and not p.is_symlink()]
     made = list(reversed(missing))
     try:
@@ -347,7 +380,7 @@ def publish_dir(staged: Path, target: Path, *, replace: bool = False, fsync: boo
     name, the new one renamed in and the old one removed (readers see the old or the new
     folder, and for a moment neither); without, nothing happens and False is returned,
     ``staged`` left to the caller (to drop, or to publish under another name)."""
-    target.parent.mkdir(parents=True, exist_ok=True)
+    made = make_dirs(target.parent)
     if fsync:
         fsync_tree(staged)
     old = None
@@ -366,6 +399,7 @@ def publish_dir(staged: Path, target: Path, *, replace: bool = False, fsync: boo
         return False
     if fsync:
         fsync_path(target.parent)
+        fsync_made_dirs(made)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
     return True

@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -289,3 +290,80 @@ def test_poll_lock_takes_the_lock_once_its_holder_lets_go(tmp_path: Path) -> Non
             release.join()
         assert time.monotonic() - start >= 0.3  # waited for the release
         fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def test_two_threads_writing_one_file_do_not_share_a_temporary(tmp_path: Path) -> None:
+    """A loop's heartbeat thread and its end() both write driver.json: they shared one
+    temporary name, so the second truncated the first's half-written file, renamed it away
+    under it (the first then failed, and the target held the mix of both)."""
+    from pomlia_hpc.files import write_atomic
+
+    target = tmp_path / "driver.json"
+    started, proceed = threading.Event(), threading.Event()
+    errors: list[BaseException] = []
+
+    def slow(f: Any) -> None:
+        f.write(b'{"beat": ')
+        started.set()
+        assert proceed.wait(10)
+        f.write(b"1}")
+
+    def first() -> None:
+        try:
+            write_atomic(target, slow)
+        except BaseException as exc:  # recorded for the assertion in the main thread
+            errors.append(exc)
+
+    thread = threading.Thread(target=first)
+    thread.start()
+    assert started.wait(10)
+    write_atomic(target, b'{"end": 2}')  # the other thread, while the first is half-way
+    assert target.read_bytes() == b'{"end": 2}'
+    proceed.set()
+    thread.join(10)
+    assert errors == [] and target.read_bytes() == b'{"beat": 1}'
+    assert [p.name for p in tmp_path.iterdir()] == ["driver.json"]
+
+
+def test_the_folders_made_for_an_atomic_file_are_flushed_too(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file renamed into a folder the writer had just made, and flushed there, could vanish
+    after a power cut: the new folder's own entry in its parent was never flushed. Each folder
+    made is flushed in its parent now, and only those."""
+    from pomlia_hpc import files
+
+    flushed: list[Path] = []
+    real = files.fsync_path
+
+    def record(path: Path) -> None:
+        flushed.append(Path(path))
+        real(path)
+
+    monkeypatch.setattr(files, "fsync_path", record)
+    files.write_atomic(tmp_path / "a" / "b" / "x.json", "{}")
+    assert {tmp_path, tmp_path / "a", tmp_path / "a" / "b"} <= set(flushed)
+    flushed.clear()
+    files.write_atomic(tmp_path / "a" / "b" / "y.json", "{}")  # the folders exist: not again
+    assert tmp_path not in flushed and tmp_path / "a" not in flushed
+    assert tmp_path / "a" / "b" in flushed
+    flushed.clear()
+    files.write_atomic(tmp_path / "c" / "z.json", "{}", fsync=False)  # cheap files: no flush
+    assert flushed == []
+    staged = tmp_path / "staged"
+    (staged / "f").mkdir(parents=True)
+    assert files.publish_dir(staged, tmp_path / "d" / "e" / "bundle")
+    assert {tmp_path, tmp_path / "d", tmp_path / "d" / "e"} <= set(flushed)
+
+
+def test_the_sweep_knows_the_numbered_temporaries_of_file_writers(tmp_path: Path) -> None:
+    """The writer of a file adds a number of its own after the pid: the sweep still reads
+    the pid, removing a dead writer's temporary and keeping a live one's."""
+    from pomlia_hpc.files import unique_temp_name
+
+    live = unique_temp_name(tmp_path / "x.json")
+    assert re.fullmatch(rf"\.x\.json\..+\.{os.getpid()}-\d+\.tmp", live.name), live.name
+    dead = live.with_name(live.name.replace(f".{os.getpid()}-", f".{_dead_pid()}-"))
+    for path in (live, dead):
+        path.write_text("half")
+    assert sweep_stale_temps(tmp_path) == [dead] and live.exists()
