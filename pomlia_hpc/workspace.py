@@ -18,8 +18,11 @@ Layout::
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 from pathlib import Path
+
+from sqlalchemy.engine import make_url
 
 from pomlia_hpc.config import Settings, load_settings
 from pomlia_hpc.errors import ConfigError
@@ -43,6 +46,32 @@ def default_db_url(home: Path) -> str:
     return f"sqlite:///{home / 'registry.db'}"
 
 
+def resolve_db_url(url: str, home: Path) -> str:
+    """``url`` with a relative SQLite path (``sqlite:///registry.db``) made absolute against
+    the workspace folder ``home``, whichever setting gave it (``pomlia.yaml``,
+    ``POMLIA_DB_URL``, ``--db-url``): read against the current folder, a pipeline stage or
+    Slurm job started in another folder opened (and created) another, empty registry. Any
+    other URL is returned as it is (those the registry refuses, such as ``sqlite://`` or a
+    ``~`` path, are refused with their own message when it opens them)."""
+    try:
+        parsed = make_url(url)
+    except Exception:  # refused with the form expected when the registry opens it
+        return url
+    database = parsed.database
+    if (
+        parsed.get_backend_name() != "sqlite"
+        or parsed.host
+        or parsed.query
+        or not database
+        or database == ":memory:"
+        or database.startswith(("file:", "~"))
+        or Path(database).is_absolute()
+    ):
+        return url
+    absolute = os.path.normpath(home / database)  # `..` read against the resolved home
+    return parsed.set(database=absolute).render_as_string(hide_password=False)
+
+
 @dataclass(frozen=True)
 class Workspace:
     """Paths of one workspace and the registry URL it uses."""
@@ -59,7 +88,7 @@ class Workspace:
         """Build the workspace from loaded settings (defaults + env + flags)."""
         s = settings or load_settings()
         home = s.workspace.home.expanduser().resolve()
-        url = s.registry.url or default_db_url(home)
+        url = resolve_db_url(s.registry.url, home) if s.registry.url else default_db_url(home)
         return cls(
             home=home,
             db_url=url,

@@ -37,6 +37,39 @@ def test_env_and_flags_override(tmp_path: Path) -> None:
     assert s2.registry.url == "postgresql+psycopg://u:p@h/db"  # None flag changes nothing
 
 
+def test_a_relative_sqlite_url_is_the_workspace_s_file_from_any_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`sqlite:///registry.db` (POMLIA_DB_URL, --db-url or the workspace file's registry.url)
+    was read against each process's current folder: a pipeline stage or Slurm job started
+    in another folder opened, and created, another, empty registry. It is read against the
+    workspace folder now, so the submitter and its jobs open one file."""
+    from pomlia_hpc.registry import Registry
+
+    home, one, two = tmp_path / "ws", tmp_path / "one", tmp_path / "two"
+    for folder in (home, one, two):
+        folder.mkdir()
+    env = {"POMLIA_HOME": str(home), "POMLIA_DB_URL": "sqlite:///registry.db"}
+    urls = []
+    for cwd in (one, two):
+        monkeypatch.chdir(cwd)
+        urls.append(Workspace.from_settings(load_settings(env=env)).db_url)
+    assert urls == [f"sqlite:///{home / 'registry.db'}"] * 2
+    Registry.open(urls[0]).dispose()
+    assert (home / "registry.db").is_file() and not list(one.iterdir())
+    (home / "pomlia.yaml").write_text("registry:\n  url: sqlite:///data/../reg.db\n")
+    flag = {"registry": {"url": "sqlite+pysqlite:///flag.db"}}
+    assert Workspace.from_settings(load_settings(env={"POMLIA_HOME": str(home)})).db_url == (
+        f"sqlite:///{home / 'reg.db'}"
+    )
+    assert Workspace.from_settings(load_settings(flag, env=env)).db_url == (
+        f"sqlite+pysqlite:///{home / 'flag.db'}"
+    )
+    for kept in ("sqlite:////abs/r.db", "sqlite://", "sqlite:///~/r.db", "postgresql://h/db"):
+        over = {"registry": {"url": kept}}
+        assert Workspace.from_settings(load_settings(over, env=env)).db_url == kept
+
+
 def test_workspace_file_typo_names_file_key_and_valid_keys(tmp_path: Path) -> None:
     (tmp_path / "pomlia.yaml").write_text("registry:\n  urll: sqlite:///x.db\n")
     with pytest.raises(ConfigError) as exc:

@@ -264,7 +264,7 @@ def test_a_sqlite_url_that_names_no_file_is_refused(
         )
         assert code == 2 and out == "" and err.count("\n") == 1, err
         assert f"error: registry URL '{url}' {expected}" in err and "Traceback" not in err
-        assert "expected sqlite:///PATH (relative to the current folder) or sqlite:////" in err
+        assert "expected sqlite:///PATH (relative to the workspace folder) or sqlite:////" in err
     assert not home.exists()  # no workspace skeleton left by the refused command
     assert not [p.name for p in tmp_path.glob("~*")]
 

@@ -150,19 +150,23 @@ def test_a_mistyped_or_relative_url_names_the_workspace_registry_not_recover(
     """`POMLIA_DB_URL=sqlite:///<home>/registy.db` (a typo) or `sqlite:///relative.db`, while
     `<home>/registry.db` exists, was told to run `pomlia registry recover`, which made a
     second, partial registry. It names the workspace's registry now; recover is offered only
-    when the workspace has no registry file."""
+    when the workspace has no registry file. A relative path is read against the workspace
+    folder, never the current one."""
     tiny_dataset(workspace, reg, "blood", sizes=(20, 4, 4))
     reg.dispose()
     monkeypatch.chdir(tmp_path)
-    for url in (f"sqlite:///{workspace.home / 'registy.db'}", "sqlite:///relative.db"):
+    for url, said in (
+        (f"sqlite:///{workspace.home / 'registy.db'}",) * 2,
+        ("sqlite:///relative.db", f"sqlite:///{workspace.home / 'relative.db'}"),
+    ):
         monkeypatch.setenv("POMLIA_DB_URL", url)
         err = one_error_line(pomlia(workspace.home, "data", "list"))
-        assert f"no registry at {url}" in err and "recover" not in err, err
+        assert f"no registry at {said}" in err and "recover" not in err, err
         assert f"the workspace's registry is {workspace.home / 'registry.db'}; did you" in err
         assert f"--db-url sqlite:///{workspace.home / 'registry.db'}?" in err
-    assert "relative path, read from the current directory" in err
     assert not (tmp_path / "relative.db").exists()
     assert not (workspace.home / "registy.db").exists()
+    assert not (workspace.home / "relative.db").exists()
 
 
 def test_opening_a_version_by_workspace_creates_no_registry(tmp_path: Path) -> None:

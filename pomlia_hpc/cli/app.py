@@ -77,7 +77,8 @@ def _root(
         str | None,
         typer.Option(
             "--db-url",
-            help="Registry database URL (env POMLIA_DB_URL).",
+            help="Registry database URL (env POMLIA_DB_URL); a relative SQLite path "
+            "(sqlite:///registry.db) is read against the workspace folder.",
             show_default="SQLite, <home>/registry.db",
         ),
     ] = None,

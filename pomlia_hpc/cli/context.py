@@ -6,8 +6,6 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from sqlalchemy.engine import make_url
-
 from pomlia_hpc.cli.console import err_console
 from pomlia_hpc.config import load_cluster_profile, load_settings
 from pomlia_hpc.errors import InputError
@@ -108,21 +106,16 @@ STATE = Context()
 
 def _missing_hint(ws: Workspace) -> str:
     """What to do when there is no registry at ``ws.db_url``. When the workspace's own
-    ``registry.db`` exists, the URL is mistyped or relative (``sqlite:///registy.db``): name
-    the right one; `registry recover` would make a second, partial registry. Recover is offered
-    only when the workspace has dataset stores and no registry file at all."""
+    ``registry.db`` exists, the URL is mistyped (``sqlite:///registy.db``, read against the
+    workspace folder): name the right one; `registry recover` would make a second, partial
+    registry. Recover is offered only when the workspace has dataset stores and no registry
+    file at all."""
     from pomlia_hpc.data.recover import store_dirs
 
     default = ws.home / "registry.db"
     if ws.db_url != default_db_url(ws.home) and default.is_file() and default.stat().st_size:
-        database = make_url(ws.db_url).database if ws.db_url.startswith("sqlite") else None
-        relative = (
-            f"that is a relative path, read from the current directory {Path.cwd()}; "
-            if database and not Path(database).is_absolute()
-            else ""
-        )
         return (
-            f"{relative}the workspace's registry is {default}; did you mean --db-url "
+            f"the workspace's registry is {default}; did you mean --db-url "
             f"{default_db_url(ws.home)}? (or unset POMLIA_DB_URL and the workspace file's "
             "registry.url, to use it)"
         )

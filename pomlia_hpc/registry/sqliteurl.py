@@ -15,7 +15,7 @@ from pomlia_hpc.errors import ConfigError
 
 #: The forms of a SQLite registry URL, for error messages.
 EXPECTED = (
-    "expected sqlite:///PATH (relative to the current folder) or sqlite:////ABSOLUTE/PATH, a "
+    "expected sqlite:///PATH (relative to the workspace folder) or sqlite:////ABSOLUTE/PATH, a "
     "file that keeps the registry"
 )
 
