@@ -38,8 +38,8 @@ def report(
     (figures of each dataset's current version), recommendations, studies, models and
     deployments, monitor history, pipelines (each page only when there is something on it).
     Undefined metrics read n/a. The page sizes are bounded: the newest 30 recommendations, each
-    dataset's newest 3 versions, the newest --studies studies in full, each model's newest 100
-    monitor reports."""
+    dataset's newest 3 versions, the newest --studies studies in full, the newest 200 models and
+    100 deployments, each model's newest 100 monitor reports, the newest 50 pipelines."""
     from pomlia_hpc.report import build_report
 
     res = build_report(

@@ -242,17 +242,34 @@ def _epochs(x: Any) -> str:
     return str(int(x)) if float(x).is_integer() else f"{x:g}"
 
 
+#: Models listed on the Models page (the newest), and deployments below them: every row ever
+#: made the page grow for good (a nightly loop adds a model and a deployment a day).
+MAX_MODEL_ROWS = 200
+MAX_DEPLOYMENT_ROWS = 100
+
+
 def models_page(registry: Registry, workspace: Workspace, folder: Path) -> str | None:
+    """The newest :data:`MAX_MODEL_ROWS` models with their lineage (oldest of them first), then
+    the newest :data:`MAX_DEPLOYMENT_ROWS` deployments; each table says how many older rows it
+    leaves out and where to see them all."""
     with registry.session() as s:
-        models = list(s.scalars(select(Model).order_by(Model.id)))
-        deps = list(s.scalars(select(Deployment).order_by(Deployment.id)))
-        tasks = {t.id: t.name for t in s.scalars(select(Task))}
+        n_models = int(s.scalar(select(func.count()).select_from(Model)) or 0)
+        n_deps = int(s.scalar(select(func.count()).select_from(Deployment)) or 0)
+        models = list(s.scalars(select(Model).order_by(Model.id.desc()).limit(MAX_MODEL_ROWS)))
+        deps = list(
+            s.scalars(select(Deployment).order_by(Deployment.id.desc()).limit(MAX_DEPLOYMENT_ROWS))
+        )
+        models.reverse()
+        deps.reverse()
+        wanted = {m.id for m in models} | {d.model_id for d in deps}
+        names = dict(s.execute(select(Model.id, Model.name).where(Model.id.in_(wanted))).all())
+        task_ids = {m.task_id for m in models if m.task_id is not None}
+        tasks = dict(s.execute(select(Task.id, Task.name).where(Task.id.in_(task_ids))).all())
         for obj in (*models, *deps):
             s.expunge(obj)
     if not models:
         return None
-    names = {m.id: m.name for m in models}
-    reasons = _loop_reasons(registry)
+    reasons = _loop_reasons(registry, [(m.lineage or {}).get("loop_run_id") for m in models])
     rows = []
     for m in models:
         export = (m.card or {}).get("export") or {}
@@ -269,6 +286,7 @@ def models_page(registry: Registry, workspace: Workspace, folder: Path) -> str |
     body = "<h2>Models and lineage</h2>" + table(
         ["model", "task", "run", "lineage", "exported bundle", "created (UTC)"], rows, raw=True
     )
+    body += _left_out(len(models), n_models, "models", f"pomlia model list --limit {n_models}")
     if deps:
         body += "<h2>Deployments</h2>" + table(
             ["id", "model", "status", "address", "bundle", "job", "created (UTC)"],
@@ -285,17 +303,45 @@ def models_page(registry: Registry, workspace: Workspace, folder: Path) -> str |
                 for d in deps
             ],
         )
+        every = f"each has its folder under {workspace.path('models')}/MODEL/deploy/"
+        body += _left_out(len(deps), n_deps, "deployments", every, code=False)
     return body
 
 
-def _loop_reasons(registry: Registry) -> dict[int, str]:
-    """Loop run id → why it ran (its trigger, and the retrain request's reason)."""
+def _left_out(listed: int, total: int, what: str, every: str, *, code: bool = True) -> str:
+    """The line under a table of the newest ``listed`` of ``total`` rows: how many older ones
+    it leaves out and ``every``, how to see them all (a command when ``code``); nothing when
+    it lists them all."""
+    older = total - listed
+    if older <= 0:
+        return ""
+    how = f"<code>{esc(every)}</code>" if code else esc(every)
+    return (
+        f"<p class='muted'>The newest {listed:,} of {total:,} {what}; {older:,} older not "
+        f"listed: {how}.</p>"
+    )
+
+
+def _loop_reasons(registry: Registry, ids: list[Any]) -> dict[int, str]:
+    """Loop run id → why it ran (its trigger, and the retrain request's reason), for the loop
+    runs ``ids`` (the listed models' ``loop_run_id``; anything but an int is skipped)."""
+    wanted = {i for i in ids if isinstance(i, int) and not isinstance(i, bool)}
+    if not wanted:
+        return {}
     with registry.session() as s:
-        requests = {r.id: r.reason for r in s.scalars(select(RetrainRequest))}
+        runs = list(s.scalars(select(LoopRun).where(LoopRun.id.in_(wanted))))
+        request_ids = {r.request_id for r in runs if r.request_id is not None}
+        requests = dict(
+            s.execute(
+                select(RetrainRequest.id, RetrainRequest.reason).where(
+                    RetrainRequest.id.in_(request_ids)
+                )
+            ).all()
+        )
         return {
             r.id: f"loop run {r.id}, {r.trigger}"
             + (f": {requests[r.request_id]}" if r.request_id in requests else "")
-            for r in s.scalars(select(LoopRun))
+            for r in runs
         }
 
 

@@ -228,13 +228,31 @@ def _page_link(report_path: str | None, folder: Path) -> str:
     return f"<a href='{esc(href)}'>report.html</a>"
 
 
+#: Pipelines shown on the Pipelines page: the newest, by their last run (each a table of its
+#: stages); every pipeline ever run made the page grow for good.
+MAX_PIPELINES = 50
+
+
+def _last_run(folder: Path) -> float:
+    """When the pipeline in ``folder`` last ran (seconds since the epoch): its ``run.json``'s
+    time of last change (each run rewrites it), else the folder's (a run of an older pomlia)."""
+    for path in (folder / RUN_FILE, folder):
+        with contextlib.suppress(OSError):
+            return path.stat().st_mtime
+    return 0.0
+
+
 def pipelines_page(registry: Registry, workspace: Workspace, folder: Path) -> str | None:
+    """The stage records of the newest :data:`MAX_PIPELINES` pipelines (by their last run),
+    in name order; a line says how many older ones are left out and how to see one."""
     root = workspace.path("pipelines")
     names = sorted(p.name for p in root.iterdir() if p.is_dir()) if root.is_dir() else []
     if not names:
         return None
+    newest = set(sorted(names, key=lambda n: _last_run(root / n), reverse=True)[:MAX_PIPELINES])
+    listed = [n for n in names if n in newest]
     parts = []
-    for name in names:
+    for name in listed:
         rows = []
         for rec in stage_records(root / name):
             rows.append(
@@ -254,6 +272,13 @@ def pipelines_page(registry: Registry, workspace: Workspace, folder: Path) -> st
                 rows,
                 raw=True,
             )
+        )
+    older = len(names) - len(listed)
+    if older:
+        parts.append(
+            f"<p class='muted'>The newest {len(listed):,} of {len(names):,} pipelines (by their "
+            f"last run); {older:,} older not listed: <code>pomlia pipeline status NAME</code> "
+            f"shows one, their folders are under {esc(root)}/.</p>"
         )
     return "".join(parts)
 
