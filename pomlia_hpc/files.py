@@ -451,6 +451,8 @@ def staged_dir(
         yield staged
         try:
             staged.published = publish_dir(staged.path, target, replace=replace, fsync=fsync)
+            if fsync and staged.published:
+                fsync_made_dirs(made)  # made here, before publish_dir: it flushed only its own
         except OSError as exc:
             raise _unwritable(target, exc) from exc
     except BaseException as exc:

@@ -354,6 +354,10 @@ def test_the_folders_made_for_an_atomic_file_are_flushed_too(
     (staged / "f").mkdir(parents=True)
     assert files.publish_dir(staged, tmp_path / "d" / "e" / "bundle")
     assert {tmp_path, tmp_path / "d", tmp_path / "d" / "e"} <= set(flushed)
+    flushed.clear()
+    with files.staged_dir(tmp_path / "f" / "g" / "bundle") as built:
+        (built.path / "card.json").write_text("{}")
+    assert {tmp_path, tmp_path / "f", tmp_path / "f" / "g"} <= set(flushed)
 
 
 def test_the_sweep_knows_the_numbered_temporaries_of_file_writers(tmp_path: Path) -> None:
