@@ -150,6 +150,27 @@ def test_fingerprint_figures_show_the_current_versions_only(
     assert len(seen.images) == 3 and ONE_SET not in seen.text
 
 
+def test_the_fingerprint_sets_table_is_bounded_per_dataset(
+    versioned: tuple[Workspace, Registry, list[str]],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The table of an encoder's fingerprint sets listed every version ever extracted (a
+    loop that harvests a version a night added a row a night for good): it lists each
+    dataset's current and drawn version, then its newest others up to MAX_VERSIONS, and
+    counts the rest."""
+    from pomlia_hpc.report import pages_data
+
+    ws, reg, refs = versioned
+    monkeypatch.setattr(pages_data, "MAX_VERSIONS", 1)
+    page = pages_data.fingerprints_page(reg, ws, tmp_path) or ""
+    sets = [f"{r['dataset']}@{r['version']}" for r in _rows(page) if "in the figures" in r]
+    assert sets == [refs[0], refs[2]]  # blood's current (older) version kept, its newer left
+    assert "1 older version(s) not listed (pomlia fingerprint show NAME@VERSION shows one)" in (
+        " ".join(html.unescape(re.sub(r"<[^>]+>", "", page)).split())
+    )
+
+
 def test_one_dataset_gets_no_latent_means_figure_but_its_reason(
     tmp_path_factory: pytest.TempPathFactory, tmp_path: Path, browser: Any
 ) -> None:

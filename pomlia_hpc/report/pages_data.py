@@ -280,10 +280,23 @@ def _sets_table(
     left: list[LeftOut],
 ) -> str:
     """The table of an encoder's fingerprint sets: which version is current, which the
-    figures show, and why the others are not shown."""
+    figures show, and why the others are not shown. Of each dataset it lists the sets of its
+    current version and of the version the figures show, then its newest others,
+    :data:`MAX_VERSIONS` in all (a loop that harvests a version a night added a row a night
+    for good), and counts the rest."""
     why = {x.set_id: x.why for x in left if x.set_id}
+    by_name: dict[str, list[FingerprintSet]] = {}
+    for ref, fs in members:  # newest version first within each dataset
+        by_name.setdefault(ref.partition("@")[0], []).append(fs)
+    listed: set[int] = set()
+    for sets in by_name.values():
+        keep = [fs.id for fs in sets if fs.id in plotted or fs.dataset_version_id in current]
+        keep += [fs.id for fs in sets if fs.id not in keep][: max(0, MAX_VERSIONS - len(keep))]
+        listed.update(keep)
     rows = []
     for ref, fs in members:
+        if fs.id not in listed:
+            continue
         name, _at, version = ref.partition("@")
         shown = (
             "yes"
@@ -299,7 +312,14 @@ def _sets_table(
         f"<p class='muted'>The figures show each dataset once: its {CURRENT} version (the one "
         "its plain name means), else its newest version with usable embeddings, as "
         "<code>pomlia plot latent</code> and <code>pomlia similar</code> do "
-        "(<code>pomlia plot latent --all-versions</code> draws every version).</p>"
+        "(<code>pomlia plot latent --all-versions</code> draws every version)."
+        + (
+            f" {len(members) - len(rows):,} older version(s) not listed (<code>pomlia "
+            "fingerprint show NAME@VERSION</code> shows one)."
+            if len(rows) < len(members)
+            else ""
+        )
+        + "</p>"
     )
     return table(["dataset", "version", CURRENT, "vectors", "in the figures"], rows) + note
 
