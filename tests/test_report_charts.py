@@ -215,3 +215,22 @@ def test_the_monitor_table_lists_the_newest_reports_and_the_chart_all(
         "The newest 3 of 5 reports; 2 older not listed (the chart shows them all): "
         "pomlia monitor history champ --limit 5." in seen.text
     )
+
+
+def test_a_figure_that_fails_to_draw_is_closed_all_the_same(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A chart whose drawing raised was left open in pyplot's registry: each one kept its
+    memory until the process ended (and pyplot warns after 20)."""
+    from pomlia_hpc.report.figures import figure_bytes
+
+    fig = plt.figure()
+    number = fig.number
+
+    def fails(*_a: Any, **_k: Any) -> None:
+        raise ValueError("cannot draw")
+
+    monkeypatch.setattr(fig, "savefig", fails)
+    with pytest.raises(ValueError, match="cannot draw"):
+        figure_bytes(fig)
+    assert number not in plt.get_fignums()

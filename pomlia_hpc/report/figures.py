@@ -23,8 +23,10 @@ def figure_bytes(fig: Figure) -> bytes:
 
 def _bytes(fig: plt.Figure) -> bytes:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
-    plt.close(fig)
+    try:
+        fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    finally:  # a figure that failed to draw stays in pyplot's registry (its memory) otherwise
+        plt.close(fig)
     return buf.getvalue()
 
 
