@@ -19,6 +19,7 @@ Layout::
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,9 +51,12 @@ def resolve_db_url(url: str, home: Path) -> str:
     """``url`` with a relative SQLite path (``sqlite:///registry.db``) made absolute against
     the workspace folder ``home``, whichever setting gave it (``pomlia.yaml``,
     ``POMLIA_DB_URL``, ``--db-url``): read against the current folder, a pipeline stage or
-    Slurm job started in another folder opened (and created) another, empty registry. Any
-    other URL is returned as it is (those the registry refuses, such as ``sqlite://`` or a
-    ``~`` path, are refused with their own message when it opens them)."""
+    Slurm job started in another folder opened (and created) another, empty registry.
+    Environment variables in a SQLite path are expanded (``sqlite:///$HOME/ws/registry.db``
+    as a systemd unit or ``sbatch --export`` passes it; one not set is a
+    :class:`ConfigError`), as in ``POMLIA_HOME``. Any other URL is returned as it is (those
+    the registry refuses, such as ``sqlite://`` or a ``~`` path, are refused with their own
+    message when it opens them)."""
     try:
         parsed = make_url(url)
     except Exception:  # refused with the form expected when the registry opens it
@@ -65,11 +69,21 @@ def resolve_db_url(url: str, home: Path) -> str:
         or not database
         or database == ":memory:"
         or database.startswith(("file:", "~"))
-        or Path(database).is_absolute()
     ):
         return url
-    absolute = os.path.normpath(home / database)  # `..` read against the resolved home
-    return parsed.set(database=absolute).render_as_string(hide_password=False)
+    path = os.path.expandvars(database)
+    if "$" in path:  # no password in a SQLite URL: it may be shown as it is
+        unset = re.search(r"\$\{?(\w+)", path)
+        what = f"${unset.group(1)} is not set" if unset else "a '$' is left in it"
+        raise ConfigError(
+            f"registry URL '{url}': {what}, so the SQLite path cannot be expanded; expected "
+            "a path (set the variable, or write the path out)"
+        )
+    # not normalised: a `..` after a linked folder means that folder's parent
+    path = str(home / path)  # an absolute path stays as it is
+    if path == database:
+        return url
+    return parsed.set(database=path).render_as_string(hide_password=False)
 
 
 @dataclass(frozen=True)

@@ -57,10 +57,10 @@ def test_a_relative_sqlite_url_is_the_workspace_s_file_from_any_folder(
     assert urls == [f"sqlite:///{home / 'registry.db'}"] * 2
     Registry.open(urls[0]).dispose()
     assert (home / "registry.db").is_file() and not list(one.iterdir())
-    (home / "pomlia.yaml").write_text("registry:\n  url: sqlite:///data/../reg.db\n")
+    (home / "pomlia.yaml").write_text("registry:\n  url: sqlite:///data/reg.db\n")
     flag = {"registry": {"url": "sqlite+pysqlite:///flag.db"}}
     assert Workspace.from_settings(load_settings(env={"POMLIA_HOME": str(home)})).db_url == (
-        f"sqlite:///{home / 'reg.db'}"
+        f"sqlite:///{home / 'data' / 'reg.db'}"
     )
     assert Workspace.from_settings(load_settings(flag, env=env)).db_url == (
         f"sqlite+pysqlite:///{home / 'flag.db'}"
@@ -68,6 +68,23 @@ def test_a_relative_sqlite_url_is_the_workspace_s_file_from_any_folder(
     for kept in ("sqlite:////abs/r.db", "sqlite://", "sqlite:///~/r.db", "postgresql://h/db"):
         over = {"registry": {"url": kept}}
         assert Workspace.from_settings(load_settings(over, env=env)).db_url == kept
+
+
+def test_variables_in_a_sqlite_path_are_expanded_and_an_unset_one_is_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`POMLIA_DB_URL='sqlite:///$HOME/ws/registry.db'`, as a systemd unit or `sbatch
+    --export` passes it, made a folder literally named `$HOME` (as POMLIA_HOME did before)."""
+    monkeypatch.setenv("POMLIA_TEST_R29", str(tmp_path / "shared"))
+    monkeypatch.delenv("POMLIA_UNSET_R29", raising=False)
+    env = {"POMLIA_HOME": str(tmp_path / "ws")}
+    for url in ("sqlite:///$POMLIA_TEST_R29/r.db", "sqlite:///${POMLIA_TEST_R29}/r.db"):
+        over = {"registry": {"url": url}}
+        got = Workspace.from_settings(load_settings(over, env=env)).db_url
+        assert got == f"sqlite:///{tmp_path / 'shared' / 'r.db'}"
+    over = {"registry": {"url": "sqlite:///$POMLIA_UNSET_R29/r.db"}}
+    with pytest.raises(ConfigError, match=r"\$POMLIA_UNSET_R29 is not set, so the SQLite path"):
+        Workspace.from_settings(load_settings(over, env=env))
 
 
 def test_workspace_file_typo_names_file_key_and_valid_keys(tmp_path: Path) -> None:
