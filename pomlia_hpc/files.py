@@ -191,11 +191,11 @@ def sweep_stale_temps(folder: str | Path) -> list[Path]:
 
 def temp_writer(name: str, host: str) -> int | None:
     """The pid of the process of ``host`` that writes under the temporary name ``name`` (as
-    :func:`temp_name` and :func:`unique_temp_name` make it: ``.<name>.<host>.<pid>[-<n>].tmp
-    [<suffix>]``), or None when ``name``
-    is not one, or is another host's: the host field (:func:`host_field`) must equal
-    ``host``'s, not merely end like it, and a target's own name may hold dots
-    (``.x.node7.json.node1.42.tmp`` is node1's)."""
+    :func:`temp_name` and :func:`unique_temp_name` make it:
+    ``.<name>.<host>.<pid>[-<n>].tmp[<suffix>]``), or None when ``name`` is not one, or is
+    another host's: the host field (:func:`host_field`) must equal ``host``'s, not merely end
+    like it, and a target's own name may hold dots (``.x.node7.json.node1.42.tmp`` is
+    node1's)."""
     if not name.startswith(".") or TEMP_SUFFIX not in name:
         return None
     stem = name[: name.rindex(TEMP_SUFFIX)]  # .<name>.<host>.<pid>
