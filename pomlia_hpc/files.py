@@ -385,7 +385,9 @@ def publish_dir(staged: Path, target: Path, *, replace: bool = False, fsync: boo
         fsync_tree(staged)
     old = None
     if replace and target.exists():
-        old = temp_name(target.with_name(target.name + ".old"))
+        # a name of this call alone: one left by an earlier replace (an old folder that
+        # could not all be removed) would refuse the rename with ENOTEMPTY
+        old = unique_temp_name(target.with_name(target.name + ".old"))
         target.rename(old)
     try:  # rename(2) replaces an empty folder and refuses a full one
         staged.rename(target)

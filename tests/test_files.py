@@ -371,3 +371,21 @@ def test_the_sweep_knows_the_numbered_temporaries_of_file_writers(tmp_path: Path
     for path in (live, dead):
         path.write_text("half")
     assert sweep_stale_temps(tmp_path) == [dead] and live.exists()
+
+
+def test_a_replace_is_not_stopped_by_an_old_folder_an_earlier_one_left(tmp_path: Path) -> None:
+    """`publish_dir(replace=True)` moved the old folder aside under one name per process: an
+    old folder an earlier replace could not remove (a file in it that could not be deleted)
+    made every later replace of that folder in the process fail with "Directory not empty"."""
+    from pomlia_hpc.files import publish_dir
+
+    target = tmp_path / "html"
+    target.mkdir()
+    (target / "a").write_text("one")
+    left = temp_name(target.with_name("html.old"))
+    (left / "kept").mkdir(parents=True)  # what an earlier replace could not remove
+    new = tmp_path / "new"
+    new.mkdir()
+    (new / "a").write_text("two")
+    assert publish_dir(new, target, replace=True)
+    assert (target / "a").read_text() == "two" and (left / "kept").is_dir()
