@@ -3,17 +3,15 @@ workspace)."""
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
 from pomlia_hpc.cli import app
+from pomlia_hpc.workspace import Workspace
+from tests.fixtures.cli import pomlia_main
 
 README = Path(__file__).resolve().parents[1] / "README.md"
 
@@ -34,28 +32,26 @@ def test_readme_has_commands() -> None:
 
 
 @pytest.mark.parametrize("cmd", readme_commands())
-def test_readme_command_runs(cmd: str, tmp_path: Path) -> None:
-    env = {**os.environ, "POMLIA_HOME": str(tmp_path / "ws"), "COLUMNS": "200"}
-    env.pop("POMLIA_DB_URL", None)
-    env.pop("POMLIA_CLUSTER", None)
-    # Initialised as the README's first step does (in-process: one interpreter start less per
-    # command); without a registry every other command stopped at "no registry ..., run pomlia
-    # init" and none ran.
-    init = CliRunner().invoke(
-        app,
-        ["--home", str(tmp_path / "ws"), "init"],
-        env={"POMLIA_DB_URL": None, "POMLIA_CLUSTER": None},  # as the command's env below
-    )
-    assert init.exit_code == 0, init.output
-    argv = [sys.executable, "-m", "pomlia_hpc", *shlex.split(cmd)[1:]]
-    proc = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=300, check=False)
-    assert "Traceback" not in proc.stderr, proc.stderr
+def test_readme_command_runs(
+    cmd: str,
+    workspace: Workspace,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # In a workspace made as the README's first step (`pomlia init`) makes one; without a
+    # registry every other command stopped at "no registry ..., run pomlia init" and none ran.
+    # Through the console script's own entry point, in this process: a new interpreter per
+    # command (torch and the CLI imported again, ~2 s of CPU each) cost the suite minutes, and
+    # tests/test_cli.py runs `python -m pomlia_hpc` itself.
+    monkeypatch.setenv("COLUMNS", "200")
+    code, _out, err = pomlia_main(monkeypatch, capsys, *shlex.split(cmd)[1:])
+    assert "Traceback" not in err, err
     # An example may refer to data or ids that a fresh workspace lacks: then it must end with
     # pomlia's one-line error (exit 4, not found, or 2), never a crash or a usage error.
-    if proc.returncode != 0:
-        assert proc.returncode in (2, 4), proc.stderr
-        assert proc.stderr.startswith("error:"), proc.stderr
-        assert "Usage:" not in proc.stderr, proc.stderr
+    if code not in (0, None):
+        assert code in (2, 4), err
+        assert err.startswith("error:"), err
+        assert "Usage:" not in err, err
 
 
 def test_commands_named_in_comments_have_their_arguments() -> None:
