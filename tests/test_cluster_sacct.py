@@ -11,12 +11,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from sqlalchemy import select
 
 from pomlia_hpc.cluster import cancel, records
 from pomlia_hpc.cluster.records import record_submission
 from pomlia_hpc.cluster.sacct import SchedulerState, sacct_states, squeue_ids
 from pomlia_hpc.errors import ClusterError, SlurmUnavailableError
-from pomlia_hpc.registry import Registry
+from pomlia_hpc.registry import Job, Registry
 
 
 def _on_path(monkeypatch: pytest.MonkeyPatch, bin_dir: Path, **scripts: str) -> None:
@@ -142,3 +143,62 @@ def test_squeue_is_not_asked_when_sacct_took_the_polls_whole_limit(
         "squeue: not asked whether 1 job(s) sacct does not know are still queued: sacct took "
         "the whole 0.2 s"
     )
+
+
+#: sacct's line for job 41 whose last attempt ended by a node failure (or a preemption).
+ENDED_41 = "echo '41|{state}|2026-01-01T10:00:00|2026-01-01T10:05:00|0:0'"
+
+
+@pytest.mark.parametrize(
+    ("state", "squeue", "said"),
+    [
+        # requeued: the controller lists its next attempt, which accounting shows only later
+        ("NODE_FAIL", "echo '41|PENDING|N/A'", ("PENDING", 1, False)),
+        ("PREEMPTED", "echo '41|RUNNING|N/A'", ("RUNNING", 1, False)),
+        # its attempt still ends: neither requeued nor ended yet
+        ("NODE_FAIL", "echo '41|COMPLETING|N/A'", ("NODE_FAIL", 0, True)),
+        # not requeued: the controller's final word, or accounting's once it forgot the job
+        ("NODE_FAIL", "echo '41|NODE_FAIL|2026-01-01T10:05:00'", ("NODE_FAIL", 0, False)),
+        ("PREEMPTED", "echo 'Invalid job id specified' >&2; exit 1", ("PREEMPTED", 0, False)),
+        # requeued, then cancelled while it waited to run again
+        ("NODE_FAIL", "echo '41|CANCELLED|2026-01-01T10:07:00'", ("CANCELLED", 0, False)),
+        # the controller cannot say: Slurm may run it again
+        ("NODE_FAIL", "echo 'slurm_load_jobs error: Socket timed out' >&2; exit 1", None),
+    ],
+)
+def test_a_node_failure_or_preemption_is_asked_of_the_controller(
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    state: str,
+    squeue: str,
+    said: tuple[str, int, bool] | None,
+) -> None:
+    """sacct shows NODE_FAIL (or PREEMPTED) for a job Slurm requeued until its next attempt's
+    line comes; pomlia took that for the job's end at once (PREEMPTED after 120 s), and the
+    requeued job ran again unwatched while its driver recorded it ended."""
+    _on_path(monkeypatch, tmp_path / "bin", sacct=ENDED_41.format(state=state), squeue=squeue)
+    st = sacct_states(["41"], timeout_s=30.0)["41"]
+    if said is None:
+        assert (st.state, st.may_requeue) == (state, True)
+        return
+    assert (st.state, st.requeue_count, st.may_requeue) == said
+    assert (st.ended_at is None) is (st.state in ("PENDING", "RUNNING"))
+
+
+def test_a_poll_leaves_a_row_whose_requeue_the_controller_could_not_confirm(
+    tmp_path: Path, reg: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A NODE_FAIL that squeue could not confirm is not recorded as the job's end (it may run
+    again), and the poll says why in one error, which a listing shows."""
+    _unfinished_row(reg, tmp_path)
+    _on_path(
+        monkeypatch,
+        tmp_path / "bin",
+        sacct=ENDED_41.format(state="NODE_FAIL"),
+        squeue="echo 'slurm_load_jobs error: Socket timed out' >&2; exit 1",
+    )
+    with pytest.raises(SlurmUnavailableError, match=r"whether Slurm requeued job\(s\) 41 "):
+        records.refresh_slurm_jobs(reg, timeout_s=30.0)
+    with reg.session() as s:
+        row = s.scalars(select(Job)).one()
+        assert (row.state, row.ended_at) == ("PENDING", None)

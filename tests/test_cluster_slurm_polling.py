@@ -106,20 +106,29 @@ def test_a_hanging_sacct_does_not_hang_a_driver_waiting_on_its_jobs(
 
 
 @pytest.mark.parametrize(
-    ("state", "end", "ended"),
+    ("state", "end", "controller", "ended"),
     [
-        ("SUSPENDED", "Unknown", False),
+        ("SUSPENDED", "Unknown", "", False),
         # Not requeued for an hour: Slurm cancels preempted jobs here. submitit waits for ever.
-        ("PREEMPTED", "2026-01-01T01:00:00", True),
+        ("PREEMPTED", "2026-01-01T01:00:00", "PREEMPTED", True),
+        # Requeued after its node failed: the (real) controller lists it queued or running.
+        ("NODE_FAIL", "2026-01-01T01:00:00", "", False),
     ],
 )
 def test_done_judges_the_states_submitit_misjudges(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, state: str, end: str, ended: bool
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    state: str,
+    end: str,
+    controller: str,
+    ended: bool,
 ) -> None:
     """submitit counts every state but a few as done, SUSPENDED (gang scheduling, preemption
     by suspension, scontrol suspend) among them: with done() asking every 30 s a suspended
     trial was soon taken for ended, and failed for want of a result. And it counts PREEMPTED
-    as unfinished for ever, so an AutoML driver waited on a trial Slurm did not requeue."""
+    as unfinished for ever, so an AutoML driver waited on a trial Slurm did not requeue. A
+    NODE_FAIL that Slurm requeued was taken for the job's end while it ran again unwatched.
+    ``controller``: what a fake ``squeue`` says of the job ("": the real one answers)."""
     ex = Executor.from_profile("slurm-local", tmp_path / "jobs")
     job = ex.submit(jobfns.sleep_for, 120.0, name=state.lower())
     job_id = job.job_id
@@ -133,6 +142,10 @@ def test_done_judges_the_states_submitit_misjudges(
     monkeypatch.setenv("S", state)
     monkeypatch.setenv("E", end)
     fake_sacct(tmp_path, monkeypatch, answer, calls)
+    if controller:  # the controller's word on a job that sacct says ended so
+        squeue = tmp_path / "bin" / "squeue"
+        squeue.write_text(f"#!/bin/sh\necho '{job_id}|{controller}|{end}'\n")
+        squeue.chmod(0o755)
     monkeypatch.setattr(endwatch, "END_SEEN_WITHIN_S", 0.0)
     try:
         deadline = time.monotonic() + 60

@@ -403,8 +403,9 @@ def slurm_job_ended(job_id: str) -> str | None:
     """The final state (``TIMEOUT``, ``CANCELLED``, ...) Slurm's accounting reports for job
     ``job_id``, or None while it may still run: queued, running, requeued, or its state cannot
     be read (no ``sacct``, accounting down), as a driver that cannot be checked counts as at
-    work. A node failure or preemption is final only for the attempt; if Slurm requeues the
-    job, its next attempt finds this driver at work and is refused."""
+    work. A node failure or preemption is final only once the controller does not list the
+    job queued again (``sacct_states`` asks it; unasked, ``may_requeue``): a driver Slurm
+    requeued runs again."""
     # Imported here: `runs list` reads driver records without the scheduler's modules.
     from pomlia_hpc.cluster.records import sacct_states
     from pomlia_hpc.vocab import FINAL_STATES
@@ -413,4 +414,6 @@ def slurm_job_ended(job_id: str) -> str | None:
         state = sacct_states([job_id]).get(job_id)
     except (ClusterError, OSError, subprocess.SubprocessError):
         return None
-    return state.state if state is not None and state.state in FINAL_STATES else None
+    if state is None or state.may_requeue:
+        return None
+    return state.state if state.state in FINAL_STATES else None

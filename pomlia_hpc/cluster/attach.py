@@ -41,6 +41,7 @@ from pomlia_hpc.cluster.submitit_local import CONTROLLER_META
 from pomlia_hpc.errors import ClusterError
 from pomlia_hpc.processes import pid_alive
 from pomlia_hpc.registry import Job, Registry
+from pomlia_hpc.vocab import REQUEUABLE_STATES
 
 #: A job's own failure: (its error in one line, its traceback or None).
 Failure = tuple[str, str | None]
@@ -103,10 +104,10 @@ class AttachedJob:
     @property
     def ended(self) -> bool:
         """Whether the job has ended: a final state, or unknown to the scheduler. PREEMPTED
-        only once Slurm has not requeued it for a while (``states.ended_for_good``), as for a
-        job this process submitted: a trial preempted and requeued at once was taken for
-        failed, and its next attempt ran on unwatched."""
-        if self.state == "PREEMPTED":
+        and NODE_FAIL only once Slurm has not requeued it for a while
+        (``states.ended_for_good``), as for a job this process submitted: a trial preempted and
+        requeued at once was taken for failed, and its next attempt ran on unwatched."""
+        if self.state in REQUEUABLE_STATES:
             return ended_for_good(self.state, self.ended_at)
         return self.state is None or self.state in FINAL_STATES
 
@@ -184,8 +185,10 @@ def poll_attached(jobs: Sequence[AttachedJob]) -> None:
             except ClusterError:
                 queued = set(unknown)  # cannot tell: not "lost" on a hiccup
             for j in slurm:
-                if j.job_id not in queued:
-                    j.update(states.get(j.job_id))
+                st = states.get(j.job_id)
+                # may_requeue: whether Slurm requeued it is not known yet; ask again next poll
+                if j.job_id not in queued and not (st is not None and st.may_requeue):
+                    j.update(st)
     for j in jobs:
         if j.backend != "slurm":
             j.check_local()

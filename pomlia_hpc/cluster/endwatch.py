@@ -15,9 +15,11 @@ answer is old enough, one at a time. Old enough is half the age of the youngest 
 within :data:`END_SEEN_FIRST_S` and :data:`END_SEEN_WITHIN_S` (as submitit paces its polls
 by the last submission): a job cancelled seconds after it started is seen ended in seconds,
 not 30 s later, and a long one costs one ``sacct`` in 30 s. A job counts as ended in a
-final state (as submitit counted NODE_FAIL); PREEMPTED only once Slurm has not requeued it
-for a while (:func:`pomlia_hpc.cluster.states.ended_for_good`), as a waiting ``result()``
-judges it.
+final state; NODE_FAIL and PREEMPTED only once the controller does not list it queued again
+(:func:`~pomlia_hpc.cluster.sacct.sacct_states` asks it) and Slurm has not requeued it for a
+while (:func:`pomlia_hpc.cluster.states.ended_for_good`), as a waiting ``result()`` judges
+it: a job requeued after a node failure ran on unwatched while its driver took it for
+failed.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import time
 from pomlia_hpc.cluster.records import sacct_states
 from pomlia_hpc.cluster.states import ended_for_good
 from pomlia_hpc.errors import ClusterError
-from pomlia_hpc.vocab import FINAL_STATES, JobState
+from pomlia_hpc.vocab import FINAL_STATES, REQUEUABLE_STATES
 
 #: Seconds by which the end of a job that wrote no result may be seen late.
 END_SEEN_WITHIN_S = 30.0
@@ -84,8 +86,8 @@ def _ask(job_ids: list[str]) -> None:
     with _LOCK:
         for job_id in job_ids:
             st = states.get(job_id)
-            if st is None or st.state not in FINAL_STATES:
-                continue
-            if st.state != JobState.PREEMPTED or ended_for_good(st.state, st.ended_at):
+            if st is None or st.state not in FINAL_STATES or st.may_requeue:
+                continue  # may_requeue: the controller did not say whether it was requeued
+            if st.state not in REQUEUABLE_STATES or ended_for_good(st.state, st.ended_at):
                 _ended[job_id] = st.state
                 _watched.pop(job_id, None)

@@ -261,7 +261,7 @@ class JobHandle:
                     st = sacct_states([str(job.job_id)]).get(str(job.job_id))
                 except ClusterError:
                     continue  # an accounting hiccup says nothing about the job: ask again later
-                if st is not None and ended_for_good(st.state, st.ended_at):
+                if st is not None and not st.may_requeue and ended_for_good(st.state, st.ended_at):
                     self.given_up_state = st.state
                     return
             time.sleep(1.0)

@@ -332,6 +332,9 @@ def refresh_slurm_jobs(
     ``timeout_s``: how long ``sacct`` may take, and ``squeue`` after it with ``lost``: both
     keep to that one limit (then :class:`ClusterError`). ``final_only``: answers in an
     unfinished state are ignored (read before a ``scancel`` took effect).
+    A NODE_FAIL or PREEMPTED that the controller could not be asked about
+    (:attr:`SchedulerState.may_requeue`: Slurm may run the job again) changes nothing in its
+    row; the other rows are recorded, then a :class:`SlurmUnavailableError` says so.
     """
     targets = _slurm_targets(registry, job_ids)
     if not targets:
@@ -345,6 +348,8 @@ def refresh_slurm_jobs(
             row = s.get(Job, rid) if st is not None else None
             if row is None or st is None or (final_only and st.state not in FINAL_STATES):
                 continue
+            if st.may_requeue:
+                continue  # not ended, perhaps: as a poll that did not answer for this row
             counted = {ATTEMPTS_META: st.attempts_run} if st.attempts_run is not None else {}
             earlier = {EARLIER_META: round(st.earlier_s, 1)} if st.earlier_s else {}
             row.meta = {**(row.meta or {}), POLLED_META: polled, **counted, **earlier}
@@ -359,6 +364,13 @@ def refresh_slurm_jobs(
     if lost and missing:
         queued = _squeue_within([sid for _, sid in missing], deadline, timeout_s)
         changed += len(_record_lost(registry, [(r, i) for r, i in missing if i not in queued]))
+    unsure = sorted({sid for _, sid in targets if sid in states and states[sid].may_requeue})
+    if unsure:
+        raise SlurmUnavailableError(
+            f"squeue did not answer in time whether Slurm requeued job(s) {', '.join(unsure)} "
+            "(sacct: ended by a node failure or a preemption); their rows were left as they "
+            "were"
+        )
     return changed
 
 

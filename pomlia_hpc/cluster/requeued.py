@@ -28,6 +28,18 @@ def controller_final_states(
     (forgotten by the controller: a queued job is always listed); jobs still queued or
     running are left out, and so is everything when ``squeue`` cannot answer within
     ``timeout_s`` seconds (the caller keeps what accounting said and asks again later)."""
+    said = controller_states(job_ids, timeout_s) or {}
+    return {jid: st for jid, st in said.items() if st[0] in FINAL_STATES}
+
+
+def controller_states(
+    job_ids: Sequence[str], timeout_s: float
+) -> dict[str, tuple[str, datetime | None]] | None:
+    """The state and end time (aware UTC, None when not given) that ``squeue --states=all``
+    gives for each of ``job_ids``: a final state for one that has ended within ``MinJobAge``,
+    an unfinished one (``PENDING``, ``RUNNING``, ...) for one queued or running, ``LOST`` (no
+    end) for one it does not list (forgotten: a queued job is always listed). None when
+    ``squeue`` cannot answer within ``timeout_s`` seconds."""
     if not job_ids:
         return {}
     try:
@@ -39,23 +51,25 @@ def controller_final_states(
             check=False,
         )
     except (subprocess.SubprocessError, OSError):
-        return {}
+        return None
     # One id the controller does not know fails ("Invalid job id specified"); among several
     # such an id is left out.
     if proc.returncode != 0 and "invalid job id" not in proc.stderr.lower():
-        return {}
+        return None
     out: dict[str, tuple[str, datetime | None]] = {}
-    listed: set[str] = set()
+    arrays: dict[str, str] = {}  # a pending array's line (12_[3-5]): its tasks' state
     for line in proc.stdout.splitlines() if proc.returncode == 0 else []:
         jid, _, rest = line.strip().partition("|")
         state, _, end = rest.partition("|")
-        listed.add(jid.split("_[")[0])  # a pending array's line (12_[3-5]): all of 12 listed
-        if jid in job_ids and state in FINAL_STATES:
+        if "_[" in jid:
+            arrays[jid.split("_[")[0]] = state
+        else:
             out[jid] = (state, _end_time(end))
     for jid in job_ids:
-        if jid not in listed and jid.split("_")[0] not in listed:
-            out[jid] = (JobState.LOST, None)
-    return out
+        if jid not in out:
+            pending = arrays.get(jid.split("_")[0])
+            out[jid] = (pending, None) if pending is not None else (JobState.LOST, None)
+    return {jid: out[jid] for jid in job_ids}
 
 
 def _end_time(text: str) -> datetime | None:

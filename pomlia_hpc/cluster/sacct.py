@@ -15,8 +15,9 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from pomlia_hpc.cluster.reach import slurm_failure, timed_out
-from pomlia_hpc.cluster.requeued import controller_final_states
+from pomlia_hpc.cluster.requeued import controller_states
 from pomlia_hpc.errors import ClusterError
+from pomlia_hpc.vocab import FINAL_STATES, REQUEUABLE_STATES, JobState
 
 #: How many times ``sacct`` was run by this process (tests check one call per poll).
 SACCT_CALLS = 0
@@ -36,6 +37,10 @@ class SchedulerState:
     attempts_run: int | None = None
     #: Seconds the attempts before the current one ran, each from its Start to its End.
     earlier_s: float = 0.0
+    #: A NODE_FAIL or PREEMPTED that the controller could not be asked about (``squeue`` did
+    #: not answer in time): Slurm may run the job again, so it has not ended for good; what
+    #: decides that a job ended takes it as a poll that did not answer for this job.
+    may_requeue: bool = False
 
 
 def _parse_time(text: str) -> datetime | None:
@@ -103,9 +108,12 @@ def _ran_s(start: str, end: str) -> float:
 def sacct_states(job_ids: Iterable[str], timeout_s: float = 60.0) -> dict[str, SchedulerState]:
     """States of ``job_ids`` (plain ids, array task ids ``A_I`` or array ids) in one sacct call.
     Raises :class:`ClusterError` when ``sacct`` is missing, fails or takes over ``timeout_s``
-    seconds. A job that ``sacct`` says is REQUEUED is asked of the controller too
-    (:func:`~pomlia_hpc.cluster.requeued.controller_final_states`) within what is left of the
-    same ``timeout_s``: the whole call keeps to one limit."""
+    seconds. A job that ``sacct`` says is REQUEUED, NODE_FAIL or PREEMPTED is asked of the
+    controller too (:func:`~pomlia_hpc.cluster.requeued.controller_states`) within what is
+    left of the same ``timeout_s``: the whole call keeps to one limit. Such a job that the
+    controller lists queued or running again is given in the controller's state (it was
+    requeued, not ended); when the controller cannot be asked, a NODE_FAIL or PREEMPTED one
+    is marked :attr:`SchedulerState.may_requeue`."""
     global SACCT_CALLS
     ids = sorted({jid.split("_")[0] for jid in job_ids})
     if not ids:
@@ -134,14 +142,52 @@ def sacct_states(job_ids: Iterable[str], timeout_s: float = 60.0) -> dict[str, S
     if proc.returncode != 0:
         raise slurm_failure("sacct", proc.stderr, f"sacct failed ({proc.returncode})")
     states = parse_sacct(proc.stdout)
-    # a requeued job that ended before its next attempt stays REQUEUED in sacct for good
-    requeued = [jid for jid, st in states.items() if st.state.startswith("REQUEUE")]
-    left_s = deadline - time.monotonic()
-    if not requeued or left_s <= 0:
-        return states  # no time left to ask: accounting's word stands, asked again later
-    for jid, (state, end) in controller_final_states(requeued, left_s).items():
-        states[jid] = replace(states[jid], state=state, ended_at=end or states[jid].ended_at)
+    # A requeued job that ended before its next attempt stays REQUEUED in sacct for good, and
+    # one Slurm requeued after a node failure or a preemption shows that state until its next
+    # attempt's line comes: the controller says which (within the same limit).
+    ask = [jid for jid, st in states.items() if _controller_decides(st.state)]
+    if ask:
+        left_s = deadline - time.monotonic()
+        said = controller_states(ask, left_s) if left_s > 0 else None
+        for jid in ask:
+            states[jid] = _with_controllers_word(states[jid], None if said is None else said[jid])
     return states
+
+
+#: The controller's states of a job whose attempt is still ending (its nodes clean up):
+#: neither requeued nor ended yet.
+ENDING_STATES = frozenset({"COMPLETING", "SIGNALING", "STAGE_OUT"})
+
+
+def _controller_decides(state: str) -> bool:
+    """Whether sacct's ``state`` for a job's last attempt needs the controller's word: one
+    Slurm may have requeued (REQUEUED, NODE_FAIL, PREEMPTED)."""
+    return state.startswith("REQUEUE") or state in REQUEUABLE_STATES
+
+
+def _with_controllers_word(
+    st: SchedulerState, said: tuple[str, datetime | None] | None
+) -> SchedulerState:
+    """``st`` (sacct's REQUEUED, NODE_FAIL or PREEMPTED) with what the controller ``said``
+    (its state and end; None: it could not be asked). A REQUEUED job takes the controller's
+    final state (LOST: forgotten before it ran again), else stays REQUEUED. A NODE_FAIL or
+    PREEMPTED job the controller lists unfinished was requeued (a new attempt, not ended);
+    one it lists ended takes that end (cancelled while it waited to run again, say); one it
+    forgot keeps accounting's final state; unasked, it is :attr:`~SchedulerState.may_requeue`."""
+    if st.state.startswith("REQUEUE"):
+        if said is None or said[0] not in FINAL_STATES:
+            return st  # no answer, or queued again: accounting's word stands, asked again later
+        return replace(st, state=said[0], ended_at=said[1] or st.ended_at)
+    if said is None:
+        return replace(st, may_requeue=True)
+    state, end = said
+    if state in ENDING_STATES:
+        return replace(st, may_requeue=True)  # its attempt still ends: asked again later
+    if state not in FINAL_STATES:  # requeued: its next attempt waits or runs
+        return replace(st, state=state, ended_at=None, requeue_count=st.requeue_count + 1)
+    if state == JobState.LOST:
+        return st  # forgotten by the controller, so not queued: accounting's end stands
+    return replace(st, state=state, ended_at=end or st.ended_at)
 
 
 def squeue_ids(job_ids: Sequence[str], timeout_s: float = 60.0) -> set[str]:

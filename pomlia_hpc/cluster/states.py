@@ -16,13 +16,14 @@ from pomlia_hpc.cluster import records
 from pomlia_hpc.cluster.records import refresh_slurm_jobs
 from pomlia_hpc.errors import ClusterError
 from pomlia_hpc.registry import Job, Registry
+from pomlia_hpc.vocab import REQUEUABLE_STATES
 
 #: Seconds between the ``sacct`` calls with which a waiting ``result()`` looks for a Slurm job
 #: that ended in a state submitit does not count as done.
 SLURM_FINAL_CHECK_S = 30.0
 
-#: Seconds after a preemption without a new attempt from which a job counts as ended: a cluster
-#: that requeues preempted jobs has started the next attempt by then.
+#: Seconds after a preemption or a node failure without a new attempt from which a job counts
+#: as ended: a cluster that requeues such jobs has queued the next attempt by then.
 PREEMPT_GRACE_S = 120.0
 
 
@@ -57,8 +58,12 @@ def settle_slurm_rows(reg: Registry, ids: Sequence[int]) -> None:
 
 
 def ended_for_good(state: str, ended_at: datetime | None) -> bool:
-    """Whether a job that submitit still counts as unfinished has really ended."""
-    if state != "PREEMPTED" or ended_at is None:
+    """Whether a job whose last attempt ended at ``ended_at`` in a state after which Slurm may
+    requeue it (PREEMPTED, NODE_FAIL: submitit keeps waiting on a PREEMPTED job) has ended for
+    good: once :data:`PREEMPT_GRACE_S` seconds passed without a new attempt (``sacct_states``
+    gives a job the controller lists queued again in its new state). False for any other
+    state: the caller judges those."""
+    if state not in REQUEUABLE_STATES or ended_at is None:
         return False
     return (records.utcnow() - ended_at).total_seconds() >= PREEMPT_GRACE_S
 

@@ -89,6 +89,6 @@ def _poll_slurm_once(handles: Sequence[JobHandle], reg: Registry | None) -> Hash
     states = sacct_states(h.job_id for h in handles)
     for h in handles:
         st = states.get(h.job_id)
-        if st is not None and ended_for_good(st.state, st.ended_at):
+        if st is not None and not st.may_requeue and ended_for_good(st.state, st.ended_at):
             h.given_up_state = st.state
     return tuple(sorted((jid, st.state) for jid, st in states.items()))
