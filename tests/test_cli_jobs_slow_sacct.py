@@ -5,11 +5,13 @@ message in words and the states as last recorded, marked as possibly out of date
 from __future__ import annotations
 
 import json
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 
+from pomlia_hpc.cli.polling import unsure_states
+from pomlia_hpc.cluster.records import REQUEUE_WINDOW_S, utcnow
 from pomlia_hpc.registry import Job, Registry
 from pomlia_hpc.workspace import Workspace
 from tests.fixtures.slow_sacct import pomlia_on_path, waited_for_sacct
@@ -77,3 +79,19 @@ def test_a_bad_timeout_setting_is_one_error(workspace: Workspace, tmp_path: Path
     res = pomlia_on_path(workspace.home, _slow_slurm(tmp_path), "jobs", "list")
     assert res.returncode != 0 and "Traceback" not in res.stderr
     assert "list_sacct_timeout_s" in res.stderr
+
+
+def test_a_node_failure_or_preemption_within_its_requeue_window_is_marked_unsure() -> None:
+    """After a failed poll, rows NODE_FAIL or PREEMPTED that the poll would have asked about
+    (Slurm may have requeued them since) were shown as if their end were certain."""
+    now = utcnow()
+    recent, old = now - timedelta(hours=1), now - timedelta(seconds=REQUEUE_WINDOW_S + 60)
+    rows = [
+        Job(id=1, backend="slurm", state="NODE_FAIL", ended_at=recent),
+        Job(id=2, backend="slurm", state="PREEMPTED", ended_at=recent),
+        Job(id=3, backend="slurm", state="NODE_FAIL", ended_at=old),  # its window is closed
+        Job(id=4, backend="slurm", state="FAILED", ended_at=recent),
+        Job(id=5, backend="slurm", state="RUNNING", ended_at=None),
+        Job(id=6, backend="local", state="PREEMPTED", ended_at=recent),
+    ]
+    assert [r.id for r in unsure_states(rows)] == [1, 2, 5]

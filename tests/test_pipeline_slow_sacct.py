@@ -8,13 +8,14 @@ A fake `sacct` on PATH (a shell script) hangs for a minute on the calls it is to
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from pomlia_hpc.cluster.records import record_submission
+from pomlia_hpc.cluster.records import record_submission, utcnow
 from pomlia_hpc.config import read_yaml
 from pomlia_hpc.files import write_json_atomic
 from pomlia_hpc.pipeline import status
@@ -154,3 +155,19 @@ def test_the_pending_reasons_squeue_gets_what_sacct_left_of_the_one_limit(
     monkeypatch.setattr(status, "refresh_jobs_within", sacct_taking(limit))
     status.pipeline_status(ctx)
     assert asked == [pytest.approx(0.25 * limit)]  # nothing left: squeue not asked
+
+
+def test_status_marks_a_node_failure_slurm_may_have_requeued(
+    workspace: Workspace, reg: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stage job recorded NODE_FAIL a minute ago may have been requeued since: with sacct
+    not answering, its state was shown as a certain end, unmarked."""
+    file = _running_stage_job(workspace, reg, tmp_path)
+    with reg.session() as s:
+        (row,) = s.query(Job).all()
+        row.state, row.ended_at = "NODE_FAIL", utcnow() - timedelta(minutes=1)
+    problem = "sacct: slurmdbd did not answer within 3 s"
+    monkeypatch.setattr(status, "refresh_jobs_within", lambda *a, **kw: problem)
+    ctx = StageContext(load_pipeline(file), workspace, reg)
+    (encoder,) = [st for st in status.pipeline_status(ctx) if st.stage == "encoder"]
+    assert (encoder.job_state, encoder.unsure) == ("NODE_FAIL", problem)

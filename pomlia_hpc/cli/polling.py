@@ -22,13 +22,12 @@ from rich.markup import escape
 from pomlia_hpc.cli.app import STATE, err_console
 from pomlia_hpc.cli.tables import when
 from pomlia_hpc.cluster.records import (
-    cancel_unconfirmed,
+    polled_still,
     recorded_as_of,
     refresh_jobs_within,
     utcnow,
 )
 from pomlia_hpc.registry import Job, Registry
-from pomlia_hpc.vocab import FINAL_STATES
 
 #: Seconds a listing waits for the scheduler before it says so on stderr.
 STATUS_AFTER_S = 2.0
@@ -66,16 +65,12 @@ def refresh_for_listing(registry: Registry, job_ids: Sequence[int] | None = None
 
 
 def unsure_states(rows: Sequence[Job]) -> list[Job]:
-    """The rows whose shown state may be out of date after a failed poll: the unfinished
-    Slurm ones, and those pomlia marked CANCELLED that Slurm has not confirmed yet (the poll
-    would have asked about them: :func:`~pomlia_hpc.cluster.records.cancel_unconfirmed`).
+    """The rows whose shown state may be out of date after a failed poll: the Slurm ones the
+    poll would have asked about (:func:`~pomlia_hpc.cluster.records.polled_still`: unfinished,
+    NODE_FAIL or PREEMPTED within their requeue window, CANCELLED on pomlia's word only).
     Another ended job's state does not change; local jobs were polled here."""
     now = utcnow()
-    return [
-        r
-        for r in rows
-        if r.backend == "slurm" and (r.state not in FINAL_STATES or cancel_unconfirmed(r, now))
-    ]
+    return [r for r in rows if polled_still(r, now)]
 
 
 def say_unsure(console: Console, problem: str, rows: Sequence[Job]) -> None:

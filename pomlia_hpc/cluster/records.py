@@ -223,6 +223,21 @@ def cancel_unconfirmed(row: Job, now: datetime | None = None) -> bool:
     return row.ended_at is None or row.ended_at >= since
 
 
+def polled_still(row: Job, now: datetime | None = None) -> bool:
+    """Whether routine polls still ask Slurm about ``row``, so that its recorded state may be
+    out of date after a poll that failed: an unfinished Slurm row, one that ended in a
+    requeuable state (NODE_FAIL, PREEMPTED: Slurm may run it again) less than
+    :data:`REQUEUE_WINDOW_S` seconds before ``now`` (default :func:`utcnow`), and one CANCELLED
+    on pomlia's word only (:func:`cancel_unconfirmed`)."""
+    if row.backend != "slurm":
+        return False
+    now = now or utcnow()
+    if row.state in REQUEUABLE_STATES:
+        since = now - timedelta(seconds=REQUEUE_WINDOW_S)
+        return row.ended_at is None or row.ended_at >= since
+    return row.state not in FINAL_STATES or cancel_unconfirmed(row, now)
+
+
 def _marked_unconfirmed(meta: dict[str, Any] | None, cause: str | None) -> bool:
     """Whether a CANCELLED row's ``meta`` and ``cause`` say the cancel is pomlia's word only."""
     return UNCONFIRMED_META in (meta or {}) or cause in FORCED_CAUSES

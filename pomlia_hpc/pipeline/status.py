@@ -16,7 +16,7 @@ from typing import Any
 
 from sqlalchemy import select
 
-from pomlia_hpc.cluster.records import recorded_as_of, refresh_jobs_within
+from pomlia_hpc.cluster.records import polled_still, recorded_as_of, refresh_jobs_within
 from pomlia_hpc.cluster.refusal import pending_words
 from pomlia_hpc.errors import ConfigError, InputError, NotFoundError
 from pomlia_hpc.pipeline.lock import pipeline_held
@@ -127,7 +127,8 @@ def pipeline_status(ctx: StageContext) -> list[StageStatus]:
         )
         if state == "pending" and job is not None:
             detail = waiting.get(job.scheduler_id, detail)  # held, resources, dependency ...
-        at_slurm = job is not None and job.backend == "slurm" and job.state not in FINAL_STATES
+        # a state the failed poll would have asked about (a NODE_FAIL Slurm may requeue too)
+        at_slurm = job is not None and polled_still(job)
         unsure = problem if at_slurm else None  # its recorded state stands, unconfirmed
         out.append(
             StageStatus(
