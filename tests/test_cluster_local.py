@@ -10,6 +10,8 @@ from pathlib import Path
 
 import psutil
 import pytest
+import submitit
+import submitit.local.local
 from sqlalchemy import select
 
 from pomlia_hpc.cluster import Executor, JobFailedError, distributed_env, expand_hostlist, wait_all
@@ -436,3 +438,27 @@ def test_a_local_job_collected_late_ends_when_it_wrote_its_result(
         row = s.scalars(select(Job)).one()
     assert row.ended_at is not None
     assert abs(row.ended_at.timestamp() - written) < 0.01
+
+
+def test_a_plain_submitit_local_executor_in_the_same_process_keeps_submitits_controller(
+    tmp_path: Path, reg: Registry
+) -> None:
+    """pomlia's local backend replaced submitit's ``start_controller`` in submitit's module,
+    so every local executor in the process, another library's too, started pomlia's
+    controller. Only pomlia's own executors start it now."""
+    ours = Executor.from_profile("local", tmp_path / "ours", reg).submit(jobfns.sleep_for, 1.0)
+    plain = submitit.LocalExecutor(folder=tmp_path / "plain").submit(jobfns.sleep_for, 1.0)
+    ours_cmd, plain_cmd = _command_line(ours.job_id), _command_line(plain.job_id)
+    assert "-m pomlia_hpc.cluster.submitit_local" in ours_cmd
+    assert "-m submitit.local._local" in plain_cmd
+    assert submitit.local.local.start_controller.__module__ == "submitit.local.local"
+    assert ours.result() == plain.result() == "woke up"
+
+
+def _command_line(pid: str) -> str:
+    """The command line of process ``pid``, once it shows one (it may read empty while the
+    process starts its program)."""
+    deadline = time.monotonic() + 10
+    while not (words := psutil.Process(int(pid)).cmdline()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return " ".join(words)

@@ -5,8 +5,10 @@ test fails before a local job does."""
 
 from __future__ import annotations
 
+import ast
 import inspect
 import re
+import textwrap
 from pathlib import Path
 
 import submitit.local.local as submitit_local
@@ -30,3 +32,28 @@ def test_our_controller_start_sets_what_submitits_sets() -> None:
     ours_sig = inspect.signature(submitit_controller.start_controller)
     params = [p for p in ours_sig.parameters]
     assert all(f"{p}" in theirs.split(")", 1)[0] for p in params)
+
+
+def test_our_local_executor_submits_as_submitits_does() -> None:
+    """:class:`ControlledLocalExecutor` copies submitit's ``_submit_command`` to start our
+    controller for pomlia's executors only: the arguments it hands the controller and the
+    job it makes are submitit's."""
+    name = "_submit_command"  # submitit's method, replaced in our subclass
+    theirs = _calls(vars(submitit_local.LocalExecutor)[name])
+    ours = _calls(vars(submitit_controller.ControlledLocalExecutor)[name])
+    assert {"start_controller", "LocalJob", "ntasks", "gpus"} <= set(theirs)
+    assert ours == theirs
+
+
+def _calls(method: object) -> dict[str, str]:
+    """The calls of ``start_controller`` and ``LocalJob`` in ``method``'s source, as ASTs,
+    and the values of the names assigned (the process is the controller's call)."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(method)))  # type: ignore[arg-type]
+    out: dict[str, str] = {}
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Name):
+            if node.func.id in ("start_controller", "LocalJob"):
+                out[node.func.id] = ast.dump(node)
+        elif isinstance(node, ast.Assign) and isinstance(node.targets[0], ast.Name):
+            out[node.targets[0].id] = ast.dump(node.value)
+    return out

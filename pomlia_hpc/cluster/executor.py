@@ -82,13 +82,13 @@ class Executor:
         return self.profile.backend
 
     def _submitit(self, profile: ClusterProfile, name: str) -> submitit.AutoExecutor:
-        if profile.backend == "local":
-            submitit_controller.install()  # a cancelled local job ends without a traceback
         warn_signal_delay(profile)  # a limit so short that the job may never finish an epoch
         # A Slurm job starts under jobstart: a checkpoint signal that comes while it starts
         # (short time limits) is held back until submitit can act on it, not fatal.
         python = {"slurm_python": SLURM_PYTHON} if profile.backend == "slurm" else {}
         ex = submitit.AutoExecutor(folder=self.folder, cluster=profile.backend, **python)
+        if profile.backend == "local":
+            submitit_controller.scope(ex)  # a cancelled local job ends without a traceback
         ex.update_parameters(**submitit_parameters(profile, name=name))
         return ex
 

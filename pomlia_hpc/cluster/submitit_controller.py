@@ -8,6 +8,9 @@ sends SIGINT) or Ctrl-C on a command whose jobs run locally printed the controll
 submitit's controller has stopped its tasks; the submitting process says what happened in one
 line.
 
+Only pomlia's own local executors start it (:func:`scope`, :class:`ControlledLocalExecutor`):
+other code in the process that uses submitit's local executor keeps submitit's controller.
+
 The module's name keeps "submitit" on the controller's command line: that is how
 :func:`pomlia_hpc.cluster.records.is_local_job_process` recognises a job's controller.
 """
@@ -20,6 +23,10 @@ import subprocess
 import sys
 from collections.abc import Sequence
 from pathlib import Path
+from typing import Any
+
+from submitit import AutoExecutor
+from submitit.local.local import LocalExecutor, LocalJob
 
 from pomlia_hpc.processes import process_start_id
 
@@ -72,9 +79,38 @@ def start_controller(
     return proc
 
 
-def install() -> None:
-    """Make submitit's local executor start this controller (idempotent). submitit looks the
-    function up in its module at every submission, so replacing it there is enough."""
-    from submitit.local import local
+class ControlledLocalExecutor(LocalExecutor):
+    """submitit's local executor whose jobs start this module's controller
+    (:func:`start_controller`). Only pomlia's own executors are made one (:func:`scope`): a
+    plain ``submitit.LocalExecutor`` elsewhere in the process keeps submitit's controller
+    (``install()`` replaced submitit's module function, for every local executor in the
+    process, another library's included)."""
 
-    local.start_controller = start_controller
+    def _submit_command(self, command: str) -> LocalJob[Any]:
+        """submitit 1.5's ``LocalExecutor._submit_command``, starting our controller."""
+        ntasks = self.parameters.get("tasks_per_node", 1)
+        n_gpus = self.parameters.get("gpus_per_node", 0)
+        visible_gpus = self.parameters.get("visible_gpus", ())
+        gpus = range(n_gpus) if visible_gpus == () else visible_gpus[:n_gpus]
+        process = start_controller(
+            folder=self.folder,
+            command=command,
+            tasks_per_node=ntasks,
+            cuda_devices=",".join(str(k) for k in gpus),
+            timeout_min=self.parameters.get("timeout_min", 2.0),
+            signal_delay_s=self.parameters.get("signal_delay_s", 30),
+            stderr_to_stdout=self.parameters.get("stderr_to_stdout", False),
+            setup=self.parameters.get("setup", ()),
+        )
+        return LocalJob(
+            folder=self.folder, job_id=str(process.pid), process=process, tasks=list(range(ntasks))
+        )
+
+
+def scope(executor: AutoExecutor) -> None:
+    """Make the local ``executor`` (pomlia's own) start this module's controller; any other
+    executor is left as it is. Its class changes, not submitit's module: nothing else in the
+    process is touched."""
+    inner = executor._executor
+    if type(inner) is LocalExecutor:
+        inner.__class__ = ControlledLocalExecutor  # adds behaviour only, no state
