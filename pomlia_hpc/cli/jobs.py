@@ -48,8 +48,9 @@ def list_jobs(
 
     sacct, and squeue after it for jobs sacct does not know, are waited for at most
     cluster.list_sacct_timeout_s seconds in all (15; <home>/pomlia.yaml); then the states are
-    the last recorded ones, said so, and unfinished ones marked ? (so is a CANCELLED that
-    Slurm has not confirmed yet).
+    the last recorded ones, said so, and unfinished ones marked ? (so are a CANCELLED that
+    Slurm has not confirmed yet, and a NODE_FAIL or PREEMPTED of the last day, which Slurm
+    may have requeued since).
 
     A console too narrow for the full table (80 columns) gets a narrow one: times as MM-DD
     HH:MM, the exit cause under the name, the end time under the submission time, requeues
