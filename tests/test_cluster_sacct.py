@@ -202,3 +202,27 @@ def test_a_poll_leaves_a_row_whose_requeue_the_controller_could_not_confirm(
     with reg.session() as s:
         row = s.scalars(select(Job)).one()
         assert (row.state, row.ended_at) == ("PENDING", None)
+
+
+@pytest.mark.parametrize(
+    ("acct", "pending", "state"),
+    [
+        ("NODE_FAIL", "41_[4-7%2]", "NODE_FAIL"),
+        ("NODE_FAIL", "41_[1,3-5]", "PENDING"),
+        ("REQUEUED", "41_[4-7%2]", "LOST"),  # forgotten by the controller: it never ran again
+        ("REQUEUED", "41_[1,3-5]", "REQUEUED"),
+    ],
+)
+def test_an_array_task_is_queued_only_when_the_controller_lists_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, acct: str, pending: str, state: str
+) -> None:
+    """The controller prints an array's tasks that wait to start as one line (41_[4-7]): a
+    requeued task it had forgotten counted as queued (never LOST) while other tasks of its
+    array still waited, for hours with a throttled array."""
+    _on_path(
+        monkeypatch,
+        tmp_path / "bin",
+        sacct=f"echo '41_3|{acct}|2026-01-01T10:00:00|2026-01-01T10:05:00|0:0'",
+        squeue=f"echo '{pending}|PENDING|N/A'",
+    )
+    assert sacct_states(["41_3"], timeout_s=30.0)["41_3"].state == state

@@ -13,6 +13,7 @@ it counts as ended, ``LOST`` (how it ended is unknown), not as queued for ever.
 
 from __future__ import annotations
 
+import re
 import subprocess
 from collections.abc import Sequence
 from datetime import UTC, datetime
@@ -57,19 +58,26 @@ def controller_states(
     if proc.returncode != 0 and "invalid job id" not in proc.stderr.lower():
         return None
     out: dict[str, tuple[str, datetime | None]] = {}
-    arrays: dict[str, str] = {}  # a pending array's line (12_[3-5]): its tasks' state
     for line in proc.stdout.splitlines() if proc.returncode == 0 else []:
         jid, _, rest = line.strip().partition("|")
         state, _, end = rest.partition("|")
-        if "_[" in jid:
-            arrays[jid.split("_[")[0]] = state
-        else:
-            out[jid] = (state, _end_time(end))
-    for jid in job_ids:
-        if jid not in out:
-            pending = arrays.get(jid.split("_")[0])
-            out[jid] = (pending, None) if pending is not None else (JobState.LOST, None)
-    return {jid: out[jid] for jid in job_ids}
+        for task in expand_pending(jid):  # a pending array's line (12_[3-5]): its tasks
+            out[task] = (state, _end_time(end))
+    return {jid: out.get(jid, (JobState.LOST, None)) for jid in job_ids}
+
+
+def expand_pending(job_id: str) -> list[str]:
+    """``12_[0-3,7%2]`` (how Slurm prints an array's tasks that have not started) → ``12_0
+    … 12_3, 12_7``; other ids unchanged."""
+    m = re.fullmatch(r"(\d+)_\[([^\]]+)\]", job_id)
+    if not m:
+        return [job_id]
+    base, spec = m.group(1), m.group(2).split("%")[0]
+    out: list[str] = []
+    for part in spec.split(","):
+        lo, _, hi = part.partition("-")
+        out.extend(f"{base}_{i}" for i in range(int(lo), int(hi or lo) + 1))
+    return out
 
 
 def _end_time(text: str) -> datetime | None:

@@ -7,7 +7,6 @@ hold the caller (:mod:`pomlia_hpc.cluster.reach` names it, exit 69).
 
 from __future__ import annotations
 
-import re
 import subprocess
 import time
 from collections.abc import Iterable, Sequence
@@ -15,7 +14,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 
 from pomlia_hpc.cluster.reach import slurm_failure, timed_out
-from pomlia_hpc.cluster.requeued import controller_states
+from pomlia_hpc.cluster.requeued import controller_states, expand_pending
 from pomlia_hpc.errors import ClusterError
 from pomlia_hpc.vocab import FINAL_STATES, REQUEUABLE_STATES, JobState
 
@@ -55,19 +54,6 @@ def _parse_time(text: str) -> datetime | None:
         return None
 
 
-def _expand_pending(job_id: str) -> list[str]:
-    """``12_[0-3,7%2]`` → ``12_0 … 12_3, 12_7``; other ids unchanged."""
-    m = re.fullmatch(r"(\d+)_\[([^\]]+)\]", job_id)
-    if not m:
-        return [job_id]
-    base, spec = m.group(1), m.group(2).split("%")[0]
-    out: list[str] = []
-    for part in spec.split(","):
-        lo, _, hi = part.partition("-")
-        out.extend(f"{base}_{i}" for i in range(int(lo), int(hi or lo) + 1))
-    return out
-
-
 def parse_sacct(text: str) -> dict[str, SchedulerState]:
     """Parse ``sacct -n -P -X -D -o JobID,State,Start,End,ExitCode`` output.
 
@@ -80,7 +66,7 @@ def parse_sacct(text: str) -> dict[str, SchedulerState]:
         fields = raw.strip().split("|")
         if len(fields) < 5 or "." in fields[0]:
             continue
-        for jid in _expand_pending(fields[0]):
+        for jid in expand_pending(fields[0]):
             lines.setdefault(jid, []).append(fields)
     out: dict[str, SchedulerState] = {}
     for jid, attempts in lines.items():
@@ -212,5 +198,5 @@ def squeue_ids(job_ids: Sequence[str], timeout_s: float = 60.0) -> set[str]:
             return set()
         raise slurm_failure("squeue", proc.stderr, f"squeue failed ({proc.returncode})")
     # A pending array prints as one line (``12_[0-3]``): its tasks count as listed.
-    listed = {jid for tok in proc.stdout.split() for jid in _expand_pending(tok)}
+    listed = {jid for tok in proc.stdout.split() for jid in expand_pending(tok)}
     return {sid for sid in job_ids if sid in listed}
