@@ -68,8 +68,8 @@ def test_a_job_requeued_after_a_node_failure_has_not_ended(
         sacct.chmod(0o755)
         monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
         deadline = time.monotonic() + 60
-        # may_requeue while the requeued attempt still ends (COMPLETING): not ended either
-        while (st := sacct_states([job], timeout_s=30.0)[job]).may_requeue:
+        # COMPLETING while the requeued attempt still ends: not ended either
+        while (st := sacct_states([job], timeout_s=30.0)[job]).state == "COMPLETING":
             assert time.monotonic() < deadline, "the controller did not settle within 60 s"
             time.sleep(0.5)
         assert (st.state, st.requeue_count, st.ended_at) == ("PENDING", 1, None)

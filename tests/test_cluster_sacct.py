@@ -156,7 +156,7 @@ ENDED_41 = "echo '41|{state}|2026-01-01T10:00:00|2026-01-01T10:05:00|0:0'"
         ("NODE_FAIL", "echo '41|PENDING|N/A'", ("PENDING", 1, False)),
         ("PREEMPTED", "echo '41|RUNNING|N/A'", ("RUNNING", 1, False)),
         # its attempt still ends: neither requeued nor ended yet
-        ("NODE_FAIL", "echo '41|COMPLETING|N/A'", ("NODE_FAIL", 0, True)),
+        ("NODE_FAIL", "echo '41|COMPLETING|N/A'", ("COMPLETING", 0, False)),
         # not requeued: the controller's final word, or accounting's once it forgot the job
         ("NODE_FAIL", "echo '41|NODE_FAIL|2026-01-01T10:05:00'", ("NODE_FAIL", 0, False)),
         ("PREEMPTED", "echo 'Invalid job id specified' >&2; exit 1", ("PREEMPTED", 0, False)),
@@ -182,7 +182,7 @@ def test_a_node_failure_or_preemption_is_asked_of_the_controller(
         assert (st.state, st.may_requeue) == (state, True)
         return
     assert (st.state, st.requeue_count, st.may_requeue) == said
-    assert (st.ended_at is None) is (st.state in ("PENDING", "RUNNING"))
+    assert (st.ended_at is None) is (st.state in ("PENDING", "RUNNING", "COMPLETING"))
 
 
 def test_a_poll_leaves_a_row_whose_requeue_the_controller_could_not_confirm(

@@ -157,7 +157,8 @@ def _with_controllers_word(
     """``st`` (sacct's REQUEUED, NODE_FAIL or PREEMPTED) with what the controller ``said``
     (its state and end; None: it could not be asked). A REQUEUED job takes the controller's
     final state (LOST: forgotten before it ran again), else stays REQUEUED. A NODE_FAIL or
-    PREEMPTED job the controller lists unfinished was requeued (a new attempt, not ended);
+    PREEMPTED job the controller lists unfinished was requeued (a new attempt, not ended),
+    unless its attempt still ends (COMPLETING: given so, not ended yet either);
     one it lists ended takes that end (cancelled while it waited to run again, say); one it
     forgot keeps accounting's final state; unasked, it is :attr:`~SchedulerState.may_requeue`."""
     if st.state.startswith("REQUEUE"):
@@ -167,8 +168,8 @@ def _with_controllers_word(
     if said is None:
         return replace(st, may_requeue=True)
     state, end = said
-    if state in ENDING_STATES:
-        return replace(st, may_requeue=True)  # its attempt still ends: asked again later
+    if state in ENDING_STATES:  # its attempt still ends: neither requeued nor ended yet
+        return replace(st, state=state, ended_at=None)
     if state not in FINAL_STATES:  # requeued: its next attempt waits or runs
         return replace(st, state=state, ended_at=None, requeue_count=st.requeue_count + 1)
     if state == JobState.LOST:
