@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from sqlalchemy import select
 
+from pomlia_hpc.automl.liveness import slurm_job_ended
 from pomlia_hpc.cluster import cancel, records
 from pomlia_hpc.cluster.records import record_submission
 from pomlia_hpc.cluster.sacct import SchedulerState, sacct_states, squeue_ids
@@ -226,3 +227,18 @@ def test_an_array_task_is_queued_only_when_the_controller_lists_it(
         squeue=f"echo '{pending}|PENDING|N/A'",
     )
     assert sacct_states(["41_3"], timeout_s=30.0)["41_3"].state == state
+
+
+def test_a_driver_whose_requeue_the_controller_could_not_confirm_has_not_ended(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An AutoML driver job that sacct reports NODE_FAIL counted as ended (its study could be
+    taken over) although Slurm may have requeued it; when squeue cannot say, it may still
+    run."""
+    _on_path(
+        monkeypatch,
+        tmp_path / "bin",
+        sacct=ENDED_41.format(state="NODE_FAIL"),
+        squeue="echo 'slurm_load_jobs error: Socket timed out' >&2; exit 1",
+    )
+    assert slurm_job_ended("41") is None
