@@ -5,12 +5,19 @@ message in words and the states as last recorded, marked as possibly out of date
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
+from typer.testing import CliRunner
 
+import pomlia_hpc.cli.jobs as jobs_cli
+from pomlia_hpc.cli import app
 from pomlia_hpc.cli.polling import unsure_states
+from pomlia_hpc.cluster import refusal
 from pomlia_hpc.cluster.records import REQUEUE_WINDOW_S, utcnow
 from pomlia_hpc.registry import Job, Registry
 from pomlia_hpc.workspace import Workspace
@@ -95,3 +102,39 @@ def test_a_node_failure_or_preemption_within_its_requeue_window_is_marked_unsure
         Job(id=6, backend="local", state="PREEMPTED", ended_at=recent),
     ]
     assert [r.id for r in unsure_states(rows)] == [1, 2, 5]
+
+
+def test_show_gives_the_pending_reasons_squeue_what_sacct_left_of_the_one_limit(
+    workspace: Workspace, reg: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`jobs show` of a pending Slurm job asked squeue for its pending reason with a minute
+    of its own after sacct had used the listing's limit (`cluster.list_sacct_timeout_s`,
+    which its help gives as the limit of both): squeue gets what is left, and is not asked
+    when nothing is, or when sacct did not answer."""
+    with reg.session() as s:
+        row = Job(name="t", backend="slurm", scheduler_id="4242", state="PENDING")
+        row.submitted_at = datetime(2026, 1, 2, 3, 0, 0, tzinfo=UTC)
+        s.add(row)
+    limit = workspace.list_sacct_timeout_s
+    clock, asked = [100.0], []
+
+    def refresh_taking(seconds: float, problem: str | None) -> Callable[..., str | None]:
+        def refresh(*args: Any, **kwargs: Any) -> str | None:
+            clock[0] += seconds  # the time sacct took
+            return problem
+
+        return refresh
+
+    def reasons(job_ids: Sequence[str], timeout_s: float = 60.0) -> dict[str, str]:
+        asked.append(timeout_s)
+        return {"4242": "Resources"}
+
+    monkeypatch.setattr(time, "monotonic", lambda: clock[0])
+    monkeypatch.setattr(refusal, "pending_reasons", reasons)
+    runs = [(0.75 * limit, None), (limit, None), (0.1, "sacct: did not answer within 15 s")]
+    for seconds, problem in runs:
+        monkeypatch.setattr(jobs_cli, "refresh_for_listing", refresh_taking(seconds, problem))
+        res = CliRunner().invoke(app, ["jobs", "show", "1"])
+        assert res.exit_code == 0, res.output
+    # not asked with nothing left, nor after sacct failed
+    assert asked == [pytest.approx(0.25 * limit)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated
@@ -23,6 +24,9 @@ from pomlia_hpc.cluster.failures import log_files
 from pomlia_hpc.errors import ClusterError, InputError, NotFoundError
 from pomlia_hpc.registry import Job, Registry
 from pomlia_hpc.vocab import FINAL_STATES, JobState
+
+#: The least time (s) worth giving the ``squeue`` for a pending job's reason.
+MIN_SQUEUE_S = 0.1
 
 jobs_app = typer.Typer(
     help="List, inspect and cancel jobs recorded in the registry.", no_args_is_help=True
@@ -126,13 +130,18 @@ def show(
     paths listed), array_logs (the pattern, or null), traceback, pending_reason (squeue's
     reason why a queued Slurm job waits, e.g. JobHeldUser or Resources; else null)."""
     _get(job_id)
+    started = time.monotonic()
     problem = refresh_for_listing(STATE.registry(), [job_id])
     row = _get(job_id)
     if problem:
         say_unsure(err_console if as_json else console, problem, [row])
     logs = [str(p) for p in log_files(row.folder, row.scheduler_id)]
     array_logs = _array_logs(row)
-    pending = _pending_reason(row.scheduler_id) if _pends_on_slurm(row) else None
+    # squeue gets what sacct left of the listing's one limit; a Slurm too busy for sacct is
+    # too busy for squeue: the reason is left out then (it got another whole minute)
+    left_s = STATE.workspace.list_sacct_timeout_s - (time.monotonic() - started)
+    asked = _pends_on_slurm(row) and problem is None and left_s >= MIN_SQUEUE_S
+    pending = _pending_reason(row.scheduler_id, left_s) if asked else None
     if as_json:
         fields = {k: getattr(row, k) for k in SHOW_KEYS}
         fields |= {"logs": logs, "array_logs": array_logs, "traceback": row.traceback}
@@ -183,13 +192,13 @@ def _pends_on_slurm(row: Job) -> bool:
     return row.backend == "slurm" and row.state == "PENDING"
 
 
-def _pending_reason(scheduler_id: str) -> str | None:
+def _pending_reason(scheduler_id: str, timeout_s: float) -> str | None:
     """Slurm's reason why job ``scheduler_id`` still pends, as squeue gives it (None if
-    squeue cannot say)."""
+    squeue cannot say within ``timeout_s`` seconds)."""
     from pomlia_hpc.cluster.refusal import pending_reasons
 
     try:
-        reason = pending_reasons([scheduler_id]).get(scheduler_id)
+        reason = pending_reasons([scheduler_id], timeout_s).get(scheduler_id)
     except ClusterError:
         return None
     return reason if reason not in (None, "", "None") else None  # "None": not judged yet
