@@ -3,9 +3,12 @@
 :class:`SmacHyperband` wraps SMAC3's multi-fidelity facade (Hyperband intensifier, budget =
 epochs) with pyrfr's random forest, whose results repeat for a fixed seed (its local search's
 start points ordered by :func:`stable_start_points`, not by Python's string hashing). Its state
-(runhistory, intensifier, stats) is saved after every ask and every tell, each file written to a
-temporary name and renamed, so a killed driver leaves a consistent state; a resumed study reloads
-it, and :meth:`running` returns the trials that were out when the driver stopped.
+(runhistory, intensifier, stats, with the scenario they belong to) is saved after every ask and
+every tell as one file, ``pomlia-state.json``, renamed into place: SMAC's own files beside it are
+a working copy it reads and rewrites (not atomically, and three at a time), so a driver killed
+among them would leave a mix of two states. A resumed study writes them again from that one file
+(the last complete state) before SMAC reads them, and :meth:`running` returns the trials that
+were out when the driver stopped.
 
 :class:`RandomSearch` samples the same space uniformly, every trial at the largest budget: the
 baseline of ``scripts/bench/automl.py``.
@@ -25,7 +28,7 @@ from ConfigSpace import Configuration, ConfigurationSpace
 
 from pomlia_hpc.automl.space import config_key, plain_values
 from pomlia_hpc.errors import PomliaError
-from pomlia_hpc.files import atomic_target, write_json_atomic
+from pomlia_hpc.files import atomic_target, write_atomic, write_json_atomic
 
 
 @dataclass(frozen=True)
@@ -64,10 +67,12 @@ class SearchOptimizer(Protocol):
     def running(self) -> list[Proposal]: ...
 
 
-def _atomic(path: Path, write: Callable[[Path], object]) -> None:
+def _saved(path: Path, write: Callable[[Path], object]) -> Any:
+    """What ``write`` (a SMAC ``save``) writes, renamed over ``path`` unflushed, parsed."""
     # SMAC's save() takes a file name that must end in .json.
-    with atomic_target(path, suffix=".json") as tmp:
+    with atomic_target(path, fsync=False, suffix=".json") as tmp:
         write(tmp)
+        return json.loads(tmp.read_text())
 
 
 def _without_meta(scenario: Any) -> dict[str, Any]:
@@ -80,14 +85,56 @@ def _without_meta(scenario: Any) -> dict[str, Any]:
 
 #: The files of SMAC's saved state (:meth:`SmacHyperband.save`).
 _SMAC_FILES = ("runhistory.json", "intensifier.json", "optimization.json")
+#: SMAC's files that describe the search (written once per start of the facade).
+_SCENARIO_FILES = ("scenario.json", "configspace.json")
+#: The one file that holds a complete state: every file above, by name, parsed (so that
+#: ``registry relocate`` rewrites the folder the scenario names, as in SMAC's own file).
+STATE_FILE = "pomlia-state.json"
 
 
 def _smac_files(out: Path) -> dict[str, str]:
-    """The text of SMAC's state files in ``out`` (empty when one is missing)."""
+    """The text of SMAC's state files in ``out`` (empty when one is missing), for a study
+    saved before :data:`STATE_FILE`; a file cut short is one error naming it."""
     try:
-        return {name: (out / name).read_text() for name in _SMAC_FILES}
+        files = {name: (out / name).read_text() for name in _SMAC_FILES}
     except FileNotFoundError:
         return {}
+    for name, text in files.items():
+        try:
+            json.loads(text)
+        except ValueError as exc:
+            raise PomliaError(
+                f"the optimiser state file '{out / name}' is cut short or damaged ({exc}): "
+                "its driver was killed while writing it; start a new study (another --study "
+                "name) instead of --resume"
+            ) from exc
+    return files
+
+
+def _read_state(out: Path) -> dict[str, str] | None:
+    """The files of the last complete state saved in ``out`` (by name, as text), or ``None``
+    for a folder without one (a study saved before the state became one file, or never)."""
+    path = out / STATE_FILE
+    try:
+        data = json.loads(path.read_bytes())
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:
+        raise PomliaError(f"cannot read the optimiser state '{path}': {exc}") from exc
+    files = data.get("files") if isinstance(data, dict) else None
+    names = (*_SMAC_FILES, *_SCENARIO_FILES)
+    if not isinstance(files, dict) or not all(isinstance(files.get(n), dict) for n in names):
+        raise PomliaError(
+            f"the optimiser state '{path}' is damaged: it should hold the files {', '.join(names)}"
+        )
+    return {name: json.dumps(files[name], indent=2) for name in names}
+
+
+def _restore(out: Path, files: dict[str, str]) -> None:
+    """Write SMAC's working files in ``out`` again from one complete state: whatever a killed
+    driver left there (a mix of two states, a cut file) is replaced before SMAC reads it."""
+    for name, text in files.items():
+        write_atomic(out / name, text, fsync=False)
 
 
 def _submitted(files: dict[str, str]) -> int:
@@ -156,6 +203,9 @@ class SmacHyperband:
             seed=seed,
         )
         out = scenario.output_directory
+        state = _read_state(out) if resume else None
+        if state is not None:
+            _restore(out, state)
         fresh = resume and fresh_if_missing and not (out / "scenario.json").is_file()
         if fresh:
             resume = False  # nothing of SMAC's to continue from: its first save never happened
@@ -179,7 +229,9 @@ class SmacHyperband:
         # SMAC starts afresh from a saved state with one trial asked and none told (its "the
         # last run was not successful"), and overwrites that state: a study of one trial, or
         # killed while its first trial ran, would forget the trial still out. Keep the files.
-        saved = _smac_files(out) if resume else {}
+        saved: dict[str, str] = {}
+        if resume:
+            saved = {n: state[n] for n in _SMAC_FILES} if state else _smac_files(out)
         warm = list(initial or [])
         n_random = n_initial if n_initial is not None else max(1, round(0.25 * n_trials))
         design = Facade.get_initial_design(
@@ -195,10 +247,10 @@ class SmacHyperband:
             logging_level=logging.ERROR,
         )
         self._out = out
+        # Read once SMAC wrote them: the same for every save of this driver.
+        self._scenario = {name: json.loads((out / name).read_text()) for name in _SCENARIO_FILES}
         if saved and self._smac.runhistory.submitted < _submitted(saved):
-            for name, text in saved.items():
-                with atomic_target(out / name, suffix=".json") as tmp:
-                    tmp.write_text(text)
+            _restore(out, saved)
             smbo = self._smac.optimizer
             smbo.reset()
             smbo.load()
@@ -225,7 +277,8 @@ class SmacHyperband:
         ]
 
     def save(self) -> None:
-        """Write stats, runhistory and intensifier state, each atomically."""
+        """Write stats, runhistory and intensifier state as one file (:data:`STATE_FILE`,
+        renamed into place), and SMAC's own files beside it."""
         smbo = self._smac.optimizer
         stats = {
             "used_walltime": smbo.used_walltime,
@@ -235,9 +288,15 @@ class SmacHyperband:
             "finished": False,
         }
         self._out.mkdir(parents=True, exist_ok=True)
-        _atomic(self._out / "runhistory.json", smbo.runhistory.save)
-        _atomic(self._out / "intensifier.json", smbo.intensifier.save)
-        write_json_atomic(self._out / "optimization.json", stats, indent=2)
+        files = {
+            "runhistory.json": _saved(self._out / "runhistory.json", smbo.runhistory.save),
+            "intensifier.json": _saved(self._out / "intensifier.json", smbo.intensifier.save),
+            "optimization.json": stats,
+            **self._scenario,
+        }
+        # SMAC's files are a working copy (made again from this one on a resume): unflushed.
+        write_atomic(self._out / "optimization.json", json.dumps(stats, indent=2), fsync=False)
+        write_json_atomic(self._out / STATE_FILE, {"format": 1, "files": files})
 
 
 class RandomSearch:
