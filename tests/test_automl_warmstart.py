@@ -212,7 +212,7 @@ def test_a_start_interrupted_after_copying_its_weights_leaves_nothing(
     donor = donor_model(workspace, reg)
 
     def interrupted(*args: Any, **kwargs: Any) -> Any:
-        assert list(workspace.path("runs").glob("*/init/model.pt")), "no weights copied yet"
+        assert list(workspace.path("runs").rglob("model.pt")), "no weights copied yet"
         raise KeyboardInterrupt
 
     monkeypatch.setattr(create, "build_space", interrupted)
@@ -220,6 +220,55 @@ def test_a_start_interrupted_after_copying_its_weights_leaves_nothing(
         with pytest.raises(KeyboardInterrupt):
             tiny_study(reg, workspace, "blood", name, optimizer="smac", init_model=donor)
     assert list(workspace.path("runs").iterdir()) == []
+
+
+def test_a_start_interrupted_at_its_claim_leaves_no_copied_weights(
+    workspace: Workspace, reg: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C after the study's options were checked, while it wrote study.json: the copied
+    weights stayed in a folder without one (a half-made study), and a start of the same name
+    found them there."""
+    tiny_task(workspace, reg, "blood", sizes=(64, 24, 24))
+    donor = donor_model(workspace, reg)
+    write_json = create.write_json
+
+    def interrupted(*args: Any, **kwargs: Any) -> Any:
+        assert list(workspace.path("runs").rglob("model.pt")), "no weights copied yet"
+        raise KeyboardInterrupt
+
+    with monkeypatch.context() as m:
+        m.setattr(create, "write_json", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            tiny_study(reg, workspace, "blood", "kc", optimizer="smac", init_model=donor)
+    left = [p.name for p in workspace.path("runs").rglob("*")]
+    assert left == ["kc", ".driver.lock"], left  # the claim's lock file, no weights
+    assert create.write_json is write_json
+    spec = tiny_study(reg, workspace, "blood", "kc", optimizer="smac", init_model=donor)
+    assert spec.init_model is not None and Path(spec.init_model.path).is_file()
+    assert Path(spec.init_model.path) == workspace.path("runs", "kc", "init", "model.pt")
+
+
+def test_an_interrupted_start_leaves_the_weights_of_the_start_that_claimed_the_name(
+    workspace: Workspace, reg: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two starts of one study name: the one interrupted after the other claimed the name
+    removed the weights it had copied, which the other's copy had replaced: the claimed study
+    lost its initial weights."""
+    tiny_task(workspace, reg, "blood", sizes=(64, 24, 24))
+    donor = donor_model(workspace, reg)
+    theirs = workspace.path("runs", "kr", "init", "model.pt")
+
+    def claimed_meanwhile(*args: Any, **kwargs: Any) -> Any:
+        theirs.parent.mkdir(parents=True, exist_ok=True)
+        theirs.write_bytes(b"the other start's weights")
+        (theirs.parent.parent / "study.json").write_text("{}")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(create, "build_space", claimed_meanwhile)
+    with pytest.raises(KeyboardInterrupt):
+        tiny_study(reg, workspace, "blood", "kr", optimizer="smac", init_model=donor)
+    assert theirs.read_bytes() == b"the other start's weights"
+    assert sorted(p.name for p in theirs.parent.parent.iterdir()) == ["init", "study.json"]
 
 
 def test_unfit_warm_start_configurations_are_left_out_one_by_one_when_asked(

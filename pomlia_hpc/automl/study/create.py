@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import shutil
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -23,7 +24,7 @@ from pomlia_hpc.automl.tasks import check_trainable, get_task, task_dataset
 from pomlia_hpc.config import load_cluster_profile
 from pomlia_hpc.data.store import open_store
 from pomlia_hpc.errors import InputError, PomliaError
-from pomlia_hpc.files import held_lock
+from pomlia_hpc.files import held_lock, publish_dir, sweep_stale_temps, temp_name
 from pomlia_hpc.models.catalog import ModelNameTakenError, check_model_free
 from pomlia_hpc.provenance import software
 from pomlia_hpc.registry import DatasetVersion, Registry, Task
@@ -104,32 +105,34 @@ def create_study(
         folder = _new_study_folder(workspace, name)
         _check_best_name_free(registry, workspace, name)
         channels = open_store(version.store_path).image_shape[2]
-        with _copies_removed_on_failure(folder):  # refused: copies (tens of MB) must not stay
-            enc, model = _initial_weights(registry, folder, channels, start.encoder, init_model)
+        # The copies (tens of MB) are made under a name of this start's own and put in place
+        # with study.json: a start refused or interrupted before leaves none in the folder.
+        with _staged_init(folder) as staged:
+            enc, model = _initial_weights(registry, staged, channels, start.encoder, init_model)
             opts = _space_options(space or SpaceOptions(), enc, model, extra_data)
             cs = build_space(opts, seed=seed)
             warm = (cs, optimizer, n_trials, drop_unfit_initial, initial_source)
             initial, dropped = _warm_start(initial_configs or [], *warm)
-        eng = _engine_options(engine, resources, load_cluster_profile(executor).cpus_per_task)
-        spec = StudySpec(
-            options=options,
-            name=name,
-            **_task_fields(t, version, ref),
-            engine=eng,
-            space=opts,
-            encoder=enc,
-            init_model=model,
-            initial_configs=initial,
-            dropped_initial=dropped,
-            lineage_warnings=start.warnings,
-            final_full_budget=final_full_budget,
-            recent_rows=recent_rows,
-            recent_share=recent_share,
-            **_made(stamp),
-            pipeline=pipeline,
-            loop_run=loop_run,
-        )
-        _claim_study(workspace, spec)
+            eng = _engine_options(engine, resources, load_cluster_profile(executor).cpus_per_task)
+            spec = StudySpec(
+                options=options,
+                name=name,
+                **_task_fields(t, version, ref),
+                engine=eng,
+                space=opts,
+                encoder=_placed(enc, folder),
+                init_model=_placed(model, folder),
+                initial_configs=initial,
+                dropped_initial=dropped,
+                lineage_warnings=start.warnings,
+                final_full_budget=final_full_budget,
+                recent_rows=recent_rows,
+                recent_share=recent_share,
+                **_made(stamp),
+                pipeline=pipeline,
+                loop_run=loop_run,
+            )
+            _claim_study(workspace, spec, staged)
         return spec
 
 
@@ -196,15 +199,24 @@ def _task_fields(t: Task, version: DatasetVersion, ref: str) -> dict[str, Any]:
     }
 
 
-def _claim_study(workspace: Workspace, spec: StudySpec) -> None:
+def _claim_study(workspace: Workspace, spec: StudySpec, staged_init: Path) -> None:
     """Write ``spec``'s ``study.json``, refused (nothing written) when a study of its name
     exists. Checked again under the study's lock: a start of the same name racing this one may
     have written its study.json since the first check, and one of the two must be refused,
-    not overwritten."""
+    not overwritten. The initial weights copied into ``staged_init`` (if any) become the
+    study's ``init/`` just before, under the same lock (replacing what a start killed between
+    the two left there); an interruption between them takes the folder out again."""
     folder = study_dir(workspace, spec.name)
     with held_lock(folder / CLAIM_FILE, f"study '{spec.name}'"):
         _new_study_folder(workspace, spec.name, racing=True)
-        write_json(folder / SPEC_FILE, spec.to_dict())
+        init = folder / INIT_DIR
+        placed = staged_init.is_dir() and publish_dir(staged_init, init, replace=True)
+        try:
+            write_json(folder / SPEC_FILE, spec.to_dict())
+        except BaseException:
+            if placed:
+                shutil.rmtree(init, ignore_errors=True)
+            raise
 
 
 def _check_best_name_free(registry: Registry, workspace: Workspace, name: str) -> None:
@@ -299,37 +311,48 @@ def _initial_weights(
     encoder: str | None,
     init_model: str | None,
 ) -> tuple[WeightSource | None, WeightSource | None]:
-    """(encoder weights, model weights) the study may start from, copied under its folder's
-    ``init/``; None for each not asked for."""
+    """(encoder weights, model weights) the study may start from, copied into ``folder``
+    (the staged ``init/``); None for each not asked for."""
     enc = model = None
     if encoder is not None:
         from pomlia_hpc.automl.sources import encoder_weights
 
-        enc = encoder_weights(registry, encoder, channels, folder / "init" / "encoder.pt")
+        enc = encoder_weights(registry, encoder, channels, folder / "encoder.pt")
     if init_model is not None:
         from pomlia_hpc.automl.sources import model_weights
 
-        model = model_weights(registry, init_model, folder / "init" / "model.pt")
+        model = model_weights(registry, init_model, folder / "model.pt")
     return enc, model
 
 
+#: The folder of a study's copies of its initial weights.
+INIT_DIR = "init"
+
+
 @contextlib.contextmanager
-def _copies_removed_on_failure(folder: Path) -> Iterator[None]:
-    """On an exception in the block, Ctrl-C included: remove the initial weights it copied
-    into ``folder/init`` (those not there before it), then ``folder/init`` and ``folder`` if
-    that left them empty; never anything else, as a start of the same study name racing this
-    one may have claimed the folder meanwhile."""
-    copies = (folder / "init" / "encoder.pt", folder / "init" / "model.pt")
-    fresh = [p for p in copies if not p.exists()]
+def _staged_init(folder: Path) -> Iterator[Path]:
+    """The folder this start copies the study's initial weights into: a temporary name of
+    its own beside ``init/`` (:func:`~pomlia_hpc.files.temp_name`, swept once its process is
+    gone, a SIGTERM or SIGKILL included), which :func:`_claim_study` renames into place.
+    Whatever is left of it when the block ends (a refused or interrupted start, Ctrl-C
+    included) is removed, and ``folder`` too when that leaves it empty; never anything
+    else, as a start of the same study name racing this one may have claimed the folder."""
+    staged = temp_name(folder / INIT_DIR)
+    sweep_stale_temps(folder)  # those of starts killed before
     try:
-        yield
-    except BaseException:  # an interrupted start is no study either: nothing of it stays
-        for path in fresh:
-            path.unlink(missing_ok=True)
-        for empty in (folder / "init", folder):
-            with contextlib.suppress(OSError):  # absent, or holds what another start put there
-                empty.rmdir()
-        raise
+        yield staged
+    finally:  # an interrupted start is no study either: nothing of it stays
+        shutil.rmtree(staged, ignore_errors=True)
+        with contextlib.suppress(OSError):  # absent, or holds a study or another start's files
+            folder.rmdir()
+
+
+def _placed(source: WeightSource | None, folder: Path) -> WeightSource | None:
+    """``source`` as the study records it: its file in ``folder/init/``, where
+    :func:`_claim_study` puts the staged copy."""
+    if source is None:
+        return None
+    return source.model_copy(update={"path": str(folder / INIT_DIR / Path(source.path).name)})
 
 
 def _space_options(
