@@ -18,6 +18,7 @@ from pomlia_hpc.cli import app
 from pomlia_hpc.errors import ConfigError, InputError, PomliaError
 from pomlia_hpc.registry import Registry
 from pomlia_hpc.workspace import Workspace
+from tests.fixtures.cli import pomlia_main as pomlia
 from tests.fixtures.factories import donor_model, tiny_task
 
 
@@ -27,7 +28,7 @@ from tests.fixtures.factories import donor_model, tiny_task
         ({"min_epochs": 3, "max_epochs": 2}, "--min-epochs 3 is larger than --max-epochs 2"),
         ({"eta": 1}, "--eta 1: expected an integer >= 2"),
         ({"n_trials": 0}, "--trials 0: expected an integer >= 1"),
-        ({"optimizer": "grid"}, "optimizer 'grid' is not known: expected smac or random"),
+        ({"optimizer": "grid"}, "--optimizer 'grid': not an optimizer; expected smac or random"),
         ({"extra_data": True}, "extra data needs an encoder"),
         ({"resources": {"gpus_per_node": 2}}, "gpus_per_node=2: expected 0 or 1"),
         ({"name": "../escape"}, "study name '../escape' is not valid"),
@@ -57,8 +58,8 @@ def test_create_refuses_bad_options_and_writes_nothing(workspace: Workspace, reg
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"engine": EngineOptions(device="tpu")}, "device 'tpu' is not known"),
-        ({"engine": EngineOptions(zero_stage=7)}, "zero_stage=7: expected 0, 1, 2 or 3"),
+        ({"engine": EngineOptions(device="tpu")}, "--device 'tpu': not a device; expected auto"),
+        ({"engine": EngineOptions(zero_stage=7)}, "--zero-stage 7: not a DeepSpeed ZeRO stage"),
         ({"resources": {"mem_gb": -1.0}}, "bad value for 'mem_gb'"),
         ({"resources": {"time_min": 0}}, "bad value for 'time_min'"),
     ],
@@ -72,6 +73,33 @@ def test_create_refuses_how_trials_would_run(
     with pytest.raises(PomliaError, match=message) as exc:
         create_study(reg, workspace, "blood", name="s", **kwargs)
     assert "\n" not in str(exc.value)
+    assert not study_dir(workspace, "s").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "line"),
+    [
+        (["--device", "gpu"], "error: --device 'gpu': not a device; expected auto, cpu or cuda"),
+        (
+            ["--zero-stage", "4"],
+            "error: --zero-stage 4: not a DeepSpeed ZeRO stage; expected 0, 1, 2 or 3",
+        ),
+        (["--optimizer", "grid"], "error: --optimizer 'grid': not an optimizer; expected smac"),
+    ],
+)
+def test_a_bad_engine_option_is_one_line_naming_it(
+    workspace: Workspace,
+    reg: Registry,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    args: list[str],
+    line: str,
+) -> None:
+    """`automl run T --device gpu` said "device 'gpu' is not known" and `--zero-stage 4`
+    "zero_stage=4": neither named the option the user typed."""
+    tiny_task(workspace, reg, "t", sizes=(16, 8, 8))
+    code, out, err = pomlia(monkeypatch, capsys, "automl", "run", "t", "--study", "s", *args)
+    assert code == 2 and out == "" and err.startswith(line) and err.count("\n") == 1, err
     assert not study_dir(workspace, "s").exists()
 
 

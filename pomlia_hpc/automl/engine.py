@@ -231,7 +231,10 @@ def _resolve_device(opt: EngineOptions) -> str:
     if opt.device == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
     if opt.device == "cuda" and not torch.cuda.is_available():
-        raise InputError("device 'cuda' was asked for but torch sees no CUDA device")
+        raise InputError(
+            "--device cuda: torch sees no CUDA device in this trial's job; expected a job "
+            "with a GPU (--gpus 1), or --device auto or cpu"
+        )
     return opt.device
 
 

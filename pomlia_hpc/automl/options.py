@@ -7,6 +7,11 @@ from __future__ import annotations
 from pomlia_hpc.config import Record
 from pomlia_hpc.errors import InputError
 
+#: The devices a trial can train on (``auto``: CUDA when the trial's job sees a GPU).
+DEVICES = ("auto", "cpu", "cuda")
+#: DeepSpeed's ZeRO stages.
+ZERO_STAGES = (0, 1, 2, 3)
+
 
 class EngineOptions(Record):
     """How to run (not what to learn). ``device``: ``auto`` (CUDA when present), ``cpu`` or
@@ -23,11 +28,17 @@ class EngineOptions(Record):
 
 def check_engine_options(opt: EngineOptions) -> None:
     """One :class:`InputError` for a device or DeepSpeed ZeRO stage no trial can run with: a
-    study checks them when it is created, so they are not found only as each trial crashes."""
-    if opt.device not in ("auto", "cpu", "cuda"):
-        raise InputError(f"device '{opt.device}' is not known: expected auto, cpu or cuda")
-    if opt.zero_stage not in (0, 1, 2, 3):
-        raise InputError(f"zero_stage={opt.zero_stage}: expected 0, 1, 2 or 3")
+    study checks them when it is created, so they are not found only as each trial crashes.
+    The message names the option of ``pomlia automl run`` that sets it (the only way to)."""
+    if opt.device not in DEVICES:
+        raise InputError(
+            f"--device {opt.device!r}: not a device; expected {', '.join(DEVICES[:-1])} or "
+            f"{DEVICES[-1]}"
+        )
+    if opt.zero_stage not in ZERO_STAGES:
+        raise InputError(
+            f"--zero-stage {opt.zero_stage}: not a DeepSpeed ZeRO stage; expected 0, 1, 2 or 3"
+        )
 
 
 class WeightSource(Record):

@@ -187,7 +187,7 @@ def automl_run(
             "--extra-data", help="Offer the nearest images from similar datasets (needs --encoder)."
         ),
     ] = False,
-    zero_stage: Annotated[int, typer.Option("--zero-stage", help="DeepSpeed ZeRO stage.")] = 0,
+    zero_stage: Annotated[int, typer.Option("--zero-stage", help="DeepSpeed ZeRO stage, 0-3.")] = 0,
     bf16: Annotated[
         bool | None,
         typer.Option("--bf16/--no-bf16", help="bf16 training.", show_default="on CUDA only"),

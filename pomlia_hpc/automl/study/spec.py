@@ -76,7 +76,9 @@ class StudyOptions(BaseModel):
                 f"--recent-share {self.recent_share}: expected a fraction strictly between 0 and 1"
             )
         if self.optimizer not in OPTIMIZERS:
-            raise ValueError(f"optimizer '{self.optimizer}' is not known: expected smac or random")
+            raise ValueError(
+                f"--optimizer {self.optimizer!r}: not an optimizer; expected smac or random"
+            )
         if self.extra_data and self.encoder is None:
             raise ValueError("extra data needs an encoder (the fingerprint index to search)")
         gpus = self.resources.get("gpus_per_node")
