@@ -12,7 +12,7 @@ values it saw (Chan, Golub and LeVeque's parallel formula), in float64.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import torch
 from torch import nn
@@ -35,8 +35,10 @@ class _Moments:
         1 its running buffers hold exactly this batch's mean and unbiased variance)."""
         x = inputs[0]
         n = x.numel() // x.shape[1]  # values per channel: images x height x width
-        mean = module.running_mean.detach().double().cpu()  # type: ignore[union-attr]
-        m2 = module.running_var.detach().double().cpu() * (n - 1)  # type: ignore[union-attr]
+        bn = cast(_BatchNorm, module)
+        assert bn.running_mean is not None and bn.running_var is not None  # tracked ones only
+        mean = bn.running_mean.detach().double().cpu()
+        m2 = bn.running_var.detach().double().cpu() * (n - 1)
         if self.n == 0:
             self.n, self.mean, self.m2 = n, mean, m2
             return

@@ -105,9 +105,7 @@ def create_study(
         folder = _new_study_folder(workspace, name)
         _check_best_name_free(registry, workspace, name)
         channels = open_store(version.store_path).image_shape[2]
-        # The copies (tens of MB) are made under a name of this start's own and put in place
-        # with study.json: a start refused or interrupted before leaves none in the folder.
-        with _staged_init(folder) as staged:
+        with _staged_init(folder) as staged:  # copies of tens of MB: in place with study.json
             enc, model = _initial_weights(registry, staged, channels, start.encoder, init_model)
             opts = _space_options(space or SpaceOptions(), enc, model, extra_data)
             cs = build_space(opts, seed=seed)
