@@ -12,7 +12,9 @@ from typer.testing import CliRunner
 
 import pomlia_hpc.automl.study as study_mod
 from pomlia_hpc.automl.budget import default_budget
+from pomlia_hpc.automl.optimizers import RandomSearch
 from pomlia_hpc.automl.options import EngineOptions
+from pomlia_hpc.automl.space import SpaceOptions, build_space, plain_values
 from pomlia_hpc.automl.study import SPEC_FILE, StudyOptions, create_study, load_spec, study_dir
 from pomlia_hpc.cli import app
 from pomlia_hpc.errors import ConfigError, InputError, PomliaError
@@ -33,12 +35,27 @@ from tests.fixtures.factories import donor_model, tiny_task
         ({"resources": {"gpus_per_node": 2}}, "gpus_per_node=2: expected 0 or 1"),
         ({"name": "../escape"}, "study name '../escape' is not valid"),
         ({"parallel": "2"}, "--parallel '2': Input should be a valid integer"),
+        ({"seed": -1}, "--seed -1: expected an integer from 0 to 4294967295"),
+        ({"seed": 2**32}, "--seed 4294967296: expected an integer from 0 to 4294967295"),
     ],
 )
 def test_each_rule_is_one_line(options: dict[str, object], message: str) -> None:
     with pytest.raises(InputError) as exc:
         StudyOptions.checked(**options)
     assert message in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_random_search_takes_any_study_seed(tmp_path: Path) -> None:
+    """`automl run T --optimizer random --seed 5000` was created, then its driver failed with
+    a traceback at the first ask: the per-trial seed (seed x 1,000,003 + trial) passed numpy's
+    32 bits from seed 4295 on. A seed below that keeps its sequence."""
+    space = build_space(SpaceOptions(archs=("small_cnn",)), seed=0)
+    for seed in (5000, 2**32 - 1):
+        search = RandomSearch(space, tmp_path / str(seed), max_epochs=1, seed=seed)
+        assert search.ask().key != search.ask().key
+    space.seed(3 * 1_000_003)  # the first trial of seed 3, as before
+    first = plain_values(space.sample_configuration())
+    assert RandomSearch(space, tmp_path / "3", max_epochs=1, seed=3).ask().values == first
 
 
 def test_defaults_and_a_gpu_are_fine() -> None:

@@ -332,7 +332,8 @@ class RandomSearch:
         if index < len(self._initial):
             return self._initial[index]
         # One seed per index: the sequence is the same however often the study was resumed.
-        self._space.seed(self._seed * 1_000_003 + index)
+        # Folded into numpy's 32 bits (a study seed from 4295 on overflowed them).
+        self._space.seed((self._seed * 1_000_003 + index) % 2**32)
         config = self._space.sample_configuration()
         config.origin = "Random search"
         return config

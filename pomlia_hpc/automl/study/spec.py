@@ -31,6 +31,8 @@ from pomlia_hpc.workspace import Workspace
 #: Longest study name (its best model is ``<study>-best``, at most 128).
 STUDY_NAME_MAX = 96
 OPTIMIZERS = ("smac", "random")
+#: The largest study seed: SMAC and the search space seed numpy (32 bits).
+SEED_MAX = 2**32 - 1
 #: The name of a loop run's study (and task): ``<slot>-loop<run id>``.
 _LOOP_NAME = re.compile(r".+-loop(\d+)")
 
@@ -67,6 +69,8 @@ class StudyOptions(BaseModel):
             low = 2 if key == "eta" else 1
             if value is not None and value < low:
                 raise ValueError(f"{option_name(key)} {value}: expected an integer >= {low}")
+        if not 0 <= self.seed <= SEED_MAX:  # numpy's and ConfigSpace's seeds: 32 bits
+            raise ValueError(f"--seed {self.seed}: expected an integer from 0 to {SEED_MAX}")
         if self.min_epochs > self.max_epochs:
             raise ValueError(
                 f"--min-epochs {self.min_epochs} is larger than --max-epochs {self.max_epochs}"
