@@ -4,6 +4,8 @@ recommendation."""
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
@@ -19,6 +21,7 @@ from pomlia_hpc.automl.space import configs_from_values
 from pomlia_hpc.automl.study import StudyRunner, TrialView, create, run_study
 from pomlia_hpc.cli import app
 from pomlia_hpc.errors import InputError, PomliaError
+from pomlia_hpc.files import host_field
 from pomlia_hpc.registry import Recommendation, Registry
 from pomlia_hpc.strategy import kb
 from pomlia_hpc.strategy.warmstart import from_recommendation
@@ -246,6 +249,23 @@ def test_a_start_interrupted_at_its_claim_leaves_no_copied_weights(
     spec = tiny_study(reg, workspace, "blood", "kc", optimizer="smac", init_model=donor)
     assert spec.init_model is not None and Path(spec.init_model.path).is_file()
     assert Path(spec.init_model.path) == workspace.path("runs", "kc", "init", "model.pt")
+
+
+def test_the_weights_of_a_start_killed_by_a_signal_are_swept_by_the_next(
+    workspace: Workspace, reg: Registry
+) -> None:
+    """SIGTERM or SIGKILL runs no clean-up: the copies it made stay under the start's own
+    temporary name, never as the study's ``init/``, and the next start of the name sweeps them."""
+    tiny_task(workspace, reg, "blood", sizes=(64, 24, 24))
+    donor = donor_model(workspace, reg)
+    gone = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True)  # fmt: skip
+    killed = workspace.path("runs", "ks", f".init.{host_field()}.{gone.stdout.strip()}.tmp")
+    killed.mkdir(parents=True)
+    (killed / "model.pt").write_bytes(b"copied by a start killed before its claim")
+    spec = tiny_study(reg, workspace, "blood", "ks", optimizer="smac", init_model=donor)
+    assert not killed.exists() and spec.init_model is not None
+    assert Path(spec.init_model.path).is_file()
 
 
 def test_an_interrupted_start_leaves_the_weights_of_the_start_that_claimed_the_name(
