@@ -317,3 +317,34 @@ def test_a_refused_submission_leaves_the_snapshot_the_queued_jobs_read(
         assert same_submission(ctx, data, "local") and not same_submission(ctx, changed, "local")
     finally:
         runner.cancel_pipeline(workspace, reg, "p")
+
+
+def test_a_submission_that_waits_for_another_says_so_at_once(tmp_path: Path) -> None:
+    """A second `pipeline run` whose submission lock another one holds waited silently up to
+    60 s before its refusal; it says at once (on the run's log, stderr) that it waits and for
+    whom, then goes on once the lock is free."""
+    import os
+    import threading
+
+    from pomlia_hpc.pipeline.lock import submission_lock
+
+    folder = tmp_path / "pipelines" / "p"
+    said: list[str] = []
+    entered = threading.Event()
+
+    def second() -> None:
+        with submission_lock(folder, said.append):
+            entered.set()
+
+    with submission_lock(folder):
+        waiter = threading.Thread(target=second)
+        waiter.start()
+        for _ in range(200):  # said before its first poll: within moments
+            if said:
+                break
+            threading.Event().wait(0.05)
+        assert not entered.is_set()
+    waiter.join(timeout=30)
+    assert entered.is_set()
+    assert len(said) == 1 and "being submitted by another `pipeline run`" in said[0]
+    assert f"pid {os.getpid()}" in said[0] and "waiting for it" in said[0]

@@ -6,7 +6,11 @@ the pipeline's jobs (``submit.lock``, :func:`submission_lock`)."""
 from __future__ import annotations
 
 import fcntl
-from collections.abc import Iterator
+import json
+import os
+import socket
+import time
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
@@ -46,19 +50,55 @@ SUBMIT_WAIT_S = 60.0
 
 
 @contextmanager
-def submission_lock(folder: Path) -> Iterator[None]:
+def submission_lock(folder: Path, say: Callable[[str], None] | None = None) -> Iterator[None]:
     """Hold ``folder/submit.lock`` while one ``pipeline run`` checks that no job of its last
     submission is queued or running, replaces the spec snapshot and submits: two started at
     once each found no job and submitted a chain of their own (every stage twice, the second
     refused by the pipeline's lock, and the run file naming one chain). A second submission
     waits up to :data:`SUBMIT_WAIT_S` seconds, then finds the first one's jobs; refused after
-    that. Held for the submission only, not while the stages run (they hold ``lock``)."""
+    that. Held for the submission only, not while the stages run (they hold ``lock``).
+
+    ``say``: where a submission that has to wait says so at once, naming the holder (host,
+    pid, since when: written into the lock file by the holder), rather than keeping silent
+    for up to a minute."""
+    path = folder / SUBMIT_LOCK
     refusal = (
         f"pipeline '{folder.name}' is being submitted by another `pipeline run` (lock "
-        f"{folder / SUBMIT_LOCK}); run the command again once it has returned"
+        f"{path}); run the command again once it has returned"
     )
-    with _exclusive(folder / SUBMIT_LOCK, refusal, SUBMIT_WAIT_S):
-        yield
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a+") as fh:
+        if not _took(fh):
+            if say is not None:
+                say(
+                    f"pipeline '{folder.name}' is being submitted by another `pipeline run` "
+                    f"({_holder(path)}); waiting for it, at most {SUBMIT_WAIT_S:.0f} s ..."
+                )
+            poll_lock(lambda: _took(fh), refusal, SUBMIT_WAIT_S)
+        try:
+            _write_holder(fh)
+            yield
+        finally:
+            fh.truncate(0)  # names a holder only while it holds the lock
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _write_holder(fh: IO[str]) -> None:
+    """Who holds the submission lock (the lock file's only content), for a waiting one."""
+    fh.seek(0)
+    fh.truncate(0)
+    fh.write(json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "since": time.time()}))
+    fh.flush()
+
+
+def _holder(path: Path) -> str:
+    """The holder of the lock at ``path`` in words, from what it wrote there."""
+    try:
+        h = json.loads(path.read_text())
+        since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(h["since"])))
+        return f"pid {int(h['pid'])} on {h['host']}, since {since}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "a process that is starting"  # it holds the lock but has not written yet
 
 
 @contextmanager

@@ -248,7 +248,7 @@ def submit(ctx: StageContext, plan: Plan, snapshot: Path) -> dict[str, dict[str,
     ``snapshot``; returns stage → job info. Refused while jobs of the pipeline's last
     submission are queued or running; one submission of a pipeline at a time
     (:func:`~pomlia_hpc.pipeline.lock.submission_lock`)."""
-    with submission_lock(ctx.folder):
+    with submission_lock(ctx.folder, ctx.log):
         check_not_running(ctx)
         return _submit_jobs(ctx, plan, snapshot)
 
@@ -260,7 +260,7 @@ def submit_file(
     is replaced only once no job of the last submission is queued or running, under the
     submission lock (the stage jobs of a chain still queued read the snapshot when they
     start)."""
-    with submission_lock(ctx.folder):
+    with submission_lock(ctx.folder, ctx.log):
         check_not_running(ctx)
         return _submit_jobs(ctx, plan, snapshot_spec(ctx, data, source))
 
