@@ -562,4 +562,4 @@ def deploy(
     )
     if submit:
         res = submit_deployment(STATE.registry(), res)
-        console.print(f"submitted: registry job {res.job_id}")
+        console.print(res.submission, highlight=False)

@@ -238,6 +238,7 @@ def _run_deploy(ctx: StageContext) -> dict[str, Any]:
             live = _serving_job(ctx, res.deployment_id)
             if live is None:
                 res = submit_deployment(ctx.registry, res)
+                ctx.log(f"  deployment {res.deployment_id}: {res.submission}")
             else:  # submitted by a run whose record was lost: no second server
                 ctx.log(f"  deployment {res.deployment_id}: already submitted, {live}")
         out[key] = {

@@ -30,12 +30,13 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from pomlia_hpc.cluster.records import sbatch_script
+from pomlia_hpc.cluster.batch import jobs_named
+from pomlia_hpc.cluster.records import record_submission, sbatch_script
 from pomlia_hpc.config import ClusterProfile, cluster_profiles, load_cluster_profile
 from pomlia_hpc.errors import ConfigError, InputError, NotFoundError
 from pomlia_hpc.files import probe_writable, staged_dir
 from pomlia_hpc.models.catalog import resolve_model
-from pomlia_hpc.registry import Deployment, Model, Registry
+from pomlia_hpc.registry import Deployment, Job, Model, Registry
 from pomlia_hpc.serve.exported import ExportedBundle, bundle_for_model
 from pomlia_hpc.serve.predlog import log_dir
 from pomlia_hpc.serve.reference import REFERENCE_FILE
@@ -64,6 +65,18 @@ class DeployResult:
     sbatch_file: Path
     job_id: int | None = None
     reused: bool = False  # the directory was written before (same bundle and profile)
+    #: The server job found queued or running when submitting (taken, not submitted again).
+    already: str | None = None
+
+    @property
+    def submission(self) -> str:
+        """What :func:`submit_deployment` did, in words."""
+        if self.already is not None:
+            return (
+                f"already submitted: registry job {self.job_id} ({self.already}), a server of "
+                f"deployment {self.deployment_id}; not submitted again"
+            )
+        return f"submitted: registry job {self.job_id}"
 
 
 def parse_def(text: str) -> tuple[dict[str, str], dict[str, str]]:
@@ -521,24 +534,52 @@ def check_deployment(
     return dep.created_at
 
 
+def server_job_name(deployment_id: int) -> str:
+    """The Slurm job name of deployment ``deployment_id``'s server: a re-run finds a server a
+    killed submission queued, before the job was recorded, by it (and the script's path)."""
+    return f"pomlia-serve-d{int(deployment_id)}"
+
+
 def submit_deployment(registry: Registry, result: DeployResult) -> DeployResult:
-    """``sbatch`` the deployment's script (the image must exist); records the job."""
+    """``sbatch`` the deployment's script (the image must exist); records the job. A server of
+    this deployment already queued or running (``squeue``: its job name and script) is taken
+    as the submission instead (``already``), recorded if it was not: a submission killed
+    between its ``sbatch`` and its record, run again, submitted a second server."""
     _check_image(result.directory, "pomlia deploy MODEL")
-    job_id = sbatch_script(
-        registry,
-        result.sbatch_file,
-        name="pomlia-serve",
-        meta={"deployment_id": result.deployment_id},
-    )
+    name = server_job_name(result.deployment_id)
+    queued = jobs_named(name, result.sbatch_file)
+    if queued:
+        job_id, already = _adopt(registry, result, queued[0].job_id, name), queued[0]
+    else:
+        already = None
+        job_id = sbatch_script(
+            registry,
+            result.sbatch_file,
+            name=name,
+            meta={"deployment_id": result.deployment_id},
+        )
     with registry.session() as s:
         dep = s.get(Deployment, result.deployment_id)
         if dep is not None:
             dep.job_id, dep.status = job_id, "submitted"
-    return DeployResult(
-        result.directory,
-        result.deployment_id,
-        result.def_file,
-        result.sbatch_file,
-        job_id,
-        result.reused,
+    said = f"Slurm {already.job_id}, {already.state}" if already is not None else None
+    return replace(result, job_id=job_id, already=said)
+
+
+def _adopt(registry: Registry, result: DeployResult, scheduler_id: str, name: str) -> int:
+    """The registry id of the queued server job ``scheduler_id`` of ``result``'s deployment,
+    its row recorded now when the submission that queued it was killed before recording it."""
+    with registry.session() as s:
+        q = select(Job.id).where(Job.backend == "slurm", Job.scheduler_id == scheduler_id)
+        found = s.scalars(q.order_by(Job.id.desc()).limit(1)).first()
+    if found is not None:
+        return found
+    (job_id,) = record_submission(
+        registry,
+        backend="slurm",
+        scheduler_ids=[scheduler_id],
+        name=name,
+        folder=str(result.sbatch_file.parent),
+        meta={"deployment_id": result.deployment_id},
     )
+    return job_id
