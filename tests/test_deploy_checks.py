@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import socket
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +19,7 @@ from pomlia_hpc.files import write_json_atomic
 from pomlia_hpc.pipeline.spec import parse_pipeline
 from pomlia_hpc.pipeline.stage import StageContext, run_stage
 from pomlia_hpc.pipeline.stages import active_stages
-from pomlia_hpc.registry import Deployment, Job
+from pomlia_hpc.registry import Deployment, Job, Model
 from pomlia_hpc.serve.demo import cached_demo_bundle
 from pomlia_hpc.workspace import Workspace
 from tests.fixtures.fake_slurm import FakeSlurm
@@ -227,3 +229,31 @@ def test_a_hidden_folder_in_the_bundle_is_left_out_of_the_copy_and_the_compariso
     assert not (directory / "bundle" / ".scratch").exists()
     again = CliRunner().invoke(app, ["deploy", "demo"])
     assert again.exit_code == 0 and "reused" in again.output, again.output
+
+
+def test_deploy_settles_the_row_of_a_deploy_killed_while_copying(
+    workspace: Workspace, bundle: Path
+) -> None:
+    """A `deploy` SIGKILLed while it copied the bundle left its row `created` for good: a
+    second deployment of the model that never existed. The next `deploy` settles it (said on
+    stderr), sweeps the staging folder and writes the directory under a new row."""
+    reg = register_exported(workspace, bundle)
+    version = json.loads((bundle / "card.json").read_text())["model_version"]
+    target = workspace.path("models", "demo", "deploy", version)
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    staged = target.parent / f".{target.name}.{socket.gethostname().replace('.', '_')}"
+    (Path(f"{staged}.{gone.pid}.tmp") / "bundle").mkdir(parents=True)
+    with reg.session() as s:
+        model = s.query(Model).one()
+        killed = Deployment(model_id=model.id, bundle_path=str(target / "bundle"))
+        s.add(killed)
+        s.flush()
+        killed_id = killed.id
+    res = CliRunner().invoke(app, ["deploy", "demo"])
+    assert res.exit_code == 0, res.output
+    assert f"deployment {killed_id} was never finished" in res.stderr
+    with reg.session() as s:
+        (dep,) = s.query(Deployment).all()  # SQLite may give the settled id again
+        assert dep.bundle_path == str(target / "bundle") and (target / "serve.sbatch").is_file()
+    assert sorted(p.name for p in target.parent.iterdir()) == [version]

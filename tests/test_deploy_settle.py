@@ -3,20 +3,29 @@
 
 from __future__ import annotations
 
+import os
+import socket
 import subprocess
 from pathlib import Path
 
 import pytest
 
 from pomlia_hpc.cluster.batch import jobs_named, submit_script
+from pomlia_hpc.errors import NotFoundError
 from pomlia_hpc.registry import Deployment, Job, Model, Registry
-from pomlia_hpc.serve.deploy import IMAGE, DeployResult, server_job_name, submit_deployment
+from pomlia_hpc.serve.deploy import (
+    IMAGE,
+    DeployResult,
+    check_deployment,
+    server_job_name,
+    submit_deployment,
+)
 
 
 def _deployment(reg: Registry, directory: Path) -> int:
-    """A model and a deployment row of it whose directory is ``directory``."""
+    """A deployment row (of model 'm', made on first use) whose directory is ``directory``."""
     with reg.session() as s:
-        model = Model(name="m", path="")
+        model = s.query(Model).filter_by(name="m").first() or Model(name="m", path="")
         s.add(model)
         s.flush()
         dep = Deployment(model_id=model.id, bundle_path=str(directory / "bundle"))
@@ -64,3 +73,33 @@ def test_a_server_queued_by_a_killed_submission_is_found_not_submitted_again(
     finally:
         for job in jobs_named(name, script):
             subprocess.run(["scancel", job.job_id], check=False)
+
+
+def _killed_writer_row(reg: Registry, directory: Path) -> int:
+    """What a `pomlia deploy` SIGKILLed while copying the bundle leaves: a row `created` and
+    the staging folder of a process that is gone beside ``directory``, which never appeared."""
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    host = socket.gethostname().replace(".", "_")
+    staged = directory.parent / f".{directory.name}.{host}.{gone.pid}.tmp"
+    (staged / "bundle").mkdir(parents=True)
+    return _deployment(reg, directory)
+
+
+def test_a_deployment_a_killed_deploy_never_finished_is_not_served_under(
+    reg: Registry, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """A row left `created` by a deploy killed while it copied the bundle stayed for good, and
+    `pomlia serve --deployment-id` took it as a deployment. It is settled now (deleted, said
+    on stderr); a row whose writer is at work (its staging folder's pid alive) is left."""
+    dead = _killed_writer_row(reg, tmp_path / "deploy" / "v1")
+    with pytest.raises(NotFoundError, match=f"--deployment-id {dead}: no such deployment"):
+        check_deployment(reg, dead)
+    assert f"deployment {dead} was never finished" in capsys.readouterr().err
+    at_work = tmp_path / "deploy" / "v2"
+    host = socket.gethostname().replace(".", "_")
+    (at_work.parent / f".{at_work.name}.{host}.{os.getpid()}.tmp").mkdir()
+    busy = _deployment(reg, at_work)
+    check_deployment(reg, busy)  # its writer runs: a deployment in the making
+    with reg.session() as s:
+        assert [d.id for d in s.query(Deployment)] == [busy]

@@ -40,6 +40,7 @@ from pomlia_hpc.registry import Deployment, Job, Model, Registry
 from pomlia_hpc.serve.exported import ExportedBundle, bundle_for_model
 from pomlia_hpc.serve.predlog import log_dir
 from pomlia_hpc.serve.reference import REFERENCE_FILE
+from pomlia_hpc.serve.unfinished import settle_unfinished
 from pomlia_hpc.workspace import Workspace
 
 SOURCE_ROOT = Path(__file__).resolve().parents[2]
@@ -386,6 +387,7 @@ def write_deployment(
     given, for the command the messages suggest. ``profile_label``: the name (or path) of
     ``profile``, recorded in the script so that a later refusal names it."""
     row = resolve_model(registry, ref)
+    settle_unfinished(registry, model_id=row.id)  # rows a killed deploy left
     if out_dir is not None:
         _check_out(out_dir.resolve())  # before the export, which takes seconds to minutes
     out = f" --out {shlex.quote(str(out_dir))}" if out_dir is not None else ""
@@ -467,16 +469,21 @@ def _write_new(t: _Target) -> DeployResult:
         t.target,
         t.source_root,
     )
-    # The row first: its id goes into the script, so every record the server logs names it.
-    with registry.session() as s:
-        dep = Deployment(model_id=row.id, bundle_path=str(target / "bundle"), status="created")
-        s.add(dep)
-        s.flush()
-        dep_id = dep.id
+    dep_id = 0  # none recorded yet
     written = False
     try:
         with staged_dir(target) as staged:
             tmp = staged.path
+            # The row once the staging folder exists: a kill before the folder is published
+            # leaves both, and the next deploy settles the row (serve.unfinished). Its id goes
+            # into the script, so every record the server logs names it.
+            with registry.session() as s:
+                dep = Deployment(
+                    model_id=row.id, bundle_path=str(target / "bundle"), status="created"
+                )
+                s.add(dep)
+                s.flush()
+                dep_id = dep.id
             # Not the temporary files of a writer (a reference being rewritten, or one a killed
             # writer left): they would go into the image, and once swept make the reused
             # directory's bundle differ from the model's.
@@ -495,7 +502,7 @@ def _write_new(t: _Target) -> DeployResult:
             )
         written = True
     finally:
-        if not written:  # no directory, no deployment
+        if not written and dep_id:  # no directory, no deployment
             with registry.session() as s:
                 if (orphan := s.get(Deployment, dep_id)) is not None:
                     s.delete(orphan)
@@ -511,6 +518,7 @@ def check_deployment(
     would file those records under a deployment that is not theirs. Returns when the
     deployment was created (UTC; the server reads no log file older than that)."""
     row = resolve_model(registry, model_ref) if model_ref is not None else None
+    settle_unfinished(registry, deployment_id=deployment_id)
     with registry.session() as s:
         dep = s.get(Deployment, deployment_id)
         q = select(Deployment.id).order_by(Deployment.id)
