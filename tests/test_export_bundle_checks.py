@@ -3,6 +3,7 @@ and data sets whose images are not square."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -132,3 +133,34 @@ def test_a_data_set_of_non_square_images_is_refused_before_any_training(
     with pytest.raises(InputError, match="24 px high and 40 px wide: expected square images"):
         add_task(reg, "t", f"wide@{rec.version}", "acc")
     reg.dispose()
+
+
+@pytest.mark.usefixtures("wide_console")
+def test_a_card_edited_since_its_export_is_refused_by_deploy_and_serve(
+    workspace: Workspace, tmp_path: Path
+) -> None:
+    """card.json itself had no checksum: a card whose class names (or metric, or SHA-256 list)
+    were edited after the export deployed and served silently. The bundle's card.sha256 and
+    the registry's record of it refuse it now, in one line, even when card.sha256 was fixed
+    up with the card; `model export` rebuilds it."""
+    bundle = exported_model(workspace, tmp_path)
+    card_file = bundle / "card.json"
+    card = json.loads(card_file.read_text())
+    card_file.write_text(json.dumps({**card, "label_names": card["label_names"][::-1]}))
+    runner = CliRunner()
+    for args in (["deploy", "grade"], ["serve", str(bundle), "--port", "0"]):
+        res = runner.invoke(app, args)
+        assert isinstance(res.exception, InputError), (args, res.output)
+        said = " ".join(str(res.exception).split())
+        assert "card.json does not match its SHA-256 in card.sha256" in said, said
+        assert "pomlia model export grade" in said, said
+    # card.sha256 made to fit the edit: the registry's record of the card still refuses it.
+    (bundle / "card.sha256").write_text(f"{sha256_file(card_file)}  card.json\n")
+    for args in (["deploy", "grade"], ["serve", "grade", "--port", "0"]):
+        res = runner.invoke(app, args)
+        assert isinstance(res.exception, InputError), (args, res.output)
+        assert "not the card the export recorded" in str(res.exception), res.output
+    assert not workspace.path("models", "grade", "deploy").exists()
+    res = runner.invoke(app, ["model", "export", "grade"])
+    assert res.exit_code == 0 and "rebuilt the existing bundle" in res.output, res.output
+    assert json.loads(card_file.read_text())["label_names"] == card["label_names"]

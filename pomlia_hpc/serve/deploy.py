@@ -3,7 +3,7 @@
 Layout written (atomically: a temp directory renamed into place)::
 
     <home>/models/<name>/deploy/<version>/
-      bundle/          the exported model (card.json, model.onnx, model.pt2)
+      bundle/          the exported model (card.json, card.sha256, model.onnx, model.pt2)
       src/             the project source snapshot the image installs (with requirements.lock)
       apptainer.def    containers/apptainer.def with SRC=src, BUNDLE=bundle filled in
       serve.sbatch     jobs/serve.sbatch with the cluster profile's #SBATCH lines, the

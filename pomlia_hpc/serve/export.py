@@ -46,11 +46,13 @@ from pomlia_hpc.models.checkpoint import LoadedClassifier, load_classifier
 from pomlia_hpc.registry import FingerprintSet, Model, Registry, Task
 from pomlia_hpc.serve.exported import (
     CARD,
+    CARD_SUM,
     ENCODER_FILES,
     ONNX,
     TORCH_PROGRAM,
     ExportedBundle,
     bundle_damage,
+    card_sum_text,
     data_scaling,
     sha256_file,
 )
@@ -81,12 +83,17 @@ class ExportResult:
     rebuilt: str | None = None
 
 
-def _reuse_problem(final: Path, intensity_scaling: Mapping[str, Any] | None) -> str | None:
-    """Why the existing bundle ``final`` of this version cannot be reused: damaged files, or a
-    card that lacks the training data's intensity scaling; None when it can."""
-    damage = bundle_damage(final)
+def _reuse_problem(
+    final: Path, intensity_scaling: Mapping[str, Any] | None, card_sha256: str | None = None
+) -> str | None:
+    """Why the existing bundle ``final`` of this version cannot be reused: damaged files, a
+    card edited since (``card_sha256``: its SHA-256 the registry recorded), a card without its
+    checksum, or one that lacks the training data's intensity scaling; None when it can."""
+    damage = bundle_damage(final, card_sha256)
     if damage is not None:
         return damage
+    if not (final / CARD_SUM).is_file():
+        return f"its {CARD} has no checksum ({CARD_SUM}; exported by an older version)"
     if intensity_scaling:
         card = json.loads((final / CARD).read_text())
         if card.get("input", {}).get("intensity_scaling") != dict(intensity_scaling):
@@ -242,6 +249,7 @@ def export_checkpoint(
     rtol: float = DEFAULT_RTOL,
     atol: float = DEFAULT_ATOL,
     seed: int = 0,
+    recorded_card: tuple[str, str] | None = None,
 ) -> ExportResult:
     """Export ``checkpoint`` to ``out_root/<version>/`` and return the bundle.
 
@@ -253,6 +261,8 @@ def export_checkpoint(
     an existing bundle of that version whose files do not match their SHA-256 in its card (or
     whose card lacks ``intensity_scaling``, the training data set's ``meta`` record that the
     server applies to 16-bit uploads) is rebuilt, and :attr:`ExportResult.rebuilt` says why.
+    ``recorded_card``: (bundle folder, SHA-256 of its card) as the registry recorded them at
+    the model's last export: a bundle there whose card was edited since is rebuilt too.
     Raises :class:`ExportError` when an export's probabilities disagree with PyTorch's by more
     than ``rtol`` (relative) + ``atol``, or it predicts another class.
     """
@@ -274,7 +284,9 @@ def export_checkpoint(
     final = out_root / version
     rebuilt = None
     if (final / CARD).is_file():
-        rebuilt = _reuse_problem(final, intensity_scaling)
+        folder, card_sha = recorded_card or ("", None)
+        mine = bool(folder) and Path(folder) == final.resolve()
+        rebuilt = _reuse_problem(final, intensity_scaling, card_sha if mine else None)
         if rebuilt is None:
             return _reused(final)
     with staged_dir(final, replace=rebuilt is not None) as staged:
@@ -318,6 +330,7 @@ def export_checkpoint(
             files={p.name: sha256_file(p) for p in sorted(tmp.iterdir()) if p.is_file()},
         )
         (tmp / CARD).write_text(json.dumps(card, indent=2, sort_keys=True))
+        (tmp / CARD_SUM).write_text(card_sum_text(tmp / CARD))
     if not staged.published:  # the directory appeared since the check above
         if not (final / CARD).is_file():
             raise PomliaError(f"bundle directory {final} exists without {CARD}; remove it")
@@ -378,6 +391,7 @@ def export_model(
             intensity_scaling=scaling,
             rtol=rtol,
             atol=atol,
+            recorded_card=_recorded_card(row.card),
         )
     finally:
         shutil.rmtree(tmp_dir, ignore_errors=True)
@@ -394,6 +408,13 @@ def export_model(
     result = dataclasses.replace(result, reference=reference if reference.is_file() else None)
     update_card(registry, row.id, card_with_bundle(row.card, result))
     return result
+
+
+def _recorded_card(card: Mapping[str, Any]) -> tuple[str, str] | None:
+    """(bundle folder, SHA-256 of its card) of a registry model's last export, if recorded."""
+    export = card.get("export") or {}
+    folder, digest = export.get("bundle"), export.get("card_sha256")
+    return (folder, digest) if isinstance(folder, str) and isinstance(digest, str) else None
 
 
 def _scratch_dir(workspace: Workspace, name: str) -> Path:
@@ -427,6 +448,8 @@ def card_with_bundle(card: Mapping[str, Any], result: ExportResult) -> dict[str,
         **dict(result.bundle.card.get("export", {})),
         "bundle": str(result.bundle.root),
         "version": result.bundle.version,
+        # Where an edit of the bundle's card cannot fix it up as well (deploy and serve check)
+        "card_sha256": sha256_file(result.bundle.root / CARD),
     }
     return out
 

@@ -3,6 +3,8 @@
 Layout of a bundle directory::
 
     card.json      the model card, plus "model_version" and "files" (name -> sha256)
+    card.sha256    the SHA-256 of card.json (``sha256sum`` format): the card's own checksum,
+                   which an edit of the card cannot fix up in the card itself
     model.onnx     the classifier for onnxruntime (CPU serving)
     model.pt2      the same classifier as a ``torch.export`` program (GPU serving)
     encoder.onnx   optional: the task's fingerprint encoder (or encoder.pt2)
@@ -18,7 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -32,6 +34,9 @@ if TYPE_CHECKING:
     from pomlia_hpc.registry import Registry
 
 CARD = "card.json"
+#: The card's own checksum (``<hex>  card.json``, as ``sha256sum`` writes it): ``files`` in the
+#: card cannot hold it, and an edited card (its metric, class names, SHA-256 list) must not pass.
+CARD_SUM = "card.sha256"
 ONNX = "model.onnx"
 TORCH_PROGRAM = "model.pt2"
 ENCODER_FILES = ("encoder.onnx", "encoder.pt2")
@@ -49,10 +54,16 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     return h.hexdigest()
 
 
-def bundle_damage(root: Path) -> str | None:
+def bundle_damage(root: Path, card_sha256: str | None = None) -> str | None:
     """What is wrong with the files of bundle ``root`` against the SHA-256 its card records
     (``'model.onnx is missing'``, ``'model.onnx does not match its SHA-256 in card.json'``),
-    or None when every file is intact. Reads every file (about 1 s per GB)."""
+    and with the card against its own (:data:`CARD_SUM`; ``card_sha256``: the one the
+    registry recorded at the export, when known), or None when every file is intact. Reads
+    every file (about 1 s per GB). A bundle exported before the card had a checksum, and not
+    recorded with one, has its files checked only."""
+    card_damage = _card_damage(root, card_sha256)
+    if card_damage is not None:
+        return card_damage
     try:
         files = json.loads((root / CARD).read_text()).get("files")
     except (OSError, ValueError, AttributeError) as exc:
@@ -66,6 +77,27 @@ def bundle_damage(root: Path) -> str | None:
         if sha256_file(path) != digest:
             return f"{name} does not match its SHA-256 in {CARD}"
     return None
+
+
+def _card_damage(root: Path, recorded: str | None) -> str | None:
+    """Why ``root``'s card is not the card its export wrote (see :func:`bundle_damage`)."""
+    try:
+        actual = sha256_file(root / CARD)
+        written = (root / CARD_SUM).read_text().split()[:1] if (root / CARD_SUM).exists() else None
+    except OSError as exc:
+        return f"{CARD} cannot be read ({exc})"
+    if written is not None and written != [actual]:
+        return f"{CARD} does not match its SHA-256 in {CARD_SUM} (edited since the export)"
+    if recorded is not None and recorded != actual:
+        if written is None:
+            return f"{CARD_SUM} is missing"
+        return f"{CARD} is not the card the export recorded in the registry (edited since)"
+    return None
+
+
+def card_sum_text(card: Path) -> str:
+    """The :data:`CARD_SUM` file's text for the card file ``card``."""
+    return f"{sha256_file(card)}  {CARD}\n"
 
 
 def reexport_hint(root: Path, what: str) -> str:
@@ -83,6 +115,9 @@ class ExportedBundle:
 
     root: Path
     card: dict[str, Any]
+    #: The SHA-256 of ``card.json`` the registry recorded at the export (checked with the
+    #: bundle's own :data:`CARD_SUM`), or None when the bundle was opened without the registry.
+    card_sha256: str | None = None
 
     @classmethod
     def open(cls, root: str | Path) -> ExportedBundle:
@@ -127,9 +162,10 @@ class ExportedBundle:
                 check_program(self.root / name)
 
     def check_integrity(self) -> None:
-        """Refuse a bundle whose files do not match the SHA-256 its card records (one
-        :class:`InputError` naming the file and how to rebuild the bundle)."""
-        damage = bundle_damage(self.root)
+        """Refuse a bundle whose files do not match the SHA-256 its card records, or whose card
+        does not match its own (:func:`bundle_damage`): one :class:`InputError` naming the
+        file and how to rebuild the bundle."""
+        damage = bundle_damage(self.root, self.card_sha256)
         if damage is not None:
             raise InputError(
                 f"bundle {self.root}: {damage}; the bundle is damaged: rebuild it with "
@@ -207,7 +243,10 @@ def data_scaling(meta: dict[str, Any]) -> dict[str, Any] | None:
 def bundle_for_model(registry: Registry, ref: str) -> ExportedBundle | None:
     """The bundle recorded for registry model ``ref`` by its last export, if it still exists."""
     row = resolve_model(registry, ref)
-    path = (row.card.get("export") or {}).get("bundle")
+    export = row.card.get("export") or {}
+    path = export.get("bundle")
     if path and (Path(path) / CARD).is_file():
-        return ExportedBundle.open(path)
+        recorded = export.get("card_sha256")
+        bundle = ExportedBundle.open(path)
+        return replace(bundle, card_sha256=recorded if isinstance(recorded, str) else None)
     return None
