@@ -25,6 +25,7 @@ from pomlia_hpc.pipeline.stage import StageContext, now
 from pomlia_hpc.registry import Job, Registry
 from pomlia_hpc.workspace import Workspace
 from tests.fixtures import jobfns
+from tests.fixtures.fake_slurm import FakeSlurm
 from tests.fixtures.factories import tiny_npz
 
 PLAN_HEADER = "est. time per job"  # a column of the plan's table
@@ -348,3 +349,31 @@ def test_a_submission_that_waits_for_another_says_so_at_once(tmp_path: Path) -> 
     assert entered.is_set()
     assert len(said) == 1 and "being submitted by another `pipeline run`" in said[0]
     assert f"pid {os.getpid()}" in said[0] and "waiting for it" in said[0]
+
+
+def test_a_stage_job_slurm_has_forgotten_no_longer_blocks_the_next_run(
+    workspace: Workspace, reg: Registry, tmp_path: Path, fake_slurm: FakeSlurm
+) -> None:
+    """A stage job that neither sacct nor squeue knows any more (accounting purged) stayed
+    recorded queued: `pipeline status` showed it waiting and every `pipeline run` was
+    refused until `pipeline cancel`. It is recorded LOST now, and the run says so."""
+    from pomlia_hpc.cluster.records import record_submission
+    from pomlia_hpc.pipeline import runner
+
+    file, data = _pipeline(tmp_path)
+    (job,) = record_submission(
+        reg, backend="slurm", scheduler_ids=["4"], name="pipeline-p-data", folder=str(tmp_path)
+    )
+    ctx = _submitted(workspace, reg, file, data, {"data": job})
+    logged: list[str] = []
+    ctx = context_for(workspace, reg, ctx.spec, log=logged.append)
+    (row,) = pipeline_status(ctx)
+    assert row.job_state == "LOST" and row.state != "pending", row
+    with reg.session() as s:  # as it was recorded before: queued
+        got = s.get(Job, job)
+        assert got is not None
+        got.state, got.ended_at = "PENDING", None
+    runner.check_not_running(ctx)  # no refusal: nothing of the pipeline runs
+    assert _state(reg, job) == "LOST"
+    (said,) = logged
+    assert f"job {job} (pipeline-p-data, Slurm 4) is known to neither sacct nor squeue" in said

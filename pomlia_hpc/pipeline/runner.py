@@ -329,14 +329,28 @@ def _write_run(
 def live_jobs(ctx: StageContext) -> tuple[list[Job], str | None]:
     """The jobs of this pipeline's last submission that are still queued or running (their
     states refreshed from the scheduler first), and None; or, when ``sacct`` did not answer
-    within the workspace's ``list_sacct_timeout_s`` seconds, those recorded so and why."""
+    within the workspace's ``list_sacct_timeout_s`` seconds, those recorded so and why.
+    A Slurm job that neither ``sacct`` nor ``squeue`` knows (accounting purged: ``squeue``
+    lists every job queued or running, one just submitted too) is recorded ``LOST`` and
+    said on ``ctx.log``: it blocked every later ``pipeline run`` until ``pipeline cancel``."""
     ids = run_job_ids(ctx.folder)
     if not ids:
         return [], None
-    problem = refresh_jobs_within(ctx.registry, ids, timeout_s=ctx.workspace.list_sacct_timeout_s)
     with ctx.registry.session() as s:
-        rows = s.scalars(select(Job).where(Job.id.in_(ids)).order_by(Job.id))
-        return [r for r in rows if r.state not in FINAL_STATES], problem
+        q = select(Job.id).where(Job.id.in_(ids), Job.state.not_in(FINAL_STATES))
+        unfinished = set(s.scalars(q))
+    wait_s = ctx.workspace.list_sacct_timeout_s
+    problem = refresh_jobs_within(ctx.registry, ids, timeout_s=wait_s, lost=True)
+    with ctx.registry.session() as s:
+        rows = list(s.scalars(select(Job).where(Job.id.in_(ids)).order_by(Job.id)))
+    for r in rows:
+        if r.id in unfinished and r.state == "LOST":
+            ctx.log(
+                f"job {r.id} ({r.name}, Slurm {r.scheduler_id}) is known to neither sacct nor "
+                "squeue (purged from accounting, or the controller's state was lost): "
+                "recorded LOST, no longer counted as queued or running"
+            )
+    return [r for r in rows if r.state not in FINAL_STATES], problem
 
 
 def _described(jobs: list[Job]) -> str:

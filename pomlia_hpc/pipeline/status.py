@@ -94,7 +94,8 @@ def pipeline_status(ctx: StageContext) -> list[StageStatus]:
     timeout_s = ctx.workspace.list_sacct_timeout_s
     started = time.monotonic()
     if ids:
-        problem = refresh_jobs_within(ctx.registry, ids, timeout_s=timeout_s)
+        # lost: a job Slurm forgot (accounting purged) showed queued or running for good
+        problem = refresh_jobs_within(ctx.registry, ids, timeout_s=timeout_s, lost=True)
         with ctx.registry.session() as s:
             rows = {r.id: r for r in s.scalars(select(Job).where(Job.id.in_(ids)))}
     queued = [rows[i] for i in stage_ids if i in rows and rows[i].state == "PENDING"]
