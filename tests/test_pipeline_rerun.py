@@ -25,8 +25,8 @@ from pomlia_hpc.pipeline.stage import StageContext, now
 from pomlia_hpc.registry import Job, Registry
 from pomlia_hpc.workspace import Workspace
 from tests.fixtures import jobfns
-from tests.fixtures.fake_slurm import FakeSlurm
 from tests.fixtures.factories import tiny_npz
+from tests.fixtures.fake_slurm import FakeSlurm
 
 PLAN_HEADER = "est. time per job"  # a column of the plan's table
 

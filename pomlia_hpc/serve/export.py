@@ -284,9 +284,7 @@ def export_checkpoint(
     final = out_root / version
     rebuilt = None
     if (final / CARD).is_file():
-        folder, card_sha = recorded_card or ("", None)
-        mine = bool(folder) and Path(folder) == final.resolve()
-        rebuilt = _reuse_problem(final, intensity_scaling, card_sha if mine else None)
+        rebuilt = _reuse_problem(final, intensity_scaling, _card_sha(final, recorded_card))
         if rebuilt is None:
             return _reused(final)
     with staged_dir(final, replace=rebuilt is not None) as staged:
@@ -408,6 +406,12 @@ def export_model(
     result = dataclasses.replace(result, reference=reference if reference.is_file() else None)
     update_card(registry, row.id, card_with_bundle(row.card, result))
     return result
+
+
+def _card_sha(final: Path, recorded: tuple[str, str] | None) -> str | None:
+    """The SHA-256 of bundle ``final``'s card that the registry recorded (``recorded``:
+    bundle folder and digest of the model's last export), when that export was ``final``."""
+    return recorded[1] if recorded is not None and Path(recorded[0]) == final.resolve() else None
 
 
 def _recorded_card(card: Mapping[str, Any]) -> tuple[str, str] | None:
