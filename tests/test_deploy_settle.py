@@ -1,5 +1,6 @@
 """What `pomlia deploy` finds that a killed run left: a server job queued before its record
-(real Slurm), a deployment row whose directory was never finished."""
+(real Slurm), a deployment row whose directory was never finished; and the memory its
+serve.sbatch asks for."""
 
 from __future__ import annotations
 
@@ -103,3 +104,15 @@ def test_a_deployment_a_killed_deploy_never_finished_is_not_served_under(
     check_deployment(reg, busy)  # its writer runs: a deployment in the making
     with reg.session() as s:
         assert [d.id for d in s.query(Deployment)] == [busy]
+
+
+def test_serve_sbatch_asks_for_the_memory_the_profile_gives() -> None:
+    """serve.sbatch wrote `--mem={int(mem_gb)}G`: a profile's 0.5 GB became `--mem=0G`, which
+    Slurm reads as all the node's memory, and 1.5 GB became 1 GB, less than asked."""
+    from pomlia_hpc.config import load_cluster_profile
+    from pomlia_hpc.serve.deploy import sbatch_directives
+
+    base = load_cluster_profile("slurm-local")
+    for mem_gb, line in ((0.5, "--mem=512M"), (1.5, "--mem=1536M"), (64.0, "--mem=64G")):
+        profile = base.model_copy(update={"mem_gb": mem_gb})
+        assert f"#SBATCH {line}" in sbatch_directives(profile, name="pomlia-serve-m")

@@ -21,6 +21,7 @@ writing anything).
 from __future__ import annotations
 
 import filecmp
+import math
 import re
 import shlex
 import shutil
@@ -72,12 +73,9 @@ class DeployResult:
     @property
     def submission(self) -> str:
         """What :func:`submit_deployment` did, in words."""
-        if self.already is not None:
-            return (
-                f"already submitted: registry job {self.job_id} ({self.already}), a server of "
-                f"deployment {self.deployment_id}; not submitted again"
-            )
-        return f"submitted: registry job {self.job_id}"
+        if self.already is None:
+            return f"submitted: registry job {self.job_id}"
+        return f"already queued: registry job {self.job_id} ({self.already}); not submitted again"
 
 
 def parse_def(text: str) -> tuple[dict[str, str], dict[str, str]]:
@@ -128,6 +126,14 @@ def serving_resources(profile: ClusterProfile) -> ClusterProfile:
     return profile.model_copy(update={"gpus_per_node": max(1, profile.gpus_per_node)})
 
 
+def slurm_mem(mem_gb: float) -> str:
+    """``mem_gb`` GB as ``--mem`` (whole units): ``64G``, a fraction in MB rounded up (not
+    ``int()``: 0.5 was ``0G``, all the node's memory to Slurm, and 1.5 was ``1G``)."""
+    if mem_gb == int(mem_gb):
+        return f"{int(mem_gb)}G"
+    return f"{math.ceil(mem_gb * 1024)}M"
+
+
 def sbatch_directives(profile: ClusterProfile, *, name: str) -> list[str]:
     """``#SBATCH`` lines for one serving job on ``profile`` (:func:`serving_resources`)."""
     gpus = serving_resources(profile).gpus_per_node
@@ -138,7 +144,7 @@ def sbatch_directives(profile: ClusterProfile, *, name: str) -> list[str]:
         "--ntasks=1",
         f"--gres=gpu:{gpus}",
         f"--cpus-per-task={profile.cpus_per_task}",
-        f"--mem={int(profile.mem_gb)}G",
+        f"--mem={slurm_mem(profile.mem_gb)}",
         f"--time={hours:02d}:{minutes:02d}:00",
         "--signal=B:TERM@60",
         "--output=pomlia-serve-%j.out",
