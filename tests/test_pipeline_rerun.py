@@ -123,16 +123,26 @@ def test_run_wait_again_follows_the_running_jobs_to_their_end(
 
 
 def test_a_pipeline_run_by_another_process_is_refused_before_the_plan(
-    workspace: Workspace, reg: Registry, tmp_path: Path, wide_console: None
+    workspace: Workspace,
+    reg: Registry,
+    tmp_path: Path,
+    wide_console: None,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The plan and its GPU-hour estimate were printed first, then the refusal."""
+    """The plan and its GPU-hour estimate were printed first, then the refusal; which named
+    no holder: it names the process (and the Slurm job of a stage job) that holds the lock."""
+    import os
+
     file, _data = _pipeline(tmp_path)
     ctx = context_for(workspace, reg, load_pipeline(file))
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")  # the holder is a stage job
     with pipeline_lock(ctx.folder):
         res = CliRunner().invoke(app, ["pipeline", "run", str(file)])
     said = " ".join(res.output.split())
     assert isinstance(res.exception, PomliaError) and res.exception.exit_code == BUSY_EXIT
-    assert "is being run by another process" in str(res.exception)
+    assert "is being run by another process (pid" in str(res.exception)
+    assert f"pid {os.getpid()} on " in str(res.exception)
+    assert "Slurm job 4242" in str(res.exception)
     assert PLAN_HEADER not in said and "GPU-hours" not in said
 
 

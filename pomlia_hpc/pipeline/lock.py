@@ -37,8 +37,8 @@ def pipeline_lock(folder: Path) -> Iterator[None]:
     """Hold ``folder/lock`` so two processes never run stages of one pipeline at once; a lock
     held by another process is waited for up to :data:`LOCK_WAIT_S` seconds, then refused."""
     # flock has no "test": probes take the lock for an instant, hence the wait.
-    refusal = f"pipeline '{folder.name}' is being run by another process (lock {folder / 'lock'})"
-    with _exclusive(folder / "lock", refusal, LOCK_WAIT_S):
+    words = (f"pipeline '{folder.name}' is being run by another process", "")
+    with _exclusive(folder / "lock", words, LOCK_WAIT_S):
         yield
 
 
@@ -61,33 +61,18 @@ def submission_lock(folder: Path, say: Callable[[str], None] | None = None) -> I
     ``say``: where a submission that has to wait says so at once, naming the holder (host,
     pid, since when: written into the lock file by the holder), rather than keeping silent
     for up to a minute."""
-    path = folder / SUBMIT_LOCK
-    refusal = (
-        f"pipeline '{folder.name}' is being submitted by another `pipeline run` (lock "
-        f"{path}); run the command again once it has returned"
-    )
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a+") as fh:
-        if not _took(fh):
-            if say is not None:
-                say(
-                    f"pipeline '{folder.name}' is being submitted by another `pipeline run` "
-                    f"({_holder(path)}); waiting for it, at most {SUBMIT_WAIT_S:.0f} s ..."
-                )
-            poll_lock(lambda: _took(fh), refusal, SUBMIT_WAIT_S)
-        try:
-            _write_holder(fh)
-            yield
-        finally:
-            fh.truncate(0)  # names a holder only while it holds the lock
-            fcntl.flock(fh, fcntl.LOCK_UN)
+    waiting = f"pipeline '{folder.name}' is being submitted by another `pipeline run`"
+    refusal = "; run the command again once it has returned"
+    with _exclusive(folder / SUBMIT_LOCK, (waiting, refusal), SUBMIT_WAIT_S, say):
+        yield
 
 
 def _write_holder(fh: IO[str]) -> None:
-    """Who holds the submission lock (the lock file's only content), for a waiting one."""
+    """Who holds the lock (the lock file's only content), for a waiting or refused one."""
     fh.seek(0)
     fh.truncate(0)
-    fh.write(json.dumps({"host": socket.gethostname(), "pid": os.getpid(), "since": time.time()}))
+    me = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.time()}
+    fh.write(json.dumps({**me, "slurm_job": os.environ.get("SLURM_JOB_ID", "")}))
     fh.flush()
 
 
@@ -96,21 +81,35 @@ def _holder(path: Path) -> str:
     try:
         h = json.loads(path.read_text())
         since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(float(h["since"])))
-        return f"pid {int(h['pid'])} on {h['host']}, since {since}"
+        job = f", Slurm job {h['slurm_job']}" if h.get("slurm_job") else ""
+        return f"pid {int(h['pid'])} on {h['host']}{job}, since {since}"
     except (OSError, ValueError, KeyError, TypeError):
         return "a process that is starting"  # it holds the lock but has not written yet
 
 
 @contextmanager
-def _exclusive(path: Path, refusal: str, wait_s: float) -> Iterator[None]:
+def _exclusive(
+    path: Path,
+    words: tuple[str, str],
+    wait_s: float,
+    say: Callable[[str], None] | None = None,
+) -> Iterator[None]:
     """Hold the ``flock`` of ``path`` (created, with its folder), waiting at most ``wait_s``
-    seconds for another holder, then raising :class:`~pomlia_hpc.errors.BusyError`."""
+    seconds for another holder, then raising :class:`~pomlia_hpc.errors.BusyError`: ``words``
+    (what holds it, what to do) with the holder (host, pid, since when; each holder writes
+    itself into the file). ``say``: told at once when the lock is held, that this one waits."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("a") as fh:
-        poll_lock(lambda: _took(fh), refusal, wait_s)
+    with path.open("a+") as fh:
+        if not _took(fh):
+            who = f"{words[0]} ({_holder(path)}; lock {path})"
+            if say is not None:
+                say(f"{who}; waiting for it, at most {wait_s:.0f} s ...")
+            poll_lock(lambda: _took(fh), who + words[1], wait_s)
         try:
+            _write_holder(fh)
             yield
         finally:
+            fh.truncate(0)  # names a holder only while it holds the lock
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
