@@ -78,6 +78,13 @@ def test_a_damaged_bundle_is_refused_by_serve_and_rebuilt_by_export(
     res = runner.invoke(app, ["model", "export", "grade"])
     assert res.exit_code == 0, res.output
     assert "model.onnx is missing" in " ".join(res.output.split()) and onnx.is_file()
+    # A removal of the bundle cut short (a kill while a failed export cleaned up) took its card
+    # and left the rest: refused as "exists without card.json; remove it", now rebuilt.
+    (bundle / "card.json").unlink()
+    res = runner.invoke(app, ["model", "export", "grade"])
+    assert res.exit_code == 0, res.output
+    assert "it has no card.json" in " ".join(res.output.split()), res.output
+    assert (bundle / "card.json").is_file()
 
 
 @pytest.mark.usefixtures("wide_console")

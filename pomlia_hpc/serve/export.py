@@ -88,7 +88,11 @@ def _reuse_problem(
 ) -> str | None:
     """Why the existing bundle ``final`` of this version cannot be reused: damaged files, a
     card edited since (``card_sha256``: its SHA-256 the registry recorded), a card without its
-    checksum, or one that lacks the training data's intensity scaling; None when it can."""
+    checksum, or one that lacks the training data's intensity scaling; None when it can.
+    A folder without its card (an export's clean-up, or a copy, cut short) is rebuilt too:
+    it was refused as "exists without card.json; remove it", a re-run that could not finish."""
+    if not (final / CARD).is_file():
+        return f"it has no {CARD} (a removal or copy of it was cut short)"
     damage = bundle_damage(final, card_sha256)
     if damage is not None:
         return damage
@@ -283,7 +287,7 @@ def export_checkpoint(
     out_root = Path(out_root)
     final = out_root / version
     rebuilt = None
-    if (final / CARD).is_file():
+    if final.is_dir() and any(final.iterdir()):
         rebuilt = _reuse_problem(final, intensity_scaling, _card_sha(final, recorded_card))
         if rebuilt is None:
             return _reused(final)
