@@ -43,14 +43,14 @@ def test_a_server_queued_by_a_killed_submission_is_found_not_submitted_again(
     """A `deploy --submit` (or a pipeline's deploy stage) killed between the server's sbatch
     and recording its job left a server queued that no record named; run again, it submitted
     a second server. The server's job name carries the deployment id: the run finds it with
-    squeue, records it and submits nothing."""
+    squeue, records it and submits nothing; so it does a server submitted by hand."""
     directory = tmp_path / "deploy"
     directory.mkdir()
     (directory / IMAGE).write_bytes(b"built image")
     script = directory / "serve.sbatch"  # pends for an hour: it never runs here
     script.write_text(
-        "#!/bin/sh\n#SBATCH --partition=debug\n#SBATCH --time=1\n#SBATCH --begin=now+3600\n"
-        f"#SBATCH --output={tmp_path}/%j.out\ntrue\n"
+        "#!/bin/sh\n#SBATCH --job-name=pomlia-serve-m\n#SBATCH --partition=debug\n"
+        f"#SBATCH --time=1\n#SBATCH --begin=now+3600\n#SBATCH --output={tmp_path}/%j.out\ntrue\n"
     )
     dep_id = _deployment(reg, directory)
     name = server_job_name(dep_id)
@@ -71,8 +71,18 @@ def test_a_server_queued_by_a_killed_submission_is_found_not_submitted_again(
         assert [j.job_id for j in jobs_named(name, script)] == [queued]
         with reg.session() as s:
             assert s.query(Job).count() == 1
+        # A server the user submitted by hand (`sbatch serve.sbatch`: the script's own name)
+        subprocess.run(["scancel", queued], check=True)
+        sbatch = ["sbatch", "--parsable", "serve.sbatch"]
+        by_hand = subprocess.run(sbatch, cwd=directory, capture_output=True, text=True)
+        assert by_hand.returncode == 0, by_hand.stderr
+        found = submit_deployment(reg, result)
+        assert found.already is not None and found.already.startswith(
+            f"Slurm {by_hand.stdout.strip()}"
+        )
+        assert not jobs_named(name, script)  # none submitted under the deployment's name
     finally:
-        for job in jobs_named(name, script):
+        for job in jobs_named(f"{name},pomlia-serve-m", script):
             subprocess.run(["scancel", job.job_id], check=False)
 
 

@@ -22,9 +22,10 @@ from pomlia_hpc.cli import app
 from pomlia_hpc.errors import InputError, NotFoundError
 from pomlia_hpc.models.catalog import register_model
 from pomlia_hpc.registry import Deployment, Registry
+from pomlia_hpc.serve.apptainer import parse_def, render_def
 from pomlia_hpc.serve.config import ServeConfig
 from pomlia_hpc.serve.demo import cached_demo_bundle
-from pomlia_hpc.serve.deploy import SOURCE_ITEMS, parse_def, render_def
+from pomlia_hpc.serve.deploy import SOURCE_ITEMS
 from pomlia_hpc.serve.logfiles import read_records
 from pomlia_hpc.serve.records import PredictionLine
 from pomlia_hpc.serve.reference import REFERENCE_FILE

@@ -38,6 +38,7 @@ from pomlia_hpc.errors import ConfigError, InputError, NotFoundError
 from pomlia_hpc.files import probe_writable, staged_dir
 from pomlia_hpc.models.catalog import resolve_model
 from pomlia_hpc.registry import Deployment, Job, Model, Registry
+from pomlia_hpc.serve.apptainer import DEF_TEMPLATE, render_def
 from pomlia_hpc.serve.exported import ExportedBundle, bundle_for_model
 from pomlia_hpc.serve.predlog import log_dir
 from pomlia_hpc.serve.reference import REFERENCE_FILE
@@ -45,15 +46,15 @@ from pomlia_hpc.serve.unfinished import settle_unfinished
 from pomlia_hpc.workspace import Workspace
 
 SOURCE_ROOT = Path(__file__).resolve().parents[2]
-DEF_TEMPLATE = Path("containers") / "apptainer.def"
 SBATCH_TEMPLATE = Path("jobs") / "serve.sbatch"
 SOURCE_ITEMS = ("pyproject.toml", "requirements.lock", "README.md", "pomlia_hpc", "configs")
 SETTINGS_BLOCK = re.compile(r"# >>> pomlia deploy settings.*?# <<< pomlia deploy settings", re.S)
-SECTION = re.compile(r"^%(\w+)\s*$", re.M)
 DEPLOYMENT_ID_LINE = re.compile(r"^DEPLOYMENT_ID=\$\{POMLIA_DEPLOYMENT_ID:-(\d+)\}$", re.M)
 #: The settings block's record of the cluster profile a script was written with (a comment:
 #: profiles that give the same lines, `local` and `debug`, cannot be told apart otherwise).
 PROFILE_LINE = re.compile(r"^# cluster profile: (.*)\n", re.M)
+#: The job name ``serve.sbatch`` gives itself (a server submitted by hand has it).
+SCRIPT_JOB_NAME = re.compile(r"^#SBATCH --job-name=([^\s,]+)$", re.M)
 IMAGE = "pomlia-serve.sif"
 
 
@@ -76,47 +77,6 @@ class DeployResult:
         if self.already is None:
             return f"submitted: registry job {self.job_id}"
         return f"already queued: registry job {self.job_id} ({self.already}); not submitted again"
-
-
-def parse_def(text: str) -> tuple[dict[str, str], dict[str, str]]:
-    """Split an Apptainer definition into its header (``Bootstrap``, ``From`` ...) and sections
-    (``files``, ``post``, ``runscript`` ... → body text)."""
-    matches = list(SECTION.finditer(text))
-    head = text[: matches[0].start()] if matches else text
-    header: dict[str, str] = {}
-    for line in head.splitlines():
-        line = line.strip()
-        if line and not line.startswith("#") and ":" in line:
-            key, _, value = line.partition(":")
-            header[key.strip()] = value.strip()
-    sections: dict[str, str] = {}
-    for i, m in enumerate(matches):
-        end = matches[i + 1].start() if i + 1 < len(matches) else len(text)
-        sections[m.group(1)] = text[m.end() : end].strip("\n")
-    return header, sections
-
-
-def render_def(template: str, values: dict[str, str]) -> str:
-    """Fill ``{{ NAME }}`` from ``values`` (defaults from ``%arguments``) and drop
-    ``%arguments``, so any Apptainer/Singularity version builds the result."""
-    _, sections = parse_def(template)
-    defaults: dict[str, str] = {}
-    for line in sections.get("arguments", "").splitlines():
-        key, sep, value = line.strip().partition("=")
-        if sep:
-            defaults[key.strip()] = value.strip()
-    merged = {**defaults, **values}
-
-    def fill(m: re.Match[str]) -> str:
-        if m.group(1) not in merged:
-            raise InputError(
-                f"{DEF_TEMPLATE}: '{{{{ {m.group(1)} }}}}' has no value and no "
-                "default in %arguments"
-            )
-        return merged[m.group(1)]
-
-    text = re.sub(r"^%arguments\s*\n(?:[ \t]+.*\n|\s*\n)*", "", template, flags=re.M)
-    return re.sub(r"\{\{\s*(\w+)\s*\}\}", fill, text)
 
 
 def serving_resources(profile: ClusterProfile) -> ClusterProfile:
@@ -556,12 +516,17 @@ def server_job_name(deployment_id: int) -> str:
 
 def submit_deployment(registry: Registry, result: DeployResult) -> DeployResult:
     """``sbatch`` the deployment's script (the image must exist); records the job. A server of
-    this deployment already queued or running (``squeue``: its job name and script) is taken
-    as the submission instead (``already``), recorded if it was not: a submission killed
-    between its ``sbatch`` and its record, run again, submitted a second server."""
+    this deployment already queued or running (``squeue``: its job name, or the script's own
+    for one submitted by hand, and the script's path) is taken as the submission instead
+    (``already``), recorded if it was not: a submission killed between its ``sbatch`` and its
+    record, run again, submitted a second server (and so did one beside a server that
+    `sbatch serve.sbatch` had started)."""
     _check_image(result.directory, "pomlia deploy MODEL")
     name = server_job_name(result.deployment_id)
-    queued = jobs_named(name, result.sbatch_file)
+    # and the script's own name, which `sbatch serve.sbatch` by hand gives (squeue: a list)
+    own = SCRIPT_JOB_NAME.search(result.sbatch_file.read_text())
+    names = f"{name},{own.group(1)}" if own is not None else name
+    queued = jobs_named(names, result.sbatch_file)
     if queued:
         job_id, already = _adopt(registry, result, queued[0].job_id, name), queued[0]
     else:
