@@ -121,9 +121,13 @@ def fsync_made_dirs(made: list[Path]) -> None:
     """Flush the entry of each folder in ``made`` (as :func:`make_dirs` reports them) in its
     parent, so a file renamed into the innermost one and flushed there survives a power cut:
     a folder's own new entry is in its parent, which nothing else flushes. Folders that
-    existed before are not this call's to flush."""
+    existed before are not this call's to flush, and one that cannot be opened for reading
+    (write and search only: ``0o300``, a drop-box) is skipped, as the write has succeeded."""
     for folder in reversed(made):
-        fsync_path(folder.parent)
+        try:
+            fsync_path(folder.parent)
+        except PermissionError:  # the file is in place: no failure to report for it
+            continue
 
 
 def write_atomic(

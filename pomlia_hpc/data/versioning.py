@@ -40,6 +40,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from pomlia_hpc.data.store import current_row
 from pomlia_hpc.errors import BusyError, PomliaError
 from pomlia_hpc.files import (
+    fsync_made_dirs,
     fsync_path,
     fsync_tree,
     make_dirs,
@@ -69,7 +70,8 @@ def content_hash(header: dict[str, Any], digests: dict[str, Any]) -> str:
 
 
 def publish(tmp_store: Path, final: Path, *, replace: bool = False) -> bool:
-    """Rename ``tmp_store`` to ``final`` (files flushed first); False (and ``tmp_store``
+    """Rename ``tmp_store`` to ``final`` (files flushed first, and the folders made for it
+    after, in their parents: a new dataset's ``stores/<name>/``); False (and ``tmp_store``
     removed) if ``final`` exists: another ingest of the same content got there first.
     ``replace``: a damaged ``final`` is replaced instead (see :func:`publish_dir`).
 
@@ -94,6 +96,8 @@ def publish(tmp_store: Path, final: Path, *, replace: bool = False) -> bool:
             raise
         if not ok:
             shutil.rmtree(tmp_store, ignore_errors=True)
+        else:  # a new dataset's stores/<name>/: its entry in stores/ too, before the row
+            fsync_made_dirs(made)
         return ok
     raise OSError(errno.ENOENT, f"{final.parent} was removed {PUBLISH_TRIES} times meanwhile")
 

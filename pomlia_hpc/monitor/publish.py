@@ -3,7 +3,8 @@
 The steps, each safe to be killed after:
 
 1. the files are written into a staged folder beside the final one (:func:`~pomlia_hpc.files.
-   temp_name`: ``.<folder>.<host>.<pid>.tmp``) and flushed to disk;
+   temp_name`: ``.<folder>.<host>.<pid>.tmp``) and flushed to disk (with the model's report
+   folder's entry, when the run made that folder);
 2. the ``monitor_reports`` row (and, on an alarm, the retrain request) is committed, its
    ``report_path`` naming the final folder;
 3. the staged folder is renamed to the final one.
@@ -27,7 +28,15 @@ from typing import TypeVar
 from sqlalchemy import delete, select
 
 from pomlia_hpc.errors import PomliaError
-from pomlia_hpc.files import TEMP_SUFFIX, fsync_tree, publish_dir, temp_name, temp_writer
+from pomlia_hpc.files import (
+    TEMP_SUFFIX,
+    fsync_made_dirs,
+    fsync_tree,
+    make_dirs,
+    publish_dir,
+    temp_name,
+    temp_writer,
+)
 from pomlia_hpc.monitor.requests import take_back_alarm
 from pomlia_hpc.processes import pid_alive
 from pomlia_hpc.registry import MonitorReport, Registry
@@ -51,7 +60,8 @@ def publish_report(
     nothing left behind."""
     parent = final.parent
     try:
-        parent.mkdir(parents=True, exist_ok=True)
+        # a model's first report: its folder's entry flushed too, before the row commits
+        fsync_made_dirs(make_dirs(parent))
     except OSError as exc:
         raise _unwritable(final, exc) from exc
     settle_staged(registry, parent)
