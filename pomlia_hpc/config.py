@@ -340,8 +340,9 @@ def expand_home(value: str | Path, source: str) -> Path:
     text = str(value)
     expanded = os.path.expandvars(Path(text).expanduser())
     if "$" in expanded:
-        unset = re.search(r"\$\{?(\w+)", expanded)
-        what = f"${unset.group(1)} is not set" if unset else "a '$' is left in it"
+        # `${NAME` without its brace is no variable (NAME may be set): a '$' left
+        unset = re.search(r"\$(?:(\w+)|\{(\w+)\})", expanded)
+        what = f"${unset.group(1) or unset.group(2)} is not set" if unset else "a '$' is left in it"
         raise ConfigError(
             f"{source} '{text}': {what}, so the path cannot be expanded; expected a path "
             "(set the variable, or write the path out)"

@@ -73,8 +73,9 @@ def resolve_db_url(url: str, home: Path) -> str:
         return url
     path = os.path.expandvars(database)
     if "$" in path:  # no password in a SQLite URL: it may be shown as it is
-        unset = re.search(r"\$\{?(\w+)", path)
-        what = f"${unset.group(1)} is not set" if unset else "a '$' is left in it"
+        # `${NAME` without its brace is no variable (NAME may be set): a '$' left
+        unset = re.search(r"\$(?:(\w+)|\{(\w+)\})", path)
+        what = f"${unset.group(1) or unset.group(2)} is not set" if unset else "a '$' is left in it"
         raise ConfigError(
             f"registry URL '{url}': {what}, so the SQLite path cannot be expanded; expected "
             "a path (set the variable, or write the path out)"

@@ -87,6 +87,23 @@ def test_variables_in_a_sqlite_path_are_expanded_and_an_unset_one_is_refused(
         Workspace.from_settings(load_settings(over, env=env))
 
 
+def test_an_unclosed_brace_is_not_called_an_unset_variable(tmp_path: Path) -> None:
+    """`${HOME/ws` (a brace never closed) was refused as "$HOME is not set", with HOME set: the
+    user looked for a variable that was there. The message says a '$' is left now, and still
+    names a variable that is really unset."""
+    env = {"POMLIA_HOME": str(tmp_path / "ws")}
+    over = {"registry": {"url": "sqlite:///${HOME/r.db"}}
+    with pytest.raises(ConfigError, match=r"a '\$' is left in it") as exc:
+        Workspace.from_settings(load_settings(over, env=env))
+    assert "is not set" not in str(exc.value)
+    with pytest.raises(ConfigError, match=r"a '\$' is left in it") as exc:
+        load_settings(env={"POMLIA_HOME": "${HOME/ws"})
+    assert "is not set" not in str(exc.value)
+    over = {"registry": {"url": "sqlite:///${HOME/${POMLIA_UNSET_R29B}/r.db"}}
+    with pytest.raises(ConfigError, match=r"\$POMLIA_UNSET_R29B is not set"):
+        Workspace.from_settings(load_settings(over, env=env))
+
+
 def test_workspace_file_typo_names_file_key_and_valid_keys(tmp_path: Path) -> None:
     (tmp_path / "pomlia.yaml").write_text("registry:\n  urll: sqlite:///x.db\n")
     with pytest.raises(ConfigError) as exc:
