@@ -138,11 +138,11 @@ def write_atomic(
     mode: int | None = None,
 ) -> Path:
     """Write ``path`` all at once: ``data`` (bytes, text as UTF-8, or a function that writes
-    to the open binary file) under :func:`temp_name`, flushed, renamed over ``path``, the folder
-    flushed. Creates the folder; nothing is left behind when writing fails. ``fsync=False``
-    skips both flushes (files that are cheap to make again). ``mode``: the permission bits the
-    file is created with (``0o600`` for a secret; the umask still applies), never wider for
-    an instant; ``None``: the umask's default. Returns ``path``."""
+    to the open binary file) under :func:`unique_temp_name`, flushed, renamed over ``path``,
+    the folder flushed (:func:`atomic_target`). Creates the folder; nothing is left behind when
+    writing fails. ``fsync=False`` skips the flushes (files that are cheap to make again).
+    ``mode``: the permission bits the file is created with (``0o600`` for a secret; the umask
+    still applies), never wider for an instant; ``None``: the umask's default. Returns ``path``."""
     path = Path(path)
     with atomic_target(path, fsync=fsync) as tmp, _create(tmp, mode) as f:
         if callable(data):
