@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import subprocess
 import time
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -62,9 +63,8 @@ def test_a_job_requeued_after_a_node_failure_has_not_ended(
         bin_dir = tmp_path / "bin"
         bin_dir.mkdir()
         sacct = bin_dir / "sacct"
-        sacct.write_text(
-            f"#!/bin/sh\necho '{job}|NODE_FAIL|2026-01-01T10:00:00|2026-01-01T10:05:00|0:0'\n"
-        )
+        ended = (datetime.now() - timedelta(minutes=5)).isoformat(timespec="seconds")
+        sacct.write_text(f"#!/bin/sh\necho '{job}|NODE_FAIL|{ended}|{ended}|0:0'\n")
         sacct.chmod(0o755)
         monkeypatch.setenv("PATH", f"{bin_dir}:{os.environ['PATH']}")
         deadline = time.monotonic() + 60

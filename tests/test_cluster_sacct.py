@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import subprocess
 import time
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -147,7 +148,13 @@ def test_squeue_is_not_asked_when_sacct_took_the_polls_whole_limit(
 
 
 #: sacct's line for job 41 whose last attempt ended by a node failure (or a preemption).
-ENDED_41 = "echo '41|{state}|2026-01-01T10:00:00|2026-01-01T10:05:00|0:0'"
+def _sacct_time(ago_s: float) -> str:
+    """The time ``ago_s`` seconds ago as sacct prints it (this machine's local time)."""
+    return (datetime.now() - timedelta(seconds=ago_s)).isoformat(timespec="seconds")
+
+
+#: sacct's line for job 41 that ended an hour ago (within its requeue window) in ``{state}``.
+ENDED_41 = f"echo '41|{{state}}|{_sacct_time(3900)}|{_sacct_time(3600)}|0:0'"
 
 
 @pytest.mark.parametrize(
@@ -223,7 +230,7 @@ def test_an_array_task_is_queued_only_when_the_controller_lists_it(
     _on_path(
         monkeypatch,
         tmp_path / "bin",
-        sacct=f"echo '41_3|{acct}|2026-01-01T10:00:00|2026-01-01T10:05:00|0:0'",
+        sacct=f"echo '41_3|{acct}|{_sacct_time(3900)}|{_sacct_time(3600)}|0:0'",
         squeue=f"echo '{pending}|PENDING|N/A'",
     )
     assert sacct_states(["41_3"], timeout_s=30.0)["41_3"].state == state
@@ -242,3 +249,28 @@ def test_a_driver_whose_requeue_the_controller_could_not_confirm_has_not_ended(
         squeue="echo 'slurm_load_jobs error: Socket timed out' >&2; exit 1",
     )
     assert slurm_job_ended("41") is None
+
+
+@pytest.mark.parametrize("state", ["NODE_FAIL", "PREEMPTED"])
+def test_a_node_failure_past_its_requeue_window_is_final_without_the_controller(
+    tmp_path: Path, reg: Registry, monkeypatch: pytest.MonkeyPatch, state: str
+) -> None:
+    """A job that sacct says ended NODE_FAIL (or PREEMPTED) days ago was asked of squeue at
+    every look (`jobs show`, `pipeline status`, a reattached driver): with squeue slow or
+    down, every such poll raised, and the job counted as perhaps requeued, for good."""
+    _unfinished_row(reg, tmp_path)
+    asked = tmp_path / "squeue-asked"
+    days = records.REQUEUE_WINDOW_S + 3600
+    _on_path(
+        monkeypatch,
+        tmp_path / "bin",
+        sacct=f"echo '41|{state}|{_sacct_time(days + 600)}|{_sacct_time(days)}|0:0'",
+        squeue=f"touch {asked}; echo 'slurm_load_jobs error: Socket timed out' >&2; exit 1",
+    )
+    st = sacct_states(["41"], timeout_s=30.0)["41"]
+    assert (st.state, st.may_requeue) == (state, False)
+    records.refresh_slurm_jobs(reg, [1], timeout_s=30.0)
+    with reg.session() as s:
+        assert s.scalars(select(Job)).one().state == state
+    assert slurm_job_ended("41") == state
+    assert not asked.exists()

@@ -7,6 +7,7 @@ import os
 import subprocess
 import threading
 import time
+from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -105,14 +106,18 @@ def test_a_hanging_sacct_does_not_hang_a_driver_waiting_on_its_jobs(
         subprocess.run(["scancel", job_id], check=False)
 
 
+#: An hour ago as sacct prints it (local time): within a node failure's requeue window.
+HOUR_AGO = (datetime.now() - timedelta(hours=1)).isoformat(timespec="seconds")
+
+
 @pytest.mark.parametrize(
     ("state", "end", "controller", "ended"),
     [
         ("SUSPENDED", "Unknown", "", False),
         # Not requeued for an hour: Slurm cancels preempted jobs here. submitit waits for ever.
-        ("PREEMPTED", "2026-01-01T01:00:00", "PREEMPTED", True),
+        ("PREEMPTED", HOUR_AGO, "PREEMPTED", True),
         # Requeued after its node failed: the (real) controller lists it queued or running.
-        ("NODE_FAIL", "2026-01-01T01:00:00", "", False),
+        ("NODE_FAIL", HOUR_AGO, "", False),
     ],
 )
 def test_done_judges_the_states_submitit_misjudges(

@@ -94,8 +94,8 @@ def _ran_s(start: str, end: str) -> float:
 def sacct_states(job_ids: Iterable[str], timeout_s: float = 60.0) -> dict[str, SchedulerState]:
     """States of ``job_ids`` (plain ids, array task ids ``A_I`` or array ids) in one sacct call.
     Raises :class:`ClusterError` when ``sacct`` is missing, fails or takes over ``timeout_s``
-    seconds. A job that ``sacct`` says is REQUEUED, NODE_FAIL or PREEMPTED is asked of the
-    controller too (:func:`~pomlia_hpc.cluster.requeued.controller_states`) within what is
+    seconds. A job that ``sacct`` says is REQUEUED, or NODE_FAIL or PREEMPTED within its
+    requeue window (a day; older is final), is asked of the controller too (:func:`~pomlia_hpc.cluster.requeued.controller_states`) within what is
     left of the same ``timeout_s``: the whole call keeps to one limit. Such a job that the
     controller lists queued or running again is given in the controller's state (it was
     requeued, not ended); when the controller cannot be asked, a NODE_FAIL or PREEMPTED one
@@ -131,7 +131,7 @@ def sacct_states(job_ids: Iterable[str], timeout_s: float = 60.0) -> dict[str, S
     # A requeued job that ended before its next attempt stays REQUEUED in sacct for good, and
     # one Slurm requeued after a node failure or a preemption shows that state until its next
     # attempt's line comes: the controller says which (within the same limit).
-    ask = [jid for jid, st in states.items() if _controller_decides(st.state)]
+    ask = [jid for jid, st in states.items() if _controller_decides(st)]
     if ask:
         left_s = deadline - time.monotonic()
         said = controller_states(ask, left_s) if left_s > 0 else None
@@ -145,10 +145,22 @@ def sacct_states(job_ids: Iterable[str], timeout_s: float = 60.0) -> dict[str, S
 ENDING_STATES = frozenset({"COMPLETING", "SIGNALING", "STAGE_OUT"})
 
 
-def _controller_decides(state: str) -> bool:
-    """Whether sacct's ``state`` for a job's last attempt needs the controller's word: one
-    Slurm may have requeued (REQUEUED, NODE_FAIL, PREEMPTED)."""
-    return state.startswith("REQUEUE") or state in REQUEUABLE_STATES
+def _controller_decides(st: SchedulerState) -> bool:
+    """Whether sacct's ``st`` for a job's last attempt needs the controller's word: one Slurm
+    may have requeued (REQUEUED; NODE_FAIL or PREEMPTED that ended less than
+    :data:`~pomlia_hpc.cluster.records.REQUEUE_WINDOW_S` seconds ago, or at a time sacct does
+    not give). An older node failure or preemption is plainly final, as routine polls take it:
+    a slow or unreachable ``squeue`` left it unsure (a poll that raised) at every look."""
+    if st.state.startswith("REQUEUE"):
+        return True
+    if st.state not in REQUEUABLE_STATES:
+        return False
+    # Imported here: records imports this module.
+    from pomlia_hpc.cluster import records
+
+    if st.ended_at is None:
+        return True
+    return (records.utcnow() - st.ended_at).total_seconds() < records.REQUEUE_WINDOW_S
 
 
 def _with_controllers_word(
