@@ -16,6 +16,7 @@ from sqlalchemy import select
 
 from pomlia_hpc.automl.liveness import slurm_job_ended
 from pomlia_hpc.cluster import cancel, records
+from pomlia_hpc.cluster.handle import job_attempts
 from pomlia_hpc.cluster.records import record_submission
 from pomlia_hpc.cluster.sacct import SchedulerState, sacct_states, squeue_ids
 from pomlia_hpc.errors import ClusterError, SlurmUnavailableError
@@ -274,3 +275,24 @@ def test_a_node_failure_past_its_requeue_window_is_final_without_the_controller(
         assert s.scalars(select(Job)).one().state == state
     assert slurm_job_ended("41") == state
     assert not asked.exists()
+
+
+def test_a_requeue_is_counted_though_another_jobs_node_failure_is_unconfirmed(
+    tmp_path: Path, reg: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An AutoML driver counts its trials' attempts in one poll; when squeue could not
+    confirm one trial's node failure, the poll raised and no trial's requeue was counted (a
+    trial requeued at its time limit went unmentioned for as long as squeue was down)."""
+    t = [_sacct_time(3600 - 60 * m) for m in range(4)]
+    lines = [f"41|REQUEUED|{t[0]}|{t[1]}|0:0", f"41|RUNNING|{t[2]}|Unknown|0:0"]
+    lines.append(f"42|NODE_FAIL|{t[0]}|{t[3]}|0:0")
+    _on_path(
+        monkeypatch,
+        tmp_path / "bin",
+        sacct="printf '%s\\n' " + " ".join(f"'{line}'" for line in lines),
+        squeue="echo 'slurm_load_jobs error: Socket timed out' >&2; exit 1",
+    )
+    rids = record_submission(
+        reg, backend="slurm", scheduler_ids=["41", "42"], name="t", folder=str(tmp_path)
+    )
+    assert job_attempts(reg, rids) == {rids[0]: 2, rids[1]: 1}

@@ -4,6 +4,7 @@ every backend alike, and the error of a job that ended without a result.
 
 from __future__ import annotations
 
+import contextlib
 import subprocess
 import threading
 import time
@@ -401,13 +402,15 @@ def requeue_note(attempt: int) -> str:
 
 def job_attempts(registry: Registry, record_ids: list[int]) -> dict[int, int]:
     """The attempts each Slurm job row of ``record_ids`` has run so far, the current one
-    included, asked of ``sacct`` in one call (at most 10 s); rows it cannot say are left out,
-    and so is everything when it does not answer (advice for people: a busy slurmdbd must not
-    stop a driver's wait)."""
+    included, asked of ``sacct`` in one call (at most 10 s); a row the poll could not ask
+    about (``sacct`` down, a node failure ``squeue`` could not confirm) gives its last count,
+    never above the truth: one such row left out every other row's requeue (advice for
+    people: a busy slurmdbd must not stop a driver's wait)."""
     if not record_ids:
         return {}
     try:
-        refresh_slurm_jobs(registry, record_ids, timeout_s=10.0)
+        with contextlib.suppress(ClusterError):  # the rows it could ask about were recorded
+            refresh_slurm_jobs(registry, record_ids, timeout_s=10.0)
         with registry.session() as s:
             rows = [s.get(Job, rid) for rid in record_ids]
             return {int(r.id): attempts_run(r) for r in rows if r is not None}
