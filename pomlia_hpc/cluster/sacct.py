@@ -95,8 +95,9 @@ def sacct_states(job_ids: Iterable[str], timeout_s: float = 60.0) -> dict[str, S
     """States of ``job_ids`` (plain ids, array task ids ``A_I`` or array ids) in one sacct call.
     Raises :class:`ClusterError` when ``sacct`` is missing, fails or takes over ``timeout_s``
     seconds. A job that ``sacct`` says is REQUEUED, or NODE_FAIL or PREEMPTED within its
-    requeue window (a day; older is final), is asked of the controller too (:func:`~pomlia_hpc.cluster.requeued.controller_states`) within what is
-    left of the same ``timeout_s``: the whole call keeps to one limit. Such a job that the
+    requeue window (a day; older is final), is asked of the controller too
+    (:func:`~pomlia_hpc.cluster.requeued.controller_states`) within what is left of the same
+    ``timeout_s``: the whole call keeps to one limit. Such a job that the
     controller lists queued or running again is given in the controller's state (it was
     requeued, not ended); when the controller cannot be asked, a NODE_FAIL or PREEMPTED one
     is marked :attr:`SchedulerState.may_requeue`."""
