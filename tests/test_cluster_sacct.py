@@ -296,3 +296,29 @@ def test_a_requeue_is_counted_though_another_jobs_node_failure_is_unconfirmed(
         reg, backend="slurm", scheduler_ids=["41", "42"], name="t", folder=str(tmp_path)
     )
     assert job_attempts(reg, rids) == {rids[0]: 2, rids[1]: 1}
+
+
+def test_a_requeued_job_cancelled_while_it_waited_keeps_its_cancel_once_forgotten(
+    tmp_path: Path, reg: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A job requeued after its node failed and cancelled before its next attempt started
+    keeps sacct's NODE_FAIL line for good; once the controller had forgotten it (MinJobAge),
+    a poll of its row (`jobs show`, `pipeline status`) recorded the node failure over the
+    cancel the controller had confirmed."""
+    _unfinished_row(reg, tmp_path)
+    line = f"41|NODE_FAIL|{_sacct_time(900)}|{_sacct_time(600)}|0:0"
+    _on_path(monkeypatch, tmp_path / "bin", sacct=f"echo '{line}'", squeue="echo '41|PENDING|N/A'")
+    squeue = tmp_path / "bin" / "squeue"
+    said = [
+        "echo '41|PENDING|N/A'",  # requeued
+        f"echo '41|CANCELLED|{_sacct_time(60)}'",  # cancelled while it waited
+        "echo 'slurm_load_jobs error: Invalid job id specified' >&2; exit 1",  # forgotten
+    ]
+    seen = []
+    for body in said:
+        squeue.write_text(f"#!/bin/sh\n{body}\n")
+        records.refresh_slurm_jobs(reg, [1], timeout_s=30.0)
+        with reg.session() as s:
+            row = s.scalars(select(Job)).one()
+            seen.append((row.state, row.requeue_count, row.ended_at is None))
+    assert seen == [("PENDING", 1, True), ("CANCELLED", 1, False), ("CANCELLED", 1, False)]

@@ -284,10 +284,12 @@ def merge_scheduler_state(row: Job, st: SchedulerState) -> dict[str, Any]:
 
     A final row does not go back to an unfinished state unless Slurm started a new attempt
     (more requeues) or the row ended in a requeuable state: an answer without either was read
-    before the row's end (a cancellation, say) was recorded. A row pomlia marked CANCELLED
-    takes the final state Slurm reports, with Slurm's end and cause; when Slurm says CANCELLED
-    too, the mark's cause (who cancelled) stays, unless it is a ``jobs cancel --force`` one
-    (:data:`FORCED_CAUSES`: nothing was signalled, so someone else cancelled it).
+    before the row's end (a cancellation, say) was recorded. Nor does it take the end of an
+    earlier attempt than it has seen (fewer requeues), unless it is pomlia's unconfirmed mark.
+    A row pomlia marked CANCELLED takes the final state Slurm reports, with Slurm's end and
+    cause; when Slurm says CANCELLED too, the mark's cause (who cancelled) stays, unless it is
+    a ``jobs cancel --force`` one (:data:`FORCED_CAUSES`: nothing was signalled, so someone
+    else cancelled it).
     """
     final = st.state in FINAL_STATES
     forced = row.exit_cause in FORCED_CAUSES  # a mark of ours, not Slurm's word: Slurm's wins
@@ -297,6 +299,15 @@ def merge_scheduler_state(row: Job, st: SchedulerState) -> dict[str, Any]:
         and row.state not in REQUEUABLE_STATES
         and st.requeue_count <= row.requeue_count
     ):
+        return {}
+    if (
+        row.state in FINAL_STATES
+        and final
+        and st.requeue_count < row.requeue_count
+        and not _marked_unconfirmed(row.meta, row.exit_cause)
+    ):
+        # An earlier attempt's end: sacct's last line of a job requeued after a node failure
+        # and cancelled before its next attempt started, once the controller forgot it.
         return {}
     new: dict[str, Any] = {
         "state": st.state,
