@@ -170,7 +170,7 @@ ENDED_41 = f"echo '41|{{state}}|{_sacct_time(3900)}|{_sacct_time(3600)}|0:0'"
         ("NODE_FAIL", "echo '41|NODE_FAIL|2026-01-01T10:05:00'", ("NODE_FAIL", 0, False)),
         ("PREEMPTED", "echo 'Invalid job id specified' >&2; exit 1", ("PREEMPTED", 0, False)),
         # requeued, then cancelled while it waited to run again
-        ("NODE_FAIL", "echo '41|CANCELLED|2026-01-01T10:07:00'", ("CANCELLED", 0, False)),
+        ("NODE_FAIL", "echo '41|CANCELLED|2026-01-01T10:07:00'", ("CANCELLED", 1, False)),
         # the controller cannot say: Slurm may run it again
         ("NODE_FAIL", "echo 'slurm_load_jobs error: Socket timed out' >&2; exit 1", None),
     ],
@@ -298,13 +298,15 @@ def test_a_requeue_is_counted_though_another_jobs_node_failure_is_unconfirmed(
     assert job_attempts(reg, rids) == {rids[0]: 2, rids[1]: 1}
 
 
+@pytest.mark.parametrize("seen_queued", [True, False])
 def test_a_requeued_job_cancelled_while_it_waited_keeps_its_cancel_once_forgotten(
-    tmp_path: Path, reg: Registry, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, reg: Registry, monkeypatch: pytest.MonkeyPatch, seen_queued: bool
 ) -> None:
     """A job requeued after its node failed and cancelled before its next attempt started
     keeps sacct's NODE_FAIL line for good; once the controller had forgotten it (MinJobAge),
     a poll of its row (`jobs show`, `pipeline status`) recorded the node failure over the
-    cancel the controller had confirmed."""
+    cancel the controller had confirmed. ``seen_queued``: whether a poll saw the job queued
+    again before the cancel."""
     _unfinished_row(reg, tmp_path)
     line = f"41|NODE_FAIL|{_sacct_time(900)}|{_sacct_time(600)}|0:0"
     _on_path(monkeypatch, tmp_path / "bin", sacct=f"echo '{line}'", squeue="echo '41|PENDING|N/A'")
@@ -313,7 +315,7 @@ def test_a_requeued_job_cancelled_while_it_waited_keeps_its_cancel_once_forgotte
         "echo '41|PENDING|N/A'",  # requeued
         f"echo '41|CANCELLED|{_sacct_time(60)}'",  # cancelled while it waited
         "echo 'slurm_load_jobs error: Invalid job id specified' >&2; exit 1",  # forgotten
-    ]
+    ][0 if seen_queued else 1 :]
     seen = []
     for body in said:
         squeue.write_text(f"#!/bin/sh\n{body}\n")
@@ -321,4 +323,5 @@ def test_a_requeued_job_cancelled_while_it_waited_keeps_its_cancel_once_forgotte
         with reg.session() as s:
             row = s.scalars(select(Job)).one()
             seen.append((row.state, row.requeue_count, row.ended_at is None))
-    assert seen == [("PENDING", 1, True), ("CANCELLED", 1, False), ("CANCELLED", 1, False)]
+    queued = [("PENDING", 1, True)] if seen_queued else []
+    assert seen == [*queued, ("CANCELLED", 1, False), ("CANCELLED", 1, False)]

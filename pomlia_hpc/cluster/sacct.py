@@ -172,7 +172,8 @@ def _with_controllers_word(
     final state (LOST: forgotten before it ran again), else stays REQUEUED. A NODE_FAIL or
     PREEMPTED job the controller lists unfinished was requeued (a new attempt, not ended),
     unless its attempt still ends (COMPLETING: given so, not ended yet either);
-    one it lists ended takes that end (cancelled while it waited to run again, say); one it
+    one it lists ended takes that end (cancelled while it waited to run again, say: another
+    end than accounting's counts the requeue); one it
     forgot keeps accounting's final state; unasked, it is :attr:`~SchedulerState.may_requeue`."""
     if st.state.startswith("REQUEUE"):
         if said is None or said[0] not in FINAL_STATES:
@@ -187,7 +188,13 @@ def _with_controllers_word(
         return replace(st, state=state, ended_at=None, requeue_count=st.requeue_count + 1)
     if state == JobState.LOST:
         return st  # forgotten by the controller, so not queued: accounting's end stands
-    return replace(st, state=state, ended_at=end or st.ended_at)
+    # another end than accounting's is a later attempt's (requeued, then cancelled before it
+    # started): counted, so that accounting's older end, once the controller forgets the job,
+    # does not replace it
+    again = int(state != st.state)
+    return replace(
+        st, state=state, ended_at=end or st.ended_at, requeue_count=st.requeue_count + again
+    )
 
 
 def squeue_ids(job_ids: Sequence[str], timeout_s: float = 60.0) -> set[str]:
