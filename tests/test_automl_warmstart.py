@@ -18,7 +18,7 @@ from pomlia_hpc.automl import records
 from pomlia_hpc.automl.budget import MAX_EPOCHS, default_budget
 from pomlia_hpc.automl.optimizers import Proposal
 from pomlia_hpc.automl.space import configs_from_values
-from pomlia_hpc.automl.study import StudyRunner, TrialView, create, run_study
+from pomlia_hpc.automl.study import StudyRunner, TrialView, create, load_spec, run_study
 from pomlia_hpc.cli import app
 from pomlia_hpc.errors import InputError, PomliaError
 from pomlia_hpc.files import host_field
@@ -249,6 +249,40 @@ def test_a_start_interrupted_at_its_claim_leaves_no_copied_weights(
     spec = tiny_study(reg, workspace, "blood", "kc", optimizer="smac", init_model=donor)
     assert spec.init_model is not None and Path(spec.init_model.path).is_file()
     assert Path(spec.init_model.path) == workspace.path("runs", "kc", "init", "model.pt")
+
+
+def test_a_start_interrupted_once_its_study_json_is_in_place_keeps_its_weights(
+    workspace: Workspace, reg: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ctrl-C in the flush after study.json's rename (its write had not returned) took the
+    study's ``init/`` out again: a study whose study.json names weights that are gone."""
+    tiny_task(workspace, reg, "blood", sizes=(64, 24, 24))
+    donor = donor_model(workspace, reg)
+    write_json = create.write_json
+
+    def written_then_interrupted(*args: Any, **kwargs: Any) -> Any:
+        write_json(*args, **kwargs)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(create, "write_json", written_then_interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        tiny_study(reg, workspace, "blood", "kw", optimizer="smac", init_model=donor)
+    spec = load_spec(workspace, "kw")
+    assert spec.init_model is not None and Path(spec.init_model.path).is_file()
+
+
+def test_a_start_without_weights_removes_those_a_killed_start_put_in_place(
+    workspace: Workspace, reg: Registry
+) -> None:
+    """A start killed between putting its weights in place as ``init/`` and writing
+    study.json left them there; the next start of the name without initial weights kept
+    them in its study, named by nothing."""
+    tiny_task(workspace, reg, "blood", sizes=(64, 24, 24))
+    left = workspace.path("runs", "kn", "init", "model.pt")
+    left.parent.mkdir(parents=True)
+    left.write_bytes(b"weights of a start killed before its study.json")
+    spec = tiny_study(reg, workspace, "blood", "kn", optimizer="smac")
+    assert spec.init_model is None and not left.parent.exists()
 
 
 def test_the_weights_of_a_start_killed_by_a_signal_are_swept_by_the_next(

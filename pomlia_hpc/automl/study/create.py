@@ -202,17 +202,22 @@ def _claim_study(workspace: Workspace, spec: StudySpec, staged_init: Path) -> No
     exists. Checked again under the study's lock: a start of the same name racing this one may
     have written its study.json since the first check, and one of the two must be refused,
     not overwritten. The initial weights copied into ``staged_init`` (if any) become the
-    study's ``init/`` just before, under the same lock (replacing what a start killed between
-    the two left there); an interruption between them takes the folder out again."""
+    study's ``init/`` just before, under the same lock; an ``init/`` already there is a start's
+    killed between the two (no study.json names it) and is replaced, or removed. An
+    interruption before study.json is in place takes ``init/`` out again; one after (Ctrl-C in
+    the flush that follows its rename) leaves it: the study it names exists."""
     folder = study_dir(workspace, spec.name)
     with held_lock(folder / CLAIM_FILE, f"study '{spec.name}'"):
         _new_study_folder(workspace, spec.name, racing=True)
         init = folder / INIT_DIR
-        placed = staged_init.is_dir() and publish_dir(staged_init, init, replace=True)
         try:
+            if staged_init.is_dir():
+                publish_dir(staged_init, init, replace=True)
+            else:
+                shutil.rmtree(init, ignore_errors=True)
             write_json(folder / SPEC_FILE, spec.to_dict())
         except BaseException:
-            if placed:
+            if not (folder / SPEC_FILE).exists():  # no study claimed: its weights are no one's
                 shutil.rmtree(init, ignore_errors=True)
             raise
 
