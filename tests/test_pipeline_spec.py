@@ -57,6 +57,9 @@ def test_shipped_pipelines_parse(name: str) -> None:
         ({"datasets": [{"name": "a"}]}, "needs exactly one of medmnist, file, folder"),
         ({"tasks": [{"name": "t", "dataset": "zz"}]}, "dataset 'zz' is not declared"),
         ({"automl": {}}, "section 'automl' needs at least one entry under 'tasks'"),
+        # refused by its study only, as "--seed -1", after the stages before it had run
+        ({**LEARN, "automl": {"seed": -1}}, "bad value for 'automl.seed'"),
+        ({**LEARN, "automl": {"seed": 2**32}}, "bad value for 'automl.seed'"),
         ({"index": {}}, "section 'index' needs an 'encoder' section"),
         ({"execution": {"mode": "dag"}}, "bad value for 'execution.mode'"),
         ({"monitor": {"at": "25:00"}}, "bad value for 'monitor.at'"),

@@ -198,7 +198,7 @@ class AutoMLSpec(_Strict):
     archs: tuple[str, ...] | None = None
     use_encoder: bool = True
     extra_data: bool = False
-    seed: Int = 0
+    seed: Int = Field(0, ge=0, le=2**32 - 1)  # numpy's 32 bits, as `automl run --seed`
     resources: Resources = Resources()
 
     @model_validator(mode="before")
