@@ -4,6 +4,7 @@ recommendation."""
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -300,6 +301,24 @@ def test_the_weights_of_a_start_killed_by_a_signal_are_swept_by_the_next(
     spec = tiny_study(reg, workspace, "blood", "ks", optimizer="smac", init_model=donor)
     assert not killed.exists() and spec.init_model is not None
     assert Path(spec.init_model.path).is_file()
+
+
+def test_weights_a_killed_start_left_under_this_starts_pid_are_not_put_in_place(
+    workspace: Workspace, reg: Registry
+) -> None:
+    """A start killed while it copied left its copies under its temporary name; a later
+    start of the name with the same pid (pids repeat) kept them, the sweep taking it for
+    their live writer, and put them in place as the ``init/`` of a study without weights."""
+    tiny_task(workspace, reg, "blood", sizes=(64, 24, 24))
+    left = workspace.path("runs", "kp", f".init.{host_field()}.{os.getpid()}.tmp", "model.pt")
+    left.parent.mkdir(parents=True)
+    left.write_bytes(b"copied by a killed start with this pid")
+    spec = tiny_study(reg, workspace, "blood", "kp", optimizer="smac")
+    assert spec.init_model is None
+    assert sorted(p.name for p in workspace.path("runs", "kp").iterdir()) == [
+        ".driver.lock",
+        "study.json",
+    ]
 
 
 def test_an_interrupted_start_leaves_the_weights_of_the_start_that_claimed_the_name(

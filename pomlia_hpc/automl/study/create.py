@@ -342,6 +342,9 @@ def _staged_init(folder: Path) -> Iterator[Path]:
     else, as a start of the same study name racing this one may have claimed the folder."""
     staged = temp_name(folder / INIT_DIR)
     sweep_stale_temps(folder)  # those of starts killed before
+    # One left under this very name is a killed start's whose pid this process has now (pids
+    # repeat, in a job's container often): the sweep keeps it, as its writer seems alive.
+    shutil.rmtree(staged, ignore_errors=True)
     try:
         yield staged
     finally:  # an interrupted start is no study either: nothing of it stays
