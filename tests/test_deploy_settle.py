@@ -126,3 +126,30 @@ def test_serve_sbatch_asks_for_the_memory_the_profile_gives() -> None:
     for mem_gb, line in ((0.5, "--mem=512M"), (1.5, "--mem=1536M"), (64.0, "--mem=64G")):
         profile = base.model_copy(update={"mem_gb": mem_gb})
         assert f"#SBATCH {line}" in sbatch_directives(profile, name="pomlia-serve-m")
+
+
+def test_a_server_that_is_ending_is_not_taken_for_the_submission(
+    reg: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """squeue lists a server `scancel`led a moment ago (to be replaced, as the guide says) as
+    COMPLETING while it drains: `deploy --submit` took it for the deployment's server and
+    submitted none, and once it had ended no server ran. An ending job is passed over."""
+    directory = tmp_path / "deploy"
+    directory.mkdir()
+    (directory / IMAGE).write_bytes(b"built image")
+    script = directory / "serve.sbatch"
+    script.write_text("#!/bin/sh\n#SBATCH --job-name=pomlia-serve-m\ntrue\n")
+    dep_id = _deployment(reg, directory)
+    shims = tmp_path / "bin"  # squeue lists the ending server; sbatch queues job 7002
+    shims.mkdir()
+    listed = f"7001|COMPLETING|N/A|(null)|{script}"
+    for name, text in (("squeue", f"echo '{listed}'"), ("sbatch", "echo 7002")):
+        (shims / name).write_text(f"#!/bin/sh\n{text}\n")
+        (shims / name).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{shims}{os.pathsep}{os.environ['PATH']}")
+    result = DeployResult(directory, dep_id, directory / "apptainer.def", script)
+    done = submit_deployment(reg, result)
+    assert done.already is None and done.submission.startswith("submitted: registry job")
+    with reg.session() as s:
+        job = s.get(Job, done.job_id)
+        assert job is not None and job.scheduler_id == "7002"

@@ -21,8 +21,8 @@ from pomlia_hpc.automl.tasks import add_task
 from pomlia_hpc.cli import app
 from pomlia_hpc.data.api import ingest
 from pomlia_hpc.errors import InputError
-from pomlia_hpc.models.catalog import register_model
-from pomlia_hpc.registry import Registry
+from pomlia_hpc.models.catalog import register_model, update_card
+from pomlia_hpc.registry import Model, Registry
 from pomlia_hpc.serve.demo import save_demo_checkpoint
 from pomlia_hpc.serve.export import sha256_file
 from pomlia_hpc.workspace import Workspace
@@ -171,3 +171,32 @@ def test_a_card_edited_since_its_export_is_refused_by_deploy_and_serve(
     res = runner.invoke(app, ["model", "export", "grade"])
     assert res.exit_code == 0 and "rebuilt the existing bundle" in res.output, res.output
     assert json.loads(card_file.read_text())["label_names"] == card["label_names"]
+
+
+@pytest.mark.usefixtures("wide_console")
+def test_a_deployment_written_before_card_sha256_is_reused_after_the_rebuild(
+    workspace: Workspace, tmp_path: Path
+) -> None:
+    """A bundle exported before card.sha256 existed is rebuilt by the next `model export`
+    (a pipeline's export stage runs it every time), byte for byte but for the new card.sha256;
+    the deploy directory written from the old bundle then "holds a bundle other than" the
+    model's, and `deploy` (the pipeline's next stage) was refused, exit 2."""
+    bundle = exported_model(workspace, tmp_path)
+    (bundle / "card.sha256").unlink()  # as an older version exported it, and recorded it
+    reg = Registry.open(workspace.db_url)
+    try:
+        with reg.session() as s:
+            row = s.query(Model).one()
+            model_id, card = row.id, dict(row.card)
+        card["export"] = {k: v for k, v in card["export"].items() if k != "card_sha256"}
+        update_card(reg, model_id, card)
+    finally:
+        reg.dispose()
+    runner = CliRunner()
+    first = runner.invoke(app, ["deploy", "grade"])
+    assert first.exit_code == 0, first.output
+    res = runner.invoke(app, ["model", "export", "grade"])
+    assert res.exit_code == 0 and "no checksum" in " ".join(res.output.split()), res.output
+    assert (bundle / "card.sha256").is_file()
+    again = runner.invoke(app, ["deploy", "grade"])
+    assert again.exit_code == 0 and "reused" in again.output, again.output

@@ -33,13 +33,14 @@ from sqlalchemy import select
 
 from pomlia_hpc.cluster.batch import jobs_named
 from pomlia_hpc.cluster.records import record_submission, sbatch_script
+from pomlia_hpc.cluster.sacct import ENDING_STATES
 from pomlia_hpc.config import ClusterProfile, cluster_profiles, load_cluster_profile
 from pomlia_hpc.errors import ConfigError, InputError, NotFoundError
 from pomlia_hpc.files import probe_writable, staged_dir
 from pomlia_hpc.models.catalog import resolve_model
 from pomlia_hpc.registry import Deployment, Job, Model, Registry
 from pomlia_hpc.serve.apptainer import DEF_TEMPLATE, render_def
-from pomlia_hpc.serve.exported import ExportedBundle, bundle_for_model
+from pomlia_hpc.serve.exported import CARD_SUM, ExportedBundle, bundle_for_model
 from pomlia_hpc.serve.predlog import log_dir
 from pomlia_hpc.serve.reference import REFERENCE_FILE
 from pomlia_hpc.serve.unfinished import settle_unfinished
@@ -204,7 +205,9 @@ def _same_files(a: Path, b: Path) -> bool:
     monitoring reference: `pomlia monitor reference` (and a pipeline's monitor stage) rewrites
     it in the bundle after the directory was written, and the server reads it at start; and
     for hidden files and folders (a writer's temporary files, which the copy leaves out with
-    all that a hidden folder holds)."""
+    all that a hidden folder holds). ``b`` (a directory written before the card had its own
+    checksum) may lack the :data:`CARD_SUM` that ``a`` has: it is card.json's SHA-256, and
+    the cards are compared (the export that added it rebuilt the bundle byte for byte)."""
 
     def files(root: Path) -> list[Path]:
         found = (p.relative_to(root) for p in root.rglob("*") if p.is_file())
@@ -215,6 +218,8 @@ def _same_files(a: Path, b: Path) -> bool:
         )
 
     files_a, files_b = files(a), files(b)
+    if Path(CARD_SUM) in files_a and Path(CARD_SUM) not in files_b:
+        files_a.remove(Path(CARD_SUM))
     return files_a == files_b and all(filecmp.cmp(a / f, b / f, shallow=False) for f in files_a)
 
 
@@ -520,13 +525,15 @@ def submit_deployment(registry: Registry, result: DeployResult) -> DeployResult:
     for one submitted by hand, and the script's path) is taken as the submission instead
     (``already``), recorded if it was not: a submission killed between its ``sbatch`` and its
     record, run again, submitted a second server (and so did one beside a server that
-    `sbatch serve.sbatch` had started)."""
+    `sbatch serve.sbatch` had started). A server that is ending (COMPLETING) is not taken."""
     _check_image(result.directory, "pomlia deploy MODEL")
     name = server_job_name(result.deployment_id)
     # and the script's own name, which `sbatch serve.sbatch` by hand gives (squeue: a list)
     own = SCRIPT_JOB_NAME.search(result.sbatch_file.read_text())
     names = f"{name},{own.group(1)}" if own is not None else name
-    queued = jobs_named(names, result.sbatch_file)
+    # Not one that ends (COMPLETING: `scancel`led to be replaced, or past its time limit)
+    found = jobs_named(names, result.sbatch_file)
+    queued = [j for j in found if j.state not in ENDING_STATES]
     if queued:
         job_id, already = _adopt(registry, result, queued[0].job_id, name), queued[0]
     else:
