@@ -387,3 +387,21 @@ def test_a_stage_job_slurm_has_forgotten_no_longer_blocks_the_next_run(
     assert _state(reg, job) == "LOST"
     (said,) = logged
     assert f"job {job} (pipeline-p-data, Slurm 4) is known to neither sacct nor squeue" in said
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs Linux's /dev/full")
+def test_a_lock_file_that_takes_no_holder_note_still_locks(tmp_path: Path) -> None:
+    """The holder of the pipeline's lock writes itself into the lock file, a note for a
+    waiting or refused run; a file that did not take it (a full disk or quota: here a lock
+    file that is /dev/full) failed the run, the stage job, and `pipeline status`'s probe."""
+    from pomlia_hpc.pipeline.lock import submission_lock
+
+    folder = tmp_path / "pipelines" / "p"
+    folder.mkdir(parents=True)
+    for name in ("lock", "submit.lock"):
+        (folder / name).symlink_to("/dev/full")
+    with pipeline_lock(folder):
+        assert pipeline_held(folder)
+    with submission_lock(folder):
+        pass
+    assert not pipeline_held(folder)

@@ -5,6 +5,7 @@ the pipeline's jobs (``submit.lock``, :func:`submission_lock`)."""
 
 from __future__ import annotations
 
+import contextlib
 import fcntl
 import json
 import os
@@ -68,12 +69,20 @@ def submission_lock(folder: Path, say: Callable[[str], None] | None = None) -> I
 
 
 def _write_holder(fh: IO[str]) -> None:
-    """Who holds the lock (the lock file's only content), for a waiting or refused one."""
-    fh.seek(0)
-    fh.truncate(0)
+    """Who holds the lock (the lock file's only content), for a waiting or refused one. A
+    note only: a file that does not take it (a full disk or quota) leaves the lock held, and
+    the run goes on (a waiting one says "a process that is starting")."""
     me = {"host": socket.gethostname(), "pid": os.getpid(), "since": time.time()}
-    fh.write(json.dumps({**me, "slurm_job": os.environ.get("SLURM_JOB_ID", "")}))
-    fh.flush()
+    text = json.dumps({**me, "slurm_job": os.environ.get("SLURM_JOB_ID", "")})
+    with contextlib.suppress(OSError):  # unbuffered: nothing left to fail again at close
+        os.ftruncate(fh.fileno(), 0)
+        os.write(fh.fileno(), text.encode())  # appended (a+): at 0, the file being empty
+
+
+def _forget_holder(fh: IO[str]) -> None:
+    """Empty the lock file before the lock is let go (it names a holder only while held)."""
+    with contextlib.suppress(OSError):
+        os.ftruncate(fh.fileno(), 0)
 
 
 def _holder(path: Path) -> str:
@@ -109,7 +118,7 @@ def _exclusive(
             _write_holder(fh)
             yield
         finally:
-            fh.truncate(0)  # names a holder only while it holds the lock
+            _forget_holder(fh)
             fcntl.flock(fh, fcntl.LOCK_UN)
 
 
