@@ -153,3 +153,31 @@ def test_a_server_that_is_ending_is_not_taken_for_the_submission(
     with reg.session() as s:
         job = s.get(Job, done.job_id)
         assert job is not None and job.scheduler_id == "7002"
+
+
+@pytest.mark.slurm
+@pytest.mark.usefixtures("slurm")
+def test_a_server_an_older_version_queued_is_not_submitted_twice(
+    reg: Registry, tmp_path: Path
+) -> None:
+    """Every `deploy --submit` before the deployment's job name named its server
+    `pomlia-serve`: after the upgrade, `deploy --submit` of that deployment looked for its new
+    name and the script's own only, and queued a second server beside the running one."""
+    directory = tmp_path / "deploy"
+    directory.mkdir()
+    (directory / IMAGE).write_bytes(b"built image")
+    script = directory / "serve.sbatch"  # pends for an hour: it never runs here
+    script.write_text(
+        "#!/bin/sh\n#SBATCH --job-name=pomlia-serve-m\n#SBATCH --partition=debug\n"
+        f"#SBATCH --time=1\n#SBATCH --begin=now+3600\n#SBATCH --output={tmp_path}/%j.out\ntrue\n"
+    )
+    dep_id = _deployment(reg, directory)
+    old = submit_script(script, name="pomlia-serve", singleton=False, cwd=directory)
+    try:
+        done = submit_deployment(reg, DeployResult(directory, dep_id, directory, script))
+        assert done.already is not None and done.already.startswith(f"Slurm {old},"), done
+        assert not jobs_named(server_job_name(dep_id), script)
+    finally:
+        names = f"pomlia-serve,{server_job_name(dep_id)}"
+        for job in jobs_named(names, script):
+            subprocess.run(["scancel", job.job_id], check=False)

@@ -54,6 +54,9 @@ DEPLOYMENT_ID_LINE = re.compile(r"^DEPLOYMENT_ID=\$\{POMLIA_DEPLOYMENT_ID:-(\d+)
 #: The settings block's record of the cluster profile a script was written with (a comment:
 #: profiles that give the same lines, `local` and `debug`, cannot be told apart otherwise).
 PROFILE_LINE = re.compile(r"^# cluster profile: (.*)\n", re.M)
+#: The job name every server `deploy --submit` queued had before :func:`server_job_name`: a
+#: server an older version queued runs on after the upgrade, and is not submitted twice.
+LEGACY_JOB_NAME = "pomlia-serve"
 #: The job name ``serve.sbatch`` gives itself (a server submitted by hand has it).
 SCRIPT_JOB_NAME = re.compile(r"^#SBATCH --job-name=([^\s,]+)$", re.M)
 IMAGE = "pomlia-serve.sif"
@@ -525,12 +528,14 @@ def submit_deployment(registry: Registry, result: DeployResult) -> DeployResult:
     for one submitted by hand, and the script's path) is taken as the submission instead
     (``already``), recorded if it was not: a submission killed between its ``sbatch`` and its
     record, run again, submitted a second server (and so did one beside a server that
-    `sbatch serve.sbatch` had started). A server that is ending (COMPLETING) is not taken."""
+    `sbatch serve.sbatch` or an older version had started: :data:`LEGACY_JOB_NAME`). A
+    server that is ending (COMPLETING) is not taken."""
     _check_image(result.directory, "pomlia deploy MODEL")
     name = server_job_name(result.deployment_id)
-    # and the script's own name, which `sbatch serve.sbatch` by hand gives (squeue: a list)
+    # and the script's own name, which `sbatch serve.sbatch` by hand gives, and the one every
+    # `deploy --submit` gave before the deployment's (squeue: a list; the script tells apart)
     own = SCRIPT_JOB_NAME.search(result.sbatch_file.read_text())
-    names = f"{name},{own.group(1)}" if own is not None else name
+    names = ",".join([name, *([own.group(1)] if own is not None else []), LEGACY_JOB_NAME])
     # Not one that ends (COMPLETING: `scancel`led to be replaced, or past its time limit)
     found = jobs_named(names, result.sbatch_file)
     queued = [j for j in found if j.state not in ENDING_STATES]
