@@ -181,3 +181,19 @@ def test_a_server_an_older_version_queued_is_not_submitted_twice(
         names = f"pomlia-serve,{server_job_name(dep_id)}"
         for job in jobs_named(names, script):
             subprocess.run(["scancel", job.job_id], check=False)
+
+
+def test_a_deploy_at_work_under_a_name_like_a_pattern_keeps_its_row(
+    reg: Registry, tmp_path: Path
+) -> None:
+    """The staging folders beside a deployment directory were found with its name as a glob
+    pattern: for `--out .../v[1]` that matched the folder a killed deploy of `v1` left and
+    missed the one of the deploy at work, whose row was deleted under it."""
+    dead = _killed_writer_row(reg, tmp_path / "deploy" / "v1")
+    at_work = tmp_path / "deploy" / "v[1]"
+    host = socket.gethostname().replace(".", "_")
+    (at_work.parent / f".{at_work.name}.{host}.{os.getpid()}.tmp").mkdir()
+    busy = _deployment(reg, at_work)
+    check_deployment(reg, busy)  # its writer runs: a deployment in the making, kept
+    with reg.session() as s:
+        assert s.get(Deployment, busy) is not None and s.get(Deployment, dead) is not None

@@ -11,6 +11,7 @@ it (:func:`settle_unfinished`) and say so.
 
 from __future__ import annotations
 
+import glob
 import socket
 import sys
 from collections.abc import Callable
@@ -38,7 +39,8 @@ def _never_finished(directory: Path) -> bool:
     if directory.exists():
         return False
     host = socket.gethostname()
-    staged = directory.parent.glob(f".{directory.name}.*{TEMP_SUFFIX}*")
+    # escaped: a name such as `v[1]` (--out) is no pattern that misses its own writer's folder
+    staged = directory.parent.glob(f".{glob.escape(directory.name)}.*{TEMP_SUFFIX}*")
     writers = [temp_writer(p.name, host) for p in staged]
     return bool(writers) and all(pid is not None and not pid_alive(pid) for pid in writers)
 
