@@ -180,9 +180,12 @@ def test_a_deployment_written_before_card_sha256_is_reused_after_the_rebuild(
     """A bundle exported before card.sha256 existed is rebuilt by the next `model export`
     (a pipeline's export stage runs it every time), byte for byte but for the new card.sha256;
     the deploy directory written from the old bundle then "holds a bundle other than" the
-    model's, and `deploy` (the pipeline's next stage) was refused, exit 2."""
+    model's, and `deploy` (the pipeline's next stage) was refused, exit 2. The rebuild also
+    dropped the bundle's monitoring reference, one `monitor reference --data` had made (the
+    export can make one only from the training data set it knows)."""
     bundle = exported_model(workspace, tmp_path)
     (bundle / "card.sha256").unlink()  # as an older version exported it, and recorded it
+    (bundle / "monitor-reference.npz").write_bytes(b"made by `monitor reference --data`")
     reg = Registry.open(workspace.db_url)
     try:
         with reg.session() as s:
@@ -198,5 +201,6 @@ def test_a_deployment_written_before_card_sha256_is_reused_after_the_rebuild(
     res = runner.invoke(app, ["model", "export", "grade"])
     assert res.exit_code == 0 and "no checksum" in " ".join(res.output.split()), res.output
     assert (bundle / "card.sha256").is_file()
+    assert (bundle / "monitor-reference.npz").read_bytes().startswith(b"made by")
     again = runner.invoke(app, ["deploy", "grade"])
     assert again.exit_code == 0 and "reused" in again.output, again.output

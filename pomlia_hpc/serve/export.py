@@ -333,6 +333,7 @@ def export_checkpoint(
         )
         (tmp / CARD).write_text(json.dumps(card, indent=2, sort_keys=True))
         (tmp / CARD_SUM).write_text(card_sum_text(tmp / CARD))
+        _keep_reference(final, tmp)  # after the card: not one of its files
     if not staged.published:  # the directory appeared since the check above
         if not (final / CARD).is_file():
             raise PomliaError(f"bundle directory {final} exists without {CARD}; remove it")
@@ -410,6 +411,15 @@ def export_model(
     result = dataclasses.replace(result, reference=reference if reference.is_file() else None)
     update_card(registry, row.id, card_with_bundle(row.card, result))
     return result
+
+
+def _keep_reference(final: Path, staged: Path) -> None:
+    """Carry the monitoring reference of the bundle ``final`` that is being rebuilt into its
+    new folder ``staged``: it belongs to the same weights (the version is their hash), and
+    one made with `pomlia monitor reference --data` (no training data set recorded, or
+    another split) cannot be made again by the export; the rebuild lost it."""
+    if (final / REFERENCE_FILE).is_file():
+        shutil.copyfile(final / REFERENCE_FILE, staged / REFERENCE_FILE)
 
 
 def _card_sha(final: Path, recorded: tuple[str, str] | None) -> str | None:
