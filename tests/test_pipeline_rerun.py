@@ -405,3 +405,32 @@ def test_a_lock_file_that_takes_no_holder_note_still_locks(tmp_path: Path) -> No
     with submission_lock(folder):
         pass
     assert not pipeline_held(folder)
+
+
+def test_a_refused_submission_names_the_holder_at_the_refusal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The refusal after the wait named the holder the waiting run had read when it began
+    waiting: one that may have gone since, the lock taken by another, which it did not name."""
+    import fcntl
+
+    import pomlia_hpc.pipeline.lock as lock_module
+
+    folder = tmp_path / "pipelines" / "p"
+    folder.mkdir(parents=True)
+    path = folder / lock_module.SUBMIT_LOCK
+    monkeypatch.setattr(lock_module, "SUBMIT_WAIT_S", 0.5)
+
+    def holder(pid: int) -> None:
+        path.write_text(json.dumps({"host": "node1", "pid": pid, "since": 0, "slurm_job": ""}))
+
+    def taken_over(_said: str) -> None:
+        holder(202)  # the first holder is gone and another has taken the lock
+
+    holder(101)
+    with path.open("a") as other:
+        fcntl.flock(other, fcntl.LOCK_EX)
+        with pytest.raises(PomliaError) as refused, lock_module.submission_lock(folder, taken_over):
+            pass
+    assert refused.value.exit_code == BUSY_EXIT
+    assert "pid 202 on node1" in str(refused.value) and "pid 101" not in str(refused.value)

@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
 
+from pomlia_hpc.errors import BusyError
 from pomlia_hpc.files import poll_lock
 
 #: How long (seconds) :func:`pipeline_lock` waits for a held lock before refusing: a probe
@@ -96,6 +97,11 @@ def _holder(path: Path) -> str:
         return "a process that is starting"  # it holds the lock but has not written yet
 
 
+def _held_by(path: Path, what: str) -> str:
+    """``what`` (the lock's use) with the holder of the lock at ``path`` now, and the file."""
+    return f"{what} ({_holder(path)}; lock {path})"
+
+
 @contextmanager
 def _exclusive(
     path: Path,
@@ -110,10 +116,12 @@ def _exclusive(
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("a+") as fh:
         if not _took(fh):
-            who = f"{words[0]} ({_holder(path)}; lock {path})"
             if say is not None:
-                say(f"{who}; waiting for it, at most {wait_s:.0f} s ...")
-            poll_lock(lambda: _took(fh), who + words[1], wait_s)
+                say(f"{_held_by(path, words[0])}; waiting for it, at most {wait_s:.0f} s ...")
+            try:
+                poll_lock(lambda: _took(fh), words[0], wait_s)
+            except BusyError:  # named now: the first holder may have gone, another taken it
+                raise BusyError(_held_by(path, words[0]) + words[1]) from None
         try:
             _write_holder(fh)
             yield
