@@ -25,11 +25,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import fcntl
-import itertools
 import json
 import os
 import shutil
-import socket
 import stat
 import sys
 import tempfile
@@ -40,10 +38,20 @@ from pathlib import Path
 from typing import IO, Any
 
 from pomlia_hpc.errors import BusyError, InputError
-from pomlia_hpc.processes import pid_alive
 from pomlia_hpc.storage import storage_error
 
-TEMP_SUFFIX = ".tmp"
+# The temporary names and their sweep live in temps.py; re-exported: callers see one layer
+from pomlia_hpc.temps import (  # noqa: F401
+    TEMP_SUFFIX,
+    aside_name,
+    host_field,
+    put_back_aside,
+    sweep_stale_temps,
+    temp_name,
+    temp_writer,
+    unique_temp_name,
+)
+from pomlia_hpc.temps import remove_path as _remove
 
 
 def fsync_path(path: Path) -> None:
@@ -60,34 +68,6 @@ def move_path(src: Path, dst: Path) -> None:
     file ``dst`` is replaced), and flush the folder's entries."""
     src.replace(dst)
     fsync_path(dst.parent)
-
-
-def host_field(host: str | None = None) -> str:
-    """``host`` (default: this host's name) as temporary names carry it: its dots become
-    ``_``, so the field never holds a dot and a sweep can split it off exactly (host
-    ``sub.node1`` must not pass for ``node1``)."""
-    return (socket.gethostname() if host is None else host).replace(".", "_")
-
-
-def temp_name(path: Path, suffix: str = "") -> Path:
-    """The temporary name this process writes ``path`` under (same folder, host and pid);
-    ``suffix`` is appended for writers that insist on a file ending (SMAC wants ``.json``).
-    The same for every call of the process: for staged folders that a later run must find by
-    name (:mod:`pomlia_hpc.monitor.publish`); a file is written under :func:`unique_temp_name`."""
-    return path.with_name(f".{path.name}.{host_field()}.{os.getpid()}{TEMP_SUFFIX}{suffix}")
-
-
-#: Numbers the temporary names of one process apart (``next`` of a count is atomic in CPython).
-_temp_numbers = itertools.count(1)
-
-
-def unique_temp_name(path: Path, suffix: str = "") -> Path:
-    """A temporary name for ``path`` of this call alone: :func:`temp_name`'s with a number of
-    the process's own after the pid (``.<name>.<host>.<pid>-<n>.tmp``). Two threads writing
-    one file (a heartbeat and the end of a driver, both ``driver.json``) shared one name: the
-    second truncated the first's half-written temporary, or renamed it away under it."""
-    name = f".{path.name}.{host_field()}.{os.getpid()}-{next(_temp_numbers)}"
-    return path.with_name(f"{name}{TEMP_SUFFIX}{suffix}")
 
 
 @contextlib.contextmanager
@@ -176,40 +156,6 @@ def write_json_atomic(
 ) -> Path:
     """:func:`write_atomic` of ``data`` as JSON (values JSON does not know as ``str``)."""
     return write_atomic(path, json.dumps(data, indent=indent, sort_keys=sort_keys, default=str))
-
-
-def sweep_stale_temps(folder: str | Path) -> list[Path]:
-    """Remove temporary files, folders and links of this module's writers in ``folder`` whose
-    writer (a process of this host) is gone; those of live writers and of other hosts are
-    kept. Returns the removed."""
-    host = socket.gethostname()
-    removed = []
-    root = Path(folder)
-    for tmp in sorted(root.glob(f".*{TEMP_SUFFIX}*")) if root.is_dir() else []:
-        pid = temp_writer(tmp.name, host)
-        if pid is not None and not pid_alive(pid):
-            _remove(tmp)
-            removed.append(tmp)
-    return removed
-
-
-def temp_writer(name: str, host: str) -> int | None:
-    """The pid of the process of ``host`` that writes under the temporary name ``name`` (as
-    :func:`temp_name` and :func:`unique_temp_name` make it:
-    ``.<name>.<host>.<pid>[-<n>].tmp[<suffix>]``), or None when ``name`` is not one, or is
-    another host's: the host field (:func:`host_field`) must equal ``host``'s, not merely end
-    like it, and a target's own name may hold dots (``.x.node7.json.node1.42.tmp`` is
-    node1's)."""
-    if not name.startswith(".") or TEMP_SUFFIX not in name:
-        return None
-    stem = name[: name.rindex(TEMP_SUFFIX)]  # .<name>.<host>.<pid>
-    rest, _, writer = stem.rpartition(".")
-    target, _, field = rest.rpartition(".")
-    pid, _, number = writer.partition("-")
-    numbered = number.isdigit() or writer == pid  # the number is unique_temp_name's
-    if not pid.isdigit() or not numbered or field != host_field(host) or len(target) < 2:
-        return None
-    return int(pid)
 
 
 #: Permission bits of files and folders that hold clinical data (a server's prediction log
@@ -332,13 +278,6 @@ def remove_made_dirs(made: list[Path]) -> None:
             return  # not empty: keep it and everything above it
 
 
-def _remove(path: Path) -> None:
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path, ignore_errors=True)
-    else:
-        path.unlink(missing_ok=True)
-
-
 def link_or_copy(src: Path, dst: Path) -> None:
     """Make ``dst`` a second name of the file ``src`` (a hard link: no bytes copied), or a copy
     where the file system refuses a link (another file system, no hard links). Safe for files
@@ -383,15 +322,18 @@ def publish_dir(staged: Path, target: Path, *, replace: bool = False, fsync: boo
     concurrent writer): with ``replace``, the old folder is moved aside under a temporary
     name, the new one renamed in and the old one removed (readers see the old or the new
     folder, and for a moment neither); without, nothing happens and False is returned,
-    ``staged`` left to the caller (to drop, or to publish under another name)."""
+    ``staged`` left to the caller (to drop, or to publish under another name). A missing
+    ``target`` whose earlier replace was killed between its renames gets its old folder back
+    first (:func:`put_back_aside`), as if that replace had not begun."""
     made = make_dirs(target.parent)
     if fsync:
         fsync_tree(staged)
+    put_back_aside(target)
     old = None
     if replace and target.exists():
         # a name of this call alone: one left by an earlier replace (an old folder that
         # could not all be removed) would refuse the rename with ENOTEMPTY
-        old = unique_temp_name(target.with_name(target.name + ".old"))
+        old = aside_name(target)
         target.rename(old)
     try:  # rename(2) replaces an empty folder and refuses a full one
         staged.rename(target)

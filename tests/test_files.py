@@ -133,7 +133,7 @@ def test_the_sweep_removes_dead_writers_files_folders_and_links(tmp_path: Path) 
 def test_the_sweep_matches_the_host_field_exactly(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr("pomlia_hpc.files.socket.gethostname", lambda: "node1")
+    monkeypatch.setattr("pomlia_hpc.temps.socket.gethostname", lambda: "node1")
     dead = _dead_pid()
     mine = tmp_path / f".x.json.node1.{dead}.tmp"
     # node7 writing a file whose own name holds ".node1.": not this host's, kept.
@@ -149,14 +149,14 @@ def test_a_dotted_host_name_is_not_taken_for_its_last_label(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     dead = _dead_pid()
-    monkeypatch.setattr("pomlia_hpc.files.socket.gethostname", lambda: "sub.node1")
+    monkeypatch.setattr("pomlia_hpc.temps.socket.gethostname", lambda: "sub.node1")
     theirs = temp_name(tmp_path / "x.json")
     theirs = theirs.with_name(theirs.name.replace(str(os.getpid()), str(dead)))
     theirs.write_text("half")
     assert theirs.name == f".x.json.sub_node1.{dead}.tmp"
-    monkeypatch.setattr("pomlia_hpc.files.socket.gethostname", lambda: "node1")
+    monkeypatch.setattr("pomlia_hpc.temps.socket.gethostname", lambda: "node1")
     assert sweep_stale_temps(tmp_path) == [] and theirs.exists()  # sub.node1's, kept
-    monkeypatch.setattr("pomlia_hpc.files.socket.gethostname", lambda: "sub.node1")
+    monkeypatch.setattr("pomlia_hpc.temps.socket.gethostname", lambda: "sub.node1")
     assert sweep_stale_temps(tmp_path) == [theirs]
 
 
