@@ -205,3 +205,54 @@ def test_a_swapped_out_model_is_freed_by_the_swap(bundles: dict[str, Path], tmp_
         assert [ref() is None for ref in swapped_out] == [True, True, True]
     finally:
         gc.enable()
+
+
+@pytest.mark.parametrize("damage", ["model file", "card"])
+def test_a_swap_to_a_damaged_bundle_is_refused_and_the_old_model_serves(
+    bundles: dict[str, Path], tmp_path: Path, damage: str
+) -> None:
+    """Server start checks a bundle's files against the SHA-256 its card records and the card
+    against card.sha256; the hot swap opened the new bundle without that check, so a damaged
+    model file or an edited card was swapped in and served."""
+    import json
+    import shutil
+
+    from pomlia_hpc.serve.decode import RequestError
+
+    bad = tmp_path / "bad"
+    shutil.copytree(bundles["b"], bad)
+    if damage == "model file":
+        with (bad / "model.onnx").open("ab") as f:
+            f.write(b"\0")
+        expected = "model.onnx does not match its SHA-256 in card.json"
+    else:
+        card = json.loads((bad / "card.json").read_text())
+        card["label_names"] = list(reversed(card["label_names"]))
+        (bad / "card.json").write_text(json.dumps(card))
+        expected = "card.json does not match its SHA-256 in card.sha256"
+    link = tmp_path / "current"
+    point(link, bundles["a"])
+    holder = ModelHolder(
+        ExportedBundle.open(link),
+        ServeConfig(watch_interval_s=0, threads=1),
+        tmp_path / "logs",
+        ServerMetrics(),
+        follow=link,
+    )
+    version = ExportedBundle.open(bundles["a"]).version
+
+    async def swap() -> str:
+        await holder.start()
+        try:
+            point(link, bad)
+            with pytest.raises(RequestError) as refused:
+                await holder.reload()
+            assert refused.value.status == 409
+            assert holder.current().bundle.version == version
+            return refused.value.message
+        finally:
+            await holder.stop()
+
+    message = asyncio.run(swap())
+    assert expected in message and "\n" not in message, message
+    assert message.endswith(f"the server keeps {holder.bundle.name} ({version})")

@@ -248,8 +248,13 @@ class ModelHolder:
                 return {"reloaded": False, **same}
             try:
                 new_bundle = await asyncio.to_thread(ExportedBundle.open, target)
+                # The check `pomlia serve` makes at start (files against the card's SHA-256,
+                # the card against card.sha256): a damaged or edited bundle must not be
+                # swapped in where it would not be started on.
+                await asyncio.to_thread(new_bundle.check_integrity)
             except PomliaError as exc:
-                raise RequestError(409, f"link {follow} names {target}: {exc}") from exc
+                keeps = f"the server keeps {old.bundle.name} ({old.bundle.version})"
+                raise RequestError(409, f"link {follow} names {target}: {exc}; {keeps}") from exc
             if problem := incompatible(old.bundle, new_bundle):
                 raise RequestError(409, f"{target}: {problem}; the server keeps {old.bundle.name}")
             new = await asyncio.to_thread(self._make_predictor, new_bundle, old.log)
