@@ -367,6 +367,17 @@ def cluster_profiles() -> list[str]:
     return sorted(p.stem for p in (config_dir() / "cluster").glob("*.yaml"))
 
 
+def cluster_profile_ref(name_or_path: str) -> str:
+    """``name_or_path`` as a process in another working folder must be given it: a path to a
+    YAML file (``./prof.yaml``) made absolute against this process's working folder, a
+    profile name (``slurm``) unchanged. A stage job starts elsewhere: a relative path there
+    names another file, or none."""
+    path = Path(name_or_path)
+    if path.suffix not in (".yaml", ".yml"):
+        return name_or_path
+    return str(path.expanduser().absolute())
+
+
 def load_cluster_profile(name_or_path: str, **overrides: Any) -> ClusterProfile:
     """Load a cluster profile by name (``configs/cluster/NAME.yaml``) or by path to a YAML file.
 

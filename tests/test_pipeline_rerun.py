@@ -434,3 +434,29 @@ def test_a_refused_submission_names_the_holder_at_the_refusal(
             pass
     assert refused.value.exit_code == BUSY_EXIT
     assert "pid 202 on node1" in str(refused.value) and "pid 101" not in str(refused.value)
+
+
+def test_a_relative_profile_path_is_recorded_absolute_and_still_reattaches(
+    workspace: Workspace, reg: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`pomlia --cluster ./prof.yaml pipeline run` recorded and gave its stage jobs
+    `./prof.yaml`, which each job read again in its own working folder (another file, or none
+    there). The plan names the absolute path; a run recorded with the relative name before
+    still counts as the same submission, so the same command re-attaches to its jobs."""
+    import shutil
+
+    from pomlia_hpc.config import config_dir
+    from pomlia_hpc.pipeline import runner
+    from pomlia_hpc.pipeline.runfiles import same_submission
+
+    shutil.copy(config_dir() / "cluster" / "local.yaml", tmp_path / "prof.yaml")
+    monkeypatch.chdir(tmp_path)
+    file, data = _pipeline(tmp_path)
+    ctx = _submitted(workspace, reg, file, data, {})
+    assert runner.make_plan(ctx, "./prof.yaml").profile_name == str(tmp_path / "prof.yaml")
+    assert runner.make_plan(ctx, "local").profile_name == "local"  # a name stays a name
+    run = json.loads((ctx.folder / RUN_FILE).read_text())
+    write_json_atomic(ctx.folder / RUN_FILE, {**run, "profile": "./prof.yaml"})
+    assert same_submission(ctx, data, str(tmp_path / "prof.yaml"))
+    assert same_submission(ctx, data, "prof.yaml")
+    assert not same_submission(ctx, data, "local")

@@ -13,6 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from pomlia_hpc.config import cluster_profile_ref
 from pomlia_hpc.files import write_json_atomic
 from pomlia_hpc.pipeline.spec import PipelineSpec, parse_pipeline
 from pomlia_hpc.pipeline.stage import StageContext, content_key, read_json
@@ -56,10 +57,16 @@ def run_job_ids(folder: Path) -> list[int]:
 
 def same_submission(ctx: StageContext, data: dict[str, Any], profile_name: str) -> bool:
     """Whether the last submission ran this file's content (``data``, the YAML mapping) with
-    the profile ``profile_name``: running the same command again re-attaches to it."""
+    the profile ``profile_name``: running the same command again re-attaches to it. Profiles
+    are compared as :func:`~pomlia_hpc.config.cluster_profile_ref` resolves them: a run
+    recorded before the pipeline recorded absolute paths names ``./prof.yaml``."""
     run = read_json(ctx.folder / RUN_FILE) or {}
     snap = read_json(ctx.folder / SPEC_SNAPSHOT) or {}
-    return run.get("profile") == profile_name and content_key(snap.get("data")) == content_key(data)
+    recorded = run.get("profile")
+    same_profile = isinstance(recorded, str) and (
+        cluster_profile_ref(recorded) == cluster_profile_ref(profile_name)
+    )
+    return same_profile and content_key(snap.get("data")) == content_key(data)
 
 
 def known_pipelines(workspace: Workspace) -> list[str]:

@@ -33,7 +33,7 @@ from sqlalchemy import select
 from pomlia_hpc.cluster import Checkpointable, Executor
 from pomlia_hpc.cluster.records import own_job_id, refresh_jobs_within
 from pomlia_hpc.cluster.terminate import cancel_children_on_stop, quiet_cancellation
-from pomlia_hpc.config import ClusterProfile, load_cluster_profile
+from pomlia_hpc.config import ClusterProfile, cluster_profile_ref, load_cluster_profile
 from pomlia_hpc.errors import BusyError, ConfigError, NotFoundError
 from pomlia_hpc.files import write_json_atomic
 from pomlia_hpc.pipeline.lock import pipeline_lock, submission_lock
@@ -123,10 +123,13 @@ class Plan:
 
 
 def make_plan(ctx: StageContext, profile_name: str, *, in_process: bool = False) -> Plan:
-    """What running ``ctx.spec`` with ``profile_name`` would do, without doing any of it.
+    """What running ``ctx.spec`` with ``profile_name`` would do, without doing any of it
+    (a profile's path made absolute: :func:`~pomlia_hpc.config.cluster_profile_ref`).
     ``in_process``: run the stages in this process even on Slurm (inside a driver job such
     as ``jobs/pipeline.sbatch``); their own jobs still go to the profile's cluster."""
     spec = ctx.spec
+    # Recorded in run.json and given to every stage job, which starts in another folder
+    profile_name = cluster_profile_ref(profile_name)
     profile = load_cluster_profile(profile_name)
     slurm = profile.backend == "slurm" and not in_process
     mode = spec.execution.mode if slurm else "in-process"
