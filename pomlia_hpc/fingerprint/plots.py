@@ -32,6 +32,7 @@ from pomlia_hpc.fingerprint.candidates import candidates, fingerprint_set
 from pomlia_hpc.fingerprint.encoders import get_encoder
 from pomlia_hpc.fingerprint.sample import embedding_sample
 from pomlia_hpc.fingerprint.usable import LeftOut, Unrecorded, left_out_note, unrecorded
+from pomlia_hpc.plotting import new_figure
 from pomlia_hpc.registry import Encoder, Registry
 
 #: Points per dataset in the scatter (evenly spaced test rows).
@@ -105,31 +106,31 @@ def _legend(ax: Axes, n: int, **kw: Any) -> None:
 def scatter_figure(proj: Projection, title: str = "") -> Figure:
     """Figure 5 of a :class:`Projection`: each data set's points in its own colour and marker
     (:func:`style`), the legend outside the axes."""
-    fig, ax = plt.subplots(figsize=(7, 6))
-    n = len(proj.samples)
-    for i, (name, xy) in enumerate(proj.samples.items()):
-        colour, marker = style(i, n)
-        ax.scatter(xy[:, 0], xy[:, 1], s=8, alpha=0.6, color=colour, marker=marker, label=name)
-    ax.set_xlabel(proj.axis_label(0))
-    ax.set_ylabel(proj.axis_label(1))
-    ax.set_title(f"Latent space, test samples{chr(10) + title if title else ''}", fontsize=11)
-    _legend(ax, n, markerscale=2.5)
-    return fig
+    with new_figure(figsize=(7, 6)) as (fig, ax):
+        n = len(proj.samples)
+        for i, (name, xy) in enumerate(proj.samples.items()):
+            colour, marker = style(i, n)
+            ax.scatter(xy[:, 0], xy[:, 1], s=8, alpha=0.6, color=colour, marker=marker, label=name)
+        ax.set_xlabel(proj.axis_label(0))
+        ax.set_ylabel(proj.axis_label(1))
+        ax.set_title(f"Latent space, test samples{chr(10) + title if title else ''}", fontsize=11)
+        _legend(ax, n, markerscale=2.5)
+        return fig
 
 
 def means_figure(proj: Projection, means: dict[str, np.ndarray], title: str = "") -> Figure:
     """Figure 6: each data set's mean embedding in ``proj``'s coordinates, labelled."""
-    fig, ax = plt.subplots(figsize=(7, 6))
-    for i, (name, mu) in enumerate(means.items()):
-        colour, marker = style(i, len(means))
-        xy = proj.place(mu)
-        ax.scatter([xy[0]], [xy[1]], s=60, color=colour, marker=marker, label=name)
-        ax.annotate(name, (xy[0], xy[1]), fontsize=7, xytext=(4, 4), textcoords="offset points")
-    ax.set_xlabel(proj.axis_label(0))
-    ax.set_ylabel(proj.axis_label(1))
-    ax.set_title(f"Mean embedding per dataset{chr(10) + title if title else ''}", fontsize=11)
-    _legend(ax, len(means))
-    return fig
+    with new_figure(figsize=(7, 6)) as (fig, ax):
+        for i, (name, mu) in enumerate(means.items()):
+            colour, marker = style(i, len(means))
+            xy = proj.place(mu)
+            ax.scatter([xy[0]], [xy[1]], s=60, color=colour, marker=marker, label=name)
+            ax.annotate(name, (xy[0], xy[1]), fontsize=7, xytext=(4, 4), textcoords="offset points")
+        ax.set_xlabel(proj.axis_label(0))
+        ax.set_ylabel(proj.axis_label(1))
+        ax.set_title(f"Mean embedding per dataset{chr(10) + title if title else ''}", fontsize=11)
+        _legend(ax, len(means))
+        return fig
 
 
 def latent_title(encoder: str, refs: list[str], *, all_versions: bool = False) -> str:

@@ -31,6 +31,7 @@ from pomlia_hpc.fingerprint.objectives import Objective
 from pomlia_hpc.fingerprint.rows import held_out
 from pomlia_hpc.fingerprint.staging import read_record
 from pomlia_hpc.models.checkpoint import write_torch
+from pomlia_hpc.plotting import new_figure
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -128,28 +129,27 @@ def curves_figure(curves: dict[str, Any]) -> Figure:
     import matplotlib
 
     matplotlib.use("Agg")
-    from matplotlib import pyplot as plt
     from matplotlib.ticker import FixedLocator, MaxNLocator
 
-    fig, ax = plt.subplots(figsize=(5, 3.4), dpi=100)
-    train, val = curves.get("train", []), curves.get("val", [])
-    # Epochs are whole: few get a tick each (a locator falls back to 0.96, 0.98, ... around
-    # one epoch), more integer ticks only.
-    n = max(len(train), len(val))
-    few = FixedLocator(range(1, n + 1)) if 0 < n <= 12 else MaxNLocator(integer=True)
-    ax.xaxis.set_major_locator(few)
-    ax.plot(range(1, len(train) + 1), train, marker="o", label="train")
-    if val:
-        ax.plot(range(1, len(val) + 1), val, marker="s", label="held-out")
-    best = curves.get("best_epoch")
-    if best:
-        ax.axvline(best, color="grey", linestyle=":", label=f"best (epoch {best})")
-    ax.set_xlabel("epoch")
-    ax.set_ylabel(f"{curves.get('objective', '')} loss")
-    ax.set_title(curves_title(curves), fontsize=9)
-    ax.legend()
-    fig.tight_layout()
-    return fig
+    with new_figure(figsize=(5, 3.4), dpi=100) as (fig, ax):
+        train, val = curves.get("train", []), curves.get("val", [])
+        # Epochs are whole: few get a tick each (a locator falls back to 0.96, 0.98, ... around
+        # one epoch), more integer ticks only.
+        n = max(len(train), len(val))
+        few = FixedLocator(range(1, n + 1)) if 0 < n <= 12 else MaxNLocator(integer=True)
+        ax.xaxis.set_major_locator(few)
+        ax.plot(range(1, len(train) + 1), train, marker="o", label="train")
+        if val:
+            ax.plot(range(1, len(val) + 1), val, marker="s", label="held-out")
+        best = curves.get("best_epoch")
+        if best:
+            ax.axvline(best, color="grey", linestyle=":", label=f"best (epoch {best})")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel(f"{curves.get('objective', '')} loss")
+        ax.set_title(curves_title(curves), fontsize=9)
+        ax.legend()
+        fig.tight_layout()
+        return fig
 
 
 def write_curves(folder: Path, curves: dict[str, Any]) -> None:
@@ -159,8 +159,10 @@ def write_curves(folder: Path, curves: dict[str, Any]) -> None:
     from matplotlib import pyplot as plt
 
     fig = curves_figure(curves)
-    write_atomic(folder / CURVES_PNG, lambda f: fig.savefig(f, format="png"))
-    plt.close(fig)
+    try:
+        write_atomic(folder / CURVES_PNG, lambda f: fig.savefig(f, format="png"))
+    finally:  # a figure that failed to save stays in pyplot's registry otherwise
+        plt.close(fig)
 
 
 def read_curves(folder: Path) -> dict[str, Any] | None:

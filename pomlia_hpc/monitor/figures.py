@@ -21,6 +21,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 
 from pomlia_hpc.monitor.history import is_tested
+from pomlia_hpc.plotting import new_figure
 from pomlia_hpc.registry import MonitorReport
 from pomlia_hpc.times import as_utc
 
@@ -113,49 +114,51 @@ def history_figure(past: Sequence[MonitorReport], report: dict[str, Any]) -> Fig
     are drawn and listed. None when no report has a tested p-value."""
     times, tests = _history_points(past, report)
     p_values = history_p_values(past, report)
-    fig, ax = plt.subplots(figsize=(9, 3.6))
-    test_handles: list[Any] = []
-    drawn: set[str] = set()
-    shown: list[datetime] = []
-    for i, name in enumerate(sorted(p_values)):
-        pts = [
-            (when, max(p, P_FLOOR), bool(t.get(name, {}).get("rejected")))
-            for when, p, t in zip(times, p_values[name], tests, strict=True)
-            if when is not None and p is not None
-        ]
-        if not pts:
-            continue  # never tested (accuracy from too few labels): not in the legend either
-        drawn.add(name)
-        shown += [w for w, _, _ in pts]
-        colour = f"C{i % 10}"
-        ax.plot([_num(w) for w, _, _ in pts], [p for _, p, _ in pts], color=colour, lw=1)
-        ax.scatter(
-            [_num(w) for w, _, r in pts if not r], [p for _, p, r in pts if not r],
-            s=36, facecolors="white", edgecolors=colour, linewidths=1.5, zorder=3,
+    with new_figure(figsize=(9, 3.6)) as (fig, ax):
+        test_handles: list[Any] = []
+        drawn: set[str] = set()
+        shown: list[datetime] = []
+        for i, name in enumerate(sorted(p_values)):
+            pts = [
+                (when, max(p, P_FLOOR), bool(t.get(name, {}).get("rejected")))
+                for when, p, t in zip(times, p_values[name], tests, strict=True)
+                if when is not None and p is not None
+            ]
+            if not pts:
+                continue  # never tested (accuracy from too few labels): not in the legend either
+            drawn.add(name)
+            shown += [w for w, _, _ in pts]
+            colour = f"C{i % 10}"
+            ax.plot([_num(w) for w, _, _ in pts], [p for _, p, _ in pts], color=colour, lw=1)
+            ax.scatter(
+                [_num(w) for w, _, r in pts if not r], [p for _, p, r in pts if not r],
+                s=36, facecolors="white", edgecolors=colour, linewidths=1.5, zorder=3,
+            )  # fmt: skip
+            ax.scatter(
+                [_num(w) for w, _, r in pts if r], [p for _, p, r in pts if r],
+                s=64, facecolors=colour, edgecolors=REJECTED_COLOUR, linewidths=2.2, zorder=4,
+            )  # fmt: skip
+            test_handles.append(
+                Line2D([], [], color=colour, marker="o", mfc="white", mec=colour, label=name)
+            )
+        if not drawn:
+            plt.close(fig)
+            return None
+        handles = test_handles + _draw_thresholds(ax, report, drawn)
+        handles.append(
+            Line2D([], [], ls="", marker="o", ms=8, mfc="grey", mec=REJECTED_COLOUR, mew=2.2,
+                   label="rejected (filled, red ring)")
         )  # fmt: skip
-        ax.scatter(
-            [_num(w) for w, _, r in pts if r], [p for _, p, r in pts if r],
-            s=64, facecolors=colour, edgecolors=REJECTED_COLOUR, linewidths=2.2, zorder=4,
-        )  # fmt: skip
-        test_handles.append(
-            Line2D([], [], color=colour, marker="o", mfc="white", mec=colour, label=name)
+        handles.append(
+            Line2D(
+                [], [], ls="", marker="o", mfc="white", mec="grey", label="not rejected (hollow)"
+            )
         )
-    if not drawn:
-        plt.close(fig)
-        return None
-    handles = test_handles + _draw_thresholds(ax, report, drawn)
-    handles.append(
-        Line2D([], [], ls="", marker="o", ms=8, mfc="grey", mec=REJECTED_COLOUR, mew=2.2,
-               label="rejected (filled, red ring)")
-    )  # fmt: skip
-    handles.append(
-        Line2D([], [], ls="", marker="o", mfc="white", mec="grey", label="not rejected (hollow)")
-    )
-    ax.set_yscale("log")
-    ax.set_ylabel("p-value")
-    _time_axis(ax, shown, times[-1])
-    ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
-    return fig
+        ax.set_yscale("log")
+        ax.set_ylabel("p-value")
+        _time_axis(ax, shown, times[-1])
+        ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+        return fig
 
 
 def _time_axis(ax: Any, shown: Sequence[datetime], current: datetime | None) -> None:
@@ -198,25 +201,25 @@ def volume_figure(report: dict[str, Any]) -> Figure | None:
     hours = hourly_volume(report)
     if not any(n for _, n in hours):
         return None
-    fig, ax = plt.subplots(figsize=(8, 2.6))
-    ax.bar(
-        [_num(h) for h, _ in hours],
-        [n for _, n in hours],
-        width=1 / 24,  # an hour, in matplotlib's date unit (days)
-        align="edge",
-        color="C2",
-        edgecolor="white",
-        linewidth=0.5,
-    )
-    since, until = as_utc(report["window"]["since"]), as_utc(report["window"]["until"])
-    if since is not None and until is not None:
-        ax.set_xlim(_num(since), _num(until))
-    loc = mdates.AutoDateLocator(tz=UTC, maxticks=MAX_TICKS)
-    ax.xaxis.set_major_locator(loc)
-    ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(loc, tz=UTC))
-    ax.tick_params(axis="x", labelsize=7)
-    ax.set_xlabel("hour (UTC)")
-    ax.set_ylabel("predictions / hour")
-    empty = sum(1 for _, n in hours if n == 0)
-    ax.set_title(f"volume ({empty} of {len(hours)} hours without predictions)")
-    return fig
+    with new_figure(figsize=(8, 2.6)) as (fig, ax):
+        ax.bar(
+            [_num(h) for h, _ in hours],
+            [n for _, n in hours],
+            width=1 / 24,  # an hour, in matplotlib's date unit (days)
+            align="edge",
+            color="C2",
+            edgecolor="white",
+            linewidth=0.5,
+        )
+        since, until = as_utc(report["window"]["since"]), as_utc(report["window"]["until"])
+        if since is not None and until is not None:
+            ax.set_xlim(_num(since), _num(until))
+        loc = mdates.AutoDateLocator(tz=UTC, maxticks=MAX_TICKS)
+        ax.xaxis.set_major_locator(loc)
+        ax.xaxis.set_major_formatter(mdates.ConciseDateFormatter(loc, tz=UTC))
+        ax.tick_params(axis="x", labelsize=7)
+        ax.set_xlabel("hour (UTC)")
+        ax.set_ylabel("predictions / hour")
+        empty = sum(1 for _, n in hours if n == 0)
+        ax.set_title(f"volume ({empty} of {len(hours)} hours without predictions)")
+        return fig

@@ -26,6 +26,7 @@ from matplotlib.figure import Figure
 from pomlia_hpc.monitor.checks import CheckOutcome
 from pomlia_hpc.monitor.figures import history_figure, volume_figure
 from pomlia_hpc.monitor.history import NOT_TESTED, comparable_accuracy, is_tested, show_time
+from pomlia_hpc.plotting import new_figure
 from pomlia_hpc.registry import MonitorReport
 from pomlia_hpc.serve.reference import Reference
 
@@ -42,8 +43,10 @@ color:#c0392b}li{margin:.2em 0}
 
 def _png(fig: Figure) -> str:
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
-    plt.close(fig)
+    try:
+        fig.savefig(buf, format="png", dpi=90, bbox_inches="tight")
+    finally:  # a figure that failed to draw stays in pyplot's registry (its memory) otherwise
+        plt.close(fig)
     return base64.b64encode(buf.getvalue()).decode("ascii")
 
 
@@ -83,32 +86,36 @@ def plot_metric(past: Sequence[MonitorReport], report: dict[str, Any]) -> str:
     points, left_out = metric_points(past, report)
     if not points:
         return ""
-    fig, ax = plt.subplots(figsize=(9, 3.2))
-    x = np.arange(len(points))
-    acc = np.array([p["accuracy"] for _, p in points], dtype=float)
-    lo = np.array([p["interval_95"][0] for _, p in points], dtype=float)
-    hi = np.array([p["interval_95"][1] for _, p in points], dtype=float)
-    # Clipped at 0: a bound a rounding error past its accuracy must not fail the whole run.
-    below, above = np.maximum(acc - lo, 0.0), np.maximum(hi - acc, 0.0)
-    ax.errorbar(x, acc, yerr=[below, above], fmt="o-", capsize=4, label="accuracy (95% CI)")
-    split = report["reference"].get("split")
-    ax.axhline(
-        report["reference"]["accuracy"],
-        color="k",
-        ls="--",
-        lw=1,
-        label=f"accuracy reference ({split})" if split else "accuracy reference",
-    )
-    _plot_tested(ax, x, [p for _, p in points])
-    ax.set_xticks(x, [k for k, _ in points], rotation=45, fontsize=7)
-    ax.set_ylim(0, 1.02)
-    ax.set_ylabel("on feedback labels")
-    ax.legend(fontsize=8)
-    ax.set_title(
-        "performance over time"
-        + (f" ({left_out} older report(s) with exact-match accuracy left out)" if left_out else "")
-    )
-    return _img(fig, "accuracy and the tested metric over time")
+    with new_figure(figsize=(9, 3.2)) as (fig, ax):
+        x = np.arange(len(points))
+        acc = np.array([p["accuracy"] for _, p in points], dtype=float)
+        lo = np.array([p["interval_95"][0] for _, p in points], dtype=float)
+        hi = np.array([p["interval_95"][1] for _, p in points], dtype=float)
+        # Clipped at 0: a bound a rounding error past its accuracy must not fail the whole run.
+        below, above = np.maximum(acc - lo, 0.0), np.maximum(hi - acc, 0.0)
+        ax.errorbar(x, acc, yerr=[below, above], fmt="o-", capsize=4, label="accuracy (95% CI)")
+        split = report["reference"].get("split")
+        ax.axhline(
+            report["reference"]["accuracy"],
+            color="k",
+            ls="--",
+            lw=1,
+            label=f"accuracy reference ({split})" if split else "accuracy reference",
+        )
+        _plot_tested(ax, x, [p for _, p in points])
+        ax.set_xticks(x, [k for k, _ in points], rotation=45, fontsize=7)
+        ax.set_ylim(0, 1.02)
+        ax.set_ylabel("on feedback labels")
+        ax.legend(fontsize=8)
+        ax.set_title(
+            "performance over time"
+            + (
+                f" ({left_out} older report(s) with exact-match accuracy left out)"
+                if left_out
+                else ""
+            )
+        )
+        return _img(fig, "accuracy and the tested metric over time")
 
 
 def _plot_tested(ax: Any, x: np.ndarray, perfs: Sequence[dict[str, Any]]) -> None:
@@ -131,14 +138,14 @@ def plot_projection(outcome: CheckOutcome) -> str:
     mu = rv.mean(axis=0)
     _, _, vt = np.linalg.svd(rv - mu, full_matrices=False)
     pr, pw = (rv - mu) @ vt[:2].T, (wv - mu) @ vt[:2].T
-    fig, ax = plt.subplots(figsize=(5.5, 5))
-    ax.scatter(pr[:, 0], pr[:, 1], s=6, alpha=0.35, label=f"reference ({len(pr)})")
-    ax.scatter(pw[:, 0], pw[:, 1], s=8, alpha=0.6, label=f"window ({len(pw)})", c="C3")
-    ax.set_xlabel("PC 1 of the reference")
-    ax.set_ylabel("PC 2")
-    ax.legend(fontsize=8)
-    ax.set_title("fingerprints: reference vs window")
-    return _img(fig, "reference vs window in two principal components")
+    with new_figure(figsize=(5.5, 5)) as (fig, ax):
+        ax.scatter(pr[:, 0], pr[:, 1], s=6, alpha=0.35, label=f"reference ({len(pr)})")
+        ax.scatter(pw[:, 0], pw[:, 1], s=8, alpha=0.6, label=f"window ({len(pw)})", c="C3")
+        ax.set_xlabel("PC 1 of the reference")
+        ax.set_ylabel("PC 2")
+        ax.legend(fontsize=8)
+        ax.set_title("fingerprints: reference vs window")
+        return _img(fig, "reference vs window in two principal components")
 
 
 def plot_dimensions(report: dict[str, Any]) -> str:
@@ -146,12 +153,12 @@ def plot_dimensions(report: dict[str, Any]) -> str:
     if not ks or not ks["detail"].get("top"):
         return ""
     top = ks["detail"]["top"]
-    fig, ax = plt.subplots(figsize=(7, 3.2))
-    ax.bar([str(d["dim"]) for d in top], [d["ks"] for d in top], color="C1")
-    ax.set_xlabel("fingerprint dimension")
-    ax.set_ylabel("KS statistic")
-    ax.set_title("most drifting dimensions")
-    return _img(fig, "most drifting fingerprint dimensions")
+    with new_figure(figsize=(7, 3.2)) as (fig, ax):
+        ax.bar([str(d["dim"]) for d in top], [d["ks"] for d in top], color="C1")
+        ax.set_xlabel("fingerprint dimension")
+        ax.set_ylabel("KS statistic")
+        ax.set_title("most drifting dimensions")
+        return _img(fig, "most drifting fingerprint dimensions")
 
 
 def plot_labels(report: dict[str, Any], ref: Reference) -> str:
@@ -160,14 +167,14 @@ def plot_labels(report: dict[str, Any], ref: Reference) -> str:
         return ""
     names = ref.label_names
     x = np.arange(len(names))
-    fig, ax = plt.subplots(figsize=(8, 3))
-    ax.bar(x - 0.2, lab["detail"]["reference_share"], 0.4, label="reference")
-    ax.bar(x + 0.2, lab["detail"]["window_share"], 0.4, label="window")
-    ax.set_xticks(x, [n[:14] for n in names], rotation=45, fontsize=7)
-    ax.set_ylabel("share of predictions")
-    ax.legend(fontsize=8)
-    ax.set_title("predicted labels")
-    return _img(fig, "predicted-label shares")
+    with new_figure(figsize=(8, 3)) as (fig, ax):
+        ax.bar(x - 0.2, lab["detail"]["reference_share"], 0.4, label="reference")
+        ax.bar(x + 0.2, lab["detail"]["window_share"], 0.4, label="window")
+        ax.set_xticks(x, [n[:14] for n in names], rotation=45, fontsize=7)
+        ax.set_ylabel("share of predictions")
+        ax.legend(fontsize=8)
+        ax.set_title("predicted labels")
+        return _img(fig, "predicted-label shares")
 
 
 def plot_volume(report: dict[str, Any]) -> str:
@@ -182,14 +189,14 @@ def plot_inputs(atypical: Sequence[tuple[str, float, np.ndarray]]) -> str:
         return ""
     cols = min(8, len(atypical))
     rows = (len(atypical) + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(1.4 * cols, 1.6 * rows), squeeze=False)
-    for ax in axes.ravel():
-        ax.axis("off")
-    for ax, (pid, dist, img) in zip(axes.ravel(), atypical, strict=False):
-        ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=255)
-        ax.set_title(f"{pid[:6]} d={dist:.1f}", fontsize=6)
-    fig.suptitle("least typical inputs of the window (distance to nearest reference)")
-    return _img(fig, "least typical recent inputs")
+    with new_figure(rows, cols, figsize=(1.4 * cols, 1.6 * rows), squeeze=False) as (fig, axes):
+        for ax in axes.ravel():
+            ax.axis("off")
+        for ax, (pid, dist, img) in zip(axes.ravel(), atypical, strict=False):
+            ax.imshow(img[..., 0] if img.shape[-1] == 1 else img, cmap="gray", vmin=0, vmax=255)
+            ax.set_title(f"{pid[:6]} d={dist:.1f}", fontsize=6)
+        fig.suptitle("least typical inputs of the window (distance to nearest reference)")
+        return _img(fig, "least typical recent inputs")
 
 
 def _table(rows: list[list[str]], head: list[str]) -> str:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from pomlia_hpc.plotting import new_figure
 from pomlia_hpc.strategy.evaluate import EvalResult
 
 if TYPE_CHECKING:  # matplotlib is imported only when a chart is drawn
@@ -46,46 +47,45 @@ def regret_figure(result: EvalResult, title: str) -> Figure:
     import matplotlib
 
     matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
     names = list(result.methods)
     n_sets, n_methods = len(result.datasets), len(names)
     width = 0.8 / max(n_methods, 1)
     x = np.arange(n_sets)
-    fig, axes = plt.subplots(
+    with new_figure(
         2, 1, figsize=(max(7.5, 0.75 * n_sets + 4.0), 6.4), sharex=True, layout="constrained"
-    )
-    for ax, which, label in (
-        (axes[0], "top1", "top-1 regret (points)"),
-        (axes[1], "topk", f"best-of-top-{result.k} regret (points)"),
-    ):
-        rows = {n: np.array(getattr(result.methods[n], which), dtype=float) for n in names}
-        # Random's regrets are an order larger; the scale follows the others', and a taller bar
-        # is cut at the top with its value written on it.
-        others = [v for n, v in rows.items() if n != "random" and np.isfinite(v).any()]
-        top = max((float(np.nanmax(v)) for v in others), default=0.0)
-        cap = 1.25 * top if top > 0 else 1.0
-        for j, name in enumerate(names):
-            values = rows[name]
-            mean = float(np.nanmean(values)) if np.isfinite(values).any() else math.nan
-            xs = x + (j - (n_methods - 1) / 2) * width
-            bars = ax.bar(
-                xs,
-                np.minimum(np.nan_to_num(values, nan=0.0), cap),
-                width,
-                color=COLOURS.get(name),
-                label=f"{name}: {mean:.2f}",
-            )
-            # the zero tick takes the bar's colour (a variant's comes from matplotlib's cycle)
-            colour = bars.patches[0].get_facecolor() if bars.patches else None
-            _marks(ax, xs, values, cap, width, colour)
-        ax.set_ylim(0, cap)
-        ax.set_ylabel(label, fontsize=9)
-        ax.grid(axis="y", alpha=0.3)
-        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0), title="mean regret")
-    axes[1].set_xticks(x, result.datasets, rotation=35, ha="right", fontsize=8)
-    axes[0].set_title(title, fontsize=10)
-    return fig
+    ) as (fig, axes):
+        for ax, which, label in (
+            (axes[0], "top1", "top-1 regret (points)"),
+            (axes[1], "topk", f"best-of-top-{result.k} regret (points)"),
+        ):
+            rows = {n: np.array(getattr(result.methods[n], which), dtype=float) for n in names}
+            # Random's regrets are an order larger; the scale follows the others', and a taller bar
+            # is cut at the top with its value written on it.
+            others = [v for n, v in rows.items() if n != "random" and np.isfinite(v).any()]
+            top = max((float(np.nanmax(v)) for v in others), default=0.0)
+            cap = 1.25 * top if top > 0 else 1.0
+            for j, name in enumerate(names):
+                values = rows[name]
+                mean = float(np.nanmean(values)) if np.isfinite(values).any() else math.nan
+                xs = x + (j - (n_methods - 1) / 2) * width
+                bars = ax.bar(
+                    xs,
+                    np.minimum(np.nan_to_num(values, nan=0.0), cap),
+                    width,
+                    color=COLOURS.get(name),
+                    label=f"{name}: {mean:.2f}",
+                )
+                # the zero tick takes the bar's colour (a variant's comes from matplotlib's cycle)
+                colour = bars.patches[0].get_facecolor() if bars.patches else None
+                _marks(ax, xs, values, cap, width, colour)
+            ax.set_ylim(0, cap)
+            ax.set_ylabel(label, fontsize=9)
+            ax.grid(axis="y", alpha=0.3)
+            ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0), title="mean regret")
+        axes[1].set_xticks(x, result.datasets, rotation=35, ha="right", fontsize=8)
+        axes[0].set_title(title, fontsize=10)
+        return fig
 
 
 def _marks(
@@ -124,6 +124,8 @@ def regret_chart(result: EvalResult, title: str) -> bytes:
 
     fig = regret_figure(result, title)
     buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=100)
-    plt.close(fig)
+    try:
+        fig.savefig(buf, format="png", dpi=100)
+    finally:  # a figure that failed to draw stays in pyplot's registry otherwise
+        plt.close(fig)
     return buf.getvalue()
