@@ -42,6 +42,23 @@ def test_the_controller_gives_an_ended_job_and_not_one_it_does_not_know(tmp_path
 
 @pytest.mark.slurm
 @pytest.mark.usefixtures("slurm")
+def test_a_whole_array_still_pending_is_listed(tmp_path: Path) -> None:
+    """The real controller prints a pending array as one line (``189_[0-5%2]``), never as
+    ``189``: squeue_ids of the whole array's id must still list it."""
+    script = tmp_path / "job.sbatch"  # submitted to start in an hour: it only pends
+    script.write_text("#!/bin/sh\n#SBATCH --partition=debug\n#SBATCH --time=1\ntrue\n")
+    submit = ["sbatch", "--parsable", "--begin=now+3600", "--array=0-5%2"]
+    out = f"--output={tmp_path}/%A_%a.out"
+    job = subprocess.run([*submit, out, str(script)], capture_output=True, text=True, check=True)
+    array = job.stdout.strip()
+    try:
+        assert squeue_ids([array, f"{array}_5", f"{array}_6"]) == {array, f"{array}_5"}
+    finally:
+        subprocess.run(["scancel", array], check=False)
+
+
+@pytest.mark.slurm
+@pytest.mark.usefixtures("slurm")
 def test_a_job_requeued_after_a_node_failure_has_not_ended(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

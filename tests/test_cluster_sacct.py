@@ -325,3 +325,14 @@ def test_a_requeued_job_cancelled_while_it_waited_keeps_its_cancel_once_forgotte
             seen.append((row.state, row.requeue_count, row.ended_at is None))
     queued = [("PENDING", 1, True)] if seen_queued else []
     assert seen == [*queued, ("CANCELLED", 1, False), ("CANCELLED", 1, False)]
+
+
+def test_a_whole_array_is_listed_by_its_pending_line_and_its_tasks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`squeue -j 189` prints a pending array as one line, `189_[0-5%2]`, and its started
+    tasks as `189_0`, never `189`: asked for the whole array, squeue_ids listed nothing, so an
+    array still pending could be taken as unknown to the controller."""
+    _on_path(monkeypatch, tmp_path / "bin", squeue="printf '189_[0-5%%2]\\n190_3\\n191\\n'")
+    asked = ["189", "189_4", "190", "190_2", "191", "192", "1890"]
+    assert squeue_ids(asked) == {"189", "189_4", "190", "191"}

@@ -218,6 +218,18 @@ def squeue_ids(job_ids: Sequence[str], timeout_s: float = 60.0) -> set[str]:
         if "invalid job id" in proc.stderr.lower():
             return set()
         raise slurm_failure("squeue", proc.stderr, f"squeue failed ({proc.returncode})")
-    # A pending array prints as one line (``12_[0-3]``): its tasks count as listed.
-    listed = {jid for tok in proc.stdout.split() for jid in expand_pending(tok)}
-    return {sid for sid in job_ids if sid in listed}
+    return {sid for sid in job_ids if sid in listed_ids(proc.stdout)}
+
+
+def listed_ids(squeue_out: str) -> set[str]:
+    """The job ids that ``squeue -h -o %i`` output ``squeue_out`` lists: each line's id; a
+    pending array's one line (``12_[0-3%2]``) lists its tasks (``12_0`` ... ``12_3``); and any
+    task's line lists its whole array (``12``) too, since ``squeue -j 12`` prints an array's
+    tasks, never ``12`` itself: a whole array still pending must not read as unknown."""
+    listed: set[str] = set()
+    for token in squeue_out.split():
+        listed.update(expand_pending(token))
+        array, sep, _task = token.partition("_")
+        if sep and array.isdigit():
+            listed.add(array)
+    return listed
