@@ -37,13 +37,9 @@ def _deployment(reg: Registry, directory: Path) -> int:
 
 @pytest.mark.slurm
 @pytest.mark.usefixtures("slurm")
-def test_a_server_queued_by_a_killed_submission_is_found_not_submitted_again(
-    reg: Registry, tmp_path: Path
-) -> None:
-    """A `deploy --submit` (or a pipeline's deploy stage) killed between the server's sbatch
-    and recording its job left a server queued that no record named; run again, it submitted
-    a second server. The server's job name carries the deployment id: the run finds it with
-    squeue, records it and submits nothing; so it does a server submitted by hand."""
+def _pending_server(tmp_path: Path) -> tuple[Path, Path]:
+    """A deploy directory with a built image and a `serve.sbatch` that pends for an hour (it
+    never runs here): (the directory, the script)."""
     directory = tmp_path / "deploy"
     directory.mkdir()
     (directory / IMAGE).write_bytes(b"built image")
@@ -52,6 +48,17 @@ def test_a_server_queued_by_a_killed_submission_is_found_not_submitted_again(
         "#!/bin/sh\n#SBATCH --job-name=pomlia-serve-m\n#SBATCH --partition=debug\n"
         f"#SBATCH --time=1\n#SBATCH --begin=now+3600\n#SBATCH --output={tmp_path}/%j.out\ntrue\n"
     )
+    return directory, script
+
+
+def test_a_server_queued_by_a_killed_submission_is_found_not_submitted_again(
+    reg: Registry, tmp_path: Path
+) -> None:
+    """A `deploy --submit` (or a pipeline's deploy stage) killed between the server's sbatch
+    and recording its job left a server queued that no record named; run again, it submitted
+    a second server. The server's job name carries the deployment id: the run finds it with
+    squeue, records it and submits nothing; so it does a server submitted by hand."""
+    directory, script = _pending_server(tmp_path)
     dep_id = _deployment(reg, directory)
     name = server_job_name(dep_id)
     result = DeployResult(directory, dep_id, directory / "apptainer.def", script)
@@ -163,14 +170,7 @@ def test_a_server_an_older_version_queued_is_not_submitted_twice(
     """Every `deploy --submit` before the deployment's job name named its server
     `pomlia-serve`: after the upgrade, `deploy --submit` of that deployment looked for its new
     name and the script's own only, and queued a second server beside the running one."""
-    directory = tmp_path / "deploy"
-    directory.mkdir()
-    (directory / IMAGE).write_bytes(b"built image")
-    script = directory / "serve.sbatch"  # pends for an hour: it never runs here
-    script.write_text(
-        "#!/bin/sh\n#SBATCH --job-name=pomlia-serve-m\n#SBATCH --partition=debug\n"
-        f"#SBATCH --time=1\n#SBATCH --begin=now+3600\n#SBATCH --output={tmp_path}/%j.out\ntrue\n"
-    )
+    directory, script = _pending_server(tmp_path)
     dep_id = _deployment(reg, directory)
     old = submit_script(script, name="pomlia-serve", singleton=False, cwd=directory)
     try:
