@@ -7,11 +7,13 @@ import sys
 from pathlib import Path
 
 import pytest
+from sqlalchemy import update
 
 from pomlia_hpc.errors import InputError, NotFoundError, PomliaError
 from pomlia_hpc.models.archs import ARCHITECTURES, check_arch
 from pomlia_hpc.models.catalog import promote_checkpoint, register_model, resolve_model
-from pomlia_hpc.registry import Registry
+from pomlia_hpc.models.taskmetric import model_metric, model_task
+from pomlia_hpc.registry import Registry, Task
 from pomlia_hpc.serve.demo import register_demo_model, save_demo_checkpoint
 from pomlia_hpc.vocab import (
     FINAL_STATES,
@@ -23,6 +25,7 @@ from pomlia_hpc.vocab import (
     normalize_task_type,
 )
 from pomlia_hpc.workspace import Workspace
+from tests.fixtures.factories import row_task
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -101,6 +104,23 @@ def test_promote_checkpoint_copies_and_registers_with_lineage(
         promote_checkpoint(reg, workspace, "m1", row.path)
     with pytest.raises(NotFoundError, match="known: m1"):
         resolve_model(reg, "m2")
+
+
+def test_a_model_of_a_task_has_its_metric_on_its_card(
+    workspace: Workspace, reg: Registry, tmp_path: Path
+) -> None:
+    """The registry's card of a model registered for a task (an AutoML study's best, the loop's
+    challenger) named no metric: every gate of the loop warned that the card and the task
+    record differed. It names the task's id and metric, which the gate then reads silently."""
+    task_id = row_task(reg, "pneumo")
+    with reg.session() as s:
+        s.execute(update(Task).where(Task.id == task_id).values(metric="auc"))
+    ckpt = save_demo_checkpoint(tmp_path / "m.pt", num_classes=2)
+    row = register_model(reg, "m", ckpt, task_id=task_id)
+    assert row.card["task"]["metric"] == "auc" and row.card["task"]["id"] == task_id
+    judged = model_metric("m", row.card, "the registry's card", model_task(reg, row))
+    assert judged.metric == "auc" and judged.note is None
+    assert "metric" not in register_model(reg, "n", ckpt).card["task"]  # a model of no task
 
 
 def test_a_taken_model_name_leaves_its_checkpoint_alone(

@@ -59,7 +59,9 @@ def register_model(
         full_lineage["task_id"] = task_id
     if run_id is not None:
         full_lineage["run_id"] = run_id
-    card_dict = dict(card) if card is not None else model_card(meta, name=name)
+    if card is None:  # the task's metric too: the gate and the monitor read it here
+        card = model_card(meta, name=name, task=_task_fields(registry, task_id))
+    card_dict = dict(card)
     card_dict.setdefault("lineage", full_lineage)
     with registry.session() as s:
         existing = s.scalar(select(Model).where(Model.name == name))
@@ -76,6 +78,17 @@ def register_model(
         s.add(row)
         s.flush()
         return row
+
+
+def _task_fields(registry: Registry, task_id: int | None) -> dict[str, Any] | None:
+    """The card's task fields of a model of task ``task_id`` (its id and metric), None for a
+    model of no task. Without them the registry's card of every AutoML best model named no
+    metric, and each gate of the loop warned that the card and the task record differed."""
+    if task_id is None:
+        return None
+    with registry.session() as s:
+        row = s.get(Task, task_id)
+        return {"id": task_id, "metric": row.metric} if row is not None else {"id": task_id}
 
 
 def _taken(name: str, model_id: int) -> str:
