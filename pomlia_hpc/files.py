@@ -44,6 +44,7 @@ from pomlia_hpc.storage import storage_error
 from pomlia_hpc.temps import (  # noqa: F401
     TEMP_SUFFIX,
     aside_name,
+    discard_aside,
     host_field,
     put_back_aside,
     sweep_stale_temps,
@@ -343,13 +344,13 @@ def publish_dir(staged: Path, target: Path, *, replace: bool = False, fsync: boo
                 old.rename(target)
             raise
         if old is not None:  # someone else published between the two renames: keep theirs
-            shutil.rmtree(old, ignore_errors=True)
+            discard_aside(old, target)
         return False
     if fsync:
         fsync_path(target.parent)
         fsync_made_dirs(made)
     if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+        discard_aside(old, target)
     return True
 
 

@@ -120,7 +120,9 @@ def put_back_aside(target: Path) -> Path | None:
     aside, when ``target`` is missing: that writer was killed between moving the old folder
     aside and renaming the new one in, and without this the old folder's contents were lost
     to the next sweep. The newest such folder is renamed back (said on stderr); returns it,
-    or None when there is none or ``target`` exists."""
+    or None when there is none, ``target`` exists, or a live writer of this host has one aside
+    (its replace is in flight: an older dead writer's aside must not take the place its new
+    folder is about to take)."""
     if target.exists() or target.is_symlink():
         return None
     host = socket.gethostname()
@@ -128,8 +130,14 @@ def put_back_aside(target: Path) -> Path | None:
     found = []
     for tmp in target.parent.glob(pattern) if target.parent.is_dir() else []:
         pid = temp_writer(tmp.name, host)
-        if pid is not None and aside_target(tmp) == target and not pid_alive(pid):
+        if pid is None or aside_target(tmp) != target:
+            continue
+        if pid_alive(pid):  # a replace in flight: its writer renames its new folder in
+            return None
+        try:
             found.append((tmp.stat().st_ctime_ns, tmp))  # the rename aside set its ctime
+        except OSError:  # put back (or removed) by another sweep meanwhile
+            continue
     for _ctime, tmp in sorted(found, reverse=True):
         try:
             tmp.rename(target)
@@ -143,6 +151,24 @@ def put_back_aside(target: Path) -> Path | None:
         print(f"put back {target} from {tmp.name} (its replace was killed)", file=sys.stderr)
         return tmp
     return None
+
+
+#: What :func:`discard_aside` adds to a target's name for an old folder no longer to put back.
+GONE_MARK = ".gone"
+
+
+def discard_aside(old: Path, target: Path) -> None:
+    """Remove the old folder ``old`` that a replace moved aside from ``target``, once it is not
+    to be put back (the new folder is in, or a concurrent writer's): it is first renamed out
+    of the aside names (``.<target>.gone.<host>.<pid>-<n>.tmp``), so that a removal cut short
+    (a kill, files that will not go) leaves nothing that :func:`put_back_aside` would put
+    back over a later target, or over a target deleted on purpose."""
+    gone = unique_temp_name(target.with_name(target.name + GONE_MARK))
+    try:
+        old.rename(gone)
+    except OSError:  # not renamed: removed under its aside name, as before
+        gone = old
+    shutil.rmtree(gone, ignore_errors=True)
 
 
 def remove_path(path: Path) -> None:

@@ -4,11 +4,22 @@ target, and the next sweep of temporaries removed the moved-aside old folder too
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-from pomlia_hpc.files import publish_dir, staged_dir, sweep_stale_temps
+import pytest
+
+from pomlia_hpc.files import (
+    aside_name,
+    publish_dir,
+    put_back_aside,
+    staged_dir,
+    sweep_stale_temps,
+)
+from pomlia_hpc.processes import pid_alive
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -26,6 +37,19 @@ def rename(self, dst):
     return real(self, dst)
 Path.rename = rename
 files.publish_dir(staged, target, replace=True)
+"""
+
+
+#: A process that replaces argv[1] with argv[2] and is killed once the new folder is in,
+#: as it begins to remove the old one.
+KILLED_REMOVING = """
+import os, shutil, sys
+from pathlib import Path
+from pomlia_hpc import files
+def rmtree(*args, **kwargs):
+    os._exit(9)
+shutil.rmtree = rmtree
+files.publish_dir(Path(sys.argv[2]), Path(sys.argv[1]), replace=True)
 """
 
 
@@ -67,3 +91,64 @@ def test_the_next_publish_puts_back_the_old_folder_first(tmp_path: Path) -> None
         (staged.path / "a").write_text("next")
     assert staged.published and (target / "a").read_text() == "next"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle", "next", "staged"]
+
+
+def _dead_pid() -> int:
+    cmd = [sys.executable, "-c", "import os; print(os.getpid())"]
+    return int(subprocess.run(cmd, capture_output=True, text=True, check=True).stdout)
+
+
+def _aside(target: Path, pid: int, content: str) -> Path:
+    """An old folder of ``target`` moved aside by writer ``pid`` (of this host), holding ``a``."""
+    name = aside_name(target).name.replace(f".{os.getpid()}-", f".{pid}-")
+    aside = target.with_name(name)
+    aside.mkdir()
+    (aside / "a").write_text(content)
+    return aside
+
+
+def test_no_old_folder_is_put_back_while_a_replace_is_in_flight(tmp_path: Path) -> None:
+    target = tmp_path / "bundle"
+    # v1: left by a writer killed while removing it, after its new folder (v2) was in
+    dead = _aside(target, _dead_pid(), "v1")
+    # v2: moved aside by a live writer (this process) about to rename v3 in
+    live = _aside(target, os.getpid(), "v2")
+    assert sweep_stale_temps(tmp_path) == []
+    assert not target.exists()  # the live writer's v3 takes it, not the older v1
+    assert (dead / "a").read_text() == "v1" and (live / "a").read_text() == "v2"
+
+
+def test_a_replace_killed_while_removing_the_old_folder_leaves_none_to_put_back(
+    tmp_path: Path,
+) -> None:
+    target = tmp_path / "bundle"
+    target.mkdir()
+    (target / "a").write_text("old")
+    staged = tmp_path / "staged"
+    staged.mkdir()
+    (staged / "a").write_text("new")
+    cmd = [sys.executable, "-c", KILLED_REMOVING, str(target), str(staged)]
+    assert subprocess.run(cmd, cwd=ROOT, check=False).returncode == 9
+    assert (target / "a").read_text() == "new"
+    shutil.rmtree(target)  # deleted on purpose
+    swept = sweep_stale_temps(tmp_path)
+    assert not target.exists()  # the old folder does not come back
+    assert [p for p in tmp_path.iterdir() if p.name.startswith(".")] == []
+    assert len(swept) == 1
+
+
+def test_a_sweep_whose_aside_another_put_back_meanwhile_does_not_fail(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    target = _killed_replace(tmp_path)
+    (aside,) = [p for p in tmp_path.iterdir() if p.name.startswith(".bundle.old.")]
+    alive = pid_alive
+
+    def other_sweep_first(pid: int) -> bool:
+        if aside.exists():  # the other sweep puts it back between this one's glob and stat
+            aside.rename(target)
+        return alive(pid)
+
+    monkeypatch.setattr("pomlia_hpc.temps.pid_alive", other_sweep_first)
+    assert put_back_aside(target) is None  # the other one did it
+    assert (target / "a").read_text() == "old"
