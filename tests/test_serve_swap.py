@@ -10,6 +10,7 @@ import io
 import threading
 import time
 import weakref
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -256,3 +257,52 @@ def test_a_swap_to_a_damaged_bundle_is_refused_and_the_old_model_serves(
     message = asyncio.run(swap())
     assert expected in message and "\n" not in message, message
     assert message.endswith(f"the server keeps {holder.bundle.name} ({version})")
+
+
+def test_a_watched_link_s_damaged_bundle_rebuilt_in_place_is_swapped_in(
+    bundles: dict[str, Path], tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The watcher refuses a damaged bundle once, not every interval; the refusal says to
+    rebuild it with `pomlia model export`, which replaces the folder at the same path: the
+    watcher took that path for the refused one and never swapped the rebuilt bundle in."""
+    import shutil
+
+    from pomlia_hpc.files import publish_dir
+
+    bad = tmp_path / "bundle"
+    shutil.copytree(bundles["b"], bad)
+    with (bad / "model.onnx").open("ab") as f:
+        f.write(b"\0")
+    link = tmp_path / "current"
+    point(link, bundles["a"])
+    holder = ModelHolder(
+        ExportedBundle.open(link),
+        ServeConfig(watch_interval_s=0.05, threads=1),
+        tmp_path / "logs",
+        ServerMetrics(),
+        follow=link,
+    )
+    rebuilt = ExportedBundle.open(bundles["b"]).version
+
+    async def until(cond: Callable[[], bool]) -> None:
+        for _ in range(600):  # 30 s at most
+            if cond():
+                return
+            await asyncio.sleep(0.05)
+        raise AssertionError("condition not met in time")
+
+    async def watch() -> str:
+        await holder.start()
+        try:
+            point(link, bad)
+            await until(lambda: "hot swap refused" in caplog.text)
+            staged = tmp_path / "staged"
+            shutil.copytree(bundles["b"], staged)
+            assert publish_dir(staged, bad, replace=True)  # as the export rebuilds it
+            await until(lambda: holder.current().bundle.version == rebuilt)
+            return holder.current().bundle.root.name
+        finally:
+            await holder.stop()
+
+    with caplog.at_level("ERROR"):
+        assert asyncio.run(watch()) == "bundle"

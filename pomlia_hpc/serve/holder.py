@@ -67,7 +67,9 @@ class ModelHolder:
         self.peers: PeerLogs | None = None  # set by start()
         self._reader: PeerReader | None = None
         self.gate = FeedbackGate(log_dir, config.deployment_id)
-        self._refused: Path | None = None  # a link target refused once, not every interval
+        # A link target refused once, not every interval: with what its folder was then
+        # (:func:`bundle_state`), so that a rebuild at the same path is tried again.
+        self._refused: tuple[Path, tuple[int, ...] | None] | None = None
         self._lock = asyncio.Lock()
         self._watcher: asyncio.Task[None] | None = None
 
@@ -282,13 +284,29 @@ class ModelHolder:
             await asyncio.sleep(self.config.watch_interval_s)
             target = Path(os.path.realpath(link))
             pred = self.predictor
-            if pred is None or target == pred.bundle.root or target == self._refused:
+            seen = (target, bundle_state(target))
+            if pred is None or target == pred.bundle.root or seen == self._refused:
                 continue
             try:
                 await self.reload()
             except RequestError as exc:
-                self._refused = target  # said once, not every interval
+                self._refused = seen  # said once, not every interval
                 log.error("hot swap refused: %s", exc.message)
             except Exception:
                 log.exception("hot swap to %s failed; still serving %s", target, pred.bundle.name)
-                self._refused = target
+                self._refused = seen
+
+
+def bundle_state(folder: Path) -> tuple[int, ...] | None:
+    """What tells a bundle folder ``folder`` from one rebuilt at the same path: the inode and
+    change times (ns) of the folder and of its ``card.json`` (``pomlia model export`` replaces
+    a damaged bundle whole; a card edited back in place changes its own). None where neither
+    can be read (a missing folder)."""
+    out: list[int] = []
+    for path in (folder, folder / "card.json"):
+        try:
+            st = path.stat()
+        except OSError:
+            continue
+        out += [st.st_ino, st.st_mtime_ns, st.st_ctime_ns]
+    return tuple(out) or None
