@@ -460,3 +460,27 @@ def test_a_relative_profile_path_is_recorded_absolute_and_still_reattaches(
     assert same_submission(ctx, data, str(tmp_path / "prof.yaml"))
     assert same_submission(ctx, data, "prof.yaml")
     assert not same_submission(ctx, data, "local")
+
+
+def test_two_spellings_of_one_profile_file_are_one_submission(
+    workspace: Workspace, reg: Registry, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A re-run that names the profile file another way (`../proj/prof.yaml` from `proj`, a
+    folder reached through a link) was refused as "another profile" while its jobs ran."""
+    import shutil
+
+    from pomlia_hpc.config import config_dir
+    from pomlia_hpc.pipeline.runfiles import same_submission
+
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    shutil.copy(config_dir() / "cluster" / "local.yaml", proj / "prof.yaml")
+    (tmp_path / "via").symlink_to(proj)
+    monkeypatch.chdir(proj)
+    file, data = _pipeline(tmp_path)
+    ctx = _submitted(workspace, reg, file, data, {})
+    run = json.loads((ctx.folder / RUN_FILE).read_text())
+    write_json_atomic(ctx.folder / RUN_FILE, {**run, "profile": "./prof.yaml"})
+    assert same_submission(ctx, data, "../proj/prof.yaml")
+    assert same_submission(ctx, data, str(tmp_path / "via" / "prof.yaml"))
+    assert not same_submission(ctx, data, "../other.yaml")

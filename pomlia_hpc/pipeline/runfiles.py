@@ -10,6 +10,7 @@ the time of submission and each stage's action and job. The folder is
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 from typing import Any
 
@@ -58,15 +59,21 @@ def run_job_ids(folder: Path) -> list[int]:
 def same_submission(ctx: StageContext, data: dict[str, Any], profile_name: str) -> bool:
     """Whether the last submission ran this file's content (``data``, the YAML mapping) with
     the profile ``profile_name``: running the same command again re-attaches to it. Profiles
-    are compared as :func:`~pomlia_hpc.config.cluster_profile_ref` resolves them: a run
-    recorded before the pipeline recorded absolute paths names ``./prof.yaml``."""
+    are compared as :func:`profile_key` resolves them: a run recorded before the pipeline
+    recorded absolute paths names ``./prof.yaml``."""
     run = read_json(ctx.folder / RUN_FILE) or {}
     snap = read_json(ctx.folder / SPEC_SNAPSHOT) or {}
     recorded = run.get("profile")
-    same_profile = isinstance(recorded, str) and (
-        cluster_profile_ref(recorded) == cluster_profile_ref(profile_name)
-    )
+    same_profile = isinstance(recorded, str) and profile_key(recorded) == profile_key(profile_name)
     return same_profile and content_key(snap.get("data")) == content_key(data)
+
+
+def profile_key(name_or_path: str) -> str:
+    """The cluster profile ``name_or_path`` as two spellings of one file compare equal: a
+    path to a YAML file resolved (``..``, links: ``../proj/prof.yaml`` run from ``proj``
+    is ``./prof.yaml``), a profile name unchanged."""
+    ref = cluster_profile_ref(name_or_path)
+    return os.path.realpath(ref) if Path(ref).suffix in (".yaml", ".yml") else ref
 
 
 def known_pipelines(workspace: Workspace) -> list[str]:
