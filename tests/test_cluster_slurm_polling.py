@@ -119,6 +119,9 @@ HOUR_AGO = (datetime.now() - timedelta(hours=1)).isoformat(timespec="seconds")
         # Requeued after its node failed: the (real) controller lists it queued or running.
         ("NODE_FAIL", HOUR_AGO, "", False),
     ],
+    # Named by state: an id with HOUR_AGO in it (the clock at collection) differed between
+    # two xdist workers that collected a second apart, and the whole run stopped at collection.
+    ids=["SUSPENDED", "PREEMPTED", "NODE_FAIL"],
 )
 def test_done_judges_the_states_submitit_misjudges(
     tmp_path: Path,
