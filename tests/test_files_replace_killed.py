@@ -53,16 +53,23 @@ files.publish_dir(Path(sys.argv[2]), Path(sys.argv[1]), replace=True)
 """
 
 
-def _killed_replace(tmp_path: Path) -> Path:
-    """``tmp_path/bundle`` (holding ``a`` = "old") after a replace killed between its renames."""
+def _replace_killed_by(script: str, tmp_path: Path) -> Path:
+    """``tmp_path/bundle`` (``a`` = "old") after a replace by ``staged`` (``a`` = "new") that
+    ``script`` killed (exit 9) at its moment."""
     target = tmp_path / "bundle"
     target.mkdir()
     (target / "a").write_text("old")
     staged = tmp_path / "staged"
     staged.mkdir()
     (staged / "a").write_text("new")
-    cmd = [sys.executable, "-c", KILLED_REPLACE, str(target), str(staged)]
+    cmd = [sys.executable, "-c", script, str(target), str(staged)]
     assert subprocess.run(cmd, cwd=ROOT, check=False).returncode == 9
+    return target
+
+
+def _killed_replace(tmp_path: Path) -> Path:
+    """``tmp_path/bundle`` (holding ``a`` = "old") after a replace killed between its renames."""
+    target = _replace_killed_by(KILLED_REPLACE, tmp_path)
     assert not target.exists()  # the moment the fix is about
     return target
 
@@ -121,14 +128,7 @@ def test_no_old_folder_is_put_back_while_a_replace_is_in_flight(tmp_path: Path) 
 def test_a_replace_killed_while_removing_the_old_folder_leaves_none_to_put_back(
     tmp_path: Path,
 ) -> None:
-    target = tmp_path / "bundle"
-    target.mkdir()
-    (target / "a").write_text("old")
-    staged = tmp_path / "staged"
-    staged.mkdir()
-    (staged / "a").write_text("new")
-    cmd = [sys.executable, "-c", KILLED_REMOVING, str(target), str(staged)]
-    assert subprocess.run(cmd, cwd=ROOT, check=False).returncode == 9
+    target = _replace_killed_by(KILLED_REMOVING, tmp_path)
     assert (target / "a").read_text() == "new"
     shutil.rmtree(target)  # deleted on purpose
     swept = sweep_stale_temps(tmp_path)
