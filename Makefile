@@ -26,14 +26,18 @@ services-stop:  ## Stop the test services this project started
 	-@bash scripts/slurm-local.sh stop
 	-@bash scripts/pg-local.sh stop
 
-# Two pytest workers, one test file each at a time (module fixtures stay per file): much of the
-# suite waits on job starts, Slurm and servers, so 2 workers on 2 cores halve the wall time.
-# TEST_WORKERS=0 runs in one process.
+# Two pytest workers, one test file each at a time (module fixtures stay per file), and beside
+# them one process for the tests marked slurm, which mostly wait on Slurm
+# (scripts/test-lanes.sh). TEST_WORKERS=0 runs the whole suite in one process.
 TEST_WORKERS ?= 2
 XDIST := $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist loadfile)
 
 test: venv services  ## Install, start the test services, run the whole suite
-	$(VENV)/bin/pytest -p no:cacheprovider $(XDIST) --durations=25 $(PYTEST_ARGS)
+ifeq ($(TEST_WORKERS),0)
+	$(VENV)/bin/pytest -p no:cacheprovider --durations=25 $(PYTEST_ARGS)
+else
+	PYTEST=$(VENV)/bin/pytest WORKERS=$(TEST_WORKERS) bash scripts/test-lanes.sh $(PYTEST_ARGS)
+endif
 
 test-fast: venv  ## The suite without Slurm and PostgreSQL
 	$(VENV)/bin/pytest -m "not slurm and not postgres" $(XDIST) $(PYTEST_ARGS)

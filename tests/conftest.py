@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import threading
+from typing import Any
 
 import pytest
 
@@ -154,6 +155,40 @@ LONG_FILES = (
 )
 
 
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+#: ``--lane`` values: the tests marked slurm, and all the others.
+LANES = ("slurm", "rest")
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(
+        "--lane",
+        choices=LANES,
+        default=None,
+        help="run only the tests marked slurm (slurm) or only the others (rest); "
+        "scripts/test-lanes.sh (`make test`) runs the two lanes at once",
+    )
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    lane = config.getoption("lane")
+    if lane is not None:
+        dropped = keep_the_lane(lane, items)
+        if dropped:
+            config.hook.pytest_deselected(items=dropped)
+    long_files_first(items)
+
+
+def keep_the_lane(lane: str, items: list[Any]) -> list[Any]:
+    """Keep in ``items`` (in place) the tests of ``lane`` (one of :data:`LANES`); returns those
+    taken out."""
+    in_lane = [(it.get_closest_marker("slurm") is not None) == (lane == "slurm") for it in items]
+    dropped = [it for it, keep in zip(items, in_lane, strict=True) if not keep]
+    items[:] = [it for it, keep in zip(items, in_lane, strict=True) if keep]
+    return dropped
+
+
+def long_files_first(items: list[Any]) -> None:
+    """Sort ``items`` (in place, stable) so that the tests of :data:`LONG_FILES` come first, in
+    its order."""
     rank = {name: i for i, name in enumerate(LONG_FILES)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(LONG_FILES)))  # stable
+    items.sort(key=lambda item: rank.get(item.path.name, len(LONG_FILES)))

@@ -12,8 +12,9 @@ from xdist.scheduler import LoadFileScheduling
 
 from tests.conftest import (
     LONG_FILES,
+    keep_the_lane,
+    long_files_first,
     pin_each_worker_to_its_cores,
-    pytest_collection_modifyitems,
     share_the_cores_between_workers,
 )
 
@@ -43,7 +44,7 @@ def test_the_longest_files_are_handed_out_first(pytestconfig: pytest.Config) -> 
         for f, n in (("test_a.py", 5), (long, 1), ("test_b.py", 5), ("test_c.py", 5))
         for i in range(n)
     ]
-    pytest_collection_modifyitems(items)
+    long_files_first(items)
     collection = [it.nodeid for it in items]
     config = SimpleNamespace(
         option=pytestconfig.option, getvalue=lambda name: ["2*popen"] if name == "tx" else None
@@ -102,3 +103,19 @@ def test_each_xdist_worker_runs_on_its_own_cores(monkeypatch: pytest.MonkeyPatch
         assert sorted(os.sched_getaffinity(0)) == cores
     finally:
         os.sched_setaffinity(0, mine)
+
+
+def _item(name: str, slurm: bool) -> Any:
+    marker = SimpleNamespace(name="slurm") if slurm else None
+    return SimpleNamespace(name=name, get_closest_marker=lambda _name: marker)
+
+
+def test_each_lane_keeps_its_own_tests_in_their_order() -> None:
+    """``--lane=slurm`` keeps the tests marked slurm, ``--lane=rest`` every other one: together
+    the whole suite, each test in one lane (scripts/test-lanes.sh runs the two at once)."""
+    made = [_item("a", False), _item("b", True), _item("c", False), _item("d", True)]
+    for lane, kept, dropped in (("slurm", "bd", "ac"), ("rest", "ac", "bd")):
+        items = list(made)
+        out = keep_the_lane(lane, items)
+        assert "".join(it.name for it in items) == kept
+        assert "".join(it.name for it in out) == dropped
