@@ -38,6 +38,7 @@ def test_cpu_smoke_run_executes_every_step(tmp_path: Path) -> None:
         OBJECTIVE_IMAGES="40",  # 36 kept: one batch of 32 for style and contrastive
         VECTORS="20000",
         SERVE="small_cnn:28",
+        SERVE_S="0.2",  # a figure's measuring time: it only has to run here
         LIMIT_S="900",
         TMPDIR=str(tmp_path),
     )
