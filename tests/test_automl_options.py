@@ -102,6 +102,13 @@ def test_create_refuses_how_trials_would_run(
             "error: --zero-stage 4: not a DeepSpeed ZeRO stage; expected 0, 1, 2 or 3",
         ),
         (["--optimizer", "grid"], "error: --optimizer 'grid': not an optimizer; expected smac"),
+        (
+            ["--archs", "small_cnn,resnet50"],
+            "error: --archs 'small_cnn,resnet50': architecture 'resnet50' is not known",
+        ),
+        (["--mem-gb", "-1"], "error: --mem-gb -1: expected a memory per trial job above 0 GB"),
+        (["--mem-gb", "nan"], "error: --mem-gb nan: expected a memory per trial job above 0 GB"),
+        (["--time-min", "0"], "error: --time-min 0: expected a time limit of at least 1 minute"),
     ],
 )
 def test_a_bad_engine_option_is_one_line_naming_it(
@@ -113,7 +120,8 @@ def test_a_bad_engine_option_is_one_line_naming_it(
     line: str,
 ) -> None:
     """`automl run T --device gpu` said "device 'gpu' is not known" and `--zero-stage 4`
-    "zero_stage=4": neither named the option the user typed."""
+    "zero_stage=4"; `--archs resnet50` "search space: architecture ...", `--mem-gb -1` "job
+    resources: bad value for 'mem_gb'": none named the option the user typed."""
     tiny_task(workspace, reg, "t", sizes=(16, 8, 8))
     code, out, err = pomlia(monkeypatch, capsys, "automl", "run", "t", "--study", "s", *args)
     assert code == 2 and out == "" and err.startswith(line) and err.count("\n") == 1, err

@@ -98,7 +98,8 @@ def check_space_options(opt: SpaceOptions) -> None:
 def parse_archs(text: str, option: str = "--archs") -> tuple[str, ...]:
     """The architectures of a comma-separated ``text`` (``small_cnn,resnet18``); an empty
     list or an empty name in it (``""``, ``small_cnn,``) is an :class:`InputError`, not the
-    default architectures."""
+    default architectures, and so is a name not in :data:`ARCHITECTURES` (the message names
+    ``option``)."""
     names = tuple(a.strip() for a in text.split(","))
     if not any(names):
         raise InputError(
@@ -108,6 +109,12 @@ def parse_archs(text: str, option: str = "--archs") -> tuple[str, ...]:
         )
     if not all(names):
         raise InputError(f"{option} {text!r}: an empty architecture name in the list")
+    unknown = [a for a in names if a not in ARCHITECTURES]
+    if unknown:
+        raise InputError(
+            f"{option} {text!r}: architecture '{unknown[0]}' is not known; expected some of "
+            f"{', '.join(ARCHITECTURES)}"
+        )
     return names
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import math
 import shlex
 from collections.abc import Callable
 from pathlib import Path
@@ -280,6 +281,11 @@ def automl_run(
             low, high = default_budget(defaulted, eta)
             min_epochs = min_epochs if min_epochs is not None else min(low, max_epochs or low)
             max_epochs = max_epochs if max_epochs is not None else max(high, min_epochs)
+        # Here, not in the job resources' own check, whose message names the profile's field.
+        if mem_gb is not None and not (math.isfinite(mem_gb) and mem_gb > 0):
+            raise InputError(f"--mem-gb {mem_gb:g}: expected a memory per trial job above 0 GB")
+        if time_min is not None and time_min < 1:
+            raise InputError(f"--time-min {time_min}: expected a time limit of at least 1 minute")
         if gpus is not None and not 0 <= gpus <= 1:
             # One process per trial (tasks_per_node=1) trains on one GPU: more would sit idle.
             raise InputError(
