@@ -2,10 +2,11 @@
 # The whole suite in two lanes at once (`make test`): the tests marked `slurm` in one pytest
 # process, every other test in WORKERS pytest-xdist workers (one file per worker at a time).
 #
-# Why: the Slurm tests mostly wait (a job's start in slurmd, its end in sacct, a controller that
-# does not answer), and in the workers' queue each wait held a worker, and with it one of CI's
-# two cores, idle (docs/BENCHMARKS.md, "The test suite's wall time"). In a lane of their own
-# they wait beside the CPU-bound tests, which keep both cores.
+# Why: the Slurm tests wait on the cluster (a job's start in slurmd, its end in sacct, a
+# controller that does not answer), and in the workers' queue each wait held a worker. In a
+# lane of their own they wait beside the others. Measured (docs/BENCHMARKS.md, "The test
+# suite's wall time", session 30): with the Makefile's bytecode cache, 4 % off the suite's wall
+# time on 2 cores; the Slurm jobs' own CPU runs on the same cores, so little of a wait was idle.
 #
 #   scripts/test-lanes.sh [PYTEST ARGS...]   # WORKERS=2 by default; PYTEST=.venv/bin/pytest
 #
