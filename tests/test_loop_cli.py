@@ -167,7 +167,7 @@ BAD_SETTINGS = [
     (["--min-labels", "-3"], "--min-labels -3: expected an integer >= 1"),
     (["--min-labels", "0"], "--min-labels 0: expected an integer >= 1"),
     (["--trials", "0"], "--trials 0: expected an integer >= 1"),
-    (["--archs", "nonet"], "architecture 'nonet' is not known"),
+    (["--archs", "nonet"], "--archs 'nonet': architecture 'nonet' is not known"),
     (["--optimizer", "bayes"], "--optimizer 'bayes': not an optimizer; expected smac or random"),
     (["--executor", "nope"], "cluster profile 'nope' not found"),
     (["--min-epochs", "5", "--max-epochs", "2"], "--min-epochs 5 is larger than --max-epochs 2"),

@@ -263,6 +263,7 @@ RecentShareOpt = Annotated[
 def _settings(options: dict[str, Any], **more: Any) -> LoopSettings:
     """The loop's :class:`~pomlia_hpc.loop.stages.LoopSettings` from a command's options (its
     ``locals()``: the settings' fields are taken, the others left) and ``more``."""
+    from pomlia_hpc.automl.space import parse_archs
     from pomlia_hpc.loop.stages import LoopSettings, check_settings
 
     names = {f.name for f in fields(LoopSettings)}
@@ -272,7 +273,7 @@ def _settings(options: dict[str, Any], **more: Any) -> LoopSettings:
     if not 0 <= recent_share < 1:
         raise InputError(f"--recent-share {recent_share}: expected 0 <= share < 1")
     cfg = LoopSettings(
-        archs=tuple(a.strip() for a in archs.split(",")) if archs else None,
+        archs=parse_archs(archs) if archs else None,  # an unknown name refused naming --archs
         recent_share=recent_share or None,
         **values,
     )
