@@ -35,19 +35,23 @@ exit 99
 """
 
 
-def _lanes(
-    tmp_path: Path, rest_rc: int, slurm_rc: int, **env: str
-) -> subprocess.CompletedProcess[str]:
+def _stand_in(tmp_path: Path) -> dict[str, str]:
+    """The environment that makes the script run the stand-in pytest, written in ``tmp_path``
+    (also its log's folder)."""
     pytest_ = tmp_path / "pytest"
     pytest_.write_text(PYTEST)
     pytest_.chmod(0o755)
+    return {"PYTEST": str(pytest_), "DIR": str(tmp_path), "TMPDIR": str(tmp_path)}
+
+
+def _lanes(
+    tmp_path: Path, rest_rc: int, slurm_rc: int, **env: str
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         ["bash", str(SCRIPT), "-k", "x y"],
         env={
             **os.environ,
-            "PYTEST": str(pytest_),
-            "DIR": str(tmp_path),
-            "TMPDIR": str(tmp_path),
+            **_stand_in(tmp_path),
             "REST_RC": str(rest_rc),
             "SLURM_RC": str(slurm_rc),
             **env,
@@ -91,13 +95,15 @@ def test_a_bad_worker_count_is_refused(tmp_path: Path) -> None:
 
 def test_a_stopped_script_takes_the_slurm_lane_down(tmp_path: Path) -> None:
     """A SIGTERM (CI's timeout) while both lanes run ends the Slurm lane too, and its log goes."""
-    pytest_ = tmp_path / "pytest"
-    pytest_.write_text(PYTEST)
-    pytest_.chmod(0o755)
-    env = {"PYTEST": str(pytest_), "DIR": str(tmp_path), "TMPDIR": str(tmp_path)}
     with subprocess.Popen(
         ["bash", str(SCRIPT)],
-        env={**os.environ, **env, "REST_RC": "0", "SLURM_RC": "0", "SLURM_HANG": "1"},
+        env={
+            **os.environ,
+            **_stand_in(tmp_path),
+            "REST_RC": "0",
+            "SLURM_RC": "0",
+            "SLURM_HANG": "1",
+        },
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     ) as script:

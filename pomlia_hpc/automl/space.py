@@ -37,7 +37,7 @@ from __future__ import annotations
 import hashlib
 import json
 import numbers
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,12 +83,9 @@ class SpaceOptions(Record):
 def check_space_options(opt: SpaceOptions) -> None:
     """One :class:`InputError` for a space that names an unknown architecture, no architecture
     or too few extra images (checked by :func:`build_space`, and before a study is made)."""
-    for arch in (*opt.archs, opt.encoder_arch, opt.model_arch):
-        if arch is not None and arch not in ARCHITECTURES:
-            raise InputError(
-                f"search space: architecture '{arch}' is not known; expected one of "
-                f"{', '.join(ARCHITECTURES)}"
-            )
+    unknown = _unknown_architecture((*opt.archs, opt.encoder_arch, opt.model_arch))
+    if unknown is not None:
+        raise InputError(f"search space: {unknown}")
     if not opt.archs:
         raise InputError("search space: expected at least one architecture in 'archs'")
     if opt.extra_data and opt.max_extra < 100:
@@ -109,13 +106,19 @@ def parse_archs(text: str, option: str = "--archs") -> tuple[str, ...]:
         )
     if not all(names):
         raise InputError(f"{option} {text!r}: an empty architecture name in the list")
-    unknown = [a for a in names if a not in ARCHITECTURES]
-    if unknown:
-        raise InputError(
-            f"{option} {text!r}: architecture '{unknown[0]}' is not known; expected some of "
-            f"{', '.join(ARCHITECTURES)}"
-        )
+    unknown = _unknown_architecture(names)
+    if unknown is not None:
+        raise InputError(f"{option} {text!r}: {unknown}")
     return names
+
+
+def _unknown_architecture(names: Iterable[str | None]) -> str | None:
+    """The message for the first of ``names`` (None skipped) not in :data:`ARCHITECTURES`
+    ("architecture 'X' is not known; expected one of ..."); None when all are known."""
+    for arch in names:
+        if arch is not None and arch not in ARCHITECTURES:
+            return f"architecture '{arch}' is not known; expected one of {', '.join(ARCHITECTURES)}"
+    return None
 
 
 def build_space(options: SpaceOptions | None = None, seed: int = 0) -> ConfigurationSpace:
