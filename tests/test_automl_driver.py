@@ -284,7 +284,7 @@ def test_a_requeue_whose_short_last_attempt_ended_between_two_polls_is_said(
     runner.collect(opt, act)
     runner.emit()
     (trial,) = runner.view().trials
-    assert trial.status == "ok" and trial.attempt == 2
+    assert (trial.status, trial.attempt) == ("ok", 2), (trial.cause, said)
     assert any(f"job {trial.job} requeued (attempt 2 of 4 " in x for x in said), said
     ok = next(i for i, x in enumerate(said) if ": ok" in x)
     assert any("requeued" in x for x in said[:ok]), said  # said before its end

@@ -16,6 +16,7 @@ from typer.testing import CliRunner
 
 from pomlia_hpc.cli import app
 from pomlia_hpc.cli.examples import EXAMPLES, PANELS
+from tests.fixtures.cli import command_paths, help_page
 
 runner = CliRunner()
 ROOT = typer.main.get_command(app)
@@ -45,7 +46,7 @@ def test_every_example_parses_and_is_shown(path: tuple[str, ...], example: str) 
     assert words[: len(path) + 1] == ["pomlia", *path], example
     cmd = _command(path)
     cmd.make_context(" ".join(words[: len(path) + 1]), words[len(path) + 1 :])  # no usage error
-    out = runner.invoke(app, [*path, "--help"], env={"COLUMNS": "200"}).output
+    out = help_page(path)
     assert "Examples:" in out and " ".join(words) in " ".join(out.split()), out
 
 
@@ -83,19 +84,13 @@ def test_help_to_a_pipe_is_as_wide_as_other_output() -> None:
     assert max(len(line) for line in out.splitlines()) > 80
 
 
-def _all_paths(cmd: Any, path: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
-    subs = getattr(cmd, "commands", {})
-    return [path] + [p for name, sub in subs.items() for p in _all_paths(sub, (*path, name))]
-
-
 def test_flags_show_no_value_placeholder() -> None:
     """Typer's help showed every on/off flag as taking a value (`--resume <bool>`,
     `--dry-run <bool>`, `--help <bool>`), and `automl run blood --resume true` then failed.
     Flags show no placeholder; options that take a value keep theirs."""
-    for path in _all_paths(ROOT):
-        out = runner.invoke(app, [*path, "--help"], env={"COLUMNS": "200"}).output
-        assert "<bool>" not in out, (path, out)
-    out = runner.invoke(app, ["automl", "run", "--help"], env={"COLUMNS": "200"}).output
+    for path in command_paths():
+        assert "<bool>" not in help_page(path), (path, help_page(path))
+    out = help_page(("automl", "run"))
     lines = {line.split()[1]: line for line in out.splitlines() if line.startswith("│ --")}
     assert "<int>" in lines["--trials"] and lines["--resume"].split()[2] == "Continue", out
 
@@ -123,7 +118,7 @@ def test_options_without_a_shown_default_say_theirs() -> None:
         ("data", "add"): {"--download": "[default: download]"},
     }
     for path, params in wanted.items():
-        rows = _rows(runner.invoke(app, [*path, "--help"], env=ONE_ROW).output)
+        rows = _rows(help_page(path))
         for name, text in params.items():
             assert text in rows[name], (path, name, rows[name])
 
@@ -131,12 +126,8 @@ def test_options_without_a_shown_default_say_theirs() -> None:
 def test_deploy_help_shows_the_main_use() -> None:
     """`deploy --help` showed only `deploy [OPTIONS] COMMAND`, though `deploy MODEL --profile
     P --submit` (the `write` command, run without its name) is the main use."""
-    out = " ".join(runner.invoke(app, ["deploy", "--help"], env={"COLUMNS": "200"}).output.split())
+    out = " ".join(help_page(("deploy",)).split())
     assert "deploy MODEL [--profile PROFILE] [--out DIR] [--submit] | COMMAND" in out, out
-
-
-#: Wide enough that every option of every command is one row of its help panel.
-ONE_ROW = {"COLUMNS": "1000"}
 
 
 def _rows(out: str) -> dict[str, str]:
@@ -162,8 +153,8 @@ def test_positional_arguments_read_as_upper_case_names() -> None:
     the help text and the hints say TASK and NAME. Every positional argument reads as one
     upper-case name, in the usage line and in the Arguments panel."""
     name = re.compile(r"\[?[A-Z][A-Z0-9_]*\]?(\.\.\.)?\]?")
-    for path in _all_paths(ROOT):
-        out = runner.invoke(app, [*path, "--help"], env=ONE_ROW).output
+    for path in command_paths():
+        out = help_page(path)
         usage = next(line for line in out.splitlines() if "Usage:" in line).split()
         words = usage[usage.index("pomlia") + 1 + len(path) :]
         for word in words:
@@ -181,7 +172,7 @@ def test_every_encoder_option_has_the_short_e() -> None:
     """`--encoder` was `-e` in the fingerprint commands but not in `automl run` and `model
     export`."""
     seen = []
-    for path in _all_paths(ROOT):
+    for path in command_paths():
         for param in getattr(_command(path), "params", []):
             if "--encoder" in getattr(param, "opts", []):
                 seen.append(path)
@@ -199,9 +190,9 @@ def test_defaults_are_shown_in_one_form() -> None:
     and not at all in some (`automl run --gpus`). Every default is typer's `[default: X]`
     after the help: no help text words its own default, and every option (or argument) with
     a default shows it."""
-    for path in _all_paths(ROOT):
+    for path in command_paths():
         cmd = _command(path)
-        out = runner.invoke(app, [*path, "--help"], env=ONE_ROW).output
+        out = help_page(path)
         assert "[default: (" not in out, (path, out)
         rows = _rows(out)
         for param in cmd.params:
