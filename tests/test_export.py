@@ -264,18 +264,46 @@ def test_export_refuses_when_outputs_disagree(
 
     real = export_mod.export_onnx
 
-    def perturbed(model: torch.nn.Module, example: torch.Tensor, path: Path) -> None:
-        other = copy.deepcopy(model)  # an ONNX graph of slightly different weights
+    def perturbed(program: torch.export.ExportedProgram, path: Path) -> None:
+        other = copy.deepcopy(program)  # an ONNX graph of slightly different weights
         with torch.no_grad():
             for p in other.parameters():
                 p.add_(0.05 * torch.randn_like(p))
-        real(other, example, path)
+        real(other, path)
 
     monkeypatch.setattr(export_mod, "export_onnx", perturbed)
     ckpt = save_demo_checkpoint(tmp_path / "c.pt")
     with pytest.raises(ExportError, match=r"the onnx export('s probabilities differ| predicts)"):
         export_checkpoint(ckpt, tmp_path / "bundles", name="m")
     assert not any((tmp_path / "bundles").iterdir())  # nothing half-written visible
+
+
+@pytest.mark.parametrize("arch", ["small_cnn", "resnet18"])
+def test_the_onnx_graph_is_the_file_torch_onnx_export_writes(arch: str, tmp_path: Path) -> None:
+    """``export_onnx`` translates through the exporter's core with a translation table built
+    once per process (``torch.onnx.export`` builds it for every graph): its file must stay the
+    one the public exporter writes, byte for byte, also when the table is reused."""
+    import warnings
+
+    net = build_classifier(arch, 3, 3, image_size=28).eval()
+    program = export_mod.save_program(net, torch.zeros(2, 3, 28, 28), tmp_path / "m.pt2")
+    for name in ("ours.onnx", "again.onnx"):
+        export_mod.export_onnx(program, tmp_path / name)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            program,
+            (),
+            str(tmp_path / "torch.onnx"),
+            input_names=["images"],
+            output_names=["logits"],
+            dynamo=True,
+            verbose=False,
+            external_data=False,
+        )
+    public = (tmp_path / "torch.onnx").read_bytes()
+    assert (tmp_path / "ours.onnx").read_bytes() == public
+    assert (tmp_path / "again.onnx").read_bytes() == public
 
 
 def test_a_model_whose_own_outputs_are_not_finite_is_named_as_the_cause(tmp_path: Path) -> None:

@@ -157,7 +157,7 @@ import pomlia_hpc.serve.demo as demo
 from pomlia_hpc.workspace import Workspace
 home = Path(sys.argv[1])
 ws = Workspace(home=home, db_url=f"sqlite:///{home}/registry.db", cluster_profile="local")
-def dying(model, example, path):  # the node dies half-way through the export
+def dying(program, path):  # the node dies half-way through the export
     path.write_bytes(b"half an onnx graph")
     os.kill(os.getpid(), signal.SIGKILL)
 def registered_then_dying(*args, **kwargs):  # the node dies right after the row's commit
