@@ -33,8 +33,8 @@ def test_cpu_smoke_run_executes_every_step(tmp_path: Path) -> None:
     res = _run(
         timeout=960,
         DEVICE="cpu",
-        IMAGES="256",  # the store, extracted in one shard
-        EPOCH_IMAGES="64",  # one batch: the epoch only has to run here
+        IMAGES="800",
+        EPOCH_IMAGES="600",  # one batch of 512 (the script's) after the held-out share
         OBJECTIVE_IMAGES="40",  # 36 kept: one batch of 32 for style and contrastive
         VECTORS="20000",
         SERVE="small_cnn:28",
