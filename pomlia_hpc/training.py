@@ -29,7 +29,7 @@ import shutil
 import sys
 import threading
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, MutableMapping
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
@@ -79,8 +79,9 @@ def cast_buffers(module: nn.Module, dtype: torch.dtype) -> None:
             buf.data = buf.data.to(dtype)
 
 
-def use_interpreter_extension_cache() -> Path:
-    """Point torch's JIT extension cache (``TORCH_EXTENSIONS_DIR``) at a folder of this Python
+def use_interpreter_extension_cache(environ: MutableMapping[str, str] | None = None) -> Path:
+    """Point torch's JIT extension cache (``TORCH_EXTENSIONS_DIR`` in ``environ``, by default
+    ``os.environ``, which the jobs this process starts inherit) at a folder of this Python
     environment's own, unless it is already set; returns the folder in use.
 
     DeepSpeed compiles its CPU communication op into the cache on first use (~30 s). The default
@@ -89,11 +90,12 @@ def use_interpreter_extension_cache() -> Path:
     the op in turn on every start: 75-95 s instead of 8-10 s for a one-epoch trial, measured
     (docs/BENCHMARKS.md, the registry grid). One folder per ``sys.prefix`` builds once each.
     """
-    if "TORCH_EXTENSIONS_DIR" not in os.environ:
-        cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    env = os.environ if environ is None else environ
+    if "TORCH_EXTENSIONS_DIR" not in env:
+        cache = Path(env.get("XDG_CACHE_HOME") or Path.home() / ".cache")
         tag = hashlib.sha256(sys.prefix.encode()).hexdigest()[:12]
-        os.environ["TORCH_EXTENSIONS_DIR"] = str(cache / "torch_extensions" / f"env-{tag}")
-    return Path(os.environ["TORCH_EXTENSIONS_DIR"])
+        env["TORCH_EXTENSIONS_DIR"] = str(cache / "torch_extensions" / f"env-{tag}")
+    return Path(env["TORCH_EXTENSIONS_DIR"])
 
 
 def resume_note(epoch: int, checkpoint: str | Path, attempt: int) -> str:
