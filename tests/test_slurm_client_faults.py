@@ -23,6 +23,7 @@ from pomlia_hpc.cluster.batch import cancel_named, jobs_named, submit_script
 from pomlia_hpc.cluster.records import sacct_states, squeue_ids
 from pomlia_hpc.cluster.terminate import cancel_own_jobs
 from pomlia_hpc.errors import UNAVAILABLE_EXIT, ClusterError
+from tests.fixtures.waiting import wait_until
 
 CONF = """\
 SlurmctldHost=head1(10.0.0.1)
@@ -223,15 +224,25 @@ def test_a_python_job_queued_despite_a_timed_out_sbatch_is_cancelled(
         with pytest.raises(ClusterError) as failed:
             executor.submit(operator.add, 1, 2, name=name)
         job_id = (tmp_path / "queued").read_text().split()[-1]
-        shown = subprocess.run(
-            ["scontrol", "-o", "show", "job", job_id], capture_output=True, text=True, check=True
-        )
+
+        def settled() -> str | None:
+            shown = subprocess.run(
+                ["scontrol", "-o", "show", "job", job_id],
+                capture_output=True,
+                text=True,
+                check=True,
+            ).stdout
+            return None if "JobState=COMPLETING" in shown else shown
+
+        # A job that had started is COMPLETING for a moment after its scancel, while slurmd
+        # ends its processes, then CANCELLED (a local .ci/run saw the moment).
+        state = wait_until(settled, 60, interval=0.5, what=f"job {job_id} to leave COMPLETING")
     finally:
         cancel_named(name)  # nothing left behind, whatever the code did
     assert failed.value.exit_code == UNAVAILABLE_EXIT
     assert str(failed.value).endswith(f"; Slurm had queued it all the same as job {job_id}: "
                                       "cancelled"), failed.value  # fmt: skip
-    assert "JobState=CANCELLED" in shown.stdout, shown.stdout
+    assert "JobState=CANCELLED" in state, state
 
 
 def test_a_python_job_not_queued_by_a_timed_out_sbatch_says_so(
