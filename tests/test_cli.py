@@ -10,7 +10,6 @@ import time
 from pathlib import Path
 
 import pytest
-import typer
 from typer.testing import CliRunner
 
 from pomlia_hpc import __version__
@@ -21,7 +20,7 @@ from pomlia_hpc.registry import Job, Registry
 from pomlia_hpc.registry.db import head_revision
 from pomlia_hpc.workspace import Workspace
 from tests.fixtures import jobfns
-from tests.fixtures.cli import command_paths, help_page
+from tests.fixtures.cli import command_at, command_paths, help_page
 
 runner = CliRunner()
 
@@ -30,14 +29,11 @@ pytestmark = pytest.mark.usefixtures("wide_console")
 
 
 def test_every_command_has_help() -> None:
-    root = typer.main.get_command(app)
     paths = command_paths()
     assert ("jobs", "cancel") in paths and ("status",) in paths
     for path in paths:
         help_page(path)  # renders, exit 0
-        cmd = root
-        for p in path:
-            cmd = cmd.commands[p]
+        cmd = command_at(path)
         where = f"`pomlia {' '.join(path)}`"
         assert (cmd.help or "").strip(), f"{where} has no help text"
         # The command lists show the short help as it is: a line break there splits a sentence.

@@ -11,22 +11,14 @@ import sys
 from typing import Any
 
 import pytest
-import typer
 from typer.testing import CliRunner
 
 from pomlia_hpc.cli import app
 from pomlia_hpc.cli.examples import EXAMPLES, PANELS
-from tests.fixtures.cli import command_paths, help_page
+from tests.fixtures.cli import command_at, command_paths, help_page
 
 runner = CliRunner()
-ROOT = typer.main.get_command(app)
-
-
-def _command(path: tuple[str, ...]) -> Any:
-    cmd: Any = ROOT
-    for name in path:
-        cmd = cmd.commands[name]
-    return cmd
+ROOT = command_at(())
 
 
 def test_every_top_level_command_is_in_one_panel_in_stage_order() -> None:
@@ -44,7 +36,7 @@ def test_every_top_level_command_is_in_one_panel_in_stage_order() -> None:
 def test_every_example_parses_and_is_shown(path: tuple[str, ...], example: str) -> None:
     words = shlex.split(example, comments=True)
     assert words[: len(path) + 1] == ["pomlia", *path], example
-    cmd = _command(path)
+    cmd = command_at(path)
     cmd.make_context(" ".join(words[: len(path) + 1]), words[len(path) + 1 :])  # no usage error
     out = help_page(path)
     assert "Examples:" in out and " ".join(words) in " ".join(out.split()), out
@@ -58,7 +50,7 @@ def test_option_help_gives_units() -> None:
         ("data", "add"): {"size": "px"},
     }
     for path, params in wanted.items():
-        helps = {p.name: getattr(p, "help", "") or "" for p in _command(path).params}
+        helps = {p.name: getattr(p, "help", "") or "" for p in command_at(path).params}
         for name, unit in params.items():
             assert unit in helps[name], (path, name, helps[name])
 
@@ -66,7 +58,7 @@ def test_option_help_gives_units() -> None:
 def test_schedule_at_says_whose_clock() -> None:
     """`monitor schedule --at` said "cluster's local time", but the next start is computed on
     the clock and in the time zone of the machine that runs the command (as the guide says)."""
-    (at,) = [p for p in _command(("monitor", "schedule")).params if p.name == "at"]
+    (at,) = [p for p in command_at(("monitor", "schedule")).params if p.name == "at"]
     assert "this machine's clock" in at.help and "cluster" not in at.help, at.help
 
 
@@ -161,7 +153,7 @@ def test_positional_arguments_read_as_upper_case_names() -> None:
             if not word.lstrip("[").startswith("-") and word != "|":
                 assert name.fullmatch(word), (path, word, " ".join(usage))
         rows = _rows(out)
-        for param in _command(path).params:
+        for param in command_at(path).params:
             if param.param_type_name == "argument":
                 upper = param.metavar or param.name.upper()
                 assert upper in rows, (path, param.name, out)
@@ -173,7 +165,7 @@ def test_every_encoder_option_has_the_short_e() -> None:
     export`."""
     seen = []
     for path in command_paths():
-        for param in getattr(_command(path), "params", []):
+        for param in getattr(command_at(path), "params", []):
             if "--encoder" in getattr(param, "opts", []):
                 seen.append(path)
                 assert "-e" in param.opts, (path, param.opts)
@@ -191,7 +183,7 @@ def test_defaults_are_shown_in_one_form() -> None:
     after the help: no help text words its own default, and every option (or argument) with
     a default shows it."""
     for path in command_paths():
-        cmd = _command(path)
+        cmd = command_at(path)
         out = help_page(path)
         assert "[default: (" not in out, (path, out)
         rows = _rows(out)
