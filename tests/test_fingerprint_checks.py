@@ -157,7 +157,7 @@ def test_replace_retrains_under_the_same_name(workspace: Workspace, reg: Registr
     """A pipeline whose `encoder` section changed retrains the encoder it trained (the docs say
     the stage re-runs); `fingerprint train` refuses, naming the setting in words."""
     ref = make_dataset(workspace, reg, "blood", sizes=(48, 4, 4))
-    ex = Executor.from_profile("local", workspace.jobs, reg)
+    ex = Executor.from_profile("debug", workspace.jobs, reg)  # the trainings in this process
     old = train_encoder(reg, workspace, "ae", [ref], _small(1), executor=ex, pipeline="p")
     with pytest.raises(InputError, match="was trained with epochs 1 but this run asks for 2:"):
         train_encoder(reg, workspace, "ae", [ref], _small(2), executor=ex)
@@ -287,7 +287,7 @@ def test_a_failed_retrain_keeps_the_old_encoder(workspace: Workspace, reg: Regis
     submission or a cancelled job left the registry naming a checkpoint that no longer
     existed."""
     ref = make_dataset(workspace, reg, "blood", sizes=(48, 4, 4))
-    local = Executor.from_profile("local", workspace.jobs, reg)
+    local = Executor.from_profile("debug", workspace.jobs, reg)  # the trainings in this process
     old = train_encoder(reg, workspace, "ae", [ref], _small(1), executor=local, pipeline="p")
     weights = Path(old.checkpoint_path).read_bytes()
     with pytest.raises(ClusterError, match="submission failed"):

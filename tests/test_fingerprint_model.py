@@ -196,7 +196,7 @@ def test_a_start_that_failed_before_an_epoch_does_not_pin_its_datasets(
     data = bytearray(chunk.read_bytes())
     data[len(data) // 2] ^= 0x01  # Blosc decodes it; its hash no longer matches
     chunk.write_bytes(bytes(data))
-    ex = Executor.from_profile("local", workspace.jobs, reg)
+    ex = Executor.from_profile("debug", workspace.jobs, reg)  # the trainings in this process
     with pytest.raises(DataIntegrityError):
         train_encoder(reg, workspace, "e1", [bad], _cfg(num_workers=0), executor=ex)
     out = encoder_dir(workspace, "e1")

@@ -5,6 +5,7 @@ registration of a retrain."""
 from __future__ import annotations
 
 import json
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -57,6 +58,7 @@ def test_a_pipeline_retrains_an_encoder_its_stage_trained_before_records_named_i
 ) -> None:
     """Such an encoder's record has no `pipeline` key: editing the `encoder` section was
     refused as "trained by 'fingerprint train'". The stage's own last record names it."""
+    workspace = replace(workspace, cluster_profile="debug")  # the trainings in this process
     ref = make_dataset(workspace, reg, "blood", sizes=(48, 4, 4))
     (encoder,) = [s for s in STAGES if s.name == "encoder"]
     assert run_stage(_ctx(workspace, reg, ref, 1), encoder) == "done"
@@ -83,7 +85,7 @@ def test_a_crash_before_a_retrain_is_registered_does_not_pass_its_weights_as_the
     old settings: `fingerprint train -n ae` with them returned the new weights as "the same".
     The folder's own record is what is compared; the retrain's settings then finish it."""
     ref = make_dataset(workspace, reg, "blood", sizes=(48, 4, 4))
-    ex = Executor.from_profile("local", workspace.jobs, reg)
+    ex = Executor.from_profile("debug", workspace.jobs, reg)  # the trainings in this process
     train_encoder(reg, workspace, "ae", [ref], _config(1), executor=ex, pipeline="p")
 
     def crash(*args: object, **kw: object) -> None:

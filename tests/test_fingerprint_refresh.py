@@ -20,8 +20,18 @@ from pomlia_hpc.workspace import Workspace
 from tests.fixtures.cli import cli_ok, runner
 from tests.fixtures.factories import make_dataset
 
+# The cheapest training (mse, no hold-out, no loader process): the refresh's logic is under
+# test; the default objective's two augmented views and its validation took most of its time.
 CFG = TrainConfig.model_validate(
-    {"encoder": {"latent_dim": 2}, "epochs": 1, "batch_size": 16, "max_images_per_dataset": 32}
+    {
+        "encoder": {"latent_dim": 2},
+        "epochs": 1,
+        "batch_size": 16,
+        "max_images_per_dataset": 32,
+        "objective": "mse",
+        "holdout": 0.0,
+        "num_workers": 0,
+    }
 )
 
 
