@@ -80,6 +80,8 @@ def test_undefined_test_auc_is_stored_as_null_on_every_backend(
         "--study",
         "u",
         "--no-final",
+        "--executor",
+        "debug",  # the trial in this process: what the driver stores is under test
     )
     assert code == 0, text
     assert "model u-best registered" in text
@@ -116,7 +118,7 @@ def test_resume_of_a_finished_study_reports_the_studys_time(
     from datetime import timedelta
 
     tiny_task(workspace, reg, "blood", sizes=(16, 8, 8))
-    spec = tiny_study(reg, workspace, "blood", "done", n_trials=1)
+    spec = tiny_study(reg, workspace, "blood", "done", n_trials=1, executor="local")
     run_study(reg, workspace, spec, poll_s=0.2)
     with reg.session() as s:  # the study's one trial job ran an hour ago, for 125 s
         (run,) = s.scalars(select(Run).where(Run.study == "done"))
@@ -181,6 +183,7 @@ def test_resume_settles_jobs_that_ended_while_the_driver_was_away(
         "aw",
         n_trials=3,
         parallel=3,
+        executor="local",  # jobs that end while no driver watches
         init_model=donor,
         initial_configs=initial,
     )
@@ -228,6 +231,7 @@ def test_a_study_that_finds_a_best_model_ends_with_exit_0_and_its_outcome(
     ws, reg = _cli_workspace(db_url, tmp_path, monkeypatch)
     tiny_task(ws, reg, "blood", sizes=(32, 8, 8))
     args = ["blood", "--trials", "1", "--max-epochs", "1", "--optimizer", "random"]
+    args += ["--executor", "debug"]  # the trial in this process: the outcome lines are tested
     code, text = _run_cli(*args, "--archs", "small_cnn", "--no-final", "--study", "ok")
     assert code == 0, text
     assert "best: run" in text and "1 ok, 0 crashed" in " ".join(text.split())

@@ -34,6 +34,7 @@ from pomlia_hpc.workspace import Workspace
 from tests.fixtures.cli import cli_ok
 from tests.fixtures.factories import tiny_study, tiny_task
 from tests.fixtures.lock_probe import lock_states, on_path, probe_commands
+from tests.fixtures.registries import write_lock_held
 
 ROOT = Path(__file__).resolve().parents[1]
 STUDY = ["--trials", "2", "--max-epochs", "1", "--min-epochs", "1", "--no-final"]
@@ -216,8 +217,11 @@ def test_a_resume_while_the_study_runs_is_refused(workspace: Workspace) -> None:
         time.sleep(0.2)
     # The first driver is stopped (alive, but it cannot finish) until the second has exited:
     # a 2-trial study could otherwise end before the second, importing torch, reaches its
-    # check. Stopped while this test holds the claim lock, so it cannot be stopped holding it.
-    with held_lock(workspace.path("runs", "cc", CLAIM_FILE), "test"):
+    # check. Stopped while this test holds the claim lock and the registry's write lock, so it
+    # cannot be stopped holding either (stopped inside a write, it kept the second waiting for
+    # the registry until its busy timeout, 60 s, and the second failed on that instead).
+    claim = workspace.path("runs", "cc", CLAIM_FILE)
+    with held_lock(claim, "test"), write_lock_held(workspace.home / "registry.db", 120):
         proc.send_signal(signal.SIGSTOP)
     try:
         second = _pomlia(

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import sqlite3
 import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,18 +16,7 @@ from pomlia_hpc.errors import BUSY_EXIT
 from pomlia_hpc.registry import Registry
 from pomlia_hpc.workspace import Workspace
 from tests.fixtures.cli import pomlia_process
-
-
-@contextmanager
-def write_lock_held(db: Path) -> Iterator[None]:
-    """Hold the SQLite file's write lock, as another process inside BEGIN IMMEDIATE does."""
-    conn = sqlite3.connect(db, isolation_level=None)
-    try:
-        conn.execute("BEGIN IMMEDIATE")
-        yield
-    finally:
-        conn.execute("ROLLBACK")
-        conn.close()
+from tests.fixtures.registries import write_lock_held
 
 
 def _expected(home: Path) -> str:

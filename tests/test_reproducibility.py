@@ -50,7 +50,9 @@ def test_a_study_repeated_with_its_seed_gives_the_same_trials_and_records_its_ve
     tiny_task(workspace, reg, "blood", sizes=(16, 8, 8))
     for name, parallel in (("one", 1), ("two", 2)):
         # Two trials: "two at once" runs both side by side, and each study costs two jobs.
-        spec = tiny_study(reg, workspace, "blood", name, seed=5, n_trials=2, parallel=parallel)
+        spec = tiny_study(
+            reg, workspace, "blood", name, seed=5, n_trials=2, parallel=parallel, executor="local"
+        )
         run_study(reg, workspace, spec, poll_s=0.3)
     assert _trials(reg, "one") == _trials(reg, "two")
     assert len({json.dumps(t[0], sort_keys=True) for t in _trials(reg, "one")}) == 2
