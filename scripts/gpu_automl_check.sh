@@ -22,6 +22,7 @@ CPU_TRIALS=${CPU_TRIALS:-2}    # the same first trials on the CPU (the baseline)
 EPOCHS=${EPOCHS:-3}            # every trial trains this many epochs (random search: no rungs)
 ARCHS=${ARCHS:-small_cnn,resnet18}
 DEVICE=${DEVICE:-cuda}         # cpu: a smoke run of the same commands
+EXECUTOR=${EXECUTOR:-local}    # the trials: local (a job process each); debug: in the driver
 
 if [[ "$DEVICE" == cuda ]]; then
     command -v nvidia-smi >/dev/null 2>&1 || { echo "gpu_automl_check: no nvidia-smi" >&2; exit 3; }
@@ -47,6 +48,7 @@ study() {  # NAME TRIALS DEVICE-OPTIONS...
     # does not exist on a one-GPU machine.
     if p automl run blood --study "$name" --optimizer random --seed 0 --trials "$trials" \
         --max-epochs "$EPOCHS" --min-epochs "$EPOCHS" --parallel 1 --archs "$ARCHS" \
+        --executor "$EXECUTOR" \
         --no-final "$@"; then
         echo "study $name: $trials trials in $((SECONDS - t0)) s"
     else

@@ -17,6 +17,8 @@
 #   DEVICE=cpu IMAGES=2000 EPOCH_IMAGES=1000 VECTORS=20000 bash scripts/gpu_check.sh
 #                                             # smoke run of the same code on the CPU (fp32,
 #                                             # faiss-cpu); tests/test_gpu_check.py runs it
+#                                             # with EXECUTOR=debug: step 1's trainings in the
+#                                             # script's process, not a job process each
 #
 # Status: run on an NVIDIA H200 on 2026-12-04 (figures in docs/BENCHMARKS.md, "GPU check"), with
 # faiss-cpu there, so step 3 was skipped. The CPU paths it calls are tested on every CI run.
@@ -36,12 +38,15 @@ SERVE_S=${SERVE_S:-2}         # step 4: seconds of inference per throughput figu
 LIMIT_S=${LIMIT_S:-450}        # whole script: stay under 8 minutes
 
 DEVICE=${DEVICE:-cuda}         # cpu: the smoke run, no GPU needed
+EXECUTOR=${EXECUTOR:-local}    # step 1's jobs: local (a process each); debug: in this process
 
 fail() { echo "gpu_check: $*" >&2; exit 3; }
 
 "$PY" -c 'import pomlia_hpc' 2>/dev/null \
     || fail "'$PY' cannot import pomlia_hpc: create the venv first (make venv)"
 [[ "$DEVICE" == cuda || "$DEVICE" == cpu ]] || fail "DEVICE must be cuda or cpu, got '$DEVICE'"
+[[ "$EXECUTOR" == local || "$EXECUTOR" == debug ]] \
+    || fail "EXECUTOR must be local or debug, got '$EXECUTOR'"
 if [[ "$DEVICE" == cuda ]]; then
 command -v nvidia-smi >/dev/null 2>&1 || fail "nvidia-smi not found: this is not a CUDA machine"
 nvidia-smi -L >/dev/null 2>&1 || fail "nvidia-smi sees no GPU (driver not loaded?)"
@@ -61,7 +66,7 @@ else
     trap 'rm -rf "$HOME_DIR"' EXIT
 fi
 
-export IMAGES EPOCH_IMAGES OBJECTIVE_IMAGES VECTORS SERVE SERVE_S DEVICE HOME_DIR
+export IMAGES EPOCH_IMAGES OBJECTIVE_IMAGES VECTORS SERVE SERVE_S DEVICE EXECUTOR HOME_DIR
 timeout --signal=KILL "$LIMIT_S" "$PY" - <<'EOF'
 import json, os, sys, time, traceback
 import numpy as np
@@ -118,7 +123,7 @@ try:
         "precision": "bf16" if gpu else "fp32",
         "max_images_per_dataset": epoch_images, "num_workers": 4, "objective": "mse",
     })
-    ex = Executor.from_profile("local", ws.jobs, reg)
+    ex = Executor.from_profile(os.environ["EXECUTOR"], ws.jobs, reg)
     t0 = time.perf_counter()
     enc = train_encoder(reg, ws, "gpu_ae", ["gpuset"], cfg, executor=ex,
                         resources={"gpus_per_node": 1, "cpus_per_task": 8} if gpu else {})
@@ -141,7 +146,7 @@ for objective in ("style", "contrastive"):
             "precision": "bf16" if gpu else "fp32", "objective": objective,
             "max_images_per_dataset": objective_images, "num_workers": 4,
         })
-        ex = Executor.from_profile("local", ws.jobs, reg)
+        ex = Executor.from_profile(os.environ["EXECUTOR"], ws.jobs, reg)
         t0 = time.perf_counter()
         enc = train_encoder(reg, ws, f"gpu_{objective}", ["gpuset"], cfg, executor=ex,
                             resources={"gpus_per_node": 1, "cpus_per_task": 8} if gpu else {})

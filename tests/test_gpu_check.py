@@ -40,6 +40,7 @@ def test_cpu_smoke_run_executes_every_step(tmp_path: Path) -> None:
         SERVE="small_cnn:28",
         SERVE_S="0.2",  # a figure's measuring time: it only has to run here
         LIMIT_S="900",
+        EXECUTOR="debug",  # the trainings in the script's process: a job process each cost ~10 s
         TMPDIR=str(tmp_path),
     )
     assert res.returncode == 0, res.stdout + res.stderr
@@ -76,6 +77,8 @@ def test_killed_by_its_limit_leaves_no_workspace(tmp_path: Path) -> None:
 def test_bad_device_is_refused() -> None:
     res = _run(DEVICE="tpu")
     assert res.returncode == 3 and "DEVICE must be cuda or cpu" in res.stderr
+    res = _run(DEVICE="cpu", EXECUTOR="slurm")
+    assert res.returncode == 3 and "EXECUTOR must be local or debug, got 'slurm'" in res.stderr
 
 
 AUTOML_SCRIPT = SCRIPT.with_name("gpu_automl_check.sh")
@@ -95,6 +98,7 @@ def test_automl_check_cpu_smoke_run_trains_in_bf16_and_on_the_baseline(tmp_path:
             "CPU_TRIALS": "1",
             "EPOCHS": "1",
             "ARCHS": "small_cnn",
+            "EXECUTOR": "debug",  # the trials in the driver's process
             "TMPDIR": str(tmp_path),
         },
         capture_output=True,
