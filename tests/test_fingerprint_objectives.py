@@ -127,7 +127,7 @@ def test_contrastive_training_with_holdout_and_early_stop(
             "lr": 1e-2,
         }
     )
-    ex = Executor.from_profile("local", workspace.jobs, reg)
+    ex = Executor.from_profile("debug", workspace.jobs, reg)  # the training in this process
     enc = train_encoder(reg, workspace, "con", [a, b], cfg, executor=ex)
     assert enc.config["objective"] == "contrastive"
     out = encoder_dir(workspace, "con")

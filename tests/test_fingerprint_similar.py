@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,7 @@ from pomlia_hpc.registry import Dataset, FingerprintSet, Registry
 from pomlia_hpc.workspace import Workspace
 from tests.fixtures.cli import cli_ok, runner
 from tests.fixtures.factories import make_dataset, make_encoder
+from tests.fixtures.registries import copy_new_registry
 
 
 @pytest.mark.parametrize("name", sorted(DISTANCES))
@@ -62,8 +64,7 @@ def test_unknown_distance_and_baseline() -> None:
     assert intensity_baseline(1, h_dark, 3, h_dark) == float("inf")
 
 
-@pytest.fixture
-def world(workspace: Workspace) -> tuple[Registry, list[str]]:
+def _build_world(workspace: Workspace) -> tuple[Registry, list[str]]:
     """Two look-alike samples of bloodmnist (different seeds) and one of organamnist and
     dermamnist, extracted with a seeded untrained encoder."""
     reg = Registry.open(workspace.db_url)
@@ -81,11 +82,31 @@ def world(workspace: Workspace) -> tuple[Registry, list[str]]:
     return reg, refs
 
 
+@pytest.fixture
+def world(workspace: Workspace) -> tuple[Registry, list[str]]:
+    """:func:`_build_world` in the test's own workspace, which the test may change."""
+    return _build_world(workspace)
+
+
+@pytest.fixture(scope="module")
+def read_only_world(
+    tmp_path_factory: pytest.TempPathFactory, sqlite_registry_template: Path
+) -> Iterator[tuple[Registry, list[str]]]:
+    """:func:`_build_world` once for this file's tests that only read it (~3 s a build)."""
+    home = tmp_path_factory.mktemp("similar-world") / "home"
+    ws = Workspace(home=home, db_url=f"sqlite:///{home / 'registry.db'}", cluster_profile="local")
+    ws.create()
+    copy_new_registry(sqlite_registry_template, home / "registry.db")
+    reg, refs = _build_world(ws)
+    yield reg, refs
+    reg.dispose()
+
+
 @pytest.mark.parametrize("distance", DISTANCE_NAMES)
 def test_similar_datasets_finds_the_sibling(
-    world: tuple[Registry, list[str]], distance: str
+    read_only_world: tuple[Registry, list[str]], distance: str
 ) -> None:
-    reg, refs = world
+    reg, refs = read_only_world
     found = similar_datasets(reg, "enc", "blood_a", k=5, distance=distance)
     assert found[0].ref == refs[1]
     assert len(found) == 3 and all(r.n_vectors == 98 for r in found)
@@ -95,8 +116,10 @@ def test_similar_datasets_finds_the_sibling(
     ]
 
 
-def test_mean_distance_uses_the_exact_stored_means(world: tuple[Registry, list[str]]) -> None:
-    reg, refs = world
+def test_mean_distance_uses_the_exact_stored_means(
+    read_only_world: tuple[Registry, list[str]],
+) -> None:
+    reg, refs = read_only_world
     mean = {r: np.asarray(dataset_fingerprint(reg, "enc", r)["mean"]) for r in refs}
     # A 3-vector sample's mean is far from the mean of all 98: the result must not use it.
     found = similar_datasets(reg, "enc", "blood_a", k=5, distance="mean")
