@@ -162,12 +162,15 @@ def test_train_register_and_resume(workspace: Workspace, reg: Registry, tmp_path
     # A kill after an epoch's log line but before its checkpoint leaves a line that no
     # checkpoint backs (here epoch 2, and a line cut short): the resume drops them, then logs
     # epoch 2 once.
+    # These two jobs run in this process (debug executor): the resume is under test here, and
+    # the training above already ran as a job process of its own.
     sources = [Source(str(open_version(reg, r).path), 0, 48) for r in (a, b)]
     job_out = tmp_path / "preempted"
-    first = ex.submit(TrainJob(_cfg(), sources, str(job_out))).result()
+    here = Executor.from_profile("debug", workspace.jobs, reg)
+    first = here.submit(TrainJob(_cfg(), sources, str(job_out))).result()
     with (job_out / "train_log.jsonl").open("a") as fh:
         fh.write(json.dumps({"epoch": 2, "images": -1}) + "\n" + '{"epoch": 3, "ima')
-    res = ex.submit(TrainJob(_cfg(epochs=2), sources, str(job_out))).result()
+    res = here.submit(TrainJob(_cfg(epochs=2), sources, str(job_out))).result()
     assert res["resumed_from"] == 1
     assert len(res["loss_curve"]) == 2 and res["loss_curve"][0] == first["loss_curve"][0]
     log = [json.loads(line) for line in (job_out / "train_log.jsonl").read_text().splitlines()]
