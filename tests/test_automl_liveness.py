@@ -209,7 +209,8 @@ def test_a_resume_while_the_study_runs_is_refused(workspace: Workspace) -> None:
     tiny_task(workspace, reg, "blood", sizes=(768, 24, 24))
     proc = _pomlia(
         workspace, "automl", "run", "blood", "--study", "cc", *STUDY, "--archs", "small_cnn",
-        "--parallel", "1", stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        "--parallel", "1", "--executor", "debug",  # its trials in its process: stopped with it
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
     )  # fmt: skip
     deadline = time.time() + 200
     while read_driver(workspace, "cc") is None:
