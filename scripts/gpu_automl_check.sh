@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # GPU check of the AutoML stage: a small random-search study whose trials are DeepSpeed training
-# jobs with one GPU each (the `local` executor), against the same first trials on the CPU, in
+# jobs with one GPU each (the `local` executor; EXECUTOR=debug runs them in the driver's process,
+# as the CPU smoke run of tests/test_gpu_check.py does), against the same first trials on the CPU, in
 # one run. Random search with one seed asks for the same configurations in the same order, so
 # the first CPU_TRIALS trials of both studies train identical configurations and their times
 # compare directly. Not part of the test suite; it prints both studies' tables and the wall
@@ -24,6 +25,9 @@ ARCHS=${ARCHS:-small_cnn,resnet18}
 DEVICE=${DEVICE:-cuda}         # cpu: a smoke run of the same commands
 EXECUTOR=${EXECUTOR:-local}    # the trials: local (a job process each); debug: in the driver
 
+if [[ "$EXECUTOR" != local && "$EXECUTOR" != debug ]]; then
+    echo "gpu_automl_check: EXECUTOR must be local or debug, got '$EXECUTOR'" >&2; exit 3
+fi
 if [[ "$DEVICE" == cuda ]]; then
     command -v nvidia-smi >/dev/null 2>&1 || { echo "gpu_automl_check: no nvidia-smi" >&2; exit 3; }
     GPU_OPTS=(--device cuda --gpus 1)

@@ -21,7 +21,9 @@
 #                                             # script's process, not a job process each
 #
 # Status: run on an NVIDIA H200 on 2026-12-04 (figures in docs/BENCHMARKS.md, "GPU check"), with
-# faiss-cpu there, so step 3 was skipped. The CPU paths it calls are tested on every CI run.
+# faiss-cpu there, so step 3 was skipped. The CPU paths it calls are tested on every CI run
+# (step 1's trainings there in the script's process, EXECUTOR=debug; the `local` job path has
+# tests of its own).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

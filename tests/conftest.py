@@ -57,6 +57,9 @@ def pytest_configure(config: pytest.Config) -> None:
     ctrl_c_as_in_a_terminal()
     pin_each_worker_to_its_cores()
     share_the_cores_between_workers()
+    # A job run in the test's process (the debug executor) that fails on purpose would open
+    # the post-mortem debugger under `pytest -s` at a terminal and wait there for a user.
+    os.environ.setdefault("PYTHONBREAKPOINT", "0")
 
     # Job processes (local or Slurm) get the test callables by value: they need not import
     # anything from the tests folder.

@@ -27,7 +27,8 @@ from pomlia_hpc.workspace import Workspace
 from tests.fixtures.factories import FAST, donor_model, tiny_study, tiny_task, warm_file
 from tests.fixtures.fake_slurm import FakeSlurm
 
-pytestmark = pytest.mark.usefixtures("wide_console")
+# Trials run in this process (debug executor) set torch's thread count: put back after.
+pytestmark = pytest.mark.usefixtures("wide_console", "restore_torch_threads")
 
 
 def _run_cli(*args: str) -> tuple[int, str]:
@@ -42,7 +43,8 @@ def _run_cli(*args: str) -> tuple[int, str]:
 def _cli_workspace(
     db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> tuple[Workspace, Registry]:
-    """A workspace on ``db_url`` that the CLI run in this process finds (local jobs)."""
+    """A workspace on ``db_url`` that the CLI run in this process finds (local jobs unless a
+    command names another executor)."""
     home = tmp_path / "home"
     monkeypatch.setenv("POMLIA_HOME", str(home))
     monkeypatch.setenv("POMLIA_DB_URL", db_url)

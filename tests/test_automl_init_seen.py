@@ -20,7 +20,8 @@ from tests.fixtures.factories import FAST, donor_model, tiny_study, tiny_task
 from tests.loop_support import CLASSES, make_model
 from tests.seen_support import automl_run, interrupted, leaky_copy, npz
 
-pytestmark = pytest.mark.usefixtures("wide_console")
+# Trials run in this process (debug executor) set torch's thread count: put back after.
+pytestmark = pytest.mark.usefixtures("wide_console", "restore_torch_threads")
 
 
 def test_an_init_model_that_saw_the_tasks_val_or_test_images_is_refused(

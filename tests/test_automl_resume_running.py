@@ -19,6 +19,9 @@ from pomlia_hpc.registry import Job, Registry
 from pomlia_hpc.workspace import Workspace
 from tests.fixtures.factories import FAST, tiny_study, tiny_task
 
+# Jobs run in this process (debug executor) set torch's thread count: put back after.
+pytestmark = pytest.mark.usefixtures("restore_torch_threads")
+
 #: How a trial's run reads when its job was cancelled together with the driver that submitted it.
 WITH_THE_DRIVER = "cancelled (SIGTERM: scancel), with the job that submitted it"
 

@@ -29,6 +29,9 @@ from pomlia_hpc.strategy.warmstart import from_recommendation
 from pomlia_hpc.workspace import Workspace
 from tests.fixtures.factories import FAST, donor_model, tiny_study, tiny_task
 
+# Jobs run in this process (debug executor) set torch's thread count: put back after.
+pytestmark = pytest.mark.usefixtures("restore_torch_threads")
+
 DATA = Path(__file__).resolve().parents[1] / "pomlia_hpc" / "strategy" / "data"
 
 

@@ -287,8 +287,8 @@ def test_a_failed_retrain_keeps_the_old_encoder(workspace: Workspace, reg: Regis
     submission or a cancelled job left the registry naming a checkpoint that no longer
     existed."""
     ref = make_dataset(workspace, reg, "blood", sizes=(48, 4, 4))
-    local = Executor.from_profile("debug", workspace.jobs, reg)  # the trainings in this process
-    old = train_encoder(reg, workspace, "ae", [ref], _small(1), executor=local, pipeline="p")
+    here = Executor.from_profile("debug", workspace.jobs, reg)  # the trainings in this process
+    old = train_encoder(reg, workspace, "ae", [ref], _small(1), executor=here, pipeline="p")
     weights = Path(old.checkpoint_path).read_bytes()
     with pytest.raises(ClusterError, match="submission failed"):
         train_encoder(reg, workspace, "ae", [ref], _small(2), executor=_Stub(True), pipeline="p")
@@ -304,7 +304,7 @@ def test_a_failed_retrain_keeps_the_old_encoder(workspace: Workspace, reg: Regis
         assert load_encoder(reg, "ae")[1].latent_dim == 2
         if enc.config["epochs"] == 1:
             assert Path(enc.checkpoint_path).read_bytes() == weights
-            train_encoder(reg, workspace, "ae", [ref], _small(2), executor=local, pipeline="p")
+            train_encoder(reg, workspace, "ae", [ref], _small(2), executor=here, pipeline="p")
     assert get_encoder(reg, "ae").config["epochs"] == 2
     assert not Path(staged).exists()
 

@@ -33,6 +33,9 @@ from pomlia_hpc.registry import Job, Registry
 from pomlia_hpc.workspace import Workspace
 from tests.fixtures.factories import make_dataset, tiny_dataset
 
+# Jobs run in this process (debug executor) set torch's thread count: put back after.
+pytestmark = pytest.mark.usefixtures("restore_torch_threads")
+
 
 @pytest.mark.parametrize(("size", "d"), [(28, 2), (64, 16)])
 def test_autoencoder_shapes(size: int, d: int) -> None:

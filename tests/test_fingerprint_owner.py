@@ -23,6 +23,9 @@ from pomlia_hpc.registry import Registry
 from pomlia_hpc.workspace import Workspace
 from tests.fixtures.factories import make_dataset, tiny_encoder_config
 
+# Jobs run in this process (debug executor) set torch's thread count: put back after.
+pytestmark = pytest.mark.usefixtures("restore_torch_threads")
+
 SECTION: dict[str, Any] = {
     "name": "ae",
     "latent_dim": 2,

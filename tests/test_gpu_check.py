@@ -29,7 +29,7 @@ def _run(timeout: float = 600, **env: str) -> subprocess.CompletedProcess[str]:
 @pytest.mark.timeout(1000)
 def test_cpu_smoke_run_executes_every_step(tmp_path: Path) -> None:
     # The script's own wall limit (LIMIT_S, 450 s) is sized for a GPU lease; a loaded CPU
-    # machine may take longer to start its three training jobs, and that is no failure here.
+    # machine may take longer for its three trainings, and that is no failure here.
     res = _run(
         timeout=960,
         DEVICE="cpu",
@@ -125,3 +125,12 @@ def test_automl_check_without_gpu_exits_3() -> None:
     )
     assert res.returncode == 3
     assert "no nvidia-smi" in res.stderr
+    res = subprocess.run(
+        ["bash", str(AUTOML_SCRIPT)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PY": sys.executable, "DEVICE": "cpu", "EXECUTOR": "slurm-local"},
+    )
+    assert res.returncode == 3
+    assert "EXECUTOR must be local or debug, got 'slurm-local'" in res.stderr

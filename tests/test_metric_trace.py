@@ -32,6 +32,9 @@ from pomlia_hpc.strategy import kb
 from pomlia_hpc.workspace import Workspace
 from tests.fixtures.factories import tiny_study, tiny_task
 
+# Jobs run in this process (debug executor) set torch's thread count: put back after.
+pytestmark = pytest.mark.usefixtures("restore_torch_threads")
+
 
 @pytest.mark.slow
 def test_one_runs_metric_is_the_same_number_everywhere(

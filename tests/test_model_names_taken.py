@@ -19,7 +19,8 @@ from pomlia_hpc.serve.demo import save_demo_checkpoint
 from pomlia_hpc.workspace import Workspace
 from tests.fixtures.factories import tiny_study, tiny_task
 
-pytestmark = pytest.mark.usefixtures("wide_console")
+# Trials run in this process (debug executor) set torch's thread count: put back after.
+pytestmark = pytest.mark.usefixtures("wide_console", "restore_torch_threads")
 
 
 def test_a_study_whose_best_name_is_taken_is_refused_before_it_starts(

@@ -21,6 +21,9 @@ from pomlia_hpc.registry import Registry
 from pomlia_hpc.workspace import Workspace
 from tests.fixtures.factories import tiny_study, tiny_task
 
+# Jobs run in this process (debug executor) set torch's thread count: put back after.
+pytestmark = pytest.mark.usefixtures("restore_torch_threads")
+
 
 def _trial(run_id: int, status: str, objective: float | None = None, cause: str = "") -> TrialView:
     return TrialView(
