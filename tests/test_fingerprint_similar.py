@@ -35,7 +35,7 @@ from pomlia_hpc.registry import Dataset, FingerprintSet, Registry
 from pomlia_hpc.workspace import Workspace
 from tests.fixtures.cli import cli_ok, runner
 from tests.fixtures.factories import make_dataset, make_encoder
-from tests.fixtures.registries import copy_new_registry
+from tests.fixtures.registries import new_workspace
 
 
 @pytest.mark.parametrize("name", sorted(DISTANCES))
@@ -94,10 +94,7 @@ def read_only_world(
 ) -> Iterator[tuple[Registry, list[str]]]:
     """:func:`_build_world` once for this file's tests that only read it (~3 s a build)."""
     home = tmp_path_factory.mktemp("similar-world") / "home"
-    ws = Workspace(home=home, db_url=f"sqlite:///{home / 'registry.db'}", cluster_profile="local")
-    ws.create()
-    copy_new_registry(sqlite_registry_template, home / "registry.db")
-    reg, refs = _build_world(ws)
+    reg, refs = _build_world(new_workspace(home, sqlite_registry_template))
     yield reg, refs
     reg.dispose()
 
