@@ -82,3 +82,17 @@ def test_the_state_follows_a_relocated_workspace(tmp_path: Path) -> None:
         if changed:
             path.write_text(json.dumps(data))
     assert [p.key for p in _smac(new, resume=True).running()] == [asked.key]
+
+
+@pytest.mark.parametrize("name", ["scenario.json", "configspace.json"])
+def test_an_old_study_whose_scenario_is_cut_short_is_one_error_naming_it(
+    tmp_path: Path, name: str
+) -> None:
+    """A study saved before the one state file, its driver killed while SMAC wrote the
+    scenario: the resume raised JSONDecodeError (a traceback) instead of saying which file."""
+    _smac(tmp_path, resume=False).ask()
+    (state,) = tmp_path.rglob(STATE_FILE)
+    state.unlink()
+    (out := state.parent / name).write_text(out.read_text()[:25])
+    with pytest.raises(PomliaError, match=re.escape(f"{name}' is cut short or damaged")):
+        _smac(tmp_path, resume=True)

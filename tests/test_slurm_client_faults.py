@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+import pomlia_hpc.cluster.sacct as sacct_module
 from pomlia_hpc.cluster import Executor, cancel, scancel
 from pomlia_hpc.cluster.batch import cancel_named, jobs_named, submit_script
 from pomlia_hpc.cluster.records import sacct_states, squeue_ids
@@ -324,3 +325,23 @@ def test_a_driver_stopping_with_a_hanging_scancel_still_ends(
     assert listed is not None and handle.job_id in listed[1].split(", "), said
     ids = listed[1].replace(",", "")
     assert f"did not answer within 0.5 s; they may still run (`scancel {ids}` cancels" in said
+
+
+def test_squeue_ids_parses_the_listing_once_however_many_ids_are_asked(
+    fake_bin: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It parsed squeue's whole output once per asked id: a poll of thousands of jobs (a
+    large array) did millions of parses."""
+    ids = [str(5000 + i) for i in range(400)]
+    fake(fake_bin, "squeue", "echo '" + "\n".join(ids[::2]) + "'")
+    parses = 0
+    parse = sacct_module.listed_ids
+
+    def counted(out: str) -> set[str]:
+        nonlocal parses
+        parses += 1
+        return parse(out)
+
+    monkeypatch.setattr(sacct_module, "listed_ids", counted)
+    assert squeue_ids(ids) == set(ids[::2])
+    assert parses == 1

@@ -100,15 +100,20 @@ def _smac_files(out: Path) -> dict[str, str]:
     except FileNotFoundError:
         return {}
     for name, text in files.items():
-        try:
-            json.loads(text)
-        except ValueError as exc:
-            raise PomliaError(
-                f"the optimiser state file '{out / name}' is cut short or damaged ({exc}): "
-                "its driver was killed while writing it; start a new study (another --study "
-                "name) instead of --resume"
-            ) from exc
+        _check_json(out / name, text)
     return files
+
+
+def _check_json(path: Path, text: str) -> None:
+    """One error naming ``path`` when ``text``, its content, is not JSON (a file cut short)."""
+    try:
+        json.loads(text)
+    except ValueError as exc:
+        raise PomliaError(
+            f"the optimiser state file '{path}' is cut short or damaged ({exc}): "
+            "its driver was killed while writing it; start a new study (another --study "
+            "name) instead of --resume"
+        ) from exc
 
 
 def _read_state(out: Path) -> dict[str, str] | None:
@@ -215,6 +220,9 @@ class SmacHyperband:
                     f"no SMAC state to resume in '{out}', but the study has recorded trials; "
                     "start a new study (another --study name) instead of --resume"
                 )
+            if state is None:  # saved before the one state file: SMAC's own, maybe cut
+                for path in (out / name for name in _SCENARIO_FILES):
+                    _check_json(path, path.read_text() if path.is_file() else "")
             # SMAC asks on stdin when the saved scenario differs; never let it. (Its own check
             # runs after the facade has added its meta data, and ignores the space.)
             old = Scenario.load(out)

@@ -218,7 +218,8 @@ def squeue_ids(job_ids: Sequence[str], timeout_s: float = 60.0) -> set[str]:
         if "invalid job id" in proc.stderr.lower():
             return set()
         raise slurm_failure("squeue", proc.stderr, f"squeue failed ({proc.returncode})")
-    return {sid for sid in job_ids if sid in listed_ids(proc.stdout)}
+    listed = listed_ids(proc.stdout)  # parsed once: a poll may ask for thousands of ids
+    return {sid for sid in job_ids if sid in listed}
 
 
 def listed_ids(squeue_out: str) -> set[str]:
