@@ -51,6 +51,7 @@ from pomlia_hpc.temps import (  # noqa: F401
     temp_name,
     temp_writer,
     unique_temp_name,
+    writer_alive,
 )
 from pomlia_hpc.temps import remove_path as _remove
 

@@ -32,6 +32,15 @@ def pid_alive(pid: int) -> bool:
         return True
 
 
+def process_started_s(pid: int) -> float | None:
+    """When the process now running as ``pid`` started, in seconds since the epoch (psutil:
+    the boot time plus the start in clock ticks, to about a second); None when it is gone."""
+    try:
+        return float(psutil.Process(pid).create_time())
+    except psutil.Error:
+        return None
+
+
 def process_start_id(pid: int, proc: Path = Path("/proc")) -> str | None:
     """``<boot id>:<start ticks>`` of process ``pid``: when it started, in clock ticks after
     boot (field 22 of ``/proc/<pid>/stat``), with the boot's id. A pid is reused once its

@@ -17,9 +17,13 @@ import socket
 import sys
 from pathlib import Path
 
-from pomlia_hpc.processes import pid_alive
+from pomlia_hpc.processes import pid_alive, process_started_s
 
 TEMP_SUFFIX = ".tmp"
+
+#: Seconds by which a temporary's change time may seem to precede its writer's start: the
+#: clocks of a file server and of this host differ (a few seconds on a kept cluster).
+CLOCK_SKEW_S = 300.0
 
 
 def host_field(host: str | None = None) -> str:
@@ -61,7 +65,7 @@ def sweep_stale_temps(folder: str | Path) -> list[Path]:
     root = Path(folder)
     for tmp in sorted(root.glob(f".*{TEMP_SUFFIX}*")) if root.is_dir() else []:
         pid = temp_writer(tmp.name, host)
-        if pid is None or pid_alive(pid):
+        if pid is None or writer_alive(pid, tmp):
             continue
         target = aside_target(tmp)
         if target is not None and not target.exists() and not target.is_symlink():
@@ -71,6 +75,22 @@ def sweep_stale_temps(folder: str | Path) -> list[Path]:
             remove_path(tmp)
             removed.append(tmp)
     return removed
+
+
+def writer_alive(pid: int, tmp: Path) -> bool:
+    """Whether the process of this host that wrote the temporary ``tmp`` as ``pid`` still runs:
+    ``pid`` runs, and did not start after ``tmp`` last changed (more than
+    :data:`CLOCK_SKEW_S` later). A pid is reused once its process is gone; judged by the pid
+    alone, a dead writer's temporary, or its old folder moved aside, was kept for as long as
+    an unrelated process with its pid ran (and that folder never put back)."""
+    if not pid_alive(pid):
+        return False
+    started = process_started_s(pid)
+    try:
+        changed = tmp.lstat().st_ctime  # a write, the writer's rename aside: after its start
+    except OSError:  # removed or renamed meanwhile: the pid's word stands
+        return True
+    return started is None or started <= changed + CLOCK_SKEW_S
 
 
 def temp_writer(name: str, host: str) -> int | None:
@@ -132,7 +152,7 @@ def put_back_aside(target: Path) -> Path | None:
         pid = temp_writer(tmp.name, host)
         if pid is None or aside_target(tmp) != target:
             continue
-        if pid_alive(pid):  # a replace in flight: its writer renames its new folder in
+        if writer_alive(pid, tmp):  # a replace in flight: its writer renames its new folder in
             return None
         try:
             found.append((tmp.stat().st_ctime_ns, tmp))  # the rename aside set its ctime

@@ -28,6 +28,7 @@ from pomlia_hpc.files import (
     sweep_stale_temps,
     temp_name,
 )
+from pomlia_hpc.temps import CLOCK_SKEW_S
 
 
 def _dead_pid() -> int:
@@ -128,6 +129,19 @@ def test_the_sweep_removes_dead_writers_files_folders_and_links(tmp_path: Path) 
     assert set(removed) == {stale_file, stale_dir, stale_link, stale_json}
     assert not stale_dir.exists() and not stale_link.is_symlink() and not stale_file.exists()
     assert live.exists() and other_host.exists()
+
+
+def test_a_temporary_whose_pid_a_later_process_took_is_swept(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pid is reused once its process is gone: judged by the pid alone, a dead writer's
+    temporary was kept for as long as an unrelated process with its pid ran."""
+    tmp = temp_name(tmp_path / "x.json")  # this process's pid: a live writer
+    tmp.write_text("half")
+    assert sweep_stale_temps(tmp_path) == [] and tmp.exists()
+    later = time.time() + 2 * CLOCK_SKEW_S  # the process with the pid started after the write
+    monkeypatch.setattr("pomlia_hpc.temps.process_started_s", lambda pid: later)
+    assert sweep_stale_temps(tmp_path) == [tmp]
 
 
 def test_the_sweep_matches_the_host_field_exactly(

@@ -8,6 +8,7 @@ import os
 import shutil
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,7 @@ from pomlia_hpc.files import (
     sweep_stale_temps,
 )
 from pomlia_hpc.processes import pid_alive
+from pomlia_hpc.temps import CLOCK_SKEW_S
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -84,6 +86,24 @@ def test_the_sweep_puts_back_the_old_folder_of_a_killed_replace(tmp_path: Path) 
     # Once the target stands, the aside of a dead writer is an ordinary leftover again
     asides[0].mkdir()
     assert sweep_stale_temps(tmp_path) == asides and (target / "a").read_text() == "old"
+
+
+def test_the_old_folder_of_a_writer_whose_pid_a_later_process_took_is_put_back(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pid is reused once its process is gone. Judged by the pid alone, the old folder of a
+    killed replace whose pid an unrelated process took stayed aside (a replace in flight)
+    for as long as that process ran, and no folder stood at the target meanwhile."""
+    target = _killed_replace(tmp_path)
+    (aside,) = [p for p in tmp_path.iterdir() if p.name.startswith(".bundle.old.")]
+    dead = aside.name.split(".")[-2].partition("-")[0]
+    reused = aside.rename(aside.with_name(aside.name.replace(f".{dead}-", f".{os.getpid()}-")))
+    assert sweep_stale_temps(tmp_path) == [] and reused.is_dir()  # this process: at work
+    assert not target.exists()
+    later = time.time() + 2 * CLOCK_SKEW_S  # the process with the pid started after the rename
+    monkeypatch.setattr("pomlia_hpc.temps.process_started_s", lambda pid: later)
+    assert sweep_stale_temps(tmp_path) == []
+    assert (target / "a").read_text() == "old" and not reused.exists()
 
 
 def test_the_next_publish_puts_back_the_old_folder_first(tmp_path: Path) -> None:

@@ -36,9 +36,9 @@ from pomlia_hpc.files import (
     publish_dir,
     temp_name,
     temp_writer,
+    writer_alive,
 )
 from pomlia_hpc.monitor.requests import take_back_alarm
-from pomlia_hpc.processes import pid_alive
 from pomlia_hpc.registry import MonitorReport, Registry
 
 T = TypeVar("T")
@@ -142,7 +142,7 @@ def settle_staged(registry: Registry, parent: Path) -> list[Path]:
     for staged in sorted(parent.glob(f".*{TEMP_SUFFIX}")) if parent.is_dir() else []:
         pid = temp_writer(staged.name, host)
         final = _final_of(staged)
-        if pid is None or pid_alive(pid) or final is None or not staged.is_dir():
+        if pid is None or writer_alive(pid, staged) or final is None or not staged.is_dir():
             continue  # not a staged folder, another host's, or its writer is at work
         with registry.session() as s:
             recorded = s.scalar(

@@ -19,8 +19,7 @@ from pathlib import Path
 
 from sqlalchemy import select
 
-from pomlia_hpc.files import TEMP_SUFFIX, temp_writer
-from pomlia_hpc.processes import pid_alive
+from pomlia_hpc.files import TEMP_SUFFIX, temp_writer, writer_alive
 from pomlia_hpc.progress import say as say_line
 from pomlia_hpc.registry import Deployment, MonitorReport, Registry
 
@@ -41,8 +40,10 @@ def _never_finished(directory: Path) -> bool:
     host = socket.gethostname()
     # escaped: a name such as `v[1]` (--out) is no pattern that misses its own writer's folder
     staged = directory.parent.glob(f".{glob.escape(directory.name)}.*{TEMP_SUFFIX}*")
-    writers = [temp_writer(p.name, host) for p in staged]
-    return bool(writers) and all(pid is not None and not pid_alive(pid) for pid in writers)
+    writers = [(temp_writer(p.name, host), p) for p in staged]
+    return bool(writers) and all(
+        pid is not None and not writer_alive(pid, path) for pid, path in writers
+    )
 
 
 def settle_unfinished(
