@@ -35,8 +35,6 @@ def _deployment(reg: Registry, directory: Path) -> int:
         return dep.id
 
 
-@pytest.mark.slurm
-@pytest.mark.usefixtures("slurm")
 def _pending_server(tmp_path: Path) -> tuple[Path, Path]:
     """A deploy directory with a built image and a `serve.sbatch` that pends for an hour (it
     never runs here): (the directory, the script)."""
@@ -51,6 +49,8 @@ def _pending_server(tmp_path: Path) -> tuple[Path, Path]:
     return directory, script
 
 
+@pytest.mark.slurm
+@pytest.mark.usefixtures("slurm")
 def test_a_server_queued_by_a_killed_submission_is_found_not_submitted_again(
     reg: Registry, tmp_path: Path
 ) -> None:
@@ -91,6 +91,37 @@ def test_a_server_queued_by_a_killed_submission_is_found_not_submitted_again(
     finally:
         for job in jobs_named(f"{name},pomlia-serve-m", script):
             subprocess.run(["scancel", job.job_id], check=False)
+
+
+@pytest.mark.slurm
+@pytest.mark.usefixtures("slurm")
+def test_a_queued_server_is_not_taken_for_an_ended_job_that_had_its_id(
+    reg: Registry, tmp_path: Path
+) -> None:
+    """Slurm numbers jobs anew once its controller's state is lost (a reinstalled cluster
+    starts again at FirstJobId): the registry may hold an ended job with the id of the server
+    queued now. The found server was taken for that row, whose state (ended) the deployment
+    then showed."""
+    directory, script = _pending_server(tmp_path)
+    dep_id = _deployment(reg, directory)
+    name = server_job_name(dep_id)
+    result = DeployResult(directory, dep_id, directory / "apptainer.def", script)
+    queued = submit_script(script, name=name, singleton=False, cwd=directory)
+    try:
+        with reg.session() as s:  # the earlier cluster's server of this deployment
+            old = Job(backend="slurm", scheduler_id=queued, name=name, state="COMPLETED")
+            old.meta = {"deployment_id": dep_id}
+            s.add(old)
+            s.flush()
+            old_id = old.id
+        found = submit_deployment(reg, result)
+        assert found.already is not None and found.job_id != old_id
+        with reg.session() as s:
+            job = s.get(Job, found.job_id)
+            assert job is not None and job.scheduler_id == queued and job.state != "COMPLETED"
+        assert submit_deployment(reg, result).job_id == found.job_id  # and taken again
+    finally:
+        subprocess.run(["scancel", queued], check=False)
 
 
 def _killed_writer_row(reg: Registry, directory: Path) -> int:

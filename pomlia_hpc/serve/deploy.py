@@ -44,6 +44,7 @@ from pomlia_hpc.serve.exported import CARD_SUM, ExportedBundle, bundle_for_model
 from pomlia_hpc.serve.predlog import log_dir
 from pomlia_hpc.serve.reference import REFERENCE_FILE
 from pomlia_hpc.serve.unfinished import settle_unfinished
+from pomlia_hpc.vocab import FINAL_STATES, REQUEUABLE_STATES
 from pomlia_hpc.workspace import Workspace
 
 SOURCE_ROOT = Path(__file__).resolve().parents[2]
@@ -559,9 +560,14 @@ def submit_deployment(registry: Registry, result: DeployResult) -> DeployResult:
 
 def _adopt(registry: Registry, result: DeployResult, scheduler_id: str, name: str) -> int:
     """The registry id of the queued server job ``scheduler_id`` of ``result``'s deployment,
-    its row recorded now when the submission that queued it was killed before recording it."""
+    its row recorded now when the submission that queued it was killed before recording it.
+    A row of that id that has ended for good is another job's (Slurm numbers jobs anew once
+    its controller's state is lost); one preempted or on a failed node may be queued again."""
+    ended = sorted(FINAL_STATES - REQUEUABLE_STATES)
     with registry.session() as s:
-        q = select(Job.id).where(Job.backend == "slurm", Job.scheduler_id == scheduler_id)
+        q = select(Job.id).where(
+            Job.backend == "slurm", Job.scheduler_id == scheduler_id, Job.state.not_in(ended)
+        )
         found = s.scalars(q.order_by(Job.id.desc()).limit(1)).first()
     if found is not None:
         return found
