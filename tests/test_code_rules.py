@@ -119,3 +119,33 @@ def test_every_top_level_module_is_in_the_layer_contract() -> None:
     modules = {p.stem for p in PACKAGE.glob("*.py") if p.stem != "__init__"}
     packages = {p.parent.name for p in PACKAGE.glob("*/__init__.py")}
     assert modules | packages <= listed, sorted((modules | packages) - listed)
+
+
+def marked_helpers(source: str) -> list[str]:
+    """Functions of ``source`` not named ``test*`` that carry a pytest mark other than
+    ``parametrize``: pytest applies a mark to the tests it decorates only, so a mark on a
+    helper is lost (a test that calls it runs unmarked, e.g. in the wrong lane)."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and not node.name.startswith(
+            "test"
+        ):
+            for mark in map(ast.unparse, node.decorator_list):
+                if mark.startswith("pytest.mark.") and "parametrize" not in mark:
+                    found.append(node.name)
+    return found
+
+
+def test_the_check_finds_marks_on_helpers() -> None:
+    source = "@pytest.mark.slurm\ndef _helper(): pass\n@pytest.mark.slurm\ndef test_x(): pass\n"
+    assert marked_helpers(source) == ["_helper"]
+
+
+def test_no_pytest_mark_sits_on_a_helper() -> None:
+    tests = Path(__file__).resolve().parent
+    found = {
+        str(path.relative_to(tests)): names
+        for path in sorted(tests.rglob("*.py"))
+        if (names := marked_helpers(path.read_text()))
+    }
+    assert found == {}
