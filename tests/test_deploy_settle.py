@@ -49,6 +49,17 @@ def _pending_server(tmp_path: Path) -> tuple[Path, Path]:
     return directory, script
 
 
+def _queued_unrecorded(reg: Registry, tmp_path: Path) -> tuple[DeployResult, str]:
+    """A deployment whose pending server (:func:`_pending_server`) is queued under the
+    deployment's job name and recorded nowhere, as a run killed after its sbatch leaves it:
+    (the deployment, the server's Slurm id)."""
+    directory, script = _pending_server(tmp_path)
+    dep_id = _deployment(reg, directory)
+    result = DeployResult(directory, dep_id, directory / "apptainer.def", script)
+    name = server_job_name(dep_id)
+    return result, submit_script(script, name=name, singleton=False, cwd=directory)
+
+
 @pytest.mark.slurm
 @pytest.mark.usefixtures("slurm")
 def test_a_server_queued_by_a_killed_submission_is_found_not_submitted_again(
@@ -58,12 +69,9 @@ def test_a_server_queued_by_a_killed_submission_is_found_not_submitted_again(
     and recording its job left a server queued that no record named; run again, it submitted
     a second server. The server's job name carries the deployment id: the run finds it with
     squeue, records it and submits nothing; so it does a server submitted by hand."""
-    directory, script = _pending_server(tmp_path)
-    dep_id = _deployment(reg, directory)
+    result, queued = _queued_unrecorded(reg, tmp_path)  # the killed run's server
+    directory, script, dep_id = result.directory, result.sbatch_file, result.deployment_id
     name = server_job_name(dep_id)
-    result = DeployResult(directory, dep_id, directory / "apptainer.def", script)
-    # The killed run: its sbatch went through, nothing was recorded.
-    queued = submit_script(script, name=name, singleton=False, cwd=directory)
     try:
         again = submit_deployment(reg, result)
         assert again.already is not None and "not submitted again" in again.submission
@@ -102,11 +110,9 @@ def test_a_queued_server_is_not_taken_for_an_ended_job_that_had_its_id(
     starts again at FirstJobId): the registry may hold an ended job with the id of the server
     queued now. The found server was taken for that row, whose state (ended) the deployment
     then showed."""
-    directory, script = _pending_server(tmp_path)
-    dep_id = _deployment(reg, directory)
+    result, queued = _queued_unrecorded(reg, tmp_path)
+    dep_id = result.deployment_id
     name = server_job_name(dep_id)
-    result = DeployResult(directory, dep_id, directory / "apptainer.def", script)
-    queued = submit_script(script, name=name, singleton=False, cwd=directory)
     try:
         with reg.session() as s:  # the earlier cluster's server of this deployment
             old = Job(backend="slurm", scheduler_id=queued, name=name, state="COMPLETED")
