@@ -190,6 +190,24 @@ def test_a_requeued_trials_cost_counts_every_attempt(
     assert trial_wall_s(reg, rid, None) == 185.0
 
 
+def test_a_job_cancelled_before_its_next_attempt_started_costs_what_it_ran(
+    reg: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A trial that ran 105 s, was requeued, and was cancelled 300 s later while its next
+    attempt waited in the queue cost 510 s: the row kept the first attempt's Start (the last
+    attempt has none), so its span counted that attempt a second time and the wait too."""
+    now = datetime.now(UTC).replace(microsecond=0)
+    t = [slurm_time(now + timedelta(seconds=s)) for s in (0, 105, 405)]
+    first = f"57|REQUEUED|{t[0]}|{t[1]}|0:0"
+    answer = first
+    monkeypatch.setattr(cluster_records, "sacct_states", lambda ids, *_: parse_sacct(answer))
+    (rid,) = record_submission(reg, backend="slurm", scheduler_ids=["57"], name="t", folder="/")
+    refresh_slurm_jobs(reg)  # seen requeued: the row has the first attempt's Start
+    answer = f"{first}\n57|CANCELLED by 0|Unknown|{t[2]}|0:0"
+    refresh_slurm_jobs(reg)
+    assert trial_wall_s(reg, rid, None) == 105.0
+
+
 def test_a_job_waiting_for_its_next_attempt_counts_its_requeue() -> None:
     """Between a requeue and the next attempt's start `jobs list` said `REQUEUED` with 0
     requeues: sacct has one line (REQUEUED) for the job then."""

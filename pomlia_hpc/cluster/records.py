@@ -309,9 +309,14 @@ def merge_scheduler_state(row: Job, st: SchedulerState) -> dict[str, Any]:
         # An earlier attempt's end: sacct's last line of a job requeued after a node failure
         # and cancelled before its next attempt started, once the controller forgot it.
         return {}
+    started = st.started_at or row.started_at
+    if st.started_at is None and st.requeue_count > 0:
+        # Its latest attempt has not run (requeued, then waiting or cancelled): an earlier
+        # attempt's Start is not its own (what those ran is EARLIER_META), nor its cost's.
+        started = None
     new: dict[str, Any] = {
         "state": st.state,
-        "started_at": st.started_at or row.started_at,
+        "started_at": started,
         "ended_at": st.ended_at if final else None,
         "requeue_count": max(row.requeue_count, st.requeue_count),
     }

@@ -69,7 +69,8 @@ def trial_wall_s(
     sees it (kb run stats, expected cost), not the driver's time to notice.
 
     The job row's Start to End, as `jobs list` shows them (Slurm: ``sacct``'s, of its latest
-    attempt, settled when the outcome was collected, plus what its earlier attempts ran; local:
+    attempt, settled when the outcome was collected, plus what its earlier attempts ran; only
+    those when its latest attempt never started, requeued and then cancelled; local:
     its launch to when its driver collected it, or to its result file for a driver that attached
     later, see :func:`attached_result`). Without the row's times: from the job's own start stamp
     to its result (or failure) file (or to now: a local job's end is noticed at once, as the
@@ -83,6 +84,8 @@ def trial_wall_s(
             if span is not None and row is not None:
                 # A requeued job's Start is its latest attempt's: the earlier ones cost too.
                 return span + records.earlier_attempts_s(row)
+            if row is not None and row.ended_at and row.started_at is None and row.requeue_count:
+                return records.earlier_attempts_s(row)  # its latest attempt never ran
     started = read_started(result_path) if result_path is not None else None
     if started is not None:
         assert result_path is not None
