@@ -285,6 +285,20 @@ def test_encoder_weights_initialise_resnet18(
     assert torch.equal(net.conv1.weight, ae.encoder.conv1.weight)
 
 
+def test_weights_whose_only_match_is_batch_norm_counters_are_refused(tmp_path: Path) -> None:
+    """A BatchNorm layer's ``num_batches_tracked`` is a 0-d count that has the same shape in
+    every network with that layer name: weights of another network that matched by those
+    counters alone were taken (the trial then trained from scratch, its weights said used)."""
+    from pomlia_hpc.automl.engine import load_initial_weights
+
+    net = build_classifier("resnet18", 4, 3)
+    counters = {k: v for k, v in net.state_dict().items() if k.endswith("num_batches_tracked")}
+    assert counters
+    torch.save(counters, path := tmp_path / "counters.pt")
+    with pytest.raises(InputError, match="no tensor matches the network's names and shapes"):
+        load_initial_weights(net, str(path), "fc.")
+
+
 def test_zero2_bf16_on_a_multilabel_task(
     workspace: Workspace, reg: Registry, tmp_path: Path
 ) -> None:

@@ -149,7 +149,9 @@ def load_initial_weights(model: nn.Module, path: str, head: str) -> int:
         for k, v in state.items()
         if k in own and isinstance(v, torch.Tensor) and v.shape == own[k].shape
     }
-    body = [k for k in take if not k.startswith(head)]
+    # Weights, not counters: a BatchNorm's num_batches_tracked (0-d, integer) has the same
+    # shape in every network with that layer name, so it says nothing about the fit.
+    body = [k for k, v in take.items() if not k.startswith(head) and v.is_floating_point()]
     if not body:
         raise InputError(
             f"initial weights '{path}': no tensor matches the network's names and shapes "
