@@ -5,6 +5,7 @@ recommendation."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -301,9 +302,12 @@ def test_the_weights_of_a_start_killed_by_a_signal_are_swept_by_the_next(
     killed = workspace.path("runs", "ks", f".init.{host_field()}.{gone.stdout.strip()}.tmp")
     killed.mkdir(parents=True)
     (killed / "model.pt").write_bytes(b"copied by a start killed before its claim")
+    other = killed.parent.with_name("never-again") / killed.name  # a name not started again
+    shutil.copytree(killed, other)
     spec = tiny_study(reg, workspace, "blood", "ks", optimizer="smac", init_model=donor)
     assert not killed.exists() and spec.init_model is not None
     assert Path(spec.init_model.path).is_file()
+    assert not other.exists()  # any start sweeps them: weight copies kept for ever before
 
 
 def test_weights_a_killed_start_left_under_this_starts_pid_are_not_put_in_place(

@@ -24,7 +24,7 @@ from pomlia_hpc.automl.tasks import check_trainable, get_task, task_dataset
 from pomlia_hpc.config import load_cluster_profile
 from pomlia_hpc.data.store import open_store
 from pomlia_hpc.errors import InputError, PomliaError
-from pomlia_hpc.files import held_lock, publish_dir, sweep_stale_temps, temp_name
+from pomlia_hpc.files import TEMP_SUFFIX, held_lock, publish_dir, sweep_stale_temps, temp_name
 from pomlia_hpc.models.catalog import ModelNameTakenError, check_model_free
 from pomlia_hpc.provenance import software
 from pomlia_hpc.registry import DatasetVersion, Registry, Task
@@ -341,7 +341,10 @@ def _staged_init(folder: Path) -> Iterator[Path]:
     included) is removed, and ``folder`` too when that leaves it empty; never anything
     else, as a start of the same study name racing this one may have claimed the folder."""
     staged = temp_name(folder / INIT_DIR)
-    sweep_stale_temps(folder)  # those of starts killed before
+    # Those of starts killed before, of any study: a name never started again kept its copies
+    for left in {p.parent for p in folder.parent.glob(f"*/.{INIT_DIR}.*{TEMP_SUFFIX}")}:
+        sweep_stale_temps(left)
+    sweep_stale_temps(folder)
     # One left under this very name is a killed start's whose pid this process has now (pids
     # repeat, in a job's container often): the sweep keeps it, as its writer seems alive.
     shutil.rmtree(staged, ignore_errors=True)
