@@ -7,6 +7,7 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,7 @@ from pomlia_hpc.serve.deploy import (
     server_job_name,
     submit_deployment,
 )
+from pomlia_hpc.serve.unfinished import FOREIGN_DEPLOY_GONE_S
 
 
 def _deployment(reg: Registry, directory: Path) -> int:
@@ -158,6 +160,25 @@ def test_a_deployment_a_killed_deploy_never_finished_is_not_served_under(
     check_deployment(reg, busy)  # its writer runs: a deployment in the making
     with reg.session() as s:
         assert [d.id for d in s.query(Deployment)] == [busy]
+
+
+def test_a_deployment_another_host_never_finished_is_settled_once_it_is_a_day_old(
+    reg: Registry, tmp_path: Path
+) -> None:
+    """A deploy killed on another node left a row `created` beside that node's staging folder:
+    no process of this host can say whether its writer is gone, and the row stayed for good
+    (a `serve --deployment-id` took it as a deployment). A deploy takes minutes: such a row
+    older than a day is settled; a younger one is left (its writer may be at work there)."""
+    directory = tmp_path / "deploy" / "v1"
+    (directory.parent / f".{directory.name}.another-node.4242.tmp" / "bundle").mkdir(parents=True)
+    dep_id = _deployment(reg, directory)
+    check_deployment(reg, dep_id)  # an hour old at most: left
+    with reg.session() as s:
+        row = s.get(Deployment, dep_id)
+        assert row is not None
+        row.created_at = row.created_at - timedelta(seconds=FOREIGN_DEPLOY_GONE_S + 60)
+    with pytest.raises(NotFoundError, match=f"--deployment-id {dep_id}: no such deployment"):
+        check_deployment(reg, dep_id)
 
 
 def test_serve_sbatch_asks_for_the_memory_the_profile_gives() -> None:

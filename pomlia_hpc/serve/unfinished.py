@@ -4,7 +4,9 @@
 name beside the directory, carrying host and pid) before it records the ``Deployment`` row,
 and publishes the folder before it returns; a failure deletes the row again. Only a kill
 (SIGKILL, a lost node) between the two leaves a row ``created`` without its directory, beside
-the staging folder of a writer that is gone. Such a row never was a deployment: the next
+the staging folder of a writer that is gone (of this host: its process is gone; of another
+host: the row is a day old, see :data:`FOREIGN_DEPLOY_GONE_S`). Such a row never was a
+deployment: the next
 ``deploy`` of the model and a server asked to log under its id (``--deployment-id``) settle
 it (:func:`settle_unfinished`) and say so.
 """
@@ -15,6 +17,7 @@ import glob
 import socket
 import sys
 from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 from sqlalchemy import select
@@ -26,23 +29,29 @@ from pomlia_hpc.registry import Deployment, MonitorReport, Registry
 #: The status of a settled row that monitor reports name (kept for them, not a deployment).
 UNFINISHED = "unfinished"
 
+#: Seconds after which a row whose staging folder is another host's counts as never finished:
+#: no process of this host can tell whether that writer is gone, and a deploy takes minutes.
+FOREIGN_DEPLOY_GONE_S = 24 * 3600.0
+
 
 def note(text: str) -> None:
     """Say ``text`` on stderr as a note: what was settled is no error, but worth a line."""
     say_line(f"note: {text}", sys.stderr)
 
 
-def _never_finished(directory: Path) -> bool:
-    """Whether deployment directory ``directory`` is missing and a writer of this host that is
-    gone left its staging folder beside it (a writer at work, or another host's, is not)."""
+def _never_finished(directory: Path, age_s: float) -> bool:
+    """Whether deployment directory ``directory``, recorded ``age_s`` seconds ago, is missing
+    and a writer that is gone left its staging folder beside it: one of this host whose
+    process is gone, or another host's once the row is :data:`FOREIGN_DEPLOY_GONE_S` old."""
     if directory.exists():
         return False
     host = socket.gethostname()
     # escaped: a name such as `v[1]` (--out) is no pattern that misses its own writer's folder
-    staged = directory.parent.glob(f".{glob.escape(directory.name)}.*{TEMP_SUFFIX}*")
+    staged = list(directory.parent.glob(f".{glob.escape(directory.name)}.*{TEMP_SUFFIX}*"))
     writers = [(temp_writer(p.name, host), p) for p in staged]
+    foreign_gone = age_s >= FOREIGN_DEPLOY_GONE_S
     return bool(writers) and all(
-        pid is not None and not writer_alive(pid, path) for pid, path in writers
+        foreign_gone if pid is None else not writer_alive(pid, path) for pid, path in writers
     )
 
 
@@ -66,7 +75,8 @@ def settle_unfinished(
     with registry.session() as s:
         for dep in s.scalars(q).all():
             directory = Path(dep.bundle_path).parent
-            if not dep.bundle_path or not _never_finished(directory):
+            age_s = (datetime.now(UTC) - dep.created_at).total_seconds()
+            if not dep.bundle_path or not _never_finished(directory, age_s):
                 continue
             named = select(MonitorReport.id).where(MonitorReport.deployment_id == dep.id)
             if s.scalars(named.limit(1)).first() is None:
