@@ -6,9 +6,8 @@ and publishes the folder before it returns; a failure deletes the row again. Onl
 (SIGKILL, a lost node) between the two leaves a row ``created`` without its directory, beside
 the staging folder of a writer that is gone (of this host: its process is gone; of another
 host: the row is a day old, see :data:`FOREIGN_DEPLOY_GONE_S`). Such a row never was a
-deployment: the next
-``deploy`` of the model and a server asked to log under its id (``--deployment-id``) settle
-it (:func:`settle_unfinished`) and say so.
+deployment: the next ``deploy`` of the model and a server asked to log under its id
+(``--deployment-id``) settle it (:func:`settle_unfinished`) and say so.
 """
 
 from __future__ import annotations
