@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import pickle
 import re
+import subprocess
+import time
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -26,6 +28,7 @@ from pomlia_hpc.cluster.batch import slurm_time
 from pomlia_hpc.cluster.records import parse_sacct, record_submission, refresh_slurm_jobs
 from pomlia_hpc.registry import Registry
 from pomlia_hpc.training import resume_note
+from tests.fixtures.waiting import wait_until
 
 
 class Requeued(SystemExit):
@@ -203,9 +206,66 @@ def test_a_job_cancelled_before_its_next_attempt_started_costs_what_it_ran(
     monkeypatch.setattr(cluster_records, "sacct_states", lambda ids, *_: parse_sacct(answer))
     (rid,) = record_submission(reg, backend="slurm", scheduler_ids=["57"], name="t", folder="/")
     refresh_slurm_jobs(reg)  # seen requeued: the row has the first attempt's Start
-    answer = f"{first}\n57|CANCELLED by 0|Unknown|{t[2]}|0:0"
+    answer = f"{first}\n57|CANCELLED by 0|None|{t[2]}|0:0"  # as the real sacct prints it
     refresh_slurm_jobs(reg)
     assert trial_wall_s(reg, rid, None) == 105.0
+
+
+@pytest.mark.slurm
+@pytest.mark.usefixtures("slurm")
+def test_a_real_job_cancelled_while_its_next_attempt_waits_costs_its_first_attempt(
+    reg: Registry, tmp_path: Path
+) -> None:
+    """The same on the real Slurm: a job requeued and held (`scontrol requeuehold`), then
+    cancelled while it waits. sacct gives its second attempt no Start (`None`) or, at other
+    times, a Start equal to its End (the controller's estimate): either way it ran 0 s."""
+    script = tmp_path / "job.sbatch"
+    script.write_text("#!/bin/sh\n#SBATCH --partition=debug\n#SBATCH --time=5\nsleep 300\n")
+    submit = ["sbatch", "--parsable", f"--output={tmp_path}/%j.out", str(script)]
+    job = subprocess.run(submit, capture_output=True, text=True, check=True).stdout.strip()
+    try:
+        (rid,) = record_submission(reg, backend="slurm", scheduler_ids=[job], name="t", folder="/")
+        wait_until(
+            lambda: _controller_state(job) == "RUNNING",
+            120,
+            interval=0.5,
+            what=f"job {job} to start",
+        )
+        time.sleep(2)
+        subprocess.run(["scontrol", "requeuehold", job], check=True)
+        wait_until(
+            lambda: _controller_state(job) == "PENDING",
+            60,
+            interval=0.5,
+            what=f"job {job} requeued",
+        )
+        time.sleep(3)  # the wait in the queue: no cost
+        subprocess.run(["scancel", job], check=True)
+        lines: list[list[str]] = []
+
+        def two_lines() -> bool:
+            lines[:] = [x.split("|") for x in _sacct_lines(job)]
+            return len(lines) == 2 and lines[1][1].startswith("CANCELLED")
+
+        wait_until(two_lines, 60, interval=0.5, what=f"sacct to give job {job}'s two attempts")
+        first_s = datetime.fromisoformat(lines[0][3]) - datetime.fromisoformat(lines[0][2])
+        refresh_slurm_jobs(reg)
+        assert trial_wall_s(reg, rid, None) == first_s.total_seconds()
+    finally:
+        subprocess.run(["scancel", job], check=False)
+
+
+def _controller_state(job: str) -> str:
+    """The controller's state of Slurm job ``job`` (empty once it forgot it)."""
+    out = subprocess.run(["squeue", "-h", "-o", "%T", "-j", job], capture_output=True, text=True)
+    return out.stdout.strip()
+
+
+def _sacct_lines(job: str) -> list[str]:
+    """sacct's lines for ``job``, one per attempt (``JobID|State|Start|End``)."""
+    cmd = ["sacct", "-n", "-P", "-X", "-D", "-o", "JobID,State,Start,End", "-j", job]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    return [line for line in out.splitlines() if line.strip()]
 
 
 def test_a_job_waiting_for_its_next_attempt_counts_its_requeue() -> None:
