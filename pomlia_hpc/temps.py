@@ -155,7 +155,7 @@ def put_back_aside(target: Path) -> Path | None:
         if writer_alive(pid, tmp):  # a replace in flight: its writer renames its new folder in
             return None
         try:
-            found.append((tmp.stat().st_ctime_ns, tmp))  # the rename aside set its ctime
+            found.append((tmp.stat().st_ctime_ns, tmp))  # its move aside set its ctime
         except OSError:  # put back (or removed) by another sweep meanwhile
             continue
     for _ctime, tmp in sorted(found, reverse=True):

@@ -69,6 +69,28 @@ def test_runs_cancelled_with_a_pipelines_driver_are_recorded_cancelled(
 
 
 @pytest.mark.usefixtures("wide_console")
+def test_a_cancelled_run_of_a_requeued_job_costs_every_attempt_it_ran(
+    workspace: Workspace, reg: Registry
+) -> None:
+    """The cost `runs list` records for a run cancelled with its driver was its job's Start to
+    End: a requeued job's latest attempt's alone, or nothing when that attempt never started
+    (requeued, then cancelled while it waited: no Start)."""
+    tiny_task(workspace, reg, "blood", sizes=(16, 8, 8))
+    workspace.path("runs", "rq").mkdir(parents=True)
+    ran, waited = _trial(reg, 1, "rq", "CANCELLED"), _trial(reg, 1, "rq", "CANCELLED")
+    jobs = {r.id: r.job_id for r in records.study_runs(reg, "rq")}
+    with reg.session() as s:
+        for run_id, started in ((ran, True), (waited, False)):
+            job = s.get(Job, jobs[run_id])
+            assert job is not None
+            job.backend, job.requeue_count = "slurm", 1
+            job.meta = {"earlier_attempts_s": 40.0}
+            job.started_at = job.started_at if started else None
+    records.settle_cancelled(reg, records.list_runs(reg, study="rq"))
+    costs = {r.id: r.cost_s for r in records.study_runs(reg, "rq")}
+    assert costs == {ran: pytest.approx(70.0, abs=1.0), waited: 40.0}
+
+
 def test_the_stale_note_does_not_say_running_under_a_cancelled_row(
     workspace: Workspace, reg: Registry
 ) -> None:

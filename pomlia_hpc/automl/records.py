@@ -157,6 +157,18 @@ def job_span_s(started: datetime | None, ended: datetime | None) -> float | None
     return max((ended - started).total_seconds(), 0.0)
 
 
+def job_cost_s(job: Job) -> float | None:
+    """Seconds job ``job`` ran, all its attempts: its Start to End (its latest attempt's) plus
+    what its earlier attempts ran; only those when its latest attempt never started (requeued,
+    then cancelled while it waited); None when its times are not known."""
+    span = job_span_s(job.started_at, job.ended_at)
+    if span is not None:
+        return span + earlier_attempts_s(job)
+    if job.ended_at is not None and job.started_at is None and job.requeue_count:
+        return earlier_attempts_s(job)
+    return None
+
+
 def earlier_attempts_s(job: Job) -> float:
     """Seconds Slurm job ``job``'s attempts before its latest ran (its Start and End are the
     latest attempt's), as its last poll counted them; 0: none, or not known."""
@@ -340,7 +352,7 @@ def settle_cancelled(registry: Registry, runs: Iterable[RunRow]) -> list[int]:
     ended CANCELLED (``sacct``, asked once for all of them, or the row the cancelling driver
     wrote), with the job's one-line cause; returns their ids. For runs whose driver is gone
     (nothing else would record them: they showed as ``running (stale)``); a resumed study
-    submits them again. Their cost: the job's Start to End, in seconds, when known."""
+    submits them again. Their cost: what the job ran (:func:`job_cost_s`), when known."""
     from pomlia_hpc.cluster.records import refresh_jobs
     from pomlia_hpc.errors import ClusterError
 
@@ -362,8 +374,8 @@ def settle_cancelled(registry: Registry, runs: Iterable[RunRow]) -> list[int]:
             start = int(dict(run.metrics or {}).get("start_epoch", 0))
             run.status, run.error = CANCELLED, cause
             run.metrics = {"cause": cause, "state": "CANCELLED", "start_epoch": start}
-            span = job_span_s(job.started_at, job.ended_at)
-            if span is not None:
-                run.cost_s = span
+            cost = job_cost_s(job)
+            if cost is not None:
+                run.cost_s = cost
             settled.append(run_id)
     return settled

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import shutil
+import socket
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,7 +25,15 @@ from pomlia_hpc.automl.tasks import check_trainable, get_task, task_dataset
 from pomlia_hpc.config import load_cluster_profile
 from pomlia_hpc.data.store import open_store
 from pomlia_hpc.errors import InputError, PomliaError
-from pomlia_hpc.files import TEMP_SUFFIX, held_lock, publish_dir, sweep_stale_temps, temp_name
+from pomlia_hpc.files import (
+    TEMP_SUFFIX,
+    held_lock,
+    publish_dir,
+    sweep_stale_temps,
+    temp_name,
+    temp_writer,
+    writer_alive,
+)
 from pomlia_hpc.models.catalog import ModelNameTakenError, check_model_free
 from pomlia_hpc.provenance import software
 from pomlia_hpc.registry import DatasetVersion, Registry, Task
@@ -341,12 +350,10 @@ def _staged_init(folder: Path) -> Iterator[Path]:
     included) is removed, and ``folder`` too when that leaves it empty; never anything
     else, as a start of the same study name racing this one may have claimed the folder."""
     staged = temp_name(folder / INIT_DIR)
-    # Those of starts killed before, of any study: a name never started again kept its copies
-    for left in {p.parent for p in folder.parent.glob(f"*/.{INIT_DIR}.*{TEMP_SUFFIX}")}:
-        sweep_stale_temps(left)
-    sweep_stale_temps(folder)
+    sweep_stale_temps(folder)  # those of starts of this name killed before
+    _sweep_killed_starts(folder.parent)
     # One left under this very name is a killed start's whose pid this process has now (pids
-    # repeat, in a job's container often): the sweep keeps it, as its writer seems alive.
+    # repeat, in a job's container often): the sweep may keep it, its writer seeming alive.
     shutil.rmtree(staged, ignore_errors=True)
     try:
         yield staged
@@ -354,6 +361,18 @@ def _staged_init(folder: Path) -> Iterator[Path]:
         shutil.rmtree(staged, ignore_errors=True)
         with contextlib.suppress(OSError):  # absent, or holds a study or another start's files
             folder.rmdir()
+
+
+def _sweep_killed_starts(runs: Path) -> None:
+    """Remove the copies of initial weights (``<study>/.init.<host>.<pid>.tmp``) that starts
+    of any study in ``runs``, killed by a signal, left: the next start of the same name swept
+    them, and a name never started again kept them for good. Only those of this host's
+    writers that are gone (:func:`~pomlia_hpc.files.writer_alive`)."""
+    host = socket.gethostname()
+    for left in runs.glob(f"*/.{INIT_DIR}.*{TEMP_SUFFIX}"):
+        pid = temp_writer(left.name, host)
+        if pid is not None and not writer_alive(pid, left):
+            shutil.rmtree(left, ignore_errors=True)
 
 
 def _placed(source: WeightSource | None, folder: Path) -> WeightSource | None:

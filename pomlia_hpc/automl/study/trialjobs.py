@@ -80,12 +80,9 @@ def trial_wall_s(
     if job_id is not None:
         with registry.session() as s:
             row = s.get(Job, job_id)
-            span = records.job_span_s(row.started_at, row.ended_at) if row is not None else None
-            if span is not None and row is not None:
-                # A requeued job's Start is its latest attempt's: the earlier ones cost too.
-                return span + records.earlier_attempts_s(row)
-            if row is not None and row.ended_at and row.started_at is None and row.requeue_count:
-                return records.earlier_attempts_s(row)  # its latest attempt never ran
+            cost = records.job_cost_s(row) if row is not None else None
+            if cost is not None:
+                return cost
     started = read_started(result_path) if result_path is not None else None
     if started is not None:
         assert result_path is not None
