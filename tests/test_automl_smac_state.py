@@ -96,3 +96,7 @@ def test_an_old_study_whose_scenario_is_cut_short_is_one_error_naming_it(
     (out := state.parent / name).write_text(out.read_text()[:25])
     with pytest.raises(PomliaError, match=re.escape(f"{name}' is cut short or damaged")):
         _smac(tmp_path, resume=True)
+    if name == "configspace.json":  # scenario.json is what says there is a state at all
+        out.unlink()
+        with pytest.raises(PomliaError, match=re.escape(f"{name}' is missing")):
+            _smac(tmp_path, resume=True)

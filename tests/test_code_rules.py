@@ -122,16 +122,16 @@ def test_every_top_level_module_is_in_the_layer_contract() -> None:
 
 
 def marked_helpers(source: str) -> list[str]:
-    """Functions of ``source`` not named ``test*`` that carry a pytest mark other than
-    ``parametrize``: pytest applies a mark to the tests it decorates only, so a mark on a
-    helper is lost (a test that calls it runs unmarked, e.g. in the wrong lane)."""
+    """Functions of ``source`` not named ``test*`` that carry a pytest mark: pytest applies a
+    mark to the tests it decorates only, so a mark on a helper is lost (a test that calls it
+    runs unmarked, e.g. in the wrong lane)."""
     found = []
     for node in ast.walk(ast.parse(source)):
         if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef) and not node.name.startswith(
             "test"
         ):
             for mark in map(ast.unparse, node.decorator_list):
-                if mark.startswith("pytest.mark.") and "parametrize" not in mark:
+                if mark.startswith("pytest.mark."):
                     found.append(node.name)
     return found
 

@@ -13,6 +13,7 @@ from pathlib import Path
 import pytest
 
 from pomlia_hpc.cluster.batch import jobs_named, submit_script
+from pomlia_hpc.cluster.records import UNCONFIRMED_META
 from pomlia_hpc.errors import NotFoundError
 from pomlia_hpc.registry import Deployment, Job, Model, Registry
 from pomlia_hpc.serve.deploy import (
@@ -128,6 +129,11 @@ def test_a_queued_server_is_not_taken_for_an_ended_job_that_had_its_id(
             job = s.get(Job, found.job_id)
             assert job is not None and job.scheduler_id == queued and job.state != "COMPLETED"
         assert submit_deployment(reg, result).job_id == found.job_id  # and taken again
+        with reg.session() as s:  # a cancel on pomlia's word alone has not ended it
+            row = s.get(Job, found.job_id)
+            assert row is not None
+            row.state, row.meta = "CANCELLED", {UNCONFIRMED_META: "2026-12-07T00:00:00+00:00"}
+        assert submit_deployment(reg, result).job_id == found.job_id
     finally:
         subprocess.run(["scancel", queued], check=False)
 

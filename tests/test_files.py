@@ -139,6 +139,9 @@ def test_a_temporary_whose_pid_a_later_process_took_is_swept(
     tmp = temp_name(tmp_path / "x.json")  # this process's pid: a live writer
     tmp.write_text("half")
     assert sweep_stale_temps(tmp_path) == [] and tmp.exists()
+    skewed = time.time() + CLOCK_SKEW_S / 2  # within what two clocks may differ: still its writer
+    monkeypatch.setattr("pomlia_hpc.temps.process_started_s", lambda pid: skewed)
+    assert sweep_stale_temps(tmp_path) == [] and tmp.exists()
     later = time.time() + 2 * CLOCK_SKEW_S  # the process with the pid started after the write
     monkeypatch.setattr("pomlia_hpc.temps.process_started_s", lambda pid: later)
     assert sweep_stale_temps(tmp_path) == [tmp]

@@ -222,7 +222,12 @@ class SmacHyperband:
                 )
             if state is None:  # saved before the one state file: SMAC's own, maybe cut
                 for path in (out / name for name in _SCENARIO_FILES):
-                    _check_json(path, path.read_text() if path.is_file() else "")
+                    if not path.is_file():
+                        raise PomliaError(
+                            f"the optimiser state file '{path}' is missing; start a new study "
+                            "(another --study name) instead of --resume"
+                        )
+                    _check_json(path, path.read_text())
             # SMAC asks on stdin when the saved scenario differs; never let it. (Its own check
             # runs after the facade has added its meta data, and ignores the space.)
             old = Scenario.load(out)

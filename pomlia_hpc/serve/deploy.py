@@ -32,7 +32,7 @@ from pathlib import Path
 from sqlalchemy import select
 
 from pomlia_hpc.cluster.batch import jobs_named
-from pomlia_hpc.cluster.records import record_submission, sbatch_script
+from pomlia_hpc.cluster.records import UNCONFIRMED_META, record_submission, sbatch_script
 from pomlia_hpc.cluster.sacct import ENDING_STATES
 from pomlia_hpc.config import ClusterProfile, cluster_profiles, load_cluster_profile
 from pomlia_hpc.errors import ConfigError, InputError, NotFoundError
@@ -563,14 +563,14 @@ def _adopt(registry: Registry, result: DeployResult, scheduler_id: str, name: st
     its row recorded now when the submission that queued it was killed before recording it.
     A row of that id that has ended for good is another job's (Slurm numbers jobs anew once
     its controller's state is lost); one preempted or on a failed node may be queued again."""
-    ended = sorted(FINAL_STATES - REQUEUABLE_STATES)
+    ended = FINAL_STATES - REQUEUABLE_STATES
     with registry.session() as s:
-        q = select(Job.id).where(
-            Job.backend == "slurm", Job.scheduler_id == scheduler_id, Job.state.not_in(ended)
-        )
-        found = s.scalars(q.order_by(Job.id.desc()).limit(1)).first()
-    if found is not None:
-        return found
+        q = select(Job).where(Job.backend == "slurm", Job.scheduler_id == scheduler_id)
+        rows = s.scalars(q.order_by(Job.id.desc())).all()
+        # A cancel recorded on pomlia's word alone (not yet confirmed) has not ended it
+        found = [r.id for r in rows if r.state not in ended or UNCONFIRMED_META in (r.meta or {})]
+    if found:
+        return found[0]
     (job_id,) = record_submission(
         registry,
         backend="slurm",
