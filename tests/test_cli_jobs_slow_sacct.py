@@ -70,6 +70,26 @@ def test_a_slow_sacct_is_waited_for_briefly_and_said_in_words(
         assert row is not None and row.state == "RUNNING"  # nothing written on a failed poll
 
 
+def test_only_the_jobs_slurm_did_not_confirm_are_marked(
+    workspace: Workspace, reg: Registry, tmp_path: Path
+) -> None:
+    """sacct answered for one job and did not list the other, and squeue, asked whether that
+    one is still queued, did not answer: both were marked `?`, also the one sacct had just
+    confirmed (and recorded)."""
+    (workspace.home / "pomlia.yaml").write_text("cluster:\n  list_sacct_timeout_s: 3\n")
+    _running_job(reg, "2026-01-02T03:04:05+00:00")  # 4242, which sacct answers for
+    with reg.session() as s:
+        s.add(Job(name="other", backend="slurm", scheduler_id="4343", state="PENDING"))
+    bin_dir = _slow_slurm(tmp_path)  # squeue hangs
+    answer = "4242|RUNNING|2026-01-02T03:00:00|Unknown|0:0"
+    (bin_dir / "sacct").write_text(f"#!/bin/sh\necho '{answer}'\n")
+    res = pomlia_on_path(workspace.home, bin_dir, "jobs", "list")
+    assert res.returncode == 0, res.stdout + res.stderr
+    out = " ".join(res.stdout.split())
+    assert "(marked ?)" in out and "PENDING?" in out, out
+    assert "RUNNING?" not in out and "RUNNING" in out, out
+
+
 def test_json_keeps_stdout_one_document_and_the_states_as_recorded(
     workspace: Workspace, reg: Registry, tmp_path: Path
 ) -> None:

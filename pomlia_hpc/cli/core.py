@@ -11,7 +11,7 @@ from sqlalchemy import select
 
 from pomlia_hpc.cli.app import STATE, app, console
 from pomlia_hpc.cli.listing import check_limit
-from pomlia_hpc.cli.polling import refresh_for_listing, say_unsure, unsure_states
+from pomlia_hpc.cli.polling import poll_start, refresh_for_listing, say_unsure, unsure_states
 from pomlia_hpc.cli.tables import ListTable, clip, shown, stack, when
 from pomlia_hpc.config import load_cluster_profile
 from pomlia_hpc.registry import Job
@@ -96,10 +96,11 @@ def status(
     console.print(f"schema    : revision {reg.schema_revision()}", highlight=False)
     where = f" partition={profile.partition}" if profile.partition else ""
     console.print(f"cluster   : profile '{ws.cluster_profile}' (backend {profile.backend}{where})")
+    asked = poll_start()
     problem = refresh_for_listing(reg)
     with reg.session() as s:
         rows = list(s.scalars(select(Job).order_by(Job.id.desc()).limit(limit)))
-    unsure = [r.id for r in unsure_states(rows)] if problem else []
+    unsure = [r.id for r in unsure_states(rows, asked)] if problem else []
     if problem:
-        say_unsure(console, problem, rows)
+        say_unsure(console, problem, rows, asked)
     console.print(jobs_table(rows, f"recent jobs ({len(rows)})", unsure))

@@ -16,7 +16,7 @@ from pomlia_hpc.cli.app import STATE, app, console, err_console
 from pomlia_hpc.cli.core import jobs_table
 from pomlia_hpc.cli.jsonout import print_json
 from pomlia_hpc.cli.listing import JsonFlag, check_limit, print_rows
-from pomlia_hpc.cli.polling import refresh_for_listing, say_unsure, unsure_states
+from pomlia_hpc.cli.polling import poll_start, refresh_for_listing, say_unsure, unsure_states
 from pomlia_hpc.cli.tables import when
 from pomlia_hpc.cli.usage_errors import registry_id
 from pomlia_hpc.cluster.cancel import FORCED_CAUSE, GONE_FORCED_CAUSE, cancel_job_row
@@ -66,6 +66,7 @@ def list_jobs(
     reg = STATE.registry()
     if state is not None:
         _check_state(reg, state)
+    asked = poll_start()
     problem = refresh_for_listing(reg)
     with reg.session() as s:
         q = select(Job).order_by(Job.id.desc()).limit(limit)
@@ -74,7 +75,7 @@ def list_jobs(
         rows = list(s.scalars(q))
     if problem:
         # stderr with --json: stdout stays one JSON document.
-        say_unsure(err_console if as_json else console, problem, rows)
+        say_unsure(err_console if as_json else console, problem, rows, asked)
     if as_json:
         keys = (
             "id name backend scheduler_id state requeue_count submitted_at ended_at exit_cause "
@@ -82,7 +83,7 @@ def list_jobs(
         )
         print_rows([{k: getattr(r, k) for k in keys.split()} for r in rows])
         return
-    unsure = [r.id for r in unsure_states(rows)] if problem else []
+    unsure = [r.id for r in unsure_states(rows, asked)] if problem else []
     console.print(jobs_table(rows, f"jobs ({len(rows)})", unsure))
 
 
@@ -130,18 +131,18 @@ def show(
     paths listed), array_logs (the pattern, or null), traceback, pending_reason (squeue's
     reason why a queued Slurm job waits, e.g. JobHeldUser or Resources; else null)."""
     _get(job_id)
-    started = time.monotonic()
+    started, asked = time.monotonic(), poll_start()
     problem = refresh_for_listing(STATE.registry(), [job_id])
     row = _get(job_id)
     if problem:
-        say_unsure(err_console if as_json else console, problem, [row])
+        say_unsure(err_console if as_json else console, problem, [row], asked)
     logs = [str(p) for p in log_files(row.folder, row.scheduler_id)]
     array_logs = _array_logs(row)
     # squeue gets what sacct left of the listing's one limit; a Slurm too busy for sacct is
     # too busy for squeue: the reason is left out then (it got another whole minute)
     left_s = STATE.workspace.list_sacct_timeout_s - (time.monotonic() - started)
-    asked = _pends_on_slurm(row) and problem is None and left_s >= MIN_SQUEUE_S
-    pending = _pending_reason(row.scheduler_id, left_s) if asked else None
+    ask_squeue = _pends_on_slurm(row) and problem is None and left_s >= MIN_SQUEUE_S
+    pending = _pending_reason(row.scheduler_id, left_s) if ask_squeue else None
     if as_json:
         fields = {k: getattr(row, k) for k in SHOW_KEYS}
         fields |= {"logs": logs, "array_logs": array_logs, "traceback": row.traceback}
@@ -151,7 +152,7 @@ def show(
     table = Table(show_header=False)
     for key in SHOW_KEYS:
         value = getattr(row, key)
-        if key == "state" and problem and unsure_states([row]):
+        if key == "state" and problem and unsure_states([row], asked):
             value = f"{value}?"  # as last recorded: the scheduler did not answer
         # Times as `jobs list` shows them (to the second): str() gave microseconds and +00:00.
         shown = when(value, seconds=True) if isinstance(value, datetime) else value

@@ -54,6 +54,12 @@ def waiting_said(timeout_s: float) -> Iterator[None]:
         timer.join()  # its line, if it is being printed, comes before what follows
 
 
+def poll_start() -> datetime:
+    """The time a listing's poll starts, to the second (as a row records its last answer):
+    rows Slurm confirmed from then on are current whatever else the poll could not ask."""
+    return utcnow().replace(microsecond=0)
+
+
 def refresh_for_listing(registry: Registry, job_ids: Sequence[int] | None = None) -> str | None:
     """Refresh the job rows a listing shows (all unfinished ones, or ``job_ids``) from the
     scheduler, waiting at most the workspace's ``list_sacct_timeout_s`` seconds for ``sacct``
@@ -64,20 +70,25 @@ def refresh_for_listing(registry: Registry, job_ids: Sequence[int] | None = None
         return refresh_jobs_within(registry, job_ids, timeout_s=timeout_s, lost=True)
 
 
-def unsure_states(rows: Sequence[Job]) -> list[Job]:
+def unsure_states(rows: Sequence[Job], asked: datetime | None = None) -> list[Job]:
     """The rows whose shown state may be out of date after a failed poll: the Slurm ones the
     poll would have asked about (:func:`~pomlia_hpc.cluster.records.polled_still`: unfinished,
-    NODE_FAIL or PREEMPTED within their requeue window, CANCELLED on pomlia's word only).
+    NODE_FAIL or PREEMPTED within their requeue window, CANCELLED on pomlia's word only) that
+    Slurm did not confirm since ``asked`` (:func:`poll_start`; a poll whose ``sacct``
+    answered and whose ``squeue`` did not confirmed most rows, and every one was marked).
     Another ended job's state does not change; local jobs were polled here."""
     now = utcnow()
-    return [r for r in rows if polled_still(r, now)]
+    current = (lambda r: recorded_as_of(r) >= asked) if asked is not None else (lambda r: False)
+    return [r for r in rows if polled_still(r, now) and not current(r)]
 
 
-def say_unsure(console: Console, problem: str, rows: Sequence[Job]) -> None:
+def say_unsure(
+    console: Console, problem: str, rows: Sequence[Job], asked: datetime | None = None
+) -> None:
     """Say on ``console`` that the scheduler could not be asked (``problem``) and that the
     states of ``rows`` are the last recorded ones, as of the oldest confirmation among those
     :func:`unsure_states` picks (table times, UTC)."""
-    unsure = unsure_states(rows)
+    unsure = unsure_states(rows, asked)
     say_unsure_as_of(console, problem, min((recorded_as_of(r) for r in unsure), default=None))
 
 
