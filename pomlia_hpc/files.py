@@ -338,9 +338,11 @@ def publish_dir(staged: Path, target: Path, *, replace: bool = False, fsync: boo
         old = aside_name(target)
         # Its change time must be this move's, after this writer started (how a sweep tells
         # a live writer's aside from a dead one's, temps.writer_alive): rename(2) need not
-        # set it on every file system; setting the times to what they are does.
+        # set it on every file system; setting the times to what they are does. Only the
+        # folder's owner may (a teammate's folder in a shared workspace: the rename's own).
         st = target.stat()
-        os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
+        with contextlib.suppress(PermissionError):
+            os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
         target.rename(old)
     try:  # rename(2) replaces an empty folder and refuses a full one
         staged.rename(target)

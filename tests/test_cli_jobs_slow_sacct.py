@@ -90,6 +90,21 @@ def test_only_the_jobs_slurm_did_not_confirm_are_marked(
     assert "RUNNING?" not in out and "RUNNING" in out, out
 
 
+def test_a_listing_whose_shown_states_do_not_depend_on_the_failed_poll_says_so(
+    workspace: Workspace, reg: Registry, tmp_path: Path
+) -> None:
+    """The running job sacct did not answer for is not among those shown (`--limit 1`): the
+    listing said its states were "the last recorded ones" though none depends on the poll."""
+    (workspace.home / "pomlia.yaml").write_text("cluster:\n  list_sacct_timeout_s: 3\n")
+    _running_job(reg, "2026-01-02T03:04:05+00:00")
+    with reg.session() as s:
+        s.add(Job(name="done", backend="slurm", scheduler_id="4343", state="COMPLETED"))
+    res = pomlia_on_path(workspace.home, _slow_slurm(tmp_path), "jobs", "list", "--limit", "1")
+    out = waited_for_sacct(res, 3)
+    assert "did not answer within 3 s; no state shown depends on what it did not answer" in out
+    assert "COMPLETED" in out and "COMPLETED?" not in out and "(marked ?)" not in out
+
+
 def test_json_keeps_stdout_one_document_and_the_states_as_recorded(
     workspace: Workspace, reg: Registry, tmp_path: Path
 ) -> None:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import os
 import socket
 import subprocess
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
@@ -132,7 +132,8 @@ def test_a_queued_server_is_not_taken_for_an_ended_job_that_had_its_id(
         with reg.session() as s:  # a cancel on pomlia's word alone has not ended it
             row = s.get(Job, found.job_id)
             assert row is not None
-            row.state, row.meta = "CANCELLED", {UNCONFIRMED_META: "2026-12-07T00:00:00+00:00"}
+            marked = datetime.now(UTC).isoformat(timespec="seconds")
+            row.state, row.meta = "CANCELLED", {UNCONFIRMED_META: marked}
         assert submit_deployment(reg, result).job_id == found.job_id
     finally:
         subprocess.run(["scancel", queued], check=False)

@@ -159,20 +159,23 @@ def _attached(ctx: object, data: dict[str, object], profile: str, wait: bool) ->
     """When this pipeline's jobs are queued or running: for the same file and profile (the
     same command run again, e.g. after Ctrl-C of --wait), say so and follow them with
     ``wait`` (True: nothing left to do); for another one, refuse (exit 2)."""
-    from pomlia_hpc.cli.polling import say_unsure, waiting_said
+    from pomlia_hpc.cli.polling import poll_start, say_unsure, unsure_states, waiting_said
     from pomlia_hpc.errors import PomliaError
     from pomlia_hpc.pipeline import runner
 
     assert isinstance(ctx, runner.StageContext)
+    asked = poll_start()
     with waiting_said(ctx.workspace.list_sacct_timeout_s):
         live, problem = runner.live_jobs(ctx)
     if not live:
         return False
     name = shlex.quote(ctx.spec.name)
     if problem:  # counted as live as recorded: a second submission could run stages twice
-        say_unsure(console, problem, live)
-    mark = "?" if problem else ""
-    jobs = ", ".join(f"{r.name} ({r.scheduler_id}, {r.state}{mark})" for r in live)
+        say_unsure(console, problem, live, asked)
+    unsure = {r.id for r in unsure_states(live, asked)} if problem else set()
+    jobs = ", ".join(
+        f"{r.name} ({r.scheduler_id}, {r.state}{'?' if r.id in unsure else ''})" for r in live
+    )
     if not runner.same_submission(ctx, data, profile):
         raise PomliaError(
             f"pipeline '{ctx.spec.name}' has jobs of another version of its file or another "

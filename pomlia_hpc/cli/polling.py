@@ -96,7 +96,9 @@ def say_unsure_as_of(console: Console, problem: str, as_of: datetime | None) -> 
     """Say on ``console`` that the scheduler could not be asked (``problem``) and that the
     states shown are the last recorded ones, confirmed by Slurm at ``as_of`` (UTC; None: no
     state shown depends on it, so nothing is marked)."""
-    text = f"{problem}; the states shown are the last recorded ones"
-    if as_of is not None:
-        text += f", as of {when(as_of, seconds=True)} (marked ?)"
+    if as_of is None:
+        text = f"{problem}; no state shown depends on what it did not answer"
+    else:
+        text = f"{problem}; the states shown are the last recorded ones, as of "
+        text += f"{when(as_of, seconds=True)} (marked ?)"
     console.print(f"[yellow]{escape(text)}[/]", highlight=False)

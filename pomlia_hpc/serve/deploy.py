@@ -32,7 +32,7 @@ from pathlib import Path
 from sqlalchemy import select
 
 from pomlia_hpc.cluster.batch import jobs_named
-from pomlia_hpc.cluster.records import UNCONFIRMED_META, record_submission, sbatch_script
+from pomlia_hpc.cluster.records import cancel_unconfirmed, record_submission, sbatch_script
 from pomlia_hpc.cluster.sacct import ENDING_STATES
 from pomlia_hpc.config import ClusterProfile, cluster_profiles, load_cluster_profile
 from pomlia_hpc.errors import ConfigError, InputError, NotFoundError
@@ -568,7 +568,7 @@ def _adopt(registry: Registry, result: DeployResult, scheduler_id: str, name: st
         q = select(Job).where(Job.backend == "slurm", Job.scheduler_id == scheduler_id)
         rows = s.scalars(q.order_by(Job.id.desc())).all()
         # A cancel recorded on pomlia's word alone (not yet confirmed) has not ended it
-        found = [r.id for r in rows if r.state not in ended or UNCONFIRMED_META in (r.meta or {})]
+        found = [r.id for r in rows if r.state not in ended or cancel_unconfirmed(r)]
     if found:
         return found[0]
     (job_id,) = record_submission(
