@@ -226,7 +226,9 @@ def test_sigterm_ends_the_server_with_one_line(bundle: Path, tmp_path: Path) -> 
     ..."): it says "stopped (SIGTERM)" once and exits 0."""
     srv = LocalServer(bundle, tmp_path / "logs").start()
     srv.signal(signal.SIGTERM)
-    assert srv.wait(60) == 0, srv.log_tail()
+    code = srv.wait(60)
+    srv.stop()  # ended: this removes the server's temporary folder (its output stays readable)
+    assert code == 0, srv.log_tail()
     lines = [line.strip() for line in srv.log_tail().splitlines() if line.strip()]
     assert lines.count("stopped (SIGTERM)") == 1 and lines[-1] == "stopped (SIGTERM)", lines
 
@@ -268,6 +270,7 @@ def test_sigterm_under_load_loses_no_answered_prediction(bundle: Path, tmp_path:
         time.sleep(0.05)
     srv.signal(signal.SIGTERM)
     code = srv.wait(60)
+    srv.stop()  # ended: this removes the server's temporary folder (its output stays readable)
     stop.set()
     t.join(60)
     assert code == 0, srv.log_tail()
