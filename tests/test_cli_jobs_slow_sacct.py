@@ -139,6 +139,23 @@ def test_a_node_failure_or_preemption_within_its_requeue_window_is_marked_unsure
     assert [r.id for r in unsure_states(rows)] == [1, 2, 5]
 
 
+def test_only_a_slurm_answer_since_the_poll_began_makes_a_row_current() -> None:
+    """A row submitted, or cancelled on pomlia's word, after its last answer from Slurm is
+    not current, however recent (the whole-run CI caught the cancel taken for confirmed)."""
+    asked = utcnow()
+    after = (asked + timedelta(milliseconds=5)).isoformat()
+    before = (asked - timedelta(milliseconds=5)).isoformat()  # the same second, perhaps
+    rows = [
+        Job(id=1, backend="slurm", state="RUNNING", meta={"polled_at": after}),
+        Job(id=2, backend="slurm", state="PENDING", submitted_at=asked, meta={}),
+        Job(id=3, backend="slurm", state="RUNNING", meta={"polled_at": before}),
+        Job(id=4, backend="slurm", state="CANCELLED", ended_at=asked,
+            meta={"polled_at": after, "cancel_unconfirmed": after}),
+    ]  # fmt: skip
+    assert [r.id for r in unsure_states(rows, asked)] == [2, 3, 4]
+    assert [r.id for r in unsure_states(rows)] == [1, 2, 3, 4]
+
+
 def test_show_gives_the_pending_reasons_squeue_what_sacct_left_of_the_one_limit(
     workspace: Workspace, reg: Registry, monkeypatch: pytest.MonkeyPatch
 ) -> None:

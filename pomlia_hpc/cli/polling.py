@@ -22,6 +22,8 @@ from rich.markup import escape
 from pomlia_hpc.cli.app import STATE, err_console
 from pomlia_hpc.cli.tables import when
 from pomlia_hpc.cluster.records import (
+    POLLED_META,
+    cancel_unconfirmed,
     polled_still,
     recorded_as_of,
     refresh_jobs_within,
@@ -55,9 +57,10 @@ def waiting_said(timeout_s: float) -> Iterator[None]:
 
 
 def poll_start() -> datetime:
-    """The time a listing's poll starts, to the second (as a row records its last answer):
-    rows Slurm confirmed from then on are current whatever else the poll could not ask."""
-    return utcnow().replace(microsecond=0)
+    """The time a listing's poll starts: rows Slurm confirmed from then on (their
+    :data:`~pomlia_hpc.cluster.records.POLLED_META`) are current whatever else the poll could
+    not ask."""
+    return utcnow()
 
 
 def refresh_for_listing(registry: Registry, job_ids: Sequence[int] | None = None) -> str | None:
@@ -78,8 +81,14 @@ def unsure_states(rows: Sequence[Job], asked: datetime | None = None) -> list[Jo
     answered and whose ``squeue`` did not confirmed most rows, and every one was marked).
     Another ended job's state does not change; local jobs were polled here."""
     now = utcnow()
-    current = (lambda r: recorded_as_of(r) >= asked) if asked is not None else (lambda r: False)
-    return [r for r in rows if polled_still(r, now) and not current(r)]
+
+    def confirmed(row: Job) -> bool:  # by this poll; a cancel on pomlia's word is Slurm's never
+        polled = (row.meta or {}).get(POLLED_META)
+        if asked is None or not isinstance(polled, str) or cancel_unconfirmed(row, now):
+            return False
+        return recorded_as_of(row) >= asked
+
+    return [r for r in rows if polled_still(r, now) and not confirmed(r)]
 
 
 def say_unsure(

@@ -372,7 +372,8 @@ def refresh_slurm_jobs(
         return 0
     deadline = time.monotonic() + timeout_s
     states = sacct_states((sid for _, sid in targets), timeout_s)
-    changed, polled = 0, datetime.now(UTC).isoformat(timespec="seconds")
+    # To the microsecond: a listing tells the rows this poll confirmed from earlier ones
+    changed, polled = 0, datetime.now(UTC).isoformat(timespec="microseconds")
     with registry.session() as s:
         for rid, sid in targets:
             st = states.get(sid)
