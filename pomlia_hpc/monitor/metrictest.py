@@ -117,10 +117,11 @@ def metric_performance_test(
     as_low = undefined = 0
     for lo in range(0, total, CHUNK):
         size = min(CHUNK, total - lo)
-        # A random split of the pooled images: the window part as 0/1 weights.
-        part = rng.random((size, size_all)).argsort(axis=1)[:, :m]
+        # A random split of the pooled images: the window part as 0/1 weights, m ones per row
+        # shuffled in place (half the CPU of sorting a random key per image).
         w = np.zeros((size, size_all))
-        np.put_along_axis(w, part, 1.0, axis=1)
+        w[:, :m] = 1.0
+        rng.permuted(w, axis=1, out=w)
         d = metric_of(metric, task, y_all, p_all, w) - metric_of(metric, task, y_all, p_all, 1 - w)
         bad = ~np.isfinite(d)
         undefined += int(bad.sum())
