@@ -7,6 +7,7 @@ logits on standard-normal noise, absolute 1e-4) refused a study's best mobilenet
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
@@ -18,7 +19,7 @@ from pomlia_hpc.models.archs import ARCHITECTURES
 from pomlia_hpc.models.card import Preprocessing
 from pomlia_hpc.models.checkpoint import load_classifier, save_classifier
 from pomlia_hpc.models.nets import build_classifier
-from pomlia_hpc.serve.export import export_checkpoint
+from pomlia_hpc.serve.export import ExportResult, export_checkpoint
 from pomlia_hpc.serve.exported import ExportedBundle
 from pomlia_hpc.serve.local import LocalServer
 from pomlia_hpc.serve.parity import compare, parity_inputs
@@ -29,8 +30,9 @@ PRE = Preprocessing(mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5))
 
 
 def trained_like(path: Path, arch: str, size: int = 28) -> Path:
-    """An untrained ``arch`` made to look trained: batch-norm statistics averaged over 256
-    real-range inputs, the last layer scaled x30 (confident logits, as after training)."""
+    """An untrained ``arch`` made to look trained: batch-norm statistics averaged over 64
+    real-range inputs (each a 28 x 28 image: 50,176 values per channel of the first layers),
+    the last layer scaled x30 (confident logits, as after training)."""
     torch.manual_seed(0)
     kw = dict(arch=arch, num_classes=5, in_channels=3, image_size=size)
     save = dict(**kw, task_type="multi-class", label_names=LABELS, preprocessing=PRE)
@@ -44,7 +46,7 @@ def trained_like(path: Path, arch: str, size: int = 28) -> Path:
             if isinstance(m, torch.nn.BatchNorm1d | torch.nn.BatchNorm2d | torch.nn.BatchNorm3d)
         ):
             bn.momentum = None  # a plain average over the batches below
-        for i in range(8):
+        for i in range(2):
             model(torch.from_numpy(parity_inputs(loaded, 32, 100 + i)))
         last = [m for m in model.modules() if isinstance(m, torch.nn.Linear | torch.nn.Conv2d)][-1]
         last.weight.mul_(30.0)
@@ -82,11 +84,31 @@ def test_compare_is_relative_on_probabilities_and_needs_the_same_class() -> None
     assert compare(sig, -sig, "multi-label").class_mismatches == 1
 
 
+@pytest.fixture(scope="module")
+def exported(
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Callable[[str], tuple[Path, ExportResult]]:
+    """``exported(arch)``: a trained-like ``arch`` checkpoint and its bundle (default
+    tolerances), made once per module: the mobilenet's export (the slowest) serves both the
+    architecture test and the issue's. Read only: no test changes the files."""
+    root = tmp_path_factory.mktemp("exported")
+    made: dict[str, tuple[Path, ExportResult]] = {}
+
+    def get(arch: str) -> tuple[Path, ExportResult]:
+        if arch not in made:
+            ckpt = trained_like(root / f"{arch}.pt", arch)
+            made[arch] = ckpt, export_checkpoint(ckpt, root / "bundles", name=arch)
+        return made[arch]
+
+    return get
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("arch", ARCHITECTURES)
-def test_every_architecture_exports_and_serves_like_pytorch(arch: str, tmp_path: Path) -> None:
-    ckpt = trained_like(tmp_path / f"{arch}.pt", arch)
-    res = export_checkpoint(ckpt, tmp_path / "bundles", name=arch)  # default tolerances
+def test_every_architecture_exports_and_serves_like_pytorch(
+    arch: str, exported: Callable[[str], tuple[Path, ExportResult]]
+) -> None:
+    ckpt, res = exported(arch)  # default tolerances
     card = res.bundle.card["export"]
     assert card["rtol"] == 1e-3 and max(card["tolerance_used"].values()) <= 1.0
     # Serving: the runtime the server uses (onnxruntime on CPU) on uint8 pixels.
@@ -101,12 +123,14 @@ def test_every_architecture_exports_and_serves_like_pytorch(arch: str, tmp_path:
 
 
 @pytest.mark.slow
-def test_the_issues_mobilenet_exports_and_is_served_over_http(tmp_path: Path) -> None:
+def test_the_issues_mobilenet_exports_and_is_served_over_http(
+    tmp_path: Path, exported: Callable[[str], tuple[Path, ExportResult]]
+) -> None:
     """The case of the issue: the old rule refused this export, the served model is right."""
     import onnxruntime as ort
 
-    ckpt = trained_like(tmp_path / "m.pt", "mobilenet_v3_small")
-    res = export_checkpoint(ckpt, tmp_path / "bundles", name="mobile")
+    ckpt, res = exported("mobilenet_v3_small")
+    assert not res.reused  # exported here, not taken from an earlier bundle
     root = res.bundle.root
     # The old check: raw logits on standard-normal noise, absolute 1e-4. It refuses this model.
     sess = ort.InferenceSession(str(root / "model.onnx"), providers=["CPUExecutionProvider"])
