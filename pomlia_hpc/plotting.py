@@ -24,7 +24,11 @@ def new_figure(*args: Any, **kwargs: Any) -> Iterator[tuple[Figure, Any]]:
     chosen matplotlib's backend (Agg) before, as for any pyplot use."""
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(*args, **kwargs)
+    # Titles at a fixed height above their axes (none of ours has ticks on top): matplotlib's
+    # automatic title placement measures every tick label's box at each draw, about 40 % of
+    # drawing a figure with a title.
+    with plt.rc_context({"axes.titley": 1.0}):
+        fig, axes = plt.subplots(*args, **kwargs)
     try:
         yield fig, axes
     except BaseException:
