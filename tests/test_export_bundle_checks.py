@@ -4,10 +4,7 @@ and data sets whose images are not square."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -26,18 +23,18 @@ from pomlia_hpc.registry import Model, Registry
 from pomlia_hpc.serve.demo import save_demo_checkpoint
 from pomlia_hpc.serve.export import sha256_file
 from pomlia_hpc.workspace import Workspace
+from tests.fixtures.cli import pomlia_main
 
 
-def pomlia(ws: Workspace, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "POMLIA_HOME": str(ws.home), "POMLIA_DB_URL": ws.db_url}
-    return subprocess.run(
-        [sys.executable, "-m", "pomlia_hpc", *args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        check=False,
-    )
+def pomlia(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str], *args: str
+) -> tuple[Any, str]:
+    """``pomlia ARGS...`` as the console script runs it, in this process (the workspace
+    fixture's, through POMLIA_HOME): its exit code and what it wrote on stdout and stderr.
+    A process of its own would cost seconds of imports for a refusal made before anything
+    is served or written."""
+    code, out, err = pomlia_main(monkeypatch, capsys, *args)
+    return code, out + err
 
 
 def exported_model(ws: Workspace, tmp_path: Path, name: str = "grade") -> Path:
@@ -56,16 +53,19 @@ def exported_model(ws: Workspace, tmp_path: Path, name: str = "grade") -> Path:
 
 @pytest.mark.usefixtures("wide_console")
 def test_a_damaged_bundle_is_refused_by_serve_and_rebuilt_by_export(
-    workspace: Workspace, tmp_path: Path
+    workspace: Workspace,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     bundle = exported_model(workspace, tmp_path)
     onnx = bundle / "model.onnx"
     data = bytearray(onnx.read_bytes())
     data[len(data) // 2] ^= 0xFF
     onnx.write_bytes(bytes(data))
-    served = pomlia(workspace, "serve", "grade", "--port", "0")
-    assert served.returncode != 0 and "Traceback" not in served.stderr + served.stdout
-    out = " ".join((served.stdout + served.stderr).split())
+    code, said = pomlia(monkeypatch, capsys, "serve", "grade", "--port", "0")
+    assert code != 0 and "Traceback" not in said, said
+    out = " ".join(said.split())
     assert "model.onnx does not match its SHA-256 in card.json" in out
     assert "pomlia model export grade" in out
     runner = CliRunner()
@@ -89,21 +89,24 @@ def test_a_damaged_bundle_is_refused_by_serve_and_rebuilt_by_export(
 
 @pytest.mark.usefixtures("wide_console")
 def test_unwritable_log_and_tmp_folders_are_one_line_each(
-    workspace: Workspace, tmp_path: Path
+    workspace: Workspace,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     exported_model(workspace, tmp_path)
     blocker = tmp_path / "a-file"
     blocker.write_text("")
-    served = pomlia(workspace, "serve", "grade", "--port", "0", "--log-dir", str(blocker / "x"))
-    text = served.stdout + served.stderr
-    assert served.returncode != 0 and "Traceback" not in text, text
+    code, text = pomlia(
+        monkeypatch, capsys, "serve", "grade", "--port", "0", "--log-dir", str(blocker / "x")
+    )
+    assert code != 0 and "Traceback" not in text, text
     assert f"prediction log folder {blocker / 'x'} cannot be written" in " ".join(text.split())
     # The workspace's tmp unusable (a file where the folder should be): export says so.
     shutil.rmtree(workspace.tmp, ignore_errors=True)
     workspace.tmp.write_text("")
-    res = pomlia(workspace, "model", "export", "grade")
-    text = res.stdout + res.stderr
-    assert res.returncode != 0 and "Traceback" not in text, text
+    code, text = pomlia(monkeypatch, capsys, "model", "export", "grade")
+    assert code != 0 and "Traceback" not in text, text
     assert f"workspace folder {workspace.tmp} cannot be written" in " ".join(text.split())
 
 
