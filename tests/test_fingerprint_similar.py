@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
+import sqlite3
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 from typing import Any
 
@@ -82,19 +85,53 @@ def _build_world(workspace: Workspace) -> tuple[Registry, list[str]]:
     return reg, refs
 
 
+def _copy_world(built: Path, home: Path) -> None:
+    """Copy the workspace folder ``built`` (a built world, its registry closed) onto ``home``,
+    and point the paths its registry records (absolute: stores, embeddings, checkpoints) from
+    ``built`` to ``home``."""
+    shutil.copytree(built, home, dirs_exist_ok=True)
+    old, new = str(built), str(home)
+    with closing(sqlite3.connect(home / "registry.db")) as db, db:
+        tables = [t for (t,) in db.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        for table in tables:
+            for column in [c[1] for c in db.execute(f'PRAGMA table_info("{table}")')]:
+                db.execute(
+                    f'UPDATE "{table}" SET "{column}" = replace("{column}", ?, ?) '
+                    f'WHERE typeof("{column}") = \'text\' AND instr("{column}", ?) > 0',
+                    (old, new, old),
+                )
+
+
+@pytest.fixture(scope="module")
+def built_world(
+    tmp_path_factory: pytest.TempPathFactory, sqlite_registry_template: Path
+) -> tuple[Path, list[str]]:
+    """:func:`_build_world` once for this file (~3 s of CPU a build), never changed: its
+    workspace folder and refs, which each test gets a copy of."""
+    home = tmp_path_factory.mktemp("similar-world") / "home"
+    reg, refs = _build_world(new_workspace(home, sqlite_registry_template))
+    reg.dispose()
+    return home, refs
+
+
 @pytest.fixture
-def world(workspace: Workspace) -> tuple[Registry, list[str]]:
-    """:func:`_build_world` in the test's own workspace, which the test may change."""
-    return _build_world(workspace)
+def world(workspace: Workspace, built_world: tuple[Path, list[str]]) -> tuple[Registry, list[str]]:
+    """:func:`_build_world`'s world in the test's own workspace (a copy), which the test may
+    change."""
+    built, refs = built_world
+    _copy_world(built, workspace.home)
+    return Registry.open(workspace.db_url), refs
 
 
 @pytest.fixture(scope="module")
 def read_only_world(
-    tmp_path_factory: pytest.TempPathFactory, sqlite_registry_template: Path
+    tmp_path_factory: pytest.TempPathFactory, built_world: tuple[Path, list[str]]
 ) -> Iterator[tuple[Registry, list[str]]]:
-    """:func:`_build_world` once for this file's tests that only read it (~3 s a build)."""
-    home = tmp_path_factory.mktemp("similar-world") / "home"
-    reg, refs = _build_world(new_workspace(home, sqlite_registry_template))
+    """A copy of :func:`_build_world`'s world for this file's tests that only read it."""
+    built, refs = built_world
+    home = tmp_path_factory.mktemp("similar-world-read") / "home"
+    _copy_world(built, home)
+    reg = Registry.open(f"sqlite:///{home / 'registry.db'}")
     yield reg, refs
     reg.dispose()
 
