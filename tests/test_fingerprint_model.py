@@ -126,13 +126,25 @@ def _cfg(**over: object) -> TrainConfig:
     return TrainConfig.model_validate(base | over)
 
 
+def _small(**over: object) -> TrainConfig:
+    """:func:`_cfg` with steps of 8 images and 16 images a data set: two steps an epoch on two
+    data sets (each step of 16 images cost about a second of CPU more)."""
+    return _cfg(**({"batch_size": 8, "max_images_per_dataset": 16} | over))
+
+
 def test_train_register_and_resume(workspace: Workspace, reg: Registry, tmp_path: Path) -> None:
     a = make_dataset(workspace, reg, "blood", sizes=(48, 4, 4), chunk_rows=16)
     b = make_dataset(workspace, reg, "organ", "organamnist", (48, 4, 4), chunk_rows=16)
     ex = Executor.from_profile("local", workspace.jobs, reg)
     seen: list[tuple[int, int]] = []
     enc = train_encoder(
-        reg, workspace, "ae", [a, b], _cfg(), executor=ex, progress=lambda d, t: seen.append((d, t))
+        reg,
+        workspace,
+        "ae",
+        [a, b],
+        _small(),
+        executor=ex,
+        progress=lambda d, t: seen.append((d, t)),
     )
     assert seen[-1] == (1, 1)
     assert len(enc.loss_curve) == 1 and enc.loss_curve[0] > 0
@@ -147,16 +159,16 @@ def test_train_register_and_resume(workspace: Workspace, reg: Registry, tmp_path
     # Training curves beside the checkpoints, for TensorBoard.
     curves = read_curves(out / CURVES_DIR)
     assert [s for s, _ in curves["train/loss"]] == [1] and curves["train/loss"][0][1] > 0
-    assert curves["train/lr"] == [(1, pytest.approx(_cfg().lr))]
+    assert curves["train/lr"] == [(1, pytest.approx(_small().lr))]
     # Same name again: already trained, nothing runs.
-    assert train_encoder(reg, workspace, "ae", [a, b], _cfg(), executor=ex).id == enc.id
+    assert train_encoder(reg, workspace, "ae", [a, b], _small(), executor=ex).id == enc.id
     # Same name, other options or datasets: refused, naming the field (nothing runs).
     with pytest.raises(
         InputError, match=r"encoder 'ae' was trained with epochs 1 but this run asks for 2"
     ):
-        train_encoder(reg, workspace, "ae", [a, b], _cfg(epochs=2), executor=ex)
+        train_encoder(reg, workspace, "ae", [a, b], _small(epochs=2), executor=ex)
     with pytest.raises(InputError, match=rf"datasets {a}, {b} but this run asks for {a}:"):
-        train_encoder(reg, workspace, "ae", [a], _cfg(), executor=ex)
+        train_encoder(reg, workspace, "ae", [a], _small(), executor=ex)
 
     # A longer run in the same folder resumes after the epoch-1 checkpoint (what a requeued
     # job does after preemption) and keeps the first epoch's loss. The registered encoder's
@@ -167,25 +179,25 @@ def test_train_register_and_resume(workspace: Workspace, reg: Registry, tmp_path
     # epoch 2 once.
     # These two jobs run in this process (debug executor): the resume is under test here, and
     # the training above already ran as a job process of its own.
-    sources = [Source(str(open_version(reg, r).path), 0, 48) for r in (a, b)]
+    sources = [Source(str(open_version(reg, r).path), 0, 16) for r in (a, b)]
     job_out = tmp_path / "preempted"
     here = Executor.from_profile("debug", workspace.jobs, reg)
-    first = here.submit(TrainJob(_cfg(), sources, str(job_out))).result()
+    first = here.submit(TrainJob(_small(), sources, str(job_out))).result()
     with (job_out / "train_log.jsonl").open("a") as fh:
         fh.write(json.dumps({"epoch": 2, "images": -1}) + "\n" + '{"epoch": 3, "ima')
-    res = here.submit(TrainJob(_cfg(epochs=2), sources, str(job_out))).result()
+    res = here.submit(TrainJob(_small(epochs=2), sources, str(job_out))).result()
     assert res["resumed_from"] == 1
     assert len(res["loss_curve"]) == 2 and res["loss_curve"][0] == first["loss_curve"][0]
     log = [json.loads(line) for line in (job_out / "train_log.jsonl").read_text().splitlines()]
-    assert [e["epoch"] for e in log] == [1, 2] and all(e["images"] == 96 for e in log)
+    assert [e["epoch"] for e in log] == [1, 2] and all(e["images"] == 32 for e in log)
 
     # Unfinished (no encoder.pt, as after a killed job): resuming under other options would
     # mix two trainings in one checkpoint, so it is refused too.
     (out / "encoder.pt").unlink()
     with pytest.raises(InputError, match=r"encoder 'ae' was started with learning rate 0.001 "):
-        train_encoder(reg, workspace, "ae", [a, b], _cfg(lr=0.01), executor=ex)
+        train_encoder(reg, workspace, "ae", [a, b], _small(lr=0.01), executor=ex)
     with pytest.raises(InputError, match=r"latent size 2 but this run asks for 3"):
-        train_encoder(reg, workspace, "ae", [a, b], _cfg(encoder={"latent_dim": 3}), executor=ex)
+        train_encoder(reg, workspace, "ae", [a, b], _small(encoder={"latent_dim": 3}), executor=ex)
 
 
 def test_a_start_that_failed_before_an_epoch_does_not_pin_its_datasets(
@@ -204,10 +216,10 @@ def test_a_start_that_failed_before_an_epoch_does_not_pin_its_datasets(
     chunk.write_bytes(bytes(data))
     ex = Executor.from_profile("debug", workspace.jobs, reg)  # the trainings in this process
     with pytest.raises(DataIntegrityError):
-        train_encoder(reg, workspace, "e1", [bad], _cfg(num_workers=0), executor=ex)
+        train_encoder(reg, workspace, "e1", [bad], _small(num_workers=0), executor=ex)
     out = encoder_dir(workspace, "e1")
     assert (out / "config.json").is_file() and not (out / "latest.json").exists()
-    enc = train_encoder(reg, workspace, "e1", [good], _cfg(num_workers=0), executor=ex)
+    enc = train_encoder(reg, workspace, "e1", [good], _small(num_workers=0), executor=ex)
     assert len(enc.loss_curve) == 1 and len(enc.dataset_version_ids) == 1
     assert json.loads((out / "config.json").read_text())["datasets"] == [good]
 
