@@ -113,19 +113,23 @@ def test_an_undecodable_chunk_and_damaged_labels(workspace: Workspace, reg: Regi
 
 
 @pytest.mark.slow
+@pytest.mark.usefixtures("restore_torch_threads")  # the jobs run in this process
 def test_fingerprint_train_and_extract_exit_nonzero_on_a_damaged_chunk(
     workspace: Workspace, reg: Registry
 ) -> None:
+    # What the commands say is under test, not the job process (a failed extraction through a
+    # job process: tests/test_fingerprint_extract.py): the jobs run in this process, and a
+    # failure there becomes the job's outcome as a job process's does.
     ref = damaged(workspace, reg)
     code, text = run(
-        "fingerprint", "train", "-n", "ae", "blood", "-d", "2", "--epochs", "1",
-        "--batch-size", "16", "--max-images", "32", "--workers", "0",
+        "--cluster", "debug", "fingerprint", "train", "-n", "ae", "blood", "-d", "2",
+        "--epochs", "1", "--batch-size", "16", "--max-images", "32", "--workers", "0",
     )  # fmt: skip
     assert code != 0, text
     assert_names_the_damage(text, ref)
     assert "Traceback" not in text
     make_encoder(workspace, reg, "enc")
-    code, text = run("fingerprint", "extract", "-e", "enc", "blood")
+    code, text = run("--cluster", "debug", "fingerprint", "extract", "-e", "enc", "blood")
     assert code != 0, text
     assert_names_the_damage(text, ref)
     assert "same command again" not in text  # it would fail the same way
