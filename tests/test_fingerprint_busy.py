@@ -55,19 +55,23 @@ def test_a_second_training_of_one_encoder_is_refused(workspace: Workspace, reg: 
         pass
 
 
+@pytest.mark.usefixtures("restore_torch_threads")  # the training runs in this process
 def test_fingerprint_train_is_refused_while_a_job_trains_the_name(
     workspace: Workspace, reg: Registry
 ) -> None:
     ref = make_dataset(workspace, reg, "blood", sizes=(48, 4, 4))
     job_id = _live_job(reg, "aeS")
-    ex = Executor.from_profile("local", workspace.jobs, reg)
+    # The refusal and the job records are under test, not the job process: the training runs
+    # in this process (the debug executor records its job as the others do).
+    ex = Executor.from_profile("debug", workspace.jobs, reg)
+    cfg = tiny_encoder_config(1).model_copy(update={"batch_size": 8, "max_images_per_dataset": 8})
     with pytest.raises(PomliaError, match=f"pomlia jobs cancel {job_id}"):
-        train_encoder(reg, workspace, "aeS", [ref], tiny_encoder_config(1), executor=ex)
+        train_encoder(reg, workspace, "aeS", [ref], cfg, executor=ex)
     assert not encoder_dir(workspace, "aeS").exists()  # nothing written, no job submitted
     with reg.session() as s:
         assert s.scalar(select(func.count()).select_from(Job)) == 1
     mark_cancelled(reg, job_id)
-    enc = train_encoder(reg, workspace, "aeS", [ref], tiny_encoder_config(1), executor=ex)
+    enc = train_encoder(reg, workspace, "aeS", [ref], cfg, executor=ex)  # one step of 8
     assert enc.name == "aeS" and enc.job_id != job_id
 
 
