@@ -136,9 +136,9 @@ def test_local_array_extraction_matches_in_memory_embedding(
 def test_shard_killed_part_way_reruns_to_bitwise_identical_embeddings(
     workspace: Workspace, reg: Registry
 ) -> None:
-    # Many small chunks (8 rows): the shard dies after 3 of its chunks, between two writes (a
-    # chunk torn mid-write: the next test).
-    ref = make_dataset(workspace, reg, "organ", "organamnist", (900, 60, 240), chunk_rows=8)
+    # Many small chunks (8 rows; 18, 6 a shard): the shard dies after 3 of its chunks, between
+    # two writes (a chunk torn mid-write: the next test).
+    ref = make_dataset(workspace, reg, "organ", "organamnist", (96, 16, 32), chunk_rows=8)
     make_encoder(workspace, reg, "enc", latent_dim=8)
     plan = plan_extraction(reg, workspace, "enc", [ref], shards=3, threads=1, batch_size=8)
     victim = plan.specs[1]
