@@ -29,7 +29,7 @@ from pomlia_hpc.automl.liveness import (
 )
 from pomlia_hpc.errors import BUSY_EXIT
 from pomlia_hpc.files import held_lock
-from pomlia_hpc.registry import Registry
+from pomlia_hpc.registry import Job, Registry
 from pomlia_hpc.workspace import Workspace
 from tests.fixtures.cli import cli_ok
 from tests.fixtures.factories import tiny_study, tiny_task
@@ -105,13 +105,21 @@ def test_runs_list_flags_the_runs_of_a_killed_driver(workspace: Workspace) -> No
     assert "stale" not in before  # its driver is at work
     proc.send_signal(signal.SIGKILL)
     proc.wait()
-    out = " ".join(cli_ok("runs", "list", "--study", "killed").split())
-    assert "running (stale)" in out, out
-    assert f"pid {proc.pid} on {socket.gethostname()}) is not running" in out
-    assert "pomlia automl run blood --study killed --resume" in out
-    driver = json.loads((workspace.path("runs", "killed") / DRIVER_FILE).read_text())
-    assert driver["pid"] == proc.pid and driver["ended"] is None
-    reg.dispose()
+    try:
+        out = " ".join(cli_ok("runs", "list", "--study", "killed").split())
+        assert "running (stale)" in out, out
+        assert f"pid {proc.pid} on {socket.gethostname()}) is not running" in out
+        assert "pomlia automl run blood --study killed --resume" in out
+        driver = json.loads((workspace.path("runs", "killed") / DRIVER_FILE).read_text())
+        assert driver["pid"] == proc.pid and driver["ended"] is None
+    finally:
+        # The killed driver's trial jobs train on (a resume would adopt them): stopped here,
+        # not left to finish their epochs beside the next tests.
+        with reg.session() as s:
+            out_ids = [j.id for j in s.query(Job).filter(Job.ended_at.is_(None))]
+        for job_id in out_ids:
+            cli_ok("jobs", "cancel", str(job_id))
+        reg.dispose()
 
 
 def test_a_reused_pid_does_not_hide_a_dead_driver(workspace: Workspace) -> None:
