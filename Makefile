@@ -9,7 +9,7 @@ export POMLIA_TEST_PG_URL ?= postgresql+psycopg://pomlia:pomlia@127.0.0.1:$(POML
 # PYTHONDONTWRITEBYTECODE=1 in the environment (some sandboxes and CI images set it) every job,
 # command and test process compiled pomlia's ~340 modules from source again, and every pytest
 # process re-rewrote the asserts of ~280 test modules (a collection of the suite: 42 -> 15 s of
-# CPU). The venv's packages are compiled by pip at install either way.
+# CPU). The venv's packages are compiled at install either way (scripts/setup-venv.sh).
 unexport PYTHONDONTWRITEBYTECODE
 
 .PHONY: help venv demo test test-fast services services-stop lint bench clean

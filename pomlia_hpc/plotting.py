@@ -21,12 +21,15 @@ def new_figure(*args: Any, **kwargs: Any) -> Iterator[tuple[Figure, Any]]:
     """``plt.subplots(*args, **kwargs)`` (figure size in inches) as ``(fig, axes)`` for the
     block that draws it: when the block raises, the figure is closed before the error goes
     on; when it ends, the figure is the caller's (to return, save and close). The caller has
-    chosen matplotlib's backend (Agg) before, as for any pyplot use."""
+    chosen matplotlib's backend (Agg) before, as for any pyplot use. Titles sit at a fixed
+    height above their axes (no ticks on top, twin or inset axes: none is lifted above them)."""
     import matplotlib.pyplot as plt
 
-    # Titles at a fixed height above their axes (none of ours has ticks on top): matplotlib's
-    # automatic title placement measures every tick label's box at each draw, about 40 % of
-    # drawing a figure with a title.
+    # Titles at a fixed height above their axes: matplotlib's automatic title placement
+    # measures every tick label's box at each draw (about 40 % of drawing a figure with a
+    # title) to lift a title above ticks on top, twin or inset axes and the y axis's offset
+    # text ("1e6" at its top). None of ours has the first three; an offset text sits at the
+    # top left, a centred title beside it.
     with plt.rc_context({"axes.titley": 1.0}):
         fig, axes = plt.subplots(*args, **kwargs)
     try:

@@ -52,6 +52,7 @@ def exported_model(ws: Workspace, tmp_path: Path, name: str = "grade") -> Path:
 
 
 @pytest.mark.usefixtures("wide_console")
+@pytest.mark.timeout(120)  # a serve that did not refuse would serve in this process until then
 def test_a_damaged_bundle_is_refused_by_serve_and_rebuilt_by_export(
     workspace: Workspace,
     tmp_path: Path,
@@ -88,6 +89,7 @@ def test_a_damaged_bundle_is_refused_by_serve_and_rebuilt_by_export(
 
 
 @pytest.mark.usefixtures("wide_console")
+@pytest.mark.timeout(120)  # a serve that did not refuse would serve in this process until then
 def test_unwritable_log_and_tmp_folders_are_one_line_each(
     workspace: Workspace,
     tmp_path: Path,

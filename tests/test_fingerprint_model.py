@@ -127,7 +127,7 @@ def _cfg(**over: object) -> TrainConfig:
 
 
 def _small(**over: object) -> TrainConfig:
-    """:func:`_cfg` with steps of 8 images and 16 images a data set: two steps an epoch on two
+    """:func:`_cfg` with steps of 8 images and 16 images a data set: four steps an epoch on two
     data sets (each step of 16 images cost about a second of CPU more)."""
     return _cfg(**({"batch_size": 8, "max_images_per_dataset": 16} | over))
 

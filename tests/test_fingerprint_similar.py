@@ -115,12 +115,16 @@ def built_world(
 
 
 @pytest.fixture
-def world(workspace: Workspace, built_world: tuple[Path, list[str]]) -> tuple[Registry, list[str]]:
+def world(
+    workspace: Workspace, built_world: tuple[Path, list[str]]
+) -> Iterator[tuple[Registry, list[str]]]:
     """:func:`_build_world`'s world in the test's own workspace (a copy), which the test may
     change."""
     built, refs = built_world
     _copy_world(built, workspace.home)
-    return Registry.open(workspace.db_url), refs
+    reg = Registry.open(workspace.db_url)
+    yield reg, refs
+    reg.dispose()
 
 
 @pytest.fixture(scope="module")

@@ -172,3 +172,26 @@ def test_every_hour_of_the_window_is_drawn_at_its_time() -> None:
 
 def test_a_window_without_predictions_has_no_volume_figure() -> None:
     assert volume_figure(_report([], hours=24)) is None
+
+
+@pytest.mark.parametrize(
+    "p_values", [(1e-6, 0.004, 1.0), (0.02, 0.09), (0.03, 0.5)], ids=["decades", "narrow", "one"]
+)
+def test_p_value_ticks_are_plain_numbers_over_any_range(p_values: tuple[float, ...]) -> None:
+    """The log axis's labels are plain numbers (math text is parsed anew at every draw: a third
+    of drawing the figure), decades and the ticks a narrow range labels between them alike."""
+    # Weights summing to 1: thresholds inside the range (0.025 in the narrow one, no decade).
+    tests = [_test(f"t{i}", p, 1 / len(p_values)) for i, p in enumerate(p_values)]
+    fig = history_figure([], _report(tests))
+    assert fig is not None
+    fig.canvas.draw()
+    ax = fig.axes[0]
+    labels = [
+        t.get_text()
+        for t in ax.yaxis.get_ticklabels(which="both")
+        if t.get_visible() and t.get_text()
+    ]
+    assert labels, p_values  # some tick is labelled whatever the range
+    assert not [s for s in labels if "$" in s], labels
+    assert all(float(s.replace("\N{MINUS SIGN}", "-")) > 0 for s in labels), labels
+    plt.close(fig)

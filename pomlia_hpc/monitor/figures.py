@@ -156,9 +156,11 @@ def history_figure(past: Sequence[MonitorReport], report: dict[str, Any]) -> Fig
             )
         )
         ax.set_yscale("log")
-        # Plain tick labels (1e-06, 0.001, 1): the default's math text is parsed anew at each
-        # draw, a third of drawing this figure.
+        # Plain tick labels (1e-06, 2e-02, 1), decades and the in-between ticks a narrow range
+        # labels alike: the default's math text is parsed anew at each draw, a third of drawing
+        # this figure.
         ax.yaxis.set_major_formatter(LogFormatter(labelOnlyBase=True))
+        ax.yaxis.set_minor_formatter(LogFormatter(labelOnlyBase=False))
         ax.set_ylabel("p-value")
         _time_axis(ax, shown, times[-1])
         ax.legend(handles=handles, fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
