@@ -47,7 +47,8 @@ pip install -q --no-build-isolation "$(grep -E '^pyrfr==' requirements.lock)"
 # afterwards on every core instead. As with pip's own compiling, a file that does not compile
 # under this Python (torch ships a few for newer ones) is left as it is.
 pip install -q --no-compile -r requirements.lock
-"$VENV/bin/python" -m compileall -q -j 0 "$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" >/dev/null 2>&1 || true
+site=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')
+"$VENV/bin/python" -m compileall -q -j 0 "$site" >/dev/null 2>&1 || true
 pip install -q --no-deps --no-build-isolation -e .
 pip check
 echo "$want" > "$STAMP"

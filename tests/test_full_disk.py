@@ -13,12 +13,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
 
-from pomlia_hpc.cli import app
 from pomlia_hpc.registry import Registry
 from pomlia_hpc.workspace import Workspace
-from tests.fixtures.cli import REPO
+from tests.fixtures.cli import REPO, cli_ok
 from tests.fixtures.factories import donor_model, make_dataset, make_encoder, tiny_dataset
 from tests.monitor_support import demo_model
 
@@ -55,9 +53,8 @@ def pomlia_here(*args: str, env: dict[str, str] | None = None) -> None:
     """``pomlia ARGS...`` in this process, with no size limit and only ``env`` of pomlia's
     variables set; fails the test unless it exits 0. For a run whose process is not what is
     checked (the one after the limit is gone): a command of its own costs seconds of imports."""
-    unset = dict.fromkeys(("POMLIA_HOME", "POMLIA_DB_URL", "POMLIA_CLUSTER"))
-    res = CliRunner().invoke(app, list(args), env={**unset, **(env or {})})
-    assert res.exit_code == 0, (args, res.output, res.exception)
+    unset: dict[str, str | None] = dict.fromkeys(("POMLIA_HOME", "POMLIA_DB_URL", "POMLIA_CLUSTER"))
+    cli_ok(*args, env={**unset, **(env or {})})
 
 
 def one_error_line(res: subprocess.CompletedProcess[str], code: int = 2) -> str:
