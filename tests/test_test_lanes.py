@@ -24,11 +24,13 @@ case " $* " in
 *" --lane=slurm "*)
     echo $$ > "$DIR/slurm.pid"
     echo "slurm lane ran: $*"
+    echo "slurm lane threads: $OMP_WAIT_POLICY $OPENBLAS_NUM_THREADS"
     if [[ -n "${SLURM_HANG:-}" ]]; then exec sleep 300; fi
     exit "$SLURM_RC" ;;
 *" --lane=rest "*)
     while [[ ! -s "$DIR/slurm.pid" ]]; do sleep 0.05; done
     echo "rest lane ran: $*"
+    echo "rest lane threads: $OMP_WAIT_POLICY $OPENBLAS_NUM_THREADS"
     exit "$REST_RC" ;;
 esac
 exit 99
@@ -84,6 +86,18 @@ def test_both_lanes_get_the_arguments_and_the_slurm_lane_is_shown_last(tmp_path:
     )
     assert out.count("-k x y") == 2  # one argument each, as given
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith("pomlia-slurm-lane")] == []
+
+
+def test_idle_threads_wait_passively_in_both_lanes_unless_the_caller_says_otherwise(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("OMP_WAIT_POLICY", raising=False)
+    monkeypatch.delenv("OPENBLAS_NUM_THREADS", raising=False)
+    out = _lanes(tmp_path, 0, 0).stdout
+    assert "rest lane threads: PASSIVE 1" in out and "slurm lane threads: PASSIVE 1" in out
+    (tmp_path / "slurm.pid").unlink()
+    out = _lanes(tmp_path, 0, 0, OMP_WAIT_POLICY="ACTIVE", OPENBLAS_NUM_THREADS="2").stdout
+    assert "rest lane threads: ACTIVE 2" in out and "slurm lane threads: ACTIVE 2" in out
 
 
 def test_a_bad_worker_count_is_refused(tmp_path: Path) -> None:
