@@ -25,13 +25,13 @@ WORKERS=${WORKERS:-2}
 
 # Three pytest processes on the cores at once keep them all busy (CI: 2 cores), and a math
 # library's idle threads that spin then take turns from the others: torch's OpenMP threads
-# after each parallel region (the product sets this for its jobs, cluster/executor.py, not for
+# after each parallel region (the product sets this for its jobs, cluster/jobenv.py, not for
 # a test's own process or the commands it runs), OpenBLAS's after each product in numpy.
 # Measured on 2 cores (docs/BENCHMARKS.md, "Job threads that wait"): two small-CNN trainings
-# at once 35-38 -> 13-14 s each; three processes of 200 x 200 matrix products 61 -> 5 s each.
-# The results are the same; a setting of the caller's own is kept.
-export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-PASSIVE}
-export OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-1}
+# at once 33.5-35.5 -> 13.5-14.0 s each; three processes of 200 x 200 matrix products 61 -> 5 s
+# each. The results are the same; a setting of the caller's own (even empty) is kept.
+export OMP_WAIT_POLICY=${OMP_WAIT_POLICY-PASSIVE}
+export OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS-1}
 
 log=$(mktemp "${TMPDIR:-/tmp}/pomlia-slurm-lane-XXXXXX")
 lane=

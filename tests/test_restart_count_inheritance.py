@@ -24,7 +24,7 @@ def test_a_local_job_does_not_inherit_its_submitters_restart_count(
 ) -> None:
     monkeypatch.setenv("SLURM_RESTART_COUNT", "2")  # the submitter: a requeued driver job
     h = Executor.from_profile("local", tmp_path / "jobs", reg).submit(
-        os.environ.get, "SLURM_RESTART_COUNT", "unset"
+        os.getenv, "SLURM_RESTART_COUNT", "unset"
     )
     assert h.result() == "unset"
     assert os.environ["SLURM_RESTART_COUNT"] == "2"  # the submitter's own is left alone
@@ -37,15 +37,15 @@ def test_slurm_jobs_do_not_inherit_their_submitters_restart_count(
 ) -> None:
     monkeypatch.setenv("SLURM_RESTART_COUNT", "2")
     ex = Executor.from_profile("slurm-local", tmp_path / "jobs", reg)
-    job = ex.submit(os.environ.get, "SLURM_RESTART_COUNT", "unset")
-    (task,) = ex.map_array(os.environ.get, ["SLURM_RESTART_COUNT"])
+    job = ex.submit(os.getenv, "SLURM_RESTART_COUNT", "unset")
+    (task,) = ex.map_array(os.getenv, ["SLURM_RESTART_COUNT"])
     out = tmp_path / "script.out"
     script = tmp_path / "count.sh"
     script.write_text('#!/bin/sh\necho "${SLURM_RESTART_COUNT:-unset}"\n')
     sid = submit_script(script, name=f"restart-count-{os.getpid()}", output=out, singleton=False)
     try:
         assert job.result() == "unset"
-        assert task.result() is None  # os.environ.get without a value: not set
+        assert task.result() is None  # os.getenv without a value: not set
         deadline = time.time() + 120
         while not out.is_file() or not out.read_text().strip():
             assert time.time() < deadline, "the batch script did not run within 120 s"

@@ -30,6 +30,7 @@ from pomlia_hpc.cluster.batch import RESTART_VARS
 from pomlia_hpc.cluster.cancel import cancel_array_parts
 from pomlia_hpc.cluster.failures import LIMIT_KEYS
 from pomlia_hpc.cluster.handle import JobHandle
+from pomlia_hpc.cluster.jobenv import JOB_ENV_DEFAULTS
 from pomlia_hpc.cluster.jobstart import SLURM_PYTHON
 from pomlia_hpc.cluster.reach import failure_kind
 from pomlia_hpc.cluster.records import record_submission, this_host
@@ -322,24 +323,16 @@ class Executor:
             return dropped
 
 
-#: Set in the environment of every job pomlia starts as a process (local or Slurm), unless the
-#: submitter's environment sets it. torch's CPU threads (OpenMP) spin after each parallel
-#: region by default, holding their cores: two jobs on the same cores (local trials run side by
-#: side, a node shared by jobs) each spend most of their time spinning against the other. With
-#: passive waiting, two small-CNN trainings at once on 2 cores took 13-14 s each instead of
-#: 35-38 s, and one alone took the same 8.3 s (docs/BENCHMARKS.md, "Job threads that wait").
-JOB_ENV_DEFAULTS = {"OMP_WAIT_POLICY": "PASSIVE"}
-
-
 @contextlib.contextmanager
 def _environment(env: Mapping[str, str], profile: ClusterProfile) -> Iterator[None]:
     """This process's environment with ``env`` set and without a restart count of its own
     (:data:`~pomlia_hpc.cluster.batch.RESTART_VARS`), for the submission only: submitit starts
     a local job, records a debug job and runs sbatch with the environment of the moment. A Slurm
     job is submitted without the variables that would override its own options
-    (:func:`~pomlia_hpc.cluster.submitenv.dropped_for_submission`). A job process (not a debug
-    job, which runs in this one) gets :data:`JOB_ENV_DEFAULTS` where this process sets none."""
-    if profile.backend != "debug":
+    (:func:`~pomlia_hpc.cluster.submitenv.dropped_for_submission`) and with
+    :data:`~pomlia_hpc.cluster.jobenv.JOB_ENV_DEFAULTS` where this process sets none (a local
+    job gets those from its controller: a local array's jobs start in a feeder thread)."""
+    if profile.backend == "slurm":
         env = {**{k: v for k, v in JOB_ENV_DEFAULTS.items() if k not in os.environ}, **env}
     dropped = [*RESTART_VARS, *dropped_for_submission(profile, os.environ)]
     saved = {k: os.environ.get(k) for k in (*env, *dropped)}

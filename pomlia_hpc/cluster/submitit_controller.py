@@ -28,6 +28,7 @@ from typing import Any
 from submitit import AutoExecutor
 from submitit.local.local import LocalExecutor, LocalJob
 
+from pomlia_hpc.cluster.jobenv import with_job_defaults
 from pomlia_hpc.processes import process_start_id
 
 #: The controller's entry point (a module the package does not import, so ``-m`` runs it clean).
@@ -55,8 +56,9 @@ def start_controller(
 ) -> subprocess.Popen[bytes]:
     """submitit 1.5's ``submitit.local.local.start_controller`` (same arguments and
     environment) running this module's controller; ``timeout_min`` in minutes,
-    ``signal_delay_s`` in seconds."""
-    env = dict(os.environ)
+    ``signal_delay_s`` in seconds; the job's environment also gets
+    :data:`~pomlia_hpc.cluster.jobenv.JOB_ENV_DEFAULTS` where this process sets none."""
+    env = with_job_defaults(os.environ)
     env.update(
         SUBMITIT_LOCAL_NTASKS=str(tasks_per_node),
         SUBMITIT_LOCAL_COMMAND=command,

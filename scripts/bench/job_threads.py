@@ -1,5 +1,5 @@
 """Local jobs side by side: torch's threads spinning (OpenMP's active wait) against passive
-waiting, the policy pomlia gives its jobs (``cluster.executor.JOB_ENV_DEFAULTS``).
+waiting, the policy pomlia gives its jobs (``cluster.jobenv.JOB_ENV_DEFAULTS``).
 
 Each job trains a small CNN (28 px, batch 64) for ``--steps`` steps on random data with torch's
 default threads (the job's CPUs). For each setting, one job alone and then ``--jobs`` at once
@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from pomlia_hpc.cluster import Executor
-from pomlia_hpc.cluster.executor import JOB_ENV_DEFAULTS
+from pomlia_hpc.cluster.jobenv import JOB_ENV_DEFAULTS
 from pomlia_hpc.registry import Registry
 from pomlia_hpc.workspace import Workspace
 
@@ -56,21 +56,12 @@ def side_by_side(ex: Executor, jobs: int, steps: int) -> list[dict[str, Any]]:
     return [h.result() for h in handles]
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
-    ap.add_argument("--jobs", type=int, default=2, help="jobs at once (default 2)")
-    ap.add_argument("--steps", type=int, default=150, help="training steps per job (default 150)")
-    ap.add_argument("--out", type=Path, default=Path("bench-results"))
-    args = ap.parse_args()
+def run_settings(ex: Executor, jobs: int, steps: int) -> list[dict[str, Any]]:
+    """For each setting (``before``, ``ACTIVE``, ``PASSIVE``), one job alone and ``jobs`` at
+    once; the submitter's ``OMP_WAIT_POLICY`` and ``JOB_ENV_DEFAULTS`` restored after."""
     rows: list[dict[str, Any]] = []
-    with tempfile.TemporaryDirectory(prefix="pomlia-bench-threads-") as tmp:
-        ws = Workspace(
-            home=Path(tmp), db_url=f"sqlite:///{tmp}/registry.db", cluster_profile="local"
-        )
-        ws.create()
-        reg = Registry.open(ws.db_url)
-        ex = Executor.from_profile("local", ws.jobs, reg)
-        defaults = dict(JOB_ENV_DEFAULTS)
+    defaults, own = dict(JOB_ENV_DEFAULTS), os.environ.get("OMP_WAIT_POLICY")
+    try:
         for setting in ("before", "ACTIVE", "PASSIVE"):
             os.environ.pop("OMP_WAIT_POLICY", None)
             JOB_ENV_DEFAULTS.clear()
@@ -78,13 +69,45 @@ def main() -> None:
                 os.environ["OMP_WAIT_POLICY"] = setting
             elif setting == "PASSIVE":
                 JOB_ENV_DEFAULTS.update(defaults)
-            for n in (1, args.jobs):
-                got = side_by_side(ex, n, args.steps)
+            for n in (1, jobs):
+                got = side_by_side(ex, n, steps)
                 rows.append({"jobs": n, "policy": setting, "runs": got})
                 walls = ", ".join(f"{g['wall_s']:.1f}" for g in got)
                 print(f"{setting:<8} {n} at once: wall {walls} s", flush=True)
+    finally:
+        JOB_ENV_DEFAULTS.clear()
         JOB_ENV_DEFAULTS.update(defaults)
-        reg.dispose()
+        os.environ.pop("OMP_WAIT_POLICY", None)
+        if own is not None:
+            os.environ["OMP_WAIT_POLICY"] = own
+    return rows
+
+
+def at_least_two(text: str) -> int:
+    """argparse type: a whole number >= 2."""
+    n = int(text)
+    if n < 2:
+        raise argparse.ArgumentTypeError(f"must be 2 or more (jobs side by side), got {n}")
+    return n
+
+
+def main() -> None:
+    """Run the settings, write ``job_threads.json`` and ``job_threads.md`` under ``--out``."""
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    ap.add_argument("--jobs", type=at_least_two, default=2, help="jobs at once (default 2)")
+    ap.add_argument("--steps", type=int, default=150, help="training steps per job (default 150)")
+    ap.add_argument("--out", type=Path, default=Path("bench-results"), help="results folder")
+    args = ap.parse_args()
+    with tempfile.TemporaryDirectory(prefix="pomlia-bench-threads-") as tmp:
+        ws = Workspace(
+            home=Path(tmp), db_url=f"sqlite:///{tmp}/registry.db", cluster_profile="local"
+        )
+        ws.create()
+        reg = Registry.open(ws.db_url)
+        try:
+            rows = run_settings(Executor.from_profile("local", ws.jobs, reg), args.jobs, args.steps)
+        finally:
+            reg.dispose()
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "job_threads.json").write_text(json.dumps(rows, indent=2))
     lines = [
