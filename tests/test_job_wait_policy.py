@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -16,6 +15,7 @@ import pytest
 from pomlia_hpc.cluster import Executor
 from pomlia_hpc.cluster.batch import submit_script
 from pomlia_hpc.registry import Registry
+from tests.fixtures.waiting import written_text
 
 VAR = "OMP_WAIT_POLICY"
 
@@ -63,11 +63,7 @@ def test_slurm_jobs_and_batch_scripts_wait_passively(tmp_path: Path, reg: Regist
     sid = submit_script(script, name=f"wait-policy-{os.getpid()}", output=out, singleton=False)
     try:
         assert job.result() == "PASSIVE"
-        deadline = time.time() + 120
-        while not out.is_file() or not out.read_text().strip():
-            assert time.time() < deadline, "the batch script did not run within 120 s"
-            time.sleep(0.5)
-        assert out.read_text().strip() == "PASSIVE"
+        assert written_text(out) == "PASSIVE"
     finally:
         subprocess.run(["scancel", sid], check=False)
     assert VAR not in os.environ

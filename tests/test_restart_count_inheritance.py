@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import subprocess
-import time
 from pathlib import Path
 
 import pytest
@@ -17,6 +16,7 @@ import pytest
 from pomlia_hpc.cluster import Executor
 from pomlia_hpc.cluster.batch import submit_script
 from pomlia_hpc.registry import Registry
+from tests.fixtures.waiting import written_text
 
 
 def test_a_local_job_does_not_inherit_its_submitters_restart_count(
@@ -46,10 +46,6 @@ def test_slurm_jobs_do_not_inherit_their_submitters_restart_count(
     try:
         assert job.result() == "unset"
         assert task.result() is None  # os.getenv without a value: not set
-        deadline = time.time() + 120
-        while not out.is_file() or not out.read_text().strip():
-            assert time.time() < deadline, "the batch script did not run within 120 s"
-            time.sleep(0.5)
-        assert out.read_text().strip() == "unset"
+        assert written_text(out) == "unset"
     finally:
         subprocess.run(["scancel", sid], check=False)
