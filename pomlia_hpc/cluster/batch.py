@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 
-from pomlia_hpc.cluster.jobenv import with_job_defaults
+from pomlia_hpc.cluster.jobenv import missing_job_defaults
 from pomlia_hpc.cluster.reach import slurm_failure, timed_out
 from pomlia_hpc.cluster.refusal import option_of
 from pomlia_hpc.cluster.scancel import scancel_or_fail
@@ -58,7 +58,8 @@ def submission_environ() -> dict[str, str]:
     """This process's environment as a job submitted from it should inherit it: without
     :data:`RESTART_VARS`, with :data:`~pomlia_hpc.cluster.jobenv.JOB_ENV_DEFAULTS` where it
     sets none."""
-    return with_job_defaults({k: v for k, v in os.environ.items() if k not in RESTART_VARS})
+    kept = {k: v for k, v in os.environ.items() if k not in RESTART_VARS}
+    return {**kept, **missing_job_defaults(kept)}
 
 
 def _run(cmd: Sequence[str], cwd: Path | None = None) -> str:

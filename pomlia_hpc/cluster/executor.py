@@ -30,7 +30,7 @@ from pomlia_hpc.cluster.batch import RESTART_VARS
 from pomlia_hpc.cluster.cancel import cancel_array_parts
 from pomlia_hpc.cluster.failures import LIMIT_KEYS
 from pomlia_hpc.cluster.handle import JobHandle
-from pomlia_hpc.cluster.jobenv import JOB_ENV_DEFAULTS
+from pomlia_hpc.cluster.jobenv import missing_job_defaults
 from pomlia_hpc.cluster.jobstart import SLURM_PYTHON
 from pomlia_hpc.cluster.reach import failure_kind
 from pomlia_hpc.cluster.records import record_submission, this_host
@@ -333,7 +333,7 @@ def _environment(env: Mapping[str, str], profile: ClusterProfile) -> Iterator[No
     :data:`~pomlia_hpc.cluster.jobenv.JOB_ENV_DEFAULTS` where this process sets none (a local
     job gets those from its controller: a local array's jobs start in a feeder thread)."""
     if profile.backend == "slurm":
-        env = {**{k: v for k, v in JOB_ENV_DEFAULTS.items() if k not in os.environ}, **env}
+        env = {**missing_job_defaults(os.environ), **env}
     dropped = [*RESTART_VARS, *dropped_for_submission(profile, os.environ)]
     saved = {k: os.environ.get(k) for k in (*env, *dropped)}
     for k in dropped:

@@ -17,7 +17,7 @@ from collections.abc import Mapping
 JOB_ENV_DEFAULTS = {"OMP_WAIT_POLICY": "PASSIVE"}
 
 
-def with_job_defaults(environ: Mapping[str, str]) -> dict[str, str]:
-    """``environ`` with :data:`JOB_ENV_DEFAULTS` added where it sets none (a value of its own,
-    even an empty one, is kept)."""
-    return {**JOB_ENV_DEFAULTS, **environ}
+def missing_job_defaults(environ: Mapping[str, str]) -> dict[str, str]:
+    """The variables of :data:`JOB_ENV_DEFAULTS` that ``environ`` does not set (a value of its
+    own, even an empty one, is kept), with their defaults."""
+    return {k: v for k, v in JOB_ENV_DEFAULTS.items() if k not in environ}

@@ -28,7 +28,7 @@ from typing import Any
 from submitit import AutoExecutor
 from submitit.local.local import LocalExecutor, LocalJob
 
-from pomlia_hpc.cluster.jobenv import with_job_defaults
+from pomlia_hpc.cluster.jobenv import missing_job_defaults
 from pomlia_hpc.processes import process_start_id
 
 #: The controller's entry point (a module the package does not import, so ``-m`` runs it clean).
@@ -58,7 +58,7 @@ def start_controller(
     environment) running this module's controller; ``timeout_min`` in minutes,
     ``signal_delay_s`` in seconds; the job's environment also gets
     :data:`~pomlia_hpc.cluster.jobenv.JOB_ENV_DEFAULTS` where this process sets none."""
-    env = with_job_defaults(os.environ)
+    env = {**os.environ, **missing_job_defaults(os.environ)}
     env.update(
         SUBMITIT_LOCAL_NTASKS=str(tasks_per_node),
         SUBMITIT_LOCAL_COMMAND=command,
