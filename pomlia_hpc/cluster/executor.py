@@ -294,7 +294,8 @@ class Executor:
                 handle, fn, args, profile, name, meta = self._pending.pop(0)
                 self._running.append(handle)
             try:
-                job = self._submitit(profile, name).submit(fn, *args)
+                with _environment({}, profile):
+                    job = self._submitit(profile, name).submit(fn, *args)
             except Exception as exc:
                 with self._lock:
                     self._running.remove(handle)  # it holds no max_parallel slot
@@ -323,6 +324,12 @@ class Executor:
             return dropped
 
 
+#: Held while a submission sets this process's environment for its job: a local array's feeder
+#: thread starts jobs while the main thread submits others, and a job started meanwhile would
+#: inherit the other submission's ``env`` (a secret meant for one job only).
+_SUBMISSION_ENV = threading.RLock()
+
+
 @contextlib.contextmanager
 def _environment(env: Mapping[str, str], profile: ClusterProfile) -> Iterator[None]:
     """This process's environment with ``env`` set and without a restart count of its own
@@ -331,22 +338,24 @@ def _environment(env: Mapping[str, str], profile: ClusterProfile) -> Iterator[No
     job is submitted without the variables that would override its own options
     (:func:`~pomlia_hpc.cluster.submitenv.dropped_for_submission`) and with
     :data:`~pomlia_hpc.cluster.jobenv.JOB_ENV_DEFAULTS` where this process sets none (a local
-    job gets those from its controller: a local array's jobs start in a feeder thread)."""
-    if profile.backend == "slurm":
-        env = {**missing_job_defaults(os.environ), **env}
-    dropped = [*RESTART_VARS, *dropped_for_submission(profile, os.environ)]
-    saved = {k: os.environ.get(k) for k in (*env, *dropped)}
-    for k in dropped:
-        os.environ.pop(k, None)
-    os.environ.update(env)
-    try:
-        yield
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
+    job gets those from its controller: a local array's jobs start in a feeder thread). One
+    submission at a time in this process (:data:`_SUBMISSION_ENV`)."""
+    with _SUBMISSION_ENV:
+        if profile.backend == "slurm":
+            env = {**missing_job_defaults(os.environ), **env}
+        dropped = [*RESTART_VARS, *dropped_for_submission(profile, os.environ)]
+        saved = {k: os.environ.get(k) for k in (*env, *dropped)}
+        for k in dropped:
+            os.environ.pop(k, None)
+        os.environ.update(env)
+        try:
+            yield
+        finally:
+            for k, v in saved.items():
+                if v is None:
+                    os.environ.pop(k, None)
+                else:
+                    os.environ[k] = v
 
 
 def _started(profile: ClusterProfile, job: submitit.Job[Any]) -> dict[str, Any]:
