@@ -48,12 +48,21 @@ def _run_tasks(ctx: StageContext) -> dict[str, Any]:
 
 def _task_name(ctx: StageContext, name: str, version_id: int, metric: str, version: str) -> str:
     """``name``, unless a task of that name exists for another dataset version or metric:
-    then ``name-<version>`` (a new dataset version is a new task; its runs stay apart)."""
+    then ``name-<version>`` (a new dataset version is a new task; its runs stay apart), and
+    ``name-<version>-<metric>`` when that one is another metric's. The first that is free or
+    is this task already; a name that was never this pipeline's may be taken by a task of the
+    user's own: then an error, rather than runs of the wrong metric or data."""
+    tried = [name, f"{name}-{version[:8]}", f"{name}-{version[:8]}-{metric}"]
     with ctx.registry.session() as s:
-        row = s.scalar(select(Task).where(Task.name == name))
-        if row is None or (row.dataset_version_id == version_id and row.metric == metric):
-            return name
-    return f"{name}-{version[:8]}"
+        for candidate in tried:
+            row = s.scalar(select(Task).where(Task.name == candidate))
+            if row is None or (row.dataset_version_id == version_id and row.metric == metric):
+                return candidate
+    raise ConfigError(
+        f"{ctx.spec.source}: task '{name}': the names {', '.join(repr(t) for t in tried)} are "
+        f"all tasks of another dataset version or metric (this one: {version[:8]}, {metric}); "
+        "rename the task in the file"
+    )
 
 
 def _automl(spec: PipelineSpec) -> AutoMLSpec:
