@@ -14,7 +14,7 @@ from typing import Any, NoReturn
 import pytest
 from sqlalchemy import func, select
 
-from pomlia_hpc.errors import InputError, StorageError
+from pomlia_hpc.errors import InputError, NotFoundError, PomliaError, StorageError
 from pomlia_hpc.registry import KbResult, KbSource, Registry
 from pomlia_hpc.strategy import kb, longformat, overlap
 from pomlia_hpc.workspace import Workspace
@@ -137,17 +137,36 @@ def test_a_file_changed_between_its_two_readings_imports_nothing(
     assert _results(registry) == {}
 
 
-@pytest.mark.parametrize("name", ["missing.csv", "."])
+@pytest.mark.parametrize(
+    ("name", "error", "said"),
+    [
+        ("missing.csv", NotFoundError, "no such file; expected a CSV file; nothing was imported"),
+        (".", InputError, "cannot be read ("),
+    ],
+)
 def test_a_file_that_cannot_be_read_is_one_error(
-    registry: Registry, tmp_path: Path, name: str
+    registry: Registry, tmp_path: Path, name: str, error: type[PomliaError], said: str
 ) -> None:
     """The checksum taken before the file was read made a missing file or a folder an
-    internal error (FileNotFoundError, IsADirectoryError) with a traceback."""
+    internal error (FileNotFoundError, IsADirectoryError) with a traceback. A missing file is
+    exit 4, as for every file a command is pointed at (it was 2)."""
     path = tmp_path / name
+    with pytest.raises(error) as err:
+        kb.import_table(registry, path, "t")
+    assert str(err.value).startswith(f"{path}: {said}"), err.value
+    assert _results(registry) == {}
+
+
+def test_a_header_cell_too_long_for_csv_is_one_error(registry: Registry, tmp_path: Path) -> None:
+    """A header cell over the csv module's field limit (131,072 characters) ended in a
+    traceback, exit 70; the same cell in a data row was one error already."""
+    path = tmp_path / "wide.csv"
+    path.write_text("dataset,arch,init,mode,img_size,metric,value," + "x" * 200_000 + "\n")
     with pytest.raises(InputError) as err:
         kb.import_table(registry, path, "t")
-    assert str(err.value).startswith(f"{path}: cannot be read ("), err.value
-    assert _results(registry) == {}
+    msg = str(err.value)
+    assert msg.startswith(f"{path}: not a valid CSV file (field larger than field limit"), msg
+    assert msg.endswith("; expected a readable UTF-8 CSV file; nothing was imported"), msg
 
 
 @pytest.mark.parametrize(
@@ -254,10 +273,13 @@ def test_a_meta_file_that_cannot_be_read_says_what_was_expected_and_that_nothing
     table, _ = _files(tmp_path, 2, 2)
     latin = tmp_path / "latin.csv"
     latin.write_bytes(META_HEADER.encode() + "d\xe9,binary,1,2,100\n".encode("latin-1"))
-    for meta, cause in ((tmp_path / "missing.csv", "cannot be read"), (latin, "not UTF-8 text")):
-        with pytest.raises(InputError) as err:
-            kb.import_table(registry, table, "t", meta_path=meta)
-        msg = str(err.value)
-        assert msg.startswith(f"{meta}: {cause} ("), msg
-        assert msg.endswith("; expected a readable UTF-8 CSV file; nothing was imported"), msg
+    with pytest.raises(NotFoundError) as missing:
+        kb.import_table(registry, table, "t", meta_path=tmp_path / "missing.csv")
+    said = f"{tmp_path / 'missing.csv'}: no such file; expected a CSV file; nothing was imported"
+    assert str(missing.value) == said, missing.value
+    with pytest.raises(InputError) as err:
+        kb.import_table(registry, table, "t", meta_path=latin)
+    msg = str(err.value)
+    assert msg.startswith(f"{latin}: not UTF-8 text ("), msg
+    assert msg.endswith("; expected a readable UTF-8 CSV file; nothing was imported"), msg
     assert _results(registry) == {}

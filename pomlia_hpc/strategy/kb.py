@@ -50,6 +50,7 @@ from pomlia_hpc.strategy.longformat import (
     ResultRow,
     ResultTable,
     canonical_words,
+    reading,
     scan_results,
     strategy_key,
 )
@@ -125,11 +126,8 @@ class KnowledgeBase:
 
 def _sha256(path: Path) -> str:
     """The file's SHA-256, read in blocks (not the whole file in memory at once)."""
-    try:
-        with path.open("rb") as f:
-            return hashlib.file_digest(f, "sha256").hexdigest()
-    except OSError as exc:
-        raise InputError(f"{path}: cannot be read ({exc.strerror}); nothing was imported") from exc
+    with reading(path), path.open("rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def _known_meta(registry: Registry, exclude_source: str | None) -> dict[str, dict[str, Any]]:
@@ -215,7 +213,7 @@ def import_table(
     with registry.session() as s:  # first, so the file's own problems do not hide it
         refuse_existing(s)
     known = _known_meta(registry, source)
-    sha256 = _sha256(p)  # a missing file or a folder: one InputError
+    sha256 = _sha256(p)  # a missing file (NotFoundError) or a folder (InputError): one line
     # The file is read and validated before any lock, its rows kept on disk as they are
     # checked (not in memory: 1.5 GB for 500,000); the transaction inserts what was kept. Read
     # again inside it, a 500,000-row file held SQLite's write lock for the parsing (~30 s).

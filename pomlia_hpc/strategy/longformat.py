@@ -20,7 +20,7 @@ column         required  meaning
 ``value``      yes       the metric, a fraction in [0, 1] (not percent)
 ``extra_data`` no        ``none`` (default) or ``nearest``
 ``std``        no        standard deviation over seeds, same scale as ``value``
-``n_seeds``    no        number of seeds (integer >= 1)
+``n_seeds``    no        number of seeds (integer in [1, :data:`MAX_SEEDS`])
 ``cost_s``     no        wall seconds of one training run (at most :data:`MAX_COST_S`)
 ``gpu_hours``  no        GPU hours of one training run (at most :data:`MAX_COST_S` / 3600)
 ``meta_*``     no        meta-features as columns (see below), the same on every row of a
@@ -48,6 +48,7 @@ header is line 1) and the column, and saying what was expected.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import hashlib
 import json
@@ -59,7 +60,7 @@ from pathlib import Path
 from typing import Any
 
 from pomlia_hpc import vocab
-from pomlia_hpc.errors import InputError
+from pomlia_hpc.errors import InputError, NotFoundError
 from pomlia_hpc.strategy.cells import Cell
 from pomlia_hpc.vocab import METRICS, TASK_TYPES
 
@@ -83,6 +84,8 @@ MAX_CLASSES = 500
 #: The most images of one split a table may give (a billion): more is a typo, and it would
 #: weigh in the recommender's size distance as if it were real.
 MAX_IMAGES = 10**9
+#: The most seeds a published result may be the mean of (an integer the registry's column holds).
+MAX_SEEDS = 10**6
 #: The allowed values of the meta-features that have a short list of them.
 META_CHOICES: dict[str, tuple[int, ...]] = {"n_channels": (1, 3), "dims": (2, 3)}
 #: (lowest, highest) of the other integer meta-features.
@@ -185,31 +188,17 @@ def normalize_task_type(value: str) -> str | None:
 UNREAD = "; expected a readable UTF-8 CSV file; nothing was imported"
 
 
-def _rows(path: Path) -> Iterator[tuple[int, dict[str, str]]]:
-    """(line number, row) pairs; an unreadable file is one :class:`InputError`."""
+@contextlib.contextmanager
+def reading(path: Path) -> Iterator[None]:
+    """Reading ``path``: a file that is not there is one :class:`NotFoundError` (exit 4, as
+    for any file a command is pointed at), one that cannot be read as CSV text one
+    :class:`InputError`; both say what was expected and that nothing was imported."""
     try:
-        with path.open(newline="", encoding="utf-8-sig") as f:
-            reader = csv.DictReader(f)
-            if reader.fieldnames is None:
-                raise InputError(
-                    f"{path}: the file is empty; expected a CSV header line; nothing was imported"
-                )
-            # As the header check reads them (:func:`_header`): `dataset, arch, ...` written
-            # with a space after each comma named columns ' arch', whose cells read as empty.
-            reader.fieldnames = [c.strip().lower() for c in reader.fieldnames]
-            for row in reader:
-                if None in row:
-                    raise InputError(
-                        f"{path}: line {reader.line_num}: more cells than the header's "
-                        f"{len(reader.fieldnames)} columns"
-                    )
-                if None in row.values():  # DictReader fills a short row's last cells with None
-                    n = sum(v is not None for v in row.values())
-                    raise InputError(
-                        f"{path}: line {reader.line_num}: {n} cells, fewer than the header's "
-                        f"{len(reader.fieldnames)} columns"
-                    )
-                yield reader.line_num, row
+        yield
+    except FileNotFoundError as exc:
+        raise NotFoundError(
+            f"{path}: no such file; expected a CSV file; nothing was imported"
+        ) from exc
     except OSError as exc:
         raise InputError(f"{path}: cannot be read ({exc.strerror}){UNREAD}") from exc
     except UnicodeDecodeError as exc:
@@ -218,14 +207,35 @@ def _rows(path: Path) -> Iterator[tuple[int, dict[str, str]]]:
         raise InputError(f"{path}: not a valid CSV file ({exc}){UNREAD}") from exc
 
 
+def _rows(path: Path) -> Iterator[tuple[int, dict[str, str]]]:
+    """(line number, row) pairs; an unreadable file is one error (:func:`reading`)."""
+    with reading(path), path.open(newline="", encoding="utf-8-sig") as f:
+        reader = csv.DictReader(f)
+        if reader.fieldnames is None:
+            raise InputError(
+                f"{path}: the file is empty; expected a CSV header line; nothing was imported"
+            )
+        # As the header check reads them (:func:`_header`): `dataset, arch, ...` written
+        # with a space after each comma named columns ' arch', whose cells read as empty.
+        reader.fieldnames = [c.strip().lower() for c in reader.fieldnames]
+        for row in reader:
+            if None in row:
+                raise InputError(
+                    f"{path}: line {reader.line_num}: more cells than the header's "
+                    f"{len(reader.fieldnames)} columns"
+                )
+            if None in row.values():  # DictReader fills a short row's last cells with None
+                n = sum(v is not None for v in row.values())
+                raise InputError(
+                    f"{path}: line {reader.line_num}: {n} cells, fewer than the header's "
+                    f"{len(reader.fieldnames)} columns"
+                )
+            yield reader.line_num, row
+
+
 def _header(path: Path) -> list[str]:
-    try:
-        with path.open(newline="", encoding="utf-8-sig") as f:
-            first = next(csv.reader(f), None)
-    except OSError as exc:
-        raise InputError(f"{path}: cannot be read ({exc.strerror}){UNREAD}") from exc
-    except UnicodeDecodeError as exc:
-        raise InputError(f"{path}: not UTF-8 text ({exc.reason}){UNREAD}") from exc
+    with reading(path), path.open(newline="", encoding="utf-8-sig") as f:
+        first = next(csv.reader(f), None)
     if not first:
         raise InputError(
             f"{path}: the file is empty; expected a CSV header line; nothing was imported"
@@ -399,7 +409,11 @@ def _result(cell: Cell, strategies: _Strategies) -> tuple[ResultRow, int]:
             extra,
         )
     )
-    n_seeds = cell.integer("n_seeds", required=False, low=1) if "n_seeds" in cell.row else None
+    n_seeds = (
+        cell.integer("n_seeds", required=False, low=1, high=MAX_SEEDS)
+        if "n_seeds" in cell.row
+        else None
+    )
     result = ResultRow(
         line=cell.line,
         dataset=dataset,
