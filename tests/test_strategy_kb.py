@@ -214,6 +214,19 @@ def test_loo_needs_three_datasets() -> None:
         evaluate.loo(m)
 
 
+def test_loo_of_cheap_strategies_without_any_says_so() -> None:
+    """With no strategy of <= 64 px or frozen features, the error blamed the data sets'
+    dimensionality (every data set was skipped for want of a cheap result)."""
+    m = _synthetic(1, 3, n_strat=4)
+    m.strategies = [{**s, "img_size": 224} for s in m.strategies]
+    with pytest.raises(InputError) as err:
+        evaluate.loo(m, cheap=True)
+    said = str(err.value)
+    assert said.startswith("--cheap: leave-one-dataset-out needs at least 3 data sets with "), said
+    assert "inputs <= 64 px or frozen features; this selection has 0 (none);" in said, said
+    assert evaluate.loo(m).datasets == m.datasets  # all strategies: the same data sets do
+
+
 def test_random_baseline_is_exact() -> None:
     v = np.array([0.9, 0.8, 0.7])
     cand = np.ones(3, bool)

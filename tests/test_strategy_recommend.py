@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -179,6 +180,8 @@ def test_bad_limits_and_initial_file_are_refused_before_recording(
     meta = DATA / "medmnist_meta_features.csv"
     kb.import_table(reg, DATA / "medmnist_plus_doerrich2025.csv", "plus", meta_path=meta)
     tiny_task(workspace, reg, "blood", "bloodmnist", "acc")
+    fifo = tmp_path / "pipe"
+    os.mkfifo(fifo)
     runner = CliRunner()
     for args, message in (
         (["--max-cost", "-5"], "--max-cost -5.0: expected a positive finite number"),
@@ -186,6 +189,8 @@ def test_bad_limits_and_initial_file_are_refused_before_recording(
         (["--max-cost", "inf"], "--max-cost inf: expected a positive finite number"),
         (["--max-gpu-hours", "Infinity"], "--max-gpu-hours inf: expected a positive finite"),
         (["--write-initial", str(tmp_path)], f"--write-initial {tmp_path} is a folder"),
+        # as root, `--write-initial /dev/full` replaced the device with a JSON file
+        (["--write-initial", str(fifo)], f"--write-initial {fifo} is not a regular file"),
     ):
         bad = runner.invoke(app, ["recommend", "blood", *args])
         assert isinstance(bad.exception, InputError), (args, bad.output, bad.exception)

@@ -172,6 +172,17 @@ def loo(
             f"has {n} ({', '.join(m.datasets) or 'none'})"
         )
     cand = cheap_mask(m, max_px) if cheap else np.ones(len(m.keys), bool)
+    if cheap:
+        # Said here: the data sets without a cheap result are skipped below, and the error
+        # after the loop would blame their dimensionality.
+        have = [x for x, v in zip(m.datasets, m.values, strict=True) if np.isfinite(v[cand]).any()]
+        if len(have) < 3:
+            raise InputError(
+                f"--cheap: leave-one-dataset-out needs at least 3 data sets with results of "
+                f"strategies with inputs <= {max_px} px or frozen features; this selection has "
+                f"{len(have)} ({', '.join(have) or 'none'}); leave out --cheap to compare "
+                "all strategies"
+            )
     results = {name: MethodResult() for name in METHODS}
     # what a pick that failed there costs, per data set, measured as the regrets are: from
     # the best candidate (the best cheap one with --cheap)

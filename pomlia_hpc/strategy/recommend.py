@@ -441,13 +441,21 @@ def _parents_of(path: str | Path) -> Iterator[None]:
 
 
 def check_initial_target(path: str | Path) -> None:
-    """Refuse ``path`` for :func:`write_initial` when it is a folder or no file can be made
-    where it goes (before a recommendation is made and recorded): a probe file is created and
-    removed in its folder, or in the nearest folder that exists (the writer makes the rest)."""
+    """Refuse ``path`` for :func:`write_initial` when it is a folder, a device, pipe or socket,
+    or no file can be made where it goes (before a recommendation is made and recorded): a
+    probe file is created and removed in its folder, or in the nearest folder that exists (the
+    writer makes the rest)."""
     path = Path(path)
     if path.is_dir():
         raise InputError(
             f"--write-initial {path} is a folder: expected the path of a JSON file to write"
+        )
+    if path.exists() and not path.is_file():
+        # The file is written beside it and renamed into place, which would replace a
+        # device or a pipe (`/dev/stdout`) with a regular file, not write into it.
+        raise InputError(
+            f"--write-initial {path} is not a regular file (a device, pipe or socket): "
+            "expected the path of a JSON file to write"
         )
     folder = path.absolute().parent
     while not folder.exists() and folder != folder.parent:
