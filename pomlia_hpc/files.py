@@ -78,8 +78,15 @@ def atomic_target(path: str | Path, *, fsync: bool = True, suffix: str = "") -> 
     take a file name: when the block ends without an error the file is flushed, renamed over
     ``path`` and the folder flushed; otherwise it is removed. Creates the folder, and flushes
     the entries of the folders it made too (:func:`fsync_made_dirs`). ``fsync=False`` skips
-    the flushes (files that are cheap to make again); ``suffix`` as for :func:`temp_name`."""
+    the flushes (files that are cheap to make again); ``suffix`` as for :func:`temp_name`.
+    A ``path`` that is a device, pipe or socket (or a link to one) is refused: the rename would
+    replace it with a regular file (as root, ``/dev/full`` or ``/dev/null``)."""
     path = Path(path)
+    if path.exists() and not path.is_file() and not path.is_dir():
+        raise InputError(
+            f"{path} is not a regular file (a device, pipe or socket): expected the path of a "
+            "file to write; it was left as it is"
+        )
     made = make_dirs(path.parent)
     tmp = unique_temp_name(path, suffix)
     tmp.unlink(missing_ok=True)  # left by an earlier process with this pid and number

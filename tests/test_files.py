@@ -7,6 +7,7 @@ import errno
 import fcntl
 import os
 import re
+import stat
 import subprocess
 import sys
 import threading
@@ -27,6 +28,7 @@ from pomlia_hpc.files import (
     staged_dir,
     sweep_stale_temps,
     temp_name,
+    write_atomic,
 )
 from pomlia_hpc.temps import CLOCK_SKEW_S
 
@@ -106,6 +108,29 @@ def test_a_writer_that_wants_a_file_name_and_an_ending(tmp_path: Path) -> None:
         assert tmp.name.endswith(".tmp.json") and tmp.parent == tmp_path
         tmp.write_text("{}")
     assert target.read_text() == "{}" and [p.name for p in tmp_path.iterdir()] == [target.name]
+
+
+def test_a_pipe_or_a_link_to_one_is_never_replaced_by_a_written_file(tmp_path: Path) -> None:
+    """A file written whole is renamed over its path: over a device or a pipe that replaced
+    it with a regular file (as root, `recommend --write-initial /dev/full` did). Tested on a
+    pipe of the test's own, never on a device."""
+    pipe = tmp_path / "pipe"
+    os.mkfifo(pipe)
+    link = tmp_path / "link.json"
+    link.symlink_to(pipe)
+    for path in (pipe, link):
+        with pytest.raises(InputError) as err:
+            write_atomic(path, "{}")
+        assert str(err.value) == (
+            f"{path} is not a regular file (a device, pipe or socket): expected the path of a "
+            "file to write; it was left as it is"
+        )
+    assert stat.S_ISFIFO(pipe.lstat().st_mode) and link.is_symlink()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["link.json", "pipe"]  # no temporary
+    target = tmp_path / "file.json"
+    write_atomic(target, "{}")  # a regular file, new or old, as before
+    write_atomic(target, "[]")
+    assert target.read_text() == "[]"
 
 
 def test_the_sweep_removes_dead_writers_files_folders_and_links(tmp_path: Path) -> None:
