@@ -515,3 +515,49 @@ def test_a_study_without_a_model_ends_a_local_pipeline_in_one_line(
     assert "produced no model: no trial produced a model (0 ok, 2 crashed)" in said, said
     ctx = StageContext(load_pipeline(file), workspace, reg)
     assert (ctx.record("automl") or {}).get("status") == "failed"
+
+
+def test_dry_run_refuses_a_knowledge_base_source_that_is_not_there(
+    workspace: Workspace,
+    reg: Registry,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """A misspelt `recommend.sources` passed the dry run; the run ingested, registered the
+    tasks and then failed at `recommend` with exit 4, naming neither the file nor the key."""
+    from tests.fixtures.cli import pomlia_main
+
+    tiny_npz(tmp_path / "a.npz")
+    path = tmp_path / "p.yaml"
+    base = {
+        "name": "p",
+        "datasets": [{"name": "a", "file": "a.npz"}],
+        "tasks": [{"name": "t", "dataset": "a"}],
+        "automl": {"trials": 2, "archs": ["small_cnn"]},
+    }
+    for recommend, refused, known in (
+        (
+            {"sources": ["registry", "medmnist_plsu"]},
+            "recommend.sources.1",
+            "expected one of medmnist_plus, medmnist_v2, registry (`pomlia strategy sources` "
+            "lists them)",
+        ),
+        (
+            {"sources": ["medmnist_plus"], "shipped_tables": False},  # not imported
+            "recommend.sources.0",
+            "expected one of registry (`pomlia strategy sources` lists them; "
+            "`shipped_tables: true` adds medmnist_plus, medmnist_v2)",
+        ),
+        ({"sources": ["medmnist_plus", "registry"]}, None, ""),  # the stage imports it
+    ):
+        path.write_text(yaml.safe_dump({**base, "recommend": recommend}))
+        code, out, err = pomlia_main(monkeypatch, capsys, "pipeline", "run", str(path), "--dry-run")
+        if refused is None:
+            assert code == 0, err
+            continue
+        said = " ".join(err.split())
+        assert code == 2 and "Traceback" not in err, (code, err)
+        assert said.startswith(f"error: {path}: bad value for '{refused}': knowledge-base"), said
+        assert said.endswith(f"is not imported; {known}"), said
+        assert "stage" not in out  # refused before the plan

@@ -142,6 +142,7 @@ def make_plan(ctx: StageContext, profile_name: str, *, in_process: bool = False)
             # The needs that are skipped: their recorded outputs are what the stage will read.
             upstream = {n: ctx.outputs(n) for n in stage.needs if n not in will_run}
             stage.check_upstream(spec, upstream)
+            stage.check_workspace(ctx)
             will_run.add(stage.name)
         plans.append(
             StagePlan(

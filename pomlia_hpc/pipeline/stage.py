@@ -151,7 +151,8 @@ class Stage:
     jobs it will submit (for ``--dry-run``); ``check`` refuses inputs the stage would refuse,
     cheaply and before anything runs (so ``--dry-run`` finds them too); ``check_upstream``
     likewise, given the recorded outputs of the needed stages that will be skipped (by stage
-    name; what the stage will read from them), for checks that depend on them."""
+    name; what the stage will read from them), for checks that depend on them;
+    ``check_workspace`` likewise, for checks that read the workspace (its registry)."""
 
     name: str
     needs: tuple[str, ...]
@@ -164,6 +165,7 @@ class Stage:
     external: Callable[[PipelineSpec], Any] = lambda _s: None
     check: Callable[[PipelineSpec], None] = lambda _s: None
     check_upstream: Callable[[PipelineSpec, dict[str, dict[str, Any]]], None] = lambda _s, _u: None
+    check_workspace: Callable[[StageContext], None] = lambda _c: None
     tags: tuple[str, ...] = field(default=())
 
 

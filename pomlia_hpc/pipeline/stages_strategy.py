@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from pomlia_hpc.errors import ConfigError
 from pomlia_hpc.pipeline.stage import StageContext, section_stage
 from pomlia_hpc.pipeline.stages import register_stage
 
@@ -72,11 +73,36 @@ def _run(ctx: StageContext) -> dict[str, Any]:
     return out
 
 
+def _check_sources(ctx: StageContext) -> None:
+    """Before anything runs: each of ``recommend.sources`` is a source the stage will find
+    (imported, ``registry``, or a shipped table the stage imports first); a misspelt one
+    failed only after ingest, naming neither the file nor the key."""
+    from pomlia_hpc.strategy.kb import REGISTRY_SOURCE, SHIPPED_TABLES, list_sources
+
+    rec = ctx.spec.recommend
+    if rec is None or not rec.sources:
+        return
+    known = {s.name for s in list_sources(ctx.registry)} | {REGISTRY_SOURCE}
+    if rec.shipped_tables:
+        known |= {name for name, _file in SHIPPED_TABLES}
+    hint = "`pomlia strategy sources` lists them"
+    if not rec.shipped_tables:
+        hint += "; `shipped_tables: true` adds " + ", ".join(n for n, _f in SHIPPED_TABLES)
+    for i, name in enumerate(rec.sources):
+        if name not in known:
+            raise ConfigError(
+                f"{ctx.spec.source}: bad value for 'recommend.sources.{i}': knowledge-base "
+                f"source '{name}' is not imported; expected one of {', '.join(sorted(known))} "
+                f"({hint})"
+            )
+
+
 RECOMMEND = section_stage(
     "recommend",
     needs=("tasks", "extract"),
     summary="recommend strategies per task (warm start of its study)",
     run=_run,
+    check_workspace=_check_sources,
 )
 
 register_stage(RECOMMEND, after="tasks")
