@@ -84,6 +84,11 @@ def test_a_table_with_gpu_hours_only_gives_its_costs(registry: Registry, tmp_pat
             HEADER.replace("std", "gpu_hours") + "a,r,s,full,28,acc,0.9,-1\n",
             "column 'gpu_hours': '-1' is not valid; expected a number in [0, 277778]",
         ),
+        ("\n" + GOOD, "line 1 is blank; expected the CSV header line there"),  # not "empty"
+        (
+            HEADER.replace("\n", ",\n") + "a,r,s,full,28,acc,0.9,,\n",
+            "line 1: column(s) 9 of 9 have no name (a trailing comma?)",  # was "unknown ;"
+        ),
         # the registry's integer column cannot hold it: an OverflowError, exit 70
         (
             HEADER.replace("std", "n_seeds") + "a,r,s,full,28,acc,0.9," + "1" + "0" * 30 + "\n",

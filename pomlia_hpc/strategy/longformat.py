@@ -236,9 +236,13 @@ def _rows(path: Path) -> Iterator[tuple[int, dict[str, str]]]:
 def _header(path: Path) -> list[str]:
     with reading(path), path.open(newline="", encoding="utf-8-sig") as f:
         first = next(csv.reader(f), None)
-    if not first:
+    if first is None:
         raise InputError(
             f"{path}: the file is empty; expected a CSV header line; nothing was imported"
+        )
+    if not first:
+        raise InputError(
+            f"{path}: line 1 is blank; expected the CSV header line there; nothing was imported"
         )
     # Any case: a spreadsheet's `Dataset,Arch,...` was refused as missing every column.
     return [c.strip().lower() for c in first]
@@ -331,6 +335,12 @@ def _check_columns(
         raise InputError(
             f"{path}: line 1: missing column(s) {', '.join(missing)}; expected at least "
             f"{', '.join(required)}; nothing was imported"
+        )
+    unnamed = [str(i + 1) for i, c in enumerate(columns) if not c]
+    if unnamed:  # `dataset,arch,...,value,` (a trailing comma) named a column ''
+        raise InputError(
+            f"{path}: line 1: column(s) {', '.join(unnamed)} of {len(columns)} have no name "
+            "(a trailing comma?); expected a name for every column; nothing was imported"
         )
     unknown = [c for c in columns if c not in allowed]
     if unknown:
