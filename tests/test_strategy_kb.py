@@ -84,6 +84,10 @@ def test_a_table_with_gpu_hours_only_gives_its_costs(registry: Registry, tmp_pat
             HEADER.replace("std", "gpu_hours") + "a,r,s,full,28,acc,0.9,-1\n",
             "column 'gpu_hours': '-1' is not valid; expected a number in [0, 277778]",
         ),
+        # Python reads both as numbers (1000, 32); a table does not mean them so
+        (GOOD + "a,vgg,scratch,full,1_000,acc,0.5,\n", "column 'img_size': '1_000' is not"),
+        (GOOD + "a,vgg,scratch,full,\u0663\u0662,acc,0.5,\n", "line 4, column 'img_size'"),
+        (GOOD + "a,vgg,scratch,full,28,acc,0.9_1,\n", "column 'value': '0.9_1' is not valid"),
         ("\n" + GOOD, "line 1 is blank; expected the CSV header line there"),  # not "empty"
         (
             HEADER.replace("\n", ",\n") + "a,r,s,full,28,acc,0.9,,\n",

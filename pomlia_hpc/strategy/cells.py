@@ -73,7 +73,7 @@ class Cell:
             return None
         expected = range_text(low, high)
         try:
-            value = float(text)
+            value = float(_plain_digits(text))
         except ValueError:
             raise self.fail(column, expected) from None
         if not math.isfinite(value) or not low <= value <= high:
@@ -98,13 +98,22 @@ class Cell:
         else:
             expected = f"an integer >= {low}" if high is None else f"an integer in [{low}, {high}]"
         try:
-            value = int(text)
+            value = int(_plain_digits(text))
         except ValueError:
             raise self.fail(column, expected) from None
         allowed = value in choices if choices else low <= value and (high is None or value <= high)
         if not allowed:
             raise self.fail(column, expected)
         return value
+
+
+def _plain_digits(text: str) -> str:
+    """``text`` for Python's number parsers, refused (``ValueError``) where they would read
+    what a table does not mean as a number: `1_000` (a digit separator in Python only) and
+    digits of other scripts (`٣٢` read as 32)."""
+    if not text.isascii() or "_" in text:
+        raise ValueError(text)
+    return text
 
 
 @lru_cache(maxsize=4096)  # a table repeats a few words over all its rows
