@@ -85,6 +85,35 @@ def test_other_fractions_split_afresh_and_warn_of_the_images_now_in_train(
     ) in out
 
 
+def test_a_fraction_of_zero_is_a_fraction_and_other_ones_carve_afresh(
+    workspace: Workspace, tmp_path: Path
+) -> None:
+    """0.0 was read as "not carved": a version carved with no val and test kept that split
+    whatever fractions came later (the warning asking for a larger --val-fraction could not be
+    followed), and a test fraction lowered to 0 was carried with a folder's reason."""
+    _images(tmp_path / "imgs", 0, 20)
+    empty = ("--val-fraction", "0", "--test-fraction", "0")
+    data_add_line("zero", str(tmp_path / "imgs"), *empty)
+    none_held = open_version(workspace, "zero")
+    assert none_held.meta["splits"]["val"] == none_held.meta["splits"]["test"]  # both empty
+    data_add_line("zero", str(tmp_path / "imgs"), "--val-fraction", "0.2", "--test-fraction", "0.2")
+    carved = open_version(workspace, "zero")
+    assert carved.ref != none_held.ref
+    sizes = {k: hi - lo for k, (lo, hi) in carved.meta["splits"].items()}
+    assert sizes["val"] > 0 and sizes["test"] > 0, sizes
+    out = data_add_line(
+        "zero", str(tmp_path / "imgs"), "--val-fraction", "0.2", "--test-fraction", "0"
+    )
+    into_train = sum(
+        n for (a, b), n in _moves(carved, open_version(workspace, "zero")).items() if b == "train"
+    )
+    assert into_train >= sizes["test"]
+    assert (
+        f"warning: {into_train} val/test image(s) of {carved.ref} are in train now (the split "
+        "was carved afresh for the other --val-fraction / --test-fraction)"
+    ) in out, out
+
+
 def test_rows_appended_to_an_hdf5_file_leave_the_old_rows_in_their_split(
     workspace: Workspace, tmp_path: Path
 ) -> None:

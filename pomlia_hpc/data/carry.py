@@ -87,9 +87,13 @@ def _same_fractions(source: dict[str, Any], parent_source: dict[str, Any]) -> bo
     """Whether the parent carved each split that both carve with the fraction now asked for
     (a split given by a folder now, or one the parent did not carve, e.g. an npz's own
     split, has nothing to differ in)."""
-    for key in _FRACTIONS:
+    given = {*(source.get("split_folders") or {}), *(parent_source.get("split_folders") or {})}
+    for key, split in zip(_FRACTIONS, ("val", "test"), strict=True):
+        if split in given:
+            continue
         now, then = source.get(key), parent_source.get(key)
-        if now and then and float(now) != float(then):
+        # None: not carved; 0.0 is a fraction asked for (a split left empty on purpose)
+        if now is not None and then is not None and float(now) != float(then):
             return False
     return True
 
